@@ -1,0 +1,69 @@
+# flowscope: every target sets up what it needs.
+#   make test    virtualenv + package (compiled) + Debian test tools (as root) + pytest
+#   make run     virtualenv + package, then `flowscope run` printing JSON flows to stdout
+#   make kafka   start the bundled Tansu Kafka-protocol broker on 127.0.0.1:9092
+#   make bench   benchmark harness (see benchmarks/README.md)
+#   make fuzz    atheris fuzzing of the decoders for a fixed budget (not in CI)
+#   make debug   rebuild the extensions with FLOWSCOPE_DEBUG=1 (bounds checks, -O0 -g)
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+DEB_PACKAGES := tshark softflowd pmacct tcpdump openvswitch-switch nfdump tcpreplay iproute2 ethtool kubectl
+PYTEST_ARGS ?=
+FUZZ_SECONDS ?= 300
+
+.PHONY: test run kafka bench fuzz debug deps venv build clean lint demo
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+
+venv: $(PY)
+
+# Build and install the package with its test extras, then build in place so that the
+# tests import the compiled modules from this tree.
+build: $(PY)
+	$(PIP) install -q -e '.[test]'
+	$(PY) setup.py -q build_ext --inplace
+
+# Debian packages the tests need: installed only when running as root and missing.
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = "0" ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    echo 'wireshark-common wireshark-common/install-setuid boolean false' | debconf-set-selections; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  else \
+	    echo "not root: tests needing$$missing will be skipped (run 'sudo make deps')"; \
+	  fi; \
+	fi
+
+test: deps build
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: build
+	$(VENV)/bin/ruff check collector enrich tests benchmarks
+	$(VENV)/bin/mypy
+
+debug: $(PY)
+	FLOWSCOPE_DEBUG=1 $(PY) setup.py -q build_ext --inplace --force
+
+run: build
+	$(VENV)/bin/flowscope run $(RUN_ARGS)
+
+kafka: build
+	$(PY) -m collector.broker --port 9092
+
+bench: deps build
+	$(PIP) install -q -e '.[test,bench]'
+	$(PY) -m benchmarks.harness $(BENCH_ARGS)
+
+fuzz: build
+	$(PIP) install -q -e '.[fuzz]'
+	$(PY) tests/fuzz_decoders.py -max_total_time=$(FUZZ_SECONDS)
+
+clean:
+	rm -rf build *.egg-info decoders/*.c decoders/*.so enrich/*.c enrich/*.so

@@ -1,0 +1,69 @@
+"""Build flowscope: cythonize the decoders (and other compiled hot-path modules).
+
+Switches (environment variables, read at build time):
+  FLOWSCOPE_DEBUG=1   compile with -O0 -g, Cython bounds/wraparound checks on and the
+                      FLOWSCOPE_DEBUG invariant checks enabled (see decoders/consts.pxi).
+  FLOWSCOPE_ANNOTATE=1  write Cython's HTML annotation next to each .pyx.
+"""
+import os
+import sys
+
+from setuptools import Extension, find_packages, setup
+
+CYTHON_REQUIRED = "3.0.11"
+
+try:
+    import Cython
+    from Cython.Build import cythonize
+except ImportError:  # pragma: no cover - pyproject's build requirements install it
+    sys.exit(f"flowscope needs Cython=={CYTHON_REQUIRED} to build (pip install Cython=={CYTHON_REQUIRED})")
+
+if Cython.__version__ != CYTHON_REQUIRED:
+    sys.exit(f"flowscope is tested with Cython=={CYTHON_REQUIRED}, found {Cython.__version__}")
+
+DEBUG = os.environ.get("FLOWSCOPE_DEBUG", "0") not in ("", "0")
+ANNOTATE = os.environ.get("FLOWSCOPE_ANNOTATE", "0") not in ("", "0")
+
+extra_compile_args = ["-Wall", "-Wno-unused-function", "-Wno-unreachable-code"]
+if DEBUG:
+    extra_compile_args += ["-O0", "-g3"]
+    define_macros = [("FLOWSCOPE_DEBUG", "1"), ("CYTHON_TRACE_NOGIL", "0")]
+else:
+    extra_compile_args += ["-O2"]
+    define_macros = [("FLOWSCOPE_DEBUG", "0")]
+
+compiler_directives = {
+    "language_level": "3",
+    "boundscheck": DEBUG,
+    "wraparound": DEBUG,
+    "cdivision": True,
+    "initializedcheck": DEBUG,
+    "embedsignature": True,
+    "warn.unused": False,
+}
+
+
+def ext(name: str, sources: list[str]) -> Extension:
+    return Extension(
+        name,
+        sources,
+        extra_compile_args=extra_compile_args,
+        define_macros=define_macros,
+    )
+
+
+extensions = [
+    ext("decoders._core", ["decoders/_core.pyx"]),
+]
+
+setup(
+    packages=find_packages(include=["collector*", "decoders*", "enrich*", "benchmarks*"]),
+    package_data={"decoders": ["*.pyi", "*.pxd", "*.pxi", "py.typed"], "collector": ["py.typed"], "enrich": ["*.pyi", "py.typed"]},
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives=compiler_directives,
+        compile_time_env={"FLOWSCOPE_DEBUG": DEBUG},
+        annotate=ANNOTATE,
+    ),
+    zip_safe=False,
+)
