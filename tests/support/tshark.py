@@ -1,0 +1,726 @@
+"""tshark as the independent reference decoder for the golden and end-to-end tests.
+
+Why: every expectation in the flow-decoding tests must come from something other than flowscope.
+tshark (Wireshark) decodes NetFlow v5/v9, IPFIX and sFlow v5 on its own; this module runs it
+(`-T json --no-duplicate-keys`, `-d udp.port==P,cflow|sflow` for non-default ports), parses its
+JSON into per-datagram structures, and compares them with flowscope's output:
+
+* `run_tshark(pcap, ...)` -> packets shaped like the shared corpus' `.tshark.json` files
+  (`{"frame", "src", "sport", "dport", "cflow"|"sflow": {...}}`), so corpus files and captures
+  the tests make go through the same code.
+* `CflowReader` walks cflow packets in order, remembers templates per (frame, template id) and
+  the IPFIX systemInitTime per exporter, and yields `CflowPacket`s with their sets and flat records.
+* `compare_flow_record()` checks one tshark data record against one flowscope flow through the
+  `CFLOW_FIELDS` mapping table (tshark field -> flowscope key + conversion); unknown elements
+  (`cflow.unknown_field_type`, `cflow.enterprise_private_entry`) are paired with the template's
+  unknown fields and compared with flowscope's `ie<ID>` / `ie<PEN>_<ID>` hex strings.
+* `parse_sflow()` / `compare_sflow_datagram()` do the same for sFlow samples and counter records.
+
+Note on `--no-duplicate-keys`: tshark merges repeated keys of one JSON object into a list, in
+order. That keeps the order within one field name but loses the interleaving between names, so
+comparisons here are per field name (and per sample type for sFlow).
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+TSHARK = shutil.which("tshark")
+
+# --------------------------------------------------------------------------------------------
+# Running tshark
+
+
+def run_tshark(
+    pcap: str | Path,
+    *,
+    decode_as: Iterable[str] = (),
+    timeout: float = 120.0,
+) -> list[dict]:
+    """Decode `pcap` with tshark; return packets in the corpus `.tshark.json` shape.
+
+    `decode_as` items are tshark `-d` values, e.g. "udp.port==9995,cflow". Only frames that carry
+    a cflow or sflow layer are returned (frame numbers are tshark's).
+    """
+    if TSHARK is None:
+        raise RuntimeError("tshark is not installed")
+    cmd = [TSHARK, "-r", str(pcap), "-n", "-T", "json", "--no-duplicate-keys"]
+    for d in decode_as:
+        cmd += ["-d", d]
+    # Keep frame, IP, UDP and the flow layers only: the rest (eth, sll) is noise here.
+    cmd += ["-J", "frame ip ipv6 udp cflow sflow"]
+    proc = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"tshark failed ({proc.returncode}): {proc.stderr.decode(errors='replace')}")
+    raw = json.loads(proc.stdout or b"[]")
+    out = []
+    for pkt in raw:
+        layers = pkt["_source"]["layers"]
+        flow_layer = "cflow" if "cflow" in layers else "sflow" if "sflow" in layers else None
+        if flow_layer is None:
+            continue
+        ip = layers.get("ip") or layers.get("ipv6") or {}
+        if isinstance(ip, list):  # tunnelled: the outer header is the transport
+            ip = ip[0]
+        udp = layers.get("udp") or {}
+        if isinstance(udp, list):
+            udp = udp[-1]
+        body = layers[flow_layer]
+        if isinstance(body, list):  # two flow PDUs in one frame never happens for UDP export
+            body = body[0]
+        out.append(
+            {
+                "frame": int(_first(layers["frame"]["frame.number"])),
+                "src": ip.get("ip.src") or ip.get("ipv6.src"),
+                "sport": int(udp.get("udp.srcport", 0)),
+                "dport": int(udp.get("udp.dstport", 0)),
+                flow_layer: body,
+            }
+        )
+    return out
+
+
+def load_tshark_json(path: str | Path) -> dict:
+    """A corpus `.tshark.json` file (see tests/data/NOTICE)."""
+    with open(path, "rb") as f:
+        return json.load(f)
+
+
+def decode_as_from_command(command: str) -> list[str]:
+    """The `-d` arguments recorded in a corpus file's `command`."""
+    return re.findall(r"-d\s+(\S+)", command)
+
+
+# --------------------------------------------------------------------------------------------
+# Small value helpers
+
+
+def _first(v: Any) -> Any:
+    return v[0] if isinstance(v, list) else v
+
+
+def _as_list(v: Any) -> list:
+    if v is None:
+        return []
+    return v if isinstance(v, list) else [v]
+
+
+def to_int(v: str) -> int:
+    v = _first(v)
+    return int(v, 16) if isinstance(v, str) and v.lower().startswith("0x") else int(v)
+
+
+_MONTHS = {m: i for i, m in enumerate(calendar.month_abbr) if m}
+
+
+def tshark_date_ms(v: str) -> int:
+    """'Dec 22, 2016 12:17:37.123000000 UTC' -> Unix milliseconds (tshark prints absolute times
+    as dates; the nanosecond part is truncated to milliseconds)."""
+    m = re.match(r"(\w{3})\s+(\d+), (\d{4}) (\d+):(\d+):(\d+)(?:\.(\d+))? UTC", _first(v))
+    if not m:
+        raise ValueError(f"unparsed tshark date {v!r}")
+    mon, day, year, hh, mm, ss, frac = m.groups()
+    secs = calendar.timegm((int(year), _MONTHS[mon], int(day), int(hh), int(mm), int(ss)))
+    ms = int((frac or "0").ljust(9, "0")[:3])
+    return secs * 1000 + ms
+
+
+def seconds_to_ms(v: str) -> int:
+    """'4253045.209000000' (tshark's relative seconds) -> integer milliseconds, exactly."""
+    s = _first(v)
+    whole, _, frac = s.partition(".")
+    return int(whole) * 1000 + int((frac or "0").ljust(3, "0")[:3])
+
+
+def hexbytes(v: str) -> str:
+    """tshark 'aa:bb:cc' or '0xaabb' byte rendering -> 'aabbcc'."""
+    s = str(v).lower()
+    if s.startswith("0x"):
+        return s[2:]
+    return s.replace(":", "")
+
+
+def flatten(d: dict, into: dict | None = None) -> dict:
+    """Flatten tshark's nested trees (`*_tree`, "Forwarding Status", ...) to one level: leaf
+    field name -> value (or list of values when tshark merged duplicates)."""
+    out = {} if into is None else into
+    for k, v in d.items():
+        if isinstance(v, dict):
+            flatten(v, out)
+        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            for x in v:
+                flatten(x, out)
+        elif k in out:
+            out[k] = _as_list(out[k]) + _as_list(v)
+        else:
+            out[k] = v
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# NetFlow v5/v9 and IPFIX (tshark "cflow")
+
+
+@dataclass
+class TemplateField:
+    pen: int  # 0 = IANA / Cisco
+    type: int
+    length: int
+    label: str  # tshark's name for it ("IP_SRC_ADDR", "Unknown(497)", "892 [pen: VMware Inc.]")
+
+    @property
+    def unknown_to_tshark(self) -> bool:
+        return self.label.startswith("Unknown(") or "[pen:" in self.label
+
+    @property
+    def ie_key(self) -> str:
+        """flowscope's key for an element it does not name (INTERNALS.md)."""
+        return f"ie{self.pen}_{self.type}" if self.pen else f"ie{self.type}"
+
+
+@dataclass
+class Template:
+    template_id: int
+    options: bool
+    fields: list[TemplateField]
+    frame: int
+
+
+@dataclass
+class CflowSet:
+    flowset_id: int
+    kind: str  # "template" | "options_template" | "data" | "options_data" | "no_template" | "v5"
+    records: list[dict] = field(default_factory=list)  # flattened tshark fields per record
+    template: Template | None = None
+    templates: list[Template] = field(default_factory=list)  # all templates a template set defines
+    malformed: bool = False  # tshark flagged this set "Malformed Packet" (and it had a template)
+
+
+@dataclass
+class CflowPacket:
+    frame: int
+    src: str
+    sport: int
+    version: int
+    domain: int  # v9 source id / IPFIX observation domain
+    export_ms: int | None  # header export time (unix ms)
+    sysuptime_ms: int | None  # v5/v9 header
+    sets: list[CflowSet]
+    malformed: bool
+    sys_init_ms: int | None  # IPFIX systemInitTimeMilliseconds last seen for this exporter/domain
+    raw: dict
+
+    @property
+    def flow_records(self) -> list[tuple[CflowSet, dict]]:
+        """Data records flowscope publishes as flows: v5 records and (non-options) data records,
+        in datagram order."""
+        return [(s, r) for s in self.sets if s.kind in ("data", "v5") for r in s.records]
+
+    @property
+    def malformed_data(self) -> bool:
+        """tshark could not fully decode a data set of this packet (other than for want of a
+        template): values of that part, and the record count, are not a reference."""
+        return any(s.malformed for s in self.sets if s.kind in ("data", "options_data"))
+
+    def template_keys(self) -> set[tuple[int, int]]:
+        """(domain, template id) of every (options) template this packet defines."""
+        return {(self.domain, t.template_id) for s in self.sets for t in s.templates}
+
+    @property
+    def no_template_sets(self) -> int:
+        return sum(1 for s in self.sets if s.kind == "no_template")
+
+    @property
+    def template_records(self) -> int:
+        return sum(1 for s in self.sets if s.kind in ("template", "options_template"))
+
+
+_SET_KEY = re.compile(r"^(?:Flow)?Set \d+ \[id=(\d+)\]")
+_TEMPLATE_KEY = re.compile(r"^(?:Options )?Template \(Id = (\d+)")
+_FIELD_KEY = re.compile(r"^Field \((\d+)/(\d+)\)(?: \[Scope\])?: (.*)$")
+_FLOW_KEY = re.compile(r"^Flow \d+(?: \(.*\))?$")
+_PDU_KEY = re.compile(r"^pdu \d+/\d+$")
+
+
+def _has_key(o: Any, key: str) -> bool:
+    if isinstance(o, dict):
+        return key in o or any(_has_key(v, key) for v in o.values())
+    if isinstance(o, list):
+        return any(_has_key(v, key) for v in o)
+    return False
+
+
+class CflowReader:
+    """Walk tshark cflow packets of one capture in order (templates persist across packets)."""
+
+    def __init__(self) -> None:
+        self.templates: dict[tuple[int, int], Template] = {}  # (frame, template id)
+        self.sys_init: dict[tuple[str, int], int] = {}  # (exporter, domain) -> unix ms
+
+    def packets(self, packets: Iterable[dict]) -> Iterator[CflowPacket]:
+        for p in packets:
+            if "cflow" in p:
+                yield self.packet(p)
+
+    def _parse_templates(self, frame: int, body: dict, options: bool) -> list[Template]:
+        out = []
+        for k, v in body.items():
+            for tv in _as_list(v):
+                if not isinstance(tv, dict) or not _TEMPLATE_KEY.match(k):
+                    continue
+                fields: list[TemplateField] = []
+                for fk, fv in tv.items():
+                    m = _FIELD_KEY.match(fk)
+                    if not m:
+                        continue
+                    for one in _as_list(fv):
+                        t = 0
+                        for tk in ("cflow.template_ipfix_field_type_enterprise",
+                                   "cflow.template_ipfix_field_type", "cflow.template_field_type",
+                                   "cflow.scope_field_type", "cflow.template_scope_field_type"):
+                            if tk in one:
+                                t = int(_first(one[tk]))
+                                break
+                        pen = int(one.get("cflow.template_ipfix_field_pen", 0)) if \
+                            one.get("cflow.template_ipfix_pen_provided") == "1" else 0
+                        length = int(one.get("cflow.template_field_length",
+                                             one.get("cflow.template_scope_field_length", 0)))
+                        fields.append(TemplateField(pen, t, length, m.group(3)))
+                tid = int(_first(tv.get("cflow.template_id", m_id(k))))
+                out.append(Template(tid, options, fields, frame))
+        return out
+
+    def packet(self, p: dict) -> CflowPacket:
+        body = p["cflow"]
+        frame = int(p["frame"])
+        version = int(body["cflow.version"])
+        ts_tree = body.get("cflow.timestamp_tree", {})
+        export_ms = None
+        if "cflow.exporttime" in ts_tree:
+            export_ms = int(ts_tree["cflow.exporttime"]) * 1000
+        elif "cflow.unix_secs" in ts_tree:
+            export_ms = int(ts_tree["cflow.unix_secs"]) * 1000
+            if "cflow.unix_nsecs" in ts_tree:
+                export_ms += int(ts_tree["cflow.unix_nsecs"]) // 1_000_000
+        sysuptime_ms = seconds_to_ms(body["cflow.sysuptime"]) if "cflow.sysuptime" in body else None
+        domain = int(body.get("cflow.od_id", body.get("cflow.source_id", 0)))
+        sets: list[CflowSet] = []
+        if version == 5:
+            recs = [flatten(v) for k, v in body.items() if _PDU_KEY.match(k) for v in _as_list(v)]
+            sets.append(CflowSet(0, "v5", recs))
+        for k, v in body.items():
+            m = _SET_KEY.match(k)
+            if not m:
+                continue
+            for sv in _as_list(v):
+                sets.append(self._set(frame, int(m.group(1)), k, sv))
+        pkt = CflowPacket(
+            frame=frame, src=p.get("src", ""), sport=int(p.get("sport", 0)), version=version,
+            domain=domain, export_ms=export_ms, sysuptime_ms=sysuptime_ms, sets=sets,
+            malformed=_has_key(body, "_ws.malformed"), sys_init_ms=None, raw=body,
+        )
+        # IPFIX systemInitTimeMilliseconds (IE 160) from options data anchors sysUpTime-relative
+        # times (IEs 21/22) of later records from the same exporter and domain.
+        key = (pkt.src, domain)
+        for s in sets:
+            if s.kind == "options_data":
+                for r in s.records:
+                    if "cflow.sys_init_time" in r:
+                        self.sys_init[key] = tshark_date_ms(r["cflow.sys_init_time"])
+        pkt.sys_init_ms = self.sys_init.get(key)
+        return pkt
+
+    def _set(self, frame: int, flowset_id: int, key: str, sv: dict) -> CflowSet:
+        if flowset_id in (0, 2) or flowset_id in (1, 3):
+            options = flowset_id in (1, 3)
+            templates = self._parse_templates(frame, sv, options)
+            for t in templates:
+                self.templates[(frame, t.template_id)] = t
+            return CflowSet(flowset_id, "options_template" if options else "template",
+                            template=templates[0] if templates else None, templates=templates)
+        if _has_key(sv, "cflow.no_template_found"):
+            return CflowSet(flowset_id, "no_template")
+        recs = [flatten(r) for k, v in sv.items() if _FLOW_KEY.match(k) for r in _as_list(v)]
+        tframe = sv.get("cflow.template_frame")
+        tmpl = self.templates.get((int(tframe), flowset_id)) if tframe is not None else None
+        kind = "options_data" if tmpl is not None and tmpl.options else "data"
+        return CflowSet(flowset_id, kind, recs, tmpl, malformed=_has_key(sv, "_ws.malformed"))
+
+
+def m_id(k: str) -> str:
+    m = _TEMPLATE_KEY.match(k)
+    return m.group(1) if m else "0"
+
+
+# ---- The mapping table: tshark cflow field -> flowscope output key ---------------------------
+# Each entry: tshark field -> (flowscope key, conversion of tshark's string to the JSON value).
+# Fields that need context (times, unknown elements, octets vs. totals, ICMP) are handled in
+# compare_flow_record() below.
+
+
+def _mac(v: str) -> str:
+    return v.lower()
+
+
+def _str(v: str) -> str:
+    return v
+
+
+CFLOW_FIELDS: dict[str, tuple[str, Any]] = {
+    "cflow.srcaddr": ("SrcAddr", _str),
+    "cflow.srcaddrv6": ("SrcAddr", _str),
+    "cflow.dstaddr": ("DstAddr", _str),
+    "cflow.dstaddrv6": ("DstAddr", _str),
+    "cflow.protocol": ("Proto", to_int),
+    "cflow.srcmac": ("SrcMac", _mac),
+    "cflow.dstmac": ("DstMac", _mac),
+    "cflow.inputint": ("InIf", to_int),
+    "cflow.outputint": ("OutIf", to_int),
+    "cflow.srcas": ("SrcAS", to_int),
+    "cflow.dstas": ("DstAS", to_int),
+    "cflow.srcmask": ("SrcPrefixLen", to_int),
+    "cflow.dstmask": ("DstPrefixLen", to_int),
+    "cflow.nexthop": ("NextHop", _str),
+    "cflow.nexthopv6": ("NextHop", _str),
+    "cflow.flow_end_reason": ("FlowEndReason", to_int),
+    "cflow.ethernet_type": ("Etype", to_int),
+    "cflow.tcpflags": ("TcpFlagsRaw", to_int),
+    "cflow.ip_dscp": ("Dscp", to_int),
+    "cflow.tos": ("Dscp", lambda v: to_int(v) >> 2),
+    "cflow.icmp_ipv4_type": ("IcmpType", to_int),
+    "cflow.icmp_ipv4_code": ("IcmpCode", to_int),
+    "cflow.icmp_ipv6_type": ("IcmpType", to_int),
+    "cflow.icmp_ipv6_code": ("IcmpCode", to_int),
+    "cflow.icmp_type_code_ipv4": ("IcmpType", lambda v: to_int(v) >> 8),
+    "cflow.icmp_type_code_ipv6": ("IcmpType", lambda v: to_int(v) >> 8),
+    "cflow.dot1q_vlan_id": ("Vlan", to_int),
+    "cflow.vlanid": ("Vlan", to_int),
+    "cflow.direction": ("FlowDirection", to_int),
+    "cflow.interface_name": ("Interfaces", _str),  # handled specially (list)
+}
+# Second target for a few fields (IPFIX icmpTypeCode packs type and code).
+CFLOW_EXTRA: dict[str, tuple[str, Any]] = {
+    "cflow.icmp_type_code_ipv4": ("IcmpCode", lambda v: to_int(v) & 0xFF),
+    "cflow.icmp_type_code_ipv6": ("IcmpCode", lambda v: to_int(v) & 0xFF),
+}
+# Keys whose absence from a flow is an error when tshark has the field.
+CFLOW_REQUIRED = {"SrcAddr", "DstAddr", "Proto", "Bytes", "Packets", "SrcPort", "DstPort"}
+
+TCP_FLAG_NAMES = [(0x01, "FIN"), (0x02, "SYN"), (0x04, "RST"), (0x08, "PSH"), (0x10, "ACK"),
+                  (0x20, "URG"), (0x40, "ECE"), (0x80, "CWR")]
+
+
+def flag_names(bits: int) -> set[str]:
+    return {n for b, n in TCP_FLAG_NAMES if bits & b}
+
+
+def _vals(rec: dict, key: str) -> list:
+    return _as_list(rec.get(key))
+
+
+def expected_from_cflow(pkt: CflowPacket, cset: CflowSet, rec: dict) -> dict[str, Any]:
+    """What flowscope must output for this tshark record, by flowscope key (only the keys this
+    module can derive from tshark; values as they appear in flowscope's JSON)."""
+    exp: dict[str, Any] = {}
+    for tkey, (fkey, conv) in CFLOW_FIELDS.items():
+        if tkey in rec and fkey not in exp and tkey != "cflow.interface_name":
+            v = _vals(rec, tkey)[0]
+            if v == "" or v is None:
+                continue
+            exp[fkey] = conv(v)
+    for tkey, (fkey, conv) in CFLOW_EXTRA.items():
+        if tkey in rec:
+            exp[fkey] = conv(_vals(rec, tkey)[0])
+    # Ports: for ICMP, NetFlow v5 (and some v9 exporters) pack type<<8|code into the dst port.
+    if "cflow.srcport" in rec:
+        exp["SrcPort"] = to_int(rec["cflow.srcport"])
+    if "cflow.dstport" in rec:
+        exp["DstPort"] = to_int(rec["cflow.dstport"])
+    # Bytes/Packets: the delta counters when present, else the total counters.
+    for fkey, names in (("Bytes", ("cflow.octets", "cflow.permanent_octets", "cflow.octets64")),
+                        ("Packets", ("cflow.packets", "cflow.permanent_packets", "cflow.packets64"))):
+        for n in names:
+            if n in rec:
+                exp[fkey] = to_int(rec[n])
+                break
+    if "TcpFlagsRaw" in exp:
+        exp["Flags"] = flag_names(exp["TcpFlagsRaw"])
+    # Times, as Unix milliseconds.
+    start = _time_ms(pkt, rec, "start")
+    end = _time_ms(pkt, rec, "end")
+    if start is not None:
+        exp["TimeFlowStartMs"] = start
+    if end is not None:
+        exp["TimeFlowEndMs"] = end
+    # Elements tshark does not know, by position among the template's unknown fields.
+    if cset.template is not None:
+        unknown_std = [f for f in cset.template.fields if f.label.startswith("Unknown(")]
+        unknown_pen = [f for f in cset.template.fields if "[pen:" in f.label]
+        for tkey, flds in (("cflow.unknown_field_type", unknown_std),
+                           ("cflow.enterprise_private_entry", unknown_pen)):
+            vals = _vals(rec, tkey)
+            if len(vals) == len(flds):
+                for f, v in zip(flds, vals):
+                    exp.setdefault(f.ie_key, hexbytes(v))
+    return exp
+
+
+def _time_ms(pkt: CflowPacket, rec: dict, which: str) -> int | None:
+    """tshark prints absolute times (IEs 150-155, ASA 323/324) as dates, and sysUpTime-relative
+    ones (v5, v9 and IPFIX IEs 21/22) as seconds since boot."""
+    for key in (f"cflow.abstime{which}",):
+        if key in rec:
+            return tshark_date_ms(rec[key])
+    key = f"cflow.time{which}"
+    if key not in rec:
+        return None
+    rel = seconds_to_ms(rec[key])
+    if pkt.version in (5, 9) and pkt.export_ms is not None and pkt.sysuptime_ms is not None:
+        return pkt.export_ms - pkt.sysuptime_ms + rel
+    if pkt.version == 10 and pkt.sys_init_ms is not None:
+        return pkt.sys_init_ms + rel
+    return None
+
+
+def _norm(key: str, v: Any) -> Any:
+    if key in ("SrcMac", "DstMac") and isinstance(v, str):
+        return v.lower()
+    if key == "Flags" and isinstance(v, list):
+        return set(v)
+    if key.startswith("ie") and isinstance(v, str):
+        return v.lower()
+    return v
+
+
+def compare_expected(exp: dict[str, Any], flow: dict, *, required: Iterable[str] = CFLOW_REQUIRED,
+                     time_tolerance_ms: int = 0, skip: Iterable[str] = ()) -> list[str]:
+    """Mismatches between expected values (from tshark or the generated traffic) and one flow."""
+    problems = []
+    skip = set(skip)
+    required = set(required)
+    for k, v in exp.items():
+        if k in skip:
+            continue
+        if k not in flow:
+            if k in required:
+                problems.append(f"{k}: expected {v!r}, missing")
+            continue
+        got = _norm(k, flow[k])
+        if k.startswith("TimeFlow") and isinstance(got, (int, float)):
+            if abs(got - v) > time_tolerance_ms:
+                problems.append(f"{k}: expected {v!r}, got {flow[k]!r}")
+            continue
+        if k in ("DstPort", "SrcPort") and v != got and flow.get("Proto") in (1, 58):
+            continue  # ICMP: the port may hold type/code; checked through IcmpType/IcmpCode
+        if got != _norm(k, v):
+            problems.append(f"{k}: expected {v!r}, got {flow[k]!r}")
+    return problems
+
+
+def compare_flow_record(pkt: CflowPacket, cset: CflowSet, rec: dict, flow: dict,
+                        *, time_tolerance_ms: int = 0) -> list[str]:
+    """Mismatches between one tshark record and the flowscope flow that should equal it."""
+    exp = expected_from_cflow(pkt, cset, rec)
+    tol = time_tolerance_ms
+    if pkt.version == 5:
+        tol = max(tol, 1000)  # header unix_nsecs may or may not be used for the boot time
+    required = set(CFLOW_REQUIRED)
+    if "cflow.srcaddr" not in rec and "cflow.srcaddrv6" not in rec:
+        required -= {"SrcAddr", "DstAddr"}
+    probs = compare_expected(exp, flow, required=required & set(exp), time_tolerance_ms=tol)
+    if cset.template is not None and "TemplateId" in flow and flow["TemplateId"] != cset.flowset_id:
+        probs.append(f"TemplateId: expected {cset.flowset_id}, got {flow['TemplateId']}")
+    return probs
+
+
+# --------------------------------------------------------------------------------------------
+# sFlow v5 (tshark "sflow")
+
+SAMPLE_TYPES = {"Flow sample": 1, "Counters sample": 2, "Expanded flow sample": 3,
+                "Expanded counters sample": 4}
+_SAMPLE_KEY = re.compile(r"^(Flow sample|Counters sample|Expanded flow sample|Expanded counters sample)"
+                         r", seq \d+$")
+
+
+@dataclass
+class SflowRecord:
+    enterprise: int
+    format: int
+    fields: dict  # flattened
+
+
+@dataclass
+class SflowSample:
+    type: int  # 1 flow, 2 counters, 3 expanded flow, 4 expanded counters
+    fields: dict  # the sample's own fields (flattened, records excluded)
+    records: list[SflowRecord]
+
+    @property
+    def is_flow(self) -> bool:
+        return self.type in (1, 3)
+
+
+@dataclass
+class SflowPacket:
+    frame: int
+    src: str
+    agent: str
+    sequence: int
+    numsamples: int
+    samples: list[SflowSample]  # grouped by sample type (tshark loses the interleaving)
+    malformed: bool
+    raw: dict
+
+
+def parse_sflow(p: dict) -> SflowPacket:
+    body = p["sflow"]
+    samples: list[SflowSample] = []
+    for k, v in body.items():
+        m = _SAMPLE_KEY.match(k)
+        if not m:
+            continue
+        for sv in _as_list(v):
+            own: dict = {}
+            recs: list[SflowRecord] = []
+            for rk, rv in sv.items():
+                items = _as_list(rv)
+                if items and all(isinstance(x, dict) for x in items) and any(
+                        "sflow_245.flow_record_format" in x or "sflow_245.counters_record_format" in x
+                        for x in items):
+                    for x in items:
+                        fmt = x.get("sflow_245.flow_record_format", x.get("sflow_245.counters_record_format"))
+                        recs.append(SflowRecord(int(x.get("sflow.enterprise", 0)), int(fmt), flatten_record(x)))
+                elif isinstance(rv, dict):
+                    flatten(rv, own)
+                else:
+                    own[rk] = rv
+            samples.append(SflowSample(int(sv.get("sflow_245.sampletype", SAMPLE_TYPES[m.group(1)])),
+                                       own, recs))
+    return SflowPacket(
+        frame=int(p["frame"]), src=p.get("src", ""), agent=body.get("sflow_245.agent", ""),
+        sequence=int(body.get("sflow_245.sequence_number", 0)),
+        numsamples=int(body.get("sflow_245.numsamples", 0)), samples=samples,
+        malformed=_has_key(body, "_ws.malformed"), raw=body,
+    )
+
+
+def flatten_record(x: dict) -> dict:
+    """A flow/counter record's own fields; the decoded sampled header stays nested under
+    'header_tree' (its layers are read by header_layers())."""
+    out: dict = {}
+    for k, v in x.items():
+        if k == "sflow_245.header_tree":
+            out["header_tree"] = v
+        elif isinstance(v, dict):
+            flatten(v, out)
+        else:
+            out[k] = v
+    return out
+
+
+def header_layers(tree: dict) -> dict[str, dict]:
+    """The sampled header's protocol layers, outermost instance of each (flattened)."""
+    out = {}
+    for layer, v in tree.items():
+        first = _first(v)
+        if isinstance(first, dict):
+            out[layer] = flatten(first)
+    return out
+
+
+def expected_from_sflow_sample(pkt: SflowPacket, s: SflowSample) -> dict[str, Any]:
+    """What flowscope must output for one sFlow flow sample (from tshark's decode)."""
+    exp: dict[str, Any] = {}
+    f = s.fields
+    if "sflow.flow_sample.sampling_rate" in f:
+        exp["Sampling"] = to_int(f["sflow.flow_sample.sampling_rate"])
+    if "sflow.flow_sample.input_interface_value" in f:
+        exp["InIf"] = to_int(f["sflow.flow_sample.input_interface_value"])
+    elif "sflow.flow_sample.input_interface" in f:
+        v = to_int(f["sflow.flow_sample.input_interface"])
+        if v >> 30 == 0:
+            exp["InIf"] = v & 0x3FFFFFFF
+    if "sflow.flow_sample.output_interface_value" in f:
+        fmt = to_int(f.get("sflow.flow_sample.output_interface_format",
+                           f.get("sflow.flow_sample.output_interface.format", "0")))
+        if fmt == 0:
+            exp["OutIf"] = to_int(f["sflow.flow_sample.output_interface_value"])
+    if pkt.agent:
+        exp["AgentIP"] = pkt.agent
+    for r in s.records:
+        if r.enterprise == 0 and r.format == 1 and "header_tree" in r.fields:  # raw packet header
+            exp["Bytes"] = to_int(r.fields["sflow_245.header.frame_length"])
+            exp["Packets"] = 1
+            exp.update(expected_from_header(r.fields["header_tree"]))
+            break
+    return exp
+
+
+def expected_from_header(tree: dict) -> dict[str, Any]:
+    """Flow keys from the outermost Ethernet/VLAN/IP/L4 headers tshark decoded."""
+    L = header_layers(tree)
+    exp: dict[str, Any] = {}
+    if "eth" in L:
+        exp["SrcMac"] = L["eth"]["eth.src"].lower()
+        exp["DstMac"] = L["eth"]["eth.dst"].lower()
+    if "ip" in L:
+        ip = L["ip"]
+        exp["SrcAddr"] = _first(ip["ip.src"])
+        exp["DstAddr"] = _first(ip["ip.dst"])
+        exp["Proto"] = to_int(ip["ip.proto"])
+        exp["Etype"] = 0x0800
+        if "ip.dsfield.dscp" in ip:
+            exp["Dscp"] = to_int(ip["ip.dsfield.dscp"])
+    elif "ipv6" in L:
+        ip = L["ipv6"]
+        exp["SrcAddr"] = _first(ip["ipv6.src"])
+        exp["DstAddr"] = _first(ip["ipv6.dst"])
+        exp["Proto"] = to_int(ip["ipv6.nxt"])
+        exp["Etype"] = 0x86DD
+        if "ipv6.tclass.dscp" in ip:
+            exp["Dscp"] = to_int(ip["ipv6.tclass.dscp"])
+    if "tcp" in L:
+        exp["SrcPort"] = to_int(L["tcp"]["tcp.srcport"])
+        exp["DstPort"] = to_int(L["tcp"]["tcp.dstport"])
+        if "tcp.flags" in L["tcp"]:
+            bits = to_int(L["tcp"]["tcp.flags"]) & 0xFF
+            exp["TcpFlagsRaw"] = bits
+            exp["Flags"] = flag_names(bits)
+    elif "udp" in L:
+        exp["SrcPort"] = to_int(L["udp"]["udp.srcport"])
+        exp["DstPort"] = to_int(L["udp"]["udp.dstport"])
+    for name in ("icmp", "icmpv6"):
+        if name in L:
+            exp["IcmpType"] = to_int(L[name][f"{name}.type"])
+            exp["IcmpCode"] = to_int(L[name][f"{name}.code"])
+    return exp
+
+
+# Generic interface counters (sFlow counters record 0:1): tshark field -> flowscope key.
+SFLOW_IF_COUNTERS: dict[str, str] = {
+    "sflow_245.ifindex": "IfIndex",
+    "sflow_245.iftype": "IfType",
+    "sflow_245.ifspeed": "IfSpeed",
+    "sflow_245.ifdirection": "IfDirection",
+    "sflow_245.ifinoct": "IfInOctets",
+    "sflow_245.ifinpkt": "IfInUcastPkts",
+    "sflow_245.ifinmcast": "IfInMulticastPkts",
+    "sflow_245.ifinbcast": "IfInBroadcastPkts",
+    "sflow_245.ifindisc": "IfInDiscards",
+    "sflow_245.ifinerr": "IfInErrors",
+    "sflow_245.ifinunk": "IfInUnknownProtos",
+    "sflow_245.ifoutoct": "IfOutOctets",
+    "sflow_245.ifoutpkt": "IfOutUcastPkts",
+    "sflow_245.ifoutmcast": "IfOutMulticastPkts",
+    "sflow_245.ifoutbcast": "IfOutBroadcastPkts",
+    "sflow_245.ifoutdisc": "IfOutDiscards",
+    "sflow_245.ifouterr": "IfOutErrors",
+    "sflow_245.ifpromisc": "IfPromiscuousMode",
+}

@@ -1,0 +1,290 @@
+"""Golden tests: real NetFlow v5/v9, IPFIX and sFlow v5 captures, decoded by flowscope and by tshark.
+
+Every pcap of the corpus is fed datagram by datagram, in file order, with its source address
+and capture time, to one Decoder per pcap. tshark's decode stored beside each pcap
+(`<name>.tshark.json`, tshark 4.0.17) is the reference: every data record tshark decodes must come
+out as a flow with equal values (mapping table in tests/support/tshark.py), record counts per
+datagram must be equal, data sets tshark could not decode for want of a template must be counted
+as missing-template sets, and the decoder's per-exporter stats must move by exactly as much.
+
+The Apache-2.0 fixtures live in tests/data/corpus (origin in tests/data/NOTICE). The AGPL, GPL and
+MPL captures of the shared corpus cannot be copied here; they are read from ../shared/corpus (or
+$FLOWSCOPE_SHARED_CORPUS) when present, and skipped with a reason otherwise.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.support import tshark as T
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = ROOT / "tests" / "data" / "corpus"
+SHARED = Path(os.environ.get("FLOWSCOPE_SHARED_CORPUS", ROOT.parent / "shared" / "corpus"))
+NON_PERMISSIVE = ("akvorado_", "juniper_akvorado-", "_pmacct-", "pktvisor_")
+
+PROTOCOL_BY_VERSION = {5: "netflow5", 9: "netflow9", 10: "ipfix"}
+
+
+def _local_cases() -> list:
+    return [pytest.param(p, id=str(p.relative_to(CORPUS))) for p in sorted(CORPUS.glob("*/*.pcap"))]
+
+
+def _shared_cases() -> list:
+    if not SHARED.is_dir():
+        return [pytest.param(None, id="shared-corpus-absent")]
+    out = []
+    for p in sorted(SHARED.glob("*/*.pcap")):
+        if any(tag in p.name for tag in NON_PERMISSIVE):
+            out.append(pytest.param(p, id="shared/" + str(p.relative_to(SHARED))))
+    return out
+
+
+@pytest.fixture(scope="module")
+def decoders_mod():
+    mod = pytest.importorskip("decoders", reason="decoders package not importable")
+    if not hasattr(mod, "Decoder"):
+        pytest.skip("decoders.Decoder missing: build with `python setup.py build_ext --inplace`")
+    return mod
+
+
+def _datagrams(pcap: Path) -> list:
+    from collector.pcap import iter_udp
+
+    return list(iter_udp(pcap))
+
+
+def _new_decoder(decoders_mod):
+    # default_sampling=0: the corpus exporters' own sampling (or none) is what is compared.
+    return decoders_mod.Decoder(decoders_mod.DecoderConfig(default_sampling=0))
+
+
+def check_cflow_capture(decoder, datagrams: list, packets: list[dict], label: str) -> list[str]:
+    """Feed `datagrams` to `decoder` and compare with tshark's cflow `packets` (same order).
+    Returns a list of human-readable problems (empty = equal). Shared with the exporter tests."""
+    problems: list[str] = []
+    if len(datagrams) != len(packets):
+        return [f"{label}: {len(datagrams)} UDP datagrams but tshark decoded {len(packets)} cflow packets"]
+    reader = T.CflowReader()
+    want = collections.defaultdict(lambda: collections.Counter())  # exporter -> stat -> n
+    templates: dict[str, set] = collections.defaultdict(set)
+    before = decoder.stats()
+    for n, (dg, p) in enumerate(zip(datagrams, packets), 1):
+        tp = reader.packet(p)
+        where = f"{label} datagram {n} (frame {tp.frame}, v{tp.version})"
+        batch = decoder.decode(dg.payload, dg.src, dg.sport, dg.ts)
+        want[dg.src]["datagrams"] += 1
+        templates[dg.src] |= tp.template_keys()
+        if batch.protocol != PROTOCOL_BY_VERSION.get(tp.version):
+            problems.append(f"{where}: protocol {batch.protocol!r}")
+        if batch.missing_template_sets != tp.no_template_sets:
+            problems.append(f"{where}: missing_template_sets {batch.missing_template_sets}, "
+                            f"tshark found {tp.no_template_sets} set(s) without template")
+        want[dg.src]["missing_template_sets"] += tp.no_template_sets
+        flows = batch.to_dicts()
+        want[dg.src]["flows"] += len(flows)
+        expected = tp.flow_records
+        if tp.malformed_data:
+            # tshark could not decode part of this packet: compare what precedes the broken set.
+            ok = []
+            for s, r in expected:
+                if s.malformed:
+                    break
+                ok.append((s, r))
+            expected = ok
+            if len(flows) < len(expected):
+                problems.append(f"{where}: {len(flows)} flows, tshark decoded {len(expected)} before "
+                                "the malformed set")
+        else:
+            if batch.error is not None:
+                problems.append(f"{where}: decode error {batch.error!r} on a packet tshark decodes")
+            if len(flows) != len(expected):
+                problems.append(f"{where}: {len(flows)} flows, tshark decoded {len(expected)} records")
+        for i, ((s, rec), flow) in enumerate(zip(expected, flows), 1):
+            for prob in T.compare_flow_record(tp, s, rec, flow):
+                problems.append(f"{where} set id {s.flowset_id} record {i}: {prob}")
+            if flow.get("FlowProtocol") not in (None, PROTOCOL_BY_VERSION.get(tp.version)):
+                problems.append(f"{where} record {i}: FlowProtocol {flow.get('FlowProtocol')!r}")
+            if flow.get("AgentIP") not in (None, dg.src):
+                problems.append(f"{where} record {i}: AgentIP {flow.get('AgentIP')!r}, sent from {dg.src}")
+    problems += check_stats_delta(before, decoder.stats(), want, label)
+    for exporter, keys in templates.items():
+        got = decoder.stats().get(exporter, {}).get("templates")
+        if got is not None and got != len(keys):
+            problems.append(f"{label}: stats[{exporter}]['templates'] = {got}, tshark saw {len(keys)} "
+                            f"distinct (domain, template id): {sorted(keys)}")
+    return problems
+
+
+def check_stats_delta(before: dict, after: dict, want: dict, label: str) -> list[str]:
+    """Metric-like counters of dec.stats() must have moved by exactly what was fed/decoded."""
+    problems = []
+    for exporter, counts in want.items():
+        a = after.get(exporter)
+        if a is None:
+            problems.append(f"{label}: stats() has no entry for exporter {exporter}")
+            continue
+        b = before.get(exporter, {})
+        for key, n in counts.items():
+            delta = a.get(key, 0) - b.get(key, 0)
+            if delta != n:
+                problems.append(f"{label}: stats[{exporter}][{key!r}] moved by {delta}, expected {n}")
+    return problems
+
+
+def check_sflow_capture(decoder, datagrams: list, packets: list[dict], label: str) -> list[str]:
+    """sFlow: per datagram, flow samples -> flows (values from the sampled header tshark parsed),
+    counter records -> batch.counters, and stats deltas."""
+    problems: list[str] = []
+    if len(datagrams) != len(packets):
+        return [f"{label}: {len(datagrams)} UDP datagrams but tshark decoded {len(packets)} sflow packets"]
+    want = collections.defaultdict(lambda: collections.Counter())
+    before = decoder.stats()
+    for n, (dg, p) in enumerate(zip(datagrams, packets), 1):
+        sp = T.parse_sflow(p)
+        where = f"{label} datagram {n} (frame {sp.frame})"
+        batch = decoder.decode(dg.payload, dg.src, dg.sport, dg.ts)
+        want[dg.src]["datagrams"] += 1
+        if batch.protocol != "sflow5":
+            problems.append(f"{where}: protocol {batch.protocol!r}")
+        flows = batch.to_dicts()
+        want[dg.src]["flows"] += len(flows)
+        if not sp.malformed:
+            if batch.error is not None:
+                problems.append(f"{where}: decode error {batch.error!r} on a datagram tshark decodes")
+            if len(sp.samples) != sp.numsamples:
+                problems.append(f"{where}: tshark parsed {len(sp.samples)} of {sp.numsamples} samples")
+        exp_flows = [T.expected_from_sflow_sample(sp, s) for s in sp.samples if s.is_flow]
+        if len(flows) != len(exp_flows) and not sp.malformed:
+            problems.append(f"{where}: {len(flows)} flows, tshark has {len(exp_flows)} flow samples")
+        problems += match_unordered(exp_flows, flows, where, required={"SrcAddr", "DstAddr", "Bytes"})
+        problems += compare_counters(sp, batch.counters, where)
+    problems += check_stats_delta(before, decoder.stats(), want, label)
+    return problems
+
+
+def match_unordered(expected: list[dict], flows: list[dict], where: str, *, required=()) -> list[str]:
+    """Pair each expected flow with an equal decoded flow (tshark groups sFlow samples by type, so
+    datagram order is not a reference); report the closest candidate when none is equal."""
+    problems = []
+    unused = list(range(len(flows)))
+    for i, exp in enumerate(expected, 1):
+        req = set(required) & set(exp)
+        best = None
+        for j in unused:
+            probs = T.compare_expected(exp, flows[j], required=req)
+            if not probs:
+                best = (j, [])
+                break
+            if best is None or len(probs) < len(best[1]):
+                best = (j, probs)
+        if best is None:
+            continue
+        if best[1]:
+            problems += [f"{where} flow sample {i}: {x}" for x in best[1]]
+        unused.remove(best[0])
+    return problems
+
+
+def compare_counters(sp: T.SflowPacket, counters: list[dict], where: str) -> list[str]:
+    """Counter records: same formats per datagram, and generic interface counter values."""
+    problems = []
+    exp_records = [r for s in sp.samples if not s.is_flow for r in s.records]
+    if sp.malformed:
+        return problems
+    got_formats = collections.Counter(_record_format(c) for c in counters)
+    exp_formats = collections.Counter((r.enterprise, r.format) for r in exp_records)
+    if got_formats != exp_formats:
+        problems.append(f"{where}: counter record formats {dict(got_formats)}, tshark {dict(exp_formats)}")
+    generic = [c for c in counters if _record_format(c) == (0, 1)]
+    for r in (r for r in exp_records if (r.enterprise, r.format) == (0, 1)):
+        idx = T.to_int(r.fields["sflow_245.ifindex"])
+        cand = [c for c in generic if c.get("IfIndex") == idx]
+        if not cand:
+            problems.append(f"{where}: no generic interface counters for ifIndex {idx}")
+            continue
+        exp = {fk: T.to_int(r.fields[tk]) for tk, fk in T.SFLOW_IF_COUNTERS.items() if tk in r.fields}
+        if not any(not T.compare_expected(exp, c, required=set(exp)) for c in cand):
+            problems += [f"{where} ifIndex {idx}: {x}"
+                         for x in T.compare_expected(exp, cand[0], required=set(exp))]
+    return problems
+
+
+def _record_format(c: dict) -> tuple[int, int]:
+    """(enterprise, format) of a flowscope counter record. RecordType is documented as present;
+    it may be a number (format), "enterprise:format", or a name."""
+    rt = c.get("RecordType")
+    names = {"generic_interface": 1, "ethernet_interface": 2, "tokenring": 3, "vg": 4, "vlan": 5,
+             "ieee80211": 6, "lag": 7, "processor": 1001, "openflow_port": 1004, "port_name": 1005}
+    if isinstance(rt, int):
+        return (int(c.get("Enterprise", 0)), rt)
+    if isinstance(rt, str) and ":" in rt:
+        e, f = rt.split(":", 1)
+        return (int(e), int(f))
+    if isinstance(rt, str) and rt.isdigit():
+        return (int(c.get("Enterprise", 0)), int(rt))
+    if isinstance(rt, str) and rt.lower() in names:
+        return (int(c.get("Enterprise", 0)), names[rt.lower()])
+    return (-1, -1)
+
+
+def _run_golden(pcap: Path, decoders_mod) -> None:
+    ref = T.load_tshark_json(pcap.parent / (pcap.stem + ".tshark.json"))
+    datagrams = _datagrams(pcap)
+    dec = _new_decoder(decoders_mod)
+    label = pcap.name
+    if pcap.parent.name == "sflow":
+        problems = check_sflow_capture(dec, datagrams, ref["packets"], label)
+    else:
+        problems = check_cflow_capture(dec, datagrams, ref["packets"], label)
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("pcap", _local_cases())
+def test_golden_local(pcap: Path, decoders_mod) -> None:
+    _run_golden(pcap, decoders_mod)
+
+
+@pytest.mark.parametrize("pcap", _shared_cases())
+def test_golden_shared_non_permissive(pcap: Path | None, decoders_mod) -> None:
+    if pcap is None:
+        pytest.skip(f"shared corpus not found at {SHARED} (set FLOWSCOPE_SHARED_CORPUS): the AGPL/GPL/MPL "
+                    "captures (akvorado, pmacct, pktvisor) cannot ship with flowscope and were NOT tested")
+    _run_golden(pcap, decoders_mod)
+
+
+def test_corpus_copied_with_notice() -> None:
+    """Every shipped fixture is Apache-2.0 and named in the NOTICE; no non-permissive file is here."""
+    notice = (ROOT / "tests" / "data" / "NOTICE").read_text()
+    files = sorted(p for p in CORPUS.rglob("*") if p.is_file())
+    assert files, "tests/data/corpus is empty"
+    for p in files:
+        assert not any(tag in p.name for tag in NON_PERMISSIVE), f"non-permissive file shipped: {p}"
+        if p.suffix in (".pcap", ".dat"):
+            assert str(p.relative_to(CORPUS)) in notice, f"{p} not named in tests/data/NOTICE"
+    for p in CORPUS.glob("*/*.pcap"):
+        assert (p.parent / (p.stem + ".tshark.json")).is_file(), f"{p} has no .tshark.json"
+
+
+def test_tshark_reference_is_consistent() -> None:
+    """The stored tshark decodes parse into the counts the corpus manifest states (guards the
+    parser in tests/support/tshark.py, which every golden comparison relies on)."""
+    totals = collections.Counter()
+    for jf in sorted(CORPUS.glob("*/*.tshark.json")):
+        d = T.load_tshark_json(jf)
+        if jf.parent.name == "sflow":
+            sp = [T.parse_sflow(p) for p in d["packets"]]
+            totals["sflow_samples"] += sum(len(p.samples) for p in sp)
+            continue
+        reader = T.CflowReader()
+        for p in reader.packets(d["packets"]):
+            totals["records"] += sum(len(s.records) for s in p.sets)
+            totals["no_template"] += p.no_template_sets
+    # From MANIFEST.md (Apache-2.0 rows): counts tshark reported when the corpus was made.
+    assert totals["no_template"] == 12
+    assert totals["records"] == 586
+    assert totals["sflow_samples"] == 22
