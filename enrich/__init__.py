@@ -1,0 +1,154 @@
+"""Kubernetes enrichment for flowscope: informers + the IP -> identity index.
+
+The collector's composition root does:
+
+    cfg = enrich.config_from_args(args)            # after enrich.add_cli_arguments(parser)
+    enricher = enrich.Enricher(cfg) if cfg.enabled else None
+    enricher.start()                               # non-blocking; informer threads
+    enricher.wait_ready(timeout)                   # or gate /readyz on enricher.ready
+    batch.to_json(enricher=enricher)               # the encoder calls enricher.enrich(...)
+    enricher.stop()
+
+`Enricher.enrich` is the Enricher contract of docs/INTERNALS.md. `Enricher.from_objects` builds a
+ready enricher from plain API dicts, without an API server (tests, benchmarks, offline decode).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .config import EnrichConfig, EnrichConfigError, add_cli_arguments, config_from_args, parse_bool
+from .index import KINDS, NODES, PODS, REPLICASETS, SERVICES, Index  # noqa: F401
+from .informer import Informer, Lister, make_listers
+
+__all__ = [
+    "EnrichConfig", "EnrichConfigError", "Enricher", "Index", "add_cli_arguments", "config_from_args",
+    "parse_bool", "load_api_client",
+]
+
+
+def load_api_client(config: EnrichConfig) -> Any:
+    """A kubernetes ApiClient per the config: explicit kubeconfig, in-cluster, or default kubeconfig.
+
+    Raises kubernetes.config.ConfigException with the client's message when nothing is usable,
+    so the collector can fail at start with it.
+    """
+    import os
+
+    from kubernetes import client
+    from kubernetes import config as kconfig
+
+    conf = client.Configuration()
+    if config.kubeconfig:
+        kconfig.load_kube_config(config_file=config.kubeconfig, context=config.context,
+                                 client_configuration=conf, persist_config=False)
+    elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+        kconfig.load_incluster_config(client_configuration=conf)
+    else:
+        # None: the client's default, $KUBECONFIG or ~/.kube/config.
+        kconfig.load_kube_config(context=config.context, client_configuration=conf, persist_config=False)
+    return client.ApiClient(conf)
+
+
+class Enricher:
+    """The index plus the four informers that keep it current."""
+
+    def __init__(self, config: EnrichConfig | None = None, *, api_client: Any = None,
+                 listers: dict[str, Lister] | None = None, clock: Callable[[], float] | None = None) -> None:
+        self.config = config if config is not None else EnrichConfig()
+        kwargs: dict[str, Any] = {}
+        if clock is not None:
+            kwargs["clock"] = clock
+        self.index = Index(cluster_name=self.config.cluster_name,
+                           infra_namespace_prefixes=self.config.infra_namespace_prefixes,
+                           own_namespace=self.config.resolved_own_namespace(),
+                           tombstone_seconds=self.config.tombstone_seconds, **kwargs)
+        # The hot path: bound straight to the index so a call is one Python frame.
+        self.enrich: Callable[[bytes, bytes, bytes, int, int], bytes] = self.index.enrich
+        self._api_client = api_client
+        self._listers = listers
+        self._informers: dict[str, Informer] = {}
+        self._ready = threading.Event()
+        self._static = False
+
+    @classmethod
+    def from_objects(cls, *, pods: Iterable[dict[str, Any]] = (), nodes: Iterable[dict[str, Any]] = (),
+                     services: Iterable[dict[str, Any]] = (), replicasets: Iterable[dict[str, Any]] = (),
+                     config: EnrichConfig | None = None, clock: Callable[[], float] | None = None) -> Enricher:
+        """A ready enricher built from API objects as plain dicts (no informers)."""
+        self = cls(config, clock=clock)
+        idx = self.index
+        # ReplicaSets and Nodes first so pods render with their owners and zones at once.
+        for kind, objs in ((REPLICASETS, replicasets), (NODES, nodes), (SERVICES, services), (PODS, pods)):
+            idx.replace(kind, [r for r in (idx.parse(kind, o) for o in objs) if r is not None])
+        self._static = True
+        self._ready.set()
+        return self
+
+    # lifecycle
+
+    def start(self) -> None:
+        """Start the informer threads (non-blocking). No-op when disabled or already started."""
+        if self._static or self._informers or not self.config.enabled:
+            if not self.config.enabled:
+                self._ready.set()
+            return
+        listers = self._listers
+        if listers is None:
+            if self._api_client is None:
+                self._api_client = load_api_client(self.config)
+            listers = make_listers(self._api_client)
+        for kind in KINDS:
+            self._informers[kind] = Informer(kind=kind, lister=listers[kind], index=self.index,
+                                             config=self.config, on_synced=self._check_ready)
+        for inf in self._informers.values():
+            inf.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the informers; the index keeps serving what it has."""
+        for inf in self._informers.values():
+            inf.stop(timeout=timeout)
+        if self._api_client is not None:
+            try:
+                self._api_client.close()
+            except Exception:  # noqa: BLE001 - best effort at shutdown
+                pass
+
+    def _check_ready(self) -> None:
+        if all(inf.stats.synced for inf in self._informers.values()):
+            self._ready.set()
+
+    @property
+    def ready(self) -> bool:
+        """True once every kind has been fully listed once (then stays true)."""
+        return self._ready.is_set()
+
+    def wait_ready(self, timeout: float) -> bool:
+        return self._ready.wait(timeout)
+
+    # observability
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and gauges for the collector's /metrics (no prometheus import here).
+
+        {"enabled", "ready",
+         "kinds": {kind: {"synced", "state", "events": {type: n}, "lists", "relists",
+                          "errors": {cause: n}, "objects", "resource_version", "last_sync"}},
+         "index": {"pods", "nodes", "services", "replicasets", "tombstones", "addresses", ...},
+         "problems": {cause: n}}   # bad input: bad_pod, bad_node, bad_owner, bad_annotation, ...
+        """
+        return {
+            "enabled": self.config.enabled,
+            "ready": self.ready,
+            "kinds": {k: inf.stats.as_dict() for k, inf in self._informers.items()},
+            "index": self.index.counts(),
+            "problems": dict(self.index.problems),
+        }
+
+    def lookup(self, addr: str, t_ms: int = 0) -> dict[str, Any] | None:
+        """The identity of an address as a dict with Src-side keys (debugging, `flowscope decode`)."""
+        return self.index.lookup(addr, t_ms)
+
+

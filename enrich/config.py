@@ -1,0 +1,163 @@
+"""Configuration of Kubernetes enrichment, and the CLI flags that fill it.
+
+One dataclass, every field documented with its default and checked in ``validate()``, so the
+collector's composition root can build it from flags, ``FLOWSCOPE_*`` variables or YAML and fail
+at start with a clear message instead of misbehaving later inside an informer thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+
+# Where the kubelet mounts the ServiceAccount namespace in every pod (the Downward API
+# POD_NAMESPACE variable wins when the manifest sets it).
+SERVICEACCOUNT_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+_TRUE = {"1", "true", "yes", "on", "y", "t"}
+_FALSE = {"0", "false", "no", "off", "n", "f"}
+
+
+class EnrichConfigError(ValueError):
+    """A setting of EnrichConfig is invalid; the message names the field."""
+
+
+def parse_bool(value: str | bool) -> bool:
+    """Parse a flag or environment value such as ``--enrich=false``."""
+    if isinstance(value, bool):
+        return value
+    v = value.strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
+
+
+def detect_own_namespace(*, environ: dict[str, str] | None = None,
+                         namespace_file: str = SERVICEACCOUNT_NAMESPACE_FILE) -> str:
+    """The namespace flowscope itself runs in, or "" outside a cluster.
+
+    Flows to and from the collector are infrastructure traffic, like NetObserv's own namespace.
+    """
+    env = os.environ if environ is None else environ
+    ns = env.get("POD_NAMESPACE", "").strip()
+    if ns:
+        return ns
+    try:
+        with open(namespace_file, encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+@dataclass
+class EnrichConfig:
+    """Settings of the Kubernetes enrichment (informers + index)."""
+
+    # Attach Kubernetes identity to flows at all (--enrich=false turns it off).
+    enabled: bool = True
+    # Path of a kubeconfig file. None: in-cluster ServiceAccount config when
+    # KUBERNETES_SERVICE_HOST is set, else $KUBECONFIG, else ~/.kube/config.
+    kubeconfig: str | None = None
+    # kubeconfig context to use; None = the file's current-context.
+    context: str | None = None
+    # Written as K8S_ClusterName on every enriched flow when non-empty.
+    cluster_name: str = ""
+    # A side whose namespace starts with one of these is infrastructure (K8S_FlowLayer "infra").
+    infra_namespace_prefixes: list[str] = field(default_factory=lambda: ["openshift", "kube-"])
+    # The collector's own namespace, also infra. None = detect (POD_NAMESPACE, then the
+    # ServiceAccount namespace file); "" = none.
+    own_namespace: str | None = None
+    # How long a deleted pod keeps its IP attribution for flows that started before the
+    # deletion (exporters report flows up to their active timeout late).
+    tombstone_seconds: float = 300.0
+    # Server-side timeoutSeconds of each watch request; the client re-watches from the last
+    # resourceVersion afterwards, so this only bounds how long one HTTP stream lives.
+    watch_timeout_seconds: int = 300
+    # Extra read timeout on top of the watch timeout: a silent dead connection is noticed
+    # after watch_timeout_seconds + this at worst.
+    read_timeout_slack_seconds: float = 30.0
+    # Connect timeout for every request to the API server.
+    connect_timeout_seconds: float = 10.0
+    # Page size of list requests (limit/continue); 0 = one unpaged list.
+    list_chunk_size: int = 500
+    # Reconnect backoff: first delay, multiplier, ceiling, and +-jitter fraction.
+    backoff_initial_seconds: float = 0.5
+    backoff_factor: float = 2.0
+    backoff_max_seconds: float = 30.0
+    backoff_jitter: float = 0.1
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise EnrichConfigError naming the first bad field."""
+        if not isinstance(self.enabled, bool):
+            raise EnrichConfigError(f"enabled must be a boolean, got {self.enabled!r}")
+        if self.kubeconfig is not None and not isinstance(self.kubeconfig, str):
+            raise EnrichConfigError(f"kubeconfig must be a path or None, got {self.kubeconfig!r}")
+        if not isinstance(self.cluster_name, str):
+            raise EnrichConfigError(f"cluster_name must be a string, got {self.cluster_name!r}")
+        if isinstance(self.infra_namespace_prefixes, str) or not all(
+            isinstance(p, str) and p for p in self.infra_namespace_prefixes
+        ):
+            raise EnrichConfigError(
+                f"infra_namespace_prefixes must be a list of non-empty strings, "
+                f"got {self.infra_namespace_prefixes!r}")
+        self.infra_namespace_prefixes = list(self.infra_namespace_prefixes)
+        if self.own_namespace is not None and not isinstance(self.own_namespace, str):
+            raise EnrichConfigError(f"own_namespace must be a string or None, got {self.own_namespace!r}")
+        for name in ("tombstone_seconds", "read_timeout_slack_seconds", "backoff_jitter"):
+            if getattr(self, name) < 0:
+                raise EnrichConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("connect_timeout_seconds", "backoff_initial_seconds", "backoff_max_seconds"):
+            if getattr(self, name) <= 0:
+                raise EnrichConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not isinstance(self.watch_timeout_seconds, int) or self.watch_timeout_seconds < 1:
+            raise EnrichConfigError(
+                f"watch_timeout_seconds must be an integer >= 1, got {self.watch_timeout_seconds!r}")
+        if not isinstance(self.list_chunk_size, int) or self.list_chunk_size < 0:
+            raise EnrichConfigError(f"list_chunk_size must be an integer >= 0, got {self.list_chunk_size!r}")
+        if self.backoff_factor < 1:
+            raise EnrichConfigError(f"backoff_factor must be >= 1, got {self.backoff_factor!r}")
+        if self.backoff_max_seconds < self.backoff_initial_seconds:
+            raise EnrichConfigError("backoff_max_seconds must be >= backoff_initial_seconds")
+        if self.backoff_jitter >= 1:
+            raise EnrichConfigError(f"backoff_jitter must be < 1, got {self.backoff_jitter!r}")
+
+    def resolved_own_namespace(self) -> str:
+        """own_namespace, detected from the environment when left as None."""
+        return detect_own_namespace() if self.own_namespace is None else self.own_namespace
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the enrichment flags to a collector (or `flowscope decode`) parser."""
+    g = parser.add_argument_group("Kubernetes enrichment")
+    g.add_argument("--enrich", dest="enrich", nargs="?", const=True, default=True, type=parse_bool,
+                   metavar="BOOL", help="attach Kubernetes identity to flows (default true; --enrich=false "
+                   "or --no-enrich disables it)")
+    g.add_argument("--no-enrich", dest="enrich", action="store_false", help="same as --enrich=false")
+    g.add_argument("--kubeconfig", default=None, metavar="PATH",
+                   help="kubeconfig file (default: in-cluster ServiceAccount when running in a pod, "
+                   "else $KUBECONFIG or ~/.kube/config)")
+    g.add_argument("--cluster-name", default="", metavar="NAME", help="value of K8S_ClusterName on every flow")
+    g.add_argument("--infra-namespace-prefix", dest="infra_namespace_prefixes", action="append",
+                   default=None, metavar="PREFIX",
+                   help="namespace prefix marking infrastructure traffic (K8S_FlowLayer=infra); repeatable; "
+                   "default: openshift, kube-")
+
+
+def config_from_args(args: argparse.Namespace, **overrides: object) -> EnrichConfig:
+    """Build an EnrichConfig from the flags of add_cli_arguments (extra fields as keywords)."""
+    kwargs: dict[str, object] = {
+        "enabled": bool(getattr(args, "enrich", True)),
+        "kubeconfig": getattr(args, "kubeconfig", None),
+        "cluster_name": getattr(args, "cluster_name", "") or "",
+    }
+    prefixes = getattr(args, "infra_namespace_prefixes", None)
+    if prefixes is not None:
+        kwargs["infra_namespace_prefixes"] = list(prefixes)
+    kwargs.update(overrides)
+    return EnrichConfig(**kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,772 @@
+"""The IP -> Kubernetes identity index, and the per-flow `enrich()` that reads it.
+
+Why it is shaped like this:
+- The hot path (`Index.enrich`) runs once per flow inside the collector's synchronous decode
+  loop, so it does two or three dict lookups keyed by the raw address bytes the decoder already
+  has, and concatenates JSON fragments that were encoded once per object (orjson escaping) when
+  the object changed, never per flow. It takes no lock and never awaits.
+- Writers (the informer threads) hold one writer-only lock among themselves; readers never take
+  it. A reader sees either the old or the new value of a key because each key's value is an
+  immutable tuple replaced in one dict store, and a relist swaps in a whole new dict.
+- IP reuse is resolved by time: each pod IP maps to a chain of holders (newest first), each with
+  the holder's start (creationTimestamp) and end (deletion seen / terminal phase). A flow goes to
+  the holder that had the IP when the flow started; deleted pods stay as tombstones for
+  `tombstone_seconds` so late-exported flows of a deleted pod still resolve to it.
+- Only the fields the index needs are kept (a `PodRec`/`NodeRec`/`SvcRec` per object), so that
+  100k pods fit well under 200 MB.
+
+Precedence follows NetObserv: Pod, then Node, then Service for the same address; an IP equal to a
+pod's hostIP is not a pod IP (host-network pods resolve to their Node).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+log = logging.getLogger("flowscope.enrich")
+
+PODS, NODES, SERVICES, REPLICASETS = "pods", "nodes", "services", "replicasets"
+KINDS = (PODS, NODES, SERVICES, REPLICASETS)
+
+# "Never ended" / "always started" bounds for holder intervals, in Unix ms.
+ALIVE = 1 << 62
+ALWAYS = -(1 << 62)
+
+# The OVN-Kubernetes node annotation listing the node's pod subnets; the management port
+# (ovn-k8s-mp0) takes the subnet base + 2, and traffic from it is the node's own.
+OVN_NODE_SUBNETS = "k8s.ovn.org/node-subnets"
+ZONE_LABEL = "topology.kubernetes.io/zone"
+NODE_ADDRESS_TYPES = ("InternalIP", "ExternalIP")
+TERMINAL_PHASES = ("Succeeded", "Failed")
+
+# Entry tuple layout, read by the hot path by position (tuples are the cheapest immutable record).
+E_SRC, E_DST, E_NODE, E_INFRA, E_START, E_END, E_PREV = range(7)
+
+
+def ip_bytes(text: Any) -> bytes | None:
+    """Raw 4/16-byte form of an address string, None when it is not an IP."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return ipaddress.ip_address(text).packed
+    except ValueError:
+        return None
+
+
+def parse_time_ms(text: Any) -> int | None:
+    """Kubernetes RFC 3339 timestamp -> Unix ms, None when absent or unparsable."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+    except ValueError:
+        return None
+
+
+def management_port_ips(annotation: Any) -> list[bytes]:
+    """Base + 2 of every subnet in `k8s.ovn.org/node-subnets` (JSON: network -> CIDR or CIDRs).
+
+    Raises ValueError when the annotation is not the documented shape, so the caller can count it.
+    """
+    data = orjson.loads(annotation)
+    if not isinstance(data, dict):
+        raise ValueError("node-subnets annotation is not a JSON object")
+    out: list[bytes] = []
+    for subnets in data.values():
+        if isinstance(subnets, str):
+            subnets = [subnets]
+        if not isinstance(subnets, list):
+            raise ValueError("node-subnets value is neither a CIDR nor a list of CIDRs")
+        for cidr in subnets:
+            net = ipaddress.ip_network(cidr, strict=False)
+            if net.num_addresses > 2:
+                out.append((net.network_address + 2).packed)
+    return out
+
+
+class BadObject(ValueError):
+    """An API object lacks a field the index cannot do without (counted, object skipped)."""
+
+
+class PodRec:
+    """What the index keeps of a Pod."""
+
+    __slots__ = ("uid", "ns", "name", "node", "host_ip", "ips", "owner_kind", "owner_name",
+                 "start_ms", "end_ms", "frag_s", "frag_d", "infra")
+
+    def __init__(self, *, uid: str, ns: str, name: str, node: str | None, host_ip: str,
+                 ips: tuple[bytes, ...], owner_kind: str, owner_name: str, start_ms: int,
+                 end_ms: int) -> None:
+        self.uid = uid
+        self.ns = ns
+        self.name = name
+        self.node = node
+        self.host_ip = host_ip
+        self.ips = ips
+        self.owner_kind = owner_kind
+        self.owner_name = owner_name
+        self.start_ms = start_ms
+        self.end_ms = end_ms
+        self.frag_s = b""
+        self.frag_d = b""
+        self.infra = False
+
+    def same(self, other: PodRec) -> bool:
+        """True when `other` would render and index identically (MODIFIED noise is skipped)."""
+        return (self.uid == other.uid and self.ips == other.ips and self.node == other.node
+                and self.host_ip == other.host_ip and self.owner_kind == other.owner_kind
+                and self.owner_name == other.owner_name and self.start_ms == other.start_ms
+                and (self.end_ms == ALIVE) == (other.end_ms == ALIVE))
+
+
+class NodeRec:
+    """What the index keeps of a Node."""
+
+    __slots__ = ("name", "addrs", "host_ip", "zone")
+
+    def __init__(self, *, name: str, addrs: tuple[bytes, ...], host_ip: str, zone: str) -> None:
+        self.name = name
+        self.addrs = addrs
+        self.host_ip = host_ip
+        self.zone = zone
+
+    def key(self) -> tuple[Any, ...]:
+        return (self.name, self.addrs, self.host_ip, self.zone)
+
+
+class SvcRec:
+    """What the index keeps of a Service."""
+
+    __slots__ = ("ns", "name", "ips")
+
+    def __init__(self, *, ns: str, name: str, ips: tuple[bytes, ...]) -> None:
+        self.ns = ns
+        self.name = name
+        self.ips = ips
+
+
+class RsRec:
+    """What the index keeps of a ReplicaSet: only who owns it (to name the Deployment)."""
+
+    __slots__ = ("ns", "name", "owner")
+
+    def __init__(self, *, ns: str, name: str, owner: tuple[str, str] | None) -> None:
+        self.ns = ns
+        self.name = name
+        self.owner = owner
+
+
+def _meta(obj: Any) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise BadObject("object is not a JSON object")
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) or not meta["name"]:
+        raise BadObject("object has no metadata.name")
+    return meta
+
+
+def _dict(v: Any) -> dict[str, Any]:
+    return v if isinstance(v, dict) else {}
+
+
+def _first_owner(meta: dict[str, Any]) -> tuple[str, str] | None:
+    refs = meta.get("ownerReferences")
+    if not refs:
+        return None
+    if not isinstance(refs, list) or not isinstance(refs[0], dict):
+        raise BadObject("malformed ownerReferences")
+    kind, name = refs[0].get("kind"), refs[0].get("name")
+    if not isinstance(kind, str) or not isinstance(name, str) or not kind or not name:
+        raise BadObject("ownerReferences[0] lacks kind or name")
+    return kind, name
+
+
+class Index:
+    """IP -> identity index. Writers: `replace`/`upsert`/`delete`/`sweep`. Reader: `enrich`."""
+
+    def __init__(self, *, cluster_name: str = "", infra_namespace_prefixes: Iterable[str] = ("openshift", "kube-"),
+                 own_namespace: str = "", tombstone_seconds: float = 300.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._prefixes = tuple(infra_namespace_prefixes)
+        self._own_ns = own_namespace
+        self._ttl_ms = int(tombstone_seconds * 1000)
+        self._clock = clock
+        self._wlock = threading.Lock()
+
+        # Reader-visible state: replaced key by key, or swapped whole on a relist.
+        self._ips: dict[bytes, tuple[Any, ...]] = {}
+        self._agents: dict[bytes, str] = {}
+
+        # Writer-only state.
+        self._pods: dict[str, PodRec] = {}
+        self._tombstones: dict[str, PodRec] = {}
+        self._holders: dict[bytes, list[PodRec]] = {}
+        self._pods_by_node: dict[str, set[str]] = {}
+        self._pods_by_rs: dict[tuple[str, str], set[str]] = {}
+        self._nodes: dict[str, NodeRec] = {}
+        self._services: dict[tuple[str, str], SvcRec] = {}
+        self._rs: dict[tuple[str, str], RsRec] = {}
+        self._pod_layer: dict[bytes, tuple[Any, ...]] = {}
+        self._node_layer: dict[bytes, tuple[Any, ...]] = {}
+        self._svc_layer: dict[bytes, tuple[Any, ...]] = {}
+        self._node_addr: dict[bytes, str] = {}
+        self._svc_addr: dict[bytes, tuple[str, str]] = {}
+        self._batch = False
+
+        # Counters for stats(): problems by cause; logged once per cause.
+        self.problems: dict[str, int] = {}
+        self._logged: set[str] = set()
+
+        self._tails = self._build_tails(cluster_name)
+
+    # ------------------------------------------------------------------ hot path
+
+    @staticmethod
+    def _build_tails(cluster_name: str) -> tuple[tuple[bytes, ...], ...]:
+        """tails[layer][direction + 1]: the constant end of every output (0 none, 1 app, 2 infra)."""
+        cluster = b',"K8S_ClusterName":' + orjson.dumps(cluster_name) if cluster_name else b""
+        dirs = (b"", b',"FlowDirection":0', b',"FlowDirection":1', b',"FlowDirection":2')
+        layers = (b"", b',"K8S_FlowLayer":"app"', b',"K8S_FlowLayer":"infra"')
+        return tuple(tuple(cluster + lay + d for d in dirs) for lay in layers)
+
+    def enrich(self, src: bytes, dst: bytes, agent: bytes, t_ms: int, direction: int) -> bytes:
+        """JSON fragment (starting with "," or empty) with the K8S fields and FlowDirection.
+
+        Contract: docs/INTERNALS.md "The Enricher contract". O(1), no lock, no I/O.
+        """
+        ips = self._ips
+        s = ips.get(src)
+        if s is not None and (t_ms < s[4] or t_ms >= s[5]):
+            s = _holder_at(s, t_ms)
+        d = ips.get(dst)
+        if d is not None and (t_ms < d[4] or t_ms >= d[5]):
+            d = _holder_at(d, t_ms)
+        if direction < -1 or direction > 2:
+            direction = -1
+        if s is None:
+            if d is None:
+                return self._tails[0][direction + 1]
+            sn = None
+            dn = d[2]
+            layer = 2 if d[3] else 1
+        else:
+            sn = s[2]
+            if d is None:
+                dn = None
+                layer = 2 if s[3] else 1
+            else:
+                dn = d[2]
+                layer = 2 if (s[3] or d[3]) else 1
+        # NetObserv's reinterpretDirection: same node -> inner; otherwise egress when the
+        # exporter is the source's node, ingress when it is the destination's.
+        if sn is not None and sn == dn:
+            fd = 2
+        else:
+            an = self._agents.get(agent)
+            if an is None:
+                fd = direction
+            elif an == sn:
+                fd = 1
+            elif an == dn:
+                fd = 0
+            else:
+                fd = direction
+        tail = self._tails[layer][fd + 1]
+        if s is None:
+            return d[1] + tail  # type: ignore[index]
+        if d is None:
+            return s[0] + tail
+        return s[0] + d[1] + tail
+
+    def lookup(self, addr: str, t_ms: int = 0) -> dict[str, Any] | None:
+        """Debug/test helper: the Src-side identity of an address string as a dict."""
+        raw = ip_bytes(addr)
+        e = self._ips.get(raw) if raw else None
+        if e is not None:
+            e = _holder_at(e, t_ms)
+        if e is None:
+            return None
+        return orjson.loads(b"{" + e[0][1:] + b"}")
+
+    # ------------------------------------------------------------------ counters
+
+    def problem(self, cause: str, detail: str) -> None:
+        """Count a bad-input cause and log it the first time only."""
+        self.problems[cause] = self.problems.get(cause, 0) + 1
+        if cause not in self._logged:
+            self._logged.add(cause)
+            log.warning("enrich: %s: %s (further occurrences are counted, not logged)", cause, detail)
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "pods": len(self._pods), "nodes": len(self._nodes), "services": len(self._services),
+            "replicasets": len(self._rs), "tombstones": len(self._tombstones),
+            "addresses": len(self._ips), "pod_ips": len(self._pod_layer),
+            "node_ips": len(self._node_layer), "service_ips": len(self._svc_layer),
+        }
+
+    # ------------------------------------------------------------------ parsing
+
+    def parse(self, kind: str, obj: Any) -> Any:
+        """Keep only what the index needs of an API object; None (counted) when unusable."""
+        try:
+            if kind == PODS:
+                return self._parse_pod(obj)
+            if kind == NODES:
+                return self._parse_node(obj)
+            if kind == SERVICES:
+                return self._parse_service(obj)
+            if kind == REPLICASETS:
+                return self._parse_rs(obj)
+        except BadObject as e:
+            self.problem(f"bad_{kind[:-1]}", str(e))
+            return None
+        raise ValueError(f"unknown kind {kind!r}")
+
+    def _parse_pod(self, obj: Any) -> PodRec:
+        meta = _meta(obj)
+        spec, status = _dict(obj.get("spec")), _dict(obj.get("status"))
+        ns = meta.get("namespace")
+        if not isinstance(ns, str) or not ns:
+            raise BadObject("pod has no metadata.namespace")
+        name = meta["name"]
+        uid = meta.get("uid") if isinstance(meta.get("uid"), str) and meta.get("uid") else f"{ns}/{name}"
+        host_ip = status.get("hostIP") if isinstance(status.get("hostIP"), str) else ""
+        host_ips = {host_ip} if host_ip else set()
+        for h in status.get("hostIPs") or ():
+            if isinstance(h, dict) and isinstance(h.get("ip"), str):
+                host_ips.add(h["ip"])
+        texts: list[str] = []
+        for p in status.get("podIPs") or ():
+            if isinstance(p, dict) and isinstance(p.get("ip"), str):
+                texts.append(p["ip"])
+        if not texts and isinstance(status.get("podIP"), str):
+            texts.append(status["podIP"])
+        ips: list[bytes] = []
+        for t in texts:
+            if t in host_ips:
+                continue  # host-network pod: the address is the Node's
+            raw = ip_bytes(t)
+            if raw is None:
+                self.problem("bad_address", f"pod {ns}/{name} has a non-IP podIP {t!r}")
+            elif raw not in ips:
+                ips.append(raw)
+        try:
+            owner = _first_owner(meta)
+        except BadObject as e:
+            self.problem("bad_owner", f"pod {ns}/{name}: {e}")
+            owner = None
+        kind, oname = owner if owner else ("Pod", name)
+        # The later of creation and kubelet start is the closer bound on when the IP was
+        # assigned, so flows of the previous holder are not given to a pod still Pending.
+        created = parse_time_ms(meta.get("creationTimestamp"))
+        started = parse_time_ms(status.get("startTime"))
+        start = max(created, started) if created is not None and started is not None else (created or started)
+        node = spec.get("nodeName") if isinstance(spec.get("nodeName"), str) and spec.get("nodeName") else None
+        end = ALIVE
+        if status.get("phase") in TERMINAL_PHASES:
+            # A finished pod's IP goes back to the pool while the object lingers.
+            end = self._now_ms()
+        return PodRec(uid=uid, ns=_intern(ns), name=name, node=_intern(node) if node else None,
+                      host_ip=host_ip, ips=tuple(ips), owner_kind=_intern(kind), owner_name=oname,
+                      start_ms=ALWAYS if start is None else start, end_ms=end)
+
+    def _parse_node(self, obj: Any) -> NodeRec:
+        meta = _meta(obj)
+        name = meta["name"]
+        status = _dict(obj.get("status"))
+        addrs: list[bytes] = []
+        host_ip = ""
+        first_any = ""
+        for a in status.get("addresses") or ():
+            if not isinstance(a, dict) or a.get("type") not in NODE_ADDRESS_TYPES:
+                continue
+            raw = ip_bytes(a.get("address"))
+            if raw is None:
+                self.problem("bad_address", f"node {name} has a non-IP address {a.get('address')!r}")
+                continue
+            if raw not in addrs:
+                addrs.append(raw)
+            first_any = first_any or a["address"]
+            if not host_ip and a.get("type") == "InternalIP":
+                host_ip = a["address"]
+        ann = _dict(meta.get("annotations")).get(OVN_NODE_SUBNETS)
+        if ann is not None:
+            try:
+                for raw in management_port_ips(ann):
+                    if raw not in addrs:
+                        addrs.append(raw)
+            except (ValueError, TypeError) as e:
+                self.problem("bad_annotation", f"node {name}: {OVN_NODE_SUBNETS}={ann!r}: {e}")
+        zone = _dict(meta.get("labels")).get(ZONE_LABEL)
+        return NodeRec(name=_intern(name), addrs=tuple(addrs), host_ip=host_ip or first_any,
+                       zone=zone if isinstance(zone, str) else "")
+
+    def _parse_service(self, obj: Any) -> SvcRec:
+        meta = _meta(obj)
+        ns = meta.get("namespace")
+        if not isinstance(ns, str) or not ns:
+            raise BadObject("service has no metadata.namespace")
+        spec = _dict(obj.get("spec"))
+        texts = spec.get("clusterIPs") or ([spec["clusterIP"]] if spec.get("clusterIP") else [])
+        ips: list[bytes] = []
+        for t in texts if isinstance(texts, list) else ():
+            if t in ("None", ""):
+                continue  # headless Service: no virtual IP
+            raw = ip_bytes(t)
+            if raw is None:
+                self.problem("bad_address", f"service {ns}/{meta['name']} has a non-IP clusterIP {t!r}")
+            elif raw not in ips:
+                ips.append(raw)
+        return SvcRec(ns=_intern(ns), name=meta["name"], ips=tuple(ips))
+
+    def _parse_rs(self, obj: Any) -> RsRec:
+        meta = _meta(obj)
+        ns = meta.get("namespace")
+        if not isinstance(ns, str) or not ns:
+            raise BadObject("replicaset has no metadata.namespace")
+        try:
+            owner = _first_owner(meta)
+        except BadObject as e:
+            self.problem("bad_owner", f"replicaset {ns}/{meta['name']}: {e}")
+            owner = None
+        return RsRec(ns=_intern(ns), name=meta["name"], owner=owner)
+
+    # ------------------------------------------------------------------ writers
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    def replace(self, kind: str, recs: Iterable[Any]) -> None:
+        """Replace one kind's cache with a full list, visible to readers all at once."""
+        with self._wlock:
+            self._batch = True
+            try:
+                if kind == PODS:
+                    new = {r.uid: r for r in recs}
+                    for uid in [u for u in self._pods if u not in new]:
+                        self._delete_pod(uid)
+                    for r in new.values():
+                        self._set_pod(r)
+                elif kind == NODES:
+                    new_n = {r.name: r for r in recs}
+                    for name in [n for n in self._nodes if n not in new_n]:
+                        self._delete_node(name)
+                    for r in new_n.values():
+                        self._set_node(r)
+                elif kind == SERVICES:
+                    new_s = {(r.ns, r.name): r for r in recs}
+                    for key in [k for k in self._services if k not in new_s]:
+                        self._delete_service(key)
+                    for r in new_s.values():
+                        self._set_service(r)
+                elif kind == REPLICASETS:
+                    new_r = {(r.ns, r.name): r for r in recs}
+                    for key in [k for k in self._rs if k not in new_r]:
+                        self._delete_rs(key)
+                    for r in new_r.values():
+                        self._set_rs(r)
+                else:
+                    raise ValueError(f"unknown kind {kind!r}")
+                self._sweep_locked()
+            finally:
+                self._batch = False
+            # One swap: readers see the old index or the new one, never a mix.
+            self._ips = {**self._svc_layer, **self._node_layer, **self._pod_layer}
+            self._agents = dict(self._node_addr)
+
+    def upsert(self, kind: str, rec: Any) -> None:
+        """Apply an ADDED/MODIFIED watch event."""
+        with self._wlock:
+            if kind == PODS:
+                self._set_pod(rec)
+            elif kind == NODES:
+                self._set_node(rec)
+            elif kind == SERVICES:
+                self._set_service(rec)
+            elif kind == REPLICASETS:
+                self._set_rs(rec)
+            self._sweep_locked()
+
+    def delete(self, kind: str, rec: Any) -> None:
+        """Apply a DELETED watch event."""
+        with self._wlock:
+            if kind == PODS:
+                cur = self._pods.get(rec.uid)
+                if cur is not None:
+                    self._delete_pod(rec.uid)
+            elif kind == NODES:
+                self._delete_node(rec.name)
+            elif kind == SERVICES:
+                self._delete_service((rec.ns, rec.name))
+            elif kind == REPLICASETS:
+                self._delete_rs((rec.ns, rec.name))
+            self._sweep_locked()
+
+    def sweep(self) -> int:
+        """Forget tombstones older than tombstone_seconds; returns how many went."""
+        with self._wlock:
+            return self._sweep_locked()
+
+    def _sweep_locked(self) -> int:
+        if not self._tombstones:
+            return 0
+        cutoff = self._now_ms() - self._ttl_ms
+        gone = [r for r in self._tombstones.values() if r.end_ms <= cutoff]
+        for r in gone:
+            del self._tombstones[r.uid]
+            for ip in r.ips:
+                hs = self._holders.get(ip)
+                if hs is not None and r in hs:
+                    hs.remove(r)
+                self._rechain(ip)
+        return len(gone)
+
+    def _merge(self, ip: bytes) -> None:
+        if self._batch:
+            return
+        e = self._pod_layer.get(ip) or self._node_layer.get(ip) or self._svc_layer.get(ip)
+        if e is None:
+            self._ips.pop(ip, None)
+        else:
+            self._ips[ip] = e
+
+    def _infra(self, ns: str) -> bool:
+        return bool(ns) and (ns.startswith(self._prefixes) or ns == self._own_ns)
+
+    # pods
+
+    def _set_pod(self, rec: PodRec) -> None:
+        old = self._pods.get(rec.uid)
+        if old is None and rec.uid in self._tombstones:
+            # Seen again after a delete (relist race): it is alive after all.
+            old = self._tombstones.pop(rec.uid)
+            self._unhold(old)
+        if old is not None and old.end_ms != ALIVE and rec.end_ms != ALIVE:
+            rec.end_ms = old.end_ms  # keep the first time we saw it finished
+        if old is not None and old.same(rec) and old.end_ms == rec.end_ms and rec.uid in self._pods:
+            return
+        if old is not None:
+            self._unlink_pod(old)
+        self._pods[rec.uid] = rec
+        self._link_pod(rec)
+        self._render_pod(rec)
+        touched = set(rec.ips)
+        if old is not None:
+            self._unhold(old)
+            touched.update(old.ips)
+        for ip in rec.ips:
+            self._holders.setdefault(ip, []).append(rec)
+        for ip in touched:
+            self._rechain(ip)
+
+    def _delete_pod(self, uid: str) -> None:
+        rec = self._pods.pop(uid)
+        self._unlink_pod(rec)
+        if rec.end_ms == ALIVE:
+            rec.end_ms = self._now_ms()
+        if rec.ips:
+            self._tombstones[uid] = rec
+            for ip in rec.ips:
+                self._rechain(ip)
+
+    def _unhold(self, rec: PodRec) -> None:
+        for ip in rec.ips:
+            hs = self._holders.get(ip)
+            if hs is not None and rec in hs:
+                hs.remove(rec)
+
+    def _link_pod(self, rec: PodRec) -> None:
+        if rec.node:
+            self._pods_by_node.setdefault(rec.node, set()).add(rec.uid)
+        if rec.owner_kind == "ReplicaSet":
+            self._pods_by_rs.setdefault((rec.ns, rec.owner_name), set()).add(rec.uid)
+
+    def _unlink_pod(self, rec: PodRec) -> None:
+        if rec.node:
+            s = self._pods_by_node.get(rec.node)
+            if s is not None:
+                s.discard(rec.uid)
+                if not s:
+                    del self._pods_by_node[rec.node]
+        if rec.owner_kind == "ReplicaSet":
+            key = (rec.ns, rec.owner_name)
+            s = self._pods_by_rs.get(key)
+            if s is not None:
+                s.discard(rec.uid)
+                if not s:
+                    del self._pods_by_rs[key]
+
+    def _render_pod(self, rec: PodRec) -> None:
+        kind, oname = rec.owner_kind, rec.owner_name
+        if kind == "ReplicaSet":
+            rs = self._rs.get((rec.ns, oname))
+            if rs is not None and rs.owner is not None:
+                kind, oname = rs.owner
+        node = self._nodes.get(rec.node) if rec.node else None
+        fields = ((b"Name", rec.name), (b"Namespace", rec.ns), (b"Type", "Pod"),
+                  (b"OwnerName", oname), (b"OwnerType", kind), (b"HostIP", rec.host_ip),
+                  (b"HostName", rec.node or ""), (b"Zone", node.zone if node else ""))
+        rec.frag_s = _fragment(b"Src", fields)
+        rec.frag_d = _fragment(b"Dst", fields)
+        rec.infra = self._infra(rec.ns)
+
+    def _rerender(self, uids: Iterable[str]) -> None:
+        touched: set[bytes] = set()
+        for uid in list(uids):
+            rec = self._pods.get(uid)
+            if rec is not None:
+                self._render_pod(rec)
+                touched.update(rec.ips)
+        for ip in touched:
+            self._rechain(ip)
+
+    def _rechain(self, ip: bytes) -> None:
+        hs = self._holders.get(ip)
+        if not hs:
+            self._holders.pop(ip, None)
+            self._pod_layer.pop(ip, None)
+        else:
+            if len(hs) > 1:
+                hs.sort(key=_start_key)
+            prev = None
+            for r in hs:
+                prev = (r.frag_s, r.frag_d, r.node, r.infra, r.start_ms, r.end_ms, prev)
+            if prev is not None and prev[6] is None and prev[5] == ALIVE:
+                # Sole live holder: any flow time matches, so the hot path skips the time walk.
+                prev = prev[:4] + (ALWAYS, ALIVE, None)
+            self._pod_layer[ip] = prev  # type: ignore[assignment]
+        self._merge(ip)
+
+    # nodes
+
+    def _node_entry(self, rec: NodeRec) -> tuple[Any, ...]:
+        fields = ((b"Name", rec.name), (b"Type", "Node"), (b"OwnerName", rec.name),
+                  (b"OwnerType", "Node"), (b"HostIP", rec.host_ip), (b"HostName", rec.name),
+                  (b"Zone", rec.zone))
+        return (_fragment(b"Src", fields), _fragment(b"Dst", fields), rec.name, False, ALWAYS, ALIVE, None)
+
+    def _set_node(self, rec: NodeRec) -> None:
+        old = self._nodes.get(rec.name)
+        if old is not None and old.key() == rec.key():
+            return
+        self._nodes[rec.name] = rec
+        entry = self._node_entry(rec)
+        if old is not None:
+            for ip in old.addrs:
+                if ip not in rec.addrs:
+                    self._drop_node_ip(ip, rec.name)
+        for ip in rec.addrs:
+            self._node_layer[ip] = entry
+            self._node_addr[ip] = rec.name
+            if not self._batch:
+                self._agents[ip] = rec.name
+            self._merge(ip)
+        if old is None or old.zone != rec.zone:
+            self._rerender(self._pods_by_node.get(rec.name, ()))
+
+    def _drop_node_ip(self, ip: bytes, name: str) -> None:
+        if self._node_addr.get(ip) != name:
+            return  # another node claims it now
+        del self._node_addr[ip]
+        self._node_layer.pop(ip, None)
+        if not self._batch:
+            self._agents.pop(ip, None)
+        self._merge(ip)
+
+    def _delete_node(self, name: str) -> None:
+        old = self._nodes.pop(name, None)
+        if old is None:
+            return
+        for ip in old.addrs:
+            self._drop_node_ip(ip, name)
+        self._rerender(self._pods_by_node.get(name, ()))
+
+    # services
+
+    def _set_service(self, rec: SvcRec) -> None:
+        key = (rec.ns, rec.name)
+        old = self._services.get(key)
+        if old is not None and old.ips == rec.ips:
+            return
+        self._services[key] = rec
+        fields = ((b"Name", rec.name), (b"Namespace", rec.ns), (b"Type", "Service"),
+                  (b"OwnerName", rec.name), (b"OwnerType", "Service"))
+        entry = (_fragment(b"Src", fields), _fragment(b"Dst", fields), None, self._infra(rec.ns),
+                 ALWAYS, ALIVE, None)
+        if old is not None:
+            for ip in old.ips:
+                if ip not in rec.ips and self._svc_addr.get(ip) == key:
+                    del self._svc_addr[ip]
+                    self._svc_layer.pop(ip, None)
+                    self._merge(ip)
+        for ip in rec.ips:
+            self._svc_layer[ip] = entry
+            self._svc_addr[ip] = key
+            self._merge(ip)
+
+    def _delete_service(self, key: tuple[str, str]) -> None:
+        old = self._services.pop(key, None)
+        if old is None:
+            return
+        for ip in old.ips:
+            if self._svc_addr.get(ip) == key:
+                del self._svc_addr[ip]
+                self._svc_layer.pop(ip, None)
+                self._merge(ip)
+
+    # replicasets
+
+    def _set_rs(self, rec: RsRec) -> None:
+        key = (rec.ns, rec.name)
+        old = self._rs.get(key)
+        self._rs[key] = rec
+        if old is None or old.owner != rec.owner:
+            self._rerender(self._pods_by_rs.get(key, ()))
+
+    def _delete_rs(self, key: tuple[str, str]) -> None:
+        if self._rs.pop(key, None) is not None:
+            self._rerender(self._pods_by_rs.get(key, ()))
+
+
+def _holder_at(e: tuple[Any, ...] | None, t_ms: int) -> tuple[Any, ...] | None:
+    """The holder of an IP at flow start t_ms (newest-first chain), None if nobody held it.
+
+    A flow with no start time (t_ms <= 0) goes to the current holder.
+    """
+    if e is None or t_ms <= 0:
+        return e
+    while t_ms < e[4] and e[6] is not None:
+        e = e[6]
+    if t_ms >= e[5]:
+        return None
+    return e
+
+
+def _start_key(r: PodRec) -> int:
+    return r.start_ms
+
+
+_interned: dict[str, str] = {}
+
+
+def _intern(s: str) -> str:
+    # Namespaces, node names and owner kinds repeat across 100k pods; keep one copy each.
+    return _interned.setdefault(s, s)
+
+
+def _fragment(side: bytes, fields: Iterable[tuple[bytes, str]]) -> bytes:
+    """`,"SrcK8S_Name":"...",...` for the non-empty fields, strings escaped by orjson."""
+    out = bytearray()
+    for key, val in fields:
+        if val:
+            out += b',"' + side + b"K8S_" + key + b'":' + orjson.dumps(val)
+    return bytes(out)

@@ -1,0 +1,447 @@
+"""List+watch informers for Pods, Nodes, Services and ReplicaSets, feeding the Index.
+
+Why threads and raw responses: the collector's event loop runs the hot path, so the informers
+live in their own daemon threads (one per kind) and only ever touch the Index through its writer
+methods. They call the official `kubernetes` client's generated list methods with
+`_preload_content=False` and parse the JSON themselves: deserializing 100k pods into client model
+objects would cost seconds and hundreds of MB, while the index keeps a dozen fields per pod.
+
+Layering (after kopf's watching.py):
+  `Informer.run`          forever: list-then-watch, with exponential backoff between failures;
+  `_list_then_watch`      list (paged), replace the kind's cache atomically, then watch from the
+                          list's resourceVersion, re-watching after each stream ends; returns on
+                          410 Gone so the outer loop relists;
+  `_watch_stream`         one HTTP watch stream: events, bookmarks, ERROR Status objects.
+Failures are counted by cause and logged once per cause (again only after a recovery); the last
+good cache keeps serving throughout.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import urllib3
+from kubernetes.client.exceptions import ApiException
+
+from .config import EnrichConfig
+from .index import KINDS, NODES, PODS, REPLICASETS, SERVICES, Index
+
+log = logging.getLogger("flowscope.enrich")
+
+# Ask for PartialObjectMetadata: the ReplicaSet spec (a whole pod template) is never needed.
+_RS_LIST_ACCEPT = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
+_RS_WATCH_ACCEPT = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
+
+# (resource, API group) per kind, for RBAC messages.
+RESOURCES = {PODS: ("pods", ""), NODES: ("nodes", ""), SERVICES: ("services", ""),
+             REPLICASETS: ("replicasets", "apps")}
+
+
+class Gone(Exception):
+    """HTTP 410 / ERROR event with code 410: the resourceVersion is too old; relist."""
+
+
+class ApiProblem(Exception):
+    """A failed request or stream, with the counter label (cause) and a message for the log."""
+
+    def __init__(self, cause: str, message: str) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+class Stopped(Exception):
+    """stop() was called while a request was in flight."""
+
+
+class Backoff:
+    """Exponential backoff with jitter; reset after a success."""
+
+    def __init__(self, *, initial: float, factor: float, maximum: float, jitter: float) -> None:
+        self._initial, self._factor, self._max, self._jitter = initial, factor, maximum, jitter
+        self._next = initial
+
+    def reset(self) -> None:
+        self._next = self._initial
+
+    def next(self) -> float:
+        delay = self._next
+        self._next = min(self._max, self._next * self._factor)
+        return delay * (1 + random.uniform(-self._jitter, self._jitter))
+
+
+class KindStats:
+    """Counters of one informer, read by the collector's metrics exporter."""
+
+    __slots__ = ("events", "lists", "relists", "errors", "synced", "state", "resource_version",
+                 "objects", "last_sync")
+
+    def __init__(self) -> None:
+        self.events: dict[str, int] = {"ADDED": 0, "MODIFIED": 0, "DELETED": 0, "BOOKMARK": 0}
+        self.lists = 0          # completed full lists (first sync included)
+        self.relists = 0        # lists after the first (410 Gone, or recovery from a failure)
+        self.errors: dict[str, int] = {}
+        self.synced = False     # a full list has been applied at least once
+        self.state = "idle"     # idle | listing | watching | backoff | stopped
+        self.resource_version = ""
+        self.objects = 0        # objects in the last full list plus watch adds/deletes
+        self.last_sync = 0.0    # wall time of the last completed list
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (dict(v) if isinstance(v, dict) else v) for k in self.__slots__ for v in [getattr(self, k)]}
+
+
+Lister = Callable[..., Any]
+
+
+def make_listers(api_client: Any) -> dict[str, Lister]:
+    """Generated client list methods per kind (they accept watch=True, _preload_content=False)."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(api_client)
+    apps = client.AppsV1Api(api_client)
+    return {
+        PODS: core.list_pod_for_all_namespaces,
+        NODES: core.list_node,
+        SERVICES: core.list_service_for_all_namespaces,
+        REPLICASETS: apps.list_replica_set_for_all_namespaces,
+    }
+
+
+class Informer:
+    """One kind's list+watch loop, run in its own daemon thread by `start()`."""
+
+    def __init__(self, *, kind: str, lister: Lister, index: Index, config: EnrichConfig,
+                 on_synced: Callable[[], None] | None = None) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"unknown kind {kind!r}")
+        self.kind = kind
+        self.stats = KindStats()
+        self._lister = lister
+        self._index = index
+        self._cfg = config
+        self._on_synced = on_synced
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._resp_lock = threading.Lock()
+        self._resp: Any = None
+        self._logged: set[str] = set()
+        self._backoff = Backoff(initial=config.backoff_initial_seconds, factor=config.backoff_factor,
+                                maximum=config.backoff_max_seconds, jitter=config.backoff_jitter)
+
+    # lifecycle
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self.run, name=f"flowscope-informer-{self.kind}", daemon=True)
+        self._thread.start()
+
+    def stop(self, *, timeout: float = 5.0) -> None:
+        self._stop.set()
+        with self._resp_lock:
+            resp = self._resp
+        if resp is not None:
+            _abort(resp)
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.stats.state = "stopped"
+
+    # layer 1: forever
+
+    def run(self) -> None:
+        """Thread body: list-then-watch until stopped, backing off after failures."""
+        while not self._stop.is_set():
+            try:
+                self._list_then_watch()
+                # Returned: 410 Gone, relist at once (no backoff: the server asked for it).
+            except Stopped:
+                break
+            except Gone:
+                # A paged list's continue token expired: start the list again.
+                continue
+            except ApiProblem as e:
+                self._failed(e)
+                self._sleep(self._backoff.next())
+            except Exception as e:  # noqa: BLE001 - a bug must not kill the informer forever
+                self._failed(ApiProblem("internal", f"{type(e).__name__}: {e}"))
+                log.debug("enrich: %s informer internal error", self.kind, exc_info=True)
+                self._sleep(self._backoff.next())
+        self.stats.state = "stopped"
+
+    # layer 2: list, then watch from the list's resourceVersion
+
+    def _list_then_watch(self) -> None:
+        self.stats.state = "listing"
+        recs, rv = self._list()
+        self._index.replace(self.kind, recs)
+        st = self.stats
+        if st.lists:
+            st.relists += 1
+        st.lists += 1
+        st.objects = len(recs)
+        st.resource_version = rv
+        st.last_sync = time.time()
+        self._recovered()
+        if not st.synced:
+            st.synced = True
+            log.info("enrich: %s synced (%d objects, resourceVersion %s)", self.kind, len(recs), rv)
+            if self._on_synced is not None:
+                self._on_synced()
+        while not self._stop.is_set():
+            st.state = "watching"
+            started = time.monotonic()
+            try:
+                rv, n = self._watch_stream(rv)
+            except Gone:
+                log.info("enrich: %s watch from resourceVersion %s expired (410 Gone): relisting", self.kind, rv)
+                return
+            except ApiProblem as e:
+                # Resume from the last resourceVersion we applied: cheaper than a relist, and
+                # the server answers 410 when that is no longer possible.
+                self._failed(e)
+                self._sleep(self._backoff.next())
+                continue
+            st.resource_version = rv
+            if n == 0 and time.monotonic() - started < 1.0:
+                # A server that ends streams at once must not make us spin.
+                self._sleep(self._backoff.next())
+            else:
+                self._backoff.reset()
+        raise Stopped
+
+    def _list(self) -> tuple[list[Any], str]:
+        recs: list[Any] = []
+        cont: str | None = None
+        parse = self._index.parse
+        while True:
+            kwargs: dict[str, Any] = {}
+            if self._cfg.list_chunk_size:
+                kwargs["limit"] = self._cfg.list_chunk_size
+            if cont:
+                kwargs["_continue"] = cont
+            if self.kind == REPLICASETS:
+                kwargs["_headers"] = {"Accept": _RS_LIST_ACCEPT}
+            body = self._request("list", kwargs, read_timeout=max(60.0, self._cfg.read_timeout_slack_seconds))
+            try:
+                doc = orjson.loads(body)
+            except orjson.JSONDecodeError as e:
+                raise ApiProblem("bad_response", f"list {self._resource()} returned non-JSON: {e}") from None
+            if not isinstance(doc, dict) or not isinstance(doc.get("items", []), list):
+                raise ApiProblem("bad_response", f"list {self._resource()} returned no items list")
+            if doc.get("kind") == "Status":
+                raise ApiProblem("bad_response", f"list {self._resource()} returned a Status: {doc.get('message')}")
+            # Parse page by page so at most one page of raw objects is alive at a time.
+            for obj in doc.get("items") or ():
+                rec = parse(self.kind, obj)
+                if rec is not None:
+                    recs.append(rec)
+            meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+            rv = meta.get("resourceVersion")
+            cont = meta.get("continue") or None
+            del doc
+            if not cont:
+                if not isinstance(rv, str) or not rv:
+                    raise ApiProblem("bad_response", f"list {self._resource()} has no metadata.resourceVersion")
+                return recs, rv
+
+    # layer 3: one watch stream
+
+    def _watch_stream(self, rv: str) -> tuple[str, int]:
+        """Apply the events of one watch stream; returns (last resourceVersion, events)."""
+        kwargs: dict[str, Any] = {
+            "watch": True, "resource_version": rv, "allow_watch_bookmarks": True,
+            "timeout_seconds": self._cfg.watch_timeout_seconds,
+        }
+        if self.kind == REPLICASETS:
+            kwargs["_headers"] = {"Accept": _RS_WATCH_ACCEPT}
+        resp = self._open("watch", kwargs,
+                          read_timeout=self._cfg.watch_timeout_seconds + self._cfg.read_timeout_slack_seconds)
+        n = 0
+        index, kind, st = self._index, self.kind, self.stats
+        try:
+            buf = b""
+            for chunk in resp.stream(amt=None, decode_content=True):
+                buf += chunk
+                if b"\n" not in buf:
+                    continue
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    if not line.strip():
+                        continue
+                    rv = self._event(line, rv, index, kind, st)
+                    n += 1
+            if buf.strip():
+                rv = self._event(buf, rv, index, kind, st)
+                n += 1
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            if self._stop.is_set():
+                raise Stopped from None
+            raise ApiProblem(_conn_cause(e), f"watch {self._resource()} connection lost: {e}") from None
+        finally:
+            self._close(resp)
+        if self._stop.is_set():
+            raise Stopped
+        return rv, n
+
+    def _event(self, line: bytes, rv: str, index: Index, kind: str, st: KindStats) -> str:
+        try:
+            ev = orjson.loads(line)
+            typ = ev["type"]
+            obj = ev["object"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            raise ApiProblem("bad_response", f"watch {self._resource()} sent a malformed event: {line[:200]!r}") from None
+        if typ == "ERROR":
+            code = obj.get("code") if isinstance(obj, dict) else None
+            if code == 410:
+                raise Gone
+            msg = obj.get("message") if isinstance(obj, dict) else obj
+            raise ApiProblem(_status_cause(code), f"watch {self._resource()} ERROR event {code}: {msg}")
+        meta = obj.get("metadata") if isinstance(obj, dict) else None
+        new_rv = meta.get("resourceVersion") if isinstance(meta, dict) else None
+        if typ == "BOOKMARK":
+            st.events["BOOKMARK"] += 1
+            index.sweep()
+            return new_rv if isinstance(new_rv, str) and new_rv else rv
+        if typ not in ("ADDED", "MODIFIED", "DELETED"):
+            index.problem("bad_event", f"watch {self._resource()} sent unknown event type {typ!r}")
+            return rv
+        st.events[typ] += 1
+        rec = index.parse(kind, obj)
+        if rec is not None:
+            if typ == "DELETED":
+                index.delete(kind, rec)
+                st.objects -= 1
+            else:
+                index.upsert(kind, rec)
+                if typ == "ADDED":
+                    st.objects += 1
+        return new_rv if isinstance(new_rv, str) and new_rv else rv
+
+    # HTTP plumbing
+
+    def _open(self, verb: str, kwargs: dict[str, Any], *, read_timeout: float) -> Any:
+        if self._stop.is_set():
+            raise Stopped
+        try:
+            resp = self._lister(_preload_content=False,
+                                _request_timeout=(self._cfg.connect_timeout_seconds, read_timeout), **kwargs)
+        except ApiException as e:
+            raise self._api_error(verb, e) from None
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise ApiProblem(_conn_cause(e), f"{verb} {self._resource()}: cannot reach the API server: {e}") from None
+        with self._resp_lock:
+            self._resp = resp
+        if self._stop.is_set():
+            self._close(resp)
+            raise Stopped
+        return resp
+
+    def _request(self, verb: str, kwargs: dict[str, Any], *, read_timeout: float) -> bytes:
+        resp = self._open(verb, kwargs, read_timeout=read_timeout)
+        try:
+            return resp.read()
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            if self._stop.is_set():
+                raise Stopped from None
+            raise ApiProblem(_conn_cause(e), f"{verb} {self._resource()}: response cut: {e}") from None
+        finally:
+            self._close(resp)
+
+    def _close(self, resp: Any) -> None:
+        with self._resp_lock:
+            if self._resp is resp:
+                self._resp = None
+        try:
+            resp.release_conn()
+        except Exception:  # noqa: BLE001 - best effort on a dead connection
+            pass
+
+    def _api_error(self, verb: str, e: ApiException) -> Exception:
+        code = e.status or 0
+        res = self._resource()
+        detail = _status_message(e.body) or e.reason or ""
+        if code == 410:
+            return Gone()
+        if code == 403:
+            return ApiProblem("forbidden", f"forbidden: needs '{verb}' on '{res}' (grant get/list/watch on "
+                              f"{res} to flowscope's ServiceAccount): {detail}")
+        if code == 401:
+            return ApiProblem("unauthorized", f"unauthorized: the API server rejected our credentials for "
+                              f"'{verb}' on '{res}' (expired token or wrong kubeconfig?): {detail}")
+        if code == 0:
+            return ApiProblem("connection", f"{verb} {res}: {e.reason}")
+        return ApiProblem(_status_cause(code), f"{verb} {res}: HTTP {code}: {detail}")
+
+    def _resource(self) -> str:
+        res, group = RESOURCES[self.kind]
+        return f"{res}.{group}" if group else res
+
+    # bookkeeping
+
+    def _failed(self, e: ApiProblem) -> None:
+        st = self.stats
+        st.errors[e.cause] = st.errors.get(e.cause, 0) + 1
+        st.state = "backoff"
+        if e.cause not in self._logged:
+            self._logged.add(e.cause)
+            level = logging.ERROR if e.cause in ("forbidden", "unauthorized") else logging.WARNING
+            log.log(level, "enrich: %s informer: %s (retrying with backoff; the last good cache keeps "
+                    "serving; repeats of this cause are counted, not logged)", self.kind, e)
+        else:
+            log.debug("enrich: %s informer: %s", self.kind, e)
+
+    def _recovered(self) -> None:
+        self._backoff.reset()
+        if self._logged:
+            log.info("enrich: %s informer recovered", self.kind)
+            self._logged.clear()
+
+    def _sleep(self, seconds: float) -> None:
+        if self._stop.wait(seconds):
+            raise Stopped
+
+
+def _abort(resp: Any) -> None:
+    # shutdown() (urllib3 >= 2.3) unblocks a thread stuck in a socket read; close() may not.
+    for name in ("shutdown", "close"):
+        fn = getattr(resp, name, None)
+        if fn is not None:
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - best effort
+                pass
+
+
+def _status_message(body: Any) -> str:
+    if not body:
+        return ""
+    try:
+        doc = orjson.loads(body)
+        if isinstance(doc, dict) and isinstance(doc.get("message"), str):
+            return doc["message"]
+    except orjson.JSONDecodeError:
+        pass
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body)
+    return text[:200]
+
+
+def _status_cause(code: Any) -> str:
+    if code == 401:
+        return "unauthorized"
+    if code == 403:
+        return "forbidden"
+    if isinstance(code, int) and code >= 500:
+        return "server_error"
+    return f"http_{code}"
+
+
+def _conn_cause(e: BaseException) -> str:
+    if isinstance(e, (urllib3.exceptions.ReadTimeoutError, TimeoutError)):
+        return "timeout"
+    return "connection"
