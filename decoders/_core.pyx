@@ -1,0 +1,192 @@
+# cython: language_level=3
+"""flowscope's decoders, compiled as one unit: NetFlow v5, NetFlow v9, IPFIX and sFlow v5.
+
+Everything the hot path touches lives here so that a datagram crosses from Python into C once:
+`Decoder.decode()` reads it through the bounds-checked reader (reader.pxi), fills compact C flow
+records (flow.pxi) and `FlowBatch.to_json()` encodes them (encode.pxi). Bad input never raises
+out of `decode()`: it becomes a typed error on the batch and a counter on the exporter.
+"""
+
+include "consts.pxi"
+include "reader.pxi"
+include "flow.pxi"
+include "encode.pxi"
+include "netflow.pxi"
+include "sflow.pxi"
+
+import logging
+import time
+
+_log = logging.getLogger("flowscope.decoders")
+
+
+cdef class Decoder:
+    """Decoder state for all exporters: templates, learned rates, clocks and counters."""
+
+    cdef readonly object config
+    cdef dict exporters
+    cdef public Py_ssize_t max_templates
+    cdef public Py_ssize_t max_exporters
+    cdef public Py_ssize_t max_datagram
+    cdef public bint dedup
+    cdef public bint track_duplicates
+    cdef uint32_t default_sampling
+    cdef list sampling_nets
+    cdef dict _log_last
+    cdef dict _log_suppressed
+    cdef readonly uint64_t refused_exporters
+
+    def __init__(self, config=None):
+        from decoders.config import DecoderConfig
+        if config is None:
+            config = DecoderConfig()
+        config.validate()
+        self.config = config
+        self.exporters = {}
+        self.max_templates = config.max_templates_per_exporter
+        self.max_exporters = config.max_exporters
+        self.max_datagram = config.max_datagram
+        self.dedup = config.dedup
+        self.track_duplicates = config.mark_duplicates or config.dedup
+        self.default_sampling = config.default_sampling
+        # Longest prefix first, so the first match wins.
+        self.sampling_nets = sorted(
+            ((ipaddress.ip_network(cidr, strict=False), int(rate)) for cidr, rate in config.sampling.items()),
+            key=lambda nr: -nr[0].prefixlen,
+        )
+        self._log_last = {}
+        self._log_suppressed = {}
+
+    cdef ExporterState exporter_state(self, str ip):
+        cdef ExporterState ex = self.exporters.get(ip)
+        cdef object addr
+        if ex is not None:
+            return ex
+        if len(self.exporters) >= self.max_exporters:
+            return None
+        ex = ExporterState(ip)
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            addr = None
+        for net, rate in self.sampling_nets:
+            if addr is not None and addr.version == net.version and addr in net:
+                ex.cidr_sampling = rate
+                break
+        ex.configured_sampling = ex.cidr_sampling if ex.cidr_sampling else self.default_sampling
+        self.exporters[ip] = ex
+        return ex
+
+    cdef void log_limited(self, str reason, str ip, str msg):
+        """Per-packet errors are logged at most once per reason and exporter every 10 s."""
+        key = (reason, ip)
+        now = time.monotonic()
+        last = self._log_last.get(key)
+        if last is not None and now - last < 10.0:
+            self._log_suppressed[key] = self._log_suppressed.get(key, 0) + 1
+            return
+        if len(self._log_last) > 4096:
+            self._log_last.clear()
+            self._log_suppressed.clear()
+        suppressed = self._log_suppressed.pop(key, 0)
+        self._log_last[key] = now
+        _log.warning("exporter %s: %s%s", ip, msg,
+                     f" ({suppressed} similar messages suppressed)" if suppressed else "")
+
+    def decode(self, bytes data not None, str exporter not None, int port=0, double recv_time=0.0):
+        """Decode one datagram from `exporter`; never raises for bad input (see batch.error)."""
+        cdef FlowBatch b = FlowBatch.__new__(FlowBatch)
+        cdef ExporterState ex
+        cdef Reader r
+        cdef Py_ssize_t n = len(data)
+        cdef const uint8_t* buf = <const uint8_t*>PyBytes_AS_STRING(data)
+        cdef uint16_t version
+        b.data = data
+        b.recv_time = recv_time if recv_time else time.time()
+        ex = self.exporter_state(exporter)
+        if ex is None:
+            self.refused_exporters += 1
+            b.error = ("exporter_limit", 0, f"more than {self.max_exporters} exporters")
+            return b
+        b.agent_af = ex.af
+        memcpy(b.agent, ex.addr, 16)
+        ex.datagrams += 1
+        try:
+            if n > self.max_datagram:
+                raise_decode("too_large", 0, f"{n} bytes > limit {self.max_datagram}")
+            rd_init(&r, buf, 0, n)
+            if n < 4:
+                raise_decode("truncated", 0, f"{n}-byte datagram")
+            version = be16(buf)
+            if version == 5:
+                decode_v5(self, ex, b, &r)
+            elif version == 9:
+                decode_v9(self, ex, b, &r)
+            elif version == 10:
+                decode_ipfix(self, ex, b, &r)
+            elif version == 0 and be32(buf) == 5:
+                decode_sflow(self, ex, b, &r)
+            else:
+                raise_decode("bad_version", 0, f"unknown version {version}")
+        except DecodeError as e:
+            b.error = (e.reason, e.offset, e.detail)
+            ex.count_error(e.reason)
+            self.log_limited(e.reason, exporter, f"{b.protocol or 'datagram'} decode error: {e}")
+        ex.flows += b.n
+        if b.proto_kind:
+            ex.protocol = PROTOCOL_NAMES[b.proto_kind]
+        return b
+
+    def stats(self):
+        """Per exporter: datagrams, flows, errors by reason, missing-template sets, templates..."""
+        return {ip: ex.stats() for ip, ex in self.exporters.items()}
+
+    def exporter(self, str ip):
+        return self.exporters.get(ip)
+
+    def export_state(self):
+        """Templates, options-learned sampling and clocks per exporter, as JSON-able data."""
+        cdef ExporterState ex
+        cdef Template t
+        out = {}
+        for ip, ex in self.exporters.items():
+            out[ip] = {
+                "templates": [
+                    {"version": t.version, "domain": t.domain, "id": t.template_id, "options": bool(t.options),
+                     "scope": t.scope_fields, "fields": [list(f) for f in t.spec]}
+                    for t in ex.templates.values()
+                ],
+                "domain_sampling": [[v, d, rate] for (v, d), rate in ex.domain_sampling.items()],
+                "sampler_rates": [[v, d, s, rate] for (v, d, s), rate in ex.sampler_rates.items()],
+                "sysinit_ms": [[v, d, ms] for (v, d), ms in ex.sysinit_ms.items()],
+            }
+        return {"format": 1, "exporters": out}
+
+    def import_state(self, state):
+        """Load what export_state() saved; bad entries are skipped and counted, not fatal."""
+        cdef ExporterState ex
+        cdef Template t
+        loaded = skipped = 0
+        if not isinstance(state, dict) or state.get("format") != 1:
+            raise ValueError("unknown state format")
+        for ip, st in state.get("exporters", {}).items():
+            ex = self.exporter_state(str(ip))
+            if ex is None:
+                skipped += 1
+                continue
+            for tpl in st.get("templates", []):
+                try:
+                    spec = tuple((int(a), int(b_), int(c)) for a, b_, c in tpl["fields"])
+                    t = compile_template(int(tpl["version"]), int(tpl["domain"]), int(tpl["id"]), spec,
+                                         int(tpl.get("scope", 0)), bool(tpl.get("options")), 0)
+                    store_template(self, ex, t)
+                    loaded += 1
+                except (KeyError, TypeError, ValueError, DecodeError):
+                    skipped += 1
+            for v, d, rate in st.get("domain_sampling", []):
+                ex.domain_sampling[(int(v), int(d))] = int(rate)
+            for v, d, s, rate in st.get("sampler_rates", []):
+                ex.sampler_rates[(int(v), int(d), int(s))] = int(rate)
+            for v, d, ms in st.get("sysinit_ms", []):
+                ex.sysinit_ms[(int(v), int(d))] = int(ms)
+        return {"templates": loaded, "skipped": skipped}

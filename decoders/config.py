@@ -1,0 +1,61 @@
+"""DecoderConfig: the decoders' settings, one documented dataclass validated before use."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+__all__ = ["DecoderConfig"]
+
+
+@dataclass
+class DecoderConfig:
+    """Settings of `decoders.Decoder`; every field has a default and is checked by validate()."""
+
+    #: Templates (all versions and domains together) kept per exporter IP; more are refused and
+    #: counted as `template_limit`, so a template flood cannot grow memory without bound.
+    max_templates_per_exporter: int = 1024
+    #: Exporters (source IPs) with decoder state; datagrams from more are refused and counted.
+    max_exporters: int = 65536
+    #: Datagrams larger than this are refused (`too_large`). 65535 is the UDP maximum.
+    max_datagram: int = 65535
+    #: Sampling rate for IPFIX / NetFlow v9 exporters that send none (Open vSwitch never does;
+    #: OVN-Kubernetes configures 400). 0 leaves Sampling unset.
+    default_sampling: int = 400
+    #: Per-exporter rates by CIDR ("10.0.0.0/8" -> 100), longest prefix wins; used for exporters
+    #: that send no rate (NetFlow v5 with interval 0 included).
+    sampling: dict[str, int] = field(default_factory=dict)
+    #: Mark records whose other-direction twin (OVS ingress + egress sampling) was already seen
+    #: with "Duplicate": true.
+    mark_duplicates: bool = True
+    #: Drop (and count as dropped, reason "duplicate") the marked records instead of publishing.
+    dedup: bool = False
+
+    def validate(self) -> None:
+        """Raise ValueError naming the bad field and what it accepts."""
+        for name in ("max_templates_per_exporter", "max_exporters", "max_datagram"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}: must be a positive integer, got {v!r}")
+        if self.max_datagram > 65535:
+            raise ValueError(f"max_datagram: at most 65535, got {self.max_datagram}")
+        if not isinstance(self.default_sampling, int) or not 0 <= self.default_sampling < 2**32:
+            raise ValueError(f"default_sampling: an integer 0..4294967295, got {self.default_sampling!r}")
+        for cidr, rate in self.sampling.items():
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"sampling: {cidr!r} is not a CIDR (like 10.0.0.0/8 or fd00::/64)") from None
+            if not isinstance(rate, int) or not 1 <= rate < 2**32:
+                raise ValueError(f"sampling: rate for {cidr} must be an integer >= 1, got {rate!r}")
+
+    @staticmethod
+    def parse_sampling(items: list[str]) -> dict[str, int]:
+        """Parse repeated CIDR=RATE options."""
+        out: dict[str, int] = {}
+        for item in items:
+            cidr, sep, rate = item.partition("=")
+            if not sep or not rate.strip().isdigit():
+                raise ValueError(f"sampling: expected CIDR=RATE (like 10.0.0.0/8=400), got {item!r}")
+            out[cidr.strip()] = int(rate)
+        return out

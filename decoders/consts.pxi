@@ -1,0 +1,59 @@
+# Compile-time constants of the decoders, in one place.
+#
+# FLOWSCOPE_DEBUG comes from setup.py's compile_time_env (FLOWSCOPE_DEBUG=1 at build time):
+# it turns on internal invariant checks that cost time on the hot path.
+
+DEF MAX_TEMPLATE_FIELDS = 512        # RFC 7011 allows 65535; no real exporter comes close
+DEF VARLEN = 0xFFFF                  # RFC 7011 3.2: field length 65535 = variable length
+DEF DEDUP_SLOTS = 4096               # per-exporter ring of recent ingress 5-tuples (--dedup)
+DEF DEDUP_WINDOW_MS = 60000          # an egress record within this window of its ingress twin
+
+# Presence bits of Flow.present: which optional fields a record carried.
+cdef enum:
+    P_SPORT = 1 << 0
+    P_DPORT = 1 << 1
+    P_PROTO = 1 << 2
+    P_ETYPE = 1 << 3
+    P_BYTES = 1 << 4
+    P_PACKETS = 1 << 5
+    P_FLAGS = 1 << 6
+    P_DSCP = 1 << 7
+    P_ICMP = 1 << 8
+    P_SRCMAC = 1 << 9
+    P_DSTMAC = 1 << 10
+    P_TSTART = 1 << 11
+    P_TEND = 1 << 12
+    P_INIF = 1 << 13
+    P_OUTIF = 1 << 14
+    P_VLAN = 1 << 15
+    P_TUNTYPE = 1 << 16
+    P_TUNID = 1 << 17
+    P_TUNSPORT = 1 << 18
+    P_TUNDPORT = 1 << 19
+    P_SRCAS = 1 << 20
+    P_DSTAS = 1 << 21
+    P_SRCMASK = 1 << 22
+    P_DSTMASK = 1 << 23
+    P_ENDREASON = 1 << 24
+    P_FLAGCOUNTS = 1 << 25   # flags derived from tcp*TotalCount (OVS) rather than tcpControlBits
+    P_SAMPLING = 1 << 26     # the record itself carried a sampling rate
+    P_TUNPROTO = 1 << 27
+
+# TCP flag bits (RFC 793 / RFC 3168), the order NetObserv prints them in.
+cdef enum:
+    TCP_FIN = 0x01
+    TCP_SYN = 0x02
+    TCP_RST = 0x04
+    TCP_PSH = 0x08
+    TCP_ACK = 0x10
+    TCP_URG = 0x20
+    TCP_ECE = 0x40
+    TCP_CWR = 0x80
+
+# Protocol of the datagram a batch came from.
+cdef enum:
+    PROTO_NONE = 0
+    PROTO_NETFLOW5 = 5
+    PROTO_NETFLOW9 = 9
+    PROTO_IPFIX = 10
+    PROTO_SFLOW5 = 100

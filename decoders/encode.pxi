@@ -1,0 +1,361 @@
+# JSON encoding of a batch: NetObserv field names, written byte by byte into one reused buffer.
+#
+# orjson would need a dict per flow; building that dict costs more than writing the JSON. The
+# field -> key table below is the single place output names live (README "Output" mirrors it).
+# Keys are written only when the record carried a value (fields with no value are omitted).
+
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from libc.stdio cimport snprintf
+
+import orjson
+
+
+cdef struct Buf:
+    char* p
+    Py_ssize_t n
+    Py_ssize_t cap
+
+
+cdef Buf _out           # the encoder's reused output buffer (the GIL serialises its users)
+_out.p = NULL
+_out.n = 0
+_out.cap = 0
+
+cdef const char* HEXDIGITS = b"0123456789abcdef"
+
+
+cdef int buf_reserve(Buf* b, Py_ssize_t extra) except -1:
+    cdef Py_ssize_t cap
+    cdef char* p
+    if b.n + extra <= b.cap:
+        return 0
+    cap = b.cap * 2 if b.cap else 4096
+    while cap < b.n + extra:
+        cap *= 2
+    p = <char*>realloc(b.p, cap)
+    if p == NULL:
+        raise MemoryError()
+    b.p = p
+    b.cap = cap
+    return 0
+
+
+cdef inline int buf_put(Buf* b, const char* s, Py_ssize_t n) except -1:
+    buf_reserve(b, n)
+    memcpy(b.p + b.n, s, n)
+    b.n += n
+    return 0
+
+
+cdef inline int buf_lit(Buf* b, bytes s) except -1:
+    return buf_put(b, PyBytes_AS_STRING(s), len(s))
+
+
+cdef int buf_uint(Buf* b, uint64_t v) except -1:
+    cdef char tmp[24]
+    cdef int i = 24
+    if v == 0:
+        return buf_put(b, "0", 1)
+    while v:
+        i -= 1
+        tmp[i] = <char>(48 + v % 10)
+        v //= 10
+    return buf_put(b, tmp + i, 24 - i)
+
+
+cdef int buf_int(Buf* b, int64_t v) except -1:
+    if v < 0:
+        buf_put(b, "-", 1)
+        return buf_uint(b, <uint64_t>(-v))
+    return buf_uint(b, <uint64_t>v)
+
+
+cdef int buf_ip(Buf* b, uint8_t af, const uint8_t* a) except -1:
+    """IPv4 dotted quad or RFC 5952 IPv6 text, quoted."""
+    cdef int i, best_start = -1, best_len = 0, run_start = -1, run_len = 0
+    cdef uint16_t g
+    cdef char tmp[64]
+    cdef int n
+    buf_put(b, "\"", 1)
+    if af == 4:
+        for i in range(4):
+            if i:
+                buf_put(b, ".", 1)
+            buf_uint(b, a[i])
+        return buf_put(b, "\"", 1)
+    # IPv4-mapped (::ffff:a.b.c.d) is printed with the dotted tail, as inet_ntop does.
+    if a[0] == 0 and a[1] == 0 and a[2] == 0 and a[3] == 0 and a[4] == 0 and a[5] == 0 and a[6] == 0 \
+            and a[7] == 0 and a[8] == 0 and a[9] == 0 and a[10] == 0xFF and a[11] == 0xFF:
+        buf_put(b, "::ffff:", 7)
+        for i in range(4):
+            if i:
+                buf_put(b, ".", 1)
+            buf_uint(b, a[12 + i])
+        return buf_put(b, "\"", 1)
+    for i in range(8):
+        if a[2 * i] == 0 and a[2 * i + 1] == 0:
+            if run_start < 0:
+                run_start = i
+                run_len = 0
+            run_len += 1
+            if run_len > best_len:
+                best_len = run_len
+                best_start = run_start
+        else:
+            run_start = -1
+    if best_len < 2:
+        best_start = -1
+    i = 0
+    while i < 8:
+        if i == best_start:
+            buf_put(b, "::", 2)
+            i += best_len
+            continue
+        if i and i != best_start + best_len:
+            buf_put(b, ":", 1)
+        g = be16(a + 2 * i)
+        n = snprintf(tmp, 64, "%x", g)
+        buf_put(b, tmp, n)
+        i += 1
+    return buf_put(b, "\"", 1)
+
+
+cdef int buf_mac(Buf* b, const uint8_t* m) except -1:
+    cdef char tmp[19]
+    cdef int i
+    tmp[0] = 34  # "
+    for i in range(6):
+        tmp[1 + 3 * i] = HEXDIGITS[m[i] >> 4]
+        tmp[2 + 3 * i] = HEXDIGITS[m[i] & 15]
+        tmp[3 + 3 * i] = 58 if i < 5 else 34  # ':' or closing quote
+    return buf_put(b, tmp, 19)
+
+
+cdef int buf_hex(Buf* b, const uint8_t* p, Py_ssize_t n) except -1:
+    cdef Py_ssize_t i
+    buf_reserve(b, 2 * n + 2)
+    b.p[b.n] = 34
+    b.n += 1
+    for i in range(n):
+        b.p[b.n] = HEXDIGITS[p[i] >> 4]
+        b.p[b.n + 1] = HEXDIGITS[p[i] & 15]
+        b.n += 2
+    b.p[b.n] = 34
+    b.n += 1
+    return 0
+
+
+cdef int buf_jstr(Buf* b, const uint8_t* p, Py_ssize_t n) except -1:
+    """A JSON string from exporter bytes: trailing NULs cut, escapes, invalid UTF-8 replaced."""
+    cdef Py_ssize_t i
+    cdef uint8_t c
+    cdef bint plain = True
+    cdef bytes enc
+    while n > 0 and p[n - 1] == 0:
+        n -= 1
+    for i in range(n):
+        c = p[i]
+        if c < 0x20 or c == 34 or c == 92 or c >= 0x80:
+            plain = False
+            break
+    if plain:
+        buf_reserve(b, n + 2)
+        b.p[b.n] = 34
+        memcpy(b.p + b.n + 1, p, n)
+        b.p[b.n + 1 + n] = 34
+        b.n += n + 2
+        return 0
+    enc = orjson.dumps((<bytes>p[:n]).decode("utf-8", "replace"))
+    return buf_lit(b, enc)
+
+
+cdef const char* TUNNEL_NAMES[8]
+TUNNEL_NAMES[:] = [b"unknown", b"vxlan", b"gre", b"lisp", b"stt", b"ipsec_gre", b"unknown", b"geneve"]
+
+cdef const char* FLAG_NAMES[8]
+FLAG_NAMES[:] = [b"FIN", b"SYN", b"RST", b"PSH", b"ACK", b"URG", b"ECE", b"CWR"]
+
+
+cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher) except -1:
+    cdef int i
+    cdef bint first
+    cdef Extra* x
+    cdef char tmp[48]
+    cdef int n
+    cdef bytes frag
+    cdef const uint8_t* data = <const uint8_t*>PyBytes_AS_STRING(bt.data)
+    buf_put(o, "{\"FlowProtocol\":\"", 17)
+    buf_lit(o, PROTOCOL_NAMES[bt.proto_kind].encode())
+    buf_put(o, "\"", 1)
+    if bt.agent_af:
+        buf_put(o, ",\"AgentIP\":", 11)
+        buf_ip(o, bt.agent_af, bt.agent)
+    if f.af:
+        buf_put(o, ",\"SrcAddr\":", 11)
+        buf_ip(o, f.af, f.src)
+        buf_put(o, ",\"DstAddr\":", 11)
+        buf_ip(o, f.af, f.dst)
+    if f.present & P_SRCMAC:
+        buf_put(o, ",\"SrcMac\":", 10)
+        buf_mac(o, f.src_mac)
+    if f.present & P_DSTMAC:
+        buf_put(o, ",\"DstMac\":", 10)
+        buf_mac(o, f.dst_mac)
+    if f.present & P_SPORT:
+        buf_put(o, ",\"SrcPort\":", 11)
+        buf_uint(o, f.sport)
+    if f.present & P_DPORT:
+        buf_put(o, ",\"DstPort\":", 11)
+        buf_uint(o, f.dport)
+    if f.present & P_PROTO:
+        buf_put(o, ",\"Proto\":", 9)
+        buf_uint(o, f.proto)
+    if f.present & P_ETYPE:
+        buf_put(o, ",\"Etype\":", 9)
+        buf_uint(o, f.etype)
+    if f.present & P_BYTES:
+        buf_put(o, ",\"Bytes\":", 9)
+        buf_uint(o, f.bytes)
+    if f.present & P_PACKETS:
+        buf_put(o, ",\"Packets\":", 11)
+        buf_uint(o, f.packets)
+    if f.present & P_FLAGS:
+        buf_put(o, ",\"Flags\":[", 10)
+        first = True
+        for i in range(8):
+            if f.tcp_flags & (1 << i):
+                if not first:
+                    buf_put(o, ",", 1)
+                first = False
+                buf_put(o, "\"", 1)
+                buf_put(o, FLAG_NAMES[i], 3)
+                buf_put(o, "\"", 1)
+        buf_put(o, "],\"TcpFlagsRaw\":", 16)
+        buf_uint(o, f.tcp_flags)
+    if f.present & P_DSCP:
+        buf_put(o, ",\"Dscp\":", 8)
+        buf_uint(o, f.dscp)
+    if f.present & P_ICMP:
+        buf_put(o, ",\"IcmpType\":", 12)
+        buf_uint(o, f.icmp_type)
+        buf_put(o, ",\"IcmpCode\":", 12)
+        buf_uint(o, f.icmp_code)
+    if f.present & P_TSTART:
+        buf_put(o, ",\"TimeFlowStartMs\":", 19)
+        buf_int(o, f.t_start_ms)
+    if f.present & P_TEND:
+        buf_put(o, ",\"TimeFlowEndMs\":", 17)
+        buf_int(o, f.t_end_ms)
+    buf_put(o, ",\"TimeReceived\":", 16)
+    buf_int(o, <int64_t>bt.recv_time)
+    if f.sampling:
+        buf_put(o, ",\"Sampling\":", 12)
+        buf_uint(o, f.sampling)
+    if enricher is None:
+        if f.direction >= 0:
+            buf_put(o, ",\"FlowDirection\":", 17)
+            buf_uint(o, <uint64_t>f.direction)
+    if f.in_name_len:
+        buf_put(o, ",\"Interfaces\":[", 15)
+        buf_jstr(o, data + f.in_name_off, f.in_name_len)
+        if f.out_name_len:
+            buf_put(o, ",", 1)
+            buf_jstr(o, data + f.out_name_off, f.out_name_len)
+            buf_put(o, "],\"IfDirections\":[0,1]", 22)
+        else:
+            buf_put(o, "],\"IfDirections\":[", 18)
+            buf_uint(o, <uint64_t>(f.direction if f.direction >= 0 else 0))
+            buf_put(o, "]", 1)
+    elif f.direction >= 0:
+        buf_put(o, ",\"IfDirections\":[", 17)
+        buf_uint(o, <uint64_t>f.direction)
+        buf_put(o, "]", 1)
+    if f.present & P_INIF:
+        buf_put(o, ",\"InIf\":", 8)
+        buf_uint(o, f.in_if)
+    if f.present & P_OUTIF:
+        buf_put(o, ",\"OutIf\":", 9)
+        buf_uint(o, f.out_if)
+    if f.present & P_VLAN:
+        buf_put(o, ",\"Vlan\":", 8)
+        buf_uint(o, f.vlan)
+    if f.nh_af:
+        buf_put(o, ",\"NextHop\":", 11)
+        buf_ip(o, f.nh_af, f.nexthop)
+    if f.present & P_SRCAS:
+        buf_put(o, ",\"SrcAS\":", 9)
+        buf_uint(o, f.src_as)
+    if f.present & P_DSTAS:
+        buf_put(o, ",\"DstAS\":", 9)
+        buf_uint(o, f.dst_as)
+    if f.present & P_SRCMASK:
+        buf_put(o, ",\"SrcPrefixLen\":", 16)
+        buf_uint(o, f.src_mask)
+    if f.present & P_DSTMASK:
+        buf_put(o, ",\"DstPrefixLen\":", 16)
+        buf_uint(o, f.dst_mask)
+    if f.present & P_ENDREASON:
+        buf_put(o, ",\"FlowEndReason\":", 17)
+        buf_uint(o, f.end_reason)
+    if f.present & P_TUNTYPE:
+        buf_put(o, ",\"TunnelType\":\"", 15)
+        if f.tun_type < 8:
+            buf_put(o, TUNNEL_NAMES[f.tun_type], len(TUNNEL_NAMES[f.tun_type]))
+        else:
+            buf_uint(o, f.tun_type)
+        buf_put(o, "\"", 1)
+    if f.present & P_TUNID:
+        buf_put(o, ",\"TunnelId\":", 12)
+        buf_uint(o, f.tun_id)
+    if f.tun_af:
+        buf_put(o, ",\"TunnelSrcAddr\":", 17)
+        buf_ip(o, f.tun_af, f.tun_src)
+        buf_put(o, ",\"TunnelDstAddr\":", 17)
+        buf_ip(o, f.tun_af, f.tun_dst)
+    if f.present & P_TUNPROTO:
+        buf_put(o, ",\"TunnelProto\":", 15)
+        buf_uint(o, f.tun_proto)
+    if f.present & P_TUNSPORT:
+        buf_put(o, ",\"TunnelSrcPort\":", 17)
+        buf_uint(o, f.tun_sport)
+    if f.present & P_TUNDPORT:
+        buf_put(o, ",\"TunnelDstPort\":", 17)
+        buf_uint(o, f.tun_dport)
+    if f.duplicate:
+        buf_put(o, ",\"Duplicate\":true", 17)
+    if bt.proto_kind == PROTO_NETFLOW9 or bt.proto_kind == PROTO_IPFIX:
+        buf_put(o, ",\"ObservationDomain\":", 21)
+        buf_uint(o, bt.domain)
+        buf_put(o, ",\"TemplateId\":", 14)
+        buf_uint(o, f.template_id)
+    buf_put(o, ",\"SequenceNum\":", 15)
+    buf_uint(o, bt.sequence)
+    for i in range(f.extra_count):
+        x = &bt.extras[f.extra_start + i]
+        if x.pen:
+            n = snprintf(tmp, 48, ",\"ie%u_%u\":", x.pen, x.ie)
+        else:
+            n = snprintf(tmp, 48, ",\"ie%u\":", x.ie)
+        buf_put(o, tmp, n)
+        buf_hex(o, data + x.off, x.length)
+    if enricher is not None:
+        frag = enricher.enrich(
+            (<bytes>f.src[:addr_len(f.af)]),
+            (<bytes>f.dst[:addr_len(f.af)]),
+            (<bytes>bt.agent[:addr_len(bt.agent_af)]),
+            f.t_start_ms if f.present & P_TSTART else <int64_t>(bt.recv_time * 1000),
+            f.direction,
+        )
+        if frag:
+            buf_lit(o, frag)
+    return buf_put(o, "}", 1)
+
+
+cdef list encode_batch(FlowBatch bt, object enricher):
+    cdef list out = []
+    cdef Py_ssize_t i
+    for i in range(bt.n):
+        _out.n = 0
+        encode_flow(&_out, bt, &bt.flows[i], enricher)
+        out.append(PyBytes_FromStringAndSize(_out.p, _out.n))
+    return out

@@ -1,0 +1,174 @@
+# The compact flow record and the batch that carries a datagram's flows.
+#
+# A decoder fills C structs (no per-field Python objects); strings and unknown elements are
+# kept as (offset, length) references into the datagram, which the batch keeps alive. The JSON
+# encoder (encode.pxi) walks the structs once, so the per-flow cost is one pass over ~200 bytes.
+
+from libc.stdlib cimport malloc, calloc, realloc, free
+
+
+cdef struct Flow:
+    uint64_t present          # P_* bits
+    uint8_t af                # 4, 6 or 0 (no addresses, e.g. an L2-only OVS record)
+    uint8_t src[16]
+    uint8_t dst[16]
+    uint8_t nh_af
+    uint8_t nexthop[16]
+    uint16_t sport
+    uint16_t dport
+    uint8_t proto
+    uint8_t dscp
+    uint8_t icmp_type
+    uint8_t icmp_code
+    uint16_t etype
+    uint16_t tcp_flags
+    uint64_t bytes
+    uint64_t packets
+    uint8_t src_mac[6]
+    uint8_t dst_mac[6]
+    int64_t t_start_ms
+    int64_t t_end_ms
+    uint32_t sampling
+    int8_t direction          # exporter's view: 0 ingress, 1 egress, -1 unknown
+    uint8_t duplicate         # the other-direction twin of this record was already seen
+    uint8_t end_reason
+    uint8_t tun_type
+    uint32_t in_if
+    uint32_t out_if
+    uint16_t vlan
+    uint16_t template_id
+    uint32_t in_name_off      # interfaceName (IPFIX 82): first occurrence = ingress port
+    uint32_t out_name_off
+    uint16_t in_name_len      # 0 = absent
+    uint16_t out_name_len
+    uint64_t tun_id
+    uint8_t tun_af
+    uint8_t tun_proto
+    uint8_t tun_src[16]
+    uint8_t tun_dst[16]
+    uint16_t tun_sport
+    uint16_t tun_dport
+    uint32_t src_as
+    uint32_t dst_as
+    uint8_t src_mask
+    uint8_t dst_mask
+    uint32_t extra_start      # unknown elements of this record: extras[extra_start:+extra_count]
+    uint32_t extra_count
+
+
+cdef struct Extra:
+    uint32_t pen
+    uint16_t ie
+    uint16_t length
+    uint32_t off              # offset of the value in the datagram
+
+
+cdef class FlowBatch:
+    """The flows (and sFlow counter records) decoded from one datagram."""
+
+    cdef Flow* flows
+    cdef Py_ssize_t n
+    cdef Py_ssize_t cap
+    cdef Extra* extras
+    cdef Py_ssize_t n_extras
+    cdef Py_ssize_t cap_extras
+    cdef readonly bytes data
+    cdef readonly double recv_time
+    cdef uint8_t agent[16]
+    cdef uint8_t agent_af
+    cdef int proto_kind
+    cdef readonly uint32_t sequence
+    cdef readonly uint32_t domain
+    cdef readonly list counters
+    cdef readonly object error
+    cdef readonly int missing_template_sets
+    cdef readonly dict dropped
+    cdef readonly list options
+
+    def __cinit__(self):
+        self.flows = NULL
+        self.extras = NULL
+        self.n = self.cap = self.n_extras = self.cap_extras = 0
+        self.counters = []
+        self.dropped = {}
+        self.options = []
+        self.error = None
+
+    def __dealloc__(self):
+        free(self.flows)
+        free(self.extras)
+
+    def __len__(self):
+        return self.n
+
+    @property
+    def protocol(self):
+        return PROTOCOL_NAMES.get(self.proto_kind, "")
+
+    @property
+    def agent_ip(self):
+        if not self.agent_af:
+            return ""
+        return str(ipaddress.ip_address(<bytes>self.agent[:addr_len(self.agent_af)]))
+
+    def to_json(self, enricher=None):
+        """One JSON object (bytes) per flow, NetObserv field names."""
+        return encode_batch(self, enricher)
+
+    def to_dicts(self, enricher=None):
+        """The same flows as dicts: parsed from to_json so there is one source of truth."""
+        return [orjson.loads(j) for j in encode_batch(self, enricher)]
+
+
+PROTOCOL_NAMES = {PROTO_NETFLOW5: "netflow5", PROTO_NETFLOW9: "netflow9", PROTO_IPFIX: "ipfix", PROTO_SFLOW5: "sflow5"}
+
+
+cdef Flow* batch_new_flow(FlowBatch b) except NULL:
+    """Append a zeroed flow to the batch and return it."""
+    cdef Py_ssize_t newcap
+    cdef Flow* p
+    if b.n == b.cap:
+        newcap = 32 if b.cap == 0 else b.cap * 2
+        p = <Flow*>realloc(b.flows, newcap * sizeof(Flow))
+        if p == NULL:
+            raise MemoryError()
+        b.flows = p
+        b.cap = newcap
+    p = &b.flows[b.n]
+    memset(p, 0, sizeof(Flow))
+    p.direction = -1
+    p.extra_start = <uint32_t>b.n_extras
+    b.n += 1
+    return p
+
+
+cdef inline void batch_drop_last(FlowBatch b) noexcept:
+    """Forget the flow most recently appended (a record that turned out not to be a flow)."""
+    if b.n > 0:
+        b.n_extras = b.flows[b.n - 1].extra_start
+        b.n -= 1
+
+
+cdef int batch_add_extra(FlowBatch b, Flow* f, uint32_t pen, uint16_t ie, Py_ssize_t off, Py_ssize_t length) except -1:
+    """Keep an element flowscope has no name for, as a reference into the datagram."""
+    cdef Py_ssize_t newcap
+    cdef Extra* p
+    if b.n_extras == b.cap_extras:
+        newcap = 64 if b.cap_extras == 0 else b.cap_extras * 2
+        p = <Extra*>realloc(b.extras, newcap * sizeof(Extra))
+        if p == NULL:
+            raise MemoryError()
+        b.extras = p
+        b.cap_extras = newcap
+    p = &b.extras[b.n_extras]
+    p.pen = pen
+    p.ie = ie
+    p.length = <uint16_t>(length if length < 0xFFFF else 0xFFFF)
+    p.off = <uint32_t>off
+    b.n_extras += 1
+    f.extra_count += 1
+    return 0
+
+
+cdef inline Py_ssize_t addr_len(uint8_t af) noexcept:
+    return 4 if af == 4 else (16 if af == 6 else 0)

@@ -1,0 +1,885 @@
+# NetFlow v5, NetFlow v9 (RFC 3954) and IPFIX (RFC 7011).
+#
+# v9 and IPFIX share one template machinery: a template is compiled once into a FieldSpec array
+# (element id, enterprise number, length, and the action that says where the value goes in the
+# Flow struct); data records are decoded by walking that array ("describe once, decode many").
+# Templates are keyed per exporter IP by (version, observation domain / source id, template id),
+# and their number per exporter is bounded.
+
+import ipaddress
+import socket
+
+# Actions: where a field's value goes. Everything without an action is kept as an "extra".
+cdef enum:
+    A_EXTRA = 0
+    A_SKIP            # padding (IE 210) and structured lists (291-293): skipped safely
+    A_SCOPE           # v9 options scope fields: scope types, not elements
+    A_BYTES
+    A_PACKETS
+    A_BYTES_TOTAL
+    A_PACKETS_TOTAL
+    A_PROTO
+    A_TOS
+    A_TCPFLAGS
+    A_SPORT
+    A_DPORT
+    A_SRC4
+    A_DST4
+    A_SRC6
+    A_DST6
+    A_SRCMASK
+    A_DSTMASK
+    A_INIF
+    A_OUTIF
+    A_NEXTHOP4
+    A_NEXTHOP6
+    A_SRCAS
+    A_DSTAS
+    A_END_SYSUP
+    A_START_SYSUP
+    A_ICMP_TC
+    A_ICMP_TYPE
+    A_ICMP_CODE
+    A_SAMPLING_INTERVAL
+    A_SAMPLING_ALGO
+    A_SAMPLER_ID
+    A_SAMPLING_PKT_SPACE
+    A_SRCMAC
+    A_DSTMAC
+    A_VLAN
+    A_IPVERSION
+    A_DIRECTION
+    A_IFNAME
+    A_ENDREASON
+    A_START_S
+    A_END_S
+    A_START_MS
+    A_END_MS
+    A_START_US
+    A_END_US
+    A_START_NS
+    A_END_NS
+    A_START_DELTA_US
+    A_END_DELTA_US
+    A_SYSINIT_MS
+    A_ETYPE
+    A_FIN_COUNT
+    A_SYN_COUNT
+    A_RST_COUNT
+    A_PSH_COUNT
+    A_ACK_COUNT
+    A_URG_COUNT
+    A_TUN_TYPE
+    A_TUN_KEY
+    A_TUN_SRC4
+    A_TUN_DST4
+    A_TUN_PROTO
+    A_TUN_SPORT
+    A_TUN_DPORT
+    A_TUN_SRC6
+    A_TUN_DST6
+
+
+# The element -> output mapping table (IANA IPFIX registry ids; v9 uses the same numbers for
+# 1-127). The README's "Output" table mirrors this. Lengths: the value is only used when its
+# length fits the element's type (else the field is kept as an extra, never misread).
+IE_ACTIONS = {
+    # id: (action, allowed lengths or None for any integer length 1..8)
+    1: (A_BYTES, None), 2: (A_PACKETS, None), 85: (A_BYTES_TOTAL, None), 86: (A_PACKETS_TOTAL, None),
+    4: (A_PROTO, (1,)), 5: (A_TOS, (1,)), 6: (A_TCPFLAGS, (1, 2)),
+    7: (A_SPORT, (2,)), 11: (A_DPORT, (2,)),
+    8: (A_SRC4, (4,)), 12: (A_DST4, (4,)), 27: (A_SRC6, (16,)), 28: (A_DST6, (16,)),
+    9: (A_SRCMASK, (1,)), 13: (A_DSTMASK, (1,)), 29: (A_SRCMASK, (1,)), 30: (A_DSTMASK, (1,)),
+    10: (A_INIF, None), 14: (A_OUTIF, None),
+    15: (A_NEXTHOP4, (4,)), 62: (A_NEXTHOP6, (16,)),
+    16: (A_SRCAS, None), 17: (A_DSTAS, None),
+    21: (A_END_SYSUP, (4,)), 22: (A_START_SYSUP, (4,)),
+    32: (A_ICMP_TC, (2,)), 139: (A_ICMP_TC, (2,)),
+    176: (A_ICMP_TYPE, (1,)), 177: (A_ICMP_CODE, (1,)), 178: (A_ICMP_TYPE, (1,)), 179: (A_ICMP_CODE, (1,)),
+    34: (A_SAMPLING_INTERVAL, None), 35: (A_SAMPLING_ALGO, (1,)), 48: (A_SAMPLER_ID, None),
+    50: (A_SAMPLING_INTERVAL, None), 302: (A_SAMPLER_ID, None),
+    305: (A_SAMPLING_INTERVAL, None), 306: (A_SAMPLING_PKT_SPACE, None),
+    56: (A_SRCMAC, (6,)), 80: (A_DSTMAC, (6,)),
+    58: (A_VLAN, (2,)), 243: (A_VLAN, (2,)),
+    60: (A_IPVERSION, (1,)), 61: (A_DIRECTION, (1,)),
+    82: (A_IFNAME, "str"), 136: (A_ENDREASON, (1,)),
+    150: (A_START_S, (4,)), 151: (A_END_S, (4,)),
+    152: (A_START_MS, (8,)), 153: (A_END_MS, (8,)),
+    154: (A_START_US, (8,)), 155: (A_END_US, (8,)),
+    156: (A_START_NS, (8,)), 157: (A_END_NS, (8,)),
+    158: (A_START_DELTA_US, (4,)), 159: (A_END_DELTA_US, (4,)),
+    160: (A_SYSINIT_MS, (8,)),
+    256: (A_ETYPE, (2,)),
+    218: (A_FIN_COUNT, None), 219: (A_SYN_COUNT, None), 220: (A_RST_COUNT, None),
+    221: (A_PSH_COUNT, None), 222: (A_ACK_COUNT, None), 223: (A_URG_COUNT, None),
+    210: (A_SKIP, "any"), 291: (A_SKIP, "any"), 292: (A_SKIP, "any"), 293: (A_SKIP, "any"),
+}
+
+# Open vSwitch tunnel elements, VMware enterprise number 6876 (ofproto IPFIX entities).
+PEN_VMWARE = 6876
+VMWARE_ACTIONS = {
+    891: (A_TUN_TYPE, (1,)), 892: (A_TUN_KEY, "any"),
+    893: (A_TUN_SRC4, (4,)), 894: (A_TUN_DST4, (4,)), 895: (A_TUN_PROTO, (1,)),
+    896: (A_TUN_SPORT, (2,)), 897: (A_TUN_DPORT, (2,)),
+    899: (A_TUN_SRC6, (16,)), 900: (A_TUN_DST6, (16,)),
+}
+
+# Fields that, in an options record, teach the exporter's sampling rate / clock.
+cdef inline bint is_option_action(int a) noexcept:
+    return a == A_SAMPLING_INTERVAL or a == A_SAMPLING_PKT_SPACE or a == A_SAMPLER_ID \
+        or a == A_SYSINIT_MS or a == A_SAMPLING_ALGO
+
+
+cdef int action_for(uint16_t ie, uint32_t pen, uint16_t length, bint v9_scope):
+    cdef object spec
+    if v9_scope:
+        return A_SCOPE
+    if pen == 0:
+        spec = IE_ACTIONS.get(ie)
+    elif pen == PEN_VMWARE:
+        spec = VMWARE_ACTIONS.get(ie)
+    else:
+        return A_EXTRA
+    if spec is None:
+        return A_EXTRA
+    action, lengths = spec
+    if lengths == "any":
+        return action
+    if lengths == "str":
+        return action
+    if length == VARLEN:
+        return A_EXTRA
+    if lengths is None:
+        return action if 1 <= length <= 8 else A_EXTRA
+    return action if length in lengths else A_EXTRA
+
+
+cdef struct FieldSpec:
+    uint16_t ie
+    uint16_t length           # VARLEN for variable length
+    uint32_t pen
+    int action
+
+
+cdef class Template:
+    """A compiled (options) template: the plan a data record is decoded by."""
+
+    cdef FieldSpec* fields
+    cdef readonly int n_fields
+    cdef readonly int scope_fields
+    cdef readonly bint options
+    cdef readonly int version
+    cdef readonly uint32_t domain
+    cdef readonly uint16_t template_id
+    cdef Py_ssize_t min_len   # smallest possible record (varlen counted as 1 byte)
+    cdef readonly tuple spec  # ((ie, pen, length), ...) as received: for the state file
+    cdef bint has_option_fields
+    cdef bint has_tcp_counts
+
+    def __dealloc__(self):
+        free(self.fields)
+
+
+cdef Template compile_template(int version, uint32_t domain, uint16_t tid, tuple spec, int scope_fields, bint options, Py_ssize_t offset):
+    """Compile a template; raise DecodeError("bad_template") for one that cannot be decoded."""
+    cdef Template t = Template.__new__(Template)
+    cdef int i, n = len(spec)
+    cdef FieldSpec* fs
+    cdef bint v9_scope
+    if n == 0 or n > MAX_TEMPLATE_FIELDS:
+        raise_decode("bad_template", offset, f"v{version} domain {domain} template {tid}: {n} fields")
+    t.fields = <FieldSpec*>malloc(n * sizeof(FieldSpec))
+    if t.fields == NULL:
+        raise MemoryError()
+    t.n_fields = n
+    t.scope_fields = scope_fields
+    t.options = options
+    t.version = version
+    t.domain = domain
+    t.template_id = tid
+    t.spec = spec
+    t.min_len = 0
+    t.has_option_fields = False
+    t.has_tcp_counts = False
+    for i in range(n):
+        ie, pen, length = spec[i]
+        fs = &t.fields[i]
+        fs.ie = ie
+        fs.pen = pen
+        fs.length = length
+        v9_scope = options and version == 9 and i < scope_fields
+        fs.action = action_for(ie, pen, length, v9_scope)
+        if is_option_action(fs.action):
+            t.has_option_fields = True
+        if A_FIN_COUNT <= fs.action <= A_URG_COUNT:
+            t.has_tcp_counts = True
+        t.min_len += 1 if length == VARLEN else length
+    if t.min_len == 0:
+        raise_decode("bad_template", offset, f"v{version} domain {domain} template {tid}: zero-length records")
+    return t
+
+
+cdef class ExporterState:
+    """Everything flowscope knows about one exporter (by IP): templates, clocks, rates, counters."""
+
+    cdef readonly str ip
+    cdef uint8_t addr[16]
+    cdef uint8_t af
+    cdef readonly dict templates        # (version << 48 | domain << 16 | template id) -> Template
+    cdef readonly dict domain_sampling  # (version, domain) -> rate learned from options data
+    cdef readonly dict sampler_rates    # (version, domain, sampler id) -> rate
+    cdef readonly dict sysinit_ms       # (version, domain) -> systemInitTimeMilliseconds (IE 160)
+    cdef public uint32_t configured_sampling   # from --sampling CIDR=RATE / --default-sampling
+    cdef public uint32_t cidr_sampling         # explicit CIDR rate (0 = none matched)
+    cdef readonly uint64_t datagrams
+    cdef readonly uint64_t flows
+    cdef readonly uint64_t missing_template_sets
+    cdef readonly uint64_t missing_template_records_sets
+    cdef readonly dict errors
+    cdef readonly dict dropped
+    cdef readonly str protocol
+    cdef readonly uint32_t last_sampling
+    cdef uint64_t* dedup_keys
+    cdef int64_t* dedup_times
+
+    def __cinit__(self):
+        self.dedup_keys = NULL
+        self.dedup_times = NULL
+
+    def __dealloc__(self):
+        free(self.dedup_keys)
+        free(self.dedup_times)
+
+    def __init__(self, str ip):
+        cdef bytes raw
+        self.ip = ip
+        try:
+            raw = socket.inet_pton(socket.AF_INET6 if ":" in ip else socket.AF_INET, ip)
+        except OSError:
+            raw = b""
+        self.af = 4 if len(raw) == 4 else (6 if len(raw) == 16 else 0)
+        if self.af:
+            memcpy(self.addr, <const uint8_t*>raw, len(raw))
+        self.templates = {}
+        self.domain_sampling = {}
+        self.sampler_rates = {}
+        self.sysinit_ms = {}
+        self.errors = {}
+        self.dropped = {}
+        self.protocol = ""
+
+    cdef void count_error(self, str reason):
+        self.errors[reason] = self.errors.get(reason, 0) + 1
+
+    def stats(self):
+        return {
+            "datagrams": self.datagrams,
+            "flows": self.flows,
+            "errors": dict(self.errors),
+            "dropped": dict(self.dropped),
+            "missing_template_sets": self.missing_template_sets,
+            "templates": len(self.templates),
+            "sampling": self.last_sampling,
+            "protocol": self.protocol,
+        }
+
+
+cdef inline uint64_t tkey(int version, uint32_t domain, uint16_t tid) noexcept:
+    return (<uint64_t>version << 48) | (<uint64_t>domain << 16) | tid
+
+
+# ---------------------------------------------------------------- NetFlow v5
+
+cdef int decode_v5(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except -1:
+    cdef const uint8_t* h = rd_take(r, 24)
+    cdef uint16_t count = be16(h + 2)
+    cdef uint32_t uptime = be32(h + 4)
+    cdef int64_t base_ms
+    cdef uint16_t interval = be16(h + 22) & 0x3FFF
+    cdef const uint8_t* p
+    cdef Flow* f
+    cdef int i
+    cdef uint32_t rate
+    b.proto_kind = PROTO_NETFLOW5
+    b.sequence = be32(h + 16)
+    # Records are 48 bytes and a v5 datagram holds at most 30 (Cisco's v5 format).
+    if count == 0 or count > 30 or rd_left(r) < 48 * count:
+        raise_decode("bad_length", 0, f"v5 count {count} with {rd_left(r)} bytes of records")
+    # first/last are sysUptime ms: absolute = export time - uptime + value.
+    base_ms = <int64_t>be32(h + 8) * 1000 + be32(h + 12) // 1000000 - uptime
+    rate = interval if interval else ex.cidr_sampling
+    for i in range(count):
+        p = rd_take(r, 48)
+        f = batch_new_flow(b)
+        f.af = 4
+        memcpy(f.src, p, 4)
+        memcpy(f.dst, p + 4, 4)
+        if be32(p + 8):
+            f.nh_af = 4
+            memcpy(f.nexthop, p + 8, 4)
+        f.in_if = be16(p + 12)
+        f.out_if = be16(p + 14)
+        f.packets = be32(p + 16)
+        f.bytes = be32(p + 20)
+        f.t_start_ms = base_ms + be32(p + 24)
+        f.t_end_ms = base_ms + be32(p + 28)
+        f.sport = be16(p + 32)
+        f.dport = be16(p + 34)
+        f.tcp_flags = p[37]
+        f.proto = p[38]
+        f.dscp = p[39] >> 2
+        f.src_as = be16(p + 40)
+        f.dst_as = be16(p + 42)
+        f.src_mask = p[44]
+        f.dst_mask = p[45]
+        f.etype = 0x0800
+        f.sampling = rate
+        f.present = (P_SPORT | P_DPORT | P_PROTO | P_ETYPE | P_BYTES | P_PACKETS | P_DSCP | P_TSTART
+                     | P_TEND | P_INIF | P_OUTIF | P_SRCAS | P_DSTAS | P_SRCMASK | P_DSTMASK)
+        if f.proto == 6:
+            f.present |= P_FLAGS
+        elif f.proto == 1:
+            # ICMP type and code travel in the destination port (type << 8 | code).
+            f.icmp_type = f.dport >> 8
+            f.icmp_code = f.dport & 0xFF
+            f.present |= P_ICMP
+    ex.last_sampling = rate
+    return 0
+
+
+# ---------------------------------------------------------------- v9 / IPFIX templates
+
+cdef int parse_template_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* s, int version,
+                            uint32_t domain, bint options) except -1:
+    cdef uint16_t tid, count, scope_count, ie, length
+    cdef uint32_t pen
+    cdef int i
+    cdef list spec
+    cdef Py_ssize_t start
+    cdef Reader opts
+    cdef uint16_t scope_len, opt_len
+    cdef int nfields
+    # A set ends with padding shorter than a template record header.
+    while rd_left(s) >= 4:
+        start = s.pos
+        tid = rd_u16(s)
+        if version == 9 and options:
+            # RFC 3954 6.1: template id, option scope length, option length (both in bytes).
+            scope_len = rd_u16(s)
+            opt_len = rd_u16(s)
+            if scope_len % 4 or opt_len % 4:
+                raise_decode("bad_template", start, f"v9 domain {domain} options template {tid}: lengths {scope_len}/{opt_len}")
+            scope_count = scope_len // 4
+            count = scope_count + opt_len // 4
+        else:
+            count = rd_u16(s)
+            scope_count = 0
+            if options:
+                scope_count = rd_u16(s)
+                if scope_count == 0 or scope_count > count:
+                    raise_decode("bad_template", start, f"v{version} domain {domain} options template {tid}: scope count {scope_count}")
+        if tid < 256 and not (version == 10 and count == 0):
+            raise_decode("bad_template", start, f"v{version} domain {domain}: template id {tid} < 256")
+        if version == 10 and count == 0:
+            # RFC 7011 8.1: a withdrawal. Template id == set id (2 or 3) withdraws all of that kind.
+            withdraw(ex, version, domain, tid, options)
+            continue
+        spec = []
+        for i in range(count):
+            ie = rd_u16(s)
+            length = rd_u16(s)
+            pen = 0
+            if version == 10 and ie & 0x8000:
+                ie &= 0x7FFF
+                pen = rd_u32(s)
+            spec.append((ie, pen, length))
+        store_template(dec, ex, compile_template(version, domain, tid, tuple(spec), scope_count, options, start))
+    return 0
+
+
+cdef void withdraw(ExporterState ex, int version, uint32_t domain, uint16_t tid, bint options):
+    cdef Template t
+    if tid == 2 or tid == 3:
+        for key in [k for k, t in ex.templates.items()
+                    if t.version == version and t.domain == domain and t.options == options]:
+            del ex.templates[key]
+    else:
+        ex.templates.pop(tkey(version, domain, tid), None)
+
+
+cdef int store_template(Decoder dec, ExporterState ex, Template t) except -1:
+    cdef uint64_t key = tkey(t.version, t.domain, t.template_id)
+    if key not in ex.templates and len(ex.templates) >= dec.max_templates:
+        # Refused and counted; the rest of the datagram (other templates, data) still decodes.
+        ex.count_error("template_limit")
+        dec.log_limited("template_limit", ex.ip, f"v{t.version} domain {t.domain} template "
+                        f"{t.template_id} refused: exporter already has {len(ex.templates)} templates")
+        return 0
+    ex.templates[key] = t
+    return 0
+
+
+# ---------------------------------------------------------------- v9 / IPFIX data records
+
+cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, Reader* s,
+                       int64_t export_ms, int64_t sysinit_ms) except -1:
+    """Decode one data record of template t into a new Flow (options records update state)."""
+    cdef int i, a
+    cdef FieldSpec* fs
+    cdef Py_ssize_t L
+    cdef const uint8_t* p
+    cdef Flow* f = batch_new_flow(b)
+    cdef uint64_t v
+    cdef int64_t start_sysup = -1, end_sysup = -1, start_delta = -1, end_delta = -1
+    cdef int64_t rec_sysinit = -1
+    cdef uint64_t sampling_interval = 0, sampling_space = 0, sampler_id = 0
+    cdef bint has_sampler = False, has_flags = False, has_ifname = False
+    cdef uint16_t count_flags = 0
+    cdef int ipversion = 0
+    cdef Py_ssize_t rec_start = s.pos
+    f.template_id = t.template_id
+    for i in range(t.n_fields):
+        fs = &t.fields[i]
+        L = fs.length
+        if L == VARLEN:
+            # RFC 7011 7: one length byte, or 255 followed by a two-byte length.
+            L = rd_u8(s)
+            if L == 255:
+                L = rd_u16(s)
+        p = rd_take(s, L)
+        a = fs.action
+        if a == A_EXTRA:
+            batch_add_extra(b, f, fs.pen, fs.ie, p - s.buf, L)
+        elif a == A_SKIP or a == A_SCOPE:
+            pass
+        elif a == A_BYTES:
+            f.bytes = beN(p, L)
+            f.present |= P_BYTES
+        elif a == A_PACKETS:
+            f.packets = beN(p, L)
+            f.present |= P_PACKETS
+        elif a == A_BYTES_TOTAL:
+            if not f.present & P_BYTES:
+                f.bytes = beN(p, L)
+                f.present |= P_BYTES
+        elif a == A_PACKETS_TOTAL:
+            if not f.present & P_PACKETS:
+                f.packets = beN(p, L)
+                f.present |= P_PACKETS
+        elif a == A_PROTO:
+            f.proto = p[0]
+            f.present |= P_PROTO
+        elif a == A_TOS:
+            f.dscp = p[0] >> 2
+            f.present |= P_DSCP
+        elif a == A_TCPFLAGS:
+            # RFC 7125: 2-byte tcpControlBits carries NS/... in the high bits; keep the low 8.
+            f.tcp_flags = <uint16_t>(beN(p, L) & 0xFF)
+            has_flags = True
+        elif a == A_SPORT:
+            f.sport = be16(p)
+            f.present |= P_SPORT
+        elif a == A_DPORT:
+            f.dport = be16(p)
+            f.present |= P_DPORT
+        elif a == A_SRC4:
+            memcpy(f.src, p, 4)
+            f.af = 4
+        elif a == A_DST4:
+            memcpy(f.dst, p, 4)
+            f.af = 4
+        elif a == A_SRC6:
+            memcpy(f.src, p, 16)
+            f.af = 6
+        elif a == A_DST6:
+            memcpy(f.dst, p, 16)
+            f.af = 6
+        elif a == A_SRCMASK:
+            f.src_mask = p[0]
+            f.present |= P_SRCMASK
+        elif a == A_DSTMASK:
+            f.dst_mask = p[0]
+            f.present |= P_DSTMASK
+        elif a == A_INIF:
+            f.in_if = <uint32_t>beN(p, L)
+            f.present |= P_INIF
+        elif a == A_OUTIF:
+            f.out_if = <uint32_t>beN(p, L)
+            f.present |= P_OUTIF
+        elif a == A_NEXTHOP4:
+            memcpy(f.nexthop, p, 4)
+            f.nh_af = 4
+        elif a == A_NEXTHOP6:
+            memcpy(f.nexthop, p, 16)
+            f.nh_af = 6
+        elif a == A_SRCAS:
+            f.src_as = <uint32_t>beN(p, L)
+            f.present |= P_SRCAS
+        elif a == A_DSTAS:
+            f.dst_as = <uint32_t>beN(p, L)
+            f.present |= P_DSTAS
+        elif a == A_END_SYSUP:
+            end_sysup = be32(p)
+        elif a == A_START_SYSUP:
+            start_sysup = be32(p)
+        elif a == A_ICMP_TC:
+            f.icmp_type = p[0]
+            f.icmp_code = p[1]
+            f.present |= P_ICMP
+        elif a == A_ICMP_TYPE:
+            f.icmp_type = p[0]
+            f.present |= P_ICMP
+        elif a == A_ICMP_CODE:
+            f.icmp_code = p[0]
+            f.present |= P_ICMP
+        elif a == A_SAMPLING_INTERVAL:
+            sampling_interval = beN(p, L)
+        elif a == A_SAMPLING_PKT_SPACE:
+            sampling_space = beN(p, L)
+        elif a == A_SAMPLER_ID:
+            sampler_id = beN(p, L)
+            has_sampler = True
+        elif a == A_SAMPLING_ALGO:
+            pass
+        elif a == A_SRCMAC:
+            memcpy(f.src_mac, p, 6)
+            f.present |= P_SRCMAC
+        elif a == A_DSTMAC:
+            memcpy(f.dst_mac, p, 6)
+            f.present |= P_DSTMAC
+        elif a == A_VLAN:
+            f.vlan = be16(p) & 0x0FFF
+            f.present |= P_VLAN
+        elif a == A_IPVERSION:
+            ipversion = p[0]
+        elif a == A_DIRECTION:
+            f.direction = <int8_t>(p[0] & 1)
+        elif a == A_IFNAME:
+            # OVS egress templates carry interfaceName twice: the first is the ingress port.
+            if not has_ifname:
+                f.in_name_off = <uint32_t>(p - s.buf)
+                f.in_name_len = <uint16_t>L
+                has_ifname = True
+            else:
+                f.out_name_off = <uint32_t>(p - s.buf)
+                f.out_name_len = <uint16_t>L
+        elif a == A_ENDREASON:
+            f.end_reason = p[0]
+            f.present |= P_ENDREASON
+        elif a == A_START_S:
+            f.t_start_ms = <int64_t>be32(p) * 1000
+            f.present |= P_TSTART
+        elif a == A_END_S:
+            f.t_end_ms = <int64_t>be32(p) * 1000
+            f.present |= P_TEND
+        elif a == A_START_MS:
+            f.t_start_ms = <int64_t>be64(p)
+            f.present |= P_TSTART
+        elif a == A_END_MS:
+            f.t_end_ms = <int64_t>be64(p)
+            f.present |= P_TEND
+        elif a == A_START_US or a == A_START_NS:
+            f.t_start_ms = ntp_to_ms(p, a == A_START_US)
+            f.present |= P_TSTART
+        elif a == A_END_US or a == A_END_NS:
+            f.t_end_ms = ntp_to_ms(p, a == A_END_US)
+            f.present |= P_TEND
+        elif a == A_START_DELTA_US:
+            start_delta = be32(p)
+        elif a == A_END_DELTA_US:
+            end_delta = be32(p)
+        elif a == A_SYSINIT_MS:
+            rec_sysinit = <int64_t>be64(p)
+        elif a == A_ETYPE:
+            f.etype = be16(p)
+            f.present |= P_ETYPE
+        elif a == A_FIN_COUNT:
+            count_flags |= TCP_FIN if beN(p, L) else 0
+        elif a == A_SYN_COUNT:
+            count_flags |= TCP_SYN if beN(p, L) else 0
+        elif a == A_RST_COUNT:
+            count_flags |= TCP_RST if beN(p, L) else 0
+        elif a == A_PSH_COUNT:
+            count_flags |= TCP_PSH if beN(p, L) else 0
+        elif a == A_ACK_COUNT:
+            count_flags |= TCP_ACK if beN(p, L) else 0
+        elif a == A_URG_COUNT:
+            count_flags |= TCP_URG if beN(p, L) else 0
+        elif a == A_TUN_TYPE:
+            f.tun_type = p[0]
+            f.present |= P_TUNTYPE
+        elif a == A_TUN_KEY:
+            if 0 < L <= 8:
+                f.tun_id = beN(p, L)
+                f.present |= P_TUNID
+        elif a == A_TUN_SRC4:
+            memcpy(f.tun_src, p, 4)
+            f.tun_af = 4
+        elif a == A_TUN_DST4:
+            memcpy(f.tun_dst, p, 4)
+            f.tun_af = 4
+        elif a == A_TUN_SRC6:
+            memcpy(f.tun_src, p, 16)
+            f.tun_af = 6
+        elif a == A_TUN_DST6:
+            memcpy(f.tun_dst, p, 16)
+            f.tun_af = 6
+        elif a == A_TUN_PROTO:
+            f.tun_proto = p[0]
+            f.present |= P_TUNPROTO
+        elif a == A_TUN_SPORT:
+            f.tun_sport = be16(p)
+            f.present |= P_TUNSPORT
+        elif a == A_TUN_DPORT:
+            f.tun_dport = be16(p)
+            f.present |= P_TUNDPORT
+
+    if t.options:
+        # Options data teaches the exporter's clock and sampling; it is not a flow.
+        learn_options(ex, t, sampling_interval, sampling_space, has_sampler, sampler_id, rec_sysinit)
+        b.options.append(options_dict(b, f, t, rec_start, s.pos))
+        batch_drop_last(b)
+        return 0
+
+    # Times: absolute fields win; else sysUpTime-relative (v9 header or IE 160); else deltas
+    # before the export time (RFC 7011 flowStart/EndDeltaMicroseconds, what OVS sends).
+    if rec_sysinit >= 0:
+        sysinit_ms = rec_sysinit
+    if not f.present & P_TSTART:
+        if start_sysup >= 0 and sysinit_ms >= 0:
+            f.t_start_ms = sysinit_ms + start_sysup
+            f.present |= P_TSTART
+        elif start_delta >= 0:
+            f.t_start_ms = export_ms - start_delta // 1000
+            f.present |= P_TSTART
+    if not f.present & P_TEND:
+        if end_sysup >= 0 and sysinit_ms >= 0:
+            f.t_end_ms = sysinit_ms + end_sysup
+            f.present |= P_TEND
+        elif end_delta >= 0:
+            f.t_end_ms = export_ms - end_delta // 1000
+            f.present |= P_TEND
+
+    if has_flags:
+        f.present |= P_FLAGS
+    elif count_flags or (f.proto == 6 and f.present & P_PROTO and t.has_tcp_counts):
+        # OVS sends no tcpControlBits: a flag is set when its total counter is non-zero.
+        f.tcp_flags = count_flags
+        f.present |= P_FLAGS | P_FLAGCOUNTS
+
+    if f.af and not f.present & P_ETYPE:
+        f.etype = 0x0800 if f.af == 4 else 0x86DD
+        f.present |= P_ETYPE
+
+    f.sampling = resolve_sampling(dec, ex, t, sampling_interval, sampling_space, has_sampler, sampler_id)
+    if f.direction >= 0 and f.af and dec.track_duplicates:
+        if is_duplicate(ex, f):
+            f.duplicate = 1
+            if dec.dedup:
+                ex.dropped["duplicate"] = ex.dropped.get("duplicate", 0) + 1
+                b.dropped["duplicate"] = b.dropped.get("duplicate", 0) + 1
+                batch_drop_last(b)
+    return 0
+
+
+cdef int64_t ntp_to_ms(const uint8_t* p, bint micro) noexcept:
+    """RFC 7011 6.1.9/6.1.10: NTP seconds since 1900 and a binary fraction."""
+    cdef uint64_t secs = be32(p)
+    cdef uint64_t frac = be32(p + 4)
+    if micro:
+        frac &= 0xFFFFF800  # the 11 lowest bits of dateTimeMicroseconds are not significant
+    return (<int64_t>secs - 2208988800) * 1000 + <int64_t>((frac * 1000) >> 32)
+
+
+cdef uint32_t rate_from(uint64_t interval, uint64_t space) noexcept:
+    # RFC 5476: samplingPacketInterval packets selected out of interval + space.
+    if space:
+        return <uint32_t>((interval + space) // interval) if interval else 0
+    return <uint32_t>interval
+
+
+cdef void learn_options(ExporterState ex, Template t, uint64_t interval, uint64_t space,
+                        bint has_sampler, uint64_t sampler_id, int64_t sysinit):
+    cdef uint32_t rate
+    if sysinit >= 0:
+        ex.sysinit_ms[(t.version, t.domain)] = sysinit
+    if interval:
+        rate = rate_from(interval, space)
+        if has_sampler:
+            ex.sampler_rates[(t.version, t.domain, sampler_id)] = rate
+        else:
+            ex.domain_sampling[(t.version, t.domain)] = rate
+
+
+cdef uint32_t resolve_sampling(Decoder dec, ExporterState ex, Template t, uint64_t interval,
+                               uint64_t space, bint has_sampler, uint64_t sampler_id):
+    """The record's own rate, else one learned from options, else the configured rate."""
+    cdef object r
+    cdef uint32_t rate = 0
+    if interval:
+        rate = rate_from(interval, space)
+    elif has_sampler:
+        r = ex.sampler_rates.get((t.version, t.domain, sampler_id))
+        if r is not None:
+            rate = r
+    if rate == 0 and ex.domain_sampling:
+        r = ex.domain_sampling.get((t.version, t.domain))
+        if r is not None:
+            rate = r
+    if rate == 0:
+        rate = ex.configured_sampling
+    ex.last_sampling = rate
+    return rate
+
+
+cdef bint is_duplicate(ExporterState ex, Flow* f):
+    """Ingress and egress sampling report the same packet twice (OVS flowDirection 0/1): the
+    second record of a 5-tuple seen in the other direction recently is marked Duplicate."""
+    cdef uint64_t h = <uint64_t>1469598103934665603ULL
+    cdef uint64_t prime = <uint64_t>1099511628211ULL
+    cdef int i
+    cdef Py_ssize_t n = addr_len(f.af)
+    cdef uint64_t key, slot
+    cdef int64_t now = f.t_end_ms if f.present & P_TEND else 0
+    if ex.dedup_keys == NULL:
+        ex.dedup_keys = <uint64_t*>calloc(DEDUP_SLOTS, sizeof(uint64_t))
+        ex.dedup_times = <int64_t*>calloc(DEDUP_SLOTS, sizeof(int64_t))
+        if ex.dedup_keys == NULL or ex.dedup_times == NULL:
+            return False
+    for i in range(n):
+        h = (h ^ f.src[i]) * prime
+        h = (h ^ f.dst[i]) * prime
+    h = (h ^ f.sport) * prime
+    h = (h ^ f.dport) * prime
+    h = (h ^ f.proto) * prime
+    h = (h ^ f.bytes) * prime
+    key = (h & ~(<uint64_t>1)) | (<uint64_t>f.direction & 1)
+    slot = (h >> 20) % DEDUP_SLOTS
+    # The twin is the same key with the other direction bit.
+    if ex.dedup_keys[slot] == (key ^ 1) and (now - ex.dedup_times[slot] < DEDUP_WINDOW_MS and ex.dedup_times[slot] - now < DEDUP_WINDOW_MS):
+        ex.dedup_keys[slot] = 0
+        return True
+    ex.dedup_keys[slot] = key
+    ex.dedup_times[slot] = now
+    return False
+
+
+cdef dict options_dict(FlowBatch b, Flow* f, Template t, Py_ssize_t start, Py_ssize_t end):
+    """An options data record as a dict of its raw elements (exposed on batch.options)."""
+    cdef Reader r
+    cdef dict d = {"RecordType": "options", "TemplateId": t.template_id, "ObservationDomain": t.domain}
+    cdef int i
+    cdef Py_ssize_t L
+    cdef const uint8_t* p
+    cdef FieldSpec* fs
+    cdef str key
+    rd_init(&r, <const uint8_t*>PyBytes_AS_STRING(b.data), start, end)
+    for i in range(t.n_fields):
+        fs = &t.fields[i]
+        L = fs.length
+        if L == VARLEN:
+            L = rd_u8(&r)
+            if L == 255:
+                L = rd_u16(&r)
+        p = rd_take(&r, L)
+        if t.version == 9 and i < t.scope_fields:
+            key = f"scope{fs.ie}"
+        elif fs.pen:
+            key = f"ie{fs.pen}_{fs.ie}"
+        else:
+            key = f"ie{fs.ie}"
+        d[key] = (<bytes>p[:L]).hex()
+    return d
+
+
+# ---------------------------------------------------------------- v9 / IPFIX messages
+
+cdef int decode_data_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* s, int version,
+                         uint32_t domain, uint16_t set_id, int64_t export_ms, int64_t sysinit_ms) except -1:
+    cdef Template t = ex.templates.get(tkey(version, domain, set_id))
+    cdef Py_ssize_t before
+    if t is None:
+        # RFC 7011 8: data for an unknown template cannot be decoded; count it, go on.
+        b.missing_template_sets += 1
+        ex.missing_template_sets += 1
+        return 0
+    while rd_left(s) >= t.min_len:
+        before = s.pos
+        decode_record(dec, ex, b, t, s, export_ms, sysinit_ms)
+        if s.pos == before:
+            break
+    return 0
+
+
+cdef int decode_v9(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except -1:
+    cdef const uint8_t* h = rd_take(r, 20)
+    cdef uint32_t uptime = be32(h + 4)
+    cdef uint32_t unix_secs = be32(h + 8)
+    cdef uint32_t domain = be32(h + 16)
+    cdef int64_t export_ms = <int64_t>unix_secs * 1000
+    cdef int64_t sysinit_ms = export_ms - uptime
+    cdef uint16_t set_id, set_len
+    cdef Reader s
+    cdef Py_ssize_t set_start
+    b.proto_kind = PROTO_NETFLOW9
+    b.sequence = be32(h + 12)
+    b.domain = domain
+    # RFC 3954 5.1: "count" is not reliable across vendors; walk the flowsets to the end.
+    while rd_left(r) >= 4:
+        set_start = r.pos
+        set_id = rd_u16(r)
+        set_len = rd_u16(r)
+        if set_len < 4 or set_len - 4 > rd_left(r):
+            raise_decode("bad_set", set_start, f"v9 source id {domain} flowset {set_id} length {set_len}")
+        rd_sub(r, &s, set_len - 4)
+        if set_id == 0 or set_id == 1:
+            parse_template_set(dec, ex, b, &s, 9, domain, set_id == 1)
+        elif set_id >= 256:
+            decode_data_set(dec, ex, b, &s, 9, domain, set_id, export_ms, sysinit_ms)
+        else:
+            ex.count_error("bad_set")
+    return 0
+
+
+cdef int decode_ipfix(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except -1:
+    cdef const uint8_t* h
+    cdef uint16_t msg_len, set_id, set_len
+    cdef uint32_t domain
+    cdef int64_t export_ms, sysinit_ms
+    cdef Reader m, s
+    cdef Py_ssize_t set_start, msg_start
+    cdef bint first = True
+    cdef object si
+    b.proto_kind = PROTO_IPFIX
+    # A datagram may carry several IPFIX messages back to back (RFC 7011 10.3.3).
+    while rd_left(r) >= 16:
+        msg_start = r.pos
+        h = rd_take(r, 16)
+        if be16(h) != 10:
+            raise_decode("bad_version", msg_start, f"IPFIX message version {be16(h)}")
+        msg_len = be16(h + 2)
+        if msg_len < 16 or msg_len - 16 > rd_left(r):
+            raise_decode("bad_length", msg_start, f"IPFIX message length {msg_len}, datagram has {rd_left(r) + 16}")
+        domain = be32(h + 12)
+        export_ms = <int64_t>be32(h + 4) * 1000
+        if first:
+            b.sequence = be32(h + 8)
+            b.domain = domain
+            first = False
+        rd_sub(r, &m, msg_len - 16)
+        while rd_left(&m) >= 4:
+            set_start = m.pos
+            set_id = rd_u16(&m)
+            set_len = rd_u16(&m)
+            if set_len < 4 or set_len - 4 > rd_left(&m):
+                raise_decode("bad_set", set_start, f"IPFIX domain {domain} set {set_id} length {set_len}")
+            rd_sub(&m, &s, set_len - 4)
+            if set_id == 2 or set_id == 3:
+                parse_template_set(dec, ex, b, &s, 10, domain, set_id == 3)
+            elif set_id >= 256:
+                si = ex.sysinit_ms.get((10, domain))
+                sysinit_ms = si if si is not None else -1
+                decode_data_set(dec, ex, b, &s, 10, domain, set_id, export_ms, sysinit_ms)
+            else:
+                ex.count_error("bad_set")
+    return 0
