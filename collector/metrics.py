@@ -1,0 +1,265 @@
+"""Every Prometheus series the collector exposes, declared in one place, and their aggregation.
+
+Why not prometheus_client counters in the hot path: a labelled counter costs a dict lookup and
+a lock per increment, and with `--workers N` each process would need the multiprocess mode's
+mmap files. Instead each worker keeps plain integers (and reads the decoder's own per-exporter
+statistics every `--stats-interval`), turns them into a `Snapshot` (series -> {labels: value})
+and hands it to an `Aggregator`: in-process with one worker, over a pipe from each forked worker
+otherwise. The aggregator sums the workers and renders the exposition format on scrape, so one
+endpoint shows the whole collector and a scrape never touches the hot path.
+
+Exporter label cardinality is bounded by `ExporterLabels`: the first N exporters to be the
+busiest keep their address as a label for the life of the process (a counter must never move
+between label sets, or rates would go negative); everything else is summed into `other`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import generate_latest
+
+OTHER = "other"
+# Kafka produce latency buckets (seconds): a healthy local broker answers in ms, a struggling one
+# in seconds; request_timeout bounds the top.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclass(frozen=True)
+class Series:
+    name: str
+    kind: str  # counter | gauge | histogram
+    help: str
+    labels: tuple[str, ...] = ()
+    merge: str = "sum"  # how workers combine: sum | max
+
+
+SERIES: dict[str, Series] = {s.name: s for s in [
+    # per exporter and protocol, from Decoder.stats()
+    Series("flowscope_datagrams", "counter", "Datagrams decoded, per exporter and protocol",
+           ("exporter", "protocol")),
+    Series("flowscope_flows", "counter", "Flow records decoded, per exporter and protocol",
+           ("exporter", "protocol")),
+    Series("flowscope_decode_errors", "counter", "Datagrams (or sets) the decoder rejected, by reason",
+           ("exporter", "protocol", "reason")),
+    Series("flowscope_missing_template_sets", "counter",
+           "Data sets skipped because their template was not (yet) known", ("exporter", "protocol")),
+    Series("flowscope_templates", "gauge", "Templates currently held", ("exporter", "protocol")),
+    Series("flowscope_sampling_rate", "gauge", "Sampling rate in use (0 = none)", ("exporter", "protocol"),
+           merge="max"),
+    # receive stage
+    Series("flowscope_received_datagrams", "counter", "Datagrams received on each listener", ("listener",)),
+    Series("flowscope_received_bytes", "counter", "UDP payload bytes received on each listener", ("listener",)),
+    Series("flowscope_datagrams_dropped", "counter",
+           "Datagrams dropped before decoding, by reason (not_allowed, wrong_protocol, too_large, internal)",
+           ("reason",)),
+    Series("flowscope_kernel_receive_drops", "counter",
+           "Datagrams the kernel dropped because the socket buffer was full (/proc/net/udp drops)",
+           ("listener",)),
+    Series("flowscope_socket_receive_buffer_bytes", "gauge", "SO_RCVBUF the kernel granted", ("listener",),
+           merge="max"),
+    Series("flowscope_listener_up", "gauge", "Listener sockets bound (one per worker)", ("listener",)),
+    # pipeline / sink
+    Series("flowscope_flows_dropped", "counter",
+           "Flow records dropped after decoding, by reason (queue_full, evicted, shutdown, duplicate, "
+           "encode_error, sink_error)", ("reason",)),
+    Series("flowscope_flows_delivered", "counter", "Flow records the sink accepted (Kafka: acknowledged)",
+           ("sink",)),
+    Series("flowscope_counter_records_delivered", "counter", "sFlow counter records the sink accepted",
+           ("sink",)),
+    Series("flowscope_counter_records_dropped", "counter", "sFlow counter records dropped, by reason",
+           ("reason",)),
+    Series("flowscope_queue_bytes", "gauge", "Encoded bytes queued or in flight to the sink"),
+    Series("flowscope_queue_records", "gauge", "Records queued or in flight to the sink"),
+    Series("flowscope_queue_limit_bytes", "gauge", "Queue bound (--queue-bytes) summed over workers"),
+    Series("flowscope_sink_connected", "gauge", "1 when the sink is connected (workers connected)"),
+    Series("flowscope_kafka_send_latency_seconds", "histogram",
+           "Time from handing a record batch to the producer to its acknowledgement"),
+    Series("flowscope_kafka_errors", "counter", "Kafka errors, by kind (connect, produce, metadata)",
+           ("kind",)),
+    Series("flowscope_kafka_batches", "counter", "Record batches acknowledged by Kafka"),
+    # state file
+    Series("flowscope_state_saves", "counter", "State file saves, by result (ok, error)", ("result",)),
+    Series("flowscope_state_loads", "counter", "State file loads at start, by result (ok, error, missing)",
+           ("result",)),
+    # enrichment
+    Series("flowscope_enrich_lookups", "counter", "Enrichment lookups by result (hit kind or miss)",
+           ("result",)),
+    Series("flowscope_enrich_stat", "gauge", "Enricher statistics as reported by enrich.Enricher.stats()",
+           ("stat",), merge="max"),
+    Series("flowscope_informers_synced", "gauge", "1 when enrichment is enabled and every informer has "
+           "completed its first list", merge="max"),
+    # process
+    Series("flowscope_workers", "gauge", "Worker processes reporting metrics"),
+    Series("flowscope_ready", "gauge", "1 when /readyz answers 200", merge="max"),
+]}
+
+
+Labels = tuple[str, ...]
+Snapshot = dict[str, dict[Labels, Any]]  # histogram value: [bucket counts..., sum, count]
+
+
+def new_histogram() -> list[float]:
+    return [0.0] * (len(LATENCY_BUCKETS) + 1) + [0.0, 0.0]
+
+
+def observe(h: list[float], v: float) -> None:
+    """Non-cumulative bucket counts (+Inf last), then sum, then count."""
+    for i, b in enumerate(LATENCY_BUCKETS):
+        if v <= b:
+            h[i] += 1
+            break
+    else:
+        h[len(LATENCY_BUCKETS)] += 1
+    h[-2] += v
+    h[-1] += 1
+
+
+class ExporterLabels:
+    """Sticky top-N exporter naming: see the module docstring for why it never re-labels."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.named: set[str] = set()
+
+    def assign(self, activity: dict[str, int]) -> dict[str, str]:
+        """activity: exporter -> datagrams so far. Returns exporter -> label."""
+        free = self.limit - len(self.named)
+        if free > 0:
+            candidates = sorted((e for e in activity if e not in self.named and activity[e] > 0),
+                                key=lambda e: -activity[e])
+            self.named.update(candidates[:free])
+        return {e: (e if e in self.named else OTHER) for e in activity}
+
+
+def decoder_series(stats: dict[str, dict[str, Any]], labels: ExporterLabels) -> Snapshot:
+    """Turn Decoder.stats() (cumulative, per exporter) into per-exporter/protocol series."""
+    out: Snapshot = {name: {} for name in ("flowscope_datagrams", "flowscope_flows", "flowscope_decode_errors",
+                                           "flowscope_missing_template_sets", "flowscope_templates",
+                                           "flowscope_sampling_rate")}
+    names = labels.assign({e: int(s.get("datagrams", 0)) for e, s in stats.items()})
+    for exporter, s in stats.items():
+        lab = (names[exporter], str(s.get("protocol") or "unknown"))
+        for series, key in (("flowscope_datagrams", "datagrams"), ("flowscope_flows", "flows"),
+                            ("flowscope_missing_template_sets", "missing_template_sets"),
+                            ("flowscope_templates", "templates")):
+            d = out[series]
+            d[lab] = d.get(lab, 0) + int(s.get(key, 0) or 0)
+        rate = int(s.get("sampling", 0) or 0)
+        d = out["flowscope_sampling_rate"]
+        d[lab] = max(d.get(lab, 0), rate)
+        for reason, n in (s.get("errors") or {}).items():
+            el = lab + (str(reason),)
+            e = out["flowscope_decode_errors"]
+            e[el] = e.get(el, 0) + int(n)
+    return out
+
+
+def merge_into(total: Snapshot, snap: Snapshot) -> None:
+    for name, values in snap.items():
+        series = SERIES.get(name)
+        if series is None:
+            continue
+        dst = total.setdefault(name, {})
+        for lab, v in values.items():
+            lab = tuple(lab)
+            if series.kind == "histogram":
+                cur = dst.get(lab)
+                dst[lab] = list(v) if cur is None else [a + b for a, b in zip(cur, v)]
+            elif series.merge == "max":
+                dst[lab] = max(dst.get(lab, 0), v)
+            else:
+                dst[lab] = dst.get(lab, 0) + v
+
+
+class Aggregator:
+    """Latest snapshot per worker; sums them on scrape. Also a prometheus_client collector."""
+
+    def __init__(self) -> None:
+        self.workers: dict[int, Snapshot] = {}
+        self.extra: Snapshot = {}  # set by the supervisor (workers, ready)
+
+    def update(self, worker: int, snap: Snapshot) -> None:
+        self.workers[worker] = snap
+
+    def merged(self) -> Snapshot:
+        total: Snapshot = {}
+        for snap in self.workers.values():
+            merge_into(total, snap)
+        merge_into(total, self.extra)
+        return total
+
+    def value(self, name: str, **labels: str) -> float:
+        """Sum of a series over the label sets matching `labels` (used by health and tests)."""
+        series = SERIES[name]
+        total = 0.0
+        for lab, v in self.merged().get(name, {}).items():
+            d = dict(zip(series.labels, lab))
+            if all(d.get(k) == want for k, want in labels.items()):
+                total += v[-1] if series.kind == "histogram" else v
+        return total
+
+    def collect(self) -> Iterator[Any]:
+        merged = self.merged()
+        for name, series in SERIES.items():
+            values = merged.get(name, {})
+            if series.kind == "counter":
+                fam: Any = CounterMetricFamily(name, series.help, labels=series.labels)
+                for lab, v in sorted(values.items()):
+                    fam.add_metric(list(lab), v)
+            elif series.kind == "gauge":
+                fam = GaugeMetricFamily(name, series.help, labels=series.labels)
+                for lab, v in sorted(values.items()):
+                    fam.add_metric(list(lab), v)
+            else:
+                fam = HistogramMetricFamily(name, series.help, labels=series.labels)
+                for lab, h in sorted(values.items()):
+                    cum, buckets = 0.0, []
+                    for i, b in enumerate(LATENCY_BUCKETS):
+                        cum += h[i]
+                        buckets.append((_le(b), cum))
+                    cum += h[len(LATENCY_BUCKETS)]
+                    buckets.append(("+Inf", cum))
+                    fam.add_metric(list(lab), buckets, h[-2])
+            yield fam
+
+    def render(self) -> bytes:
+        reg = CollectorRegistry(auto_describe=False)
+        reg.register(self)  # type: ignore[arg-type]
+        return generate_latest(reg)
+
+
+def _le(b: float) -> str:
+    return repr(float(b)) if not math.isinf(b) else "+Inf"
+
+
+def parse_exposition(text: str) -> dict[str, dict[Labels, float]]:
+    """Parse /metrics text into {sample name: {sorted label items: value}} (tests and tools)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, dict[Labels, float]] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value  # type: ignore[arg-type]
+    return out
+
+
+def total(parsed: dict[str, dict[Labels, float]], name: str, **labels: str) -> float:
+    """Sum of samples of `name` whose labels include `labels`."""
+    acc = 0.0
+    for lab, v in parsed.get(name, {}).items():
+        d = dict(lab)
+        if all(d.get(k) == want for k, want in labels.items()):
+            acc += v
+    return acc
+
+
+def iter_names() -> Iterable[tuple[str, str, str, tuple[str, ...]]]:
+    """(exposed name, type, help, labels) for docs."""
+    for s in SERIES.values():
+        exposed = s.name + "_total" if s.kind == "counter" else s.name
+        yield exposed, s.kind, s.help, s.labels

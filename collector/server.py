@@ -1,0 +1,324 @@
+"""One collector worker: UDP sockets, the synchronous hot path, the sink, state and statistics.
+
+Why this shape: the per-datagram path (receive -> decode -> enrich -> encode -> queue) runs in
+`datagram_received`, synchronously, so a datagram is fully handled before the loop reads the
+next one and there is no per-datagram task or await. Everything slow or fallible (Kafka, disk,
+metrics, informers) runs in separate tasks that meet the hot path only at the bounded queue and
+at plain integer counters. `Worker` is the composition root of one process; `collector.app`
+runs one in-process or forks several.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ipaddress
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from .config import Config, Listener
+from .metrics import ExporterLabels, Snapshot, decoder_series
+from .sinks import COUNTERS, FLOWS, KafkaSink, Sink, make_sink
+from .state import StateFile
+from .util import RateLimitedLog
+
+log = logging.getLogger("flowscope.server")
+
+ALLOW_CACHE_MAX = 65536
+
+
+def _sflow_check(data: bytes) -> bool:
+    # sFlow v5 starts with a 32-bit version 5; NetFlow/IPFIX start with a 16-bit version.
+    return data[:4] == b"\x00\x00\x00\x05"
+
+
+def _ipfix_check(data: bytes) -> bool:
+    return data[:2] == b"\x00\x0a"
+
+
+def _netflow_check(data: bytes) -> bool:
+    return data[:2] in (b"\x00\x05", b"\x00\x09", b"\x00\x0a")
+
+
+SCHEME_CHECKS: dict[str, Callable[[bytes], bool]] = {
+    "sflow": _sflow_check, "ipfix": _ipfix_check, "netflow": _netflow_check,
+}
+
+
+def open_socket(lst: Listener, rcvbuf: int, reuseport: bool) -> tuple[socket.socket, int]:
+    """A bound non-blocking UDP socket and the receive buffer the kernel granted."""
+    family = socket.AF_INET6 if ":" in lst.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            # keep [::]:P from also claiming 0.0.0.0:P, so both can be listed
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if rcvbuf:
+            forced = False
+            force = getattr(socket, "SO_RCVBUFFORCE", 33)
+            try:
+                # CAP_NET_ADMIN may exceed net.core.rmem_max; without it fall back to the capped call
+                sock.setsockopt(socket.SOL_SOCKET, force, rcvbuf)
+                forced = True
+            except OSError:
+                pass
+            if not forced:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.bind((lst.host, lst.port))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    # Linux reports twice the requested value (bookkeeping overhead); halve it to compare.
+    granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+    return sock, granted
+
+
+def read_udp_drops(inodes: set[int]) -> dict[int, int]:
+    """Kernel drop counters for our sockets from /proc/net/udp{,6} (last column, by inode).
+
+    asyncio cannot use recvmsg with SO_RXQ_OVFL, and /proc has the same counter."""
+    out: dict[int, int] = {}
+    for path in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(path) as fh:
+                next(fh, None)
+                for line in fh:
+                    parts = line.split()
+                    if len(parts) < 13:
+                        continue
+                    ino = int(parts[9])
+                    if ino in inodes:
+                        out[ino] = int(parts[12])
+        except OSError:
+            continue
+    return out
+
+
+class Protocol(asyncio.DatagramProtocol):
+    """The hot path: see the module docstring. Nothing raises out of datagram_received."""
+
+    def __init__(self, worker: Worker, index: int, scheme: str) -> None:
+        self.w = worker
+        self.i = index
+        self.check = SCHEME_CHECKS[scheme]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        w = self.w
+        i = self.i
+        w.rx_datagrams[i] += 1
+        w.rx_bytes[i] += len(data)
+        ip = addr[0]
+        ok = w.allow_cache.get(ip)
+        if ok is None:
+            ok = w.allowed(ip)
+        if not ok:
+            w.dgram_drops["not_allowed"] += 1
+            return
+        if not self.check(data):
+            w.dgram_drops["wrong_protocol"] += 1
+            return
+        try:
+            batch = w.decode(data, ip, addr[1], time.time())
+            if len(batch):
+                w.queue.offer(FLOWS, batch.to_json(w.enricher), ip)
+            if w.counters:
+                cs = batch.counters
+                if cs:
+                    w.queue.offer(COUNTERS, [orjson.dumps(c) for c in cs], ip)
+            d = batch.dropped
+            if d:
+                for reason, n in d.items():
+                    w.flow_drops[reason] += n
+        except Exception as exc:  # a decoder bug must cost one datagram, not the listener
+            w.dgram_drops["internal"] += 1
+            w.rl.error("hot", "datagram from %s: internal error %r (datagram dropped)", ip, exc)
+
+    def error_received(self, exc: Exception) -> None:
+        self.w.dgram_drops["socket_error"] += 1
+        self.w.rl.warning("sockerr", "listener %s: %s", self.w.listeners[self.i], exc)
+
+
+class Worker:
+    """Composition root of one worker process (or the only one)."""
+
+    def __init__(self, cfg: Config, index: int | None = None, *, enricher: Any = None) -> None:
+        from decoders import Decoder, DecoderConfig  # compiled; imported late so `flowscope config` works without it
+
+        self.cfg = cfg
+        self.index = index
+        self.listeners = cfg.listeners()
+        self.decoder = Decoder(DecoderConfig(
+            max_templates_per_exporter=cfg.max_templates_per_exporter,
+            default_sampling=cfg.default_sampling,
+            sampling=dict(cfg.sampling),
+            dedup=cfg.dedup,
+            max_datagram=cfg.max_datagram,
+        ))
+        self.decode = self.decoder.decode
+        self.enricher = enricher
+        self.counters = cfg.counters
+        self.sink: Sink = make_sink(cfg)
+        self.queue = self.sink.queue
+        self.allow_nets = [ipaddress.ip_network(c) for c in cfg.allow_exporters]
+        self.allow_cache: dict[str, bool] = {}
+        self.rx_datagrams = [0] * len(self.listeners)
+        self.rx_bytes = [0] * len(self.listeners)
+        self.dgram_drops: dict[str, int] = collections.defaultdict(int)
+        self.flow_drops: dict[str, int] = collections.defaultdict(int)
+        self.rl = RateLimitedLog(log)
+        self.state = StateFile(cfg.state_file, index) if cfg.state_file else None
+        self.labels = ExporterLabels(cfg.metrics_top_exporters)
+        self.transports: list[asyncio.DatagramTransport] = []
+        self.inodes: list[int] = []
+        self.granted: list[int] = []
+        self.bound = False
+        self._kernel_drops: list[int] = [0] * len(self.listeners)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- hot-path helpers -------------------------------------------------------------------------
+    def allowed(self, ip: str) -> bool:
+        """Allowlist decision for one address, cached (bounded) so the hot path does a dict hit."""
+        if not self.allow_nets:
+            ok = True
+        else:
+            try:
+                addr = ipaddress.ip_address(ip.split("%", 1)[0])
+            except ValueError:
+                ok = False
+            else:
+                ok = any(addr in n for n in self.allow_nets)
+        if len(self.allow_cache) >= ALLOW_CACHE_MAX:
+            self.allow_cache.clear()  # a spray of source addresses must not grow memory
+        self.allow_cache[ip] = ok
+        return ok
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self.state is not None:
+            self.state.load_into(self.decoder)
+        await self.sink.start()
+        loop = asyncio.get_running_loop()
+        reuse = self.cfg.workers > 1
+        for i, lst in enumerate(self.listeners):
+            sock, granted = open_socket(lst, self.cfg.rcvbuf, reuse)
+            self.inodes.append(os.fstat(sock.fileno()).st_ino)
+            self.granted.append(granted)
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda i=i, lst=lst: Protocol(self, i, lst.scheme), sock=sock)
+            self.transports.append(transport)  # type: ignore[arg-type]
+            if self.cfg.rcvbuf and granted < self.cfg.rcvbuf:
+                log.warning("listener %s: SO_RCVBUF %d requested, kernel granted %d; raise it with "
+                            "`sysctl -w net.core.rmem_max=%d` (or run with CAP_NET_ADMIN)",
+                            lst, self.cfg.rcvbuf, granted, self.cfg.rcvbuf)
+            else:
+                log.info("listener %s: bound, SO_RCVBUF %d", lst, granted)
+        self.bound = True
+        if self.state is not None:
+            self._tasks.append(loop.create_task(self._state_loop()))
+
+    async def _state_loop(self) -> None:
+        assert self.state is not None
+        while True:
+            await asyncio.sleep(self.cfg.state_interval)
+            self.state.save(self.decoder)
+
+    def ready(self) -> tuple[bool, list[str]]:
+        why = []
+        if not self.bound:
+            why.append("listeners not bound")
+        if not self.sink.connected:
+            why.append(f"{self.sink.name} sink not connected")
+        if self.enricher is not None and not getattr(self.enricher, "ready", True):
+            why.append("informers not synced")
+        return (not why), why
+
+    async def stop(self) -> None:
+        """Stop listening, save state, drain the sink within the shutdown timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.cfg.shutdown_timeout
+        for t in self.transports:
+            t.close()
+        self.bound = False
+        for task in self._tasks:
+            task.cancel()
+        if self.state is not None:
+            self.state.save(self.decoder)
+        await self.sink.drain(deadline)
+
+    # -- statistics ----------------------------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        snap = decoder_series(self.decoder.stats(), self.labels)
+        names = [str(lst) for lst in self.listeners]
+        snap["flowscope_received_datagrams"] = {(n,): v for n, v in zip(names, self.rx_datagrams)}
+        snap["flowscope_received_bytes"] = {(n,): v for n, v in zip(names, self.rx_bytes)}
+        snap["flowscope_datagrams_dropped"] = {(r,): v for r, v in self.dgram_drops.items()}
+        drops = read_udp_drops(set(self.inodes))
+        for i, ino in enumerate(self.inodes):
+            if ino in drops:
+                # keep the max: the socket is gone (0) after close, the count must not go back
+                self._kernel_drops[i] = max(self._kernel_drops[i], drops[ino])
+        snap["flowscope_kernel_receive_drops"] = {(n,): v for n, v in zip(names, self._kernel_drops)}
+        snap["flowscope_socket_receive_buffer_bytes"] = {(n,): v for n, v in zip(names, self.granted)}
+        snap["flowscope_listener_up"] = {(n,): (1 if self.bound else 0) for n in names}
+        q = self.queue
+        fd: dict[tuple[str, ...], int] = {(r,): v for r, v in self.flow_drops.items()}
+        cd: dict[tuple[str, ...], int] = {}
+        for (kind, reason), v in q.dropped.items():
+            target = fd if kind == FLOWS else cd
+            target[(reason,)] = target.get((reason,), 0) + v
+        snap["flowscope_flows_dropped"] = fd
+        snap["flowscope_counter_records_dropped"] = cd
+        s = self.sink
+        snap["flowscope_flows_delivered"] = {(s.name,): s.delivered[FLOWS]}
+        snap["flowscope_counter_records_delivered"] = {(s.name,): s.delivered[COUNTERS]}
+        snap["flowscope_queue_bytes"] = {(): q.total_bytes}
+        snap["flowscope_queue_records"] = {(): q.total_records}
+        snap["flowscope_queue_limit_bytes"] = {(): q.limit}
+        snap["flowscope_sink_connected"] = {(): 1 if s.connected else 0}
+        if isinstance(s, KafkaSink):
+            snap["flowscope_kafka_send_latency_seconds"] = {(): list(s.latency)}
+            snap["flowscope_kafka_errors"] = {(k,): v for k, v in s.errors.items()}
+            snap["flowscope_kafka_batches"] = {(): s.batches}
+        if self.state is not None:
+            snap["flowscope_state_saves"] = {(k,): v for k, v in self.state.saves.items()}
+            snap["flowscope_state_loads"] = {(k,): v for k, v in self.state.loads.items()}
+        if self.enricher is not None:
+            snap.update(enrich_series(self.enricher))
+        ok, why = self.ready()
+        snap["_ready"] = {(): (ok, why)}  # type: ignore[dict-item]
+        return snap
+
+
+def enrich_series(enricher: Any) -> Snapshot:
+    """Map Enricher.stats() onto the declared series without knowing its exact shape: counts named
+    hit*/miss* become lookups by result, every other number an enrich_stat gauge."""
+    out: Snapshot = {"flowscope_enrich_lookups": {}, "flowscope_enrich_stat": {},
+                     "flowscope_informers_synced": {(): 1 if getattr(enricher, "ready", False) else 0}}
+    try:
+        stats = enricher.stats() or {}
+    except Exception:
+        return out
+
+    def walk(prefix: str, d: Any) -> None:
+        if isinstance(d, dict):
+            for k, v in d.items():
+                walk(f"{prefix}_{k}" if prefix else str(k), v)
+        elif isinstance(d, (int, float)) and not isinstance(d, bool):
+            if prefix.startswith(("hit", "miss", "lookups_")):
+                out["flowscope_enrich_lookups"][(prefix,)] = d
+            else:
+                out["flowscope_enrich_stat"][(prefix,)] = d
+        elif isinstance(d, bool):
+            out["flowscope_enrich_stat"][(prefix,)] = int(d)
+
+    walk("", stats)
+    return out

@@ -1,0 +1,559 @@
+"""Sinks: the bounded queue between the UDP path and the output, and the stdout, file and Kafka writers.
+
+Why a queue in bytes: the UDP callback must never wait, and an output that stalls (a slow pipe,
+a broker that is down) must cost bounded memory, not the process. The callback appends one
+chunk (the encoded records of one datagram) with `offer()`; a writer task drains chunks. Bytes
+count until the sink has accepted them (for Kafka: until the batch is acknowledged), so the
+bound covers what is in flight too. When the bound is hit the policy decides: `newest` drops the
+arriving chunk, `oldest` evicts queued chunks. Either way every dropped record is counted by
+reason, so delivered + dropped always adds up to what was decoded.
+
+Kafka: records enter aiokafka through `producer.create_batch()` / `BatchBuilder.append()` /
+`send_batch()` (about ten times cheaper per record than `send()`), one builder per partition.
+A batch the producer could not deliver within its request timeout goes back to the front of
+the queue, so an outage is ridden out up to the bound and the producer reconnects by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import ssl
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .config import Config, KafkaConfig, split_hostport
+from .metrics import new_histogram, observe
+from .util import RateLimitedLog
+
+log = logging.getLogger("flowscope.sink")
+
+FLOWS = 0
+COUNTERS = 1
+
+
+class Chunk:
+    """The records of one datagram (or a re-queued batch) and what routing needs."""
+
+    __slots__ = ("kind", "records", "nbytes", "exporter")
+
+    def __init__(self, kind: int, records: list[bytes], nbytes: int, exporter: str) -> None:
+        self.kind = kind
+        self.records = records
+        self.nbytes = nbytes
+        self.exporter = exporter
+
+
+class BoundedQueue:
+    """FIFO of chunks bounded in bytes (queued + in flight); `offer` is the only hot-path call."""
+
+    def __init__(self, limit: int, policy: str) -> None:
+        self.limit = limit
+        self.policy = policy
+        self.chunks: collections.deque[Chunk] = collections.deque()
+        self.queued_bytes = 0
+        self.queued_records = 0
+        self.inflight_bytes = 0
+        self.inflight_records = 0
+        # drops by (kind, reason): kept as plain ints for the metrics snapshot
+        self.dropped: dict[tuple[int, str], int] = collections.defaultdict(int)
+        self._waiter: asyncio.Future[None] | None = None
+        self.closed = False
+
+    @property
+    def total_bytes(self) -> int:
+        return self.queued_bytes + self.inflight_bytes
+
+    @property
+    def total_records(self) -> int:
+        return self.queued_records + self.inflight_records
+
+    def offer(self, kind: int, records: list[bytes], exporter: str) -> None:
+        """Hot path: append or drop-and-count. Never raises, never waits."""
+        n = len(records)
+        nbytes = sum(map(len, records)) + n
+        if self.closed:
+            self.dropped[(kind, "shutdown")] += n
+            return
+        if self.queued_bytes + self.inflight_bytes + nbytes > self.limit:
+            if self.policy == "newest" or nbytes > self.limit:
+                self.dropped[(kind, "queue_full")] += n
+                return
+            while self.chunks and self.queued_bytes + self.inflight_bytes + nbytes > self.limit:
+                old = self.chunks.popleft()
+                self.queued_bytes -= old.nbytes
+                self.queued_records -= len(old.records)
+                self.dropped[(old.kind, "evicted")] += len(old.records)
+            if self.queued_bytes + self.inflight_bytes + nbytes > self.limit:
+                # everything left is in flight: the arriving chunk cannot fit
+                self.dropped[(kind, "queue_full")] += n
+                return
+        self.chunks.append(Chunk(kind, records, nbytes, exporter))
+        self.queued_bytes += nbytes
+        self.queued_records += n
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def wait(self, timeout: float | None = None) -> None:
+        """Until something is queued (or the timeout passes)."""
+        if self.chunks:
+            return
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(self._waiter, timeout)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            self._waiter = None
+
+    def take(self, max_bytes: int) -> list[Chunk]:
+        """Move chunks (at least one when any) up to max_bytes from queued to in flight."""
+        out: list[Chunk] = []
+        size = 0
+        while self.chunks and (not out or size + self.chunks[0].nbytes <= max_bytes):
+            c = self.chunks.popleft()
+            size += c.nbytes
+            out.append(c)
+            self.queued_bytes -= c.nbytes
+            self.queued_records -= len(c.records)
+            self.inflight_bytes += c.nbytes
+            self.inflight_records += len(c.records)
+        return out
+
+    def done(self, nbytes: int, nrecords: int) -> None:
+        """In-flight data accepted by the sink."""
+        self.inflight_bytes -= nbytes
+        self.inflight_records -= nrecords
+
+    def requeue(self, chunk: Chunk) -> None:
+        """In-flight data the sink failed to deliver goes back to the front (already accounted)."""
+        self.inflight_bytes -= chunk.nbytes
+        self.inflight_records -= len(chunk.records)
+        self.chunks.appendleft(chunk)
+        self.queued_bytes += chunk.nbytes
+        self.queued_records += len(chunk.records)
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def drop_all(self, reason: str) -> int:
+        """Count everything still queued as dropped (shutdown deadline passed)."""
+        n = 0
+        while self.chunks:
+            c = self.chunks.popleft()
+            self.dropped[(c.kind, reason)] += len(c.records)
+            n += len(c.records)
+        self.queued_bytes = self.queued_records = 0
+        return n
+
+
+class Sink:
+    """Common part: a queue, a writer task, counters. Subclasses implement `_run`."""
+
+    name = "sink"
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.queue = BoundedQueue(cfg.queue_bytes, cfg.drop_policy)
+        self.delivered = [0, 0]  # by kind: flows, counters
+        self.connected = False
+        self.errors: dict[str, int] = collections.defaultdict(int)
+        self.latency = new_histogram()
+        self.batches = 0
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._rl = RateLimitedLog(log)
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    async def drain(self, deadline: float) -> None:
+        """Stop accepting, deliver what is queued until `deadline` (loop time), then count the rest."""
+        self.queue.closed = True
+        self._stopping = True
+        loop = asyncio.get_running_loop()
+        while (self.queue.total_records > 0) and loop.time() < deadline:
+            if self._task is not None and self._task.done():
+                break
+            await asyncio.sleep(0.02)
+        await self._close(max(0.0, deadline - loop.time()))
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        left = self.queue.drop_all("shutdown")
+        inflight = self.queue.inflight_records
+        if inflight:
+            self.queue.dropped[(FLOWS, "shutdown")] += inflight
+            self.queue.done(self.queue.inflight_bytes, inflight)
+        if left or inflight:
+            log.error("shutdown: %d records could not be delivered within --shutdown-timeout=%.1fs "
+                      "(counted in flowscope_flows_dropped_total{reason=\"shutdown\"})",
+                      left + inflight, self.cfg.shutdown_timeout)
+        else:
+            log.info("shutdown: queue drained, all records delivered")
+
+    async def _close(self, timeout: float) -> None:
+        pass
+
+
+class StreamSink(Sink):
+    """JSON lines to stdout or a file. Writes happen in a thread so a slow reader never stalls UDP."""
+
+    def __init__(self, cfg: Config, path: str | None) -> None:
+        super().__init__(cfg)
+        self.path = path
+        self.name = "file" if path else "stdout"
+        self._fh: Any = None
+
+    async def start(self) -> None:
+        if self.path:
+            self._fh = open(self.path, "ab", buffering=0)
+        else:
+            self._fh = sys.stdout.buffer
+        self.connected = True
+        await super().start()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        q = self.queue
+        while True:
+            await q.wait(0.5)
+            chunks = q.take(4 * 1024 * 1024)
+            if not chunks:
+                continue
+            data = b"".join(b"\n".join(c.records) + b"\n" for c in chunks)
+            nbytes = sum(c.nbytes for c in chunks)
+            try:
+                await loop.run_in_executor(None, self._write, data)
+            except (OSError, ValueError) as exc:
+                # stdout closed (consumer gone) or disk full: these records are lost; count them
+                self.errors["write"] += 1
+                for c in chunks:
+                    q.dropped[(c.kind, "sink_error")] += len(c.records)
+                q.done(nbytes, sum(len(c.records) for c in chunks))
+                self._rl.error("write", "%s sink write failed: %s", self.name, exc)
+                await asyncio.sleep(0.5)
+                continue
+            for c in chunks:
+                self.delivered[c.kind] += len(c.records)
+            q.done(nbytes, sum(len(c.records) for c in chunks))
+
+    def _write(self, data: bytes) -> None:
+        fh = self._fh
+        fh.write(data)
+        fh.flush()
+
+    async def _close(self, timeout: float) -> None:
+        if self.path and self._fh is not None:
+            try:
+                os.fsync(self._fh.fileno())
+            except OSError:
+                pass
+
+
+# ------------------------------------------------------------------------------------------------
+# Kafka
+
+
+def _murmur2(data: bytes) -> int:
+    """Kafka's default partitioner hash, so keyed records land where Java clients would put them."""
+    from aiokafka.partitioner import murmur2
+
+    return int(murmur2(data))
+
+
+def conversation_key(rec: bytes) -> bytes:
+    """The two addresses sorted, taken from the encoded JSON (no parse): both directions of a
+    conversation get the same key and so the same partition."""
+    i = rec.find(b'"SrcAddr":"')
+    j = rec.find(b'"DstAddr":"')
+    a = rec[i + 11: rec.find(b'"', i + 11)] if i >= 0 else b""
+    b = rec[j + 11: rec.find(b'"', j + 11)] if j >= 0 else b""
+    return a + b"|" + b if a <= b else b + b"|" + a
+
+
+def producer_kwargs(k: KafkaConfig) -> dict[str, Any]:
+    """aiokafka producer settings from the config (TLS and SASL included)."""
+    kw: dict[str, Any] = {
+        "bootstrap_servers": k.brokers,
+        "client_id": k.client_id,
+        "acks": "all" if k.acks == "all" else int(k.acks),
+        "compression_type": None if k.compression == "none" else k.compression,
+        "linger_ms": k.linger_ms,
+        "max_batch_size": k.batch_bytes,
+        "max_request_size": k.batch_bytes + 65536,
+        "request_timeout_ms": k.request_timeout_ms,
+        "retry_backoff_ms": 200,
+        "enable_idempotence": False,
+    }
+    tls = k.tls or bool(k.tls_ca or k.tls_cert)
+    if tls:
+        from aiokafka.helpers import create_ssl_context
+
+        kw["ssl_context"] = create_ssl_context(cafile=k.tls_ca or None, certfile=k.tls_cert or None,
+                                               keyfile=k.tls_key or None)
+    if k.sasl_mechanism != "none":
+        kw["security_protocol"] = "SASL_SSL" if tls else "SASL_PLAINTEXT"
+        kw["sasl_mechanism"] = k.sasl_mechanism
+        kw["sasl_plain_username"] = k.sasl_user
+        kw["sasl_plain_password"] = k.sasl_password
+    else:
+        kw["security_protocol"] = "SSL" if tls else "PLAINTEXT"
+    return kw
+
+
+def check_compression(k: KafkaConfig) -> str | None:
+    """An error message when the chosen codec's library is missing (aiokafka fails late otherwise)."""
+    if k.compression == "none":
+        return None
+    from aiokafka import codec
+
+    have: dict[str, Callable[[], bool]] = {"gzip": codec.has_gzip, "snappy": codec.has_snappy,
+                                           "lz4": codec.has_lz4, "zstd": codec.has_zstd}
+    if not have[k.compression]():
+        pkg = {"snappy": "cramjam (or python-snappy)", "lz4": "cramjam (or lz4)", "zstd": "cramjam (or zstandard)"}
+        return (f"kafka.compression: {k.compression} needs the Python package "
+                f"{pkg.get(k.compression, k.compression)}; install it or choose another codec")
+    return None
+
+
+class _Open:
+    """A record batch being filled for one partition, with its records kept for a re-queue."""
+
+    __slots__ = ("kind", "partition", "builder", "records", "nbytes")
+
+    def __init__(self, kind: int, partition: int, builder: Any) -> None:
+        self.kind = kind
+        self.partition = partition
+        self.builder = builder
+        self.records: list[bytes] = []
+        self.nbytes = 0
+
+    def add(self, rec: bytes) -> None:
+        self.records.append(rec)
+        self.nbytes += len(rec) + 1
+
+
+class KafkaSink(Sink):
+    """aiokafka producer fed by record-batch appends; see the module docstring."""
+
+    name = "kafka"
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__(cfg)
+        self.k = cfg.kafka
+        self.producer: Any = None
+        self.partitions: dict[str, list[int]] = {}
+        self._rr = 0
+        self._pending: set[asyncio.Future[Any]] = set()
+        self._partitions_at = 0.0
+
+    async def start(self) -> None:
+        for b in self.k.brokers:
+            split_hostport(b)
+        await super().start()
+
+    async def _connect(self) -> None:
+        from aiokafka import AIOKafkaProducer
+
+        backoff = 0.2
+        while not self._stopping:
+            producer = AIOKafkaProducer(**producer_kwargs(self.k))
+            try:
+                await producer.start()
+            except (OSError, ssl.SSLError, Exception) as exc:  # aiokafka raises several types
+                self.errors["connect"] += 1
+                self._rl.error("connect", "kafka: cannot connect to %s: %s (retrying; records are queued up to "
+                               "--queue-bytes)", ",".join(self.k.brokers), exc)
+                try:
+                    await producer.stop()
+                except Exception:
+                    pass
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            self.producer = producer
+            log.info("kafka: connected to %s", ",".join(self.k.brokers))
+            if self.k.create_topic:
+                await self._create_topics()
+            return
+
+    async def _create_topics(self) -> None:
+        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+        from aiokafka.errors import TopicAlreadyExistsError
+
+        kw = producer_kwargs(self.k)
+        admin_kw = {k: v for k, v in kw.items() if k in ("bootstrap_servers", "client_id", "security_protocol",
+                                                           "ssl_context", "sasl_mechanism", "sasl_plain_username",
+                                                           "sasl_plain_password", "request_timeout_ms")}
+        admin = AIOKafkaAdminClient(**admin_kw)
+        topics = [self.k.topic] + ([self.k.counters_topic] if self.cfg.counters else [])
+        try:
+            await admin.start()
+            existing = set(await admin.list_topics())
+            new = [NewTopic(t, self.k.partitions, self.k.replication_factor) for t in topics if t not in existing]
+            if new:
+                await admin.create_topics(new)
+                log.info("kafka: created %s with %d partitions", ",".join(t.name for t in new), self.k.partitions)
+        except TopicAlreadyExistsError:
+            pass
+        except Exception as exc:
+            self.errors["admin"] += 1
+            log.error("kafka: could not create topics %s: %s", ",".join(topics), exc)
+        finally:
+            try:
+                await admin.close()
+            except Exception:
+                pass
+
+    async def _partitions(self, topic: str) -> list[int]:
+        now = time.monotonic()
+        parts = self.partitions.get(topic)
+        if parts is None or now - self._partitions_at > 30:
+            got = await self.producer.partitions_for(topic)
+            parts = sorted(got) if got else [0]
+            self.partitions[topic] = parts
+            self._partitions_at = now
+        return parts
+
+    async def _run(self) -> None:
+        await self._connect()
+        if self.producer is None:
+            return
+        q = self.queue
+        topics = (self.k.topic, self.k.counters_topic)
+        while True:
+            await q.wait(0.5)
+            chunks = q.take(self.k.batch_bytes * 4)
+            if chunks:
+                await self._send(chunks, topics)
+
+    async def _send(self, chunks: list[Chunk], topics: tuple[str, str]) -> None:
+        """Append the chunks' records to one builder per (kind, partition) and submit them."""
+        q = self.queue
+        try:
+            parts_by_kind = [await self._partitions(topics[k]) if any(c.kind == k for c in chunks) else [0]
+                             for k in (FLOWS, COUNTERS)]
+        except Exception as exc:
+            self.errors["metadata"] += 1
+            self.connected = False
+            self._rl.error("metadata", "kafka: no metadata for %s: %s", ",".join(topics), exc)
+            for c in reversed(chunks):
+                q.requeue(c)
+            await asyncio.sleep(0.5)
+            return
+        builders: dict[tuple[int, int], _Open] = {}
+        full: list[_Open] = []
+        keymode = self.k.key
+        for c in chunks:
+            parts = parts_by_kind[c.kind]
+            n = len(parts)
+            if keymode == "exporter":
+                key = c.exporter.encode()
+                self._append(builders, full, c.kind, parts[_murmur2(key) % n], c.records, key)
+            elif keymode == "conversation":
+                for rec in c.records:
+                    kk = conversation_key(rec)
+                    self._append(builders, full, c.kind, parts[_murmur2(kk) % n], (rec,), kk)
+            else:
+                self._append(builders, full, c.kind, -1, c.records, None)
+        full.extend(builders.values())
+        # in flight was accounted per chunk; re-account per batch (differs only by too_large drops)
+        q.inflight_bytes -= sum(c.nbytes for c in chunks)
+        q.inflight_records -= sum(len(c.records) for c in chunks)
+        for o in full:
+            q.inflight_bytes += o.nbytes
+            q.inflight_records += len(o.records)
+        for o in full:
+            await self._submit(o, topics[o.kind])
+
+    def _new_open(self, kind: int, partition: int) -> _Open:
+        if partition < 0:
+            # key none: rotate partitions per batch, so batches stay large and load spreads
+            parts = self.partitions.get((self.k.topic, self.k.counters_topic)[kind]) or [0]
+            self._rr = (self._rr + 1) % len(parts)
+            partition = parts[self._rr]
+        return _Open(kind, partition, self.producer.create_batch())
+
+    def _append(self, builders: dict[tuple[int, int], _Open], full: list[_Open], kind: int, slot_p: int,
+                records: Any, key: bytes | None) -> None:
+        slot = (kind, slot_p)
+        o = builders.get(slot)
+        if o is None:
+            o = builders[slot] = self._new_open(kind, slot_p)
+        for rec in records:
+            if o.builder.append(key=key, value=rec, timestamp=None) is None:
+                if o.records:
+                    full.append(o)
+                    o = builders[slot] = self._new_open(kind, slot_p)
+                    if o.builder.append(key=key, value=rec, timestamp=None) is not None:
+                        o.add(rec)
+                        continue
+                # one record larger than a whole batch can never be sent
+                self.queue.dropped[(kind, "too_large")] += 1
+                continue
+            o.add(rec)
+
+    async def _submit(self, o: _Open, topic: str) -> None:
+        q = self.queue
+        t0 = time.monotonic()
+        try:
+            fut = await self.producer.send_batch(o.builder, topic, partition=o.partition)
+        except Exception as exc:
+            self._failed(o, exc)
+            await asyncio.sleep(0.2)
+            return
+
+        def done(f: asyncio.Future[Any]) -> None:
+            self._pending.discard(f)
+            exc = f.exception() if not f.cancelled() else asyncio.CancelledError()
+            if exc is None:
+                self.connected = True
+                self.delivered[o.kind] += len(o.records)
+                self.batches += 1
+                observe(self.latency, time.monotonic() - t0)
+                q.done(o.nbytes, len(o.records))
+            else:
+                self._failed(o, exc)
+
+        self._pending.add(fut)
+        fut.add_done_callback(done)
+
+    def _failed(self, o: _Open, exc: BaseException) -> None:
+        self.errors["produce"] += 1
+        self.connected = False
+        self._rl.error("produce", "kafka: batch of %d records not delivered: %r (re-queued)", len(o.records), exc)
+        if self.queue.closed and self._stopping and self.producer is None:
+            return
+        self.queue.requeue(Chunk(o.kind, o.records, o.nbytes, ""))
+
+    async def _close(self, timeout: float) -> None:
+        if self.producer is None:
+            return
+        pending = list(self._pending)
+        if pending:
+            await asyncio.wait(pending, timeout=max(timeout, 0.01))
+        try:
+            await asyncio.wait_for(self.producer.stop(), max(timeout, 0.5))
+        except (asyncio.TimeoutError, Exception) as exc:
+            log.warning("kafka: producer did not stop cleanly: %r", exc)
+
+
+def make_sink(cfg: Config) -> Sink:
+    kind = cfg.sink_kind()
+    if kind == "kafka":
+        return KafkaSink(cfg)
+    if kind == "file":
+        return StreamSink(cfg, cfg.output_file)
+    return StreamSink(cfg, None)

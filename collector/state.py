@@ -1,0 +1,99 @@
+"""Decoder state (templates, options data, sampling per exporter) persisted across restarts.
+
+Why: OVS resends IPFIX templates only every 600 s, so a restart without state loses up to ten
+minutes of flows. The state is written atomically (temporary file in the same directory, fsync,
+rename, fsync of the directory) so a crash mid-write leaves the previous file intact, and a full
+disk or an unwritable path is logged and counted while the collector keeps running. With
+`--workers N` each worker writes `<path>.<index>` and every worker loads all of them at start,
+because the kernel may hash an exporter to a different worker after a restart.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import tempfile
+from typing import Any
+
+import orjson
+
+from .util import RateLimitedLog
+
+log = logging.getLogger("flowscope.state")
+
+
+class StateFile:
+    """Periodic atomic saves of `decoder.export_state()`; `load_into` at start."""
+
+    def __init__(self, path: str, worker: int | None) -> None:
+        self.path = path if worker is None else f"{path}.{worker}"
+        self.base = path
+        self.saves = {"ok": 0, "error": 0}
+        self.loads = {"ok": 0, "error": 0, "missing": 0}
+        self._last: bytes | None = None
+        self._rl = RateLimitedLog(log, 30.0)
+
+    def candidates(self) -> list[str]:
+        """Every file a previous run (with any worker count) may have written."""
+        out = [self.base] if os.path.exists(self.base) else []
+        out += sorted(p for p in glob.glob(glob.escape(self.base) + ".*")
+                      if p.rsplit(".", 1)[-1].isdigit())
+        return out
+
+    def load_into(self, decoder: Any) -> None:
+        files = self.candidates()
+        if not files:
+            self.loads["missing"] += 1
+            log.info("state: %s does not exist yet; starting without templates", self.base)
+            return
+        for p in files:
+            try:
+                with open(p, "rb") as fh:
+                    data = orjson.loads(fh.read())
+                decoder.import_state(data)
+            except Exception as exc:  # a corrupt or foreign file must not stop the collector
+                self.loads["error"] += 1
+                log.error("state: cannot load %s: %s (continuing without it)", p, exc)
+                continue
+            self.loads["ok"] += 1
+            log.info("state: loaded %s", p)
+
+    def save(self, decoder: Any) -> bool:
+        try:
+            data = orjson.dumps(decoder.export_state())
+        except Exception as exc:
+            self.saves["error"] += 1
+            self._rl.error("export", "state: cannot export decoder state: %s", exc)
+            return False
+        if data == self._last:
+            return True
+        d = os.path.dirname(os.path.abspath(self.path))
+        tmp = None
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".flowscope-state.", dir=d)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+            tmp = None
+            dfd = os.open(d, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as exc:
+            self.saves["error"] += 1
+            self._rl.error("write", "state: cannot write %s: %s (still running; templates will be "
+                           "relearned after a restart)", self.path, exc)
+            return False
+        finally:
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+        self._last = data
+        self.saves["ok"] += 1
+        return True

@@ -1,0 +1,77 @@
+"""Small shared helpers: the rate-limited error logger and logging setup.
+
+Why rate-limited: one bad exporter can send a million malformed datagrams a minute, and a log
+line per datagram would cost more than decoding them. Each call site has a key; a key logs at
+most once per interval and then reports how many messages it suppressed meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+
+class RateLimitedLog:
+    """At most one message per key per `interval` seconds, with a count of the suppressed ones."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
+        self.logger = logger
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def log(self, level: int, key: str, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return
+        self._last[key] = now
+        n = self._suppressed.pop(key, 0)
+        if n:
+            msg += f" ({n} similar messages suppressed)"
+        self.logger.log(level, msg, *args)
+
+    def error(self, key: str, msg: str, *args: Any) -> None:
+        self.log(logging.ERROR, key, msg, *args)
+
+    def warning(self, key: str, msg: str, *args: Any) -> None:
+        self.log(logging.WARNING, key, msg, *args)
+
+
+class _RateLimitFilter(logging.Filter):
+    """Throttles a chatty third-party logger (aiokafka logs every reconnect attempt at ERROR)."""
+
+    def __init__(self, interval: float) -> None:
+        super().__init__()
+        self.interval = interval
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = f"{record.name}:{record.msg}"
+        now = time.monotonic()
+        if now - self._last.get(key, -1e9) < self.interval:
+            return False
+        self._last[key] = now
+        return True
+
+
+def setup_logging(level: str, worker: int | None = None) -> None:
+    """Logs go to stderr (stdout may carry JSON flows) as `time level logger [worker] message`."""
+    tag = f" w{worker}" if worker is not None else ""
+    fmt = f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s"
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(fmt))
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    kafka_filter = _RateLimitFilter(10.0)
+    for name in ("aiokafka", "kafka"):
+        lg = logging.getLogger(name)
+        lg.addFilter(kafka_filter)
+        if level.lower() != "debug":
+            lg.setLevel(logging.WARNING)
