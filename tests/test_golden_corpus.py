@@ -99,6 +99,10 @@ def check_cflow_capture(decoder, datagrams: list, packets: list[dict], label: st
             if len(flows) < len(expected):
                 problems.append(f"{where}: {len(flows)} flows, tshark decoded {len(expected)} before "
                                 "the malformed set")
+        elif tp.stopped_early(dg.payload):
+            if len(flows) < len(expected):
+                problems.append(f"{where}: {len(flows)} flows, tshark decoded {len(expected)} records "
+                                "(and stopped at the header count)")
         else:
             if batch.error is not None:
                 problems.append(f"{where}: decode error {batch.error!r} on a packet tshark decodes")

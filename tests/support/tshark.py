@@ -200,6 +200,7 @@ class CflowSet:
     records: list[dict] = field(default_factory=list)  # flattened tshark fields per record
     template: Template | None = None
     templates: list[Template] = field(default_factory=list)  # all templates a template set defines
+    length: int = 0  # flowset length from the header
     malformed: bool = False  # tshark flagged this set "Malformed Packet" (and it had a template)
 
 
@@ -232,6 +233,16 @@ class CflowPacket:
     def template_keys(self) -> set[tuple[int, int]]:
         """(domain, template id) of every (options) template this packet defines."""
         return {(self.domain, t.template_id) for s in self.sets for t in s.templates}
+
+    def stopped_early(self, payload: bytes) -> bool:
+        """tshark stops a v9 packet after the header's `count` records. Exporters that count only
+        data records there (softflowd, pmacct) get their later flowsets ignored by tshark; a
+        collector walks the flowset lengths (RFC 3954 section 5.1 lets it). True when non-zero
+        bytes follow the last flowset tshark read."""
+        if self.version != 9:
+            return False
+        end = 20 + sum(s.length for s in self.sets)
+        return end < len(payload) and any(payload[end:])
 
     @property
     def no_template_sets(self) -> int:
@@ -320,7 +331,9 @@ class CflowReader:
             if not m:
                 continue
             for sv in _as_list(v):
-                sets.append(self._set(frame, int(m.group(1)), k, sv))
+                cs = self._set(frame, int(m.group(1)), k, sv)
+                cs.length = int(_first(sv.get("cflow.flowset_length", 0)))
+                sets.append(cs)
         pkt = CflowPacket(
             frame=frame, src=p.get("src", ""), sport=int(p.get("sport", 0)), version=version,
             domain=domain, export_ms=export_ms, sysuptime_ms=sysuptime_ms, sets=sets,
@@ -475,13 +488,20 @@ def expected_from_cflow(pkt: CflowPacket, cset: CflowSet, rec: dict) -> dict[str
 def _time_ms(pkt: CflowPacket, rec: dict, which: str) -> int | None:
     """tshark prints absolute times (IEs 150-155, ASA 323/324) as dates, and sysUpTime-relative
     ones (v5, v9 and IPFIX IEs 21/22) as seconds since boot."""
-    for key in (f"cflow.abstime{which}",):
-        if key in rec:
-            return tshark_date_ms(rec[key])
-    key = f"cflow.time{which}"
-    if key not in rec:
-        return None
-    rel = seconds_to_ms(rec[key])
+    key = f"cflow.abstime{which}"
+    if key in rec:
+        ms = tshark_date_ms(rec[key])
+        if ms != 0:
+            return ms
+        # tshark 4.0 prints a sysUpTime-relative value of exactly 0 (FIRST_SWITCHED at boot,
+        # as softflowd -r sends for a pcap's first packet) as the date 1970-01-01: it is 0 ms
+        # after boot, not the epoch.
+        rel = 0
+    else:
+        key = f"cflow.time{which}"
+        if key not in rec:
+            return None
+        rel = seconds_to_ms(rec[key])
     if pkt.version in (5, 9) and pkt.export_ms is not None and pkt.sysuptime_ms is not None:
         return pkt.export_ms - pkt.sysuptime_ms + rel
     if pkt.version == 10 and pkt.sys_init_ms is not None:

@@ -1,0 +1,85 @@
+"""Real flow exporters driven by the tests: softflowd and pmacct's pmacctd (nfprobe, sfprobe).
+
+Both read a pcap the test generated (tests/support/pcapgen.py) and export to a UDP port on the
+loopback of a namespace the test created (tests/support/netns.py). Facts that matter (see
+../shared/EXPORTERS.md): softflowd 1.1.0 `-r` truncates the file name to 16 characters (pass a
+short relative name, run in the pcap's directory), `-a` makes export clocks follow the pcap,
+`-d` keeps it in the foreground; it needs its own control socket and pid file (`-c`, `-p`) so two
+runs never share /var/run. pmacctd reads a pcap with `pcap_savefile` and, with
+`pcap_savefile_wait: true`, stays up afterwards; nfprobe flushes its cache on SIGINT.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from tests.support.netns import NetNS
+
+PCAP_NAME = "in.pcap"  # short and relative: softflowd keeps only 16 characters of -r
+
+
+def run_softflowd(ns: NetNS, workdir: Path, version: str, port: int, *, timeout: float = 30.0) -> str:
+    """softflowd -r on workdir/in.pcap, exporting NetFlow `version` (5, 9, 10) to 127.0.0.1:port.
+    Returns softflowd's output (its statistics)."""
+    cmd = ["softflowd", "-r", PCAP_NAME, "-n", f"127.0.0.1:{port}", "-v", str(version), "-a", "-d",
+           "-6", "-c", "./sf.ctl", "-p", "./sf.pid"]
+    p = ns.popen(cmd, cwd=workdir)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        ns.stop(p, signal.SIGKILL)
+        raise RuntimeError(f"softflowd -v {version} did not finish in {timeout}s (file name too long?)")
+    text = (out + err).decode(errors="replace")
+    if p.returncode != 0:
+        raise RuntimeError(f"softflowd -v {version} exited {p.returncode}: {text}")
+    return text
+
+
+def pmacctd_config(plugin: str, port: int, *, version: int = 10, sampling: int = 1) -> str:
+    """pmacctd configuration for one nfprobe or sfprobe plugin reading workdir/in.pcap."""
+    lines = [
+        "daemonize: false",
+        f"pcap_savefile: {PCAP_NAME}",
+        "pcap_savefile_wait: true",
+        "pidfile: ./pmacctd.pid",
+        "logfile: ./pmacctd.log",
+        f"plugins: {plugin}[p]",
+    ]
+    if plugin == "nfprobe":
+        lines += [
+            f"nfprobe_receiver[p]: 127.0.0.1:{port}",
+            f"nfprobe_version[p]: {version}",
+            # One record per 5-tuple, as generated (see EXPORTERS.md on aggregation keys).
+            "aggregate[p]: src_host, dst_host, src_port, dst_port, proto, tos",
+            "nfprobe_timeouts[p]: tcp=2:tcp.rst=2:tcp.fin=2:udp=2:icmp=2:general=2:maxlife=30:expint=1",
+        ]
+    elif plugin == "sfprobe":
+        lines += [
+            f"sfprobe_receiver[p]: 127.0.0.1:{port}",
+            "sfprobe_agentip[p]: 127.0.0.1",
+            f"sampling_rate[p]: {sampling}",
+        ]
+    else:
+        raise ValueError(plugin)
+    return "\n".join(lines) + "\n"
+
+
+def run_pmacctd(ns: NetNS, workdir: Path, plugin: str, port: int, *, version: int = 10,
+                settle: float = 4.0, timeout: float = 30.0) -> str:
+    """Run pmacctd with one plugin over workdir/in.pcap, let it export, then SIGINT it (nfprobe
+    flushes its cache on exit). Returns its log."""
+    conf = workdir / "pmacctd.conf"
+    conf.write_text(pmacctd_config(plugin, port, version=version))
+    p = ns.popen(["pmacctd", "-f", "pmacctd.conf"], cwd=workdir)
+    deadline = time.monotonic() + settle
+    while time.monotonic() < deadline and p.poll() is None:
+        time.sleep(0.1)
+    if p.poll() is not None:
+        out, err = p.communicate()
+        log = (workdir / "pmacctd.log").read_text() if (workdir / "pmacctd.log").exists() else ""
+        raise RuntimeError(f"pmacctd exited early ({p.returncode}): {out!r} {err!r} {log}")
+    ns.stop(p, signal.SIGINT, timeout=timeout)
+    return (workdir / "pmacctd.log").read_text() if (workdir / "pmacctd.log").exists() else ""

@@ -1,0 +1,170 @@
+"""Network namespaces for tests: isolation from whatever else runs on the machine.
+
+Other processes may listen on or send to 127.0.0.1:2055/4739/6343 in the root namespace, so every
+exporter test runs its exporter, capture and collector inside a namespace it creates, with a
+unique name per run, and removes it (and every process it started there) in a finalizer even
+when the test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+IP = shutil.which("ip")
+
+
+def missing_tools(*tools: str) -> list[str]:
+    return [t for t in tools if shutil.which(t) is None and not Path(t).exists()]
+
+
+def root_skip_reason(*tools: str) -> str | None:
+    """Why a namespace test cannot run here (None when it can)."""
+    if os.geteuid() != 0:
+        return "needs root (network namespaces)"
+    miss = missing_tools("ip", *tools)
+    if miss:
+        return f"missing tools: {', '.join(miss)} (make test installs them as root)"
+    return None
+
+
+def unique(prefix: str) -> str:
+    """A short unique name (interface names are limited to 15 characters)."""
+    return f"{prefix}{os.getpid() % 1000:03d}{uuid.uuid4().hex[:5]}"
+
+
+class NetNS:
+    """One network namespace with its loopback up; processes started through it are tracked
+    and killed (by pid, process group) on close()."""
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name or unique("fs")
+        self.procs: list[subprocess.Popen] = []
+        subprocess.run([IP, "netns", "add", self.name], check=True, capture_output=True)
+        try:
+            self.run(["ip", "link", "set", "lo", "up"])
+        except Exception:
+            self.close()
+            raise
+
+    def prefix(self) -> list[str]:
+        return [IP, "netns", "exec", self.name]
+
+    def run(self, cmd: list[str], *, check: bool = True, timeout: float = 30.0,
+            **kw) -> subprocess.CompletedProcess:
+        proc = subprocess.run(self.prefix() + cmd, capture_output=True, timeout=timeout, **kw)
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"[{self.name}] {' '.join(cmd)} -> {proc.returncode}: "
+                               f"{proc.stderr.decode(errors='replace')}{proc.stdout.decode(errors='replace')}")
+        return proc
+
+    def popen(self, cmd: list[str], **kw) -> subprocess.Popen:
+        kw.setdefault("stdout", subprocess.PIPE)
+        kw.setdefault("stderr", subprocess.PIPE)
+        p = subprocess.Popen(self.prefix() + cmd, start_new_session=True, **kw)
+        self.procs.append(p)
+        return p
+
+    def stop(self, p: subprocess.Popen, sig: int = signal.SIGINT, timeout: float = 10.0) -> None:
+        """Signal one process we started (its own process group) and reap it."""
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.wait(5)
+
+    def close(self) -> None:
+        for p in self.procs:
+            try:
+                self.stop(p, signal.SIGTERM, timeout=5)
+            except Exception:
+                pass
+        # Processes that daemonized inside the namespace (ovsdb-server, ovs-vswitchd) are
+        # stopped by their owners; anything left holding the namespace is listed by `ip netns pids`.
+        pids = subprocess.run([IP, "netns", "pids", self.name], capture_output=True, text=True)
+        for pid in pids.stdout.split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        subprocess.run([IP, "netns", "del", self.name], capture_output=True)
+
+    def __enter__(self) -> "NetNS":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+SINK = """
+import socket, sys
+fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+s.bind((sys.argv[1], int(sys.argv[2])))
+print("ready", flush=True)
+while True:
+    s.recv(65535)
+"""
+
+
+def udp_sink(ns: NetNS, addr: str, port: int) -> subprocess.Popen:
+    """A UDP socket that drains `addr:port` in `ns`: without a listener the exporter's connected
+    socket gets ICMP port-unreachable and its next send fails with ECONNREFUSED."""
+    import sys
+
+    p = ns.popen([sys.executable, "-c", SINK, addr, str(port)])
+    assert p.stdout is not None
+    line = p.stdout.readline()
+    if b"ready" not in line:
+        raise RuntimeError(f"udp sink did not start: {p.stderr.read() if p.stderr else b''!r}")
+    return p
+
+
+class Capture:
+    """tcpdump on one interface of a namespace, written to a pcap; started before the exporter
+    and stopped after it (SIGINT flushes the file)."""
+
+    def __init__(self, ns: NetNS, path: Path, *, iface: str = "lo", bpf: str = "udp") -> None:
+        self.ns = ns
+        self.path = path
+        # --immediate-mode: without it, TPACKET_V3 blocks are only handed over when full or
+        # on a timeout, and a short capture stopped by SIGINT comes out empty.
+        # -Z root: keep writing to the test's private (0700) directory.
+        self.proc = ns.popen(["tcpdump", "--immediate-mode", "-Z", "root", "-i", iface, "-n", "-U",
+                              "-s", "0", "-w", str(path), bpf])
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 10.0) -> None:
+        # tcpdump says "listening on ..." on stderr once the socket is bound.
+        deadline = time.monotonic() + timeout
+        assert self.proc.stderr is not None
+        os.set_blocking(self.proc.stderr.fileno(), False)
+        buf = b""
+        while time.monotonic() < deadline:
+            chunk = self.proc.stderr.read() or b""
+            buf += chunk
+            if b"listening on" in buf:
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"tcpdump exited: {buf.decode(errors='replace')}")
+            time.sleep(0.05)
+        raise RuntimeError(f"tcpdump not ready after {timeout}s: {buf.decode(errors='replace')}")
+
+    def stop(self, settle: float = 0.5) -> Path:
+        time.sleep(settle)
+        self.ns.stop(self.proc, signal.SIGINT)
+        return self.path
