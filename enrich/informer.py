@@ -156,23 +156,27 @@ class Informer:
 
     def run(self) -> None:
         """Thread body: list-then-watch until stopped, backing off after failures."""
-        while not self._stop.is_set():
-            try:
-                self._list_then_watch()
-                # Returned: 410 Gone, relist at once (no backoff: the server asked for it).
-            except Stopped:
-                break
-            except Gone:
-                # A paged list's continue token expired: start the list again.
-                continue
-            except ApiProblem as e:
-                self._failed(e)
-                self._sleep(self._backoff.next())
-            except Exception as e:  # noqa: BLE001 - a bug must not kill the informer forever
-                self._failed(ApiProblem("internal", f"{type(e).__name__}: {e}"))
-                log.debug("enrich: %s informer internal error", self.kind, exc_info=True)
-                self._sleep(self._backoff.next())
-        self.stats.state = "stopped"
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._list_then_watch()
+                    # Returned: 410 Gone, relist at once (no backoff: the server asked for it).
+                except Gone:
+                    # A paged list's continue token expired: start the list again.
+                    continue
+                except ApiProblem as e:
+                    self._failed(e)
+                    self._sleep(self._backoff.next())
+                except Stopped:
+                    raise
+                except Exception as e:  # noqa: BLE001 - a bug must not kill the informer forever
+                    self._failed(ApiProblem("internal", f"{type(e).__name__}: {e}"))
+                    log.debug("enrich: %s informer internal error", self.kind, exc_info=True)
+                    self._sleep(self._backoff.next())
+        except Stopped:
+            pass
+        finally:
+            self.stats.state = "stopped"
 
     # layer 2: list, then watch from the list's resourceVersion
 
@@ -204,6 +208,7 @@ class Informer:
             except ApiProblem as e:
                 # Resume from the last resourceVersion we applied: cheaper than a relist, and
                 # the server answers 410 when that is no longer possible.
+                rv = st.resource_version  # the last event applied before the failure
                 self._failed(e)
                 self._sleep(self._backoff.next())
                 continue
@@ -304,10 +309,13 @@ class Informer:
             raise ApiProblem(_status_cause(code), f"watch {self._resource()} ERROR event {code}: {msg}")
         meta = obj.get("metadata") if isinstance(obj, dict) else None
         new_rv = meta.get("resourceVersion") if isinstance(meta, dict) else None
+        if not isinstance(new_rv, str) or not new_rv:
+            new_rv = rv
+        st.resource_version = new_rv
         if typ == "BOOKMARK":
             st.events["BOOKMARK"] += 1
             index.sweep()
-            return new_rv if isinstance(new_rv, str) and new_rv else rv
+            return new_rv
         if typ not in ("ADDED", "MODIFIED", "DELETED"):
             index.problem("bad_event", f"watch {self._resource()} sent unknown event type {typ!r}")
             return rv
@@ -321,7 +329,7 @@ class Informer:
                 index.upsert(kind, rec)
                 if typ == "ADDED":
                     st.objects += 1
-        return new_rv if isinstance(new_rv, str) and new_rv else rv
+        return new_rv
 
     # HTTP plumbing
 

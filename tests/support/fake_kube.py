@@ -1,0 +1,466 @@
+"""A fake Kubernetes API server that speaks the list/watch wire protocol the `kubernetes` client uses.
+
+Why: no API server can run in CI, and mocking the client would test nothing of the informers'
+HTTP handling. This server answers the real requests of `kubernetes.client` (Bearer token auth,
+JSON lists with metadata.resourceVersion and limit/continue paging, PartialObjectMetadata lists
+when asked through Accept, watch streams as chunked newline-delimited JSON events with ADDED /
+MODIFIED / DELETED / BOOKMARK / ERROR, 410 Gone for compacted resourceVersions, 401/403 Status
+objects) and lets a test inject faults: dropped connections, garbage bodies, forbidden verbs,
+held events (so changes can happen "in between" a dead watch and a relist).
+
+It runs in-process on a free 127.0.0.1 port in a thread; `write_kubeconfig()` points a kubeconfig
+file at it.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+TOKEN = "test-token"
+
+# path -> (kind key, List kind, object kind, apiVersion, resource name)
+ROUTES = {
+    "/api/v1/pods": ("pods", "PodList", "Pod", "v1"),
+    "/api/v1/nodes": ("nodes", "NodeList", "Node", "v1"),
+    "/api/v1/services": ("services", "ServiceList", "Service", "v1"),
+    "/apis/apps/v1/replicasets": ("replicasets", "ReplicaSetList", "ReplicaSet", "apps/v1"),
+}
+KIND_INFO = {v[0]: (path, *v[1:]) for path, v in ROUTES.items()}
+
+
+def status(code: int, reason: str, message: str) -> dict[str, Any]:
+    """A metav1.Status object as the API server sends it with errors."""
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": message, "reason": reason, "code": code}
+
+
+class Fault:
+    """An injected failure for (kind, verb); `times` None means until cleared."""
+
+    def __init__(self, what: str, times: int | None) -> None:
+        self.what = what
+        self.times = times
+
+
+class FakeKube:
+    """In-memory API server state plus the HTTP server thread."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.rv = 100
+        self.objects: dict[str, dict[str, dict[str, Any]]] = {k: {} for k in KIND_INFO}
+        self.events: dict[str, list[tuple[int, str, dict[str, Any]]]] = {k: [] for k in KIND_INFO}
+        self.compacted: dict[str, int] = {k: 0 for k in KIND_INFO}
+        self.held: set[str] = set()
+        self.gone_gen: dict[str, int] = {k: 0 for k in KIND_INFO}
+        self.drop_gen: dict[str, int] = {k: 0 for k in KIND_INFO}
+        self.faults: dict[tuple[str, str], Fault] = {}
+        self.requests: list[dict[str, Any]] = []
+        self.watchers: dict[str, int] = {k: 0 for k in KIND_INFO}
+        self.snapshots: dict[str, tuple[int, list[dict[str, Any]]]] = {}
+        self._uids = itertools.count(1)
+        self._snap_ids = itertools.count(1)
+        self.stopping = False
+        self.server: ThreadingHTTPServer | None = None
+        self.thread: threading.Thread | None = None
+
+    # lifecycle
+
+    def start(self) -> FakeKube:
+        fake = self
+
+        class Handler(_Handler):
+            kube = fake
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, name="fake-kube", daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def write_kubeconfig(self, path: Path, *, token: str = TOKEN) -> Path:
+        # JSON is YAML: the client's kubeconfig loader reads it as is.
+        cfg = {
+            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+            "users": [{"name": "fake", "user": {"token": token}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+        }
+        path.write_text(json.dumps(cfg))
+        return path
+
+    # state changes (what a controller would do)
+
+    def _key(self, obj: dict[str, Any]) -> str:
+        m = obj["metadata"]
+        return f"{m.get('namespace', '')}/{m['name']}"
+
+    def _record(self, kind: str, typ: str, obj: dict[str, Any]) -> None:
+        self.rv += 1
+        obj["metadata"]["resourceVersion"] = str(self.rv)
+        self.events[kind].append((self.rv, typ, json.loads(json.dumps(obj))))
+        self.cond.notify_all()
+
+    def add(self, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
+        obj = json.loads(json.dumps(obj))
+        m = obj.setdefault("metadata", {})
+        m.setdefault("uid", f"uid-{next(self._uids)}")
+        m.setdefault("creationTimestamp", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        with self.cond:
+            self.objects[kind][self._key(obj)] = obj
+            self._record(kind, "ADDED", obj)
+        return obj
+
+    def modify(self, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
+        obj = json.loads(json.dumps(obj))
+        with self.cond:
+            old = self.objects[kind][self._key(obj)]
+            for k in ("uid", "creationTimestamp"):
+                if k in old["metadata"]:
+                    obj["metadata"].setdefault(k, old["metadata"][k])
+            self.objects[kind][self._key(obj)] = obj
+            self._record(kind, "MODIFIED", obj)
+        return obj
+
+    def delete(self, kind: str, name: str, namespace: str = "") -> None:
+        with self.cond:
+            obj = self.objects[kind].pop(f"{namespace}/{name}")
+            self._record(kind, "DELETED", obj)
+
+    def bookmark(self, kind: str) -> None:
+        _, _, okind, api = KIND_INFO[kind]
+        with self.cond:
+            self.rv += 1
+            self.events[kind].append((self.rv, "BOOKMARK", {
+                "kind": okind, "apiVersion": api, "metadata": {"resourceVersion": str(self.rv)}}))
+            self.cond.notify_all()
+
+    def hold(self, kind: str) -> None:
+        """Stop delivering this kind's events to open watches (they pile up, as if lost)."""
+        with self.cond:
+            self.held.add(kind)
+
+    def expire(self, kind: str) -> None:
+        """Compact history: open watches get ERROR 410 and any watch from an older RV is refused."""
+        with self.cond:
+            self.compacted[kind] = self.rv + 1
+            self.gone_gen[kind] += 1
+            self.held.discard(kind)
+            self.cond.notify_all()
+
+    def drop_watches(self, kind: str) -> None:
+        """Cut open watch connections of this kind mid-stream (no final chunk)."""
+        with self.cond:
+            self.drop_gen[kind] += 1
+            self.held.discard(kind)
+            self.cond.notify_all()
+
+    def fail(self, kind: str, verb: str, what: str, *, times: int | None = None) -> None:
+        """Inject a fault for list or watch: forbidden, unauthorized, garbage, drop, error500."""
+        with self.cond:
+            self.faults[(kind, verb)] = Fault(what, times)
+
+    def clear(self, kind: str, verb: str) -> None:
+        with self.cond:
+            self.faults.pop((kind, verb), None)
+
+    def take_fault(self, kind: str, verb: str) -> str | None:
+        with self.cond:
+            f = self.faults.get((kind, verb))
+            if f is None:
+                return None
+            if f.times is not None:
+                f.times -= 1
+                if f.times <= 0:
+                    del self.faults[(kind, verb)]
+            return f.what
+
+    def count(self, *, kind: str | None = None, verb: str | None = None) -> int:
+        with self.cond:
+            return sum(1 for r in self.requests
+                       if (kind is None or r["kind"] == kind) and (verb is None or r["verb"] == verb))
+
+    def wait_for(self, pred: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+        wait_for(pred, timeout=timeout, what=what)
+
+
+def wait_for(pred: Callable[[], bool], *, timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll a condition (the informer runs in other threads), failing the test on timeout."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.005)
+
+
+def _meta_only(obj: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"]}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    kube: FakeKube
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass
+
+    # plumbing
+
+    def _send_json(self, code: int, doc: Any, *, raw: bytes | None = None) -> None:
+        body = raw if raw is not None else json.dumps(doc).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    def _drop(self) -> None:
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib name
+        k = self.kube
+        u = urlsplit(self.path)
+        q = {key: v[-1] for key, v in parse_qs(u.query).items()}
+        route = ROUTES.get(u.path)
+        watch = q.get("watch") in ("true", "True", "1")
+        verb = "watch" if watch else "list"
+        kind = route[0] if route else ""
+        with k.cond:
+            k.requests.append({"verb": verb, "kind": kind, "query": q, "accept": self.headers.get("Accept", "")})
+        if route is None:
+            self._send_json(404, status(404, "NotFound", f"the server could not find {u.path}"))
+            return
+        if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+            self._send_json(401, status(401, "Unauthorized", "Unauthorized"))
+            return
+        fault = k.take_fault(kind, verb)
+        if fault == "forbidden":
+            self._send_json(403, status(403, "Forbidden", f'{kind} is forbidden: User "system:serviceaccount:'
+                                        f'netobserv:flowscope" cannot {verb} resource "{kind}" at the cluster scope'))
+            return
+        if fault == "unauthorized":
+            self._send_json(401, status(401, "Unauthorized", "Unauthorized"))
+            return
+        if fault == "error500":
+            self._send_json(500, status(500, "InternalError", "etcdserver: request timed out"))
+            return
+        if fault == "drop":
+            self._drop()
+            return
+        if watch:
+            self._watch(kind, q, fault)
+        else:
+            self._list(kind, q, fault)
+
+    def _list(self, kind: str, q: dict[str, str], fault: str | None) -> None:
+        k = self.kube
+        if fault == "garbage":
+            self._send_json(200, None, raw=b"<html><body>502 Bad Gateway</body></html>")
+            return
+        _, list_kind, _, api = KIND_INFO[kind]
+        meta_only = "as=PartialObjectMetadataList" in self.headers.get("Accept", "")
+        limit = int(q.get("limit", "0") or 0)
+        cont = q.get("continue")
+        with k.cond:
+            if cont:
+                snap = k.snapshots.get(cont)
+                if snap is None:
+                    self._send_json(410, status(410, "Expired", "The provided continue parameter is too old"))
+                    return
+                rv, items = snap
+            else:
+                rv = k.rv
+                items = [json.loads(json.dumps(o)) for _, o in sorted(k.objects[kind].items())]
+        page, rest = (items[:limit], items[limit:]) if limit else (items, [])
+        meta: dict[str, Any] = {"resourceVersion": str(rv)}
+        if rest:
+            token = base64.b64encode(f"snap-{next(k._snap_ids)}".encode()).decode()
+            with k.cond:
+                k.snapshots[token] = (rv, rest)
+            meta["continue"] = token
+            meta["remainingItemCount"] = len(rest)
+        if meta_only:
+            doc = {"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": meta,
+                   "items": [_meta_only(o) for o in page]}
+        else:
+            doc = {"kind": list_kind, "apiVersion": api, "metadata": meta, "items": page}
+        self._send_json(200, doc)
+
+    def _watch(self, kind: str, q: dict[str, str], fault: str | None) -> None:
+        k = self.kube
+        try:
+            rv = int(q.get("resourceVersion", "0") or 0)
+        except ValueError:
+            self._send_json(400, status(400, "BadRequest", "bad resourceVersion"))
+            return
+        bookmarks = q.get("allowWatchBookmarks") in ("true", "True", "1")
+        meta_only = "as=PartialObjectMetadata" in self.headers.get("Accept", "")
+        timeout = float(q.get("timeoutSeconds", "1800"))
+        deadline = time.monotonic() + timeout
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        if fault == "garbage":
+            self._chunk(b"this is not json\n")
+            self._drop()
+            return
+        with k.cond:
+            gone_gen, drop_gen = k.gone_gen[kind], k.drop_gen[kind]
+            too_old = rv < k.compacted[kind]
+            k.watchers[kind] += 1
+        try:
+            if too_old:
+                self._chunk(json.dumps({"type": "ERROR", "object": status(
+                    410, "Expired", f"too old resource version: {rv} ({k.compacted[kind]})")}).encode() + b"\n")
+                self._chunk(b"")
+                return
+            while True:
+                with k.cond:
+                    while True:
+                        if k.stopping or k.drop_gen[kind] != drop_gen:
+                            out, end = [], "drop"
+                            break
+                        if k.gone_gen[kind] != gone_gen:
+                            out, end = [], "gone"
+                            break
+                        if time.monotonic() >= deadline:
+                            out, end = [], "timeout"
+                            break
+                        out = [] if kind in k.held else [e for e in k.events[kind] if e[0] > rv]
+                        if out:
+                            end = ""
+                            break
+                        k.cond.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+                if end == "drop":
+                    self._drop()
+                    return
+                if end == "gone":
+                    self._chunk(json.dumps({"type": "ERROR", "object": status(
+                        410, "Expired", "too old resource version")}).encode() + b"\n")
+                    self._chunk(b"")
+                    return
+                if end == "timeout":
+                    self._chunk(b"")
+                    return
+                for erv, typ, obj in out:
+                    rv = erv
+                    if typ == "BOOKMARK" and not bookmarks:
+                        continue
+                    if meta_only and typ != "BOOKMARK":
+                        obj = _meta_only(obj)
+                    self._chunk(json.dumps({"type": typ, "object": obj}).encode() + b"\n")
+        except OSError:
+            return
+        finally:
+            with k.cond:
+                k.watchers[kind] -= 1
+
+
+@contextmanager
+def running_fake_kube() -> Iterator[FakeKube]:
+    fake = FakeKube().start()
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+@pytest.fixture
+def fake_kube() -> Iterator[FakeKube]:
+    """A started FakeKube; stopped after the test."""
+    with running_fake_kube() as fake:
+        yield fake
+
+
+# Builders of realistic API objects (only what a real server would send and the tests need).
+
+def pod(name: str, ns: str = "default", *, ips: list[str] | None = None, node: str | None = "node-a",
+        host_ip: str | None = "10.0.0.1", owner: tuple[str, str] | None = None, uid: str | None = None,
+        created: str | None = None, phase: str = "Running", host_network: bool = False) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": ns}
+    if uid:
+        meta["uid"] = uid
+    if created:
+        meta["creationTimestamp"] = created
+    if owner:
+        meta["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": owner[0], "name": owner[1],
+                                    "uid": f"owner-{owner[1]}", "controller": True}]
+    st: dict[str, Any] = {"phase": phase}
+    if host_ip:
+        st["hostIP"] = host_ip
+        st["hostIPs"] = [{"ip": host_ip}]
+    if ips:
+        st["podIP"] = ips[0]
+        st["podIPs"] = [{"ip": i} for i in ips]
+    spec: dict[str, Any] = {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.9"}]}
+    if node:
+        spec["nodeName"] = node
+    if host_network:
+        spec["hostNetwork"] = True
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec, "status": st}
+
+
+def node(name: str, *, internal: list[str], external: list[str] = (), zone: str | None = None,  # type: ignore[assignment]
+         subnets: Any = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "labels": {"kubernetes.io/hostname": name}}
+    if zone:
+        meta["labels"]["topology.kubernetes.io/zone"] = zone
+    if subnets is not None:
+        meta["annotations"] = {"k8s.ovn.org/node-subnets": subnets if isinstance(subnets, str) else json.dumps(subnets)}
+    addrs = [{"type": "InternalIP", "address": a} for a in internal]
+    addrs += [{"type": "ExternalIP", "address": a} for a in external]
+    addrs.append({"type": "Hostname", "address": name})
+    return {"apiVersion": "v1", "kind": "Node", "metadata": meta, "status": {"addresses": addrs}}
+
+
+def service(name: str, ns: str = "default", *, ips: list[str]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns},
+            "spec": {"clusterIP": ips[0], "clusterIPs": ips, "ports": [{"port": 80}]}}
+
+
+def replicaset(name: str, ns: str = "default", *, owner: tuple[str, str] | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": ns}
+    if owner:
+        meta["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": owner[0], "name": owner[1],
+                                    "uid": f"owner-{owner[1]}", "controller": True}]
+    return {"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": meta,
+            "spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "c", "image": "x"}]}}}}

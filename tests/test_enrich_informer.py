@@ -1,0 +1,346 @@
+"""The informers against a fake API server speaking the real list/watch protocol.
+
+Each test drives FakeKube (tests/support/fake_kube.py) like a controller would and waits for the
+enricher to reflect it: events, relists on 410, reconnects after dropped watches, RBAC errors,
+garbage from the server, readiness gating. Waits are condition polls, never fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+
+import enrich
+from tests.support.fake_kube import FakeKube, node, pod, replicaset, service, wait_for
+from tests.support.fake_kube import fake_kube as fake_kube  # noqa: F401 - fixture
+
+A = ipaddress.ip_address
+FUTURE = 4_102_444_800_000  # 2100-01-01 in Unix ms: after any deletion these tests make
+
+
+def raw(ip: str) -> bytes:
+    return A(ip).packed if ip else b""
+
+
+def flow(e: enrich.Enricher, src: str, dst: str, agent: str = "", t_ms: int = 0, direction: int = -1) -> dict[str, Any]:
+    frag = e.enrich(raw(src), raw(dst), raw(agent), t_ms, direction)
+    return orjson.loads(b"{" + frag[1:] + b"}") if frag else {}
+
+
+def fast_config(kubeconfig: str, **kw: Any) -> enrich.EnrichConfig:
+    base: dict[str, Any] = dict(kubeconfig=kubeconfig, own_namespace="netobserv", watch_timeout_seconds=5,
+                                read_timeout_slack_seconds=5, connect_timeout_seconds=2,
+                                backoff_initial_seconds=0.02, backoff_max_seconds=0.2, backoff_jitter=0.0)
+    base.update(kw)
+    return enrich.EnrichConfig(**base)
+
+
+@pytest.fixture
+def kubeconfig(fake_kube: FakeKube, tmp_path: Any) -> str:  # noqa: F811 - fixture parameter
+    return str(fake_kube.write_kubeconfig(tmp_path / "kubeconfig"))
+
+
+@pytest.fixture
+def seeded(fake_kube: FakeKube) -> FakeKube:  # noqa: F811
+    fake_kube.add("nodes", node("node-a", internal=["10.0.0.1"], zone="zone-a",
+                                subnets={"default": ["10.244.0.0/24", "fd00:10:244:1::/64"]}))
+    fake_kube.add("nodes", node("node-b", internal=["10.0.0.2"], zone="zone-b", subnets={"default": "10.244.1.0/24"}))
+    fake_kube.add("replicasets", replicaset("web-6d4cf56db6", "shop", owner=("Deployment", "web")))
+    fake_kube.add("services", service("web", "shop", ips=["172.30.0.10"]))
+    fake_kube.add("pods", pod("web-6d4cf56db6-x1", "shop", ips=["10.244.0.5"], node="node-a", host_ip="10.0.0.1",
+                              owner=("ReplicaSet", "web-6d4cf56db6")))
+    return fake_kube
+
+
+@pytest.fixture
+def enricher(seeded: FakeKube, kubeconfig: str) -> Iterator[enrich.Enricher]:
+    e = enrich.Enricher(fast_config(kubeconfig))
+    e.start()
+    yield e
+    e.stop()
+
+
+def test_initial_sync_and_readiness(seeded: FakeKube, enricher: enrich.Enricher) -> None:
+    assert enricher.wait_ready(10)
+    assert flow(enricher, "10.244.0.5", "172.30.0.10", agent="10.0.0.1") == {
+        "SrcK8S_Name": "web-6d4cf56db6-x1", "SrcK8S_Namespace": "shop", "SrcK8S_Type": "Pod",
+        "SrcK8S_OwnerName": "web", "SrcK8S_OwnerType": "Deployment", "SrcK8S_HostIP": "10.0.0.1",
+        "SrcK8S_HostName": "node-a", "SrcK8S_Zone": "zone-a",
+        "DstK8S_Name": "web", "DstK8S_Namespace": "shop", "DstK8S_Type": "Service",
+        "DstK8S_OwnerName": "web", "DstK8S_OwnerType": "Service",
+        "K8S_FlowLayer": "app", "FlowDirection": 1,
+    }
+    st = enricher.stats()
+    assert st["ready"] is True
+    assert {k: v["synced"] for k, v in st["kinds"].items()} == dict.fromkeys(
+        ["pods", "nodes", "services", "replicasets"], True)
+    assert st["kinds"]["pods"]["objects"] == 1
+    assert st["index"]["nodes"] == 2
+    # Lists then watches from the list's resourceVersion, with bookmarks.
+    w = [r for r in seeded.requests if r["kind"] == "pods" and r["verb"] == "watch"]
+    assert w and w[0]["query"]["allowWatchBookmarks"] == "true"
+    assert int(w[0]["query"]["resourceVersion"]) >= 105
+
+
+def test_replicasets_are_fetched_as_metadata_only(seeded: FakeKube, enricher: enrich.Enricher) -> None:
+    assert enricher.wait_ready(10)
+    wait_for(lambda: seeded.count(kind="replicasets", verb="watch") >= 1, what="rs watch")
+    rs = [r for r in seeded.requests if r["kind"] == "replicasets"]
+    assert "as=PartialObjectMetadataList" in rs[0]["accept"]
+    assert any("as=PartialObjectMetadata;" in r["accept"] for r in rs if r["verb"] == "watch")
+
+
+def test_readiness_waits_for_every_kind(seeded: FakeKube, kubeconfig: str) -> None:
+    seeded.fail("services", "list", "forbidden")
+    e = enrich.Enricher(fast_config(kubeconfig))
+    e.start()
+    try:
+        wait_for(lambda: e.stats()["kinds"]["pods"]["synced"] and e.stats()["kinds"]["nodes"]["synced"]
+                 and e.stats()["kinds"]["replicasets"]["synced"], what="three kinds synced")
+        wait_for(lambda: e.stats()["kinds"]["services"]["errors"].get("forbidden", 0) >= 2, what="403 retried")
+        assert e.ready is False
+        assert e.wait_ready(0.05) is False
+        # Pods are served already; /readyz is what gates traffic.
+        assert flow(e, "10.244.0.5", "")["SrcK8S_Name"] == "web-6d4cf56db6-x1"
+        seeded.clear("services", "list")
+        assert e.wait_ready(10)
+        assert flow(e, "", "172.30.0.10")["DstK8S_Type"] == "Service"
+    finally:
+        e.stop()
+
+
+def test_pod_added_updated_deleted(seeded: FakeKube, enricher: enrich.Enricher) -> None:
+    assert enricher.wait_ready(10)
+    seeded.add("pods", pod("db-0", "shop", ips=["10.244.1.7"], node="node-b", host_ip="10.0.0.2",
+                           owner=("StatefulSet", "db")))
+    wait_for(lambda: flow(enricher, "10.244.1.7", "").get("SrcK8S_Name") == "db-0", what="pod added")
+    got = flow(enricher, "10.244.1.7", "")
+    assert (got["SrcK8S_OwnerName"], got["SrcK8S_OwnerType"], got["SrcK8S_Zone"]) == ("db", "StatefulSet", "zone-b")
+
+    # MODIFIED: the IP changes (e.g. a pod sandbox recreated); the old IP stops resolving to it.
+    seeded.modify("pods", pod("db-0", "shop", ips=["10.244.1.8"], node="node-b", host_ip="10.0.0.2",
+                              owner=("StatefulSet", "db")))
+    wait_for(lambda: flow(enricher, "10.244.1.8", "").get("SrcK8S_Name") == "db-0", what="pod modified")
+    assert flow(enricher, "10.244.1.7", "") == {}
+
+    seeded.delete("pods", "db-0", "shop")
+    wait_for(lambda: enricher.stats()["kinds"]["pods"]["events"]["DELETED"] == 1, what="delete seen")
+    # A deleted pod is a tombstone: flows that started before the deletion still resolve to it...
+    assert flow(enricher, "10.244.1.8", "", t_ms=1)["SrcK8S_Name"] == "db-0"
+    # ...flows that started after it do not.
+    assert flow(enricher, "10.244.1.8", "", t_ms=FUTURE) == {}
+    assert enricher.stats()["index"]["tombstones"] == 1
+
+
+def test_bookmarks_advance_resource_version(seeded: FakeKube, enricher: enrich.Enricher) -> None:
+    assert enricher.wait_ready(10)
+    wait_for(lambda: seeded.watchers["nodes"] >= 1, what="node watch open")
+    seeded.bookmark("nodes")
+    wait_for(lambda: enricher.stats()["kinds"]["nodes"]["events"]["BOOKMARK"] == 1, what="bookmark")
+    assert enricher.stats()["kinds"]["nodes"]["resource_version"] == str(seeded.rv)
+    # The next watch resumes from the bookmark's version, not the list's.
+    seeded.drop_watches("nodes")
+    wait_for(lambda: seeded.count(kind="nodes", verb="watch") >= 2, what="re-watch")
+    last = [r for r in seeded.requests if r["kind"] == "nodes" and r["verb"] == "watch"][-1]
+    assert last["query"]["resourceVersion"] == enricher.stats()["kinds"]["nodes"]["resource_version"]
+
+
+def test_dropped_watch_resumes_without_relist(seeded: FakeKube, enricher: enrich.Enricher) -> None:
+    assert enricher.wait_ready(10)
+    wait_for(lambda: seeded.watchers["pods"] >= 1, what="pod watch open")
+    lists_before = seeded.count(kind="pods", verb="list")
+    seeded.drop_watches("pods")
+    wait_for(lambda: enricher.stats()["kinds"]["pods"]["errors"].get("connection", 0) == 1, what="drop counted")
+    seeded.add("pods", pod("api-1", "shop", ips=["10.244.0.9"], owner=("DaemonSet", "agent")))
+    wait_for(lambda: flow(enricher, "10.244.0.9", "").get("SrcK8S_OwnerType") == "DaemonSet", what="event after drop")
+    assert seeded.count(kind="pods", verb="list") == lists_before
+    assert enricher.stats()["kinds"]["pods"]["relists"] == 0
+
+
+def test_410_forces_relist_with_changes_in_between(seeded: FakeKube, enricher: enrich.Enricher) -> None:
+    assert enricher.wait_ready(10)
+    wait_for(lambda: seeded.watchers["pods"] >= 1, what="pod watch open")
+    seeded.hold("pods")  # the watch goes quiet: these changes are only visible to a relist
+    seeded.delete("pods", "web-6d4cf56db6-x1", "shop")
+    seeded.add("pods", pod("job-abc", "batch", ips=["10.244.0.20"], owner=("Job", "nightly")))
+    assert flow(enricher, "10.244.0.5", "")["SrcK8S_Name"] == "web-6d4cf56db6-x1"
+    seeded.expire("pods")
+    wait_for(lambda: enricher.stats()["kinds"]["pods"]["relists"] == 1, what="relist")
+    assert flow(enricher, "10.244.0.20", "")["SrcK8S_OwnerName"] == "nightly"
+    assert flow(enricher, "10.244.0.20", "")["SrcK8S_OwnerType"] == "Job"
+    # Gone from the relist: a tombstone (late flows still resolve), not a live pod.
+    st = enricher.stats()
+    assert st["index"]["pods"] == 1 and st["index"]["tombstones"] == 1
+    assert flow(enricher, "10.244.0.5", "", t_ms=FUTURE) == {}
+    assert st["kinds"]["pods"]["errors"] == {}
+    # And the watch continues from the relist's version.
+    seeded.add("pods", pod("late", "batch", ips=["10.244.0.21"]))
+    wait_for(lambda: flow(enricher, "10.244.0.21", "").get("SrcK8S_OwnerType") == "Pod", what="post-relist event")
+
+
+def test_watch_from_compacted_version_relists(seeded: FakeKube, enricher: enrich.Enricher) -> None:
+    assert enricher.wait_ready(10)
+    wait_for(lambda: seeded.watchers["services"] >= 1, what="svc watch open")
+    # The connection dies, then history is compacted before the client reconnects.
+    seeded.hold("services")
+    seeded.add("services", service("db", "shop", ips=["172.30.0.11", "fd00:172:30::11"]))
+    seeded.fail("services", "watch", "drop", times=1)
+    with seeded.cond:
+        seeded.compacted["services"] = seeded.rv + 1
+    seeded.drop_watches("services")
+    wait_for(lambda: enricher.stats()["kinds"]["services"]["relists"] == 1, what="relist after 410 on reconnect")
+    assert flow(enricher, "", "fd00:172:30::11")["DstK8S_Name"] == "db"
+    assert flow(enricher, "", "172.30.0.11")["DstK8S_Name"] == "db"
+
+
+def test_paged_list(fake_kube: FakeKube, kubeconfig: str) -> None:  # noqa: F811
+    for i in range(7):
+        fake_kube.add("pods", pod(f"p{i}", "shop", ips=[f"10.244.0.{10 + i}"]))
+    for k in ("nodes", "services", "replicasets"):
+        fake_kube.bookmark(k)
+    e = enrich.Enricher(fast_config(kubeconfig, list_chunk_size=3))
+    e.start()
+    try:
+        assert e.wait_ready(10)
+        lists = [r for r in fake_kube.requests if r["kind"] == "pods" and r["verb"] == "list"]
+        assert [r["query"].get("limit") for r in lists] == ["3", "3", "3"]
+        assert "continue" not in lists[0]["query"] and "continue" in lists[2]["query"]
+        assert e.stats()["index"]["pods"] == 7
+        assert [flow(e, f"10.244.0.{10 + i}", "")["SrcK8S_Name"] for i in range(7)] == [f"p{i}" for i in range(7)]
+    finally:
+        e.stop()
+
+
+def test_forbidden_names_verb_and_resource(seeded: FakeKube, kubeconfig: str, caplog: pytest.LogCaptureFixture) -> None:
+    seeded.fail("pods", "watch", "forbidden")
+    e = enrich.Enricher(fast_config(kubeconfig))
+    with caplog.at_level(logging.INFO, logger="flowscope.enrich"):
+        e.start()
+        try:
+            assert e.wait_ready(10)  # list was allowed
+            wait_for(lambda: e.stats()["kinds"]["pods"]["errors"].get("forbidden", 0) >= 3, what="403s")
+            errs = [r for r in caplog.records if r.levelno == logging.ERROR]
+            assert len(errs) == 1, [r.getMessage() for r in errs]
+            assert "forbidden: needs 'watch' on 'pods'" in errs[0].getMessage()
+            # The cache from the list keeps serving.
+            assert flow(e, "10.244.0.5", "")["SrcK8S_Name"] == "web-6d4cf56db6-x1"
+            seeded.clear("pods", "watch")
+            seeded.add("pods", pod("after", "shop", ips=["10.244.0.30"]))
+            wait_for(lambda: flow(e, "10.244.0.30", "").get("SrcK8S_Name") == "after", what="recovered watch")
+        finally:
+            e.stop()
+
+
+def test_forbidden_list_of_replicasets_names_api_group(seeded: FakeKube, kubeconfig: str,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    seeded.fail("replicasets", "list", "forbidden", times=2)
+    e = enrich.Enricher(fast_config(kubeconfig))
+    with caplog.at_level(logging.ERROR, logger="flowscope.enrich"):
+        e.start()
+        try:
+            assert e.wait_ready(10)
+        finally:
+            e.stop()
+    msgs = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(msgs) == 1 and "forbidden: needs 'list' on 'replicasets.apps'" in msgs[0]
+    assert e.stats()["kinds"]["replicasets"]["errors"] == {"forbidden": 2}
+
+
+def test_wrong_token_is_unauthorized(seeded: FakeKube, tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    kc = seeded.write_kubeconfig(tmp_path / "bad", token="expired")
+    e = enrich.Enricher(fast_config(str(kc)))
+    with caplog.at_level(logging.ERROR, logger="flowscope.enrich"):
+        e.start()
+        try:
+            wait_for(lambda: e.stats()["kinds"]["nodes"]["errors"].get("unauthorized", 0) >= 2, what="401s")
+            assert not e.ready
+        finally:
+            e.stop()
+    assert any("unauthorized" in r.getMessage() for r in caplog.records)
+
+
+def test_garbage_and_server_errors_keep_last_good_cache(seeded: FakeKube, enricher: enrich.Enricher,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    assert enricher.wait_ready(10)
+    wait_for(lambda: seeded.watchers["pods"] >= 1, what="pod watch open")
+    with caplog.at_level(logging.WARNING, logger="flowscope.enrich"):
+        seeded.fail("pods", "watch", "garbage", times=3)
+        seeded.fail("pods", "list", "garbage", times=2)
+        seeded.expire("pods")  # force the relist path too: it gets garbage twice, then works
+        wait_for(lambda: enricher.stats()["kinds"]["pods"]["relists"] == 1, timeout=15, what="relist after garbage")
+        st = enricher.stats()["kinds"]["pods"]
+        assert st["errors"]["bad_response"] >= 2
+        # Once per cause and outage: the list outage (2 garbage bodies) logs once, and after the
+        # relist recovered, the watch outage (3 garbage streams) logs once more.
+        wait_for(lambda: enricher.stats()["kinds"]["pods"]["errors"]["bad_response"] == 5, what="watch garbage")
+        msgs = [r.getMessage() for r in caplog.records]
+        assert sum("non-JSON" in m for m in msgs) == 1
+        assert sum("malformed event" in m for m in msgs) == 1
+        assert flow(enricher, "10.244.0.5", "")["SrcK8S_Name"] == "web-6d4cf56db6-x1"
+
+
+def test_server_goes_away_and_comes_back(seeded: FakeKube, kubeconfig: str) -> None:
+    e = enrich.Enricher(fast_config(kubeconfig))
+    e.start()
+    try:
+        assert e.wait_ready(10)
+        seeded.fail("pods", "watch", "error500", times=2)
+        seeded.fail("pods", "list", "drop", times=1)
+        seeded.drop_watches("pods")
+        wait_for(lambda: e.stats()["kinds"]["pods"]["errors"].get("server_error", 0) == 2, what="500s counted")
+        assert flow(e, "10.244.0.5", "")["SrcK8S_Name"] == "web-6d4cf56db6-x1"
+        seeded.add("pods", pod("back", "shop", ips=["10.244.0.40"]))
+        wait_for(lambda: flow(e, "10.244.0.40", "").get("SrcK8S_Name") == "back", what="resumed")
+    finally:
+        e.stop()
+    assert all(s["state"] == "stopped" for s in e.stats()["kinds"].values())
+
+
+def test_node_and_replicaset_events_rerender_pods(seeded: FakeKube, enricher: enrich.Enricher) -> None:
+    assert enricher.wait_ready(10)
+    # Zone relabel on the node shows on its pods.
+    seeded.modify("nodes", node("node-a", internal=["10.0.0.1"], zone="zone-c",
+                                subnets={"default": ["10.244.0.0/24", "fd00:10:244:1::/64"]}))
+    wait_for(lambda: flow(enricher, "10.244.0.5", "").get("SrcK8S_Zone") == "zone-c", what="zone change")
+    # A pod whose ReplicaSet arrives later: first ReplicaSet, then the Deployment.
+    seeded.add("pods", pod("api-7f-a", "shop", ips=["10.244.0.50"], owner=("ReplicaSet", "api-7f")))
+    wait_for(lambda: flow(enricher, "10.244.0.50", "").get("SrcK8S_OwnerType") == "ReplicaSet", what="rs owner")
+    seeded.add("replicasets", replicaset("api-7f", "shop", owner=("Deployment", "api")))
+    wait_for(lambda: flow(enricher, "10.244.0.50", "").get("SrcK8S_OwnerType") == "Deployment", what="deployment")
+    assert flow(enricher, "10.244.0.50", "")["SrcK8S_OwnerName"] == "api"
+    # The management port IP of node-b (10.244.1.2) and the node's own address are the node.
+    assert flow(enricher, "10.244.1.2", "10.0.0.2", agent="10.0.0.2") == {
+        "SrcK8S_Name": "node-b", "SrcK8S_Type": "Node", "SrcK8S_OwnerName": "node-b", "SrcK8S_OwnerType": "Node",
+        "SrcK8S_HostIP": "10.0.0.2", "SrcK8S_HostName": "node-b", "SrcK8S_Zone": "zone-b",
+        "DstK8S_Name": "node-b", "DstK8S_Type": "Node", "DstK8S_OwnerName": "node-b", "DstK8S_OwnerType": "Node",
+        "DstK8S_HostIP": "10.0.0.2", "DstK8S_HostName": "node-b", "DstK8S_Zone": "zone-b",
+        "K8S_FlowLayer": "app", "FlowDirection": 2,
+    }
+    seeded.delete("nodes", "node-b")
+    wait_for(lambda: flow(enricher, "10.244.1.2", "") == {}, what="node deleted")
+
+
+def test_stop_is_prompt(seeded: FakeKube, kubeconfig: str) -> None:
+    import time
+
+    e = enrich.Enricher(fast_config(kubeconfig, watch_timeout_seconds=300))
+    e.start()
+    assert e.wait_ready(10)
+    wait_for(lambda: all(seeded.watchers[k] >= 1 for k in seeded.watchers), what="all watches open")
+    t0 = time.monotonic()
+    e.stop()
+    assert time.monotonic() - t0 < 3
+
+
+def test_disabled_enricher_does_nothing(fake_kube: FakeKube) -> None:  # noqa: F811
+    e = enrich.Enricher(enrich.EnrichConfig(enabled=False, kubeconfig="/nonexistent"))
+    e.start()
+    assert e.ready
+    assert fake_kube.requests == []
+    assert e.enrich(raw("10.0.0.1"), raw("10.0.0.2"), b"", 0, 1) == b',"FlowDirection":1'
+    e.stop()
