@@ -24,11 +24,9 @@ _out.cap = 0
 cdef const char* HEXDIGITS = b"0123456789abcdef"
 
 
-cdef int buf_reserve(Buf* b, Py_ssize_t extra) except -1:
+cdef int buf_grow(Buf* b, Py_ssize_t extra) except -1:
     cdef Py_ssize_t cap
     cdef char* p
-    if b.n + extra <= b.cap:
-        return 0
     cap = b.cap * 2 if b.cap else 4096
     while cap < b.n + extra:
         cap *= 2
@@ -37,6 +35,12 @@ cdef int buf_reserve(Buf* b, Py_ssize_t extra) except -1:
         raise MemoryError()
     b.p = p
     b.cap = cap
+    return 0
+
+
+cdef inline int buf_reserve(Buf* b, Py_ssize_t extra) except -1:
+    if b.n + extra > b.cap:
+        return buf_grow(b, extra)
     return 0
 
 
@@ -51,15 +55,29 @@ cdef inline int buf_lit(Buf* b, bytes s) except -1:
     return buf_put(b, PyBytes_AS_STRING(s), len(s))
 
 
-cdef int buf_uint(Buf* b, uint64_t v) except -1:
+cdef const char* DIGITS2 = (b"00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+                            b"40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+                            b"8081828384858687888990919293949596979899")
+
+
+cdef inline int buf_uint(Buf* b, uint64_t v) except -1:
     cdef char tmp[24]
     cdef int i = 24
-    if v == 0:
-        return buf_put(b, "0", 1)
-    while v:
+    cdef uint32_t d
+    while v >= 100:
+        d = <uint32_t>(v % 100) * 2
+        v //= 100
+        i -= 2
+        tmp[i] = DIGITS2[d]
+        tmp[i + 1] = DIGITS2[d + 1]
+    if v >= 10:
+        d = <uint32_t>v * 2
+        i -= 2
+        tmp[i] = DIGITS2[d]
+        tmp[i + 1] = DIGITS2[d + 1]
+    else:
         i -= 1
-        tmp[i] = <char>(48 + v % 10)
-        v //= 10
+        tmp[i] = <char>(48 + v)
     return buf_put(b, tmp + i, 24 - i)
 
 
@@ -176,7 +194,7 @@ cdef const char* FLAG_NAMES[8]
 FLAG_NAMES[:] = [b"FIN", b"SYN", b"RST", b"PSH", b"ACK", b"URG", b"ECE", b"CWR"]
 
 
-cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher) except -1:
+cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char* head, Py_ssize_t head_len) except -1:
     cdef int i
     cdef bint first
     cdef Extra* x
@@ -184,12 +202,8 @@ cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher) except -1:
     cdef int n
     cdef bytes frag
     cdef const uint8_t* data = <const uint8_t*>PyBytes_AS_STRING(bt.data)
-    buf_put(o, "{\"FlowProtocol\":\"", 17)
-    buf_lit(o, PROTOCOL_NAMES[bt.proto_kind].encode())
-    buf_put(o, "\"", 1)
-    if bt.agent_af:
-        buf_put(o, ",\"AgentIP\":", 11)
-        buf_ip(o, bt.agent_af, bt.agent)
+    buf_reserve(o, 1024)
+    buf_put(o, head, head_len)   # {"FlowProtocol":..,"AgentIP":..: the same for the whole batch
     if f.af:
         buf_put(o, ",\"SrcAddr\":", 11)
         buf_ip(o, f.af, f.src)
@@ -219,7 +233,7 @@ cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher) except -1:
     if f.present & P_PACKETS:
         buf_put(o, ",\"Packets\":", 11)
         buf_uint(o, f.packets)
-    if f.present & P_FLAGS:
+    if f.present & P_FLAGS and (f.tcp_flags or f.proto == 6):
         buf_put(o, ",\"Flags\":[", 10)
         first = True
         for i in range(8):
@@ -332,11 +346,12 @@ cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher) except -1:
     buf_uint(o, bt.sequence)
     for i in range(f.extra_count):
         x = &bt.extras[f.extra_start + i]
+        buf_put(o, ",\"ie", 4)
         if x.pen:
-            n = snprintf(tmp, 48, ",\"ie%u_%u\":", x.pen, x.ie)
-        else:
-            n = snprintf(tmp, 48, ",\"ie%u\":", x.ie)
-        buf_put(o, tmp, n)
+            buf_uint(o, x.pen)
+            buf_put(o, "_", 1)
+        buf_uint(o, x.ie)
+        buf_put(o, "\":", 2)
         buf_hex(o, data + x.off, x.length)
     if enricher is not None:
         frag = enricher.enrich(
@@ -354,8 +369,19 @@ cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher) except -1:
 cdef list encode_batch(FlowBatch bt, object enricher):
     cdef list out = []
     cdef Py_ssize_t i
+    cdef bytes head
+    if bt.n == 0:
+        return out
+    _out.n = 0
+    buf_put(&_out, "{\"FlowProtocol\":\"", 17)
+    buf_lit(&_out, PROTOCOL_NAMES[bt.proto_kind].encode())
+    buf_put(&_out, "\"", 1)
+    if bt.agent_af:
+        buf_put(&_out, ",\"AgentIP\":", 11)
+        buf_ip(&_out, bt.agent_af, bt.agent)
+    head = PyBytes_FromStringAndSize(_out.p, _out.n)
     for i in range(bt.n):
         _out.n = 0
-        encode_flow(&_out, bt, &bt.flows[i], enricher)
+        encode_flow(&_out, bt, &bt.flows[i], enricher, PyBytes_AS_STRING(head), len(head))
         out.append(PyBytes_FromStringAndSize(_out.p, _out.n))
     return out
