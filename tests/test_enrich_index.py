@@ -1,0 +1,380 @@
+"""The IP -> identity index and `enrich()` output, built from plain API objects (no server).
+
+Covers the NetObserv parity rules (owners, host network, management port, services, dual stack,
+FlowDirection, K8S_FlowLayer), IP reuse resolved by flow start time, bad input, and the config
+and CLI entry points the collector wires in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+from typing import Any
+
+import orjson
+import pytest
+
+import enrich
+from enrich.index import management_port_ips
+from tests.support.fake_kube import node, pod, replicaset, service
+
+T0 = 1_700_000_000_000  # ms; objects below are created around here
+
+
+def raw(ip: str) -> bytes:
+    return ipaddress.ip_address(ip).packed if ip else b""
+
+
+def iso(ms: int) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def flow(e: enrich.Enricher, src: str, dst: str, agent: str = "", t_ms: int = 0, direction: int = -1) -> dict[str, Any]:
+    frag = e.enrich(raw(src), raw(dst), raw(agent), t_ms, direction)
+    if frag:
+        assert frag.startswith(b",")
+    return orjson.loads(b"{" + frag[1:] + b"}") if frag else {}
+
+
+def side(d: dict[str, Any], prefix: str) -> dict[str, Any]:
+    return {k[len(prefix):]: v for k, v in d.items() if k.startswith(prefix)}
+
+
+class Clock:
+    def __init__(self, ms: int) -> None:
+        self.ms = ms
+
+    def __call__(self) -> float:
+        return self.ms / 1000
+
+
+NODES = [
+    node("node-a", internal=["10.0.0.1", "fd00::1"], external=["203.0.113.1"], zone="zone-a",
+         subnets={"default": ["10.244.0.0/24", "fd00:10:244:1::/64"]}),
+    node("node-b", internal=["10.0.0.2"], zone="zone-b", subnets={"default": "10.244.1.0/24"}),
+]
+RS = [replicaset("web-6d4cf56db6", "shop", owner=("Deployment", "web")),
+      replicaset("orphan-rs", "shop", owner=None)]
+
+
+def build(pods: list[dict[str, Any]] = (), services: list[dict[str, Any]] = (), **cfg: Any) -> enrich.Enricher:  # type: ignore[assignment]
+    clock = cfg.pop("clock", None)
+    cfg.setdefault("own_namespace", "netobserv")
+    return enrich.Enricher.from_objects(pods=pods, nodes=NODES, services=services, replicasets=RS,
+                                        config=enrich.EnrichConfig(**cfg), clock=clock)
+
+
+# ---------------------------------------------------------------- identities
+
+def test_pod_identity_with_deployment_owner() -> None:
+    e = build([pod("web-6d4cf56db6-x1", "shop", ips=["10.244.0.5"], owner=("ReplicaSet", "web-6d4cf56db6"))],
+              cluster_name="prod-eu")
+    assert flow(e, "10.244.0.5", "") == {
+        "SrcK8S_Name": "web-6d4cf56db6-x1", "SrcK8S_Namespace": "shop", "SrcK8S_Type": "Pod",
+        "SrcK8S_OwnerName": "web", "SrcK8S_OwnerType": "Deployment", "SrcK8S_HostIP": "10.0.0.1",
+        "SrcK8S_HostName": "node-a", "SrcK8S_Zone": "zone-a", "K8S_ClusterName": "prod-eu", "K8S_FlowLayer": "app",
+    }
+    # The fragment's key order is fixed (Src block, Dst block, cluster, layer, direction).
+    frag = e.enrich(b"", raw("10.244.0.5"), b"", 0, 0)
+    assert frag == (b',"DstK8S_Name":"web-6d4cf56db6-x1","DstK8S_Namespace":"shop","DstK8S_Type":"Pod",'
+                    b'"DstK8S_OwnerName":"web","DstK8S_OwnerType":"Deployment","DstK8S_HostIP":"10.0.0.1",'
+                    b'"DstK8S_HostName":"node-a","DstK8S_Zone":"zone-a","K8S_ClusterName":"prod-eu",'
+                    b'"K8S_FlowLayer":"app","FlowDirection":0')
+
+
+@pytest.mark.parametrize("owner,expected", [
+    (("StatefulSet", "db"), ("db", "StatefulSet")),
+    (("DaemonSet", "agent"), ("agent", "DaemonSet")),
+    (("Job", "nightly-28374"), ("nightly-28374", "Job")),
+    (None, ("solo", "Pod")),
+    (("ReplicaSet", "orphan-rs"), ("orphan-rs", "ReplicaSet")),     # RS without owner stays
+    (("ReplicaSet", "unknown-rs"), ("unknown-rs", "ReplicaSet")),   # RS not (yet) in cache
+    (("VirtualMachineInstance", "vm1"), ("vm1", "VirtualMachineInstance")),  # unknown kinds pass through
+])
+def test_owner_kinds(owner: tuple[str, str] | None, expected: tuple[str, str]) -> None:
+    e = build([pod("solo", "shop", ips=["10.244.0.6"], owner=owner)])
+    got = flow(e, "10.244.0.6", "")
+    assert (got["SrcK8S_OwnerName"], got["SrcK8S_OwnerType"]) == expected
+
+
+def test_host_network_pod_resolves_to_node() -> None:
+    e = build([pod("ovnkube-node-x", "openshift-ovn-kubernetes", ips=["10.0.0.2"], node="node-b",
+                   host_ip="10.0.0.2", owner=("DaemonSet", "ovnkube-node"), host_network=True)])
+    assert side(flow(e, "10.0.0.2", ""), "SrcK8S_") == {
+        "Name": "node-b", "Type": "Node", "OwnerName": "node-b", "OwnerType": "Node",
+        "HostIP": "10.0.0.2", "HostName": "node-b", "Zone": "zone-b"}
+    assert e.stats()["index"]["pod_ips"] == 0
+
+
+def test_node_addresses_and_management_port() -> None:
+    e = build()
+    for addr in ("10.0.0.1", "fd00::1", "203.0.113.1", "10.244.0.2", "fd00:10:244:1::2"):
+        got = flow(e, addr, "")
+        assert (got["SrcK8S_Name"], got["SrcK8S_Type"], got["SrcK8S_HostIP"]) == ("node-a", "Node", "10.0.0.1"), addr
+        assert "SrcK8S_Namespace" not in got
+    assert flow(e, "10.244.1.2", "")["SrcK8S_Name"] == "node-b"
+    assert flow(e, "10.244.1.3", "") == {}
+    assert flow(e, "10.244.0.1", "") == {}
+
+
+def test_management_port_annotation_shapes() -> None:
+    assert management_port_ips('{"default":"10.244.0.0/24"}') == [raw("10.244.0.2")]
+    assert management_port_ips('{"default":["10.244.0.0/24","fd00:10:244:1::/64"],"l2":"10.1.0.0/16"}') == [
+        raw("10.244.0.2"), raw("fd00:10:244:1::2"), raw("10.1.0.2")]
+    for bad in ("not json", '["10.0.0.0/24"]', '{"default": 5}', '{"default": ["300.1.1.0/24"]}'):
+        with pytest.raises((ValueError, TypeError)):
+            management_port_ips(bad)
+
+
+def test_service_cluster_ips_dual_stack_and_headless() -> None:
+    svc = service("api", "shop", ips=["172.30.0.10", "fd00:172:30::10"])
+    headless = {"metadata": {"name": "hl", "namespace": "shop"}, "spec": {"clusterIP": "None", "clusterIPs": ["None"]}}
+    e = build(services=[svc, headless])
+    for addr in ("172.30.0.10", "fd00:172:30::10"):
+        assert side(flow(e, "", addr), "DstK8S_") == {
+            "Name": "api", "Namespace": "shop", "Type": "Service", "OwnerName": "api", "OwnerType": "Service"}
+    assert e.stats()["index"]["service_ips"] == 2
+
+
+def test_dual_stack_pod() -> None:
+    e = build([pod("dual", "shop", ips=["10.244.0.7", "fd00:10:244:1::7"], host_ip="10.0.0.1")])
+    assert flow(e, "fd00:10:244:1::7", "")["SrcK8S_Name"] == "dual"
+    assert flow(e, "10.244.0.7", "")["SrcK8S_Name"] == "dual"
+    assert flow(e, "fd00:10:244:1::7", "fd00::1", agent="fd00::1") == {
+        **{k: v for k, v in flow(e, "10.244.0.7", "").items()},
+        **{"Dst" + k[3:]: v for k, v in flow(e, "10.0.0.1", "").items() if k.startswith("Src")},
+        "FlowDirection": 2,
+    }
+
+
+def test_lookup_order_pod_then_node_then_service() -> None:
+    # A pod IP also (mis)listed as a node address and a service IP: the pod wins, then the node.
+    weird_node = node("node-c", internal=["10.244.0.9", "172.30.0.99"])
+    svc = service("clash", "shop", ips=["172.30.0.99", "10.244.0.9"])
+    e = enrich.Enricher.from_objects(pods=[pod("p", "shop", ips=["10.244.0.9"])], nodes=[*NODES, weird_node],
+                                     services=[svc], config=enrich.EnrichConfig(own_namespace=""))
+    assert flow(e, "10.244.0.9", "")["SrcK8S_Type"] == "Pod"
+    assert flow(e, "172.30.0.99", "")["SrcK8S_Type"] == "Node"
+
+
+# ---------------------------------------------------------------- IP reuse
+
+def test_ip_reuse_is_resolved_by_flow_start_time() -> None:
+    clock = Clock(T0)
+    old = pod("old", "shop", ips=["10.244.0.30"], uid="u-old", created=iso(T0 - 3_600_000))
+    e = build([old], clock=clock, tombstone_seconds=300)
+    idx = e.index
+    # The old pod is deleted at T0 + 10 s; the IP is given to a new pod created at T0 + 20 s.
+    clock.ms = T0 + 10_000
+    idx.delete("pods", idx.parse("pods", old))
+    clock.ms = T0 + 20_000
+    new = pod("new", "other", ips=["10.244.0.30"], uid="u-new", created=iso(T0 + 20_000))
+    idx.upsert("pods", idx.parse("pods", new))
+
+    assert flow(e, "10.244.0.30", "", t_ms=T0 + 5_000)["SrcK8S_Name"] == "old"      # before deletion
+    assert flow(e, "", "10.244.0.30", t_ms=T0 + 9_999)["DstK8S_Name"] == "old"
+    assert flow(e, "10.244.0.30", "", t_ms=T0 + 15_000) == {}                         # nobody held it
+    assert flow(e, "10.244.0.30", "", t_ms=T0 + 20_000)["SrcK8S_Name"] == "new"     # after reuse
+    assert flow(e, "10.244.0.30", "", t_ms=T0 + 99_000)["SrcK8S_Namespace"] == "other"
+    assert flow(e, "10.244.0.30", "", t_ms=0)["SrcK8S_Name"] == "new"               # unknown start: current
+    # Both sides at once, each resolved at the same flow start.
+    both = flow(e, "10.244.0.30", "10.244.0.30", t_ms=T0 + 1_000)
+    assert (both["SrcK8S_Name"], both["DstK8S_Name"]) == ("old", "old")
+
+    # After tombstone_seconds the old pod is forgotten.
+    clock.ms = T0 + 10_000 + 300_001
+    assert idx.sweep() == 1
+    assert flow(e, "10.244.0.30", "", t_ms=T0 + 5_000)["SrcK8S_Name"] == "new"
+    assert e.stats()["index"]["tombstones"] == 0
+
+
+def test_ip_reuse_while_old_pod_object_lingers_finished() -> None:
+    # A completed Job pod keeps its IP in status while a new pod already has the same IP.
+    clock = Clock(T0)
+    done = pod("job-x", "batch", ips=["10.244.0.31"], uid="u-job", owner=("Job", "x"),
+               created=iso(T0 - 60_000), phase="Succeeded")
+    e = build([done], clock=clock)
+    clock.ms = T0 + 5_000
+    e.index.upsert("pods", e.index.parse("pods", pod("web", "shop", ips=["10.244.0.31"], uid="u-web",
+                                                      created=iso(T0 + 5_000))))
+    assert flow(e, "10.244.0.31", "", t_ms=T0 - 1_000)["SrcK8S_Name"] == "job-x"
+    assert flow(e, "10.244.0.31", "", t_ms=T0 + 1_000) == {}  # finished at T0 (first seen so)
+    assert flow(e, "10.244.0.31", "", t_ms=T0 + 6_000)["SrcK8S_Name"] == "web"
+
+
+def test_pod_recreated_with_same_name_new_uid() -> None:
+    clock = Clock(T0)
+    e = build([pod("db-0", "shop", ips=["10.244.0.40"], uid="u1", created=iso(T0 - 1000))], clock=clock)
+    clock.ms = T0 + 1_000
+    # A relist shows the StatefulSet pod recreated (new uid, new IP).
+    e.index.replace("pods", [e.index.parse("pods", pod("db-0", "shop", ips=["10.244.0.41"], uid="u2",
+                                                       created=iso(T0 + 1_000)))])
+    assert flow(e, "10.244.0.41", "")["SrcK8S_Name"] == "db-0"
+    assert flow(e, "10.244.0.40", "", t_ms=T0)["SrcK8S_Name"] == "db-0"  # tombstone
+    assert flow(e, "10.244.0.40", "", t_ms=T0 + 2_000) == {}
+    assert e.stats()["index"]["pods"] == 1
+
+
+# ---------------------------------------------------------------- direction and layer
+
+@pytest.mark.parametrize("src,dst,agent,given,expected", [
+    ("10.244.0.5", "10.244.1.5", "10.0.0.1", -1, 1),     # exporter is the source's node: egress
+    ("10.244.0.5", "10.244.1.5", "10.0.0.2", -1, 0),     # exporter is the destination's node: ingress
+    ("10.244.0.5", "10.244.0.6", "10.0.0.1", 0, 2),      # same node: inner
+    ("10.244.0.5", "10.244.0.6", "10.0.0.2", 1, 2),      # same node even if another node exports it
+    ("10.244.0.5", "10.244.1.5", "fd00::1", -1, 1),      # any address of the node identifies it
+    ("10.244.0.5", "10.244.1.5", "10.244.0.2", -1, 1),   # so does its management port
+    ("10.244.0.5", "8.8.8.8", "10.0.0.1", 0, 1),         # external destination
+    ("8.8.8.8", "10.244.1.5", "10.0.0.2", 1, 0),         # external source
+    ("10.244.0.5", "10.244.1.5", "192.0.2.99", 1, 1),    # unknown exporter: keep what it said
+    ("10.244.0.5", "10.244.1.5", "", 0, 0),
+    ("10.244.0.5", "10.244.1.5", "", -1, None),          # nothing known: no FlowDirection
+    ("8.8.8.8", "1.1.1.1", "10.0.0.1", 1, 1),            # nothing resolved: given direction only
+    ("10.244.0.5", "172.30.0.10", "10.0.0.1", -1, 1),    # service has no node
+    ("10.244.0.5", "10.244.1.5", "10.0.0.1", 7, 1),      # out-of-range given value is ignored
+    ("8.8.8.8", "1.1.1.1", "", 7, None),
+])
+def test_flow_direction(src: str, dst: str, agent: str, given: int, expected: int | None) -> None:
+    e = build([pod("a1", "shop", ips=["10.244.0.5"]), pod("a2", "shop", ips=["10.244.0.6"]),
+               pod("b1", "shop", ips=["10.244.1.5"], node="node-b", host_ip="10.0.0.2")],
+              services=[service("web", "shop", ips=["172.30.0.10"])])
+    assert flow(e, src, dst, agent=agent, direction=given).get("FlowDirection") == expected
+
+
+@pytest.mark.parametrize("src_ns,dst_ns,expected", [
+    ("shop", "shop", "app"),
+    ("kube-system", "shop", "infra"),
+    ("shop", "openshift-dns", "infra"),
+    ("netobserv", "shop", "infra"),           # the collector's own namespace
+    ("kubeshop", "shop", "app"),              # prefix is "kube-", not "kube"
+    ("shop", None, "app"),                    # one side unresolved
+    (None, "kube-system", "infra"),
+    (None, None, None),                       # nothing resolved: no layer
+    ("shop", "node", "app"),                  # nodes have no namespace
+])
+def test_flow_layer(src_ns: str | None, dst_ns: str | None, expected: str | None) -> None:
+    pods = []
+    addr = {None: "8.8.8.8", "node": "10.0.0.2"}
+    for i, ns in enumerate((src_ns, dst_ns)):
+        if ns not in addr:
+            pods.append(pod(f"p{i}", ns, ips=[f"10.244.0.{50 + i}"]))
+    src = addr.get(src_ns, "10.244.0.50")
+    dst = addr.get(dst_ns, "10.244.0.51")
+    e = build(pods)
+    assert flow(e, src, dst).get("K8S_FlowLayer") == expected
+
+
+def test_flow_layer_custom_prefixes_and_own_namespace_detection(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POD_NAMESPACE", "flows")
+    e = enrich.Enricher.from_objects(
+        pods=[pod("a", "platform-x", ips=["10.244.0.60"]), pod("b", "flows", ips=["10.244.0.61"]),
+              pod("c", "kube-system", ips=["10.244.0.62"])],
+        nodes=NODES, config=enrich.EnrichConfig(infra_namespace_prefixes=["platform-"]))
+    assert flow(e, "10.244.0.60", "")["K8S_FlowLayer"] == "infra"
+    assert flow(e, "10.244.0.61", "")["K8S_FlowLayer"] == "infra"
+    assert flow(e, "10.244.0.62", "")["K8S_FlowLayer"] == "app"
+
+
+# ---------------------------------------------------------------- bad input
+
+def test_bad_objects_are_counted_logged_once_and_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    good = pod("ok", "shop", ips=["10.244.0.70"])
+    bad_pods = [
+        "not an object",
+        {"metadata": {"namespace": "shop"}},                                   # no name
+        {"metadata": {"name": "x"}},                                           # no namespace
+        {"metadata": {"name": "x2", "namespace": "shop"}, "status": "weird"},  # status not a dict: no IPs
+        pod("badip", "shop", ips=["10.244.0.999"]),
+        {**pod("badowner", "shop", ips=["10.244.0.71"]),
+         "metadata": {"name": "badowner", "namespace": "shop", "ownerReferences": [{"kind": "Job"}]}},
+        {**pod("badowner2", "shop", ips=["10.244.0.72"]),
+         "metadata": {"name": "badowner2", "namespace": "shop", "ownerReferences": "nope"}},
+    ]
+    bad_nodes = [node("n-bad", internal=["10.0.1.1", "nonsense"], subnets="{not json"),
+                 node("n-bad2", internal=["10.0.1.2"], subnets={"default": 42}),
+                 {"status": {}}]
+    with caplog.at_level(logging.WARNING, logger="flowscope.enrich"):
+        e = enrich.Enricher.from_objects(pods=[good, *bad_pods], nodes=[*NODES, *bad_nodes],
+                                         config=enrich.EnrichConfig(own_namespace=""))
+    assert e.stats()["problems"] == {"bad_pod": 3, "bad_address": 2, "bad_owner": 2,
+                                     "bad_annotation": 2, "bad_node": 1}
+    assert len(caplog.records) == 5  # one per cause
+    assert flow(e, "10.244.0.70", "")["SrcK8S_Name"] == "ok"
+    got = flow(e, "10.244.0.71", "")
+    assert (got["SrcK8S_OwnerName"], got["SrcK8S_OwnerType"]) == ("badowner", "Pod")
+    assert flow(e, "10.0.1.1", "")["SrcK8S_Name"] == "n-bad"  # still indexed, without the mgmt port
+    assert flow(e, "10.0.1.2", "")["SrcK8S_Name"] == "n-bad2"
+
+
+def test_names_are_json_escaped() -> None:
+    e = enrich.Enricher.from_objects(pods=[pod('we"ird\\näme', "shop", ips=["10.244.0.80"])],
+                                     config=enrich.EnrichConfig(cluster_name='c"1', own_namespace=""))
+    got = flow(e, "10.244.0.80", "")
+    assert got["SrcK8S_Name"] == 'we"ird\\näme' and got["K8S_ClusterName"] == 'c"1'
+
+
+def test_unresolved_flow_output() -> None:
+    e = build(cluster_name="c1")
+    assert e.enrich(raw("8.8.8.8"), raw("1.1.1.1"), b"", 0, -1) == b',"K8S_ClusterName":"c1"'
+    assert e.enrich(b"", b"", b"", 0, 1) == b',"K8S_ClusterName":"c1","FlowDirection":1'
+    assert build().enrich(b"", b"", b"", 0, -1) == b""
+
+
+# ---------------------------------------------------------------- config and CLI
+
+def test_cli_arguments() -> None:
+    p = argparse.ArgumentParser()
+    enrich.add_cli_arguments(p)
+    c = enrich.config_from_args(p.parse_args([]), own_namespace="")
+    assert (c.enabled, c.kubeconfig, c.cluster_name, c.infra_namespace_prefixes) == (True, None, "", ["openshift", "kube-"])
+    c = enrich.config_from_args(p.parse_args(["--enrich=false", "--kubeconfig", "/k", "--cluster-name", "east",
+                                              "--infra-namespace-prefix", "sys-", "--infra-namespace-prefix", "ops"]))
+    assert (c.enabled, c.kubeconfig, c.cluster_name, c.infra_namespace_prefixes) == (False, "/k", "east", ["sys-", "ops"])
+    assert enrich.config_from_args(p.parse_args(["--no-enrich"])).enabled is False
+    assert enrich.config_from_args(p.parse_args(["--enrich"])).enabled is True
+    assert enrich.config_from_args(p.parse_args(["--no-enrich", "--enrich=yes"])).enabled is True
+    with pytest.raises(SystemExit):
+        p.parse_args(["--enrich=maybe"])
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"tombstone_seconds": -1}, "tombstone_seconds"),
+    ({"watch_timeout_seconds": 0}, "watch_timeout_seconds"),
+    ({"backoff_initial_seconds": 0}, "backoff_initial_seconds"),
+    ({"backoff_factor": 0.5}, "backoff_factor"),
+    ({"backoff_max_seconds": 0.1, "backoff_initial_seconds": 1}, "backoff_max_seconds"),
+    ({"infra_namespace_prefixes": "kube-"}, "infra_namespace_prefixes"),
+    ({"infra_namespace_prefixes": [""]}, "infra_namespace_prefixes"),
+    ({"list_chunk_size": -5}, "list_chunk_size"),
+    ({"enabled": "yes"}, "enabled"),
+])
+def test_config_validation(kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises(enrich.EnrichConfigError, match=field):
+        enrich.EnrichConfig(**kwargs)
+
+
+def test_own_namespace_detection(tmp_path: Any) -> None:
+    from enrich.config import detect_own_namespace
+
+    f = tmp_path / "namespace"
+    f.write_text("netobserv-privileged\n")
+    assert detect_own_namespace(environ={}, namespace_file=str(f)) == "netobserv-privileged"
+    assert detect_own_namespace(environ={"POD_NAMESPACE": "x"}, namespace_file=str(f)) == "x"
+    assert detect_own_namespace(environ={}, namespace_file=str(tmp_path / "missing")) == ""
+
+
+def test_kubeconfig_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    from kubernetes.config import ConfigException
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "nope"))
+    with pytest.raises(ConfigException):
+        enrich.Enricher(enrich.EnrichConfig(own_namespace="")).start()
+    # In a pod (KUBERNETES_SERVICE_HOST set) the ServiceAccount files are required.
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    with pytest.raises(ConfigException):
+        enrich.Enricher(enrich.EnrichConfig(own_namespace="")).start()
