@@ -1,0 +1,348 @@
+"""Decoder behaviour on datagrams built by the tests, with expected values from what was built.
+
+The golden tests (test_golden_corpus.py) compare against Wireshark on real captures; these cover
+what the corpus lacks or what Open vSwitch does specially: 158/159 deltas, tcp*TotalCount flags,
+interfaceName twice, PEN 6876 tunnels, duplicate marking, template withdrawal and limits, every
+time base, options-learned sampling, reduced-size and variable-length encodings, and state
+export/import.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import struct
+
+import pytest
+
+from benchmarks.datagrams import (
+    OVS_EGRESS,
+    OVS_INGRESS,
+    OVS_TUNNEL,
+    V9_TEMPLATE,
+    VARLEN,
+    IpfixTemplate,
+    data_set,
+    ipfix_message,
+    ovs_flows,
+    template_set,
+    v5_datagram,
+    v5_records,
+    v9_datagram,
+)
+from decoders import Decoder, DecoderConfig
+
+EXPORT = 1_700_000_000
+EXPORTER = "10.0.0.1"
+FLAG_BITS = {"fin": "FIN", "syn": "SYN", "rst": "RST", "psh": "PSH", "ack": "ACK", "urg": "URG"}
+
+
+def ovs_decoder(**kw: object) -> Decoder:
+    dec = Decoder(DecoderConfig(**kw))  # type: ignore[arg-type]
+    b = dec.decode(ipfix_message([template_set([OVS_INGRESS, OVS_EGRESS, OVS_TUNNEL])], seq=0,
+                                 export_time=EXPORT), EXPORTER, 4739, EXPORT)
+    assert b.error is None and len(b) == 0
+    return dec
+
+
+def test_ovs_ipfix_ingress_fields() -> None:
+    dec = ovs_decoder()
+    recs = ovs_flows(25, random.Random(7), direction=0)
+    b = dec.decode(ipfix_message([data_set(OVS_INGRESS, recs)], seq=25, export_time=EXPORT), EXPORTER, 4739, EXPORT + 1)
+    assert b.error is None
+    flows = b.to_dicts()
+    assert len(flows) == 25
+    for rec, f in zip(recs, flows, strict=True):
+        assert f["SrcAddr"] == rec["src"] and f["DstAddr"] == rec["dst"]
+        assert f["Proto"] == rec["proto"]
+        assert f["Bytes"] == rec["bytes"] and f["Packets"] == rec["packets"]
+        assert f["SrcMac"] == rec["src_mac"] and f["DstMac"] == rec["dst_mac"]
+        if rec["proto"] != 1:
+            assert (f["SrcPort"], f["DstPort"]) == (rec["sport"], rec["dport"])
+        # RFC 7011 flowStartDeltaMicroseconds: microseconds before the export time.
+        assert f["TimeFlowStartMs"] == EXPORT * 1000 - rec["start_delta"] // 1000  # type: ignore[operator]
+        assert f["TimeFlowEndMs"] == EXPORT * 1000 - rec["end_delta"] // 1000  # type: ignore[operator]
+        assert f["TimeReceived"] == EXPORT + 1
+        assert f["Dscp"] == rec["tos"] >> 2  # type: ignore[operator]
+        assert f["Etype"] == 0x0800
+        assert f["Sampling"] == 400  # OVS sends none: the OVN-Kubernetes default
+        assert f["FlowDirection"] == 0 and f["IfDirections"] == [0]
+        assert f["Interfaces"] == [rec["in_name"].decode()]  # type: ignore[union-attr]
+        assert f["AgentIP"] == EXPORTER and f["FlowProtocol"] == "ipfix"
+        assert f["ObservationDomain"] == 0 and f["TemplateId"] == 256 and f["SequenceNum"] == 25
+        if rec["proto"] == 6:
+            want = [name for key, name in FLAG_BITS.items() if rec[key]]
+            assert sorted(f["Flags"]) == sorted(want)
+        else:
+            assert "Flags" not in f
+        # Elements without an output name are kept, as hex.
+        assert f["ie192"] == "%02x" % rec["ttl"]
+        assert f["ie138"] == "00000000"
+    st = dec.stats()[EXPORTER]
+    assert st["datagrams"] == 2 and st["flows"] == 25 and st["templates"] == 3 and st["errors"] == {}
+
+
+def test_ovs_egress_first_interface_name_is_ingress_port_and_tunnel_fields() -> None:
+    dec = ovs_decoder()
+    recs = ovs_flows(3, random.Random(3), direction=1)
+    f = dec.decode(ipfix_message([data_set(OVS_EGRESS, recs)], seq=1, export_time=EXPORT), EXPORTER).to_dicts()[0]
+    assert f["Interfaces"] == [recs[0]["in_name"].decode(), recs[0]["out_name"].decode()]  # type: ignore[union-attr]
+    assert f["IfDirections"] == [0, 1] and f["FlowDirection"] == 1
+    t = dec.decode(ipfix_message([data_set(OVS_TUNNEL, recs)], seq=4, export_time=EXPORT), EXPORTER).to_dicts()[0]
+    assert t["TunnelType"] == "geneve"
+    assert t["TunnelId"] == int.from_bytes(recs[0]["tun_key"], "big")  # type: ignore[arg-type]
+    assert t["TunnelSrcAddr"] == recs[0]["tun_src"] and t["TunnelDstAddr"] == recs[0]["tun_dst"]
+    assert t["TunnelSrcPort"] == recs[0]["tun_sport"] and t["TunnelDstPort"] == 6081
+    assert t["TunnelProto"] == 17
+
+
+def test_sampling_per_cidr_and_default() -> None:
+    dec = ovs_decoder(sampling={"10.0.0.0/24": 50, "10.0.0.0/8": 7}, default_sampling=123)
+    other = "192.0.2.9"
+    tpl = ipfix_message([template_set([OVS_INGRESS])], seq=0, export_time=EXPORT)
+    dec.decode(tpl, other)
+    recs = ovs_flows(1, random.Random(1))
+    msg = ipfix_message([data_set(OVS_INGRESS, recs)], seq=0, export_time=EXPORT)
+    assert dec.decode(msg, EXPORTER).to_dicts()[0]["Sampling"] == 50  # longest prefix wins
+    assert dec.decode(msg, other).to_dicts()[0]["Sampling"] == 123
+
+
+def test_ingress_egress_twins_marked_and_dedup_drops_them() -> None:
+    recs_in = ovs_flows(5, random.Random(11), direction=0)
+    recs_out = [dict(r, direction=1) for r in recs_in]
+    for dedup in (False, True):
+        dec = ovs_decoder(dedup=dedup)
+        a = dec.decode(ipfix_message([data_set(OVS_INGRESS, recs_in)], seq=0, export_time=EXPORT), EXPORTER)
+        b = dec.decode(ipfix_message([data_set(OVS_EGRESS, recs_out)], seq=5, export_time=EXPORT), EXPORTER)
+        assert all("Duplicate" not in f for f in a.to_dicts())
+        if dedup:
+            assert len(b) == 0 and b.dropped == {"duplicate": 5}
+            assert dec.stats()[EXPORTER]["dropped"] == {"duplicate": 5}
+        else:
+            assert [f.get("Duplicate") for f in b.to_dicts()] == [True] * 5
+
+
+def _tpl(tid: int, *fields: tuple[str, int, int, int], scope: int = 0) -> IpfixTemplate:
+    return IpfixTemplate(tid, tuple(fields), scope)
+
+
+def test_template_withdrawal_single_and_all() -> None:
+    dec = ovs_decoder()
+    recs = ovs_flows(2, random.Random(2))
+    # RFC 7011 8.1: a template record with field count 0 withdraws that template.
+    withdraw = struct.pack("!HHHH", 2, 8, 256, 0)
+    dec.decode(ipfix_message([withdraw], seq=0, export_time=EXPORT), EXPORTER)
+    b = dec.decode(ipfix_message([data_set(OVS_INGRESS, recs)], seq=0, export_time=EXPORT), EXPORTER)
+    assert len(b) == 0 and b.missing_template_sets == 1
+    assert len(dec.decode(ipfix_message([data_set(OVS_EGRESS, recs)], seq=0, export_time=EXPORT), EXPORTER)) == 2
+    # Template id 2 (the set id) withdraws all templates of the domain.
+    dec.decode(ipfix_message([struct.pack("!HHHH", 2, 8, 2, 0)], seq=0, export_time=EXPORT), EXPORTER)
+    assert dec.stats()[EXPORTER]["templates"] == 0
+    assert dec.stats()[EXPORTER]["missing_template_sets"] == 1
+
+
+def test_template_flood_is_bounded_and_counted() -> None:
+    dec = Decoder(DecoderConfig(max_templates_per_exporter=5))
+    for tid in range(256, 256 + 50):
+        t = _tpl(tid, ("bytes", 1, 0, 4))
+        dec.decode(ipfix_message([template_set([t])], seq=0, export_time=EXPORT), EXPORTER)
+    st = dec.stats()[EXPORTER]
+    assert st["templates"] == 5 and st["errors"] == {"template_limit": 45}
+    # Re-sending a known template is a refresh, not a new one: never refused.
+    t = _tpl(256, ("bytes", 1, 0, 4), ("packets", 2, 0, 4))
+    dec.decode(ipfix_message([template_set([t])], seq=0, export_time=EXPORT), EXPORTER)
+    assert dec.stats()[EXPORTER]["errors"] == {"template_limit": 45}
+    f = dec.decode(ipfix_message([data_set(t, [{"bytes": 10, "packets": 2}])], seq=0, export_time=EXPORT), EXPORTER)
+    assert [(x["Bytes"], x["Packets"]) for x in f.to_dicts()] == [(10, 2)]
+
+
+def test_options_sampling_packet_interval_and_space() -> None:
+    dec = Decoder(DecoderConfig(default_sampling=0))
+    # Options template: scope observationDomainId (149), samplingPacketInterval (305), space (306).
+    opt_body = struct.pack("!HHH", 400, 3, 1) + struct.pack("!HHHHHH", 149, 4, 305, 4, 306, 4)
+    opt_tpl = struct.pack("!HH", 3, 4 + len(opt_body)) + opt_body
+    opt_data_body = struct.pack("!III", 0, 1, 99)
+    opt_data = struct.pack("!HH", 400, 4 + len(opt_data_body)) + opt_data_body
+    t = _tpl(256, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("bytes", 1, 0, 4))
+    b = dec.decode(ipfix_message([opt_tpl, opt_data, template_set([t])], seq=0, export_time=EXPORT), EXPORTER)
+    assert b.error is None and len(b) == 0 and len(b.options) == 1
+    assert b.options[0]["ie305"] == "00000001" and b.options[0]["ie306"] == "00000063"
+    f = dec.decode(ipfix_message([data_set(t, [{"src": "10.1.1.1", "dst": "10.2.2.2", "bytes": 1}])], seq=1,
+                                 export_time=EXPORT), EXPORTER).to_dicts()[0]
+    assert f["Sampling"] == 100  # one packet out of 1 + 99 (RFC 5476)
+
+
+def test_v9_sampler_id_from_options() -> None:
+    dec = Decoder(DecoderConfig(default_sampling=0))
+    # RFC 3954 6.1 options template: scope System (1, len 4), FLOW_SAMPLER_ID (48), RANDOM_INTERVAL (50).
+    body = struct.pack("!HHH", 260, 4, 8) + struct.pack("!HH", 1, 4) + struct.pack("!HHHH", 48, 1, 50, 4)
+    opt_tpl = struct.pack("!HH", 1, 4 + len(body) + 2) + body + b"\0\0"
+    rec = struct.pack("!IBI", 0, 3, 512) + b"\0" * 3
+    opt_data = struct.pack("!HH", 260, 4 + len(rec)) + rec
+    t = _tpl(261, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("sampler", 48, 0, 1), ("bytes", 1, 0, 4))
+    tpl = template_set([t], version=9)
+    d1 = v9_datagram([opt_tpl, opt_data, tpl], seq=1, unix_secs=EXPORT, uptime_ms=1000)
+    b = dec.decode(d1, EXPORTER)
+    assert b.error is None, b.error
+    data = data_set(t, [{"src": "10.0.0.5", "dst": "10.0.0.6", "sampler": 3, "bytes": 77},
+                        {"src": "10.0.0.5", "dst": "10.0.0.6", "sampler": 4, "bytes": 78}])
+    flows = dec.decode(v9_datagram([data], seq=2, unix_secs=EXPORT, uptime_ms=2000), EXPORTER).to_dicts()
+    assert [f.get("Sampling") for f in flows] == [512, None]
+
+
+@pytest.mark.parametrize(
+    ("fields", "values", "want_start", "want_end"),
+    [
+        ((("s", 150, 0, 4), ("e", 151, 0, 4)), {"s": EXPORT - 5, "e": EXPORT - 1}, (EXPORT - 5) * 1000, (EXPORT - 1) * 1000),
+        ((("s", 152, 0, 8), ("e", 153, 0, 8)), {"s": EXPORT * 1000 - 5, "e": EXPORT * 1000 - 1}, EXPORT * 1000 - 5, EXPORT * 1000 - 1),
+        # dateTimeMicroseconds / Nanoseconds: NTP era seconds + binary fraction (RFC 7011 6.1.9-10).
+        ((("s", 154, 0, 8), ("e", 157, 0, 8)),
+         {"s": ((EXPORT + 2208988800) << 32) | (1 << 31), "e": ((EXPORT + 2208988800) << 32) | (1 << 30)},
+         EXPORT * 1000 + 500, EXPORT * 1000 + 250),
+        ((("s", 158, 0, 4), ("e", 159, 0, 4)), {"s": 2_500_000, "e": 1000}, EXPORT * 1000 - 2500, EXPORT * 1000 - 1),
+    ],
+)
+def test_ipfix_time_bases(fields: tuple, values: dict, want_start: int, want_end: int) -> None:
+    t = _tpl(300, ("src", 8, 0, 4), ("dst", 12, 0, 4), *fields)
+    dec = Decoder()
+    rec = dict(values, src="10.0.0.1", dst="10.0.0.2")
+    f = dec.decode(ipfix_message([template_set([t]), data_set(t, [rec])], seq=0, export_time=EXPORT), EXPORTER).to_dicts()[0]
+    assert (f["TimeFlowStartMs"], f["TimeFlowEndMs"]) == (want_start, want_end)
+
+
+def test_ipfix_sysuptime_with_ie160_options() -> None:
+    sysinit = EXPORT * 1000 - 3_600_000
+    body = struct.pack("!HHH", 400, 2, 1) + struct.pack("!HHHH", 149, 4, 160, 8)
+    opt_tpl = struct.pack("!HH", 3, 4 + len(body)) + body
+    rec = struct.pack("!IQ", 0, sysinit)
+    opt_data = struct.pack("!HH", 400, 4 + len(rec)) + rec
+    t = _tpl(300, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("s", 22, 0, 4), ("e", 21, 0, 4))
+    dec = Decoder()
+    dec.decode(ipfix_message([opt_tpl, opt_data, template_set([t])], seq=0, export_time=EXPORT), EXPORTER)
+    f = dec.decode(ipfix_message([data_set(t, [{"src": "10.0.0.1", "dst": "10.0.0.2", "s": 1000, "e": 2000}])],
+                                 seq=0, export_time=EXPORT), EXPORTER).to_dicts()[0]
+    assert (f["TimeFlowStartMs"], f["TimeFlowEndMs"]) == (sysinit + 1000, sysinit + 2000)
+
+
+def test_v9_header_sysuptime_and_values() -> None:
+    rng = random.Random(5)
+    recs = []
+    for _ in range(10):
+        recs.append({"src": f"10.0.0.{rng.randrange(1, 250)}", "dst": f"10.1.0.{rng.randrange(1, 250)}",
+                     "sport": rng.randrange(65536), "dport": rng.randrange(65536), "proto": 17, "tos": 0,
+                     "flags": 0, "bytes": rng.randrange(1 << 32), "packets": rng.randrange(1 << 32),
+                     "first": rng.randrange(1000, 50000), "last": rng.randrange(50000, 60000),
+                     "input": rng.randrange(65536), "output": rng.randrange(65536)})
+    uptime = 60_000
+    d = v9_datagram([template_set([V9_TEMPLATE], version=9), data_set(V9_TEMPLATE, recs)], seq=9,
+                    unix_secs=EXPORT, uptime_ms=uptime, source_id=7)
+    dec = Decoder(DecoderConfig(default_sampling=0))
+    b = dec.decode(d, EXPORTER)
+    assert b.error is None and b.protocol == "netflow9"
+    for r, f in zip(recs, b.to_dicts(), strict=True):
+        boot = EXPORT * 1000 - uptime
+        assert (f["TimeFlowStartMs"], f["TimeFlowEndMs"]) == (boot + r["first"], boot + r["last"])
+        assert (f["SrcAddr"], f["DstAddr"], f["SrcPort"], f["DstPort"]) == (r["src"], r["dst"], r["sport"], r["dport"])
+        assert (f["Bytes"], f["Packets"], f["InIf"], f["OutIf"]) == (r["bytes"], r["packets"], r["input"], r["output"])
+        assert f["ObservationDomain"] == 7 and f["SequenceNum"] == 9 and "Sampling" not in f
+
+
+def test_v5_records_and_icmp_in_dport() -> None:
+    rng = random.Random(9)
+    uptime = 100_000
+    recs = v5_records(30, rng, uptime_ms=uptime)
+    recs[0].update(proto=1, dport=(8 << 8) | 0, sport=0)
+    dec = Decoder()
+    b = dec.decode(v5_datagram(recs, seq=1234, unix_secs=EXPORT, uptime_ms=uptime, sampling_interval=(1 << 14) | 100),
+                   EXPORTER)
+    flows = b.to_dicts()
+    assert b.error is None and len(flows) == 30
+    boot = EXPORT * 1000 - uptime
+    for r, f in zip(recs, flows, strict=True):
+        assert f["SrcAddr"] == str(ipaddress.IPv4Address(r["src"]))
+        assert (f["Bytes"], f["Packets"], f["Proto"]) == (r["bytes"], r["packets"], r["proto"])
+        assert (f["TimeFlowStartMs"], f["TimeFlowEndMs"]) == (boot + r["first"], boot + r["last"])
+        assert f["Sampling"] == 100 and f["SequenceNum"] == 1234
+    assert (flows[0]["IcmpType"], flows[0]["IcmpCode"]) == (8, 0)
+    assert flows[1]["TcpFlagsRaw"] == recs[1]["flags"]
+
+
+def test_varlen_three_byte_length_enterprise_unknown_padding_reduced_size_and_lists() -> None:
+    t = _tpl(
+        300,
+        ("src", 8, 0, 4), ("dst", 12, 0, 4),
+        ("bytes", 1, 0, 4),               # reduced-size encoding: octetDeltaCount is 8 bytes in the registry
+        ("name", 82, 0, VARLEN),
+        ("ent", 42, 29305, 2),            # an enterprise element flowscope has no name for
+        ("unk", 400, 0, 3),               # an IANA element flowscope has no name for
+        ("list", 291, 0, VARLEN),         # basicList: skipped, never misread
+        ("pad", 210, 0, 2),               # paddingOctets
+    )
+    long_name = b"x" * 300                # > 254: encoded with 255 + a two-byte length
+    rec = {"src": "10.0.0.1", "dst": "10.0.0.2", "bytes": 1500, "name": long_name, "ent": 0xBEEF,
+           "unk": 0x010203, "list": b"\xff\x00\x01\x00\x02abcd", "pad": 0}
+    msg = ipfix_message([template_set([t]), data_set(t, [rec, rec])], seq=0, export_time=EXPORT)
+    b = Decoder().decode(msg, EXPORTER)
+    assert b.error is None
+    flows = b.to_dicts()
+    assert len(flows) == 2  # the set's padding bytes are not a third record
+    f = flows[0]
+    assert f["Bytes"] == 1500 and f["Interfaces"] == ["x" * 300]
+    assert f["ie29305_42"] == "beef" and f["ie400"] == "010203"
+    assert not any(k.startswith("ie291") or k.startswith("ie210") for k in f)
+
+
+def test_several_ipfix_messages_in_one_datagram_and_missing_template_does_not_stop_the_rest() -> None:
+    t = _tpl(300, ("src", 8, 0, 4), ("dst", 12, 0, 4))
+    unknown = _tpl(999, ("src", 8, 0, 4))
+    m1 = ipfix_message([template_set([t])], seq=0, export_time=EXPORT)
+    m2 = ipfix_message([data_set(unknown, [{"src": "1.1.1.1"}]), data_set(t, [{"src": "10.0.0.1", "dst": "10.0.0.2"}])],
+                       seq=0, export_time=EXPORT)
+    b = Decoder().decode(m1 + m2, EXPORTER)
+    assert b.error is None and len(b) == 1 and b.missing_template_sets == 1
+
+
+def test_state_export_import_decodes_data_after_restart() -> None:
+    dec = ovs_decoder()
+    state = dec.export_state()
+    fresh = Decoder()
+    assert fresh.import_state(state) == {"templates": 3, "skipped": 0}
+    recs = ovs_flows(4, random.Random(4))
+    msg = ipfix_message([data_set(OVS_INGRESS, recs)], seq=0, export_time=EXPORT)
+    assert [f["SrcAddr"] for f in fresh.decode(msg, EXPORTER).to_dicts()] == [r["src"] for r in recs]
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "truncated"),
+        (b"\x00\x07\x00\x00", "bad_version"),
+        (struct.pack("!HHIII", 10, 200, EXPORT, 0, 0), "bad_length"),
+        (struct.pack("!HHIII", 10, 24, EXPORT, 0, 0) + struct.pack("!HH", 2, 2) + b"\0\0\0\0", "bad_set"),
+        (struct.pack("!HHIII", 10, 28, EXPORT, 0, 0) + struct.pack("!HHHH", 2, 12, 300, 5) + b"\0" * 4, "truncated"),
+        (b"\x00\x05\x00\x10" + b"\0" * 40, "bad_length"),
+    ],
+)
+def test_typed_errors_with_context(data: bytes, reason: str) -> None:
+    dec = Decoder()
+    b = dec.decode(data, EXPORTER)
+    assert b.error is not None and b.error[0] == reason
+    assert dec.stats()[EXPORTER]["errors"] == {reason: 1}
+    ok = dec.decode(v5_datagram(v5_records(2, random.Random(1), uptime_ms=100_000), seq=1, unix_secs=EXPORT,
+                                uptime_ms=100_000), EXPORTER)
+    assert ok.error is None and len(ok) == 2
+
+
+def test_datagram_size_limit() -> None:
+    dec = Decoder(DecoderConfig(max_datagram=100))
+    b = dec.decode(b"\x00\x0a" + b"\0" * 200, EXPORTER)
+    assert b.error[0] == "too_large"
+
+
+def test_config_validation_names_the_field() -> None:
+    with pytest.raises(ValueError, match="sampling"):
+        Decoder(DecoderConfig(sampling={"not-a-cidr": 3}))
+    with pytest.raises(ValueError, match="max_templates_per_exporter"):
+        Decoder(DecoderConfig(max_templates_per_exporter=0))
+    with pytest.raises(ValueError, match="CIDR=RATE"):
+        DecoderConfig.parse_sampling(["10.0.0.0/8"])
