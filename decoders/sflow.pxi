@@ -1,5 +1,651 @@
-# sFlow v5 (placeholder until the sFlow decoder lands).
+# sFlow v5 (sflow.org/sflow_version_5.txt), with the Open vSwitch tunnel structures
+# (sflow.org/sflow_tunnels.txt).
+#
+# A datagram is XDR: every structure is a (data_format, length, opaque) triple, so anything flowscope
+# does not know is skipped by its length. Each flow sample becomes one C Flow (no Python objects on
+# that path); the sampled packet header is parsed down to L4 here, through VXLAN/Geneve to the inner
+# headers. Counter samples are rare (one per interface per polling interval) and become one dict
+# each in `batch.counters`.
+
+from cpython.bytes cimport PyBytes_FromStringAndSize
+
+# sFlow v5 "data_format": enterprise in the top 20 bits, format in the low 12.
+cdef enum:
+    SF_FLOW_SAMPLE = 1
+    SF_COUNTER_SAMPLE = 2
+    SF_FLOW_SAMPLE_EXP = 3
+    SF_COUNTER_SAMPLE_EXP = 4
+
+# Flow record formats (enterprise 0).
+cdef enum:
+    FR_RAW_HEADER = 1
+    FR_ETHERNET = 2
+    FR_IPV4 = 3
+    FR_IPV6 = 4
+    FR_EXT_SWITCH = 1001
+    FR_EXT_ROUTER = 1002
+    FR_EXT_GATEWAY = 1003
+    FR_TUN4_EGRESS = 1023
+    FR_TUN6_EGRESS = 1024
+    FR_TUN4_INGRESS = 1025
+    FR_TUN6_INGRESS = 1026
+    FR_VNI_EGRESS = 1029
+    FR_VNI_INGRESS = 1030
+
+# Raw packet header protocols (sFlow v5 "header_protocol").
+cdef enum:
+    HP_ETHERNET = 1
+    HP_IPV4 = 11
+    HP_IPV6 = 12
+
+# Tunnel types as the encoder names them (TUNNEL_NAMES; the OVS IPFIX tunnelType numbering).
+cdef enum:
+    TUN_VXLAN = 1
+    TUN_GRE = 2
+    TUN_STT = 4
+    TUN_GENEVE = 7
+
+DEF VXLAN_PORT = 4789
+DEF GENEVE_PORT = 6081
+DEF STT_PORT = 7471
+DEF MAX_IPV6_EXT = 8          # extension headers walked before giving up on finding L4
+
+
+# ---------------------------------------------------------------- sampled header (best effort)
+#
+# The sampled header is cut at the exporter's snap length (128 bytes by default, OVS too), so a
+# header that ends inside a layer is normal: parsing stops there with what it has. `hd_take` is
+# rd_take for that reader: NULL when the bytes are not there, never an error.
+
+cdef inline const uint8_t* hd_take(Reader* h, Py_ssize_t n) except? NULL:
+    if rd_left(h) < n:
+        return NULL
+    return rd_take(h, n)
+
+
+cdef void move_to_tunnel(Flow* f, uint8_t tun_type, uint32_t vni) noexcept:
+    """The headers parsed so far are the tunnel's: move them to the tunnel fields."""
+    f.tun_af = f.af
+    memcpy(f.tun_src, f.src, 16)
+    memcpy(f.tun_dst, f.dst, 16)
+    f.tun_sport = f.sport
+    f.tun_dport = f.dport
+    f.tun_proto = f.proto
+    f.tun_type = tun_type
+    f.tun_id = vni
+    f.present |= P_TUNTYPE | P_TUNID | P_TUNSPORT | P_TUNDPORT | P_TUNPROTO
+    f.present &= ~(<uint64_t>(P_SPORT | P_DPORT | P_PROTO | P_DSCP | P_FLAGS | P_ICMP))
+    f.af = 0
+    memset(f.src, 0, 16)
+    memset(f.dst, 0, 16)
+    f.sport = f.dport = 0
+    f.proto = f.dscp = 0
+    f.tcp_flags = 0
+    f.icmp_type = f.icmp_code = 0
+
+
+cdef int hdr_l4(Flow* f, Reader* h, uint8_t proto, int depth) except -1:
+    cdef const uint8_t* p
+    cdef uint8_t optlen
+    cdef uint16_t inner
+    cdef uint32_t vni
+    if proto == 6 or proto == 17 or proto == 132:   # TCP, UDP, SCTP: ports first
+        p = hd_take(h, 4)
+        if p == NULL:
+            return 0
+        f.sport = be16(p)
+        f.dport = be16(p + 2)
+        f.present |= P_SPORT | P_DPORT
+        if proto == 6:
+            # RFC 793: flags are byte 13 of the TCP header (CWR/ECE included, NS left out).
+            p = hd_take(h, 10)
+            if p != NULL:
+                f.tcp_flags = p[9]
+                f.present |= P_FLAGS
+            return 0
+        if proto != 17 or depth > 0:
+            return 0
+        if hd_take(h, 4) == NULL:   # rest of the UDP header
+            return 0
+        if f.dport == VXLAN_PORT:
+            # RFC 7348 5: flags (I bit 0x08 = VNI valid), 24 reserved bits, VNI, 8 reserved bits.
+            p = hd_take(h, 8)
+            if p == NULL or not (p[0] & 0x08):
+                return 0
+            move_to_tunnel(f, TUN_VXLAN, be32(p + 4) >> 8)
+            return hdr_ethernet(f, h, depth + 1)
+        if f.dport == GENEVE_PORT:
+            # RFC 8926 3.4: ver(2) optlen(6, in 4-byte words), flags, protocol type, VNI(24), rsvd.
+            p = hd_take(h, 8)
+            if p == NULL or (p[0] >> 6) != 0:
+                return 0
+            optlen = p[0] & 0x3F
+            inner = be16(p + 2)
+            vni = be32(p + 4) >> 8
+            if optlen and hd_take(h, optlen * 4) == NULL:
+                return 0
+            move_to_tunnel(f, TUN_GENEVE, vni)
+            if inner == 0x6558:     # Transparent Ethernet Bridging
+                return hdr_ethernet(f, h, depth + 1)
+            return hdr_ethertype(f, h, inner, depth + 1)
+        return 0
+    if proto == 1 or proto == 58:                   # ICMP, ICMPv6: type and code
+        p = hd_take(h, 2)
+        if p != NULL:
+            f.icmp_type = p[0]
+            f.icmp_code = p[1]
+            f.present |= P_ICMP
+    return 0
+
+
+cdef int hdr_ipv4(Flow* f, Reader* h, int depth) except -1:
+    cdef const uint8_t* p = hd_take(h, 20)
+    cdef Py_ssize_t ihl
+    if p == NULL or (p[0] >> 4) != 4:
+        return 0
+    ihl = (p[0] & 0x0F) * 4
+    if ihl < 20:
+        return 0
+    f.af = 4
+    memcpy(f.src, p + 12, 4)
+    memcpy(f.dst, p + 16, 4)
+    f.proto = p[9]
+    f.dscp = p[1] >> 2
+    f.etype = 0x0800
+    f.present |= P_PROTO | P_DSCP | P_ETYPE
+    if ihl > 20 and hd_take(h, ihl - 20) == NULL:
+        return 0
+    # RFC 791: only the first fragment (offset 0) carries the L4 header.
+    if be16(p + 6) & 0x1FFF:
+        return 0
+    return hdr_l4(f, h, p[9], depth)
+
+
+cdef int hdr_ipv6(Flow* f, Reader* h, int depth) except -1:
+    cdef const uint8_t* p = hd_take(h, 40)
+    cdef const uint8_t* e
+    cdef uint8_t nh
+    cdef int k
+    if p == NULL or (p[0] >> 4) != 6:
+        return 0
+    f.af = 6
+    memcpy(f.src, p + 8, 16)
+    memcpy(f.dst, p + 24, 16)
+    f.dscp = (((p[0] & 0x0F) << 4) | (p[1] >> 4)) >> 2
+    f.etype = 0x86DD
+    f.present |= P_PROTO | P_DSCP | P_ETYPE
+    nh = p[6]
+    f.proto = nh
+    # RFC 8200 4: walk the extension headers to the upper-layer protocol.
+    for k in range(MAX_IPV6_EXT):
+        if nh == 0 or nh == 43 or nh == 60 or nh == 135 or nh == 139 or nh == 140:
+            e = hd_take(h, 8)
+            if e == NULL or hd_take(h, e[1] * 8) == NULL:
+                return 0
+        elif nh == 51:      # AH: length in 4-byte words minus 2
+            e = hd_take(h, 8)
+            if e == NULL or hd_take(h, e[1] * 4) == NULL:
+                return 0
+        elif nh == 44:      # fragment header: L4 only in the first fragment
+            e = hd_take(h, 8)
+            if e == NULL:
+                return 0
+            f.proto = e[0]
+            if be16(e + 2) & 0xFFF8:
+                return 0
+        else:
+            break
+        nh = e[0]
+        f.proto = nh
+    return hdr_l4(f, h, nh, depth)
+
+
+cdef int hdr_ethertype(Flow* f, Reader* h, uint16_t etype, int depth) except -1:
+    cdef const uint8_t* p
+    cdef Py_ssize_t pos
+    f.etype = etype
+    f.present |= P_ETYPE
+    if etype == 0x8847 or etype == 0x8848:
+        # RFC 3032: label stack entries until bottom-of-stack (S bit); the payload has no type,
+        # so guess from the IP version nibble.
+        while True:
+            p = hd_take(h, 4)
+            if p == NULL:
+                return 0
+            if p[2] & 0x01:
+                break
+        pos = h.pos
+        p = hd_take(h, 1)
+        if p == NULL:
+            return 0
+        h.pos = pos
+        if (p[0] >> 4) == 4:
+            etype = 0x0800
+        elif (p[0] >> 4) == 6:
+            etype = 0x86DD
+        else:
+            return 0
+        f.etype = etype
+    if etype == 0x0800:
+        return hdr_ipv4(f, h, depth)
+    if etype == 0x86DD:
+        return hdr_ipv6(f, h, depth)
+    return 0
+
+
+cdef int hdr_ethernet(Flow* f, Reader* h, int depth) except -1:
+    cdef const uint8_t* p = hd_take(h, 14)
+    cdef uint16_t etype
+    if p == NULL:
+        return 0
+    memcpy(f.dst_mac, p, 6)
+    memcpy(f.src_mac, p + 6, 6)
+    f.present |= P_SRCMAC | P_DSTMAC
+    etype = be16(p + 12)
+    # IEEE 802.1Q / 802.1ad (QinQ) and the older 0x9100: the first (outer) VLAN id is kept.
+    while etype == 0x8100 or etype == 0x88A8 or etype == 0x9100:
+        p = hd_take(h, 4)
+        if p == NULL:
+            f.etype = etype
+            f.present |= P_ETYPE
+            return 0
+        if not (f.present & P_VLAN):
+            f.vlan = be16(p) & 0x0FFF
+            f.present |= P_VLAN
+        etype = be16(p + 2)
+    return hdr_ethertype(f, h, etype, depth)
+
+
+# ---------------------------------------------------------------- flow records
+
+cdef inline uint8_t tunnel_type_of(uint8_t proto, uint16_t dport) noexcept:
+    if proto == 17 and dport == VXLAN_PORT:
+        return TUN_VXLAN
+    if proto == 17 and dport == GENEVE_PORT:
+        return TUN_GENEVE
+    if proto == 47:
+        return TUN_GRE
+    if proto == 6 and dport == STT_PORT:
+        return TUN_STT
+    return 0
+
+
+cdef int need(Reader* rec, Py_ssize_t n, uint32_t fmt) except -1:
+    if rd_left(rec) < n:
+        raise_decode("bad_length", rec.pos, f"sFlow flow record {fmt}: {rd_left(rec)} bytes, need {n}")
+    return 0
+
+
+cdef int read_address(Reader* rec, uint8_t* af, uint8_t* out, uint32_t fmt) except -1:
+    """sFlow `address`: type (1 IPv4, 2 IPv6, 0 unknown) and the address."""
+    cdef uint32_t t
+    need(rec, 4, fmt)
+    t = rd_u32(rec)
+    if t == 1:
+        need(rec, 4, fmt)
+        memset(out, 0, 16)
+        memcpy(out, rd_take(rec, 4), 4)
+        af[0] = 4
+    elif t == 2:
+        need(rec, 16, fmt)
+        memcpy(out, rd_take(rec, 16), 16)
+        af[0] = 6
+    elif t == 0:
+        af[0] = 0
+    else:
+        raise_decode("bad_sample", rec.pos - 4, f"sFlow flow record {fmt}: address type {t}")
+    return 0
+
+
+cdef int flow_record(FlowBatch b, Flow* f, uint32_t ent, uint32_t fmt, Reader* rec) except -1:
+    cdef const uint8_t* p
+    cdef uint32_t hproto, hlen, nseg, seg_len, ncomm, i
+    cdef uint32_t last_as = 0
+    cdef uint8_t af
+    cdef Reader h
+    cdef Py_ssize_t start = rec.pos, rlen = rd_left(rec)
+    if ent != 0:
+        return batch_add_extra(b, f, ent, <uint16_t>fmt, start, rlen)
+    if fmt == FR_RAW_HEADER:
+        # header_protocol, frame_length, stripped, header<>
+        need(rec, 16, fmt)
+        p = rd_take(rec, 16)
+        hproto = be32(p)
+        hlen = be32(p + 12)
+        f.bytes = be32(p + 4)
+        f.present |= P_BYTES
+        if hlen > <uint32_t>rd_left(rec):
+            raise_decode("bad_length", rec.pos - 4, f"sFlow raw header: {hlen} bytes, record has {rd_left(rec)}")
+        rd_sub(rec, &h, hlen)
+        if hproto == HP_ETHERNET:
+            hdr_ethernet(f, &h, 0)
+        elif hproto == HP_IPV4:
+            hdr_ethertype(f, &h, 0x0800, 0)
+        elif hproto == HP_IPV6:
+            hdr_ethertype(f, &h, 0x86DD, 0)
+        return 0
+    if fmt == FR_ETHERNET:
+        # length, src mac (6 + 2 pad), dst mac (6 + 2 pad), type
+        need(rec, 24, fmt)
+        p = rd_take(rec, 24)
+        if not (f.present & P_BYTES):
+            f.bytes = be32(p)
+            f.present |= P_BYTES
+        if not (f.present & P_SRCMAC):
+            memcpy(f.src_mac, p + 4, 6)
+            memcpy(f.dst_mac, p + 12, 6)
+            f.present |= P_SRCMAC | P_DSTMAC
+        if not (f.present & P_ETYPE):
+            f.etype = <uint16_t>be32(p + 20)
+            f.present |= P_ETYPE
+        return 0
+    if fmt == FR_IPV4 or fmt == FR_IPV6:
+        # sampled_ipv4/ipv6: length, protocol, src, dst, src_port, dst_port, tcp_flags, tos/priority
+        af = 4 if fmt == FR_IPV4 else 6
+        need(rec, 32 if af == 4 else 56, fmt)
+        p = rd_take(rec, 32 if af == 4 else 56)
+        if not (f.present & P_BYTES):
+            f.bytes = be32(p)
+            f.present |= P_BYTES
+        if f.af:        # a raw header record already described this packet
+            return 0
+        f.af = af
+        f.proto = <uint8_t>be32(p + 4)
+        memcpy(f.src, p + 8, addr_len(af))
+        memcpy(f.dst, p + 8 + addr_len(af), addr_len(af))
+        p += 8 + 2 * addr_len(af)      # now at src_port, dst_port, tcp_flags, tos
+        f.sport = <uint16_t>be32(p)
+        f.dport = <uint16_t>be32(p + 4)
+        f.dscp = <uint8_t>(be32(p + 12) >> 2)
+        f.etype = 0x0800 if af == 4 else 0x86DD
+        f.present |= P_PROTO | P_SPORT | P_DPORT | P_DSCP | P_ETYPE
+        if f.proto == 6:
+            f.tcp_flags = <uint8_t>be32(p + 8)
+            f.present |= P_FLAGS
+        return 0
+    if fmt == FR_EXT_SWITCH:
+        # src_vlan, src_priority, dst_vlan, dst_priority: the ingress VLAN unless the header had one
+        need(rec, 16, fmt)
+        p = rd_take(rec, 16)
+        if not (f.present & P_VLAN) and 0 < be32(p) < 4096:
+            f.vlan = <uint16_t>be32(p)
+            f.present |= P_VLAN
+        return 0
+    if fmt == FR_EXT_ROUTER:
+        read_address(rec, &f.nh_af, f.nexthop, fmt)
+        need(rec, 8, fmt)
+        p = rd_take(rec, 8)
+        f.src_mask = <uint8_t>be32(p)
+        f.dst_mask = <uint8_t>be32(p + 4)
+        f.present |= P_SRCMASK | P_DSTMASK
+        return 0
+    if fmt == FR_EXT_GATEWAY:
+        # next_hop, as, src_as, src_peer_as, dst_as_path<segments>, communities<>, localpref
+        read_address(rec, &f.nh_af, f.nexthop, fmt)
+        need(rec, 16, fmt)
+        p = rd_take(rec, 16)
+        f.src_as = be32(p + 4)
+        nseg = be32(p + 12)
+        # Each segment is at least 8 bytes: check the count against the record before looping.
+        if <uint64_t>nseg * 8 > <uint64_t>rd_left(rec):
+            raise_decode("bad_length", rec.pos - 4, f"sFlow gateway: {nseg} AS path segments")
+        for i in range(nseg):
+            need(rec, 8, fmt)
+            seg_len = be32(rd_take(rec, 8) + 4)
+            if <uint64_t>seg_len * 4 > <uint64_t>rd_left(rec):
+                raise_decode("bad_length", rec.pos - 4, f"sFlow gateway: AS path segment of {seg_len}")
+            if seg_len:
+                last_as = be32(rd_take(rec, seg_len * 4) + (seg_len - 1) * 4)
+        # The destination AS is the origin: the last AS of the path (none for a local route).
+        f.present |= P_SRCAS
+        if last_as:
+            f.dst_as = last_as
+            f.present |= P_DSTAS
+        return 0
+    if fmt == FR_TUN4_EGRESS or fmt == FR_TUN4_INGRESS or fmt == FR_TUN6_EGRESS or fmt == FR_TUN6_INGRESS:
+        # OVS (sflow_tunnels.txt): the outer header added on egress / removed on ingress, as a
+        # sampled_ipv4 / sampled_ipv6 structure.
+        af = 4 if (fmt == FR_TUN4_EGRESS or fmt == FR_TUN4_INGRESS) else 6
+        need(rec, 32 if af == 4 else 56, fmt)
+        p = rd_take(rec, 32 if af == 4 else 56)
+        f.tun_af = af
+        memset(f.tun_src, 0, 16)
+        memset(f.tun_dst, 0, 16)
+        memcpy(f.tun_src, p + 8, addr_len(af))
+        memcpy(f.tun_dst, p + 8 + addr_len(af), addr_len(af))
+        f.tun_proto = <uint8_t>be32(p + 4)
+        p += 8 + 2 * addr_len(af)
+        f.tun_sport = <uint16_t>be32(p)
+        f.tun_dport = <uint16_t>be32(p + 4)
+        f.present |= P_TUNPROTO | P_TUNSPORT | P_TUNDPORT
+        if not (f.present & P_TUNTYPE):
+            f.tun_type = tunnel_type_of(f.tun_proto, f.tun_dport)
+            if f.tun_type:
+                f.present |= P_TUNTYPE
+        return 0
+    if fmt == FR_VNI_EGRESS or fmt == FR_VNI_INGRESS:
+        need(rec, 4, fmt)
+        f.tun_id = rd_u32(rec)
+        f.present |= P_TUNID
+        return 0
+    return batch_add_extra(b, f, 0, <uint16_t>fmt, start, rlen)
+
+
+cdef inline int skip_pad(Reader* r, uint32_t n) except -1:
+    """XDR pads opaque data to 4 bytes; a missing pad at the very end is tolerated."""
+    cdef Py_ssize_t pad = (4 - (n & 3)) & 3
+    if pad:
+        rd_take(r, pad if pad <= rd_left(r) else rd_left(r))
+    return 0
+
+
+cdef int flow_sample(ExporterState ex, FlowBatch b, Reader* s, bint expanded, int64_t recv_ms) except -1:
+    cdef const uint8_t* p
+    cdef Flow* f
+    cdef uint32_t rate, nrec, j, rfmt, rlen, in_fmt, in_val, out_fmt, out_val
+    cdef Reader rec
+    if rd_left(s) < (44 if expanded else 32):
+        raise_decode("bad_sample", s.pos, f"sFlow flow sample of {rd_left(s)} bytes")
+    if expanded:
+        # seq, source_id_type, source_id_index, rate, pool, drops, input fmt/value, output fmt/value
+        p = rd_take(s, 44)
+        rate = be32(p + 12)
+        in_fmt = be32(p + 24)
+        in_val = be32(p + 28)
+        out_fmt = be32(p + 32)
+        out_val = be32(p + 36)
+        nrec = be32(p + 40)
+    else:
+        # seq, source_id, rate, pool, drops, input, output: interface = format(2) | value(30)
+        p = rd_take(s, 32)
+        rate = be32(p + 8)
+        in_fmt = be32(p + 20) >> 30
+        in_val = be32(p + 20) & 0x3FFFFFFF
+        out_fmt = be32(p + 24) >> 30
+        out_val = be32(p + 24) & 0x3FFFFFFF
+        nrec = be32(p + 28)
+    if <uint64_t>nrec * 8 > <uint64_t>rd_left(s):
+        raise_decode("bad_sample", s.pos - 4, f"sFlow flow sample: {nrec} records in {rd_left(s)} bytes")
+    f = batch_new_flow(b)
+    f.sampling = rate
+    f.packets = 1
+    f.t_start_ms = recv_ms
+    f.t_end_ms = recv_ms
+    f.present = P_PACKETS | P_TSTART | P_TEND
+    # Interface format 0 is an ifIndex (0x3FFFFFFF = the switch itself); 1 is "discarded"
+    # (value = reason) and 2 "multiple interfaces" (value = count): neither is an interface.
+    if in_fmt == 0:
+        f.in_if = in_val
+        f.present |= P_INIF
+    if out_fmt == 0:
+        f.out_if = out_val
+        f.present |= P_OUTIF
+    for j in range(nrec):
+        if rd_left(s) < 8:
+            raise_decode("bad_sample", s.pos, f"sFlow flow sample: record {j} of {nrec} missing")
+        p = rd_take(s, 8)
+        rfmt = be32(p)
+        rlen = be32(p + 4)
+        if rlen > <uint32_t>rd_left(s):
+            raise_decode("bad_length", s.pos - 4, f"sFlow flow record {rfmt & 0xFFF}: length {rlen} > {rd_left(s)}")
+        rd_sub(s, &rec, rlen)
+        skip_pad(s, rlen)
+        flow_record(b, f, rfmt >> 12, rfmt & 0xFFF, &rec)
+    if rate:
+        ex.last_sampling = rate
+    return 0
+
+
+# ---------------------------------------------------------------- counter samples
+
+IF_COUNTER_FIELDS = (
+    # (key, size) of counters_generic_interface, in wire order
+    ("IfIndex", 4), ("IfType", 4), ("IfSpeed", 8), ("IfDirection", 4), ("IfStatus", 4),
+    ("IfInOctets", 8), ("IfInUcastPkts", 4), ("IfInMulticastPkts", 4), ("IfInBroadcastPkts", 4),
+    ("IfInDiscards", 4), ("IfInErrors", 4), ("IfInUnknownProtos", 4),
+    ("IfOutOctets", 8), ("IfOutUcastPkts", 4), ("IfOutMulticastPkts", 4), ("IfOutBroadcastPkts", 4),
+    ("IfOutDiscards", 4), ("IfOutErrors", 4), ("IfPromiscuousMode", 4),
+)
+ETH_COUNTER_FIELDS = (
+    "Dot3StatsAlignmentErrors", "Dot3StatsFCSErrors", "Dot3StatsSingleCollisionFrames",
+    "Dot3StatsMultipleCollisionFrames", "Dot3StatsSQETestErrors", "Dot3StatsDeferredTransmissions",
+    "Dot3StatsLateCollisions", "Dot3StatsExcessiveCollisions", "Dot3StatsInternalMacTransmitErrors",
+    "Dot3StatsCarrierSenseErrors", "Dot3StatsFrameTooLongs", "Dot3StatsInternalMacReceiveErrors",
+    "Dot3StatsSymbolErrors",
+)
+
+
+cdef int counter_record(dict out, uint32_t ent, uint32_t fmt, Reader* rec) except -1:
+    """Known records add their fields to `out`; anything else is kept as hex under "Unknown"."""
+    cdef const uint8_t* p
+    cdef Py_ssize_t off = 0, n = rd_left(rec)
+    cdef uint32_t slen
+    cdef Py_ssize_t pos = rec.pos
+    if ent == 0 and fmt == 1 and n >= 88:
+        p = rd_take(rec, 88)
+        for key, size in IF_COUNTER_FIELDS:
+            out[key] = be64(p + off) if size == 8 else be32(p + off)
+            off += size
+        return 0
+    if ent == 0 and fmt == 2 and n >= 52:
+        p = rd_take(rec, 52)
+        for key in ETH_COUNTER_FIELDS:
+            out[key] = be32(p + off)
+            off += 4
+        return 0
+    if ent == 0 and fmt == 1004 and n >= 12:
+        # of_port: datapath_id (u64), port_no (u32)
+        p = rd_take(rec, 12)
+        out["OfDatapathId"] = be64(p)
+        out["OfPort"] = be32(p + 8)
+        return 0
+    if ent == 0 and fmt == 1005 and n >= 4:
+        # port_name: string<255>
+        slen = rd_u32(rec)
+        if slen <= <uint32_t>rd_left(rec):
+            p = rd_take(rec, slen)
+            out["PortName"] = PyBytes_FromStringAndSize(<const char*>p, slen).rstrip(b"\0").decode("utf-8", "replace")
+            return 0
+        rec.pos = pos   # a bad name length: keep the record whole, as unknown
+    p = rd_take(rec, n)
+    entry = {"Format": fmt, "Hex": PyBytes_FromStringAndSize(<const char*>p, n).hex()}
+    if ent:
+        entry["Enterprise"] = ent
+    out.setdefault("Unknown", []).append(entry)
+    return 0
+
+
+cdef int counter_sample(FlowBatch b, Reader* s, bint expanded, str agent) except -1:
+    cdef const uint8_t* p
+    cdef uint32_t seq, stype, sindex, nrec, j, rfmt, rlen
+    cdef Reader rec
+    cdef dict out
+    cdef list formats = []
+    if rd_left(s) < (16 if expanded else 12):
+        raise_decode("bad_sample", s.pos, f"sFlow counter sample of {rd_left(s)} bytes")
+    if expanded:
+        p = rd_take(s, 16)
+        stype = be32(p + 4)
+        sindex = be32(p + 8)
+        nrec = be32(p + 12)
+    else:
+        p = rd_take(s, 12)
+        stype = be32(p + 4) >> 24
+        sindex = be32(p + 4) & 0x00FFFFFF
+        nrec = be32(p + 8)
+    seq = be32(p)
+    if <uint64_t>nrec * 8 > <uint64_t>rd_left(s):
+        raise_decode("bad_sample", s.pos - 4, f"sFlow counter sample: {nrec} records in {rd_left(s)} bytes")
+    out = {"RecordType": "counters", "FlowProtocol": "sflow5", "AgentIP": agent, "SequenceNum": seq,
+           "SourceIdType": stype, "SourceIdIndex": sindex, "TimeReceived": int(b.recv_time),
+           "Records": formats}
+    for j in range(nrec):
+        if rd_left(s) < 8:
+            raise_decode("bad_sample", s.pos, f"sFlow counter sample: record {j} of {nrec} missing")
+        p = rd_take(s, 8)
+        rfmt = be32(p)
+        rlen = be32(p + 4)
+        if rlen > <uint32_t>rd_left(s):
+            raise_decode("bad_length", s.pos - 4, f"sFlow counter record {rfmt & 0xFFF}: length {rlen} > {rd_left(s)}")
+        rd_sub(s, &rec, rlen)
+        skip_pad(s, rlen)
+        formats.append(rfmt & 0xFFF if rfmt >> 12 == 0 else f"{rfmt >> 12}:{rfmt & 0xFFF}")
+        counter_record(out, rfmt >> 12, rfmt & 0xFFF, &rec)
+    b.counters.append(out)
+    return 0
+
+
+# ---------------------------------------------------------------- datagram
 
 cdef int decode_sflow(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except -1:
+    cdef const uint8_t* p
+    cdef uint32_t atype, nsamples, i, sfmt, slen, seq
+    cdef Py_ssize_t committed
+    cdef Reader s
+    cdef int64_t recv_ms = <int64_t>(b.recv_time * 1000)
+    cdef str agent = None
     b.proto_kind = PROTO_SFLOW5
-    raise_decode("unsupported", 0, "sFlow v5 not decoded yet")
+    # sFlow v5 header: version, agent address (type + v4/v6), sub-agent id, sequence, uptime, count.
+    p = rd_take(r, 8)
+    atype = be32(p + 4)
+    if atype == 1:
+        p = rd_take(r, 4)
+        memset(b.agent, 0, 16)
+        memcpy(b.agent, p, 4)
+        b.agent_af = 4
+    elif atype == 2:
+        p = rd_take(r, 16)
+        memcpy(b.agent, p, 16)
+        b.agent_af = 6
+    elif atype != 0:    # 0 = unknown: keep the UDP source as the agent
+        raise_decode("bad_sample", 4, f"sFlow agent address type {atype}")
+    p = rd_take(r, 16)
+    seq = be32(p + 4)
+    b.sequence = seq
+    nsamples = be32(p + 12)
+    committed = b.n
+    try:
+        for i in range(nsamples):
+            if rd_left(r) < 8:
+                raise_decode("truncated", r.pos, f"sFlow seq {seq}: sample {i} of {nsamples} missing")
+            p = rd_take(r, 8)
+            sfmt = be32(p)
+            slen = be32(p + 4)
+            if slen > <uint32_t>rd_left(r):
+                raise_decode("truncated", r.pos, f"sFlow seq {seq}: sample {i} of {slen} bytes, {rd_left(r)} left")
+            rd_sub(r, &s, slen)
+            skip_pad(r, slen)
+            if sfmt == SF_FLOW_SAMPLE or sfmt == SF_FLOW_SAMPLE_EXP:
+                flow_sample(ex, b, &s, sfmt == SF_FLOW_SAMPLE_EXP, recv_ms)
+                committed = b.n
+            elif sfmt == SF_COUNTER_SAMPLE or sfmt == SF_COUNTER_SAMPLE_EXP:
+                if agent is None:
+                    agent = b.agent_ip
+                counter_sample(b, &s, sfmt == SF_COUNTER_SAMPLE_EXP, agent)
+            # Other formats (enterprise samples, discarded-packet samples): skipped by length.
+    except BaseException:
+        # A sample that failed half-way is not a flow; the samples before it stay.
+        while b.n > committed:
+            batch_drop_last(b)
+        raise
+    return 0
