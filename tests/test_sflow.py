@@ -90,7 +90,7 @@ def inner_from_payload(payload: bytes) -> dict:
     if exp["Proto"] in (1, 58) and len(payload) >= off + 2:
         exp.update(IcmpType=payload[off], IcmpCode=payload[off + 1])
     elif exp["Proto"] in (6, 17) and len(payload) >= off + 4:
-        exp.update(zip(("SrcPort", "DstPort"), struct.unpack_from(">HH", payload, off)))
+        exp.update(zip(("SrcPort", "DstPort"), struct.unpack_from(">HH", payload, off), strict=True))
     return exp
 
 
@@ -127,7 +127,7 @@ def check_capture(decoders_mod, pcap: Path) -> list[str]:
     if len(datagrams) != len(ref["packets"]):
         return [f"{len(datagrams)} datagrams, tshark {len(ref['packets'])}"]
     dec = decoders_mod.Decoder()
-    for n, (dg, p) in enumerate(zip(datagrams, ref["packets"]), 1):
+    for n, (dg, p) in enumerate(zip(datagrams, ref["packets"], strict=True), 1):
         sp = T.parse_sflow(p)
         where = f"{pcap.name} datagram {n}"
         b = dec.decode(dg.payload, dg.src, dg.sport, dg.ts)
@@ -624,8 +624,8 @@ def test_truncation_at_every_prefix(decoders_mod) -> None:
 
 
 def test_sample_count_larger_than_datagram(decoders_mod) -> None:
-    data, ends, _ = mixed_datagram()
-    b = decode(decoders_mod, datagram([], count=0xFFFFFFFF) + data[datagram([]).__len__():])
+    data, _, header_len = mixed_datagram()
+    b = decode(decoders_mod, datagram([], count=0xFFFFFFFF) + data[header_len:])
     assert b.error[0] == "truncated" and len(b) == 3
 
 
