@@ -1,0 +1,146 @@
+"""Bad input never crashes the decoders, never passes silently, and never grows memory unbounded.
+
+Every prefix and random byte flips of every corpus datagram, plus hypothesis-generated
+datagrams, go through the decoder: each must return (not raise), any failure must be one of the
+typed reasons and counted on the exporter, and a valid datagram right after must still decode.
+"""
+
+from __future__ import annotations
+
+import random
+import resource
+import struct
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from benchmarks.datagrams import OVS_INGRESS, data_set, ipfix_message, ovs_flows, template_set
+from collector.pcap import iter_udp
+from decoders import Decoder, DecoderConfig
+
+REASONS = {"truncated", "bad_version", "bad_length", "bad_set", "bad_template", "template_limit",
+           "too_large", "bad_sample", "unsupported"}
+ROOT = Path(__file__).resolve().parent
+SHARED = ROOT.parent.parent / "shared" / "corpus"
+
+
+def corpus_pcaps() -> list[Path]:
+    """The bundled Apache-2.0 captures, plus the shared corpus when it is present."""
+    files = sorted((ROOT / "data").rglob("*.pcap"))
+    if SHARED.is_dir():
+        files += sorted(SHARED.rglob("*.pcap"))
+    return files
+
+
+def datagrams() -> list[tuple[str, bytes]]:
+    out = []
+    for f in corpus_pcaps():
+        out += [(d.src, d.payload) for d in iter_udp(f)]
+    return out
+
+
+ALL = datagrams()
+EXPORT = 1_700_000_000
+
+
+def _probe() -> tuple[bytes, bytes]:
+    tpl = ipfix_message([template_set([OVS_INGRESS])], seq=0, export_time=EXPORT)
+    data = ipfix_message([data_set(OVS_INGRESS, ovs_flows(3, random.Random(0)))], seq=0, export_time=EXPORT)
+    return tpl, data
+
+
+def check(dec: Decoder, exporter: str, payload: bytes) -> None:
+    ex = dec.exporter(exporter)
+    before = dict(ex.errors) if ex is not None else {}
+    b = dec.decode(payload, exporter)
+    b.to_json()  # encoding must cope with whatever was decoded
+    if b.error is not None:
+        reason = b.error[0]
+        assert reason in REASONS, b.error
+        assert isinstance(b.error[1], int) and 0 <= b.error[1] <= len(payload)
+        after = dec.exporter(exporter).errors
+        # Non-fatal problems (a reserved set id skipped) may be counted too, never fewer.
+        assert after.get(reason, 0) >= before.get(reason, 0) + 1
+
+
+def test_corpus_present() -> None:
+    assert len(ALL) > 30, "the bundled corpus under tests/data is missing"
+
+
+def test_every_prefix_of_every_datagram() -> None:
+    dec = Decoder()
+    tpl, data = _probe()
+    for i, (src, payload) in enumerate(ALL):
+        # Feed the whole datagram first so templates exist and prefixes reach the data paths.
+        check(dec, src, payload)
+        for n in range(len(payload)):
+            check(dec, src, payload[:n])
+        if i % 50 == 0:  # the decoder still works for everyone after all that
+            dec.decode(tpl, "192.0.2.250")
+            assert len(dec.decode(data, "192.0.2.250")) == 3
+
+
+def test_random_byte_flips() -> None:
+    rng = random.Random(1234)
+    dec = Decoder()
+    for src, payload in ALL:
+        check(dec, src, payload)
+        for _ in range(40):
+            buf = bytearray(payload)
+            for _ in range(rng.randrange(1, 6)):
+                if buf:
+                    buf[rng.randrange(len(buf))] = rng.randrange(256)
+            check(dec, src, bytes(buf))
+    tpl, data = _probe()
+    dec.decode(tpl, "192.0.2.250")
+    assert len(dec.decode(data, "192.0.2.250")) == 3
+
+
+@st.composite
+def netflowish(draw: st.DrawFn) -> bytes:
+    """Datagrams that get past the version check into the set/record walkers."""
+    version = draw(st.sampled_from([5, 9, 10, 0]))
+    body = draw(st.binary(max_size=600))
+    if version == 10:
+        return struct.pack("!HHIII", 10, 16 + len(body), EXPORT, 0, 0) + body
+    if version == 9:
+        return struct.pack("!HHIIII", 9, 1, 1000, EXPORT, 0, 0) + body
+    if version == 0:
+        return struct.pack("!II", 5, 1) + body  # sFlow v5, agent type and the rest random
+    return struct.pack("!HH", 5, draw(st.integers(0, 40))) + body
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(netflowish(), min_size=1, max_size=8))
+def test_hypothesis_datagrams(payloads: list[bytes]) -> None:
+    dec = Decoder(DecoderConfig(max_templates_per_exporter=16))
+    for p in payloads:
+        check(dec, "192.0.2.1", p)
+    assert dec.stats()["192.0.2.1"]["templates"] <= 16
+
+
+def test_template_and_exporter_floods_keep_memory_bounded() -> None:
+    dec = Decoder(DecoderConfig(max_templates_per_exporter=64, max_exporters=1000))
+    rng = random.Random(5)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for i in range(20000):
+        tid = 256 + rng.randrange(60000)
+        fields = b"".join(struct.pack("!HH", rng.randrange(1, 500), rng.choice((1, 2, 4, 8))) for _ in range(40))
+        tset = struct.pack("!HH", 2, 8 + len(fields)) + struct.pack("!HH", tid, 40) + fields
+        src = f"10.{(i >> 8) & 255}.{i & 255}.1"
+        dec.decode(ipfix_message([tset], seq=i, export_time=EXPORT), src)
+    stats = dec.stats()
+    assert len(stats) == 1000
+    assert all(s["templates"] <= 64 for s in stats.values())
+    assert dec.refused_exporters == 19000
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
+    assert grown_mb < 200, f"decoder state grew by {grown_mb:.0f} MB"
+
+
+@pytest.mark.parametrize("n", [0, 1, 3, 7, 15, 16, 17, 23])
+def test_tiny_datagrams(n: int) -> None:
+    dec = Decoder()
+    for version in (5, 9, 10):
+        check(dec, "192.0.2.2", struct.pack("!H", version)[: min(n, 2)] + b"\0" * max(0, n - 2))
