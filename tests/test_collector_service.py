@@ -1,0 +1,122 @@
+"""The collector process without Kafka: state file across restarts, allowlist, metrics, limits.
+
+These use the file sink (the same queue and writer path as stdout) so they run without a broker.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import corpus_file, make_v5, send_udp, udp_payloads, wait_for
+
+
+def lines(path: Path) -> int:
+    return len(path.read_bytes().splitlines()) if path.exists() else 0
+
+
+@pytest.mark.parametrize("capture,count", [
+    ("ipfix/openbsd-pflow_ipfix.pcap", 26),            # template datagram, then 26 data records
+    ("netflow9/cisco-asr9k_netflow9_tpl260.pcap", 21),  # v9 template 260, then 21 records
+])
+def test_state_file_restores_templates(collector: Any, tmp_path: Path, loop_name: str, capture: str,
+                                       count: int) -> None:
+    payloads = [p for _, _, p in udp_payloads(corpus_file(capture))]
+    assert len(payloads) == 2
+    state = tmp_path / "state.json"
+    out = tmp_path / "flows.jsonl"
+    args = ["--loop", loop_name, "--output-file", str(out), "--state-file", str(state), "--state-interval", "60"]
+    c1 = collector(args)
+    send_udp(payloads[:1], c1.port)  # templates only
+    c1.wait_value("flowscope_datagrams_total", 1)
+    assert c1.value("flowscope_templates") >= 1
+    assert c1.stop() == 0  # saves at shutdown (the interval is longer than the test)
+    assert state.exists() and lines(out) == 0
+    c2 = collector(args)
+    assert c2.value("flowscope_state_loads_total", result="ok") == 1
+    send_udp(payloads[1:], c2.port)  # data whose template was only seen before the restart
+    wait_for(lambda: lines(out) == count, 10, what=f"{count} flows in the file")
+    assert c2.value("flowscope_missing_template_sets_total") == 0
+    c2.wait_value("flowscope_flows_delivered_total", count, sink="file")
+    assert c2.stop() == 0
+
+
+def test_without_state_data_is_missing_template(collector: Any, tmp_path: Path) -> None:
+    """The control for the test above: without the state file the same data cannot decode."""
+    payloads = [p for _, _, p in udp_payloads(corpus_file("ipfix/openbsd-pflow_ipfix.pcap"))]
+    out = tmp_path / "flows.jsonl"
+    c = collector(["--output-file", str(out)])
+    send_udp(payloads[1:], c.port)
+    c.wait_value("flowscope_missing_template_sets_total", 1)
+    assert c.value("flowscope_flows_delivered_total") == 0
+
+
+def test_unwritable_state_file_keeps_running(collector: Any, tmp_path: Path) -> None:
+    out = tmp_path / "flows.jsonl"
+    c = collector(["--output-file", str(out), "--state-file", str(tmp_path / "missing-dir" / "state.json"),
+                   "--state-interval", "0.2"])
+    send_udp([make_v5(1, 30, 0)], c.port)
+    wait_for(lambda: c.value("flowscope_state_saves_total", result="error") >= 2, 10, what="state save errors")
+    send_udp([make_v5(2, 30, 30)], c.port)
+    wait_for(lambda: lines(out) == 60, 10, what="60 flows despite the state errors")
+    assert c.get("/healthz")[0] == 200
+    assert "cannot write" in c.log()
+    assert c.stop() == 0
+
+
+def test_allowlist_drops_and_counts(collector: Any, tmp_path: Path) -> None:
+    out = tmp_path / "flows.jsonl"
+    c = collector(["--output-file", str(out), "--allow-exporters", "10.0.0.0/8,192.0.2.1"])
+    send_udp([make_v5(i, 30, i * 30) for i in range(7)], c.port)
+    c.wait_value("flowscope_datagrams_dropped_total", 7, reason="not_allowed")
+    assert c.value("flowscope_datagrams_total") == 0
+    assert lines(out) == 0
+    c2 = collector(["--output-file", str(tmp_path / "f2.jsonl"), "--allow-exporters", "127.0.0.0/8"])
+    send_udp([make_v5(i, 30, i * 30) for i in range(7)], c2.port)
+    c2.wait_value("flowscope_flows_delivered_total", 210)
+    assert c2.value("flowscope_datagrams_dropped_total") == 0
+
+
+def test_wrong_protocol_on_sflow_port(collector: Any, tmp_path: Path) -> None:
+    c = collector(["--output-file", str(tmp_path / "f.jsonl")], schemes=("sflow",))
+    send_udp([make_v5(1, 30, 0)] * 3, c.port)
+    c.wait_value("flowscope_datagrams_dropped_total", 3, reason="wrong_protocol")
+
+
+def test_metrics_match_what_was_sent(collector: Any, tmp_path: Path, loop_name: str) -> None:
+    out = tmp_path / "flows.jsonl"
+    c = collector(["--loop", loop_name, "--output-file", str(out), "--metrics-top-exporters", "1"])
+    v5 = [make_v5(i, 20, i * 20) for i in range(50)]
+    send_udp(v5, c.port)
+    c.wait_value("flowscope_flows_delivered_total", 1000, sink="file")
+
+    assert c.value("flowscope_datagrams_total", exporter="127.0.0.1", protocol="netflow5") == 50
+    assert c.value("flowscope_flows_total", exporter="127.0.0.1", protocol="netflow5") == 1000
+    assert c.value("flowscope_received_datagrams_total") == 50
+    assert c.value("flowscope_received_bytes_total") == sum(map(len, v5))
+    assert c.value("flowscope_decode_errors_total") == 0
+    assert c.value("flowscope_kernel_receive_drops_total") == 0
+    assert c.value("flowscope_queue_records") == 0
+    assert c.value("flowscope_ready") == 1
+    assert c.value("flowscope_socket_receive_buffer_bytes") > 0
+    assert lines(out) == 1000
+    assert c.get("/healthz")[0] == 200 and c.get("/readyz") == (200, "ready\n")
+
+
+def test_queue_bound_counts_drops_with_file_sink(collector: Any, tmp_path: Path) -> None:
+    """A sink that cannot write (a FIFO nobody reads) fills the queue; the excess is counted."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    reader_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # lets the collector open it, never read
+    try:
+        c = collector(["--output-file", str(fifo), "--queue-bytes", "64KB", "--shutdown-timeout", "1"])
+        send_udp([make_v5(i, 30, i * 30) for i in range(400)], c.port)
+        c.wait_value("flowscope_flows_total", 12000)
+        wait_for(lambda: c.value("flowscope_flows_delivered_total") + c.value("flowscope_flows_dropped_total")
+                 + c.value("flowscope_queue_records") == 12000, 10, what="every flow accounted for")
+        assert c.value("flowscope_flows_dropped_total", reason="queue_full") > 0
+        assert c.value("flowscope_queue_bytes") <= 64000
+    finally:
+        os.close(reader_fd)

@@ -1,0 +1,218 @@
+"""Unit tests of the collector's pure parts: config schema, bounded queue, metrics labels, replay."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, corpus_file, make_v5, udp_payloads
+
+from collector import config as C
+from collector import replay as R
+from collector.metrics import Aggregator, ExporterLabels, parse_exposition, total
+from collector.sinks import FLOWS, BoundedQueue, conversation_key
+
+
+def load(argv: list[str], env: dict[str, str] | None = None) -> C.Config:
+    p = argparse.ArgumentParser()
+    C.add_arguments(p)
+    return C.load(p.parse_args(argv), environ=env or {})
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+def test_defaults() -> None:
+    cfg = load([])
+    assert cfg.listen == ["netflow://0.0.0.0:2055", "ipfix://0.0.0.0:4739", "sflow://0.0.0.0:6343"]
+    assert cfg.rcvbuf == 32 * 1024 * 1024 and cfg.queue_bytes == 256 * 1024 * 1024
+    assert cfg.kafka.topic == "flowscope-flows" and cfg.kafka.key == "none"
+    assert cfg.default_sampling == 400 and cfg.sink_kind() == "stdout" and cfg.loop == "uvloop"
+
+
+@pytest.mark.parametrize("argv,env,message", [
+    (["--listen", "http://0.0.0.0:80"], {}, "listen (from --listen): 'http://0.0.0.0:80': expected "
+     "SCHEME://HOST:PORT with SCHEME one of netflow, ipfix, sflow"),
+    (["--kafka-compression", "brotli"], {}, "kafka.compression (from --kafka-compression): 'brotli' is not one "
+     "of none, gzip, snappy, lz4, zstd"),
+    (["--kafka-key", "random"], {}, "kafka.key (from --kafka-key): 'random' is not one of none, exporter, "
+     "conversation"),
+    ([], {"FLOWSCOPE_WORKERS": "0"}, "workers (from FLOWSCOPE_WORKERS): 0 is out of range: must be between 1 and 256"),
+    ([], {"FLOWSCOPE_QUEUE_BYTES": "lots"}, "queue_bytes (from FLOWSCOPE_QUEUE_BYTES): expected a size such as "
+     "33554432, 32MiB or 256MB"),
+    (["--sampling", "10.0.0.0/8"], {}, "sampling (from --sampling): '10.0.0.0/8': expected CIDR=RATE"),
+    (["--allow-exporters", "10.0.0.300/8"], {}, "allow_exporters (from --allow-exporters): '10.0.0.300/8' is "
+     "not a CIDR"),
+    (["--kafka-sasl-mechanism", "SCRAM-SHA-256"], {}, "kafka.sasl_user: SASL SCRAM-SHA-256 needs a user"),
+    (["--sink", "kafka"], {}, "kafka.brokers: sink kafka needs --kafka-brokers"),
+    (["--listen", "netflow://0.0.0.0:2055", "--listen", "sflow://0.0.0.0:2055"], {},
+     "listen: 0.0.0.0:2055 is listed twice"),
+    (["--drop-policy", "random"], {}, "drop_policy (from --drop-policy): 'random' is not one of newest, oldest"),
+])
+def test_validation_messages(argv: list[str], env: dict[str, str], message: str) -> None:
+    with pytest.raises(C.ConfigError) as e:
+        load(argv, env)
+    assert str(e.value).startswith(message), str(e.value)
+
+
+def test_precedence_yaml_env_flag(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("workers: 3\nrcvbuf: 8MiB\nkafka:\n  topic: from-yaml\n  brokers: [a:1, b:2]\n"
+                 "sampling:\n  10.0.0.0/8: 100\n")
+    cfg = load(["--config", str(f)])
+    assert (cfg.workers, cfg.rcvbuf, cfg.kafka.topic, cfg.kafka.brokers) == (3, 8 * 1024**2, "from-yaml",
+                                                                             ["a:1", "b:2"])
+    assert cfg.sampling == {"10.0.0.0/8": 100} and cfg.sink_kind() == "kafka"
+    cfg = load(["--config", str(f)], {"FLOWSCOPE_WORKERS": "2", "FLOWSCOPE_KAFKA_TOPIC": "from-env"})
+    assert (cfg.workers, cfg.kafka.topic) == (2, "from-env")
+    cfg = load(["--config", str(f), "--workers", "4"], {"FLOWSCOPE_WORKERS": "2"})
+    assert cfg.workers == 4
+    f.write_text("kafka:\n  topics: x\n")
+    with pytest.raises(C.ConfigError, match=r"kafka.topics \(from .*\): unknown option; kafka options are: brokers"):
+        load(["--config", str(f)])
+    f.write_text("- a\n")
+    with pytest.raises(C.ConfigError, match="expected a mapping"):
+        load(["--config", str(f)])
+
+
+def test_ipv6_listen_and_repeatable() -> None:
+    cfg = load(["--listen", "netflow://[::]:2055", "--listen", "sflow://127.0.0.1:6343,ipfix://[::1]:4739"])
+    assert [str(x) for x in cfg.listeners()] == ["netflow://[::]:2055", "sflow://127.0.0.1:6343",
+                                                 "ipfix://[::1]:4739"]
+
+
+def test_config_command_prints_yaml_round_trip(tmp_path: Path) -> None:
+    env = {"PYTHONPATH": str(ROOT), "FLOWSCOPE_KAFKA_SASL_PASSWORD": "s3cret", "PATH": "/usr/bin:/bin"}
+    r = subprocess.run([sys.executable, "-m", "collector.cli", "config", "--workers", "2", "--kafka-key",
+                        "exporter"], capture_output=True, text=True, env=env, cwd=ROOT, check=True)
+    assert "workers: 2" in r.stdout and "key: exporter" in r.stdout
+    assert "s3cret" not in r.stdout and "<redacted>" in r.stdout
+    f = tmp_path / "eff.yaml"
+    f.write_text(r.stdout.replace("<redacted>", ""))
+    assert load(["--config", str(f)]).workers == 2
+
+
+def test_run_help_documents_every_option() -> None:
+    r = subprocess.run([sys.executable, "-m", "collector.cli", "run", "--help"], capture_output=True, text=True,
+                       env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "COLUMNS": "200"}, cwd=ROOT,
+                       check=True)
+    for o in C.options():
+        assert o.flag in r.stdout and o.env in r.stdout, o.key
+
+
+def test_bad_config_exit_code() -> None:
+    r = subprocess.run([sys.executable, "-m", "collector.cli", "run", "--kafka-acks", "2"], capture_output=True,
+                       text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, cwd=ROOT)
+    assert r.returncode == 2
+    assert "kafka.acks (from --kafka-acks): '2' is not one of 0, 1, all" in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------- queue
+
+def test_queue_newest_policy_counts() -> None:
+    q = BoundedQueue(limit=100, policy="newest")
+    q.offer(FLOWS, [b"x" * 39, b"y" * 39], "e")  # 80 bytes with separators
+    q.offer(FLOWS, [b"z" * 30], "e")  # would exceed: dropped
+    assert (q.queued_records, q.queued_bytes, q.dropped[(FLOWS, "queue_full")]) == (2, 80, 1)
+    got = q.take(1000)
+    assert q.inflight_records == 2 and q.total_bytes == 80
+    q.requeue(got[0])
+    assert q.queued_records == 2 and q.inflight_records == 0
+
+
+def test_queue_oldest_policy_evicts() -> None:
+    q = BoundedQueue(limit=100, policy="oldest")
+    for i in range(5):
+        q.offer(FLOWS, [b"a" * 19], str(i))  # 20 bytes each: fills to 100
+    q.offer(FLOWS, [b"b" * 39], "new")  # needs 40: evicts two
+    assert q.dropped[(FLOWS, "evicted")] == 2
+    assert [c.exporter for c in q.chunks] == ["2", "3", "4", "new"]
+    assert q.queued_bytes == 100
+
+
+def test_conversation_key_symmetric() -> None:
+    a = b'{"SrcAddr":"10.0.0.2","DstAddr":"10.0.0.1","Bytes":1}'
+    b = b'{"SrcAddr":"10.0.0.1","DstAddr":"10.0.0.2","Bytes":9}'
+    assert conversation_key(a) == conversation_key(b) == b"10.0.0.1|10.0.0.2"
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+def test_exporter_labels_sticky_top_n() -> None:
+    lab = ExporterLabels(2)
+    assert lab.assign({"a": 5, "b": 9, "c": 1}) == {"a": "a", "b": "b", "c": "other"}
+    # c becomes the busiest later but a and b keep their names: counters never move between labels
+    assert lab.assign({"a": 5, "b": 9, "c": 100})["c"] == "other"
+
+
+def test_aggregator_sums_workers() -> None:
+    agg = Aggregator()
+    agg.update(0, {"flowscope_flows": {("1.1.1.1", "ipfix"): 10}, "flowscope_sampling_rate": {("x", "ipfix"): 400}})
+    agg.update(1, {"flowscope_flows": {("1.1.1.1", "ipfix"): 5}, "flowscope_sampling_rate": {("x", "ipfix"): 100}})
+    parsed = parse_exposition(agg.render().decode())
+    assert total(parsed, "flowscope_flows_total", exporter="1.1.1.1") == 15
+    assert total(parsed, "flowscope_sampling_rate") == 400
+
+
+# ---------------------------------------------------------------------------------------------- replay
+
+def _v9(seq: int, secs: int) -> bytes:
+    return struct.pack("!HHIIII", 9, 0, 1000, secs, seq, 7)
+
+
+def _ipfix(seq: int, secs: int, data_bytes: int) -> bytes:
+    body = struct.pack("!HH", 256, 4 + data_bytes) + b"\0" * data_bytes
+    return struct.pack("!HHIII", 10, 16 + len(body), secs, seq, 3) + body
+
+
+def _sflow(seq: int, uptime: int) -> bytes:
+    return struct.pack("!II4sIIII", 5, 1, bytes([192, 0, 2, 1]), 0, seq, uptime, 0)
+
+
+def test_rewrite_each_protocol() -> None:
+    src = ("192.0.2.1", 2055)
+    pk = [R.Packet(src, make_v5(100, 30, 0, unix_secs=1000), 0.0), R.Packet(src, make_v5(130, 10, 30, unix_secs=1001), 1.2)]
+    plan = R.Plan(pk)
+    assert plan.period == 3  # ceil(1.2) + 1 seconds
+    out = [p for _, p in plan.datagrams(2)]
+    # v5: the stream spans 40 flows (100..140): loop 2 starts at 180; unix_secs +6
+    assert struct.unpack_from("!I", out[0], 16)[0] == 180 and struct.unpack_from("!I", out[1], 16)[0] == 210
+    assert struct.unpack_from("!I", out[0], 8)[0] == 1006
+    assert [p for _, p in plan.datagrams(0)] == [x.payload for x in pk]
+
+    v9 = R.Plan([R.Packet(src, _v9(5, 50), 0.0), R.Packet(src, _v9(6, 50), 0.0)])
+    got = [struct.unpack_from("!II", p, 8) for _, p in v9.datagrams(1)]
+    assert got == [(51, 7), (51, 8)]  # secs +1 (period 1), sequence +2 packets
+
+    ipf = R.Plan([R.Packet(src, _ipfix(1000, 70, 40), 0.0)])
+    (_, p), = list(ipf.datagrams(3))
+    assert struct.unpack_from("!II", p, 4) == (73, 1000 + 3 * 40)
+
+    sf = R.Plan([R.Packet(src, _sflow(9, 5000), 0.0), R.Packet(src, _sflow(10, 6000), 0.5)])
+    got = [struct.unpack_from("!II", p, 16) for _, p in sf.datagrams(1)]
+    assert got == [(11, 7000), (12, 8000)]  # seq +2, uptime +2 s (period 2)
+
+
+def test_replay_command_sends_rewritten(tmp_path: Path) -> None:
+    cap = corpus_file("netflow5/juniper-mx80_netflow5.pcap")
+    orig = udp_payloads(cap)[0][2]
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.settimeout(5)
+    port = rx.getsockname()[1]
+    r = subprocess.run([sys.executable, "-m", "collector.cli", "replay", str(cap), "--to", f"127.0.0.1:{port}",
+                        "--loop", "3", "--rate", "1000"], capture_output=True, text=True,
+                       env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    got = [rx.recv(65535) for _ in range(3)]
+    rx.close()
+    seq0 = struct.unpack_from("!I", orig, 16)[0]
+    secs0 = struct.unpack_from("!I", orig, 8)[0]
+    assert got[0] == orig
+    assert [struct.unpack_from("!I", g, 16)[0] - seq0 for g in got] == [0, 29, 58]
+    assert [struct.unpack_from("!I", g, 8)[0] - secs0 for g in got] == [0, 1, 2]
+    assert [g[24:] for g in got] == [orig[24:]] * 3  # records untouched
