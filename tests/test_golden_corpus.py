@@ -160,8 +160,7 @@ def check_sflow_capture(decoder, datagrams: list, packets: list[dict], label: st
         if not sp.malformed:
             if batch.error is not None:
                 problems.append(f"{where}: decode error {batch.error!r} on a datagram tshark decodes")
-            if len(sp.samples) != sp.numsamples:
-                problems.append(f"{where}: tshark parsed {len(sp.samples)} of {sp.numsamples} samples")
+            pass
         exp_flows = [T.expected_from_sflow_sample(sp, s) for s in sp.samples if s.is_flow]
         if len(flows) != len(exp_flows) and not sp.malformed:
             problems.append(f"{where}: {len(flows)} flows, tshark has {len(exp_flows)} flow samples")
@@ -198,20 +197,27 @@ def compare_counters(sp: T.SflowPacket, counters: list[dict], where: str) -> lis
     """Counter records: same formats per datagram, and generic interface counter values."""
     problems = []
     exp_records = [r for s in sp.samples if not s.is_flow for r in s.records]
-    if sp.malformed:
+    if sp.malformed or len(sp.samples) != sp.numsamples:
+        # tshark lost alignment (e.g. OVS counter records 1004/1005, which tshark 4.0 cannot
+        # parse): its counter records are not a reference for this datagram.
         return problems
-    got_formats = collections.Counter(_record_format(c) for c in counters)
-    exp_formats = collections.Counter((r.enterprise, r.format) for r in exp_records)
+    # flowscope publishes one counter message per counters sample, listing its record formats
+    # in "Records" and the generic interface counters (format 1) as If* keys.
+    exp_samples = [s for s in sp.samples if not s.is_flow]
+    got_formats = collections.Counter(tuple(sorted(c.get("Records", []))) for c in counters)
+    exp_formats = collections.Counter(tuple(sorted(r.format for r in s.records)) for s in exp_samples)
     if got_formats != exp_formats:
-        problems.append(f"{where}: counter record formats {dict(got_formats)}, tshark {dict(exp_formats)}")
-    generic = [c for c in counters if _record_format(c) == (0, 1)]
+        problems.append(f"{where}: counter samples' record formats {dict(got_formats)}, tshark {dict(exp_formats)}")
     for r in (r for r in exp_records if (r.enterprise, r.format) == (0, 1)):
         idx = T.to_int(r.fields["sflow_245.ifindex"])
-        cand = [c for c in generic if c.get("IfIndex") == idx]
+        cand = [c for c in counters if c.get("IfIndex") == idx]
         if not cand:
             problems.append(f"{where}: no generic interface counters for ifIndex {idx}")
             continue
         exp = {fk: T.to_int(r.fields[tk]) for tk, fk in T.SFLOW_IF_COUNTERS.items() if tk in r.fields}
+        if "sflow_245.ifadmin_status" in r.fields:  # ifStatus: bit 0 admin up, bit 1 oper up
+            exp["IfStatus"] = T.to_int(r.fields["sflow_245.ifadmin_status"]) | (
+                T.to_int(r.fields["sflow_245.ifoper_status"]) << 1)
         if not any(not T.compare_expected(exp, c, required=set(exp)) for c in cand):
             problems += [f"{where} ifIndex {idx}: {x}"
                          for x in T.compare_expected(exp, cand[0], required=set(exp))]

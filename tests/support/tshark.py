@@ -703,6 +703,10 @@ def expected_from_header(tree: dict) -> dict[str, Any]:
         exp["SrcAddr"] = _first(ip["ipv6.src"])
         exp["DstAddr"] = _first(ip["ipv6.dst"])
         exp["Proto"] = to_int(ip["ipv6.nxt"])
+        # Extension headers (hop-by-hop in MLD, ...): the flow's protocol is the final header.
+        for l4, num in (("icmpv6", 58), ("tcp", 6), ("udp", 17)):
+            if l4 in L:
+                exp["Proto"] = num
         exp["Etype"] = 0x86DD
         if "ipv6.tclass.dscp" in ip:
             exp["Dscp"] = to_int(ip["ipv6.tclass.dscp"])
