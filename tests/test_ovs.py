@@ -281,8 +281,9 @@ def test_ovs_netflow_v5(env, sampled_all, decoders_mod) -> None:
         if s.packets is not None:
             if agg[k]["Packets"] != s.packets:
                 problems.append(f"NetFlow v5 {k}: Packets {agg[k]['Packets']}, sent {s.packets}")
-            if agg[k]["Bytes"] != s.packets * s.l3_len:
-                problems.append(f"NetFlow v5 {k}: Bytes {agg[k]['Bytes']}, sent {s.packets}x{s.l3_len}")
+            # OVS NetFlow counts datapath bytes, which include the 14-byte Ethernet header.
+            if agg[k]["Bytes"] != s.packets * (s.l3_len + 14):
+                problems.append(f"NetFlow v5 {k}: Bytes {agg[k]['Bytes']}, sent {s.packets}x({s.l3_len}+14)")
         # OVS NetFlow interfaces are OpenFlow port numbers (ofport_request).
         want = (pods[s.src].ofport, pods[s.dst].ofport)
         if ports_seen[k] != {want}:
