@@ -208,9 +208,11 @@ class Index:
         # Writer-only state.
         self._pods: dict[str, PodRec] = {}
         self._tombstones: dict[str, PodRec] = {}
-        self._holders: dict[bytes, list[PodRec]] = {}
-        self._pods_by_node: dict[str, set[str]] = {}
-        self._pods_by_rs: dict[tuple[str, str], set[str]] = {}
+        # One-to-many maps hold a bare value for one member and a list beyond (see _multi_add):
+        # most IPs have one holder and most nodes/ReplicaSets few pods, so this saves ~200 B/pod.
+        self._holders: dict[bytes, Any] = {}
+        self._pods_by_node: dict[str, Any] = {}
+        self._pods_by_rs: dict[tuple[str, str], Any] = {}
         self._nodes: dict[str, NodeRec] = {}
         self._services: dict[tuple[str, str], SvcRec] = {}
         self._rs: dict[tuple[str, str], RsRec] = {}
@@ -523,10 +525,8 @@ class Index:
         gone = [r for r in self._tombstones.values() if r.end_ms <= cutoff]
         for r in gone:
             del self._tombstones[r.uid]
+            self._unhold(r)
             for ip in r.ips:
-                hs = self._holders.get(ip)
-                if hs is not None and r in hs:
-                    hs.remove(r)
                 self._rechain(ip)
         return len(gone)
 
@@ -564,7 +564,7 @@ class Index:
             self._unhold(old)
             touched.update(old.ips)
         for ip in rec.ips:
-            self._holders.setdefault(ip, []).append(rec)
+            _multi_add(self._holders, ip, rec)
         for ip in touched:
             self._rechain(ip)
 
@@ -580,30 +580,19 @@ class Index:
 
     def _unhold(self, rec: PodRec) -> None:
         for ip in rec.ips:
-            hs = self._holders.get(ip)
-            if hs is not None and rec in hs:
-                hs.remove(rec)
+            _multi_remove(self._holders, ip, rec)
 
     def _link_pod(self, rec: PodRec) -> None:
         if rec.node:
-            self._pods_by_node.setdefault(rec.node, set()).add(rec.uid)
+            _multi_add(self._pods_by_node, rec.node, rec.uid)
         if rec.owner_kind == "ReplicaSet":
-            self._pods_by_rs.setdefault((rec.ns, rec.owner_name), set()).add(rec.uid)
+            _multi_add(self._pods_by_rs, (rec.ns, rec.owner_name), rec.uid)
 
     def _unlink_pod(self, rec: PodRec) -> None:
         if rec.node:
-            s = self._pods_by_node.get(rec.node)
-            if s is not None:
-                s.discard(rec.uid)
-                if not s:
-                    del self._pods_by_node[rec.node]
+            _multi_remove(self._pods_by_node, rec.node, rec.uid)
         if rec.owner_kind == "ReplicaSet":
-            key = (rec.ns, rec.owner_name)
-            s = self._pods_by_rs.get(key)
-            if s is not None:
-                s.discard(rec.uid)
-                if not s:
-                    del self._pods_by_rs[key]
+            _multi_remove(self._pods_by_rs, (rec.ns, rec.owner_name), rec.uid)
 
     def _render_pod(self, rec: PodRec) -> None:
         kind, oname = rec.owner_kind, rec.owner_name
@@ -619,9 +608,9 @@ class Index:
         rec.frag_d = _fragment(b"Dst", fields)
         rec.infra = self._infra(rec.ns)
 
-    def _rerender(self, uids: Iterable[str]) -> None:
+    def _rerender(self, uids: Any) -> None:
         touched: set[bytes] = set()
-        for uid in list(uids):
+        for uid in _multi_list(uids):
             rec = self._pods.get(uid)
             if rec is not None:
                 self._render_pod(rec)
@@ -630,9 +619,8 @@ class Index:
             self._rechain(ip)
 
     def _rechain(self, ip: bytes) -> None:
-        hs = self._holders.get(ip)
+        hs = _multi_list(self._holders.get(ip))
         if not hs:
-            self._holders.pop(ip, None)
             self._pod_layer.pop(ip, None)
         else:
             if len(hs) > 1:
@@ -671,7 +659,7 @@ class Index:
                 self._agents[ip] = rec.name
             self._merge(ip)
         if old is None or old.zone != rec.zone:
-            self._rerender(self._pods_by_node.get(rec.name, ()))
+            self._rerender(self._pods_by_node.get(rec.name))
 
     def _drop_node_ip(self, ip: bytes, name: str) -> None:
         if self._node_addr.get(ip) != name:
@@ -688,7 +676,7 @@ class Index:
             return
         for ip in old.addrs:
             self._drop_node_ip(ip, name)
-        self._rerender(self._pods_by_node.get(name, ()))
+        self._rerender(self._pods_by_node.get(name))
 
     # services
 
@@ -730,11 +718,11 @@ class Index:
         old = self._rs.get(key)
         self._rs[key] = rec
         if old is None or old.owner != rec.owner:
-            self._rerender(self._pods_by_rs.get(key, ()))
+            self._rerender(self._pods_by_rs.get(key))
 
     def _delete_rs(self, key: tuple[str, str]) -> None:
         if self._rs.pop(key, None) is not None:
-            self._rerender(self._pods_by_rs.get(key, ()))
+            self._rerender(self._pods_by_rs.get(key))
 
 
 def _holder_at(e: tuple[Any, ...] | None, t_ms: int) -> tuple[Any, ...] | None:
@@ -749,6 +737,41 @@ def _holder_at(e: tuple[Any, ...] | None, t_ms: int) -> tuple[Any, ...] | None:
     if t_ms >= e[5]:
         return None
     return e
+
+
+def _multi_add(d: dict[Any, Any], key: Any, val: Any) -> None:
+    cur = d.get(key)
+    if cur is None:
+        d[key] = val
+    elif type(cur) is list:
+        if val not in cur:
+            cur.append(val)
+    elif cur is not val and cur != val:
+        d[key] = [cur, val]
+
+
+def _multi_remove(d: dict[Any, Any], key: Any, val: Any) -> None:
+    cur = d.get(key)
+    if cur is None:
+        return
+    if type(cur) is list:
+        if val in cur:
+            cur.remove(val)
+        if len(cur) == 1:
+            d[key] = cur[0]
+        elif not cur:
+            del d[key]
+    elif cur is val or cur == val:
+        del d[key]
+
+
+def _multi_list(v: Any) -> list[Any]:
+    """Members of a _multi_add value as a new list (safe to iterate while the map changes)."""
+    if v is None:
+        return []
+    if type(v) is list:
+        return list(v)
+    return [v]
 
 
 def _start_key(r: PodRec) -> int:
