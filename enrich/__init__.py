@@ -56,7 +56,8 @@ class Enricher:
     """The index plus the four informers that keep it current."""
 
     def __init__(self, config: EnrichConfig | None = None, *, api_client: Any = None,
-                 listers: dict[str, Lister] | None = None, clock: Callable[[], float] | None = None) -> None:
+                 listers: dict[str, Lister] | None = None, clock: Callable[[], float] | None = None,
+                 compiled: bool | None = None) -> None:
         self.config = config if config is not None else EnrichConfig()
         kwargs: dict[str, Any] = {}
         if clock is not None:
@@ -64,9 +65,10 @@ class Enricher:
         self.index = Index(cluster_name=self.config.cluster_name,
                            infra_namespace_prefixes=self.config.infra_namespace_prefixes,
                            own_namespace=self.config.resolved_own_namespace(),
-                           tombstone_seconds=self.config.tombstone_seconds, **kwargs)
-        # The hot path: bound straight to the index so a call is one Python frame.
-        self.enrich: Callable[[bytes, bytes, bytes, int, int], bytes] = self.index.enrich
+                           tombstone_seconds=self.config.tombstone_seconds, compiled=compiled, **kwargs)
+        # The hot path, bound straight to the index's fastest reader (compiled when built,
+        # compiled=False forces the pure-Python reference) so a call is one C or Python frame.
+        self.enrich: Callable[[bytes, bytes, bytes, int, int], bytes] = self.index.enrich_fn
         self._api_client = api_client
         self._listers = listers
         self._informers: dict[str, Informer] = {}
@@ -76,9 +78,10 @@ class Enricher:
     @classmethod
     def from_objects(cls, *, pods: Iterable[dict[str, Any]] = (), nodes: Iterable[dict[str, Any]] = (),
                      services: Iterable[dict[str, Any]] = (), replicasets: Iterable[dict[str, Any]] = (),
-                     config: EnrichConfig | None = None, clock: Callable[[], float] | None = None) -> Enricher:
+                     config: EnrichConfig | None = None, clock: Callable[[], float] | None = None,
+                     compiled: bool | None = None) -> Enricher:
         """A ready enricher built from API objects as plain dicts (no informers)."""
-        self = cls(config, clock=clock)
+        self = cls(config, clock=clock, compiled=compiled)
         idx = self.index
         # ReplicaSets and Nodes first so pods render with their owners and zones at once.
         for kind, objs in ((REPLICASETS, replicasets), (NODES, nodes), (SERVICES, services), (PODS, pods)):

@@ -194,7 +194,7 @@ class Index:
 
     def __init__(self, *, cluster_name: str = "", infra_namespace_prefixes: Iterable[str] = ("openshift", "kube-"),
                  own_namespace: str = "", tombstone_seconds: float = 300.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, compiled: bool | None = None) -> None:
         self._prefixes = tuple(infra_namespace_prefixes)
         self._own_ns = own_namespace
         self._ttl_ms = int(tombstone_seconds * 1000)
@@ -228,6 +228,20 @@ class Index:
         self._logged: set[str] = set()
 
         self._tails = self._build_tails(cluster_name)
+        # The compiled reader (enrich/_fast.pyx) when built and wanted; same algorithm, same data.
+        self._reader: Any = None
+        if compiled is not False:
+            try:
+                from . import _fast  # type: ignore[attr-defined]
+            except ImportError:
+                if compiled:
+                    raise
+            else:
+                self._reader = _fast.Reader(self._tails)
+                self._reader.publish(self._ips, self._agents)
+        #: The fastest enrich() available: bind this one in the hot path.
+        self.enrich_fn: Callable[[bytes, bytes, bytes, int, int], bytes] = (
+            self._reader.enrich if self._reader is not None else self.enrich)
 
     # ------------------------------------------------------------------ hot path
 
@@ -287,6 +301,11 @@ class Index:
         if d is None:
             return s[0] + tail
         return s[0] + d[1] + tail
+
+    @property
+    def compiled(self) -> bool:
+        """True when enrich_fn is the compiled reader."""
+        return self._reader is not None
 
     def lookup(self, addr: str, t_ms: int = 0) -> dict[str, Any] | None:
         """Debug/test helper: the Src-side identity of an address string as a dict."""
@@ -484,6 +503,8 @@ class Index:
             # One swap: readers see the old index or the new one, never a mix.
             self._ips = {**self._svc_layer, **self._node_layer, **self._pod_layer}
             self._agents = dict(self._node_addr)
+            if self._reader is not None:
+                self._reader.publish(self._ips, self._agents)
 
     def upsert(self, kind: str, rec: Any) -> None:
         """Apply an ADDED/MODIFIED watch event."""

@@ -22,6 +22,25 @@ from tests.support.fake_kube import node, pod, replicaset, service
 T0 = 1_700_000_000_000  # ms; objects below are created around here
 
 
+def _compiled_built() -> bool:
+    try:
+        from enrich import _fast  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(autouse=True, params=["python", "compiled"])
+def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run every test on the pure-Python reader and on the compiled one (enrich/_fast.pyx)."""
+    if request.param == "compiled" and not _compiled_built():
+        pytest.skip("enrich._fast not built (python setup.py build_ext --inplace)")
+    kw = dict(enrich.index.Index.__init__.__kwdefaults__)
+    kw["compiled"] = request.param == "compiled"
+    monkeypatch.setattr(enrich.index.Index.__init__, "__kwdefaults__", kw)
+    return request.param
+
+
 def raw(ip: str) -> bytes:
     return ipaddress.ip_address(ip).packed if ip else b""
 
@@ -321,6 +340,39 @@ def test_unresolved_flow_output() -> None:
     assert e.enrich(raw("8.8.8.8"), raw("1.1.1.1"), b"", 0, -1) == b',"K8S_ClusterName":"c1"'
     assert e.enrich(b"", b"", b"", 0, 1) == b',"K8S_ClusterName":"c1","FlowDirection":1'
     assert build().enrich(b"", b"", b"", 0, -1) == b""
+
+
+# ---------------------------------------------------------------- compiled == reference
+
+def test_compiled_reader_matches_python_reference(implementation: str) -> None:
+    if implementation != "compiled":
+        pytest.skip("compares both readers once")
+    import random
+
+    clock = Clock(T0)
+    pods = [pod(f"p{i}", "kube-system" if i % 5 == 0 else "shop", ips=[f"10.244.{i % 2}.{10 + i}"],
+                node="node-a" if i % 2 == 0 else "node-b", host_ip="10.0.0.1" if i % 2 == 0 else "10.0.0.2",
+                uid=f"u{i}", created=iso(T0 - 100_000 + i)) for i in range(40)]
+    e = build(pods, services=[service("s", "shop", ips=["172.30.0.1", "fd00:172:30::1"])], clock=clock,
+              cluster_name="c")
+    idx = e.index
+    assert idx.compiled
+    # Some reuse chains and tombstones.
+    for i in range(0, 40, 3):
+        clock.ms = T0 + i * 1000
+        idx.delete("pods", idx.parse("pods", pods[i]))
+        clock.ms = T0 + i * 1000 + 500
+        idx.upsert("pods", idx.parse("pods", pod(f"n{i}", "openshift-x", ips=[f"10.244.{i % 2}.{10 + i}"],
+                                                 uid=f"n{i}", created=iso(T0 + i * 1000 + 500))))
+    addrs = [raw(f"10.244.{i % 2}.{10 + i}") for i in range(40)] + [
+        raw("172.30.0.1"), raw("fd00:172:30::1"), raw("10.0.0.1"), raw("10.0.0.2"), raw("10.244.0.2"),
+        raw("8.8.8.8"), b"", b"\x01\x02"]
+    agents = [raw("10.0.0.1"), raw("10.0.0.2"), raw("fd00::1"), raw("1.2.3.4"), b""]
+    times = [0, -5, T0 - 200_000, T0 - 50_000, T0, T0 + 700, T0 + 20_000, T0 + 45_000, 2**62, 2**62 + 5]
+    rnd = random.Random(7)
+    for _ in range(5000):
+        args = (rnd.choice(addrs), rnd.choice(addrs), rnd.choice(agents), rnd.choice(times), rnd.choice([-1, 0, 1, 2, 3]))
+        assert idx.enrich_fn(*args) == idx.enrich(*args), args
 
 
 # ---------------------------------------------------------------- config and CLI
