@@ -54,6 +54,7 @@ def ext(name: str, sources: list[str]) -> Extension:
 
 extensions = [
     ext("decoders._core", ["decoders/_core.pyx"]),
+    ext("enrich._fast", ["enrich/_fast.pyx"]),
 ]
 
 setup(
