@@ -151,7 +151,10 @@ class Worker:
     """Composition root of one worker process (or the only one)."""
 
     def __init__(self, cfg: Config, index: int | None = None, *, enricher: Any = None) -> None:
-        from decoders import Decoder, DecoderConfig  # compiled; imported late so `flowscope config` works without it
+        from decoders import (  # compiled; imported late so `flowscope config` works without it
+            Decoder,
+            DecoderConfig,
+        )
 
         self.cfg = cfg
         self.index = index

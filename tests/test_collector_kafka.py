@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 from conftest import (
-    corpus_file,
     consume,
+    corpus_file,
     make_v5,
     offline_flows,
     send_udp,
@@ -140,8 +140,9 @@ def test_malformed_counted_valid_delivered(broker: Any, collector: Any, loop_nam
 
 def test_broker_outage(collector: Any, tmp_path: Any) -> None:
     """Broker down 10 s while flows arrive, then back: delivered + counted drops == sent."""
-    from collector.broker import Broker
     from conftest import free_tcp_port
+
+    from collector.broker import Broker
 
     b = Broker(port=free_tcp_port(), log_path=str(tmp_path / "tansu.log")).start()
     t = topic()
