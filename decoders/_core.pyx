@@ -102,6 +102,7 @@ cdef class Decoder:
         cdef const uint8_t* buf = <const uint8_t*>PyBytes_AS_STRING(data)
         cdef uint16_t version
         b.data = data
+        b.port = <uint16_t>port
         b.recv_time = recv_time if recv_time else time.time()
         ex = self.exporter_state(exporter)
         if ex is None:
@@ -152,7 +153,8 @@ cdef class Decoder:
         for ip, ex in self.exporters.items():
             out[ip] = {
                 "templates": [
-                    {"version": t.version, "domain": t.domain, "id": t.template_id, "options": bool(t.options),
+                    {"version": t.version, "domain": t.domain, "id": t.template_id, "port": t.port,
+                     "options": bool(t.options),
                      "scope": t.scope_fields, "fields": [list(f) for f in t.spec]}
                     for t in ex.templates.values()
                 ],
@@ -178,7 +180,8 @@ cdef class Decoder:
                 try:
                     spec = tuple((int(a), int(b_), int(c)) for a, b_, c in tpl["fields"])
                     t = compile_template(int(tpl["version"]), int(tpl["domain"]), int(tpl["id"]), spec,
-                                         int(tpl.get("scope", 0)), bool(tpl.get("options")), 0)
+                                         int(tpl.get("scope", 0)), bool(tpl.get("options")), 0,
+                                         int(tpl.get("port", 0)))
                     store_template(self, ex, t)
                     loaded += 1
                 except (KeyError, TypeError, ValueError, DecodeError):

@@ -79,6 +79,7 @@ cdef class FlowBatch:
     cdef int proto_kind
     cdef readonly uint32_t sequence
     cdef readonly uint32_t domain
+    cdef readonly uint16_t port
     cdef readonly list counters
     cdef readonly object error
     cdef readonly int missing_template_sets

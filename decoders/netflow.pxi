@@ -171,6 +171,7 @@ cdef class Template:
     cdef readonly int version
     cdef readonly uint32_t domain
     cdef readonly uint16_t template_id
+    cdef readonly uint16_t port
     cdef Py_ssize_t min_len   # smallest possible record (varlen counted as 1 byte)
     cdef readonly tuple spec  # ((ie, pen, length), ...) as received: for the state file
     cdef bint has_option_fields
@@ -180,7 +181,7 @@ cdef class Template:
         free(self.fields)
 
 
-cdef Template compile_template(int version, uint32_t domain, uint16_t tid, tuple spec, int scope_fields, bint options, Py_ssize_t offset):
+cdef Template compile_template(int version, uint32_t domain, uint16_t tid, tuple spec, int scope_fields, bint options, Py_ssize_t offset, uint16_t port):
     """Compile a template; raise DecodeError("bad_template") for one that cannot be decoded."""
     cdef Template t = Template.__new__(Template)
     cdef int i, n = len(spec)
@@ -197,10 +198,12 @@ cdef Template compile_template(int version, uint32_t domain, uint16_t tid, tuple
     t.version = version
     t.domain = domain
     t.template_id = tid
+    t.port = port
     t.spec = spec
     t.min_len = 0
     t.has_option_fields = False
     t.has_tcp_counts = False
+    cdef set seen = set()
     for i in range(n):
         ie, pen, length = spec[i]
         fs = &t.fields[i]
@@ -209,6 +212,15 @@ cdef Template compile_template(int version, uint32_t domain, uint16_t tid, tuple
         fs.length = length
         v9_scope = options and version == 9 and i < scope_fields
         fs.action = action_for(ie, pen, length, v9_scope)
+        # An element repeated in one template (outer and inner headers, Cisco SRv6/MPLS): the
+        # first occurrence fills the named field, as Wireshark shows it; later ones stay
+        # available as ie<ID> extras. interfaceName is the exception: OVS sends it twice,
+        # ingress port first, egress port second.
+        if fs.action > A_SCOPE and fs.action != A_IFNAME:
+            if fs.action in seen:
+                fs.action = A_EXTRA
+            else:
+                seen.add(fs.action)
         if is_option_action(fs.action):
             t.has_option_fields = True
         if A_FIN_COUNT <= fs.action <= A_URG_COUNT:
@@ -284,8 +296,11 @@ cdef class ExporterState:
         }
 
 
-cdef inline uint64_t tkey(int version, uint32_t domain, uint16_t tid) noexcept:
-    return (<uint64_t>version << 48) | (<uint64_t>domain << 16) | tid
+cdef inline object tkey(int version, uint32_t domain, uint16_t tid, uint16_t port):
+    # Templates belong to an exporting process: (exporter IP, UDP source port, observation
+    # domain / source id, template id), as Wireshark scopes them. Two processes on one host
+    # (OVS bridges, pmacct "multiple sources") may reuse ids with different definitions.
+    return ((<uint64_t>version << 48) | (<uint64_t>domain << 16) | tid) + ((<object>port) << 64)
 
 
 # ---------------------------------------------------------------- NetFlow v5
@@ -302,9 +317,15 @@ cdef int decode_v5(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except
     cdef uint32_t rate
     b.proto_kind = PROTO_NETFLOW5
     b.sequence = be32(h + 16)
-    # Records are 48 bytes and a v5 datagram holds at most 30 (Cisco's v5 format).
+    cdef bint bad_count = False
+    # Records are 48 bytes and a v5 datagram holds at most 30 (Cisco's v5 format). When the
+    # header's count disagrees with the length, decode the whole records that are there (as
+    # Wireshark does) and count the disagreement as bad_count on the exporter.
     if count == 0 or count > 30 or rd_left(r) < 48 * count:
-        raise_decode("bad_length", 0, f"v5 count {count} with {rd_left(r)} bytes of records")
+        bad_count = True
+        count = <uint16_t>min(rd_left(r) // 48, 30)
+        if count == 0:
+            raise_decode("bad_length", 2, f"v5 header count {be16(h + 2)} with {rd_left(r)} bytes of records")
     # first/last are sysUptime ms: absolute = export time - uptime + value.
     base_ms = <int64_t>be32(h + 8) * 1000 + be32(h + 12) // 1000000 - uptime
     rate = interval if interval else ex.cidr_sampling
@@ -344,6 +365,9 @@ cdef int decode_v5(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except
             f.icmp_code = f.dport & 0xFF
             f.present |= P_ICMP
     ex.last_sampling = rate
+    if bad_count:
+        ex.count_error("bad_count")
+        dec.log_limited("bad_count", ex.ip, f"v5 header count {be16(h + 2)} but {b.n} records in the datagram")
     return 0
 
 
@@ -382,7 +406,7 @@ cdef int parse_template_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* 
             raise_decode("bad_template", start, f"v{version} domain {domain}: template id {tid} < 256")
         if version == 10 and count == 0:
             # RFC 7011 8.1: a withdrawal. Template id == set id (2 or 3) withdraws all of that kind.
-            withdraw(ex, version, domain, tid, options)
+            withdraw(ex, version, domain, tid, options, b.port)
             continue
         spec = []
         for i in range(count):
@@ -393,22 +417,22 @@ cdef int parse_template_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* 
                 ie &= 0x7FFF
                 pen = rd_u32(s)
             spec.append((ie, pen, length))
-        store_template(dec, ex, compile_template(version, domain, tid, tuple(spec), scope_count, options, start))
+        store_template(dec, ex, compile_template(version, domain, tid, tuple(spec), scope_count, options, start, b.port))
     return 0
 
 
-cdef void withdraw(ExporterState ex, int version, uint32_t domain, uint16_t tid, bint options):
+cdef void withdraw(ExporterState ex, int version, uint32_t domain, uint16_t tid, bint options, uint16_t port):
     cdef Template t
     if tid == 2 or tid == 3:
         for key in [k for k, t in ex.templates.items()
-                    if t.version == version and t.domain == domain and t.options == options]:
+                    if t.version == version and t.domain == domain and t.options == options and t.port == port]:
             del ex.templates[key]
     else:
-        ex.templates.pop(tkey(version, domain, tid), None)
+        ex.templates.pop(tkey(version, domain, tid, port), None)
 
 
 cdef int store_template(Decoder dec, ExporterState ex, Template t) except -1:
-    cdef uint64_t key = tkey(t.version, t.domain, t.template_id)
+    cdef object key = tkey(t.version, t.domain, t.template_id, t.port)
     if key not in ex.templates and len(ex.templates) >= dec.max_templates:
         # Refused and counted; the rest of the datagram (other templates, data) still decodes.
         ex.count_error("template_limit")
@@ -437,6 +461,11 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
     cdef uint16_t count_flags = 0
     cdef int ipversion = 0
     cdef Py_ssize_t rec_start = s.pos
+    cdef uint8_t src4[4]
+    cdef uint8_t dst4[4]
+    cdef bint has4 = False, has6 = False
+    memset(src4, 0, 4)
+    memset(dst4, 0, 4)
     f.template_id = t.template_id
     for i in range(t.n_fields):
         fs = &t.fields[i]
@@ -483,17 +512,17 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             f.dport = be16(p)
             f.present |= P_DPORT
         elif a == A_SRC4:
-            memcpy(f.src, p, 4)
-            f.af = 4
+            memcpy(src4, p, 4)
+            has4 = True
         elif a == A_DST4:
-            memcpy(f.dst, p, 4)
-            f.af = 4
+            memcpy(dst4, p, 4)
+            has4 = True
         elif a == A_SRC6:
             memcpy(f.src, p, 16)
-            f.af = 6
+            has6 = True
         elif a == A_DST6:
             memcpy(f.dst, p, 16)
-            f.af = 6
+            has6 = True
         elif a == A_SRCMASK:
             f.src_mask = p[0]
             f.present |= P_SRCMASK
@@ -553,7 +582,8 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
         elif a == A_IPVERSION:
             ipversion = p[0]
         elif a == A_DIRECTION:
-            f.direction = <int8_t>(p[0] & 1)
+            if p[0] <= 1:  # RFC 5102 flowDirection: 0 ingress, 1 egress; other values unknown
+                f.direction = <int8_t>p[0]
         elif a == A_IFNAME:
             # OVS egress templates carry interfaceName twice: the first is the ingress port.
             if not has_ifname:
@@ -634,6 +664,9 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             f.tun_dport = be16(p)
             f.present |= P_TUNDPORT
 
+    if has4 or has6:
+        pick_family(f, src4, dst4, has4, has6, ipversion)
+
     if t.options:
         # Options data teaches the exporter's clock and sampling; it is not a flow.
         learn_options(ex, t, sampling_interval, sampling_space, has_sampler, sampler_id, rec_sysinit)
@@ -680,6 +713,28 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
                 b.dropped["duplicate"] = b.dropped.get("duplicate", 0) + 1
                 batch_drop_last(b)
     return 0
+
+
+cdef void pick_family(Flow* f, const uint8_t* src4, const uint8_t* dst4, bint has4, bint has6, int ipversion) noexcept:
+    """Some exporters (Procera, some Cisco) fill both IPv4 and IPv6 address elements in one
+    template, leaving the family not in use zero. ipVersion (IE 60) decides when present; else
+    the family with a non-zero address wins, IPv4 on a tie."""
+    cdef bint nz4 = be32(src4) != 0 or be32(dst4) != 0
+    cdef bint nz6 = False
+    cdef int i
+    if has6:
+        for i in range(16):
+            if f.src[i] or f.dst[i]:
+                nz6 = True
+                break
+    if has4 and (ipversion == 4 or (ipversion != 6 and (not has6 or nz4 or not nz6))):
+        memset(f.src, 0, 16)
+        memset(f.dst, 0, 16)
+        memcpy(f.src, src4, 4)
+        memcpy(f.dst, dst4, 4)
+        f.af = 4
+    else:
+        f.af = 6
 
 
 cdef int64_t ntp_to_ms(const uint8_t* p, bint micro) noexcept:
@@ -796,7 +851,7 @@ cdef dict options_dict(FlowBatch b, Flow* f, Template t, Py_ssize_t start, Py_ss
 
 cdef int decode_data_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* s, int version,
                          uint32_t domain, uint16_t set_id, int64_t export_ms, int64_t sysinit_ms) except -1:
-    cdef Template t = ex.templates.get(tkey(version, domain, set_id))
+    cdef Template t = ex.templates.get(tkey(version, domain, set_id, b.port))
     cdef Py_ssize_t before
     if t is None:
         # RFC 7011 8: data for an unknown template cannot be decoded; count it, go on.
@@ -809,6 +864,14 @@ cdef int decode_data_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* s, 
         if s.pos == before:
             break
     return 0
+
+
+cdef bint all_zero(const uint8_t* buf, Py_ssize_t start, Py_ssize_t end) noexcept:
+    cdef Py_ssize_t i
+    for i in range(start, end):
+        if buf[i]:
+            return False
+    return True
 
 
 cdef int decode_v9(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except -1:
@@ -829,6 +892,8 @@ cdef int decode_v9(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except
         set_start = r.pos
         set_id = rd_u16(r)
         set_len = rd_u16(r)
+        if set_id == 0 and set_len == 0 and all_zero(r.buf, set_start, r.end):
+            break  # zero padding after the last flowset (Palo Alto, Cisco ACI): not an error
         if set_len < 4 or set_len - 4 > rd_left(r):
             raise_decode("bad_set", set_start, f"v9 source id {domain} flowset {set_id} length {set_len}")
         rd_sub(r, &s, set_len - 4)
@@ -871,6 +936,8 @@ cdef int decode_ipfix(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
             set_start = m.pos
             set_id = rd_u16(&m)
             set_len = rd_u16(&m)
+            if set_id == 0 and set_len == 0 and all_zero(m.buf, set_start, m.end):
+                break  # zero padding to the end of the message
             if set_len < 4 or set_len - 4 > rd_left(&m):
                 raise_decode("bad_set", set_start, f"IPFIX domain {domain} set {set_id} length {set_len}")
             rd_sub(&m, &s, set_len - 4)

@@ -40,7 +40,7 @@ FLAG_BITS = {"fin": "FIN", "syn": "SYN", "rst": "RST", "psh": "PSH", "ack": "ACK
 def ovs_decoder(**kw: object) -> Decoder:
     dec = Decoder(DecoderConfig(**kw))  # type: ignore[arg-type]
     b = dec.decode(ipfix_message([template_set([OVS_INGRESS, OVS_EGRESS, OVS_TUNNEL])], seq=0,
-                                 export_time=EXPORT), EXPORTER, 4739, EXPORT)
+                                 export_time=EXPORT), EXPORTER, 0, EXPORT)
     assert b.error is None and len(b) == 0
     return dec
 
@@ -48,7 +48,7 @@ def ovs_decoder(**kw: object) -> Decoder:
 def test_ovs_ipfix_ingress_fields() -> None:
     dec = ovs_decoder()
     recs = ovs_flows(25, random.Random(7), direction=0)
-    b = dec.decode(ipfix_message([data_set(OVS_INGRESS, recs)], seq=25, export_time=EXPORT), EXPORTER, 4739, EXPORT + 1)
+    b = dec.decode(ipfix_message([data_set(OVS_INGRESS, recs)], seq=25, export_time=EXPORT), EXPORTER, 0, EXPORT + 1)
     assert b.error is None
     flows = b.to_dicts()
     assert len(flows) == 25

@@ -106,9 +106,8 @@ def expected_flow(sp: T.SflowPacket, s: T.SflowSample) -> dict:
         if T.to_int(udp.get("udp.dstport", "0")) != 4789 or "udp.payload" not in udp:
             break
         payload = bytes.fromhex(udp["udp.payload"].replace(":", ""))
-        exp["TunnelSrcAddr"], exp["TunnelDstAddr"] = exp.pop("SrcAddr"), exp.pop("DstAddr")
-        exp["TunnelProto"] = exp.pop("Proto")
-        exp["TunnelSrcPort"], exp["TunnelDstPort"] = exp.pop("SrcPort"), exp.pop("DstPort")
+        # tshark.expected_from_header already moved the outer endpoints to Tunnel*.
+        exp["TunnelProto"] = 17
         exp["TunnelType"] = "vxlan"
         exp["TunnelId"] = int.from_bytes(payload[4:7], "big")
         for k in ("Etype", "Dscp", "SrcMac", "DstMac"):
