@@ -359,8 +359,9 @@ class Index:
         if not isinstance(ns, str) or not ns:
             raise BadObject("pod has no metadata.namespace")
         name = meta["name"]
-        uid = meta.get("uid") if isinstance(meta.get("uid"), str) and meta.get("uid") else f"{ns}/{name}"
-        host_ip = status.get("hostIP") if isinstance(status.get("hostIP"), str) else ""
+        uid_v, host_v = meta.get("uid"), status.get("hostIP")
+        uid: str = uid_v if isinstance(uid_v, str) and uid_v else f"{ns}/{name}"
+        host_ip: str = host_v if isinstance(host_v, str) else ""
         host_ips = {host_ip} if host_ip else set()
         for h in status.get("hostIPs") or ():
             if isinstance(h, dict) and isinstance(h.get("ip"), str):
@@ -646,7 +647,7 @@ class Index:
         else:
             if len(hs) > 1:
                 hs.sort(key=_start_key)
-            prev = None
+            prev: tuple[Any, ...] | None = None
             for r in hs:
                 prev = (r.frag_s, r.frag_d, r.node, r.infra, r.start_ms, r.end_ms, prev)
             if prev is not None and prev[6] is None and prev[5] == ALIVE:

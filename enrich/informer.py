@@ -246,7 +246,8 @@ class Informer:
                 rec = parse(self.kind, obj)
                 if rec is not None:
                     recs.append(rec)
-            meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+            meta_v = doc.get("metadata")
+            meta: dict[str, Any] = meta_v if isinstance(meta_v, dict) else {}
             rv = meta.get("resourceVersion")
             cont = meta.get("continue") or None
             del doc

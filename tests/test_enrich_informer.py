@@ -344,3 +344,20 @@ def test_disabled_enricher_does_nothing(fake_kube: FakeKube) -> None:  # noqa: F
     assert fake_kube.requests == []
     assert e.enrich(raw("10.0.0.1"), raw("10.0.0.2"), b"", 0, 1) == b',"FlowDirection":1'
     e.stop()
+
+
+def test_api_server_gone_keeps_last_good_cache(seeded: FakeKube, kubeconfig: str,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    e = enrich.Enricher(fast_config(kubeconfig))
+    e.start()
+    try:
+        assert e.wait_ready(10)
+        with caplog.at_level(logging.WARNING, logger="flowscope.enrich"):
+            seeded.stop()  # streams end, then every reconnect is refused
+            wait_for(lambda: e.stats()["kinds"]["pods"]["errors"].get("connection", 0) >= 3, what="refusals")
+        pod_logs = [r for r in caplog.records if r.getMessage().startswith("enrich: pods informer")]
+        assert len(pod_logs) == 1
+        assert flow(e, "10.244.0.5", "172.30.0.10")["SrcK8S_Name"] == "web-6d4cf56db6-x1"
+        assert e.ready  # readiness is about the first sync; staleness shows in the counters
+    finally:
+        e.stop()
