@@ -1,0 +1,497 @@
+"""Benchmark harness: the highest lossless flow rate per collector and protocol.
+
+``python -m benchmarks.harness`` (or ``make bench``) starts a private Tansu broker, then for
+each collector (flowscope, pmacct's nfacctd/sfacctd -> Kafka JSON, nfdump's nfcapd/sfcapd ->
+binary files) and protocol it sweeps the offered rate of the C load generator and finds the
+highest rate where under 0.1 % of the flows sent fail to arrive, over runs of at least 10 s.
+What counts as arrived is what a consumer reads back from the Kafka topic (or what nfdump
+reads back from nfcapd's files), never what the collector says it sent.
+
+Per trial it records offered and delivered flows/s, the collector's CPU (all its processes,
+from /proc/<pid>/stat, as CPU-seconds per second of load: 100 = one core), its peak RSS
+(sum of VmHWM), kernel receive drops on its socket (/proc/net/udp) and system-wide UDP
+receive-buffer errors (/proc/net/snmp), and how long it took to drain after the load stopped.
+Results: results.json, results.md (a table) and delivered_vs_offered.png in --out.
+
+Pinning (when the machine has 2+ CPUs): generator and broker on CPU 0, the collector on
+CPU 1, as the reference numbers in ../shared/EXPORTERS.md were taken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from benchmarks import broker as brk
+from benchmarks import peers
+from benchmarks.build import build as build_loadgen
+
+REPO = Path(__file__).resolve().parent.parent
+PROTOS = ("ipfix", "v5", "v9", "sflow")
+
+
+@dataclass
+class Env:
+    """What a collector start function gets for one trial."""
+
+    proto: str
+    port: int  # UDP port the generator sends to
+    bootstrap: str | None
+    topic: str | None
+    cpus: str | None
+    workers: int
+    log_dir: str
+
+
+@dataclass
+class CollectorSpec:
+    """A collector under test: how to start it and where its flows land."""
+
+    name: str
+    start: Callable[[Env], peers.Peer]
+    sink: str  # "kafka" or "files"
+    protos: tuple[str, ...] = PROTOS
+    workers: int = 1
+    loadgen_args: tuple[str, ...] = ()
+
+
+# ---------------------------------------------------------------- collectors
+
+
+def _start_flowscope(env: Env) -> peers.Peer:
+    nf_port = env.port if env.proto != "sflow" else brk.free_udp_port()
+    sf_port = env.port if env.proto == "sflow" else brk.free_udp_port()
+    metrics_port = brk.free_port()
+    cmd = [
+        sys.executable, "-m", "collector.cli", "run",
+        "--listen", f"netflow://127.0.0.1:{nf_port}",
+        "--listen", f"sflow://127.0.0.1:{sf_port}",
+        "--kafka-brokers", env.bootstrap or "",
+        "--kafka-topic", env.topic or "",
+        "--metrics-addr", f"127.0.0.1:{metrics_port}",
+        "--workers", str(env.workers),
+    ]
+    if env.cpus is not None:
+        cmd = ["taskset", "-c", env.cpus, *cmd]
+    log_path = os.path.join(env.log_dir, f"flowscope-{env.proto}-{env.port}.log")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    peer = peers.Peer(name="flowscope", proc=proc, workdir=env.log_dir, log_path=log_path,
+                      ports={env.proto: env.port}, cpus=env.cpus, topic=env.topic,
+                      extra={"metrics": f"http://127.0.0.1:{metrics_port}", "cmd": cmd})
+    try:
+        peers._wait_udp_bound(proc.pid, env.port, timeout=30)  # noqa: SLF001
+    except TimeoutError:
+        peer.stop()
+        raise RuntimeError(f"flowscope did not start:\n{peer.log_tail()}") from None
+    # readiness: /readyz when the collector serves it, else a short grace period
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=1) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        time.sleep(0.2)
+    if proc.poll() is not None:
+        raise RuntimeError(f"flowscope exited with {proc.returncode}:\n{peer.log_tail()}")
+    return peer
+
+
+def _start_pmacct(env: Env) -> peers.Peer:
+    assert env.bootstrap and env.topic
+    return peers.start_pmacct(env.proto, port=env.port, bootstrap=env.bootstrap, topic=env.topic, cpus=env.cpus)
+
+
+def _start_nfcapd(env: Env) -> peers.Peer:
+    return peers.start_nfcapd(env.proto, port=env.port, cpus=env.cpus)
+
+
+def collector_specs(workers: list[int]) -> dict[str, list[CollectorSpec]]:
+    """Registry of collectors by name; flowscope yields one entry per worker count."""
+    return {
+        "flowscope": [CollectorSpec(f"flowscope-w{w}", _start_flowscope, "kafka", workers=w) for w in workers],
+        "pmacct": [CollectorSpec("pmacct", _start_pmacct, "kafka")],
+        "nfcapd": [CollectorSpec("nfcapd", _start_nfcapd, "files")],
+    }
+
+
+# ---------------------------------------------------------------- one trial
+
+
+@dataclass
+class Trial:
+    collector: str
+    proto: str
+    workers: int
+    target_flows_s: float
+    duration_s: float
+    sent_flows: int = 0
+    sent_datagrams: int = 0
+    offered_flows_s: float = 0.0
+    delivered: int = 0
+    delivered_flows_s: float = 0.0
+    loss: float = 1.0
+    cpu_pct: float = 0.0
+    peak_rss_mib: float = 0.0
+    kernel_drops: int = 0
+    udp_rcvbuf_errors: int = 0
+    drain_s: float = 0.0
+    generator_limited: bool = False
+    error: str | None = None
+    loadgen: dict = field(default_factory=dict)
+
+
+def _wait_quiescent(root: int, *, max_wait: float, idle_cpu: float = 0.03, hold: float = 1.5) -> float:
+    """Wait until the collector's processes use < idle_cpu of a core for ``hold`` seconds.
+
+    A collector still draining (pmacct purging its cache, flowscope flushing Kafka batches)
+    burns CPU; when it stops, everything it will deliver has been handed to the broker.
+    Returns the time waited.
+    """
+    t0 = time.monotonic()
+    last_cpu, last_t, quiet_since = peers.tree_cpu_seconds(root), t0, None
+    while time.monotonic() - t0 < max_wait:
+        time.sleep(0.5)
+        now, cpu = time.monotonic(), peers.tree_cpu_seconds(root)
+        busy = (cpu - last_cpu) / max(now - last_t, 1e-6)
+        last_cpu, last_t = cpu, now
+        if busy < idle_cpu:
+            quiet_since = quiet_since or now
+            if now - quiet_since >= hold:
+                break
+        else:
+            quiet_since = None
+    return time.monotonic() - t0
+
+
+def run_trial(
+    spec: CollectorSpec,
+    proto: str,
+    rate: float,
+    *,
+    duration: float,
+    broker: brk.Broker | None,
+    loadgen: Path,
+    cpus: dict[str, str | None],
+    log_dir: str,
+    max_drain: float,
+    loadgen_extra: list[str],
+) -> Trial:
+    tr = Trial(collector=spec.name, proto=proto, workers=spec.workers, target_flows_s=rate, duration_s=duration)
+    topic = brk.create_topic(broker.bootstrap) if spec.sink == "kafka" and broker else None
+    port = brk.free_udp_port()
+    env = Env(proto=proto, port=port, bootstrap=broker.bootstrap if broker else None, topic=topic,
+              cpus=cpus["collector"], workers=spec.workers, log_dir=log_dir)
+    peer = None
+    try:
+        peer = spec.start(env)
+        snmp0 = peers.snmp_udp_counters()
+        cpu0 = peers.tree_cpu_seconds(peer.pid)
+        cmd = [str(loadgen), "--proto", proto, "--to", f"127.0.0.1:{port}", "--duration", str(duration),
+               "--rate", str(int(rate)), *spec.loadgen_args, *loadgen_extra]
+        if cpus["generator"] is not None:
+            cmd = ["taskset", "-c", cpus["generator"], *cmd]
+        gen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        hwm = 0
+        while gen.poll() is None:  # sample peak RSS while processes come and go
+            hwm = max(hwm, peers.vm_hwm_kib(peer.pids()))
+            time.sleep(0.25)
+        out, err = gen.communicate()
+        if gen.returncode != 0:
+            raise RuntimeError(f"loadgen failed ({gen.returncode}): {err.strip()}")
+        g = json.loads(out.strip().splitlines()[-1])
+        tr.loadgen = g
+        tr.sent_flows, tr.sent_datagrams = g["flows"], g["datagrams"]
+        tr.offered_flows_s = g["flows_per_s"]
+        tr.generator_limited = g["flows_per_s"] < 0.97 * rate
+        tr.kernel_drops = peers.udp_drops(port)
+        tr.drain_s = _wait_quiescent(peer.pid, max_wait=max_drain)
+        tr.kernel_drops = max(tr.kernel_drops, peers.udp_drops(port))
+        hwm = max(hwm, peers.vm_hwm_kib(peer.pids()))
+        tr.cpu_pct = 100.0 * (peers.tree_cpu_seconds(peer.pid) - cpu0) / max(g["elapsed_s"], 1e-6)
+        tr.udp_rcvbuf_errors = peers.snmp_udp_counters().get("RcvbufErrors", 0) - snmp0.get("RcvbufErrors", 0)
+        tr.peak_rss_mib = hwm / 1024.0
+        if not peer.alive():
+            tr.error = f"collector exited with {peer.proc.returncode}"
+        peer.stop()
+        if spec.sink == "kafka":
+            assert broker and topic
+            c = brk.count_messages(broker.bootstrap, topic, expected=tr.sent_flows, idle=3.0)
+            tr.delivered = c.messages
+        else:
+            assert peer.nfcapd_dir
+            tr.delivered = peers.count_nfcapd_flows(peer.nfcapd_dir)
+        tr.delivered_flows_s = tr.delivered / max(g["elapsed_s"], 1e-6)
+        tr.loss = max(0.0, 1.0 - tr.delivered / tr.sent_flows) if tr.sent_flows else 1.0
+    except Exception as e:  # noqa: BLE001 - a failed trial is a result, the sweep goes on
+        tr.error = f"{type(e).__name__}: {e}"
+    finally:
+        if peer is not None:
+            peer.stop()
+            if spec.sink == "files":
+                peer.cleanup()
+        if topic and broker:
+            brk.delete_topic(broker.bootstrap, topic)
+    return tr
+
+
+# ---------------------------------------------------------------- sweep
+
+
+def sweep(spec: CollectorSpec, proto: str, *, start: float, max_trials: float, max_loss: float,
+          precision: float, log: Callable[[str], None], **kw) -> tuple[Trial | None, list[Trial]]:
+    """Double the rate until loss, then bisect; returns (best lossless trial, all trials)."""
+    trials: list[Trial] = []
+    good: Trial | None = None
+    bad: Trial | None = None
+    rate = start
+    while len(trials) < max_trials:
+        tr = run_trial(spec, proto, rate, **kw)
+        trials.append(tr)
+        ok = tr.error is None and tr.loss < max_loss
+        log(f"  {spec.name:14s} {proto:5s} target {rate:>11,.0f}/s offered {tr.offered_flows_s:>11,.0f}/s "
+            f"delivered {tr.delivered_flows_s:>11,.0f}/s loss {tr.loss:7.3%} cpu {tr.cpu_pct:5.0f}% "
+            f"rss {tr.peak_rss_mib:6.0f}MiB drops {tr.kernel_drops} drain {tr.drain_s:.1f}s"
+            + (" GENERATOR-LIMITED" if tr.generator_limited else "") + (f" ERROR {tr.error}" if tr.error else ""))
+        if ok:
+            if good is None or tr.offered_flows_s > good.offered_flows_s:
+                good = tr
+            if tr.generator_limited:
+                break  # the collector kept up with everything the generator could send
+        else:
+            if tr.error and good is None and bad is None and "did not start" in tr.error:
+                break
+            bad = tr if bad is None or rate < bad.target_flows_s else bad
+        if bad is None:
+            rate *= 2
+        elif good is None:
+            rate = bad.target_flows_s / 4
+            if rate < 1000:
+                break
+        else:
+            if bad.target_flows_s / good.target_flows_s <= 1 + precision:
+                break
+            rate = (good.target_flows_s + bad.target_flows_s) / 2
+    return good, trials
+
+
+# ---------------------------------------------------------------- reporting
+
+
+def machine_info() -> dict:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        with open("/proc/meminfo") as f:
+            mem = f.readline().split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return {"host": platform.node(), "kernel": platform.release(), "cpu": model, "cpus": os.cpu_count(),
+            "memory": mem, "python": platform.python_version()}
+
+
+def _fmt_rate(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def write_markdown(path: Path, meta: dict, best: list[dict]) -> None:
+    lines = [
+        "# flowscope benchmark run",
+        "",
+        f"- date: {meta['date']}",
+        f"- machine: {meta['machine']['cpu']} x{meta['machine']['cpus']}, {meta['machine']['memory']}, "
+        f"Linux {meta['machine']['kernel']}",
+        f"- pinning: generator on CPU {meta['cpus']['generator']}, broker on CPU {meta['cpus']['broker']}, "
+        f"collector on CPU {meta['cpus']['collector']} (workers > 1: CPU {meta['cpus']['collector_multi']})",
+        f"- command: `{meta['command']}`",
+        f"- trial length {meta['duration_s']} s; lossless = under {meta['max_loss']:.1%} of sent flows missing "
+        "from the Kafka topic (read back by a consumer) or from nfcapd's files (read back by nfdump)",
+        "",
+        "| collector | protocol | max lossless flows/s | loss there | collector CPU % | peak RSS MiB "
+        "| kernel drops | drain s | first lossy offered flows/s (loss) | trials |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for b in best:
+        g = b["best"]
+        f = b["first_lossy"]
+        lossy = f"{_fmt_rate(f['offered_flows_s'])} ({f['loss']:.2%})" if f else "-"
+        if g:
+            lim = " (generator max)" if g["generator_limited"] else ""
+            lines.append(
+                f"| {b['collector']} | {b['proto']} | {_fmt_rate(g['delivered_flows_s'])}{lim} | {g['loss']:.3%} | "
+                f"{g['cpu_pct']:.0f} | {g['peak_rss_mib']:.0f} | {g['kernel_drops']} | {g['drain_s']:.1f} | "
+                f"{lossy} | {b['trials']} |")
+        else:
+            err = b.get("error") or "no lossless rate found"
+            lines.append(f"| {b['collector']} | {b['proto']} | - | - | - | - | - | - | {lossy} | {b['trials']} ({err}) |")
+    lines += ["", "CPU % is CPU-seconds used by all the collector's processes (including pmacct's purge "
+              "children and the time they take to drain after the load) per second of load; 100 = one core.",
+              "Drain: seconds after the load stopped until the collector went idle."]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_plot(path: Path, trials: list[dict]) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(9, 6))
+    series: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for t in trials:
+        if t["error"] is None:
+            series.setdefault((t["collector"], t["proto"]), []).append((t["offered_flows_s"], t["delivered_flows_s"]))
+    hi = 1.0
+    for (coll, proto), pts in sorted(series.items()):
+        pts.sort()
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        hi = max(hi, *xs, *ys)
+        ax.plot(xs, ys, marker="o", label=f"{coll} {proto}")
+    ax.plot([0, hi], [0, hi], color="grey", linestyle=":", linewidth=1, label="lossless")
+    ax.set_xlabel("offered flows/s")
+    ax.set_ylabel("delivered flows/s")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_title("delivered vs offered flows/s")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+# ---------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.harness", description=__doc__.splitlines()[0])
+    ap.add_argument("--collectors", default="flowscope,pmacct,nfcapd",
+                    help="comma list from: flowscope, pmacct, nfcapd (default all)")
+    ap.add_argument("--protos", default=",".join(PROTOS), help="comma list from ipfix,v5,v9,sflow")
+    ap.add_argument("--workers", default="1,2", help="flowscope --workers values to measure")
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds of load per trial (>= 10 for results)")
+    ap.add_argument("--start-rate", type=float, default=50000, help="first offered rate, flows/s")
+    ap.add_argument("--max-trials", type=int, default=8, help="trials per collector and protocol")
+    ap.add_argument("--max-loss", type=float, default=0.001, help="loss fraction still counted lossless")
+    ap.add_argument("--precision", type=float, default=0.15, help="stop bisecting when bad/good <= 1+this")
+    ap.add_argument("--max-drain", type=float, default=60.0, help="max seconds to wait for a collector to drain")
+    ap.add_argument("--no-ifname", action="store_true",
+                    help="IPFIX without the varlen interfaceName (IE 82) OVS sends, for every collector")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "bin" / "results"), help="output directory")
+    ap.add_argument("--no-pin", action="store_true", help="do not pin processes with taskset")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: 2 s trials, 3 trials, IPFIX and v5 only (unless --protos given)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.duration = 2.0 if args.duration == 10.0 else args.duration
+        args.max_trials = min(args.max_trials, 3)
+        if args.protos == ",".join(PROTOS):
+            args.protos = "ipfix,v5"
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log_dir = str(out / "logs")
+    os.makedirs(log_dir, exist_ok=True)
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    ncpu = os.cpu_count() or 1
+    pin = not args.no_pin and ncpu >= 2
+    cpus = {
+        "generator": "0" if pin else None,
+        "broker": "0" if pin else None,
+        "collector": "1" if pin else None,
+        "collector_multi": f"1-{ncpu - 1}" if pin and ncpu > 2 else ("0-1" if pin else None),
+    }
+    loadgen = build_loadgen()
+    protos = [p for p in args.protos.split(",") if p]
+    for p in protos:
+        if p not in PROTOS:
+            raise SystemExit(f"unknown protocol {p!r}")
+    workers = [int(w) for w in args.workers.split(",") if w]
+    registry = collector_specs(workers)
+    specs: list[CollectorSpec] = []
+    for name in args.collectors.split(","):
+        if name not in registry:
+            raise SystemExit(f"unknown collector {name!r} (known: {', '.join(registry)})")
+        specs.extend(registry[name])
+    if any(s.name.startswith("flowscope") for s in specs) and not (REPO / "collector" / "cli.py").exists():
+        log("collector/cli.py not found: skipping flowscope")
+        specs = [s for s in specs if not s.name.startswith("flowscope")]
+
+    meta = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine_info(),
+        "cpus": cpus,
+        "command": "python -m benchmarks.harness " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        "duration_s": args.duration,
+        "max_loss": args.max_loss,
+        "loadgen_extra": ["--no-ifname"] if args.no_ifname else [],
+    }
+    log(f"machine: {meta['machine']}; pinning: {cpus}")
+    all_trials: list[dict] = []
+    best: list[dict] = []
+    for spec in specs:
+        for proto in protos:
+            if proto not in spec.protos:
+                continue
+            ccpu = cpus["collector"] if spec.workers == 1 else cpus["collector_multi"]
+            # a fresh broker per series: Tansu's memory storage keeps every message in RAM
+            broker = brk.start_broker(cpus=cpus["broker"], log_dir=log_dir) if spec.sink == "kafka" else None
+            try:
+                good, trials = sweep(
+                    spec, proto, start=args.start_rate, max_trials=args.max_trials, max_loss=args.max_loss,
+                    precision=args.precision, log=log, duration=args.duration, broker=broker, loadgen=loadgen,
+                    cpus={**cpus, "collector": ccpu}, log_dir=log_dir, max_drain=args.max_drain,
+                    loadgen_extra=meta["loadgen_extra"],
+                )
+            finally:
+                if broker:
+                    broker.stop()
+            tds = [asdict(t) for t in trials]
+            all_trials.extend(tds)
+            lossy = [t for t in tds if t["error"] is None and t["loss"] >= args.max_loss]
+            first_lossy = min(lossy, key=lambda t: t["offered_flows_s"]) if lossy else None
+            errors = [t["error"] for t in tds if t["error"]]
+            best.append({"collector": spec.name, "proto": proto, "best": asdict(good) if good else None,
+                         "first_lossy": first_lossy, "trials": len(tds), "error": errors[0] if errors else None,
+                         "collector_cpus": ccpu})
+            (out / "results.json").write_text(json.dumps({"meta": meta, "best": best, "trials": all_trials}, indent=1))
+    write_markdown(out / "results.md", meta, best)
+    plotted = write_plot(out / "delivered_vs_offered.png", all_trials)
+    log((out / "results.md").read_text())
+    log(f"wrote {out / 'results.json'}, {out / 'results.md'}" + (f", {out / 'delivered_vs_offered.png'}" if plotted else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,339 @@
+"""Peer collectors the benchmark compares flowscope with, started and stopped from Python.
+
+- pmacct ``nfacctd`` (NetFlow v5/v9, IPFIX) and ``sfacctd`` (sFlow v5) with the Kafka plugin
+  publishing JSON, one message per input flow: the C program that does flowscope's job.
+- nfdump ``nfcapd`` writing its binary files: a decode-only C reference (no JSON, no Kafka).
+
+Facts this module depends on (../shared/EXPORTERS.md):
+- Debian's pmacct links librdkafka 2.0.2, whose ApiVersions handshake with Tansu never
+  completes. A newer, ABI-compatible librdkafka ships in the confluent-kafka wheel
+  (``confluent_kafka.libs/librdkafka-<hash>.so.1``); we expose it as ``librdkafka.so.1`` in a
+  private directory and put that on LD_LIBRARY_PATH.
+- pmacct aggregates: to get one record per flow the ``aggregate`` key must contain what makes
+  each flow unique (5-tuple, interfaces, timestamps and the export sequence number).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+# pmacct 1.7.7 loses IPFIX records whose template holds a variable-length element (OVS's
+# interfaceName, IE 82) once the aggregate has primitives beyond the addresses; the harness
+# therefore also offers the IPFIX load without IE 82 (loadgen --no-ifname) to every collector.
+NFACCTD_AGGREGATE = {
+    "ipfix": "src_host, dst_host, src_port, dst_port, proto, tos, in_iface, out_iface, "
+    "timestamp_start, timestamp_end, export_proto_seqno",
+    "v9": "src_host, dst_host, src_port, dst_port, proto, tos, in_iface, out_iface, "
+    "timestamp_start, timestamp_end, export_proto_seqno",
+    "v5": "src_host, dst_host, src_port, dst_port, proto, tos, in_iface, out_iface, "
+    "timestamp_start, timestamp_end, export_proto_seqno",
+    # sFlow samples carry no flow times; within one datagram the sampled headers differ
+    "sflow": "src_host, dst_host, src_port, dst_port, proto, tos, in_iface, out_iface, "
+    "src_mac, dst_mac, export_proto_seqno",
+}
+
+
+def librdkafka_dir() -> str:
+    """A directory holding ``librdkafka.so.1`` from the confluent-kafka wheel (created once)."""
+    import confluent_kafka  # type: ignore[import-not-found]
+
+    site = os.path.dirname(os.path.dirname(confluent_kafka.__file__))
+    libs = glob.glob(os.path.join(site, "confluent_kafka.libs", "librdkafka*.so*"))
+    if not libs:
+        raise RuntimeError("confluent-kafka wheel has no bundled librdkafka (pip install confluent-kafka)")
+    d = os.path.join(tempfile.gettempdir(), "flowscope-bench-rdkafka")
+    os.makedirs(d, exist_ok=True)
+    link = os.path.join(d, "librdkafka.so.1")
+    if os.path.realpath(link) != os.path.realpath(libs[0]):
+        tmp = link + ".tmp"
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        os.symlink(libs[0], tmp)
+        os.replace(tmp, link)
+    return d
+
+
+def _read_stat(pid: int) -> tuple[int, int]:
+    """(utime + stime in clock ticks, start ticks) of one process."""
+    with open(f"/proc/{pid}/stat") as f:
+        rest = f.read().rsplit(")", 1)[1].split()
+    return int(rest[11]) + int(rest[12]), int(rest[19])
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants (pmacct forks a process per plugin)."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def cpu_ticks(pids: list[int]) -> int:
+    total = 0
+    for p in pids:
+        try:
+            total += _read_stat(p)[0]
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds used by ``root`` and its live descendants, including reaped children.
+
+    utime+stime+cutime+cstime per live process: a child's time moves into its parent's
+    cutime/cstime when reaped, so the sum stays monotonic while pmacct forks and reaps its
+    short-lived purge processes.
+    """
+    hz = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in process_tree(root):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+            total += int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / hz
+
+
+def vm_hwm_kib(pids: list[int]) -> int:
+    """Sum of VmHWM (peak RSS) over the processes, KiB."""
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+@dataclass
+class Peer:
+    """A running collector process (peer or flowscope) with what the harness needs to know."""
+
+    name: str
+    proc: subprocess.Popen
+    workdir: str
+    log_path: str
+    ports: dict[str, int]
+    cpus: str | None = None
+    topic: str | None = None
+    nfcapd_dir: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def pids(self) -> list[int]:
+        return process_tree(self.proc.pid) if self.proc.poll() is None else []
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 15.0, sig: int = signal.SIGTERM) -> int | None:
+        """Signal the process and wait; pmacct flushes its cache to Kafka on SIGTERM/SIGINT."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def log_tail(self, n: int = 20) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return "".join(f.readlines()[-n:])
+        except OSError:
+            return ""
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _taskset(cmd: list[str], cpus: str | None) -> list[str]:
+    return ["taskset", "-c", cpus, *cmd] if cpus is not None else cmd
+
+
+def _wait_udp_bound(pid: int, port: int, timeout: float = 10.0) -> None:
+    """Wait until some socket is bound to UDP ``port`` (pmacct binds after reading its config)."""
+    hexport = f":{port:04X}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for table in ("/proc/net/udp", "/proc/net/udp6"):
+            try:
+                with open(table) as f:
+                    next(f)
+                    for line in f:
+                        if line.split()[1].endswith(hexport):
+                            return
+            except OSError:
+                pass
+        time.sleep(0.1)
+    raise TimeoutError(f"pid {pid} did not bind UDP port {port} within {timeout}s")
+
+
+def start_pmacct(
+    proto: str,
+    *,
+    port: int,
+    bootstrap: str,
+    topic: str,
+    cpus: str | None = None,
+    host: str = "127.0.0.1",
+    refresh_s: int = 1,
+    rcvbuf: int = 32 * 1024 * 1024,
+    debug: bool = False,
+) -> Peer:
+    """Start ``nfacctd`` (proto ipfix/v5/v9) or ``sfacctd`` (sflow) publishing JSON to Kafka.
+
+    One message per flow (``kafka_multi_values`` 0); the cache is purged every ``refresh_s``
+    seconds. The plugin pipe is made large enough that the core process does not drop
+    between purges; its buffer is kept small so little data waits in a half-filled buffer
+    when a run ends.
+    """
+    sflow = proto == "sflow"
+    daemon = "sfacctd" if sflow else "nfacctd"
+    prefix = daemon
+    bhost, bport = bootstrap.rsplit(":", 1)
+    workdir = tempfile.mkdtemp(prefix=f"bench-{daemon}-")
+    conf = os.path.join(workdir, f"{daemon}.conf")
+    lines = [
+        "daemonize: false",
+        f"{prefix}_ip: {host}",
+        f"{prefix}_port: {port}",
+        f"{prefix}_pipe_size: {rcvbuf}",
+        "plugins: kafka[k]",
+        f"aggregate[k]: {NFACCTD_AGGREGATE[proto]}",
+        "kafka_output[k]: json",
+        f"kafka_broker_host[k]: {bhost}",
+        f"kafka_broker_port[k]: {bport}",
+        f"kafka_topic[k]: {topic}",
+        f"kafka_refresh_time[k]: {refresh_s}",
+        # ~10 entries per bucket: room for ~650k flows between purges
+        "kafka_cache_entries[k]: 65537",
+        "plugin_pipe_size[k]: 204800000",
+        "plugin_buffer_size[k]: 102400",
+        "kafka_multi_values[k]: 0",
+    ]
+    if debug:
+        lines.append("debug: true")
+    with open(conf, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = librdkafka_dir() + (":" + env["LD_LIBRARY_PATH"] if env.get("LD_LIBRARY_PATH") else "")
+    log_path = os.path.join(workdir, f"{daemon}.log")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            _taskset([daemon, "-f", conf], cpus), stdout=log, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True,
+        )
+    peer = Peer(name=f"pmacct-{daemon}", proc=proc, workdir=workdir, log_path=log_path,
+                ports={proto: port}, cpus=cpus, topic=topic)
+    try:
+        _wait_udp_bound(proc.pid, port)
+    except TimeoutError:
+        peer.stop()
+        raise RuntimeError(f"{daemon} did not start:\n{peer.log_tail()}") from None
+    time.sleep(1.0)  # the Kafka plugin connects after the core binds
+    return peer
+
+
+def start_nfcapd(
+    proto: str,
+    *,
+    port: int,
+    cpus: str | None = None,
+    host: str = "127.0.0.1",
+    rcvbuf: int = 32 * 1024 * 1024,
+) -> Peer:
+    """Start ``nfcapd`` writing binary nfdump files into a fresh directory.
+
+    nfcapd decodes NetFlow v5/v9 and IPFIX; sFlow goes to ``sfcapd`` (Debian package
+    ``nfdump-sflow``), which writes the same files. The files rotate every 60 s; the current
+    one is finalised on SIGTERM, after which ``count_nfcapd_flows`` reads them with ``nfdump``.
+    """
+    daemon = "sfcapd" if proto == "sflow" else "nfcapd"
+    if shutil.which(daemon) is None:
+        raise RuntimeError(f"{daemon} not installed (Debian package {'nfdump-sflow' if daemon == 'sfcapd' else 'nfdump'})")
+    workdir = tempfile.mkdtemp(prefix="bench-nfcapd-")
+    data = os.path.join(workdir, "data")
+    os.makedirs(data)
+    log_path = os.path.join(workdir, f"{daemon}.log")
+    cmd = [daemon, "-w", data, "-b", host, "-p", str(port), "-B", str(rcvbuf), "-t", "60"]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(_taskset(cmd, cpus), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    peer = Peer(name=daemon, proc=proc, workdir=workdir, log_path=log_path, ports={proto: port},
+                cpus=cpus, nfcapd_dir=data)
+    try:
+        _wait_udp_bound(proc.pid, port)
+    except TimeoutError:
+        peer.stop()
+        raise RuntimeError(f"{daemon} did not start:\n{peer.log_tail()}") from None
+    return peer
+
+
+def count_nfcapd_flows(directory: str) -> int:
+    """Total flows in all nfcapd files under ``directory`` (after nfcapd stopped).
+
+    ``nfdump -R dir -I`` prints the files' summary statistics; "Flows:" is the total.
+    """
+    files = sorted(glob.glob(os.path.join(directory, "**", "nfcapd.*"), recursive=True))
+    files = [f for f in files if not os.path.basename(f).startswith("nfcapd.current")]
+    total = 0
+    for path in files:
+        out = subprocess.run(["nfdump", "-r", path, "-I"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Flows:"):
+                total += int(line.split(":", 1)[1])
+                break
+    return total
+
+
+def udp_drops(port: int) -> int:
+    """Kernel receive drops of the socket(s) bound to UDP ``port`` (/proc/net/udp 'drops')."""
+    hexport = f":{port:04X}"
+    total = 0
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    cols = line.split()
+                    if cols[1].endswith(hexport):
+                        total += int(cols[-1])
+        except OSError:
+            pass
+    return total
+
+
+def snmp_udp_counters() -> dict[str, int]:
+    """System-wide UDP counters from /proc/net/snmp (RcvbufErrors, InErrors, ...)."""
+    with open("/proc/net/snmp") as f:
+        rows = [line.split() for line in f if line.startswith("Udp:")]
+    return {k: int(v) for k, v in zip(rows[0][1:], rows[1][1:], strict=False)}
