@@ -487,6 +487,7 @@ def dockerfile() -> list[tuple[str, str]]:
 
 def test_dockerfile_static() -> None:
     import json
+
     import tomllib
 
     ins = dockerfile()

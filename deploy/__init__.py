@@ -1,0 +1,1 @@
+"""Deployment artefacts; only deploy.demo is Python."""
