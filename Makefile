@@ -18,7 +18,7 @@ FUZZ_SECONDS ?= 300
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q --upgrade pip setuptools wheel Cython==3.0.11
 
 venv: $(PY)
 
