@@ -8,8 +8,8 @@ What counts as arrived is what a consumer reads back from the Kafka topic (or wh
 reads back from nfcapd's files), never what the collector says it sent.
 
 Per trial it records offered and delivered flows/s, the collector's CPU (all its processes,
-from /proc/<pid>/stat, as CPU-seconds per second of load: 100 = one core), its peak RSS
-(sum of VmHWM), kernel receive drops on its socket (/proc/net/udp) and system-wide UDP
+from /proc/<pid>/stat, as CPU-seconds per second of load: 100 = one core), its peak memory
+(the peak of the summed PSS of its processes, sampled; plus VmHWM of the main process), kernel receive drops on its socket (/proc/net/udp) and system-wide UDP
 receive-buffer errors (/proc/net/snmp), and how long it took to drain after the load stopped.
 Results: results.json, results.md (a table) and delivered_vs_offered.png in --out.
 
@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -145,7 +146,8 @@ class Trial:
     delivered_flows_s: float = 0.0
     loss: float = 1.0
     cpu_pct: float = 0.0
-    peak_rss_mib: float = 0.0
+    peak_rss_mib: float = 0.0  # peak of the summed PSS of all the collector's processes
+    root_hwm_mib: float = 0.0  # VmHWM of the main process
     kernel_drops: int = 0
     udp_rcvbuf_errors: int = 0
     drain_s: float = 0.0
@@ -154,7 +156,11 @@ class Trial:
     loadgen: dict = field(default_factory=dict)
 
 
-def _wait_quiescent(root: int, *, max_wait: float, idle_cpu: float = 0.03, hold: float = 1.5) -> float:
+_last_sample_max = [0]
+
+
+def _wait_quiescent(root: int, *, max_wait: float, idle_cpu: float = 0.03, hold: float = 1.5,
+                    sample: Callable[[], int] | None = None) -> float:
     """Wait until the collector's processes use < idle_cpu of a core for ``hold`` seconds.
 
     A collector still draining (pmacct purging its cache, flowscope flushing Kafka batches)
@@ -163,8 +169,11 @@ def _wait_quiescent(root: int, *, max_wait: float, idle_cpu: float = 0.03, hold:
     """
     t0 = time.monotonic()
     last_cpu, last_t, quiet_since = peers.tree_cpu_seconds(root), t0, None
+    _last_sample_max[0] = 0
     while time.monotonic() - t0 < max_wait:
         time.sleep(0.5)
+        if sample is not None:
+            _last_sample_max[0] = max(_last_sample_max[0], sample())
         now, cpu = time.monotonic(), peers.tree_cpu_seconds(root)
         busy = (cpu - last_cpu) / max(now - last_t, 1e-6)
         last_cpu, last_t = cpu, now
@@ -206,8 +215,8 @@ def run_trial(
             cmd = ["taskset", "-c", cpus["generator"], *cmd]
         gen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         hwm = 0
-        while gen.poll() is None:  # sample peak RSS while processes come and go
-            hwm = max(hwm, peers.vm_hwm_kib(peer.pids()))
+        while gen.poll() is None:  # sample memory while processes come and go
+            hwm = max(hwm, peers.tree_pss_kib(peer.pids()))
             time.sleep(0.25)
         out, err = gen.communicate()
         if gen.returncode != 0:
@@ -218,9 +227,12 @@ def run_trial(
         tr.offered_flows_s = g["flows_per_s"]
         tr.generator_limited = g["flows_per_s"] < 0.97 * rate
         tr.kernel_drops = peers.udp_drops(port)
-        tr.drain_s = _wait_quiescent(peer.pid, max_wait=max_drain)
+        hwm = max(hwm, peers.tree_pss_kib(peer.pids()))
+        tr.drain_s = _wait_quiescent(peer.pid, max_wait=max_drain,
+                                     sample=lambda: peers.tree_pss_kib(peer.pids()) if peer else 0)
         tr.kernel_drops = max(tr.kernel_drops, peers.udp_drops(port))
-        hwm = max(hwm, peers.vm_hwm_kib(peer.pids()))
+        hwm = max(hwm, peers.tree_pss_kib(peer.pids()), _last_sample_max[0])
+        tr.root_hwm_mib = peers.vm_hwm_kib([peer.pid]) / 1024.0
         tr.cpu_pct = 100.0 * (peers.tree_cpu_seconds(peer.pid) - cpu0) / max(g["elapsed_s"], 1e-6)
         tr.udp_rcvbuf_errors = peers.snmp_udp_counters().get("RcvbufErrors", 0) - snmp0.get("RcvbufErrors", 0)
         tr.peak_rss_mib = hwm / 1024.0
@@ -328,7 +340,7 @@ def write_markdown(path: Path, meta: dict, best: list[dict]) -> None:
         f"- trial length {meta['duration_s']} s; lossless = under {meta['max_loss']:.1%} of sent flows missing "
         "from the Kafka topic (read back by a consumer) or from nfcapd's files (read back by nfdump)",
         "",
-        "| collector | protocol | max lossless flows/s | loss there | collector CPU % | peak RSS MiB "
+        "| collector | protocol | max lossless flows/s | loss there | collector CPU % | peak PSS MiB "
         "| kernel drops | drain s | first lossy offered flows/s (loss) | trials |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -414,7 +426,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # run the finally blocks: stop the broker and collectors
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _sigterm)
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -244,7 +244,9 @@ static void sflow_flow_sample(uint8_t *p, const struct flow *f, uint32_t ifidx) 
     w16(ip + 10, ip_csum(ip, 20));
     uint8_t *tcp = ip + 20;
     w16(tcp, f->sport); w16(tcp + 2, f->dport); w32(tcp + 4, (uint32_t)rnd()); w32(tcp + 8, (uint32_t)rnd());
-    tcp[12] = 0x50; tcp[13] = f->tcp_flags ? f->tcp_flags : 0x10; w16(tcp + 14, 502);
+    /* one packet's flags, as a sampled packet has: mostly ACK or PSH|ACK, some handshakes */
+    static const uint8_t pkt_flags[] = {0x10, 0x10, 0x10, 0x18, 0x18, 0x02, 0x12, 0x11, 0x04};
+    tcp[12] = 0x50; tcp[13] = pkt_flags[rndr(sizeof pkt_flags)]; w16(tcp + 14, 502);
     o += SF_HDR_PAD;
     /* extended switch (1001): vlans and priorities */
     w32(p + o, 1001); w32(p + o + 4, 16); o += 8;
@@ -273,7 +275,7 @@ static struct body pool[POOL];
 
 struct exporter {
     int fd; uint32_t seq; uint32_t sf_seq[SFLOW_PORTS]; uint32_t sf_pool[SFLOW_PORTS];
-    uint32_t sf_cseq; double last_tmpl; uint64_t data_dgrams; uint32_t agent;
+    uint32_t sf_cseq; uint32_t sf_csrc[SFLOW_PORTS]; double last_tmpl; uint64_t data_dgrams; uint32_t agent;
 };
 
 /* ---- options ---- */
@@ -395,8 +397,9 @@ static size_t make_data(uint8_t *p, struct exporter *e, double t0, int *counters
             w32(s + 20, e->sf_pool[k]);
         }
         if (e->data_dgrams % 100 == 0) {  /* an occasional counter sample */
-            e->sf_cseq++;
-            sflow_counter_sample(p + o, e->sf_cseq, 3 + (e->sf_cseq % SFLOW_PORTS), e->data_dgrams * 10);
+            /* counter samples visit the data sources in turn; sequence numbers are per source */
+            int k = e->sf_cseq++ % SFLOW_PORTS;
+            sflow_counter_sample(p + o, ++e->sf_csrc[k], 3 + k, e->data_dgrams * 10);
             o += SF_COUNTER_LEN; nsamp++; *counters = 1;
         }
         w32(p, 5); w32(p + 4, 1); w32(p + 8, e->agent); w32(p + 12, 0);
@@ -538,6 +541,10 @@ int main(int argc, char **argv) {
         batch = (int)(target_dps / 1000.0);
         if (batch < 1) batch = 1;
         if (batch > MAX_BATCH) batch = MAX_BATCH;
+    }
+    if (count && nexp > 1 && (uint64_t)batch * nexp > count) {  /* spread short runs over every exporter */
+        batch = (int)(count / nexp);
+        if (batch < 1) batch = 1;
     }
     uint64_t data_dg = 0, tmpl_dg = 0, flows = 0, csamples = 0, bytes = 0, errors = 0, lost_sends = 0;
     double t0 = mono_now(), tend = duration > 0 ? t0 + duration : 0, tlast = t0;

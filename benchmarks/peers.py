@@ -116,6 +116,22 @@ def tree_cpu_seconds(root: int) -> float:
     return total / hz
 
 
+def tree_pss_kib(pids: list[int]) -> int:
+    """Sum of PSS over the processes, KiB: forked children (pmacct's purges) share their
+    parent's pages, so summing RSS or VmHWM would count the same memory many times."""
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            pass
+    return total
+
+
 def vm_hwm_kib(pids: list[int]) -> int:
     """Sum of VmHWM (peak RSS) over the processes, KiB."""
     total = 0
@@ -206,14 +222,16 @@ def start_pmacct(
     topic: str,
     cpus: str | None = None,
     host: str = "127.0.0.1",
-    refresh_s: int = 1,
+    refresh_s: int = 5,
     rcvbuf: int = 32 * 1024 * 1024,
     debug: bool = False,
 ) -> Peer:
     """Start ``nfacctd`` (proto ipfix/v5/v9) or ``sfacctd`` (sflow) publishing JSON to Kafka.
 
     One message per flow (``kafka_multi_values`` 0); the cache is purged every ``refresh_s``
-    seconds. The plugin pipe is made large enough that the core process does not drop
+    seconds. Stop it with ``peer.stop(sig=signal.SIGINT)``-like semantics: pmacct flushes its
+    cache on SIGINT/SIGTERM, but the core can linger after its plugin exits, so ``stop``
+    kills it after a timeout. The plugin pipe is made large enough that the core process does not drop
     between purges; its buffer is kept small so little data waits in a half-filled buffer
     when a run ends.
     """
@@ -235,10 +253,13 @@ def start_pmacct(
         f"kafka_broker_port[k]: {bport}",
         f"kafka_topic[k]: {topic}",
         f"kafka_refresh_time[k]: {refresh_s}",
-        # ~10 entries per bucket: room for ~650k flows between purges
-        "kafka_cache_entries[k]: 65537",
+        # ~10 entries per bucket: room for ~1.3M flows between purges. Purges are forked
+        # writers; at most kafka_max_writers (10) run at once and data beyond is lost, so
+        # purging every second at high rates loses flows ("Maximum number of writer
+        # processes reached"): fewer, larger purges every 5 s do better.
+        "kafka_cache_entries[k]: 131071",
         "plugin_pipe_size[k]: 204800000",
-        "plugin_buffer_size[k]: 102400",
+        "plugin_buffer_size[k]: 32768",
         "kafka_multi_values[k]: 0",
     ]
     if debug:

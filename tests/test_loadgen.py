@@ -1,0 +1,212 @@
+"""The C load generator sends what it says it sends, with correct sequence numbers, and
+Wireshark's dissectors (an independent decoder) read every record without complaint."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmarks.build import build
+
+TSHARK = shutil.which("tshark")
+PROTOS = ("ipfix", "v5", "v9", "sflow")
+
+
+@pytest.fixture(scope="module")
+def loadgen() -> Path:
+    if shutil.which("gcc") is None and shutil.which("cc") is None:
+        pytest.skip("no C compiler")
+    return build()
+
+
+def run_and_receive(loadgen: Path, args: list[str], family: int = socket.AF_INET, host: str = "127.0.0.1"):
+    """Run loadgen against a fresh local UDP socket; return (report, [(payload, src)])."""
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    sock.bind((host, 0))
+    port = sock.getsockname()[1]
+    to = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+    out = subprocess.run([str(loadgen), "--to", to, *args], capture_output=True, text=True, timeout=60, check=True)
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    got = []
+    sock.settimeout(1.0)
+    try:
+        while len(got) < report["datagrams"]:
+            got.append(sock.recvfrom(65535))
+    except TimeoutError:
+        pass
+    sock.close()
+    return report, got, port
+
+
+def write_pcap(path: Path, payloads: list[bytes], dport: int) -> None:
+    """A pcap with raw IPv4/UDP frames (LINKTYPE_RAW) holding the payloads as received."""
+    with open(path, "wb") as f:
+        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 101))
+        t = time.time()
+        for i, p in enumerate(payloads):
+            udp = struct.pack("!HHHH", 40000, dport, 8 + len(p), 0) + p
+            ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), i & 0xFFFF, 0, 64, 17, 0,
+                             socket.inet_aton("127.0.0.1"), socket.inet_aton("127.0.0.1"))
+            s = sum(struct.unpack("!10H", ip))
+            while s >> 16:
+                s = (s & 0xFFFF) + (s >> 16)
+            ip = ip[:10] + struct.pack("!H", ~s & 0xFFFF) + ip[12:]
+            frame = ip + udp
+            ts = t + i * 1e-4
+            f.write(struct.pack("<IIII", int(ts), int((ts % 1) * 1e6), len(frame), len(frame)))
+            f.write(frame)
+
+
+def tshark_fields(pcap: Path, dport: int, proto: str, *fields: str, display: str | None = None) -> list[list[str]]:
+    assert TSHARK
+    dissector = "sflow" if proto == "sflow" else "cflow"
+    # TCP sequence analysis of the sampled headers (unrelated packets) is noise, not malformation
+    cmd = [TSHARK, "-r", str(pcap), "-d", f"udp.port=={dport},{dissector}", "-o", "tcp.analyze_sequence_numbers:FALSE",
+           "-T", "fields", "-E", "occurrence=a", "-E", "aggregator=,"]
+    if display:
+        cmd += ["-Y", display]
+    for fl in fields:
+        cmd += ["-e", fl]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True).stdout
+    return [line.split("\t") for line in out.splitlines()]
+
+
+# ------------------------------------------------------------------ counts and sequences
+
+
+def test_ipfix_templates_first_and_sequences(loadgen: Path) -> None:
+    report, got, _ = run_and_receive(loadgen, ["--proto", "ipfix", "--count", "6"])
+    assert report["data_datagrams"] == 6 and report["template_datagrams"] == 1
+    assert report["flows"] == 6 * 25 and len(got) == report["datagrams"] == 7
+    now = time.time()
+    expected_seq = 0
+    for i, (p, _src) in enumerate(got):
+        version, length, export, seq, domain = struct.unpack_from("!HHIII", p)
+        assert (version, length, domain) == (10, len(p), 0)
+        assert abs(export - now) < 5
+        assert seq == expected_seq  # RFC 7011: data records sent before this message
+        set_id = struct.unpack_from("!H", p, 16)[0]
+        if i == 0:
+            assert set_id == 2  # the template set comes first
+        else:
+            assert set_id in (256, 257)
+            expected_seq += 25
+
+
+def test_v5_sequences_and_times(loadgen: Path) -> None:
+    report, got, _ = run_and_receive(loadgen, ["--proto", "v5", "--count", "5"])
+    assert report["flows"] == 150 and len(got) == 5
+    for i, (p, _src) in enumerate(got):
+        version, count, uptime, secs, _nsecs, seq = struct.unpack_from("!HHIIII", p)
+        assert (version, count, len(p)) == (5, 30, 24 + 30 * 48)
+        assert seq == 30 * i and abs(secs - time.time()) < 5
+        for r in range(30):
+            first, last = struct.unpack_from("!II", p, 24 + 48 * r + 24)
+            assert first <= last <= uptime
+
+
+def test_v9_sequences(loadgen: Path) -> None:
+    report, got, _ = run_and_receive(loadgen, ["--proto", "v9", "--count", "4"])
+    assert report["flows"] == 100 and len(got) == 5
+    for i, (p, _src) in enumerate(got):
+        version, count, uptime, secs, seq, source_id = struct.unpack_from("!HHIIII", p)
+        assert version == 9 and seq == i and source_id == 0  # RFC 3954: export packets so far
+        assert count == (1 if i == 0 else 25)
+        assert struct.unpack_from("!H", p, 20)[0] == (0 if i == 0 else 256)
+
+
+def _sflow_samples(p: bytes):
+    n = struct.unpack_from("!I", p, 24)[0]
+    off = 28
+    for _ in range(n):
+        fmt, length = struct.unpack_from("!II", p, off)
+        seq, source = struct.unpack_from("!II", p, off + 8)
+        yield fmt, seq, source
+        off += 8 + length
+    assert off == len(p)
+
+
+def test_sflow_sequences(loadgen: Path) -> None:
+    report, got, _ = run_and_receive(loadgen, ["--proto", "sflow", "--count", "120"])
+    assert report["flows"] == 120 * 8 and len(got) == 120
+    assert report["counter_samples"] == 2  # datagrams 0 and 100 carry one
+    per_source: dict[tuple[int, int], int] = {}
+    counters = 0
+    for i, (p, _src) in enumerate(got):
+        version, atype, _agent, _sub, seq, _uptime, n = struct.unpack_from("!II4sIIII", p)
+        assert (version, atype, seq) == (5, 1, i + 1)
+        assert n in (8, 9)
+        for fmt, sseq, source in _sflow_samples(p):
+            assert fmt in (1, 2)
+            counters += fmt == 2
+            last = per_source.get((fmt, source), 0)
+            assert sseq == last + 1, "per-source sample sequence must count up by one"
+            per_source[(fmt, source)] = sseq
+    assert counters == 2
+
+
+def test_exporters_have_own_ports_and_sequences(loadgen: Path) -> None:
+    report, got, _ = run_and_receive(loadgen, ["--proto", "v5", "--count", "9", "--exporters", "3"])
+    assert report["exporters"] == 3
+    by_src: dict[tuple, list[int]] = {}
+    for p, src in got:
+        by_src.setdefault(src, []).append(struct.unpack_from("!I", p, 16)[0])
+    assert len(by_src) == 3
+    for seqs in by_src.values():
+        assert seqs == [30 * i for i in range(len(seqs))]
+
+
+def test_ipv6_destination(loadgen: Path) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        report, got, _ = run_and_receive(loadgen, ["--proto", "ipfix", "--count", "2"], socket.AF_INET6, "::1")
+    except OSError as e:
+        pytest.skip(f"no IPv6 loopback: {e}")
+    assert len(got) == report["datagrams"] == 3
+
+
+def test_rate_is_paced(loadgen: Path) -> None:
+    report, got, _ = run_and_receive(loadgen, ["--proto", "v5", "--rate", "30000", "--duration", "0.5"])
+    assert 0.45 <= report["elapsed_s"] <= 0.7
+    assert 0.8 * 15000 <= report["flows"] <= 1.2 * 15000
+    assert len(got) == report["datagrams"]
+
+
+# ------------------------------------------------------------------ an independent decoder
+
+
+@pytest.mark.skipif(TSHARK is None, reason="tshark not installed")
+@pytest.mark.parametrize("proto", PROTOS)
+def test_tshark_decodes_every_record(loadgen: Path, proto: str, tmp_path: Path) -> None:
+    count = 110 if proto == "sflow" else 4  # sFlow: include a counter sample (every 100th)
+    report, got, _ = run_and_receive(loadgen, ["--proto", proto, "--count", str(count)])
+    assert len(got) == report["datagrams"]
+    pcap = tmp_path / f"{proto}.pcap"
+    dport = 2055 if proto != "sflow" else 6343
+    write_pcap(pcap, [p for p, _ in got], dport)
+    # nothing malformed, no expert errors, and for NetFlow/IPFIX no warnings either (Wireshark checks
+    # the export sequence numbers); sFlow's sampled TCP headers legitimately warn (RST seen)
+    severity = "error" if proto == "sflow" else "warning"
+    bad = tshark_fields(pcap, dport, proto, "frame.number",
+                        display=f"_ws.malformed || _ws.expert.severity >= {severity} || cflow.unexpected_sequence_number")
+    assert bad == []
+    if proto == "sflow":
+        rows = tshark_fields(pcap, dport, proto, "sflow.flow_sample.sequence_number", "ip.src", "tcp.srcport")
+        samples = sum(len(r[0].split(",")) for r in rows if r[0])
+        # the sampled Ethernet/IPv4/TCP headers decode: one inner IPv4 source per flow sample
+        inner = sum(len(r[1].split(",")) - 1 for r in rows)  # minus the outer (capture) IPv4
+        assert samples == report["flows"] and inner == report["flows"]
+    else:
+        rows = tshark_fields(pcap, dport, proto, "cflow.srcaddr", "cflow.dstport", display="cflow.srcaddr")
+        flows = sum(len(r[0].split(",")) for r in rows)
+        assert flows == report["flows"]
+        assert all(a.startswith("10.1") for r in rows for a in r[0].split(","))  # pods in 10.128.0.0/14
