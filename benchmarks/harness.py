@@ -70,6 +70,9 @@ class CollectorSpec:
 # ---------------------------------------------------------------- collectors
 
 
+_FLOWSCOPE_EXTRA: list[str] = []  # --flowscope-args, set by main()
+
+
 def _start_flowscope(env: Env) -> peers.Peer:
     nf_port = env.port if env.proto != "sflow" else brk.free_udp_port()
     sf_port = env.port if env.proto == "sflow" else brk.free_udp_port()
@@ -82,6 +85,7 @@ def _start_flowscope(env: Env) -> peers.Peer:
         "--kafka-topic", env.topic or "",
         "--metrics-addr", f"127.0.0.1:{metrics_port}",
         "--workers", str(env.workers),
+        *_FLOWSCOPE_EXTRA,
     ]
     if env.cpus is not None:
         cmd = ["taskset", "-c", env.cpus, *cmd]
@@ -145,7 +149,8 @@ class Trial:
     delivered: int = 0
     delivered_flows_s: float = 0.0
     loss: float = 1.0
-    cpu_pct: float = 0.0
+    cpu_pct: float = 0.0  # CPU-seconds per second during the load (100 = one core)
+    cpu_total_pct: float = 0.0  # CPU-seconds of load + drain, per second of load
     peak_rss_mib: float = 0.0  # peak of the summed PSS of all the collector's processes
     root_hwm_mib: float = 0.0  # VmHWM of the main process
     kernel_drops: int = 0
@@ -207,6 +212,11 @@ def run_trial(
     peer = None
     try:
         peer = spec.start(env)
+        # idle baseline: what the collector burns with no load (timers, metrics, client
+        # heartbeats); "done draining" is judged against it
+        c_a, t_a = peers.tree_cpu_seconds(peer.pid), time.monotonic()
+        time.sleep(1.0)
+        idle_cpu = (peers.tree_cpu_seconds(peer.pid) - c_a) / (time.monotonic() - t_a)
         snmp0 = peers.snmp_udp_counters()
         cpu0 = peers.tree_cpu_seconds(peer.pid)
         cmd = [str(loadgen), "--proto", proto, "--to", f"127.0.0.1:{port}", "--duration", str(duration),
@@ -227,13 +237,14 @@ def run_trial(
         tr.offered_flows_s = g["flows_per_s"]
         tr.generator_limited = g["flows_per_s"] < 0.97 * rate
         tr.kernel_drops = peers.udp_drops(port)
+        tr.cpu_pct = 100.0 * (peers.tree_cpu_seconds(peer.pid) - cpu0) / max(g["elapsed_s"], 1e-6)
         hwm = max(hwm, peers.tree_pss_kib(peer.pids()))
-        tr.drain_s = _wait_quiescent(peer.pid, max_wait=max_drain,
+        tr.drain_s = _wait_quiescent(peer.pid, max_wait=max_drain, idle_cpu=max(0.03, 1.5 * idle_cpu + 0.02),
                                      sample=lambda: peers.tree_pss_kib(peer.pids()) if peer else 0)
         tr.kernel_drops = max(tr.kernel_drops, peers.udp_drops(port))
         hwm = max(hwm, peers.tree_pss_kib(peer.pids()), _last_sample_max[0])
         tr.root_hwm_mib = peers.vm_hwm_kib([peer.pid]) / 1024.0
-        tr.cpu_pct = 100.0 * (peers.tree_cpu_seconds(peer.pid) - cpu0) / max(g["elapsed_s"], 1e-6)
+        tr.cpu_total_pct = 100.0 * (peers.tree_cpu_seconds(peer.pid) - cpu0) / max(g["elapsed_s"], 1e-6)
         tr.udp_rcvbuf_errors = peers.snmp_udp_counters().get("RcvbufErrors", 0) - snmp0.get("RcvbufErrors", 0)
         tr.peak_rss_mib = hwm / 1024.0
         if not peer.alive():
@@ -275,7 +286,7 @@ def sweep(spec: CollectorSpec, proto: str, *, start: float, max_trials: float, m
         trials.append(tr)
         ok = tr.error is None and tr.loss < max_loss
         log(f"  {spec.name:14s} {proto:5s} target {rate:>11,.0f}/s offered {tr.offered_flows_s:>11,.0f}/s "
-            f"delivered {tr.delivered_flows_s:>11,.0f}/s loss {tr.loss:7.3%} cpu {tr.cpu_pct:5.0f}% "
+            f"delivered {tr.delivered_flows_s:>11,.0f}/s loss {tr.loss:7.3%} cpu {tr.cpu_pct:4.0f}/{tr.cpu_total_pct:4.0f}% "
             f"rss {tr.peak_rss_mib:6.0f}MiB drops {tr.kernel_drops} drain {tr.drain_s:.1f}s"
             + (" GENERATOR-LIMITED" if tr.generator_limited else "") + (f" ERROR {tr.error}" if tr.error else ""))
         if ok:
@@ -337,12 +348,13 @@ def write_markdown(path: Path, meta: dict, best: list[dict]) -> None:
         f"- pinning: generator on CPU {meta['cpus']['generator']}, broker on CPU {meta['cpus']['broker']}, "
         f"collector on CPU {meta['cpus']['collector']} (workers > 1: CPU {meta['cpus']['collector_multi']})",
         f"- command: `{meta['command']}`",
+        f"- generator: `loadgen {' '.join(meta['loadgen_extra'])}` (C, sendmmsg), one fresh collector per trial",
         f"- trial length {meta['duration_s']} s; lossless = under {meta['max_loss']:.1%} of sent flows missing "
         "from the Kafka topic (read back by a consumer) or from nfcapd's files (read back by nfdump)",
         "",
-        "| collector | protocol | max lossless flows/s | loss there | collector CPU % | peak PSS MiB "
-        "| kernel drops | drain s | first lossy offered flows/s (loss) | trials |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| collector | protocol | max lossless flows/s | loss there | CPU % (load) | CPU % (load+drain) "
+        "| peak PSS MiB | kernel drops | drain s | first lossy offered flows/s (loss) | trials |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for b in best:
         g = b["best"]
@@ -352,13 +364,13 @@ def write_markdown(path: Path, meta: dict, best: list[dict]) -> None:
             lim = " (generator max)" if g["generator_limited"] else ""
             lines.append(
                 f"| {b['collector']} | {b['proto']} | {_fmt_rate(g['delivered_flows_s'])}{lim} | {g['loss']:.3%} | "
-                f"{g['cpu_pct']:.0f} | {g['peak_rss_mib']:.0f} | {g['kernel_drops']} | {g['drain_s']:.1f} | "
+                f"{g['cpu_pct']:.0f} | {g['cpu_total_pct']:.0f} | {g['peak_rss_mib']:.0f} | {g['kernel_drops']} | {g['drain_s']:.1f} | "
                 f"{lossy} | {b['trials']} |")
         else:
             err = b.get("error") or "no lossless rate found"
-            lines.append(f"| {b['collector']} | {b['proto']} | - | - | - | - | - | - | {lossy} | {b['trials']} ({err}) |")
+            lines.append(f"| {b['collector']} | {b['proto']} | - | - | - | - | - | - | - | {lossy} | {b['trials']} ({err}) |")
     lines += ["", "CPU % is CPU-seconds used by all the collector's processes (including pmacct's purge "
-              "children and the time they take to drain after the load) per second of load; 100 = one core.",
+              "children) per second of load, 100 = one core: during the load, and including the drain after it.",
               "Drain: seconds after the load stopped until the collector went idle."]
     path.write_text("\n".join(lines) + "\n")
 
@@ -411,6 +423,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--max-loss", type=float, default=0.001, help="loss fraction still counted lossless")
     ap.add_argument("--precision", type=float, default=0.15, help="stop bisecting when bad/good <= 1+this")
     ap.add_argument("--max-drain", type=float, default=60.0, help="max seconds to wait for a collector to drain")
+    ap.add_argument("--exporters", type=int, default=4,
+                    help="generator exporters (source ports); SO_REUSEPORT spreads exporters, not datagrams, "
+                    "over flowscope workers, so --workers N needs several")
+    ap.add_argument("--flowscope-args", default="",
+                    help="extra flags for flowscope run (e.g. '--kubeconfig FILE' for enrichment)")
     ap.add_argument("--no-ifname", action="store_true",
                     help="IPFIX without the varlen interfaceName (IE 82) OVS sends, for every collector")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "bin" / "results"), help="output directory")
@@ -472,8 +489,10 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m benchmarks.harness " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "duration_s": args.duration,
         "max_loss": args.max_loss,
-        "loadgen_extra": ["--no-ifname"] if args.no_ifname else [],
+        "loadgen_extra": ["--exporters", str(args.exporters)] + (["--no-ifname"] if args.no_ifname else []),
+        "flowscope_args": shlex.split(args.flowscope_args),
     }
+    _FLOWSCOPE_EXTRA[:] = meta["flowscope_args"]
     log(f"machine: {meta['machine']}; pinning: {cpus}")
     all_trials: list[dict] = []
     best: list[dict] = []

@@ -24,9 +24,9 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-# pmacct 1.7.7 loses IPFIX records whose template holds a variable-length element (OVS's
-# interfaceName, IE 82) once the aggregate has primitives beyond the addresses; the harness
-# therefore also offers the IPFIX load without IE 82 (loadgen --no-ifname) to every collector.
+# The aggregate key per protocol: everything that tells two flows of one datagram apart, plus
+# the export sequence number that tells two datagrams apart (the generator reuses a pool of
+# datagram bodies, so without it repeated bodies would merge).
 NFACCTD_AGGREGATE = {
     "ipfix": "src_host, dst_host, src_port, dst_port, proto, tos, in_iface, out_iface, "
     "timestamp_start, timestamp_end, export_proto_seqno",
