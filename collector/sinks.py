@@ -48,6 +48,49 @@ class Chunk:
         self.exporter = exporter
 
 
+class Prebuilt:
+    """Flows already laid out as one Kafka record batch by decoders.RecordBatchWriter (the
+    fast path for key mode none): the queue holds the batch, not a bytes object per flow."""
+
+    __slots__ = ("writer", "data")
+
+    def __init__(self, writer: Any) -> None:
+        self.writer = writer
+        self.data: bytes | None = None  # built (and compressed) once, kept for a re-queue
+
+    def __len__(self) -> int:
+        return int(self.writer.records)
+
+
+class PrebuiltBuilder:
+    """Duck-typed aiokafka BatchBuilder around a finished record batch, for send_batch()."""
+
+    def __init__(self, data: bytes, records: int) -> None:
+        self._data = data
+        self._records = records
+
+    def append(self, **_kw: Any) -> None:
+        return None  # closed: nothing can be added through producer.send()
+
+    def close(self) -> None:
+        pass
+
+    def closed(self) -> bool:
+        return True
+
+    def size(self) -> int:
+        return len(self._data)
+
+    def record_count(self) -> int:
+        return self._records
+
+    def _build(self) -> bytes:
+        return self._data
+
+    def _set_producer_state(self, *_a: Any) -> None:
+        raise RuntimeError("flowscope's prebuilt batches do not support idempotent producers")
+
+
 class BoundedQueue:
     """FIFO of chunks bounded in bytes (queued + in flight); `offer` is the only hot-path call."""
 
@@ -72,10 +115,12 @@ class BoundedQueue:
     def total_records(self) -> int:
         return self.queued_records + self.inflight_records
 
-    def offer(self, kind: int, records: list[bytes], exporter: str) -> None:
-        """Hot path: append or drop-and-count. Never raises, never waits."""
+    def offer(self, kind: int, records: Any, exporter: str, nbytes: int = -1) -> None:
+        """Hot path: append or drop-and-count. Never raises, never waits. `records` is a list of
+        encoded records, or a Prebuilt batch with its size in `nbytes`."""
         n = len(records)
-        nbytes = sum(map(len, records)) + n
+        if nbytes < 0:
+            nbytes = sum(map(len, records)) + n
         if self.closed:
             self.dropped[(kind, "shutdown")] += n
             return
@@ -493,6 +538,13 @@ class KafkaSink(Sink):
         full: list[_Open] = []
         keymode = self.k.key
         for c in chunks:
+            if isinstance(c.records, Prebuilt):
+                o = self._new_open(c.kind, -1)
+                o.builder = self._prebuilt(c.records)
+                o.records = c.records  # type: ignore[assignment]
+                o.nbytes = c.nbytes
+                full.append(o)
+                continue
             parts = parts_by_kind[c.kind]
             n = len(parts)
             if keymode == "exporter":
@@ -513,6 +565,23 @@ class KafkaSink(Sink):
             q.inflight_records += len(o.records)
         for o in full:
             await self._submit(o, topics[o.kind])
+
+    def _prebuilt(self, p: Prebuilt) -> PrebuiltBuilder:
+        """Finish a Prebuilt batch: compress its records section with the configured codec (as
+        aiokafka would, keeping it uncompressed when that does not help) and checksum it."""
+        if p.data is None:
+            from aiokafka.record._crecords.cutil import crc32c_cython
+
+            w = p.writer
+            codec, encode = _codec(self.k.compression)
+            data = None
+            if encode is not None:
+                raw = w.records_bytes()
+                packed = encode(raw)
+                if len(packed) < len(raw):
+                    data = w.build(codec, packed, crc32c_cython)
+            p.data = data if data is not None else w.build(0, None, crc32c_cython)
+        return PrebuiltBuilder(p.data, len(p))
 
     def _new_open(self, kind: int, partition: int) -> _Open:
         if partition < 0:
@@ -585,6 +654,16 @@ class KafkaSink(Sink):
             await asyncio.wait_for(self.producer.stop(), max(timeout, 0.5))
         except (asyncio.TimeoutError, Exception) as exc:
             log.warning("kafka: producer did not stop cleanly: %r", exc)
+
+
+def _codec(name: str) -> tuple[int, Callable[[bytes], bytes] | None]:
+    """Kafka attributes codec id and aiokafka's encoder for a compression name."""
+    if name in ("none", "", None):
+        return 0, None
+    from aiokafka import codec as c
+
+    return {"gzip": (1, c.gzip_encode), "snappy": (2, c.snappy_encode), "lz4": (3, c.lz4_encode),
+            "zstd": (4, c.zstd_encode)}[name]
 
 
 def make_sink(cfg: Config) -> Sink:

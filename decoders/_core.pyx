@@ -7,15 +7,17 @@ records (flow.pxi) and `FlowBatch.to_json()` encodes them (encode.pxi). Bad inpu
 out of `decode()`: it becomes a typed error on the batch and a counter on the exporter.
 """
 
+import time
+
 include "consts.pxi"
 include "reader.pxi"
 include "flow.pxi"
 include "encode.pxi"
+include "kafka.pxi"
 include "netflow.pxi"
 include "sflow.pxi"
 
 import logging
-import time
 
 _log = logging.getLogger("flowscope.decoders")
 

@@ -366,12 +366,8 @@ cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char*
     return buf_put(o, "}", 1)
 
 
-cdef list encode_batch(FlowBatch bt, object enricher):
-    cdef list out = []
-    cdef Py_ssize_t i
-    cdef bytes head
-    if bt.n == 0:
-        return out
+cdef bytes batch_head(FlowBatch bt):
+    """The part of every flow's JSON that is the same for the whole datagram."""
     _out.n = 0
     buf_put(&_out, "{\"FlowProtocol\":\"", 17)
     buf_lit(&_out, PROTOCOL_NAMES[bt.proto_kind].encode())
@@ -379,7 +375,16 @@ cdef list encode_batch(FlowBatch bt, object enricher):
     if bt.agent_af:
         buf_put(&_out, ",\"AgentIP\":", 11)
         buf_ip(&_out, bt.agent_af, bt.agent)
-    head = PyBytes_FromStringAndSize(_out.p, _out.n)
+    return PyBytes_FromStringAndSize(_out.p, _out.n)
+
+
+cdef list encode_batch(FlowBatch bt, object enricher):
+    cdef list out = []
+    cdef Py_ssize_t i
+    cdef bytes head
+    if bt.n == 0:
+        return out
+    head = batch_head(bt)
     for i in range(bt.n):
         _out.n = 0
         encode_flow(&_out, bt, &bt.flows[i], enricher, PyBytes_AS_STRING(head), len(head))

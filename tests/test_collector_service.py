@@ -6,6 +6,7 @@ These use the file sink (the same queue and writer path as stdout) so they run w
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -28,19 +29,24 @@ def test_state_file_restores_templates(collector: Any, tmp_path: Path, loop_name
     state = tmp_path / "state.json"
     out = tmp_path / "flows.jsonl"
     args = ["--loop", loop_name, "--output-file", str(out), "--state-file", str(state), "--state-interval", "60"]
+    # One exporter socket for both sends: the exporter (and its source port, which scopes its
+    # templates) outlives the collector's restart, as Open vSwitch does.
+    exporter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    exporter.bind(("127.0.0.1", 0))
     c1 = collector(args)
-    send_udp(payloads[:1], c1.port)  # templates only
+    send_udp(payloads[:1], c1.port, sock=exporter)  # templates only
     c1.wait_value("flowscope_datagrams_total", 1)
     assert c1.value("flowscope_templates") >= 1
     assert c1.stop() == 0  # saves at shutdown (the interval is longer than the test)
     assert state.exists() and lines(out) == 0
     c2 = collector(args)
     assert c2.value("flowscope_state_loads_total", result="ok") == 1
-    send_udp(payloads[1:], c2.port)  # data whose template was only seen before the restart
+    send_udp(payloads[1:], c2.port, sock=exporter)  # data whose template was only seen before the restart
     wait_for(lambda: lines(out) == count, 10, what=f"{count} flows in the file")
     assert c2.value("flowscope_missing_template_sets_total") == 0
     c2.wait_value("flowscope_flows_delivered_total", count, sink="file")
     assert c2.stop() == 0
+    exporter.close()
 
 
 def test_without_state_data_is_missing_template(collector: Any, tmp_path: Path) -> None:

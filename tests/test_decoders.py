@@ -346,3 +346,59 @@ def test_config_validation_names_the_field() -> None:
         Decoder(DecoderConfig(max_templates_per_exporter=0))
     with pytest.raises(ValueError, match="CIDR=RATE"):
         DecoderConfig.parse_sampling(["10.0.0.0/8"])
+
+
+def test_record_batch_writer_is_a_valid_kafka_v2_batch() -> None:
+    from aiokafka import codec
+    from aiokafka.record._crecords.cutil import crc32c_cython
+    from aiokafka.record.default_records import DefaultRecordBatch
+
+    from decoders import RecordBatchWriter
+
+    dec = ovs_decoder()
+    batches = [dec.decode(ipfix_message([data_set(OVS_INGRESS, ovs_flows(25, random.Random(s)))], seq=s,
+                                        export_time=EXPORT), EXPORTER) for s in range(4)]
+    want = [j for b in batches for j in b.to_json()]
+    # Small batches: the writer must stop before max_bytes and resume where it stopped.
+    built, w = [], RecordBatchWriter(8192, key=b"k1")
+    for b in batches:
+        i = w.append(b)
+        while i < len(b):
+            assert w.size <= 8192
+            built.append((w.records, w.build(0, None, crc32c_cython)))
+            w = RecordBatchWriter(8192, key=b"k1")
+            i = w.append(b, None, i)
+    built.append((w.records, w.build(0, None, crc32c_cython)))
+    got = []
+    for n, data in built:
+        rb = DefaultRecordBatch(data)
+        assert rb.validate_crc() and rb.compression_type == 0
+        recs = list(rb)
+        assert len(recs) == n and [r.offset for r in recs] == list(range(n))
+        assert all(r.key == b"k1" for r in recs)
+        got += [r.value for r in recs]
+    assert got == want
+    # Compressed (zstd): aiokafka's reader decompresses it to the same records.
+    w = RecordBatchWriter(1 << 20)
+    for b in batches:
+        assert w.append(b) == len(b)
+    data = w.build(4, codec.zstd_encode(w.records_bytes()), crc32c_cython)
+    rb = DefaultRecordBatch(data)
+    assert rb.validate_crc() and rb.compression_type == 4
+    assert [r.value for r in rb] == want and all(r.key is None for r in DefaultRecordBatch(data))
+
+
+def test_templates_are_scoped_by_exporter_port() -> None:
+    """Two exporting processes on one host may define the same template id differently."""
+    a = _tpl(300, ("src", 8, 0, 4), ("dst", 12, 0, 4))
+    b = _tpl(300, ("dst", 12, 0, 4), ("bytes", 1, 0, 4))
+    dec = Decoder()
+    dec.decode(ipfix_message([template_set([a])], seq=0, export_time=EXPORT), EXPORTER, 1000)
+    dec.decode(ipfix_message([template_set([b])], seq=0, export_time=EXPORT), EXPORTER, 2000)
+    fa = dec.decode(ipfix_message([data_set(a, [{"src": "10.0.0.1", "dst": "10.0.0.2"}])], seq=0,
+                                  export_time=EXPORT), EXPORTER, 1000).to_dicts()[0]
+    fb = dec.decode(ipfix_message([data_set(b, [{"dst": "10.0.0.9", "bytes": 5}])], seq=0,
+                                  export_time=EXPORT), EXPORTER, 2000).to_dicts()[0]
+    assert (fa["SrcAddr"], fa["DstAddr"]) == ("10.0.0.1", "10.0.0.2") and "Bytes" not in fa
+    assert fb["Bytes"] == 5
+    assert dec.stats()[EXPORTER]["templates"] == 2
