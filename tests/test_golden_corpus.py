@@ -196,6 +196,9 @@ def match_unordered(expected: list[dict], flows: list[dict], where: str, *, requ
     return problems
 
 
+TSHARK_LOSES_ALIGNMENT = {1004, 1005, 2203, 2207}
+
+
 def compare_counters(sp: T.SflowPacket, counters: list[dict], where: str) -> list[str]:
     """Counter records: same formats per datagram, and generic interface counter values."""
     problems = []
@@ -203,6 +206,12 @@ def compare_counters(sp: T.SflowPacket, counters: list[dict], where: str) -> lis
     if sp.malformed or len(sp.samples) != sp.numsamples:
         # tshark lost alignment (e.g. OVS counter records 1004/1005, which tshark 4.0 cannot
         # parse): its counter records are not a reference for this datagram.
+        return problems
+    if any(f in TSHARK_LOSES_ALIGNMENT for c in counters for f in c.get("Records", [])):
+        # Open vSwitch's counter records (OpenFlow port 1004, port name 1005, and the 2203/2207
+        # host records of the bridge): tshark 4.0 misreads them without always marking the
+        # datagram malformed, so its record list is not a reference here (see test_sflow.py for
+        # these records checked against datagrams built by the test).
         return problems
     # flowscope publishes one counter message per counters sample, listing its record formats
     # in "Records" and the generic interface counters (format 1) as If* keys.
