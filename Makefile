@@ -65,5 +65,8 @@ fuzz: build
 	$(PIP) install -q -e '.[fuzz]'
 	$(PY) tests/fuzz_decoders.py -max_total_time=$(FUZZ_SECONDS)
 
+demo: deps build
+	$(PY) -m deploy.demo.demo
+
 clean:
 	rm -rf build *.egg-info decoders/*.c decoders/*.so enrich/*.c enrich/*.so
