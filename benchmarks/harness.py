@@ -378,7 +378,9 @@ def write_markdown(path: Path, meta: dict, best: list[dict]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def write_plot(path: Path, trials: list[dict]) -> bool:
+def write_plot(path: Path, trials: list[dict], best: list[dict] | None = None) -> bool:
+    """One panel per protocol: delivered vs offered flows/s per collector (log-log), the
+    lossless diagonal, and a star on each collector's highest lossless rate."""
     try:
         import matplotlib
 
@@ -386,27 +388,46 @@ def write_plot(path: Path, trials: list[dict]) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    fig, ax = plt.subplots(figsize=(9, 6))
-    series: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    series: dict[str, dict[str, list[tuple[float, float]]]] = {}
     for t in trials:
         if t["error"] is None:
-            series.setdefault((t["collector"], t["proto"]), []).append((t["offered_flows_s"], t["delivered_flows_s"]))
-    hi = 1.0
-    for (coll, proto), pts in sorted(series.items()):
-        pts.sort()
-        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-        hi = max(hi, *xs, *ys)
-        ax.plot(xs, ys, marker="o", label=f"{coll} {proto}")
-    ax.plot([0, hi], [0, hi], color="grey", linestyle=":", linewidth=1, label="lossless")
-    ax.set_xlabel("offered flows/s")
-    ax.set_ylabel("delivered flows/s")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_title("delivered vs offered flows/s")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+            series.setdefault(t["proto"], {}).setdefault(t["collector"], []).append(
+                (t["offered_flows_s"], t["delivered_flows_s"]))
+    if not series:
+        return False
+    protos = [p for p in PROTOS if p in series]
+    cols = 2 if len(protos) > 1 else 1
+    rows = (len(protos) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 5 * rows), squeeze=False)
+    colors: dict[str, str] = {}
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, proto in enumerate(protos):
+        ax = axes[i // cols][i % cols]
+        hi, lo = 1.0, float("inf")
+        for coll, pts in sorted(series[proto].items()):
+            pts.sort()
+            color = colors.setdefault(coll, palette[len(colors) % len(palette)])
+            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+            hi, lo = max(hi, *xs, *ys), min(lo, *xs, *ys)
+            ax.plot(xs, ys, marker="o", color=color, label=coll)
+        for b in best or []:
+            if b["proto"] == proto and b["best"]:
+                g = b["best"]
+                ax.plot([g["offered_flows_s"]], [g["delivered_flows_s"]], marker="*", markersize=15,
+                        color=colors.get(b["collector"], "black"), linestyle="none")
+        ax.plot([lo * 0.8, hi * 1.2], [lo * 0.8, hi * 1.2], color="grey", linestyle=":", linewidth=1,
+                label="lossless")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(f"{proto}: delivered vs offered (star: max lossless)")
+        ax.set_xlabel("offered flows/s")
+        ax.set_ylabel("delivered flows/s")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    for j in range(len(protos), rows * cols):
+        axes[j // cols][j % cols].axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
 
@@ -528,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
                          "collector_cpus": ccpu})
             (out / "results.json").write_text(json.dumps({"meta": meta, "best": best, "trials": all_trials}, indent=1))
     write_markdown(out / "results.md", meta, best)
-    plotted = write_plot(out / "delivered_vs_offered.png", all_trials)
+    plotted = write_plot(out / "delivered_vs_offered.png", all_trials, best)
     log((out / "results.md").read_text())
     log(f"wrote {out / 'results.json'}, {out / 'results.md'}" + (f", {out / 'delivered_vs_offered.png'}" if plotted else ""))
     return 0
