@@ -916,6 +916,8 @@ cdef int decode_ipfix(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
     cdef bint first = True
     cdef object si
     b.proto_kind = PROTO_IPFIX
+    if rd_left(r) < 16:
+        raise_decode("truncated", 0, f"{rd_left(r)}-byte IPFIX datagram, the header alone is 16")
     # A datagram may carry several IPFIX messages back to back (RFC 7011 10.3.3).
     while rd_left(r) >= 16:
         msg_start = r.pos
@@ -949,4 +951,8 @@ cdef int decode_ipfix(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
                 decode_data_set(dec, ex, b, &s, 10, domain, set_id, export_ms, sysinit_ms)
             else:
                 ex.count_error("bad_set")
+    if rd_left(r):
+        # Bytes after the last message that cannot be one: the header's length disagrees with
+        # the datagram (garbage, or a length field cut short).
+        raise_decode("bad_length", r.pos, f"{rd_left(r)} bytes after the last IPFIX message")
     return 0

@@ -1,0 +1,102 @@
+"""`flowscope decode FILE` end to end, as an operator runs it: a capture written by the test, the
+real CLI in a subprocess, and (with --kubeconfig) the informers against the fake API server."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import struct
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from benchmarks.datagrams import OVS_EGRESS, OVS_INGRESS, data_set, ipfix_message, ovs_flows, template_set
+from tests.support.fake_kube import FakeKube, node, pod, replicaset, service
+from tests.support.fake_kube import fake_kube as fake_kube  # noqa: F401 - fixture
+
+ROOT = Path(__file__).resolve().parent.parent
+EXPORT = 1_700_000_000
+
+
+def write_pcap(path: Path, datagrams: list[tuple[float, str, int, bytes]], dport: int = 4739) -> None:
+    """A pcapng-free classic pcap, raw-IP link type, one UDP/IPv4 datagram per record."""
+    out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 101)]
+    for ts, src, sport, payload in datagrams:
+        udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+                         ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address("192.0.2.1").packed) + udp
+        sec = int(ts)
+        out.append(struct.pack("<IIII", sec, int((ts - sec) * 1e6), len(ip), len(ip)) + ip)
+    path.write_bytes(b"".join(out))
+
+
+def run_decode(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "collector.cli", "decode", *args], cwd=ROOT,
+                          capture_output=True, timeout=120)
+
+
+def test_decode_stats_sampling_and_json_lines(tmp_path: Path) -> None:
+    recs = ovs_flows(25, random.Random(1))
+    cap = tmp_path / "ovs.pcap"
+    write_pcap(cap, [
+        (EXPORT, "10.0.0.1", 50000, ipfix_message([template_set([OVS_INGRESS])], seq=0, export_time=EXPORT)),
+        (EXPORT + 1, "10.0.0.1", 50000, ipfix_message([data_set(OVS_INGRESS, recs)], seq=0, export_time=EXPORT)),
+        (EXPORT + 2, "10.0.0.1", 50000, b"\x00\x0a\x00\x10garbage-garbage"),
+        (EXPORT + 3, "10.9.9.9", 50000, ipfix_message([data_set(OVS_INGRESS, recs)], seq=0, export_time=EXPORT)),
+    ])
+    p = run_decode(str(cap), "--stats", "--sampling", "10.0.0.0/24=50")
+    assert p.returncode == 0, p.stderr.decode()
+    flows = [orjson.loads(x) for x in p.stdout.splitlines()]
+    assert [f["SrcAddr"] for f in flows] == [r["src"] for r in recs]
+    assert {f["Sampling"] for f in flows} == {50}
+    assert {f["TimeReceived"] for f in flows} == {EXPORT + 1}  # the capture time is the receive time
+    stats = orjson.loads(p.stderr[p.stderr.index(b"{"):])
+    assert stats["capture"]["udp_datagrams"] == 4
+    assert stats["exporters"]["10.0.0.1"] == {
+        "datagrams": 3, "flows": 25, "errors": {"bad_length": 1}, "dropped": {}, "missing_template_sets": 0,
+        "templates": 1, "sampling": 50, "protocol": "ipfix"}
+    assert stats["exporters"]["10.9.9.9"]["missing_template_sets"] == 1
+
+
+def test_decode_bad_arguments_are_clear(tmp_path: Path) -> None:
+    p = run_decode(str(tmp_path / "missing.pcap"))
+    assert p.returncode == 1 and b"missing.pcap" in p.stderr
+    (tmp_path / "x.pcap").write_bytes(b"not a capture at all")
+    p = run_decode(str(tmp_path / "x.pcap"))
+    assert p.returncode == 1 and b"not a pcap" in p.stderr
+    p = run_decode(str(tmp_path / "x.pcap"), "--sampling", "10.0.0.0/8")
+    assert p.returncode == 2 and b"CIDR=RATE" in p.stderr
+
+
+def test_decode_with_kubeconfig_enriches(fake_kube: FakeKube, tmp_path: Path) -> None:  # noqa: F811
+    fake_kube.add("nodes", node("node-a", internal=["10.0.0.1"], zone="zone-a",
+                                subnets={"default": ["10.128.0.0/23"]}))
+    fake_kube.add("nodes", node("node-b", internal=["10.0.0.2"], zone="zone-b"))
+    fake_kube.add("replicasets", replicaset("web-5d9", "shop", owner=("Deployment", "web")))
+    fake_kube.add("pods", pod("web-5d9-a", "shop", ips=["10.128.0.5"], node="node-a", host_ip="10.0.0.1",
+                              owner=("ReplicaSet", "web-5d9")))
+    fake_kube.add("pods", pod("db-0", "shop", ips=["10.129.0.7"], node="node-b", host_ip="10.0.0.2",
+                              owner=("StatefulSet", "db")))
+    fake_kube.add("services", service("db", "shop", ips=["172.30.0.10"]))
+    kubeconfig = fake_kube.write_kubeconfig(tmp_path / "kubeconfig")
+    base: dict[str, Any] = ovs_flows(1, random.Random(2), direction=1)[0]
+    recs = [dict(base, src="10.128.0.5", dst="10.129.0.7"),    # pod -> pod on another node, egress
+            dict(base, src="10.128.0.5", dst="172.30.0.10"),   # pod -> service
+            dict(base, src="10.128.0.2", dst="10.128.0.5")]    # mgmt port (node-a) -> pod, same node
+    cap = tmp_path / "k8s.pcap"
+    write_pcap(cap, [
+        (EXPORT, "10.0.0.1", 50000, ipfix_message([template_set([OVS_EGRESS])], seq=0, export_time=EXPORT)),
+        (EXPORT + 1, "10.0.0.1", 50000, ipfix_message([data_set(OVS_EGRESS, recs)], seq=0, export_time=EXPORT)),
+    ])
+    p = run_decode(str(cap), "--kubeconfig", str(kubeconfig), "--cluster-name", "prod")
+    assert p.returncode == 0, p.stderr.decode()
+    f1, f2, f3 = (orjson.loads(x) for x in p.stdout.splitlines())
+    assert (f1["SrcK8S_Name"], f1["SrcK8S_OwnerName"], f1["SrcK8S_OwnerType"]) == ("web-5d9-a", "web", "Deployment")
+    assert (f1["DstK8S_Name"], f1["DstK8S_OwnerType"], f1["DstK8S_HostName"]) == ("db-0", "StatefulSet", "node-b")
+    assert f1["SrcK8S_Zone"] == "zone-a" and f1["DstK8S_Zone"] == "zone-b"
+    assert f1["FlowDirection"] == 1 and f1["K8S_ClusterName"] == "prod" and f1["K8S_FlowLayer"] == "app"
+    assert (f2["DstK8S_Name"], f2["DstK8S_Type"]) == ("db", "Service")
+    assert (f3["SrcK8S_Name"], f3["SrcK8S_Type"]) == ("node-a", "Node") and f3["FlowDirection"] == 2
