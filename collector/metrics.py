@@ -148,19 +148,24 @@ def decoder_series(stats: dict[str, dict[str, Any]], labels: ExporterLabels) -> 
                                            "flowscope_sampling_rate")}
     names = labels.assign({e: int(s.get("datagrams", 0)) for e, s in stats.items()})
     for exporter, s in stats.items():
-        lab = (names[exporter], str(s.get("protocol") or "unknown"))
-        for series, key in (("flowscope_datagrams", "datagrams"), ("flowscope_flows", "flows"),
-                            ("flowscope_missing_template_sets", "missing_template_sets"),
-                            ("flowscope_templates", "templates")):
-            d = out[series]
-            d[lab] = d.get(lab, 0) + int(s.get(key, 0) or 0)
+        # One exporter often speaks several protocols (an OVS node sends IPFIX, sFlow and
+        # NetFlow from one address): the decoder keeps per-protocol counts.
+        for proto, p in (s.get("protocols") or {}).items():
+            lab = (names[exporter], str(proto))
+            for series, key in (("flowscope_datagrams", "datagrams"), ("flowscope_flows", "flows"),
+                                ("flowscope_missing_template_sets", "missing_template_sets"),
+                                ("flowscope_templates", "templates")):
+                d = out[series]
+                d[lab] = d.get(lab, 0) + int(p.get(key, 0) or 0)
+            for reason, n in (p.get("errors") or {}).items():
+                el = lab + (str(reason),)
+                e = out["flowscope_decode_errors"]
+                e[el] = e.get(el, 0) + int(n)
         rate = int(s.get("sampling", 0) or 0)
-        d = out["flowscope_sampling_rate"]
-        d[lab] = max(d.get(lab, 0), rate)
-        for reason, n in (s.get("errors") or {}).items():
-            el = lab + (str(reason),)
-            e = out["flowscope_decode_errors"]
-            e[el] = e.get(el, 0) + int(n)
+        if rate:
+            lab = (names[exporter], str(s.get("protocol") or "unknown"))
+            d = out["flowscope_sampling_rate"]
+            d[lab] = max(d.get(lab, 0), rate)
     return out
 
 

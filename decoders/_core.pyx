@@ -103,6 +103,7 @@ cdef class Decoder:
         cdef Py_ssize_t n = len(data)
         cdef const uint8_t* buf = <const uint8_t*>PyBytes_AS_STRING(data)
         cdef uint16_t version
+        cdef dict pst
         b.data = data
         b.port = <uint16_t>port
         b.recv_time = recv_time if recv_time else time.time()
@@ -114,13 +115,19 @@ cdef class Decoder:
         b.agent_af = ex.af
         memcpy(b.agent, ex.addr, 16)
         ex.datagrams += 1
+        version = be16(buf) if n >= 4 else 0
+        # Per-protocol counters: one exporter (an OVS node) often sends IPFIX, sFlow and NetFlow.
+        ex.cur_protocol = ("netflow5" if version == 5 else "netflow9" if version == 9 else
+                           "ipfix" if version == 10 else
+                           "sflow5" if version == 0 and n >= 4 and be32(buf) == 5 else "unknown")
+        pst = ex.proto_stats(ex.cur_protocol)
+        pst["datagrams"] += 1
         try:
             if n > self.max_datagram:
                 raise_decode("too_large", 0, f"{n} bytes > limit {self.max_datagram}")
             rd_init(&r, buf, 0, n)
             if n < 4:
                 raise_decode("truncated", 0, f"{n}-byte datagram")
-            version = be16(buf)
             if version == 5:
                 decode_v5(self, ex, b, &r)
             elif version == 9:
@@ -136,6 +143,7 @@ cdef class Decoder:
             ex.count_error(e.reason)
             self.log_limited(e.reason, exporter, f"{b.protocol or 'datagram'} decode error: {e}")
         ex.flows += b.n
+        pst["flows"] += b.n
         if b.proto_kind:
             ex.protocol = PROTOCOL_NAMES[b.proto_kind]
         return b

@@ -253,6 +253,8 @@ cdef class ExporterState:
     cdef readonly uint32_t last_sampling
     cdef uint64_t* dedup_keys
     cdef int64_t* dedup_times
+    cdef readonly dict by_protocol     # protocol name -> {"datagrams", "flows", "errors", ...}
+    cdef str cur_protocol
 
     def __cinit__(self):
         self.dedup_keys = NULL
@@ -279,12 +281,30 @@ cdef class ExporterState:
         self.errors = {}
         self.dropped = {}
         self.protocol = ""
+        self.cur_protocol = "unknown"
+        self.by_protocol = {}
+
+    cdef dict proto_stats(self, str name):
+        cdef dict d = self.by_protocol.get(name)
+        if d is None:
+            d = self.by_protocol[name] = {"datagrams": 0, "flows": 0, "errors": {}, "missing_template_sets": 0}
+        return d
 
     cdef void count_error(self, str reason):
+        cdef dict e
         self.errors[reason] = self.errors.get(reason, 0) + 1
+        e = self.proto_stats(self.cur_protocol)["errors"]
+        e[reason] = e.get(reason, 0) + 1
 
     def stats(self):
+        cdef Template t
+        per = {name: dict(d, errors=dict(d["errors"]), templates=0) for name, d in self.by_protocol.items()}
+        for t in self.templates.values():
+            name = "ipfix" if t.version == 10 else "netflow9"
+            if name in per:
+                per[name]["templates"] += 1
         return {
+            "protocols": per,
             "datagrams": self.datagrams,
             "flows": self.flows,
             "errors": dict(self.errors),
@@ -857,6 +877,7 @@ cdef int decode_data_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* s, 
         # RFC 7011 8: data for an unknown template cannot be decoded; count it, go on.
         b.missing_template_sets += 1
         ex.missing_template_sets += 1
+        ex.proto_stats(ex.cur_protocol)["missing_template_sets"] += 1
         return 0
     while rd_left(s) >= t.min_len:
         before = s.pos

@@ -402,3 +402,19 @@ def test_templates_are_scoped_by_exporter_port() -> None:
     assert (fa["SrcAddr"], fa["DstAddr"]) == ("10.0.0.1", "10.0.0.2") and "Bytes" not in fa
     assert fb["Bytes"] == 5
     assert dec.stats()[EXPORTER]["templates"] == 2
+
+
+def test_stats_per_protocol_for_one_exporter() -> None:
+    """An OVS node sends IPFIX, sFlow and NetFlow from one address: counts stay per protocol."""
+    dec = ovs_decoder()
+    dec.decode(ipfix_message([data_set(OVS_INGRESS, ovs_flows(4, random.Random(1)))], seq=0, export_time=EXPORT),
+               EXPORTER)
+    dec.decode(v5_datagram(v5_records(30, random.Random(2), uptime_ms=100_000), seq=0, unix_secs=EXPORT,
+                           uptime_ms=100_000), EXPORTER)
+    dec.decode(b"\x00\x05\x00", EXPORTER)
+    st = dec.stats()[EXPORTER]
+    assert st["protocols"]["ipfix"] == {"datagrams": 2, "flows": 4, "errors": {}, "missing_template_sets": 0,
+                                        "templates": 3}
+    assert st["protocols"]["netflow5"]["flows"] == 30 and st["protocols"]["netflow5"]["datagrams"] == 1
+    assert st["protocols"]["unknown"]["errors"] == {"truncated": 1}
+    assert st["datagrams"] == 4 and st["flows"] == 34
