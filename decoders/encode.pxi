@@ -5,6 +5,7 @@
 # Keys are written only when the record carried a value (fields with no value are omitted).
 
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from cpython.object cimport PyObject
 from libc.stdio cimport snprintf
 
 import orjson
@@ -194,6 +195,67 @@ cdef const char* FLAG_NAMES[8]
 FLAG_NAMES[:] = [b"FIN", b"SYN", b"RST", b"PSH", b"ACK", b"URG", b"ECE", b"CWR"]
 
 
+# ---------------------------------------------------------------- enrichment in C
+#
+# An enricher with a C API (enrich._fast.Reader.c_api: a capsule holding the reader and its
+# parts function) is called without a Python call per flow: it returns borrowed pointers to the
+# pre-encoded source part, destination part and tail, which are copied into the output.
+# Other enrichers are called through the Python contract (docs/INTERNALS.md).
+
+from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid
+
+ctypedef int (*parts_fn_t)(void* reader, const unsigned char* src, const unsigned char* dst, int alen,
+                           const unsigned char* agent, int aglen, long long t, int direction,
+                           PyObject** a, PyObject** b, PyObject** tail) noexcept
+
+cdef struct CApi:
+    void* reader
+    parts_fn_t parts
+
+cdef CApi* _eapi = NULL
+cdef object _eapi_owner = None   # the enricher whose capsule _eapi came from (kept alive)
+
+
+cdef int enrich_begin(object enricher) except -1:
+    """Per batch: use the enricher's C API when it has one."""
+    global _eapi, _eapi_owner
+    if enricher is None:
+        return 0
+    if enricher is _eapi_owner:
+        return 0
+    _eapi = NULL
+    _eapi_owner = None
+    getter = getattr(enricher, "c_api", None)
+    if getter is not None:
+        cap = getter()
+        if PyCapsule_IsValid(cap, b"flowscope.enrich.parts"):
+            _eapi = <CApi*>PyCapsule_GetPointer(cap, b"flowscope.enrich.parts")
+            _eapi_owner = enricher
+    return 0
+
+
+cdef int enrich_into(Buf* o, FlowBatch bt, Flow* f, object enricher, int64_t t) except -1:
+    cdef PyObject* a
+    cdef PyObject* b
+    cdef PyObject* tail
+    cdef bytes frag
+    if _eapi != NULL and enricher is _eapi_owner:
+        if _eapi.parts(_eapi.reader, f.src, f.dst, addr_len(f.af), bt.agent, addr_len(bt.agent_af),
+                       t, f.direction, &a, &b, &tail) == 0:
+            if a != NULL:
+                buf_lit(o, <bytes>a)
+            if b != NULL:
+                buf_lit(o, <bytes>b)
+            buf_lit(o, <bytes>tail)
+            return 0
+    frag = enricher.enrich(
+        (<bytes>f.src[:addr_len(f.af)]), (<bytes>f.dst[:addr_len(f.af)]),
+        (<bytes>bt.agent[:addr_len(bt.agent_af)]), t, f.direction)
+    if frag:
+        buf_lit(o, frag)
+    return 0
+
+
 cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char* head, Py_ssize_t head_len) except -1:
     cdef int i
     cdef bint first
@@ -354,15 +416,7 @@ cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char*
         buf_put(o, "\":", 2)
         buf_hex(o, data + x.off, x.length)
     if enricher is not None:
-        frag = enricher.enrich(
-            (<bytes>f.src[:addr_len(f.af)]),
-            (<bytes>f.dst[:addr_len(f.af)]),
-            (<bytes>bt.agent[:addr_len(bt.agent_af)]),
-            f.t_start_ms if f.present & P_TSTART else <int64_t>(bt.recv_time * 1000),
-            f.direction,
-        )
-        if frag:
-            buf_lit(o, frag)
+        enrich_into(o, bt, f, enricher, f.t_start_ms if f.present & P_TSTART else <int64_t>(bt.recv_time * 1000))
     return buf_put(o, "}", 1)
 
 
@@ -385,6 +439,7 @@ cdef list encode_batch(FlowBatch bt, object enricher):
     if bt.n == 0:
         return out
     head = batch_head(bt)
+    enrich_begin(enricher)
     for i in range(bt.n):
         _out.n = 0
         encode_flow(&_out, bt, &bt.flows[i], enricher, PyBytes_AS_STRING(head), len(head))

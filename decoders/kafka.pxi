@@ -98,6 +98,7 @@ cdef class RecordBatchWriter:
             return bt.n
         keylen = len(self.key) if self.key is not None else -1
         head = batch_head(bt)
+        enrich_begin(enricher)
         for i in range(start, bt.n):
             _out.n = 0
             encode_flow(&_out, bt, &bt.flows[i], enricher, PyBytes_AS_STRING(head), len(head))

@@ -69,6 +69,10 @@ class Enricher:
         # The hot path, bound straight to the index's fastest reader (compiled when built,
         # compiled=False forces the pure-Python reference) so a call is one C or Python frame.
         self.enrich: Callable[[bytes, bytes, bytes, int, int], bytes] = self.index.enrich_fn
+        # With the compiled reader, the decoders' encoder calls it in C (see enrich/_fast.pyx).
+        reader = self.index._reader
+        if reader is not None:
+            self.c_api = reader.c_api
         self._api_client = api_client
         self._listers = listers
         self._informers: dict[str, Informer] = {}

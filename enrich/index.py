@@ -556,6 +556,8 @@ class Index:
         if self._batch:
             return
         e = self._pod_layer.get(ip) or self._node_layer.get(ip) or self._svc_layer.get(ip)
+        if self._reader is not None:
+            self._reader.generation += 1  # answers cached by callers are stale from here on
         if e is None:
             self._ips.pop(ip, None)
         else:
@@ -679,6 +681,8 @@ class Index:
             self._node_addr[ip] = rec.name
             if not self._batch:
                 self._agents[ip] = rec.name
+                if self._reader is not None:
+                    self._reader.generation += 1
             self._merge(ip)
         if old is None or old.zone != rec.zone:
             self._rerender(self._pods_by_node.get(rec.name))
@@ -690,6 +694,8 @@ class Index:
         self._node_layer.pop(ip, None)
         if not self._batch:
             self._agents.pop(ip, None)
+            if self._reader is not None:
+                self._reader.generation += 1
         self._merge(ip)
 
     def _delete_node(self, name: str) -> None:

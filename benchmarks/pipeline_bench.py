@@ -1,0 +1,100 @@
+"""Per-flow cost of the collector's hot path, with and without Kubernetes enrichment.
+
+    python -m benchmarks.pipeline_bench [--pods 100000] [--seconds 2]
+
+What `flowscope run` does per datagram on the fast Kafka path, minus the socket: decode an
+OVS-like IPFIX datagram of 25 records and append its flows, JSON-encoded, to a Kafka record
+batch (decoders.RecordBatchWriter). Measured once without an enricher and once with an index of
+--pods pods (plus nodes and services, built by benchmarks.enrich_bench's generators) whose
+addresses the flows use, alternating rounds and keeping the best of each, because this machine
+is shared and noisy: the ratio is the result (the issue's target: enrichment under +10%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import random
+import time
+from typing import Any
+
+from benchmarks import datagrams as D
+from benchmarks import enrich_bench as E
+from decoders import Decoder, RecordBatchWriter
+
+EXPORT = 1_780_000_000  # flows after the synthetic pods were created
+
+
+def build(n_pods: int, n_nodes: int, n_services: int, busy: int) -> tuple[Any, list[bytes], str]:
+    import enrich
+
+    e = enrich.Enricher.from_objects(pods=E.pods(n_pods, n_nodes, n_pods // 5), nodes=E.nodes(n_nodes),
+                                     services=E.services(n_services), replicasets=E.replicasets(n_pods // 5))
+    rng = random.Random(7)
+    # Flows between a working set of `busy` pods (a collector sees one node's or a few nodes'
+    # pods), a tenth towards services; the exporter is the source pod's node.
+    slots = [divmod(rng.randrange(n_pods), n_nodes)[::-1] for _ in range(busy)]
+    payloads = []
+    agent = E.node_ip(slots[0][0])
+    for i in range(64):
+        recs = D.ovs_flows(25, rng)
+        for r in recs:
+            s = slots[rng.randrange(busy)]
+            r["src"] = E.pod_ip(*s)
+            if rng.randrange(10):
+                r["dst"] = E.pod_ip(*slots[rng.randrange(busy)])
+            else:
+                r["dst"] = str(ipaddress.IPv4Address(int(ipaddress.IPv4Address("172.30.0.10")) + rng.randrange(n_services)))
+        payloads.append(D.ipfix_message([D.data_set(D.OVS_INGRESS, recs)], seq=i * 25, export_time=EXPORT))
+    return e, payloads, agent
+
+
+def rate(dec: Decoder, payloads: list[bytes], agent: str, enricher: Any, seconds: float) -> float:
+    n = 0
+    w = RecordBatchWriter(1 << 20)
+    t0 = time.perf_counter()
+    deadline = t0 + seconds
+    while True:
+        for p in payloads:
+            b = dec.decode(p, agent, 0, EXPORT)
+            i = w.append(b, enricher, 0)
+            while i < len(b):
+                w = RecordBatchWriter(1 << 20)
+                i = w.append(b, enricher, i)
+            n += len(b)
+        now = time.perf_counter()
+        if now >= deadline:
+            return n / (now - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pods", type=int, default=100_000)
+    ap.add_argument("--nodes", type=int, default=5_000)
+    ap.add_argument("--services", type=int, default=10_000)
+    ap.add_argument("--busy", type=int, default=2_000, help="pods the flows are drawn from")
+    ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--rounds", type=int, default=5)
+    a = ap.parse_args()
+    e, payloads, agent = build(a.pods, a.nodes, a.services, a.busy)
+    dec = Decoder()
+    dec.decode(D.ipfix_message([D.template_set([D.OVS_INGRESS])], seq=0, export_time=EXPORT), agent)
+    sample = dec.decode(payloads[0], agent, 0, EXPORT).to_dicts(e)
+    hits = sum(1 for f in sample if "SrcK8S_Name" in f)
+    best = {"plain": 0.0, "enriched": 0.0}
+    for _ in range(a.rounds):
+        best["plain"] = max(best["plain"], rate(dec, payloads, agent, None, a.seconds / a.rounds))
+        best["enriched"] = max(best["enriched"], rate(dec, payloads, agent, e, a.seconds / a.rounds))
+    cost = {k: 1e9 / v for k, v in best.items()}
+    print(f"index: {a.pods} pods, {a.nodes} nodes, {a.services} services; flows over {a.busy} busy pods; "
+          f"{hits}/{len(sample)} sources resolved")
+    print("| path | flows/s (one core) | ns per flow |")
+    print("|---|---|---|")
+    for k in ("plain", "enriched"):
+        print(f"| decode + JSON + Kafka batch, {k} | {best[k] / 1e6:.2f} M | {cost[k]:.0f} |")
+    print(f"enrichment adds {cost['enriched'] - cost['plain']:.0f} ns per flow "
+          f"(+{100 * (cost['enriched'] / cost['plain'] - 1):.0f}%)")
+
+
+if __name__ == "__main__":
+    main()
