@@ -61,9 +61,14 @@ bench: deps build
 	$(PIP) install -q -e '.[test,bench]'
 	$(PY) -m benchmarks.harness $(BENCH_ARGS)
 
+# Instrumented build (clang, libFuzzer coverage + ASan), fuzz, then the normal build again.
 fuzz: build
 	$(PIP) install -q -e '.[fuzz]'
-	$(PY) tests/fuzz_decoders.py -max_total_time=$(FUZZ_SECONDS)
+	command -v clang >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang)
+	CC=clang LDSHARED="clang -shared" FLOWSCOPE_FUZZ=1 $(PY) setup.py -q build_ext --inplace --force
+	LD_PRELOAD="$$($(PY) -c 'import atheris, os; print(os.path.join(atheris.path(), "asan_with_fuzzer.so"))')" \
+	  ASAN_OPTIONS=detect_leaks=0 $(PY) tests/fuzz_decoders.py -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1; \
+	  rc=$$?; $(PY) setup.py -q build_ext --inplace --force; exit $$rc
 
 demo: deps build
 	$(PY) -m deploy.demo.demo

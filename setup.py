@@ -4,6 +4,7 @@ Switches (environment variables, read at build time):
   FLOWSCOPE_DEBUG=1   compile with -O0 -g, Cython bounds/wraparound checks on and the
                       FLOWSCOPE_DEBUG invariant checks enabled (see decoders/consts.pxi).
   FLOWSCOPE_ANNOTATE=1  write Cython's HTML annotation next to each .pyx.
+  FLOWSCOPE_FUZZ=1    (with CC=clang) instrument for atheris/libFuzzer with AddressSanitizer.
 """
 import os
 import sys
@@ -22,6 +23,8 @@ if Cython.__version__ != CYTHON_REQUIRED:
     sys.exit(f"flowscope is tested with Cython=={CYTHON_REQUIRED}, found {Cython.__version__}")
 
 DEBUG = os.environ.get("FLOWSCOPE_DEBUG", "0") not in ("", "0")
+# FLOWSCOPE_FUZZ=1 (with CC=clang): libFuzzer coverage and AddressSanitizer for `make fuzz`.
+FUZZ = os.environ.get("FLOWSCOPE_FUZZ", "0") not in ("", "0")
 ANNOTATE = os.environ.get("FLOWSCOPE_ANNOTATE", "0") not in ("", "0")
 
 extra_compile_args = ["-Wall", "-Wno-unused-function", "-Wno-unreachable-code"]
@@ -31,6 +34,10 @@ if DEBUG:
 else:
     extra_compile_args += ["-O2"]
     define_macros = [("FLOWSCOPE_DEBUG", "0")]
+extra_link_args: list[str] = []
+if FUZZ:
+    extra_compile_args += ["-g", "-fsanitize=address,fuzzer-no-link"]
+    extra_link_args += ["-fsanitize=address,fuzzer-no-link"]
 
 compiler_directives = {
     "language_level": "3",
@@ -48,6 +55,7 @@ def ext(name: str, sources: list[str]) -> Extension:
         name,
         sources,
         extra_compile_args=extra_compile_args,
+        extra_link_args=extra_link_args,
         define_macros=define_macros,
     )
 
