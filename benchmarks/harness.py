@@ -8,7 +8,7 @@ What counts as arrived is what a consumer reads back from the Kafka topic (or wh
 reads back from nfcapd's files), never what the collector says it sent.
 
 Per trial it records offered and delivered flows/s, the collector's CPU (all its processes,
-from /proc/<pid>/stat, as CPU-seconds per second of load: 100 = one core), its peak memory
+from /proc/<pid>/stat sampled every 0.25-0.5 s, as CPU-seconds per second of load: 100 = one core), its peak memory
 (the peak of the summed PSS of its processes, sampled; plus VmHWM of the main process), kernel receive drops on its socket (/proc/net/udp) and system-wide UDP
 receive-buffer errors (/proc/net/snmp), and how long it took to drain after the load stopped.
 Results: results.json, results.md (a table) and delivered_vs_offered.png in --out.
@@ -165,7 +165,7 @@ class Trial:
 _last_sample_max = [0]
 
 
-def _wait_quiescent(root: int, *, max_wait: float, idle_cpu: float = 0.03, hold: float = 1.5,
+def _wait_quiescent(cpu: peers.CpuTracker, *, max_wait: float, idle_cpu: float = 0.03, hold: float = 1.5,
                     sample: Callable[[], int] | None = None) -> float:
     """Wait until the collector's processes use < idle_cpu of a core for ``hold`` seconds.
 
@@ -174,15 +174,15 @@ def _wait_quiescent(root: int, *, max_wait: float, idle_cpu: float = 0.03, hold:
     Returns the time waited.
     """
     t0 = time.monotonic()
-    last_cpu, last_t, quiet_since = peers.tree_cpu_seconds(root), t0, None
+    last_cpu, last_t, quiet_since = cpu.update(), t0, None
     _last_sample_max[0] = 0
     while time.monotonic() - t0 < max_wait:
         time.sleep(0.5)
         if sample is not None:
             _last_sample_max[0] = max(_last_sample_max[0], sample())
-        now, cpu = time.monotonic(), peers.tree_cpu_seconds(root)
-        busy = (cpu - last_cpu) / max(now - last_t, 1e-6)
-        last_cpu, last_t = cpu, now
+        now, used = time.monotonic(), cpu.update()
+        busy = (used - last_cpu) / max(now - last_t, 1e-6)
+        last_cpu, last_t = used, now
         if busy < idle_cpu:
             quiet_since = quiet_since or now
             if now - quiet_since >= hold:
@@ -216,19 +216,21 @@ def run_trial(
         peer = spec.start(env)
         # idle baseline: what the collector burns with no load (timers, metrics, client
         # heartbeats); "done draining" is judged against it
-        c_a, t_a = peers.tree_cpu_seconds(peer.pid), time.monotonic()
+        cpu = peers.CpuTracker(peer.pid)
+        c_a, t_a = cpu.update(), time.monotonic()
         time.sleep(1.0)
-        idle_cpu = (peers.tree_cpu_seconds(peer.pid) - c_a) / (time.monotonic() - t_a)
+        idle_cpu = (cpu.update() - c_a) / (time.monotonic() - t_a)
         snmp0 = peers.snmp_udp_counters()
-        cpu0 = peers.tree_cpu_seconds(peer.pid)
+        cpu0 = cpu.update()
         cmd = [str(loadgen), "--proto", proto, "--to", f"127.0.0.1:{port}", "--duration", str(duration),
                "--rate", str(int(rate)), *spec.loadgen_args, *loadgen_extra]
         if cpus["generator"] is not None:
             cmd = ["taskset", "-c", cpus["generator"], *cmd]
         gen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         hwm = 0
-        while gen.poll() is None:  # sample memory while processes come and go
+        while gen.poll() is None:  # sample CPU and memory while processes come and go
             hwm = max(hwm, peers.tree_pss_kib(peer.pids()))
+            cpu.update()
             time.sleep(0.25)
         out, err = gen.communicate()
         if gen.returncode != 0:
@@ -239,14 +241,14 @@ def run_trial(
         tr.offered_flows_s = g["flows_per_s"]
         tr.generator_limited = g["flows_per_s"] < 0.97 * rate
         tr.kernel_drops = peers.udp_drops(port)
-        tr.cpu_pct = 100.0 * (peers.tree_cpu_seconds(peer.pid) - cpu0) / max(g["elapsed_s"], 1e-6)
+        tr.cpu_pct = 100.0 * (cpu.update() - cpu0) / max(g["elapsed_s"], 1e-6)
         hwm = max(hwm, peers.tree_pss_kib(peer.pids()))
-        tr.drain_s = _wait_quiescent(peer.pid, max_wait=max_drain, idle_cpu=max(0.03, 1.5 * idle_cpu + 0.02),
+        tr.drain_s = _wait_quiescent(cpu, max_wait=max_drain, idle_cpu=max(0.03, 1.5 * idle_cpu + 0.02),
                                      sample=lambda: peers.tree_pss_kib(peer.pids()) if peer else 0)
         tr.kernel_drops = max(tr.kernel_drops, peers.udp_drops(port))
         hwm = max(hwm, peers.tree_pss_kib(peer.pids()), _last_sample_max[0])
         tr.root_hwm_mib = peers.vm_hwm_kib([peer.pid]) / 1024.0
-        tr.cpu_total_pct = 100.0 * (peers.tree_cpu_seconds(peer.pid) - cpu0) / max(g["elapsed_s"], 1e-6)
+        tr.cpu_total_pct = 100.0 * (cpu.update() - cpu0) / max(g["elapsed_s"], 1e-6)
         tr.udp_rcvbuf_errors = peers.snmp_udp_counters().get("RcvbufErrors", 0) - snmp0.get("RcvbufErrors", 0)
         tr.peak_rss_mib = hwm / 1024.0
         if not peer.alive():
@@ -263,7 +265,7 @@ def run_trial(
         tr.delivered_flows_s = tr.delivered / max(g["elapsed_s"], 1e-6)
         tr.loss = max(0.0, 1.0 - tr.delivered / tr.sent_flows) if tr.sent_flows else 1.0
     except Exception as e:  # noqa: BLE001 - a failed trial is a result, the sweep goes on
-        tr.error = f"{type(e).__name__}: {e}"
+        tr.error = _one_line(f"{type(e).__name__}: {e}")
     finally:
         if peer is not None:
             peer.stop()
@@ -272,6 +274,16 @@ def run_trial(
         if topic and broker:
             brk.delete_topic(broker.bootstrap, topic)
     return tr
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    """An error as one table-safe line: the first line plus the last non-empty one (a
+    traceback's exception), pipes escaped."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    msg = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+    return msg.replace("|", "\\|")[:limit]
 
 
 # ---------------------------------------------------------------- sweep

@@ -523,6 +523,10 @@ int main(int argc, char **argv) {
             getsockname(fd, (struct sockaddr *)&me, &ml); ex[k].agent = ntohl(me.sin_addr.s_addr);
         }
         ex[k].fd = fd; ex[k].last_tmpl = -1e9;
+        /* exporters count independently from different starting points, as real ones do;
+         * this also keeps (sequence, record) pairs unique across exporters that share an
+         * address, which collectors aggregating on the sequence number rely on */
+        ex[k].seq = (uint32_t)k << 28;
         for (int i = 0; i < SFLOW_PORTS; i++) ex[k].sf_pool[i] = rndr(1000000);
     }
 

@@ -160,8 +160,11 @@ def test_exporters_have_own_ports_and_sequences(loadgen: Path) -> None:
     for p, src in got:
         by_src.setdefault(src, []).append(struct.unpack_from("!I", p, 16)[0])
     assert len(by_src) == 3
+    starts = set()
     for seqs in by_src.values():
-        assert seqs == [30 * i for i in range(len(seqs))]
+        assert seqs == [seqs[0] + 30 * i for i in range(len(seqs))]  # each exporter counts on its own
+        starts.add(seqs[0])
+    assert len(starts) == 3 and 0 in starts
 
 
 def test_ipv6_destination(loadgen: Path) -> None:
