@@ -133,6 +133,29 @@ def collector_specs(workers: list[int]) -> dict[str, list[CollectorSpec]]:
     }
 
 
+def scrape_metrics(url: str, prefixes: tuple[str, ...] = ("flowscope_",)) -> dict[str, float]:
+    """Prometheus text from ``url``/metrics summed per ``name{labels}`` line (no parser deps)."""
+    out: dict[str, float] = {}
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/metrics", timeout=5) as r:
+            text = r.read().decode("utf-8", "replace")
+    except OSError:
+        return out
+    for line in text.splitlines():
+        if not line or line.startswith("#") or not line.startswith(prefixes):
+            continue
+        key, _, value = line.rpartition(" ")
+        try:
+            out[key] = out.get(key, 0.0) + float(value)
+        except ValueError:
+            continue
+    return out
+
+
+def _family(m: dict[str, float], name: str) -> float:
+    return sum(v for k, v in m.items() if k == name or k.startswith(name + "{"))
+
+
 # ---------------------------------------------------------------- one trial
 
 
@@ -157,6 +180,9 @@ class Trial:
     udp_rcvbuf_errors: int = 0
     drain_s: float = 0.0
     count_s: float = 0.0  # how long reading the topic back took
+    # flowscope only, from its /metrics after the drain: its own accounting of the loss
+    metrics: dict = field(default_factory=dict)
+    accounting_gap: int | None = None  # sent - (delivered + flows dropped + kernel-dropped datagrams x R)
     generator_limited: bool = False
     error: str | None = None
     loadgen: dict = field(default_factory=dict)
@@ -249,6 +275,12 @@ def run_trial(
         hwm = max(hwm, peers.tree_pss_kib(peer.pids()), _last_sample_max[0])
         tr.root_hwm_mib = peers.vm_hwm_kib([peer.pid]) / 1024.0
         tr.cpu_total_pct = 100.0 * (cpu.update() - cpu0) / max(g["elapsed_s"], 1e-6)
+        if "metrics" in peer.extra:
+            m = scrape_metrics(peer.extra["metrics"])
+            tr.metrics = {k: v for k, v in m.items() if any(
+                k.startswith(f) for f in ("flowscope_flows", "flowscope_datagrams_dropped",
+                                          "flowscope_kernel_receive_drops", "flowscope_received_datagrams",
+                                          "flowscope_decode_errors", "flowscope_missing_template_sets"))}
         tr.udp_rcvbuf_errors = peers.snmp_udp_counters().get("RcvbufErrors", 0) - snmp0.get("RcvbufErrors", 0)
         tr.peak_rss_mib = hwm / 1024.0
         if not peer.alive():
@@ -264,6 +296,10 @@ def run_trial(
             tr.delivered = peers.count_nfcapd_flows(peer.nfcapd_dir)
         tr.delivered_flows_s = tr.delivered / max(g["elapsed_s"], 1e-6)
         tr.loss = max(0.0, 1.0 - tr.delivered / tr.sent_flows) if tr.sent_flows else 1.0
+        if tr.metrics:
+            per = g.get("records_per_datagram", 0)
+            dropped = _family(tr.metrics, "flowscope_flows_dropped")
+            tr.accounting_gap = int(tr.sent_flows - tr.delivered - dropped - tr.kernel_drops * per)
     except Exception as e:  # noqa: BLE001 - a failed trial is a result, the sweep goes on
         tr.error = _one_line(f"{type(e).__name__}: {e}")
     finally:
@@ -303,6 +339,7 @@ def sweep(spec: CollectorSpec, proto: str, *, start: float, max_trials: float, m
         log(f"  {spec.name:14s} {proto:5s} target {rate:>11,.0f}/s offered {tr.offered_flows_s:>11,.0f}/s "
             f"delivered {tr.delivered_flows_s:>11,.0f}/s loss {tr.loss:7.3%} cpu {tr.cpu_pct:4.0f}/{tr.cpu_total_pct:4.0f}% "
             f"rss {tr.peak_rss_mib:6.0f}MiB drops {tr.kernel_drops} drain {tr.drain_s:.1f}s"
+            + (f" unaccounted {tr.accounting_gap}" if tr.accounting_gap is not None else "")
             + (" GENERATOR-LIMITED" if tr.generator_limited else "") + (f" ERROR {tr.error}" if tr.error else ""))
         if ok:
             if good is None or tr.offered_flows_s > good.offered_flows_s:
