@@ -28,16 +28,17 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("FLOWSCOPE_CORPUS", ROOT.parent / "shared" / "corpus"))
-DATA = ROOT / "tests" / "data"
+DATA = ROOT / "tests" / "data" / "corpus"
 
 
 def corpus_file(rel: str) -> Path:
-    """A capture from tests/data, else from the shared corpus; skip when neither has it."""
+    """A capture from the bundled corpus (tests/data/corpus), else from the shared corpus. The
+    bundled files are part of the repository: a missing one is an error, never a skip."""
     for base in (DATA, CORPUS):
         p = base / rel
         if p.exists():
             return p
-    pytest.skip(f"capture {rel} not available (looked in {DATA} and {CORPUS})")
+    raise FileNotFoundError(f"capture {rel} not found in {DATA} or {CORPUS}")
 
 
 def wait_for(cond: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05, what: str = "") -> Any:
