@@ -40,9 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
                          "(precedence: flag > variable > file > default).",
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     config_mod.add_arguments(run)
-    enrich = _enrich_module()
-    if enrich is not None:
-        enrich.add_cli_arguments(run)
 
     cfg = sub.add_parser("config", help="print the effective configuration as YAML",
                          description="Print the configuration `flowscope run` would use with the same flags, "
@@ -120,12 +117,28 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     enrich_cfg = None
     enrich = _enrich_module()
-    if enrich is not None:
+    if enrich is not None and cfg.enrich.enabled != "false":
+        e = cfg.enrich
         try:
-            enrich_cfg = enrich.config_from_args(args)
+            enrich_cfg = enrich.EnrichConfig(
+                enabled=True, kubeconfig=e.kubeconfig or None, context=e.context or None,
+                cluster_name=e.cluster_name, infra_namespace_prefixes=list(e.infra_namespace_prefixes),
+                tombstone_seconds=e.tombstone_seconds)
+            enrich_cfg.validate()
         except ValueError as exc:
-            print(f"flowscope: configuration error: {exc}", file=sys.stderr)
+            print(f"flowscope: configuration error: enrich: {exc}", file=sys.stderr)
             return 2
+        from .app import enrich_wanted
+
+        if e.enabled == "true" and not enrich_wanted(enrich_cfg):
+            print("flowscope: configuration error: enrich.enabled is true but there is no cluster access: "
+                  "not in a pod (KUBERNETES_SERVICE_HOST unset) and no --kubeconfig / $KUBECONFIG",
+                  file=sys.stderr)
+            return 2
+    elif enrich is None and cfg.enrich.enabled == "true":
+        print("flowscope: configuration error: enrich.enabled is true but the enrich package cannot be "
+              "imported", file=sys.stderr)
+        return 2
     from .app import run as run_app
 
     if unknown:

@@ -233,6 +233,27 @@ def opt(default: Any, help: str, parse: Callable[[Any], Any], *, flag: str | Non
 
 
 @dataclass
+class EnrichSection:
+    """Kubernetes enrichment (enrich/): pod, node, service and owner identity for both ends."""
+
+    enabled: str = opt("auto", "auto (on in a pod or with a kubeconfig), true (fail when no cluster access "
+                       "is configured) or false", choice("auto", "true", "false"), flag="--enrich")
+    kubeconfig: str = opt("", "kubeconfig file; empty = in-cluster config (ServiceAccount) when in a pod, "
+                          "else $KUBECONFIG", parse_str, flag="--kubeconfig", metavar="PATH")
+    context: str = opt("", "kubeconfig context; empty = its current context", parse_str,
+                       flag="--kube-context", metavar="NAME")
+    cluster_name: str = opt("", "value of K8S_ClusterName in every flow; empty = not written", parse_str,
+                            flag="--cluster-name", metavar="NAME")
+    infra_namespace_prefixes: list[str] = opt(["openshift", "kube-"], "namespace prefixes whose flows are "
+                                              "K8S_FlowLayer infra (the collector's own namespace too), "
+                                              "repeatable", parse_list, flag="--infra-namespace-prefix",
+                                              metavar="PREFIX", repeat=True)
+    tombstone_seconds: float = opt(300.0, "how long a deleted pod keeps its IP for flows that started "
+                                   "before the deletion (IP reuse)", ranged(parse_float, 0, 86400),
+                                   flag="--pod-tombstone-seconds", metavar="SECONDS")
+
+
+@dataclass
 class KafkaConfig:
     """Kafka output (aiokafka record-batch appends). Used when `brokers` is set."""
 
@@ -316,6 +337,7 @@ class Config:
                                 ranged(parse_float, 0.05, 60), metavar="SECONDS")
     log_level: str = opt("info", "debug, info, warning or error", choice("debug", "info", "warning", "error"))
     kafka: KafkaConfig = field(default_factory=KafkaConfig, metadata={"section": True})
+    enrich: EnrichSection = field(default_factory=EnrichSection, metadata={"section": True})
 
     # -- derived ---------------------------------------------------------------------------------
     def listeners(self) -> list[Listener]:
@@ -405,7 +427,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="YAML file with the options below (keys as in `flowscope config`); "
                              f"env {ENV_PREFIX}CONFIG")
     groups: dict[str | None, Any] = {None: parser.add_argument_group("collector options"),
-                                     "kafka": parser.add_argument_group("Kafka options")}
+                                     "kafka": parser.add_argument_group("Kafka options"),
+                                     "enrich": parser.add_argument_group("Kubernetes enrichment options")}
     for o in options():
         help_text = f"{o.help} [default: {_fmt_default(o.default)}; env {o.env}]".replace("%", "%%")
         g = groups[o.section]
@@ -418,6 +441,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         else:
             g.add_argument(o.flag, dest=o.dest, default=argparse.SUPPRESS,
                            metavar=_metavar(o), help=help_text)
+        if o.key == "enrich.enabled":
+            g.add_argument("--no-enrich", dest=o.dest, action="store_const", const="false",
+                           default=argparse.SUPPRESS, help="same as --enrich false")
 
 
 def _set(cfg: Config, o: Option, raw: Any, source: str) -> None:
