@@ -797,7 +797,7 @@ cdef uint32_t resolve_sampling(Decoder dec, ExporterState ex, Template t, uint64
         r = ex.sampler_rates.get((t.version, t.domain, sampler_id))
         if r is not None:
             rate = r
-    if rate == 0 and ex.domain_sampling:
+    if rate == 0 and len(ex.domain_sampling):
         r = ex.domain_sampling.get((t.version, t.domain))
         if r is not None:
             rate = r

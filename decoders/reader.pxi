@@ -84,6 +84,15 @@ cdef inline uint64_t beN(const uint8_t* p, Py_ssize_t n) noexcept:
     """Unsigned big-endian integer of 1..8 bytes (RFC 7011 6.2 reduced-size encoding)."""
     cdef uint64_t v = 0
     cdef Py_ssize_t i
+    # The common widths without a loop: counters are 8 or 4 bytes, ports 2, flags 1.
+    if n == 8:
+        return be64(p)
+    if n == 4:
+        return be32(p)
+    if n == 2:
+        return be16(p)
+    if n == 1:
+        return p[0]
     if n > 8:
         p += n - 8
         n = 8
