@@ -501,7 +501,7 @@ int main(int argc, char **argv) {
         int fd = socket(dst.ss_family, SOCK_DGRAM, 0);
         if (fd < 0) { perror("socket"); return 1; }
         setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
-        ex[k].agent = ntohl(inet_addr("127.0.0.1")) + 0;
+        ex[k].agent = ntohl(inet_addr("127.0.0.1"));  /* sFlow agent: the exporter address */
         if (nsrc) {
             struct sockaddr_storage sa; memset(&sa, 0, sizeof sa);
             const char *a = srclist[k % nsrc];
