@@ -91,7 +91,7 @@ cdef class RecordBatchWriter:
         Returns the index of the first flow not appended (len(bt) when all fit). A single flow
         larger than an empty batch is still appended, so progress is always made.
         """
-        cdef Py_ssize_t i, vlen, rlen, keylen
+        cdef Py_ssize_t i, vlen, rlen, keylen, rec, hdr, hdr_fixed, guess
         cdef Buf* o = &self.buf
         cdef bytes head
         if start >= bt.n:
@@ -100,14 +100,24 @@ cdef class RecordBatchWriter:
         head = batch_head(bt)
         enrich_begin(enricher)
         for i in range(start, bt.n):
-            _out.n = 0
-            encode_flow(&_out, bt, &bt.flows[i], enricher, PyBytes_AS_STRING(head), len(head))
-            vlen = _out.n
-            rlen = (1 + 1 + zz_len(self.records) + zz_len(keylen) + (keylen if keylen > 0 else 0)
-                    + zz_len(vlen) + vlen + 1)
-            if self.records and o.n + zz_len(rlen) + rlen > self.max_bytes:
+            # The JSON is written in place, after room for a record header whose varints are
+            # guessed at 2 bytes (records under 8 KiB); a wrong guess costs one memmove.
+            rec = o.n
+            hdr_fixed = 2 + zz_len(self.records) + zz_len(keylen) + (keylen if keylen > 0 else 0)
+            guess = 2 + hdr_fixed + 2
+            buf_reserve(o, guess + 1024)
+            o.n = rec + guess
+            encode_flow(o, bt, &bt.flows[i], enricher, PyBytes_AS_STRING(head), len(head))
+            vlen = o.n - rec - guess
+            rlen = hdr_fixed + zz_len(vlen) + vlen + 1
+            hdr = zz_len(rlen) + hdr_fixed + zz_len(vlen)
+            if self.records and rec + hdr + vlen + 1 > self.max_bytes:
+                o.n = rec
                 return i
-            buf_reserve(o, rlen + 10)
+            buf_reserve(o, 16)
+            if hdr != guess:
+                memmove(o.p + rec + hdr, o.p + rec + guess, vlen)
+            o.n = rec
             zz_put(o, rlen)
             o.p[o.n] = 0          # attributes
             o.p[o.n + 1] = 0      # timestampDelta: every record at the batch's base timestamp
@@ -118,7 +128,6 @@ cdef class RecordBatchWriter:
                 memcpy(o.p + o.n, PyBytes_AS_STRING(self.key), keylen)
                 o.n += keylen
             zz_put(o, vlen)
-            memcpy(o.p + o.n, _out.p, vlen)
             o.n += vlen
             o.p[o.n] = 0          # no headers
             o.n += 1

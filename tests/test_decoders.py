@@ -418,3 +418,24 @@ def test_stats_per_protocol_for_one_exporter() -> None:
     assert st["protocols"]["netflow5"]["flows"] == 30 and st["protocols"]["netflow5"]["datagrams"] == 1
     assert st["protocols"]["unknown"]["errors"] == {"truncated": 1}
     assert st["datagrams"] == 4 and st["flows"] == 34
+
+
+def test_record_batch_writer_large_records_and_batch_limit() -> None:
+    """Records over 8 KiB (long interface names) take the path where the header guess is wrong."""
+    from aiokafka.record._crecords.cutil import crc32c_cython
+    from aiokafka.record.default_records import DefaultRecordBatch
+
+    from decoders import RecordBatchWriter
+
+    t = _tpl(300, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("name", 82, 0, VARLEN), ("name2", 82, 0, VARLEN))
+    recs = [{"src": "10.0.0.1", "dst": f"10.0.0.{i}", "name": b"n" * 9000, "name2": b"m" * (100 * i)}
+            for i in range(1, 6)]
+    dec = Decoder()
+    b = dec.decode(ipfix_message([template_set([t]), data_set(t, recs)], seq=0, export_time=EXPORT), EXPORTER)
+    want = b.to_json()
+    assert len(b) == 5 and all(len(j) > 8192 for j in want)
+    w = RecordBatchWriter(20000)
+    assert w.append(b) == 2  # a third 12 KiB record would pass 20000 bytes
+    assert w.size <= 20000
+    got = [r.value for r in DefaultRecordBatch(w.build(0, None, crc32c_cython))]
+    assert got == want[:2]
