@@ -82,8 +82,8 @@ def run(seconds: float) -> list[dict[str, object]]:
             assert dec.decode(s, "10.0.0.1").error is None
         check = dec.decode(payloads[0], "10.0.0.1")
         assert check.error is None and len(check) == per, (name, check.error, len(check))
-        decode = best_rate(lambda p: dec.decode(p, "10.0.0.1", 0, EXPORT), payloads, per, seconds, 5)
-        encode = best_rate(lambda p: dec.decode(p, "10.0.0.1", 0, EXPORT).to_json(), payloads, per, seconds, 5)
+        decode = best_rate(lambda p, dec=dec: dec.decode(p, "10.0.0.1", 0, EXPORT), payloads, per, seconds, 5)
+        encode = best_rate(lambda p, dec=dec: dec.decode(p, "10.0.0.1", 0, EXPORT).to_json(), payloads, per, seconds, 5)
         peer = None
         if name in ("ipfix-ovs-fixed", "netflow5", "netflow9"):
             import netflow
@@ -92,7 +92,7 @@ def run(seconds: float) -> list[dict[str, object]]:
             for s in setup:
                 netflow.parse_packet(s, templates)
             assert len(netflow.parse_packet(payloads[0], templates).flows) == per
-            peer = best_rate(lambda p: netflow.parse_packet(p, templates), payloads, per, seconds, 5)
+            peer = best_rate(lambda p, t=templates: netflow.parse_packet(p, t), payloads, per, seconds, 5)
         rows.append({"workload": name, "records_per_datagram": per, "decode": decode, "decode_json": encode,
                      "netflow_pkg": peer})
     return rows

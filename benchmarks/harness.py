@@ -298,7 +298,7 @@ def run_trial(
         tr.loss = max(0.0, 1.0 - tr.delivered / tr.sent_flows) if tr.sent_flows else 1.0
         if tr.metrics:
             per = g.get("records_per_datagram", 0)
-            dropped = _family(tr.metrics, "flowscope_flows_dropped")
+            dropped = _family(tr.metrics, "flowscope_flows_dropped_total")
             tr.accounting_gap = int(tr.sent_flows - tr.delivered - dropped - tr.kernel_drops * per)
     except Exception as e:  # noqa: BLE001 - a failed trial is a result, the sweep goes on
         tr.error = _one_line(f"{type(e).__name__}: {e}")

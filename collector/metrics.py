@@ -179,7 +179,7 @@ def merge_into(total: Snapshot, snap: Snapshot) -> None:
             lab = tuple(lab)
             if series.kind == "histogram":
                 cur = dst.get(lab)
-                dst[lab] = list(v) if cur is None else [a + b for a, b in zip(cur, v)]
+                dst[lab] = list(v) if cur is None else [a + b for a, b in zip(cur, v, strict=False)]
             elif series.merge == "max":
                 dst[lab] = max(dst.get(lab, 0), v)
             else:
@@ -208,7 +208,7 @@ class Aggregator:
         series = SERIES[name]
         total = 0.0
         for lab, v in self.merged().get(name, {}).items():
-            d = dict(zip(series.labels, lab))
+            d = dict(zip(series.labels, lab, strict=False))
             if all(d.get(k) == want for k, want in labels.items()):
                 total += v[-1] if series.kind == "histogram" else v
         return total

@@ -299,16 +299,16 @@ class Worker:
     def snapshot(self) -> Snapshot:
         snap = decoder_series(self.decoder.stats(), self.labels)
         names = [str(lst) for lst in self.listeners]
-        snap["flowscope_received_datagrams"] = {(n,): v for n, v in zip(names, self.rx_datagrams)}
-        snap["flowscope_received_bytes"] = {(n,): v for n, v in zip(names, self.rx_bytes)}
+        snap["flowscope_received_datagrams"] = {(n,): v for n, v in zip(names, self.rx_datagrams, strict=False)}
+        snap["flowscope_received_bytes"] = {(n,): v for n, v in zip(names, self.rx_bytes, strict=False)}
         snap["flowscope_datagrams_dropped"] = {(r,): v for r, v in self.dgram_drops.items()}
         drops = read_udp_drops(set(self.inodes))
         for i, ino in enumerate(self.inodes):
             if ino in drops:
                 # keep the max: the socket is gone (0) after close, the count must not go back
                 self._kernel_drops[i] = max(self._kernel_drops[i], drops[ino])
-        snap["flowscope_kernel_receive_drops"] = {(n,): v for n, v in zip(names, self._kernel_drops)}
-        snap["flowscope_socket_receive_buffer_bytes"] = {(n,): v for n, v in zip(names, self.granted)}
+        snap["flowscope_kernel_receive_drops"] = {(n,): v for n, v in zip(names, self._kernel_drops, strict=False)}
+        snap["flowscope_socket_receive_buffer_bytes"] = {(n,): v for n, v in zip(names, self.granted, strict=False)}
         snap["flowscope_listener_up"] = {(n,): (1 if self.bound else 0) for n in names}
         q = self.queue
         fd: dict[tuple[str, ...], int] = {(r,): v for r, v in self.flow_drops.items()}

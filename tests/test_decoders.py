@@ -76,7 +76,7 @@ def test_ovs_ipfix_ingress_fields() -> None:
         else:
             assert "Flags" not in f
         # Elements without an output name are kept, as hex.
-        assert f["ie192"] == "%02x" % rec["ttl"]
+        assert f["ie192"] == "{:02x}".format(rec["ttl"])
         assert f["ie138"] == "00000000"
     st = dec.stats()[EXPORTER]
     assert st["datagrams"] == 2 and st["flows"] == 25 and st["templates"] == 3 and st["errors"] == {}

@@ -74,7 +74,7 @@ def check_cflow_capture(decoder, datagrams: list, packets: list[dict], label: st
     templates: dict[str, set] = collections.defaultdict(set)
     partial: set[str] = set()
     before = decoder.stats()
-    for n, (dg, p) in enumerate(zip(datagrams, packets), 1):
+    for n, (dg, p) in enumerate(zip(datagrams, packets, strict=False), 1):
         tp = reader.packet(p)
         where = f"{label} datagram {n} (frame {tp.frame}, v{tp.version})"
         batch = decoder.decode(dg.payload, dg.src, dg.sport, dg.ts)
@@ -111,7 +111,7 @@ def check_cflow_capture(decoder, datagrams: list, packets: list[dict], label: st
                 problems.append(f"{where}: decode error {batch.error!r} on a packet tshark decodes")
             if len(flows) != len(expected):
                 problems.append(f"{where}: {len(flows)} flows, tshark decoded {len(expected)} records")
-        for i, ((s, rec), flow) in enumerate(zip(expected, flows), 1):
+        for i, ((s, rec), flow) in enumerate(zip(expected, flows, strict=False), 1):
             for prob in T.compare_flow_record(tp, s, rec, flow):
                 problems.append(f"{where} set id {s.flowset_id} record {i}: {prob}")
             if flow.get("FlowProtocol") not in (None, PROTOCOL_BY_VERSION.get(tp.version)):
@@ -151,7 +151,7 @@ def check_sflow_capture(decoder, datagrams: list, packets: list[dict], label: st
         return [f"{label}: {len(datagrams)} UDP datagrams but tshark decoded {len(packets)} sflow packets"]
     want = collections.defaultdict(lambda: collections.Counter())
     before = decoder.stats()
-    for n, (dg, p) in enumerate(zip(datagrams, packets), 1):
+    for n, (dg, p) in enumerate(zip(datagrams, packets, strict=False), 1):
         sp = T.parse_sflow(p)
         where = f"{label} datagram {n} (frame {sp.frame})"
         batch = decoder.decode(dg.payload, dg.src, dg.sport, dg.ts)

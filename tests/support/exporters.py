@@ -31,7 +31,7 @@ def run_softflowd(ns: NetNS, workdir: Path, version: str, port: int, *, timeout:
         out, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         ns.stop(p, signal.SIGKILL)
-        raise RuntimeError(f"softflowd -v {version} did not finish in {timeout}s (file name too long?)")
+        raise RuntimeError(f"softflowd -v {version} did not finish in {timeout}s (file name too long?)") from None
     text = (out + err).decode(errors="replace")
     if p.returncode != 0:
         raise RuntimeError(f"softflowd -v {version} exited {p.returncode}: {text}")

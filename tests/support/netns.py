@@ -102,7 +102,7 @@ class NetNS:
                 pass
         subprocess.run([IP, "netns", "del", self.name], capture_output=True)
 
-    def __enter__(self) -> "NetNS":
+    def __enter__(self) -> NetNS:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -28,9 +28,10 @@ import json
 import re
 import shutil
 import subprocess
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 TSHARK = shutil.which("tshark")
 
@@ -496,7 +497,7 @@ def expected_from_cflow(pkt: CflowPacket, cset: CflowSet, rec: dict) -> dict[str
                            ("cflow.enterprise_private_entry", unknown_pen)):
             vals = _vals(rec, tkey)
             if len(vals) == len(flds):
-                for f, v in zip(flds, vals):
+                for f, v in zip(flds, vals, strict=False):
                     exp.setdefault(f.ie_key, hexbytes(v))
     return exp
 
