@@ -25,7 +25,7 @@ from typing import Any
 from .config import Config
 from .http import HttpServer
 from .metrics import Aggregator
-from .util import setup_logging
+from .util import setup_logging, tune_malloc
 
 log = logging.getLogger("flowscope")
 
@@ -173,6 +173,7 @@ async def _worker_main(cfg: Config, index: int | None, enrich_cfg: Any,
 def run(cfg: Config, enrich_cfg: Any = None) -> int:
     """Blocking entry point of `flowscope run`; returns the exit code."""
     setup_logging(cfg.log_level)
+    tune_malloc()
     factory = loop_factory(cfg.loop)
     if cfg.workers == 1:
         agg = Aggregator()

@@ -570,8 +570,6 @@ class KafkaSink(Sink):
         """Finish a Prebuilt batch: compress its records section with the configured codec (as
         aiokafka would, keeping it uncompressed when that does not help) and checksum it."""
         if p.data is None:
-            from aiokafka.record._crecords.cutil import crc32c_cython
-
             w = p.writer
             codec, encode = _codec(self.k.compression)
             data = None
@@ -579,8 +577,9 @@ class KafkaSink(Sink):
                 raw = w.records_bytes()
                 packed = encode(raw)
                 if len(packed) < len(raw):
-                    data = w.build(codec, packed, crc32c_cython)
-            p.data = data if data is not None else w.build(0, None, crc32c_cython)
+                    data = w.build(codec, packed)
+            p.data = data if data is not None else w.build(0, None)
+            w.release()
         return PrebuiltBuilder(p.data, len(p))
 
     def _new_open(self, kind: int, partition: int) -> _Open:

