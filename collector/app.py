@@ -68,14 +68,14 @@ async def start_enricher(enrich_cfg: Any) -> Any:
     import enrich
 
     enricher = enrich.Enricher(enrich_cfg)
-    await _maybe_await(enricher.start())
+    enricher.start()
     return enricher
 
 
 async def stop_enricher(enricher: Any) -> None:
     if enricher is not None:
         try:
-            await _maybe_await(enricher.stop())
+            enricher.stop()
         except Exception as exc:
             log.warning("enrichment: stop failed: %r", exc)
 

@@ -387,7 +387,7 @@ class Option:
     def default(self) -> Any:
         if self.f.default is not dataclasses.MISSING:
             return self.f.default
-        return self.f.default_factory()  # type: ignore[misc]
+        return self.f.default_factory()  # type: ignore[misc,operator]
 
 
 def options() -> list[Option]:

@@ -262,7 +262,7 @@ def total(parsed: dict[str, dict[Labels, float]], name: str, **labels: str) -> f
     """Sum of samples of `name` whose labels include `labels`."""
     acc = 0.0
     for lab, v in parsed.get(name, {}).items():
-        d = dict(lab)
+        d: dict[Any, Any] = dict(lab)  # type: ignore[arg-type]
         if all(d.get(k) == want for k, want in labels.items()):
             acc += v
     return acc

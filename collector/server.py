@@ -251,7 +251,7 @@ class Worker:
             self.inodes.append(os.fstat(sock.fileno()).st_ino)
             self.granted.append(granted)
             transport, _ = await loop.create_datagram_endpoint(
-                lambda i=i, lst=lst: Protocol(self, i, lst.scheme), sock=sock)
+                lambda i=i, lst=lst: Protocol(self, i, lst.scheme), sock=sock)  # type: ignore[misc]
             self.transports.append(transport)  # type: ignore[arg-type]
             if self.cfg.rcvbuf and granted < self.cfg.rcvbuf:
                 log.warning("listener %s: SO_RCVBUF %d requested, kernel granted %d; raise it with "
