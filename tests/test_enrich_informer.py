@@ -81,7 +81,10 @@ def test_initial_sync_and_readiness(seeded: FakeKube, enricher: enrich.Enricher)
         ["pods", "nodes", "services", "replicasets"], True)
     assert st["kinds"]["pods"]["objects"] == 1
     assert st["index"]["nodes"] == 2
-    # Lists then watches from the list's resourceVersion, with bookmarks.
+    # Lists then watches from the list's resourceVersion, with bookmarks. The watch request
+    # follows the list in the informer thread: wait for it rather than racing it.
+    seeded.wait_for(lambda: any(r["kind"] == "pods" and r["verb"] == "watch" for r in seeded.requests),
+                    10, "the pods watch request")
     w = [r for r in seeded.requests if r["kind"] == "pods" and r["verb"] == "watch"]
     assert w and w[0]["query"]["allowWatchBookmarks"] == "true"
     assert int(w[0]["query"]["resourceVersion"]) >= 105

@@ -160,9 +160,21 @@ def run_exports(e: Env, *, ipfix_sampling: int, sflow_sampling: int, traffic, wa
 
 
 @pytest.fixture(scope="module")
-def sampled_all(env):
-    """Exports with sampling=1 (every packet) for exact comparisons with the traffic."""
-    return run_exports(env, ipfix_sampling=1, sflow_sampling=1, traffic=make_traffic)
+def sampled_all(env, decoders_mod):
+    """Exports with sampling=1 (every packet) for exact comparisons with the traffic.
+
+    The userspace datapath occasionally exports a short flow's IPFIX record after the capture
+    window (seen about once in five runs on a loaded 2-core machine): when a conversation is
+    missing from the IPFIX capture the whole export is made once more, with fresh traffic and
+    a fresh capture. The comparisons below stay exact on the capture that is kept."""
+    for attempt in range(2):
+        cap, ports, sent = run_exports(env, ipfix_sampling=1, sflow_sampling=1, traffic=make_traffic,
+                                       wait=10.0 + 5.0 * attempt)
+        datagrams, _ = split_capture(cap, ports["ipfix"], "cflow")
+        seen = {_key(f) for f in decode_all(decoders_mod, datagrams, default_sampling=0)}
+        if all(_sent_key(s) in seen for s in sent):
+            break
+    return cap, ports, sent
 
 
 def test_ovs_ipfix(env, sampled_all, decoders_mod) -> None:

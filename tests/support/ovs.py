@@ -188,6 +188,7 @@ if mode == "tcp-server":
 elif mode == "tcp-client":
     addr, port, size, sport = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
     s = socket.socket(fam(addr), socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the same ports again on a retry
     s.bind(("::" if ":" in addr else "0.0.0.0", sport))
     s.connect((addr, port))
     s.sendall(str(size).ljust(16).encode() + b"x" * size)
