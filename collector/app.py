@@ -12,7 +12,6 @@ with a non-zero exit, so the orchestrator restarts it cleanly rather than runnin
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import os
 import signal
@@ -54,12 +53,6 @@ def enrich_wanted(enrich_cfg: Any) -> bool:
         return True
     log.info("enrichment off: not in a cluster and no kubeconfig (use --kubeconfig to enable it)")
     return False
-
-
-async def _maybe_await(v: Any) -> Any:
-    if inspect.isawaitable(v):
-        return await v
-    return v
 
 
 async def start_enricher(enrich_cfg: Any) -> Any:

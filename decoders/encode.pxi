@@ -260,9 +260,6 @@ cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char*
     cdef int i
     cdef bint first
     cdef Extra* x
-    cdef char tmp[48]
-    cdef int n
-    cdef bytes frag
     cdef const uint8_t* data = <const uint8_t*>PyBytes_AS_STRING(bt.data)
     buf_reserve(o, 1024)
     buf_put(o, head, head_len)   # {"FlowProtocol":..,"AgentIP":..: the same for the whole batch

@@ -124,12 +124,6 @@ VMWARE_ACTIONS = {
     899: (A_TUN_SRC6, (16,)), 900: (A_TUN_DST6, (16,)),
 }
 
-# Fields that, in an options record, teach the exporter's sampling rate / clock.
-cdef inline bint is_option_action(int a) noexcept:
-    return a == A_SAMPLING_INTERVAL or a == A_SAMPLING_PKT_SPACE or a == A_SAMPLER_ID \
-        or a == A_SYSINIT_MS or a == A_SAMPLING_ALGO
-
-
 cdef int action_for(uint16_t ie, uint32_t pen, uint16_t length, bint v9_scope):
     cdef object spec
     if v9_scope:
@@ -174,7 +168,6 @@ cdef class Template:
     cdef readonly uint16_t port
     cdef Py_ssize_t min_len   # smallest possible record (varlen counted as 1 byte)
     cdef readonly tuple spec  # ((ie, pen, length), ...) as received: for the state file
-    cdef bint has_option_fields
     cdef bint has_tcp_counts
 
     def __dealloc__(self):
@@ -201,7 +194,6 @@ cdef Template compile_template(int version, uint32_t domain, uint16_t tid, tuple
     t.port = port
     t.spec = spec
     t.min_len = 0
-    t.has_option_fields = False
     t.has_tcp_counts = False
     cdef set seen = set()
     for i in range(n):
@@ -221,8 +213,6 @@ cdef Template compile_template(int version, uint32_t domain, uint16_t tid, tuple
                 fs.action = A_EXTRA
             else:
                 seen.add(fs.action)
-        if is_option_action(fs.action):
-            t.has_option_fields = True
         if A_FIN_COUNT <= fs.action <= A_URG_COUNT:
             t.has_tcp_counts = True
         t.min_len += 1 if length == VARLEN else length
