@@ -1,6 +1,7 @@
 """Per-flow cost of the collector's hot path, with and without Kubernetes enrichment.
 
     python -m benchmarks.pipeline_bench [--pods 100000] [--seconds 2]
+    python -m benchmarks.pipeline_bench --callgrind [--pods 4000 --rounds 30]
 
 What `flowscope run` does per datagram on the fast Kafka path, minus the socket: decode an
 OVS-like IPFIX datagram of 25 records and append its flows, JSON-encoded, to a Kafka record
@@ -8,6 +9,10 @@ batch (decoders.RecordBatchWriter). Measured once without an enricher and once w
 --pods pods (plus nodes and services, built by benchmarks.enrich_bench's generators) whose
 addresses the flows use, alternating rounds and keeping the best of each, because this machine
 is shared and noisy: the ratio is the result (the issue's target: enrichment under +10%).
+
+--callgrind counts instructions instead (valgrind, which load does not affect): it runs this
+module three times under callgrind (setup only, plain loop, enriched loop, each over the same
+datagrams --rounds times) and subtracts the setup to get instructions per flow.
 """
 
 from __future__ import annotations
@@ -67,6 +72,59 @@ def rate(dec: Decoder, payloads: list[bytes], agent: str, enricher: Any, seconds
             return n / (now - t0)
 
 
+def loop(mode: str, a: argparse.Namespace) -> None:
+    """The body one callgrind run measures: setup, then --rounds passes unless mode is setup."""
+    e, payloads, agent = build(a.pods, a.nodes, a.services, a.busy)
+    dec = Decoder()
+    dec.decode(D.ipfix_message([D.template_set([D.OVS_INGRESS])], seq=0, export_time=EXPORT), agent)
+    enr = e if mode == "enriched" else None
+    if mode == "setup":
+        return
+    for _ in range(a.rounds):
+        w = RecordBatchWriter(1 << 22)
+        for p in payloads:
+            b = dec.decode(p, agent, 0, EXPORT)
+            i = w.append(b, enr, 0)
+            while i < len(b):
+                w = RecordBatchWriter(1 << 22)
+                i = w.append(b, enr, i)
+
+
+def callgrind(a: argparse.Namespace) -> None:
+    import os
+    import re
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--callgrind needs valgrind (apt-get install valgrind)")
+    flows = a.rounds * 64 * 25
+    total: dict[str, int] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in ("setup", "plain", "enriched"):
+            out = os.path.join(tmp, f"cg.{mode}")
+            cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-m",
+                   "benchmarks.pipeline_bench", "--loop", mode, "--pods", str(a.pods), "--nodes", str(a.nodes),
+                   "--services", str(a.services), "--busy", str(a.busy), "--rounds", str(a.rounds)]
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           env={**os.environ, "PYTHONHASHSEED": "0"})
+            with open(out) as f:
+                m = re.search(r"^(?:summary|totals): (\d+)", f.read(), re.M)
+            assert m, "no totals in the callgrind output"
+            total[mode] = int(m.group(1))
+    print(f"callgrind, {a.pods} pods, {flows} flows per loop")
+    print("| run | instructions | per flow |")
+    print("|---|---|---|")
+    print(f"| setup only (index, datagrams) | {total['setup']:,} | - |")
+    per = {k: (total[k] - total["setup"]) / flows for k in ("plain", "enriched")}
+    for k in ("plain", "enriched"):
+        print(f"| {k} | {total[k]:,} | {per[k]:,.0f} |")
+    print(f"enrichment adds {per['enriched'] - per['plain']:,.0f} instructions per flow "
+          f"(+{100 * (per['enriched'] / per['plain'] - 1):.1f}%)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pods", type=int, default=100_000)
@@ -75,7 +133,15 @@ def main() -> None:
     ap.add_argument("--busy", type=int, default=2_000, help="pods the flows are drawn from")
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--callgrind", action="store_true", help="count instructions under valgrind instead")
+    ap.add_argument("--loop", choices=("setup", "plain", "enriched"), help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.loop:
+        loop(a.loop, a)
+        return
+    if a.callgrind:
+        callgrind(a)
+        return
     e, payloads, agent = build(a.pods, a.nodes, a.services, a.busy)
     dec = Decoder()
     dec.decode(D.ipfix_message([D.template_set([D.OVS_INGRESS])], seq=0, export_time=EXPORT), agent)

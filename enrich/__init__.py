@@ -15,6 +15,7 @@ ready enricher from plain API dicts, without an API server (tests, benchmarks, o
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -91,7 +92,7 @@ class Enricher:
         for kind, objs in ((REPLICASETS, replicasets), (NODES, nodes), (SERVICES, services), (PODS, pods)):
             idx.replace(kind, [r for r in (idx.parse(kind, o) for o in objs) if r is not None])
         self._static = True
-        self._ready.set()
+        self._set_ready()
         return self
 
     # lifecycle
@@ -100,7 +101,7 @@ class Enricher:
         """Start the informer threads (non-blocking). No-op when disabled or already started."""
         if self._static or self._informers or not self.config.enabled:
             if not self.config.enabled:
-                self._ready.set()
+                self._set_ready()
             return
         listers = self._listers
         if listers is None:
@@ -125,7 +126,17 @@ class Enricher:
 
     def _check_ready(self) -> None:
         if all(inf.stats.synced for inf in self._informers.values()):
-            self._ready.set()
+            self._set_ready()
+
+    def _set_ready(self) -> None:
+        if self._ready.is_set():
+            return
+        # The first full index (hundreds of thousands of tuples, strings and records) holds no
+        # reference cycles and is freed by reference counting; move it, and whatever else the
+        # process holds at this point, out of the cyclic collector's view so full collections
+        # do not traverse it again and again while the hot path runs (gc.freeze).
+        gc.freeze()
+        self._ready.set()
 
     @property
     def ready(self) -> bool:

@@ -17,6 +17,7 @@ from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject
 from cpython.pycapsule cimport PyCapsule_New
 from cpython.ref cimport Py_INCREF, Py_XDECREF
+from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy
 
@@ -97,22 +98,30 @@ cdef class Reader:
 
     cdef ASlot* cache
     cdef CApi api
+    cdef PyObject* tailp[3][4]   # tails[layer][direction + 1], borrowed from self.tails
     cdef unsigned char last_agent[16]
     cdef int last_agent_len
     cdef long long last_agent_gen
-    cdef object last_agent_node
+    cdef PyObject* last_agent_node
+    cdef bint agent_failed
 
     def __cinit__(self, tuple tails):
+        cdef int i, j
         self.ips = {}
         self.agents = {}
         self.tails = tails
+        if len(tails) != 3 or any(len(t) != 4 for t in tails):
+            raise ValueError("tails must be 3 layers x 4 directions")
+        for i in range(3):
+            for j in range(4):
+                self.tailp[i][j] = <PyObject*>(<tuple>tails[i])[j]
         self.cache = <ASlot*>calloc(ASLOTS, sizeof(ASlot))
         if self.cache == NULL:
             raise MemoryError()
         self.api.reader = <void*>self
         self.api.parts = _parts
         self.last_agent_len = -1
-        self.last_agent_node = None
+        self.last_agent_node = NULL
 
     def __dealloc__(self):
         cdef int i
@@ -126,21 +135,29 @@ cdef class Reader:
         by itself: the caller holds the reader (or its Enricher) while it uses the capsule."""
         return PyCapsule_New(&self.api, b"flowscope.enrich.parts", NULL)
 
-    cdef ASlot* resolve(self, const unsigned char* addr, int alen, long long t) except NULL:
+    cdef ASlot* resolve(self, const unsigned char* addr, int alen, long long t) noexcept:
         """The cache slot describing the holder of an address at flow start t (slot.holder is
-        NULL when nobody holds it)."""
+        NULL when nobody holds it); NULL on an error (memory). A hit costs a hash, a compare
+        and no Python call."""
         cdef unsigned long long h = 1469598103934665603ULL
         cdef int i
         cdef ASlot* slot
-        cdef PyObject* p
-        cdef object e, holder
-        cdef long long lo, hi
         for i in range(alen):
             h = (h ^ addr[i]) * 1099511628211ULL
-        slot = &self.cache[(h ^ (h >> 29)) % ASLOTS]
+        slot = &self.cache[(h ^ (h >> 29)) & (ASLOTS - 1)]
         if (slot.gen == self.generation and slot.alen == alen and slot.lo <= t < slot.hi
-                and memcmp(slot.addr, addr, alen) == 0):
+                and _addr_eq(slot.addr, addr, alen)):
             return slot
+        try:
+            return self.fill(slot, addr, alen, t)
+        except BaseException:
+            return NULL
+
+    cdef ASlot* fill(self, ASlot* slot, const unsigned char* addr, int alen, long long t) except NULL:
+        """Cache miss: look the address up in the index dict and describe its holder at t."""
+        cdef PyObject* p
+        cdef object e, holder
+        cdef long long lo = 0, hi = 0
         key = PyBytes_FromStringAndSize(<const char*>addr, alen)
         p = PyDict_GetItem(self.ips, key)
         Py_XDECREF(slot.entry)
@@ -161,22 +178,35 @@ cdef class Reader:
                 slot.holder = <PyObject*>holder  # part of e's chain: alive while entry is
                 slot.src_frag = <PyObject*>(<tuple>holder)[0]
                 slot.dst_frag = <PyObject*>(<tuple>holder)[1]
-                slot.node = <PyObject*>(<tuple>holder)[2]
+                # Node names are interned by the index (enrich.index._intern): equal names are
+                # the same object, so the per-flow comparisons below compare pointers.
+                slot.node = <PyObject*>(<tuple>holder)[2] if (<tuple>holder)[2] is not None else NULL
                 slot.infra = (<tuple>holder)[3] is True
         memcpy(slot.addr, addr, alen)
         slot.alen = alen
         slot.gen = self.generation
         return slot
 
-    cdef object agent_node(self, const unsigned char* agent, int aglen):
-        cdef PyObject* p
+    cdef PyObject* agent_node(self, const unsigned char* agent, int aglen) noexcept:
+        """The (interned) node name of an exporter address, borrowed; NULL when unknown or on
+        an error (then agent_failed is set)."""
+        self.agent_failed = False
         if aglen <= 0:
-            return None
+            return NULL
         if (aglen == self.last_agent_len and self.last_agent_gen == self.generation
-                and memcmp(self.last_agent, agent, aglen) == 0):
+                and _addr_eq(self.last_agent, agent, aglen)):
             return self.last_agent_node
+        try:
+            return self.agent_lookup(agent, aglen)
+        except BaseException:
+            self.agent_failed = True
+            return NULL
+
+    cdef PyObject* agent_lookup(self, const unsigned char* agent, int aglen) except? NULL:
+        cdef PyObject* p
         p = PyDict_GetItem(self.agents, PyBytes_FromStringAndSize(<const char*>agent, aglen))
-        self.last_agent_node = <object>p if p is not NULL else None
+        # borrowed from self.agents; a publish() replacing it also moves generation
+        self.last_agent_node = p if (p is not NULL and <object>p is not None) else NULL
         memcpy(self.last_agent, agent, aglen)
         self.last_agent_len = aglen
         self.last_agent_gen = self.generation
@@ -189,134 +219,124 @@ cdef class Reader:
         self.generation += 1
 
     def enrich(self, bytes src, bytes dst, bytes agent, long long t_ms, int direction):
-        """See enrich.index.Index.enrich (the contract in docs/INTERNALS.md)."""
-        cdef dict ips = self.ips
-        cdef PyObject* p
-        cdef object s = None
-        cdef object d = None
-        cdef tuple st, dt
-        cdef object sn = None, dn = None, an
-        cdef int layer, fd
-        cdef bytes a, b, tail, out
-        cdef Py_ssize_t la, lb, lt
+        """See enrich.index.Index.enrich (the contract in docs/INTERNALS.md). Same lookup code
+        as the encoder's C API (_parts), plus one output allocation and three memcpy."""
+        cdef ASlot* s = NULL
+        cdef ASlot* d = NULL
+        cdef PyObject* pa
+        cdef PyObject* pb
+        cdef PyObject* pt
+        cdef Py_ssize_t la = 0, lb = 0, lt
+        cdef bytes out
         cdef char* buf
-
-        if src is not None:
-            p = PyDict_GetItem(ips, src)
-            if p is not NULL:
-                st = <tuple><object>p
-                if t_ms < <long long>st[4] or t_ms >= <long long>st[5]:
-                    s = _holder_at(st, t_ms)
-                else:
-                    s = st
-        if dst is not None:
-            p = PyDict_GetItem(ips, dst)
-            if p is not NULL:
-                dt = <tuple><object>p
-                if t_ms < <long long>dt[4] or t_ms >= <long long>dt[5]:
-                    d = _holder_at(dt, t_ms)
-                else:
-                    d = dt
-        if direction < -1 or direction > 2:
-            direction = -1
-        if s is None and d is None:
-            return (<tuple>self.tails[0])[direction + 1]
-        if s is not None:
-            st = <tuple>s
-            sn = st[2]
-        if d is not None:
-            dt = <tuple>d
-            dn = dt[2]
-        if (s is not None and st[3] is True) or (d is not None and dt[3] is True):
-            layer = 2
-        else:
-            layer = 1
-        # NetObserv's reinterpretDirection: same node -> inner; otherwise egress when the
-        # exporter is the source's node, ingress when it is the destination's.
-        if sn is not None and (sn is dn or sn == dn):
-            fd = 2
-        else:
-            an = None
-            if agent is not None:
-                p = PyDict_GetItem(self.agents, agent)
-                if p is not NULL:
-                    an = <object>p
-            if an is None:
-                fd = direction
-            elif an is sn or an == sn:
-                fd = 1
-            elif an is dn or an == dn:
-                fd = 0
-            else:
-                fd = direction
-        tail = <bytes>(<tuple>self.tails[layer])[fd + 1]
-        a = <bytes>st[0] if s is not None else b""
-        b = <bytes>dt[1] if d is not None else b""
-        la = PyBytes_GET_SIZE(a)
-        lb = PyBytes_GET_SIZE(b)
-        lt = PyBytes_GET_SIZE(tail)
+        if src is not None and len(src) > 0:
+            s = self.resolve(src, len(src), t_ms)
+            if s == NULL:
+                raise MemoryError()
+        if dst is not None and len(dst) > 0:
+            d = self.resolve(dst, len(dst), t_ms)
+            if d == NULL:
+                raise MemoryError()
+        if agent is None:
+            agent = b""
+        if _combine(self, s, d, agent, len(agent), direction, &pa, &pb, &pt) != 0:
+            raise MemoryError()
+        if pa == NULL and pb == NULL:
+            return <bytes>pt
+        if pa != NULL:
+            la = PyBytes_GET_SIZE(<bytes>pa)
+        if pb != NULL:
+            lb = PyBytes_GET_SIZE(<bytes>pb)
+        lt = PyBytes_GET_SIZE(<bytes>pt)
         out = PyBytes_FromStringAndSize(NULL, la + lb + lt)
         buf = PyBytes_AS_STRING(out)
-        memcpy(buf, PyBytes_AS_STRING(a), la)
-        memcpy(buf + la, PyBytes_AS_STRING(b), lb)
-        memcpy(buf + la + lb, PyBytes_AS_STRING(tail), lt)
+        if la:
+            memcpy(buf, PyBytes_AS_STRING(<bytes>pa), la)
+        if lb:
+            memcpy(buf + la, PyBytes_AS_STRING(<bytes>pb), lb)
+        memcpy(buf + la + lb, PyBytes_AS_STRING(<bytes>pt), lt)
         return out
 
 
-cdef inline bint _same(PyObject* x, PyObject* y):
-    if x == y:
-        return True
-    if x == NULL or y == NULL or <object>x is None or <object>y is None:
-        return False
-    return <object>x == <object>y
+cdef inline bint _addr_eq(const unsigned char* x, const unsigned char* y, int n) noexcept:
+    # Addresses are 4 or 16 bytes: two word compares instead of a memcmp call.
+    cdef uint64_t a0, a1, b0, b1
+    cdef uint32_t c, d
+    if n == 4:
+        memcpy(&c, x, 4)
+        memcpy(&d, y, 4)
+        return c == d
+    if n == 16:
+        memcpy(&a0, x, 8)
+        memcpy(&a1, x + 8, 8)
+        memcpy(&b0, y, 8)
+        memcpy(&b1, y + 8, 8)
+        return a0 == b0 and a1 == b1
+    return memcmp(x, y, n) == 0
 
 
 cdef int _parts(void* reader, const unsigned char* src, const unsigned char* dst, int alen,
                 const unsigned char* agent, int aglen, long long t, int direction,
                 PyObject** a, PyObject** b, PyObject** tail) noexcept:
     """Same answer as Reader.enrich, as three borrowed byte strings to concatenate (a and b may
-    be NULL). Returns 0, or -1 when an exception occurred (cleared; the caller falls back)."""
+    be NULL). Returns 0, or -1 on an error (the caller falls back to Reader.enrich, which
+    raises it). On a cache hit this is two hashed slot reads and pointer compares."""
     cdef Reader r = <Reader>reader
     cdef ASlot* s
     cdef ASlot* d
-    cdef PyObject* sn = NULL
-    cdef PyObject* dn = NULL
-    cdef object an
-    cdef int layer = 1, fd
     if alen <= 0:
         return -1
-    try:
-        s = r.resolve(src, alen, t)
-        sh = s.holder != NULL
-        sn = s.node if sh else NULL
-        d = r.resolve(dst, alen, t)
-        dh = d.holder != NULL
-        dn = d.node if dh else NULL
-    except BaseException:
+    s = r.resolve(src, alen, t)
+    if s == NULL:
         return -1
+    d = r.resolve(dst, alen, t)
+    if d == NULL:
+        return -1
+    return _combine(r, s, d, agent, aglen, direction, a, b, tail)
+
+
+cdef inline int _combine(Reader r, ASlot* s, ASlot* d, const unsigned char* agent, int aglen, int direction,
+                         PyObject** a, PyObject** b, PyObject** tail) noexcept:
+    # The output rule of enrich.index.Index.enrich over resolved slots (s or d NULL: no address).
+    # Node names are interned by the index, so the same node is the same object (pointer compares).
+    cdef PyObject* sn = NULL
+    cdef PyObject* dn = NULL
+    cdef PyObject* an
+    cdef int layer = 1, fd
+    cdef bint sh = s != NULL and s.holder != NULL
+    cdef bint dh = d != NULL and d.holder != NULL
     if direction < -1 or direction > 2:
         direction = -1
-    a[0] = s.src_frag if sh else NULL
-    b[0] = d.dst_frag if dh else NULL
+    a[0] = NULL
+    b[0] = NULL
     if not sh and not dh:
-        tail[0] = <PyObject*>(<tuple>r.tails[0])[direction + 1]
+        tail[0] = r.tailp[0][direction + 1]
         return 0
-    if (sh and s.infra) or (dh and d.infra):
-        layer = 2
-    if sn != NULL and <object>sn is not None and _same(sn, dn):
+    if sh:
+        a[0] = s.src_frag
+        sn = s.node
+        if s.infra:
+            layer = 2
+    if dh:
+        b[0] = d.dst_frag
+        dn = d.node
+        if d.infra:
+            layer = 2
+    if sn != NULL and sn == dn:
+        # NetObserv's reinterpretDirection: same node -> inner; otherwise egress when the
+        # exporter is the source's node, ingress when it is the destination's.
         fd = 2
     else:
-        try:
-            an = r.agent_node(agent, aglen)
-        except BaseException:
-            return -1
-        if an is None:
+        an = r.agent_node(agent, aglen)
+        if an == NULL:
+            if r.agent_failed:
+                return -1
             fd = direction
-        elif _same(<PyObject*>an, sn):
+        elif an == sn:
             fd = 1
-        elif _same(<PyObject*>an, dn):
+        elif an == dn:
             fd = 0
         else:
             fd = direction
-    tail[0] = <PyObject*>(<tuple>r.tails[layer])[fd + 1]
+    tail[0] = r.tailp[layer][fd + 1]
     return 0

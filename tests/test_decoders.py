@@ -439,3 +439,23 @@ def test_record_batch_writer_large_records_and_batch_limit() -> None:
     assert w.size <= 20000
     got = [r.value for r in DefaultRecordBatch(w.build(0, None, crc32c_cython))]
     assert got == want[:2]
+
+
+def test_integer_text_at_every_digit_count_boundary() -> None:
+    # The encoder writes integers in 8-digit groups; every length from 1 to 20 digits and both
+    # sides of each group boundary must come out as the exact decimal text.
+    values = {0, 1, 2**64 - 1, 2**63, 2**32 - 1, 2**32}
+    for k in range(1, 20):
+        values |= {10**k - 1, 10**k, 10**k + 1}
+    values = sorted(v for v in values if v < 2**64)
+    dec = ovs_decoder()
+    recs = ovs_flows(len(values), random.Random(3))
+    for rec, v in zip(recs, values, strict=True):
+        rec["bytes"] = v
+        rec["packets"] = (2**64 - 1) - v
+    b = dec.decode(ipfix_message([data_set(OVS_INGRESS, recs)], seq=0, export_time=EXPORT), EXPORTER, 0, EXPORT)
+    texts = b.to_json()
+    assert len(texts) == len(values)
+    for v, t in zip(values, texts, strict=True):
+        assert f'"Bytes":{v},'.encode() in t, (v, t)
+        assert f'"Packets":{(2**64 - 1) - v},'.encode() in t, (v, t)
