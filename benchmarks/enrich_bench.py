@@ -66,19 +66,23 @@ def pods(n: int, n_nodes: int, n_rs: int) -> Iterator[dict[str, Any]]:
     for i in range(n):
         nd, slot = i % n_nodes, i // n_nodes
         assert slot < per_node
-        r = i % n_rs
-        ips = [{"ip": pod_ip(nd, slot)}]
-        if i % 4 == 0:
-            ips.append({"ip": f"fd00:10:128:{nd:x}::{slot + 3:x}"})
-        ns = f"team-{r % 500:03d}" if i % 10 else f"openshift-monitoring-{i % 7}"
-        owner = [{"kind": "ReplicaSet", "name": f"deploy-{r:05d}-5d8f7c9b4d"}] if i % 10 else \
-            [{"kind": "DaemonSet", "name": f"ds-{i % 7}"}]
-        yield {"metadata": {"name": f"deploy-{r:05d}-5d8f7c9b4d-{i:06x}", "namespace": ns,
-                            "uid": f"7f3c{i:08x}-1b2c-4d5e-8f90-0123456789ab",
-                            "creationTimestamp": "2024-05-01T10:00:00Z", "ownerReferences": owner},
-               "spec": {"nodeName": f"worker-{nd:05d}.eu-west-1.compute.internal"},
-               "status": {"phase": "Running", "hostIP": node_ip(nd), "podIP": ips[0]["ip"], "podIPs": ips,
-                          "startTime": "2024-05-01T10:00:02Z"}}
+        yield pod(i, nd, pod_ip(nd, slot), n_rs, ipv6=f"fd00:10:128:{nd:x}::{slot + 3:x}" if i % 4 == 0 else None)
+
+
+def pod(i: int, nd: int, ip: str, n_rs: int, *, ipv6: str | None = None) -> dict[str, Any]:
+    """Pod number i on node nd with address ip: nine in ten belong to a Deployment (through a
+    ReplicaSet) in a team namespace, one in ten to an infra DaemonSet."""
+    r = i % n_rs
+    ips = [{"ip": ip}] + ([{"ip": ipv6}] if ipv6 else [])
+    ns = f"team-{r % 500:03d}" if i % 10 else f"openshift-monitoring-{i % 7}"
+    owner = [{"kind": "ReplicaSet", "name": f"deploy-{r:05d}-5d8f7c9b4d"}] if i % 10 else \
+        [{"kind": "DaemonSet", "name": f"ds-{i % 7}"}]
+    return {"metadata": {"name": f"deploy-{r:05d}-5d8f7c9b4d-{i:06x}", "namespace": ns,
+                         "uid": f"7f3c{i:08x}-1b2c-4d5e-8f90-0123456789ab",
+                         "creationTimestamp": "2024-05-01T10:00:00Z", "ownerReferences": owner},
+            "spec": {"nodeName": f"worker-{nd:05d}.eu-west-1.compute.internal"},
+            "status": {"phase": "Running", "hostIP": node_ip(nd), "podIP": ip, "podIPs": ips,
+                       "startTime": "2024-05-01T10:00:02Z"}}
 
 
 def services(n: int) -> Iterator[dict[str, Any]]:

@@ -186,6 +186,7 @@ class Trial:
     generator_limited: bool = False
     error: str | None = None
     loadgen: dict = field(default_factory=dict)
+    enriched_share: float | None = None  # of a sample read back: share with SrcK8S_Name (--enrich)
 
 
 _last_sample_max = [0]
@@ -288,9 +289,12 @@ def run_trial(
         peer.stop()
         if spec.sink == "kafka":
             assert broker and topic
-            c = brk.count_messages(broker.bootstrap, topic, expected=tr.sent_flows, idle=3.0, backend=count_with)
+            c = brk.count_messages(broker.bootstrap, topic, expected=tr.sent_flows, idle=3.0, backend=count_with,
+                                   keep=200)
             tr.count_s = c.seconds
             tr.delivered = c.messages
+            if c.sample and spec.name.startswith("flowscope"):
+                tr.enriched_share = sum(1 for m in c.sample if b'"SrcK8S_Name"' in m) / len(c.sample)
         else:
             assert peer.nfcapd_dir
             tr.delivered = peers.count_nfcapd_flows(peer.nfcapd_dir)
@@ -390,6 +394,10 @@ def _fmt_rate(x: float) -> str:
     return f"{x:,.0f}"
 
 
+def _share(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0%}"
+
+
 def write_markdown(path: Path, meta: dict, best: list[dict]) -> None:
     lines = [
         "# flowscope benchmark run",
@@ -401,12 +409,15 @@ def write_markdown(path: Path, meta: dict, best: list[dict]) -> None:
         f"collector on CPU {meta['cpus']['collector']} (workers > 1: CPU {meta['cpus']['collector_multi']})",
         f"- command: `{meta['command']}`",
         f"- generator: `loadgen {' '.join(meta['loadgen_extra'])}` (C, sendmmsg), one fresh collector per trial",
+        f"- flowscope: `{' '.join(meta['flowscope_args']) or 'defaults'}`"
+        + (f", enrichment on against a simulated cluster ({', '.join(f'{n} {k}' for k, n in meta['enrich'].items())}; "
+           "share of enriched flows in a sample of each trial's topic in the last column)" if meta.get("enrich") else ""),
         f"- trial length {meta['duration_s']} s; lossless = under {meta['max_loss']:.1%} of sent flows missing "
         "from the Kafka topic (read back by a consumer) or from nfcapd's files (read back by nfdump)",
         "",
         "| collector | protocol | max lossless flows/s | loss there | CPU % (load) | CPU % (load+drain) "
-        "| peak PSS MiB | kernel drops | drain s | first lossy offered flows/s (loss) | trials |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| peak PSS MiB | kernel drops | drain s | first lossy offered flows/s (loss) | trials | enriched |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for b in best:
         g = b["best"]
@@ -417,10 +428,10 @@ def write_markdown(path: Path, meta: dict, best: list[dict]) -> None:
             lines.append(
                 f"| {b['collector']} | {b['proto']} | {_fmt_rate(g['delivered_flows_s'])}{lim} | {g['loss']:.3%} | "
                 f"{g['cpu_pct']:.0f} | {g['cpu_total_pct']:.0f} | {g['peak_rss_mib']:.0f} | {g['kernel_drops']} | {g['drain_s']:.1f} | "
-                f"{lossy} | {b['trials']} |")
+                f"{lossy} | {b['trials']} | {_share(g.get('enriched_share'))} |")
         else:
             err = b.get("error") or "no lossless rate found"
-            lines.append(f"| {b['collector']} | {b['proto']} | - | - | - | - | - | - | - | {lossy} | {b['trials']} ({err}) |")
+            lines.append(f"| {b['collector']} | {b['proto']} | - | - | - | - | - | - | - | {lossy} | {b['trials']} ({err}) | - |")
     lines += ["", "CPU % is CPU-seconds used by all the collector's processes (including pmacct's purge "
               "children) per second of load, 100 = one core: during the load, and including the drain after it.",
               "Drain: seconds after the load stopped until the collector went idle."]
@@ -500,7 +511,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="generator exporters (source ports); SO_REUSEPORT spreads exporters, not datagrams, "
                     "over flowscope workers, so --workers N needs several")
     ap.add_argument("--flowscope-args", default="",
-                    help="extra flags for flowscope run (e.g. '--kubeconfig FILE' for enrichment)")
+                    help="extra flags for flowscope run (e.g. '--kafka-connections 1')")
+    ap.add_argument("--enrich", action="store_true",
+                    help="run flowscope with Kubernetes enrichment against a simulated cluster (benchmarks/cluster.py: "
+                    "the fake API server with a Pod for every generator address)")
     ap.add_argument("--count-with", choices=("aiokafka", "confluent"), default="aiokafka",
                     help="consumer that reads the topic back (confluent is faster for big runs)")
     ap.add_argument("--no-ifname", action="store_true",
@@ -568,7 +582,24 @@ def main(argv: list[str] | None = None) -> int:
         "flowscope_args": shlex.split(args.flowscope_args),
     }
     _FLOWSCOPE_EXTRA[:] = meta["flowscope_args"]
+    cluster = None
+    if args.enrich:
+        from benchmarks.cluster import Cluster, loadgen_pods
+
+        cluster = Cluster(loadgen_pods(loadgen, meta["loadgen_extra"]), log_dir)
+        _FLOWSCOPE_EXTRA.extend(cluster.flowscope_args())
+        meta["enrich"] = cluster.counts
+        log(f"simulated cluster for enrichment: {cluster.counts}")
     log(f"machine: {meta['machine']}; pinning: {cpus}")
+    try:
+        return _run_all(args, meta, specs, protos, cpus, loadgen, out, log_dir, log)
+    finally:
+        if cluster is not None:
+            cluster.stop()
+
+
+def _run_all(args: argparse.Namespace, meta: dict, specs: list[CollectorSpec], protos: list[str], cpus: dict,
+             loadgen: Path, out: Path, log_dir: str, log: Callable[[str], None]) -> int:
     all_trials: list[dict] = []
     best: list[dict] = []
     for spec in specs:

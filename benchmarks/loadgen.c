@@ -436,7 +436,7 @@ static void usage(void) {
         "  [--rate FLOWS_PER_S | --dps DATAGRAMS_PER_S] (default: full speed)\n"
         "  [--count N data datagrams | --duration S] (default: until SIGINT/SIGTERM)\n"
         "  [--exporters K] [--src ADDR[,ADDR...]] [--records R] [--template-interval S]\n"
-        "  [--pods N] [--seed N] [--sndbuf BYTES] [--no-ifname]\n");
+        "  [--pods N] [--seed N] [--sndbuf BYTES] [--no-ifname] [--print-pods]\n");
     exit(2);
 }
 
@@ -447,7 +447,9 @@ int main(int argc, char **argv) {
         {"proto", 1, 0, 'p'}, {"to", 1, 0, 't'}, {"rate", 1, 0, 'r'}, {"dps", 1, 0, 'd'},
         {"count", 1, 0, 'c'}, {"duration", 1, 0, 'D'}, {"exporters", 1, 0, 'e'}, {"src", 1, 0, 's'},
         {"records", 1, 0, 'R'}, {"template-interval", 1, 0, 'T'}, {"pods", 1, 0, 'P'},
-        {"seed", 1, 0, 'S'}, {"sndbuf", 1, 0, 'b'}, {"no-ifname", 0, 0, 'N'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+        {"seed", 1, 0, 'S'}, {"sndbuf", 1, 0, 'b'}, {"no-ifname", 0, 0, 'N'}, {"print-pods", 0, 0, 'L'},
+        {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+    int print_pods = 0;
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
@@ -471,15 +473,16 @@ int main(int argc, char **argv) {
         case 'S': rng_state = strtoull(optarg, NULL, 10) * 0x9E3779B97F4A7C15ull + 1; break;
         case 'b': sndbuf = atoi(optarg); break;
         case 'N': no_ifname = 1; break;
+        case 'L': print_pods = 1; break;
         default: usage();
         }
     }
-    if (!to || nexp < 1 || npods < 2) usage();
+    if ((!to && !print_pods) || nexp < 1 || npods < 2) usage();
     if (recs < 0) recs = proto == P_V5 ? 30 : proto == P_SFLOW ? 8 : 25;
     if (recs < 1 || recs > MAX_RECS || (proto == P_V5 && recs > 30)) { fprintf(stderr, "bad --records\n"); return 2; }
 
     struct sockaddr_storage dst; socklen_t dstlen;
-    if (parse_hostport(to, &dst, &dstlen) < 0) { fprintf(stderr, "bad --to %s\n", to); return 2; }
+    if (!print_pods && parse_hostport(to, &dst, &dstlen) < 0) { fprintf(stderr, "bad --to %s\n", to); return 2; }
 
     /* pods: a few thousand addresses in 10.128.0.0/14 (OVN-Kubernetes default cluster network),
      * grouped in /23 node subnets as the pod CIDR allocator does */
@@ -487,6 +490,11 @@ int main(int argc, char **argv) {
     for (int i = 0; i < npods; i++) {
         uint32_t node = rndr(512), host = 3 + rndr(500);
         pods[i] = (10u << 24) | (128u << 16) | (node << 9) | host;
+    }
+    if (print_pods) {  /* the addresses a run with the same --pods/--seed uses (for enrichment) */
+        for (int i = 0; i < npods; i++)
+            printf("%u.%u.%u.%u\n", pods[i] >> 24, (pods[i] >> 16) & 255, (pods[i] >> 8) & 255, pods[i] & 255);
+        return 0;
     }
     build_pool();
 

@@ -271,6 +271,10 @@ class KafkaConfig:
     linger_ms: int = opt(5, "how long a batch may wait for more records (ms)", ranged(parse_int, 0, 60000))
     batch_bytes: int = opt(1048576, "maximum record-batch size in bytes (keep under the broker's "
                            "message.max.bytes)", ranged(parse_size, 1024, 64 * 1024**2), metavar="SIZE")
+    connections: int = opt(4, "producer connections to the brokers, each with one produce request in flight "
+                           "per broker; with key none batches rotate over them (no order across batches), "
+                           "with the other key modes a partition always uses the same one (order per key kept)",
+                           ranged(parse_int, 1, 64))
     request_timeout_ms: int = opt(10000, "produce request timeout; a batch not acknowledged by then is "
                                   "re-queued (ms)", ranged(parse_int, 100, 600000))
     client_id: str = opt("flowscope", "Kafka client id", parse_str)

@@ -398,7 +398,9 @@ class KafkaSink(Sink):
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
         self.k = cfg.kafka
-        self.producer: Any = None
+        self.producer: Any = None  # the first connection: metadata and topic creation
+        self.producers: list[Any] = []  # every connection (kafka.connections), see _submit
+        self._conn_rr = 0
         self.partitions: dict[str, list[int]] = {}
         self._rr = 0
         self._pending: set[asyncio.Future[Any]] = set()
@@ -415,23 +417,29 @@ class KafkaSink(Sink):
 
         backoff = 0.2
         while not self._stopping:
-            producer = AIOKafkaProducer(**producer_kwargs(self.k))
+            # aiokafka keeps one produce request in flight per broker and connection: several
+            # producers give several requests in flight (kafka.connections).
+            producers = [AIOKafkaProducer(**producer_kwargs(self.k)) for _ in range(self.k.connections)]
             try:
-                await producer.start()
+                for producer in producers:
+                    await producer.start()
             except (OSError, ssl.SSLError, Exception) as exc:  # aiokafka raises several types
                 self.errors["connect"] += 1
                 self._rl.error("connect", "kafka: cannot connect to %s: %s (retrying; records are queued up to "
                                "--queue-bytes)", ",".join(self.k.brokers), exc)
-                try:
-                    await producer.stop()
-                except Exception:
-                    pass
+                for producer in producers:
+                    try:
+                        await producer.stop()
+                    except Exception:
+                        pass
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
-            self.producer = producer
+            self.producers = producers
+            self.producer = producers[0]
             self.connected = True
-            log.info("kafka: connected to %s", ",".join(self.k.brokers))
+            log.info("kafka: connected to %s (%d connection%s)", ",".join(self.k.brokers), len(producers),
+                     "s" if len(producers) > 1 else "")
             if self.k.create_topic:
                 await self._create_topics()
             return
@@ -495,21 +503,23 @@ class KafkaSink(Sink):
         empty (Tansu with memory storage, or a recreated topic) creates the topic on a metadata
         request; producing with stale metadata would write records consumers can never see."""
         try:
-            ok = await asyncio.wait_for(self.producer.client.force_metadata_update(),
-                                        self.k.request_timeout_ms / 1000)
+            for producer in self.producers:  # each connection has its own metadata
+                ok = await asyncio.wait_for(producer.client.force_metadata_update(),
+                                            self.k.request_timeout_ms / 1000)
+                if not ok:
+                    return False
         except (asyncio.TimeoutError, Exception) as exc:
             self.errors["metadata"] += 1
             self._rl.error("metadata", "kafka: metadata refresh failed: %r", exc)
-            return False
-        if not ok:
             return False
         if self.k.create_topic:
             await self._create_topics()
         self.partitions.clear()
         topics = [self.k.topic] + ([self.k.counters_topic] if self.cfg.counters else [])
         try:
-            for t in topics:
-                await asyncio.wait_for(self.producer.client._wait_on_metadata(t), self.k.request_timeout_ms / 1000)
+            for producer in self.producers:
+                for t in topics:
+                    await asyncio.wait_for(producer.client._wait_on_metadata(t), self.k.request_timeout_ms / 1000)
         except (asyncio.TimeoutError, Exception) as exc:
             self.errors["metadata"] += 1
             self._rl.error("metadata", "kafka: no metadata for %s yet: %r", ",".join(topics), exc)
@@ -612,8 +622,16 @@ class KafkaSink(Sink):
     async def _submit(self, o: _Open, topic: str) -> None:
         q = self.queue
         t0 = time.monotonic()
+        ps = self.producers
+        if len(ps) == 1:
+            producer = ps[0]
+        elif self.k.key == "none":
+            self._conn_rr = (self._conn_rr + 1) % len(ps)
+            producer = ps[self._conn_rr]
+        else:
+            producer = ps[o.partition % len(ps)]
         try:
-            fut = await self.producer.send_batch(o.builder, topic, partition=o.partition)
+            fut = await producer.send_batch(o.builder, topic, partition=o.partition)
         except Exception as exc:
             self._failed(o, exc)
             await asyncio.sleep(0.2)
@@ -649,10 +667,11 @@ class KafkaSink(Sink):
         pending = list(self._pending)
         if pending:
             await asyncio.wait(pending, timeout=max(timeout, 0.01))
-        try:
-            await asyncio.wait_for(self.producer.stop(), max(timeout, 0.5))
-        except (asyncio.TimeoutError, Exception) as exc:
-            log.warning("kafka: producer did not stop cleanly: %r", exc)
+        for producer in self.producers:
+            try:
+                await asyncio.wait_for(producer.stop(), max(timeout, 0.5))
+            except (asyncio.TimeoutError, Exception) as exc:
+                log.warning("kafka: producer did not stop cleanly: %r", exc)
 
 
 def _codec(name: str) -> tuple[int, Callable[[bytes], bytes] | None]:
