@@ -275,6 +275,9 @@ class KafkaConfig:
                            "per broker; with key none batches rotate over them (no order across batches), "
                            "with the other key modes a partition always uses the same one (order per key kept)",
                            ranged(parse_int, 1, 64))
+    direct: bool = opt(True, "write the fast path's record batches (key none) to the partition leaders on "
+                       "flowscope's own connections, framed in place without copies (plaintext, no SASL, "
+                       "no compression; otherwise, or with --no-kafka-direct, through aiokafka)", parse_bool)
     request_timeout_ms: int = opt(10000, "produce request timeout; a batch not acknowledged by then is "
                                   "re-queued (ms)", ranged(parse_int, 100, 600000))
     client_id: str = opt("flowscope", "Kafka client id", parse_str)

@@ -358,6 +358,12 @@ def producer_kwargs(k: KafkaConfig) -> dict[str, Any]:
     return kw
 
 
+def direct_possible(k: KafkaConfig) -> bool:
+    """Whether prebuilt batches can take the direct produce path (collector.kafka_direct):
+    plaintext, no SASL, uncompressed; otherwise they go through aiokafka."""
+    return not (k.tls or k.tls_ca or k.tls_cert) and k.sasl_mechanism == "none" and k.compression == "none"
+
+
 def check_compression(k: KafkaConfig) -> str | None:
     """An error message when the chosen codec's library is missing (aiokafka fails late otherwise)."""
     if k.compression == "none":
@@ -401,6 +407,7 @@ class KafkaSink(Sink):
         self.producer: Any = None  # the first connection: metadata and topic creation
         self.producers: list[Any] = []  # every connection (kafka.connections), see _submit
         self._conn_rr = 0
+        self.direct: Any = None  # collector.kafka_direct.DirectProducer for prebuilt batches (kafka.direct)
         self.partitions: dict[str, list[int]] = {}
         self._rr = 0
         self._pending: set[asyncio.Future[Any]] = set()
@@ -437,9 +444,17 @@ class KafkaSink(Sink):
                 continue
             self.producers = producers
             self.producer = producers[0]
+            if self.k.direct and direct_possible(self.k):
+                from .kafka_direct import DirectProducer
+
+                self.direct = DirectProducer(self.producer.client, client_id=self.k.client_id,
+                                             acks=-1 if self.k.acks == "all" else int(self.k.acks),
+                                             request_timeout_ms=self.k.request_timeout_ms,
+                                             connections=self.k.connections)
             self.connected = True
-            log.info("kafka: connected to %s (%d connection%s)", ",".join(self.k.brokers), len(producers),
-                     "s" if len(producers) > 1 else "")
+            log.info("kafka: connected to %s (%d connection%s%s)", ",".join(self.k.brokers), len(producers),
+                     "s" if len(producers) > 1 else "",
+                     ", direct produce for the fast path" if self.direct is not None else "")
             if self.k.create_topic:
                 await self._create_topics()
             return
@@ -549,8 +564,9 @@ class KafkaSink(Sink):
         keymode = self.k.key
         for c in chunks:
             if isinstance(c.records, Prebuilt):
-                o = self._new_open(c.kind, -1)
-                o.builder = self._prebuilt(c.records)
+                o = self._new_open(c.kind, -1, direct=self.direct is not None)
+                if self.direct is None:
+                    o.builder = self._prebuilt(c.records)
                 o.records = c.records  # type: ignore[assignment]
                 o.nbytes = c.nbytes
                 full.append(o)
@@ -592,13 +608,13 @@ class KafkaSink(Sink):
             w.release()
         return PrebuiltBuilder(p.data, len(p))
 
-    def _new_open(self, kind: int, partition: int) -> _Open:
+    def _new_open(self, kind: int, partition: int, direct: bool = False) -> _Open:
         if partition < 0:
             # key none: rotate partitions per batch, so batches stay large and load spreads
             parts = self.partitions.get((self.k.topic, self.k.counters_topic)[kind]) or [0]
             self._rr = (self._rr + 1) % len(parts)
             partition = parts[self._rr]
-        return _Open(kind, partition, self.producer.create_batch())
+        return _Open(kind, partition, None if direct else self.producer.create_batch())
 
     def _append(self, builders: dict[tuple[int, int], _Open], full: list[_Open], kind: int, slot_p: int,
                 records: Any, key: bytes | None) -> None:
@@ -622,16 +638,19 @@ class KafkaSink(Sink):
     async def _submit(self, o: _Open, topic: str) -> None:
         q = self.queue
         t0 = time.monotonic()
-        ps = self.producers
-        if len(ps) == 1:
-            producer = ps[0]
-        elif self.k.key == "none":
-            self._conn_rr = (self._conn_rr + 1) % len(ps)
-            producer = ps[self._conn_rr]
-        else:
-            producer = ps[o.partition % len(ps)]
         try:
-            fut = await producer.send_batch(o.builder, topic, partition=o.partition)
+            if o.builder is None:  # a prebuilt batch on the direct path
+                fut = await self.direct.send(o.records.writer, topic, o.partition)  # type: ignore[attr-defined]
+            else:
+                ps = self.producers
+                if len(ps) == 1:
+                    producer = ps[0]
+                elif self.k.key == "none":
+                    self._conn_rr = (self._conn_rr + 1) % len(ps)
+                    producer = ps[self._conn_rr]
+                else:
+                    producer = ps[o.partition % len(ps)]
+                fut = await producer.send_batch(o.builder, topic, partition=o.partition)
         except Exception as exc:
             self._failed(o, exc)
             await asyncio.sleep(0.2)
@@ -653,6 +672,15 @@ class KafkaSink(Sink):
         fut.add_done_callback(done)
 
     def _failed(self, o: _Open, exc: BaseException) -> None:
+        if getattr(exc, "fatal", False):
+            # the broker refused the batch for good (direct path: too large, corrupt, not
+            # authorized...): retrying cannot help, so it is dropped and counted
+            self.errors["rejected"] += 1
+            self._rl.error("rejected", "kafka: batch of %d records rejected by the broker: %s (dropped)",
+                           len(o.records), exc)
+            self.queue.done(o.nbytes, len(o.records))
+            self.queue.dropped[(o.kind, "rejected")] += len(o.records)
+            return
         self.errors["produce"] += 1
         self.connected = False
         self._need_metadata = True
@@ -667,6 +695,8 @@ class KafkaSink(Sink):
         pending = list(self._pending)
         if pending:
             await asyncio.wait(pending, timeout=max(timeout, 0.01))
+        if self.direct is not None:
+            self.direct.close()
         for producer in self.producers:
             try:
                 await asyncio.wait_for(producer.stop(), max(timeout, 0.5))

@@ -65,9 +65,15 @@ def crc32c(data) -> int:
     return fs_crc32c(&v[0], v.shape[0])
 
 
+from cpython.buffer cimport PyBuffer_FillInfo
+
+
 DEF BATCH_HEADER = 61
 DEF CRC_OFFSET = 17          # crc covers bytes [21, end)
 DEF ATTR_OFFSET = 21
+# Headroom in front of the batch for a Produce request's framing (RecordBatchWriter.request):
+# the request goes to the socket from this one buffer, without a copy.
+DEF PREFIX = 512
 
 
 cdef inline Py_ssize_t zz_len(int64_t v) noexcept:
@@ -146,6 +152,9 @@ cdef class RecordBatchWriter:
     cdef readonly Py_ssize_t max_bytes
     cdef readonly int64_t base_timestamp
     cdef readonly bytes key
+    cdef bint sealed             # header and CRC written in place (request()): no more appends
+    cdef Py_ssize_t req_start    # where the last request() framing starts
+    cdef int exports             # live buffer exports (memoryviews of the request)
 
     def __cinit__(self):
         self.buf.p = NULL
@@ -165,15 +174,17 @@ cdef class RecordBatchWriter:
         self.records = 0
         # The whole batch at once: no reallocation (and copy) while it fills.
         if self.buf.p == NULL:
-            pool_take(&self.buf, max_bytes + 4096)
-        buf_reserve(&self.buf, max_bytes + 4096)
-        memset(self.buf.p, 0, BATCH_HEADER)
-        self.buf.n = BATCH_HEADER
+            pool_take(&self.buf, max_bytes + 4096 + PREFIX)
+        buf_reserve(&self.buf, max_bytes + 4096 + PREFIX)
+        memset(self.buf.p, 0, PREFIX + BATCH_HEADER)
+        self.buf.n = PREFIX + BATCH_HEADER
+        self.req_start = PREFIX
         self.base_timestamp = <int64_t>(time.time() * 1000)
 
     @property
     def size(self):
-        return self.buf.n
+        """Bytes of the batch so far."""
+        return self.buf.n - PREFIX
 
     def append(self, FlowBatch bt, object enricher=None, Py_ssize_t start=0):
         """Append bt's flows from index `start`; stop before the batch would exceed max_bytes.
@@ -184,6 +195,8 @@ cdef class RecordBatchWriter:
         cdef Py_ssize_t i, vlen, rlen, keylen, rec, hdr, hdr_fixed, guess
         cdef Buf* o = &self.buf
         cdef bytes head
+        if self.sealed:
+            raise ValueError("batch already framed as a request: no more appends")
         if start >= bt.n:
             return bt.n
         keylen = len(self.key) if self.key is not None else -1
@@ -201,7 +214,7 @@ cdef class RecordBatchWriter:
             vlen = o.n - rec - guess
             rlen = hdr_fixed + zz_len(vlen) + vlen + 1
             hdr = zz_len(rlen) + hdr_fixed + zz_len(vlen)
-            if self.records and rec + hdr + vlen + 1 > self.max_bytes:
+            if self.records and rec - PREFIX + hdr + vlen + 1 > self.max_bytes:
                 o.n = rec
                 return i
             buf_reserve(o, 16)
@@ -226,7 +239,7 @@ cdef class RecordBatchWriter:
 
     def records_bytes(self):
         """The records section (for compression by the caller)."""
-        return PyBytes_FromStringAndSize(self.buf.p + BATCH_HEADER, self.buf.n - BATCH_HEADER)
+        return PyBytes_FromStringAndSize(self.buf.p + PREFIX + BATCH_HEADER, self.buf.n - PREFIX - BATCH_HEADER)
 
     def build(self, int codec=0, bytes compressed_records=None, object crc32c=None):
         """The finished batch. codec: Kafka attributes compression id (0 none, 1 gzip, 2 snappy,
@@ -236,11 +249,19 @@ cdef class RecordBatchWriter:
         cdef char* p
         cdef Py_ssize_t n
         if compressed_records is None:
-            out = PyBytes_FromStringAndSize(self.buf.p, self.buf.n)
+            out = PyBytes_FromStringAndSize(self.buf.p + PREFIX, self.buf.n - PREFIX)
         else:
-            out = PyBytes_FromStringAndSize(self.buf.p, BATCH_HEADER) + compressed_records
+            out = PyBytes_FromStringAndSize(self.buf.p + PREFIX, BATCH_HEADER) + compressed_records
         n = len(out)
         p = PyBytes_AS_STRING(out)
+        self.fill_header(p, n, codec)
+        if crc32c is not None:
+            put_be32(p + CRC_OFFSET, <uint32_t>crc32c(out[ATTR_OFFSET:]))
+        else:
+            put_be32(p + CRC_OFFSET, fs_crc32c(<const unsigned char*>p + ATTR_OFFSET, n - ATTR_OFFSET))
+        return out
+
+    cdef void fill_header(self, char* p, Py_ssize_t n, int codec) noexcept:
         put_be64(p, 0)                                   # baseOffset
         put_be32(p + 8, <uint32_t>(n - 12))              # batchLength
         put_be32(p + 12, 0)                              # partitionLeaderEpoch
@@ -255,13 +276,69 @@ cdef class RecordBatchWriter:
         p[52] = <char>0xFF                               # producerEpoch -1
         put_be32(p + 53, 0xFFFFFFFF)                     # baseSequence -1
         put_be32(p + 57, <uint32_t>self.records)
-        if crc32c is not None:
-            put_be32(p + CRC_OFFSET, <uint32_t>crc32c(out[ATTR_OFFSET:]))
-        else:
-            put_be32(p + CRC_OFFSET, fs_crc32c(<const unsigned char*>p + ATTR_OFFSET, n - ATTR_OFFSET))
-        return out
+
+    def request(self, int32_t correlation_id, bytes client_id not None, int acks, int32_t timeout_ms,
+                bytes topic not None, int32_t partition):
+        """The whole Produce request (v3: one topic, one partition, this uncompressed batch) with
+        its size prefix, framed in place in front of the batch: a read-only memoryview of this
+        writer, which keeps it alive while a transport holds the view. Seals the batch (no more
+        appends; the header and CRC are written once). Calling it again re-frames the same batch
+        with a new correlation id (a retry); while an earlier view is still alive the request
+        comes back as a bytes copy instead."""
+        cdef Py_ssize_t blen = self.buf.n - PREFIX
+        cdef Py_ssize_t clen = len(client_id)
+        cdef Py_ssize_t tlen = len(topic)
+        cdef Py_ssize_t plen = 4 + 8 + 2 + clen + 2 + 2 + 4 + 4 + 2 + tlen + 4 + 4 + 4
+        cdef char* p
+        if self.records == 0:
+            raise ValueError("empty batch")
+        if plen > PREFIX or clen > 32767 or tlen > 32767:
+            raise ValueError("client id and topic too long for the request headroom")
+        if not self.sealed:
+            self.fill_header(self.buf.p + PREFIX, blen, 0)
+            put_be32(self.buf.p + PREFIX + CRC_OFFSET,
+                     fs_crc32c(<const unsigned char*>self.buf.p + PREFIX + ATTR_OFFSET, blen - ATTR_OFFSET))
+            self.sealed = True
+        p = self.buf.p + PREFIX - plen
+        put_be32(p, <uint32_t>(plen - 4 + blen))         # size
+        p[4] = 0
+        p[5] = 0                                         # api_key 0: Produce
+        p[6] = 0
+        p[7] = 3                                         # api_version 3
+        put_be32(p + 8, <uint32_t>correlation_id)
+        p[12] = <char>(clen >> 8)
+        p[13] = <char>clen
+        memcpy(p + 14, PyBytes_AS_STRING(client_id), clen)
+        p += 14 + clen
+        p[0] = <char>0xFF
+        p[1] = <char>0xFF                                # transactional_id: null
+        p[2] = <char>((acks >> 8) & 0xFF)
+        p[3] = <char>(acks & 0xFF)                       # acks (int16, -1 = all)
+        put_be32(p + 4, <uint32_t>timeout_ms)
+        put_be32(p + 8, 1)                               # one topic
+        p[12] = <char>(tlen >> 8)
+        p[13] = <char>tlen
+        memcpy(p + 14, PyBytes_AS_STRING(topic), tlen)
+        p += 14 + tlen
+        put_be32(p, 1)                                   # one partition
+        put_be32(p + 4, <uint32_t>partition)
+        put_be32(p + 8, <uint32_t>blen)                  # records: the batch
+        self.req_start = PREFIX - plen
+        if self.exports > 0:
+            return PyBytes_FromStringAndSize(self.buf.p + self.req_start, self.buf.n - self.req_start)
+        return memoryview(self)
+
+    def __getbuffer__(self, Py_buffer* view, int flags):
+        # The last request() framing (see request); read-only.
+        PyBuffer_FillInfo(view, self, self.buf.p + self.req_start, self.buf.n - self.req_start, 1, flags)
+        self.exports += 1
+
+    def __releasebuffer__(self, Py_buffer* view):
+        self.exports -= 1
 
     def release(self):
         """Give the batch memory back once it has been built (the queue may hold the writer a
-        while); the next writer reuses it."""
-        pool_give(&self.buf)
+        while); the next writer reuses it. Not while a request view is alive (the memory is
+        then given back when the writer goes)."""
+        if self.exports == 0:
+            pool_give(&self.buf)

@@ -1,0 +1,267 @@
+"""Direct produce: the fast Kafka path's record batches go to the partition leaders on
+connections of flowscope's own, framed in place, without a copy in Python.
+
+Why: aiokafka encodes a Produce request by nesting byte-string concatenations (the records
+field, the partition, the partition array, the topic, the topic array, the request, header +
+request, size + message), so each megabyte batch was copied about eight times on its way to the
+socket: the largest single cost of the collector at a few hundred thousand flows per second,
+and one that grows with every byte enrichment adds. Here `decoders.RecordBatchWriter.request()`
+writes the request framing into headroom in front of the batch and the transport is handed a
+memoryview of the writer itself.
+
+Scope: Produce v3 (Kafka 0.11 and later; still served by Kafka 4), one topic and partition per
+request, uncompressed batches, plaintext connections. aiokafka keeps everything else: metadata
+and partition leaders (read from its cluster view), topic creation, and every configuration this
+path does not cover (TLS, SASL, compression, keyed partitioning), which keep going through it.
+
+Responses come back in request order on a connection; each request's future resolves with the
+partition's error code checked. A connection that fails or lets a request pass its timeout is
+closed and every request in flight on it fails, so the sink re-queues those batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import struct
+import time
+from typing import Any
+
+log = logging.getLogger("flowscope.sink")
+
+API_PRODUCE = 0
+API_VERSIONS = 18
+PRODUCE_VERSION = 3
+
+# Kafka error codes a retry cannot fix: the batch is dropped and counted under this reason.
+FATAL = {
+    2: "corrupt_message",
+    10: "message_too_large",
+    17: "invalid_topic",
+    18: "record_list_too_large",
+    29: "topic_authorization_failed",
+    87: "invalid_record",
+}
+
+
+class BrokerError(Exception):
+    """A Produce response carried a non-zero error code for the partition."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+        self.fatal = code in FATAL
+        super().__init__(f"broker error {code}" + (f" ({FATAL[code]})" if self.fatal else ""))
+
+
+class ProtocolError(Exception):
+    """The broker sent something this client cannot make sense of."""
+
+
+def parse_api_versions(body: bytes) -> dict[int, tuple[int, int]]:
+    """ApiVersions v0 response body (after the correlation id): api key -> (min, max)."""
+    (err,) = struct.unpack_from(">h", body, 0)
+    if err != 0:
+        raise ProtocolError(f"ApiVersions error {err}")
+    (n,) = struct.unpack_from(">i", body, 2)
+    if n < 0 or 6 + 6 * n > len(body):
+        raise ProtocolError("ApiVersions response truncated")
+    out = {}
+    for i in range(n):
+        key, lo, hi = struct.unpack_from(">hhh", body, 6 + 6 * i)
+        out[key] = (lo, hi)
+    return out
+
+
+def parse_produce_v3(body: bytes) -> int:
+    """Produce v3 response body (after the correlation id): the first non-zero partition error
+    code, else 0."""
+    try:
+        (ntopics,) = struct.unpack_from(">i", body, 0)
+        off = 4
+        err = 0
+        for _ in range(ntopics):
+            (tl,) = struct.unpack_from(">h", body, off)
+            off += 2 + max(tl, 0)
+            (nparts,) = struct.unpack_from(">i", body, off)
+            off += 4
+            for _ in range(nparts):
+                _part, code = struct.unpack_from(">ih", body, off)
+                off += 4 + 2 + 8 + 8  # partition, error, base_offset, log_append_time
+                if code and not err:
+                    err = code
+        if ntopics < 1 or off > len(body):
+            raise ProtocolError("Produce response without the partition")
+        return err
+    except struct.error as exc:
+        raise ProtocolError(f"Produce response truncated: {exc}") from None
+
+
+class Connection:
+    """One TCP connection to a broker with up to `max_in_flight` Produce requests outstanding."""
+
+    def __init__(self, host: str, port: int, client_id: bytes, *, max_in_flight: int, timeout: float) -> None:
+        self.host = host
+        self.port = port
+        self.client_id = client_id
+        self.max_in_flight = max_in_flight
+        self.timeout = timeout
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.inflight: collections.deque[tuple[int, asyncio.Future[None], float]] = collections.deque()
+        self._corr = 0
+        self._room: asyncio.Future[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.closed = False
+        self.error: BaseException | None = None
+
+    def _next_corr(self) -> int:
+        self._corr = (self._corr + 1) & 0x7FFFFFFF
+        return self._corr
+
+    async def connect(self) -> None:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), self.timeout)
+        self.reader, self.writer = reader, writer
+        # ApiVersions v0: the broker must serve Produce v3.
+        corr = self._next_corr()
+        hdr = struct.pack(">hhih", API_VERSIONS, 0, corr, len(self.client_id)) + self.client_id
+        writer.write(struct.pack(">i", len(hdr)) + hdr)
+        size = struct.unpack(">i", await asyncio.wait_for(reader.readexactly(4), self.timeout))[0]
+        body = await asyncio.wait_for(reader.readexactly(size), self.timeout)
+        if struct.unpack_from(">i", body, 0)[0] != corr:
+            raise ProtocolError("ApiVersions: correlation id mismatch")
+        versions = parse_api_versions(body[4:])
+        lo, hi = versions.get(API_PRODUCE, (1, 0))
+        if not lo <= PRODUCE_VERSION <= hi:
+            raise ProtocolError(f"broker serves Produce v{lo}-v{hi}, not v{PRODUCE_VERSION}")
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._read_loop()), loop.create_task(self._watchdog())]
+
+    async def produce(self, batch: Any, topic: bytes, partition: int, acks: int, timeout_ms: int) -> asyncio.Future[None]:
+        """Send one batch (a sealed-or-sealable decoders.RecordBatchWriter); the returned future
+        resolves when the broker acknowledged it (at once with acks 0)."""
+        while len(self.inflight) >= self.max_in_flight and not self.closed:
+            self._room = asyncio.get_running_loop().create_future()
+            await self._room
+        if self.closed or self.writer is None:
+            raise ConnectionError(f"connection to {self.host}:{self.port} closed: {self.error!r}")
+        corr = self._next_corr()
+        data = batch.request(corr, self.client_id, acks, timeout_ms, topic, partition)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if acks == 0:
+            fut.set_result(None)
+        else:
+            self.inflight.append((corr, fut, time.monotonic() + self.timeout))
+        self.writer.write(data)
+        del data
+        if self.writer.transport.get_write_buffer_size() > 8 * 1024 * 1024:
+            await self.writer.drain()
+        return fut
+
+    async def _read_loop(self) -> None:
+        assert self.reader is not None
+        try:
+            while True:
+                size = struct.unpack(">i", await self.reader.readexactly(4))[0]
+                if size < 4 or size > 64 * 1024 * 1024:
+                    raise ProtocolError(f"response size {size}")
+                body = await self.reader.readexactly(size)
+                (corr,) = struct.unpack_from(">i", body, 0)
+                if not self.inflight or self.inflight[0][0] != corr:
+                    raise ProtocolError(f"unexpected correlation id {corr}")
+                _, fut, _ = self.inflight.popleft()
+                err = parse_produce_v3(body[4:])
+                if not fut.done():
+                    if err:
+                        fut.set_exception(BrokerError(err))
+                    else:
+                        fut.set_result(None)
+                self._wake()
+        except asyncio.CancelledError:
+            raise
+        except (asyncio.IncompleteReadError, OSError, ProtocolError) as exc:
+            self.close(exc)
+
+    async def _watchdog(self) -> None:
+        while not self.closed:
+            await asyncio.sleep(min(0.5, self.timeout / 4))
+            if self.inflight and self.inflight[0][2] < time.monotonic():
+                self.close(TimeoutError(f"no Produce response from {self.host}:{self.port} in {self.timeout:.1f} s"))
+
+    def _wake(self) -> None:
+        r = self._room
+        if r is not None and not r.done():
+            r.set_result(None)
+
+    def close(self, exc: BaseException | None = None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.error = exc
+        err = exc if exc is not None else ConnectionError("connection closed")
+        while self.inflight:
+            _, fut, _ = self.inflight.popleft()
+            if not fut.done():
+                fut.set_exception(ConnectionError(f"{self.host}:{self.port}: {err!r}"))
+                fut.exception()  # retrieved here too: the sink's callback handles it
+        self._wake()
+        current = asyncio.current_task()
+        for t in self._tasks:
+            if t is not current:
+                t.cancel()
+        if self.writer is not None:
+            self.writer.close()
+
+
+class DirectProducer:
+    """Connections per leader broker (`connections` each, used in turn), leaders from aiokafka's
+    cluster metadata."""
+
+    def __init__(self, client: Any, *, client_id: str, acks: int, request_timeout_ms: int, connections: int,
+                 max_in_flight: int = 2) -> None:
+        self.client = client
+        self.client_id = client_id.encode()
+        self.acks = acks
+        self.timeout_ms = request_timeout_ms
+        self.per_broker = connections
+        self.max_in_flight = max_in_flight
+        self.conns: dict[int, list[Connection | None]] = {}
+        self._rr = 0
+        self._topics: dict[str, bytes] = {}
+
+    async def _conn(self, node: int) -> Connection:
+        slots = self.conns.setdefault(node, [None] * self.per_broker)
+        self._rr = (self._rr + 1) % self.per_broker
+        c = slots[self._rr]
+        if c is None or c.closed:
+            meta = self.client.cluster.broker_metadata(node)
+            if meta is None:
+                raise ConnectionError(f"no address for broker {node}")
+            c = Connection(meta.host, meta.port, self.client_id, max_in_flight=self.max_in_flight,
+                           timeout=self.timeout_ms / 1000 + 5)
+            slots[self._rr] = c
+            try:
+                await c.connect()
+            except BaseException as exc:
+                c.close(exc)
+                raise
+        return c
+
+    async def send(self, batch: Any, topic: str, partition: int) -> asyncio.Future[None]:
+        from aiokafka.structs import TopicPartition
+
+        node = self.client.cluster.leader_for_partition(TopicPartition(topic, partition))
+        if node is None or node < 0:
+            raise ConnectionError(f"no leader known for {topic}/{partition}")
+        tb = self._topics.get(topic)
+        if tb is None:
+            tb = self._topics[topic] = topic.encode()
+        c = await self._conn(node)
+        return await c.produce(batch, tb, partition, self.acks, self.timeout_ms)
+
+    def close(self) -> None:
+        for slots in self.conns.values():
+            for c in slots:
+                if c is not None:
+                    c.close()
+        self.conns.clear()

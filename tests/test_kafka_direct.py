@@ -1,0 +1,148 @@
+"""The direct produce path (collector/kafka_direct.py): request framing and response parsing
+checked against aiokafka's protocol schemas (an independent implementation of the same wire
+format), the sink's handling of a batch the broker refuses for good, and the delivery through a
+real broker with direct produce on and off (tests/test_collector_kafka.py runs the rest of the
+Kafka behaviour, outage included, with direct produce on: it is the default)."""
+
+from __future__ import annotations
+
+import io
+import random
+import struct
+from typing import Any
+
+import pytest
+from conftest import consume, make_v5, send_udp, v5_key
+from test_decoders import EXPORT, EXPORTER, ovs_decoder
+
+from benchmarks.datagrams import OVS_INGRESS, data_set, ipfix_message, ovs_flows
+from collector.kafka_direct import BrokerError, ProtocolError, parse_api_versions, parse_produce_v3
+
+
+def _writer_with_flows(n_batches: int = 3) -> tuple[Any, list[bytes]]:
+    from decoders import RecordBatchWriter
+
+    dec = ovs_decoder()
+    w = RecordBatchWriter(1 << 20)
+    want: list[bytes] = []
+    for s in range(n_batches):
+        b = dec.decode(ipfix_message([data_set(OVS_INGRESS, ovs_flows(25, random.Random(s)))], seq=s,
+                                     export_time=EXPORT), EXPORTER)
+        want += b.to_json()
+        assert w.append(b) == len(b)
+    return w, want
+
+
+def _split_request(raw: bytes) -> tuple[int, int, int, str, bytes]:
+    (size,) = struct.unpack_from(">i", raw, 0)
+    assert size == len(raw) - 4
+    api_key, version, corr, clen = struct.unpack_from(">hhih", raw, 4)
+    client = raw[14:14 + clen].decode()
+    return api_key, version, corr, client, raw[14 + clen:]
+
+
+def test_request_is_a_produce_v3_around_the_same_batch() -> None:
+    from aiokafka.protocol.produce import ProduceRequest_v3
+    from aiokafka.record.default_records import DefaultRecordBatch
+
+    w, want = _writer_with_flows()
+    batch = w.build()  # the same batch as a bytes copy, for comparison
+    view = w.request(7, b"flowscope-test", -1, 1500, b"flows.topic", 3)
+    assert isinstance(view, memoryview) and view.readonly
+    raw = bytes(view)
+    api_key, version, corr, client, body = _split_request(raw)
+    assert (api_key, version, corr, client) == (0, 3, 7, "flowscope-test")
+    req = ProduceRequest_v3.SCHEMA.decode(io.BytesIO(body))
+    txn, acks, timeout, topics = req
+    assert txn is None and acks == -1 and timeout == 1500
+    assert len(topics) == 1 and topics[0][0] == "flows.topic"
+    parts = topics[0][1]
+    assert len(parts) == 1 and parts[0][0] == 3
+    records = parts[0][1]
+    assert records == batch
+    rb = DefaultRecordBatch(records)
+    assert rb.validate_crc() and [r.value for r in rb] == want
+    # Sealed: no more appends; a retry re-frames the same batch with a new correlation id, as a
+    # copy while the first view is still alive.
+    with pytest.raises(ValueError):
+        w.append(ovs_decoder().decode(ipfix_message([], seq=0, export_time=EXPORT), EXPORTER))
+    again = w.request(8, b"flowscope-test", 1, 1500, b"flows.topic", 3)
+    assert isinstance(again, bytes)
+    assert _split_request(again)[2] == 8 and _split_request(again)[4][:2] == b"\xff\xff"
+    view.release()
+    third = w.request(9, b"c", 1, 1500, b"t", 0)
+    assert isinstance(third, memoryview)
+    assert ProduceRequest_v3.SCHEMA.decode(io.BytesIO(_split_request(bytes(third))[4]))[3][0][1][0][1] == batch
+
+
+def test_request_limits() -> None:
+    from decoders import RecordBatchWriter
+
+    with pytest.raises(ValueError):
+        RecordBatchWriter(4096).request(1, b"c", 1, 1000, b"t", 0)  # empty batch
+    w, _ = _writer_with_flows(1)
+    with pytest.raises(ValueError):
+        w.request(1, b"c" * 300, 1, 1000, b"t" * 300, 0)  # framing larger than the headroom
+
+
+def test_produce_response_parsing_matches_aiokafka_encoding() -> None:
+    from aiokafka.protocol.produce import ProduceResponse_v3
+
+    ok = ProduceResponse_v3(topics=[("t", [(0, 0, 41, -1)])], throttle_time_ms=0).encode()
+    assert parse_produce_v3(ok) == 0
+    bad = ProduceResponse_v3(topics=[("t", [(0, 6, -1, -1)])], throttle_time_ms=5).encode()
+    assert parse_produce_v3(bad) == 6  # NOT_LEADER_OR_FOLLOWER
+    with pytest.raises(ProtocolError):
+        parse_produce_v3(ok[:9])
+    with pytest.raises(ProtocolError):
+        parse_produce_v3(struct.pack(">ii", 0, 0))  # no topic at all
+    assert not BrokerError(6).fatal and BrokerError(10).fatal
+
+
+def test_api_versions_parsing_matches_aiokafka_encoding() -> None:
+    from aiokafka.protocol.admin import ApiVersionResponse_v0
+
+    raw = ApiVersionResponse_v0(error_code=0, api_versions=[(0, 3, 9), (18, 0, 3)]).encode()
+    assert parse_api_versions(raw) == {0: (3, 9), 18: (0, 3)}
+    with pytest.raises(ProtocolError):
+        parse_api_versions(ApiVersionResponse_v0(error_code=35, api_versions=[]).encode())
+    with pytest.raises(ProtocolError):
+        parse_api_versions(raw[:8])
+
+
+def test_fatal_broker_error_drops_and_counts_instead_of_retrying() -> None:
+    from collector.config import Config
+    from collector.sinks import FLOWS, KafkaSink, _Open
+
+    sink = KafkaSink(Config())
+    q = sink.queue
+
+    def in_flight() -> _Open:
+        q.offer(FLOWS, [b"{}"] * 5, "x")
+        c = q.take(1 << 20)[0]
+        o = _Open(FLOWS, 0, None)
+        o.records, o.nbytes = c.records, c.nbytes
+        return o
+
+    sink._failed(in_flight(), BrokerError(10))  # message too large: retrying cannot help
+    assert q.dropped[(FLOWS, "rejected")] == 5 and not q.chunks and q.total_bytes == 0
+    assert sink.errors["rejected"] == 1
+    sink._failed(in_flight(), BrokerError(6))  # not the leader: back to the front of the queue
+    assert len(q.chunks) == 1 and q.queued_records == 5 and q.inflight_records == 0
+    assert q.dropped[(FLOWS, "rejected")] == 5
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_delivery_with_direct_produce_on_and_off(broker: Any, collector: Any, direct: bool) -> None:
+    import uuid
+
+    t = "t-" + uuid.uuid4().hex[:10]
+    c = collector(["--kafka-brokers", broker.bootstrap, "--kafka-topic", t, "--kafka-direct" if direct else "--no-kafka-direct",
+                   "--kafka-connections", "2", "--kafka-batch-bytes", "16KB"])
+    send_udp([make_v5(i, 30, i * 30) for i in range(200)], c.port)  # 6000 flows, many small batches
+    got = consume(broker.bootstrap, t, 6000)
+    assert len(got) == 6000 and len({v5_key(f) for f in got}) == 6000
+    c.wait_value("flowscope_flows_delivered_total", 6000)
+    assert c.value("flowscope_kafka_batches_total") > 10
+    assert c.stop() == 0
+    assert ("direct produce" in c.log()) == direct
