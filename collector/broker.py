@@ -51,11 +51,17 @@ class Broker:
     port: int
     host: str = "127.0.0.1"
     log_path: str | None = None  # broker stdout/stderr; None discards it
+    cpus: str | None = None  # pin with taskset (the benchmarks keep the collector's core free)
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
 
     def start(self, timeout: float = 20.0) -> Broker:
         url = f"tcp://{self.host}:{self.port}"
@@ -65,9 +71,14 @@ class Broker:
             "--advertised-listener-url", url,
             "--storage-engine", "memory://tansu/",
         ]
+        if self.cpus is not None:
+            cmd = ["taskset", "-c", self.cpus, *cmd]
+        env = dict(os.environ)
+        env.setdefault("RUST_LOG", "warn")
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         try:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                         start_new_session=True)
         finally:
             if out is not subprocess.DEVNULL:
                 out.close()  # type: ignore[union-attr]

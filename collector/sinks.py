@@ -8,10 +8,13 @@ bound covers what is in flight too. When the bound is hit the policy decides: `n
 arriving chunk, `oldest` evicts queued chunks. Either way every dropped record is counted by
 reason, so delivered + dropped always adds up to what was decoded.
 
-Kafka: records enter aiokafka through `producer.create_batch()` / `BatchBuilder.append()` /
-`send_batch()` (about ten times cheaper per record than `send()`), one builder per partition.
-A batch the producer could not deliver within its request timeout goes back to the front of
-the queue, so an outage is ridden out up to the bound and the producer reconnects by itself.
+Kafka: the fast path (key none) queues whole record batches written in C (Prebuilt); they go
+to the partition leaders on flowscope's own connections (collector/kafka_direct.py) or, where
+that path does not apply, through aiokafka's `send_batch()`. Keyed records enter aiokafka
+through `producer.create_batch()` / `BatchBuilder.append()` / `send_batch()` (about ten times
+cheaper per record than `send()`), one builder per partition. A batch that could not be
+delivered within the request timeout goes back to the front of the queue, so an outage is
+ridden out up to the bound and the producer reconnects by itself.
 """
 
 from __future__ import annotations

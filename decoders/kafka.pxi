@@ -144,6 +144,37 @@ cdef void pool_give(Buf* b) noexcept:
     b.n = b.cap = 0
 
 
+cdef void frame_request(char* p, Py_ssize_t plen, Py_ssize_t blen, int32_t correlation_id, bytes client_id,
+                        int acks, int32_t timeout_ms, bytes topic, int32_t partition) noexcept:
+    # Produce v3 framing (size, request header v1, body up to the records' size) in the plen
+    # bytes at p, for a batch of blen bytes that follows it.
+    cdef Py_ssize_t clen = len(client_id)
+    cdef Py_ssize_t tlen = len(topic)
+    put_be32(p, <uint32_t>(plen - 4 + blen))         # size
+    p[4] = 0
+    p[5] = 0                                         # api_key 0: Produce
+    p[6] = 0
+    p[7] = 3                                         # api_version 3
+    put_be32(p + 8, <uint32_t>correlation_id)
+    p[12] = <char>(clen >> 8)
+    p[13] = <char>clen
+    memcpy(p + 14, PyBytes_AS_STRING(client_id), clen)
+    p += 14 + clen
+    p[0] = <char>0xFF
+    p[1] = <char>0xFF                                # transactional_id: null
+    p[2] = <char>((acks >> 8) & 0xFF)
+    p[3] = <char>(acks & 0xFF)                       # acks (int16, -1 = all)
+    put_be32(p + 4, <uint32_t>timeout_ms)
+    put_be32(p + 8, 1)                               # one topic
+    p[12] = <char>(tlen >> 8)
+    p[13] = <char>tlen
+    memcpy(p + 14, PyBytes_AS_STRING(topic), tlen)
+    p += 14 + tlen
+    put_be32(p, 1)                                   # one partition
+    put_be32(p + 4, <uint32_t>partition)
+    put_be32(p + 8, <uint32_t>blen)                  # records: the batch
+
+
 cdef class RecordBatchWriter:
     """Accumulates flows as the records of one Kafka v2 record batch, up to max_bytes."""
 
@@ -290,6 +321,7 @@ cdef class RecordBatchWriter:
         cdef Py_ssize_t tlen = len(topic)
         cdef Py_ssize_t plen = 4 + 8 + 2 + clen + 2 + 2 + 4 + 4 + 2 + tlen + 4 + 4 + 4
         cdef char* p
+        cdef bytes out
         if self.records == 0:
             raise ValueError("empty batch")
         if plen > PREFIX or clen > 32767 or tlen > 32767:
@@ -299,33 +331,17 @@ cdef class RecordBatchWriter:
             put_be32(self.buf.p + PREFIX + CRC_OFFSET,
                      fs_crc32c(<const unsigned char*>self.buf.p + PREFIX + ATTR_OFFSET, blen - ATTR_OFFSET))
             self.sealed = True
-        p = self.buf.p + PREFIX - plen
-        put_be32(p, <uint32_t>(plen - 4 + blen))         # size
-        p[4] = 0
-        p[5] = 0                                         # api_key 0: Produce
-        p[6] = 0
-        p[7] = 3                                         # api_version 3
-        put_be32(p + 8, <uint32_t>correlation_id)
-        p[12] = <char>(clen >> 8)
-        p[13] = <char>clen
-        memcpy(p + 14, PyBytes_AS_STRING(client_id), clen)
-        p += 14 + clen
-        p[0] = <char>0xFF
-        p[1] = <char>0xFF                                # transactional_id: null
-        p[2] = <char>((acks >> 8) & 0xFF)
-        p[3] = <char>(acks & 0xFF)                       # acks (int16, -1 = all)
-        put_be32(p + 4, <uint32_t>timeout_ms)
-        put_be32(p + 8, 1)                               # one topic
-        p[12] = <char>(tlen >> 8)
-        p[13] = <char>tlen
-        memcpy(p + 14, PyBytes_AS_STRING(topic), tlen)
-        p += 14 + tlen
-        put_be32(p, 1)                                   # one partition
-        put_be32(p + 4, <uint32_t>partition)
-        put_be32(p + 8, <uint32_t>blen)                  # records: the batch
-        self.req_start = PREFIX - plen
         if self.exports > 0:
-            return PyBytes_FromStringAndSize(self.buf.p + self.req_start, self.buf.n - self.req_start)
+            # An earlier request's view may still be in a transport's hands: frame this one in a
+            # copy, never under bytes that may still be on their way.
+            out = PyBytes_FromStringAndSize(NULL, plen + blen)
+            p = PyBytes_AS_STRING(out)
+            memcpy(p + plen, self.buf.p + PREFIX, blen)
+            frame_request(p, plen, blen, correlation_id, client_id, acks, timeout_ms, topic, partition)
+            return out
+        p = self.buf.p + PREFIX - plen
+        frame_request(p, plen, blen, correlation_id, client_id, acks, timeout_ms, topic, partition)
+        self.req_start = PREFIX - plen
         return memoryview(self)
 
     def __getbuffer__(self, Py_buffer* view, int flags):

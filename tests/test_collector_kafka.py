@@ -201,3 +201,33 @@ def test_workers_two(broker: Any, collector: Any) -> None:
     assert c.value("flowscope_datagrams_total") == 80
     assert c.value("flowscope_listener_up") == 2
     assert c.stop() == 0
+
+
+def test_sflow_counters_go_to_the_counters_topic(broker: Any, collector: Any) -> None:
+    """--counters: sFlow counter samples are published, one JSON record each, to the counters
+    topic; flow samples of the same datagrams still go to the flows topic."""
+    from test_sflow import counter_sample, datagram, eth, flow_sample, generic_if, ipv4, raw_header, tcp
+
+    t, tc = topic(), topic()
+    c = collector(["--kafka-brokers", broker.bootstrap, "--kafka-topic", t, "--kafka-counters-topic", tc,
+                   "--counters"], schemes=("sflow",))
+    payloads, want = [], {}
+    for i in range(20):
+        g, vals = generic_if(100 + i)
+        pkt = eth(ipv4("10.0.0.1", "10.0.0.2", 6, tcp(1000 + i, 80, 0x10)), 0x0800)
+        payloads.append(datagram([counter_sample([g], seq=500 + i, src=(0, 100 + i)),
+                                  flow_sample([raw_header(pkt, 60)], seq=900 + i)], seq=i + 1))
+        want[500 + i] = vals
+    send_udp(payloads, c.port)
+    counters = consume(broker.bootstrap, tc, 20)
+    flows = consume(broker.bootstrap, t, 20)
+    assert len(counters) == 20 and len(flows) == 20
+    assert sorted(f["SrcPort"] for f in flows) == [1000 + i for i in range(20)]
+    for rec in counters:
+        assert rec["RecordType"] == "counters" and rec["AgentIP"] == "198.51.100.7"
+        vals = want.pop(rec["SequenceNum"])
+        assert rec["SourceIdIndex"] == vals["IfIndex"]
+        assert {k: rec[k] for k in vals} == vals
+    assert not want
+    c.wait_value("flowscope_counter_records_delivered_total", 20)
+    assert c.stop() == 0
