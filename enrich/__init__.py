@@ -163,7 +163,15 @@ class Enricher:
             "kinds": {k: inf.stats.as_dict() for k, inf in self._informers.items()},
             "index": self.index.counts(),
             "problems": dict(self.index.problems),
+            **self._cache_stats(),
         }
+
+    def _cache_stats(self) -> dict[str, int]:
+        # The compiled reader's per-address cache: lookups answered from it vs from the index.
+        r = self.index._reader
+        if r is None:
+            return {}
+        return {"lookups_cached": int(r.hits), "lookups_index": int(r.misses)}
 
     def lookup(self, addr: str, t_ms: int = 0) -> dict[str, Any] | None:
         """The identity of an address as a dict with Src-side keys (debugging, `flowscope decode`)."""

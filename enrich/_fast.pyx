@@ -33,7 +33,8 @@ cdef struct CApi:
     void* reader
     parts_fn_t parts
 
-DEF ASLOTS = 16384
+DEF ASLOTS = 16384     # per-address answers: 8192 sets of 2 ways
+DEF AWAYS = 2
 
 cdef struct ASlot:
     unsigned char addr[16]
@@ -95,6 +96,9 @@ cdef class Reader:
     #: bumped by the Index on every change readers can see; callers caching answers
     #: (the decoders' encoder) drop them when it moves.
     cdef public long long generation
+    #: per-address cache hits and index lookups (misses), for the collector's metrics
+    cdef public long long hits
+    cdef public long long misses
 
     cdef ASlot* cache
     cdef CApi api
@@ -144,10 +148,23 @@ cdef class Reader:
         cdef ASlot* slot
         for i in range(alen):
             h = (h ^ addr[i]) * 1099511628211ULL
-        slot = &self.cache[(h ^ (h >> 29)) & (ASLOTS - 1)]
-        if (slot.gen == self.generation and slot.alen == alen and slot.lo <= t < slot.hi
-                and _addr_eq(slot.addr, addr, alen)):
-            return slot
+        h ^= h >> 29
+        # Two-way set associative: a few thousand busy addresses in a direct-mapped table share
+        # slots often enough (17% of 3,000 in 16,384 slots) to keep evicting each other.
+        slot = &self.cache[(h & (ASLOTS // AWAYS - 1)) * AWAYS]
+        for i in range(AWAYS):
+            if (slot[i].gen == self.generation and slot[i].alen == alen and slot[i].lo <= t < slot[i].hi
+                    and _addr_eq(slot[i].addr, addr, alen)):
+                self.hits += 1
+                return &slot[i]
+        self.misses += 1
+        # victim: a way holding nothing current, else one picked by the hash's high bits
+        if slot[0].gen != self.generation:
+            pass
+        elif slot[1].gen != self.generation:
+            slot += 1
+        else:
+            slot += (h >> 60) & 1
         try:
             return self.fill(slot, addr, alen, t)
         except BaseException:
