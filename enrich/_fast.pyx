@@ -19,7 +19,7 @@ from cpython.pycapsule cimport PyCapsule_New
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memcmp, memcpy, memset
 
 # The C API the decoders' encoder calls per flow (through a capsule, so neither extension needs
 # the other at build time). It resolves both addresses through a per-address cache and returns
@@ -36,18 +36,22 @@ cdef struct CApi:
 DEF ASLOTS = 16384     # per-address answers: 8192 sets of 2 ways
 DEF AWAYS = 2
 
+cdef extern from "stdlib.h":
+    void* aligned_alloc(size_t alignment, size_t size)
+
+# One cache line per slot (64 bytes, 64-aligned): a lookup touches one line per way. The
+# address's index entry (the strong reference that keeps the borrowed pointers below alive)
+# lives in a parallel array that only a fill touches.
 cdef struct ASlot:
     unsigned char addr[16]
-    int alen
-    PyObject* entry      # the address's chain head (a strong reference), NULL: not in the index
-    PyObject* holder     # the holder at the cached interval (kept alive by entry), NULL: none
-    PyObject* src_frag   # holder[0], holder[1], holder[2] (borrowed through entry)
-    PyObject* dst_frag
-    PyObject* node
-    int infra
-    long long lo
+    long long lo         # the slot answers for flow starts in [lo, hi)
     long long hi
-    long long gen
+    PyObject* src_frag   # holder[0], holder[1], holder[2]; src_frag NULL: nobody holds it
+    PyObject* dst_frag
+    PyObject* node       # interned node name, NULL: none
+    unsigned int gen     # low 32 bits of the reader generation the slot was filled at
+    signed char alen
+    unsigned char infra
 
 
 cdef inline object _holder_at(object e, long long t):
@@ -101,6 +105,7 @@ cdef class Reader:
     cdef public long long misses
 
     cdef ASlot* cache
+    cdef PyObject** entries      # strong references, parallel to cache
     cdef CApi api
     cdef PyObject* tailp[3][4]   # tails[layer][direction + 1], borrowed from self.tails
     cdef unsigned char last_agent[16]
@@ -119,9 +124,11 @@ cdef class Reader:
         for i in range(3):
             for j in range(4):
                 self.tailp[i][j] = <PyObject*>(<tuple>tails[i])[j]
-        self.cache = <ASlot*>calloc(ASLOTS, sizeof(ASlot))
-        if self.cache == NULL:
+        self.cache = <ASlot*>aligned_alloc(64, ASLOTS * sizeof(ASlot))
+        self.entries = <PyObject**>calloc(ASLOTS, sizeof(PyObject*))
+        if self.cache == NULL or self.entries == NULL:
             raise MemoryError()
+        memset(self.cache, 0, ASLOTS * sizeof(ASlot))
         self.api.reader = <void*>self
         self.api.parts = _parts
         self.last_agent_len = -1
@@ -129,10 +136,11 @@ cdef class Reader:
 
     def __dealloc__(self):
         cdef int i
-        if self.cache != NULL:
+        if self.entries != NULL:
             for i in range(ASLOTS):
-                Py_XDECREF(self.cache[i].entry)
-            free(self.cache)
+                Py_XDECREF(self.entries[i])
+            free(self.entries)
+        free(self.cache)
 
     def c_api(self):
         """A capsule ("flowscope.enrich.parts") for the decoders' encoder; keeps nothing alive
@@ -140,7 +148,7 @@ cdef class Reader:
         return PyCapsule_New(&self.api, b"flowscope.enrich.parts", NULL)
 
     cdef ASlot* resolve(self, const unsigned char* addr, int alen, long long t) noexcept:
-        """The cache slot describing the holder of an address at flow start t (slot.holder is
+        """The cache slot describing the holder of an address at flow start t (slot.src_frag is
         NULL when nobody holds it); NULL on an error (memory). A hit costs a hash, a compare
         and no Python call."""
         cdef unsigned long long h = 1469598103934665603ULL
@@ -152,16 +160,17 @@ cdef class Reader:
         # Two-way set associative: a few thousand busy addresses in a direct-mapped table share
         # slots often enough (17% of 3,000 in 16,384 slots) to keep evicting each other.
         slot = &self.cache[(h & (ASLOTS // AWAYS - 1)) * AWAYS]
+        cdef unsigned int gen = <unsigned int>self.generation
         for i in range(AWAYS):
-            if (slot[i].gen == self.generation and slot[i].alen == alen and slot[i].lo <= t < slot[i].hi
+            if (slot[i].gen == gen and slot[i].alen == alen and slot[i].lo <= t < slot[i].hi
                     and _addr_eq(slot[i].addr, addr, alen)):
                 self.hits += 1
                 return &slot[i]
         self.misses += 1
         # victim: a way holding nothing current, else one picked by the hash's high bits
-        if slot[0].gen != self.generation:
+        if slot[0].gen != gen or slot[0].alen == 0:
             pass
-        elif slot[1].gen != self.generation:
+        elif slot[1].gen != gen or slot[1].alen == 0:
             slot += 1
         else:
             slot += (h >> 60) & 1
@@ -177,9 +186,11 @@ cdef class Reader:
         cdef long long lo = 0, hi = 0
         key = PyBytes_FromStringAndSize(<const char*>addr, alen)
         p = PyDict_GetItem(self.ips, key)
-        Py_XDECREF(slot.entry)
-        slot.entry = NULL
-        slot.holder = NULL
+        cdef Py_ssize_t k = slot - self.cache
+        Py_XDECREF(self.entries[k])
+        self.entries[k] = NULL
+        slot.src_frag = NULL
+        slot.alen = 0  # not valid until filled
         if p is NULL:
             slot.lo = -(1LL << 62)
             slot.hi = 1LL << 62
@@ -189,10 +200,10 @@ cdef class Reader:
             slot.lo = lo
             slot.hi = hi
             Py_INCREF(e)
-            slot.entry = p
+            self.entries[k] = p
             holder = _holder_at(e, t)
             if holder is not None:
-                slot.holder = <PyObject*>holder  # part of e's chain: alive while entry is
+                # holder is part of e's chain: its pieces stay alive while the entry is held
                 slot.src_frag = <PyObject*>(<tuple>holder)[0]
                 slot.dst_frag = <PyObject*>(<tuple>holder)[1]
                 # Node names are interned by the index (enrich.index._intern): equal names are
@@ -200,8 +211,8 @@ cdef class Reader:
                 slot.node = <PyObject*>(<tuple>holder)[2] if (<tuple>holder)[2] is not None else NULL
                 slot.infra = (<tuple>holder)[3] is True
         memcpy(slot.addr, addr, alen)
-        slot.alen = alen
-        slot.gen = self.generation
+        slot.alen = <signed char>alen
+        slot.gen = <unsigned int>self.generation
         return slot
 
     cdef PyObject* agent_node(self, const unsigned char* agent, int aglen) noexcept:
@@ -320,8 +331,8 @@ cdef inline int _combine(Reader r, ASlot* s, ASlot* d, const unsigned char* agen
     cdef PyObject* dn = NULL
     cdef PyObject* an
     cdef int layer = 1, fd
-    cdef bint sh = s != NULL and s.holder != NULL
-    cdef bint dh = d != NULL and d.holder != NULL
+    cdef bint sh = s != NULL and s.src_frag != NULL
+    cdef bint dh = d != NULL and d.src_frag != NULL
     if direction < -1 or direction > 2:
         direction = -1
     a[0] = NULL
