@@ -344,9 +344,8 @@ def test_unresolved_flow_output() -> None:
 
 # ---------------------------------------------------------------- compiled == reference
 
+@pytest.mark.parametrize("implementation", ["compiled"], indirect=True)  # compares both readers once
 def test_compiled_reader_matches_python_reference(implementation: str) -> None:
-    if implementation != "compiled":
-        pytest.skip("compares both readers once")
     import random
 
     clock = Clock(T0)
