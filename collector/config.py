@@ -267,6 +267,9 @@ class KafkaConfig:
                    choice("none", "exporter", "conversation"))
     compression: str = opt("none", "record-batch compression: none, gzip, snappy, lz4, zstd",
                            choice("none", "gzip", "snappy", "lz4", "zstd"))
+    compression_level: int = opt(0, "compression level: 0 = the codec's fast end (lz4 fast mode, zstd 1, gzip 1); "
+                                 "lz4 1-16, zstd -7 to 22, gzip 1-9 trade CPU for smaller batches; snappy has none",
+                                 ranged(parse_int, -7, 22))
     acks: str = opt("1", "acknowledgements the broker waits for: 0, 1 or all", choice("0", "1", "all"))
     linger_ms: int = opt(5, "how long a batch may wait for more records (ms)", ranged(parse_int, 0, 60000))
     batch_bytes: int = opt(1048576, "maximum record-batch size in bytes (keep under the broker's "
@@ -276,8 +279,9 @@ class KafkaConfig:
                            "with the other key modes a partition always uses the same one (order per key kept)",
                            ranged(parse_int, 1, 64))
     direct: bool = opt(True, "write the fast path's record batches (key none) to the partition leaders on "
-                       "flowscope's own connections, framed in place without copies (plaintext, no SASL, "
-                       "no compression; otherwise, or with --no-kafka-direct, through aiokafka)", parse_bool)
+                       "flowscope's own connections, framed in place without copies (plaintext, no SASL; "
+                       "compressed in place when kafka.compression is set; otherwise, or with "
+                       "--no-kafka-direct, through aiokafka)", parse_bool)
     request_timeout_ms: int = opt(10000, "produce request timeout; a batch not acknowledged by then is "
                                   "re-queued (ms)", ranged(parse_int, 100, 600000))
     client_id: str = opt("flowscope", "Kafka client id", parse_str)

@@ -363,8 +363,8 @@ def producer_kwargs(k: KafkaConfig) -> dict[str, Any]:
 
 def direct_possible(k: KafkaConfig) -> bool:
     """Whether prebuilt batches can take the direct produce path (collector.kafka_direct):
-    plaintext, no SASL, uncompressed; otherwise they go through aiokafka."""
-    return not (k.tls or k.tls_ca or k.tls_cert) and k.sasl_mechanism == "none" and k.compression == "none"
+    plaintext, no SASL (compressed or not); otherwise they go through aiokafka."""
+    return not (k.tls or k.tls_ca or k.tls_cert) and k.sasl_mechanism == "none"
 
 
 def check_compression(k: KafkaConfig) -> str | None:
@@ -416,6 +416,8 @@ class KafkaSink(Sink):
         self._pending: set[asyncio.Future[Any]] = set()
         self._partitions_at = 0.0
         self._need_metadata = False
+        self._codec_id, self._encode = _codec(self.k.compression, self.k.compression_level)
+        self.compressed_bytes = [0, 0]  # direct path: batch bytes before and after compression
 
     async def start(self) -> None:
         for b in self.k.brokers:
@@ -600,7 +602,7 @@ class KafkaSink(Sink):
         aiokafka would, keeping it uncompressed when that does not help) and checksum it."""
         if p.data is None:
             w = p.writer
-            codec, encode = _codec(self.k.compression)
+            codec, encode = _codec(self.k.compression, self.k.compression_level)
             data = None
             if encode is not None:
                 raw = w.records_bytes()
@@ -610,6 +612,16 @@ class KafkaSink(Sink):
             p.data = data if data is not None else w.build(0, None)
             w.release()
         return PrebuiltBuilder(p.data, len(p))
+
+    def _compress(self, w: Any) -> None:
+        """Compress a direct-path batch in place (once; a retry sends it as it is)."""
+        raw = w.size
+        if w.compress(self._codec_id, self._encode):
+            self.compressed_bytes[0] += raw
+            self.compressed_bytes[1] += w.size
+        else:
+            self.compressed_bytes[0] += raw
+            self.compressed_bytes[1] += raw
 
     def _new_open(self, kind: int, partition: int, direct: bool = False) -> _Open:
         if partition < 0:
@@ -643,7 +655,10 @@ class KafkaSink(Sink):
         t0 = time.monotonic()
         try:
             if o.builder is None:  # a prebuilt batch on the direct path
-                fut = await self.direct.send(o.records.writer, topic, o.partition)  # type: ignore[attr-defined]
+                w = o.records.writer  # type: ignore[attr-defined]
+                if self._encode is not None:
+                    self._compress(w)
+                fut = await self.direct.send(w, topic, o.partition)  # type: ignore[union-attr]
             else:
                 ps = self.producers
                 if len(ps) == 1:
@@ -707,14 +722,35 @@ class KafkaSink(Sink):
                 log.warning("kafka: producer did not stop cleanly: %r", exc)
 
 
-def _codec(name: str) -> tuple[int, Callable[[bytes], bytes] | None]:
-    """Kafka attributes codec id and aiokafka's encoder for a compression name."""
+# Compression levels when kafka.compression_level is not set: the fast ends. Kafka's own
+# defaults (lz4 9, zstd 3) cost 3-5 us per enriched flow record here, several times the rest of
+# the collector's work for it; lz4's fast mode and zstd 1 compress 1.1 and 0.9 GB/s of flow
+# JSON at 5x and 11x (benchmarks/RESULTS.md).
+DEFAULT_LEVEL = {"lz4": 0, "zstd": 1, "gzip": 1}
+
+
+def _codec(name: str, level: int = 0) -> tuple[int, Callable[[Any], bytes] | None]:
+    """Kafka attributes codec id and a compressor of a records section (bytes-like -> bytes):
+    the codec's standard frame, as Kafka's consumers read it (LZ4 frames with independent
+    blocks and no content checksum, KIP-57; snappy in the xerial framing Kafka's Java client
+    writes)."""
     if name in ("none", "", None):
         return 0, None
     from aiokafka import codec as c
 
-    return {"gzip": (1, c.gzip_encode), "snappy": (2, c.snappy_encode), "lz4": (3, c.lz4_encode),
-            "zstd": (4, c.zstd_encode)}[name]
+    lvl = DEFAULT_LEVEL.get(name) if not level else level
+    if name == "lz4":
+        try:
+            import lz4.frame as lz4f
+        except ImportError:  # aiokafka's (cramjam) encoder: same frames, slower
+            return 3, lambda b: c.lz4_encode(b, level=lvl or 0)
+        return 3, lambda b: lz4f.compress(b, compression_level=lvl, block_size=lz4f.BLOCKSIZE_MAX64KB,
+                                          block_linked=False, content_checksum=False, store_size=False)
+    if name == "zstd":
+        return 4, lambda b: c.zstd_encode(b, level=lvl)
+    if name == "gzip":
+        return 1, lambda b: c.gzip_encode(bytes(b), compresslevel=lvl)
+    return 2, lambda b: c.snappy_encode(bytes(b))
 
 
 def make_sink(cfg: Config) -> Sink:

@@ -126,7 +126,8 @@ def crc32c(data) -> int:
     return fs_crc32c(&v[0], v.shape[0])
 
 
-from cpython.buffer cimport PyBuffer_FillInfo
+from cpython.buffer cimport PyBUF_READ, PyBuffer_FillInfo
+from cpython.memoryview cimport PyMemoryView_FromMemory
 
 
 DEF BATCH_HEADER = 61
@@ -247,6 +248,8 @@ cdef class RecordBatchWriter:
     cdef bint sealed             # header and CRC written in place (request()): no more appends
     cdef Py_ssize_t req_start    # where the last request() framing starts
     cdef int exports             # live buffer exports (memoryviews of the request)
+    cdef readonly int codec      # compression of the records section (compress()): 0 none
+    cdef bint packed             # compress() ran: no more appends
 
     def __cinit__(self):
         self.buf.p = NULL
@@ -287,8 +290,8 @@ cdef class RecordBatchWriter:
         cdef Py_ssize_t i, vlen, rlen, keylen, rec, hdr, hdr_fixed, guess
         cdef Buf* o = &self.buf
         cdef bytes head
-        if self.sealed:
-            raise ValueError("batch already framed as a request: no more appends")
+        if self.sealed or self.packed:
+            raise ValueError("batch already compressed or framed as a request: no more appends")
         if start >= bt.n:
             return bt.n
         keylen = len(self.key) if self.key is not None else -1
@@ -333,6 +336,38 @@ cdef class RecordBatchWriter:
         """The records section (for compression by the caller)."""
         return PyBytes_FromStringAndSize(self.buf.p + PREFIX + BATCH_HEADER, self.buf.n - PREFIX - BATCH_HEADER)
 
+    def compress(self, int codec, object encode):
+        """Compress the records section in place for request(): encode(memoryview) -> bytes-like,
+        the codec's frame of the records (codec: 1 gzip, 2 snappy, 3 lz4, 4 zstd). The result is
+        written over the records when it is smaller (returns True; the batch then says codec);
+        otherwise the batch stays uncompressed (False). Ends appends; a second call is a no-op
+        that returns whether the first one compressed. The view passed to encode is released
+        when it returns (it must not keep it)."""
+        cdef Py_ssize_t raw = self.buf.n - PREFIX - BATCH_HEADER
+        cdef const unsigned char[:] out
+        cdef object view
+        if self.packed:
+            return self.codec != 0
+        if self.sealed or self.exports > 0:
+            raise ValueError("batch already framed as a request")
+        if codec < 1 or codec > 4:
+            raise ValueError("codec: 1 gzip, 2 snappy, 3 lz4 or 4 zstd")
+        if self.records == 0:
+            raise ValueError("empty batch")
+        view = PyMemoryView_FromMemory(self.buf.p + PREFIX + BATCH_HEADER, raw, PyBUF_READ)
+        try:
+            packed = encode(view)
+        finally:
+            view.release()
+        self.packed = True
+        out = packed
+        if out.shape[0] == 0 or out.shape[0] >= raw:
+            return False
+        memcpy(self.buf.p + PREFIX + BATCH_HEADER, &out[0], out.shape[0])
+        self.buf.n = PREFIX + BATCH_HEADER + out.shape[0]
+        self.codec = codec
+        return True
+
     def build(self, int codec=0, bytes compressed_records=None, object crc32c=None):
         """The finished batch. codec: Kafka attributes compression id (0 none, 1 gzip, 2 snappy,
         3 lz4, 4 zstd) with the already-compressed records section; crc32c(bytes) -> int, or
@@ -342,6 +377,7 @@ cdef class RecordBatchWriter:
         cdef Py_ssize_t n
         if compressed_records is None:
             out = PyBytes_FromStringAndSize(self.buf.p + PREFIX, self.buf.n - PREFIX)
+            codec = self.codec  # compressed in place by compress(), or not at all
         else:
             out = PyBytes_FromStringAndSize(self.buf.p + PREFIX, BATCH_HEADER) + compressed_records
         n = len(out)
@@ -371,9 +407,9 @@ cdef class RecordBatchWriter:
 
     def request(self, int32_t correlation_id, bytes client_id not None, int acks, int32_t timeout_ms,
                 bytes topic not None, int32_t partition):
-        """The whole Produce request (v3: one topic, one partition, this uncompressed batch) with
-        its size prefix, framed in place in front of the batch: a read-only memoryview of this
-        writer, which keeps it alive while a transport holds the view. Seals the batch (no more
+        """The whole Produce request (v3: one topic, one partition, this batch, compressed when
+        compress() made it so) with its size prefix, framed in place in front of the batch: a
+        read-only memoryview of this writer, which keeps it alive while a transport holds the view. Seals the batch (no more
         appends; the header and CRC are written once). Calling it again re-frames the same batch
         with a new correlation id (a retry); while an earlier view is still alive the request
         comes back as a bytes copy instead."""
@@ -388,7 +424,7 @@ cdef class RecordBatchWriter:
         if plen > PREFIX or clen > 32767 or tlen > 32767:
             raise ValueError("client id and topic too long for the request headroom")
         if not self.sealed:
-            self.fill_header(self.buf.p + PREFIX, blen, 0)
+            self.fill_header(self.buf.p + PREFIX, blen, self.codec)
             put_be32(self.buf.p + PREFIX + CRC_OFFSET,
                      fs_crc32c(<const unsigned char*>self.buf.p + PREFIX + ATTR_OFFSET, blen - ATTR_OFFSET))
             self.sealed = True

@@ -75,6 +75,49 @@ def test_request_is_a_produce_v3_around_the_same_batch() -> None:
     assert ProduceRequest_v3.SCHEMA.decode(io.BytesIO(_split_request(bytes(third))[4]))[3][0][1][0][1] == batch
 
 
+@pytest.mark.parametrize("name", ["lz4", "zstd", "gzip", "snappy"])
+def test_compressed_in_place_batch_reads_back_with_aiokafka(name: str) -> None:
+    """compress() rewrites the records section with the codec's frame and request() carries it:
+    aiokafka (its own CRC check and decompression) reads back the same records."""
+    from aiokafka.protocol.produce import ProduceRequest_v3
+    from aiokafka.record.default_records import DefaultRecordBatch
+
+    from collector.sinks import _codec
+
+    codec, encode = _codec(name)
+    w, want = _writer_with_flows()
+    raw = w.size
+    assert w.compress(codec, encode) is True and w.codec == codec
+    assert w.size < raw / 3  # flow JSON compresses several times over with every codec
+    assert w.compress(codec, encode) is True  # a second call changes nothing
+    with pytest.raises(ValueError):
+        w.append(ovs_decoder().decode(ipfix_message([], seq=0, export_time=EXPORT), EXPORTER))
+    body = _split_request(bytes(w.request(3, b"c", 1, 1500, b"t", 0)))[4]
+    records = ProduceRequest_v3.SCHEMA.decode(io.BytesIO(body))[3][0][1][0][1]
+    rb = DefaultRecordBatch(records)
+    assert rb.validate_crc() and rb.compression_type == codec
+    got = list(rb)
+    assert [r.value for r in got] == want and [r.offset for r in got] == list(range(len(want)))
+
+
+def test_compression_that_does_not_help_leaves_the_batch_uncompressed() -> None:
+    from aiokafka.record.default_records import DefaultRecordBatch
+
+    w, want = _writer_with_flows(1)
+    raw = w.size
+    assert w.compress(3, lambda view: bytes(view) + b"longer") is False
+    assert w.codec == 0 and w.size == raw
+    rb = DefaultRecordBatch(w.build())
+    assert rb.validate_crc() and rb.compression_type == 0 and [r.value for r in rb] == want
+    w2, _ = _writer_with_flows(1)
+    with pytest.raises(ValueError):
+        w2.compress(9, lambda view: b"")
+    kept: list[memoryview] = []
+    assert w2.compress(4, lambda view: kept.append(view) or b"") is False  # empty output: not used
+    with pytest.raises(ValueError):
+        kept[0].tobytes()  # the view handed to the encoder is released when it returns
+
+
 def test_request_limits() -> None:
     from decoders import RecordBatchWriter
 
@@ -146,3 +189,21 @@ def test_delivery_with_direct_produce_on_and_off(broker: Any, collector: Any, di
     assert c.value("flowscope_kafka_batches_total") > 10
     assert c.stop() == 0
     assert ("direct produce" in c.log()) == direct
+
+
+@pytest.mark.parametrize("codec", ["lz4", "zstd"])
+def test_compressed_direct_produce_through_a_real_broker(broker: Any, collector: Any, codec: str) -> None:
+    import uuid
+
+    t = "t-" + uuid.uuid4().hex[:10]
+    c = collector(["--kafka-brokers", broker.bootstrap, "--kafka-topic", t, "--kafka-compression", codec,
+                   "--kafka-batch-bytes", "64KB"])
+    send_udp([make_v5(i, 30, i * 30) for i in range(200)], c.port)
+    got = consume(broker.bootstrap, t, 6000)
+    assert len(got) == 6000 and len({v5_key(f) for f in got}) == 6000
+    c.wait_value("flowscope_flows_delivered_total", 6000)
+    before = c.value("flowscope_kafka_compression_bytes_total", side="in")
+    after = c.value("flowscope_kafka_compression_bytes_total", side="out")
+    assert before > 6000 * 300 and 0 < after < before / 3
+    assert c.stop() == 0
+    assert "direct produce" in c.log()
