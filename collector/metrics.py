@@ -87,7 +87,7 @@ SERIES: dict[str, Series] = {s.name: s for s in [
     Series("flowscope_kafka_errors", "counter", "Kafka errors, by kind (connect, produce, metadata)",
            ("kind",)),
     Series("flowscope_kafka_batches", "counter", "Record batches acknowledged by Kafka"),
-    Series("flowscope_kafka_compression_bytes", "counter", "Bytes of direct-path record batches before "
+    Series("flowscope_kafka_compression_bytes", "counter", "Bytes of prebuilt record batches (key none) before "
            "(side=in) and after (side=out) kafka.compression", ("side",)),
     # state file
     Series("flowscope_state_saves", "counter", "State file saves, by result (ok, error)", ("result",)),

@@ -602,19 +602,14 @@ class KafkaSink(Sink):
         aiokafka would, keeping it uncompressed when that does not help) and checksum it."""
         if p.data is None:
             w = p.writer
-            codec, encode = _codec(self.k.compression, self.k.compression_level)
-            data = None
-            if encode is not None:
-                raw = w.records_bytes()
-                packed = encode(raw)
-                if len(packed) < len(raw):
-                    data = w.build(codec, packed)
-            p.data = data if data is not None else w.build(0, None)
+            if self._encode is not None:
+                self._compress(w)
+            p.data = w.build()
             w.release()
         return PrebuiltBuilder(p.data, len(p))
 
     def _compress(self, w: Any) -> None:
-        """Compress a direct-path batch in place (once; a retry sends it as it is)."""
+        """Compress a prebuilt batch in place (once; a retry sends it as it is)."""
         raw = w.size
         if w.compress(self._codec_id, self._encode):
             self.compressed_bytes[0] += raw

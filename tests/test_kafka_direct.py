@@ -191,13 +191,13 @@ def test_delivery_with_direct_produce_on_and_off(broker: Any, collector: Any, di
     assert ("direct produce" in c.log()) == direct
 
 
-@pytest.mark.parametrize("codec", ["lz4", "zstd"])
-def test_compressed_direct_produce_through_a_real_broker(broker: Any, collector: Any, codec: str) -> None:
+@pytest.mark.parametrize("codec,direct", [("lz4", True), ("zstd", True), ("lz4", False)])
+def test_compressed_batches_through_a_real_broker(broker: Any, collector: Any, codec: str, direct: bool) -> None:
     import uuid
 
     t = "t-" + uuid.uuid4().hex[:10]
     c = collector(["--kafka-brokers", broker.bootstrap, "--kafka-topic", t, "--kafka-compression", codec,
-                   "--kafka-batch-bytes", "64KB"])
+                   "--kafka-batch-bytes", "64KB", "--kafka-direct" if direct else "--no-kafka-direct"])
     send_udp([make_v5(i, 30, i * 30) for i in range(200)], c.port)
     got = consume(broker.bootstrap, t, 6000)
     assert len(got) == 6000 and len({v5_key(f) for f in got}) == 6000
@@ -206,4 +206,4 @@ def test_compressed_direct_produce_through_a_real_broker(broker: Any, collector:
     after = c.value("flowscope_kafka_compression_bytes_total", side="out")
     assert before > 6000 * 300 and 0 < after < before / 3
     assert c.stop() == 0
-    assert "direct produce" in c.log()
+    assert ("direct produce" in c.log()) == direct
