@@ -267,7 +267,7 @@ class KafkaConfig:
                    choice("none", "exporter", "conversation"))
     compression: str = opt("none", "record-batch compression: none, gzip, snappy, lz4, zstd",
                            choice("none", "gzip", "snappy", "lz4", "zstd"))
-    compression_level: int = opt(0, "compression level: 0 = the codec's fast end (lz4 fast mode, zstd 1, gzip 1); "
+    compression_level: int = opt(0, "compression level: 0 = flowscope's default (lz4 fast mode, zstd 3, gzip 1); "
                                  "lz4 1-16, zstd -7 to 22, gzip 1-9 trade CPU for smaller batches; snappy has none",
                                  ranged(parse_int, -7, 22))
     acks: str = opt("1", "acknowledgements the broker waits for: 0, 1 or all", choice("0", "1", "all"))
