@@ -16,23 +16,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks import datagrams as D
-from benchmarks import pipeline_bench as P
+from benchmarks.broker_ceiling import batches
 
 
 def batch(enriched: bool) -> tuple[bytes, int]:
-    from decoders import Decoder, RecordBatchWriter
-
-    e, payloads, agent = P.build(4000, 200, 500, 2000)
-    dec = Decoder()
-    dec.decode(D.ipfix_message([D.template_set([D.OVS_INGRESS])], seq=0, export_time=P.EXPORT), agent)
-    w = RecordBatchWriter(1 << 20)
-    i = 0
-    while True:
-        b = dec.decode(payloads[i % len(payloads)], agent, 0, P.EXPORT)
-        i += 1
-        if w.append(b, e if enriched else None, 0) < len(b):
-            return w.records_bytes(), w.records
+    w = batches(enriched, 1, 1 << 20)[0]
+    return w.records_bytes(), w.records
 
 
 def measure(encode: Callable[[Any], Any], raw: bytes, seconds: float) -> tuple[float, float]:

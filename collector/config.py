@@ -253,6 +253,11 @@ class EnrichSection:
                                    flag="--pod-tombstone-seconds", metavar="SECONDS")
 
 
+# kafka.compression_level: what each codec accepts (0 always: flowscope's default level);
+# snappy and none have no levels.
+COMPRESSION_LEVELS = {"lz4": (0, 16), "zstd": (-7, 22), "gzip": (0, 9)}
+
+
 @dataclass
 class KafkaConfig:
     """Kafka output (aiokafka record-batch appends). Used when `brokers` is set."""
@@ -560,6 +565,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("kafka.tls_cert / kafka.tls_key: give both for mutual TLS, or neither")
     if k.sasl_mechanism != "none" and not k.sasl_user:
         raise ConfigError(f"kafka.sasl_user: SASL {k.sasl_mechanism} needs a user (and kafka.sasl_password)")
+    lo, hi = COMPRESSION_LEVELS.get(k.compression, (0, 0))
+    if not lo <= k.compression_level <= hi:
+        raise ConfigError(f"kafka.compression_level: {k.compression_level} is out of range for "
+                          f"{k.compression}: {lo} to {hi} (0 = flowscope's default)")
     if not k.topic:
         raise ConfigError("kafka.topic: must not be empty")
     if cfg.counters and kind == "kafka" and not k.counters_topic:

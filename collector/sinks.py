@@ -373,10 +373,17 @@ def check_compression(k: KafkaConfig) -> str | None:
         return None
     from aiokafka import codec
 
+    def has_lz4() -> bool:  # the keyed modes compress through aiokafka, prebuilt batches with lz4
+        try:
+            import lz4.frame  # noqa: F401
+        except ImportError:
+            return False
+        return codec.has_lz4()
+
     have: dict[str, Callable[[], bool]] = {"gzip": codec.has_gzip, "snappy": codec.has_snappy,
-                                           "lz4": codec.has_lz4, "zstd": codec.has_zstd}
+                                           "lz4": has_lz4, "zstd": codec.has_zstd}
     if not have[k.compression]():
-        pkg = {"snappy": "cramjam (or python-snappy)", "lz4": "cramjam (or lz4)", "zstd": "cramjam (or zstandard)"}
+        pkg = {"snappy": "cramjam (or python-snappy)", "lz4": "lz4 and cramjam", "zstd": "cramjam (or zstandard)"}
         return (f"kafka.compression: {k.compression} needs the Python package "
                 f"{pkg.get(k.compression, k.compression)}; install it or choose another codec")
     return None
@@ -417,7 +424,7 @@ class KafkaSink(Sink):
         self._partitions_at = 0.0
         self._need_metadata = False
         self._codec_id, self._encode = _codec(self.k.compression, self.k.compression_level)
-        self.compressed_bytes = [0, 0]  # direct path: batch bytes before and after compression
+        self.compressed_bytes = [0, 0]  # prebuilt batches: bytes before and after compression
 
     async def start(self) -> None:
         for b in self.k.brokers:
@@ -609,14 +616,14 @@ class KafkaSink(Sink):
         return PrebuiltBuilder(p.data, len(p))
 
     def _compress(self, w: Any) -> None:
-        """Compress a prebuilt batch in place (once; a retry sends it as it is)."""
+        """Compress a prebuilt batch in place, once: a re-queued batch is sent (and counted) as
+        it already is."""
+        if w.packed:
+            return
         raw = w.size
-        if w.compress(self._codec_id, self._encode):
-            self.compressed_bytes[0] += raw
-            self.compressed_bytes[1] += w.size
-        else:
-            self.compressed_bytes[0] += raw
-            self.compressed_bytes[1] += raw
+        w.compress(self._codec_id, self._encode)
+        self.compressed_bytes[0] += raw
+        self.compressed_bytes[1] += w.size  # raw again when compressing did not help
 
     def _new_open(self, kind: int, partition: int, direct: bool = False) -> _Open:
         if partition < 0:
@@ -736,10 +743,8 @@ def _codec(name: str, level: int = 0) -> tuple[int, Callable[[Any], bytes] | Non
 
     lvl = DEFAULT_LEVEL.get(name) if not level else level
     if name == "lz4":
-        try:
-            import lz4.frame as lz4f
-        except ImportError:  # aiokafka's (cramjam) encoder: same frames, slower
-            return 3, lambda b: c.lz4_encode(b, level=lvl or 0)
+        import lz4.frame as lz4f
+
         return 3, lambda b: lz4f.compress(b, compression_level=lvl, block_size=lz4f.BLOCKSIZE_MAX64KB,
                                           block_linked=False, content_checksum=False, store_size=False)
     if name == "zstd":

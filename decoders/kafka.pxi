@@ -23,16 +23,18 @@ cdef extern from *:
        it (chosen once at run time), else a byte-wise table. */
     static uint32_t fs_crc32c_table[256];
     static int fs_crc32c_table_ready = 0;
+    static void fs_crc32c_table_init(void) {
+        if (fs_crc32c_table_ready) return;
+        for (uint32_t i = 0; i < 256; i++) {
+            uint32_t v = i;
+            for (int k = 0; k < 8; k++) v = (v & 1) ? (v >> 1) ^ 0x82F63B78u : v >> 1;
+            fs_crc32c_table[i] = v;
+        }
+        fs_crc32c_table_ready = 1;
+    }
     static uint32_t fs_crc32c_sw(const unsigned char* p, size_t n) {
         uint32_t c = 0xFFFFFFFFu;
-        if (!fs_crc32c_table_ready) {
-            for (uint32_t i = 0; i < 256; i++) {
-                uint32_t v = i;
-                for (int k = 0; k < 8; k++) v = (v & 1) ? (v >> 1) ^ 0x82F63B78u : v >> 1;
-                fs_crc32c_table[i] = v;
-            }
-            fs_crc32c_table_ready = 1;
-        }
+        fs_crc32c_table_init();
         while (n--) c = fs_crc32c_table[(c ^ *p++) & 0xFF] ^ (c >> 8);
         return c ^ 0xFFFFFFFFu;
     }
@@ -103,7 +105,7 @@ cdef extern from *:
             __builtin_cpu_init();
             int have = __builtin_cpu_supports("sse4.2") ? 1 : 0;
             if (have) {
-                fs_crc32c_sw(p, 0);  /* builds the byte table the zeros tables start from */
+                fs_crc32c_table_init();  /* the zeros tables start from the byte table */
                 fs_crc_zeros_table(fs_crc_long, FS_CRC_LONG);
                 fs_crc_zeros_table(fs_crc_short, FS_CRC_SHORT);
             }
@@ -249,7 +251,7 @@ cdef class RecordBatchWriter:
     cdef Py_ssize_t req_start    # where the last request() framing starts
     cdef int exports             # live buffer exports (memoryviews of the request)
     cdef readonly int codec      # compression of the records section (compress()): 0 none
-    cdef bint packed             # compress() ran: no more appends
+    cdef readonly bint packed    # compress() ran (whether or not it helped): no more appends
 
     def __cinit__(self):
         self.buf.p = NULL
@@ -368,21 +370,13 @@ cdef class RecordBatchWriter:
         self.codec = codec
         return True
 
-    def build(self, int codec=0, bytes compressed_records=None, object crc32c=None):
-        """The finished batch. codec: Kafka attributes compression id (0 none, 1 gzip, 2 snappy,
-        3 lz4, 4 zstd) with the already-compressed records section; crc32c(bytes) -> int, or
-        None for the built-in one (hardware CRC-32C when the CPU has it)."""
-        cdef bytes out
-        cdef char* p
-        cdef Py_ssize_t n
-        if compressed_records is None:
-            out = PyBytes_FromStringAndSize(self.buf.p + PREFIX, self.buf.n - PREFIX)
-            codec = self.codec  # compressed in place by compress(), or not at all
-        else:
-            out = PyBytes_FromStringAndSize(self.buf.p + PREFIX, BATCH_HEADER) + compressed_records
-        n = len(out)
-        p = PyBytes_AS_STRING(out)
-        self.fill_header(p, n, codec)
+    def build(self, object crc32c=None):
+        """The finished batch as bytes (compressed if compress() made it so); crc32c(bytes) ->
+        int, or None for the built-in one (hardware CRC-32C when the CPU has it)."""
+        cdef bytes out = PyBytes_FromStringAndSize(self.buf.p + PREFIX, self.buf.n - PREFIX)
+        cdef Py_ssize_t n = len(out)
+        cdef char* p = PyBytes_AS_STRING(out)
+        self.fill_header(p, n, self.codec)
         if crc32c is not None:
             put_be32(p + CRC_OFFSET, <uint32_t>crc32c(out[ATTR_OFFSET:]))
         else:

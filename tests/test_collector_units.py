@@ -52,6 +52,11 @@ def test_defaults() -> None:
     (["--listen", "netflow://0.0.0.0:2055", "--listen", "sflow://0.0.0.0:2055"], {},
      "listen: 0.0.0.0:2055 is listed twice"),
     (["--drop-policy", "random"], {}, "drop_policy (from --drop-policy): 'random' is not one of newest, oldest"),
+    (["--kafka-compression", "gzip", "--kafka-compression-level", "12"], {},
+     "kafka.compression_level: 12 is out of range for gzip: 0 to 9"),
+    (["--kafka-compression", "lz4", "--kafka-compression-level", "-1"], {},
+     "kafka.compression_level: -1 is out of range for lz4: 0 to 16"),
+    (["--kafka-compression-level", "3"], {}, "kafka.compression_level: 3 is out of range for none: 0 to 0"),
 ])
 def test_validation_messages(argv: list[str], env: dict[str, str], message: str) -> None:
     with pytest.raises(C.ConfigError) as e:

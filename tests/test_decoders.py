@@ -385,10 +385,10 @@ def test_record_batch_writer_is_a_valid_kafka_v2_batch() -> None:
         i = w.append(b)
         while i < len(b):
             assert w.size <= 8192
-            built.append((w.records, w.build(0, None, crc32c_cython)))
+            built.append((w.records, w.build(crc32c_cython)))
             w = RecordBatchWriter(8192, key=b"k1")
             i = w.append(b, None, i)
-    built.append((w.records, w.build(0, None, crc32c_cython)))
+    built.append((w.records, w.build(crc32c_cython)))
     got = []
     for n, data in built:
         rb = DefaultRecordBatch(data)
@@ -402,7 +402,8 @@ def test_record_batch_writer_is_a_valid_kafka_v2_batch() -> None:
     w = RecordBatchWriter(1 << 20)
     for b in batches:
         assert w.append(b) == len(b)
-    data = w.build(4, codec.zstd_encode(w.records_bytes()), crc32c_cython)
+    assert w.compress(4, codec.zstd_encode)
+    data = w.build(crc32c_cython)
     rb = DefaultRecordBatch(data)
     assert rb.validate_crc() and rb.compression_type == 4
     assert [r.value for r in rb] == want and all(r.key is None for r in DefaultRecordBatch(data))
@@ -457,7 +458,7 @@ def test_record_batch_writer_large_records_and_batch_limit() -> None:
     w = RecordBatchWriter(20000)
     assert w.append(b) == 2  # a third 12 KiB record would pass 20000 bytes
     assert w.size <= 20000
-    got = [r.value for r in DefaultRecordBatch(w.build(0, None, crc32c_cython))]
+    got = [r.value for r in DefaultRecordBatch(w.build(crc32c_cython))]
     assert got == want[:2]
 
 

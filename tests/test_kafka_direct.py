@@ -89,7 +89,7 @@ def test_compressed_in_place_batch_reads_back_with_aiokafka(name: str) -> None:
     raw = w.size
     assert w.compress(codec, encode) is True and w.codec == codec
     assert w.size < raw / 3  # flow JSON compresses several times over with every codec
-    assert w.compress(codec, encode) is True  # a second call changes nothing
+    assert w.packed and w.compress(codec, encode) is True  # a second call changes nothing
     with pytest.raises(ValueError):
         w.append(ovs_decoder().decode(ipfix_message([], seq=0, export_time=EXPORT), EXPORTER))
     body = _split_request(bytes(w.request(3, b"c", 1, 1500, b"t", 0)))[4]
@@ -106,7 +106,7 @@ def test_compression_that_does_not_help_leaves_the_batch_uncompressed() -> None:
     w, want = _writer_with_flows(1)
     raw = w.size
     assert w.compress(3, lambda view: bytes(view) + b"longer") is False
-    assert w.codec == 0 and w.size == raw
+    assert w.packed and w.codec == 0 and w.size == raw
     rb = DefaultRecordBatch(w.build())
     assert rb.validate_crc() and rb.compression_type == 0 and [r.value for r in rb] == want
     w2, _ = _writer_with_flows(1)
@@ -116,6 +116,22 @@ def test_compression_that_does_not_help_leaves_the_batch_uncompressed() -> None:
     assert w2.compress(4, lambda view: kept.append(view) or b"") is False  # empty output: not used
     with pytest.raises(ValueError):
         kept[0].tobytes()  # the view handed to the encoder is released when it returns
+
+
+def test_a_requeued_batch_is_compressed_and_counted_once() -> None:
+    from collector.config import Config
+    from collector.sinks import KafkaSink
+
+    cfg = Config()
+    cfg.kafka.compression = "lz4"
+    sink = KafkaSink(cfg)
+    w, _ = _writer_with_flows()
+    raw = w.size
+    sink._compress(w)
+    packed = w.size
+    assert w.codec == 3 and packed < raw and sink.compressed_bytes == [raw, packed]
+    sink._compress(w)  # the same batch again after a failed send
+    assert w.size == packed and sink.compressed_bytes == [raw, packed]
 
 
 def test_request_limits() -> None:
