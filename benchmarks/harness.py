@@ -20,6 +20,7 @@ CPU 1, as the reference numbers in ../shared/EXPORTERS.md were taken.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -73,7 +74,7 @@ class CollectorSpec:
 _FLOWSCOPE_EXTRA: list[str] = []  # --flowscope-args, set by main()
 
 
-def _start_flowscope(env: Env) -> peers.Peer:
+def _start_flowscope(env: Env, extra: tuple[str, ...] = ()) -> peers.Peer:
     nf_port = env.port if env.proto != "sflow" else brk.free_udp_port()
     sf_port = env.port if env.proto == "sflow" else brk.free_udp_port()
     metrics_port = brk.free_port()
@@ -86,6 +87,7 @@ def _start_flowscope(env: Env) -> peers.Peer:
         "--metrics-addr", f"127.0.0.1:{metrics_port}",
         "--workers", str(env.workers),
         *_FLOWSCOPE_EXTRA,
+        *extra,
     ]
     if env.cpus is not None:
         cmd = ["taskset", "-c", env.cpus, *cmd]
@@ -124,10 +126,14 @@ def _start_nfcapd(env: Env) -> peers.Peer:
     return peers.start_nfcapd(env.proto, port=env.port, cpus=env.cpus)
 
 
-def collector_specs(workers: list[int]) -> dict[str, list[CollectorSpec]]:
-    """Registry of collectors by name; flowscope yields one entry per worker count."""
+def collector_specs(workers: list[int], variants: list[tuple[str, tuple[str, ...]]] | None = None,
+                    ) -> dict[str, list[CollectorSpec]]:
+    """Registry of collectors by name; flowscope yields one entry per worker count and variant
+    (--variant NAME=ARGS: the same flowscope with more arguments, measured in the same run)."""
     return {
-        "flowscope": [CollectorSpec(f"flowscope-w{w}", _start_flowscope, "kafka", workers=w) for w in workers],
+        "flowscope": [CollectorSpec(f"flowscope-w{w}{'-' + name if name else ''}",
+                                    functools.partial(_start_flowscope, extra=extra), "kafka", workers=w)
+                      for name, extra in (variants or [("", ())]) for w in workers],
         "pmacct": [CollectorSpec("pmacct", _start_pmacct, "kafka")],
         "nfcapd": [CollectorSpec("nfcapd", _start_nfcapd, "files")],
     }
@@ -412,6 +418,8 @@ def write_markdown(path: Path, meta: dict, best: list[dict]) -> None:
         f"- flowscope: `{' '.join(meta['flowscope_args']) or 'defaults'}`"
         + (f", enrichment on against a simulated cluster ({', '.join(f'{n} {k}' for k, n in meta['enrich'].items())}; "
            "share of enriched flows in a sample of each trial's topic in the last column)" if meta.get("enrich") else ""),
+        *(["- variants (flowscope-wN-NAME adds these arguments): "
+           + "; ".join(f"{n}: `{a or 'nothing more'}`" for n, a in meta["variants"].items())] if meta.get("variants") else []),
         f"- trial length {meta['duration_s']} s; lossless = under {meta['max_loss']:.1%} of sent flows missing "
         "from the Kafka topic (read back by a consumer) or from nfcapd's files (read back by nfdump)",
         "",
@@ -520,6 +528,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-ifname", action="store_true",
                     help="IPFIX without the varlen interfaceName (IE 82) OVS sends, for every collector")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "bin" / "results"), help="output directory")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
+                    help="measure flowscope once per variant, each with these extra arguments (repeatable; "
+                         "NAME= with nothing after it is flowscope with --flowscope-args alone)")
+    ap.add_argument("--collector-cpus", default=None, metavar="LIST",
+                    help="taskset CPU list for flowscope whatever its workers (default: CPU 1 for one "
+                         "worker, all CPUs for more)")
     ap.add_argument("--no-pin", action="store_true", help="do not pin processes with taskset")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 2 s trials, 3 trials, IPFIX and v5 only (unless --protos given)")
@@ -555,13 +569,21 @@ def main(argv: list[str] | None = None) -> int:
         "collector": "1" if pin else None,
         "collector_multi": f"1-{ncpu - 1}" if pin and ncpu > 2 else ("0-1" if pin else None),
     }
+    if args.collector_cpus and pin:
+        cpus["collector"] = cpus["collector_multi"] = args.collector_cpus
     loadgen = build_loadgen()
     protos = [p for p in args.protos.split(",") if p]
     for p in protos:
         if p not in PROTOS:
             raise SystemExit(f"unknown protocol {p!r}")
     workers = [int(w) for w in args.workers.split(",") if w]
-    registry = collector_specs(workers)
+    variants: list[tuple[str, tuple[str, ...]]] = []
+    for v in args.variant:
+        name, sep, vargs = v.partition("=")
+        if not sep or not name.replace("-", "").replace("_", "").isalnum():
+            raise SystemExit(f"--variant {v!r}: expected NAME=ARGS")
+        variants.append((name, tuple(shlex.split(vargs))))
+    registry = collector_specs(workers, variants or None)
     specs: list[CollectorSpec] = []
     for name in args.collectors.split(","):
         if name not in registry:
@@ -580,6 +602,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_loss": args.max_loss,
         "loadgen_extra": ["--exporters", str(args.exporters)] + (["--no-ifname"] if args.no_ifname else []),
         "flowscope_args": shlex.split(args.flowscope_args),
+        "variants": {name: " ".join(extra) for name, extra in variants},
     }
     _FLOWSCOPE_EXTRA[:] = meta["flowscope_args"]
     cluster = None
