@@ -275,10 +275,6 @@ class KafkaConfig:
     compression_level: int = opt(0, "compression level: 0 = flowscope's default (lz4 fast mode, zstd 3, gzip 1); "
                                  "lz4 1-16, zstd -7 to 22, gzip 1-9 trade CPU for smaller batches; snappy has none",
                                  ranged(parse_int, -7, 22))
-    compression_threads: int = opt(0, "threads that compress the fast path's record batches (key none) beside "
-                                   "the event loop, several batches at once: 0 = compress on the event loop; "
-                                   "N uses up to N more cores (the codecs release the GIL)",
-                                   ranged(parse_int, 0, 64), metavar="N")
     acks: str = opt("1", "acknowledgements the broker waits for: 0, 1 or all", choice("0", "1", "all"))
     linger_ms: int = opt(5, "how long a batch may wait for more records (ms)", ranged(parse_int, 0, 60000))
     batch_bytes: int = opt(1048576, "maximum record-batch size in bytes (keep under the broker's "
@@ -573,8 +569,6 @@ def validate(cfg: Config) -> None:
     if not lo <= k.compression_level <= hi:
         raise ConfigError(f"kafka.compression_level: {k.compression_level} is out of range for "
                           f"{k.compression}: {lo} to {hi} (0 = flowscope's default)")
-    if k.compression_threads and k.compression == "none":
-        raise ConfigError("kafka.compression_threads: needs kafka.compression (there is nothing to compress)")
     if not k.topic:
         raise ConfigError("kafka.topic: must not be empty")
     if cfg.counters and kind == "kafka" and not k.counters_topic:

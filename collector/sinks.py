@@ -27,7 +27,6 @@ import ssl
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .config import Config, KafkaConfig, split_hostport
@@ -426,14 +425,6 @@ class KafkaSink(Sink):
         self._need_metadata = False
         self._codec_id, self._encode = _codec(self.k.compression, self.k.compression_level)
         self.compressed_bytes = [0, 0]  # prebuilt batches: bytes before and after compression
-        # kafka.compression_threads: prebuilt batches compress on a thread pool (lz4, zstd, gzip
-        # and snappy release the GIL while they work), several at once, and leave in the order
-        # they were taken through one sender task; bounded to two batches per thread
-        self._pool: ThreadPoolExecutor | None = None
-        self._ordered: asyncio.Queue[tuple[_Open, str, asyncio.Future[Any] | None, int]] | None = None
-        self._sender_task: asyncio.Task[None] | None = None
-        if self.k.compression_threads and self._encode is not None:
-            self._pool = ThreadPoolExecutor(self.k.compression_threads, thread_name_prefix="flowscope-compress")
 
     async def start(self) -> None:
         for b in self.k.brokers:
@@ -522,9 +513,6 @@ class KafkaSink(Sink):
         await self._connect()
         if self.producer is None:
             return
-        if self._pool is not None:
-            self._ordered = asyncio.Queue(2 * self.k.compression_threads)
-            self._sender_task = asyncio.get_running_loop().create_task(self._sender())
         q = self.queue
         topics = (self.k.topic, self.k.counters_topic)
         while True:
@@ -588,7 +576,9 @@ class KafkaSink(Sink):
         keymode = self.k.key
         for c in chunks:
             if isinstance(c.records, Prebuilt):
-                o = self._new_open(c.kind, -1, direct=True)  # finished in _produce
+                o = self._new_open(c.kind, -1, direct=self.direct is not None)
+                if self.direct is None:
+                    o.builder = self._prebuilt(c.records)
                 o.records = c.records  # type: ignore[assignment]
                 o.nbytes = c.nbytes
                 full.append(o)
@@ -663,51 +653,15 @@ class KafkaSink(Sink):
             o.add(rec)
 
     async def _submit(self, o: _Open, topic: str) -> None:
-        p = o.records
-        if self._ordered is not None and isinstance(p, Prebuilt):
-            cfut: asyncio.Future[Any] | None = None
-            raw = 0
-            if p.data is None and not p.writer.packed:
-                raw = p.writer.size
-                cfut = asyncio.get_running_loop().run_in_executor(self._pool, p.writer.compress,
-                                                                  self._codec_id, self._encode)
-            await self._ordered.put((o, topic, cfut, raw))  # waits while the pool is full
-            return
-        await self._produce(o, topic)
-
-    async def _sender(self) -> None:
-        """With kafka.compression_threads: produce the batches in the order they were taken, each
-        once its compression is done."""
-        q = self._ordered
-        assert q is not None
-        while True:
-            o, topic, cfut, raw = await q.get()
-            try:
-                if cfut is not None:
-                    try:
-                        await cfut
-                    except Exception as exc:
-                        self._failed(o, exc)
-                        await asyncio.sleep(0.2)
-                        continue
-                    self.compressed_bytes[0] += raw
-                    self.compressed_bytes[1] += o.records.writer.size  # type: ignore[attr-defined]
-                await self._produce(o, topic)
-            finally:
-                q.task_done()
-
-    async def _produce(self, o: _Open, topic: str) -> None:
         q = self.queue
         t0 = time.monotonic()
         try:
-            if isinstance(o.records, Prebuilt) and self.direct is not None:
-                w = o.records.writer
+            if o.builder is None:  # a prebuilt batch on the direct path
+                w = o.records.writer  # type: ignore[attr-defined]
                 if self._encode is not None:
                     self._compress(w)
-                fut = await self.direct.send(w, topic, o.partition)
+                fut = await self.direct.send(w, topic, o.partition)  # type: ignore[union-attr]
             else:
-                if isinstance(o.records, Prebuilt):
-                    o.builder = self._prebuilt(o.records)
                 ps = self.producers
                 if len(ps) == 1:
                     producer = ps[0]
@@ -756,14 +710,6 @@ class KafkaSink(Sink):
         self.queue.requeue(Chunk(o.kind, o.records, o.nbytes, ""))
 
     async def _close(self, timeout: float) -> None:
-        if self._sender_task is not None:
-            self._sender_task.cancel()
-            try:
-                await self._sender_task
-            except (asyncio.CancelledError, Exception):
-                pass
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
         if self.producer is None:
             return
         pending = list(self._pending)

@@ -57,9 +57,6 @@ def test_defaults() -> None:
     (["--kafka-compression", "lz4", "--kafka-compression-level", "-1"], {},
      "kafka.compression_level: -1 is out of range for lz4: 0 to 16"),
     (["--kafka-compression-level", "3"], {}, "kafka.compression_level: 3 is out of range for none: 0 to 0"),
-    (["--kafka-compression-threads", "2"], {}, "kafka.compression_threads: needs kafka.compression"),
-    (["--kafka-compression", "lz4", "--kafka-compression-threads", "65"], {},
-     "kafka.compression_threads (from --kafka-compression-threads): 65 is out of range"),
 ])
 def test_validation_messages(argv: list[str], env: dict[str, str], message: str) -> None:
     with pytest.raises(C.ConfigError) as e:

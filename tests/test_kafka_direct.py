@@ -134,43 +134,6 @@ def test_a_requeued_batch_is_compressed_and_counted_once() -> None:
     assert w.size == packed and sink.compressed_bytes == [raw, packed]
 
 
-def test_a_batch_whose_compression_fails_on_the_pool_is_requeued_not_lost() -> None:
-    """--kafka-compression-threads: an encoder error on a pool thread reaches the sink, which
-    counts it and re-queues the whole batch (nothing sent, nothing lost, nothing counted as
-    compressed)."""
-    import asyncio
-
-    from collector.config import Config
-    from collector.sinks import KafkaSink, Prebuilt, _Open
-
-    cfg = Config()
-    cfg.kafka.compression = "lz4"
-    cfg.kafka.compression_threads = 1
-    sink = KafkaSink(cfg)
-    w, want = _writer_with_flows()
-
-    def broken(view: Any) -> bytes:
-        raise RuntimeError("codec failure")
-
-    sink._encode = broken
-
-    async def go() -> None:
-        sink._ordered = asyncio.Queue(2)
-        sender = asyncio.get_running_loop().create_task(sink._sender())
-        o = _Open(0, 0, None)
-        o.records = Prebuilt(w)  # type: ignore[assignment]
-        o.nbytes = w.size
-        await sink._submit(o, "t")
-        await asyncio.wait_for(sink._ordered.join(), 10)
-        sender.cancel()
-
-    asyncio.run(go())
-    sink._pool.shutdown()  # type: ignore[union-attr]
-    assert sink.errors["produce"] == 1 and sink.compressed_bytes == [0, 0]
-    assert len(sink.queue.chunks) == 1 and len(sink.queue.chunks[0].records) == len(want)
-    assert not w.packed and w.codec == 0  # untouched: the retry compresses it again
-
-
 def test_request_limits() -> None:
     from decoders import RecordBatchWriter
 
@@ -244,18 +207,13 @@ def test_delivery_with_direct_produce_on_and_off(broker: Any, collector: Any, di
     assert ("direct produce" in c.log()) == direct
 
 
-@pytest.mark.parametrize("codec,direct,threads", [("lz4", True, 0), ("zstd", True, 0), ("lz4", False, 0),
-                                                 ("lz4", True, 2), ("zstd", False, 1)])
-def test_compressed_batches_through_a_real_broker(broker: Any, collector: Any, codec: str, direct: bool,
-                                                  threads: int) -> None:
-    """Every codec on both produce paths, compressed on the event loop or on a thread pool
-    (--kafka-compression-threads): all records arrive once, the metric counts the saving."""
+@pytest.mark.parametrize("codec,direct", [("lz4", True), ("zstd", True), ("lz4", False)])
+def test_compressed_batches_through_a_real_broker(broker: Any, collector: Any, codec: str, direct: bool) -> None:
     import uuid
 
     t = "t-" + uuid.uuid4().hex[:10]
     c = collector(["--kafka-brokers", broker.bootstrap, "--kafka-topic", t, "--kafka-compression", codec,
-                   "--kafka-batch-bytes", "64KB", "--kafka-direct" if direct else "--no-kafka-direct",
-                   "--kafka-compression-threads", str(threads)])
+                   "--kafka-batch-bytes", "64KB", "--kafka-direct" if direct else "--no-kafka-direct"])
     send_udp([make_v5(i, 30, i * 30) for i in range(200)], c.port)
     got = consume(broker.bootstrap, t, 6000)
     assert len(got) == 6000 and len({v5_key(f) for f in got}) == 6000
