@@ -250,9 +250,12 @@ ctypedef int (*parts_fn_t)(void* reader, const unsigned char* src, const unsigne
                            const unsigned char* agent, int aglen, long long t, int direction,
                            PyObject** a, PyObject** b, PyObject** tail) noexcept
 
+ctypedef void (*prefetch_fn_t)(void* reader, const unsigned char* addr, int alen) noexcept
+
 cdef struct CApi:
     void* reader
     parts_fn_t parts
+    prefetch_fn_t prefetch
 
 cdef CApi* _eapi = NULL
 cdef object _eapi_owner = None   # the enricher whose capsule _eapi came from (kept alive)
@@ -270,10 +273,26 @@ cdef int enrich_begin(object enricher) except -1:
     getter = getattr(enricher, "c_api", None)
     if getter is not None:
         cap = getter()
-        if PyCapsule_IsValid(cap, b"flowscope.enrich.parts"):
-            _eapi = <CApi*>PyCapsule_GetPointer(cap, b"flowscope.enrich.parts")
+        if PyCapsule_IsValid(cap, b"flowscope.enrich.parts.v2"):
+            _eapi = <CApi*>PyCapsule_GetPointer(cap, b"flowscope.enrich.parts.v2")
             _eapi_owner = enricher
     return 0
+
+
+cdef void enrich_prefetch(FlowBatch bt, Py_ssize_t start, object enricher) noexcept:
+    """Before encoding a batch's flows: ask the enricher to start loading what resolving each
+    flow's addresses will read, so that those loads overlap instead of stalling one by one."""
+    cdef Py_ssize_t i
+    cdef Flow* f
+    cdef int alen
+    if _eapi == NULL or enricher is not _eapi_owner:
+        return
+    for i in range(start, min(bt.n, start + 64)):  # more would leave L1 before they are used
+        f = &bt.flows[i]
+        alen = addr_len(f.af)
+        if alen > 0:
+            _eapi.prefetch(_eapi.reader, f.src, alen)
+            _eapi.prefetch(_eapi.reader, f.dst, alen)
 
 
 cdef int enrich_into(Buf* o, FlowBatch bt, Flow* f, object enricher, int64_t t) except -1:
@@ -479,6 +498,7 @@ cdef list encode_batch(FlowBatch bt, object enricher):
         return out
     head = batch_head(bt)
     enrich_begin(enricher)
+    enrich_prefetch(bt, 0, enricher)
     for i in range(bt.n):
         _out.n = 0
         encode_flow(&_out, bt, &bt.flows[i], enricher, PyBytes_AS_STRING(head), len(head))

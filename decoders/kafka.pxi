@@ -299,6 +299,7 @@ cdef class RecordBatchWriter:
         keylen = len(self.key) if self.key is not None else -1
         head = batch_head(bt)
         enrich_begin(enricher)
+        enrich_prefetch(bt, start, enricher)
         for i in range(start, bt.n):
             # The JSON is written in place, after room for a record header whose varints are
             # guessed at 2 bytes (records under 8 KiB); a wrong guess costs one memmove.
