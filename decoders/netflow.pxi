@@ -408,16 +408,18 @@ cdef int parse_template_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* 
         else:
             count = rd_u16(s)
             scope_count = 0
+            if version == 10 and count == 0:
+                # RFC 7011 8.1: a withdrawal, template id + field count 0 only (an options
+                # template withdrawal has no scope field count). Template id == set id (2 or 3)
+                # withdraws all of that kind.
+                withdraw(ex, version, domain, tid, options, b.port)
+                continue
             if options:
                 scope_count = rd_u16(s)
                 if scope_count == 0 or scope_count > count:
                     raise_decode("bad_template", start, f"v{version} domain {domain} options template {tid}: scope count {scope_count}")
-        if tid < 256 and not (version == 10 and count == 0):
+        if tid < 256:
             raise_decode("bad_template", start, f"v{version} domain {domain}: template id {tid} < 256")
-        if version == 10 and count == 0:
-            # RFC 7011 8.1: a withdrawal. Template id == set id (2 or 3) withdraws all of that kind.
-            withdraw(ex, version, domain, tid, options, b.port)
-            continue
         spec = []
         for i in range(count):
             ie = rd_u16(s)
@@ -862,7 +864,7 @@ cdef dict options_dict(FlowBatch b, Flow* f, Template t, Py_ssize_t start, Py_ss
 cdef int decode_data_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* s, int version,
                          uint32_t domain, uint16_t set_id, int64_t export_ms, int64_t sysinit_ms) except -1:
     cdef Template t = ex.templates.get(tkey(version, domain, set_id, b.port))
-    cdef Py_ssize_t before
+    cdef Py_ssize_t before, n_before
     if t is None:
         # RFC 7011 8: data for an unknown template cannot be decoded; count it, go on.
         b.missing_template_sets += 1
@@ -871,7 +873,15 @@ cdef int decode_data_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* s, 
         return 0
     while rd_left(s) >= t.min_len:
         before = s.pos
-        decode_record(dec, ex, b, t, s, export_ms, sysinit_ms)
+        n_before = b.n
+        try:
+            decode_record(dec, ex, b, t, s, export_ms, sysinit_ms)
+        except BaseException:
+            # A record that runs past its set (a variable-length field too long) is not a
+            # flow: forget what it had filled in; the records before it stay.
+            while b.n > n_before:
+                batch_drop_last(b)
+            raise
         if s.pos == before:
             break
     return 0

@@ -25,10 +25,10 @@ cdef enum:
     FR_EXT_SWITCH = 1001
     FR_EXT_ROUTER = 1002
     FR_EXT_GATEWAY = 1003
-    FR_TUN4_EGRESS = 1023
-    FR_TUN6_EGRESS = 1024
-    FR_TUN4_INGRESS = 1025
-    FR_TUN6_INGRESS = 1026
+    FR_TUN4_EGRESS = 1023   # sflow_tunnels.txt: extended_ipv4_tunnel_egress
+    FR_TUN4_INGRESS = 1024  # extended_ipv4_tunnel_ingress (OVS: every packet that came in a tunnel)
+    FR_TUN6_EGRESS = 1025   # extended_ipv6_tunnel_egress
+    FR_TUN6_INGRESS = 1026  # extended_ipv6_tunnel_ingress
     FR_VNI_EGRESS = 1029
     FR_VNI_INGRESS = 1030
 

@@ -141,6 +141,46 @@ def test_template_withdrawal_single_and_all() -> None:
     assert dec.stats()[EXPORTER]["missing_template_sets"] == 1
 
 
+@pytest.mark.parametrize("withdrawn_id", [400, 3])
+def test_options_template_withdrawal_has_no_scope_count(withdrawn_id: int) -> None:
+    """RFC 7011 8.1: an options template withdrawal is template id + field count 0 (4 bytes, no
+    scope field count), and id 3 in set 3 withdraws every options template. The data set after
+    it in the same message still decodes, and the normal template is kept."""
+    dec = Decoder()
+    opt_body = struct.pack("!HHH", 400, 2, 1) + struct.pack("!HHHH", 149, 4, 305, 4)
+    t = _tpl(256, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("bytes", 1, 0, 4))
+    dec.decode(ipfix_message([struct.pack("!HH", 3, 4 + len(opt_body)) + opt_body, template_set([t])], seq=0,
+                             export_time=EXPORT), EXPORTER)
+    assert dec.stats()[EXPORTER]["templates"] == 2
+    withdrawal = struct.pack("!HHHH", 3, 8, withdrawn_id, 0)
+    data = data_set(t, [{"src": "10.1.1.1", "dst": "10.2.2.2", "bytes": 7}])
+    b = dec.decode(ipfix_message([withdrawal, data], seq=1, export_time=EXPORT), EXPORTER)
+    assert b.error is None and [f["Bytes"] for f in b.to_dicts()] == [7]
+    st = dec.stats()[EXPORTER]
+    assert st["templates"] == 1 and st["errors"] == {}
+    opt_data = struct.pack("!HH", 400, 12) + struct.pack("!II", 0, 10)
+    b = dec.decode(ipfix_message([opt_data], seq=2, export_time=EXPORT), EXPORTER)
+    assert b.missing_template_sets == 1 and not b.options  # gone
+
+
+def test_a_record_cut_short_inside_its_set_is_not_published() -> None:
+    """A variable-length field that claims more bytes than its set holds: the record is not a
+    flow (nothing half-filled is published or counted), the records before it are, and the
+    error is counted."""
+    dec = Decoder()
+    tpl = struct.pack("!HH", 256, 4) + struct.pack("!HHHHHHHH", 8, 4, 12, 4, 82, 0xFFFF, 1, 8)
+    dec.decode(ipfix_message([struct.pack("!HH", 2, 4 + len(tpl)) + tpl], seq=0, export_time=EXPORT), EXPORTER)
+    good = bytes([10, 0, 0, 1, 10, 0, 0, 2]) + b"\x03br0" + struct.pack("!Q", 1500)
+    bad = bytes([10, 9, 9, 1, 10, 9, 9, 2]) + b"\xc8" + b"x" * 20  # says 200 bytes, 20 follow
+    body = good + bad
+    b = dec.decode(ipfix_message([struct.pack("!HH", 256, 4 + len(body)) + body], seq=1, export_time=EXPORT),
+                   EXPORTER)
+    assert b.error is not None and b.error[0] == "truncated"
+    assert [(f["SrcAddr"], f["Bytes"], f["Interfaces"]) for f in b.to_dicts()] == [("10.0.0.1", 1500, ["br0"])]
+    st = dec.stats()[EXPORTER]
+    assert st["flows"] == 1 and st["errors"] == {"truncated": 1}
+
+
 def test_template_flood_is_bounded_and_counted() -> None:
     dec = Decoder(DecoderConfig(max_templates_per_exporter=5))
     for tid in range(256, 256 + 50):

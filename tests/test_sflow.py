@@ -517,6 +517,20 @@ def test_ovs_tunnel_records(decoders_mod) -> None:
         ("fd00::2", "fd00::4", "vxlan", 99)
 
 
+@pytest.mark.parametrize("fmt,v6", [(1023, False), (1024, False), (1025, True), (1026, True)])
+def test_every_tunnel_record_has_its_address_family(decoders_mod, fmt: int, v6: bool) -> None:
+    """sflow_tunnels.txt numbers them 1023 ipv4 egress, 1024 ipv4 ingress, 1025 ipv6 egress,
+    1026 ipv6 ingress (OVS adds 1024 to every sample of a packet that arrived in a tunnel). A
+    second, ordinary sample in the same datagram must survive too."""
+    pkt = eth(ipv4("10.244.0.5", "10.244.1.7", 6, tcp(45000, 80, 0x10)), 0x0800)
+    src, dst = ("fd00::2", "fd00::4") if v6 else ("172.18.0.2", "172.18.0.4")
+    t = rec(fmt, sampled_ip(v6, 0, 17, src, dst, 55555, 6081, 0, 0))
+    b = decode(decoders_mod, datagram([flow_sample([raw_header(pkt, 66), t]), flow_sample([raw_header(pkt, 66)])]))
+    assert b.error is None and len(b) == 2
+    f = b.to_dicts()[0]
+    assert (f["TunnelSrcAddr"], f["TunnelDstAddr"], f["TunnelSrcPort"], f["TunnelDstPort"]) == (src, dst, 55555, 6081)
+
+
 def test_unknown_records_and_samples_are_kept_or_skipped(decoders_mod) -> None:
     pkt = eth(ipv4("10.0.0.1", "10.0.0.2", 17, udp(1, 2)), 0x0800)
     odd = rec(2100, b"\x01\x02\x03\x04\x05")              # 5 bytes: XDR pads it to 8
