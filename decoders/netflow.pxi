@@ -78,6 +78,14 @@ cdef enum:
     A_TUN_DPORT
     A_TUN_SRC6
     A_TUN_DST6
+    # The IPv6 twins of IPv4-only elements: separate actions so that a template carrying both
+    # (exporters that fill either family, see pick_family) keeps both and the flow's family
+    # picks the value.
+    A_SRCMASK6
+    A_DSTMASK6
+    A_ICMP_TC6
+    A_ICMP_TYPE6
+    A_ICMP_CODE6
 
 
 # The element -> output mapping table (IANA IPFIX registry ids; v9 uses the same numbers for
@@ -89,13 +97,13 @@ IE_ACTIONS = {
     4: (A_PROTO, (1,)), 5: (A_TOS, (1,)), 6: (A_TCPFLAGS, (1, 2)),
     7: (A_SPORT, (2,)), 11: (A_DPORT, (2,)),
     8: (A_SRC4, (4,)), 12: (A_DST4, (4,)), 27: (A_SRC6, (16,)), 28: (A_DST6, (16,)),
-    9: (A_SRCMASK, (1,)), 13: (A_DSTMASK, (1,)), 29: (A_SRCMASK, (1,)), 30: (A_DSTMASK, (1,)),
+    9: (A_SRCMASK, (1,)), 13: (A_DSTMASK, (1,)), 29: (A_SRCMASK6, (1,)), 30: (A_DSTMASK6, (1,)),
     10: (A_INIF, None), 14: (A_OUTIF, None),
     15: (A_NEXTHOP4, (4,)), 62: (A_NEXTHOP6, (16,)),
     16: (A_SRCAS, None), 17: (A_DSTAS, None),
     21: (A_END_SYSUP, (4,)), 22: (A_START_SYSUP, (4,)),
-    32: (A_ICMP_TC, (2,)), 139: (A_ICMP_TC, (2,)),
-    176: (A_ICMP_TYPE, (1,)), 177: (A_ICMP_CODE, (1,)), 178: (A_ICMP_TYPE, (1,)), 179: (A_ICMP_CODE, (1,)),
+    32: (A_ICMP_TC, (2,)), 139: (A_ICMP_TC6, (2,)),
+    176: (A_ICMP_TYPE, (1,)), 177: (A_ICMP_CODE, (1,)), 178: (A_ICMP_TYPE6, (1,)), 179: (A_ICMP_CODE6, (1,)),
     34: (A_SAMPLING_INTERVAL, None), 35: (A_SAMPLING_ALGO, (1,)), 48: (A_SAMPLER_ID, None),
     50: (A_SAMPLING_INTERVAL, None), 302: (A_SAMPLER_ID, None),
     305: (A_SAMPLING_INTERVAL, None), 306: (A_SAMPLING_PKT_SPACE, None),
@@ -352,8 +360,8 @@ cdef int decode_v5(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except
         f.out_if = be16(p + 14)
         f.packets = be32(p + 16)
         f.bytes = be32(p + 20)
-        f.t_start_ms = base_ms + be32(p + 24)
-        f.t_end_ms = base_ms + be32(p + 28)
+        f.t_start_ms = base_ms + unwrap_sysup(be32(p + 24), uptime)
+        f.t_end_ms = base_ms + unwrap_sysup(be32(p + 28), uptime)
         f.sport = be16(p + 32)
         f.dport = be16(p + 34)
         f.tcp_flags = p[37]
@@ -476,6 +484,8 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
     cdef uint8_t src4[4]
     cdef uint8_t dst4[4]
     cdef bint has4 = False, has6 = False
+    cdef uint8_t mask6_src = 0, mask6_dst = 0, icmp6_type = 0, icmp6_code = 0
+    cdef int has_v6only = 0  # bits: 1 src mask, 2 dst mask, 4 icmp type, 8 icmp code
     memset(src4, 0, 4)
     memset(dst4, 0, 4)
     f.template_id = t.template_id
@@ -573,6 +583,22 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
         elif a == A_ICMP_CODE:
             f.icmp_code = p[0]
             f.present |= P_ICMP
+        elif a == A_SRCMASK6:
+            mask6_src = p[0]
+            has_v6only |= 1
+        elif a == A_DSTMASK6:
+            mask6_dst = p[0]
+            has_v6only |= 2
+        elif a == A_ICMP_TC6:
+            icmp6_type = p[0]
+            icmp6_code = p[1]
+            has_v6only |= 12
+        elif a == A_ICMP_TYPE6:
+            icmp6_type = p[0]
+            has_v6only |= 4
+        elif a == A_ICMP_CODE6:
+            icmp6_code = p[0]
+            has_v6only |= 8
         elif a == A_SAMPLING_INTERVAL:
             sampling_interval = beN(p, L)
         elif a == A_SAMPLING_PKT_SPACE:
@@ -678,6 +704,21 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
 
     if has4 or has6:
         pick_family(f, src4, dst4, has4, has6, ipversion)
+    if has_v6only:
+        # IPv6 prefix lengths and ICMPv6 type/code: used for an IPv6 flow, or when the template
+        # has no IPv4 element of that kind.
+        if has_v6only & 1 and (f.af == 6 or not f.present & P_SRCMASK):
+            f.src_mask = mask6_src
+            f.present |= P_SRCMASK
+        if has_v6only & 2 and (f.af == 6 or not f.present & P_DSTMASK):
+            f.dst_mask = mask6_dst
+            f.present |= P_DSTMASK
+        if has_v6only & 12 and (f.af == 6 or not f.present & P_ICMP):
+            if has_v6only & 4:
+                f.icmp_type = icmp6_type
+            if has_v6only & 8:
+                f.icmp_code = icmp6_code
+            f.present |= P_ICMP
 
     if t.options:
         # Options data teaches the exporter's clock and sampling; it is not a flow.
@@ -692,14 +733,14 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
         sysinit_ms = rec_sysinit
     if not f.present & P_TSTART:
         if start_sysup >= 0 and sysinit_ms >= 0:
-            f.t_start_ms = sysinit_ms + start_sysup
+            f.t_start_ms = sysinit_ms + unwrap_sysup(start_sysup, export_ms - sysinit_ms)
             f.present |= P_TSTART
         elif start_delta >= 0:
             f.t_start_ms = export_ms - start_delta // 1000
             f.present |= P_TSTART
     if not f.present & P_TEND:
         if end_sysup >= 0 and sysinit_ms >= 0:
-            f.t_end_ms = sysinit_ms + end_sysup
+            f.t_end_ms = sysinit_ms + unwrap_sysup(end_sysup, export_ms - sysinit_ms)
             f.present |= P_TEND
         elif end_delta >= 0:
             f.t_end_ms = export_ms - end_delta // 1000
@@ -725,6 +766,17 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
                 b.dropped["duplicate"] = b.dropped.get("duplicate", 0) + 1
                 batch_drop_last(b)
     return 0
+
+
+cdef inline int64_t unwrap_sysup(int64_t v, int64_t up) noexcept:
+    """A 32-bit sysUpTime-relative time (ms; wraps every 49.7 days, RFC 3954) as ms since the
+    exporter's start: the value congruent to v modulo 2^32 nearest below the uptime `up` at
+    export (a flow that started before a wrap, reported after it, comes out in the past, not
+    49.7 days ahead); up to 2^31 ms after `up` is taken as it is (clock skew)."""
+    cdef int64_t d = (up - v) & 0xFFFFFFFF
+    if d >= 0x80000000:
+        d -= 0x100000000
+    return up - d
 
 
 cdef void pick_family(Flow* f, const uint8_t* src4, const uint8_t* dst4, bint has4, bint has6, int ipversion) noexcept:

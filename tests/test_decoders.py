@@ -520,3 +520,42 @@ def test_integer_text_at_every_digit_count_boundary() -> None:
     for v, t in zip(values, texts, strict=True):
         assert f'"Bytes":{v},'.encode() in t, (v, t)
         assert f'"Packets":{(2**64 - 1) - v},'.encode() in t, (v, t)
+
+
+@pytest.mark.parametrize("uptime", [5_000, 3_600_000])
+def test_sysuptime_times_across_the_32_bit_wrap(uptime: int) -> None:
+    """RFC 3954: sysUpTime and FIRST/LAST_SWITCHED are 32-bit ms counters (49.7 days). Shortly
+    after a wrap, a flow that started before it must come out 60 s before the export, not 49.7
+    days after; far from a wrap nothing changes."""
+    first = (uptime - 60_000) % (1 << 32)
+    last = (uptime - 1_000) % (1 << 32)
+    want = ((EXPORT * 1000 - 60_000), (EXPORT * 1000 - 1_000))
+    rec = v5_records(1, random.Random(1), uptime_ms=100_000)[0] | {"first": first, "last": last}
+    f = Decoder().decode(v5_datagram([rec], seq=1, unix_secs=EXPORT, uptime_ms=uptime), EXPORTER).to_dicts()[0]
+    assert (f["TimeFlowStartMs"], f["TimeFlowEndMs"]) == want
+    t = _tpl(262, ("src", 8, 0, 4), ("first", 22, 0, 4), ("last", 21, 0, 4))
+    dec = Decoder()
+    d = v9_datagram([template_set([t], version=9), data_set(t, [{"src": "10.0.0.1", "first": first, "last": last}])],
+                    seq=1, unix_secs=EXPORT, uptime_ms=uptime)
+    f = dec.decode(d, EXPORTER).to_dicts()[0]
+    assert (f["TimeFlowStartMs"], f["TimeFlowEndMs"]) == want
+
+
+def test_template_with_both_families_uses_the_flow_family_for_masks_and_icmp() -> None:
+    """Exporters that fill either address family in one template (see pick_family) also carry
+    icmpTypeCodeIPv4 (32) and icmpTypeCodeIPv6 (139), sourceIPv4PrefixLength (9) and
+    sourceIPv6PrefixLength (29)...: an IPv6 flow reports the IPv6 ones, an IPv4 flow the IPv4 ones."""
+    t = _tpl(263, ("src4", 8, 0, 4), ("dst4", 12, 0, 4), ("src6", 27, 0, 16), ("dst6", 28, 0, 16),
+             ("proto", 4, 0, 1), ("icmp4", 32, 0, 2), ("icmp6", 139, 0, 2), ("sm4", 9, 0, 1), ("sm6", 29, 0, 1),
+             ("dm4", 13, 0, 1), ("dm6", 30, 0, 1), ("bytes", 1, 0, 4))
+    zero6 = "::"
+    v6 = {"src4": "0.0.0.0", "dst4": "0.0.0.0", "src6": "2001:db8::1", "dst6": "2001:db8::2", "proto": 58,
+          "icmp4": 0, "icmp6": 128 << 8, "sm4": 0, "sm6": 48, "dm4": 0, "dm6": 64, "bytes": 64}
+    v4 = {"src4": "10.0.0.1", "dst4": "10.0.0.2", "src6": zero6, "dst6": zero6, "proto": 1,
+          "icmp4": (8 << 8) | 0, "icmp6": 0, "sm4": 24, "sm6": 0, "dm4": 16, "dm6": 0, "bytes": 84}
+    dec = Decoder()
+    dec.decode(ipfix_message([template_set([t])], seq=0, export_time=EXPORT), EXPORTER)
+    flows = dec.decode(ipfix_message([data_set(t, [v6, v4])], seq=1, export_time=EXPORT), EXPORTER).to_dicts()
+    got = [(f["SrcAddr"], f["IcmpType"], f["SrcPrefixLen"], f["DstPrefixLen"]) for f in flows]
+    assert got == [("2001:db8::1", 128, 48, 64), ("10.0.0.1", 8, 24, 16)]
+    assert all("ie139" not in f and "ie29" not in f for f in flows)
