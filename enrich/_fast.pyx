@@ -157,15 +157,18 @@ cdef class Reader:
         by itself: the caller holds the reader (or its Enricher) while it uses the capsule."""
         return PyCapsule_New(&self.api, b"flowscope.enrich.parts.v2", NULL)
 
-    cdef ASlot* resolve(self, const unsigned char* addr, int alen, long long t) noexcept:
+    cdef ASlot* resolve(self, const unsigned char* addr, int alen, long long t, ASlot* avoid) noexcept:
         """The cache slot describing the holder of an address at flow start t (slot.src_frag is
         NULL when nobody holds it); NULL on an error (memory). A hit costs a hash, a compare
-        and no Python call."""
+        and no Python call. A miss never refills `avoid` (the source's slot while the
+        destination is resolved: both may map to one set, and the source's answer, borrowed
+        from its slot, must survive)."""
         cdef unsigned long long h = _ahash(addr, alen)
         cdef int i
         # Two-way set associative: a few thousand busy addresses in a direct-mapped table share
         # slots often enough (17% of 3,000 in 16,384 slots) to keep evicting each other.
-        cdef ASlot* slot = &self.cache[(h & (ASLOTS // AWAYS - 1)) * AWAYS]
+        cdef ASlot* base = &self.cache[(h & (ASLOTS // AWAYS - 1)) * AWAYS]
+        cdef ASlot* slot = base
         cdef unsigned int gen = <unsigned int>self.generation
         for i in range(AWAYS):
             if (slot[i].gen == gen and slot[i].alen == alen and slot[i].lo <= t < slot[i].hi
@@ -180,6 +183,8 @@ cdef class Reader:
             slot += 1
         else:
             slot += (h >> 60) & 1
+        if slot == avoid:  # the set's other way (AWAYS == 2)
+            slot = base + (1 - (slot - base))
         try:
             return self.fill(slot, addr, alen, t)
         except BaseException:
@@ -264,11 +269,11 @@ cdef class Reader:
         cdef bytes out
         cdef char* buf
         if src is not None and len(src) > 0:
-            s = self.resolve(src, len(src), t_ms)
+            s = self.resolve(src, len(src), t_ms, NULL)
             if s == NULL:
                 raise MemoryError()
         if dst is not None and len(dst) > 0:
-            d = self.resolve(dst, len(dst), t_ms)
+            d = self.resolve(dst, len(dst), t_ms, s)
             if d == NULL:
                 raise MemoryError()
         if agent is None:
@@ -339,10 +344,10 @@ cdef int _parts(void* reader, const unsigned char* src, const unsigned char* dst
     r.api_calls += 1
     if alen <= 0:
         return -1
-    s = r.resolve(src, alen, t)
+    s = r.resolve(src, alen, t, NULL)
     if s == NULL:
         return -1
-    d = r.resolve(dst, alen, t)
+    d = r.resolve(dst, alen, t, s)
     if d == NULL:
         return -1
     return _combine(r, s, d, agent, aglen, direction, a, b, tail)

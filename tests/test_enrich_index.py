@@ -374,6 +374,44 @@ def test_compiled_reader_matches_python_reference(implementation: str) -> None:
         assert idx.enrich_fn(*args) == idx.enrich(*args), args
 
 
+@pytest.mark.parametrize("implementation", ["compiled"], indirect=True)
+def test_compiled_reader_source_survives_a_destination_miss_in_its_set(implementation: str) -> None:
+    """White box: the compiled reader caches answers in a 2-way set-associative table (the set
+    and the victim way come from a hash of the address, replicated here). When the source and
+    the destination fall in one full set, resolving the destination must not refill the slot
+    the source's answer was just read from (the source came out with the destination's
+    identity, 27 flows in a million on a 20k-pod workload)."""
+    sets, mask64 = 16384 // 2, (1 << 64) - 1
+
+    def h(b: bytes) -> int:
+        x = 1469598103934665603
+        for c in b:
+            x = ((x ^ c) * 1099511628211) & mask64
+        return x ^ (x >> 29)
+
+    src = raw("10.244.0.10")
+    dst = other = None
+    for i in range(1, 1 << 16):
+        a = (ipaddress.ip_address("10.244.0.0") + i).packed
+        if a != src and h(a) % sets == h(src) % sets:
+            if dst is None and (h(a) >> 60) & 1:
+                dst = a
+            elif other is None and a != dst:
+                other = a
+        if dst and other:
+            break
+    assert dst and other
+    pods = [pod("pod-s", "shop", ips=["10.244.0.10"]), pod("pod-d", "other", ips=[str(ipaddress.ip_address(dst))])]
+    e = build(pods)
+    assert e.index.compiled
+    e.enrich(other, b"", b"", 0, -1)  # fills one way of the set
+    e.enrich(src, b"", b"", 0, -1)    # the other way
+    got = e.enrich(src, dst, b"", 0, -1)
+    assert got == e.index.enrich(src, dst, b"", 0, -1)
+    f = orjson.loads(b"{" + got[1:] + b"}")
+    assert (f["SrcK8S_Name"], f["DstK8S_Name"]) == ("pod-s", "pod-d")
+
+
 # ---------------------------------------------------------------- config and CLI
 
 def test_cli_arguments() -> None:
