@@ -86,6 +86,8 @@ def management_port_ips(annotation: Any) -> list[bytes]:
         if not isinstance(subnets, list):
             raise ValueError("node-subnets value is neither a CIDR nor a list of CIDRs")
         for cidr in subnets:
+            if not isinstance(cidr, str):
+                raise ValueError(f"node-subnets entry {cidr!r} is not a CIDR string")
             net = ipaddress.ip_network(cidr, strict=False)
             if net.num_addresses > 2:
                 out.append((net.network_address + 2).packed)
@@ -350,7 +352,21 @@ class Index:
         except BadObject as e:
             self.problem(f"bad_{kind[:-1]}", str(e))
             return None
+        except (TypeError, ValueError, AttributeError, KeyError) as e:
+            # a field of an unexpected type the checks below did not foresee: the object is
+            # skipped and counted like any other bad one, the informer goes on
+            self.problem(f"bad_{kind[:-1]}", f"unexpected shape: {e!r}")
+            return None
         raise ValueError(f"unknown kind {kind!r}")
+
+    def _list(self, v: Any, what: str) -> list[Any]:
+        """A field that must be a JSON array: [] when absent; counted and [] when it is not one."""
+        if v is None:
+            return []
+        if isinstance(v, list):
+            return v
+        self.problem("bad_field", f"{what} is not a list: {v!r:.80}")
+        return []
 
     def _parse_pod(self, obj: Any) -> PodRec:
         meta = _meta(obj)
@@ -363,15 +379,19 @@ class Index:
         uid: str = uid_v if isinstance(uid_v, str) and uid_v else f"{ns}/{name}"
         host_ip: str = host_v if isinstance(host_v, str) else ""
         host_ips = {host_ip} if host_ip else set()
-        for h in status.get("hostIPs") or ():
+        for h in self._list(status.get("hostIPs"), f"pod {ns}/{name} status.hostIPs"):
             if isinstance(h, dict) and isinstance(h.get("ip"), str):
                 host_ips.add(h["ip"])
         texts: list[str] = []
-        for p in status.get("podIPs") or ():
+        for p in self._list(status.get("podIPs"), f"pod {ns}/{name} status.podIPs"):
             if isinstance(p, dict) and isinstance(p.get("ip"), str):
                 texts.append(p["ip"])
         if not texts and isinstance(status.get("podIP"), str):
             texts.append(status["podIP"])
+        if spec.get("hostNetwork") is True:
+            # Every address of a host-network pod is its Node's (before Kubernetes 1.28 a
+            # dual-stack node lists both families in podIPs but only one as hostIP).
+            texts = []
         ips: list[bytes] = []
         for t in texts:
             if t in host_ips:
@@ -408,7 +428,7 @@ class Index:
         addrs: list[bytes] = []
         host_ip = ""
         first_any = ""
-        for a in status.get("addresses") or ():
+        for a in self._list(status.get("addresses"), f"node {name} status.addresses"):
             if not isinstance(a, dict) or a.get("type") not in NODE_ADDRESS_TYPES:
                 continue
             raw = ip_bytes(a.get("address"))
@@ -438,9 +458,11 @@ class Index:
         if not isinstance(ns, str) or not ns:
             raise BadObject("service has no metadata.namespace")
         spec = _dict(obj.get("spec"))
-        texts = spec.get("clusterIPs") or ([spec["clusterIP"]] if spec.get("clusterIP") else [])
+        what = f"service {ns}/{meta['name']}"
+        texts = self._list(spec.get("clusterIPs"), f"{what} spec.clusterIPs") or (
+            [spec["clusterIP"]] if spec.get("clusterIP") else [])
         ips: list[bytes] = []
-        for t in texts if isinstance(texts, list) else ():
+        for t in texts:
             if t in ("None", ""):
                 continue  # headless Service: no virtual IP
             raw = ip_bytes(t)

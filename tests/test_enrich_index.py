@@ -128,6 +128,20 @@ def test_host_network_pod_resolves_to_node() -> None:
     assert e.stats()["index"]["pod_ips"] == 0
 
 
+def test_dual_stack_host_network_pod_without_host_ips_resolves_to_node() -> None:
+    """Before Kubernetes 1.28 (OpenShift 4.15) a dual-stack node's host-network pods list both
+    node addresses in podIPs, but status.hostIP names only the IPv4 one and hostIPs is absent:
+    spec.hostNetwork, not the hostIP comparison, says the addresses are the Node's."""
+    p = pod("node-exporter-y", "monitoring", ips=["10.0.0.1", "fd00::1"], node="node-a", host_ip="10.0.0.1",
+            owner=("DaemonSet", "node-exporter"), host_network=True)
+    del p["status"]["hostIPs"]
+    e = build([p])
+    for addr in ("10.0.0.1", "fd00::1"):
+        got = side(flow(e, addr, ""), "SrcK8S_")
+        assert (got["Name"], got["Type"]) == ("node-a", "Node"), addr
+    assert e.stats()["index"]["pod_ips"] == 0
+
+
 def test_node_addresses_and_management_port() -> None:
     e = build()
     for addr in ("10.0.0.1", "fd00::1", "203.0.113.1", "10.244.0.2", "fd00:10:244:1::2"):
@@ -326,6 +340,28 @@ def test_bad_objects_are_counted_logged_once_and_skipped(caplog: pytest.LogCaptu
     assert (got["SrcK8S_OwnerName"], got["SrcK8S_OwnerType"]) == ("badowner", "Pod")
     assert flow(e, "10.0.1.1", "")["SrcK8S_Name"] == "n-bad"  # still indexed, without the mgmt port
     assert flow(e, "10.0.1.2", "")["SrcK8S_Name"] == "n-bad2"
+
+
+def test_fields_of_the_wrong_json_type_are_counted_not_fatal() -> None:
+    """Arrays that arrive as scalars (podIPs, hostIPs, node addresses, clusterIPs) and a number
+    inside node-subnets: each object is kept with what is usable, the problem counted; nothing
+    raises out of the index (an exception there used to stop the informer's updates)."""
+    p = pod("p", "shop", ips=["10.244.0.80"])
+    p["status"]["podIPs"] = 5  # podIP alone still gives the address
+    p2 = pod("p2", "shop", ips=["10.244.0.81"])
+    p2["status"]["hostIPs"] = "10.0.0.1"
+    n = node("n-odd", internal=["10.0.1.3"], subnets={"default": [5]})
+    n2 = node("n-odd2", internal=["10.0.1.4"])
+    n2["status"]["addresses"] = 7
+    svc = service("s", "shop", ips=["172.30.0.9"])
+    svc["spec"]["clusterIPs"] = "172.30.0.9"  # clusterIP alone still gives the address
+    e = enrich.Enricher.from_objects(pods=[p, p2], nodes=[*NODES, n, n2], services=[svc],
+                                     config=enrich.EnrichConfig(own_namespace=""))
+    assert e.stats()["problems"] == {"bad_field": 4, "bad_annotation": 1}
+    assert flow(e, "10.244.0.80", "")["SrcK8S_Name"] == "p"
+    assert flow(e, "10.244.0.81", "")["SrcK8S_Name"] == "p2"
+    assert flow(e, "10.0.1.3", "")["SrcK8S_Name"] == "n-odd"
+    assert flow(e, "172.30.0.9", "")["SrcK8S_Name"] == "s"
 
 
 def test_names_are_json_escaped() -> None:
