@@ -43,6 +43,7 @@ cdef extern from *:
 
 DEF ASLOTS = 16384     # per-address answers: 8192 sets of 2 ways
 DEF AWAYS = 2
+DEF ALIVE = 1 << 62     # enrich.index.ALIVE: a holder that has not ended
 
 cdef extern from "stdlib.h":
     void* aligned_alloc(size_t alignment, size_t size)
@@ -63,16 +64,23 @@ cdef struct ASlot:
 
 
 cdef inline object _holder_at(object e, long long t):
-    # Same rule as enrich.index._holder_at: newest-first chain, the holder whose start is at
-    # or before the flow start, none if that holder had already gone.
+    # Same rule as enrich.index._holder_at: newest-first chain, the newest holder whose
+    # [start, end) contains the flow start (the oldest also before its start), else none.
     cdef tuple cur = <tuple>e
     if t <= 0:
-        return cur
-    while t < <long long>cur[4] and cur[6] is not None:
+        while True:
+            if <long long>cur[5] == ALIVE:
+                return cur
+            if cur[6] is None:
+                return e
+            cur = <tuple>cur[6]
+    while True:
+        if t >= <long long>cur[4] or cur[6] is None:
+            if t < <long long>cur[5]:
+                return cur
+            if cur[6] is None:
+                return None
         cur = <tuple>cur[6]
-    if t >= <long long>cur[5]:
-        return None
-    return cur
 
 
 cdef inline int _span(object e, long long t, long long* lo, long long* hi):
@@ -90,7 +98,7 @@ cdef inline int _span(object e, long long t, long long* lo, long long* hi):
             lo[0] = end
             hi[0] = 1LL << 62
         return 0
-    if start <= t < end:
+    if start <= t < end and t > 0:  # t <= 0 prefers a live holder over a newer tombstone
         lo[0] = start
         hi[0] = end
     else:

@@ -578,12 +578,14 @@ class Index:
         if self._batch:
             return
         e = self._pod_layer.get(ip) or self._node_layer.get(ip) or self._svc_layer.get(ip)
-        if self._reader is not None:
-            self._reader.generation += 1  # answers cached by callers are stale from here on
         if e is None:
             self._ips.pop(ip, None)
         else:
             self._ips[ip] = e
+        if self._reader is not None:
+            # after the store: a lookup between the two caches the new entry under the old
+            # generation, which this bump then invalidates (never the old entry under the new one)
+            self._reader.generation += 1
 
     def _infra(self, ns: str) -> bool:
         return bool(ns) and (ns.startswith(self._prefixes) or ns == self._own_ns)
@@ -609,6 +611,18 @@ class Index:
         if old is not None:
             self._unhold(old)
             touched.update(old.ips)
+            gone = [ip for ip in old.ips if ip not in rec.ips]
+            if gone and old.end_ms == ALIVE:
+                # A running pod lost addresses (its sandbox was recreated with new ones): it
+                # held them until now, so they stay its own for earlier flows, as a tombstone.
+                now = self._now_ms()
+                dep = PodRec(uid=f"{old.uid}\x00{now}", ns=old.ns, name=old.name, node=old.node,
+                             host_ip=old.host_ip, ips=tuple(gone), owner_kind=old.owner_kind,
+                             owner_name=old.owner_name, start_ms=old.start_ms, end_ms=now)
+                dep.frag_s, dep.frag_d, dep.infra = old.frag_s, old.frag_d, old.infra
+                self._tombstones[dep.uid] = dep
+                for ip in gone:
+                    _multi_add(self._holders, ip, dep)
         for ip in rec.ips:
             _multi_add(self._holders, ip, rec)
         for ip in touched:
@@ -778,15 +792,27 @@ class Index:
 def _holder_at(e: tuple[Any, ...] | None, t_ms: int) -> tuple[Any, ...] | None:
     """The holder of an IP at flow start t_ms (newest-first chain), None if nobody held it.
 
-    A flow with no start time (t_ms <= 0) goes to the current holder.
+    A flow with no start time (t_ms <= 0) goes to the live holder, else to the newest one (a
+    tombstone). Otherwise the newest holder whose [start, end) contains t_ms; a holder that had
+    ended by t_ms does not hide an older one still holding it then (a running pod that was given
+    the IP after it); the oldest holder also answers for flows before its start.
     """
-    if e is None or t_ms <= 0:
+    if e is None:
         return e
-    while t_ms < e[4] and e[6] is not None:
+    if t_ms <= 0:
+        cur: tuple[Any, ...] | None = e
+        while cur is not None:
+            if cur[5] == ALIVE:
+                return cur
+            cur = cur[6]
+        return e
+    while True:
+        if t_ms >= e[4] or e[6] is None:
+            if t_ms < e[5]:
+                return e
+            if e[6] is None:
+                return None
         e = e[6]
-    if t_ms >= e[5]:
-        return None
-    return e
 
 
 def _multi_add(d: dict[Any, Any], key: Any, val: Any) -> None:

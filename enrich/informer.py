@@ -237,10 +237,12 @@ class Informer:
                 doc = orjson.loads(body)
             except orjson.JSONDecodeError as e:
                 raise ApiProblem("bad_response", f"list {self._resource()} returned non-JSON: {e}") from None
-            if not isinstance(doc, dict) or not isinstance(doc.get("items", []), list):
-                raise ApiProblem("bad_response", f"list {self._resource()} returned no items list")
-            if doc.get("kind") == "Status":
+            if isinstance(doc, dict) and doc.get("kind") == "Status":
                 raise ApiProblem("bad_response", f"list {self._resource()} returned a Status: {doc.get('message')}")
+            # "items" must be there (null is taken as empty): a reply without it is not a list,
+            # and taking it for an empty one would wipe this kind's cache.
+            if not isinstance(doc, dict) or "items" not in doc or not isinstance(doc["items"] or [], list):
+                raise ApiProblem("bad_response", f"list {self._resource()} returned no items list")
             # Parse page by page so at most one page of raw objects is alive at a time.
             for obj in doc.get("items") or ():
                 rec = parse(self.kind, obj)

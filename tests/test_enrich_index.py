@@ -238,6 +238,31 @@ def test_ip_reuse_while_old_pod_object_lingers_finished() -> None:
     assert flow(e, "10.244.0.31", "", t_ms=T0 + 6_000)["SrcK8S_Name"] == "web"
 
 
+def test_running_pod_whose_ip_changes_keeps_both_by_time() -> None:
+    """A running pod's sandbox is recreated with another address (MODIFIED, same uid), one that
+    a deleted pod held until 10 s before: flows are attributed by start time on both addresses,
+    and the pod's old address stays its own for earlier flows until tombstone_seconds."""
+    clock = Clock(T0)
+    x = pod("x", "shop", ips=["10.244.0.50"], uid="u-x", created=iso(T0 - 3_600_000))
+    a = pod("a", "shop", ips=["10.244.0.51"], uid="u-a", created=iso(T0 - 1_800_000))
+    e = build([x, a], clock=clock, tombstone_seconds=300)
+    idx = e.index
+    clock.ms = T0 - 10_000
+    idx.delete("pods", idx.parse("pods", a))
+    clock.ms = T0
+    idx.upsert("pods", idx.parse("pods", pod("x", "shop", ips=["10.244.0.51"], uid="u-x",
+                                              created=iso(T0 - 3_600_000))))
+    assert flow(e, "10.244.0.51", "", t_ms=T0 - 60_000)["SrcK8S_Name"] == "a"   # a held it then
+    assert flow(e, "10.244.0.51", "", t_ms=T0 + 5_000)["SrcK8S_Name"] == "x"    # x holds it now
+    assert flow(e, "10.244.0.51", "", t_ms=0)["SrcK8S_Name"] == "x"             # no start: the live one
+    assert flow(e, "10.244.0.50", "", t_ms=T0 - 60_000)["SrcK8S_Name"] == "x"   # x's old address, before
+    assert flow(e, "10.244.0.50", "", t_ms=T0 + 5_000) == {}                    # nobody's after the change
+    clock.ms = T0 + 300_001
+    assert idx.sweep() == 2  # a's tombstone and x's old address
+    assert flow(e, "10.244.0.50", "", t_ms=T0 - 60_000) == {}
+    assert flow(e, "10.244.0.51", "", t_ms=T0 - 60_000)["SrcK8S_Name"] == "x"  # the oldest answers earlier flows
+
+
 def test_pod_recreated_with_same_name_new_uid() -> None:
     clock = Clock(T0)
     e = build([pod("db-0", "shop", ips=["10.244.0.40"], uid="u1", created=iso(T0 - 1000))], clock=clock)

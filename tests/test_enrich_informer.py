@@ -125,11 +125,13 @@ def test_pod_added_updated_deleted(seeded: FakeKube, enricher: enrich.Enricher) 
     got = flow(enricher, "10.244.1.7", "")
     assert (got["SrcK8S_OwnerName"], got["SrcK8S_OwnerType"], got["SrcK8S_Zone"]) == ("db", "StatefulSet", "zone-b")
 
-    # MODIFIED: the IP changes (e.g. a pod sandbox recreated); the old IP stops resolving to it.
+    # MODIFIED: the IP changes (e.g. a pod sandbox recreated); the old IP stops resolving to it
+    # for flows that start after the change, and stays its own for earlier ones (a tombstone).
     seeded.modify("pods", pod("db-0", "shop", ips=["10.244.1.8"], node="node-b", host_ip="10.0.0.2",
                               owner=("StatefulSet", "db")))
     wait_for(lambda: flow(enricher, "10.244.1.8", "").get("SrcK8S_Name") == "db-0", what="pod modified")
-    assert flow(enricher, "10.244.1.7", "") == {}
+    assert flow(enricher, "10.244.1.7", "", t_ms=FUTURE) == {}
+    assert flow(enricher, "10.244.1.7", "", t_ms=1)["SrcK8S_Name"] == "db-0"
 
     seeded.delete("pods", "db-0", "shop")
     wait_for(lambda: enricher.stats()["kinds"]["pods"]["events"]["DELETED"] == 1, what="delete seen")
@@ -137,7 +139,7 @@ def test_pod_added_updated_deleted(seeded: FakeKube, enricher: enrich.Enricher) 
     assert flow(enricher, "10.244.1.8", "", t_ms=1)["SrcK8S_Name"] == "db-0"
     # ...flows that started after it do not.
     assert flow(enricher, "10.244.1.8", "", t_ms=FUTURE) == {}
-    assert enricher.stats()["index"]["tombstones"] == 1
+    assert enricher.stats()["index"]["tombstones"] == 2  # its two addresses, each until it let go
 
 
 def test_bookmarks_advance_resource_version(seeded: FakeKube, enricher: enrich.Enricher) -> None:
@@ -285,6 +287,18 @@ def test_garbage_and_server_errors_keep_last_good_cache(seeded: FakeKube, enrich
         assert sum("non-JSON" in m for m in msgs) == 1
         assert sum("malformed event" in m for m in msgs) == 1
         assert flow(enricher, "10.244.0.5", "")["SrcK8S_Name"] == "web-6d4cf56db6-x1"
+
+
+def test_a_list_without_items_is_refused_not_taken_for_empty(seeded: FakeKube, enricher: enrich.Enricher) -> None:
+    """A list reply with a resourceVersion but no "items" is not an empty list: it is counted
+    as bad_response and retried, and the cache keeps its pods meanwhile."""
+    assert enricher.wait_ready(10)
+    wait_for(lambda: seeded.watchers["pods"] >= 1, what="pod watch open")
+    seeded.fail("pods", "list", "noitems", times=2)
+    seeded.expire("pods")
+    wait_for(lambda: enricher.stats()["kinds"]["pods"]["relists"] == 1, timeout=15, what="relist after noitems")
+    assert enricher.stats()["kinds"]["pods"]["errors"]["bad_response"] >= 2
+    assert flow(enricher, "10.244.0.5", "")["SrcK8S_Name"] == "web-6d4cf56db6-x1"
 
 
 def test_server_goes_away_and_comes_back(seeded: FakeKube, kubeconfig: str) -> None:

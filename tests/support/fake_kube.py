@@ -186,7 +186,8 @@ class FakeKube:
             self.cond.notify_all()
 
     def fail(self, kind: str, verb: str, what: str, *, times: int | None = None) -> None:
-        """Inject a fault for list or watch: forbidden, unauthorized, garbage, drop, error500."""
+        """Inject a fault for list or watch: forbidden, unauthorized, garbage, drop, error500,
+        noitems (list only)."""
         with self.cond:
             self.faults[(kind, verb)] = Fault(what, times)
 
@@ -296,6 +297,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, None, raw=b"<html><body>502 Bad Gateway</body></html>")
             return
         _, list_kind, _, api = KIND_INFO[kind]
+        if fault == "noitems":  # a list kind and resourceVersion, but no "items" at all
+            self._send_json(200, {"kind": list_kind, "apiVersion": api,
+                                  "metadata": {"resourceVersion": str(k.rv)}})
+            return
         meta_only = "as=PartialObjectMetadataList" in self.headers.get("Accept", "")
         limit = int(q.get("limit", "0") or 0)
         cont = q.get("continue")
