@@ -38,6 +38,7 @@ cdef enum:
     P_FLAGCOUNTS = 1 << 25   # flags derived from tcp*TotalCount (OVS) rather than tcpControlBits
     P_SAMPLING = 1 << 26     # the record itself carried a sampling rate
     P_TUNPROTO = 1 << 27
+    P_MSG = 1 << 28          # msg_domain/msg_sequence: from a later IPFIX message of the datagram
 
 # TCP flag bits (RFC 793 / RFC 3168), the order NetObserv prints them in.
 cdef enum:

@@ -459,11 +459,11 @@ cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char*
         buf_put(o, ",\"Duplicate\":true", 17)
     if bt.proto_kind == PROTO_NETFLOW9 or bt.proto_kind == PROTO_IPFIX:
         buf_put(o, ",\"ObservationDomain\":", 21)
-        buf_uint(o, bt.domain)
+        buf_uint(o, f.msg_domain if f.present & P_MSG else bt.domain)
         buf_put(o, ",\"TemplateId\":", 14)
         buf_uint(o, f.template_id)
     buf_put(o, ",\"SequenceNum\":", 15)
-    buf_uint(o, bt.sequence)
+    buf_uint(o, f.msg_sequence if f.present & P_MSG else bt.sequence)
     for i in range(f.extra_count):
         x = &bt.extras[f.extra_start + i]
         buf_put(o, ",\"ie", 4)

@@ -52,6 +52,8 @@ cdef struct Flow:
     uint32_t dst_as
     uint8_t src_mask
     uint8_t dst_mask
+    uint32_t msg_domain       # with P_MSG: this flow's message is not the datagram's first
+    uint32_t msg_sequence
     uint32_t extra_start      # unknown elements of this record: extras[extra_start:+extra_count]
     uint32_t extra_count
 

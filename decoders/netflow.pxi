@@ -344,7 +344,10 @@ cdef int decode_v5(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except
         count = <uint16_t>min(rd_left(r) // 48, 30)
         if count == 0:
             raise_decode("bad_length", 2, f"v5 header count {be16(h + 2)} with {rd_left(r)} bytes of records")
-    # first/last are sysUptime ms: absolute = export time - uptime + value.
+    # first/last are sysUptime ms: absolute = export time - uptime + value. No correction for
+    # the 32-bit wrap (49.7 days): Wireshark, the reference the corpus is checked against,
+    # makes none either, and a value just above the uptime (0xFFFFFFFF from a router seconds
+    # after boot) would otherwise decode differently from it.
     base_ms = <int64_t>be32(h + 8) * 1000 + be32(h + 12) // 1000000 - uptime
     rate = interval if interval else ex.cidr_sampling
     for i in range(count):
@@ -360,8 +363,8 @@ cdef int decode_v5(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except
         f.out_if = be16(p + 14)
         f.packets = be32(p + 16)
         f.bytes = be32(p + 20)
-        f.t_start_ms = base_ms + unwrap_sysup(be32(p + 24), uptime)
-        f.t_end_ms = base_ms + unwrap_sysup(be32(p + 28), uptime)
+        f.t_start_ms = base_ms + be32(p + 24)
+        f.t_end_ms = base_ms + be32(p + 28)
         f.sport = be16(p + 32)
         f.dport = be16(p + 34)
         f.tcp_flags = p[37]
@@ -733,14 +736,14 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
         sysinit_ms = rec_sysinit
     if not f.present & P_TSTART:
         if start_sysup >= 0 and sysinit_ms >= 0:
-            f.t_start_ms = sysinit_ms + unwrap_sysup(start_sysup, export_ms - sysinit_ms)
+            f.t_start_ms = sysinit_ms + start_sysup
             f.present |= P_TSTART
         elif start_delta >= 0:
             f.t_start_ms = export_ms - start_delta // 1000
             f.present |= P_TSTART
     if not f.present & P_TEND:
         if end_sysup >= 0 and sysinit_ms >= 0:
-            f.t_end_ms = sysinit_ms + unwrap_sysup(end_sysup, export_ms - sysinit_ms)
+            f.t_end_ms = sysinit_ms + end_sysup
             f.present |= P_TEND
         elif end_delta >= 0:
             f.t_end_ms = export_ms - end_delta // 1000
@@ -766,17 +769,6 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
                 b.dropped["duplicate"] = b.dropped.get("duplicate", 0) + 1
                 batch_drop_last(b)
     return 0
-
-
-cdef inline int64_t unwrap_sysup(int64_t v, int64_t up) noexcept:
-    """A 32-bit sysUpTime-relative time (ms; wraps every 49.7 days, RFC 3954) as ms since the
-    exporter's start: the value congruent to v modulo 2^32 nearest below the uptime `up` at
-    export (a flow that started before a wrap, reported after it, comes out in the past, not
-    49.7 days ahead); up to 2^31 ms after `up` is taken as it is (clock skew)."""
-    cdef int64_t d = (up - v) & 0xFFFFFFFF
-    if d >= 0x80000000:
-        d -= 0x100000000
-    return up - d
 
 
 cdef void pick_family(Flow* f, const uint8_t* src4, const uint8_t* dst4, bint has4, bint has6, int ipversion) noexcept:
@@ -985,7 +977,7 @@ cdef int decode_ipfix(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
     cdef uint32_t domain
     cdef int64_t export_ms, sysinit_ms
     cdef Reader m, s
-    cdef Py_ssize_t set_start, msg_start
+    cdef Py_ssize_t set_start, msg_start, msg_flows, i
     cdef bint first = True
     cdef object si
     b.proto_kind = PROTO_IPFIX
@@ -1005,25 +997,35 @@ cdef int decode_ipfix(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
         if first:
             b.sequence = be32(h + 8)
             b.domain = domain
-            first = False
+        msg_flows = b.n
         rd_sub(r, &m, msg_len - 16)
-        while rd_left(&m) >= 4:
-            set_start = m.pos
-            set_id = rd_u16(&m)
-            set_len = rd_u16(&m)
-            if set_id == 0 and set_len == 0 and all_zero(m.buf, set_start, m.end):
-                break  # zero padding to the end of the message
-            if set_len < 4 or set_len - 4 > rd_left(&m):
-                raise_decode("bad_set", set_start, f"IPFIX domain {domain} set {set_id} length {set_len}")
-            rd_sub(&m, &s, set_len - 4)
-            if set_id == 2 or set_id == 3:
-                parse_template_set(dec, ex, b, &s, 10, domain, set_id == 3)
-            elif set_id >= 256:
-                si = ex.sysinit_ms.get((10, domain))
-                sysinit_ms = si if si is not None else -1
-                decode_data_set(dec, ex, b, &s, 10, domain, set_id, export_ms, sysinit_ms)
-            else:
-                ex.count_error("bad_set")
+        try:
+            while rd_left(&m) >= 4:
+                set_start = m.pos
+                set_id = rd_u16(&m)
+                set_len = rd_u16(&m)
+                if set_id == 0 and set_len == 0 and all_zero(m.buf, set_start, m.end):
+                    break  # zero padding to the end of the message
+                if set_len < 4 or set_len - 4 > rd_left(&m):
+                    raise_decode("bad_set", set_start, f"IPFIX domain {domain} set {set_id} length {set_len}")
+                rd_sub(&m, &s, set_len - 4)
+                if set_id == 2 or set_id == 3:
+                    parse_template_set(dec, ex, b, &s, 10, domain, set_id == 3)
+                elif set_id >= 256:
+                    si = ex.sysinit_ms.get((10, domain))
+                    sysinit_ms = si if si is not None else -1
+                    decode_data_set(dec, ex, b, &s, 10, domain, set_id, export_ms, sysinit_ms)
+                else:
+                    ex.count_error("bad_set")
+        finally:
+            if not first:
+                # A later message of the datagram (RFC 7011 10.3.3): its flows carry its own
+                # observation domain and sequence number.
+                for i in range(msg_flows, b.n):
+                    b.flows[i].msg_domain = domain
+                    b.flows[i].msg_sequence = be32(h + 8)
+                    b.flows[i].present |= P_MSG
+        first = False
     if rd_left(r):
         # Bytes after the last message that cannot be one: the header's length disagrees with
         # the datagram (garbage, or a length field cut short).

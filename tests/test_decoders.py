@@ -522,25 +522,6 @@ def test_integer_text_at_every_digit_count_boundary() -> None:
         assert f'"Packets":{(2**64 - 1) - v},'.encode() in t, (v, t)
 
 
-@pytest.mark.parametrize("uptime", [5_000, 3_600_000])
-def test_sysuptime_times_across_the_32_bit_wrap(uptime: int) -> None:
-    """RFC 3954: sysUpTime and FIRST/LAST_SWITCHED are 32-bit ms counters (49.7 days). Shortly
-    after a wrap, a flow that started before it must come out 60 s before the export, not 49.7
-    days after; far from a wrap nothing changes."""
-    first = (uptime - 60_000) % (1 << 32)
-    last = (uptime - 1_000) % (1 << 32)
-    want = ((EXPORT * 1000 - 60_000), (EXPORT * 1000 - 1_000))
-    rec = v5_records(1, random.Random(1), uptime_ms=100_000)[0] | {"first": first, "last": last}
-    f = Decoder().decode(v5_datagram([rec], seq=1, unix_secs=EXPORT, uptime_ms=uptime), EXPORTER).to_dicts()[0]
-    assert (f["TimeFlowStartMs"], f["TimeFlowEndMs"]) == want
-    t = _tpl(262, ("src", 8, 0, 4), ("first", 22, 0, 4), ("last", 21, 0, 4))
-    dec = Decoder()
-    d = v9_datagram([template_set([t], version=9), data_set(t, [{"src": "10.0.0.1", "first": first, "last": last}])],
-                    seq=1, unix_secs=EXPORT, uptime_ms=uptime)
-    f = dec.decode(d, EXPORTER).to_dicts()[0]
-    assert (f["TimeFlowStartMs"], f["TimeFlowEndMs"]) == want
-
-
 def test_template_with_both_families_uses_the_flow_family_for_masks_and_icmp() -> None:
     """Exporters that fill either address family in one template (see pick_family) also carry
     icmpTypeCodeIPv4 (32) and icmpTypeCodeIPv6 (139), sourceIPv4PrefixLength (9) and
@@ -559,3 +540,18 @@ def test_template_with_both_families_uses_the_flow_family_for_masks_and_icmp() -
     got = [(f["SrcAddr"], f["IcmpType"], f["SrcPrefixLen"], f["DstPrefixLen"]) for f in flows]
     assert got == [("2001:db8::1", 128, 48, 64), ("10.0.0.1", 8, 24, 16)]
     assert all("ie139" not in f and "ie29" not in f for f in flows)
+
+
+def test_each_ipfix_message_of_a_datagram_labels_its_own_flows() -> None:
+    """RFC 7011 10.3.3: one datagram may carry several messages, each with its own observation
+    domain and sequence number; each flow reports its own message's."""
+    t = _tpl(256, ("src", 8, 0, 4), ("bytes", 1, 0, 4))
+    dec = Decoder()
+    for domain in (1, 2):
+        dec.decode(ipfix_message([template_set([t])], seq=0, export_time=EXPORT, domain=domain), EXPORTER)
+    m1 = ipfix_message([data_set(t, [{"src": "10.0.0.1", "bytes": 1}])], seq=100, export_time=EXPORT, domain=1)
+    m2 = ipfix_message([data_set(t, [{"src": "10.0.0.2", "bytes": 2}, {"src": "10.0.0.3", "bytes": 3}])],
+                       seq=555, export_time=EXPORT, domain=2)
+    flows = dec.decode(m1 + m2, EXPORTER).to_dicts()
+    assert [(f["SrcAddr"], f["ObservationDomain"], f["SequenceNum"]) for f in flows] == [
+        ("10.0.0.1", 1, 100), ("10.0.0.2", 2, 555), ("10.0.0.3", 2, 555)]
