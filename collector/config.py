@@ -316,12 +316,16 @@ class Config:
     workers: int = opt(1, "worker processes, each with its own SO_REUSEPORT sockets, decoder state and "
                        "producer", ranged(parse_int, 1, 256), metavar="N")
     loop: str = opt("uvloop", "event loop: uvloop or asyncio", choice("uvloop", "asyncio"))
-    max_datagram: int = opt(65535, "largest datagram accepted; larger ones are dropped as too_large",
+    max_datagram: int = opt(65535, "largest datagram accepted; larger ones are counted as "
+                            "flowscope_decode_errors_total{reason=\"too_large\"}",
                             ranged(parse_int, 64, 65535), metavar="BYTES")
     allow_exporters: list[str] = opt([], "only accept datagrams from these CIDRs (others dropped, counted "
                                      "as not_allowed); empty = accept all", parse_cidrs, metavar="CIDR[,...]")
     max_templates_per_exporter: int = opt(1024, "templates (all domains) kept per exporter; more are "
                                           "refused and counted", ranged(parse_int, 1, 1_000_000), metavar="N")
+    max_exporters: int = opt(65536, "exporters (source addresses) with decoder state per worker; when a new one "
+                             "arrives with the table full, the eighth seen least recently are forgotten and "
+                             "counted", ranged(parse_int, 16, 10_000_000), metavar="N")
     default_sampling: int = opt(400, "sampling rate for exporters that send none (OVS IPFIX; OVN-Kubernetes "
                                 "uses 400); 0 = leave unset", ranged(parse_int, 0, 1 << 31), metavar="N")
     sampling: dict[str, int] = opt({}, "per-exporter sampling CIDR=RATE, repeatable; longest prefix wins",

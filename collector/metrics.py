@@ -29,6 +29,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import generate_latest
 
 OTHER = "other"
+EVICTED = "(evicted)"  # decoders.EVICTED: Decoder.stats() key of evicted exporters' counters
 # Kafka produce latency buckets (seconds): a healthy local broker answers in ms, a struggling one
 # in seconds; request_timeout bounds the top.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -54,13 +55,17 @@ SERIES: dict[str, Series] = {s.name: s for s in [
     Series("flowscope_missing_template_sets", "counter",
            "Data sets skipped because their template was not (yet) known", ("exporter", "protocol")),
     Series("flowscope_templates", "gauge", "Templates currently held", ("exporter", "protocol")),
+    Series("flowscope_exporters", "gauge", "Exporters (source addresses) with decoder state", ()),
+    Series("flowscope_exporters_evicted", "counter", "Exporters forgotten because the table was full "
+           "(--max-exporters; the least recently seen go, their counters stay under exporter=\"other\")", ()),
     Series("flowscope_sampling_rate", "gauge", "Sampling rate in use (0 = none)", ("exporter", "protocol"),
            merge="max"),
     # receive stage
     Series("flowscope_received_datagrams", "counter", "Datagrams received on each listener", ("listener",)),
     Series("flowscope_received_bytes", "counter", "UDP payload bytes received on each listener", ("listener",)),
     Series("flowscope_datagrams_dropped", "counter",
-           "Datagrams dropped before decoding, by reason (not_allowed, wrong_protocol, too_large, internal)",
+           "Datagrams dropped before decoding, by reason (not_allowed, wrong_protocol, internal, socket_error); "
+           "datagrams over --max-datagram are decode errors (reason too_large)",
            ("reason",)),
     Series("flowscope_kernel_receive_drops", "counter",
            "Datagrams the kernel dropped because the socket buffer was full (/proc/net/udp drops)",
@@ -148,7 +153,9 @@ def decoder_series(stats: dict[str, dict[str, Any]], labels: ExporterLabels) -> 
     out: Snapshot = {name: {} for name in ("flowscope_datagrams", "flowscope_flows", "flowscope_decode_errors",
                                            "flowscope_missing_template_sets", "flowscope_templates",
                                            "flowscope_sampling_rate")}
-    names = labels.assign({e: int(s.get("datagrams", 0)) for e, s in stats.items()})
+    # the folded counters of evicted exporters (decoders.EVICTED) are never a label of their own
+    names = labels.assign({e: int(s.get("datagrams", 0)) for e, s in stats.items() if e != EVICTED})
+    names[EVICTED] = OTHER
     for exporter, s in stats.items():
         # One exporter often speaks several protocols (an OVS node sends IPFIX, sFlow and
         # NetFlow from one address): the decoder keeps per-protocol counts.

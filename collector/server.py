@@ -164,6 +164,7 @@ class Worker:
         self.listeners = cfg.listeners()
         self.decoder = Decoder(DecoderConfig(
             max_templates_per_exporter=cfg.max_templates_per_exporter,
+            max_exporters=cfg.max_exporters,
             default_sampling=cfg.default_sampling,
             sampling=dict(cfg.sampling),
             dedup=cfg.dedup,
@@ -298,6 +299,8 @@ class Worker:
     # -- statistics ----------------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
         snap = decoder_series(self.decoder.stats(), self.labels)
+        snap["flowscope_exporters"] = {(): self.decoder.exporter_count()}
+        snap["flowscope_exporters_evicted"] = {(): self.decoder.evicted_exporters}
         names = [str(lst) for lst in self.listeners]
         snap["flowscope_received_datagrams"] = {(n,): v for n, v in zip(names, self.rx_datagrams, strict=False)}
         snap["flowscope_received_bytes"] = {(n,): v for n, v in zip(names, self.rx_bytes, strict=False)}

@@ -21,6 +21,13 @@ import logging
 
 _log = logging.getLogger("flowscope.decoders")
 
+#: stats() key of the folded counters of evicted exporters (never an address).
+EVICTED = "(evicted)"
+
+
+def _last_seen(ex):
+    return ex.last_seen
+
 
 cdef class Decoder:
     """Decoder state for all exporters: templates, learned rates, clocks and counters."""
@@ -36,7 +43,8 @@ cdef class Decoder:
     cdef list sampling_nets
     cdef dict _log_last
     cdef dict _log_suppressed
-    cdef readonly uint64_t refused_exporters
+    cdef readonly uint64_t evicted_exporters
+    cdef dict evicted                 # counters of evicted exporters, folded (see evict())
 
     def __init__(self, config=None):
         from decoders.config import DecoderConfig
@@ -45,6 +53,7 @@ cdef class Decoder:
         config.validate()
         self.config = config
         self.exporters = {}
+        self.evicted = {"protocols": {}, "errors": {}, "dropped": {}}
         self.max_templates = config.max_templates_per_exporter
         self.max_exporters = config.max_exporters
         self.max_datagram = config.max_datagram
@@ -65,7 +74,7 @@ cdef class Decoder:
         if ex is not None:
             return ex
         if len(self.exporters) >= self.max_exporters:
-            return None
+            self.evict()
         ex = ExporterState(ip)
         try:
             addr = ipaddress.ip_address(ip)
@@ -78,6 +87,38 @@ cdef class Decoder:
         ex.configured_sampling = ex.cidr_sampling if ex.cidr_sampling else self.default_sampling
         self.exporters[ip] = ex
         return ex
+
+    cdef void evict(self):
+        """The table is full: forget the eighth of the exporters seen least recently (their
+        templates, clocks and rates; a returning one starts over and re-learns its templates)
+        so a new exporter is never refused. Their counters are folded into stats()[EVICTED], so
+        the totals built from stats() never go back."""
+        cdef ExporterState ex
+        cdef dict agg, d
+        cdef Py_ssize_t k = max(1, len(self.exporters) // 8)
+        cdef list oldest = sorted(self.exporters.values(), key=_last_seen)[:k]
+        for ex in oldest:
+            for proto, d in ex.by_protocol.items():
+                agg = self.evicted["protocols"].setdefault(
+                    proto, {"datagrams": 0, "flows": 0, "errors": {}, "missing_template_sets": 0})
+                agg["datagrams"] += d["datagrams"]
+                agg["flows"] += d["flows"]
+                agg["missing_template_sets"] += d["missing_template_sets"]
+                for reason, n in d["errors"].items():
+                    agg["errors"][reason] = agg["errors"].get(reason, 0) + n
+            for key, src in (("errors", ex.errors), ("dropped", ex.dropped)):
+                for reason, n in src.items():
+                    self.evicted[key][reason] = self.evicted[key].get(reason, 0) + n
+            for key in ("datagrams", "flows", "missing_template_sets"):
+                self.evicted[key] = self.evicted.get(key, 0) + getattr(ex, key)
+            del self.exporters[ex.ip]
+        self.evicted_exporters += k
+        self.log_limited("exporter_limit", "*", f"{self.max_exporters} exporters have state: forgot the {k} "
+                         f"seen least recently (counted in flowscope_exporters_evicted_total)")
+
+    def exporter_count(self):
+        """Exporters with state now."""
+        return len(self.exporters)
 
     cdef void log_limited(self, str reason, str ip, str msg):
         """Per-packet errors are logged at most once per reason and exporter every 10 s."""
@@ -108,10 +149,7 @@ cdef class Decoder:
         b.port = <uint16_t>port
         b.recv_time = recv_time if recv_time else time.time()
         ex = self.exporter_state(exporter)
-        if ex is None:
-            self.refused_exporters += 1
-            b.error = ("exporter_limit", 0, f"more than {self.max_exporters} exporters")
-            return b
+        ex.last_seen = b.recv_time
         b.agent_af = ex.af
         memcpy(b.agent, ex.addr, 16)
         ex.datagrams += 1
@@ -149,8 +187,20 @@ cdef class Decoder:
         return b
 
     def stats(self):
-        """Per exporter: datagrams, flows, errors by reason, missing-template sets, templates..."""
-        return {ip: ex.stats() for ip, ex in self.exporters.items()}
+        """Per exporter: datagrams, flows, errors by reason, missing-template sets, templates...
+        After evictions, key EVICTED ("(evicted)") holds the evicted exporters' counters."""
+        out = {ip: ex.stats() for ip, ex in self.exporters.items()}
+        if self.evicted_exporters:
+            ev = self.evicted
+            out[EVICTED] = {
+                "protocols": {name: dict(d, errors=dict(d["errors"]), templates=0)
+                              for name, d in ev["protocols"].items()},
+                "datagrams": ev.get("datagrams", 0), "flows": ev.get("flows", 0),
+                "errors": dict(ev["errors"]), "dropped": dict(ev["dropped"]),
+                "missing_template_sets": ev.get("missing_template_sets", 0), "templates": 0,
+                "sampling": 0, "protocol": "",
+            }
+        return out
 
     def exporter(self, str ip):
         return self.exporters.get(ip)

@@ -15,7 +15,8 @@ class DecoderConfig:
     #: Templates (all versions and domains together) kept per exporter IP; more are refused and
     #: counted as `template_limit`, so a template flood cannot grow memory without bound.
     max_templates_per_exporter: int = 1024
-    #: Exporters (source IPs) with decoder state; datagrams from more are refused and counted.
+    #: Exporters (source IPs) with decoder state; when a new one arrives with the table full,
+    #: the eighth seen least recently are forgotten (counted; their counters kept, folded).
     max_exporters: int = 65536
     #: Datagrams larger than this are refused (`too_large`). 65535 is the UDP maximum.
     max_datagram: int = 65535

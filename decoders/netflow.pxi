@@ -253,6 +253,7 @@ cdef class ExporterState:
     cdef int64_t* dedup_times
     cdef readonly dict by_protocol     # protocol name -> {"datagrams", "flows", "errors", ...}
     cdef str cur_protocol
+    cdef public double last_seen       # receive time of its latest datagram (eviction order)
 
     def __cinit__(self):
         self.dedup_keys = NULL

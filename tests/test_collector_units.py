@@ -154,6 +154,30 @@ def test_exporter_labels_sticky_top_n() -> None:
     assert lab.assign({"a": 5, "b": 9, "c": 100})["c"] == "other"
 
 
+def test_evicted_exporters_counters_stay_in_other() -> None:
+    """Exporters forgotten because the table was full (--max-exporters) keep counting: their
+    totals move under exporter="other", never under a label of their own, and never go back."""
+    import random
+
+    from benchmarks.datagrams import v5_datagram, v5_records
+    from collector.metrics import decoder_series
+    from decoders import Decoder, DecoderConfig
+
+    dec = Decoder(DecoderConfig(max_exporters=16))
+    lab = ExporterLabels(4)
+    rec = v5_records(3, random.Random(1), uptime_ms=100_000)
+    last = 0
+    for i in range(100):
+        dec.decode(v5_datagram(rec, seq=i, unix_secs=1_700_000_000, uptime_ms=100_000), f"10.0.0.{i}", 0,
+                   1000.0 + i)
+        snap = decoder_series(dec.stats(), lab)
+        flows = sum(snap["flowscope_flows"].values())
+        assert flows == 3 * (i + 1) and flows >= last
+        last = flows
+        assert all(k[0] != "(evicted)" for k in snap["flowscope_flows"])
+    assert dec.evicted_exporters > 0 and snap["flowscope_flows"][("other", "netflow5")] > 0
+
+
 def test_aggregator_sums_workers() -> None:
     agg = Aggregator()
     agg.update(0, {"flowscope_flows": {("1.1.1.1", "ipfix"): 10}, "flowscope_sampling_rate": {("x", "ipfix"): 400}})

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from benchmarks.datagrams import OVS_INGRESS, data_set, ipfix_message, ovs_flows, template_set
+from benchmarks.datagrams import OVS_INGRESS, IpfixTemplate, data_set, ipfix_message, ovs_flows, template_set
 from collector.pcap import iter_udp
-from decoders import Decoder, DecoderConfig
+from decoders import EVICTED, Decoder, DecoderConfig
 
 REASONS = {"truncated", "bad_version", "bad_length", "bad_set", "bad_template", "template_limit",
            "too_large", "bad_sample", "unsupported"}
@@ -132,11 +132,41 @@ def test_template_and_exporter_floods_keep_memory_bounded() -> None:
         src = f"10.{(i >> 8) & 255}.{i & 255}.1"
         dec.decode(ipfix_message([tset], seq=i, export_time=EXPORT), src)
     stats = dec.stats()
-    assert len(stats) == 1000
+    assert dec.exporter_count() <= 1000 and dec.exporter_count() + dec.evicted_exporters == 20000
     assert all(s["templates"] <= 64 for s in stats.values())
-    assert dec.refused_exporters == 19000
+    # nothing is refused and no count is lost: evicted exporters' counters are folded
+    assert sum(s["datagrams"] for s in stats.values()) == 20000
+    assert stats[EVICTED]["datagrams"] == dec.evicted_exporters and stats[EVICTED]["templates"] == 0
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
     assert grown_mb < 200, f"decoder state grew by {grown_mb:.0f} MB"
+
+
+def test_a_new_exporter_is_never_locked_out_by_a_full_table() -> None:
+    """A spray from many (spoofed) addresses fills the exporter table; a real exporter arriving
+    afterwards is decoded (the least recently seen are forgotten), and one that keeps sending
+    keeps its templates through later sprays."""
+    dec = Decoder(DecoderConfig(max_exporters=64))
+    t = IpfixTemplate(256, (("src", 8, 0, 4), ("bytes", 1, 0, 4)), 0)
+    data = ipfix_message([data_set(t, [{"src": "10.0.0.1", "bytes": 5}])], seq=1, export_time=EXPORT)
+    tpl = ipfix_message([template_set([t])], seq=0, export_time=EXPORT)
+    dec.decode(tpl, "192.0.2.1", 0, 1000.0)
+    clock = 1000.0
+    for wave in range(3):
+        for i in range(200):  # a spray: one datagram from each of 200 addresses
+            clock += 0.001
+            dec.decode(b"\x00\x05" + b"\x00" * 30, f"10.{wave}.{i >> 8}.{i & 255}", 0, clock)
+        clock += 1
+        b = dec.decode(data, "192.0.2.1", 0, clock)
+        # the real exporter was seen before this wave: with 200 newer ones it was forgotten and
+        # lost its template (counted as a missing template), but it is decoded, not refused
+        assert b.error is None and b.missing_template_sets == 1
+        dec.decode(tpl, "192.0.2.1", 0, clock)
+        assert len(dec.decode(data, "192.0.2.1", 0, clock)) == 1
+    b = dec.decode(data, "198.51.100.9", 0, clock + 1)  # a brand-new exporter
+    assert b.missing_template_sets == 1  # decoded (its template is not known yet), not refused
+    assert dec.exporter_count() <= 64 and dec.evicted_exporters > 0
+    stats = dec.stats()
+    assert sum(s["datagrams"] for s in stats.values()) == 1 + 3 * (200 + 3) + 1
 
 
 @pytest.mark.parametrize("n", [0, 1, 3, 7, 15, 16, 17, 23])
