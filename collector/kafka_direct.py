@@ -169,8 +169,15 @@ class Connection:
                 (corr,) = struct.unpack_from(">i", body, 0)
                 if not self.inflight or self.inflight[0][0] != corr:
                     raise ProtocolError(f"unexpected correlation id {corr}")
+                # parsed before it leaves inflight: a response that cannot be parsed closes the
+                # connection and fails this batch with the others (re-queued), never orphans it
+                try:
+                    err = parse_produce_v3(body[4:])
+                except ProtocolError:
+                    raise
+                except Exception as exc:
+                    raise ProtocolError(f"malformed Produce response: {exc!r}") from None
                 _, fut, _ = self.inflight.popleft()
-                err = parse_produce_v3(body[4:])
                 if not fut.done():
                     if err:
                         fut.set_exception(BrokerError(err))

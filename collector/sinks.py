@@ -105,6 +105,7 @@ class BoundedQueue:
         self.queued_records = 0
         self.inflight_bytes = 0
         self.inflight_records = 0
+        self.inflight_counters = 0  # of inflight_records, the sFlow counter records
         # drops by (kind, reason): kept as plain ints for the metrics snapshot
         self.dropped: dict[tuple[int, str], int] = collections.defaultdict(int)
         self._waiter: asyncio.Future[None] | None = None
@@ -171,17 +172,22 @@ class BoundedQueue:
             self.queued_records -= len(c.records)
             self.inflight_bytes += c.nbytes
             self.inflight_records += len(c.records)
+            if c.kind == COUNTERS:
+                self.inflight_counters += len(c.records)
         return out
 
-    def done(self, nbytes: int, nrecords: int) -> None:
-        """In-flight data accepted by the sink."""
+    def done(self, nbytes: int, nrecords: int, counters: int = 0) -> None:
+        """In-flight data accepted by the sink (`counters` of the records are counter records)."""
         self.inflight_bytes -= nbytes
         self.inflight_records -= nrecords
+        self.inflight_counters -= counters
 
     def requeue(self, chunk: Chunk) -> None:
         """In-flight data the sink failed to deliver goes back to the front (already accounted)."""
         self.inflight_bytes -= chunk.nbytes
         self.inflight_records -= len(chunk.records)
+        if chunk.kind == COUNTERS:
+            self.inflight_counters -= len(chunk.records)
         self.chunks.appendleft(chunk)
         self.queued_bytes += chunk.nbytes
         self.queued_records += len(chunk.records)
@@ -242,12 +248,16 @@ class Sink:
         left = self.queue.drop_all("shutdown")
         inflight = self.queue.inflight_records
         if inflight:
-            self.queue.dropped[(FLOWS, "shutdown")] += inflight
-            self.queue.done(self.queue.inflight_bytes, inflight)
+            counters = self.queue.inflight_counters
+            if inflight - counters:
+                self.queue.dropped[(FLOWS, "shutdown")] += inflight - counters
+            if counters:
+                self.queue.dropped[(COUNTERS, "shutdown")] += counters
+            self.queue.done(self.queue.inflight_bytes, inflight, counters)
         if left or inflight:
             log.error("shutdown: %d records could not be delivered within --shutdown-timeout=%.1fs "
-                      "(counted in flowscope_flows_dropped_total{reason=\"shutdown\"})",
-                      left + inflight, self.cfg.shutdown_timeout)
+                      "(counted in flowscope_flows_dropped_total and flowscope_counter_records_dropped_total, "
+                      "reason=\"shutdown\")", left + inflight, self.cfg.shutdown_timeout)
         else:
             log.info("shutdown: queue drained, all records delivered")
 
@@ -289,13 +299,15 @@ class StreamSink(Sink):
                 self.errors["write"] += 1
                 for c in chunks:
                     q.dropped[(c.kind, "sink_error")] += len(c.records)
-                q.done(nbytes, sum(len(c.records) for c in chunks))
+                q.done(nbytes, sum(len(c.records) for c in chunks),
+                       sum(len(c.records) for c in chunks if c.kind == COUNTERS))
                 self._rl.error("write", "%s sink write failed: %s", self.name, exc)
                 await asyncio.sleep(0.5)
                 continue
             for c in chunks:
                 self.delivered[c.kind] += len(c.records)
-            q.done(nbytes, sum(len(c.records) for c in chunks))
+            q.done(nbytes, sum(len(c.records) for c in chunks),
+                   sum(len(c.records) for c in chunks if c.kind == COUNTERS))
 
     def _write(self, data: bytes) -> None:
         fh = self._fh
@@ -598,9 +610,12 @@ class KafkaSink(Sink):
         # in flight was accounted per chunk; re-account per batch (differs only by too_large drops)
         q.inflight_bytes -= sum(c.nbytes for c in chunks)
         q.inflight_records -= sum(len(c.records) for c in chunks)
+        q.inflight_counters -= sum(len(c.records) for c in chunks if c.kind == COUNTERS)
         for o in full:
             q.inflight_bytes += o.nbytes
             q.inflight_records += len(o.records)
+            if o.kind == COUNTERS:
+                q.inflight_counters += len(o.records)
         for o in full:
             await self._submit(o, topics[o.kind])
 
@@ -684,7 +699,7 @@ class KafkaSink(Sink):
                 self.delivered[o.kind] += len(o.records)
                 self.batches += 1
                 observe(self.latency, time.monotonic() - t0)
-                q.done(o.nbytes, len(o.records))
+                q.done(o.nbytes, len(o.records), len(o.records) if o.kind == COUNTERS else 0)
             else:
                 self._failed(o, exc)
 
@@ -698,7 +713,7 @@ class KafkaSink(Sink):
             self.errors["rejected"] += 1
             self._rl.error("rejected", "kafka: batch of %d records rejected by the broker: %s (dropped)",
                            len(o.records), exc)
-            self.queue.done(o.nbytes, len(o.records))
+            self.queue.done(o.nbytes, len(o.records), len(o.records) if o.kind == COUNTERS else 0)
             self.queue.dropped[(o.kind, "rejected")] += len(o.records)
             return
         self.errors["produce"] += 1

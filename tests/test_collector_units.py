@@ -129,6 +129,33 @@ def test_queue_newest_policy_counts() -> None:
     assert q.queued_records == 2 and q.inflight_records == 0
 
 
+def test_records_in_flight_at_the_shutdown_deadline_are_counted_by_kind() -> None:
+    """A sink stuck with flows and sFlow counter records in flight when --shutdown-timeout
+    passes: each kind is counted as dropped (shutdown) under its own series."""
+    import asyncio
+
+    from collector.config import Config
+    from collector.sinks import COUNTERS, Sink
+
+    class Stuck(Sink):
+        async def _run(self) -> None:
+            self.queue.take(1 << 30)  # in flight, never acknowledged
+            await asyncio.sleep(3600)
+
+    async def go() -> Sink:
+        s = Stuck(Config())
+        s.queue.offer(FLOWS, [b"f1", b"f2", b"f3"], "e")
+        s.queue.offer(COUNTERS, [b"c1", b"c2"], "e")
+        await s.start()
+        await asyncio.sleep(0.05)
+        await s.drain(asyncio.get_running_loop().time() + 0.1)
+        return s
+
+    s = asyncio.run(go())
+    assert s.queue.dropped[(FLOWS, "shutdown")] == 3 and s.queue.dropped[(COUNTERS, "shutdown")] == 2
+    assert s.queue.total_records == 0 and s.queue.inflight_counters == 0
+
+
 def test_queue_oldest_policy_evicts() -> None:
     q = BoundedQueue(limit=100, policy="oldest")
     for i in range(5):

@@ -223,3 +223,41 @@ def test_compressed_batches_through_a_real_broker(broker: Any, collector: Any, c
     assert before > 6000 * 300 and 0 < after < before / 3
     assert c.stop() == 0
     assert ("direct produce" in c.log()) == direct
+
+
+def test_a_produce_response_that_cannot_be_parsed_fails_its_batch() -> None:
+    """A broker (or middlebox) answering a Produce request with a body the parser rejects: the
+    connection closes and the batch's future fails (the sink re-queues it); it must not stay
+    pending, its bytes held against --queue-bytes until shutdown."""
+    import asyncio
+
+    from collector.kafka_direct import Connection
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                size = struct.unpack(">i", await reader.readexactly(4))[0]
+            except asyncio.IncompleteReadError:
+                return
+            body = await reader.readexactly(size)
+            api, _ver, corr = struct.unpack_from(">hhi", body, 0)
+            if api == 18:  # ApiVersions v0: Produce 0..9
+                resp = struct.pack(">ihi", corr, 0, 1) + struct.pack(">hhh", 0, 0, 9)
+            else:  # Produce: one topic announced, then cut short
+                resp = struct.pack(">ii", corr, 1) + b"\x00"
+            writer.write(struct.pack(">i", len(resp)) + resp)
+            await writer.drain()
+
+    async def go() -> None:
+        srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        c = Connection("127.0.0.1", port, b"t", max_in_flight=2, timeout=30.0)
+        await c.connect()
+        w, _ = _writer_with_flows(1)
+        fut = await c.produce(w, b"topic", 0, 1, 1000)
+        with pytest.raises(ConnectionError):
+            await asyncio.wait_for(fut, 5)
+        assert c.closed and "truncated" in repr(c.error)
+        srv.close()
+
+    asyncio.run(go())
