@@ -142,6 +142,7 @@ cdef class Decoder:
         cdef ExporterState ex
         cdef Reader r
         cdef Py_ssize_t n = len(data)
+        cdef Py_ssize_t nflows
         cdef const uint8_t* buf = <const uint8_t*>PyBytes_AS_STRING(data)
         cdef uint16_t version
         cdef dict pst
@@ -180,8 +181,11 @@ cdef class Decoder:
             b.error = (e.reason, e.offset, e.detail)
             ex.count_error(e.reason)
             self.log_limited(e.reason, exporter, f"{b.protocol or 'datagram'} decode error: {e}")
-        ex.flows += b.n
-        pst["flows"] += b.n
+        # flows decoded: those in the batch plus those dedup removed (counted as dropped,
+        # reason duplicate), so decoded = delivered + dropped + queued holds with --dedup too
+        nflows = b.n + (b.dropped.get("duplicate", 0) if b.dropped else 0)
+        ex.flows += nflows
+        pst["flows"] += nflows
         if b.proto_kind:
             ex.protocol = PROTOCOL_NAMES[b.proto_kind]
         return b
