@@ -404,7 +404,7 @@ def check_compression(k: KafkaConfig) -> str | None:
 class _Open:
     """A record batch being filled for one partition, with its records kept for a re-queue."""
 
-    __slots__ = ("kind", "partition", "builder", "records", "nbytes")
+    __slots__ = ("kind", "partition", "builder", "records", "nbytes", "exporters")
 
     def __init__(self, kind: int, partition: int, builder: Any) -> None:
         self.kind = kind
@@ -412,10 +412,29 @@ class _Open:
         self.builder = builder
         self.records: list[bytes] = []
         self.nbytes = 0
+        self.exporters: list[str] | None = None  # key exporter: each record's, for a re-queue
 
-    def add(self, rec: bytes) -> None:
+    def add(self, rec: bytes, exporter: str | None = None) -> None:
         self.records.append(rec)
         self.nbytes += len(rec) + 1
+        if exporter is not None:
+            if self.exporters is None:
+                self.exporters = []
+            self.exporters.append(exporter)
+
+    def chunks(self) -> list[Chunk]:
+        """The records as queue chunks again, each exporter's run with its exporter (the key
+        of kafka.key exporter), in order."""
+        if not self.exporters:
+            return [Chunk(self.kind, self.records, self.nbytes, "")]
+        out: list[Chunk] = []
+        start = 0
+        for i in range(1, len(self.records) + 1):
+            if i == len(self.records) or self.exporters[i] != self.exporters[start]:
+                recs = self.records[start:i]
+                out.append(Chunk(self.kind, recs, sum(len(r) + 1 for r in recs), self.exporters[start]))
+                start = i
+        return out
 
 
 class KafkaSink(Sink):
@@ -599,7 +618,7 @@ class KafkaSink(Sink):
             n = len(parts)
             if keymode == "exporter":
                 key = c.exporter.encode()
-                self._append(builders, full, c.kind, parts[_murmur2(key) % n], c.records, key)
+                self._append(builders, full, c.kind, parts[_murmur2(key) % n], c.records, key, c.exporter)
             elif keymode == "conversation":
                 for rec in c.records:
                     kk = conversation_key(rec)
@@ -649,7 +668,7 @@ class KafkaSink(Sink):
         return _Open(kind, partition, None if direct else self.producer.create_batch())
 
     def _append(self, builders: dict[tuple[int, int], _Open], full: list[_Open], kind: int, slot_p: int,
-                records: Any, key: bytes | None) -> None:
+                records: Any, key: bytes | None, exporter: str | None = None) -> None:
         slot = (kind, slot_p)
         o = builders.get(slot)
         if o is None:
@@ -660,12 +679,12 @@ class KafkaSink(Sink):
                     full.append(o)
                     o = builders[slot] = self._new_open(kind, slot_p)
                     if o.builder.append(key=key, value=rec, timestamp=None) is not None:
-                        o.add(rec)
+                        o.add(rec, exporter)
                         continue
                 # one record larger than a whole batch can never be sent
                 self.queue.dropped[(kind, "too_large")] += 1
                 continue
-            o.add(rec)
+            o.add(rec, exporter)
 
     async def _submit(self, o: _Open, topic: str) -> None:
         q = self.queue
@@ -722,7 +741,8 @@ class KafkaSink(Sink):
         self._rl.error("produce", "kafka: batch of %d records not delivered: %r (re-queued)", len(o.records), exc)
         if self.queue.closed and self._stopping and self.producer is None:
             return
-        self.queue.requeue(Chunk(o.kind, o.records, o.nbytes, ""))
+        for c in reversed(o.chunks()):  # requeue() puts each at the front: keep the order
+            self.queue.requeue(c)
 
     async def _close(self, timeout: float) -> None:
         if self.producer is None:

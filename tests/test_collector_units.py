@@ -156,6 +156,25 @@ def test_records_in_flight_at_the_shutdown_deadline_are_counted_by_kind() -> Non
     assert s.queue.total_records == 0 and s.queue.inflight_counters == 0
 
 
+def test_a_failed_keyed_batch_is_requeued_with_each_records_exporter() -> None:
+    """kafka.key exporter: a batch that failed goes back to the queue as one chunk per
+    exporter run, each with its exporter, so the retry keeps the key and the partition."""
+    from collector.config import Config
+    from collector.sinks import KafkaSink, _Open
+
+    cfg = Config()
+    cfg.kafka.key = "exporter"
+    sink = KafkaSink(cfg)
+    o = _Open(FLOWS, 1, None)
+    for rec, ex in ((b"a1", "10.0.0.1"), (b"a2", "10.0.0.1"), (b"b1", "10.0.0.2"), (b"a3", "10.0.0.1")):
+        o.add(rec, ex)
+    sink.queue.inflight_records, sink.queue.inflight_bytes = 4, o.nbytes
+    sink._failed(o, ConnectionError("broker gone"))
+    got = [(c.exporter, c.records) for c in sink.queue.chunks]
+    assert got == [("10.0.0.1", [b"a1", b"a2"]), ("10.0.0.2", [b"b1"]), ("10.0.0.1", [b"a3"])]
+    assert sink.queue.queued_records == 4 and sink.queue.inflight_records == 0 and sink.queue.inflight_bytes == 0
+
+
 def test_queue_oldest_policy_evicts() -> None:
     q = BoundedQueue(limit=100, policy="oldest")
     for i in range(5):
