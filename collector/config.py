@@ -323,7 +323,7 @@ class Config:
                                      "as not_allowed); empty = accept all", parse_cidrs, metavar="CIDR[,...]")
     max_templates_per_exporter: int = opt(1024, "templates (all domains) kept per exporter; more are "
                                           "refused and counted", ranged(parse_int, 1, 1_000_000), metavar="N")
-    max_exporters: int = opt(65536, "exporters (source addresses) with decoder state per worker; when a new one "
+    max_exporters: int = opt(16384, "exporters (source addresses) with decoder state per worker; when a new one "
                              "arrives with the table full, the eighth seen least recently are forgotten and "
                              "counted", ranged(parse_int, 16, 10_000_000), metavar="N")
     default_sampling: int = opt(400, "sampling rate for exporters that send none (OVS IPFIX; OVN-Kubernetes "

@@ -148,33 +148,33 @@ class ExporterLabels:
         return {e: (e if e in self.named else OTHER) for e in activity}
 
 
-def decoder_series(stats: dict[str, dict[str, Any]], labels: ExporterLabels) -> Snapshot:
-    """Turn Decoder.stats() (cumulative, per exporter) into per-exporter/protocol series."""
+def decoder_series(stats: dict[str, Any], labels: ExporterLabels) -> Snapshot:
+    """Turn Decoder.series_stats() (cumulative, per exporter) into per-exporter/protocol series."""
     out: Snapshot = {name: {} for name in ("flowscope_datagrams", "flowscope_flows", "flowscope_decode_errors",
                                            "flowscope_missing_template_sets", "flowscope_templates",
                                            "flowscope_sampling_rate")}
     # the folded counters of evicted exporters (decoders.EVICTED) are never a label of their own
-    names = labels.assign({e: int(s.get("datagrams", 0)) for e, s in stats.items() if e != EVICTED})
+    names = labels.assign({e: int(s[0]) for e, s in stats.items() if e != EVICTED})
     names[EVICTED] = OTHER
-    for exporter, s in stats.items():
+    dg, fl, mt, tm = (out["flowscope_datagrams"], out["flowscope_flows"], out["flowscope_missing_template_sets"],
+                      out["flowscope_templates"])
+    errs, rates = out["flowscope_decode_errors"], out["flowscope_sampling_rate"]
+    for exporter, (_datagrams, rate, protocol, protocols, templates) in stats.items():
+        name = names[exporter]
         # One exporter often speaks several protocols (an OVS node sends IPFIX, sFlow and
         # NetFlow from one address): the decoder keeps per-protocol counts.
-        for proto, p in (s.get("protocols") or {}).items():
-            lab = (names[exporter], str(proto))
-            for series, key in (("flowscope_datagrams", "datagrams"), ("flowscope_flows", "flows"),
-                                ("flowscope_missing_template_sets", "missing_template_sets"),
-                                ("flowscope_templates", "templates")):
-                d = out[series]
-                d[lab] = d.get(lab, 0) + int(p.get(key, 0) or 0)
-            for reason, n in (p.get("errors") or {}).items():
-                el = lab + (str(reason),)
-                e = out["flowscope_decode_errors"]
-                e[el] = e.get(el, 0) + int(n)
-        rate = int(s.get("sampling", 0) or 0)
+        for proto, p in protocols.items():
+            lab = (name, proto)
+            dg[lab] = dg.get(lab, 0) + p["datagrams"]
+            fl[lab] = fl.get(lab, 0) + p["flows"]
+            mt[lab] = mt.get(lab, 0) + p["missing_template_sets"]
+            tm[lab] = tm.get(lab, 0) + (templates.get(proto, 0) if templates else 0)
+            for reason, n in p["errors"].items():
+                el = (name, proto, reason)
+                errs[el] = errs.get(el, 0) + n
         if rate:
-            lab = (names[exporter], str(s.get("protocol") or "unknown"))
-            d = out["flowscope_sampling_rate"]
-            d[lab] = max(d.get(lab, 0), rate)
+            lab = (name, protocol or "unknown")
+            rates[lab] = max(rates.get(lab, 0), rate)
     return out
 
 

@@ -298,7 +298,7 @@ class Worker:
 
     # -- statistics ----------------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
-        snap = decoder_series(self.decoder.stats(), self.labels)
+        snap = decoder_series(self.decoder.series_stats(), self.labels)
         snap["flowscope_exporters"] = {(): self.decoder.exporter_count()}
         snap["flowscope_exporters_evicted"] = {(): self.decoder.evicted_exporters}
         names = [str(lst) for lst in self.listeners]

@@ -206,6 +206,28 @@ cdef class Decoder:
             }
         return out
 
+    def series_stats(self):
+        """What the metrics need, cheaply (it runs on the event loop every stats interval, over
+        every exporter): exporter -> (datagrams, last sampling rate, protocol, per-protocol
+        counters {name: {"datagrams", "flows", "errors", "missing_template_sets"}}, templates
+        by protocol or None). The per-protocol dicts are the decoder's own: read, never keep or
+        change them. Evicted exporters' counters under EVICTED."""
+        cdef ExporterState ex
+        cdef Template t
+        cdef dict out = {}
+        cdef dict tp
+        for ip, ex in self.exporters.items():
+            tp = None
+            if ex.templates:
+                tp = {}
+                for t in ex.templates.values():
+                    name = "ipfix" if t.version == 10 else "netflow9"
+                    tp[name] = tp.get(name, 0) + 1
+            out[ip] = (ex.datagrams, ex.last_sampling, ex.protocol, ex.by_protocol, tp)
+        if self.evicted_exporters:
+            out[EVICTED] = (self.evicted.get("datagrams", 0), 0, "", self.evicted["protocols"], None)
+        return out
+
     def exporter(self, str ip):
         return self.exporters.get(ip)
 

@@ -17,7 +17,7 @@ class DecoderConfig:
     max_templates_per_exporter: int = 1024
     #: Exporters (source IPs) with decoder state; when a new one arrives with the table full,
     #: the eighth seen least recently are forgotten (counted; their counters kept, folded).
-    max_exporters: int = 65536
+    max_exporters: int = 16384
     #: Datagrams larger than this are refused (`too_large`). 65535 is the UDP maximum.
     max_datagram: int = 65535
     #: Sampling rate for IPFIX / NetFlow v9 exporters that send none (Open vSwitch never does;

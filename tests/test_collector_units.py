@@ -216,7 +216,7 @@ def test_evicted_exporters_counters_stay_in_other() -> None:
     for i in range(100):
         dec.decode(v5_datagram(rec, seq=i, unix_secs=1_700_000_000, uptime_ms=100_000), f"10.0.0.{i}", 0,
                    1000.0 + i)
-        snap = decoder_series(dec.stats(), lab)
+        snap = decoder_series(dec.series_stats(), lab)
         flows = sum(snap["flowscope_flows"].values())
         assert flows == 3 * (i + 1) and flows >= last
         last = flows
