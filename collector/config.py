@@ -323,6 +323,9 @@ class Config:
                                      "as not_allowed); empty = accept all", parse_cidrs, metavar="CIDR[,...]")
     max_templates_per_exporter: int = opt(1024, "templates (all domains) kept per exporter; more are "
                                           "refused and counted", ranged(parse_int, 1, 1_000_000), metavar="N")
+    max_template_fields: int = opt(4_000_000, "fields of all exporters' templates together per worker (memory "
+                                   "bound: about 12 bytes each); templates past it are refused and counted "
+                                   "as template_limit", ranged(parse_int, 1000, 1 << 31), metavar="N")
     max_exporters: int = opt(16384, "exporters (source addresses) with decoder state per worker; when a new one "
                              "arrives with the table full, the eighth seen least recently are forgotten and "
                              "counted", ranged(parse_int, 16, 10_000_000), metavar="N")

@@ -165,6 +165,7 @@ class Worker:
         self.decoder = Decoder(DecoderConfig(
             max_templates_per_exporter=cfg.max_templates_per_exporter,
             max_exporters=cfg.max_exporters,
+            max_template_fields=cfg.max_template_fields,
             default_sampling=cfg.default_sampling,
             sampling=dict(cfg.sampling),
             dedup=cfg.dedup,

@@ -44,6 +44,8 @@ cdef class Decoder:
     cdef dict _log_last
     cdef dict _log_suppressed
     cdef readonly uint64_t evicted_exporters
+    cdef public Py_ssize_t max_template_fields
+    cdef readonly Py_ssize_t template_fields  # of all exporters' templates together
     cdef dict evicted                 # counters of evicted exporters, folded (see evict())
 
     def __init__(self, config=None):
@@ -56,6 +58,7 @@ cdef class Decoder:
         self.evicted = {"protocols": {}, "errors": {}, "dropped": {}}
         self.max_templates = config.max_templates_per_exporter
         self.max_exporters = config.max_exporters
+        self.max_template_fields = config.max_template_fields
         self.max_datagram = config.max_datagram
         self.dedup = config.dedup
         self.track_duplicates = config.mark_duplicates or config.dedup
@@ -111,6 +114,7 @@ cdef class Decoder:
                     self.evicted[key][reason] = self.evicted[key].get(reason, 0) + n
             for key in ("datagrams", "flows", "missing_template_sets"):
                 self.evicted[key] = self.evicted.get(key, 0) + getattr(ex, key)
+            self.template_fields -= ex.template_fields
             del self.exporters[ex.ip]
         self.evicted_exporters += k
         self.log_limited("exporter_limit", "*", f"{self.max_exporters} exporters have state: forgot the {k} "

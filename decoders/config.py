@@ -18,6 +18,9 @@ class DecoderConfig:
     #: Exporters (source IPs) with decoder state; when a new one arrives with the table full,
     #: the eighth seen least recently are forgotten (counted; their counters kept, folded).
     max_exporters: int = 16384
+    #: Fields of all exporters' templates together (about 12 bytes of state each); a template
+    #: that would pass it is refused and counted as `template_limit`, like the per-exporter limit.
+    max_template_fields: int = 4_000_000
     #: Datagrams larger than this are refused (`too_large`). 65535 is the UDP maximum.
     max_datagram: int = 65535
     #: Sampling rate for IPFIX / NetFlow v9 exporters that send none (Open vSwitch never does;
@@ -34,7 +37,7 @@ class DecoderConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the bad field and what it accepts."""
-        for name in ("max_templates_per_exporter", "max_exporters", "max_datagram"):
+        for name in ("max_templates_per_exporter", "max_exporters", "max_template_fields", "max_datagram"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}: must be a positive integer, got {v!r}")

@@ -175,11 +175,17 @@ cdef class Template:
     cdef readonly uint16_t template_id
     cdef readonly uint16_t port
     cdef Py_ssize_t min_len   # smallest possible record (varlen counted as 1 byte)
-    cdef readonly tuple spec  # ((ie, pen, length), ...) as received: for the state file
     cdef bint has_tcp_counts
 
     def __dealloc__(self):
         free(self.fields)
+
+    @property
+    def spec(self):
+        """((ie, pen, length), ...) as received, for the state file: rebuilt from the compiled
+        fields on demand (a kept tuple of tuples cost about 40 KB for a 512-field template)."""
+        cdef int i
+        return tuple((self.fields[i].ie, self.fields[i].pen, self.fields[i].length) for i in range(self.n_fields))
 
 
 cdef Template compile_template(int version, uint32_t domain, uint16_t tid, tuple spec, int scope_fields, bint options, Py_ssize_t offset, uint16_t port):
@@ -200,7 +206,6 @@ cdef Template compile_template(int version, uint32_t domain, uint16_t tid, tuple
     t.domain = domain
     t.template_id = tid
     t.port = port
-    t.spec = spec
     t.min_len = 0
     t.has_tcp_counts = False
     cdef set seen = set()
@@ -254,6 +259,7 @@ cdef class ExporterState:
     cdef readonly dict by_protocol     # protocol name -> {"datagrams", "flows", "errors", ...}
     cdef str cur_protocol
     cdef public double last_seen       # receive time of its latest datagram (eviction order)
+    cdef readonly Py_ssize_t template_fields  # fields of its templates (Decoder.max_template_fields)
 
     def __cinit__(self):
         self.dedup_keys = NULL
@@ -424,7 +430,7 @@ cdef int parse_template_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* 
                 # RFC 7011 8.1: a withdrawal, template id + field count 0 only (an options
                 # template withdrawal has no scope field count). Template id == set id (2 or 3)
                 # withdraws all of that kind.
-                withdraw(ex, version, domain, tid, options, b.port)
+                withdraw(dec, ex, version, domain, tid, options, b.port)
                 continue
             if options:
                 scope_count = rd_u16(s)
@@ -445,25 +451,43 @@ cdef int parse_template_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* 
     return 0
 
 
-cdef void withdraw(ExporterState ex, int version, uint32_t domain, uint16_t tid, bint options, uint16_t port):
+cdef void withdraw(Decoder dec, ExporterState ex, int version, uint32_t domain, uint16_t tid, bint options,
+                   uint16_t port):
     cdef Template t
+    cdef list keys
     if tid == 2 or tid == 3:
-        for key in [k for k, t in ex.templates.items()
-                    if t.version == version and t.domain == domain and t.options == options and t.port == port]:
-            del ex.templates[key]
+        keys = [k for k, t in ex.templates.items()
+                if t.version == version and t.domain == domain and t.options == options and t.port == port]
     else:
-        ex.templates.pop(tkey(version, domain, tid, port), None)
+        keys = [tkey(version, domain, tid, port)]
+    for key in keys:
+        t = ex.templates.pop(key, None)
+        if t is not None:
+            ex.template_fields -= t.n_fields
+            dec.template_fields -= t.n_fields
 
 
 cdef int store_template(Decoder dec, ExporterState ex, Template t) except -1:
     cdef object key = tkey(t.version, t.domain, t.template_id, t.port)
-    if key not in ex.templates and len(ex.templates) >= dec.max_templates:
+    cdef Template old = ex.templates.get(key)
+    cdef Py_ssize_t delta = t.n_fields - (old.n_fields if old is not None else 0)
+    if old is None and len(ex.templates) >= dec.max_templates:
         # Refused and counted; the rest of the datagram (other templates, data) still decodes.
         ex.count_error("template_limit")
         dec.log_limited("template_limit", ex.ip, f"v{t.version} domain {t.domain} template "
                         f"{t.template_id} refused: exporter already has {len(ex.templates)} templates")
         return 0
+    if delta > 0 and dec.template_fields + delta > dec.max_template_fields:
+        # The memory of all exporters' templates together is bounded too (many addresses each
+        # sending their per-exporter maximum of wide templates).
+        ex.count_error("template_limit")
+        dec.log_limited("template_limit", ex.ip, f"v{t.version} domain {t.domain} template "
+                        f"{t.template_id} refused: all exporters' templates hold {dec.template_fields} "
+                        f"fields (max_template_fields {dec.max_template_fields})")
+        return 0
     ex.templates[key] = t
+    ex.template_fields += delta
+    dec.template_fields += delta
     return 0
 
 

@@ -169,6 +169,31 @@ def test_a_new_exporter_is_never_locked_out_by_a_full_table() -> None:
     assert sum(s["datagrams"] for s in stats.values()) == 1 + 3 * (200 + 3) + 1
 
 
+def test_all_exporters_templates_together_are_bounded() -> None:
+    """Many addresses each sending their per-exporter maximum of wide templates: the fields of
+    all templates together stay under max_template_fields (refusals counted as template_limit),
+    and a withdrawal or an evicted exporter gives its share back."""
+    fields = tuple((f"f{i}", 1 + i, 0, 4) for i in range(100))
+    dec = Decoder(DecoderConfig(max_template_fields=1000, max_exporters=8))
+    for e in range(4):
+        for tid in range(256, 260):  # 4 exporters x 4 templates x 100 fields = 1600 wanted
+            t = IpfixTemplate(tid, fields, 0)
+            dec.decode(ipfix_message([template_set([t])], seq=0, export_time=EXPORT), f"192.0.2.{e}", 0, 1.0 + e)
+    stats = dec.stats()
+    assert dec.template_fields == 1000 and sum(s["templates"] for s in stats.values()) == 10
+    assert sum(s["errors"].get("template_limit", 0) for s in stats.values()) == 6
+    # RFC 7011 8.1: withdrawing all of 192.0.2.0's templates frees 400 fields for others
+    dec.decode(ipfix_message([struct.pack("!HHHH", 2, 8, 2, 0)], seq=1, export_time=EXPORT), "192.0.2.0", 0, 9.0)
+    assert dec.template_fields == 600
+    t = IpfixTemplate(300, fields, 0)
+    dec.decode(ipfix_message([template_set([t])], seq=1, export_time=EXPORT), "192.0.2.3", 0, 10.0)
+    assert dec.template_fields == 700
+    # evicting exporters returns their fields
+    for i in range(16):
+        dec.decode(b"\x00\x05" + b"\x00" * 30, f"10.9.0.{i}", 0, 20.0 + i)
+    assert dec.template_fields == sum(s["templates"] for s in dec.stats().values()) * 100
+
+
 @pytest.mark.parametrize("n", [0, 1, 3, 7, 15, 16, 17, 23])
 def test_tiny_datagrams(n: int) -> None:
     dec = Decoder()
