@@ -280,7 +280,8 @@ class Worker:
         if not self.sink.connected:
             why.append(f"{self.sink.name} sink not connected")
         if self.enricher is not None and not getattr(self.enricher, "ready", True):
-            why.append("informers not synced")
+            unsynced = getattr(self.enricher, "unsynced", None)
+            why.extend((unsynced() if unsynced is not None else None) or ["informers not synced"])
         return (not why), why
 
     async def stop(self) -> None:

@@ -124,6 +124,16 @@ class Enricher:
             except Exception:  # noqa: BLE001 - best effort at shutdown
                 pass
 
+    def unsynced(self) -> list[str]:
+        """Why not ready: each kind without a first full list, with its latest failure."""
+        out = []
+        for kind, inf in self._informers.items():
+            st = inf.stats
+            if not st.synced:
+                fails = sum(st.errors.values())
+                out.append(f"{kind} not synced" + (f" ({st.last_error}; {fails} failures)" if st.last_error else ""))
+        return out
+
     def _check_ready(self) -> None:
         if all(inf.stats.synced for inf in self._informers.values()):
             self._set_ready()

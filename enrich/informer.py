@@ -79,7 +79,7 @@ class KindStats:
     """Counters of one informer, read by the collector's metrics exporter."""
 
     __slots__ = ("events", "lists", "relists", "errors", "synced", "state", "resource_version",
-                 "objects", "last_sync")
+                 "objects", "last_sync", "last_error")
 
     def __init__(self) -> None:
         self.events: dict[str, int] = {"ADDED": 0, "MODIFIED": 0, "DELETED": 0, "BOOKMARK": 0}
@@ -91,6 +91,7 @@ class KindStats:
         self.resource_version = ""
         self.objects = 0        # objects in the last full list plus watch adds/deletes
         self.last_sync = 0.0    # wall time of the last completed list
+        self.last_error = ""    # the latest failure while not recovered ("" after a recovery)
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (dict(v) if isinstance(v, dict) else v) for k in self.__slots__ for v in [getattr(self, k)]}
@@ -217,7 +218,7 @@ class Informer:
                 # A server that ends streams at once must not make us spin.
                 self._sleep(self._backoff.next())
             else:
-                self._backoff.reset()
+                self._recovered()  # a stream that ran (quiet or not): resets backoff and logging
         raise Stopped
 
     def _list(self) -> tuple[list[Any], str]:
@@ -284,6 +285,8 @@ class Informer:
                         continue
                     rv = self._event(line, rv, index, kind, st)
                     n += 1
+                    if n == 1 and self._logged:
+                        self._recovered()  # the watch works again: the next outage is logged
             if buf.strip():
                 rv = self._event(buf, rv, index, kind, st)
                 n += 1
@@ -399,6 +402,7 @@ class Informer:
         st = self.stats
         st.errors[e.cause] = st.errors.get(e.cause, 0) + 1
         st.state = "backoff"
+        st.last_error = str(e)
         if e.cause not in self._logged:
             self._logged.add(e.cause)
             level = logging.ERROR if e.cause in ("forbidden", "unauthorized") else logging.WARNING
@@ -409,6 +413,7 @@ class Informer:
 
     def _recovered(self) -> None:
         self._backoff.reset()
+        self.stats.last_error = ""
         if self._logged:
             log.info("enrich: %s informer recovered", self.kind)
             self._logged.clear()

@@ -514,13 +514,10 @@ def test_dockerfile_static() -> None:
     state_dir = str(Path(shipped_config()["state_file"]).parent)
     assert vols and state_dir in vols[0]
     env = " ".join(r for i, r in runtime if i == "ENV")
-    assert f"FLOWSCOPE_STATE_FILE={state_dir}/" in env
     assert "PYTHONDONTWRITEBYTECODE=1" in env
-    from collector import config as C
-
-    known = {o.env for o in C.options()}
-    for name in re.findall(r"\b(FLOWSCOPE_[A-Z_]+)=", env):
-        assert name in known, name
+    # A FLOWSCOPE_* variable baked into the image would beat the ConfigMap's config.yaml
+    # (precedence flag > variable > file): editing metrics_addr or state_file there would do nothing.
+    assert not re.findall(r"\b(FLOWSCOPE_[A-Z_]+)=", env)
     # The build stage compiles from sources (Cython pinned in pyproject), not prebuilt objects.
     ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
     assert "**/*.so" in ignore and "decoders/_core.c" in ignore

@@ -108,10 +108,14 @@ def test_readiness_waits_for_every_kind(seeded: FakeKube, kubeconfig: str) -> No
         wait_for(lambda: e.stats()["kinds"]["services"]["errors"].get("forbidden", 0) >= 2, what="403 retried")
         assert e.ready is False
         assert e.wait_ready(0.05) is False
+        # /readyz says which kind is missing and why (the verb the RBAC lacks)
+        why = e.unsynced()
+        assert len(why) == 1 and why[0].startswith("services not synced (forbidden") and "'list'" in why[0], why
         # Pods are served already; /readyz is what gates traffic.
         assert flow(e, "10.244.0.5", "")["SrcK8S_Name"] == "web-6d4cf56db6-x1"
         seeded.clear("services", "list")
         assert e.wait_ready(10)
+        assert e.unsynced() == []
         assert flow(e, "", "172.30.0.10")["DstK8S_Type"] == "Service"
     finally:
         e.stop()
@@ -299,6 +303,26 @@ def test_a_list_without_items_is_refused_not_taken_for_empty(seeded: FakeKube, e
     wait_for(lambda: enricher.stats()["kinds"]["pods"]["relists"] == 1, timeout=15, what="relist after noitems")
     assert enricher.stats()["kinds"]["pods"]["errors"]["bad_response"] >= 2
     assert flow(enricher, "10.244.0.5", "")["SrcK8S_Name"] == "web-6d4cf56db6-x1"
+
+
+def test_each_watch_outage_after_a_recovery_is_logged_again(seeded: FakeKube, enricher: enrich.Enricher,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """Logged once per cause and outage: a watch that resumes (no relist) after an outage is a
+    recovery, so the next outage of the same cause is logged again, not only counted."""
+    assert enricher.wait_ready(10)
+    with caplog.at_level(logging.INFO, logger="flowscope.enrich"):
+        for i in range(2):
+            wait_for(lambda: seeded.watchers["pods"] >= 1, what="pod watch open")
+            seeded.fail("pods", "watch", "error500", times=2)
+            seeded.drop_watches("pods")
+            ip, name = f"10.244.0.{90 + i}", f"again-{i}"
+            seeded.add("pods", pod(name, "shop", ips=[ip]))
+            wait_for(lambda ip=ip, name=name: flow(enricher, ip, "").get("SrcK8S_Name") == name,
+                     timeout=15, what=f"recovery {i}")
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert sum("HTTP 500" in m for m in warned) == 2
+    assert sum("pods informer recovered" in r.getMessage() for r in caplog.records) == 2
+    assert enricher.stats()["kinds"]["pods"]["relists"] == 0
 
 
 def test_server_goes_away_and_comes_back(seeded: FakeKube, kubeconfig: str) -> None:
