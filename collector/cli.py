@@ -108,10 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     # run
     unknown = config_mod.unknown_env()
-    from .sinks import check_compression
+    from .sinks import check_compression, check_tls
 
     if cfg.sink_kind() == "kafka":
-        problem = check_compression(cfg.kafka)
+        problem = check_compression(cfg.kafka) or check_tls(cfg.kafka)
         if problem:
             print(f"flowscope: configuration error: {problem}", file=sys.stderr)
             return 2

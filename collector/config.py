@@ -570,6 +570,9 @@ def validate(cfg: Config) -> None:
     k = cfg.kafka
     if (k.tls_cert == "") != (k.tls_key == ""):
         raise ConfigError("kafka.tls_cert / kafka.tls_key: give both for mutual TLS, or neither")
+    if k.sasl_mechanism == "none" and (k.sasl_user or k.sasl_password):
+        raise ConfigError("kafka.sasl_user/sasl_password are set but kafka.sasl_mechanism is none: the "
+                          "collector would connect without authenticating (set --kafka-sasl-mechanism)")
     if k.sasl_mechanism != "none" and not k.sasl_user:
         raise ConfigError(f"kafka.sasl_user: SASL {k.sasl_mechanism} needs a user (and kafka.sasl_password)")
     lo, hi = COMPRESSION_LEVELS.get(k.compression, (0, 0))

@@ -379,6 +379,20 @@ def direct_possible(k: KafkaConfig) -> bool:
     return not (k.tls or k.tls_ca or k.tls_cert) and k.sasl_mechanism == "none"
 
 
+def check_tls(k: KafkaConfig) -> str | None:
+    """An error message when the TLS files cannot be read (the sink would otherwise fail in
+    its task, after start-up, where only /readyz would show it)."""
+    if not (k.tls or k.tls_ca or k.tls_cert):
+        return None
+    try:
+        producer_kwargs(k)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        files = ", ".join(f"--kafka-tls-{n} {v}" for n, v in (("ca", k.tls_ca), ("cert", k.tls_cert),
+                                                               ("key", k.tls_key)) if v)
+        return f"kafka TLS ({files or 'system CA store'}): cannot load: {exc}"
+    return None
+
+
 def check_compression(k: KafkaConfig) -> str | None:
     """An error message when the chosen codec's library is missing (aiokafka fails late otherwise)."""
     if k.compression == "none":
@@ -452,7 +466,8 @@ class KafkaSink(Sink):
         self.partitions: dict[str, list[int]] = {}
         self._rr = 0
         self._pending: set[asyncio.Future[Any]] = set()
-        self._partitions_at = 0.0
+        self._partitions_at: dict[str, float] = {}
+        self._retry_wait = 0.0  # seconds before the next attempt after a failed one
         self._need_metadata = False
         self._codec_id, self._encode = _codec(self.k.compression, self.k.compression_level)
         self.compressed_bytes = [0, 0]  # prebuilt batches: bytes before and after compression
@@ -533,11 +548,11 @@ class KafkaSink(Sink):
     async def _partitions(self, topic: str) -> list[int]:
         now = time.monotonic()
         parts = self.partitions.get(topic)
-        if parts is None or now - self._partitions_at > 30:
+        if parts is None or now - self._partitions_at.get(topic, 0.0) > 30:
             got = await self.producer.partitions_for(topic)
             parts = sorted(got) if got else [0]
             self.partitions[topic] = parts
-            self._partitions_at = now
+            self._partitions_at[topic] = now  # per topic: the counters topic refreshes too
         return parts
 
     async def _run(self) -> None:
@@ -549,6 +564,7 @@ class KafkaSink(Sink):
         while True:
             await q.wait(0.5)
             if self._need_metadata and q.chunks:
+                await asyncio.sleep(self._retry_wait)
                 if not await self._refresh_metadata():
                     await asyncio.sleep(0.5)
                     continue
@@ -715,6 +731,7 @@ class KafkaSink(Sink):
             exc = f.exception() if not f.cancelled() else asyncio.CancelledError()
             if exc is None:
                 self.connected = True
+                self._retry_wait = 0.0
                 self.delivered[o.kind] += len(o.records)
                 self.batches += 1
                 observe(self.latency, time.monotonic() - t0)
@@ -726,7 +743,7 @@ class KafkaSink(Sink):
         fut.add_done_callback(done)
 
     def _failed(self, o: _Open, exc: BaseException) -> None:
-        if getattr(exc, "fatal", False):
+        if getattr(exc, "fatal", False) or _fatal_aiokafka(exc):
             # the broker refused the batch for good (direct path: too large, corrupt, not
             # authorized...): retrying cannot help, so it is dropped and counted
             self.errors["rejected"] += 1
@@ -738,6 +755,9 @@ class KafkaSink(Sink):
         self.errors["produce"] += 1
         self.connected = False
         self._need_metadata = True
+        # the next attempt waits, doubling up to 2 s (a broker answering NOT_ENOUGH_REPLICAS
+        # at once must not be hammered with requests and metadata refreshes); reset on delivery
+        self._retry_wait = min(max(0.1, self._retry_wait * 2), 2.0)
         self._rl.error("produce", "kafka: batch of %d records not delivered: %r (re-queued)", len(o.records), exc)
         if self.queue.closed and self._stopping and self.producer is None:
             return
@@ -765,6 +785,19 @@ class KafkaSink(Sink):
 # of the collector's work for it); zstd 3 (Kafka's default) is as fast here as zstd 1 (0.9 GB/s)
 # and compresses 12x; gzip 1.
 DEFAULT_LEVEL = {"lz4": 0, "zstd": 3, "gzip": 1}
+
+
+# aiokafka errors a retry cannot fix (the direct path's kafka_direct.FATAL): the batch is
+# dropped and counted as rejected instead of being re-sent for ever.
+_AIOKAFKA_FATAL = ("MessageSizeTooLargeError", "RecordListTooLargeError", "TopicAuthorizationFailedError",
+                   "ClusterAuthorizationFailedError", "InvalidTopicError", "CorruptRecordException",
+                   "UnsupportedForMessageFormatError", "InvalidRequiredAcksError")
+
+
+def _fatal_aiokafka(exc: BaseException) -> bool:
+    import aiokafka.errors as ae
+
+    return any(isinstance(exc, c) for c in (getattr(ae, n, None) for n in _AIOKAFKA_FATAL) if c is not None)
 
 
 def _codec(name: str, level: int = 0) -> tuple[int, Callable[[Any], bytes] | None]:

@@ -35,11 +35,19 @@ class StateFile:
         self._rl = RateLimitedLog(log, 30.0)
 
     def candidates(self) -> list[str]:
-        """Every file a previous run (with any worker count) may have written."""
+        """Every file a previous run (with any worker count) may have written, oldest first:
+        each file loaded replaces what an earlier one said of the same exporter, so the newest
+        save wins (an exporter may have moved to another worker, or the worker count changed)."""
         out = [self.base] if os.path.exists(self.base) else []
-        out += sorted(p for p in glob.glob(glob.escape(self.base) + ".*")
-                      if p.rsplit(".", 1)[-1].isdigit())
-        return out
+        out += [p for p in glob.glob(glob.escape(self.base) + ".*") if p.rsplit(".", 1)[-1].isdigit()]
+
+        def mtime(p: str) -> float:
+            try:
+                return os.stat(p).st_mtime
+            except OSError:
+                return 0.0
+
+        return sorted(out, key=lambda p: (mtime(p), p))
 
     def load_into(self, decoder: Any) -> None:
         files = self.candidates()

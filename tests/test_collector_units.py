@@ -57,6 +57,7 @@ def test_defaults() -> None:
     (["--kafka-compression", "lz4", "--kafka-compression-level", "-1"], {},
      "kafka.compression_level: -1 is out of range for lz4: 0 to 16"),
     (["--kafka-compression-level", "3"], {}, "kafka.compression_level: 3 is out of range for none: 0 to 0"),
+    (["--kafka-sasl-user", "bob"], {}, "kafka.sasl_user/sasl_password are set but kafka.sasl_mechanism is none"),
 ])
 def test_validation_messages(argv: list[str], env: dict[str, str], message: str) -> None:
     with pytest.raises(C.ConfigError) as e:
@@ -91,7 +92,8 @@ def test_ipv6_listen_and_repeatable() -> None:
 
 
 def test_config_command_prints_yaml_round_trip(tmp_path: Path) -> None:
-    env = {"PYTHONPATH": str(ROOT), "FLOWSCOPE_KAFKA_SASL_PASSWORD": "s3cret", "PATH": "/usr/bin:/bin"}
+    env = {"PYTHONPATH": str(ROOT), "FLOWSCOPE_KAFKA_SASL_PASSWORD": "s3cret", "FLOWSCOPE_KAFKA_SASL_USER": "u",
+           "FLOWSCOPE_KAFKA_SASL_MECHANISM": "PLAIN", "PATH": "/usr/bin:/bin"}
     r = subprocess.run([sys.executable, "-m", "collector.cli", "config", "--workers", "2", "--kafka-key",
                         "exporter"], capture_output=True, text=True, env=env, cwd=ROOT, check=True)
     assert "workers: 2" in r.stdout and "key: exporter" in r.stdout
@@ -173,6 +175,69 @@ def test_a_failed_keyed_batch_is_requeued_with_each_records_exporter() -> None:
     got = [(c.exporter, c.records) for c in sink.queue.chunks]
     assert got == [("10.0.0.1", [b"a1", b"a2"]), ("10.0.0.2", [b"b1"]), ("10.0.0.1", [b"a3"])]
     assert sink.queue.queued_records == 4 and sink.queue.inflight_records == 0 and sink.queue.inflight_bytes == 0
+
+
+def test_state_files_load_oldest_first_so_the_newest_save_wins(tmp_path: Path) -> None:
+    """Per-worker state files of earlier runs: an exporter's template saved last (whichever
+    worker file holds it) is the one restored."""
+    import os
+
+    from benchmarks.datagrams import IpfixTemplate, data_set, ipfix_message, template_set
+    from collector.state import StateFile
+    from decoders import Decoder
+
+    old_t = IpfixTemplate(256, (("src", 8, 0, 4), ("dst", 12, 0, 4)), 0)
+    new_t = IpfixTemplate(256, (("dst", 12, 0, 4), ("src", 8, 0, 4), ("proto", 4, 0, 1)), 0)
+    base = str(tmp_path / "state.json")
+    for worker, t, mtime in ((0, new_t, 2_000_000_000), (1, old_t, 1_000_000_000)):  # worker 1's file is older
+        d = Decoder()
+        d.decode(ipfix_message([template_set([t])], seq=0, export_time=1_700_000_000), "192.0.2.1")
+        sf = StateFile(base, worker)
+        assert sf.save(d)
+        os.utime(sf.path, (mtime, mtime))
+    fresh = Decoder()
+    StateFile(base, 0).load_into(fresh)
+    rec = {"src": "10.0.0.1", "dst": "10.0.0.2", "proto": 6}
+    f = fresh.decode(ipfix_message([data_set(new_t, [rec])], seq=1, export_time=1_700_000_000),
+                     "192.0.2.1").to_dicts()[0]
+    assert (f["SrcAddr"], f["DstAddr"], f["Proto"]) == ("10.0.0.1", "10.0.0.2", 6)
+
+
+def test_a_batch_aiokafka_says_cannot_succeed_is_dropped_not_retried_for_ever() -> None:
+    """TLS/SASL, --no-kafka-direct, keyed modes: aiokafka's non-retriable produce errors (too
+    large, not authorized, invalid topic, corrupt) drop the batch as rejected, like the direct
+    path; a retriable one re-queues it and the next attempt waits longer each time."""
+    from aiokafka.errors import MessageSizeTooLargeError, NotEnoughReplicasError
+
+    from collector.config import Config
+    from collector.sinks import KafkaSink, _Open
+
+    sink = KafkaSink(Config())
+    o = _Open(FLOWS, 0, None)
+    o.add(b"x" * 10)
+    o.add(b"y" * 10)
+    sink.queue.inflight_records, sink.queue.inflight_bytes = 2, o.nbytes
+    sink._failed(o, MessageSizeTooLargeError())
+    assert sink.queue.dropped[(FLOWS, "rejected")] == 2 and not sink.queue.chunks
+    assert sink.errors["rejected"] == 1 and sink.queue.inflight_records == 0
+    waits = []
+    for _ in range(6):
+        sink.queue.inflight_records, sink.queue.inflight_bytes = 2, o.nbytes
+        sink._failed(o, NotEnoughReplicasError())
+        waits.append(sink._retry_wait)
+        sink.queue.take(1 << 20)
+    assert waits == [0.1, 0.2, 0.4, 0.8, 1.6, 2.0] and sink.errors["produce"] == 6
+
+
+def test_unreadable_tls_files_are_a_start_up_error(tmp_path: Path) -> None:
+    from collector.config import Config
+    from collector.sinks import check_tls
+
+    cfg = Config()
+    assert check_tls(cfg.kafka) is None
+    cfg.kafka.tls_ca = str(tmp_path / "missing-ca.pem")
+    msg = check_tls(cfg.kafka)
+    assert msg is not None and "--kafka-tls-ca" in msg and "missing-ca.pem" in msg
 
 
 def test_queue_oldest_policy_evicts() -> None:
