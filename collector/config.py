@@ -273,7 +273,9 @@ class KafkaConfig:
     compression: str = opt("none", "record-batch compression: none, gzip, snappy, lz4, zstd",
                            choice("none", "gzip", "snappy", "lz4", "zstd"))
     compression_level: int = opt(0, "compression level: 0 = flowscope's default (lz4 fast mode, zstd 3, gzip 1); "
-                                 "lz4 1-16, zstd -7 to 22, gzip 1-9 trade CPU for smaller batches; snappy has none",
+                                 "lz4 1-16, zstd -7 to 22, gzip 1-9 trade CPU for smaller batches; snappy has none. "
+                                 "Applies to the fast path's batches (key none); the keyed modes and sFlow "
+                                 "counter records compress through aiokafka at its own levels",
                                  ranged(parse_int, -7, 22))
     acks: str = opt("1", "acknowledgements the broker waits for: 0, 1 or all", choice("0", "1", "all"))
     linger_ms: int = opt(5, "how long a batch may wait for more records (ms)", ranged(parse_int, 0, 60000))

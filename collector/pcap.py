@@ -103,6 +103,11 @@ def _udp(src: bytes, dst: bytes, l4: bytes, ts: float, stats: PcapStats) -> Data
         stats.skip("truncated_udp")
         return None
     sport, dport, length = struct.unpack_from("!HHH", l4)
+    if length > len(l4):
+        # The capture kept fewer bytes than the datagram had (snaplen): replaying or decoding
+        # the cut datagram would pass for the real one.
+        stats.skip("truncated_capture")
+        return None
     # Trust the UDP length when it is consistent; Ethernet padding can follow short datagrams.
     payload = l4[8:length] if 8 <= length <= len(l4) else l4[8:]
     stats.datagrams += 1

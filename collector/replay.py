@@ -156,13 +156,18 @@ class Plan:
 
 
 def load(path: str, port: int | None = None) -> list[Packet]:
-    from .pcap import iter_udp
+    from .pcap import PcapStats, iter_udp
 
     out = []
-    for d in iter_udp(path):
+    stats = PcapStats()
+    for d in iter_udp(path, stats=stats):
         if port is not None and d.dport != port:
             continue
         out.append(Packet((d.src, d.sport), d.payload, d.ts))
+    if stats.skipped:
+        # e.g. truncated_capture: datagrams the capture's snaplen cut short are not sent
+        print(f"replay: {path}: skipped {', '.join(f'{n} {r}' for r, n in sorted(stats.skipped.items()))}",
+              file=sys.stderr)
     return out
 
 

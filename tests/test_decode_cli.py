@@ -155,3 +155,26 @@ def test_encoder_c_path_equals_python_enricher_and_follows_index_changes() -> No
                                              created="2026-01-01T00:00:00Z")))
     fast2, slow2 = both()
     assert fast2 == slow2 and fast2[0] != fast[0]
+
+
+def test_datagrams_cut_by_the_capture_snaplen_are_skipped_and_counted(tmp_path: Path) -> None:
+    """A capture taken with a small snaplen keeps only the start of each datagram: the reader
+    skips such a datagram (counted as truncated_capture) instead of passing the cut bytes off
+    as the datagram; the whole ones still come through."""
+    from collector.pcap import PcapStats, iter_udp
+
+    whole = ipfix_message([template_set([OVS_INGRESS])], seq=0, export_time=EXPORT)
+    cap = tmp_path / "snap.pcap"
+    write_pcap(cap, [(EXPORT, "10.0.0.1", 50000, whole), (EXPORT + 1, "10.0.0.1", 50000, whole)])
+    raw = bytearray(cap.read_bytes())
+    # cut the second record to 60 captured bytes (incl_len), as tcpdump -s 60 would
+    first_len = struct.unpack_from("<I", raw, 24 + 8)[0]
+    rec2 = 24 + 16 + first_len
+    orig = struct.unpack_from("<I", raw, rec2 + 12)[0]
+    struct.pack_into("<I", raw, rec2 + 8, 60)
+    cap.write_bytes(bytes(raw[:rec2 + 16 + 60]))
+    assert orig > 60
+    stats = PcapStats()
+    got = list(iter_udp(cap, stats=stats))
+    assert [len(d.payload) for d in got] == [len(whole)]
+    assert stats.skipped == {"truncated_capture": 1}
