@@ -240,7 +240,7 @@ class DirectProducer:
         slots = self.conns.setdefault(node, [None] * self.per_broker)
         self._rr = (self._rr + 1) % self.per_broker
         c = slots[self._rr]
-        if c is None or c.closed:
+        if c is None:
             meta = self.client.cluster.broker_metadata(node)
             if meta is None:
                 raise ConnectionError(f"no address for broker {node}")
@@ -263,8 +263,25 @@ class DirectProducer:
         tb = self._topics.get(topic)
         if tb is None:
             tb = self._topics[topic] = topic.encode()
+        for slots in self.conns.values():
+            for old in slots:
+                if old is not None and old.closed:
+                    # A connection was lost since the last metadata refresh (the broker went
+                    # away, perhaps came back empty): fail this send so the sink refreshes
+                    # metadata, re-creating the topic with kafka.create_topic, before anything
+                    # is produced on new connections (forget_closed()). A broker that lost the
+                    # topic may still accept writes to it that no consumer will ever see.
+                    raise ConnectionError(f"connection to {old.host}:{old.port} was lost ({old.error!r}): "
+                                          "refreshing metadata first")
         c = await self._conn(node)
         return await c.produce(batch, tb, partition, self.acks, self.timeout_ms)
+
+    def forget_closed(self) -> None:
+        """After a metadata refresh: closed connections may be replaced by new ones."""
+        for slots in self.conns.values():
+            for i, c in enumerate(slots):
+                if c is not None and c.closed:
+                    slots[i] = None
 
     def close(self) -> None:
         for slots in self.conns.values():

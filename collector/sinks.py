@@ -599,6 +599,8 @@ class KafkaSink(Sink):
             self._rl.error("metadata", "kafka: no metadata for %s yet: %r", ",".join(topics), exc)
             return False
         self._need_metadata = False
+        if self.direct is not None:
+            self.direct.forget_closed()
         self.connected = True
         log.info("kafka: reconnected to %s", ",".join(self.k.brokers))
         return True

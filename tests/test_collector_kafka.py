@@ -182,6 +182,34 @@ def test_broker_outage(collector: Any, tmp_path: Any) -> None:
         b.stop()
 
 
+def test_broker_restarted_empty_between_batches(collector: Any, tmp_path: Any) -> None:
+    """The broker restarts with empty storage while no flow is in flight (no request fails):
+    flows sent afterwards must reach a consumer (the direct path refreshes metadata, which
+    re-creates the topic, before producing on new connections), not be acknowledged into a
+    topic the broker no longer has."""
+    from conftest import free_tcp_port
+
+    from collector.broker import Broker
+
+    b = Broker(port=free_tcp_port(), log_path=str(tmp_path / "tansu.log")).start()
+    t = topic()
+    try:
+        c = collector(["--kafka-brokers", b.bootstrap, "--kafka-topic", t])
+        send_udp([make_v5(i, 30, i * 30) for i in range(10)], c.port)
+        assert len(consume(b.bootstrap, t, 300)) == 300
+        c.wait_value("flowscope_flows_delivered_total", 300)
+        b.stop()
+        b.start()
+        time.sleep(1.0)  # the collector's connections see the broker go; nothing is in flight
+        send_udp([make_v5(i, 30, i * 30) for i in range(10, 20)], c.port)
+        c.wait_value("flowscope_flows_delivered_total", 600, timeout=30)
+        after = consume(b.bootstrap, t, 300, timeout=30)
+        assert len({v5_key(f) for f in after}) == 300
+        assert c.stop() == 0
+    finally:
+        b.stop()
+
+
 def test_workers_two(broker: Any, collector: Any) -> None:
     t = topic()
     c = collector(["--workers", "2", "--kafka-brokers", broker.bootstrap, "--kafka-topic", t])
