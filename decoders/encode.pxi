@@ -318,9 +318,10 @@ cdef int enrich_into(Buf* o, FlowBatch bt, Flow* f, object enricher, int64_t t) 
 
 
 cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char* head, Py_ssize_t head_len) except -1:
-    cdef int i
-    cdef bint first
+    cdef int i, j, reps
+    cdef bint first, seen
     cdef Extra* x
+    cdef Extra* y
     cdef const uint8_t* data = <const uint8_t*>PyBytes_AS_STRING(bt.data)
     buf_reserve(o, 1024)
     buf_put(o, head, head_len)   # {"FlowProtocol":..,"AgentIP":..: the same for the whole batch
@@ -400,10 +401,6 @@ cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char*
             buf_put(o, "],\"IfDirections\":[", 18)
             buf_uint(o, <uint64_t>(f.direction if f.direction >= 0 else 0))
             buf_put(o, "]", 1)
-    elif f.direction >= 0:
-        buf_put(o, ",\"IfDirections\":[", 17)
-        buf_uint(o, <uint64_t>f.direction)
-        buf_put(o, "]", 1)
     if f.present & P_INIF:
         buf_put(o, ",\"InIf\":", 8)
         buf_uint(o, f.in_if)
@@ -466,13 +463,39 @@ cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char*
     buf_uint(o, f.msg_sequence if f.present & P_MSG else bt.sequence)
     for i in range(f.extra_count):
         x = &bt.extras[f.extra_start + i]
+        # An element repeated in the record (Cisco SRv6, Juniper, zero-length padding fields):
+        # one key whose value is the array of its occurrences in order, never a repeated key
+        # (a JSON parser would keep only the last).
+        seen = False
+        for j in range(i):
+            y = &bt.extras[f.extra_start + j]
+            if y.ie == x.ie and y.pen == x.pen:
+                seen = True
+                break
+        if seen:
+            continue
+        reps = 0
+        for j in range(i + 1, f.extra_count):
+            y = &bt.extras[f.extra_start + j]
+            if y.ie == x.ie and y.pen == x.pen:
+                reps += 1
         buf_put(o, ",\"ie", 4)
         if x.pen:
             buf_uint(o, x.pen)
             buf_put(o, "_", 1)
         buf_uint(o, x.ie)
         buf_put(o, "\":", 2)
+        if reps == 0:
+            buf_hex(o, data + x.off, x.length)
+            continue
+        buf_put(o, "[", 1)
         buf_hex(o, data + x.off, x.length)
+        for j in range(i + 1, f.extra_count):
+            y = &bt.extras[f.extra_start + j]
+            if y.ie == x.ie and y.pen == x.pen:
+                buf_put(o, ",", 1)
+                buf_hex(o, data + y.off, y.length)
+        buf_put(o, "]", 1)
     if enricher is not None:
         enrich_into(o, bt, f, enricher, f.t_start_ms if f.present & P_TSTART else <int64_t>(bt.recv_time * 1000))
     return buf_put(o, "}", 1)

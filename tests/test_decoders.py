@@ -557,3 +557,22 @@ def test_each_ipfix_message_of_a_datagram_labels_its_own_flows() -> None:
     flows = dec.decode(m1 + m2, EXPORTER).to_dicts()
     assert [(f["SrcAddr"], f["ObservationDomain"], f["SequenceNum"]) for f in flows] == [
         ("10.0.0.1", 1, 100), ("10.0.0.2", 2, 555), ("10.0.0.3", 2, 555)]
+
+
+def test_a_repeated_unknown_element_is_one_key_with_an_array() -> None:
+    """Cisco SRv6 / Juniper templates repeat elements flowscope has no name for: each record is
+    still valid JSON with unique keys (a parser would keep only the last of repeated keys), the
+    occurrences in order; and IfDirections never appears without Interfaces (parallel arrays)."""
+    import json
+
+    t = _tpl(270, ("src", 8, 0, 4), ("label1", 31, 0, 4), ("dir", 61, 0, 1), ("label2", 31, 0, 4),
+             ("pad", 999, 0, 2))
+    dec = Decoder()
+    dec.decode(ipfix_message([template_set([t])], seq=0, export_time=EXPORT), EXPORTER)
+    b = dec.decode(ipfix_message([data_set(t, [{"src": "10.0.0.1", "label1": 0x0F96E6, "dir": 1, "label2": 0,
+                                                "pad": 7}])], seq=1, export_time=EXPORT), EXPORTER)
+    raw = b.to_json()[0]
+    assert raw.count(b'"ie31"') == 1
+    f = json.loads(raw)
+    assert f["ie31"] == ["000f96e6", "00000000"] and f["ie999"] == "0007"
+    assert f["FlowDirection"] == 1 and "IfDirections" not in f and "Interfaces" not in f
