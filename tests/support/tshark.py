@@ -466,6 +466,11 @@ def expected_from_cflow(pkt: CflowPacket, cset: CflowSet, rec: dict) -> dict[str
                 break
     if "TcpFlagsRaw" in exp:
         exp["Flags"] = flag_names(exp["TcpFlagsRaw"])
+    # interfaceName (82): tshark 4.0 calls it cflow.if_name; flowscope lists the first two
+    # occurrences (ingress port, egress port).
+    names = [v for v in _vals(rec, "cflow.if_name") or _vals(rec, "cflow.interface_name") if v is not None]
+    if names:
+        exp["Interfaces"] = [str(v) for v in names[:2]]
     # Records with both IPv4 and IPv6 address elements (Procera, Cisco SRv6): the family with a
     # non-zero address is the flow's, IPv4 on a tie, ipVersion (IE 60) first when present.
     if ("cflow.srcaddr" in rec or "cflow.dstaddr" in rec) and ("cflow.srcaddrv6" in rec or "cflow.dstaddrv6" in rec):
