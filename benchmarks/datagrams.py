@@ -64,8 +64,8 @@ _COMMON = (
     ("end_delta", 159, 0, 4),
     ("packets", 2, 0, 8),
     ("bytes", 1, 0, 8),
-    ("fin", 218, 0, 8),
-    ("syn", 219, 0, 8),
+    ("syn", 218, 0, 8),  # tcpSynTotalCount
+    ("fin", 219, 0, 8),  # tcpFinTotalCount
     ("rst", 220, 0, 8),
     ("psh", 221, 0, 8),
     ("ack", 222, 0, 8),

@@ -118,7 +118,7 @@ IE_ACTIONS = {
     158: (A_START_DELTA_US, (4,)), 159: (A_END_DELTA_US, (4,)),
     160: (A_SYSINIT_MS, (8,)),
     256: (A_ETYPE, (2,)),
-    218: (A_FIN_COUNT, None), 219: (A_SYN_COUNT, None), 220: (A_RST_COUNT, None),
+    218: (A_SYN_COUNT, None), 219: (A_FIN_COUNT, None), 220: (A_RST_COUNT, None),  # tcpSyn, tcpFin, tcpRst TotalCount
     221: (A_PSH_COUNT, None), 222: (A_ACK_COUNT, None), 223: (A_URG_COUNT, None),
     210: (A_SKIP, "any"), 291: (A_SKIP, "any"), 292: (A_SKIP, "any"), 293: (A_SKIP, "any"),
 }

@@ -576,3 +576,20 @@ def test_a_repeated_unknown_element_is_one_key_with_an_array() -> None:
     f = json.loads(raw)
     assert f["ie31"] == ["000f96e6", "00000000"] and f["ie999"] == "0007"
     assert f["FlowDirection"] == 1 and "IfDirections" not in f and "Interfaces" not in f
+
+
+def test_tcp_total_counts_follow_the_iana_numbers() -> None:
+    """IANA: 218 tcpSynTotalCount, 219 tcpFinTotalCount, 220 tcpRstTotalCount, 221
+    tcpPshTotalCount, 222 tcpAckTotalCount, 223 tcpUrgTotalCount (Open vSwitch sends these
+    instead of tcpControlBits). A flow that only saw a SYN is a SYN, not a FIN."""
+    t = _tpl(271, ("src", 8, 0, 4), ("proto", 4, 0, 1), ("c218", 218, 0, 8), ("c219", 219, 0, 8),
+             ("c220", 220, 0, 8), ("c221", 221, 0, 8), ("c222", 222, 0, 8), ("c223", 223, 0, 8))
+    dec = Decoder()
+    dec.decode(ipfix_message([template_set([t])], seq=0, export_time=EXPORT), EXPORTER)
+    zero = {"src": "10.0.0.1", "proto": 6, "c218": 0, "c219": 0, "c220": 0, "c221": 0, "c222": 0, "c223": 0}
+    got = []
+    for ie in range(218, 224):
+        rec = dict(zero, **{f"c{ie}": 1})
+        f = dec.decode(ipfix_message([data_set(t, [rec])], seq=1, export_time=EXPORT), EXPORTER).to_dicts()[0]
+        got.append(f["Flags"])
+    assert got == [["SYN"], ["FIN"], ["RST"], ["PSH"], ["ACK"], ["URG"]]
