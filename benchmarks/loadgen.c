@@ -276,6 +276,7 @@ static struct body pool[POOL];
 struct exporter {
     int fd; uint32_t seq; uint32_t sf_seq[SFLOW_PORTS]; uint32_t sf_pool[SFLOW_PORTS];
     uint32_t sf_cseq; uint32_t sf_csrc[SFLOW_PORTS]; double last_tmpl; uint64_t data_dgrams; uint32_t agent;
+    uint32_t id;  /* exporter index: v9 Source ID, v5 engine_id, sFlow sub-agent (streams stay apart) */
 };
 
 /* ---- options ---- */
@@ -327,7 +328,9 @@ static void build_pool(void) {
             w16(p + s, 256); w16(p + s + 2, (uint16_t)(o - s));
         } else {
             for (int i = 0; i < recs; i++) {
-                make_flow(&f); uint32_t src = rndr(SFLOW_PORTS);
+                /* the sampled headers are Ethernet/IPv4/TCP: only TCP flows are drawn */
+                do { make_flow(&f); } while (f.proto != 6);
+                uint32_t src = rndr(SFLOW_PORTS);
                 bd->srcidx[i] = (uint8_t)src;
                 sflow_flow_sample(p + o, &f, 3 + src); o += SF_SAMPLE_LEN;
             }
@@ -348,7 +351,7 @@ static size_t make_template(uint8_t *p, struct exporter *e, double t0) {
         w16(p, 10); w16(p + 2, (uint16_t)o); w32(p + 4, sec); w32(p + 8, e->seq); w32(p + 12, 0);
     } else {  /* v9 */
         o = 20 + v9_template_flowset(p + 20);
-        w16(p, 9); w16(p + 2, 1); w32(p + 4, uptime_ms(t0)); w32(p + 8, sec); w32(p + 12, e->seq); w32(p + 16, 0);
+        w16(p, 9); w16(p + 2, 1); w32(p + 4, uptime_ms(t0)); w32(p + 8, sec); w32(p + 12, e->seq); w32(p + 16, e->id);
         e->seq++;
     }
     return o;
@@ -370,7 +373,7 @@ static size_t make_data(uint8_t *p, struct exporter *e, double t0, int *counters
     case P_V5: {
         uint32_t up = uptime_ms(t0);
         w16(p, 5); w16(p + 2, bd->nrec); w32(p + 4, up); w32(p + 8, sec); w32(p + 12, nsec);
-        w32(p + 16, e->seq); p[20] = 0; p[21] = 0; w16(p + 22, 0);
+        w32(p + 16, e->seq); p[20] = 0; p[21] = (uint8_t)e->id; w16(p + 22, 0);
         for (int i = 0; i < bd->nrec; i++) {
             uint8_t *r = p + h + 48 * i;
             w32(r + 24, up - bd->ago[i][0]); w32(r + 28, up - bd->ago[i][1]);
@@ -380,7 +383,7 @@ static size_t make_data(uint8_t *p, struct exporter *e, double t0, int *counters
     }
     case P_V9: {
         uint32_t up = uptime_ms(t0);
-        w16(p, 9); w16(p + 2, bd->nrec); w32(p + 4, up); w32(p + 8, sec); w32(p + 12, e->seq); w32(p + 16, 0);
+        w16(p, 9); w16(p + 2, bd->nrec); w32(p + 4, up); w32(p + 8, sec); w32(p + 12, e->seq); w32(p + 16, e->id);
         for (int i = 0; i < bd->nrec; i++) {
             uint8_t *r = p + h + 4 + V9_REC * i;
             w32(r + V9_OFF_LAST, up - bd->ago[i][1]); w32(r + V9_OFF_FIRST, up - bd->ago[i][0]);
@@ -402,7 +405,7 @@ static size_t make_data(uint8_t *p, struct exporter *e, double t0, int *counters
             sflow_counter_sample(p + o, ++e->sf_csrc[k], 3 + k, e->data_dgrams * 10);
             o += SF_COUNTER_LEN; nsamp++; *counters = 1;
         }
-        w32(p, 5); w32(p + 4, 1); w32(p + 8, e->agent); w32(p + 12, 0);
+        w32(p, 5); w32(p + 4, 1); w32(p + 8, e->agent); w32(p + 12, e->id);
         w32(p + 16, ++e->seq); w32(p + 20, uptime_ms(t0)); w32(p + 24, nsamp);
         break;
     }
@@ -481,7 +484,7 @@ int main(int argc, char **argv) {
     if (recs < 0) recs = proto == P_V5 ? 30 : proto == P_SFLOW ? 8 : 25;
     if (recs < 1 || recs > MAX_RECS || (proto == P_V5 && recs > 30)) { fprintf(stderr, "bad --records\n"); return 2; }
 
-    struct sockaddr_storage dst; socklen_t dstlen;
+    struct sockaddr_storage dst; socklen_t dstlen = 0;
     if (!print_pods && parse_hostport(to, &dst, &dstlen) < 0) { fprintf(stderr, "bad --to %s\n", to); return 2; }
 
     /* pods: a few thousand addresses in 10.128.0.0/14 (OVN-Kubernetes default cluster network),
@@ -534,7 +537,8 @@ int main(int argc, char **argv) {
         /* exporters count independently from different starting points, as real ones do;
          * this also keeps (sequence, record) pairs unique across exporters that share an
          * address, which collectors aggregating on the sequence number rely on */
-        ex[k].seq = (uint32_t)k << 28;
+        ex[k].seq = (uint32_t)((uint64_t)k * 0xFFFFFFFFu / (uint64_t)nexp);
+        ex[k].id = (uint32_t)k;
         for (int i = 0; i < SFLOW_PORTS; i++) ex[k].sf_pool[i] = rndr(1000000);
     }
 
