@@ -104,8 +104,7 @@ class BoundedQueue:
         self.queued_bytes = 0
         self.queued_records = 0
         self.inflight_bytes = 0
-        self.inflight_records = 0
-        self.inflight_counters = 0  # of inflight_records, the sFlow counter records
+        self.inflight = [0, 0]  # records in flight by kind (FLOWS, COUNTERS)
         # drops by (kind, reason): kept as plain ints for the metrics snapshot
         self.dropped: dict[tuple[int, str], int] = collections.defaultdict(int)
         self._waiter: asyncio.Future[None] | None = None
@@ -114,6 +113,10 @@ class BoundedQueue:
     @property
     def total_bytes(self) -> int:
         return self.queued_bytes + self.inflight_bytes
+
+    @property
+    def inflight_records(self) -> int:
+        return self.inflight[FLOWS] + self.inflight[COUNTERS]
 
     @property
     def total_records(self) -> int:
@@ -171,23 +174,17 @@ class BoundedQueue:
             self.queued_bytes -= c.nbytes
             self.queued_records -= len(c.records)
             self.inflight_bytes += c.nbytes
-            self.inflight_records += len(c.records)
-            if c.kind == COUNTERS:
-                self.inflight_counters += len(c.records)
+            self.inflight[c.kind] += len(c.records)
         return out
 
-    def done(self, nbytes: int, nrecords: int, counters: int = 0) -> None:
-        """In-flight data accepted by the sink (`counters` of the records are counter records)."""
+    def done(self, kind: int, nbytes: int, nrecords: int) -> None:
+        """In-flight data of one kind accepted (or dropped and counted) by the sink."""
         self.inflight_bytes -= nbytes
-        self.inflight_records -= nrecords
-        self.inflight_counters -= counters
+        self.inflight[kind] -= nrecords
 
     def requeue(self, chunk: Chunk) -> None:
         """In-flight data the sink failed to deliver goes back to the front (already accounted)."""
-        self.inflight_bytes -= chunk.nbytes
-        self.inflight_records -= len(chunk.records)
-        if chunk.kind == COUNTERS:
-            self.inflight_counters -= len(chunk.records)
+        self.done(chunk.kind, chunk.nbytes, len(chunk.records))
         self.chunks.appendleft(chunk)
         self.queued_bytes += chunk.nbytes
         self.queued_records += len(chunk.records)
@@ -246,14 +243,13 @@ class Sink:
             except (asyncio.CancelledError, Exception):
                 pass
         left = self.queue.drop_all("shutdown")
-        inflight = self.queue.inflight_records
-        if inflight:
-            counters = self.queue.inflight_counters
-            if inflight - counters:
-                self.queue.dropped[(FLOWS, "shutdown")] += inflight - counters
-            if counters:
-                self.queue.dropped[(COUNTERS, "shutdown")] += counters
-            self.queue.done(self.queue.inflight_bytes, inflight, counters)
+        q = self.queue
+        inflight = q.inflight_records
+        for kind, n in enumerate(q.inflight):
+            if n:
+                q.dropped[(kind, "shutdown")] += n
+                q.done(kind, 0, n)
+        q.inflight_bytes = 0
         if left or inflight:
             log.error("shutdown: %d records could not be delivered within --shutdown-timeout=%.1fs "
                       "(counted in flowscope_flows_dropped_total and flowscope_counter_records_dropped_total, "
@@ -291,7 +287,6 @@ class StreamSink(Sink):
             if not chunks:
                 continue
             data = b"".join(b"\n".join(c.records) + b"\n" for c in chunks)
-            nbytes = sum(c.nbytes for c in chunks)
             try:
                 await loop.run_in_executor(None, self._write, data)
             except (OSError, ValueError) as exc:
@@ -299,15 +294,13 @@ class StreamSink(Sink):
                 self.errors["write"] += 1
                 for c in chunks:
                     q.dropped[(c.kind, "sink_error")] += len(c.records)
-                q.done(nbytes, sum(len(c.records) for c in chunks),
-                       sum(len(c.records) for c in chunks if c.kind == COUNTERS))
+                    q.done(c.kind, c.nbytes, len(c.records))
                 self._rl.error("write", "%s sink write failed: %s", self.name, exc)
                 await asyncio.sleep(0.5)
                 continue
             for c in chunks:
                 self.delivered[c.kind] += len(c.records)
-            q.done(nbytes, sum(len(c.records) for c in chunks),
-                   sum(len(c.records) for c in chunks if c.kind == COUNTERS))
+                q.done(c.kind, c.nbytes, len(c.records))
 
     def _write(self, data: bytes) -> None:
         fh = self._fh
@@ -645,14 +638,11 @@ class KafkaSink(Sink):
                 self._append(builders, full, c.kind, -1, c.records, None)
         full.extend(builders.values())
         # in flight was accounted per chunk; re-account per batch (differs only by too_large drops)
-        q.inflight_bytes -= sum(c.nbytes for c in chunks)
-        q.inflight_records -= sum(len(c.records) for c in chunks)
-        q.inflight_counters -= sum(len(c.records) for c in chunks if c.kind == COUNTERS)
+        for c in chunks:
+            q.done(c.kind, c.nbytes, len(c.records))
         for o in full:
             q.inflight_bytes += o.nbytes
-            q.inflight_records += len(o.records)
-            if o.kind == COUNTERS:
-                q.inflight_counters += len(o.records)
+            q.inflight[o.kind] += len(o.records)
         for o in full:
             await self._submit(o, topics[o.kind])
 
@@ -737,7 +727,7 @@ class KafkaSink(Sink):
                 self.delivered[o.kind] += len(o.records)
                 self.batches += 1
                 observe(self.latency, time.monotonic() - t0)
-                q.done(o.nbytes, len(o.records), len(o.records) if o.kind == COUNTERS else 0)
+                q.done(o.kind, o.nbytes, len(o.records))
             else:
                 self._failed(o, exc)
 
@@ -751,7 +741,7 @@ class KafkaSink(Sink):
             self.errors["rejected"] += 1
             self._rl.error("rejected", "kafka: batch of %d records rejected by the broker: %s (dropped)",
                            len(o.records), exc)
-            self.queue.done(o.nbytes, len(o.records), len(o.records) if o.kind == COUNTERS else 0)
+            self.queue.done(o.kind, o.nbytes, len(o.records))
             self.queue.dropped[(o.kind, "rejected")] += len(o.records)
             return
         self.errors["produce"] += 1
@@ -799,7 +789,7 @@ _AIOKAFKA_FATAL = ("MessageSizeTooLargeError", "RecordListTooLargeError", "Topic
 def _fatal_aiokafka(exc: BaseException) -> bool:
     import aiokafka.errors as ae
 
-    return any(isinstance(exc, c) for c in (getattr(ae, n, None) for n in _AIOKAFKA_FATAL) if c is not None)
+    return isinstance(exc, tuple(getattr(ae, n) for n in _AIOKAFKA_FATAL if hasattr(ae, n)))
 
 
 def _codec(name: str, level: int = 0) -> tuple[int, Callable[[Any], bytes] | None]:

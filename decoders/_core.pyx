@@ -46,7 +46,7 @@ cdef class Decoder:
     cdef readonly uint64_t evicted_exporters
     cdef public Py_ssize_t max_template_fields
     cdef readonly Py_ssize_t template_fields  # of all exporters' templates together
-    cdef dict evicted                 # counters of evicted exporters, folded (see evict())
+    cdef ExporterState evicted        # counters of evicted exporters, folded (see evict())
 
     def __init__(self, config=None):
         from decoders.config import DecoderConfig
@@ -55,7 +55,7 @@ cdef class Decoder:
         config.validate()
         self.config = config
         self.exporters = {}
-        self.evicted = {"protocols": {}, "errors": {}, "dropped": {}}
+        self.evicted = ExporterState(EVICTED)
         self.max_templates = config.max_templates_per_exporter
         self.max_exporters = config.max_exporters
         self.max_template_fields = config.max_template_fields
@@ -97,23 +97,10 @@ cdef class Decoder:
         so a new exporter is never refused. Their counters are folded into stats()[EVICTED], so
         the totals built from stats() never go back."""
         cdef ExporterState ex
-        cdef dict agg, d
         cdef Py_ssize_t k = max(1, len(self.exporters) // 8)
         cdef list oldest = sorted(self.exporters.values(), key=_last_seen)[:k]
         for ex in oldest:
-            for proto, d in ex.by_protocol.items():
-                agg = self.evicted["protocols"].setdefault(
-                    proto, {"datagrams": 0, "flows": 0, "errors": {}, "missing_template_sets": 0})
-                agg["datagrams"] += d["datagrams"]
-                agg["flows"] += d["flows"]
-                agg["missing_template_sets"] += d["missing_template_sets"]
-                for reason, n in d["errors"].items():
-                    agg["errors"][reason] = agg["errors"].get(reason, 0) + n
-            for key, src in (("errors", ex.errors), ("dropped", ex.dropped)):
-                for reason, n in src.items():
-                    self.evicted[key][reason] = self.evicted[key].get(reason, 0) + n
-            for key in ("datagrams", "flows", "missing_template_sets"):
-                self.evicted[key] = self.evicted.get(key, 0) + getattr(ex, key)
+            self.evicted.absorb(ex)
             self.template_fields -= ex.template_fields
             del self.exporters[ex.ip]
         self.evicted_exporters += k
@@ -199,15 +186,7 @@ cdef class Decoder:
         After evictions, key EVICTED ("(evicted)") holds the evicted exporters' counters."""
         out = {ip: ex.stats() for ip, ex in self.exporters.items()}
         if self.evicted_exporters:
-            ev = self.evicted
-            out[EVICTED] = {
-                "protocols": {name: dict(d, errors=dict(d["errors"]), templates=0)
-                              for name, d in ev["protocols"].items()},
-                "datagrams": ev.get("datagrams", 0), "flows": ev.get("flows", 0),
-                "errors": dict(ev["errors"]), "dropped": dict(ev["dropped"]),
-                "missing_template_sets": ev.get("missing_template_sets", 0), "templates": 0,
-                "sampling": 0, "protocol": "",
-            }
+            out[EVICTED] = self.evicted.stats()
         return out
 
     def series_stats(self):
@@ -217,19 +196,13 @@ cdef class Decoder:
         by protocol or None). The per-protocol dicts are the decoder's own: read, never keep or
         change them. Evicted exporters' counters under EVICTED."""
         cdef ExporterState ex
-        cdef Template t
         cdef dict out = {}
-        cdef dict tp
         for ip, ex in self.exporters.items():
-            tp = None
-            if ex.templates:
-                tp = {}
-                for t in ex.templates.values():
-                    name = "ipfix" if t.version == 10 else "netflow9"
-                    tp[name] = tp.get(name, 0) + 1
-            out[ip] = (ex.datagrams, ex.last_sampling, ex.protocol, ex.by_protocol, tp)
+            out[ip] = (ex.datagrams, ex.last_sampling, ex.protocol, ex.by_protocol,
+                       ex.templates_by_protocol() if ex.templates else None)
         if self.evicted_exporters:
-            out[EVICTED] = (self.evicted.get("datagrams", 0), 0, "", self.evicted["protocols"], None)
+            ex = self.evicted
+            out[EVICTED] = (ex.datagrams, 0, "", ex.by_protocol, None)
         return out
 
     def exporter(self, str ip):

@@ -318,8 +318,8 @@ cdef int enrich_into(Buf* o, FlowBatch bt, Flow* f, object enricher, int64_t t) 
 
 
 cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char* head, Py_ssize_t head_len) except -1:
-    cdef int i, j, reps
-    cdef bint first, seen
+    cdef int i, j
+    cdef bint first, seen, repeated
     cdef Extra* x
     cdef Extra* y
     cdef const uint8_t* data = <const uint8_t*>PyBytes_AS_STRING(bt.data)
@@ -474,18 +474,19 @@ cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char*
                 break
         if seen:
             continue
-        reps = 0
+        repeated = False
         for j in range(i + 1, f.extra_count):
             y = &bt.extras[f.extra_start + j]
             if y.ie == x.ie and y.pen == x.pen:
-                reps += 1
+                repeated = True
+                break
         buf_put(o, ",\"ie", 4)
         if x.pen:
             buf_uint(o, x.pen)
             buf_put(o, "_", 1)
         buf_uint(o, x.ie)
         buf_put(o, "\":", 2)
-        if reps == 0:
+        if not repeated:
             buf_hex(o, data + x.off, x.length)
             continue
         buf_put(o, "[", 1)

@@ -301,13 +301,35 @@ cdef class ExporterState:
         e = self.proto_stats(self.cur_protocol)["errors"]
         e[reason] = e.get(reason, 0) + 1
 
-    def stats(self):
+    cdef dict templates_by_protocol(self):
+        """Templates held, by protocol name ({} when none)."""
         cdef Template t
-        per = {name: dict(d, errors=dict(d["errors"]), templates=0) for name, d in self.by_protocol.items()}
+        cdef dict out = {}
         for t in self.templates.values():
             name = "ipfix" if t.version == 10 else "netflow9"
-            if name in per:
-                per[name]["templates"] += 1
+            out[name] = out.get(name, 0) + 1
+        return out
+
+    cdef void absorb(self, ExporterState other):
+        """Add other's counters to this one's (the decoder's tally of evicted exporters)."""
+        cdef dict d, mine
+        for name, d in other.by_protocol.items():
+            mine = self.proto_stats(name)
+            for key in ("datagrams", "flows", "missing_template_sets"):
+                mine[key] += d[key]
+            for reason, n in d["errors"].items():
+                mine["errors"][reason] = mine["errors"].get(reason, 0) + n
+        for mine, d in ((self.errors, other.errors), (self.dropped, other.dropped)):
+            for reason, n in d.items():
+                mine[reason] = mine.get(reason, 0) + n
+        self.datagrams += other.datagrams
+        self.flows += other.flows
+        self.missing_template_sets += other.missing_template_sets
+
+    def stats(self):
+        cdef dict tp = self.templates_by_protocol()
+        per = {name: dict(d, errors=dict(d["errors"]), templates=tp.get(name, 0))
+               for name, d in self.by_protocol.items()}
         return {
             "protocols": per,
             "datagrams": self.datagrams,

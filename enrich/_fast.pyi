@@ -8,4 +8,3 @@ class Reader:
     generation: int
     hits: int
     misses: int
-    api_calls: int

@@ -119,7 +119,6 @@ cdef class Reader:
     #: per-address cache hits and index lookups (misses), for the collector's metrics
     cdef public long long hits
     cdef public long long misses
-    cdef public long long api_calls  # flows answered through the C API (the encoder's path)
 
     cdef ASlot* cache
     cdef PyObject** entries      # strong references, parallel to cache
@@ -349,7 +348,6 @@ cdef int _parts(void* reader, const unsigned char* src, const unsigned char* dst
     cdef Reader r = <Reader>reader
     cdef ASlot* s
     cdef ASlot* d
-    r.api_calls += 1
     if alen <= 0:
         return -1
     s = r.resolve(src, alen, t, NULL)

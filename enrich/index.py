@@ -383,15 +383,14 @@ class Index:
             if isinstance(h, dict) and isinstance(h.get("ip"), str):
                 host_ips.add(h["ip"])
         texts: list[str] = []
-        for p in self._list(status.get("podIPs"), f"pod {ns}/{name} status.podIPs"):
-            if isinstance(p, dict) and isinstance(p.get("ip"), str):
-                texts.append(p["ip"])
-        if not texts and isinstance(status.get("podIP"), str):
-            texts.append(status["podIP"])
-        if spec.get("hostNetwork") is True:
-            # Every address of a host-network pod is its Node's (before Kubernetes 1.28 a
-            # dual-stack node lists both families in podIPs but only one as hostIP).
-            texts = []
+        # Every address of a host-network pod is its Node's (before Kubernetes 1.28 a dual-stack
+        # node lists both families in podIPs but only one as hostIP): none is indexed.
+        if spec.get("hostNetwork") is not True:
+            for p in self._list(status.get("podIPs"), f"pod {ns}/{name} status.podIPs"):
+                if isinstance(p, dict) and isinstance(p.get("ip"), str):
+                    texts.append(p["ip"])
+            if not texts and isinstance(status.get("podIP"), str):
+                texts.append(status["podIP"])
         ips: list[bytes] = []
         for t in texts:
             if t in host_ips:

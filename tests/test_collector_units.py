@@ -155,7 +155,7 @@ def test_records_in_flight_at_the_shutdown_deadline_are_counted_by_kind() -> Non
 
     s = asyncio.run(go())
     assert s.queue.dropped[(FLOWS, "shutdown")] == 3 and s.queue.dropped[(COUNTERS, "shutdown")] == 2
-    assert s.queue.total_records == 0 and s.queue.inflight_counters == 0
+    assert s.queue.total_records == 0 and s.queue.inflight == [0, 0]
 
 
 def test_a_failed_keyed_batch_is_requeued_with_each_records_exporter() -> None:
@@ -170,7 +170,7 @@ def test_a_failed_keyed_batch_is_requeued_with_each_records_exporter() -> None:
     o = _Open(FLOWS, 1, None)
     for rec, ex in ((b"a1", "10.0.0.1"), (b"a2", "10.0.0.1"), (b"b1", "10.0.0.2"), (b"a3", "10.0.0.1")):
         o.add(rec, ex)
-    sink.queue.inflight_records, sink.queue.inflight_bytes = 4, o.nbytes
+    sink.queue.inflight[FLOWS], sink.queue.inflight_bytes = 4, o.nbytes
     sink._failed(o, ConnectionError("broker gone"))
     got = [(c.exporter, c.records) for c in sink.queue.chunks]
     assert got == [("10.0.0.1", [b"a1", b"a2"]), ("10.0.0.2", [b"b1"]), ("10.0.0.1", [b"a3"])]
@@ -216,13 +216,13 @@ def test_a_batch_aiokafka_says_cannot_succeed_is_dropped_not_retried_for_ever() 
     o = _Open(FLOWS, 0, None)
     o.add(b"x" * 10)
     o.add(b"y" * 10)
-    sink.queue.inflight_records, sink.queue.inflight_bytes = 2, o.nbytes
+    sink.queue.inflight[FLOWS], sink.queue.inflight_bytes = 2, o.nbytes
     sink._failed(o, MessageSizeTooLargeError())
     assert sink.queue.dropped[(FLOWS, "rejected")] == 2 and not sink.queue.chunks
     assert sink.errors["rejected"] == 1 and sink.queue.inflight_records == 0
     waits = []
     for _ in range(6):
-        sink.queue.inflight_records, sink.queue.inflight_bytes = 2, o.nbytes
+        sink.queue.inflight[FLOWS], sink.queue.inflight_bytes = 2, o.nbytes
         sink._failed(o, NotEnoughReplicasError())
         waits.append(sink._retry_wait)
         sink.queue.take(1 << 20)
