@@ -35,12 +35,17 @@ class Packet:
     ts: float
 
 
+def _sflow_agent_end(p: bytes) -> int:
+    """Offset just past an sFlow v5 datagram's agent address (type 0 unknown: no address)."""
+    atype = struct.unpack_from("!I", p, 4)[0]
+    return 8 + {0: 0, 1: 4}.get(atype, 16)
+
+
 def stream_key(src: tuple[str, int], p: bytes) -> tuple[object, ...] | None:
     """Which sequence space the datagram belongs to, or None for unknown payloads."""
     if len(p) >= 4 and p[:4] == b"\x00\x00\x00\x05" and len(p) >= 28:
         # sFlow v5: agent address type decides where sub-agent id sits
-        atype = struct.unpack_from("!I", p, 4)[0]
-        off = 8 + (4 if atype == 1 else 16)
+        off = _sflow_agent_end(p)
         if len(p) < off + 12:
             return None
         return (src, "sflow", p[8:off], struct.unpack_from("!I", p, off)[0])
@@ -85,8 +90,9 @@ def increment(p: bytes) -> int:
 
 def sequence(p: bytes) -> int | None:
     if p[:4] == b"\x00\x00\x00\x05":
-        atype = struct.unpack_from("!I", p, 4)[0]
-        off = 8 + (4 if atype == 1 else 16)
+        off = _sflow_agent_end(p)
+        if len(p) < off + 8:
+            return None
         return int(struct.unpack_from("!I", p, off + 4)[0])
     ver = struct.unpack_from("!H", p, 0)[0]
     if ver == 5:
@@ -105,8 +111,9 @@ def rewrite(p: bytes, seq_add: int, secs_add: int) -> bytes:
     b = bytearray(p)
     m32 = 0xFFFFFFFF
     if p[:4] == b"\x00\x00\x00\x05":
-        atype = struct.unpack_from("!I", p, 4)[0]
-        off = 8 + (4 if atype == 1 else 16)
+        off = _sflow_agent_end(p)
+        if len(p) < off + 12:
+            return p
         seq, up = struct.unpack_from("!II", p, off + 4)
         struct.pack_into("!II", b, off + 4, (seq + seq_add) & m32, (up + secs_add * 1000) & m32)
         return bytes(b)

@@ -39,6 +39,7 @@ cdef enum:
     P_SAMPLING = 1 << 26     # the record itself carried a sampling rate
     P_TUNPROTO = 1 << 27
     P_MSG = 1 << 28          # msg_domain/msg_sequence: from a later IPFIX message of the datagram
+    P_VLANHDR = 1 << 29      # Vlan is the sampled frame's own outer tag (sFlow; not encoded)
 
 # TCP flag bits (RFC 793 / RFC 3168), the order NetObserv prints them in.
 cdef enum:

@@ -35,8 +35,11 @@ cdef enum:
 # Raw packet header protocols (sFlow v5 "header_protocol").
 cdef enum:
     HP_ETHERNET = 1
+    HP_PPP = 7
     HP_IPV4 = 11
     HP_IPV6 = 12
+    HP_MPLS = 13
+    HP_80211 = 15     # sflow_80211.txt
 
 # Tunnel types as the encoder names them (TUNNEL_NAMES; the OVS IPFIX tunnelType numbering).
 cdef enum:
@@ -233,27 +236,106 @@ cdef int hdr_ethertype(Flow* f, Reader* h, uint16_t etype, int depth) except -1:
     return 0
 
 
+cdef int hdr_llc(Flow* f, Reader* h, int depth) except -1:
+    """IEEE 802.2 LLC after an 802.3 length field: only SNAP with the Ethernet OUI (RFC 1042,
+    AA-AA-03 00-00-00 type) carries an EtherType; STP, IS-IS and other LLC payloads have none."""
+    cdef const uint8_t* p = hd_take(h, 8)
+    if p == NULL or p[0] != 0xAA or p[1] != 0xAA or p[2] != 0x03 or p[3] or p[4] or p[5]:
+        return 0
+    return hdr_ethertype(f, h, be16(p + 6), depth)
+
+
 cdef int hdr_ethernet(Flow* f, Reader* h, int depth) except -1:
     cdef const uint8_t* p = hd_take(h, 14)
-    cdef uint16_t etype
+    cdef uint16_t etype, vid
+    cdef bint tagged = False
     if p == NULL:
         return 0
     memcpy(f.dst_mac, p, 6)
     memcpy(f.src_mac, p + 6, 6)
     f.present |= P_SRCMAC | P_DSTMAC
     etype = be16(p + 12)
-    # IEEE 802.1Q / 802.1ad (QinQ) and the older 0x9100: the first (outer) VLAN id is kept.
+    # IEEE 802.1Q / 802.1ad (QinQ) and the older 0x9100: the first (outer) VLAN id is kept. VID 0
+    # is a priority tag, not a VLAN. The sampled frame's own tag wins over extended switch's
+    # src_vlan whatever the records' order; a tunnelled inner frame's tag only fills a gap.
     while etype == 0x8100 or etype == 0x88A8 or etype == 0x9100:
         p = hd_take(h, 4)
         if p == NULL:
             f.etype = etype
             f.present |= P_ETYPE
             return 0
-        if not (f.present & P_VLAN):
-            f.vlan = be16(p) & 0x0FFF
-            f.present |= P_VLAN
+        vid = be16(p) & 0x0FFF
+        if vid and not tagged:
+            tagged = True
+            if depth == 0:
+                f.vlan = vid
+                f.present |= P_VLAN | P_VLANHDR
+            elif not (f.present & P_VLAN):
+                f.vlan = vid
+                f.present |= P_VLAN
         etype = be16(p + 2)
+    if etype < 0x0600:
+        # IEEE 802.3: a length, not an EtherType (0x05DC-0x05FF is undefined either way)
+        return hdr_llc(f, h, depth) if etype <= 0x05DC else 0
     return hdr_ethertype(f, h, etype, depth)
+
+
+cdef int hdr_ppp(Flow* f, Reader* h) except -1:
+    """RFC 1661/1662: optional address-control FF 03, then the protocol (1 byte when
+    compressed, RFC 1661 6.5: odd first byte): 0x21 IPv4, 0x57 IPv6, 0x281 MPLS."""
+    cdef const uint8_t* p = hd_take(h, 2)
+    cdef uint16_t proto
+    cdef Py_ssize_t pos
+    if p == NULL:
+        return 0
+    if p[0] == 0xFF and p[1] == 0x03:
+        p = hd_take(h, 2)
+        if p == NULL:
+            return 0
+    if p[0] & 1:
+        proto = p[0]
+        h.pos -= 1
+    else:
+        proto = be16(p)
+    if proto == 0x21:
+        return hdr_ethertype(f, h, 0x0800, 0)
+    if proto == 0x57:
+        return hdr_ethertype(f, h, 0x86DD, 0)
+    if proto == 0x281:
+        return hdr_ethertype(f, h, 0x8847, 0)
+    return 0
+
+
+cdef int hdr_80211(Flow* f, Reader* h) except -1:
+    """IEEE 802.11 MAC header (sflow_80211 header_protocol 15): data frames only, unprotected,
+    then LLC/SNAP. Addresses by the To/From DS bits (802.11-2020 9.3.2.1)."""
+    cdef const uint8_t* p = hd_take(h, 24)
+    cdef const uint8_t* a4
+    cdef uint8_t ds
+    cdef Py_ssize_t extra = 0
+    if p == NULL or ((p[0] >> 2) & 3) != 2 or (p[0] & 3) != 0:
+        return 0
+    ds = p[1] & 3
+    if ds == 3:
+        a4 = hd_take(h, 6)
+        if a4 == NULL:
+            return 0
+        memcpy(f.dst_mac, p + 16, 6)
+        memcpy(f.src_mac, a4, 6)
+    else:
+        # DA: addr1 unless to the DS (addr3); SA: addr2 unless from the DS (addr3)
+        memcpy(f.dst_mac, p + (16 if ds & 1 else 4), 6)
+        memcpy(f.src_mac, p + (16 if ds & 2 else 10), 6)
+    f.present |= P_SRCMAC | P_DSTMAC
+    if p[0] & 0x80:                         # QoS data subtypes: QoS Control
+        extra = 2
+        if p[1] & 0x80:                     # +HTC (Order bit in a QoS data frame)
+            extra = 6
+    if p[1] & 0x40 or (p[0] >> 4) & 4:      # protected (encrypted) or a null-data subtype
+        return 0
+    if hd_take(h, extra) == NULL:
+        return 0
+    return hdr_llc(f, h, 0)
 
 
 # ---------------------------------------------------------------- flow records
@@ -302,6 +384,7 @@ cdef int flow_record(FlowBatch b, Flow* f, uint32_t ent, uint32_t fmt, Reader* r
     cdef uint32_t hproto, hlen, nseg, seg_len, ncomm, i
     cdef uint32_t last_as = 0
     cdef uint8_t af
+    cdef uint8_t nh[16]
     cdef Reader h
     cdef Py_ssize_t start = rec.pos, rlen = rd_left(rec)
     if ent != 0:
@@ -323,6 +406,12 @@ cdef int flow_record(FlowBatch b, Flow* f, uint32_t ent, uint32_t fmt, Reader* r
             hdr_ethertype(f, &h, 0x0800, 0)
         elif hproto == HP_IPV6:
             hdr_ethertype(f, &h, 0x86DD, 0)
+        elif hproto == HP_MPLS:
+            hdr_ethertype(f, &h, 0x8847, 0)
+        elif hproto == HP_PPP:
+            hdr_ppp(f, &h)
+        elif hproto == HP_80211:
+            hdr_80211(f, &h)
         return 0
     if fmt == FR_ETHERNET:
         # length, src mac (6 + 2 pad), dst mac (6 + 2 pad), type
@@ -335,7 +424,7 @@ cdef int flow_record(FlowBatch b, Flow* f, uint32_t ent, uint32_t fmt, Reader* r
             memcpy(f.src_mac, p + 4, 6)
             memcpy(f.dst_mac, p + 12, 6)
             f.present |= P_SRCMAC | P_DSTMAC
-        if not (f.present & P_ETYPE):
+        if not (f.present & P_ETYPE) and be32(p + 20) >= 0x0600:   # below: an 802.3 length
             f.etype = <uint16_t>be32(p + 20)
             f.present |= P_ETYPE
         return 0
@@ -364,15 +453,20 @@ cdef int flow_record(FlowBatch b, Flow* f, uint32_t ent, uint32_t fmt, Reader* r
             f.present |= P_FLAGS
         return 0
     if fmt == FR_EXT_SWITCH:
-        # src_vlan, src_priority, dst_vlan, dst_priority: the ingress VLAN unless the header had one
+        # src_vlan, src_priority, dst_vlan, dst_priority: the ingress VLAN unless the sampled
+        # frame carried its own tag (hdr_ethernet), whichever record comes first
         need(rec, 16, fmt)
         p = rd_take(rec, 16)
-        if not (f.present & P_VLAN) and 0 < be32(p) < 4096:
+        if not (f.present & P_VLANHDR) and 0 < be32(p) < 4096:
             f.vlan = <uint16_t>be32(p)
             f.present |= P_VLAN
         return 0
     if fmt == FR_EXT_ROUTER:
-        read_address(rec, &f.nh_af, f.nexthop, fmt)
+        # The next hop router wins over the gateway's BGP next hop (records come in any order).
+        read_address(rec, &af, nh, fmt)
+        if af:
+            f.nh_af = af
+            memcpy(f.nexthop, nh, 16)
         need(rec, 8, fmt)
         p = rd_take(rec, 8)
         f.src_mask = <uint8_t>be32(p)
@@ -380,8 +474,13 @@ cdef int flow_record(FlowBatch b, Flow* f, uint32_t ent, uint32_t fmt, Reader* r
         f.present |= P_SRCMASK | P_DSTMASK
         return 0
     if fmt == FR_EXT_GATEWAY:
-        # next_hop, as, src_as, src_peer_as, dst_as_path<segments>, communities<>, localpref
-        read_address(rec, &f.nh_af, f.nexthop, fmt)
+        # next_hop, as, src_as, src_peer_as, dst_as_path<segments>, communities<>, localpref.
+        # next_hop is the border router towards the destination: NextHop when extended
+        # router gave none.
+        read_address(rec, &af, nh, fmt)
+        if af and not f.nh_af:
+            f.nh_af = af
+            memcpy(f.nexthop, nh, 16)
         need(rec, 16, fmt)
         p = rd_take(rec, 16)
         f.src_as = be32(p + 4)

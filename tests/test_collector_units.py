@@ -337,6 +337,20 @@ def test_rewrite_each_protocol() -> None:
     assert got == [(11, 7000), (12, 8000)]  # seq +2, uptime +2 s (period 2)
 
 
+def test_rewrite_sflow_agent_address_types() -> None:
+    # sFlow v5 address type 0 (unknown) has no address bytes, 2 (IPv6) sixteen: the sequence
+    # and uptime sit after it, and nothing else of the datagram changes.
+    for atype, addr in ((0, b""), (1, bytes(4)), (2, bytes(range(16)))):
+        p = struct.pack("!II", 5, atype) + addr + struct.pack("!IIII", 7, 9, 5000, 1) + b"sample.."
+        assert R.sequence(p) == 9
+        key = R.stream_key(("192.0.2.1", 6343), p)
+        assert key is not None and key[2:] == (addr, 7)
+        q = R.rewrite(p, 10, 2)
+        off = 8 + len(addr)
+        assert struct.unpack_from("!III", q, off) == (7, 19, 7000)
+        assert q[:off] == p[:off] and q[off + 12:] == p[off + 12:]
+
+
 def test_replay_command_sends_rewritten(tmp_path: Path) -> None:
     cap = corpus_file("netflow5/juniper-mx80_netflow5.pcap")
     orig = udp_payloads(cap)[0][2]

@@ -502,6 +502,97 @@ def test_extended_switch_router_gateway(decoders_mod) -> None:
     assert (f["NextHop"], f["SrcAS"], f["DstAS"]) == ("2001:db8::fe", 64999, 64502)
 
 
+def test_record_order_does_not_change_vlan_or_next_hop(decoders_mod) -> None:
+    # The spec gives a sample's records no order (Open vSwitch sends 1001 before the header).
+    # The sampled frame's own tag is its VLAN, over extended switch's src_vlan; a VID 0 tag is
+    # 802.1p priority only (IEEE 802.1Q), so extended switch's VLAN stands.
+    tagged = eth(ipv4("10.0.0.1", "10.0.0.2", 17, udp(1, 2)), 0x0800, tags=[(0x8100, 20)])
+    prio = eth(ipv4("10.0.0.1", "10.0.0.2", 17, udp(1, 2)), 0x0800, tags=[(0x8100, 5 << 13 | 0)])
+    sw = rec(1001, struct.pack(">IIII", 10, 0, 11, 0))
+    for records in ([raw_header(tagged, 60), sw], [sw, raw_header(tagged, 60)]):
+        assert one_flow(decoders_mod, records)["Vlan"] == 20
+    for records in ([raw_header(prio, 60), sw], [sw, raw_header(prio, 60)]):
+        assert one_flow(decoders_mod, records)["Vlan"] == 10
+    assert "Vlan" not in one_flow(decoders_mod, [raw_header(prio, 60)])
+    # A tag inside a VXLAN payload is the tenant frame's: extended switch's VLAN wins over it.
+    inner = eth(ipv4("192.168.0.1", "192.168.0.2", 6, tcp(5, 6, 0x02)), 0x0800, tags=[(0x8100, 33)])
+    outer = eth(ipv4("10.0.0.1", "10.0.0.2", 17, udp(50000, 4789, vxlan(7, inner))), 0x0800)
+    for records in ([raw_header(outer, 200), sw], [sw, raw_header(outer, 200)]):
+        assert one_flow(decoders_mod, records)["Vlan"] == 10
+    assert one_flow(decoders_mod, [raw_header(outer, 200)])["Vlan"] == 33
+    # extended_router's next hop router over extended_gateway's BGP next hop, in either order;
+    # the gateway's fills in when the router record has no address (type 0).
+    rt = rec(1002, struct.pack(">I", 1) + bytes([10, 0, 0, 254]) + struct.pack(">II", 24, 16))
+    rt0 = rec(1002, struct.pack(">III", 0, 24, 16))
+    gw = rec(1003, struct.pack(">I", 1) + bytes([192, 0, 2, 1]) + struct.pack(">IIII", 65000, 64999, 64998, 0) +
+             struct.pack(">II", 0, 100))
+    for records in ([rt, gw], [gw, rt]):
+        assert one_flow(decoders_mod, [raw_header(tagged, 60)] + records)["NextHop"] == "10.0.0.254"
+    for records in ([rt0, gw], [gw, rt0]):
+        assert one_flow(decoders_mod, [raw_header(tagged, 60)] + records)["NextHop"] == "192.0.2.1"
+
+
+def llc_snap(etype: int, payload: bytes) -> bytes:
+    return bytes([0xAA, 0xAA, 0x03, 0, 0, 0]) + struct.pack(">H", etype) + payload
+
+
+def ieee8023(payload: bytes) -> bytes:
+    return MAC_B + MAC_A + struct.pack(">H", len(payload)) + payload
+
+
+def test_8023_length_frames(decoders_mod) -> None:
+    # IEEE 802.3: a type/length value below 0x0600 is a length. STP (LLC 42-42-03) has no
+    # EtherType; RFC 1042 SNAP carries one, and the IP packet after it is parsed.
+    stp = ieee8023(bytes([0x42, 0x42, 0x03]) + b"\0" * 35)
+    f = one_flow(decoders_mod, [raw_header(stp, 64)])
+    assert "Etype" not in f and "SrcAddr" not in f and f["SrcMac"] == "0a:58:0a:80:00:05"
+    snap = ieee8023(llc_snap(0x0800, ipv4("10.0.0.1", "10.0.0.2", 17, udp(7, 8))))
+    f = one_flow(decoders_mod, [raw_header(snap, 64)])
+    assert (f["Etype"], f["SrcAddr"], f["DstAddr"], f["SrcPort"], f["DstPort"]) == (0x0800, "10.0.0.1", "10.0.0.2", 7, 8)
+    # sampled_ethernet (record 2) reporting an 802.3 frame's length in its type field
+    re = rec(2, struct.pack(">I", 64) + MAC_A + b"\0\0" + MAC_B + b"\0\0" + struct.pack(">I", 38))
+    assert "Etype" not in one_flow(decoders_mod, [re])
+
+
+def wlan_data(ds: int, a1: bytes, a2: bytes, a3: bytes, a4: bytes = b"", qos: bool = False,
+              protected: bool = False) -> bytes:
+    """An IEEE 802.11 data frame header (802.11-2020 9.3.2.1) followed by LLC/SNAP."""
+    fc0 = 2 << 2 | (0x80 if qos else 0)                 # type data, subtype 0 or 8 (QoS data)
+    fc1 = ds | (0x40 if protected else 0)
+    h = bytes([fc0, fc1]) + b"\0\0" + a1 + a2 + a3 + b"\0\0" + a4
+    return h + (b"\x05\x00" if qos else b"")
+
+
+@pytest.mark.parametrize("ds", [0, 1, 2, 3])
+def test_header_protocol_80211(decoders_mod, ds: int) -> None:
+    sa, da, bssid, ra = MAC_A, MAC_B, MAC_C, MAC_D
+    addrs = {0: (da, sa, bssid, b""), 1: (bssid, sa, da, b""), 2: (da, bssid, sa, b""),
+             3: (ra, bssid, da, sa)}[ds]
+    body = llc_snap(0x0800, ipv4("10.3.0.1", "10.3.0.2", 17, udp(67, 68)))
+    for qos in (False, True):
+        f = one_flow(decoders_mod, [raw_header(wlan_data(ds, *addrs, qos=qos) + body, 300, proto=15)])
+        assert (f["SrcMac"], f["DstMac"]) == (sa.hex(":"), da.hex(":"))
+        assert (f["Etype"], f["SrcAddr"], f["DstAddr"], f["SrcPort"], f["DstPort"]) == \
+            (0x0800, "10.3.0.1", "10.3.0.2", 67, 68)
+    f = one_flow(decoders_mod, [raw_header(wlan_data(ds, *addrs, protected=True) + body, 300, proto=15)])
+    assert "SrcAddr" not in f       # an encrypted payload is not parsed
+
+
+def test_header_protocols_ppp_and_mpls(decoders_mod) -> None:
+    ip = ipv4("10.1.0.1", "10.1.0.2", 6, tcp(1111, 80, 0x18))
+    for ppp in (b"\xff\x03\x00\x21", b"\x00\x21", b"\x21"):   # RFC 1662 framing, none, PFC
+        f = one_flow(decoders_mod, [raw_header(ppp + ip, 100, proto=7)])
+        assert (f["SrcAddr"], f["DstAddr"], f["Proto"], f["SrcPort"], f["DstPort"]) == \
+            ("10.1.0.1", "10.1.0.2", 6, 1111, 80)
+    f = one_flow(decoders_mod, [raw_header(b"\xff\x03\x00\x57" + ipv6("2001:db8::1", "2001:db8::2", 17, udp(1, 2)),
+                                           100, proto=7)])
+    assert (f["SrcAddr"], f["Etype"]) == ("2001:db8::1", 0x86DD)
+    f = one_flow(decoders_mod, [raw_header(mpls([100, 200], ipv4("10.2.0.1", "10.2.0.2", 17, udp(53, 5353))),
+                                           100, proto=13)])
+    assert (f["SrcAddr"], f["DstAddr"], f["SrcPort"], f["DstPort"], f["Etype"]) == \
+        ("10.2.0.1", "10.2.0.2", 53, 5353, 0x0800)
+
+
 def test_ovs_tunnel_records(decoders_mod) -> None:
     """Open vSwitch: 1023 extended_ipv4_tunnel_egress + 1029 extended_vni_egress (sflow_tunnels.txt)."""
     pkt = eth(ipv4("10.244.0.5", "10.244.1.7", 6, tcp(45000, 80, 0x10)), 0x0800)
