@@ -433,10 +433,15 @@ cdef int parse_template_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* 
     cdef Reader opts
     cdef uint16_t scope_len, opt_len
     cdef int nfields
-    # A set ends with padding shorter than a template record header.
+    # A set ends with padding shorter than a template record header, or with longer zero
+    # padding (RFC 3954 5.3 and RFC 7011 3.3.1: padding octets are zero and counted in the set
+    # length; NetFlow v9 exporters pad to 8 bytes): no template has id 0, so an all-zero rest of
+    # the set is padding, as Wireshark reads it, not a bad template.
     while rd_left(s) >= 4:
         start = s.pos
         tid = rd_u16(s)
+        if tid == 0 and all_zero(s.buf, start, s.end):
+            break
         if version == 9 and options:
             # RFC 3954 6.1: template id, option scope length, option length (both in bytes).
             scope_len = rd_u16(s)

@@ -593,3 +593,22 @@ def test_tcp_total_counts_follow_the_iana_numbers() -> None:
         f = dec.decode(ipfix_message([data_set(t, [rec])], seq=1, export_time=EXPORT), EXPORTER).to_dicts()[0]
         got.append(f["Flags"])
     assert got == [["SYN"], ["FIN"], ["RST"], ["PSH"], ["ACK"], ["URG"]]
+
+
+@pytest.mark.parametrize("pad", [2, 4, 6])
+def test_v9_template_flowsets_padded_with_zeros(pad: int) -> None:
+    """RFC 3954 5.3: a FlowSet may end with zero padding, counted in its length. Padding of 4
+    bytes or more after the last (options) template is not a template with id 0: the flowsets
+    after it in the packet still decode."""
+    opt = struct.pack("!HHH", 270, 4, 4) + struct.pack("!HHHH", 1, 4, 34, 4) + b"\0" * pad
+    opt_set = struct.pack("!HH", 1, 4 + len(opt)) + opt
+    t = _tpl(260, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("bytes", 1, 0, 4))
+    tpl = template_set([t], version=9)
+    tpl_padded = tpl[:2] + struct.pack("!H", len(tpl) + pad) + tpl[4:] + b"\0" * pad
+    data = data_set(t, [{"src": "10.0.0.1", "dst": "10.0.0.2", "bytes": 1000}])
+    dec = Decoder()
+    b = dec.decode(v9_datagram([opt_set, tpl_padded, data], seq=1, unix_secs=EXPORT, uptime_ms=1000, source_id=1),
+                   EXPORTER)
+    assert b.error is None
+    assert [(f["SrcAddr"], f["Bytes"]) for f in b.to_dicts()] == [("10.0.0.1", 1000)]
+    assert dec.stats()[EXPORTER]["templates"] == 2 and dec.stats()[EXPORTER]["errors"] == {}
