@@ -86,25 +86,38 @@ cdef inline object _holder_at(object e, long long t):
 cdef inline int _span(object e, long long t, long long* lo, long long* hi):
     """The interval [lo, hi) of flow starts over which the holder of an address at t stays the
     same for this index generation (an empty interval when it is not simple to bound)."""
-    cdef tuple head = <tuple>e
-    cdef long long start = <long long>head[4]
-    cdef long long end = <long long>head[5]
-    if head[6] is None:
+    cdef tuple cur = <tuple>e
+    cdef long long b
+    cdef int k
+    if cur[6] is None:
         # One holder: before its end it is the answer (even before its start, like _holder_at).
-        if t < end:
+        b = <long long>cur[5]
+        if t < b:
             lo[0] = -(1LL << 62)
-            hi[0] = end
+            hi[0] = b
         else:
-            lo[0] = end
+            lo[0] = b
             hi[0] = 1LL << 62
         return 0
-    if start <= t < end and t > 0:  # t <= 0 prefers a live holder over a newer tombstone
-        lo[0] = start
-        hi[0] = end
-    else:
+    if t <= 0:  # prefers a live holder over a newer tombstone: not cached
         lo[0] = t
-        hi[0] = t  # a reused address away from its newest holder: not cached
-    return 0
+        hi[0] = t
+        return 0
+    # _holder_at only compares t with the chain's starts and ends: between two neighbouring
+    # ones its answer cannot change (t <= 0 has its own rule: never in the interval).
+    lo[0] = 1
+    hi[0] = 1LL << 62
+    while True:
+        for k in range(4, 6):
+            b = <long long>cur[k]
+            if b <= t:
+                if b > lo[0]:
+                    lo[0] = b
+            elif b < hi[0]:
+                hi[0] = b
+        if cur[6] is None:
+            return 0
+        cur = <tuple>cur[6]
 
 
 cdef class Reader:

@@ -71,8 +71,30 @@ def parse_time_ms(text: Any) -> int | None:
         return None
 
 
+def _network_ready_ms(conditions: list[Any]) -> int | None:
+    """lastTransitionTime of a true PodReadyToStartContainers (PodHasNetwork) condition."""
+    for c in conditions:
+        if (isinstance(c, dict) and c.get("type") in ("PodReadyToStartContainers", "PodHasNetwork")
+                and c.get("status") == "True"):
+            return parse_time_ms(c.get("lastTransitionTime"))
+    return None
+
+
+def _finished_ms(statuses: list[Any]) -> int | None:
+    """When the last container of a finished pod terminated (None when not recorded)."""
+    out: int | None = None
+    for c in statuses:
+        state = c.get("state") if isinstance(c, dict) else None
+        term = state.get("terminated") if isinstance(state, dict) else None
+        t = parse_time_ms(term.get("finishedAt")) if isinstance(term, dict) else None
+        if t is not None and (out is None or t > out):
+            out = t
+    return out
+
+
 def management_port_ips(annotation: Any) -> list[bytes]:
-    """Base + 2 of every subnet in `k8s.ovn.org/node-subnets` (JSON: network -> CIDR or CIDRs).
+    """Base + 2 of each default-network subnet in `k8s.ovn.org/node-subnets` (JSON: network ->
+    CIDR or CIDRs).
 
     Raises ValueError when the annotation is not the documented shape, so the caller can count it.
     """
@@ -80,7 +102,10 @@ def management_port_ips(annotation: Any) -> list[bytes]:
     if not isinstance(data, dict):
         raise ValueError("node-subnets annotation is not a JSON object")
     out: list[bytes] = []
-    for subnets in data.values():
+    # One key per OVN network; user-defined networks are isolated (and may overlap), their
+    # management ports are not the node's address: only the cluster default network's is.
+    subnets = data.get("default")
+    if subnets is not None:
         if isinstance(subnets, str):
             subnets = [subnets]
         if not isinstance(subnets, list):
@@ -406,16 +431,22 @@ class Index:
             self.problem("bad_owner", f"pod {ns}/{name}: {e}")
             owner = None
         kind, oname = owner if owner else ("Pod", name)
-        # The later of creation and kubelet start is the closer bound on when the IP was
-        # assigned, so flows of the previous holder are not given to a pod still Pending.
-        created = parse_time_ms(meta.get("creationTimestamp"))
-        started = parse_time_ms(status.get("startTime"))
-        start = max(created, started) if created is not None and started is not None else (created or started)
+        # When the pod got its addresses: the latest of creation, kubelet start and the pod
+        # network's readiness (condition PodReadyToStartContainers, PodHasNetwork before 1.29:
+        # its sandbox, and so its IP, came up then; a recreated sandbox moves it). The start
+        # alone is early: a pod admitted while the CNI had no free address waits without one.
+        times = [t for t in (parse_time_ms(meta.get("creationTimestamp")), parse_time_ms(status.get("startTime")),
+                             _network_ready_ms(self._list(status.get("conditions"), f"pod {ns}/{name} status.conditions")))
+                 if t is not None]
+        start = max(times) if times else None
         node = spec.get("nodeName") if isinstance(spec.get("nodeName"), str) and spec.get("nodeName") else None
         end = ALIVE
         if status.get("phase") in TERMINAL_PHASES:
-            # A finished pod's IP goes back to the pool while the object lingers.
-            end = self._now_ms()
+            # A finished pod's IP goes back to the pool while the object lingers: it held it
+            # until its containers finished (when the status says so), else until now.
+            now = self._now_ms()
+            finished = _finished_ms(self._list(status.get("containerStatuses"), f"pod {ns}/{name} status.containerStatuses"))
+            end = min(now, finished) if finished is not None and (start is None or finished > start) else now
         return PodRec(uid=uid, ns=_intern(ns), name=name, node=_intern(node) if node else None,
                       host_ip=host_ip, ips=tuple(ips), owner_kind=_intern(kind), owner_name=oname,
                       start_ms=ALWAYS if start is None else start, end_ms=end)
@@ -523,7 +554,10 @@ class Index:
             finally:
                 self._batch = False
             # One swap: readers see the old index or the new one, never a mix.
-            self._ips = {**self._svc_layer, **self._node_layer, **self._pod_layer}
+            ips = {**self._svc_layer, **self._node_layer}
+            for ip, chain in self._pod_layer.items():
+                ips[ip] = _with_fallback(chain, ips.get(ip))
+            self._ips = ips
             self._agents = dict(self._node_addr)
             if self._reader is not None:
                 self._reader.publish(self._ips, self._agents)
@@ -576,7 +610,7 @@ class Index:
     def _merge(self, ip: bytes) -> None:
         if self._batch:
             return
-        e = self._pod_layer.get(ip) or self._node_layer.get(ip) or self._svc_layer.get(ip)
+        e = _with_fallback(self._pod_layer.get(ip), self._node_layer.get(ip) or self._svc_layer.get(ip))
         if e is None:
             self._ips.pop(ip, None)
         else:
@@ -599,6 +633,13 @@ class Index:
             self._unhold(old)
         if old is not None and old.end_ms != ALIVE and rec.end_ms != ALIVE:
             rec.end_ms = old.end_ms  # keep the first time we saw it finished
+        if old is not None and old.end_ms == ALIVE and rec.start_ms <= old.start_ms and any(ip not in old.ips for ip in rec.ips):
+            # It got addresses it did not have (out of Pending, or a recreated sandbox) and the
+            # status gives no later start: it holds them from now, not from its start, so the
+            # flows of the address's previous holder stay that holder's.
+            rec.start_ms = max(rec.start_ms, self._now_ms())
+        elif old is not None and rec.start_ms < old.start_ms:
+            rec.start_ms = old.start_ms
         if old is not None and old.same(rec) and old.end_ms == rec.end_ms and rec.uid in self._pods:
             return
         if old is not None:
@@ -786,6 +827,25 @@ class Index:
     def _delete_rs(self, key: tuple[str, str]) -> None:
         if self._rs.pop(key, None) is not None:
             self._rerender(self._pods_by_rs.get(key))
+
+
+def _with_fallback(chain: tuple[Any, ...] | None, other: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
+    """An address's entry: its pods' chain (lookup order Pod, Node, Service), ending in the
+    Node or Service that also has the address, for the flow times no pod held it then (a
+    finished Job pod or a deleted pod's tombstone must not hide the node that has it now)."""
+    if chain is None or other is None:
+        return chain if chain is not None else other
+    if chain[E_PREV] is None and chain[E_START] == ALWAYS and chain[E_END] == ALIVE:
+        return chain  # a sole live pod answers for every time
+    links = []
+    cur: tuple[Any, ...] | None = chain
+    while cur is not None:
+        links.append(cur)
+        cur = cur[E_PREV]
+    out: tuple[Any, ...] = other[:E_START] + (ALWAYS, ALIVE, None)
+    for link in reversed(links):
+        out = link[:E_PREV] + (out,)
+    return out
 
 
 def _holder_at(e: tuple[Any, ...] | None, t_ms: int) -> tuple[Any, ...] | None:

@@ -155,8 +155,11 @@ def test_node_addresses_and_management_port() -> None:
 
 def test_management_port_annotation_shapes() -> None:
     assert management_port_ips('{"default":"10.244.0.0/24"}') == [raw("10.244.0.2")]
-    assert management_port_ips('{"default":["10.244.0.0/24","fd00:10:244:1::/64"],"l2":"10.1.0.0/16"}') == [
-        raw("10.244.0.2"), raw("fd00:10:244:1::2"), raw("10.1.0.2")]
+    # Only the cluster default network's subnets: user-defined networks (one key each) are
+    # isolated, may overlap between nodes, and their management ports are not the node's.
+    assert management_port_ips('{"default":["10.244.0.0/24","fd00:10:244:1::/64"],"ns1.blue":"10.1.0.0/16"}') == [
+        raw("10.244.0.2"), raw("fd00:10:244:1::2")]
+    assert management_port_ips('{"ns1.blue":"10.1.0.0/24"}') == []
     for bad in ("not json", '["10.0.0.0/24"]', '{"default": 5}', '{"default": ["300.1.1.0/24"]}'):
         with pytest.raises((ValueError, TypeError)):
             management_port_ips(bad)
@@ -236,6 +239,96 @@ def test_ip_reuse_while_old_pod_object_lingers_finished() -> None:
     assert flow(e, "10.244.0.31", "", t_ms=T0 - 1_000)["SrcK8S_Name"] == "job-x"
     assert flow(e, "10.244.0.31", "", t_ms=T0 + 1_000) == {}  # finished at T0 (first seen so)
     assert flow(e, "10.244.0.31", "", t_ms=T0 + 6_000)["SrcK8S_Name"] == "web"
+
+
+def test_pod_holds_an_address_from_when_it_got_it() -> None:
+    """A pod admitted while its CNI had no free address (startTime set, no IP) gets the address
+    a deleted pod freed: flows from before that belong to the old pod, whether the status says
+    when the pod network came up (condition PodReadyToStartContainers) or not (watch time)."""
+    for with_condition in (False, True):
+        clock = Clock(T0)
+        old = pod("old", "shop", ips=["10.244.0.30"], uid="u-old", created=iso(T0 - 3_600_000))
+        waiting = pod("new", "other", uid="u-new", created=iso(T0 - 60_000), phase="Pending")
+        waiting["status"]["startTime"] = iso(T0 - 59_000)
+        e = build([old, waiting], clock=clock)
+        idx = e.index
+        clock.ms = T0 + 10_000
+        idx.delete("pods", idx.parse("pods", old))
+        clock.ms = T0 + 14_000          # the MODIFIED event arrives
+        got = pod("new", "other", ips=["10.244.0.30"], uid="u-new", created=iso(T0 - 60_000))
+        got["status"]["startTime"] = iso(T0 - 59_000)
+        if with_condition:
+            got["status"]["conditions"] = [
+                {"type": "PodScheduled", "status": "True", "lastTransitionTime": iso(T0 - 60_000)},
+                {"type": "PodReadyToStartContainers", "status": "True", "lastTransitionTime": iso(T0 + 11_000)}]
+        idx.upsert("pods", idx.parse("pods", got))
+        assert flow(e, "10.244.0.30", "", t_ms=T0 + 5_000)["SrcK8S_Name"] == "old"
+        assert flow(e, "10.244.0.30", "", t_ms=T0 + 12_000).get("SrcK8S_Name") == ("new" if with_condition else None)
+        assert flow(e, "10.244.0.30", "", t_ms=T0 + 15_000)["SrcK8S_Name"] == "new"
+        assert flow(e, "10.244.0.30", "", t_ms=0)["SrcK8S_Name"] == "new"
+        # later MODIFIED noise (the status' older times) does not move the hold back
+        idx.upsert("pods", idx.parse("pods", got))
+        assert flow(e, "10.244.0.30", "", t_ms=T0 + 5_000)["SrcK8S_Name"] == "old"
+
+
+def test_recreated_sandbox_takes_an_older_pods_address() -> None:
+    # x is younger than a; x's sandbox is recreated with the address a held until 10 s before.
+    clock = Clock(T0)
+    a = pod("a", "shop", ips=["10.244.0.51"], uid="u-a", created=iso(T0 - 3_600_000))
+    x = pod("x", "shop", ips=["10.244.0.50"], uid="u-x", created=iso(T0 - 1_800_000))
+    e = build([x, a], clock=clock)
+    idx = e.index
+    clock.ms = T0 - 10_000
+    idx.delete("pods", idx.parse("pods", a))
+    clock.ms = T0
+    idx.upsert("pods", idx.parse("pods", pod("x", "shop", ips=["10.244.0.51"], uid="u-x", created=iso(T0 - 1_800_000))))
+    assert flow(e, "10.244.0.51", "", t_ms=T0 - 60_000)["SrcK8S_Name"] == "a"
+    assert flow(e, "10.244.0.51", "", t_ms=T0 - 5_000) == {}
+    assert flow(e, "10.244.0.51", "", t_ms=T0 + 1_000)["SrcK8S_Name"] == "x"
+    assert flow(e, "10.244.0.50", "", t_ms=T0 - 60_000)["SrcK8S_Name"] == "x"
+
+
+def test_finished_pod_listed_later_held_its_address_until_it_finished() -> None:
+    # The collector starts (lists) after a Job pod finished: the status' finishedAt, not the
+    # list time, ends its hold, so the pod given the address since keeps its flows.
+    clock = Clock(T0)
+    done = pod("job-y", "batch", ips=["10.244.0.32"], uid="u-joby", owner=("Job", "y"), created=iso(T0 - 600_000),
+               phase="Succeeded")
+    done["status"]["containerStatuses"] = [
+        {"name": "c", "state": {"terminated": {"exitCode": 0, "startedAt": iso(T0 - 590_000), "finishedAt": iso(T0 - 40_000)}}},
+        {"name": "d", "state": {"terminated": {"exitCode": 0, "startedAt": iso(T0 - 590_000), "finishedAt": iso(T0 - 30_000)}}}]
+    web = pod("web", "shop", ips=["10.244.0.32"], uid="u-web2", created=iso(T0 - 20_000))
+    e = build([done, web], clock=clock)
+    assert flow(e, "10.244.0.32", "", t_ms=T0 - 35_000)["SrcK8S_Name"] == "job-y"
+    assert flow(e, "10.244.0.32", "", t_ms=T0 - 25_000) == {}
+    assert flow(e, "10.244.0.32", "", t_ms=T0 - 10_000)["SrcK8S_Name"] == "web"
+
+
+def test_ended_pod_does_not_hide_the_node_holding_its_address() -> None:
+    """EKS (VPC CNI) and AKS (Azure CNI) give pods and nodes addresses from one subnet: a node
+    whose address a finished Job pod or a deleted pod held answers for flows outside their
+    lives (lookup order Pod, Node, Service holds per flow time)."""
+    clock = Clock(T0)
+    job = pod("backup-1", "ops", ips=["192.168.5.20"], uid="u-b", owner=("Job", "backup"),
+              created=iso(T0 - 600_000), phase="Succeeded")
+    web = pod("web-1", "shop", ips=["192.168.5.21"], uid="u-w", created=iso(T0 - 600_000))
+    e = build([job, web], clock=clock)
+    idx = e.index
+    clock.ms = T0 + 10_000
+    idx.delete("pods", idx.parse("pods", web))
+    clock.ms = T0 + 20_000
+    idx.upsert("nodes", idx.parse("nodes", node("ip-192-168-5-20", internal=["192.168.5.20"],
+                                                external=["192.168.5.21"], zone="z")))
+    for addr in ("192.168.5.20", "192.168.5.21"):
+        for t in (T0 + 120_000, 0):
+            got = flow(e, addr, "", t_ms=t)
+            assert (got["SrcK8S_Name"], got["SrcK8S_Type"]) == ("ip-192-168-5-20", "Node"), (addr, t)
+    assert flow(e, "192.168.5.20", "", t_ms=T0 - 1_000)["SrcK8S_Name"] == "backup-1"
+    assert flow(e, "192.168.5.21", "", t_ms=T0 + 5_000)["SrcK8S_Name"] == "web-1"
+    # a live pod on a service's address still comes first
+    e2 = build([pod("p", "shop", ips=["172.30.0.7"], uid="u-p", created=iso(T0 - 1_000))],
+               services=[service("s", "shop", ips=["172.30.0.7"])], clock=Clock(T0))
+    assert flow(e2, "172.30.0.7", "", t_ms=T0 + 1_000)["SrcK8S_Type"] == "Pod"
 
 
 def test_running_pod_whose_ip_changes_keeps_both_by_time() -> None:
@@ -424,11 +517,21 @@ def test_compiled_reader_matches_python_reference(implementation: str) -> None:
         clock.ms = T0 + i * 1000 + 500
         idx.upsert("pods", idx.parse("pods", pod(f"n{i}", "openshift-x", ips=[f"10.244.{i % 2}.{10 + i}"],
                                                  uid=f"n{i}", created=iso(T0 + i * 1000 + 500))))
+    # Chains ending in a node or a service: a finished Job pod on node-b's address, a deleted
+    # pod on the service's.
+    clock.ms = T0 + 30_000
+    idx.upsert("pods", idx.parse("pods", pod("job", "shop", ips=["10.0.0.2"], uid="job", created=iso(T0 - 10_000),
+                                              phase="Succeeded")))
+    gone = pod("gone", "shop", ips=["172.30.0.1"], uid="gone", created=iso(T0 + 1_000))
+    idx.upsert("pods", idx.parse("pods", gone))
+    clock.ms = T0 + 40_000
+    idx.delete("pods", idx.parse("pods", gone))
     addrs = [raw(f"10.244.{i % 2}.{10 + i}") for i in range(40)] + [
         raw("172.30.0.1"), raw("fd00:172:30::1"), raw("10.0.0.1"), raw("10.0.0.2"), raw("10.244.0.2"),
         raw("8.8.8.8"), b"", b"\x01\x02"]
     agents = [raw("10.0.0.1"), raw("10.0.0.2"), raw("fd00::1"), raw("1.2.3.4"), b""]
-    times = [0, -5, T0 - 200_000, T0 - 50_000, T0, T0 + 700, T0 + 20_000, T0 + 45_000, 2**62, 2**62 + 5]
+    times = [0, -5, T0 - 200_000, T0 - 50_000, T0, T0 + 700, T0 + 1_000, T0 + 20_000, T0 + 30_000, T0 + 35_000,
+             T0 + 40_000, T0 + 45_000, 2**62, 2**62 + 5]
     rnd = random.Random(7)
     for _ in range(5000):
         args = (rnd.choice(addrs), rnd.choice(addrs), rnd.choice(agents), rnd.choice(times), rnd.choice([-1, 0, 1, 2, 3]))
