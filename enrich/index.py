@@ -556,7 +556,7 @@ class Index:
             # One swap: readers see the old index or the new one, never a mix.
             ips = {**self._svc_layer, **self._node_layer}
             for ip, chain in self._pod_layer.items():
-                ips[ip] = _with_fallback(chain, ips.get(ip))
+                ips[ip] = _with_fallback(chain, ips.get(ip)) or chain
             self._ips = ips
             self._agents = dict(self._node_addr)
             if self._reader is not None:
