@@ -91,33 +91,38 @@ cdef enum:
 # The element -> output mapping table (IANA IPFIX registry ids; v9 uses the same numbers for
 # 1-127). The README's "Output" table mirrors this. Lengths: the value is only used when its
 # length fits the element's type (else the field is kept as an extra, never misread).
+# RFC 7011 6.2: an unsigned integer may be sent in fewer bytes than its type (reduced-size
+# encoding), so unsignedN elements take 1..N bytes and their actions read them with beN().
+# Addresses, MACs and dateTime types have no reduced-size encoding: their lengths are exact.
+U16 = (1, 2)
+U32 = (1, 2, 3, 4)
 IE_ACTIONS = {
     # id: (action, allowed lengths or None for any integer length 1..8)
     1: (A_BYTES, None), 2: (A_PACKETS, None), 85: (A_BYTES_TOTAL, None), 86: (A_PACKETS_TOTAL, None),
     4: (A_PROTO, (1,)), 5: (A_TOS, (1,)), 6: (A_TCPFLAGS, (1, 2)),
-    7: (A_SPORT, (2,)), 11: (A_DPORT, (2,)),
+    7: (A_SPORT, U16), 11: (A_DPORT, U16),
     8: (A_SRC4, (4,)), 12: (A_DST4, (4,)), 27: (A_SRC6, (16,)), 28: (A_DST6, (16,)),
     9: (A_SRCMASK, (1,)), 13: (A_DSTMASK, (1,)), 29: (A_SRCMASK6, (1,)), 30: (A_DSTMASK6, (1,)),
     10: (A_INIF, None), 14: (A_OUTIF, None),
     15: (A_NEXTHOP4, (4,)), 62: (A_NEXTHOP6, (16,)),
     16: (A_SRCAS, None), 17: (A_DSTAS, None),
-    21: (A_END_SYSUP, (4,)), 22: (A_START_SYSUP, (4,)),
-    32: (A_ICMP_TC, (2,)), 139: (A_ICMP_TC6, (2,)),
+    21: (A_END_SYSUP, U32), 22: (A_START_SYSUP, U32),
+    32: (A_ICMP_TC, U16), 139: (A_ICMP_TC6, U16),
     176: (A_ICMP_TYPE, (1,)), 177: (A_ICMP_CODE, (1,)), 178: (A_ICMP_TYPE6, (1,)), 179: (A_ICMP_CODE6, (1,)),
     34: (A_SAMPLING_INTERVAL, None), 35: (A_SAMPLING_ALGO, (1,)), 48: (A_SAMPLER_ID, None),
     50: (A_SAMPLING_INTERVAL, None), 302: (A_SAMPLER_ID, None),
     305: (A_SAMPLING_INTERVAL, None), 306: (A_SAMPLING_PKT_SPACE, None),
     56: (A_SRCMAC, (6,)), 80: (A_DSTMAC, (6,)),
-    58: (A_VLAN, (2,)), 243: (A_VLAN, (2,)),
+    58: (A_VLAN, U16), 243: (A_VLAN, U16),
     60: (A_IPVERSION, (1,)), 61: (A_DIRECTION, (1,)),
     82: (A_IFNAME, "str"), 136: (A_ENDREASON, (1,)),
     150: (A_START_S, (4,)), 151: (A_END_S, (4,)),
     152: (A_START_MS, (8,)), 153: (A_END_MS, (8,)),
     154: (A_START_US, (8,)), 155: (A_END_US, (8,)),
     156: (A_START_NS, (8,)), 157: (A_END_NS, (8,)),
-    158: (A_START_DELTA_US, (4,)), 159: (A_END_DELTA_US, (4,)),
+    158: (A_START_DELTA_US, U32), 159: (A_END_DELTA_US, U32),
     160: (A_SYSINIT_MS, (8,)),
-    256: (A_ETYPE, (2,)),
+    256: (A_ETYPE, U16),
     218: (A_SYN_COUNT, None), 219: (A_FIN_COUNT, None), 220: (A_RST_COUNT, None),  # tcpSyn, tcpFin, tcpRst TotalCount
     221: (A_PSH_COUNT, None), 222: (A_ACK_COUNT, None), 223: (A_URG_COUNT, None),
     210: (A_SKIP, "any"), 291: (A_SKIP, "any"), 292: (A_SKIP, "any"), 293: (A_SKIP, "any"),
@@ -128,7 +133,7 @@ PEN_VMWARE = 6876
 VMWARE_ACTIONS = {
     891: (A_TUN_TYPE, (1,)), 892: (A_TUN_KEY, "any"),
     893: (A_TUN_SRC4, (4,)), 894: (A_TUN_DST4, (4,)), 895: (A_TUN_PROTO, (1,)),
-    896: (A_TUN_SPORT, (2,)), 897: (A_TUN_DPORT, (2,)),
+    896: (A_TUN_SPORT, U16), 897: (A_TUN_DPORT, U16),
     899: (A_TUN_SRC6, (16,)), 900: (A_TUN_DST6, (16,)),
 }
 
@@ -583,10 +588,10 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             f.tcp_flags = <uint16_t>(beN(p, L) & 0xFF)
             has_flags = True
         elif a == A_SPORT:
-            f.sport = be16(p)
+            f.sport = <uint16_t>beN(p, L)
             f.present |= P_SPORT
         elif a == A_DPORT:
-            f.dport = be16(p)
+            f.dport = <uint16_t>beN(p, L)
             f.present |= P_DPORT
         elif a == A_SRC4:
             memcpy(src4, p, 4)
@@ -625,12 +630,13 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             f.dst_as = <uint32_t>beN(p, L)
             f.present |= P_DSTAS
         elif a == A_END_SYSUP:
-            end_sysup = be32(p)
+            end_sysup = <int64_t>beN(p, L)
         elif a == A_START_SYSUP:
-            start_sysup = be32(p)
+            start_sysup = <int64_t>beN(p, L)
         elif a == A_ICMP_TC:
-            f.icmp_type = p[0]
-            f.icmp_code = p[1]
+            v = beN(p, L)  # type * 256 + code
+            f.icmp_type = <uint8_t>(v >> 8)
+            f.icmp_code = <uint8_t>v
             f.present |= P_ICMP
         elif a == A_ICMP_TYPE:
             f.icmp_type = p[0]
@@ -645,8 +651,9 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             mask6_dst = p[0]
             has_v6only |= 2
         elif a == A_ICMP_TC6:
-            icmp6_type = p[0]
-            icmp6_code = p[1]
+            v = beN(p, L)
+            icmp6_type = <uint8_t>(v >> 8)
+            icmp6_code = <uint8_t>v
             has_v6only |= 12
         elif a == A_ICMP_TYPE6:
             icmp6_type = p[0]
@@ -670,7 +677,7 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             memcpy(f.dst_mac, p, 6)
             f.present |= P_DSTMAC
         elif a == A_VLAN:
-            f.vlan = be16(p) & 0x0FFF
+            f.vlan = <uint16_t>beN(p, L) & 0x0FFF
             f.present |= P_VLAN
         elif a == A_IPVERSION:
             ipversion = p[0]
@@ -708,13 +715,13 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             f.t_end_ms = ntp_to_ms(p, a == A_END_US)
             f.present |= P_TEND
         elif a == A_START_DELTA_US:
-            start_delta = be32(p)
+            start_delta = <int64_t>beN(p, L)
         elif a == A_END_DELTA_US:
-            end_delta = be32(p)
+            end_delta = <int64_t>beN(p, L)
         elif a == A_SYSINIT_MS:
             rec_sysinit = <int64_t>be64(p)
         elif a == A_ETYPE:
-            f.etype = be16(p)
+            f.etype = <uint16_t>beN(p, L)
             f.present |= P_ETYPE
         elif a == A_FIN_COUNT:
             count_flags |= TCP_FIN if beN(p, L) else 0
@@ -751,10 +758,10 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             f.tun_proto = p[0]
             f.present |= P_TUNPROTO
         elif a == A_TUN_SPORT:
-            f.tun_sport = be16(p)
+            f.tun_sport = <uint16_t>beN(p, L)
             f.present |= P_TUNSPORT
         elif a == A_TUN_DPORT:
-            f.tun_dport = be16(p)
+            f.tun_dport = <uint16_t>beN(p, L)
             f.present |= P_TUNDPORT
 
     if has4 or has6:

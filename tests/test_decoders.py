@@ -612,3 +612,32 @@ def test_v9_template_flowsets_padded_with_zeros(pad: int) -> None:
     assert b.error is None
     assert [(f["SrcAddr"], f["Bytes"]) for f in b.to_dicts()] == [("10.0.0.1", 1000)]
     assert dec.stats()[EXPORTER]["templates"] == 2 and dec.stats()[EXPORTER]["errors"] == {}
+
+
+def test_reduced_size_encoding_of_non_counter_unsigned_elements() -> None:
+    """RFC 7011 6.2: an unsignedN element may be sent in fewer bytes (big-endian, the value
+    unchanged). Ports, VLANs, ethernetType, icmpTypeCode, sysUpTime and delta times, tunnel
+    ports: each at a reduced size gives its value, never an ie<N> extra."""
+    t = _tpl(300, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("proto", 4, 0, 1), ("sport", 7, 0, 1), ("dport", 11, 0, 1),
+             ("vlan", 58, 0, 1), ("etype", 256, 0, 1), ("icmp", 32, 0, 1), ("s", 158, 0, 2), ("e", 159, 0, 3),
+             ("tsport", 896, 6876, 1), ("tdport", 897, 6876, 1))
+    rec = {"src": "10.0.0.1", "dst": "10.0.0.2", "proto": 17, "sport": 53, "dport": 80, "vlan": 7, "etype": 0x42,
+           "icmp": 3, "s": 3000, "e": 0x010000, "tsport": 9, "tdport": 200}
+    dec = Decoder()
+    b = dec.decode(ipfix_message([template_set([t]), data_set(t, [rec])], seq=0, export_time=EXPORT), EXPORTER)
+    f = b.to_dicts()[0]
+    assert (f["SrcPort"], f["DstPort"], f["Vlan"], f["Etype"]) == (53, 80, 7, 0x42)
+    assert (f["IcmpType"], f["IcmpCode"]) == (0, 3)  # icmpTypeCodeIPv4 = type * 256 + code
+    assert (f["TimeFlowStartMs"], f["TimeFlowEndMs"]) == (EXPORT * 1000 - 3, EXPORT * 1000 - 0x010000 // 1000)
+    assert (f["TunnelSrcPort"], f["TunnelDstPort"]) == (9, 200)
+    assert not any(k.startswith("ie") for k in f)
+    # dot1qVlanId (243) and sysUpTime first/last (22/21) against the v9 header's clock, 2 bytes.
+    t9 = _tpl(260, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("vlan", 243, 0, 1), ("first", 22, 0, 2), ("last", 21, 0, 2))
+    uptime = 60_000
+    d = v9_datagram([template_set([t9], version=9),
+                     data_set(t9, [{"src": "10.0.0.1", "dst": "10.0.0.2", "vlan": 100, "first": 1000, "last": 50000}])],
+                    seq=1, unix_secs=EXPORT, uptime_ms=uptime)
+    f = Decoder().decode(d, EXPORTER).to_dicts()[0]
+    boot = EXPORT * 1000 - uptime
+    assert (f["Vlan"], f["TimeFlowStartMs"], f["TimeFlowEndMs"]) == (100, boot + 1000, boot + 50000)
+    assert not any(k.startswith("ie") for k in f)
