@@ -261,7 +261,9 @@ def sflow_datagram(samples: list[SflowSample], *, seq: int, agent: str = "192.0.
                          ipaddress.IPv4Address(s.src).packed, ipaddress.IPv4Address(s.dst).packed)
         eth = bytes.fromhex("0a580a800001") + bytes.fromhex("0a580a800002") + b"\x08\x00"
         header = (eth + ip + l4)[:128]
-        raw = struct.pack("!IIII", 1, s.frame_length, 4, len(header)) + header
+        # sampled_header's header<> is XDR opaque: padded to 4 inside the record, whose length
+        # counts the padding (what agents send)
+        raw = struct.pack("!IIII", 1, s.frame_length, 4, len(header)) + header + b"\0" * (-len(header) % 4)
         records = _xdr_record(1, raw)
         body = struct.pack("!IIIIIIII", seq * 16 + i, (0 << 24) | s.input, s.rate, seq * 8 * s.rate, 0,
                            s.input, s.output, 1) + records

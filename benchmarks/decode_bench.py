@@ -46,8 +46,9 @@ def workloads() -> dict[str, tuple[list[bytes], list[bytes], int]]:
                 "bytes": rng.randrange(60, 10**6), "packets": rng.randrange(1, 1000),
                 "first": 10_000, "last": 90_000, "input": 3, "output": 4} for _ in range(25)] for _ in range(64)]
     out["netflow9"] = (
-        [D.v9_datagram([D.template_set([D.V9_TEMPLATE], version=9)], seq=0, unix_secs=EXPORT, uptime_ms=100_000)],
-        [D.v9_datagram([D.data_set(D.V9_TEMPLATE, r)], seq=i + 1, unix_secs=EXPORT, uptime_ms=100_000)
+        [D.v9_datagram([D.template_set([D.V9_TEMPLATE], version=9)], seq=0, unix_secs=EXPORT, uptime_ms=100_000,
+                       count=1)],
+        [D.v9_datagram([D.data_set(D.V9_TEMPLATE, r)], seq=i + 1, unix_secs=EXPORT, uptime_ms=100_000, count=len(r))
          for i, r in enumerate(v9recs)], 25)
     samples = [[D.SflowSample(src=f"10.128.0.{rng.randrange(1, 255)}", dst=f"10.129.0.{rng.randrange(1, 255)}",
                               sport=rng.randrange(1024, 65535), dport=443, proto=6,
