@@ -543,7 +543,8 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
     cdef Py_ssize_t rec_start = s.pos
     cdef uint8_t src4[4]
     cdef uint8_t dst4[4]
-    cdef bint has4 = False, has6 = False
+    cdef uint8_t nh4[4]
+    cdef bint has4 = False, has6 = False, has_nh4 = False
     cdef uint8_t mask6_src = 0, mask6_dst = 0, icmp6_type = 0, icmp6_code = 0
     cdef int has_v6only = 0  # bits: 1 src mask, 2 dst mask, 4 icmp type, 8 icmp code
     memset(src4, 0, 4)
@@ -618,8 +619,8 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             f.out_if = <uint32_t>beN(p, L)
             f.present |= P_OUTIF
         elif a == A_NEXTHOP4:
-            memcpy(f.nexthop, p, 4)
-            f.nh_af = 4
+            memcpy(nh4, p, 4)
+            has_nh4 = True
         elif a == A_NEXTHOP6:
             memcpy(f.nexthop, p, 16)
             f.nh_af = 6
@@ -766,6 +767,8 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
 
     if has4 or has6:
         pick_family(f, src4, dst4, has4, has6, ipversion)
+    if has_nh4:
+        pick_nexthop(f, nh4)
     if has_v6only:
         # IPv6 prefix lengths and ICMPv6 type/code: used for an IPv6 flow, or when the template
         # has no IPv4 element of that kind.
@@ -850,6 +853,27 @@ cdef void pick_family(Flow* f, const uint8_t* src4, const uint8_t* dst4, bint ha
         f.af = 4
     else:
         f.af = 6
+
+
+cdef void pick_nexthop(Flow* f, const uint8_t* nh4) noexcept:
+    """ipNextHopIPv4Address (15) and ipNextHopIPv6Address (62) in one template (the exporters
+    of pick_family): the flow's address family picks; a flow without addresses takes the
+    non-zero one, IPv4 on a tie. A template with only 15 takes it."""
+    cdef int i
+    cdef bint nz6 = False
+    if f.nh_af == 6:
+        if f.af == 6:
+            return
+        if f.af == 0:
+            for i in range(16):
+                if f.nexthop[i]:
+                    nz6 = True
+                    break
+            if nz6 and be32(nh4) == 0:
+                return
+    memset(f.nexthop, 0, 16)
+    memcpy(f.nexthop, nh4, 4)
+    f.nh_af = 4
 
 
 cdef int64_t ntp_to_ms(const uint8_t* p, bint micro) noexcept:

@@ -641,3 +641,21 @@ def test_reduced_size_encoding_of_non_counter_unsigned_elements() -> None:
     boot = EXPORT * 1000 - uptime
     assert (f["Vlan"], f["TimeFlowStartMs"], f["TimeFlowEndMs"]) == (100, boot + 1000, boot + 50000)
     assert not any(k.startswith("ie") for k in f)
+
+
+def test_template_with_both_next_hop_families_uses_the_flow_family() -> None:
+    """ipNextHopIPv4Address (15) and ipNextHopIPv6Address (62) in one template, the family not
+    in use zero-filled: NextHop follows the flow's family, whatever the template order."""
+    a = _tpl(300, ("src4", 8, 0, 4), ("dst4", 12, 0, 4), ("nh4", 15, 0, 4), ("src6", 27, 0, 16),
+             ("dst6", 28, 0, 16), ("nh6", 62, 0, 16), ("bytes", 1, 0, 4))
+    b = _tpl(301, ("src4", 8, 0, 4), ("dst4", 12, 0, 4), ("src6", 27, 0, 16), ("dst6", 28, 0, 16),
+             ("nh6", 62, 0, 16), ("nh4", 15, 0, 4), ("bytes", 1, 0, 4))
+    v4 = {"src4": "10.0.0.1", "dst4": "10.0.0.2", "nh4": "192.0.2.254", "src6": "::", "dst6": "::", "nh6": "::",
+          "bytes": 100}
+    v6 = {"src4": "0.0.0.0", "dst4": "0.0.0.0", "nh4": "0.0.0.0", "src6": "2001:db8::1", "dst6": "2001:db8::2",
+          "nh6": "2001:db8::fe", "bytes": 200}
+    dec = Decoder()
+    msg = ipfix_message([template_set([a, b]), data_set(a, [v4, v6]), data_set(b, [v4, v6])], seq=0,
+                        export_time=EXPORT)
+    got = [(f["SrcAddr"], f["NextHop"]) for f in dec.decode(msg, EXPORTER).to_dicts()]
+    assert got == [("10.0.0.1", "192.0.2.254"), ("2001:db8::1", "2001:db8::fe")] * 2

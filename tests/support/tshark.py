@@ -487,6 +487,13 @@ def expected_from_cflow(pkt: CflowPacket, cset: CflowSet, rec: dict) -> dict[str
                 exp[fkey] = _vals(rec, k)[0]
             else:
                 exp.pop(fkey, None)
+    # Both next hops (15 and 62, the family not in use zero): the flow's address family picks;
+    # without addresses the non-zero one, IPv4 on a tie.
+    if "cflow.nexthop" in rec and "cflow.nexthopv6" in rec:
+        nh4, nh6 = _vals(rec, "cflow.nexthop")[0], _vals(rec, "cflow.nexthopv6")[0]
+        addr = exp.get("SrcAddr", exp.get("DstAddr"))
+        use6 = ":" in addr if isinstance(addr, str) else (nh6 not in ("::", "") and nh4 in ("0.0.0.0", ""))
+        exp["NextHop"] = nh6 if use6 else nh4
     # Times, as Unix milliseconds.
     start = _time_ms(pkt, rec, "start")
     end = _time_ms(pkt, rec, "end")
