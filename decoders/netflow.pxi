@@ -982,7 +982,15 @@ cdef dict options_dict(FlowBatch b, Flow* f, Template t, Py_ssize_t start, Py_ss
             key = f"ie{fs.pen}_{fs.ie}"
         else:
             key = f"ie{fs.ie}"
-        d[key] = (<bytes>p[:L]).hex()
+        value = (<bytes>p[:L]).hex()
+        prev = d.get(key)
+        if prev is None:
+            d[key] = value
+        elif type(prev) is list:
+            prev.append(value)
+        else:
+            # An element repeated in the template: one key, its values in order (as for flows).
+            d[key] = [prev, value]
     return d
 
 

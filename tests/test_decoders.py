@@ -659,3 +659,19 @@ def test_template_with_both_next_hop_families_uses_the_flow_family() -> None:
                         export_time=EXPORT)
     got = [(f["SrcAddr"], f["NextHop"]) for f in dec.decode(msg, EXPORTER).to_dicts()]
     assert got == [("10.0.0.1", "192.0.2.254"), ("2001:db8::1", "2001:db8::fe")] * 2
+
+
+def test_options_record_keeps_every_occurrence_of_a_repeated_element() -> None:
+    """An options template that repeats an element (interfaceName twice, an enterprise element
+    twice): the options record has one key per element with the values in order, as flows do."""
+    body = struct.pack("!HHH", 400, 5, 1) + struct.pack("!HHHHHH", 10, 4, 82, VARLEN, 82, VARLEN)
+    body += struct.pack("!HHIHHI", 100 | 0x8000, 2, 9, 100 | 0x8000, 2, 9)
+    opt_tpl = struct.pack("!HH", 3, 4 + len(body)) + body
+    rec = struct.pack("!I", 7) + b"\x07Gi0/0/1" + b"\x06uplink" + struct.pack("!HH", 1, 2)
+    opt_data = struct.pack("!HH", 400, 4 + len(rec)) + rec
+    b = Decoder().decode(ipfix_message([opt_tpl, opt_data], seq=0, export_time=EXPORT), EXPORTER)
+    assert b.error is None and len(b.options) == 1
+    o = b.options[0]
+    assert o["ie10"] == "00000007"
+    assert o["ie82"] == [b"Gi0/0/1".hex(), b"uplink".hex()]
+    assert o["ie9_100"] == ["0001", "0002"]
