@@ -277,6 +277,7 @@ struct exporter {
     int fd; uint32_t seq; uint32_t sf_seq[SFLOW_PORTS]; uint32_t sf_pool[SFLOW_PORTS];
     uint32_t sf_cseq; uint32_t sf_csrc[SFLOW_PORTS]; double last_tmpl; uint64_t data_dgrams; uint32_t agent;
     uint32_t id;  /* exporter index: v9 Source ID, v5 engine_id, sFlow sub-agent (streams stay apart) */
+    uint8_t agent6[16];  /* sFlow agent address when the exporters send over IPv6 */
 };
 
 /* ---- options ---- */
@@ -287,8 +288,10 @@ static uint64_t count = 0;
 static volatile sig_atomic_t stop_flag = 0;
 static void on_sig(int s) { (void)s; stop_flag = 1; }
 
+static int sf_v6 = 0;  /* sFlow agent addresses are IPv6 (address type 2: a 40-byte header) */
+
 static size_t hdr_len(void) {
-    switch (proto) { case P_IPFIX: return 16; case P_V5: return 24; case P_V9: return 20; default: return 28; }
+    switch (proto) { case P_IPFIX: return 16; case P_V5: return 24; case P_V9: return 20; default: return sf_v6 ? 40 : 28; }
 }
 
 static void build_pool(void) {
@@ -405,8 +408,11 @@ static size_t make_data(uint8_t *p, struct exporter *e, double t0, int *counters
             sflow_counter_sample(p + o, ++e->sf_csrc[k], 3 + k, e->data_dgrams * 10);
             o += SF_COUNTER_LEN; nsamp++; *counters = 1;
         }
-        w32(p, 5); w32(p + 4, 1); w32(p + 8, e->agent); w32(p + 12, e->id);
-        w32(p + 16, ++e->seq); w32(p + 20, uptime_ms(t0)); w32(p + 24, nsamp);
+        size_t a = 8;
+        w32(p, 5);
+        if (sf_v6) { w32(p + 4, 2); memcpy(p + 8, e->agent6, 16); a += 16; }
+        else { w32(p + 4, 1); w32(p + 8, e->agent); a += 4; }
+        w32(p + a, e->id); w32(p + a + 4, ++e->seq); w32(p + a + 8, uptime_ms(t0)); w32(p + a + 12, nsamp);
         break;
     }
     }
@@ -507,6 +513,7 @@ int main(int argc, char **argv) {
         char *dup = strdup(srcs), *tok, *sv;
         for (tok = strtok_r(dup, ",", &sv); tok && nsrc < 256; tok = strtok_r(NULL, ",", &sv)) srclist[nsrc++] = tok;
     }
+    sf_v6 = dst.ss_family == AF_INET6;
     struct exporter *ex = calloc(nexp, sizeof *ex);
     for (int k = 0; k < nexp; k++) {
         int fd = socket(dst.ss_family, SOCK_DGRAM, 0);
@@ -523,6 +530,7 @@ int main(int argc, char **argv) {
             } else {
                 struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&sa; s6->sin6_family = AF_INET6;
                 if (inet_pton(AF_INET6, a, &s6->sin6_addr) != 1) { fprintf(stderr, "bad --src %s\n", a); return 2; }
+                memcpy(ex[k].agent6, &s6->sin6_addr, 16);
             }
             if (bind(fd, (struct sockaddr *)&sa, dst.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6)) < 0) {
                 perror("bind"); return 1;
@@ -532,6 +540,9 @@ int main(int argc, char **argv) {
         if (!nsrc && dst.ss_family == AF_INET) {  /* sFlow agent address: the exporter's own address */
             struct sockaddr_in me; socklen_t ml = sizeof me;
             getsockname(fd, (struct sockaddr *)&me, &ml); ex[k].agent = ntohl(me.sin_addr.s_addr);
+        } else if (!nsrc) {
+            struct sockaddr_in6 me; socklen_t ml = sizeof me;
+            getsockname(fd, (struct sockaddr *)&me, &ml); memcpy(ex[k].agent6, &me.sin6_addr, 16);
         }
         ex[k].fd = fd; ex[k].last_tmpl = -1e9;
         /* exporters count independently from different starting points, as real ones do;
@@ -572,6 +583,10 @@ int main(int argc, char **argv) {
         struct exporter *e = &ex[bi++ % nexp];
         int n = 0; uint64_t batch_data = 0;
         uint8_t kind[MAX_BATCH];  /* 0 template, 1 data, 2 data + counter sample */
+        if (target_dps > 0) {  /* pace before building, so export times and uptimes are the send's */
+            sleep_until(t0 + (double)data_dg / target_dps);
+            now = mono_now();
+        }
         while (n < batch) {
             if (count && data_dg + batch_data >= count) break;
             int cs = 0; size_t len;
@@ -582,7 +597,6 @@ int main(int argc, char **argv) {
             }
             iov[n].iov_len = len; n++;
         }
-        if (target_dps > 0) sleep_until(t0 + (double)(data_dg + batch_data) / target_dps);
         int sent = 0;
         while (sent < n) {
             int r = sendmmsg(e->fd, msgs + sent, n - sent, 0);

@@ -177,6 +177,27 @@ def test_ipv6_destination(loadgen: Path) -> None:
     assert len(got) == report["datagrams"] == 3
 
 
+def test_sflow_over_ipv6_has_an_ipv6_agent(loadgen: Path) -> None:
+    # sFlow v5 (sflow_version_5.txt): agent address type 2 is 16 bytes, and every later
+    # header word moves with it.
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        report, got, port = run_and_receive(loadgen, ["--proto", "sflow", "--count", "5"], socket.AF_INET6, "::1")
+    except OSError as e:
+        pytest.skip(f"no IPv6 loopback: {e}")
+    assert len(got) == report["datagrams"] == 5
+    import decoders
+    dec = decoders.Decoder()
+    for i, (p, src) in enumerate(got):
+        version, atype, agent, _sub, seq, _uptime, n = struct.unpack_from("!II16sIIII", p)
+        assert (version, atype, agent, seq) == (5, 2, socket.inet_pton(socket.AF_INET6, "::1"), i + 1)
+        assert n == (9 if i == 0 else 8)  # the first datagram also carries a counter sample
+        b = dec.decode(p, src[0], src[1], time.time())
+        assert b.error is None and len(b) == 8
+        assert {f["AgentIP"] for f in b.to_dicts()} == {"::1"}
+
+
 def test_rate_is_paced(loadgen: Path) -> None:
     report, got, _ = run_and_receive(loadgen, ["--proto", "v5", "--rate", "30000", "--duration", "0.5"])
     assert 0.45 <= report["elapsed_s"] <= 0.7
