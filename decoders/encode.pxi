@@ -390,10 +390,12 @@ cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char*
         if f.direction >= 0:
             buf_put(o, ",\"FlowDirection\":", 17)
             buf_uint(o, <uint64_t>f.direction)
-    if f.in_name_len:
+    if f.in_name_len or f.out_name_len:
+        # Either name non-empty: both are listed (an empty ingress name stays "", so the
+        # egress name keeps its place in NetObserv's parallel Interfaces/IfDirections arrays).
         buf_put(o, ",\"Interfaces\":[", 15)
         buf_jstr(o, data + f.in_name_off, f.in_name_len)
-        if f.out_name_len:
+        if f.out_name_off:
             buf_put(o, ",", 1)
             buf_jstr(o, data + f.out_name_off, f.out_name_len)
             buf_put(o, "],\"IfDirections\":[0,1]", 22)

@@ -38,8 +38,8 @@ cdef struct Flow:
     uint16_t vlan
     uint16_t template_id
     uint32_t in_name_off      # interfaceName (IPFIX 82): first occurrence = ingress port
-    uint32_t out_name_off
-    uint16_t in_name_len      # 0 = absent
+    uint32_t out_name_off     # second occurrence = egress port; 0 = absent (no value is at offset 0)
+    uint16_t in_name_len      # 0 = absent or empty
     uint16_t out_name_len
     uint64_t tun_id
     uint8_t tun_af

@@ -675,3 +675,19 @@ def test_options_record_keeps_every_occurrence_of_a_repeated_element() -> None:
     assert o["ie10"] == "00000007"
     assert o["ie82"] == [b"Gi0/0/1".hex(), b"uplink".hex()]
     assert o["ie9_100"] == ["0001", "0002"]
+
+
+def test_an_empty_first_interface_name_keeps_the_second() -> None:
+    """interfaceName (82) twice, the first a zero-length variable-length value (RFC 7011 7): the
+    egress name is still published, and the empty ingress name keeps its place in the parallel
+    Interfaces / IfDirections arrays."""
+    t = _tpl(300, ("in", 82, 0, VARLEN), ("out", 82, 0, VARLEN), ("src", 8, 0, 4), ("dst", 12, 0, 4),
+             ("dir", 61, 0, 1))
+    dec = Decoder()
+    recs = [{"in": b"", "out": b"eth1", "src": "10.0.0.1", "dst": "10.0.0.2", "dir": 1},
+            {"in": b"eth0", "out": b"", "src": "10.0.0.1", "dst": "10.0.0.2", "dir": 1},
+            {"in": b"", "out": b"", "src": "10.0.0.1", "dst": "10.0.0.2", "dir": 1}]
+    flows = dec.decode(ipfix_message([template_set([t]), data_set(t, recs)], seq=0, export_time=EXPORT),
+                       EXPORTER).to_dicts()
+    assert [(f.get("Interfaces"), f.get("IfDirections")) for f in flows] == [
+        (["", "eth1"], [0, 1]), (["eth0", ""], [0, 1]), (None, None)]
