@@ -37,26 +37,66 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
     return asyncio.new_event_loop
 
 
-def enrich_wanted(enrich_cfg: Any) -> bool:
-    """Enrichment runs when enabled and a cluster is reachable: in a pod, or a kubeconfig exists.
-    Without either, `flowscope run` on a laptop just works (enrichment off, logged)."""
-    if enrich_cfg is None or not getattr(enrich_cfg, "enabled", False):
-        return False
+# kubernetes.config.incluster_config.SERVICE_TOKEN_FILENAME: where the kubelet mounts the pod's
+# ServiceAccount token (absent with automountServiceAccountToken: false).
+SERVICEACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+def cluster_access(enrich_cfg: Any) -> str:
+    """The cluster access `enrich.enabled: auto` turns enrichment on for, described for the
+    log, or "" when there is none: a kubeconfig given explicitly (--kubeconfig, enrich.kubeconfig,
+    or $KUBECONFIG naming an existing file), or a pod's ServiceAccount. ~/.kube/config alone does
+    not count, so `flowscope run` on a laptop does not start watching whatever cluster kubectl
+    points at; `enrich.enabled: true` uses it."""
     if getattr(enrich_cfg, "kubeconfig", None):
-        return True
-    if os.environ.get("KUBERNETES_SERVICE_HOST"):
-        return True
+        return f"kubeconfig {enrich_cfg.kubeconfig}"
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and os.path.exists(SERVICEACCOUNT_TOKEN):
+        return "in-cluster ServiceAccount"
     kc = os.environ.get("KUBECONFIG", "")
-    if kc and any(os.path.exists(p) for p in kc.split(os.pathsep)):
-        return True
-    if os.path.exists(os.path.expanduser("~/.kube/config")):
-        return True
-    log.info("enrichment off: not in a cluster and no kubeconfig (use --kubeconfig to enable it)")
-    return False
+    if kc and any(os.path.exists(p) for p in kc.split(os.pathsep) if p):
+        return f"$KUBECONFIG {kc}"
+    return ""
+
+
+def kube_access_error(enrich_cfg: Any, name: str = "enrich.kubeconfig") -> str | None:
+    """Load the cluster access the enricher will use, as it will (enrich.load_api_client), and
+    describe why it cannot be used; None when it can. Run before forking workers, so a missing
+    file or a kubeconfig without current-context is one line and exit 2, not a traceback in
+    each worker. `name` is how the caller spells the kubeconfig setting."""
+    import enrich
+
+    kc = getattr(enrich_cfg, "kubeconfig", None)
+    if kc:
+        # the client merges a PATH[:PATH...] list and silently skips missing files
+        paths = [p for p in kc.split(os.pathsep) if p]
+        if not any(os.path.exists(p) for p in paths):
+            return f"{name} {kc}: no such file"
+        what = f"{name} {kc}"
+    elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+        what = "enrich: in-cluster config (KUBERNETES_SERVICE_HOST is set)"
+    elif os.environ.get("KUBECONFIG"):
+        what = f"enrich: $KUBECONFIG {os.environ['KUBECONFIG']}"
+    else:
+        what = "enrich: ~/.kube/config"
+        if not os.path.exists(os.path.expanduser("~/.kube/config")):
+            return ("enrich.enabled is true but there is no cluster access: not in a pod "
+                    "(KUBERNETES_SERVICE_HOST unset) and no --kubeconfig, $KUBECONFIG or ~/.kube/config")
+    try:
+        client = enrich.load_api_client(enrich_cfg)
+    except Exception as exc:  # kubernetes' ConfigException, YAML errors, unreadable files
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        return f"{what}: {msg}"
+    try:
+        client.close()
+    except Exception:  # noqa: BLE001 - nothing was connected yet
+        pass
+    return None
 
 
 async def start_enricher(enrich_cfg: Any) -> Any:
-    if not enrich_wanted(enrich_cfg):
+    """The enricher, started, or None when enrichment is off (enrich_cfg None: decided by the
+    command line before forking)."""
+    if enrich_cfg is None:
         return None
     import enrich
 
@@ -128,7 +168,13 @@ async def _worker_main(cfg: Config, index: int | None, enrich_cfg: Any,
             except OSError as exc:
                 log.error("cannot serve HTTP on %s:%d: %s", s.host, s.port, exc)
                 return 2
-    enricher = await start_enricher(enrich_cfg)
+    try:
+        enricher = await start_enricher(enrich_cfg)
+    except Exception as exc:  # checked before forking (kube_access_error); the file may have gone since
+        log.error("enrichment: cannot start: %s", " ".join(str(exc).split()) or type(exc).__name__)
+        for s in servers:
+            await s.stop()
+        return 2
     worker = Worker(cfg, index, enricher=enricher)
     try:
         await worker.start()
@@ -163,10 +209,13 @@ async def _worker_main(cfg: Config, index: int | None, enrich_cfg: Any,
     return 0
 
 
-def run(cfg: Config, enrich_cfg: Any = None) -> int:
-    """Blocking entry point of `flowscope run`; returns the exit code."""
+def run(cfg: Config, enrich_cfg: Any = None, enrich_note: str = "") -> int:
+    """Blocking entry point of `flowscope run`; returns the exit code. `enrich_cfg` is None when
+    enrichment is off (`enrich_note` says why, or where its cluster access comes from)."""
     setup_logging(cfg.log_level)
     tune_malloc()
+    if enrich_note:
+        log.info("%s", enrich_note)
     factory = loop_factory(cfg.loop)
     if cfg.workers == 1:
         agg = Aggregator()

@@ -25,6 +25,39 @@ def _enrich_module() -> Any:
     return enrich
 
 
+def _enrichment(cfg: config_mod.Config) -> tuple[Any, str, str]:
+    """Whether `flowscope run` enriches: (enrich.EnrichConfig or None, what to log, error).
+
+    Decided and checked here, once, before any worker is forked: a kubeconfig that cannot be
+    loaded is a configuration error (exit 2), not a traceback in every worker."""
+    e = cfg.enrich
+    if e.enabled == "false":
+        return None, "enrichment off (enrich.enabled false)", ""
+    enrich = _enrich_module()
+    if enrich is None:
+        if e.enabled == "true":
+            return None, "", "enrich.enabled is true but the enrich package cannot be imported"
+        return None, "enrichment off: the enrich package cannot be imported", ""
+    try:
+        enrich_cfg = enrich.EnrichConfig(
+            enabled=True, kubeconfig=e.kubeconfig or None, context=e.context or None,
+            cluster_name=e.cluster_name, infra_namespace_prefixes=list(e.infra_namespace_prefixes),
+            tombstone_seconds=e.tombstone_seconds)
+        enrich_cfg.validate()
+    except ValueError as exc:
+        return None, "", f"enrich: {exc}"
+    from .app import cluster_access, kube_access_error
+
+    source = cluster_access(enrich_cfg)
+    if not source and e.enabled == "auto":
+        return None, ("enrichment off: not in a pod and no --kubeconfig / $KUBECONFIG (~/.kube/config alone "
+                      "does not turn it on: use --kubeconfig or --enrich true)"), ""
+    problem = kube_access_error(enrich_cfg)
+    if problem:
+        return None, "", problem
+    return enrich_cfg, f"enrichment on: {source or 'the kubeconfig client default (~/.kube/config)'}", ""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flowscope",
@@ -115,35 +148,15 @@ def main(argv: list[str] | None = None) -> int:
         if problem:
             print(f"flowscope: configuration error: {problem}", file=sys.stderr)
             return 2
-    enrich_cfg = None
-    enrich = _enrich_module()
-    if enrich is not None and cfg.enrich.enabled != "false":
-        e = cfg.enrich
-        try:
-            enrich_cfg = enrich.EnrichConfig(
-                enabled=True, kubeconfig=e.kubeconfig or None, context=e.context or None,
-                cluster_name=e.cluster_name, infra_namespace_prefixes=list(e.infra_namespace_prefixes),
-                tombstone_seconds=e.tombstone_seconds)
-            enrich_cfg.validate()
-        except ValueError as exc:
-            print(f"flowscope: configuration error: enrich: {exc}", file=sys.stderr)
-            return 2
-        from .app import enrich_wanted
-
-        if e.enabled == "true" and not enrich_wanted(enrich_cfg):
-            print("flowscope: configuration error: enrich.enabled is true but there is no cluster access: "
-                  "not in a pod (KUBERNETES_SERVICE_HOST unset) and no --kubeconfig / $KUBECONFIG",
-                  file=sys.stderr)
-            return 2
-    elif enrich is None and cfg.enrich.enabled == "true":
-        print("flowscope: configuration error: enrich.enabled is true but the enrich package cannot be "
-              "imported", file=sys.stderr)
+    enrich_cfg, enrich_note, problem = _enrichment(cfg)
+    if problem:
+        print(f"flowscope: configuration error: {problem}", file=sys.stderr)
         return 2
     from .app import run as run_app
 
     if unknown:
         logging.getLogger("flowscope").warning("ignoring unknown variables: %s", ", ".join(unknown))
-    return run_app(cfg, enrich_cfg)
+    return run_app(cfg, enrich_cfg, enrich_note)
 
 
 if __name__ == "__main__":

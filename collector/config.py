@@ -236,10 +236,13 @@ def opt(default: Any, help: str, parse: Callable[[Any], Any], *, flag: str | Non
 class EnrichSection:
     """Kubernetes enrichment (enrich/): pod, node, service and owner identity for both ends."""
 
-    enabled: str = opt("auto", "auto (on in a pod or with a kubeconfig), true (fail when no cluster access "
-                       "is configured) or false", choice("auto", "true", "false"), flag="--enrich")
+    enabled: str = opt("auto", "auto (on in a pod with a ServiceAccount token, or given --kubeconfig or "
+                       "$KUBECONFIG; ~/.kube/config alone does not turn it on), true (on, ~/.kube/config "
+                       "included; no usable cluster access is a start-up error) or false",
+                       choice("auto", "true", "false"), flag="--enrich")
     kubeconfig: str = opt("", "kubeconfig file; empty = in-cluster config (ServiceAccount) when in a pod, "
-                          "else $KUBECONFIG", parse_str, flag="--kubeconfig", metavar="PATH")
+                          "else $KUBECONFIG (with --enrich true, else ~/.kube/config); a file that cannot "
+                          "be loaded is a start-up error", parse_str, flag="--kubeconfig", metavar="PATH")
     context: str = opt("", "kubeconfig context; empty = its current context", parse_str,
                        flag="--kube-context", metavar="NAME")
     cluster_name: str = opt("", "value of K8S_ClusterName in every flow; empty = not written", parse_str,

@@ -53,14 +53,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _enricher(args: argparse.Namespace) -> tuple[Any, Callable[[], None]]:
-    """Start Kubernetes enrichment when asked for (--kubeconfig); returns (enricher, stop)."""
+    """Start Kubernetes enrichment when asked for (--kubeconfig); returns (enricher, stop).
+    A kubeconfig that cannot be loaded is a usage error: one line, exit 2."""
     if not getattr(args, "kubeconfig", None):
         return None, lambda: None
     import enrich
+    from collector.app import kube_access_error
 
     cfg = enrich.config_from_args(args)
     if not cfg.enabled:
         return None, lambda: None
+    problem = kube_access_error(cfg, "--kubeconfig")
+    if problem:
+        print(f"flowscope decode: {problem}", file=sys.stderr)
+        raise SystemExit(2)
     enricher = enrich.Enricher(cfg)
     enricher.start()
     if not enricher.wait_ready(timeout=60.0):

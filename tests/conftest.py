@@ -151,7 +151,7 @@ class Collector:
     """A `flowscope run` subprocess on free ports; `metrics()` parses /metrics."""
 
     def __init__(self, args: list[str], tmp: Path, *, schemes: tuple[str, ...] = ("netflow",),
-                 env: dict[str, str] | None = None, wait_ready: bool = True) -> None:
+                 env: dict[str, str | None] | None = None, wait_ready: bool = True) -> None:
         self.ports = {s: free_udp_port() for s in schemes}
         self.port = self.ports[schemes[0]]
         self.http = free_tcp_port()
@@ -165,7 +165,11 @@ class Collector:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWSCOPE_")}
         full_env.update({"PYTHONPATH": str(ROOT), "KUBECONFIG": str(tmp / "no-kubeconfig"),
                          "HOME": str(tmp)})
-        full_env.update(env or {})
+        for k, v in (env or {}).items():  # None: unset
+            if v is None:
+                full_env.pop(k, None)
+            else:
+                full_env[k] = v
         self._log = open(self.log_path, "wb")
         self._out = open(self.out_path, "wb")
         self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=full_env, stdout=self._out, stderr=self._log)

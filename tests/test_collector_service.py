@@ -7,11 +7,25 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import corpus_file, make_v5, send_udp, udp_payloads, wait_for
+from conftest import (
+    ROOT,
+    corpus_file,
+    free_tcp_port,
+    free_udp_port,
+    make_v5,
+    send_udp,
+    udp_payloads,
+    wait_for,
+)
+
+from tests.support.fake_kube import FakeKube, node
+from tests.support.fake_kube import fake_kube as fake_kube  # noqa: F401 - fixture
 
 
 def lines(path: Path) -> int:
@@ -126,3 +140,69 @@ def test_queue_bound_counts_drops_with_file_sink(collector: Any, tmp_path: Path)
         assert c.value("flowscope_queue_bytes") <= 64000
     finally:
         os.close(reader_fd)
+
+
+# ------------------------------------------------------------------------------------------------
+# Cluster access for enrichment: decided and checked once, before any worker is forked
+
+
+def run_cli(args: list[str], tmp_path: Path, env: dict[str, str] | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`flowscope ARGS` to completion, with the environment of a laptop (no pod, no ~/.kube)."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("FLOWSCOPE_", "KUBE"))}
+    full.update({"PYTHONPATH": str(ROOT), "HOME": str(tmp_path)})
+    full.update(env or {})
+    return subprocess.run([sys.executable, "-m", "collector.cli", *args], cwd=ROOT, env=full,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def no_kube_config(tmp_path: Path) -> Path:
+    """A kubeconfig that parses but names no current-context (as `kubectl config` leaves one)."""
+    p = tmp_path / "empty.kubeconfig"
+    p.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n")
+    return p
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("which", ["missing", "no-current-context"])
+def test_unusable_kubeconfig_is_a_configuration_error(tmp_path: Path, workers: int, which: str) -> None:
+    kc = str(tmp_path / "nonexistent") if which == "missing" else str(no_kube_config(tmp_path))
+    r = run_cli(["run", "--kubeconfig", kc, "--workers", str(workers), "--listen",
+                 f"netflow://127.0.0.1:{free_udp_port()}", "--metrics-addr", f"127.0.0.1:{free_tcp_port()}"],
+                tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and "exited unexpectedly" not in r.stderr
+    assert r.stderr.startswith(f"flowscope: configuration error: enrich.kubeconfig {kc}: "), r.stderr
+    assert r.stderr.count("\n") == 1, r.stderr
+    want = "no such file" if which == "missing" else "current-context"
+    assert want in r.stderr
+
+
+def test_enrich_true_without_any_cluster_access_is_a_configuration_error(tmp_path: Path) -> None:
+    r = run_cli(["run", "--enrich", "true", "--listen", f"netflow://127.0.0.1:{free_udp_port()}"], tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "enrich.enabled is true but there is no cluster access" in r.stderr
+
+
+def test_auto_enrichment_is_off_with_only_home_kube_config(collector: Any, tmp_path: Path,
+                                                             fake_kube: FakeKube) -> None:
+    """docs/collector.md: auto is on in a pod or with --kubeconfig / $KUBECONFIG; a laptop's
+    ~/.kube/config alone must not make `flowscope run` watch the cluster kubectl points at."""
+    fake_kube.add("nodes", node("node-a", internal=["10.0.0.1"]))
+    (tmp_path / ".kube").mkdir()
+    fake_kube.write_kubeconfig(tmp_path / ".kube" / "config")  # the collector's HOME is tmp_path
+    out = tmp_path / "flows.jsonl"
+    c = collector(["--output-file", str(out)], env={"KUBECONFIG": None})
+    assert "enrichment off: not in a pod and no --kubeconfig / $KUBECONFIG" in c.log()
+    assert c.value("flowscope_informers_synced") == 0
+    assert not fake_kube.requests, fake_kube.requests
+    assert c.stop() == 0
+    # --enrich true does use it; and $KUBECONFIG naming the file turns auto on
+    c = collector(["--output-file", str(out), "--enrich", "true"], env={"KUBECONFIG": None})
+    wait_for(lambda: c.value("flowscope_informers_synced") == 1, 20, what="informers synced")
+    assert "enrichment on: the kubeconfig client default (~/.kube/config)" in c.log()
+    assert c.stop() == 0
+    c = collector(["--output-file", str(out)], env={"KUBECONFIG": str(tmp_path / ".kube" / "config")})
+    wait_for(lambda: c.value("flowscope_informers_synced") == 1, 20, what="informers synced")
+    assert "enrichment on: $KUBECONFIG" in c.log()
+    assert c.stop() == 0

@@ -73,6 +73,20 @@ def test_decode_bad_arguments_are_clear(tmp_path: Path) -> None:
     assert p.returncode == 2 and b"CIDR=RATE" in p.stderr
 
 
+def test_decode_with_an_unusable_kubeconfig_is_one_line_exit_2(tmp_path: Path) -> None:
+    cap = tmp_path / "t.pcap"
+    write_pcap(cap, [(EXPORT, "10.0.0.1", 50000, ipfix_message([template_set([OVS_INGRESS])], seq=0,
+                                                                 export_time=EXPORT))])
+    empty = tmp_path / "empty.kubeconfig"  # parses, but names no current-context
+    empty.write_text("apiVersion: v1\nkind: Config\nclusters: []\n")
+    for kc, why in ((tmp_path / "nonexistent", b"no such file"), (empty, b"current-context")):
+        p = run_decode(str(cap), "--kubeconfig", str(kc))
+        assert p.returncode == 2, p.stderr.decode()
+        assert p.stderr.startswith(f"flowscope decode: --kubeconfig {kc}: ".encode()), p.stderr.decode()
+        assert why in p.stderr and p.stderr.count(b"\n") == 1 and b"Traceback" not in p.stderr
+        assert p.stdout == b""
+
+
 def test_decode_with_kubeconfig_enriches(fake_kube: FakeKube, tmp_path: Path) -> None:  # noqa: F811
     fake_kube.add("nodes", node("node-a", internal=["10.0.0.1"], zone="zone-a",
                                 subnets={"default": ["10.128.0.0/23"]}))
