@@ -86,6 +86,8 @@ cdef enum:
     A_ICMP_TC6
     A_ICMP_TYPE6
     A_ICMP_CODE6
+    A_DURATION_MS
+    A_DURATION_US
 
 
 # The element -> output mapping table (IANA IPFIX registry ids; v9 uses the same numbers for
@@ -122,6 +124,7 @@ IE_ACTIONS = {
     156: (A_START_NS, (8,)), 157: (A_END_NS, (8,)),
     158: (A_START_DELTA_US, U32), 159: (A_END_DELTA_US, U32),
     160: (A_SYSINIT_MS, (8,)),
+    161: (A_DURATION_MS, U32), 162: (A_DURATION_US, U32),  # flowDurationMilli/Microseconds
     256: (A_ETYPE, U16),
     218: (A_SYN_COUNT, None), 219: (A_FIN_COUNT, None), 220: (A_RST_COUNT, None),  # tcpSyn, tcpFin, tcpRst TotalCount
     221: (A_PSH_COUNT, None), 222: (A_ACK_COUNT, None), 223: (A_URG_COUNT, None),
@@ -535,7 +538,7 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
     cdef Flow* f = batch_new_flow(b)
     cdef uint64_t v
     cdef int64_t start_sysup = -1, end_sysup = -1, start_delta = -1, end_delta = -1
-    cdef int64_t rec_sysinit = -1
+    cdef int64_t rec_sysinit = -1, duration_ms = -1
     cdef uint64_t sampling_interval = 0, sampling_space = 0, sampler_id = 0
     cdef bint has_sampler = False, has_flags = False, has_ifname = False
     cdef uint16_t count_flags = 0
@@ -721,6 +724,10 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             end_delta = <int64_t>beN(p, L)
         elif a == A_SYSINIT_MS:
             rec_sysinit = <int64_t>be64(p)
+        elif a == A_DURATION_MS:
+            duration_ms = <int64_t>beN(p, L)
+        elif a == A_DURATION_US:
+            duration_ms = <int64_t>beN(p, L) // 1000
         elif a == A_ETYPE:
             f.etype = <uint16_t>beN(p, L)
             f.present |= P_ETYPE
@@ -810,6 +817,15 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
         elif end_delta >= 0:
             f.t_end_ms = export_ms - end_delta // 1000
             f.present |= P_TEND
+    if duration_ms >= 0:
+        # flowDurationMilliseconds (161) / Microseconds (162): the time from the flow's first to
+        # its last packet (RFC 5102), so one end and the duration give the other.
+        if f.present & P_TSTART and not f.present & P_TEND:
+            f.t_end_ms = f.t_start_ms + duration_ms
+            f.present |= P_TEND
+        elif f.present & P_TEND and not f.present & P_TSTART:
+            f.t_start_ms = f.t_end_ms - duration_ms
+            f.present |= P_TSTART
 
     if has_flags:
         f.present |= P_FLAGS

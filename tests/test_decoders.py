@@ -691,3 +691,34 @@ def test_an_empty_first_interface_name_keeps_the_second() -> None:
                        EXPORTER).to_dicts()
     assert [(f.get("Interfaces"), f.get("IfDirections")) for f in flows] == [
         (["", "eth1"], [0, 1]), (["eth0", ""], [0, 1]), (None, None)]
+
+
+@pytest.mark.parametrize(
+    ("fields", "values", "want_start", "want_end"),
+    [
+        # flowStartMilliseconds + flowDurationMilliseconds (161): the end is start + duration.
+        ((("s", 152, 0, 8), ("d", 161, 0, 4)), {"s": EXPORT * 1000 - 5000, "d": 1500},
+         EXPORT * 1000 - 5000, EXPORT * 1000 - 3500),
+        # flowEndSeconds + flowDurationMicroseconds (162): the start is end - duration.
+        ((("e", 151, 0, 4), ("d", 162, 0, 4)), {"e": EXPORT - 1, "d": 2_500_000},
+         (EXPORT - 1) * 1000 - 2500, (EXPORT - 1) * 1000),
+        # flowStartDeltaMicroseconds (158, OVS) + a duration in 2 bytes (reduced size).
+        ((("s", 158, 0, 4), ("d", 161, 0, 2)), {"s": 4_000_000, "d": 250},
+         EXPORT * 1000 - 4000, EXPORT * 1000 - 3750),
+    ],
+)
+def test_flow_duration_gives_the_missing_end(fields: tuple, values: dict, want_start: int, want_end: int) -> None:
+    t = _tpl(300, ("src", 8, 0, 4), ("dst", 12, 0, 4), *fields)
+    rec = dict(values, src="10.0.0.1", dst="10.0.0.2")
+    f = Decoder().decode(ipfix_message([template_set([t]), data_set(t, [rec])], seq=0, export_time=EXPORT),
+                         EXPORTER).to_dicts()[0]
+    assert (f["TimeFlowStartMs"], f["TimeFlowEndMs"]) == (want_start, want_end)
+    assert "ie161" not in f and "ie162" not in f
+
+
+def test_flow_duration_does_not_override_exported_start_and_end() -> None:
+    t = _tpl(300, ("src", 8, 0, 4), ("s", 152, 0, 8), ("e", 153, 0, 8), ("d", 161, 0, 4))
+    rec = {"src": "10.0.0.1", "s": EXPORT * 1000 - 9000, "e": EXPORT * 1000 - 1000, "d": 5}
+    f = Decoder().decode(ipfix_message([template_set([t]), data_set(t, [rec])], seq=0, export_time=EXPORT),
+                         EXPORTER).to_dicts()[0]
+    assert (f["TimeFlowStartMs"], f["TimeFlowEndMs"]) == (EXPORT * 1000 - 9000, EXPORT * 1000 - 1000)
