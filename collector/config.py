@@ -489,6 +489,8 @@ def load_yaml(path: str) -> dict[str, Any]:
             data = yaml.safe_load(fh)
     except OSError as exc:
         raise ConfigError(f"--config {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:  # a binary or Latin-1 file (the error's offset is within a read chunk)
+        raise ConfigError(f"--config {path}: not UTF-8 text ({_first_non_utf8(path)}); save it as UTF-8") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"--config {path}: not valid YAML: {exc}") from None
     if data is None:
@@ -496,6 +498,19 @@ def load_yaml(path: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path}: expected a mapping of options at the top level")
     return data
+
+
+def _first_non_utf8(path: str) -> str:
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+        raw.decode("utf-8")
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        return f"byte 0x{raw[exc.start]:02x} on line {line}"
+    return "changed while read"
 
 
 def _flatten_yaml(data: Mapping[str, Any], path: str) -> dict[str, Any]:

@@ -111,6 +111,17 @@ def test_run_help_documents_every_option() -> None:
         assert o.flag in r.stdout and o.env in r.stdout, o.key
 
 
+@pytest.mark.parametrize("command", ["run", "config"])
+def test_a_config_file_that_is_not_utf8_is_a_configuration_error(tmp_path: Path, command: str) -> None:
+    f = tmp_path / "latin1.yaml"
+    f.write_bytes("kafka:\n  client_id: caf\u00e9\n".encode("latin-1"))
+    r = subprocess.run([sys.executable, "-m", "collector.cli", command, "--config", str(f)], capture_output=True,
+                       text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, cwd=ROOT, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr == (f"flowscope: configuration error: --config {f}: not UTF-8 text (byte 0xe9 on line 2); "
+                        "save it as UTF-8\n")
+
+
 def test_bad_config_exit_code() -> None:
     r = subprocess.run([sys.executable, "-m", "collector.cli", "run", "--kafka-acks", "2"], capture_output=True,
                        text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, cwd=ROOT)
