@@ -291,12 +291,15 @@ def _supervise(cfg: Config, enrich_cfg: Any, factory: Callable[[], asyncio.Abstr
         for i, (_, conn) in children.items():
             loop.add_reader(conn.fileno(), reader, i, conn)
         servers = http_servers(cfg, agg, cfg.workers, lambda: not exited)
+        start_failed = False  # exit 2 like one worker does: a start-up error, not a clean stop
         for s in servers:
             try:
                 await s.start()
             except OSError as exc:
                 log.error("cannot serve HTTP on %s:%d: %s", s.host, s.port, exc)
+                start_failed = True
                 stop.set()
+                break
 
         def reap() -> None:
             for i, (pid, _) in children.items():
@@ -343,6 +346,8 @@ def _supervise(cfg: Config, enrich_cfg: Any, factory: Callable[[], asyncio.Abstr
         for s in servers:
             await s.stop()
         bad = {i: c for i, c in exited.items() if c != 0}
+        if start_failed or (failed and 2 in bad.values()):
+            return 2  # a worker returns 2 only when it could not start (listener, HTTP, enrichment)
         return 1 if failed or bad else 0
 
     with asyncio.Runner(loop_factory=factory) as runner:

@@ -206,3 +206,22 @@ def test_auto_enrichment_is_off_with_only_home_kube_config(collector: Any, tmp_p
     wait_for(lambda: c.value("flowscope_informers_synced") == 1, 20, what="informers synced")
     assert "enrichment on: $KUBECONFIG" in c.log()
     assert c.stop() == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Start-up failures: named, and exit code 2 with any number of workers
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_metrics_address_in_use_exits_2(tmp_path: Path, workers: int) -> None:
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    port = holder.getsockname()[1]
+    try:
+        r = run_cli(["run", "--workers", str(workers), "--listen", f"netflow://127.0.0.1:{free_udp_port()}",
+                     "--metrics-addr", f"127.0.0.1:{port}", "--output-file", str(tmp_path / "f.jsonl")], tmp_path)
+    finally:
+        holder.close()
+    assert r.returncode == 2, r.stderr
+    assert f"cannot serve HTTP on 127.0.0.1:{port}" in r.stderr
