@@ -154,7 +154,7 @@ async def _worker_main(cfg: Config, index: int | None, enrich_cfg: Any,
                        report: Callable[[dict[str, Any]], None], stop: asyncio.Event,
                        agg: Aggregator | None = None) -> int:
     """Run one worker until `stop`; report snapshots periodically and once at the end."""
-    from .server import Worker
+    from .server import StartupError, Worker
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -178,8 +178,10 @@ async def _worker_main(cfg: Config, index: int | None, enrich_cfg: Any,
     worker = Worker(cfg, index, enricher=enricher)
     try:
         await worker.start()
-    except OSError as exc:
-        log.error("cannot bind listener: %s", exc)
+    except (StartupError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        for t in worker.transports:  # the listeners bound before the one that failed
+            t.close()
         await worker.sink.drain(loop.time())
         for s in servers:
             await s.stop()

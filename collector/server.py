@@ -103,6 +103,10 @@ def read_udp_drops(inodes: set[int]) -> dict[int, int]:
     return out
 
 
+class StartupError(Exception):
+    """A part of the worker that could not start, named: which listener, which output file."""
+
+
 class Protocol(asyncio.DatagramProtocol):
     """The hot path: see the module docstring. Nothing raises out of datagram_received."""
 
@@ -245,11 +249,18 @@ class Worker:
     async def start(self) -> None:
         if self.state is not None:
             self.state.load_into(self.decoder)
-        await self.sink.start()
+        try:
+            await self.sink.start()
+        except OSError as exc:
+            what = f"output file {self.cfg.output_file}" if self.sink.name == "file" else f"{self.sink.name} sink"
+            raise StartupError(f"{what}: cannot open: {exc.strerror or exc}") from None
         loop = asyncio.get_running_loop()
         reuse = self.cfg.workers > 1
         for i, lst in enumerate(self.listeners):
-            sock, granted = open_socket(lst, self.cfg.rcvbuf, reuse)
+            try:
+                sock, granted = open_socket(lst, self.cfg.rcvbuf, reuse)
+            except OSError as exc:
+                raise StartupError(f"listener {lst}: cannot bind: {exc.strerror or exc}") from None
             self.inodes.append(os.fstat(sock.fileno()).st_ino)
             self.granted.append(granted)
             transport, _ = await loop.create_datagram_endpoint(

@@ -225,3 +225,28 @@ def test_metrics_address_in_use_exits_2(tmp_path: Path, workers: int) -> None:
         holder.close()
     assert r.returncode == 2, r.stderr
     assert f"cannot serve HTTP on 127.0.0.1:{port}" in r.stderr
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_output_file_that_cannot_be_opened_is_named(tmp_path: Path, workers: int) -> None:
+    path = tmp_path / "no-such-dir" / "flows.json"
+    r = run_cli(["run", "--workers", str(workers), "--listen", f"netflow://127.0.0.1:{free_udp_port()}",
+                 "--metrics-addr", f"127.0.0.1:{free_tcp_port()}", "--output-file", str(path)], tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert f"cannot start: output file {path}: cannot open: No such file or directory" in r.stderr
+    assert "listener" not in r.stderr.split("cannot start:")[1].splitlines()[0]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_listener_that_cannot_be_bound_is_named(tmp_path: Path, workers: int) -> None:
+    holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # another process's exporter port
+    holder.bind(("127.0.0.1", 0))
+    taken = holder.getsockname()[1]
+    try:
+        r = run_cli(["run", "--workers", str(workers), "--listen", f"netflow://127.0.0.1:{free_udp_port()}",
+                     "--listen", f"ipfix://127.0.0.1:{taken}", "--metrics-addr", f"127.0.0.1:{free_tcp_port()}",
+                     "--output-file", str(tmp_path / "f.jsonl")], tmp_path)
+    finally:
+        holder.close()
+    assert r.returncode == 2, r.stderr
+    assert f"cannot start: listener ipfix://127.0.0.1:{taken}: cannot bind: Address already in use" in r.stderr
