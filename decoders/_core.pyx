@@ -24,6 +24,10 @@ _log = logging.getLogger("flowscope.decoders")
 #: stats() key of the folded counters of evicted exporters (never an address).
 EVICTED = "(evicted)"
 
+#: export_state() format: 2 keys options-learned sampling and clocks by the exporter's UDP
+#: source port too; import_state() still reads format 1.
+STATE_FORMAT = 2
+
 
 def _last_seen(ex):
     return ex.last_seen
@@ -209,7 +213,10 @@ cdef class Decoder:
         return self.exporters.get(ip)
 
     def export_state(self):
-        """Templates, options-learned sampling and clocks per exporter, as JSON-able data."""
+        """Templates, options-learned sampling and clocks per exporter, as JSON-able data.
+
+        Format 2: the options-learned entries carry the exporter's UDP source port, as templates
+        do (format 1 scoped them by version and domain only)."""
         cdef ExporterState ex
         cdef Template t
         out = {}
@@ -221,18 +228,20 @@ cdef class Decoder:
                      "scope": t.scope_fields, "fields": [list(f) for f in t.spec]}
                     for t in ex.templates.values()
                 ],
-                "domain_sampling": [[v, d, rate] for (v, d), rate in ex.domain_sampling.items()],
-                "sampler_rates": [[v, d, s, rate] for (v, d, s), rate in ex.sampler_rates.items()],
-                "sysinit_ms": [[v, d, ms] for (v, d), ms in ex.sysinit_ms.items()],
+                "domain_sampling": [[v, d, p, rate] for (v, d, p), rate in ex.domain_sampling.items()],
+                "sampler_rates": [[v, d, p, s, rate] for (v, d, p, s), rate in ex.sampler_rates.items()],
+                "sysinit_ms": [[v, d, p, ms] for (v, d, p), ms in ex.sysinit_ms.items()],
             }
-        return {"format": 1, "exporters": out}
+        return {"format": STATE_FORMAT, "exporters": out}
 
     def import_state(self, state):
-        """Load what export_state() saved; bad entries are skipped and counted, not fatal."""
+        """Load what export_state() saved (format 2, or format 1 of earlier versions); bad
+        entries are skipped and counted, not fatal."""
         cdef ExporterState ex
         cdef Template t
         loaded = skipped = 0
-        if not isinstance(state, dict) or state.get("format") != 1:
+        fmt = state.get("format") if isinstance(state, dict) else None
+        if fmt not in (1, STATE_FORMAT):
             raise ValueError("unknown state format")
         for ip, st in state.get("exporters", {}).items():
             ex = self.exporter_state(str(ip))
@@ -249,10 +258,30 @@ cdef class Decoder:
                     loaded += 1
                 except (KeyError, TypeError, ValueError, DecodeError):
                     skipped += 1
-            for v, d, rate in st.get("domain_sampling", []):
-                ex.domain_sampling[(int(v), int(d))] = int(rate)
-            for v, d, s, rate in st.get("sampler_rates", []):
-                ex.sampler_rates[(int(v), int(d), int(s))] = int(rate)
-            for v, d, ms in st.get("sysinit_ms", []):
-                ex.sysinit_ms[(int(v), int(d))] = int(ms)
+            if fmt == 1:
+                # Format 1 had no port: an entry stood for every exporting process of its version
+                # and domain, so it goes to each port the exporter's templates of that version
+                # and domain came from (port 0 when none).
+                ports = {}
+                for t in ex.templates.values():
+                    ports.setdefault((t.version, t.domain), set()).add(t.port)
+            for name, width, target in (("domain_sampling", 2, ex.domain_sampling),
+                                        ("sampler_rates", 3, ex.sampler_rates),
+                                        ("sysinit_ms", 2, ex.sysinit_ms)):
+                for entry in st.get(name, []):
+                    # key fields then the value; format 2 has the port third
+                    n = width + (1 if fmt == 1 else 2)
+                    if not isinstance(entry, list) or len(entry) != n:
+                        skipped += 1
+                        continue
+                    try:
+                        vals = [int(x) for x in entry]
+                    except (TypeError, ValueError):
+                        skipped += 1
+                        continue
+                    if fmt == 1:
+                        for port in ports.get((vals[0], vals[1]), (0,)):
+                            target[tuple(vals[:2]) + (port,) + tuple(vals[2:n - 1])] = vals[n - 1]
+                    else:
+                        target[tuple(vals[:n - 1])] = vals[n - 1]
         return {"templates": loaded, "skipped": skipped}

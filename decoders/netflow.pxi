@@ -249,9 +249,12 @@ cdef class ExporterState:
     cdef uint8_t addr[16]
     cdef uint8_t af
     cdef readonly dict templates        # (version << 48 | domain << 16 | template id) -> Template
-    cdef readonly dict domain_sampling  # (version, domain) -> rate learned from options data
-    cdef readonly dict sampler_rates    # (version, domain, sampler id) -> rate
-    cdef readonly dict sysinit_ms       # (version, domain) -> systemInitTimeMilliseconds (IE 160)
+    # What options data teaches belongs to the exporting process that sent it, as templates do
+    # (RFC 7011 3.1: Transport Session + Observation Domain): keyed by the UDP source port too,
+    # so two processes on one host (softflowd per interface, OVS bridges) keep their own.
+    cdef readonly dict domain_sampling  # (version, domain, port) -> rate learned from options data
+    cdef readonly dict sampler_rates    # (version, domain, port, sampler id) -> rate
+    cdef readonly dict sysinit_ms       # (version, domain, port) -> systemInitTimeMilliseconds (IE 160)
     cdef public uint32_t configured_sampling   # from --sampling CIDR=RATE / --default-sampling
     cdef public uint32_t cidr_sampling         # explicit CIDR rate (0 = none matched)
     cdef readonly uint64_t datagrams
@@ -912,13 +915,13 @@ cdef void learn_options(ExporterState ex, Template t, uint64_t interval, uint64_
                         bint has_sampler, uint64_t sampler_id, int64_t sysinit):
     cdef uint32_t rate
     if sysinit >= 0:
-        ex.sysinit_ms[(t.version, t.domain)] = sysinit
+        ex.sysinit_ms[(t.version, t.domain, t.port)] = sysinit
     if interval:
         rate = rate_from(interval, space)
         if has_sampler:
-            ex.sampler_rates[(t.version, t.domain, sampler_id)] = rate
+            ex.sampler_rates[(t.version, t.domain, t.port, sampler_id)] = rate
         else:
-            ex.domain_sampling[(t.version, t.domain)] = rate
+            ex.domain_sampling[(t.version, t.domain, t.port)] = rate
 
 
 cdef uint32_t resolve_sampling(Decoder dec, ExporterState ex, Template t, uint64_t interval,
@@ -929,11 +932,11 @@ cdef uint32_t resolve_sampling(Decoder dec, ExporterState ex, Template t, uint64
     if interval:
         rate = rate_from(interval, space)
     elif has_sampler:
-        r = ex.sampler_rates.get((t.version, t.domain, sampler_id))
+        r = ex.sampler_rates.get((t.version, t.domain, t.port, sampler_id))
         if r is not None:
             rate = r
     if rate == 0 and len(ex.domain_sampling):
-        r = ex.domain_sampling.get((t.version, t.domain))
+        r = ex.domain_sampling.get((t.version, t.domain, t.port))
         if r is not None:
             rate = r
     if rate == 0:
@@ -1119,7 +1122,7 @@ cdef int decode_ipfix(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
                 if set_id == 2 or set_id == 3:
                     parse_template_set(dec, ex, b, &s, 10, domain, set_id == 3)
                 elif set_id >= 256:
-                    si = ex.sysinit_ms.get((10, domain))
+                    si = ex.sysinit_ms.get((10, domain, b.port)) if len(ex.sysinit_ms) else None
                     sysinit_ms = si if si is not None else -1
                     decode_data_set(dec, ex, b, &s, 10, domain, set_id, export_ms, sysinit_ms)
                 else:

@@ -722,3 +722,61 @@ def test_flow_duration_does_not_override_exported_start_and_end() -> None:
     f = Decoder().decode(ipfix_message([template_set([t]), data_set(t, [rec])], seq=0, export_time=EXPORT),
                          EXPORTER).to_dicts()[0]
     assert (f["TimeFlowStartMs"], f["TimeFlowEndMs"]) == (EXPORT * 1000 - 9000, EXPORT * 1000 - 1000)
+
+
+def _clock_and_rate_options(sysinit_ms: int, space: int) -> bytes:
+    """Options template 400 (scope observationDomainId; systemInitTimeMilliseconds (160),
+    samplingPacketInterval (305) = 1, samplingPacketSpace (306) = space) and one record."""
+    body = struct.pack("!HHH", 400, 4, 1) + struct.pack("!HHHHHHHH", 149, 4, 160, 8, 305, 4, 306, 4)
+    rec = struct.pack("!IQII", 0, sysinit_ms, 1, space)
+    return ipfix_message([struct.pack("!HH", 3, 4 + len(body)) + body, struct.pack("!HH", 400, 4 + len(rec)) + rec],
+                         seq=0, export_time=EXPORT)
+
+
+SYSUP_TPL = _tpl(300, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("s", 22, 0, 4), ("e", 21, 0, 4), ("bytes", 1, 0, 4))
+SYSUP_REC = {"src": "10.0.0.1", "dst": "10.0.0.2", "s": 1000, "e": 2000, "bytes": 100}
+
+
+def test_options_clock_and_sampling_belong_to_the_exporting_process() -> None:
+    """RFC 7011 3.1: templates and what options data teaches are scoped by Transport Session
+    and Observation Domain. Two processes on one host (two softflowd, both domain 0) differ by
+    UDP source port: each one's flows take its own systemInitTimeMilliseconds and rate."""
+    a_init, b_init = (EXPORT - 3600) * 1000, (EXPORT - 60) * 1000
+    dec = Decoder(DecoderConfig(default_sampling=0))
+    tpl = ipfix_message([template_set([SYSUP_TPL])], seq=0, export_time=EXPORT)
+    for port, init, space in ((40001, a_init, 9), (40002, b_init, 999)):
+        dec.decode(_clock_and_rate_options(init, space), EXPORTER, port)
+        dec.decode(tpl, EXPORTER, port)
+    data = ipfix_message([data_set(SYSUP_TPL, [SYSUP_REC])], seq=1, export_time=EXPORT)
+    got = []
+    for port in (40001, 40002):
+        f = dec.decode(data, EXPORTER, port).to_dicts()[0]
+        got.append((f["TimeFlowStartMs"], f["TimeFlowEndMs"], f["Sampling"]))
+    # RFC 5476: 1 packet selected out of interval + space.
+    assert got == [(a_init + 1000, a_init + 2000, 10), (b_init + 1000, b_init + 2000, 1000)]
+    # The saved state keeps them apart too.
+    fresh = Decoder(DecoderConfig(default_sampling=0))
+    fresh.import_state(dec.export_state())
+    again = [fresh.decode(data, EXPORTER, port).to_dicts()[0] for port in (40001, 40002)]
+    assert [(f["TimeFlowStartMs"], f["Sampling"]) for f in again] == [(a_init + 1000, 10), (b_init + 1000, 1000)]
+
+
+def test_state_files_of_format_1_still_load() -> None:
+    """Format 1 (before options state was scoped by port) keyed clocks and rates by version and
+    domain: they apply to the ports the exporter's saved templates came from."""
+    init = (EXPORT - 3600) * 1000
+    old = {"format": 1, "exporters": {EXPORTER: {
+        "templates": [{"version": 10, "domain": 0, "id": 300, "port": 4739, "options": False, "scope": 0,
+                       "fields": [list(x) for x in SYSUP_TPL.spec()]}],
+        "domain_sampling": [[10, 0, 64]],
+        "sampler_rates": [[10, 0, 5, 128], ["bad"]],
+        "sysinit_ms": [[10, 0, init]],
+    }}}
+    dec = Decoder(DecoderConfig(default_sampling=0))
+    assert dec.import_state(old) == {"templates": 1, "skipped": 1}
+    data = ipfix_message([data_set(SYSUP_TPL, [SYSUP_REC])], seq=1, export_time=EXPORT)
+    f = dec.decode(data, EXPORTER, 4739).to_dicts()[0]
+    assert (f["TimeFlowStartMs"], f["Sampling"]) == (init + 1000, 64)
+    assert dec.export_state()["format"] == 2
+    with pytest.raises(ValueError):
+        Decoder().import_state({"format": 99, "exporters": {}})

@@ -274,7 +274,7 @@ class CflowReader:
 
     def __init__(self) -> None:
         self.templates: dict[tuple[int, int], Template] = {}  # (frame, template id)
-        self.sys_init: dict[tuple[str, int], int] = {}  # (exporter, domain) -> unix ms
+        self.sys_init: dict[tuple[str, int, int], int] = {}  # (exporter, port, domain) -> unix ms
 
     def packets(self, packets: Iterable[dict]) -> Iterator[CflowPacket]:
         for p in packets:
@@ -341,8 +341,9 @@ class CflowReader:
             malformed=_has_key(body, "_ws.malformed"), sys_init_ms=None, raw=body,
         )
         # IPFIX systemInitTimeMilliseconds (IE 160) from options data anchors sysUpTime-relative
-        # times (IEs 21/22) of later records from the same exporter and domain.
-        key = (pkt.src, domain)
+        # times (IEs 21/22) of later records from the same exporting process (RFC 7011 3.1:
+        # Transport Session, i.e. address and UDP source port, and Observation Domain).
+        key = (pkt.src, pkt.sport, domain)
         for s in sets:
             if s.kind == "options_data":
                 for r in s.records:
