@@ -511,8 +511,15 @@ class KafkaSink(Sink):
             return
 
     async def _create_topics(self) -> None:
+        """--kafka-create-topic: ask for every topic and read the answer per topic.
+
+        CreateTopics reports per topic in `topic_errors` (topic, error_code[, error_message])
+        instead of raising (aiokafka returns the response as is): 0 is created, 36
+        TOPIC_ALREADY_EXISTS is fine (created earlier, or just now by another worker or replica:
+        asking without listing first has no such race), anything else is logged and counted as
+        flowscope_kafka_errors_total{kind="admin"}."""
         from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-        from aiokafka.errors import TopicAlreadyExistsError
+        from aiokafka.errors import for_code
 
         kw = producer_kwargs(self.k)
         admin_kw = {k: v for k, v in kw.items() if k in ("bootstrap_servers", "client_id", "security_protocol",
@@ -522,13 +529,26 @@ class KafkaSink(Sink):
         topics = [self.k.topic] + ([self.k.counters_topic] if self.cfg.counters else [])
         try:
             await admin.start()
-            existing = set(await admin.list_topics())
-            new = [NewTopic(t, self.k.partitions, self.k.replication_factor) for t in topics if t not in existing]
-            if new:
-                await admin.create_topics(new)
-                log.info("kafka: created %s with %d partitions", ",".join(t.name for t in new), self.k.partitions)
-        except TopicAlreadyExistsError:
-            pass
+            resp = await admin.create_topics([NewTopic(t, self.k.partitions, self.k.replication_factor)
+                                              for t in topics])
+            failed: dict[str, str] = {}
+            for err in resp.topic_errors:
+                topic, code = err[0], err[1]
+                detail = err[2] if len(err) > 2 else None
+                if code == 0:
+                    log.info("kafka: created topic %s with %d partitions (replication factor %d)", topic,
+                             self.k.partitions, self.k.replication_factor)
+                elif code == 36:  # TOPIC_ALREADY_EXISTS
+                    log.info("kafka: topic %s exists", topic)
+                else:
+                    failed[topic] = f"error {code} {for_code(code).__name__}" + (f": {detail}" if detail else "")
+            if failed:
+                existing = set(await admin.list_topics())
+                for topic, why in failed.items():
+                    self.errors["admin"] += 1
+                    log.error("kafka: could not create topic %s: %s (%s)", topic, why,
+                              "it exists: producing to it anyway" if topic in existing
+                              else "producing to it fails until it exists")
         except Exception as exc:
             self.errors["admin"] += 1
             log.error("kafka: could not create topics %s: %s", ",".join(topics), exc)

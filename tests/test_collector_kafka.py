@@ -259,3 +259,49 @@ def test_sflow_counters_go_to_the_counters_topic(broker: Any, collector: Any) ->
     assert not want
     c.wait_value("flowscope_counter_records_delivered_total", 20)
     assert c.stop() == 0
+
+
+def partitions_of(bootstrap: str, t: str) -> int:
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+
+    async def run() -> int:
+        p = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        await p.start()
+        try:
+            return len(await p.partitions_for(t))
+        finally:
+            await p.stop()
+
+    return asyncio.run(run())
+
+
+def test_create_topic_reads_the_brokers_answer_per_topic(broker: Any, collector: Any) -> None:
+    """--kafka-create-topic asks for each topic and reads CreateTopics' per-topic error codes
+    (aiokafka returns them instead of raising): 0 is created, 36 TOPIC_ALREADY_EXISTS is fine.
+    Two workers ask for the same new topics at once: the broker creates each once and answers
+    36 to the other worker; a restarted collector gets 36 for both."""
+    t, tc = topic(), topic()
+    args = ["--kafka-brokers", broker.bootstrap, "--kafka-topic", t, "--kafka-counters-topic", tc, "--counters",
+            "--kafka-create-topic", "--kafka-partitions", "3"]
+    c = collector(["--workers", "2", *args])
+
+    def lines(log: str, what: str) -> list[str]:
+        return [ln for ln in log.splitlines() if what in ln]
+
+    for name in (t, tc):
+        wait_for(lambda name=name: len(lines(c.log(), f"kafka: topic {name} exists")) == 1, 15,
+                 what=f"one worker told {name} exists")
+        assert len(lines(c.log(), f"kafka: created topic {name} with 3 partitions")) == 1, c.log()
+    assert c.value("flowscope_kafka_errors_total", kind="admin") == 0
+    assert partitions_of(broker.bootstrap, t) == 3
+    assert c.stop() == 0
+    c = collector(args)
+    for name in (t, tc):
+        wait_for(lambda name=name: lines(c.log(), f"kafka: topic {name} exists"), 15, what=f"{name} exists")
+    assert "created topic" not in c.log() and "could not create" not in c.log()
+    assert c.value("flowscope_kafka_errors_total", kind="admin") == 0
+    send_udp([make_v5(1, 30, 0)], c.port)
+    assert len(consume(broker.bootstrap, t, 30)) == 30
+    assert c.stop() == 0
