@@ -75,21 +75,24 @@ SERIES: dict[str, Series] = {s.name: s for s in [
     Series("flowscope_listener_up", "gauge", "Listener sockets bound (one per worker)", ("listener",)),
     # pipeline / sink
     Series("flowscope_flows_dropped", "counter",
-           "Flow records dropped after decoding, by reason (queue_full, evicted, shutdown, duplicate, "
-           "encode_error, sink_error)", ("reason",)),
+           "Flow records dropped after decoding, by reason (queue_full, evicted: the queue was full; shutdown: "
+           "not delivered within --shutdown-timeout; sink_error: the file or stdout write failed; rejected: "
+           "Kafka refused the batch for good; too_large: a keyed record larger than a whole batch, --kafka-batch-bytes; "
+           "duplicate: --dedup)", ("reason",)),
     Series("flowscope_flows_delivered", "counter", "Flow records the sink accepted (Kafka: acknowledged)",
            ("sink",)),
     Series("flowscope_counter_records_delivered", "counter", "sFlow counter records the sink accepted",
            ("sink",)),
-    Series("flowscope_counter_records_dropped", "counter", "sFlow counter records dropped, by reason",
-           ("reason",)),
+    Series("flowscope_counter_records_dropped", "counter", "sFlow counter records dropped, by reason (as "
+           "flowscope_flows_dropped)", ("reason",)),
     Series("flowscope_queue_bytes", "gauge", "Encoded bytes queued or in flight to the sink"),
     Series("flowscope_queue_records", "gauge", "Records queued or in flight to the sink"),
     Series("flowscope_queue_limit_bytes", "gauge", "Queue bound (--queue-bytes) summed over workers"),
     Series("flowscope_sink_connected", "gauge", "1 when the sink is connected (workers connected)"),
     Series("flowscope_kafka_send_latency_seconds", "histogram",
            "Time from handing a record batch to the producer to its acknowledgement"),
-    Series("flowscope_kafka_errors", "counter", "Kafka errors, by kind (connect, produce, metadata)",
+    Series("flowscope_kafka_errors", "counter", "Kafka errors, by kind (connect, metadata, produce: retried; "
+           "rejected: a batch the broker refused for good, dropped; admin: --kafka-create-topic failed)",
            ("kind",)),
     Series("flowscope_kafka_batches", "counter", "Record batches acknowledged by Kafka"),
     Series("flowscope_kafka_compression_bytes", "counter", "Bytes of prebuilt record batches (key none) before "
@@ -99,8 +102,9 @@ SERIES: dict[str, Series] = {s.name: s for s in [
     Series("flowscope_state_loads", "counter", "State file loads at start, by result (ok, error, missing)",
            ("result",)),
     # enrichment
-    Series("flowscope_enrich_lookups", "counter", "Enrichment lookups by result (hit kind or miss)",
-           ("result",)),
+    Series("flowscope_enrich_lookups", "counter", "Enrichment address lookups (two per flow) by where the answer "
+           "came from (lookups_cached: the per-address cache; lookups_index: the index), found or not: not a "
+           "count of flows without identity", ("result",)),
     Series("flowscope_enrich_stat", "gauge", "Enricher statistics as reported by enrich.Enricher.stats()",
            ("stat",), merge="max"),
     Series("flowscope_informers_synced", "gauge", "1 when enrichment is enabled and every informer has "
@@ -275,6 +279,14 @@ def total(parsed: dict[str, dict[Labels, float]], name: str, **labels: str) -> f
         if all(d.get(k) == want for k, want in labels.items()):
             acc += v
     return acc
+
+
+def markdown_table() -> str:
+    """The series table of docs/collector.md, generated so the docs cannot drift from SERIES."""
+    rows = ["| series | type | labels | meaning |", "|---|---|---|---|"]
+    for name, kind, help_text, labels in iter_names():
+        rows.append(f"| `{name}` | {kind} | {', '.join(labels) if labels else '-'} | {help_text} |")
+    return "\n".join(rows)
 
 
 def iter_names() -> Iterable[tuple[str, str, str, tuple[str, ...]]]:

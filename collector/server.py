@@ -359,7 +359,9 @@ class Worker:
 
 def enrich_series(enricher: Any) -> Snapshot:
     """Map Enricher.stats() onto the declared series without knowing its exact shape: counts named
-    hit*/miss* become lookups by result, every other number an enrich_stat gauge."""
+    lookups_* (today lookups_cached and lookups_index: where an address's answer came from, not
+    whether it had one) or hit*/miss* become lookups by result, every other number an enrich_stat
+    gauge."""
     out: Snapshot = {"flowscope_enrich_lookups": {}, "flowscope_enrich_stat": {},
                      "flowscope_informers_synced": {(): 1 if getattr(enricher, "ready", False) else 0}}
     try:

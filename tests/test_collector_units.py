@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import socket
 import struct
 import subprocess
@@ -298,6 +299,87 @@ def test_evicted_exporters_counters_stay_in_other() -> None:
         last = flows
         assert all(k[0] != "(evicted)" for k in snap["flowscope_flows"])
     assert dec.evicted_exporters > 0 and snap["flowscope_flows"][("other", "netflow5")] > 0
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z0-9]+(?:_[a-z0-9]+)*", text))
+
+
+def _check_values_documented(series: str, emitted: set[str]) -> None:
+    """Every label value the code emits is named in the series' help (the docs table is generated
+    from it, see test_docs_metrics_table_is_generated), the help names no value with an underscore
+    that nothing emits, and the label lists of the operator docs name only emitted values."""
+    from collector.metrics import SERIES
+
+    help_words = _words(SERIES[series].help)
+    assert emitted <= help_words, f"{series}: emitted but not in the help: {emitted - help_words}"
+    listed = {w for w in help_words if "_" in w and not w.startswith("flowscope_")}
+    assert listed <= emitted, f"{series}: in the help but never emitted: {listed - emitted}"
+    for doc in ("docs/collector.md", "deploy/README.md"):
+        text = (ROOT / doc).read_text()
+        for m in re.finditer(rf"`{series}(?:_total)?\{{\w+\}}` \(([^)]*)\)", text):
+            documented = set(re.findall(r"`([a-z_]+)`", m.group(1)))
+            assert documented <= emitted, f"{doc}: {series} lists {documented - emitted}, never emitted"
+
+
+def test_flows_dropped_reasons_documented_are_the_ones_counted() -> None:
+    """The reasons flowscope_flows_dropped_total carries: every literal the queue and the sinks
+    count under (collector/), and the decoder's batch drops (decoders/, --dedup)."""
+    collector_src = "".join(p.read_text() for p in (ROOT / "collector").glob("*.py"))
+    decoder_src = "".join(p.read_text() for p in (ROOT / "decoders").glob("*.p[yx][xi]"))
+    emitted = set(re.findall(r'dropped\[\([\w.]+, "([a-z_]+)"\)\]', collector_src))
+    emitted |= set(re.findall(r'drop_all\("([a-z_]+)"\)', collector_src))
+    emitted |= set(re.findall(r'\bb\.dropped\["([a-z_]+)"\]', decoder_src))
+    assert {"queue_full", "rejected", "too_large", "duplicate"} <= emitted  # the scan finds them
+    _check_values_documented("flowscope_flows_dropped", emitted)
+
+
+def test_kafka_error_kinds_documented_are_the_ones_counted() -> None:
+    import inspect
+
+    from collector.sinks import KafkaSink
+
+    emitted = set(re.findall(r'self\.errors\["([a-z_]+)"\]', inspect.getsource(KafkaSink)))
+    assert {"connect", "produce", "admin", "rejected"} <= emitted
+    _check_values_documented("flowscope_kafka_errors", emitted)
+
+
+def test_enrich_lookup_results_documented_are_the_ones_exported() -> None:
+    """What flowscope_enrich_lookups_total{result} really carries, from a real enricher that
+    enriched real flows: where each address's answer came from (two per flow), found or not."""
+    import random
+
+    import enrich
+    from benchmarks.datagrams import OVS_INGRESS, data_set, ipfix_message, ovs_flows, template_set
+    from collector.metrics import SERIES
+    from collector.server import enrich_series
+    from decoders import Decoder
+    from tests.support.fake_kube import node, pod
+
+    e = enrich.Enricher.from_objects(pods=[pod("p", "ns", ips=["10.128.0.5"], node="n", host_ip="10.0.0.1")],
+                                     nodes=[node("n", internal=["10.0.0.1"])])
+    recs = ovs_flows(10, random.Random(1))
+    recs[0]["src"] = "10.128.0.5"
+    dec = Decoder()
+    dec.decode(ipfix_message([template_set([OVS_INGRESS])], seq=0, export_time=1_700_000_000), "10.0.0.1")
+    batch = dec.decode(ipfix_message([data_set(OVS_INGRESS, recs)], seq=0, export_time=1_700_000_000), "10.0.0.1",
+                       0, 1_700_000_001)
+    assert len(batch.to_json(e)) == 10
+    lookups = {k[0]: v for k, v in enrich_series(e)["flowscope_enrich_lookups"].items()}
+    if not lookups:
+        pytest.skip("enrich._fast not built: the pure-Python index reports no lookups")
+    assert sum(lookups.values()) == 20  # two addresses per flow, hits and misses of identity alike
+    emitted = set(lookups)
+    _check_values_documented("flowscope_enrich_lookups", emitted)
+    assert not {"hit", "miss"} & _words(SERIES["flowscope_enrich_lookups"].help)  # no such results exist
+
+
+def test_docs_metrics_table_is_generated() -> None:
+    """docs/collector.md's series table is collector.metrics.markdown_table() (regenerate with
+    `python -c 'from collector.metrics import markdown_table; print(markdown_table())'`)."""
+    from collector.metrics import markdown_table
+
+    assert markdown_table() in (ROOT / "docs" / "collector.md").read_text()
 
 
 def test_aggregator_sums_workers() -> None:
