@@ -10,6 +10,7 @@ how the golden tests drive the decoders.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -75,6 +76,16 @@ def _enricher(args: argparse.Namespace) -> tuple[Any, Callable[[], None]]:
     return enricher, enricher.stop
 
 
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null: what is still buffered would otherwise be flushed into the
+    closed pipe at exit, and the interpreter would print the error it gets and exit 120."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
+
+
 def run(args: argparse.Namespace) -> int:
     """Decode args.file to stdout; returns the process exit code."""
     try:
@@ -90,25 +101,29 @@ def run(args: argparse.Namespace) -> int:
     pstats = PcapStats()
     ports = set(args.port)
     try:
-        for dg in iter_udp(args.file, stats=pstats):
-            if ports and dg.dport not in ports:
-                continue
-            batch = dec.decode(dg.payload, dg.src, dg.sport, dg.ts)
-            lines = batch.to_json(enricher)
-            if args.counters:
-                lines += [orjson.dumps(c) for c in batch.counters]
-            if args.options:
-                lines += [orjson.dumps(o) for o in batch.options]
-            if lines:
-                out.write(b"\n".join(lines) + b"\n")
+        try:
+            for dg in iter_udp(args.file, stats=pstats):
+                if ports and dg.dport not in ports:
+                    continue
+                batch = dec.decode(dg.payload, dg.src, dg.sport, dg.ts)
+                lines = batch.to_json(enricher)
+                if args.counters:
+                    lines += [orjson.dumps(c) for c in batch.counters]
+                if args.options:
+                    lines += [orjson.dumps(o) for o in batch.options]
+                if lines:
+                    out.write(b"\n".join(lines) + b"\n")
+        finally:
+            out.flush()  # the flows decoded before a bad record of the file still go out
+    # BrokenPipeError is an OSError: it must be caught first, or a closed stdout is blamed on the file
+    except BrokenPipeError:  # `flowscope decode x.pcap | head`: the reader has what it wanted
+        _discard_stdout()
+        return 0
     except (OSError, PcapError) as e:
         print(f"flowscope decode: {args.file}: {e}", file=sys.stderr)
         return 1
-    except BrokenPipeError:  # `flowscope decode x.pcap | head`
-        return 0
     finally:
         stop()
-        out.flush()
     if args.stats:
         report = {"capture": {"frames": pstats.frames, "udp_datagrams": pstats.datagrams,
                               "skipped": pstats.skipped},

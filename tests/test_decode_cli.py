@@ -199,3 +199,23 @@ def test_datagrams_cut_by_the_capture_snaplen_are_skipped_and_counted(tmp_path: 
     got = list(iter_udp(cap, stats=stats))
     assert [len(d.payload) for d in got] == [len(whole)]
     assert stats.skipped == {"truncated_capture": 1}
+
+
+def test_decode_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
+    """`flowscope decode big.pcap | head -1`: the reader goes away after one line. That is not
+    an error of the capture: exit 0, nothing on stderr."""
+    rng = random.Random(3)
+    cap = tmp_path / "big.pcap"
+    dgs = [(EXPORT, "10.0.0.1", 50000, ipfix_message([template_set([OVS_INGRESS])], seq=0, export_time=EXPORT))]
+    for i in range(200):  # 5000 flows, about 3 MB of JSON: far more than a pipe buffer holds
+        dgs.append((EXPORT + 1, "10.0.0.1", 50000,
+                    ipfix_message([data_set(OVS_INGRESS, ovs_flows(25, rng))], seq=i * 25, export_time=EXPORT)))
+    write_pcap(cap, dgs)
+    p = subprocess.Popen([sys.executable, "-m", "collector.cli", "decode", str(cap), "--stats"], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout is not None and p.stderr is not None
+    first = p.stdout.readline()
+    p.stdout.close()  # as head -1 does
+    err = p.stderr.read()
+    assert p.wait(60) == 0, err.decode()
+    assert orjson.loads(first)["SrcAddr"] and err == b""
