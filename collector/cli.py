@@ -134,13 +134,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"flowscope: configuration error: {exc}", file=sys.stderr)
         return 2
     if args.command == "config":
+        for w in config_mod.unknown_env_warnings():
+            print(f"flowscope: warning: {w}", file=sys.stderr)
         if args.markdown:
             print(config_mod.markdown_table())
         else:
             sys.stdout.write(config_mod.to_yaml(cfg))
         return 0
     # run
-    unknown = config_mod.unknown_env()
     from .sinks import check_compression, check_tls
 
     if cfg.sink_kind() == "kafka":
@@ -153,9 +154,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"flowscope: configuration error: {problem}", file=sys.stderr)
         return 2
     from .app import run as run_app
+    from .util import setup_logging
 
-    if unknown:
-        logging.getLogger("flowscope").warning("ignoring unknown variables: %s", ", ".join(unknown))
+    setup_logging(cfg.log_level)
+    for w in config_mod.unknown_env_warnings():
+        logging.getLogger("flowscope").warning("%s", w)
     return run_app(cfg, enrich_cfg, enrich_note)
 
 

@@ -558,14 +558,31 @@ def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | No
     return cfg
 
 
+# FLOWSCOPE_* variables that are not options: build switches read by setup.py, and what the tests
+# and the demo read. Everything else with the prefix is an option or a misspelling of one.
+NON_OPTION_ENV = {"CONFIG", "DEBUG", "ANNOTATE", "FUZZ", "CORPUS", "SHARED_CORPUS", "KEEP_CAPTURES", "DEMO_KEEP"}
+
+
 def unknown_env(environ: Mapping[str, str] | None = None) -> list[str]:
     """FLOWSCOPE_* variables that match no option: a misspelt variable is the classic "why is my
-    setting not applied", but build switches and enrich/ options share the prefix, so the caller
-    logs these as a warning instead of refusing to start."""
+    setting not applied". Every enrichment option is in the schema too (FLOWSCOPE_ENRICH_*), so
+    none is exempt. The callers warn instead of refusing to start: an orchestrator may set
+    variables meant for another version."""
     env = os.environ if environ is None else environ
-    known = {o.env for o in options()} | {ENV_PREFIX + "CONFIG", ENV_PREFIX + "DEBUG", ENV_PREFIX + "ANNOTATE"}
-    return sorted(n for n in env if n.startswith(ENV_PREFIX) and n not in known
-                  and not n.startswith(ENV_PREFIX + "ENRICH"))
+    known = {o.env for o in options()} | {ENV_PREFIX + n for n in NON_OPTION_ENV}
+    return sorted(n for n in env if n.startswith(ENV_PREFIX) and n not in known)
+
+
+def unknown_env_warnings(environ: Mapping[str, str] | None = None) -> list[str]:
+    """One message per unknown FLOWSCOPE_* variable, with the option it probably meant."""
+    import difflib
+
+    names = [o.env for o in options()]
+    out = []
+    for n in unknown_env(environ):
+        close = difflib.get_close_matches(n, names, n=1, cutoff=0.8)
+        out.append(f"ignoring unknown variable {n}" + (f" (did you mean {close[0]}?)" if close else ""))
+    return out
 
 
 def validate(cfg: Config) -> None:

@@ -250,3 +250,12 @@ def test_listener_that_cannot_be_bound_is_named(tmp_path: Path, workers: int) ->
         holder.close()
     assert r.returncode == 2, r.stderr
     assert f"cannot start: listener ipfix://127.0.0.1:{taken}: cannot bind: Address already in use" in r.stderr
+
+
+def test_run_warns_about_a_misspelt_enrich_variable(collector: Any, tmp_path: Path) -> None:
+    c = collector(["--output-file", str(tmp_path / "f.jsonl")],
+                  env={"FLOWSCOPE_ENRICH_CLUSTER_NAM": "prod", "FLOWSCOPE_ENRICH_ENABLED": "false"})
+    assert ("WARNING flowscope: ignoring unknown variable FLOWSCOPE_ENRICH_CLUSTER_NAM "
+            "(did you mean FLOWSCOPE_ENRICH_CLUSTER_NAME?)") in c.log()
+    assert "FLOWSCOPE_ENRICH_ENABLED" not in c.log()
+    assert c.stop() == 0

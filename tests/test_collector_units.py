@@ -123,6 +123,20 @@ def test_a_config_file_that_is_not_utf8_is_a_configuration_error(tmp_path: Path,
                         "save it as UTF-8\n")
 
 
+def test_config_command_warns_about_unknown_variables() -> None:
+    """A misspelt variable is silently not applied: `flowscope config`, the command one runs to
+    see why, says so (on stderr; stdout stays loadable YAML), FLOWSCOPE_ENRICH_* included."""
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "FLOWSCOPE_ENRICH_KUBECONFG": "/k",
+           "FLOWSCOPE_WORKRES": "2", "FLOWSCOPE_ENRICH_CLUSTER_NAME": "prod", "FLOWSCOPE_DEBUG": "1"}
+    r = subprocess.run([sys.executable, "-m", "collector.cli", "config"], capture_output=True, text=True, env=env,
+                       cwd=ROOT, check=True, timeout=60)
+    assert r.stderr.splitlines() == [
+        "flowscope: warning: ignoring unknown variable FLOWSCOPE_ENRICH_KUBECONFG "
+        "(did you mean FLOWSCOPE_ENRICH_KUBECONFIG?)",
+        "flowscope: warning: ignoring unknown variable FLOWSCOPE_WORKRES (did you mean FLOWSCOPE_WORKERS?)"]
+    assert "cluster_name: prod" in r.stdout and "kubeconfig: ''" in r.stdout
+
+
 def test_bad_config_exit_code() -> None:
     r = subprocess.run([sys.executable, "-m", "collector.cli", "run", "--kafka-acks", "2"], capture_output=True,
                        text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, cwd=ROOT)
