@@ -388,6 +388,29 @@ def test_enrich_lookup_results_documented_are_the_ones_exported() -> None:
     assert not {"hit", "miss"} & _words(SERIES["flowscope_enrich_lookups"].help)  # no such results exist
 
 
+def test_documented_decode_error_reasons_are_the_ones_raised() -> None:
+    """README and docs/INTERNALS.md list the reasons of flowscope_decode_errors_total: exactly the
+    ones the decoders raise (bad_count is counted without failing and documented apart)."""
+    import struct
+
+    from decoders import Decoder
+
+    src = "".join(p.read_text() for p in (ROOT / "decoders").glob("*.p[yx][xi]"))
+    raised = set(re.findall(r'(?:raise_decode|_error|DecodeError)\(\s*"([a-z_]+)"', src))
+    assert {"truncated", "bad_version", "too_large", "bad_sample"} <= raised  # the scan finds them
+    readme = (ROOT / "README.md").read_text()
+    internals = (ROOT / "docs" / "INTERNALS.md").read_text()
+    spans = {"README.md": readme[readme.index("each failure is a typed error ("):
+                                 readme.index("with the exporter, protocol context")],
+             "docs/INTERNALS.md": internals[internals.index("Error reasons (labels):"):
+                                            internals.index("; `bad_count` is counted")]}
+    for doc, span in spans.items():
+        assert set(re.findall(r"`([a-z_]+)`", span)) == raised - {"bad_count"}, doc
+    dec = Decoder()  # a version flowscope does not decode is bad_version, as documented
+    dec.decode(struct.pack("!HH", 1, 1) + bytes(60), "10.0.0.1", 0, 1.0)
+    assert dec.stats()["10.0.0.1"]["errors"] == {"bad_version": 1}
+
+
 def test_docs_metrics_table_is_generated() -> None:
     """docs/collector.md's series table is collector.metrics.markdown_table() (regenerate with
     `python -c 'from collector.metrics import markdown_table; print(markdown_table())'`)."""
