@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     cfg = sub.add_parser("config", help="print the effective configuration as YAML",
                          description="Print the configuration `flowscope run` would use with the same flags, "
-                         "variables and --config file, as YAML (usable as --config). Secrets are redacted.")
+                         "variables and --config file, as YAML (usable as --config). Secrets are shown as <redacted>, which "
+                         "--config refuses: give them with their variables when loading the output back.")
     config_mod.add_arguments(cfg)
     cfg.add_argument("--markdown", action="store_true", help="print the options table (docs) instead")
 

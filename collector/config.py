@@ -28,6 +28,8 @@ ENV_PREFIX = "FLOWSCOPE_"
 SCHEMES = ("netflow", "ipfix", "sflow")
 DEFAULT_LISTEN = ["netflow://0.0.0.0:2055", "ipfix://0.0.0.0:4739", "sflow://0.0.0.0:6343"]
 SECRET_KEYS = {"kafka.sasl_password"}
+# What `flowscope config` prints instead of a secret; refused as a value (see validate()).
+REDACTED = "<redacted>"
 
 
 class ConfigError(ValueError):
@@ -302,7 +304,8 @@ class KafkaConfig:
     sasl_mechanism: str = opt("none", "SASL mechanism: none, PLAIN, SCRAM-SHA-256, SCRAM-SHA-512",
                               choice("none", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"))
     sasl_user: str = opt("", "SASL user name", parse_str)
-    sasl_password: str = opt("", "SASL password (prefer FLOWSCOPE_KAFKA_SASL_PASSWORD)", parse_str, secret=True)
+    sasl_password: str = opt("", "SASL password (prefer FLOWSCOPE_KAFKA_SASL_PASSWORD); the "
+                              "placeholder `<redacted>` that `flowscope config` prints is refused", parse_str, secret=True)
     create_topic: bool = opt(False, "create the topic(s) at start if missing", parse_bool)
     partitions: int = opt(4, "partition count for --kafka-create-topic", ranged(parse_int, 1, 100000))
     replication_factor: int = opt(1, "replication factor for --kafka-create-topic", ranged(parse_int, 1, 100))
@@ -616,6 +619,14 @@ def validate(cfg: Config) -> None:
     if not lo <= k.compression_level <= hi:
         raise ConfigError(f"kafka.compression_level: {k.compression_level} is out of range for "
                           f"{k.compression}: {lo} to {hi} (0 = flowscope's default)")
+    for key in sorted(SECRET_KEYS):
+        sec, _, name = key.partition(".")
+        if getattr(getattr(cfg, sec), name) == REDACTED:
+            # `flowscope config > f.yaml` then `--config f.yaml` would otherwise authenticate with
+            # the placeholder itself and fail at the broker, far from the cause
+            env = ENV_PREFIX + key.replace(".", "_").upper()
+            raise ConfigError(f"{key}: {REDACTED} is the placeholder `flowscope config` prints instead of the "
+                              f"secret, not the secret: set {env} (it beats the file) or remove the key")
     if not k.topic:
         raise ConfigError("kafka.topic: must not be empty")
     if cfg.counters and kind == "kafka" and not k.counters_topic:
@@ -628,13 +639,21 @@ def to_dict(cfg: Config, *, redact: bool = True) -> dict[str, Any]:
         for key in SECRET_KEYS:
             sec, _, name = key.partition(".")
             if d[sec][name]:
-                d[sec][name] = "<redacted>"
+                d[sec][name] = REDACTED
     return d
 
 
 def to_yaml(cfg: Config, *, redact: bool = True) -> str:
-    """The effective config as YAML that `--config` accepts back (secrets redacted)."""
-    return yaml.safe_dump(to_dict(cfg, redact=redact), sort_keys=False, default_flow_style=False)
+    """The effective config as YAML that `--config` accepts back; a redacted secret is named in a
+    comment, since loading the file needs it from its variable (the placeholder is refused)."""
+    d = to_dict(cfg, redact=redact)
+    head = ""
+    for key in sorted(SECRET_KEYS):
+        sec, _, name = key.partition(".")
+        if d[sec][name] == REDACTED:
+            env = ENV_PREFIX + key.replace(".", "_").upper()
+            head += f"# {key} is set but not shown: give it with {env} when loading this file ({REDACTED} is refused)\n"
+    return head + yaml.safe_dump(d, sort_keys=False, default_flow_style=False)
 
 
 def markdown_table() -> str:

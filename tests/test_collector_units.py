@@ -104,6 +104,34 @@ def test_config_command_prints_yaml_round_trip(tmp_path: Path) -> None:
     assert load(["--config", str(f)]).workers == 2
 
 
+def test_a_redacted_secret_is_refused_when_the_dump_is_loaded_back(tmp_path: Path) -> None:
+    """`flowscope config > f.yaml; flowscope run --config f.yaml`: the dump holds the placeholder,
+    not the password. Loading it without the password from its variable is a configuration error
+    (it authenticated with the literal '<redacted>'); with the variable set it works."""
+    base = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    secret = {"FLOWSCOPE_KAFKA_SASL_PASSWORD": "s3cret", "FLOWSCOPE_KAFKA_SASL_USER": "u",
+              "FLOWSCOPE_KAFKA_SASL_MECHANISM": "PLAIN", "FLOWSCOPE_KAFKA_BROKERS": "127.0.0.1:9"}
+
+    def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "collector.cli", *args], capture_output=True, text=True,
+                              env={**base, **env}, cwd=ROOT, timeout=60)
+
+    dump = cli("config", env=secret)
+    assert dump.returncode == 0 and "s3cret" not in dump.stdout
+    assert dump.stdout.startswith("# kafka.sasl_password is set but not shown: give it with "
+                                  "FLOWSCOPE_KAFKA_SASL_PASSWORD when loading this file")
+    f = tmp_path / "eff.yaml"
+    f.write_text(dump.stdout)
+    for command in ("run", "config"):
+        r = cli(command, "--config", str(f), env={})
+        assert r.returncode == 2, r.stderr
+        assert r.stderr == ("flowscope: configuration error: kafka.sasl_password: <redacted> is the placeholder "
+                            "`flowscope config` prints instead of the secret, not the secret: set "
+                            "FLOWSCOPE_KAFKA_SASL_PASSWORD (it beats the file) or remove the key\n")
+    cfg = load(["--config", str(f)], {"FLOWSCOPE_KAFKA_SASL_PASSWORD": "s3cret"})
+    assert (cfg.kafka.sasl_user, cfg.kafka.sasl_password) == ("u", "s3cret")
+
+
 def test_run_help_documents_every_option() -> None:
     r = subprocess.run([sys.executable, "-m", "collector.cli", "run", "--help"], capture_output=True, text=True,
                        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "COLUMNS": "200"}, cwd=ROOT,
