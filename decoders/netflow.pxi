@@ -44,6 +44,8 @@ cdef enum:
     A_SAMPLING_ALGO
     A_SAMPLER_ID
     A_SAMPLING_PKT_SPACE
+    A_SAMPLING_SIZE
+    A_SAMPLING_POPULATION
     A_SRCMAC
     A_DSTMAC
     A_VLAN
@@ -114,6 +116,7 @@ IE_ACTIONS = {
     34: (A_SAMPLING_INTERVAL, None), 35: (A_SAMPLING_ALGO, (1,)), 48: (A_SAMPLER_ID, None),
     50: (A_SAMPLING_INTERVAL, None), 302: (A_SAMPLER_ID, None),
     305: (A_SAMPLING_INTERVAL, None), 306: (A_SAMPLING_PKT_SPACE, None),
+    309: (A_SAMPLING_SIZE, None), 310: (A_SAMPLING_POPULATION, None),  # see rate_from
     56: (A_SRCMAC, (6,)), 80: (A_DSTMAC, (6,)),
     58: (A_VLAN, U16), 243: (A_VLAN, U16),
     60: (A_IPVERSION, (1,)), 61: (A_DIRECTION, (1,)),
@@ -543,6 +546,8 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
     cdef int64_t start_sysup = -1, end_sysup = -1, start_delta = -1, end_delta = -1
     cdef int64_t rec_sysinit = -1, duration_ms = -1
     cdef uint64_t sampling_interval = 0, sampling_space = 0, sampler_id = 0
+    cdef uint64_t sampling_size = 0, sampling_population = 0
+    cdef uint32_t own_rate
     cdef bint has_sampler = False, has_flags = False, has_ifname = False
     cdef uint16_t count_flags = 0
     cdef int ipversion = 0
@@ -672,6 +677,10 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             sampling_interval = beN(p, L)
         elif a == A_SAMPLING_PKT_SPACE:
             sampling_space = beN(p, L)
+        elif a == A_SAMPLING_SIZE:
+            sampling_size = beN(p, L)
+        elif a == A_SAMPLING_POPULATION:
+            sampling_population = beN(p, L)
         elif a == A_SAMPLER_ID:
             sampler_id = beN(p, L)
             has_sampler = True
@@ -797,7 +806,8 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
 
     if t.options:
         # Options data teaches the exporter's clock and sampling; it is not a flow.
-        learn_options(ex, t, sampling_interval, sampling_space, has_sampler, sampler_id, rec_sysinit)
+        own_rate = rate_from(sampling_interval, sampling_space, sampling_size, sampling_population)
+        learn_options(ex, t, own_rate, has_sampler, sampler_id, rec_sysinit)
         b.options.append(options_dict(b, f, t, rec_start, s.pos))
         batch_drop_last(b)
         return 0
@@ -841,7 +851,8 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
         f.etype = 0x0800 if f.af == 4 else 0x86DD
         f.present |= P_ETYPE
 
-    f.sampling = resolve_sampling(dec, ex, t, sampling_interval, sampling_space, has_sampler, sampler_id)
+    own_rate = rate_from(sampling_interval, sampling_space, sampling_size, sampling_population)
+    f.sampling = resolve_sampling(dec, ex, t, own_rate, has_sampler, sampler_id)
     if f.direction >= 0 and f.af and dec.track_duplicates:
         if is_duplicate(ex, f):
             f.duplicate = 1
@@ -904,34 +915,42 @@ cdef int64_t ntp_to_ms(const uint8_t* p, bint micro) noexcept:
     return (<int64_t>secs - 2208988800) * 1000 + <int64_t>((frac * 1000) >> 32)
 
 
-cdef uint32_t rate_from(uint64_t interval, uint64_t space) noexcept:
-    # RFC 5476: samplingPacketInterval packets selected out of interval + space.
+cdef inline uint32_t rate_from(uint64_t interval, uint64_t space, uint64_t size, uint64_t population) noexcept:
+    """A record's sampling rate from its own elements, 0 when it has none.
+
+    RFC 5477 8.2.4/8.2.5 (selectorAlgorithm 3, random n-out-of-N, what Cisco IOS-XR sends):
+    samplingSize (309) n packets out of samplingPopulation (310) N, so the rate is N / n (309
+    missing or 0 counts as 1), rounded to the nearest, half up. Else RFC 5476 count-based:
+    samplingPacketInterval (305) packets selected out of interval + samplingPacketSpace (306);
+    without a space, 305 (like samplingInterval 34 and samplerRandomInterval 50) is the rate."""
+    cdef uint64_t r
+    if population:
+        if size == 0:
+            size = 1
+        r = (population + size // 2) // size
+        return <uint32_t>(r if r else 1)
     if space:
         return <uint32_t>((interval + space) // interval) if interval else 0
     return <uint32_t>interval
 
 
-cdef void learn_options(ExporterState ex, Template t, uint64_t interval, uint64_t space,
+cdef void learn_options(ExporterState ex, Template t, uint32_t rate,
                         bint has_sampler, uint64_t sampler_id, int64_t sysinit):
-    cdef uint32_t rate
     if sysinit >= 0:
         ex.sysinit_ms[(t.version, t.domain, t.port)] = sysinit
-    if interval:
-        rate = rate_from(interval, space)
+    if rate:
         if has_sampler:
             ex.sampler_rates[(t.version, t.domain, t.port, sampler_id)] = rate
         else:
             ex.domain_sampling[(t.version, t.domain, t.port)] = rate
 
 
-cdef uint32_t resolve_sampling(Decoder dec, ExporterState ex, Template t, uint64_t interval,
-                               uint64_t space, bint has_sampler, uint64_t sampler_id):
-    """The record's own rate, else one learned from options, else the configured rate."""
+cdef uint32_t resolve_sampling(Decoder dec, ExporterState ex, Template t, uint32_t rate,
+                               bint has_sampler, uint64_t sampler_id):
+    """The record's own rate, else one learned from options (for its sampler id, else for its
+    exporting process and domain), else the configured rate."""
     cdef object r
-    cdef uint32_t rate = 0
-    if interval:
-        rate = rate_from(interval, space)
-    elif has_sampler:
+    if rate == 0 and has_sampler:
         r = ex.sampler_rates.get((t.version, t.domain, t.port, sampler_id))
         if r is not None:
             rate = r

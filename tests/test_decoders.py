@@ -780,3 +780,33 @@ def test_state_files_of_format_1_still_load() -> None:
     assert dec.export_state()["format"] == 2
     with pytest.raises(ValueError):
         Decoder().import_state({"format": 99, "exporters": {}})
+
+
+def test_random_n_out_of_n_sampling_rate_is_population_over_size() -> None:
+    """RFC 5477 8.2.4/8.2.5, selectorAlgorithm 3 (random n-out-of-N, Cisco IOS-XR options):
+    samplingSize (309) n packets out of samplingPopulation (310) N is a rate of N / n (309
+    missing or 0 counts as 1, rounded to the nearest); samplingPacketInterval (305), which
+    IOS-XR sends as 1 or as N, is not the rate then."""
+    # Options template: scope selectorId (302); 305, selectorAlgorithm (304), 309, 310.
+    opt = _tpl(257, ("sel", 302, 0, 4), ("interval", 305, 0, 4), ("algo", 304, 0, 2), ("size", 309, 0, 4),
+               ("pop", 310, 0, 4), scope=1)
+    opt_body = struct.pack("!HHH", 257, 5, 1) + b"".join(struct.pack("!HH", ie, ln) for _n, ie, _p, ln in opt.fields)
+    opt_tpl = struct.pack("!HH", 3, 4 + len(opt_body)) + opt_body
+    selectors = [{"sel": 1, "interval": 1, "algo": 3, "size": 1, "pop": 256},      # cisco_pmacct-104
+                 {"sel": 2, "interval": 1024, "algo": 3, "size": 1, "pop": 1024},  # cisco_pmacct-112
+                 {"sel": 3, "interval": 0, "algo": 3, "size": 3, "pop": 1000},     # 1000 / 3 = 333.3
+                 {"sel": 4, "interval": 7, "algo": 3, "size": 0, "pop": 64}]       # size 0 counts as 1
+    t = _tpl(342, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("sel", 302, 0, 4), ("bytes", 1, 0, 4))
+    dec = Decoder(DecoderConfig(default_sampling=0))
+    b = dec.decode(ipfix_message([opt_tpl, data_set(opt, selectors), template_set([t])], seq=0, export_time=EXPORT),
+                   EXPORTER)
+    assert b.error is None and len(b.options) == 4
+    recs = [{"src": "10.0.0.1", "dst": "10.0.0.2", "sel": sel, "bytes": 1500} for sel in (1, 2, 3, 4)]
+    flows = dec.decode(ipfix_message([data_set(t, recs)], seq=1, export_time=EXPORT), EXPORTER).to_dicts()
+    assert [f["Sampling"] for f in flows] == [256, 1024, 333, 64]
+    # A data record carrying the parameters itself.
+    own = _tpl(343, ("src", 8, 0, 4), ("interval", 305, 0, 4), ("size", 309, 0, 4), ("pop", 310, 0, 4))
+    f = dec.decode(ipfix_message([template_set([own]), data_set(own, [{"src": "10.0.0.1", "interval": 1, "size": 2,
+                                                                        "pop": 100}])],
+                                 seq=2, export_time=EXPORT), EXPORTER).to_dicts()[0]
+    assert f["Sampling"] == 50 and "ie309" not in f and "ie310" not in f

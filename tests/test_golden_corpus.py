@@ -90,6 +90,8 @@ def check_cflow_capture(decoder, datagrams: list, packets: list[dict], label: st
         want[dg.src]["missing_template_sets"] += tp.no_template_sets
         flows = batch.to_dicts()
         want[dg.src]["flows"] += len(flows)
+        exporter = decoder.exporter(dg.src)  # the rate it was configured with, for flows without one
+        configured = exporter.configured_sampling if exporter is not None else 0
         expected = tp.flow_records
         if tp.malformed_data:
             # tshark could not decode part of this packet: compare what precedes the broken set.
@@ -112,7 +114,7 @@ def check_cflow_capture(decoder, datagrams: list, packets: list[dict], label: st
             if len(flows) != len(expected):
                 problems.append(f"{where}: {len(flows)} flows, tshark decoded {len(expected)} records")
         for i, ((s, rec), flow) in enumerate(zip(expected, flows, strict=False), 1):
-            for prob in T.compare_flow_record(tp, s, rec, flow):
+            for prob in T.compare_flow_record(tp, s, rec, flow, configured_sampling=configured):
                 problems.append(f"{where} set id {s.flowset_id} record {i}: {prob}")
             if flow.get("FlowProtocol") not in (None, PROTOCOL_BY_VERSION.get(tp.version)):
                 problems.append(f"{where} record {i}: FlowProtocol {flow.get('FlowProtocol')!r}")

@@ -8,8 +8,11 @@ JSON into per-datagram structures, and compares them with flowscope's output:
 * `run_tshark(pcap, ...)` -> packets shaped like the shared corpus' `.tshark.json` files
   (`{"frame", "src", "sport", "dport", "cflow"|"sflow": {...}}`), so corpus files and captures
   the tests make go through the same code.
-* `CflowReader` walks cflow packets in order, remembers templates per (frame, template id) and
-  the IPFIX systemInitTime per exporter, and yields `CflowPacket`s with their sets and flat records.
+* `CflowReader` walks cflow packets in order, remembers templates per (frame, template id), and
+  the IPFIX systemInitTime and options-learned sampling rates per exporting process (address, UDP
+  source port, domain), and yields `CflowPacket`s with their sets and flat records; each data
+  record gets the Sampling it must have (`SAMPLING_KEY`), computed from tshark's raw sampling
+  fields by the RFC 5476/5477 rules (`record_sampling_rate()`), never from flowscope's output.
 * `compare_flow_record()` checks one tshark data record against one flowscope flow through the
   `CFLOW_FIELDS` mapping table (tshark field -> flowscope key + conversion); unknown elements
   (`cflow.unknown_field_type`, `cflow.enterprise_private_entry`) are paired with the template's
@@ -275,6 +278,10 @@ class CflowReader:
     def __init__(self) -> None:
         self.templates: dict[tuple[int, int], Template] = {}  # (frame, template id)
         self.sys_init: dict[tuple[str, int, int], int] = {}  # (exporter, port, domain) -> unix ms
+        # Sampling rates learned from options data, per exporting process (address, port,
+        # version, domain) and, when the options record names one, per sampler/selector id.
+        self.domain_rates: dict[tuple, int] = {}
+        self.sampler_rates: dict[tuple, int] = {}
 
     def packets(self, packets: Iterable[dict]) -> Iterator[CflowPacket]:
         for p in packets:
@@ -326,6 +333,9 @@ class CflowReader:
         sets: list[CflowSet] = []
         if version == 5:
             recs = [flatten(v) for k, v in body.items() if _PDU_KEY.match(k) for v in _as_list(v)]
+            rate = to_int(body.get("cflow.samplerate", "0"))  # the header's 14-bit sampling interval
+            for r in recs:
+                r[SAMPLING_KEY] = rate or None
             sets.append(CflowSet(0, "v5", recs))
         for k, v in body.items():
             m = _SET_KEY.match(k)
@@ -350,7 +360,32 @@ class CflowReader:
                     if "cflow.sys_init_time" in r:
                         self.sys_init[key] = tshark_date_ms(r["cflow.sys_init_time"])
         pkt.sys_init_ms = self.sys_init.get(key)
+        self._sampling(pkt)
         return pkt
+
+    def _sampling(self, pkt: CflowPacket) -> None:
+        """The Sampling each v9/IPFIX data record must have (flowscope decoded with no configured
+        rate): its own rate, else the rate the exporting process's earlier options data gave its
+        sampler/selector id, else the one they gave the process and domain, else none. Options
+        records apply to the data sets after them, in packet order."""
+        if pkt.version not in (9, 10):
+            return
+        process = (pkt.src, pkt.sport, pkt.version, pkt.domain)
+        for s in pkt.sets:
+            for r in s.records:
+                rate = record_sampling_rate(r)
+                sid = sampler_id(r)
+                if s.kind == "options_data" and rate:
+                    if sid is None:
+                        self.domain_rates[process] = rate
+                    else:
+                        self.sampler_rates[process + (sid,)] = rate
+                elif s.kind == "data":
+                    if not rate and sid is not None:
+                        rate = self.sampler_rates.get(process + (sid,), 0)
+                    if not rate:
+                        rate = self.domain_rates.get(process, 0)
+                    r[SAMPLING_KEY] = rate or None
 
     def _set(self, frame: int, flowset_id: int, key: str, sv: dict) -> CflowSet:
         if flowset_id in (0, 2) or flowset_id in (1, 3):
@@ -367,6 +402,42 @@ class CflowReader:
         tmpl = self.templates.get((int(tframe), flowset_id)) if tframe is not None else None
         kind = "options_data" if tmpl is not None and tmpl.options else "data"
         return CflowSet(flowset_id, kind, recs, tmpl, malformed=_has_key(sv, "_ws.malformed"))
+
+
+# Not a tshark field: the Sampling the reader derived for a record from tshark's fields.
+SAMPLING_KEY = "_expected_sampling"
+
+
+def _int_field(rec: dict, key: str) -> int:
+    return to_int(_vals(rec, key)[0]) if key in rec else 0
+
+
+def record_sampling_rate(rec: dict) -> int:
+    """A record's own sampling rate from tshark's fields (0 = none).
+
+    RFC 5477 8.2.4/8.2.5: random n-out-of-N (selectorAlgorithm 3, Cisco IOS-XR) selects
+    samplingSize (309) packets out of samplingPopulation (310): the rate is N / n, n missing or 0
+    counting as 1, rounded to the nearest (half up). Else RFC 5476 count-based sampling:
+    samplingPacketInterval (305) packets out of 305 + samplingPacketSpace (306); without a space
+    the interval element (305, samplerRandomInterval 50 or samplingInterval 34) is the rate."""
+    population = _int_field(rec, "cflow.sampling_population")
+    if population:
+        size = _int_field(rec, "cflow.sampling_size") or 1
+        return max(1, (population + size // 2) // size)
+    interval = (_int_field(rec, "cflow.sampling_packet_interval") or _int_field(rec, "cflow.sampler_random_interval")
+                or _int_field(rec, "cflow.sampling_interval"))
+    space = _int_field(rec, "cflow.sampling_packet_space")
+    if space:
+        return (interval + space) // interval if interval else 0
+    return interval
+
+
+def sampler_id(rec: dict) -> int | None:
+    """selectorId (302) or samplerId (48) of a record, None when it has neither."""
+    for key in ("cflow.selector_id", "cflow.sampler_id"):
+        if key in rec:
+            return to_int(_vals(rec, key)[0])
+    return None
 
 
 def m_id(k: str) -> str:
@@ -575,8 +646,10 @@ def compare_expected(exp: dict[str, Any], flow: dict, *, required: Iterable[str]
 
 
 def compare_flow_record(pkt: CflowPacket, cset: CflowSet, rec: dict, flow: dict,
-                        *, time_tolerance_ms: int = 0) -> list[str]:
-    """Mismatches between one tshark record and the flowscope flow that should equal it."""
+                        *, time_tolerance_ms: int = 0, configured_sampling: int = 0) -> list[str]:
+    """Mismatches between one tshark record and the flowscope flow that should equal it.
+    `configured_sampling`: the rate the decoder was configured with for this exporter, expected
+    when the exporter sent none (0: no Sampling)."""
     exp = expected_from_cflow(pkt, cset, rec)
     tol = time_tolerance_ms
     if pkt.version == 5:
@@ -585,6 +658,10 @@ def compare_flow_record(pkt: CflowPacket, cset: CflowSet, rec: dict, flow: dict,
     if "cflow.srcaddr" not in rec and "cflow.srcaddrv6" not in rec:
         required -= {"SrcAddr", "DstAddr"}
     probs = compare_expected(exp, flow, required=required & set(exp), time_tolerance_ms=tol)
+    if SAMPLING_KEY in rec:
+        want = rec[SAMPLING_KEY] or configured_sampling or None
+        if flow.get("Sampling") != want:
+            probs.append(f"Sampling: expected {want!r}, got {flow.get('Sampling')!r}")
     if cset.template is not None and "TemplateId" in flow and flow["TemplateId"] != cset.flowset_id:
         probs.append(f"TemplateId: expected {cset.flowset_id}, got {flow['TemplateId']}")
     return probs
