@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Any
 
@@ -50,7 +51,9 @@ def _enrichment(cfg: config_mod.Config) -> tuple[Any, str, str]:
 
     source = cluster_access(enrich_cfg)
     if not source and e.enabled == "auto":
-        return None, ("enrichment off: not in a pod and no --kubeconfig / $KUBECONFIG (~/.kube/config alone "
+        where = ("in a pod without a ServiceAccount token" if os.environ.get("KUBERNETES_SERVICE_HOST")
+                 else "not in a pod")
+        return None, (f"enrichment off: {where} and no --kubeconfig / $KUBECONFIG (~/.kube/config alone "
                       "does not turn it on: use --kubeconfig or --enrich true)"), ""
     problem = kube_access_error(enrich_cfg)
     if problem:
