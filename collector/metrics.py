@@ -105,6 +105,9 @@ SERIES: dict[str, Series] = {s.name: s for s in [
     Series("flowscope_enrich_lookups", "counter", "Enrichment address lookups (two per flow) by where the answer "
            "came from (lookups_cached: the per-address cache; lookups_index: the index), found or not: not a "
            "count of flows without identity", ("result",)),
+    Series("flowscope_enrich_flows", "counter", "Enriched flows by result (flows_identified: an identity on "
+           "at least one side; flows_unidentified: neither address is a pod, node or service of the cluster)",
+           ("result",)),
     Series("flowscope_enrich_stat", "gauge", "Enricher statistics as reported by enrich.Enricher.stats()",
            ("stat",), merge="max"),
     Series("flowscope_informers_synced", "gauge", "1 when enrichment is enabled and every informer has "

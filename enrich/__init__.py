@@ -177,11 +177,13 @@ class Enricher:
         }
 
     def _cache_stats(self) -> dict[str, int]:
-        # The compiled reader's per-address cache: lookups answered from it vs from the index.
+        # The compiled reader's per-address cache: lookups answered from it vs from the index;
+        # and flows given an identity on at least one side vs on none.
         r = self.index._reader
         if r is None:
             return {}
-        return {"lookups_cached": int(r.hits), "lookups_index": int(r.misses)}
+        return {"lookups_cached": int(r.hits), "lookups_index": int(r.misses),
+                "flows_identified": int(r.flows_identified), "flows_unidentified": int(r.flows_unidentified)}
 
     def lookup(self, addr: str, t_ms: int = 0) -> dict[str, Any] | None:
         """The identity of an address as a dict with Src-side keys (debugging, `flowscope decode`)."""

@@ -8,3 +8,5 @@ class Reader:
     generation: int
     hits: int
     misses: int
+    flows_identified: int
+    flows_unidentified: int

@@ -132,6 +132,9 @@ cdef class Reader:
     #: per-address cache hits and index lookups (misses), for the collector's metrics
     cdef public long long hits
     cdef public long long misses
+    #: flows answered with an identity on at least one side, and with none
+    cdef public long long flows_identified
+    cdef public long long flows_unidentified
 
     cdef ASlot* cache
     cdef PyObject** entries      # strong references, parallel to cache
@@ -387,8 +390,10 @@ cdef inline int _combine(Reader r, ASlot* s, ASlot* d, const unsigned char* agen
     a[0] = NULL
     b[0] = NULL
     if not sh and not dh:
+        r.flows_unidentified += 1
         tail[0] = r.tailp[0][direction + 1]
         return 0
+    r.flows_identified += 1
     if sh:
         a[0] = s.src_frag
         sn = s.node

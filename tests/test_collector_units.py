@@ -411,6 +411,12 @@ def test_enrich_lookup_results_documented_are_the_ones_exported() -> None:
     if not lookups:
         pytest.skip("enrich._fast not built: the pure-Python index reports no lookups")
     assert sum(lookups.values()) == 20  # two addresses per flow, hits and misses of identity alike
+    # flows with an identity on a side: the one from the pod, and those whose exporter-side
+    # address happens to be the node (ovs_flows draws 10.128/10.129 pod-network addresses)
+    expect = sum(1 for r in recs if r["src"] in ("10.128.0.5", "10.0.0.1") or r["dst"] in ("10.128.0.5", "10.0.0.1"))
+    flows = {k[0]: v for k, v in enrich_series(e)["flowscope_enrich_flows"].items()}
+    assert flows == {"flows_identified": expect, "flows_unidentified": 10 - expect}
+    _check_values_documented("flowscope_enrich_flows", set(flows))
     emitted = set(lookups)
     _check_values_documented("flowscope_enrich_lookups", emitted)
     assert not {"hit", "miss"} & _words(SERIES["flowscope_enrich_lookups"].help)  # no such results exist
