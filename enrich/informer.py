@@ -283,10 +283,12 @@ class Informer:
                 for line in lines:
                     if not line.strip():
                         continue
+                    if n == 0 and self._logged:
+                        # the watch works again (said before its first event is applied, so
+                        # whoever sees the event sees the recovery): the next outage is logged
+                        self._recovered()
                     rv = self._event(line, rv, index, kind, st)
                     n += 1
-                    if n == 1 and self._logged:
-                        self._recovered()  # the watch works again: the next outage is logged
             if buf.strip():
                 rv = self._event(buf, rv, index, kind, st)
                 n += 1
