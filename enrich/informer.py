@@ -283,11 +283,7 @@ class Informer:
                 for line in lines:
                     if not line.strip():
                         continue
-                    if n == 0 and self._logged:
-                        # the watch works again (said before its first event is applied, so
-                        # whoever sees the event sees the recovery): the next outage is logged
-                        self._recovered()
-                    rv = self._event(line, rv, index, kind, st)
+                    rv = self._event(line, rv, index, kind, st, n == 0)
                     n += 1
             if buf.strip():
                 rv = self._event(buf, rv, index, kind, st)
@@ -302,7 +298,7 @@ class Informer:
             raise Stopped
         return rv, n
 
-    def _event(self, line: bytes, rv: str, index: Index, kind: str, st: KindStats) -> str:
+    def _event(self, line: bytes, rv: str, index: Index, kind: str, st: KindStats, first: bool = False) -> str:
         try:
             ev = orjson.loads(line)
             typ = ev["type"]
@@ -315,6 +311,10 @@ class Informer:
                 raise Gone
             msg = obj.get("message") if isinstance(obj, dict) else obj
             raise ApiProblem(_status_cause(code), f"watch {self._resource()} ERROR event {code}: {msg}")
+        if first and self._logged:
+            # A stream's first well-formed event: the watch works again, so the next outage is
+            # logged. Said before the event is applied: whoever sees the event sees the recovery.
+            self._recovered()
         meta = obj.get("metadata") if isinstance(obj, dict) else None
         new_rv = meta.get("resourceVersion") if isinstance(meta, dict) else None
         if not isinstance(new_rv, str) or not new_rv:
