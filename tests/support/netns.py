@@ -109,6 +109,17 @@ class NetNS:
         self.close()
 
 
+def veth_between(a: NetNS, b: NetNS) -> tuple[str, str]:
+    """A veth pair with one end in each namespace (a cable between two "nodes"), both ends up.
+    Returns the end names (in `a`, in `b`); the pair goes away with either namespace."""
+    end_a, end_b = unique("ul")[:15], unique("ul")[:15]
+    subprocess.run([IP, "link", "add", end_a, "netns", a.name, "type", "veth", "peer", "name", end_b,
+                    "netns", b.name], check=True, capture_output=True)
+    a.run(["ip", "link", "set", end_a, "up"])
+    b.run(["ip", "link", "set", end_b, "up"])
+    return end_a, end_b
+
+
 SINK = """
 import socket, sys
 fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET

@@ -8,6 +8,13 @@ namespace attached through a veth pair whose host end is a bridge port with a fi
 port number. Facts from ../shared/EXPORTERS.md: TX checksum offload must be off on both veth
 ends (the userspace datapath forwards partial checksums otherwise); `other_config:max-idle=3000`
 makes datapath flows (and so NetFlow records) expire after 3 s.
+
+Two such instances, each in its own namespace, make two OVN-Kubernetes "nodes": a veth pair is
+the cable between them, each node's br-ex holds its end and the node's underlay addresses on
+its LOCAL port, and tunnel ports (Geneve, VXLAN) on br-int point at the peer's address. The
+userspace datapath tunnels natively (tnl_push/tnl_pop): it routes the outer packet with the
+routes it learns from the namespace's kernel (ovs/route/show) and resolves the next hop from its
+own neighbour table, set here with tnl/neigh/set so that no packet waits for ARP or ND.
 """
 
 from __future__ import annotations
@@ -76,14 +83,43 @@ class OVS:
     def appctl(self, *args: str) -> str:
         return self.ns.run(["ovs-appctl", *args], env=self.env, check=False).stdout.decode()
 
-    def add_bridge(self, name: str = "br-int") -> str:
+    def add_bridge(self, name: str = "br-int", *, hwaddr: str | None = None) -> str:
+        """A netdev bridge; `hwaddr` fixes the MAC of its LOCAL port (else OVS derives it from
+        the ports and it changes as they are added)."""
+        extra = [f"other_config:hwaddr={hwaddr}"] if hwaddr else []
         self.vsctl("add-br", name, "--", "set", "bridge", name, "datapath_type=netdev",
-                   "other_config:max-idle=3000")
+                   "other_config:max-idle=3000", *extra)
         self.ns.run(["ip", "link", "set", name, "up"], check=False)
         return name
 
-    def add_pod(self, bridge: str, index: int) -> Pod:
-        """A namespace with eth0 (10.128.0.<10+i>/24, fd00:10:128::<10+i>/64) on `bridge`."""
+    def add_underlay(self, bridge: str, uplink: str, addrs: list[str], *, hwaddr: str) -> None:
+        """The node's underlay bridge (OVN-Kubernetes' br-ex): `uplink` as its port and the node's
+        addresses (CIDR) on its LOCAL port, where userspace tunnelling routes the outer packets."""
+        self.add_bridge(bridge, hwaddr=hwaddr)
+        self.ns.run(["ethtool", "-K", uplink, "tx", "off"])
+        self.vsctl("add-port", bridge, uplink)
+        for a in addrs:
+            self.ns.run(["ip", "addr", "add", a, "dev", bridge, *(["nodad"] if ":" in a else [])])
+
+    def add_tunnel(self, bridge: str, name: str, kind: str, *, remote_ip: str, key: int,
+                   ofport: int) -> None:
+        """A tunnel port (`kind` geneve or vxlan, on the IANA UDP port) to `remote_ip`, VNI `key`."""
+        self.vsctl("add-port", bridge, name, "--", "set", "interface", name, f"type={kind}",
+                   f"options:remote_ip={remote_ip}", f"options:key={key}", f"ofport_request={ofport}")
+
+    def tnl_neigh_set(self, bridge: str, ip: str, mac: str) -> None:
+        """A static entry in the userspace tunnel neighbour table (no ARP/ND for the next hop)."""
+        self.ns.run(["ovs-appctl", "tnl/neigh/set", bridge, ip, mac], env=self.env)
+
+    def set_flows(self, bridge: str, flows: list[str]) -> None:
+        """Replace the bridge's OpenFlow table (and its default NORMAL flow) with `flows`."""
+        path = self.dir / f"{bridge}.flows"
+        path.write_text("\n".join(flows) + "\n")
+        self.ofctl("replace-flows", bridge, str(path))
+
+    def add_pod(self, bridge: str, index: int, *, mtu: int | None = None) -> Pod:
+        """A namespace with eth0 (10.128.0.<10+i>/24, fd00:10:128::<10+i>/64) on `bridge`; `mtu`
+        leaves room for a tunnel header (OVN-Kubernetes gives pods the node MTU minus 100)."""
         v4 = f"10.128.0.{10 + index}"
         v6 = f"fd00:10:128::{10 + index:x}"
         mac = ovn_mac(v4)
@@ -94,6 +130,8 @@ class OVS:
         pod_ns.run(["ip", "link", "set", "eth0", "address", mac])
         pod_ns.run(["ip", "addr", "add", f"{v4}/24", "dev", "eth0"])
         pod_ns.run(["ip", "-6", "addr", "add", f"{v6}/64", "dev", "eth0", "nodad"])
+        if mtu is not None:
+            pod_ns.run(["ip", "link", "set", "eth0", "mtu", str(mtu)])
         pod_ns.run(["ip", "link", "set", "eth0", "up"])
         self.ns.run(["ip", "link", "set", host_if, "up"])
         # The userspace datapath does not complete partial checksums: offload off on both ends.
@@ -110,11 +148,13 @@ class OVS:
     # ---- export configuration: the ovs-vsctl commands OVN-Kubernetes issues ----------------
 
     def set_ipfix(self, bridge: str, target: str, *, sampling: int, cache_active_timeout: int = 60,
-                  cache_max_flows: int = 100, obs_domain_id: int | None = None) -> None:
+                  cache_max_flows: int = 100, obs_domain_id: int | None = None,
+                  other_config: dict[str, str] | None = None) -> None:
         args = ["--", "--id=@ipfix", "create", "ipfix", f'targets="{target}"', f"sampling={sampling}",
                 f"cache_active_timeout={cache_active_timeout}", f"cache_max_flows={cache_max_flows}"]
         if obs_domain_id is not None:
             args.append(f"obs_domain_id={obs_domain_id}")
+        args += [f"other_config:{k}={v}" for k, v in (other_config or {}).items()]
         self.vsctl(*args, "--", "set", "bridge", bridge, "ipfix=@ipfix")
 
     def set_sflow(self, bridge: str, target: str, *, agent: str, sampling: int, polling: int = 10,
@@ -210,6 +250,20 @@ elif mode == "udp-send":
         if pause:
             time.sleep(pause)
     print("sent", flush=True)
+elif mode == "udp-recv":
+    addr, port, count, wait = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+    s = socket.socket(fam(addr), socket.SOCK_DGRAM)
+    s.bind((addr, port))
+    s.settimeout(wait)
+    print("ready", flush=True)
+    got = 0
+    try:
+        while got < count:
+            s.recv(65536)
+            got += 1
+    except socket.timeout:
+        pass
+    print(got, flush=True)
 elif mode == "ping":
     addr, count, size = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     v6 = ":" in addr
