@@ -340,6 +340,10 @@ cdef int hdr_80211(Flow* f, Reader* h) except -1:
 
 # ---------------------------------------------------------------- flow records
 
+cdef inline uint16_t bswap16(uint16_t v) noexcept:
+    return <uint16_t>((v >> 8) | (v << 8))
+
+
 cdef inline uint8_t tunnel_type_of(uint8_t proto, uint16_t dport) noexcept:
     if proto == 17 and dport == VXLAN_PORT:
         return TUN_VXLAN
@@ -516,6 +520,13 @@ cdef int flow_record(FlowBatch b, Flow* f, uint32_t ent, uint32_t fmt, Reader* r
         p += 8 + 2 * addr_len(af)
         f.tun_sport = <uint16_t>be32(p)
         f.tun_dport = <uint16_t>be32(p + 4)
+        if not tunnel_type_of(f.tun_proto, f.tun_dport) and tunnel_type_of(f.tun_proto, bswap16(f.tun_dport)):
+            # Open vSwitch (ofproto-dpif-sflow.c dpif_sflow_tunnel_v4, 3.1 and earlier) copies the
+            # network-order ports into these host-order fields: from little-endian hosts (all
+            # OVN-Kubernetes nodes) they arrive byte-swapped. A destination port that is only a
+            # tunnel port swapped is read back (a fixed OVS sends 4789/6081 and is taken as is).
+            f.tun_sport = bswap16(f.tun_sport)
+            f.tun_dport = bswap16(f.tun_dport)
         f.present |= P_TUNPROTO | P_TUNSPORT | P_TUNDPORT
         if not (f.present & P_TUNTYPE):
             f.tun_type = tunnel_type_of(f.tun_proto, f.tun_dport)

@@ -608,6 +608,27 @@ def test_ovs_tunnel_records(decoders_mod) -> None:
         ("fd00::2", "fd00::4", "vxlan", 99)
 
 
+def test_ovs_byte_swapped_tunnel_ports_are_read_back(decoders_mod) -> None:
+    """Open vSwitch 3.1 (ofproto-dpif-sflow.c dpif_sflow_tunnel_v4) puts the network-order ports
+    in the host-order fields, so little-endian nodes send Geneve's 6081 as 0xC117 and VXLAN's 4789
+    as 0xB512 (seen on the wire in tests/test_ovs.py); ports that are tunnel ports as they stand
+    are kept, and so are others that are not tunnel ports either way."""
+    def swap(v: int) -> int:
+        return ((v & 0xFF) << 8) | (v >> 8)
+
+    pkt = eth(ipv4("10.244.0.5", "10.244.1.7", 1, struct.pack(">BBH", 0, 0, 0)), 0x0800)
+    for dport, kind in ((6081, "geneve"), (4789, "vxlan")):
+        t4 = rec(1024, sampled_ip(False, 0, 17, "172.18.0.2", "172.18.0.4", swap(57538), swap(dport), 0, 0))
+        f = one_flow(decoders_mod, [raw_header(pkt, 66), t4])
+        assert (f["TunnelSrcPort"], f["TunnelDstPort"], f["TunnelType"]) == (57538, dport, kind)
+    t4 = rec(1024, sampled_ip(False, 0, 17, "172.18.0.2", "172.18.0.4", swap(6081), 6081, 0, 0))
+    f = one_flow(decoders_mod, [raw_header(pkt, 66), t4])                # a correct exporter
+    assert (f["TunnelSrcPort"], f["TunnelDstPort"], f["TunnelType"]) == (swap(6081), 6081, "geneve")
+    t4 = rec(1024, sampled_ip(False, 0, 17, "172.18.0.2", "172.18.0.4", 1234, 4352, 0, 0))
+    f = one_flow(decoders_mod, [raw_header(pkt, 66), t4])                # no tunnel port either way
+    assert (f["TunnelSrcPort"], f["TunnelDstPort"]) == (1234, 4352) and "TunnelType" not in f
+
+
 @pytest.mark.parametrize("fmt,v6", [(1023, False), (1024, False), (1025, True), (1026, True)])
 def test_every_tunnel_record_has_its_address_family(decoders_mod, fmt: int, v6: bool) -> None:
     """sflow_tunnels.txt numbers them 1023 ipv4 egress, 1024 ipv4 ingress, 1025 ipv6 egress,
