@@ -70,12 +70,14 @@ def run_tshark(
         flow_layer = "cflow" if "cflow" in layers else "sflow" if "sflow" in layers else None
         if flow_layer is None:
             continue
-        ip = layers.get("ip") or layers.get("ipv6") or {}
-        if isinstance(ip, list):  # tunnelled: the outer header is the transport
-            ip = ip[0]
-        udp = layers.get("udp") or {}
-        if isinstance(udp, list):
-            udp = udp[-1]
+        # The transport is the last IP and UDP header before the flow layer: tshark lists every
+        # header of a kind together, in frame order, so an sFlow sampled header's own IP/UDP
+        # (VXLAN, Geneve, DNS...) come after it, and a tunnelled export's outer ones before it.
+        protos = str(_first(layers["frame"].get("frame.protocols", ""))).split(":")
+        before = protos[:protos.index(flow_layer)] if flow_layer in protos else protos
+        fam = next((p for p in reversed(before) if p in ("ip", "ipv6")), "ip")
+        ip = _nth(layers.get(fam), before.count(fam) - 1)
+        udp = _nth(layers.get("udp"), before.count("udp") - 1)
         body = layers[flow_layer]
         if isinstance(body, list):  # two flow PDUs in one frame never happens for UDP export
             body = body[0]
@@ -108,6 +110,12 @@ def decode_as_from_command(command: str) -> list[str]:
 
 def _first(v: Any) -> Any:
     return v[0] if isinstance(v, list) else v
+
+
+def _nth(v: Any, i: int) -> dict:
+    """Item i of a tshark layer that is a list when repeated ({} when absent)."""
+    items = _as_list(v)
+    return items[max(i, 0)] if items and max(i, 0) < len(items) else {}
 
 
 def _as_list(v: Any) -> list:
