@@ -600,10 +600,10 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             f.tcp_flags = <uint16_t>(beN(p, L) & 0xFF)
             has_flags = True
         elif a == A_SPORT:
-            f.sport = <uint16_t>beN(p, L)
+            f.sport = be16r(p, L)
             f.present |= P_SPORT
         elif a == A_DPORT:
-            f.dport = <uint16_t>beN(p, L)
+            f.dport = be16r(p, L)
             f.present |= P_DPORT
         elif a == A_SRC4:
             memcpy(src4, p, 4)
@@ -642,11 +642,11 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             f.dst_as = <uint32_t>beN(p, L)
             f.present |= P_DSTAS
         elif a == A_END_SYSUP:
-            end_sysup = <int64_t>beN(p, L)
+            end_sysup = be32r(p, L)
         elif a == A_START_SYSUP:
-            start_sysup = <int64_t>beN(p, L)
+            start_sysup = be32r(p, L)
         elif a == A_ICMP_TC:
-            v = beN(p, L)  # type * 256 + code
+            v = be16r(p, L)  # type * 256 + code
             f.icmp_type = <uint8_t>(v >> 8)
             f.icmp_code = <uint8_t>v
             f.present |= P_ICMP
@@ -663,7 +663,7 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             mask6_dst = p[0]
             has_v6only |= 2
         elif a == A_ICMP_TC6:
-            v = beN(p, L)
+            v = be16r(p, L)
             icmp6_type = <uint8_t>(v >> 8)
             icmp6_code = <uint8_t>v
             has_v6only |= 12
@@ -693,7 +693,7 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             memcpy(f.dst_mac, p, 6)
             f.present |= P_DSTMAC
         elif a == A_VLAN:
-            f.vlan = <uint16_t>beN(p, L) & 0x0FFF
+            f.vlan = be16r(p, L) & 0x0FFF
             f.present |= P_VLAN
         elif a == A_IPVERSION:
             ipversion = p[0]
@@ -731,9 +731,9 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             f.t_end_ms = ntp_to_ms(p, a == A_END_US)
             f.present |= P_TEND
         elif a == A_START_DELTA_US:
-            start_delta = <int64_t>beN(p, L)
+            start_delta = be32r(p, L)
         elif a == A_END_DELTA_US:
-            end_delta = <int64_t>beN(p, L)
+            end_delta = be32r(p, L)
         elif a == A_SYSINIT_MS:
             rec_sysinit = <int64_t>be64(p)
         elif a == A_DURATION_MS:
@@ -741,7 +741,7 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
         elif a == A_DURATION_US:
             duration_ms = <int64_t>beN(p, L) // 1000
         elif a == A_ETYPE:
-            f.etype = <uint16_t>beN(p, L)
+            f.etype = be16r(p, L)
             f.present |= P_ETYPE
         elif a == A_FIN_COUNT:
             count_flags |= TCP_FIN if beN(p, L) else 0
@@ -778,10 +778,10 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             f.tun_proto = p[0]
             f.present |= P_TUNPROTO
         elif a == A_TUN_SPORT:
-            f.tun_sport = <uint16_t>beN(p, L)
+            f.tun_sport = be16r(p, L)
             f.present |= P_TUNSPORT
         elif a == A_TUN_DPORT:
-            f.tun_dport = <uint16_t>beN(p, L)
+            f.tun_dport = be16r(p, L)
             f.present |= P_TUNDPORT
 
     if has4 or has6:

@@ -80,6 +80,16 @@ cdef inline uint64_t be64(const uint8_t* p) noexcept:
     return (<uint64_t>be32(p) << 32) | be32(p + 4)
 
 
+cdef inline uint16_t be16r(const uint8_t* p, Py_ssize_t n) noexcept:
+    """An unsigned16 element in 2 bytes or reduced to 1 (the template allows only those)."""
+    return be16(p) if n == 2 else p[0]
+
+
+cdef inline uint32_t be32r(const uint8_t* p, Py_ssize_t n) noexcept:
+    """An unsigned32 element in 4 bytes or reduced to 1-3 (the template allows only those)."""
+    return be32(p) if n == 4 else <uint32_t>beN(p, n)
+
+
 cdef inline uint64_t beN(const uint8_t* p, Py_ssize_t n) noexcept:
     """Unsigned big-endian integer of 1..8 bytes (RFC 7011 6.2 reduced-size encoding)."""
     cdef uint64_t v = 0
