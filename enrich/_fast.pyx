@@ -320,12 +320,31 @@ cdef class Reader:
         return out
 
 
+cdef extern from *:
+    uint32_t __builtin_bswap32(uint32_t x) nogil
+    uint64_t __builtin_bswap64(uint64_t x) nogil
+
+
 cdef inline unsigned long long _ahash(const unsigned char* addr, int alen) noexcept:
-    cdef unsigned long long h = 1469598103934665603ULL
+    # Multiplicative hashing of the address read big-endian (its varying last bytes become the
+    # low bits, which the multiply spreads upwards), high half folded down for the set index: a
+    # few instructions, where a byte-wise FNV cost four (IPv4) or sixteen (IPv6) multiply
+    # rounds, twice per address (prefetch and resolve). Set overflow on pod addresses as FNV's.
+    cdef uint32_t a4
+    cdef uint64_t a0, a1, h
     cdef int i
-    for i in range(alen):
-        h = (h ^ addr[i]) * 1099511628211ULL
-    return h ^ (h >> 29)
+    if alen == 4:
+        memcpy(&a4, addr, 4)
+        h = <uint64_t>__builtin_bswap32(a4) * 0x9E3779B97F4A7C15ULL
+    elif alen == 16:
+        memcpy(&a0, addr, 8)
+        memcpy(&a1, addr + 8, 8)
+        h = (__builtin_bswap64(a0) * 0xC2B2AE3D27D4EB4FULL + __builtin_bswap64(a1)) * 0x9E3779B97F4A7C15ULL
+    else:
+        h = 1469598103934665603ULL
+        for i in range(alen):
+            h = (h ^ addr[i]) * 1099511628211ULL
+    return h ^ (h >> 32)
 
 
 cdef void _prefetch(void* reader, const unsigned char* addr, int alen) noexcept:

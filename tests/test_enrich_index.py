@@ -547,11 +547,9 @@ def test_compiled_reader_source_survives_a_destination_miss_in_its_set(implement
     identity, 27 flows in a million on a 20k-pod workload)."""
     sets, mask64 = 16384 // 2, (1 << 64) - 1
 
-    def h(b: bytes) -> int:
-        x = 1469598103934665603
-        for c in b:
-            x = ((x ^ c) * 1099511628211) & mask64
-        return x ^ (x >> 29)
+    def h(b: bytes) -> int:  # enrich/_fast.pyx _ahash for an IPv4 address
+        x = (int.from_bytes(b, "big") * 0x9E3779B97F4A7C15) & mask64
+        return x ^ (x >> 32)
 
     src = raw("10.244.0.10")
     dst = other = None
@@ -574,6 +572,14 @@ def test_compiled_reader_source_survives_a_destination_miss_in_its_set(implement
     assert got == e.index.enrich(src, dst, b"", 0, -1)
     f = orjson.loads(b"{" + got[1:] + b"}")
     assert (f["SrcK8S_Name"], f["DstK8S_Name"]) == ("pod-s", "pod-d")
+    # The replica above is the reader's hash: the three addresses did share one set, so the
+    # destination took `other`'s way (a lookup of it misses again) and left the source's.
+    r = e.index._reader
+    misses = r.misses
+    e.enrich(src, b"", b"", 0, -1)
+    assert r.misses == misses
+    e.enrich(other, b"", b"", 0, -1)
+    assert r.misses == misses + 1
 
 
 # ---------------------------------------------------------------- config and CLI
