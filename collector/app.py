@@ -53,7 +53,7 @@ def cluster_access(enrich_cfg: Any) -> str:
     if os.environ.get("KUBERNETES_SERVICE_HOST") and os.path.exists(SERVICEACCOUNT_TOKEN):
         return "in-cluster ServiceAccount"
     kc = os.environ.get("KUBECONFIG", "")
-    if kc and any(os.path.exists(p) for p in kc.split(os.pathsep) if p):
+    if kc and any(os.path.exists(os.path.expanduser(p)) for p in kc.split(os.pathsep) if p):
         return f"$KUBECONFIG {kc}"
     return ""
 
@@ -67,8 +67,8 @@ def kube_access_error(enrich_cfg: Any, name: str = "enrich.kubeconfig") -> str |
 
     kc = getattr(enrich_cfg, "kubeconfig", None)
     if kc:
-        # the client merges a PATH[:PATH...] list and silently skips missing files
-        paths = [p for p in kc.split(os.pathsep) if p]
+        # the client merges a PATH[:PATH...] list (expanding ~) and silently skips missing files
+        paths = [os.path.expanduser(p) for p in kc.split(os.pathsep) if p]
         if not any(os.path.exists(p) for p in paths):
             return f"{name} {kc}: no such file"
         what = f"{name} {kc}"

@@ -633,10 +633,13 @@ class Index:
             self._unhold(old)
         if old is not None and old.end_ms != ALIVE and rec.end_ms != ALIVE:
             rec.end_ms = old.end_ms  # keep the first time we saw it finished
-        if old is not None and old.end_ms == ALIVE and rec.start_ms <= old.start_ms and any(ip not in old.ips for ip in rec.ips):
-            # It got addresses it did not have (out of Pending, or a recreated sandbox) and the
-            # status gives no later start: it holds them from now, not from its start, so the
-            # flows of the address's previous holder stay that holder's.
+        if (old is not None and old.end_ms == ALIVE and rec.end_ms == ALIVE and rec.start_ms <= old.start_ms
+                and any(ip not in old.ips for ip in rec.ips)):
+            # A running pod got addresses it did not have (out of Pending, or a recreated
+            # sandbox) and the status gives no later start: it holds them from now, not from its
+            # start, so the flows of the address's previous holder stay that holder's. (A pod
+            # first seen with addresses already finished keeps the status' times: a short Job's
+            # whole life can fall between two events.)
             rec.start_ms = max(rec.start_ms, self._now_ms())
         elif old is not None and rec.start_ms < old.start_ms:
             rec.start_ms = old.start_ms

@@ -178,6 +178,21 @@ def test_unusable_kubeconfig_is_a_configuration_error(tmp_path: Path, workers: i
     assert want in r.stderr
 
 
+def test_kubeconfig_path_with_tilde_is_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               fake_kube: FakeKube) -> None:
+    """The kubernetes client expands ~ in a kubeconfig path (a YAML config or an unexpanded
+    variable has one): the start-up check must find the same file, not refuse it."""
+    import enrich
+    from collector.app import kube_access_error
+
+    home = tmp_path / "home"
+    home.mkdir()
+    fake_kube.write_kubeconfig(home / "kc")
+    monkeypatch.setenv("HOME", str(home))
+    assert kube_access_error(enrich.EnrichConfig(kubeconfig="~/kc")) is None
+    assert "no such file" in (kube_access_error(enrich.EnrichConfig(kubeconfig="~/other")) or "")
+
+
 def test_enrich_true_without_any_cluster_access_is_a_configuration_error(tmp_path: Path) -> None:
     r = run_cli(["run", "--enrich", "true", "--listen", f"netflow://127.0.0.1:{free_udp_port()}"], tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr

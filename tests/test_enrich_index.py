@@ -271,6 +271,32 @@ def test_pod_holds_an_address_from_when_it_got_it() -> None:
         assert flow(e, "10.244.0.30", "", t_ms=T0 + 5_000)["SrcK8S_Name"] == "old"
 
 
+def test_short_job_seen_pending_then_finished_keeps_its_flows() -> None:
+    # The watch often sees a short Job go from Pending without an address straight to
+    # Succeeded with one: its hold comes from its status (start .. containers' finishedAt),
+    # not from when the event was seen (after it finished: an empty hold).
+    clock = Clock(T0)
+    old = pod("old", "shop", ips=["10.244.0.33"], uid="u-o", created=iso(T0 - 3_600_000))
+    e = build([old], clock=clock)
+    idx = e.index
+    clock.ms = T0 + 10_000
+    idx.delete("pods", idx.parse("pods", old))
+    clock.ms = T0 + 60_000
+    job = pod("job-1", "batch", uid="u-job", owner=("Job", "j"), created=iso(T0 + 59_000), phase="Pending")
+    job["status"]["startTime"] = iso(T0 + 60_000)
+    idx.upsert("pods", idx.parse("pods", job))
+    clock.ms = T0 + 66_000
+    done = pod("job-1", "batch", ips=["10.244.0.33"], uid="u-job", owner=("Job", "j"), created=iso(T0 + 59_000),
+               phase="Succeeded")
+    done["status"]["startTime"] = iso(T0 + 60_000)
+    done["status"]["containerStatuses"] = [{"name": "c", "state": {"terminated": {
+        "exitCode": 0, "startedAt": iso(T0 + 61_000), "finishedAt": iso(T0 + 63_000)}}}]
+    idx.upsert("pods", idx.parse("pods", done))
+    assert flow(e, "10.244.0.33", "", t_ms=T0 + 5_000)["SrcK8S_Name"] == "old"
+    assert flow(e, "10.244.0.33", "", t_ms=T0 + 62_000)["SrcK8S_Name"] == "job-1"
+    assert flow(e, "10.244.0.33", "", t_ms=T0 + 64_000) == {}
+
+
 def test_recreated_sandbox_takes_an_older_pods_address() -> None:
     # x is younger than a; x's sandbox is recreated with the address a held until 10 s before.
     clock = Clock(T0)
