@@ -545,6 +545,8 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
     cdef uint64_t v
     cdef int64_t start_sysup = -1, end_sysup = -1, start_delta = -1, end_delta = -1
     cdef int64_t rec_sysinit = -1, duration_ms = -1
+    cdef Py_ssize_t duration_at = 0, duration_len = 0
+    cdef uint16_t duration_ie = 0
     cdef uint64_t sampling_interval = 0, sampling_space = 0, sampler_id = 0
     cdef uint64_t sampling_size = 0, sampling_population = 0
     cdef uint32_t own_rate
@@ -738,8 +740,14 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             rec_sysinit = <int64_t>be64(p)
         elif a == A_DURATION_MS:
             duration_ms = <int64_t>beN(p, L)
+            duration_at = p - s.buf
+            duration_len = L
+            duration_ie = fs.ie
         elif a == A_DURATION_US:
             duration_ms = <int64_t>beN(p, L) // 1000
+            duration_at = p - s.buf
+            duration_len = L
+            duration_ie = fs.ie
         elif a == A_ETYPE:
             f.etype = be16r(p, L)
             f.present |= P_ETYPE
@@ -839,6 +847,9 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
         elif f.present & P_TEND and not f.present & P_TSTART:
             f.t_start_ms = f.t_end_ms - duration_ms
             f.present |= P_TSTART
+        elif not f.present & P_TSTART:
+            # no time to anchor it (Barracuda sends the duration alone): kept as the element
+            batch_add_extra(b, f, 0, duration_ie, duration_at, duration_len)
 
     if has_flags:
         f.present |= P_FLAGS

@@ -724,6 +724,17 @@ def test_flow_duration_does_not_override_exported_start_and_end() -> None:
     assert (f["TimeFlowStartMs"], f["TimeFlowEndMs"]) == (EXPORT * 1000 - 9000, EXPORT * 1000 - 1000)
 
 
+@pytest.mark.parametrize("ie,width", [(161, 4), (162, 4)])
+def test_flow_duration_alone_is_kept_as_its_element(ie: int, width: int) -> None:
+    # Barracuda's IPFIX carries a duration and no start or end: nothing anchors it, so it is
+    # kept as the element's hex like any unmapped one, not dropped.
+    t = _tpl(301, ("src", 8, 0, 4), ("d", ie, 0, width))
+    f = Decoder().decode(ipfix_message([template_set([t]), data_set(t, [{"src": "10.0.0.1", "d": 5000}])],
+                                       seq=0, export_time=EXPORT), EXPORTER).to_dicts()[0]
+    assert f[f"ie{ie}"] == (5000).to_bytes(width, "big").hex()
+    assert "TimeFlowEndMs" not in f
+
+
 def _clock_and_rate_options(sysinit_ms: int, space: int) -> bytes:
     """Options template 400 (scope observationDomainId; systemInitTimeMilliseconds (160),
     samplingPacketInterval (305) = 1, samplingPacketSpace (306) = space) and one record."""
