@@ -256,6 +256,7 @@ cdef struct CApi:
     void* reader
     parts_fn_t parts
     prefetch_fn_t prefetch
+    long long* flows    # [unidentified, identified], counted by parts()
 
 cdef CApi* _eapi = NULL
 cdef object _eapi_owner = None   # the enricher whose capsule _eapi came from (kept alive)
@@ -273,8 +274,8 @@ cdef int enrich_begin(object enricher) except -1:
     getter = getattr(enricher, "c_api", None)
     if getter is not None:
         cap = getter()
-        if PyCapsule_IsValid(cap, b"flowscope.enrich.parts.v2"):
-            _eapi = <CApi*>PyCapsule_GetPointer(cap, b"flowscope.enrich.parts.v2")
+        if PyCapsule_IsValid(cap, b"flowscope.enrich.parts.v3"):
+            _eapi = <CApi*>PyCapsule_GetPointer(cap, b"flowscope.enrich.parts.v3")
             _eapi_owner = enricher
     return 0
 
@@ -295,14 +296,29 @@ cdef void enrich_prefetch(FlowBatch bt, Py_ssize_t start, object enricher) noexc
             _eapi.prefetch(_eapi.reader, f.dst, alen)
 
 
+cdef int _last_counted = -1   # which CApi.flows count the last enrich_into added (-1: none)
+
+
+cdef void enrich_uncount() noexcept:
+    """The flow enrich_into last wrote is thrown away (it did not fit the batch and will be
+    encoded again): take back the count parts() gave it."""
+    global _last_counted
+    if _last_counted >= 0 and _eapi != NULL:
+        _eapi.flows[_last_counted] -= 1
+    _last_counted = -1
+
+
 cdef int enrich_into(Buf* o, FlowBatch bt, Flow* f, object enricher, int64_t t) except -1:
+    global _last_counted
     cdef PyObject* a
     cdef PyObject* b
     cdef PyObject* tail
     cdef bytes frag
+    _last_counted = -1
     if _eapi != NULL and enricher is _eapi_owner:
         if _eapi.parts(_eapi.reader, f.src, f.dst, addr_len(f.af), bt.agent, addr_len(bt.agent_af),
                        t, f.direction, &a, &b, &tail) == 0:
+            _last_counted = 1 if (a != NULL or b != NULL) else 0
             if a != NULL:
                 buf_lit(o, <bytes>a)
             if b != NULL:

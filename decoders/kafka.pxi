@@ -314,6 +314,8 @@ cdef class RecordBatchWriter:
             hdr = zz_len(rlen) + hdr_fixed + zz_len(vlen)
             if self.records and rec - PREFIX + hdr + vlen + 1 > self.max_bytes:
                 o.n = rec
+                if enricher is not None:
+                    enrich_uncount()
                 return i
             buf_reserve(o, 16)
             if hdr != guess:

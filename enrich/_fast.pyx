@@ -37,6 +37,8 @@ cdef struct CApi:
     void* reader
     parts_fn_t parts
     prefetch_fn_t prefetch
+    long long* flows    # [unidentified, identified]: parts() counts each answer; an encoder that
+                        # throws an encoded flow away (a full batch) takes its count back
 
 cdef extern from *:
     void __builtin_prefetch(const void* p) nogil
@@ -132,9 +134,7 @@ cdef class Reader:
     #: per-address cache hits and index lookups (misses), for the collector's metrics
     cdef public long long hits
     cdef public long long misses
-    #: flows answered with an identity on at least one side, and with none
-    cdef public long long flows_identified
-    cdef public long long flows_unidentified
+    cdef long long flows[2]      # answers without, with an identity (CApi.flows)
 
     cdef ASlot* cache
     cdef PyObject** entries      # strong references, parallel to cache
@@ -164,6 +164,8 @@ cdef class Reader:
         self.api.reader = <void*>self
         self.api.parts = _parts
         self.api.prefetch = _prefetch
+        self.api.flows = self.flows
+        self.flows[0] = self.flows[1] = 0
         self.last_agent_len = -1
         self.last_agent_node = NULL
 
@@ -176,9 +178,9 @@ cdef class Reader:
         free(self.cache)
 
     def c_api(self):
-        """A capsule ("flowscope.enrich.parts.v2") for the decoders' encoder; keeps nothing alive
+        """A capsule ("flowscope.enrich.parts.v3") for the decoders' encoder; keeps nothing alive
         by itself: the caller holds the reader (or its Enricher) while it uses the capsule."""
-        return PyCapsule_New(&self.api, b"flowscope.enrich.parts.v2", NULL)
+        return PyCapsule_New(&self.api, b"flowscope.enrich.parts.v3", NULL)
 
     cdef ASlot* resolve(self, const unsigned char* addr, int alen, long long t, ASlot* avoid) noexcept:
         """The cache slot describing the holder of an address at flow start t (slot.src_frag is
@@ -273,6 +275,16 @@ cdef class Reader:
         self.last_agent_len = aglen
         self.last_agent_gen = self.generation
         return self.last_agent_node
+
+    @property
+    def flows_identified(self):
+        """Flows answered with an identity on at least one side."""
+        return self.flows[1]
+
+    @property
+    def flows_unidentified(self):
+        """Flows answered with no identity on either side."""
+        return self.flows[0]
 
     def publish(self, dict ips not None, dict agents not None):
         """Point the reader at the index's current dicts (called by the writer under its lock)."""
@@ -409,10 +421,10 @@ cdef inline int _combine(Reader r, ASlot* s, ASlot* d, const unsigned char* agen
     a[0] = NULL
     b[0] = NULL
     if not sh and not dh:
-        r.flows_unidentified += 1
+        r.flows[0] += 1
         tail[0] = r.tailp[0][direction + 1]
         return 0
-    r.flows_identified += 1
+    r.flows[1] += 1
     if sh:
         a[0] = s.src_frag
         sn = s.node

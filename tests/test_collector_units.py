@@ -422,6 +422,35 @@ def test_enrich_lookup_results_documented_are_the_ones_exported() -> None:
     assert not {"hit", "miss"} & _words(SERIES["flowscope_enrich_lookups"].help)  # no such results exist
 
 
+def test_enrich_flow_counts_survive_batch_overflow() -> None:
+    """A flow that does not fit a Kafka batch is encoded, thrown away and encoded again into
+    the next batch: flowscope_enrich_flows_total counts it once."""
+    import random
+
+    import enrich
+    from benchmarks.datagrams import OVS_INGRESS, data_set, ipfix_message, ovs_flows, template_set
+    from decoders import Decoder, RecordBatchWriter
+    from tests.support.fake_kube import pod
+
+    e = enrich.Enricher.from_objects(pods=[pod("p", "ns", ips=["10.128.0.1"])])
+    r = e.index._reader
+    if r is None:
+        pytest.skip("enrich._fast not built: the pure-Python index counts no flows")
+    dec = Decoder()
+    dec.decode(ipfix_message([template_set([OVS_INGRESS])], seq=0, export_time=1_700_000_000), "192.0.2.1")
+    recs = ovs_flows(25, random.Random(1), pods=4)
+    b = dec.decode(ipfix_message([data_set(OVS_INGRESS, recs)], seq=1, export_time=1_700_000_000), "192.0.2.1",
+                   0, 1_700_000_001)
+    w, batches = RecordBatchWriter(4096), 1
+    i = w.append(b, e, 0)
+    while i < len(b):
+        w, batches = RecordBatchWriter(4096), batches + 1
+        i = w.append(b, e, i)
+    assert batches > 2  # the overflow path ran
+    assert r.flows_identified + r.flows_unidentified == len(b) == 25
+    assert r.flows_identified == sum(1 for x in recs if "10.128.0.1" in (x["src"], x["dst"]))
+
+
 def test_documented_decode_error_reasons_are_the_ones_raised() -> None:
     """README and docs/INTERNALS.md list the reasons of flowscope_decode_errors_total: exactly the
     ones the decoders raise (bad_count is counted without failing and documented apart)."""
