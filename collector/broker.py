@@ -64,6 +64,11 @@ class Broker:
         return self.proc.pid
 
     def start(self, timeout: float = 20.0) -> Broker:
+        if ":" in self.host:
+            # Tansu 0.6 needs tcp://[::1]:P and then advertises the host as the literal "[::1]"
+            # in Metadata, which Kafka clients (aiokafka, librdkafka) cannot resolve.
+            raise ValueError(f"broker host {self.host}: IPv4 only (Tansu advertises IPv6 hosts in a form "
+                             "Kafka clients cannot resolve)")
         url = f"tcp://{self.host}:{self.port}"
         cmd = [
             broker_binary(), "broker",
@@ -113,12 +118,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m collector.broker",
                                      description="Run the bundled Tansu Kafka-protocol broker (in-memory storage).")
     parser.add_argument("--port", type=int, default=9092, help="TCP port (default 9092)")
-    parser.add_argument("--host", default="127.0.0.1", help="listen and advertised address (default 127.0.0.1)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="listen and advertised IPv4 address (default 127.0.0.1; Tansu advertises an IPv6 "
+                             "host as '[::1]', which Kafka clients cannot resolve)")
     args = parser.parse_args(argv)
     broker = Broker(port=args.port, host=args.host)
     try:
         broker.start()
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"tansu listening on {broker.bootstrap} (in-memory storage; Ctrl-C stops it)", flush=True)

@@ -67,7 +67,9 @@ class PcapStats:
 
 
 def _addr(raw: bytes) -> str:
-    return str(ipaddress.ip_address(raw))
+    # as the decoders write addresses: RFC 5952, an IPv4-mapped one as ::ffff:a.b.c.d
+    a = ipaddress.ip_address(raw)
+    return f"::ffff:{a.ipv4_mapped}" if a.version == 6 and a.ipv4_mapped is not None else str(a)
 
 
 class _Reassembler:

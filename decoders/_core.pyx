@@ -87,6 +87,8 @@ cdef class Decoder:
             addr = ipaddress.ip_address(ip)
         except ValueError:
             addr = None
+        if addr is not None and addr.version == 6 and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped  # an IPv4 exporter seen through a dual-stack socket or capture
         for net, rate in self.sampling_nets:
             if addr is not None and addr.version == net.version and addr in net:
                 ex.cidr_sampling = rate

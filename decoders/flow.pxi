@@ -112,7 +112,10 @@ cdef class FlowBatch:
     def agent_ip(self):
         if not self.agent_af:
             return ""
-        return str(ipaddress.ip_address(<bytes>self.agent[:addr_len(self.agent_af)]))
+        # as the encoder writes AgentIP: RFC 5952, an IPv4-mapped address as ::ffff:a.b.c.d
+        # (section 5), where Python's ipaddress writes it in hex
+        a = ipaddress.ip_address(<bytes>self.agent[:addr_len(self.agent_af)])
+        return f"::ffff:{a.ipv4_mapped}" if a.version == 6 and a.ipv4_mapped is not None else str(a)
 
     def to_json(self, enricher=None):
         """One JSON object (bytes) per flow, NetObserv field names."""

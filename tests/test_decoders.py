@@ -105,6 +105,11 @@ def test_sampling_per_cidr_and_default() -> None:
     msg = ipfix_message([data_set(OVS_INGRESS, recs)], seq=0, export_time=EXPORT)
     assert dec.decode(msg, EXPORTER).to_dicts()[0]["Sampling"] == 50  # longest prefix wins
     assert dec.decode(msg, other).to_dicts()[0]["Sampling"] == 123
+    # an IPv4 exporter seen as an IPv4-mapped address (a dual-stack socket, a capture) is that
+    # IPv4 address for the rules
+    mapped = "::ffff:" + EXPORTER
+    dec.decode(tpl, mapped)
+    assert dec.decode(msg, mapped).to_dicts()[0]["Sampling"] == 50
 
 
 def test_ingress_egress_twins_marked_and_dedup_drops_them() -> None:

@@ -681,6 +681,18 @@ def generic_if(ifindex: int) -> tuple[bytes, dict]:
     return rec(1, data), vals
 
 
+@pytest.mark.parametrize("agent,text", [("::ffff:192.0.2.1", "::ffff:192.0.2.1"), ("2001:db8::7", "2001:db8::7")])
+def test_counter_and_flow_agent_addresses_read_alike(decoders_mod, agent: str, text: str) -> None:
+    # RFC 5952 5: an IPv4-mapped address is written ::ffff:a.b.c.d (Python's ipaddress would
+    # write ::ffff:c000:201): flows and counter records of one datagram name the agent alike.
+    pkt = eth(ipv4("10.0.0.1", "10.0.0.2", 17, udp(1, 2)), 0x0800)
+    b = decode(decoders_mod, datagram([flow_sample([raw_header(pkt, 60)]), counter_sample([generic_if(3)[0]])],
+                                      agent=agent))
+    assert b.error is None
+    assert b.to_dicts()[0]["AgentIP"] == text
+    assert [c["AgentIP"] for c in b.counters] == [text]
+
+
 def test_counter_samples_generic_ethernet_ovs(decoders_mod) -> None:
     g, gvals = generic_if(4)
     ether = rec(2, struct.pack(">13I", *range(100, 113)))
