@@ -50,6 +50,10 @@ def load_api_client(config: EnrichConfig) -> Any:
     else:
         # None: the client's default, $KUBECONFIG or ~/.kube/config.
         kconfig.load_kube_config(context=config.context, client_configuration=conf, persist_config=False)
+    # No urllib3 retries inside a request: the informers retry with their own backoff, log
+    # once per cause, honour Retry-After where stop() can interrupt it, and count every
+    # failure (urllib3's retries logged a warning each and slept out Retry-After unseen).
+    conf.retries = False
     return client.ApiClient(conf)
 
 

@@ -47,12 +47,16 @@ class Gone(Exception):
     """HTTP 410 / ERROR event with code 410: the resourceVersion is too old; relist."""
 
 
+RETRY_AFTER_MAX = 120.0  # seconds: a server's Retry-After is honoured up to this
+
+
 class ApiProblem(Exception):
     """A failed request or stream, with the counter label (cause) and a message for the log."""
 
-    def __init__(self, cause: str, message: str) -> None:
+    def __init__(self, cause: str, message: str, retry_after: float = 0.0) -> None:
         super().__init__(message)
         self.cause = cause
+        self.retry_after = retry_after  # seconds the server asked us to wait (Retry-After)
 
 
 class Stopped(Exception):
@@ -132,6 +136,7 @@ class Informer:
         self._resp_lock = threading.Lock()
         self._resp: Any = None
         self._logged: set[str] = set()
+        self._gone_streak = 0   # watches in a row that expired (410) right after their list
         self._backoff = Backoff(initial=config.backoff_initial_seconds, factor=config.backoff_factor,
                                 maximum=config.backoff_max_seconds, jitter=config.backoff_jitter)
 
@@ -161,13 +166,15 @@ class Informer:
             while not self._stop.is_set():
                 try:
                     self._list_then_watch()
-                    # Returned: 410 Gone, relist at once (no backoff: the server asked for it).
-                except Gone:
-                    # A paged list's continue token expired: start the list again.
-                    continue
+                    # Returned: the watch's resourceVersion expired (410 Gone): relist, at once
+                    # the first time (the server asked for it), backing off while watches keep
+                    # expiring right after their list (a lagging API server behind a balancer).
+                    if self._gone_streak > 1:
+                        self._sleep(self._backoff.next())
                 except ApiProblem as e:
                     self._failed(e)
-                    self._sleep(self._backoff.next())
+                    # Retry-After (429, 503) is honoured here, where stop() can interrupt it
+                    self._sleep(max(self._backoff.next(), min(e.retry_after, RETRY_AFTER_MAX)))
                 except Stopped:
                     raise
                 except Exception as e:  # noqa: BLE001 - a bug must not kill the informer forever
@@ -192,7 +199,7 @@ class Informer:
         st.objects = len(recs)
         st.resource_version = rv
         st.last_sync = time.time()
-        self._recovered()
+        self._recovered(after_list=True)
         if not st.synced:
             st.synced = True
             log.info("enrich: %s synced (%d objects, resourceVersion %s)", self.kind, len(recs), rv)
@@ -204,7 +211,13 @@ class Informer:
             try:
                 rv, n = self._watch_stream(rv)
             except Gone:
-                log.info("enrich: %s watch from resourceVersion %s expired (410 Gone): relisting", self.kind, rv)
+                # not an error (the relist is counted in relists): the normal end of a long watch
+                if time.monotonic() - started >= 1.0:
+                    self._gone_streak = 0  # the watch had worked a while: a new episode
+                self._gone_streak += 1
+                level = logging.INFO if self._gone_streak == 1 else logging.DEBUG
+                log.log(level, "enrich: %s watch from resourceVersion %s expired (410 Gone): relisting%s", self.kind,
+                        rv, "" if self._gone_streak == 1 else f" (again: {self._gone_streak} in a row, backing off)")
                 return
             except ApiProblem as e:
                 # Resume from the last resourceVersion we applied: cheaper than a relist, and
@@ -224,16 +237,28 @@ class Informer:
     def _list(self) -> tuple[list[Any], str]:
         recs: list[Any] = []
         cont: str | None = None
+        unpaged = False
         parse = self._index.parse
         while True:
             kwargs: dict[str, Any] = {}
-            if self._cfg.list_chunk_size:
+            if self._cfg.list_chunk_size and not unpaged:
                 kwargs["limit"] = self._cfg.list_chunk_size
             if cont:
                 kwargs["_continue"] = cont
             if self.kind == REPLICASETS:
                 kwargs["_headers"] = {"Accept": _RS_LIST_ACCEPT}
-            body = self._request("list", kwargs, read_timeout=max(60.0, self._cfg.read_timeout_slack_seconds))
+            try:
+                body = self._request("list", kwargs, read_timeout=max(60.0, self._cfg.read_timeout_slack_seconds))
+            except Gone:
+                if not cont or unpaged:
+                    raise ApiProblem("expired", f"list {self._resource()}: 410 Gone") from None
+                # The continue token expired (etcd compacted past it: a long paged list): as
+                # client-go's pager does, list once more in one page.
+                st = self.stats
+                st.errors["expired"] = st.errors.get("expired", 0) + 1
+                log.info("enrich: %s list's continue token expired (410 Gone): listing again in one page", self.kind)
+                recs, cont, unpaged = [], None, True
+                continue
             try:
                 doc = orjson.loads(body)
             except orjson.JSONDecodeError as e:
@@ -311,6 +336,8 @@ class Informer:
                 raise Gone
             msg = obj.get("message") if isinstance(obj, dict) else obj
             raise ApiProblem(_status_cause(code), f"watch {self._resource()} ERROR event {code}: {msg}")
+        if first:
+            self._gone_streak = 0
         if first and self._logged:
             # A stream's first well-formed event: the watch works again, so the next outage is
             # logged. Said before the event is applied: whoever sees the event sees the recovery.
@@ -392,7 +419,9 @@ class Informer:
                               f"'{verb}' on '{res}' (expired token or wrong kubeconfig?): {detail}")
         if code == 0:
             return ApiProblem("connection", f"{verb} {res}: {e.reason}")
-        return ApiProblem(_status_cause(code), f"{verb} {res}: HTTP {code}: {detail}")
+        retry_after = _retry_after(e.headers)
+        return ApiProblem(_status_cause(code), f"{verb} {res}: HTTP {code}: {detail}"
+                          + (f" (Retry-After {retry_after:g} s)" if retry_after else ""), retry_after)
 
     def _resource(self) -> str:
         res, group = RESOURCES[self.kind]
@@ -413,8 +442,13 @@ class Informer:
         else:
             log.debug("enrich: %s informer: %s", self.kind, e)
 
-    def _recovered(self) -> None:
-        self._backoff.reset()
+    def _recovered(self, *, after_list: bool = False) -> None:
+        # A list that works does not end a run of watches expiring right after their lists:
+        # only a watch that works (or runs a while) does, and then the backoff starts over.
+        if not after_list:
+            self._gone_streak = 0
+        if not self._gone_streak:
+            self._backoff.reset()
         self.stats.last_error = ""
         if self._logged:
             log.info("enrich: %s informer recovered", self.kind)
@@ -457,6 +491,15 @@ def _status_cause(code: Any) -> str:
     if isinstance(code, int) and code >= 500:
         return "server_error"
     return f"http_{code}"
+
+
+def _retry_after(headers: Any) -> float:
+    """Seconds from a Retry-After header in its delay-seconds form (0 when absent or a date)."""
+    try:
+        v = headers.get("Retry-After") if headers is not None else None
+        return max(0.0, float(v)) if v is not None else 0.0
+    except (TypeError, ValueError, AttributeError):
+        return 0.0
 
 
 def _conn_cause(e: BaseException) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -223,6 +224,61 @@ def test_paged_list(fake_kube: FakeKube, kubeconfig: str) -> None:  # noqa: F811
         assert [flow(e, f"10.244.0.{10 + i}", "")["SrcK8S_Name"] for i in range(7)] == [f"p{i}" for i in range(7)]
     finally:
         e.stop()
+
+
+def test_expired_continue_token_falls_back_to_one_unpaged_list(fake_kube: FakeKube, kubeconfig: str) -> None:  # noqa: F811
+    """The API server answers 410 Expired to a continue token etcd compacted away (a long paged
+    list): the informer lists once more in one page, as client-go's pager does, instead of
+    starting the paged list over and over."""
+    for i in range(7):
+        fake_kube.add("pods", pod(f"p{i}", "shop", ips=[f"10.244.0.{10 + i}"]))
+    for k in ("nodes", "services", "replicasets"):
+        fake_kube.bookmark(k)
+    fake_kube.fail("pods", "list", "expired_continue")   # every page's token is already gone
+    e = enrich.Enricher(fast_config(kubeconfig, list_chunk_size=3))
+    e.start()
+    try:
+        assert e.wait_ready(10)
+        lists = [r["query"] for r in fake_kube.requests if r["kind"] == "pods" and r["verb"] == "list"]
+        assert [(q.get("limit"), "continue" in q) for q in lists] == [("3", False), ("3", True), (None, False)]
+        assert e.stats()["index"]["pods"] == 7
+        assert e.stats()["kinds"]["pods"]["errors"] == {"expired": 1}
+    finally:
+        e.stop()
+
+
+def test_watch_expiring_after_every_list_backs_off(seeded: FakeKube, kubeconfig: str) -> None:
+    """A watch that answers 410 right after each list (a lagging API server behind a balancer)
+    is relisted at once the first time, then with growing pauses: not a loop of full lists."""
+    e = enrich.Enricher(fast_config(kubeconfig, backoff_initial_seconds=0.2, backoff_max_seconds=1.0))
+    e.start()
+    try:
+        assert e.wait_ready(10)
+        seeded.fail("pods", "watch", "gone")
+        seeded.expire("pods")   # the open watch ends with 410 too
+        time.sleep(3.0)
+        relists = e.stats()["kinds"]["pods"]["relists"]
+        assert 2 <= relists <= 8, relists     # immediate, then 0.2, 0.4, 0.8, 1.0, 1.0 s apart
+        assert e.stats()["kinds"]["pods"]["errors"] == {}
+    finally:
+        e.stop()
+
+
+def test_throttled_list_honours_retry_after_and_stops_at_once(seeded: FakeKube, kubeconfig: str) -> None:
+    """429 with Retry-After: counted, shown in readiness, waited out by the informer (not
+    inside urllib3, where it was invisible and stop() could not interrupt it)."""
+    seeded.fail("pods", "list", "throttle")
+    e = enrich.Enricher(fast_config(kubeconfig))
+    e.start()
+    try:
+        wait_for(lambda: e.stats()["kinds"]["pods"]["errors"].get("http_429", 0) >= 1, what="429 counted")
+        time.sleep(1.0)
+        assert e.stats()["kinds"]["pods"]["errors"]["http_429"] == 1   # Retry-After: 2 s, not the 0.02 s backoff
+        assert any("HTTP 429" in why and "Retry-After 2" in why for why in e.unsynced())
+    finally:
+        t0 = time.monotonic()
+        e.stop()
+        assert time.monotonic() - t0 < 2.0
 
 
 def test_forbidden_names_verb_and_resource(seeded: FakeKube, kubeconfig: str, caplog: pytest.LogCaptureFixture) -> None:

@@ -187,7 +187,9 @@ class FakeKube:
 
     def fail(self, kind: str, verb: str, what: str, *, times: int | None = None) -> None:
         """Inject a fault for list or watch: forbidden, unauthorized, garbage, drop, error500,
-        noitems (list only)."""
+        throttle (429 with Retry-After: 2), gone (watch only: ERROR 410 at once), noitems and
+        expired_continue (list only: the page is
+        served but its continue token is already compacted away, so the next page gets 410)."""
         with self.cond:
             self.faults[(kind, verb)] = Fault(what, times)
 
@@ -237,9 +239,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     # plumbing
 
-    def _send_json(self, code: int, doc: Any, *, raw: bytes | None = None) -> None:
+    def _send_json(self, code: int, doc: Any, *, raw: bytes | None = None,
+                   headers: dict[str, str] | None = None) -> None:
         body = raw if raw is not None else json.dumps(doc).encode()
         self.send_response(code)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -283,6 +288,10 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "error500":
             self._send_json(500, status(500, "InternalError", "etcdserver: request timed out"))
             return
+        if fault == "throttle":
+            self._send_json(429, status(429, "TooManyRequests", "too many requests, please try again later"),
+                            headers={"Retry-After": "2"})
+            return
         if fault == "drop":
             self._drop()
             return
@@ -318,8 +327,9 @@ class _Handler(BaseHTTPRequestHandler):
         meta: dict[str, Any] = {"resourceVersion": str(rv)}
         if rest:
             token = base64.b64encode(f"snap-{next(k._snap_ids)}".encode()).decode()
-            with k.cond:
-                k.snapshots[token] = (rv, rest)
+            if fault != "expired_continue":
+                with k.cond:
+                    k.snapshots[token] = (rv, rest)
             meta["continue"] = token
             meta["remainingItemCount"] = len(rest)
         if meta_only:
@@ -347,6 +357,11 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "garbage":
             self._chunk(b"this is not json\n")
             self._drop()
+            return
+        if fault == "gone":  # a lagging server: whatever the resourceVersion, it is too old
+            self._chunk(json.dumps({"type": "ERROR", "object": status(
+                410, "Expired", f"too old resource version: {q.get('resourceVersion')}")}).encode() + b"\n")
+            self._chunk(b"")
             return
         with k.cond:
             gone_gen, drop_gen = k.gone_gen[kind], k.drop_gen[kind]
