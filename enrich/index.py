@@ -353,6 +353,12 @@ class Index:
             self._logged.add(cause)
             log.warning("enrich: %s: %s (further occurrences are counted, not logged)", cause, detail)
 
+    def kind_count(self, kind: str) -> int:
+        """Objects of one kind in the cache (live ones: tombstones are not counted)."""
+        sizes = {PODS: len(self._pods), NODES: len(self._nodes), SERVICES: len(self._services),
+                 REPLICASETS: len(self._rs)}
+        return sizes.get(kind, 0)
+
     def counts(self) -> dict[str, int]:
         return {
             "pods": len(self._pods), "nodes": len(self._nodes), "services": len(self._services),

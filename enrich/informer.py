@@ -196,7 +196,7 @@ class Informer:
         if st.lists:
             st.relists += 1
         st.lists += 1
-        st.objects = len(recs)
+        st.objects = self._index.kind_count(self.kind)
         st.resource_version = rv
         st.last_sync = time.time()
         self._recovered(after_list=True)
@@ -359,11 +359,11 @@ class Informer:
         if rec is not None:
             if typ == "DELETED":
                 index.delete(kind, rec)
-                st.objects -= 1
             else:
                 index.upsert(kind, rec)
-                if typ == "ADDED":
-                    st.objects += 1
+            # what the cache holds (a DELETED for an unknown object, a repeated ADDED or a
+            # MODIFIED before its ADDED would make a running tally drift)
+            st.objects = index.kind_count(kind)
         return new_rv
 
     # HTTP plumbing
