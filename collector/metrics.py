@@ -55,6 +55,11 @@ SERIES: dict[str, Series] = {s.name: s for s in [
     Series("flowscope_missing_template_sets", "counter",
            "Data sets skipped because their template was not (yet) known", ("exporter", "protocol")),
     Series("flowscope_templates", "gauge", "Templates currently held", ("exporter", "protocol")),
+    Series("flowscope_sequence_lost", "counter", "Lost before reaching flowscope, from the exporters' sequence "
+           "numbers (per exporting process and domain): flows for netflow5, data records for ipfix, datagrams "
+           "for netflow9 and sflow5", ("exporter", "protocol")),
+    Series("flowscope_sequence_resets", "counter", "Export sequence numbers that jumped by more than 2^20 "
+           "(exporter restarts): tracking starts over", ("exporter", "protocol")),
     Series("flowscope_exporters", "gauge", "Exporters (source addresses) with decoder state", ()),
     Series("flowscope_exporters_evicted", "counter", "Exporters forgotten because the table was full "
            "(--max-exporters; the least recently seen go, their counters stay under exporter=\"other\")", ()),
@@ -159,7 +164,8 @@ def decoder_series(stats: dict[str, Any], labels: ExporterLabels) -> Snapshot:
     """Turn Decoder.series_stats() (cumulative, per exporter) into per-exporter/protocol series."""
     out: Snapshot = {name: {} for name in ("flowscope_datagrams", "flowscope_flows", "flowscope_decode_errors",
                                            "flowscope_missing_template_sets", "flowscope_templates",
-                                           "flowscope_sampling_rate")}
+                                           "flowscope_sampling_rate", "flowscope_sequence_lost",
+                                           "flowscope_sequence_resets")}
     # the folded counters of evicted exporters (decoders.EVICTED) are never a label of their own
     names = labels.assign({e: int(s[0]) for e, s in stats.items() if e != EVICTED})
     names[EVICTED] = OTHER
@@ -175,6 +181,10 @@ def decoder_series(stats: dict[str, Any], labels: ExporterLabels) -> Snapshot:
             dg[lab] = dg.get(lab, 0) + p["datagrams"]
             fl[lab] = fl.get(lab, 0) + p["flows"]
             mt[lab] = mt.get(lab, 0) + p["missing_template_sets"]
+            for key in ("sequence_lost", "sequence_resets"):
+                if p.get(key):
+                    seq = out["flowscope_" + key]
+                    seq[lab] = seq.get(lab, 0) + p[key]
             tm[lab] = tm.get(lab, 0) + (templates.get(proto, 0) if templates else 0)
             for reason, n in p["errors"].items():
                 el = (name, proto, reason)

@@ -6,6 +6,8 @@
 DEF MAX_TEMPLATE_FIELDS = 512        # RFC 7011 allows 65535; no real exporter comes close
 DEF VARLEN = 0xFFFF                  # RFC 7011 3.2: field length 65535 = variable length
 DEF DEDUP_SLOTS = 4096               # per-exporter ring of recent ingress 5-tuples (--dedup)
+DEF SEQ_MAX_GAP = 1 << 20           # export sequence jumps beyond this (either way) are restarts
+DEF SEQ_MAX_STREAMS = 256            # (protocol, port, domain) sequence streams tracked per exporter
 DEF DEDUP_WINDOW_MS = 60000          # an egress record within this window of its ingress twin
 
 # Presence bits of Flow.present: which optional fields a record carried.

@@ -274,6 +274,9 @@ cdef class ExporterState:
     cdef str cur_protocol
     cdef public double last_seen       # receive time of its latest datagram (eviction order)
     cdef readonly Py_ssize_t template_fields  # fields of its templates (Decoder.max_template_fields)
+    cdef dict seq_next                 # (protocol kind, port, domain) -> the next sequence number expected
+    cdef uint64_t msg_records          # data records of the IPFIX message being decoded
+    cdef bint msg_uncounted            # ... some of which could not be counted (unknown template)
 
     def __cinit__(self):
         self.dedup_keys = NULL
@@ -302,12 +305,43 @@ cdef class ExporterState:
         self.protocol = ""
         self.cur_protocol = "unknown"
         self.by_protocol = {}
+        self.seq_next = {}
 
     cdef dict proto_stats(self, str name):
         cdef dict d = self.by_protocol.get(name)
         if d is None:
-            d = self.by_protocol[name] = {"datagrams": 0, "flows": 0, "errors": {}, "missing_template_sets": 0}
+            d = self.by_protocol[name] = {"datagrams": 0, "flows": 0, "errors": {}, "missing_template_sets": 0,
+                                          "sequence_lost": 0, "sequence_resets": 0}
         return d
+
+    cdef void sequence(self, int kind, uint32_t port, uint32_t domain, uint32_t seq, uint32_t advance) noexcept:
+        """An export's sequence number against the one expected from the same exporting process
+        (port) and domain: a forward jump counts what never arrived (in the protocol's unit:
+        flows for v5, records for IPFIX, datagrams for v9 and sFlow), a jump of more than
+        SEQ_MAX_GAP either way is a restart; a datagram a little behind is a late one."""
+        cdef object key = (kind, port, domain)
+        cdef object exp = self.seq_next.get(key)
+        cdef uint32_t ahead, behind
+        cdef dict d
+        if exp is not None:
+            ahead = seq - <uint32_t>exp
+            behind = <uint32_t>exp - seq
+            if ahead and ahead <= SEQ_MAX_GAP:
+                d = self.proto_stats(self.cur_protocol)
+                d["sequence_lost"] += ahead
+            elif behind and behind <= SEQ_MAX_GAP:
+                return          # late (reordered): what is expected stays
+            elif ahead:
+                d = self.proto_stats(self.cur_protocol)
+                d["sequence_resets"] += 1
+        elif len(self.seq_next) >= SEQ_MAX_STREAMS:
+            self.seq_next.clear()   # bounded: a spray of domains or ports only resets tracking
+        self.seq_next[key] = <uint32_t>(seq + advance)
+
+    cdef void sequence_forget(self, int kind, uint32_t port, uint32_t domain) noexcept:
+        """What the last message advanced by is unknown (not decoded whole): start over."""
+        if self.seq_next:
+            self.seq_next.pop((kind, port, domain), None)
 
     cdef void count_error(self, str reason):
         cdef dict e
@@ -329,7 +363,7 @@ cdef class ExporterState:
         cdef dict d, mine
         for name, d in other.by_protocol.items():
             mine = self.proto_stats(name)
-            for key in ("datagrams", "flows", "missing_template_sets"):
+            for key in ("datagrams", "flows", "missing_template_sets", "sequence_lost", "sequence_resets"):
                 mine[key] += d[key]
             for reason, n in d["errors"].items():
                 mine["errors"][reason] = mine["errors"].get(reason, 0) + n
@@ -378,6 +412,8 @@ cdef int decode_v5(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except
     cdef uint32_t rate
     b.proto_kind = PROTO_NETFLOW5
     b.sequence = be32(h + 16)
+    # flow_sequence counts flows; engine type/id tell an exporter's engines apart
+    ex.sequence(PROTO_NETFLOW5, b.port, (<uint32_t>h[20] << 8) | h[21], b.sequence, count)
     cdef bint bad_count = False
     # Records are 48 bytes and a v5 datagram holds at most 30 (Cisco's v5 format). When the
     # header's count disagrees with the length, decode the whole records that are there (as
@@ -1051,6 +1087,7 @@ cdef int decode_data_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* s, 
     cdef Py_ssize_t before, n_before
     if t is None:
         # RFC 7011 8: data for an unknown template cannot be decoded; count it, go on.
+        ex.msg_uncounted = True
         b.missing_template_sets += 1
         ex.missing_template_sets += 1
         ex.proto_stats(ex.cur_protocol)["missing_template_sets"] += 1
@@ -1068,6 +1105,7 @@ cdef int decode_data_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* s, 
             raise
         if s.pos == before:
             break
+        ex.msg_records += 1
     return 0
 
 
@@ -1092,6 +1130,7 @@ cdef int decode_v9(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except
     b.proto_kind = PROTO_NETFLOW9
     b.sequence = be32(h + 12)
     b.domain = domain
+    ex.sequence(PROTO_NETFLOW9, b.port, domain, b.sequence, 1)   # RFC 3954: export packets per Source ID
     # RFC 3954 5.1: "count" is not reliable across vendors; walk the flowsets to the end.
     while rd_left(r) >= 4:
         set_start = r.pos
@@ -1118,7 +1157,7 @@ cdef int decode_ipfix(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
     cdef int64_t export_ms, sysinit_ms
     cdef Reader m, s
     cdef Py_ssize_t set_start, msg_start, msg_flows, i
-    cdef bint first = True
+    cdef bint first = True, whole
     cdef object si
     b.proto_kind = PROTO_IPFIX
     if rd_left(r) < 16:
@@ -1139,6 +1178,9 @@ cdef int decode_ipfix(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
             b.domain = domain
         msg_flows = b.n
         rd_sub(r, &m, msg_len - 16)
+        ex.msg_records = 0
+        ex.msg_uncounted = False
+        whole = False
         try:
             while rd_left(&m) >= 4:
                 set_start = m.pos
@@ -1157,7 +1199,13 @@ cdef int decode_ipfix(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
                     decode_data_set(dec, ex, b, &s, 10, domain, set_id, export_ms, sysinit_ms)
                 else:
                     ex.count_error("bad_set")
+            whole = True
         finally:
+            # RFC 7011 3.1: the sequence number counts the Data Records sent in the domain
+            if whole and not ex.msg_uncounted:
+                ex.sequence(PROTO_IPFIX, b.port, domain, be32(h + 8), <uint32_t>ex.msg_records)
+            else:
+                ex.sequence_forget(PROTO_IPFIX, b.port, domain)
             if not first:
                 # A later message of the datagram (RFC 7011 10.3.3): its flows carry its own
                 # observation domain and sequence number.

@@ -732,6 +732,7 @@ cdef int decode_sflow(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
     p = rd_take(r, 16)
     seq = be32(p + 4)
     b.sequence = seq
+    ex.sequence(PROTO_SFLOW5, b.port, be32(p), seq, 1)   # datagrams per agent and sub-agent
     nsamples = be32(p + 12)
     committed = b.n
     try:

@@ -125,6 +125,17 @@ def test_metrics_match_what_was_sent(collector: Any, tmp_path: Path, loop_name: 
     assert c.get("/healthz")[0] == 200 and c.get("/readyz") == (200, "ready\n")
 
 
+def test_flows_lost_before_the_collector_are_counted_from_sequence_numbers(collector: Any, tmp_path: Path) -> None:
+    """NetFlow v5's flow_sequence counts the flows an engine exported: a jump is what never
+    reached flowscope (loss on the network, not in its socket: kernel drops stay 0)."""
+    c = collector(["--output-file", str(tmp_path / "f.jsonl")])
+    send_udp([make_v5(0, 20, 0), make_v5(20, 20, 20), make_v5(100, 20, 100)], c.port)
+    c.wait_value("flowscope_flows_total", 60, exporter="127.0.0.1", protocol="netflow5")
+    c.wait_value("flowscope_sequence_lost_total", 60, exporter="127.0.0.1", protocol="netflow5")
+    assert c.value("flowscope_sequence_resets_total") == 0
+    assert c.value("flowscope_kernel_receive_drops_total") == 0
+
+
 def test_queue_bound_counts_drops_with_file_sink(collector: Any, tmp_path: Path) -> None:
     """A sink that cannot write (a FIFO nobody reads) fills the queue; the excess is counted."""
     fifo = tmp_path / "fifo"

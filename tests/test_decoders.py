@@ -28,6 +28,8 @@ from benchmarks.datagrams import (
     template_set,
     v5_datagram,
     v5_records,
+    SflowSample,
+    sflow_datagram,
     v9_datagram,
 )
 from decoders import Decoder, DecoderConfig
@@ -482,7 +484,7 @@ def test_stats_per_protocol_for_one_exporter() -> None:
     dec.decode(b"\x00\x05\x00", EXPORTER)
     st = dec.stats()[EXPORTER]
     assert st["protocols"]["ipfix"] == {"datagrams": 2, "flows": 4, "errors": {}, "missing_template_sets": 0,
-                                        "templates": 3}
+                                        "sequence_lost": 0, "sequence_resets": 0, "templates": 3}
     assert st["protocols"]["netflow5"]["flows"] == 30 and st["protocols"]["netflow5"]["datagrams"] == 1
     assert st["protocols"]["unknown"]["errors"] == {"truncated": 1}
     assert st["datagrams"] == 4 and st["flows"] == 34
@@ -826,3 +828,77 @@ def test_random_n_out_of_n_sampling_rate_is_population_over_size() -> None:
                                                                         "pop": 100}])],
                                  seq=2, export_time=EXPORT), EXPORTER).to_dicts()[0]
     assert f["Sampling"] == 50 and "ie309" not in f and "ie310" not in f
+
+
+# ------------------------------------------------------------------ export sequence numbers
+
+
+def _seq(dec: Decoder, exporter: str, proto: str) -> tuple[int, int]:
+    p = dec.stats()[exporter]["protocols"][proto]
+    return p["sequence_lost"], p["sequence_resets"]
+
+
+def test_ipfix_sequence_counts_lost_records_per_domain_and_process() -> None:
+    """RFC 7011 3.1: an IPFIX message's sequence number counts the Data Records sent before it
+    in its Observation Domain by its Exporting Process (the exporter's UDP port)."""
+    dec = Decoder()
+    recs = ovs_flows(5, random.Random(3))
+    tpl = template_set([OVS_INGRESS])
+    for domain, seq in ((0, 0), (7, 7)):    # a template-only message advances nothing
+        dec.decode(ipfix_message([tpl], seq=seq, export_time=EXPORT, domain=domain), EXPORTER, 4739, EXPORT)
+
+    def data(seq: int, domain: int = 0, port: int = 4739) -> None:
+        b = dec.decode(ipfix_message([data_set(OVS_INGRESS, recs)], seq=seq, export_time=EXPORT, domain=domain),
+                       EXPORTER, port, EXPORT)
+        assert b.error is None
+
+    data(0)
+    data(5)
+    data(7, domain=7, port=4739)   # another domain starts its own count...
+    data(0, domain=0, port=5000)   # ...and another exporting process (no template: data uncounted)
+    assert _seq(dec, EXPORTER, "ipfix") == (0, 0)
+    data(20)                       # records 10..19 never arrived
+    assert _seq(dec, EXPORTER, "ipfix") == (10, 0)
+    data(15)                       # a late datagram: not a loss, not a restart
+    data(25)
+    assert _seq(dec, EXPORTER, "ipfix") == (10, 0)
+    data(4_000_000_000)            # the exporter restarted
+    data(4_000_000_005)
+    assert _seq(dec, EXPORTER, "ipfix") == (10, 1)
+    data(12, domain=7)             # domain 7 expected 12
+    assert _seq(dec, EXPORTER, "ipfix") == (10, 1)
+
+
+def test_ipfix_sequence_resyncs_after_a_set_it_could_not_count() -> None:
+    # A data set whose template is unknown has an unknown number of records: the next message
+    # sets the expectation again instead of reporting those records as lost.
+    dec = Decoder()
+    recs = ovs_flows(5, random.Random(4))
+    dec.decode(ipfix_message([template_set([OVS_INGRESS])], seq=0, export_time=EXPORT), EXPORTER, 4739, EXPORT)
+    dec.decode(ipfix_message([data_set(OVS_INGRESS, recs)], seq=0, export_time=EXPORT), EXPORTER, 4739, EXPORT)
+    dec.decode(ipfix_message([data_set(OVS_EGRESS, recs)], seq=5, export_time=EXPORT), EXPORTER, 4739, EXPORT)
+    dec.decode(ipfix_message([data_set(OVS_INGRESS, recs)], seq=10, export_time=EXPORT), EXPORTER, 4739, EXPORT)
+    dec.decode(ipfix_message([data_set(OVS_INGRESS, recs)], seq=15, export_time=EXPORT), EXPORTER, 4739, EXPORT)
+    assert _seq(dec, EXPORTER, "ipfix") == (0, 0)
+
+
+def test_netflow_v5_v9_and_sflow_sequences() -> None:
+    dec = Decoder()
+    rng = random.Random(5)
+    for seq in (100, 130, 220, 250):   # v5 counts flows: 30 a datagram, 60 missing before 220
+        dec.decode(v5_datagram(v5_records(30, rng, uptime_ms=100_000), seq=seq, unix_secs=EXPORT,
+                               uptime_ms=100_000), EXPORTER, 2055, EXPORT)
+    assert _seq(dec, EXPORTER, "netflow5") == (60, 0)
+    # RFC 3954: v9 counts export packets per Source ID
+    dec.decode(v9_datagram([template_set([V9_TEMPLATE], version=9)], seq=7, unix_secs=EXPORT, uptime_ms=1000),
+               "10.0.0.2", 2055, EXPORT)
+    for seq in (8, 9, 12):
+        dec.decode(v9_datagram([], seq=seq, unix_secs=EXPORT, uptime_ms=1000), "10.0.0.2", 2055, EXPORT)
+    dec.decode(v9_datagram([], seq=1, unix_secs=EXPORT, uptime_ms=1000, source_id=3), "10.0.0.2", 2055, EXPORT)
+    assert _seq(dec, "10.0.0.2", "netflow9") == (2, 0)
+    # sFlow v5 counts datagrams per agent and sub-agent
+    sample = [SflowSample(src="10.1.0.1", dst="10.1.0.2", sport=1, dport=2, proto=6, frame_length=100, flags=2,
+                          rate=400, input=1, output=2)]
+    for seq in (1, 2, 6, 7):
+        dec.decode(sflow_datagram(sample, seq=seq), "10.0.0.3", 6343, EXPORT)
+    assert _seq(dec, "10.0.0.3", "sflow5") == (3, 0)
