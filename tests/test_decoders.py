@@ -22,14 +22,14 @@ from benchmarks.datagrams import (
     V9_TEMPLATE,
     VARLEN,
     IpfixTemplate,
+    SflowSample,
     data_set,
     ipfix_message,
     ovs_flows,
+    sflow_datagram,
     template_set,
     v5_datagram,
     v5_records,
-    SflowSample,
-    sflow_datagram,
     v9_datagram,
 )
 from decoders import Decoder, DecoderConfig
