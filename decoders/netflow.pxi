@@ -275,6 +275,11 @@ cdef class ExporterState:
     cdef public double last_seen       # receive time of its latest datagram (eviction order)
     cdef readonly Py_ssize_t template_fields  # fields of its templates (Decoder.max_template_fields)
     cdef dict seq_next                 # (protocol kind, port, domain) -> the next sequence number expected
+    cdef int last_kind                 # the stream of its latest datagram, kept out of seq_next (no dict
+    cdef uint32_t last_port            # and no boxing per datagram while one stream follows another)
+    cdef uint32_t last_domain
+    cdef uint32_t last_next
+    cdef bint has_last
     cdef uint64_t msg_records          # data records of the IPFIX message being decoded
     cdef bint msg_uncounted            # ... some of which could not be counted (unknown template)
 
@@ -319,28 +324,42 @@ cdef class ExporterState:
         (port) and domain: a forward jump counts what never arrived (in the protocol's unit:
         flows for v5, records for IPFIX, datagrams for v9 and sFlow), a jump of more than
         SEQ_MAX_GAP either way is a restart; a datagram a little behind is a late one."""
-        cdef object key = (kind, port, domain)
-        cdef object exp = self.seq_next.get(key)
-        cdef uint32_t ahead, behind
+        cdef object exp
+        cdef uint32_t ahead, behind, expected = 0
+        cdef bint known = False
         cdef dict d
-        if exp is not None:
-            ahead = seq - <uint32_t>exp
-            behind = <uint32_t>exp - seq
+        if self.has_last and self.last_kind == kind and self.last_port == port and self.last_domain == domain:
+            known = True
+            expected = self.last_next
+        else:
+            if self.has_last:       # park the previous stream
+                if len(self.seq_next) >= SEQ_MAX_STREAMS:
+                    self.seq_next.clear()   # bounded: a spray of domains or ports only resets tracking
+                self.seq_next[(self.last_kind, self.last_port, self.last_domain)] = self.last_next
+            exp = self.seq_next.pop((kind, port, domain), None) if self.seq_next else None
+            if exp is not None:
+                known = True
+                expected = <uint32_t>exp
+            self.last_kind, self.last_port, self.last_domain, self.has_last = kind, port, domain, True
+        if known:
+            ahead = seq - expected
+            behind = expected - seq
             if ahead and ahead <= SEQ_MAX_GAP:
                 d = self.proto_stats(self.cur_protocol)
                 d["sequence_lost"] += ahead
             elif behind and behind <= SEQ_MAX_GAP:
+                self.last_next = expected
                 return          # late (reordered): what is expected stays
             elif ahead:
                 d = self.proto_stats(self.cur_protocol)
                 d["sequence_resets"] += 1
-        elif len(self.seq_next) >= SEQ_MAX_STREAMS:
-            self.seq_next.clear()   # bounded: a spray of domains or ports only resets tracking
-        self.seq_next[key] = <uint32_t>(seq + advance)
+        self.last_next = <uint32_t>(seq + advance)
 
     cdef void sequence_forget(self, int kind, uint32_t port, uint32_t domain) noexcept:
         """What the last message advanced by is unknown (not decoded whole): start over."""
-        if self.seq_next:
+        if self.has_last and self.last_kind == kind and self.last_port == port and self.last_domain == domain:
+            self.has_last = False
+        elif self.seq_next:
             self.seq_next.pop((kind, port, domain), None)
 
     cdef void count_error(self, str reason):
