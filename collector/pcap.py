@@ -10,11 +10,12 @@ larger than the path MTU. Anything else is skipped and counted in `PcapStats`.
 
 from __future__ import annotations
 
-import ipaddress
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from decoders import addr_text
 
 __all__ = ["Datagram", "PcapError", "PcapStats", "iter_udp"]
 
@@ -67,9 +68,7 @@ class PcapStats:
 
 
 def _addr(raw: bytes) -> str:
-    # as the decoders write addresses: RFC 5952, an IPv4-mapped one as ::ffff:a.b.c.d
-    a = ipaddress.ip_address(raw)
-    return f"::ffff:{a.ipv4_mapped}" if a.version == 6 and a.ipv4_mapped is not None else str(a)
+    return addr_text(raw)  # the decoders' spelling of an address
 
 
 class _Reassembler:

@@ -131,6 +131,19 @@ cdef int buf_int(Buf* b, int64_t v) except -1:
     return buf_uint(b, <uint64_t>v)
 
 
+def addr_text(bytes raw not None):
+    """A 4- or 16-byte address as the encoder writes it (RFC 5952; IPv4-mapped as
+    ::ffff:a.b.c.d): one spelling for flows, counter records and exporter keys."""
+    cdef uint8_t a[16]
+    cdef Py_ssize_t n = len(raw)
+    if n != 4 and n != 16:
+        raise ValueError(f"an address is 4 or 16 bytes, not {n}")
+    memcpy(a, PyBytes_AS_STRING(raw), n)
+    _out.n = 0
+    buf_ip(&_out, 4 if n == 4 else 6, a)
+    return PyBytes_FromStringAndSize(_out.p + 1, _out.n - 2).decode("ascii")   # without the quotes
+
+
 cdef int buf_ip(Buf* b, uint8_t af, const uint8_t* a) except -1:
     """IPv4 dotted quad or RFC 5952 IPv6 text, quoted."""
     cdef int i, best_start = -1, best_len = 0, run_start = -1, run_len = 0

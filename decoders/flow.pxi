@@ -112,10 +112,7 @@ cdef class FlowBatch:
     def agent_ip(self):
         if not self.agent_af:
             return ""
-        # as the encoder writes AgentIP: RFC 5952, an IPv4-mapped address as ::ffff:a.b.c.d
-        # (section 5), where Python's ipaddress writes it in hex
-        a = ipaddress.ip_address(<bytes>self.agent[:addr_len(self.agent_af)])
-        return f"::ffff:{a.ipv4_mapped}" if a.version == 6 and a.ipv4_mapped is not None else str(a)
+        return addr_text(<bytes>self.agent[:addr_len(self.agent_af)])
 
     def to_json(self, enricher=None):
         """One JSON object (bytes) per flow, NetObserv field names."""

@@ -96,7 +96,7 @@ cdef enum:
 # 1-127). The README's "Output" table mirrors this. Lengths: the value is only used when its
 # length fits the element's type (else the field is kept as an extra, never misread).
 # RFC 7011 6.2: an unsigned integer may be sent in fewer bytes than its type (reduced-size
-# encoding), so unsignedN elements take 1..N bytes and their actions read them with beN().
+# encoding), so unsignedN elements take 1..N bytes (read with be16r/be32r/beN).
 # Addresses, MACs and dateTime types have no reduced-size encoding: their lengths are exact.
 U16 = (1, 2)
 U32 = (1, 2, 3, 4)

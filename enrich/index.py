@@ -355,9 +355,11 @@ class Index:
 
     def kind_count(self, kind: str) -> int:
         """Objects of one kind in the cache (live ones: tombstones are not counted)."""
-        sizes = {PODS: len(self._pods), NODES: len(self._nodes), SERVICES: len(self._services),
-                 REPLICASETS: len(self._rs)}
-        return sizes.get(kind, 0)
+        if kind == PODS:
+            return len(self._pods)
+        if kind == NODES:
+            return len(self._nodes)
+        return len(self._services) if kind == SERVICES else len(self._rs) if kind == REPLICASETS else 0
 
     def counts(self) -> dict[str, int]:
         return {

@@ -755,6 +755,15 @@ def tunnel_run(tunnel_env, decoders_mod):
     return exports, sent
 
 
+def node_exports(te: TunnelEnv, exports: list[NodeExport], port: str, dissector: str, decoders_mod):
+    """Per node: its capture's datagrams on the `port` export and tshark's packets of them, and a
+    fresh decoder (no default sampling); a node that sent nothing on it fails."""
+    for node, ex in zip(te.nodes, exports, strict=True):
+        datagrams, packets = split_frames(ex.cap, ex.ports[port], dissector)
+        assert datagrams, f"{node.name}: OVS sent nothing on its {port} export"
+        yield node, datagrams, packets, decoders_mod.Decoder(decoders_mod.DecoderConfig(default_sampling=0))
+
+
 def test_ovs_tunnel_ipfix(tunnel_env, tunnel_run, decoders_mod) -> None:
     """Sender: the pod port's ingress record, without tunnel (the userspace datapath puts no egress
     sample before a native tnl_push). Receiver: the tunnel port's ingress record with the tunnel
@@ -763,10 +772,7 @@ def test_ovs_tunnel_ipfix(tunnel_env, tunnel_run, decoders_mod) -> None:
     exports, sent = tunnel_run
     problems: list[str] = []
     flows: dict[str, list[dict]] = {}
-    for node, ex in zip(te.nodes, exports, strict=True):
-        datagrams, packets = split_frames(ex.cap, ex.ports["ipfix"], "cflow")
-        assert datagrams, f"{node.name}: OVS sent no IPFIX"
-        dec = decoders_mod.Decoder(decoders_mod.DecoderConfig(default_sampling=0))
+    for node, datagrams, packets, dec in node_exports(te, exports, "ipfix", "cflow", decoders_mod):
         problems += check_cflow_capture(dec, datagrams, packets, f"{node.name}-ipfix")
         problems += no_errors(dec, f"{node.name}-ipfix")
         problems += ipfix_tunnels_vs_tshark(decoders_mod, datagrams, packets, f"{node.name}-ipfix")
@@ -838,10 +844,7 @@ def test_ovs_tunnel_sflow(tunnel_env, tunnel_run, decoders_mod) -> None:
     exports, sent = tunnel_run
     problems: list[str] = []
     samples: dict[str, list[tuple[dict, list[int]]]] = {}
-    for node, ex in zip(te.nodes, exports, strict=True):
-        datagrams, packets = split_frames(ex.cap, ex.ports["sflow"], "sflow")
-        assert datagrams, f"{node.name}: OVS sent no sFlow"
-        dec = decoders_mod.Decoder(decoders_mod.DecoderConfig(default_sampling=0))
+    for node, datagrams, packets, dec in node_exports(te, exports, "sflow", "sflow", decoders_mod):
         probs, samples[node.name] = check_ovs_sflow(dec, datagrams, packets, f"{node.name}-sflow")
         problems += probs
         problems += [f"{node.name} sFlow: AgentIP {f.get('AgentIP')}, agent=br-ex is {node.underlay[4]}"
@@ -896,10 +899,7 @@ def test_ovs_tunnel_underlay_sflow(tunnel_env, tunnel_run, decoders_mod) -> None
     exports, sent = tunnel_run
     problems: list[str] = []
     samples: dict[str, list[dict]] = {}
-    for node, ex in zip(te.nodes, exports, strict=True):
-        datagrams, packets = split_frames(ex.cap, ex.ports["sflow-ex"], "sflow")
-        assert datagrams, f"{node.name}: OVS sent no sFlow from br-ex"
-        dec = decoders_mod.Decoder(decoders_mod.DecoderConfig(default_sampling=0))
+    for node, datagrams, packets, dec in node_exports(te, exports, "sflow-ex", "sflow", decoders_mod):
         probs, pairs = check_ovs_sflow(dec, datagrams, packets, f"{node.name}-sflow-ex")
         problems += probs
         samples[node.name] = [f for f, _ in pairs]
