@@ -327,6 +327,10 @@ class Config:
     max_datagram: int = opt(65535, "largest datagram accepted; larger ones are counted as "
                             "flowscope_decode_errors_total{reason=\"too_large\"}",
                             ranged(parse_int, 64, 65535), metavar="BYTES")
+    max_exporter_rate: int = opt(0, "datagrams per second accepted from one exporter (source address, per "
+                                 "worker; bursts of one second's worth); the rest are refused before decoding "
+                                 "and counted as flowscope_decode_errors_total{reason=\"rate_limited\"}; "
+                                 "0 = no limit", ranged(parse_int, 0, 1 << 31), metavar="N")
     allow_exporters: list[str] = opt([], "only accept datagrams from these CIDRs (others dropped, counted "
                                      "as not_allowed); empty = accept all", parse_cidrs, metavar="CIDR[,...]")
     max_templates_per_exporter: int = opt(1024, "templates (all domains) kept per exporter; more are "

@@ -174,6 +174,7 @@ class Worker:
             sampling=dict(cfg.sampling),
             dedup=cfg.dedup,
             max_datagram=cfg.max_datagram,
+            max_exporter_rate=cfg.max_exporter_rate,
         ))
         self.decode = self.decoder.decode
         self.enricher = enricher

@@ -41,6 +41,7 @@ cdef class Decoder:
     cdef public Py_ssize_t max_templates
     cdef public Py_ssize_t max_exporters
     cdef public Py_ssize_t max_datagram
+    cdef public double max_rate       # datagrams per second per exporter (0 = no limit)
     cdef public bint dedup
     cdef public bint track_duplicates
     cdef uint32_t default_sampling
@@ -64,6 +65,7 @@ cdef class Decoder:
         self.max_exporters = config.max_exporters
         self.max_template_fields = config.max_template_fields
         self.max_datagram = config.max_datagram
+        self.max_rate = config.max_exporter_rate
         self.dedup = config.dedup
         self.track_duplicates = config.mark_duplicates or config.dedup
         self.default_sampling = config.default_sampling
@@ -159,7 +161,12 @@ cdef class Decoder:
         pst = ex.proto_stats(ex.cur_protocol)
         pst["datagrams"] += 1
         try:
+            if self.max_rate > 0.0 and not ex.rate_ok(b.recv_time, self.max_rate):
+                ex.forget_stream(buf, n, b.port)
+                raise_decode("rate_limited", 0, f"over --max-exporter-rate {self.max_rate:g} datagrams/s: "
+                                                "datagram dropped")
             if n > self.max_datagram:
+                ex.forget_stream(buf, n, b.port)
                 raise_decode("too_large", 0, f"{n} bytes > limit {self.max_datagram}")
             rd_init(&r, buf, 0, n)
             if n < 4:

@@ -23,6 +23,9 @@ class DecoderConfig:
     max_template_fields: int = 4_000_000
     #: Datagrams larger than this are refused (`too_large`). 65535 is the UDP maximum.
     max_datagram: int = 65535
+    #: Datagrams per second accepted from one exporter (source address), bursts of one second's
+    #: worth; the rest are refused before decoding and counted as `rate_limited`. 0 = no limit.
+    max_exporter_rate: int = 0
     #: Sampling rate for IPFIX / NetFlow v9 exporters that send none (Open vSwitch never does;
     #: OVN-Kubernetes configures 400). 0 leaves Sampling unset.
     default_sampling: int = 400
@@ -43,6 +46,8 @@ class DecoderConfig:
                 raise ValueError(f"{name}: must be a positive integer, got {v!r}")
         if self.max_datagram > 65535:
             raise ValueError(f"max_datagram: at most 65535, got {self.max_datagram}")
+        if not isinstance(self.max_exporter_rate, int) or self.max_exporter_rate < 0:
+            raise ValueError(f"max_exporter_rate: a non-negative integer (0 = no limit), got {self.max_exporter_rate!r}")
         if not isinstance(self.default_sampling, int) or not 0 <= self.default_sampling < 2**32:
             raise ValueError(f"default_sampling: an integer 0..4294967295, got {self.default_sampling!r}")
         for cidr, rate in self.sampling.items():

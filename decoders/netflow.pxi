@@ -280,6 +280,8 @@ cdef class ExporterState:
     cdef uint32_t last_domain
     cdef uint32_t last_next
     cdef bint has_last
+    cdef double rl_tokens              # --max-exporter-rate token bucket: datagrams it may still send
+    cdef double rl_time                # ... as of this receive time (0 = never limited yet)
     cdef uint64_t msg_records          # data records of the IPFIX message being decoded
     cdef bint msg_uncounted            # ... some of which could not be counted (unknown template)
 
@@ -361,6 +363,43 @@ cdef class ExporterState:
             self.has_last = False
         elif self.seq_next:
             self.seq_next.pop((kind, port, domain), None)
+
+    cdef bint rate_ok(self, double now, double rate) noexcept:
+        """Token bucket of --max-exporter-rate: `rate` datagrams a second, bursts of one
+        second's worth (at least one datagram)."""
+        cdef double burst = rate if rate > 1.0 else 1.0
+        cdef double dt
+        if self.rl_time == 0.0:
+            self.rl_tokens = burst
+        else:
+            dt = now - self.rl_time
+            if dt > 0.0:            # a clock stepped back refills nothing
+                self.rl_tokens += dt * rate
+                if self.rl_tokens > burst:
+                    self.rl_tokens = burst
+        if now > self.rl_time:
+            self.rl_time = now
+        if self.rl_tokens >= 1.0:
+            self.rl_tokens -= 1.0
+            return True
+        return False
+
+    cdef void forget_stream(self, const uint8_t* h, Py_ssize_t n, uint32_t port) noexcept:
+        """A datagram refused before decoding (rate limit, size): the sequence number its
+        header carries is not seen, so its stream starts over instead of counting the refused
+        datagram a second time, as lost before reaching flowscope."""
+        cdef uint32_t v = be16(h) if n >= 2 else 0
+        cdef Py_ssize_t off
+        if v == 5 and n >= 24:
+            self.sequence_forget(PROTO_NETFLOW5, port, (<uint32_t>h[20] << 8) | h[21])
+        elif v == 9 and n >= 20:
+            self.sequence_forget(PROTO_NETFLOW9, port, be32(h + 16))
+        elif v == 10 and n >= 16:
+            self.sequence_forget(PROTO_IPFIX, port, be32(h + 12))
+        elif v == 0 and n >= 8 and be32(h) == 5:
+            off = 12 if be32(h + 4) == 1 else 24 if be32(h + 4) == 2 else 8
+            if n >= off + 4:
+                self.sequence_forget(PROTO_SFLOW5, port, be32(h + off))
 
     cdef void count_error(self, str reason):
         cdef dict e

@@ -99,6 +99,23 @@ def test_allowlist_drops_and_counts(collector: Any, tmp_path: Path) -> None:
     assert c2.value("flowscope_datagrams_dropped_total") == 0
 
 
+def test_exporter_rate_limit_refuses_and_counts(collector: Any, tmp_path: Path) -> None:
+    """--max-exporter-rate 2: of 12 datagrams sent at once, the bucket's two pass (a few more
+    if a slow machine spreads the sends over seconds); the rest are counted per exporter as
+    rate_limited, and the exporter's sequence numbers report no loss for them."""
+    out = tmp_path / "flows.jsonl"
+    c = collector(["--output-file", str(out), "--max-exporter-rate", "2"])
+    send_udp([make_v5(i * 30, 30, i * 30) for i in range(12)], c.port)
+    c.wait_value("flowscope_datagrams_total", 12, exporter="127.0.0.1", protocol="netflow5")
+    limited = c.value("flowscope_decode_errors_total", exporter="127.0.0.1", protocol="netflow5",
+                      reason="rate_limited")
+    assert 6 <= limited <= 10
+    c.wait_value("flowscope_flows_delivered_total", (12 - limited) * 30, sink="file")
+    assert lines(out) == (12 - limited) * 30
+    assert c.value("flowscope_sequence_lost_total") == 0
+    assert "max-exporter-rate" in c.log()
+
+
 def test_wrong_protocol_on_sflow_port(collector: Any, tmp_path: Path) -> None:
     c = collector(["--output-file", str(tmp_path / "f.jsonl")], schemes=("sflow",))
     send_udp([make_v5(1, 30, 0)] * 3, c.port)

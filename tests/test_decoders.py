@@ -902,3 +902,75 @@ def test_netflow_v5_v9_and_sflow_sequences() -> None:
     for seq in (1, 2, 6, 7):
         dec.decode(sflow_datagram(sample, seq=seq), "10.0.0.3", 6343, EXPORT)
     assert _seq(dec, "10.0.0.3", "sflow5") == (3, 0)
+
+
+# ------------------------------------------------------------------ per-exporter rate limit
+
+
+def test_exporter_rate_limit_refuses_and_counts_per_exporter() -> None:
+    """--max-exporter-rate: a token bucket of one second's worth of datagrams per source address;
+    what is over it is refused before decoding and counted as rate_limited on that exporter only."""
+    dec = Decoder(DecoderConfig(max_exporter_rate=3))
+    rng = random.Random(9)
+
+    def send(exporter: str, seq: int, t: float) -> str | None:
+        b = dec.decode(v5_datagram(v5_records(30, rng, uptime_ms=100_000), seq=seq, unix_secs=EXPORT,
+                                   uptime_ms=100_000), exporter, 2055, t)
+        assert (b.error is None) == (len(b) == 30)
+        return b.error[0] if b.error else None
+
+    t0 = float(EXPORT)
+    got = [send(EXPORTER, 30 * i, t0 + 0.01 * i) for i in range(6)]   # 6 datagrams in 50 ms
+    assert got == [None, None, None, "rate_limited", "rate_limited", "rate_limited"]
+    assert send("10.9.9.9", 0, t0 + 0.06) is None                      # another exporter is not held back
+    assert send(EXPORTER, 180, t0 + 0.05 + 1 / 3) is None              # a third of a second refills one
+    assert send(EXPORTER, 210, t0 + 0.05 + 1 / 3) == "rate_limited"
+    assert send(EXPORTER, 240, t0 + 100) is None                       # long idle: at most one second's burst
+    assert [send(EXPORTER, 270 + 30 * i, t0 + 100) for i in range(3)] == [None, None, "rate_limited"]
+    st = dec.stats()
+    assert st[EXPORTER]["errors"] == {"rate_limited": 5}
+    assert st[EXPORTER]["protocols"]["netflow5"]["errors"] == {"rate_limited": 5}
+    assert st[EXPORTER]["flows"] == 30 * 7 and st[EXPORTER]["datagrams"] == 12
+    assert "errors" not in st["10.9.9.9"] or not st["10.9.9.9"]["errors"]
+
+
+def test_refused_datagrams_are_not_counted_again_as_sequence_loss() -> None:
+    """A datagram refused before decoding is counted once (rate_limited, too_large): its sequence
+    number was never read, so the stream starts over instead of reporting a gap for it."""
+    rng = random.Random(10)
+    recs = ovs_flows(5, rng)
+    sample = [SflowSample(src="10.1.0.1", dst="10.1.0.2", sport=1, dport=2, proto=6, frame_length=100, flags=2,
+                          rate=400, input=1, output=2)]
+    for proto, make, step in (
+        ("netflow5", lambda s: v5_datagram(v5_records(30, rng, uptime_ms=100_000), seq=s, unix_secs=EXPORT,
+                                           uptime_ms=100_000), 30),
+        ("netflow9", lambda s: v9_datagram([], seq=s, unix_secs=EXPORT, uptime_ms=1000), 1),
+        ("ipfix", lambda s: ipfix_message([template_set([OVS_INGRESS]), data_set(OVS_INGRESS, recs)], seq=s,
+                                          export_time=EXPORT), 5),
+        ("sflow5", lambda s: sflow_datagram(sample, seq=s), 1),
+    ):
+        dec = Decoder(DecoderConfig(max_exporter_rate=1))
+        t = float(EXPORT)
+        seq = 1000
+        assert dec.decode(make(seq), EXPORTER, 2055, t).error is None
+        seq += step
+        assert dec.decode(make(seq), EXPORTER, 2055, t).error[0] == "rate_limited"
+        seq += step
+        assert dec.decode(make(seq), EXPORTER, 2055, t + 1).error is None
+        assert _seq(dec, EXPORTER, proto) == (0, 0), proto
+        seq += 3 * step                 # a real gap after that is still seen: two datagrams' worth
+        assert dec.decode(make(seq), EXPORTER, 2055, t + 2).error is None
+        assert _seq(dec, EXPORTER, proto) == (2 * step, 0), proto
+    # too large: the same
+    dec = Decoder(DecoderConfig(max_datagram=200))
+    dec.decode(v5_datagram(v5_records(1, rng, uptime_ms=100_000), seq=0, unix_secs=EXPORT, uptime_ms=100_000), EXPORTER)
+    big = dec.decode(v5_datagram(v5_records(30, rng, uptime_ms=100_000), seq=1, unix_secs=EXPORT, uptime_ms=100_000),
+                     EXPORTER)
+    assert big.error[0] == "too_large"
+    dec.decode(v5_datagram(v5_records(1, rng, uptime_ms=100_000), seq=31, unix_secs=EXPORT, uptime_ms=100_000), EXPORTER)
+    assert _seq(dec, EXPORTER, "netflow5") == (0, 0)
+
+
+def test_rate_limit_config_is_validated() -> None:
+    with pytest.raises(ValueError, match="max_exporter_rate"):
+        Decoder(DecoderConfig(max_exporter_rate=-1))
