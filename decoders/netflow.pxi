@@ -541,6 +541,7 @@ cdef int parse_template_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* 
     cdef Reader opts
     cdef uint16_t scope_len, opt_len
     cdef int nfields
+    cdef Template t
     # A set ends with padding shorter than a template record header, or with longer zero
     # padding (RFC 3954 5.3 and RFC 7011 3.3.1: padding octets are zero and counted in the set
     # length; NetFlow v9 exporters pad to 8 bytes): no template has id 0, so an all-zero rest of
@@ -555,7 +556,8 @@ cdef int parse_template_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* 
             scope_len = rd_u16(s)
             opt_len = rd_u16(s)
             if scope_len % 4 or opt_len % 4:
-                raise_decode("bad_template", start, f"v9 domain {domain} options template {tid}: lengths {scope_len}/{opt_len}")
+                refuse_template(dec, ex, b, start, version, domain, tid,
+                                f"v9 domain {domain} options template {tid}: lengths {scope_len}/{opt_len}")
             scope_count = scope_len // 4
             count = scope_count + opt_len // 4
         else:
@@ -570,9 +572,11 @@ cdef int parse_template_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* 
             if options:
                 scope_count = rd_u16(s)
                 if scope_count == 0 or scope_count > count:
-                    raise_decode("bad_template", start, f"v{version} domain {domain} options template {tid}: scope count {scope_count}")
+                    refuse_template(dec, ex, b, start, version, domain, tid,
+                                    f"v{version} domain {domain} options template {tid}: scope count {scope_count}")
         if tid < 256:
-            raise_decode("bad_template", start, f"v{version} domain {domain}: template id {tid} < 256")
+            refuse_template(dec, ex, b, start, version, domain, tid,
+                            f"v{version} domain {domain}: template id {tid} < 256")
         spec = []
         for i in range(count):
             ie = rd_u16(s)
@@ -582,8 +586,22 @@ cdef int parse_template_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* 
                 ie &= 0x7FFF
                 pen = rd_u32(s)
             spec.append((ie, pen, length))
-        store_template(dec, ex, compile_template(version, domain, tid, tuple(spec), scope_count, options, start, b.port))
+        try:
+            t = compile_template(version, domain, tid, tuple(spec), scope_count, options, start, b.port)
+        except DecodeError as e:
+            refuse_template(dec, ex, b, start, version, domain, tid, e.detail)
+        store_template(dec, ex, t)
     return 0
+
+
+cdef int refuse_template(Decoder dec, ExporterState ex, FlowBatch b, Py_ssize_t start, int version,
+                         uint32_t domain, uint16_t tid, str detail) except -1:
+    """A template record flowscope cannot use (bad_template). RFC 7011 8 and RFC 3954 5.2: a
+    template id the exporter sends again is redefined, so its old definition is void even
+    though the new one is refused: data in the new layout must never be read with the old."""
+    if tid >= 256:
+        drop_template(dec, ex, tkey(version, domain, tid, b.port))
+    raise_decode("bad_template", start, detail)
 
 
 cdef void withdraw(Decoder dec, ExporterState ex, int version, uint32_t domain, uint16_t tid, bint options,
@@ -596,10 +614,16 @@ cdef void withdraw(Decoder dec, ExporterState ex, int version, uint32_t domain, 
     else:
         keys = [tkey(version, domain, tid, port)]
     for key in keys:
-        t = ex.templates.pop(key, None)
-        if t is not None:
-            ex.template_fields -= t.n_fields
-            dec.template_fields -= t.n_fields
+        drop_template(dec, ex, key)
+
+
+cdef void drop_template(Decoder dec, ExporterState ex, object key):
+    """Forget one template (withdrawn, or redefined in a way flowscope refuses) and give back
+    its fields to the per-exporter and global bounds."""
+    cdef Template t = ex.templates.pop(key, None)
+    if t is not None:
+        ex.template_fields -= t.n_fields
+        dec.template_fields -= t.n_fields
 
 
 cdef int store_template(Decoder dec, ExporterState ex, Template t) except -1:
@@ -614,7 +638,10 @@ cdef int store_template(Decoder dec, ExporterState ex, Template t) except -1:
         return 0
     if delta > 0 and dec.template_fields + delta > dec.max_template_fields:
         # The memory of all exporters' templates together is bounded too (many addresses each
-        # sending their per-exporter maximum of wide templates).
+        # sending their per-exporter maximum of wide templates). RFC 7011 8 / RFC 3954 5.2: the
+        # exporter has redefined the id, so the old definition is void even though the new one
+        # is refused (else data in the new layout would be read with the old one).
+        drop_template(dec, ex, key)
         ex.count_error("template_limit")
         dec.log_limited("template_limit", ex.ip, f"v{t.version} domain {t.domain} template "
                         f"{t.template_id} refused: all exporters' templates hold {dec.template_fields} "

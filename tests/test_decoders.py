@@ -205,6 +205,43 @@ def test_template_flood_is_bounded_and_counted() -> None:
     assert [(x["Bytes"], x["Packets"]) for x in f.to_dicts()] == [(10, 2)]
 
 
+def test_refused_redefinition_voids_the_old_template() -> None:
+    """RFC 7011 8 / RFC 3954 5.2: a template id sent again is redefined. When flowscope refuses
+    the new definition (template_limit from max_template_fields; bad_template: over 512 fields,
+    a v9 options template with bad lengths), the old one must not stay: data in the new layout
+    is a missing-template set, never flows read with the old layout."""
+    old = _tpl(256, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("bytes", 1, 0, 8), ("packets", 2, 0, 4))
+    new = _tpl(256, ("dst", 12, 0, 4), ("src", 8, 0, 4), ("packets", 2, 0, 4), ("bytes", 1, 0, 4),
+               ("sport", 7, 0, 2), ("dport", 11, 0, 2), ("proto", 4, 0, 1), ("tos", 5, 0, 1))
+    rec = {"dst": "10.9.9.9", "src": "10.8.8.8", "packets": 5, "bytes": 5000, "sport": 1234, "dport": 80,
+           "proto": 6, "tos": 0}
+    wide = IpfixTemplate(256, (("dst", 12, 0, 4), ("src", 8, 0, 4))
+                         + tuple((f"x{i}", 1000 + i, 0, 1) for i in range(598)))
+    for cfg, redefined, data, reason in (
+        (DecoderConfig(max_template_fields=6), new, data_set(new, [rec]), "template_limit"),
+        (DecoderConfig(), wide, data_set(wide, [{"dst": "10.9.9.9", "src": "10.8.8.8",
+                                                  **{f"x{i}": 0 for i in range(598)}}]), "bad_template"),
+    ):
+        dec = Decoder(cfg)
+        dec.decode(ipfix_message([template_set([old])], seq=0, export_time=EXPORT), EXPORTER)
+        dec.decode(ipfix_message([template_set([redefined])], seq=0, export_time=EXPORT), EXPORTER)
+        b = dec.decode(ipfix_message([data], seq=0, export_time=EXPORT), EXPORTER)
+        assert (len(b), b.missing_template_sets) == (0, 1), reason
+        st = dec.stats()[EXPORTER]
+        assert st["templates"] == 0 and st["errors"] == {reason: 1}
+    assert dec.template_fields == 0  # the old template's fields were given back
+    # NetFlow v9: an options template with a bad scope length redefining data template 256.
+    dec = Decoder()
+    dec.decode(v9_datagram([template_set([old], version=9)], seq=0, unix_secs=EXPORT, uptime_ms=100_000), EXPORTER)
+    bad_opt = struct.pack("!HHH", 256, 6, 4) + struct.pack("!HHHH", 1, 4, 34, 4) + b"\0\0"
+    dec.decode(v9_datagram([struct.pack("!HH", 1, 4 + len(bad_opt)) + bad_opt], seq=1, unix_secs=EXPORT,
+                           uptime_ms=100_000), EXPORTER)
+    opt_data = struct.pack("!II", 0, 100) * 3
+    b = dec.decode(v9_datagram([struct.pack("!HH", 256, 4 + len(opt_data)) + opt_data], seq=2, unix_secs=EXPORT,
+                               uptime_ms=100_000), EXPORTER)
+    assert (len(b), b.missing_template_sets) == (0, 1)
+
+
 def test_options_sampling_packet_interval_and_space() -> None:
     dec = Decoder(DecoderConfig(default_sampling=0))
     # Options template: scope observationDomainId (149), samplingPacketInterval (305), space (306).
