@@ -538,26 +538,33 @@ cdef int parse_template_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* 
     cdef int i
     cdef list spec
     cdef Py_ssize_t start
-    cdef Reader opts
     cdef uint16_t scope_len, opt_len
-    cdef int nfields
     cdef Template t
+    cdef str bad
     # A set ends with padding shorter than a template record header, or with longer zero
     # padding (RFC 3954 5.3 and RFC 7011 3.3.1: padding octets are zero and counted in the set
     # length; NetFlow v9 exporters pad to 8 bytes): no template has id 0, so an all-zero rest of
     # the set is padding, as Wireshark reads it, not a bad template.
+    # A template record flowscope cannot use is counted (bad_template) and skipped, as an
+    # unknown set id is: its field specifiers say where the next record starts (RFC 7011
+    # 3.4.1, RFC 3954 5.2), and where they do not, the set length says where the next set does
+    # (RFC 7011 3.3.2, RFC 3954 5.3). The records, sets and messages after it still decode.
     while rd_left(s) >= 4:
         start = s.pos
         tid = rd_u16(s)
         if tid == 0 and all_zero(s.buf, start, s.end):
             break
+        bad = None
         if version == 9 and options:
             # RFC 3954 6.1: template id, option scope length, option length (both in bytes).
             scope_len = rd_u16(s)
             opt_len = rd_u16(s)
             if scope_len % 4 or opt_len % 4:
+                # No field boundaries to go by: the rest of the flowset goes with it.
                 refuse_template(dec, ex, b, start, version, domain, tid,
                                 f"v9 domain {domain} options template {tid}: lengths {scope_len}/{opt_len}")
+                s.pos = s.end
+                break
             scope_count = scope_len // 4
             count = scope_count + opt_len // 4
         else:
@@ -572,11 +579,16 @@ cdef int parse_template_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* 
             if options:
                 scope_count = rd_u16(s)
                 if scope_count == 0 or scope_count > count:
-                    refuse_template(dec, ex, b, start, version, domain, tid,
-                                    f"v{version} domain {domain} options template {tid}: scope count {scope_count}")
-        if tid < 256:
-            refuse_template(dec, ex, b, start, version, domain, tid,
-                            f"v{version} domain {domain}: template id {tid} < 256")
+                    bad = f"v{version} domain {domain} options template {tid}: scope count {scope_count}"
+        if bad is None and tid < 256:
+            bad = f"v{version} domain {domain}: template id {tid} < 256"
+        if bad is None and (count == 0 or count > MAX_TEMPLATE_FIELDS):
+            bad = f"v{version} domain {domain} template {tid}: {count} fields"
+        if bad is not None:
+            if not skip_fields(s, version, count):
+                s.pos = s.end       # its fields run past the set: the rest of the set goes with it
+            refuse_template(dec, ex, b, start, version, domain, tid, bad)
+            continue
         spec = []
         for i in range(count):
             ie = rd_u16(s)
@@ -590,18 +602,38 @@ cdef int parse_template_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* 
             t = compile_template(version, domain, tid, tuple(spec), scope_count, options, start, b.port)
         except DecodeError as e:
             refuse_template(dec, ex, b, start, version, domain, tid, e.detail)
+            continue
         store_template(dec, ex, t)
     return 0
 
 
+cdef int skip_fields(Reader* s, int version, uint16_t count) except -1:
+    """Step over a template record's field specifiers: 1, or 0 when they run past the set."""
+    cdef int i
+    cdef const uint8_t* p
+    for i in range(count):
+        if rd_left(s) < 4:
+            return 0
+        p = rd_take(s, 4)
+        if version == 10 and be16(p) & 0x8000:
+            if rd_left(s) < 4:
+                return 0
+            rd_take(s, 4)       # enterprise number
+    return 1
+
+
 cdef int refuse_template(Decoder dec, ExporterState ex, FlowBatch b, Py_ssize_t start, int version,
                          uint32_t domain, uint16_t tid, str detail) except -1:
-    """A template record flowscope cannot use (bad_template). RFC 7011 8 and RFC 3954 5.2: a
-    template id the exporter sends again is redefined, so its old definition is void even
-    though the new one is refused: data in the new layout must never be read with the old."""
+    """A template record flowscope cannot use: counted as bad_template, not fatal to the
+    datagram. RFC 7011 8 and RFC 3954 5.2: a template id the exporter sends again is redefined,
+    so its old definition is void even though the new one is refused: data in the new layout
+    must never be read with the old."""
     if tid >= 256:
         drop_template(dec, ex, tkey(version, domain, tid, b.port))
-    raise_decode("bad_template", start, detail)
+    ex.count_error("bad_template")
+    dec.log_limited("bad_template", ex.ip, f"{PROTOCOL_NAMES[b.proto_kind]} template refused: bad_template at "
+                                           f"offset {start}: {detail} (record skipped)")
+    return 0
 
 
 cdef void withdraw(Decoder dec, ExporterState ex, int version, uint32_t domain, uint16_t tid, bint options,

@@ -242,6 +242,44 @@ def test_refused_redefinition_voids_the_old_template() -> None:
     assert (len(b), b.missing_template_sets) == (0, 1)
 
 
+def test_a_refused_template_record_does_not_stop_the_rest_of_the_datagram() -> None:
+    """A template record flowscope refuses (600 fields: legal, RFC 7011 3.4.1, over its 512; an
+    options template with scope count 0, RFC 7011 3.4.2.2; a template id under 256; a v9
+    template of 0 fields) is counted once as bad_template and skipped: the templates after it in
+    the set, the sets after it and the later IPFIX messages of the datagram (RFC 7011 10.3.3)
+    decode, as after an unknown set id."""
+    good = _tpl(256, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("bytes", 1, 0, 8), ("packets", 2, 0, 4))
+    data = data_set(good, [{"src": "10.0.0.1", "dst": "10.0.0.2", "bytes": 100, "packets": 2}])
+    wide = IpfixTemplate(300, (("src", 8, 0, 4),) + tuple((f"x{i}", 1000 + i, 0, 1) for i in range(599)))
+    no_scope = struct.pack("!HHH", 400, 1, 0) + struct.pack("!HH", 305, 4)
+    low = _tpl(100, ("src", 8, 0, 4))
+    v9_args = {"seq": 0, "unix_secs": EXPORT, "uptime_ms": 100_000}
+    cases = {
+        "600 fields, then a valid template in the same set":
+            ipfix_message([template_set([wide, good]), data], seq=0, export_time=EXPORT),
+        "options scope count 0 in its own set":
+            ipfix_message([struct.pack("!HH", 3, 4 + len(no_scope)) + no_scope, template_set([good]), data],
+                          seq=0, export_time=EXPORT),
+        "template id < 256 in the first of two messages":
+            ipfix_message([template_set([low])], seq=0, export_time=EXPORT)
+            + ipfix_message([template_set([good]), data], seq=0, export_time=EXPORT),
+        "v9 template of 0 fields":
+            v9_datagram([struct.pack("!HHHH", 0, 8, 260, 0), template_set([good], version=9), data], **v9_args),
+        "v9 options template with bad lengths":
+            v9_datagram([struct.pack("!HHHHH", 1, 12, 261, 6, 4) + b"\0" * 2, template_set([good], version=9),
+                         data], **v9_args),
+        "fields running past the set":
+            ipfix_message([struct.pack("!HHHHH", 2, 10, 100, 3, 8), template_set([good]), data],
+                          seq=0, export_time=EXPORT),
+    }
+    for name, dgram in cases.items():
+        dec = Decoder()
+        b = dec.decode(dgram, EXPORTER)
+        assert b.error is None and len(b) == 1 and b.to_dicts()[0]["Bytes"] == 100, name
+        st = dec.stats()[EXPORTER]
+        assert st["templates"] == 1 and st["errors"] == {"bad_template": 1}, name
+
+
 def test_options_sampling_packet_interval_and_space() -> None:
     dec = Decoder(DecoderConfig(default_sampling=0))
     # Options template: scope observationDomainId (149), samplingPacketInterval (305), space (306).
