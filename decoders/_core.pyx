@@ -288,9 +288,11 @@ cdef class Decoder:
                     except (TypeError, ValueError):
                         skipped += 1
                         continue
-                    if fmt == 1:
-                        for port in ports.get((vals[0], vals[1]), (0,)):
-                            target[tuple(vals[:2]) + (port,) + tuple(vals[2:n - 1])] = vals[n - 1]
-                    else:
-                        target[tuple(vals[:n - 1])] = vals[n - 1]
+                    keys = ([tuple(vals[:2]) + (port,) + tuple(vals[2:n - 1])
+                             for port in ports.get((vals[0], vals[1]), (0,))] if fmt == 1 else [tuple(vals[:n - 1])])
+                    for key in keys:
+                        if len(target) >= OPTIONS_MAX_ENTRIES and key not in target:
+                            skipped += 1    # bounded as when learned (a file of an older version)
+                            continue
+                        target[key] = vals[n - 1]
         return {"templates": loaded, "skipped": skipped}

@@ -8,6 +8,7 @@ DEF VARLEN = 0xFFFF                  # RFC 7011 3.2: field length 65535 = variab
 DEF DEDUP_SLOTS = 4096               # per-exporter ring of recent ingress 5-tuples (--dedup)
 DEF SEQ_MAX_GAP = 1 << 20           # export sequence jumps beyond this (either way) are restarts
 DEF SEQ_MAX_STREAMS = 256            # (protocol, port, domain) sequence streams tracked per exporter
+DEF OPTIONS_MAX_ENTRIES = 1024       # per exporter, in each dict of what options data teaches
 DEF DEDUP_WINDOW_MS = 60000          # an egress record within this window of its ingress twin
 
 # Presence bits of Flow.present: which optional fields a record carried.

@@ -643,6 +643,10 @@ cdef void withdraw(Decoder dec, ExporterState ex, int version, uint32_t domain, 
     if tid == 2 or tid == 3:
         keys = [k for k, t in ex.templates.items()
                 if t.version == version and t.domain == domain and t.options == options and t.port == port]
+        if options:
+            # Every options template of the domain is withdrawn (RFC 7011 8.1): what their
+            # data taught (sampling, clock) goes with them.
+            forget_options(ex, version, domain, port)
     else:
         keys = [tkey(version, domain, tid, port)]
     for key in keys:
@@ -968,7 +972,7 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
     if t.options:
         # Options data teaches the exporter's clock and sampling; it is not a flow.
         own_rate = rate_from(sampling_interval, sampling_space, sampling_size, sampling_population)
-        learn_options(ex, t, own_rate, has_sampler, sampler_id, rec_sysinit)
+        learn_options(dec, ex, t, own_rate, has_sampler, sampler_id, rec_sysinit)
         b.options.append(options_dict(b, f, t, rec_start, s.pos))
         batch_drop_last(b)
         return 0
@@ -1098,15 +1102,38 @@ cdef inline uint32_t rate_from(uint64_t interval, uint64_t space, uint64_t size,
     return <uint32_t>interval
 
 
-cdef void learn_options(ExporterState ex, Template t, uint32_t rate,
+cdef void learn_options(Decoder dec, ExporterState ex, Template t, uint32_t rate,
                         bint has_sampler, uint64_t sampler_id, int64_t sysinit):
     if sysinit >= 0:
-        ex.sysinit_ms[(t.version, t.domain, t.port)] = sysinit
+        learn(dec, ex, ex.sysinit_ms, (t.version, t.domain, t.port), sysinit)
     if rate:
         if has_sampler:
-            ex.sampler_rates[(t.version, t.domain, t.port, sampler_id)] = rate
+            learn(dec, ex, ex.sampler_rates, (t.version, t.domain, t.port, sampler_id), rate)
         else:
-            ex.domain_sampling[(t.version, t.domain, t.port)] = rate
+            learn(dec, ex, ex.domain_sampling, (t.version, t.domain, t.port), rate)
+
+
+cdef void learn(Decoder dec, ExporterState ex, dict d, tuple key, object value):
+    """One entry of what options data teaches, bounded per exporter (RFC 7011 11.4: a sender
+    must not grow the collector's state without limit; a spray of sampler ids or domains would):
+    a known key is updated, a new one past OPTIONS_MAX_ENTRIES refused and counted."""
+    if len(d) >= OPTIONS_MAX_ENTRIES and key not in d:
+        ex.count_error("options_limit")
+        dec.log_limited("options_limit", ex.ip, f"v{key[0]} domain {key[1]} options data not learned: exporter "
+                                                f"already has {len(d)} such entries")
+        return
+    d[key] = value
+
+
+cdef void forget_options(ExporterState ex, int version, uint32_t domain, uint16_t port):
+    """What options data of an exporting process and domain taught (all its options templates
+    were withdrawn)."""
+    cdef tuple key = (version, domain, port)
+    ex.sysinit_ms.pop(key, None)
+    ex.domain_sampling.pop(key, None)
+    if ex.sampler_rates:
+        for k in [k for k in ex.sampler_rates if k[:3] == key]:
+            del ex.sampler_rates[k]
 
 
 cdef uint32_t resolve_sampling(Decoder dec, ExporterState ex, Template t, uint32_t rate,

@@ -19,7 +19,7 @@ class DecodeError(Exception):
     """A datagram (or part of it) could not be decoded.
 
     `reason` is a short label used in metrics (truncated, bad_version, bad_length, bad_set,
-    bad_template, template_limit, too_large, rate_limited, bad_sample, unsupported); `offset` is the byte
+    bad_template, template_limit, options_limit, too_large, rate_limited, bad_sample, unsupported); `offset` is the byte
     offset in the datagram where decoding stopped; `detail` names the protocol context
     (version, domain, template id, sample type).
     """

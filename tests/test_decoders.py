@@ -854,6 +854,51 @@ def test_options_clock_and_sampling_belong_to_the_exporting_process() -> None:
     assert [(f["TimeFlowStartMs"], f["Sampling"]) for f in again] == [(a_init + 1000, 10), (b_init + 1000, 1000)]
 
 
+def test_options_learned_state_is_bounded_per_exporter() -> None:
+    """What options data teaches is bounded per exporter (RFC 7011 11.4; OPTIONS_MAX_ENTRIES,
+    1024 in each of sampler rates, domain rates and clocks): a spray of sampler ids cannot grow
+    it or the state file, refusals are counted (options_limit) while known keys still update,
+    and withdrawing all options templates of a domain (RFC 7011 8.1) forgets what they taught."""
+    dec = Decoder(DecoderConfig(default_sampling=0))
+    opt = _tpl(300, ("domain", 149, 0, 4), ("sampler", 302, 0, 4), ("interval", 305, 0, 4), scope=1)
+    dec.decode(ipfix_message([_options_template_set([opt])], seq=0, export_time=EXPORT), EXPORTER)
+    for i in range(0, 3000, 100):
+        recs = [{"domain": 0, "sampler": i + j, "interval": 10} for j in range(100)]
+        dec.decode(ipfix_message([data_set(opt, recs)], seq=0, export_time=EXPORT), EXPORTER)
+    ex = dec.exporter(EXPORTER)
+    assert len(ex.sampler_rates) == 1024
+    assert dec.stats()[EXPORTER]["protocols"]["ipfix"]["errors"] == {"options_limit": 3000 - 1024}
+    dec.decode(ipfix_message([data_set(opt, [{"domain": 0, "sampler": 5, "interval": 77}])], seq=0,
+                             export_time=EXPORT), EXPORTER)
+    assert ex.sampler_rates[(10, 0, 0, 5)] == 77 and len(ex.sampler_rates) == 1024
+    assert len(dec.export_state()["exporters"][EXPORTER]["sampler_rates"]) == 1024
+    # A state file of an older version with more entries loads bounded too.
+    fresh = Decoder()
+    state = dec.export_state()
+    state["exporters"][EXPORTER]["sampler_rates"] += [[10, 0, 0, 10_000 + i, 3] for i in range(5)]
+    assert fresh.import_state(state)["skipped"] == 5
+    assert len(fresh.exporter(EXPORTER).sampler_rates) == 1024
+    # One options template per domain, withdrawn after its data: nothing stays behind.
+    dec = Decoder(DecoderConfig(max_templates_per_exporter=4))
+    clock = _tpl(300, ("domain", 149, 0, 4), ("interval", 305, 0, 4), ("init", 160, 0, 8), scope=1)
+    for dom in range(50):
+        dec.decode(ipfix_message([_options_template_set([clock]),
+                                  data_set(clock, [{"domain": dom, "interval": 10, "init": EXPORT * 1000}]),
+                                  struct.pack("!HHHH", 3, 8, 3, 0)], seq=0, export_time=EXPORT, domain=dom),
+                   EXPORTER)
+    ex = dec.exporter(EXPORTER)
+    assert (len(ex.domain_sampling), len(ex.sysinit_ms), dec.stats()[EXPORTER]["templates"]) == (0, 0, 0)
+
+
+def _options_template_set(templates: list[IpfixTemplate]) -> bytes:
+    """An IPFIX options template set (set id 3): id, field count, scope field count, fields."""
+    body = b""
+    for t in templates:
+        body += struct.pack("!HHH", t.template_id, len(t.fields), t.options_scope)
+        body += b"".join(struct.pack("!HH", ie, ln) for _n, ie, _pen, ln in t.fields)
+    return struct.pack("!HH", 3, 4 + len(body)) + body
+
+
 def test_state_files_of_format_1_still_load() -> None:
     """Format 1 (before options state was scoped by port) keyed clocks and rates by version and
     domain: they apply to the ports the exporter's saved templates came from."""
