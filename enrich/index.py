@@ -22,6 +22,7 @@ pod's hostIP is not a pod IP (host-network pods resolve to their Node).
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import logging
 import threading
 import time
@@ -235,6 +236,9 @@ class Index:
         # Writer-only state.
         self._pods: dict[str, PodRec] = {}
         self._tombstones: dict[str, PodRec] = {}
+        # Numbers the records of addresses a running pod left (their keys in _tombstones): two
+        # changes within one clock tick must not share a key, or the first record is never swept.
+        self._seq = itertools.count()
         # One-to-many maps hold a bare value for one member and a list beyond (see _multi_add):
         # most IPs have one holder and most nodes/ReplicaSets few pods, so this saves ~200 B/pod.
         self._holders: dict[bytes, Any] = {}
@@ -667,7 +671,7 @@ class Index:
                 # A running pod lost addresses (its sandbox was recreated with new ones): it
                 # held them until now, so they stay its own for earlier flows, as a tombstone.
                 now = self._now_ms()
-                dep = PodRec(uid=f"{old.uid}\x00{now}", ns=old.ns, name=old.name, node=old.node,
+                dep = PodRec(uid=f"{old.uid}\x00{next(self._seq)}", ns=old.ns, name=old.name, node=old.node,
                              host_ip=old.host_ip, ips=tuple(gone), owner_kind=old.owner_kind,
                              owner_name=old.owner_name, start_ms=old.start_ms, end_ms=now)
                 dep.frag_s, dep.frag_d, dep.infra = old.frag_s, old.frag_d, old.infra

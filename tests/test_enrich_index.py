@@ -382,6 +382,27 @@ def test_running_pod_whose_ip_changes_keeps_both_by_time() -> None:
     assert flow(e, "10.244.0.51", "", t_ms=T0 - 60_000)["SrcK8S_Name"] == "x"  # the oldest answers earlier flows
 
 
+def test_two_address_changes_in_one_millisecond_both_expire() -> None:
+    """Two MODIFIED events moving a running pod's address, applied within one millisecond (a
+    resumed watch delivers them together): each address the pod left is a record of its own,
+    and both go after tombstone_seconds (the first one used to stay in the chain for good)."""
+    clock = Clock(T0)
+    created = iso(T0 - 3_600_000)
+    e = build([pod("x", "shop", ips=["10.244.0.50"], uid="u-x", created=created)], clock=clock,
+              tombstone_seconds=300)
+    idx = e.index
+    for ip in ("10.244.0.51", "10.244.0.52"):
+        idx.upsert("pods", idx.parse("pods", pod("x", "shop", ips=[ip], uid="u-x", created=created)))
+    assert idx.counts()["tombstones"] == 2
+    assert flow(e, "10.244.0.50", "", t_ms=T0 - 60_000)["SrcK8S_Name"] == "x"
+    clock.ms = T0 + 300_001
+    assert idx.sweep() == 2
+    assert flow(e, "10.244.0.50", "", t_ms=T0 - 60_000) == {}
+    assert flow(e, "10.244.0.51", "", t_ms=T0 - 60_000) == {}
+    assert flow(e, "10.244.0.52", "", t_ms=T0 - 60_000)["SrcK8S_Name"] == "x"
+    assert idx.counts()["pod_ips"] == 1 and idx.counts()["tombstones"] == 0
+
+
 def test_pod_recreated_with_same_name_new_uid() -> None:
     clock = Clock(T0)
     e = build([pod("db-0", "shop", ips=["10.244.0.40"], uid="u1", created=iso(T0 - 1000))], clock=clock)
