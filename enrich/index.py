@@ -21,6 +21,7 @@ pod's hostIP is not a pod IP (host-network pods resolve to their Node).
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
 import itertools
 import logging
@@ -239,6 +240,10 @@ class Index:
         # Numbers the records of addresses a running pod left (their keys in _tombstones): two
         # changes within one clock tick must not share a key, or the first record is never swept.
         self._seq = itertools.count()
+        # (expiry base: end_ms, seq, record) per tombstone, a heap, so that a sweep (run on every
+        # event) costs O(expired) rather than a walk over every tombstone. Entries whose record
+        # left _tombstones another way (a pod seen again) are skipped when they come up.
+        self._expiry: list[tuple[int, int, PodRec]] = []
         # One-to-many maps hold a bare value for one member and a list beyond (see _multi_add):
         # most IPs have one holder and most nodes/ReplicaSets few pods, so this saves ~200 B/pod.
         self._holders: dict[bytes, Any] = {}
@@ -608,16 +613,26 @@ class Index:
             return self._sweep_locked()
 
     def _sweep_locked(self) -> int:
-        if not self._tombstones:
+        exp = self._expiry
+        if not exp:
             return 0
         cutoff = self._now_ms() - self._ttl_ms
-        gone = [r for r in self._tombstones.values() if r.end_ms <= cutoff]
-        for r in gone:
+        n = 0
+        while exp and exp[0][0] <= cutoff:
+            r = heapq.heappop(exp)[2]
+            if self._tombstones.get(r.uid) is not r:
+                continue  # seen alive again (or its key reused) since it was entombed
             del self._tombstones[r.uid]
             self._unhold(r)
             for ip in r.ips:
                 self._rechain(ip)
-        return len(gone)
+            n += 1
+        return n
+
+    def _entomb(self, rec: PodRec) -> None:
+        """Keep an ended record (end_ms set, never changed after) for tombstone_seconds."""
+        self._tombstones[rec.uid] = rec
+        heapq.heappush(self._expiry, (rec.end_ms, next(self._seq), rec))
 
     def _merge(self, ip: bytes) -> None:
         if self._batch:
@@ -675,7 +690,7 @@ class Index:
                              host_ip=old.host_ip, ips=tuple(gone), owner_kind=old.owner_kind,
                              owner_name=old.owner_name, start_ms=old.start_ms, end_ms=now)
                 dep.frag_s, dep.frag_d, dep.infra = old.frag_s, old.frag_d, old.infra
-                self._tombstones[dep.uid] = dep
+                self._entomb(dep)
                 for ip in gone:
                     _multi_add(self._holders, ip, dep)
         for ip in rec.ips:
@@ -689,7 +704,7 @@ class Index:
         if rec.end_ms == ALIVE:
             rec.end_ms = self._now_ms()
         if rec.ips:
-            self._tombstones[uid] = rec
+            self._entomb(rec)
             for ip in rec.ips:
                 self._rechain(ip)
 

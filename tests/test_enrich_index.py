@@ -403,6 +403,57 @@ def test_two_address_changes_in_one_millisecond_both_expire() -> None:
     assert idx.counts()["pod_ips"] == 1 and idx.counts()["tombstones"] == 0
 
 
+def test_tombstones_expire_in_end_order_whatever_the_order_they_came_in() -> None:
+    """A finished pod deleted last may have ended first; a tombstone seen alive again is not
+    swept by its old expiry."""
+    clock = Clock(T0)
+    job = pod("job", "batch", ips=["10.244.0.61"], uid="u-j", created=iso(T0 - 600_000), phase="Succeeded")
+    job["status"]["containerStatuses"] = [{"name": "c", "state": {"terminated": {"finishedAt": iso(T0 - 200_000)}}}]
+    web = pod("web", "shop", ips=["10.244.0.62"], uid="u-w", created=iso(T0 - 600_000))
+    back = pod("back", "shop", ips=["10.244.0.63"], uid="u-b", created=iso(T0 - 600_000))
+    e = build([job, web, back], clock=clock, tombstone_seconds=300)
+    idx = e.index
+    for p in (web, back, job):
+        idx.delete("pods", idx.parse("pods", p))
+    clock.ms = T0 + 10_000
+    idx.upsert("pods", idx.parse("pods", back))  # a relist race: it was alive after all
+    assert idx.counts()["tombstones"] == 2
+    clock.ms = T0 + 100_001
+    assert idx.sweep() == 1  # the job's hold ended at T0 - 200 s
+    assert flow(e, "10.244.0.61", "", t_ms=T0 - 300_000) == {}
+    clock.ms = T0 + 300_001
+    assert idx.sweep() == 1
+    assert flow(e, "10.244.0.62", "", t_ms=T0 - 1_000) == {}
+    assert flow(e, "10.244.0.63", "", t_ms=T0 + 300_000)["SrcK8S_Name"] == "back"
+    assert idx.counts()["tombstones"] == 0
+
+
+def test_an_event_does_not_walk_every_tombstone() -> None:
+    """Every event sweeps: with thousands of tombstones none of which is due, an event must cost
+    about what it costs with none (the sweep used to scan them all, in the informer thread that
+    shares the GIL with the hot path)."""
+    import time
+
+    def cost(tombstones: int) -> float:
+        clock = Clock(T0)
+        e = build([pod(f"p{i}", "shop", ips=[str(ipaddress.ip_address("10.128.0.0") + i)], uid=f"u{i}",
+                       created=iso(T0 - 1_000)) for i in range(tombstones)], clock=clock)
+        idx = e.index
+        clock.ms = T0 + 1_000
+        idx.replace("pods", [])
+        assert idx.counts()["tombstones"] == tombstones
+        svc = [idx.parse("services", service("s", "shop", ips=[f"172.30.0.{i % 200 + 1}"])) for i in range(2000)]
+        best = float("inf")
+        for _ in range(3):
+            t = time.perf_counter()
+            for r in svc:
+                idx.upsert("services", r)
+            best = min(best, time.perf_counter() - t)
+        return best
+
+    assert cost(5000) < 5 * cost(0)
+
+
 def test_pod_recreated_with_same_name_new_uid() -> None:
     clock = Clock(T0)
     e = build([pod("db-0", "shop", ips=["10.244.0.40"], uid="u1", created=iso(T0 - 1000))], clock=clock)
