@@ -82,7 +82,13 @@ def _network_ready_ms(conditions: list[Any]) -> int | None:
     return None
 
 
-def _finished_ms(statuses: list[Any]) -> int | None:
+# Where a pod's status reports its containers. Native sidecars (init containers with
+# restartPolicy Always, Kubernetes 1.29+) are in initContainerStatuses and are stopped only after
+# the main containers exit: the pod keeps its address (and the sidecar sends) until then.
+CONTAINER_STATUSES = ("containerStatuses", "initContainerStatuses", "ephemeralContainerStatuses")
+
+
+def _finished_ms(statuses: Iterable[Any]) -> int | None:
     """When the last container of a finished pod terminated (None when not recorded)."""
     out: int | None = None
     for c in statuses:
@@ -462,7 +468,8 @@ class Index:
             # A finished pod's IP goes back to the pool while the object lingers: it held it
             # until its containers finished (when the status says so), else until now.
             now = self._now_ms()
-            finished = _finished_ms(self._list(status.get("containerStatuses"), f"pod {ns}/{name} status.containerStatuses"))
+            finished = _finished_ms(c for f in CONTAINER_STATUSES
+                                    for c in self._list(status.get(f), f"pod {ns}/{name} status.{f}"))
             end = min(now, finished) if finished is not None and (start is None or finished > start) else now
         return PodRec(uid=uid, ns=_intern(ns), name=name, node=_intern(node) if node else None,
                       host_ip=host_ip, ips=tuple(ips), owner_kind=_intern(kind), owner_name=oname,

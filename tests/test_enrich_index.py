@@ -330,6 +330,25 @@ def test_finished_pod_listed_later_held_its_address_until_it_finished() -> None:
     assert flow(e, "10.244.0.32", "", t_ms=T0 - 10_000)["SrcK8S_Name"] == "web"
 
 
+@pytest.mark.parametrize("field", ["initContainerStatuses", "ephemeralContainerStatuses"])
+def test_finished_pod_held_its_address_until_its_sidecar_finished(field: str) -> None:
+    """A native sidecar (an init container with restartPolicy Always, Kubernetes 1.29+) is
+    reported in initContainerStatuses and stopped after the main containers: its last flows
+    (a final flush) are the pod's. So are an ephemeral (debug) container's."""
+    clock = Clock(T0 + 60_000)
+    job = pod("job-1", "batch", ips=["10.244.0.60"], uid="u-j", owner=("Job", "j"), created=iso(T0 - 60_000),
+              phase="Succeeded")
+    job["spec"]["initContainers"] = [{"name": "log-shipper", "image": "x", "restartPolicy": "Always"}]
+    job["status"]["containerStatuses"] = [{"name": "c", "state": {"terminated": {
+        "exitCode": 0, "startedAt": iso(T0 - 55_000), "finishedAt": iso(T0)}}}]
+    job["status"][field] = [{"name": "log-shipper", "state": {"terminated": {
+        "exitCode": 0, "startedAt": iso(T0 - 58_000), "finishedAt": iso(T0 + 6_000)}}}]
+    e = build([job], clock=clock)
+    assert flow(e, "10.244.0.60", "", t_ms=T0 - 10_000)["SrcK8S_Name"] == "job-1"
+    assert flow(e, "10.244.0.60", "", t_ms=T0 + 3_000)["SrcK8S_Name"] == "job-1"
+    assert flow(e, "10.244.0.60", "", t_ms=T0 + 7_000) == {}
+
+
 def test_ended_pod_does_not_hide_the_node_holding_its_address() -> None:
     """EKS (VPC CNI) and AKS (Azure CNI) give pods and nodes addresses from one subnet: a node
     whose address a finished Job pod or a deleted pod held answers for flows outside their
