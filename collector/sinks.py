@@ -261,22 +261,117 @@ class Sink:
         pass
 
 
+class _WriteJob:
+    """One buffer of JSON lines for the writer thread; `written` grows as its pieces land."""
+
+    __slots__ = ("data", "written", "error", "abort")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.written = 0
+        self.error: BaseException | None = None
+        self.abort = False
+
+
+def _complete_records(chunks: list[Chunk], nbytes: int) -> list[int]:
+    """Per chunk, how many of its records (each followed by a newline) lie whole in the first
+    `nbytes` bytes of the buffer built from `chunks`."""
+    out = []
+    for c in chunks:
+        k = 0
+        for r in c.records:
+            if nbytes < len(r) + 1:
+                break
+            nbytes -= len(r) + 1
+            k += 1
+        out.append(k)
+        if k < len(c.records):
+            nbytes = -1
+    return out
+
+
 class StreamSink(Sink):
-    """JSON lines to stdout or a file. Writes happen in a thread so a slow reader never stalls UDP."""
+    """JSON lines to stdout or a file, written by a thread of its own so a slow reader never
+    stalls UDP. Writes are plain os.write calls, so what landed is known to the byte: a short
+    write (disk full) or an error counts exactly the records that did not land as sink_error,
+    and a file is cut back to its last whole line. Into a pipe, pieces of whole lines up to
+    PIPE_BUF (atomic: a blocked piece has written nothing) let a shutdown deadline stop a write
+    to a stalled reader and count what it never got as shutdown; at most the piece blocked at
+    the deadline may still reach the reader afterwards. The thread is a daemon: the process
+    never outlives --shutdown-timeout waiting for a reader."""
+
+    PIPE_PIECE = 4096  # PIPE_BUF on Linux
 
     def __init__(self, cfg: Config, path: str | None) -> None:
         super().__init__(cfg)
         self.path = path
         self.name = "file" if path else "stdout"
-        self._fh: Any = None
+        self._fd = -1
+        self._piece = 1 << 30
+        self._regular = False
+        self._partial = False   # a line was cut short on a stream that cannot be truncated
+        self._inflight: tuple[_WriteJob, list[Chunk], int] | None = None   # the write going on
+        self._jobs: Any = None
 
     async def start(self) -> None:
+        import queue
+        import stat
+        import threading
+
         if self.path:
-            self._fh = open(self.path, "ab", buffering=0)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         else:
-            self._fh = sys.stdout.buffer
+            sys.stdout.flush()
+            self._fd = sys.stdout.fileno()
+        mode = os.fstat(self._fd).st_mode
+        self._regular = stat.S_ISREG(mode)
+        if not self._regular:
+            self._piece = self.PIPE_PIECE
+        self._jobs = queue.SimpleQueue()
+        threading.Thread(target=self._writer, name=f"flowscope-{self.name}", daemon=True).start()
         self.connected = True
         await super().start()
+
+    def _writer(self) -> None:
+        """The writer thread: one job at a time, in pieces, until done, failed or aborted."""
+        while True:
+            item = self._jobs.get()
+            if item is None:
+                return
+            job, loop, fut = item
+            data = memoryview(job.data)
+            n = len(data)
+            try:
+                while job.written < n and not job.abort:
+                    end = min(n, job.written + self._piece)
+                    if end < n and self._piece < n:
+                        cut = job.data.rfind(b"\n", job.written, end)
+                        if cut >= job.written:
+                            end = cut + 1   # whole lines; a longer line goes alone
+                    w = os.write(self._fd, data[job.written:end])
+                    if w <= 0:
+                        raise OSError("write wrote nothing")
+                    job.written += w
+            except OSError as exc:
+                job.error = exc
+            try:
+                loop.call_soon_threadsafe(_set_done, fut)
+            except RuntimeError:    # the loop is closed: nobody waits any more
+                return
+
+    def _cut_partial(self, job: _WriteJob) -> None:
+        """After a failed write, remove the partial last line (a file) or end it on the next
+        write (a stream), so readers see only whole JSON lines."""
+        whole = job.data.rfind(b"\n", 0, job.written) + 1
+        if whole == job.written:
+            return
+        if self._regular:
+            try:
+                os.ftruncate(self._fd, os.lseek(self._fd, 0, os.SEEK_END) - (job.written - whole))
+                return
+            except OSError:
+                pass
+        self._partial = True
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -287,32 +382,55 @@ class StreamSink(Sink):
             if not chunks:
                 continue
             data = b"".join(b"\n".join(c.records) + b"\n" for c in chunks)
-            try:
-                await loop.run_in_executor(None, self._write, data)
-            except (OSError, ValueError) as exc:
-                # stdout closed (consumer gone) or disk full: these records are lost; count them
-                self.errors["write"] += 1
+            if self._partial:
+                data = b"\n" + data
+            skip = 1 if self._partial else 0
+            job = _WriteJob(data)
+            fut = loop.create_future()
+            self._inflight = (job, chunks, skip)
+            self._jobs.put((job, loop, fut))
+            await fut
+            self._inflight = None
+            if job.written > 0:
+                self._partial = False
+            if job.error is None:
                 for c in chunks:
-                    q.dropped[(c.kind, "sink_error")] += len(c.records)
+                    self.delivered[c.kind] += len(c.records)
                     q.done(c.kind, c.nbytes, len(c.records))
-                self._rl.error("write", "%s sink write failed: %s", self.name, exc)
-                await asyncio.sleep(0.5)
                 continue
-            for c in chunks:
-                self.delivered[c.kind] += len(c.records)
+            # stdout closed (consumer gone) or disk full: what did not land is counted as lost
+            self._cut_partial(job)
+            whole = _complete_records(chunks, max(0, job.written - skip))
+            self.errors["write"] += 1
+            for c, k in zip(chunks, whole, strict=True):
+                self.delivered[c.kind] += k
+                if len(c.records) > k:
+                    q.dropped[(c.kind, "sink_error")] += len(c.records) - k
                 q.done(c.kind, c.nbytes, len(c.records))
-
-    def _write(self, data: bytes) -> None:
-        fh = self._fh
-        fh.write(data)
-        fh.flush()
+            self._rl.error("write", "%s sink write failed: %s", self.name, job.error)
+            await asyncio.sleep(0.5)
 
     async def _close(self, timeout: float) -> None:
-        if self.path and self._fh is not None:
+        """At the deadline: a write still going stops after its piece; the records that landed
+        whole are delivered, the rest stay in flight for drain() to count as shutdown."""
+        if self._inflight is not None:
+            job, chunks, skip = self._inflight
+            self._inflight = None
+            job.abort = True
+            for c, k in zip(chunks, _complete_records(chunks, max(0, job.written - skip)), strict=True):
+                if k:
+                    self.delivered[c.kind] += k
+                    self.queue.done(c.kind, 0, k)
+        if self._regular and self._fd >= 0:
             try:
-                os.fsync(self._fh.fileno())
+                os.fsync(self._fd)
             except OSError:
                 pass
+
+
+def _set_done(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 # ------------------------------------------------------------------------------------------------

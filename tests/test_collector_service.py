@@ -6,6 +6,7 @@ These use the file sink (the same queue and writer path as stdout) so they run w
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -168,6 +169,91 @@ def test_queue_bound_counts_drops_with_file_sink(collector: Any, tmp_path: Path)
         assert c.value("flowscope_queue_bytes") <= 64000
     finally:
         os.close(reader_fd)
+
+
+def test_file_sink_short_write_counts_exactly_what_landed(collector: Any, tmp_path: Path) -> None:
+    """A disk that fills mid-write (here RLIMIT_FSIZE: the kernel accepts part of a write, then
+    refuses with EFBIG, as a full disk does with ENOSPC): delivered is exactly the whole lines in
+    the file, the file holds no partial line, and the rest is counted as sink_error."""
+    import json
+    import resource
+
+    out = tmp_path / "flows.jsonl"
+    limit = 150_000
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    c = collector(["--output-file", str(out)], preexec=small_files)
+    send_udp([make_v5(i * 30, 30, i * 30) for i in range(40)], c.port)
+    c.wait_value("flowscope_flows_total", 1200)
+    wait_for(lambda: c.value("flowscope_flows_delivered_total") + c.value("flowscope_flows_dropped_total") == 1200,
+             10, what="every flow delivered or dropped")
+    data = out.read_bytes()
+    assert 0 < len(data) <= limit and data.endswith(b"\n")
+    got = [json.loads(line) for line in data.splitlines()]
+    assert len(got) == c.value("flowscope_flows_delivered_total", sink="file")
+    assert c.value("flowscope_flows_dropped_total", reason="sink_error") == 1200 - len(got) > 0
+
+
+def test_stdout_stalled_reader_shutdown_deadline_and_count(tmp_path: Path) -> None:
+    """SIGTERM while writing into a slow pipe: the process ends within --shutdown-timeout (plus
+    start-up slack), and what the reader got is what was counted delivered, give or take the
+    one PIPE_BUF piece (4096 bytes of whole lines) blocked at the deadline."""
+    import signal
+    import threading
+    import time
+
+    port, http = free_udp_port(), free_tcp_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWSCOPE_")}
+    env.update({"PYTHONPATH": str(ROOT), "KUBECONFIG": str(tmp_path / "none"), "HOME": str(tmp_path)})
+    log = open(tmp_path / "log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "collector.cli", "run", "--listen", f"netflow://127.0.0.1:{port}",
+                             "--metrics-addr", f"127.0.0.1:{http}", "--sink", "stdout", "--shutdown-timeout", "1"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log)
+    assert proc.stdout is not None
+    got = [0]
+
+    def slow_reader() -> None:  # about 600 KB/s
+        while True:
+            b = proc.stdout.read1(16384)  # type: ignore[union-attr]
+            if not b:
+                return
+            got[0] += b.count(b"\n")
+            time.sleep(0.025)
+
+    t = threading.Thread(target=slow_reader)
+    t.start()
+    try:
+        wait_for(lambda: _get_ok(f"http://127.0.0.1:{http}/readyz"), 20, what="collector ready")
+        send_udp([make_v5(i * 30, 30, i * 30) for i in range(400)], port)   # 12,000 flows, ~5 MB
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        took = time.monotonic() - t0
+        t.join(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    text = (tmp_path / "log").read_text()
+    m = re.search(r"stopped: (\d+) flows delivered to stdout, (\d+) dropped", text)
+    assert m, text
+    delivered, dropped = int(m.group(1)), int(m.group(2))
+    assert delivered + dropped == 12000 and dropped > 0
+    assert delivered <= got[0] <= delivered + 4096 // 300, (delivered, got[0])
+    assert took < 6, f"stopping took {took:.1f}s with --shutdown-timeout 1"
+
+
+def _get_ok(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
 
 
 # ------------------------------------------------------------------------------------------------
