@@ -238,6 +238,7 @@ class Index:
 
         # Reader-visible state: replaced key by key, or swapped whole on a relist.
         self._ips: dict[bytes, tuple[Any, ...]] = {}
+        # Exporter address -> node name: Node addresses, then pods' hostIPs (see _set_agent).
         self._agents: dict[bytes, str] = {}
 
         # Writer-only state.
@@ -262,6 +263,10 @@ class Index:
         self._node_layer: dict[bytes, tuple[Any, ...]] = {}
         self._svc_layer: dict[bytes, tuple[Any, ...]] = {}
         self._node_addr: dict[bytes, str] = {}
+        # Pod hostIP -> {node name: pod records holding addresses (tombstones included)}: the
+        # exporter's node for FlowDirection while that Node is not in the cache (deleted while
+        # its pods are being garbage-collected, re-registered, or the nodes informer behind).
+        self._hosts: dict[bytes, dict[str, int]] = {}
         self._svc_addr: dict[bytes, tuple[str, str]] = {}
         self._batch = False
 
@@ -582,7 +587,7 @@ class Index:
             for ip, chain in self._pod_layer.items():
                 ips[ip] = _with_fallback(chain, ips.get(ip)) or chain
             self._ips = ips
-            self._agents = dict(self._node_addr)
+            self._agents = {**{h: next(reversed(names)) for h, names in self._hosts.items()}, **self._node_addr}
             if self._reader is not None:
                 self._reader.publish(self._ips, self._agents)
 
@@ -698,10 +703,8 @@ class Index:
                              owner_name=old.owner_name, start_ms=old.start_ms, end_ms=now)
                 dep.frag_s, dep.frag_d, dep.infra = old.frag_s, old.frag_d, old.infra
                 self._entomb(dep)
-                for ip in gone:
-                    _multi_add(self._holders, ip, dep)
-        for ip in rec.ips:
-            _multi_add(self._holders, ip, rec)
+                self._hold(dep)
+        self._hold(rec)
         for ip in touched:
             self._rechain(ip)
 
@@ -715,9 +718,56 @@ class Index:
             for ip in rec.ips:
                 self._rechain(ip)
 
-    def _unhold(self, rec: PodRec) -> None:
+    def _hold(self, rec: PodRec) -> None:
         for ip in rec.ips:
-            _multi_remove(self._holders, ip, rec)
+            _multi_add(self._holders, ip, rec)
+        if rec.ips and rec.node and rec.host_ip:
+            self._host_ref(rec, 1)
+
+    def _unhold(self, rec: PodRec) -> None:
+        held = False
+        for ip in rec.ips:
+            held = _multi_remove(self._holders, ip, rec) or held
+        if held and rec.node and rec.host_ip:
+            self._host_ref(rec, -1)
+
+    def _host_ref(self, rec: PodRec, delta: int) -> None:
+        # FlowDirection compares the exporter's address with the pods' host IPs (NetObserv's
+        # reinterpretDirection): through Node objects when the address is a known node's, else
+        # through this map, so that the readers still compare node names only (no per-flow cost).
+        host = ip_bytes(rec.host_ip)
+        if host is None:
+            return
+        names = self._hosts.get(host)
+        if names is None:
+            if delta < 0:
+                return
+            names = self._hosts[host] = {}
+        node = rec.node or ""
+        n = names.get(node, 0) + delta
+        if n > 0:
+            names[node] = n  # a name seen last goes last: a host IP's newest node name answers
+        else:
+            names.pop(node, None)
+            if not names:
+                del self._hosts[host]
+        self._set_agent(host)
+
+    def _set_agent(self, ip: bytes) -> None:
+        """Publish the node an exporter address names: a Node's address first, else the node of
+        the pods whose hostIP it is."""
+        if self._batch:
+            return  # replace() publishes the whole map
+        names = self._hosts.get(ip)
+        name = self._node_addr.get(ip) or (next(reversed(names)) if names else None)
+        if self._agents.get(ip) is name:
+            return
+        if name is None:
+            del self._agents[ip]
+        else:
+            self._agents[ip] = name
+        if self._reader is not None:
+            self._reader.generation += 1
 
     def _link_pod(self, rec: PodRec) -> None:
         if rec.node:
@@ -792,10 +842,7 @@ class Index:
         for ip in rec.addrs:
             self._node_layer[ip] = entry
             self._node_addr[ip] = rec.name
-            if not self._batch:
-                self._agents[ip] = rec.name
-                if self._reader is not None:
-                    self._reader.generation += 1
+            self._set_agent(ip)
             self._merge(ip)
         if old is None or old.zone != rec.zone:
             self._rerender(self._pods_by_node.get(rec.name))
@@ -805,10 +852,7 @@ class Index:
             return  # another node claims it now
         del self._node_addr[ip]
         self._node_layer.pop(ip, None)
-        if not self._batch:
-            self._agents.pop(ip, None)
-            if self._reader is not None:
-                self._reader.generation += 1
+        self._set_agent(ip)
         self._merge(ip)
 
     def _delete_node(self, name: str) -> None:
@@ -922,19 +966,24 @@ def _multi_add(d: dict[Any, Any], key: Any, val: Any) -> None:
         d[key] = [cur, val]
 
 
-def _multi_remove(d: dict[Any, Any], key: Any, val: Any) -> None:
+def _multi_remove(d: dict[Any, Any], key: Any, val: Any) -> bool:
+    """Remove one member; True when it was there."""
     cur = d.get(key)
     if cur is None:
-        return
+        return False
     if type(cur) is list:
-        if val in cur:
-            cur.remove(val)
+        if val not in cur:
+            return False
+        cur.remove(val)
         if len(cur) == 1:
             d[key] = cur[0]
         elif not cur:
             del d[key]
-    elif cur is val or cur == val:
+        return True
+    if cur is val or cur == val:
         del d[key]
+        return True
+    return False
 
 
 def _multi_list(v: Any) -> list[Any]:

@@ -512,6 +512,39 @@ def test_flow_direction(src: str, dst: str, agent: str, given: int, expected: in
     assert flow(e, src, dst, agent=agent, direction=given).get("FlowDirection") == expected
 
 
+def test_flow_direction_from_pods_host_ips_while_their_node_is_not_cached() -> None:
+    """The rule compares AgentIP with the Src/Dst host IPs: while a pod's Node is not in the
+    cache (deleted while its pods are garbage-collected, re-registered, or the nodes informer
+    behind), the pods' own hostIP still names the exporter's node."""
+    clock = Clock(T0)
+    b1 = pod("b1", "shop", ips=["10.244.1.5"], node="node-b", host_ip="10.0.0.2", uid="u-b1", created=iso(T0 - 1_000))
+    e = enrich.Enricher.from_objects(pods=[b1, pod("a1", "shop", ips=["10.244.0.5"], uid="u-a1")], nodes=NODES[:1],
+                                     config=enrich.EnrichConfig(own_namespace=""), clock=clock)
+    idx = e.index
+
+    def direction(src: str, dst: str, given: int = -1) -> int | None:
+        return flow(e, src, dst, agent="10.0.0.2", t_ms=T0, direction=given).get("FlowDirection")
+
+    assert direction("8.8.8.8", "10.244.1.5", 1) == 0    # into the exporter's pod: ingress
+    assert direction("10.244.1.5", "8.8.8.8") == 1       # out of it: egress
+    assert direction("10.244.0.5", "10.244.1.5") == 0    # from a pod on a cached node
+    assert direction("10.244.1.5", "10.244.0.5") == 1
+    # The node comes back, and goes again: its own addresses, then its pods' host IPs again.
+    idx.upsert("nodes", idx.parse("nodes", NODES[1]))
+    assert direction("10.244.1.5", "8.8.8.8") == 1
+    idx.delete("nodes", idx.parse("nodes", NODES[1]))
+    assert direction("8.8.8.8", "10.244.1.5", 1) == 0
+    # A deleted pod's late flows still have its host (a tombstone), until it is swept.
+    clock.ms = T0 + 1_000
+    idx.delete("pods", idx.parse("pods", b1))
+    assert direction("10.244.1.5", "8.8.8.8") == 1
+    clock.ms = T0 + 301_000
+    assert idx.sweep() == 1
+    assert flow(e, "8.8.8.8", "10.244.0.5", agent="10.0.0.2", direction=1).get("FlowDirection") == 1
+    assert idx.counts()["pod_ips"] == 1 and not idx._hosts.get(raw("10.0.0.2"))
+    assert raw("10.0.0.2") not in idx._agents
+
+
 @pytest.mark.parametrize("src_ns,dst_ns,expected", [
     ("shop", "shop", "app"),
     ("kube-system", "shop", "infra"),
@@ -623,6 +656,9 @@ def test_compiled_reader_matches_python_reference(implementation: str) -> None:
     pods = [pod(f"p{i}", "kube-system" if i % 5 == 0 else "shop", ips=[f"10.244.{i % 2}.{10 + i}"],
                 node="node-a" if i % 2 == 0 else "node-b", host_ip="10.0.0.1" if i % 2 == 0 else "10.0.0.2",
                 uid=f"u{i}", created=iso(T0 - 100_000 + i)) for i in range(40)]
+    # two on a node not in the cache: the exporter's node is known from their hostIP only
+    pods += [pod(f"c{i}", "shop", ips=[f"10.244.2.{i}"], node="node-c", host_ip="10.0.0.3", uid=f"c{i}",
+                 created=iso(T0 - 100_000)) for i in range(2)]
     e = build(pods, services=[service("s", "shop", ips=["172.30.0.1", "fd00:172:30::1"])], clock=clock,
               cluster_name="c")
     idx = e.index
@@ -645,8 +681,8 @@ def test_compiled_reader_matches_python_reference(implementation: str) -> None:
     idx.delete("pods", idx.parse("pods", gone))
     addrs = [raw(f"10.244.{i % 2}.{10 + i}") for i in range(40)] + [
         raw("172.30.0.1"), raw("fd00:172:30::1"), raw("10.0.0.1"), raw("10.0.0.2"), raw("10.244.0.2"),
-        raw("8.8.8.8"), b"", b"\x01\x02"]
-    agents = [raw("10.0.0.1"), raw("10.0.0.2"), raw("fd00::1"), raw("1.2.3.4"), b""]
+        raw("8.8.8.8"), b"", b"\x01\x02", raw("10.244.2.0"), raw("10.244.2.1")]
+    agents = [raw("10.0.0.1"), raw("10.0.0.2"), raw("fd00::1"), raw("1.2.3.4"), raw("10.0.0.3"), b""]
     times = [0, -5, T0 - 200_000, T0 - 50_000, T0, T0 + 700, T0 + 1_000, T0 + 20_000, T0 + 30_000, T0 + 35_000,
              T0 + 40_000, T0 + 45_000, 2**62, 2**62 + 5]
     rnd = random.Random(7)
