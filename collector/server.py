@@ -82,8 +82,9 @@ def open_socket(lst: Listener, rcvbuf: int, reuseport: bool) -> tuple[socket.soc
     return sock, granted
 
 
-def read_udp_drops(inodes: set[int]) -> dict[int, int]:
-    """Kernel drop counters for our sockets from /proc/net/udp{,6} (last column, by inode).
+def read_udp_drops(inodes: set[int], column: int = 12) -> dict[int, int]:
+    """Kernel drop counters for our sockets from /proc/net/udp{,6} (last column, by inode);
+    with column=4, the bytes waiting in each socket's receive queue instead.
 
     asyncio cannot use recvmsg with SO_RXQ_OVFL, and /proc has the same counter."""
     out: dict[int, int] = {}
@@ -97,7 +98,7 @@ def read_udp_drops(inodes: set[int]) -> dict[int, int]:
                         continue
                     ino = int(parts[9])
                     if ino in inodes:
-                        out[ino] = int(parts[12])
+                        out[ino] = int(parts[4].partition(":")[2], 16) if column == 4 else int(parts[column])
         except OSError:
             continue
     return out
@@ -300,6 +301,7 @@ class Worker:
         """Stop listening, save state, drain the sink within the shutdown timeout."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cfg.shutdown_timeout
+        await self._drain_sockets(loop.time() + self.cfg.shutdown_timeout / 2)
         for t in self.transports:
             t.close()
         self.bound = False
@@ -309,6 +311,46 @@ class Worker:
             self.state.save(self.decoder)
         self.flush_records()
         await self.sink.drain(deadline)
+
+    async def _drain_sockets(self, until: float) -> None:
+        """What the kernel already holds in the listeners' receive buffers at shutdown (under
+        load, up to --rcvbuf of datagrams) is still decoded: the listeners keep reading until
+        their queues are empty or half of --shutdown-timeout has passed. What exporters keep
+        sending past that is read and counted as flowscope_datagrams_dropped_total{reason=
+        "shutdown"} for a moment more; closing the sockets then discards what the kernel holds."""
+        loop = asyncio.get_running_loop()
+        inodes = set(self.inodes)
+        if not inodes or not self.bound:
+            return
+        while loop.time() < until:
+            if not any(read_udp_drops(inodes, 4).values()):
+                return
+            await asyncio.sleep(0.01)
+        stop_counting = time.monotonic() + 0.25
+        for i, t in enumerate(self.transports):
+            sk = t.get_extra_info("socket")
+            if sk is None:
+                continue
+            try:
+                s = socket.socket(fileno=os.dup(sk.fileno()))
+            except OSError:
+                continue
+            try:
+                s.setblocking(False)
+                while time.monotonic() < stop_counting:
+                    try:
+                        data = s.recv(65535)
+                    except OSError:    # empty (BlockingIOError) or gone
+                        break
+                    self.rx_datagrams[i] += 1
+                    self.rx_bytes[i] += len(data)
+                    self.dgram_drops["shutdown"] += 1
+            finally:
+                s.close()
+        if self.dgram_drops.get("shutdown"):
+            log.warning("shutdown: exporters were still sending after %.1fs; %d datagrams read and not decoded "
+                        "(counted in flowscope_datagrams_dropped_total{reason=\"shutdown\"})",
+                        self.cfg.shutdown_timeout / 2, self.dgram_drops["shutdown"])
 
     # -- statistics ----------------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:

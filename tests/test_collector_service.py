@@ -246,6 +246,29 @@ def test_stdout_stalled_reader_shutdown_deadline_and_count(tmp_path: Path) -> No
     assert took < 6, f"stopping took {took:.1f}s with --shutdown-timeout 1"
 
 
+def test_sigterm_decodes_what_the_socket_buffer_holds(collector: Any, tmp_path: Path) -> None:
+    """Datagrams already in the listener's receive buffer when SIGTERM arrives are decoded and
+    delivered, not discarded with the socket (the collector is paused while they arrive, so
+    all of them wait in the kernel's buffer at the signal)."""
+    import signal
+
+    out = tmp_path / "flows.jsonl"
+    c = collector(["--output-file", str(out), "--shutdown-timeout", "10"])
+    n = 1000   # an event loop reads a few dozen datagrams per turn before the stop runs
+    if c.value("flowscope_socket_receive_buffer_bytes") < n * 4096:
+        pytest.skip("the kernel granted less than 4 MB of SO_RCVBUF (not root and net.core.rmem_max small): "
+                    f"{n} datagrams cannot wait in it")
+    c.proc.send_signal(signal.SIGSTOP)
+    try:
+        send_udp([make_v5(i * 30, 30, i * 30) for i in range(n)], c.port)
+        c.proc.send_signal(signal.SIGTERM)
+    finally:
+        c.proc.send_signal(signal.SIGCONT)
+    assert c.proc.wait(30) == 0
+    assert lines(out) == 30 * n
+    assert f"{30 * n} flows delivered to file, 0 dropped" in c.log()
+
+
 def _get_ok(url: str) -> bool:
     import urllib.request
 
