@@ -55,6 +55,9 @@ SERIES: dict[str, Series] = {s.name: s for s in [
     Series("flowscope_missing_template_sets", "counter",
            "Data sets skipped because their template was not (yet) known", ("exporter", "protocol")),
     Series("flowscope_templates", "gauge", "Templates currently held", ("exporter", "protocol")),
+    Series("flowscope_templates_evicted", "counter", "Templates forgotten because the exporter's table was full "
+           "(--max-templates-per-exporter): the least recently refreshed gives way to a new one (an exporter that "
+           "restarts on a new source port leaves its old session's templates behind)", ("exporter", "protocol")),
     Series("flowscope_sequence_lost", "counter", "Lost before reaching flowscope, from the exporters' sequence "
            "numbers (per exporting process and domain): flows for netflow5, data records for ipfix, datagrams "
            "for netflow9 and sflow5", ("exporter", "protocol")),
@@ -69,7 +72,7 @@ SERIES: dict[str, Series] = {s.name: s for s in [
     Series("flowscope_received_datagrams", "counter", "Datagrams received on each listener", ("listener",)),
     Series("flowscope_received_bytes", "counter", "UDP payload bytes received on each listener", ("listener",)),
     Series("flowscope_datagrams_dropped", "counter",
-           "Datagrams dropped before decoding, by reason (not_allowed, wrong_protocol, internal, socket_error); "
+           "Datagrams dropped before decoding, by reason (not_allowed, wrong_protocol, internal, socket_error; shutdown: read after half of --shutdown-timeout while exporters kept sending); "
            "datagrams over --max-datagram are decode errors (reason too_large)",
            ("reason",)),
     Series("flowscope_kernel_receive_drops", "counter",
@@ -165,7 +168,7 @@ def decoder_series(stats: dict[str, Any], labels: ExporterLabels) -> Snapshot:
     out: Snapshot = {name: {} for name in ("flowscope_datagrams", "flowscope_flows", "flowscope_decode_errors",
                                            "flowscope_missing_template_sets", "flowscope_templates",
                                            "flowscope_sampling_rate", "flowscope_sequence_lost",
-                                           "flowscope_sequence_resets")}
+                                           "flowscope_sequence_resets", "flowscope_templates_evicted")}
     # the folded counters of evicted exporters (decoders.EVICTED) are never a label of their own
     names = labels.assign({e: int(s[0]) for e, s in stats.items() if e != EVICTED})
     names[EVICTED] = OTHER
@@ -181,7 +184,7 @@ def decoder_series(stats: dict[str, Any], labels: ExporterLabels) -> Snapshot:
             dg[lab] = dg.get(lab, 0) + p["datagrams"]
             fl[lab] = fl.get(lab, 0) + p["flows"]
             mt[lab] = mt.get(lab, 0) + p["missing_template_sets"]
-            for key in ("sequence_lost", "sequence_resets"):
+            for key in ("sequence_lost", "sequence_resets", "templates_evicted"):
                 if p.get(key):
                     seq = out["flowscope_" + key]
                     seq[lab] = seq.get(lab, 0) + p[key]

@@ -24,9 +24,15 @@ _log = logging.getLogger("flowscope.decoders")
 #: stats() key of the folded counters of evicted exporters (never an address).
 EVICTED = "(evicted)"
 
-#: export_state() format: 2 keys options-learned sampling and clocks by the exporter's UDP
-#: source port too; import_state() still reads format 1.
-STATE_FORMAT = 2
+#: export_state() format: 3 gives each template the time it was last refreshed (the order in
+#: which a full table evicts); 2 keys options-learned sampling and clocks by the exporter's UDP
+#: source port too. import_state() still reads formats 1 and 2 (their templates count as
+#: refreshed when loaded).
+STATE_FORMAT = 3
+
+
+def _refreshed(tpl):
+    return tpl[0]
 
 
 def _last_seen(ex):
@@ -224,8 +230,9 @@ cdef class Decoder:
     def export_state(self):
         """Templates, options-learned sampling and clocks per exporter, as JSON-able data.
 
-        Format 2: the options-learned entries carry the exporter's UDP source port, as templates
-        do (format 1 scoped them by version and domain only)."""
+        Format 3: templates carry the receive time of their last refresh ("refreshed"). Format 2:
+        the options-learned entries carry the exporter's UDP source port, as templates do
+        (format 1 scoped them by version and domain only)."""
         cdef ExporterState ex
         cdef Template t
         out = {}
@@ -233,7 +240,7 @@ cdef class Decoder:
             out[ip] = {
                 "templates": [
                     {"version": t.version, "domain": t.domain, "id": t.template_id, "port": t.port,
-                     "options": bool(t.options),
+                     "options": bool(t.options), "refreshed": t.refreshed,
                      "scope": t.scope_fields, "fields": [list(f) for f in t.spec]}
                     for t in ex.templates.values()
                 ],
@@ -244,29 +251,35 @@ cdef class Decoder:
         return {"format": STATE_FORMAT, "exporters": out}
 
     def import_state(self, state):
-        """Load what export_state() saved (format 2, or format 1 of earlier versions); bad
-        entries are skipped and counted, not fatal."""
+        """Load what export_state() saved (format 3, or formats 1 and 2 of earlier versions); bad
+        entries are skipped and counted, not fatal. Templates are stored oldest refresh first,
+        so a full table evicts in the same order as before the restart."""
         cdef ExporterState ex
         cdef Template t
         loaded = skipped = 0
         fmt = state.get("format") if isinstance(state, dict) else None
-        if fmt not in (1, STATE_FORMAT):
+        if fmt not in (1, 2, STATE_FORMAT):
             raise ValueError("unknown state format")
+        now = time.time()
         for ip, st in state.get("exporters", {}).items():
             ex = self.exporter_state(str(ip))
             if ex is None:
                 skipped += 1
                 continue
+            compiled = []
             for tpl in st.get("templates", []):
                 try:
                     spec = tuple((int(a), int(b_), int(c)) for a, b_, c in tpl["fields"])
                     t = compile_template(int(tpl["version"]), int(tpl["domain"]), int(tpl["id"]), spec,
                                          int(tpl.get("scope", 0)), bool(tpl.get("options")), 0,
                                          int(tpl.get("port", 0)))
-                    store_template(self, ex, t)
-                    loaded += 1
+                    compiled.append((float(tpl.get("refreshed", now)), t))
                 except (KeyError, TypeError, ValueError, DecodeError):
                     skipped += 1
+            compiled.sort(key=_refreshed)     # stable: ties keep the file's order
+            for refreshed, t in compiled:
+                store_template(self, ex, t, refreshed)
+                loaded += 1
             if fmt == 1:
                 # Format 1 had no port: an entry stood for every exporting process of its version
                 # and domain, so it goes to each port the exporter's templates of that version

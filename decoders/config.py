@@ -12,8 +12,9 @@ __all__ = ["DecoderConfig"]
 class DecoderConfig:
     """Settings of `decoders.Decoder`; every field has a default and is checked by validate()."""
 
-    #: Templates (all versions and domains together) kept per exporter IP; more are refused and
-    #: counted as `template_limit`, so a template flood cannot grow memory without bound.
+    #: Templates (all versions and domains together) kept per exporter IP, so a template flood
+    #: cannot grow memory without bound; when it is full, the template refreshed least recently
+    #: gives way to a new one (counted as templates_evicted; RFC 7011 8.4 lifetimes).
     max_templates_per_exporter: int = 1024
     #: Exporters (source IPs) with decoder state; when a new one arrives with the table full,
     #: the eighth seen least recently are forgotten (counted; their counters kept, folded).

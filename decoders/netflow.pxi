@@ -187,6 +187,7 @@ cdef class Template:
     cdef readonly uint16_t port
     cdef Py_ssize_t min_len   # smallest possible record (varlen counted as 1 byte)
     cdef bint has_tcp_counts
+    cdef readonly double refreshed  # receive time of the datagram that (re)defined it (eviction order)
 
     def __dealloc__(self):
         free(self.fields)
@@ -264,6 +265,7 @@ cdef class ExporterState:
     cdef readonly uint64_t flows
     cdef readonly uint64_t missing_template_sets
     cdef readonly uint64_t missing_template_records_sets
+    cdef readonly uint64_t templates_evicted  # templates forgotten for new ones (table full)
     cdef readonly dict errors
     cdef readonly dict dropped
     cdef readonly str protocol
@@ -318,7 +320,7 @@ cdef class ExporterState:
         cdef dict d = self.by_protocol.get(name)
         if d is None:
             d = self.by_protocol[name] = {"datagrams": 0, "flows": 0, "errors": {}, "missing_template_sets": 0,
-                                          "sequence_lost": 0, "sequence_resets": 0}
+                                          "sequence_lost": 0, "sequence_resets": 0, "templates_evicted": 0}
         return d
 
     cdef void sequence(self, int kind, uint32_t port, uint32_t domain, uint32_t seq, uint32_t advance) noexcept:
@@ -421,7 +423,8 @@ cdef class ExporterState:
         cdef dict d, mine
         for name, d in other.by_protocol.items():
             mine = self.proto_stats(name)
-            for key in ("datagrams", "flows", "missing_template_sets", "sequence_lost", "sequence_resets"):
+            for key in ("datagrams", "flows", "missing_template_sets", "sequence_lost", "sequence_resets",
+                        "templates_evicted"):
                 mine[key] += d[key]
             for reason, n in d["errors"].items():
                 mine["errors"][reason] = mine["errors"].get(reason, 0) + n
@@ -431,6 +434,7 @@ cdef class ExporterState:
         self.datagrams += other.datagrams
         self.flows += other.flows
         self.missing_template_sets += other.missing_template_sets
+        self.templates_evicted += other.templates_evicted
 
     def stats(self):
         cdef dict tp = self.templates_by_protocol()
@@ -444,6 +448,7 @@ cdef class ExporterState:
             "dropped": dict(self.dropped),
             "missing_template_sets": self.missing_template_sets,
             "templates": len(self.templates),
+            "templates_evicted": self.templates_evicted,
             "sampling": self.last_sampling,
             "protocol": self.protocol,
         }
@@ -603,7 +608,7 @@ cdef int parse_template_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* 
         except DecodeError as e:
             refuse_template(dec, ex, b, start, version, domain, tid, e.detail)
             continue
-        store_template(dec, ex, t)
+        store_template(dec, ex, t, b.recv_time)
     return 0
 
 
@@ -662,17 +667,24 @@ cdef void drop_template(Decoder dec, ExporterState ex, object key):
         dec.template_fields -= t.n_fields
 
 
-cdef int store_template(Decoder dec, ExporterState ex, Template t) except -1:
+cdef int store_template(Decoder dec, ExporterState ex, Template t, double now) except -1:
+    """Keep a template received (or loaded) at `now`. The table's order is its refresh order:
+    a template (re)defined goes last, so the first is the least recently refreshed."""
     cdef object key = tkey(t.version, t.domain, t.template_id, t.port)
     cdef Template old = ex.templates.get(key)
+    cdef Template victim = None
     cdef Py_ssize_t delta = t.n_fields - (old.n_fields if old is not None else 0)
+    cdef Py_ssize_t freed = 0
+    t.refreshed = now
     if old is None and len(ex.templates) >= dec.max_templates:
-        # Refused and counted; the rest of the datagram (other templates, data) still decodes.
-        ex.count_error("template_limit")
-        dec.log_limited("template_limit", ex.ip, f"v{t.version} domain {t.domain} template "
-                        f"{t.template_id} refused: exporter already has {len(ex.templates)} templates")
-        return 0
-    if delta > 0 and dec.template_fields + delta > dec.max_template_fields:
+        # RFC 7011 8.4: templates received over UDP have a lifetime, and those of a session the
+        # exporter abandoned (it restarted on a new source port, RFC 7011 8) are void. Instead of
+        # refusing the live session's templates once the dead ones fill the table, the one
+        # refreshed least recently gives way; none expires by age alone (OVS resends every
+        # 600 s, and templates must survive a collector restart).
+        victim = next(iter(ex.templates.values()))
+        freed = victim.n_fields
+    if delta - freed > 0 and dec.template_fields + delta - freed > dec.max_template_fields:
         # The memory of all exporters' templates together is bounded too (many addresses each
         # sending their per-exporter maximum of wide templates). RFC 7011 8 / RFC 3954 5.2: the
         # exporter has redefined the id, so the old definition is void even though the new one
@@ -683,10 +695,29 @@ cdef int store_template(Decoder dec, ExporterState ex, Template t) except -1:
                         f"{t.template_id} refused: all exporters' templates hold {dec.template_fields} "
                         f"fields (max_template_fields {dec.max_template_fields})")
         return 0
+    if victim is not None:
+        evict_template(dec, ex, victim)
+    if old is not None:
+        del ex.templates[key]
     ex.templates[key] = t
     ex.template_fields += delta
     dec.template_fields += delta
     return 0
+
+
+cdef void evict_template(Decoder dec, ExporterState ex, Template victim):
+    """Forget the least recently refreshed template for a new one, counted per exporter and
+    protocol (flowscope_templates_evicted_total); an options template takes what its
+    exporting process's options data taught with it."""
+    cdef str name = "ipfix" if victim.version == 10 else "netflow9"
+    drop_template(dec, ex, tkey(victim.version, victim.domain, victim.template_id, victim.port))
+    if victim.options:
+        forget_options(ex, victim.version, victim.domain, victim.port)
+    ex.templates_evicted += 1
+    ex.proto_stats(name)["templates_evicted"] += 1
+    dec.log_limited("template_evicted", ex.ip, f"v{victim.version} domain {victim.domain} port {victim.port} "
+                    f"template {victim.template_id} forgotten: the exporter has {dec.max_templates} templates "
+                    f"and that one was refreshed least recently (counted in flowscope_templates_evicted_total)")
 
 
 # ---------------------------------------------------------------- v9 / IPFIX data records

@@ -32,6 +32,7 @@ from benchmarks.datagrams import (
     v5_records,
     v9_datagram,
 )
+from collector.metrics import ExporterLabels, decoder_series
 from decoders import Decoder, DecoderConfig
 
 EXPORT = 1_700_000_000
@@ -191,18 +192,65 @@ def test_a_record_cut_short_inside_its_set_is_not_published() -> None:
 
 
 def test_template_flood_is_bounded_and_counted() -> None:
+    """A full table forgets the template refreshed least recently for a new one (counted as
+    templates_evicted per exporter and protocol), never refuses it."""
     dec = Decoder(DecoderConfig(max_templates_per_exporter=5))
     for tid in range(256, 256 + 50):
         t = _tpl(tid, ("bytes", 1, 0, 4))
         dec.decode(ipfix_message([template_set([t])], seq=0, export_time=EXPORT), EXPORTER)
     st = dec.stats()[EXPORTER]
-    assert st["templates"] == 5 and st["errors"] == {"template_limit": 45}
-    # Re-sending a known template is a refresh, not a new one: never refused.
-    t = _tpl(256, ("bytes", 1, 0, 4), ("packets", 2, 0, 4))
+    assert (st["templates"], st["errors"], st["templates_evicted"]) == (5, {}, 45)
+    assert st["protocols"]["ipfix"]["templates_evicted"] == 45
+    assert sorted(t.template_id for t in dec.exporter(EXPORTER).templates.values()) == list(range(301, 306))
+    # Re-sending a known template is a refresh, not a new one: nothing is evicted.
+    t = _tpl(301, ("bytes", 1, 0, 4), ("packets", 2, 0, 4))
     dec.decode(ipfix_message([template_set([t])], seq=0, export_time=EXPORT), EXPORTER)
-    assert dec.stats()[EXPORTER]["errors"] == {"template_limit": 45}
+    assert dec.stats()[EXPORTER]["templates_evicted"] == 45
     f = dec.decode(ipfix_message([data_set(t, [{"bytes": 10, "packets": 2}])], seq=0, export_time=EXPORT), EXPORTER)
     assert [(x["Bytes"], x["Packets"]) for x in f.to_dicts()] == [(10, 2)]
+
+
+def test_an_exporter_restarting_on_new_ports_is_never_locked_out() -> None:
+    """RFC 7011 8.4 / 8: templates of a Transport Session the exporter abandoned (it restarted on
+    a new ephemeral source port) are void. When they fill the exporter's table, the least
+    recently refreshed ones give way to the live session's templates, also after a collector
+    restart from the state file (which keeps each template's refresh time, format 3)."""
+    tpls = [_tpl(256, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("bytes", 1, 0, 8)),
+            _tpl(257, ("src", 8, 0, 4), ("bytes", 1, 0, 8)), _tpl(258, ("dst", 12, 0, 4), ("packets", 2, 0, 4))]
+    data = ipfix_message([data_set(tpls[0], [{"src": "10.0.0.1", "dst": "10.0.0.2", "bytes": 100}])], seq=0,
+                         export_time=EXPORT)
+    dec = Decoder(DecoderConfig(max_templates_per_exporter=32))
+    clock = float(EXPORT)
+    for restart in range(40):
+        port = 40000 + restart
+        clock += 3600
+        for k in range(3):      # resent every 600 s
+            dec.decode(ipfix_message([template_set(tpls)], seq=k, export_time=EXPORT), EXPORTER, port, clock + 600 * k)
+        assert len(dec.decode(data, EXPORTER, port, clock + 3599)) == 1, restart
+    st = dec.stats()[EXPORTER]
+    assert (st["templates"], st["errors"], st["templates_evicted"]) == (32, {}, 40 * 3 - 32)
+    snap = decoder_series(dec.series_stats(), ExporterLabels(4))
+    assert snap["flowscope_templates_evicted"] == {(EXPORTER, "ipfix"): 40 * 3 - 32}
+    # The survivors are the most recently refreshed sessions' templates.
+    ports = {t.port for t in dec.exporter(EXPORTER).templates.values()}
+    assert min(ports) == 40000 + 40 - 11 and max(ports) == 40039
+    state = dec.export_state()
+    assert state["format"] == 3
+    assert {t["refreshed"] for t in state["exporters"][EXPORTER]["templates"] if t["port"] == 40039} == {clock + 1200}
+    # A restarted collector evicts in the same order: the newest session's templates stay.
+    fresh = Decoder(DecoderConfig(max_templates_per_exporter=32))
+    fresh.import_state(state)
+    fresh.decode(ipfix_message([template_set(tpls)], seq=0, export_time=EXPORT), EXPORTER, 50000, clock + 7200)
+    assert len(fresh.decode(data, EXPORTER, 50000, clock + 7200)) == 1
+    assert len(fresh.decode(data, EXPORTER, 40039, clock + 7200)) == 1
+    assert fresh.stats()[EXPORTER]["templates_evicted"] == 3
+    # Format 2 files have no refresh time: their templates count as refreshed when loaded.
+    for t in state["exporters"][EXPORTER]["templates"]:
+        del t["refreshed"]
+    state["format"] = 2
+    old = Decoder()
+    assert old.import_state(state)["templates"] == 32
+    assert min(t.refreshed for t in old.exporter(EXPORTER).templates.values()) > clock + 7200
 
 
 def test_refused_redefinition_voids_the_old_template() -> None:
@@ -559,7 +607,8 @@ def test_stats_per_protocol_for_one_exporter() -> None:
     dec.decode(b"\x00\x05\x00", EXPORTER)
     st = dec.stats()[EXPORTER]
     assert st["protocols"]["ipfix"] == {"datagrams": 2, "flows": 4, "errors": {}, "missing_template_sets": 0,
-                                        "sequence_lost": 0, "sequence_resets": 0, "templates": 3}
+                                        "sequence_lost": 0, "sequence_resets": 0, "templates_evicted": 0,
+                                        "templates": 3}
     assert st["protocols"]["netflow5"]["flows"] == 30 and st["protocols"]["netflow5"]["datagrams"] == 1
     assert st["protocols"]["unknown"]["errors"] == {"truncated": 1}
     assert st["datagrams"] == 4 and st["flows"] == 34
@@ -915,7 +964,7 @@ def test_state_files_of_format_1_still_load() -> None:
     data = ipfix_message([data_set(SYSUP_TPL, [SYSUP_REC])], seq=1, export_time=EXPORT)
     f = dec.decode(data, EXPORTER, 4739).to_dicts()[0]
     assert (f["TimeFlowStartMs"], f["Sampling"]) == (init + 1000, 64)
-    assert dec.export_state()["format"] == 2
+    assert dec.export_state()["format"] == 3
     with pytest.raises(ValueError):
         Decoder().import_state({"format": 99, "exporters": {}})
 
