@@ -25,6 +25,7 @@ import heapq
 import ipaddress
 import itertools
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -620,9 +621,12 @@ class Index:
             self._sweep_locked()
 
     def sweep(self) -> int:
-        """Forget tombstones older than tombstone_seconds; returns how many went."""
+        """Forget tombstones older than tombstone_seconds; returns how many went. (The periodic
+        sweep, on watch bookmarks: it also forgets the interned names nothing uses any more.)"""
         with self._wlock:
-            return self._sweep_locked()
+            n = self._sweep_locked()
+        prune_interned()
+        return n
 
     def _sweep_locked(self) -> int:
         exp = self._expiry
@@ -999,12 +1003,51 @@ def _start_key(r: PodRec) -> int:
     return r.start_ms
 
 
+# Namespaces, node names and owner kinds repeat across 100k pods: one copy each. The compiled
+# reader compares node names by pointer, so while a name is in use every holder of it must have
+# this one object; a name only the table refers to (its objects deleted, their tombstones swept)
+# is forgotten, or namespace-per-test-run and node-autoscaler churn would grow the table for
+# good. Forgetting it is safe: nothing else has that object, the next use interns a new one.
+# The lock makes the refcount check and the removal one step against _intern (the informer
+# threads parse outside the index's writer lock).
 _interned: dict[str, str] = {}
+_intern_lock = threading.Lock()
+_intern_limit = 1024  # a table this big is pruned when it grows (then twice what survives)
+
+
+def _table_only_refs() -> int:
+    """sys.getrefcount of a table key, seen as the prune below sees it, when only the table
+    (key and value) refers to it."""
+    probe: dict[str, str] = {}
+    k = "-".join(("flowscope", "intern", "probe"))  # made at run time: a fresh object
+    probe[k] = k
+    del k
+    return [sys.getrefcount(x) for x in probe][0]
+
+
+_TABLE_ONLY = _table_only_refs()
 
 
 def _intern(s: str) -> str:
-    # Namespaces, node names and owner kinds repeat across 100k pods; keep one copy each.
-    return _interned.setdefault(s, s)
+    with _intern_lock:
+        if len(_interned) >= _intern_limit:
+            _prune_interned_locked()
+        return _interned.setdefault(s, s)
+
+
+def prune_interned() -> int:
+    """Forget the interned names nothing but the table refers to; returns how many went."""
+    with _intern_lock:
+        return _prune_interned_locked()
+
+
+def _prune_interned_locked() -> int:
+    global _intern_limit
+    dead = [x for x in _interned if sys.getrefcount(x) <= _TABLE_ONLY]
+    for x in dead:
+        del _interned[x]
+    _intern_limit = max(1024, 2 * len(_interned))
+    return len(dead)
 
 
 def _fragment(side: bytes, fields: Iterable[tuple[bytes, str]]) -> bytes:

@@ -473,6 +473,40 @@ def test_an_event_does_not_walk_every_tombstone() -> None:
     assert cost(5000) < 5 * cost(0)
 
 
+def test_interned_names_of_deleted_objects_are_forgotten() -> None:
+    """Namespace-per-test-run and node-autoscaler churn: the names the index interns (so that the
+    compiled reader compares node names by pointer) are forgotten once nothing uses them, and
+    the names still in use keep their one object."""
+    from enrich.index import _interned
+
+    clock = Clock(T0)
+    e = build([pod("b1", "shop", ips=["10.244.1.5"], node="node-b", host_ip="10.0.0.2")], clock=clock,
+              tombstone_seconds=1)
+    idx = e.index
+    node_b = idx._nodes["node-b"].name
+    for i in range(3000):
+        clock.ms += 10
+        nd = idx.parse("nodes", node(f"churn-node-{i}", internal=[f"10.1.{i // 250}.{i % 250}"]))
+        idx.upsert("nodes", nd)
+        p = idx.parse("pods", pod("p", f"churn-ns-{i}", ips=["10.244.0.9"], uid=f"churn-{i}", node=nd.name,
+                                  created=iso(clock.ms)))
+        idx.upsert("pods", p)
+        idx.delete("pods", p)
+        idx.delete("nodes", nd)
+    del nd, p
+    # pruned as the table grows, not only by the periodic sweep
+    assert sum(k.startswith("churn-") for k in _interned) < 2 * 1024
+    clock.ms += 10_000
+    idx.sweep()
+    assert [k for k in _interned if k.startswith("churn-")] == []
+    assert _interned["node-b"] is node_b
+    # a pod parsed now gets the node's object: the compiled reader's pointer compares still match
+    idx.upsert("pods", idx.parse("pods", pod("b2", "shop", ips=["10.244.1.6"], node="node-b", host_ip="10.0.0.2")))
+    assert idx._pods["shop/b2"].node is node_b
+    assert flow(e, "10.244.1.6", "8.8.8.8", agent="10.0.0.2").get("FlowDirection") == 1
+    assert flow(e, "10.244.1.6", "10.244.1.5", agent="10.0.0.1").get("FlowDirection") == 2
+
+
 def test_pod_recreated_with_same_name_new_uid() -> None:
     clock = Clock(T0)
     e = build([pod("db-0", "shop", ips=["10.244.0.40"], uid="u1", created=iso(T0 - 1000))], clock=clock)
