@@ -44,6 +44,12 @@ cdef enum:
     P_MSG = 1 << 28          # msg_domain/msg_sequence: from a later IPFIX message of the datagram
     P_VLANHDR = 1 << 29      # Vlan is the sampled frame's own outer tag (sFlow; not encoded)
 
+# Flow.noaddr bits: a v9/IPFIX template with one address of the pair and not the other (the
+# missing one is omitted from the output, not written as 0.0.0.0 or ::). 0 everywhere else.
+cdef enum:
+    NOADDR_SRC = 1
+    NOADDR_DST = 2
+
 # TCP flag bits (RFC 793 / RFC 3168), the order NetObserv prints them in.
 cdef enum:
     TCP_FIN = 0x01

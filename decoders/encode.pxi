@@ -328,6 +328,16 @@ cdef int enrich_into(Buf* o, FlowBatch bt, Flow* f, object enricher, int64_t t) 
     cdef PyObject* tail
     cdef bytes frag
     _last_counted = -1
+    if f.noaddr:
+        # One address absent: it is b"" to the enricher (the contract's "absent"), never
+        # looked up as 0.0.0.0 or ::. Rare (a template with one address), so the Python call.
+        frag = enricher.enrich(
+            b"" if f.noaddr & NOADDR_SRC else (<bytes>f.src[:addr_len(f.af)]),
+            b"" if f.noaddr & NOADDR_DST else (<bytes>f.dst[:addr_len(f.af)]),
+            (<bytes>bt.agent[:addr_len(bt.agent_af)]), t, f.direction)
+        if frag:
+            buf_lit(o, frag)
+        return 0
     if _eapi != NULL and enricher is _eapi_owner:
         if _eapi.parts(_eapi.reader, f.src, f.dst, addr_len(f.af), bt.agent, addr_len(bt.agent_af),
                        t, f.direction, &a, &b, &tail) == 0:
@@ -355,10 +365,12 @@ cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char*
     buf_reserve(o, 1024)
     buf_put(o, head, head_len)   # {"FlowProtocol":..,"AgentIP":..: the same for the whole batch
     if f.af:
-        buf_put(o, ",\"SrcAddr\":", 11)
-        buf_ip(o, f.af, f.src)
-        buf_put(o, ",\"DstAddr\":", 11)
-        buf_ip(o, f.af, f.dst)
+        if not f.noaddr & NOADDR_SRC:
+            buf_put(o, ",\"SrcAddr\":", 11)
+            buf_ip(o, f.af, f.src)
+        if not f.noaddr & NOADDR_DST:
+            buf_put(o, ",\"DstAddr\":", 11)
+            buf_ip(o, f.af, f.dst)
     if f.present & P_SRCMAC:
         buf_put(o, ",\"SrcMac\":", 10)
         buf_mac(o, f.src_mac)

@@ -10,6 +10,7 @@ from libc.stdlib cimport malloc, calloc, realloc, free
 cdef struct Flow:
     uint64_t present          # P_* bits
     uint8_t af                # 4, 6 or 0 (no addresses, e.g. an L2-only OVS record)
+    uint8_t noaddr            # with af: NOADDR_SRC/NOADDR_DST, the record had no such address
     uint8_t src[16]
     uint8_t dst[16]
     uint8_t nh_af

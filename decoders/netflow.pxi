@@ -745,7 +745,8 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
     cdef uint8_t src4[4]
     cdef uint8_t dst4[4]
     cdef uint8_t nh4[4]
-    cdef bint has4 = False, has6 = False, has_nh4 = False
+    cdef bint has_nh4 = False
+    cdef int addrs = 0      # bits: 1 src4, 2 dst4, 4 src6, 8 dst6
     cdef uint8_t mask6_src = 0, mask6_dst = 0, icmp6_type = 0, icmp6_code = 0
     cdef int has_v6only = 0  # bits: 1 src mask, 2 dst mask, 4 icmp type, 8 icmp code
     memset(src4, 0, 4)
@@ -797,16 +798,16 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             f.present |= P_DPORT
         elif a == A_SRC4:
             memcpy(src4, p, 4)
-            has4 = True
+            addrs |= 1
         elif a == A_DST4:
             memcpy(dst4, p, 4)
-            has4 = True
+            addrs |= 2
         elif a == A_SRC6:
             memcpy(f.src, p, 16)
-            has6 = True
+            addrs |= 4
         elif a == A_DST6:
             memcpy(f.dst, p, 16)
-            has6 = True
+            addrs |= 8
         elif a == A_SRCMASK:
             f.src_mask = p[0]
             f.present |= P_SRCMASK
@@ -980,8 +981,11 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             f.tun_dport = be16r(p, L)
             f.present |= P_TUNDPORT
 
-    if has4 or has6:
-        pick_family(f, src4, dst4, has4, has6, ipversion)
+    if addrs:
+        pick_family(f, src4, dst4, (addrs & 3) != 0, (addrs & 12) != 0, ipversion)
+        # A template with one address of the family and not the other: the missing one has no
+        # value and is omitted (DESIGN.md), never published as 0.0.0.0 or ::.
+        f.noaddr = <uint8_t>(3 & ~(addrs if f.af == 4 else addrs >> 2))
     if has_nh4:
         pick_nexthop(f, nh4)
     if has_v6only:

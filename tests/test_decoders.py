@@ -328,6 +328,38 @@ def test_a_refused_template_record_does_not_stop_the_rest_of_the_datagram() -> N
         assert st["templates"] == 1 and st["errors"] == {"bad_template": 1}, name
 
 
+def test_an_address_the_template_lacks_is_omitted_not_zero() -> None:
+    """A template with sourceIPv4Address and no destination (or destinationIPv6Address and no
+    source) has no value for the other address: DstAddr (SrcAddr) is omitted (DESIGN.md), not
+    published as 0.0.0.0 (::), and enrichment sees it as absent (b"", the contract's word),
+    compiled or not, so an index entry for 0.0.0.0 never names it."""
+    import enrich
+    from collector.sinks import conversation_key
+    from tests.support.fake_kube import pod
+
+    src_only = _tpl(256, ("src", 8, 0, 4), ("bytes", 1, 0, 4))
+    dst_only = _tpl(257, ("dst", 28, 0, 16), ("packets", 2, 0, 4))
+    both = _tpl(258, ("src", 8, 0, 4), ("dst", 12, 0, 4))
+    dec = Decoder()
+    dec.decode(ipfix_message([template_set([src_only, dst_only, both])], seq=0, export_time=EXPORT), EXPORTER)
+    b = dec.decode(ipfix_message([data_set(src_only, [{"src": "10.244.0.5", "bytes": 7}]),
+                                  data_set(dst_only, [{"dst": "::1", "packets": 3}]),
+                                  data_set(both, [{"src": "10.244.0.5", "dst": "0.0.0.0"}])],
+                                 seq=0, export_time=EXPORT), EXPORTER)
+    flows = b.to_dicts()
+    assert [(f.get("SrcAddr"), f.get("DstAddr")) for f in flows] == [
+        ("10.244.0.5", None), (None, "::1"), ("10.244.0.5", "0.0.0.0")]
+    assert conversation_key(b.to_json()[0]) == b"|10.244.0.5"
+    for compiled in (True, False):
+        e = enrich.Enricher.from_objects(pods=[pod("web", "shop", ips=["10.244.0.5"]),
+                                               pod("zero", "shop", ips=["0.0.0.0"])],
+                                         config=enrich.EnrichConfig(own_namespace=""), compiled=compiled)
+        got = b.to_dicts(e)
+        assert got[0]["SrcK8S_Name"] == "web" and "DstK8S_Name" not in got[0] and "DstAddr" not in got[0]
+        assert "SrcK8S_Name" not in got[1] and "DstK8S_Name" not in got[1]
+        assert (got[2]["SrcK8S_Name"], got[2]["DstK8S_Name"]) == ("web", "zero")  # a real 0.0.0.0 is looked up
+
+
 def test_options_sampling_packet_interval_and_space() -> None:
     dec = Decoder(DecoderConfig(default_sampling=0))
     # Options template: scope observationDomainId (149), samplingPacketInterval (305), space (306).
