@@ -333,8 +333,10 @@ class Config:
                                  "0 = no limit", ranged(parse_int, 0, 1 << 31), metavar="N")
     allow_exporters: list[str] = opt([], "only accept datagrams from these CIDRs (others dropped, counted "
                                      "as not_allowed); empty = accept all", parse_cidrs, metavar="CIDR[,...]")
-    max_templates_per_exporter: int = opt(1024, "templates (all domains) kept per exporter; more are "
-                                          "refused and counted", ranged(parse_int, 1, 1_000_000), metavar="N")
+    max_templates_per_exporter: int = opt(1024, "templates (all domains and source ports) kept per exporter; "
+                                          "a new one past it evicts the least recently refreshed (counted in "
+                                          "flowscope_templates_evicted_total)", ranged(parse_int, 1, 1_000_000),
+                                          metavar="N")
     max_template_fields: int = opt(4_000_000, "fields of all exporters' templates together per worker (memory "
                                    "bound: about 12 bytes each); templates past it are refused and counted "
                                    "as template_limit", ranged(parse_int, 1000, 1 << 31), metavar="N")
