@@ -149,9 +149,42 @@ def observe(h: list[float], v: float) -> None:
 class ExporterLabels:
     """Sticky top-N exporter naming: see the module docstring for why it never re-labels."""
 
+    #: decoder_series' counters, which an evicted exporter's carry keeps under its own label
+    COUNTERS = ("flowscope_datagrams", "flowscope_flows", "flowscope_decode_errors", "flowscope_missing_template_sets",
+                "flowscope_sequence_lost", "flowscope_sequence_resets", "flowscope_templates_evicted")
+
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.named: set[str] = set()
+        # A named exporter the decoder evicts (--max-exporters) has its counters folded into
+        # `other` and starts from 0 if it comes back: its last values seen stay under its own
+        # label (carried) and are taken out of `other` again, so neither series goes back.
+        self._last: dict[str, tuple[Any, list[tuple[str, Labels, float]]]] = {}
+        self._carry: dict[tuple[str, Labels], float] = {}
+
+    def keep_evicted(self, stats: dict[str, Any], out: Snapshot) -> None:
+        """Apply the carry of named exporters evicted since the last call to `out` (built from
+        `stats`, Decoder.series_stats()). An exporter evicted and back within one interval is
+        told by its per-protocol dict, which a new decoder state replaces."""
+        for exporter, (protos, values) in list(self._last.items()):
+            st = stats.get(exporter)
+            if st is not None and st[3] is protos:
+                continue
+            for name, lab, v in values:
+                self._carry[(name, lab)] = self._carry.get((name, lab), 0) + v
+                other = (OTHER, *lab[1:])
+                self._carry[(name, other)] = self._carry.get((name, other), 0) - v
+        last: dict[str, tuple[Any, list[tuple[str, Labels, float]]]] = {}
+        if self.named:
+            for name in self.COUNTERS:
+                for lab, v in out.get(name, {}).items():
+                    exporter = lab[0]
+                    if exporter in self.named and exporter in stats:
+                        last.setdefault(exporter, (stats[exporter][3], []))[1].append((name, lab, v))
+        self._last = last
+        for (name, lab), v in self._carry.items():
+            series = out.setdefault(name, {})
+            series[lab] = series.get(lab, 0) + v
 
     def assign(self, activity: dict[str, int]) -> dict[str, str]:
         """activity: exporter -> datagrams so far. Returns exporter -> label."""
@@ -195,6 +228,7 @@ def decoder_series(stats: dict[str, Any], labels: ExporterLabels) -> Snapshot:
         if rate:
             lab = (name, protocol or "unknown")
             rates[lab] = max(rates.get(lab, 0), rate)
+    labels.keep_evicted(stats, out)
     return out
 
 

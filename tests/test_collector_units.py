@@ -343,6 +343,65 @@ def test_evicted_exporters_counters_stay_in_other() -> None:
     assert dec.evicted_exporters > 0 and snap["flowscope_flows"][("other", "netflow5")] > 0
 
 
+def test_named_exporter_evicted_and_back_never_goes_backwards() -> None:
+    """A named exporter (its address is its label) that the decoder evicts and that comes back
+    keeps its counts under its own label, and `other` does not count them a second time: no
+    series of the per-exporter counters ever goes back, and the totals stay exact."""
+    import random
+
+    from benchmarks.datagrams import v5_datagram, v5_records
+    from collector.metrics import decoder_series
+    from decoders import Decoder, DecoderConfig
+
+    dec = Decoder(DecoderConfig(max_exporters=16))
+    lab = ExporterLabels(40)
+    rec = v5_records(10, random.Random(2), uptime_ms=100_000)
+    t = [1000.0]
+    seen: dict[tuple[str, tuple[str, ...]], float] = {}
+
+    def send(exporter: str, n: int = 1, bad: bool = False) -> None:
+        for _ in range(n):
+            t[0] += 1
+            data = b"\x00\x05\x00\x01" + bytes(8) if bad else v5_datagram(rec, seq=0, unix_secs=1_700_000_000, uptime_ms=100_000)
+            dec.decode(data, exporter, 0, t[0])
+
+    def check() -> dict[str, dict[tuple[str, ...], float]]:
+        snap = decoder_series(dec.series_stats(), lab)
+        for name in ExporterLabels.COUNTERS:
+            for k, v in snap.get(name, {}).items():
+                assert v >= seen.get((name, k), 0), (name, k, v, seen.get((name, k)))
+                seen[(name, k)] = v
+        return snap
+
+    send("127.0.0.2", 5)
+    send("127.0.0.2", 1, bad=True)
+    check()
+    for i in range(17):          # 17 newcomers: the table of 16 evicts the least recently seen
+        send(f"10.1.0.{i}", 2)
+        check()
+    assert dec.exporter("127.0.0.2") is None
+    send("127.0.0.2", 1)
+    snap = check()
+    assert snap["flowscope_datagrams"][("127.0.0.2", "netflow5")] == 7
+    assert snap["flowscope_flows"][("127.0.0.2", "netflow5")] == 60
+    assert snap["flowscope_decode_errors"][("127.0.0.2", "netflow5", "truncated")] == 1
+    assert sum(snap["flowscope_datagrams"].values()) == 7 + 34
+    assert sum(snap["flowscope_flows"].values()) == 60 + 340
+    for i in range(40):          # evicted again, and more churn
+        send(f"10.2.0.{i}", 1)
+        check()
+    send("127.0.0.2", 2)
+    snap = check()
+    assert snap["flowscope_datagrams"][("127.0.0.2", "netflow5")] == 9
+    assert sum(snap["flowscope_datagrams"].values()) == 9 + 34 + 40
+    for i in range(20):          # evicted and back between two snapshots
+        send(f"10.3.0.{i}", 1)
+    send("127.0.0.2", 1)
+    snap = check()
+    assert snap["flowscope_datagrams"][("127.0.0.2", "netflow5")] == 10
+    assert sum(snap["flowscope_datagrams"].values()) == 10 + 34 + 40 + 20
+
+
 def _words(text: str) -> set[str]:
     return set(re.findall(r"[a-z0-9]+(?:_[a-z0-9]+)*", text))
 
