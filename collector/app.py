@@ -5,7 +5,7 @@ processes; each child owns its SO_REUSEPORT sockets, decoder state and producer,
 keeps one exporter on one socket. Children push metric snapshots over a pipe every
 `--stats-interval`; the supervisor sums them and serves /metrics, /healthz and /readyz on one
 address. The supervisor forks before it creates an event loop (forking a running loop is not
-safe) and forwards SIGTERM/SIGINT; a child that dies unexpectedly takes the whole collector down
+safe) and forwards SIGTERM/SIGINT/SIGHUP; a child that dies unexpectedly takes the whole collector down
 with a non-zero exit, so the orchestrator restarts it cleanly rather than running degraded.
 """
 
@@ -27,6 +27,10 @@ from .metrics import Aggregator
 from .util import setup_logging, tune_malloc
 
 log = logging.getLogger("flowscope")
+
+#: Signals that stop the collector cleanly (drain, flush, count): SIGHUP too, which a closed
+#: terminal sends to every process of the group (workers included), so nothing goes uncounted.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
@@ -157,7 +161,7 @@ async def _worker_main(cfg: Config, index: int | None, enrich_cfg: Any,
     from .server import StartupError, Worker
 
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     servers: list[HttpServer] = []
     if agg is not None:
@@ -233,8 +237,8 @@ def run(cfg: Config, enrich_cfg: Any = None, enrich_note: str = "") -> int:
 def _child(cfg: Config, index: int, conn: Connection, enrich_cfg: Any,
            factory: Callable[[], asyncio.AbstractEventLoop]) -> int:
     setup_logging(cfg.log_level, index)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
 
     def report(snap: dict[str, Any]) -> None:
         try:
@@ -280,7 +284,7 @@ def _supervise(cfg: Config, enrich_cfg: Any, factory: Callable[[], asyncio.Abstr
         agg = Aggregator()
         stop = asyncio.Event()
         exited: dict[int, int] = {}
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, stop.set)
 
         def reader(i: int, conn: Connection) -> None:

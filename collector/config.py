@@ -357,7 +357,7 @@ class Config:
                            "encoded bytes (queued + in flight)", ranged(parse_size, 4096), metavar="SIZE")
     drop_policy: str = opt("newest", "when the queue is full: newest (drop arriving flows) or oldest "
                            "(evict the oldest queued flows)", choice("newest", "oldest"))
-    shutdown_timeout: float = opt(10.0, "on SIGTERM/SIGINT, seconds to drain the queue and flush the sink",
+    shutdown_timeout: float = opt(10.0, "on SIGTERM/SIGINT/SIGHUP, seconds to drain the queue and flush the sink",
                                   ranged(parse_float, 0, 3600), metavar="SECONDS")
     state_file: str = opt("", "file holding templates, options and sampling per exporter across restarts "
                           "(written atomically); empty = off", parse_str, metavar="PATH")

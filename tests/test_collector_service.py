@@ -269,6 +269,25 @@ def test_sigterm_decodes_what_the_socket_buffer_holds(collector: Any, tmp_path: 
     assert f"{30 * n} flows delivered to file, 0 dropped" in c.log()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sighup_stops_cleanly_like_sigterm(collector: Any, tmp_path: Path, workers: int) -> None:
+    """A closed terminal sends SIGHUP to the whole process group: the collector (supervisor and
+    workers) drains, delivers and counts as on SIGTERM instead of dying with records in flight."""
+    import signal
+
+    out = tmp_path / "flows.jsonl"
+    c = collector(["--output-file", str(out), "--workers", str(workers)])
+    send_udp([make_v5(i * 30, 30, i * 30) for i in range(10)], c.port)
+    c.wait_value("flowscope_flows_total", 300)
+    children = Path(f"/proc/{c.proc.pid}/task/{c.proc.pid}/children").read_text().split()
+    assert len(children) == (workers if workers > 1 else 0)
+    for pid in [c.proc.pid, *map(int, children)]:   # as the terminal's process group gets it
+        os.kill(pid, signal.SIGHUP)
+    assert c.proc.wait(30) == 0
+    assert lines(out) == 300
+    assert "stopping: closing listeners" in c.log()
+
+
 def _get_ok(url: str) -> bool:
     import urllib.request
 
