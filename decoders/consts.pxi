@@ -10,6 +10,8 @@ DEF SEQ_MAX_GAP = 1 << 20           # export sequence jumps beyond this (either 
 DEF SEQ_MAX_STREAMS = 256            # (protocol, port, domain) sequence streams tracked per exporter
 DEF OPTIONS_MAX_ENTRIES = 1024       # per exporter, in each dict of what options data teaches
 DEF DEDUP_WINDOW_MS = 60000          # an egress record within this window of its ingress twin
+DEF CLOCK_TOLERANCE_MS = 2000        # export times have 1 s granularity, plus network delay: an
+                                     # exporter clock off by more is corrected for enrichment
 
 # Presence bits of Flow.present: which optional fields a record carried.
 cdef enum:

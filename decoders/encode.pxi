@@ -356,6 +356,18 @@ cdef int enrich_into(Buf* o, FlowBatch bt, Flow* f, object enricher, int64_t t) 
     return 0
 
 
+cdef inline int64_t lookup_ms(FlowBatch bt, Flow* f) noexcept:
+    """The flow start that picks the holder of a reused address (the enricher's t): the exported
+    start moved onto the collector's clock when the exporter's is off (FlowBatch.clock_shift_ms),
+    and never after the datagram was received; the receive time when the flow has no start."""
+    cdef int64_t recv_ms = <int64_t>(bt.recv_time * 1000)
+    cdef int64_t t
+    if not f.present & P_TSTART:
+        return recv_ms
+    t = f.t_start_ms + (f.msg_clock_shift_ms if f.present & P_MSG else bt.clock_shift_ms)
+    return t if t < recv_ms else recv_ms
+
+
 cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char* head, Py_ssize_t head_len) except -1:
     cdef int i, j
     cdef bint first, seen, repeated
@@ -541,7 +553,7 @@ cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char*
                 buf_hex(o, data + y.off, y.length)
         buf_put(o, "]", 1)
     if enricher is not None:
-        enrich_into(o, bt, f, enricher, f.t_start_ms if f.present & P_TSTART else <int64_t>(bt.recv_time * 1000))
+        enrich_into(o, bt, f, enricher, lookup_ms(bt, f))
     return buf_put(o, "}", 1)
 
 

@@ -55,6 +55,7 @@ cdef struct Flow:
     uint8_t dst_mask
     uint32_t msg_domain       # with P_MSG: this flow's message is not the datagram's first
     uint32_t msg_sequence
+    int64_t msg_clock_shift_ms  # with P_MSG: FlowBatch.clock_shift_ms of this flow's message
     uint32_t extra_start      # unknown elements of this record: extras[extra_start:+extra_count]
     uint32_t extra_count
 
@@ -88,6 +89,10 @@ cdef class FlowBatch:
     cdef readonly int missing_template_sets
     cdef readonly dict dropped
     cdef readonly list options
+    # What moves the exporter's times onto the collector's clock to pick the holder of a reused
+    # address (the enrichment's flow start, never the published times): receive time - export
+    # time of the datagram (of its first IPFIX message) when beyond CLOCK_TOLERANCE_MS, else 0.
+    cdef int64_t clock_shift_ms
 
     def __cinit__(self):
         self.flows = NULL
@@ -172,6 +177,12 @@ cdef int batch_add_extra(FlowBatch b, Flow* f, uint32_t pen, uint16_t ie, Py_ssi
     b.n_extras += 1
     f.extra_count += 1
     return 0
+
+
+cdef inline int64_t clock_shift(FlowBatch b, int64_t export_ms) noexcept:
+    """FlowBatch.clock_shift_ms of a message the exporter stamped export_ms (its clock)."""
+    cdef int64_t off = <int64_t>(b.recv_time * 1000) - export_ms
+    return off if off > CLOCK_TOLERANCE_MS or off < -CLOCK_TOLERANCE_MS else 0
 
 
 cdef inline Py_ssize_t addr_len(uint8_t af) noexcept:

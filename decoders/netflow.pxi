@@ -491,6 +491,7 @@ cdef int decode_v5(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except
     # makes none either, and a value just above the uptime (0xFFFFFFFF from a router seconds
     # after boot) would otherwise decode differently from it.
     base_ms = <int64_t>be32(h + 8) * 1000 + be32(h + 12) // 1000000 - uptime
+    b.clock_shift_ms = clock_shift(b, base_ms + uptime)
     rate = interval if interval else ex.cidr_sampling
     for i in range(count):
         p = rd_take(r, 48)
@@ -1309,6 +1310,7 @@ cdef int decode_v9(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except
     b.proto_kind = PROTO_NETFLOW9
     b.sequence = be32(h + 12)
     b.domain = domain
+    b.clock_shift_ms = clock_shift(b, export_ms)
     ex.sequence(PROTO_NETFLOW9, b.port, domain, b.sequence, 1)   # RFC 3954: export packets per Source ID
     # RFC 3954 5.1: "count" is not reliable across vendors; walk the flowsets to the end.
     while rd_left(r) >= 4:
@@ -1333,7 +1335,7 @@ cdef int decode_ipfix(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
     cdef const uint8_t* h
     cdef uint16_t msg_len, set_id, set_len
     cdef uint32_t domain
-    cdef int64_t export_ms, sysinit_ms
+    cdef int64_t export_ms, sysinit_ms, shift
     cdef Reader m, s
     cdef Py_ssize_t set_start, msg_start, msg_flows, i
     cdef bint first = True, whole
@@ -1355,6 +1357,7 @@ cdef int decode_ipfix(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
         if first:
             b.sequence = be32(h + 8)
             b.domain = domain
+            b.clock_shift_ms = clock_shift(b, export_ms)
         msg_flows = b.n
         rd_sub(r, &m, msg_len - 16)
         ex.msg_records = 0
@@ -1387,10 +1390,12 @@ cdef int decode_ipfix(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
                 ex.sequence_forget(PROTO_IPFIX, b.port, domain)
             if not first:
                 # A later message of the datagram (RFC 7011 10.3.3): its flows carry its own
-                # observation domain and sequence number.
+                # observation domain, sequence number and export time.
+                shift = clock_shift(b, export_ms)
                 for i in range(msg_flows, b.n):
                     b.flows[i].msg_domain = domain
                     b.flows[i].msg_sequence = be32(h + 8)
+                    b.flows[i].msg_clock_shift_ms = shift
                     b.flows[i].present |= P_MSG
         first = False
     if rd_left(r):

@@ -872,3 +872,92 @@ def test_compiled_reader_cache_keeps_a_working_set_and_counts_lookups() -> None:
     looked = (s2["lookups_cached"] + s2["lookups_index"]) - (s1["lookups_cached"] + s1["lookups_index"])
     assert looked == 2 * len(addrs)
     assert s2["lookups_index"] - s1["lookups_index"] < 0.05 * looked  # direct-mapped: 9%, two-way: 2%
+
+
+# ---------------------------------------------------------------- exporter clocks
+
+def _reused_ip_index() -> enrich.Enricher:
+    """Pod `old` held 10.244.0.30 until it was deleted at T0; pod `new` got it at T0 + 20 s."""
+    clock = Clock(T0 - 3_600_000)
+    old = pod("old", "shop", ips=["10.244.0.30"], uid="u-old", created=iso(T0 - 3_600_000))
+    e = build([old], clock=clock, tombstone_seconds=300)
+    clock.ms = T0
+    e.index.delete("pods", e.index.parse("pods", old))
+    clock.ms = T0 + 20_000
+    e.index.upsert("pods", e.index.parse("pods", pod("new", "other", ips=["10.244.0.30"], uid="u-new",
+                                                         created=iso(T0 + 20_000))))
+    return e
+
+
+def _export(proto: str, export_ms: int, start_ms: int, *, src: str = "10.244.0.30") -> bytes:
+    """One flow from `src` exported at export_ms that started at start_ms, both on the exporter's
+    clock, in each protocol's own time base."""
+    from benchmarks import datagrams as D
+
+    secs = export_ms // 1000
+    uptime = 3_600_000
+    boot = secs * 1000 - uptime
+    if proto == "netflow5":
+        rec = dict(D.v5_records(1, __import__("random").Random(1), uptime_ms=uptime)[0],
+                   src=int(ipaddress.IPv4Address(src)), first=start_ms - boot, last=start_ms - boot)
+        return D.v5_datagram([rec], seq=0, unix_secs=secs, uptime_ms=uptime)
+    if proto == "netflow9":
+        t = D.IpfixTemplate(300, (("src", 8, 0, 4), ("dst", 12, 0, 4), ("first", 22, 0, 4), ("last", 21, 0, 4)))
+        rec: dict[str, object] = {"src": src, "dst": "8.8.8.8", "first": start_ms - boot, "last": start_ms - boot}
+        return D.v9_datagram([D.template_set([t], version=9), D.data_set(t, [rec])], seq=0, unix_secs=secs,
+                             uptime_ms=uptime)
+    if proto == "ipfix-absolute":   # flowStart/EndMilliseconds (152/153)
+        t = D.IpfixTemplate(256, (("src", 8, 0, 4), ("dst", 12, 0, 4), ("s", 152, 0, 8), ("e", 153, 0, 8)))
+        rec = {"src": src, "dst": "8.8.8.8", "s": start_ms, "e": start_ms}
+    else:                           # OVS: flowStart/EndDeltaMicroseconds (158/159) before the export time
+        t = D.IpfixTemplate(256, (("src", 8, 0, 4), ("dst", 12, 0, 4), ("sd", 158, 0, 4), ("ed", 159, 0, 4)))
+        rec = {"src": src, "dst": "8.8.8.8", "sd": (secs * 1000 - start_ms) * 1000, "ed": 0}
+    return D.ipfix_message([D.template_set([t]), D.data_set(t, [rec])], seq=0, export_time=secs)
+
+
+@pytest.mark.parametrize("proto", ["ipfix", "ipfix-absolute", "netflow9", "netflow5"])
+def test_an_exporter_clock_minutes_off_does_not_pick_the_holder_of_a_reused_ip(proto: str) -> None:
+    """The flow start that picks the holder of a reused address is read on the collector's clock:
+    the exporter's offset (receive time - export time) moves it when it is beyond 2 s, and it is
+    never after the receive time. The published times stay as exported."""
+    from decoders import Decoder
+
+    e = _reused_ip_index()
+    # (exporter clock - collector clock, received at, really started at, holder then)
+    cases = [(-180_000, T0 + 60_000, T0 + 55_000, "new"),   # 3 min behind: not old's (T0 - 125 s)
+             (180_000, T0 + 30_000, T0 - 25_000, "old"),    # 3 min ahead: not new's (T0 + 155 s)
+             (0, T0 + 30_000, T0 - 25_000, "old"),          # in sync: as exported
+             (0, T0 + 60_000, T0 + 55_000, "new"),
+             (0, T0 + 60_000, T0 + 10_000, None),           # nobody held it then
+             (1_500, T0 + 60_000, T0 + 19_000, "new")]      # within the tolerance: as exported (T0 + 20.5 s)
+    for skew, recv, start, want in cases:
+        data = _export(proto, recv + skew, start + skew)
+        f = Decoder().decode(data, "10.0.0.1", 4739, recv / 1000).to_dicts(e)[0]
+        assert f.get("SrcK8S_Name") == want, (skew, start - T0)
+        assert f["TimeFlowStartMs"] == start + skew    # published as exported
+
+
+def test_a_flow_start_after_its_receive_time_is_looked_up_at_the_receive_time() -> None:
+    from decoders import Decoder
+
+    e = _reused_ip_index()
+    # 1.5 s ahead (within the tolerance, not moved): a start 1 s after the receive time, when
+    # the address was new's, is read at the receive time, when nobody held it.
+    f = Decoder().decode(_export("ipfix-absolute", T0 + 19_500, T0 + 20_500), "10.0.0.1", 4739,
+                         (T0 + 19_500 - 1_500) / 1000).to_dicts(e)[0]
+    assert f["TimeFlowStartMs"] == T0 + 20_500 and "SrcK8S_Name" not in f
+
+
+def test_each_ipfix_message_of_a_datagram_has_its_own_exporter_clock() -> None:
+    """RFC 7011 10.3.3: the messages of one datagram each carry their export time."""
+    from decoders import Decoder
+
+    e = _reused_ip_index()
+    recv = T0 + 60_000
+    in_sync = _export("ipfix", recv, T0 - 5_000)                          # old's
+    behind = _export("ipfix", recv - 180_000, T0 + 55_000 - 180_000)      # new's, 3 min behind
+    ahead = _export("ipfix", recv + 180_000, T0 - 25_000 + 180_000)       # old's, 3 min ahead
+    for data, want in ((in_sync + behind, ["old", "new"]), (behind + ahead, ["new", "old"]),
+                       (ahead + in_sync + behind, ["old", "old", "new"])):
+        flows = Decoder().decode(data, "10.0.0.1", 4739, recv / 1000).to_dicts(e)
+        assert [f.get("SrcK8S_Name") for f in flows] == want
