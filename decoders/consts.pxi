@@ -47,10 +47,13 @@ cdef enum:
     P_VLANHDR = 1 << 29      # Vlan is the sampled frame's own outer tag (sFlow; not encoded)
 
 # Flow.noaddr bits: a v9/IPFIX template with one address of the pair and not the other (the
-# missing one is omitted from the output, not written as 0.0.0.0 or ::). 0 everywhere else.
+# missing one is omitted from the output, not written as 0.0.0.0 or ::), 0 for v5 and sFlow; a
+# tunnel endpoint with no value (see tun_noaddr), omitted the same way.
 cdef enum:
     NOADDR_SRC = 1
     NOADDR_DST = 2
+    NOADDR_TUNSRC = 4
+    NOADDR_TUNDST = 8
 
 # TCP flag bits (RFC 793 / RFC 3168), the order NetObserv prints them in.
 cdef enum:

@@ -328,7 +328,7 @@ cdef int enrich_into(Buf* o, FlowBatch bt, Flow* f, object enricher, int64_t t) 
     cdef PyObject* tail
     cdef bytes frag
     _last_counted = -1
-    if f.noaddr:
+    if f.noaddr & (NOADDR_SRC | NOADDR_DST):
         # One address absent: it is b"" to the enricher (the contract's "absent"), never
         # looked up as 0.0.0.0 or ::. Rare (a template with one address), so the Python call.
         frag = enricher.enrich(
@@ -494,10 +494,12 @@ cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char*
         buf_put(o, ",\"TunnelId\":", 12)
         buf_uint(o, f.tun_id)
     if f.tun_af:
-        buf_put(o, ",\"TunnelSrcAddr\":", 17)
-        buf_ip(o, f.tun_af, f.tun_src)
-        buf_put(o, ",\"TunnelDstAddr\":", 17)
-        buf_ip(o, f.tun_af, f.tun_dst)
+        if not f.noaddr & NOADDR_TUNSRC:
+            buf_put(o, ",\"TunnelSrcAddr\":", 17)
+            buf_ip(o, f.tun_af, f.tun_src)
+        if not f.noaddr & NOADDR_TUNDST:
+            buf_put(o, ",\"TunnelDstAddr\":", 17)
+            buf_ip(o, f.tun_af, f.tun_dst)
     if f.present & P_TUNPROTO:
         buf_put(o, ",\"TunnelProto\":", 15)
         buf_uint(o, f.tun_proto)

@@ -10,7 +10,7 @@ from libc.stdlib cimport malloc, calloc, realloc, free
 cdef struct Flow:
     uint64_t present          # P_* bits
     uint8_t af                # 4, 6 or 0 (no addresses, e.g. an L2-only OVS record)
-    uint8_t noaddr            # with af: NOADDR_SRC/NOADDR_DST, the record had no such address
+    uint8_t noaddr            # NOADDR_* bits: with af (tun_af), an address (tunnel endpoint) without a value
     uint8_t src[16]
     uint8_t dst[16]
     uint8_t nh_af
@@ -187,3 +187,18 @@ cdef inline int64_t clock_shift(FlowBatch b, int64_t export_ms) noexcept:
 
 cdef inline Py_ssize_t addr_len(uint8_t af) noexcept:
     return 4 if af == 4 else (16 if af == 6 else 0)
+
+
+cdef inline uint8_t tun_noaddr(Flow* f, int have) noexcept:
+    """Flow.noaddr's tunnel bits: an endpoint of the f.tun_af family the record did not carry
+    (have: 1 source, 2 destination), or that is the unspecified address, has no value. 0.0.0.0 and
+    :: are never a tunnel's endpoint (RFC 1122 3.2.1.3, RFC 4291 2.5.2); OVS writes them for "not
+    set" in its tunnel metadata (an egress tunnel without local_ip: the kernel picks the source
+    after sampling), in IPFIX (PEN 6876) as in sFlow (1023-1026)."""
+    cdef Py_ssize_t i, n = addr_len(f.tun_af)
+    cdef uint8_t s = 0, d = 0
+    for i in range(n):
+        s |= f.tun_src[i]
+        d |= f.tun_dst[i]
+    return ((NOADDR_TUNSRC if not (have & 1) or s == 0 else 0)
+            | (NOADDR_TUNDST if not (have & 2) or d == 0 else 0))

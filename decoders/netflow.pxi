@@ -748,6 +748,7 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
     cdef uint8_t nh4[4]
     cdef bint has_nh4 = False
     cdef int addrs = 0      # bits: 1 src4, 2 dst4, 4 src6, 8 dst6
+    cdef int tun = 0        # the same bits for the tunnel endpoints
     cdef uint8_t mask6_src = 0, mask6_dst = 0, icmp6_type = 0, icmp6_code = 0
     cdef int has_v6only = 0  # bits: 1 src mask, 2 dst mask, 4 icmp type, 8 icmp code
     memset(src4, 0, 4)
@@ -963,15 +964,19 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
         elif a == A_TUN_SRC4:
             memcpy(f.tun_src, p, 4)
             f.tun_af = 4
+            tun |= 1
         elif a == A_TUN_DST4:
             memcpy(f.tun_dst, p, 4)
             f.tun_af = 4
+            tun |= 2
         elif a == A_TUN_SRC6:
             memcpy(f.tun_src, p, 16)
             f.tun_af = 6
+            tun |= 4
         elif a == A_TUN_DST6:
             memcpy(f.tun_dst, p, 16)
             f.tun_af = 6
+            tun |= 8
         elif a == A_TUN_PROTO:
             f.tun_proto = p[0]
             f.present |= P_TUNPROTO
@@ -987,6 +992,9 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
         # A template with one address of the family and not the other: the missing one has no
         # value and is omitted (DESIGN.md), never published as 0.0.0.0 or ::.
         f.noaddr = <uint8_t>(3 & ~(addrs if f.af == 4 else addrs >> 2))
+    if tun:
+        # The same for the tunnel endpoints (OVS's PEN 6876 elements), and a zero one (tun_noaddr).
+        f.noaddr |= tun_noaddr(f, tun if f.tun_af == 4 else tun >> 2)
     if has_nh4:
         pick_nexthop(f, nh4)
     if has_v6only:

@@ -76,6 +76,7 @@ cdef void move_to_tunnel(Flow* f, uint8_t tun_type, uint32_t vni) noexcept:
     f.tun_proto = f.proto
     f.tun_type = tun_type
     f.tun_id = vni
+    f.noaddr = tun_noaddr(f, 3)     # sFlow: only tunnel bits (both addresses always carried)
     f.present |= P_TUNTYPE | P_TUNID | P_TUNSPORT | P_TUNDPORT | P_TUNPROTO
     f.present &= ~(<uint64_t>(P_SPORT | P_DPORT | P_PROTO | P_DSCP | P_FLAGS | P_ICMP))
     f.af = 0
@@ -516,6 +517,7 @@ cdef int flow_record(FlowBatch b, Flow* f, uint32_t ent, uint32_t fmt, Reader* r
         memset(f.tun_dst, 0, 16)
         memcpy(f.tun_src, p + 8, addr_len(af))
         memcpy(f.tun_dst, p + 8 + addr_len(af), addr_len(af))
+        f.noaddr = tun_noaddr(f, 3)  # a zero endpoint: OVS's "not set"
         f.tun_proto = <uint8_t>be32(p + 4)
         p += 8 + 2 * addr_len(af)
         f.tun_sport = <uint16_t>be32(p)

@@ -360,6 +360,29 @@ def test_an_address_the_template_lacks_is_omitted_not_zero() -> None:
         assert (got[2]["SrcK8S_Name"], got[2]["DstK8S_Name"]) == ("web", "zero")  # a real 0.0.0.0 is looked up
 
 
+def test_a_tunnel_endpoint_the_template_lacks_is_omitted_not_zero() -> None:
+    """OVS's tunnel endpoints (PEN 6876: 893/894 IPv4, 899/900 IPv6): a template with only one
+    of them, or a zero one (the unspecified address, never a tunnel's: OVS's "not set", as for an
+    egress tunnel without local_ip), has no value for the other: it is omitted (DESIGN.md), not
+    published as 0.0.0.0 or ::."""
+    pen = 6876
+    base = (("src", 8, 0, 4), ("dst", 12, 0, 4))
+    dst_only = _tpl(256, *base, ("tdst", 894, pen, 4))
+    src6_only = _tpl(257, *base, ("tsrc", 899, pen, 16))
+    both = _tpl(258, *base, ("tsrc", 893, pen, 4), ("tdst", 894, pen, 4))
+    dec = Decoder()
+    dec.decode(ipfix_message([template_set([dst_only, src6_only, both])], seq=0, export_time=EXPORT), EXPORTER)
+    addrs = {"src": "10.244.0.5", "dst": "10.244.1.6"}
+    b = dec.decode(ipfix_message([data_set(dst_only, [dict(addrs, tdst="192.168.1.9")]),
+                                  data_set(src6_only, [dict(addrs, tsrc="fd00::2")]),
+                                  data_set(both, [dict(addrs, tsrc="0.0.0.0", tdst="192.168.1.2"),
+                                                  dict(addrs, tsrc="192.168.1.1", tdst="192.168.1.2")])],
+                                 seq=0, export_time=EXPORT), EXPORTER)
+    assert b.error is None
+    assert [(f.get("TunnelSrcAddr"), f.get("TunnelDstAddr")) for f in b.to_dicts()] == [
+        (None, "192.168.1.9"), ("fd00::2", None), (None, "192.168.1.2"), ("192.168.1.1", "192.168.1.2")]
+
+
 def test_options_sampling_packet_interval_and_space() -> None:
     dec = Decoder(DecoderConfig(default_sampling=0))
     # Options template: scope observationDomainId (149), samplingPacketInterval (305), space (306).

@@ -618,7 +618,8 @@ def ipfix_tunnels_vs_tshark(decoders_mod, datagrams, packets, label: str) -> lis
                 if x.type == 891:
                     exp[key] = OVS_TUNNEL_TYPES[raw[0]] if raw[0] < len(OVS_TUNNEL_TYPES) else str(raw[0])
                 elif x.type in (893, 894, 899, 900):
-                    exp[key] = str(ipaddress.ip_address(raw))
+                    if any(raw):   # a zero endpoint is OVS's "not set": omitted
+                        exp[key] = str(ipaddress.ip_address(raw))
                 else:
                     exp[key] = int.from_bytes(raw, "big")
             n_tunnel += 1
@@ -671,8 +672,10 @@ def tunnel_from_records(records: list[tuple[int, bytes]]) -> dict:
         tunnel_ports = {4789, 6081, 7471}
         if dport not in tunnel_ports and swap16(dport) in tunnel_ports:
             sport, dport = swap16(sport), swap16(dport)
-        exp.update(TunnelSrcAddr=str(ipaddress.ip_address(src)), TunnelDstAddr=str(ipaddress.ip_address(dst)),
-                   TunnelProto=proto, TunnelSrcPort=sport, TunnelDstPort=dport)
+        exp.update(TunnelProto=proto, TunnelSrcPort=sport, TunnelDstPort=dport)
+        for key, addr in (("TunnelSrcAddr", src), ("TunnelDstAddr", dst)):
+            if any(addr):   # a zero endpoint is OVS's "not set": omitted
+                exp[key] = str(ipaddress.ip_address(addr))
     return exp
 
 

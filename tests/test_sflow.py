@@ -643,6 +643,20 @@ def test_every_tunnel_record_has_its_address_family(decoders_mod, fmt: int, v6: 
     assert (f["TunnelSrcAddr"], f["TunnelDstAddr"], f["TunnelSrcPort"], f["TunnelDstPort"]) == (src, dst, 55555, 6081)
 
 
+def test_a_zero_tunnel_endpoint_is_omitted(decoders_mod) -> None:
+    """OVS fills a tunnel record's endpoints from the datapath's tunnel metadata, where 0 is "not
+    set" (an egress tunnel without local_ip: the kernel picks the source after sampling): the
+    unspecified address is never a tunnel's endpoint, so it is omitted, not published as 0.0.0.0
+    or ::."""
+    pkt = eth(ipv4("10.244.0.5", "10.244.1.7", 6, tcp(45000, 80, 0x10)), 0x0800)
+    f = one_flow(decoders_mod, [raw_header(pkt, 66), rec(1023, sampled_ip(False, 0, 17, "0.0.0.0", "172.18.0.4",
+                                                                            0, 6081, 0, 0))])
+    assert "TunnelSrcAddr" not in f and (f["TunnelDstAddr"], f["TunnelType"]) == ("172.18.0.4", "geneve")
+    f = one_flow(decoders_mod, [raw_header(pkt, 66), rec(1026, sampled_ip(True, 0, 17, "fd00::2", "::",
+                                                                            1, 4789, 0, 0))])
+    assert f["TunnelSrcAddr"] == "fd00::2" and "TunnelDstAddr" not in f
+
+
 def test_unknown_records_and_samples_are_kept_or_skipped(decoders_mod) -> None:
     pkt = eth(ipv4("10.0.0.1", "10.0.0.2", 17, udp(1, 2)), 0x0800)
     odd = rec(2100, b"\x01\x02\x03\x04\x05")              # 5 bytes: XDR pads it to 8
