@@ -85,7 +85,8 @@ SERIES: dict[str, Series] = {s.name: s for s in [
     Series("flowscope_flows_dropped", "counter",
            "Flow records dropped after decoding, by reason (queue_full, evicted: the queue was full; shutdown: "
            "not delivered within --shutdown-timeout; sink_error: the file or stdout write failed; rejected: "
-           "Kafka refused the batch for good; too_large: a keyed record larger than a whole batch, --kafka-batch-bytes; "
+           "Kafka refused the batch for good; too_large: a keyed record the producer's batch builder refused even "
+           "alone in a batch (a record over --kafka-batch-bytes is otherwise sent in a batch of its own); "
            "duplicate: --dedup)", ("reason",)),
     Series("flowscope_flows_delivered", "counter", "Flow records the sink accepted (Kafka: acknowledged)",
            ("sink",)),

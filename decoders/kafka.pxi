@@ -297,6 +297,10 @@ cdef class RecordBatchWriter:
         if start >= bt.n:
             return bt.n
         keylen = len(self.key) if self.key is not None else -1
+        if self.records == 0:
+            # CreateTime: when the batch's first flows arrived, not when the (pooled, reused)
+            # writer was made, which may be a quiet exporter's whole silence earlier
+            self.base_timestamp = <int64_t>(bt.recv_time * 1000)
         head = batch_head(bt)
         enrich_begin(enricher)
         enrich_prefetch(bt, start, enricher)

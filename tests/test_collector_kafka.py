@@ -11,6 +11,7 @@ import time
 import uuid
 from typing import Any
 
+import orjson
 import pytest
 from conftest import (
     consume,
@@ -304,4 +305,71 @@ def test_create_topic_reads_the_brokers_answer_per_topic(broker: Any, collector:
     assert c.value("flowscope_kafka_errors_total", kind="admin") == 0
     send_udp([make_v5(1, 30, 0)], c.port)
     assert len(consume(broker.bootstrap, t, 30)) == 30
+    assert c.stop() == 0
+
+
+def _rdkafka_read(bootstrap: str, t: str, want: int, timeout: float = 30.0) -> list[Any]:
+    """librdkafka's view of the topic: (partition, key, timestamp type, timestamp ms, value)."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "g-" + uuid.uuid4().hex[:8],
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False, "check.crcs": True})
+    parts = c.list_topics(t, timeout=10).topics[t].partitions
+    c.assign([TopicPartition(t, p, OFFSET_BEGINNING) for p in parts])   # no group join to wait for
+    out: list[Any] = []
+    end = time.monotonic() + timeout
+    try:
+        while len(out) < want and time.monotonic() < end:
+            m = c.poll(0.2)
+            if m is None or m.error():
+                continue
+            ts_type, ts = m.timestamp()
+            out.append((m.partition(), m.key(), ts_type, ts, m.value()))
+    finally:
+        c.close()
+    return out
+
+
+def test_keyed_partitions_agree_with_librdkafka_on_any_partition_count(broker: Any, collector: Any) -> None:
+    """Kafka's partitioner is toPositive(murmur2(key)) % partitions: with 3 partitions (not a power
+    of two, where dropping the sign bit matters) every keyed record is where librdkafka's murmur2
+    partitioner puts the same key."""
+    from confluent_kafka import Producer
+
+    t = topic()
+    c = collector(["--kafka-brokers", broker.bootstrap, "--kafka-topic", t, "--kafka-key", "conversation",
+                   "--kafka-create-topic", "--kafka-partitions", "3"])
+    send_udp([make_v5(i * 30, 30, i * 30) for i in range(10)], c.port)
+    got = _rdkafka_read(broker.bootstrap, t, 300)
+    assert len(got) == 300
+    keys = {k for _, k, _, _, _ in got}
+    assert len(keys) == 300 and {p for p, _, _, _, _ in got} == {0, 1, 2}
+    ref: dict[bytes, int] = {}
+    p = Producer({"bootstrap.servers": broker.bootstrap, "partitioner": "murmur2"})
+    for k in keys:
+        p.produce(t, key=k, value=b"x",  # the same 3-partition topic, after it was read
+                  on_delivery=lambda err, m: ref.__setitem__(m.key(), m.partition()) if err is None else None)
+    p.flush(30)
+    assert len(ref) == 300
+    assert all(part == ref[k] for part, k, _, _, _ in got)
+    assert c.stop() == 0
+
+
+def test_fast_path_records_carry_their_arrival_time(broker: Any, collector: Any) -> None:
+    """CreateTime of the default (key none) path is when the flows arrived, not when the reused
+    batch writer was made: a datagram after a quiet spell is stamped at its arrival."""
+    t = topic()
+    c = collector(["--kafka-brokers", broker.bootstrap, "--kafka-topic", t])
+    sent = []
+    for round_ in range(2):
+        time.sleep(3)                       # the exporter is quiet
+        sent.append(time.time() * 1000)
+        send_udp([make_v5(round_ * 30, 30, round_ * 30)], c.port)
+        c.wait_value("flowscope_flows_delivered_total", 30 * (round_ + 1))
+    got = _rdkafka_read(broker.bootstrap, t, 60)
+    assert len(got) == 60
+    for _, _, ts_type, ts, value in got:
+        round_ = int(orjson.loads(value)["SrcAddr"].split(".")[-1]) // 30   # make_v5: 10.0.0.(first + k)
+        assert ts_type == 1                                                 # TIMESTAMP_CREATE_TIME
+        assert sent[round_] - 50 <= ts <= sent[round_] + 2000, (round_, sent, ts)
     assert c.stop() == 0
