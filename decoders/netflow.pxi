@@ -486,10 +486,10 @@ cdef int decode_v5(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except
         count = <uint16_t>min(rd_left(r) // 48, 30)
         if count == 0:
             raise_decode("bad_length", 2, f"v5 header count {be16(h + 2)} with {rd_left(r)} bytes of records")
-    # first/last are sysUptime ms: absolute = export time - uptime + value. No correction for
-    # the 32-bit wrap (49.7 days): Wireshark, the reference the corpus is checked against,
-    # makes none either, and a value just above the uptime (0xFFFFFFFF from a router seconds
-    # after boot) would otherwise decode differently from it.
+    # first/last are sysUptime ms: absolute = export time - uptime + value, where a value above
+    # the header's uptime was counted before the 32-bit counter wrapped (sysup_time). Wireshark
+    # prints only the raw offset; the corpus's 0xFFFFFFFF from a router 3.4 s after boot is a
+    # flow seen 1 ms before the counter's 0, not 49.7 days after the export.
     base_ms = <int64_t>be32(h + 8) * 1000 + be32(h + 12) // 1000000 - uptime
     b.clock_shift_ms = clock_shift(b, base_ms + uptime)
     rate = interval if interval else ex.cidr_sampling
@@ -506,8 +506,8 @@ cdef int decode_v5(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except
         f.out_if = be16(p + 14)
         f.packets = be32(p + 16)
         f.bytes = be32(p + 20)
-        f.t_start_ms = base_ms + be32(p + 24)
-        f.t_end_ms = base_ms + be32(p + 28)
+        f.t_start_ms = sysup_time(base_ms, be32(p + 24), base_ms + uptime)
+        f.t_end_ms = sysup_time(base_ms, be32(p + 28), base_ms + uptime)
         f.sport = be16(p + 32)
         f.dport = be16(p + 34)
         f.tcp_flags = p[37]
@@ -733,7 +733,7 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
     cdef Flow* f = batch_new_flow(b)
     cdef uint64_t v
     cdef int64_t start_sysup = -1, end_sysup = -1, start_delta = -1, end_delta = -1
-    cdef int64_t rec_sysinit = -1, duration_ms = -1
+    cdef int64_t rec_sysinit = -1, duration_ms = -1, latest_ms
     cdef Py_ssize_t duration_at = 0, duration_len = 0
     cdef uint16_t duration_ie = 0
     cdef uint64_t sampling_interval = 0, sampling_space = 0, sampler_id = 0
@@ -1023,18 +1023,27 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
 
     # Times: absolute fields win; else sysUpTime-relative (v9 header or IE 160); else deltas
     # before the export time (RFC 7011 flowStart/EndDeltaMicroseconds, what OVS sends).
+    # The latest instant a sysUpTime value can stand for (sysup_time): the export itself when
+    # the v9 header's sysUpTime anchors it (read at the same instant as unix_secs, on the same
+    # counter); with systemInitTimeMilliseconds (IE 160) export time and system init come from
+    # two clock readings (the export time in whole seconds, RFC 7011 3.1), so a value somewhat
+    # after the export is their disagreement, not a counter that wrapped 49.7 days ago.
+    latest_ms = export_ms
     if rec_sysinit >= 0:
         sysinit_ms = rec_sysinit
+        latest_ms = export_ms + SYSINIT_SKEW_MS
+    elif t.version == 10:
+        latest_ms = export_ms + SYSINIT_SKEW_MS
     if not f.present & P_TSTART:
         if start_sysup >= 0 and sysinit_ms >= 0:
-            f.t_start_ms = sysinit_ms + start_sysup
+            f.t_start_ms = sysup_time(sysinit_ms, start_sysup, latest_ms)
             f.present |= P_TSTART
         elif start_delta >= 0:
             f.t_start_ms = export_ms - start_delta // 1000
             f.present |= P_TSTART
     if not f.present & P_TEND:
         if end_sysup >= 0 and sysinit_ms >= 0:
-            f.t_end_ms = sysinit_ms + end_sysup
+            f.t_end_ms = sysup_time(sysinit_ms, end_sysup, latest_ms)
             f.present |= P_TEND
         elif end_delta >= 0:
             f.t_end_ms = export_ms - end_delta // 1000
@@ -1116,6 +1125,18 @@ cdef void pick_nexthop(Flow* f, const uint8_t* nh4) noexcept:
     memset(f.nexthop, 0, 16)
     memcpy(f.nexthop, nh4, 4)
     f.nh_af = 4
+
+
+cdef inline int64_t sysup_time(int64_t sysinit_ms, int64_t value, int64_t latest_ms) noexcept:
+    """The Unix ms of a sysUpTime value (v5 First/Last, v9/IPFIX IEs 21/22): sysUpTime is a
+    32-bit millisecond counter that wraps every 49.7 days (RFC 3954 8, RFC 5102
+    flowStartSysUpTime: unsigned32), so the value stands for the latest sysinit + value +
+    k * 2^32 not after latest_ms (the export). A value above the exporter's current uptime was
+    counted before the last wrap (or, seconds after boot, 0xFFFFFFFF: 1 ms before the counter's
+    0), and a system up for more than 49.7 days (uptime from IE 160) has wrapped k times."""
+    cdef int64_t d = latest_ms - sysinit_ms - value
+    # d >> 32 is floor(d / 2^32) for a negative d too (arithmetic shift; cdivision truncates)
+    return sysinit_ms + value + (d >> 32) * (<int64_t>1 << 32)
 
 
 cdef int64_t ntp_to_ms(const uint8_t* p, bint micro) noexcept:

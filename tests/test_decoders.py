@@ -451,6 +451,42 @@ def test_ipfix_sysuptime_with_ie160_options() -> None:
     assert (f["TimeFlowStartMs"], f["TimeFlowEndMs"]) == (sysinit + 1000, sysinit + 2000)
 
 
+def test_sysuptime_values_from_before_the_counter_wrapped() -> None:
+    """sysUpTime is a 32-bit ms counter (49.7 days): a v5 First/Last or v9 FIRST/LAST_SWITCHED
+    (22/21) above the header's uptime was counted before it wrapped, so the flow is 2^32 ms
+    earlier than export - uptime + value, never 49.7 days after the export (the corpus's
+    generic_netflow5_valid01: First 0xFFFFFFFF, Last 2577, router up 3381 ms)."""
+    uptime, first, last = 3381, 0xFFFFFFFF, 2577
+    boot = EXPORT * 1000 - uptime
+    rec = dict(v5_records(1, random.Random(3), uptime_ms=uptime)[0], first=first, last=last)
+    f5 = Decoder().decode(v5_datagram([rec], seq=0, unix_secs=EXPORT, uptime_ms=uptime), EXPORTER).to_dicts()[0]
+    t = _tpl(300, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("first", 22, 0, 4), ("last", 21, 0, 4))
+    d = v9_datagram([template_set([t], version=9),
+                     data_set(t, [{"src": "10.0.0.1", "dst": "10.0.0.2", "first": first, "last": last}])],
+                    seq=0, unix_secs=EXPORT, uptime_ms=uptime)
+    f9 = Decoder().decode(d, EXPORTER).to_dicts()[0]
+    for f in (f5, f9):
+        assert (f["TimeFlowStartMs"], f["TimeFlowEndMs"]) == (boot + first - (1 << 32), boot + last)
+        assert f["TimeFlowStartMs"] <= f["TimeFlowEndMs"] <= EXPORT * 1000
+
+
+def test_ie160_sysuptime_of_a_system_up_longer_than_the_counter() -> None:
+    """systemInitTimeMilliseconds (160) with 21/22 from a system up for more than 49.7 days: the
+    32-bit sysUpTime values have wrapped since the init, so they stand for sysinit + value + 2^32
+    (the latest such time not after the export); values up to SYSINIT_SKEW_MS after the export
+    are the two clock readings disagreeing, and stay as they are."""
+    up = (1 << 32) + 600_000              # the counter wrapped 10 minutes before the export
+    sysinit = EXPORT * 1000 - up
+    t = _tpl(300, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("init", 160, 0, 8), ("s", 22, 0, 4), ("e", 21, 0, 4))
+    recs = [{"src": "10.0.0.1", "dst": "10.0.0.2", "init": sysinit, "s": 0xFFFF0000, "e": 300_000},
+            {"src": "10.0.0.1", "dst": "10.0.0.3", "init": EXPORT * 1000 - 60_000, "s": 59_000, "e": 60_800}]
+    flows = Decoder().decode(ipfix_message([template_set([t]), data_set(t, recs)], seq=0, export_time=EXPORT),
+                             EXPORTER).to_dicts()
+    got = [(f["TimeFlowStartMs"], f["TimeFlowEndMs"]) for f in flows]
+    assert got == [(sysinit + 0xFFFF0000, sysinit + (1 << 32) + 300_000),
+                   (EXPORT * 1000 - 1000, EXPORT * 1000 + 800)]
+
+
 def test_v9_header_sysuptime_and_values() -> None:
     rng = random.Random(5)
     recs = []

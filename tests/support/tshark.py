@@ -612,7 +612,10 @@ def _time_ms(pkt: CflowPacket, rec: dict, which: str) -> int | None:
             return None
         rel = seconds_to_ms(rec[key])
     if pkt.version in (5, 9) and pkt.export_ms is not None and pkt.sysuptime_ms is not None:
-        return pkt.export_ms - pkt.sysuptime_ms + rel
+        # tshark prints the raw offset; sysUpTime is a 32-bit ms counter (RFC 3954 8), read for
+        # the header at the export, so the flow's age is (uptime - value) mod 2^32: a value
+        # above the header's uptime was counted before the counter wrapped.
+        return pkt.export_ms - (pkt.sysuptime_ms - rel) % (1 << 32)
     if pkt.version == 10 and pkt.sys_init_ms is not None:
         return pkt.sys_init_ms + rel
     return None
