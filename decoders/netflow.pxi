@@ -750,7 +750,8 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
     cdef int addrs = 0      # bits: 1 src4, 2 dst4, 4 src6, 8 dst6
     cdef int tun = 0        # the same bits for the tunnel endpoints
     cdef uint8_t mask6_src = 0, mask6_dst = 0, icmp6_type = 0, icmp6_code = 0
-    cdef int has_v6only = 0  # bits: 1 src mask, 2 dst mask, 4 icmp type, 8 icmp code
+    cdef int has_v6only = 0  # bits: 1 src mask, 2 dst mask
+    cdef int icmp = 0        # bits: 1 an ICMP element (32, 176, 177), 2 an ICMPv6 one (139, 178, 179)
     memset(src4, 0, 4)
     memset(dst4, 0, 4)
     f.template_id = t.template_id
@@ -842,13 +843,13 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             v = be16r(p, L)  # type * 256 + code
             f.icmp_type = <uint8_t>(v >> 8)
             f.icmp_code = <uint8_t>v
-            f.present |= P_ICMP
+            icmp |= 1
         elif a == A_ICMP_TYPE:
             f.icmp_type = p[0]
-            f.present |= P_ICMP
+            icmp |= 1
         elif a == A_ICMP_CODE:
             f.icmp_code = p[0]
-            f.present |= P_ICMP
+            icmp |= 1
         elif a == A_SRCMASK6:
             mask6_src = p[0]
             has_v6only |= 1
@@ -859,13 +860,13 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             v = be16r(p, L)
             icmp6_type = <uint8_t>(v >> 8)
             icmp6_code = <uint8_t>v
-            has_v6only |= 12
+            icmp |= 2
         elif a == A_ICMP_TYPE6:
             icmp6_type = p[0]
-            has_v6only |= 4
+            icmp |= 2
         elif a == A_ICMP_CODE6:
             icmp6_code = p[0]
-            has_v6only |= 8
+            icmp |= 2
         elif a == A_SAMPLING_INTERVAL:
             sampling_interval = beN(p, L)
         elif a == A_SAMPLING_PKT_SPACE:
@@ -998,20 +999,24 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
     if has_nh4:
         pick_nexthop(f, nh4)
     if has_v6only:
-        # IPv6 prefix lengths and ICMPv6 type/code: used for an IPv6 flow, or when the template
-        # has no IPv4 element of that kind.
+        # IPv6 prefix lengths: used for an IPv6 flow, or when the template has no IPv4 element
+        # of that kind.
         if has_v6only & 1 and (f.af == 6 or not f.present & P_SRCMASK):
             f.src_mask = mask6_src
             f.present |= P_SRCMASK
         if has_v6only & 2 and (f.af == 6 or not f.present & P_DSTMASK):
             f.dst_mask = mask6_dst
             f.present |= P_DSTMASK
-        if has_v6only & 12 and (f.af == 6 or not f.present & P_ICMP):
-            if has_v6only & 4:
-                f.icmp_type = icmp6_type
-            if has_v6only & 8:
-                f.icmp_code = icmp6_code
-            f.present |= P_ICMP
+    if icmp and f.present & P_PROTO and (f.proto == 1 or f.proto == 58):
+        # ICMP type and code belong to an ICMP (1) or ICMPv6 (58) flow only: templates that
+        # carry 32/139/176-179 on every flow fill 0 ("echo reply") for TCP and UDP, and
+        # NetObserv writes IcmpType/IcmpCode for protocols 1 and 58 alone (as the v5 and sFlow
+        # decoders do). The protocol picks the family's elements, the other family's when the
+        # template has only those (v9 exporters send ICMP_TYPE (32) for ICMPv6 too).
+        if icmp & 2 and (f.proto == 58 or not icmp & 1):
+            f.icmp_type = icmp6_type
+            f.icmp_code = icmp6_code
+        f.present |= P_ICMP
 
     if t.options:
         # Options data teaches the exporter's clock and sampling; it is not a flow.

@@ -766,6 +766,27 @@ def test_template_with_both_families_uses_the_flow_family_for_masks_and_icmp() -
     assert all("ie139" not in f and "ie29" not in f for f in flows)
 
 
+def test_icmp_elements_on_a_non_icmp_flow_are_not_published() -> None:
+    """A template carrying icmpTypeCodeIPv4/IPv6 (32/139) or icmpType/CodeIPv4/IPv6 (176-179) on
+    every flow (akvorado's and pktvisor's captures, pmacct): the TCP and UDP flows' zeros are no
+    ICMP type ("echo reply"); IcmpType/IcmpCode are written for protocols 1 and 58 only, as
+    NetObserv does and flowscope's v5 and sFlow decoders do. ICMPv6 reads the IPv6 elements,
+    and IE 32 when the template has no other (v9 has no ICMPv6 element of its own)."""
+    t = _tpl(300, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("proto", 4, 0, 1), ("sport", 7, 0, 2), ("dport", 11, 0, 2),
+             ("icmp", 32, 0, 2), ("t6", 178, 0, 1), ("c6", 179, 0, 1), ("bytes", 1, 0, 4))
+    base = {"src": "10.0.0.1", "dst": "10.0.0.2", "sport": 0, "dport": 0, "icmp": 0, "t6": 0, "c6": 0, "bytes": 84}
+    recs = [dict(base, proto=6, sport=40000, dport=443), dict(base, proto=17, sport=5353, dport=53),
+            dict(base, proto=253), dict(base, proto=1, icmp=(3 << 8) | 1), dict(base, proto=58, t6=135)]
+    v9 = _tpl(301, ("src", 27, 0, 16), ("dst", 28, 0, 16), ("proto", 4, 0, 1), ("icmp", 32, 0, 2))
+    v6 = {"src": "2001:db8::1", "dst": "2001:db8::2", "proto": 58, "icmp": 128 << 8}
+    dec = Decoder()
+    flows = dec.decode(ipfix_message([template_set([t, v9]), data_set(t, recs), data_set(v9, [v6, dict(v6, proto=17)])],
+                                     seq=0, export_time=EXPORT), EXPORTER).to_dicts()
+    got = [(f["Proto"], f.get("IcmpType"), f.get("IcmpCode")) for f in flows]
+    assert got == [(6, None, None), (17, None, None), (253, None, None), (1, 3, 1), (58, 135, 0), (58, 128, 0),
+                   (17, None, None)]
+
+
 def test_each_ipfix_message_of_a_datagram_labels_its_own_flows() -> None:
     """RFC 7011 10.3.3: one datagram may carry several messages, each with its own observation
     domain and sequence number; each flow reports its own message's."""
@@ -846,10 +867,11 @@ def test_reduced_size_encoding_of_non_counter_unsigned_elements() -> None:
     rec = {"src": "10.0.0.1", "dst": "10.0.0.2", "proto": 17, "sport": 53, "dport": 80, "vlan": 7, "etype": 0x42,
            "icmp": 3, "s": 3000, "e": 0x010000, "tsport": 9, "tdport": 200}
     dec = Decoder()
-    b = dec.decode(ipfix_message([template_set([t]), data_set(t, [rec])], seq=0, export_time=EXPORT), EXPORTER)
-    f = b.to_dicts()[0]
+    b = dec.decode(ipfix_message([template_set([t]), data_set(t, [rec, dict(rec, proto=1)])], seq=0,
+                                 export_time=EXPORT), EXPORTER)
+    f, icmp = b.to_dicts()
     assert (f["SrcPort"], f["DstPort"], f["Vlan"], f["Etype"]) == (53, 80, 7, 0x42)
-    assert (f["IcmpType"], f["IcmpCode"]) == (0, 3)  # icmpTypeCodeIPv4 = type * 256 + code
+    assert (icmp["IcmpType"], icmp["IcmpCode"]) == (0, 3)  # icmpTypeCodeIPv4 = type * 256 + code
     assert (f["TimeFlowStartMs"], f["TimeFlowEndMs"]) == (EXPORT * 1000 - 3, EXPORT * 1000 - 0x010000 // 1000)
     assert (f["TunnelSrcPort"], f["TunnelDstPort"]) == (9, 200)
     assert not any(k.startswith("ie") for k in f)
