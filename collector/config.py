@@ -637,6 +637,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("kafka.topic: must not be empty")
     if cfg.counters and kind == "kafka" and not k.counters_topic:
         raise ConfigError("kafka.counters_topic: must not be empty with --counters")
+    if cfg.counters and kind == "kafka" and k.counters_topic == k.topic:
+        raise ConfigError(f"kafka.counters_topic: {k.counters_topic!r} is also kafka.topic: counter records "
+                          "would land among the flows that consumers of the flow format read; give them a "
+                          "topic of their own")
 
 
 def to_dict(cfg: Config, *, redact: bool = True) -> dict[str, Any]:

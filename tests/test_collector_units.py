@@ -59,6 +59,8 @@ def test_defaults() -> None:
      "kafka.compression_level: -1 is out of range for lz4: 0 to 16"),
     (["--kafka-compression-level", "3"], {}, "kafka.compression_level: 3 is out of range for none: 0 to 0"),
     (["--kafka-sasl-user", "bob"], {}, "kafka.sasl_user/sasl_password are set but kafka.sasl_mechanism is none"),
+    (["--kafka-brokers", "k:9092", "--counters", "--kafka-counters-topic", "flowscope-flows"], {},
+     "kafka.counters_topic: 'flowscope-flows' is also kafka.topic"),
 ])
 def test_validation_messages(argv: list[str], env: dict[str, str], message: str) -> None:
     with pytest.raises(C.ConfigError) as e:
