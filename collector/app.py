@@ -210,8 +210,10 @@ async def _worker_main(cfg: Config, index: int | None, enrich_cfg: Any,
     for s in servers:
         await s.stop()
     s_ = worker.sink
-    log.info("stopped: %d flows delivered to %s, %d dropped", s_.delivered[0], s_.name,
-             sum(v for (k, _), v in s_.queue.dropped.items() if k == 0))
+    counters = (f"; {s_.delivered[1]} sFlow counter records delivered, "
+                f"{sum(v for (k, _), v in s_.queue.dropped.items() if k == 1)} dropped") if cfg.counters else ""
+    log.info("stopped: %d flows delivered to %s, %d dropped%s", s_.delivered[0], s_.name,
+             sum(v for (k, _), v in s_.queue.dropped.items() if k == 0), counters)
     return 0
 
 
