@@ -524,10 +524,11 @@ cdef int decode_v5(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except
         if f.proto == 6:
             f.present |= P_FLAGS
         elif f.proto == 1:
-            # ICMP type and code travel in the destination port (type << 8 | code).
+            # ICMP type and code travel in the destination port (type << 8 | code); ICMP has
+            # no ports (NetObserv writes them for TCP, UDP and SCTP only).
             f.icmp_type = f.dport >> 8
             f.icmp_code = f.dport & 0xFF
-            f.present |= P_ICMP
+            f.present = (f.present | P_ICMP) & ~(<uint64_t>(P_SPORT | P_DPORT))
     ex.last_sampling = rate
     if bad_count:
         ex.count_error("bad_count")
@@ -1017,6 +1018,18 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             f.icmp_type = icmp6_type
             f.icmp_code = icmp6_code
         f.present |= P_ICMP
+    if f.present & P_PROTO and (f.proto == 1 or f.proto == 58):
+        if not icmp and f.present & P_DPORT and not 0 < f.dport < 256:
+            # No ICMP element: pmacct's templates (and akvorado's corpus capture) carry type and
+            # code in destinationTransportPort (type << 8 | code), as NetFlow v5 does. A value
+            # below 256 cannot be that (type 0, echo reply, has only code 0; ICMPv6 type 0 is
+            # reserved): Procera writes the bare type there, which is not guessed at.
+            f.icmp_type = <uint8_t>(f.dport >> 8)
+            f.icmp_code = <uint8_t>f.dport
+            f.present |= P_ICMP
+        # ICMP has no ports: NetObserv writes SrcPort/DstPort for TCP, UDP and SCTP only, and an
+        # ICMP flow's port elements hold zeros or the type and code just read.
+        f.present &= ~(<uint64_t>(P_SPORT | P_DPORT))
 
     if t.options:
         # Options data teaches the exporter's clock and sampling; it is not a flow.

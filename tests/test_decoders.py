@@ -10,8 +10,10 @@ export/import.
 from __future__ import annotations
 
 import ipaddress
+import os
 import random
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -527,6 +529,10 @@ def test_v5_records_and_icmp_in_dport() -> None:
         assert (f["TimeFlowStartMs"], f["TimeFlowEndMs"]) == (boot + r["first"], boot + r["last"])
         assert f["Sampling"] == 100 and f["SequenceNum"] == 1234
     assert (flows[0]["IcmpType"], flows[0]["IcmpCode"]) == (8, 0)
+    # ICMP has no ports: the destination port held the type and code, and NetObserv writes
+    # SrcPort/DstPort for TCP, UDP and SCTP only (this test used to expect DstPort 2048 here).
+    assert "SrcPort" not in flows[0] and "DstPort" not in flows[0]
+    assert (flows[1]["SrcPort"], flows[1]["DstPort"]) == (recs[1]["sport"], recs[1]["dport"])
     assert flows[1]["TcpFlagsRaw"] == recs[1]["flags"]
 
 
@@ -785,6 +791,46 @@ def test_icmp_elements_on_a_non_icmp_flow_are_not_published() -> None:
     got = [(f["Proto"], f.get("IcmpType"), f.get("IcmpCode")) for f in flows]
     assert got == [(6, None, None), (17, None, None), (253, None, None), (1, 3, 1), (58, 135, 0), (58, 128, 0),
                    (17, None, None)]
+
+
+def test_icmp_type_and_code_from_the_destination_port_without_an_icmp_element() -> None:
+    """pmacct's v9/IPFIX templates have no ICMP element: an ICMP or ICMPv6 flow's type and code
+    travel in destinationTransportPort (type << 8 | code), as in NetFlow v5 (akvorado's capture
+    akvorado_combined_icmp likewise). They give IcmpType/IcmpCode, and an ICMP flow publishes
+    no SrcPort/DstPort, whether or not its template has an ICMP element (NetObserv writes ports
+    for TCP, UDP and SCTP only). A value below 256 is no type << 8 | code (type 0 has only code
+    0; Procera writes the bare type): no ICMP type then."""
+    t4 = _tpl(300, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("proto", 4, 0, 1), ("sport", 7, 0, 2), ("dport", 11, 0, 2))
+    t6 = _tpl(301, ("src", 27, 0, 16), ("dst", 28, 0, 16), ("proto", 4, 0, 1), ("sport", 7, 0, 2), ("dport", 11, 0, 2))
+    te = _tpl(302, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("proto", 4, 0, 1), ("sport", 7, 0, 2), ("dport", 11, 0, 2),
+              ("icmp", 32, 0, 2))
+    v4 = {"src": "10.1.0.5", "dst": "10.2.0.6", "proto": 1, "sport": 0, "dport": 8 << 8}
+    v6 = {"src": "fd00:1::5", "dst": "fd00:2::6", "proto": 58, "sport": 0, "dport": 128 << 8}
+    data = [data_set(t4, [v4, dict(v4, dport=(3 << 8) | 3), dict(v4, dport=8), dict(v4, proto=17, sport=5353, dport=53)]),
+            data_set(t6, [v6]), data_set(te, [dict(v4, sport=17549, dport=0, icmp=8 << 8)])]
+    v9 = v9_datagram([template_set([t4, t6, te], version=9), *data], seq=0, unix_secs=EXPORT, uptime_ms=1000)
+    ipfix = ipfix_message([template_set([t4, t6, te]), *data], seq=0, export_time=EXPORT)
+    for b in (Decoder().decode(v9, EXPORTER), Decoder().decode(ipfix, EXPORTER)):
+        got = [(f["Proto"], f.get("IcmpType"), f.get("IcmpCode"), f.get("SrcPort"), f.get("DstPort")) for f in b.to_dicts()]
+        assert got == [(1, 8, 0, None, None), (1, 3, 3, None, None), (1, None, None, None, None),
+                       (17, None, None, 5353, 53), (58, 128, 0, None, None), (1, 8, 0, None, None)], b.protocol
+
+
+def test_icmpv6_type_in_the_destination_port_of_akvorados_capture() -> None:
+    """The corpus capture akvorado_combined_icmp.pcap (v9, no ICMP element): ICMPv6 echo request
+    from 2001:db8:: with DstPort 32768 (128 << 8) is IcmpType 128, IcmpCode 0, without ports."""
+    from collector.pcap import iter_udp
+
+    shared = Path(os.environ.get("FLOWSCOPE_SHARED_CORPUS", Path(__file__).resolve().parents[2] / "shared" / "corpus"))
+    pcap = shared / "netflow9" / "akvorado_combined_icmp.pcap"
+    if not pcap.exists():
+        pytest.skip(f"{pcap} absent (non-permissive capture, read from the shared corpus)")
+    dec = Decoder(DecoderConfig(default_sampling=0))
+    flows = [f for d in iter_udp(pcap) for f in dec.decode(d.payload, d.src, d.sport, d.ts).to_dicts()]
+    icmp = [f for f in flows if f.get("Proto") in (1, 58)]
+    assert icmp and all("SrcPort" not in f and "DstPort" not in f and "IcmpType" in f for f in icmp)
+    echo = [f for f in icmp if f["SrcAddr"] == "2001:db8::"]
+    assert echo and all((f["IcmpType"], f["IcmpCode"]) == (128, 0) for f in echo)
 
 
 def test_each_ipfix_message_of_a_datagram_labels_its_own_flows() -> None:
