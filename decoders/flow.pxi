@@ -189,6 +189,15 @@ cdef inline Py_ssize_t addr_len(uint8_t af) noexcept:
     return 4 if af == 4 else (16 if af == 6 else 0)
 
 
+cdef inline bint addr_zero(const uint8_t* a, uint8_t af) noexcept:
+    """The unspecified address (0.0.0.0 or ::) of family af: no address."""
+    cdef Py_ssize_t i
+    for i in range(addr_len(af)):
+        if a[i]:
+            return False
+    return True
+
+
 cdef inline uint8_t tun_noaddr(Flow* f, int have) noexcept:
     """Flow.noaddr's tunnel bits: an endpoint of the f.tun_af family the record did not carry
     (have: 1 source, 2 destination), or that is the unspecified address, has no value. 0.0.0.0 and

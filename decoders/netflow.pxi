@@ -888,8 +888,11 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             memcpy(f.dst_mac, p, 6)
             f.present |= P_DSTMAC
         elif a == A_VLAN:
+            # IEEE 802.1Q: VID 0 means the frame carries a priority tag only, no VLAN (Cisco
+            # IOS-XR sends dot1qVlanId 0 for untagged traffic): no Vlan, as for sFlow.
             f.vlan = be16r(p, L) & 0x0FFF
-            f.present |= P_VLAN
+            if f.vlan:
+                f.present |= P_VLAN
         elif a == A_IPVERSION:
             ipversion = p[0]
         elif a == A_DIRECTION:
@@ -999,6 +1002,10 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
         f.noaddr |= tun_noaddr(f, tun if f.tun_af == 4 else tun >> 2)
     if has_nh4:
         pick_nexthop(f, nh4)
+    if f.nh_af and addr_zero(f.nexthop, f.nh_af):
+        # 0.0.0.0 / :: is "no next hop" (a local or dropped flow, a template filled for every
+        # flow): omitted, as for v5 and sFlow, and as 507dc7f does for absent addresses.
+        f.nh_af = 0
     if has_v6only:
         # IPv6 prefix lengths: used for an IPv6 flow, or when the template has no IPv4 element
         # of that kind.

@@ -469,7 +469,7 @@ cdef int flow_record(FlowBatch b, Flow* f, uint32_t ent, uint32_t fmt, Reader* r
     if fmt == FR_EXT_ROUTER:
         # The next hop router wins over the gateway's BGP next hop (records come in any order).
         read_address(rec, &af, nh, fmt)
-        if af:
+        if af and not addr_zero(nh, af):     # 0.0.0.0 / ::: no next hop (the gateway's may fill it)
             f.nh_af = af
             memcpy(f.nexthop, nh, 16)
         need(rec, 8, fmt)
@@ -483,7 +483,7 @@ cdef int flow_record(FlowBatch b, Flow* f, uint32_t ent, uint32_t fmt, Reader* r
         # next_hop is the border router towards the destination: NextHop when extended
         # router gave none.
         read_address(rec, &af, nh, fmt)
-        if af and not f.nh_af:
+        if af and not f.nh_af and not addr_zero(nh, af):
             f.nh_af = af
             memcpy(f.nexthop, nh, 16)
         need(rec, 16, fmt)

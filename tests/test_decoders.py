@@ -951,6 +951,25 @@ def test_template_with_both_next_hop_families_uses_the_flow_family() -> None:
     assert got == [("10.0.0.1", "192.0.2.254"), ("2001:db8::1", "2001:db8::fe")] * 2
 
 
+def test_zero_vlan_and_unspecified_next_hop_are_omitted() -> None:
+    """vlanId/dot1qVlanId (58/243) 0 is no VLAN (IEEE 802.1Q: VID 0 = priority tag only; Cisco
+    IOS-XR sends it for untagged traffic) and ipNextHopIPv4/IPv6Address (15/62) 0.0.0.0 / :: is
+    no next hop: both omitted (DESIGN.md: fields with no value are omitted), as NetFlow v5 and
+    sFlow do; a template with both next-hop families whose flow's family is zero has none."""
+    t = _tpl(300, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("proto", 4, 0, 1), ("nh", 15, 0, 4), ("vlan", 58, 0, 2))
+    t6 = _tpl(301, ("src", 27, 0, 16), ("dst", 28, 0, 16), ("nh", 62, 0, 16), ("vlan", 243, 0, 2))
+    both = _tpl(302, ("src4", 8, 0, 4), ("dst4", 12, 0, 4), ("nh4", 15, 0, 4), ("src6", 27, 0, 16),
+                ("dst6", 28, 0, 16), ("nh6", 62, 0, 16))
+    r4 = {"src": "10.0.0.1", "dst": "10.0.0.2", "proto": 17, "nh": "0.0.0.0", "vlan": 0}
+    r6 = {"src": "2001:db8::1", "dst": "2001:db8::2", "nh": "::", "vlan": 0}
+    rb = {"src4": "10.0.0.1", "dst4": "10.0.0.2", "nh4": "0.0.0.0", "src6": "::", "dst6": "::", "nh6": "2001:db8::fe"}
+    msg = ipfix_message([template_set([t, t6, both]), data_set(t, [r4, dict(r4, nh="192.0.2.254", vlan=5)]),
+                         data_set(t6, [r6, dict(r6, nh="2001:db8::fe", vlan=7)]), data_set(both, [rb])],
+                        seq=0, export_time=EXPORT)
+    got = [(f.get("NextHop"), f.get("Vlan")) for f in Decoder().decode(msg, EXPORTER).to_dicts()]
+    assert got == [(None, None), ("192.0.2.254", 5), (None, None), ("2001:db8::fe", 7), (None, None)]
+
+
 def test_options_record_keeps_every_occurrence_of_a_repeated_element() -> None:
     """An options template that repeats an element (interfaceName twice, an enterprise element
     twice): the options record has one key per element with the values in order, as flows do."""

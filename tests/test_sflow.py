@@ -532,6 +532,26 @@ def test_record_order_does_not_change_vlan_or_next_hop(decoders_mod) -> None:
         assert one_flow(decoders_mod, [raw_header(tagged, 60)] + records)["NextHop"] == "192.0.2.1"
 
 
+def test_unspecified_next_hop_is_no_next_hop(decoders_mod) -> None:
+    """extended_router / extended_gateway with next hop 0.0.0.0 or :: (a local or dropped
+    packet): no NextHop, as NetFlow v5 and v9/IPFIX omit it (DESIGN.md: fields with no value
+    are omitted); a zero router next hop leaves the place to the gateway's."""
+    pkt = eth(ipv4("10.0.0.1", "10.0.0.2", 17, udp(1, 2)), 0x0800)
+    rt_zero = rec(1002, struct.pack(">I", 1) + bytes(4) + struct.pack(">II", 24, 16))
+    rt6_zero = rec(1002, struct.pack(">I", 2) + bytes(16) + struct.pack(">II", 64, 64))
+    gw_zero = rec(1003, struct.pack(">I", 1) + bytes(4) + struct.pack(">IIII", 65000, 64999, 64998, 0) +
+                  struct.pack(">II", 0, 100))
+    gw = rec(1003, struct.pack(">I", 1) + bytes([192, 0, 2, 1]) + struct.pack(">IIII", 65000, 64999, 64998, 0) +
+             struct.pack(">II", 0, 100))
+    for records in ([rt_zero], [rt6_zero], [gw_zero], [rt_zero, gw_zero]):
+        f = one_flow(decoders_mod, [raw_header(pkt, 60)] + records)
+        assert "NextHop" not in f, records
+    f = one_flow(decoders_mod, [raw_header(pkt, 60), rt_zero])
+    assert (f["SrcPrefixLen"], f["DstPrefixLen"]) == (24, 16)
+    for records in ([rt_zero, gw], [gw, rt_zero]):
+        assert one_flow(decoders_mod, [raw_header(pkt, 60)] + records)["NextHop"] == "192.0.2.1"
+
+
 def llc_snap(etype: int, payload: bytes) -> bytes:
     return bytes([0xAA, 0xAA, 0x03, 0, 0, 0]) + struct.pack(">H", etype) + payload
 
