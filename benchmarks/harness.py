@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -204,7 +205,8 @@ def _wait_quiescent(cpu: peers.CpuTracker, *, max_wait: float, idle_cpu: float =
 
     A collector still draining (pmacct purging its cache, flowscope flushing Kafka batches)
     burns CPU; when it stops, everything it will deliver has been handed to the broker.
-    Returns the time waited.
+    Returns the seconds until it went idle (the hold and the sampling interval not counted;
+    max_wait when it never did).
     """
     t0 = time.monotonic()
     last_cpu, last_t, quiet_since = cpu.update(), t0, None
@@ -217,9 +219,10 @@ def _wait_quiescent(cpu: peers.CpuTracker, *, max_wait: float, idle_cpu: float =
         busy = (used - last_cpu) / max(now - last_t, 1e-6)
         last_cpu, last_t = used, now
         if busy < idle_cpu:
-            quiet_since = quiet_since or now
+            # the sample that showed it idle covers the interval since the previous one
+            quiet_since = quiet_since or (now - 0.5)
             if now - quiet_since >= hold:
-                break
+                return max(0.0, quiet_since - t0)
         else:
             quiet_since = None
     return time.monotonic() - t0
@@ -245,6 +248,7 @@ def run_trial(
     env = Env(proto=proto, port=port, bootstrap=broker.bootstrap if broker else None, topic=topic,
               cpus=cpus["collector"], workers=spec.workers, log_dir=log_dir)
     peer = None
+    gen: subprocess.Popen[str] | None = None
     try:
         peer = spec.start(env)
         # idle baseline: what the collector burns with no load (timers, metrics, client
@@ -299,7 +303,7 @@ def run_trial(
                                    keep=200)
             tr.count_s = c.seconds
             tr.delivered = c.messages
-            if c.sample and spec.name.startswith("flowscope"):
+            if c.sample and spec.name.startswith("flowscope") and "--kubeconfig" in _FLOWSCOPE_EXTRA:
                 tr.enriched_share = sum(1 for m in c.sample if b'"SrcK8S_Name"' in m) / len(c.sample)
         else:
             assert peer.nfcapd_dir
@@ -313,9 +317,17 @@ def run_trial(
     except Exception as e:  # noqa: BLE001 - a failed trial is a result, the sweep goes on
         tr.error = _one_line(f"{type(e).__name__}: {e}")
     finally:
+        if gen is not None and gen.poll() is None:   # interrupted (SIGTERM, Ctrl-C) mid-load
+            gen.kill()
+            gen.wait()
         if peer is not None:
             peer.stop()
-            if spec.sink == "files":
+            if peer.workdir != log_dir:       # a peer's private directory: keep its log, drop the rest
+                keep = os.path.join(log_dir, f"{peer.name}-{proto}-{int(rate)}.log")
+                try:
+                    shutil.copyfile(peer.log_path, keep)
+                except OSError:
+                    pass
                 peer.cleanup()
         if topic and broker:
             brk.delete_topic(broker.bootstrap, topic)
