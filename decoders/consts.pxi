@@ -12,6 +12,8 @@ DEF OPTIONS_MAX_ENTRIES = 1024       # per exporter, in each dict of what option
 DEF DEDUP_WINDOW_MS = 60000          # an egress record within this window of its ingress twin
 DEF CLOCK_TOLERANCE_MS = 2000        # export times have 1 s granularity, plus network delay: an
                                      # exporter clock off by more is corrected for enrichment
+DEF CLOCK_WINDOW_MS = 60000          # the exporter's clock offset is the smallest receive - export
+                                     # time over the last one to two such windows (clock_shift)
 DEF SYSINIT_SKEW_MS = 3600000        # IE 160 + sysUpTime values up to this far after the export
                                      # are clock disagreement, not a 32-bit wrap (sysup_time)
 

@@ -179,12 +179,6 @@ cdef int batch_add_extra(FlowBatch b, Flow* f, uint32_t pen, uint16_t ie, Py_ssi
     return 0
 
 
-cdef inline int64_t clock_shift(FlowBatch b, int64_t export_ms) noexcept:
-    """FlowBatch.clock_shift_ms of a message the exporter stamped export_ms (its clock)."""
-    cdef int64_t off = <int64_t>(b.recv_time * 1000) - export_ms
-    return off if off > CLOCK_TOLERANCE_MS or off < -CLOCK_TOLERANCE_MS else 0
-
-
 cdef inline Py_ssize_t addr_len(uint8_t af) noexcept:
     return 4 if af == 4 else (16 if af == 6 else 0)
 

@@ -282,6 +282,9 @@ cdef class ExporterState:
     cdef uint32_t last_domain
     cdef uint32_t last_next
     cdef bint has_last
+    cdef int64_t clk_cur               # smallest receive - export time (ms) in the current window
+    cdef int64_t clk_prev              # ... in the previous one (clock_shift)
+    cdef int64_t clk_start             # receive time (ms) the current window began; 0 = none yet
     cdef double rl_tokens              # --max-exporter-rate token bucket: datagrams it may still send
     cdef double rl_time                # ... as of this receive time (0 = never limited yet)
     cdef uint64_t msg_records          # data records of the IPFIX message being decoded
@@ -491,7 +494,7 @@ cdef int decode_v5(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except
     # prints only the raw offset; the corpus's 0xFFFFFFFF from a router 3.4 s after boot is a
     # flow seen 1 ms before the counter's 0, not 49.7 days after the export.
     base_ms = <int64_t>be32(h + 8) * 1000 + be32(h + 12) // 1000000 - uptime
-    b.clock_shift_ms = clock_shift(b, base_ms + uptime)
+    b.clock_shift_ms = clock_shift(ex, b, base_ms + uptime)
     rate = interval if interval else ex.cidr_sampling
     for i in range(count):
         p = rd_take(r, 48)
@@ -1152,6 +1155,30 @@ cdef void pick_nexthop(Flow* f, const uint8_t* nh4) noexcept:
     f.nh_af = 4
 
 
+cdef int64_t clock_shift(ExporterState ex, FlowBatch b, int64_t export_ms) noexcept:
+    """FlowBatch.clock_shift_ms of a message the exporter stamped export_ms (its clock): how far
+    its clock is off the collector's, for the enrichment's lookup time. receive - export time is
+    the clock offset plus the datagram's delay (network, socket buffer, a collector running
+    behind), and delay only ever adds: the offset is the smallest value over the last one to
+    two CLOCK_WINDOW_MS windows, so a late datagram from an exporter whose clock is right is not
+    taken for skew once one on time was seen. Within CLOCK_TOLERANCE_MS (1 s export-time
+    granularity plus delay) it is 0."""
+    cdef int64_t now = <int64_t>(b.recv_time * 1000)
+    cdef int64_t off = now - export_ms
+    cdef int64_t est
+    if ex.clk_start == 0 or now < ex.clk_start or now - ex.clk_start >= 2 * CLOCK_WINDOW_MS:
+        ex.clk_cur = ex.clk_prev = off          # first seen, silent for long, or a clock step back
+        ex.clk_start = now
+    elif now - ex.clk_start >= CLOCK_WINDOW_MS:
+        ex.clk_prev = ex.clk_cur
+        ex.clk_cur = off
+        ex.clk_start = now
+    elif off < ex.clk_cur:
+        ex.clk_cur = off
+    est = ex.clk_cur if ex.clk_cur < ex.clk_prev else ex.clk_prev
+    return est if est > CLOCK_TOLERANCE_MS or est < -CLOCK_TOLERANCE_MS else 0
+
+
 cdef inline int64_t sysup_time(int64_t sysinit_ms, int64_t value, int64_t latest_ms) noexcept:
     """The Unix ms of a sysUpTime value (v5 First/Last, v9/IPFIX IEs 21/22): sysUpTime is a
     32-bit millisecond counter that wraps every 49.7 days (RFC 3954 8, RFC 5102
@@ -1364,7 +1391,7 @@ cdef int decode_v9(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except
     b.proto_kind = PROTO_NETFLOW9
     b.sequence = be32(h + 12)
     b.domain = domain
-    b.clock_shift_ms = clock_shift(b, export_ms)
+    b.clock_shift_ms = clock_shift(ex, b, export_ms)
     ex.sequence(PROTO_NETFLOW9, b.port, domain, b.sequence, 1)   # RFC 3954: export packets per Source ID
     # RFC 3954 5.1: "count" is not reliable across vendors; walk the flowsets to the end.
     while rd_left(r) >= 4:
@@ -1411,7 +1438,7 @@ cdef int decode_ipfix(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
         if first:
             b.sequence = be32(h + 8)
             b.domain = domain
-            b.clock_shift_ms = clock_shift(b, export_ms)
+            b.clock_shift_ms = clock_shift(ex, b, export_ms)
         msg_flows = b.n
         rd_sub(r, &m, msg_len - 16)
         ex.msg_records = 0
@@ -1445,7 +1472,7 @@ cdef int decode_ipfix(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
             if not first:
                 # A later message of the datagram (RFC 7011 10.3.3): its flows carry its own
                 # observation domain, sequence number and export time.
-                shift = clock_shift(b, export_ms)
+                shift = clock_shift(ex, b, export_ms)
                 for i in range(msg_flows, b.n):
                     b.flows[i].msg_domain = domain
                     b.flows[i].msg_sequence = be32(h + 8)
