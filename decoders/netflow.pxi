@@ -712,12 +712,19 @@ cdef int store_template(Decoder dec, ExporterState ex, Template t, double now) e
 
 cdef void evict_template(Decoder dec, ExporterState ex, Template victim):
     """Forget the least recently refreshed template for a new one, counted per exporter and
-    protocol (flowscope_templates_evicted_total); an options template takes what its
-    exporting process's options data taught with it."""
+    protocol (flowscope_templates_evicted_total); the last options template of an exporting
+    process and domain takes what their options data taught with it."""
     cdef str name = "ipfix" if victim.version == 10 else "netflow9"
+    cdef Template t
     drop_template(dec, ex, tkey(victim.version, victim.domain, victim.template_id, victim.port))
     if victim.options:
-        forget_options(ex, victim.version, victim.domain, victim.port)
+        # only when it was the process's last options template: another one (a sampler table
+        # beside an interface table) may be what taught the rates
+        for t in ex.templates.values():
+            if t.options and t.version == victim.version and t.domain == victim.domain and t.port == victim.port:
+                break
+        else:
+            forget_options(ex, victim.version, victim.domain, victim.port)
     ex.templates_evicted += 1
     ex.proto_stats(name)["templates_evicted"] += 1
     dec.log_limited("template_evicted", ex.ip, f"v{victim.version} domain {victim.domain} port {victim.port} "

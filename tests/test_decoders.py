@@ -1321,3 +1321,42 @@ def test_refused_datagrams_are_not_counted_again_as_sequence_loss() -> None:
 def test_rate_limit_config_is_validated() -> None:
     with pytest.raises(ValueError, match="max_exporter_rate"):
         Decoder(DecoderConfig(max_exporter_rate=-1))
+
+
+def test_evicting_one_options_template_keeps_what_another_taught() -> None:
+    """The full table evicts an options template that taught nothing (an interface table) while
+    the sampler table's options template stays: the sampler rates it taught are kept (they go
+    only with the exporting process's last options template)."""
+    def fields(fs: list[tuple[int, int]]) -> bytes:
+        return b"".join(struct.pack("!HH", ie, ln) for ie, ln in fs)
+
+    def tmpl(tid: int, fs: list[tuple[int, int]]) -> bytes:
+        r = struct.pack("!HH", tid, len(fs)) + fields(fs)
+        return struct.pack("!HH", 2, 4 + len(r)) + r
+
+    def otmpl(tid: int, scope: list[tuple[int, int]], fs: list[tuple[int, int]]) -> bytes:
+        r = struct.pack("!HHH", tid, len(scope) + len(fs), len(scope)) + fields(scope + fs)
+        return struct.pack("!HH", 3, 4 + len(r)) + r
+
+    def data(tid: int, rec: bytes) -> bytes:
+        return struct.pack("!HH", tid, 4 + len(rec)) + rec
+
+    dec = Decoder(DecoderConfig(max_templates_per_exporter=3, default_sampling=400))
+    seq = [0]
+
+    def send(sets: list[bytes], t: float) -> object:
+        body = b"".join(sets)
+        seq[0] += 1
+        return dec.decode(struct.pack("!HHIII", 10, 16 + len(body), EXPORT, seq[0], 0) + body, EXPORTER, 4739, t)
+
+    send([otmpl(257, [(10, 4)], [(82, 8)])], 1000.0)                    # interface table: teaches no rate
+    send([otmpl(256, [(48, 1)], [(34, 4)])], 1001.0)                    # sampler table
+    send([data(256, bytes([7]) + struct.pack("!I", 100))], 1001.5)      # sampler 7: 1 in 100
+    send([tmpl(258, [(8, 4), (12, 4), (48, 1), (1, 8)])], 1002.0)       # flows naming their sampler
+    rec = bytes([10, 0, 0, 1, 10, 0, 0, 2, 7]) + struct.pack("!Q", 1000)
+    assert send([data(258, rec)], 1003.0).to_dicts()[0]["Sampling"] == 100
+    send([tmpl(259, [(8, 4), (12, 4), (1, 8)])], 1004.0)                # a fourth: 257 goes
+    assert dec.stats()[EXPORTER]["templates_evicted"] == 1
+    assert send([data(258, rec)], 1005.0).to_dicts()[0]["Sampling"] == 100
+    send([tmpl(260, [(8, 4), (12, 4), (1, 8)])], 1006.0)                # the sampler table goes too
+    assert send([tmpl(258, [(8, 4), (12, 4), (48, 1), (1, 8)]), data(258, rec)], 1007.0).to_dicts()[0]["Sampling"] == 400
