@@ -367,7 +367,14 @@ class StreamSink(Sink):
             return
         if self._regular:
             try:
-                os.ftruncate(self._fd, os.lseek(self._fd, 0, os.SEEK_END) - (job.written - whole))
+                ours = os.lseek(self._fd, 0, os.SEEK_CUR)     # where the partial line ended
+                if os.fstat(self._fd).st_size != ours:
+                    raise OSError("another writer appended after it")   # --workers N on one file
+                end = ours - (job.written - whole)
+                os.ftruncate(self._fd, end)
+                # without O_APPEND (stdout redirected with `>`) the offset stays past the new end,
+                # and the next write would leave a hole of NULs
+                os.lseek(self._fd, end, os.SEEK_SET)
                 return
             except OSError:
                 pass
