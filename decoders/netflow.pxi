@@ -1036,11 +1036,12 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             f.icmp_code = icmp6_code
         f.present |= P_ICMP
     if f.present & P_PROTO and (f.proto == 1 or f.proto == 58):
-        if not icmp and f.present & P_DPORT and not 0 < f.dport < 256:
+        if not icmp and f.present & P_DPORT and not 0 < f.dport < 256 and not (f.dport == 0 and f.proto == 58):
             # No ICMP element: pmacct's templates (and akvorado's corpus capture) carry type and
             # code in destinationTransportPort (type << 8 | code), as NetFlow v5 does. A value
-            # below 256 cannot be that (type 0, echo reply, has only code 0; ICMPv6 type 0 is
-            # reserved): Procera writes the bare type there, which is not guessed at.
+            # below 256 cannot be that (type 0, echo reply, has only code 0): Procera writes the
+            # bare type there, which is not guessed at; and 0 for ICMPv6, whose type 0 is
+            # reserved, is an exporter's placeholder (Cisco's also write bare ICMPv6 types).
             f.icmp_type = <uint8_t>(f.dport >> 8)
             f.icmp_code = <uint8_t>f.dport
             f.present |= P_ICMP

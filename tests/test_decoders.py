@@ -799,7 +799,7 @@ def test_icmp_type_and_code_from_the_destination_port_without_an_icmp_element() 
     akvorado_combined_icmp likewise). They give IcmpType/IcmpCode, and an ICMP flow publishes
     no SrcPort/DstPort, whether or not its template has an ICMP element (NetObserv writes ports
     for TCP, UDP and SCTP only). A value below 256 is no type << 8 | code (type 0 has only code
-    0; Procera writes the bare type): no ICMP type then."""
+    0; Procera writes the bare type), nor is 0 for ICMPv6 (type 0 reserved): no ICMP type then."""
     t4 = _tpl(300, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("proto", 4, 0, 1), ("sport", 7, 0, 2), ("dport", 11, 0, 2))
     t6 = _tpl(301, ("src", 27, 0, 16), ("dst", 28, 0, 16), ("proto", 4, 0, 1), ("sport", 7, 0, 2), ("dport", 11, 0, 2))
     te = _tpl(302, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("proto", 4, 0, 1), ("sport", 7, 0, 2), ("dport", 11, 0, 2),
@@ -807,13 +807,16 @@ def test_icmp_type_and_code_from_the_destination_port_without_an_icmp_element() 
     v4 = {"src": "10.1.0.5", "dst": "10.2.0.6", "proto": 1, "sport": 0, "dport": 8 << 8}
     v6 = {"src": "fd00:1::5", "dst": "fd00:2::6", "proto": 58, "sport": 0, "dport": 128 << 8}
     data = [data_set(t4, [v4, dict(v4, dport=(3 << 8) | 3), dict(v4, dport=8), dict(v4, proto=17, sport=5353, dport=53)]),
-            data_set(t6, [v6]), data_set(te, [dict(v4, sport=17549, dport=0, icmp=8 << 8)])]
+            data_set(t6, [v6]), data_set(te, [dict(v4, sport=17549, dport=0, icmp=8 << 8)]),
+            data_set(t4, [dict(v4, dport=0)]), data_set(t6, [dict(v6, dport=0)])]
     v9 = v9_datagram([template_set([t4, t6, te], version=9), *data], seq=0, unix_secs=EXPORT, uptime_ms=1000)
     ipfix = ipfix_message([template_set([t4, t6, te]), *data], seq=0, export_time=EXPORT)
     for b in (Decoder().decode(v9, EXPORTER), Decoder().decode(ipfix, EXPORTER)):
         got = [(f["Proto"], f.get("IcmpType"), f.get("IcmpCode"), f.get("SrcPort"), f.get("DstPort")) for f in b.to_dicts()]
         assert got == [(1, 8, 0, None, None), (1, 3, 3, None, None), (1, None, None, None, None),
-                       (17, None, None, 5353, 53), (58, 128, 0, None, None), (1, 8, 0, None, None)], b.protocol
+                       (17, None, None, 5353, 53), (58, 128, 0, None, None), (1, 8, 0, None, None),
+                       (1, 0, 0, None, None),          # 0: echo reply (type 0, code 0)
+                       (58, None, None, None, None)], b.protocol   # ICMPv6 type 0 is reserved: a placeholder
 
 
 def test_icmpv6_type_in_the_destination_port_of_akvorados_capture() -> None:

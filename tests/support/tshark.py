@@ -541,11 +541,13 @@ def expected_from_cflow(pkt: CflowPacket, cset: CflowSet, rec: dict) -> dict[str
         # UDP and SCTP only; compare_flow_record checks they are absent). tshark prints the port
         # elements' raw values: zeros, an ICMP id (Cisco ASA), or type << 8 | code (NetFlow v5,
         # pmacct, akvorado's capture), which is the ICMP type and code when the record has no
-        # ICMP element; a value below 256 cannot be that (type 0, echo reply, has only code 0;
-        # ICMPv6 type 0 is reserved): Procera writes the bare type there, read as no ICMP type.
+        # ICMP element; a value below 256 cannot be that (type 0, echo reply, has only code 0):
+        # Procera writes the bare type there, read as no ICMP type; nor can 0 for ICMPv6, whose
+        # type 0 is reserved (an exporter's placeholder).
         dport = exp.pop("DstPort", None)
         exp.pop("SrcPort", None)
-        if "IcmpType" not in exp and dport is not None and not 0 < dport < 256:
+        if ("IcmpType" not in exp and dport is not None and not 0 < dport < 256
+                and not (dport == 0 and exp.get("Proto") == 58)):
             exp["IcmpType"], exp["IcmpCode"] = dport >> 8, dport & 0xFF
     # Bytes/Packets: the delta counters when present, else the total counters.
     for fkey, names in (("Bytes", ("cflow.octets", "cflow.permanent_octets", "cflow.octets64")),
