@@ -1196,7 +1196,12 @@ cdef inline int64_t sysup_time(int64_t sysinit_ms, int64_t value, int64_t latest
     0), and a system up for more than 49.7 days (uptime from IE 160) has wrapped k times."""
     cdef int64_t d = latest_ms - sysinit_ms - value
     # d >> 32 is floor(d / 2^32) for a negative d too (arithmetic shift; cdivision truncates)
-    return sysinit_ms + value + (d >> 32) * (<int64_t>1 << 32)
+    cdef int64_t t = sysinit_ms + value + (d >> 32) * (<int64_t>1 << 32)
+    if t < 0 <= sysinit_ms + value:
+        # an exporter whose clock says January 1970 (never set): no wrap puts a flow before the
+        # epoch; consumers that store times unsigned would refuse the record
+        return sysinit_ms + value
+    return t
 
 
 cdef int64_t ntp_to_ms(const uint8_t* p, bint micro) noexcept:

@@ -470,6 +470,11 @@ def test_sysuptime_values_from_before_the_counter_wrapped() -> None:
     for f in (f5, f9):
         assert (f["TimeFlowStartMs"], f["TimeFlowEndMs"]) == (boot + first - (1 << 32), boot + last)
         assert f["TimeFlowStartMs"] <= f["TimeFlowEndMs"] <= EXPORT * 1000
+    # An exporter whose clock was never set (export time in January 1970, as in the corpus's
+    # nprobe capture): a wrap would put the flow before the epoch, so the value is taken as is.
+    rec = dict(rec, first=512_000, last=515_000)
+    f = Decoder().decode(v5_datagram([rec], seq=0, unix_secs=1_000, uptime_ms=uptime), EXPORTER).to_dicts()[0]
+    assert (f["TimeFlowStartMs"], f["TimeFlowEndMs"]) == (1_000_000 - uptime + 512_000, 1_000_000 - uptime + 515_000)
 
 
 def test_ie160_sysuptime_of_a_system_up_longer_than_the_counter() -> None:

@@ -626,8 +626,10 @@ def _time_ms(pkt: CflowPacket, rec: dict, which: str) -> int | None:
     if pkt.version in (5, 9) and pkt.export_ms is not None and pkt.sysuptime_ms is not None:
         # tshark prints the raw offset; sysUpTime is a 32-bit ms counter (RFC 3954 8), read for
         # the header at the export, so the flow's age is (uptime - value) mod 2^32: a value
-        # above the header's uptime was counted before the counter wrapped.
-        return pkt.export_ms - (pkt.sysuptime_ms - rel) % (1 << 32)
+        # above the header's uptime was counted before the counter wrapped (unless that would
+        # put it before 1970: an exporter whose clock was never set).
+        t = pkt.export_ms - (pkt.sysuptime_ms - rel) % (1 << 32)
+        return t if t >= 0 or pkt.export_ms - pkt.sysuptime_ms + rel < 0 else pkt.export_ms - pkt.sysuptime_ms + rel
     if pkt.version == 10 and pkt.sys_init_ms is not None:
         return pkt.sys_init_ms + rel
     return None
