@@ -364,7 +364,7 @@ cdef inline int64_t lookup_ms(FlowBatch bt, Flow* f) noexcept:
     cdef int64_t t
     if not f.present & P_TSTART:
         return recv_ms
-    t = f.t_start_ms + (f.msg_clock_shift_ms if f.present & P_MSG else bt.clock_shift_ms)
+    t = f.t_start_ms + bt.clock_shift_ms
     return t if t < recv_ms else recv_ms
 
 

@@ -55,7 +55,6 @@ cdef struct Flow:
     uint8_t dst_mask
     uint32_t msg_domain       # with P_MSG: this flow's message is not the datagram's first
     uint32_t msg_sequence
-    int64_t msg_clock_shift_ms  # with P_MSG: FlowBatch.clock_shift_ms of this flow's message
     uint32_t extra_start      # unknown elements of this record: extras[extra_start:+extra_count]
     uint32_t extra_count
 
@@ -90,8 +89,8 @@ cdef class FlowBatch:
     cdef readonly dict dropped
     cdef readonly list options
     # What moves the exporter's times onto the collector's clock to pick the holder of a reused
-    # address (the enrichment's flow start, never the published times): receive time - export
-    # time of the datagram (of its first IPFIX message) when beyond CLOCK_TOLERANCE_MS, else 0.
+    # address (the enrichment's flow start, never the published times): the exporter's clock
+    # offset (clock_shift) when beyond CLOCK_TOLERANCE_MS, else 0.
     cdef int64_t clock_shift_ms
 
     def __cinit__(self):
@@ -198,10 +197,5 @@ cdef inline uint8_t tun_noaddr(Flow* f, int have) noexcept:
     :: are never a tunnel's endpoint (RFC 1122 3.2.1.3, RFC 4291 2.5.2); OVS writes them for "not
     set" in its tunnel metadata (an egress tunnel without local_ip: the kernel picks the source
     after sampling), in IPFIX (PEN 6876) as in sFlow (1023-1026)."""
-    cdef Py_ssize_t i, n = addr_len(f.tun_af)
-    cdef uint8_t s = 0, d = 0
-    for i in range(n):
-        s |= f.tun_src[i]
-        d |= f.tun_dst[i]
-    return ((NOADDR_TUNSRC if not (have & 1) or s == 0 else 0)
-            | (NOADDR_TUNDST if not (have & 2) or d == 0 else 0))
+    return ((NOADDR_TUNSRC if not (have & 1) or addr_zero(f.tun_src, f.tun_af) else 0)
+            | (NOADDR_TUNDST if not (have & 2) or addr_zero(f.tun_dst, f.tun_af) else 0))

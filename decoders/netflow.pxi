@@ -1429,7 +1429,7 @@ cdef int decode_ipfix(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
     cdef const uint8_t* h
     cdef uint16_t msg_len, set_id, set_len
     cdef uint32_t domain
-    cdef int64_t export_ms, sysinit_ms, shift
+    cdef int64_t export_ms, sysinit_ms
     cdef Reader m, s
     cdef Py_ssize_t set_start, msg_start, msg_flows, i
     cdef bint first = True, whole
@@ -1451,7 +1451,9 @@ cdef int decode_ipfix(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
         if first:
             b.sequence = be32(h + 8)
             b.domain = domain
-            b.clock_shift_ms = clock_shift(ex, b, export_ms)
+        # every message's export time refines the exporter's clock estimate (clock_shift), which
+        # the whole datagram's flows share: one exporter, one clock
+        b.clock_shift_ms = clock_shift(ex, b, export_ms)
         msg_flows = b.n
         rd_sub(r, &m, msg_len - 16)
         ex.msg_records = 0
@@ -1484,12 +1486,10 @@ cdef int decode_ipfix(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
                 ex.sequence_forget(PROTO_IPFIX, b.port, domain)
             if not first:
                 # A later message of the datagram (RFC 7011 10.3.3): its flows carry its own
-                # observation domain, sequence number and export time.
-                shift = clock_shift(ex, b, export_ms)
+                # observation domain and sequence number.
                 for i in range(msg_flows, b.n):
                     b.flows[i].msg_domain = domain
                     b.flows[i].msg_sequence = be32(h + 8)
-                    b.flows[i].msg_clock_shift_ms = shift
                     b.flows[i].present |= P_MSG
         first = False
     if rd_left(r):
