@@ -152,7 +152,7 @@ class Collector:
 
     def __init__(self, args: list[str], tmp: Path, *, schemes: tuple[str, ...] = ("netflow",),
                  env: dict[str, str | None] | None = None, wait_ready: bool = True,
-                 preexec: Callable[[], None] | None = None) -> None:
+                 preexec: Callable[[], None] | None = None, stdout: Any = None) -> None:
         self.ports = {s: free_udp_port() for s in schemes}
         self.port = self.ports[schemes[0]]
         self.http = free_tcp_port()
@@ -173,8 +173,9 @@ class Collector:
                 full_env[k] = v
         self._log = open(self.log_path, "wb")
         self._out = open(self.out_path, "wb")
-        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=full_env, stdout=self._out, stderr=self._log,
-                                     preexec_fn=preexec)
+        # stdout: where the collector's stdout goes (subprocess.PIPE to read it), else out_path
+        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=full_env, stdout=self._out if stdout is None else stdout,
+                                     stderr=self._log, preexec_fn=preexec)
         if wait_ready:
             wait_for(lambda: self.get("/readyz")[0] == 200 or self.proc.poll() is not None, 20,
                      what="collector /readyz")

@@ -10,10 +10,8 @@ export/import.
 from __future__ import annotations
 
 import ipaddress
-import os
 import random
 import struct
-from pathlib import Path
 
 import pytest
 
@@ -827,10 +825,11 @@ def test_icmp_type_and_code_from_the_destination_port_without_an_icmp_element() 
 def test_icmpv6_type_in_the_destination_port_of_akvorados_capture() -> None:
     """The corpus capture akvorado_combined_icmp.pcap (v9, no ICMP element): ICMPv6 echo request
     from 2001:db8:: with DstPort 32768 (128 << 8) is IcmpType 128, IcmpCode 0, without ports."""
+    from test_golden_corpus import SHARED
+
     from collector.pcap import iter_udp
 
-    shared = Path(os.environ.get("FLOWSCOPE_SHARED_CORPUS", Path(__file__).resolve().parents[2] / "shared" / "corpus"))
-    pcap = shared / "netflow9" / "akvorado_combined_icmp.pcap"
+    pcap = SHARED / "netflow9" / "akvorado_combined_icmp.pcap"
     if not pcap.exists():
         pytest.skip(f"{pcap} absent (non-permissive capture, read from the shared corpus)")
     dec = Decoder(DecoderConfig(default_sampling=0))

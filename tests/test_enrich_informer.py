@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -247,38 +246,58 @@ def test_expired_continue_token_falls_back_to_one_unpaged_list(fake_kube: FakeKu
         e.stop()
 
 
-def test_watch_expiring_after_every_list_backs_off(seeded: FakeKube, kubeconfig: str) -> None:
+def _record_sleeps(monkeypatch: pytest.MonkeyPatch, kind: str) -> list[float]:
+    """The pauses the `kind` informer asks for, in order (its own waits, interruptible by stop())."""
+    from enrich.informer import Informer
+
+    asked: list[float] = []
+    real = Informer._sleep
+
+    def sleep(self: Informer, seconds: float) -> None:
+        if self.kind == kind:
+            asked.append(seconds)
+        real(self, seconds)
+
+    monkeypatch.setattr(Informer, "_sleep", sleep)
+    return asked
+
+
+def test_watch_expiring_after_every_list_backs_off(seeded: FakeKube, kubeconfig: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """A watch that answers 410 right after each list (a lagging API server behind a balancer)
     is relisted at once the first time, then with growing pauses: not a loop of full lists."""
+    asked = _record_sleeps(monkeypatch, "pods")
     e = enrich.Enricher(fast_config(kubeconfig, backoff_initial_seconds=0.2, backoff_max_seconds=1.0))
     e.start()
     try:
         assert e.wait_ready(10)
         seeded.fail("pods", "watch", "gone")
         seeded.expire("pods")   # the open watch ends with 410 too
-        time.sleep(3.0)
-        relists = e.stats()["kinds"]["pods"]["relists"]
-        assert 2 <= relists <= 8, relists     # immediate, then 0.2, 0.4, 0.8, 1.0, 1.0 s apart
+        wait_for(lambda: len(asked) >= 5, what="five pauses between relists")
+        assert asked[:5] == pytest.approx([0.2, 0.4, 0.8, 1.0, 1.0])   # no jitter in fast_config
+        assert e.stats()["kinds"]["pods"]["relists"] >= 5               # the first at once, then one per pause
         assert e.stats()["kinds"]["pods"]["errors"] == {}
     finally:
         e.stop()
 
 
-def test_throttled_list_honours_retry_after_and_stops_at_once(seeded: FakeKube, kubeconfig: str) -> None:
+def test_throttled_list_honours_retry_after_and_stops_at_once(seeded: FakeKube, kubeconfig: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """429 with Retry-After: counted, shown in readiness, waited out by the informer (not
     inside urllib3, where it was invisible and stop() could not interrupt it)."""
+    asked = _record_sleeps(monkeypatch, "pods")
     seeded.fail("pods", "list", "throttle")
     e = enrich.Enricher(fast_config(kubeconfig))
     e.start()
     try:
-        wait_for(lambda: e.stats()["kinds"]["pods"]["errors"].get("http_429", 0) >= 1, what="429 counted")
-        time.sleep(1.0)
-        assert e.stats()["kinds"]["pods"]["errors"]["http_429"] == 1   # Retry-After: 2 s, not the 0.02 s backoff
+        wait_for(lambda: asked, what="the pause after the 429")
+        assert asked[0] == 2.0           # Retry-After: 2 s, not the 0.02 s backoff
+        assert e.stats()["kinds"]["pods"]["errors"]["http_429"] == 1
         assert any("HTTP 429" in why and "Retry-After 2" in why for why in e.unsynced())
     finally:
-        t0 = time.monotonic()
         e.stop()
-        assert time.monotonic() - t0 < 2.0
+    # stop() interrupted the 2 s wait: the pods informer asked for nothing more and made no request
+    assert len(asked) == 1 and e.stats()["kinds"]["pods"]["errors"]["http_429"] == 1
 
 
 def test_forbidden_names_verb_and_resource(seeded: FakeKube, kubeconfig: str, caplog: pytest.LogCaptureFixture) -> None:
