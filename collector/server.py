@@ -82,12 +82,12 @@ def open_socket(lst: Listener, rcvbuf: int, reuseport: bool) -> tuple[socket.soc
     return sock, granted
 
 
-def read_udp_drops(inodes: set[int], column: int = 12) -> dict[int, int]:
-    """Kernel drop counters for our sockets from /proc/net/udp{,6} (last column, by inode);
-    with column=4, the bytes waiting in each socket's receive queue instead.
+def udp_socket_stats(inodes: set[int]) -> dict[int, tuple[int, int]]:
+    """Per socket of ours (by inode), from /proc/net/udp{,6}: the bytes waiting in its receive
+    queue and its kernel drop counter (the last column).
 
     asyncio cannot use recvmsg with SO_RXQ_OVFL, and /proc has the same counter."""
-    out: dict[int, int] = {}
+    out: dict[int, tuple[int, int]] = {}
     for path in ("/proc/net/udp", "/proc/net/udp6"):
         try:
             with open(path) as fh:
@@ -98,7 +98,7 @@ def read_udp_drops(inodes: set[int], column: int = 12) -> dict[int, int]:
                         continue
                     ino = int(parts[9])
                     if ino in inodes:
-                        out[ino] = int(parts[4].partition(":")[2], 16) if column == 4 else int(parts[column])
+                        out[ino] = (int(parts[4].partition(":")[2], 16), int(parts[12]))
         except OSError:
             continue
     return out
@@ -323,7 +323,7 @@ class Worker:
         if not inodes or not self.bound:
             return
         while loop.time() < until:
-            if not any(read_udp_drops(inodes, 4).values()):
+            if not any(queued for queued, _ in udp_socket_stats(inodes).values()):
                 return
             await asyncio.sleep(0.01)
         stop_counting = time.monotonic() + 0.25
@@ -361,7 +361,7 @@ class Worker:
         snap["flowscope_received_datagrams"] = {(n,): v for n, v in zip(names, self.rx_datagrams, strict=False)}
         snap["flowscope_received_bytes"] = {(n,): v for n, v in zip(names, self.rx_bytes, strict=False)}
         snap["flowscope_datagrams_dropped"] = {(r,): v for r, v in self.dgram_drops.items()}
-        drops = read_udp_drops(set(self.inodes))
+        drops = {ino: d for ino, (_, d) in udp_socket_stats(set(self.inodes)).items()}
         for i, ino in enumerate(self.inodes):
             if ino in drops:
                 # keep the max: the socket is gone (0) after close, the count must not go back
