@@ -59,10 +59,11 @@ SERIES: dict[str, Series] = {s.name: s for s in [
            "(--max-templates-per-exporter): the least recently refreshed gives way to a new one (an exporter that "
            "restarts on a new source port leaves its old session's templates behind)", ("exporter", "protocol")),
     Series("flowscope_sequence_lost", "counter", "Lost before reaching flowscope, from the exporters' sequence "
-           "numbers (per exporting process and domain): flows for netflow5, data records for ipfix, datagrams "
-           "for netflow9 and sflow5", ("exporter", "protocol")),
-    Series("flowscope_sequence_resets", "counter", "Export sequence numbers that jumped by more than 2^20 "
-           "(exporter restarts): tracking starts over", ("exporter", "protocol")),
+           "numbers (per exporting process and domain; sFlow per agent and sub-agent): flows for netflow5, data "
+           "records for ipfix, datagrams for netflow9 and sflow5", ("exporter", "protocol")),
+    Series("flowscope_sequence_resets", "counter", "Exporter restarts: a sequence number that jumped by more than "
+           "2^20, or a header uptime (netflow5, netflow9, sflow5) that went back by more than a minute; tracking "
+           "starts over", ("exporter", "protocol")),
     Series("flowscope_exporters", "gauge", "Exporters (source addresses) with decoder state", ()),
     Series("flowscope_exporters_evicted", "counter", "Exporters forgotten because the table was full "
            "(--max-exporters; the least recently seen go, their counters stay under exporter=\"other\")", ()),

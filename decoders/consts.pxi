@@ -7,6 +7,7 @@ DEF MAX_TEMPLATE_FIELDS = 512        # RFC 7011 allows 65535; no real exporter c
 DEF VARLEN = 0xFFFF                  # RFC 7011 3.2: field length 65535 = variable length
 DEF DEDUP_SLOTS = 4096               # per-exporter ring of recent ingress 5-tuples (--dedup)
 DEF SEQ_MAX_GAP = 1 << 20           # export sequence jumps beyond this (either way) are restarts
+DEF SEQ_RESTART_UPTIME_MS = 60000   # a header uptime this far behind the stream's last one: a restart
 DEF SEQ_MAX_STREAMS = 256            # (protocol, port, domain) sequence streams tracked per exporter
 DEF OPTIONS_MAX_ENTRIES = 1024       # per exporter, in each dict of what options data teaches
 DEF DEDUP_WINDOW_MS = 60000          # an egress record within this window of its ingress twin
@@ -14,8 +15,8 @@ DEF CLOCK_TOLERANCE_MS = 2000        # export times have 1 s granularity, plus n
                                      # exporter clock off by more is corrected for enrichment
 DEF CLOCK_WINDOW_MS = 60000          # the exporter's clock offset is the smallest receive - export
                                      # time over the last one to two such windows (clock_shift)
-DEF SYSINIT_SKEW_MS = 3600000        # IE 160 + sysUpTime values up to this far after the export
-                                     # are clock disagreement, not a 32-bit wrap (sysup_time)
+DEF SYSUP_SKEW_MS = 3600000          # sysUpTime values (v5, v9 header, IE 160) up to this far after
+                                     # the export are clock disagreement, not a 32-bit wrap (sysup_time)
 
 # Presence bits of Flow.present: which optional fields a record carried.
 cdef enum:

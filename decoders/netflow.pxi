@@ -276,11 +276,12 @@ cdef class ExporterState:
     cdef str cur_protocol
     cdef public double last_seen       # receive time of its latest datagram (eviction order)
     cdef readonly Py_ssize_t template_fields  # fields of its templates (Decoder.max_template_fields)
-    cdef dict seq_next                 # (protocol kind, port, domain) -> the next sequence number expected
+    cdef dict seq_next                 # (protocol kind, port, domain) -> (next sequence number expected, uptime)
     cdef int last_kind                 # the stream of its latest datagram, kept out of seq_next (no dict
     cdef uint32_t last_port            # and no boxing per datagram while one stream follows another)
-    cdef uint32_t last_domain
+    cdef uint64_t last_domain
     cdef uint32_t last_next
+    cdef int64_t last_uptime           # its header's uptime (ms), -1 where the protocol has none (IPFIX)
     cdef bint has_last
     cdef int64_t clk_cur               # smallest receive - export time (ms) in the current window
     cdef int64_t clk_prev              # ... in the previous one (clock_shift)
@@ -326,43 +327,56 @@ cdef class ExporterState:
                                           "sequence_lost": 0, "sequence_resets": 0, "templates_evicted": 0}
         return d
 
-    cdef void sequence(self, int kind, uint32_t port, uint32_t domain, uint32_t seq, uint32_t advance) noexcept:
+    cdef void sequence(self, int kind, uint32_t port, uint64_t domain, uint32_t seq, uint32_t advance,
+                       int64_t uptime) noexcept:
         """An export's sequence number against the one expected from the same exporting process
         (port) and domain: a forward jump counts what never arrived (in the protocol's unit:
         flows for v5, records for IPFIX, datagrams for v9 and sFlow), a jump of more than
-        SEQ_MAX_GAP either way is a restart; a datagram a little behind is a late one."""
+        SEQ_MAX_GAP either way is a restart; a datagram a little behind is a late one, unless
+        the header's uptime (v5, v9, sFlow; `uptime` -1 for IPFIX, which has none) went back by
+        more than SEQ_RESTART_UPTIME_MS: the exporter restarted, its sequence with it."""
         cdef object exp
-        cdef uint32_t ahead, behind, expected = 0
+        cdef uint32_t ahead, behind, back, expected = 0
+        cdef int64_t prev_uptime = -1
         cdef bint known = False
         cdef dict d
         if self.has_last and self.last_kind == kind and self.last_port == port and self.last_domain == domain:
             known = True
             expected = self.last_next
+            prev_uptime = self.last_uptime
         else:
             if self.has_last:       # park the previous stream
                 if len(self.seq_next) >= SEQ_MAX_STREAMS:
                     self.seq_next.clear()   # bounded: a spray of domains or ports only resets tracking
-                self.seq_next[(self.last_kind, self.last_port, self.last_domain)] = self.last_next
+                self.seq_next[(self.last_kind, self.last_port, self.last_domain)] = (self.last_next, self.last_uptime)
             exp = self.seq_next.pop((kind, port, domain), None) if self.seq_next else None
             if exp is not None:
                 known = True
-                expected = <uint32_t>exp
+                expected = <uint32_t>exp[0]
+                prev_uptime = <int64_t>exp[1]
             self.last_kind, self.last_port, self.last_domain, self.has_last = kind, port, domain, True
         if known:
             ahead = seq - expected
             behind = expected - seq
-            if ahead and ahead <= SEQ_MAX_GAP:
+            # uptime wraps at 2^32 ms (49.7 days): "went back" is a difference below 2^31
+            back = <uint32_t>(prev_uptime - uptime) if uptime >= 0 and prev_uptime >= 0 else 0
+            if back > SEQ_RESTART_UPTIME_MS and back < 0x80000000u:
+                d = self.proto_stats(self.cur_protocol)
+                d["sequence_resets"] += 1
+            elif ahead and ahead <= SEQ_MAX_GAP:
                 d = self.proto_stats(self.cur_protocol)
                 d["sequence_lost"] += ahead
             elif behind and behind <= SEQ_MAX_GAP:
                 self.last_next = expected
+                self.last_uptime = prev_uptime
                 return          # late (reordered): what is expected stays
             elif ahead:
                 d = self.proto_stats(self.cur_protocol)
                 d["sequence_resets"] += 1
         self.last_next = <uint32_t>(seq + advance)
+        self.last_uptime = uptime
 
-    cdef void sequence_forget(self, int kind, uint32_t port, uint32_t domain) noexcept:
+    cdef void sequence_forget(self, int kind, uint32_t port, uint64_t domain) noexcept:
         """What the last message advanced by is unknown (not decoded whole): start over."""
         if self.has_last and self.last_kind == kind and self.last_port == port and self.last_domain == domain:
             self.has_last = False
@@ -404,7 +418,7 @@ cdef class ExporterState:
         elif v == 0 and n >= 8 and be32(h) == 5:
             off = 12 if be32(h + 4) == 1 else 24 if be32(h + 4) == 2 else 8
             if n >= off + 4:
-                self.sequence_forget(PROTO_SFLOW5, port, be32(h + off))
+                self.sequence_forget(PROTO_SFLOW5, port, sflow_stream(h + 8, off - 8, be32(h + off)))
 
     cdef void count_error(self, str reason):
         cdef dict e
@@ -479,7 +493,7 @@ cdef int decode_v5(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except
     b.proto_kind = PROTO_NETFLOW5
     b.sequence = be32(h + 16)
     # flow_sequence counts flows; engine type/id tell an exporter's engines apart
-    ex.sequence(PROTO_NETFLOW5, b.port, (<uint32_t>h[20] << 8) | h[21], b.sequence, count)
+    ex.sequence(PROTO_NETFLOW5, b.port, (<uint32_t>h[20] << 8) | h[21], b.sequence, count, uptime)
     cdef bint bad_count = False
     # Records are 48 bytes and a v5 datagram holds at most 30 (Cisco's v5 format). When the
     # header's count disagrees with the length, decode the whole records that are there (as
@@ -489,8 +503,9 @@ cdef int decode_v5(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except
         count = <uint16_t>min(rd_left(r) // 48, 30)
         if count == 0:
             raise_decode("bad_length", 2, f"v5 header count {be16(h + 2)} with {rd_left(r)} bytes of records")
-    # first/last are sysUptime ms: absolute = export time - uptime + value, where a value above
-    # the header's uptime was counted before the 32-bit counter wrapped (sysup_time). Wireshark
+    # first/last are sysUptime ms: absolute = export time - uptime + value, where a value more
+    # than SYSUP_SKEW_MS above the header's uptime was counted before the 32-bit counter
+    # wrapped (sysup_time); one less far above is the exporter stamping flows ahead. Wireshark
     # prints only the raw offset; the corpus's 0xFFFFFFFF from a router 3.4 s after boot is a
     # flow seen 1 ms before the counter's 0, not 49.7 days after the export.
     base_ms = <int64_t>be32(h + 8) * 1000 + be32(h + 12) // 1000000 - uptime
@@ -509,8 +524,8 @@ cdef int decode_v5(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except
         f.out_if = be16(p + 14)
         f.packets = be32(p + 16)
         f.bytes = be32(p + 20)
-        f.t_start_ms = sysup_time(base_ms, be32(p + 24), base_ms + uptime)
-        f.t_end_ms = sysup_time(base_ms, be32(p + 28), base_ms + uptime)
+        f.t_start_ms = sysup_time(base_ms, be32(p + 24), base_ms + uptime + SYSUP_SKEW_MS)
+        f.t_end_ms = sysup_time(base_ms, be32(p + 28), base_ms + uptime + SYSUP_SKEW_MS)
         f.sport = be16(p + 32)
         f.dport = be16(p + 34)
         f.tcp_flags = p[37]
@@ -910,6 +925,9 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
                 f.direction = <int8_t>p[0]
         elif a == A_IFNAME:
             # OVS egress templates carry interfaceName twice: the first is the ingress port.
+            # A fixed-length name is NUL-padded (v9 IF_NAME): an all-NUL one is no name.
+            while L and p[L - 1] == 0:
+                L -= 1
             if not has_ifname:
                 f.in_name_off = <uint32_t>(p - s.buf)
                 f.in_name_len = <uint16_t>L
@@ -1059,17 +1077,15 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
 
     # Times: absolute fields win; else sysUpTime-relative (v9 header or IE 160); else deltas
     # before the export time (RFC 7011 flowStart/EndDeltaMicroseconds, what OVS sends).
-    # The latest instant a sysUpTime value can stand for (sysup_time): the export itself when
-    # the v9 header's sysUpTime anchors it (read at the same instant as unix_secs, on the same
-    # counter); with systemInitTimeMilliseconds (IE 160) export time and system init come from
-    # two clock readings (the export time in whole seconds, RFC 7011 3.1), so a value somewhat
-    # after the export is their disagreement, not a counter that wrapped 49.7 days ago.
-    latest_ms = export_ms
+    # The latest instant a sysUpTime value can stand for (sysup_time): up to SYSUP_SKEW_MS after
+    # the export. With systemInitTimeMilliseconds (IE 160) export time and system init come from
+    # two clock readings (the export time in whole seconds, RFC 7011 3.1); with the v9 header's
+    # sysUpTime, exporters stamp flows from their own packet clock (nProbe's run 13 s ahead of
+    # its header): a value somewhat after the export is their disagreement, not a counter that
+    # wrapped 49.7 days ago.
+    latest_ms = export_ms + SYSUP_SKEW_MS
     if rec_sysinit >= 0:
         sysinit_ms = rec_sysinit
-        latest_ms = export_ms + SYSINIT_SKEW_MS
-    elif t.version == 10:
-        latest_ms = export_ms + SYSINIT_SKEW_MS
     if not f.present & P_TSTART:
         if start_sysup >= 0 and sysinit_ms >= 0:
             f.t_start_ms = sysup_time(sysinit_ms, start_sysup, latest_ms)
@@ -1191,9 +1207,10 @@ cdef inline int64_t sysup_time(int64_t sysinit_ms, int64_t value, int64_t latest
     """The Unix ms of a sysUpTime value (v5 First/Last, v9/IPFIX IEs 21/22): sysUpTime is a
     32-bit millisecond counter that wraps every 49.7 days (RFC 3954 8, RFC 5102
     flowStartSysUpTime: unsigned32), so the value stands for the latest sysinit + value +
-    k * 2^32 not after latest_ms (the export). A value above the exporter's current uptime was
-    counted before the last wrap (or, seconds after boot, 0xFFFFFFFF: 1 ms before the counter's
-    0), and a system up for more than 49.7 days (uptime from IE 160) has wrapped k times."""
+    k * 2^32 not after latest_ms (the export plus SYSUP_SKEW_MS). A value more than that above
+    the exporter's current uptime was counted before the last wrap (or, seconds after boot,
+    0xFFFFFFFF: 1 ms before the counter's 0), and a system up for more than 49.7 days (uptime
+    from IE 160) has wrapped k times."""
     cdef int64_t d = latest_ms - sysinit_ms - value
     # d >> 32 is floor(d / 2^32) for a negative d too (arithmetic shift; cdivision truncates)
     cdef int64_t t = sysinit_ms + value + (d >> 32) * (<int64_t>1 << 32)
@@ -1405,7 +1422,7 @@ cdef int decode_v9(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except
     b.sequence = be32(h + 12)
     b.domain = domain
     b.clock_shift_ms = clock_shift(ex, b, export_ms)
-    ex.sequence(PROTO_NETFLOW9, b.port, domain, b.sequence, 1)   # RFC 3954: export packets per Source ID
+    ex.sequence(PROTO_NETFLOW9, b.port, domain, b.sequence, 1, uptime)   # RFC 3954: export packets per Source ID
     # RFC 3954 5.1: "count" is not reliable across vendors; walk the flowsets to the end.
     while rd_left(r) >= 4:
         set_start = r.pos
@@ -1481,7 +1498,7 @@ cdef int decode_ipfix(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
         finally:
             # RFC 7011 3.1: the sequence number counts the Data Records sent in the domain
             if whole and not ex.msg_uncounted:
-                ex.sequence(PROTO_IPFIX, b.port, domain, be32(h + 8), <uint32_t>ex.msg_records)
+                ex.sequence(PROTO_IPFIX, b.port, domain, be32(h + 8), <uint32_t>ex.msg_records, -1)
             else:
                 ex.sequence_forget(PROTO_IPFIX, b.port, domain)
             if not first:

@@ -386,7 +386,7 @@ cdef int read_address(Reader* rec, uint8_t* af, uint8_t* out, uint32_t fmt) exce
 
 cdef int flow_record(FlowBatch b, Flow* f, uint32_t ent, uint32_t fmt, Reader* rec) except -1:
     cdef const uint8_t* p
-    cdef uint32_t hproto, hlen, nseg, seg_len, ncomm, i
+    cdef uint32_t hproto, hlen, nseg, seg_len, ncomm, i, sport, dport
     cdef uint32_t last_as = 0
     cdef uint8_t af
     cdef uint8_t nh[16]
@@ -448,11 +448,24 @@ cdef int flow_record(FlowBatch b, Flow* f, uint32_t ent, uint32_t fmt, Reader* r
         memcpy(f.src, p + 8, addr_len(af))
         memcpy(f.dst, p + 8 + addr_len(af), addr_len(af))
         p += 8 + 2 * addr_len(af)      # now at src_port, dst_port, tcp_flags, tos
-        f.sport = <uint16_t>be32(p)
-        f.dport = <uint16_t>be32(p + 4)
         f.dscp = <uint8_t>(be32(p + 12) >> 2)
         f.etype = 0x0800 if af == 4 else 0x86DD
-        f.present |= P_PROTO | P_SPORT | P_DPORT | P_DSCP | P_ETYPE
+        f.present |= P_PROTO | P_DSCP | P_ETYPE
+        sport = be32(p)
+        dport = be32(p + 4)
+        if f.proto == 6 or f.proto == 17 or f.proto == 132:    # ports only where there are (hdr_l4)
+            f.sport = <uint16_t>sport
+            f.dport = <uint16_t>dport
+            f.present |= P_SPORT | P_DPORT
+        elif f.proto == 1 or f.proto == 58:
+            # "source port number or equivalent": sflowtool reads ICMP type and code there; some
+            # agents leave src_port 0 and put the type (or NetFlow's type << 8 | code) in dst_port.
+            if sport == 0 and dport:
+                sport, dport = dport >> 8 if dport > 0xFF else dport, dport & 0xFF if dport > 0xFF else 0
+            if sport <= 0xFF and dport <= 0xFF:
+                f.icmp_type = <uint8_t>sport
+                f.icmp_code = <uint8_t>dport
+                f.present |= P_ICMP
         if f.proto == 6:
             f.tcp_flags = <uint8_t>be32(p + 8)
             f.present |= P_FLAGS
@@ -709,6 +722,19 @@ cdef int counter_sample(FlowBatch b, Reader* s, bint expanded, str agent) except
 
 # ---------------------------------------------------------------- datagram
 
+cdef uint64_t sflow_stream(const uint8_t* agent, Py_ssize_t n, uint32_t sub_agent) noexcept:
+    """The sequence stream of an sFlow datagram: its agent address (n = 4 or 16 bytes, 0 when
+    unknown) and sub-agent. The spec numbers datagrams per sub-agent within an agent, and a relay
+    (samplicator) forwards many agents from one source address and port."""
+    cdef uint64_t h = 1469598103934665603u     # FNV-1a 64 over the address
+    cdef Py_ssize_t i
+    if n == 4:
+        return (<uint64_t>be32(agent) << 32) | sub_agent
+    for i in range(n):
+        h = (h ^ agent[i]) * 1099511628211u
+    return ((h ^ (h >> 32)) << 32) | sub_agent
+
+
 cdef int decode_sflow(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except -1:
     cdef const uint8_t* p
     cdef uint32_t atype, nsamples, i, sfmt, slen, seq
@@ -716,6 +742,7 @@ cdef int decode_sflow(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
     cdef Reader s
     cdef int64_t recv_ms = <int64_t>(b.recv_time * 1000)
     cdef str agent = None
+    cdef str extra = None
     b.proto_kind = PROTO_SFLOW5
     # sFlow v5 header: version, agent address (type + v4/v6), sub-agent id, sequence, uptime, count.
     p = rd_take(r, 8)
@@ -734,7 +761,8 @@ cdef int decode_sflow(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
     p = rd_take(r, 16)
     seq = be32(p + 4)
     b.sequence = seq
-    ex.sequence(PROTO_SFLOW5, b.port, be32(p), seq, 1)   # datagrams per agent and sub-agent
+    ex.sequence(PROTO_SFLOW5, b.port, sflow_stream(b.agent, 0 if atype == 0 else 4 if atype == 1 else 16, be32(p)),
+                seq, 1, be32(p + 8))
     nsamples = be32(p + 12)
     committed = b.n
     try:
@@ -755,10 +783,20 @@ cdef int decode_sflow(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
                 if agent is None:
                     agent = b.agent_ip
                 counter_sample(b, &s, sfmt == SF_COUNTER_SAMPLE_EXP, agent)
-            # Other formats (enterprise samples, discarded-packet samples): skipped by length.
+            else:
+                continue    # other formats (enterprise, discarded-packet samples): skipped by length
+            if rd_left(&s) and not extra:
+                extra = f"sFlow seq {seq}: {rd_left(&s)} bytes after the records of sample {i}"
     except BaseException:
         # A sample that failed half-way is not a flow; the samples before it stay.
         while b.n > committed:
             batch_drop_last(b)
         raise
+    if rd_left(r) and not extra:
+        extra = f"sFlow seq {seq}: {rd_left(r)} bytes after the {nsamples} samples the header counts"
+    if extra:
+        # The header's counts are what the agent declared (Wireshark reads no further): what
+        # lies beyond them is not decoded, and counted, as a v5 count that disagrees is.
+        ex.count_error("bad_count")
+        dec.log_limited("bad_count", ex.ip, extra)
     return 0

@@ -478,7 +478,7 @@ def test_sysuptime_values_from_before_the_counter_wrapped() -> None:
 def test_ie160_sysuptime_of_a_system_up_longer_than_the_counter() -> None:
     """systemInitTimeMilliseconds (160) with 21/22 from a system up for more than 49.7 days: the
     32-bit sysUpTime values have wrapped since the init, so they stand for sysinit + value + 2^32
-    (the latest such time not after the export); values up to SYSINIT_SKEW_MS after the export
+    (the latest such time not after the export); values up to SYSUP_SKEW_MS after the export
     are the two clock readings disagreeing, and stay as they are."""
     up = (1 << 32) + 600_000              # the counter wrapped 10 minutes before the export
     sysinit = EXPORT * 1000 - up
@@ -733,6 +733,39 @@ def test_record_batch_writer_large_records_and_batch_limit() -> None:
     assert w.size <= 20000
     got = [r.value for r in DefaultRecordBatch(w.build(crc32c_cython))]
     assert got == want[:2]
+
+
+def test_fixed_length_interface_names_lose_their_nul_padding() -> None:
+    """interfaceName (82) in a fixed-length field (v9 IF_NAME, 16 bytes) is NUL-padded: the
+    padding is not part of the name, and an all-NUL name is no name (README: none when both
+    are empty, "" beside a named one)."""
+    t = _tpl(300, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("in", 82, 0, 16), ("out", 82, 0, 16))
+    nul = b"\0" * 16
+    recs = [{"src": "10.0.0.1", "dst": "10.0.0.2", "in": b"eth0".ljust(16, b"\0"), "out": nul},
+            {"src": "10.0.0.1", "dst": "10.0.0.3", "in": nul, "out": b"ovn-k8s-mp0".ljust(16, b"\0")},
+            {"src": "10.0.0.1", "dst": "10.0.0.4", "in": nul, "out": nul}]
+    flows = Decoder().decode(ipfix_message([template_set([t]), data_set(t, recs)], seq=0, export_time=EXPORT),
+                             EXPORTER).to_dicts()
+    assert [(f.get("Interfaces"), f.get("IfDirections")) for f in flows] == \
+        [(["eth0", ""], [0, 1]), (["", "ovn-k8s-mp0"], [0, 1]), (None, None)]
+
+
+def test_sysuptime_values_a_little_ahead_of_the_header_are_not_a_wrap() -> None:
+    """An exporter that stamps flows from its own packet clock (nProbe: 13 s ahead of its v9
+    header's sysUpTime) sends values above the header's uptime; up to an hour above is clock
+    disagreement, so the flow ends seconds after the export, not 49.7 days before it."""
+    uptime = 5_000_000
+    boot = EXPORT * 1000 - uptime
+    t = _tpl(300, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("first", 22, 0, 4), ("last", 21, 0, 4))
+    d = v9_datagram([template_set([t], version=9),
+                     data_set(t, [{"src": "10.0.0.1", "dst": "10.0.0.2", "first": uptime - 2_000,
+                                   "last": uptime + 13_000}])],
+                    seq=0, unix_secs=EXPORT, uptime_ms=uptime)
+    f9 = Decoder().decode(d, EXPORTER).to_dicts()[0]
+    rec = dict(v5_records(1, random.Random(3), uptime_ms=uptime)[0], first=uptime - 2_000, last=uptime + 13_000)
+    f5 = Decoder().decode(v5_datagram([rec], seq=0, unix_secs=EXPORT, uptime_ms=uptime), EXPORTER).to_dicts()[0]
+    for f in (f9, f5):
+        assert (f["TimeFlowStartMs"], f["TimeFlowEndMs"]) == (boot + uptime - 2_000, boot + uptime + 13_000)
 
 
 def test_integer_text_at_every_digit_count_boundary() -> None:
@@ -1256,6 +1289,34 @@ def test_netflow_v5_v9_and_sflow_sequences() -> None:
     for seq in (1, 2, 6, 7):
         dec.decode(sflow_datagram(sample, seq=seq), "10.0.0.3", 6343, EXPORT)
     assert _seq(dec, "10.0.0.3", "sflow5") == (3, 0)
+
+
+def test_netflow_restart_told_by_the_header_uptime() -> None:
+    """An exporter that restarts sends its sequence from the start again, which a datagram a
+    little late also looks like; the v5 / v9 header's sysUpTime tells them apart: gone back by
+    more than a minute is a restart (counted, and the loss after it counted), a few seconds is
+    a late datagram."""
+    dec = Decoder()
+    rng = random.Random(6)
+
+    def v5(seq: int, uptime: int) -> None:
+        dec.decode(v5_datagram(v5_records(30, rng, uptime_ms=uptime), seq=seq, unix_secs=EXPORT, uptime_ms=uptime),
+                   EXPORTER, 2055, EXPORT)
+
+    def v9(seq: int, uptime: int) -> None:
+        dec.decode(v9_datagram([], seq=seq, unix_secs=EXPORT, uptime_ms=uptime), "10.0.0.2", 2055, EXPORT)
+
+    for i in range(100):
+        v5(30 * i, 3_600_000 + 1000 * i)
+        v9(i, 3_600_000 + 1000 * i)
+    v5(30 * 98, 3_600_000 + 1000 * 98)     # late
+    v9(98, 3_600_000 + 1000 * 98)
+    assert (_seq(dec, EXPORTER, "netflow5"), _seq(dec, "10.0.0.2", "netflow9")) == ((0, 0), (0, 0))
+    v5(0, 100_000)                         # rebooted
+    v9(0, 100_000)
+    v5(60, 102_000)                        # 30 flows lost after the restart
+    v9(2, 102_000)                         # one packet lost
+    assert (_seq(dec, EXPORTER, "netflow5"), _seq(dec, "10.0.0.2", "netflow9")) == ((30, 1), (1, 1))
 
 
 # ------------------------------------------------------------------ per-exporter rate limit

@@ -279,10 +279,11 @@ def counter_sample(records: list[bytes], *, seq=11, src=(0, 5), expanded=False) 
     return rec(2, struct.pack(">III", seq, src[0] << 24 | src[1], len(records)) + b"".join(records))
 
 
-def datagram(samples: list[bytes], *, agent="198.51.100.7", seq=42, count=None) -> bytes:
+def datagram(samples: list[bytes], *, agent="198.51.100.7", seq=42, count=None, uptime=123456,
+             sub_agent=0) -> bytes:
     a = ipaddress.ip_address(agent)
     head = struct.pack(">II", 5, 1 if a.version == 4 else 2) + a.packed
-    head += struct.pack(">IIII", 0, seq, 123456, len(samples) if count is None else count)
+    head += struct.pack(">IIII", sub_agent, seq, uptime, len(samples) if count is None else count)
     return head + b"".join(samples)
 
 
@@ -486,6 +487,80 @@ def test_sampled_ipv4_ipv6_ethernet_records(decoders_mod) -> None:
     re = rec(2, struct.pack(">I", 64) + MAC_A + b"\0\0" + MAC_B + b"\0\0" + struct.pack(">I", 0x0806))
     f = one_flow(decoders_mod, [re])
     assert (f["SrcMac"], f["DstMac"], f["Etype"], f["Bytes"]) == ("0a:58:0a:80:00:05", "0a:58:0a:80:01:06", 0x0806, 64)
+
+
+def test_sampled_ipv4_ipv6_icmp_and_portless_protocols(decoders_mod) -> None:
+    """sampled_ipv4/ipv6 carry "src_port, dst_port: TCP/UDP port or equivalent": ports only for
+    TCP, UDP and SCTP, as from a raw header; ICMP's type and code from the two fields (or, from
+    agents that leave src_port 0, from dst_port alone, NetFlow's type << 8 | code above 255)."""
+    def ports_icmp(v6: bool, proto: int, sport: int, dport: int) -> tuple:
+        src, dst = ("2001:db8::5", "2001:db8::6") if v6 else ("192.0.2.10", "192.0.2.20")
+        f = one_flow(decoders_mod, [rec(4 if v6 else 3, sampled_ip(v6, 84, proto, src, dst, sport, dport, 0, 0))])
+        return f["Proto"], f.get("SrcPort"), f.get("DstPort"), f.get("IcmpType"), f.get("IcmpCode")
+
+    assert ports_icmp(False, 1, 8, 0) == (1, None, None, 8, 0)           # echo request
+    assert ports_icmp(False, 1, 3, 13) == (1, None, None, 3, 13)         # administratively prohibited
+    assert ports_icmp(True, 58, 128, 0) == (58, None, None, 128, 0)
+    assert ports_icmp(False, 1, 0, 11) == (1, None, None, 11, 0)         # the type in dst_port
+    assert ports_icmp(False, 1, 0, 0x0301) == (1, None, None, 3, 1)      # type << 8 | code
+    assert ports_icmp(False, 1, 0, 0) == (1, None, None, 0, 0)           # echo reply
+    assert ports_icmp(False, 47, 0, 0) == (47, None, None, None, None)   # GRE: no ports
+    assert ports_icmp(False, 132, 36412, 36412) == (132, 36412, 36412, None, None)
+    assert ports_icmp(True, 17, 53, 5353) == (17, 53, 5353, None, None)
+
+
+def test_bytes_beyond_the_declared_counts_are_counted(decoders_mod) -> None:
+    """The header's sample count and a sample's record count are what the agent declared (as
+    Wireshark reads them): samples or records beyond them are not decoded, and not passed over
+    silently either: counted as bad_count on the exporter."""
+    pkt = eth(ipv4("10.0.0.1", "10.0.0.2", 17, udp(1, 2)), 0x0800)
+    one = flow_sample([raw_header(pkt, 60)])
+    switch = rec(1001, struct.pack(">IIII", 300, 0, 301, 0))
+    two_records_count_one = rec(1, struct.pack(">IIIIIIII", 7, 3, 400, 4000, 0, 5, 6, 1) + raw_header(pkt, 60) + switch)
+    for data in (datagram([one, one, one], count=1), datagram([two_records_count_one])):
+        dec = decoders_mod.Decoder()
+        b = dec.decode(data, "192.0.2.1", 6343, RECV)
+        assert b.error is None and len(b) == 1
+        assert dec.stats()["192.0.2.1"]["errors"] == {"bad_count": 1}
+    dec = decoders_mod.Decoder()
+    dec.decode(datagram([one, one], count=2), "192.0.2.1", 6343, RECV)
+    assert dec.stats()["192.0.2.1"]["errors"] == {}
+
+
+def test_sequence_per_agent_behind_one_relay_and_restarts_by_uptime(decoders_mod) -> None:
+    """sFlow numbers datagrams per sub-agent within an agent: two agents forwarded by one relay
+    (one source address and port) are two streams, told apart by the agent address in the
+    datagram. An agent whose uptime went back restarted: its sequence number starting over is
+    a reset and the loss after it is counted; a datagram a little late is neither."""
+    dec = decoders_mod.Decoder()
+    sample = [flow_sample([raw_header(eth(ipv4("10.0.0.1", "10.0.0.2", 17, udp(1, 2)), 0x0800), 60)])]
+
+    def send(agent: str, seq: int, uptime: int, sub_agent: int = 0) -> None:
+        b = dec.decode(datagram(sample, agent=agent, seq=seq, uptime=uptime, sub_agent=sub_agent),
+                       "10.9.9.9", 50000, RECV)
+        assert b.error is None
+
+    def seq_stats() -> tuple[int, int]:
+        p = dec.stats()["10.9.9.9"]["protocols"]["sflow5"]
+        return p["sequence_lost"], p["sequence_resets"]
+
+    for i in range(1, 200):
+        send("192.0.2.1", i, 1000 * i)
+        send("192.0.2.2", 5_000_000 + i, 9_000_000 + 1000 * i)
+        send("2001:db8::1", 70 + i, 1000 * i)
+        send("2001:db8::2", 9_000 + i, 1000 * i)
+    assert seq_stats() == (0, 0)
+    send("192.0.2.1", 197, 197_000)                 # late (reordered)
+    send("192.0.2.1", 200, 200_000)
+    assert seq_stats() == (0, 0)
+    send("192.0.2.1", 1, 900)                       # rebooted: uptime and sequence start over
+    for i in (2, 3, 6):
+        send("192.0.2.1", i, 900 + 1000 * i)
+    assert seq_stats() == (2, 1)
+    send("192.0.2.1", 7, 0xFFFFFFF0)                # uptime far ahead: no restart, nothing lost
+    send("192.0.2.1", 8, 100)                       # the 32-bit uptime wrapped: still no restart
+    send("192.0.2.1", 9, 1100, sub_agent=1)         # another sub-agent: its own stream
+    assert seq_stats() == (2, 1)
 
 
 def test_extended_switch_router_gateway(decoders_mod) -> None:
