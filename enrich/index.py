@@ -21,6 +21,7 @@ pod's hostIP is not a pod IP (host-network pods resolve to their Node).
 
 from __future__ import annotations
 
+import functools
 import heapq
 import ipaddress
 import itertools
@@ -55,13 +56,44 @@ E_SRC, E_DST, E_NODE, E_INFRA, E_START, E_END, E_PREV = range(7)
 
 
 def ip_bytes(text: Any) -> bytes | None:
-    """Raw 4/16-byte form of an address string, None when it is not an IP."""
+    """Raw 4/16-byte form of an address string, None when it is not an IP.
+
+    An IPv4-mapped IPv6 address (::ffff:a.b.c.d) is the IPv4 address: flows and exporters carry
+    it so (the decoders map a mapped exporter address to IPv4), and the index keys on bytes.
+    """
     if not isinstance(text, str) or not text:
         return None
     try:
-        return ipaddress.ip_address(text).packed
+        a = ipaddress.ip_address(text)
     except ValueError:
         return None
+    if a.version == 6 and a.ipv4_mapped is not None:
+        return a.ipv4_mapped.packed
+    return a.packed
+
+
+def host_address(text: Any) -> tuple[str, bytes] | None:
+    """(canonical text, raw bytes) of a host address, None when it is not an IP.
+
+    HostIP is published in this text (ipaddress's compressed form, a mapped address as IPv4), so
+    that it compares equal to the SrcAddr/AgentIP flowscope writes, whatever spelling (upper case,
+    zero padding) the API object used.
+    """
+    return _host_address(text) if isinstance(text, str) and text else None
+
+
+@functools.lru_cache(maxsize=16384)
+def _host_address(text: str) -> tuple[str, bytes] | None:
+    # Memoised: a few host addresses per node, read for every pod (parsing costs microseconds),
+    # and the pods of one node then share one text object. Bounded: a memo, not an index.
+    try:
+        a = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if a.version == 6 and a.ipv4_mapped is not None:
+        a = a.ipv4_mapped
+    canonical = str(a)
+    return text if canonical == text else canonical, a.packed
 
 
 def parse_time_ms(text: Any) -> int | None:
@@ -136,17 +168,20 @@ class PodRec:
     """What the index keeps of a Pod."""
 
     __slots__ = ("uid", "ns", "name", "node", "host_ip", "ips", "owner_kind", "owner_name",
-                 "start_ms", "end_ms", "frag_s", "frag_d", "infra")
+                 "start_ms", "end_ms", "frag_s", "frag_d", "infra", "keep_ips")
 
     def __init__(self, *, uid: str, ns: str, name: str, node: str | None, host_ip: str,
                  ips: tuple[bytes, ...], owner_kind: str, owner_name: str, start_ms: int,
-                 end_ms: int) -> None:
+                 end_ms: int, keep_ips: bool = False) -> None:
         self.uid = uid
         self.ns = ns
         self.name = name
         self.node = node
         self.host_ip = host_ip
         self.ips = ips
+        # status.podIPs was malformed (counted at parse): the pod's last good addresses stand,
+        # filled in by the writer, which has them (parsing runs outside the writer lock)
+        self.keep_ips = keep_ips
         self.owner_kind = owner_kind
         self.owner_name = owner_name
         self.start_ms = start_ms
@@ -166,16 +201,34 @@ class PodRec:
 class NodeRec:
     """What the index keeps of a Node."""
 
-    __slots__ = ("name", "addrs", "host_ip", "zone")
+    __slots__ = ("name", "addrs", "node_ips", "mgmt_ips", "host_ip", "zone", "keep_node_ips", "keep_mgmt_ips")
 
-    def __init__(self, *, name: str, addrs: tuple[bytes, ...], host_ip: str, zone: str) -> None:
+    def __init__(self, *, name: str, node_ips: tuple[bytes, ...], mgmt_ips: tuple[bytes, ...], host_ip: str,
+                 zone: str, keep_node_ips: bool = False, keep_mgmt_ips: bool = False) -> None:
         self.name = name
-        self.addrs = addrs
-        self.host_ip = host_ip
+        self.node_ips = node_ips  # status.addresses (InternalIP, ExternalIP)
+        self.mgmt_ips = mgmt_ips  # management ports, from the node-subnets annotation
+        self.host_ip = host_ip    # from status.addresses
         self.zone = zone
+        # A field that came malformed (counted at parse) keeps the node's last good value:
+        # see last_good(), applied by the writer
+        self.keep_node_ips = keep_node_ips
+        self.keep_mgmt_ips = keep_mgmt_ips
+        self.addrs = node_ips + tuple(ip for ip in mgmt_ips if ip not in node_ips)
+
+    def last_good(self, old: NodeRec | None) -> None:
+        """Take `old`'s values for the fields that came malformed ("the last good cache keeps
+        serving": a bad MODIFIED must not drop the node's addresses or management port)."""
+        if self.keep_node_ips:
+            self.node_ips, self.host_ip = (old.node_ips, old.host_ip) if old is not None else ((), "")
+        if self.keep_mgmt_ips:
+            self.mgmt_ips = old.mgmt_ips if old is not None else ()
+        if self.keep_node_ips or self.keep_mgmt_ips:
+            self.keep_node_ips = self.keep_mgmt_ips = False
+            self.addrs = self.node_ips + tuple(ip for ip in self.mgmt_ips if ip not in self.node_ips)
 
     def key(self) -> tuple[Any, ...]:
-        return (self.name, self.addrs, self.host_ip, self.zone)
+        return (self.name, self.node_ips, self.mgmt_ips, self.host_ip, self.zone)
 
 
 class SvcRec:
@@ -263,7 +316,10 @@ class Index:
         self._pod_layer: dict[bytes, tuple[Any, ...]] = {}
         self._node_layer: dict[bytes, tuple[Any, ...]] = {}
         self._svc_layer: dict[bytes, tuple[Any, ...]] = {}
-        self._node_addr: dict[bytes, str] = {}
+        # Address -> the Node(s) listing it (a _multi_add value, newest claimant last: it answers).
+        # Two Node objects can list one address (a replaced VM's private IP given to the new VM
+        # while the old Node object lingers): when one stops listing it, the other answers.
+        self._node_addr: dict[bytes, Any] = {}
         # Pod hostIP -> {node name: pod records holding addresses (tombstones included)}: the
         # exporter's node for FlowDirection while that Node is not in the cache (deleted while
         # its pods are being garbage-collected, re-registered, or the nodes informer behind).
@@ -432,27 +488,36 @@ class Index:
         name = meta["name"]
         uid_v, host_v = meta.get("uid"), status.get("hostIP")
         uid: str = uid_v if isinstance(uid_v, str) and uid_v else f"{ns}/{name}"
-        host_ip: str = host_v if isinstance(host_v, str) else ""
-        host_ips = {host_ip} if host_ip else set()
+        host = host_address(host_v)
+        if host is None and isinstance(host_v, str) and host_v:
+            self.problem("bad_address", f"pod {ns}/{name} has a non-IP hostIP {host_v!r}")
+        host_ip = host[0] if host is not None else ""
+        host_ips = {host[1]} if host is not None else set()
         for h in self._list(status.get("hostIPs"), f"pod {ns}/{name} status.hostIPs"):
-            if isinstance(h, dict) and isinstance(h.get("ip"), str):
-                host_ips.add(h["ip"])
+            hh = host_address(h.get("ip")) if isinstance(h, dict) else None
+            if hh is not None:
+                host_ips.add(hh[1])
         texts: list[str] = []
+        keep_ips = False
         # Every address of a host-network pod is its Node's (before Kubernetes 1.28 a dual-stack
         # node lists both families in podIPs but only one as hostIP): none is indexed.
         if spec.get("hostNetwork") is not True:
-            for p in self._list(status.get("podIPs"), f"pod {ns}/{name} status.podIPs"):
+            pod_ips = status.get("podIPs")
+            for p in self._list(pod_ips, f"pod {ns}/{name} status.podIPs"):
                 if isinstance(p, dict) and isinstance(p.get("ip"), str):
                     texts.append(p["ip"])
             if not texts and isinstance(status.get("podIP"), str):
                 texts.append(status["podIP"])
+            # podIPs of the wrong type and no podIP to fall back on: the addresses are unknown,
+            # not gone, so the pod's last good ones keep serving (the writer fills them in)
+            keep_ips = not texts and pod_ips is not None and not isinstance(pod_ips, list)
         ips: list[bytes] = []
         for t in texts:
-            if t in host_ips:
-                continue  # host-network pod: the address is the Node's
             raw = ip_bytes(t)
             if raw is None:
                 self.problem("bad_address", f"pod {ns}/{name} has a non-IP podIP {t!r}")
+            elif raw in host_ips:
+                continue  # host-network pod: the address is the Node's
             elif raw not in ips:
                 ips.append(raw)
         try:
@@ -480,7 +545,7 @@ class Index:
             end = min(now, finished) if finished is not None and (start is None or finished > start) else now
         return PodRec(uid=uid, ns=_intern(ns), name=name, node=_intern(node) if node else None,
                       host_ip=host_ip, ips=tuple(ips), owner_kind=_intern(kind), owner_name=oname,
-                      start_ms=ALWAYS if start is None else start, end_ms=end)
+                      start_ms=ALWAYS if start is None else start, end_ms=end, keep_ips=keep_ips)
 
     def _parse_node(self, obj: Any) -> NodeRec:
         meta = _meta(obj)
@@ -489,29 +554,35 @@ class Index:
         addrs: list[bytes] = []
         host_ip = ""
         first_any = ""
-        for a in self._list(status.get("addresses"), f"node {name} status.addresses"):
+        addresses = status.get("addresses")
+        for a in self._list(addresses, f"node {name} status.addresses"):
             if not isinstance(a, dict) or a.get("type") not in NODE_ADDRESS_TYPES:
                 continue
-            raw = ip_bytes(a.get("address"))
-            if raw is None:
+            host = host_address(a.get("address"))
+            if host is None:
                 self.problem("bad_address", f"node {name} has a non-IP address {a.get('address')!r}")
                 continue
+            text, raw = host
             if raw not in addrs:
                 addrs.append(raw)
-            first_any = first_any or a["address"]
+            first_any = first_any or text
             if not host_ip and a.get("type") == "InternalIP":
-                host_ip = a["address"]
+                host_ip = text
+        mgmt: list[bytes] = []
+        keep_mgmt = False
         ann = _dict(meta.get("annotations")).get(OVN_NODE_SUBNETS)
         if ann is not None:
             try:
-                for raw in management_port_ips(ann):
-                    if raw not in addrs:
-                        addrs.append(raw)
+                mgmt = management_port_ips(ann)
             except (ValueError, TypeError) as e:
+                # counted, and the management ports the annotation last gave stay (NodeRec.last_good)
                 self.problem("bad_annotation", f"node {name}: {OVN_NODE_SUBNETS}={ann!r}: {e}")
+                keep_mgmt = True
         zone = _dict(meta.get("labels")).get(ZONE_LABEL)
-        return NodeRec(name=_intern(name), addrs=tuple(addrs), host_ip=host_ip or first_any,
-                       zone=zone if isinstance(zone, str) else "")
+        return NodeRec(name=_intern(name), node_ips=tuple(addrs), mgmt_ips=tuple(dict.fromkeys(mgmt)),
+                       host_ip=host_ip or first_any, zone=zone if isinstance(zone, str) else "",
+                       keep_node_ips=addresses is not None and not isinstance(addresses, list),
+                       keep_mgmt_ips=keep_mgmt)
 
     def _parse_service(self, obj: Any) -> SvcRec:
         meta = _meta(obj)
@@ -589,7 +660,8 @@ class Index:
             for ip, chain in self._pod_layer.items():
                 ips[ip] = _with_fallback(chain, ips.get(ip)) or chain
             self._ips = ips
-            self._agents = {**{h: next(reversed(names)) for h, names in self._hosts.items()}, **self._node_addr}
+            self._agents = {**{h: next(reversed(names)) for h, names in self._hosts.items()},
+                            **{ip: _last(names) for ip, names in self._node_addr.items()}}
             if self._reader is not None:
                 self._reader.publish(self._ips, self._agents)
 
@@ -675,6 +747,9 @@ class Index:
             # Seen again after a delete (relist race): it is alive after all.
             old = self._tombstones.pop(rec.uid)
             self._unhold(old)
+        if rec.keep_ips:
+            rec.ips = old.ips if old is not None else ()
+            rec.keep_ips = False
         if old is not None and old.end_ms != ALIVE and rec.end_ms != ALIVE:
             rec.end_ms = old.end_ms  # keep the first time we saw it finished
         if (old is not None and old.end_ms == ALIVE and rec.end_ms == ALIVE and rec.start_ms <= old.start_ms
@@ -699,13 +774,15 @@ class Index:
             self._unhold(old)
             touched.update(old.ips)
             gone = [ip for ip in old.ips if ip not in rec.ips]
-            if gone and old.end_ms == ALIVE:
-                # A running pod lost addresses (its sandbox was recreated with new ones): it
-                # held them until now, so they stay its own for earlier flows, as a tombstone.
-                now = self._now_ms()
+            if gone:
+                # The pod lost addresses: a running pod's sandbox was recreated with new ones (it
+                # held them until now), or a finished pod's status no longer lists them (it held
+                # them until it finished: the end its record already has, kubernetes#125370).
+                # They stay its own for the flows that started while it held them, as a tombstone.
+                end = min(old.end_ms, rec.end_ms, self._now_ms())
                 dep = PodRec(uid=f"{old.uid}\x00{next(self._seq)}", ns=old.ns, name=old.name, node=old.node,
                              host_ip=old.host_ip, ips=tuple(gone), owner_kind=old.owner_kind,
-                             owner_name=old.owner_name, start_ms=old.start_ms, end_ms=now)
+                             owner_name=old.owner_name, start_ms=old.start_ms, end_ms=end)
                 dep.frag_s, dep.frag_d, dep.infra = old.frag_s, old.frag_d, old.infra
                 self._entomb(dep)
                 self._hold(dep)
@@ -769,7 +846,7 @@ class Index:
         if self._batch:
             return  # replace() publishes the whole map
         names = self._hosts.get(ip)
-        name = self._node_addr.get(ip) or (next(reversed(names)) if names else None)
+        name = _last(self._node_addr.get(ip)) or (next(reversed(names)) if names else None)
         if self._agents.get(ip) is name:
             return
         if name is None:
@@ -841,6 +918,7 @@ class Index:
 
     def _set_node(self, rec: NodeRec) -> None:
         old = self._nodes.get(rec.name)
+        rec.last_good(old)
         if old is not None and old.key() == rec.key():
             return
         self._nodes[rec.name] = rec
@@ -850,18 +928,28 @@ class Index:
                 if ip not in rec.addrs:
                     self._drop_node_ip(ip, rec.name)
         for ip in rec.addrs:
-            self._node_layer[ip] = entry
-            self._node_addr[ip] = rec.name
-            self._set_agent(ip)
-            self._merge(ip)
+            # A node newly listing an address answers for it; one that listed it already keeps
+            # its place (an update of the other node sharing it does not take it back).
+            _multi_add(self._node_addr, ip, rec.name)
+            if _last(self._node_addr[ip]) == rec.name:
+                self._node_layer[ip] = entry
+                self._set_agent(ip)
+                self._merge(ip)
         if old is None or old.zone != rec.zone:
             self._rerender(self._pods_by_node.get(rec.name))
 
     def _drop_node_ip(self, ip: bytes, name: str) -> None:
-        if self._node_addr.get(ip) != name:
-            return  # another node claims it now
-        del self._node_addr[ip]
-        self._node_layer.pop(ip, None)
+        was = _last(self._node_addr.get(ip))
+        if not _multi_remove(self._node_addr, ip, name):
+            return
+        now = _last(self._node_addr.get(ip))
+        if now == was:
+            return  # another node answers for it, as before
+        if now is None:
+            self._node_layer.pop(ip, None)
+        else:
+            # another Node still lists it (both were in a list, or it listed it first)
+            self._node_layer[ip] = self._node_entry(self._nodes[now])
         self._set_agent(ip)
         self._merge(ip)
 
@@ -994,6 +1082,11 @@ def _multi_remove(d: dict[Any, Any], key: Any, val: Any) -> bool:
         del d[key]
         return True
     return False
+
+
+def _last(v: Any) -> Any:
+    """The newest member of a _multi_add value (None for none)."""
+    return v[-1] if type(v) is list else v
 
 
 def _multi_list(v: Any) -> list[Any]:

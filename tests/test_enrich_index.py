@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 import enrich
-from enrich.index import management_port_ips
+from enrich.index import ZONE_LABEL, management_port_ips
 from tests.support.fake_kube import node, pod, replicaset, service
 
 T0 = 1_700_000_000_000  # ms; objects below are created around here
@@ -194,6 +194,30 @@ def test_lookup_order_pod_then_node_then_service() -> None:
                                      services=[svc], config=enrich.EnrichConfig(own_namespace=""))
     assert flow(e, "10.244.0.9", "")["SrcK8S_Type"] == "Pod"
     assert flow(e, "172.30.0.99", "")["SrcK8S_Type"] == "Node"
+
+
+def test_ipv4_mapped_and_non_canonical_address_text() -> None:
+    """Addresses written by non-Go tooling: an IPv4-mapped IPv6 address (::ffff:a.b.c.d) of a
+    node, pod or service is the IPv4 address, as flows and exporters carry it (the decoder maps
+    a mapped exporter to IPv4 too); HostIP is published in canonical text (ipaddress's
+    compressed form, lower case), as SrcAddr and AgentIP are."""
+    n = node("n1", internal=["::ffff:10.0.0.7", "FD00:0000:0000::0007"], subnets={"default": "10.244.7.0/24"})
+    pods = [pod("p", "shop", ips=["::ffff:10.244.7.5", "FD00:10:244:7:0:0:0:5"], node="n1",
+                host_ip="FD00:0000:0000::0007"),
+            pod("q", "shop", ips=["10.244.7.6"], node="n1", host_ip="::ffff:10.0.0.7"),
+            pod("r", "shop", ips=["10.0.0.7"], node="n1", host_ip="::ffff:10.0.0.7")]  # host network
+    svc = service("s", "shop", ips=["::ffff:172.30.7.1"])
+    e = enrich.Enricher.from_objects(pods=pods, nodes=[n], services=[svc], config=enrich.EnrichConfig(own_namespace=""))
+    got = side(flow(e, "10.0.0.7", ""), "SrcK8S_")
+    assert (got["Name"], got["Type"], got["HostIP"]) == ("n1", "Node", "10.0.0.7")
+    assert flow(e, "fd00::7", "")["SrcK8S_Name"] == "n1"
+    assert flow(e, "10.244.7.5", "")["SrcK8S_HostIP"] == "fd00::7"
+    assert flow(e, "fd00:10:244:7::5", "")["SrcK8S_Name"] == "p"
+    assert flow(e, "10.244.7.6", "")["SrcK8S_HostIP"] == "10.0.0.7"
+    assert flow(e, "", "172.30.7.1")["DstK8S_Name"] == "s"
+    assert flow(e, "10.244.7.6", "8.8.8.8", agent="10.0.0.7").get("FlowDirection") == 1
+    # nothing under a 16-byte mapped key: n1's 3 (with its management port), p's 2, q's, s's
+    assert e.stats()["index"]["addresses"] == 7
 
 
 # ---------------------------------------------------------------- IP reuse
@@ -526,6 +550,44 @@ def test_interned_names_of_deleted_objects_are_forgotten() -> None:
     assert flow(e, "10.244.1.6", "10.244.1.5", agent="10.0.0.1").get("FlowDirection") == 2
 
 
+def test_finished_pod_whose_address_leaves_its_status_later_keeps_its_flows() -> None:
+    """A Job pod goes Succeeded with its address still in its status, then a later MODIFIED (or
+    a relist) has no podIP/podIPs (its sandbox removed; kubelets change podIP around the terminal
+    transition, kubernetes#125370): flows that started while it held the address stay its own,
+    as a tombstone ending when its containers finished, also after the object is deleted, until
+    tombstone_seconds. The same when both come in one MODIFIED."""
+    created = iso(T0 - 600_000)
+    running = pod("job-1", "batch", ips=["10.244.0.40"], uid="u-j", owner=("Job", "j"), created=created)
+    done = pod("job-1", "batch", ips=["10.244.0.40"], uid="u-j", owner=("Job", "j"), created=created,
+               phase="Succeeded")
+    done["status"]["containerStatuses"] = [{"name": "c", "state": {"terminated": {
+        "exitCode": 0, "startedAt": iso(T0 - 590_000), "finishedAt": iso(T0 + 4_000)}}}]
+    gone = orjson.loads(orjson.dumps(done))
+    del gone["status"]["podIP"], gone["status"]["podIPs"]
+    for how in ("watch", "relist", "one event"):
+        clock = Clock(T0)
+        e = build([running], clock=clock, tombstone_seconds=300)
+        idx = e.index
+        clock.ms = T0 + 5_000
+        if how != "one event":
+            idx.upsert("pods", idx.parse("pods", done))
+        clock.ms = T0 + 10_000
+        if how == "relist":
+            idx.replace("pods", [idx.parse("pods", gone)])
+        else:
+            idx.upsert("pods", idx.parse("pods", gone))
+        assert flow(e, "10.244.0.40", "", t_ms=T0 - 1_000)["SrcK8S_Name"] == "job-1", how
+        assert flow(e, "10.244.0.40", "", t_ms=T0 + 6_000) == {}, how  # its containers finished at T0 + 4 s
+        clock.ms = T0 + 20_000
+        idx.delete("pods", idx.parse("pods", gone))
+        assert flow(e, "10.244.0.40", "", t_ms=T0 - 1_000)["SrcK8S_Name"] == "job-1", how
+        assert idx.counts()["tombstones"] == 1, how
+        clock.ms = T0 + 4_000 + 300_001
+        assert idx.sweep() == 1, how
+        assert flow(e, "10.244.0.40", "", t_ms=T0 - 1_000) == {}, how
+        assert idx.counts()["pod_ips"] == 0 and not idx._holders, how
+
+
 def test_pod_recreated_with_same_name_new_uid() -> None:
     clock = Clock(T0)
     e = build([pod("db-0", "shop", ips=["10.244.0.40"], uid="u1", created=iso(T0 - 1000))], clock=clock)
@@ -596,6 +658,42 @@ def test_flow_direction_from_pods_host_ips_while_their_node_is_not_cached() -> N
     assert flow(e, "8.8.8.8", "10.244.0.5", agent="10.0.0.2", direction=1).get("FlowDirection") == 1
     assert idx.counts()["pod_ips"] == 1 and not idx._hosts.get(raw("10.0.0.2"))
     assert raw("10.0.0.2") not in idx._agents
+
+
+def test_an_address_two_nodes_list_stays_with_the_node_still_listing_it() -> None:
+    """A replaced VM's private address given to the new VM while the old (NotReady) Node object
+    still lists it: when the Node answering for the address is deleted or stops listing it, the
+    address goes to the other Node that lists it (identity and exporter alike) at once, not at
+    the next relist."""
+    old = node("gke-pool-zz-old", internal=["10.0.0.7"], zone="za")
+    new = node("gke-pool-aa-new", internal=["10.0.0.7"], zone="zb")
+    for listed in ((new, old), (old, new)):  # a relist with both: the one applied last answers
+        e = enrich.Enricher.from_objects(nodes=list(listed), config=enrich.EnrichConfig(own_namespace=""))
+        idx = e.index
+        first, last = (n["metadata"]["name"] for n in listed)
+        assert flow(e, "10.0.0.7", "")["SrcK8S_Name"] == last
+        idx.delete("nodes", idx.parse("nodes", listed[1]))
+        got = side(flow(e, "10.0.0.7", "8.8.8.8", agent="10.0.0.7"), "SrcK8S_")
+        assert (got["Name"], got["Zone"]) == (first, listed[0]["metadata"]["labels"][ZONE_LABEL]), listed
+        assert flow(e, "10.0.0.7", "8.8.8.8", agent="10.0.0.7")["FlowDirection"] == 1  # the exporter's node
+        idx.delete("nodes", idx.parse("nodes", listed[0]))
+        assert flow(e, "10.0.0.7", "") == {}
+        assert not idx._node_addr and not idx._agents
+    # Watch events: the newest Node listing the address answers; when it stops listing it (or
+    # is deleted), the other one does.
+    e = enrich.Enricher.from_objects(nodes=[node("n-new", internal=["10.0.0.7"])],
+                                     config=enrich.EnrichConfig(own_namespace=""))
+    idx = e.index
+    idx.upsert("nodes", idx.parse("nodes", node("n-old", internal=["10.0.0.7"], external=["203.0.113.9"])))
+    assert flow(e, "10.0.0.7", "")["SrcK8S_Name"] == "n-old"
+    idx.upsert("nodes", idx.parse("nodes", node("n-old", internal=["10.0.0.8"], external=["203.0.113.9"])))
+    assert flow(e, "10.0.0.7", "")["SrcK8S_Name"] == "n-new"
+    assert flow(e, "10.0.0.8", "")["SrcK8S_Name"] == "n-old"
+    idx.upsert("nodes", idx.parse("nodes", node("n-old", internal=["10.0.0.7"])))
+    idx.delete("nodes", idx.parse("nodes", node("n-old", internal=["10.0.0.7"])))
+    assert flow(e, "10.0.0.7", "")["SrcK8S_Name"] == "n-new"
+    assert flow(e, "10.0.0.7", "8.8.8.8", agent="10.0.0.7")["FlowDirection"] == 1
+    assert flow(e, "10.0.0.8", "") == {} and flow(e, "203.0.113.9", "") == {}
 
 
 @pytest.mark.parametrize("src_ns,dst_ns,expected", [
@@ -683,6 +781,52 @@ def test_fields_of_the_wrong_json_type_are_counted_not_fatal() -> None:
     assert flow(e, "10.244.0.81", "")["SrcK8S_Name"] == "p2"
     assert flow(e, "10.0.1.3", "")["SrcK8S_Name"] == "n-odd"
     assert flow(e, "172.30.0.9", "")["SrcK8S_Name"] == "s"
+
+
+def test_a_malformed_field_in_an_update_keeps_that_fields_last_good_value(caplog: pytest.LogCaptureFixture) -> None:
+    """Bad input is counted and logged once per cause, and the last good cache keeps serving: a
+    MODIFIED whose node-subnets annotation does not parse keeps the node's management-port
+    address, one whose status.addresses is not a list keeps the node's addresses (and HostIP),
+    one whose status.podIPs is mistyped (and no podIP) keeps the pod's addresses. The object's
+    other fields still apply, and the next good value replaces the kept one."""
+    clock = Clock(T0)
+    good = node("node-x", internal=["10.0.9.1"], zone="z1", subnets={"default": ["10.244.9.0/24"]})
+    p = pod("web-1", "shop", ips=["10.244.9.5"], node="node-x", host_ip="10.0.9.1", uid="u1",
+            created=iso(T0 - 60_000))
+    with caplog.at_level(logging.WARNING, logger="flowscope.enrich"):
+        e = enrich.Enricher.from_objects(pods=[p], nodes=[good], config=enrich.EnrichConfig(own_namespace=""),
+                                         clock=clock)
+        idx = e.index
+        idx.upsert("nodes", idx.parse("nodes", node("node-x", internal=["10.0.9.1"], zone="z2",
+                                                    subnets='{"default":["10.244.9.0/24",')))  # cut short
+        got = side(flow(e, "10.244.9.2", ""), "SrcK8S_")
+        assert (got["Name"], got["Zone"]) == ("node-x", "z2")
+        bad = node("node-x", internal=["10.0.9.1"], zone="z2", subnets={"default": ["10.244.9.0/24"]})
+        bad["status"]["addresses"] = {"type": "InternalIP", "address": "10.0.9.1"}
+        idx.upsert("nodes", idx.parse("nodes", bad))
+        for addr in ("10.0.9.1", "10.244.9.2"):
+            got = side(flow(e, addr, ""), "SrcK8S_")
+            assert (got["Name"], got["HostIP"]) == ("node-x", "10.0.9.1"), addr
+        clock.ms = T0 + 10_000
+        q = orjson.loads(orjson.dumps(p))
+        q["status"]["podIPs"] = {"ip": "10.244.9.5"}
+        del q["status"]["podIP"]
+        idx.upsert("pods", idx.parse("pods", q))
+        assert flow(e, "10.244.9.5", "", t_ms=T0 + 20_000)["SrcK8S_Name"] == "web-1"
+        assert flow(e, "10.244.9.5", "", t_ms=T0 - 1_000)["SrcK8S_Name"] == "web-1"
+        # the same again: counted, not logged
+        idx.upsert("pods", idx.parse("pods", q))
+        idx.upsert("nodes", idx.parse("nodes", bad))
+    assert e.stats()["problems"] == {"bad_annotation": 1, "bad_field": 4}
+    assert len(caplog.records) == 2
+    # Good values replace the kept ones: no annotation (no management port), another address.
+    idx.upsert("nodes", idx.parse("nodes", node("node-x", internal=["10.0.9.3"], zone="z2")))
+    assert flow(e, "10.244.9.2", "") == {} and flow(e, "10.0.9.1", "") == {}
+    assert flow(e, "10.0.9.3", "")["SrcK8S_Name"] == "node-x"
+    idx.upsert("pods", idx.parse("pods", pod("web-1", "shop", ips=["10.244.9.6"], node="node-x", host_ip="10.0.9.3",
+                                              uid="u1", created=iso(T0 - 60_000))))
+    assert flow(e, "10.244.9.6", "", t_ms=T0 + 20_000)["SrcK8S_Name"] == "web-1"
+    assert flow(e, "10.244.9.5", "", t_ms=T0 + 20_000) == {}
 
 
 def test_names_are_json_escaped() -> None:
