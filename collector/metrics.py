@@ -73,7 +73,7 @@ SERIES: dict[str, Series] = {s.name: s for s in [
     Series("flowscope_received_datagrams", "counter", "Datagrams received on each listener", ("listener",)),
     Series("flowscope_received_bytes", "counter", "UDP payload bytes received on each listener", ("listener",)),
     Series("flowscope_datagrams_dropped", "counter",
-           "Datagrams dropped before decoding, by reason (not_allowed, wrong_protocol, internal, socket_error; shutdown: read after half of --shutdown-timeout while exporters kept sending); "
+           "Datagrams dropped before decoding, by reason (not_allowed, wrong_protocol, internal, socket_error; shutdown: arrived once shutdown had decoded what was queued, read until the listeners closed); "
            "datagrams over --max-datagram are decode errors (reason too_large)",
            ("reason",)),
     Series("flowscope_kernel_receive_drops", "counter",

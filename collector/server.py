@@ -108,6 +108,20 @@ class StartupError(Exception):
     """A part of the worker that could not start, named: which listener, which output file."""
 
 
+class _Refusing(asyncio.DatagramProtocol):
+    """A listener's protocol once shutdown has begun: datagrams are read and counted as
+    dropped for reason "shutdown", not decoded."""
+
+    def __init__(self, worker: Worker, index: int) -> None:
+        self.w = worker
+        self.i = index
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.w.rx_datagrams[self.i] += 1
+        self.w.rx_bytes[self.i] += len(data)
+        self.w.dgram_drops["shutdown"] += 1
+
+
 class Protocol(asyncio.DatagramProtocol):
     """The hot path: see the module docstring. Nothing raises out of datagram_received."""
 
@@ -298,26 +312,27 @@ class Worker:
         return (not why), why
 
     async def stop(self) -> None:
-        """Stop listening, save state, drain the sink within the shutdown timeout."""
+        """Stop listening, save state, drain the sink within the shutdown timeout. What the
+        kernel already holds in the listeners' receive buffers (under load, up to --rcvbuf of
+        datagrams) is still decoded, for up to half of --shutdown-timeout; from then on until the
+        sockets close (state saved, sink drained), what arrives is read and counted as
+        flowscope_datagrams_dropped_total{reason="shutdown"}, not left unread in a socket about
+        to be closed."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cfg.shutdown_timeout
         await self._drain_sockets(loop.time() + self.cfg.shutdown_timeout / 2)
-        for t in self.transports:
-            t.close()
-        self.bound = False
+        for i, t in enumerate(self.transports):
+            t.set_protocol(_Refusing(self, i))
         for task in self._tasks:
             task.cancel()
         if self.state is not None:
             self.state.save(self.decoder)
         self.flush_records()
         await self.sink.drain(deadline)
+        self._close_listeners()
 
     async def _drain_sockets(self, until: float) -> None:
-        """What the kernel already holds in the listeners' receive buffers at shutdown (under
-        load, up to --rcvbuf of datagrams) is still decoded: the listeners keep reading until
-        their queues are empty or half of --shutdown-timeout has passed. What exporters keep
-        sending past that is read and counted as flowscope_datagrams_dropped_total{reason=
-        "shutdown"} for a moment more; closing the sockets then discards what the kernel holds."""
+        """Let the listeners read on until their receive queues are empty or `until`."""
         loop = asyncio.get_running_loop()
         inodes = set(self.inodes)
         if not inodes or not self.bound:
@@ -326,27 +341,32 @@ class Worker:
             if not any(queued for queued, _ in udp_socket_stats(inodes).values()):
                 return
             await asyncio.sleep(0.01)
+
+    def _close_listeners(self) -> None:
+        """Read and count what the sockets still hold (a quarter of a second at most; the event
+        loop does not run meanwhile), then close them; what the kernel receives after that is
+        refused by it (ICMP unreachable)."""
         stop_counting = time.monotonic() + 0.25
         for i, t in enumerate(self.transports):
             sk = t.get_extra_info("socket")
-            if sk is None:
-                continue
-            try:
-                s = socket.socket(fileno=os.dup(sk.fileno()))
-            except OSError:
-                continue
-            try:
-                s.setblocking(False)
-                while time.monotonic() < stop_counting:
+            if sk is not None:
+                try:
+                    s = socket.socket(fileno=os.dup(sk.fileno()))
+                except OSError:
+                    s = None
+                if s is not None:
                     try:
-                        data = s.recv(65535)
-                    except OSError:    # empty (BlockingIOError) or gone
-                        break
-                    self.rx_datagrams[i] += 1
-                    self.rx_bytes[i] += len(data)
-                    self.dgram_drops["shutdown"] += 1
-            finally:
-                s.close()
+                        s.setblocking(False)
+                        while time.monotonic() < stop_counting:
+                            try:
+                                data = s.recv(65535)
+                            except OSError:    # empty (BlockingIOError) or gone
+                                break
+                            _Refusing(self, i).datagram_received(data, None)
+                    finally:
+                        s.close()
+            t.close()
+        self.bound = False
         if self.dgram_drops.get("shutdown"):
             log.warning("shutdown: exporters were still sending after %.1fs; %d datagrams read and not decoded "
                         "(counted in flowscope_datagrams_dropped_total{reason=\"shutdown\"})",

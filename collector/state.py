@@ -59,13 +59,17 @@ class StateFile:
             try:
                 with open(p, "rb") as fh:
                     data = orjson.loads(fh.read())
-                decoder.import_state(data)
+                got = decoder.import_state(data)
             except Exception as exc:  # a corrupt or foreign file must not stop the collector
                 self.loads["error"] += 1
                 log.error("state: cannot load %s: %s (continuing without it)", p, exc)
                 continue
             self.loads["ok"] += 1
-            log.info("state: loaded %s", p)
+            if got.get("skipped"):
+                log.warning("state: loaded %s: %d templates, %d bad entries skipped", p, got.get("templates", 0),
+                            got["skipped"])
+            else:
+                log.info("state: loaded %s: %d templates", p, got.get("templates", 0))
 
     def save(self, decoder: Any) -> bool:
         try:

@@ -7,6 +7,7 @@ records (flow.pxi) and `FlowBatch.to_json()` encodes them (encode.pxi). Bad inpu
 out of `decode()`: it becomes a typed error on the batch and a counter on the exporter.
 """
 
+import itertools
 import time
 
 include "consts.pxi"
@@ -52,8 +53,8 @@ cdef class Decoder:
     cdef public bint track_duplicates
     cdef uint32_t default_sampling
     cdef list sampling_nets
-    cdef dict _log_last
-    cdef dict _log_suppressed
+    cdef dict _log_last         # (reason, exporter) -> [last logged (monotonic s), suppressed since]
+    cdef dict _log_suppressed   # reason -> [last logged, suppressed since]: keys beyond LOG_KEYS
     cdef readonly uint64_t evicted_exporters
     cdef public Py_ssize_t max_template_fields
     cdef readonly Py_ssize_t template_fields  # of all exporters' templates together
@@ -126,20 +127,38 @@ cdef class Decoder:
         return len(self.exporters)
 
     cdef void log_limited(self, str reason, str ip, str msg):
-        """Per-packet errors are logged at most once per reason and exporter every 10 s."""
+        """Per-packet errors are logged at most once per reason and exporter every 10 s. The
+        table of (reason, exporter) keys holds LOG_KEYS, in the order they last logged: keys
+        quiet for 10 s give way to new ones; beyond LOG_KEYS keys logging within 10 s (a flood
+        from spoofed sources), the rest log once per reason every 10 s, with their count."""
+        cdef double now = time.monotonic()
+        cdef list ov
         key = (reason, ip)
-        now = time.monotonic()
-        last = self._log_last.get(key)
-        if last is not None and now - last < 10.0:
-            self._log_suppressed[key] = self._log_suppressed.get(key, 0) + 1
+        ent = self._log_last.get(key)
+        if ent is not None and now - ent[0] < 10.0:
+            ent[1] += 1
             return
-        if len(self._log_last) > 4096:
-            self._log_last.clear()
-            self._log_suppressed.clear()
-        suppressed = self._log_suppressed.pop(key, 0)
-        self._log_last[key] = now
+        if ent is not None:
+            del self._log_last[key]      # re-inserted last: the table stays in logging order
+        elif len(self._log_last) >= LOG_KEYS:
+            for k in list(itertools.islice(self._log_last, len(self._log_last) // 4 + 1)):
+                if now - self._log_last[k][0] < 10.0:
+                    break
+                del self._log_last[k]
+            if len(self._log_last) >= LOG_KEYS:
+                ov = self._log_suppressed.get(reason)
+                if ov is not None and now - ov[0] < 10.0:
+                    ov[1] += 1
+                    return
+                if len(self._log_suppressed) >= LOG_KEYS:
+                    self._log_suppressed.clear()
+                self._log_suppressed[reason] = [now, 0]
+                _log.warning("exporter %s: %s (more than %d exporters logging %s: %s similar messages of "
+                             "others suppressed)", ip, msg, LOG_KEYS, reason, ov[1] if ov is not None else 0)
+                return
+        self._log_last[key] = [now, 0]
         _log.warning("exporter %s: %s%s", ip, msg,
-                     f" ({suppressed} similar messages suppressed)" if suppressed else "")
+                     f" ({ent[1]} similar messages suppressed)" if ent is not None and ent[1] else "")
 
     def decode(self, bytes data not None, str exporter not None, int port=0, double recv_time=0.0):
         """Decode one datagram from `exporter`; never raises for bad input (see batch.error)."""
@@ -252,10 +271,12 @@ cdef class Decoder:
 
     def import_state(self, state):
         """Load what export_state() saved (format 3, or formats 1 and 2 of earlier versions); bad
-        entries are skipped and counted, not fatal. Templates are stored oldest refresh first,
-        so a full table evicts in the same order as before the restart."""
+        entries (wrong types, numbers out of their field's range) are skipped and counted, not
+        fatal. Templates are stored oldest refresh first, so a full table evicts in the same
+        order as before the restart. Several files (one per worker) may describe one template:
+        the most recently refreshed definition wins, whichever file is loaded last."""
         cdef ExporterState ex
-        cdef Template t
+        cdef Template t, have
         loaded = skipped = 0
         fmt = state.get("format") if isinstance(state, dict) else None
         if fmt not in (1, 2, STATE_FORMAT):
@@ -274,10 +295,13 @@ cdef class Decoder:
                                          int(tpl.get("scope", 0)), bool(tpl.get("options")), 0,
                                          int(tpl.get("port", 0)))
                     compiled.append((float(tpl.get("refreshed", now)), t))
-                except (KeyError, TypeError, ValueError, DecodeError):
+                except (KeyError, TypeError, ValueError, OverflowError, DecodeError):
                     skipped += 1
             compiled.sort(key=_refreshed)     # stable: ties keep the file's order
             for refreshed, t in compiled:
+                have = ex.templates.get(tkey(t.version, t.domain, t.template_id, t.port))
+                if have is not None and have.refreshed > refreshed:
+                    continue    # another worker's file saw a later (re)definition
                 store_template(self, ex, t, refreshed)
                 loaded += 1
             if fmt == 1:
@@ -299,6 +323,14 @@ cdef class Decoder:
                     try:
                         vals = [int(x) for x in entry]
                     except (TypeError, ValueError):
+                        skipped += 1
+                        continue
+                    # version, domain, port (uint16 / uint32), sampler id (uint64), the value
+                    # (a rate: uint32; sysinit: ms since the epoch, int64)
+                    if not (vals[0] in (9, 10) and 0 <= vals[1] <= 0xFFFFFFFF
+                            and all(0 <= v < (1 << 64) for v in vals[2:n - 1])
+                            and (fmt == 1 or vals[2] <= 0xFFFF)
+                            and 0 <= vals[n - 1] < ((1 << 63) if name == "sysinit_ms" else (1 << 32))):
                         skipped += 1
                         continue
                     keys = ([tuple(vals[:2]) + (port,) + tuple(vals[2:n - 1])

@@ -7,6 +7,7 @@ DEF MAX_TEMPLATE_FIELDS = 512        # RFC 7011 allows 65535; no real exporter c
 DEF VARLEN = 0xFFFF                  # RFC 7011 3.2: field length 65535 = variable length
 DEF DEDUP_SLOTS = 4096               # per-exporter ring of recent ingress 5-tuples (--dedup)
 DEF SEQ_MAX_GAP = 1 << 20           # export sequence jumps beyond this (either way) are restarts
+DEF LOG_KEYS = 4096                 # (reason, exporter) keys of the per-packet error log limit
 DEF SEQ_RESTART_UPTIME_MS = 60000   # a header uptime this far behind the stream's last one: a restart
 DEF SEQ_MAX_STREAMS = 256            # (protocol, port, domain) sequence streams tracked per exporter
 DEF OPTIONS_MAX_ENTRIES = 1024       # per exporter, in each dict of what options data teaches

@@ -274,6 +274,30 @@ def test_sigterm_decodes_what_the_socket_buffer_holds(collector: Any, tmp_path: 
     assert f"{30 * n} flows delivered to file, 0 dropped" in c.log()
 
 
+def test_datagrams_arriving_during_shutdown_are_counted(collector: Any) -> None:
+    """Exporters keep sending after SIGTERM while the collector drains its sink: what arrives
+    once the receive queues are empty is read and counted as datagrams_dropped{reason=
+    "shutdown"} until the sockets close, not left unread in a socket about to be closed (the
+    sink here cannot deliver, so the shutdown lasts until its deadline)."""
+    import signal
+
+    c = collector(["--sink", "stdout", "--shutdown-timeout", "3"], stdout=subprocess.PIPE)
+    send_udp([make_v5(i * 30, 30, i * 30) for i in range(20)], c.port)     # 600 flows: more than the pipe holds
+    c.wait_value("flowscope_flows_total", 600)
+    c.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: "stopping: closing listeners" in c.log(), 10, what="the stop to begin")
+    n = 200
+    send_udp([make_v5((20 + i) * 30, 30, (20 + i) * 30) for i in range(n)], c.port)
+    assert c.proc.wait(30) == 0
+    log_text = c.log()
+    m = re.search(r"stopped: (\d+) flows delivered to stdout, (\d+) dropped", log_text)
+    assert m, log_text
+    m2 = re.search(r"(\d+) datagrams read and not decoded", log_text)
+    refused = int(m2.group(1)) if m2 else 0
+    assert int(m.group(1)) + int(m.group(2)) + 30 * refused == 30 * (20 + n), log_text
+    assert refused > 0
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_sighup_stops_cleanly_like_sigterm(collector: Any, tmp_path: Path, workers: int) -> None:
     """A closed terminal sends SIGHUP to the whole process group: the collector (supervisor and

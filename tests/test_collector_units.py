@@ -233,9 +233,12 @@ def test_a_failed_keyed_batch_is_requeued_with_each_records_exporter() -> None:
     assert sink.queue.queued_records == 4 and sink.queue.inflight_records == 0 and sink.queue.inflight_bytes == 0
 
 
-def test_state_files_load_oldest_first_so_the_newest_save_wins(tmp_path: Path) -> None:
-    """Per-worker state files of earlier runs: an exporter's template saved last (whichever
-    worker file holds it) is the one restored."""
+@pytest.mark.parametrize("older_file", [0, 1])
+def test_state_files_of_several_workers_restore_the_latest_definition(tmp_path: Path, older_file: int) -> None:
+    """Per-worker state files of earlier runs: of the definitions of one template, the one the
+    exporter sent last is restored, whichever worker file holds it and whichever file was saved
+    last (a worker keeps re-saving what it loaded at start of an exporter that now goes to the
+    other worker: its file is the newer one, its definition the older)."""
     import os
 
     from benchmarks.datagrams import IpfixTemplate, data_set, ipfix_message, template_set
@@ -245,17 +248,18 @@ def test_state_files_load_oldest_first_so_the_newest_save_wins(tmp_path: Path) -
     old_t = IpfixTemplate(256, (("src", 8, 0, 4), ("dst", 12, 0, 4)), 0)
     new_t = IpfixTemplate(256, (("dst", 12, 0, 4), ("src", 8, 0, 4), ("proto", 4, 0, 1)), 0)
     base = str(tmp_path / "state.json")
-    for worker, t, mtime in ((0, new_t, 2_000_000_000), (1, old_t, 1_000_000_000)):  # worker 1's file is older
+    for worker, t, received in ((0, new_t, 1_700_000_600.0), (1, old_t, 1_700_000_000.0)):
         d = Decoder()
-        d.decode(ipfix_message([template_set([t])], seq=0, export_time=1_700_000_000), "192.0.2.1")
+        d.decode(ipfix_message([template_set([t])], seq=0, export_time=int(received)), "192.0.2.1", 4739, received)
         sf = StateFile(base, worker)
         assert sf.save(d)
+        mtime = 1_000_000_000 if worker == older_file else 2_000_000_000
         os.utime(sf.path, (mtime, mtime))
     fresh = Decoder()
     StateFile(base, 0).load_into(fresh)
     rec = {"src": "10.0.0.1", "dst": "10.0.0.2", "proto": 6}
-    f = fresh.decode(ipfix_message([data_set(new_t, [rec])], seq=1, export_time=1_700_000_000),
-                     "192.0.2.1").to_dicts()[0]
+    f = fresh.decode(ipfix_message([data_set(new_t, [rec])], seq=1, export_time=1_700_000_700),
+                     "192.0.2.1", 4739, 1_700_000_700.0).to_dicts()[0]
     assert (f["SrcAddr"], f["DstAddr"], f["Proto"]) == ("10.0.0.1", "10.0.0.2", 6)
 
 

@@ -10,6 +10,7 @@ export/import.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import random
 import struct
 
@@ -605,6 +606,35 @@ def test_typed_errors_with_context(data: bytes, reason: str) -> None:
     assert ok.error is None and len(ok) == 2
 
 
+def test_error_log_limit_holds_for_floods_of_exporters(monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """Per-packet errors log once per reason and exporter every 10 s, also when more exporters
+    than the key table holds (4096) send garbage: the ones beyond log once per reason per 10 s
+    together, and keys quiet for 10 s make room for new ones."""
+    import types
+
+    import decoders._core as core
+
+    clock = [1000.0]
+    monkeypatch.setattr(core, "time", types.SimpleNamespace(monotonic=lambda: clock[0], time=lambda: EXPORT))
+    dec = Decoder()
+
+    def flood(first: int, n: int) -> int:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="flowscope.decoders"):
+            for _ in range(3):
+                for i in range(first, first + n):
+                    dec.decode(b"\x00\x07\x00\x00", f"10.{i >> 8 & 255}.{i & 255}.{i >> 16 & 255}", 2055, EXPORT)
+        return len([r for r in caplog.records if "bad_version" in r.getMessage()])
+
+    assert flood(0, 6000) == 4096 + 1
+    clock[0] += 5
+    assert flood(10000, 100) == 0           # the table is full of keys that logged 5 s ago
+    clock[0] += 6
+    assert flood(20000, 100) == 100         # 11 s later they make room
+    assert flood(20000, 100) == 0           # and are limited again
+
+
 def test_datagram_size_limit() -> None:
     dec = Decoder(DecoderConfig(max_datagram=100))
     b = dec.decode(b"\x00\x0a" + b"\0" * 200, EXPORTER)
@@ -1164,6 +1194,29 @@ def _options_template_set(templates: list[IpfixTemplate]) -> bytes:
         body += struct.pack("!HHH", t.template_id, len(t.fields), t.options_scope)
         body += b"".join(struct.pack("!HH", ie, ln) for _n, ie, _pen, ln in t.fields)
     return struct.pack("!HH", 3, 4 + len(body)) + body
+
+
+def test_state_entries_out_of_range_are_skipped_not_kept() -> None:
+    """A state file's numbers out of their field's range (a template id or domain below 0, a
+    clock of 2^64 ms, a port above 65535) are skipped and counted like any bad entry; the rest
+    loads, and the next save still works (orjson refuses integers beyond 64 bits)."""
+    import orjson
+
+    spec = [list(x) for x in SYSUP_TPL.spec()]
+    good = {"version": 10, "domain": 0, "id": 300, "port": 4739, "options": False, "scope": 0, "fields": spec}
+    state = {"format": 3, "exporters": {EXPORTER: {
+        "templates": [good, dict(good, id=-1), dict(good, domain=-5), dict(good, port=70000)],
+        "domain_sampling": [[10, 0, 4739, 64], [10, 0, 4739, 1 << 40], [10, -1, 4739, 64], [10, 0, 1 << 20, 64]],
+        "sampler_rates": [[10, 0, 4739, (1 << 64) - 1, 128], [10, 0, 4739, 1 << 64, 128]],
+        "sysinit_ms": [[10, 0, 4739, (EXPORT - 60) * 1000], [10, 1, 4739, 1 << 64], [9, 2, 4739, -1]],
+    }}}
+    dec = Decoder()
+    assert dec.import_state(state) == {"templates": 1, "skipped": 3 + 3 + 1 + 2}
+    out = dec.export_state()
+    orjson.dumps(out)
+    st = out["exporters"][EXPORTER]
+    assert (st["domain_sampling"], st["sampler_rates"], st["sysinit_ms"]) == \
+        ([[10, 0, 4739, 64]], [[10, 0, 4739, (1 << 64) - 1, 128]], [[10, 0, 4739, (EXPORT - 60) * 1000]])
 
 
 def test_state_files_of_format_1_still_load() -> None:
