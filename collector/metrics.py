@@ -64,7 +64,8 @@ SERIES: dict[str, Series] = {s.name: s for s in [
     Series("flowscope_sequence_resets", "counter", "Exporter restarts: a sequence number that jumped by more than "
            "2^20, or a header uptime (netflow5, netflow9, sflow5) that went back by more than a minute; tracking "
            "starts over", ("exporter", "protocol")),
-    Series("flowscope_exporters", "gauge", "Exporters (source addresses) with decoder state", ()),
+    Series("flowscope_exporters", "gauge", "Exporters (source addresses) with decoder state that sent since the start (those only "
+           "restored from the state file are not counted)", ()),
     Series("flowscope_exporters_evicted", "counter", "Exporters forgotten because the table was full "
            "(--max-exporters; the least recently seen go, their counters stay under exporter=\"other\")", ()),
     Series("flowscope_sampling_rate", "gauge", "Sampling rate in use (0 = none)", ("exporter", "protocol"),

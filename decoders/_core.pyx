@@ -123,8 +123,15 @@ cdef class Decoder:
                          f"seen least recently (counted in flowscope_exporters_evicted_total)")
 
     def exporter_count(self):
-        """Exporters with state now."""
-        return len(self.exporters)
+        """Exporters with state that sent this process a datagram (not those only loaded from a
+        state file: with --workers N every worker loads every file, and the workers' counts add
+        up)."""
+        cdef ExporterState ex
+        cdef Py_ssize_t n = 0
+        for ex in self.exporters.values():
+            if ex.datagrams:
+                n += 1
+        return n
 
     cdef void log_limited(self, str reason, str ip, str msg):
         """Per-packet errors are logged at most once per reason and exporter every 10 s. The

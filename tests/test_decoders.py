@@ -585,6 +585,20 @@ def test_state_export_import_decodes_data_after_restart() -> None:
     assert [f["SrcAddr"] for f in fresh.decode(msg, EXPORTER).to_dicts()] == [r["src"] for r in recs]
 
 
+def test_exporters_restored_from_state_count_once_they_send() -> None:
+    """flowscope_exporters counts exporters that sent this process a datagram: with --workers N
+    every worker restores every state file, and the workers' counts are added up."""
+    dec = ovs_decoder()
+    state = dec.export_state()
+    state["exporters"]["192.0.2.99"] = state["exporters"][EXPORTER]
+    fresh = Decoder()
+    fresh.import_state(state)
+    assert (len(fresh.stats()), fresh.exporter_count()) == (2, 0)
+    fresh.decode(ipfix_message([data_set(OVS_INGRESS, ovs_flows(2, random.Random(4)))], seq=0, export_time=EXPORT),
+                 EXPORTER)
+    assert fresh.exporter_count() == 1
+
+
 @pytest.mark.parametrize(
     ("data", "reason"),
     [
