@@ -334,7 +334,9 @@ cdef class ExporterState:
         flows for v5, records for IPFIX, datagrams for v9 and sFlow), a jump of more than
         SEQ_MAX_GAP either way is a restart; a datagram a little behind is a late one, unless
         the header's uptime (v5, v9, sFlow; `uptime` -1 for IPFIX, which has none) went back by
-        more than SEQ_RESTART_UPTIME_MS: the exporter restarted, its sequence with it."""
+        more than SEQ_RESTART_UPTIME_MS too: the exporter restarted, its sequence with it (an
+        uptime going back while the sequence goes on, as `flowscope replay` loops a capture,
+        is no restart)."""
         cdef object exp
         cdef uint32_t ahead, behind, back, expected = 0
         cdef int64_t prev_uptime = -1
@@ -358,18 +360,18 @@ cdef class ExporterState:
         if known:
             ahead = seq - expected
             behind = expected - seq
-            # uptime wraps at 2^32 ms (49.7 days): "went back" is a difference below 2^31
-            back = <uint32_t>(prev_uptime - uptime) if uptime >= 0 and prev_uptime >= 0 else 0
-            if back > SEQ_RESTART_UPTIME_MS and back < 0x80000000u:
-                d = self.proto_stats(self.cur_protocol)
-                d["sequence_resets"] += 1
-            elif ahead and ahead <= SEQ_MAX_GAP:
+            if ahead and ahead <= SEQ_MAX_GAP:
                 d = self.proto_stats(self.cur_protocol)
                 d["sequence_lost"] += ahead
             elif behind and behind <= SEQ_MAX_GAP:
-                self.last_next = expected
-                self.last_uptime = prev_uptime
-                return          # late (reordered): what is expected stays
+                # uptime wraps at 2^32 ms (49.7 days): "went back" is a difference below 2^31
+                back = <uint32_t>(prev_uptime - uptime) if uptime >= 0 and prev_uptime >= 0 else 0
+                if back <= SEQ_RESTART_UPTIME_MS or back >= 0x80000000u:
+                    self.last_next = expected
+                    self.last_uptime = prev_uptime
+                    return          # late (reordered): what is expected stays
+                d = self.proto_stats(self.cur_protocol)
+                d["sequence_resets"] += 1   # restarted: sequence and uptime started over
             elif ahead:
                 d = self.proto_stats(self.cur_protocol)
                 d["sequence_resets"] += 1
