@@ -2,21 +2,33 @@
 
 Each test drives FakeKube (tests/support/fake_kube.py) like a controller would and waits for the
 enricher to reflect it: events, relists on 410, reconnects after dropped watches, RBAC errors,
-garbage from the server, readiness gating. Waits are condition polls, never fixed sleeps.
+garbage from the server, readiness gating, and the in-cluster ServiceAccount path a pod takes
+(HTTPS verified against ca.crt, a rotating token). Waits are condition polls, never fixed sleeps.
 """
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
 import enrich
-from tests.support.fake_kube import FakeKube, node, pod, replicaset, service, wait_for
+from tests.support.fake_kube import (
+    FakeKube,
+    node,
+    pod,
+    replicaset,
+    running_fake_kube,
+    self_signed_cert,
+    service,
+    wait_for,
+)
 from tests.support.fake_kube import fake_kube as fake_kube  # noqa: F401 - fixture
 
 A = ipaddress.ip_address
@@ -32,7 +44,7 @@ def flow(e: enrich.Enricher, src: str, dst: str, agent: str = "", t_ms: int = 0,
     return orjson.loads(b"{" + frag[1:] + b"}") if frag else {}
 
 
-def fast_config(kubeconfig: str, **kw: Any) -> enrich.EnrichConfig:
+def fast_config(kubeconfig: str | None, **kw: Any) -> enrich.EnrichConfig:
     base: dict[str, Any] = dict(kubeconfig=kubeconfig, own_namespace="netobserv", watch_timeout_seconds=5,
                                 read_timeout_slack_seconds=5, connect_timeout_seconds=2,
                                 backoff_initial_seconds=0.02, backoff_max_seconds=0.2, backoff_jitter=0.0)
@@ -45,16 +57,21 @@ def kubeconfig(fake_kube: FakeKube, tmp_path: Any) -> str:  # noqa: F811 - fixtu
     return str(fake_kube.write_kubeconfig(tmp_path / "kubeconfig"))
 
 
+def seed(fake: FakeKube) -> FakeKube:
+    """Two nodes, a Deployment's ReplicaSet and pod, a Service: what most tests start from."""
+    fake.add("nodes", node("node-a", internal=["10.0.0.1"], zone="zone-a",
+                           subnets={"default": ["10.244.0.0/24", "fd00:10:244:1::/64"]}))
+    fake.add("nodes", node("node-b", internal=["10.0.0.2"], zone="zone-b", subnets={"default": "10.244.1.0/24"}))
+    fake.add("replicasets", replicaset("web-6d4cf56db6", "shop", owner=("Deployment", "web")))
+    fake.add("services", service("web", "shop", ips=["172.30.0.10"]))
+    fake.add("pods", pod("web-6d4cf56db6-x1", "shop", ips=["10.244.0.5"], node="node-a", host_ip="10.0.0.1",
+                         owner=("ReplicaSet", "web-6d4cf56db6")))
+    return fake
+
+
 @pytest.fixture
 def seeded(fake_kube: FakeKube) -> FakeKube:  # noqa: F811
-    fake_kube.add("nodes", node("node-a", internal=["10.0.0.1"], zone="zone-a",
-                                subnets={"default": ["10.244.0.0/24", "fd00:10:244:1::/64"]}))
-    fake_kube.add("nodes", node("node-b", internal=["10.0.0.2"], zone="zone-b", subnets={"default": "10.244.1.0/24"}))
-    fake_kube.add("replicasets", replicaset("web-6d4cf56db6", "shop", owner=("Deployment", "web")))
-    fake_kube.add("services", service("web", "shop", ips=["172.30.0.10"]))
-    fake_kube.add("pods", pod("web-6d4cf56db6-x1", "shop", ips=["10.244.0.5"], node="node-a", host_ip="10.0.0.1",
-                              owner=("ReplicaSet", "web-6d4cf56db6")))
-    return fake_kube
+    return seed(fake_kube)
 
 
 @pytest.fixture
@@ -477,3 +494,107 @@ def test_api_server_gone_keeps_last_good_cache(seeded: FakeKube, kubeconfig: str
         assert e.ready  # readiness is about the first sync; staleness shows in the counters
     finally:
         e.stop()
+
+
+# The in-cluster ServiceAccount path: what the collector runs on in a pod (no --kubeconfig).
+
+def in_cluster(monkeypatch: pytest.MonkeyPatch, sa_dir: Path, *, port: int, ca_cert: Path, token: str,
+               namespace: str) -> Path:
+    """Make this process look like a pod: the ServiceAccount files the kubelet mounts (token,
+    ca.crt, namespace), here in `sa_dir`, and the KUBERNETES_SERVICE_* variables pointing at
+    127.0.0.1:`port`; nothing else (no $KUBECONFIG, no POD_NAMESPACE). Returns the token file."""
+    from kubernetes.config import incluster_config
+
+    sa_dir.mkdir()
+    (sa_dir / "token").write_text(token)   # no newline: the kubelet writes the bare JWT
+    (sa_dir / "ca.crt").write_bytes(ca_cert.read_bytes())
+    (sa_dir / "namespace").write_text(namespace)
+    monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(sa_dir / "token"))
+    monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(sa_dir / "ca.crt"))
+    # detect_own_namespace took SERVICEACCOUNT_NAMESPACE_FILE as its default when defined.
+    kwdefaults = enrich.config.detect_own_namespace.__kwdefaults__
+    assert kwdefaults is not None
+    monkeypatch.setitem(kwdefaults, "namespace_file", str(sa_dir / "namespace"))
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(port))
+    for var in ("KUBECONFIG", "POD_NAMESPACE"):
+        monkeypatch.delenv(var, raising=False)
+    return sa_dir / "token"
+
+
+def test_in_cluster_service_account_over_tls_with_token_rotation(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a pod the client talks HTTPS to $KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT,
+    verifies the server against ca.crt, sends the ServiceAccount token, and re-reads the token
+    file (bound tokens rotate: the kubelet rewrites it well before the old one expires); the
+    collector's own namespace comes from the namespace file."""
+    from kubernetes.config import incluster_config
+
+    class EagerLoader(incluster_config.InClusterConfigLoader):  # type: ignore[misc]
+        # The loader re-reads the token file when a request is made a minute after the last
+        # read (Configuration.refresh_api_key_hook): here before every request, not after a minute.
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._token_refresh_period = datetime.timedelta(0)
+
+    monkeypatch.setattr(incluster_config, "InClusterConfigLoader", EagerLoader)
+    with running_fake_kube(tls_dir=tmp_path / "apiserver") as kube:
+        seed(kube)
+        kube.add("pods", pod("flowscope-7x", "flows", ips=["10.244.1.9"], node="node-b", host_ip="10.0.0.2"))
+        assert kube.ca_cert is not None and kube.url.startswith("https://")
+        kube.token = "sa-token-1"
+        token_file = in_cluster(monkeypatch, tmp_path / "serviceaccount", port=kube.port, ca_cert=kube.ca_cert,
+                                token="sa-token-1", namespace="flows")
+        e = enrich.Enricher(fast_config(None, own_namespace=None))   # as the collector builds it
+        e.start()
+        try:
+            assert e.wait_ready(10), e.unsynced()
+            got = flow(e, "10.244.0.5", "172.30.0.10", agent="10.0.0.1")
+            assert (got["SrcK8S_Name"], got["SrcK8S_OwnerName"], got["DstK8S_Type"]) == (
+                "web-6d4cf56db6-x1", "web", "Service")
+            assert got["K8S_FlowLayer"] == "app"
+            # "flows" is no infra prefix: infra only as the namespace the ServiceAccount file names
+            assert flow(e, "10.244.1.9", "")["K8S_FlowLayer"] == "infra"
+            assert kube.tls_rejected == 0
+            assert {r["token"] for r in kube.requests} == {"sa-token-1"}
+            assert {k for k, v in e.stats()["kinds"].items() if v["errors"]} == set()
+
+            # Rotation: the kubelet writes a new token and (here) the old one stops working at
+            # once. Open watches were authenticated when they started; cut the pods watch so the
+            # next event needs a new request, which only the new token gets through.
+            wait_for(lambda: kube.watchers["pods"] >= 1, what="pod watch open")
+            token_file.write_text("sa-token-2")
+            kube.token = "sa-token-2"
+            before = len(kube.requests)
+            kube.drop_watches("pods")
+            kube.add("pods", pod("after-rotation", "shop", ips=["10.244.0.77"]))
+            wait_for(lambda: flow(e, "10.244.0.77", "").get("SrcK8S_Name") == "after-rotation",
+                     what="a pod event through a watch opened with the rotated token")
+            assert any(r["kind"] == "pods" and r["verb"] == "watch" and r["token"] == "sa-token-2"
+                       for r in kube.requests[before:])
+        finally:
+            e.stop()
+
+
+def test_in_cluster_refuses_a_server_its_ca_did_not_sign(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ca.crt is checked, not just present: a server whose certificate the cluster CA did not
+    sign (same 127.0.0.1 SAN, other key) never syncs, /readyz says why, and it never sees the token."""
+    cluster_ca, _ = self_signed_cert(tmp_path / "cluster-ca")
+    with running_fake_kube(tls_dir=tmp_path / "impostor") as impostor:
+        seed(impostor)
+        in_cluster(monkeypatch, tmp_path / "serviceaccount", port=impostor.port, ca_cert=cluster_ca,
+                   token=impostor.token, namespace="flows")
+        e = enrich.Enricher(fast_config(None, own_namespace=None))
+        e.start()
+        try:
+            wait_for(lambda: all(v["errors"].get("connection", 0) >= 2 for v in e.stats()["kinds"].values()),
+                     what="every informer refused the certificate twice")
+            assert not e.ready
+            why = e.unsynced()
+            assert len(why) == 4 and all("CERTIFICATE_VERIFY_FAILED" in w for w in why), why
+        finally:
+            e.stop()
+        # The client hung up in the handshake (the server counts that in its own thread, maybe
+        # after the client counted its error), so no request, and no token, ever reached it.
+        wait_for(lambda: impostor.tls_rejected >= 8, what="the server saw the handshakes refused")
+        assert impostor.requests == []

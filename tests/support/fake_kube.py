@@ -9,7 +9,10 @@ objects) and lets a test inject faults: dropped connections, garbage bodies, for
 held events (so changes can happen "in between" a dead watch and a relist).
 
 It runs in-process on a free 127.0.0.1 port in a thread; `write_kubeconfig()` points a kubeconfig
-file at it.
+file at it. With `tls_dir` it speaks HTTPS, as a real API server does, with a self-signed
+certificate for 127.0.0.1 made by the `openssl` CLI at start (`ca_cert` is what a pod's ca.crt
+would hold), so the in-cluster ServiceAccount path can be tested; `token` is the one Bearer token
+accepted, and a test sets it to rotate credentials as the kubelet rotates a bound token.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import base64
 import itertools
 import json
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -56,9 +61,9 @@ class Fault:
 
 
 class FakeKube:
-    """In-memory API server state plus the HTTP server thread."""
+    """In-memory API server state plus the HTTP(S) server thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, tls_dir: Path | None = None) -> None:
         self.cond = threading.Condition()
         self.rv = 100
         self.objects: dict[str, dict[str, dict[str, Any]]] = {k: {} for k in KIND_INFO}
@@ -74,6 +79,12 @@ class FakeKube:
         self._uids = itertools.count(1)
         self._snap_ids = itertools.count(1)
         self.stopping = False
+        # The one Bearer token accepted (a test sets it to rotate credentials).
+        self.token = TOKEN
+        # HTTPS with a certificate made in this directory when set; plain HTTP when None.
+        self.tls_dir = tls_dir
+        self.ca_cert: Path | None = None   # the server's self-signed certificate, its own CA
+        self.tls_rejected = 0              # TLS handshakes that failed (the client refused us)
         self.server: ThreadingHTTPServer | None = None
         self.thread: threading.Thread | None = None
 
@@ -85,7 +96,13 @@ class FakeKube:
         class Handler(_Handler):
             kube = fake
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if self.tls_dir is None:
+            self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        else:
+            self.ca_cert, key = self_signed_cert(self.tls_dir)
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(self.ca_cert, key)
+            self.server = _TLSServer(("127.0.0.1", 0), Handler, ctx)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name="fake-kube", daemon=True)
         self.thread.start()
@@ -106,13 +123,16 @@ class FakeKube:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'http' if self.tls_dir is None else 'https'}://127.0.0.1:{self.port}"
 
     def write_kubeconfig(self, path: Path, *, token: str = TOKEN) -> Path:
         # JSON is YAML: the client's kubeconfig loader reads it as is.
+        cluster: dict[str, str] = {"server": self.url}
+        if self.ca_cert is not None:
+            cluster["certificate-authority"] = str(self.ca_cert)
         cfg = {
             "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+            "clusters": [{"name": "fake", "cluster": cluster}],
             "users": [{"name": "fake", "user": {"token": token}}],
             "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
         }
@@ -226,6 +246,32 @@ def wait_for(pred: Callable[[], bool], *, timeout: float = 10.0, what: str = "co
         time.sleep(0.005)
 
 
+def self_signed_cert(directory: Path, name: str = "fake-kube") -> tuple[Path, Path]:
+    """A new self-signed certificate for 127.0.0.1 (an IP SAN, what hostname checks compare) and
+    its key, as (cert, key) files in `directory`; made with the openssl CLI, so no Python
+    dependency. Each call makes a new key: two servers never trust each other's certificate."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "1", "-subj", f"/CN={name}", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+class _TLSServer(ThreadingHTTPServer):
+    """Wraps each accepted connection in TLS; the handshake runs in the connection's own thread
+    (`_Handler.handle`), so a client that refuses the certificate does not stall accept()."""
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler],
+                 ctx: ssl.SSLContext) -> None:
+        super().__init__(address, handler)
+        self.ctx = ctx
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, addr = super().get_request()
+        return self.ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+
 def _meta_only(obj: dict[str, Any]) -> dict[str, Any]:
     return {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"]}
 
@@ -236,6 +282,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass
+
+    def handle(self) -> None:
+        if isinstance(self.connection, ssl.SSLSocket):
+            try:
+                self.connection.do_handshake()
+            except OSError:  # ssl.SSLError included: e.g. the client's "unknown ca" alert
+                with self.kube.cond:
+                    self.kube.tls_rejected += 1
+                return
+        super().handle()
 
     # plumbing
 
@@ -269,12 +325,18 @@ class _Handler(BaseHTTPRequestHandler):
         watch = q.get("watch") in ("true", "True", "1")
         verb = "watch" if watch else "list"
         kind = route[0] if route else ""
+        # The API server takes the scheme in any case (the client's in-cluster loader sends
+        # "bearer <token>"): k8s.io/apiserver request/bearertoken lowercases it.
+        scheme, _, token = self.headers.get("Authorization", "").strip().partition(" ")
+        token = token if scheme.lower() == "bearer" else ""
         with k.cond:
-            k.requests.append({"verb": verb, "kind": kind, "query": q, "accept": self.headers.get("Accept", "")})
+            k.requests.append({"verb": verb, "kind": kind, "query": q, "accept": self.headers.get("Accept", ""),
+                               "token": token})
+            accepted = k.token
         if route is None:
             self._send_json(404, status(404, "NotFound", f"the server could not find {u.path}"))
             return
-        if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+        if not token or token != accepted:
             self._send_json(401, status(401, "Unauthorized", "Unauthorized"))
             return
         fault = k.take_fault(kind, verb)
@@ -416,8 +478,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def running_fake_kube() -> Iterator[FakeKube]:
-    fake = FakeKube().start()
+def running_fake_kube(*, tls_dir: Path | None = None) -> Iterator[FakeKube]:
+    fake = FakeKube(tls_dir=tls_dir).start()
     try:
         yield fake
     finally:
