@@ -418,7 +418,13 @@ class Informer:
             return ApiProblem("unauthorized", f"unauthorized: the API server rejected our credentials for "
                               f"'{verb}' on '{res}' (expired token or wrong kubeconfig?): {detail}")
         if code == 0:
-            return ApiProblem("connection", f"{verb} {res}: {e.reason}")
+            # the client folds urllib3's failure into the reason, "SSLError\n[SSL: ...] ...":
+            # one line, and a certificate the CA does not vouch for told apart from a dead server
+            reason = " ".join(str(e.reason or "").split())
+            if reason.startswith("SSLError"):
+                return ApiProblem("tls", f"{verb} {res}: TLS: {reason[len('SSLError'):].strip()} (check the CA: "
+                                  "the kubeconfig's certificate-authority, or the ServiceAccount's ca.crt in a pod)")
+            return ApiProblem("connection", f"{verb} {res}: {reason}")
         retry_after = _retry_after(e.headers)
         return ApiProblem(_status_cause(code), f"{verb} {res}: HTTP {code}: {detail}"
                           + (f" (Retry-After {retry_after:g} s)" if retry_after else ""), retry_after)
