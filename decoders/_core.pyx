@@ -167,8 +167,10 @@ cdef class Decoder:
         _log.warning("exporter %s: %s%s", ip, msg,
                      f" ({ent[1]} similar messages suppressed)" if ent is not None and ent[1] else "")
 
-    def decode(self, bytes data not None, str exporter not None, int port=0, double recv_time=0.0):
-        """Decode one datagram from `exporter`; never raises for bad input (see batch.error)."""
+    def decode(self, bytes data not None, str exporter not None, int port=0, double recv_time=-1.0):
+        """Decode one datagram from `exporter`, received at `recv_time` (Unix seconds; left out or
+        negative: now; 0 is a time, a capture's frame at the epoch); never raises for bad input
+        (see batch.error)."""
         cdef FlowBatch b = FlowBatch.__new__(FlowBatch)
         cdef ExporterState ex
         cdef Reader r
@@ -179,7 +181,7 @@ cdef class Decoder:
         cdef dict pst
         b.data = data
         b.port = <uint16_t>port
-        b.recv_time = recv_time if recv_time else time.time()
+        b.recv_time = recv_time if recv_time >= 0.0 else time.time()
         ex = self.exporter_state(exporter)
         ex.last_seen = b.recv_time
         b.agent_af = ex.af

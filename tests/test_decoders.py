@@ -649,6 +649,16 @@ def test_error_log_limit_holds_for_floods_of_exporters(monkeypatch: pytest.Monke
     assert flood(20000, 100) == 0           # and are limited again
 
 
+def test_a_receive_time_of_zero_is_a_time_not_now() -> None:
+    """A capture's frame stamped at the epoch (or a pcapng block without a time) is received
+    at 0, not at the moment the capture is decoded; only a missing receive time means now."""
+    d = v5_datagram(v5_records(1, random.Random(1), uptime_ms=100_000), seq=1, unix_secs=EXPORT, uptime_ms=100_000)
+    assert Decoder().decode(d, EXPORTER, 2055, 0.0).to_dicts()[0]["TimeReceived"] == 0
+    assert Decoder().decode(d, EXPORTER, 2055, 1.5).to_dicts()[0]["TimeReceived"] == 1
+    now = Decoder().decode(d, EXPORTER).to_dicts()[0]["TimeReceived"]
+    assert now >= EXPORT
+
+
 def test_datagram_size_limit() -> None:
     dec = Decoder(DecoderConfig(max_datagram=100))
     b = dec.decode(b"\x00\x0a" + b"\0" * 200, EXPORTER)
