@@ -52,6 +52,11 @@ class Broker:
     host: str = "127.0.0.1"
     log_path: str | None = None  # broker stdout/stderr; None discards it
     cpus: str | None = None  # pin with taskset (the benchmarks keep the collector's core free)
+    # Tansu --authentication: every client must pass SASL (SCRAM-SHA-256/512) before any other request
+    authentication: bool = False
+    # the port Metadata names for this broker, when clients reach it through something in front of
+    # it (a TLS terminator: Tansu 0.6 cannot serve TLS itself); None: the listening port
+    advertised_port: int | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -70,12 +75,15 @@ class Broker:
             raise ValueError(f"broker host {self.host}: IPv4 only (Tansu advertises IPv6 hosts in a form "
                              "Kafka clients cannot resolve)")
         url = f"tcp://{self.host}:{self.port}"
+        advertised = url if self.advertised_port is None else f"tcp://{self.host}:{self.advertised_port}"
         cmd = [
             broker_binary(), "broker",
             "--listener-url", url,
-            "--advertised-listener-url", url,
+            "--advertised-listener-url", advertised,
             "--storage-engine", "memory://tansu/",
         ]
+        if self.authentication:
+            cmd.append("--authentication")
         if self.cpus is not None:
             cmd = ["taskset", "-c", self.cpus, *cmd]
         env = dict(os.environ)

