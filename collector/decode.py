@@ -25,7 +25,8 @@ __all__ = ["add_arguments", "run"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `flowscope decode`."""
-    parser.add_argument("file", help="pcap or pcapng capture holding the exporters' UDP datagrams")
+    parser.add_argument("file", help="pcap or pcapng capture holding the exporters' UDP datagrams "
+                                     "(gzip-compressed or not)")
     parser.add_argument("--stats", action="store_true",
                         help="print per-exporter statistics (datagrams, flows, errors by reason, "
                              "missing-template sets, templates) to stderr at the end")
@@ -124,9 +125,15 @@ def run(args: argparse.Namespace) -> int:
         return 1
     finally:
         stop()
+    if pstats.truncated:
+        # The flows of the complete records are out; the file still lost its end (tshark: "cut
+        # short in the middle of a packet"): say so on one line and exit 1, as for a bad capture.
+        print(f"flowscope decode: {args.file}: {pstats.truncated}", file=sys.stderr)
     if args.stats:
-        report = {"capture": {"frames": pstats.frames, "udp_datagrams": pstats.datagrams,
-                              "skipped": pstats.skipped},
-                  "exporters": dec.stats()}
+        capture: dict[str, Any] = {"frames": pstats.frames, "udp_datagrams": pstats.datagrams,
+                                   "skipped": pstats.skipped}
+        if pstats.truncated:
+            capture["truncated"] = pstats.truncated
+        report = {"capture": capture, "exporters": dec.stats()}
         sys.stderr.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
-    return 0
+    return 1 if pstats.truncated else 0

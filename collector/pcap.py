@@ -6,14 +6,24 @@ the collector would have received from its socket. It understands the link types
 come in (Ethernet with 802.1Q/QinQ tags, Linux cooked v1/v2, raw IP, BSD loopback), IPv4 and IPv6
 (with extension headers) and reassembles IP fragments, because exporters often send datagrams
 larger than the path MTU. Anything else is skipped and counted in `PcapStats`.
+
+The file is read in chunks, never whole, so a multi-GB capture decodes in bounded memory; a
+gzip-compressed capture (`tcpdump -w - | gzip`, found by its magic, not its name) is decompressed
+as it is read, as tshark does. A file that ends in the middle of a record keeps the records before
+it and says so in `PcapStats.truncated`; a file that is not a capture, or whose structure is
+corrupt, raises `PcapError` with one line saying where.
 """
 
 from __future__ import annotations
 
+import gzip
 import struct
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
+from typing import BinaryIO
 
 from decoders import addr_text
 
@@ -28,15 +38,25 @@ LINKTYPE_LINUX_SLL = 113
 LINKTYPE_IPV4 = 228
 LINKTYPE_IPV6 = 229
 LINKTYPE_LINUX_SLL2 = 276
+# DLT_RAW is 12 on most systems and 14 on OpenBSD; old captures and some writers put the DLT in
+# the file instead of LINKTYPE_RAW (101). libpcap and tshark read both as raw IP.
+RAW_IP = frozenset((LINKTYPE_RAW, 12, 14, LINKTYPE_IPV4, LINKTYPE_IPV6))
 
 ETH_IPV4 = 0x0800
 ETH_IPV6 = 0x86DD
 ETH_VLAN = (0x8100, 0x88A8, 0x9100)
 
-# IPv6 extension headers that may precede UDP (RFC 8200 section 4).
-IPV6_EXT = {0, 43, 60, 135, 139, 140}
+# IPv6 extension headers that may precede UDP (RFC 8200 section 4, RFC 4302 for AH).
 IPV6_FRAG = 44
+IPV6_AH = 51
+IPV6_EXT = frozenset((0, 43, IPV6_FRAG, IPV6_AH, 60, 135, 139, 140))
 UDP = 17
+
+PCAPNG_SHB = 0x0A0D0D0A
+# A record or block claiming more than this is corruption, not a packet (libpcap's largest
+# snaplen is 256 KiB): refusing it keeps a bad length from pulling the rest of the file into memory.
+MAX_RECORD = 64 << 20
+CHUNK = 1 << 20
 
 
 class PcapError(ValueError):
@@ -57,46 +77,163 @@ class Datagram:
 
 @dataclass(slots=True)
 class PcapStats:
-    """What the reader saw and skipped, so nothing is dropped silently."""
+    """What the reader saw and skipped, so nothing is dropped silently. Skip reasons (frames):
+    unsupported_link, not_ip, not_udp, truncated_ip, bad_ip_header, truncated_udp,
+    truncated_capture (the snaplen cut the datagram), unknown_interface (a pcapng packet of an
+    undefined interface), empty_fragment, bad_fragment, incomplete_fragments (of a datagram a piece
+    never came for), duplicate_fragments (repeating pieces already had), truncated_record (the
+    file ends inside it)."""
 
     frames: int = 0
     datagrams: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
+    truncated: str = ""  # why the file ended early ("" when it ended where a record ends)
 
-    def skip(self, reason: str) -> None:
-        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+    def skip(self, reason: str, n: int = 1) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + n
 
 
 def _addr(raw: bytes) -> str:
     return addr_text(raw)  # the decoders' spelling of an address
 
 
-class _Reassembler:
-    """Minimal IP fragment reassembly keyed by (src, dst, id); bounded in size."""
+class _Source:
+    """The capture's bytes, read in chunks: `buf[pos:]` is what has been read and not consumed."""
 
-    MAX_PENDING = 1024
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self.buf = b""
+        self.pos = 0
+        self._base = 0  # file offset of buf[0]
+        self.cut = ""  # set when the gzip stream itself ends early
+
+    @property
+    def offset(self) -> int:
+        """Offset in the (decompressed) capture of buf[pos]."""
+        return self._base + self.pos
+
+    @property
+    def left(self) -> int:
+        return len(self.buf) - self.pos
+
+    def fill(self, n: int) -> bool:
+        """Make n bytes available at buf[pos:]; False when the capture ends first."""
+        have = len(self.buf) - self.pos
+        if have >= n:
+            return True
+        parts = [self.buf[self.pos:]]
+        self._base += self.pos
+        self.pos = 0
+        while have < n:
+            chunk = self._read(max(CHUNK, n - have))
+            if not chunk:
+                break
+            parts.append(chunk)
+            have += len(chunk)
+        self.buf = b"".join(parts)
+        return have >= n
+
+    def _read(self, n: int) -> bytes:
+        try:
+            # read1: one read of the file, so what a cut gzip stream decompressed before its end
+            # is returned before the EOFError, not dropped with it
+            return self._f.read1(n)  # type: ignore[attr-defined]
+        except EOFError:  # gzip: "Compressed file ended before the end-of-stream marker"
+            self.cut = "the gzip data is cut short"
+            return b""
+        except (zlib.error, gzip.BadGzipFile) as e:
+            raise PcapError(f"bad gzip data: {e}") from None
+
+
+def _truncated(src: _Source, stats: PcapStats, what: str) -> None:
+    stats.skip("truncated_record")
+    stats.truncated = (f"the capture is cut short in the middle of a {what} at byte {src.offset} "
+                       f"(the file ends {src.left} bytes into it)")
+
+
+class _Frags:
+    """The fragments of one datagram received so far."""
+
+    __slots__ = ("parts", "end")
 
     def __init__(self) -> None:
-        self._pending: dict[tuple, dict[int, tuple[bytes, bool]]] = {}
+        self.parts: list[tuple[int, bytes]] = []  # (offset, data) in arrival order
+        self.end = -1  # datagram length, known once the last fragment (no "more") is in
+
+
+class _Reassembler:
+    """IP fragment reassembly keyed by (version, src, dst, id), with tshark's result for overlaps
+    and duplicates; bounded in datagrams and bytes, and what never completes is counted."""
+
+    MAX_PENDING = 1024
+    MAX_BYTES = 64 << 20
+
+    def __init__(self, stats: PcapStats) -> None:
+        self._pending: dict[tuple, _Frags] = {}
+        # recently completed datagrams: key -> {(offset, crc32)} of their fragments, oldest first
+        self._done: dict[tuple, set[tuple[int, int]]] = {}
+        self._bytes = 0
+        self._stats = stats
 
     def add(self, key: tuple, offset: int, more: bool, data: bytes) -> bytes | None:
-        parts = self._pending.get(key)
-        if parts is None:
-            if len(self._pending) >= self.MAX_PENDING:
-                self._pending.pop(next(iter(self._pending)))
-            parts = self._pending[key] = {}
-        parts[offset] = (data, more)
-        # Complete when the offsets chain from 0 to a fragment without "more fragments".
-        pos = 0
-        out = []
-        while pos in parts:
-            chunk, chunk_more = parts[pos]
-            out.append(chunk)
-            if not chunk_more:
-                del self._pending[key]
-                return b"".join(out)
-            pos += len(chunk)
-        return None
+        """Add a non-empty fragment; the whole datagram once its pieces cover it, else None."""
+        # Room first: the oldest pending datagrams go (counted) to stay within both bounds.
+        while self._pending and (self._bytes + len(data) > self.MAX_BYTES
+                                 or (key not in self._pending and len(self._pending) >= self.MAX_PENDING)):
+            old = next(iter(self._pending))
+            self._drop(old, self._pending.pop(old))
+        ent = self._pending.get(key)
+        if ent is None:
+            ent = self._pending[key] = _Frags()
+        for off, chunk in ent.parts:
+            if off == offset and len(chunk) >= len(data):
+                # a repeat (`-i any` captures each packet twice): the first copy wins anyway
+                self._stats.skip("duplicate_fragments")
+                return None
+        ent.parts.append((offset, data))
+        self._bytes += len(data)
+        if not more and ent.end < 0:
+            ent.end = offset + len(data)  # a second, different last fragment is ignored, as tshark does
+        if ent.end < 0:
+            return None
+        # Wireshark's reassemble.c: fragments in offset order (arrival order among equal offsets),
+        # each contributing only the bytes past what the ones before it covered, so on overlap the
+        # lower offset wins, and on a tie the first to arrive. Complete when that leaves no gap.
+        parts = sorted(ent.parts, key=itemgetter(0))
+        out = bytearray()
+        for off, chunk in parts:
+            if off > len(out):
+                return None  # a gap: a piece is still missing
+            if off + len(chunk) > len(out):
+                out += chunk[len(out) - off:]
+            if len(out) >= ent.end:
+                break
+        if len(out) < ent.end:
+            return None
+        del self._pending[key]
+        self._bytes -= sum(len(c) for _o, c in ent.parts)
+        self._done.pop(key, None)
+        self._done[key] = {(off, zlib.crc32(c)) for off, c in ent.parts}
+        if len(self._done) > self.MAX_PENDING:
+            del self._done[next(iter(self._done))]
+        return bytes(out[: ent.end])
+
+    def _drop(self, key: tuple, ent: _Frags) -> None:
+        self._bytes -= sum(len(c) for _o, c in ent.parts)
+        # A fragment left over that repeats one of a datagram already reassembled (the second copy
+        # `-i any` captures) lost nothing; the others belong to a datagram a piece never came for.
+        seen = self._done.get(key, set())
+        dup = sum((off, zlib.crc32(c)) in seen for off, c in ent.parts)
+        if dup:
+            self._stats.skip("duplicate_fragments", dup)
+        if dup < len(ent.parts):
+            self._stats.skip("incomplete_fragments", len(ent.parts) - dup)
+
+    def finish(self) -> None:
+        """The capture ended: count the fragments of datagrams that never completed."""
+        for key, ent in self._pending.items():
+            self._drop(key, ent)
+        self._pending.clear()
 
 
 def _udp(src: bytes, dst: bytes, l4: bytes, ts: float, stats: PcapStats) -> Datagram | None:
@@ -115,27 +252,65 @@ def _udp(src: bytes, dst: bytes, l4: bytes, ts: float, stats: PcapStats) -> Data
     return Datagram(ts, _addr(src), sport, _addr(dst), dport, payload)
 
 
+def _fragment(key: tuple, offset: int, more: bool, data: bytes, stats: PcapStats,
+              frags: _Reassembler) -> bytes | None:
+    """Checks common to IPv4 and IPv6 fragments, then reassembly."""
+    if not data:
+        # A fragment without data moves reassembly nowhere (a header-only fragment, or one the
+        # snaplen cut right after its headers).
+        stats.skip("empty_fragment")
+        return None
+    if offset + len(data) > 0xFFFF:
+        stats.skip("bad_fragment")  # past the largest datagram the length field can describe
+        return None
+    return frags.add(key, offset, more, data)
+
+
 def _ipv4(pkt: bytes, ts: float, stats: PcapStats, frags: _Reassembler) -> Datagram | None:
     if len(pkt) < 20:
         stats.skip("truncated_ip")
         return None
     ihl = (pkt[0] & 0x0F) * 4
-    total = struct.unpack_from("!H", pkt, 2)[0]
-    ident, flags_off = struct.unpack_from("!HH", pkt, 4)
-    proto = pkt[9]
-    src, dst = pkt[12:16], pkt[16:20]
-    body = pkt[ihl:total] if ihl <= total <= len(pkt) else pkt[ihl:]
-    if proto != UDP:
+    total, ident, flags_off = struct.unpack_from("!HHH", pkt, 2)
+    if pkt[9] != UDP:
         stats.skip("not_udp")
         return None
-    more = bool(flags_off & 0x2000)
-    offset = (flags_off & 0x1FFF) * 8
-    if more or offset:
-        whole = frags.add((4, src, dst, ident), offset, more, body)
+    if ihl < 20:
+        stats.skip("bad_ip_header")
+        return None
+    if ihl > len(pkt):
+        stats.skip("truncated_ip")
+        return None
+    src, dst = pkt[12:16], pkt[16:20]
+    if flags_off & 0x3FFF:  # MF or a fragment offset
+        if not ihl <= total <= len(pkt):
+            stats.skip("truncated_capture")  # a cut fragment would reassemble into wrong bytes
+            return None
+        whole = _fragment((4, src, dst, ident), (flags_off & 0x1FFF) * 8, bool(flags_off & 0x2000),
+                          pkt[ihl:total], stats, frags)
         if whole is None:
             return None
-        body = whole
+        return _udp(src, dst, whole, ts, stats)
+    body = pkt[ihl:total] if ihl <= total <= len(pkt) else pkt[ihl:]
     return _udp(src, dst, body, ts, stats)
+
+
+def _ipv6_headers(nxt: int, body: bytes) -> tuple[int, bytes, tuple[int, bool, int] | None] | None:
+    """Walk extension headers up to the transport or a Fragment header: (next header, rest,
+    (offset, more, id) if a Fragment header ended the walk), or None if a header is cut."""
+    while nxt in IPV6_EXT:
+        if len(body) < 8:
+            return None
+        if nxt == IPV6_FRAG:
+            off_m, ident = struct.unpack_from("!HI", body, 2)
+            return body[0], body[8:], (off_m & 0xFFF8, bool(off_m & 1), ident)
+        # RFC 4302 2.2: AH's Payload Len is in 4-byte units minus 2; the others' (RFC 8200 4.3)
+        # Hdr Ext Len is in 8-byte units, not counting the first 8 bytes.
+        hlen = (body[1] + 2) * 4 if nxt == IPV6_AH else (body[1] + 1) * 8
+        if hlen > len(body):
+            return None
+        nxt, body = body[0], body[hlen:]
+    return nxt, body, None
 
 
 def _ipv6(pkt: bytes, ts: float, stats: PcapStats, frags: _Reassembler) -> Datagram | None:
@@ -143,30 +318,50 @@ def _ipv6(pkt: bytes, ts: float, stats: PcapStats, frags: _Reassembler) -> Datag
         stats.skip("truncated_ip")
         return None
     plen = struct.unpack_from("!H", pkt, 4)[0]
-    nxt = pkt[6]
     src, dst = pkt[8:24], pkt[24:40]
-    body = pkt[40 : 40 + plen] if plen and 40 + plen <= len(pkt) else pkt[40:]
-    frag: tuple[int, bool, int] | None = None
-    while nxt in IPV6_EXT or nxt == IPV6_FRAG:
-        if len(body) < 8:
+    cut = 40 + plen > len(pkt)
+    body = pkt[40 : 40 + plen] if plen and not cut else pkt[40:]
+    nxt = pkt[6]
+    reassembled = False
+    while True:
+        walked = _ipv6_headers(nxt, body)
+        if walked is None:
             stats.skip("truncated_ip")
             return None
-        if nxt == IPV6_FRAG:
-            off_m, ident = struct.unpack_from("!HI", body, 2)
-            frag = ((off_m >> 3) * 8, bool(off_m & 1), ident)
-            nxt, body = body[0], body[8:]
-        else:
-            nxt, hlen = body[0], (body[1] + 1) * 8
-            body = body[hlen:]
+        nxt, body, frag = walked
+        if frag is None:
+            break
+        offset, more, ident = frag
+        if not (offset or more):
+            continue  # an atomic fragment (RFC 6946): what follows is the whole datagram
+        if reassembled:
+            stats.skip("bad_fragment")  # a Fragment header inside a reassembled datagram
+            return None
+        if nxt != UDP and nxt not in IPV6_EXT:
+            # every fragment's Fragment header names the first header of the fragmentable part
+            stats.skip("not_udp")
+            return None
+        if cut:
+            stats.skip("truncated_capture")  # a cut fragment would reassemble into wrong bytes
+            return None
+        whole = _fragment((6, src, dst, ident), offset, more, body, stats, frags)
+        if whole is None:
+            return None
+        # RFC 8200 4.5: the headers after the Fragment header belong to the fragmentable part,
+        # so they are parsed from the reassembled datagram, not from each fragment.
+        body, reassembled = whole, True
     if nxt != UDP:
         stats.skip("not_udp")
         return None
-    if frag is not None and (frag[0] or frag[1]):
-        whole = frags.add((6, src, dst, frag[2]), frag[0], frag[1], body)
-        if whole is None:
-            return None
-        body = whole
     return _udp(src, dst, body, ts, stats)
+
+
+def _vlan(etype: int, frame: bytes, pos: int) -> tuple[int, bytes]:
+    """Skip 802.1Q/802.1ad tags starting at pos (their TPID was etype)."""
+    while etype in ETH_VLAN and len(frame) >= pos + 4:
+        etype = struct.unpack_from("!H", frame, pos + 2)[0]
+        pos += 4
+    return etype, frame[pos:]
 
 
 def _network(linktype: int, frame: bytes) -> tuple[int, bytes] | None:
@@ -174,21 +369,19 @@ def _network(linktype: int, frame: bytes) -> tuple[int, bytes] | None:
     if linktype == LINKTYPE_ETHERNET:
         if len(frame) < 14:
             return None
-        etype = struct.unpack_from("!H", frame, 12)[0]
-        pos = 14
-        while etype in ETH_VLAN and len(frame) >= pos + 4:
-            etype = struct.unpack_from("!H", frame, pos + 2)[0]
-            pos += 4
-        return etype, frame[pos:]
+        return _vlan(struct.unpack_from("!H", frame, 12)[0], frame, 14)
+    # libpcap puts a VLAN tag the kernel took off back into Linux cooked captures (`tcpdump -i any`),
+    # right after the header: the protocol field is then the TPID and the tag follows
+    # (pcap-linux.c set_vlan_offset); a NIC that left the tag in the packet gives the same bytes.
     if linktype == LINKTYPE_LINUX_SLL:
         if len(frame) < 16:
             return None
-        return struct.unpack_from("!H", frame, 14)[0], frame[16:]
+        return _vlan(struct.unpack_from("!H", frame, 14)[0], frame, 16)
     if linktype == LINKTYPE_LINUX_SLL2:
         if len(frame) < 20:
             return None
-        return struct.unpack_from("!H", frame, 0)[0], frame[20:]
-    if linktype in (LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_IPV6):
+        return _vlan(struct.unpack_from("!H", frame, 0)[0], frame, 20)
+    if linktype in RAW_IP:
         if not frame:
             return None
         return (ETH_IPV6 if frame[0] >> 4 == 6 else ETH_IPV4), frame
@@ -199,8 +392,9 @@ def _network(linktype: int, frame: bytes) -> tuple[int, bytes] | None:
     return None
 
 
-def _frames_pcap(data: bytes) -> Iterator[tuple[int, float, bytes]]:
-    magic = data[:4]
+def _frames_pcap(src: _Source, stats: PcapStats) -> Iterator[tuple[int, float, bytes]]:
+    src.fill(24)
+    magic = src.buf[:4]
     if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"):
         endian = "<"
     elif magic in (b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d"):
@@ -208,78 +402,162 @@ def _frames_pcap(data: bytes) -> Iterator[tuple[int, float, bytes]]:
     else:
         raise PcapError("not a pcap file")
     nano = magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
-    if len(data) < 24:
+    if src.left < 24:
         raise PcapError("truncated pcap header")
-    linktype = struct.unpack_from(endian + "I", data, 20)[0] & 0x0FFFFFFF
-    rec = struct.Struct(endian + "IIII")
-    pos = 24
+    # Only the low 16 bits are the link type (libpcap LT_LINKTYPE); above them are the FCS length
+    # and its "present" bit (LT_FCS_LENGTH_PRESENT), which the IP total length makes moot here.
+    linktype = struct.unpack_from(endian + "I", src.buf, 20)[0] & 0xFFFF
+    src.pos += 24
+    unpack = struct.Struct(endian + "IIII").unpack_from
     div = 1e9 if nano else 1e6
-    while pos + 16 <= len(data):
-        sec, frac, incl, _orig = rec.unpack_from(data, pos)
+    while True:
+        buf, pos = src.buf, src.pos
+        if len(buf) - pos < 16:
+            if not src.fill(16):
+                if src.left:
+                    _truncated(src, stats, "record header")
+                return
+            buf, pos = src.buf, src.pos
+        sec, frac, incl, _orig = unpack(buf, pos)
+        if incl > MAX_RECORD:
+            raise PcapError(f"record at byte {src.offset} claims {incl} bytes: the file is corrupt")
         pos += 16
-        if pos + incl > len(data):
-            break  # truncated last record: the capture was cut while writing
-        yield linktype, sec + frac / div, data[pos : pos + incl]
-        pos += incl
+        end = pos + incl
+        if end > len(buf):
+            if not src.fill(16 + incl):
+                _truncated(src, stats, "record")
+                return
+            buf, pos = src.buf, src.pos + 16
+            end = pos + incl
+        src.pos = end
+        yield linktype, sec + frac / div, buf[pos:end]
 
 
-def _frames_pcapng(data: bytes) -> Iterator[tuple[int, float, bytes]]:
-    endian = "<"
-    interfaces: list[tuple[int, float]] = []  # (linktype, seconds per tick)
-    pos = 0
-    while pos + 12 <= len(data):
-        btype = struct.unpack_from(endian + "I", data, pos)[0]
-        if btype == 0x0A0D0D0A:
-            bom = data[pos + 8 : pos + 12]
-            endian = "<" if bom == b"\x4d\x3c\x2b\x1a" else ">"
-            interfaces = []
-        blen = struct.unpack_from(endian + "I", data, pos + 4)[0]
-        if blen < 12 or pos + blen > len(data):
+def _idb(body: bytes, at: int, endian: str) -> tuple[int, int, float, int]:
+    """An Interface Description Block's body: (link type, ticks per second, offset in seconds,
+    snaplen). pcapng spec (draft-ietf-opsawg-pcapng) 4.2."""
+    if len(body) < 8:
+        raise PcapError(f"pcapng interface description block at byte {at} is too short")
+    linktype, _res, snaplen = struct.unpack_from(endian + "HHI", body, 0)
+    per_sec = 10**6  # if_tsresol absent: microseconds
+    offset = 0.0
+    opos = 8
+    while opos + 4 <= len(body):
+        code, olen = struct.unpack_from(endian + "HH", body, opos)
+        if code == 0:  # opt_endofopt
             break
-        body = data[pos + 8 : pos + blen - 4]
-        if btype == 1 and len(body) >= 8:  # Interface Description Block
-            linktype = struct.unpack_from(endian + "H", body, 0)[0]
-            tick = 1e-6
-            opos = 8
-            while opos + 4 <= len(body):
-                code, olen = struct.unpack_from(endian + "HH", body, opos)
-                if code == 0:
-                    break
-                if code == 9 and olen >= 1:  # if_tsresol
-                    v = body[opos + 4]
-                    tick = 2.0 ** -(v & 0x7F) if v & 0x80 else 10.0 ** -v
-                opos += 4 + ((olen + 3) & ~3)
-            interfaces.append((linktype, tick))
-        elif btype == 6 and len(body) >= 20:  # Enhanced Packet Block
-            ifid, hi, lo, cap = struct.unpack_from(endian + "IIII", body, 0)
-            if ifid < len(interfaces):
-                linktype, tick = interfaces[ifid]
-                yield linktype, ((hi << 32) | lo) * tick, body[20 : 20 + cap]
-        elif btype == 3 and len(body) >= 4 and interfaces:  # Simple Packet Block
-            linktype, _tick = interfaces[0]
-            yield linktype, 0.0, body[4:]
-        pos += blen
+        if opos + 4 + olen > len(body):
+            raise PcapError(f"pcapng interface description block at byte {at}: option {code} "
+                            f"of length {olen} runs past the end of the block")
+        if code == 9 and olen >= 1:  # if_tsresol: 10^-v seconds, or 2^-v with the top bit set
+            v = body[opos + 4]
+            per_sec = 2 ** (v & 0x7F) if v & 0x80 else 10**v
+        elif code == 14 and olen == 8:  # if_tsoffset: seconds added to every timestamp
+            offset = float(struct.unpack_from(endian + "q", body, opos + 4)[0])
+        opos += 4 + ((olen + 3) & ~3)
+    return linktype, per_sec, offset, snaplen
+
+
+def _frames_pcapng(src: _Source, stats: PcapStats) -> Iterator[tuple[int, float, bytes]]:
+    endian = "<"
+    interfaces: list[tuple[int, int, float, int]] = []  # _idb() per interface id of the section
+    first = True
+    while True:
+        if not src.fill(12):
+            if first:
+                raise PcapError("truncated pcapng header")
+            if src.left:
+                _truncated(src, stats, "block header")
+            return
+        buf, pos = src.buf, src.pos
+        btype = struct.unpack_from(endian + "I", buf, pos)[0]
+        if btype == PCAPNG_SHB:  # a new section: its own byte order and interfaces
+            bom = buf[pos + 8 : pos + 12]
+            if bom == b"\x4d\x3c\x2b\x1a":
+                endian = "<"
+            elif bom == b"\x1a\x2b\x3c\x4d":
+                endian = ">"
+            else:
+                raise PcapError(f"pcapng section header at byte {src.offset} has no byte-order magic")
+            interfaces = []
+        elif first:
+            raise PcapError("not a pcapng file")
+        first = False
+        blen = struct.unpack_from(endian + "I", buf, pos + 4)[0]
+        if blen < 12 or blen % 4 or blen > MAX_RECORD:
+            raise PcapError(f"pcapng block at byte {src.offset} has an invalid length {blen}")
+        if not src.fill(blen):
+            _truncated(src, stats, "block")
+            return
+        buf, pos = src.buf, src.pos
+        at = src.offset
+        src.pos = pos + blen
+        if btype in (6, 2):  # Enhanced Packet Block; obsolete Packet Block (spec appendix A)
+            if blen < 32:
+                raise PcapError(f"pcapng packet block at byte {at} is too short")
+            if btype == 6:
+                ifid, hi, lo, cap = struct.unpack_from(endian + "IIII", buf, pos + 8)
+            else:  # Interface ID and Drops Count are 16 bits each where the EPB has a 32-bit id
+                ifid, _drops, hi, lo, cap = struct.unpack_from(endian + "HHIII", buf, pos + 8)
+            if cap > blen - 32:
+                raise PcapError(f"pcapng packet block at byte {at} is too short for its {cap} bytes")
+            if ifid >= len(interfaces):
+                stats.frames += 1
+                stats.skip("unknown_interface")
+                continue
+            linktype, per_sec, offset, _snap = interfaces[ifid]
+            # int / int is rounded once, exactly: a whole second in ns ticks stays whole
+            yield linktype, ((hi << 32) | lo) / per_sec + offset, buf[pos + 28 : pos + 28 + cap]
+        elif btype == 1:  # Interface Description Block
+            interfaces.append(_idb(buf[pos + 8 : pos + blen - 4], at, endian))
+        elif btype == 3:  # Simple Packet Block: interface 0, no timestamp
+            if blen < 16:
+                raise PcapError(f"pcapng simple packet block at byte {at} is too short")
+            if not interfaces:
+                stats.frames += 1
+                stats.skip("unknown_interface")
+                continue
+            linktype, _per_sec, _offset, snaplen = interfaces[0]
+            cap = struct.unpack_from(endian + "I", buf, pos + 8)[0]  # original length
+            if snaplen and cap > snaplen:
+                cap = snaplen
+            if cap > blen - 16:
+                raise PcapError(f"pcapng simple packet block at byte {at} is too short for its {cap} bytes")
+            # An SPB has no time. tshark shows none and Wireshark's reader (wiretap/pcapng.c,
+            # pcapng_read_simple_packet_block) sets it to 0, the epoch: so do we, if_tsoffset
+            # not applied, rather than borrow a neighbour's time.
+            yield linktype, 0.0, buf[pos + 12 : pos + 12 + cap]
+        # other blocks (name resolution, statistics, decryption secrets, custom) carry no packets
 
 
 def iter_udp(path: str | Path, *, stats: PcapStats | None = None) -> Iterator[Datagram]:
-    """Yield every UDP datagram of a pcap/pcapng capture in file order."""
-    data = Path(path).read_bytes()
+    """Yield every UDP datagram of a pcap/pcapng capture (gzip-compressed or not) in file order."""
     st = stats if stats is not None else PcapStats()
-    frames = _frames_pcapng(data) if data[:4] == b"\x0a\x0d\x0d\x0a" else _frames_pcap(data)
-    frags = _Reassembler()
-    for linktype, ts, frame in frames:
-        st.frames += 1
-        net = _network(linktype, frame)
-        if net is None:
-            st.skip("unsupported_link")
-            continue
-        etype, pkt = net
-        if etype == ETH_IPV4:
-            dgram = _ipv4(pkt, ts, st, frags)
-        elif etype == ETH_IPV6:
-            dgram = _ipv6(pkt, ts, st, frags)
-        else:
-            st.skip("not_ip")
-            continue
-        if dgram is not None:
-            yield dgram
+    with open(path, "rb") as f:
+        raw: BinaryIO = f
+        if f.peek(2)[:2] == b"\x1f\x8b":  # gzip magic (RFC 1952), whatever the file is called
+            raw = gzip.GzipFile(fileobj=f, mode="rb")  # type: ignore[assignment]
+        src = _Source(raw)
+        src.fill(4)
+        pcapng = src.buf[:4] == b"\x0a\x0d\x0d\x0a"
+        frames = _frames_pcapng(src, st) if pcapng else _frames_pcap(src, st)
+        frags = _Reassembler(st)
+        for linktype, ts, frame in frames:
+            st.frames += 1
+            net = _network(linktype, frame)
+            if net is None:
+                st.skip("unsupported_link")
+                continue
+            etype, pkt = net
+            if etype == ETH_IPV4:
+                dgram = _ipv4(pkt, ts, st, frags)
+            elif etype == ETH_IPV6:
+                dgram = _ipv6(pkt, ts, st, frags)
+            else:
+                st.skip("not_ip")
+                continue
+            if dgram is not None:
+                yield dgram
+        frags.finish()
+        if src.cut and not st.truncated:
+            st.truncated = src.cut
