@@ -202,7 +202,8 @@ async def _worker_main(cfg: Config, index: int | None, enrich_cfg: Any,
 
     stats_task = loop.create_task(stats())
     await stop.wait()
-    log.info("stopping: closing listeners, draining the queue (up to %.1fs)", cfg.shutdown_timeout)
+    log.info("stopping: decoding what the listeners hold, draining the queue, then closing the listeners "
+             "(up to %.1fs)", cfg.shutdown_timeout)
     await worker.stop()
     stats_task.cancel()
     report(worker.snapshot())

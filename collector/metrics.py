@@ -62,8 +62,8 @@ SERIES: dict[str, Series] = {s.name: s for s in [
            "numbers (per exporting process and domain; sFlow per agent and sub-agent): flows for netflow5, data "
            "records for ipfix, datagrams for netflow9 and sflow5", ("exporter", "protocol")),
     Series("flowscope_sequence_resets", "counter", "Exporter restarts: a sequence number that jumped by more than "
-           "2^20, or a header uptime (netflow5, netflow9, sflow5) that went back by more than a minute; tracking "
-           "starts over", ("exporter", "protocol")),
+           "2^20, or went back with a header uptime (netflow5, netflow9, sflow5) that went back by more than a "
+           "minute; tracking starts over", ("exporter", "protocol")),
     Series("flowscope_exporters", "gauge", "Exporters (source addresses) with decoder state that sent since the start (those only "
            "restored from the state file are not counted)", ()),
     Series("flowscope_exporters_evicted", "counter", "Exporters forgotten because the table was full "

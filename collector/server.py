@@ -218,6 +218,7 @@ class Worker:
         self.inodes: list[int] = []
         self.granted: list[int] = []
         self.bound = False
+        self.stopping = False
         self._kernel_drops: list[int] = [0] * len(self.listeners)
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -302,7 +303,9 @@ class Worker:
 
     def ready(self) -> tuple[bool, list[str]]:
         why = []
-        if not self.bound:
+        if self.stopping:
+            why.append("shutting down")
+        elif not self.bound:
             why.append("listeners not bound")
         if not self.sink.connected:
             why.append(f"{self.sink.name} sink not connected")
@@ -320,9 +323,11 @@ class Worker:
         to be closed."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cfg.shutdown_timeout
+        self.stopping = True    # /readyz: not ready from here on
         await self._drain_sockets(loop.time() + self.cfg.shutdown_timeout / 2)
         for i, t in enumerate(self.transports):
             t.set_protocol(_Refusing(self, i))
+        self.bound = False      # flowscope_listener_up: no longer decoding
         for task in self._tasks:
             task.cancel()
         if self.state is not None:
@@ -366,11 +371,10 @@ class Worker:
                     finally:
                         s.close()
             t.close()
-        self.bound = False
         if self.dgram_drops.get("shutdown"):
-            log.warning("shutdown: exporters were still sending after %.1fs; %d datagrams read and not decoded "
-                        "(counted in flowscope_datagrams_dropped_total{reason=\"shutdown\"})",
-                        self.cfg.shutdown_timeout / 2, self.dgram_drops["shutdown"])
+            log.warning("shutdown: exporters kept sending; %d datagrams that arrived once the queued ones were "
+                        "decoded were read and not decoded (counted in flowscope_datagrams_dropped_total"
+                        "{reason=\"shutdown\"})", self.dgram_drops["shutdown"])
 
     # -- statistics ----------------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:

@@ -303,7 +303,10 @@ cdef class Decoder:
                     t = compile_template(int(tpl["version"]), int(tpl["domain"]), int(tpl["id"]), spec,
                                          int(tpl.get("scope", 0)), bool(tpl.get("options")), 0,
                                          int(tpl.get("port", 0)))
-                    compiled.append((float(tpl.get("refreshed", now)), t))
+                    refreshed = float(tpl.get("refreshed", now))
+                    if not 0.0 <= refreshed <= now + 86400.0:   # NaN fails too
+                        raise ValueError("refresh time out of range")
+                    compiled.append((refreshed, t))
                 except (KeyError, TypeError, ValueError, OverflowError, DecodeError):
                     skipped += 1
             compiled.sort(key=_refreshed)     # stable: ties keep the file's order

@@ -462,7 +462,8 @@ cdef int flow_record(FlowBatch b, Flow* f, uint32_t ent, uint32_t fmt, Reader* r
             # agents leave src_port 0 and put the type (or NetFlow's type << 8 | code) in dst_port.
             if sport == 0 and dport:
                 sport, dport = dport >> 8 if dport > 0xFF else dport, dport & 0xFF if dport > 0xFF else 0
-            if sport <= 0xFF and dport <= 0xFF:
+            # (0/0 from an ICMPv6 agent is no ICMP field at all: type 0 is reserved, as on IPFIX)
+            if sport <= 0xFF and dport <= 0xFF and (sport or dport or f.proto == 1):
                 f.icmp_type = <uint8_t>sport
                 f.icmp_code = <uint8_t>dport
                 f.present |= P_ICMP

@@ -285,14 +285,19 @@ def test_datagrams_arriving_during_shutdown_are_counted(collector: Any) -> None:
     send_udp([make_v5(i * 30, 30, i * 30) for i in range(20)], c.port)     # 600 flows: more than the pipe holds
     c.wait_value("flowscope_flows_total", 600)
     c.proc.send_signal(signal.SIGTERM)
-    wait_for(lambda: "stopping: closing listeners" in c.log(), 10, what="the stop to begin")
+    wait_for(lambda: "stopping: decoding what the listeners hold" in c.log(), 10, what="the stop to begin")
+    # from the stop on, /readyz says so (a probe must not keep sending here) and the listener is down
+    wait_for(lambda: c.get("/readyz")[0] == 503, 10, what="/readyz 503 while stopping")
+    assert "shutting down" in c.get("/readyz")[1]
+    assert c.value("flowscope_listener_up") == 0
     n = 200
     send_udp([make_v5((20 + i) * 30, 30, (20 + i) * 30) for i in range(n)], c.port)
     assert c.proc.wait(30) == 0
     log_text = c.log()
     m = re.search(r"stopped: (\d+) flows delivered to stdout, (\d+) dropped", log_text)
     assert m, log_text
-    m2 = re.search(r"(\d+) datagrams read and not decoded", log_text)
+    m2 = re.search(r"(\d+) datagrams that arrived once the queued ones were decoded were read and not decoded",
+                   log_text)
     refused = int(m2.group(1)) if m2 else 0
     assert int(m.group(1)) + int(m.group(2)) + 30 * refused == 30 * (20 + n), log_text
     assert refused > 0
@@ -314,7 +319,7 @@ def test_sighup_stops_cleanly_like_sigterm(collector: Any, tmp_path: Path, worke
         os.kill(pid, signal.SIGHUP)
     assert c.proc.wait(30) == 0
     assert lines(out) == 300
-    assert "stopping: closing listeners" in c.log()
+    assert "stopping: decoding what the listeners hold" in c.log()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1222,20 +1222,22 @@ def _options_template_set(templates: list[IpfixTemplate]) -> bytes:
 
 def test_state_entries_out_of_range_are_skipped_not_kept() -> None:
     """A state file's numbers out of their field's range (a template id or domain below 0, a
-    clock of 2^64 ms, a port above 65535) are skipped and counted like any bad entry; the rest
+    clock of 2^64 ms, a port above 65535, a refresh time that is NaN or centuries ahead, which
+    would win over every other worker's file) are skipped and counted like any bad entry; the rest
     loads, and the next save still works (orjson refuses integers beyond 64 bits)."""
     import orjson
 
     spec = [list(x) for x in SYSUP_TPL.spec()]
     good = {"version": 10, "domain": 0, "id": 300, "port": 4739, "options": False, "scope": 0, "fields": spec}
     state = {"format": 3, "exporters": {EXPORTER: {
-        "templates": [good, dict(good, id=-1), dict(good, domain=-5), dict(good, port=70000)],
+        "templates": [good, dict(good, id=-1), dict(good, domain=-5), dict(good, port=70000),
+                      dict(good, id=301, refreshed=float("nan")), dict(good, id=302, refreshed=1e300)],
         "domain_sampling": [[10, 0, 4739, 64], [10, 0, 4739, 1 << 40], [10, -1, 4739, 64], [10, 0, 1 << 20, 64]],
         "sampler_rates": [[10, 0, 4739, (1 << 64) - 1, 128], [10, 0, 4739, 1 << 64, 128]],
         "sysinit_ms": [[10, 0, 4739, (EXPORT - 60) * 1000], [10, 1, 4739, 1 << 64], [9, 2, 4739, -1]],
     }}}
     dec = Decoder()
-    assert dec.import_state(state) == {"templates": 1, "skipped": 3 + 3 + 1 + 2}
+    assert dec.import_state(state) == {"templates": 1, "skipped": 5 + 3 + 1 + 2}
     out = dec.export_state()
     orjson.dumps(out)
     st = out["exporters"][EXPORTER]

@@ -504,6 +504,7 @@ def test_sampled_ipv4_ipv6_icmp_and_portless_protocols(decoders_mod) -> None:
     assert ports_icmp(False, 1, 0, 11) == (1, None, None, 11, 0)         # the type in dst_port
     assert ports_icmp(False, 1, 0, 0x0301) == (1, None, None, 3, 1)      # type << 8 | code
     assert ports_icmp(False, 1, 0, 0) == (1, None, None, 0, 0)           # echo reply
+    assert ports_icmp(True, 58, 0, 0) == (58, None, None, None, None)    # ICMPv6 type 0 is reserved
     assert ports_icmp(False, 47, 0, 0) == (47, None, None, None, None)   # GRE: no ports
     assert ports_icmp(False, 132, 36412, 36412) == (132, 36412, 36412, None, None)
     assert ports_icmp(True, 17, 53, 5353) == (17, 53, 5353, None, None)
@@ -558,9 +559,10 @@ def test_sequence_per_agent_behind_one_relay_and_restarts_by_uptime(decoders_mod
         send("192.0.2.1", i, 900 + 1000 * i)
     assert seq_stats() == (2, 1)
     send("192.0.2.1", 7, 0xFFFFFFF0)                # uptime far ahead: no restart, nothing lost
-    send("192.0.2.1", 8, 100)                       # the 32-bit uptime wrapped: still no restart
-    send("192.0.2.1", 9, 1100, sub_agent=1)         # another sub-agent: its own stream
-    assert seq_stats() == (2, 1)
+    send("192.0.2.1", 9, 100)                       # the 32-bit uptime wrapped (and 8 is late)
+    send("192.0.2.1", 8, 0xFFFFFFF8)                # late, counted before the wrap: not a restart
+    send("192.0.2.1", 10, 1100, sub_agent=1)        # another sub-agent: its own stream
+    assert seq_stats() == (3, 1)
 
 
 def test_extended_switch_router_gateway(decoders_mod) -> None:
