@@ -121,11 +121,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.loop < 0 or args.rate < 0:
             print("flowscope replay: --loop and --rate must be >= 0", file=sys.stderr)
             return 2
-        from .replay import replay
-
         try:
+            from .pcap import PcapError
+            from .replay import replay
+
             return replay(args.file, args.to, rate=args.rate, loops=args.loop, port_filter=args.port,
                           quiet=args.quiet)
+        except KeyboardInterrupt:
+            print("flowscope replay: interrupted", file=sys.stderr)
+            return 130
+        except PcapError as exc:
+            print(f"flowscope replay: {args.file}: {exc}", file=sys.stderr)
+            return 2
         except ValueError as exc:
             print(f"flowscope replay: {exc}", file=sys.stderr)
             return 2

@@ -1,38 +1,79 @@
 """`flowscope replay FILE --to HOST:PORT`: send the UDP payloads of a capture, loop after loop.
 
 Why rewrite headers: collectors (flowscope included, and every peer) treat a repeated sequence
-number or export time from one exporter as a duplicate or a reset. Each loop k therefore shifts,
-per exporter stream (source address and port, version, observation domain / source id):
-  NetFlow v5  flow_sequence (+k * flows in the stream) and unix_secs (+k * loop period)
-  NetFlow v9  package sequence (+k * packets in the stream) and unix_secs
-  IPFIX       sequence number (+k * an upper bound of the stream's data records) and export time
-  sFlow v5    datagram sequence (+k * datagrams in the stream) and uptime (+k * period, in ms)
-so that the sequence continues where the previous loop ended (a gap is harmless; going
-backwards is not) and clocks move forward. Loop 0 is sent unchanged.
+number or export time from one exporter as a duplicate or a reset, and a forward jump as loss.
+Each loop k therefore shifts, per exporter stream (source address and port, version, engine /
+source id / observation domain / sFlow agent and sub-agent), the header's
+  NetFlow v5  flow_sequence and unix_secs
+  NetFlow v9  package sequence and unix_secs
+  IPFIX       sequence number and export time, of every message of the datagram (RFC 7011
+              10.3.3 allows several; each is in the stream of its own observation domain)
+  sFlow v5    datagram sequence and uptime (in ms)
+so that loop k+1 continues each stream's sequence exactly where loop k ended: the shift is the
+stream's progress over the whole capture, (last sequence + last advance - first sequence) mod
+2^32, which is the sum of its steps modulo 2^32 and so stays right when the sequence wraps or the
+exporter restarted inside the capture. The advance of a message is what the protocol counts:
+flows (v5), packets (v9), datagrams (sFlow), data records (IPFIX, counted from the templates and
+options templates seen earlier in the capture, walking variable-length fields; a data set whose
+template is unknown counts its upper bound, one record per byte, for that message only; a
+message without data records advances by 0). The clocks move by one period per loop: at least
+the capture's duration and each stream's header-clock span (export time / unix_secs, sFlow
+uptime), plus one second, so header clocks never go backwards at a loop boundary. Loop 0 is sent
+unchanged; data records are never changed, so absolute flow times inside records (IPFIX/v9
+flowStart/flowEnd Seconds/Milliseconds/Microseconds/NanoSeconds, IEs 150-157) repeat every loop.
 
 Each distinct capture source (address, port) gets its own UDP socket, so exporters whose
-templates would collide stay apart on the receiver (they all come from this host's address, but
-from different ports).
+templates and sequences would collide stay apart on the receiver (they all come from this host's
+address, but from different ports), and keeps it, and so its source port, across loops. Sockets
+are bounded (MAX_SOCKETS, least recently used closed first, and fewer if the process runs out of
+file descriptors): a capture with more sources than that sends the ones beyond the bound from a
+fresh socket each time they come back, so their source port rotates and the receiver sees a new
+exporting process (v9/IPFIX data before the next template refresh then lacks its template).
+Sharing one port between sources instead would mix their templates and sequences.
+
+Memory: the capture is read as a stream. The first pass sends loop 0 and plans the shifts; later
+loops come from memory when the payloads fit in CACHE_BYTES, else from reading the file again.
 """
 
 from __future__ import annotations
 
+import errno
 import math
+import re
 import socket
 import struct
 import sys
 import time
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from .config import split_hostport
+M32 = 0xFFFFFFFF
+VARLEN = 0xFFFF  # RFC 7011 7: a field length of 65535 means variable length
+MAX_TEMPLATE_FIELDS = 512  # as the decoder (decoders/consts.pxi): more is refused
+MAX_SOCKETS = 256
+CACHE_BYTES = 32 << 20  # payloads (plus per-datagram overhead) kept for loops >= 1
+
+Source = tuple[str, int]
 
 
 @dataclass
 class Packet:
-    src: tuple[str, int]
+    src: Source
     payload: bytes
     ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """One sequence-carrying header inside a datagram (several for IPFIX)."""
+
+    key: tuple[object, ...]
+    seq_off: int
+    clock_off: int
+    clock_ms: bool  # sFlow uptime (ms) rather than seconds
+    start: int  # the message's bytes: p[start:end]
+    end: int
 
 
 def _sflow_agent_end(p: bytes) -> int:
@@ -41,184 +82,402 @@ def _sflow_agent_end(p: bytes) -> int:
     return 8 + {0: 0, 1: 4}.get(atype, 16)
 
 
-def stream_key(src: tuple[str, int], p: bytes) -> tuple[object, ...] | None:
-    """Which sequence space the datagram belongs to, or None for unknown payloads."""
-    if len(p) >= 4 and p[:4] == b"\x00\x00\x00\x05" and len(p) >= 28:
-        # sFlow v5: agent address type decides where sub-agent id sits
+def units(src: Source, p: bytes) -> list[Unit]:
+    """The sequence-carrying headers of a datagram: none for payloads that are not flow exports."""
+    if len(p) >= 28 and p[:4] == b"\x00\x00\x00\x05":
+        # sFlow v5: agent address type decides where sub-agent id, sequence and uptime sit
         off = _sflow_agent_end(p)
         if len(p) < off + 12:
-            return None
-        return (src, "sflow", p[8:off], struct.unpack_from("!I", p, off)[0])
+            return []
+        key = (src, "sflow", p[8:off], struct.unpack_from("!I", p, off)[0])
+        return [Unit(key, off + 4, off + 8, True, 0, len(p))]
     if len(p) < 4:
-        return None
+        return []
     ver = struct.unpack_from("!H", p, 0)[0]
     if ver == 5 and len(p) >= 24:
-        return (src, 5, p[20], p[21])  # engine type / id
+        return [Unit((src, 5, p[20], p[21]), 16, 8, False, 0, len(p))]  # engine type / id
     if ver == 9 and len(p) >= 20:
-        return (src, 9, struct.unpack_from("!I", p, 16)[0])
-    if ver == 10 and len(p) >= 16:
-        return (src, 10, struct.unpack_from("!I", p, 12)[0])
-    return None
-
-
-def _ipfix_record_bound(p: bytes) -> int:
-    """Upper bound of data records in an IPFIX message: a record is at least one byte."""
-    n, off = 0, 16
-    while off + 4 <= len(p):
-        sid, slen = struct.unpack_from("!HH", p, off)
-        if slen < 4:
+        return [Unit((src, 9, struct.unpack_from("!I", p, 16)[0]), 12, 8, False, 0, len(p))]
+    if ver != 10:
+        return []
+    out = []
+    off = 0
+    while len(p) - off >= 16:
+        mver, mlen = struct.unpack_from("!HH", p, off)
+        if mver != 10 or mlen < 16 or off + mlen > len(p):
             break
-        if sid >= 256:
-            n += slen - 4
-        off += slen
-    return n
+        domain = struct.unpack_from("!I", p, off + 12)[0]
+        out.append(Unit((src, 10, domain), off + 8, off + 4, False, off, off + mlen))
+        off += mlen
+    return out
 
 
-def increment(p: bytes) -> int:
-    """How far this datagram advances its stream's sequence number."""
-    if p[:4] == b"\x00\x00\x00\x05":
-        return 1
-    ver = struct.unpack_from("!H", p, 0)[0]
-    if ver == 5:
-        return struct.unpack_from("!H", p, 2)[0]
-    if ver == 9:
-        return 1
-    if ver == 10:
-        return _ipfix_record_bound(p)
-    return 0
+def stream_key(src: Source, p: bytes) -> tuple[object, ...] | None:
+    """The sequence space of the datagram's (first) header, or None for unknown payloads."""
+    u = units(src, p)
+    return u[0].key if u else None
 
 
 def sequence(p: bytes) -> int | None:
-    if p[:4] == b"\x00\x00\x00\x05":
-        off = _sflow_agent_end(p)
-        if len(p) < off + 8:
-            return None
-        return int(struct.unpack_from("!I", p, off + 4)[0])
-    ver = struct.unpack_from("!H", p, 0)[0]
-    if ver == 5:
-        return int(struct.unpack_from("!I", p, 16)[0])
-    if ver == 9:
-        return int(struct.unpack_from("!I", p, 12)[0])
-    if ver == 10:
-        return int(struct.unpack_from("!I", p, 8)[0])
-    return None
+    """The sequence number of the datagram's (first) header."""
+    u = units(("", 0), p)
+    return int(struct.unpack_from("!I", p, u[0].seq_off)[0]) if u else None
 
 
-def rewrite(p: bytes, seq_add: int, secs_add: int) -> bytes:
-    """The datagram with its sequence advanced by seq_add and its clock by secs_add seconds."""
-    if seq_add == 0 and secs_add == 0:
-        return p
+def _shift(p: bytes, us: Iterable[tuple[Unit, int]], secs_add: int) -> bytes:
     b = bytearray(p)
-    m32 = 0xFFFFFFFF
-    if p[:4] == b"\x00\x00\x00\x05":
-        off = _sflow_agent_end(p)
-        if len(p) < off + 12:
-            return p
-        seq, up = struct.unpack_from("!II", p, off + 4)
-        struct.pack_into("!II", b, off + 4, (seq + seq_add) & m32, (up + secs_add * 1000) & m32)
-        return bytes(b)
-    ver = struct.unpack_from("!H", p, 0)[0]
-    if ver == 5:
-        secs = struct.unpack_from("!I", p, 8)[0]
-        seq = struct.unpack_from("!I", p, 16)[0]
-        struct.pack_into("!I", b, 8, (secs + secs_add) & m32)
-        struct.pack_into("!I", b, 16, (seq + seq_add) & m32)
-    elif ver == 9:
-        secs, seq = struct.unpack_from("!II", p, 8)
-        struct.pack_into("!II", b, 8, (secs + secs_add) & m32, (seq + seq_add) & m32)
-    elif ver == 10:
-        secs, seq = struct.unpack_from("!II", p, 4)
-        struct.pack_into("!II", b, 4, (secs + secs_add) & m32, (seq + seq_add) & m32)
+    for u, seq_add in us:
+        seq = struct.unpack_from("!I", p, u.seq_off)[0]
+        clk = struct.unpack_from("!I", p, u.clock_off)[0]
+        struct.pack_into("!I", b, u.seq_off, (seq + seq_add) & M32)
+        struct.pack_into("!I", b, u.clock_off, (clk + secs_add * (1000 if u.clock_ms else 1)) & M32)
     return bytes(b)
 
 
-class Plan:
-    """Per-stream sequence spans and the loop period, computed once from the capture."""
+def rewrite(p: bytes, seq_add: int, secs_add: int) -> bytes:
+    """The datagram with every header's sequence advanced by seq_add and clock by secs_add s."""
+    if seq_add == 0 and secs_add == 0:
+        return p
+    return _shift(p, ((u, seq_add) for u in units(("", 0), p)), secs_add)
 
-    def __init__(self, packets: list[Packet]) -> None:
-        self.packets = packets
-        first: dict[object, int] = {}
-        end: dict[object, int] = {}
-        for pk in packets:
-            key = stream_key(pk.src, pk.payload)
-            if key is None:
-                continue
-            seq = sequence(pk.payload)
-            if seq is None:
-                continue
-            first.setdefault(key, seq)
-            end[key] = max(end.get(key, seq), seq + increment(pk.payload))
-        self.span = {k: max(1, end[k] - first[k]) for k in first}
-        ts = [pk.ts for pk in packets]
-        # whole seconds (the header clocks are in seconds), at least one
-        self.period = max(1, math.ceil(max(ts) - min(ts)) + 1) if ts else 1
 
-    def datagrams(self, loop: int) -> Iterable[tuple[tuple[str, int], bytes]]:
-        for pk in self.packets:
-            key = stream_key(pk.src, pk.payload)
-            if key is None or loop == 0:
-                yield pk.src, pk.payload
+class IpfixRecords:
+    """Counts the data records of IPFIX messages as a collector does (RFC 7011 3.1: the sequence
+    number counts data records), from the templates and options templates seen so far, per
+    (source, observation domain, template id)."""
+
+    def __init__(self) -> None:
+        # (source, domain, template id) -> (options template?, field lengths)
+        self._t: dict[tuple[object, int, int], tuple[bool, tuple[int, ...]]] = {}
+
+    def count(self, src: Source, p: bytes, start: int, end: int) -> int:
+        """Learn the message p[start:end]'s templates and return its data records; a data set
+        whose records cannot be counted (unknown template, a record running past the set) counts
+        its upper bound, one record per byte."""
+        domain = struct.unpack_from("!I", p, start + 12)[0]
+        n = 0
+        off = start + 16
+        while end - off >= 4:
+            sid, slen = struct.unpack_from("!HH", p, off)
+            if slen < 4 or off + slen > end:
+                break  # the decoder stops the message here too
+            body = p[off + 4 : off + slen]
+            if sid in (2, 3):
+                self._templates(src, domain, body, sid == 3)
+            elif sid >= 256:
+                got = self._records(self._t.get((src, domain, sid)), body)
+                n += len(body) if got is None else got
+            off += slen
+        return n
+
+    def _templates(self, src: Source, domain: int, body: bytes, options: bool) -> None:
+        pos = 0
+        while len(body) - pos >= 4:
+            tid, count = struct.unpack_from("!HH", body, pos)
+            if tid == 0 and not any(body[pos:]):
+                return  # padding
+            pos += 4
+            if count == 0:  # RFC 7011 8.1: withdrawal; id 2 / 3 withdraws all of that kind
+                if tid in (2, 3):
+                    for k in [k for k, v in self._t.items() if k[:2] == (src, domain) and v[0] == options]:
+                        del self._t[k]
+                else:
+                    self._t.pop((src, domain, tid), None)
+                continue
+            scope = 0
+            if options:
+                if len(body) - pos < 2:
+                    return
+                scope = struct.unpack_from("!H", body, pos)[0]
+                pos += 2
+            lengths = []
+            for _ in range(count):
+                if len(body) - pos < 4:
+                    self._t.pop((src, domain, tid), None)
+                    return
+                ie, ln = struct.unpack_from("!HH", body, pos)
+                pos += 8 if ie & 0x8000 else 4  # an enterprise number follows
+                lengths.append(ln)
+            if pos > len(body):
+                self._t.pop((src, domain, tid), None)
+                return
+            ok = (tid >= 256 and count <= MAX_TEMPLATE_FIELDS and (not options or 0 < scope <= count)
+                  and sum(1 if ln == VARLEN else ln for ln in lengths) > 0)
+            if ok:
+                self._t[(src, domain, tid)] = (options, tuple(lengths))
             else:
-                yield pk.src, rewrite(pk.payload, loop * self.span[key], loop * self.period)
+                self._t.pop((src, domain, tid), None)  # refused, as the decoder does
+
+    @staticmethod
+    def _records(tmpl: tuple[bool, tuple[int, ...]] | None, body: bytes) -> int | None:
+        if tmpl is None:
+            return None
+        lengths = tmpl[1]
+        min_len = sum(1 if ln == VARLEN else ln for ln in lengths)
+        if VARLEN not in lengths:
+            return len(body) // min_len  # what is left is padding
+        n = pos = 0
+        while len(body) - pos >= min_len:
+            for ln in lengths:
+                if ln == VARLEN:  # RFC 7011 7: one length byte, or 255 and two more
+                    if pos >= len(body):
+                        return None
+                    ln = body[pos]
+                    pos += 1
+                    if ln == 255:
+                        if len(body) - pos < 2:
+                            return None
+                        ln = struct.unpack_from("!H", body, pos)[0]
+                        pos += 2
+                pos += ln
+                if pos > len(body):
+                    return None  # the decoder refuses the message; the bound is harmless
+            n += 1
+        return n
 
 
-def load(path: str, port: int | None = None) -> list[Packet]:
-    from .pcap import PcapStats, iter_udp
+class _Stream:
+    __slots__ = ("first", "end", "clock_min", "clock_max", "clock_ms", "last_src", "last_msg")
 
-    out = []
-    stats = PcapStats()
-    for d in iter_udp(path, stats=stats):
-        if port is not None and d.dport != port:
-            continue
-        out.append(Packet((d.src, d.sport), d.payload, d.ts))
-    if stats.skipped:
-        # e.g. truncated_capture: datagrams the capture's snaplen cut short are not sent
-        print(f"replay: {path}: skipped {', '.join(f'{n} {r}' for r, n in sorted(stats.skipped.items()))}",
-              file=sys.stderr)
-    return out
+    def __init__(self, seq: int, clock: int, clock_ms: bool) -> None:
+        self.first = seq
+        self.end = seq
+        self.clock_min = self.clock_max = clock
+        self.clock_ms = clock_ms
+        self.last_src: Source | None = None
+        self.last_msg = b""  # an IPFIX stream's last message, recounted with the final templates
+
+
+class Plan:
+    """Per-stream sequence shifts and the loop period, from one pass over the capture (`add`
+    each datagram, then `finish`); keeps the payloads for later loops while they fit."""
+
+    def __init__(self, packets: Iterable[Packet] = (), *, cache_bytes: int = CACHE_BYTES) -> None:
+        self._streams: dict[tuple[object, ...], _Stream] = {}
+        self._ipfix = IpfixRecords()
+        self._ts_min = math.inf
+        self._ts_max = -math.inf
+        self._cache_left = cache_bytes
+        self.cache: list[tuple[Source, bytes]] | None = []
+        self.count = 0
+        self.sources: set[Source] = set()
+        self.span: dict[tuple[object, ...], int] = {}
+        self.period = 1
+        for pk in packets:
+            self.add(pk.src, pk.payload, pk.ts)
+        if self.count:
+            self.finish()
+
+    def add(self, src: Source, p: bytes, ts: float) -> None:
+        self.count += 1
+        self.sources.add(src)
+        if self.cache is not None:
+            self._cache_left -= len(p) + 100
+            if self._cache_left >= 0:
+                self.cache.append((src, p))
+            else:
+                self.cache = None
+        if ts > 0:  # a pcapng Simple Packet Block has no time (0): not part of the duration
+            self._ts_min = min(self._ts_min, ts)
+            self._ts_max = max(self._ts_max, ts)
+        for u in units(src, p):
+            seq, clock = (struct.unpack_from("!I", p, o)[0] for o in (u.seq_off, u.clock_off))
+            st = self._streams.get(u.key)
+            if st is None:
+                st = self._streams[u.key] = _Stream(seq, clock, u.clock_ms)
+            else:
+                st.clock_min = min(st.clock_min, clock)
+                st.clock_max = max(st.clock_max, clock)
+            if u.key[1] == 10:
+                adv = self._ipfix.count(src, p, u.start, u.end)
+                st.last_src, st.last_msg = src, p[u.start : u.end]
+            elif u.key[1] == 5:
+                adv = struct.unpack_from("!H", p, 2)[0]  # flows in the datagram
+            else:
+                adv = 1  # v9 packets, sFlow datagrams
+            st.end = seq + adv
+
+    def finish(self) -> None:
+        """Compute the shifts: each stream's progress over the capture, mod 2^32, and the period."""
+        period = math.ceil(self._ts_max - self._ts_min) + 1 if self._ts_max >= self._ts_min else 1
+        for key, st in self._streams.items():
+            end = st.end
+            if st.last_msg and st.last_src is not None:
+                # the next loop follows the last message as a receiver that has seen the whole
+                # capture counts it: with templates defined after it, too
+                seq = struct.unpack_from("!I", st.last_msg, 8)[0]
+                end = seq + self._ipfix.count(st.last_src, st.last_msg, 0, len(st.last_msg))
+            self.span[key] = (end - st.first) & M32
+            clock_span = st.clock_max - st.clock_min
+            secs = math.ceil(clock_span / 1000) if st.clock_ms else clock_span
+            period = max(period, secs + 1)
+        self.period = max(1, period)
+
+    def shifted(self, src: Source, p: bytes, loop: int) -> bytes:
+        """The datagram as loop `loop` sends it."""
+        if loop == 0:
+            return p
+        us = [(u, loop * self.span[u.key]) for u in units(src, p) if u.key in self.span]
+        return _shift(p, us, loop * self.period) if us else p
+
+    def datagrams(self, loop: int, packets: Iterable[tuple[Source, bytes]] | None = None,
+                  ) -> Iterator[tuple[Source, bytes]]:
+        """Loop `loop`'s datagrams, from `packets` or else the kept payloads."""
+        src_iter = packets if packets is not None else (self.cache or [])
+        for src, p in src_iter:
+            yield src, self.shifted(src, p, loop)
+
+
+def parse_to(to: str) -> tuple[str, int]:
+    """--to HOST:PORT (IPv6 as [ADDR]:PORT, with an optional %scope): (host, port); ValueError."""
+    m = re.fullmatch(r"\[([0-9a-fA-F:.]+(?:%[\w.-]+)?)\]:([0-9]+)|([^:\[\]%]+):([0-9]+)", to)
+    if not m:
+        raise ValueError(f"--to {to!r}: expected HOST:PORT (IPv6 as [ADDR]:PORT)")
+    host = m.group(1) if m.group(1) is not None else m.group(3)
+    port = int(m.group(2) or m.group(4))
+    if not 1 <= port <= 65535:
+        raise ValueError(f"--to {to!r}: port must be 1-65535")
+    return host, port
+
+
+def resolve_to(to: str) -> tuple[int, tuple[object, ...], str]:
+    """Resolve --to once: (address family, socket address, HOST:PORT as printed)."""
+    host, port = parse_to(to)
+    try:
+        ai = socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM)
+    except (socket.gaierror, UnicodeError) as e:
+        reason = e.strerror if isinstance(e, socket.gaierror) else str(e)
+        raise ValueError(f"--to {to!r}: cannot resolve host {host!r}: {reason}") from None
+    family, _t, _p, _c, addr = ai[0]
+    ip = str(addr[0])
+    shown = f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}"
+    return family, addr, shown
+
+
+class Sockets:
+    """One UDP socket per capture source, at most `limit` open (least recently used closed first,
+    and earlier when the process runs out of file descriptors)."""
+
+    def __init__(self, family: int, limit: int = MAX_SOCKETS) -> None:
+        self._family = family
+        self._limit = limit
+        self._socks: OrderedDict[Source, socket.socket] = OrderedDict()
+        self.rotated = 0  # sockets closed to make room
+
+    def get(self, src: Source) -> socket.socket:
+        s = self._socks.get(src)
+        if s is not None:
+            self._socks.move_to_end(src)
+            return s
+        while True:
+            if len(self._socks) >= self._limit:
+                self._evict()
+            try:
+                s = socket.socket(self._family, socket.SOCK_DGRAM)
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE) and self._socks:
+                    self._limit = max(1, len(self._socks) - 1)  # the descriptors there are
+                    self._evict()
+                    continue
+                raise
+            break
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+        except OSError:
+            pass
+        self._socks[src] = s
+        return s
+
+    def _evict(self) -> None:
+        _src, old = self._socks.popitem(last=False)
+        old.close()
+        self.rotated += 1
+
+    def close(self) -> None:
+        for s in self._socks.values():
+            s.close()
+        self._socks.clear()
+
+
+def _skipped_line(path: str, skipped: dict[str, int]) -> str:
+    return f"replay: {path}: skipped {', '.join(f'{n} {r}' for r, n in sorted(skipped.items()))}"
 
 
 def replay(path: str, to: str, *, rate: float = 0.0, loops: int = 1, port_filter: int | None = None,
            quiet: bool = False) -> int:
-    """Send the capture `loops` times (0 = forever) at `rate` datagrams/s (0 = as fast as possible)."""
-    host, port = split_hostport(to)
-    packets = load(path, port_filter)
-    if not packets:
-        print(f"replay: {path}: no UDP datagrams found", file=sys.stderr)
-        return 1
-    plan = Plan(packets)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    socks: dict[tuple[str, int], socket.socket] = {}
+    """Send the capture `loops` times (0 = forever) at `rate` datagrams/s (0 = as fast as possible).
+    0 when all was sent, 1 when nothing was found or the capture is cut short (the rest is sent
+    anyway, as `flowscope decode` decodes it), 130 on Ctrl-C."""
+    from .pcap import PcapStats, iter_udp
+
+    family, dest, shown = resolve_to(to)  # ValueError: a usage error, before reading anything
+    stats = PcapStats()
+    plan = Plan()
+    socks = Sockets(family)
     sent = 0
-    start = time.perf_counter()
     loop = 0
+    interrupted = False
+    start = time.perf_counter()
+
+    def send(src: Source, payload: bytes) -> None:
+        nonlocal sent
+        s = socks.get(src)
+        if rate > 0:
+            delay = start + sent / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        while True:
+            try:
+                s.sendto(payload, dest)
+                break
+            except BlockingIOError:
+                time.sleep(0.0005)
+        sent += 1
+
+    def capture() -> Iterator[tuple[Source, bytes, float]]:
+        for d in iter_udp(path, stats=stats if loop == 0 else None):
+            if port_filter is None or d.dport == port_filter:
+                yield (d.src, d.sport), d.payload, d.ts
+
     try:
+        # Pass 1: loop 0 goes out unchanged while the plan is made.
+        for src, payload, ts in capture():
+            plan.add(src, payload, ts)
+            send(src, payload)
+        if not plan.count:
+            print(f"replay: {path}: no UDP datagrams found", file=sys.stderr)
+            return 1
+        plan.finish()
+        loop = 1
         while loops == 0 or loop < loops:
-            for src, payload in plan.datagrams(loop):
-                s = socks.get(src)
-                if s is None:
-                    s = socks[src] = socket.socket(family, socket.SOCK_DGRAM)
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
-                if rate > 0:
-                    due = start + sent / rate
-                    delay = due - time.perf_counter()
-                    if delay > 0:
-                        time.sleep(delay)
-                while True:
-                    try:
-                        s.sendto(payload, (host, port))
-                        break
-                    except BlockingIOError:
-                        time.sleep(0.0005)
-                sent += 1
+            if plan.cache is not None:
+                for src, payload in plan.datagrams(loop):
+                    send(src, payload)
+            else:
+                n = 0
+                for src, payload, _ts in capture():
+                    if n == plan.count:
+                        break  # the file grew since the first pass: what was planned only
+                    n += 1
+                    send(src, plan.shifted(src, payload, loop))
             loop += 1
     except KeyboardInterrupt:
-        pass
+        interrupted = True
     finally:
-        for s in socks.values():
-            s.close()
+        socks.close()
     if not quiet:
         el = time.perf_counter() - start
-        print(f"replay: sent {sent} datagrams ({loop} loop(s) of {len(packets)}) to {host}:{port} "
-              f"in {el:.2f}s", file=sys.stderr)
-    return 0
+        whole = f"{loop} loop(s) of {plan.count}" if loop else f"first loop, {plan.count} read so far"
+        print(f"replay: sent {sent} datagrams ({whole}) to {shown} in {el:.2f}s"
+              + (" (interrupted)" if interrupted else ""), file=sys.stderr)
+        if socks.rotated:
+            print(f"replay: the capture has {len(plan.sources)} sources, more than the {MAX_SOCKETS} sockets "
+                  f"kept open: {socks.rotated} were closed and reopened, so those sources' ports changed",
+                  file=sys.stderr)
+    if stats.skipped:
+        print(_skipped_line(path, stats.skipped), file=sys.stderr)
+    if stats.truncated:
+        print(f"replay: {path}: {stats.truncated}", file=sys.stderr)
+    if interrupted:
+        return 130
+    return 1 if stats.truncated else 0

@@ -573,7 +573,8 @@ def _sflow(seq: int, uptime: int) -> bytes:
 
 def test_rewrite_each_protocol() -> None:
     src = ("192.0.2.1", 2055)
-    pk = [R.Packet(src, make_v5(100, 30, 0, unix_secs=1000), 0.0), R.Packet(src, make_v5(130, 10, 30, unix_secs=1001), 1.2)]
+    pk = [R.Packet(src, make_v5(100, 30, 0, unix_secs=1000), 100.0),
+          R.Packet(src, make_v5(130, 10, 30, unix_secs=1001), 101.2)]
     plan = R.Plan(pk)
     assert plan.period == 3  # ceil(1.2) + 1 seconds
     out = [p for _, p in plan.datagrams(2)]
