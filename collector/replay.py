@@ -51,6 +51,8 @@ from dataclasses import dataclass
 M32 = 0xFFFFFFFF
 VARLEN = 0xFFFF  # RFC 7011 7: a field length of 65535 means variable length
 MAX_TEMPLATE_FIELDS = 512  # as the decoder (decoders/consts.pxi): more is refused
+SEQ_MAX_GAP = 1 << 20  # as the decoder: a sequence jump beyond this either way is a restart
+SEQ_RESTART_UPTIME_MS = 60_000  # as the decoder: an uptime this far back with the sequence is one
 MAX_SOCKETS = 256
 CACHE_BYTES = 32 << 20  # payloads (plus per-datagram overhead) kept for loops >= 1
 
@@ -150,12 +152,13 @@ class IpfixRecords:
         # (source, domain, template id) -> (options template?, field lengths)
         self._t: dict[tuple[object, int, int], tuple[bool, tuple[int, ...]]] = {}
 
-    def count(self, src: Source, p: bytes, start: int, end: int) -> int:
-        """Learn the message p[start:end]'s templates and return its data records; a data set
-        whose records cannot be counted (unknown template, a record running past the set) counts
-        its upper bound, one record per byte."""
+    def count(self, src: Source, p: bytes, start: int, end: int) -> tuple[int, bool]:
+        """Learn the message p[start:end]'s templates and return (its data records, whether all
+        were counted); a data set whose records cannot be counted (unknown template, a record
+        running past the set) counts its upper bound, one record per byte."""
         domain = struct.unpack_from("!I", p, start + 12)[0]
         n = 0
+        exact = True
         off = start + 16
         while end - off >= 4:
             sid, slen = struct.unpack_from("!HH", p, off)
@@ -167,8 +170,9 @@ class IpfixRecords:
             elif sid >= 256:
                 got = self._records(self._t.get((src, domain, sid)), body)
                 n += len(body) if got is None else got
+                exact = exact and got is not None
             off += slen
-        return n
+        return n, exact
 
     def _templates(self, src: Source, domain: int, body: bytes, options: bool) -> None:
         pos = 0
@@ -237,15 +241,40 @@ class IpfixRecords:
 
 
 class _Stream:
-    __slots__ = ("first", "end", "clock_min", "clock_max", "clock_ms", "last_src", "last_msg")
+    """One exporter stream over the capture: its first sequence number, the next one a receiver
+    expects after the messages so far, and its header-clock range."""
+
+    __slots__ = ("first", "expected", "uptime", "end", "clock_min", "clock_max", "clock_ms", "last_src",
+                 "last_msg")
 
     def __init__(self, seq: int, clock: int, clock_ms: bool) -> None:
         self.first = seq
-        self.end = seq
+        self.expected: int | None = None
+        self.uptime = -1
+        self.end = seq  # last sequence + its advance (upper bound)
         self.clock_min = self.clock_max = clock
         self.clock_ms = clock_ms
         self.last_src: Source | None = None
         self.last_msg = b""  # an IPFIX stream's last message, recounted with the final templates
+
+    def step(self, seq: int, adv: int, uptime: int, exact: bool) -> None:
+        """Follow the message as the decoder's sequence check does (ExporterState.sequence in
+        decoders/netflow.pxi): a message a little behind is late and leaves what is expected
+        unchanged, unless the uptime went back more than a minute (a restart); a message whose
+        records could not all be counted makes the receiver start over."""
+        self.end = (seq + adv) & M32
+        if not exact:
+            self.expected = None
+            return
+        exp = self.expected
+        if exp is not None:
+            ahead, behind = (seq - exp) & M32, (exp - seq) & M32
+            if not (ahead and ahead <= SEQ_MAX_GAP) and behind and behind <= SEQ_MAX_GAP:
+                back = (self.uptime - uptime) & M32 if uptime >= 0 and self.uptime >= 0 else 0
+                if back <= SEQ_RESTART_UPTIME_MS or back >= 0x80000000:
+                    return  # late
+        self.expected = (seq + adv) & M32
+        self.uptime = uptime
 
 
 class Plan:
@@ -288,25 +317,32 @@ class Plan:
             else:
                 st.clock_min = min(st.clock_min, clock)
                 st.clock_max = max(st.clock_max, clock)
+            exact = True
             if u.key[1] == 10:
-                adv = self._ipfix.count(src, p, u.start, u.end)
+                adv, exact = self._ipfix.count(src, p, u.start, u.end)
                 st.last_src, st.last_msg = src, p[u.start : u.end]
+                uptime = -1  # IPFIX has none
             elif u.key[1] == 5:
                 adv = struct.unpack_from("!H", p, 2)[0]  # flows in the datagram
+                uptime = struct.unpack_from("!I", p, 4)[0]
             else:
                 adv = 1  # v9 packets, sFlow datagrams
-            st.end = seq + adv
+                uptime = clock if u.clock_ms else struct.unpack_from("!I", p, 4)[0]
+            st.step(seq, adv, uptime, exact)
 
     def finish(self) -> None:
         """Compute the shifts: each stream's progress over the capture, mod 2^32, and the period."""
         period = math.ceil(self._ts_max - self._ts_min) + 1 if self._ts_max >= self._ts_min else 1
         for key, st in self._streams.items():
-            end = st.end
-            if st.last_msg and st.last_src is not None:
-                # the next loop follows the last message as a receiver that has seen the whole
-                # capture counts it: with templates defined after it, too
-                seq = struct.unpack_from("!I", st.last_msg, 8)[0]
-                end = seq + self._ipfix.count(st.last_src, st.last_msg, 0, len(st.last_msg))
+            end = st.expected
+            if end is None:
+                # the receiver starts over after the last message (not all its records could be
+                # counted): any continuation is right; recount it with the templates a receiver
+                # has by the next loop (those defined after it, too)
+                end = st.end
+                if st.last_msg and st.last_src is not None:
+                    seq = struct.unpack_from("!I", st.last_msg, 8)[0]
+                    end = seq + self._ipfix.count(st.last_src, st.last_msg, 0, len(st.last_msg))[0]
             self.span[key] = (end - st.first) & M32
             clock_span = st.clock_max - st.clock_min
             secs = math.ceil(clock_span / 1000) if st.clock_ms else clock_span

@@ -147,9 +147,20 @@ def test_ipfix_unknown_template_counts_its_upper_bound_for_that_message_only() -
     pk = [R.Packet(SRC, ipfix_msg(1, 10, T0, [data_set(256, [b"\0" * 8] * 2)]), T0),
           R.Packet(SRC, ipfix_msg(1, 12, T0, [tmpl_set(256, [(8, 4), (2, 4)]), data_set(256, [b"\0" * 8] * 2)]),
                    T0 + 1)]
-    assert R.IpfixRecords().count(SRC, pk[0].payload, 0, len(pk[0].payload)) == 16
+    assert R.IpfixRecords().count(SRC, pk[0].payload, 0, len(pk[0].payload)) == (16, False)
     plan = R.Plan(pk)
     assert plan.span[(SRC, 10, 1)] == 12 + 2 - 10
+    assert seq_stats(decode_all(loops(pk, 3)), SRC[0], "ipfix") == (0, 0)
+
+
+def test_ipfix_late_messages_in_the_capture_do_not_move_the_next_loop() -> None:
+    # as in generic_ipfix.pcap: 7 records at sequence 6, then messages at 7 and 12 that a receiver
+    # takes for late ones: it still expects 13 when the next loop starts
+    recs = [b"\0" * 8]
+    pk = [R.Packet(SRC, ipfix_msg(1, 6, T0, [tmpl_set(256, [(8, 4), (2, 4)]), data_set(256, recs * 7)]), T0),
+          R.Packet(SRC, ipfix_msg(1, 7, T0, [data_set(256, recs)]), T0),
+          R.Packet(SRC, ipfix_msg(1, 12, T0, [data_set(256, recs * 5)]), T0)]
+    assert R.Plan(pk).span[(SRC, 10, 1)] == 7
     assert seq_stats(decode_all(loops(pk, 3)), SRC[0], "ipfix") == (0, 0)
 
 
