@@ -288,6 +288,7 @@ class Plan:
         self._ts_max = -math.inf
         self._cache_left = cache_bytes
         self.cache: list[tuple[Source, bytes]] | None = []
+        self._prepared: list[tuple[Source, bytes, tuple[tuple[int, int, int, int], ...]]] | None = None
         self.count = 0
         self.sources: set[Source] = set()
         self.span: dict[tuple[object, ...], int] = {}
@@ -359,9 +360,29 @@ class Plan:
     def datagrams(self, loop: int, packets: Iterable[tuple[Source, bytes]] | None = None,
                   ) -> Iterator[tuple[Source, bytes]]:
         """Loop `loop`'s datagrams, from `packets` or else the kept payloads."""
-        src_iter = packets if packets is not None else (self.cache or [])
-        for src, p in src_iter:
-            yield src, self.shifted(src, p, loop)
+        if packets is not None:
+            for src, p in packets:
+                yield src, self.shifted(src, p, loop)
+            return
+        if loop == 0:
+            yield from self.cache or []
+            return
+        if self._prepared is None:
+            # where each kept datagram's headers are, parsed once for all loops
+            self._prepared = [(src, p, tuple((u.seq_off, u.clock_off, 1000 if u.clock_ms else 1, self.span[u.key])
+                                             for u in units(src, p) if u.key in self.span))
+                              for src, p in self.cache or []]
+        secs = loop * self.period
+        unpack, pack = struct.unpack_from, struct.pack_into
+        for src, p, heads in self._prepared:
+            if not heads:
+                yield src, p
+                continue
+            b = bytearray(p)
+            for seq_off, clock_off, mult, span in heads:
+                pack("!I", b, seq_off, (unpack("!I", p, seq_off)[0] + loop * span) & M32)
+                pack("!I", b, clock_off, (unpack("!I", p, clock_off)[0] + secs * mult) & M32)
+            yield src, bytes(b)
 
 
 def parse_to(to: str) -> tuple[str, int]:
