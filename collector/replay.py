@@ -10,17 +10,20 @@ source id / observation domain / sFlow agent and sub-agent), the header's
               10.3.3 allows several; each is in the stream of its own observation domain)
   sFlow v5    datagram sequence and uptime (in ms)
 so that loop k+1 continues each stream's sequence exactly where loop k ended: the shift is the
-stream's progress over the whole capture, (last sequence + last advance - first sequence) mod
-2^32, which is the sum of its steps modulo 2^32 and so stays right when the sequence wraps or the
-exporter restarted inside the capture. The advance of a message is what the protocol counts:
+stream's progress over the whole capture modulo 2^32, from its first sequence number to the one a
+receiver expects after the last message (last sequence + its advance, unless the capture ends with
+messages the decoder's check takes for late ones), so it stays right when the sequence wraps or
+the exporter restarted inside the capture. The advance of a message is what the protocol counts:
 flows (v5), packets (v9), datagrams (sFlow), data records (IPFIX, counted from the templates and
 options templates seen earlier in the capture, walking variable-length fields; a data set whose
-template is unknown counts its upper bound, one record per byte, for that message only; a
-message without data records advances by 0). The clocks move by one period per loop: at least
-the capture's duration and each stream's header-clock span (export time / unix_secs, sFlow
-uptime), plus one second, so header clocks never go backwards at a loop boundary. Loop 0 is sent
-unchanged; data records are never changed, so absolute flow times inside records (IPFIX/v9
-flowStart/flowEnd Seconds/Milliseconds/Microseconds/NanoSeconds, IEs 150-157) repeat every loop.
+template is unknown counts its upper bound, one record per byte, for that message only; a message
+without data records advances by 0). The clocks move by one period per loop: at least the
+capture's duration and each stream's header-clock span (export time / unix_secs, sFlow uptime),
+plus one second, so header clocks never go backwards at a loop boundary (flow times relative to
+them, sysUptime-based v5/v9 and sFlow, move with them; a flow that started before the capture's
+first export can still start before the previous loop's last one ended). Loop 0 is sent unchanged;
+data records are never changed, so absolute flow times inside records (IPFIX/v9 flowStart/flowEnd
+Seconds/Milliseconds/Microseconds/NanoSeconds, IEs 150-157) repeat every loop.
 
 Each distinct capture source (address, port) gets its own UDP socket, so exporters whose
 templates and sequences would collide stay apart on the receiver (they all come from this host's
