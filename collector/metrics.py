@@ -46,7 +46,8 @@ class Series:
 
 SERIES: dict[str, Series] = {s.name: s for s in [
     # per exporter and protocol, from Decoder.stats()
-    Series("flowscope_datagrams", "counter", "Datagrams decoded, per exporter and protocol",
+    Series("flowscope_datagrams", "counter", "Datagrams handed to the decoder, per exporter and protocol "
+           "(those it refused before decoding, rate_limited or too_large, included)",
            ("exporter", "protocol")),
     Series("flowscope_flows", "counter", "Flow records decoded, per exporter and protocol",
            ("exporter", "protocol")),
@@ -65,10 +66,12 @@ SERIES: dict[str, Series] = {s.name: s for s in [
            "2^20, or went back with a header uptime (netflow5, netflow9, sflow5) that went back by more than a "
            "minute; tracking starts over", ("exporter", "protocol")),
     Series("flowscope_exporters", "gauge", "Exporters (source addresses) with decoder state that sent since the start (those only "
-           "restored from the state file are not counted)", ()),
+           "restored from the state file are not counted); with --workers N the workers' counts are added, "
+           "so an address whose source ports go to two workers counts twice", ()),
     Series("flowscope_exporters_evicted", "counter", "Exporters forgotten because the table was full "
            "(--max-exporters; the least recently seen go, their counters stay under exporter=\"other\")", ()),
-    Series("flowscope_sampling_rate", "gauge", "Sampling rate in use (0 = none)", ("exporter", "protocol"),
+    Series("flowscope_sampling_rate", "gauge", "Sampling rate of the exporter's latest datagram (no series while no rate "
+           "is known)", ("exporter", "protocol"),
            merge="max"),
     # receive stage
     Series("flowscope_received_datagrams", "counter", "Datagrams received on each listener", ("listener",)),
@@ -99,7 +102,7 @@ SERIES: dict[str, Series] = {s.name: s for s in [
     Series("flowscope_queue_bytes", "gauge", "Encoded bytes queued or in flight to the sink"),
     Series("flowscope_queue_records", "gauge", "Records queued or in flight to the sink"),
     Series("flowscope_queue_limit_bytes", "gauge", "Queue bound (--queue-bytes) summed over workers"),
-    Series("flowscope_sink_connected", "gauge", "1 when the sink is connected (workers connected)"),
+    Series("flowscope_sink_connected", "gauge", "1 when the sink is connected; with --workers N, the number of workers connected"),
     Series("flowscope_kafka_send_latency_seconds", "histogram",
            "Time from handing a record batch to the producer to its acknowledgement"),
     Series("flowscope_kafka_errors", "counter", "Kafka errors, by kind (connect, metadata, produce: retried; "

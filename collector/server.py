@@ -128,6 +128,7 @@ class Protocol(asyncio.DatagramProtocol):
     def __init__(self, worker: Worker, index: int, scheme: str) -> None:
         self.w = worker
         self.i = index
+        self.scheme = scheme
         self.check = SCHEME_CHECKS[scheme]
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
@@ -144,6 +145,11 @@ class Protocol(asyncio.DatagramProtocol):
             return
         if not self.check(data):
             w.dgram_drops["wrong_protocol"] += 1
+            # one line per 10 s for all sources together (a key per source would grow without
+            # bound under a spoofed flood): which exporter sends what this listener does not take
+            w.rl.warning("wrong_protocol", "listener %s: datagram from %s starting %s is not %s (NetFlow v1/v7 or "
+                         "sFlow v2/v4 are not decoded): dropped, counted in flowscope_datagrams_dropped_total"
+                         "{reason=\"wrong_protocol\"}", w.listeners[self.i], ip, data[:4].hex(), self.scheme)
             return
         try:
             batch = w.decode(data, ip, addr[1], time.time())

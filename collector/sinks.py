@@ -218,6 +218,7 @@ class Sink:
         self.batches = 0
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._deadline = 0.0  # loop time the shutdown drain ends (drain)
         self._rl = RateLimitedLog(log)
 
     async def start(self) -> None:
@@ -229,6 +230,7 @@ class Sink:
     async def drain(self, deadline: float) -> None:
         """Stop accepting, deliver what is queued until `deadline` (loop time), then count the rest."""
         self.queue.closed = True
+        self._deadline = deadline
         self._stopping = True
         loop = asyncio.get_running_loop()
         while (self.queue.total_records > 0) and loop.time() < deadline:
@@ -619,7 +621,10 @@ class KafkaSink(Sink):
         from aiokafka import AIOKafkaProducer
 
         backoff = 0.2
-        while not self._stopping:
+        loop = asyncio.get_running_loop()
+        # a broker not reached yet is still tried during the shutdown drain, up to its deadline:
+        # it may come back within --shutdown-timeout and take what is queued
+        while not self._stopping or loop.time() < self._deadline:
             # aiokafka keeps one produce request in flight per broker and connection: several
             # producers give several requests in flight (kafka.connections).
             producers = [AIOKafkaProducer(**producer_kwargs(self.k)) for _ in range(self.k.connections)]

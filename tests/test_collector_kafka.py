@@ -127,6 +127,34 @@ def test_sigterm_flushes(broker: Any, collector: Any, loop_name: str) -> None:
     assert "all records delivered" in c.log()
 
 
+def test_sigterm_before_the_broker_was_reached_keeps_trying_until_the_deadline(collector: Any, tmp_path: Any) -> None:
+    """A broker not reached yet when SIGTERM arrives is still tried during the shutdown drain:
+    one that comes up within --shutdown-timeout gets what is queued (the drain used to give up
+    at once and count it all as undelivered)."""
+    import tempfile
+
+    from collector.broker import Broker
+
+    port = free_tcp_port()
+    t = topic()
+    c = collector(["--kafka-brokers", f"127.0.0.1:{port}", "--kafka-topic", t, "--kafka-create-topic",
+                   "--shutdown-timeout", "60"], wait_ready=False)
+    wait_for(lambda: c.get("/metrics")[0] == 200, 20, what="collector /metrics")
+    send_udp([make_v5(i, 30, i * 30) for i in range(3)], c.port)
+    c.wait_value("flowscope_flows_total", 90)
+    c.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: "stopping:" in c.log(), 10, what="the stop to begin")
+    log = tempfile.NamedTemporaryFile(prefix="tansu-", suffix=".log", delete=False, dir=tmp_path)
+    b = Broker(port=port, log_path=log.name).start()
+    try:
+        assert c.proc.wait(60) == 0
+        assert "all records delivered" in c.log(), c.log()
+        got = consume(b.bootstrap, t, 90)
+        assert len({v5_key(f) for f in got}) == 90 and len(got) == 90
+    finally:
+        b.stop()
+
+
 def test_malformed_counted_valid_delivered(broker: Any, collector: Any, loop_name: str) -> None:
     t = topic()
     c = collector(["--loop", loop_name, "--kafka-brokers", broker.bootstrap, "--kafka-topic", t])

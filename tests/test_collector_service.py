@@ -119,9 +119,13 @@ def test_exporter_rate_limit_refuses_and_counts(collector: Any, tmp_path: Path) 
 
 
 def test_wrong_protocol_on_sflow_port(collector: Any, tmp_path: Path) -> None:
+    """What a listener does not take (NetFlow on an sFlow port, NetFlow v1) is counted and
+    logged, rate-limited, naming the source, so the operator can find the exporter."""
     c = collector(["--output-file", str(tmp_path / "f.jsonl")], schemes=("sflow",))
     send_udp([make_v5(1, 30, 0)] * 3, c.port)
     c.wait_value("flowscope_datagrams_dropped_total", 3, reason="wrong_protocol")
+    wait_for(lambda: "datagram from 127.0.0.1 starting 0005" in c.log(), 10, what="the wrong_protocol log line")
+    assert c.log().count("is not sflow") == 1   # one line per 10 s, not one per datagram
 
 
 def test_metrics_match_what_was_sent(collector: Any, tmp_path: Path, loop_name: str) -> None:
