@@ -145,7 +145,8 @@ def parse_addr(v: Any) -> str:
 
 
 def split_hostport(s: str) -> tuple[str, int]:
-    m = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:([0-9]+)|([^:\[\]]*):([0-9]+)", s)
+    """HOST:PORT, IPv6 as [ADDR]:PORT (with an optional %scope); an empty host is 0.0.0.0."""
+    m = re.fullmatch(r"\[([0-9a-fA-F:.]+(?:%[\w.-]+)?)\]:([0-9]+)|([^:\[\]%]*):([0-9]+)", s)
     if not m:
         raise ValueError(f"{s!r}: expected HOST:PORT (IPv6 as [::]:PORT)")
     host = m.group(1) if m.group(1) is not None else m.group(3)

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import errno
 import math
-import re
 import socket
 import struct
 import sys
@@ -50,6 +49,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+
+from .config import split_hostport
 
 M32 = 0xFFFFFFFF
 VARLEN = 0xFFFF  # RFC 7011 7: a field length of 65535 means variable length
@@ -390,12 +391,13 @@ class Plan:
 
 def parse_to(to: str) -> tuple[str, int]:
     """--to HOST:PORT (IPv6 as [ADDR]:PORT, with an optional %scope): (host, port); ValueError."""
-    m = re.fullmatch(r"\[([0-9a-fA-F:.]+(?:%[\w.-]+)?)\]:([0-9]+)|([^:\[\]%]+):([0-9]+)", to)
-    if not m:
+    try:
+        host, port = split_hostport(to)
+    except ValueError:
+        raise ValueError(f"--to {to!r}: expected HOST:PORT (IPv6 as [ADDR]:PORT)") from None
+    if to.startswith(":"):
         raise ValueError(f"--to {to!r}: expected HOST:PORT (IPv6 as [ADDR]:PORT)")
-    host = m.group(1) if m.group(1) is not None else m.group(3)
-    port = int(m.group(2) or m.group(4))
-    if not 1 <= port <= 65535:
+    if port == 0:
         raise ValueError(f"--to {to!r}: port must be 1-65535")
     return host, port
 
