@@ -50,13 +50,17 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from decoders import _core
+
 from .config import split_hostport
 
 M32 = 0xFFFFFFFF
 VARLEN = 0xFFFF  # RFC 7011 7: a field length of 65535 means variable length
-MAX_TEMPLATE_FIELDS = 512  # as the decoder (decoders/consts.pxi): more is refused
-SEQ_MAX_GAP = 1 << 20  # as the decoder: a sequence jump beyond this either way is a restart
-SEQ_RESTART_UPTIME_MS = 60_000  # as the decoder: an uptime this far back with the sequence is one
+# the decoder's own limits: templates with more fields are refused; a sequence jump beyond
+# SEQ_MAX_GAP either way is a restart, as is one back with an uptime SEQ_RESTART_UPTIME_MS back
+MAX_TEMPLATE_FIELDS = _core.TEMPLATE_MAX_FIELDS
+SEQ_MAX_GAP = _core.SEQUENCE_MAX_GAP
+SEQ_RESTART_UPTIME_MS = _core.SEQUENCE_RESTART_UPTIME_MS
 MAX_SOCKETS = 256
 CACHE_BYTES = 32 << 20  # payloads (plus per-datagram overhead) kept for loops >= 1
 
@@ -118,33 +122,15 @@ def units(src: Source, p: bytes) -> list[Unit]:
     return out
 
 
-def stream_key(src: Source, p: bytes) -> tuple[object, ...] | None:
-    """The sequence space of the datagram's (first) header, or None for unknown payloads."""
-    u = units(src, p)
-    return u[0].key if u else None
-
-
-def sequence(p: bytes) -> int | None:
-    """The sequence number of the datagram's (first) header."""
-    u = units(("", 0), p)
-    return int(struct.unpack_from("!I", p, u[0].seq_off)[0]) if u else None
-
-
-def _shift(p: bytes, us: Iterable[tuple[Unit, int]], secs_add: int) -> bytes:
+def _shift(p: bytes, heads: Iterable[tuple[int, int, int, int]], loop: int, secs: int) -> bytes:
+    """The datagram with each header (sequence offset, clock offset, clock units per second,
+    sequence span) advanced by `loop` spans and its clock by `secs` seconds."""
+    unpack, pack = struct.unpack_from, struct.pack_into
     b = bytearray(p)
-    for u, seq_add in us:
-        seq = struct.unpack_from("!I", p, u.seq_off)[0]
-        clk = struct.unpack_from("!I", p, u.clock_off)[0]
-        struct.pack_into("!I", b, u.seq_off, (seq + seq_add) & M32)
-        struct.pack_into("!I", b, u.clock_off, (clk + secs_add * (1000 if u.clock_ms else 1)) & M32)
+    for seq_off, clock_off, mult, span in heads:
+        pack("!I", b, seq_off, (unpack("!I", p, seq_off)[0] + loop * span) & M32)
+        pack("!I", b, clock_off, (unpack("!I", p, clock_off)[0] + secs * mult) & M32)
     return bytes(b)
-
-
-def rewrite(p: bytes, seq_add: int, secs_add: int) -> bytes:
-    """The datagram with every header's sequence advanced by seq_add and clock by secs_add s."""
-    if seq_add == 0 and secs_add == 0:
-        return p
-    return _shift(p, ((u, seq_add) for u in units(("", 0), p)), secs_add)
 
 
 class IpfixRecords:
@@ -354,12 +340,15 @@ class Plan:
             period = max(period, secs + 1)
         self.period = max(1, period)
 
+    def _heads(self, src: Source, p: bytes) -> tuple[tuple[int, int, int, int], ...]:
+        """Where the datagram's headers are and how far each moves per loop (for _shift)."""
+        return tuple((u.seq_off, u.clock_off, 1000 if u.clock_ms else 1, self.span[u.key])
+                     for u in units(src, p) if u.key in self.span)
+
     def shifted(self, src: Source, p: bytes, loop: int) -> bytes:
         """The datagram as loop `loop` sends it."""
-        if loop == 0:
-            return p
-        us = [(u, loop * self.span[u.key]) for u in units(src, p) if u.key in self.span]
-        return _shift(p, us, loop * self.period) if us else p
+        heads = self._heads(src, p) if loop else ()
+        return _shift(p, heads, loop, loop * self.period) if heads else p
 
     def datagrams(self, loop: int, packets: Iterable[tuple[Source, bytes]] | None = None,
                   ) -> Iterator[tuple[Source, bytes]]:
@@ -371,22 +360,11 @@ class Plan:
         if loop == 0:
             yield from self.cache or []
             return
-        if self._prepared is None:
-            # where each kept datagram's headers are, parsed once for all loops
-            self._prepared = [(src, p, tuple((u.seq_off, u.clock_off, 1000 if u.clock_ms else 1, self.span[u.key])
-                                             for u in units(src, p) if u.key in self.span))
-                              for src, p in self.cache or []]
+        if self._prepared is None:   # where each kept datagram's headers are, parsed once for all loops
+            self._prepared = [(src, p, self._heads(src, p)) for src, p in self.cache or []]
         secs = loop * self.period
-        unpack, pack = struct.unpack_from, struct.pack_into
         for src, p, heads in self._prepared:
-            if not heads:
-                yield src, p
-                continue
-            b = bytearray(p)
-            for seq_off, clock_off, mult, span in heads:
-                pack("!I", b, seq_off, (unpack("!I", p, seq_off)[0] + loop * span) & M32)
-                pack("!I", b, clock_off, (unpack("!I", p, clock_off)[0] + secs * mult) & M32)
-            yield src, bytes(b)
+            yield src, (_shift(p, heads, loop, secs) if heads else p)
 
 
 def parse_to(to: str) -> tuple[str, int]:

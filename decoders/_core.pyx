@@ -30,6 +30,11 @@ EVICTED = "(evicted)"
 #: source port too. import_state() still reads formats 1 and 2 (their templates count as
 #: refreshed when loaded).
 STATE_FORMAT = 3
+# The decoder's limits, for tools that must agree with it (collector/replay.py follows its
+# sequence check and template rules without decoding)
+SEQUENCE_MAX_GAP = SEQ_MAX_GAP
+SEQUENCE_RESTART_UPTIME_MS = SEQ_RESTART_UPTIME_MS
+TEMPLATE_MAX_FIELDS = MAX_TEMPLATE_FIELDS
 
 
 def _refreshed(tpl):

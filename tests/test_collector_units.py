@@ -601,12 +601,12 @@ def test_rewrite_sflow_agent_address_types() -> None:
     # and uptime sit after it, and nothing else of the datagram changes.
     for atype, addr in ((0, b""), (1, bytes(4)), (2, bytes(range(16)))):
         p = struct.pack("!II", 5, atype) + addr + struct.pack("!IIII", 7, 9, 5000, 1) + b"sample.."
-        assert R.sequence(p) == 9
-        key = R.stream_key(("192.0.2.1", 6343), p)
-        assert key is not None and key[2:] == (addr, 7)
-        q = R.rewrite(p, 10, 2)
+        src = ("192.0.2.1", 6343)
+        (u,) = R.units(src, p)
         off = 8 + len(addr)
-        assert struct.unpack_from("!III", q, off) == (7, 19, 7000)
+        assert (u.key[2:], u.seq_off, u.clock_off) == ((addr, 7), off + 4, off + 8)
+        q = R.Plan([R.Packet(src, p, 0.0)]).shifted(src, p, 10)   # one datagram a loop, period 1 s
+        assert struct.unpack_from("!III", q, off) == (7, 19, 15000)
         assert q[:off] == p[:off] and q[off + 12:] == p[off + 12:]
 
 
