@@ -321,8 +321,8 @@ class Worker:
         return (not why), why
 
     async def stop(self) -> None:
-        """Stop listening, save state, drain the sink within the shutdown timeout. What the
-        kernel already holds in the listeners' receive buffers (under load, up to --rcvbuf of
+        """Decode what is queued, save state, drain the sink within the shutdown timeout, then
+        close the listeners. What the kernel already holds in the listeners' receive buffers (under load, up to --rcvbuf of
         datagrams) is still decoded, for up to half of --shutdown-timeout; from then on until the
         sockets close (state saved, sink drained), what arrives is read and counted as
         flowscope_datagrams_dropped_total{reason="shutdown"}, not left unread in a socket about
@@ -358,24 +358,25 @@ class Worker:
         loop does not run meanwhile), then close them; what the kernel receives after that is
         refused by it (ICMP unreachable)."""
         stop_counting = time.monotonic() + 0.25
-        for i, t in enumerate(self.transports):
+        for t in self.transports:
             sk = t.get_extra_info("socket")
-            if sk is not None:
+            try:
+                s = socket.socket(fileno=os.dup(sk.fileno())) if sk is not None else None
+            except OSError:
+                s = None
+            if s is not None:
+                refusing = t.get_protocol()    # the _Refusing that stop() installed: it counts
+                assert isinstance(refusing, _Refusing)
                 try:
-                    s = socket.socket(fileno=os.dup(sk.fileno()))
-                except OSError:
-                    s = None
-                if s is not None:
-                    try:
-                        s.setblocking(False)
-                        while time.monotonic() < stop_counting:
-                            try:
-                                data = s.recv(65535)
-                            except OSError:    # empty (BlockingIOError) or gone
-                                break
-                            _Refusing(self, i).datagram_received(data, None)
-                    finally:
-                        s.close()
+                    s.setblocking(False)
+                    while time.monotonic() < stop_counting:
+                        try:
+                            data = s.recv(65535)
+                        except OSError:    # empty (BlockingIOError) or gone
+                            break
+                        refusing.datagram_received(data, None)
+                finally:
+                    s.close()
             t.close()
         if self.dgram_drops.get("shutdown"):
             log.warning("shutdown: exporters kept sending; %d datagrams that arrived once the queued ones were "
