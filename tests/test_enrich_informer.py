@@ -25,11 +25,11 @@ from tests.support.fake_kube import (
     pod,
     replicaset,
     running_fake_kube,
-    self_signed_cert,
     service,
     wait_for,
 )
 from tests.support.fake_kube import fake_kube as fake_kube  # noqa: F401 - fixture
+from tests.support.tls import make_pki
 
 A = ipaddress.ip_address
 FUTURE = 4_102_444_800_000  # 2100-01-01 in Unix ms: after any deletion these tests make
@@ -579,7 +579,7 @@ def test_in_cluster_service_account_over_tls_with_token_rotation(tmp_path: Path,
 def test_in_cluster_refuses_a_server_its_ca_did_not_sign(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """ca.crt is checked, not just present: a server whose certificate the cluster CA did not
     sign (same 127.0.0.1 SAN, other key) never syncs, /readyz says why, and it never sees the token."""
-    cluster_ca, _ = self_signed_cert(tmp_path / "cluster-ca")
+    cluster_ca = make_pki(tmp_path / "cluster-ca", "cluster CA").ca
     with running_fake_kube(tls_dir=tmp_path / "impostor") as impostor:
         seed(impostor)
         in_cluster(monkeypatch, tmp_path / "serviceaccount", port=impostor.port, ca_cert=cluster_ca,

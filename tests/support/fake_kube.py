@@ -9,9 +9,9 @@ objects) and lets a test inject faults: dropped connections, garbage bodies, for
 held events (so changes can happen "in between" a dead watch and a relist).
 
 It runs in-process on a free 127.0.0.1 port in a thread; `write_kubeconfig()` points a kubeconfig
-file at it. With `tls_dir` it speaks HTTPS, as a real API server does, with a self-signed
-certificate for 127.0.0.1 made by the `openssl` CLI at start (`ca_cert` is what a pod's ca.crt
-would hold), so the in-cluster ServiceAccount path can be tested; `token` is the one Bearer token
+file at it. With `tls_dir` it speaks HTTPS, as a real API server does, with a certificate for
+127.0.0.1 signed by a CA made at start (tests/support/tls.make_pki; `ca_cert` is what a pod's
+ca.crt would hold), so the in-cluster ServiceAccount path can be tested; `token` is the one Bearer token
 accepted, and a test sets it to rotate credentials as the kubelet rotates a bound token.
 """
 
@@ -22,7 +22,6 @@ import itertools
 import json
 import socket
 import ssl
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +32,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+
+from tests.support.tls import make_pki
 
 TOKEN = "test-token"
 
@@ -83,7 +84,7 @@ class FakeKube:
         self.token = TOKEN
         # HTTPS with a certificate made in this directory when set; plain HTTP when None.
         self.tls_dir = tls_dir
-        self.ca_cert: Path | None = None   # the server's self-signed certificate, its own CA
+        self.ca_cert: Path | None = None   # the CA that signed the server's certificate (a pod's ca.crt)
         self.tls_rejected = 0              # TLS handshakes that failed (the client refused us)
         self.server: ThreadingHTTPServer | None = None
         self.thread: threading.Thread | None = None
@@ -99,9 +100,10 @@ class FakeKube:
         if self.tls_dir is None:
             self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         else:
-            self.ca_cert, key = self_signed_cert(self.tls_dir)
+            pki = make_pki(self.tls_dir, "fake-kube CA")   # a new CA each time: servers never trust each other
+            self.ca_cert = pki.ca
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ctx.load_cert_chain(self.ca_cert, key)
+            ctx.load_cert_chain(pki.cert, pki.key)
             self.server = _TLSServer(("127.0.0.1", 0), Handler, ctx)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name="fake-kube", daemon=True)
@@ -244,18 +246,6 @@ def wait_for(pred: Callable[[], bool], *, timeout: float = 10.0, what: str = "co
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.005)
-
-
-def self_signed_cert(directory: Path, name: str = "fake-kube") -> tuple[Path, Path]:
-    """A new self-signed certificate for 127.0.0.1 (an IP SAN, what hostname checks compare) and
-    its key, as (cert, key) files in `directory`; made with the openssl CLI, so no Python
-    dependency. Each call makes a new key: two servers never trust each other's certificate."""
-    directory.mkdir(parents=True, exist_ok=True)
-    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                    "-nodes", "-days", "1", "-subj", f"/CN={name}", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
-    return cert, key
 
 
 class _TLSServer(ThreadingHTTPServer):
