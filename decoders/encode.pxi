@@ -7,6 +7,7 @@
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from cpython.object cimport PyObject
 from libc.stdio cimport snprintf
+from libc.string cimport strlen
 
 import orjson
 
@@ -246,6 +247,38 @@ cdef int buf_jstr(Buf* b, const uint8_t* p, Py_ssize_t n) except -1:
 cdef const char* TUNNEL_NAMES[8]
 TUNNEL_NAMES[:] = [b"unknown", b"vxlan", b"gre", b"lisp", b"stt", b"ipsec_gre", b"unknown", b"geneve"]
 
+# sFlow drop_reason (sflow.org/sflow_drops.txt; 0-15 are the ICMP unreachable codes, 256-303 the
+# rest), as PktDropLatestDropCause names them: codes 0-15 at 0-15, 256-303 at 16-63. Its
+# "dst_host_tos_unreacheable" is spelled right here.
+DEF N_DROP_NAMES = 64
+cdef const char* DROP_NAMES[N_DROP_NAMES]
+DROP_NAMES[:] = [
+    b"net_unreachable", b"host_unreachable", b"protocol_unreachable", b"port_unreachable", b"frag_needed",
+    b"src_route_failed", b"dst_net_unknown", b"dst_host_unknown", b"src_host_isolated",
+    b"dst_net_prohibited", b"dst_host_prohibited", b"dst_net_tos_unreachable", b"dst_host_tos_unreachable",
+    b"comm_admin_prohibited", b"host_precedence_violation", b"precedence_cutoff", b"unknown",
+    b"ttl_exceeded", b"acl", b"no_buffer_space", b"red", b"traffic_shaping", b"pkt_too_big",
+    b"src_mac_is_multicast", b"vlan_tag_mismatch", b"ingress_vlan_filter", b"ingress_spanning_tree_filter",
+    b"port_list_is_empty", b"port_loopback_filter", b"blackhole_route", b"non_ip", b"uc_dip_over_mc_dmac",
+    b"dip_is_loopback_address", b"sip_is_mc", b"sip_is_loopback_address", b"ip_header_corrupted",
+    b"ipv4_sip_is_limited_bc", b"ipv6_mc_dip_reserved_scope", b"ipv6_mc_dip_interface_local_scope",
+    b"unresolved_neigh", b"mc_reverse_path_forwarding", b"non_routable_packet", b"decap_error",
+    b"overlay_smac_is_mc", b"unknown_l2", b"unknown_l3", b"unknown_l3_exception", b"unknown_buffer",
+    b"unknown_tunnel", b"unknown_l4", b"sip_is_unspecified", b"mlag_port_isolation", b"blackhole_arp_neigh",
+    b"src_mac_is_dmac", b"dmac_is_reserved", b"sip_is_class_e", b"mc_dmac_mismatch", b"sip_is_dip",
+    b"dip_is_local_network", b"dip_is_link_local", b"overlay_smac_is_dmac", b"egress_vlan_filter",
+    b"uc_reverse_path_forwarding", b"split_horizon",
+]
+
+cdef inline const char* drop_name(uint32_t reason) noexcept nogil:
+    """DROP_NAMES' name of an sFlow drop reason, or NULL for a code the list does not have."""
+    if reason < 16:
+        return DROP_NAMES[reason]
+    if 256 <= reason < 256 + N_DROP_NAMES - 16:
+        return DROP_NAMES[reason - 240]
+    return NULL
+
+
 cdef const char* FLAG_NAMES[8]
 FLAG_NAMES[:] = [b"FIN", b"SYN", b"RST", b"PSH", b"ACK", b"URG", b"ECE", b"CWR"]
 
@@ -373,6 +406,7 @@ cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char*
     cdef bint first, seen, repeated
     cdef Extra* x
     cdef Extra* y
+    cdef const char* name
     cdef const uint8_t* data = <const uint8_t*>PyBytes_AS_STRING(bt.data)
     buf_reserve(o, 1024)
     buf_put(o, head, head_len)   # {"FlowProtocol":..,"AgentIP":..: the same for the whole batch
@@ -483,6 +517,20 @@ cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char*
     if f.present & P_ENDREASON:
         buf_put(o, ",\"FlowEndReason\":", 17)
         buf_uint(o, f.end_reason)
+    if f.present & P_DROP:
+        # NetObserv's packet-drop fields: the whole flow (one sampled or reported packet) was dropped.
+        if f.present & P_BYTES:
+            buf_put(o, ",\"PktDropBytes\":", 16)
+            buf_uint(o, f.bytes)
+        buf_put(o, ",\"PktDropPackets\":", 18)
+        buf_uint(o, f.packets)
+        buf_put(o, ",\"PktDropLatestDropCause\":\"", 27)
+        name = drop_name(f.drop_reason)
+        if name != NULL:
+            buf_put(o, name, strlen(name))
+        else:
+            buf_uint(o, f.drop_reason)
+        buf_put(o, "\"", 1)
     if f.present & P_TUNTYPE:
         buf_put(o, ",\"TunnelType\":\"", 15)
         if f.tun_type < 8:

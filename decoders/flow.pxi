@@ -33,6 +33,7 @@ cdef struct Flow:
     int8_t direction          # exporter's view: 0 ingress, 1 egress, -1 unknown
     uint8_t duplicate         # the other-direction twin of this record was already seen
     uint8_t end_reason
+    uint32_t drop_reason      # with P_DROP: sFlow drop_reason (sflow_drops.txt), 256 unknown
     uint8_t tun_type
     uint32_t in_if
     uint32_t out_if

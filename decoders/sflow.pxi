@@ -15,6 +15,7 @@ cdef enum:
     SF_COUNTER_SAMPLE = 2
     SF_FLOW_SAMPLE_EXP = 3
     SF_COUNTER_SAMPLE_EXP = 4
+    SF_DISCARDED_PACKET = 5   # sflow.org/sflow_drops.txt: one packet the agent saw dropped
 
 # Flow record formats (enterprise 0).
 cdef enum:
@@ -568,8 +569,7 @@ cdef inline int skip_pad(Reader* r, uint32_t n) except -1:
 cdef int flow_sample(ExporterState ex, FlowBatch b, Reader* s, bint expanded, int64_t recv_ms) except -1:
     cdef const uint8_t* p
     cdef Flow* f
-    cdef uint32_t rate, nrec, j, rfmt, rlen, in_fmt, in_val, out_fmt, out_val
-    cdef Reader rec
+    cdef uint32_t rate, nrec, in_fmt, in_val, out_fmt, out_val
     if rd_left(s) < (44 if expanded else 32):
         raise_decode("bad_sample", s.pos, f"sFlow flow sample of {rd_left(s)} bytes")
     if expanded:
@@ -606,6 +606,22 @@ cdef int flow_sample(ExporterState ex, FlowBatch b, Reader* s, bint expanded, in
     if out_fmt == 0:
         f.out_if = out_val
         f.present |= P_OUTIF
+    elif out_fmt == 1:
+        # Open vSwitch sends 1 | 256 ("unknown") for every packet its flow table dropped (an
+        # OVN ACL, a NetworkPolicy), switches their own reasons.
+        f.drop_reason = out_val
+        f.present |= P_DROP
+    flow_records(b, f, s, nrec)
+    if rate:
+        ex.last_sampling = rate
+    return 0
+
+
+cdef int flow_records(FlowBatch b, Flow* f, Reader* s, uint32_t nrec) except -1:
+    """The `nrec` flow records of a flow sample or a discarded-packet sample, into `f`."""
+    cdef const uint8_t* p
+    cdef uint32_t j, rfmt, rlen
+    cdef Reader rec
     for j in range(nrec):
         if rd_left(s) < 8:
             raise_decode("bad_sample", s.pos, f"sFlow flow sample: record {j} of {nrec} missing")
@@ -617,8 +633,38 @@ cdef int flow_sample(ExporterState ex, FlowBatch b, Reader* s, bint expanded, in
         rd_sub(s, &rec, rlen)
         skip_pad(s, rlen)
         flow_record(b, f, rfmt >> 12, rfmt & 0xFFF, &rec)
-    if rate:
-        ex.last_sampling = rate
+    return 0
+
+
+cdef int discarded_packet(FlowBatch b, Reader* s, int64_t recv_ms) except -1:
+    """sflow_drops.txt discarded_packet: one packet the agent saw dropped (not a sampled one, so
+    no Sampling: the agent reports drops up to a rate limit), with its reason and, like a flow
+    sample, records describing the packet. Interfaces 0 are unknown."""
+    cdef const uint8_t* p
+    cdef Flow* f
+    cdef uint32_t in_if, out_if, nrec
+    if rd_left(s) < 32:
+        raise_decode("bad_sample", s.pos, f"sFlow discarded packet sample of {rd_left(s)} bytes")
+    # sequence, source_id (expanded: type, index), drops, input, output, reason, records
+    p = rd_take(s, 32)
+    in_if = be32(p + 16)
+    out_if = be32(p + 20)
+    nrec = be32(p + 28)
+    if <uint64_t>nrec * 8 > <uint64_t>rd_left(s):
+        raise_decode("bad_sample", s.pos - 4, f"sFlow discarded packet sample: {nrec} records in {rd_left(s)} bytes")
+    f = batch_new_flow(b)
+    f.packets = 1
+    f.t_start_ms = recv_ms
+    f.t_end_ms = recv_ms
+    f.drop_reason = be32(p + 24)
+    f.present = P_PACKETS | P_TSTART | P_TEND | P_DROP
+    if in_if:
+        f.in_if = in_if
+        f.present |= P_INIF
+    if out_if:
+        f.out_if = out_if
+        f.present |= P_OUTIF
+    flow_records(b, f, s, nrec)
     return 0
 
 
@@ -780,12 +826,15 @@ cdef int decode_sflow(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
             if sfmt == SF_FLOW_SAMPLE or sfmt == SF_FLOW_SAMPLE_EXP:
                 flow_sample(ex, b, &s, sfmt == SF_FLOW_SAMPLE_EXP, recv_ms)
                 committed = b.n
+            elif sfmt == SF_DISCARDED_PACKET:
+                discarded_packet(b, &s, recv_ms)
+                committed = b.n
             elif sfmt == SF_COUNTER_SAMPLE or sfmt == SF_COUNTER_SAMPLE_EXP:
                 if agent is None:
                     agent = b.agent_ip
                 counter_sample(b, &s, sfmt == SF_COUNTER_SAMPLE_EXP, agent)
             else:
-                continue    # other formats (enterprise, discarded-packet samples): skipped by length
+                continue    # other formats (enterprise ones): skipped by length
             if rd_left(&s) and not extra:
                 extra = f"sFlow seq {seq}: {rd_left(&s)} bytes after the records of sample {i}"
     except BaseException:

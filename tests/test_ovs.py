@@ -370,6 +370,44 @@ def test_ovs_netflow_v5(env, sampled_all, decoders_mod) -> None:
     assert not problems, "\n".join(problems)
 
 
+def test_ovs_sflow_drops(env, decoders_mod) -> None:
+    """A packet the flow table drops (what an OVN ACL, a NetworkPolicy deny, does) is sampled by
+    OVS's sFlow with output "discarded, reason 256 (unknown)": flowscope publishes it with
+    NetObserv's PktDropPackets, PktDropBytes and PktDropLatestDropCause ("unknown") and no OutIf,
+    as tshark reads the output interface; the datagrams forwarded beside it carry no drop fields."""
+    match = f"udp,nw_dst={env.b.ipv4},tp_dst=5997"
+    env.ovs.ofctl("add-flow", env.bridge, f"priority=100,{match},actions=drop")
+
+    def traffic(e: Env) -> list[Sent]:
+        O.traffic(e.a, "udp-send", e.b.ipv4, 5997, 5, 100, 40997)
+        O.traffic(e.a, "udp-send", e.b.ipv4, 5996, 5, 100, 40996)
+        return [Sent(e.a.ipv4, e.b.ipv4, 17, 40997, 5997, 5, 128), Sent(e.a.ipv4, e.b.ipv4, 17, 40996, 5996, 5, 128)]
+
+    try:
+        cap, ports, (dropped, forwarded) = run_exports(env, ipfix_sampling=1, sflow_sampling=1, traffic=traffic,
+                                                       wait=4.0)
+    finally:
+        env.ovs.ofctl("del-flows", env.bridge, match)
+    datagrams, packets = split_capture(cap, ports["sflow"], "sflow")
+    dec = decoders_mod.Decoder(decoders_mod.DecoderConfig(default_sampling=0))
+    problems = check_sflow_capture(dec, datagrams, packets, "ovs-sflow-drops")
+    flows = decode_all(decoders_mod, datagrams, default_sampling=0)
+    got = [f for f in flows if _key(f) == _sent_key(dropped)]
+    if len(got) != dropped.packets:
+        problems.append(f"{len(got)} samples of the dropped datagrams, sent {dropped.packets}")
+    for f in got:
+        want = {"PktDropPackets": 1, "PktDropBytes": 128 + 18, "PktDropLatestDropCause": "unknown",
+                "Bytes": 128 + 18, "InIf": env.a.ifindex}
+        problems += [f"dropped: {x}" for x in T.compare_expected(want, f, required=set(want))]
+        if "OutIf" in f:
+            problems.append(f"dropped: OutIf {f['OutIf']}, the packet went nowhere")
+    fwd = [f for f in flows if _key(f) == _sent_key(forwarded)]
+    if len(fwd) != forwarded.packets:
+        problems.append(f"{len(fwd)} samples of the forwarded datagrams, sent {forwarded.packets}")
+    problems += [f"forwarded: drop fields {f}" for f in fwd if any(k.startswith("PktDrop") for k in f)]
+    assert not problems, "\n".join(problems)
+
+
 def test_ovs_default_sampling_400(env, decoders_mod) -> None:
     """OVN-Kubernetes' default sampling: IPFIX carries no rate (the configured default must be
     applied), sFlow carries it in every sample."""

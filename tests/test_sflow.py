@@ -369,8 +369,18 @@ def test_compact_flow_sample_tcp_ipv4(decoders_mod) -> None:
 
 def test_interface_formats(decoders_mod) -> None:
     pkt = eth(ipv4("10.0.0.1", "10.0.0.2", 17, udp(1, 2)), 0x0800)
-    f = one_flow(decoders_mod, [raw_header(pkt, 60)], inp=(0, 3), out=(1, 258))   # discarded
+    f = one_flow(decoders_mod, [raw_header(pkt, 60)], inp=(0, 3), out=(1, 258))   # discarded: ACL
     assert f["InIf"] == 3 and "OutIf" not in f
+    assert (f["PktDropPackets"], f["PktDropBytes"], f["PktDropLatestDropCause"]) == (1, 60, "acl")
+    assert (f["Packets"], f["Bytes"], f["Sampling"]) == (1, 60, 400)   # still the sampled packet
+    # Open vSwitch's "dropped for an unknown reason" (every packet its flow table drops).
+    f = one_flow(decoders_mod, [raw_header(pkt, 60)], inp=(0, 3), out=(1, 256))
+    assert f["PktDropLatestDropCause"] == "unknown"
+    f = one_flow(decoders_mod, [raw_header(pkt, 60)], inp=(0, 3), out=(1, 0x3FFFFFFF))   # not listed
+    assert f["PktDropLatestDropCause"] == str(0x3FFFFFFF)
+    for out in ((0, 6), (2, 7)):   # forwarded: no drop fields
+        f = one_flow(decoders_mod, [raw_header(pkt, 60)], inp=(0, 3), out=out)
+        assert not any(k.startswith("PktDrop") for k in f)
     f = one_flow(decoders_mod, [raw_header(pkt, 60)], inp=(0, 3), out=(2, 7))     # multiple
     assert "OutIf" not in f
     f = one_flow(decoders_mod, [raw_header(pkt, 60)], inp=(0, 3), out=(0, 0x3FFFFFFF))  # internal
@@ -761,9 +771,56 @@ def test_unknown_records_and_samples_are_kept_or_skipped(decoders_mod) -> None:
     f = one_flow(decoders_mod, [odd, raw_header(pkt, 60), vendor])
     assert f["ie2100"] == "0102030405" and f["ie4413_7"] == "aabbccdd"
     assert f["SrcAddr"] == "10.0.0.1"
-    # An enterprise sample type and a discarded-packet sample (format 5) are skipped by length.
-    b = decode(decoders_mod, datagram([rec(1, b"\0" * 12, ent=9), rec(5, b"\0" * 20), flow_sample([raw_header(pkt, 60)])]))
+    # An enterprise sample type is skipped by its length.
+    b = decode(decoders_mod, datagram([rec(1, b"\0" * 12, ent=9), flow_sample([raw_header(pkt, 60)])]))
     assert b.error is None and len(b) == 1
+
+
+
+
+def discarded_packet(records: list[bytes], *, seq=3, src=(0, 9), drops=0, inp=5, out=0, reason=258) -> bytes:
+    """sflow_drops.txt discarded_packet (enterprise 0, format 5): sequence, expanded source id,
+    drops, input, output, reason, then flow records."""
+    body = struct.pack(">IIIIIIII", seq, src[0], src[1], drops, inp, out, reason, len(records))
+    return rec(5, body + b"".join(records))
+
+
+def test_discarded_packet_samples(decoders_mod) -> None:
+    pkt = eth(ipv4("10.128.0.5", "10.128.1.6", 6, tcp(40000, 8080, 0x02)), 0x0800)
+    fwd = flow_sample([raw_header(eth(ipv4("10.0.0.1", "10.0.0.2", 17, udp(1, 2)), 0x0800), 60)])
+    b = decode(decoders_mod, datagram([discarded_packet([raw_header(pkt, 74)], inp=5, out=0, reason=258), fwd,
+                                       discarded_packet([rec(3, sampled_ip(False, 60, 17, "10.1.1.1", "10.2.2.2", 53, 53, 0, 0))],
+                                                        inp=0, out=7, reason=259)]))
+    assert b.error is None
+    d1, f, d2 = b.to_dicts()
+    assert (d1["SrcAddr"], d1["DstAddr"], d1["Proto"], d1["SrcPort"], d1["DstPort"]) == \
+        ("10.128.0.5", "10.128.1.6", 6, 40000, 8080)
+    assert (d1["Packets"], d1["Bytes"], d1["PktDropPackets"], d1["PktDropBytes"]) == (1, 74, 1, 74)
+    assert d1["PktDropLatestDropCause"] == "acl" and d1["InIf"] == 5 and "OutIf" not in d1
+    assert "Sampling" not in d1   # a reported drop, not a sampled packet
+    assert d1["AgentIP"] == "198.51.100.7" and d1["TimeFlowStartMs"] == int(RECV * 1000)
+    assert not any(k.startswith("PktDrop") for k in f) and f["Sampling"] == 400
+    assert (d2["SrcAddr"], d2["PktDropBytes"], d2["PktDropLatestDropCause"], d2["OutIf"]) == \
+        ("10.1.1.1", 60, "no_buffer_space", 7)
+    assert "InIf" not in d2   # 0: unknown
+
+
+@pytest.mark.parametrize("code", [*T.SFLOW_DROP_REASONS, 16, 255, 304, 0x3FFFFFFF, 0xFFFFFFFF])
+def test_drop_reason_names(decoders_mod, code: int) -> None:
+    pkt = eth(ipv4("10.0.0.1", "10.0.0.2", 17, udp(1, 2)), 0x0800)
+    b = decode(decoders_mod, datagram([discarded_packet([raw_header(pkt, 60)], reason=code)]))
+    assert b.to_dicts()[0]["PktDropLatestDropCause"] == T.SFLOW_DROP_REASONS.get(code, str(code))
+
+
+def test_truncated_discarded_packet_sample(decoders_mod) -> None:
+    pkt = eth(ipv4("10.0.0.1", "10.0.0.2", 17, udp(1, 2)), 0x0800)
+    fwd = flow_sample([raw_header(pkt, 60)])
+    short = rec(5, struct.pack(">IIIIIII", 1, 0, 9, 0, 5, 0, 258))            # no record count
+    b = decode(decoders_mod, datagram([fwd, short]))
+    assert b.error is not None and b.error[0] == "bad_sample" and len(b) == 1   # the sample before stays
+    lying = rec(5, struct.pack(">IIIIIIII", 1, 0, 9, 0, 5, 0, 258, 3) + raw_header(pkt, 60))   # 3 records, 1 sent
+    b = decode(decoders_mod, datagram([fwd, lying]))
+    assert b.error is not None and b.error[0] == "bad_sample" and len(b) == 1
 
 
 def test_several_samples_in_order(decoders_mod) -> None:
@@ -831,7 +888,7 @@ def test_counter_samples_generic_ethernet_ovs(decoders_mod) -> None:
 
 
 def mixed_datagram() -> tuple[bytes, list[tuple[int, bool]], int]:
-    """A datagram of flow and counter samples, (end offset, is_flow) of each sample, header length."""
+    """A datagram of flow, counter and discarded-packet samples, (end offset, is_flow) of each sample, header length."""
     pk1 = eth(ipv4("10.0.0.1", "10.0.0.2", 6, tcp(1, 2, 0x02)), 0x0800)
     pk2 = eth(ipv4("172.18.0.2", "172.18.0.3", 17, udp(9, 4789, vxlan(5, eth(ipv6("::1", "::2", 58, b"\x80\0\0\0"), 0x86DD)))), 0x0800)
     samples = [
@@ -839,13 +896,14 @@ def mixed_datagram() -> tuple[bytes, list[tuple[int, bool]], int]:
         counter_sample([generic_if(3)[0], rec(1005, xdr_opaque(b"br-int"))]),
         flow_sample_expanded([raw_header(pk2, 150), rec(1029, struct.pack(">I", 5))]),
         flow_sample([rec(3, sampled_ip(False, 99, 17, "1.1.1.1", "2.2.2.2", 3, 4, 0, 0))]),
+        discarded_packet([raw_header(pk1, 60)]),
     ]
     data = datagram(samples)
     ends, pos = [], len(data) - sum(map(len, samples))
     header_len = pos
     for s in samples:
         pos += len(s)
-        ends.append((pos, struct.unpack(">I", s[:4])[0] in (1, 3)))
+        ends.append((pos, struct.unpack(">I", s[:4])[0] in (1, 3, 5)))
     return data, ends, header_len
 
 
@@ -853,7 +911,7 @@ def test_truncation_at_every_prefix(decoders_mod) -> None:
     data, ends, header_len = mixed_datagram()
     dec = decoders_mod.Decoder()
     full = dec.decode(data, "192.0.2.1", 6343, RECV)
-    assert full.error is None and len(full) == 3 and len(full.counters) == 1
+    assert full.error is None and len(full) == 4 and len(full.counters) == 1
     full_flows = full.to_dicts()
     for n in range(len(data)):
         b = dec.decode(data[:n], "192.0.2.1", 6343, RECV)
@@ -874,7 +932,7 @@ def test_truncation_at_every_prefix(decoders_mod) -> None:
 def test_sample_count_larger_than_datagram(decoders_mod) -> None:
     data, _, header_len = mixed_datagram()
     b = decode(decoders_mod, datagram([], count=0xFFFFFFFF) + data[header_len:])
-    assert b.error[0] == "truncated" and len(b) == 3
+    assert b.error[0] == "truncated" and len(b) == 4
 
 
 def test_malformed_sample_keeps_earlier_samples(decoders_mod) -> None:
