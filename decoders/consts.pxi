@@ -51,7 +51,12 @@ cdef enum:
     P_TUNPROTO = 1 << 27
     P_MSG = 1 << 28          # msg_domain/msg_sequence: from a later IPFIX message of the datagram
     P_VLANHDR = 1 << 29      # Vlan is the sampled frame's own outer tag (sFlow; not encoded)
-    P_DROP = 1 << 30         # the packet was discarded (sFlow): drop_reason says why
+    P_DROP = 1 << 30         # the flow's packets were dropped: Flow.drop_src, drop_reason say why
+
+# Flow.drop_src: the vocabulary of Flow.drop_reason (with P_DROP).
+cdef enum:
+    DROP_SFLOW = 0           # sflow_drops.txt drop_reason (flow sample output format 1, format 5 sample)
+    DROP_FWDSTATUS = 1       # IPFIX/v9 forwardingStatus (89), status Dropped: the whole byte (128-191)
 
 # Flow.noaddr bits: a v9/IPFIX template with one address of the pair and not the other (the
 # missing one is omitted from the output, not written as 0.0.0.0 or ::), 0 for v5 and sFlow; a

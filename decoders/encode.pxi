@@ -247,10 +247,12 @@ cdef int buf_jstr(Buf* b, const uint8_t* p, Py_ssize_t n) except -1:
 cdef const char* TUNNEL_NAMES[8]
 TUNNEL_NAMES[:] = [b"unknown", b"vxlan", b"gre", b"lisp", b"stt", b"ipsec_gre", b"unknown", b"geneve"]
 
-# sFlow drop_reason (sflow.org/sflow_drops.txt; 0-15 are the ICMP unreachable codes, 256-303 the
-# rest), as PktDropLatestDropCause names them: codes 0-15 at 0-15, 256-303 at 16-63. Its
-# "dst_host_tos_unreacheable" is spelled right here.
-DEF N_DROP_NAMES = 64
+# sFlow drop_reason names, as PktDropLatestDropCause publishes them: sflow.org/sflow_drops.txt
+# (0-15, the ICMP unreachable codes, and 256-303) continued by hsflowd's src/sflow/sflow_drop.h
+# (304-372, the Linux drop reasons it maps); codes 0-15 at 0-15, 256-372 at 16-132. The spec's
+# "dst_host_tos_unreacheable" is spelled right here. hsflowd's table has two typos that reach
+# the wire, dev_hdr as 33 and tc_egress as 36 (332 and 366 meant): drop_name reads those too.
+DEF N_DROP_NAMES = 133
 cdef const char* DROP_NAMES[N_DROP_NAMES]
 DROP_NAMES[:] = [
     b"net_unreachable", b"host_unreachable", b"protocol_unreachable", b"port_unreachable", b"frag_needed",
@@ -264,18 +266,47 @@ DROP_NAMES[:] = [
     b"ipv4_sip_is_limited_bc", b"ipv6_mc_dip_reserved_scope", b"ipv6_mc_dip_interface_local_scope",
     b"unresolved_neigh", b"mc_reverse_path_forwarding", b"non_routable_packet", b"decap_error",
     b"overlay_smac_is_mc", b"unknown_l2", b"unknown_l3", b"unknown_l3_exception", b"unknown_buffer",
-    b"unknown_tunnel", b"unknown_l4", b"sip_is_unspecified", b"mlag_port_isolation", b"blackhole_arp_neigh",
-    b"src_mac_is_dmac", b"dmac_is_reserved", b"sip_is_class_e", b"mc_dmac_mismatch", b"sip_is_dip",
-    b"dip_is_local_network", b"dip_is_link_local", b"overlay_smac_is_dmac", b"egress_vlan_filter",
-    b"uc_reverse_path_forwarding", b"split_horizon",
+    b"unknown_tunnel", b"unknown_l4", b"sip_is_unspecified", b"mlag_port_isolation",
+    b"blackhole_arp_neigh", b"src_mac_is_dmac", b"dmac_is_reserved", b"sip_is_class_e",
+    b"mc_dmac_mismatch", b"sip_is_dip", b"dip_is_local_network", b"dip_is_link_local",
+    b"overlay_smac_is_dmac", b"egress_vlan_filter", b"uc_reverse_path_forwarding", b"split_horizon",
+    b"locked_port", b"dmac_filter", b"blackhole_nexthop", b"vxlan_parsing", b"llc_snap_parsing",
+    b"vlan_parsing", b"pppoe_ppp_parsing", b"mpls_parsing", b"arp_parsing", b"ip_1_parsing",
+    b"ip_n_parsing", b"gre_parsing", b"udp_parsing", b"tcp_parsing", b"ipsec_parsing", b"sctp_parsing",
+    b"dccp_parsing", b"gtp_parsing", b"esp_parsing", b"unknown_parsing", b"pkt_too_small",
+    b"unhandled_proto", b"ipv6disabled", b"invalid_proto", b"ip_noproto", b"skb_csum", b"skb_ucopy_fault",
+    b"dev_ready", b"dev_hdr", b"dup_frag", b"skb_gso_seg", b"reverse_path_forwarding", b"icmp_parsing",
+    b"tcp_md5notfound", b"tcp_md5unexpected", b"tcp_md5failure", b"tcp_flags", b"tcp_zerowindow",
+    b"tcp_old_data", b"tcp_overwindow", b"tcp_ofomerge", b"tcp_rfc7323_paws", b"tcp_invalid_sequence",
+    b"tcp_reset", b"tcp_invalid_syn", b"tcp_close", b"tcp_fastopen", b"tcp_old_ack", b"tcp_too_old_ack",
+    b"tcp_ack_unsent_data", b"tcp_ofo_queue_prune", b"tcp_ofo_drop", b"tcp_minttl", b"ipv6_bad_exthdr",
+    b"ipv6_ndisc_frag", b"ipv6_ndisc_hop_limit", b"ipv6_ndisc_bad_code", b"ipv6_ndisc_bad_options",
+    b"ipv6_ndisc_ns_otherhost", b"tap_filter", b"tap_txfilter", b"tc_ingress", b"tc_egress", b"xdp",
+    b"cpu_backlog", b"bpf_cgroup_egress", b"xfrm_policy", b"socket_filter", b"bgp_flowspec",
 ]
 
-cdef inline const char* drop_name(uint32_t reason) noexcept nogil:
-    """DROP_NAMES' name of an sFlow drop reason, or NULL for a code the list does not have."""
+# forwardingStatus (IPFIX 89) reason codes of status Dropped (128-143), IANA's "Forwarding Status"
+# registry, at 0-15.
+cdef const char* FWD_DROP_NAMES[16]
+FWD_DROP_NAMES[:] = [
+    b"unknown", b"acl_deny", b"acl_drop", b"unroutable", b"adjacency", b"fragmentation_and_df_set",
+    b"bad_header_checksum", b"bad_total_length", b"bad_header_length", b"bad_ttl", b"policer", b"wred",
+    b"rpf", b"for_us", b"bad_output_interface", b"hardware",
+]
+
+
+cdef inline const char* drop_name(uint8_t src, uint32_t reason) noexcept nogil:
+    """The name of a drop reason in its vocabulary (Flow.drop_src), or NULL for a code not listed."""
+    if src == DROP_FWDSTATUS:
+        return FWD_DROP_NAMES[reason - 128] if 128 <= reason < 144 else NULL
     if reason < 16:
         return DROP_NAMES[reason]
     if 256 <= reason < 256 + N_DROP_NAMES - 16:
         return DROP_NAMES[reason - 240]
+    if reason == 33:
+        return DROP_NAMES[332 - 240]
+    if reason == 36:
+        return DROP_NAMES[366 - 240]
     return NULL
 
 
@@ -435,10 +466,10 @@ cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char*
     if f.present & P_ETYPE:
         buf_put(o, ",\"Etype\":", 9)
         buf_uint(o, f.etype)
-    if f.present & P_BYTES:
+    if f.present & P_BYTES and not f.drop_only:
         buf_put(o, ",\"Bytes\":", 9)
         buf_uint(o, f.bytes)
-    if f.present & P_PACKETS:
+    if f.present & P_PACKETS and not f.drop_only:
         buf_put(o, ",\"Packets\":", 11)
         buf_uint(o, f.packets)
     if f.present & P_FLAGS and (f.tcp_flags or f.proto == 6):
@@ -517,19 +548,31 @@ cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char*
     if f.present & P_ENDREASON:
         buf_put(o, ",\"FlowEndReason\":", 17)
         buf_uint(o, f.end_reason)
+    if f.fwd_status:
+        buf_put(o, ",\"ForwardingStatus\":", 20)
+        buf_uint(o, f.fwd_status & 0xFF)
     if f.present & P_DROP:
-        # NetObserv's packet-drop fields: the whole flow (one sampled or reported packet) was dropped.
+        # NetObserv's packet-drop fields: the flow's packets (an sFlow sample: its one packet) were dropped.
         if f.present & P_BYTES:
             buf_put(o, ",\"PktDropBytes\":", 16)
             buf_uint(o, f.bytes)
-        buf_put(o, ",\"PktDropPackets\":", 18)
-        buf_uint(o, f.packets)
+        if f.present & P_PACKETS:
+            buf_put(o, ",\"PktDropPackets\":", 18)
+            buf_uint(o, f.packets)
+        if f.drop_src == DROP_SFLOW and f.present & P_FLAGS and f.proto == 6:
+            buf_put(o, ",\"PktDropLatestFlags\":", 22)
+            buf_uint(o, f.tcp_flags)
         buf_put(o, ",\"PktDropLatestDropCause\":\"", 27)
-        name = drop_name(f.drop_reason)
-        if name != NULL:
-            buf_put(o, name, strlen(name))
+        if f.drop_str_len:
+            # The Linux kernel's own name (sFlow record 1042): NetObserv's vocabulary.
+            buf_put(o, "SKB_DROP_REASON_", 16)
+            buf_put(o, <const char*>data + f.drop_str_off, f.drop_str_len)
         else:
-            buf_uint(o, f.drop_reason)
+            name = drop_name(f.drop_src, f.drop_reason)
+            if name != NULL:
+                buf_put(o, name, strlen(name))
+            else:
+                buf_uint(o, f.drop_reason)
         buf_put(o, "\"", 1)
     if f.present & P_TUNTYPE:
         buf_put(o, ",\"TunnelType\":\"", 15)

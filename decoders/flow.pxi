@@ -33,7 +33,12 @@ cdef struct Flow:
     int8_t direction          # exporter's view: 0 ingress, 1 egress, -1 unknown
     uint8_t duplicate         # the other-direction twin of this record was already seen
     uint8_t end_reason
-    uint32_t drop_reason      # with P_DROP: sFlow drop_reason (sflow_drops.txt), 256 unknown
+    uint32_t drop_reason      # with P_DROP: the reason's code, in the drop_src vocabulary
+    uint8_t drop_src          # DROP_SFLOW or DROP_FWDSTATUS
+    uint8_t drop_only         # a reported drop, not traffic: Bytes/Packets only as PktDrop* (sFlow format 5)
+    uint16_t drop_str_len     # sFlow 1042 extended_linux_drop_reason: the kernel's reason name,
+    uint32_t drop_str_off     # in the datagram (0 length: none)
+    uint16_t fwd_status       # 0x100 | forwardingStatus (89) when the record carried it
     uint8_t tun_type
     uint32_t in_if
     uint32_t out_if

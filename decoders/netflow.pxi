@@ -90,6 +90,7 @@ cdef enum:
     A_ICMP_CODE6
     A_DURATION_MS
     A_DURATION_US
+    A_FWDSTATUS
 
 
 # The element -> output mapping table (IANA IPFIX registry ids; v9 uses the same numbers for
@@ -120,7 +121,7 @@ IE_ACTIONS = {
     56: (A_SRCMAC, (6,)), 80: (A_DSTMAC, (6,)),
     58: (A_VLAN, U16), 243: (A_VLAN, U16),
     60: (A_IPVERSION, (1,)), 61: (A_DIRECTION, (1,)),
-    82: (A_IFNAME, "str"), 136: (A_ENDREASON, (1,)),
+    82: (A_IFNAME, "str"), 136: (A_ENDREASON, (1,)), 89: (A_FWDSTATUS, U32),
     150: (A_START_S, (4,)), 151: (A_END_S, (4,)),
     152: (A_START_MS, (8,)), 153: (A_END_MS, (8,)),
     154: (A_START_US, (8,)), 155: (A_END_US, (8,)),
@@ -940,6 +941,15 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
         elif a == A_ENDREASON:
             f.end_reason = p[0]
             f.present |= P_ENDREASON
+        elif a == A_FWDSTATUS:
+            # forwardingStatus: its structure is the least significant byte (IANA; Cisco sends
+            # 4 bytes, 0x000000c3), status in the top two bits (2 = dropped), reason in the rest.
+            v = <uint32_t>(beN(p, L) & 0xFF)
+            f.fwd_status = <uint16_t>(0x100 | v)
+            if v >> 6 == 2:
+                f.drop_src = DROP_FWDSTATUS
+                f.drop_reason = v
+                f.present |= P_DROP
         elif a == A_START_S:
             f.t_start_ms = <int64_t>be32(p) * 1000
             f.present |= P_TSTART

@@ -32,6 +32,7 @@ cdef enum:
     FR_TUN6_INGRESS = 1026  # extended_ipv6_tunnel_ingress
     FR_VNI_EGRESS = 1029
     FR_VNI_INGRESS = 1030
+    FR_LINUX_DROP_REASON = 1042   # sflow_drops.txt: extended_linux_drop_reason (hsflowd's dropmon)
 
 # Raw packet header protocols (sFlow v5 "header_protocol").
 cdef enum:
@@ -555,7 +556,28 @@ cdef int flow_record(FlowBatch b, Flow* f, uint32_t ent, uint32_t fmt, Reader* r
         f.tun_id = rd_u32(rec)
         f.present |= P_TUNID
         return 0
+    if fmt == FR_LINUX_DROP_REASON:
+        # string reason<>: the Linux kernel's name of the drop reason (skb_drop_reason without its
+        # SKB_DROP_REASON_ prefix, e.g. NETFILTER_DROP). Only a name made of [A-Z0-9_] is taken
+        # (it is published as NetObserv's SKB_DROP_REASON_<name>); anything else stays an extra.
+        need(rec, 4, fmt)
+        hlen = rd_u32(rec)
+        if hlen > <uint32_t>rd_left(rec):
+            raise_decode("bad_length", rec.pos - 4, f"sFlow flow record {fmt}: a {hlen}-byte string in {rd_left(rec)} bytes")
+        p = rec.buf + rec.pos
+        if 0 < hlen <= 64 and all_upper_snake(p, hlen):
+            f.drop_str_off = <uint32_t>rec.pos
+            f.drop_str_len = <uint16_t>hlen
+            return 0
     return batch_add_extra(b, f, 0, <uint16_t>fmt, start, rlen)
+
+
+cdef bint all_upper_snake(const uint8_t* p, uint32_t n) noexcept:
+    cdef uint32_t i
+    for i in range(n):
+        if not (65 <= p[i] <= 90 or 48 <= p[i] <= 57 or p[i] == 95):
+            return False
+    return True
 
 
 cdef inline int skip_pad(Reader* r, uint32_t n) except -1:
@@ -606,9 +628,11 @@ cdef int flow_sample(ExporterState ex, FlowBatch b, Reader* s, bint expanded, in
     if out_fmt == 0:
         f.out_if = out_val
         f.present |= P_OUTIF
-    elif out_fmt == 1:
-        # Open vSwitch sends 1 | 256 ("unknown") for every packet its flow table dropped (an
-        # OVN ACL, a NetworkPolicy), switches their own reasons.
+    elif out_fmt == 1 and out_val != 256:
+        # Discarded, value = the reason. Not 256 ("unknown"): Open vSwitch sends 1 | 256 for every
+        # packet with no output port when its sample is made, which is every packet sent through
+        # conntrack (ct() recirculates: the output comes after), forwarded or not, as well as the
+        # dropped ones; from OVS it tells nothing, and from others it says no more than no OutIf.
         f.drop_reason = out_val
         f.present |= P_DROP
     flow_records(b, f, s, nrec)
@@ -638,8 +662,9 @@ cdef int flow_records(FlowBatch b, Flow* f, Reader* s, uint32_t nrec) except -1:
 
 cdef int discarded_packet(FlowBatch b, Reader* s, int64_t recv_ms) except -1:
     """sflow_drops.txt discarded_packet: one packet the agent saw dropped (not a sampled one, so
-    no Sampling: the agent reports drops up to a rate limit), with its reason and, like a flow
-    sample, records describing the packet. Interfaces 0 are unknown."""
+    no Sampling, and its size and count are published as PktDropBytes/PktDropPackets only: the
+    agent reports drops up to a rate limit), with its reason and, like a flow sample, records
+    describing the packet. Interfaces 0 are unknown."""
     cdef const uint8_t* p
     cdef Flow* f
     cdef uint32_t in_if, out_if, nrec
@@ -657,6 +682,7 @@ cdef int discarded_packet(FlowBatch b, Reader* s, int64_t recv_ms) except -1:
     f.t_start_ms = recv_ms
     f.t_end_ms = recv_ms
     f.drop_reason = be32(p + 24)
+    f.drop_only = 1    # an event, not sampled traffic: its packet and bytes go to PktDrop* only
     f.present = P_PACKETS | P_TSTART | P_TEND | P_DROP
     if in_if:
         f.in_if = in_if

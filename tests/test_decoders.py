@@ -804,6 +804,32 @@ def test_fixed_length_interface_names_lose_their_nul_padding() -> None:
         [(["eth0", ""], [0, 1]), (["", "ovn-k8s-mp0"], [0, 1]), (None, None)]
 
 
+@pytest.mark.parametrize("length", [1, 4])
+def test_forwarding_status_and_dropped_flows(length: int) -> None:
+    """forwardingStatus (89, IANA "Forwarding Status" registry): the structure is the least
+    significant byte (Cisco IOS-XR sends 4 bytes, 0x000000c3), status in its top two bits, 2 =
+    dropped. Every record gets ForwardingStatus (that byte); a dropped flow also gets NetObserv's
+    PktDropBytes/PktDropPackets (all of its bytes and packets) and the reason's name."""
+    t = _tpl(310, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("bytes", 1, 0, 4), ("packets", 2, 0, 4),
+             ("fwd", 89, 0, length))
+    cases = [(0x40, None), (0x42, None), (0xC3, None), (0x00, None),          # forwarded, consumed, unknown
+             (0x80, "unknown"), (0x81, "acl_deny"), (0x82, "acl_drop"), (0x83, "unroutable"),
+             (0x85, "fragmentation_and_df_set"), (0x89, "bad_ttl"), (0x8A, "policer"), (0x8B, "wred"),
+             (0x8F, "hardware"), (0x90, "144"), (0xBF, "191")]
+    recs = [{"src": "10.0.0.1", "dst": f"10.0.1.{i}", "bytes": 1000 + i, "packets": 1 + i, "fwd": v}
+            for i, (v, _) in enumerate(cases)]
+    b = Decoder().decode(ipfix_message([template_set([t]), data_set(t, recs)], seq=0, export_time=EXPORT), EXPORTER)
+    assert b.error is None
+    for i, (f, (v, cause)) in enumerate(zip(b.to_dicts(), cases, strict=True)):
+        assert f["ForwardingStatus"] == v and "ie89" not in f
+        assert (f["Bytes"], f["Packets"]) == (1000 + i, 1 + i)
+        if cause is None:
+            assert not any(k.startswith("PktDrop") for k in f), f
+        else:
+            assert (f["PktDropBytes"], f["PktDropPackets"], f["PktDropLatestDropCause"]) == (1000 + i, 1 + i, cause)
+            assert "PktDropLatestFlags" not in f   # a flow's flags are not its last dropped packet's
+
+
 def test_sysuptime_values_a_little_ahead_of_the_header_are_not_a_wrap() -> None:
     """An exporter that stamps flows from its own packet clock (nProbe: 13 s ahead of its v9
     header's sysUpTime) sends values above the header's uptime; up to an hour above is clock

@@ -373,14 +373,22 @@ def test_interface_formats(decoders_mod) -> None:
     assert f["InIf"] == 3 and "OutIf" not in f
     assert (f["PktDropPackets"], f["PktDropBytes"], f["PktDropLatestDropCause"]) == (1, 60, "acl")
     assert (f["Packets"], f["Bytes"], f["Sampling"]) == (1, 60, 400)   # still the sampled packet
-    # Open vSwitch's "dropped for an unknown reason" (every packet its flow table drops).
-    f = one_flow(decoders_mod, [raw_header(pkt, 60)], inp=(0, 3), out=(1, 256))
-    assert f["PktDropLatestDropCause"] == "unknown"
+    tpkt = eth(ipv4("10.0.0.1", "10.0.0.2", 6, tcp(1, 2, 0x14)), 0x0800)      # RST|ACK
+    f = one_flow(decoders_mod, [raw_header(tpkt, 60)], inp=(0, 3), out=(1, 257))
+    assert (f["PktDropLatestDropCause"], f["PktDropLatestFlags"]) == ("ttl_exceeded", 0x14)
     f = one_flow(decoders_mod, [raw_header(pkt, 60)], inp=(0, 3), out=(1, 0x3FFFFFFF))   # not listed
     assert f["PktDropLatestDropCause"] == str(0x3FFFFFFF)
-    for out in ((0, 6), (2, 7)):   # forwarded: no drop fields
+    # 1 | 256, "unknown": what Open vSwitch sends for every packet sampled before its output is
+    # known (all conntrack traffic, forwarded or not): no OutIf and no drop.
+    for out in ((1, 256), (0, 6), (2, 7)):
         f = one_flow(decoders_mod, [raw_header(pkt, 60)], inp=(0, 3), out=out)
-        assert not any(k.startswith("PktDrop") for k in f)
+        assert not any(k.startswith("PktDrop") for k in f), out
+    # Expanded samples carry the format in a word of its own.
+    b = decode(decoders_mod, datagram([flow_sample_expanded([raw_header(pkt, 60)], out=(1, 258)),
+                                       flow_sample_expanded([raw_header(pkt, 60)], out=(1, 256))]))
+    acl, unknown = b.to_dicts()
+    assert acl["PktDropLatestDropCause"] == "acl" and "OutIf" not in acl
+    assert "PktDropPackets" not in unknown and "OutIf" not in unknown
     f = one_flow(decoders_mod, [raw_header(pkt, 60)], inp=(0, 3), out=(2, 7))     # multiple
     assert "OutIf" not in f
     f = one_flow(decoders_mod, [raw_header(pkt, 60)], inp=(0, 3), out=(0, 0x3FFFFFFF))  # internal
@@ -795,9 +803,10 @@ def test_discarded_packet_samples(decoders_mod) -> None:
     d1, f, d2 = b.to_dicts()
     assert (d1["SrcAddr"], d1["DstAddr"], d1["Proto"], d1["SrcPort"], d1["DstPort"]) == \
         ("10.128.0.5", "10.128.1.6", 6, 40000, 8080)
-    assert (d1["Packets"], d1["Bytes"], d1["PktDropPackets"], d1["PktDropBytes"]) == (1, 74, 1, 74)
+    assert (d1["PktDropPackets"], d1["PktDropBytes"], d1["PktDropLatestFlags"]) == (1, 74, 0x02)
     assert d1["PktDropLatestDropCause"] == "acl" and d1["InIf"] == 5 and "OutIf" not in d1
-    assert "Sampling" not in d1   # a reported drop, not a sampled packet
+    # A reported drop, not a sampled packet: no Sampling, and not counted as traffic.
+    assert not {"Sampling", "Bytes", "Packets"} & set(d1)
     assert d1["AgentIP"] == "198.51.100.7" and d1["TimeFlowStartMs"] == int(RECV * 1000)
     assert not any(k.startswith("PktDrop") for k in f) and f["Sampling"] == 400
     assert (d2["SrcAddr"], d2["PktDropBytes"], d2["PktDropLatestDropCause"], d2["OutIf"]) == \
@@ -805,11 +814,37 @@ def test_discarded_packet_samples(decoders_mod) -> None:
     assert "InIf" not in d2   # 0: unknown
 
 
-@pytest.mark.parametrize("code", [*T.SFLOW_DROP_REASONS, 16, 255, 304, 0x3FFFFFFF, 0xFFFFFFFF])
+@pytest.mark.parametrize("code", [*T.SFLOW_DROP_REASONS, 16, 34, 255, 373, 0x3FFFFFFF, 0xFFFFFFFF])
 def test_drop_reason_names(decoders_mod, code: int) -> None:
     pkt = eth(ipv4("10.0.0.1", "10.0.0.2", 17, udp(1, 2)), 0x0800)
     b = decode(decoders_mod, datagram([discarded_packet([raw_header(pkt, 60)], reason=code)]))
     assert b.to_dicts()[0]["PktDropLatestDropCause"] == T.SFLOW_DROP_REASONS.get(code, str(code))
+
+
+def xdr_string(text: bytes) -> bytes:
+    return xdr_opaque(text)
+
+
+def test_linux_drop_reason_record(decoders_mod) -> None:
+    """hsflowd's dropmon adds record 1042, the kernel's reason name: published in NetObserv's
+    vocabulary, SKB_DROP_REASON_<name>, ahead of the sFlow reason code. A name that is not one
+    (lower case, too long, empty) stays an unknown record."""
+    pkt = eth(ipv4("10.0.0.1", "10.0.0.2", 17, udp(1, 2)), 0x0800)
+    fn = rec(1038, xdr_string(b"kfree_skb_reason"))
+    b = decode(decoders_mod, datagram([discarded_packet([raw_header(pkt, 60), fn, rec(1042, xdr_string(b"NETFILTER_DROP"))],
+                                                        reason=258)]))
+    f = b.to_dicts()[0]
+    assert f["PktDropLatestDropCause"] == "SKB_DROP_REASON_NETFILTER_DROP"
+    assert f["ie1038"] == xdr_string(b"kfree_skb_reason").hex()
+    for odd in (b"netfilter_drop", b"", b"A" * 65, b'NO"QUOTE'):
+        b = decode(decoders_mod, datagram([discarded_packet([raw_header(pkt, 60), rec(1042, xdr_string(odd))],
+                                                            reason=258)]))
+        f = b.to_dicts()[0]
+        assert f["PktDropLatestDropCause"] == "acl" and f["ie1042"] == xdr_string(odd).hex(), odd
+    # A string longer than its record is malformed.
+    bad = rec(1042, struct.pack(">I", 40) + b"NETFILTER_DROP\0\0")
+    b = decode(decoders_mod, datagram([discarded_packet([raw_header(pkt, 60), bad])]))
+    assert b.error is not None and b.error[0] == "bad_length" and len(b) == 0
 
 
 def test_truncated_discarded_packet_sample(decoders_mod) -> None:

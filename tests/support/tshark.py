@@ -505,7 +505,7 @@ CFLOW_EXTRA: dict[str, tuple[str, Any]] = {
     "cflow.icmp_type_code_ipv6": ("IcmpCode", lambda v: to_int(v) & 0xFF),
 }
 # Keys whose absence from a flow is an error when tshark has the field.
-CFLOW_REQUIRED = {"SrcAddr", "DstAddr", "Proto", "Bytes", "Packets", "SrcPort", "DstPort"}
+CFLOW_REQUIRED = {"SrcAddr", "DstAddr", "Proto", "Bytes", "Packets", "SrcPort", "DstPort", "ForwardingStatus"}
 
 TCP_FLAG_NAMES = [(0x01, "FIN"), (0x02, "SYN"), (0x04, "RST"), (0x08, "PSH"), (0x10, "ACK"),
                   (0x20, "URG"), (0x40, "ECE"), (0x80, "CWR")]
@@ -582,6 +582,13 @@ def expected_from_cflow(pkt: CflowPacket, cset: CflowSet, rec: dict) -> dict[str
         addr = exp.get("SrcAddr", exp.get("DstAddr"))
         use6 = ":" in addr if isinstance(addr, str) else (nh6 not in ("::", "") and nh4 in ("0.0.0.0", ""))
         exp["NextHop"] = nh6 if use6 else nh4
+    # forwardingStatus (89): tshark reads the status from the element's first byte, right for the
+    # 1-byte encoding only (the structure is the least significant byte: a 4-byte one has it last).
+    fwd = [x for x in cset.template.fields if x.type == 89 and not x.pen] if cset.template else []
+    if fwd and fwd[0].length == 1 and "cflow.forwarding_status" in rec:
+        status = to_int(_vals(rec, "cflow.forwarding_status")[0])
+        codes = [to_int(_vals(rec, k)[0]) for k in rec if k.startswith("cflow.forwarding_status_") and k.endswith("_code")]
+        exp["ForwardingStatus"] = status << 6 | (codes[0] if codes else 0)
     # Times, as Unix milliseconds.
     start = _time_ms(pkt, rec, "start")
     end = _time_ms(pkt, rec, "end")
@@ -816,6 +823,25 @@ SFLOW_DROP_REASONS = {
     293: "src_mac_is_dmac", 294: "dmac_is_reserved", 295: "sip_is_class_e", 296: "mc_dmac_mismatch",
     297: "sip_is_dip", 298: "dip_is_local_network", 299: "dip_is_link_local", 300: "overlay_smac_is_dmac",
     301: "egress_vlan_filter", 302: "uc_reverse_path_forwarding", 303: "split_horizon",
+    # hsflowd src/sflow/sflow_drop.h goes on (the Linux drop reasons its dropmon maps)...
+    304: "locked_port", 305: "dmac_filter", 306: "blackhole_nexthop", 307: "vxlan_parsing",
+    308: "llc_snap_parsing", 309: "vlan_parsing", 310: "pppoe_ppp_parsing", 311: "mpls_parsing",
+    312: "arp_parsing", 313: "ip_1_parsing", 314: "ip_n_parsing", 315: "gre_parsing", 316: "udp_parsing",
+    317: "tcp_parsing", 318: "ipsec_parsing", 319: "sctp_parsing", 320: "dccp_parsing", 321: "gtp_parsing",
+    322: "esp_parsing", 323: "unknown_parsing", 324: "pkt_too_small", 325: "unhandled_proto",
+    326: "ipv6disabled", 327: "invalid_proto", 328: "ip_noproto", 329: "skb_csum", 330: "skb_ucopy_fault",
+    331: "dev_ready", 332: "dev_hdr", 333: "dup_frag", 334: "skb_gso_seg", 335: "reverse_path_forwarding",
+    336: "icmp_parsing", 337: "tcp_md5notfound", 338: "tcp_md5unexpected", 339: "tcp_md5failure",
+    340: "tcp_flags", 341: "tcp_zerowindow", 342: "tcp_old_data", 343: "tcp_overwindow", 344: "tcp_ofomerge",
+    345: "tcp_rfc7323_paws", 346: "tcp_invalid_sequence", 347: "tcp_reset", 348: "tcp_invalid_syn",
+    349: "tcp_close", 350: "tcp_fastopen", 351: "tcp_old_ack", 352: "tcp_too_old_ack",
+    353: "tcp_ack_unsent_data", 354: "tcp_ofo_queue_prune", 355: "tcp_ofo_drop", 356: "tcp_minttl",
+    357: "ipv6_bad_exthdr", 358: "ipv6_ndisc_frag", 359: "ipv6_ndisc_hop_limit", 360: "ipv6_ndisc_bad_code",
+    361: "ipv6_ndisc_bad_options", 362: "ipv6_ndisc_ns_otherhost", 363: "tap_filter", 364: "tap_txfilter",
+    365: "tc_ingress", 366: "tc_egress", 367: "xdp", 368: "cpu_backlog", 369: "bpf_cgroup_egress",
+    370: "xfrm_policy", 371: "socket_filter", 372: "bgp_flowspec",
+    # ...and its table writes dev_hdr and tc_egress as 33 and 36, which is what it sends.
+    33: "dev_hdr", 36: "tc_egress",
 }
 
 
@@ -838,8 +864,9 @@ def expected_from_sflow_sample(pkt: SflowPacket, s: SflowSample) -> dict[str, An
             exp["OutIf"] = to_int(f["sflow.flow_sample.output_interface_value"])
         elif fmt == 1:   # the packet was discarded, the value is the reason (sflow_drops.txt)
             reason = to_int(f["sflow.flow_sample.output_interface_value"])
-            exp["PktDropPackets"] = 1
-            exp["PktDropLatestDropCause"] = SFLOW_DROP_REASONS.get(reason, str(reason))
+            if reason != 256:   # "unknown": Open vSwitch's for any packet sampled before its output
+                exp["PktDropPackets"] = 1
+                exp["PktDropLatestDropCause"] = SFLOW_DROP_REASONS.get(reason, str(reason))
     if pkt.agent:
         exp["AgentIP"] = pkt.agent
     for r in s.records:
