@@ -62,6 +62,10 @@ SERIES: dict[str, Series] = {s.name: s for s in [
     Series("flowscope_sequence_lost", "counter", "Lost before reaching flowscope, from the exporters' sequence "
            "numbers (per exporting process and domain; sFlow per agent and sub-agent): flows for netflow5, data "
            "records for ipfix, datagrams for netflow9 and sflow5", ("exporter", "protocol")),
+    Series("flowscope_exporter_sample_drops", "counter", "Packets sFlow agents say they could not sample (flow "
+           "samples) or report (discarded-packet samples) for lack of resources or their rate limit: the increases "
+           "of the samples' cumulative drops counters, per agent, sub-agent and data source (the first value seen "
+           "of a source is its baseline; Open vSwitch always sends 0)", ("exporter", "protocol")),
     Series("flowscope_sequence_resets", "counter", "Exporter restarts: a sequence number that jumped by more than "
            "2^20, or went back with a header uptime (netflow5, netflow9, sflow5) that went back by more than a "
            "minute; tracking starts over", ("exporter", "protocol")),
@@ -157,7 +161,8 @@ class ExporterLabels:
 
     #: decoder_series' counters, which an evicted exporter's carry keeps under its own label
     COUNTERS = ("flowscope_datagrams", "flowscope_flows", "flowscope_decode_errors", "flowscope_missing_template_sets",
-                "flowscope_sequence_lost", "flowscope_sequence_resets", "flowscope_templates_evicted")
+                "flowscope_sequence_lost", "flowscope_sequence_resets", "flowscope_templates_evicted",
+                "flowscope_exporter_sample_drops")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -207,7 +212,8 @@ def decoder_series(stats: dict[str, Any], labels: ExporterLabels) -> Snapshot:
     out: Snapshot = {name: {} for name in ("flowscope_datagrams", "flowscope_flows", "flowscope_decode_errors",
                                            "flowscope_missing_template_sets", "flowscope_templates",
                                            "flowscope_sampling_rate", "flowscope_sequence_lost",
-                                           "flowscope_sequence_resets", "flowscope_templates_evicted")}
+                                           "flowscope_sequence_resets", "flowscope_templates_evicted",
+                                           "flowscope_exporter_sample_drops")}
     # the folded counters of evicted exporters (decoders.EVICTED) are never a label of their own
     names = labels.assign({e: int(s[0]) for e, s in stats.items() if e != EVICTED})
     names[EVICTED] = OTHER
@@ -223,9 +229,12 @@ def decoder_series(stats: dict[str, Any], labels: ExporterLabels) -> Snapshot:
             dg[lab] = dg.get(lab, 0) + p["datagrams"]
             fl[lab] = fl.get(lab, 0) + p["flows"]
             mt[lab] = mt.get(lab, 0) + p["missing_template_sets"]
-            for key in ("sequence_lost", "sequence_resets", "templates_evicted"):
+            for key, series in (("sequence_lost", "flowscope_sequence_lost"),
+                                ("sequence_resets", "flowscope_sequence_resets"),
+                                ("templates_evicted", "flowscope_templates_evicted"),
+                                ("sample_drops", "flowscope_exporter_sample_drops")):
                 if p.get(key):
-                    seq = out["flowscope_" + key]
+                    seq = out[series]
                     seq[lab] = seq.get(lab, 0) + p[key]
             tm[lab] = tm.get(lab, 0) + (templates.get(proto, 0) if templates else 0)
             for reason, n in p["errors"].items():

@@ -278,6 +278,7 @@ cdef class ExporterState:
     cdef public double last_seen       # receive time of its latest datagram (eviction order)
     cdef readonly Py_ssize_t template_fields  # fields of its templates (Decoder.max_template_fields)
     cdef dict seq_next                 # (protocol kind, port, domain) -> (next sequence number expected, uptime)
+    cdef dict drops_seen               # sFlow (stream, sample kind and source) -> its drops counter's last value
     cdef int last_kind                 # the stream of its latest datagram, kept out of seq_next (no dict
     cdef uint32_t last_port            # and no boxing per datagram while one stream follows another)
     cdef uint64_t last_domain
@@ -320,12 +321,14 @@ cdef class ExporterState:
         self.cur_protocol = "unknown"
         self.by_protocol = {}
         self.seq_next = {}
+        self.drops_seen = {}
 
     cdef dict proto_stats(self, str name):
         cdef dict d = self.by_protocol.get(name)
         if d is None:
             d = self.by_protocol[name] = {"datagrams": 0, "flows": 0, "errors": {}, "missing_template_sets": 0,
-                                          "sequence_lost": 0, "sequence_resets": 0, "templates_evicted": 0}
+                                          "sequence_lost": 0, "sequence_resets": 0, "templates_evicted": 0,
+                                          "sample_drops": 0}
         return d
 
     cdef void sequence(self, int kind, uint32_t port, uint64_t domain, uint32_t seq, uint32_t advance,
@@ -378,6 +381,27 @@ cdef class ExporterState:
                 d["sequence_resets"] += 1
         self.last_next = <uint32_t>(seq + advance)
         self.last_uptime = uptime
+
+    cdef void sample_drops(self, uint64_t stream, uint32_t kind, uint32_t source, uint32_t drops):
+        """An sFlow sample's drops counter (packets its agent could not sample, or discard events it
+        could not report), cumulative per data source: its increase since the source's last sample
+        is counted (a value below the last one: the agent restarted, all of it is new; the first
+        value seen is the baseline). A counter at 0 is skipped without a lookup (Open vSwitch
+        always sends 0)."""
+        cdef object key, last
+        cdef uint32_t delta
+        if drops == 0:
+            return
+        key = (stream, kind, source)
+        last = self.drops_seen.get(key)
+        if last is None and len(self.drops_seen) >= DROPS_MAX_SOURCES:
+            self.drops_seen.clear()     # bounded: a spray of sources only starts the baselines over
+        self.drops_seen[key] = drops
+        if last is None:
+            return
+        delta = drops - <uint32_t>last if drops >= <uint32_t>last else drops
+        if delta:
+            self.proto_stats(self.cur_protocol)["sample_drops"] += delta
 
     cdef void sequence_forget(self, int kind, uint32_t port, uint64_t domain) noexcept:
         """What the last message advanced by is unknown (not decoded whole): start over."""
@@ -444,7 +468,7 @@ cdef class ExporterState:
         for name, d in other.by_protocol.items():
             mine = self.proto_stats(name)
             for key in ("datagrams", "flows", "missing_template_sets", "sequence_lost", "sequence_resets",
-                        "templates_evicted"):
+                        "templates_evicted", "sample_drops"):
                 mine[key] += d[key]
             for reason, n in d["errors"].items():
                 mine["errors"][reason] = mine["errors"].get(reason, 0) + n

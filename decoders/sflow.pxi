@@ -588,7 +588,8 @@ cdef inline int skip_pad(Reader* r, uint32_t n) except -1:
     return 0
 
 
-cdef int flow_sample(ExporterState ex, FlowBatch b, Reader* s, bint expanded, int64_t recv_ms) except -1:
+cdef int flow_sample(ExporterState ex, FlowBatch b, Reader* s, bint expanded, int64_t recv_ms,
+                     uint64_t stream) except -1:
     cdef const uint8_t* p
     cdef Flow* f
     cdef uint32_t rate, nrec, in_fmt, in_val, out_fmt, out_val
@@ -603,6 +604,7 @@ cdef int flow_sample(ExporterState ex, FlowBatch b, Reader* s, bint expanded, in
         out_fmt = be32(p + 32)
         out_val = be32(p + 36)
         nrec = be32(p + 40)
+        ex.sample_drops(stream, be32(p + 4), be32(p + 8), be32(p + 20))
     else:
         # seq, source_id, rate, pool, drops, input, output: interface = format(2) | value(30)
         p = rd_take(s, 32)
@@ -612,6 +614,7 @@ cdef int flow_sample(ExporterState ex, FlowBatch b, Reader* s, bint expanded, in
         out_fmt = be32(p + 24) >> 30
         out_val = be32(p + 24) & 0x3FFFFFFF
         nrec = be32(p + 28)
+        ex.sample_drops(stream, be32(p + 4) >> 24, be32(p + 4) & 0xFFFFFF, be32(p + 16))
     if <uint64_t>nrec * 8 > <uint64_t>rd_left(s):
         raise_decode("bad_sample", s.pos - 4, f"sFlow flow sample: {nrec} records in {rd_left(s)} bytes")
     f = batch_new_flow(b)
@@ -660,7 +663,7 @@ cdef int flow_records(FlowBatch b, Flow* f, Reader* s, uint32_t nrec) except -1:
     return 0
 
 
-cdef int discarded_packet(FlowBatch b, Reader* s, int64_t recv_ms) except -1:
+cdef int discarded_packet(ExporterState ex, FlowBatch b, Reader* s, int64_t recv_ms, uint64_t stream) except -1:
     """sflow_drops.txt discarded_packet: one packet the agent saw dropped (not a sampled one, so
     no Sampling, and its size and count are published as PktDropBytes/PktDropPackets only: the
     agent reports drops up to a rate limit), with its reason and, like a flow sample, records
@@ -675,6 +678,8 @@ cdef int discarded_packet(FlowBatch b, Reader* s, int64_t recv_ms) except -1:
     in_if = be32(p + 16)
     out_if = be32(p + 20)
     nrec = be32(p + 28)
+    # Its own counter beside the flow samples' of the same source: kind 0x100 | source type.
+    ex.sample_drops(stream, 0x100 | be32(p + 4), be32(p + 8), be32(p + 12))
     if <uint64_t>nrec * 8 > <uint64_t>rd_left(s):
         raise_decode("bad_sample", s.pos - 4, f"sFlow discarded packet sample: {nrec} records in {rd_left(s)} bytes")
     f = batch_new_flow(b)
@@ -811,6 +816,7 @@ cdef uint64_t sflow_stream(const uint8_t* agent, Py_ssize_t n, uint32_t sub_agen
 cdef int decode_sflow(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except -1:
     cdef const uint8_t* p
     cdef uint32_t atype, nsamples, i, sfmt, slen, seq
+    cdef uint64_t stream
     cdef Py_ssize_t committed
     cdef Reader s
     cdef int64_t recv_ms = <int64_t>(b.recv_time * 1000)
@@ -834,8 +840,8 @@ cdef int decode_sflow(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
     p = rd_take(r, 16)
     seq = be32(p + 4)
     b.sequence = seq
-    ex.sequence(PROTO_SFLOW5, b.port, sflow_stream(b.agent, 0 if atype == 0 else 4 if atype == 1 else 16, be32(p)),
-                seq, 1, be32(p + 8))
+    stream = sflow_stream(b.agent, 0 if atype == 0 else 4 if atype == 1 else 16, be32(p))
+    ex.sequence(PROTO_SFLOW5, b.port, stream, seq, 1, be32(p + 8))
     nsamples = be32(p + 12)
     committed = b.n
     try:
@@ -850,10 +856,10 @@ cdef int decode_sflow(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
             rd_sub(r, &s, slen)
             skip_pad(r, slen)
             if sfmt == SF_FLOW_SAMPLE or sfmt == SF_FLOW_SAMPLE_EXP:
-                flow_sample(ex, b, &s, sfmt == SF_FLOW_SAMPLE_EXP, recv_ms)
+                flow_sample(ex, b, &s, sfmt == SF_FLOW_SAMPLE_EXP, recv_ms, stream)
                 committed = b.n
             elif sfmt == SF_DISCARDED_PACKET:
-                discarded_packet(b, &s, recv_ms)
+                discarded_packet(ex, b, &s, recv_ms, stream)
                 committed = b.n
             elif sfmt == SF_COUNTER_SAMPLE or sfmt == SF_COUNTER_SAMPLE_EXP:
                 if agent is None:

@@ -847,6 +847,31 @@ def test_linux_drop_reason_record(decoders_mod) -> None:
     assert b.error is not None and b.error[0] == "bad_length" and len(b) == 0
 
 
+def test_agent_sample_drops_counted_per_source(decoders_mod) -> None:
+    """The drops counter of flow samples (packets the agent could not sample) and of discarded-packet
+    samples (drop events its rate limit suppressed) is cumulative per data source: each source's
+    increases are counted, its first value is the baseline, a value that went back is an agent
+    restart (all of it new), and sources, kinds and agents behind one relay are apart."""
+    pkt = eth(ipv4("10.0.0.1", "10.0.0.2", 17, udp(1, 2)), 0x0800)
+    dec = decoders_mod.Decoder()
+
+    def send(samples, seq, agent="198.51.100.7"):
+        b = dec.decode(datagram(samples, seq=seq, agent=agent), "192.0.2.1", 6343, RECV)
+        assert b.error is None, b.error
+        return dec.stats()["192.0.2.1"]["protocols"]["sflow5"]["sample_drops"]
+
+    fs = lambda src, drops: flow_sample([raw_header(pkt, 60)], src=src, drops=drops)   # noqa: E731
+    assert send([fs((0, 3), 100), fs((0, 4), 7)], 1) == 0                  # baselines
+    assert send([fs((0, 3), 105), fs((0, 4), 7)], 2) == 5
+    assert send([discarded_packet([raw_header(pkt, 60)], src=(0, 3), drops=40)], 3) == 5   # its own baseline
+    assert send([discarded_packet([raw_header(pkt, 60)], src=(0, 3), drops=42)], 4) == 7
+    exp = flow_sample_expanded([raw_header(pkt, 60)], src=(0, 3))         # drops 0: nothing to count
+    assert send([exp, fs((0, 4), 10)], 5) == 10
+    assert send([fs((0, 3), 2)], 6) == 12                                  # went back: restarted, 2 new
+    assert send([fs((0, 3), 500)], 7, agent="198.51.100.8") == 12          # another agent: a baseline
+    assert send([fs((0, 3), 501)], 8, agent="198.51.100.8") == 13
+
+
 def test_truncated_discarded_packet_sample(decoders_mod) -> None:
     pkt = eth(ipv4("10.0.0.1", "10.0.0.2", 17, udp(1, 2)), 0x0800)
     fwd = flow_sample([raw_header(pkt, 60)])
