@@ -258,15 +258,21 @@ class Worker:
         """Queue the open record batch (when it holds any flow) and start a new one."""
         wr = self.writer
         if wr is not None and wr.records:
+            wr.trim()   # a small batch gives its max-size buffer back before it waits in the queue
             self.queue.offer(FLOWS, Prebuilt(wr), "", wr.size)
             self.writer = self._writer_cls(self.cfg.kafka.batch_bytes)
 
     async def _linger_loop(self) -> None:
-        # The open batch waits at most linger_ms for more flows, like a producer's linger.
+        # The open batch waits at most linger_ms for more flows, like a producer's linger, but
+        # only while nothing is queued: behind a backlog it keeps filling towards
+        # --kafka-batch-bytes. Flushing it every linger_ms regardless made batches of
+        # rate x linger_ms, each sent as its own request: with a broker answering in more than
+        # about 40 ms the requests in flight could not keep up at any rate, and the queue grew.
         delay = max(self.cfg.kafka.linger_ms, 1) / 1000
         while True:
             await asyncio.sleep(delay)
-            self.flush_records()
+            if not self.queue.chunks:
+                self.flush_records()
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:

@@ -175,6 +175,7 @@ cdef inline void put_be64(char* p, uint64_t v) noexcept:
 # A few finished batches' buffers are kept for the next writers: a fresh 1 MiB allocation per
 # batch means fresh pages (page faults and kernel zeroing) for every megabyte sent.
 DEF POOL_SIZE = 8
+DEF POOL_MIN_CAP = 65536     # smaller buffers (trimmed batches) are not worth keeping
 cdef char* _pool[POOL_SIZE]
 cdef Py_ssize_t _pool_cap[POOL_SIZE]
 cdef int _pool_n = 0
@@ -198,7 +199,7 @@ cdef void pool_give(Buf* b) noexcept:
     global _pool_n
     if b.p == NULL:
         return
-    if _pool_n < POOL_SIZE:
+    if _pool_n < POOL_SIZE and b.cap >= POOL_MIN_CAP:   # a trimmed (small) buffer is just freed
         _pool[_pool_n] = b.p
         _pool_cap[_pool_n] = b.cap
         _pool_n += 1
@@ -449,6 +450,31 @@ cdef class RecordBatchWriter:
 
     def __releasebuffer__(self, Py_buffer* view):
         self.exports -= 1
+
+    def trim(self):
+        """Fit the memory to the batch before it waits in a queue: a batch using under half of
+        its buffer (a linger flush at a low rate, or every batch while the broker is away) moves
+        to an allocation of its own size, and the big buffer goes back to the pool for the next
+        writer. Without this every queued batch kept a whole max_bytes allocation (a mapping of
+        its own: memory far beyond --queue-bytes, and the process's mapping limit). Nothing
+        changes for the batch; appending to it afterwards still works (the buffer grows)."""
+        cdef char* small
+        cdef Py_ssize_t need = self.buf.n
+        if self.exports > 0 or self.buf.p == NULL or need * 2 >= self.buf.cap:
+            return
+        small = <char*>malloc(need)
+        if small == NULL:
+            return
+        memcpy(small, self.buf.p, need)
+        pool_give(&self.buf)
+        self.buf.p = small
+        self.buf.n = need
+        self.buf.cap = need
+
+    @property
+    def capacity(self):
+        """Bytes allocated for the batch (trim)."""
+        return self.buf.cap
 
     def release(self):
         """Give the batch memory back once it has been built (the queue may hold the writer a

@@ -629,3 +629,47 @@ def test_replay_command_sends_rewritten(tmp_path: Path) -> None:
     assert [struct.unpack_from("!I", g, 16)[0] - seq0 for g in got] == [0, 29, 58]
     assert [struct.unpack_from("!I", g, 8)[0] - secs0 for g in got] == [0, 1, 2]
     assert [g[24:] for g in got] == [orig[24:]] * 3  # records untouched
+
+
+def test_linger_does_not_cut_the_open_batch_behind_a_backlog() -> None:
+    """Key mode none: the open record batch is queued every --kafka-linger-ms only while nothing
+    waits in the queue. Behind queued batches it keeps filling towards --kafka-batch-bytes
+    (before, a batch of rate x linger went out as its own request every linger: a broker slower
+    than about 40 ms could not be kept up with at any rate). Queued, a small batch no longer
+    holds a buffer of --kafka-batch-bytes."""
+    import asyncio
+    import random
+
+    from benchmarks.datagrams import v5_datagram, v5_records
+    from collector.config import Config
+    from collector.server import Worker
+
+    cfg = Config()
+    cfg.kafka.brokers = ["127.0.0.1:9"]   # never connected: the worker is not started
+    cfg.kafka.linger_ms = 5
+    w = Worker(cfg)
+    assert w.writer is not None, "key mode none writes record batches directly"
+    b = w.decoder.decode(v5_datagram(v5_records(30, random.Random(3), uptime_ms=100_000), seq=0,
+                                     unix_secs=1_700_000_000, uptime_ms=100_000), "10.0.0.1")
+
+    async def run() -> None:
+        task = asyncio.get_running_loop().create_task(w._linger_loop())
+        try:
+            w.write_records(b)
+            await asyncio.sleep(0.1)       # 20 lingers: the quiet queue takes the batch
+            assert len(w.queue.chunks) == 1 and w.writer.records == 0
+            first = w.queue.chunks[0].records.writer
+            assert first.capacity <= first.size + 1024, "a small queued batch keeps a buffer of its own size"
+            for _ in range(5):             # behind it, the next one keeps filling
+                w.write_records(b)
+                await asyncio.sleep(0.05)
+            assert len(w.queue.chunks) == 1 and w.writer.records == 150
+            w.queue.take(1 << 30)          # the backlog goes: the open batch follows at the next linger
+            deadline = asyncio.get_running_loop().time() + 5
+            while not w.queue.chunks and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.01)
+            assert len(w.queue.chunks) == 1 and len(w.queue.chunks[0].records) == 150
+        finally:
+            task.cancel()
+
+    asyncio.run(run())

@@ -789,6 +789,40 @@ def test_record_batch_writer_large_records_and_batch_limit() -> None:
     assert got == want[:2]
 
 
+def test_record_batch_writer_trim_keeps_the_batch_and_frees_its_buffer() -> None:
+    """A batch flushed small (a linger flush, or any batch while the broker is away) gives its
+    max-size buffer back before it waits in the queue; its bytes, compression and request framing
+    are those of the untrimmed batch."""
+    from aiokafka.record._crecords.cutil import crc32c_cython
+    from aiokafka.record.default_records import DefaultRecordBatch
+
+    from decoders import RecordBatchWriter
+
+    b = Decoder().decode(v5_datagram(v5_records(3, random.Random(5), uptime_ms=100_000), seq=0, unix_secs=EXPORT,
+                                     uptime_ms=100_000), EXPORTER)
+    want = b.to_json()
+    a, t = RecordBatchWriter(1 << 20), RecordBatchWriter(1 << 20)
+    a.append(b)
+    t.append(b)
+    big = t.capacity
+    t.trim()
+    assert big > 1 << 20 and t.capacity < 4096 and t.size == a.size
+    if t.base_timestamp != a.base_timestamp:
+        pytest.skip("the two batches were started in different milliseconds (CreateTime differs)")
+    assert t.build(crc32c_cython) == a.build(crc32c_cython)
+    assert [r.value for r in DefaultRecordBatch(t.build(crc32c_cython))] == want
+    req = bytes(t.request(7, b"flowscope", 1, 1000, b"flows", 0))
+    assert req == bytes(a.request(7, b"flowscope", 1, 1000, b"flows", 0))
+    t.trim()   # a second trim, or one with nothing to gain, changes nothing
+    assert bytes(t.request(8, b"flowscope", 1, 1000, b"flows", 0))[8:] == bytes(a.request(8, b"flowscope", 1, 1000, b"flows", 0))[8:]
+    # Appending after a trim still works (the buffer grows again).
+    g = RecordBatchWriter(1 << 20)
+    g.append(b)
+    g.trim()
+    g.append(b)
+    assert [r.value for r in DefaultRecordBatch(g.build(crc32c_cython))] == want + want
+
+
 def test_fixed_length_interface_names_lose_their_nul_padding() -> None:
     """interfaceName (82) in a fixed-length field (v9 IF_NAME, 16 bytes) is NUL-padded: the
     padding is not part of the name, and an all-NUL name is no name (README: none when both
