@@ -207,6 +207,8 @@ class Sink:
     """Common part: a queue, a writer task, counters. Subclasses implement `_run`."""
 
     name = "sink"
+    #: drop reason, at the shutdown deadline, of records handed to the sink and not confirmed
+    inflight_reason = "shutdown"
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -249,15 +251,21 @@ class Sink:
         inflight = q.inflight_records
         for kind, n in enumerate(q.inflight):
             if n:
-                q.dropped[(kind, "shutdown")] += n
+                q.dropped[(kind, self.inflight_reason)] += n
                 q.done(kind, 0, n)
         q.inflight_bytes = 0
-        if left or inflight:
+        unsent = left + (inflight if self.inflight_reason == "shutdown" else 0)
+        if unsent:
             log.error("shutdown: %d records could not be delivered within --shutdown-timeout=%.1fs "
                       "(counted in flowscope_flows_dropped_total and flowscope_counter_records_dropped_total, "
-                      "reason=\"shutdown\")", left + inflight, self.cfg.shutdown_timeout)
-        else:
-            log.info("shutdown: queue drained, all records delivered")
+                      "reason=\"shutdown\")", unsent, self.cfg.shutdown_timeout)
+        if inflight and self.inflight_reason != "shutdown":
+            log.error("shutdown: %d records sent to Kafka were not acknowledged within --shutdown-timeout=%.1fs: "
+                      "they may or may not be in the topic (counted in flowscope_flows_dropped_total and "
+                      "flowscope_counter_records_dropped_total, reason=\"%s\")", inflight,
+                      self.cfg.shutdown_timeout, self.inflight_reason)
+        if not left and not inflight:
+            log.info("shutdown: queue drained, nothing left to send")
 
     async def _close(self, timeout: float) -> None:
         pass
@@ -465,6 +473,9 @@ def conversation_key(rec: bytes) -> bytes:
     return a + b"|" + b if a <= b else b + b"|" + a
 
 
+METADATA_MAX_AGE_MS = 30000
+
+
 def producer_kwargs(k: KafkaConfig) -> dict[str, Any]:
     """aiokafka producer settings from the config (TLS and SASL included)."""
     kw: dict[str, Any] = {
@@ -478,6 +489,9 @@ def producer_kwargs(k: KafkaConfig) -> dict[str, Any]:
         "request_timeout_ms": k.request_timeout_ms,
         "retry_backoff_ms": 200,
         "enable_idempotence": False,
+        # Partition counts and leaders are re-read at least this often (aiokafka's default, 5
+        # minutes, left partitions added to or removed from a topic unseen that long).
+        "metadata_max_age_ms": METADATA_MAX_AGE_MS,
     }
     tls = k.tls or bool(k.tls_ca or k.tls_cert)
     if tls:
@@ -595,6 +609,8 @@ class KafkaSink(Sink):
     """aiokafka producer fed by record-batch appends; see the module docstring."""
 
     name = "kafka"
+    # Sent and not acknowledged by the deadline: the broker may have written them.
+    inflight_reason = "unconfirmed"
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
@@ -711,7 +727,7 @@ class KafkaSink(Sink):
     async def _partitions(self, topic: str) -> list[int]:
         now = time.monotonic()
         parts = self.partitions.get(topic)
-        if parts is None or now - self._partitions_at.get(topic, 0.0) > 30:
+        if parts is None or now - self._partitions_at.get(topic, 0.0) > METADATA_MAX_AGE_MS / 1000:
             got = await self.producer.partitions_for(topic)
             parts = sorted(got) if got else [0]
             self.partitions[topic] = parts

@@ -214,6 +214,41 @@ def test_records_in_flight_at_the_shutdown_deadline_are_counted_by_kind() -> Non
     assert s.queue.total_records == 0 and s.queue.inflight == [0, 0]
 
 
+def test_kafka_records_unacknowledged_at_the_deadline_are_unconfirmed_not_shutdown(caplog) -> None:
+    """Kafka: records sent and not acknowledged when --shutdown-timeout passes may be in the topic
+    (the broker wrote them, the answer did not come in time): counted as `unconfirmed`, apart from
+    the queued ones never sent (`shutdown`), and the log says which is which."""
+    import asyncio
+    import logging
+
+    from collector.config import Config
+    from collector.sinks import COUNTERS, KafkaSink
+
+    class Unanswered(KafkaSink):
+        async def _run(self) -> None:
+            self.queue.take(12)   # the first chunk goes out and is never answered
+            await asyncio.sleep(3600)
+
+        async def _close(self, timeout: float) -> None:
+            pass
+
+    async def go() -> KafkaSink:
+        s = Unanswered(Config())
+        s.queue.offer(FLOWS, [b"f1", b"f2", b"f3"], "e")
+        s.queue.offer(COUNTERS, [b"c1", b"c2"], "e")
+        await s.start()
+        await asyncio.sleep(0.05)
+        await s.drain(asyncio.get_running_loop().time() + 0.1)
+        return s
+
+    with caplog.at_level(logging.INFO, logger="flowscope"):
+        s = asyncio.run(go())
+    assert s.queue.dropped[(FLOWS, "unconfirmed")] == 3 and s.queue.dropped[(COUNTERS, "shutdown")] == 2
+    assert (FLOWS, "shutdown") not in s.queue.dropped and s.queue.total_records == 0
+    assert "2 records could not be delivered" in caplog.text
+    assert "3 records sent to Kafka were not acknowledged" in caplog.text and "unconfirmed" in caplog.text
+
+
 def test_a_failed_keyed_batch_is_requeued_with_each_records_exporter() -> None:
     """kafka.key exporter: a batch that failed goes back to the queue as one chunk per
     exporter run, each with its exporter, so the retry keeps the key and the partition."""
