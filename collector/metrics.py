@@ -108,6 +108,9 @@ SERIES: dict[str, Series] = {s.name: s for s in [
     Series("flowscope_queue_records", "gauge", "Records queued or in flight to the sink"),
     Series("flowscope_queue_limit_bytes", "gauge", "Queue bound (--queue-bytes) summed over workers"),
     Series("flowscope_sink_connected", "gauge", "1 when the sink is connected; with --workers N, the number of workers connected"),
+    Series("flowscope_sink_stalled_seconds", "gauge", "How long records have waited with nothing delivered (0 while the "
+           "sink delivers or nothing waits; sampled at each metrics snapshot); /readyz fails beyond "
+           "max(10 s, 2 x --kafka-request-timeout-ms)", (), merge="max"),
     Series("flowscope_kafka_send_latency_seconds", "histogram",
            "Time from handing a record batch to the producer to its acknowledgement"),
     Series("flowscope_kafka_errors", "counter", "Kafka errors, by kind (connect, metadata, produce: retried; "

@@ -210,6 +210,8 @@ class Worker:
             self.writer = RecordBatchWriter(cfg.kafka.batch_bytes)
         self.counters = cfg.counters
         self.sink: Sink = make_sink(cfg)
+        # Readiness fails once queued records have waited this long with nothing delivered.
+        self.stall_limit = max(10.0, cfg.kafka.request_timeout_ms / 1000 * 2)
         self.queue = self.sink.queue
         self.allow_nets = [ipaddress.ip_network(c) for c in cfg.allow_exporters]
         self.allow_cache: dict[str, bool] = {}
@@ -321,6 +323,13 @@ class Worker:
             why.append("listeners not bound")
         if not self.sink.connected:
             why.append(f"{self.sink.name} sink not connected")
+        else:
+            stalled = self.sink.stalled_for()
+            if stalled > self.stall_limit:
+                # Connected but delivering nothing (every produce refused and retried, or the
+                # keyed modes' producer retrying inside aiokafka): as unready as disconnected.
+                why.append(f"{self.sink.name} sink delivered nothing for {stalled:.0f} s with "
+                           f"{self.sink.queue.total_records} records waiting")
         if self.enricher is not None and not getattr(self.enricher, "ready", True):
             unsynced = getattr(self.enricher, "unsynced", None)
             why.extend((unsynced() if unsynced is not None else None) or ["informers not synced"])
@@ -421,6 +430,7 @@ class Worker:
         snap["flowscope_queue_records"] = {(): q.total_records}
         snap["flowscope_queue_limit_bytes"] = {(): q.limit}
         snap["flowscope_sink_connected"] = {(): 1 if s.connected else 0}
+        snap["flowscope_sink_stalled_seconds"] = {(): round(s.stalled_for(), 1)}
         if isinstance(s, KafkaSink):
             snap["flowscope_kafka_send_latency_seconds"] = {(): list(s.latency)}
             snap["flowscope_kafka_errors"] = {(k,): v for k, v in s.errors.items()}

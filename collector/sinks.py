@@ -222,9 +222,23 @@ class Sink:
         self._stopping = False
         self._deadline = 0.0  # loop time the shutdown drain ends (drain)
         self._rl = RateLimitedLog(log)
+        self._progress_seen = 0      # delivered records at the last stalled_for() call
+        self._progress_at = time.monotonic()
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def stalled_for(self) -> float:
+        """Seconds that records have been waiting with nothing delivered: 0 while records are
+        delivered or none wait. Sampled (readiness probes, metrics snapshots): a change seen at
+        one call restarts the clock, so the value is accurate to the calls' interval."""
+        now = time.monotonic()
+        done = self.delivered[0] + self.delivered[1]
+        if self.queue.total_records == 0 or done != self._progress_seen:
+            self._progress_seen = done
+            self._progress_at = now
+            return 0.0
+        return now - self._progress_at
 
     async def _run(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -760,6 +774,9 @@ class KafkaSink(Sink):
                 ok = await asyncio.wait_for(producer.client.force_metadata_update(),
                                             self.k.request_timeout_ms / 1000)
                 if not ok:
+                    self.errors["metadata"] += 1
+                    self._rl.error("metadata", "kafka: metadata refresh failed: no broker of %s answered",
+                                   ",".join(self.k.brokers))
                     return False
         except (asyncio.TimeoutError, Exception) as exc:
             self.errors["metadata"] += 1
@@ -781,7 +798,10 @@ class KafkaSink(Sink):
         if self.direct is not None:
             self.direct.forget_closed()
         self.connected = True
-        log.info("kafka: reconnected to %s", ",".join(self.k.brokers))
+        # After every failed produce (a broker answering NOT_ENOUGH_REPLICAS for minutes): one line
+        # per 10 s, not one per retry.
+        self._rl.log(logging.INFO, "reconnected", "kafka: metadata refreshed from %s, producing again",
+                     ",".join(self.k.brokers))
         return True
 
     async def _send(self, chunks: list[Chunk], topics: tuple[str, str]) -> None:

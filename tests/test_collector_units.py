@@ -471,6 +471,7 @@ def test_flows_dropped_reasons_documented_are_the_ones_counted() -> None:
     decoder_src = "".join(p.read_text() for p in (ROOT / "decoders").glob("*.p[yx][xi]"))
     emitted = set(re.findall(r'dropped\[\([\w.]+, "([a-z_]+)"\)\]', collector_src))
     emitted |= set(re.findall(r'drop_all\("([a-z_]+)"\)', collector_src))
+    emitted |= set(re.findall(r'inflight_reason = "([a-z_]+)"', collector_src))
     emitted |= set(re.findall(r'\bb\.dropped\["([a-z_]+)"\]', decoder_src))
     assert {"queue_full", "rejected", "too_large", "duplicate"} <= emitted  # the scan finds them
     _check_values_documented("flowscope_flows_dropped", emitted)
@@ -708,3 +709,34 @@ def test_linger_does_not_cut_the_open_batch_behind_a_backlog() -> None:
             task.cancel()
 
     asyncio.run(run())
+
+
+def test_a_sink_delivering_nothing_with_records_waiting_makes_the_worker_unready(monkeypatch) -> None:
+    """Connected is not enough: records waiting longer than max(10 s, 2 x request timeout) with
+    nothing delivered (a broker answering every produce with a retriable error, or the keyed
+    modes retrying inside aiokafka) make /readyz fail with the reason, and
+    flowscope_sink_stalled_seconds shows it; a delivery or an empty queue clears it."""
+    from collector import sinks
+    from collector.config import Config
+    from collector.server import Worker
+
+    clock = [1000.0]
+    monkeypatch.setattr(sinks.time, "monotonic", lambda: clock[0])
+    cfg = Config()
+    cfg.kafka.request_timeout_ms = 10000
+    w = Worker(cfg)                      # stdout sink, not started
+    w.bound, w.sink.connected = True, True
+    assert w.stall_limit == 20.0 and w.ready() == (True, [])
+    w.queue.offer(FLOWS, [b"a", b"b"], "e")
+    assert w.sink.stalled_for() == 0.0
+    clock[0] += 15
+    assert w.ready()[0] and w.snapshot()["flowscope_sink_stalled_seconds"] == {(): 15.0}
+    clock[0] += 10
+    ok, why = w.ready()
+    assert not ok and why == ["stdout sink delivered nothing for 25 s with 2 records waiting"]
+    w.sink.delivered[FLOWS] += 1         # something went out: the clock starts over
+    assert w.ready() == (True, []) and w.sink.stalled_for() == 0.0
+    clock[0] += 30
+    w.queue.take(1 << 20)
+    w.queue.done(FLOWS, 4, 2)            # nothing waits: not stalled, however long since
+    assert w.sink.stalled_for() == 0.0 and w.ready() == (True, [])
