@@ -26,6 +26,7 @@ import os
 import ssl
 import sys
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -639,6 +640,9 @@ class KafkaSink(Sink):
         self._partitions_at: dict[str, float] = {}
         self._retry_wait = 0.0  # seconds before the next attempt after a failed one
         self._need_metadata = False
+        # producer connections last seen (_connections_lost): their (producer, id) keys, and the objects
+        self._conn_keys: set[tuple[int, Any]] = set()
+        self._conns_seen: weakref.WeakSet[Any] = weakref.WeakSet()
         self._codec_id, self._encode = _codec(self.k.compression, self.k.compression_level)
         self.compressed_bytes = [0, 0]  # prebuilt batches: bytes before and after compression
 
@@ -756,6 +760,8 @@ class KafkaSink(Sink):
         topics = (self.k.topic, self.k.counters_topic)
         while True:
             await q.wait(0.5)
+            if q.chunks and self._connections_lost():
+                self._need_metadata = True
             if self._need_metadata and q.chunks:
                 await asyncio.sleep(self._retry_wait)
                 if not await self._refresh_metadata():
@@ -764,6 +770,33 @@ class KafkaSink(Sink):
             chunks = q.take(self.k.batch_bytes * 4)
             if chunks:
                 await self._send(chunks, topics)
+                # the connections this send made are the ones to watch (a first send opens them)
+                if self._connections_lost():
+                    self._need_metadata = True
+
+    def _connections_lost(self) -> bool:
+        """Whether a producer connection closed or was replaced since the last look. aiokafka
+        reconnects by itself without failing a send: a broker that came back empty (Tansu with
+        memory storage) would then acknowledge records for a topic it no longer has, which no
+        consumer ever sees. A lost connection sends the sink through _refresh_metadata (which
+        re-creates the topic) before producing again, as the direct path does."""
+        lost = False
+        keys: set[tuple[int, Any]] = set()
+        for i, producer in enumerate(self.producers):
+            conns = getattr(producer.client, "_conns", None)
+            if not isinstance(conns, dict):
+                continue
+            for cid, conn in list(conns.items()):
+                key = (i, cid)
+                keys.add(key)
+                # A connection object not seen before where one was: replaced (by identity, through
+                # a WeakSet: ids of freed objects are reused at once).
+                if not conn.connected() or (key in self._conn_keys and conn not in self._conns_seen):
+                    lost = True
+                self._conns_seen.add(conn)
+        lost = lost or not self._conn_keys <= keys
+        self._conn_keys = keys
+        return lost
 
     async def _refresh_metadata(self) -> bool:
         """After a failure, ask for fresh metadata before producing again. A broker that came back

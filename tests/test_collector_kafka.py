@@ -217,11 +217,13 @@ def test_broker_outage(collector: Any, tmp_path: Any) -> None:
         b.stop()
 
 
-def test_broker_restarted_empty_between_batches(collector: Any, tmp_path: Any) -> None:
+@pytest.mark.parametrize("mode", [[], ["--kafka-key", "exporter"], ["--kafka-key", "conversation"],
+                                  ["--no-kafka-direct"]], ids=["direct", "exporter", "conversation", "aiokafka"])
+def test_broker_restarted_empty_between_batches(collector: Any, tmp_path: Any, mode: list[str]) -> None:
     """The broker restarts with empty storage while no flow is in flight (no request fails):
-    flows sent afterwards must reach a consumer (the direct path refreshes metadata, which
-    re-creates the topic, before producing on new connections), not be acknowledged into a
-    topic the broker no longer has."""
+    flows sent afterwards must reach a consumer (metadata is refreshed, which re-creates the
+    topic, before producing on new connections: the direct path sees its own connections go,
+    the aiokafka paths aiokafka's), not be acknowledged into a topic the broker no longer has."""
     from conftest import free_tcp_port
 
     from collector.broker import Broker
@@ -229,7 +231,7 @@ def test_broker_restarted_empty_between_batches(collector: Any, tmp_path: Any) -
     b = Broker(port=free_tcp_port(), log_path=str(tmp_path / "tansu.log")).start()
     t = topic()
     try:
-        c = collector(["--kafka-brokers", b.bootstrap, "--kafka-topic", t])
+        c = collector(["--kafka-brokers", b.bootstrap, "--kafka-topic", t, *mode])
         send_udp([make_v5(i, 30, i * 30) for i in range(10)], c.port)
         assert len(consume(b.bootstrap, t, 300)) == 300
         c.wait_value("flowscope_flows_delivered_total", 300)
