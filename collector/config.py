@@ -283,7 +283,8 @@ class KafkaConfig:
                                  "Applies to the fast path's batches (key none); the keyed modes and sFlow "
                                  "counter records compress through aiokafka at its own levels",
                                  ranged(parse_int, -7, 22))
-    acks: str = opt("1", "acknowledgements the broker waits for: 0, 1 or all", choice("0", "1", "all"))
+    acks: str = opt("1", "acknowledgements the broker waits for: 0, 1 or all (with 0 a batch counts as "
+                    "delivered once written to the connection: nothing confirms it)", choice("0", "1", "all"))
     linger_ms: int = opt(5, "how long a batch may wait for more records (ms)", ranged(parse_int, 0, 60000))
     batch_bytes: int = opt(1048576, "maximum record-batch size in bytes (keep under the broker's "
                            "message.max.bytes)", ranged(parse_size, 1024, 64 * 1024**2), metavar="SIZE")

@@ -114,6 +114,9 @@ class Connection:
         self._tasks: list[asyncio.Task[None]] = []
         self.closed = False
         self.error: BaseException | None = None
+        # acks 0: Kafka sends no Produce response; a broker that does (Tansu) has its answers
+        # read and ignored instead of being taken for a protocol error
+        self.unanswered = False
 
     def _next_corr(self) -> int:
         self._corr = (self._corr + 1) & 0x7FFFFFFF
@@ -149,6 +152,7 @@ class Connection:
         data = batch.request(corr, self.client_id, acks, timeout_ms, topic, partition)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if acks == 0:
+            self.unanswered = True
             fut.set_result(None)
         else:
             self.inflight.append((corr, fut, time.monotonic() + self.timeout))
@@ -168,6 +172,8 @@ class Connection:
                 body = await self.reader.readexactly(size)
                 (corr,) = struct.unpack_from(">i", body, 0)
                 if not self.inflight or self.inflight[0][0] != corr:
+                    if self.unanswered:
+                        continue   # the answer to an acks-0 request, which needs none
                     raise ProtocolError(f"unexpected correlation id {corr}")
                 # parsed before it leaves inflight: a response that cannot be parsed closes the
                 # connection and fails this batch with the others (re-queued), never orphans it
