@@ -9,6 +9,7 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import ROOT, corpus_file, make_v5, udp_payloads
@@ -187,20 +188,23 @@ def test_queue_newest_policy_counts() -> None:
     assert q.queued_records == 2 and q.inflight_records == 0
 
 
-def test_records_in_flight_at_the_shutdown_deadline_are_counted_by_kind() -> None:
-    """A sink stuck with flows and sFlow counter records in flight when --shutdown-timeout
-    passes: each kind is counted as dropped (shutdown) under its own series."""
+def _drain_stuck(base: Any, took: int) -> Any:
+    """A sink of class `base` that takes `took` bytes of its queue (3 flows, then 2 sFlow counter
+    records) in flight and never hears back, drained with a 0.1 s deadline."""
     import asyncio
 
     from collector.config import Config
-    from collector.sinks import COUNTERS, Sink
+    from collector.sinks import COUNTERS
 
-    class Stuck(Sink):
+    class Stuck(base):  # type: ignore[misc, valid-type]
         async def _run(self) -> None:
-            self.queue.take(1 << 30)  # in flight, never acknowledged
+            self.queue.take(took)  # in flight, never acknowledged
             await asyncio.sleep(3600)
 
-    async def go() -> Sink:
+        async def _close(self, timeout: float) -> None:
+            pass
+
+    async def go() -> Any:
         s = Stuck(Config())
         s.queue.offer(FLOWS, [b"f1", b"f2", b"f3"], "e")
         s.queue.offer(COUNTERS, [b"c1", b"c2"], "e")
@@ -209,7 +213,15 @@ def test_records_in_flight_at_the_shutdown_deadline_are_counted_by_kind() -> Non
         await s.drain(asyncio.get_running_loop().time() + 0.1)
         return s
 
-    s = asyncio.run(go())
+    return asyncio.run(go())
+
+
+def test_records_in_flight_at_the_shutdown_deadline_are_counted_by_kind() -> None:
+    """A sink stuck with flows and sFlow counter records in flight when --shutdown-timeout
+    passes: each kind is counted as dropped (shutdown) under its own series."""
+    from collector.sinks import COUNTERS, Sink
+
+    s = _drain_stuck(Sink, 1 << 30)
     assert s.queue.dropped[(FLOWS, "shutdown")] == 3 and s.queue.dropped[(COUNTERS, "shutdown")] == 2
     assert s.queue.total_records == 0 and s.queue.inflight == [0, 0]
 
@@ -218,31 +230,12 @@ def test_kafka_records_unacknowledged_at_the_deadline_are_unconfirmed_not_shutdo
     """Kafka: records sent and not acknowledged when --shutdown-timeout passes may be in the topic
     (the broker wrote them, the answer did not come in time): counted as `unconfirmed`, apart from
     the queued ones never sent (`shutdown`), and the log says which is which."""
-    import asyncio
     import logging
 
-    from collector.config import Config
     from collector.sinks import COUNTERS, KafkaSink
 
-    class Unanswered(KafkaSink):
-        async def _run(self) -> None:
-            self.queue.take(12)   # the first chunk goes out and is never answered
-            await asyncio.sleep(3600)
-
-        async def _close(self, timeout: float) -> None:
-            pass
-
-    async def go() -> KafkaSink:
-        s = Unanswered(Config())
-        s.queue.offer(FLOWS, [b"f1", b"f2", b"f3"], "e")
-        s.queue.offer(COUNTERS, [b"c1", b"c2"], "e")
-        await s.start()
-        await asyncio.sleep(0.05)
-        await s.drain(asyncio.get_running_loop().time() + 0.1)
-        return s
-
     with caplog.at_level(logging.INFO, logger="flowscope"):
-        s = asyncio.run(go())
+        s = _drain_stuck(KafkaSink, 12)   # the flows' chunk goes out and is never answered
     assert s.queue.dropped[(FLOWS, "unconfirmed")] == 3 and s.queue.dropped[(COUNTERS, "shutdown")] == 2
     assert (FLOWS, "shutdown") not in s.queue.dropped and s.queue.total_records == 0
     assert "2 records could not be delivered" in caplog.text
