@@ -175,6 +175,10 @@ class Protocol(asyncio.DatagramProtocol):
         self.w.rl.warning("sockerr", "listener %s: %s", self.w.listeners[self.i], exc)
 
 
+# Seconds the open record batch may keep filling behind queued batches before it is queued too.
+OPEN_BATCH_MAX_AGE = 1.0
+
+
 class Worker:
     """Composition root of one worker process (or the only one)."""
 
@@ -270,10 +274,21 @@ class Worker:
         # --kafka-batch-bytes. Flushing it every linger_ms regardless made batches of
         # rate x linger_ms, each sent as its own request: with a broker answering in more than
         # about 40 ms the requests in flight could not keep up at any rate, and the queue grew.
+        # Behind a backlog that does not move (the broker away), the open batch still goes to the
+        # queue after OPEN_BATCH_MAX_AGE: there its flows are bounded by --queue-bytes and
+        # counted if dropped, and a shutdown finds them queued.
         delay = max(self.cfg.kafka.linger_ms, 1) / 1000
+        loop = asyncio.get_running_loop()
+        opened: Any = None          # the open batch when first seen, and when
+        since = 0.0
         while True:
             await asyncio.sleep(delay)
-            if not self.queue.chunks:
+            wr = self.writer
+            if wr is None or not wr.records:
+                continue
+            if opened is not wr:
+                opened, since = wr, loop.time()
+            if not self.queue.chunks or loop.time() - since >= OPEN_BATCH_MAX_AGE:
                 self.flush_records()
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -426,8 +441,12 @@ class Worker:
         s = self.sink
         snap["flowscope_flows_delivered"] = {(s.name,): s.delivered[FLOWS]}
         snap["flowscope_counter_records_delivered"] = {(s.name,): s.delivered[COUNTERS]}
-        snap["flowscope_queue_bytes"] = {(): q.total_bytes}
-        snap["flowscope_queue_records"] = {(): q.total_records}
+        # the open record batch (key none) is counted with the queue: flows in it are decoded and
+        # neither delivered nor dropped yet
+        wr = self.writer
+        open_records, open_bytes = (wr.records, wr.size) if wr is not None else (0, 0)
+        snap["flowscope_queue_bytes"] = {(): q.total_bytes + open_bytes}
+        snap["flowscope_queue_records"] = {(): q.total_records + open_records}
         snap["flowscope_queue_limit_bytes"] = {(): q.limit}
         snap["flowscope_sink_connected"] = {(): 1 if s.connected else 0}
         snap["flowscope_sink_stalled_seconds"] = {(): round(s.stalled_for(), 1)}

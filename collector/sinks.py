@@ -208,8 +208,6 @@ class Sink:
     """Common part: a queue, a writer task, counters. Subclasses implement `_run`."""
 
     name = "sink"
-    #: drop reason, at the shutdown deadline, of records handed to the sink and not confirmed
-    inflight_reason = "shutdown"
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -228,6 +226,12 @@ class Sink:
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def unconfirmed(self, kind: int) -> int:
+        """Records of `kind` in flight that went out to their destination without a confirmation
+        (Kafka: written in a Produce request, not answered): at the shutdown deadline they are
+        `unconfirmed`, the rest of what is in flight `shutdown`."""
+        return 0
 
     def stalled_for(self) -> float:
         """Seconds that records have been waiting with nothing delivered: 0 while records are
@@ -263,23 +267,28 @@ class Sink:
                 pass
         left = self.queue.drop_all("shutdown")
         q = self.queue
-        inflight = q.inflight_records
+        sent = 0
         for kind, n in enumerate(q.inflight):
             if n:
-                q.dropped[(kind, self.inflight_reason)] += n
+                u = min(n, self.unconfirmed(kind))
+                sent += u
+                if u:
+                    q.dropped[(kind, "unconfirmed")] += u
+                if n - u:
+                    q.dropped[(kind, "shutdown")] += n - u
+                left += n - u
                 q.done(kind, 0, n)
         q.inflight_bytes = 0
-        unsent = left + (inflight if self.inflight_reason == "shutdown" else 0)
-        if unsent:
+        if left:
             log.error("shutdown: %d records could not be delivered within --shutdown-timeout=%.1fs "
                       "(counted in flowscope_flows_dropped_total and flowscope_counter_records_dropped_total, "
-                      "reason=\"shutdown\")", unsent, self.cfg.shutdown_timeout)
-        if inflight and self.inflight_reason != "shutdown":
+                      "reason=\"shutdown\")", left, self.cfg.shutdown_timeout)
+        if sent:
             log.error("shutdown: %d records sent to Kafka were not acknowledged within --shutdown-timeout=%.1fs: "
                       "they may or may not be in the topic (counted in flowscope_flows_dropped_total and "
-                      "flowscope_counter_records_dropped_total, reason=\"%s\")", inflight,
-                      self.cfg.shutdown_timeout, self.inflight_reason)
-        if not left and not inflight:
+                      "flowscope_counter_records_dropped_total, reason=\"unconfirmed\")", sent,
+                      self.cfg.shutdown_timeout)
+        if not left and not sent:
             log.info("shutdown: queue drained, nothing left to send")
 
     async def _close(self, timeout: float) -> None:
@@ -587,12 +596,13 @@ def check_compression(k: KafkaConfig) -> str | None:
 class _Open:
     """A record batch being filled for one partition, with its records kept for a re-queue."""
 
-    __slots__ = ("kind", "partition", "builder", "records", "nbytes", "exporters")
+    __slots__ = ("kind", "partition", "builder", "records", "nbytes", "exporters", "written")
 
     def __init__(self, kind: int, partition: int, builder: Any) -> None:
         self.kind = kind
         self.partition = partition
         self.builder = builder
+        self.written = False  # its Produce request went out on a connection (direct path)
         self.records: list[bytes] = []
         self.nbytes = 0
         self.exporters: list[str] | None = None  # key exporter: each record's, for a re-queue
@@ -624,8 +634,6 @@ class KafkaSink(Sink):
     """aiokafka producer fed by record-batch appends; see the module docstring."""
 
     name = "kafka"
-    # Sent and not acknowledged by the deadline: the broker may have written them.
-    inflight_reason = "unconfirmed"
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
@@ -640,6 +648,8 @@ class KafkaSink(Sink):
         self._partitions_at: dict[str, float] = {}
         self._retry_wait = 0.0  # seconds before the next attempt after a failed one
         self._need_metadata = False
+        self._written = [0, 0]     # records by kind in Produce requests written and not answered
+        self._closing = False      # _close() is failing what is still in flight: no re-queue
         # producer connections last seen (_connections_lost): their (producer, id) keys, and the objects
         self._conn_keys: set[tuple[int, Any]] = set()
         self._conns_seen: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -807,11 +817,13 @@ class KafkaSink(Sink):
                 ok = await asyncio.wait_for(producer.client.force_metadata_update(),
                                             self.k.request_timeout_ms / 1000)
                 if not ok:
+                    self.connected = False
                     self.errors["metadata"] += 1
                     self._rl.error("metadata", "kafka: metadata refresh failed: no broker of %s answered",
                                    ",".join(self.k.brokers))
                     return False
         except (asyncio.TimeoutError, Exception) as exc:
+            self.connected = False
             self.errors["metadata"] += 1
             self._rl.error("metadata", "kafka: metadata refresh failed: %r", exc)
             return False
@@ -824,6 +836,7 @@ class KafkaSink(Sink):
                 for t in topics:
                     await asyncio.wait_for(producer.client._wait_on_metadata(t), self.k.request_timeout_ms / 1000)
         except (asyncio.TimeoutError, Exception) as exc:
+            self.connected = False
             self.errors["metadata"] += 1
             self._rl.error("metadata", "kafka: no metadata for %s yet: %r", ",".join(topics), exc)
             return False
@@ -942,6 +955,8 @@ class KafkaSink(Sink):
                 if self._encode is not None:
                     self._compress(w)
                 fut = await self.direct.send(w, topic, o.partition)  # type: ignore[union-attr]
+                o.written = True
+                self._written[o.kind] += len(o.records)
             else:
                 ps = self.producers
                 if len(ps) == 1:
@@ -960,6 +975,8 @@ class KafkaSink(Sink):
         def done(f: asyncio.Future[Any]) -> None:
             self._pending.discard(f)
             exc = f.exception() if not f.cancelled() else asyncio.CancelledError()
+            if exc is None and o.written:
+                self._written[o.kind] -= len(o.records)
             if exc is None:
                 self.connected = True
                 self._retry_wait = 0.0
@@ -973,7 +990,17 @@ class KafkaSink(Sink):
         self._pending.add(fut)
         fut.add_done_callback(done)
 
+    def unconfirmed(self, kind: int) -> int:
+        return self._written[kind]
+
     def _failed(self, o: _Open, exc: BaseException) -> None:
+        if self._closing:
+            # The shutdown deadline passed and the connections are being closed: the batch stays
+            # in flight for drain() to count, unconfirmed if its request was written.
+            return
+        if o.written:
+            o.written = False
+            self._written[o.kind] -= len(o.records)
         if getattr(exc, "fatal", False) or _fatal_aiokafka(exc):
             # the broker refused the batch for good (direct path: too large, corrupt, not
             # authorized...): retrying cannot help, so it is dropped and counted
@@ -1001,6 +1028,7 @@ class KafkaSink(Sink):
         pending = list(self._pending)
         if pending:
             await asyncio.wait(pending, timeout=max(timeout, 0.01))
+        self._closing = True
         if self.direct is not None:
             self.direct.close()
         for producer in self.producers:

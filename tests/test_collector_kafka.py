@@ -552,3 +552,49 @@ def test_sasl_rejected_credentials_logged_and_counted(request: pytest.FixtureReq
     log = c.log()
     assert "stopped: 0 flows delivered to kafka, 300 dropped" in log
     assert password not in log
+
+
+def test_sigterm_with_produce_requests_unanswered_counts_them_unconfirmed(collector: Any, tmp_path: Any) -> None:
+    """The broker stops answering (frozen) with flows arriving, then SIGTERM: at the deadline the
+    records whose Produce requests were written are `unconfirmed` (the broker, once it resumes,
+    may write them) and the rest `shutdown`; delivered + unconfirmed + shutdown is what was
+    decoded, and the topic afterwards holds at least what was delivered and at most that plus the
+    unconfirmed ones. (Before, the connections closed at the deadline failed the written requests
+    back into the queue, and records the broker then wrote were counted as never sent.)"""
+    import os
+    import re
+
+    from conftest import free_tcp_port
+
+    from collector.broker import Broker
+
+    b = Broker(port=free_tcp_port(), log_path=str(tmp_path / "tansu.log")).start()
+    t = topic()
+    try:
+        c = collector(["--kafka-brokers", b.bootstrap, "--kafka-topic", t, "--kafka-batch-bytes", "64KB",
+                       "--shutdown-timeout", "3"])
+        send_udp([make_v5(i, 30, i * 30) for i in range(100)], c.port)
+        c.wait_value("flowscope_flows_delivered_total", 3000)
+        os.kill(b.pid, signal.SIGSTOP)
+        try:
+            send_udp([make_v5(i, 30, i * 30) for i in range(100, 400)], c.port)
+            c.wait_value("flowscope_flows_total", 12000)
+            time.sleep(1.0)
+            assert c.stop() == 0
+        finally:
+            os.kill(b.pid, signal.SIGCONT)
+        log = c.log()
+
+        def count(pattern: str) -> int:
+            m = re.search(pattern, log)
+            return int(m.group(1)) if m else 0
+
+        delivered = count(r"stopped: (\d+) flows delivered")
+        unconfirmed = count(r"shutdown: (\d+) records sent to Kafka were not acknowledged")
+        never_sent = count(r"shutdown: (\d+) records could not be delivered")
+        assert delivered + unconfirmed + never_sent == 12000, log
+        assert unconfirmed > 0, "requests were written to the frozen broker's connections"
+        got = consume(b.bootstrap, t, delivered + unconfirmed, timeout=20, grace=3)
+        assert delivered <= len(got) <= delivered + unconfirmed, (len(got), delivered, unconfirmed, never_sent)
+    finally:
+        b.stop()
