@@ -116,6 +116,8 @@ class Broker:
             proc.wait()
 
     def __enter__(self) -> Broker:
+        if self.proc is not None and self.proc.poll() is None:
+            return self   # already started (start_broker() starts it): never a second one on its port
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

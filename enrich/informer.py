@@ -354,7 +354,6 @@ class Informer:
         if typ not in ("ADDED", "MODIFIED", "DELETED"):
             index.problem("bad_event", f"watch {self._resource()} sent unknown event type {typ!r}")
             return rv
-        st.events[typ] += 1
         rec = index.parse(kind, obj)
         if rec is not None:
             if typ == "DELETED":
@@ -364,6 +363,7 @@ class Informer:
             # what the cache holds (a DELETED for an unknown object, a repeated ADDED or a
             # MODIFIED before its ADDED would make a running tally drift)
             st.objects = index.kind_count(kind)
+        st.events[typ] += 1   # after the index has it: a reader that saw the count sees the change
         return new_rv
 
     # HTTP plumbing

@@ -271,7 +271,8 @@ def test_nfcapd_peer_counts_every_flow(loadgen: Path) -> None:
 def test_pmacct_peer_publishes_one_json_per_flow(loadgen: Path, proto: str) -> None:
     from benchmarks import broker, peers
 
-    with broker.start_broker() as b:
+    b = broker.start_broker()   # already started: a `with` would start a second Tansu on its port
+    try:
         topic = broker.create_topic(b.bootstrap)
         port = broker.free_udp_port()
         peer = peers.start_pmacct(proto, port=port, bootstrap=b.bootstrap, topic=topic, refresh_s=1)
@@ -284,6 +285,8 @@ def test_pmacct_peer_publishes_one_json_per_flow(loadgen: Path, proto: str) -> N
             peer.stop()
             peer.cleanup()
         got = broker.count_messages(b.bootstrap, topic, expected=sent, idle=3, keep=1)
+    finally:
+        b.stop()
     # pmacct keeps up to one plugin buffer (32 KiB) that only a later datagram would push out
     assert 0.97 * sent <= got.messages <= sent
     rec = json.loads(got.sample[0])
