@@ -821,26 +821,22 @@ def test_drop_reason_names(decoders_mod, code: int) -> None:
     assert b.to_dicts()[0]["PktDropLatestDropCause"] == T.SFLOW_DROP_REASONS.get(code, str(code))
 
 
-def xdr_string(text: bytes) -> bytes:
-    return xdr_opaque(text)
-
-
 def test_linux_drop_reason_record(decoders_mod) -> None:
     """hsflowd's dropmon adds record 1042, the kernel's reason name: published in NetObserv's
     vocabulary, SKB_DROP_REASON_<name>, ahead of the sFlow reason code. A name that is not one
     (lower case, too long, empty) stays an unknown record."""
     pkt = eth(ipv4("10.0.0.1", "10.0.0.2", 17, udp(1, 2)), 0x0800)
-    fn = rec(1038, xdr_string(b"kfree_skb_reason"))
-    b = decode(decoders_mod, datagram([discarded_packet([raw_header(pkt, 60), fn, rec(1042, xdr_string(b"NETFILTER_DROP"))],
+    fn = rec(1038, xdr_opaque(b"kfree_skb_reason"))
+    b = decode(decoders_mod, datagram([discarded_packet([raw_header(pkt, 60), fn, rec(1042, xdr_opaque(b"NETFILTER_DROP"))],
                                                         reason=258)]))
     f = b.to_dicts()[0]
     assert f["PktDropLatestDropCause"] == "SKB_DROP_REASON_NETFILTER_DROP"
-    assert f["ie1038"] == xdr_string(b"kfree_skb_reason").hex()
+    assert f["ie1038"] == xdr_opaque(b"kfree_skb_reason").hex()
     for odd in (b"netfilter_drop", b"", b"A" * 65, b'NO"QUOTE'):
-        b = decode(decoders_mod, datagram([discarded_packet([raw_header(pkt, 60), rec(1042, xdr_string(odd))],
+        b = decode(decoders_mod, datagram([discarded_packet([raw_header(pkt, 60), rec(1042, xdr_opaque(odd))],
                                                             reason=258)]))
         f = b.to_dicts()[0]
-        assert f["PktDropLatestDropCause"] == "acl" and f["ie1042"] == xdr_string(odd).hex(), odd
+        assert f["PktDropLatestDropCause"] == "acl" and f["ie1042"] == xdr_opaque(odd).hex(), odd
     # A string longer than its record is malformed.
     bad = rec(1042, struct.pack(">I", 40) + b"NETFILTER_DROP\0\0")
     b = decode(decoders_mod, datagram([discarded_packet([raw_header(pkt, 60), bad])]))
