@@ -189,7 +189,8 @@ class Trial:
     count_s: float = 0.0  # how long reading the topic back took
     # flowscope only, from its /metrics after the drain: its own accounting of the loss
     metrics: dict = field(default_factory=dict)
-    accounting_gap: int | None = None  # sent - (delivered + flows dropped + kernel-dropped datagrams x R)
+    accounting_gap: int | None = None  # sent - (delivered + flows dropped + kernel-dropped data datagrams x R)
+    template_drops: int = 0   # kernel-dropped datagrams that can only have been templates (the gap's rest)
     generator_limited: bool = False
     error: str | None = None
     loadgen: dict = field(default_factory=dict)
@@ -314,6 +315,12 @@ def run_trial(
             per = g.get("records_per_datagram", 0)
             dropped = _family(tr.metrics, "flowscope_flows_dropped_total")
             tr.accounting_gap = int(tr.sent_flows - tr.delivered - dropped - tr.kernel_drops * per)
+            # The kernel's drop counter does not say which datagrams it dropped: a template datagram
+            # (IPFIX, v9) carries no flows, so each one among them makes the gap `per` too negative.
+            tmpl = min(int(g.get("template_datagrams", 0)), tr.kernel_drops)
+            if per and tr.accounting_gap < 0 and -tr.accounting_gap % per == 0 and -tr.accounting_gap // per <= tmpl:
+                tr.template_drops = -tr.accounting_gap // per
+                tr.accounting_gap = 0
     except Exception as e:  # noqa: BLE001 - a failed trial is a result, the sweep goes on
         tr.error = _one_line(f"{type(e).__name__}: {e}")
     finally:
@@ -362,6 +369,7 @@ def sweep(spec: CollectorSpec, proto: str, *, start: float, max_trials: float, m
             f"delivered {tr.delivered_flows_s:>11,.0f}/s loss {tr.loss:7.3%} cpu {tr.cpu_pct:4.0f}/{tr.cpu_total_pct:4.0f}% "
             f"rss {tr.peak_rss_mib:6.0f}MiB drops {tr.kernel_drops} drain {tr.drain_s:.1f}s"
             + (f" unaccounted {tr.accounting_gap}" if tr.accounting_gap is not None else "")
+            + (f" ({tr.template_drops} of the kernel drops were template datagrams)" if tr.template_drops else "")
             + (" GENERATOR-LIMITED" if tr.generator_limited else "") + (f" ERROR {tr.error}" if tr.error else ""))
         if ok:
             if good is None or tr.offered_flows_s > good.offered_flows_s:

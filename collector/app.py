@@ -24,7 +24,7 @@ from typing import Any
 from .config import Config
 from .http import HttpServer
 from .metrics import Aggregator
-from .util import setup_logging, tune_malloc
+from .util import die_with_parent, setup_logging, tune_malloc
 
 log = logging.getLogger("flowscope")
 
@@ -206,7 +206,7 @@ async def _worker_main(cfg: Config, index: int | None, enrich_cfg: Any,
              "(up to %.1fs)", cfg.shutdown_timeout)
     await worker.stop()
     stats_task.cancel()
-    report(worker.snapshot())
+    report(worker.snapshot(final=True))
     await stop_enricher(enricher)
     for s in servers:
         await s.stop()
@@ -238,10 +238,13 @@ def run(cfg: Config, enrich_cfg: Any = None, enrich_note: str = "") -> int:
 
 
 def _child(cfg: Config, index: int, conn: Connection, enrich_cfg: Any,
-           factory: Callable[[], asyncio.AbstractEventLoop]) -> int:
+           factory: Callable[[], asyncio.AbstractEventLoop], parent: int) -> int:
     setup_logging(cfg.log_level, index)
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
+    # A supervisor killed outright (SIGKILL, the OOM killer) cannot forward a stop: the kernel
+    # sends SIGTERM instead, and the worker drains, flushes and counts as on any stop.
+    die_with_parent(parent, signal.SIGTERM)
 
     def report(snap: dict[str, Any]) -> None:
         try:
@@ -260,6 +263,7 @@ def _child(cfg: Config, index: int, conn: Connection, enrich_cfg: Any,
 
 def _supervise(cfg: Config, enrich_cfg: Any, factory: Callable[[], asyncio.AbstractEventLoop]) -> int:
     children: dict[int, tuple[int, Connection]] = {}
+    me = os.getpid()
     sys.stdout.flush()
     sys.stderr.flush()
     for i in range(cfg.workers):
@@ -271,7 +275,7 @@ def _supervise(cfg: Config, enrich_cfg: Any, factory: Callable[[], asyncio.Abstr
                 other.close()
             code = 1
             try:
-                code = _child(cfg, i, w, enrich_cfg, factory)
+                code = _child(cfg, i, w, enrich_cfg, factory, me)
             except BaseException as exc:  # noqa: BLE001 - report anything, then leave without cleanup
                 logging.getLogger("flowscope").exception("worker %d failed: %r", i, exc)
             finally:

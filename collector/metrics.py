@@ -61,14 +61,16 @@ SERIES: dict[str, Series] = {s.name: s for s in [
            "restarts on a new source port leaves its old session's templates behind)", ("exporter", "protocol")),
     Series("flowscope_sequence_lost", "counter", "Lost before reaching flowscope, from the exporters' sequence "
            "numbers (per exporting process and domain; sFlow per agent and sub-agent): flows for netflow5, data "
-           "records for ipfix, datagrams for netflow9 and sflow5", ("exporter", "protocol")),
+           "records for ipfix, datagrams for netflow9 and sflow5; a gap is counted once it has stayed open for a "
+           "second (datagrams reordered on the path fill it first)", ("exporter", "protocol")),
     Series("flowscope_exporter_sample_drops", "counter", "Packets sFlow agents say they could not sample (flow "
            "samples) or report (discarded-packet samples) for lack of resources or their rate limit: the increases "
            "of the samples' cumulative drops counters, per agent, sub-agent and data source (the first value seen "
            "of a source is its baseline; Open vSwitch always sends 0)", ("exporter", "protocol")),
     Series("flowscope_sequence_resets", "counter", "Exporter restarts: a sequence number that jumped by more than "
            "2^20, or went back with a header uptime (netflow5, netflow9, sflow5) that went back by more than a "
-           "minute; tracking starts over", ("exporter", "protocol")),
+           "minute, or went back and the next datagram continued from there (ipfix, whose header has no uptime); "
+           "tracking starts over", ("exporter", "protocol")),
     Series("flowscope_exporters", "gauge", "Exporters (source addresses) with decoder state that sent since the start (those only "
            "restored from the state file are not counted); with --workers N the workers' counts are added, "
            "so an address whose source ports go to two workers counts twice", ()),

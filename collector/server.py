@@ -414,8 +414,10 @@ class Worker:
                         "{reason=\"shutdown\"})", self.dgram_drops["shutdown"])
 
     # -- statistics ----------------------------------------------------------------------------------
-    def snapshot(self) -> Snapshot:
-        snap = decoder_series(self.decoder.series_stats(), self.labels)
+    def snapshot(self, final: bool = False) -> Snapshot:
+        """The worker's series. Export-sequence gaps older than the reorder window are counted as
+        lost here (a late datagram can no longer fill them); `final`: every gap still open is."""
+        snap = decoder_series(self.decoder.series_stats(None if final else time.time()), self.labels)
         snap["flowscope_exporters"] = {(): self.decoder.exporter_count()}
         snap["flowscope_exporters_evicted"] = {(): self.decoder.evicted_exporters}
         names = [str(lst) for lst in self.listeners]

@@ -103,3 +103,27 @@ def tune_malloc() -> None:
     m_trim_threshold, m_mmap_threshold = -1, -3
     mallopt(m_mmap_threshold, 64 * 1024 * 1024)
     mallopt(m_trim_threshold, 512 * 1024 * 1024)
+
+
+def die_with_parent(parent: int, sig: int) -> bool:
+    """Ask Linux to send this process `sig` when its parent dies (prctl PR_SET_PDEATHSIG), so a
+    worker whose supervisor was killed with SIGKILL (OOM killer, `kill -9`) stops instead of
+    holding its SO_REUSEPORT socket and taking a share of the datagrams meant for the next
+    collector. False where that cannot be arranged (not Linux, no prctl). A parent that died
+    before the call (`parent` is no longer our parent) gets the signal sent right away."""
+    import ctypes
+    import ctypes.util
+    import os
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        if libc.prctl(pr_set_pdeathsig, sig, 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    if os.getppid() != parent:
+        os.kill(os.getpid(), sig)
+    return True

@@ -33,6 +33,7 @@ STATE_FORMAT = 3
 # The decoder's limits, for tools that must agree with it (collector/replay.py follows its
 # sequence check and template rules without decoding)
 SEQUENCE_MAX_GAP = SEQ_MAX_GAP
+SEQUENCE_REORDER_S = SEQ_REORDER_MS / 1000.0
 SEQUENCE_RESTART_UPTIME_MS = SEQ_RESTART_UPTIME_MS
 TEMPLATE_MAX_FIELDS = MAX_TEMPLATE_FIELDS
 
@@ -233,22 +234,35 @@ cdef class Decoder:
             ex.protocol = PROTOCOL_NAMES[b.proto_kind]
         return b
 
-    def stats(self):
+    def stats(self, now=None):
         """Per exporter: datagrams, flows, errors by reason, missing-template sets, templates...
-        After evictions, key EVICTED ("(evicted)") holds the evicted exporters' counters."""
+        After evictions, key EVICTED ("(evicted)") holds the evicted exporters' counters.
+        Sequence gaps seen SEQUENCE_REORDER_S before `now` (Unix seconds; left out: all of them,
+        as at the end of the input) are counted as lost first: no late datagram will fill them."""
+        self.settle_gaps(now)
         out = {ip: ex.stats() for ip, ex in self.exporters.items()}
         if self.evicted_exporters:
             out[EVICTED] = self.evicted.stats()
         return out
 
-    def series_stats(self):
+    def settle_gaps(self, now=None):
+        """Count the sequence gaps older than SEQUENCE_REORDER_S at `now` (all when None) as lost."""
+        cdef ExporterState ex
+        cdef int64_t now_ms = -1 if now is None else <int64_t>(<double>now * 1000.0)
+        for ex in self.exporters.values():
+            if ex.pending_gaps:
+                ex.settle_gaps(now_ms)
+
+    def series_stats(self, now=None):
         """What the metrics need, cheaply (it runs on the event loop every stats interval, over
         every exporter): exporter -> (datagrams, last sampling rate, protocol, per-protocol
         counters {name: {"datagrams", "flows", "errors", "missing_template_sets"}}, templates
         by protocol or None). The per-protocol dicts are the decoder's own: read, never keep or
-        change them. Evicted exporters' counters under EVICTED."""
+        change them. Evicted exporters' counters under EVICTED. Sequence gaps are settled first,
+        as by stats(now)."""
         cdef ExporterState ex
         cdef dict out = {}
+        self.settle_gaps(now)
         for ip, ex in self.exporters.items():
             out[ip] = (ex.datagrams, ex.last_sampling, ex.protocol, ex.by_protocol,
                        ex.templates_by_protocol() if ex.templates else None)

@@ -10,6 +10,8 @@ DEF SEQ_MAX_GAP = 1 << 20           # export sequence jumps beyond this (either 
 DEF LOG_KEYS = 4096                 # (reason, exporter) keys of the per-packet error log limit
 DEF SEQ_RESTART_UPTIME_MS = 60000   # a header uptime this far behind the stream's last one: a restart
 DEF SEQ_MAX_STREAMS = 256            # (protocol, port, domain) sequence streams tracked per exporter
+DEF SEQ_REORDER_MS = 1000           # a sequence gap is counted as loss once this old (receive time),
+                                    # unless datagrams that arrive late fill it first
 DEF DROPS_MAX_SOURCES = 1024         # sFlow data sources whose drops counters are tracked per exporter
 DEF OPTIONS_MAX_ENTRIES = 1024       # per exporter, in each dict of what options data teaches
 DEF DEDUP_WINDOW_MS = 60000          # an egress record within this window of its ingress twin

@@ -247,6 +247,22 @@ cdef Template compile_template(int version, uint32_t domain, uint16_t tid, tuple
     return t
 
 
+cdef class SeqStream:
+    """One sequence stream of an exporter: a protocol's (exporting process, domain)."""
+    cdef int kind
+    cdef uint32_t port
+    cdef uint64_t domain
+    cdef bint synced        # next is known (False: new, or the last message was not decoded whole)
+    cdef uint32_t next      # sequence number expected next
+    cdef int64_t uptime     # header uptime of its latest datagram (ms), -1 where the protocol has none
+    cdef uint32_t gap_start # a gap not counted yet: numbers [gap_start, gap_start + gap_span) were
+    cdef uint32_t gap_span  # skipped, of which gap_len have not arrived late since
+    cdef uint32_t gap_len
+    cdef int64_t gap_ms     # receive time the gap was seen
+    cdef bint late          # its latest datagram was behind and filled no gap...
+    cdef uint32_t late_next # ... and a datagram that continues it would start here
+
+
 cdef class ExporterState:
     """Everything flowscope knows about one exporter (by IP): templates, clocks, rates, counters."""
 
@@ -277,14 +293,11 @@ cdef class ExporterState:
     cdef str cur_protocol
     cdef public double last_seen       # receive time of its latest datagram (eviction order)
     cdef readonly Py_ssize_t template_fields  # fields of its templates (Decoder.max_template_fields)
-    cdef dict seq_next                 # (protocol kind, port, domain) -> (next sequence number expected, uptime)
+    cdef dict seq_streams              # (protocol kind, port, domain) -> SeqStream
+    cdef SeqStream cur_seq             # the stream of its latest datagram (no dict lookup and no key
+                                       # tuple per datagram while one stream follows another)
+    cdef public Py_ssize_t pending_gaps  # streams with a gap not yet counted (settle_gaps skips when 0)
     cdef dict drops_seen               # sFlow (stream, sample kind and source) -> its drops counter's last value
-    cdef int last_kind                 # the stream of its latest datagram, kept out of seq_next (no dict
-    cdef uint32_t last_port            # and no boxing per datagram while one stream follows another)
-    cdef uint64_t last_domain
-    cdef uint32_t last_next
-    cdef int64_t last_uptime           # its header's uptime (ms), -1 where the protocol has none (IPFIX)
-    cdef bint has_last
     cdef int64_t clk_cur               # smallest receive - export time (ms) in the current window
     cdef int64_t clk_prev              # ... in the previous one (clock_shift)
     cdef int64_t clk_start             # receive time (ms) the current window began; 0 = none yet
@@ -320,7 +333,7 @@ cdef class ExporterState:
         self.protocol = ""
         self.cur_protocol = "unknown"
         self.by_protocol = {}
-        self.seq_next = {}
+        self.seq_streams = {}
         self.drops_seen = {}
 
     cdef dict proto_stats(self, str name):
@@ -332,55 +345,88 @@ cdef class ExporterState:
         return d
 
     cdef void sequence(self, int kind, uint32_t port, uint64_t domain, uint32_t seq, uint32_t advance,
-                       int64_t uptime) noexcept:
+                       int64_t uptime, int64_t now_ms) noexcept:
         """An export's sequence number against the one expected from the same exporting process
-        (port) and domain: a forward jump counts what never arrived (in the protocol's unit:
-        flows for v5, records for IPFIX, datagrams for v9 and sFlow), a jump of more than
-        SEQ_MAX_GAP either way is a restart; a datagram a little behind is a late one, unless
-        the header's uptime (v5, v9, sFlow; `uptime` -1 for IPFIX, which has none) went back by
-        more than SEQ_RESTART_UPTIME_MS too: the exporter restarted, its sequence with it (an
-        uptime going back while the sequence goes on, as `flowscope replay` loops a capture,
-        is no restart)."""
-        cdef object exp
-        cdef uint32_t ahead, behind, back, expected = 0
-        cdef int64_t prev_uptime = -1
-        cdef bint known = False
-        cdef dict d
-        if self.has_last and self.last_kind == kind and self.last_port == port and self.last_domain == domain:
-            known = True
-            expected = self.last_next
-            prev_uptime = self.last_uptime
+        (port) and domain. A forward jump is a gap: what never arrived (in the protocol's unit:
+        flows for v5, records for IPFIX, datagrams for v9 and sFlow) unless datagrams behind the
+        expected number fill it within SEQ_REORDER_MS (reordered on the path); what is left of it
+        then is counted as lost (settle_gaps, or the stream's next datagram). A jump of more than
+        SEQ_MAX_GAP either way is a restart. A datagram behind is a late one, unless
+        - the header's uptime (v5, v9, sFlow; `uptime` -1 for IPFIX, which has none) went back by
+          more than SEQ_RESTART_UPTIME_MS too (an uptime going back while the sequence goes on,
+          as `flowscope replay` loops a capture, is no restart), or
+        - it falls in no pending gap and the datagram before it was such a one too, which it
+          continues exactly: the exporter started its sequence over (an IPFIX exporting process
+          restarted on the same port, where no uptime tells)."""
+        cdef SeqStream st = self.cur_seq
+        cdef uint32_t ahead, behind, back, fill
+        cdef object key
+        if st is None or st.kind != kind or st.port != port or st.domain != domain:
+            key = (kind, port, domain)
+            st = self.seq_streams.get(key)
+            if st is None:
+                if len(self.seq_streams) >= SEQ_MAX_STREAMS:
+                    self.settle_gaps(-1)        # bounded: a spray of domains or ports only
+                    self.seq_streams.clear()    # starts tracking over
+                st = SeqStream.__new__(SeqStream)
+                st.kind, st.port, st.domain = kind, port, domain
+                self.seq_streams[key] = st
+            self.cur_seq = st
+        if st.gap_len and now_ms - st.gap_ms >= SEQ_REORDER_MS:
+            self.count_gap(st)
+        if not st.synced:
+            st.synced = True
         else:
-            if self.has_last:       # park the previous stream
-                if len(self.seq_next) >= SEQ_MAX_STREAMS:
-                    self.seq_next.clear()   # bounded: a spray of domains or ports only resets tracking
-                self.seq_next[(self.last_kind, self.last_port, self.last_domain)] = (self.last_next, self.last_uptime)
-            exp = self.seq_next.pop((kind, port, domain), None) if self.seq_next else None
-            if exp is not None:
-                known = True
-                expected = <uint32_t>exp[0]
-                prev_uptime = <int64_t>exp[1]
-            self.last_kind, self.last_port, self.last_domain, self.has_last = kind, port, domain, True
-        if known:
-            ahead = seq - expected
-            behind = expected - seq
-            if ahead and ahead <= SEQ_MAX_GAP:
-                d = self.proto_stats(self.cur_protocol)
-                d["sequence_lost"] += ahead
-            elif behind and behind <= SEQ_MAX_GAP:
+            ahead = seq - st.next
+            behind = st.next - seq
+            if ahead == 0:
+                pass
+            elif ahead <= SEQ_MAX_GAP:
+                if st.gap_len:
+                    self.count_gap(st)          # one gap pending per stream: the older one counts now
+                st.gap_start, st.gap_span, st.gap_len, st.gap_ms = st.next, ahead, ahead, now_ms
+                self.pending_gaps += 1
+            elif behind <= SEQ_MAX_GAP:
                 # uptime wraps at 2^32 ms (49.7 days): "went back" is a difference below 2^31
-                back = <uint32_t>(prev_uptime - uptime) if uptime >= 0 and prev_uptime >= 0 else 0
+                back = <uint32_t>(st.uptime - uptime) if uptime >= 0 and st.uptime >= 0 else 0
                 if back <= SEQ_RESTART_UPTIME_MS or back >= 0x80000000u:
-                    self.last_next = expected
-                    self.last_uptime = prev_uptime
-                    return          # late (reordered): what is expected stays
-                d = self.proto_stats(self.cur_protocol)
-                d["sequence_resets"] += 1   # restarted: sequence and uptime started over
-            elif ahead:
-                d = self.proto_stats(self.cur_protocol)
-                d["sequence_resets"] += 1
-        self.last_next = <uint32_t>(seq + advance)
-        self.last_uptime = uptime
+                    if st.gap_len and <uint32_t>(seq - st.gap_start) < st.gap_span:
+                        fill = advance if advance < st.gap_len else st.gap_len
+                        st.gap_len -= fill      # late: part of the gap arrived after all
+                        if not st.gap_len:
+                            self.pending_gaps -= 1
+                        st.late = False
+                        return
+                    if not (st.late and seq == st.late_next):
+                        st.late = True          # late for a gap already counted, or repeated:
+                        st.late_next = seq + advance    # what is expected stays
+                        return
+                self.restart(st)                # the uptime went back, or a second datagram behind
+            else:
+                self.restart(st)
+        st.late = False
+        st.next = seq + advance
+        st.uptime = uptime
+
+    cdef void restart(self, SeqStream st) noexcept:
+        if st.gap_len:
+            self.count_gap(st)
+        self.proto_stats(PROTOCOL_NAMES[st.kind])["sequence_resets"] += 1
+
+    cdef void count_gap(self, SeqStream st) noexcept:
+        self.proto_stats(PROTOCOL_NAMES[st.kind])["sequence_lost"] += st.gap_len
+        st.gap_len = 0
+        self.pending_gaps -= 1
+
+    cdef void settle_gaps(self, int64_t now_ms) noexcept:
+        """Count the gaps seen SEQ_REORDER_MS or longer before now_ms (all of them when now_ms < 0)
+        as lost: nothing filled them in time."""
+        cdef SeqStream st
+        if not self.pending_gaps:
+            return
+        for st in self.seq_streams.values():
+            if st.gap_len and (now_ms < 0 or now_ms - st.gap_ms >= SEQ_REORDER_MS):
+                self.count_gap(st)
 
     cdef void sample_drops(self, uint64_t stream, uint32_t kind, uint32_t source, uint32_t drops):
         """An sFlow sample's drops counter (packets its agent could not sample, or discard events it
@@ -404,11 +450,14 @@ cdef class ExporterState:
             self.proto_stats(self.cur_protocol)["sample_drops"] += delta
 
     cdef void sequence_forget(self, int kind, uint32_t port, uint64_t domain) noexcept:
-        """What the last message advanced by is unknown (not decoded whole): start over."""
-        if self.has_last and self.last_kind == kind and self.last_port == port and self.last_domain == domain:
-            self.has_last = False
-        elif self.seq_next:
-            self.seq_next.pop((kind, port, domain), None)
+        """What the last message advanced by is unknown (not decoded whole): the stream's next
+        datagram sets the expectation again (a gap already pending stays pending)."""
+        cdef SeqStream st = self.cur_seq
+        if st is None or st.kind != kind or st.port != port or st.domain != domain:
+            st = self.seq_streams.get((kind, port, domain)) if self.seq_streams else None
+        if st is not None:
+            st.synced = False
+            st.late = False
 
     cdef bint rate_ok(self, double now, double rate) noexcept:
         """Token bucket of --max-exporter-rate: `rate` datagrams a second, bursts of one
@@ -465,6 +514,7 @@ cdef class ExporterState:
     cdef void absorb(self, ExporterState other):
         """Add other's counters to this one's (the decoder's tally of evicted exporters)."""
         cdef dict d, mine
+        other.settle_gaps(-1)
         for name, d in other.by_protocol.items():
             mine = self.proto_stats(name)
             for key in ("datagrams", "flows", "missing_template_sets", "sequence_lost", "sequence_resets",
@@ -520,7 +570,8 @@ cdef int decode_v5(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except
     b.proto_kind = PROTO_NETFLOW5
     b.sequence = be32(h + 16)
     # flow_sequence counts flows; engine type/id tell an exporter's engines apart
-    ex.sequence(PROTO_NETFLOW5, b.port, (<uint32_t>h[20] << 8) | h[21], b.sequence, count, uptime)
+    ex.sequence(PROTO_NETFLOW5, b.port, (<uint32_t>h[20] << 8) | h[21], b.sequence, count, uptime,
+                <int64_t>(b.recv_time * 1000.0))
     cdef bint bad_count = False
     # Records are 48 bytes and a v5 datagram holds at most 30 (Cisco's v5 format). When the
     # header's count disagrees with the length, decode the whole records that are there (as
@@ -1458,7 +1509,8 @@ cdef int decode_v9(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except
     b.sequence = be32(h + 12)
     b.domain = domain
     b.clock_shift_ms = clock_shift(ex, b, export_ms)
-    ex.sequence(PROTO_NETFLOW9, b.port, domain, b.sequence, 1, uptime)   # RFC 3954: export packets per Source ID
+    # RFC 3954: export packets per Source ID
+    ex.sequence(PROTO_NETFLOW9, b.port, domain, b.sequence, 1, uptime, <int64_t>(b.recv_time * 1000.0))
     # RFC 3954 5.1: "count" is not reliable across vendors; walk the flowsets to the end.
     while rd_left(r) >= 4:
         set_start = r.pos
@@ -1534,7 +1586,8 @@ cdef int decode_ipfix(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
         finally:
             # RFC 7011 3.1: the sequence number counts the Data Records sent in the domain
             if whole and not ex.msg_uncounted:
-                ex.sequence(PROTO_IPFIX, b.port, domain, be32(h + 8), <uint32_t>ex.msg_records, -1)
+                ex.sequence(PROTO_IPFIX, b.port, domain, be32(h + 8), <uint32_t>ex.msg_records, -1,
+                            <int64_t>(b.recv_time * 1000.0))
             else:
                 ex.sequence_forget(PROTO_IPFIX, b.port, domain)
             if not first:

@@ -841,7 +841,7 @@ cdef int decode_sflow(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
     seq = be32(p + 4)
     b.sequence = seq
     stream = sflow_stream(b.agent, 0 if atype == 0 else 4 if atype == 1 else 16, be32(p))
-    ex.sequence(PROTO_SFLOW5, b.port, stream, seq, 1, be32(p + 8))
+    ex.sequence(PROTO_SFLOW5, b.port, stream, seq, 1, be32(p + 8), <int64_t>(b.recv_time * 1000.0))
     nsamples = be32(p + 12)
     committed = b.n
     try:

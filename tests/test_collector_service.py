@@ -326,6 +326,42 @@ def test_sighup_stops_cleanly_like_sigterm(collector: Any, tmp_path: Path, worke
     assert "stopping: decoding what the listeners hold" in c.log()
 
 
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie waiting for its new parent to reap it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_workers_stop_when_the_supervisor_is_killed(collector: Any, tmp_path: Path) -> None:
+    """A supervisor killed outright (SIGKILL: the OOM killer, `kill -9`) cannot tell its workers:
+    they get SIGTERM from the kernel, deliver what they hold and exit, instead of keeping their
+    SO_REUSEPORT sockets and silently taking a share of the next collector's datagrams."""
+    import signal
+
+    out = tmp_path / "flows.jsonl"
+    c = collector(["--output-file", str(out), "--workers", "2"])
+    send_udp([make_v5(i * 30, 30, i * 30) for i in range(10)], c.port)
+    c.wait_value("flowscope_flows_total", 300)
+    children = [int(p) for p in Path(f"/proc/{c.proc.pid}/task/{c.proc.pid}/children").read_text().split()]
+    assert len(children) == 2
+    os.kill(c.proc.pid, signal.SIGKILL)
+    c.proc.wait(10)
+    deadline = time.monotonic() + 30
+    while any(_running(p) for p in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_running(p) for p in children), c.log()
+    assert lines(out) == 300
+    # nothing holds the port any more: a socket without SO_REUSEPORT can bind it
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.bind(("127.0.0.1", c.port))
+    finally:
+        s.close()
+
+
 # ------------------------------------------------------------------------------------------------
 # Cluster access for enrichment: decided and checked once, before any worker is forked
 

@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import random
 import struct
+from collections.abc import Callable
 
 import pytest
 
@@ -1393,6 +1394,81 @@ def test_ipfix_sequence_counts_lost_records_per_domain_and_process() -> None:
     assert _seq(dec, EXPORTER, "ipfix") == (10, 1)
     data(12, domain=7)             # domain 7 expected 12
     assert _seq(dec, EXPORTER, "ipfix") == (10, 1)
+
+
+def test_reordered_datagrams_are_not_counted_as_lost() -> None:
+    """A datagram overtaken on the path leaves a gap that it fills when it arrives: a gap is
+    counted as lost only once it is SEQUENCE_REORDER_S old (receive time) and still open, and
+    what arrives late after that is neither counted again nor taken for a restart."""
+    from decoders._core import SEQUENCE_REORDER_S
+
+    assert SEQUENCE_REORDER_S == 1.0
+    rng = random.Random(21)
+    recs = ovs_flows(5, rng)
+    sample = [SflowSample(src="10.1.0.1", dst="10.1.0.2", sport=1, dport=2, proto=6, frame_length=100, flags=2,
+                          rate=400, input=1, output=2)]
+    t0 = float(EXPORT)
+    for proto, make, step in (
+        ("ipfix", lambda s: ipfix_message([template_set([OVS_INGRESS]), data_set(OVS_INGRESS, recs)], seq=s,
+                                          export_time=EXPORT), 5),
+        ("netflow5", lambda s: v5_datagram(v5_records(30, rng, uptime_ms=100_000), seq=s, unix_secs=EXPORT,
+                                           uptime_ms=100_000), 30),
+        ("netflow9", lambda s: v9_datagram([], seq=s, unix_secs=EXPORT, uptime_ms=1000), 1),
+        ("sflow5", lambda s: sflow_datagram(sample, seq=s), 1),
+    ):
+        dec = Decoder()
+
+        def send(i: int, t: float, dec: Decoder = dec, make: Callable[[int], bytes] = make, step: int = step) -> None:
+            assert dec.decode(make(i * step), EXPORTER, 4739, t).error is None
+
+        for i, t in ((0, 0), (1, 0.01), (3, 0.02), (2, 0.03), (4, 0.04),   # 2 and 3 swapped
+                     (8, 0.05), (6, 0.06), (7, 0.07), (5, 0.08), (9, 0.09)):  # 5-7 overtaken by 8
+            send(i, t0 + t)
+        assert _seq_at(dec, proto, t0 + 5) == (0, 0), proto
+        send(11, t0 + 0.1)                     # 10 is missing...
+        assert _seq_at(dec, proto, t0 + 0.5) == (0, 0), proto   # ...for less than the window
+        assert _seq_at(dec, proto, t0 + 1.2) == (step, 0), proto
+        send(10, t0 + 1.3)                     # too late: counted already, and no restart
+        send(12, t0 + 1.4)
+        assert _seq_at(dec, proto, t0 + 5) == (step, 0), proto
+        send(14, t0 + 2.0)                     # 13 missing: the stream's next datagram after the
+        send(15, t0 + 3.5)                     # window counts it, without a stats call between
+        assert _seq(dec, EXPORTER, proto) == (2 * step, 0), proto
+
+
+def _seq_at(dec: Decoder, proto: str, now: float) -> tuple[int, int]:
+    p = dec.stats(now)[EXPORTER]["protocols"][proto]
+    return p["sequence_lost"], p["sequence_resets"]
+
+
+def test_ipfix_restart_on_the_same_port_is_told_by_its_continuation() -> None:
+    """IPFIX headers carry no uptime, so an exporting process that restarts on the same port and
+    starts its sequence again from a number a little behind looks late. A second message that
+    continues the first one's sequence tells them apart: a restart, after which loss is counted
+    again (before, every message stayed "late" until the new sequence caught up)."""
+    dec = Decoder()
+    recs = ovs_flows(5, random.Random(22))
+    t = [float(EXPORT)]
+
+    def data(seq: int) -> None:
+        t[0] += 0.01
+        b = dec.decode(ipfix_message([template_set([OVS_INGRESS]), data_set(OVS_INGRESS, recs)], seq=seq,
+                                     export_time=EXPORT), EXPORTER, 4739, t[0])
+        assert b.error is None
+
+    for i in range(2000):
+        data(5 * i)                            # 10,000 records in
+    data(0)                                    # restarted: looks late...
+    assert _seq_at(dec, "ipfix", t[0]) == (0, 0)
+    data(5)                                    # ...until the next message continues it
+    assert _seq_at(dec, "ipfix", t[0]) == (0, 1)
+    data(15)                                   # and loss is counted again
+    t[0] += 2
+    assert _seq_at(dec, "ipfix", t[0]) == (5, 1)
+    data(20)
+    data(10)                                   # late, after the gap was counted: one only
+    data(25)
+    assert _seq(dec, EXPORTER, "ipfix") == (5, 1)
 
 
 def test_ipfix_sequence_resyncs_after_a_set_it_could_not_count() -> None:
