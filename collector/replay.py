@@ -235,7 +235,7 @@ class _Stream:
     expects after the messages so far, and its header-clock range."""
 
     __slots__ = ("first", "expected", "uptime", "end", "clock_min", "clock_max", "clock_ms", "last_src",
-                 "last_msg", "gap", "late_next")
+                 "last_msg")
 
     def __init__(self, seq: int, clock: int, clock_ms: bool) -> None:
         self.first = seq
@@ -246,36 +246,24 @@ class _Stream:
         self.clock_ms = clock_ms
         self.last_src: Source | None = None
         self.last_msg = b""  # an IPFIX stream's last message, recounted with the final templates
-        self.gap = (0, 0, 0)  # the decoder's pending gap: (first skipped number, how many, still missing)
-        self.late_next: int | None = None  # after a late message outside the gap: its continuation
 
     def step(self, seq: int, adv: int, uptime: int, exact: bool) -> None:
         """Follow the message as the decoder's sequence check does (ExporterState.sequence in
-        decoders/netflow.pxi, without its clock: a gap stays open until the next one): a message
-        a little behind is late and leaves what is expected unchanged, unless the uptime went
-        back more than a minute, or it fills no gap and continues the late message before it
-        (both restarts); a message whose records could not all be counted makes the receiver
-        start over."""
+        decoders/netflow.pxi): a message a little behind is late and leaves what is expected
+        unchanged, unless the uptime went back more than a minute (a restart); a message whose
+        records could not all be counted makes the receiver start over. (The decoder's open gaps
+        decide only what is counted as lost, not what is expected next.)"""
         self.end = (seq + adv) & M32
-        late_next, self.late_next = self.late_next, None
         if not exact:
             self.expected = None
             return
         exp = self.expected
         if exp is not None:
             ahead, behind = (seq - exp) & M32, (exp - seq) & M32
-            if ahead and ahead <= SEQ_MAX_GAP:
-                self.gap = (exp, ahead, ahead)
-            elif behind and behind <= SEQ_MAX_GAP:
+            if not (ahead and ahead <= SEQ_MAX_GAP) and behind and behind <= SEQ_MAX_GAP:
                 back = (self.uptime - uptime) & M32 if uptime >= 0 and self.uptime >= 0 else 0
                 if back <= SEQ_RESTART_UPTIME_MS or back >= 0x80000000:
-                    start, span, n = self.gap
-                    if n and (seq - start) & M32 < span:
-                        self.gap = (start, span, n - min(adv, n))
-                        return  # late, into the gap
-                    if late_next != seq:
-                        self.late_next = (seq + adv) & M32
-                        return  # late
+                    return  # late
         self.expected = (seq + adv) & M32
         self.uptime = uptime
 

@@ -255,12 +255,13 @@ cdef class SeqStream:
     cdef bint synced        # next is known (False: new, or the last message was not decoded whole)
     cdef uint32_t next      # sequence number expected next
     cdef int64_t uptime     # header uptime of its latest datagram (ms), -1 where the protocol has none
-    cdef uint32_t gap_start # a gap not counted yet: numbers [gap_start, gap_start + gap_span) were
-    cdef uint32_t gap_span  # skipped, of which gap_len have not arrived late since
-    cdef uint32_t gap_len
-    cdef int64_t gap_ms     # receive time the gap was seen
-    cdef bint late          # its latest datagram was behind and filled no gap...
-    cdef uint32_t late_next # ... and a datagram that continues it would start here
+    # Gaps not counted yet, oldest first: numbers [start, start + span) were skipped, of which
+    # `missing` have not arrived late since; seen at receive time ms.
+    cdef int ngaps
+    cdef uint32_t gap_start[SEQ_MAX_GAPS]
+    cdef uint32_t gap_span[SEQ_MAX_GAPS]
+    cdef uint32_t gap_missing[SEQ_MAX_GAPS]
+    cdef int64_t gap_ms[SEQ_MAX_GAPS]
 
 
 cdef class ExporterState:
@@ -296,7 +297,7 @@ cdef class ExporterState:
     cdef dict seq_streams              # (protocol kind, port, domain) -> SeqStream
     cdef SeqStream cur_seq             # the stream of its latest datagram (no dict lookup and no key
                                        # tuple per datagram while one stream follows another)
-    cdef public Py_ssize_t pending_gaps  # streams with a gap not yet counted (settle_gaps skips when 0)
+    cdef public Py_ssize_t pending_gaps  # open sequence gaps of all its streams (settle_gaps skips when 0)
     cdef dict drops_seen               # sFlow (stream, sample kind and source) -> its drops counter's last value
     cdef int64_t clk_cur               # smallest receive - export time (ms) in the current window
     cdef int64_t clk_prev              # ... in the previous one (clock_shift)
@@ -348,19 +349,20 @@ cdef class ExporterState:
                        int64_t uptime, int64_t now_ms) noexcept:
         """An export's sequence number against the one expected from the same exporting process
         (port) and domain. A forward jump is a gap: what never arrived (in the protocol's unit:
-        flows for v5, records for IPFIX, datagrams for v9 and sFlow) unless datagrams behind the
-        expected number fill it within SEQ_REORDER_MS (reordered on the path); what is left of it
-        then is counted as lost (settle_gaps, or the stream's next datagram). A jump of more than
-        SEQ_MAX_GAP either way is a restart. A datagram behind is a late one, unless
-        - the header's uptime (v5, v9, sFlow; `uptime` -1 for IPFIX, which has none) went back by
-          more than SEQ_RESTART_UPTIME_MS too (an uptime going back while the sequence goes on,
-          as `flowscope replay` loops a capture, is no restart), or
-        - it falls in no pending gap and the datagram before it was such a one too, which it
-          continues exactly: the exporter started its sequence over (an IPFIX exporting process
-          restarted on the same port, where no uptime tells)."""
+        flows for v5, records for IPFIX, datagrams for v9 and sFlow), unless datagrams behind the
+        expected number fill it within SEQ_REORDER_MS (reordered on the path). What is left of a
+        gap then is counted as lost (settle_gaps, or the stream's next datagram); up to
+        SEQ_MAX_GAPS gaps are open at once (a newer one counts the oldest). A jump of more than
+        SEQ_MAX_GAP either way is a restart. A datagram behind is a late one, unless the header's
+        uptime (v5, v9, sFlow; `uptime` -1 for IPFIX, which has none) went back by more than
+        SEQ_RESTART_UPTIME_MS too: the exporter restarted, its sequence with it (an uptime going
+        back while the sequence goes on, as `flowscope replay` loops a capture, is no restart).
+        A late datagram that falls in no open gap (its gap was counted, or it is a duplicate)
+        changes nothing."""
         cdef SeqStream st = self.cur_seq
         cdef uint32_t ahead, behind, back, fill
         cdef object key
+        cdef int i
         if st is None or st.kind != kind or st.port != port or st.domain != domain:
             key = (kind, port, domain)
             st = self.seq_streams.get(key)
@@ -372,61 +374,66 @@ cdef class ExporterState:
                 st.kind, st.port, st.domain = kind, port, domain
                 self.seq_streams[key] = st
             self.cur_seq = st
-        if st.gap_len and now_ms - st.gap_ms >= SEQ_REORDER_MS:
-            self.count_gap(st)
-        if not st.synced:
-            st.synced = True
-        else:
+        if st.ngaps and now_ms - st.gap_ms[0] >= SEQ_REORDER_MS:
+            self.count_gaps(st, now_ms)
+        if st.synced:
             ahead = seq - st.next
             behind = st.next - seq
             if ahead == 0:
                 pass
             elif ahead <= SEQ_MAX_GAP:
-                if st.gap_len:
-                    self.count_gap(st)          # one gap pending per stream: the older one counts now
-                st.gap_start, st.gap_span, st.gap_len, st.gap_ms = st.next, ahead, ahead, now_ms
+                if st.ngaps == SEQ_MAX_GAPS:
+                    self.count_oldest(st)
+                i = st.ngaps
+                st.gap_start[i], st.gap_span[i], st.gap_missing[i], st.gap_ms[i] = st.next, ahead, ahead, now_ms
+                st.ngaps += 1
                 self.pending_gaps += 1
             elif behind <= SEQ_MAX_GAP:
                 # uptime wraps at 2^32 ms (49.7 days): "went back" is a difference below 2^31
                 back = <uint32_t>(st.uptime - uptime) if uptime >= 0 and st.uptime >= 0 else 0
                 if back <= SEQ_RESTART_UPTIME_MS or back >= 0x80000000u:
-                    if st.gap_len and <uint32_t>(seq - st.gap_start) < st.gap_span:
-                        fill = advance if advance < st.gap_len else st.gap_len
-                        st.gap_len -= fill      # late: part of the gap arrived after all
-                        if not st.gap_len:
-                            self.pending_gaps -= 1
-                        st.late = False
-                        return
-                    if not (st.late and seq == st.late_next):
-                        st.late = True          # late for a gap already counted, or repeated:
-                        st.late_next = seq + advance    # what is expected stays
-                        return
-                self.restart(st)                # the uptime went back, or a second datagram behind
+                    for i in range(st.ngaps):   # late: into an open gap, or nothing to do
+                        if <uint32_t>(seq - st.gap_start[i]) < st.gap_span[i]:
+                            fill = advance if advance < st.gap_missing[i] else st.gap_missing[i]
+                            st.gap_missing[i] -= fill
+                            break
+                    return                      # what is expected stays
+                self.restart(st)                # the exporter restarted: sequence and uptime went back
             else:
                 self.restart(st)
-        st.late = False
+        st.synced = True
         st.next = seq + advance
         st.uptime = uptime
 
     cdef void restart(self, SeqStream st) noexcept:
-        if st.gap_len:
-            self.count_gap(st)
+        self.count_gaps(st, -1)
         self.proto_stats(PROTOCOL_NAMES[st.kind])["sequence_resets"] += 1
 
-    cdef void count_gap(self, SeqStream st) noexcept:
-        self.proto_stats(PROTOCOL_NAMES[st.kind])["sequence_lost"] += st.gap_len
-        st.gap_len = 0
+    cdef void count_oldest(self, SeqStream st) noexcept:
+        """Count what is still missing of the stream's oldest open gap as lost, and close it."""
+        cdef int i
+        if st.gap_missing[0]:
+            self.proto_stats(PROTOCOL_NAMES[st.kind])["sequence_lost"] += st.gap_missing[0]
+        for i in range(1, st.ngaps):
+            st.gap_start[i - 1], st.gap_span[i - 1] = st.gap_start[i], st.gap_span[i]
+            st.gap_missing[i - 1], st.gap_ms[i - 1] = st.gap_missing[i], st.gap_ms[i]
+        st.ngaps -= 1
         self.pending_gaps -= 1
 
+    cdef void count_gaps(self, SeqStream st, int64_t now_ms) noexcept:
+        """Close the stream's gaps seen SEQ_REORDER_MS or longer before now_ms (all of them when
+        now_ms < 0), counting what is still missing of them as lost."""
+        while st.ngaps and (now_ms < 0 or now_ms - st.gap_ms[0] >= SEQ_REORDER_MS):
+            self.count_oldest(st)
+
     cdef void settle_gaps(self, int64_t now_ms) noexcept:
-        """Count the gaps seen SEQ_REORDER_MS or longer before now_ms (all of them when now_ms < 0)
-        as lost: nothing filled them in time."""
+        """count_gaps over every stream of the exporter."""
         cdef SeqStream st
         if not self.pending_gaps:
             return
         for st in self.seq_streams.values():
-            if st.gap_len and (now_ms < 0 or now_ms - st.gap_ms >= SEQ_REORDER_MS):
-                self.count_gap(st)
+            if st.ngaps:
+                self.count_gaps(st, now_ms)
 
     cdef void sample_drops(self, uint64_t stream, uint32_t kind, uint32_t source, uint32_t drops):
         """An sFlow sample's drops counter (packets its agent could not sample, or discard events it
@@ -451,13 +458,12 @@ cdef class ExporterState:
 
     cdef void sequence_forget(self, int kind, uint32_t port, uint64_t domain) noexcept:
         """What the last message advanced by is unknown (not decoded whole): the stream's next
-        datagram sets the expectation again (a gap already pending stays pending)."""
+        datagram sets the expectation again (gaps already open stay open)."""
         cdef SeqStream st = self.cur_seq
         if st is None or st.kind != kind or st.port != port or st.domain != domain:
             st = self.seq_streams.get((kind, port, domain)) if self.seq_streams else None
         if st is not None:
             st.synced = False
-            st.late = False
 
     cdef bint rate_ok(self, double now, double rate) noexcept:
         """Token bucket of --max-exporter-rate: `rate` datagrams a second, bursts of one

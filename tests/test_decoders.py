@@ -1441,34 +1441,39 @@ def _seq_at(dec: Decoder, proto: str, now: float) -> tuple[int, int]:
     return p["sequence_lost"], p["sequence_resets"]
 
 
-def test_ipfix_restart_on_the_same_port_is_told_by_its_continuation() -> None:
-    """IPFIX headers carry no uptime, so an exporting process that restarts on the same port and
-    starts its sequence again from a number a little behind looks late. A second message that
-    continues the first one's sequence tells them apart: a restart, after which loss is counted
-    again (before, every message stayed "late" until the new sequence caught up)."""
-    dec = Decoder()
-    recs = ovs_flows(5, random.Random(22))
-    t = [float(EXPORT)]
+def test_deep_reordering_duplicates_and_template_only_messages_are_not_loss_or_restarts() -> None:
+    """Reordering that spans several gaps fills each; a pair of datagrams arriving after their
+    gap was counted, duplicated datagrams and OVS's template-only messages (which advance the
+    sequence by 0) are late ones: counted once, never restarts. Arrival orders from a review."""
+    rng = random.Random(23)
+    recs = ovs_flows(5, rng)
+    t0 = float(EXPORT)
 
-    def data(seq: int) -> None:
-        t[0] += 0.01
-        b = dec.decode(ipfix_message([template_set([OVS_INGRESS]), data_set(OVS_INGRESS, recs)], seq=seq,
-                                     export_time=EXPORT), EXPORTER, 4739, t[0])
-        assert b.error is None
+    def run(order: list[tuple[int, float]], proto: str = "netflow9") -> tuple[int, int]:
+        dec = Decoder()
+        for i, t in order:
+            if proto == "netflow9":
+                b = dec.decode(v9_datagram([], seq=i, unix_secs=EXPORT, uptime_ms=1000), EXPORTER, 2055, t0 + t)
+            else:   # IPFIX: i < 0 is a template-only message with sequence -i - 1
+                sets = [template_set([OVS_INGRESS])] if i < 0 else [data_set(OVS_INGRESS, recs)]
+                b = dec.decode(ipfix_message(sets, seq=-i - 1 if i < 0 else i, export_time=EXPORT), EXPORTER, 4739,
+                               t0 + t)
+            assert b.error is None
+        return _seq_at(dec, proto, t0 + 10)
 
-    for i in range(2000):
-        data(5 * i)                            # 10,000 records in
-    data(0)                                    # restarted: looks late...
-    assert _seq_at(dec, "ipfix", t[0]) == (0, 0)
-    data(5)                                    # ...until the next message continues it
-    assert _seq_at(dec, "ipfix", t[0]) == (0, 1)
-    data(15)                                   # and loss is counted again
-    t[0] += 2
-    assert _seq_at(dec, "ipfix", t[0]) == (5, 1)
-    data(20)
-    data(10)                                   # late, after the gap was counted: one only
-    data(25)
-    assert _seq(dec, EXPORTER, "ipfix") == (5, 1)
+    ms = [0.001 * k for k in range(20)]
+    # three gaps open at once (2-3, 5-6, 8), all filled
+    assert run(list(zip([1, 4, 7, 2, 3, 5, 6, 8, 9, 10], ms, strict=False))) == (0, 0)
+    # 2 and 3 lost for longer than the window: counted; when they come, nothing more
+    assert run([(1, 0), (4, 0.001), (5, 1.5), (2, 1.501), (3, 1.502), (6, 1.503), (7, 1.504)]) == (2, 0)
+    # duplicates, in a row and after the next datagram
+    assert run(list(zip([1, 2, 3, 2, 3, 4, 5], ms, strict=False))) == (0, 0)
+    assert run(list(zip([1, 2, 3, 4, 2, 3, 5, 6], ms, strict=False))) == (0, 0)
+    # nine gaps: the oldest is counted when the ninth opens, even if its datagram comes later
+    order = [1] + [3 + 2 * k for k in range(9)] + [2 + 2 * k for k in range(9)] + [20]
+    assert run(list(zip(order, [0.001 * k for k in range(len(order))], strict=False))) == (1, 0)
+    # IPFIX: the data message numbered 5 overtakes two template-only messages with that number
+    assert run(list(zip([-1, 0, 5, -6, -6, 10, 15], ms, strict=False)), "ipfix") == (0, 0)
 
 
 def test_ipfix_sequence_resyncs_after_a_set_it_could_not_count() -> None:

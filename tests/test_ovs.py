@@ -151,39 +151,6 @@ def decode_all(decoders_mod, datagrams, **cfg) -> list[dict]:
     return [f for d in datagrams for f in dec.decode(d.payload, d.src, d.sport, d.ts).to_dicts()]
 
 
-def ipfix_stats(ovs: O.OVS, bridge: str) -> dict[str, int]:
-    """`ovs-ofctl dump-ipfix-bridge`: "bridge ipfix: flows=N, current flows=N, sampled pkts=N,
-    ipv4 ok=N, ..., tx errs=N" as {"sampled pkts": N, ...} ({} before the exporter exists)."""
-    out: dict[str, int] = {}
-    for part in ovs.ofctl("dump-ipfix-bridge", bridge).replace("\n", ",").split(","):
-        name, eq, value = part.rpartition("=")
-        if eq and value.strip().isdigit():
-            out[name.split(":")[-1].strip()] = int(value)
-    return out
-
-
-def ipfix_live(bridges: list[tuple[O.OVS, str]], send, *, timeout: float = 10.0) -> list[str]:
-    """Wait until every bridge's freshly configured IPFIX exporter samples IPv4: `send()` makes
-    an IPv4 conversation of its own (not one the test checks) that crosses each bridge at least
-    twice, sent again each second until every bridge's "ipv4 ok" count rose by 2. Conversations
-    made before that can go unsampled (the userspace datapath keeps translating with the old
-    exporter for a moment after ovs-vsctl returns). Returns what was seen when it never did,
-    for the fixture's retry to report."""
-    deadline = time.monotonic() + timeout
-    base = [ipfix_stats(ovs, br).get("ipv4 ok", 0) for ovs, br in bridges]
-    now: list[int] = base
-    while time.monotonic() < deadline:
-        send()
-        until = min(deadline, time.monotonic() + 1.0)
-        while time.monotonic() < until:
-            now = [ipfix_stats(ovs, br).get("ipv4 ok", 0) for ovs, br in bridges]
-            if all(n - b >= 2 for n, b in zip(now, base, strict=True)):
-                return []
-            time.sleep(0.1)
-    return [f"IPFIX on {br} ({ovs.dir}) not sampling IPv4 {timeout:.0f} s after configuration: "
-            f"ipv4 ok {b} -> {n}" for (ovs, br), b, n in zip(bridges, base, now, strict=True) if n - b < 2]
-
-
 def run_exports(e: Env, *, ipfix_sampling: int, sflow_sampling: int, traffic, wait: float = 10.0):
     ports = {"ipfix": random.randint(20000, 29999), "sflow": random.randint(30000, 39999),
              "netflow": random.randint(40000, 49999)}
@@ -204,7 +171,7 @@ def run_exports(e: Env, *, ipfix_sampling: int, sflow_sampling: int, traffic, wa
         e.ovs.appctl("revalidator/purge")
         time.sleep(1.0)
         if ipfix_sampling == 1:  # at 1:N a warm-up datagram is sampled only now and then
-            for problem in ipfix_live([(e.ovs, e.bridge)],
+            for problem in O.ipfix_live([(e.ovs, e.bridge)],
                                       lambda: O.traffic(e.a, "udp-send", e.b.ipv4, 5998, 1, 8, 41998, 0)):
                 print(problem)
         sent = traffic(e)
@@ -647,13 +614,13 @@ def run_tunnel_exports(te: TunnelEnv, *, wait: float) -> tuple[list[NodeExport],
                                polling=1, header=128)
             node.ovs.appctl("revalidator/purge")
         time.sleep(1.0)
-        for problem in ipfix_live([(n.ovs, "br-int") for n in te.nodes],
+        for problem in O.ipfix_live([(n.ovs, "br-int") for n in te.nodes],
                                   lambda: O.traffic(te.a, "udp-send", te.b.ipv4, 5998, 1, 8, 41998, 0)):
             print(problem)
         sent = tunnel_traffic(te)
         time.sleep(wait)
         for node in te.nodes:  # shown with a failing test's setup output
-            print(f"{node.name} br-int IPFIX after the traffic: {ipfix_stats(node.ovs, 'br-int')}")
+            print(f"{node.name} br-int IPFIX after the traffic: {O.ipfix_stats(node.ovs, 'br-int')}")
     finally:
         try:
             for node in te.nodes:

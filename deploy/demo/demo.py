@@ -439,6 +439,13 @@ def run_demo(*, workdir: Path | None = None, log: Any = print, consume_timeout: 
                           polling=10)
             ovs.set_netflow(bridge, f"{NODE_A.ip}:{PORTS['netflow']}", active_timeout=60)
             log("OVS br-int: exporting IPFIX, sFlow and NetFlow to flowscope")
+            # The userspace datapath keeps translating with the old (no) exporter for a moment
+            # after ovs-vsctl returns: warm up with datagrams of our own (frontend -> payments,
+            # port 5998, not a checked conversation) until the IPFIX exporter is sampling.
+            fe, pay = pods[PODS[0].name], next(p for p in PODS if p.name.startswith("payments"))
+            for problem in O.ipfix_live([(ovs, bridge)],
+                                        lambda: O.traffic(fe, "udp-send", pay.ip, 5998, 1, 8, 41998, 0)):
+                log(f"warning: {problem}")
             time.sleep(0.5)
 
             conversations = make_traffic(pods)

@@ -199,6 +199,40 @@ class OVS:
             pidfile.unlink(missing_ok=True)
 
 
+# ---- IPFIX exporter state ------------------------------------------------------------------
+def ipfix_stats(ovs: OVS, bridge: str) -> dict[str, int]:
+    """`ovs-ofctl dump-ipfix-bridge`: "bridge ipfix: flows=N, current flows=N, sampled pkts=N,
+    ipv4 ok=N, ..., tx errs=N" as {"sampled pkts": N, ...} ({} before the exporter exists)."""
+    out: dict[str, int] = {}
+    for part in ovs.ofctl("dump-ipfix-bridge", bridge).replace("\n", ",").split(","):
+        name, eq, value = part.rpartition("=")
+        if eq and value.strip().isdigit():
+            out[name.split(":")[-1].strip()] = int(value)
+    return out
+
+
+def ipfix_live(bridges: list[tuple[OVS, str]], send, *, timeout: float = 10.0) -> list[str]:
+    """Wait until every bridge's freshly configured IPFIX exporter samples IPv4: `send()` makes
+    an IPv4 conversation of its own (not one the test checks) that crosses each bridge at least
+    twice, sent again each second until every bridge's "ipv4 ok" count rose by 2. Conversations
+    made before that can go unsampled (the userspace datapath keeps translating with the old
+    exporter for a moment after ovs-vsctl returns). Returns what was seen when it never did,
+    for the fixture's retry to report."""
+    deadline = time.monotonic() + timeout
+    base = [ipfix_stats(ovs, br).get("ipv4 ok", 0) for ovs, br in bridges]
+    now: list[int] = base
+    while time.monotonic() < deadline:
+        send()
+        until = min(deadline, time.monotonic() + 1.0)
+        while time.monotonic() < until:
+            now = [ipfix_stats(ovs, br).get("ipv4 ok", 0) for ovs, br in bridges]
+            if all(n - b >= 2 for n, b in zip(now, base, strict=True)):
+                return []
+            time.sleep(0.1)
+    return [f"IPFIX on {br} ({ovs.dir}) not sampling IPv4 {timeout:.0f} s after configuration: "
+            f"ipv4 ok {b} -> {n}" for (ovs, br), b, n in zip(bridges, base, now, strict=True) if n - b < 2]
+
+
 # ---- traffic between pods: python sockets run in the pod namespaces ------------------------
 # (no ping binary is assumed: ICMP echo goes through a raw socket; the peer kernel replies)
 TRAFFIC = r"""
