@@ -12,6 +12,7 @@ with a non-zero exit, so the orchestrator restarts it cleanly rather than runnin
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
@@ -117,10 +118,21 @@ async def stop_enricher(enricher: Any) -> None:
             log.warning("enrichment: stop failed: %r", exc)
 
 
-def readiness(agg: Aggregator, expected: int) -> tuple[bool, list[str]]:
+def silence_limit(cfg: Config) -> float:
+    """Seconds without a snapshot after which a worker of `--workers N` counts as hung (its event
+    loop stopped: the supervisor cannot see it otherwise, while the kernel keeps handing its
+    socket a share of the exporters): /healthz and /readyz fail, so the orchestrator restarts
+    the pod. Generous, so that a busy loop or a long index build is not taken for a hang."""
+    return max(10.0, 10.0 * cfg.stats_interval)
+
+
+def readiness(agg: Aggregator, expected: int, silent_after: float = 0.0) -> tuple[bool, list[str]]:
     why: list[str] = []
     if len(agg.workers) < expected:
         why.append(f"{expected - len(agg.workers)} worker(s) not reporting yet")
+    if silent_after:
+        why.extend(f"worker {w}: no report for {s:.0f} s (hung?)"
+                   for w, s in sorted(agg.silent(silent_after).items()))
     for w, snap in sorted(agg.workers.items()):
         ok, reasons = snap.get("_ready", {}).get((), (False, ["no status"]))  # type: ignore[misc]
         if not ok:
@@ -128,18 +140,25 @@ def readiness(agg: Aggregator, expected: int) -> tuple[bool, list[str]]:
     return (not why), why
 
 
-def http_servers(cfg: Config, agg: Aggregator, expected: int, alive: Callable[[], bool]) -> list[HttpServer]:
+def http_servers(cfg: Config, agg: Aggregator, expected: int, alive: Callable[[], bool],
+                 silent_after: float = 0.0) -> list[HttpServer]:
     def metrics() -> tuple[int, str, bytes]:
-        ok, _ = readiness(agg, expected)
+        ok, _ = readiness(agg, expected, silent_after)
         agg.extra["flowscope_ready"] = {(): 1 if ok else 0}
         agg.extra["flowscope_workers"] = {(): len(agg.workers)}
         return 200, "text/plain; version=0.0.4; charset=utf-8", agg.render()
 
     def healthz() -> tuple[int, str, bytes]:
-        return (200, "text/plain", b"ok\n") if alive() else (503, "text/plain", b"worker down\n")
+        if not alive():
+            return 503, "text/plain", b"worker down\n"
+        hung = agg.silent(silent_after) if silent_after else {}
+        if hung:
+            return 503, "text/plain", "".join(f"worker {w}: no report for {s:.0f} s (hung?)\n"
+                                               for w, s in sorted(hung.items())).encode()
+        return 200, "text/plain", b"ok\n"
 
     def readyz() -> tuple[int, str, bytes]:
-        ok, why = readiness(agg, expected)
+        ok, why = readiness(agg, expected, silent_after)
         return (200, "text/plain", b"ready\n") if ok else (503, "text/plain", ("\n".join(why) + "\n").encode())
 
     out = []
@@ -261,8 +280,29 @@ def _child(cfg: Config, index: int, conn: Connection, enrich_cfg: Any,
     return code
 
 
+def ports_free(cfg: Config) -> bool:
+    """Before forking `--workers N`: each listener's address can be bound without SO_REUSEPORT,
+    so no other process holds it. The workers share each port through SO_REUSEPORT, which any
+    other process of the same user that sets it could join too (a second collector started by
+    mistake), taking a share of the exporters without an error on either side."""
+    from .server import open_socket
+
+    for lst in cfg.listeners():
+        try:
+            sock, _ = open_socket(lst, 0, False)
+        except OSError as exc:
+            log.error("cannot start: listener %s: cannot bind: %s%s", lst, exc.strerror or exc,
+                      " (another process, another collector perhaps, listens there)"
+                      if exc.errno == errno.EADDRINUSE else "")
+            return False
+        sock.close()
+    return True
+
+
 def _supervise(cfg: Config, enrich_cfg: Any, factory: Callable[[], asyncio.AbstractEventLoop]) -> int:
     children: dict[int, tuple[int, Connection]] = {}
+    if not ports_free(cfg):
+        return 2
     me = os.getpid()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -303,7 +343,7 @@ def _supervise(cfg: Config, enrich_cfg: Any, factory: Callable[[], asyncio.Abstr
 
         for i, (_, conn) in children.items():
             loop.add_reader(conn.fileno(), reader, i, conn)
-        servers = http_servers(cfg, agg, cfg.workers, lambda: not exited)
+        servers = http_servers(cfg, agg, cfg.workers, lambda: not exited, silence_limit(cfg))
         start_failed = False  # exit 2 like one worker does: a start-up error, not a clean stop
         for s in servers:
             try:

@@ -16,6 +16,7 @@ between label sets, or rates would go negative); everything else is summed into 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -112,6 +113,10 @@ SERIES: dict[str, Series] = {s.name: s for s in [
     Series("flowscope_sink_stalled_seconds", "gauge", "How long records have waited with nothing delivered (0 while the "
            "sink delivers or nothing waits; sampled at each metrics snapshot); /readyz fails beyond "
            "max(10 s, 2 x --kafka-request-timeout-ms)", (), merge="max"),
+    Series("flowscope_sink_failing_seconds", "gauge", "How long the sink has failed every record it was given "
+           "(dropped as sink_error or rejected) with nothing delivered, while failures keep coming (0 once one is "
+           "delivered, or after the same limit without a failure); /readyz fails beyond the same limit as "
+           "flowscope_sink_stalled_seconds", (), merge="max"),
     Series("flowscope_kafka_send_latency_seconds", "histogram",
            "Time from handing a record batch to the producer to its acknowledgement"),
     Series("flowscope_kafka_errors", "counter", "Kafka errors, by kind (connect, metadata, produce: retried; "
@@ -275,9 +280,16 @@ class Aggregator:
     def __init__(self) -> None:
         self.workers: dict[int, Snapshot] = {}
         self.extra: Snapshot = {}  # set by the supervisor (workers, ready)
+        self.seen: dict[int, float] = {}  # worker -> time.monotonic() of its latest snapshot
 
     def update(self, worker: int, snap: Snapshot) -> None:
         self.workers[worker] = snap
+        self.seen[worker] = time.monotonic()
+
+    def silent(self, limit: float) -> dict[int, float]:
+        """Workers whose latest snapshot is more than `limit` seconds old: how long ago it was."""
+        now = time.monotonic()
+        return {w: now - t for w, t in self.seen.items() if now - t > limit}
 
     def merged(self) -> Snapshot:
         total: Snapshot = {}

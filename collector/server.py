@@ -345,6 +345,12 @@ class Worker:
                 # keyed modes' producer retrying inside aiokafka): as unready as disconnected.
                 why.append(f"{self.sink.name} sink delivered nothing for {stalled:.0f} s with "
                            f"{self.sink.queue.total_records} records waiting")
+            failing = self.sink.failing_for(self.stall_limit)
+            if failing > self.stall_limit:
+                # Dropping what it is given (disk full, closed stdout, a topic the broker refuses
+                # for good): nothing waits, but nothing lands either.
+                why.append(f"{self.sink.name} sink failed every record for {failing:.0f} s (see "
+                           "flowscope_flows_dropped_total{reason=\"sink_error\"|\"rejected\"})")
         if self.enricher is not None and not getattr(self.enricher, "ready", True):
             unsynced = getattr(self.enricher, "unsynced", None)
             why.extend((unsynced() if unsynced is not None else None) or ["informers not synced"])
@@ -452,6 +458,7 @@ class Worker:
         snap["flowscope_queue_limit_bytes"] = {(): q.limit}
         snap["flowscope_sink_connected"] = {(): 1 if s.connected else 0}
         snap["flowscope_sink_stalled_seconds"] = {(): round(s.stalled_for(), 1)}
+        snap["flowscope_sink_failing_seconds"] = {(): round(s.failing_for(self.stall_limit), 1)}
         if isinstance(s, KafkaSink):
             snap["flowscope_kafka_send_latency_seconds"] = {(): list(s.latency)}
             snap["flowscope_kafka_errors"] = {(k,): v for k, v in s.errors.items()}

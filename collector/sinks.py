@@ -204,6 +204,11 @@ class BoundedQueue:
         return n
 
 
+#: Drop reasons that mean the sink could not deliver at all (a write that failed, a batch the
+#: broker refused for good), as opposed to overload (queue_full) or one oversized record.
+FAILED_REASONS = ("sink_error", "rejected")
+
+
 class Sink:
     """Common part: a queue, a writer task, counters. Subclasses implement `_run`."""
 
@@ -223,6 +228,10 @@ class Sink:
         self._rl = RateLimitedLog(log)
         self._progress_seen = 0      # delivered records at the last stalled_for() call
         self._progress_at = time.monotonic()
+        self._fail_done = 0          # failing_for(): delivered records at its last call,
+        self._fail_seen = 0          # ... records the sink failed (FAILED_REASONS) then,
+        self._fail_since = -1.0      # ... when failures began with nothing delivered since (-1: not failing)
+        self._fail_last = 0.0        # ... and when the latest failure was seen
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -244,6 +253,30 @@ class Sink:
             self._progress_at = now
             return 0.0
         return now - self._progress_at
+
+    def failing_for(self, window: float) -> float:
+        """Seconds that the sink has failed every record it was given (written nowhere: sink_error,
+        rejected) with nothing delivered, as long as failures were seen within the last `window`
+        seconds: a sink that drops at once never has records waiting, so stalled_for() cannot
+        see it. 0 once something is delivered, or after `window` without a failure (no
+        traffic: it cannot be known to be failing still, and an unready collector behind a
+        Service would get no traffic to tell). Sampled like stalled_for()."""
+        now = time.monotonic()
+        done = self.delivered[0] + self.delivered[1]
+        failed = sum(n for (_, reason), n in self.queue.dropped.items() if reason in FAILED_REASONS)
+        if done != self._fail_done:
+            self._fail_done, self._fail_seen, self._fail_since = done, failed, -1.0
+            return 0.0
+        if failed != self._fail_seen:
+            self._fail_seen, self._fail_last = failed, now
+            if self._fail_since < 0:
+                self._fail_since = now
+        if self._fail_since < 0:
+            return 0.0
+        if now - self._fail_last > window:
+            self._fail_since = -1.0
+            return 0.0
+        return now - self._fail_since
 
     async def _run(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -335,6 +335,59 @@ def _running(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def test_a_hung_worker_fails_liveness_and_readiness(collector: Any, tmp_path: Path) -> None:
+    """With --workers N the kernel keeps giving a hung worker (event loop stopped) its share of
+    the exporters, and the supervisor's probes run elsewhere: a worker silent for more than
+    max(10 s, 10 stats intervals) fails /healthz and /readyz, so the pod is restarted."""
+    import signal
+
+    c = collector(["--output-file", str(tmp_path / "flows.jsonl"), "--workers", "2", "--stats-interval", "0.2"])
+    children = [int(p) for p in Path(f"/proc/{c.proc.pid}/task/{c.proc.pid}/children").read_text().split()]
+    assert len(children) == 2 and c.get("/healthz")[0] == 200
+    os.kill(children[1], signal.SIGSTOP)
+    try:
+        time.sleep(5)
+        assert c.get("/healthz")[0] == 200     # not yet: a busy loop is not a hung one
+        wait_for(lambda: c.get("/healthz")[0] == 503, 20, what="/healthz 503 for a hung worker")
+        code, text = c.get("/readyz")
+        assert code == 503 and "(hung?)" in text, text
+        assert "no report for" in c.get("/healthz")[1]
+    finally:
+        os.kill(children[1], signal.SIGCONT)
+    wait_for(lambda: c.get("/healthz")[0] == 200 and c.get("/readyz")[0] == 200, 10, what="recovered")
+
+
+def test_a_sink_that_fails_every_record_makes_the_collector_unready(collector: Any) -> None:
+    """A sink that drops what it is given (here a full disk: /dev/full) has nothing waiting, so
+    "stalled" never shows it: failing every record for max(10 s, ...) makes /readyz fail while
+    failures keep coming, with the reason and flowscope_sink_failing_seconds."""
+    c = collector(["--output-file", "/dev/full", "--stats-interval", "0.2"])
+    assert c.get("/readyz")[0] == 200
+    deadline = time.monotonic() + 30
+    i = 0
+    while time.monotonic() < deadline and c.get("/readyz")[0] == 200:
+        send_udp([make_v5(i * 30, 30, i * 30)], c.port)
+        i += 1
+        time.sleep(0.5)
+    code, text = c.get("/readyz")
+    assert code == 503 and "sink failed every record for" in text, text
+    assert c.value("flowscope_sink_failing_seconds") >= 10
+    assert c.value("flowscope_flows_dropped_total", reason="sink_error") > 0
+    assert c.value("flowscope_flows_delivered_total") == 0
+
+
+def test_a_second_collector_cannot_share_the_workers_port(collector: Any, tmp_path: Path) -> None:
+    """--workers N shares each port through SO_REUSEPORT, which a second collector (of the same
+    user) could join, silently taking part of the exporters: it must refuse to start instead."""
+    c = collector(["--output-file", str(tmp_path / "a.jsonl"), "--workers", "2"])
+    r = run_cli(["run", "--workers", "2", "--listen", f"netflow://127.0.0.1:{c.port}", "--output-file",
+                 str(tmp_path / "b.jsonl"), "--metrics-addr", f"127.0.0.1:{free_tcp_port()}"], tmp_path, timeout=30)
+    assert r.returncode == 2, r.stderr
+    assert f"listener netflow://127.0.0.1:{c.port}: cannot bind" in r.stderr and "another collector" in r.stderr
+    send_udp([make_v5(i * 30, 30, i * 30) for i in range(4)], c.port)
+    c.wait_value("flowscope_flows_total", 120)   # all of it reached the first one
+
+
 def test_workers_stop_when_the_supervisor_is_killed(collector: Any, tmp_path: Path) -> None:
     """A supervisor killed outright (SIGKILL: the OOM killer, `kill -9`) cannot tell its workers:
     they get SIGTERM from the kernel, deliver what they hold and exit, instead of keeping their
