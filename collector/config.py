@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -30,6 +31,10 @@ DEFAULT_LISTEN = ["netflow://0.0.0.0:2055", "ipfix://0.0.0.0:4739", "sflow://0.0
 SECRET_KEYS = {"kafka.sasl_password"}
 # What `flowscope config` prints instead of a secret; refused as a value (see validate()).
 REDACTED = "<redacted>"
+# setsockopt(SO_RCVBUF) takes a C int: a larger --rcvbuf would make every worker fail at start.
+MAX_RCVBUF = 2**31 - 1
+# Sampling rates are 32-bit in the decoder (decoders/config.py: DecoderConfig.validate refuses more).
+MAX_SAMPLING = 2**32 - 1
 
 
 class ConfigError(ValueError):
@@ -61,7 +66,9 @@ def parse_size(v: Any) -> int:
 
 
 def parse_int(v: Any) -> int:
-    if isinstance(v, bool):
+    # A float (YAML `2.9` or `2.0`) is refused like the same text from a flag or variable,
+    # instead of being truncated.
+    if isinstance(v, (bool, float)):
         raise ValueError("expected an integer")
     try:
         return int(str(v).strip(), 0) if isinstance(v, str) else int(v)
@@ -73,9 +80,13 @@ def parse_float(v: Any) -> float:
     if isinstance(v, bool):
         raise ValueError("expected a number")
     try:
-        return float(v)
+        n = float(v)
     except (TypeError, ValueError):
         raise ValueError("expected a number") from None
+    # nan passes every range check (each comparison is false); inf is no duration either
+    if not math.isfinite(n):
+        raise ValueError(f"{n} is not a finite number")
+    return n
 
 
 def parse_bool(v: Any) -> bool:
@@ -84,8 +95,10 @@ def parse_bool(v: Any) -> bool:
     s = str(v).strip().lower()
     if s in ("1", "true", "yes", "on"):
         return True
-    if s in ("0", "false", "no", "off", ""):
+    if s in ("0", "false", "no", "off"):
         return False
+    if not s:  # an empty variable (a Helm value left blank) is an error, as for the other types
+        raise ValueError("empty: expected true or false")
     raise ValueError("expected true or false")
 
 
@@ -124,14 +137,21 @@ def parse_map(v: Any) -> dict[str, int]:
             k, _, val = item.partition("=")
             pairs.append((k.strip(), val.strip()))
     out: dict[str, int] = {}
+    given: dict[str, str] = {}
     for k, val in pairs:
         try:
             net = ipaddress.ip_network(k, strict=False)
         except ValueError:
             raise ValueError(f"{k!r} is not a CIDR (e.g. 10.0.0.0/8 or fd00::/8)") from None
-        rate = parse_int(val)
-        if rate < 1:
-            raise ValueError(f"{k}: sampling rate must be >= 1, got {rate}")
+        try:
+            rate = parse_int(val)
+        except ValueError:
+            raise ValueError(f"{k}: sampling rate: expected an integer, got {val!r}") from None
+        if not 1 <= rate <= MAX_SAMPLING:
+            raise ValueError(f"{k}: sampling rate must be between 1 and {MAX_SAMPLING}, got {rate}")
+        if str(net) in given:
+            raise ValueError(f"{given[str(net)]} and {k} are the same network ({net}): give it once")
+        given[str(net)] = k
         out[str(net)] = rate
     return out
 
@@ -175,6 +195,8 @@ def parse_listener(s: str) -> Listener:
         raise ValueError(f"{s!r}: expected SCHEME://HOST:PORT with SCHEME one of {', '.join(SCHEMES)}"
                          " (e.g. netflow://0.0.0.0:2055, sflow://[::]:6343)")
     host, port = split_hostport(m.group(2))
+    if port == 0:  # each worker would bind another random port, none known to the exporters
+        raise ValueError(f"{s!r}: port must be 1-65535 (0 would be a random port)")
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -321,8 +343,9 @@ class Config:
                             "v5, v9 and IPFIX (detected per datagram), ipfix:// and sflow:// as named; "
                             "IPv6 as netflow://[::]:2055", parse_listen, metavar="SCHEME://HOST:PORT",
                             repeat=True)
-    rcvbuf: int = opt(32 * 1024**2, "SO_RCVBUF per socket; the kernel caps it at net.core.rmem_max "
-                      "(the granted size is logged)", parse_size, metavar="SIZE")
+    rcvbuf: int = opt(32 * 1024**2, "SO_RCVBUF per socket, at most 2147483647 (2 GiB - 1); the kernel caps "
+                      "it at net.core.rmem_max (the granted size is logged)", ranged(parse_size, 0, MAX_RCVBUF),
+                      metavar="SIZE")
     workers: int = opt(1, "worker processes, each with its own SO_REUSEPORT sockets, decoder state and "
                        "producer", ranged(parse_int, 1, 256), metavar="N")
     loop: str = opt("uvloop", "event loop: uvloop or asyncio", choice("uvloop", "asyncio"))
@@ -494,10 +517,56 @@ def _set(cfg: Config, o: Option, raw: Any, source: str) -> None:
     setattr(target, o.name, value)
 
 
+class _DuplicateKey(Exception):
+    """A key given twice in one YAML mapping: (dotted key, first line, second line)."""
+
+
+def _check_duplicate_keys(node: yaml.Node, prefix: str = "", seen: set[int] | None = None) -> None:
+    """Refuse a key given twice in one mapping (PyYAML silently keeps the last one, so a second
+    `kafka:` section appended at the bottom of a file discards the first). Keys are compared as
+    options: `max_datagram` and `max-datagram` are the same key."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:  # an alias of a node already checked
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for k, v in node.value:
+            if k.tag == "tag:yaml.org,2002:merge" or not isinstance(k, yaml.ScalarNode):
+                _check_duplicate_keys(v, prefix, seen)
+                continue
+            name = prefix + str(k.value).replace("-", "_")
+            line = k.start_mark.line + 1
+            if name in first:
+                raise _DuplicateKey(name, first[name], line)
+            first[name] = line
+            _check_duplicate_keys(v, name + ".", seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _check_duplicate_keys(item, prefix, seen)
+
+
+def _safe_load_unique(stream: Any) -> Any:
+    """yaml.safe_load, refusing duplicate keys (see _check_duplicate_keys)."""
+    loader = yaml.SafeLoader(stream)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_duplicate_keys(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def load_yaml(path: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
+            data = _safe_load_unique(fh)
+    except _DuplicateKey as exc:
+        key, first, second = exc.args
+        raise ConfigError(f"{key} (from {path}): given twice, on lines {first} and {second} (only the last "
+                          "would apply): keep one") from None
     except OSError as exc:
         raise ConfigError(f"--config {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:  # a binary or Latin-1 file (the error's offset is within a read chunk)
@@ -596,15 +665,54 @@ def unknown_env_warnings(environ: Mapping[str, str] | None = None) -> list[str]:
     return out
 
 
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _family(host: str) -> str:
+    return "IPv6" if ":" in host else "IPv4"
+
+
+def _same_socket(h1: str, p1: int, h2: str, p2: int) -> str:
+    """Whether two bind addresses collide: "same" for one address written twice ([::1] and
+    [0::1]), the wildcard host (0.0.0.0 or ::) when one covers the other on the port, else ""."""
+    if p1 != p2 or p1 == 0:  # port 0: each socket gets a port of its own
+        return ""
+    try:
+        a1, a2 = ipaddress.ip_address(h1), ipaddress.ip_address(h2)
+    except ValueError:  # a host name (metrics address): only the same text is known to collide
+        return "same" if h1 == h2 else ""
+    if a1 == a2:
+        return "same"
+    if a1.version != a2.version:  # [::] is IPv6 only (IPV6_V6ONLY): it does not take 0.0.0.0
+        return ""
+    for h, a in ((h1, a1), (h2, a2)):
+        if a.is_unspecified:
+            return h
+    return ""
+
+
 def validate(cfg: Config) -> None:
     """Cross-field checks that a single parser cannot make."""
     if not cfg.listen:
         raise ConfigError("listen: at least one listener is needed, e.g. netflow://0.0.0.0:2055")
-    seen: set[tuple[str, int]] = set()
-    for lst in cfg.listeners():
-        if (lst.host, lst.port) in seen:
-            raise ConfigError(f"listen: {lst.host}:{lst.port} is listed twice")
-        seen.add((lst.host, lst.port))
+    listeners = cfg.listeners()
+    for i, lst in enumerate(listeners):
+        for earlier in listeners[:i]:
+            clash = _same_socket(lst.host, lst.port, earlier.host, earlier.port)
+            if clash == "same":
+                raise ConfigError(f"listen: {_hostport(lst.host, lst.port)} is listed twice ({earlier} and {lst})")
+            if clash:
+                raise ConfigError(f"listen: {earlier} and {lst} overlap: {clash} takes every {_family(clash)} "
+                                  f"address on port {lst.port}; list one of them")
+    if cfg.metrics_addr and cfg.health_addr:
+        (mh, mp), (hh, hp) = split_hostport(cfg.metrics_addr), split_hostport(cfg.health_addr)
+        clash = _same_socket(mh, mp, hh, hp)
+        if clash:
+            what = ("is also metrics_addr" if clash == "same" else
+                    f"overlaps metrics_addr {cfg.metrics_addr} ({clash} takes every {_family(clash)} address)")
+            raise ConfigError(f"health_addr: {cfg.health_addr} {what}: leave health_addr empty to serve "
+                              "/healthz and /readyz on the metrics address, or give it another port")
     kind = cfg.sink_kind()
     if kind == "kafka" and not cfg.kafka.brokers:
         raise ConfigError("kafka.brokers: sink kafka needs --kafka-brokers HOST:PORT[,...]")

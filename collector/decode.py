@@ -23,6 +23,17 @@ from decoders import Decoder, DecoderConfig
 __all__ = ["add_arguments", "run"]
 
 
+def _udp_port(s: str) -> int:
+    """A --port value: an out-of-range one would match no datagram and print nothing, exit 0."""
+    try:
+        port = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r}: expected a UDP port 1-65535") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{s}: expected a UDP port 1-65535")
+    return port
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `flowscope decode`."""
     parser.add_argument("file", help="pcap or pcapng capture holding the exporters' UDP datagrams "
@@ -43,8 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="drop records marked Duplicate (ingress+egress twins of one packet)")
     parser.add_argument("--max-templates", type=int, default=1024,
                         help="templates kept per exporter (default: 1024)")
-    parser.add_argument("--port", type=int, action="append", default=[],
-                        help="only decode datagrams sent to this UDP port (repeatable; default: all)")
+    parser.add_argument("--port", type=_udp_port, action="append", default=[],
+                        help="only decode datagrams sent to this UDP port, 1-65535 (repeatable; default: all)")
     try:
         import enrich
     except ImportError:  # enrichment is optional at this seam

@@ -175,6 +175,185 @@ def test_bad_config_exit_code() -> None:
     assert "kafka.acks (from --kafka-acks): '2' is not one of 0, 1, all" in r.stderr
 
 
+@pytest.mark.parametrize("argv,env,yaml_text,message", [
+    (["--shutdown-timeout", "nan"], {}, "", "shutdown_timeout (from --shutdown-timeout): nan is not a finite number"),
+    (["--stats-interval", "inf"], {}, "", "stats_interval (from --stats-interval): inf is not a finite number"),
+    (["--pod-tombstone-seconds", "NaN"], {}, "",
+     "enrich.tombstone_seconds (from --pod-tombstone-seconds): nan is not a finite number"),
+    ([], {"FLOWSCOPE_STATE_INTERVAL": "nan"}, "",
+     "state_interval (from FLOWSCOPE_STATE_INTERVAL): nan is not a finite number"),
+    ([], {"FLOWSCOPE_SHUTDOWN_TIMEOUT": "-inf"}, "",
+     "shutdown_timeout (from FLOWSCOPE_SHUTDOWN_TIMEOUT): -inf is not a finite number"),
+    ([], {}, "shutdown_timeout: .nan\n", "shutdown_timeout (from {f}): nan is not a finite number"),
+    ([], {}, "enrich:\n  tombstone_seconds: .inf\n", "enrich.tombstone_seconds (from {f}): inf is not a finite number"),
+])
+def test_non_finite_numbers_are_refused(tmp_path: Path, argv: list[str], env: dict[str, str], yaml_text: str,
+                                        message: str) -> None:
+    """nan passed every range check (each comparison is false): --stats-interval nan froze /metrics,
+    --state-interval nan never saved the state file, --shutdown-timeout nan killed the workers."""
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml_text)
+    with pytest.raises(C.ConfigError) as e:
+        load(["--config", str(f), *argv], env)
+    assert str(e.value) == message.format(f=f)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("kafka:\n  brokers: [k1:9092]\n  compression: lz4\nworkers: 2\n# appended later:\nkafka:\n  tls: true\n",
+     "kafka (from {f}): given twice, on lines 1 and 6 (only the last would apply): keep one"),
+    ("workers: 2\nworkers: 4\n", "workers (from {f}): given twice, on lines 1 and 2"),
+    ("max_datagram: 9000\nmax-datagram: 1500\n", "max_datagram (from {f}): given twice, on lines 1 and 2"),
+    ("kafka:\n  tls: true\n  topic: t\n  tls: false\n", "kafka.tls (from {f}): given twice, on lines 2 and 4"),
+    ("sampling:\n  10.0.0.0/8: 100\n  10.0.0.0/8: 50\n", "sampling.10.0.0.0/8 (from {f}): given twice, on lines 2 and 3"),
+    ("sampling:\n  10.0.0.0/8: 100\n  10.0.0.1/8: 50\n",
+     "sampling (from {f}): 10.0.0.0/8 and 10.0.0.1/8 are the same network (10.0.0.0/8): give it once"),
+])
+def test_a_key_given_twice_in_the_config_file_is_refused(tmp_path: Path, text: str, message: str) -> None:
+    """PyYAML keeps the last of two equal keys silently: a second `kafka:` section appended at the
+    bottom of a file discarded the brokers of the first one."""
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    with pytest.raises(C.ConfigError) as e:
+        load(["--config", str(f)])
+    assert str(e.value).startswith(message.format(f=f)), str(e.value)
+    # the same keys once each, and a YAML merge key, still load
+    f.write_text("kafka:\n  <<: {topic: t, tls: true}\n  tls: false\nworkers: 2\n")
+    cfg = load(["--config", str(f)])
+    assert (cfg.kafka.topic, cfg.kafka.tls, cfg.workers) == ("t", False, 2)
+
+
+@pytest.mark.parametrize("argv,env,message", [
+    (["--rcvbuf", "2GiB"], {}, "rcvbuf (from --rcvbuf): 2147483648 is out of range: must be between 0 and 2147483647"),
+    ([], {"FLOWSCOPE_RCVBUF": "4294967296"}, "rcvbuf (from FLOWSCOPE_RCVBUF): 4294967296 is out of range"),
+    (["--sampling", "0.0.0.0/0=99999999999"], {}, "sampling (from --sampling): 0.0.0.0/0: sampling rate must be "
+     "between 1 and 4294967295, got 99999999999"),
+    (["--sampling", "10.0.0.0/8=4294967296"], {}, "sampling (from --sampling): 10.0.0.0/8: sampling rate must be "
+     "between 1 and 4294967295"),
+    (["--default-sampling", "4294967296"], {}, "default_sampling (from --default-sampling): 4294967296 is out of range"),
+])
+def test_values_the_collector_cannot_use_are_refused_by_validation(argv: list[str], env: dict[str, str],
+                                                                  message: str) -> None:
+    """setsockopt(SO_RCVBUF) takes a C int and the decoder's sampling rates are 32-bit: these
+    values passed `flowscope config` and then made `flowscope run` die with a traceback."""
+    with pytest.raises(C.ConfigError) as e:
+        load(argv, env)
+    assert str(e.value).startswith(message), str(e.value)
+
+
+def test_the_largest_usable_values_are_accepted_and_the_decoder_takes_them() -> None:
+    from decoders import DecoderConfig
+
+    cfg = load(["--rcvbuf", str(2**31 - 1), "--sampling", "0.0.0.0/0=4294967295", "--default-sampling",
+                str(2**31)])
+    assert cfg.rcvbuf == 2**31 - 1
+    DecoderConfig(default_sampling=cfg.default_sampling, sampling=dict(cfg.sampling)).validate()
+
+
+@pytest.mark.parametrize("var", ["FLOWSCOPE_DEDUP", "FLOWSCOPE_COUNTERS", "FLOWSCOPE_KAFKA_DIRECT",
+                                 "FLOWSCOPE_KAFKA_TLS", "FLOWSCOPE_KAFKA_CREATE_TOPIC"])
+def test_an_empty_boolean_variable_is_an_error_like_an_empty_integer(var: str) -> None:
+    """A Helm value left blank (`value: ""`) silently meant false for a boolean (turning off
+    kafka.direct), while FLOWSCOPE_WORKERS="" was an error."""
+    key = var.removeprefix("FLOWSCOPE_").lower().replace("kafka_", "kafka.")
+    with pytest.raises(C.ConfigError) as e:
+        load([], {var: ""})
+    assert str(e.value) == f"{key} (from {var}): empty: expected true or false"
+    with pytest.raises(C.ConfigError, match=r"^workers \(from FLOWSCOPE_WORKERS\): expected an integer$"):
+        load([], {"FLOWSCOPE_WORKERS": ""})
+    assert load([], {"FLOWSCOPE_DEDUP": "false", "FLOWSCOPE_COUNTERS": "0"}).dedup is False
+
+
+@pytest.mark.parametrize("text,message", [
+    ("workers: 2.9\n", "workers (from {f}): expected an integer"),
+    ("workers: 2.0\n", "workers (from {f}): expected an integer"),
+    ("kafka:\n  linger_ms: 0.5\n", "kafka.linger_ms (from {f}): expected an integer"),
+    ("sampling:\n  10.0.0.0/8: 99.9\n", "sampling (from {f}): 10.0.0.0/8: sampling rate: expected an integer, "
+     "got 99.9"),
+])
+def test_a_fraction_for_an_integer_option_is_refused_from_yaml_as_from_a_flag(tmp_path: Path, text: str,
+                                                                              message: str) -> None:
+    """`workers: 2.9` was truncated to 2 from YAML while FLOWSCOPE_WORKERS=2.9 was an error."""
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    with pytest.raises(C.ConfigError) as e:
+        load(["--config", str(f)])
+    assert str(e.value) == message.format(f=f)
+    with pytest.raises(C.ConfigError, match=r"^workers \(from FLOWSCOPE_WORKERS\): expected an integer$"):
+        load([], {"FLOWSCOPE_WORKERS": "2.0"})
+    with pytest.raises(C.ConfigError, match="10.0.0.0/8: sampling rate: expected an integer, got '99.9'"):
+        load(["--sampling", "10.0.0.0/8=99.9"])
+
+
+@pytest.mark.parametrize("listen,message", [
+    (["netflow://[::1]:21055", "sflow://[0::1]:21055"],
+     "listen: [0::1]:21055 is listed twice (netflow://[::1]:21055 and sflow://[0::1]:21055)"),
+    (["netflow://[::1]:21055", "sflow://[0:0:0:0:0:0:0:1]:21055"], "listen: [0:0:0:0:0:0:0:1]:21055 is listed twice"),
+    (["netflow://0.0.0.0:2055", "sflow://127.0.0.1:2055"], "listen: netflow://0.0.0.0:2055 and "
+     "sflow://127.0.0.1:2055 overlap: 0.0.0.0 takes every IPv4 address on port 2055; list one of them"),
+    (["ipfix://[fd00::1]:4739", "netflow://[::]:4739"], "listen: ipfix://[fd00::1]:4739 and netflow://[::]:4739 "
+     "overlap: :: takes every IPv6 address on port 4739"),
+])
+def test_listeners_on_one_socket_address_are_refused_whatever_the_spelling(listen: list[str], message: str) -> None:
+    """With --workers 2 (SO_REUSEPORT) both bound, and the kernel spread the exporters over the
+    netflow and the sflow socket; a wildcard and a specific address of the same family on one
+    port split the traffic the same way."""
+    argv = [a for s in listen for a in ("--listen", s)]
+    with pytest.raises(C.ConfigError) as e:
+        load(argv)
+    assert str(e.value).startswith(message), str(e.value)
+
+
+def test_listeners_on_distinct_socket_addresses_are_accepted() -> None:
+    cfg = load(["--listen", "netflow://0.0.0.0:2055", "--listen", "netflow://[::]:2055",  # IPV6_V6ONLY
+                "--listen", "sflow://127.0.0.1:6343", "--listen", "sflow://127.0.0.2:6343",
+                "--listen", "ipfix://0.0.0.0:4739"])
+    assert len(cfg.listeners()) == 5
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--listen", "netflow://127.0.0.1:0"], "listen (from --listen): 'netflow://127.0.0.1:0': port must be 1-65535 "
+     "(0 would be a random port)"),
+    (["--metrics-addr", "127.0.0.1:29401", "--health-addr", "127.0.0.1:29401"],
+     "health_addr: 127.0.0.1:29401 is also metrics_addr: leave health_addr empty to serve /healthz and /readyz on "
+     "the metrics address, or give it another port"),
+    (["--metrics-addr", "0.0.0.0:9400", "--health-addr", "10.1.2.3:9400"],
+     "health_addr: 10.1.2.3:9400 overlaps metrics_addr 0.0.0.0:9400 (0.0.0.0 takes every IPv4 address)"),
+    (["--metrics-addr", "[::1]:9400", "--health-addr", "[0::1]:9400"], "health_addr: [0::1]:9400 is also metrics_addr"),
+])
+def test_addresses_that_cannot_work_at_run_time_are_refused(argv: list[str], message: str) -> None:
+    """Port 0 made each worker bind another random port; --health-addr equal to --metrics-addr
+    passed validation and then failed with `address already in use` (the docs: an empty
+    --health-addr is what serves health on the metrics address)."""
+    with pytest.raises(C.ConfigError) as e:
+        load(argv)
+    assert str(e.value).startswith(message), str(e.value)
+    cfg = load(["--metrics-addr", "127.0.0.1:29401", "--health-addr", "127.0.0.1:29402"])
+    assert (cfg.metrics_addr, cfg.health_addr) == ("127.0.0.1:29401", "127.0.0.1:29402")
+
+
+@pytest.mark.parametrize("args,env,yaml_text,message", [
+    (["--shutdown-timeout", "nan"], {}, "", "shutdown_timeout (from --shutdown-timeout): nan is not a finite number"),
+    (["--config", "{f}"], {}, "kafka:\n  topic: a\nkafka:\n  tls: true\n",
+     "kafka (from {f}): given twice, on lines 1 and 3 (only the last would apply): keep one"),
+    (["--rcvbuf", "2GiB"], {}, "", "rcvbuf (from --rcvbuf): 2147483648 is out of range: must be between 0 and "
+     "2147483647"),
+    ([], {"FLOWSCOPE_KAFKA_DIRECT": ""}, "", "kafka.direct (from FLOWSCOPE_KAFKA_DIRECT): empty: expected true or false"),
+    (["--listen", "netflow://[::1]:21055", "--listen", "sflow://[0::1]:21055"], {}, "",
+     "listen: [0::1]:21055 is listed twice (netflow://[::1]:21055 and sflow://[0::1]:21055)"),
+])
+def test_bad_values_are_one_configuration_error_line_exit_2(tmp_path: Path, args: list[str], env: dict[str, str],
+                                                           yaml_text: str, message: str) -> None:
+    """`flowscope config` (which loads and validates exactly as `run` does, without starting a
+    collector when a check is missing) prints one line, no traceback, and exits 2."""
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml_text)
+    r = subprocess.run([sys.executable, "-m", "collector.cli", "config", *(a.format(f=f) for a in args)],
+                       capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", **env},
+                       cwd=ROOT, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr == f"flowscope: configuration error: {message.format(f=f)}\n"
+
+
 # ---------------------------------------------------------------------------------------------- queue
 
 def test_queue_newest_policy_counts() -> None:

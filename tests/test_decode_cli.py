@@ -74,6 +74,20 @@ def test_decode_bad_arguments_are_clear(tmp_path: Path) -> None:
     assert p.returncode == 2 and b"CIDR=RATE" in p.stderr
 
 
+def test_decode_port_out_of_range_is_a_usage_error(tmp_path: Path) -> None:
+    """`--port 99999` or `--port -1` matched no datagram: no output and exit 0, as if the
+    capture held no flows."""
+    cap = tmp_path / "t.pcap"
+    write_pcap(cap, [(EXPORT, "10.0.0.1", 50000, ipfix_message([template_set([OVS_INGRESS])], seq=0,
+                                                                 export_time=EXPORT))])
+    for port in ("99999", "-1", "0", "http"):
+        p = run_decode(str(cap), "--port", port)
+        assert p.returncode == 2, (port, p.stderr.decode())
+        assert p.stderr.decode().splitlines()[-1].startswith("flowscope decode: error: argument --port: ")
+        assert b"expected a UDP port 1-65535" in p.stderr and b"Traceback" not in p.stderr and p.stdout == b""
+    assert run_decode(str(cap), "--port", "4739").returncode == 0
+
+
 def test_decode_with_an_unusable_kubeconfig_is_one_line_exit_2(tmp_path: Path) -> None:
     cap = tmp_path / "t.pcap"
     write_pcap(cap, [(EXPORT, "10.0.0.1", 50000, ipfix_message([template_set([OVS_INGRESS])], seq=0,
