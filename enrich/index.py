@@ -160,6 +160,12 @@ def management_port_ips(annotation: Any) -> list[bytes]:
     return out
 
 
+
+#: Pod owners Kubernetes itself creates (a ReplicaSet is resolved to its Deployment; Node: static
+#: pods' mirrors). Others (operators' custom resources: Argo Rollouts, KubeVirt VMIs, ...) are
+#: published as they are and counted as unknown_owner_kind.
+POD_OWNER_KINDS = frozenset(("ReplicaSet", "StatefulSet", "DaemonSet", "Job", "ReplicationController", "Node", "Pod"))
+
 class BadObject(ValueError):
     """An API object lacks a field the index cannot do without (counted, object skipped)."""
 
@@ -526,6 +532,9 @@ class Index:
             self.problem("bad_owner", f"pod {ns}/{name}: {e}")
             owner = None
         kind, oname = owner if owner else ("Pod", name)
+        if kind not in POD_OWNER_KINDS:
+            self.problem("unknown_owner_kind", f"pod {ns}/{name} is owned by {kind} {oname}: published as its owner "
+                         "as it is (as NetObserv does)")
         # When the pod got its addresses: the latest of creation, kubelet start and the pod
         # network's readiness (condition PodReadyToStartContainers, PodHasNetwork before 1.29:
         # its sandbox, and so its IP, came up then; a recreated sandbox moves it). The start
@@ -614,6 +623,9 @@ class Index:
         except BadObject as e:
             self.problem("bad_owner", f"replicaset {ns}/{meta['name']}: {e}")
             owner = None
+        if owner is not None and owner[0] != "Deployment":
+            self.problem("unknown_owner_kind", f"replicaset {ns}/{meta['name']} is owned by {owner[0]} {owner[1]}: "
+                         "its pods' owner is that (as NetObserv does)")
         return RsRec(ns=_intern(ns), name=meta["name"], owner=owner)
 
     # ------------------------------------------------------------------ writers

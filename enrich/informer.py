@@ -48,6 +48,7 @@ class Gone(Exception):
 
 
 RETRY_AFTER_MAX = 120.0  # seconds: a server's Retry-After is honoured up to this
+WATCH_FAILURES_BEFORE_RELIST = 5  # failed watches in a row after which the informer lists again
 
 
 class ApiProblem(Exception):
@@ -137,6 +138,7 @@ class Informer:
         self._resp: Any = None
         self._logged: set[str] = set()
         self._gone_streak = 0   # watches in a row that expired (410) right after their list
+        self._watch_failures = 0  # watches in a row that failed (errors, not 410) since one worked
         self._backoff = Backoff(initial=config.backoff_initial_seconds, factor=config.backoff_factor,
                                 maximum=config.backoff_max_seconds, jitter=config.backoff_jitter)
 
@@ -224,7 +226,21 @@ class Informer:
                 # the server answers 410 when that is no longer possible.
                 rv = st.resource_version  # the last event applied before the failure
                 self._failed(e)
+                if time.monotonic() - started >= 1.0:
+                    self._watch_failures = 0    # it had worked a while (a dropped stream): not stuck
+                else:
+                    self._watch_failures += 1
                 self._sleep(self._backoff.next())
+                if self._watch_failures % WATCH_FAILURES_BEFORE_RELIST == 0:
+                    # A watch that keeps failing (RBAC granting list but not watch, a proxy that
+                    # breaks streams, repeated 5xx) would freeze the cache at the last list: list
+                    # again, as client-go's reflector does, so lists keep it current meanwhile
+                    # (the backoff keeps growing until a watch works).
+                    level = logging.WARNING if self._watch_failures == WATCH_FAILURES_BEFORE_RELIST else logging.DEBUG
+                    log.log(level, "enrich: %s: %d watches in a row failed (%s): listing again, and again after "
+                            "each %d failed watches until one works", self.kind, self._watch_failures, e.cause,
+                            WATCH_FAILURES_BEFORE_RELIST)
+                    return
                 continue
             st.resource_version = rv
             if n == 0 and time.monotonic() - started < 1.0:
@@ -453,8 +469,11 @@ class Informer:
         # only a watch that works (or runs a while) does, and then the backoff starts over.
         if not after_list:
             self._gone_streak = 0
-        if not self._gone_streak:
+            self._watch_failures = 0
+        if not self._gone_streak and not self._watch_failures:
             self._backoff.reset()
+        if after_list and self._watch_failures:
+            return  # a list that works while watches fail: not recovered (nor logged as such)
         self.stats.last_error = ""
         if self._logged:
             log.info("enrich: %s informer recovered", self.kind)

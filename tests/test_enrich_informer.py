@@ -337,6 +337,35 @@ def test_forbidden_names_verb_and_resource(seeded: FakeKube, kubeconfig: str, ca
             e.stop()
 
 
+def test_a_watch_that_keeps_failing_falls_back_to_lists(seeded: FakeKube, kubeconfig: str,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """RBAC granting list but not watch (or a proxy that breaks streams): after
+    WATCH_FAILURES_BEFORE_RELIST failed watches in a row the informer lists again, as client-go's
+    reflector does, so pods created meanwhile are enriched instead of the cache freezing at the
+    first list; the forbidden watch is logged once, the fallback once."""
+    from enrich.informer import WATCH_FAILURES_BEFORE_RELIST
+
+    seeded.fail("pods", "watch", "forbidden")   # until cleared
+    e = enrich.Enricher(fast_config(kubeconfig))
+    with caplog.at_level(logging.INFO, logger="flowscope.enrich"):
+        e.start()
+        try:
+            assert e.wait_ready(10)
+            seeded.add("pods", pod("new", "shop", ips=["10.244.0.31"]))
+            wait_for(lambda: flow(e, "10.244.0.31", "").get("SrcK8S_Name") == "new", timeout=15,
+                     what="the new pod, from a list")
+            st = e.stats()["kinds"]["pods"]
+            assert st["relists"] >= 1 and st["errors"]["forbidden"] >= WATCH_FAILURES_BEFORE_RELIST
+            assert e.ready
+            wait_for(lambda: e.stats()["kinds"]["pods"]["relists"] >= 3, timeout=15, what="lists go on")
+        finally:
+            e.stop()
+    msgs = [r.getMessage() for r in caplog.records]
+    assert sum("forbidden: needs 'watch' on 'pods'" in m for m in msgs) == 1, msgs
+    assert sum("watches in a row failed" in m for m in msgs) == 1, msgs
+    assert not any("pods informer recovered" in m for m in msgs), msgs
+
+
 def test_forbidden_list_of_replicasets_names_api_group(seeded: FakeKube, kubeconfig: str,
                                                        caplog: pytest.LogCaptureFixture) -> None:
     seeded.fail("replicasets", "list", "forbidden", times=2)
