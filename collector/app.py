@@ -119,11 +119,15 @@ async def stop_enricher(enricher: Any) -> None:
 
 
 def silence_limit(cfg: Config) -> float:
-    """Seconds without a snapshot after which a worker of `--workers N` counts as hung (its event
+    """Seconds without a snapshot after which a worker of `--workers N` counts as stuck (its event
     loop stopped: the supervisor cannot see it otherwise, while the kernel keeps handing its
-    socket a share of the exporters): /healthz and /readyz fail, so the orchestrator restarts
-    the pod. Generous, so that a busy loop or a long index build is not taken for a hang."""
+    socket a share of the exporters): /readyz fails. Generous, so that a busy loop is not taken
+    for a stuck one; liveness waits three times as long (LIVENESS_FACTOR) before the
+    orchestrator restarts the pod and its templates are lost."""
     return max(10.0, 10.0 * cfg.stats_interval)
+
+
+LIVENESS_FACTOR = 3.0
 
 
 def readiness(agg: Aggregator, expected: int, silent_after: float = 0.0) -> tuple[bool, list[str]]:
@@ -151,7 +155,7 @@ def http_servers(cfg: Config, agg: Aggregator, expected: int, alive: Callable[[]
     def healthz() -> tuple[int, str, bytes]:
         if not alive():
             return 503, "text/plain", b"worker down\n"
-        hung = agg.silent(silent_after) if silent_after else {}
+        hung = agg.silent(silent_after * LIVENESS_FACTOR) if silent_after else {}
         if hung:
             return 503, "text/plain", "".join(f"worker {w}: no report for {s:.0f} s (hung?)\n"
                                                for w, s in sorted(hung.items())).encode()

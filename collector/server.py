@@ -328,7 +328,7 @@ class Worker:
         assert self.state is not None
         while True:
             await asyncio.sleep(self.cfg.state_interval)
-            self.state.save(self.decoder)
+            await self.state.save_async(self.decoder)
 
     def ready(self) -> tuple[bool, list[str]]:
         why = []

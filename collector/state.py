@@ -10,10 +10,12 @@ because the kernel may hash an exporter to a different worker after a restart.
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import logging
 import os
 import tempfile
+import threading
 from typing import Any
 
 import orjson
@@ -33,6 +35,9 @@ class StateFile:
         self.loads = {"ok": 0, "error": 0, "missing": 0}
         self._last: bytes | None = None
         self._rl = RateLimitedLog(log, 30.0)
+        self._lock = threading.Lock()
+        self._gen = 0           # exports handed to _write, numbered
+        self._written_gen = 0   # the latest of them written
 
     def candidates(self) -> list[str]:
         """Every file a previous run (with any worker count) may have written, oldest first:
@@ -72,14 +77,51 @@ class StateFile:
                 log.info("state: loaded %s: %d templates", p, got.get("templates", 0))
 
     def save(self, decoder: Any) -> bool:
+        """Export and write now (at shutdown)."""
+        data = self._export(decoder)
+        if data is None:
+            return False
+        return True if data is self._last else self._write(data, self._next_gen())
+
+    async def save_async(self, decoder: Any) -> bool:
+        """Export on the event loop (the decoder is not thread-safe), write and fsync in a thread:
+        a slow disk (a network volume) must not stop the worker's loop, which would also stop its
+        metrics and make the supervisor take it for hung."""
+        data = self._export(decoder)
+        if data is None:
+            return False
+        if data is self._last:
+            return True
+        return await asyncio.to_thread(self._write, data, self._next_gen())
+
+    def _next_gen(self) -> int:
+        self._gen += 1
+        return self._gen
+
+    def _export(self, decoder: Any) -> bytes | None:
+        """The decoder's state as bytes; `self._last` itself when it has not changed."""
         try:
             data = orjson.dumps(decoder.export_state())
         except Exception as exc:
             self.saves["error"] += 1
             self._rl.error("export", "state: cannot export decoder state: %s", exc)
-            return False
-        if data == self._last:
-            return True
+            return None
+        return self._last if data == self._last and self._last is not None else data
+
+    def _write(self, data: bytes, gen: int) -> bool:
+        """Write atomically (temporary file, fsync, rename, fsync of the directory). Writes are
+        serialised, and one older than a write already done is skipped, so a periodic write
+        still in its thread cannot replace the final save of a shutdown with older state."""
+        with self._lock:
+            if gen <= self._written_gen:
+                return True
+            ok = self._write_file(data)
+            if ok:
+                self._written_gen = gen
+                self._last = data
+            return ok
+
+    def _write_file(self, data: bytes) -> bool:
         d = os.path.dirname(os.path.abspath(self.path))
         tmp = None
         try:
@@ -106,6 +148,5 @@ class StateFile:
                     os.unlink(tmp)
                 except OSError:
                     pass
-        self._last = data
         self.saves["ok"] += 1
         return True

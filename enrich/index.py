@@ -163,8 +163,9 @@ def management_port_ips(annotation: Any) -> list[bytes]:
 
 #: Pod owners Kubernetes itself creates (a ReplicaSet is resolved to its Deployment; Node: static
 #: pods' mirrors). Others (operators' custom resources: Argo Rollouts, KubeVirt VMIs, ...) are
-#: published as they are and counted as unknown_owner_kind.
+#: published as they are; the distinct kinds seen are counted (Index.other_owner_kind).
 POD_OWNER_KINDS = frozenset(("ReplicaSet", "StatefulSet", "DaemonSet", "Job", "ReplicationController", "Node", "Pod"))
+OTHER_OWNER_KINDS_MAX = 256
 
 class BadObject(ValueError):
     """An API object lacks a field the index cannot do without (counted, object skipped)."""
@@ -336,6 +337,7 @@ class Index:
 
         # Counters for stats(): problems by cause; logged once per cause.
         self.problems: dict[str, int] = {}
+        self.other_owner_kinds: set[str] = set()  # owner kinds outside POD_OWNER_KINDS seen (bounded)
         self._logged: set[str] = set()
 
         self._tails = self._build_tails(cluster_name)
@@ -437,6 +439,17 @@ class Index:
             self._logged.add(cause)
             log.warning("enrich: %s: %s (further occurrences are counted, not logged)", cause, detail)
 
+    def other_owner_kind(self, kind: str, example: str) -> None:
+        """An owner kind Kubernetes itself does not create (an operator's custom resource: a
+        StrimziPodSet, an Argo Rollout, a KubeVirt VMI, an OpenShift Build): not bad input, and
+        published as it is, as NetObserv does; each kind is logged once (info) and counted among
+        the distinct kinds seen (bounded)."""
+        if kind in self.other_owner_kinds or len(self.other_owner_kinds) >= OTHER_OWNER_KINDS_MAX:
+            return
+        self.other_owner_kinds.add(kind)
+        log.info("enrich: owner kind %s (e.g. %s) is published as the owner as it is, as NetObserv does",
+                 kind, example)
+
     def kind_count(self, kind: str) -> int:
         """Objects of one kind in the cache (live ones: tombstones are not counted)."""
         if kind == PODS:
@@ -451,6 +464,7 @@ class Index:
             "replicasets": len(self._rs), "tombstones": len(self._tombstones),
             "addresses": len(self._ips), "pod_ips": len(self._pod_layer),
             "node_ips": len(self._node_layer), "service_ips": len(self._svc_layer),
+            "other_owner_kinds": len(self.other_owner_kinds),
         }
 
     # ------------------------------------------------------------------ parsing
@@ -533,8 +547,7 @@ class Index:
             owner = None
         kind, oname = owner if owner else ("Pod", name)
         if kind not in POD_OWNER_KINDS:
-            self.problem("unknown_owner_kind", f"pod {ns}/{name} is owned by {kind} {oname}: published as its owner "
-                         "as it is (as NetObserv does)")
+            self.other_owner_kind(kind, f"pod {ns}/{name} is owned by {kind} {oname}")
         # When the pod got its addresses: the latest of creation, kubelet start and the pod
         # network's readiness (condition PodReadyToStartContainers, PodHasNetwork before 1.29:
         # its sandbox, and so its IP, came up then; a recreated sandbox moves it). The start
@@ -624,8 +637,7 @@ class Index:
             self.problem("bad_owner", f"replicaset {ns}/{meta['name']}: {e}")
             owner = None
         if owner is not None and owner[0] != "Deployment":
-            self.problem("unknown_owner_kind", f"replicaset {ns}/{meta['name']} is owned by {owner[0]} {owner[1]}: "
-                         "its pods' owner is that (as NetObserv does)")
+            self.other_owner_kind(owner[0], f"replicaset {ns}/{meta['name']} is owned by {owner[0]} {owner[1]}")
         return RsRec(ns=_intern(ns), name=meta["name"], owner=owner)
 
     # ------------------------------------------------------------------ writers

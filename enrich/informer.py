@@ -49,6 +49,7 @@ class Gone(Exception):
 
 RETRY_AFTER_MAX = 120.0  # seconds: a server's Retry-After is honoured up to this
 WATCH_FAILURES_BEFORE_RELIST = 5  # failed watches in a row after which the informer lists again
+RELIST_CAUSES = frozenset(("forbidden", "bad_response", "server_error"))  # ... failures of these causes
 
 
 class ApiProblem(Exception):
@@ -226,12 +227,17 @@ class Informer:
                 # the server answers 410 when that is no longer possible.
                 rv = st.resource_version  # the last event applied before the failure
                 self._failed(e)
+                counted = False
                 if time.monotonic() - started >= 1.0:
                     self._watch_failures = 0    # it had worked a while (a dropped stream): not stuck
-                else:
+                elif e.cause in RELIST_CAUSES and not e.retry_after:
+                    # refused by the server while a list may be allowed; not an outage
+                    # (connection refused, TLS, 429 or 503 with Retry-After: keep resuming the
+                    # watch, no heavy lists while the server is down or recovering)
                     self._watch_failures += 1
+                    counted = True
                 self._sleep(self._backoff.next())
-                if self._watch_failures % WATCH_FAILURES_BEFORE_RELIST == 0:
+                if counted and self._watch_failures % WATCH_FAILURES_BEFORE_RELIST == 0:
                     # A watch that keeps failing (RBAC granting list but not watch, a proxy that
                     # breaks streams, repeated 5xx) would freeze the cache at the last list: list
                     # again, as client-go's reflector does, so lists keep it current meanwhile

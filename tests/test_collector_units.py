@@ -470,6 +470,52 @@ def test_state_files_of_several_workers_restore_the_latest_definition(tmp_path: 
     assert (f["SrcAddr"], f["DstAddr"], f["Proto"]) == ("10.0.0.1", "10.0.0.2", 6)
 
 
+def test_state_file_is_written_beside_the_event_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The periodic save writes and fsyncs in a thread: a slow disk (a network volume) must not
+    stop the worker's loop, whose metrics the supervisor watches for a hang. A write older than
+    one already done (the periodic one finishing after the shutdown's final save) is skipped."""
+    import asyncio
+    import os
+    import time
+
+    from benchmarks.datagrams import IpfixTemplate, ipfix_message, template_set
+    from collector import state as S
+    from decoders import Decoder
+
+    d = Decoder()
+    d.decode(ipfix_message([template_set([IpfixTemplate(256, (("src", 8, 0, 4),), 0)])], seq=0,
+                           export_time=1_700_000_000), "192.0.2.1", 4739, 1_700_000_000.0)
+    sf = S.StateFile(str(tmp_path / "state.json"), None)
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        time.sleep(0.5)
+        real_fsync(fd)
+
+    monkeypatch.setattr(S.os, "fsync", slow_fsync)
+
+    async def main() -> tuple[bool, int]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.05)
+                ticks += 1
+
+        t = asyncio.get_running_loop().create_task(ticker())
+        ok = await sf.save_async(d)
+        t.cancel()
+        return ok, ticks
+
+    ok, ticks = asyncio.run(main())
+    assert ok and sf.saves["ok"] == 1 and os.path.exists(sf.path)
+    assert ticks >= 10, ticks   # the loop ran through the two half-second fsyncs
+    monkeypatch.setattr(S.os, "fsync", real_fsync)
+    assert sf._write(b'{"newer": 1}', 3) and sf._write(b'{"older": 1}', 2)
+    assert Path(sf.path).read_bytes() == b'{"newer": 1}'
+
+
 def test_a_batch_aiokafka_says_cannot_succeed_is_dropped_not_retried_for_ever() -> None:
     """TLS/SASL, --no-kafka-direct, keyed modes: aiokafka's non-retriable produce errors (too
     large, not authorized, invalid topic, corrupt) drop the batch as rejected, like the direct

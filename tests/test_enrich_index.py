@@ -117,15 +117,18 @@ def test_owner_kinds(owner: tuple[str, str] | None, expected: tuple[str, str]) -
     e = build([pod("solo", "shop", ips=["10.244.0.6"], owner=owner)])
     got = flow(e, "10.244.0.6", "")
     assert (got["SrcK8S_OwnerName"], got["SrcK8S_OwnerType"]) == expected
-    # an owner kind Kubernetes itself does not make is published as it is, and counted
-    unknown = owner is not None and owner[0] == "VirtualMachineInstance"
-    assert e.stats()["problems"].get("unknown_owner_kind", 0) == (1 if unknown else 0)
+    # an owner kind Kubernetes itself does not make is published as it is, and counted, not as
+    # bad input
+    other = owner is not None and owner[0] == "VirtualMachineInstance"
+    assert e.stats()["index"]["other_owner_kinds"] == (1 if other else 0)
+    assert e.stats()["problems"] == {}
 
 
 def test_replicaset_owned_by_something_else_is_counted(caplog: pytest.LogCaptureFixture) -> None:
     """A ReplicaSet owned by other than a Deployment (an Argo Rollout) names its owner, as
-    NetObserv does; flowscope counts unknown_owner_kind and logs it once."""
-    with caplog.at_level(logging.WARNING, logger="flowscope.enrich"):
+    NetObserv does; flowscope counts the distinct such kinds and logs each once, at info level
+    (operators' pods are normal, not bad input)."""
+    with caplog.at_level(logging.INFO, logger="flowscope.enrich"):
         e = enrich.Enricher.from_objects(
             pods=[pod("r-1", "shop", ips=["10.244.0.7"], owner=("ReplicaSet", "ro-7f")),
                   pod("r-2", "shop", ips=["10.244.0.8"], owner=("ReplicaSet", "ro-7f"))],
@@ -133,8 +136,8 @@ def test_replicaset_owned_by_something_else_is_counted(caplog: pytest.LogCapture
             config=enrich.EnrichConfig(own_namespace="netobserv"))
     got = flow(e, "10.244.0.7", "")
     assert (got["SrcK8S_OwnerName"], got["SrcK8S_OwnerType"]) == ("ro", "Rollout")
-    assert e.stats()["problems"] == {"unknown_owner_kind": 1}
-    assert sum("unknown_owner_kind" in r.getMessage() for r in caplog.records) == 1
+    assert e.stats()["problems"] == {} and e.stats()["index"]["other_owner_kinds"] == 1
+    assert sum("owner kind Rollout" in r.getMessage() and r.levelno == logging.INFO for r in caplog.records) == 1
 
 
 def test_host_network_pod_resolves_to_node() -> None:
