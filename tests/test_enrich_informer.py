@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,27 @@ def test_dropped_watch_resumes_without_relist(seeded: FakeKube, enricher: enrich
     wait_for(lambda: enricher.stats()["kinds"]["pods"]["errors"].get("connection", 0) == 1, what="drop counted")
     seeded.add("pods", pod("api-1", "shop", ips=["10.244.0.9"], owner=("DaemonSet", "agent")))
     wait_for(lambda: flow(enricher, "10.244.0.9", "").get("SrcK8S_OwnerType") == "DaemonSet", what="event after drop")
+    assert seeded.count(kind="pods", verb="list") == lists_before
+    assert enricher.stats()["kinds"]["pods"]["relists"] == 0
+
+
+def test_watches_dropped_after_running_a_while_resume_without_relists(seeded: FakeKube,
+                                                                      enricher: enrich.Enricher) -> None:
+    """A load balancer's idle timeout or an API-server restart cuts watches that were working:
+    each resumes from its resourceVersion, however many times it happens; none is a reason to
+    list again (lists of every pod per collector pod would follow every cut)."""
+    from enrich.informer import WATCH_FAILURES_BEFORE_RELIST
+
+    assert enricher.wait_ready(10)
+    lists_before = seeded.count(kind="pods", verb="list")
+    for i in range(WATCH_FAILURES_BEFORE_RELIST + 1):
+        wait_for(lambda: seeded.watchers["pods"] >= 1, what="pod watch open")
+        time.sleep(1.1)                          # the watch works a while, then is cut
+        seeded.drop_watches("pods")
+        wait_for(lambda i=i: enricher.stats()["kinds"]["pods"]["errors"].get("connection", 0) == i + 1,
+                 what=f"drop {i + 1} counted")
+    seeded.add("pods", pod("api-2", "shop", ips=["10.244.0.19"]))
+    wait_for(lambda: flow(enricher, "10.244.0.19", "").get("SrcK8S_Name") == "api-2", what="event after the drops")
     assert seeded.count(kind="pods", verb="list") == lists_before
     assert enricher.stats()["kinds"]["pods"]["relists"] == 0
 
