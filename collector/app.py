@@ -124,7 +124,7 @@ def silence_limit(cfg: Config) -> float:
     socket a share of the exporters): /readyz fails. Generous, so that a busy loop is not taken
     for a stuck one; liveness waits three times as long (LIVENESS_FACTOR) before the
     orchestrator restarts the pod and its templates are lost."""
-    return max(10.0, 10.0 * cfg.stats_interval)
+    return 10.0 + 3.0 * cfg.stats_interval
 
 
 LIVENESS_FACTOR = 3.0

@@ -113,8 +113,8 @@ SERIES: dict[str, Series] = {s.name: s for s in [
     Series("flowscope_sink_stalled_seconds", "gauge", "How long records have waited with nothing delivered (0 while the "
            "sink delivers or nothing waits; sampled at each metrics snapshot); /readyz fails beyond "
            "max(10 s, 2 x --kafka-request-timeout-ms)", (), merge="max"),
-    Series("flowscope_sink_failing_seconds", "gauge", "How long the sink has failed every record it was given "
-           "(dropped as sink_error or rejected) with nothing delivered, while failures keep coming (0 once one is "
+    Series("flowscope_sink_failing_seconds", "gauge", "How long the sink has failed every flow it was given "
+           "(dropped as sink_error or rejected) with no flow delivered, while failures keep coming (0 once one is "
            "delivered, or after the same limit without a failure); /readyz fails beyond the same limit as "
            "flowscope_sink_stalled_seconds", (), merge="max"),
     Series("flowscope_kafka_send_latency_seconds", "histogram",

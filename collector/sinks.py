@@ -255,15 +255,16 @@ class Sink:
         return now - self._progress_at
 
     def failing_for(self, window: float) -> float:
-        """Seconds that the sink has failed every record it was given (written nowhere: sink_error,
-        rejected) with nothing delivered, as long as failures were seen within the last `window`
+        """Seconds that the sink has failed every flow it was given (written nowhere: sink_error,
+        rejected) with no flow delivered, as long as failures were seen within the last `window`
         seconds: a sink that drops at once never has records waiting, so stalled_for() cannot
         see it. 0 once something is delivered, or after `window` without a failure (no
         traffic: it cannot be known to be failing still, and an unready collector behind a
         Service would get no traffic to tell). Sampled like stalled_for()."""
         now = time.monotonic()
-        done = self.delivered[0] + self.delivered[1]
-        failed = sum(n for (_, reason), n in self.queue.dropped.items() if reason in FAILED_REASONS)
+        # flows only: counter records reaching their own topic say nothing of the flows' topic
+        done = self.delivered[0]
+        failed = sum(n for (kind, reason), n in self.queue.dropped.items() if kind == 0 and reason in FAILED_REASONS)
         if done != self._fail_done:
             self._fail_done, self._fail_seen, self._fail_since = done, failed, -1.0
             return 0.0

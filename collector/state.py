@@ -77,11 +77,13 @@ class StateFile:
                 log.info("state: loaded %s: %d templates", p, got.get("templates", 0))
 
     def save(self, decoder: Any) -> bool:
-        """Export and write now (at shutdown)."""
+        """Export and write now (at shutdown), unchanged or not: a periodic write still in its
+        thread may hold older state than what is on disk, and must not be the last word (the
+        generation check then skips it)."""
         data = self._export(decoder)
         if data is None:
             return False
-        return True if data is self._last else self._write(data, self._next_gen())
+        return self._write(data, self._next_gen())
 
     async def save_async(self, decoder: Any) -> bool:
         """Export on the event loop (the decoder is not thread-safe), write and fsync in a thread:

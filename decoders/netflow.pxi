@@ -247,6 +247,12 @@ cdef Template compile_template(int version, uint32_t domain, uint16_t tid, tuple
     return t
 
 
+cdef inline bint gap_expired(int64_t gap_ms, int64_t now_ms) noexcept:
+    """A gap seen at gap_ms is SEQ_REORDER_MS old at now_ms (receive times, the wall clock): or
+    the clock stepped back by more than that since, and its age can no longer be told."""
+    return now_ms - gap_ms >= SEQ_REORDER_MS or gap_ms - now_ms > SEQ_REORDER_MS
+
+
 cdef class SeqStream:
     """One sequence stream of an exporter: a protocol's (exporting process, domain)."""
     cdef int kind
@@ -262,6 +268,9 @@ cdef class SeqStream:
     cdef uint32_t gap_span[SEQ_MAX_GAPS]
     cdef uint32_t gap_missing[SEQ_MAX_GAPS]
     cdef int64_t gap_ms[SEQ_MAX_GAPS]
+    # The latest sequence numbers that filled a gap (a ring): a duplicate of one fills nothing.
+    cdef uint32_t filled[SEQ_FILLED_RING]
+    cdef int nfilled
 
 
 cdef class ExporterState:
@@ -362,7 +371,7 @@ cdef class ExporterState:
         cdef SeqStream st = self.cur_seq
         cdef uint32_t ahead, behind, back, fill
         cdef object key
-        cdef int i
+        cdef int i, j
         if st is None or st.kind != kind or st.port != port or st.domain != domain:
             key = (kind, port, domain)
             st = self.seq_streams.get(key)
@@ -374,7 +383,7 @@ cdef class ExporterState:
                 st.kind, st.port, st.domain = kind, port, domain
                 self.seq_streams[key] = st
             self.cur_seq = st
-        if st.ngaps and now_ms - st.gap_ms[0] >= SEQ_REORDER_MS:
+        if st.ngaps and gap_expired(st.gap_ms[0], now_ms):
             self.count_gaps(st, now_ms)
         if st.synced:
             ahead = seq - st.next
@@ -394,6 +403,11 @@ cdef class ExporterState:
                 if back <= SEQ_RESTART_UPTIME_MS or back >= 0x80000000u:
                     for i in range(st.ngaps):   # late: into an open gap, or nothing to do
                         if <uint32_t>(seq - st.gap_start[i]) < st.gap_span[i]:
+                            for j in range(st.nfilled if st.nfilled < SEQ_FILLED_RING else SEQ_FILLED_RING):
+                                if st.filled[j] == seq:
+                                    return      # a duplicate of a late one: fills nothing
+                            st.filled[st.nfilled % SEQ_FILLED_RING] = seq
+                            st.nfilled += 1
                             fill = advance if advance < st.gap_missing[i] else st.gap_missing[i]
                             st.gap_missing[i] -= fill
                             break
@@ -423,7 +437,7 @@ cdef class ExporterState:
     cdef void count_gaps(self, SeqStream st, int64_t now_ms) noexcept:
         """Close the stream's gaps seen SEQ_REORDER_MS or longer before now_ms (all of them when
         now_ms < 0), counting what is still missing of them as lost."""
-        while st.ngaps and (now_ms < 0 or now_ms - st.gap_ms[0] >= SEQ_REORDER_MS):
+        while st.ngaps and (now_ms < 0 or gap_expired(st.gap_ms[0], now_ms)):
             self.count_oldest(st)
 
     cdef void settle_gaps(self, int64_t now_ms) noexcept:

@@ -50,6 +50,7 @@ class Gone(Exception):
 RETRY_AFTER_MAX = 120.0  # seconds: a server's Retry-After is honoured up to this
 WATCH_FAILURES_BEFORE_RELIST = 5  # failed watches in a row after which the informer lists again
 RELIST_CAUSES = frozenset(("forbidden", "bad_response", "server_error"))  # ... failures of these causes
+STATUS_CAUSES = frozenset(("forbidden", "unauthorized", "server_error"))  # answered with an HTTP status
 
 
 class ApiProblem(Exception):
@@ -227,34 +228,46 @@ class Informer:
                 # the server answers 410 when that is no longer possible.
                 rv = st.resource_version  # the last event applied before the failure
                 self._failed(e)
-                counted = False
-                if time.monotonic() - started >= 1.0:
-                    self._watch_failures = 0    # it had worked a while (a dropped stream): not stuck
-                elif e.cause in RELIST_CAUSES and not e.retry_after:
-                    # refused by the server while a list may be allowed; not an outage
-                    # (connection refused, TLS, 429 or 503 with Retry-After: keep resuming the
-                    # watch, no heavy lists while the server is down or recovering)
+                # An HTTP status (403, 5xx) means the watch never opened, however long the answer
+                # took; a bad body counts when it came at once. Refusals while a list may be
+                # allowed count towards a relist; an outage (connection refused, TLS) or
+                # throttling (Retry-After) does not: no heavy lists while the server is down or
+                # recovering, the watch keeps resuming.
+                never_ran = e.cause in STATUS_CAUSES or time.monotonic() - started < 1.0
+                counted = never_ran and e.cause in RELIST_CAUSES and not e.retry_after
+                if counted:
                     self._watch_failures += 1
-                    counted = True
-                self._sleep(self._backoff.next())
+                elif not never_ran:
+                    self._watch_failures = 0    # it had worked a while (a dropped stream): not stuck
+                self._sleep(max(self._backoff.next(), min(e.retry_after, RETRY_AFTER_MAX)))
                 if counted and self._watch_failures % WATCH_FAILURES_BEFORE_RELIST == 0:
-                    # A watch that keeps failing (RBAC granting list but not watch, a proxy that
-                    # breaks streams, repeated 5xx) would freeze the cache at the last list: list
-                    # again, as client-go's reflector does, so lists keep it current meanwhile
-                    # (the backoff keeps growing until a watch works).
-                    level = logging.WARNING if self._watch_failures == WATCH_FAILURES_BEFORE_RELIST else logging.DEBUG
-                    log.log(level, "enrich: %s: %d watches in a row failed (%s): listing again, and again after "
-                            "each %d failed watches until one works", self.kind, self._watch_failures, e.cause,
-                            WATCH_FAILURES_BEFORE_RELIST)
+                    self._relist_after_failed_watches(e.cause)
                     return
                 continue
             st.resource_version = rv
             if n == 0 and time.monotonic() - started < 1.0:
-                # A server that ends streams at once must not make us spin.
+                # A server (a proxy) that ends streams at once with nothing in them must not make
+                # us spin, nor freeze the cache at the last list: back off, count it, and list
+                # again after as many such streams as failed watches.
+                self._failed(ApiProblem("empty_watch", f"watch {self._resource()}: the stream ended at once "
+                                        "without an event"))
+                self._watch_failures += 1
                 self._sleep(self._backoff.next())
+                if self._watch_failures % WATCH_FAILURES_BEFORE_RELIST == 0:
+                    self._relist_after_failed_watches("empty_watch")
+                    return
             else:
                 self._recovered()  # a stream that ran (quiet or not): resets backoff and logging
         raise Stopped
+
+    def _relist_after_failed_watches(self, cause: str) -> None:
+        # A watch that keeps failing (RBAC granting list but not watch, a proxy that breaks
+        # streams, repeated 5xx) would freeze the cache at the last list: list again, as
+        # client-go's reflector does, so lists keep it current meanwhile (the backoff keeps
+        # growing until a watch works).
+        level = logging.WARNING if self._watch_failures == WATCH_FAILURES_BEFORE_RELIST else logging.DEBUG
+        log.log(level, "enrich: %s: %d watches in a row failed (%s): listing again, and again after each %d "
+                "failed watches until one works", self.kind, self._watch_failures, cause, WATCH_FAILURES_BEFORE_RELIST)
 
     def _list(self) -> tuple[list[Any], str]:
         recs: list[Any] = []

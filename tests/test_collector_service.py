@@ -338,7 +338,7 @@ def _running(pid: int) -> bool:
 def test_a_hung_worker_fails_readiness_then_liveness(collector: Any, tmp_path: Path) -> None:
     """With --workers N the kernel keeps giving a hung worker (event loop stopped) its share of
     the exporters, and the supervisor's probes run elsewhere: a worker silent for more than
-    max(10 s, 10 stats intervals) fails /readyz, and for three times that /healthz, so the pod
+    10 s + 3 stats intervals fails /readyz, and for three times that /healthz, so the pod
     leaves the Service and is then restarted."""
     import signal
 

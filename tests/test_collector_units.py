@@ -516,6 +516,53 @@ def test_state_file_is_written_beside_the_event_loop(tmp_path: Path, monkeypatch
     assert Path(sf.path).read_bytes() == b'{"newer": 1}'
 
 
+def test_the_final_state_save_is_the_last_word(tmp_path: Path) -> None:
+    """A periodic write still in its thread may hold older state than the shutdown's final save;
+    the final save writes even when its state equals the last one written (before, it returned
+    at once and the thread's older state landed after it)."""
+    from benchmarks.datagrams import IpfixTemplate, ipfix_message, template_set
+    from collector import state as S
+    from decoders import Decoder
+
+    def decoder(fields: tuple) -> Decoder:
+        d = Decoder()
+        d.decode(ipfix_message([template_set([IpfixTemplate(256, fields, 0)])], seq=0, export_time=1_700_000_000),
+                 "192.0.2.1", 4739, 1_700_000_000.0)
+        return d
+
+    a, b = decoder((("src", 8, 0, 4),)), decoder((("dst", 12, 0, 4),))
+    sf = S.StateFile(str(tmp_path / "state.json"), None)
+    assert sf.save(a)
+    on_disk_a = Path(sf.path).read_bytes()
+    data_b = sf._export(b)
+    assert data_b is not None and data_b != on_disk_a
+    gen_b = sf._next_gen()          # a periodic write of B handed to its thread, not yet run
+    assert sf.save(a)               # shutdown: the state is A again
+    assert sf._write(data_b, gen_b)  # the thread runs now: older than the final save, skipped
+    assert Path(sf.path).read_bytes() == on_disk_a
+
+
+def test_a_sink_failing_every_flow_is_failing_even_when_counter_records_deliver() -> None:
+    """failing_for() looks at flows only: sFlow counter records reaching their own topic say
+    nothing of the flows' topic refusing every flow."""
+    import time
+
+    from collector.config import Config
+    from collector.sinks import COUNTERS, Sink
+
+    sink = Sink(Config())
+    assert sink.failing_for(0.5) == 0.0
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 0.3:
+        sink.queue.dropped[(FLOWS, "rejected")] += 10
+        sink.delivered[COUNTERS] += 1
+        sink.failing_for(0.5)
+        time.sleep(0.02)
+    assert sink.failing_for(0.5) >= 0.25
+    sink.delivered[FLOWS] += 1          # one flow delivered: not failing any more
+    assert sink.failing_for(0.5) == 0.0
+
+
 def test_a_batch_aiokafka_says_cannot_succeed_is_dropped_not_retried_for_ever() -> None:
     """TLS/SASL, --no-kafka-direct, keyed modes: aiokafka's non-retriable produce errors (too
     large, not authorized, invalid topic, corrupt) drop the batch as rejected, like the direct

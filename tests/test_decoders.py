@@ -1472,6 +1472,11 @@ def test_deep_reordering_duplicates_and_template_only_messages_are_not_loss_or_r
     # nine gaps: the oldest is counted when the ninth opens, even if its datagram comes later
     order = [1] + [3 + 2 * k for k in range(9)] + [2 + 2 * k for k in range(9)] + [20]
     assert run(list(zip(order, [0.001 * k for k in range(len(order))], strict=False))) == (1, 0)
+    # a late datagram repeated fills its gap once: 3 is still missing
+    assert run(list(zip([1, 4, 2, 2, 5], ms, strict=False))) == (1, 0)
+    # the receive clock stepped back (NTP) by more than the window: the gap's age is unknown, it
+    # is counted at the stream's next datagram
+    assert run([(1, 0), (3, 0.001), (4, -5.0), (2, -4.99)]) == (1, 0)
     # IPFIX: the data message numbered 5 overtakes two template-only messages with that number
     assert run(list(zip([-1, 0, 5, -6, -6, 10, 15], ms, strict=False)), "ipfix") == (0, 0)
 

@@ -388,6 +388,28 @@ def test_a_watch_that_keeps_failing_falls_back_to_lists(seeded: FakeKube, kubeco
     assert not any("pods informer recovered" in m for m in msgs), msgs
 
 
+@pytest.mark.parametrize("fault,cause", [("slow_forbidden", "forbidden"), ("empty", "empty_watch")])
+def test_slow_refusals_and_empty_streams_also_fall_back_to_lists(seeded: FakeKube, kubeconfig: str,
+                                                                 fault: str, cause: str) -> None:
+    """A 403 that takes over a second (a slow authorizer) is still a watch that never ran, and a
+    proxy that ends every stream at once without an event is one too: both fall back to lists,
+    counted under their cause, instead of leaving the cache frozen at the first list."""
+    from enrich.informer import WATCH_FAILURES_BEFORE_RELIST
+
+    seeded.fail("pods", "watch", fault)   # until cleared
+    e = enrich.Enricher(fast_config(kubeconfig))
+    e.start()
+    try:
+        assert e.wait_ready(10)
+        seeded.add("pods", pod("new", "shop", ips=["10.244.0.32"]))
+        wait_for(lambda: flow(e, "10.244.0.32", "").get("SrcK8S_Name") == "new", timeout=25,
+                 what="the new pod, from a list")
+        st = e.stats()["kinds"]["pods"]
+        assert st["relists"] >= 1 and st["errors"][cause] >= WATCH_FAILURES_BEFORE_RELIST, st
+    finally:
+        e.stop()
+
+
 def test_forbidden_list_of_replicasets_names_api_group(seeded: FakeKube, kubeconfig: str,
                                                        caplog: pytest.LogCaptureFixture) -> None:
     seeded.fail("replicasets", "list", "forbidden", times=2)

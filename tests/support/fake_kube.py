@@ -208,8 +208,9 @@ class FakeKube:
             self.cond.notify_all()
 
     def fail(self, kind: str, verb: str, what: str, *, times: int | None = None) -> None:
-        """Inject a fault for list or watch: forbidden, unauthorized, garbage, drop, error500,
-        throttle (429 with Retry-After: 2), gone (watch only: ERROR 410 at once), noitems and
+        """Inject a fault for list or watch: forbidden, slow_forbidden (403 after 1.2 s),
+        unauthorized, garbage, drop, error500, throttle (429 with Retry-After: 2), gone (watch
+        only: ERROR 410 at once), empty (watch only: the stream ends at once, cleanly), noitems and
         expired_continue (list only: the page is
         served but its continue token is already compacted away, so the next page gets 410)."""
         with self.cond:
@@ -330,6 +331,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(401, status(401, "Unauthorized", "Unauthorized"))
             return
         fault = k.take_fault(kind, verb)
+        if fault == "slow_forbidden":  # an authorizer webhook taking its time before saying no
+            time.sleep(1.2)
+            fault = "forbidden"
         if fault == "forbidden":
             self._send_json(403, status(403, "Forbidden", f'{kind} is forbidden: User "system:serviceaccount:'
                                         f'netobserv:flowscope" cannot {verb} resource "{kind}" at the cluster scope'))
@@ -409,6 +413,9 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "garbage":
             self._chunk(b"this is not json\n")
             self._drop()
+            return
+        if fault == "empty":  # a proxy that ends every stream at once, cleanly, with nothing in it
+            self._chunk(b"")
             return
         if fault == "gone":  # a lagging server: whatever the resourceVersion, it is too old
             self._chunk(json.dumps({"type": "ERROR", "object": status(
