@@ -349,7 +349,7 @@ class Worker:
             if failing > self.stall_limit:
                 # Dropping what it is given (disk full, closed stdout, a topic the broker refuses
                 # for good): nothing waits, but nothing lands either.
-                why.append(f"{self.sink.name} sink failed every record for {failing:.0f} s (see "
+                why.append(f"{self.sink.name} sink failed every flow for {failing:.0f} s (see "
                            "flowscope_flows_dropped_total{reason=\"sink_error\"|\"rejected\"})")
         if self.enricher is not None and not getattr(self.enricher, "ready", True):
             unsynced = getattr(self.enricher, "unsynced", None)

@@ -372,7 +372,7 @@ def test_a_sink_that_fails_every_record_makes_the_collector_unready(collector: A
         i += 1
         time.sleep(0.5)
     code, text = c.get("/readyz")
-    assert code == 503 and "sink failed every record for" in text, text
+    assert code == 503 and "sink failed every flow for" in text, text
     assert c.value("flowscope_sink_failing_seconds") >= 10
     assert c.value("flowscope_flows_dropped_total", reason="sink_error") > 0
     assert c.value("flowscope_flows_delivered_total") == 0
