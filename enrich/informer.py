@@ -238,7 +238,10 @@ class Informer:
                 if counted:
                     self._watch_failures += 1
                 elif not never_ran:
-                    self._watch_failures = 0    # it had worked a while (a dropped stream): not stuck
+                    # it had worked a while (a dropped stream: a balancer's idle timeout on a quiet
+                    # watch, a server restart): not stuck, and resuming soon loses nothing
+                    self._watch_failures = 0
+                    self._backoff.reset()
                 self._sleep(max(self._backoff.next(), min(e.retry_after, RETRY_AFTER_MAX)))
                 if counted and self._watch_failures % WATCH_FAILURES_BEFORE_RELIST == 0:
                     self._relist_after_failed_watches(e.cause)

@@ -210,6 +210,28 @@ def test_watches_dropped_after_running_a_while_resume_without_relists(seeded: Fa
     assert enricher.stats()["kinds"]["pods"]["relists"] == 0
 
 
+def test_a_watch_cut_after_running_resumes_without_growing_waits(seeded: FakeKube, kubeconfig: str) -> None:
+    """A quiet watch cut by a balancer's idle timeout, again and again: each had worked, so the
+    backoff starts over and the watch resumes at once, instead of waiting longer after each cut
+    (0.3 s doubling: the sixth cut would have waited about 10 s)."""
+    e = enrich.Enricher(fast_config(kubeconfig, backoff_initial_seconds=0.3, backoff_max_seconds=30.0))
+    e.start()
+    try:
+        assert e.wait_ready(10)
+        for i in range(6):
+            wait_for(lambda: seeded.watchers["pods"] >= 1, timeout=5, what=f"pod watch open ({i})")
+            time.sleep(1.1)
+            seeded.drop_watches("pods")
+            wait_for(lambda i=i: e.stats()["kinds"]["pods"]["errors"].get("connection", 0) == i + 1,
+                     what=f"drop {i + 1} counted")
+        t0 = time.monotonic()
+        seeded.add("pods", pod("api-3", "shop", ips=["10.244.0.29"]))
+        wait_for(lambda: flow(e, "10.244.0.29", "").get("SrcK8S_Name") == "api-3", timeout=20, what="resumed")
+        assert time.monotonic() - t0 < 3.0
+    finally:
+        e.stop()
+
+
 def test_410_forces_relist_with_changes_in_between(seeded: FakeKube, enricher: enrich.Enricher) -> None:
     assert enricher.wait_ready(10)
     wait_for(lambda: seeded.watchers["pods"] >= 1, what="pod watch open")
