@@ -270,7 +270,8 @@ cdef class SeqStream:
     cdef int64_t gap_ms[SEQ_MAX_GAPS]
     # The latest sequence numbers that filled a gap (a ring): a duplicate of one fills nothing.
     cdef uint32_t filled[SEQ_FILLED_RING]
-    cdef int nfilled
+    cdef int nfilled        # entries of the ring in use (at most SEQ_FILLED_RING)
+    cdef int fill_pos       # where the next one goes
 
 
 cdef class ExporterState:
@@ -403,11 +404,13 @@ cdef class ExporterState:
                 if back <= SEQ_RESTART_UPTIME_MS or back >= 0x80000000u:
                     for i in range(st.ngaps):   # late: into an open gap, or nothing to do
                         if <uint32_t>(seq - st.gap_start[i]) < st.gap_span[i]:
-                            for j in range(st.nfilled if st.nfilled < SEQ_FILLED_RING else SEQ_FILLED_RING):
+                            for j in range(st.nfilled):
                                 if st.filled[j] == seq:
                                     return      # a duplicate of a late one: fills nothing
-                            st.filled[st.nfilled % SEQ_FILLED_RING] = seq
-                            st.nfilled += 1
+                            st.filled[st.fill_pos] = seq
+                            st.fill_pos = (st.fill_pos + 1) % SEQ_FILLED_RING
+                            if st.nfilled < SEQ_FILLED_RING:
+                                st.nfilled += 1
                             fill = advance if advance < st.gap_missing[i] else st.gap_missing[i]
                             st.gap_missing[i] -= fill
                             break

@@ -1472,6 +1472,10 @@ def test_deep_reordering_duplicates_and_template_only_messages_are_not_loss_or_r
     # nine gaps: the oldest is counted when the ninth opens, even if its datagram comes later
     order = [1] + [3 + 2 * k for k in range(9)] + [2 + 2 * k for k in range(9)] + [20]
     assert run(list(zip(order, [0.001 * k for k in range(len(order))], strict=False))) == (1, 0)
+    # forty datagrams overtaken by the next one: every one fills (more than the ring of late
+    # numbers remembered for duplicates)
+    order = [1, 42, *range(2, 42), 43]
+    assert run(list(zip(order, [0.001 * k for k in range(len(order))], strict=False))) == (0, 0)
     # a late datagram repeated fills its gap once: 3 is still missing
     assert run(list(zip([1, 4, 2, 2, 5], ms, strict=False))) == (1, 0)
     # the receive clock stepped back (NTP) by more than the window: the gap's age is unknown, it
