@@ -130,13 +130,17 @@ def silence_limit(cfg: Config) -> float:
 LIVENESS_FACTOR = 3.0
 
 
+def silent_workers(agg: Aggregator, limit: float) -> list[str]:
+    """One line per worker whose latest snapshot is more than `limit` seconds old."""
+    return [f"worker {w}: no report for {s:.0f} s (hung?)" for w, s in sorted(agg.silent(limit).items())]
+
+
 def readiness(agg: Aggregator, expected: int, silent_after: float = 0.0) -> tuple[bool, list[str]]:
     why: list[str] = []
     if len(agg.workers) < expected:
         why.append(f"{expected - len(agg.workers)} worker(s) not reporting yet")
     if silent_after:
-        why.extend(f"worker {w}: no report for {s:.0f} s (hung?)"
-                   for w, s in sorted(agg.silent(silent_after).items()))
+        why.extend(silent_workers(agg, silent_after))
     for w, snap in sorted(agg.workers.items()):
         ok, reasons = snap.get("_ready", {}).get((), (False, ["no status"]))  # type: ignore[misc]
         if not ok:
@@ -155,10 +159,9 @@ def http_servers(cfg: Config, agg: Aggregator, expected: int, alive: Callable[[]
     def healthz() -> tuple[int, str, bytes]:
         if not alive():
             return 503, "text/plain", b"worker down\n"
-        hung = agg.silent(silent_after * LIVENESS_FACTOR) if silent_after else {}
+        hung = silent_workers(agg, silent_after * LIVENESS_FACTOR) if silent_after else []
         if hung:
-            return 503, "text/plain", "".join(f"worker {w}: no report for {s:.0f} s (hung?)\n"
-                                               for w, s in sorted(hung.items())).encode()
+            return 503, "text/plain", ("\n".join(hung) + "\n").encode()
         return 200, "text/plain", b"ok\n"
 
     def readyz() -> tuple[int, str, bytes]:

@@ -263,8 +263,8 @@ class Sink:
         Service would get no traffic to tell). Sampled like stalled_for()."""
         now = time.monotonic()
         # flows only: counter records reaching their own topic say nothing of the flows' topic
-        done = self.delivered[0]
-        failed = sum(n for (kind, reason), n in self.queue.dropped.items() if kind == 0 and reason in FAILED_REASONS)
+        done = self.delivered[FLOWS]
+        failed = sum(n for (kind, reason), n in self.queue.dropped.items() if kind == FLOWS and reason in FAILED_REASONS)
         if done != self._fail_done:
             self._fail_done, self._fail_seen, self._fail_since = done, failed, -1.0
             return 0.0

@@ -160,12 +160,12 @@ def management_port_ips(annotation: Any) -> list[bytes]:
     return out
 
 
-
 #: Pod owners Kubernetes itself creates (a ReplicaSet is resolved to its Deployment; Node: static
 #: pods' mirrors). Others (operators' custom resources: Argo Rollouts, KubeVirt VMIs, ...) are
 #: published as they are; the distinct kinds seen are counted (Index.other_owner_kind).
 POD_OWNER_KINDS = frozenset(("ReplicaSet", "StatefulSet", "DaemonSet", "Job", "ReplicationController", "Node", "Pod"))
 OTHER_OWNER_KINDS_MAX = 256
+
 
 class BadObject(ValueError):
     """An API object lacks a field the index cannot do without (counted, object skipped)."""
@@ -439,16 +439,17 @@ class Index:
             self._logged.add(cause)
             log.warning("enrich: %s: %s (further occurrences are counted, not logged)", cause, detail)
 
-    def other_owner_kind(self, kind: str, example: str) -> None:
+    def other_owner_kind(self, kind: str, what: str, ns: str, name: str, owner: str) -> None:
         """An owner kind Kubernetes itself does not create (an operator's custom resource: a
         StrimziPodSet, an Argo Rollout, a KubeVirt VMI, an OpenShift Build): not bad input, and
         published as it is, as NetObserv does; each kind is logged once (info) and counted among
-        the distinct kinds seen (bounded)."""
+        the distinct kinds seen (bounded). The object (`what` ns/name) owned by `owner` is the
+        example logged; nothing is formatted for a kind already seen."""
         if kind in self.other_owner_kinds or len(self.other_owner_kinds) >= OTHER_OWNER_KINDS_MAX:
             return
         self.other_owner_kinds.add(kind)
-        log.info("enrich: owner kind %s (e.g. %s) is published as the owner as it is, as NetObserv does",
-                 kind, example)
+        log.info("enrich: owner kind %s (e.g. %s %s/%s is owned by %s %s) is published as the owner as it is, "
+                 "as NetObserv does", kind, what, ns, name, kind, owner)
 
     def kind_count(self, kind: str) -> int:
         """Objects of one kind in the cache (live ones: tombstones are not counted)."""
@@ -547,7 +548,7 @@ class Index:
             owner = None
         kind, oname = owner if owner else ("Pod", name)
         if kind not in POD_OWNER_KINDS:
-            self.other_owner_kind(kind, f"pod {ns}/{name} is owned by {kind} {oname}")
+            self.other_owner_kind(kind, "pod", ns, name, oname)
         # When the pod got its addresses: the latest of creation, kubelet start and the pod
         # network's readiness (condition PodReadyToStartContainers, PodHasNetwork before 1.29:
         # its sandbox, and so its IP, came up then; a recreated sandbox moves it). The start
@@ -637,7 +638,7 @@ class Index:
             self.problem("bad_owner", f"replicaset {ns}/{meta['name']}: {e}")
             owner = None
         if owner is not None and owner[0] != "Deployment":
-            self.other_owner_kind(owner[0], f"replicaset {ns}/{meta['name']} is owned by {owner[0]} {owner[1]}")
+            self.other_owner_kind(owner[0], "replicaset", ns, meta["name"], owner[1])
         return RsRec(ns=_intern(ns), name=meta["name"], owner=owner)
 
     # ------------------------------------------------------------------ writers
