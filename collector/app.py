@@ -227,7 +227,11 @@ async def _worker_main(cfg: Config, index: int | None, enrich_cfg: Any,
             await asyncio.sleep(cfg.stats_interval)
 
     stats_task = loop.create_task(stats())
-    await stop.wait()
+    stopped = loop.create_task(stop.wait())
+    gone = loop.create_task(worker.sink.gone_event.wait())
+    await asyncio.wait((stopped, gone), return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    gone.cancel()
     log.info("stopping: decoding what the listeners hold, draining the queue, then closing the listeners "
              "(up to %.1fs)", cfg.shutdown_timeout)
     await worker.stop()
@@ -241,6 +245,9 @@ async def _worker_main(cfg: Config, index: int | None, enrich_cfg: Any,
                 f"{sum(v for (k, _), v in s_.queue.dropped.items() if k == 1)} dropped") if cfg.counters else ""
     log.info("stopped: %d flows delivered to %s, %d dropped%s", s_.delivered[0], s_.name,
              sum(v for (k, _), v in s_.queue.dropped.items() if k == 0), counters)
+    if s_.gone:
+        log.error("exiting: %s", s_.gone)
+        return 1
     return 0
 
 

@@ -232,6 +232,8 @@ class Sink:
         self._fail_seen = 0          # ... records the sink failed (FAILED_REASONS) then,
         self._fail_since = -1.0      # ... when failures began with nothing delivered since (-1: not failing)
         self._fail_last = 0.0        # ... and when the latest failure was seen
+        self.gone = ""               # why the destination is gone for good (stdout's reader closed it)
+        self.gone_event = asyncio.Event()
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -474,6 +476,7 @@ class StreamSink(Sink):
                     q.done(c.kind, c.nbytes, len(c.records))
                 continue
             # stdout closed (consumer gone) or disk full: what did not land is counted as lost
+            gone = isinstance(job.error, BrokenPipeError) and self.path is None
             self._cut_partial(job)
             whole = _complete_records(chunks, max(0, job.written - skip))
             self.errors["write"] += 1
@@ -482,6 +485,16 @@ class StreamSink(Sink):
                 if len(c.records) > k:
                     q.dropped[(c.kind, "sink_error")] += len(c.records) - k
                 q.done(c.kind, c.nbytes, len(c.records))
+            if gone:
+                # A pipe whose reader closed it never takes data again (`flowscope run | head`):
+                # the collector stops, as a pipeline's writer does, instead of running on with
+                # everything counted as sink_error. What is still queued fails at once, counted.
+                if not self.gone:
+                    self.gone = "stdout was closed by its reader (broken pipe)"
+                    log.error("%s: stopping; flows from here on are counted as dropped (reason=\"sink_error\")",
+                              self.gone)
+                    self.gone_event.set()
+                continue
             self._rl.error("write", "%s sink write failed: %s", self.name, job.error)
             await asyncio.sleep(0.5)
 

@@ -255,6 +255,31 @@ def test_stdout_stalled_reader_shutdown_deadline_and_count(collector: Any) -> No
     assert delivered <= got[0] <= delivered + 4096 // 300, (delivered, got[0])
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_stdout_closed_by_its_reader_stops_the_collector(collector: Any, workers: int) -> None:
+    """`flowscope run | head`: once the reader has closed the pipe nothing written to it can
+    ever be read, so the collector stops as a pipeline's writer does (exit 1, saying why)
+    instead of running on, unready, with every flow dropped. What it had counted delivered is
+    what the reader took at most, and every flow sent is delivered or counted dropped."""
+    c = collector(["--sink", "stdout", "--workers", str(workers)], stdout=subprocess.PIPE)
+    proc = c.proc
+    assert proc.stdout is not None
+    send_udp([make_v5(0, 30, 0)], c.port)
+    assert proc.stdout.readline().startswith(b"{")
+    proc.stdout.close()   # the reader goes, like `head -1`
+    # one burst, in the listener's receive buffer before the collector has written any of it:
+    # what the stop finds there is still decoded, so every flow sent is counted one way or the other
+    send_udp([make_v5(30 * i, 30, 30 * i) for i in range(1, 21)], c.port)
+    assert proc.wait(20) == 1, c.log()
+    log = c.log()
+    assert "stdout was closed by its reader" in log, log
+    stopped = re.findall(r"stopped: (\d+) flows delivered to stdout, (\d+) dropped", log)
+    assert len(stopped) == workers, log
+    delivered = sum(int(d) for d, _ in stopped)
+    dropped = sum(int(x) for _, x in stopped)
+    assert 1 <= delivered <= 30 and delivered + dropped == 21 * 30, (delivered, dropped)
+
+
 def test_sigterm_decodes_what_the_socket_buffer_holds(collector: Any, tmp_path: Path) -> None:
     """Datagrams already in the listener's receive buffer when SIGTERM arrives are decoded and
     delivered, not discarded with the socket (the collector is paused while they arrive, so
