@@ -184,6 +184,23 @@ cdef int batch_add_extra(FlowBatch b, Flow* f, uint32_t pen, uint16_t ie, Py_ssi
     return 0
 
 
+cdef void drop_extras(FlowBatch b, Flow* f, const Py_ssize_t* at, int n) noexcept:
+    """Remove the flow's extras at batch indexes `at[:n]` (ascending), keeping the others' order."""
+    cdef Py_ssize_t src, dst, end = b.n_extras
+    cdef int k = 0
+    if n == 0:
+        return
+    dst = at[0]
+    for src in range(at[0], end):
+        if k < n and src == at[k]:
+            k += 1
+            continue
+        b.extras[dst] = b.extras[src]
+        dst += 1
+    b.n_extras = dst
+    f.extra_count -= <uint32_t>n
+
+
 cdef inline Py_ssize_t addr_len(uint8_t af) noexcept:
     return 4 if af == 4 else (16 if af == 6 else 0)
 

@@ -889,12 +889,12 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
     cdef uint64_t v
     cdef int64_t start_sysup = -1, end_sysup = -1, start_delta = -1, end_delta = -1
     cdef int64_t rec_sysinit = -1, duration_ms = -1, latest_ms
-    cdef Py_ssize_t duration_at = 0, duration_len = 0
-    cdef uint16_t duration_ie = 0
+    cdef Py_ssize_t dur_extra[2]    # where the duration elements went among the extras
+    cdef int n_dur = 0
     cdef uint64_t sampling_interval = 0, sampling_space = 0, sampler_id = 0
     cdef uint64_t sampling_size = 0, sampling_population = 0
     cdef uint32_t own_rate
-    cdef bint has_sampler = False, has_flags = False, has_ifname = False
+    cdef bint has_sampler = False, has_flags = False, has_ifname = False, has_out_ifname = False
     cdef uint16_t count_flags = 0
     cdef int ipversion = 0
     cdef Py_ssize_t rec_start = s.pos
@@ -1061,9 +1061,12 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
                 f.in_name_off = <uint32_t>(p - s.buf)
                 f.in_name_len = <uint16_t>L
                 has_ifname = True
-            else:
+            elif not has_out_ifname:
                 f.out_name_off = <uint32_t>(p - s.buf)
                 f.out_name_len = <uint16_t>L
+                has_out_ifname = True
+            else:   # a third one has no meaning flowscope knows: kept as the element
+                batch_add_extra(b, f, fs.pen, fs.ie, p - s.buf, L)
         elif a == A_ENDREASON:
             f.end_reason = p[0]
             f.present |= P_ENDREASON
@@ -1100,16 +1103,14 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             end_delta = be32r(p, L)
         elif a == A_SYSINIT_MS:
             rec_sysinit = <int64_t>be64(p)
-        elif a == A_DURATION_MS:
-            duration_ms = <int64_t>beN(p, L)
-            duration_at = p - s.buf
-            duration_len = L
-            duration_ie = fs.ie
-        elif a == A_DURATION_US:
-            duration_ms = <int64_t>beN(p, L) // 1000
-            duration_at = p - s.buf
-            duration_len = L
-            duration_ie = fs.ie
+        elif a == A_DURATION_MS or a == A_DURATION_US:
+            # the first of 161 / 162 gives the duration; each is also kept as the element, in
+            # template order, until the times it completes are known (removed again then)
+            if duration_ms < 0:
+                duration_ms = <int64_t>beN(p, L) // (1 if a == A_DURATION_MS else 1000)
+            dur_extra[n_dur] = b.n_extras
+            n_dur += 1
+            batch_add_extra(b, f, fs.pen, fs.ie, p - s.buf, L)
         elif a == A_ETYPE:
             f.etype = be16r(p, L)
             f.present |= P_ETYPE
@@ -1132,6 +1133,8 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             if 0 < L <= 8:
                 f.tun_id = beN(p, L)
                 f.present |= P_TUNID
+            else:   # no number fits it (empty, or a key longer than 64 bits): kept as the element
+                batch_add_extra(b, f, fs.pen, fs.ie, p - s.buf, L)
         elif a == A_TUN_SRC4:
             memcpy(f.tun_src, p, 4)
             f.tun_af = 4
@@ -1229,14 +1232,15 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             f.t_start_ms = sysup_time(sysinit_ms, start_sysup, latest_ms)
             f.present |= P_TSTART
         elif start_delta >= 0:
-            f.t_start_ms = export_ms - start_delta // 1000
+            # the instant export - delta, truncated to its millisecond as the NTP times are
+            f.t_start_ms = export_ms - (start_delta + 999) // 1000
             f.present |= P_TSTART
     if not f.present & P_TEND:
         if end_sysup >= 0 and sysinit_ms >= 0:
             f.t_end_ms = sysup_time(sysinit_ms, end_sysup, latest_ms)
             f.present |= P_TEND
         elif end_delta >= 0:
-            f.t_end_ms = export_ms - end_delta // 1000
+            f.t_end_ms = export_ms - (end_delta + 999) // 1000
             f.present |= P_TEND
     if duration_ms >= 0:
         # flowDurationMilliseconds (161) / Microseconds (162): the time from the flow's first to
@@ -1247,9 +1251,10 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
         elif f.present & P_TEND and not f.present & P_TSTART:
             f.t_start_ms = f.t_end_ms - duration_ms
             f.present |= P_TSTART
-        elif not f.present & P_TSTART:
-            # no time to anchor it (Barracuda sends the duration alone): kept as the element
-            batch_add_extra(b, f, 0, duration_ie, duration_at, duration_len)
+        if f.present & P_TSTART:
+            # the times carry it; with no time to anchor it (Barracuda sends the duration
+            # alone) the elements stay as they are
+            drop_extras(b, f, dur_extra, n_dur)
 
     if has_flags:
         f.present |= P_FLAGS

@@ -64,9 +64,10 @@ def test_ovs_ipfix_ingress_fields() -> None:
         assert f["SrcMac"] == rec["src_mac"] and f["DstMac"] == rec["dst_mac"]
         if rec["proto"] != 1:
             assert (f["SrcPort"], f["DstPort"]) == (rec["sport"], rec["dport"])
-        # RFC 7011 flowStartDeltaMicroseconds: microseconds before the export time.
-        assert f["TimeFlowStartMs"] == EXPORT * 1000 - rec["start_delta"] // 1000  # type: ignore[operator]
-        assert f["TimeFlowEndMs"] == EXPORT * 1000 - rec["end_delta"] // 1000  # type: ignore[operator]
+        # RFC 7011 flowStartDeltaMicroseconds: microseconds before the export time; the instant,
+        # truncated to its millisecond
+        assert f["TimeFlowStartMs"] == (EXPORT * 1_000_000 - rec["start_delta"]) // 1000  # type: ignore[operator]
+        assert f["TimeFlowEndMs"] == (EXPORT * 1_000_000 - rec["end_delta"]) // 1000  # type: ignore[operator]
         assert f["TimeReceived"] == EXPORT + 1
         assert f["Dscp"] == rec["tos"] >> 2  # type: ignore[operator]
         assert f["Etype"] == 0x0800
@@ -1073,7 +1074,7 @@ def test_reduced_size_encoding_of_non_counter_unsigned_elements() -> None:
     f, icmp = b.to_dicts()
     assert (f["SrcPort"], f["DstPort"], f["Vlan"], f["Etype"]) == (53, 80, 7, 0x42)
     assert (icmp["IcmpType"], icmp["IcmpCode"]) == (0, 3)  # icmpTypeCodeIPv4 = type * 256 + code
-    assert (f["TimeFlowStartMs"], f["TimeFlowEndMs"]) == (EXPORT * 1000 - 3, EXPORT * 1000 - 0x010000 // 1000)
+    assert (f["TimeFlowStartMs"], f["TimeFlowEndMs"]) == (EXPORT * 1000 - 3, (EXPORT * 1_000_000 - 0x010000) // 1000)
     assert (f["TunnelSrcPort"], f["TunnelDstPort"]) == (9, 200)
     assert not any(k.startswith("ie") for k in f)
     # dot1qVlanId (243) and sysUpTime first/last (22/21) against the v9 header's clock, 2 bytes.
@@ -1197,6 +1198,41 @@ def test_flow_duration_alone_is_kept_as_its_element(ie: int, width: int) -> None
                                        seq=0, export_time=EXPORT), EXPORTER).to_dicts()[0]
     assert f[f"ie{ie}"] == (5000).to_bytes(width, "big").hex()
     assert "TimeFlowEndMs" not in f
+
+
+def test_two_durations_alone_are_both_kept_in_template_order() -> None:
+    # 161 and 162 in one record, or 161 twice, with no time to anchor them: every element is
+    # kept (none replaces another), a repeated one as an array in template order
+    t = _tpl(302, ("src", 8, 0, 4), ("d", 161, 0, 4), ("u", 162, 0, 4))
+    f = Decoder().decode(ipfix_message([template_set([t]), data_set(t, [{"src": "10.0.0.1", "d": 1500,
+                                                                          "u": 2_500_000}])],
+                                       seq=0, export_time=EXPORT), EXPORTER).to_dicts()[0]
+    assert (f["ie161"], f["ie162"]) == ("000005dc", "002625a0")
+    t = _tpl(303, ("src", 8, 0, 4), ("d", 161, 0, 4), ("unknown", 999, 0, 1), ("d2", 161, 0, 4))
+    f = Decoder().decode(ipfix_message([template_set([t]), data_set(t, [{"src": "10.0.0.1", "d": 1500, "unknown": 7,
+                                                                          "d2": 1600}])],
+                                       seq=0, export_time=EXPORT), EXPORTER).to_dicts()[0]
+    assert f["ie161"] == ["000005dc", "00000640"] and f["ie999"] == "07"
+    # anchored, the first gives the end and neither is kept; other extras stay as they were
+    t = _tpl(304, ("src", 8, 0, 4), ("s", 152, 0, 8), ("d", 161, 0, 4), ("unknown", 999, 0, 1), ("u", 162, 0, 4))
+    f = Decoder().decode(ipfix_message([template_set([t]), data_set(t, [{"src": "10.0.0.1", "s": EXPORT * 1000 - 5000,
+                                                                          "d": 1500, "unknown": 9, "u": 7}])],
+                                       seq=0, export_time=EXPORT), EXPORTER).to_dicts()[0]
+    assert f["TimeFlowEndMs"] == EXPORT * 1000 - 3500
+    assert "ie161" not in f and "ie162" not in f and f["ie999"] == "09"
+
+
+def test_a_third_interface_name_and_a_long_tunnel_key_are_kept_as_elements() -> None:
+    # interfaceName twice is ingress then egress (OVS); a third has no place among them and must
+    # not replace the egress one. A tunnelKey longer than 64 bits fits no TunnelId: kept as hex.
+    t = _tpl(305, ("src", 8, 0, 4), ("a", 82, 0, VARLEN), ("b", 82, 0, VARLEN), ("c", 82, 0, VARLEN),
+             ("key", 892, 6876, VARLEN))
+    f = Decoder().decode(ipfix_message([template_set([t]), data_set(t, [{"src": "10.0.0.1", "a": b"eth0", "b": b"eth1",
+                                                                          "c": b"eth2", "key": bytes(range(1, 13))}])],
+                                       seq=0, export_time=EXPORT), EXPORTER).to_dicts()[0]
+    assert f["Interfaces"] == ["eth0", "eth1"] and f["IfDirections"] == [0, 1]
+    assert f["ie82"] == b"eth2".hex()
+    assert f["ie6876_892"] == bytes(range(1, 13)).hex() and "TunnelId" not in f
 
 
 def _clock_and_rate_options(sysinit_ms: int, space: int) -> bytes:
