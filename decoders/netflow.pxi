@@ -20,6 +20,7 @@ cdef enum:
     A_PACKETS_TOTAL
     A_PROTO
     A_TOS
+    A_DSCP            # ipDiffServCodePoint (195): the DSCP itself
     A_TCPFLAGS
     A_SPORT
     A_DPORT
@@ -104,7 +105,7 @@ U32 = (1, 2, 3, 4)
 IE_ACTIONS = {
     # id: (action, allowed lengths or None for any integer length 1..8)
     1: (A_BYTES, None), 2: (A_PACKETS, None), 85: (A_BYTES_TOTAL, None), 86: (A_PACKETS_TOTAL, None),
-    4: (A_PROTO, (1,)), 5: (A_TOS, (1,)), 6: (A_TCPFLAGS, (1, 2)),
+    4: (A_PROTO, (1,)), 5: (A_TOS, (1,)), 195: (A_DSCP, (1,)), 6: (A_TCPFLAGS, (1, 2)),
     7: (A_SPORT, U16), 11: (A_DPORT, U16),
     8: (A_SRC4, (4,)), 12: (A_DST4, (4,)), 27: (A_SRC6, (16,)), 28: (A_DST6, (16,)),
     9: (A_SRCMASK, (1,)), 13: (A_DSTMASK, (1,)), 29: (A_SRCMASK6, (1,)), 30: (A_DSTMASK6, (1,)),
@@ -944,6 +945,11 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
         elif a == A_TOS:
             f.dscp = p[0] >> 2
             f.present |= P_DSCP
+        elif a == A_DSCP:
+            # its 6 bits (IANA): the value ipClassOfService >> 2 gives, which wins when both come
+            if not f.present & P_DSCP:
+                f.dscp = p[0] & 0x3F
+                f.present |= P_DSCP
         elif a == A_TCPFLAGS:
             # RFC 7125: 2-byte tcpControlBits carries NS/... in the high bits; keep the low 8.
             f.tcp_flags = <uint16_t>(beN(p, L) & 0xFF)

@@ -1059,6 +1059,19 @@ def test_v9_template_flowsets_padded_with_zeros(pad: int) -> None:
     assert dec.stats()[EXPORTER]["templates"] == 2 and dec.stats()[EXPORTER]["errors"] == {}
 
 
+@pytest.mark.parametrize(("fields", "want"), [
+    ((("dscp", 195, 0, 1),), 46),                       # ipDiffServCodePoint alone: the DSCP (EF)
+    ((("dscp", 195, 0, 1), ("tos", 5, 0, 1)), 10),      # with ipClassOfService, that one's top 6 bits win
+    ((("tos", 5, 0, 1), ("dscp", 195, 0, 1)), 10),
+])
+def test_dscp_from_ip_diffserv_code_point(fields: tuple, want: int) -> None:
+    t = _tpl(306, ("src", 8, 0, 4), *fields)
+    rec = {"src": "10.0.0.1", "dscp": 46, "tos": 10 << 2}
+    f = Decoder().decode(ipfix_message([template_set([t]), data_set(t, [rec])], seq=0, export_time=EXPORT),
+                         EXPORTER).to_dicts()[0]
+    assert f["Dscp"] == want and "ie195" not in f
+
+
 def test_reduced_size_encoding_of_non_counter_unsigned_elements() -> None:
     """RFC 7011 6.2: an unsignedN element may be sent in fewer bytes (big-endian, the value
     unchanged). Ports, VLANs, ethernetType, icmpTypeCode, sysUpTime and delta times, tunnel
