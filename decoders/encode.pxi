@@ -334,6 +334,8 @@ cdef struct CApi:
     parts_fn_t parts
     prefetch_fn_t prefetch
     long long* flows    # [unidentified, identified], counted by parts()
+    long long* hits     # the reader's cache hits and index lookups, counted by parts()
+    long long* misses
 
 cdef CApi* _eapi = NULL
 cdef object _eapi_owner = None   # the enricher whose capsule _eapi came from (kept alive)
@@ -351,8 +353,8 @@ cdef int enrich_begin(object enricher) except -1:
     getter = getattr(enricher, "c_api", None)
     if getter is not None:
         cap = getter()
-        if PyCapsule_IsValid(cap, b"flowscope.enrich.parts.v3"):
-            _eapi = <CApi*>PyCapsule_GetPointer(cap, b"flowscope.enrich.parts.v3")
+        if PyCapsule_IsValid(cap, b"flowscope.enrich.parts.v4"):
+            _eapi = <CApi*>PyCapsule_GetPointer(cap, b"flowscope.enrich.parts.v4")
             _eapi_owner = enricher
     return 0
 
@@ -374,6 +376,7 @@ cdef void enrich_prefetch(FlowBatch bt, Py_ssize_t start, object enricher) noexc
 
 
 cdef int _last_counted = -1   # which CApi.flows count the last enrich_into added (-1: none)
+cdef long long _last_hits = 0, _last_misses = 0   # and the lookups it took
 
 
 cdef void enrich_uncount() noexcept:
@@ -382,11 +385,14 @@ cdef void enrich_uncount() noexcept:
     global _last_counted
     if _last_counted >= 0 and _eapi != NULL:
         _eapi.flows[_last_counted] -= 1
+        _eapi.hits[0] -= _last_hits
+        _eapi.misses[0] -= _last_misses
     _last_counted = -1
 
 
 cdef int enrich_into(Buf* o, FlowBatch bt, Flow* f, object enricher, int64_t t) except -1:
-    global _last_counted
+    global _last_counted, _last_hits, _last_misses
+    cdef long long hits0, misses0
     cdef PyObject* a
     cdef PyObject* b
     cdef PyObject* tail
@@ -403,9 +409,13 @@ cdef int enrich_into(Buf* o, FlowBatch bt, Flow* f, object enricher, int64_t t) 
             buf_lit(o, frag)
         return 0
     if _eapi != NULL and enricher is _eapi_owner:
+        hits0 = _eapi.hits[0]
+        misses0 = _eapi.misses[0]
         if _eapi.parts(_eapi.reader, f.src, f.dst, addr_len(f.af), bt.agent, addr_len(bt.agent_af),
                        t, f.direction, &a, &b, &tail) == 0:
             _last_counted = 1 if (a != NULL or b != NULL) else 0
+            _last_hits = _eapi.hits[0] - hits0
+            _last_misses = _eapi.misses[0] - misses0
             if a != NULL:
                 buf_lit(o, <bytes>a)
             if b != NULL:

@@ -38,7 +38,9 @@ cdef struct CApi:
     parts_fn_t parts
     prefetch_fn_t prefetch
     long long* flows    # [unidentified, identified]: parts() counts each answer; an encoder that
-                        # throws an encoded flow away (a full batch) takes its count back
+                        # throws an encoded flow away (a full batch) takes its count back,
+    long long* hits     # and the cache hits and index lookups the answer took (Reader.hits,
+    long long* misses   # Reader.misses)
 
 cdef extern from *:
     void __builtin_prefetch(const void* p) nogil
@@ -165,6 +167,8 @@ cdef class Reader:
         self.api.parts = _parts
         self.api.prefetch = _prefetch
         self.api.flows = self.flows
+        self.api.hits = &self.hits
+        self.api.misses = &self.misses
         self.flows[0] = self.flows[1] = 0
         self.last_agent_len = -1
         self.last_agent_node = NULL
@@ -178,9 +182,9 @@ cdef class Reader:
         free(self.cache)
 
     def c_api(self):
-        """A capsule ("flowscope.enrich.parts.v3") for the decoders' encoder; keeps nothing alive
+        """A capsule ("flowscope.enrich.parts.v4") for the decoders' encoder; keeps nothing alive
         by itself: the caller holds the reader (or its Enricher) while it uses the capsule."""
-        return PyCapsule_New(&self.api, b"flowscope.enrich.parts.v3", NULL)
+        return PyCapsule_New(&self.api, b"flowscope.enrich.parts.v4", NULL)
 
     cdef ASlot* resolve(self, const unsigned char* addr, int alen, long long t, ASlot* avoid) noexcept:
         """The cache slot describing the holder of an address at flow start t (slot.src_frag is

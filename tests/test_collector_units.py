@@ -789,7 +789,8 @@ def test_enrich_lookup_results_documented_are_the_ones_exported() -> None:
 
 def test_enrich_flow_counts_survive_batch_overflow() -> None:
     """A flow that does not fit a Kafka batch is encoded, thrown away and encoded again into
-    the next batch: flowscope_enrich_flows_total counts it once."""
+    the next batch: flowscope_enrich_flows_total counts it once, and the lookups it took (two
+    addresses a flow, from the cache or the index) once."""
     import random
 
     import enrich
@@ -814,6 +815,7 @@ def test_enrich_flow_counts_survive_batch_overflow() -> None:
     assert batches > 2  # the overflow path ran
     assert r.flows_identified + r.flows_unidentified == len(b) == 25
     assert r.flows_identified == sum(1 for x in recs if "10.128.0.1" in (x["src"], x["dst"]))
+    assert r.hits + r.misses == 2 * 25
 
 
 def test_documented_decode_error_reasons_are_the_ones_raised() -> None:
