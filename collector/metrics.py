@@ -103,12 +103,17 @@ SERIES: dict[str, Series] = {s.name: s for s in [
            "duplicate: --dedup)", ("reason",)),
     Series("flowscope_flows_delivered", "counter", "Flow records the sink accepted (Kafka: acknowledged)",
            ("sink",)),
+    Series("flowscope_counter_records", "counter", "sFlow counter records decoded (--counters): delivered + "
+           "dropped + queued", ()),
     Series("flowscope_counter_records_delivered", "counter", "sFlow counter records the sink accepted",
            ("sink",)),
     Series("flowscope_counter_records_dropped", "counter", "sFlow counter records dropped, by reason (as "
            "flowscope_flows_dropped)", ("reason",)),
     Series("flowscope_queue_bytes", "gauge", "Encoded bytes queued or in flight to the sink"),
-    Series("flowscope_queue_records", "gauge", "Records queued or in flight to the sink"),
+    Series("flowscope_queue_records", "gauge", "Flow records queued or in flight to the sink (the flows decoded "
+           "and neither delivered nor dropped yet)"),
+    Series("flowscope_counter_records_queued", "gauge", "sFlow counter records queued or in flight to the sink "
+           "(--counters)"),
     Series("flowscope_queue_limit_bytes", "gauge", "Queue bound (--queue-bytes) summed over workers"),
     Series("flowscope_sink_connected", "gauge", "1 when the sink is connected; with --workers N, the number of workers connected"),
     Series("flowscope_sink_stalled_seconds", "gauge", "How long records have waited with nothing delivered (0 while the "

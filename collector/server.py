@@ -161,6 +161,7 @@ class Protocol(asyncio.DatagramProtocol):
             if w.counters:
                 cs = batch.counters
                 if cs:
+                    w.counter_records += len(cs)
                     w.queue.offer(COUNTERS, [orjson.dumps(c) for c in cs], ip)
             d = batch.dropped
             if d:
@@ -213,6 +214,7 @@ class Worker:
             self._writer_cls = RecordBatchWriter
             self.writer = RecordBatchWriter(cfg.kafka.batch_bytes)
         self.counters = cfg.counters
+        self.counter_records = 0   # sFlow counter records decoded (and offered to the queue)
         self.sink: Sink = make_sink(cfg)
         # Readiness fails once queued records have waited this long with nothing delivered.
         self.stall_limit = max(10.0, cfg.kafka.request_timeout_ms / 1000 * 2)
@@ -454,7 +456,10 @@ class Worker:
         wr = self.writer
         open_records, open_bytes = (wr.records, wr.size) if wr is not None else (0, 0)
         snap["flowscope_queue_bytes"] = {(): q.total_bytes + open_bytes}
-        snap["flowscope_queue_records"] = {(): q.total_records + open_records}
+        snap["flowscope_queue_records"] = {(): q.records_of(FLOWS) + open_records}
+        if self.counters:
+            snap["flowscope_counter_records"] = {(): self.counter_records}
+            snap["flowscope_counter_records_queued"] = {(): q.records_of(COUNTERS)}
         snap["flowscope_queue_limit_bytes"] = {(): q.limit}
         snap["flowscope_sink_connected"] = {(): 1 if s.connected else 0}
         snap["flowscope_sink_stalled_seconds"] = {(): round(s.stalled_for(), 1)}

@@ -104,6 +104,7 @@ class BoundedQueue:
         self.chunks: collections.deque[Chunk] = collections.deque()
         self.queued_bytes = 0
         self.queued_records = 0
+        self.queued = [0, 0]    # records queued by kind (FLOWS, COUNTERS)
         self.inflight_bytes = 0
         self.inflight = [0, 0]  # records in flight by kind (FLOWS, COUNTERS)
         # drops by (kind, reason): kept as plain ints for the metrics snapshot
@@ -123,6 +124,10 @@ class BoundedQueue:
     def total_records(self) -> int:
         return self.queued_records + self.inflight_records
 
+    def records_of(self, kind: int) -> int:
+        """Records of one kind queued or in flight."""
+        return self.queued[kind] + self.inflight[kind]
+
     def offer(self, kind: int, records: Any, exporter: str, nbytes: int = -1) -> None:
         """Hot path: append or drop-and-count. Never raises, never waits. `records` is a list of
         encoded records, or a Prebuilt batch with its size in `nbytes`."""
@@ -140,6 +145,7 @@ class BoundedQueue:
                 old = self.chunks.popleft()
                 self.queued_bytes -= old.nbytes
                 self.queued_records -= len(old.records)
+                self.queued[old.kind] -= len(old.records)
                 self.dropped[(old.kind, "evicted")] += len(old.records)
             if self.queued_bytes + self.inflight_bytes + nbytes > self.limit:
                 # everything left is in flight: the arriving chunk cannot fit
@@ -148,6 +154,7 @@ class BoundedQueue:
         self.chunks.append(Chunk(kind, records, nbytes, exporter))
         self.queued_bytes += nbytes
         self.queued_records += n
+        self.queued[kind] += n
         w = self._waiter
         if w is not None and not w.done():
             w.set_result(None)
@@ -174,6 +181,7 @@ class BoundedQueue:
             out.append(c)
             self.queued_bytes -= c.nbytes
             self.queued_records -= len(c.records)
+            self.queued[c.kind] -= len(c.records)
             self.inflight_bytes += c.nbytes
             self.inflight[c.kind] += len(c.records)
         return out
@@ -189,6 +197,7 @@ class BoundedQueue:
         self.chunks.appendleft(chunk)
         self.queued_bytes += chunk.nbytes
         self.queued_records += len(chunk.records)
+        self.queued[chunk.kind] += len(chunk.records)
         w = self._waiter
         if w is not None and not w.done():
             w.set_result(None)
@@ -201,6 +210,7 @@ class BoundedQueue:
             self.dropped[(c.kind, reason)] += len(c.records)
             n += len(c.records)
         self.queued_bytes = self.queued_records = 0
+        self.queued = [0, 0]
         return n
 
 

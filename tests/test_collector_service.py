@@ -148,6 +148,36 @@ def test_metrics_match_what_was_sent(collector: Any, tmp_path: Path, loop_name: 
     assert c.get("/healthz")[0] == 200 and c.get("/readyz") == (200, "ready\n")
 
 
+def test_queued_flows_and_counter_records_each_add_up(collector: Any) -> None:
+    """--counters: decoded = delivered + dropped + queued holds for flows and for sFlow counter
+    records separately, also while both wait for a sink (stdout into a pipe nobody reads):
+    flowscope_queue_records counts flows only, flowscope_counter_records_queued the counter records."""
+    from test_sflow import counter_sample, datagram, eth, flow_sample, generic_if, ipv4, raw_header, tcp
+
+    c = collector(["--sink", "stdout", "--counters", "--stats-interval", "0.2"], schemes=("sflow",),
+                  stdout=subprocess.PIPE)   # never read: the pipe fills and the rest waits
+    payloads = []
+    for i in range(600):
+        g, _ = generic_if(100 + i)
+        pkt = eth(ipv4("10.0.0.1", "10.0.0.2", 6, tcp(1000 + i, 80, 0x10)), 0x0800)
+        payloads.append(datagram([counter_sample([g], seq=500 + i, src=(0, 100 + i)),
+                                  flow_sample([raw_header(pkt, 60)], seq=900 + i)], seq=i + 1))
+    send_udp(payloads, c.port)
+    c.wait_value("flowscope_counter_records_total", 600)
+    c.wait_value("flowscope_flows_total", 600)
+    time.sleep(0.5)
+    from collector.metrics import total
+
+    snap = c.metrics()
+    flows_q, counters_q = total(snap, "flowscope_queue_records"), total(snap, "flowscope_counter_records_queued")
+    assert flows_q > 0 and counters_q > 0, (flows_q, counters_q)   # both still wait
+    assert (total(snap, "flowscope_flows_total") - total(snap, "flowscope_flows_delivered_total")
+            - total(snap, "flowscope_flows_dropped_total")) == flows_q
+    assert (total(snap, "flowscope_counter_records_total") - total(snap, "flowscope_counter_records_delivered_total")
+            - total(snap, "flowscope_counter_records_dropped_total")) == counters_q
+    c.proc.kill()
+
+
 def test_flows_lost_before_the_collector_are_counted_from_sequence_numbers(collector: Any, tmp_path: Path) -> None:
     """NetFlow v5's flow_sequence counts the flows an engine exported: a jump is what never
     reached flowscope (loss on the network, not in its socket: kernel drops stay 0)."""
