@@ -378,7 +378,7 @@ class Worker:
             self.state.save(self.decoder)
         self.flush_records()
         await self.sink.drain(deadline)
-        self._close_listeners()
+        self._close_listeners(time.monotonic() + max(0.0, deadline - loop.time()))
 
     async def _drain_sockets(self, until: float) -> None:
         """Let the listeners read on until their receive queues are empty or `until`."""
@@ -391,35 +391,48 @@ class Worker:
                 return
             await asyncio.sleep(0.01)
 
-    def _close_listeners(self) -> None:
-        """Read and count what the sockets still hold (a quarter of a second at most; the event
-        loop does not run meanwhile), then close them; what the kernel receives after that is
-        refused by it (ICMP unreachable)."""
-        stop_counting = time.monotonic() + 0.25
-        for t in self.transports:
+    def _close_listeners(self, until: float) -> None:
+        """Read and count what the sockets still hold, then close them; what the kernel receives
+        after that is refused by it (ICMP unreachable). Reading goes on until the sockets are
+        empty or `until` (what is left of --shutdown-timeout; a quarter of a second at least):
+        the event loop does not run meanwhile, and a large --rcvbuf can hold seconds of
+        datagrams. What is still queued then is discarded by the kernel uncounted as datagrams:
+        its size is logged."""
+        stop_counting = max(time.monotonic() + 0.25, until)
+        buf = bytearray(65536)
+        left = 0
+        for i, t in enumerate(self.transports):
             sk = t.get_extra_info("socket")
             try:
                 s = socket.socket(fileno=os.dup(sk.fileno())) if sk is not None else None
             except OSError:
                 s = None
             if s is not None:
-                refusing = t.get_protocol()    # the _Refusing that stop() installed: it counts
-                assert isinstance(refusing, _Refusing)
                 try:
                     s.setblocking(False)
-                    while time.monotonic() < stop_counting:
+                    while True:
+                        if time.monotonic() >= stop_counting:
+                            if i < len(self.inodes):
+                                left += sum(q for q, _ in udp_socket_stats({self.inodes[i]}).values())
+                            break
                         try:
-                            data = s.recv(65535)
+                            n = s.recv_into(buf)
                         except OSError:    # empty (BlockingIOError) or gone
                             break
-                        refusing.datagram_received(data, None)
+                        self.rx_datagrams[i] += 1
+                        self.rx_bytes[i] += n
+                        self.dgram_drops["shutdown"] += 1
                 finally:
                     s.close()
             t.close()
         if self.dgram_drops.get("shutdown"):
-            log.warning("shutdown: exporters kept sending; %d datagrams that arrived once the queued ones were "
-                        "decoded were read and not decoded (counted in flowscope_datagrams_dropped_total"
-                        "{reason=\"shutdown\"})", self.dgram_drops["shutdown"])
+            log.warning("shutdown: %d datagrams were read and not decoded (exporters kept sending, or the "
+                        "listeners' receive buffers held more than half of --shutdown-timeout could decode; "
+                        "counted in flowscope_datagrams_dropped_total{reason=\"shutdown\"})",
+                        self.dgram_drops["shutdown"])
+        if left:
+            log.error("shutdown: %d bytes of datagrams were still queued in the listeners' receive buffers at "
+                      "--shutdown-timeout and were discarded unread (not counted as datagrams)", left)
 
     # -- statistics ----------------------------------------------------------------------------------
     def snapshot(self, final: bool = False) -> Snapshot:
