@@ -96,8 +96,8 @@ SERIES: dict[str, Series] = {s.name: s for s in [
     # pipeline / sink
     Series("flowscope_flows_dropped", "counter",
            "Flow records dropped after decoding, by reason (queue_full, evicted: the queue was full; shutdown: "
-           "not delivered within --shutdown-timeout; unconfirmed: sent to Kafka and not acknowledged within "
-           "--shutdown-timeout (they may be in the topic); sink_error: the file or stdout write failed; rejected: "
+           "not delivered within --shutdown-timeout; unconfirmed: sent to Kafka (or handed to aiokafka) and not "
+           "acknowledged within --shutdown-timeout (they may be in the topic); sink_error: the file or stdout write failed; rejected: "
            "Kafka refused the batch for good; too_large: a keyed record the producer's batch builder refused even "
            "alone in a batch (a record over --kafka-batch-bytes is otherwise sent in a batch of its own); "
            "duplicate: --dedup)", ("reason",)),

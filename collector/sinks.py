@@ -1024,6 +1024,11 @@ class KafkaSink(Sink):
                 else:
                     producer = ps[o.partition % len(ps)]
                 fut = await producer.send_batch(o.builder, topic, partition=o.partition)
+                # in aiokafka's hands now: it may write the request at any moment, so at the
+                # shutdown deadline these records are unconfirmed (maybe in the topic), not
+                # undelivered
+                o.written = True
+                self._written[o.kind] += len(o.records)
         except Exception as exc:
             self._failed(o, exc)
             await asyncio.sleep(0.2)

@@ -557,13 +557,18 @@ def test_sasl_rejected_credentials_logged_and_counted(request: pytest.FixtureReq
     assert password not in log
 
 
-def test_sigterm_with_produce_requests_unanswered_counts_them_unconfirmed(collector: Any, tmp_path: Any) -> None:
+@pytest.mark.parametrize("mode", [[], ["--kafka-key", "exporter"], ["--no-kafka-direct"]],
+                         ids=["direct", "keyed", "aiokafka"])
+def test_sigterm_with_produce_requests_unanswered_counts_them_unconfirmed(collector: Any, tmp_path: Any,
+                                                                          mode: list[str]) -> None:
     """The broker stops answering (frozen) with flows arriving, then SIGTERM: at the deadline the
     records whose Produce requests were written are `unconfirmed` (the broker, once it resumes,
     may write them) and the rest `shutdown`; delivered + unconfirmed + shutdown is what was
     decoded, and the topic afterwards holds at least what was delivered and at most that plus the
     unconfirmed ones. (Before, the connections closed at the deadline failed the written requests
-    back into the queue, and records the broker then wrote were counted as never sent.)"""
+    back into the queue, and records the broker then wrote were counted as never sent.) Through
+    aiokafka (keyed records, --no-kafka-direct) the same: what aiokafka was handed may have been
+    written, so it is `unconfirmed` too, not `shutdown`."""
     import os
     import re
 
@@ -575,7 +580,7 @@ def test_sigterm_with_produce_requests_unanswered_counts_them_unconfirmed(collec
     t = topic()
     try:
         c = collector(["--kafka-brokers", b.bootstrap, "--kafka-topic", t, "--kafka-batch-bytes", "64KB",
-                       "--shutdown-timeout", "3"])
+                       "--shutdown-timeout", "3", *mode])
         send_udp([make_v5(i, 30, i * 30) for i in range(100)], c.port)
         c.wait_value("flowscope_flows_delivered_total", 3000)
         os.kill(b.pid, signal.SIGSTOP)
