@@ -318,8 +318,8 @@ class KafkaConfig:
                        "flowscope's own connections, framed in place without copies (plaintext, no SASL; "
                        "compressed in place when kafka.compression is set; otherwise, or with "
                        "--no-kafka-direct, through aiokafka)", parse_bool)
-    request_timeout_ms: int = opt(10000, "produce request timeout; a batch not acknowledged by then is "
-                                  "re-queued (ms)", ranged(parse_int, 100, 600000))
+    request_timeout_ms: int = opt(10000, "produce request timeout, the broker's to wait for its replicas; a "
+                                  "batch not acknowledged by then (direct produce: 5 s later) is re-queued (ms)", ranged(parse_int, 100, 600000))
     client_id: str = opt("flowscope", "Kafka client id", parse_str)
     tls: bool = opt(False, "connect with TLS (implied by --kafka-tls-ca/cert/key)", parse_bool)
     tls_ca: str = opt("", "CA bundle (PEM) to verify the brokers", parse_str, metavar="PATH")

@@ -128,6 +128,10 @@ SERIES: dict[str, Series] = {s.name: s for s in [
     Series("flowscope_kafka_errors", "counter", "Kafka errors, by kind (connect, metadata, produce: retried; "
            "rejected: a batch the broker refused for good, dropped; admin: --kafka-create-topic failed)",
            ("kind",)),
+    Series("flowscope_kafka_resent_records", "counter", "Records (flows, sFlow counter records) sent again after "
+           "a Produce request that was written (or handed to aiokafka) failed without an answer (a timeout, a "
+           "lost connection): the broker may have written the first copy too, so the topic can hold them twice",
+           ("records",)),
     Series("flowscope_kafka_batches", "counter", "Record batches acknowledged by Kafka"),
     Series("flowscope_kafka_compression_bytes", "counter", "Bytes of prebuilt record batches (key none) before "
            "(side=in) and after (side=out) kafka.compression", ("side",)),

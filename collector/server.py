@@ -481,6 +481,7 @@ class Worker:
             snap["flowscope_kafka_send_latency_seconds"] = {(): list(s.latency)}
             snap["flowscope_kafka_errors"] = {(k,): v for k, v in s.errors.items()}
             snap["flowscope_kafka_batches"] = {(): s.batches}
+            snap["flowscope_kafka_resent_records"] = {("flows",): s.resent[FLOWS], ("counters",): s.resent[COUNTERS]}
             snap["flowscope_kafka_compression_bytes"] = {("in",): s.compressed_bytes[0],
                                                          ("out",): s.compressed_bytes[1]}
         if self.state is not None:

@@ -712,6 +712,7 @@ class KafkaSink(Sink):
         self._conns_seen: weakref.WeakSet[Any] = weakref.WeakSet()
         self._codec_id, self._encode = _codec(self.k.compression, self.k.compression_level)
         self.compressed_bytes = [0, 0]  # prebuilt batches: bytes before and after compression
+        self.resent = [0, 0]    # records by kind re-queued after a request that may have been written
 
     async def start(self) -> None:
         for b in self.k.brokers:
@@ -1060,6 +1061,7 @@ class KafkaSink(Sink):
             # The shutdown deadline passed and the connections are being closed: the batch stays
             # in flight for drain() to count, unconfirmed if its request was written.
             return
+        maybe_written = o.written
         if o.written:
             o.written = False
             self._written[o.kind] -= len(o.records)
@@ -1081,6 +1083,11 @@ class KafkaSink(Sink):
         self._rl.error("produce", "kafka: batch of %d records not delivered: %r (re-queued)", len(o.records), exc)
         if self.queue.closed and self._stopping and self.producer is None:
             return
+        if maybe_written:
+            # the broker may have written them without its answer reaching us (a timeout, a lost
+            # connection): sent again, they can be in the topic twice (at least once, as any
+            # Kafka producer without idempotence)
+            self.resent[o.kind] += len(o.records)
         for c in reversed(o.chunks()):  # requeue() puts each at the front: keep the order
             self.queue.requeue(c)
 

@@ -606,3 +606,41 @@ def test_sigterm_with_produce_requests_unanswered_counts_them_unconfirmed(collec
         assert delivered <= len(got) <= delivered + unconfirmed, (len(got), delivered, unconfirmed, never_sent)
     finally:
         b.stop()
+
+
+def test_batches_sent_again_after_a_timeout_are_counted_as_maybe_duplicated(collector: Any, tmp_path: Any) -> None:
+    """The broker freezes past the request timeout with Produce requests written, then resumes:
+    the collector sends those batches again (nothing lost), and the broker may have written the
+    first copies too. The topic then holds every flow, and at most flowscope_kafka_resent_records
+    of them twice: the duplicates are counted, not silent."""
+    import os
+
+    from conftest import free_tcp_port
+
+    from collector.broker import Broker
+
+    b = Broker(port=free_tcp_port(), log_path=str(tmp_path / "tansu.log")).start()
+    t = topic()
+    try:
+        c = collector(["--kafka-brokers", b.bootstrap, "--kafka-topic", t, "--kafka-batch-bytes", "64KB",
+                       "--kafka-request-timeout-ms", "1000", "--stats-interval", "0.5"])
+        send_udp([make_v5(i, 30, i * 30) for i in range(50)], c.port)
+        c.wait_value("flowscope_flows_delivered_total", 1500)
+        os.kill(b.pid, signal.SIGSTOP)
+        try:
+            send_udp([make_v5(i, 30, i * 30) for i in range(50, 300)], c.port)
+            c.wait_value("flowscope_flows_total", 9000)
+            # the requests written to the frozen broker time out (1 s + 5 s) and are re-queued
+            wait_for(lambda: c.value("flowscope_kafka_resent_records_total", records="flows") > 0, 20,
+                     what="batches re-queued after the timeout")
+        finally:
+            os.kill(b.pid, signal.SIGCONT)
+        c.wait_value("flowscope_flows_delivered_total", 9000, timeout=30)
+        resent = c.value("flowscope_kafka_resent_records_total", records="flows")
+        got = consume(b.bootstrap, t, 9000, timeout=20, grace=3)
+        keys = [v5_key(f) for f in got]
+        assert len(set(keys)) == 9000                      # every flow is there
+        assert 9000 <= len(got) <= 9000 + resent, (len(got), resent)
+        assert c.stop() == 0
+    finally:
+        b.stop()
