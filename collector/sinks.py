@@ -214,6 +214,9 @@ class BoundedQueue:
         return n
 
 
+#: Seconds between the Kafka sink's checks of its connections while it has nothing to send.
+IDLE_CHECK_S = 5.0
+
 #: Drop reasons that mean the sink could not deliver at all (a write that failed, a batch the
 #: broker refused for good), as opposed to overload (queue_full) or one oversized record.
 FAILED_REASONS = ("sink_error", "rejected")
@@ -826,10 +829,22 @@ class KafkaSink(Sink):
             return
         q = self.queue
         topics = (self.k.topic, self.k.counters_topic)
+        idle_check = time.monotonic()
         while True:
             await q.wait(0.5)
             if q.chunks and self._connections_lost():
                 self._need_metadata = True
+            elif not q.chunks and not q.inflight_records and time.monotonic() - idle_check >= IDLE_CHECK_S:
+                # Idle: nothing produces, so nothing would notice a broker that went away; a
+                # closed connection (aiokafka reads its connections all along) is checked for,
+                # and the metadata asked again, until it answers: flowscope_sink_connected and
+                # /readyz tell the truth before the next flows arrive.
+                idle_check = time.monotonic()
+                if self._need_metadata or self._connections_lost():
+                    self.connected = False
+                    self._need_metadata = True
+                    await self._refresh_metadata()
+                continue
             if self._need_metadata and q.chunks:
                 await asyncio.sleep(self._retry_wait)
                 if not await self._refresh_metadata():

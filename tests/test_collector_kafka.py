@@ -217,6 +217,36 @@ def test_broker_outage(collector: Any, tmp_path: Any) -> None:
         b.stop()
 
 
+def test_a_broker_gone_while_idle_is_seen_before_flows_arrive(collector: Any, tmp_path: Any) -> None:
+    """Nothing to send, so nothing produces: the broker going away must still show in
+    flowscope_sink_connected and /readyz (the sink checks its connections while idle), and its
+    return too, before any flow arrives."""
+    from conftest import free_tcp_port
+
+    from collector.broker import Broker
+
+    b = Broker(port=free_tcp_port(), log_path=str(tmp_path / "tansu.log")).start()
+    t = topic()
+    try:
+        c = collector(["--kafka-brokers", b.bootstrap, "--kafka-topic", t, "--stats-interval", "0.5"])
+        send_udp([make_v5(0, 30, 0)], c.port)
+        c.wait_value("flowscope_flows_delivered_total", 30)
+        assert c.value("flowscope_sink_connected") == 1 and c.get("/readyz")[0] == 200
+        b.stop()
+        c.wait_value("flowscope_sink_connected", 0, timeout=20)
+        code, text = c.get("/readyz")
+        assert code == 503 and "kafka sink not connected" in text, text
+        b.start()
+        c.wait_value("flowscope_sink_connected", 1, timeout=30)
+        assert c.get("/readyz")[0] == 200
+        send_udp([make_v5(1, 30, 30)], c.port)
+        c.wait_value("flowscope_flows_delivered_total", 60)
+        assert len({v5_key(f) for f in consume(b.bootstrap, t, 30)}) >= 30
+        assert c.stop() == 0
+    finally:
+        b.stop()
+
+
 @pytest.mark.parametrize("mode", [[], ["--kafka-key", "exporter"], ["--kafka-key", "conversation"],
                                   ["--no-kafka-direct"]], ids=["direct", "exporter", "conversation", "aiokafka"])
 def test_broker_restarted_empty_between_batches(collector: Any, tmp_path: Any, mode: list[str]) -> None:
