@@ -61,8 +61,6 @@ VARLEN = 0xFFFF  # RFC 7011 7: a field length of 65535 means variable length
 MAX_TEMPLATE_FIELDS = _core.TEMPLATE_MAX_FIELDS
 SEQ_MAX_GAP = _core.SEQUENCE_MAX_GAP
 SEQ_RESTART_UPTIME_MS = _core.SEQUENCE_RESTART_UPTIME_MS
-SEQ_RESTART_AGE_S = _core.SEQUENCE_RESTART_AGE_S
-SEQ_RESTART_MIN_BEHIND = _core.SEQUENCE_RESTART_MIN_BEHIND
 MAX_SOCKETS = 256
 CACHE_BYTES = 32 << 20  # payloads (plus per-datagram overhead) kept for loops >= 1
 
@@ -237,7 +235,7 @@ class _Stream:
     expects after the messages so far, and its header-clock range."""
 
     __slots__ = ("first", "expected", "uptime", "end", "clock_min", "clock_max", "clock_ms", "last_src",
-                 "last_msg", "ck_old", "ck_new", "max_adv")
+                 "last_msg")
 
     def __init__(self, seq: int, clock: int, clock_ms: bool) -> None:
         self.first = seq
@@ -248,43 +246,26 @@ class _Stream:
         self.clock_ms = clock_ms
         self.last_src: Source | None = None
         self.last_msg = b""  # an IPFIX stream's last message, recounted with the final templates
-        self.ck_old: tuple[int, float] | None = None   # (expected, when): at least SEQ_RESTART_AGE_S old
-        self.ck_new: tuple[int, float] | None = None
-        self.max_adv = 0
 
-    def step(self, seq: int, adv: int, uptime: int, exact: bool, at: float | None = None) -> None:
+    def step(self, seq: int, adv: int, uptime: int, exact: bool) -> None:
         """Follow the message as the decoder's sequence check does (ExporterState.sequence in
         decoders/netflow.pxi): a message a little behind is late and leaves what is expected
-        unchanged, unless the uptime went back more than a minute, or (`at`: when it was sent,
-        which is about when the receiver reads it) it is behind what was expected
-        SEQ_RESTART_AGE_S before by more than two of the stream's largest advances and by
-        SEQ_RESTART_MIN_BEHIND (restarts); a
-        message whose records could not all be counted makes the receiver start over. (The
-        decoder's open gaps decide only what is counted as lost, not what is expected next.)"""
+        unchanged, unless the uptime went back more than a minute (a restart); a message whose
+        records could not all be counted makes the receiver start over. (The decoder's open gaps
+        decide only what is counted as lost, not what is expected next.)"""
         self.end = (seq + adv) & M32
         if not exact:
             self.expected = None
             return
         exp = self.expected
         if exp is not None:
-            if at is not None:
-                if self.ck_new is None or at - self.ck_new[1] >= SEQ_RESTART_AGE_S:   # a monotonic clock
-                    self.ck_old, self.ck_new = self.ck_new, (exp, at)
             ahead, behind = (seq - exp) & M32, (exp - seq) & M32
             if not (ahead and ahead <= SEQ_MAX_GAP) and behind and behind <= SEQ_MAX_GAP:
                 back = (self.uptime - uptime) & M32 if uptime >= 0 and self.uptime >= 0 else 0
-                old = (self.ck_old[0] - seq) & M32 if self.ck_old is not None else 0
-                if ((back <= SEQ_RESTART_UPTIME_MS or back >= 0x80000000)
-                        and (old <= 2 * self.max_adv or old < SEQ_RESTART_MIN_BEHIND or old >= 0x80000000)):
+                if back <= SEQ_RESTART_UPTIME_MS or back >= 0x80000000:
                     return  # late
-                self.ck_old = self.ck_new = None   # a restart
-                self.max_adv = 0
-            elif ahead > SEQ_MAX_GAP:
-                self.ck_old = self.ck_new = None   # a jump forward beyond SEQ_MAX_GAP: a restart
-                self.max_adv = 0
         self.expected = (seq + adv) & M32
         self.uptime = uptime
-        self.max_adv = max(self.max_adv, adv)
 
 
 class Plan:
@@ -308,9 +289,7 @@ class Plan:
         if self.count:
             self.finish()
 
-    def add(self, src: Source, p: bytes, ts: float, sent_at: float | None = None) -> None:
-        """One datagram of the capture (`ts`: its capture time), sent at `sent_at` (monotonic
-        seconds, when known: the receiver's restart check depends on when it reads)."""
+    def add(self, src: Source, p: bytes, ts: float) -> None:
         self.count += 1
         self.sources.add(src)
         if self.cache is not None:
@@ -341,7 +320,7 @@ class Plan:
             else:
                 adv = 1  # v9 packets, sFlow datagrams
                 uptime = clock if u.clock_ms else struct.unpack_from("!I", p, 4)[0]
-            st.step(seq, adv, uptime, exact, sent_at)
+            st.step(seq, adv, uptime, exact)
 
     def finish(self) -> None:
         """Compute the shifts: each stream's progress over the capture, mod 2^32, and the period."""
@@ -504,8 +483,8 @@ def replay(path: str, to: str, *, rate: float = 0.0, loops: int = 1, port_filter
     try:
         # Pass 1: loop 0 goes out unchanged while the plan is made.
         for src, payload, ts in capture():
+            plan.add(src, payload, ts)
             send(src, payload)
-            plan.add(src, payload, ts, time.perf_counter())
         if not plan.count:
             print(f"replay: {path}: no UDP datagrams found", file=sys.stderr)
             return 1

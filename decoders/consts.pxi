@@ -14,9 +14,6 @@ DEF SEQ_REORDER_MS = 1000           # a sequence gap is counted as loss once thi
                                     # unless datagrams that arrive late fill it first
 DEF SEQ_MAX_GAPS = 8                # gaps open at once per stream (a newer one counts the oldest)
 DEF SEQ_FILLED_RING = 16            # late sequence numbers remembered per stream (duplicates fill nothing)
-DEF SEQ_RESTART_AGE_MS = 2000       # a datagram behind what its stream expected this long ago (receive
-                                    # time) is no reordered one: the exporter restarted its sequence
-DEF SEQ_RESTART_MIN_BEHIND = 64     # ... when that far behind at least (and two datagrams' worth)
 DEF DROPS_MAX_SOURCES = 1024         # sFlow data sources whose drops counters are tracked per exporter
 DEF OPTIONS_MAX_ENTRIES = 1024       # per exporter, in each dict of what options data teaches
 DEF DEDUP_WINDOW_MS = 60000          # an egress record within this window of its ingress twin

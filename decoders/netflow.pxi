@@ -273,13 +273,6 @@ cdef class SeqStream:
     cdef uint32_t filled[SEQ_FILLED_RING]
     cdef int nfilled        # entries of the ring in use (at most SEQ_FILLED_RING)
     cdef int fill_pos       # where the next one goes
-    # What the stream expected next at two checkpoints of receive time, the older at least
-    # SEQ_RESTART_AGE_MS old (-1 ms: none), and the largest advance of one datagram seen.
-    cdef uint32_t ck_old_next
-    cdef int64_t ck_old_ms
-    cdef uint32_t ck_new_next
-    cdef int64_t ck_new_ms
-    cdef uint32_t max_advance
 
 
 cdef class ExporterState:
@@ -371,21 +364,14 @@ cdef class ExporterState:
         expected number fill it within SEQ_REORDER_MS (reordered on the path). What is left of a
         gap then is counted as lost (settle_gaps, or the stream's next datagram); up to
         SEQ_MAX_GAPS gaps are open at once (a newer one counts the oldest). A jump of more than
-        SEQ_MAX_GAP either way is a restart. A datagram behind is a late one, unless
-        - the header's uptime (v5, v9, sFlow; `uptime` -1 for IPFIX, which has none) went back by
-          more than SEQ_RESTART_UPTIME_MS too (an uptime going back while the sequence goes on,
-          as `flowscope replay` loops a capture, is no restart), or
-        - it is behind what the stream already expected SEQ_RESTART_AGE_MS or longer before
-          (receive time), by more than twice the largest advance of one of its datagrams and
-          by SEQ_RESTART_MIN_BEHIND at least: no path reorders by seconds, so the exporter
-          restarted and counts from the start again (an IPFIX process restarted on the same
-          source port). The margins keep exporters that count in another unit than the
-          protocol's (datagrams instead of records) late, not restarting at each datagram, and
-          captures whose times are not in order (merged or edited files) from restarts.
+        SEQ_MAX_GAP either way is a restart. A datagram behind is a late one, unless the header's
+        uptime (v5, v9, sFlow; `uptime` -1 for IPFIX, which has none) went back by more than
+        SEQ_RESTART_UPTIME_MS too: the exporter restarted, its sequence with it (an uptime going
+        back while the sequence goes on, as `flowscope replay` loops a capture, is no restart).
         A late datagram that falls in no open gap (its gap was counted, or it is a duplicate)
         changes nothing."""
         cdef SeqStream st = self.cur_seq
-        cdef uint32_t ahead, behind, back, fill, old
+        cdef uint32_t ahead, behind, back, fill
         cdef object key
         cdef int i, j
         if st is None or st.kind != kind or st.port != port or st.domain != domain:
@@ -397,18 +383,11 @@ cdef class ExporterState:
                     self.seq_streams.clear()    # starts tracking over
                 st = SeqStream.__new__(SeqStream)
                 st.kind, st.port, st.domain = kind, port, domain
-                st.ck_old_ms = st.ck_new_ms = -1
                 self.seq_streams[key] = st
             self.cur_seq = st
         if st.ngaps and gap_expired(st.gap_ms[0], now_ms):
             self.count_gaps(st, now_ms)
         if st.synced:
-            if st.ck_new_ms < 0 or now_ms - st.ck_new_ms >= SEQ_RESTART_AGE_MS:
-                st.ck_old_next, st.ck_old_ms = st.ck_new_next, st.ck_new_ms
-                st.ck_new_next, st.ck_new_ms = st.next, now_ms
-            elif st.ck_new_ms - now_ms > SEQ_REORDER_MS:   # the receive clock stepped back
-                st.ck_old_ms = -1
-                st.ck_new_next, st.ck_new_ms = st.next, now_ms
             ahead = seq - st.next
             behind = st.next - seq
             if ahead == 0:
@@ -423,10 +402,7 @@ cdef class ExporterState:
             elif behind <= SEQ_MAX_GAP:
                 # uptime wraps at 2^32 ms (49.7 days): "went back" is a difference below 2^31
                 back = <uint32_t>(st.uptime - uptime) if uptime >= 0 and st.uptime >= 0 else 0
-                old = st.ck_old_next - seq if st.ck_old_ms >= 0 else 0
-                if ((back <= SEQ_RESTART_UPTIME_MS or back >= 0x80000000u)
-                        and (old <= 2 * <uint64_t>st.max_advance or old < SEQ_RESTART_MIN_BEHIND
-                             or old >= 0x80000000u)):
+                if back <= SEQ_RESTART_UPTIME_MS or back >= 0x80000000u:
                     for i in range(st.ngaps):   # late: into an open gap, or nothing to do
                         if <uint32_t>(seq - st.gap_start[i]) < st.gap_span[i]:
                             for j in range(st.nfilled):
@@ -440,19 +416,15 @@ cdef class ExporterState:
                             st.gap_missing[i] -= fill
                             break
                     return                      # what is expected stays
-                self.restart(st)                # the exporter restarted: its sequence went back
+                self.restart(st)                # the exporter restarted: sequence and uptime went back
             else:
                 self.restart(st)
         st.synced = True
         st.next = seq + advance
         st.uptime = uptime
-        if advance > st.max_advance:
-            st.max_advance = advance
 
     cdef void restart(self, SeqStream st) noexcept:
         self.count_gaps(st, -1)
-        st.ck_old_ms = st.ck_new_ms = -1    # checkpoints of the numbering before the restart
-        st.max_advance = 0
         self.proto_stats(PROTOCOL_NAMES[st.kind])["sequence_resets"] += 1
 
     cdef void count_oldest(self, SeqStream st) noexcept:

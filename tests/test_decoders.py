@@ -1534,43 +1534,6 @@ def test_deep_reordering_duplicates_and_template_only_messages_are_not_loss_or_r
     assert run(list(zip([-1, 0, 5, -6, -6, 10, 15], ms, strict=False)), "ipfix") == (0, 0)
 
 
-def test_a_sequence_starting_over_on_the_same_port_is_a_restart_not_a_late_datagram() -> None:
-    """An IPFIX exporting process restarted on the same source port counts its records from 0
-    again, and IPFIX headers carry no uptime to tell: a datagram behind what the stream expected
-    seconds before (receive time) cannot be a reordered one, so it is a restart, and what is lost
-    after it is counted. Reordering within a second, and an exporter that counts datagrams
-    instead of records (each datagram 'behind' by less than one datagram's records), are not."""
-    recs = ovs_flows(5, random.Random(8))
-    t0 = float(EXPORT)
-
-    def ipfix(order: list[tuple[int, float]]) -> tuple[int, int]:
-        dec = Decoder()
-        dec.decode(ipfix_message([template_set([OVS_INGRESS])], seq=0, export_time=EXPORT), EXPORTER, 4739, t0)
-        for seq, t in order:
-            b = dec.decode(ipfix_message([data_set(OVS_INGRESS, recs)], seq=seq, export_time=EXPORT), EXPORTER,
-                           4739, t0 + t)
-            assert b.error is None
-        return _seq_at(dec, "ipfix", t0 + 100)
-
-    before = [(5 * i, 0.5 * i) for i in range(20)]          # records 0..99 over 9.5 s
-    # restarted at 12 s: 0 and 5 arrive, 10 is lost, 15 arrives
-    assert ipfix(before + [(0, 12.0), (5, 12.1), (15, 12.3)]) == (5, 1)
-    # a datagram overtaken by half a second is late, still
-    assert ipfix(before + [(100, 10.0), (110, 10.1), (105, 10.6), (115, 10.7)]) == (0, 0)
-    # counting datagrams: each 'behind' by 4 of the 5 records the collector expected from the last
-    assert ipfix([(i, 0.7 * i) for i in range(30)]) == (0, 0)
-    # NetFlow v9 counts datagrams; a process restart (the router's uptime goes on) is seen the same way
-    dec = Decoder()
-    for i in range(10):
-        dec.decode(v9_datagram([], seq=1000 + i, unix_secs=EXPORT, uptime_ms=5000 + 500 * i), "10.0.0.2", 2055,
-                   t0 + 0.5 * i)
-    for seq, t in ((0, 8.0), (1, 8.5), (3, 9.0)):
-        dec.decode(v9_datagram([], seq=seq, unix_secs=EXPORT, uptime_ms=int(5000 + 1000 * t)), "10.0.0.2", 2055,
-                   t0 + t)
-    p = dec.stats(t0 + 100)["10.0.0.2"]["protocols"]["netflow9"]
-    assert (p["sequence_lost"], p["sequence_resets"]) == (1, 1)
-
-
 def test_ipfix_sequence_resyncs_after_a_set_it_could_not_count() -> None:
     # A data set whose template is unknown has an unknown number of records: the next message
     # sets the expectation again instead of reporting those records as lost.

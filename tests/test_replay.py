@@ -188,26 +188,6 @@ def test_restart_inside_the_capture_adds_nothing_per_loop() -> None:
     assert seq_stats(decode_all(loops(pk, 3)), src[0], "netflow9") == (0, 3)
 
 
-def test_ipfix_restart_on_the_same_port_inside_the_capture_adds_nothing_per_loop() -> None:
-    # an IPFIX process restarted on its port: its sequence starts over less than 2^20 behind,
-    # which the receiver takes for a restart because it comes seconds after those numbers were
-    # expected (decode_all reads one datagram a second). The plan follows the same rule with
-    # the times it sent at, so the next loop continues the new numbering: no loss at the boundary.
-    recs = [b"\0" * 8] * 10
-    tpl = tmpl_set(256, [(8, 4), (2, 4)])
-    pk = [R.Packet(SRC, ipfix_msg(1, 10 * i, T0, [tpl, data_set(256, recs)]), T0 + i) for i in range(12)]
-    pk += [R.Packet(SRC, ipfix_msg(1, 10 * i, T0, [tpl, data_set(256, recs)]), T0 + 12 + i) for i in range(3)]
-    plan = R.Plan()
-    for i, p in enumerate(pk):
-        plan.add(p.src, p.payload, p.ts, float(i))   # sent when decode_all's receiver reads it
-    plan.finish()
-    assert plan.span[(SRC, 10, 1)] == 30
-    dgrams = [d for k in range(3) for d in plan.datagrams(k)]
-    assert seq_stats(decode_all(dgrams), SRC[0], "ipfix") == (0, 3)
-    # without the send times the plan sees late messages, as a receiver reading them at once would
-    assert R.Plan(pk).span[(SRC, 10, 1)] == 120
-
-
 # ---------------------------------------------------------------------------- 3. clock period
 
 def test_period_covers_each_streams_header_clock_span() -> None:
