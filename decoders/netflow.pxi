@@ -245,6 +245,11 @@ cdef Template compile_template(int version, uint32_t domain, uint16_t tid, tuple
         t.min_len += 1 if length == VARLEN else length
     if t.min_len == 0:
         raise_decode("bad_template", offset, f"v{version} domain {domain} template {tid}: zero-length records")
+    if A_TOS in seen and A_DSCP in seen:
+        # ipClassOfService gives Dscp; ipDiffServCodePoint beside it stays as it came (ie195)
+        for i in range(n):
+            if t.fields[i].action == A_DSCP:
+                t.fields[i].action = A_EXTRA
     return t
 
 
@@ -918,10 +923,10 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             f.dscp = p[0] >> 2
             f.present |= P_DSCP
         elif a == A_DSCP:
-            # its 6 bits (IANA): the value ipClassOfService >> 2 gives, which wins when both come
-            if not f.present & P_DSCP:
-                f.dscp = p[0] & 0x3F
-                f.present |= P_DSCP
+            # its 6 bits (IANA): the value ipClassOfService >> 2 gives (a template with both
+            # takes Dscp from ipClassOfService; compile_template)
+            f.dscp = p[0] & 0x3F
+            f.present |= P_DSCP
         elif a == A_TCPFLAGS:
             # RFC 7125: 2-byte tcpControlBits carries NS/... in the high bits; keep the low 8.
             f.tcp_flags = <uint16_t>(beN(p, L) & 0xFF)
