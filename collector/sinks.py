@@ -489,7 +489,7 @@ class StreamSink(Sink):
                     q.done(c.kind, c.nbytes, len(c.records))
                 continue
             # stdout closed (consumer gone) or disk full: what did not land is counted as lost
-            gone = isinstance(job.error, BrokenPipeError) and self.path is None
+            gone = isinstance(job.error, (BrokenPipeError, ConnectionResetError)) and self.path is None
             self._cut_partial(job)
             whole = _complete_records(chunks, max(0, job.written - skip))
             self.errors["write"] += 1
@@ -503,7 +503,8 @@ class StreamSink(Sink):
                 # the collector stops, as a pipeline's writer does, instead of running on with
                 # everything counted as sink_error. What is still queued fails at once, counted.
                 if not self.gone:
-                    self.gone = "stdout was closed by its reader (broken pipe)"
+                    why = getattr(job.error, "strerror", None) or type(job.error).__name__
+                    self.gone = f"stdout was closed by its reader ({why})"
                     log.error("%s: stopping; flows from here on are counted as dropped (reason=\"sink_error\")",
                               self.gone)
                     self.gone_event.set()
