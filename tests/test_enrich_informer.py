@@ -677,3 +677,22 @@ def test_in_cluster_refuses_a_server_its_ca_did_not_sign(tmp_path: Path, monkeyp
         # after the client counted its error), so no request, and no token, ever reached it.
         wait_for(lambda: impostor.tls_rejected >= 8, what="the server saw the handshakes refused")
         assert impostor.requests == []
+
+
+def test_informer_bench_runs_every_phase_and_the_watch_keeps_up() -> None:
+    """benchmarks.informer_bench at a tiny scale (its numbers are for RESULTS.md, not checked
+    here): every phase runs, and the pods informer took every update the churn sent."""
+    import re
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-m", "benchmarks.informer_bench", "--pods", "300", "--nodes", "10",
+                          "--services", "10", "--replicasets", "30", "--churn", "100", "--churn-seconds", "1"],
+                         cwd=root, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for phase in ("| sync: first list of 300 pods", "| idle, watches open", "| relist: pods watch 410 Gone",
+                  "| churn: 100 pod updates/s for 1 s"):
+        assert phase in out.stdout, out.stdout
+    m = re.search(r"churn: .* \((\d+) events\)", out.stdout)
+    assert m and int(m.group(1)) == 100, out.stdout
