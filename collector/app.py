@@ -15,6 +15,7 @@ import asyncio
 import errno
 import logging
 import os
+import platform
 import signal
 import sys
 import time
@@ -32,6 +33,13 @@ log = logging.getLogger("flowscope")
 #: Signals that stop the collector cleanly (drain, flush, count): SIGHUP too, which a closed
 #: terminal sends to every process of the group (workers included), so nothing goes uncounted.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def build_info(cfg: Config) -> tuple[str, str, str]:
+    """(flowscope version, Python version, event loop): flowscope_build_info's labels."""
+    from . import version
+
+    return version(), platform.python_version(), cfg.loop
 
 
 def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
@@ -154,6 +162,7 @@ def http_servers(cfg: Config, agg: Aggregator, expected: int, alive: Callable[[]
         ok, _ = readiness(agg, expected, silent_after)
         agg.extra["flowscope_ready"] = {(): 1 if ok else 0}
         agg.extra["flowscope_workers"] = {(): len(agg.workers)}
+        agg.extra["flowscope_build_info"] = {build_info(cfg): 1}
         return 200, "text/plain; version=0.0.4; charset=utf-8", agg.render()
 
     def healthz() -> tuple[int, str, bytes]:
@@ -256,6 +265,7 @@ def run(cfg: Config, enrich_cfg: Any = None, enrich_note: str = "") -> int:
     enrichment is off (`enrich_note` says why, or where its cluster access comes from)."""
     setup_logging(cfg.log_level)
     tune_malloc()
+    log.info("flowscope %s (Python %s, %s event loop)", *build_info(cfg))
     if enrich_note:
         log.info("%s", enrich_note)
     factory = loop_factory(cfg.loop)

@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flowscope",
         description="IPFIX / NetFlow / sFlow collector for Kubernetes: NetObserv JSON flows to Kafka or stdout.")
+    from . import version
+
+    parser.add_argument("--version", action="version", version=f"flowscope {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     fmt = argparse.ArgumentDefaultsHelpFormatter

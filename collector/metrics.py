@@ -152,6 +152,8 @@ SERIES: dict[str, Series] = {s.name: s for s in [
     # process
     Series("flowscope_workers", "gauge", "Worker processes reporting metrics"),
     Series("flowscope_ready", "gauge", "1 when /readyz answers 200", merge="max"),
+    Series("flowscope_build_info", "gauge", "1, labelled with the flowscope version, the Python version and the "
+           "event loop", ("version", "python", "loop"), merge="max"),
 ]}
 
 

@@ -144,6 +144,13 @@ def test_metrics_match_what_was_sent(collector: Any, tmp_path: Path, loop_name: 
     assert c.value("flowscope_queue_records") == 0
     assert c.value("flowscope_ready") == 1
     assert c.value("flowscope_socket_receive_buffer_bytes") > 0
+    import platform
+
+    import tomllib
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert c.value("flowscope_build_info", version=version, python=platform.python_version(), loop=loop_name) == 1
+    assert f"flowscope {version} (Python" in c.log()
     assert lines(out) == 1000
     assert c.get("/healthz")[0] == 200 and c.get("/readyz") == (200, "ready\n")
 
@@ -483,6 +490,14 @@ def run_cli(args: list[str], tmp_path: Path, env: dict[str, str] | None = None,
     full.update(env or {})
     return subprocess.run([sys.executable, "-m", "collector.cli", *args], cwd=ROOT, env=full,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def test_version_is_the_packages(tmp_path: Path) -> None:
+    import tomllib
+
+    r = run_cli(["--version"], tmp_path)
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert r.returncode == 0 and r.stdout.strip() == f"flowscope {version}", (r.stdout, r.stderr)
 
 
 def no_kube_config(tmp_path: Path) -> Path:
