@@ -146,9 +146,7 @@ def test_metrics_match_what_was_sent(collector: Any, tmp_path: Path, loop_name: 
     assert c.value("flowscope_socket_receive_buffer_bytes") > 0
     import platform
 
-    import tomllib
-
-    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    version = project_version()
     assert c.value("flowscope_build_info", version=version, python=platform.python_version(), loop=loop_name) == 1
     assert f"flowscope {version} (Python" in c.log()
     assert lines(out) == 1000
@@ -492,11 +490,16 @@ def run_cli(args: list[str], tmp_path: Path, env: dict[str, str] | None = None,
                           capture_output=True, text=True, timeout=timeout)
 
 
-def test_version_is_the_packages(tmp_path: Path) -> None:
-    import tomllib
+def project_version() -> str:
+    """[project] version in pyproject.toml (read as text: tomllib is not in Python 3.10)."""
+    m = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M)
+    assert m
+    return m.group(1)
 
+
+def test_version_is_the_packages(tmp_path: Path) -> None:
     r = run_cli(["--version"], tmp_path)
-    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    version = project_version()
     assert r.returncode == 0 and r.stdout.strip() == f"flowscope {version}", (r.stdout, r.stderr)
 
 
