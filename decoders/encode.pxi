@@ -375,29 +375,46 @@ cdef void enrich_prefetch(FlowBatch bt, Py_ssize_t start, object enricher) noexc
             _eapi.prefetch(_eapi.reader, f.dst, alen)
 
 
-cdef int _last_counted = -1   # which CApi.flows count the last enrich_into added (-1: none)
-cdef long long _last_hits = 0, _last_misses = 0   # and the lookups it took
+cdef bint _last_counted = False   # enrich_into's last flow was counted in the reader (deltas below)
+cdef long long _last_d[4]         # what it added to flows[0], flows[1], hits, misses
 
 
 cdef void enrich_uncount() noexcept:
     """The flow enrich_into last wrote is thrown away (it did not fit the batch and will be
-    encoded again): take back the count parts() gave it."""
+    encoded again): take back the counts its lookup added, through parts() or enrich()."""
     global _last_counted
-    if _last_counted >= 0 and _eapi != NULL:
-        _eapi.flows[_last_counted] -= 1
-        _eapi.hits[0] -= _last_hits
-        _eapi.misses[0] -= _last_misses
-    _last_counted = -1
+    if _last_counted and _eapi != NULL:
+        _eapi.flows[0] -= _last_d[0]
+        _eapi.flows[1] -= _last_d[1]
+        _eapi.hits[0] -= _last_d[2]
+        _eapi.misses[0] -= _last_d[3]
+    _last_counted = False
 
 
 cdef int enrich_into(Buf* o, FlowBatch bt, Flow* f, object enricher, int64_t t) except -1:
-    global _last_counted, _last_hits, _last_misses
-    cdef long long hits0, misses0
+    """The flow's identity fragment, through the reader's C API or the enricher's enrich(); the
+    reader's counts it added are kept for enrich_uncount()."""
+    global _last_counted
+    cdef long long f0, f1, h0, m0
+    cdef bint counted = _eapi != NULL and enricher is _eapi_owner
+    _last_counted = False
+    if counted:
+        f0, f1, h0, m0 = _eapi.flows[0], _eapi.flows[1], _eapi.hits[0], _eapi.misses[0]
+    _enrich_into(o, bt, f, enricher, t)
+    if counted:
+        _last_d[0] = _eapi.flows[0] - f0
+        _last_d[1] = _eapi.flows[1] - f1
+        _last_d[2] = _eapi.hits[0] - h0
+        _last_d[3] = _eapi.misses[0] - m0
+        _last_counted = True
+    return 0
+
+
+cdef int _enrich_into(Buf* o, FlowBatch bt, Flow* f, object enricher, int64_t t) except -1:
     cdef PyObject* a
     cdef PyObject* b
     cdef PyObject* tail
     cdef bytes frag
-    _last_counted = -1
     if f.noaddr & (NOADDR_SRC | NOADDR_DST):
         # One address absent: it is b"" to the enricher (the contract's "absent"), never
         # looked up as 0.0.0.0 or ::. Rare (a template with one address), so the Python call.
@@ -409,13 +426,8 @@ cdef int enrich_into(Buf* o, FlowBatch bt, Flow* f, object enricher, int64_t t) 
             buf_lit(o, frag)
         return 0
     if _eapi != NULL and enricher is _eapi_owner:
-        hits0 = _eapi.hits[0]
-        misses0 = _eapi.misses[0]
         if _eapi.parts(_eapi.reader, f.src, f.dst, addr_len(f.af), bt.agent, addr_len(bt.agent_af),
                        t, f.direction, &a, &b, &tail) == 0:
-            _last_counted = 1 if (a != NULL or b != NULL) else 0
-            _last_hits = _eapi.hits[0] - hits0
-            _last_misses = _eapi.misses[0] - misses0
             if a != NULL:
                 buf_lit(o, <bytes>a)
             if b != NULL:

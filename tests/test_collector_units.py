@@ -816,6 +816,25 @@ def test_enrich_flow_counts_survive_batch_overflow() -> None:
     assert r.flows_identified + r.flows_unidentified == len(b) == 25
     assert r.flows_identified == sum(1 for x in recs if "10.128.0.1" in (x["src"], x["dst"]))
     assert r.hits + r.misses == 2 * 25
+    # a template with the source address only: the encoder asks enrich() (one address absent),
+    # and takes its counts back the same way
+    from benchmarks.datagrams import _COMMON, IpfixTemplate
+
+    src_only = IpfixTemplate(300, (("in_name", 82, 0, 0xFFFF),) + tuple(f for f in _COMMON if f[0] != "dst"))
+    e = enrich.Enricher.from_objects(pods=[pod("p", "ns", ips=["10.128.0.1"])])
+    r = e.index._reader
+    dec.decode(ipfix_message([template_set([src_only])], seq=2, export_time=1_700_000_000), "192.0.2.1")
+    for x in recs:
+        x["in_name"] = b"x" * 200   # fatter records: more of them overflow
+    b = dec.decode(ipfix_message([data_set(src_only, recs)], seq=2, export_time=1_700_000_000), "192.0.2.1",
+                   0, 1_700_000_001)
+    w, batches = RecordBatchWriter(4096), 1
+    i = w.append(b, e, 0)
+    while i < len(b):
+        w, batches = RecordBatchWriter(4096), batches + 1
+        i = w.append(b, e, i)
+    assert batches > 2
+    assert r.flows_identified + r.flows_unidentified == 25 and r.hits + r.misses == 25
 
 
 def test_documented_decode_error_reasons_are_the_ones_raised() -> None:
