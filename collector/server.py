@@ -431,8 +431,9 @@ class Worker:
                         "counted in flowscope_datagrams_dropped_total{reason=\"shutdown\"})",
                         self.dgram_drops["shutdown"])
         if left:
-            log.error("shutdown: %d bytes of datagrams were still queued in the listeners' receive buffers at "
-                      "--shutdown-timeout and were discarded unread (not counted as datagrams)", left)
+            log.error("shutdown: datagrams still queued in the listeners' receive buffers at --shutdown-timeout "
+                      "were discarded unread, not counted (%d bytes of socket memory: their payload and the "
+                      "kernel's overhead per datagram)", left)
 
     # -- statistics ----------------------------------------------------------------------------------
     def snapshot(self, final: bool = False) -> Snapshot:

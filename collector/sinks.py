@@ -714,6 +714,7 @@ class KafkaSink(Sink):
         # producer connections last seen (_connections_lost): their (producer, id) keys, and the objects
         self._conn_keys: set[tuple[int, Any]] = set()
         self._conns_seen: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._conns_closed: weakref.WeakSet[Any] = weakref.WeakSet()   # closed ones already reported
         self._codec_id, self._encode = _codec(self.k.compression, self.k.compression_level)
         self.compressed_bytes = [0, 0]  # prebuilt batches: bytes before and after compression
         self.resent = [0, 0]    # records by kind re-queued after a request that may have been written
@@ -836,15 +837,20 @@ class KafkaSink(Sink):
             if q.chunks and self._connections_lost():
                 self._need_metadata = True
             elif not q.chunks and not q.inflight_records and time.monotonic() - idle_check >= IDLE_CHECK_S:
-                # Idle: nothing produces, so nothing would notice a broker that went away; a
-                # closed connection (aiokafka reads its connections all along) is checked for,
-                # and the metadata asked again, until it answers: flowscope_sink_connected and
-                # /readyz tell the truth before the next flows arrive.
+                # Idle: nothing produces, so nothing would notice a broker that went away (gone,
+                # frozen, partitioned off, or never reached by a collector that has not produced
+                # yet): a metadata request every IDLE_CHECK_S finds out, so that
+                # flowscope_sink_connected and /readyz tell the truth before the next flows
+                # arrive. A lost connection (a broker restarted, perhaps empty) or one not
+                # answering goes through _refresh_metadata, as after a failed produce.
                 idle_check = time.monotonic()
-                if self._need_metadata or self._connections_lost():
+                if self._need_metadata or not self.connected or self._connections_lost() or self._direct_lost():
                     self.connected = False
                     self._need_metadata = True
                     await self._refresh_metadata()
+                elif not await self._probe():
+                    self.connected = False
+                    self._need_metadata = True
                 continue
             if self._need_metadata and q.chunks:
                 await asyncio.sleep(self._retry_wait)
@@ -857,6 +863,29 @@ class KafkaSink(Sink):
                 # the connections this send made are the ones to watch (a first send opens them)
                 if self._connections_lost():
                     self._need_metadata = True
+
+    async def _probe(self) -> bool:
+        """Whether a broker answers a metadata request within IDLE_CHECK_S (or the request
+        timeout, if shorter); counted and logged (rate-limited) when none does."""
+        try:
+            ok = await asyncio.wait_for(self.producers[0].client.force_metadata_update(),
+                                        min(IDLE_CHECK_S, self.k.request_timeout_ms / 1000))
+        except (asyncio.TimeoutError, Exception) as exc:  # noqa: BLE001 - any failure is "no answer"
+            ok, why = False, repr(exc)
+        else:
+            why = "no broker answered"
+        if ok:
+            return True
+        self.errors["metadata"] += 1
+        self._rl.error("metadata", "kafka: idle, and no metadata from %s: %s (not connected)",
+                       ",".join(self.k.brokers), why)
+        return False
+
+    def _direct_lost(self) -> bool:
+        """Whether a direct produce connection closed (a broker gone or restarted, or its idle
+        timeout): replaced after the metadata refresh, before the next batch needs it."""
+        d = self.direct
+        return d is not None and any(c is not None and c.closed for slots in d.conns.values() for c in slots)
 
     def _connections_lost(self) -> bool:
         """Whether a producer connection closed or was replaced since the last look. aiokafka
@@ -875,8 +904,13 @@ class KafkaSink(Sink):
                 keys.add(key)
                 # A connection object not seen before where one was: replaced (by identity, through
                 # a WeakSet: ids of freed objects are reused at once).
-                if not conn.connected() or (key in self._conn_keys and conn not in self._conns_seen):
+                if key in self._conn_keys and conn not in self._conns_seen:
                     lost = True
+                elif not conn.connected() and conn not in self._conns_closed:
+                    # closed (the broker went, or aiokafka's idle timeout on a broker it does not
+                    # use): reported once, not at every look while it stays in the client's table
+                    lost = True
+                    self._conns_closed.add(conn)
                 self._conns_seen.add(conn)
         lost = lost or not self._conn_keys <= keys
         self._conn_keys = keys

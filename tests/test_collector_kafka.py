@@ -247,6 +247,40 @@ def test_a_broker_gone_while_idle_is_seen_before_flows_arrive(collector: Any, tm
         b.stop()
 
 
+def test_a_frozen_broker_and_one_gone_before_any_flow_are_seen_while_idle(collector: Any, tmp_path: Any) -> None:
+    """A broker that stops answering without closing its connections (frozen, a host gone, a
+    partition), and one gone before the collector ever produced (no connection to lose yet):
+    the idle check's metadata request finds both out, and their return."""
+    import os
+
+    from conftest import free_tcp_port
+
+    from collector.broker import Broker
+
+    b = Broker(port=free_tcp_port(), log_path=str(tmp_path / "tansu.log")).start()
+    try:
+        c = collector(["--kafka-brokers", b.bootstrap, "--kafka-topic", topic(), "--stats-interval", "0.5"])
+        c.wait_value("flowscope_sink_connected", 1, timeout=20)
+        b.stop()   # before any flow: no producer connection has been kept yet
+        c.wait_value("flowscope_sink_connected", 0, timeout=20)
+        assert c.get("/readyz")[0] == 503
+        b.start()
+        c.wait_value("flowscope_sink_connected", 1, timeout=30)
+        send_udp([make_v5(0, 30, 0)], c.port)
+        c.wait_value("flowscope_flows_delivered_total", 30)
+        os.kill(b.pid, signal.SIGSTOP)
+        try:
+            c.wait_value("flowscope_sink_connected", 0, timeout=30)
+            assert c.get("/readyz")[0] == 503
+        finally:
+            os.kill(b.pid, signal.SIGCONT)
+        c.wait_value("flowscope_sink_connected", 1, timeout=30)
+        assert c.get("/readyz")[0] == 200
+        assert c.stop() == 0
+    finally:
+        b.stop()
+
+
 @pytest.mark.parametrize("mode", [[], ["--kafka-key", "exporter"], ["--kafka-key", "conversation"],
                                   ["--no-kafka-direct"]], ids=["direct", "exporter", "conversation", "aiokafka"])
 def test_broker_restarted_empty_between_batches(collector: Any, tmp_path: Any, mode: list[str]) -> None:
