@@ -802,17 +802,21 @@ def test_enrich_flow_counts_survive_batch_overflow() -> None:
     r = e.index._reader
     if r is None:
         pytest.skip("enrich._fast not built: the pure-Python index counts no flows")
+    def batches(b: Any, e: Any) -> int:
+        """Append the datagram's flows to 4 KB batches as the direct path does: how many it took."""
+        w, n = RecordBatchWriter(4096), 1
+        i = w.append(b, e, 0)
+        while i < len(b):
+            w, n = RecordBatchWriter(4096), n + 1
+            i = w.append(b, e, i)
+        return n
+
     dec = Decoder()
     dec.decode(ipfix_message([template_set([OVS_INGRESS])], seq=0, export_time=1_700_000_000), "192.0.2.1")
     recs = ovs_flows(25, random.Random(1), pods=4)
     b = dec.decode(ipfix_message([data_set(OVS_INGRESS, recs)], seq=1, export_time=1_700_000_000), "192.0.2.1",
                    0, 1_700_000_001)
-    w, batches = RecordBatchWriter(4096), 1
-    i = w.append(b, e, 0)
-    while i < len(b):
-        w, batches = RecordBatchWriter(4096), batches + 1
-        i = w.append(b, e, i)
-    assert batches > 2  # the overflow path ran
+    assert batches(b, e) > 2  # the overflow path ran
     assert r.flows_identified + r.flows_unidentified == len(b) == 25
     assert r.flows_identified == sum(1 for x in recs if "10.128.0.1" in (x["src"], x["dst"]))
     assert r.hits + r.misses == 2 * 25
@@ -828,12 +832,7 @@ def test_enrich_flow_counts_survive_batch_overflow() -> None:
         x["in_name"] = b"x" * 200   # fatter records: more of them overflow
     b = dec.decode(ipfix_message([data_set(src_only, recs)], seq=2, export_time=1_700_000_000), "192.0.2.1",
                    0, 1_700_000_001)
-    w, batches = RecordBatchWriter(4096), 1
-    i = w.append(b, e, 0)
-    while i < len(b):
-        w, batches = RecordBatchWriter(4096), batches + 1
-        i = w.append(b, e, i)
-    assert batches > 2
+    assert batches(b, e) > 2
     assert r.flows_identified + r.flows_unidentified == 25 and r.hits + r.misses == 25
 
 
