@@ -196,6 +196,10 @@ class Informer:
         self.stats.state = "listing"
         recs, rv = self._list()
         self._index.replace(self.kind, recs)
+        listed = len(recs)
+        # the list's records are the index's now; this frame watches for as long as the watch
+        # lasts, and must not keep every listed record alive beside its replacements
+        del recs
         st = self.stats
         if st.lists:
             st.relists += 1
@@ -206,7 +210,7 @@ class Informer:
         self._recovered(after_list=True)
         if not st.synced:
             st.synced = True
-            log.info("enrich: %s synced (%d objects, resourceVersion %s)", self.kind, len(recs), rv)
+            log.info("enrich: %s synced (%d objects, resourceVersion %s)", self.kind, listed, rv)
             if self._on_synced is not None:
                 self._on_synced()
         while not self._stop.is_set():
