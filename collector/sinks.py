@@ -103,7 +103,6 @@ class BoundedQueue:
         self.policy = policy
         self.chunks: collections.deque[Chunk] = collections.deque()
         self.queued_bytes = 0
-        self.queued_records = 0
         self.queued = [0, 0]    # records queued by kind (FLOWS, COUNTERS)
         self.inflight_bytes = 0
         self.inflight = [0, 0]  # records in flight by kind (FLOWS, COUNTERS)
@@ -119,6 +118,10 @@ class BoundedQueue:
     @property
     def inflight_records(self) -> int:
         return self.inflight[FLOWS] + self.inflight[COUNTERS]
+
+    @property
+    def queued_records(self) -> int:
+        return self.queued[FLOWS] + self.queued[COUNTERS]
 
     @property
     def total_records(self) -> int:
@@ -144,7 +147,6 @@ class BoundedQueue:
             while self.chunks and self.queued_bytes + self.inflight_bytes + nbytes > self.limit:
                 old = self.chunks.popleft()
                 self.queued_bytes -= old.nbytes
-                self.queued_records -= len(old.records)
                 self.queued[old.kind] -= len(old.records)
                 self.dropped[(old.kind, "evicted")] += len(old.records)
             if self.queued_bytes + self.inflight_bytes + nbytes > self.limit:
@@ -153,7 +155,6 @@ class BoundedQueue:
                 return
         self.chunks.append(Chunk(kind, records, nbytes, exporter))
         self.queued_bytes += nbytes
-        self.queued_records += n
         self.queued[kind] += n
         w = self._waiter
         if w is not None and not w.done():
@@ -180,7 +181,6 @@ class BoundedQueue:
             size += c.nbytes
             out.append(c)
             self.queued_bytes -= c.nbytes
-            self.queued_records -= len(c.records)
             self.queued[c.kind] -= len(c.records)
             self.inflight_bytes += c.nbytes
             self.inflight[c.kind] += len(c.records)
@@ -196,7 +196,6 @@ class BoundedQueue:
         self.done(chunk.kind, chunk.nbytes, len(chunk.records))
         self.chunks.appendleft(chunk)
         self.queued_bytes += chunk.nbytes
-        self.queued_records += len(chunk.records)
         self.queued[chunk.kind] += len(chunk.records)
         w = self._waiter
         if w is not None and not w.done():
@@ -209,12 +208,13 @@ class BoundedQueue:
             c = self.chunks.popleft()
             self.dropped[(c.kind, reason)] += len(c.records)
             n += len(c.records)
-        self.queued_bytes = self.queued_records = 0
+        self.queued_bytes = 0
         self.queued = [0, 0]
         return n
 
 
-#: Seconds between the Kafka sink's checks of its connections while it has nothing to send.
+#: Seconds between the Kafka sink's checks of its broker (a metadata request, its connections)
+#: while it has nothing to send.
 IDLE_CHECK_S = 5.0
 
 #: Drop reasons that mean the sink could not deliver at all (a write that failed, a batch the
