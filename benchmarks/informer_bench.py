@@ -102,14 +102,14 @@ class Lag:
             self.samples.append(loop.time() - t - TICK)
 
     def start(self) -> None:
+        self._cpu0 = _cpu()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     def phase(self) -> tuple[list[float], float, float]:
         """The samples since the last call, and the CPU seconds of the loop's thread and of the
         other threads since then."""
         s, self.samples = self.samples, []
-        main, rest = _cpu()
-        m0, r0 = getattr(self, "_cpu0", (main, rest))
+        (m0, r0), (main, rest) = self._cpu0, _cpu()
         self._cpu0 = (main, rest)
         return s, main - m0, rest - r0
 
@@ -181,6 +181,7 @@ async def measure(a: argparse.Namespace, kubeconfig: str, child: subprocess.Pope
         await asyncio.sleep(0.01)
     rows.append(_row(f"relist: pods watch 410 Gone, {a.pods:,} pods listed again", time.monotonic() - t0,
                      *lag.phase()))
+
     def events() -> int:
         return sum(e.stats()["kinds"]["pods"]["events"].values())
 

@@ -173,84 +173,9 @@ def test_malformed_counted_valid_delivered(broker: Any, collector: Any, loop_nam
     assert c.value("flowscope_flows_delivered_total") == 60
 
 
-def test_broker_outage(collector: Any, tmp_path: Any) -> None:
-    """Broker down 10 s while flows arrive, then back: delivered + counted drops == sent."""
-    from conftest import free_tcp_port
-
-    from collector.broker import Broker
-
-    b = Broker(port=free_tcp_port(), log_path=str(tmp_path / "tansu.log")).start()
-    t = topic()
-    try:
-        c = collector(["--kafka-brokers", b.bootstrap, "--kafka-topic", t, "--queue-bytes", "400KB",
-                       "--kafka-request-timeout-ms", "1500", "--kafka-linger-ms", "20"])
-        send_udp([make_v5(i, 30, i * 30) for i in range(20)], c.port)
-        before = consume(b.bootstrap, t, 600)
-        assert len({v5_key(f) for f in before}) == 600
-        c.wait_value("flowscope_flows_delivered_total", 600)
-        b.stop()
-        sent = 600
-        seq = 20
-        end = time.monotonic() + 10
-        while time.monotonic() < end:  # ~60 datagrams/s for 10 s while the broker is down
-            send_udp([make_v5(seq, 30, seq * 30)], c.port)
-            seq += 1
-            sent += 30
-            time.sleep(1 / 60)
-        assert c.get("/readyz")[0] == 503  # sink disconnected
-        dropped_during = c.value("flowscope_flows_dropped_total", reason="queue_full")
-        assert dropped_during > 0  # 400 KB cannot hold 10 s of flows: the bound is enforced
-        b.start()
-        t_restart = time.monotonic()
-        wait_for(lambda: c.value("flowscope_flows_delivered_total")
-                 + c.value("flowscope_flows_dropped_total") == sent, 60,
-                 what="delivered + dropped == sent")
-        print(f"recovered {time.monotonic() - t_restart:.1f}s after the broker restart")
-        delivered = c.value("flowscope_flows_delivered_total")
-        dropped = c.value("flowscope_flows_dropped_total")
-        after = consume(b.bootstrap, t, int(delivered) - 600, timeout=30)
-        unique = {v5_key(f) for f in before} | {v5_key(f) for f in after}
-        assert len(unique) + dropped == sent
-        assert len(unique) == delivered
-        assert c.stop() == 0
-    finally:
-        b.stop()
-
-
-def test_a_broker_gone_while_idle_is_seen_before_flows_arrive(collector: Any, tmp_path: Any) -> None:
-    """Nothing to send, so nothing produces: the broker going away must still show in
-    flowscope_sink_connected and /readyz (the sink checks its connections while idle), and its
-    return too, before any flow arrives."""
-    from conftest import free_tcp_port
-
-    from collector.broker import Broker
-
-    b = Broker(port=free_tcp_port(), log_path=str(tmp_path / "tansu.log")).start()
-    t = topic()
-    try:
-        c = collector(["--kafka-brokers", b.bootstrap, "--kafka-topic", t, "--stats-interval", "0.5"])
-        send_udp([make_v5(0, 30, 0)], c.port)
-        c.wait_value("flowscope_flows_delivered_total", 30)
-        assert c.value("flowscope_sink_connected") == 1 and c.get("/readyz")[0] == 200
-        b.stop()
-        c.wait_value("flowscope_sink_connected", 0, timeout=20)
-        code, text = c.get("/readyz")
-        assert code == 503 and "kafka sink not connected" in text, text
-        b.start()
-        c.wait_value("flowscope_sink_connected", 1, timeout=30)
-        assert c.get("/readyz")[0] == 200
-        send_udp([make_v5(1, 30, 30)], c.port)
-        c.wait_value("flowscope_flows_delivered_total", 60)
-        assert len({v5_key(f) for f in consume(b.bootstrap, t, 30)}) >= 30
-        assert c.stop() == 0
-    finally:
-        b.stop()
-
-
-def test_a_frozen_broker_and_one_gone_before_any_flow_are_seen_while_idle(collector: Any, tmp_path: Any) -> None:
-    """A broker that stops answering without closing its connections (frozen, a host gone, a
-    partition), and one gone before the collector ever produced (no connection to lose yet):
-    the idle check's metadata request finds both out, and their return."""
+@pytest.fixture
+def own_broker(tmp_path: Any) -> Iterator[Any]:
+    """A broker of the test's own (not the session's), which the test may stop, restart or freeze."""
     import os
 
     from conftest import free_tcp_port
@@ -259,56 +184,121 @@ def test_a_frozen_broker_and_one_gone_before_any_flow_are_seen_while_idle(collec
 
     b = Broker(port=free_tcp_port(), log_path=str(tmp_path / "tansu.log")).start()
     try:
-        c = collector(["--kafka-brokers", b.bootstrap, "--kafka-topic", topic(), "--stats-interval", "0.5"])
-        c.wait_value("flowscope_sink_connected", 1, timeout=20)
-        b.stop()   # before any flow: no producer connection has been kept yet
-        c.wait_value("flowscope_sink_connected", 0, timeout=20)
-        assert c.get("/readyz")[0] == 503
-        b.start()
-        c.wait_value("flowscope_sink_connected", 1, timeout=30)
-        send_udp([make_v5(0, 30, 0)], c.port)
-        c.wait_value("flowscope_flows_delivered_total", 30)
-        os.kill(b.pid, signal.SIGSTOP)
-        try:
-            c.wait_value("flowscope_sink_connected", 0, timeout=30)
-            assert c.get("/readyz")[0] == 503
-        finally:
-            os.kill(b.pid, signal.SIGCONT)
-        c.wait_value("flowscope_sink_connected", 1, timeout=30)
-        assert c.get("/readyz")[0] == 200
-        assert c.stop() == 0
+        yield b
     finally:
+        if b.proc is not None and b.proc.poll() is None:
+            os.kill(b.pid, signal.SIGCONT)   # a test that failed while the broker was frozen
         b.stop()
+
+
+def test_broker_outage(collector: Any, own_broker: Any) -> None:
+    """Broker down 10 s while flows arrive, then back: delivered + counted drops == sent."""
+    b = own_broker
+    t = topic()
+    c = collector(["--kafka-brokers", b.bootstrap, "--kafka-topic", t, "--queue-bytes", "400KB",
+                   "--kafka-request-timeout-ms", "1500", "--kafka-linger-ms", "20"])
+    send_udp([make_v5(i, 30, i * 30) for i in range(20)], c.port)
+    before = consume(b.bootstrap, t, 600)
+    assert len({v5_key(f) for f in before}) == 600
+    c.wait_value("flowscope_flows_delivered_total", 600)
+    b.stop()
+    sent = 600
+    seq = 20
+    end = time.monotonic() + 10
+    while time.monotonic() < end:  # ~60 datagrams/s for 10 s while the broker is down
+        send_udp([make_v5(seq, 30, seq * 30)], c.port)
+        seq += 1
+        sent += 30
+        time.sleep(1 / 60)
+    assert c.get("/readyz")[0] == 503  # sink disconnected
+    dropped_during = c.value("flowscope_flows_dropped_total", reason="queue_full")
+    assert dropped_during > 0  # 400 KB cannot hold 10 s of flows: the bound is enforced
+    b.start()
+    t_restart = time.monotonic()
+    wait_for(lambda: c.value("flowscope_flows_delivered_total")
+             + c.value("flowscope_flows_dropped_total") == sent, 60,
+             what="delivered + dropped == sent")
+    print(f"recovered {time.monotonic() - t_restart:.1f}s after the broker restart")
+    delivered = c.value("flowscope_flows_delivered_total")
+    dropped = c.value("flowscope_flows_dropped_total")
+    after = consume(b.bootstrap, t, int(delivered) - 600, timeout=30)
+    unique = {v5_key(f) for f in before} | {v5_key(f) for f in after}
+    assert len(unique) + dropped == sent
+    assert len(unique) == delivered
+    assert c.stop() == 0
+
+
+def test_a_broker_gone_while_idle_is_seen_before_flows_arrive(collector: Any, own_broker: Any) -> None:
+    """Nothing to send, so nothing produces: the broker going away must still show in
+    flowscope_sink_connected and /readyz (the sink checks its connections while idle), and its
+    return too, before any flow arrives."""
+    b = own_broker
+    t = topic()
+    c = collector(["--kafka-brokers", b.bootstrap, "--kafka-topic", t, "--stats-interval", "0.5"])
+    send_udp([make_v5(0, 30, 0)], c.port)
+    c.wait_value("flowscope_flows_delivered_total", 30)
+    assert c.value("flowscope_sink_connected") == 1 and c.get("/readyz")[0] == 200
+    b.stop()
+    c.wait_value("flowscope_sink_connected", 0, timeout=20)
+    code, text = c.get("/readyz")
+    assert code == 503 and "kafka sink not connected" in text, text
+    b.start()
+    c.wait_value("flowscope_sink_connected", 1, timeout=30)
+    assert c.get("/readyz")[0] == 200
+    send_udp([make_v5(1, 30, 30)], c.port)
+    c.wait_value("flowscope_flows_delivered_total", 60)
+    assert len({v5_key(f) for f in consume(b.bootstrap, t, 30)}) >= 30
+    assert c.stop() == 0
+
+
+def test_a_frozen_broker_and_one_gone_before_any_flow_are_seen_while_idle(collector: Any, own_broker: Any) -> None:
+    """A broker that stops answering without closing its connections (frozen, a host gone, a
+    partition), and one gone before the collector ever produced (no connection to lose yet):
+    the idle check's metadata request finds both out, and their return."""
+    import os
+
+    b = own_broker
+    c = collector(["--kafka-brokers", b.bootstrap, "--kafka-topic", topic(), "--stats-interval", "0.5"])
+    c.wait_value("flowscope_sink_connected", 1, timeout=20)
+    b.stop()   # before any flow: no producer connection has been kept yet
+    c.wait_value("flowscope_sink_connected", 0, timeout=20)
+    assert c.get("/readyz")[0] == 503
+    b.start()
+    c.wait_value("flowscope_sink_connected", 1, timeout=30)
+    send_udp([make_v5(0, 30, 0)], c.port)
+    c.wait_value("flowscope_flows_delivered_total", 30)
+    os.kill(b.pid, signal.SIGSTOP)
+    try:
+        c.wait_value("flowscope_sink_connected", 0, timeout=30)
+        assert c.get("/readyz")[0] == 503
+    finally:
+        os.kill(b.pid, signal.SIGCONT)
+    c.wait_value("flowscope_sink_connected", 1, timeout=30)
+    assert c.get("/readyz")[0] == 200
+    assert c.stop() == 0
 
 
 @pytest.mark.parametrize("mode", [[], ["--kafka-key", "exporter"], ["--kafka-key", "conversation"],
                                   ["--no-kafka-direct"]], ids=["direct", "exporter", "conversation", "aiokafka"])
-def test_broker_restarted_empty_between_batches(collector: Any, tmp_path: Any, mode: list[str]) -> None:
+def test_broker_restarted_empty_between_batches(collector: Any, own_broker: Any, mode: list[str]) -> None:
     """The broker restarts with empty storage while no flow is in flight (no request fails):
     flows sent afterwards must reach a consumer (metadata is refreshed, which re-creates the
     topic, before producing on new connections: the direct path sees its own connections go,
     the aiokafka paths aiokafka's), not be acknowledged into a topic the broker no longer has."""
-    from conftest import free_tcp_port
-
-    from collector.broker import Broker
-
-    b = Broker(port=free_tcp_port(), log_path=str(tmp_path / "tansu.log")).start()
+    b = own_broker
     t = topic()
-    try:
-        c = collector(["--kafka-brokers", b.bootstrap, "--kafka-topic", t, *mode])
-        send_udp([make_v5(i, 30, i * 30) for i in range(10)], c.port)
-        assert len(consume(b.bootstrap, t, 300)) == 300
-        c.wait_value("flowscope_flows_delivered_total", 300)
-        b.stop()
-        b.start()
-        time.sleep(1.0)  # the collector's connections see the broker go; nothing is in flight
-        send_udp([make_v5(i, 30, i * 30) for i in range(10, 20)], c.port)
-        c.wait_value("flowscope_flows_delivered_total", 600, timeout=30)
-        after = consume(b.bootstrap, t, 300, timeout=30)
-        assert len({v5_key(f) for f in after}) == 300
-        assert c.stop() == 0
-    finally:
-        b.stop()
+    c = collector(["--kafka-brokers", b.bootstrap, "--kafka-topic", t, *mode])
+    send_udp([make_v5(i, 30, i * 30) for i in range(10)], c.port)
+    assert len(consume(b.bootstrap, t, 300)) == 300
+    c.wait_value("flowscope_flows_delivered_total", 300)
+    b.stop()
+    b.start()
+    time.sleep(1.0)  # the collector's connections see the broker go; nothing is in flight
+    send_udp([make_v5(i, 30, i * 30) for i in range(10, 20)], c.port)
+    c.wait_value("flowscope_flows_delivered_total", 600, timeout=30)
+    after = consume(b.bootstrap, t, 300, timeout=30)
+    assert len({v5_key(f) for f in after}) == 300
+    assert c.stop() == 0
 
 
 def test_workers_two(broker: Any, collector: Any) -> None:
@@ -623,7 +613,7 @@ def test_sasl_rejected_credentials_logged_and_counted(request: pytest.FixtureReq
 
 @pytest.mark.parametrize("mode", [[], ["--kafka-key", "exporter"], ["--no-kafka-direct"]],
                          ids=["direct", "keyed", "aiokafka"])
-def test_sigterm_with_produce_requests_unanswered_counts_them_unconfirmed(collector: Any, tmp_path: Any,
+def test_sigterm_with_produce_requests_unanswered_counts_them_unconfirmed(collector: Any, own_broker: Any,
                                                                           mode: list[str]) -> None:
     """The broker stops answering (frozen) with flows arriving, then SIGTERM: at the deadline the
     records whose Produce requests were written are `unconfirmed` (the broker, once it resumes,
@@ -636,75 +626,61 @@ def test_sigterm_with_produce_requests_unanswered_counts_them_unconfirmed(collec
     import os
     import re
 
-    from conftest import free_tcp_port
-
-    from collector.broker import Broker
-
-    b = Broker(port=free_tcp_port(), log_path=str(tmp_path / "tansu.log")).start()
+    b = own_broker
     t = topic()
+    c = collector(["--kafka-brokers", b.bootstrap, "--kafka-topic", t, "--kafka-batch-bytes", "64KB",
+                   "--shutdown-timeout", "3", *mode])
+    send_udp([make_v5(i, 30, i * 30) for i in range(100)], c.port)
+    c.wait_value("flowscope_flows_delivered_total", 3000)
+    os.kill(b.pid, signal.SIGSTOP)
     try:
-        c = collector(["--kafka-brokers", b.bootstrap, "--kafka-topic", t, "--kafka-batch-bytes", "64KB",
-                       "--shutdown-timeout", "3", *mode])
-        send_udp([make_v5(i, 30, i * 30) for i in range(100)], c.port)
-        c.wait_value("flowscope_flows_delivered_total", 3000)
-        os.kill(b.pid, signal.SIGSTOP)
-        try:
-            send_udp([make_v5(i, 30, i * 30) for i in range(100, 400)], c.port)
-            c.wait_value("flowscope_flows_total", 12000)
-            time.sleep(1.0)
-            assert c.stop() == 0
-        finally:
-            os.kill(b.pid, signal.SIGCONT)
-        log = c.log()
-
-        def count(pattern: str) -> int:
-            m = re.search(pattern, log)
-            return int(m.group(1)) if m else 0
-
-        delivered = count(r"stopped: (\d+) flows delivered")
-        unconfirmed = count(r"shutdown: (\d+) records sent to Kafka were not acknowledged")
-        never_sent = count(r"shutdown: (\d+) records could not be delivered")
-        assert delivered + unconfirmed + never_sent == 12000, log
-        assert unconfirmed > 0, "requests were written to the frozen broker's connections"
-        got = consume(b.bootstrap, t, delivered + unconfirmed, timeout=20, grace=3)
-        assert delivered <= len(got) <= delivered + unconfirmed, (len(got), delivered, unconfirmed, never_sent)
+        send_udp([make_v5(i, 30, i * 30) for i in range(100, 400)], c.port)
+        c.wait_value("flowscope_flows_total", 12000)
+        time.sleep(1.0)
+        assert c.stop() == 0
     finally:
-        b.stop()
+        os.kill(b.pid, signal.SIGCONT)
+    log = c.log()
+
+    def count(pattern: str) -> int:
+        m = re.search(pattern, log)
+        return int(m.group(1)) if m else 0
+
+    delivered = count(r"stopped: (\d+) flows delivered")
+    unconfirmed = count(r"shutdown: (\d+) records sent to Kafka were not acknowledged")
+    never_sent = count(r"shutdown: (\d+) records could not be delivered")
+    assert delivered + unconfirmed + never_sent == 12000, log
+    assert unconfirmed > 0, "requests were written to the frozen broker's connections"
+    got = consume(b.bootstrap, t, delivered + unconfirmed, timeout=20, grace=3)
+    assert delivered <= len(got) <= delivered + unconfirmed, (len(got), delivered, unconfirmed, never_sent)
 
 
-def test_batches_sent_again_after_a_timeout_are_counted_as_maybe_duplicated(collector: Any, tmp_path: Any) -> None:
+def test_batches_sent_again_after_a_timeout_are_counted_as_maybe_duplicated(collector: Any, own_broker: Any) -> None:
     """The broker freezes past the request timeout with Produce requests written, then resumes:
     the collector sends those batches again (nothing lost), and the broker may have written the
     first copies too. The topic then holds every flow, and at most flowscope_kafka_resent_records
     of them twice: the duplicates are counted, not silent."""
     import os
 
-    from conftest import free_tcp_port
-
-    from collector.broker import Broker
-
-    b = Broker(port=free_tcp_port(), log_path=str(tmp_path / "tansu.log")).start()
+    b = own_broker
     t = topic()
+    c = collector(["--kafka-brokers", b.bootstrap, "--kafka-topic", t, "--kafka-batch-bytes", "64KB",
+                   "--kafka-request-timeout-ms", "1000", "--stats-interval", "0.5"])
+    send_udp([make_v5(i, 30, i * 30) for i in range(50)], c.port)
+    c.wait_value("flowscope_flows_delivered_total", 1500)
+    os.kill(b.pid, signal.SIGSTOP)
     try:
-        c = collector(["--kafka-brokers", b.bootstrap, "--kafka-topic", t, "--kafka-batch-bytes", "64KB",
-                       "--kafka-request-timeout-ms", "1000", "--stats-interval", "0.5"])
-        send_udp([make_v5(i, 30, i * 30) for i in range(50)], c.port)
-        c.wait_value("flowscope_flows_delivered_total", 1500)
-        os.kill(b.pid, signal.SIGSTOP)
-        try:
-            send_udp([make_v5(i, 30, i * 30) for i in range(50, 300)], c.port)
-            c.wait_value("flowscope_flows_total", 9000)
-            # the requests written to the frozen broker time out (1 s + 5 s) and are re-queued
-            wait_for(lambda: c.value("flowscope_kafka_resent_records_total", records="flows") > 0, 20,
-                     what="batches re-queued after the timeout")
-        finally:
-            os.kill(b.pid, signal.SIGCONT)
-        c.wait_value("flowscope_flows_delivered_total", 9000, timeout=30)
-        resent = c.value("flowscope_kafka_resent_records_total", records="flows")
-        got = consume(b.bootstrap, t, 9000, timeout=20, grace=3)
-        keys = [v5_key(f) for f in got]
-        assert len(set(keys)) == 9000                      # every flow is there
-        assert 9000 <= len(got) <= 9000 + resent, (len(got), resent)
-        assert c.stop() == 0
+        send_udp([make_v5(i, 30, i * 30) for i in range(50, 300)], c.port)
+        c.wait_value("flowscope_flows_total", 9000)
+        # the requests written to the frozen broker time out (1 s + 5 s) and are re-queued
+        wait_for(lambda: c.value("flowscope_kafka_resent_records_total", records="flows") > 0, 20,
+                 what="batches re-queued after the timeout")
     finally:
-        b.stop()
+        os.kill(b.pid, signal.SIGCONT)
+    c.wait_value("flowscope_flows_delivered_total", 9000, timeout=30)
+    resent = c.value("flowscope_kafka_resent_records_total", records="flows")
+    got = consume(b.bootstrap, t, 9000, timeout=20, grace=3)
+    keys = [v5_key(f) for f in got]
+    assert len(set(keys)) == 9000                      # every flow is there
+    assert 9000 <= len(got) <= 9000 + resent, (len(got), resent)
+    assert c.stop() == 0
