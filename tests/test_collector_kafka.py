@@ -7,6 +7,7 @@ compares what a Kafka consumer reads with what was sent and with what /metrics r
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import time
 import uuid
@@ -176,8 +177,6 @@ def test_malformed_counted_valid_delivered(broker: Any, collector: Any, loop_nam
 @pytest.fixture
 def own_broker(tmp_path: Any) -> Iterator[Any]:
     """A broker of the test's own (not the session's), which the test may stop, restart or freeze."""
-    import os
-
     from conftest import free_tcp_port
 
     from collector.broker import Broker
@@ -189,6 +188,16 @@ def own_broker(tmp_path: Any) -> Iterator[Any]:
         if b.proc is not None and b.proc.poll() is None:
             os.kill(b.pid, signal.SIGCONT)   # a test that failed while the broker was frozen
         b.stop()
+
+
+@contextlib.contextmanager
+def frozen(b: Any) -> Iterator[None]:
+    """The broker stopped (SIGSTOP: it keeps its connections and answers nothing) for the block."""
+    os.kill(b.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(b.pid, signal.SIGCONT)
 
 
 def test_broker_outage(collector: Any, own_broker: Any) -> None:
@@ -255,7 +264,6 @@ def test_a_frozen_broker_and_one_gone_before_any_flow_are_seen_while_idle(collec
     """A broker that stops answering without closing its connections (frozen, a host gone, a
     partition), and one gone before the collector ever produced (no connection to lose yet):
     the idle check's metadata request finds both out, and their return."""
-    import os
 
     b = own_broker
     c = collector(["--kafka-brokers", b.bootstrap, "--kafka-topic", topic(), "--stats-interval", "0.5"])
@@ -267,12 +275,9 @@ def test_a_frozen_broker_and_one_gone_before_any_flow_are_seen_while_idle(collec
     c.wait_value("flowscope_sink_connected", 1, timeout=30)
     send_udp([make_v5(0, 30, 0)], c.port)
     c.wait_value("flowscope_flows_delivered_total", 30)
-    os.kill(b.pid, signal.SIGSTOP)
-    try:
+    with frozen(b):
         c.wait_value("flowscope_sink_connected", 0, timeout=30)
         assert c.get("/readyz")[0] == 503
-    finally:
-        os.kill(b.pid, signal.SIGCONT)
     c.wait_value("flowscope_sink_connected", 1, timeout=30)
     assert c.get("/readyz")[0] == 200
     assert c.stop() == 0
@@ -623,7 +628,6 @@ def test_sigterm_with_produce_requests_unanswered_counts_them_unconfirmed(collec
     back into the queue, and records the broker then wrote were counted as never sent.) Through
     aiokafka (keyed records, --no-kafka-direct) the same: what aiokafka was handed may have been
     written, so it is `unconfirmed` too, not `shutdown`."""
-    import os
     import re
 
     b = own_broker
@@ -632,14 +636,11 @@ def test_sigterm_with_produce_requests_unanswered_counts_them_unconfirmed(collec
                    "--shutdown-timeout", "3", *mode])
     send_udp([make_v5(i, 30, i * 30) for i in range(100)], c.port)
     c.wait_value("flowscope_flows_delivered_total", 3000)
-    os.kill(b.pid, signal.SIGSTOP)
-    try:
+    with frozen(b):
         send_udp([make_v5(i, 30, i * 30) for i in range(100, 400)], c.port)
         c.wait_value("flowscope_flows_total", 12000)
         time.sleep(1.0)
         assert c.stop() == 0
-    finally:
-        os.kill(b.pid, signal.SIGCONT)
     log = c.log()
 
     def count(pattern: str) -> int:
@@ -660,7 +661,6 @@ def test_batches_sent_again_after_a_timeout_are_counted_as_maybe_duplicated(coll
     the collector sends those batches again (nothing lost), and the broker may have written the
     first copies too. The topic then holds every flow, and at most flowscope_kafka_resent_records
     of them twice: the duplicates are counted, not silent."""
-    import os
 
     b = own_broker
     t = topic()
@@ -668,15 +668,12 @@ def test_batches_sent_again_after_a_timeout_are_counted_as_maybe_duplicated(coll
                    "--kafka-request-timeout-ms", "1000", "--stats-interval", "0.5"])
     send_udp([make_v5(i, 30, i * 30) for i in range(50)], c.port)
     c.wait_value("flowscope_flows_delivered_total", 1500)
-    os.kill(b.pid, signal.SIGSTOP)
-    try:
+    with frozen(b):
         send_udp([make_v5(i, 30, i * 30) for i in range(50, 300)], c.port)
         c.wait_value("flowscope_flows_total", 9000)
         # the requests written to the frozen broker time out (1 s + 5 s) and are re-queued
         wait_for(lambda: c.value("flowscope_kafka_resent_records_total", records="flows") > 0, 20,
                  what="batches re-queued after the timeout")
-    finally:
-        os.kill(b.pid, signal.SIGCONT)
     c.wait_value("flowscope_flows_delivered_total", 9000, timeout=30)
     resent = c.value("flowscope_kafka_resent_records_total", records="flows")
     got = consume(b.bootstrap, t, 9000, timeout=20, grace=3)
