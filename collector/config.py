@@ -369,6 +369,12 @@ class Config:
     max_exporters: int = opt(16384, "exporters (source addresses) with decoder state per worker; when a new one "
                              "arrives with the table full, the eighth seen least recently are forgotten and "
                              "counted", ranged(parse_int, 16, 10_000_000), metavar="N")
+    max_exporter_state: int = opt(1024**3, "estimated memory of all exporters' decoder state beside templates, "
+                                  "per worker: about 2.5 kB an exporter, 200 bytes per options-learned rate or "
+                                  "clock and per sFlow drops source, 450 bytes per sequence stream, 64 KiB per "
+                                  "--dedup table; past it, the eighth of the exporters seen least recently are "
+                                  "forgotten and counted, as at --max-exporters", ranged(parse_size, 1024**2, 1 << 62),
+                                  metavar="SIZE")
     default_sampling: int = opt(400, "sampling rate for exporters that send none (OVS IPFIX; OVN-Kubernetes "
                                 "uses 400); 0 = leave unset", ranged(parse_int, 0, 1 << 31), metavar="N")
     sampling: dict[str, int] = opt({}, "per-exporter sampling CIDR=RATE, repeatable; longest prefix wins",

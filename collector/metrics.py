@@ -75,7 +75,13 @@ SERIES: dict[str, Series] = {s.name: s for s in [
            "restored from the state file are not counted); with --workers N the workers' counts are added, "
            "so an address whose source ports go to two workers counts twice", ()),
     Series("flowscope_exporters_evicted", "counter", "Exporters forgotten because the table was full "
-           "(--max-exporters; the least recently seen go, their counters stay under exporter=\"other\")", ()),
+           "(--max-exporters) or their state too large (--max-exporter-state); the least recently seen go, their "
+           "counters stay under exporter=\"other\"", ()),
+    Series("flowscope_exporter_state_bytes", "gauge", "Estimated memory of the exporters' decoder state beside "
+           "templates (sequence streams, options-learned rates and clocks, sFlow drops baselines, --dedup tables), "
+           "bounded by --max-exporter-state per worker", ()),
+    Series("flowscope_template_fields", "gauge", "Fields of all exporters' templates, bounded by "
+           "--max-template-fields per worker", ()),
     Series("flowscope_sampling_rate", "gauge", "Sampling rate of the exporter's latest datagram (no series while no rate "
            "is known)", ("exporter", "protocol"),
            merge="max"),

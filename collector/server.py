@@ -196,6 +196,7 @@ class Worker:
             max_templates_per_exporter=cfg.max_templates_per_exporter,
             max_exporters=cfg.max_exporters,
             max_template_fields=cfg.max_template_fields,
+            max_state_bytes=cfg.max_exporter_state,
             default_sampling=cfg.default_sampling,
             sampling=dict(cfg.sampling),
             dedup=cfg.dedup,
@@ -442,6 +443,8 @@ class Worker:
         snap = decoder_series(self.decoder.series_stats(None if final else time.time()), self.labels)
         snap["flowscope_exporters"] = {(): self.decoder.exporter_count()}
         snap["flowscope_exporters_evicted"] = {(): self.decoder.evicted_exporters}
+        snap["flowscope_exporter_state_bytes"] = {(): self.decoder.state_bytes}
+        snap["flowscope_template_fields"] = {(): self.decoder.template_fields}
         names = [str(lst) for lst in self.listeners]
         snap["flowscope_received_datagrams"] = {(n,): v for n, v in zip(names, self.rx_datagrams, strict=False)}
         snap["flowscope_received_bytes"] = {(n,): v for n, v in zip(names, self.rx_bytes, strict=False)}

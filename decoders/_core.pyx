@@ -65,6 +65,8 @@ cdef class Decoder:
     cdef public Py_ssize_t max_template_fields
     cdef readonly Py_ssize_t template_fields  # of all exporters' templates together
     cdef ExporterState evicted        # counters of evicted exporters, folded (see evict())
+    cdef public Py_ssize_t max_state_bytes
+    cdef readonly Py_ssize_t state_bytes      # of all exporters' state beside templates (estimated)
 
     def __init__(self, config=None):
         from decoders.config import DecoderConfig
@@ -77,6 +79,7 @@ cdef class Decoder:
         self.max_templates = config.max_templates_per_exporter
         self.max_exporters = config.max_exporters
         self.max_template_fields = config.max_template_fields
+        self.max_state_bytes = config.max_state_bytes
         self.max_datagram = config.max_datagram
         self.max_rate = config.max_exporter_rate
         self.dedup = config.dedup
@@ -96,7 +99,7 @@ cdef class Decoder:
         if ex is not None:
             return ex
         if len(self.exporters) >= self.max_exporters:
-            self.evict()
+            self.evict(None, f"{self.max_exporters} exporters have state")
         ex = ExporterState(ip)
         try:
             addr = ipaddress.ip_address(ip)
@@ -110,23 +113,35 @@ cdef class Decoder:
                 break
         ex.configured_sampling = ex.cidr_sampling if ex.cidr_sampling else self.default_sampling
         self.exporters[ip] = ex
+        self.sync_state(ex)
         return ex
 
-    cdef void evict(self):
-        """The table is full: forget the eighth of the exporters seen least recently (their
-        templates, clocks and rates; a returning one starts over and re-learns its templates)
-        so a new exporter is never refused. Their counters are folded into stats()[EVICTED], so
-        the totals built from stats() never go back."""
+    cdef inline void sync_state(self, ExporterState ex) noexcept:
+        """Brings state_bytes up to date with what the exporter holds now."""
+        cdef Py_ssize_t size = ex.state_size()
+        self.state_bytes += size - ex.state_bytes
+        ex.state_bytes = size
+
+    cdef void evict(self, ExporterState keep, str why):
+        """The table is full (or the exporters' state is over max_state_bytes): forget the eighth
+        of the exporters seen least recently, never `keep` (their templates, clocks and rates; a
+        returning one starts over and re-learns its templates) so a new exporter is never
+        refused. Their counters are folded into stats()[EVICTED], so the totals built from
+        stats() never go back."""
         cdef ExporterState ex
         cdef Py_ssize_t k = max(1, len(self.exporters) // 8)
-        cdef list oldest = sorted(self.exporters.values(), key=_last_seen)[:k]
+        cdef list oldest = [ex for ex in sorted(self.exporters.values(), key=_last_seen)[:k + 1]
+                            if ex is not keep][:k]
+        if not oldest:
+            return
         for ex in oldest:
             self.evicted.absorb(ex)
             self.template_fields -= ex.template_fields
+            self.state_bytes -= ex.state_bytes
             del self.exporters[ex.ip]
-        self.evicted_exporters += k
-        self.log_limited("exporter_limit", "*", f"{self.max_exporters} exporters have state: forgot the {k} "
-                         f"seen least recently (counted in flowscope_exporters_evicted_total)")
+        self.evicted_exporters += len(oldest)
+        self.log_limited("exporter_limit", "*", f"{why}: forgot the {len(oldest)} seen least recently "
+                         f"(counted in flowscope_exporters_evicted_total)")
 
     def exporter_count(self):
         """Exporters with state that sent this process a datagram (not those only loaded from a
@@ -190,6 +205,8 @@ cdef class Decoder:
         b.recv_time = recv_time if recv_time >= 0.0 else time.time()
         ex = self.exporter_state(exporter)
         ex.last_seen = b.recv_time
+        if self.state_bytes > self.max_state_bytes:
+            self.evict(ex, f"exporter state is over {self.max_state_bytes >> 20} MiB")
         b.agent_af = ex.af
         memcpy(b.agent, ex.addr, 16)
         ex.datagrams += 1
@@ -228,6 +245,7 @@ cdef class Decoder:
         # flows decoded: those in the batch plus those dedup removed (counted as dropped,
         # reason duplicate), so decoded = delivered + dropped + queued holds with --dedup too
         nflows = b.n + (b.dropped.get("duplicate", 0) if b.dropped else 0)
+        self.sync_state(ex)
         ex.flows += nflows
         pst["flows"] += nflows
         if b.proto_kind:
@@ -371,4 +389,5 @@ cdef class Decoder:
                             skipped += 1    # bounded as when learned (a file of an older version)
                             continue
                         target[key] = vals[n - 1]
+            self.sync_state(ex)
         return {"templates": loaded, "skipped": skipped}

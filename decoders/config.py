@@ -22,6 +22,11 @@ class DecoderConfig:
     #: Fields of all exporters' templates together (about 12 bytes of state each); a template
     #: that would pass it is refused and counted as `template_limit`, like the per-exporter limit.
     max_template_fields: int = 4_000_000
+    #: Estimated bytes of all exporters' state beside templates (sequence streams, options-learned
+    #: rates and clocks, sFlow drops baselines, dedup tables; ExporterState.state_size): past it,
+    #: the eighth of the exporters seen least recently are forgotten, as when max_exporters is
+    #: reached, so spoofed sources cannot multiply the per-exporter bounds.
+    max_state_bytes: int = 1 << 30
     #: Datagrams larger than this are refused (`too_large`). 65535 is the UDP maximum.
     max_datagram: int = 65535
     #: Datagrams per second accepted from one exporter (source address), bursts of one second's
@@ -41,7 +46,8 @@ class DecoderConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the bad field and what it accepts."""
-        for name in ("max_templates_per_exporter", "max_exporters", "max_template_fields", "max_datagram"):
+        for name in ("max_templates_per_exporter", "max_exporters", "max_template_fields", "max_state_bytes",
+                     "max_datagram"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}: must be a positive integer, got {v!r}")

@@ -16,6 +16,9 @@ DEF SEQ_MAX_GAPS = 8                # gaps open at once per stream (a newer one 
 DEF SEQ_FILLED_RING = 16            # late sequence numbers remembered per stream (duplicates fill nothing)
 DEF DROPS_MAX_SOURCES = 1024         # sFlow data sources whose drops counters are tracked per exporter
 DEF OPTIONS_MAX_ENTRIES = 1024       # per exporter, in each dict of what options data teaches
+DEF STATE_BYTES_EXPORTER = 2560     # estimated bytes of an exporter's state (ExporterState.state_size):
+DEF STATE_BYTES_ENTRY = 200          # ... of each options-learned entry and sFlow drops source
+DEF STATE_BYTES_STREAM = 450         # ... of each sequence stream
 DEF DEDUP_WINDOW_MS = 60000          # an egress record within this window of its ingress twin
 DEF CLOCK_TOLERANCE_MS = 2000        # export times have 1 s granularity, plus network delay: an
                                      # exporter clock off by more is corrected for enrichment

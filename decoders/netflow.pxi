@@ -322,6 +322,7 @@ cdef class ExporterState:
     cdef double rl_time                # ... as of this receive time (0 = never limited yet)
     cdef uint64_t msg_records          # data records of the IPFIX message being decoded
     cdef bint msg_uncounted            # ... some of which could not be counted (unknown template)
+    cdef Py_ssize_t state_bytes        # its state_size() as last added to Decoder.state_bytes
 
     def __cinit__(self):
         self.dedup_keys = NULL
@@ -352,6 +353,17 @@ cdef class ExporterState:
         self.by_protocol = {}
         self.seq_streams = {}
         self.drops_seen = {}
+
+    cdef Py_ssize_t state_size(self) noexcept:
+        """Estimated bytes of its state beside templates (those have their own bound,
+        Decoder.max_template_fields), for Decoder.max_state_bytes: each kind of entry at about
+        what it was measured to cost (tracemalloc; tests/test_robustness.py checks the estimate
+        stays within a third of what the state really takes)."""
+        return (STATE_BYTES_EXPORTER
+                + STATE_BYTES_ENTRY * (len(self.domain_sampling) + len(self.sampler_rates)
+                                       + len(self.sysinit_ms) + len(self.drops_seen))
+                + STATE_BYTES_STREAM * len(self.seq_streams)
+                + (DEDUP_SLOTS * (sizeof(uint64_t) + sizeof(int64_t)) if self.dedup_keys != NULL else 0))
 
     cdef dict proto_stats(self, str name):
         cdef dict d = self.by_protocol.get(name)
@@ -783,6 +795,19 @@ cdef void withdraw(Decoder dec, ExporterState ex, int version, uint32_t domain, 
         keys = [tkey(version, domain, tid, port)]
     for key in keys:
         drop_template(dec, ex, key)
+    if options and tid >= 256:
+        forget_unless_options_left(ex, version, domain, port)
+
+
+cdef void forget_unless_options_left(ExporterState ex, int version, uint32_t domain, uint16_t port):
+    """An options template of an exporting process and domain is gone (withdrawn or evicted):
+    when it was their last, what their options data taught goes with it. Another one (a sampler
+    table beside an interface table) may be what taught the rates, so it stays while one is left."""
+    cdef Template t
+    for t in ex.templates.values():
+        if t.options and t.version == version and t.domain == domain and t.port == port:
+            return
+    forget_options(ex, version, domain, port)
 
 
 cdef void drop_template(Decoder dec, ExporterState ex, object key):
@@ -837,16 +862,9 @@ cdef void evict_template(Decoder dec, ExporterState ex, Template victim):
     protocol (flowscope_templates_evicted_total); the last options template of an exporting
     process and domain takes what their options data taught with it."""
     cdef str name = "ipfix" if victim.version == 10 else "netflow9"
-    cdef Template t
     drop_template(dec, ex, tkey(victim.version, victim.domain, victim.template_id, victim.port))
     if victim.options:
-        # only when it was the process's last options template: another one (a sampler table
-        # beside an interface table) may be what taught the rates
-        for t in ex.templates.values():
-            if t.options and t.version == victim.version and t.domain == victim.domain and t.port == victim.port:
-                break
-        else:
-            forget_options(ex, victim.version, victim.domain, victim.port)
+        forget_unless_options_left(ex, victim.version, victim.domain, victim.port)
     ex.templates_evicted += 1
     ex.proto_stats(name)["templates_evicted"] += 1
     dec.log_limited("template_evicted", ex.ip, f"v{victim.version} domain {victim.domain} port {victim.port} "

@@ -1323,6 +1323,30 @@ def test_options_learned_state_is_bounded_per_exporter() -> None:
     assert (len(ex.domain_sampling), len(ex.sysinit_ms), dec.stats()[EXPORTER]["templates"]) == (0, 0, 0)
 
 
+def test_withdrawing_the_last_options_template_forgets_what_options_taught() -> None:
+    """RFC 7011 8.1, one options template withdrawn by id: while another options template of the
+    exporting process and domain is left (an interface table beside the sampler table), the rates
+    stay; once the last one is withdrawn, its flows fall back to the configured rate, as when
+    all are withdrawn at once or the last is evicted."""
+    dec = Decoder(DecoderConfig(default_sampling=7))
+    sampler = _tpl(300, ("domain", 149, 0, 4), ("sampler", 302, 0, 4), ("interval", 305, 0, 4), scope=1)
+    ifaces = _tpl(301, ("domain", 149, 0, 4), ("ifindex", 10, 0, 4), scope=1)
+    flows = _tpl(256, ("src", 8, 0, 4), ("sampler", 302, 0, 4))
+    data = ipfix_message([data_set(flows, [{"src": "10.0.0.1", "sampler": 9}])], seq=0, export_time=EXPORT)
+    dec.decode(ipfix_message([_options_template_set([sampler, ifaces]), template_set([flows]),
+                              data_set(sampler, [{"domain": 0, "sampler": 9, "interval": 50}])],
+                             seq=0, export_time=EXPORT), EXPORTER, 4739)
+
+    def sampling() -> int:
+        return dec.decode(data, EXPORTER, 4739).to_dicts()[0]["Sampling"]
+
+    assert sampling() == 50
+    dec.decode(ipfix_message([struct.pack("!HHHH", 3, 8, 300, 0)], seq=0, export_time=EXPORT), EXPORTER, 4739)
+    assert sampling() == 50 and len(dec.exporter(EXPORTER).sampler_rates) == 1
+    dec.decode(ipfix_message([struct.pack("!HHHH", 3, 8, 301, 0)], seq=0, export_time=EXPORT), EXPORTER, 4739)
+    assert sampling() == 7 and dec.exporter(EXPORTER).sampler_rates == {}
+
+
 def _options_template_set(templates: list[IpfixTemplate]) -> bytes:
     """An IPFIX options template set (set id 3): id, field count, scope field count, fields."""
     body = b""

@@ -199,3 +199,81 @@ def test_tiny_datagrams(n: int) -> None:
     dec = Decoder()
     for version in (5, 9, 10):
         check(dec, "192.0.2.2", struct.pack("!H", version)[: min(n, 2)] + b"\0" * max(0, n - 2))
+
+
+def _sampler_options(n: int, first: int) -> tuple[bytes, bytes]:
+    """An IPFIX options template (scope observationDomainId; selectorId 302, samplingPacketInterval
+    305) and a message teaching `n` sampler ids' rates with it."""
+    t = IpfixTemplate(300, (("domain", 149, 0, 4), ("sampler", 302, 0, 4), ("interval", 305, 0, 4)), 1)
+    fields = b"".join(struct.pack("!HH", ie, ln) for _n, ie, _pen, ln in t.fields)
+    tset = struct.pack("!HHHHH", 3, 10 + len(fields), 300, 3, 1) + fields
+    recs = [{"domain": 0, "sampler": first + i, "interval": 10} for i in range(n)]
+    return (ipfix_message([tset], seq=0, export_time=EXPORT),
+            ipfix_message([data_set(t, recs)], seq=0, export_time=EXPORT))
+
+
+def _teach(dec: Decoder, src: str, clock: float, ports: int) -> None:
+    """One exporter at its per-exporter bounds of sampler rates (1024, in 8 datagrams) plus
+    `ports` sequence streams (one exporting process per source port)."""
+    for port in range(40000, 40000 + ports):
+        dec.decode(ipfix_message([], seq=0, export_time=EXPORT), src, port, clock)
+    for i in range(8):
+        tset, data = _sampler_options(128, 128 * i)
+        dec.decode(tset, src, 4739, clock)
+        dec.decode(data, src, 4739, clock)
+
+
+def test_exporter_state_estimate_follows_what_it_holds() -> None:
+    """Decoder.state_bytes (flowscope_exporter_state_bytes, bounded by max_state_bytes) is an
+    honest estimate: within a third of what the exporters' state really takes (tracemalloc), and
+    it gives back what a withdrawal or an evicted exporter held."""
+    import gc
+    import tracemalloc
+
+    dec = Decoder(DecoderConfig(default_sampling=0))
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for e in range(30):
+            _teach(dec, f"10.7.0.{e}", 1.0 + e, ports=20 + 5 * e)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert 0.75 < dec.state_bytes / held < 1.33, (dec.state_bytes, held)
+    one = dec.state_bytes
+    # RFC 7011 8.1: withdrawing the options templates of a domain forgets what they taught
+    dec.decode(ipfix_message([struct.pack("!HHHH", 3, 8, 300, 0)], seq=0, export_time=EXPORT), "10.7.0.0", 4739, 40.0)
+    assert one - dec.state_bytes >= 1024 * 150
+    evicting = Decoder(DecoderConfig(default_sampling=0, max_exporters=16))
+    for e in range(16):
+        _teach(evicting, f"10.7.0.{e}", 1.0 + e, ports=4)
+    full = evicting.state_bytes
+    evicting.decode(ipfix_message([], seq=0, export_time=EXPORT), "10.8.0.1", 0, 50.0)  # evicts 2
+    assert evicting.evicted_exporters == 2 and evicting.state_bytes < full * 15 / 16
+
+
+def test_exporter_state_of_many_exporters_is_bounded() -> None:
+    """Each exporter's own bounds (1,024 sampler rates, 256 sequence streams...) times
+    --max-exporters would be gigabytes: past max_state_bytes the exporters seen least recently
+    are forgotten (counted, their counters folded) and never the one sending, so the state of all
+    exporters together stays within the bound plus what one datagram can add."""
+    budget = 2 * 1024 * 1024
+    dec = Decoder(DecoderConfig(default_sampling=0, max_state_bytes=budget))
+    clock = 1.0
+    for e in range(60):                    # each about 240 kB: 60 want 14 MB
+        clock += 1.0
+        src = f"10.6.{e >> 8}.{e & 255}"
+        _teach(dec, src, clock, ports=20)
+        assert dec.state_bytes <= budget + 128 * 200 + 2560
+        assert len(dec.exporter(src).sampler_rates) == 1024      # the sender keeps what it learned
+    assert dec.exporter_count() < 15 and dec.evicted_exporters == 60 - dec.exporter_count()
+    stats = dec.stats()
+    sent = 60 * (20 + 16)
+    assert sum(s["datagrams"] for s in stats.values()) == sent and stats[EVICTED]["datagrams"] > 0
+    # a returning exporter is decoded as a new one, not refused
+    tset, data = _sampler_options(1, 5000)
+    dec.decode(tset, "10.6.0.0", 4739, clock + 1)
+    assert len(dec.decode(data, "10.6.0.0", 4739, clock + 1).to_dicts()) == 0
+    assert dec.exporter("10.6.0.0").sampler_rates == {(10, 0, 4739, 5000): 10}
