@@ -140,7 +140,9 @@ LIVENESS_FACTOR = 3.0
 
 def silent_workers(agg: Aggregator, limit: float) -> list[str]:
     """One line per worker whose latest snapshot is more than `limit` seconds old."""
-    return [f"worker {w}: no report for {s:.0f} s (hung?)" for w, s in sorted(agg.silent(limit).items())]
+    return [f"worker {w}: no report for {s:.0f} s (hung?)" if w in agg.seen else
+            f"worker {w}: no report since the start, {s:.0f} s ago (hung while starting?)"
+            for w, s in sorted(agg.silent(limit).items())]
 
 
 def readiness(agg: Aggregator, expected: int, silent_after: float = 0.0) -> tuple[bool, list[str]]:
@@ -352,7 +354,7 @@ def _supervise(cfg: Config, enrich_cfg: Any, factory: Callable[[], asyncio.Abstr
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
-        agg = Aggregator()
+        agg = Aggregator(cfg.workers)
         stop = asyncio.Event()
         exited: dict[int, int] = {}
         for sig in STOP_SIGNALS:

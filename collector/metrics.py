@@ -296,19 +296,25 @@ def merge_into(total: Snapshot, snap: Snapshot) -> None:
 class Aggregator:
     """Latest snapshot per worker; sums them on scrape. Also a prometheus_client collector."""
 
-    def __init__(self) -> None:
+    def __init__(self, expected: int = 0) -> None:
         self.workers: dict[int, Snapshot] = {}
         self.extra: Snapshot = {}  # set by the supervisor (workers, ready)
         self.seen: dict[int, float] = {}  # worker -> time.monotonic() of its latest snapshot
+        self.expected = expected          # workers 0..expected-1 are to report
+        self.started = time.monotonic()
 
     def update(self, worker: int, snap: Snapshot) -> None:
         self.workers[worker] = snap
         self.seen[worker] = time.monotonic()
 
     def silent(self, limit: float) -> dict[int, float]:
-        """Workers whose latest snapshot is more than `limit` seconds old: how long ago it was."""
+        """Workers whose latest snapshot is more than `limit` seconds old: how long ago it was.
+        An expected worker that never reported counts from the aggregator's start (a worker hung
+        before its first snapshot is as stuck as one hung later)."""
         now = time.monotonic()
-        return {w: now - t for w, t in self.seen.items() if now - t > limit}
+        ages = {w: now - self.seen.get(w, self.started) for w in range(self.expected)}
+        ages.update((w, now - t) for w, t in self.seen.items())
+        return {w: age for w, age in ages.items() if age > limit}
 
     def merged(self) -> Snapshot:
         total: Snapshot = {}

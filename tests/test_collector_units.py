@@ -8,6 +8,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -874,6 +875,27 @@ def test_aggregator_sums_workers() -> None:
     parsed = parse_exposition(agg.render().decode())
     assert total(parsed, "flowscope_flows_total", exporter="1.1.1.1") == 15
     assert total(parsed, "flowscope_sampling_rate") == 400
+
+
+def test_a_worker_that_never_reports_is_silent_from_the_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --workers N a worker hung before its first snapshot (in its start-up) fails /readyz
+    and then /healthz like one hung later: its silence counts from the supervisor's start."""
+    from collector import app as A
+
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    agg = Aggregator(2)
+    ready = {"_ready": {(): (True, [])}}
+    agg.update(0, ready)
+    clock[0] += 5
+    assert agg.silent(10) == {} and A.readiness(agg, 2, 10)[1] == ["1 worker(s) not reporting yet"]
+    clock[0] += 10
+    agg.update(0, ready)
+    assert agg.silent(10) == {1: 15.0}
+    assert A.silent_workers(agg, 10) == ["worker 1: no report since the start, 15 s ago (hung while starting?)"]
+    clock[0] += 50
+    assert agg.silent(10) == {0: 50.0, 1: 65.0}
+    assert A.silent_workers(agg, 10)[0] == "worker 0: no report for 50 s (hung?)"
 
 
 # ---------------------------------------------------------------------------------------------- replay
