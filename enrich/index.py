@@ -168,18 +168,37 @@ OTHER_OWNER_KINDS_MAX = 256
 
 
 class BadObject(ValueError):
-    """An API object lacks a field the index cannot do without (counted, object skipped)."""
+    """An API object the index cannot read whole: a field it cannot do without is missing, or
+    one it reads has the wrong JSON type (counted under `cause`; its last good version keeps
+    serving, see Unreadable)."""
+
+    def __init__(self, message: str, cause: str = "") -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+class Unreadable:
+    """What Index.parse returns for an object it could not read whole (counted) but can name:
+    an update with it changes nothing (the object's last good version keeps serving, through a
+    relist too), a DELETED event with it still deletes."""
+
+    __slots__ = ("uid", "ns", "name")
+
+    def __init__(self, *, uid: str = "", ns: str = "", name: str) -> None:
+        self.uid = uid
+        self.ns = ns
+        self.name = name
 
 
 class PodRec:
     """What the index keeps of a Pod."""
 
     __slots__ = ("uid", "ns", "name", "node", "host_ip", "ips", "owner_kind", "owner_name",
-                 "start_ms", "end_ms", "frag_s", "frag_d", "infra", "keep_ips")
+                 "start_ms", "end_ms", "frag_s", "frag_d", "infra", "keep_ips", "keep_owner")
 
     def __init__(self, *, uid: str, ns: str, name: str, node: str | None, host_ip: str,
                  ips: tuple[bytes, ...], owner_kind: str, owner_name: str, start_ms: int,
-                 end_ms: int, keep_ips: bool = False) -> None:
+                 end_ms: int, keep_ips: bool = False, keep_owner: bool = False) -> None:
         self.uid = uid
         self.ns = ns
         self.name = name
@@ -189,6 +208,9 @@ class PodRec:
         # status.podIPs was malformed (counted at parse): the pod's last good addresses stand,
         # filled in by the writer, which has them (parsing runs outside the writer lock)
         self.keep_ips = keep_ips
+        # ownerReferences were malformed (counted): the owner the pod had stands; a pod not
+        # seen before owns itself
+        self.keep_owner = keep_owner
         self.owner_kind = owner_kind
         self.owner_name = owner_name
         self.start_ms = start_ms
@@ -269,8 +291,37 @@ def _meta(obj: Any) -> dict[str, Any]:
     return meta
 
 
-def _dict(v: Any) -> dict[str, Any]:
-    return v if isinstance(v, dict) else {}
+def _dict(v: Any, what: str) -> dict[str, Any]:
+    """A field that must be a JSON object: {} when absent, BadObject when it is something else."""
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise BadObject(f"{what} is not a JSON object: {v!r:.80}", "bad_field")
+    return v
+
+
+def _name(obj: Any) -> str:
+    """ns/name (or name) of an API object for messages, "?" when it has none."""
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    meta = meta if isinstance(meta, dict) else {}
+    name, ns = meta.get("name"), meta.get("namespace")
+    name = name if isinstance(name, str) and name else "?"
+    return f"{ns}/{name}" if isinstance(ns, str) and ns else name
+
+
+def _identity(kind: str, obj: Any) -> Unreadable | None:
+    """The key an object is indexed under (Unreadable), None when even that is missing."""
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    name = meta.get("name") if isinstance(meta, dict) else None
+    if not isinstance(name, str) or not name:
+        return None
+    if kind == NODES:
+        return Unreadable(name=name)
+    ns = meta.get("namespace")  # type: ignore[union-attr]
+    if not isinstance(ns, str) or not ns:
+        return None
+    uid = meta.get("uid")  # type: ignore[union-attr]
+    return Unreadable(uid=uid if isinstance(uid, str) and uid else f"{ns}/{name}", ns=ns, name=name)
 
 
 def _first_owner(meta: dict[str, Any]) -> tuple[str, str] | None:
@@ -278,10 +329,10 @@ def _first_owner(meta: dict[str, Any]) -> tuple[str, str] | None:
     if not refs:
         return None
     if not isinstance(refs, list) or not isinstance(refs[0], dict):
-        raise BadObject("malformed ownerReferences")
+        raise BadObject("malformed ownerReferences", "bad_owner")
     kind, name = refs[0].get("kind"), refs[0].get("name")
     if not isinstance(kind, str) or not isinstance(name, str) or not kind or not name:
-        raise BadObject("ownerReferences[0] lacks kind or name")
+        raise BadObject("ownerReferences[0] lacks kind or name", "bad_owner")
     return kind, name
 
 
@@ -482,13 +533,13 @@ class Index:
             if kind == REPLICASETS:
                 return self._parse_rs(obj)
         except BadObject as e:
-            self.problem(f"bad_{kind[:-1]}", str(e))
-            return None
+            self.problem(e.cause or f"bad_{kind[:-1]}", str(e) if not e.cause else f"{kind[:-1]} {_name(obj)}: {e}")
+            return _identity(kind, obj)
         except (TypeError, ValueError, AttributeError, KeyError) as e:
-            # a field of an unexpected type the checks below did not foresee: the object is
-            # skipped and counted like any other bad one, the informer goes on
-            self.problem(f"bad_{kind[:-1]}", f"unexpected shape: {e!r}")
-            return None
+            # a field of an unexpected type the checks below did not foresee: counted like any
+            # other bad object, its last good version keeps serving, the informer goes on
+            self.problem(f"bad_{kind[:-1]}", f"{kind[:-1]} {_name(obj)}: unexpected shape: {e!r}")
+            return _identity(kind, obj)
         raise ValueError(f"unknown kind {kind!r}")
 
     def _list(self, v: Any, what: str) -> list[Any]:
@@ -502,7 +553,7 @@ class Index:
 
     def _parse_pod(self, obj: Any) -> PodRec:
         meta = _meta(obj)
-        spec, status = _dict(obj.get("spec")), _dict(obj.get("status"))
+        spec, status = _dict(obj.get("spec"), "spec"), _dict(obj.get("status"), "status")
         ns = meta.get("namespace")
         if not isinstance(ns, str) or not ns:
             raise BadObject("pod has no metadata.namespace")
@@ -524,14 +575,18 @@ class Index:
         # node lists both families in podIPs but only one as hostIP): none is indexed.
         if spec.get("hostNetwork") is not True:
             pod_ips = status.get("podIPs")
-            for p in self._list(pod_ips, f"pod {ns}/{name} status.podIPs"):
+            listed = self._list(pod_ips, f"pod {ns}/{name} status.podIPs")
+            for p in listed:
                 if isinstance(p, dict) and isinstance(p.get("ip"), str):
                     texts.append(p["ip"])
-            if not texts and isinstance(status.get("podIP"), str):
+                else:
+                    self.problem("bad_field", f"pod {ns}/{name} status.podIPs has a malformed entry {p!r:.80}")
+            if not texts and isinstance(status.get("podIP"), str) and status["podIP"]:
                 texts.append(status["podIP"])
-            # podIPs of the wrong type and no podIP to fall back on: the addresses are unknown,
-            # not gone, so the pod's last good ones keep serving (the writer fills them in)
-            keep_ips = not texts and pod_ips is not None and not isinstance(pod_ips, list)
+            # podIPs of the wrong type, or only malformed entries, and no podIP to fall back on:
+            # the addresses are unknown, not gone, so the pod's last good ones keep serving (the
+            # writer fills them in)
+            keep_ips = not texts and pod_ips is not None and (not isinstance(pod_ips, list) or bool(listed))
         ips: list[bytes] = []
         for t in texts:
             raw = ip_bytes(t)
@@ -541,11 +596,14 @@ class Index:
                 continue  # host-network pod: the address is the Node's
             elif raw not in ips:
                 ips.append(raw)
+        if texts and not ips and not any(ip_bytes(t) in host_ips for t in texts):
+            keep_ips = True     # none of them an address: unknown, not gone
+        keep_owner = False
         try:
             owner = _first_owner(meta)
         except BadObject as e:
             self.problem("bad_owner", f"pod {ns}/{name}: {e}")
-            owner = None
+            owner, keep_owner = None, True
         kind, oname = owner if owner else ("Pod", name)
         if kind not in POD_OWNER_KINDS:
             self.other_owner_kind(kind, "pod", ns, name, oname)
@@ -568,22 +626,29 @@ class Index:
             end = min(now, finished) if finished is not None and (start is None or finished > start) else now
         return PodRec(uid=uid, ns=_intern(ns), name=name, node=_intern(node) if node else None,
                       host_ip=host_ip, ips=tuple(ips), owner_kind=_intern(kind), owner_name=oname,
-                      start_ms=ALWAYS if start is None else start, end_ms=end, keep_ips=keep_ips)
+                      start_ms=ALWAYS if start is None else start, end_ms=end, keep_ips=keep_ips,
+                      keep_owner=keep_owner)
 
     def _parse_node(self, obj: Any) -> NodeRec:
         meta = _meta(obj)
         name = meta["name"]
-        status = _dict(obj.get("status"))
+        status = _dict(obj.get("status"), "status")
         addrs: list[bytes] = []
         host_ip = ""
         first_any = ""
         addresses = status.get("addresses")
+        bad = False
         for a in self._list(addresses, f"node {name} status.addresses"):
-            if not isinstance(a, dict) or a.get("type") not in NODE_ADDRESS_TYPES:
+            if not isinstance(a, dict):
+                self.problem("bad_field", f"node {name} status.addresses has a malformed entry {a!r:.80}")
+                bad = True
+                continue
+            if a.get("type") not in NODE_ADDRESS_TYPES:
                 continue
             host = host_address(a.get("address"))
             if host is None:
                 self.problem("bad_address", f"node {name} has a non-IP address {a.get('address')!r}")
+                bad = True
                 continue
             text, raw = host
             if raw not in addrs:
@@ -593,7 +658,7 @@ class Index:
                 host_ip = text
         mgmt: list[bytes] = []
         keep_mgmt = False
-        ann = _dict(meta.get("annotations")).get(OVN_NODE_SUBNETS)
+        ann = _dict(meta.get("annotations"), "metadata.annotations").get(OVN_NODE_SUBNETS)
         if ann is not None:
             try:
                 mgmt = management_port_ips(ann)
@@ -601,10 +666,12 @@ class Index:
                 # counted, and the management ports the annotation last gave stay (NodeRec.last_good)
                 self.problem("bad_annotation", f"node {name}: {OVN_NODE_SUBNETS}={ann!r}: {e}")
                 keep_mgmt = True
-        zone = _dict(meta.get("labels")).get(ZONE_LABEL)
+        zone = _dict(meta.get("labels"), "metadata.labels").get(ZONE_LABEL)
         return NodeRec(name=_intern(name), node_ips=tuple(addrs), mgmt_ips=tuple(dict.fromkeys(mgmt)),
                        host_ip=host_ip or first_any, zone=zone if isinstance(zone, str) else "",
-                       keep_node_ips=addresses is not None and not isinstance(addresses, list),
+                       # addresses unknown (not a list, or none of them readable), not gone: the
+                       # last good ones keep serving
+                       keep_node_ips=(addresses is not None and not isinstance(addresses, list)) or (bad and not addrs),
                        keep_mgmt_ips=keep_mgmt)
 
     def _parse_service(self, obj: Any) -> SvcRec:
@@ -612,19 +679,25 @@ class Index:
         ns = meta.get("namespace")
         if not isinstance(ns, str) or not ns:
             raise BadObject("service has no metadata.namespace")
-        spec = _dict(obj.get("spec"))
+        spec = _dict(obj.get("spec"), "spec")
         what = f"service {ns}/{meta['name']}"
         texts = self._list(spec.get("clusterIPs"), f"{what} spec.clusterIPs") or (
             [spec["clusterIP"]] if spec.get("clusterIP") else [])
         ips: list[bytes] = []
+        bad = []
         for t in texts:
             if t in ("None", ""):
                 continue  # headless Service: no virtual IP
             raw = ip_bytes(t)
             if raw is None:
-                self.problem("bad_address", f"service {ns}/{meta['name']} has a non-IP clusterIP {t!r}")
+                bad.append(t)
             elif raw not in ips:
                 ips.append(raw)
+        if bad and not ips:
+            # unknown, not gone: the last good addresses keep serving (Unreadable)
+            raise BadObject(f"no clusterIP is an IP: {bad!r:.80}", "bad_address")
+        for t in bad:
+            self.problem("bad_address", f"{what} has a non-IP clusterIP {t!r}")
         return SvcRec(ns=_intern(ns), name=meta["name"], ips=tuple(ips))
 
     def _parse_rs(self, obj: Any) -> RsRec:
@@ -632,11 +705,7 @@ class Index:
         ns = meta.get("namespace")
         if not isinstance(ns, str) or not ns:
             raise BadObject("replicaset has no metadata.namespace")
-        try:
-            owner = _first_owner(meta)
-        except BadObject as e:
-            self.problem("bad_owner", f"replicaset {ns}/{meta['name']}: {e}")
-            owner = None
+        owner = _first_owner(meta)
         if owner is not None and owner[0] != "Deployment":
             self.other_owner_kind(owner[0], "replicaset", ns, meta["name"], owner[1])
         return RsRec(ns=_intern(ns), name=meta["name"], owner=owner)
@@ -656,25 +725,29 @@ class Index:
                     for uid in [u for u in self._pods if u not in new]:
                         self._delete_pod(uid)
                     for r in new.values():
-                        self._set_pod(r)
+                        if not isinstance(r, Unreadable):
+                            self._set_pod(r)
                 elif kind == NODES:
                     new_n = {r.name: r for r in recs}
                     for name in [n for n in self._nodes if n not in new_n]:
                         self._delete_node(name)
                     for r in new_n.values():
-                        self._set_node(r)
+                        if not isinstance(r, Unreadable):
+                            self._set_node(r)
                 elif kind == SERVICES:
                     new_s = {(r.ns, r.name): r for r in recs}
                     for key in [k for k in self._services if k not in new_s]:
                         self._delete_service(key)
                     for r in new_s.values():
-                        self._set_service(r)
+                        if not isinstance(r, Unreadable):
+                            self._set_service(r)
                 elif kind == REPLICASETS:
                     new_r = {(r.ns, r.name): r for r in recs}
                     for key in [k for k in self._rs if k not in new_r]:
                         self._delete_rs(key)
                     for r in new_r.values():
-                        self._set_rs(r)
+                        if not isinstance(r, Unreadable):
+                            self._set_rs(r)
                 else:
                     raise ValueError(f"unknown kind {kind!r}")
                 self._sweep_locked()
@@ -692,6 +765,8 @@ class Index:
 
     def upsert(self, kind: str, rec: Any) -> None:
         """Apply an ADDED/MODIFIED watch event."""
+        if isinstance(rec, Unreadable):
+            return
         with self._wlock:
             if kind == PODS:
                 self._set_pod(rec)
@@ -775,6 +850,10 @@ class Index:
         if rec.keep_ips:
             rec.ips = old.ips if old is not None else ()
             rec.keep_ips = False
+        if rec.keep_owner:
+            if old is not None:
+                rec.owner_kind, rec.owner_name = old.owner_kind, old.owner_name
+            rec.keep_owner = False
         if old is not None and old.end_ms != ALIVE and rec.end_ms != ALIVE:
             rec.end_ms = old.end_ms  # keep the first time we saw it finished
         if (old is not None and old.end_ms == ALIVE and rec.end_ms == ALIVE and rec.start_ms <= old.start_ms
@@ -785,7 +864,11 @@ class Index:
             # first seen with addresses already finished keeps the status' times: a short Job's
             # whole life can fall between two events.)
             rec.start_ms = max(rec.start_ms, self._now_ms())
-        elif old is not None and rec.start_ms < old.start_ms:
+        elif old is not None and (rec.start_ms < old.start_ms or (
+                old.end_ms == ALIVE and rec.end_ms == ALIVE and old.ips and all(ip in old.ips for ip in rec.ips))):
+            # Its start never goes back; and a running pod that keeps its addresses held them
+            # all along, even when its pod network's readiness moved on (OVN-Kubernetes keeps
+            # a pod's address through a recreated sandbox: a node reboot).
             rec.start_ms = old.start_ms
         if old is not None and old.same(rec) and old.end_ms == rec.end_ms and rec.uid in self._pods:
             return
@@ -804,16 +887,24 @@ class Index:
                 # held them until now), or a finished pod's status no longer lists them (it held
                 # them until it finished: the end its record already has, kubernetes#125370).
                 # They stay its own for the flows that started while it held them, as a tombstone.
-                end = min(old.end_ms, rec.end_ms, self._now_ms())
-                dep = PodRec(uid=f"{old.uid}\x00{next(self._seq)}", ns=old.ns, name=old.name, node=old.node,
-                             host_ip=old.host_ip, ips=tuple(gone), owner_kind=old.owner_kind,
-                             owner_name=old.owner_name, start_ms=old.start_ms, end_ms=end)
-                dep.frag_s, dep.frag_d, dep.infra = old.frag_s, old.frag_d, old.infra
-                self._entomb(dep)
-                self._hold(dep)
+                self._held_before(old, gone, min(old.end_ms, rec.end_ms, self._now_ms()))
+            kept = [ip for ip in old.ips if ip in rec.ips]
+            if kept and old.end_ms == ALIVE and rec.start_ms > old.start_ms:
+                # It got new addresses too, so its hold starts later: the ones it keeps were its
+                # own before that as well (a tombstone for the time between, as for gone ones).
+                self._held_before(old, kept, rec.start_ms)
         self._hold(rec)
         for ip in touched:
             self._rechain(ip)
+
+    def _held_before(self, old: PodRec, ips: list[bytes], end: int) -> None:
+        """A tombstone of `old` for `ips`: they were its own from its start until `end`."""
+        dep = PodRec(uid=f"{old.uid}\x00{next(self._seq)}", ns=old.ns, name=old.name, node=old.node,
+                     host_ip=old.host_ip, ips=tuple(ips), owner_kind=old.owner_kind,
+                     owner_name=old.owner_name, start_ms=old.start_ms, end_ms=end)
+        dep.frag_s, dep.frag_d, dep.infra = old.frag_s, old.frag_d, old.infra
+        self._entomb(dep)
+        self._hold(dep)
 
     def _delete_pod(self, uid: str) -> None:
         rec = self._pods.pop(uid)

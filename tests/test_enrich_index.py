@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import time
 from typing import Any
 
 import orjson
@@ -314,6 +315,39 @@ def test_pod_holds_an_address_from_when_it_got_it() -> None:
         # later MODIFIED noise (the status' older times) does not move the hold back
         idx.upsert("pods", idx.parse("pods", got))
         assert flow(e, "10.244.0.30", "", t_ms=T0 + 5_000)["SrcK8S_Name"] == "old"
+
+
+def test_recreated_sandbox_with_the_same_address_keeps_the_pods_earlier_flows() -> None:
+    """OVN-Kubernetes keeps a pod's address through a recreated sandbox (a node reboot): the
+    network-ready condition moves on, the address does not, so the pod held it all along. Its
+    flows from before the restart stay its own although a finished Job pod held the address
+    before it; a pod's new address is held from when the pod got it."""
+    clock = Clock(T0)
+
+    def web(ready_ms: int, ips: list[str]) -> dict[str, Any]:
+        p = pod("web-0", "shop", ips=ips, owner=("StatefulSet", "web"), uid="u-web0", created=iso(T0 - 800_000))
+        p["status"]["startTime"] = iso(T0 - 800_000)
+        p["status"]["conditions"] = [{"type": "PodReadyToStartContainers", "status": "True",
+                                      "lastTransitionTime": iso(ready_ms)}]
+        return p
+
+    job = pod("job-x", "batch", ips=["10.244.0.9"], owner=("Job", "j"), uid="u-jobx", created=iso(T0 - 1_000_000),
+              phase="Succeeded")
+    job["status"]["containerStatuses"] = [{"name": "c", "state": {"terminated": {
+        "exitCode": 0, "startedAt": iso(T0 - 1_000_000), "finishedAt": iso(T0 - 900_000)}}}]
+    e = build([job, web(T0 - 800_000, ["10.244.0.9"])], clock=clock)
+    idx = e.index
+    assert flow(e, "10.244.0.9", "", t_ms=T0 - 100_000)["SrcK8S_Name"] == "web-0"
+    clock.ms = T0 + 10_000
+    idx.upsert("pods", idx.parse("pods", web(T0, ["10.244.0.9"])))      # sandbox recreated at T0
+    assert flow(e, "10.244.0.9", "", t_ms=T0 - 100_000)["SrcK8S_Name"] == "web-0"
+    assert flow(e, "10.244.0.9", "", t_ms=T0 - 950_000)["SrcK8S_Name"] == "job-x"
+    assert flow(e, "10.244.0.9", "", t_ms=T0 - 850_000) == {}
+    # an address it did not have is its own from the new network-ready time on
+    clock.ms = T0 + 70_000
+    idx.upsert("pods", idx.parse("pods", web(T0 + 60_000, ["10.244.0.9", "fd00:10:244::9"])))
+    assert flow(e, "fd00:10:244::9", "", t_ms=T0 + 61_000)["SrcK8S_Name"] == "web-0"
+    assert flow(e, "10.244.0.9", "", t_ms=T0 - 100_000)["SrcK8S_Name"] == "web-0"
 
 
 def test_short_job_seen_pending_then_finished_keeps_its_flows() -> None:
@@ -773,13 +807,64 @@ def test_bad_objects_are_counted_logged_once_and_skipped(caplog: pytest.LogCaptu
         e = enrich.Enricher.from_objects(pods=[good, *bad_pods], nodes=[*NODES, *bad_nodes],
                                          config=enrich.EnrichConfig(own_namespace=""))
     assert e.stats()["problems"] == {"bad_pod": 3, "bad_address": 2, "bad_owner": 2,
-                                     "bad_annotation": 2, "bad_node": 1}
-    assert len(caplog.records) == 5  # one per cause
+                                     "bad_annotation": 2, "bad_node": 1, "bad_field": 1}
+    assert len(caplog.records) == 6  # one per cause
     assert flow(e, "10.244.0.70", "")["SrcK8S_Name"] == "ok"
     got = flow(e, "10.244.0.71", "")
     assert (got["SrcK8S_OwnerName"], got["SrcK8S_OwnerType"]) == ("badowner", "Pod")
     assert flow(e, "10.0.1.1", "")["SrcK8S_Name"] == "n-bad"  # still indexed, without the mgmt port
     assert flow(e, "10.0.1.2", "")["SrcK8S_Name"] == "n-bad2"
+
+
+def test_an_update_that_cannot_be_read_whole_keeps_the_last_good_version() -> None:
+    """Issue 4, bad input: an object whose fields arrive with the wrong JSON type (a broken
+    proxy; an API server validates them) is counted, and its last good version keeps serving,
+    whether the update comes by watch or in a relist; a DELETED one is still deleted."""
+    import copy
+
+    web = pod("web-0", "shop", ips=["10.244.0.60"], owner=("StatefulSet", "web"), uid="u-w0")
+    svc = service("api", "shop", ips=["172.30.0.60"])
+    e = build([web], [svc])
+    idx = e.index
+
+    def spoilt(obj: dict[str, Any], path: list[str], value: Any) -> dict[str, Any]:
+        out = copy.deepcopy(obj)
+        cur = out
+        for k in path[:-1]:
+            cur = cur[k]
+        cur[path[-1]] = value
+        return out
+
+    def web_seen() -> tuple[str, str, str]:
+        got = flow(e, "10.244.0.60", "")
+        return got.get("SrcK8S_Name", ""), got.get("SrcK8S_OwnerType", ""), got.get("SrcK8S_Zone", "")
+
+    good = web_seen()
+    assert good == ("web-0", "StatefulSet", "zone-a")
+    for path, value in ((["status"], "garbage"), (["spec"], []), (["status", "podIPs"], [{"ip": 5}]),
+                        (["status", "podIPs"], [None]), (["metadata", "ownerReferences"], {"kind": "Job"})):
+        bad = spoilt(web, path, value)
+        if path[-1] == "podIPs":
+            bad["status"].pop("podIP")
+        idx.upsert("pods", idx.parse("pods", bad))
+        assert web_seen() == good, path
+    for path, value in ((["metadata", "annotations"], ["x"]), (["metadata", "labels"], "zone"),
+                        (["status", "addresses"], [{"type": "InternalIP", "address": 5}]), (["status"], 7)):
+        idx.upsert("nodes", idx.parse("nodes", spoilt(NODES[0], path, value)))
+        assert flow(e, "10.244.0.2", "")["SrcK8S_Name"] == "node-a", path       # management port
+        assert flow(e, "10.0.0.1", "")["SrcK8S_Zone"] == "zone-a", path
+        assert web_seen() == good, path
+    for path, value in ((["spec"], "garbage"), (["spec", "clusterIPs"], [5])):
+        idx.upsert("services", idx.parse("services", spoilt(svc, path, value)))
+        assert flow(e, "172.30.0.60", "")["SrcK8S_Name"] == "api", path
+    problems = e.stats()["problems"]
+    assert (problems["bad_field"], problems["bad_owner"], problems["bad_address"]) == (8, 1, 2)
+    # a relist carrying an unreadable version keeps the good one; one without the pod removes it
+    idx.replace("pods", [idx.parse("pods", spoilt(web, ["spec"], "x"))])
+    assert web_seen() == good
+    # DELETED with an unreadable body still deletes (the tombstone answers for earlier flows)
+    idx.delete("pods", idx.parse("pods", spoilt(web, ["status"], "gone")))
+    assert flow(e, "10.244.0.60", "", t_ms=int(time.time() * 1000) + 60_000) == {}
 
 
 def test_fields_of_the_wrong_json_type_are_counted_not_fatal() -> None:
