@@ -250,6 +250,19 @@ cdef Template compile_template(int version, uint32_t domain, uint16_t tid, tuple
         for i in range(n):
             if t.fields[i].action == A_DSCP:
                 t.fields[i].action = A_EXTRA
+    if A_SRCMAC not in seen or A_DSTMAC not in seen:
+        # Without the (ingress) MAC elements, the post ones give them: Cisco exports
+        # IN_SRC_MAC (56) with OUT_DST_MAC (57), softflowd -T ether the destination in 57 only.
+        # The first of each, as for any element; with both kinds, 57/81 stay extras.
+        for i in range(n):
+            fs = &t.fields[i]
+            if fs.pen == 0 and fs.length == 6 and fs.action == A_EXTRA:
+                if fs.ie == 81 and A_SRCMAC not in seen:
+                    fs.action = A_SRCMAC
+                    seen.add(A_SRCMAC)
+                elif fs.ie == 57 and A_DSTMAC not in seen:
+                    fs.action = A_DSTMAC
+                    seen.add(A_DSTMAC)
     return t
 
 
@@ -661,11 +674,30 @@ cdef int decode_v5(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except
         if f.proto == 6:
             f.present |= P_FLAGS
         elif f.proto == 1:
-            # ICMP type and code travel in the destination port (type << 8 | code); ICMP has
-            # no ports (NetObserv writes them for TCP, UDP and SCTP only).
-            f.icmp_type = f.dport >> 8
-            f.icmp_code = f.dport & 0xFF
-            f.present = (f.present | P_ICMP) & ~(<uint64_t>(P_SPORT | P_DPORT))
+            # ICMP has no ports (NetObserv writes them for TCP, UDP and SCTP only); type and
+            # code travel in them. Cisco: the destination port, type << 8 | code (the source 0).
+            # fprobe: the bare type in the source port, the code in the destination port. Some
+            # IOS versions: type << 8 | code in the source port, the destination 0 (nfdump reads
+            # all three so). A destination below 256 with a source of 0 cannot be Cisco's (type
+            # 0, echo reply, has only code 0): not guessed at, as in v9/IPFIX.
+            if f.sport == 0:
+                if not 0 < f.dport < 256:
+                    f.icmp_type = f.dport >> 8
+                    f.icmp_code = f.dport & 0xFF
+                    f.present |= P_ICMP
+            elif f.sport < 256 and f.dport < 256:
+                f.icmp_type = <uint8_t>f.sport
+                f.icmp_code = <uint8_t>f.dport
+                f.present |= P_ICMP
+            elif f.dport == 0:
+                f.icmp_type = f.sport >> 8
+                f.icmp_code = f.sport & 0xFF
+                f.present |= P_ICMP
+            else:
+                f.icmp_type = f.dport >> 8
+                f.icmp_code = f.dport & 0xFF
+                f.present |= P_ICMP
+            f.present &= ~(<uint64_t>(P_SPORT | P_DPORT))
     ex.last_sampling = rate
     if bad_count:
         ex.count_error("bad_count")

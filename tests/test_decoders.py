@@ -32,6 +32,7 @@ from benchmarks.datagrams import (
     template_set,
     v5_datagram,
     v5_records,
+    v9_data_set,
     v9_datagram,
 )
 from collector.metrics import ExporterLabels, decoder_series
@@ -540,6 +541,22 @@ def test_v5_records_and_icmp_in_dport() -> None:
     assert "SrcPort" not in flows[0] and "DstPort" not in flows[0]
     assert (flows[1]["SrcPort"], flows[1]["DstPort"]) == (recs[1]["sport"], recs[1]["dport"])
     assert flows[1]["TcpFlagsRaw"] == recs[1]["flags"]
+
+
+@pytest.mark.parametrize(("sport", "dport", "want"), [
+    (0, (3 << 8) | 3, (3, 3)),        # Cisco: type << 8 | code in the destination port
+    (0, 0, (0, 0)),                   # echo reply, any convention
+    (8, 0, (8, 0)),                   # fprobe: the bare type in the source port, code in the destination
+    (3, 3, (3, 3)),
+    (11 << 8, 0, (11, 0)),            # some IOS: type << 8 | code in the source port
+    (0, 3, None),                     # type 0 has no code 3: not guessed at
+])
+def test_v5_icmp_type_and_code_conventions(sport: int, dport: int, want: tuple[int, int] | None) -> None:
+    rec = v5_records(1, random.Random(1), uptime_ms=100_000)[0]
+    rec.update(proto=1, sport=sport, dport=dport)
+    f = Decoder().decode(v5_datagram([rec], seq=1, unix_secs=EXPORT, uptime_ms=100_000), EXPORTER).to_dicts()[0]
+    assert ((f["IcmpType"], f["IcmpCode"]) if "IcmpType" in f else None) == want
+    assert "SrcPort" not in f and "DstPort" not in f
 
 
 def test_varlen_three_byte_length_enterprise_unknown_padding_reduced_size_and_lists() -> None:
@@ -1072,6 +1089,25 @@ def test_dscp_from_ip_diffserv_code_point(fields: tuple, want: int) -> None:
     assert f["Dscp"] == want
     # beside ipClassOfService, ipDiffServCodePoint is kept as it came (it may disagree), not dropped
     assert f.get("ie195") == (None if len(fields) == 1 else "2e")
+
+
+@pytest.mark.parametrize(("ies", "want"), [
+    ((56, 57), {"SrcMac": "02:00:00:00:00:56", "DstMac": "02:00:00:00:00:57"}),   # Cisco: IN_SRC_MAC, OUT_DST_MAC
+    ((57,), {"DstMac": "02:00:00:00:00:57"}),                                      # softflowd -T ether
+    ((81, 57), {"SrcMac": "02:00:00:00:00:81", "DstMac": "02:00:00:00:00:57"}),
+    ((56, 80, 81, 57), {"SrcMac": "02:00:00:00:00:56", "DstMac": "02:00:00:00:00:80",
+                        "ie81": "020000000081", "ie57": "020000000057"}),
+])
+def test_post_mac_addresses_stand_in_for_the_ingress_ones(ies: tuple[int, ...], want: dict[str, str]) -> None:
+    """postSourceMacAddress (81) and postDestinationMacAddress (57) give SrcMac/DstMac when the
+    template lacks sourceMacAddress (56) / destinationMacAddress (80), in IPFIX and NetFlow v9."""
+    t = _tpl(307, ("src", 8, 0, 4), *((f"m{ie}", ie, 0, 6) for ie in ies))
+    rec = {"src": "10.0.0.1", **{f"m{ie}": f"02:00:00:00:00:{ie:02d}" for ie in ies}}
+    for data in (ipfix_message([template_set([t]), data_set(t, [rec])], seq=0, export_time=EXPORT),
+                 v9_datagram([template_set([t], version=9), v9_data_set(t, [rec])], seq=0, unix_secs=EXPORT,
+                             uptime_ms=1000)):
+        f = Decoder().decode(data, EXPORTER).to_dicts()[0]
+        assert {k: v for k, v in f.items() if "Mac" in k or k in ("ie57", "ie81")} == want
 
 
 def test_reduced_size_encoding_of_non_counter_unsigned_elements() -> None:

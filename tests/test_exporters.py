@@ -14,6 +14,7 @@ import collections
 import random
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -75,7 +76,7 @@ def _flow_key(f: dict) -> tuple:
 
 
 def check_against_traffic(flows: list[dict], generated: list[G.Flow], *, l2_overhead: tuple[int, ...] = (0,),
-                          per_packet: bool = False, time_slack_ms: int = 1500) -> list[str]:
+                          per_packet: bool = False, time_slack_ms: int = 1500, start: float = START) -> list[str]:
     """Decoded flows summed per 5-tuple must equal the generated flows; nothing else may appear.
     `l2_overhead`: bytes per packet added to the IP length (sFlow frame length counts Ethernet,
     and FCS for some agents)."""
@@ -110,8 +111,8 @@ def check_against_traffic(flows: list[dict], generated: list[G.Flow], *, l2_over
             problems.append(f"{k}: {got['n']} sampled flows, {g.packets} packets sent at sampling 1")
         if g.proto == G.TCP and flags[k] and not per_packet and flags[k] != g.all_flags():
             problems.append(f"{k}: TCP flags {flags[k]:#x}, generated {g.all_flags():#x}")
-        lo = int(START * 1000) - time_slack_ms
-        hi = int(START * 1000) + 10_000 + time_slack_ms
+        lo = int(start * 1000) - time_slack_ms
+        hi = int(start * 1000) + 10_000 + time_slack_ms
         for t in ([] if per_packet else times[k]):  # sFlow has no flow times: receive time
             if not lo <= t <= hi:
                 problems.append(f"{k}: time {t} outside the capture's [{lo}, {hi}]")
@@ -151,6 +152,21 @@ def test_softflowd(version: str, workdir: Path, decoders_mod) -> None:
     want_proto = {"5": "netflow5", "9": "netflow9", "10": "ipfix"}[version]
     problems += [f"FlowProtocol {f.get('FlowProtocol')!r}" for f in flows
                  if f.get("FlowProtocol") not in (None, want_proto)]
+    assert not problems, "\n".join(problems)
+
+
+def test_fprobe(workdir: Path, decoders_mod) -> None:
+    """fprobe's NetFlow v5, captured live from a veth: ICMP type and code arrive in the source
+    and destination ports (not Cisco's type << 8 | code in the destination port)."""
+    _skip_unless("fprobe", "tcpreplay")
+    generated = [g for g in G.standard_flows() if not g.v6]   # v5 carries IPv4 only
+    (workdir / E.PCAP_NAME).write_bytes(G.build_pcap(generated, start=START))
+    began = time.time()
+    cap, port = capture_export(workdir, lambda ns, port: E.run_fprobe(ns, workdir, port))
+    problems, flows = decode_capture(decoders_mod, cap, "cflow", port)
+    # fprobe's header uptime moves in whole seconds (its flow times drift up to ~2.5 s)
+    problems += check_against_traffic(flows, generated, start=began, time_slack_ms=3000)
+    assert any(f.get("IcmpType") == 8 for f in flows), "no echo request among the decoded flows"
     assert not problems, "\n".join(problems)
 
 

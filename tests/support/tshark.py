@@ -688,9 +688,18 @@ def compare_flow_record(pkt: CflowPacket, cset: CflowSet, rec: dict, flow: dict,
     if exp.get("Proto") in (1, 58):
         probs += [f"{k}: expected none on an ICMP flow, got {flow[k]!r}" for k in ("SrcPort", "DstPort") if k in flow]
         raw = to_int(rec["cflow.dstport"]) if "cflow.dstport" in rec else None
-        if "IcmpType" not in exp and "IcmpType" in flow and (flow["IcmpType"] << 8 | flow["IcmpCode"]) != raw:
-            probs.append(f"IcmpType/IcmpCode {flow['IcmpType']}/{flow['IcmpCode']}: not the destination port {raw!r} "
-                         "(type << 8 | code), and the record has no ICMP element")
+        readings = {raw}
+        sport = to_int(rec["cflow.srcport"]) if "cflow.srcport" in rec else 0
+        if pkt.version == 5 and sport and raw is not None:
+            # fprobe: the bare type in the source port and the code in the destination port;
+            # some IOS versions: type << 8 | code in the source port, the destination 0
+            if sport < 256 and raw < 256:
+                readings = {sport << 8 | raw}
+            elif raw == 0:
+                readings = {sport}
+        if "IcmpType" not in exp and "IcmpType" in flow and (flow["IcmpType"] << 8 | flow["IcmpCode"]) not in readings:
+            probs.append(f"IcmpType/IcmpCode {flow['IcmpType']}/{flow['IcmpCode']}: not the ports' reading "
+                         f"{readings!r} (type << 8 | code), and the record has no ICMP element")
     if pkt.version in (5, 9) and pkt.export_ms is not None and pkt.sysuptime_ms is not None:
         for which, key in (("start", "TimeFlowStartMs"), ("end", "TimeFlowEndMs")):
             tkey = f"cflow.time{which}"
