@@ -92,6 +92,24 @@ cdef enum:
     A_DURATION_MS
     A_DURATION_US
     A_FWDSTATUS
+    A_REV_BYTES       # RFC 5103 reverse elements (PEN 29305) of a biflow record
+    A_REV_PACKETS
+    A_REV_BYTES_TOTAL
+    A_REV_PACKETS_TOTAL
+    A_REV_TCPFLAGS
+    A_REV_TOS
+    A_REV_START_MS
+    A_REV_END_MS
+
+
+# Which RFC 5103 reverse elements a record carried (decode_record's `rev`).
+cdef enum:
+    REV_BYTES = 1
+    REV_PACKETS = 2
+    REV_FLAGS = 4
+    REV_DSCP = 8
+    REV_START = 16
+    REV_END = 32
 
 
 # The element -> output mapping table (IANA IPFIX registry ids; v9 uses the same numbers for
@@ -136,6 +154,15 @@ IE_ACTIONS = {
     210: (A_SKIP, "any"), 291: (A_SKIP, "any"), 292: (A_SKIP, "any"), 293: (A_SKIP, "any"),
 }
 
+# RFC 5103 biflows: the reverse direction's elements are the forward ones' ids under enterprise
+# number 29305 (softflowd -b, YAF). A record with reverse counters is two flows (decode_record).
+PEN_REVERSE = 29305
+REVERSE_ACTIONS = {
+    1: (A_REV_BYTES, None), 2: (A_REV_PACKETS, None), 85: (A_REV_BYTES_TOTAL, None),
+    86: (A_REV_PACKETS_TOTAL, None), 6: (A_REV_TCPFLAGS, (1, 2)), 5: (A_REV_TOS, (1,)),
+    152: (A_REV_START_MS, (8,)), 153: (A_REV_END_MS, (8,)),
+}
+
 # Open vSwitch tunnel elements, VMware enterprise number 6876 (ofproto IPFIX entities).
 PEN_VMWARE = 6876
 VMWARE_ACTIONS = {
@@ -153,6 +180,8 @@ cdef int action_for(uint16_t ie, uint32_t pen, uint16_t length, bint v9_scope):
         spec = IE_ACTIONS.get(ie)
     elif pen == PEN_VMWARE:
         spec = VMWARE_ACTIONS.get(ie)
+    elif pen == PEN_REVERSE:
+        spec = REVERSE_ACTIONS.get(ie)
     else:
         return A_EXTRA
     if spec is None:
@@ -935,6 +964,13 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
     cdef uint8_t mask6_src = 0, mask6_dst = 0, icmp6_type = 0, icmp6_code = 0
     cdef int has_v6only = 0  # bits: 1 src mask, 2 dst mask
     cdef int icmp = 0        # bits: 1 an ICMP element (32, 176, 177), 2 an ICMPv6 one (139, 178, 179)
+    cdef int rev = 0         # REV_* bits: RFC 5103 reverse elements of a biflow record
+    cdef uint64_t rev_bytes = 0, rev_packets = 0
+    cdef int64_t rev_start = 0, rev_end = 0
+    cdef uint16_t rev_flags = 0
+    cdef uint8_t rev_dscp = 0
+    cdef Py_ssize_t fi
+    cdef Flow* r
     memset(src4, 0, 4)
     memset(dst4, 0, 4)
     f.template_id = t.template_id
@@ -1193,6 +1229,32 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
         elif a == A_TUN_DPORT:
             f.tun_dport = be16r(p, L)
             f.present |= P_TUNDPORT
+        elif a == A_REV_BYTES:
+            rev_bytes = beN(p, L)
+            rev |= REV_BYTES
+        elif a == A_REV_PACKETS:
+            rev_packets = beN(p, L)
+            rev |= REV_PACKETS
+        elif a == A_REV_BYTES_TOTAL:
+            if not rev & REV_BYTES:
+                rev_bytes = beN(p, L)
+                rev |= REV_BYTES
+        elif a == A_REV_PACKETS_TOTAL:
+            if not rev & REV_PACKETS:
+                rev_packets = beN(p, L)
+                rev |= REV_PACKETS
+        elif a == A_REV_TCPFLAGS:
+            rev_flags = <uint16_t>(beN(p, L) & 0xFF)
+            rev |= REV_FLAGS
+        elif a == A_REV_TOS:
+            rev_dscp = p[0] >> 2
+            rev |= REV_DSCP
+        elif a == A_REV_START_MS:
+            rev_start = <int64_t>be64(p)
+            rev |= REV_START
+        elif a == A_REV_END_MS:
+            rev_end = <int64_t>be64(p)
+            rev |= REV_END
 
     if addrs:
         pick_family(f, src4, dst4, (addrs & 3) != 0, (addrs & 12) != 0, ipversion)
@@ -1302,6 +1364,19 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
 
     own_rate = rate_from(sampling_interval, sampling_space, sampling_size, sampling_population)
     f.sampling = resolve_sampling(dec, ex, t, own_rate, has_sampler, sampler_id)
+    if rev & (REV_BYTES | REV_PACKETS) and (rev_bytes or rev_packets):
+        # RFC 5103 biflow: the reverse direction's traffic is a flow of its own (NetObserv's
+        # records are one direction each). A record whose forward counters are 0 carries the
+        # reverse direction only (softflowd -b keys its biflows by address order).
+        if not (f.bytes or f.packets):
+            reverse_flow(f, rev, rev_bytes, rev_packets, rev_flags, rev_dscp, rev_start, rev_end, True)
+        else:
+            fi = f - b.flows
+            r = batch_new_flow(b)       # may move the batch's array
+            f = &b.flows[fi]
+            memcpy(r, f, sizeof(Flow))  # the extras stay the forward flow's, shared
+            reverse_flow(r, rev, rev_bytes, rev_packets, rev_flags, rev_dscp, rev_start, rev_end, False)
+            return 0    # two flows: the ingress/egress twin check is for one-direction records
     if f.direction >= 0 and f.af and dec.track_duplicates:
         if is_duplicate(ex, f):
             f.duplicate = 1
@@ -1310,6 +1385,73 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
                 b.dropped["duplicate"] = b.dropped.get("duplicate", 0) + 1
                 batch_drop_last(b)
     return 0
+
+
+cdef inline uint64_t swap_bits(uint64_t v, uint64_t a, uint64_t b) noexcept:
+    """v with the single bits a and b exchanged."""
+    cdef uint64_t out = v & ~(a | b)
+    if v & a:
+        out |= b
+    if v & b:
+        out |= a
+    return out
+
+
+cdef void reverse_flow(Flow* f, int rev, uint64_t rev_bytes, uint64_t rev_packets, uint16_t rev_flags,
+                       uint8_t rev_dscp, int64_t rev_start, int64_t rev_end, bint only) noexcept:
+    """Turn a biflow record's flow into its reverse direction (RFC 5103): the endpoints swapped
+    (addresses, ports, MACs, interfaces, AS numbers, masks, tunnel endpoints), the reverse
+    elements' counters, and their flags, DSCP and times where the record has them (else the
+    times are the record's, and the flags, DSCP and ICMP type, which differ by direction, none).
+    An exporter's direction (ingress/egress) flips. `only`: the record carries the reverse
+    direction alone, so its ICMP type and code are that direction's."""
+    cdef uint8_t tmp[16]
+    cdef uint64_t pr = f.present
+    memcpy(tmp, f.src, 16)
+    memcpy(f.src, f.dst, 16)
+    memcpy(f.dst, tmp, 16)
+    f.sport, f.dport = f.dport, f.sport
+    memcpy(tmp, f.src_mac, 6)
+    memcpy(f.src_mac, f.dst_mac, 6)
+    memcpy(f.dst_mac, tmp, 6)
+    f.in_if, f.out_if = f.out_if, f.in_if
+    f.in_name_off, f.out_name_off = f.out_name_off, f.in_name_off
+    f.in_name_len, f.out_name_len = f.out_name_len, f.in_name_len
+    f.src_as, f.dst_as = f.dst_as, f.src_as
+    f.src_mask, f.dst_mask = f.dst_mask, f.src_mask
+    memcpy(tmp, f.tun_src, 16)
+    memcpy(f.tun_src, f.tun_dst, 16)
+    memcpy(f.tun_dst, tmp, 16)
+    f.tun_sport, f.tun_dport = f.tun_dport, f.tun_sport
+    f.noaddr = <uint8_t>swap_bits(swap_bits(f.noaddr, NOADDR_SRC, NOADDR_DST), NOADDR_TUNSRC, NOADDR_TUNDST)
+    pr = swap_bits(swap_bits(swap_bits(pr, P_SPORT, P_DPORT), P_SRCMAC, P_DSTMAC), P_INIF, P_OUTIF)
+    pr = swap_bits(swap_bits(swap_bits(pr, P_SRCAS, P_DSTAS), P_SRCMASK, P_DSTMASK), P_TUNSPORT, P_TUNDPORT)
+    pr &= ~(<uint64_t>(P_BYTES | P_PACKETS | P_FLAGS | P_FLAGCOUNTS | P_DSCP | P_DROP))
+    if not only:
+        pr &= ~(<uint64_t>P_ICMP)
+        f.icmp_type = f.icmp_code = 0
+    f.bytes = rev_bytes
+    f.packets = rev_packets
+    if rev & REV_BYTES:
+        pr |= P_BYTES
+    if rev & REV_PACKETS:
+        pr |= P_PACKETS
+    f.tcp_flags = rev_flags
+    if rev & REV_FLAGS:
+        pr |= P_FLAGS
+    f.dscp = rev_dscp
+    if rev & REV_DSCP:
+        pr |= P_DSCP
+    if rev & REV_START:
+        f.t_start_ms = rev_start
+        pr |= P_TSTART
+    if rev & REV_END:
+        f.t_end_ms = rev_end
+        pr |= P_TEND
+    if f.direction == 0 or f.direction == 1:
+        f.direction = 1 - f.direction
+    f.duplicate = 0
+    f.present = pr
 
 
 cdef void pick_family(Flow* f, const uint8_t* src4, const uint8_t* dst4, bint has4, bint has6, int ipversion) noexcept:

@@ -1110,6 +1110,45 @@ def test_post_mac_addresses_stand_in_for_the_ingress_ones(ies: tuple[int, ...], 
         assert {k: v for k, v in f.items() if "Mac" in k or k in ("ie57", "ie81")} == want
 
 
+def test_rfc5103_biflow_records_are_one_flow_per_direction() -> None:
+    """RFC 5103: a biflow record carries the reverse direction's elements under enterprise
+    29305. Each direction with traffic is a flow: the reverse one has the endpoints swapped
+    (addresses, ports, interfaces, MACs), the reverse counters, flags, DSCP and times, and the
+    exporter's direction flipped; a record whose forward counters are 0 is its reverse flow alone
+    (its ICMP type is that direction's); one without reverse traffic is its forward flow."""
+    rev = 29305
+    t = _tpl(320, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("sport", 7, 0, 2), ("dport", 11, 0, 2),
+             ("proto", 4, 0, 1), ("in", 10, 0, 4), ("out", 14, 0, 4), ("smac", 56, 0, 6), ("dmac", 80, 0, 6),
+             ("dir", 61, 0, 1), ("start", 152, 0, 8), ("end", 153, 0, 8), ("bytes", 1, 0, 8), ("pkts", 2, 0, 8),
+             ("flags", 6, 0, 1), ("tos", 5, 0, 1), ("icmp", 32, 0, 2),
+             ("rbytes", 1, rev, 8), ("rpkts", 2, rev, 8), ("rflags", 6, rev, 1), ("rtos", 5, rev, 1),
+             ("rstart", 152, rev, 8), ("rend", 153, rev, 8))
+    ms = EXPORT * 1000
+    base = {"src": "10.0.0.1", "dst": "10.0.0.2", "sport": 40000, "dport": 443, "proto": 6, "in": 3, "out": 7,
+            "smac": "02:00:00:00:00:01", "dmac": "02:00:00:00:00:02", "dir": 0, "start": ms - 5000,
+            "end": ms - 1000, "bytes": 1000, "pkts": 10, "flags": 0x1A, "tos": 0x28, "icmp": 0,
+            "rbytes": 64000, "rpkts": 50, "rflags": 0x12, "rtos": 0x48, "rstart": ms - 4990, "rend": ms - 900}
+    recs = [base, {**base, "bytes": 0, "pkts": 0, "flags": 0, "proto": 1, "sport": 0, "dport": 0,
+                   "icmp": 0x0000},
+            {**base, "rbytes": 0, "rpkts": 0}]
+    b = Decoder().decode(ipfix_message([template_set([t]), data_set(t, recs)], seq=0, export_time=EXPORT), EXPORTER)
+    flows = b.to_dicts()
+    assert b.error is None and len(flows) == 4
+    fwd, back, only, plain = flows
+    assert (fwd["SrcAddr"], fwd["DstAddr"], fwd["SrcPort"], fwd["DstPort"], fwd["Bytes"], fwd["Packets"],
+            fwd["TcpFlagsRaw"], fwd["Dscp"], fwd["FlowDirection"]) == ("10.0.0.1", "10.0.0.2", 40000, 443, 1000, 10,
+                                                                       0x1A, 10, 0)
+    assert (back["SrcAddr"], back["DstAddr"], back["SrcPort"], back["DstPort"], back["Bytes"], back["Packets"],
+            back["TcpFlagsRaw"], back["Dscp"], back["FlowDirection"], back["InIf"], back["OutIf"],
+            back["SrcMac"], back["DstMac"], back["TimeFlowStartMs"], back["TimeFlowEndMs"]) == (
+        "10.0.0.2", "10.0.0.1", 443, 40000, 64000, 50, 0x12, 18, 1, 7, 3, "02:00:00:00:00:02", "02:00:00:00:00:01",
+        ms - 4990, ms - 900)
+    assert (only["SrcAddr"], only["DstAddr"], only["Bytes"], only["Packets"], only["IcmpType"]) == (
+        "10.0.0.2", "10.0.0.1", 64000, 50, 0)
+    assert (plain["SrcAddr"], plain["Bytes"]) == ("10.0.0.1", 1000)
+    assert not any(k.startswith("ie29305") for f in flows for k in f)
+
+
 def test_reduced_size_encoding_of_non_counter_unsigned_elements() -> None:
     """RFC 7011 6.2: an unsignedN element may be sent in fewer bytes (big-endian, the value
     unchanged). Ports, VLANs, ethernetType, icmpTypeCode, sysUpTime and delta times, tunnel

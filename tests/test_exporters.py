@@ -139,12 +139,17 @@ def decode_capture(decoders_mod, cap: Path, proto: str, port: int) -> tuple[list
     return problems, flows
 
 
-@pytest.mark.parametrize("version", ["5", "9", "10"])
+@pytest.mark.parametrize("version", ["5", "9", "10", "10-biflow"])
 def test_softflowd(version: str, workdir: Path, decoders_mod) -> None:
+    """softflowd's NetFlow v5, v9 and IPFIX, and IPFIX biflows (-b, RFC 5103: each record holds
+    both directions of a conversation, the reverse one under enterprise 29305): every direction's
+    traffic comes out as a flow of its own."""
     _skip_unless("softflowd")
     generated = G.standard_flows()
     (workdir / E.PCAP_NAME).write_bytes(G.build_pcap(generated, start=START))
-    cap, port = capture_export(workdir, lambda ns, port: E.run_softflowd(ns, workdir, version, port))
+    extra = ("-b",) if version.endswith("-biflow") else ()
+    version = version.split("-")[0]
+    cap, port = capture_export(workdir, lambda ns, port: E.run_softflowd(ns, workdir, version, port, extra=extra))
     problems, flows = decode_capture(decoders_mod, cap, "cflow", port)
     if version == "5":  # NetFlow v5 carries IPv4 only
         generated = [g for g in generated if not g.v6]

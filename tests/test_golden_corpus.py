@@ -63,6 +63,23 @@ def _new_decoder(decoders_mod):
     return decoders_mod.Decoder(decoders_mod.DecoderConfig(default_sampling=0))
 
 
+def biflow_records(records: list[tuple]) -> list[tuple]:
+    """(set, record, reverse values or None) per flow flowscope should publish for tshark's
+    records: an RFC 5103 biflow record with reverse traffic is its forward flow then its reverse
+    one, or the reverse one alone when its forward counters are 0."""
+    out = []
+    for s, rec in records:
+        rev = T.reverse_values(s, rec)
+        if rev and (rev.get(1) or rev.get(2)):
+            if any(T.to_int(rec[k]) for k in ("cflow.octets", "cflow.packets", "cflow.permanent_octets",
+                                              "cflow.permanent_packets") if k in rec):
+                out.append((s, rec, None))
+            out.append((s, rec, rev))
+        else:
+            out.append((s, rec, None))
+    return out
+
+
 def check_cflow_capture(decoder, datagrams: list, packets: list[dict], label: str) -> list[str]:
     """Feed `datagrams` to `decoder` and compare with tshark's cflow `packets` (same order).
     Returns a list of human-readable problems (empty = equal). Shared with the exporter tests."""
@@ -92,14 +109,14 @@ def check_cflow_capture(decoder, datagrams: list, packets: list[dict], label: st
         want[dg.src]["flows"] += len(flows)
         exporter = decoder.exporter(dg.src)  # the rate it was configured with, for flows without one
         configured = exporter.configured_sampling if exporter is not None else 0
-        expected = tp.flow_records
+        expected = biflow_records(tp.flow_records)
         if tp.malformed_data:
             # tshark could not decode part of this packet: compare what precedes the broken set.
             ok = []
-            for s, r in expected:
+            for s, r, rev in expected:
                 if s.malformed:
                     break
-                ok.append((s, r))
+                ok.append((s, r, rev))
             expected = ok
             if len(flows) < len(expected):
                 problems.append(f"{where}: {len(flows)} flows, tshark decoded {len(expected)} before "
@@ -113,9 +130,11 @@ def check_cflow_capture(decoder, datagrams: list, packets: list[dict], label: st
                 problems.append(f"{where}: decode error {batch.error!r} on a packet tshark decodes")
             if len(flows) != len(expected):
                 problems.append(f"{where}: {len(flows)} flows, tshark decoded {len(expected)} records")
-        for i, ((s, rec), flow) in enumerate(zip(expected, flows, strict=False), 1):
-            for prob in T.compare_flow_record(tp, s, rec, flow, configured_sampling=configured):
-                problems.append(f"{where} set id {s.flowset_id} record {i}: {prob}")
+        for i, ((s, rec, rev), flow) in enumerate(zip(expected, flows, strict=False), 1):
+            probs = (T.compare_reverse_record(s, rec, rev, flow) if rev is not None else
+                     T.compare_flow_record(tp, s, rec, flow, configured_sampling=configured))
+            for prob in probs:
+                problems.append(f"{where} set id {s.flowset_id} flow {i}: {prob}")
             if flow.get("FlowProtocol") not in (None, PROTOCOL_BY_VERSION.get(tp.version)):
                 problems.append(f"{where} record {i}: FlowProtocol {flow.get('FlowProtocol')!r}")
             if flow.get("AgentIP") not in (None, dg.src):

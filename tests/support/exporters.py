@@ -21,11 +21,12 @@ from tests.support.netns import NetNS
 PCAP_NAME = "in.pcap"  # short and relative: softflowd keeps only 16 characters of -r
 
 
-def run_softflowd(ns: NetNS, workdir: Path, version: str, port: int, *, timeout: float = 30.0) -> str:
-    """softflowd -r on workdir/in.pcap, exporting NetFlow `version` (5, 9, 10) to 127.0.0.1:port.
-    Returns softflowd's output (its statistics)."""
+def run_softflowd(ns: NetNS, workdir: Path, version: str, port: int, *, timeout: float = 30.0,
+                  extra: tuple[str, ...] = ()) -> str:
+    """softflowd -r on workdir/in.pcap, exporting NetFlow `version` (5, 9, 10) to 127.0.0.1:port,
+    with `extra` options (-b: RFC 5103 biflows). Returns softflowd's output (its statistics)."""
     cmd = ["softflowd", "-r", PCAP_NAME, "-n", f"127.0.0.1:{port}", "-v", str(version), "-a", "-d",
-           "-6", "-c", "./sf.ctl", "-p", "./sf.pid"]
+           "-6", "-c", "./sf.ctl", "-p", "./sf.pid", *extra]
     p = ns.popen(cmd, cwd=workdir)
     try:
         out, err = p.communicate(timeout=timeout)

@@ -672,6 +672,49 @@ def compare_expected(exp: dict[str, Any], flow: dict, *, required: Iterable[str]
     return problems
 
 
+REVERSE_PEN = 29305  # RFC 5103: a biflow's reverse elements are the forward ids under this PEN
+# element id -> (tshark's name, the slot reverse_values gives it under: 1 octets, 2 packets,
+# 6 TCP flags); delta counts win over total counts, as in the decoder
+_REVERSE_KEYS = {85: ("cflow.permanent_octets", 1), 86: ("cflow.permanent_packets", 2),
+                 1: ("cflow.octets", 1), 2: ("cflow.packets", 2), 6: ("cflow.tcpflags", 6)}
+
+
+def reverse_values(cset: CflowSet, rec: dict) -> dict[int, int] | None:
+    """An RFC 5103 biflow record's reverse octets (1), packets (2) and TCP flags (6), delta or
+    total counts; None when its template has no reverse element. tshark names a reverse element as the
+    forward one and merges a record's values of one name into a list, in template order: the
+    reverse element's place among the fields of its id picks its value."""
+    t = cset.template
+    if t is None or not any(f.pen == REVERSE_PEN for f in t.fields):
+        return None
+    out = {}
+    for ie, (key, slot) in _REVERSE_KEYS.items():
+        same = [f for f in t.fields if f.type == ie and f.pen in (0, REVERSE_PEN)]
+        at = next((i for i, f in enumerate(same) if f.pen == REVERSE_PEN), None)
+        values = _as_list(rec.get(key))
+        if at is not None and at < len(values):
+            out[slot] = to_int(values[at])
+    return out
+
+
+def compare_reverse_record(cset: CflowSet, rec: dict, rev: dict[int, int], flow: dict) -> list[str]:
+    """Mismatches between a biflow record's reverse direction (tshark) and the flowscope flow
+    that should be it: the endpoints swapped, the reverse counters and flags."""
+    probs = []
+    exp = {"SrcAddr": _first(rec.get("cflow.dstaddr", rec.get("cflow.dstaddrv6"))),
+           "DstAddr": _first(rec.get("cflow.srcaddr", rec.get("cflow.srcaddrv6"))),
+           "Bytes": rev.get(1), "Packets": rev.get(2)}
+    proto = to_int(rec["cflow.protocol"]) if "cflow.protocol" in rec else None
+    if proto in (6, 17, 132):
+        exp |= {"SrcPort": to_int(rec["cflow.dstport"]), "DstPort": to_int(rec["cflow.srcport"])}
+    if proto == 6 and 6 in rev:
+        exp["TcpFlagsRaw"] = rev[6]
+    for k, v in exp.items():
+        if v is not None and _norm(k, flow.get(k)) != _norm(k, v):
+            probs.append(f"reverse direction {k}: expected {v!r}, got {flow.get(k)!r}")
+    return probs
+
+
 def compare_flow_record(pkt: CflowPacket, cset: CflowSet, rec: dict, flow: dict,
                         *, time_tolerance_ms: int = 0, configured_sampling: int = 0) -> list[str]:
     """Mismatches between one tshark record and the flowscope flow that should equal it.
