@@ -100,6 +100,13 @@ cdef enum:
     A_REV_TOS
     A_REV_START_MS
     A_REV_END_MS
+    A_FRAME_SECTION   # PSAMP packet reports (RFC 5476/5477): dataLinkFrameSection (315),
+    A_IP_SECTION      # ipHeaderPacketSection (313): the sampled packet's headers, parsed as sFlow's
+    A_FRAME_SIZE      # dataLinkFrameSize (312): its length, the flow's Bytes
+    A_OBS_S           # observationTimeSeconds .. Nanoseconds (322-325): when it was observed
+    A_OBS_MS
+    A_OBS_US
+    A_OBS_NS
 
 
 # Which RFC 5103 reverse elements a record carried (decode_record's `rev`).
@@ -152,6 +159,8 @@ IE_ACTIONS = {
     218: (A_SYN_COUNT, None), 219: (A_FIN_COUNT, None), 220: (A_RST_COUNT, None),  # tcpSyn, tcpFin, tcpRst TotalCount
     221: (A_PSH_COUNT, None), 222: (A_ACK_COUNT, None), 223: (A_URG_COUNT, None),
     210: (A_SKIP, "any"), 291: (A_SKIP, "any"), 292: (A_SKIP, "any"), 293: (A_SKIP, "any"),
+    315: (A_FRAME_SECTION, "any"), 313: (A_IP_SECTION, "any"), 312: (A_FRAME_SIZE, None),
+    322: (A_OBS_S, (4,)), 323: (A_OBS_MS, (8,)), 324: (A_OBS_US, (8,)), 325: (A_OBS_NS, (8,)),
 }
 
 # RFC 5103 biflows: the reverse direction's elements are the forward ones' ids under enterprise
@@ -971,6 +980,11 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
     cdef uint8_t rev_dscp = 0
     cdef Py_ssize_t fi
     cdef Flow* r
+    cdef const uint8_t* sect = NULL    # PSAMP: the sampled packet's headers
+    cdef Py_ssize_t sect_len = 0
+    cdef bint sect_ip = False
+    cdef uint64_t frame_size = 0
+    cdef int64_t obs_ms = -1
     memset(src4, 0, 4)
     memset(dst4, 0, 4)
     f.template_id = t.template_id
@@ -1255,6 +1269,18 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
         elif a == A_REV_END_MS:
             rev_end = <int64_t>be64(p)
             rev |= REV_END
+        elif a == A_FRAME_SECTION or a == A_IP_SECTION:
+            sect = p
+            sect_len = L
+            sect_ip = a == A_IP_SECTION
+        elif a == A_FRAME_SIZE:
+            frame_size = beN(p, L)
+        elif a == A_OBS_S:
+            obs_ms = <int64_t>be32(p) * 1000
+        elif a == A_OBS_MS:
+            obs_ms = <int64_t>be64(p)
+        elif a == A_OBS_US or a == A_OBS_NS:
+            obs_ms = ntp_to_ms(p, a == A_OBS_US)
 
     if addrs:
         pick_family(f, src4, dst4, (addrs & 3) != 0, (addrs & 12) != 0, ipversion)
@@ -1279,6 +1305,30 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
         if has_v6only & 2 and (f.af == 6 or not f.present & P_DSTMASK):
             f.dst_mask = mask6_dst
             f.present |= P_DSTMASK
+    if sect != NULL:
+        # A PSAMP packet report (Juniper inline monitoring, softflowd -v psamp): one sampled
+        # packet, its headers in the record. What the template's own elements lack comes from
+        # them (addresses, ports, protocol, MACs, VLAN, DSCP, flags, tunnel), Bytes from its
+        # dataLinkFrameSize (else from its headers' lengths), and it is one packet.
+        packet_section(f, s.buf, sect - s.buf, sect_len, sect_ip)
+        if not f.present & P_PACKETS:
+            f.packets = 1
+            f.present |= P_PACKETS
+        if not f.present & P_BYTES:
+            if not frame_size:     # absent, or 0 (says nothing)
+                frame_size = section_length(sect, sect_len, sect_ip)
+            if frame_size:
+                f.bytes = frame_size
+                f.present |= P_BYTES
+    if obs_ms >= 0:
+        # the instant the packet was observed: its flow starts and ends then (unless the
+        # record has flow times of its own)
+        if not f.present & P_TSTART:
+            f.t_start_ms = obs_ms
+            f.present |= P_TSTART
+        if not f.present & P_TEND:
+            f.t_end_ms = obs_ms
+            f.present |= P_TEND
     if icmp and f.present & P_PROTO and (f.proto == 1 or f.proto == 58):
         # ICMP type and code belong to an ICMP (1) or ICMPv6 (58) flow only: templates that
         # carry 32/139/176-179 on every flow fill 0 ("echo reply") for TCP and UDP, and
@@ -1384,6 +1434,90 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
                 ex.dropped["duplicate"] = ex.dropped.get("duplicate", 0) + 1
                 b.dropped["duplicate"] = b.dropped.get("duplicate", 0) + 1
                 batch_drop_last(b)
+    return 0
+
+
+cdef uint64_t section_length(const uint8_t* p, Py_ssize_t n, bint ip) noexcept:
+    """A sampled packet's length from its own headers, for a PSAMP report without
+    dataLinkFrameSize (softflowd): the IP total length (IPv6: payload length + 40), plus the
+    Ethernet header and VLAN tags before it in a frame section; 0 when the section does not
+    reach it or carries no IP (MPLS and other EtherTypes)."""
+    cdef Py_ssize_t o = 0
+    cdef uint16_t etype
+    if not ip:
+        if n < 14:
+            return 0
+        etype = be16(p + 12)
+        o = 14
+        while etype == 0x8100 or etype == 0x88A8 or etype == 0x9100:
+            if n < o + 4:
+                return 0
+            etype = be16(p + o + 2)
+            o += 4
+        if etype != 0x0800 and etype != 0x86DD:
+            return 0
+    if n >= o + 4 and p[o] >> 4 == 4:
+        return <uint64_t>(o + be16(p + o + 2))
+    if n >= o + 6 and p[o] >> 4 == 6:
+        return <uint64_t>(o + 40 + be16(p + o + 4))
+    return 0
+
+
+cdef int packet_section(Flow* f, const uint8_t* buf, Py_ssize_t off, Py_ssize_t n, bint ip) except -1:
+    """Fill what `f` lacks from a PSAMP record's packet section (dataLinkFrameSection from the
+    Ethernet header on, or ipHeaderPacketSection from the IP header), parsed by the sFlow raw
+    header parser: a section cut anywhere gives what it holds."""
+    cdef Flow h
+    cdef Reader r
+    cdef uint64_t miss
+    memset(&h, 0, sizeof(Flow))
+    rd_init(&r, buf, off, off + n)
+    if not ip:
+        hdr_ethernet(&h, &r, 0)
+    elif n > 0 and buf[off] >> 4 == 4:
+        hdr_ethertype(&h, &r, 0x0800, 0)
+    elif n > 0 and buf[off] >> 4 == 6:
+        hdr_ethertype(&h, &r, 0x86DD, 0)
+    if f.af == 0 and h.af:
+        f.af = h.af
+        memcpy(f.src, h.src, 16)
+        memcpy(f.dst, h.dst, 16)
+    miss = h.present & ~f.present
+    if miss & P_SPORT:
+        f.sport = h.sport
+    if miss & P_DPORT:
+        f.dport = h.dport
+    if miss & P_PROTO:
+        f.proto = h.proto
+    if miss & P_ETYPE:
+        f.etype = h.etype
+    if miss & P_FLAGS:
+        f.tcp_flags = h.tcp_flags
+    if miss & P_DSCP:
+        f.dscp = h.dscp
+    if miss & P_ICMP:
+        f.icmp_type = h.icmp_type
+        f.icmp_code = h.icmp_code
+    if miss & P_SRCMAC:
+        memcpy(f.src_mac, h.src_mac, 6)
+    if miss & P_DSTMAC:
+        memcpy(f.dst_mac, h.dst_mac, 6)
+    if miss & P_VLAN:
+        f.vlan = h.vlan
+    f.present |= miss & (P_SPORT | P_DPORT | P_PROTO | P_ETYPE | P_FLAGS | P_DSCP | P_ICMP | P_SRCMAC
+                         | P_DSTMAC | P_VLAN | P_VLANHDR)
+    if h.present & P_TUNTYPE and not f.present & (P_TUNTYPE | P_TUNID) and f.tun_af == 0:
+        # the packet was VXLAN/Geneve: its outer headers are the tunnel's
+        f.tun_af = h.tun_af
+        memcpy(f.tun_src, h.tun_src, 16)
+        memcpy(f.tun_dst, h.tun_dst, 16)
+        f.tun_sport = h.tun_sport
+        f.tun_dport = h.tun_dport
+        f.tun_proto = h.tun_proto
+        f.tun_type = h.tun_type
+        f.tun_id = h.tun_id
+        f.noaddr |= h.noaddr & (NOADDR_TUNSRC | NOADDR_TUNDST)
+        f.present |= h.present & (P_TUNTYPE | P_TUNID | P_TUNSPORT | P_TUNDPORT | P_TUNPROTO)
     return 0
 
 

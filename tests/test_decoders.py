@@ -1149,6 +1149,58 @@ def test_rfc5103_biflow_records_are_one_flow_per_direction() -> None:
     assert not any(k.startswith("ie29305") for f in flows for k in f)
 
 
+def _frame(src: str, dst: str, proto: int, l4: bytes, *, vlan: int = 0, payload: int = 0) -> bytes:
+    """An Ethernet frame (optionally 802.1Q-tagged) with an IPv4 or IPv6 header and `l4`."""
+    v6 = ":" in src
+    body = l4 + bytes(payload)
+    if v6:
+        ip = struct.pack("!IHBB", 6 << 28, len(body), proto, 64) + ipaddress.ip_address(src).packed + \
+            ipaddress.ip_address(dst).packed
+    else:
+        ip = struct.pack("!BBHHHBBH", 0x45, 0xB8, 20 + len(body), 1, 0, 64, proto, 0) + \
+            ipaddress.ip_address(src).packed + ipaddress.ip_address(dst).packed
+    eth = bytes.fromhex("020000000002" "020000000001")
+    eth += (struct.pack("!HH", 0x8100, vlan) if vlan else b"") + struct.pack("!H", 0x86DD if v6 else 0x0800)
+    return eth + ip + body
+
+
+def test_psamp_packet_reports_are_read_from_their_packet_sections() -> None:
+    """RFC 5476/5477 packet reports (Juniper inline monitoring, softflowd -v psamp): one sampled
+    packet per record, its headers in dataLinkFrameSection (315) or ipHeaderPacketSection (313).
+    What the template lacks comes from them (addresses, ports, protocol, MACs, VLAN, DSCP, TCP
+    flags, ICMP type), Bytes is dataLinkFrameSize (312) or the headers' own lengths, Packets 1,
+    the observation time both flow times; the template's own elements win."""
+    t = _tpl(330, ("sel", 301, 0, 8), ("obs", 323, 0, 8), ("size", 312, 0, 2), ("frame", 315, 0, VARLEN))
+    t_ip = _tpl(331, ("in", 10, 0, 4), ("pkt", 313, 0, VARLEN))
+    t_own = _tpl(332, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("bytes", 1, 0, 4), ("frame", 315, 0, VARLEN))
+    ms = EXPORT * 1000 - 250
+    udp = _frame("51.51.51.51", "52.52.52.52", 17, struct.pack("!HHHH", 55501, 11777, 76, 0), vlan=231, payload=68)
+    tcp6 = _frame("fd00::1", "fd00::2", 6, struct.pack("!HHIIBBHHH", 443, 40000, 1, 2, 0x50, 0x12, 0, 0, 0))[14:]
+    icmp = _frame("10.0.0.1", "10.0.0.2", 1, bytes([8, 0, 0, 0]), payload=60)
+    recs = [{"sel": 1, "obs": ms, "size": 118, "frame": udp[:64]},       # cut inside the UDP payload
+            {"sel": 2, "obs": ms, "size": 0, "frame": icmp[:38]}]        # no size element value: 0
+    data = ipfix_message([template_set([t, t_ip, t_own]), data_set(t, recs),
+                          data_set(t_ip, [{"in": 7, "pkt": tcp6}]),
+                          data_set(t_own, [{"src": "192.0.2.9", "dst": "192.0.2.10", "bytes": 1500, "frame": udp}])],
+                         seq=0, export_time=EXPORT)
+    b = Decoder(DecoderConfig(default_sampling=0)).decode(data, EXPORTER)
+    assert b.error is None
+    f1, f2, f3, f4 = b.to_dicts()
+    assert {k: f1[k] for k in ("SrcAddr", "DstAddr", "SrcPort", "DstPort", "Proto", "Vlan", "SrcMac", "DstMac",
+                              "Dscp", "Bytes", "Packets", "TimeFlowStartMs", "TimeFlowEndMs")} == {
+        "SrcAddr": "51.51.51.51", "DstAddr": "52.52.52.52", "SrcPort": 55501, "DstPort": 11777, "Proto": 17,
+        "Vlan": 231, "SrcMac": "02:00:00:00:00:01", "DstMac": "02:00:00:00:00:02", "Dscp": 46, "Bytes": 118,
+        "Packets": 1, "TimeFlowStartMs": ms, "TimeFlowEndMs": ms}
+    # dataLinkFrameSize 0 says nothing: the length is the headers' (14 + IPv4 total length)
+    assert (f2["SrcAddr"], f2["IcmpType"], f2["IcmpCode"], f2["Bytes"]) == ("10.0.0.1", 8, 0, 14 + 20 + 4 + 60)
+    assert (f3["SrcAddr"], f3["DstAddr"], f3["SrcPort"], f3["DstPort"], f3["TcpFlagsRaw"], f3["Bytes"],
+            f3["InIf"]) == ("fd00::1", "fd00::2", 443, 40000, 0x12, 40 + 20, 7)
+    assert "SrcMac" not in f3
+    assert (f4["SrcAddr"], f4["DstAddr"], f4["Bytes"], f4["Packets"], f4["SrcPort"]) == (
+        "192.0.2.9", "192.0.2.10", 1500, 1, 55501)
+    assert not any(k in ("ie312", "ie313", "ie315") for f in (f1, f2, f3, f4) for k in f)
+
+
 def test_reduced_size_encoding_of_non_counter_unsigned_elements() -> None:
     """RFC 7011 6.2: an unsignedN element may be sent in fewer bytes (big-endian, the value
     unchanged). Ports, VLANs, ethernetType, icmpTypeCode, sysUpTime and delta times, tunnel

@@ -672,6 +672,45 @@ def compare_expected(exp: dict[str, Any], flow: dict, *, required: Iterable[str]
     return problems
 
 
+_IPV6_EXT = {0, 43, 44, 50, 51, 60, 135, 139, 140}
+
+
+def section_expected(rec: dict) -> dict[str, Any]:
+    """What a PSAMP packet report's section (dataLinkFrameSection 315 / ipHeaderPacketSection 313)
+    says, from tshark's dissection of it (flattened into the record, repeated names merged in
+    packet order): the first Ethernet header's MACs, the first VLAN id, the first IP header's
+    addresses and protocol, and the ports when that protocol is TCP or UDP. Tunnels (VXLAN,
+    Geneve, GRE) are left out: their outer header is the flow's tunnel there."""
+    if not any(k.endswith(("frame_section", "packet_section")) for k in rec):
+        return {}
+    exp: dict[str, Any] = {}
+    if "eth.src" in rec:
+        exp |= {"SrcMac": _first(rec["eth.src"]), "DstMac": _first(rec["eth.dst"])}
+    vlans = [to_int(v) for v in _as_list(rec.get("vlan.id"))]
+    if any(vlans):
+        exp["Vlan"] = next(v for v in vlans if v)
+    if any(k.startswith(("vxlan.", "geneve.", "gre.")) for k in rec):
+        return exp
+    keys = list(rec)
+    first_ip = min((keys.index(k), k) for k in ("ip.src", "ipv6.src") if k in rec)[1] if (
+        "ip.src" in rec or "ipv6.src" in rec) else None
+    if first_ip is None:
+        return exp
+    pre = first_ip.split(".")[0]
+    exp |= {"SrcAddr": _first(rec[f"{pre}.src"]), "DstAddr": _first(rec[f"{pre}.dst"])}
+    proto = _first(rec.get("ip.proto")) if pre == "ip" else _first(rec.get("ipv6.nxt"))
+    if proto is None or (pre == "ipv6" and to_int(proto) in _IPV6_EXT):
+        return exp
+    exp["Proto"] = to_int(proto)
+    l4 = {6: "tcp", 17: "udp"}.get(exp["Proto"])
+    if l4 and f"{l4}.srcport" in rec:
+        exp |= {"SrcPort": to_int(rec[f"{l4}.srcport"]), "DstPort": to_int(rec[f"{l4}.dstport"])}
+    icmp = {1: "icmp", 58: "icmpv6"}.get(exp["Proto"])
+    if icmp and f"{icmp}.type" in rec:
+        exp |= {"IcmpType": to_int(rec[f"{icmp}.type"]), "IcmpCode": to_int(rec[f"{icmp}.code"])}
+    return exp
+
+
 REVERSE_PEN = 29305  # RFC 5103: a biflow's reverse elements are the forward ids under this PEN
 # element id -> (tshark's name, the slot reverse_values gives it under: 1 octets, 2 packets,
 # 6 TCP flags); delta counts win over total counts, as in the decoder
@@ -727,6 +766,13 @@ def compare_flow_record(pkt: CflowPacket, cset: CflowSet, rec: dict, flow: dict,
     required = set(CFLOW_REQUIRED)
     if "cflow.srcaddr" not in rec and "cflow.srcaddrv6" not in rec:
         required -= {"SrcAddr", "DstAddr"}
+    sect = {k: v for k, v in section_expected(rec).items() if k not in exp}
+    if sect:
+        # a PSAMP packet report: one packet, its headers in the record
+        exp |= sect | {"Packets": exp.get("Packets", 1)}
+        if "cflow.data_link_frame_size" in rec and "Bytes" not in exp:
+            exp["Bytes"] = to_int(rec["cflow.data_link_frame_size"])
+        required |= set(sect) | {"Packets"}
     probs = compare_expected(exp, flow, required=required & set(exp), time_tolerance_ms=tol)
     if exp.get("Proto") in (1, 58):
         probs += [f"{k}: expected none on an ICMP flow, got {flow[k]!r}" for k in ("SrcPort", "DstPort") if k in flow]
