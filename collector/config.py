@@ -379,6 +379,10 @@ class Config:
                                 "uses 400); 0 = leave unset", ranged(parse_int, 0, 1 << 31), metavar="N")
     sampling: dict[str, int] = opt({}, "per-exporter sampling CIDR=RATE, repeatable; longest prefix wins",
                                    parse_map, metavar="CIDR=RATE", repeat=True)
+    split_biflows: bool = opt(False, "publish an IPFIX biflow record (RFC 5103: the reverse direction under "
+                              "enterprise 29305; YAF, softflowd -b, ipfixprobe) as a flow per direction with "
+                              "traffic, the reverse one with the endpoints swapped; off: one flow per record, "
+                              "the reverse elements as ie29305_<id> extras", parse_bool)
     dedup: bool = opt(False, "drop (and count) egress records duplicating an ingress record (OVS samples "
                       "both directions)", parse_bool)
     counters: bool = opt(False, "publish sFlow counter records (Kafka: to --kafka-counters-topic)", parse_bool)

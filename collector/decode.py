@@ -52,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also print IPFIX/v9 options data records (RecordType options)")
     parser.add_argument("--dedup", action="store_true",
                         help="drop records marked Duplicate (ingress+egress twins of one packet)")
+    parser.add_argument("--split-biflows", action="store_true",
+                        help="an IPFIX biflow record (RFC 5103) as a flow per direction (default: one flow per record)")
     parser.add_argument("--max-templates", type=int, default=1024,
                         help="templates kept per exporter (default: 1024)")
     parser.add_argument("--port", type=_udp_port, action="append", default=[],
@@ -103,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         sampling = DecoderConfig.parse_sampling(args.sampling)
         cfg = DecoderConfig(default_sampling=args.default_sampling, sampling=sampling, dedup=args.dedup,
-                            max_templates_per_exporter=args.max_templates)
+                            max_templates_per_exporter=args.max_templates, split_biflows=args.split_biflows)
         dec = Decoder(cfg)
     except ValueError as e:
         print(f"flowscope decode: {e}", file=sys.stderr)

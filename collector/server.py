@@ -200,6 +200,7 @@ class Worker:
             default_sampling=cfg.default_sampling,
             sampling=dict(cfg.sampling),
             dedup=cfg.dedup,
+            split_biflows=cfg.split_biflows,
             max_datagram=cfg.max_datagram,
             max_exporter_rate=cfg.max_exporter_rate,
         ))

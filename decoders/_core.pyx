@@ -56,6 +56,7 @@ cdef class Decoder:
     cdef public Py_ssize_t max_datagram
     cdef public double max_rate       # datagrams per second per exporter (0 = no limit)
     cdef public bint dedup
+    cdef public bint split_biflows
     cdef public bint track_duplicates
     cdef uint32_t default_sampling
     cdef list sampling_nets
@@ -83,6 +84,7 @@ cdef class Decoder:
         self.max_datagram = config.max_datagram
         self.max_rate = config.max_exporter_rate
         self.dedup = config.dedup
+        self.split_biflows = config.split_biflows
         self.track_duplicates = config.mark_duplicates or config.dedup
         self.default_sampling = config.default_sampling
         # Longest prefix first, so the first match wins.

@@ -43,6 +43,10 @@ class DecoderConfig:
     mark_duplicates: bool = True
     #: Drop (and count as dropped, reason "duplicate") the marked records instead of publishing.
     dedup: bool = False
+    #: RFC 5103 biflow records (the reverse direction's elements under enterprise 29305) as two
+    #: flows, one per direction with traffic. Off: one flow per record, the reverse elements kept
+    #: as ie29305_<id> extras.
+    split_biflows: bool = False
 
     def validate(self) -> None:
         """Raise ValueError naming the bad field and what it accepts."""

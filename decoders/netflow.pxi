@@ -1243,6 +1243,8 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
         elif a == A_TUN_DPORT:
             f.tun_dport = be16r(p, L)
             f.present |= P_TUNDPORT
+        elif A_REV_BYTES <= a <= A_REV_END_MS and not dec.split_biflows:
+            batch_add_extra(b, f, fs.pen, fs.ie, p - s.buf, L)     # one flow per record: kept as they came
         elif a == A_REV_BYTES:
             rev_bytes = beN(p, L)
             rev |= REV_BYTES
@@ -1415,9 +1417,10 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
     own_rate = rate_from(sampling_interval, sampling_space, sampling_size, sampling_population)
     f.sampling = resolve_sampling(dec, ex, t, own_rate, has_sampler, sampler_id)
     if rev & (REV_BYTES | REV_PACKETS) and (rev_bytes or rev_packets):
-        # RFC 5103 biflow: the reverse direction's traffic is a flow of its own (NetObserv's
-        # records are one direction each). A record whose forward counters are 0 carries the
-        # reverse direction only (softflowd -b keys its biflows by address order).
+        # RFC 5103 biflow, with --split-biflows (rev is 0 without): the reverse direction's
+        # traffic is a flow of its own (NetObserv's records are one direction each). A record
+        # whose forward counters are 0 carries the reverse direction only (softflowd -b keys
+        # its biflows by address order).
         if not (f.bytes or f.packets):
             reverse_flow(f, rev, rev_bytes, rev_packets, rev_flags, rev_dscp, rev_start, rev_end, True)
         else:

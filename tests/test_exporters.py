@@ -126,7 +126,8 @@ def check_against_traffic(flows: list[dict], generated: list[G.Flow], *, l2_over
     return problems
 
 
-def decode_capture(decoders_mod, cap: Path, proto: str, port: int) -> tuple[list[str], list[dict]]:
+def decode_capture(decoders_mod, cap: Path, proto: str, port: int, *,
+                   split_biflows: bool = False) -> tuple[list[str], list[dict]]:
     """Decode the export capture with tshark and flowscope; return (problems, flows)."""
     from collector.pcap import iter_udp
 
@@ -134,11 +135,12 @@ def decode_capture(decoders_mod, cap: Path, proto: str, port: int) -> tuple[list
     packets = T.run_tshark(cap, decode_as=[f"udp.port=={port},{layer}"])
     datagrams = list(iter_udp(cap))
     assert datagrams, f"the exporter sent nothing (capture {cap})"
-    dec = decoders_mod.Decoder(decoders_mod.DecoderConfig(default_sampling=0))
+    cfg = decoders_mod.DecoderConfig(default_sampling=0, split_biflows=split_biflows)
+    dec = decoders_mod.Decoder(cfg)
     check = check_sflow_capture if proto == "sflow" else check_cflow_capture
     problems = check(dec, datagrams, packets, cap.name)
     # Decode again (fresh state) to collect the flows for the traffic comparison.
-    dec2 = decoders_mod.Decoder(decoders_mod.DecoderConfig(default_sampling=0))
+    dec2 = decoders_mod.Decoder(cfg)
     flows = [f for d in datagrams for f in dec2.decode(d.payload, d.src, d.sport, d.ts).to_dicts()]
     return problems, flows
 
@@ -146,8 +148,8 @@ def decode_capture(decoders_mod, cap: Path, proto: str, port: int) -> tuple[list
 @pytest.mark.parametrize("version", ["5", "9", "10", "10-biflow", "psamp"])
 def test_softflowd(version: str, workdir: Path, decoders_mod) -> None:
     """softflowd's NetFlow v5, v9 and IPFIX; IPFIX biflows (-b, RFC 5103: each record holds both
-    directions of a conversation, the reverse one under enterprise 29305): every direction's
-    traffic comes out as a flow of its own; PSAMP packet reports (-v psamp, RFC 5476: one record
+    directions of a conversation, the reverse one under enterprise 29305): with --split-biflows
+    every direction's traffic comes out as a flow of its own; PSAMP packet reports (-v psamp, RFC 5476: one record
     per packet, its frame's first bytes in dataLinkFrameSection): one flow per packet, read from
     the frame, its length from the headers' (Ethernet + IP)."""
     _skip_unless("softflowd")
@@ -156,7 +158,7 @@ def test_softflowd(version: str, workdir: Path, decoders_mod) -> None:
     extra = ("-b",) if version.endswith("-biflow") else ()
     version = version.split("-")[0]
     cap, port = capture_export(workdir, lambda ns, port: E.run_softflowd(ns, workdir, version, port, extra=extra))
-    problems, flows = decode_capture(decoders_mod, cap, "cflow", port)
+    problems, flows = decode_capture(decoders_mod, cap, "cflow", port, split_biflows=bool(extra))
     if version == "5":  # NetFlow v5 carries IPv4 only
         generated = [g for g in generated if not g.v6]
     if version == "psamp":
