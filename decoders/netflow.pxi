@@ -130,6 +130,11 @@ U32 = (1, 2, 3, 4)
 IE_ACTIONS = {
     # id: (action, allowed lengths or None for any integer length 1..8)
     1: (A_BYTES, None), 2: (A_PACKETS, None), 85: (A_BYTES_TOTAL, None), 86: (A_PACKETS_TOTAL, None),
+    # without octet/packetDeltaCount: the post (egress, v9 OUT_BYTES/OUT_PKTS) counts, or a
+    # firewall's initiator counts (Cisco ASA NSEL); the responder's are the reverse direction
+    # (a flow of its own with --split-biflows, else kept as ie232/ie299)
+    23: (A_BYTES_TOTAL, None), 24: (A_PACKETS_TOTAL, None), 231: (A_BYTES_TOTAL, None),
+    298: (A_PACKETS_TOTAL, None), 232: (A_REV_BYTES_TOTAL, None), 299: (A_REV_PACKETS_TOTAL, None),
     4: (A_PROTO, (1,)), 5: (A_TOS, (1,)), 195: (A_DSCP, (1,)), 6: (A_TCPFLAGS, (1, 2)),
     7: (A_SPORT, U16), 11: (A_DPORT, U16),
     8: (A_SRC4, (4,)), 12: (A_DST4, (4,)), 27: (A_SRC6, (16,)), 28: (A_DST6, (16,)),

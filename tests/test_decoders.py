@@ -1170,6 +1170,29 @@ def _frame(src: str, dst: str, proto: int, l4: bytes, *, vlan: int = 0, payload:
     return eth + ip + body
 
 
+@pytest.mark.parametrize("split", [False, True])
+def test_counters_without_octet_delta_count(split: bool) -> None:
+    """Without octet/packetDeltaCount (1/2) or the total counts (85/86), Bytes/Packets come from
+    the post counts (23/24, v9 OUT_BYTES/OUT_PKTS) or a firewall's initiator counts (231/298,
+    Cisco ASA NSEL). The responder's (232/299) are the other direction: a flow of its own with
+    --split-biflows, else kept as extras; a template with 1 beside 23 takes 1 wherever it is."""
+    asa = _tpl(340, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("proto", 4, 0, 1), ("sport", 7, 0, 2), ("dport", 11, 0, 2),
+               ("ib", 231, 0, 4), ("rb", 232, 0, 4), ("ip", 298, 0, 4), ("rp", 299, 0, 4))
+    post = _tpl(341, ("src", 8, 0, 4), ("ob", 23, 0, 4), ("op", 24, 0, 4), ("b", 1, 0, 4))
+    only_post = _tpl(342, ("src", 8, 0, 4), ("ob", 23, 0, 4), ("op", 24, 0, 4))
+    rec = {"src": "10.0.0.1", "dst": "10.0.0.2", "proto": 6, "sport": 50000, "dport": 80, "ib": 81, "rb": 763,
+           "ip": 2, "rp": 3}
+    data = v9_datagram([template_set([asa, post, only_post], version=9), v9_data_set(asa, [rec]),
+                        v9_data_set(post, [{"src": "10.0.0.3", "ob": 7, "op": 1, "b": 900}]),
+                        v9_data_set(only_post, [{"src": "10.0.0.4", "ob": 70, "op": 2}])],
+                       seq=0, unix_secs=EXPORT, uptime_ms=1000)
+    flows = Decoder(DecoderConfig(split_biflows=split)).decode(data, EXPORTER).to_dicts()
+    got = [(f["SrcAddr"], f.get("SrcPort"), f["Bytes"], f.get("Packets")) for f in flows]
+    assert got == [("10.0.0.1", 50000, 81, 2)] + ([("10.0.0.2", 80, 763, 3)] if split else []) + [
+        ("10.0.0.3", None, 900, 1), ("10.0.0.4", None, 70, 2)]
+    assert ("ie232" in flows[0]) is not split
+
+
 def test_psamp_packet_reports_are_read_from_their_packet_sections() -> None:
     """RFC 5476/5477 packet reports (Juniper inline monitoring, softflowd -v psamp): one sampled
     packet per record, its headers in dataLinkFrameSection (315) or ipHeaderPacketSection (313).

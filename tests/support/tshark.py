@@ -545,9 +545,12 @@ def expected_from_cflow(pkt: CflowPacket, cset: CflowSet, rec: dict) -> dict[str
         # checks only that a published type and code are that raw value, type << 8 | code.
         exp.pop("DstPort", None)
         exp.pop("SrcPort", None)
-    # Bytes/Packets: the delta counters when present, else the total counters.
-    for fkey, names in (("Bytes", ("cflow.octets", "cflow.permanent_octets", "cflow.octets64")),
-                        ("Packets", ("cflow.packets", "cflow.permanent_packets", "cflow.packets64"))):
+    # Bytes/Packets: the delta counters when present, else the total counters, else the post
+    # (egress) ones, else a firewall's initiator counts (Cisco ASA NSEL).
+    for fkey, names in (("Bytes", ("cflow.octets", "cflow.permanent_octets", "cflow.octets64", "cflow.post_octets",
+                                   "cflow.initiator_octets")),
+                        ("Packets", ("cflow.packets", "cflow.permanent_packets", "cflow.packets64", "cflow.post_packets",
+                                     "cflow.initiator_packets"))):
         for n in names:
             if n in rec:
                 exp[fkey] = to_int(rec[n])
