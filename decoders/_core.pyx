@@ -341,7 +341,7 @@ cdef class Decoder:
                     spec = tuple((int(a), int(b_), int(c)) for a, b_, c in tpl["fields"])
                     t = compile_template(int(tpl["version"]), int(tpl["domain"]), int(tpl["id"]), spec,
                                          int(tpl.get("scope", 0)), bool(tpl.get("options")), 0,
-                                         int(tpl.get("port", 0)))
+                                         int(tpl.get("port", 0)), self.split_biflows)
                     refreshed = float(tpl.get("refreshed", now))
                     if not 0.0 <= refreshed <= now + 86400.0:   # NaN fails too
                         raise ValueError("refresh time out of range")

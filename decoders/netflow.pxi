@@ -245,7 +245,8 @@ cdef class Template:
         return tuple((self.fields[i].ie, self.fields[i].pen, self.fields[i].length) for i in range(self.n_fields))
 
 
-cdef Template compile_template(int version, uint32_t domain, uint16_t tid, tuple spec, int scope_fields, bint options, Py_ssize_t offset, uint16_t port):
+cdef Template compile_template(int version, uint32_t domain, uint16_t tid, tuple spec, int scope_fields, bint options,
+                               Py_ssize_t offset, uint16_t port, bint split_biflows):
     """Compile a template; raise DecodeError("bad_template") for one that cannot be decoded."""
     cdef Template t = Template.__new__(Template)
     cdef int i, n = len(spec)
@@ -274,6 +275,8 @@ cdef Template compile_template(int version, uint32_t domain, uint16_t tid, tuple
         fs.length = length
         v9_scope = options and version == 9 and i < scope_fields
         fs.action = action_for(ie, pen, length, v9_scope)
+        if A_REV_BYTES <= fs.action <= A_REV_END_MS and not split_biflows:
+            fs.action = A_EXTRA     # one flow per record: the reverse elements are kept as they came
         # An element repeated in one template (outer and inner headers, Cisco SRv6/MPLS): the
         # first occurrence fills the named field, as Wireshark shows it; later ones stay
         # available as ie<ID> extras. interfaceName is the exception: OVS sends it twice,
@@ -818,7 +821,8 @@ cdef int parse_template_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* 
                 pen = rd_u32(s)
             spec.append((ie, pen, length))
         try:
-            t = compile_template(version, domain, tid, tuple(spec), scope_count, options, start, b.port)
+            t = compile_template(version, domain, tid, tuple(spec), scope_count, options, start, b.port,
+                                 dec.split_biflows)
         except DecodeError as e:
             refuse_template(dec, ex, b, start, version, domain, tid, e.detail)
             continue
@@ -1248,8 +1252,6 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
         elif a == A_TUN_DPORT:
             f.tun_dport = be16r(p, L)
             f.present |= P_TUNDPORT
-        elif A_REV_BYTES <= a <= A_REV_END_MS and not dec.split_biflows:
-            batch_add_extra(b, f, fs.pen, fs.ie, p - s.buf, L)     # one flow per record: kept as they came
         elif a == A_REV_BYTES:
             rev_bytes = beN(p, L)
             rev |= REV_BYTES
