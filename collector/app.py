@@ -25,7 +25,7 @@ from typing import Any
 
 from .config import Config
 from .http import HttpServer
-from .metrics import Aggregator
+from .metrics import Aggregator, starting_snapshot
 from .util import die_with_parent, setup_logging, tune_malloc
 
 log = logging.getLogger("flowscope")
@@ -138,11 +138,13 @@ def silence_limit(cfg: Config) -> float:
 LIVENESS_FACTOR = 3.0
 
 
-def silent_workers(agg: Aggregator, limit: float) -> list[str]:
-    """One line per worker whose latest snapshot is more than `limit` seconds old."""
-    return [f"worker {w}: no report for {s:.0f} s (hung?)" if w in agg.seen else
+def silent_workers(agg: Aggregator, limit: float, starting: bool = True) -> list[str]:
+    """One line per worker whose latest snapshot is more than `limit` seconds old (`starting`:
+    including the workers still starting up, see Aggregator.silent)."""
+    return [f"worker {w}: starting for {s:.0f} s" if w in agg.starting else
+            f"worker {w}: no report for {s:.0f} s (hung?)" if w in agg.seen else
             f"worker {w}: no report since the start, {s:.0f} s ago (hung while starting?)"
-            for w, s in sorted(agg.silent(limit).items())]
+            for w, s in sorted(agg.silent(limit, starting).items())]
 
 
 def readiness(agg: Aggregator, expected: int, silent_after: float = 0.0) -> tuple[bool, list[str]]:
@@ -170,7 +172,7 @@ def http_servers(cfg: Config, agg: Aggregator, expected: int, alive: Callable[[]
     def healthz() -> tuple[int, str, bytes]:
         if not alive():
             return 503, "text/plain", b"worker down\n"
-        hung = silent_workers(agg, silent_after * LIVENESS_FACTOR) if silent_after else []
+        hung = silent_workers(agg, silent_after * LIVENESS_FACTOR, starting=False) if silent_after else []
         if hung:
             return 503, "text/plain", ("\n".join(hung) + "\n").encode()
         return 200, "text/plain", b"ok\n"
@@ -201,6 +203,10 @@ async def _worker_main(cfg: Config, index: int | None, enrich_cfg: Any,
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     servers: list[HttpServer] = []
+    # Before the start-up, which can outlast any silence limit (state files of millions of
+    # template fields take seconds each, and every worker loads all of them): with --workers N
+    # the supervisor then counts this worker as starting (unready, but not hung).
+    report(starting_snapshot("enrichment, state files and listeners"))
     if agg is not None:
         servers = http_servers(cfg, agg, 1, lambda: True)
         for s in servers:

@@ -293,6 +293,14 @@ def merge_into(total: Snapshot, snap: Snapshot) -> None:
                 dst[lab] = dst.get(lab, 0) + v
 
 
+STARTING = "_starting"  # key of the snapshot a worker sends before its (possibly long) start-up
+
+
+def starting_snapshot(what: str) -> Snapshot:
+    """What a worker reports before it starts: not ready, and why."""
+    return {STARTING: {(): 1}, "_ready": {(): (False, [f"starting: {what}"])}}  # type: ignore[dict-item]
+
+
 class Aggregator:
     """Latest snapshot per worker; sums them on scrape. Also a prometheus_client collector."""
 
@@ -300,21 +308,29 @@ class Aggregator:
         self.workers: dict[int, Snapshot] = {}
         self.extra: Snapshot = {}  # set by the supervisor (workers, ready)
         self.seen: dict[int, float] = {}  # worker -> time.monotonic() of its latest snapshot
+        self.starting: set[int] = set()   # workers whose latest snapshot says "starting"
         self.expected = expected          # workers 0..expected-1 are to report
         self.started = time.monotonic()
 
     def update(self, worker: int, snap: Snapshot) -> None:
         self.workers[worker] = snap
         self.seen[worker] = time.monotonic()
+        if STARTING in snap:
+            self.starting.add(worker)
+        else:
+            self.starting.discard(worker)
 
-    def silent(self, limit: float) -> dict[int, float]:
+    def silent(self, limit: float, starting: bool = True) -> dict[int, float]:
         """Workers whose latest snapshot is more than `limit` seconds old: how long ago it was.
         An expected worker that never reported counts from the aggregator's start (a worker hung
-        before its first snapshot is as stuck as one hung later)."""
+        before its first snapshot is as stuck as one hung later: the first snapshot, "starting",
+        is sent right after the fork). `starting=False` leaves out the workers that said they
+        are starting (loading state files, starting the informers: that can take longer than
+        any silence limit, and is not a hang to restart the pod for)."""
         now = time.monotonic()
         ages = {w: now - self.seen.get(w, self.started) for w in range(self.expected)}
         ages.update((w, now - t) for w, t in self.seen.items())
-        return {w: age for w, age in ages.items() if age > limit}
+        return {w: age for w, age in ages.items() if age > limit and (starting or w not in self.starting)}
 
     def merged(self) -> Snapshot:
         total: Snapshot = {}

@@ -898,6 +898,31 @@ def test_a_worker_that_never_reports_is_silent_from_the_start(monkeypatch: pytes
     assert A.silent_workers(agg, 10)[0] == "worker 0: no report for 50 s (hung?)"
 
 
+def test_a_starting_worker_is_unready_but_not_hung(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker reports "starting" before its start-up (state files of millions of template
+    fields take seconds each, and each worker loads them all): however long that takes, it keeps
+    /readyz failing with the reason but never fails /healthz (a restart would only start it over);
+    its first real snapshot ends that."""
+    from collector import app as A
+    from collector.metrics import starting_snapshot
+
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    agg = Aggregator(2)
+    agg.update(0, {"_ready": {(): (True, [])}})
+    agg.update(1, starting_snapshot("state files"))
+    clock[0] += 300
+    agg.update(0, {"_ready": {(): (True, [])}})
+    assert A.silent_workers(agg, 10, starting=False) == []
+    ok, why = A.readiness(agg, 2, 10)
+    assert not ok and why == ["worker 1: starting for 300 s", "worker 1: starting: state files"]
+    agg.update(1, {"_ready": {(): (True, [])}})
+    assert A.readiness(agg, 2, 10) == (True, [])
+    clock[0] += 50   # silent again after having started: a hang
+    assert A.silent_workers(agg, 10, starting=False) == ["worker 0: no report for 50 s (hung?)",
+                                                         "worker 1: no report for 50 s (hung?)"]
+
+
 # ---------------------------------------------------------------------------------------------- replay
 
 def _v9(seq: int, secs: int) -> bytes:
