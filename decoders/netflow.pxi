@@ -267,6 +267,13 @@ cdef Template compile_template(int version, uint32_t domain, uint16_t tid, tuple
     t.min_len = 0
     t.has_tcp_counts = False
     cdef set seen = set()
+    # Bytes and Packets come from one family of counters, the first the template has: the
+    # delta or total counts (1/2, 85/86), else the post (egress) ones (23/24), else a firewall's
+    # initiator counts (231/298); the other families' elements stay as extras (never IN_BYTES
+    # with OUT_PKTS).
+    cdef set ies = {sp[0] for sp in spec if sp[1] == 0}
+    cdef tuple counters = ((85, 86) if not ies.isdisjoint((1, 2, 85, 86)) else
+                           (23, 24) if not ies.isdisjoint((23, 24)) else (231, 298))
     for i in range(n):
         ie, pen, length = spec[i]
         fs = &t.fields[i]
@@ -275,6 +282,8 @@ cdef Template compile_template(int version, uint32_t domain, uint16_t tid, tuple
         fs.length = length
         v9_scope = options and version == 9 and i < scope_fields
         fs.action = action_for(ie, pen, length, v9_scope)
+        if (fs.action == A_BYTES_TOTAL or fs.action == A_PACKETS_TOTAL) and ie not in counters:
+            fs.action = A_EXTRA
         if A_REV_BYTES <= fs.action <= A_REV_END_MS and not split_biflows:
             fs.action = A_EXTRA     # one flow per record: the reverse elements are kept as they came
         # An element repeated in one template (outer and inner headers, Cisco SRv6/MPLS): the
@@ -1329,15 +1338,6 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             if frame_size:
                 f.bytes = frame_size
                 f.present |= P_BYTES
-    if obs_ms >= 0:
-        # the instant the packet was observed: its flow starts and ends then (unless the
-        # record has flow times of its own)
-        if not f.present & P_TSTART:
-            f.t_start_ms = obs_ms
-            f.present |= P_TSTART
-        if not f.present & P_TEND:
-            f.t_end_ms = obs_ms
-            f.present |= P_TEND
     if icmp and f.present & P_PROTO and (f.proto == 1 or f.proto == 58):
         # ICMP type and code belong to an ICMP (1) or ICMPv6 (58) flow only: templates that
         # carry 32/139/176-179 on every flow fill 0 ("echo reply") for TCP and UDP, and
@@ -1409,6 +1409,16 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             # the times carry it; with no time to anchor it (Barracuda sends the duration
             # alone) the elements stay as they are
             drop_extras(b, f, dur_extra, n_dur)
+    if obs_ms >= 0:
+        # the instant the packet (PSAMP) or the event (NAT logging) was observed: the flow starts
+        # and ends then, unless the record has flow times of its own, in any of their forms
+        # (absolute, sysUpTime-relative, deltas, with a duration)
+        if not f.present & P_TSTART:
+            f.t_start_ms = obs_ms
+            f.present |= P_TSTART
+        if not f.present & P_TEND:
+            f.t_end_ms = obs_ms
+            f.present |= P_TEND
 
     if has_flags:
         f.present |= P_FLAGS
@@ -1546,7 +1556,8 @@ cdef void reverse_flow(Flow* f, int rev, uint64_t rev_bytes, uint64_t rev_packet
     """Turn a biflow record's flow into its reverse direction (RFC 5103): the endpoints swapped
     (addresses, ports, MACs, interfaces, AS numbers, masks, tunnel endpoints), the reverse
     elements' counters, and their flags, DSCP and times where the record has them (else the
-    times are the record's, and the flags, DSCP and ICMP type, which differ by direction, none).
+    times are the record's, and the flags, DSCP, ICMP type, next hop and forwarding status,
+    which differ by direction, none).
     An exporter's direction (ingress/egress) flips. `only`: the record carries the reverse
     direction alone, so its ICMP type and code are that direction's."""
     cdef uint8_t tmp[16]
@@ -1571,6 +1582,10 @@ cdef void reverse_flow(Flow* f, int rev, uint64_t rev_bytes, uint64_t rev_packet
     pr = swap_bits(swap_bits(swap_bits(pr, P_SPORT, P_DPORT), P_SRCMAC, P_DSTMAC), P_INIF, P_OUTIF)
     pr = swap_bits(swap_bits(swap_bits(pr, P_SRCAS, P_DSTAS), P_SRCMASK, P_DSTMASK), P_TUNSPORT, P_TUNDPORT)
     pr &= ~(<uint64_t>(P_BYTES | P_PACKETS | P_FLAGS | P_FLAGCOUNTS | P_DSCP | P_DROP))
+    # the forward direction's route and fate (next hop, forwardingStatus) are not the reverse's;
+    # the other elements kept as extras stay the record's, shared by both flows
+    f.nh_af = 0
+    f.fwd_status = 0
     if not only:
         pr &= ~(<uint64_t>P_ICMP)
         f.icmp_type = f.icmp_code = 0

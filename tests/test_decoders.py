@@ -1120,13 +1120,14 @@ def test_rfc5103_biflow_records_are_one_flow_per_direction() -> None:
     t = _tpl(320, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("sport", 7, 0, 2), ("dport", 11, 0, 2),
              ("proto", 4, 0, 1), ("in", 10, 0, 4), ("out", 14, 0, 4), ("smac", 56, 0, 6), ("dmac", 80, 0, 6),
              ("dir", 61, 0, 1), ("start", 152, 0, 8), ("end", 153, 0, 8), ("bytes", 1, 0, 8), ("pkts", 2, 0, 8),
-             ("flags", 6, 0, 1), ("tos", 5, 0, 1), ("icmp", 32, 0, 2),
+             ("flags", 6, 0, 1), ("tos", 5, 0, 1), ("icmp", 32, 0, 2), ("nh", 15, 0, 4), ("fwd", 89, 0, 1),
              ("rbytes", 1, rev, 8), ("rpkts", 2, rev, 8), ("rflags", 6, rev, 1), ("rtos", 5, rev, 1),
              ("rstart", 152, rev, 8), ("rend", 153, rev, 8))
     ms = EXPORT * 1000
     base = {"src": "10.0.0.1", "dst": "10.0.0.2", "sport": 40000, "dport": 443, "proto": 6, "in": 3, "out": 7,
             "smac": "02:00:00:00:00:01", "dmac": "02:00:00:00:00:02", "dir": 0, "start": ms - 5000,
-            "end": ms - 1000, "bytes": 1000, "pkts": 10, "flags": 0x1A, "tos": 0x28, "icmp": 0,
+            "end": ms - 1000, "bytes": 1000, "pkts": 10, "flags": 0x1A, "tos": 0x28, "icmp": 0, "nh": "10.9.9.9",
+            "fwd": 0x40,
             "rbytes": 64000, "rpkts": 50, "rflags": 0x12, "rtos": 0x48, "rstart": ms - 4990, "rend": ms - 900}
     recs = [base, {**base, "bytes": 0, "pkts": 0, "flags": 0, "proto": 1, "sport": 0, "dport": 0,
                    "icmp": 0x0000},
@@ -1149,6 +1150,9 @@ def test_rfc5103_biflow_records_are_one_flow_per_direction() -> None:
             back["SrcMac"], back["DstMac"], back["TimeFlowStartMs"], back["TimeFlowEndMs"]) == (
         "10.0.0.2", "10.0.0.1", 443, 40000, 64000, 50, 0x12, 18, 1, 7, 3, "02:00:00:00:00:02", "02:00:00:00:00:01",
         ms - 4990, ms - 900)
+    # the forward direction's next hop and forwarding status are not the reverse's
+    assert (fwd["NextHop"], fwd["ForwardingStatus"]) == ("10.9.9.9", 0x40)
+    assert "NextHop" not in back and "ForwardingStatus" not in back
     assert (only["SrcAddr"], only["DstAddr"], only["Bytes"], only["Packets"], only["IcmpType"]) == (
         "10.0.0.2", "10.0.0.1", 64000, 50, 0)
     assert (plain["SrcAddr"], plain["Bytes"]) == ("10.0.0.1", 1000)
@@ -1175,7 +1179,9 @@ def test_counters_without_octet_delta_count(split: bool) -> None:
     """Without octet/packetDeltaCount (1/2) or the total counts (85/86), Bytes/Packets come from
     the post counts (23/24, v9 OUT_BYTES/OUT_PKTS) or a firewall's initiator counts (231/298,
     Cisco ASA NSEL). The responder's (232/299) are the other direction: a flow of its own with
-    --split-biflows, else kept as extras; a template with 1 beside 23 takes 1 wherever it is."""
+    --split-biflows, else kept as extras. One family of counters per template: one with 1 beside
+    23/24 takes its Bytes from 1 wherever it is, has no Packets (OUT_PKTS is not its packets)
+    and keeps 23/24 as extras."""
     asa = _tpl(340, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("proto", 4, 0, 1), ("sport", 7, 0, 2), ("dport", 11, 0, 2),
                ("ib", 231, 0, 4), ("rb", 232, 0, 4), ("ip", 298, 0, 4), ("rp", 299, 0, 4))
     post = _tpl(341, ("src", 8, 0, 4), ("ob", 23, 0, 4), ("op", 24, 0, 4), ("b", 1, 0, 4))
@@ -1189,8 +1195,28 @@ def test_counters_without_octet_delta_count(split: bool) -> None:
     flows = Decoder(DecoderConfig(split_biflows=split)).decode(data, EXPORTER).to_dicts()
     got = [(f["SrcAddr"], f.get("SrcPort"), f["Bytes"], f.get("Packets")) for f in flows]
     assert got == [("10.0.0.1", 50000, 81, 2)] + ([("10.0.0.2", 80, 763, 3)] if split else []) + [
-        ("10.0.0.3", None, 900, 1), ("10.0.0.4", None, 70, 2)]
+        ("10.0.0.3", None, 900, None), ("10.0.0.4", None, 70, 2)]
     assert ("ie232" in flows[0]) is not split
+    assert (flows[-2]["ie23"], flows[-2]["ie24"]) == ("00000007", "00000001") and "ie23" not in flows[-1]
+
+
+def test_observation_time_does_not_override_the_records_flow_times() -> None:
+    """observationTime* (322-325) is when a packet (PSAMP) or an event (NAT logging) was seen:
+    it gives the flow times only to a record that has none of its own, in any form (here v9
+    FIRST/LAST_SWITCHED against the header's sysUpTime, and a start with a duration)."""
+    t = _tpl(350, ("src", 8, 0, 4), ("first", 22, 0, 4), ("last", 21, 0, 4), ("obs", 323, 0, 8))
+    t_dur = _tpl(351, ("src", 8, 0, 4), ("start", 152, 0, 8), ("dur", 161, 0, 4), ("obs", 323, 0, 8))
+    t_obs = _tpl(352, ("src", 8, 0, 4), ("obs", 323, 0, 8))
+    obs = EXPORT * 1000 - 7
+    data = v9_datagram([template_set([t, t_dur, t_obs], version=9),
+                        v9_data_set(t, [{"src": "10.0.0.1", "first": 400, "last": 900, "obs": obs}]),
+                        v9_data_set(t_dur, [{"src": "10.0.0.2", "start": EXPORT * 1000 - 5000, "dur": 1200,
+                                             "obs": obs}]),
+                        v9_data_set(t_obs, [{"src": "10.0.0.3", "obs": obs}])],
+                       seq=0, unix_secs=EXPORT, uptime_ms=1000)
+    got = [(f["TimeFlowStartMs"], f["TimeFlowEndMs"]) for f in Decoder().decode(data, EXPORTER).to_dicts()]
+    boot = EXPORT * 1000 - 1000
+    assert got == [(boot + 400, boot + 900), (EXPORT * 1000 - 5000, EXPORT * 1000 - 3800), (obs, obs)]
 
 
 def test_psamp_packet_reports_are_read_from_their_packet_sections() -> None:

@@ -545,16 +545,21 @@ def expected_from_cflow(pkt: CflowPacket, cset: CflowSet, rec: dict) -> dict[str
         # checks only that a published type and code are that raw value, type << 8 | code.
         exp.pop("DstPort", None)
         exp.pop("SrcPort", None)
-    # Bytes/Packets: the delta counters when present, else the total counters, else the post
-    # (egress) ones, else a firewall's initiator counts (Cisco ASA NSEL).
-    for fkey, names in (("Bytes", ("cflow.octets", "cflow.permanent_octets", "cflow.octets64", "cflow.post_octets",
-                                   "cflow.initiator_octets")),
-                        ("Packets", ("cflow.packets", "cflow.permanent_packets", "cflow.packets64", "cflow.post_packets",
-                                     "cflow.initiator_packets"))):
-        for n in names:
-            if n in rec:
-                exp[fkey] = to_int(rec[n])
-                break
+    # Bytes/Packets from one family of counters, the first the record has: the delta counters
+    # (else the total ones), else the post (egress) ones, else a firewall's initiator counts
+    # (Cisco ASA NSEL).
+    for family in (((("cflow.octets", "cflow.octets64", "cflow.permanent_octets"),
+                     ("cflow.packets", "cflow.packets64", "cflow.permanent_packets"))),
+                   (("cflow.post_octets",), ("cflow.post_packets",)),
+                   (("cflow.initiator_octets",), ("cflow.initiator_packets",))):
+        if not any(n in rec for names in family for n in names):
+            continue
+        for fkey, names in zip(("Bytes", "Packets"), family):
+            for n in names:
+                if n in rec:
+                    exp[fkey] = to_int(rec[n])
+                    break
+        break
     if "TcpFlagsRaw" in exp:
         exp["Flags"] = flag_names(exp["TcpFlagsRaw"])
     # interfaceName (82): tshark 4.0 calls it cflow.if_name; flowscope lists the first two
