@@ -554,7 +554,7 @@ def expected_from_cflow(pkt: CflowPacket, cset: CflowSet, rec: dict) -> dict[str
                    (("cflow.initiator_octets",), ("cflow.initiator_packets",))):
         if not any(n in rec for names in family for n in names):
             continue
-        for fkey, names in zip(("Bytes", "Packets"), family):
+        for fkey, names in zip(("Bytes", "Packets"), family, strict=True):
             for n in names:
                 if n in rec:
                     exp[fkey] = to_int(rec[n])
