@@ -346,6 +346,13 @@ cdef class SeqStream:
     cdef uint32_t filled[SEQ_FILLED_RING]
     cdef int nfilled        # entries of the ring in use (at most SEQ_FILLED_RING)
     cdef int fill_pos       # where the next one goes
+    # IPFIX only: the previous message's sequence number and record count (has_last: known, the
+    # message decoded whole), and whether the exporter counts the message's own records in
+    # its sequence number (softflowd does; RFC 7011 3.1 counts those sent before it).
+    cdef bint has_last
+    cdef bint inclusive
+    cdef uint32_t last_seq
+    cdef uint32_t last_count
 
 
 cdef class ExporterState:
@@ -472,6 +479,8 @@ cdef class ExporterState:
             self.cur_seq = st
         if st.ngaps and gap_expired(st.gap_ms[0], now_ms):
             self.count_gaps(st, now_ms)
+        if kind == PROTO_IPFIX:
+            seq = self.ipfix_convention(st, seq, &advance)
         if st.synced:
             ahead = seq - st.next
             behind = st.next - seq
@@ -507,6 +516,34 @@ cdef class ExporterState:
         st.synced = True
         st.next = seq + advance
         st.uptime = uptime
+
+    cdef uint32_t ipfix_convention(self, SeqStream st, uint32_t seq, uint32_t* advance) noexcept:
+        """RFC 7011 3.1: an IPFIX message's sequence number counts the Data Records sent before
+        it. softflowd counts the message's own records too (its first message carries the
+        number of records in it): seen as the step from the previous message's number being this
+        message's count rather than the previous one's, where the two counts differ (the
+        opposite step switches back). Such a stream's numbers are taken as this message's count
+        earlier; options records, which softflowd leaves out, may make the step smaller than
+        the count: up to the count, the step is what the message advanced by."""
+        cdef uint32_t step = seq - st.last_seq
+        if st.has_last and advance[0] != st.last_count:
+            if step == advance[0] and not st.inclusive:
+                st.inclusive = True
+                if st.synced:
+                    st.next = st.last_seq           # as the previous message is now read
+            elif step == st.last_count and st.inclusive:
+                st.inclusive = False
+                if st.synced:
+                    st.next = st.last_seq + st.last_count
+        st.has_last = True
+        st.last_seq = seq
+        st.last_count = advance[0]
+        if not st.inclusive:
+            return seq
+        if st.synced and seq - st.next <= advance[0]:
+            advance[0] = seq - st.next              # in order (fewer counted: options records)
+            return st.next
+        return seq - advance[0]
 
     cdef void restart(self, SeqStream st) noexcept:
         self.count_gaps(st, -1)
@@ -567,6 +604,7 @@ cdef class ExporterState:
             st = self.seq_streams.get((kind, port, domain)) if self.seq_streams else None
         if st is not None:
             st.synced = False
+            st.has_last = False
 
     cdef bint rate_ok(self, double now, double rate) noexcept:
         """Token bucket of --max-exporter-rate: `rate` datagrams a second, bursts of one

@@ -10,6 +10,7 @@ export/import.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import logging
 import random
 import struct
@@ -1740,6 +1741,48 @@ def test_deep_reordering_duplicates_and_template_only_messages_are_not_loss_or_r
     assert run([(1, 0), (3, 0.001), (4, -5.0), (2, -4.99)]) == (1, 0)
     # IPFIX: the data message numbered 5 overtakes two template-only messages with that number
     assert run(list(zip([-1, 0, 5, -6, -6, 10, 15], ms, strict=False)), "ipfix") == (0, 0)
+
+
+def test_ipfix_sequence_that_counts_the_messages_own_records() -> None:
+    """softflowd numbers each IPFIX message with the records sent up to and including its own
+    (RFC 7011 3.1: before it), leaving its options records out: once a change of record count
+    shows that, no loss is counted where there was none, a lost message is counted exactly,
+    and reordering is still no loss. An exporter following the RFC with changing counts is
+    never taken for one."""
+    rng = random.Random(8)
+    t0 = float(EXPORT)
+
+    def run(msgs: list[tuple[int, int]], *, options: bool = False, t_step: float = 0.01) -> tuple[int, int]:
+        """msgs: (sequence number, records); the first message carries the template (and an
+        options record that softflowd does not count, with `options`)."""
+        dec = Decoder()
+        opt_body = struct.pack("!HHH", 400, 2, 1) + struct.pack("!HHHH", 149, 4, 305, 4)
+        opt = [struct.pack("!HH", 3, 4 + len(opt_body)) + opt_body, struct.pack("!HHII", 400, 12, 0, 1)]
+        for i, (seq, n) in enumerate(msgs):
+            sets = [data_set(OVS_INGRESS, ovs_flows(n, rng))] if n else []
+            if i == 0:
+                sets = [template_set([OVS_INGRESS]), *(opt if options else []), *sets]
+            b = dec.decode(ipfix_message(sets, seq=seq, export_time=EXPORT), EXPORTER, 4739, t0 + i * t_step)
+            assert b.error is None
+        return _seq_at(dec, "ipfix", t0 + 60)
+
+    def inclusive(counts: list[int], skip: tuple[int, ...] = (), order: list[int] | None = None) -> list[tuple[int, int]]:
+        seqs = list(itertools.accumulate(counts))
+        msgs = [(s, n) for s, n in zip(seqs, counts, strict=True)]
+        msgs = [msgs[i] for i in (order or range(len(msgs))) if i not in skip]
+        return msgs
+
+    counts = [24, 32, 32, 32, 20, 7, 7, 30, 1]
+    assert run(inclusive(counts), options=True) == (0, 0)                 # softflowd, captured
+    assert run(inclusive(counts)) == (0, 0)
+    assert run(inclusive(counts, skip=(5,))) == (7, 0)                    # one message lost
+    assert run(inclusive(counts, skip=(2, 3))) == (64, 0)
+    assert run(inclusive(counts, order=[0, 1, 2, 4, 3, 5, 6, 8, 7])) == (0, 0)   # reordered
+    # the RFC's numbering with the same counts: nothing taken for the other convention
+    rfc = [(s - n, n) for s, n in inclusive(counts)]
+    assert run(rfc) == (0, 0)
+    assert run([m for i, m in enumerate(rfc) if i != 5]) == (7, 0)
+    assert run([m for i, m in enumerate(rfc) if i not in (2, 3)]) == (64, 0)
 
 
 def test_ipfix_sequence_resyncs_after_a_set_it_could_not_count() -> None:

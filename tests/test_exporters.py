@@ -185,6 +185,27 @@ def test_softflowd(version: str, workdir: Path, decoders_mod) -> None:
     assert not problems, "\n".join(problems)
 
 
+def test_softflowd_ipfix_sequence_numbers_are_no_loss(workdir: Path, decoders_mod) -> None:
+    """softflowd numbers its IPFIX messages with the records up to and including their own
+    (and leaves its options record out): several messages of different sizes, nothing lost on
+    the loopback, so nothing may be counted as lost."""
+    from collector.pcap import iter_udp
+
+    _skip_unless("softflowd")
+    generated = [G.Flow(f"10.1.{i // 200}.{i % 200 + 1}", "10.2.0.2", G.UDP if i % 3 else G.TCP, 40000 + i, 80,
+                        packets=1 + i % 3, payload=100) for i in range(300)]
+    (workdir / E.PCAP_NAME).write_bytes(G.build_pcap(generated, start=START, gap=0.001))
+    cap, _ = capture_export(workdir, lambda ns, port: E.run_softflowd(ns, workdir, "10", port))
+    datagrams = list(iter_udp(cap))
+    assert len(datagrams) >= 3, f"{len(datagrams)} messages: too few to see the numbering"
+    dec = decoders_mod.Decoder(decoders_mod.DecoderConfig(default_sampling=0))
+    flows = [f for d in datagrams for f in dec.decode(d.payload, d.src, d.sport, d.ts).to_dicts()]
+    problems = check_against_traffic(flows, generated)
+    assert not problems, "\n".join(problems[:20])
+    st = dec.stats()[datagrams[0].src]["protocols"]["ipfix"]
+    assert (st["sequence_lost"], st["sequence_resets"]) == (0, 0)
+
+
 def test_fprobe(workdir: Path, decoders_mod) -> None:
     """fprobe's NetFlow v5, captured live from a veth: ICMP type and code arrive in the source
     and destination ports (not Cisco's type << 8 | code in the destination port)."""
