@@ -244,8 +244,8 @@ cdef int buf_jstr(Buf* b, const uint8_t* p, Py_ssize_t n) except -1:
     return buf_lit(b, enc)
 
 
-cdef const char* TUNNEL_NAMES[8]
-TUNNEL_NAMES[:] = [b"unknown", b"vxlan", b"gre", b"lisp", b"stt", b"ipsec_gre", b"unknown", b"geneve"]
+cdef const char* TUNNEL_NAMES[9]
+TUNNEL_NAMES[:] = [b"unknown", b"vxlan", b"gre", b"lisp", b"stt", b"ipsec_gre", b"unknown", b"geneve", b"ipip"]
 
 # sFlow drop_reason names, as PktDropLatestDropCause publishes them: sflow.org/sflow_drops.txt
 # (0-15, the ICMP unreachable codes, and 256-303) continued by hsflowd's src/sflow/sflow_drop.h
@@ -598,7 +598,7 @@ cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char*
         buf_put(o, "\"", 1)
     if f.present & P_TUNTYPE:
         buf_put(o, ",\"TunnelType\":\"", 15)
-        if f.tun_type < 8:
+        if f.tun_type < 9:
             buf_put(o, TUNNEL_NAMES[f.tun_type], len(TUNNEL_NAMES[f.tun_type]))
         else:
             buf_uint(o, f.tun_type)

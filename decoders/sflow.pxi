@@ -41,6 +41,7 @@ cdef enum:
     HP_IPV4 = 11
     HP_IPV6 = 12
     HP_MPLS = 13
+    HP_POS = 14       # Packet over SONET/SDH: RFC 1662 HDLC-like framing, as PPP
     HP_80211 = 15     # sflow_80211.txt
 
 # Tunnel types as the encoder names them (TUNNEL_NAMES; the OVS IPFIX tunnelType numbering).
@@ -49,8 +50,10 @@ cdef enum:
     TUN_GRE = 2
     TUN_STT = 4
     TUN_GENEVE = 7
+    TUN_IPIP = 8      # IP in IP (4) or IPv6 in IP (41), e.g. Calico's IPIP mode: no OVS code
 
 DEF VXLAN_PORT = 4789
+DEF VXLAN_LINUX_PORT = 8472   # the Linux kernel's default VXLAN port (Flannel, Cilium)
 DEF GENEVE_PORT = 6081
 DEF STT_PORT = 7471
 DEF MAX_IPV6_EXT = 8          # extension headers walked before giving up on finding L4
@@ -90,11 +93,50 @@ cdef void move_to_tunnel(Flow* f, uint8_t tun_type, uint32_t vni) noexcept:
     f.icmp_type = f.icmp_code = 0
 
 
+cdef int hdr_gre(Flow* f, Reader* h, int depth) except -1:
+    """GRE (RFC 2784, keys and sequence numbers RFC 2890; NVGRE RFC 7637): flags and version 0,
+    the payload's protocol type, then the checksum (C), key (K, published as TunnelId) and
+    sequence number (S) words the flags announce. IPv4, IPv6 and Ethernet (0x6558) payloads are
+    unwrapped; others (ERSPAN, PPTP's version 1) leave the outer header the flow's."""
+    cdef const uint8_t* p = hd_take(h, 4)
+    cdef uint16_t flags, inner
+    cdef uint32_t key = 0
+    if p == NULL:
+        return 0
+    flags = be16(p)
+    inner = be16(p + 2)
+    if flags & 0x0007 or not (inner == 0x0800 or inner == 0x86DD or inner == 0x6558):
+        return 0
+    if flags & 0x8000 and hd_take(h, 4) == NULL:
+        return 0
+    if flags & 0x2000:
+        p = hd_take(h, 4)
+        if p == NULL:
+            return 0
+        key = be32(p)
+    if flags & 0x1000 and hd_take(h, 4) == NULL:
+        return 0
+    move_to_tunnel(f, TUN_GRE, key)
+    f.present &= ~(<uint64_t>(P_TUNSPORT | P_TUNDPORT))
+    if not flags & 0x2000:
+        f.present &= ~(<uint64_t>P_TUNID)
+    if inner == 0x6558:
+        return hdr_ethernet(f, h, depth + 1)
+    return hdr_ethertype(f, h, inner, depth + 1)
+
+
 cdef int hdr_l4(Flow* f, Reader* h, uint8_t proto, int depth) except -1:
     cdef const uint8_t* p
     cdef uint8_t optlen
     cdef uint16_t inner
     cdef uint32_t vni
+    if (proto == 4 or proto == 41) and depth == 0:
+        # IP in IP (RFC 2003) / IPv6 in IP (RFC 4213): the outer header is the tunnel's
+        move_to_tunnel(f, TUN_IPIP, 0)
+        f.present &= ~(<uint64_t>(P_TUNID | P_TUNSPORT | P_TUNDPORT))
+        return hdr_ipv4(f, h, depth + 1) if proto == 4 else hdr_ipv6(f, h, depth + 1)
+    if proto == 47 and depth == 0:
+        return hdr_gre(f, h, depth)
     if proto == 6 or proto == 17 or proto == 132:   # TCP, UDP, SCTP: ports first
         p = hd_take(h, 4)
         if p == NULL:
@@ -113,7 +155,7 @@ cdef int hdr_l4(Flow* f, Reader* h, uint8_t proto, int depth) except -1:
             return 0
         if hd_take(h, 4) == NULL:   # rest of the UDP header
             return 0
-        if f.dport == VXLAN_PORT:
+        if f.dport == VXLAN_PORT or f.dport == VXLAN_LINUX_PORT:
             # RFC 7348 5: flags (I bit 0x08 = VNI valid), 24 reserved bits, VNI, 8 reserved bits.
             p = hd_take(h, 8)
             if p == NULL or not (p[0] & 0x08):
@@ -229,9 +271,22 @@ cdef int hdr_ethertype(Flow* f, Reader* h, uint16_t etype, int depth) except -1:
             etype = 0x0800
         elif (p[0] >> 4) == 6:
             etype = 0x86DD
+        elif p[0] == 0 and depth == 0:
+            # an Ethernet pseudowire's control word (RFC 4385: first nibble 0): the customer's
+            # frame follows
+            if hd_take(h, 4) == NULL:
+                return 0
+            return hdr_ethernet(f, h, depth + 1)
         else:
             return 0
         f.etype = etype
+    elif etype == 0x8864:
+        # PPPoE session stage (RFC 2516): version/type 0x11, code 0, session id, length, then the
+        # PPP protocol
+        p = hd_take(h, 6)
+        if p == NULL or p[0] != 0x11 or p[1] != 0:
+            return 0
+        return hdr_ppp(f, h, depth)
     if etype == 0x0800:
         return hdr_ipv4(f, h, depth)
     if etype == 0x86DD:
@@ -283,7 +338,7 @@ cdef int hdr_ethernet(Flow* f, Reader* h, int depth) except -1:
     return hdr_ethertype(f, h, etype, depth)
 
 
-cdef int hdr_ppp(Flow* f, Reader* h) except -1:
+cdef int hdr_ppp(Flow* f, Reader* h, int depth) except -1:
     """RFC 1661/1662: optional address-control FF 03, then the protocol (1 byte when
     compressed, RFC 1661 6.5: odd first byte): 0x21 IPv4, 0x57 IPv6, 0x281 MPLS."""
     cdef const uint8_t* p = hd_take(h, 2)
@@ -301,11 +356,11 @@ cdef int hdr_ppp(Flow* f, Reader* h) except -1:
     else:
         proto = be16(p)
     if proto == 0x21:
-        return hdr_ethertype(f, h, 0x0800, 0)
+        return hdr_ethertype(f, h, 0x0800, depth)
     if proto == 0x57:
-        return hdr_ethertype(f, h, 0x86DD, 0)
+        return hdr_ethertype(f, h, 0x86DD, depth)
     if proto == 0x281:
-        return hdr_ethertype(f, h, 0x8847, 0)
+        return hdr_ethertype(f, h, 0x8847, depth)
     return 0
 
 
@@ -348,7 +403,7 @@ cdef inline uint16_t bswap16(uint16_t v) noexcept:
 
 
 cdef inline uint8_t tunnel_type_of(uint8_t proto, uint16_t dport) noexcept:
-    if proto == 17 and dport == VXLAN_PORT:
+    if proto == 17 and (dport == VXLAN_PORT or dport == VXLAN_LINUX_PORT):
         return TUN_VXLAN
     if proto == 17 and dport == GENEVE_PORT:
         return TUN_GENEVE
@@ -386,7 +441,15 @@ cdef int read_address(Reader* rec, uint8_t* af, uint8_t* out, uint32_t fmt) exce
     return 0
 
 
-cdef int flow_record(FlowBatch b, Flow* f, uint32_t ent, uint32_t fmt, Reader* rec) except -1:
+# Where a flow sample's Bytes came from (flow_records' `src`): a sampled header's frame_length
+# wins over sampled_ethernet's length, which wins over sampled_ipv4/ipv6's (the IP packet's,
+# "excluding lower layer encapsulations"), whatever the records' order.
+DEF BYTES_FROM_IP = 1
+DEF BYTES_FROM_ETHERNET = 2
+DEF BYTES_FROM_HEADER = 3
+
+
+cdef int flow_record(FlowBatch b, Flow* f, uint32_t ent, uint32_t fmt, Reader* rec, int* src) except -1:
     cdef const uint8_t* p
     cdef uint32_t hproto, hlen, nseg, seg_len, ncomm, i, sport, dport
     cdef uint32_t last_as = 0
@@ -398,12 +461,18 @@ cdef int flow_record(FlowBatch b, Flow* f, uint32_t ent, uint32_t fmt, Reader* r
         return batch_add_extra(b, f, ent, <uint16_t>fmt, start, rlen)
     if fmt == FR_RAW_HEADER:
         # header_protocol, frame_length, stripped, header<>
+        if src[0] == BYTES_FROM_HEADER:
+            # A second sampled header in one sample (an agent reporting outer and inner
+            # headers apart, a relay merging samples): the first describes the packet, later
+            # ones are kept as they came rather than mixed into it.
+            return batch_add_extra(b, f, 0, <uint16_t>fmt, start, rlen)
         need(rec, 16, fmt)
         p = rd_take(rec, 16)
         hproto = be32(p)
         hlen = be32(p + 12)
         f.bytes = be32(p + 4)
         f.present |= P_BYTES
+        src[0] = BYTES_FROM_HEADER
         if hlen > <uint32_t>rd_left(rec):
             raise_decode("bad_length", rec.pos - 4, f"sFlow raw header: {hlen} bytes, record has {rd_left(rec)}")
         rd_sub(rec, &h, hlen)
@@ -415,8 +484,8 @@ cdef int flow_record(FlowBatch b, Flow* f, uint32_t ent, uint32_t fmt, Reader* r
             hdr_ethertype(f, &h, 0x86DD, 0)
         elif hproto == HP_MPLS:
             hdr_ethertype(f, &h, 0x8847, 0)
-        elif hproto == HP_PPP:
-            hdr_ppp(f, &h)
+        elif hproto == HP_PPP or hproto == HP_POS:
+            hdr_ppp(f, &h, 0)
         elif hproto == HP_80211:
             hdr_80211(f, &h)
         return 0
@@ -424,9 +493,10 @@ cdef int flow_record(FlowBatch b, Flow* f, uint32_t ent, uint32_t fmt, Reader* r
         # length, src mac (6 + 2 pad), dst mac (6 + 2 pad), type
         need(rec, 24, fmt)
         p = rd_take(rec, 24)
-        if not (f.present & P_BYTES):
+        if src[0] < BYTES_FROM_ETHERNET:
             f.bytes = be32(p)
             f.present |= P_BYTES
+            src[0] = BYTES_FROM_ETHERNET
         if not (f.present & P_SRCMAC):
             memcpy(f.src_mac, p + 4, 6)
             memcpy(f.dst_mac, p + 12, 6)
@@ -440,9 +510,10 @@ cdef int flow_record(FlowBatch b, Flow* f, uint32_t ent, uint32_t fmt, Reader* r
         af = 4 if fmt == FR_IPV4 else 6
         need(rec, 32 if af == 4 else 56, fmt)
         p = rd_take(rec, 32 if af == 4 else 56)
-        if not (f.present & P_BYTES):
+        if src[0] < BYTES_FROM_IP:
             f.bytes = be32(p)
             f.present |= P_BYTES
+            src[0] = BYTES_FROM_IP
         if f.af:        # a raw header record already described this packet
             return 0
         f.af = af
@@ -514,8 +585,8 @@ cdef int flow_record(FlowBatch b, Flow* f, uint32_t ent, uint32_t fmt, Reader* r
             seg_len = be32(rd_take(rec, 8) + 4)
             if <uint64_t>seg_len * 4 > <uint64_t>rd_left(rec):
                 raise_decode("bad_length", rec.pos - 4, f"sFlow gateway: AS path segment of {seg_len}")
-            if seg_len:
-                last_as = be32(rd_take(rec, seg_len * 4) + (seg_len - 1) * 4)
+            # only the last segment's last AS is the origin (an empty last segment: none)
+            last_as = be32(rd_take(rec, seg_len * 4) + (seg_len - 1) * 4) if seg_len else 0
         # The destination AS is the origin: the last AS of the path (none for a local route).
         f.present |= P_SRCAS
         if last_as:
@@ -649,6 +720,7 @@ cdef int flow_records(FlowBatch b, Flow* f, Reader* s, uint32_t nrec) except -1:
     cdef const uint8_t* p
     cdef uint32_t j, rfmt, rlen
     cdef Reader rec
+    cdef int src = 0
     for j in range(nrec):
         if rd_left(s) < 8:
             raise_decode("bad_sample", s.pos, f"sFlow flow sample: record {j} of {nrec} missing")
@@ -659,7 +731,7 @@ cdef int flow_records(FlowBatch b, Flow* f, Reader* s, uint32_t nrec) except -1:
             raise_decode("bad_length", s.pos - 4, f"sFlow flow record {rfmt & 0xFFF}: length {rlen} > {rd_left(s)}")
         rd_sub(s, &rec, rlen)
         skip_pad(s, rlen)
-        flow_record(b, f, rfmt >> 12, rfmt & 0xFFF, &rec)
+        flow_record(b, f, rfmt >> 12, rfmt & 0xFFF, &rec, &src)
     return 0
 
 
@@ -865,10 +937,10 @@ cdef int decode_sflow(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
                 if agent is None:
                     agent = b.agent_ip
                 counter_sample(b, &s, sfmt == SF_COUNTER_SAMPLE_EXP, agent)
-            else:
-                continue    # other formats (enterprise ones): skipped by length
-            if rd_left(&s) and not extra:
-                extra = f"sFlow seq {seq}: {rd_left(&s)} bytes after the records of sample {i}"
+            # other formats (enterprise ones) are skipped by length; so are bytes after a
+            # sample's records: sflow_version_5.txt ("Data Format") lets a structure be
+            # extended at its end, standard ones included, and receivers "must always use the
+            # opaque length information" so that extended structures cause no decoding errors
     except BaseException:
         # A sample that failed half-way is not a flow; the samples before it stay.
         while b.n > committed:

@@ -529,18 +529,22 @@ def test_sampled_ipv4_ipv6_icmp_and_portless_protocols(decoders_mod) -> None:
 
 
 def test_bytes_beyond_the_declared_counts_are_counted(decoders_mod) -> None:
-    """The header's sample count and a sample's record count are what the agent declared (as
-    Wireshark reads them): samples or records beyond them are not decoded, and not passed over
-    silently either: counted as bad_count on the exporter."""
+    """The header's sample count is what the agent declared (as Wireshark reads it): samples
+    beyond it are not decoded, and not passed over silently either: counted as bad_count on the
+    exporter. Bytes after a sample's declared records are not an error: sflow_version_5.txt
+    ("Data Format") lets any structure be extended at its end, and receivers skip by length."""
     pkt = eth(ipv4("10.0.0.1", "10.0.0.2", 17, udp(1, 2)), 0x0800)
     one = flow_sample([raw_header(pkt, 60)])
     switch = rec(1001, struct.pack(">IIII", 300, 0, 301, 0))
     two_records_count_one = rec(1, struct.pack(">IIIIIIII", 7, 3, 400, 4000, 0, 5, 6, 1) + raw_header(pkt, 60) + switch)
-    for data in (datagram([one, one, one], count=1), datagram([two_records_count_one])):
+    extended = rec(1, struct.pack(">IIIIIIII", 7, 3, 400, 4000, 0, 5, 6, 1) + raw_header(pkt, 60) + b"\0" * 8)
+    for data, errors in ((datagram([one, one, one], count=1), {"bad_count": 1}),
+                         (datagram([two_records_count_one]), {}), (datagram([extended]), {})):
         dec = decoders_mod.Decoder()
         b = dec.decode(data, "192.0.2.1", 6343, RECV)
         assert b.error is None and len(b) == 1
-        assert dec.stats()["192.0.2.1"]["errors"] == {"bad_count": 1}
+        assert "Vlan" not in b.to_dicts()[0]        # the record beyond the count is not read
+        assert dec.stats()["192.0.2.1"]["errors"] == errors
     dec = decoders_mod.Decoder()
     dec.decode(datagram([one, one], count=2), "192.0.2.1", 6343, RECV)
     assert dec.stats()["192.0.2.1"]["errors"] == {}
@@ -706,6 +710,94 @@ def test_header_protocols_ppp_and_mpls(decoders_mod) -> None:
                                            100, proto=13)])
     assert (f["SrcAddr"], f["DstAddr"], f["SrcPort"], f["DstPort"], f["Etype"]) == \
         ("10.2.0.1", "10.2.0.2", 53, 5353, 0x0800)
+
+
+def gre(ptype: int, payload: bytes, key: int | None = None, csum: bool = False, seq: int | None = None) -> bytes:
+    flags = (0x8000 if csum else 0) | (0x2000 if key is not None else 0) | (0x1000 if seq is not None else 0)
+    out = struct.pack(">HH", flags, ptype)
+    if csum:
+        out += b"\0" * 4
+    if key is not None:
+        out += struct.pack(">I", key)
+    if seq is not None:
+        out += struct.pack(">I", seq)
+    return out + payload
+
+
+def test_tunnels_gre_ipip_and_linux_vxlan(decoders_mod) -> None:
+    """The inner packet is the flow, the outer header the tunnel's: VXLAN on the Linux kernel's
+    port 8472 (Flannel, Cilium) as on 4789; GRE (RFC 2784/2890, with checksum, key and sequence
+    words; NVGRE's Ethernet payload, RFC 7637), its key the TunnelId; IP in IP (RFC 2003, Calico)
+    and IPv6 in IPv4 (RFC 4213). A GRE payload that is not IP or Ethernet (ERSPAN) leaves the
+    outer header the flow's."""
+    inner = ipv4("10.244.1.5", "10.244.2.9", 6, tcp(33000, 443, 0x18))
+    inner_eth = eth(inner, 0x0800, dst=MAC_D, src=MAC_C)
+    inner6 = ipv6("fd00:10:244::5", "fd00:10:244::9", 17, udp(1000, 2000))
+
+    def keys(f: dict) -> tuple:
+        return (f.get("SrcAddr"), f.get("DstAddr"), f.get("Proto"), f.get("SrcPort"), f.get("DstPort"))
+
+    f = one_flow(decoders_mod, [raw_header(eth(ipv4("172.18.0.2", "172.18.0.3", 17,
+                                                     udp(40000, 8472, vxlan(1, inner_eth))), 0x0800), 200)])
+    assert keys(f) == ("10.244.1.5", "10.244.2.9", 6, 33000, 443)
+    assert (f["TunnelType"], f["TunnelId"], f["TunnelDstPort"], f["SrcMac"]) == ("vxlan", 1, 8472, "02:00:00:00:00:01")
+    for payload, ptype, key in ((inner, 0x0800, None), (inner_eth, 0x6558, 0x00123401), (inner6, 0x86DD, 7)):
+        outer = eth(ipv4("172.18.0.2", "172.18.0.3", 47, gre(ptype, payload, key=key, csum=True, seq=5)), 0x0800)
+        f = one_flow(decoders_mod, [raw_header(outer, 300)])
+        assert keys(f) == (("fd00:10:244::5", "fd00:10:244::9", 17, 1000, 2000) if ptype == 0x86DD else
+                           ("10.244.1.5", "10.244.2.9", 6, 33000, 443)), ptype
+        assert (f["TunnelType"], f.get("TunnelId"), f["TunnelSrcAddr"], f["TunnelDstAddr"], f["TunnelProto"]) == \
+            ("gre", key, "172.18.0.2", "172.18.0.3", 47)
+        assert "TunnelSrcPort" not in f and "TunnelDstPort" not in f
+        assert f["SrcMac"] == ("02:00:00:00:00:01" if ptype == 0x6558 else "0a:58:0a:80:00:05")
+    erspan = eth(ipv4("172.18.0.2", "172.18.0.3", 47, gre(0x88BE, b"\0" * 8 + inner_eth, seq=1)), 0x0800)
+    f = one_flow(decoders_mod, [raw_header(erspan, 300)])
+    assert (f["SrcAddr"], f["Proto"], "TunnelType" in f) == ("172.18.0.2", 47, False)
+    for outer, want in ((ipv4("192.168.1.10", "192.168.1.11", 4, inner), ("10.244.1.5", "10.244.2.9", 6, 33000, 443)),
+                        (ipv4("192.168.1.10", "192.168.1.11", 41, inner6),
+                         ("fd00:10:244::5", "fd00:10:244::9", 17, 1000, 2000))):
+        f = one_flow(decoders_mod, [raw_header(eth(outer, 0x0800), 300)])
+        assert keys(f) == want
+        assert (f["TunnelType"], f["TunnelSrcAddr"], f["TunnelDstAddr"], f["TunnelProto"]) == \
+            ("ipip", "192.168.1.10", "192.168.1.11", outer[9])
+        assert "TunnelId" not in f and "TunnelDstPort" not in f
+
+
+def test_pppoe_pseudowire_and_pos(decoders_mod) -> None:
+    """PPPoE session frames (RFC 2516: EtherType 0x8864, then PPP), an Ethernet pseudowire over
+    MPLS with its control word (RFC 4385/4448: the customer's frame is the flow) and Packet over
+    SONET (header_protocol 14, RFC 1662 framing as PPP) give the IP packet they carry."""
+    ip = ipv4("100.64.0.9", "198.51.100.1", 6, tcp(50000, 443, 0x02))
+    pppoe = struct.pack(">BBHH", 0x11, 0, 0x1234, 2 + len(ip)) + b"\x00\x21" + ip
+    f = one_flow(decoders_mod, [raw_header(eth(pppoe, 0x8864), 100)])
+    assert (f["SrcAddr"], f["DstAddr"], f["DstPort"], f["Etype"], f["SrcMac"]) == \
+        ("100.64.0.9", "198.51.100.1", 443, 0x0800, "0a:58:0a:80:00:05")
+    ip6 = ipv6("2001:db8::1", "2001:db8::2", 17, udp(1, 2))
+    pppoe6 = struct.pack(">BBHH", 0x11, 0, 1, 2 + len(ip6)) + b"\x00\x57" + ip6
+    assert one_flow(decoders_mod, [raw_header(eth(pppoe6, 0x8864), 100)])["SrcAddr"] == "2001:db8::1"
+    discovery = struct.pack(">BBHH", 0x11, 0x09, 0, 0)    # PADI: no session, nothing to read
+    assert "SrcAddr" not in one_flow(decoders_mod, [raw_header(eth(discovery, 0x8863), 60)])
+    pw = eth(mpls([300, 16001], b"\0\0\0\0" + eth(ip, 0x0800, dst=MAC_D, src=MAC_C)), 0x8847)
+    f = one_flow(decoders_mod, [raw_header(pw, 120)])
+    assert (f["SrcAddr"], f["DstPort"], f["SrcMac"], f["DstMac"]) == \
+        ("100.64.0.9", 443, "02:00:00:00:00:01", "02:00:00:00:00:02")
+    f = one_flow(decoders_mod, [raw_header(b"\xff\x03\x00\x21" + ip, 100, proto=14)])
+    assert (f["SrcAddr"], f["DstAddr"], f["Proto"]) == ("100.64.0.9", "198.51.100.1", 6)
+
+
+def test_bytes_and_headers_do_not_depend_on_record_order(decoders_mod) -> None:
+    """Bytes is the frame's length: a sampled header's frame_length, else sampled_ethernet's,
+    else the IP length of sampled_ipv4/ipv6, whatever the records' order. A second sampled
+    header in one sample is kept as it came, not mixed into the first."""
+    e = rec(2, struct.pack(">I", 1518) + MAC_A + b"\0\0" + MAC_B + b"\0\0" + struct.pack(">I", 0x0800))
+    ip = rec(3, sampled_ip(False, 1500, 6, "10.0.0.1", "10.0.0.2", 1, 2, 0x10, 0))
+    hdr = raw_header(eth(ipv4("10.0.0.1", "10.0.0.2", 6, tcp(1, 2, 0x10)), 0x0800), 1522)
+    for records, want in (([e, ip], 1518), ([ip, e], 1518), ([ip], 1500), ([ip, e, hdr], 1522), ([hdr, ip, e], 1522)):
+        assert one_flow(decoders_mod, records)["Bytes"] == want, records
+    arp = raw_header(eth(b"\0" * 28, 0x0806), 60)
+    f = one_flow(decoders_mod, [hdr, arp])
+    assert (f["Etype"], f["SrcPort"], f["Bytes"]) == (0x0800, 1, 1522)
+    assert "ie1" in f
 
 
 def test_ovs_tunnel_records(decoders_mod) -> None:

@@ -687,8 +687,9 @@ def section_expected(rec: dict) -> dict[str, Any]:
     """What a PSAMP packet report's section (dataLinkFrameSection 315 / ipHeaderPacketSection 313)
     says, from tshark's dissection of it (flattened into the record, repeated names merged in
     packet order): the first Ethernet header's MACs, the first VLAN id, the first IP header's
-    addresses and protocol, and the ports when that protocol is TCP or UDP. Tunnels (VXLAN,
-    Geneve, GRE) are left out: their outer header is the flow's tunnel there."""
+    addresses and protocol (IP in IP: the inner header's), and the ports when that protocol is
+    TCP or UDP. Tunnels (VXLAN, Geneve, GRE) are left out: their outer header is the flow's
+    tunnel there."""
     if not any(k.endswith(("frame_section", "packet_section")) for k in rec):
         return {}
     exp: dict[str, Any] = {}
@@ -705,8 +706,19 @@ def section_expected(rec: dict) -> dict[str, Any]:
     if first_ip is None:
         return exp
     pre = first_ip.split(".")[0]
-    exp |= {"SrcAddr": _first(rec[f"{pre}.src"]), "DstAddr": _first(rec[f"{pre}.dst"])}
+    at = 0
     proto = _first(rec.get("ip.proto")) if pre == "ip" else _first(rec.get("ipv6.nxt"))
+    if proto is not None and to_int(proto) in (4, 41):
+        # IP in IP / IPv6 in IP (SRv6 carrying IPv4, Calico): the inner header is the flow,
+        # the outer one its tunnel; the inner is the next header of its family
+        inner = "ip" if to_int(proto) == 4 else "ipv6"
+        at = 1 if inner == pre else 0
+        if len(_as_list(rec.get(f"{inner}.src"))) <= at:
+            return exp
+        pre = inner
+        proto = _as_list(rec.get("ip.proto" if pre == "ip" else "ipv6.nxt"))[at:at + 1] or [None]
+        proto = proto[0]
+    exp |= {"SrcAddr": _as_list(rec[f"{pre}.src"])[at], "DstAddr": _as_list(rec[f"{pre}.dst"])[at]}
     if proto is None or (pre == "ipv6" and to_int(proto) in _IPV6_EXT):
         return exp
     exp["Proto"] = to_int(proto)
