@@ -232,6 +232,7 @@ cdef class Template:
     cdef readonly uint16_t port
     cdef Py_ssize_t min_len   # smallest possible record (varlen counted as 1 byte)
     cdef bint has_tcp_counts
+    cdef int vlans            # elements giving the Vlan (58, 243): with two, the first non-zero
     cdef readonly double refreshed  # receive time of the datagram that (re)defined it (eviction order)
 
     def __dealloc__(self):
@@ -266,6 +267,7 @@ cdef Template compile_template(int version, uint32_t domain, uint16_t tid, tuple
     t.port = port
     t.min_len = 0
     t.has_tcp_counts = False
+    t.vlans = 0
     cdef set seen = set()
     # Bytes and Packets come from one family of counters, the first the template has: the
     # delta or total counts (1/2, 85/86), else the post (egress) ones (23/24), else a firewall's
@@ -290,7 +292,9 @@ cdef Template compile_template(int version, uint32_t domain, uint16_t tid, tuple
         # first occurrence fills the named field, as Wireshark shows it; later ones stay
         # available as ie<ID> extras. interfaceName is the exception: OVS sends it twice,
         # ingress port first, egress port second.
-        if fs.action > A_SCOPE and fs.action != A_IFNAME:
+        if fs.action == A_VLAN:
+            t.vlans += 1
+        elif fs.action > A_SCOPE and fs.action != A_IFNAME:
             if fs.action in seen:
                 fs.action = A_EXTRA
             else:
@@ -1011,8 +1015,11 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
     cdef uint64_t v
     cdef int64_t start_sysup = -1, end_sysup = -1, start_delta = -1, end_delta = -1
     cdef int64_t rec_sysinit = -1, duration_ms = -1, latest_ms
-    cdef Py_ssize_t dur_extra[2]    # where the duration elements went among the extras
-    cdef int n_dur = 0
+    # Time elements also kept as extras until the times they give are known (then removed
+    # again): where they went among the batch's extras, and which (TX_DURATION, TX_SYSUP)
+    cdef Py_ssize_t tx_at[4]
+    cdef int tx_kind[4]
+    cdef int n_tx = 0
     cdef uint64_t sampling_interval = 0, sampling_space = 0, sampler_id = 0
     cdef uint64_t sampling_size = 0, sampling_population = 0
     cdef uint32_t own_rate
@@ -1129,10 +1136,18 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
         elif a == A_DSTAS:
             f.dst_as = <uint32_t>beN(p, L)
             f.present |= P_DSTAS
-        elif a == A_END_SYSUP:
-            end_sysup = be32r(p, L)
-        elif a == A_START_SYSUP:
-            start_sysup = be32r(p, L)
+        elif a == A_END_SYSUP or a == A_START_SYSUP:
+            if a == A_END_SYSUP:
+                end_sysup = be32r(p, L)
+            else:
+                start_sysup = be32r(p, L)
+            if sysinit_ms < 0:
+                # IPFIX without a systemInitTimeMilliseconds (160) learned yet: the value is
+                # kept as the element unless the record's own 160 anchors it (Mikrotik, IOS-XR)
+                tx_at[n_tx] = b.n_extras
+                tx_kind[n_tx] = TX_SYSUP
+                n_tx += 1
+                batch_add_extra(b, f, fs.pen, fs.ie, p - s.buf, L)
         elif a == A_ICMP_TC:
             v = be16r(p, L)  # type * 256 + code
             f.icmp_type = <uint8_t>(v >> 8)
@@ -1182,10 +1197,15 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             f.present |= P_DSTMAC
         elif a == A_VLAN:
             # IEEE 802.1Q: VID 0 means the frame carries a priority tag only, no VLAN (Cisco
-            # IOS-XR sends dot1qVlanId 0 for untagged traffic): no Vlan, as for sFlow.
-            f.vlan = be16r(p, L) & 0x0FFF
-            if f.vlan:
+            # IOS-XR sends dot1qVlanId 0 for untagged traffic): no Vlan, as for sFlow. With both
+            # vlanId (58) and dot1qVlanId (243) the first non-zero one is the Vlan, the other
+            # kept as it came.
+            v = be16r(p, L) & 0x0FFF
+            if v and not f.present & P_VLAN:
+                f.vlan = <uint16_t>v
                 f.present |= P_VLAN
+            elif t.vlans > 1:
+                batch_add_extra(b, f, fs.pen, fs.ie, p - s.buf, L)
         elif a == A_IPVERSION:
             ipversion = p[0]
         elif a == A_DIRECTION:
@@ -1247,8 +1267,9 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             # template order, until the times it completes are known (removed again then)
             if duration_ms < 0:
                 duration_ms = <int64_t>beN(p, L) // (1 if a == A_DURATION_MS else 1000)
-            dur_extra[n_dur] = b.n_extras
-            n_dur += 1
+            tx_at[n_tx] = b.n_extras
+            tx_kind[n_tx] = TX_DURATION
+            n_tx += 1
             batch_add_extra(b, f, fs.pen, fs.ie, p - s.buf, L)
         elif a == A_ETYPE:
             f.etype = be16r(p, L)
@@ -1419,6 +1440,8 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
     latest_ms = export_ms + SYSUP_SKEW_MS
     if rec_sysinit >= 0:
         sysinit_ms = rec_sysinit
+    if n_tx and sysinit_ms >= 0:
+        drop_time_extras(b, f, tx_at, tx_kind, n_tx, TX_SYSUP)   # anchored: they are the times
     if not f.present & P_TSTART:
         if start_sysup >= 0 and sysinit_ms >= 0:
             f.t_start_ms = sysup_time(sysinit_ms, start_sysup, latest_ms)
@@ -1443,10 +1466,16 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
         elif f.present & P_TEND and not f.present & P_TSTART:
             f.t_start_ms = f.t_end_ms - duration_ms
             f.present |= P_TSTART
+        elif obs_ms >= 0 and not f.present & (P_TSTART | P_TEND):
+            # an observation time and a duration alone: the flow was observed (reported) at
+            # its end
+            f.t_end_ms = obs_ms
+            f.t_start_ms = obs_ms - duration_ms
+            f.present |= P_TSTART | P_TEND
         if f.present & P_TSTART:
             # the times carry it; with no time to anchor it (Barracuda sends the duration
             # alone) the elements stay as they are
-            drop_extras(b, f, dur_extra, n_dur)
+            drop_time_extras(b, f, tx_at, tx_kind, n_tx, TX_DURATION)
     if obs_ms >= 0:
         # the instant the packet (PSAMP) or the event (NAT logging) was observed: the flow starts
         # and ends then, unless the record has flow times of its own, in any of their forms
@@ -1589,6 +1618,27 @@ cdef inline uint64_t swap_bits(uint64_t v, uint64_t a, uint64_t b) noexcept:
     return out
 
 
+cdef void drop_time_extras(FlowBatch b, Flow* f, Py_ssize_t* at, int* kind, int n, int which) noexcept:
+    """Remove the time elements of kind `which` kept among the flow's extras (decode_record's
+    tx_at/tx_kind; the others' indexes move down accordingly)."""
+    cdef Py_ssize_t drop[4]
+    cdef int i, m = 0, gone = 0
+    for i in range(n):
+        if kind[i] == which:
+            drop[m] = at[i]
+            m += 1
+    if m == 0:
+        return
+    drop_extras(b, f, drop, m)
+    for i in range(n):
+        if kind[i] == which:
+            gone += 1
+            kind[i] = 0
+        else:
+            at[i] -= gone
+    # (entries of kind 0 are gone; a later call skips them)
+
+
 cdef void reverse_flow(Flow* f, int rev, uint64_t rev_bytes, uint64_t rev_packets, uint16_t rev_flags,
                        uint8_t rev_dscp, int64_t rev_start, int64_t rev_end, bint only) noexcept:
     """Turn a biflow record's flow into its reverse direction (RFC 5103): the endpoints swapped
@@ -1653,8 +1703,9 @@ cdef void reverse_flow(Flow* f, int rev, uint64_t rev_bytes, uint64_t rev_packet
 
 cdef void pick_family(Flow* f, const uint8_t* src4, const uint8_t* dst4, bint has4, bint has6, int ipversion) noexcept:
     """Some exporters (Procera, some Cisco) fill both IPv4 and IPv6 address elements in one
-    template, leaving the family not in use zero. ipVersion (IE 60) decides when present; else
-    the family with a non-zero address wins, IPv4 on a tie."""
+    template, leaving the family not in use zero. ipVersion (IE 60) decides when present (a
+    template with one family's elements only has that family whatever it says); else the family
+    with a non-zero address wins, IPv4 on a tie."""
     cdef bint nz4 = be32(src4) != 0 or be32(dst4) != 0
     cdef bint nz6 = False
     cdef int i
@@ -1663,7 +1714,7 @@ cdef void pick_family(Flow* f, const uint8_t* src4, const uint8_t* dst4, bint ha
             if f.src[i] or f.dst[i]:
                 nz6 = True
                 break
-    if has4 and (ipversion == 4 or (ipversion != 6 and (not has6 or nz4 or not nz6))):
+    if has4 and (not has6 or ipversion == 4 or (ipversion != 6 and (nz4 or not nz6))):
         memset(f.src, 0, 16)
         memset(f.dst, 0, 16)
         memcpy(f.src, src4, 4)

@@ -1208,16 +1208,65 @@ def test_observation_time_does_not_override_the_records_flow_times() -> None:
     t = _tpl(350, ("src", 8, 0, 4), ("first", 22, 0, 4), ("last", 21, 0, 4), ("obs", 323, 0, 8))
     t_dur = _tpl(351, ("src", 8, 0, 4), ("start", 152, 0, 8), ("dur", 161, 0, 4), ("obs", 323, 0, 8))
     t_obs = _tpl(352, ("src", 8, 0, 4), ("obs", 323, 0, 8))
+    t_obs_dur = _tpl(353, ("src", 8, 0, 4), ("obs", 323, 0, 8), ("dur", 161, 0, 4))
     obs = EXPORT * 1000 - 7
-    data = v9_datagram([template_set([t, t_dur, t_obs], version=9),
+    data = v9_datagram([template_set([t, t_dur, t_obs, t_obs_dur], version=9),
                         v9_data_set(t, [{"src": "10.0.0.1", "first": 400, "last": 900, "obs": obs}]),
                         v9_data_set(t_dur, [{"src": "10.0.0.2", "start": EXPORT * 1000 - 5000, "dur": 1200,
                                              "obs": obs}]),
-                        v9_data_set(t_obs, [{"src": "10.0.0.3", "obs": obs}])],
+                        v9_data_set(t_obs, [{"src": "10.0.0.3", "obs": obs}]),
+                        v9_data_set(t_obs_dur, [{"src": "10.0.0.4", "obs": obs, "dur": 2500}])],
                        seq=0, unix_secs=EXPORT, uptime_ms=1000)
-    got = [(f["TimeFlowStartMs"], f["TimeFlowEndMs"]) for f in Decoder().decode(data, EXPORTER).to_dicts()]
+    flows = Decoder().decode(data, EXPORTER).to_dicts()
+    got = [(f["TimeFlowStartMs"], f["TimeFlowEndMs"]) for f in flows]
     boot = EXPORT * 1000 - 1000
-    assert got == [(boot + 400, boot + 900), (EXPORT * 1000 - 5000, EXPORT * 1000 - 3800), (obs, obs)]
+    # with a duration alone, the observation (the report) is the flow's end
+    assert got == [(boot + 400, boot + 900), (EXPORT * 1000 - 5000, EXPORT * 1000 - 3800), (obs, obs),
+                   (obs - 2500, obs)]
+    assert "ie161" not in flows[-1]
+
+
+def test_sysuptime_times_without_a_system_init_time_are_kept_as_elements() -> None:
+    """IPFIX flowStart/EndSysUpTime (22/21) count from systemInitTimeMilliseconds (160): an
+    exporter that never sends it (Mikrotik, IOS-XR IPFIX) gives no flow times, and the values
+    stay as ie22/ie21 (as a duration with nothing to anchor it does), never silently gone. The
+    record's own 160, or one learned from options data, anchors them."""
+    t = _tpl(360, ("src", 8, 0, 4), ("first", 22, 0, 4), ("last", 21, 0, 4), ("dur", 161, 0, 4))
+    t_init = _tpl(361, ("src", 8, 0, 4), ("first", 22, 0, 4), ("last", 21, 0, 4), ("init", 160, 0, 8))
+    boot = EXPORT * 1000 - 3_600_000
+    dec = Decoder()
+    flows = dec.decode(ipfix_message([template_set([t, t_init]),
+                                      data_set(t, [{"src": "10.0.0.1", "first": 1000, "last": 1500, "dur": 500}]),
+                                      data_set(t_init, [{"src": "10.0.0.2", "first": 1000, "last": 1500,
+                                                         "init": boot}])],
+                                     seq=0, export_time=EXPORT), EXPORTER).to_dicts()
+    assert "TimeFlowStartMs" not in flows[0]
+    assert (flows[0]["ie22"], flows[0]["ie21"], flows[0]["ie161"]) == ("000003e8", "000005dc", "000001f4")
+    assert (flows[1]["TimeFlowStartMs"], flows[1]["TimeFlowEndMs"]) == (boot + 1000, boot + 1500)
+    assert not any(k.startswith("ie") for k in flows[1])
+
+
+def test_two_vlan_elements_the_first_non_zero_is_the_vlan() -> None:
+    """vlanId (58) and dot1qVlanId (243) in one template: 0 is a priority tag, no VLAN (IOS-XR
+    fills 0 for untagged traffic), so the first non-zero one is the Vlan and the other stays as
+    it came."""
+    t = _tpl(362, ("src", 8, 0, 4), ("vlan", 58, 0, 2), ("dot1q", 243, 0, 2))
+    recs = [{"src": "10.0.0.1", "vlan": 0, "dot1q": 100}, {"src": "10.0.0.2", "vlan": 20, "dot1q": 100},
+            {"src": "10.0.0.3", "vlan": 0, "dot1q": 0}]
+    flows = Decoder().decode(ipfix_message([template_set([t]), data_set(t, recs)], seq=0, export_time=EXPORT),
+                             EXPORTER).to_dicts()
+    assert [(f.get("Vlan"), f.get("ie58"), f.get("ie243")) for f in flows] == [
+        (100, "0000", None), (20, None, "0064"), (None, "0000", "0000")]
+
+
+def test_ip_version_that_contradicts_the_template_keeps_its_addresses() -> None:
+    """ipVersion (60) picks the family in templates with both families' address elements; a
+    template with IPv4 elements only has IPv4 addresses whatever it says."""
+    t = _tpl(363, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("ver", 60, 0, 1))
+    f = Decoder().decode(ipfix_message([template_set([t]), data_set(t, [{"src": "10.0.0.1", "dst": "10.0.0.2",
+                                                                           "ver": 6}])],
+                                       seq=0, export_time=EXPORT), EXPORTER).to_dicts()[0]
+    assert (f["SrcAddr"], f["DstAddr"], f["Etype"]) == ("10.0.0.1", "10.0.0.2", 0x0800)
 
 
 def test_psamp_packet_reports_are_read_from_their_packet_sections() -> None:
