@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -302,9 +303,18 @@ def test_stdout_closed_by_its_reader_stops_the_collector(collector: Any, workers
     send_udp([make_v5(0, 30, 0)], c.port)
     assert proc.stdout.readline().startswith(b"{")
     proc.stdout.close()   # the reader goes, like `head -1`
-    # one burst, in the listener's receive buffer before the collector has written any of it:
-    # what the stop finds there is still decoded, so every flow sent is counted one way or the other
-    send_udp([make_v5(30 * i, 30, 30 * i) for i in range(1, 21)], c.port)
+    # one burst, in the listener's receive buffer before the collector has written any of it
+    # (the collector paused while it arrives: on a loaded machine the stop could otherwise
+    # close the socket before the last datagrams are sent): what the stop finds there is still
+    # decoded, so every flow sent is counted one way or the other
+    pids = [proc.pid] + [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        send_udp([make_v5(30 * i, 30, 30 * i) for i in range(1, 21)], c.port)
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
     assert proc.wait(20) == 1, c.log()
     log = c.log()
     assert "stdout was closed by its reader" in log, log
