@@ -5,6 +5,8 @@
 #   make bench   benchmark harness (see benchmarks/README.md)
 #   make fuzz    atheris fuzzing of the decoders for a fixed budget (not in CI)
 #   make debug   rebuild the extensions with FLOWSCOPE_DEBUG=1 (bounds checks, -O0 -g)
+#   make lint    ruff and mypy
+#   make demo    the end-to-end demo: Open vSwitch -> flowscope -> Kafka (deploy/demo)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -24,9 +26,14 @@ venv: $(PY)
 
 # Build and install the package with its test extras, then build in place so that the
 # tests import the compiled modules from this tree.
-build: $(PY)
-	$(PIP) install -q -e '.[test]'
+# The install (an isolated build of the extensions, about a minute) runs again only when the
+# packaging files change; the in-place build recompiles only what changed.
+build: $(VENV)/.installed
 	$(PY) setup.py -q build_ext --inplace
+
+$(VENV)/.installed: $(PY) setup.py pyproject.toml
+	$(PIP) install -q -e '.[test]'
+	touch $@
 
 # Debian packages the tests need: installed only when running as root and missing.
 deps:

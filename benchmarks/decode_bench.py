@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import platform
 import random
+import sys
 import time
 from collections.abc import Callable
 
@@ -77,6 +78,12 @@ def best_rate(fn: Callable[[bytes], object], payloads: list[bytes], per: int, se
 
 def run(seconds: float) -> list[dict[str, object]]:
     rows = []
+    try:
+        import netflow  # the pure-Python peer column: `pip install .[bench]` (make bench) installs it
+    except ImportError:
+        netflow = None
+        print("benchmarks.decode_bench: the `netflow` package (make bench installs it) is missing: "
+              "no peer column", file=sys.stderr)
     for name, (setup, payloads, per) in workloads().items():
         dec = Decoder()
         for s in setup:
@@ -86,16 +93,15 @@ def run(seconds: float) -> list[dict[str, object]]:
         decode = best_rate(lambda p, dec=dec: dec.decode(p, "10.0.0.1", 0, EXPORT), payloads, per, seconds, 5)
         encode = best_rate(lambda p, dec=dec: dec.decode(p, "10.0.0.1", 0, EXPORT).to_json(), payloads, per, seconds, 5)
         peer = None
-        if name in ("ipfix-ovs-fixed", "netflow5", "netflow9"):
-            import netflow
-
+        peer_kinds = ("ipfix-ovs-fixed", "netflow5", "netflow9")   # what the `netflow` package decodes
+        if name in peer_kinds and netflow is not None:
             templates: dict = {"netflow": {}, "ipfix": {}}
             for s in setup:
                 netflow.parse_packet(s, templates)
             assert len(netflow.parse_packet(payloads[0], templates).flows) == per
             peer = best_rate(lambda p, t=templates: netflow.parse_packet(p, t), payloads, per, seconds, 5)
         rows.append({"workload": name, "records_per_datagram": per, "decode": decode, "decode_json": encode,
-                     "netflow_pkg": peer})
+                     "netflow_pkg": peer, "peer_missing": netflow is None and name in peer_kinds})
     return rows
 
 
@@ -105,7 +111,8 @@ def markdown(rows: list[dict[str, object]]) -> str:
              "|---|---|---|---|---|---|"]
     for r in rows:
         peer = r["netflow_pkg"]
-        ratio = f"{r['decode'] / peer:.0f}x" if peer else "n/a (no support)"
+        ratio = (f"{r['decode'] / peer:.0f}x" if peer else
+                 "n/a (`netflow` not installed)" if r.get("peer_missing") else "n/a (no support)")
         lines.append(f"| {r['workload']} | {r['records_per_datagram']} | {r['decode'] / 1e6:.2f} M | "
                      f"{r['decode_json'] / 1e6:.2f} M | {f'{peer / 1e3:.0f} k' if peer else '-'} | {ratio} |")
     return "\n".join(lines)

@@ -53,7 +53,9 @@ def _enrichment(cfg: config_mod.Config) -> tuple[Any, str, str]:
     if not source and e.enabled == "auto":
         where = ("in a pod without a ServiceAccount token" if os.environ.get("KUBERNETES_SERVICE_HOST")
                  else "not in a pod")
-        return None, (f"enrichment off: {where} and no --kubeconfig / $KUBECONFIG (~/.kube/config alone "
+        kc = os.environ.get("KUBECONFIG", "")
+        env = (f"$KUBECONFIG {kc} names no existing file" if kc else "no --kubeconfig / $KUBECONFIG")
+        return None, (f"enrichment off: {where} and {env} (~/.kube/config alone "
                       "does not turn it on: use --kubeconfig or --enrich true)"), ""
     problem = kube_access_error(enrich_cfg)
     if problem:

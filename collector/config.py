@@ -98,8 +98,8 @@ def parse_bool(v: Any) -> bool:
     if s in ("0", "false", "no", "off"):
         return False
     if not s:  # an empty variable (a Helm value left blank) is an error, as for the other types
-        raise ValueError("empty: expected true or false")
-    raise ValueError("expected true or false")
+        raise ValueError("empty: expected true or false (also yes/no, on/off, 1/0)")
+    raise ValueError("expected true or false (also yes/no, on/off, 1/0)")
 
 
 def parse_str(v: Any) -> str:
@@ -310,8 +310,8 @@ class KafkaConfig:
     linger_ms: int = opt(5, "how long a batch may wait for more records (ms)", ranged(parse_int, 0, 60000))
     batch_bytes: int = opt(1048576, "maximum record-batch size in bytes (keep under the broker's "
                            "message.max.bytes)", ranged(parse_size, 1024, 64 * 1024**2), metavar="SIZE")
-    connections: int = opt(4, "producer connections to the brokers, each with one produce request in flight "
-                           "per broker; with key none batches rotate over them (no order across batches), "
+    connections: int = opt(4, "producer connections to the brokers (direct produce: up to two produce requests "
+                           "in flight on each; aiokafka's producers: one per broker); with key none batches rotate over them (no order across batches), "
                            "with the other key modes a partition always uses the same one (order per key kept)",
                            ranged(parse_int, 1, 64))
     direct: bool = opt(True, "write the fast path's record batches (key none) to the partition leaders on "
@@ -716,6 +716,9 @@ def validate(cfg: Config) -> None:
             if clash:
                 raise ConfigError(f"listen: {earlier} and {lst} overlap: {clash} takes every {_family(clash)} "
                                   f"address on port {lst.port}; list one of them")
+    for name, addr in (("metrics_addr", cfg.metrics_addr), ("health_addr", cfg.health_addr)):
+        if addr and split_hostport(addr)[1] == 0:  # a random port nothing would know to scrape or probe
+            raise ConfigError(f"{name}: {addr}: port must be 1-65535 (empty disables it)")
     if cfg.metrics_addr and cfg.health_addr:
         (mh, mp), (hh, hp) = split_hostport(cfg.metrics_addr), split_hostport(cfg.health_addr)
         clash = _same_socket(mh, mp, hh, hp)
@@ -731,7 +734,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("output_file: sink file needs --output-file PATH")
     for b in cfg.kafka.brokers:
         try:
-            split_hostport(b)
+            if split_hostport(b)[1] == 0:
+                raise ValueError(f"{b!r}: port must be 1-65535")
         except ValueError as exc:
             raise ConfigError(f"kafka.brokers: {exc}") from None
     k = cfg.kafka

@@ -68,9 +68,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _enricher(args: argparse.Namespace) -> tuple[Any, Callable[[], None]]:
-    """Start Kubernetes enrichment when asked for (--kubeconfig); returns (enricher, stop).
-    A kubeconfig that cannot be loaded is a usage error: one line, exit 2."""
-    if not getattr(args, "kubeconfig", None):
+    """Start Kubernetes enrichment when asked for (--kubeconfig, or an explicit --enrich: the
+    client's default access, in-cluster ServiceAccount else $KUBECONFIG or ~/.kube/config);
+    returns (enricher, stop). A kubeconfig that cannot be loaded is a usage error: one line,
+    exit 2."""
+    if getattr(args, "enrich", None) is False or not (getattr(args, "kubeconfig", None) or
+                                                      getattr(args, "enrich", None) is True):
         return None, lambda: None
     import enrich
     from collector.app import kube_access_error

@@ -31,6 +31,12 @@ from .util import RateLimitedLog
 log = logging.getLogger("flowscope.server")
 
 ALLOW_CACHE_MAX = 65536
+# The label values of the fixed-label counters (docs/collector.md's metrics table), published at
+# 0 before their first event.
+DATAGRAM_DROP_REASONS = ("not_allowed", "wrong_protocol", "internal", "socket_error", "shutdown")
+FLOW_DROP_REASONS = ("queue_full", "evicted", "shutdown", "unconfirmed", "sink_error", "rejected", "too_large",
+                     "duplicate")
+KAFKA_ERROR_KINDS = ("connect", "metadata", "produce", "rejected", "admin")
 
 
 def _sflow_check(data: bytes) -> bool:
@@ -49,6 +55,25 @@ def _netflow_check(data: bytes) -> bool:
 SCHEME_CHECKS: dict[str, Callable[[bytes], bool]] = {
     "sflow": _sflow_check, "ipfix": _ipfix_check, "netflow": _netflow_check,
 }
+
+
+def sniff_protocol(data: bytes) -> str:
+    """What a datagram refused by a listener looks like, for the log: the protocol and version
+    its first bytes say, and the listener scheme that takes it (a port mix-up is the usual cause)."""
+    if data[:4] == b"\x00\x00\x00\x05":
+        return "sFlow v5 (an sflow:// listener takes it)"
+    if data[:3] == b"\x00\x00\x00" and len(data) >= 4 and data[3] in (2, 4):
+        return f"sFlow v{data[3]} (not decoded: sFlow v5 only)"
+    if len(data) < 2:
+        return "too short for any flow protocol"
+    v = int.from_bytes(data[:2], "big")
+    if v == 10:
+        return "IPFIX (an ipfix:// or netflow:// listener takes it)"
+    if v in (5, 9):
+        return f"NetFlow v{v} (a netflow:// listener takes it)"
+    if v in (1, 6, 7, 8):
+        return f"NetFlow v{v} (not decoded: v5, v9 and IPFIX only)"
+    return "no flow protocol flowscope knows"
 
 
 def open_socket(lst: Listener, rcvbuf: int, reuseport: bool) -> tuple[socket.socket, int]:
@@ -130,6 +155,7 @@ class Protocol(asyncio.DatagramProtocol):
         self.i = index
         self.scheme = scheme
         self.check = SCHEME_CHECKS[scheme]
+        self.wrong_key = f"wrong_protocol:{index}"
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         w = self.w
@@ -145,11 +171,12 @@ class Protocol(asyncio.DatagramProtocol):
             return
         if not self.check(data):
             w.dgram_drops["wrong_protocol"] += 1
-            # one line per 10 s for all sources together (a key per source would grow without
-            # bound under a spoofed flood): which exporter sends what this listener does not take
-            w.rl.warning("wrong_protocol", "listener %s: datagram from %s starting %s is not %s (NetFlow v1/v7 or "
-                         "sFlow v2/v4 are not decoded): dropped, counted in flowscope_datagrams_dropped_total"
-                         "{reason=\"wrong_protocol\"}", w.listeners[self.i], ip, data[:4].hex(), self.scheme)
+            # one line per 10 s per listener (a key per source would grow without bound under
+            # a spoofed flood): which exporter sends what this listener does not take, and what
+            # it looks like
+            w.rl.warning(self.wrong_key, "listener %s: datagram from %s starting %s is not %s but looks like %s: "
+                         "dropped, counted in flowscope_datagrams_dropped_total{reason=\"wrong_protocol\"}",
+                         w.listeners[self.i], ip, data[:4].hex(), self.scheme, sniff_protocol(data))
             return
         try:
             batch = w.decode(data, ip, addr[1], time.time())
@@ -449,7 +476,10 @@ class Worker:
         names = [str(lst) for lst in self.listeners]
         snap["flowscope_received_datagrams"] = {(n,): v for n, v in zip(names, self.rx_datagrams, strict=False)}
         snap["flowscope_received_bytes"] = {(n,): v for n, v in zip(names, self.rx_bytes, strict=False)}
-        snap["flowscope_datagrams_dropped"] = {(r,): v for r, v in self.dgram_drops.items()}
+        # every documented reason from the start, at 0: an alert on increase() sees the first
+        # event, and `== 0` checks have a series to compare
+        snap["flowscope_datagrams_dropped"] = {(r,): 0 for r in DATAGRAM_DROP_REASONS} | {
+            (r,): v for r, v in self.dgram_drops.items()}
         drops = {ino: d for ino, (_, d) in udp_socket_stats(set(self.inodes)).items()}
         for i, ino in enumerate(self.inodes):
             if ino in drops:
@@ -459,8 +489,9 @@ class Worker:
         snap["flowscope_socket_receive_buffer_bytes"] = {(n,): v for n, v in zip(names, self.granted, strict=False)}
         snap["flowscope_listener_up"] = {(n,): (1 if self.bound else 0) for n in names}
         q = self.queue
-        fd: dict[tuple[str, ...], int] = {(r,): v for r, v in self.flow_drops.items()}
-        cd: dict[tuple[str, ...], int] = {}
+        fd: dict[tuple[str, ...], int] = {(r,): 0 for r in FLOW_DROP_REASONS} | {
+            (r,): v for r, v in self.flow_drops.items()}
+        cd: dict[tuple[str, ...], int] = {(r,): 0 for r in FLOW_DROP_REASONS} if self.counters else {}
         for (kind, reason), v in q.dropped.items():
             target = fd if kind == FLOWS else cd
             target[(reason,)] = target.get((reason,), 0) + v
@@ -472,7 +503,7 @@ class Worker:
         # the open record batch (key none) is counted with the queue: flows in it are decoded and
         # neither delivered nor dropped yet
         wr = self.writer
-        open_records, open_bytes = (wr.records, wr.size) if wr is not None else (0, 0)
+        open_records, open_bytes = (wr.records, wr.size) if wr is not None and wr.records else (0, 0)
         snap["flowscope_queue_bytes"] = {(): q.total_bytes + open_bytes}
         snap["flowscope_queue_records"] = {(): q.records_of(FLOWS) + open_records}
         if self.counters:
@@ -484,7 +515,7 @@ class Worker:
         snap["flowscope_sink_failing_seconds"] = {(): round(s.failing_for(self.stall_limit), 1)}
         if isinstance(s, KafkaSink):
             snap["flowscope_kafka_send_latency_seconds"] = {(): list(s.latency)}
-            snap["flowscope_kafka_errors"] = {(k,): v for k, v in s.errors.items()}
+            snap["flowscope_kafka_errors"] = {(k,): 0 for k in KAFKA_ERROR_KINDS} | {(k,): v for k, v in s.errors.items()}
             snap["flowscope_kafka_batches"] = {(): s.batches}
             snap["flowscope_kafka_resent_records"] = {("flows",): s.resent[FLOWS], ("counters",): s.resent[COUNTERS]}
             snap["flowscope_kafka_compression_bytes"] = {("in",): s.compressed_bytes[0],

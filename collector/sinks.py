@@ -987,7 +987,8 @@ class KafkaSink(Sink):
                 continue
             parts = parts_by_kind[c.kind]
             n = len(parts)
-            if keymode == "exporter":
+            if keymode == "exporter" or (keymode == "conversation" and c.kind == COUNTERS):
+                # (an sFlow counter record has no conversation: keyed by its exporter)
                 key = c.exporter.encode()
                 self._append(builders, full, c.kind, parts[_murmur2(key) % n], c.records, key, c.exporter)
             elif keymode == "conversation":

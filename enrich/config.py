@@ -135,13 +135,14 @@ class EnrichConfig:
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the enrichment flags to a collector (or `flowscope decode`) parser."""
     g = parser.add_argument_group("Kubernetes enrichment")
-    g.add_argument("--enrich", dest="enrich", nargs="?", const=True, default=True, type=parse_bool,
-                   metavar="BOOL", help="attach Kubernetes identity to flows (default true; --enrich=false "
-                   "or --no-enrich disables it)")
+    g.add_argument("--enrich", dest="enrich", nargs="?", const=True, default=None, type=parse_bool,
+                   metavar="BOOL", help="attach Kubernetes identity to flows. Default: only with --kubeconfig "
+                   "(a capture is not enriched from whatever cluster kubectl points at by accident); "
+                   "--enrich (true) without --kubeconfig uses the in-cluster ServiceAccount when running in "
+                   "a pod, else $KUBECONFIG or ~/.kube/config; --enrich=false or --no-enrich disables it")
     g.add_argument("--no-enrich", dest="enrich", action="store_false", help="same as --enrich=false")
     g.add_argument("--kubeconfig", default=None, metavar="PATH",
-                   help="kubeconfig file (default: in-cluster ServiceAccount when running in a pod, "
-                   "else $KUBECONFIG or ~/.kube/config)")
+                   help="kubeconfig file to enrich from (turns enrichment on)")
     g.add_argument("--cluster-name", default="", metavar="NAME", help="value of K8S_ClusterName on every flow")
     g.add_argument("--infra-namespace-prefix", dest="infra_namespace_prefixes", action="append",
                    default=None, metavar="PREFIX",
@@ -152,7 +153,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace, **overrides: object) -> EnrichConfig:
     """Build an EnrichConfig from the flags of add_cli_arguments (extra fields as keywords)."""
     kwargs: dict[str, object] = {
-        "enabled": bool(getattr(args, "enrich", True)),
+        "enabled": getattr(args, "enrich", None) is not False,
         "kubeconfig": getattr(args, "kubeconfig", None),
         "cluster_name": getattr(args, "cluster_name", "") or "",
     }

@@ -334,7 +334,7 @@ def test_sflow_counters_go_to_the_counters_topic(broker: Any, collector: Any) ->
 
     t, tc = topic(), topic()
     c = collector(["--kafka-brokers", broker.bootstrap, "--kafka-topic", t, "--kafka-counters-topic", tc,
-                   "--counters"], schemes=("sflow",))
+                   "--counters", "--kafka-key", "conversation"], schemes=("sflow",))
     payloads, want = [], {}
     for i in range(20):
         g, vals = generic_if(100 + i)
@@ -354,6 +354,10 @@ def test_sflow_counters_go_to_the_counters_topic(broker: Any, collector: Any) ->
         assert {k: rec[k] for k in vals} == vals
     assert not want
     c.wait_value("flowscope_counter_records_delivered_total", 20)
+    # --kafka-key conversation: flows by their two addresses, counter records (no addresses) by
+    # their exporter
+    assert {k for _, k, _, _, _ in _rdkafka_read(broker.bootstrap, tc, 20)} == {b"127.0.0.1"}
+    assert {k for _, k, _, _, _ in _rdkafka_read(broker.bootstrap, t, 20)} == {b"10.0.0.1|10.0.0.2"}
     assert c.stop() == 0
     assert "20 flows delivered to kafka, 0 dropped; 20 sFlow counter records delivered, 0 dropped" in c.log()
 
@@ -466,6 +470,9 @@ def test_fast_path_records_carry_their_arrival_time(broker: Any, collector: Any)
         send_udp([make_v5(round_ * 30, 30, round_ * 30)], c.port)
         c.wait_value("flowscope_flows_delivered_total", 30 * (round_ + 1))
         acked.append(time.time() * 1000)
+        # delivered: nothing queued, and the empty open batch (its header) is not counted as queued
+        wait_for(lambda: c.value("flowscope_queue_bytes") == 0 and c.value("flowscope_queue_records") == 0, 10,
+                 what="an empty queue once delivered")
     got = _rdkafka_read(broker.bootstrap, t, 60)
     assert len(got) == 60
     for _, _, ts_type, ts, value in got:

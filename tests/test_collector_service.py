@@ -127,6 +127,7 @@ def test_wrong_protocol_on_sflow_port(collector: Any, tmp_path: Path) -> None:
     c.wait_value("flowscope_datagrams_dropped_total", 3, reason="wrong_protocol")
     wait_for(lambda: "datagram from 127.0.0.1 starting 0005" in c.log(), 10, what="the wrong_protocol log line")
     assert c.log().count("is not sflow") == 1   # one line per 10 s, not one per datagram
+    assert "looks like NetFlow v5 (a netflow:// listener takes it)" in c.log()   # a port mix-up, said so
 
 
 def test_metrics_match_what_was_sent(collector: Any, tmp_path: Path, loop_name: str) -> None:
@@ -152,6 +153,11 @@ def test_metrics_match_what_was_sent(collector: Any, tmp_path: Path, loop_name: 
     assert f"flowscope {version} (Python" in c.log()
     assert lines(out) == 1000
     assert c.get("/healthz")[0] == 200 and c.get("/readyz") == (200, "ready\n")
+    # the fixed-label counters exist at 0 before their first event (alerts on increase() or == 0)
+    text = c.get("/metrics")[1]
+    for series in ('flowscope_flows_dropped_total{reason="queue_full"} 0.0',
+                   'flowscope_datagrams_dropped_total{reason="wrong_protocol"} 0.0'):
+        assert series in text, series
 
 
 def test_queued_flows_and_counter_records_each_add_up(collector: Any) -> None:

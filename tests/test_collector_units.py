@@ -258,7 +258,7 @@ def test_an_empty_boolean_variable_is_an_error_like_an_empty_integer(var: str) -
     key = var.removeprefix("FLOWSCOPE_").lower().replace("kafka_", "kafka.")
     with pytest.raises(C.ConfigError) as e:
         load([], {var: ""})
-    assert str(e.value) == f"{key} (from {var}): empty: expected true or false"
+    assert str(e.value) == f"{key} (from {var}): empty: expected true or false (also yes/no, on/off, 1/0)"
     with pytest.raises(C.ConfigError, match=r"^workers \(from FLOWSCOPE_WORKERS\): expected an integer$"):
         load([], {"FLOWSCOPE_WORKERS": ""})
     assert load([], {"FLOWSCOPE_DEDUP": "false", "FLOWSCOPE_COUNTERS": "0"}).dedup is False
@@ -338,7 +338,7 @@ def test_addresses_that_cannot_work_at_run_time_are_refused(argv: list[str], mes
      "kafka (from {f}): given twice, on lines 1 and 3 (only the last would apply): keep one"),
     (["--rcvbuf", "2GiB"], {}, "", "rcvbuf (from --rcvbuf): 2147483648 is out of range: must be between 0 and "
      "2147483647"),
-    ([], {"FLOWSCOPE_KAFKA_DIRECT": ""}, "", "kafka.direct (from FLOWSCOPE_KAFKA_DIRECT): empty: expected true or false"),
+    ([], {"FLOWSCOPE_KAFKA_DIRECT": ""}, "", "kafka.direct (from FLOWSCOPE_KAFKA_DIRECT): empty: expected true or false (also yes/no, on/off, 1/0)"),
     (["--listen", "netflow://[::1]:21055", "--listen", "sflow://[0::1]:21055"], {}, "",
      "listen: [0::1]:21055 is listed twice (netflow://[::1]:21055 and sflow://[0::1]:21055)"),
 ])
@@ -1082,3 +1082,30 @@ def test_a_sink_delivering_nothing_with_records_waiting_makes_the_worker_unready
     w.queue.take(1 << 20)
     w.queue.done(FLOWS, 4, 2)            # nothing waits: not stalled, however long since
     assert w.sink.stalled_for() == 0.0 and w.ready() == (True, [])
+
+
+def test_a_refused_datagram_is_named_for_the_log() -> None:
+    """The wrong_protocol log line says what arrived and which listener takes it (the usual cause
+    is a port mix-up), or that flowscope decodes no such version."""
+    from collector.server import sniff_protocol
+
+    assert sniff_protocol(b"\x00\x00\x00\x05\x00\x00\x00\x01") == "sFlow v5 (an sflow:// listener takes it)"
+    assert sniff_protocol(b"\x00\x0a\x00\x10") == "IPFIX (an ipfix:// or netflow:// listener takes it)"
+    assert sniff_protocol(b"\x00\x09\x00\x01") == "NetFlow v9 (a netflow:// listener takes it)"
+    assert sniff_protocol(b"\x00\x07\x00\x01") == "NetFlow v7 (not decoded: v5, v9 and IPFIX only)"
+    assert sniff_protocol(b"\x00\x00\x00\x04") == "sFlow v4 (not decoded: sFlow v5 only)"
+    assert sniff_protocol(b"GET / HTTP/1.1") == "no flow protocol flowscope knows"
+    assert sniff_protocol(b"\x05") == "too short for any flow protocol"
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--metrics-addr", "127.0.0.1:0"], "metrics_addr: 127.0.0.1:0: port must be 1-65535 (empty disables it)"),
+    (["--health-addr", "[::1]:0"], "health_addr: [::1]:0: port must be 1-65535 (empty disables it)"),
+    (["--kafka-brokers", "127.0.0.1:0"], "kafka.brokers: '127.0.0.1:0': port must be 1-65535"),
+])
+def test_port_zero_is_refused_where_nothing_could_find_it(args: list[str], msg: str) -> None:
+    """A random port for /metrics or the probes is one nothing scrapes or probes, and a broker
+    on port 0 cannot be reached: refused as the listeners' port 0 is."""
+    with pytest.raises(C.ConfigError) as e:
+        load(args)
+    assert str(e.value) == msg

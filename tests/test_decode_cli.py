@@ -4,6 +4,7 @@ real CLI in a subprocess, and (with --kubeconfig) the informers against the fake
 from __future__ import annotations
 
 import ipaddress
+import os
 import random
 import struct
 import subprocess
@@ -131,6 +132,14 @@ def test_decode_with_kubeconfig_enriches(fake_kube: FakeKube, tmp_path: Path) ->
     assert f1["FlowDirection"] == 1 and f1["K8S_ClusterName"] == "prod" and f1["K8S_FlowLayer"] == "app"
     assert (f2["DstK8S_Name"], f2["DstK8S_Type"]) == ("db", "Service")
     assert (f3["SrcK8S_Name"], f3["SrcK8S_Type"]) == ("node-a", "Node") and f3["FlowDirection"] == 2
+    # --enrich without --kubeconfig: the client's default access ($KUBECONFIG here); without
+    # either, a capture is not enriched from whatever cluster $KUBECONFIG points at
+    env = dict(os.environ, KUBECONFIG=str(kubeconfig))
+    for args, enriched in ((["--enrich"], True), ([], False), (["--enrich", "--no-enrich"], False)):
+        p = subprocess.run([sys.executable, "-m", "collector.cli", "decode", str(cap), *args], cwd=ROOT,
+                           capture_output=True, timeout=120, env=env)
+        assert p.returncode == 0, p.stderr.decode()
+        assert [("SrcK8S_Name" in orjson.loads(x)) for x in p.stdout.splitlines()] == [enriched] * 3, args
 
 
 def test_encoder_c_path_equals_python_enricher_and_follows_index_changes() -> None:
