@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -37,6 +37,14 @@ DATAGRAM_DROP_REASONS = ("not_allowed", "wrong_protocol", "internal", "socket_er
 FLOW_DROP_REASONS = ("queue_full", "evicted", "shutdown", "unconfirmed", "sink_error", "rejected", "too_large",
                      "duplicate")
 KAFKA_ERROR_KINDS = ("connect", "metadata", "produce", "rejected", "admin")
+
+
+def labelled(known: tuple[str, ...], counts: Mapping[str, int]) -> dict[tuple[str, ...], int]:
+    """A one-label counter's values: every known label value at 0, then the counts."""
+    out: dict[tuple[str, ...], int] = {(k,): 0 for k in known}
+    for k, v in counts.items():
+        out[(k,)] = v
+    return out
 
 
 def _sflow_check(data: bytes) -> bool:
@@ -478,8 +486,7 @@ class Worker:
         snap["flowscope_received_bytes"] = {(n,): v for n, v in zip(names, self.rx_bytes, strict=False)}
         # every documented reason from the start, at 0: an alert on increase() sees the first
         # event, and `== 0` checks have a series to compare
-        snap["flowscope_datagrams_dropped"] = {(r,): 0 for r in DATAGRAM_DROP_REASONS} | {
-            (r,): v for r, v in self.dgram_drops.items()}
+        snap["flowscope_datagrams_dropped"] = labelled(DATAGRAM_DROP_REASONS, self.dgram_drops)
         drops = {ino: d for ino, (_, d) in udp_socket_stats(set(self.inodes)).items()}
         for i, ino in enumerate(self.inodes):
             if ino in drops:
@@ -489,9 +496,8 @@ class Worker:
         snap["flowscope_socket_receive_buffer_bytes"] = {(n,): v for n, v in zip(names, self.granted, strict=False)}
         snap["flowscope_listener_up"] = {(n,): (1 if self.bound else 0) for n in names}
         q = self.queue
-        fd: dict[tuple[str, ...], int] = {(r,): 0 for r in FLOW_DROP_REASONS} | {
-            (r,): v for r, v in self.flow_drops.items()}
-        cd: dict[tuple[str, ...], int] = {(r,): 0 for r in FLOW_DROP_REASONS} if self.counters else {}
+        fd = labelled(FLOW_DROP_REASONS, self.flow_drops)
+        cd = labelled(FLOW_DROP_REASONS if self.counters else (), {})
         for (kind, reason), v in q.dropped.items():
             target = fd if kind == FLOWS else cd
             target[(reason,)] = target.get((reason,), 0) + v
@@ -515,7 +521,7 @@ class Worker:
         snap["flowscope_sink_failing_seconds"] = {(): round(s.failing_for(self.stall_limit), 1)}
         if isinstance(s, KafkaSink):
             snap["flowscope_kafka_send_latency_seconds"] = {(): list(s.latency)}
-            snap["flowscope_kafka_errors"] = {(k,): 0 for k in KAFKA_ERROR_KINDS} | {(k,): v for k, v in s.errors.items()}
+            snap["flowscope_kafka_errors"] = labelled(KAFKA_ERROR_KINDS, s.errors)
             snap["flowscope_kafka_batches"] = {(): s.batches}
             snap["flowscope_kafka_resent_records"] = {("flows",): s.resent[FLOWS], ("counters",): s.resent[COUNTERS]}
             snap["flowscope_kafka_compression_bytes"] = {("in",): s.compressed_bytes[0],
