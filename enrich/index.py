@@ -121,6 +121,16 @@ def _network_ready_ms(conditions: list[Any]) -> int | None:
 CONTAINER_STATUSES = ("containerStatuses", "initContainerStatuses", "ephemeralContainerStatuses")
 
 
+def _terminated(c: Any) -> bool:
+    """A container status whose state is terminated."""
+    state = c.get("state") if isinstance(c, dict) else None
+    return isinstance(state, dict) and isinstance(state.get("terminated"), dict)
+
+
+def _as_list(v: Any) -> list[Any]:
+    return v if isinstance(v, list) else []
+
+
 def _finished_ms(statuses: Iterable[Any]) -> int | None:
     """When the last container of a finished pod terminated (None when not recorded)."""
     out: int | None = None
@@ -194,11 +204,13 @@ class PodRec:
     """What the index keeps of a Pod."""
 
     __slots__ = ("uid", "ns", "name", "node", "host_ip", "ips", "owner_kind", "owner_name",
-                 "start_ms", "end_ms", "frag_s", "frag_d", "infra", "keep_ips", "keep_owner")
+                 "start_ms", "end_ms", "frag_s", "frag_d", "infra", "keep_ips", "keep_owner", "status_start",
+                 "finished_ms", "floored")
 
     def __init__(self, *, uid: str, ns: str, name: str, node: str | None, host_ip: str,
                  ips: tuple[bytes, ...], owner_kind: str, owner_name: str, start_ms: int,
-                 end_ms: int, keep_ips: bool = False, keep_owner: bool = False) -> None:
+                 end_ms: int, keep_ips: bool = False, keep_owner: bool = False,
+                 finished_ms: int | None = None) -> None:
         self.uid = uid
         self.ns = ns
         self.name = name
@@ -214,7 +226,14 @@ class PodRec:
         self.owner_kind = owner_kind
         self.owner_name = owner_name
         self.start_ms = start_ms
+        # the start its status gives (start_ms can be later: see Index._set_pod)
+        self.status_start = start_ms
         self.end_ms = end_ms
+        # a pod not finished by its phase whose every container has terminated: when the last
+        # did (a pod deleted while Running, kubelets before 1.27 and a DELETED event's final
+        # status): its hold ends then, not when the collector heard of the delete
+        self.finished_ms = finished_ms
+        self.floored = False  # start_ms was raised by Index._floor (_refloor may lower it again)
         self.frag_s = b""
         self.frag_d = b""
         self.infra = False
@@ -617,7 +636,14 @@ class Index:
         start = max(times) if times else None
         node = spec.get("nodeName") if isinstance(spec.get("nodeName"), str) and spec.get("nodeName") else None
         end = ALIVE
-        if status.get("phase") in TERMINAL_PHASES:
+        finished_all: int | None = None
+        if status.get("phase") not in TERMINAL_PHASES:
+            regular = status.get("containerStatuses")
+            if isinstance(regular, list) and regular and all(_terminated(c) for c in regular):
+                finished_all = _finished_ms(c for f in CONTAINER_STATUSES for c in _as_list(status.get(f)))
+                if finished_all is not None and start is not None and finished_all <= start:
+                    finished_all = None
+        else:
             # A finished pod's IP goes back to the pool while the object lingers: it held it
             # until its containers finished (when the status says so), else until now.
             now = self._now_ms()
@@ -627,7 +653,7 @@ class Index:
         return PodRec(uid=uid, ns=_intern(ns), name=name, node=_intern(node) if node else None,
                       host_ip=host_ip, ips=tuple(ips), owner_kind=_intern(kind), owner_name=oname,
                       start_ms=ALWAYS if start is None else start, end_ms=end, keep_ips=keep_ips,
-                      keep_owner=keep_owner)
+                      keep_owner=keep_owner, finished_ms=finished_all)
 
     def _parse_node(self, obj: Any) -> NodeRec:
         meta = _meta(obj)
@@ -784,7 +810,7 @@ class Index:
             if kind == PODS:
                 cur = self._pods.get(rec.uid)
                 if cur is not None:
-                    self._delete_pod(rec.uid)
+                    self._delete_pod(rec.uid, rec if isinstance(rec, PodRec) else None)
             elif kind == NODES:
                 self._delete_node(rec.name)
             elif kind == SERVICES:
@@ -859,17 +885,22 @@ class Index:
         if (old is not None and old.end_ms == ALIVE and rec.end_ms == ALIVE and rec.start_ms <= old.start_ms
                 and any(ip not in old.ips for ip in rec.ips)):
             # A running pod got addresses it did not have (out of Pending, or a recreated
-            # sandbox) and the status gives no later start: it holds them from now, not from its
-            # start, so the flows of the address's previous holder stay that holder's. (A pod
+            # sandbox) and the status gives no later start: it holds them from when nobody else
+            # did (_floor: from now while another pod still holds one, so that pod's flows stay
+            # its own; _refloor moves it back when that pod turns out to have finished earlier). (A pod
             # first seen with addresses already finished keeps the status' times: a short Job's
             # whole life can fall between two events.)
-            rec.start_ms = max(rec.start_ms, self._now_ms())
+            floor = self._floor(rec, [ip for ip in rec.ips if ip not in old.ips])
+            if floor > rec.start_ms:
+                rec.start_ms = floor
+                rec.floored = True
         elif old is not None and (rec.start_ms < old.start_ms or (
                 old.end_ms == ALIVE and rec.end_ms == ALIVE and old.ips and all(ip in old.ips for ip in rec.ips))):
             # Its start never goes back; and a running pod that keeps its addresses held them
             # all along, even when its pod network's readiness moved on (OVN-Kubernetes keeps
             # a pod's address through a recreated sandbox: a node reboot).
             rec.start_ms = old.start_ms
+            rec.floored = old.floored
         if old is not None and old.same(rec) and old.end_ms == rec.end_ms and rec.uid in self._pods:
             return
         if old is not None:
@@ -906,15 +937,58 @@ class Index:
         self._entomb(dep)
         self._hold(dep)
 
-    def _delete_pod(self, uid: str) -> None:
+    def _delete_pod(self, uid: str, final: PodRec | None = None) -> None:
+        """Forget a pod (its addresses stay its own, as a tombstone, for the flows that started
+        while it held them). `final`: the DELETED event's object, whose status may say when the
+        pod finished: its hold ends then, not when the event arrived (a watch behind, a relist),
+        so a pod given the address since is not taken for it."""
         rec = self._pods.pop(uid)
         self._unlink_pod(rec)
         if rec.end_ms == ALIVE:
-            rec.end_ms = self._now_ms()
+            end = self._now_ms()
+            if final is not None:
+                fin = final.end_ms if final.end_ms != ALIVE else final.finished_ms
+                if fin is not None and fin > rec.start_ms:
+                    end = min(end, fin)
+            rec.end_ms = end
         if rec.ips:
             self._entomb(rec)
             for ip in rec.ips:
                 self._rechain(ip)
+            self._refloor(rec)
+
+    def _floor(self, rec: PodRec, ips: list[bytes]) -> int:
+        """The earliest a running pod can have held addresses it was newly given (its status'
+        start is when it was created, started, or its network came up, all of it truncated to
+        the second): while another pod still holds one of them (its delete not seen yet, a
+        watch behind) from now, so that pod's flows stay its own; else from the end of the
+        latest other pod that held one (a Completed pod that lingers ended long ago: the new
+        pod's first flows are its own)."""
+        floor = rec.status_start
+        now = self._now_ms()
+        for ip in ips:
+            for h in _multi_list(self._holders.get(ip)):
+                if h.uid == rec.uid or h.uid.startswith(rec.uid + "\x00"):
+                    continue
+                if h.end_ms == ALIVE:
+                    return max(floor, now)
+                floor = max(floor, h.end_ms)
+        return min(floor, now) if floor > rec.status_start else floor
+
+    def _refloor(self, gone: PodRec) -> None:
+        """A pod ended: the running pods given its addresses while it was still held (their hold
+        started when they were seen, see _floor) start again where their status and the other
+        holders allow, never later than they did."""
+        for ip in gone.ips:
+            for h in _multi_list(self._holders.get(ip)):
+                if h.end_ms != ALIVE or self._pods.get(h.uid) is not h or not h.floored:
+                    continue
+                f = self._floor(h, list(h.ips))
+                if f < h.start_ms:
+                    h.start_ms = f
+                    h.floored = f > h.status_start
+                    for hip in h.ips:
+                        self._rechain(hip)
 
     def _hold(self, rec: PodRec) -> None:
         for ip in rec.ips:

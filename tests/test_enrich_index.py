@@ -289,8 +289,9 @@ def test_ip_reuse_while_old_pod_object_lingers_finished() -> None:
 
 def test_pod_holds_an_address_from_when_it_got_it() -> None:
     """A pod admitted while its CNI had no free address (startTime set, no IP) gets the address
-    a deleted pod freed: flows from before that belong to the old pod, whether the status says
-    when the pod network came up (condition PodReadyToStartContainers) or not (watch time)."""
+    a deleted pod freed: flows from before that belong to the old pod; from the old pod's end
+    (nobody else can have held the address then), or from when the status says the new pod's
+    network came up (condition PodReadyToStartContainers), to the new one."""
     for with_condition in (False, True):
         clock = Clock(T0)
         old = pod("old", "shop", ips=["10.244.0.30"], uid="u-old", created=iso(T0 - 3_600_000))
@@ -309,7 +310,10 @@ def test_pod_holds_an_address_from_when_it_got_it() -> None:
                 {"type": "PodReadyToStartContainers", "status": "True", "lastTransitionTime": iso(T0 + 11_000)}]
         idx.upsert("pods", idx.parse("pods", got))
         assert flow(e, "10.244.0.30", "", t_ms=T0 + 5_000)["SrcK8S_Name"] == "old"
-        assert flow(e, "10.244.0.30", "", t_ms=T0 + 12_000).get("SrcK8S_Name") == ("new" if with_condition else None)
+        assert flow(e, "10.244.0.30", "", t_ms=T0 + 9_900)["SrcK8S_Name"] == "old"
+        # (with the condition: between the two, nobody held it)
+        assert flow(e, "10.244.0.30", "", t_ms=T0 + 10_500).get("SrcK8S_Name") == (None if with_condition else "new")
+        assert flow(e, "10.244.0.30", "", t_ms=T0 + 12_000).get("SrcK8S_Name") == "new"
         assert flow(e, "10.244.0.30", "", t_ms=T0 + 15_000)["SrcK8S_Name"] == "new"
         assert flow(e, "10.244.0.30", "", t_ms=0)["SrcK8S_Name"] == "new"
         # later MODIFIED noise (the status' older times) does not move the hold back
@@ -377,7 +381,8 @@ def test_short_job_seen_pending_then_finished_keeps_its_flows() -> None:
 
 
 def test_recreated_sandbox_takes_an_older_pods_address() -> None:
-    # x is younger than a; x's sandbox is recreated with the address a held until 10 s before.
+    # x is younger than a; x's sandbox is recreated with the address a held until 10 s before:
+    # from a's end nobody else can have held it, so its flows from then are x's.
     clock = Clock(T0)
     a = pod("a", "shop", ips=["10.244.0.51"], uid="u-a", created=iso(T0 - 3_600_000))
     x = pod("x", "shop", ips=["10.244.0.50"], uid="u-x", created=iso(T0 - 1_800_000))
@@ -388,7 +393,8 @@ def test_recreated_sandbox_takes_an_older_pods_address() -> None:
     clock.ms = T0
     idx.upsert("pods", idx.parse("pods", pod("x", "shop", ips=["10.244.0.51"], uid="u-x", created=iso(T0 - 1_800_000))))
     assert flow(e, "10.244.0.51", "", t_ms=T0 - 60_000)["SrcK8S_Name"] == "a"
-    assert flow(e, "10.244.0.51", "", t_ms=T0 - 5_000) == {}
+    assert flow(e, "10.244.0.51", "", t_ms=T0 - 10_500)["SrcK8S_Name"] == "a"
+    assert flow(e, "10.244.0.51", "", t_ms=T0 - 5_000)["SrcK8S_Name"] == "x"
     assert flow(e, "10.244.0.51", "", t_ms=T0 + 1_000)["SrcK8S_Name"] == "x"
     assert flow(e, "10.244.0.50", "", t_ms=T0 - 60_000)["SrcK8S_Name"] == "x"
 
