@@ -346,6 +346,9 @@ cdef class SeqStream:
     cdef uint32_t gap_span[SEQ_MAX_GAPS]
     cdef uint32_t gap_missing[SEQ_MAX_GAPS]
     cdef int64_t gap_ms[SEQ_MAX_GAPS]
+    # IPFIX read the RFC's way: how much more the other reading (ipfix_convention) would call
+    # lost in the gap (the record counts of the messages around it, previous minus current)
+    cdef int64_t gap_adj[SEQ_MAX_GAPS]
     # The latest sequence numbers that filled a gap (a ring): a duplicate of one fills nothing.
     cdef uint32_t filled[SEQ_FILLED_RING]
     cdef int nfilled        # entries of the ring in use (at most SEQ_FILLED_RING)
@@ -357,6 +360,10 @@ cdef class SeqStream:
     cdef bint inclusive
     cdef uint32_t last_seq
     cdef uint32_t last_count
+    cdef uint16_t inc_votes     # steps that were this message's count (see ipfix_convention)
+    cdef uint16_t rfc_votes     # ... the previous message's count
+    cdef uint32_t held_lost     # records the RFC's reading would call lost, held while undecided
+    cdef uint32_t prev_count    # the record count of the message before the latest
 
 
 cdef class ExporterState:
@@ -495,6 +502,8 @@ cdef class ExporterState:
                     self.count_oldest(st)
                 i = st.ngaps
                 st.gap_start[i], st.gap_span[i], st.gap_missing[i], st.gap_ms[i] = st.next, ahead, ahead, now_ms
+                st.gap_adj[i] = (<int64_t>st.prev_count - <int64_t>advance
+                                 if kind == PROTO_IPFIX and not st.inclusive else 0)
                 st.ngaps += 1
                 self.pending_gaps += 1
             elif behind <= SEQ_MAX_GAP:
@@ -524,23 +533,46 @@ cdef class ExporterState:
     cdef uint32_t ipfix_convention(self, SeqStream st, uint32_t seq, uint32_t* advance) noexcept:
         """RFC 7011 3.1: an IPFIX message's sequence number counts the Data Records sent before
         it. softflowd counts the message's own records too (its first message carries the
-        number of records in it): seen as the step from the previous message's number being this
-        message's count rather than the previous one's, where the two counts differ (the
-        opposite step switches back). Such a stream's numbers are taken as this message's count
-        earlier; options records, which softflowd leaves out, may make the step smaller than
-        the count: up to the count, the step is what the message advanced by."""
+        number of records in it). Where two messages in a row differ in record count, in order
+        and with no gap open, the step between their numbers is a vote: the previous message's
+        count (the RFC's reading) or this one's (the other). A stream is read the other way
+        once those votes lead by two; a loss can look like one vote, never like a run of them.
+        While they lead by one only (a new stream's first count change), the step is taken as
+        no loss for now: what the RFC's reading would call lost is held back, and counted when
+        a vote for the RFC comes. Options records, which softflowd leaves out, may make its
+        step smaller than the count: up to the count, the step is what the message advanced by."""
         cdef uint32_t step = seq - st.last_seq
-        if st.has_last and advance[0] != st.last_count:
-            if step == advance[0] and not st.inclusive:
-                st.inclusive = True
-                if st.synced:
-                    st.next = st.last_seq           # as the previous message is now read
-            elif step == st.last_count and st.inclusive:
-                st.inclusive = False
-                if st.synced:
+        cdef uint32_t ahead
+        cdef int i
+        if st.has_last and st.synced and advance[0] != st.last_count:
+            if step == advance[0]:
+                if st.inc_votes < 0xFFFF:
+                    st.inc_votes += 1
+                if not st.inclusive and st.inc_votes > st.rfc_votes + 1:
+                    st.inclusive = True
+                    st.held_lost = 0                    # it was no loss
+                    st.next = st.last_seq               # the previous message read this way
+                    for i in range(st.ngaps):           # and the gaps still open
+                        st.gap_missing[i] = <uint32_t>max(0, min(<int64_t>st.gap_missing[i] + st.gap_adj[i],
+                                                                 <int64_t>SEQ_MAX_GAP))
+                        st.gap_adj[i] = 0
+                elif not st.inclusive and st.inc_votes > st.rfc_votes:
+                    ahead = seq - st.next
+                    if ahead <= SEQ_MAX_GAP:
+                        st.held_lost += ahead
+                    st.next = seq                       # undecided: no gap opened
+            elif step == st.last_count:
+                if st.rfc_votes < 0xFFFF:
+                    st.rfc_votes += 1
+                if st.held_lost:
+                    self.proto_stats(PROTOCOL_NAMES[st.kind])["sequence_lost"] += st.held_lost
+                    st.held_lost = 0
+                if st.inclusive and st.rfc_votes + 1 >= st.inc_votes:
+                    st.inclusive = False
                     st.next = st.last_seq + st.last_count
         st.has_last = True
         st.last_seq = seq
+        st.prev_count = st.last_count
         st.last_count = advance[0]
         if not st.inclusive:
             return seq
@@ -561,6 +593,7 @@ cdef class ExporterState:
         for i in range(1, st.ngaps):
             st.gap_start[i - 1], st.gap_span[i - 1] = st.gap_start[i], st.gap_span[i]
             st.gap_missing[i - 1], st.gap_ms[i - 1] = st.gap_missing[i], st.gap_ms[i]
+            st.gap_adj[i - 1] = st.gap_adj[i]
         st.ngaps -= 1
         self.pending_gaps -= 1
 

@@ -1832,6 +1832,13 @@ def test_ipfix_sequence_that_counts_the_messages_own_records() -> None:
     assert run(rfc) == (0, 0)
     assert run([m for i, m in enumerate(rfc) if i != 5]) == (7, 0)
     assert run([m for i, m in enumerate(rfc) if i not in (2, 3)]) == (64, 0)
+    # a loss that looks like one step of the other convention is a loss (a run of such steps,
+    # not one, makes a stream read the other way)
+    rfc2 = [(s - n, n) for s, n in inclusive([5, 5, 10, 10, 10, 10, 3, 3])]
+    assert run([m for i, m in enumerate(rfc2) if i != 1]) == (5, 0)
+    # Open vSwitch at one record per message, a refresh message with no records, and the
+    # message after it lost (and later two more)
+    assert run([(100, 1), (101, 1), (102, 0), (103, 1), (104, 1), (105, 0), (107, 1)]) == (3, 0)
 
 
 def test_ipfix_sequence_resyncs_after_a_set_it_could_not_count() -> None:
