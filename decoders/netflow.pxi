@@ -1583,21 +1583,33 @@ cdef uint64_t section_length(const uint8_t* p, Py_ssize_t n, bint ip) noexcept:
     return 0
 
 
+cdef int section_headers(Flow* h, const uint8_t* buf, Py_ssize_t off, Py_ssize_t n, bint ip, int depth) except -1:
+    """A packet section's headers into a cleared `h`; `depth` 1 leaves tunnels wrapped."""
+    cdef Reader r
+    memset(h, 0, sizeof(Flow))
+    rd_init(&r, buf, off, off + n)
+    if not ip:
+        hdr_ethernet(h, &r, depth)
+    elif n > 0 and buf[off] >> 4 == 4:
+        hdr_ethertype(h, &r, 0x0800, depth)
+    elif n > 0 and buf[off] >> 4 == 6:
+        hdr_ethertype(h, &r, 0x86DD, depth)
+    return 0
+
+
 cdef int packet_section(Flow* f, const uint8_t* buf, Py_ssize_t off, Py_ssize_t n, bint ip) except -1:
     """Fill what `f` lacks from a PSAMP record's packet section (dataLinkFrameSection from the
     Ethernet header on, or ipHeaderPacketSection from the IP header), parsed by the sFlow raw
     header parser: a section cut anywhere gives what it holds."""
     cdef Flow h
-    cdef Reader r
     cdef uint64_t miss
-    memset(&h, 0, sizeof(Flow))
-    rd_init(&r, buf, off, off + n)
-    if not ip:
-        hdr_ethernet(&h, &r, 0)
-    elif n > 0 and buf[off] >> 4 == 4:
-        hdr_ethertype(&h, &r, 0x0800, 0)
-    elif n > 0 and buf[off] >> 4 == 6:
-        hdr_ethertype(&h, &r, 0x86DD, 0)
+    section_headers(&h, buf, off, n, ip, 0)
+    if (h.present & P_TUNTYPE and f.af and not (f.af == h.af and memcmp(f.src, h.src, 16) == 0
+                                                and memcmp(f.dst, h.dst, 16) == 0)):
+        # a tunnelled packet whose outer addresses the template gives (not the inner ones): the
+        # record describes the outer packet, so its headers are read without unwrapping, not
+        # mixed with the inner packet's ports and protocol
+        section_headers(&h, buf, off, n, ip, 1)
     if f.af == 0 and h.af:
         f.af = h.af
         memcpy(f.src, h.src, 16)

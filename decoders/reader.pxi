@@ -6,7 +6,7 @@
 # only ever see pointers that `rd_take` handed out. Network byte order lives here, nowhere else.
 
 from libc.stdint cimport int8_t, uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
-from libc.string cimport memcpy, memmove, memset
+from libc.string cimport memcmp, memcpy, memmove, memset
 
 
 cdef struct Reader:

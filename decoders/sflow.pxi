@@ -93,6 +93,25 @@ cdef void move_to_tunnel(Flow* f, uint8_t tun_type, uint32_t vni) noexcept:
     f.icmp_type = f.icmp_code = 0
 
 
+cdef bint inner_there(Reader* h, Py_ssize_t off, uint16_t etype) noexcept:
+    """A tunnel's payload is there to read, `off` bytes on: a whole IP header of the version
+    `etype` says, or an Ethernet header carrying IP or a VLAN tag (0x6558). A header cut before
+    it keeps the outer packet the flow (its addresses, protocol), not an empty inner one."""
+    cdef Py_ssize_t left = rd_left(h) - off
+    cdef const uint8_t* b = h.buf + h.pos + off
+    cdef uint16_t t
+    if etype == 0x0800:
+        return left >= 20 and b[0] >> 4 == 4
+    if etype == 0x86DD:
+        return left >= 40 and b[0] >> 4 == 6
+    if etype == 0x6558 and left >= 14:
+        t = be16(b + 12)
+        if t == 0x8100 or t == 0x88A8:
+            return True
+        return (t == 0x0800 or t == 0x86DD) and left >= 15 and b[14] >> 4 == (4 if t == 0x0800 else 6)
+    return False
+
+
 cdef int hdr_gre(Flow* f, Reader* h, int depth) except -1:
     """GRE (RFC 2784, keys and sequence numbers RFC 2890; NVGRE RFC 7637): flags and version 0,
     the payload's protocol type, then the checksum (C), key (K, published as TunnelId) and
@@ -116,6 +135,8 @@ cdef int hdr_gre(Flow* f, Reader* h, int depth) except -1:
         key = be32(p)
     if flags & 0x1000 and hd_take(h, 4) == NULL:
         return 0
+    if not inner_there(h, 0, inner):
+        return 0
     move_to_tunnel(f, TUN_GRE, key)
     f.present &= ~(<uint64_t>(P_TUNSPORT | P_TUNDPORT))
     if not flags & 0x2000:
@@ -132,6 +153,8 @@ cdef int hdr_l4(Flow* f, Reader* h, uint8_t proto, int depth) except -1:
     cdef uint32_t vni
     if (proto == 4 or proto == 41) and depth == 0:
         # IP in IP (RFC 2003) / IPv6 in IP (RFC 4213): the outer header is the tunnel's
+        if not inner_there(h, 0, 0x0800 if proto == 4 else 0x86DD):
+            return 0
         move_to_tunnel(f, TUN_IPIP, 0)
         f.present &= ~(<uint64_t>(P_TUNID | P_TUNSPORT | P_TUNDPORT))
         return hdr_ipv4(f, h, depth + 1) if proto == 4 else hdr_ipv6(f, h, depth + 1)
@@ -272,11 +295,15 @@ cdef int hdr_ethertype(Flow* f, Reader* h, uint16_t etype, int depth) except -1:
         elif (p[0] >> 4) == 6:
             etype = 0x86DD
         elif p[0] == 0 and depth == 0:
-            # an Ethernet pseudowire's control word (RFC 4385: first nibble 0): the customer's
-            # frame follows
-            if hd_take(h, 4) == NULL:
-                return 0
-            return hdr_ethernet(f, h, depth + 1)
+            # An Ethernet pseudowire (RFC 4448), with its control word (RFC 4385: first nibble
+            # 0) or without (a customer MAC starting 00): whichever way an Ethernet header that
+            # carries IP or a VLAN tag follows; else nothing is guessed
+            if inner_there(h, 4, 0x6558):
+                hd_take(h, 4)
+                return hdr_ethernet(f, h, depth + 1)
+            if inner_there(h, 0, 0x6558):
+                return hdr_ethernet(f, h, depth + 1)
+            return 0
         else:
             return 0
         f.etype = etype

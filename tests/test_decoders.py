@@ -1201,6 +1201,26 @@ def test_counters_without_octet_delta_count(split: bool) -> None:
     assert (flows[-2]["ie23"], flows[-2]["ie24"]) == ("00000007", "00000001") and "ie23" not in flows[-1]
 
 
+def test_psamp_tunnelled_packet_with_the_templates_outer_addresses() -> None:
+    """A packet report whose template gives the outer addresses and protocol of a tunnelled
+    packet (GRE, IP in IP) describes the outer packet: its section is read without unwrapping,
+    never the outer addresses with the inner packet's ports. One whose template gives the
+    inner addresses takes the inner packet, the outer as its tunnel."""
+    from tests.test_sflow import eth, ipv4, tcp
+
+    t = _tpl(334, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("proto", 4, 0, 1), ("frame", 315, 0, VARLEN))
+    inner = ipv4("10.244.1.5", "10.244.2.9", 6, tcp(33000, 443, 0x18))
+    frame = eth(ipv4("172.18.0.2", "172.18.0.3", 4, inner), 0x0800)
+    recs = [{"src": "172.18.0.2", "dst": "172.18.0.3", "proto": 4, "frame": frame},
+            {"src": "10.244.1.5", "dst": "10.244.2.9", "proto": 6, "frame": frame}]
+    outer, inner_f = Decoder(DecoderConfig(default_sampling=0)).decode(
+        ipfix_message([template_set([t]), data_set(t, recs)], seq=0, export_time=EXPORT), EXPORTER).to_dicts()
+    assert (outer["SrcAddr"], outer["Proto"], "SrcPort" in outer, "TunnelType" in outer) == ("172.18.0.2", 4, False,
+                                                                                           False)
+    assert (inner_f["SrcAddr"], inner_f["Proto"], inner_f["SrcPort"], inner_f["TunnelType"],
+            inner_f["TunnelSrcAddr"]) == ("10.244.1.5", 6, 33000, "ipip", "172.18.0.2")
+
+
 def test_observation_time_does_not_override_the_records_flow_times() -> None:
     """observationTime* (322-325) is when a packet (PSAMP) or an event (NAT logging) was seen:
     it gives the flow times only to a record that has none of its own, in any form (here v9

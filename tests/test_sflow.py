@@ -761,6 +761,12 @@ def test_tunnels_gre_ipip_and_linux_vxlan(decoders_mod) -> None:
         assert (f["TunnelType"], f["TunnelSrcAddr"], f["TunnelDstAddr"], f["TunnelProto"]) == \
             ("ipip", "192.168.1.10", "192.168.1.11", outer[9])
         assert "TunnelId" not in f and "TunnelDstPort" not in f
+    # a header cut right after the tunnel's: the outer packet stays the flow
+    for outer in (ipv4("192.168.1.10", "192.168.1.11", 4, inner[:12]),
+                  ipv4("192.168.1.10", "192.168.1.11", 47, gre(0x0800, inner[:12]))):
+        f = one_flow(decoders_mod, [raw_header(eth(outer, 0x0800), 300)])
+        assert (f["SrcAddr"], f["DstAddr"], f["Proto"], "TunnelType" in f) == ("192.168.1.10", "192.168.1.11",
+                                                                              outer[9], False)
 
 
 def test_pppoe_pseudowire_and_pos(decoders_mod) -> None:
@@ -781,6 +787,11 @@ def test_pppoe_pseudowire_and_pos(decoders_mod) -> None:
     f = one_flow(decoders_mod, [raw_header(pw, 120)])
     assert (f["SrcAddr"], f["DstPort"], f["SrcMac"], f["DstMac"]) == \
         ("100.64.0.9", 443, "02:00:00:00:00:01", "02:00:00:00:00:02")
+    cust = eth(ip, 0x0800, dst=bytes.fromhex("0050560000aa"), src=bytes.fromhex("001b21000011"))
+    f = one_flow(decoders_mod, [raw_header(eth(mpls([300], cust), 0x8847), 120)])   # no control word
+    assert (f["SrcAddr"], f["SrcMac"], f["DstMac"]) == ("100.64.0.9", "00:1b:21:00:00:11", "00:50:56:00:00:aa")
+    f = one_flow(decoders_mod, [raw_header(eth(mpls([300], b"\0" * 10), 0x8847), 60)])  # nothing to tell
+    assert (f["SrcMac"], f["Etype"], "SrcAddr" in f) == ("0a:58:0a:80:00:05", 0x8847, False)
     f = one_flow(decoders_mod, [raw_header(b"\xff\x03\x00\x21" + ip, 100, proto=14)])
     assert (f["SrcAddr"], f["DstAddr"], f["Proto"]) == ("100.64.0.9", "198.51.100.1", 6)
 
