@@ -294,6 +294,9 @@ def merge_into(total: Snapshot, snap: Snapshot) -> None:
 
 
 STARTING = "_starting"  # key of the snapshot a worker sends before its (possibly long) start-up
+# A start-up longer than this is a hang after all (liveness restarts the pod): loading state
+# files takes seconds per million template fields
+STARTING_LIMIT = 600.0
 
 
 def starting_snapshot(what: str) -> Snapshot:
@@ -326,11 +329,12 @@ class Aggregator:
         before its first snapshot is as stuck as one hung later: the first snapshot, "starting",
         is sent right after the fork). `starting=False` leaves out the workers that said they
         are starting (loading state files, starting the informers: that can take longer than
-        any silence limit, and is not a hang to restart the pod for)."""
+        any silence limit, and is not a hang to restart the pod for), for STARTING_LIMIT."""
         now = time.monotonic()
         ages = {w: now - self.seen.get(w, self.started) for w in range(self.expected)}
         ages.update((w, now - t) for w, t in self.seen.items())
-        return {w: age for w, age in ages.items() if age > limit and (starting or w not in self.starting)}
+        return {w: age for w, age in ages.items()
+                if age > limit and (starting or w not in self.starting or age > STARTING_LIMIT)}
 
     def merged(self) -> Snapshot:
         total: Snapshot = {}

@@ -1237,7 +1237,7 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             if v and not f.present & P_VLAN:
                 f.vlan = <uint16_t>v
                 f.present |= P_VLAN
-            elif t.vlans > 1:
+            elif v and t.vlans > 1:
                 batch_add_extra(b, f, fs.pen, fs.ie, p - s.buf, L)
         elif a == A_IPVERSION:
             ipversion = p[0]
@@ -1513,11 +1513,12 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
         # the instant the packet (PSAMP) or the event (NAT logging) was observed: the flow starts
         # and ends then, unless the record has flow times of its own, in any of their forms
         # (absolute, sysUpTime-relative, deltas, with a duration)
+        # (with one flow time of its own, the other never passes it: start <= end)
         if not f.present & P_TSTART:
-            f.t_start_ms = obs_ms
+            f.t_start_ms = min(obs_ms, f.t_end_ms) if f.present & P_TEND else obs_ms
             f.present |= P_TSTART
         if not f.present & P_TEND:
-            f.t_end_ms = obs_ms
+            f.t_end_ms = max(obs_ms, f.t_start_ms)
             f.present |= P_TEND
 
     if has_flags:

@@ -916,6 +916,9 @@ def test_a_starting_worker_is_unready_but_not_hung(monkeypatch: pytest.MonkeyPat
     assert A.silent_workers(agg, 10, starting=False) == []
     ok, why = A.readiness(agg, 2, 10)
     assert not ok and why == ["worker 1: starting for 300 s", "worker 1: starting: state files"]
+    clock[0] += 301   # starting for more than STARTING_LIMIT (600 s): hung in its start-up
+    agg.update(0, {"_ready": {(): (True, [])}})
+    assert A.silent_workers(agg, 10, starting=False) == ["worker 1: starting for 601 s"]
     agg.update(1, {"_ready": {(): (True, [])}})
     assert A.readiness(agg, 2, 10) == (True, [])
     clock[0] += 50   # silent again after having started: a hang

@@ -1229,21 +1229,24 @@ def test_observation_time_does_not_override_the_records_flow_times() -> None:
     t_dur = _tpl(351, ("src", 8, 0, 4), ("start", 152, 0, 8), ("dur", 161, 0, 4), ("obs", 323, 0, 8))
     t_obs = _tpl(352, ("src", 8, 0, 4), ("obs", 323, 0, 8))
     t_obs_dur = _tpl(353, ("src", 8, 0, 4), ("obs", 323, 0, 8), ("dur", 161, 0, 4))
+    t_obs_end = _tpl(354, ("src", 8, 0, 4), ("end", 153, 0, 8), ("obs", 323, 0, 8))
     obs = EXPORT * 1000 - 7
-    data = v9_datagram([template_set([t, t_dur, t_obs, t_obs_dur], version=9),
+    data = v9_datagram([template_set([t, t_dur, t_obs, t_obs_dur, t_obs_end], version=9),
                         v9_data_set(t, [{"src": "10.0.0.1", "first": 400, "last": 900, "obs": obs}]),
                         v9_data_set(t_dur, [{"src": "10.0.0.2", "start": EXPORT * 1000 - 5000, "dur": 1200,
                                              "obs": obs}]),
                         v9_data_set(t_obs, [{"src": "10.0.0.3", "obs": obs}]),
-                        v9_data_set(t_obs_dur, [{"src": "10.0.0.4", "obs": obs, "dur": 2500}])],
+                        v9_data_set(t_obs_dur, [{"src": "10.0.0.4", "obs": obs, "dur": 2500}]),
+                        v9_data_set(t_obs_end, [{"src": "10.0.0.5", "end": obs - 9000, "obs": obs}])],
                        seq=0, unix_secs=EXPORT, uptime_ms=1000)
     flows = Decoder().decode(data, EXPORTER).to_dicts()
     got = [(f["TimeFlowStartMs"], f["TimeFlowEndMs"]) for f in flows]
     boot = EXPORT * 1000 - 1000
     # with a duration alone, the observation (the report) is the flow's end
+    # with one flow time of its own (an end before the observation), the start never passes it
     assert got == [(boot + 400, boot + 900), (EXPORT * 1000 - 5000, EXPORT * 1000 - 3800), (obs, obs),
-                   (obs - 2500, obs)]
-    assert "ie161" not in flows[-1]
+                   (obs - 2500, obs), (obs - 9000, obs - 9000)]
+    assert "ie161" not in flows[-2]
 
 
 def test_sysuptime_times_without_a_system_init_time_are_kept_as_elements() -> None:
@@ -1268,15 +1271,15 @@ def test_sysuptime_times_without_a_system_init_time_are_kept_as_elements() -> No
 
 def test_two_vlan_elements_the_first_non_zero_is_the_vlan() -> None:
     """vlanId (58) and dot1qVlanId (243) in one template: 0 is a priority tag, no VLAN (IOS-XR
-    fills 0 for untagged traffic), so the first non-zero one is the Vlan and the other stays as
-    it came."""
+    fills 0 for untagged traffic), so the first non-zero one is the Vlan and another non-zero
+    one stays as it came."""
     t = _tpl(362, ("src", 8, 0, 4), ("vlan", 58, 0, 2), ("dot1q", 243, 0, 2))
     recs = [{"src": "10.0.0.1", "vlan": 0, "dot1q": 100}, {"src": "10.0.0.2", "vlan": 20, "dot1q": 100},
             {"src": "10.0.0.3", "vlan": 0, "dot1q": 0}]
     flows = Decoder().decode(ipfix_message([template_set([t]), data_set(t, recs)], seq=0, export_time=EXPORT),
                              EXPORTER).to_dicts()
     assert [(f.get("Vlan"), f.get("ie58"), f.get("ie243")) for f in flows] == [
-        (100, "0000", None), (20, None, "0064"), (None, "0000", "0000")]
+        (100, None, None), (20, None, "0064"), (None, None, None)]
 
 
 def test_ip_version_that_contradicts_the_template_keeps_its_addresses() -> None:
