@@ -980,8 +980,9 @@ class Index:
         started when they were seen, see _floor) start again where their status and the other
         holders allow, never later than they did."""
         for ip in gone.ips:
-            for h in _multi_list(self._holders.get(ip)):
-                if h.end_ms != ALIVE or self._pods.get(h.uid) is not h or not h.floored:
+            holders: list[PodRec] = _multi_list(self._holders.get(ip))
+            for h in holders:
+                if h.end_ms != ALIVE or not h.floored or self._pods.get(h.uid) is not h:
                     continue
                 f = self._floor(h, list(h.ips))
                 if f < h.start_ms:
