@@ -891,9 +891,14 @@ class Index:
             # first seen with addresses already finished keeps the status' times: a short Job's
             # whole life can fall between two events.)
             floor = self._floor(rec, [ip for ip in rec.ips if ip not in old.ips])
+            floored = True
+            if floor <= old.start_ms and any(ip in old.ips for ip in rec.ips):
+                # the addresses it keeps: their hold never goes back (one of them may have been
+                # given to it while another pod still held it)
+                floor, floored = old.start_ms, old.floored
             if floor > rec.start_ms:
                 rec.start_ms = floor
-                rec.floored = True
+                rec.floored = floored
         elif old is not None and (rec.start_ms < old.start_ms or (
                 old.end_ms == ALIVE and rec.end_ms == ALIVE and old.ips and all(ip in old.ips for ip in rec.ips))):
             # Its start never goes back; and a running pod that keeps its addresses held them
@@ -927,6 +932,9 @@ class Index:
         self._hold(rec)
         for ip in touched:
             self._rechain(ip)
+        if old is not None and old.end_ms == ALIVE and old.ips:
+            # it finished, or gave addresses up: pods given them meanwhile may start earlier
+            self._refloor(old.ips if rec.end_ms != ALIVE else [ip for ip in old.ips if ip not in rec.ips])
 
     def _held_before(self, old: PodRec, ips: list[bytes], end: int) -> None:
         """A tombstone of `old` for `ips`: they were its own from its start until `end`."""
@@ -955,7 +963,7 @@ class Index:
             self._entomb(rec)
             for ip in rec.ips:
                 self._rechain(ip)
-            self._refloor(rec)
+            self._refloor(rec.ips)
 
     def _floor(self, rec: PodRec, ips: list[bytes]) -> int:
         """The earliest a running pod can have held addresses it was newly given (its status'
@@ -971,15 +979,18 @@ class Index:
                 if h.uid == rec.uid or h.uid.startswith(rec.uid + "\x00"):
                     continue
                 if h.end_ms == ALIVE:
-                    return max(floor, now)
+                    if h.finished_ms is None:
+                        return max(floor, now)
+                    floor = max(floor, h.finished_ms)   # its containers all finished (a delete held back)
+                    continue
                 floor = max(floor, h.end_ms)
         return min(floor, now) if floor > rec.status_start else floor
 
-    def _refloor(self, gone: PodRec) -> None:
-        """A pod ended: the running pods given its addresses while it was still held (their hold
-        started when they were seen, see _floor) start again where their status and the other
-        holders allow, never later than they did."""
-        for ip in gone.ips:
+    def _refloor(self, ips: Iterable[bytes]) -> None:
+        """A pod ended or gave addresses up: the running pods given them while it still held
+        them (their hold started when they were seen, see _floor) start again where their status
+        and the other holders allow, never later than they did."""
+        for ip in ips:
             holders: list[PodRec] = _multi_list(self._holders.get(ip))
             for h in holders:
                 if h.end_ms != ALIVE or not h.floored or self._pods.get(h.uid) is not h:

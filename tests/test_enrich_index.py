@@ -321,6 +321,48 @@ def test_pod_holds_an_address_from_when_it_got_it() -> None:
         assert flow(e, "10.244.0.30", "", t_ms=T0 + 5_000)["SrcK8S_Name"] == "old"
 
 
+def test_a_pod_given_a_held_address_starts_again_when_its_holder_turns_out_finished() -> None:
+    """A pod given an address while another pod still lists it holds it from when that was
+    seen; once the other pod's status says it finished earlier (Succeeded, all containers
+    terminated: a Job pod that lingers and may never be deleted), the new pod holds it from
+    then. A later address that nobody held does not move the start of one it already had back
+    past another pod that is still alive."""
+    def job(phase: str) -> dict[str, Any]:
+        p = pod("j", "batch", ips=["10.244.0.70"], uid="u-j", owner=("Job", "j"), created=iso(T0 - 3_600_000),
+                phase=phase)
+        if phase == "Succeeded":
+            p["status"]["containerStatuses"] = [{"name": "c", "state": {"terminated": {
+                "exitCode": 0, "finishedAt": iso(T0 - 50_000)}}}]
+        return p
+
+    def new(ips: list[str] | None, phase: str = "Running") -> dict[str, Any]:
+        p = pod("n", "shop", ips=ips, uid="u-n", created=iso(T0 - 60_000), phase=phase)
+        p["status"]["startTime"] = iso(T0 - 55_000)
+        return p
+
+    clock = Clock(T0 - 100_000)
+    e = build([job("Running"), new(None, "Pending")], clock=clock)
+    idx = e.index
+    clock.ms = T0
+    idx.upsert("pods", idx.parse("pods", new(["10.244.0.70"])))   # j still looks alive
+    assert flow(e, "10.244.0.70", "", t_ms=T0 - 20_000)["SrcK8S_Name"] == "j"
+    idx.upsert("pods", idx.parse("pods", job("Succeeded")))       # ... it finished at T0-50s
+    assert flow(e, "10.244.0.70", "", t_ms=T0 - 60_000)["SrcK8S_Name"] == "j"
+    assert flow(e, "10.244.0.70", "", t_ms=T0 - 20_000)["SrcK8S_Name"] == "n"
+
+    # x alive with the address n is given; n then gets an IPv6 address nobody held
+    clock = Clock(T0 - 100_000)
+    x = pod("x", "shop", ips=["10.244.0.71"], uid="u-x", created=iso(T0 - 3_600_000))
+    e = build([x, new(None, "Pending")], clock=clock)
+    idx = e.index
+    clock.ms = T0
+    idx.upsert("pods", idx.parse("pods", new(["10.244.0.71"])))
+    clock.ms = T0 + 1_000
+    idx.upsert("pods", idx.parse("pods", new(["10.244.0.71", "fd00::71"])))
+    assert flow(e, "10.244.0.71", "", t_ms=T0 - 30_000)["SrcK8S_Name"] == "x"
+    assert flow(e, "10.244.0.71", "", t_ms=T0 + 500)["SrcK8S_Name"] == "n"
+
+
 def test_recreated_sandbox_with_the_same_address_keeps_the_pods_earlier_flows() -> None:
     """OVN-Kubernetes keeps a pod's address through a recreated sandbox (a node reboot): the
     network-ready condition moves on, the address does not, so the pod held it all along. Its
