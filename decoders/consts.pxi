@@ -15,6 +15,7 @@ DEF SEQ_REORDER_MS = 1000           # a sequence gap is counted as loss once thi
 DEF SEQ_MAX_GAPS = 8                # gaps open at once per stream (a newer one counts the oldest)
 DEF TX_DURATION = 1                # decode_record's time elements kept as extras: 161/162
 DEF TX_SYSUP = 2                   # ... 21/22 without a system init time (IPFIX)
+DEF SEQ_HELD_MS = 60000            # an IPFIX loss held back as ambiguous (ipfix_convention) is counted this late
 DEF SEQ_FILLED_RING = 16            # late sequence numbers remembered per stream (duplicates fill nothing)
 DEF DROPS_MAX_SOURCES = 1024         # sFlow data sources whose drops counters are tracked per exporter
 DEF OPTIONS_MAX_ENTRIES = 1024       # per exporter, in each dict of what options data teaches

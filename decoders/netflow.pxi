@@ -363,6 +363,9 @@ cdef class SeqStream:
     cdef uint16_t inc_votes     # steps that were this message's count (see ipfix_convention)
     cdef uint16_t rfc_votes     # ... the previous message's count
     cdef uint32_t held_lost     # records the RFC's reading would call lost, held while undecided
+    cdef uint32_t held_start    # ... the numbers they were ([start, start + span), for late ones)
+    cdef uint32_t held_span
+    cdef int64_t held_ms        # ... since when (counted after SEQ_HELD_MS with no vote)
     cdef uint32_t prev_count    # the record count of the message before the latest
 
 
@@ -491,7 +494,9 @@ cdef class ExporterState:
         if st.ngaps and gap_expired(st.gap_ms[0], now_ms):
             self.count_gaps(st, now_ms)
         if kind == PROTO_IPFIX:
-            seq = self.ipfix_convention(st, seq, &advance)
+            if st.held_lost and (now_ms - st.held_ms >= SEQ_HELD_MS or st.held_ms - now_ms > SEQ_HELD_MS):
+                self.count_held(st)         # no vote came to decide: the RFC's reading stands
+            seq = self.ipfix_convention(st, seq, &advance, now_ms)
         if st.synced:
             ahead = seq - st.next
             behind = st.next - seq
@@ -510,6 +515,13 @@ cdef class ExporterState:
                 # uptime wraps at 2^32 ms (49.7 days): "went back" is a difference below 2^31
                 back = <uint32_t>(st.uptime - uptime) if uptime >= 0 and st.uptime >= 0 else 0
                 if back <= SEQ_RESTART_UPTIME_MS or back >= 0x80000000u:
+                    if st.held_lost and <uint32_t>(seq - st.held_start) < st.held_span:
+                        # late into the range held back (ipfix_convention): not lost after all
+                        if advance >= st.held_lost:
+                            self.count_held(st, False)
+                        else:
+                            st.held_lost -= advance
+                        return
                     for i in range(st.ngaps):   # late: into an open gap, or nothing to do
                         if <uint32_t>(seq - st.gap_start[i]) < st.gap_span[i]:
                             for j in range(st.nfilled):
@@ -530,7 +542,15 @@ cdef class ExporterState:
         st.next = seq + advance
         st.uptime = uptime
 
-    cdef uint32_t ipfix_convention(self, SeqStream st, uint32_t seq, uint32_t* advance) noexcept:
+    cdef void count_held(self, SeqStream st, bint lost=True) noexcept:
+        """Settle the loss ipfix_convention held back: lost (the RFC's reading stands), or not."""
+        if st.held_lost:
+            if lost:
+                self.proto_stats(PROTOCOL_NAMES[st.kind])["sequence_lost"] += st.held_lost
+            st.held_lost = 0
+            self.pending_gaps -= 1
+
+    cdef uint32_t ipfix_convention(self, SeqStream st, uint32_t seq, uint32_t* advance, int64_t now_ms) noexcept:
         """RFC 7011 3.1: an IPFIX message's sequence number counts the Data Records sent before
         it. softflowd counts the message's own records too (its first message carries the
         number of records in it). Where two messages in a row differ in record count, in order
@@ -550,7 +570,7 @@ cdef class ExporterState:
                     st.inc_votes += 1
                 if not st.inclusive and st.inc_votes > st.rfc_votes + 1:
                     st.inclusive = True
-                    st.held_lost = 0                    # it was no loss
+                    self.count_held(st, False)          # it was no loss
                     st.next = st.last_seq               # the previous message read this way
                     for i in range(st.ngaps):           # and the gaps still open
                         st.gap_missing[i] = <uint32_t>max(0, min(<int64_t>st.gap_missing[i] + st.gap_adj[i],
@@ -558,15 +578,18 @@ cdef class ExporterState:
                         st.gap_adj[i] = 0
                 elif not st.inclusive and st.inc_votes > st.rfc_votes:
                     ahead = seq - st.next
-                    if ahead <= SEQ_MAX_GAP:
-                        st.held_lost += ahead
+                    if 0 < ahead <= SEQ_MAX_GAP:
+                        self.count_held(st)             # (one held range at a time)
+                        st.held_lost = ahead
+                        self.pending_gaps += 1          # (settle_gaps counts it when it expires)
+                        st.held_start = st.next
+                        st.held_span = ahead
+                        st.held_ms = now_ms
                     st.next = seq                       # undecided: no gap opened
             elif step == st.last_count:
                 if st.rfc_votes < 0xFFFF:
                     st.rfc_votes += 1
-                if st.held_lost:
-                    self.proto_stats(PROTOCOL_NAMES[st.kind])["sequence_lost"] += st.held_lost
-                    st.held_lost = 0
+                self.count_held(st)
                 if st.inclusive and st.rfc_votes + 1 >= st.inc_votes:
                     st.inclusive = False
                     st.next = st.last_seq + st.last_count
@@ -583,6 +606,7 @@ cdef class ExporterState:
 
     cdef void restart(self, SeqStream st) noexcept:
         self.count_gaps(st, -1)
+        self.count_held(st)
         self.proto_stats(PROTOCOL_NAMES[st.kind])["sequence_resets"] += 1
 
     cdef void count_oldest(self, SeqStream st) noexcept:
@@ -611,6 +635,8 @@ cdef class ExporterState:
         for st in self.seq_streams.values():
             if st.ngaps:
                 self.count_gaps(st, now_ms)
+            if st.held_lost and (now_ms < 0 or now_ms - st.held_ms >= SEQ_HELD_MS or st.held_ms - now_ms > SEQ_HELD_MS):
+                self.count_held(st)
 
     cdef void sample_drops(self, uint64_t stream, uint32_t kind, uint32_t source, uint32_t drops):
         """An sFlow sample's drops counter (packets its agent could not sample, or discard events it

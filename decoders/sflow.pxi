@@ -93,23 +93,31 @@ cdef void move_to_tunnel(Flow* f, uint8_t tun_type, uint32_t vni) noexcept:
     f.icmp_type = f.icmp_code = 0
 
 
-cdef bint inner_there(Reader* h, Py_ssize_t off, uint16_t etype) noexcept:
+cdef bint inner_there(Reader* h, Py_ssize_t off, uint16_t etype, bint guess) noexcept:
     """A tunnel's payload is there to read, `off` bytes on: a whole IP header of the version
-    `etype` says, or an Ethernet header carrying IP or a VLAN tag (0x6558). A header cut before
-    it keeps the outer packet the flow (its addresses, protocol), not an empty inner one."""
+    `etype` says, or (0x6558) an Ethernet header with its VLAN tags and, when it carries IP, the
+    whole IP header. A header cut before it keeps the outer packet the flow (its addresses,
+    protocol), not an empty inner one. `guess`: nothing says Ethernet follows (a pseudowire
+    with no control word): only an Ethernet header that carries IP, maybe tagged, counts."""
     cdef Py_ssize_t left = rd_left(h) - off
     cdef const uint8_t* b = h.buf + h.pos + off
+    cdef Py_ssize_t at = 14
     cdef uint16_t t
     if etype == 0x0800:
         return left >= 20 and b[0] >> 4 == 4
     if etype == 0x86DD:
         return left >= 40 and b[0] >> 4 == 6
-    if etype == 0x6558 and left >= 14:
-        t = be16(b + 12)
-        if t == 0x8100 or t == 0x88A8:
-            return True
-        return (t == 0x0800 or t == 0x86DD) and left >= 15 and b[14] >> 4 == (4 if t == 0x0800 else 6)
-    return False
+    if etype != 0x6558 or left < 14:
+        return False
+    t = be16(b + 12)
+    while (t == 0x8100 or t == 0x88A8 or t == 0x9100) and left >= at + 4:
+        t = be16(b + at + 2)
+        at += 4
+    if t == 0x0800:
+        return left >= at + 20 and b[at] >> 4 == 4
+    if t == 0x86DD:
+        return left >= at + 40 and b[at] >> 4 == 6
+    return not guess and t >= 0x0600 and t != 0x8100 and t != 0x88A8 and t != 0x9100
 
 
 cdef int hdr_gre(Flow* f, Reader* h, int depth) except -1:
@@ -135,7 +143,7 @@ cdef int hdr_gre(Flow* f, Reader* h, int depth) except -1:
         key = be32(p)
     if flags & 0x1000 and hd_take(h, 4) == NULL:
         return 0
-    if not inner_there(h, 0, inner):
+    if not inner_there(h, 0, inner, False):
         return 0
     move_to_tunnel(f, TUN_GRE, key)
     f.present &= ~(<uint64_t>(P_TUNSPORT | P_TUNDPORT))
@@ -153,7 +161,7 @@ cdef int hdr_l4(Flow* f, Reader* h, uint8_t proto, int depth) except -1:
     cdef uint32_t vni
     if (proto == 4 or proto == 41) and depth == 0:
         # IP in IP (RFC 2003) / IPv6 in IP (RFC 4213): the outer header is the tunnel's
-        if not inner_there(h, 0, 0x0800 if proto == 4 else 0x86DD):
+        if not inner_there(h, 0, 0x0800 if proto == 4 else 0x86DD, False):
             return 0
         move_to_tunnel(f, TUN_IPIP, 0)
         f.present &= ~(<uint64_t>(P_TUNID | P_TUNSPORT | P_TUNDPORT))
@@ -297,11 +305,13 @@ cdef int hdr_ethertype(Flow* f, Reader* h, uint16_t etype, int depth) except -1:
         elif p[0] == 0 and depth == 0:
             # An Ethernet pseudowire (RFC 4448), with its control word (RFC 4385: first nibble
             # 0) or without (a customer MAC starting 00): whichever way an Ethernet header that
-            # carries IP or a VLAN tag follows; else nothing is guessed
-            if inner_there(h, 4, 0x6558):
+            # carries IP follows; else, with a control word, any Ethernet frame; else nothing
+            # is guessed
+            if inner_there(h, 4, 0x6558, True) or (not inner_there(h, 0, 0x6558, True)
+                                                   and inner_there(h, 4, 0x6558, False)):
                 hd_take(h, 4)
                 return hdr_ethernet(f, h, depth + 1)
-            if inner_there(h, 0, 0x6558):
+            if inner_there(h, 0, 0x6558, True):
                 return hdr_ethernet(f, h, depth + 1)
             return 0
         else:

@@ -750,6 +750,11 @@ def test_tunnels_gre_ipip_and_linux_vxlan(decoders_mod) -> None:
             ("gre", key, "172.18.0.2", "172.18.0.3", 47)
         assert "TunnelSrcPort" not in f and "TunnelDstPort" not in f
         assert f["SrcMac"] == ("02:00:00:00:00:01" if ptype == 0x6558 else "0a:58:0a:80:00:05")
+    arp = eth(b"\0\x01\x08\x00\x06\x04\0\x01" + b"\0" * 20, 0x0806, dst=b"\xff" * 6, src=MAC_C)
+    f = one_flow(decoders_mod, [raw_header(eth(ipv4("172.18.0.2", "172.18.0.3", 47, gre(0x6558, arp, key=0x500)),
+                                               0x0800), 300)])
+    assert (f["TunnelType"], f["TunnelId"], f["Etype"], f["SrcMac"], "SrcAddr" in f) == (
+        "gre", 0x500, 0x0806, "02:00:00:00:00:01", False)   # any Ethernet frame in NVGRE is the flow
     erspan = eth(ipv4("172.18.0.2", "172.18.0.3", 47, gre(0x88BE, b"\0" * 8 + inner_eth, seq=1)), 0x0800)
     f = one_flow(decoders_mod, [raw_header(erspan, 300)])
     assert (f["SrcAddr"], f["Proto"], "TunnelType" in f) == ("172.18.0.2", 47, False)
@@ -790,6 +795,9 @@ def test_pppoe_pseudowire_and_pos(decoders_mod) -> None:
     cust = eth(ip, 0x0800, dst=bytes.fromhex("0050560000aa"), src=bytes.fromhex("001b21000011"))
     f = one_flow(decoders_mod, [raw_header(eth(mpls([300], cust), 0x8847), 120)])   # no control word
     assert (f["SrcAddr"], f["SrcMac"], f["DstMac"]) == ("100.64.0.9", "00:1b:21:00:00:11", "00:50:56:00:00:aa")
+    arp = eth(b"\0\x01\x08\x00\x06\x04\0\x01" + b"\0" * 20, 0x0806, dst=b"\xff" * 6, src=MAC_C)
+    f = one_flow(decoders_mod, [raw_header(eth(mpls([300], b"\0\0\0\0" + arp), 0x8847), 120)])  # CW + ARP
+    assert (f["Etype"], f["SrcMac"], f["DstMac"]) == (0x0806, "02:00:00:00:00:01", "ff:ff:ff:ff:ff:ff")
     f = one_flow(decoders_mod, [raw_header(eth(mpls([300], b"\0" * 10), 0x8847), 60)])  # nothing to tell
     assert (f["SrcMac"], f["Etype"], "SrcAddr" in f) == ("0a:58:0a:80:00:05", 0x8847, False)
     f = one_flow(decoders_mod, [raw_header(b"\xff\x03\x00\x21" + ip, 100, proto=14)])
