@@ -553,14 +553,16 @@ cdef class ExporterState:
     cdef uint32_t ipfix_convention(self, SeqStream st, uint32_t seq, uint32_t* advance, int64_t now_ms) noexcept:
         """RFC 7011 3.1: an IPFIX message's sequence number counts the Data Records sent before
         it. softflowd counts the message's own records too (its first message carries the
-        number of records in it). Where two messages in a row differ in record count, in order
-        and with no gap open, the step between their numbers is a vote: the previous message's
-        count (the RFC's reading) or this one's (the other). A stream is read the other way
-        once those votes lead by two; a loss can look like one vote, never like a run of them.
-        While they lead by one only (a new stream's first count change), the step is taken as
-        no loss for now: what the RFC's reading would call lost is held back, and counted when
-        a vote for the RFC comes. Options records, which softflowd leaves out, may make its
-        step smaller than the count: up to the count, the step is what the message advanced by."""
+        number of records in it). Where two messages in a row (both decoded whole) differ in
+        record count, the step between their numbers is a vote: the previous message's count
+        (the RFC's reading) or this one's (the other). A stream is read the other way once those
+        votes lead by two, and back when they no longer do; a loss can look like one vote, never
+        like a run of them. While they lead by one only (a new stream's first count change),
+        the step opens no gap: what the RFC's reading would call lost is held back (late
+        datagrams fill it as a gap's), and counted when a vote for the RFC comes, or after
+        SEQ_HELD_MS without a deciding vote; gaps still open when the reading changes are
+        recounted (gap_adj). Options records, which softflowd leaves out, may make its step
+        smaller than the count: up to the count, the step is what the message advanced by."""
         cdef uint32_t step = seq - st.last_seq
         cdef uint32_t ahead
         cdef int i
