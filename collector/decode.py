@@ -72,8 +72,8 @@ def _enricher(args: argparse.Namespace) -> tuple[Any, Callable[[], None]]:
     client's default access, in-cluster ServiceAccount else $KUBECONFIG or ~/.kube/config);
     returns (enricher, stop). A kubeconfig that cannot be loaded is a usage error: one line,
     exit 2."""
-    if getattr(args, "enrich", None) is False or not (getattr(args, "kubeconfig", None) or
-                                                      getattr(args, "enrich", None) is True):
+    asked = getattr(args, "enrich", None)   # None: not given; True/False: given
+    if asked is False or not (getattr(args, "kubeconfig", None) or asked):
         return None, lambda: None
     import enrich
     from collector.app import kube_access_error

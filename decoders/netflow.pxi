@@ -325,10 +325,15 @@ cdef Template compile_template(int version, uint32_t domain, uint16_t tid, tuple
     return t
 
 
-cdef inline bint gap_expired(int64_t gap_ms, int64_t now_ms) noexcept:
-    """A gap seen at gap_ms is SEQ_REORDER_MS old at now_ms (receive times, the wall clock): or
+cdef inline bint aged(int64_t since_ms, int64_t now_ms, int64_t limit_ms) noexcept:
+    """Something seen at since_ms is limit_ms old at now_ms (receive times, the wall clock): or
     the clock stepped back by more than that since, and its age can no longer be told."""
-    return now_ms - gap_ms >= SEQ_REORDER_MS or gap_ms - now_ms > SEQ_REORDER_MS
+    return now_ms - since_ms >= limit_ms or since_ms - now_ms > limit_ms
+
+
+cdef inline bint gap_expired(int64_t gap_ms, int64_t now_ms) noexcept:
+    """A sequence gap has waited SEQ_REORDER_MS for late datagrams."""
+    return aged(gap_ms, now_ms, SEQ_REORDER_MS)
 
 
 cdef class SeqStream:
@@ -494,7 +499,7 @@ cdef class ExporterState:
         if st.ngaps and gap_expired(st.gap_ms[0], now_ms):
             self.count_gaps(st, now_ms)
         if kind == PROTO_IPFIX:
-            if st.held_lost and (now_ms - st.held_ms >= SEQ_HELD_MS or st.held_ms - now_ms > SEQ_HELD_MS):
+            if st.held_lost and aged(st.held_ms, now_ms, SEQ_HELD_MS):
                 self.count_held(st)         # no vote came to decide: the RFC's reading stands
             seq = self.ipfix_convention(st, seq, &advance, now_ms)
         if st.synced:
@@ -637,7 +642,7 @@ cdef class ExporterState:
         for st in self.seq_streams.values():
             if st.ngaps:
                 self.count_gaps(st, now_ms)
-            if st.held_lost and (now_ms < 0 or now_ms - st.held_ms >= SEQ_HELD_MS or st.held_ms - now_ms > SEQ_HELD_MS):
+            if st.held_lost and (now_ms < 0 or aged(st.held_ms, now_ms, SEQ_HELD_MS)):
                 self.count_held(st)
 
     cdef void sample_drops(self, uint64_t stream, uint32_t kind, uint32_t source, uint32_t drops):

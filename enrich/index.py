@@ -121,10 +121,11 @@ def _network_ready_ms(conditions: list[Any]) -> int | None:
 CONTAINER_STATUSES = ("containerStatuses", "initContainerStatuses", "ephemeralContainerStatuses")
 
 
-def _terminated(c: Any) -> bool:
-    """A container status whose state is terminated."""
+def _termination(c: Any) -> dict[str, Any] | None:
+    """A container status' `state.terminated`, when it has one."""
     state = c.get("state") if isinstance(c, dict) else None
-    return isinstance(state, dict) and isinstance(state.get("terminated"), dict)
+    term = state.get("terminated") if isinstance(state, dict) else None
+    return term if isinstance(term, dict) else None
 
 
 def _as_list(v: Any) -> list[Any]:
@@ -135,9 +136,8 @@ def _finished_ms(statuses: Iterable[Any]) -> int | None:
     """When the last container of a finished pod terminated (None when not recorded)."""
     out: int | None = None
     for c in statuses:
-        state = c.get("state") if isinstance(c, dict) else None
-        term = state.get("terminated") if isinstance(state, dict) else None
-        t = parse_time_ms(term.get("finishedAt")) if isinstance(term, dict) else None
+        term = _termination(c)
+        t = parse_time_ms(term.get("finishedAt")) if term is not None else None
         if t is not None and (out is None or t > out):
             out = t
     return out
@@ -639,7 +639,7 @@ class Index:
         finished_all: int | None = None
         if status.get("phase") not in TERMINAL_PHASES:
             regular = status.get("containerStatuses")
-            if isinstance(regular, list) and regular and all(_terminated(c) for c in regular):
+            if isinstance(regular, list) and regular and all(_termination(c) is not None for c in regular):
                 finished_all = _finished_ms(c for f in CONTAINER_STATUSES for c in _as_list(status.get(f)))
                 if finished_all is not None and start is not None and finished_all <= start:
                     finished_all = None

@@ -716,8 +716,8 @@ def section_expected(rec: dict) -> dict[str, Any]:
         if len(_as_list(rec.get(f"{inner}.src"))) <= at:
             return exp
         pre = inner
-        proto = _as_list(rec.get("ip.proto" if pre == "ip" else "ipv6.nxt"))[at:at + 1] or [None]
-        proto = proto[0]
+        protos = _as_list(rec.get("ip.proto" if pre == "ip" else "ipv6.nxt"))
+        proto = protos[at] if len(protos) > at else None
     exp |= {"SrcAddr": _as_list(rec[f"{pre}.src"])[at], "DstAddr": _as_list(rec[f"{pre}.dst"])[at]}
     if proto is None or (pre == "ipv6" and to_int(proto) in _IPV6_EXT):
         return exp
