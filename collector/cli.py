@@ -114,9 +114,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def bare_optional_flags(argv: list[str]) -> list[str]:
+    """`--enrich` takes an optional value (`--enrich=false`), so argparse would read the token
+    after a bare `--enrich` as its value: `flowscope decode --enrich capture.pcap` failed on
+    "capture.pcap" as a boolean. A bare `--enrich` followed by anything that is not a boolean is
+    `--enrich=true`."""
+    out = list(argv)
+    for i, tok in enumerate(out[:-1]):
+        if tok == "--":
+            break
+        if tok == "--enrich":
+            try:
+                config_mod.parse_bool(out[i + 1])
+            except ValueError:
+                out[i] = "--enrich=true"
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(bare_optional_flags(sys.argv[1:] if argv is None else argv))
     if args.command == "decode":
         if hasattr(args, "_decode_error"):
             print(f"flowscope decode is not available: {args._decode_error}", file=sys.stderr)

@@ -139,8 +139,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                    metavar="BOOL", help="attach Kubernetes identity to flows. Default: only with --kubeconfig "
                    "(a capture is not enriched from whatever cluster kubectl points at by accident); "
                    "--enrich (true) without --kubeconfig uses the in-cluster ServiceAccount when running in "
-                   "a pod, else $KUBECONFIG or ~/.kube/config; --enrich=false or --no-enrich disables it (a bare --enrich "
-                   "goes after the capture, or as --enrich=true: it takes an optional value)")
+                   "a pod, else $KUBECONFIG or ~/.kube/config; --enrich=false or --no-enrich disables it")
     g.add_argument("--no-enrich", dest="enrich", action="store_false", help="same as --enrich=false")
     g.add_argument("--kubeconfig", default=None, metavar="PATH",
                    help="kubeconfig file to enrich from (turns enrichment on)")

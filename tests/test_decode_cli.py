@@ -135,8 +135,11 @@ def test_decode_with_kubeconfig_enriches(fake_kube: FakeKube, tmp_path: Path) ->
     # --enrich without --kubeconfig: the client's default access ($KUBECONFIG here); without
     # either, a capture is not enriched from whatever cluster $KUBECONFIG points at
     env = dict(os.environ, KUBECONFIG=str(kubeconfig))
-    for args, enriched in ((["--enrich"], True), ([], False), (["--enrich", "--no-enrich"], False)):
-        p = subprocess.run([sys.executable, "-m", "collector.cli", "decode", str(cap), *args], cwd=ROOT,
+    # (a bare --enrich before the capture does not take the capture's name as its value)
+    for args, enriched in (([str(cap), "--enrich"], True), ([str(cap)], False),
+                           ([str(cap), "--enrich", "--no-enrich"], False), (["--enrich", str(cap)], True),
+                           (["--enrich", "false", str(cap)], False), (["--enrich", "yes", str(cap)], True)):
+        p = subprocess.run([sys.executable, "-m", "collector.cli", "decode", *args], cwd=ROOT,
                            capture_output=True, timeout=120, env=env)
         assert p.returncode == 0, p.stderr.decode()
         assert [("SrcK8S_Name" in orjson.loads(x)) for x in p.stdout.splitlines()] == [enriched] * 3, args
