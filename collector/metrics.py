@@ -70,7 +70,8 @@ SERIES: dict[str, Series] = {s.name: s for s in [
            "of a source is its baseline; Open vSwitch always sends 0)", ("exporter", "protocol")),
     Series("flowscope_sequence_resets", "counter", "Exporter restarts: a sequence number that jumped by more than "
            "2^20, or went back with a header uptime (netflow5, netflow9, sflow5) that went back by more than a "
-           "minute; tracking starts over", ("exporter", "protocol")),
+           "minute, or went back and kept following on in sequence for a second (a process restarted on the same port); "
+           "tracking starts over", ("exporter", "protocol")),
     Series("flowscope_exporters", "gauge", "Exporters (source addresses) with decoder state that sent since the start (those only "
            "restored from the state file are not counted); with --workers N the workers' counts are added, "
            "so an address whose source ports go to two workers counts twice", ()),

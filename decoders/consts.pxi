@@ -12,6 +12,8 @@ DEF SEQ_RESTART_UPTIME_MS = 60000   # a header uptime this far behind the stream
 DEF SEQ_MAX_STREAMS = 256            # (protocol, port, domain) sequence streams tracked per exporter
 DEF SEQ_REORDER_MS = 1000           # a sequence gap is counted as loss once this old (receive time),
                                     # unless datagrams that arrive late fill it first
+DEF SEQ_RESTART_RUN = 3            # late datagrams in a row, in sequence and in no gap, over SEQ_REORDER_MS
+                                    # or more, none of the expected stream between: a restarted process
 DEF SEQ_MAX_GAPS = 8                # gaps open at once per stream (a newer one counts the oldest)
 DEF TX_DURATION = 1                # decode_record's time elements kept as extras: 161/162
 DEF TX_SYSUP = 2                   # ... 21/22 without a system init time (IPFIX)

@@ -372,6 +372,11 @@ cdef class SeqStream:
     cdef uint32_t held_span
     cdef int64_t held_ms        # ... since when (counted after SEQ_HELD_MS with no vote)
     cdef uint32_t prev_count    # the record count of the message before the latest
+    # Late datagrams in no open gap that follow each other (a restart on the same port?): how
+    # many, the number expected after the latest, and when the first arrived.
+    cdef uint32_t late_run
+    cdef uint32_t late_next
+    cdef int64_t late_ms
 
 
 cdef class ExporterState:
@@ -478,7 +483,10 @@ cdef class ExporterState:
         SEQ_MAX_GAP either way is a restart. A datagram behind is a late one, unless the header's
         uptime (v5, v9, sFlow; `uptime` -1 for IPFIX, which has none) went back by more than
         SEQ_RESTART_UPTIME_MS too: the exporter restarted, its sequence with it (an uptime going
-        back while the sequence goes on, as `flowscope replay` loops a capture, is no restart).
+        back while the sequence goes on, as `flowscope replay` loops a capture, is no restart),
+        or late datagrams keep following each other in sequence (SEQ_RESTART_RUN, over
+        SEQ_REORDER_MS, with none of the expected stream between them: a process restarted on
+        the same port, less than SEQ_MAX_GAP behind, which IPFIX has no uptime to tell).
         A late datagram that falls in no open gap (its gap was counted, or it is a duplicate)
         changes nothing."""
         cdef SeqStream st = self.cur_seq
@@ -522,6 +530,7 @@ cdef class ExporterState:
                 if back <= SEQ_RESTART_UPTIME_MS or back >= 0x80000000u:
                     if st.held_lost and <uint32_t>(seq - st.held_start) < st.held_span:
                         # late into the range held back (ipfix_convention): not lost after all
+                        st.late_run = 0
                         if advance >= st.held_lost:
                             self.count_held(st, False)
                         else:
@@ -529,6 +538,7 @@ cdef class ExporterState:
                         return
                     for i in range(st.ngaps):   # late: into an open gap, or nothing to do
                         if <uint32_t>(seq - st.gap_start[i]) < st.gap_span[i]:
+                            st.late_run = 0
                             for j in range(st.nfilled):
                                 if st.filled[j] == seq:
                                     return      # a duplicate of a late one: fills nothing
@@ -538,11 +548,27 @@ cdef class ExporterState:
                                 st.nfilled += 1
                             fill = advance if advance < st.gap_missing[i] else st.gap_missing[i]
                             st.gap_missing[i] -= fill
-                            break
-                    return                      # what is expected stays
-                self.restart(st)                # the exporter restarted: sequence and uptime went back
+                            return
+                    # Behind and in no open gap: a duplicate, a gap counted already, or an
+                    # exporting process that restarted on the same port with a sequence less
+                    # than SEQ_MAX_GAP behind (IPFIX has no uptime to tell). A restarted one
+                    # sends nothing but its new sequence: late datagrams that follow each other,
+                    # with none of the expected stream between them, for SEQ_REORDER_MS (a
+                    # burst that was late for its gap comes at once, and the stream goes on).
+                    if st.late_run and seq == st.late_next:
+                        st.late_run += 1
+                    else:
+                        st.late_run = 1
+                        st.late_ms = now_ms
+                    st.late_next = seq + advance
+                    if st.late_run < SEQ_RESTART_RUN or not aged(st.late_ms, now_ms, SEQ_REORDER_MS):
+                        return                  # what is expected stays
+                    self.restart(st)            # a new sequence for a second
+                else:
+                    self.restart(st)            # the exporter restarted: sequence and uptime went back
             else:
                 self.restart(st)
+        st.late_run = 0
         st.synced = True
         st.next = seq + advance
         st.uptime = uptime

@@ -1726,6 +1726,42 @@ def test_ipfix_sequence_counts_lost_records_per_domain_and_process() -> None:
     assert _seq(dec, EXPORTER, "ipfix") == (10, 1)
 
 
+def test_ipfix_process_restarted_on_the_same_port_is_a_restart_not_late_datagrams() -> None:
+    """IPFIX has no uptime: an exporting process restarted on the same source port with its
+    sequence back at 0, less than 2^20 records behind, first looks like late datagrams. When
+    they keep following each other in sequence for a second, with none of the old stream
+    between, it is a restart: losses in the new sequence are counted from then. A burst that
+    arrives after its gap was counted (all at once, the stream going on after it) is not."""
+    recs = ovs_flows(5, random.Random(4))
+    t0 = float(EXPORT)
+
+    def run(order: list[tuple[int, float]]) -> tuple[int, int]:
+        dec = Decoder()
+        assert dec.decode(ipfix_message([template_set([OVS_INGRESS])], seq=0, export_time=EXPORT), EXPORTER, 4739,
+                          t0).error is None
+        for seq, t in order:
+            b = dec.decode(ipfix_message([data_set(OVS_INGRESS, recs)], seq=seq, export_time=EXPORT), EXPORTER,
+                           4739, t0 + t)
+            assert b.error is None and len(b) == 5
+        return _seq_at(dec, "ipfix", t0 + 30)
+
+    before = [(5 * i, 0.01 * i) for i in range(1000)]            # records 0..4999, 10 s
+    restarted = [(5 * i, 11 + 0.2 * i) for i in range(10)]       # 0..49 again, over 1.8 s
+    assert run(before + restarted) == (0, 1)
+    # ... and its own losses count: 50..54 never arrive
+    assert run(before + restarted + [(55, 13.1), (60, 13.2)]) == (5, 1)
+    # a restart that sends two datagrams only stays late (nothing to tell it by yet)
+    assert run(before + restarted[:2]) == (0, 0)
+    # 4 datagrams late for their counted gap (20 records lost), back to back, then the stream
+    # goes on: no restart (which would take 2530 for a jump past 2520..2529)
+    burst = before[:500] + [(2520, 5.0), (2525, 5.01)] + [(5 * i, 6.5 + 0.0001 * i) for i in range(500, 504)] + [
+        (5 * i, 6.51 + 0.01 * i) for i in range(506, 600)]
+    assert run(burst) == (20, 0)
+    # late datagrams in sequence for over a second, with the expected stream between them: no restart
+    mixed = before[:100] + [x for i in range(100, 200) for x in ((5 * i, 1 + 0.02 * i), (5 * (i - 50), 1.01 + 0.02 * i))]
+    assert run(mixed) == (0, 0)
+
+
 def test_reordered_datagrams_are_not_counted_as_lost() -> None:
     """A datagram overtaken on the path leaves a gap that it fills when it arrives: a gap is
     counted as lost only once it is SEQUENCE_REORDER_S old (receive time) and still open, and
