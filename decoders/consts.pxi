@@ -14,6 +14,7 @@ DEF SEQ_REORDER_MS = 1000           # a sequence gap is counted as loss once thi
                                     # unless datagrams that arrive late fill it first
 DEF SEQ_RESTART_RUN = 3            # late datagrams in a row, in sequence and in no gap, over SEQ_REORDER_MS
                                     # or more, none of the expected stream between: a restarted process
+DEF SEQ_SHARED = 1 << 32            # the stream key of an IPFIX port numbering all its domains as one
 DEF SEQ_MAX_GAPS = 8                # gaps open at once per stream (a newer one counts the oldest)
 DEF TX_DURATION = 1                # decode_record's time elements kept as extras: 161/162
 DEF TX_SYSUP = 2                   # ... 21/22 without a system init time (IPFIX)
@@ -24,7 +25,7 @@ DEF OPTIONS_MAX_ENTRIES = 1024       # per exporter, in each dict of what option
 DEF STATE_BYTES_EXPORTER = 2560     # estimated bytes of an exporter's state (ExporterState.state_size):
 DEF STATE_BYTES_ENTRY = 200          # ... of each options-learned entry and sFlow drops source
 DEF STATE_BYTES_STREAM = 450         # ... of each sequence stream
-DEF DEDUP_WINDOW_MS = 60000          # an egress record within this window of its ingress twin
+DEF DEDUP_WINDOW_MS = 250            # end times of one packet's ingress and egress records differ by less (is_duplicate)
 DEF CLOCK_TOLERANCE_MS = 2000        # export times have 1 s granularity, plus network delay: an
                                      # exporter clock off by more is corrected for enrichment
 DEF CLOCK_WINDOW_MS = 60000          # the exporter's clock offset is the smallest receive - export

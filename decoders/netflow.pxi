@@ -272,7 +272,7 @@ cdef Template compile_template(int version, uint32_t domain, uint16_t tid, tuple
     # Bytes and Packets come from one family of counters, the first the template has: the
     # delta or total counts (1/2, 85/86), else the post (egress) ones (23/24), else a firewall's
     # initiator counts (231/298); the other families' elements stay as extras (never IN_BYTES
-    # with OUT_PKTS).
+    # with OUT_PKTS). Without octets in the first family (or any), the layer 2 octets (352/353).
     cdef set ies = {sp[0] for sp in spec if sp[1] == 0}
     cdef tuple counters = ((85, 86) if not ies.isdisjoint((1, 2, 85, 86)) else
                            (23, 24) if not ies.isdisjoint((23, 24)) else (231, 298))
@@ -309,6 +309,20 @@ cdef Template compile_template(int version, uint32_t domain, uint16_t tid, tuple
         for i in range(n):
             if t.fields[i].action == A_DSCP:
                 t.fields[i].action = A_EXTRA
+    if (A_BYTES not in seen and A_BYTES_TOTAL not in seen and counters[0] == 85
+            and not ies.isdisjoint((352, 353))):
+        # No octet count but layer2OctetDelta/TotalCount (352/353), as Open vSwitch exports
+        # non-IP packets (ARP, LLDP) with packetDeltaCount: Bytes are the frames' bytes
+        # (a delta before a total, the first of each).
+        for want in (352, 353):
+            for i in range(n):
+                fs = &t.fields[i]
+                if fs.ie == want and fs.pen == 0 and fs.action == A_EXTRA and 1 <= fs.length <= 8:
+                    fs.action = A_BYTES_TOTAL
+                    seen.add(A_BYTES_TOTAL)
+                    break
+            if A_BYTES_TOTAL in seen:
+                break
     if A_SRCMAC not in seen or A_DSTMAC not in seen:
         # Without the (ingress) MAC elements, the post ones give them: Cisco exports
         # IN_SRC_MAC (56) with OUT_DST_MAC (57), softflowd -T ether the destination in 57 only.
@@ -379,6 +393,30 @@ cdef class SeqStream:
     cdef int64_t late_ms
 
 
+cdef class SeqPort:
+    """One IPFIX exporting process (an exporter's UDP port) across its observation domains.
+    RFC 7011 3.1 counts sequence numbers per domain; Open vSwitch counts one sequence over all
+    the domains it exports (options records in domain 0, sampled flows in the domains of its
+    sample actions). Where consecutive messages change domain, whether the number follows the
+    port's previous message or the domain's own previous one is a vote; the port's sequence is
+    one stream (SEQ_SHARED) while its votes lead."""
+    cdef bint has_prev          # the port's previous message was counted (decoded whole)
+    cdef uint32_t prev_domain
+    cdef uint32_t prev_seq
+    cdef uint32_t prev_adv
+    cdef uint16_t shared_votes
+    cdef uint16_t domain_votes
+    cdef dict dom_last          # domain -> its previous message's sequence << 32 | records
+
+
+cdef inline bint seq_follows(uint32_t seq, uint32_t adv, uint32_t prev_seq, uint32_t prev_adv,
+                             bint inclusive) noexcept:
+    """A message numbered seq (adv records) follows one numbered prev_seq (prev_adv records),
+    counted as the RFC does (the records before it) or, inclusive, as softflowd does (its own
+    too; see ExporterState.ipfix_convention)."""
+    return seq - adv == prev_seq if inclusive else seq == prev_seq + prev_adv
+
+
 cdef class ExporterState:
     """Everything flowscope knows about one exporter (by IP): templates, clocks, rates, counters."""
 
@@ -412,6 +450,11 @@ cdef class ExporterState:
     cdef dict seq_streams              # (protocol kind, port, domain) -> SeqStream
     cdef SeqStream cur_seq             # the stream of its latest datagram (no dict lookup and no key
                                        # tuple per datagram while one stream follows another)
+    cdef dict seq_ports                # IPFIX exporter port -> SeqPort
+    cdef dict tid_latest               # IPFIX port << 16 | template id -> its latest Template in any domain
+    cdef bint borrow_logged            # borrowed_template said so once
+    cdef SeqPort cur_port              # ... of its latest IPFIX message
+    cdef uint32_t cur_port_no
     cdef public Py_ssize_t pending_gaps  # open sequence gaps of all its streams (settle_gaps skips when 0)
     cdef dict drops_seen               # sFlow (stream, sample kind and source) -> its drops counter's last value
     cdef int64_t clk_cur               # smallest receive - export time (ms) in the current window
@@ -451,6 +494,8 @@ cdef class ExporterState:
         self.cur_protocol = "unknown"
         self.by_protocol = {}
         self.seq_streams = {}
+        self.seq_ports = {}
+        self.tid_latest = {}
         self.drops_seen = {}
 
     cdef Py_ssize_t state_size(self) noexcept:
@@ -461,7 +506,7 @@ cdef class ExporterState:
         return (STATE_BYTES_EXPORTER
                 + STATE_BYTES_ENTRY * (len(self.domain_sampling) + len(self.sampler_rates)
                                        + len(self.sysinit_ms) + len(self.drops_seen))
-                + STATE_BYTES_STREAM * len(self.seq_streams)
+                + STATE_BYTES_STREAM * (len(self.seq_streams) + len(self.seq_ports))
                 + (DEDUP_SLOTS * (sizeof(uint64_t) + sizeof(int64_t)) if self.dedup_keys != NULL else 0))
 
     cdef dict proto_stats(self, str name):
@@ -500,6 +545,8 @@ cdef class ExporterState:
                 if len(self.seq_streams) >= SEQ_MAX_STREAMS:
                     self.settle_gaps(-1)        # bounded: a spray of domains or ports only
                     self.seq_streams.clear()    # starts tracking over
+                    self.seq_ports.clear()
+                    self.cur_port = None
                 st = SeqStream.__new__(SeqStream)
                 st.kind, st.port, st.domain = kind, port, domain
                 self.seq_streams[key] = st
@@ -692,6 +739,65 @@ cdef class ExporterState:
         if delta:
             self.proto_stats(self.cur_protocol)["sample_drops"] += delta
 
+    cdef SeqPort seq_port(self, uint32_t port):
+        cdef SeqPort sp = self.cur_port
+        if sp is not None and self.cur_port_no == port:
+            return sp
+        sp = self.seq_ports.get(port)
+        if sp is None:
+            if len(self.seq_ports) >= SEQ_MAX_STREAMS:
+                self.seq_ports.clear()
+            sp = SeqPort.__new__(SeqPort)
+            sp.dom_last = {}
+            self.seq_ports[port] = sp
+        self.cur_port, self.cur_port_no = sp, port
+        return sp
+
+    cdef void ipfix_sequence(self, uint32_t port, uint32_t domain, uint32_t seq, uint32_t advance,
+                             int64_t now_ms) noexcept:
+        """An IPFIX message's sequence number (see SeqPort): counted in its domain's stream, or
+        in its port's one stream where the exporter numbers all its domains as one."""
+        cdef SeqPort sp = self.seq_port(port)
+        cdef object last
+        cdef uint64_t v
+        cdef bint was_shared = sp.shared_votes > sp.domain_votes
+        cdef bint by_port, by_domain, inclusive
+        cdef SeqStream st
+        if sp.has_prev and sp.prev_domain != domain:
+            last = sp.dom_last.get(domain)
+            if last is not None:
+                v = last
+                # the numbering as the stream in use reads it (softflowd's, which counts each
+                # message's own records, is the RFC's shifted: both would match too often)
+                st = self.seq_streams.get((PROTO_IPFIX, port, SEQ_SHARED if was_shared else domain))
+                inclusive = st is not None and st.inclusive
+                by_port = seq_follows(seq, advance, sp.prev_seq, sp.prev_adv, inclusive)
+                by_domain = seq_follows(seq, advance, <uint32_t>(v >> 32), <uint32_t>v, inclusive)
+                if by_port and not by_domain and sp.shared_votes < 0xFFFF:
+                    sp.shared_votes += 1
+                elif by_domain and not by_port and sp.domain_votes < 0xFFFF:
+                    sp.domain_votes += 1
+                if (sp.shared_votes > sp.domain_votes) != was_shared:
+                    # the other reading's streams were not kept up to date: they start over
+                    for st in self.seq_streams.values():
+                        if st.kind == PROTO_IPFIX and st.port == port and (st.domain == SEQ_SHARED) != was_shared:
+                            st.synced = False
+                            st.has_last = False
+                    was_shared = not was_shared
+        sp.has_prev = True
+        sp.prev_domain, sp.prev_seq, sp.prev_adv = domain, seq, advance
+        if len(sp.dom_last) >= SEQ_MAX_STREAMS and domain not in sp.dom_last:
+            sp.dom_last.clear()
+        sp.dom_last[domain] = (<uint64_t>seq << 32) | advance
+        self.sequence(PROTO_IPFIX, port, SEQ_SHARED if was_shared else domain, seq, advance, -1, now_ms)
+
+    cdef void ipfix_forget(self, uint32_t port, uint32_t domain) noexcept:
+        """sequence_forget for an IPFIX message (the stream its port reads it in)."""
+        cdef SeqPort sp = self.seq_port(port)
+        sp.has_prev = False
+        sp.dom_last.pop(domain, None)
+        self.sequence_forget(PROTO_IPFIX, port, SEQ_SHARED if sp.shared_votes > sp.domain_votes else domain)
+
     cdef void sequence_forget(self, int kind, uint32_t port, uint64_t domain) noexcept:
         """What the last message advanced by is unknown (not decoded whole): the stream's next
         datagram sets the expectation again (gaps already open stay open)."""
@@ -733,7 +839,7 @@ cdef class ExporterState:
         elif v == 9 and n >= 20:
             self.sequence_forget(PROTO_NETFLOW9, port, be32(h + 16))
         elif v == 10 and n >= 16:
-            self.sequence_forget(PROTO_IPFIX, port, be32(h + 12))
+            self.ipfix_forget(port, be32(h + 12))
         elif v == 0 and n >= 8 and be32(h) == 5:
             off = 12 if be32(h + 4) == 1 else 24 if be32(h + 4) == 2 else 8
             if n >= off + 4:
@@ -1036,9 +1142,14 @@ cdef void drop_template(Decoder dec, ExporterState ex, object key):
     """Forget one template (withdrawn, or redefined in a way flowscope refuses) and give back
     its fields to the per-exporter and global bounds."""
     cdef Template t = ex.templates.pop(key, None)
+    cdef object k
     if t is not None:
         ex.template_fields -= t.n_fields
         dec.template_fields -= t.n_fields
+        if t.version == 10:
+            k = (<object>t.port << 16) | t.template_id
+            if ex.tid_latest.get(k) is t:
+                del ex.tid_latest[k]
 
 
 cdef int store_template(Decoder dec, ExporterState ex, Template t, double now) except -1:
@@ -1076,6 +1187,8 @@ cdef int store_template(Decoder dec, ExporterState ex, Template t, double now) e
     ex.templates[key] = t
     ex.template_fields += delta
     dec.template_fields += delta
+    if t.version == 10:
+        ex.tid_latest[(<object>t.port << 16) | t.template_id] = t
     return 0
 
 
@@ -1974,13 +2087,18 @@ cdef uint32_t resolve_sampling(Decoder dec, ExporterState ex, Template t, uint32
 
 
 cdef bint is_duplicate(ExporterState ex, Flow* f):
-    """Ingress and egress sampling report the same packet twice (OVS flowDirection 0/1): the
-    second record of a 5-tuple seen in the other direction recently is marked Duplicate."""
+    """Ingress and egress sampling report the same packet twice (OVS flowDirection 0/1), and a
+    flooded packet once per output port: a record with the 5-tuple and bytes of one seen in the
+    other direction, its end time within DEDUP_WINDOW_MS, is marked Duplicate, and so are further
+    copies of that packet (of either direction) while the pair's first record is the latest of
+    its key. The window is what ingress and egress records of one packet differ by, well below
+    the time between two packets or two exports of one flow (a ping every 0.5 s, an active
+    timeout of 1 s), so records of different packets never pair."""
     cdef uint64_t h = <uint64_t>1469598103934665603ULL
     cdef uint64_t prime = <uint64_t>1099511628211ULL
     cdef int i
     cdef Py_ssize_t n = addr_len(f.af)
-    cdef uint64_t key, slot
+    cdef uint64_t key, slot, have
     cdef int64_t now = f.t_end_ms if f.present & P_TEND else 0
     if ex.dedup_keys == NULL:
         ex.dedup_keys = <uint64_t*>calloc(DEDUP_SLOTS, sizeof(uint64_t))
@@ -1994,13 +2112,16 @@ cdef bint is_duplicate(ExporterState ex, Flow* f):
     h = (h ^ f.dport) * prime
     h = (h ^ f.proto) * prime
     h = (h ^ f.bytes) * prime
-    key = (h & ~(<uint64_t>1)) | (<uint64_t>f.direction & 1)
+    # A slot: the key (low bits cleared) | bit 1: a twin was seen | bit 0: the first's direction
+    key = h & ~(<uint64_t>3)
     slot = (h >> 20) % DEDUP_SLOTS
-    # The twin is the same key with the other direction bit.
-    if ex.dedup_keys[slot] == (key ^ 1) and (now - ex.dedup_times[slot] < DEDUP_WINDOW_MS and ex.dedup_times[slot] - now < DEDUP_WINDOW_MS):
-        ex.dedup_keys[slot] = 0
-        return True
-    ex.dedup_keys[slot] = key
+    have = ex.dedup_keys[slot]
+    if (have & ~(<uint64_t>3)) == key and (now - ex.dedup_times[slot] < DEDUP_WINDOW_MS
+                                         and ex.dedup_times[slot] - now < DEDUP_WINDOW_MS):
+        if have & 2 or (have & 1) != (<uint64_t>f.direction & 1):
+            ex.dedup_keys[slot] = have | 2
+            return True
+    ex.dedup_keys[slot] = key | (<uint64_t>f.direction & 1)
     ex.dedup_times[slot] = now
     return False
 
@@ -2047,6 +2168,8 @@ cdef int decode_data_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* s, 
                          uint32_t domain, uint16_t set_id, int64_t export_ms, int64_t sysinit_ms) except -1:
     cdef Template t = ex.templates.get(tkey(version, domain, set_id, b.port))
     cdef Py_ssize_t before, n_before
+    if t is None and version == 10 and ex.tid_latest:
+        t = borrowed_template(dec, ex, b, s, domain, set_id)
     if t is None:
         # RFC 7011 8: data for an unknown template cannot be decoded; count it, go on.
         ex.msg_uncounted = True
@@ -2069,6 +2192,49 @@ cdef int decode_data_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* s, 
             break
         ex.msg_records += 1
     return 0
+
+
+cdef Template borrowed_template(Decoder dec, ExporterState ex, FlowBatch b, Reader* s, uint32_t domain,
+                                uint16_t tid):
+    """A data set whose domain has no template of its id: the same exporting process's (port's)
+    latest template of that id in another domain, when the set's records fit it exactly.
+    Open vSwitch keys one template refresh per exporter: it sends its templates in the
+    observation domain of the sample that was due when the refresh was (every 10 minutes), so
+    with flow sample actions of several obs_domain_ids the other domains' data comes without
+    templates of its own. RFC 7011 scopes templates by domain, so only a missing one is borrowed
+    (a domain's own template always wins)."""
+    cdef Template t = ex.tid_latest.get((<object>b.port << 16) | tid)
+    cdef Py_ssize_t pos, i, n
+    cdef uint16_t L
+    if t is None or t.domain == domain:
+        return None
+    pos = s.pos
+    n = 0
+    while s.end - pos >= t.min_len:     # walk the records by the template's lengths alone
+        for i in range(t.n_fields):
+            L = t.fields[i].length
+            if L == VARLEN:
+                if pos >= s.end:
+                    return None
+                L = s.buf[pos]
+                pos += 1
+                if L == 255:
+                    if s.end - pos < 2:
+                        return None
+                    L = be16(s.buf + pos)
+                    pos += 2
+            if s.end - pos < L:
+                return None
+            pos += L
+        n += 1
+    if n == 0 or not all_zero(s.buf, pos, s.end):     # what is left: RFC 7011 padding, zeros
+        return None
+    if not ex.borrow_logged:    # expected of Open vSwitch: said once per exporter
+        ex.borrow_logged = True
+        _log.info("exporter %s: IPFIX port %d domain %d: data set %d read with the template of domain %d (the "
+                  "exporting process sends its templates in one domain only, as Open vSwitch does)",
+                  ex.ip, b.port, domain, tid, t.domain)
+    return t
 
 
 cdef bint all_zero(const uint8_t* buf, Py_ssize_t start, Py_ssize_t end) noexcept:
@@ -2169,11 +2335,12 @@ cdef int decode_ipfix(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
             whole = True
         finally:
             # RFC 7011 3.1: the sequence number counts the Data Records sent in the domain
+            # (or in all of them: ipfix_sequence)
             if whole and not ex.msg_uncounted:
-                ex.sequence(PROTO_IPFIX, b.port, domain, be32(h + 8), <uint32_t>ex.msg_records, -1,
-                            <int64_t>(b.recv_time * 1000.0))
+                ex.ipfix_sequence(b.port, domain, be32(h + 8), <uint32_t>ex.msg_records,
+                                  <int64_t>(b.recv_time * 1000.0))
             else:
-                ex.sequence_forget(PROTO_IPFIX, b.port, domain)
+                ex.ipfix_forget(b.port, domain)
             if not first:
                 # A later message of the datagram (RFC 7011 10.3.3): its flows carry its own
                 # observation domain and sequence number.

@@ -137,6 +137,36 @@ def test_ingress_egress_twins_marked_and_dedup_drops_them() -> None:
         assert dec.stats()[EXPORTER]["flows"] == 10
 
 
+def test_twins_are_one_packets_records_not_records_of_different_packets() -> None:
+    """A flooded packet is reported once by ingress and once per output port by egress sampling:
+    one record stays, the others are Duplicate, whichever direction comes first. The same
+    5-tuple and size again a moment later (a second router solicitation, a ping every 0.5 s,
+    a flow exported again after its active timeout) is another packet: never paired with the
+    first packet's copies (OVS IPFIX, review helper-77)."""
+    base = ovs_flows(1, random.Random(12))[0]
+
+    def rec(direction: int, end_us: int) -> dict[str, object]:
+        return dict(base, direction=direction, end_delta=end_us)
+
+    def marks(order: list[tuple[int, int]]) -> list[bool]:
+        dec = ovs_decoder()
+        out = []
+        for seq, (direction, end_us) in enumerate(order):   # end_us before the export time
+            b = dec.decode(ipfix_message([data_set(OVS_EGRESS if direction else OVS_INGRESS, [rec(direction, end_us)])],
+                                         seq=seq, export_time=EXPORT), EXPORTER, 0, EXPORT)
+            out += [bool(f.get("Duplicate")) for f in b.to_dicts()]
+        return out
+
+    flood = [(0, 5_000_000), (1, 5_000_000), (1, 4_999_900)]
+    again = [(0, 1_200_000), (1, 1_200_000), (1, 1_200_000)]        # 3.8 s later
+    assert marks(flood + again) == [False, True, True] * 2
+    assert marks([(1, 5_000_000), (0, 5_000_000), (1, 5_000_000)]) == [False, True, True]
+    pings = [(0, 1_500_000), (1, 1_500_000), (0, 1_000_000), (1, 1_000_000), (0, 500_000), (1, 500_000)]
+    assert marks(pings) == [False, True] * 3
+    # one direction only, the same 5-tuple and size twice in a row: two packets
+    assert marks([(1, 2_000_000), (1, 1_000_000)]) == [False, False]
+
+
 def _tpl(tid: int, *fields: tuple[str, int, int, int], scope: int = 0) -> IpfixTemplate:
     return IpfixTemplate(tid, tuple(fields), scope)
 
@@ -1201,6 +1231,26 @@ def test_counters_without_octet_delta_count(split: bool) -> None:
     assert (flows[-2]["ie23"], flows[-2]["ie24"]) == ("00000007", "00000001") and "ie23" not in flows[-1]
 
 
+def test_layer2_octets_give_bytes_only_without_octets() -> None:
+    """Open vSwitch exports non-IP packets (ARP) with packetDeltaCount and
+    layer2OctetDelta/TotalCount (352/353) but no octetDeltaCount: Bytes are the frames' bytes
+    (the delta first). Beside an octet count of the record's family they stay extras."""
+    l2 = _tpl(360, ("src", 8, 0, 4), ("p", 2, 0, 8), ("l2t", 353, 0, 8), ("l2", 352, 0, 8))
+    l2_total = _tpl(361, ("src", 8, 0, 4), ("p", 2, 0, 8), ("l2t", 353, 0, 8))
+    ip = _tpl(362, ("src", 8, 0, 4), ("l2", 352, 0, 8), ("b", 1, 0, 8), ("p", 2, 0, 8))
+    post = _tpl(363, ("src", 8, 0, 4), ("ob", 23, 0, 4), ("op", 24, 0, 4), ("l2", 352, 0, 8))
+    data = ipfix_message([template_set([l2, l2_total, ip, post]),
+                          data_set(l2, [{"src": "10.0.0.1", "p": 1, "l2t": 930, "l2": 42}]),
+                          data_set(l2_total, [{"src": "10.0.0.2", "p": 1, "l2t": 930}]),
+                          data_set(ip, [{"src": "10.0.0.3", "l2": 1514, "b": 1500, "p": 1}]),
+                          data_set(post, [{"src": "10.0.0.4", "ob": 800, "op": 2, "l2": 828}])],
+                         seq=0, export_time=EXPORT)
+    flows = Decoder().decode(data, EXPORTER).to_dicts()
+    assert [(f["Bytes"], f["Packets"]) for f in flows] == [(42, 1), (930, 1), (1500, 1), (800, 2)]
+    assert ["ie352" in f for f in flows] == [False, False, True, True]
+    assert flows[0]["ie353"] == f"{930:016x}"
+
+
 def test_psamp_tunnelled_packet_with_the_templates_outer_addresses() -> None:
     """A packet report whose template gives the outer addresses and protocol of a tunnelled
     packet (GRE, IP in IP) describes the outer packet: its section is read without unwrapping,
@@ -1724,6 +1774,52 @@ def test_ipfix_sequence_counts_lost_records_per_domain_and_process() -> None:
     assert _seq(dec, EXPORTER, "ipfix") == (10, 1)
     data(12, domain=7)             # domain 7 expected 12
     assert _seq(dec, EXPORTER, "ipfix") == (10, 1)
+
+
+def test_ovs_one_sequence_and_one_template_refresh_over_its_observation_domains() -> None:
+    """Open vSwitch numbers the messages of all the observation domains it exports in one
+    sequence (its exporter statistics in domain 0, each flow sample action's records in that
+    action's obs_domain_id), and sends its templates in one domain only (the one whose record
+    was due at the refresh): the other domains' data is read with that template, and the
+    sequence is followed over the domains, without phantom losses; a real loss is counted.
+    An RFC 7011 exporter numbering each domain on its own is read per domain."""
+    recs = ovs_flows(3, random.Random(5))
+
+    def run(msgs: list[tuple[int, int, bool]]) -> tuple[int, int, int]:
+        """(domain, sequence, template only?) messages -> (flows, missing template sets, lost)."""
+        dec = Decoder()
+        flows = 0
+        for domain, seq, tpl in msgs:
+            sets = [template_set([OVS_INGRESS])] if tpl else [data_set(OVS_INGRESS, recs[:1] if domain == 0 else recs)]
+            b = dec.decode(ipfix_message(sets, seq=seq, export_time=EXPORT, domain=domain), EXPORTER, 4739, EXPORT)
+            assert b.error is None
+            flows += len(b)
+        st = dec.stats(EXPORT + 60)[EXPORTER]["protocols"]["ipfix"]
+        return flows, st["missing_template_sets"], st["sequence_lost"]
+
+    # templates in 124 only; its exporter statistics (1 record) in domain 0, then records of
+    # domains 123 and 124 in one sequence
+    ovs = [(124, 0, True), (0, 0, False), (124, 1, False), (123, 4, False), (123, 7, False), (124, 10, False),
+           (123, 13, False), (124, 16, False), (124, 19, False), (123, 22, False)]
+    assert run(ovs) == (1 + 8 * 3, 0, 0)
+    assert run(ovs[:6] + ovs[7:]) == (1 + 7 * 3, 0, 3)             # 13..15 lost
+    # one sample action's domain with its own templates: the same
+    assert run([(7, 0, True), (0, 0, False)] + [(7, 1 + 3 * i, False) for i in range(5)]) == (16, 0, 0)
+    # RFC 7011: each domain its own sequence, messages interleaved; 123's 3..5 lost
+    rfc = [(124, 0, True), (123, 0, True)] + [x for i in range(6) for x in ((123, 3 * i, False), (124, 3 * i, False))]
+    assert run(rfc) == (36, 0, 0)
+    assert run(rfc[:5] + rfc[6:]) == (33, 0, 3)
+    # no template of the id in any domain of the port, or records that do not fit it: not read
+    dec = Decoder()
+    dec.decode(ipfix_message([template_set([OVS_INGRESS])], seq=0, export_time=EXPORT, domain=1), EXPORTER, 4739)
+    other_port = dec.decode(ipfix_message([data_set(OVS_INGRESS, recs)], seq=0, export_time=EXPORT, domain=2),
+                            EXPORTER, 4740)
+    msg = ipfix_message([data_set(OVS_INGRESS, recs)], seq=0, export_time=EXPORT, domain=2)
+    cut = msg[:-7]
+    cut = cut[:2] + struct.pack("!H", len(cut)) + cut[4:18] + struct.pack("!H", len(cut) - 16) + cut[20:]
+    short = dec.decode(cut, EXPORTER, 4739)
+    assert (len(other_port), len(short), short.error) == (0, 0, None)
+    assert dec.stats()[EXPORTER]["protocols"]["ipfix"]["missing_template_sets"] == 2
 
 
 def test_ipfix_process_restarted_on_the_same_port_is_a_restart_not_late_datagrams() -> None:

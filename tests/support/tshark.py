@@ -560,6 +560,14 @@ def expected_from_cflow(pkt: CflowPacket, cset: CflowSet, rec: dict) -> dict[str
                     exp[fkey] = to_int(rec[n])
                     break
         break
+    else:
+        family = None
+    if "Bytes" not in exp and (family is None or family[0][0] == "cflow.octets"):
+        # no octets of the first family (or none): the layer 2 octets (OVS's non-IP records)
+        for n in ("cflow.layer2_octet_delta_count", "cflow.layer2_octet_total_count"):
+            if n in rec:
+                exp["Bytes"] = to_int(rec[n])
+                break
     if "TcpFlagsRaw" in exp:
         exp["Flags"] = flag_names(exp["TcpFlagsRaw"])
     # interfaceName (82): tshark 4.0 calls it cflow.if_name; flowscope lists the first two
