@@ -255,16 +255,18 @@ cdef int hdr_ipv6(Flow* f, Reader* h, int depth) except -1:
     f.present |= P_PROTO | P_DSCP | P_ETYPE
     nh = p[6]
     f.proto = nh
-    # RFC 8200 4: walk the extension headers to the upper-layer protocol.
+    # RFC 8200 4: walk the extension headers to the upper-layer protocol. One cut by the
+    # sampled header's length still names the next header in its first byte: the protocol
+    # (ICMPv6 behind a hop-by-hop header, MLD), without ports.
     for k in range(MAX_IPV6_EXT):
         if nh == 0 or nh == 43 or nh == 60 or nh == 135 or nh == 139 or nh == 140:
             e = hd_take(h, 8)
             if e == NULL or hd_take(h, e[1] * 8) == NULL:
-                return 0
+                return ipv6_cut(f, h, e)
         elif nh == 51:      # AH: length in 4-byte words minus 2
             e = hd_take(h, 8)
             if e == NULL or hd_take(h, e[1] * 4) == NULL:
-                return 0
+                return ipv6_cut(f, h, e)
         elif nh == 44:      # fragment header: L4 only in the first fragment
             e = hd_take(h, 8)
             if e == NULL:
@@ -277,6 +279,16 @@ cdef int hdr_ipv6(Flow* f, Reader* h, int depth) except -1:
         nh = e[0]
         f.proto = nh
     return hdr_l4(f, h, nh, depth)
+
+
+cdef int ipv6_cut(Flow* f, Reader* h, const uint8_t* e) noexcept:
+    """An IPv6 extension header cut short (e: its first 8 bytes, NULL if fewer were left): its
+    next-header byte, when there, is the flow's protocol."""
+    if e != NULL:
+        f.proto = e[0]
+    elif rd_left(h) >= 1:
+        f.proto = h.buf[h.pos]
+    return 0
 
 
 cdef int hdr_ethertype(Flow* f, Reader* h, uint16_t etype, int depth) except -1:

@@ -474,6 +474,15 @@ def test_icmpv6_and_extension_headers(decoders_mod) -> None:
     pkt = eth(ipv6("2001:db8::1", "2001:db8::2", 0, hbh + dst + tcp(22, 50000, 0x10)), 0x86DD)
     f = one_flow(decoders_mod, [raw_header(pkt, 100)])
     assert (f["Proto"], f["SrcPort"], f["DstPort"]) == (6, 22, 50000)
+    # a header cut inside an extension header (OVS sFlow header=60: an MLD report behind a
+    # hop-by-hop header) still names the protocol in its first byte, without ports or ICMP type
+    mld = eth(ipv6("::", "ff02::16", 0, struct.pack(">BB", 58, 0) + b"\x05\x02\0\0\x01\0"
+                   + struct.pack(">BBH", 143, 0, 0) + b"\0" * 24), 0x86DD)
+    for cut in (60, 55):
+        f = one_flow(decoders_mod, [raw_header(mld[:cut], 90)])
+        assert (f["DstAddr"], f["Proto"], "IcmpType" in f, "SrcPort" in f) == ("ff02::16", 58, False, False), cut
+    f = one_flow(decoders_mod, [raw_header(mld[:54], 90)])     # nothing after the IPv6 header
+    assert f["Proto"] == 0
 
 
 def test_ipv4_fragments_and_raw_ip_headers(decoders_mod) -> None:
