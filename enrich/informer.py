@@ -377,7 +377,12 @@ class Informer:
             if code == 410:
                 raise Gone
             msg = obj.get("message") if isinstance(obj, dict) else obj
-            raise ApiProblem(_status_cause(code), f"watch {self._resource()} ERROR event {code}: {msg}")
+            # a Status's details.retryAfterSeconds (429, 5xx) is the Retry-After of an event
+            details = obj.get("details") if isinstance(obj, dict) else None
+            wait = details.get("retryAfterSeconds") if isinstance(details, dict) else None
+            wait = float(wait) if isinstance(wait, int) and not isinstance(wait, bool) and wait > 0 else 0.0
+            raise ApiProblem(_status_cause(code), f"watch {self._resource()} ERROR event {code}: {msg}"
+                             + (f" (retry after {wait:g} s)" if wait else ""), wait)
         if first:
             self._gone_streak = 0
         if first and self._logged:

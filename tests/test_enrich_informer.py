@@ -379,6 +379,24 @@ def test_throttled_list_honours_retry_after_and_stops_at_once(seeded: FakeKube, 
     assert len(asked) == 1 and e.stats()["kinds"]["pods"]["errors"]["http_429"] == 1
 
 
+def test_watch_error_event_retry_after_is_waited_out(seeded: FakeKube, kubeconfig: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A watch ERROR event whose Status carries details.retryAfterSeconds (a 429 or 5xx sent
+    inside the stream) is waited out like a Retry-After header, without a relist."""
+    asked = _record_sleeps(monkeypatch, "pods")
+    e = enrich.Enricher(fast_config(kubeconfig))
+    e.start()
+    try:
+        assert e.wait_ready(10)
+        seeded.fail("pods", "watch", "throttle_event", times=1)
+        seeded.expire("pods")   # the open watch ends; the next one gets the ERROR event
+        wait_for(lambda: asked, what="the pause after the ERROR event")
+        assert asked[0] == 3.0
+        assert e.stats()["kinds"]["pods"]["errors"]["http_429"] == 1
+    finally:
+        e.stop()
+
+
 def test_forbidden_names_verb_and_resource(seeded: FakeKube, kubeconfig: str, caplog: pytest.LogCaptureFixture) -> None:
     seeded.fail("pods", "watch", "forbidden")
     e = enrich.Enricher(fast_config(kubeconfig))

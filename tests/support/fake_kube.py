@@ -209,8 +209,8 @@ class FakeKube:
 
     def fail(self, kind: str, verb: str, what: str, *, times: int | None = None) -> None:
         """Inject a fault for list or watch: forbidden, slow_forbidden (403 after 1.2 s),
-        unauthorized, garbage, drop, error500, throttle (429 with Retry-After: 2), gone (watch
-        only: ERROR 410 at once), empty (watch only: the stream ends at once, cleanly), noitems and
+        unauthorized, garbage, drop, error500, throttle (429 with Retry-After: 2), throttle_event
+        (watch only: ERROR 429 with details.retryAfterSeconds 3), gone (watch only: ERROR 410 at once), empty (watch only: the stream ends at once, cleanly), noitems and
         expired_continue (list only: the page is
         served but its continue token is already compacted away, so the next page gets 410)."""
         with self.cond:
@@ -415,6 +415,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._drop()
             return
         if fault == "empty":  # a proxy that ends every stream at once, cleanly, with nothing in it
+            self._chunk(b"")
+            return
+        if fault == "throttle_event":  # the Status of a 429 as an event, with its retry delay
+            st = status(429, "TooManyRequests", "the server is currently unable to handle the request")
+            st["details"] = {"retryAfterSeconds": 3}
+            self._chunk(json.dumps({"type": "ERROR", "object": st}).encode() + b"\n")
             self._chunk(b"")
             return
         if fault == "gone":  # a lagging server: whatever the resourceVersion, it is too old
