@@ -508,10 +508,13 @@ int main(int argc, char **argv) {
     build_pool();
 
     /* exporters: one socket each; distinct source ports, or bound source addresses */
-    char *srclist[256]; int nsrc = 0;
+    /* --src: as many addresses as given (exporters take them in turn) */
+    char **srclist = NULL; int nsrc = 0;
     if (srcs) {
         char *dup = strdup(srcs), *tok, *sv;
-        for (tok = strtok_r(dup, ",", &sv); tok && nsrc < 256; tok = strtok_r(NULL, ",", &sv)) srclist[nsrc++] = tok;
+        srclist = calloc(strlen(srcs) / 2 + 2, sizeof *srclist);   /* at most one per two characters */
+        if (!dup || !srclist) { perror("--src"); return 1; }
+        for (tok = strtok_r(dup, ",", &sv); tok; tok = strtok_r(NULL, ",", &sv)) srclist[nsrc++] = tok;
     }
     sf_v6 = dst.ss_family == AF_INET6;
     struct exporter *ex = calloc(nexp, sizeof *ex);

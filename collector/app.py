@@ -334,6 +334,35 @@ def ports_free(cfg: Config) -> bool:
     return True
 
 
+def died(agg: Aggregator, worker: int, code: int) -> None:
+    """A worker died (killed, crashed): the flows its last snapshot held (queued, or sent and
+    not acknowledged) are gone with it. They are counted as dropped, reason worker_died, in its
+    snapshot (its queue emptied), and said in the log; what it received after that snapshot
+    (up to --stats-interval) cannot be known."""
+    snap = agg.workers.get(worker)
+    if snap is None:
+        log.error("worker %d (code %s) died before its first report: what it had received is unknown", worker, code)
+        return
+    snap = dict(snap)
+    lost = {}
+    for queued, dropped in (("flowscope_queue_records", "flowscope_flows_dropped"),
+                            ("flowscope_counter_records_queued", "flowscope_counter_records_dropped")):
+        n = int(sum(snap.get(queued, {}).values()))
+        lost[queued] = n
+        snap[queued] = {k: 0 for k in snap.get(queued, {})} or {(): 0}
+        if n:
+            d = dict(snap.get(dropped, {}))
+            d[("worker_died",)] = d.get(("worker_died",), 0) + n
+            snap[dropped] = d
+    snap["flowscope_queue_bytes"] = {(): 0}
+    age = time.monotonic() - agg.seen.get(worker, agg.started)
+    agg.workers[worker] = snap
+    log.error("worker %d (code %s) died holding %d flow records and %d counter records (queued or not yet "
+              "acknowledged in its report of %.1f s before): lost, counted as dropped (worker_died); what it "
+              "received after that report is not known", worker, code, lost["flowscope_queue_records"],
+              lost["flowscope_counter_records_queued"], age)
+
+
 def _supervise(cfg: Config, enrich_cfg: Any, factory: Callable[[], asyncio.AbstractEventLoop]) -> int:
     children: dict[int, tuple[int, Connection]] = {}
     if not ports_free(cfg):
@@ -409,8 +438,13 @@ def _supervise(cfg: Config, enrich_cfg: Any, factory: Callable[[], asyncio.Abstr
                 pass
             reap()
             if exited and not stop.is_set():
+                for i in exited:
+                    reader(i, children[i][1])   # anything it sent before it went
                 log.error("worker(s) exited unexpectedly: %s; stopping the others",
                           ", ".join(f"{i} (code {c})" for i, c in exited.items()))
+                for i, c in exited.items():
+                    if c != 0:
+                        died(agg, i, c)
                 failed = True
                 break
         for i, (pid, _) in children.items():

@@ -736,6 +736,10 @@ def validate(cfg: Config) -> None:
         try:
             if split_hostport(b)[1] == 0:
                 raise ValueError(f"{b!r}: port must be 1-65535")
+            host = b.rsplit(":", 1)[0].strip("[]")
+            if not host or not re.fullmatch(r"[A-Za-z0-9._:%-]+", host):
+                # (an empty host would mean "any address" to a listener, not a broker to reach)
+                raise ValueError(f"{b!r}: expected HOST:PORT with a host name or address")
         except ValueError as exc:
             raise ConfigError(f"kafka.brokers: {exc}") from None
     k = cfg.kafka
@@ -760,12 +764,24 @@ def validate(cfg: Config) -> None:
                               f"secret, not the secret: set {env} (it beats the file) or remove the key")
     if not k.topic:
         raise ConfigError("kafka.topic: must not be empty")
+    topic_name_ok("kafka.topic", k.topic)
     if cfg.counters and kind == "kafka" and not k.counters_topic:
         raise ConfigError("kafka.counters_topic: must not be empty with --counters")
+    if cfg.counters and k.counters_topic:
+        topic_name_ok("kafka.counters_topic", k.counters_topic)
     if cfg.counters and kind == "kafka" and k.counters_topic == k.topic:
         raise ConfigError(f"kafka.counters_topic: {k.counters_topic!r} is also kafka.topic: counter records "
                           "would land among the flows that consumers of the flow format read; give them a "
                           "topic of their own")
+
+
+def topic_name_ok(key: str, name: str) -> None:
+    """Kafka's rule for topic names: ASCII letters, digits, '.', '_' and '-', at most 249
+    characters, not '.' or '..' (a broker refuses others: the collector would queue every flow
+    for a topic that can never exist)."""
+    if len(name) > 249 or name in (".", "..") or not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+        raise ConfigError(f"{key}: {name[:80]!r}{'...' if len(name) > 80 else ''} is not a valid Kafka topic name "
+                          "(letters, digits, '.', '_' and '-', at most 249 characters, not '.' or '..')")
 
 
 def to_dict(cfg: Config, *, redact: bool = True) -> dict[str, Any]:

@@ -106,7 +106,8 @@ SERIES: dict[str, Series] = {s.name: s for s in [
            "acknowledged within --shutdown-timeout (they may be in the topic); sink_error: the file or stdout write failed; rejected: "
            "Kafka refused the batch for good; too_large: a keyed record the producer's batch builder refused even "
            "alone in a batch (a record over --kafka-batch-bytes is otherwise sent in a batch of its own); "
-           "duplicate: --dedup)", ("reason",)),
+           "duplicate: --dedup; worker_died: held by a --workers N worker that died, as of its last snapshot)",
+           ("reason",)),
     Series("flowscope_flows_delivered", "counter", "Flow records the sink accepted (Kafka: acknowledged)",
            ("sink",)),
     Series("flowscope_counter_records", "counter", "sFlow counter records decoded (--counters): delivered + "

@@ -35,7 +35,7 @@ ALLOW_CACHE_MAX = 65536
 # 0 before their first event.
 DATAGRAM_DROP_REASONS = ("not_allowed", "wrong_protocol", "internal", "socket_error", "shutdown")
 FLOW_DROP_REASONS = ("queue_full", "evicted", "shutdown", "unconfirmed", "sink_error", "rejected", "too_large",
-                     "duplicate")
+                     "duplicate", "worker_died")
 KAFKA_ERROR_KINDS = ("connect", "metadata", "produce", "rejected", "admin")
 
 

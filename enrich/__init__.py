@@ -42,6 +42,13 @@ def load_api_client(config: EnrichConfig) -> Any:
     from kubernetes import config as kconfig
 
     conf = client.Configuration()
+    files = config.kubeconfig or ("" if os.environ.get("KUBERNETES_SERVICE_HOST")
+                                  else os.environ.get("KUBECONFIG") or "~/.kube/config")
+    paths = [os.path.expanduser(p) for p in files.split(os.pathsep) if p]
+    for path in paths:
+        problem = kubeconfig_shape_error(path)
+        if problem:   # (the caller names the setting, and so the file when it is the only one)
+            raise kconfig.ConfigException(f"{path}: {problem}" if len(paths) > 1 else problem)
     if config.kubeconfig:
         kconfig.load_kube_config(config_file=config.kubeconfig, context=config.context,
                                  client_configuration=conf, persist_config=False)
@@ -55,6 +62,41 @@ def load_api_client(config: EnrichConfig) -> Any:
     # failure (urllib3's retries logged a warning each and slept out Retry-After unseen).
     conf.retries = False
     return client.ApiClient(conf)
+
+
+def kubeconfig_shape_error(path: str) -> str | None:
+    """What is wrong with the layout of a kubeconfig file, in its terms (the client's own errors
+    for a wrong layout are Python's: "'int' object is not iterable"); None when it looks like a
+    kubeconfig, or cannot be read (the client says why)."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = yaml.safe_load(fh)
+    except (OSError, UnicodeDecodeError):
+        return None
+    except yaml.YAMLError as exc:
+        return f"not YAML: {' '.join(str(exc).split())}"
+    if doc is None:
+        return None     # empty: the client's "no configuration found"
+    if not isinstance(doc, dict):
+        return f"expected a kubeconfig (a mapping with clusters, contexts and users), got a {type(doc).__name__}"
+    for section, inner in (("clusters", "cluster"), ("contexts", "context"), ("users", "user")):
+        entries = doc.get(section)
+        if entries is None:
+            continue
+        if not isinstance(entries, list):
+            return f"{section}: expected a list of {{name, {inner}}}, got {entries!r:.60}"
+        for i, e in enumerate(entries):
+            if not isinstance(e, dict) or not isinstance(e.get("name"), str) or not isinstance(e.get(inner), dict):
+                return f"{section}[{i}]: expected a mapping with a name and a {inner} mapping"
+            server = e[inner].get("server") if section == "clusters" else None
+            if server is not None and not isinstance(server, str):
+                return f"{section}[{i}] ({e['name']}): server: expected a URL, got {server!r:.60}"
+    cur = doc.get("current-context")
+    if cur is not None and not isinstance(cur, str):
+        return f"current-context: expected a context name, got {cur!r:.60}"
+    return None
 
 
 class Enricher:

@@ -434,6 +434,30 @@ def test_a_hung_worker_fails_readiness_then_liveness(collector: Any, tmp_path: P
     wait_for(lambda: c.get("/healthz")[0] == 200 and c.get("/readyz")[0] == 200, 10, what="recovered")
 
 
+def test_a_killed_workers_flows_are_counted_not_lost_silently(collector: Any) -> None:
+    """With --workers N a worker that dies (SIGKILL, the OOM killer) takes the flows it held
+    with it: the supervisor counts what its last report held as dropped (worker_died), says so
+    in the log, and stops the others (review helper-79: they were neither delivered nor
+    counted anywhere)."""
+    c = collector(["--sink", "stdout", "--workers", "2", "--stats-interval", "0.2"], stdout=subprocess.PIPE)
+    children = [int(p) for p in Path(f"/proc/{c.proc.pid}/task/{c.proc.pid}/children").read_text().split()]
+    assert len(children) == 2
+    # nobody reads stdout: the pipe fills and the flows wait in the worker that got them
+    send_udp([make_v5(30 * i, 30, 30 * i) for i in range(40)], c.port)
+    wait_for(lambda: c.value("flowscope_queue_records") > 0, 10, what="flows queued")
+    queued = -1.0
+    while queued != c.value("flowscope_queue_records"):   # settled: the pipe is full
+        queued = c.value("flowscope_queue_records")
+        time.sleep(1.0)
+    assert c.value("flowscope_flows_dropped_total", reason="worker_died") == 0
+    for pid in children:
+        os.kill(pid, signal.SIGKILL)
+    assert c.proc.wait(30) == 1
+    log = c.log()
+    held = [int(n) for n in re.findall(r"died holding (\d+) flow records", log)]
+    assert len(held) == 2 and sum(held) == queued > 0, log
+
+
 def test_a_sink_that_fails_every_record_makes_the_collector_unready(collector: Any) -> None:
     """A sink that drops what it is given (here a full disk: /dev/full) has nothing waiting, so
     "stalled" never shows it: failing every record for max(10 s, ...) makes /readyz fail while

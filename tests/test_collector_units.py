@@ -241,6 +241,26 @@ def test_values_the_collector_cannot_use_are_refused_by_validation(argv: list[st
     assert str(e.value).startswith(message), str(e.value)
 
 
+@pytest.mark.parametrize("argv,message", [
+    (["--kafka-topic", "bad topic"], "kafka.topic: 'bad topic' is not a valid Kafka topic name"),
+    (["--kafka-topic", ".."], "kafka.topic: '..' is not a valid Kafka topic name"),
+    (["--kafka-topic", "t" * 250], "kafka.topic: '" + "t" * 80 + "'... is not a valid Kafka topic name"),
+    (["--counters", "--kafka-counters-topic", "ctr/x"], "kafka.counters_topic: 'ctr/x' is not a valid Kafka topic"),
+    (["--kafka-brokers", ":9092"], "kafka.brokers: ':9092': expected HOST:PORT with a host name or address"),
+    (["--kafka-brokers", "a b:9092"], "kafka.brokers: 'a b:9092': expected HOST:PORT with a host name or address"),
+])
+def test_kafka_names_a_broker_refuses_are_configuration_errors(argv: list[str], message: str) -> None:
+    """A topic name Kafka refuses (or a broker address with no host) started a collector that
+    queued every flow for a topic that can never exist, unready for "kafka sink not
+    connected" (review helper-79)."""
+    with pytest.raises(C.ConfigError) as e:
+        load(["--kafka-brokers", "127.0.0.1:9092", *argv])
+    assert str(e.value).startswith(message), str(e.value)
+    cfg = load(["--kafka-brokers", "kafka-0.kafka:9092,[fd00::1]:9092,10.0.0.1:9093", "--kafka-topic",
+                "network-flows_v1." + "x" * 200])
+    assert cfg.kafka.brokers == ["kafka-0.kafka:9092", "[fd00::1]:9092", "10.0.0.1:9093"]
+
+
 def test_the_largest_usable_values_are_accepted_and_the_decoder_takes_them() -> None:
     from decoders import DecoderConfig
 

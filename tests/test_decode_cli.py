@@ -95,7 +95,18 @@ def test_decode_with_an_unusable_kubeconfig_is_one_line_exit_2(tmp_path: Path) -
                                                                  export_time=EXPORT))])
     empty = tmp_path / "empty.kubeconfig"  # parses, but names no current-context
     empty.write_text("apiVersion: v1\nkind: Config\nclusters: []\n")
-    for kc, why in ((tmp_path / "nonexistent", b"no such file"), (empty, b"current-context")):
+    # files that are not kubeconfigs: said in the file's terms, not the client's Python errors
+    shapes = {"text": ("just some text\n", b"expected a kubeconfig (a mapping with clusters, contexts and users), "
+                                          b"got a str"),
+              "list": ("- a\n- b\n", b"got a list"),
+              "num": ("clusters: 5\n", b"clusters: expected a list of {name, cluster}, got 5"),
+              "server": ("clusters: [{name: c, cluster: {server: 5}}]\ncurrent-context: x\n",
+                         b"clusters[0] (c): server: expected a URL, got 5")}
+    cases = [(tmp_path / "nonexistent", b"no such file"), (empty, b"current-context")]
+    for name, (text, why) in shapes.items():
+        (tmp_path / name).write_text(text)
+        cases.append((tmp_path / name, why))
+    for kc, why in cases:
         p = run_decode(str(cap), "--kubeconfig", str(kc))
         assert p.returncode == 2, p.stderr.decode()
         assert p.stderr.startswith(f"flowscope decode: --kubeconfig {kc}: ".encode()), p.stderr.decode()

@@ -167,6 +167,16 @@ def test_exporters_have_own_ports_and_sequences(loadgen: Path) -> None:
     assert len(starts) == 3 and 0 in starts
 
 
+def test_every_source_address_given_is_used(loadgen: Path) -> None:
+    """--src with more addresses than 256 (thousands of exporters): each exporter its own
+    address, not the first 256 over again (review helper-79)."""
+    srcs = [f"127.1.{i // 250}.{i % 250 + 1}" for i in range(300)]
+    report, got, _ = run_and_receive(loadgen, ["--proto", "v5", "--count", "600", "--exporters", "300",
+                                               "--src", ",".join(srcs)])
+    assert report["exporters"] == 300 and len(got) == report["datagrams"]
+    assert {src[0] for _, src in got} == set(srcs)
+
+
 def run_over_ipv6(loadgen: Path, args: list[str]):
     """run_and_receive to ::1, skipped (saying why) on a machine without IPv6."""
     if not socket.has_ipv6:
