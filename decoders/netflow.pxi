@@ -406,7 +406,8 @@ cdef class SeqPort:
     cdef uint32_t prev_adv
     cdef uint16_t shared_votes
     cdef uint16_t domain_votes
-    cdef dict dom_last          # domain -> its previous message's sequence << 32 | records
+    cdef dict dom_last          # domain -> its last message's sequence << 32 | records (as of the
+                                # port's latest change away from it)
 
 
 cdef inline bint seq_follows(uint32_t seq, uint32_t adv, uint32_t prev_seq, uint32_t prev_adv,
@@ -764,6 +765,10 @@ cdef class ExporterState:
         cdef bint by_port, by_domain, inclusive
         cdef SeqStream st
         if sp.has_prev and sp.prev_domain != domain:
+            # the domain left behind: where its sequence was (kept at changes only, not per message)
+            if len(sp.dom_last) >= SEQ_MAX_STREAMS and sp.prev_domain not in sp.dom_last:
+                sp.dom_last.clear()
+            sp.dom_last[sp.prev_domain] = (<uint64_t>sp.prev_seq << 32) | sp.prev_adv
             last = sp.dom_last.get(domain)
             if last is not None:
                 v = last
@@ -786,9 +791,6 @@ cdef class ExporterState:
                     was_shared = not was_shared
         sp.has_prev = True
         sp.prev_domain, sp.prev_seq, sp.prev_adv = domain, seq, advance
-        if len(sp.dom_last) >= SEQ_MAX_STREAMS and domain not in sp.dom_last:
-            sp.dom_last.clear()
-        sp.dom_last[domain] = (<uint64_t>seq << 32) | advance
         self.sequence(PROTO_IPFIX, port, SEQ_SHARED if was_shared else domain, seq, advance, -1, now_ms)
 
     cdef void ipfix_forget(self, uint32_t port, uint32_t domain) noexcept:
