@@ -132,6 +132,14 @@ def _as_list(v: Any) -> list[Any]:
     return v if isinstance(v, list) else []
 
 
+FINISH_GRACE_MS = 999
+
+
+def _grace(end: int) -> int:
+    """The lookup grace of a hold that ended at a container's finishedAt (whole seconds)."""
+    return FINISH_GRACE_MS if end % 1000 == 0 else 0
+
+
 def _finished_ms(statuses: Iterable[Any]) -> int | None:
     """When the last container of a finished pod terminated (None when not recorded)."""
     out: int | None = None
@@ -205,7 +213,7 @@ class PodRec:
 
     __slots__ = ("uid", "ns", "name", "node", "host_ip", "ips", "owner_kind", "owner_name",
                  "start_ms", "end_ms", "frag_s", "frag_d", "infra", "keep_ips", "keep_owner", "status_start",
-                 "finished_ms", "floored")
+                 "finished_ms", "floored", "end_grace")
 
     def __init__(self, *, uid: str, ns: str, name: str, node: str | None, host_ip: str,
                  ips: tuple[bytes, ...], owner_kind: str, owner_name: str, start_ms: int,
@@ -234,6 +242,10 @@ class PodRec:
         # status): its hold ends then, not when the collector heard of the delete
         self.finished_ms = finished_ms
         self.floored = False  # start_ms was raised by Index._floor (_refloor may lower it again)
+        # end_ms is a finishedAt, which the API writes in whole seconds: the pod held its
+        # addresses up to FINISH_GRACE_MS longer (lookups only: a pod given them later starts
+        # from end_ms, and the newer holder wins where both could have been)
+        self.end_grace = 0
         self.frag_s = b""
         self.frag_d = b""
         self.infra = False
@@ -650,10 +662,13 @@ class Index:
             finished = _finished_ms(c for f in CONTAINER_STATUSES
                                     for c in self._list(status.get(f), f"pod {ns}/{name} status.{f}"))
             end = min(now, finished) if finished is not None and (start is None or finished > start) else now
-        return PodRec(uid=uid, ns=_intern(ns), name=name, node=_intern(node) if node else None,
-                      host_ip=host_ip, ips=tuple(ips), owner_kind=_intern(kind), owner_name=oname,
-                      start_ms=ALWAYS if start is None else start, end_ms=end, keep_ips=keep_ips,
-                      keep_owner=keep_owner, finished_ms=finished_all)
+        rec = PodRec(uid=uid, ns=_intern(ns), name=name, node=_intern(node) if node else None,
+                     host_ip=host_ip, ips=tuple(ips), owner_kind=_intern(kind), owner_name=oname,
+                     start_ms=ALWAYS if start is None else start, end_ms=end, keep_ips=keep_ips,
+                     keep_owner=keep_owner, finished_ms=finished_all)
+        if end != ALIVE and end != now:
+            rec.end_grace = _grace(end)
+        return rec
 
     def _parse_node(self, obj: Any) -> NodeRec:
         meta = _meta(obj)
@@ -881,7 +896,7 @@ class Index:
                 rec.owner_kind, rec.owner_name = old.owner_kind, old.owner_name
             rec.keep_owner = False
         if old is not None and old.end_ms != ALIVE and rec.end_ms != ALIVE:
-            rec.end_ms = old.end_ms  # keep the first time we saw it finished
+            rec.end_ms, rec.end_grace = old.end_ms, old.end_grace  # keep the first time we saw it finished
         if (old is not None and old.end_ms == ALIVE and rec.end_ms == ALIVE and rec.start_ms <= old.start_ms
                 and any(ip not in old.ips for ip in rec.ips)):
             # A running pod got addresses it did not have (out of Pending, or a recreated
@@ -956,8 +971,9 @@ class Index:
             end = self._now_ms()
             if final is not None:
                 fin = final.end_ms if final.end_ms != ALIVE else final.finished_ms
-                if fin is not None and fin > rec.start_ms:
-                    end = min(end, fin)
+                if fin is not None and fin > rec.start_ms and fin < end:
+                    end = fin
+                    rec.end_grace = final.end_grace if final.end_ms == fin else _grace(fin)
             rec.end_ms = end
         if rec.ips:
             self._entomb(rec)
@@ -1103,7 +1119,8 @@ class Index:
                 hs.sort(key=_start_key)
             prev: tuple[Any, ...] | None = None
             for r in hs:
-                prev = (r.frag_s, r.frag_d, r.node, r.infra, r.start_ms, r.end_ms, prev)
+                prev = (r.frag_s, r.frag_d, r.node, r.infra, r.start_ms,
+                        r.end_ms + r.end_grace if r.end_ms != ALIVE else ALIVE, prev)
             if prev is not None and prev[6] is None and prev[5] == ALIVE:
                 # Sole live holder: any flow time matches, so the hot path skips the time walk.
                 prev = prev[:4] + (ALWAYS, ALIVE, None)

@@ -457,6 +457,39 @@ def test_finished_pod_listed_later_held_its_address_until_it_finished() -> None:
     assert flow(e, "10.244.0.32", "", t_ms=T0 - 10_000)["SrcK8S_Name"] == "web"
 
 
+@pytest.mark.parametrize("reuse_at", [None, 12_000, 10_950])
+def test_a_finished_at_in_whole_seconds_covers_the_pods_last_second(reuse_at: int | None) -> None:
+    """finishedAt is written in whole seconds: a container that stopped at 10.9 s reads 10 s.
+    Flows that started in that last second are still the pod's (review helper-81: they had no
+    identity); a pod given the address later in the same second holds it from its own start,
+    the newer holder winning where both could have been."""
+    import copy
+
+    clock = Clock(T0)
+    old = pod("cart", "shop", ips=["10.244.0.30"], uid="u-cart", created=iso(T0 - 3_600_000))
+    e = build([old], clock=clock)
+    idx = e.index
+    final = copy.deepcopy(old)
+    final["status"]["containerStatuses"] = [{"name": "c", "state": {"terminated": {
+        "exitCode": 0, "startedAt": iso(T0 - 3_590_000), "finishedAt": iso(T0 + 10_900)}}}]
+    from enrich.index import parse_time_ms
+
+    assert parse_time_ms(final["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"]) == T0 + 10_000
+    clock.ms = T0 + 11_400
+    idx.delete("pods", idx.parse("pods", final))
+    if reuse_at is not None:
+        clock.ms = T0 + reuse_at + 300
+        idx.upsert("pods", idx.parse("pods", pod("web", "shop", ips=["10.244.0.30"], uid="u-web",
+                                                  created=iso(T0 + reuse_at))))
+    at = {t: flow(e, "10.244.0.30", "", t_ms=T0 + t).get("SrcK8S_Name") for t in (9_000, 10_100, 10_850, 11_100, 12_500)}
+    if reuse_at is None:
+        assert at == {9_000: "cart", 10_100: "cart", 10_850: "cart", 11_100: None, 12_500: None}
+    elif reuse_at == 12_000:
+        assert at == {9_000: "cart", 10_100: "cart", 10_850: "cart", 11_100: None, 12_500: "web"}
+    else:   # "web" created at 10.95 s, which reads 10 s too: it holds the address from there
+        assert at == {9_000: "cart", 10_100: "web", 10_850: "web", 11_100: "web", 12_500: "web"}
+
+
 @pytest.mark.parametrize("field", ["initContainerStatuses", "ephemeralContainerStatuses"])
 def test_finished_pod_held_its_address_until_its_sidecar_finished(field: str) -> None:
     """A native sidecar (an init container with restartPolicy Always, Kubernetes 1.29+) is
