@@ -115,11 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def bare_optional_flags(argv: list[str]) -> list[str]:
-    """`--enrich` takes an optional value (`--enrich=false`), so argparse would read the token
-    after a bare `--enrich` as its value: `flowscope decode --enrich capture.pcap` failed on
-    "capture.pcap" as a boolean. A bare `--enrich` followed by anything that is not a boolean is
-    `--enrich=true`."""
+    """`flowscope decode`'s `--enrich` takes an optional value (`--enrich=false`), so argparse
+    would read the token after a bare `--enrich` as its value: `flowscope decode --enrich
+    capture.pcap` failed on "capture.pcap" as a boolean. There, a bare `--enrich` followed by
+    anything that is not a boolean is `--enrich=true`. (`run` and `config` take a value always:
+    auto, true or false.)"""
     out = list(argv)
+    command = next((tok for tok in out if not tok.startswith("-")), None)
+    if command != "decode":
+        return out
     for i, tok in enumerate(out[:-1]):
         if tok == "--":
             break

@@ -241,6 +241,20 @@ def test_values_the_collector_cannot_use_are_refused_by_validation(argv: list[st
     assert str(e.value).startswith(message), str(e.value)
 
 
+def test_run_and_config_take_enrich_auto() -> None:
+    """`--enrich auto` (the default, spelled out) is a value of `run` and `config`; only
+    `decode` has a bare `--enrich` that must not take the capture's name as its value."""
+    from collector.cli import bare_optional_flags
+
+    for argv in (["config", "--enrich", "auto"], ["run", "--enrich", "auto", "--listen", "netflow://127.0.0.1:2055"],
+                 ["decode", "c.pcap", "--enrich", "false"]):
+        assert bare_optional_flags(argv) == argv
+    assert bare_optional_flags(["decode", "--enrich", "c.pcap"]) == ["decode", "--enrich=true", "c.pcap"]
+    r = subprocess.run([sys.executable, "-m", "collector.cli", "config", "--enrich", "auto"], capture_output=True,
+                       text=True, cwd=ROOT, timeout=60, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0 and "enabled: auto" in r.stdout, r.stderr
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--kafka-topic", "bad topic"], "kafka.topic: 'bad topic' is not a valid Kafka topic name"),
     (["--kafka-topic", ".."], "kafka.topic: '..' is not a valid Kafka topic name"),
