@@ -26,6 +26,7 @@ DEF STATE_BYTES_EXPORTER = 2560     # estimated bytes of an exporter's state (Ex
 DEF STATE_BYTES_ENTRY = 200          # ... of each options-learned entry and sFlow drops source
 DEF STATE_BYTES_STREAM = 450         # ... of each sequence stream
 DEF DEDUP_WINDOW_MS = 250            # end times of one packet's ingress and egress records differ by less (is_duplicate)
+DEF DEDUP_COPY_MS = 10               # ... and those of its copies flooded to several ports
 DEF CLOCK_TOLERANCE_MS = 2000        # export times have 1 s granularity, plus network delay: an
                                      # exporter clock off by more is corrected for enrichment
 DEF CLOCK_WINDOW_MS = 60000          # the exporter's clock offset is the smallest receive - export

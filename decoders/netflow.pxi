@@ -391,6 +391,7 @@ cdef class SeqStream:
     cdef uint32_t late_run
     cdef uint32_t late_next
     cdef int64_t late_ms
+    cdef int64_t export_s       # the latest export time (s) of the expected stream, -1 if none
 
 
 cdef class SeqPort:
@@ -456,6 +457,10 @@ cdef class ExporterState:
     cdef bint borrow_logged            # borrowed_template said so once
     cdef SeqPort cur_port              # ... of its latest IPFIX message
     cdef uint32_t cur_port_no
+    cdef Py_ssize_t dom_entries        # SeqPort.dom_last entries of all its ports (state_size)
+    cdef set tpl_domains               # IPFIX port << 32 | domain that sent template sets (borrowed_template)
+    cdef set borrowers                 # ... that read data with another domain's templates
+    cdef uint32_t msg_seq              # the IPFIX message being decoded: its sequence number
     cdef public Py_ssize_t pending_gaps  # open sequence gaps of all its streams (settle_gaps skips when 0)
     cdef dict drops_seen               # sFlow (stream, sample kind and source) -> its drops counter's last value
     cdef int64_t clk_cur               # smallest receive - export time (ms) in the current window
@@ -497,6 +502,8 @@ cdef class ExporterState:
         self.seq_streams = {}
         self.seq_ports = {}
         self.tid_latest = {}
+        self.tpl_domains = set()
+        self.borrowers = set()
         self.drops_seen = {}
 
     cdef Py_ssize_t state_size(self) noexcept:
@@ -508,6 +515,7 @@ cdef class ExporterState:
                 + STATE_BYTES_ENTRY * (len(self.domain_sampling) + len(self.sampler_rates)
                                        + len(self.sysinit_ms) + len(self.drops_seen))
                 + STATE_BYTES_STREAM * (len(self.seq_streams) + len(self.seq_ports))
+                + STATE_BYTES_ENTRY * (self.dom_entries + len(self.tpl_domains) + len(self.borrowers))
                 + (DEDUP_SLOTS * (sizeof(uint64_t) + sizeof(int64_t)) if self.dedup_keys != NULL else 0))
 
     cdef dict proto_stats(self, str name):
@@ -519,7 +527,7 @@ cdef class ExporterState:
         return d
 
     cdef void sequence(self, int kind, uint32_t port, uint64_t domain, uint32_t seq, uint32_t advance,
-                       int64_t uptime, int64_t now_ms) noexcept:
+                       int64_t uptime, int64_t now_ms, int64_t export_s=-1) noexcept:
         """An export's sequence number against the one expected from the same exporting process
         (port) and domain. A forward jump is a gap: what never arrived (in the protocol's unit:
         flows for v5, records for IPFIX, datagrams for v9 and sFlow), unless datagrams behind the
@@ -530,9 +538,11 @@ cdef class ExporterState:
         uptime (v5, v9, sFlow; `uptime` -1 for IPFIX, which has none) went back by more than
         SEQ_RESTART_UPTIME_MS too: the exporter restarted, its sequence with it (an uptime going
         back while the sequence goes on, as `flowscope replay` loops a capture, is no restart),
-        or late datagrams keep following each other in sequence (SEQ_RESTART_RUN, over
-        SEQ_REORDER_MS, with none of the expected stream between them: a process restarted on
-        the same port, less than SEQ_MAX_GAP behind, which IPFIX has no uptime to tell).
+        or late datagrams sent after the stream's latest (their header's export time, `export_s`,
+        -1 for sFlow, which has none) keep following each other in sequence (SEQ_RESTART_RUN,
+        over SEQ_REORDER_MS, with none of the expected stream between them: a process restarted
+        on the same port, less than SEQ_MAX_GAP behind, which IPFIX has no uptime to tell; copies
+        of old datagrams on a slower path carry old export times).
         A late datagram that falls in no open gap (its gap was counted, or it is a duplicate)
         changes nothing."""
         cdef SeqStream st = self.cur_seq
@@ -547,6 +557,7 @@ cdef class ExporterState:
                     self.settle_gaps(-1)        # bounded: a spray of domains or ports only
                     self.seq_streams.clear()    # starts tracking over
                     self.seq_ports.clear()
+                    self.dom_entries = 0
                     self.cur_port = None
                 st = SeqStream.__new__(SeqStream)
                 st.kind, st.port, st.domain = kind, port, domain
@@ -603,6 +614,8 @@ cdef class ExporterState:
                     # sends nothing but its new sequence: late datagrams that follow each other,
                     # with none of the expected stream between them, for SEQ_REORDER_MS (a
                     # burst that was late for its gap comes at once, and the stream goes on).
+                    if export_s < 0 or export_s <= st.export_s:
+                        return                  # sent before the expected stream's latest: old
                     if st.late_run and seq == st.late_next:
                         st.late_run += 1
                     else:
@@ -620,6 +633,8 @@ cdef class ExporterState:
         st.synced = True
         st.next = seq + advance
         st.uptime = uptime
+        if export_s > st.export_s or (st.export_s - export_s) > SEQ_RESTART_UPTIME_MS // 1000:
+            st.export_s = export_s      # (a clock set back a minute or more starts over)
 
     cdef void count_held(self, SeqStream st, bint lost=True) noexcept:
         """Settle the loss ipfix_convention held back: lost (the RFC's reading stands), or not."""
@@ -748,6 +763,7 @@ cdef class ExporterState:
         if sp is None:
             if len(self.seq_ports) >= SEQ_MAX_STREAMS:
                 self.seq_ports.clear()
+                self.dom_entries = 0
             sp = SeqPort.__new__(SeqPort)
             sp.dom_last = {}
             self.seq_ports[port] = sp
@@ -755,7 +771,7 @@ cdef class ExporterState:
         return sp
 
     cdef void ipfix_sequence(self, uint32_t port, uint32_t domain, uint32_t seq, uint32_t advance,
-                             int64_t now_ms) noexcept:
+                             int64_t now_ms, int64_t export_s) noexcept:
         """An IPFIX message's sequence number (see SeqPort): counted in its domain's stream, or
         in its port's one stream where the exporter numbers all its domains as one."""
         cdef SeqPort sp = self.seq_port(port)
@@ -766,8 +782,11 @@ cdef class ExporterState:
         cdef SeqStream st
         if sp.has_prev and sp.prev_domain != domain:
             # the domain left behind: where its sequence was (kept at changes only, not per message)
-            if len(sp.dom_last) >= SEQ_MAX_STREAMS and sp.prev_domain not in sp.dom_last:
-                sp.dom_last.clear()
+            if sp.prev_domain not in sp.dom_last:
+                if len(sp.dom_last) >= SEQ_MAX_STREAMS:
+                    self.dom_entries -= len(sp.dom_last)
+                    sp.dom_last.clear()
+                self.dom_entries += 1
             sp.dom_last[sp.prev_domain] = (<uint64_t>sp.prev_seq << 32) | sp.prev_adv
             last = sp.dom_last.get(domain)
             if last is not None:
@@ -783,21 +802,43 @@ cdef class ExporterState:
                 elif by_domain and not by_port and sp.domain_votes < 0xFFFF:
                     sp.domain_votes += 1
                 if (sp.shared_votes > sp.domain_votes) != was_shared:
-                    # the other reading's streams were not kept up to date: they start over
+                    # The port is read the other way from now: what the reading left behind took
+                    # for gaps is void (its numbers were read the wrong way), and the streams of
+                    # the other reading go on from where the port's messages left them (the
+                    # port's previous one; each domain's last, dom_last).
                     for st in self.seq_streams.values():
-                        if st.kind == PROTO_IPFIX and st.port == port and (st.domain == SEQ_SHARED) != was_shared:
+                        if st.kind != PROTO_IPFIX or st.port != port:
+                            continue
+                        if (st.domain == SEQ_SHARED) == was_shared:
+                            self.discard_gaps(st)
+                            continue
+                        st.has_last = False
+                        last = (None if st.inclusive else
+                                (<uint64_t>sp.prev_seq << 32) | sp.prev_adv if st.domain == SEQ_SHARED else
+                                sp.dom_last.get(<uint32_t>st.domain))
+                        if last is None:
                             st.synced = False
-                            st.has_last = False
+                        else:
+                            v = last
+                            st.next = <uint32_t>(v >> 32) + <uint32_t>v
+                            st.synced = True
                     was_shared = not was_shared
         sp.has_prev = True
         sp.prev_domain, sp.prev_seq, sp.prev_adv = domain, seq, advance
-        self.sequence(PROTO_IPFIX, port, SEQ_SHARED if was_shared else domain, seq, advance, -1, now_ms)
+        self.sequence(PROTO_IPFIX, port, SEQ_SHARED if was_shared else domain, seq, advance, -1, now_ms, export_s)
+
+    cdef void discard_gaps(self, SeqStream st) noexcept:
+        """Close a stream's open gaps and held loss without counting them (read the wrong way)."""
+        self.pending_gaps -= st.ngaps
+        st.ngaps = 0
+        self.count_held(st, False)
 
     cdef void ipfix_forget(self, uint32_t port, uint32_t domain) noexcept:
         """sequence_forget for an IPFIX message (the stream its port reads it in)."""
         cdef SeqPort sp = self.seq_port(port)
         sp.has_prev = False
-        sp.dom_last.pop(domain, None)
+        if sp.dom_last.pop(domain, None) is not None:
+            self.dom_entries -= 1
         self.sequence_forget(PROTO_IPFIX, port, SEQ_SHARED if sp.shared_votes > sp.domain_votes else domain)
 
     cdef void sequence_forget(self, int kind, uint32_t port, uint64_t domain) noexcept:
@@ -922,7 +963,7 @@ cdef int decode_v5(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except
     b.sequence = be32(h + 16)
     # flow_sequence counts flows; engine type/id tell an exporter's engines apart
     ex.sequence(PROTO_NETFLOW5, b.port, (<uint32_t>h[20] << 8) | h[21], b.sequence, count, uptime,
-                <int64_t>(b.recv_time * 1000.0))
+                <int64_t>(b.recv_time * 1000.0), be32(h + 8))
     cdef bint bad_count = False
     # Records are 48 bytes and a v5 datagram holds at most 30 (Cisco's v5 format). When the
     # header's count disagrees with the length, decode the whole records that are there (as
@@ -1006,6 +1047,7 @@ cdef int decode_v5(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except
 
 cdef int parse_template_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* s, int version,
                             uint32_t domain, bint options) except -1:
+    cdef object dkey
     cdef uint16_t tid, count, scope_count, ie, length
     cdef uint32_t pen
     cdef int i
@@ -1022,6 +1064,12 @@ cdef int parse_template_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* 
     # unknown set id is: its field specifiers say where the next record starts (RFC 7011
     # 3.4.1, RFC 3954 5.2), and where they do not, the set length says where the next set does
     # (RFC 7011 3.3.2, RFC 3954 5.3). The records, sets and messages after it still decode.
+    if version == 10:
+        dkey = (<object>b.port << 32) | domain
+        if dkey not in ex.tpl_domains:     # (borrowed_template: this domain has templates of its own)
+            if len(ex.tpl_domains) >= SEQ_MAX_STREAMS:
+                ex.tpl_domains.clear()
+            ex.tpl_domains.add(dkey)
     while rd_left(s) >= 4:
         start = s.pos
         tid = rd_u16(s)
@@ -1722,7 +1770,7 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             memcpy(r, f, sizeof(Flow))  # the extras stay the forward flow's, shared
             reverse_flow(r, rev, rev_bytes, rev_packets, rev_flags, rev_dscp, rev_start, rev_end, False)
             return 0    # two flows: the ingress/egress twin check is for one-direction records
-    if f.direction >= 0 and f.af and dec.track_duplicates:
+    if f.direction >= 0 and dec.track_duplicates and (f.af or f.present & (P_SRCMAC | P_DSTMAC)):
         if is_duplicate(ex, f):
             f.duplicate = 1
             if dec.dedup:
@@ -2090,12 +2138,14 @@ cdef uint32_t resolve_sampling(Decoder dec, ExporterState ex, Template t, uint32
 
 cdef bint is_duplicate(ExporterState ex, Flow* f):
     """Ingress and egress sampling report the same packet twice (OVS flowDirection 0/1), and a
-    flooded packet once per output port: a record with the 5-tuple and bytes of one seen in the
-    other direction, its end time within DEDUP_WINDOW_MS, is marked Duplicate, and so are further
-    copies of that packet (of either direction) while the pair's first record is the latest of
-    its key. The window is what ingress and egress records of one packet differ by, well below
-    the time between two packets or two exports of one flow (a ping every 0.5 s, an active
-    timeout of 1 s), so records of different packets never pair."""
+    flooded packet once per output port: a record with the 5-tuple (a non-IP one: the MAC
+    addresses and EtherType) and bytes of the latest one of that key, seen in the other
+    direction with its end time within DEDUP_WINDOW_MS, is marked Duplicate (once: the next
+    record of the key in that direction is another packet, or the flow's next export); so are
+    further copies of the pair's packet, of either direction, ending within DEDUP_COPY_MS of it
+    (records without times pair, but have no copies). The windows are what records of one
+    packet differ by, below the time between two exports of one flow (an active timeout of
+    1 s), so records of different packets pair only with one another, one for one."""
     cdef uint64_t h = <uint64_t>1469598103934665603ULL
     cdef uint64_t prime = <uint64_t>1099511628211ULL
     cdef int i
@@ -2110,6 +2160,11 @@ cdef bint is_duplicate(ExporterState ex, Flow* f):
     for i in range(n):
         h = (h ^ f.src[i]) * prime
         h = (h ^ f.dst[i]) * prime
+    if n == 0:      # a non-IP record (ARP, LLDP): its frame's addresses and type
+        for i in range(6):
+            h = (h ^ f.src_mac[i]) * prime
+            h = (h ^ f.dst_mac[i]) * prime
+        h = (h ^ f.etype) * prime
     h = (h ^ f.sport) * prime
     h = (h ^ f.dport) * prime
     h = (h ^ f.proto) * prime
@@ -2120,9 +2175,12 @@ cdef bint is_duplicate(ExporterState ex, Flow* f):
     have = ex.dedup_keys[slot]
     if (have & ~(<uint64_t>3)) == key and (now - ex.dedup_times[slot] < DEDUP_WINDOW_MS
                                          and ex.dedup_times[slot] - now < DEDUP_WINDOW_MS):
-        if have & 2 or (have & 1) != (<uint64_t>f.direction & 1):
-            ex.dedup_keys[slot] = have | 2
+        if not have & 2 and (have & 1) != (<uint64_t>f.direction & 1):
+            ex.dedup_keys[slot] = have | 2      # the first record's twin
             return True
+        if have & 2 and now != 0 and (now - ex.dedup_times[slot] <= DEDUP_COPY_MS
+                                      and ex.dedup_times[slot] - now <= DEDUP_COPY_MS):
+            return True                         # another copy of that packet (flooded to more ports)
     ex.dedup_keys[slot] = key | (<uint64_t>f.direction & 1)
     ex.dedup_times[slot] = now
     return False
@@ -2199,7 +2257,9 @@ cdef int decode_data_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* s, 
 cdef Template borrowed_template(Decoder dec, ExporterState ex, FlowBatch b, Reader* s, uint32_t domain,
                                 uint16_t tid):
     """A data set whose domain has no template of its id: the same exporting process's (port's)
-    latest template of that id in another domain, when the set's records fit it exactly.
+    latest (data) template of that id in another domain, when the domain never sent templates,
+    the process numbers its messages over its domains as one (SeqPort), and the set's records
+    fit the template exactly.
     Open vSwitch keys one template refresh per exporter: it sends its templates in the
     observation domain of the sample that was due when the refresh was (every 10 minutes), so
     with flow sample actions of several obs_domain_ids the other domains' data comes without
@@ -2208,8 +2268,18 @@ cdef Template borrowed_template(Decoder dec, ExporterState ex, FlowBatch b, Read
     cdef Template t = ex.tid_latest.get((<object>b.port << 16) | tid)
     cdef Py_ssize_t pos, i, n
     cdef uint16_t L
-    if t is None or t.domain == domain:
-        return None
+    cdef SeqPort sp
+    cdef object key = (<object>b.port << 32) | domain
+    if t is None or t.domain == domain or t.options or key in ex.tpl_domains:
+        return None     # (options data teaches per domain; a domain with templates of its own has
+                        # this one refused, withdrawn or still to come: never another's layout)
+    if key not in ex.borrowers:
+        # An exporting process that numbers its domains as one: read so already (votes), or
+        # this message's number follows the port's previous data message in another domain
+        sp = ex.seq_port(b.port)
+        if not (sp.shared_votes > sp.domain_votes or (sp.has_prev and sp.prev_domain != domain and sp.prev_adv
+                                                       and ex.msg_seq == sp.prev_seq + sp.prev_adv)):
+            return None
     pos = s.pos
     n = 0
     while s.end - pos >= t.min_len:     # walk the records by the template's lengths alone
@@ -2231,6 +2301,10 @@ cdef Template borrowed_template(Decoder dec, ExporterState ex, FlowBatch b, Read
         n += 1
     if n == 0 or not all_zero(s.buf, pos, s.end):     # what is left: RFC 7011 padding, zeros
         return None
+    if key not in ex.borrowers:
+        if len(ex.borrowers) >= SEQ_MAX_STREAMS:
+            ex.borrowers.clear()
+        ex.borrowers.add(key)
     if not ex.borrow_logged:    # expected of Open vSwitch: said once per exporter
         ex.borrow_logged = True
         _log.info("exporter %s: IPFIX port %d domain %d: data set %d read with the template of domain %d (the "
@@ -2262,7 +2336,7 @@ cdef int decode_v9(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except
     b.domain = domain
     b.clock_shift_ms = clock_shift(ex, b, export_ms)
     # RFC 3954: export packets per Source ID
-    ex.sequence(PROTO_NETFLOW9, b.port, domain, b.sequence, 1, uptime, <int64_t>(b.recv_time * 1000.0))
+    ex.sequence(PROTO_NETFLOW9, b.port, domain, b.sequence, 1, uptime, <int64_t>(b.recv_time * 1000.0), unix_secs)
     # RFC 3954 5.1: "count" is not reliable across vendors; walk the flowsets to the end.
     while rd_left(r) >= 4:
         set_start = r.pos
@@ -2308,6 +2382,7 @@ cdef int decode_ipfix(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
         if first:
             b.sequence = be32(h + 8)
             b.domain = domain
+        ex.msg_seq = be32(h + 8)
         # every message's export time refines the exporter's clock estimate (clock_shift), which
         # the whole datagram's flows share: one exporter, one clock
         b.clock_shift_ms = clock_shift(ex, b, export_ms)
@@ -2340,7 +2415,7 @@ cdef int decode_ipfix(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
             # (or in all of them: ipfix_sequence)
             if whole and not ex.msg_uncounted:
                 ex.ipfix_sequence(b.port, domain, be32(h + 8), <uint32_t>ex.msg_records,
-                                  <int64_t>(b.recv_time * 1000.0))
+                                  <int64_t>(b.recv_time * 1000.0), be32(h + 4))
             else:
                 ex.ipfix_forget(b.port, domain)
             if not first:

@@ -163,8 +163,44 @@ def test_twins_are_one_packets_records_not_records_of_different_packets() -> Non
     assert marks([(1, 5_000_000), (0, 5_000_000), (1, 5_000_000)]) == [False, True, True]
     pings = [(0, 1_500_000), (1, 1_500_000), (0, 1_000_000), (1, 1_000_000), (0, 500_000), (1, 500_000)]
     assert marks(pings) == [False, True] * 3
+    fast = [(0, 300_000), (1, 300_000), (0, 200_000), (1, 200_000), (0, 100_000), (1, 100_000)]   # 100 ms apart
+    assert marks(fast) == [False, True] * 3
     # one direction only, the same 5-tuple and size twice in a row: two packets
     assert marks([(1, 2_000_000), (1, 1_000_000)]) == [False, False]
+    # records without times (the same flow exported again and again): one for one, never more
+    t = _tpl(370, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("proto", 4, 0, 1), ("sport", 7, 0, 2), ("dport", 11, 0, 2),
+             ("b", 1, 0, 4), ("p", 2, 0, 4), ("dir", 61, 0, 1))
+    dec = ovs_decoder()
+    dec.decode(ipfix_message([template_set([t])], seq=0, export_time=EXPORT), EXPORTER, 0, EXPORT)
+    plain = {"src": "10.0.0.1", "dst": "10.0.0.2", "proto": 17, "sport": 5000, "dport": 53, "b": 80, "p": 1}
+    got = []
+    for i in range(6):
+        b = dec.decode(ipfix_message([data_set(t, [dict(plain, dir=i % 2)])], seq=i, export_time=EXPORT + 30 * (i // 2)),
+                       EXPORTER, 0, EXPORT + 30 * (i // 2))
+        got += [bool(f.get("Duplicate")) for f in b.to_dicts()]
+    assert got == [False, True] * 3
+
+
+def test_non_ip_twins_pair_by_their_frame() -> None:
+    """OVS reports an ARP broadcast once at ingress and once per output port: records without
+    addresses pair by MAC addresses, EtherType and bytes (review helper-81: all 6 copies were
+    published unmarked, and --dedup dropped none)."""
+    t = _tpl(371, ("smac", 56, 0, 6), ("dmac", 80, 0, 6), ("etype", 256, 0, 2), ("p", 2, 0, 8), ("l2", 352, 0, 8),
+             ("dir", 61, 0, 1), ("end", 153, 0, 8))
+    arp = {"smac": "0a:58:0a:80:00:05", "dmac": "ff:ff:ff:ff:ff:ff", "etype": 0x0806, "p": 1, "l2": 42}
+    end = EXPORT * 1000 - 3000
+    recs = [dict(arp, dir=d, end=e) for e in (end, end + 1000) for d in (0, 1, 1, 1)]
+    recs.append(dict(arp, smac="0a:58:0a:80:00:06", dir=1, end=end + 1000))     # another host's ARP
+    recs.append(dict(arp, etype=0x88CC, dir=1, end=end + 1000))                  # LLDP, not ARP
+    for dedup in (False, True):
+        dec = Decoder(DecoderConfig(dedup=dedup))
+        b = dec.decode(ipfix_message([template_set([t]), data_set(t, recs)], seq=0, export_time=EXPORT), EXPORTER)
+        flows = b.to_dicts()
+        if dedup:
+            assert len(flows) == 4 and b.dropped == {"duplicate": 6}
+        else:
+            assert [bool(f.get("Duplicate")) for f in flows] == [False, True, True, True] * 2 + [False, False]
+            assert all(f["Bytes"] == 42 for f in flows)
 
 
 def _tpl(tid: int, *fields: tuple[str, int, int, int], scope: int = 0) -> IpfixTemplate:
@@ -1786,11 +1822,14 @@ def test_ovs_one_sequence_and_one_template_refresh_over_its_observation_domains(
     recs = ovs_flows(3, random.Random(5))
 
     def run(msgs: list[tuple[int, int, bool]]) -> tuple[int, int, int]:
-        """(domain, sequence, template only?) messages -> (flows, missing template sets, lost)."""
+        """(domain, sequence, template only?) messages -> (flows, missing template sets, lost);
+        domain 0's (OVS's exporter statistics) carry their template and one record."""
         dec = Decoder()
         flows = 0
         for domain, seq, tpl in msgs:
-            sets = [template_set([OVS_INGRESS])] if tpl else [data_set(OVS_INGRESS, recs[:1] if domain == 0 else recs)]
+            sets = ([template_set([OVS_INGRESS])] if tpl else
+                    [template_set([OVS_INGRESS]), data_set(OVS_INGRESS, recs[:1])] if domain == 0 else
+                    [data_set(OVS_INGRESS, recs)])
             b = dec.decode(ipfix_message(sets, seq=seq, export_time=EXPORT, domain=domain), EXPORTER, 4739, EXPORT)
             assert b.error is None
             flows += len(b)
@@ -1809,6 +1848,24 @@ def test_ovs_one_sequence_and_one_template_refresh_over_its_observation_domains(
     rfc = [(124, 0, True), (123, 0, True)] + [x for i in range(6) for x in ((123, 3 * i, False), (124, 3 * i, False))]
     assert run(rfc) == (36, 0, 0)
     assert run(rfc[:5] + rfc[6:]) == (33, 0, 3)
+    # RFC 7011: domain 2 numbers its own records and uses template 256 for other records than
+    # domain 1's (here twice as long): its data before its template, after its template was
+    # withdrawn, or after it was refused, is never read with domain 1's 256 (review helper-80)
+    wide = IpfixTemplate(256, (("src", 8, 0, 4), ("dst", 12, 0, 4), ("p", 2, 0, 4), ("b", 1, 0, 4), ("x", 210, 0, 4),
+                               ("y", 210, 0, 4), ("z", 210, 0, 4), ("w", 210, 0, 4), ("v", 210, 0, 4),
+                               ("u", 210, 0, 4)))
+    narrow = IpfixTemplate(256, (("src", 8, 0, 4), ("dst", 12, 0, 4), ("p", 2, 0, 4), ("b", 1, 0, 4), ("x", 210, 0, 4)))
+    row = {"src": "10.0.0.1", "dst": "10.0.0.2", "p": 1, "b": 60, "x": 0, "y": 0, "z": 0, "w": 0, "v": 0, "u": 0}
+    for case in ("before", "withdrawn"):
+        dec = Decoder()
+        msgs = [(1, 0, [template_set([narrow])]), (1, 0, [data_set(narrow, [row] * 4)]), (1, 4, [data_set(narrow, [row] * 2)])]
+        if case == "withdrawn":
+            msgs += [(2, 0, [template_set([wide])]), (2, 0, [data_set(wide, [row])]),
+                     (2, 1, [struct.pack("!HHHH", 2, 8, 256, 0)])]      # withdrawal of 256
+        msgs.append((2, 0 if case == "before" else 1, [data_set(wide, [row, row])]))  # its own numbers
+        got = [len(dec.decode(ipfix_message(sets, seq=seq, export_time=EXPORT, domain=d), EXPORTER, 4739, EXPORT))
+               for d, seq, sets in msgs]
+        assert got[-1] == 0 and dec.stats()[EXPORTER]["protocols"]["ipfix"]["missing_template_sets"] == 1, (case, got)
     # no template of the id in any domain of the port, or records that do not fit it: not read
     dec = Decoder()
     dec.decode(ipfix_message([template_set([OVS_INGRESS])], seq=0, export_time=EXPORT, domain=1), EXPORTER, 4739)
@@ -1825,37 +1882,48 @@ def test_ovs_one_sequence_and_one_template_refresh_over_its_observation_domains(
 def test_ipfix_process_restarted_on_the_same_port_is_a_restart_not_late_datagrams() -> None:
     """IPFIX has no uptime: an exporting process restarted on the same source port with its
     sequence back at 0, less than 2^20 records behind, first looks like late datagrams. When
-    they keep following each other in sequence for a second, with none of the old stream
-    between, it is a restart: losses in the new sequence are counted from then. A burst that
-    arrives after its gap was counted (all at once, the stream going on after it) is not."""
+    they keep following each other in sequence for a second, sent after the old stream's
+    latest (export time) and with none of it between, it is a restart: losses in the new
+    sequence are counted from then. A burst that arrives after its gap was counted (all at once,
+    the stream going on after it), or copies of old datagrams on a slower path after the
+    exporter went quiet, are not."""
     recs = ovs_flows(5, random.Random(4))
     t0 = float(EXPORT)
 
-    def run(order: list[tuple[int, float]]) -> tuple[int, int]:
+    def run(order: list[tuple[int, float, float]]) -> tuple[int, int]:
+        """(sequence, arrival, sent) times in seconds after t0 -> (lost, resets)."""
         dec = Decoder()
         assert dec.decode(ipfix_message([template_set([OVS_INGRESS])], seq=0, export_time=EXPORT), EXPORTER, 4739,
                           t0).error is None
-        for seq, t in order:
-            b = dec.decode(ipfix_message([data_set(OVS_INGRESS, recs)], seq=seq, export_time=EXPORT), EXPORTER,
-                           4739, t0 + t)
+        for seq, t, sent in order:
+            b = dec.decode(ipfix_message([data_set(OVS_INGRESS, recs)], seq=seq, export_time=EXPORT + int(sent)),
+                           EXPORTER, 4739, t0 + t)
             assert b.error is None and len(b) == 5
         return _seq_at(dec, "ipfix", t0 + 30)
 
-    before = [(5 * i, 0.01 * i) for i in range(1000)]            # records 0..4999, 10 s
-    restarted = [(5 * i, 11 + 0.2 * i) for i in range(10)]       # 0..49 again, over 1.8 s
+    def on_time(items: list[tuple[int, float]]) -> list[tuple[int, float, float]]:
+        return [(seq, t, t) for seq, t in items]
+
+    before = on_time([(5 * i, 0.01 * i) for i in range(1000)])            # records 0..4999, 10 s
+    restarted = on_time([(5 * i, 11 + 0.2 * i) for i in range(10)])       # 0..49 again, over 1.8 s
     assert run(before + restarted) == (0, 1)
     # ... and its own losses count: 50..54 never arrive
-    assert run(before + restarted + [(55, 13.1), (60, 13.2)]) == (5, 1)
+    assert run(before + restarted + on_time([(55, 13.1), (60, 13.2)])) == (5, 1)
     # a restart that sends two datagrams only stays late (nothing to tell it by yet)
     assert run(before + restarted[:2]) == (0, 0)
     # 4 datagrams late for their counted gap (20 records lost), back to back, then the stream
     # goes on: no restart (which would take 2530 for a jump past 2520..2529)
-    burst = before[:500] + [(2520, 5.0), (2525, 5.01)] + [(5 * i, 6.5 + 0.0001 * i) for i in range(500, 504)] + [
-        (5 * i, 6.51 + 0.01 * i) for i in range(506, 600)]
+    burst = before[:500] + on_time([(2520, 5.0), (2525, 5.01)]) + [
+        (5 * i, 6.5 + 0.0001 * i, 5.0) for i in range(500, 504)] + on_time([(5 * i, 6.51 + 0.01 * i) for i in range(506, 600)])
     assert run(burst) == (20, 0)
     # late datagrams in sequence for over a second, with the expected stream between them: no restart
-    mixed = before[:100] + [x for i in range(100, 200) for x in ((5 * i, 1 + 0.02 * i), (5 * (i - 50), 1.01 + 0.02 * i))]
+    mixed = before[:100] + [x for i in range(100, 200)
+                            for x in ((5 * i, 1 + 0.02 * i, 1 + 0.02 * i), (5 * (i - 50), 1.01 + 0.02 * i, 0.02 * i))]
     assert run(mixed) == (0, 0)
+    # the exporter goes quiet; copies of its last two seconds come 2 s later over another path
+    # (in sequence, over a second, nothing else between): old datagrams, no restart (review helper-80)
+    copies = [(seq, t + 2.5, t) for seq, t, _ in before[-200:]]
+    assert run(before + copies) == (0, 0)
 
 
 def test_reordered_datagrams_are_not_counted_as_lost() -> None:
