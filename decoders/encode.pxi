@@ -410,11 +410,32 @@ cdef int enrich_into(Buf* o, FlowBatch bt, Flow* f, object enricher, int64_t t) 
     return 0
 
 
+cdef const uint8_t* V4MAPPED = b"\0\0\0\0\0\0\0\0\0\0\xff\xff"
+
+
+cdef inline int v4mapped(const uint8_t* a) noexcept:
+    """12 when a (16 bytes) is an IPv4-mapped IPv6 address (::ffff:a.b.c.d), else 0."""
+    return 12 if memcmp(a, V4MAPPED, 12) == 0 else 0
+
+
 cdef int _enrich_into(Buf* o, FlowBatch bt, Flow* f, object enricher, int64_t t) except -1:
     cdef PyObject* a
     cdef PyObject* b
     cdef PyObject* tail
     cdef bytes frag
+    cdef int ms, md
+    if f.af == 6:
+        # IPv4-mapped addresses (::ffff:a.b.c.d) are their IPv4 addresses to the index (as
+        # NetObserv reads them); the published text stays as exported
+        ms, md = v4mapped(f.src), v4mapped(f.dst)
+        if ms or md:
+            frag = enricher.enrich(
+                b"" if f.noaddr & NOADDR_SRC else (<bytes>f.src[ms:16]),
+                b"" if f.noaddr & NOADDR_DST else (<bytes>f.dst[md:16]),
+                (<bytes>bt.agent[:addr_len(bt.agent_af)]), t, f.direction)
+            if frag:
+                buf_lit(o, frag)
+            return 0
     if f.noaddr & (NOADDR_SRC | NOADDR_DST):
         # One address absent: it is b"" to the enricher (the contract's "absent"), never
         # looked up as 0.0.0.0 or ::. Rare (a template with one address), so the Python call.
@@ -494,7 +515,7 @@ cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char*
     if f.present & P_PACKETS and not f.drop_only:
         buf_put(o, ",\"Packets\":", 11)
         buf_uint(o, f.packets)
-    if f.present & P_FLAGS and (f.tcp_flags or f.proto == 6):
+    if f.present & P_FLAGS and (f.proto == 6 or not f.present & P_PROTO):   # TCP's (NetObserv: TCP only)
         buf_put(o, ",\"Flags\":[", 10)
         first = True
         for i in range(8):

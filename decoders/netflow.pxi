@@ -1035,7 +1035,8 @@ cdef int decode_v5(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except
                 f.icmp_type = f.dport >> 8
                 f.icmp_code = f.dport & 0xFF
                 f.present |= P_ICMP
-            f.present &= ~(<uint64_t>(P_SPORT | P_DPORT))
+        if f.proto != 6 and f.proto != 17 and f.proto != 132:
+            f.present &= ~(<uint64_t>(P_SPORT | P_DPORT))     # (as in v9/IPFIX: decode_record)
     ex.last_sampling = rate
     if bad_count:
         ex.count_error("bad_count")
@@ -1672,8 +1673,10 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             f.icmp_type = <uint8_t>(f.dport >> 8)
             f.icmp_code = <uint8_t>f.dport
             f.present |= P_ICMP
-        # ICMP has no ports: NetObserv writes SrcPort/DstPort for TCP, UDP and SCTP only, and an
-        # ICMP flow's port elements hold zeros or the type and code just read.
+    if f.present & P_PROTO and f.proto != 6 and f.proto != 17 and f.proto != 132:
+        # Ports are TCP's, UDP's and SCTP's: NetObserv writes SrcPort/DstPort for those only.
+        # Other flows' port elements hold zeros (IGMP, GRE), an ICMP type and code (just read),
+        # or whatever the exporter put there (an ESP SPI).
         f.present &= ~(<uint64_t>(P_SPORT | P_DPORT))
 
     if t.options:

@@ -14,7 +14,15 @@ from typing import Any
 
 import orjson
 
-from benchmarks.datagrams import OVS_EGRESS, OVS_INGRESS, data_set, ipfix_message, ovs_flows, template_set
+from benchmarks.datagrams import (
+    OVS_EGRESS,
+    OVS_INGRESS,
+    IpfixTemplate,
+    data_set,
+    ipfix_message,
+    ovs_flows,
+    template_set,
+)
 from tests.support.fake_kube import FakeKube, node, pod, replicaset, service
 from tests.support.fake_kube import fake_kube as fake_kube  # noqa: F401 - fixture
 
@@ -154,6 +162,26 @@ def test_decode_with_kubeconfig_enriches(fake_kube: FakeKube, tmp_path: Path) ->
                            capture_output=True, timeout=120, env=env)
         assert p.returncode == 0, p.stderr.decode()
         assert [("SrcK8S_Name" in orjson.loads(x)) for x in p.stdout.splitlines()] == [enriched] * 3, args
+
+
+def test_ipv4_mapped_addresses_are_enriched_as_their_ipv4_addresses() -> None:
+    """A record carrying IPv4-mapped IPv6 addresses (::ffff:a.b.c.d in IE 27/28) is the IPv4
+    flow to the index, as NetObserv reads such addresses; the addresses are published as
+    exported (review helper-82: such flows had no identity)."""
+    import enrich
+    from decoders import Decoder
+
+    e = enrich.Enricher.from_objects(
+        pods=[pod("web", "shop", ips=["10.128.0.6"], node="node-a", host_ip="10.0.0.1", created="2024-01-01T00:00:00Z")],
+        nodes=[node("node-a", internal=["10.0.0.1"])], services=[service("db", "shop", ips=["172.30.0.10"])])
+    t = IpfixTemplate(300, (("src", 27, 0, 16), ("dst", 28, 0, 16), ("proto", 4, 0, 1), ("b", 1, 0, 4)))
+    recs = [{"src": "::ffff:10.128.0.6", "dst": "::ffff:172.30.0.10", "proto": 6, "b": 100},
+            {"src": "::ffff:10.128.0.6", "dst": "2001:db8::1", "proto": 6, "b": 100}]
+    b = Decoder().decode(ipfix_message([template_set([t]), data_set(t, recs)], seq=0, export_time=EXPORT), "10.0.0.1")
+    both, one = (orjson.loads(x) for x in b.to_json(e))
+    assert (both["SrcAddr"], both["SrcK8S_Name"], both["DstK8S_Name"], both["DstK8S_Type"]) == (
+        "::ffff:10.128.0.6", "web", "db", "Service")
+    assert (one["SrcK8S_Name"], "DstK8S_Name" in one) == ("web", False)
 
 
 def test_encoder_c_path_equals_python_enricher_and_follows_index_changes() -> None:

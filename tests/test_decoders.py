@@ -1267,6 +1267,29 @@ def test_counters_without_octet_delta_count(split: bool) -> None:
     assert (flows[-2]["ie23"], flows[-2]["ie24"]) == ("00000007", "00000001") and "ie23" not in flows[-1]
 
 
+def test_ports_and_flags_only_where_the_protocol_has_them() -> None:
+    """NetObserv writes SrcPort/DstPort for TCP, UDP and SCTP only, and Flags for TCP: the port
+    elements of IGMP, GRE or ESP records hold zeros or whatever the exporter put there (an SPI),
+    and TCP flags on a UDP record are an exporter's mistake (review helper-82)."""
+    t = _tpl(372, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("proto", 4, 0, 1), ("sport", 7, 0, 2), ("dport", 11, 0, 2),
+             ("flags", 6, 0, 1), ("b", 1, 0, 4))
+    rows = [(6, 40000, 443, 0x12), (17, 5353, 5353, 0x18), (132, 3868, 3868, 0), (2, 0, 0, 0), (47, 0, 0, 0),
+            (50, 5, 6, 0)]
+    recs = [{"src": "10.0.0.1", "dst": "10.0.0.2", "proto": p, "sport": sp, "dport": dp, "flags": fl, "b": 100}
+            for p, sp, dp, fl in rows]
+    flows = Decoder().decode(ipfix_message([template_set([t]), data_set(t, recs)], seq=0, export_time=EXPORT),
+                             EXPORTER).to_dicts()
+    got = [(f["Proto"], f.get("SrcPort"), f.get("DstPort"), f.get("Flags")) for f in flows]
+    assert got == [(6, 40000, 443, ["SYN", "ACK"]), (17, 5353, 5353, None), (132, 3868, 3868, None),
+                   (2, None, None, None), (47, None, None, None), (50, None, None, None)]
+    v5 = [dict(r, proto=p, sport=sp, dport=dp, flags=fl)
+          for r, (p, sp, dp, fl) in zip(v5_records(3, random.Random(1), uptime_ms=100_000),
+                                        [(17, 53, 53, 0x10), (47, 0, 0, 0), (2, 0, 0, 0)], strict=True)]
+    flows = Decoder().decode(v5_datagram(v5, seq=0, unix_secs=EXPORT, uptime_ms=100_000), EXPORTER).to_dicts()
+    assert [(f["Proto"], f.get("SrcPort"), "Flags" in f) for f in flows] == [(17, 53, False), (47, None, False),
+                                                                              (2, None, False)]
+
+
 def test_layer2_octets_give_bytes_only_without_octets() -> None:
     """Open vSwitch exports non-IP packets (ARP) with packetDeltaCount and
     layer2OctetDelta/TotalCount (352/353) but no octetDeltaCount: Bytes are the frames' bytes
