@@ -95,12 +95,12 @@ cdef class Decoder:
         self._log_last = {}
         self._log_suppressed = {}
 
-    cdef ExporterState exporter_state(self, str ip):
+    cdef ExporterState exporter_state(self, str ip, bint make_room=True):
         cdef ExporterState ex = self.exporters.get(ip)
         cdef object addr
         if ex is not None:
             return ex
-        if len(self.exporters) >= self.max_exporters:
+        if make_room and len(self.exporters) >= self.max_exporters:
             self.evict(None, f"{self.max_exporters} exporters have state")
         ex = ExporterState(ip)
         try:
@@ -134,6 +134,7 @@ cdef class Decoder:
         cdef Py_ssize_t k = max(1, len(self.exporters) // 8)
         cdef list oldest = [ex for ex in sorted(self.exporters.values(), key=_last_seen)[:k + 1]
                             if ex is not keep][:k]
+        cdef Py_ssize_t seen = 0
         if not oldest:
             return
         for ex in oldest:
@@ -141,9 +142,14 @@ cdef class Decoder:
             self.template_fields -= ex.template_fields
             self.state_bytes -= ex.state_bytes
             del self.exporters[ex.ip]
-        self.evicted_exporters += len(oldest)
-        self.log_limited("exporter_limit", "*", f"{why}: forgot the {len(oldest)} seen least recently "
-                         f"(counted in flowscope_exporters_evicted_total)")
+            if ex.datagrams:
+                seen += 1
+        # Exporters only loaded from a state file and never heard from (with --workers N every
+        # worker loads every file; they go first, never seen) are not counted as evicted
+        self.evicted_exporters += seen
+        if seen:
+            self.log_limited("exporter_limit", "*", f"{why}: forgot the {len(oldest)} seen least recently "
+                             f"(counted in flowscope_exporters_evicted_total)")
 
     def exporter_count(self):
         """Exporters with state that sent this process a datagram (not those only loaded from a
@@ -330,13 +336,23 @@ cdef class Decoder:
         if fmt not in (1, 2, STATE_FORMAT):
             raise ValueError("unknown state format")
         now = time.time()
-        for ip, st in state.get("exporters", {}).items():
-            ex = self.exporter_state(str(ip))
-            if ex is None:
-                skipped += 1
+        exporters = state.get("exporters", {})
+        if not isinstance(exporters, dict):
+            raise ValueError("exporters: expected an object")
+        for ip, st in exporters.items():
+            if not isinstance(st, dict):
+                skipped += 1    # one bad entry: the others still load
                 continue
+            # Loaded beyond --max-exporters if need be: with --workers N every worker loads every
+            # worker's file, and which exporters the kernel gives this one is not known yet.
+            # Those never heard from have last_seen 0: the first evicted when room is needed.
+            ex = self.exporter_state(str(ip), False)
             compiled = []
-            for tpl in st.get("templates", []):
+            tpls = st.get("templates", [])
+            if not isinstance(tpls, list):
+                skipped += 1
+                tpls = []
+            for tpl in tpls:
                 try:
                     spec = tuple((int(a), int(b_), int(c)) for a, b_, c in tpl["fields"])
                     t = compile_template(int(tpl["version"]), int(tpl["domain"]), int(tpl["id"]), spec,
@@ -365,7 +381,11 @@ cdef class Decoder:
             for name, width, target in (("domain_sampling", 2, ex.domain_sampling),
                                         ("sampler_rates", 3, ex.sampler_rates),
                                         ("sysinit_ms", 2, ex.sysinit_ms)):
-                for entry in st.get(name, []):
+                entries = st.get(name, [])
+                if not isinstance(entries, list):
+                    skipped += 1
+                    entries = []
+                for entry in entries:
                     # key fields then the value; format 2 has the port third
                     n = width + (1 if fmt == 1 else 2)
                     if not isinstance(entry, list) or len(entry) != n:

@@ -614,8 +614,10 @@ cdef class ExporterState:
                     # sends nothing but its new sequence: late datagrams that follow each other,
                     # with none of the expected stream between them, for SEQ_REORDER_MS (a
                     # burst that was late for its gap comes at once, and the stream goes on).
-                    if export_s < 0 or export_s <= st.export_s:
+                    if export_s < 0 or (export_s <= st.export_s
+                                        and st.export_s - export_s <= SEQ_RESTART_UPTIME_MS // 1000):
                         return                  # sent before the expected stream's latest: old
+                                                # (a minute or more before: a clock set back)
                     if st.late_run and seq == st.late_next:
                         st.late_run += 1
                     else:
@@ -2230,7 +2232,7 @@ cdef dict options_dict(FlowBatch b, Flow* f, Template t, Py_ssize_t start, Py_ss
 cdef int decode_data_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* s, int version,
                          uint32_t domain, uint16_t set_id, int64_t export_ms, int64_t sysinit_ms) except -1:
     cdef Template t = ex.templates.get(tkey(version, domain, set_id, b.port))
-    cdef Py_ssize_t before, n_before
+    cdef Py_ssize_t before, n_before, start = s.pos
     if t is None and version == 10 and ex.tid_latest:
         t = borrowed_template(dec, ex, b, s, domain, set_id)
     if t is None:
@@ -2254,6 +2256,15 @@ cdef int decode_data_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* s, 
         if s.pos == before:
             break
         ex.msg_records += 1
+    if s.pos == start and rd_left(s) >= 4 and not all_zero(s.buf, s.pos, s.end):
+        # Not one record in a set that is more than padding: the data is not in this template's
+        # layout (an exporter that redefined it while the new template did not reach the
+        # collector). (Bytes left after records are not checked: exporters pad with whatever
+        # their buffer held, Mikrotik and nProbe among them, as Wireshark shows.)
+        ex.count_error("template_mismatch")
+        dec.log_limited("template_mismatch", ex.ip, f"v{version} domain {domain} data set {set_id}: "
+                        f"{rd_left(s)} bytes, shorter than one record of template {set_id} "
+                        f"({t.min_len} bytes): the data does not fit its template")
     return 0
 
 

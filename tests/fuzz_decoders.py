@@ -23,7 +23,7 @@ with atheris.instrument_imports():
     from decoders import Decoder, DecoderConfig
 
 REASONS = {"truncated", "bad_version", "bad_length", "bad_set", "bad_template", "template_limit",
-           "options_limit", "too_large", "bad_sample", "unsupported"}
+           "options_limit", "too_large", "bad_sample", "unsupported", "template_mismatch"}
 SEEDS = Path(__file__).resolve().parent / "fuzz" / "seeds"
 
 

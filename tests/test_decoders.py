@@ -324,6 +324,57 @@ def test_an_exporter_restarting_on_new_ports_is_never_locked_out() -> None:
     assert min(t.refreshed for t in old.exporter(EXPORTER).templates.values()) > clock + 7200
 
 
+def test_state_of_more_exporters_than_the_table_holds_is_all_loaded() -> None:
+    """With --workers N every worker loads every worker's state file: more exporters than one
+    worker's table holds. All of them load (which will come to this worker is not known); the
+    ones never heard from are the first to go when room is needed, and are not counted as
+    evicted (review helper-83: half the exporters lost their templates at a restart, while the
+    log said every template was loaded)."""
+    ips = [f"10.9.0.{i}" for i in range(1, 17)]
+    old = Decoder()
+    for ip in ips:
+        old.decode(ipfix_message([template_set([OVS_INGRESS])], seq=0, export_time=EXPORT), ip, 4739, EXPORT)
+    fresh = Decoder(DecoderConfig(max_exporters=8))
+    assert fresh.import_state(old.export_state()) == {"templates": 16, "skipped": 0}
+    assert set(fresh.stats()) == set(ips)
+    data = ipfix_message([data_set(OVS_INGRESS, ovs_flows(2, random.Random(1)))], seq=0, export_time=EXPORT)
+    for ip in ips[:6]:      # the six exporters the kernel gives this worker
+        assert len(fresh.decode(data, ip, 4739, EXPORT + 1)) == 2
+    new = [f"10.8.0.{i}" for i in range(20)]
+    for i, ip in enumerate(new[:3]):    # new exporters: room is made from the loaded, unheard ones
+        fresh.decode(data, ip, 4739, EXPORT + 2 + i)
+    table = set(fresh.stats())
+    assert set(ips[:6]) | set(new[:3]) <= table and fresh.evicted_exporters == 0 and len(table) < 16
+    for i, ip in enumerate(new[3:]):    # then the least recently seen go, and are counted
+        fresh.decode(data, ip, 4739, EXPORT + 5 + i)
+    table = set(fresh.stats()) - {"(evicted)"}
+    gone = (set(ips[:6]) | set(new)) - table
+    assert gone and fresh.evicted_exporters == len(gone)
+    assert not set(ips[6:]) & table     # the unheard ones went first
+    # one malformed exporter entry is skipped, the others load (the whole file was refused)
+    state = old.export_state()
+    state["exporters"]["10.9.9.9"] = "junk"
+    state["exporters"]["10.9.9.8"] = {"templates": 5, "sysinit_ms": "x"}
+    assert Decoder().import_state(state) == {"templates": 16, "skipped": 3}
+
+
+def test_a_data_set_shorter_than_a_record_of_its_template_is_counted() -> None:
+    """Data in another layout than the template held (the exporter redefined it and the new
+    template did not arrive: the collector was down, a state file older than the redefinition)
+    where not one record fits is counted (template_mismatch), not dropped unseen; a set of
+    zeros shorter than a record is padding, and bytes left after records are not checked
+    (Mikrotik and nProbe pad with non-zero bytes)."""
+    t = _tpl(373, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("b", 1, 0, 8), ("p", 2, 0, 8), ("x", 210, 0, 13))
+    dec = Decoder()
+    dec.decode(ipfix_message([template_set([t])], seq=0, export_time=EXPORT), EXPORTER)
+    short = struct.pack("!HH", 373, 4 + 32) + bytes(range(1, 33))     # 32 bytes, records are 37
+    zeros = struct.pack("!HH", 373, 4 + 8) + bytes(8)
+    for body, errors in ((zeros, {}), (short, {"template_mismatch": 1})):
+        b = dec.decode(ipfix_message([body], seq=0, export_time=EXPORT), EXPORTER)
+        assert len(b) == 0 and b.error is None
+        assert dec.stats()[EXPORTER]["protocols"]["ipfix"]["errors"] == errors
+
+
 def test_refused_redefinition_voids_the_old_template() -> None:
     """RFC 7011 8 / RFC 3954 5.2: a template id sent again is redefined. When flowscope refuses
     the new definition (template_limit from max_template_fields; bad_template: over 512 fields,
@@ -1947,6 +1998,10 @@ def test_ipfix_process_restarted_on_the_same_port_is_a_restart_not_late_datagram
     # (in sequence, over a second, nothing else between): old datagrams, no restart (review helper-80)
     copies = [(seq, t + 2.5, t) for seq, t, _ in before[-200:]]
     assert run(before + copies) == (0, 0)
+    # a restart whose clock is 5 minutes behind (sent "before" the old stream's latest, by more
+    # than a minute: no path delays so): still a restart, and its losses count (review helper-83)
+    behind = [(seq, t, t - 300) for seq, t, _ in restarted]
+    assert run(before + behind + [(55, 13.1, -287), (60, 13.2, -287)]) == (5, 1)
 
 
 def test_reordered_datagrams_are_not_counted_as_lost() -> None:

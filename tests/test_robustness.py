@@ -21,7 +21,7 @@ from collector.pcap import iter_udp
 from decoders import EVICTED, Decoder, DecoderConfig
 
 REASONS = {"truncated", "bad_version", "bad_length", "bad_set", "bad_template", "template_limit",
-           "options_limit", "too_large", "bad_sample", "unsupported"}
+           "options_limit", "too_large", "bad_sample", "unsupported", "template_mismatch"}
 ROOT = Path(__file__).resolve().parent
 SHARED = ROOT.parent.parent / "shared" / "corpus"
 

@@ -30,7 +30,7 @@ LOCAL = ROOT / "tests" / "data" / "corpus" / "sflow"
 SHARED = Path(os.environ.get("FLOWSCOPE_SHARED_CORPUS", ROOT.parent / "shared" / "corpus")) / "sflow"
 AGPL = ("akvorado_",)
 REASONS = {"truncated", "bad_version", "bad_length", "bad_set", "bad_template", "template_limit",
-           "options_limit", "too_large", "bad_sample", "unsupported"}
+           "options_limit", "too_large", "bad_sample", "unsupported", "template_mismatch"}
 KNOWN_FLOW_RECORDS = {1, 2, 3, 4, 1001, 1002, 1003, 1023, 1024, 1025, 1026, 1029, 1030}
 RECV = 1_700_000_000.25
 
