@@ -5,17 +5,22 @@ minutes of flows. The state is written atomically (temporary file in the same di
 rename, fsync of the directory) so a crash mid-write leaves the previous file intact, and a full
 disk or an unwritable path is logged and counted while the collector keeps running. With
 `--workers N` each worker writes `<path>.<index>` and every worker loads all of them at start,
-because the kernel may hash an exporter to a different worker after a restart.
+because the kernel may hash an exporter to a different worker after a restart. Replicas may share
+the file (a volume): a writer that finds it changed since its own last write (another process
+wrote it) keeps the exporters only the other knows, refreshed within FOREIGN_MAX_AGE, under a
+lock (`<path>.lock`), so each replica's templates survive the others' saves.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import glob
 import logging
 import os
 import tempfile
 import threading
+import time
 from typing import Any
 
 import orjson
@@ -23,6 +28,10 @@ import orjson
 from .util import RateLimitedLog
 
 log = logging.getLogger("flowscope.state")
+
+# Another writer's exporters are kept while their newest template was refreshed this recently
+# (an exporter alive somewhere is refreshed by the replica that receives it: OVS every 600 s).
+FOREIGN_MAX_AGE = 3600.0
 
 
 class StateFile:
@@ -38,6 +47,7 @@ class StateFile:
         self._lock = threading.Lock()
         self._gen = 0           # exports handed to _write, numbered
         self._written_gen = 0   # the latest of them written
+        self._mine: tuple[int, int, int] | None = None   # (inode, size, mtime_ns) of our own last write
 
     def candidates(self) -> list[str]:
         """Every file a previous run (with any worker count) may have written, oldest first:
@@ -117,11 +127,66 @@ class StateFile:
         with self._lock:
             if gen <= self._written_gen:
                 return True
-            ok = self._write_file(data)
+            lock = self._lock_file()
+            try:
+                ok = self._write_file(self._merged(data))
+            finally:
+                if lock is not None:
+                    os.close(lock)
             if ok:
                 self._written_gen = gen
                 self._last = data
             return ok
+
+    def _lock_file(self) -> int | None:
+        """An exclusive lock on `<path>.lock` for a read-merge-write (None when it cannot be had:
+        the write goes on unlocked, as a single writer's always could)."""
+        try:
+            fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            os.close(fd)
+            return None
+        return fd
+
+    def _stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _merged(self, data: bytes) -> bytes:
+        """Our state plus the exporters only another writer of the file knows (when the file is
+        not our own last write). Anything unreadable there is left out: ours is written."""
+        stamp = self._stamp()
+        if stamp is None or stamp == self._mine:
+            return data
+        try:
+            with open(self.path, "rb") as fh:
+                other = orjson.loads(fh.read())
+            mine = orjson.loads(data)
+            theirs = (other.get("exporters") if isinstance(other, dict) and other.get("format") == mine.get("format")
+                      else None)
+            if not isinstance(theirs, dict):
+                return data
+            horizon = time.time() - FOREIGN_MAX_AGE
+            added = 0
+            for ip, ent in theirs.items():
+                if ip in mine["exporters"] or not isinstance(ent, dict):
+                    continue
+                tpls = ent.get("templates")
+                newest = (max((t.get("refreshed", 0) for t in tpls if isinstance(t, dict)), default=0)
+                          if isinstance(tpls, list) else 0)
+                if isinstance(newest, (int, float)) and newest >= horizon:
+                    mine["exporters"][ip] = ent
+                    added += 1
+            return orjson.dumps(mine) if added else data
+        except (OSError, ValueError, TypeError, AttributeError, KeyError):
+            return data
 
     def _write_file(self, data: bytes) -> bool:
         d = os.path.dirname(os.path.abspath(self.path))
@@ -134,6 +199,7 @@ class StateFile:
                 os.fsync(fh.fileno())
             os.replace(tmp, self.path)
             tmp = None
+            self._mine = self._stamp()
             dfd = os.open(d, os.O_RDONLY)
             try:
                 os.fsync(dfd)

@@ -505,6 +505,41 @@ def test_state_files_of_several_workers_restore_the_latest_definition(tmp_path: 
     assert (f["SrcAddr"], f["DstAddr"], f["Proto"]) == ("10.0.0.1", "10.0.0.2", 6)
 
 
+def test_replicas_sharing_a_state_file_keep_each_others_exporters(tmp_path: Path) -> None:
+    """Two collectors on one --state-file (a shared volume): each save keeps the exporters only
+    the other wrote (refreshed within the last hour), so both get their templates back after a
+    restart (review helper-83: the last writer's state replaced the other's)."""
+    import json
+    import random
+    import time
+
+    from benchmarks.datagrams import OVS_INGRESS, data_set, ipfix_message, ovs_flows, template_set
+    from collector.state import FOREIGN_MAX_AGE, StateFile
+    from decoders import Decoder
+
+    path = str(tmp_path / "state.json")
+    now = time.time()
+    decs, files = [], []
+    for ip in ("192.0.2.1", "192.0.2.2"):
+        d = Decoder()
+        d.decode(ipfix_message([template_set([OVS_INGRESS])], seq=0, export_time=int(now)), ip, 4739, now)
+        decs.append(d)
+        files.append(StateFile(path, None))
+    assert files[0].save(decs[0]) and files[1].save(decs[1]) and files[0].save(decs[0])
+    assert set(json.loads(Path(path).read_text())["exporters"]) == {"192.0.2.1", "192.0.2.2"}
+    data = ipfix_message([data_set(OVS_INGRESS, ovs_flows(1, random.Random(1)))], seq=0, export_time=int(now))
+    for ip in ("192.0.2.1", "192.0.2.2"):
+        fresh = Decoder()
+        StateFile(path, None).load_into(fresh)
+        assert len(fresh.decode(data, ip, 4739, now)) == 1, ip
+    # another writer's exporter not refreshed for longer than FOREIGN_MAX_AGE is let go
+    old = Decoder()
+    old.decode(ipfix_message([template_set([OVS_INGRESS])], seq=0, export_time=int(now)), "192.0.2.3", 4739,
+               now - FOREIGN_MAX_AGE - 60)
+    assert StateFile(path, None).save(old) and files[1].save(decs[1])
+    assert set(json.loads(Path(path).read_text())["exporters"]) == {"192.0.2.1", "192.0.2.2"}
+
+
 def test_state_file_is_written_beside_the_event_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The periodic save writes and fsyncs in a thread: a slow disk (a network volume) must not
     stop the worker's loop, whose metrics the supervisor watches for a hang. A write older than
