@@ -201,6 +201,12 @@ cdef void drop_extras(FlowBatch b, Flow* f, const Py_ssize_t* at, int n) noexcep
     f.extra_count -= <uint32_t>n
 
 
+cdef inline bint has_ports(uint8_t proto) noexcept:
+    """TCP, UDP and SCTP: the protocols whose ports a flow has (NetObserv writes SrcPort/DstPort
+    for those only)."""
+    return proto == 6 or proto == 17 or proto == 132
+
+
 cdef inline Py_ssize_t addr_len(uint8_t af) noexcept:
     return 4 if af == 4 else (16 if af == 6 else 0)
 

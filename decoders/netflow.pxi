@@ -394,6 +394,17 @@ cdef class SeqStream:
     cdef int64_t export_s       # the latest export time (s) of the expected stream, -1 if none
 
 
+cdef inline bint sent_after(int64_t export_s, int64_t latest_s) noexcept:
+    """A datagram with header export time export_s was sent after a stream's latest, latest_s:
+    later, or a minute or more earlier (a clock set back, with a restart or an NTP step)."""
+    return export_s > latest_s or latest_s - export_s > SEQ_RESTART_UPTIME_MS // 1000
+
+
+cdef inline uint64_t seq_mark(uint32_t seq, uint32_t adv) noexcept:
+    """A message's sequence number and record count in one value (SeqPort.dom_last)."""
+    return (<uint64_t>seq << 32) | adv
+
+
 cdef class SeqPort:
     """One IPFIX exporting process (an exporter's UDP port) across its observation domains.
     RFC 7011 3.1 counts sequence numbers per domain; Open vSwitch counts one sequence over all
@@ -614,10 +625,8 @@ cdef class ExporterState:
                     # sends nothing but its new sequence: late datagrams that follow each other,
                     # with none of the expected stream between them, for SEQ_REORDER_MS (a
                     # burst that was late for its gap comes at once, and the stream goes on).
-                    if export_s < 0 or (export_s <= st.export_s
-                                        and st.export_s - export_s <= SEQ_RESTART_UPTIME_MS // 1000):
+                    if export_s < 0 or not sent_after(export_s, st.export_s):
                         return                  # sent before the expected stream's latest: old
-                                                # (a minute or more before: a clock set back)
                     if st.late_run and seq == st.late_next:
                         st.late_run += 1
                     else:
@@ -635,8 +644,8 @@ cdef class ExporterState:
         st.synced = True
         st.next = seq + advance
         st.uptime = uptime
-        if export_s > st.export_s or (st.export_s - export_s) > SEQ_RESTART_UPTIME_MS // 1000:
-            st.export_s = export_s      # (a clock set back a minute or more starts over)
+        if sent_after(export_s, st.export_s):
+            st.export_s = export_s
 
     cdef void count_held(self, SeqStream st, bint lost=True) noexcept:
         """Settle the loss ipfix_convention held back: lost (the RFC's reading stands), or not."""
@@ -789,7 +798,7 @@ cdef class ExporterState:
                     self.dom_entries -= len(sp.dom_last)
                     sp.dom_last.clear()
                 self.dom_entries += 1
-            sp.dom_last[sp.prev_domain] = (<uint64_t>sp.prev_seq << 32) | sp.prev_adv
+            sp.dom_last[sp.prev_domain] = seq_mark(sp.prev_seq, sp.prev_adv)
             last = sp.dom_last.get(domain)
             if last is not None:
                 v = last
@@ -816,7 +825,7 @@ cdef class ExporterState:
                             continue
                         st.has_last = False
                         last = (None if st.inclusive else
-                                (<uint64_t>sp.prev_seq << 32) | sp.prev_adv if st.domain == SEQ_SHARED else
+                                seq_mark(sp.prev_seq, sp.prev_adv) if st.domain == SEQ_SHARED else
                                 sp.dom_last.get(<uint32_t>st.domain))
                         if last is None:
                             st.synced = False
@@ -1037,7 +1046,7 @@ cdef int decode_v5(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except
                 f.icmp_type = f.dport >> 8
                 f.icmp_code = f.dport & 0xFF
                 f.present |= P_ICMP
-        if f.proto != 6 and f.proto != 17 and f.proto != 132:
+        if not has_ports(f.proto):
             f.present &= ~(<uint64_t>(P_SPORT | P_DPORT))     # (as in v9/IPFIX: decode_record)
     ex.last_sampling = rate
     if bad_count:
@@ -1048,9 +1057,17 @@ cdef int decode_v5(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except
 
 # ---------------------------------------------------------------- v9 / IPFIX templates
 
+cdef void bounded_add(set keys, object key):
+    """Add to a per-exporter set of (port, domain) keys, bounded as the sequence streams are: a
+    spray of domains only starts it over."""
+    if key not in keys:
+        if len(keys) >= SEQ_MAX_STREAMS:
+            keys.clear()
+        keys.add(key)
+
+
 cdef int parse_template_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* s, int version,
                             uint32_t domain, bint options) except -1:
-    cdef object dkey
     cdef uint16_t tid, count, scope_count, ie, length
     cdef uint32_t pen
     cdef int i
@@ -1067,12 +1084,8 @@ cdef int parse_template_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* 
     # unknown set id is: its field specifiers say where the next record starts (RFC 7011
     # 3.4.1, RFC 3954 5.2), and where they do not, the set length says where the next set does
     # (RFC 7011 3.3.2, RFC 3954 5.3). The records, sets and messages after it still decode.
-    if version == 10:
-        dkey = (<object>b.port << 32) | domain
-        if dkey not in ex.tpl_domains:     # (borrowed_template: this domain has templates of its own)
-            if len(ex.tpl_domains) >= SEQ_MAX_STREAMS:
-                ex.tpl_domains.clear()
-            ex.tpl_domains.add(dkey)
+    if version == 10:     # (borrowed_template: this domain has templates of its own)
+        bounded_add(ex.tpl_domains, (<object>b.port << 32) | domain)
     while rd_left(s) >= 4:
         start = s.pos
         tid = rd_u16(s)
@@ -1675,7 +1688,7 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             f.icmp_type = <uint8_t>(f.dport >> 8)
             f.icmp_code = <uint8_t>f.dport
             f.present |= P_ICMP
-    if f.present & P_PROTO and f.proto != 6 and f.proto != 17 and f.proto != 132:
+    if f.present & P_PROTO and not has_ports(f.proto):
         # Ports are TCP's, UDP's and SCTP's: NetObserv writes SrcPort/DstPort for those only.
         # Other flows' port elements hold zeros (IGMP, GRE), an ICMP type and code (just read),
         # or whatever the exporter put there (an ESP SPI).
@@ -2292,7 +2305,7 @@ cdef Template borrowed_template(Decoder dec, ExporterState ex, FlowBatch b, Read
         # this message's number follows the port's previous data message in another domain
         sp = ex.seq_port(b.port)
         if not (sp.shared_votes > sp.domain_votes or (sp.has_prev and sp.prev_domain != domain and sp.prev_adv
-                                                       and ex.msg_seq == sp.prev_seq + sp.prev_adv)):
+                                                       and seq_follows(ex.msg_seq, 0, sp.prev_seq, sp.prev_adv, False))):
             return None
     pos = s.pos
     n = 0
@@ -2315,10 +2328,7 @@ cdef Template borrowed_template(Decoder dec, ExporterState ex, FlowBatch b, Read
         n += 1
     if n == 0 or not all_zero(s.buf, pos, s.end):     # what is left: RFC 7011 padding, zeros
         return None
-    if key not in ex.borrowers:
-        if len(ex.borrowers) >= SEQ_MAX_STREAMS:
-            ex.borrowers.clear()
-        ex.borrowers.add(key)
+    bounded_add(ex.borrowers, key)
     if not ex.borrow_logged:    # expected of Open vSwitch: said once per exporter
         ex.borrow_logged = True
         _log.info("exporter %s: IPFIX port %d domain %d: data set %d read with the template of domain %d (the "

@@ -168,7 +168,7 @@ cdef int hdr_l4(Flow* f, Reader* h, uint8_t proto, int depth) except -1:
         return hdr_ipv4(f, h, depth + 1) if proto == 4 else hdr_ipv6(f, h, depth + 1)
     if proto == 47 and depth == 0:
         return hdr_gre(f, h, depth)
-    if proto == 6 or proto == 17 or proto == 132:   # TCP, UDP, SCTP: ports first
+    if has_ports(proto):   # TCP, UDP, SCTP: ports first
         p = hd_take(h, 4)
         if p == NULL:
             return 0
@@ -575,7 +575,7 @@ cdef int flow_record(FlowBatch b, Flow* f, uint32_t ent, uint32_t fmt, Reader* r
         f.present |= P_PROTO | P_DSCP | P_ETYPE
         sport = be32(p)
         dport = be32(p + 4)
-        if f.proto == 6 or f.proto == 17 or f.proto == 132:    # ports only where there are (hdr_l4)
+        if has_ports(f.proto):    # ports only where there are (hdr_l4)
             f.sport = <uint16_t>sport
             f.dport = <uint16_t>dport
             f.present |= P_SPORT | P_DPORT
