@@ -62,7 +62,8 @@ SERIES: dict[str, Series] = {s.name: s for s in [
            "restarts on a new source port leaves its old session's templates behind)", ("exporter", "protocol")),
     Series("flowscope_sequence_lost", "counter", "Lost before reaching flowscope, from the exporters' sequence "
            "numbers (per exporting process and domain; sFlow per agent and sub-agent): flows for netflow5, data "
-           "records for ipfix, datagrams for netflow9 and sflow5; a gap is counted once it has stayed open for a "
+           "records for ipfix, datagrams for netflow9 (its data records for an exporter that numbers flows, as "
+           "Juniper's does) and sflow5; a gap is counted once it has stayed open for a "
            "second (datagrams reordered on the path fill it first)", ("exporter", "protocol")),
     Series("flowscope_exporter_sample_drops", "counter", "Packets sFlow agents say they could not sample (flow "
            "samples) or report (discarded-packet samples) for lack of resources or their rate limit: the increases "

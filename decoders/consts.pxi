@@ -18,6 +18,7 @@ DEF SEQ_SHARED = 1 << 32            # the stream key of an IPFIX port numbering 
 DEF SEQ_MAX_GAPS = 8                # gaps open at once per stream (a newer one counts the oldest)
 DEF TX_DURATION = 1                # decode_record's time elements kept as extras: 161/162
 DEF TX_SYSUP = 2                   # ... 21/22 without a system init time (IPFIX)
+DEF V9_UNCOUNTED = 0xFFFFFFFF     # a v9 packet's record count is not known (ExporterState.v9_convention)
 DEF SEQ_HELD_MS = 60000            # an IPFIX loss held back as ambiguous (ipfix_convention) is counted this late
 DEF SEQ_FILLED_RING = 16            # late sequence numbers remembered per stream (duplicates fill nothing)
 DEF DROPS_MAX_SOURCES = 1024         # sFlow data sources whose drops counters are tracked per exporter

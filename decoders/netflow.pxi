@@ -392,6 +392,11 @@ cdef class SeqStream:
     cdef uint32_t late_next
     cdef int64_t late_ms
     cdef int64_t export_s       # the latest export time (s) of the expected stream, -1 if none
+    # NetFlow v9 only: the exporter numbers its packets by the flow records sent before them, as
+    # NetFlow v5 does (Juniper), not by export packets (RFC 3954); see v9_convention, which
+    # counts its votes in inc_votes (records) and rfc_votes (packets) and holds as IPFIX does.
+    cdef bint by_records
+    cdef bint uncounted         # the latest packet's record count is unknown (not decoded whole)
 
 
 cdef inline bint sent_after(int64_t export_s, int64_t latest_s) noexcept:
@@ -479,7 +484,7 @@ cdef class ExporterState:
     cdef int64_t clk_start             # receive time (ms) the current window began; 0 = none yet
     cdef double rl_tokens              # --max-exporter-rate token bucket: datagrams it may still send
     cdef double rl_time                # ... as of this receive time (0 = never limited yet)
-    cdef uint64_t msg_records          # data records of the IPFIX message being decoded
+    cdef uint64_t msg_records          # data records of the IPFIX message / v9 packet being decoded
     cdef bint msg_uncounted            # ... some of which could not be counted (unknown template)
     cdef Py_ssize_t state_bytes        # its state_size() as last added to Decoder.state_bytes
 
@@ -580,6 +585,10 @@ cdef class ExporterState:
             if st.held_lost and aged(st.held_ms, now_ms, SEQ_HELD_MS):
                 self.count_held(st)         # no vote came to decide: the RFC's reading stands
             seq = self.ipfix_convention(st, seq, &advance, now_ms)
+        elif kind == PROTO_NETFLOW9:
+            if st.held_lost and aged(st.held_ms, now_ms, SEQ_HELD_MS):
+                self.count_held(st)
+            self.v9_convention(st, seq, &advance, now_ms)
         if st.synced:
             ahead = seq - st.next
             behind = st.next - seq
@@ -641,7 +650,7 @@ cdef class ExporterState:
             else:
                 self.restart(st)
         st.late_run = 0
-        st.synced = True
+        st.synced = not (st.uncounted and st.by_records)    # (the next packet sets the expectation)
         st.next = seq + advance
         st.uptime = uptime
         if sent_after(export_s, st.export_s):
@@ -710,6 +719,60 @@ cdef class ExporterState:
             advance[0] = seq - st.next              # in order (fewer counted: options records)
             return st.next
         return seq - advance[0]
+
+    cdef void v9_convention(self, SeqStream st, uint32_t seq, uint32_t* advance, int64_t now_ms) noexcept:
+        """RFC 3954 5.1: a v9 packet's sequence number counts the export packets sent. Some
+        exporters count the flow records sent before the packet instead, as NetFlow v5 does
+        (Juniper's v9: "sequence counter of total flows"). `advance` comes in as the packet's
+        data records (V9_UNCOUNTED: not known) and goes out as the step the stream expects.
+        Where the previous packet (decoded whole) held more than one record, a step of exactly
+        its record count is a vote for the records reading, a step of 1 for the packets reading;
+        the stream is read by records once those votes lead by two, and back when they no
+        longer do. While they lead by one only, the step opens no gap: what the packets reading
+        would call lost is held back, counted when a packets vote comes or after SEQ_HELD_MS
+        (as ipfix_convention holds); gaps still open from the other reading are void when the
+        reading changes. Read by records, a step smaller than the previous count (options
+        records left out of the count) is in order."""
+        cdef uint32_t n = advance[0]
+        cdef uint32_t step = seq - st.last_seq
+        cdef uint32_t ahead
+        cdef int i
+        st.uncounted = n == V9_UNCOUNTED
+        if st.has_last and st.synced and st.last_count > 1 and not st.uncounted:
+            if step == st.last_count:
+                if st.inc_votes < 0xFFFF:
+                    st.inc_votes += 1
+                if not st.by_records and st.inc_votes > st.rfc_votes + 1:
+                    st.by_records = True
+                    self.count_held(st, False)          # it was no loss
+                    for i in range(st.ngaps):           # nor what the packets reading opened
+                        st.gap_missing[i] = 0
+                    st.next = seq
+                elif not st.by_records and st.inc_votes > st.rfc_votes:
+                    ahead = seq - st.next
+                    if 0 < ahead <= SEQ_MAX_GAP:
+                        self.count_held(st)             # (one held range at a time)
+                        st.held_lost = ahead
+                        self.pending_gaps += 1          # (settle_gaps counts it when it expires)
+                        st.held_start = st.next
+                        st.held_span = ahead
+                        st.held_ms = now_ms
+                    st.next = seq                       # undecided: no gap opened
+            elif step == 1:
+                if st.rfc_votes < 0xFFFF:
+                    st.rfc_votes += 1
+                self.count_held(st)
+                if st.by_records and st.rfc_votes + 1 >= st.inc_votes:
+                    st.by_records = False
+                    for i in range(st.ngaps):           # opened by the records reading
+                        st.gap_missing[i] = 0
+                    st.next = seq
+        if st.by_records and st.has_last and st.synced and step <= st.last_count:
+            st.next = seq       # in order: the previous packet counted fewer than its records
+        st.has_last = not st.uncounted
+        st.last_seq = seq
+        st.last_count = n
+        advance[0] = 1 if not st.by_records else 0 if st.uncounted else n
 
     cdef void restart(self, SeqStream st) noexcept:
         self.count_gaps(st, -1)
@@ -2355,28 +2418,37 @@ cdef int decode_v9(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except
     cdef uint16_t set_id, set_len
     cdef Reader s
     cdef Py_ssize_t set_start
+    cdef bint whole
     b.proto_kind = PROTO_NETFLOW9
     b.sequence = be32(h + 12)
     b.domain = domain
     b.clock_shift_ms = clock_shift(ex, b, export_ms)
-    # RFC 3954: export packets per Source ID
-    ex.sequence(PROTO_NETFLOW9, b.port, domain, b.sequence, 1, uptime, <int64_t>(b.recv_time * 1000.0), unix_secs)
-    # RFC 3954 5.1: "count" is not reliable across vendors; walk the flowsets to the end.
-    while rd_left(r) >= 4:
-        set_start = r.pos
-        set_id = rd_u16(r)
-        set_len = rd_u16(r)
-        if set_id == 0 and set_len == 0 and all_zero(r.buf, set_start, r.end):
-            break  # zero padding after the last flowset (Palo Alto, Cisco ACI): not an error
-        if set_len < 4 or set_len - 4 > rd_left(r):
-            raise_decode("bad_set", set_start, f"v9 source id {domain} flowset {set_id} length {set_len}")
-        rd_sub(r, &s, set_len - 4)
-        if set_id == 0 or set_id == 1:
-            parse_template_set(dec, ex, b, &s, 9, domain, set_id == 1)
-        elif set_id >= 256:
-            decode_data_set(dec, ex, b, &s, 9, domain, set_id, export_ms, sysinit_ms)
-        else:
-            ex.count_error("bad_set")
+    ex.msg_records = 0
+    ex.msg_uncounted = False
+    whole = False
+    try:
+        # RFC 3954 5.1: "count" is not reliable across vendors; walk the flowsets to the end.
+        while rd_left(r) >= 4:
+            set_start = r.pos
+            set_id = rd_u16(r)
+            set_len = rd_u16(r)
+            if set_id == 0 and set_len == 0 and all_zero(r.buf, set_start, r.end):
+                break  # zero padding after the last flowset (Palo Alto, Cisco ACI): not an error
+            if set_len < 4 or set_len - 4 > rd_left(r):
+                raise_decode("bad_set", set_start, f"v9 source id {domain} flowset {set_id} length {set_len}")
+            rd_sub(r, &s, set_len - 4)
+            if set_id == 0 or set_id == 1:
+                parse_template_set(dec, ex, b, &s, 9, domain, set_id == 1)
+            elif set_id >= 256:
+                decode_data_set(dec, ex, b, &s, 9, domain, set_id, export_ms, sysinit_ms)
+            else:
+                ex.count_error("bad_set")
+        whole = True
+    finally:
+        # RFC 3954: export packets per Source ID, or the records before them (v9_convention)
+        ex.sequence(PROTO_NETFLOW9, b.port, domain, b.sequence,
+                    <uint32_t>ex.msg_records if whole and not ex.msg_uncounted else V9_UNCOUNTED,
+                    uptime, <int64_t>(b.recv_time * 1000.0), unix_secs)
     return 0
 
 

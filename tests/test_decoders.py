@@ -2182,6 +2182,48 @@ def test_netflow_v5_v9_and_sflow_sequences() -> None:
     assert _seq(dec, "10.0.0.3", "sflow5") == (3, 0)
 
 
+def test_v9_sequence_that_counts_flows_not_packets() -> None:
+    """RFC 3954 5.1 numbers v9 export packets; Juniper's v9 numbers the flows sent before the
+    packet, as NetFlow v5 does. Once the steps show it (two packets whose step is the previous
+    packet's record count), no loss is counted where there was none and a lost packet counts its
+    records; a template-only packet advances by nothing. An exporter following the RFC with
+    changing record counts is never taken for one: a loss that looks like one such step is
+    still a loss."""
+    rng = random.Random(12)
+    t0 = float(EXPORT)
+
+    def recs(n: int) -> list[dict]:
+        return [{"src": f"10.0.0.{rng.randrange(1, 250)}", "dst": "10.1.0.1", "sport": rng.randrange(65536),
+                 "dport": 443, "proto": 6, "tos": 0, "flags": 2, "bytes": 100, "packets": 1, "first": 1000,
+                 "last": 2000, "input": 1, "output": 2} for _ in range(n)]
+
+    def run(msgs: list[tuple[int, int]], *, t_step: float = 0.01) -> tuple[int, int]:
+        """msgs: (sequence number, records); a template-only packet first, numbered as the first."""
+        dec = Decoder()
+        dec.decode(v9_datagram([template_set([V9_TEMPLATE], version=9)], seq=msgs[0][0], unix_secs=EXPORT,
+                               uptime_ms=5000), EXPORTER, 2055, t0)
+        for i, (seq, n) in enumerate(msgs):
+            b = dec.decode(v9_datagram([data_set(V9_TEMPLATE, recs(n))], seq=seq, unix_secs=EXPORT, uptime_ms=5000),
+                           EXPORTER, 2055, t0 + (i + 1) * t_step)
+            assert b.error is None and len(b) == n
+        return _seq_at(dec, "netflow9", t0 + 600)
+
+    counts = [9, 12, 7, 7, 11, 10, 8, 12, 9, 7]
+    by_flows = list(zip(itertools.accumulate([0, *counts[:-1]]), counts, strict=True))
+    assert run(by_flows) == (0, 0)
+    assert run([m for i, m in enumerate(by_flows) if i != 6]) == (8, 0)          # one packet lost: its flows
+    assert run([m for i, m in enumerate(by_flows) if i not in (5, 6)]) == (18, 0)
+    order = [0, 1, 2, 3, 4, 6, 5, 7, 8, 9]
+    assert run([by_flows[i] for i in order]) == (0, 0)                             # reordered, once known
+    # RFC 3954's numbering with the same counts
+    by_packets = [(100 + i, n) for i, n in enumerate(counts)]
+    assert run(by_packets) == (0, 0)
+    assert run([m for i, m in enumerate(by_packets) if i not in (4, 5)]) == (2, 0)
+    # packets 101..108 lost after a packet of 9 records: a step of 9, once, is a loss of 8 packets
+    rfc = [(100, 9), (109, 5), (110, 5), (111, 5), (112, 5)]
+    assert run(rfc) == (8, 0)
+    assert run(rfc[:2]) == (8, 0)     # with no vote after it: counted once it has waited a minute
+
 def test_netflow_restart_told_by_the_header_uptime() -> None:
     """An exporter that restarts sends its sequence from the start again, which a datagram a
     little late also looks like; the v5 / v9 header's sysUpTime tells them apart: gone back by
