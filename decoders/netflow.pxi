@@ -2249,7 +2249,13 @@ cdef bint is_duplicate(ExporterState ex, Flow* f):
     h = (h ^ f.sport) * prime
     h = (h ^ f.dport) * prime
     h = (h ^ f.proto) * prime
+    h = (h ^ ((<uint64_t>f.icmp_type << 8) | f.icmp_code)) * prime
     h = (h ^ f.bytes) * prime
+    # FNV-1a moves its last inputs (the protocol, the bytes) into the high bits only by carries:
+    # mixed (MurmurHash3's finaliser) so that records of one address pair spread over the slots
+    h = (h ^ (h >> 33)) * <uint64_t>0xff51afd7ed558ccdULL
+    h = (h ^ (h >> 33)) * <uint64_t>0xc4ceb9fe1a85ec53ULL
+    h ^= h >> 33
     # A slot: the key (low bits cleared) | bit 1: a twin was seen | bit 0: the first's direction
     key = h & ~(<uint64_t>3)
     slot = (h >> 20) % DEDUP_SLOTS
