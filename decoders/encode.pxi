@@ -424,6 +424,11 @@ cdef int _enrich_into(Buf* o, FlowBatch bt, Flow* f, object enricher, int64_t t)
     cdef PyObject* tail
     cdef bytes frag
     cdef int ms, md
+    cdef const uint8_t* ag = bt.agent
+    cdef int aglen = addr_len(bt.agent_af)
+    if aglen == 16 and v4mapped(ag):
+        ag += 12        # an IPv4-mapped agent address (sFlow's) is its IPv4 address to the index too
+        aglen = 4
     if f.af == 6:
         # IPv4-mapped addresses (::ffff:a.b.c.d) are their IPv4 addresses to the index (as
         # NetObserv reads them); the published text stays as exported
@@ -432,7 +437,7 @@ cdef int _enrich_into(Buf* o, FlowBatch bt, Flow* f, object enricher, int64_t t)
             frag = enricher.enrich(
                 b"" if f.noaddr & NOADDR_SRC else (<bytes>f.src[ms:16]),
                 b"" if f.noaddr & NOADDR_DST else (<bytes>f.dst[md:16]),
-                (<bytes>bt.agent[:addr_len(bt.agent_af)]), t, f.direction)
+                (<bytes>ag[:aglen]), t, f.direction)
             if frag:
                 buf_lit(o, frag)
             return 0
@@ -442,12 +447,12 @@ cdef int _enrich_into(Buf* o, FlowBatch bt, Flow* f, object enricher, int64_t t)
         frag = enricher.enrich(
             b"" if f.noaddr & NOADDR_SRC else (<bytes>f.src[:addr_len(f.af)]),
             b"" if f.noaddr & NOADDR_DST else (<bytes>f.dst[:addr_len(f.af)]),
-            (<bytes>bt.agent[:addr_len(bt.agent_af)]), t, f.direction)
+            (<bytes>ag[:aglen]), t, f.direction)
         if frag:
             buf_lit(o, frag)
         return 0
     if _eapi != NULL and enricher is _eapi_owner:
-        if _eapi.parts(_eapi.reader, f.src, f.dst, addr_len(f.af), bt.agent, addr_len(bt.agent_af),
+        if _eapi.parts(_eapi.reader, f.src, f.dst, addr_len(f.af), ag, aglen,
                        t, f.direction, &a, &b, &tail) == 0:
             if a != NULL:
                 buf_lit(o, <bytes>a)
@@ -457,7 +462,7 @@ cdef int _enrich_into(Buf* o, FlowBatch bt, Flow* f, object enricher, int64_t t)
             return 0
     frag = enricher.enrich(
         (<bytes>f.src[:addr_len(f.af)]), (<bytes>f.dst[:addr_len(f.af)]),
-        (<bytes>bt.agent[:addr_len(bt.agent_af)]), t, f.direction)
+        (<bytes>ag[:aglen]), t, f.direction)
     if frag:
         buf_lit(o, frag)
     return 0

@@ -67,8 +67,11 @@ def ip_bytes(text: Any) -> bytes | None:
         a = ipaddress.ip_address(text)
     except ValueError:
         return None
-    if a.version == 6 and a.ipv4_mapped is not None:
-        return a.ipv4_mapped.packed
+    if a.version == 6:
+        if a.scope_id is not None:
+            return None  # a zone (fe80::1%eth0) is no API address: Kubernetes validation refuses it
+        if a.ipv4_mapped is not None:
+            return a.ipv4_mapped.packed
     return a.packed
 
 
@@ -90,6 +93,8 @@ def _host_address(text: str) -> tuple[str, bytes] | None:
         a = ipaddress.ip_address(text)
     except ValueError:
         return None
+    if a.version == 6 and a.scope_id is not None:
+        return None  # (as ip_bytes)
     if a.version == 6 and a.ipv4_mapped is not None:
         a = a.ipv4_mapped
     canonical = str(a)

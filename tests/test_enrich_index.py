@@ -240,6 +240,14 @@ def test_ipv4_mapped_and_non_canonical_address_text() -> None:
     assert flow(e, "10.244.7.6", "8.8.8.8", agent="10.0.0.7").get("FlowDirection") == 1
     # nothing under a 16-byte mapped key: n1's 3 (with its management port), p's 2, q's, s's
     assert e.stats()["index"]["addresses"] == 7
+    # a zone (fe80::1%eth0) is no API address (Kubernetes validation refuses one): counted,
+    # never published in HostIP nor indexed without it (review helper-86)
+    zoned = [pod("z", "shop", ips=["fd00:10:244:7::9%eth0"], node="n1", host_ip="FD00::7"),
+             pod("y", "shop", ips=["10.244.7.10"], node="n1", host_ip="fd00::7%eth0")]
+    e = enrich.Enricher.from_objects(pods=zoned, nodes=[n], config=enrich.EnrichConfig(own_namespace=""))
+    assert "SrcK8S_Name" not in flow(e, "fd00:10:244:7::9", "")
+    assert "SrcK8S_HostIP" not in flow(e, "10.244.7.10", "")
+    assert e.stats()["problems"] == {"bad_address": 2}
 
 
 # ---------------------------------------------------------------- IP reuse

@@ -1037,6 +1037,24 @@ def test_counter_and_flow_agent_addresses_read_alike(decoders_mod, agent: str, t
     assert [c["AgentIP"] for c in b.counters] == [text]
 
 
+@pytest.mark.parametrize("compiled", [True, False])
+def test_an_ipv4_mapped_agent_address_finds_its_node(decoders_mod, compiled: bool) -> None:
+    """An agent that writes its IPv4 address as IPv4-mapped IPv6 (::ffff:a.b.c.d) is that node's
+    exporter: FlowDirection is read against the IPv4 address, as for flow addresses, while
+    AgentIP stays as exported (review helper-86: no FlowDirection at all)."""
+    import enrich
+    from tests.support.fake_kube import node, pod
+
+    e = enrich.Enricher.from_objects(
+        pods=[pod("web", "shop", ips=["10.244.1.6"], node="n1", host_ip="10.0.0.7")],
+        nodes=[node("n1", internal=["10.0.0.7"], subnets={"default": "10.244.1.0/24"})],
+        config=enrich.EnrichConfig(own_namespace=""), compiled=compiled)
+    pkt = eth(ipv4("10.244.1.6", "8.8.8.8", 17, udp(5353, 53)), 0x0800)
+    for agent in ("10.0.0.7", "::ffff:10.0.0.7"):
+        b = decode(decoders_mod, datagram([flow_sample([raw_header(pkt, 60)])], agent=agent))
+        f = b.to_dicts(e)[0]
+        assert (f["AgentIP"], f["SrcK8S_Name"], f.get("FlowDirection")) == (agent, "web", 1)
+
 def test_counter_samples_generic_ethernet_ovs(decoders_mod) -> None:
     g, gvals = generic_if(4)
     ether = rec(2, struct.pack(">13I", *range(100, 113)))
