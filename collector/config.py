@@ -376,7 +376,8 @@ class Config:
                                   "forgotten and counted, as at --max-exporters", ranged(parse_size, 1024**2, 1 << 62),
                                   metavar="SIZE")
     default_sampling: int = opt(400, "sampling rate for exporters that send none (OVS IPFIX; OVN-Kubernetes "
-                                "uses 400); 0 = leave unset", ranged(parse_int, 0, 1 << 31), metavar="N")
+                                "uses 400; not for firewall event records, NSEL, nor a record whose sampler id "
+                                "is 0, which is 1); 0 = leave unset", ranged(parse_int, 0, 1 << 31), metavar="N")
     sampling: dict[str, int] = opt({}, "per-exporter sampling CIDR=RATE, repeatable; longest prefix wins",
                                    parse_map, metavar="CIDR=RATE", repeat=True)
     split_biflows: bool = opt(False, "publish an IPFIX biflow record (RFC 5103: the reverse direction under "

@@ -233,6 +233,7 @@ cdef class Template:
     cdef Py_ssize_t min_len   # smallest possible record (varlen counted as 1 byte)
     cdef bint has_tcp_counts
     cdef int vlans            # elements giving the Vlan (58, 243): with two, the first non-zero
+    cdef bint events          # firewall event records (NSEL): never sampled (resolve_sampling)
     cdef readonly double refreshed  # receive time of the datagram that (re)defined it (eviction order)
 
     def __dealloc__(self):
@@ -276,6 +277,9 @@ cdef Template compile_template(int version, uint32_t domain, uint16_t tid, tuple
     cdef set ies = {sp[0] for sp in spec if sp[1] == 0}
     cdef tuple counters = ((85, 86) if not ies.isdisjoint((1, 2, 85, 86)) else
                            (23, 24) if not ies.isdisjoint((23, 24)) else (231, 298))
+    # firewallEvent (233), or Cisco NSEL's NF_F_FW_EVENT (v9 40005): a firewall's connection
+    # events, a log of every connection, not samples
+    t.events = not options and (233 in ies or (version == 9 and 40005 in ies))
     for i in range(n):
         ie, pen, length = spec[i]
         fs = &t.fields[i]
@@ -2201,7 +2205,10 @@ cdef void forget_options(ExporterState ex, int version, uint32_t domain, uint16_
 cdef uint32_t resolve_sampling(Decoder dec, ExporterState ex, Template t, uint32_t rate,
                                bint has_sampler, uint64_t sampler_id):
     """The record's own rate, else one learned from options (for its sampler id, else for its
-    exporting process and domain), else the configured rate."""
+    exporting process and domain), else the configured rate. Sampler id 0 with no rate learned
+    for it is no sampler (Cisco: "0 = not sampled"; RFC 5477 reserves selector id 0): 1. Firewall
+    event records (t.events) get a --sampling CIDR rate, never --default-sampling (which is for
+    what Open vSwitch samples without saying so)."""
     cdef object r
     if rate == 0 and has_sampler:
         r = ex.sampler_rates.get((t.version, t.domain, t.port, sampler_id))
@@ -2212,7 +2219,12 @@ cdef uint32_t resolve_sampling(Decoder dec, ExporterState ex, Template t, uint32
         if r is not None:
             rate = r
     if rate == 0:
-        rate = ex.configured_sampling
+        if has_sampler and sampler_id == 0:
+            rate = 1
+        elif t.events:
+            rate = ex.cidr_sampling
+        else:
+            rate = ex.configured_sampling
     ex.last_sampling = rate
     return rate
 

@@ -120,6 +120,39 @@ def test_sampling_per_cidr_and_default() -> None:
     assert dec.decode(msg, mapped).to_dicts()[0]["Sampling"] == 50
 
 
+def test_unsampled_exporters_are_not_given_the_default_rate() -> None:
+    """--default-sampling (400, as OVN-Kubernetes samples) is for exporters that sample without
+    saying so. A firewall's connection events (Cisco ASA NSEL: firewallEvent 233, or 40005 in v9)
+    log every connection: a --sampling CIDR rate if the operator set one, else no Sampling. A
+    record whose sampler id (48, or selectorId 302) is 0 names no sampler (RFC 5477 reserves
+    id 0): 1, unless options data gave sampler 0 a rate (review helper-85: both were 400)."""
+    nsel = _tpl(263, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("proto", 4, 0, 1), ("event", 233, 0, 1),
+                ("ext", 33002, 0, 2), ("ini", 231, 0, 4))
+    old_nsel = _tpl(264, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("event", 40005, 0, 1), ("ini", 231, 0, 4))
+    sampled = _tpl(265, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("sampler", 48, 0, 1), ("b", 1, 0, 4))
+    plain = _tpl(266, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("b", 1, 0, 4))
+    addrs = {"src": "10.0.0.1", "dst": "10.0.0.2"}
+    sets = [data_set(nsel, [dict(addrs, proto=6, event=2, ext=2030, ini=1500)]),
+            data_set(old_nsel, [dict(addrs, event=2, ini=900)]),
+            data_set(sampled, [dict(addrs, sampler=0, b=60), dict(addrs, sampler=5, b=70)]),
+            data_set(plain, [dict(addrs, b=80)])]
+
+    def rates(cfg: DecoderConfig, options: list[bytes] = ()) -> list[int | None]:   # type: ignore[assignment]
+        dec = Decoder(cfg)
+        tpl = template_set([nsel, old_nsel, sampled, plain], version=9)
+        b = dec.decode(v9_datagram([tpl, *options, *sets], seq=1, unix_secs=EXPORT, uptime_ms=5000), EXPORTER)
+        assert b.error is None and len(b) == 5
+        return [f.get("Sampling") for f in b.to_dicts()]
+
+    assert rates(DecoderConfig()) == [None, None, 1, 400, 400]
+    assert rates(DecoderConfig(sampling={"10.0.0.0/8": 10})) == [10, 10, 1, 10, 10]
+    assert rates(DecoderConfig(default_sampling=0)) == [None, None, 1, None, None]
+    # v9 options data giving sampler 0 a rate (scope: system; FLOW_SAMPLER_ID 48, interval 34)
+    opt_body = struct.pack("!HHH", 300, 4, 8) + struct.pack("!HHHHHH", 1, 4, 48, 1, 34, 4)
+    opt = [struct.pack("!HH", 1, 4 + len(opt_body)) + opt_body,
+           struct.pack("!HH", 300, 4 + 9) + struct.pack("!IBI", 0, 0, 100)]
+    assert rates(DecoderConfig(), opt) == [None, None, 100, 400, 400]
+
 def test_ingress_egress_twins_marked_and_dedup_drops_them() -> None:
     recs_in = ovs_flows(5, random.Random(11), direction=0)
     recs_out = [dict(r, direction=1) for r in recs_in]

@@ -109,6 +109,7 @@ def check_cflow_capture(decoder, datagrams: list, packets: list[dict], label: st
         want[dg.src]["flows"] += len(flows)
         exporter = decoder.exporter(dg.src)  # the rate it was configured with, for flows without one
         configured = exporter.configured_sampling if exporter is not None else 0
+        cidr = exporter.cidr_sampling if exporter is not None else 0
         expected = (biflow_records(tp.flow_records) if decoder.split_biflows else
                     [(s, r, None) for s, r in tp.flow_records])
         if tp.malformed_data:
@@ -133,7 +134,8 @@ def check_cflow_capture(decoder, datagrams: list, packets: list[dict], label: st
                 problems.append(f"{where}: {len(flows)} flows, tshark decoded {len(expected)} records")
         for i, ((s, rec, rev), flow) in enumerate(zip(expected, flows, strict=False), 1):
             probs = (T.compare_reverse_record(s, rec, rev, flow) if rev is not None else
-                     T.compare_flow_record(tp, s, rec, flow, configured_sampling=configured))
+                     T.compare_flow_record(tp, s, rec, flow, configured_sampling=configured,
+                                           cidr_sampling=cidr))
             for prob in probs:
                 problems.append(f"{where} set id {s.flowset_id} flow {i}: {prob}")
             if flow.get("FlowProtocol") not in (None, PROTOCOL_BY_VERSION.get(tp.version)):

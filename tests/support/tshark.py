@@ -374,7 +374,8 @@ class CflowReader:
     def _sampling(self, pkt: CflowPacket) -> None:
         """The Sampling each v9/IPFIX data record must have (flowscope decoded with no configured
         rate): its own rate, else the rate the exporting process's earlier options data gave its
-        sampler/selector id, else the one they gave the process and domain, else none. Options
+        sampler/selector id, else the one they gave the process and domain, else 1 for sampler
+        id 0, else none. Options
         records apply to the data sets after them, in packet order."""
         if pkt.version not in (9, 10):
             return
@@ -393,6 +394,8 @@ class CflowReader:
                         rate = self.sampler_rates.get(process + (sid,), 0)
                     if not rate:
                         rate = self.domain_rates.get(process, 0)
+                    if not rate and sid == 0:
+                        rate = 1    # sampler / selector id 0: no sampler (Cisco; RFC 5477 reserves 0)
                     r[SAMPLING_KEY] = rate or None
 
     def _set(self, frame: int, flowset_id: int, key: str, sv: dict) -> CflowSet:
@@ -786,10 +789,11 @@ def compare_reverse_record(cset: CflowSet, rec: dict, rev: dict[int, int], flow:
 
 
 def compare_flow_record(pkt: CflowPacket, cset: CflowSet, rec: dict, flow: dict,
-                        *, time_tolerance_ms: int = 0, configured_sampling: int = 0) -> list[str]:
+                        *, time_tolerance_ms: int = 0, configured_sampling: int = 0, cidr_sampling: int = 0) -> list[str]:
     """Mismatches between one tshark record and the flowscope flow that should equal it.
     `configured_sampling`: the rate the decoder was configured with for this exporter, expected
-    when the exporter sent none (0: no Sampling)."""
+    when the exporter sent none (0: no Sampling); `cidr_sampling` the part of it a --sampling
+    CIDR gave, all that a firewall's event record (NSEL, never sampled) gets."""
     exp = expected_from_cflow(pkt, cset, rec)
     tol = time_tolerance_ms
     if pkt.version == 5:
@@ -830,7 +834,8 @@ def compare_flow_record(pkt: CflowPacket, cset: CflowSet, rec: dict, flow: dict,
                 if min(off, (1 << 32) - off) > tol:
                     probs.append(f"{key}: {flow[key]} is not the sysUpTime reading {plain} modulo 2^32")
     if SAMPLING_KEY in rec:
-        want = rec[SAMPLING_KEY] or configured_sampling or None
+        events = any(k in rec for k in ("cflow.firewall_event", "cflow.fw_event"))
+        want = rec[SAMPLING_KEY] or (cidr_sampling if events else configured_sampling) or None
         if flow.get("Sampling") != want:
             probs.append(f"Sampling: expected {want!r}, got {flow.get('Sampling')!r}")
     if cset.template is not None and "TemplateId" in flow and flow["TemplateId"] != cset.flowset_id:
