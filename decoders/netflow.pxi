@@ -1827,6 +1827,16 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
         if not f.present & P_TEND:
             f.t_end_ms = max(obs_ms, f.t_start_ms)
             f.present |= P_TEND
+    if not f.present & (P_TSTART | P_TEND) and (start_sysup >= 0 or end_sysup >= 0):
+        # IPFIX sysUpTime-relative times with no systemInitTimeMilliseconds (160) known (MikroTik
+        # sends none; Juniper's options data comes every 10 minutes): no flow without times
+        # (NetObserv's always have both), so it ends at its export and lasts its duration (161/162)
+        # or what the two values say; the values stay as they came (ie21/ie22), which tells such
+        # a record
+        f.t_end_ms = export_ms
+        f.t_start_ms = export_ms - (duration_ms if duration_ms >= 0 else
+                                    end_sysup - start_sysup if 0 <= start_sysup <= end_sysup else 0)
+        f.present |= P_TSTART | P_TEND
 
     if has_flags:
         f.present |= P_FLAGS

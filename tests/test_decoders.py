@@ -1466,23 +1466,31 @@ def test_observation_time_does_not_override_the_records_flow_times() -> None:
 
 
 def test_sysuptime_times_without_a_system_init_time_are_kept_as_elements() -> None:
-    """IPFIX flowStart/EndSysUpTime (22/21) count from systemInitTimeMilliseconds (160): an
-    exporter that never sends it (Mikrotik, IOS-XR IPFIX) gives no flow times, and the values
-    stay as ie22/ie21 (as a duration with nothing to anchor it does), never silently gone. The
-    record's own 160, or one learned from options data, anchors them."""
+    """IPFIX flowStart/EndSysUpTime (22/21) count from systemInitTimeMilliseconds (160): from an
+    exporter that never sends it (Mikrotik, IOS-XR IPFIX), or before its options data, a flow
+    ends at its export and lasts its duration, else what the two values say (NetObserv's flows
+    always have both times; review helper-85: none at all), and the values stay as ie22/ie21
+    (as a duration with nothing to anchor it does), never silently gone. The record's own 160,
+    or one learned from options data, anchors them."""
     t = _tpl(360, ("src", 8, 0, 4), ("first", 22, 0, 4), ("last", 21, 0, 4), ("dur", 161, 0, 4))
     t_init = _tpl(361, ("src", 8, 0, 4), ("first", 22, 0, 4), ("last", 21, 0, 4), ("init", 160, 0, 8))
+    t_end = _tpl(362, ("src", 8, 0, 4), ("last", 21, 0, 4))
+    t_both = _tpl(363, ("src", 8, 0, 4), ("first", 22, 0, 4), ("last", 21, 0, 4))
     boot = EXPORT * 1000 - 3_600_000
     dec = Decoder()
-    flows = dec.decode(ipfix_message([template_set([t, t_init]),
-                                      data_set(t, [{"src": "10.0.0.1", "first": 1000, "last": 1500, "dur": 500}]),
+    flows = dec.decode(ipfix_message([template_set([t, t_init, t_end, t_both]),
+                                      data_set(t, [{"src": "10.0.0.1", "first": 1000, "last": 1500, "dur": 400}]),
+                                      data_set(t_both, [{"src": "10.0.0.1", "first": 1000, "last": 1500}]),
                                       data_set(t_init, [{"src": "10.0.0.2", "first": 1000, "last": 1500,
-                                                         "init": boot}])],
+                                                         "init": boot}]),
+                                      data_set(t_end, [{"src": "10.0.0.3", "last": 1500}])],
                                      seq=0, export_time=EXPORT), EXPORTER).to_dicts()
-    assert "TimeFlowStartMs" not in flows[0]
-    assert (flows[0]["ie22"], flows[0]["ie21"], flows[0]["ie161"]) == ("000003e8", "000005dc", "000001f4")
-    assert (flows[1]["TimeFlowStartMs"], flows[1]["TimeFlowEndMs"]) == (boot + 1000, boot + 1500)
-    assert not any(k.startswith("ie") for k in flows[1])
+    assert [(f["TimeFlowStartMs"] - EXPORT * 1000, f["TimeFlowEndMs"] - EXPORT * 1000)
+            for f in (flows[0], flows[1], flows[3])] == [(-400, 0), (-500, 0), (0, 0)]
+    assert (flows[0]["ie22"], flows[0]["ie21"], flows[0]["ie161"]) == ("000003e8", "000005dc", "00000190")
+    assert flows[3]["ie21"] == "000005dc"
+    assert (flows[2]["TimeFlowStartMs"], flows[2]["TimeFlowEndMs"]) == (boot + 1000, boot + 1500)
+    assert not any(k.startswith("ie") for k in flows[2])
 
 
 def test_two_vlan_elements_the_first_non_zero_is_the_vlan() -> None:
