@@ -743,12 +743,13 @@ cdef int flow_sample(ExporterState ex, FlowBatch b, Reader* s, bint expanded, in
     f.t_start_ms = recv_ms
     f.t_end_ms = recv_ms
     f.present = P_PACKETS | P_TSTART | P_TEND
-    # Interface format 0 is an ifIndex (0x3FFFFFFF = the switch itself); 1 is "discarded"
-    # (value = reason) and 2 "multiple interfaces" (value = count): neither is an interface.
-    if in_fmt == 0:
+    # Interface format 0 is an ifIndex (0x3FFFFFFF = the switch itself; 0: "not known", as
+    # discarded_packet's); 1 is "discarded" (value = reason) and 2 "multiple interfaces"
+    # (value = count): neither is an interface.
+    if in_fmt == 0 and in_val:
         f.in_if = in_val
         f.present |= P_INIF
-    if out_fmt == 0:
+    if out_fmt == 0 and out_val:
         f.out_if = out_val
         f.present |= P_OUTIF
     elif out_fmt == 1 and out_val != 256:

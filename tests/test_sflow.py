@@ -393,6 +393,11 @@ def test_interface_formats(decoders_mod) -> None:
     assert "OutIf" not in f
     f = one_flow(decoders_mod, [raw_header(pkt, 60)], inp=(0, 3), out=(0, 0x3FFFFFFF))  # internal
     assert f["OutIf"] == 0x3FFFFFFF
+    # interface 0: "not known" (sflow_version_5.txt), no interface (review helper-85: InIf 0)
+    f = one_flow(decoders_mod, [raw_header(pkt, 60)], inp=(0, 0), out=(0, 0))
+    assert "InIf" not in f and "OutIf" not in f
+    f = decode(decoders_mod, datagram([flow_sample_expanded([raw_header(pkt, 60)], inp=(0, 0), out=(0, 0))])).to_dicts()[0]
+    assert "InIf" not in f and "OutIf" not in f
 
 
 def test_expanded_flow_sample(decoders_mod) -> None:
