@@ -107,6 +107,14 @@ cdef enum:
     A_OBS_MS
     A_OBS_US
     A_OBS_NS
+    A_TEN_SRC4        # VMware vDS / NSX VXLAN templates (PEN 6876 880-887): the VM's traffic
+    A_TEN_DST4        # inside the tunnel the record's own addresses describe (tenant_flow)
+    A_TEN_SRC6
+    A_TEN_DST6
+    A_TEN_PROTO
+    A_TEN_SPORT
+    A_TEN_DPORT
+    A_L2SEG           # layer2SegmentId (351): overlay type (top byte) and segment id (VNI)
 
 
 # Which RFC 5103 reverse elements a record carried (decode_record's `rev`).
@@ -166,6 +174,7 @@ IE_ACTIONS = {
     210: (A_SKIP, "any"), 291: (A_SKIP, "any"), 292: (A_SKIP, "any"), 293: (A_SKIP, "any"),
     315: (A_FRAME_SECTION, "any"), 313: (A_IP_SECTION, "any"), 312: (A_FRAME_SIZE, None),
     322: (A_OBS_S, (4,)), 323: (A_OBS_MS, (8,)), 324: (A_OBS_US, (8,)), 325: (A_OBS_NS, (8,)),
+    351: (A_L2SEG, (8,)),
 }
 
 # RFC 5103 biflows: the reverse direction's elements are the forward ones' ids under enterprise
@@ -184,6 +193,10 @@ VMWARE_ACTIONS = {
     893: (A_TUN_SRC4, (4,)), 894: (A_TUN_DST4, (4,)), 895: (A_TUN_PROTO, (1,)),
     896: (A_TUN_SPORT, U16), 897: (A_TUN_DPORT, U16),
     899: (A_TUN_SRC6, (16,)), 900: (A_TUN_DST6, (16,)),
+    # VMware vDS / NSX-V VXLAN flow templates: tenantProtocol, tenantSource/DestIPv4/IPv6,
+    # tenantSource/DestPort
+    880: (A_TEN_PROTO, (1,)), 881: (A_TEN_SRC4, (4,)), 882: (A_TEN_DST4, (4,)),
+    883: (A_TEN_SRC6, (16,)), 884: (A_TEN_DST6, (16,)), 886: (A_TEN_SPORT, U16), 887: (A_TEN_DPORT, U16),
 }
 
 cdef int action_for(uint16_t ie, uint32_t pen, uint16_t length, bint v9_scope):
@@ -1371,6 +1384,11 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
     cdef bint has_nh4 = False
     cdef int addrs = 0      # bits: 1 src4, 2 dst4, 4 src6, 8 dst6
     cdef int tun = 0        # the same bits for the tunnel endpoints
+    cdef int ten = 0        # the same bits for VMware's tenant addresses; 16 protocol, 32/64 ports
+    cdef uint8_t ten_src[16]
+    cdef uint8_t ten_dst[16]
+    cdef uint16_t ten_sport = 0, ten_dport = 0
+    cdef uint8_t ten_proto = 0
     cdef uint8_t mask6_src = 0, mask6_dst = 0, icmp6_type = 0, icmp6_code = 0
     cdef int has_v6only = 0  # bits: 1 src mask, 2 dst mask
     cdef int icmp = 0        # bits: 1 an ICMP element (32, 176, 177), 2 an ICMPv6 one (139, 178, 179)
@@ -1696,6 +1714,35 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             obs_ms = <int64_t>be64(p)
         elif a == A_OBS_US or a == A_OBS_NS:
             obs_ms = ntp_to_ms(p, a == A_OBS_US)
+        elif a == A_TEN_SRC4:
+            memcpy(ten_src, p, 4)
+            ten |= 1
+        elif a == A_TEN_DST4:
+            memcpy(ten_dst, p, 4)
+            ten |= 2
+        elif a == A_TEN_SRC6:
+            memcpy(ten_src, p, 16)
+            ten |= 4
+        elif a == A_TEN_DST6:
+            memcpy(ten_dst, p, 16)
+            ten |= 8
+        elif a == A_TEN_PROTO:
+            ten_proto = p[0]
+            ten |= 16
+        elif a == A_TEN_SPORT:
+            ten_sport = be16r(p, L)
+            ten |= 32
+        elif a == A_TEN_DPORT:
+            ten_dport = be16r(p, L)
+            ten |= 64
+        elif a == A_L2SEG:
+            # the top byte: 1 VXLAN, 2 NVGRE (IANA); another (0: reserved) is kept as it came
+            if (p[0] == 1 or p[0] == 2) and not f.present & P_TUNTYPE:
+                f.tun_type = TUN_VXLAN if p[0] == 1 else TUN_GRE
+                f.tun_id = be64(p) & <uint64_t>0x00FFFFFFFFFFFFFFULL
+                f.present |= P_TUNTYPE | P_TUNID
+            else:
+                batch_add_extra(b, f, fs.pen, fs.ie, p - s.buf, L)
 
     if addrs:
         pick_family(f, src4, dst4, (addrs & 3) != 0, (addrs & 12) != 0, ipversion)
@@ -1705,6 +1752,8 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
     if tun:
         # The same for the tunnel endpoints (OVS's PEN 6876 elements), and a zero one (tun_noaddr).
         f.noaddr |= tun_noaddr(f, tun if f.tun_af == 4 else tun >> 2)
+    if ten & 15 and not tun:
+        tenant_flow(f, ten, ten_src, ten_dst, ten_proto, ten_sport, ten_dport)
     if has_nh4:
         pick_nexthop(f, nh4)
     if f.nh_af and addr_zero(f.nexthop, f.nh_af):
@@ -2062,6 +2111,54 @@ cdef void reverse_flow(Flow* f, int rev, uint64_t rev_bytes, uint64_t rev_packet
         f.direction = 1 - f.direction
     f.duplicate = 0
     f.present = pr
+
+
+cdef void tenant_flow(Flow* f, int ten, const uint8_t* src, const uint8_t* dst, uint8_t proto,
+                      uint16_t sport, uint16_t dport) noexcept:
+    """VMware vDS / NSX-V VXLAN templates: the record's own addresses, ports and protocol are the
+    VXLAN packet's (between the hosts' VTEPs), its tenant elements the VM's traffic inside. The
+    flow is the VM's (its pods and services are what enrichment looks up), the outer header its
+    tunnel, as Open vSwitch's tunnel elements give one."""
+    cdef int have
+    if f.af:
+        f.tun_af = f.af
+        memcpy(f.tun_src, f.src, 16)
+        memcpy(f.tun_dst, f.dst, 16)
+        f.noaddr = (f.noaddr & 3) << 2      # NOADDR_SRC/DST -> NOADDR_TUNSRC/TUNDST
+        f.noaddr |= tun_noaddr(f, 3 & ~(f.noaddr >> 2))
+    if f.present & P_PROTO:
+        f.tun_proto = f.proto
+        f.present |= P_TUNPROTO
+        if has_ports(f.proto):
+            if f.present & P_SPORT:
+                f.tun_sport = f.sport
+                f.present |= P_TUNSPORT
+            if f.present & P_DPORT:
+                f.tun_dport = f.dport
+                f.present |= P_TUNDPORT
+    f.present &= ~(<uint64_t>(P_SPORT | P_DPORT | P_PROTO))
+    memset(f.src, 0, 16)
+    memset(f.dst, 0, 16)
+    if ten & 3:
+        f.af = 4
+        memcpy(f.src, src, 4)
+        memcpy(f.dst, dst, 4)
+        have = ten & 3
+    else:
+        f.af = 6
+        memcpy(f.src, src, 16)
+        memcpy(f.dst, dst, 16)
+        have = (ten >> 2) & 3
+    f.noaddr = (f.noaddr & ~3) | (3 & ~have)
+    f.etype = 0x0800 if f.af == 4 else 0x86DD
+    f.present |= P_ETYPE
+    f.sport, f.dport, f.proto = sport, dport, proto
+    if ten & 16:
+        f.present |= P_PROTO
+    if ten & 32:
+        f.present |= P_SPORT
+    if ten & 64:
+        f.present |= P_DPORT
 
 
 cdef void pick_family(Flow* f, const uint8_t* src4, const uint8_t* dst4, bint has4, bint has6, int ipversion) noexcept:

@@ -1465,6 +1465,37 @@ def test_observation_time_does_not_override_the_records_flow_times() -> None:
     assert "ie161" not in flows[-2]
 
 
+def test_vmware_vxlan_template_is_the_vms_flow_in_its_tunnel() -> None:
+    """VMware vDS / NSX-V VXLAN templates (the corpus's vmware-vds template 260): the standard
+    addresses, ports and protocol are the VXLAN packet's between the hosts' VTEPs, the tenant
+    elements (PEN 6876 880-887) the VM's traffic inside it, layer2SegmentId (351) the overlay
+    type (top byte, 1 VXLAN) and VNI. The flow is the VM's and the outer header its tunnel
+    (review helper-85: the VTEPs' UDP was published as the flow)."""
+    v = 6876
+    t = _tpl(260, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("b", 1, 0, 8), ("p", 2, 0, 8), ("sport", 7, 0, 2),
+             ("dport", 11, 0, 2), ("proto", 4, 0, 1), ("flags", 6, 0, 1), ("dir", 61, 0, 1), ("seg", 351, 0, 8),
+             ("tsrc", 881, v, 4), ("tdst", 882, v, 4), ("tsport", 886, v, 2), ("tdport", 887, v, 2),
+             ("tproto", 880, v, 1), ("role", 889, v, 1))
+    t6 = _tpl(261, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("proto", 4, 0, 1), ("seg", 351, 0, 8),
+              ("tsrc", 883, v, 16), ("tdst", 884, v, 16), ("tproto", 880, v, 1))
+    outer = {"src": "192.168.50.11", "dst": "192.168.50.12", "sport": 54321, "dport": 4789, "proto": 17}
+    recs = [dict(outer, b=15000, p=10, flags=0x12, dir=1, seg=(1 << 56) | 5001, tsrc="10.0.0.5", tdst="10.0.0.6",
+                 tsport=33000, tdport=443, tproto=6, role=1)]
+    recs6 = [{"src": "192.168.50.11", "dst": "192.168.50.12", "proto": 17, "seg": (1 << 56) | 7, "tsrc": "fd00::5",
+              "tdst": "fd00::6", "tproto": 58}]
+    b = Decoder().decode(ipfix_message([template_set([t, t6]), data_set(t, recs), data_set(t6, recs6)],
+                                       seq=0, export_time=EXPORT), EXPORTER)
+    assert b.error is None
+    f, f6 = b.to_dicts()
+    assert (f["SrcAddr"], f["DstAddr"], f["SrcPort"], f["DstPort"], f["Proto"], f["Etype"]) == (
+        "10.0.0.5", "10.0.0.6", 33000, 443, 6, 0x0800)
+    assert (f["Bytes"], f["Packets"], f["Flags"]) == (15000, 10, ["SYN", "ACK"])
+    assert (f["TunnelType"], f["TunnelId"], f["TunnelSrcAddr"], f["TunnelDstAddr"], f["TunnelProto"],
+            f["TunnelSrcPort"], f["TunnelDstPort"]) == ("vxlan", 5001, "192.168.50.11", "192.168.50.12", 17, 54321, 4789)
+    assert (f6["SrcAddr"], f6["DstAddr"], f6["Proto"], f6["Etype"], f6["TunnelId"]) == ("fd00::5", "fd00::6", 58, 0x86DD, 7)
+    assert "SrcPort" not in f6 and "TunnelSrcPort" not in f6
+    assert not any(k.startswith("ie6876_88") and k != "ie6876_889" for k in (*f, *f6))
+
 def test_sysuptime_times_without_a_system_init_time_are_kept_as_elements() -> None:
     """IPFIX flowStart/EndSysUpTime (22/21) count from systemInitTimeMilliseconds (160): from an
     exporter that never sends it (Mikrotik, IOS-XR IPFIX), or before its options data, a flow
