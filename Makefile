@@ -59,10 +59,10 @@ debug: $(PY)
 	FLOWSCOPE_DEBUG=1 $(PY) setup.py -q build_ext --inplace --force
 
 run: build
-	$(VENV)/bin/flowscope run $(RUN_ARGS)
+	@$(VENV)/bin/flowscope run $(RUN_ARGS)
 
 kafka: build
-	$(PY) -m collector.broker --port 9092
+	@$(PY) -m collector.broker --port 9092
 
 bench: deps build
 	$(PIP) install -q -e '.[test,bench]'

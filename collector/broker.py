@@ -74,6 +74,13 @@ class Broker:
             # in Metadata, which Kafka clients (aiokafka, librdkafka) cannot resolve.
             raise ValueError(f"broker host {self.host}: IPv4 only (Tansu advertises IPv6 hosts in a form "
                              "Kafka clients cannot resolve)")
+        try:
+            with socket.create_connection((self.host, self.port), timeout=0.5):
+                # something listens there already: the port check below would take it for Tansu
+                raise RuntimeError(f"{self.bootstrap} is already in use (another broker or program listens "
+                                   "there): stop it or pick another port")
+        except OSError:
+            pass
         url = f"tcp://{self.host}:{self.port}"
         advertised = url if self.advertised_port is None else f"tcp://{self.host}:{self.advertised_port}"
         cmd = [
@@ -100,6 +107,9 @@ class Broker:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"tansu exited with {self.proc.returncode} (command: {' '.join(cmd)})")
             if wait_port(self.host, self.port, 0.2):
+                time.sleep(0.1)
+                if self.proc.poll() is not None:    # (another program took the port meanwhile)
+                    raise RuntimeError(f"tansu exited with {self.proc.returncode} (command: {' '.join(cmd)})")
                 return self
         self.stop()
         raise RuntimeError(f"tansu did not listen on {self.bootstrap} within {timeout}s")
@@ -152,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(0.2)
     code = broker.proc.returncode if broker.proc.poll() is not None else 0
     broker.stop()
+    if not stop:
+        print(f"error: tansu exited on its own with code {code}", file=sys.stderr)
     return 0 if stop else (code or 1)
 
 

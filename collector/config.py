@@ -102,6 +102,16 @@ def parse_bool(v: Any) -> bool:
     raise ValueError("expected true or false (also yes/no, on/off, 1/0)")
 
 
+def parse_auto_bool(v: Any) -> str:
+    """auto, or a switch in any of parse_bool's spellings: "auto", "true" or "false"."""
+    if isinstance(v, str) and v.strip().lower() == "auto":
+        return "auto"
+    try:
+        return "true" if parse_bool(v) else "false"
+    except ValueError:
+        raise ValueError(f"{v!r}: expected auto, true or false (also yes/no, on/off, 1/0)") from None
+
+
 def parse_str(v: Any) -> str:
     if v is None:
         return ""
@@ -263,8 +273,8 @@ class EnrichSection:
 
     enabled: str = opt("auto", "auto (on in a pod with a ServiceAccount token, or given --kubeconfig or "
                        "$KUBECONFIG; ~/.kube/config alone does not turn it on), true (on, ~/.kube/config "
-                       "included; no usable cluster access is a start-up error) or false",
-                       choice("auto", "true", "false"), flag="--enrich")
+                       "included; no usable cluster access is a start-up error) or false (yes/no, on/off, "
+                       "1/0 as for every switch)", parse_auto_bool, flag="--enrich")
     kubeconfig: str = opt("", "kubeconfig file; empty = in-cluster config (ServiceAccount) when in a pod, "
                           "else $KUBECONFIG (with --enrich true, else ~/.kube/config); a file that cannot "
                           "be loaded is a start-up error", parse_str, flag="--kubeconfig", metavar="PATH")
@@ -290,8 +300,8 @@ COMPRESSION_LEVELS = {"lz4": (0, 16), "zstd": (-7, 22), "gzip": (0, 9)}
 class KafkaConfig:
     """Kafka output (aiokafka record-batch appends). Used when `brokers` is set."""
 
-    brokers: list[str] = opt([], "bootstrap brokers HOST:PORT[,...]; empty = no Kafka (stdout or file sink)",
-                             parse_list, metavar="HOST:PORT[,...]")
+    brokers: list[str] = opt([], "bootstrap brokers HOST:PORT[,...], repeatable; empty = no Kafka (stdout or "
+                             "file sink)", parse_list, metavar="HOST:PORT[,...]", repeat=True)
     topic: str = opt("flowscope-flows", "topic for flow records", parse_str, metavar="NAME")
     counters_topic: str = opt("flowscope-counters", "topic for sFlow counter records (with --counters)",
                               parse_str, metavar="NAME")
@@ -357,7 +367,8 @@ class Config:
                                  "and counted as flowscope_decode_errors_total{reason=\"rate_limited\"}; "
                                  "0 = no limit", ranged(parse_int, 0, 1 << 31), metavar="N")
     allow_exporters: list[str] = opt([], "only accept datagrams from these CIDRs (others dropped, counted "
-                                     "as not_allowed); empty = accept all", parse_cidrs, metavar="CIDR[,...]")
+                                     "as not_allowed), repeatable; empty = accept all", parse_cidrs,
+                                     metavar="CIDR[,...]", repeat=True)
     max_templates_per_exporter: int = opt(1024, "templates (all domains and source ports) kept per exporter; "
                                           "a new one past it evicts the least recently refreshed (counted in "
                                           "flowscope_templates_evicted_total)", ranged(parse_int, 1, 1_000_000),
@@ -391,7 +402,8 @@ class Config:
                     "stdout), stdout, file or kafka", choice("auto", "stdout", "file", "kafka"))
     output_file: str = opt("", "file sink path (JSON lines, appended)", parse_str, metavar="PATH")
     queue_bytes: int = opt(256 * 1024**2, "bound of the queue between the UDP path and the sink, in "
-                           "encoded bytes (queued + in flight)", ranged(parse_size, 4096), metavar="SIZE")
+                           "encoded bytes (queued + in flight); with Kafka at least twice kafka.batch_bytes (a record batch is "
+                           "queued whole)", ranged(parse_size, 4096), metavar="SIZE")
     drop_policy: str = opt("newest", "when the queue is full: newest (drop arriving flows) or oldest "
                            "(evict the oldest queued flows)", choice("newest", "oldest"))
     shutdown_timeout: float = opt(10.0, "on SIGTERM/SIGINT/SIGHUP, seconds to drain the queue and flush the sink",
@@ -763,6 +775,12 @@ def validate(cfg: Config) -> None:
             env = ENV_PREFIX + key.replace(".", "_").upper()
             raise ConfigError(f"{key}: {REDACTED} is the placeholder `flowscope config` prints instead of the "
                               f"secret, not the secret: set {env} (it beats the file) or remove the key")
+    if kind == "kafka" and cfg.queue_bytes < 2 * k.batch_bytes:
+        # A record batch is queued whole: one larger than the queue's free room is dropped whole
+        # (every flow of it counted queue_full) though most of it would have fitted
+        raise ConfigError(f"queue_bytes: {cfg.queue_bytes} is less than twice kafka.batch_bytes "
+                          f"({k.batch_bytes}): a record batch is queued whole, so the queue must hold "
+                          "at least two; raise --queue-bytes or lower --kafka-batch-bytes")
     if not k.topic:
         raise ConfigError("kafka.topic: must not be empty")
     topic_name_ok("kafka.topic", k.topic)

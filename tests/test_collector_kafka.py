@@ -204,7 +204,7 @@ def test_broker_outage(collector: Any, own_broker: Any) -> None:
     """Broker down 10 s while flows arrive, then back: delivered + counted drops == sent."""
     b = own_broker
     t = topic()
-    c = collector(["--kafka-brokers", b.bootstrap, "--kafka-topic", t, "--queue-bytes", "400KB",
+    c = collector(["--kafka-brokers", b.bootstrap, "--kafka-topic", t, "--queue-bytes", "400KB", "--kafka-batch-bytes", "200KB",
                    "--kafka-request-timeout-ms", "1500", "--kafka-linger-ms", "20"])
     send_udp([make_v5(i, 30, i * 30) for i in range(20)], c.port)
     before = consume(b.bootstrap, t, 600)
