@@ -147,8 +147,9 @@ SERIES: dict[str, Series] = {s.name: s for s in [
            "(side=in) and after (side=out) kafka.compression", ("side",)),
     # state file
     Series("flowscope_state_saves", "counter", "State file saves, by result (ok, error)", ("result",)),
-    Series("flowscope_state_loads", "counter", "State file loads at start, by result (ok, error, missing)",
-           ("result",)),
+    Series("flowscope_state_loads", "counter", "State file loads at start, by result (ok, error, missing), and "
+           "refresh: files read while running for the templates of exporters that sent data without them (saved "
+           "by another replica sharing the file)", ("result",)),
     # enrichment
     Series("flowscope_enrich_lookups", "counter", "Enrichment address lookups (two per flow) by where the answer "
            "came from (lookups_cached: the per-address cache; lookups_index: the index), found or not: not a "

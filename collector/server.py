@@ -367,6 +367,10 @@ class Worker:
         assert self.state is not None
         while True:
             await asyncio.sleep(self.cfg.state_interval)
+            try:
+                await self.state.refresh_into(self.decoder)
+            except Exception as exc:    # a shared file that cannot be read must not stop the saves
+                log.warning("state: refreshing templates from %s failed: %r", self.cfg.state_file, exc)
             await self.state.save_async(self.decoder)
 
     def ready(self) -> tuple[bool, list[str]]:

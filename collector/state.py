@@ -7,8 +7,11 @@ disk or an unwritable path is logged and counted while the collector keeps runni
 `--workers N` each worker writes `<path>.<index>` and every worker loads all of them at start,
 because the kernel may hash an exporter to a different worker after a restart. Replicas may share
 the file (a volume): a writer that finds it changed since its own last write (another process
-wrote it) keeps the exporters only the other knows, refreshed within FOREIGN_MAX_AGE, under a
-lock (`<path>.lock`), so each replica's templates survive the others' saves.
+wrote it) keeps what only the other knows (exporters, and templates of exporters both know, the
+newer refresh of one template winning), refreshed within FOREIGN_MAX_AGE, under a lock
+(`<path>.lock`), so each replica's templates survive the others' saves. A running replica that
+meets data without its template (a failover moved the exporter to it) loads, from files another
+process changed since, the templates of the exporters that missed one (`refresh_into`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ log = logging.getLogger("flowscope.state")
 # Another writer's exporters are kept while their newest template was refreshed this recently
 # (an exporter alive somewhere is refreshed by the replica that receives it: OVS every 600 s).
 FOREIGN_MAX_AGE = 3600.0
+# Files are read for missing templates (StateFile.refresh_into) at most this often.
+REFRESH_MIN_S = 10.0
 
 
 class StateFile:
@@ -41,13 +46,18 @@ class StateFile:
         self.path = path if worker is None else f"{path}.{worker}"
         self.base = path
         self.saves = {"ok": 0, "error": 0}
-        self.loads = {"ok": 0, "error": 0, "missing": 0}
+        self.loads = {"ok": 0, "error": 0, "missing": 0, "refresh": 0}
         self._last: bytes | None = None
         self._rl = RateLimitedLog(log, 30.0)
         self._lock = threading.Lock()
         self._gen = 0           # exports handed to _write, numbered
         self._written_gen = 0   # the latest of them written
         self._mine: tuple[int, int, int] | None = None   # (inode, size, mtime_ns) of our own last write
+        self._seen: dict[str, tuple[int, int, int]] = {}  # file -> its stamp when last read (refresh_into)
+        self._foreign = False                            # our last write kept another writer's state
+        self._missed: dict[str, int] = {}                # exporter -> missing template sets when last refreshed
+        self.refreshes = 0                               # templates loaded by refresh_into
+        self._refreshed_at = 0.0                         # monotonic time of its latest file read
 
     def candidates(self) -> list[str]:
         """Every file a previous run (with any worker count) may have written, oldest first:
@@ -85,6 +95,75 @@ class StateFile:
                             got["skipped"])
             else:
                 log.info("state: loaded %s: %d templates", p, got.get("templates", 0))
+
+    def changed_files(self) -> list[str]:
+        """Files another process wrote since this one last read them (or wrote its own, unless
+        that write kept what another writer had saved there)."""
+        out = []
+        for p in self.candidates():
+            st = _stamp(p)
+            if st is None or (p == self.path and st == self._mine and not self._foreign) or self._seen.get(p) == st:
+                continue
+            out.append(p)
+        return out
+
+    @staticmethod
+    def read_exporters(paths: list[str], wanted: set[str]) -> list[tuple[str, tuple[int, int, int] | None, Any]]:
+        """(file, stamp, its state cut down to the wanted exporters) for each readable file: run
+        in a thread (a state file of many exporters takes a while to read and parse)."""
+        out: list[tuple[str, tuple[int, int, int] | None, Any]] = []
+        for p in paths:
+            st = _stamp(p)
+            try:
+                with open(p, "rb") as fh:
+                    data = orjson.loads(fh.read())
+                exporters = data.get("exporters") if isinstance(data, dict) else None
+                if not isinstance(exporters, dict):
+                    raise ValueError("no exporters")
+                out.append((p, st, {"format": data.get("format"),
+                                    "exporters": {ip: e for ip, e in exporters.items() if ip in wanted}}))
+            except (OSError, ValueError) as exc:
+                out.append((p, st, exc))
+        return out
+
+    async def refresh_into(self, decoder: Any) -> int:
+        """Load, from the files another process changed since, the templates (and options data)
+        of exporters that met data without a template since the last refresh: a replica sharing
+        the file took over an exporter from one that went away, whose templates it saved (OVS
+        resends them only every 10 minutes). A template this one knows from a later refresh
+        stays (import_state keeps the newer definition). Returns the templates loaded."""
+        misses = decoder.template_misses()
+        wanted = {ip for ip, n in misses.items() if n > self._missed.get(ip, 0)}
+        if not wanted:
+            return 0
+        if time.monotonic() - self._refreshed_at < REFRESH_MIN_S:
+            return 0    # (bounded: a big file is parsed with the GIL held)
+        paths = self.changed_files()
+        if not paths:
+            return 0    # (the misses stay wanted: a file another replica writes later may hold them)
+        self._refreshed_at = time.monotonic()
+        self._missed = {ip: misses[ip] for ip in misses}    # handled (bounded by the exporters known)
+        loaded = 0
+        for p, st, data in await asyncio.to_thread(self.read_exporters, paths, wanted):
+            if st is not None:
+                self._seen[p] = st
+            self.loads["refresh"] += 1
+            if isinstance(data, Exception):
+                self._rl.warning("refresh", "state: cannot read %s for templates another replica saved: %s", p, data)
+                continue
+            if not data["exporters"]:
+                continue
+            try:
+                got = decoder.import_state(data)
+            except Exception as exc:
+                self._rl.warning("refresh", "state: cannot load %s: %s", p, exc)
+                continue
+            loaded += got.get("templates", 0)
+        if loaded:
+            self.refreshes += loaded
+            log.info("state: %d templates of %d exporter(s) that sent data without them loaded from the shared "
+                     "state (saved by another replica or worker)", loaded, len(wanted))
+        return loaded
 
     def save(self, decoder: Any) -> bool:
         """Export and write now (at shutdown), unchanged or not: a periodic write still in its
@@ -129,7 +208,10 @@ class StateFile:
                 return True
             lock = self._lock_file()
             try:
-                ok = self._write_file(self._merged(data))
+                merged = self._merged(data)
+                # (what another writer saved, kept in our file, is for refresh_into to read too)
+                self._foreign = merged is not data
+                ok = self._write_file(merged)
             finally:
                 if lock is not None:
                     os.close(lock)
@@ -153,11 +235,7 @@ class StateFile:
         return fd
 
     def _stamp(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_ino, st.st_size, st.st_mtime_ns)
+        return _stamp(self.path)
 
     def _merged(self, data: bytes) -> bytes:
         """Our state plus the exporters only another writer of the file knows (when the file is
@@ -176,14 +254,18 @@ class StateFile:
             horizon = time.time() - FOREIGN_MAX_AGE
             added = 0
             for ip, ent in theirs.items():
-                if ip in mine["exporters"] or not isinstance(ent, dict):
+                if not isinstance(ent, dict):
                     continue
                 tpls = ent.get("templates")
-                newest = (max((t.get("refreshed", 0) for t in tpls if isinstance(t, dict)), default=0)
-                          if isinstance(tpls, list) else 0)
-                if isinstance(newest, (int, float)) and newest >= horizon:
-                    mine["exporters"][ip] = ent
-                    added += 1
+                if not isinstance(tpls, list):
+                    continue
+                if ip not in mine["exporters"]:
+                    newest = max((t.get("refreshed", 0) for t in tpls if isinstance(t, dict)), default=0)
+                    if isinstance(newest, (int, float)) and newest >= horizon:
+                        mine["exporters"][ip] = ent
+                        added += 1
+                    continue
+                added += _merge_exporter(mine["exporters"][ip], ent, horizon)
             return orjson.dumps(mine) if added else data
         except (OSError, ValueError, TypeError, AttributeError, KeyError):
             return data
@@ -218,3 +300,49 @@ class StateFile:
                     pass
         self.saves["ok"] += 1
         return True
+
+
+def _stamp(path: str) -> tuple[int, int, int] | None:
+    """(inode, size, mtime_ns) of a file: a rename over it, or a rewrite, changes it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _tkey(t: dict) -> tuple:
+    return (t.get("version"), t.get("domain"), t.get("id"), t.get("port", 0))
+
+
+def _merge_exporter(mine: dict, theirs: dict, horizon: float) -> int:
+    """Another writer's templates of an exporter this one knows too: those this one lacks, or
+    whose definition the other refreshed later (within FOREIGN_MAX_AGE), replace or join ours;
+    its options-learned entries join for keys ours lacks. Returns how many were taken."""
+    added = 0
+    ours = {_tkey(t): i for i, t in enumerate(mine.get("templates", [])) if isinstance(t, dict)}
+    for t in theirs.get("templates", []):
+        if not isinstance(t, dict):
+            continue
+        when = t.get("refreshed", 0)
+        if not isinstance(when, (int, float)) or when < horizon:
+            continue
+        i = ours.get(_tkey(t))
+        if i is None:
+            mine.setdefault("templates", []).append(t)
+            ours[_tkey(t)] = len(mine["templates"]) - 1
+            added += 1
+        elif when > mine["templates"][i].get("refreshed", 0):
+            mine["templates"][i] = t
+            added += 1
+    for name in ("domain_sampling", "sampler_rates", "sysinit_ms"):
+        theirs_e, mine_e = theirs.get(name), mine.setdefault(name, [])
+        if not isinstance(theirs_e, list) or not isinstance(mine_e, list):
+            continue
+        have = {tuple(e[:-1]) for e in mine_e if isinstance(e, list) and e}
+        for e in theirs_e:
+            if isinstance(e, list) and e and tuple(e[:-1]) not in have:
+                mine_e.append(e)
+                have.add(tuple(e[:-1]))
+                added += 1
+    return added

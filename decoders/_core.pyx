@@ -300,6 +300,17 @@ cdef class Decoder:
     def exporter(self, str ip):
         return self.exporters.get(ip)
 
+    def template_misses(self):
+        """{exporter: data sets it sent without their template} for those that sent any (the
+        collector's StateFile.refresh_into looks for their templates in a shared state file)."""
+        cdef ExporterState ex
+        cdef dict out = {}
+        for ip, e in self.exporters.items():
+            ex = e
+            if ex.missing_template_sets:
+                out[ip] = ex.missing_template_sets
+        return out
+
     def export_state(self):
         """Templates, options-learned sampling and clocks per exporter, as JSON-able data.
 

@@ -5,6 +5,7 @@ These use the file sink (the same queue and writer path as stdout) so they run w
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -65,6 +66,39 @@ def test_state_file_restores_templates(collector: Any, tmp_path: Path, loop_name
     assert c2.stop() == 0
     exporter.close()
 
+
+def test_replicas_sharing_the_state_file_take_over_an_exporter(collector: Any, tmp_path: Path) -> None:
+    """Two replicas share one state file (deploy/README.md: a ReadWriteMany volume). The exporter
+    sends its templates to A, which goes away (a rollout); its data then reaches B, already
+    running, which never saw them: B meets data without a template, loads the templates A saved
+    from the shared file, and decodes the exporter's next data. B's own saves keep A's templates
+    of an exporter both know (review helper-84: B counted every set as missing until the
+    exporter's next template refresh, 10 minutes for OVS, and its save dropped A's templates)."""
+    payloads = [p for _, _, p in udp_payloads(corpus_file("ipfix/openbsd-pflow_ipfix.pcap"))]
+    state = tmp_path / "state.json"
+    args = ["--state-file", str(state), "--state-interval", "0.2"]
+    exporter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    exporter.bind(("127.0.0.1", 0))
+    a = collector(["--output-file", str(tmp_path / "a.jsonl"), *args])
+    b = collector(["--output-file", str(tmp_path / "b.jsonl"), *args])
+    send_udp([make_v5(0, 30, 0)], b.port)      # B writes the file too, with an exporter of its own
+    b.wait_value("flowscope_flows_delivered_total", 30, sink="file")
+    send_udp(payloads[:1], a.port, sock=exporter)  # the templates reach A only
+    a.wait_value("flowscope_datagrams_total", 1)
+    assert a.stop() == 0                       # saved at shutdown
+    send_udp(payloads[1:], b.port, sock=exporter)  # failed over: data whose templates B never saw
+    b.wait_value("flowscope_missing_template_sets_total", 1)
+    wait_for(lambda: b.value("flowscope_state_loads_total", result="refresh") >= 1, 10, what="B reads A's save")
+    send_udp(payloads[1:], b.port, sock=exporter)  # the exporter's next data
+    wait_for(lambda: lines(tmp_path / "b.jsonl") == 30 + 26, 10, what="the failed-over exporter's flows")
+    assert "templates of 1 exporter(s) that sent data without them loaded" in b.log()
+    time.sleep(0.6)                            # B's saves since: A's templates are in the file
+    saved = json.loads(state.read_text())["exporters"]
+    assert {t["id"] for t in saved["127.0.0.1"]["templates"]} and b.stop() == 0
+    c = collector(["--output-file", str(tmp_path / "c.jsonl"), *args])   # a replica started now has them
+    send_udp(payloads[1:], c.port, sock=exporter)
+    wait_for(lambda: lines(tmp_path / "c.jsonl") == 26, 10, what="flows decoded by a new replica")
+    exporter.close()
 
 def test_without_state_data_is_missing_template(collector: Any, tmp_path: Path) -> None:
     """The control for the test above: without the state file the same data cannot decode."""
@@ -455,7 +489,18 @@ def test_a_killed_workers_flows_are_counted_not_lost_silently(collector: Any) ->
     assert c.proc.wait(30) == 1
     log = c.log()
     held = [int(n) for n in re.findall(r"died holding (\d+) flow records", log)]
-    assert len(held) == 2 and sum(held) == queued > 0, log
+    empty = re.findall(r"exited with code -?\d+ holding no flow records", log)   # (the kernel's hash
+    assert len(held) + len(empty) == 2 and sum(held) == queued > 0, log          # may give one all)
+
+
+def test_a_worker_that_fails_to_start_is_not_said_to_lose_flows(collector: Any, tmp_path: Path) -> None:
+    """A worker that exits at start-up (an output file it cannot open) held nothing: its own
+    error says why, and the supervisor does not add that flows were lost and counted as dropped
+    (review helper-84)."""
+    c = collector(["--output-file", str(tmp_path / "missing-dir" / "out.jsonl"), "--workers", "2"], wait_ready=False)
+    assert c.proc.wait(30) == 2
+    log = c.log()
+    assert "cannot open" in log and "counted as dropped" not in log, log
 
 
 def test_a_sink_that_fails_every_record_makes_the_collector_unready(collector: Any) -> None:

@@ -63,6 +63,9 @@ def test_defaults() -> None:
     (["--kafka-sasl-user", "bob"], {}, "kafka.sasl_user/sasl_password are set but kafka.sasl_mechanism is none"),
     (["--kafka-brokers", "k:9092", "--counters", "--kafka-counters-topic", "flowscope-flows"], {},
      "kafka.counters_topic: 'flowscope-flows' is also kafka.topic"),
+    # a record batch is queued whole: a queue smaller than two dropped whole bursts (review helper-84)
+    (["--kafka-brokers", "k:9092", "--queue-bytes", "200000"], {},
+     "queue_bytes: 200000 is less than twice kafka.batch_bytes (1048576)"),
 ])
 def test_validation_messages(argv: list[str], env: dict[str, str], message: str) -> None:
     with pytest.raises(C.ConfigError) as e:
@@ -94,6 +97,14 @@ def test_ipv6_listen_and_repeatable() -> None:
     cfg = load(["--listen", "netflow://[::]:2055", "--listen", "sflow://127.0.0.1:6343,ipfix://[::1]:4739"])
     assert [str(x) for x in cfg.listeners()] == ["netflow://[::]:2055", "sflow://127.0.0.1:6343",
                                                  "ipfix://[::1]:4739"]
+    # the allowlist and the brokers add up too, as --listen and --sampling do: a second flag
+    # silently replaced the first, and the first allowed exporters were refused (review helper-84)
+    cfg = load(["--allow-exporters", "127.0.0.0/8", "--allow-exporters", "10.0.0.0/8,fd00::/8",
+                "--kafka-brokers", "a:1", "--kafka-brokers", "b:2,c:3"])
+    assert cfg.allow_exporters == ["127.0.0.0/8", "10.0.0.0/8", "fd00::/8"]
+    assert cfg.kafka.brokers == ["a:1", "b:2", "c:3"]
+    assert load([], {"FLOWSCOPE_ALLOW_EXPORTERS": "127.0.0.0/8,10.0.0.0/8"}).allow_exporters == ["127.0.0.0/8",
+                                                                                               "10.0.0.0/8"]
 
 
 def test_config_command_prints_yaml_round_trip(tmp_path: Path) -> None:
@@ -1182,3 +1193,60 @@ def test_port_zero_is_refused_where_nothing_could_find_it(args: list[str], msg: 
     with pytest.raises(C.ConfigError) as e:
         load(args)
     assert str(e.value) == msg
+
+
+def test_bundled_broker_refuses_a_port_in_use() -> None:
+    """`make kafka` on a port something already listens on said "tansu listening" (it connected
+    to the other program) and then exited 1 with no reason (review helper-84)."""
+    from collector.broker import Broker, main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(RuntimeError, match=f"127.0.0.1:{port} is already in use"):
+            Broker(port=port).start()
+        assert main(["--port", str(port)]) == 1
+
+
+def test_the_enrich_switch_takes_every_boolean_spelling() -> None:
+    """--enrich / FLOWSCOPE_ENRICH_ENABLED: auto, or a switch spelled as every other one may be
+    (yes/no, on/off, 1/0); `decode --enrich yes` took them and `run --enrich yes` refused them
+    (review helper-84)."""
+    for raw, want in (("yes", "true"), ("off", "false"), ("1", "true"), ("AUTO", "auto"), ("False", "false")):
+        assert load(["--enrich", raw]).enrich.enabled == want, raw
+    assert load([], {"FLOWSCOPE_ENRICH_ENABLED": "no"}).enrich.enabled == "false"
+    with pytest.raises(C.ConfigError, match="'maybe': expected auto, true or false"):
+        load(["--enrich", "maybe"])
+
+
+def test_shared_state_keeps_the_other_writers_templates_of_an_exporter_both_know(tmp_path: Path) -> None:
+    """A save over a file another replica wrote keeps that replica's templates of an exporter
+    this one knows too (the newer refresh of one template wins) and its options-learned entries
+    this one lacks; stale ones (older than FOREIGN_MAX_AGE) go (review helper-84: the whole
+    exporter entry was this replica's, and the other's templates were lost)."""
+    import json
+
+    from collector.state import FOREIGN_MAX_AGE, StateFile
+
+    now = time.time()
+
+    def tpl(tid: int, refreshed: float, fields: list[list[int]]) -> dict[str, Any]:
+        return {"version": 10, "domain": 0, "id": tid, "port": 4739, "options": False, "refreshed": refreshed,
+                "scope": 0, "fields": fields}
+
+    theirs = {"format": 3, "exporters": {"10.0.0.1": {
+        "templates": [tpl(256, now - 5, [[8, 0, 4]]), tpl(257, now - 5, [[12, 0, 4]]),
+                      tpl(258, now - FOREIGN_MAX_AGE - 60, [[1, 0, 4]])],
+        "domain_sampling": [[10, 0, 4739, 100]], "sampler_rates": [], "sysinit_ms": []}}}
+    mine = {"format": 3, "exporters": {"10.0.0.1": {
+        "templates": [tpl(256, now - 50, [[8, 0, 4], [12, 0, 4]]), tpl(259, now - 1, [[2, 0, 4]])],
+        "domain_sampling": [], "sampler_rates": [], "sysinit_ms": []}}}
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps(theirs))       # written by another replica
+    sf = StateFile(str(path), None)
+    merged = json.loads(sf._merged(json.dumps(mine).encode()))["exporters"]["10.0.0.1"]
+    by_id = {t["id"]: t for t in merged["templates"]}
+    assert sorted(by_id) == [256, 257, 259]                   # theirs joined, the stale one not
+    assert by_id[256]["fields"] == [[8, 0, 4]]                # their later refresh of 256 wins
+    assert merged["domain_sampling"] == [[10, 0, 4739, 100]]
