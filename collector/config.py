@@ -583,7 +583,7 @@ def _safe_load_unique(stream: Any) -> Any:
         loader.dispose()
 
 
-def load_yaml(path: str) -> dict[str, Any]:
+def load_yaml(path: str, source: str = "--config") -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as fh:
             data = _safe_load_unique(fh)
@@ -592,15 +592,15 @@ def load_yaml(path: str) -> dict[str, Any]:
         raise ConfigError(f"{key} (from {path}): given twice, on lines {first} and {second} (only the last "
                           "would apply): keep one") from None
     except OSError as exc:
-        raise ConfigError(f"--config {path}: {exc.strerror or exc}") from None
+        raise ConfigError(f"{source} {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:  # a binary or Latin-1 file (the error's offset is within a read chunk)
-        raise ConfigError(f"--config {path}: not UTF-8 text ({_first_non_utf8(path)}); save it as UTF-8") from None
+        raise ConfigError(f"{source} {path}: not UTF-8 text ({_first_non_utf8(path)}); save it as UTF-8") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--config {path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{source} {path}: not valid YAML: {exc}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"--config {path}: expected a mapping of options at the top level")
+        raise ConfigError(f"{source} {path}: expected a mapping of options at the top level")
     return data
 
 
@@ -645,9 +645,11 @@ def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | No
     env = os.environ if environ is None else environ
     cfg = Config()
     cfg_path = getattr(args, "config", None) if args is not None else env.get(ENV_PREFIX + "CONFIG")
+    # (the flag's default is the variable: a path equal to it came from there, as far as anyone can tell)
+    source = "--config" if cfg_path and cfg_path != env.get(ENV_PREFIX + "CONFIG") else ENV_PREFIX + "CONFIG"
     opts = options()
     if cfg_path:
-        flat = _flatten_yaml(load_yaml(cfg_path), cfg_path)
+        flat = _flatten_yaml(load_yaml(cfg_path, source), cfg_path)
         for o in opts:
             if o.key in flat:
                 _set(cfg, o, flat[o.key], cfg_path)

@@ -1250,3 +1250,13 @@ def test_shared_state_keeps_the_other_writers_templates_of_an_exporter_both_know
     assert sorted(by_id) == [256, 257, 259]                   # theirs joined, the stale one not
     assert by_id[256]["fields"] == [[8, 0, 4]]                # their later refresh of 256 wins
     assert merged["domain_sampling"] == [[10, 0, 4739, 100]]
+
+
+def test_a_config_file_error_names_where_the_path_came_from(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """FLOWSCOPE_CONFIG pointing nowhere was reported as `--config PATH` (review helper-84)."""
+    missing = str(tmp_path / "nope.yaml")
+    monkeypatch.setenv("FLOWSCOPE_CONFIG", missing)
+    with pytest.raises(C.ConfigError, match=f"^FLOWSCOPE_CONFIG {re.escape(missing)}: No such file"):
+        load([], {"FLOWSCOPE_CONFIG": missing})
+    with pytest.raises(C.ConfigError, match=f"^--config {re.escape(missing)}x: No such file"):
+        load(["--config", missing + "x"], {"FLOWSCOPE_CONFIG": missing})
