@@ -164,6 +164,7 @@ class Protocol(asyncio.DatagramProtocol):
         self.scheme = scheme
         self.check = SCHEME_CHECKS[scheme]
         self.wrong_key = f"wrong_protocol:{index}"
+        self.allow_key = f"not_allowed:{index}"
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         w = self.w
@@ -176,6 +177,11 @@ class Protocol(asyncio.DatagramProtocol):
             ok = w.allowed(ip)
         if not ok:
             w.dgram_drops["not_allowed"] += 1
+            # one line per 10 s per listener, as for wrong_protocol: a wrong allowlist otherwise
+            # looks like nothing arriving
+            w.rl.warning(self.allow_key, "listener %s: datagram from %s, which --allow-exporters does not list: "
+                         "dropped, counted in flowscope_datagrams_dropped_total{reason=\"not_allowed\"}",
+                         w.listeners[self.i], ip)
             return
         if not self.check(data):
             w.dgram_drops["wrong_protocol"] += 1

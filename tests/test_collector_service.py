@@ -130,6 +130,8 @@ def test_allowlist_drops_and_counts(collector: Any, tmp_path: Path) -> None:
     c.wait_value("flowscope_datagrams_dropped_total", 7, reason="not_allowed")
     assert c.value("flowscope_datagrams_total") == 0
     assert lines(out) == 0
+    # said in the log, once for the burst (review helper-84: a wrong allowlist looked like silence)
+    assert c.log().count("which --allow-exporters does not list") == 1, c.log()
     c2 = collector(["--output-file", str(tmp_path / "f2.jsonl"), "--allow-exporters", "127.0.0.0/8"])
     send_udp([make_v5(i, 30, i * 30) for i in range(7)], c2.port)
     c2.wait_value("flowscope_flows_delivered_total", 210)
