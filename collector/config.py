@@ -389,7 +389,8 @@ class Config:
     default_sampling: int = opt(400, "sampling rate for exporters that send none (OVS IPFIX; OVN-Kubernetes "
                                 "uses 400; not for firewall event records, NSEL, nor a record whose sampler id "
                                 "is 0, which is 1); 0 = leave unset", ranged(parse_int, 0, 1 << 31), metavar="N")
-    sampling: dict[str, int] = opt({}, "per-exporter sampling CIDR=RATE, repeatable; longest prefix wins",
+    sampling: dict[str, int] = opt({}, "per-exporter sampling CIDR=RATE for exporters that send no rate of their own, "
+                                   "repeatable; longest prefix wins",
                                    parse_map, metavar="CIDR=RATE", repeat=True)
     split_biflows: bool = opt(False, "publish an IPFIX biflow record (RFC 5103: the reverse direction under "
                               "enterprise 29305; YAF, softflowd -b, ipfixprobe) as a flow per direction with "
@@ -504,7 +505,9 @@ def _metavar(o: Option) -> str:
     accepted = getattr(o.f.metadata["parse"], "accepted", None)
     if accepted:
         return "{" + ",".join(accepted) + "}"
-    return str(o.f.metadata.get("metavar") or "N")
+    if o.f.metadata.get("metavar"):
+        return str(o.f.metadata["metavar"])
+    return "TEXT" if o.f.metadata["parse"] is parse_str else "N"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
