@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from . import config as config_mod
+from .util import udp_port
 
 
 def _enrich_module() -> Any:
@@ -98,8 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--rate", type=float, default=0.0, metavar="PPS",
                     help="datagrams per second (0 = as fast as possible)")
     rp.add_argument("--loop", type=int, default=1, metavar="N", help="times to send the capture (0 = forever)")
-    rp.add_argument("--port", type=int, default=None, metavar="PORT",
-                    help="only datagrams sent to this UDP port in the capture")
+    rp.add_argument("--port", type=udp_port, default=None, metavar="PORT",
+                    help="only datagrams sent to this UDP port in the capture (1-65535)")
     rp.add_argument("--quiet", action="store_true", help="no summary line")
 
     dec = sub.add_parser("decode", help="decode a capture and print the flows (offline)")

@@ -18,20 +18,12 @@ from typing import Any
 import orjson
 
 from collector.pcap import PcapError, PcapStats, iter_udp
+from collector.util import udp_port
 from decoders import Decoder, DecoderConfig
 
 __all__ = ["add_arguments", "run"]
 
 
-def _udp_port(s: str) -> int:
-    """A --port value: an out-of-range one would match no datagram and print nothing, exit 0."""
-    try:
-        port = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r}: expected a UDP port 1-65535") from None
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{s}: expected a UDP port 1-65535")
-    return port
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="an IPFIX biflow record (RFC 5103) as a flow per direction (default: one flow per record)")
     parser.add_argument("--max-templates", type=int, default=1024,
                         help="templates kept per exporter (default: 1024)")
-    parser.add_argument("--port", type=_udp_port, action="append", default=[],
+    parser.add_argument("--port", type=udp_port, action="append", default=[],
                         help="only decode datagrams sent to this UDP port, 1-65535 (repeatable; default: all)")
     try:
         import enrich

@@ -7,6 +7,7 @@ most once per interval and then reports how many messages it suppressed meanwhil
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 import time
@@ -127,3 +128,15 @@ def die_with_parent(parent: int, sig: int) -> bool:
     if os.getppid() != parent:
         os.kill(os.getpid(), sig)
     return True
+
+
+def udp_port(s: str) -> int:
+    """A --port value (decode, replay): an out-of-range one would match no datagram and say
+    only that none was found."""
+    try:
+        port = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r}: expected a UDP port 1-65535") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{s}: expected a UDP port 1-65535")
+    return port

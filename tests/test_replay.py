@@ -323,3 +323,14 @@ def test_to_is_resolved_once_and_ipv6_printed_in_brackets(tmp_path: Path, capsys
     finally:
         rx.close()
     assert "to [::1]:" in capsys.readouterr().err
+
+
+def test_a_port_out_of_range_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`replay --port 70000` matched no datagram and said only "no UDP datagrams found" (exit 1);
+    it is a usage error, as for `decode --port` (review helper-84)."""
+    from collector.cli import main
+
+    cap = pcap(tmp_path / "one.pcap", [(T0, ("10.1.0.1", 20000), 2055, make_v5(0, 1, 0))])
+    with pytest.raises(SystemExit) as e:
+        main(["replay", str(cap), "--to", "127.0.0.1:9", "--port", "70000"])
+    assert e.value.code == 2 and "expected a UDP port 1-65535" in capsys.readouterr().err
