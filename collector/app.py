@@ -359,8 +359,8 @@ def died(agg: Aggregator, worker: int, code: int) -> None:
     agg.workers[worker] = snap
     if not any(lost.values()):
         # (a worker that failed to start, its reason logged by itself: nothing was lost)
-        log.error("worker %d exited with code %s holding no flow records in its last report (%.1f s before)",
-                  worker, code, age)
+        log.error("worker %d exited with code %s holding no flow records in its last report (%.1f s before); "
+                  "what it received after that report is not known", worker, code, age)
         return
     log.error("worker %d (code %s) died holding %d flow records and %d counter records (queued or not yet "
               "acknowledged in its report of %.1f s before): lost, counted as dropped (worker_died); what it "

@@ -112,6 +112,9 @@ def parse_auto_bool(v: Any) -> str:
         raise ValueError(f"{v!r}: expected auto, true or false (also yes/no, on/off, 1/0)") from None
 
 
+parse_auto_bool.accepted = ("auto", "true", "false")  # type: ignore[attr-defined]  # (--help's metavar)
+
+
 def parse_str(v: Any) -> str:
     if v is None:
         return ""

@@ -7,8 +7,8 @@ disk or an unwritable path is logged and counted while the collector keeps runni
 `--workers N` each worker writes `<path>.<index>` and every worker loads all of them at start,
 because the kernel may hash an exporter to a different worker after a restart. Replicas may share
 the file (a volume): a writer that finds it changed since its own last write (another process
-wrote it) keeps what only the other knows (exporters, and templates of exporters both know, the
-newer refresh of one template winning), refreshed within FOREIGN_MAX_AGE, under a lock
+wrote it) keeps what only the other knows (exporters, and the exporting processes, UDP source
+ports, of exporters both know), refreshed within FOREIGN_MAX_AGE, under a lock
 (`<path>.lock`), so each replica's templates survive the others' saves. A running replica that
 meets data without its template (a failover moved the exporter to it) loads, from files another
 process changed since, the templates of the exporters that missed one (`refresh_into`).
@@ -36,7 +36,7 @@ log = logging.getLogger("flowscope.state")
 # (an exporter alive somewhere is refreshed by the replica that receives it: OVS every 600 s).
 FOREIGN_MAX_AGE = 3600.0
 # Files are read for missing templates (StateFile.refresh_into) at most this often.
-REFRESH_MIN_S = 10.0
+REFRESH_MIN_S = 30.0
 
 
 class StateFile:
@@ -53,7 +53,8 @@ class StateFile:
         self._gen = 0           # exports handed to _write, numbered
         self._written_gen = 0   # the latest of them written
         self._mine: tuple[int, int, int] | None = None   # (inode, size, mtime_ns) of our own last write
-        self._seen: dict[str, tuple[int, int, int]] = {}  # file -> its stamp when last read (refresh_into)
+        # file -> (its stamp when last read by refresh_into or at start, the exporters looked for)
+        self._seen: dict[str, tuple[tuple[int, int, int], set[str]]] = {}
         self._foreign = False                            # our last write kept another writer's state
         self._missed: dict[str, int] = {}                # exporter -> missing template sets when last refreshed
         self.refreshes = 0                               # templates loaded by refresh_into
@@ -96,27 +97,37 @@ class StateFile:
             else:
                 log.info("state: loaded %s: %d templates", p, got.get("templates", 0))
 
-    def changed_files(self) -> list[str]:
-        """Files another process wrote since this one last read them (or wrote its own, unless
-        that write kept what another writer had saved there)."""
+    def unread(self, wanted: set[str]) -> list[str]:
+        """Files that may hold what this process lacks for the wanted exporters: written by
+        another process since it last read them (or by itself, when that write kept what another
+        writer had saved there), or read then for other exporters only."""
         out = []
         for p in self.candidates():
             st = _stamp(p)
-            if st is None or (p == self.path and st == self._mine and not self._foreign) or self._seen.get(p) == st:
+            if st is None or (p == self.path and st == self._mine and not self._foreign):
+                continue
+            seen = self._seen.get(p)
+            if seen is not None and seen[0] == st and wanted <= seen[1]:
                 continue
             out.append(p)
         return out
 
     @staticmethod
     def read_exporters(paths: list[str], wanted: set[str]) -> list[tuple[str, tuple[int, int, int] | None, Any]]:
-        """(file, stamp, its state cut down to the wanted exporters) for each readable file: run
-        in a thread (a state file of many exporters takes a while to read and parse)."""
+        """(file, stamp, its state cut down to the wanted exporters, or None when it names none of
+        them) for each file: run in a thread. A file that does not mention a wanted exporter's
+        address is not parsed (orjson holds the GIL: tens of MB take the event loop a second)."""
         out: list[tuple[str, tuple[int, int, int] | None, Any]] = []
+        keys = [orjson.dumps(ip) + b":" for ip in wanted]
         for p in paths:
             st = _stamp(p)
             try:
                 with open(p, "rb") as fh:
-                    data = orjson.loads(fh.read())
+                    raw = fh.read()
+                if not any(k in raw for k in keys):
+                    out.append((p, st, None))
+                    continue
+                data = orjson.loads(raw)
                 exporters = data.get("exporters") if isinstance(data, dict) else None
                 if not isinstance(exporters, dict):
                     raise ValueError("no exporters")
@@ -127,18 +138,20 @@ class StateFile:
         return out
 
     async def refresh_into(self, decoder: Any) -> int:
-        """Load, from the files another process changed since, the templates (and options data)
-        of exporters that met data without a template since the last refresh: a replica sharing
-        the file took over an exporter from one that went away, whose templates it saved (OVS
-        resends them only every 10 minutes). A template this one knows from a later refresh
-        stays (import_state keeps the newer definition). Returns the templates loaded."""
+        """Load, from the files another process changed since, the templates of exporters that
+        met data without a template since the last refresh: a replica sharing the file took over
+        an exporter from one that went away, whose templates it saved (OVS resends them only
+        every 10 minutes). Only what this process lacks is taken (a template it knows from a
+        later refresh stays, and rates and clocks it learned stay: import_state's only_missing).
+        At most every REFRESH_MIN_S. Returns the templates loaded."""
         misses = decoder.template_misses()
-        wanted = {ip for ip, n in misses.items() if n > self._missed.get(ip, 0)}
+        # (a count below the one handled: the exporter was evicted and came back, counting anew)
+        wanted = {ip for ip, n in misses.items() if n != self._missed.get(ip, 0)}
         if not wanted:
             return 0
         if time.monotonic() - self._refreshed_at < REFRESH_MIN_S:
-            return 0    # (bounded: a big file is parsed with the GIL held)
-        paths = self.changed_files()
+            return 0
+        paths = self.unread(wanted)
         if not paths:
             return 0    # (the misses stay wanted: a file another replica writes later may hold them)
         self._refreshed_at = time.monotonic()
@@ -146,16 +159,19 @@ class StateFile:
         loaded = 0
         for p, st, data in await asyncio.to_thread(self.read_exporters, paths, wanted):
             if st is not None:
-                self._seen[p] = st
-            self.loads["refresh"] += 1
+                seen = self._seen.get(p)
+                self._seen[p] = (st, (seen[1] | wanted) if seen is not None and seen[0] == st else set(wanted))
             if isinstance(data, Exception):
+                self.loads["error"] += 1
                 self._rl.warning("refresh", "state: cannot read %s for templates another replica saved: %s", p, data)
                 continue
-            if not data["exporters"]:
+            self.loads["refresh"] += 1
+            if not data or not data["exporters"]:
                 continue
             try:
-                got = decoder.import_state(data)
+                got = decoder.import_state(data, only_missing=True)
             except Exception as exc:
+                self.loads["error"] += 1
                 self._rl.warning("refresh", "state: cannot load %s: %s", p, exc)
                 continue
             loaded += got.get("templates", 0)
@@ -311,38 +327,33 @@ def _stamp(path: str) -> tuple[int, int, int] | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _tkey(t: dict) -> tuple:
-    return (t.get("version"), t.get("domain"), t.get("id"), t.get("port", 0))
+_OPTION_LISTS = ("domain_sampling", "sampler_rates", "sysinit_ms")
 
 
 def _merge_exporter(mine: dict, theirs: dict, horizon: float) -> int:
-    """Another writer's templates of an exporter this one knows too: those this one lacks, or
-    whose definition the other refreshed later (within FOREIGN_MAX_AGE), replace or join ours;
-    its options-learned entries join for keys ours lacks. Returns how many were taken."""
+    """Another writer's state of an exporter this one knows too: its exporting processes (UDP
+    source ports) this one has nothing of, with templates refreshed within FOREIGN_MAX_AGE, join
+    ours, templates and options-learned entries. A process this one has state of is this one's
+    to say (it receives it: a template it withdrew stays withdrawn). Returns how many were taken."""
+    ports = {t.get("port", 0) for t in mine.get("templates", []) if isinstance(t, dict)}
+    for name in _OPTION_LISTS:
+        ports |= {e[2] for e in mine.get(name, []) if isinstance(e, list) and len(e) > 3}
+    taken: set[Any] = set()
     added = 0
-    ours = {_tkey(t): i for i, t in enumerate(mine.get("templates", [])) if isinstance(t, dict)}
     for t in theirs.get("templates", []):
-        if not isinstance(t, dict):
+        if not isinstance(t, dict) or t.get("port", 0) in ports:
             continue
         when = t.get("refreshed", 0)
-        if not isinstance(when, (int, float)) or when < horizon:
-            continue
-        i = ours.get(_tkey(t))
-        if i is None:
+        if isinstance(when, (int, float)) and when >= horizon:
             mine.setdefault("templates", []).append(t)
-            ours[_tkey(t)] = len(mine["templates"]) - 1
+            taken.add(t.get("port", 0))
             added += 1
-        elif when > mine["templates"][i].get("refreshed", 0):
-            mine["templates"][i] = t
-            added += 1
-    for name in ("domain_sampling", "sampler_rates", "sysinit_ms"):
-        theirs_e, mine_e = theirs.get(name), mine.setdefault(name, [])
-        if not isinstance(theirs_e, list) or not isinstance(mine_e, list):
+    for name in _OPTION_LISTS:
+        theirs_e = theirs.get(name)
+        if not isinstance(theirs_e, list) or not isinstance(mine.setdefault(name, []), list):
             continue
-        have = {tuple(e[:-1]) for e in mine_e if isinstance(e, list) and e}
-        for e in theirs_e:
-            if isinstance(e, list) and e and tuple(e[:-1]) not in have:
-                mine_e.append(e)
-                have.add(tuple(e[:-1]))
+        for e in theirs_e:      # (format 2 and 3 entries: version, domain, port, ..., value)
+            if isinstance(e, list) and len(e) > 3 and e[2] in taken:
+                mine[name].append(e)
                 added += 1
     return added

@@ -334,12 +334,15 @@ cdef class Decoder:
             }
         return {"format": STATE_FORMAT, "exporters": out}
 
-    def import_state(self, state):
+    def import_state(self, state, only_missing=False):
         """Load what export_state() saved (format 3, or formats 1 and 2 of earlier versions); bad
         entries (wrong types, numbers out of their field's range) are skipped and counted, not
         fatal. Templates are stored oldest refresh first, so a full table evicts in the same
         order as before the restart. Several files (one per worker) may describe one template:
-        the most recently refreshed definition wins, whichever file is loaded last."""
+        the most recently refreshed definition wins, whichever file is loaded last.
+        only_missing (a running collector reading another replica's save): templates it has
+        stay whatever their refresh time, and so do the rates and clocks it learned; it takes
+        only what it lacks."""
         cdef ExporterState ex
         cdef Template t, have
         loaded = skipped = 0
@@ -378,7 +381,7 @@ cdef class Decoder:
             compiled.sort(key=_refreshed)     # stable: ties keep the file's order
             for refreshed, t in compiled:
                 have = ex.templates.get(tkey(t.version, t.domain, t.template_id, t.port))
-                if have is not None and have.refreshed > refreshed:
+                if have is not None and (only_missing or have.refreshed > refreshed):
                     continue    # another worker's file saw a later (re)definition
                 store_template(self, ex, t, refreshed)
                 loaded += 1
@@ -418,6 +421,8 @@ cdef class Decoder:
                     keys = ([tuple(vals[:2]) + (port,) + tuple(vals[2:n - 1])
                              for port in ports.get((vals[0], vals[1]), (0,))] if fmt == 1 else [tuple(vals[:n - 1])])
                     for key in keys:
+                        if only_missing and key in target:
+                            continue
                         if len(target) >= OPTIONS_MAX_ENTRIES and key not in target:
                             skipped += 1    # bounded as when learned (a file of an older version)
                             continue

@@ -502,6 +502,7 @@ cdef class ExporterState:
     cdef double rl_tokens              # --max-exporter-rate token bucket: datagrams it may still send
     cdef double rl_time                # ... as of this receive time (0 = never limited yet)
     cdef uint64_t msg_records          # data records of the IPFIX message / v9 packet being decoded
+    cdef uint64_t msg_opt_records      # ... of them options records (v9_convention counts flows only)
     cdef bint msg_uncounted            # ... some of which could not be counted (unknown template)
     cdef Py_ssize_t state_bytes        # its state_size() as last added to Decoder.state_bytes
 
@@ -741,7 +742,8 @@ cdef class ExporterState:
         """RFC 3954 5.1: a v9 packet's sequence number counts the export packets sent. Some
         exporters count the flow records sent before the packet instead, as NetFlow v5 does
         (Juniper's v9: "sequence counter of total flows"). `advance` comes in as the packet's
-        data records (V9_UNCOUNTED: not known) and goes out as the step the stream expects.
+        flow records, options records left out (V9_UNCOUNTED: not known), and goes out as the
+        step the stream expects.
         Where the previous packet (decoded whole) held more than one record, a step of exactly
         its record count is a vote for the records reading, a step of 1 for the packets reading;
         the stream is read by records once those votes lead by two, and back when they no
@@ -1389,6 +1391,10 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
     cdef uint8_t ten_dst[16]
     cdef uint16_t ten_sport = 0, ten_dport = 0
     cdef uint8_t ten_proto = 0
+    cdef uint16_t ten_ie[8]     # where the tenant elements were, kept as extras when not the flow
+    cdef Py_ssize_t ten_at[8]
+    cdef uint16_t ten_len[8]
+    cdef int n_ten = 0
     cdef uint8_t mask6_src = 0, mask6_dst = 0, icmp6_type = 0, icmp6_code = 0
     cdef int has_v6only = 0  # bits: 1 src mask, 2 dst mask
     cdef int icmp = 0        # bits: 1 an ICMP element (32, 176, 177), 2 an ICMPv6 one (139, 178, 179)
@@ -1717,24 +1723,45 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
         elif a == A_TEN_SRC4:
             memcpy(ten_src, p, 4)
             ten |= 1
+            if n_ten < 8:
+                ten_ie[n_ten], ten_at[n_ten], ten_len[n_ten] = fs.ie, p - s.buf, L
+                n_ten += 1
         elif a == A_TEN_DST4:
             memcpy(ten_dst, p, 4)
             ten |= 2
+            if n_ten < 8:
+                ten_ie[n_ten], ten_at[n_ten], ten_len[n_ten] = fs.ie, p - s.buf, L
+                n_ten += 1
         elif a == A_TEN_SRC6:
             memcpy(ten_src, p, 16)
             ten |= 4
+            if n_ten < 8:
+                ten_ie[n_ten], ten_at[n_ten], ten_len[n_ten] = fs.ie, p - s.buf, L
+                n_ten += 1
         elif a == A_TEN_DST6:
             memcpy(ten_dst, p, 16)
             ten |= 8
+            if n_ten < 8:
+                ten_ie[n_ten], ten_at[n_ten], ten_len[n_ten] = fs.ie, p - s.buf, L
+                n_ten += 1
         elif a == A_TEN_PROTO:
             ten_proto = p[0]
             ten |= 16
+            if n_ten < 8:
+                ten_ie[n_ten], ten_at[n_ten], ten_len[n_ten] = fs.ie, p - s.buf, L
+                n_ten += 1
         elif a == A_TEN_SPORT:
             ten_sport = be16r(p, L)
             ten |= 32
+            if n_ten < 8:
+                ten_ie[n_ten], ten_at[n_ten], ten_len[n_ten] = fs.ie, p - s.buf, L
+                n_ten += 1
         elif a == A_TEN_DPORT:
             ten_dport = be16r(p, L)
             ten |= 64
+            if n_ten < 8:
+                ten_ie[n_ten], ten_at[n_ten], ten_len[n_ten] = fs.ie, p - s.buf, L
+                n_ten += 1
         elif a == A_L2SEG:
             # the top byte: 1 VXLAN, 2 NVGRE (IANA); another (0: reserved) is kept as it came
             if (p[0] == 1 or p[0] == 2) and not f.present & P_TUNTYPE:
@@ -1752,8 +1779,14 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
     if tun:
         # The same for the tunnel endpoints (OVS's PEN 6876 elements), and a zero one (tun_noaddr).
         f.noaddr |= tun_noaddr(f, tun if f.tun_af == 4 else tun >> 2)
-    if ten & 15 and not tun:
+    if ten & 15 and not tun and tenant_there(ten, ten_src, ten_dst):
         tenant_flow(f, ten, ten_src, ten_dst, ten_proto, ten_sport, ten_dport)
+    else:
+        # no tenant address to be the flow (zeros: no tenant traffic), or OVS's own tunnel
+        # elements beside them: the record's addresses stay the flow, the tenant elements as
+        # they came
+        for i in range(n_ten):
+            batch_add_extra(b, f, PEN_VMWARE, ten_ie[i], ten_at[i], ten_len[i])
     if has_nh4:
         pick_nexthop(f, nh4)
     if f.nh_af and addr_zero(f.nexthop, f.nh_af):
@@ -2113,6 +2146,13 @@ cdef void reverse_flow(Flow* f, int rev, uint64_t rev_bytes, uint64_t rev_packet
     f.present = pr
 
 
+cdef bint tenant_there(int ten, const uint8_t* src, const uint8_t* dst) noexcept:
+    """A tenant address carried and not the unspecified one (of the family carried)."""
+    cdef int n = 4 if ten & 3 else 16
+    return bool((ten & 5 and not addr_zero(src, 4 if n == 4 else 6))
+                or (ten & 10 and not addr_zero(dst, 4 if n == 4 else 6)))
+
+
 cdef void tenant_flow(Flow* f, int ten, const uint8_t* src, const uint8_t* dst, uint8_t proto,
                       uint16_t sport, uint16_t dport) noexcept:
     """VMware vDS / NSX-V VXLAN templates: the record's own addresses, ports and protocol are the
@@ -2141,14 +2181,14 @@ cdef void tenant_flow(Flow* f, int ten, const uint8_t* src, const uint8_t* dst, 
     memset(f.dst, 0, 16)
     if ten & 3:
         f.af = 4
-        memcpy(f.src, src, 4)
-        memcpy(f.dst, dst, 4)
         have = ten & 3
     else:
         f.af = 6
-        memcpy(f.src, src, 16)
-        memcpy(f.dst, dst, 16)
         have = (ten >> 2) & 3
+    if have & 1:
+        memcpy(f.src, src, 4 if f.af == 4 else 16)
+    if have & 2:
+        memcpy(f.dst, dst, 4 if f.af == 4 else 16)
     f.noaddr = (f.noaddr & ~3) | (3 & ~have)
     f.etype = 0x0800 if f.af == 4 else 0x86DD
     f.present |= P_ETYPE
@@ -2312,10 +2352,10 @@ cdef void forget_options(ExporterState ex, int version, uint32_t domain, uint16_
 cdef uint32_t resolve_sampling(Decoder dec, ExporterState ex, Template t, uint32_t rate,
                                bint has_sampler, uint64_t sampler_id):
     """The record's own rate, else one learned from options (for its sampler id, else for its
-    exporting process and domain), else the configured rate. Sampler id 0 with no rate learned
-    for it is no sampler (Cisco: "0 = not sampled"; RFC 5477 reserves selector id 0): 1. Firewall
-    event records (t.events) get a --sampling CIDR rate, never --default-sampling (which is for
-    what Open vSwitch samples without saying so)."""
+    exporting process and domain), else a --sampling CIDR rate. Else: sampler id 0 with no rate
+    learned for it is no sampler (Cisco: "0 = not sampled"; RFC 5477 reserves selector id 0): 1;
+    firewall event records (t.events) get none; others --default-sampling (which is for what
+    Open vSwitch samples without saying so)."""
     cdef object r
     if rate == 0 and has_sampler:
         r = ex.sampler_rates.get((t.version, t.domain, t.port, sampler_id))
@@ -2326,11 +2366,11 @@ cdef uint32_t resolve_sampling(Decoder dec, ExporterState ex, Template t, uint32
         if r is not None:
             rate = r
     if rate == 0:
-        if has_sampler and sampler_id == 0:
+        if ex.cidr_sampling:
+            rate = ex.cidr_sampling     # the operator's word for this exporter
+        elif has_sampler and sampler_id == 0:
             rate = 1
-        elif t.events:
-            rate = ex.cidr_sampling
-        else:
+        elif not t.events:
             rate = ex.configured_sampling
     ex.last_sampling = rate
     return rate
@@ -2457,6 +2497,8 @@ cdef int decode_data_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* s, 
         if s.pos == before:
             break
         ex.msg_records += 1
+        if t.options:
+            ex.msg_opt_records += 1
     if s.pos == start and rd_left(s) >= 4 and not all_zero(s.buf, s.pos, s.end):
         # Not one record in a set that is more than padding: the data is not in this template's
         # layout (an exporter that redefined it while the new template did not reach the
@@ -2549,6 +2591,7 @@ cdef int decode_v9(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except
     b.domain = domain
     b.clock_shift_ms = clock_shift(ex, b, export_ms)
     ex.msg_records = 0
+    ex.msg_opt_records = 0
     ex.msg_uncounted = False
     whole = False
     try:
@@ -2570,9 +2613,11 @@ cdef int decode_v9(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except
                 ex.count_error("bad_set")
         whole = True
     finally:
-        # RFC 3954: export packets per Source ID, or the records before them (v9_convention)
+        # RFC 3954: export packets per Source ID, or the flow records before them (v9_convention;
+        # a per-flow count leaves options records out, as NetFlow v5's counts flows)
         ex.sequence(PROTO_NETFLOW9, b.port, domain, b.sequence,
-                    <uint32_t>ex.msg_records if whole and not ex.msg_uncounted else V9_UNCOUNTED,
+                    <uint32_t>(ex.msg_records - ex.msg_opt_records) if whole and not ex.msg_uncounted
+                    else V9_UNCOUNTED,
                     uptime, <int64_t>(b.recv_time * 1000.0), unix_secs)
     return 0
 

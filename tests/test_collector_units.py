@@ -1221,36 +1221,36 @@ def test_the_enrich_switch_takes_every_boolean_spelling() -> None:
 
 
 def test_shared_state_keeps_the_other_writers_templates_of_an_exporter_both_know(tmp_path: Path) -> None:
-    """A save over a file another replica wrote keeps that replica's templates of an exporter
-    this one knows too (the newer refresh of one template wins) and its options-learned entries
-    this one lacks; stale ones (older than FOREIGN_MAX_AGE) go (review helper-84: the whole
-    exporter entry was this replica's, and the other's templates were lost)."""
+    """A save over a file another replica wrote keeps that replica's state of an exporter this
+    one knows too, for the exporting processes (UDP source ports) this one has nothing of:
+    templates refreshed within FOREIGN_MAX_AGE and their options-learned entries. A process this
+    one has state of is its own to say: a template it withdrew is not brought back, nor its
+    rates replaced (review helper-84: the other's templates were all lost; helper-87: per
+    template, withdrawn ones came back and entries piled up)."""
     import json
 
     from collector.state import FOREIGN_MAX_AGE, StateFile
 
     now = time.time()
 
-    def tpl(tid: int, refreshed: float, fields: list[list[int]]) -> dict[str, Any]:
-        return {"version": 10, "domain": 0, "id": tid, "port": 4739, "options": False, "refreshed": refreshed,
+    def tpl(tid: int, port: int, refreshed: float, fields: list[list[int]]) -> dict[str, Any]:
+        return {"version": 10, "domain": 0, "id": tid, "port": port, "options": False, "refreshed": refreshed,
                 "scope": 0, "fields": fields}
 
     theirs = {"format": 3, "exporters": {"10.0.0.1": {
-        "templates": [tpl(256, now - 5, [[8, 0, 4]]), tpl(257, now - 5, [[12, 0, 4]]),
-                      tpl(258, now - FOREIGN_MAX_AGE - 60, [[1, 0, 4]])],
-        "domain_sampling": [[10, 0, 4739, 100]], "sampler_rates": [], "sysinit_ms": []}}}
+        "templates": [tpl(256, 4739, now - 5, [[8, 0, 4]]), tpl(257, 4739, now - 5, [[12, 0, 4]]),
+                      tpl(256, 5000, now - 5, [[8, 0, 4]]), tpl(300, 6000, now - FOREIGN_MAX_AGE - 60, [[1, 0, 4]])],
+        "domain_sampling": [[10, 0, 4739, 100], [10, 0, 5000, 200], [10, 0, 6000, 300]],
+        "sampler_rates": [], "sysinit_ms": []}}}
     mine = {"format": 3, "exporters": {"10.0.0.1": {
-        "templates": [tpl(256, now - 50, [[8, 0, 4], [12, 0, 4]]), tpl(259, now - 1, [[2, 0, 4]])],
+        "templates": [tpl(256, 4739, now - 50, [[8, 0, 4], [12, 0, 4]])],
         "domain_sampling": [], "sampler_rates": [], "sysinit_ms": []}}}
     path = tmp_path / "state.json"
     path.write_text(json.dumps(theirs))       # written by another replica
-    sf = StateFile(str(path), None)
-    merged = json.loads(sf._merged(json.dumps(mine).encode()))["exporters"]["10.0.0.1"]
-    by_id = {t["id"]: t for t in merged["templates"]}
-    assert sorted(by_id) == [256, 257, 259]                   # theirs joined, the stale one not
-    assert by_id[256]["fields"] == [[8, 0, 4]]                # their later refresh of 256 wins
-    assert merged["domain_sampling"] == [[10, 0, 4739, 100]]
-
+    merged = json.loads(StateFile(str(path), None)._merged(json.dumps(mine).encode()))["exporters"]["10.0.0.1"]
+    assert sorted((t["port"], t["id"]) for t in merged["templates"]) == [(4739, 256), (5000, 256)]
+    assert [t["fields"] for t in merged["templates"] if t["port"] == 4739] == [[[8, 0, 4], [12, 0, 4]]]
+    assert merged["domain_sampling"] == [[10, 0, 5000, 200]]
 
 def test_a_config_file_error_names_where_the_path_came_from(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """FLOWSCOPE_CONFIG pointing nowhere was reported as `--config PATH` (review helper-84)."""
@@ -1260,3 +1260,40 @@ def test_a_config_file_error_names_where_the_path_came_from(monkeypatch: pytest.
         load([], {"FLOWSCOPE_CONFIG": missing})
     with pytest.raises(C.ConfigError, match=f"^--config {re.escape(missing)}x: No such file"):
         load(["--config", missing + "x"], {"FLOWSCOPE_CONFIG": missing})
+
+
+def test_refresh_takes_only_what_a_running_collector_lacks(tmp_path: Path) -> None:
+    """refresh_into (a replica reading what another saved, for exporters that sent data without
+    a template): it takes the missing templates, never replaces rates or clocks the collector
+    learned itself (review helper-87: a refresh put the file's old sampling rate back), and an
+    exporter that misses templates later is looked up in a file already read for another one."""
+    import asyncio
+    import json
+
+    from benchmarks.datagrams import IpfixTemplate, data_set, ipfix_message, template_set
+    from collector.state import StateFile
+    from decoders import Decoder, DecoderConfig
+
+    t = IpfixTemplate(256, (("src", 8, 0, 4), ("dst", 12, 0, 4), ("b", 1, 0, 4)))
+    opt_body = struct.pack("!HHH", 400, 2, 1) + struct.pack("!HHHH", 149, 4, 305, 4)
+    opt = [struct.pack("!HH", 3, 4 + len(opt_body)) + opt_body, struct.pack("!HHII", 400, 12, 0, 1000)]
+    rec = {"src": "10.0.0.1", "dst": "10.0.0.2", "b": 100}
+    other = Decoder(DecoderConfig(default_sampling=0))          # the other replica, which saved
+    for ip in ("10.9.0.1", "10.9.0.2"):
+        other.decode(ipfix_message([template_set([t]), *opt], seq=0, export_time=1_700_000_000), ip, 4739)
+    state = other.export_state()
+    for ent in state["exporters"].values():
+        ent["domain_sampling"] = [[10, 0, 4739, 100]]            # an old rate in the file
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps(state))
+    sf = StateFile(str(path), None)
+    dec = Decoder(DecoderConfig(default_sampling=0))
+    data = ipfix_message([data_set(t, [rec])], seq=0, export_time=1_700_000_000)
+    dec.decode(ipfix_message(opt, seq=0, export_time=1_700_000_000), "10.9.0.1", 4739)   # learned live: 1000
+    assert dec.decode(data, "10.9.0.1", 4739).missing_template_sets == 1
+    assert asyncio.run(sf.refresh_into(dec)) == 1
+    assert dec.decode(data, "10.9.0.1", 4739).to_dicts()[0]["Sampling"] == 1000
+    assert dec.decode(data, "10.9.0.2", 4739).missing_template_sets == 1    # another exporter, later
+    sf._refreshed_at = 0.0                                       # (past REFRESH_MIN_S)
+    assert asyncio.run(sf.refresh_into(dec)) == 2   # the file did not change: read again for it (data and options)
+    assert len(dec.decode(data, "10.9.0.2", 4739)) == 1

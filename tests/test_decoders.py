@@ -125,7 +125,8 @@ def test_unsampled_exporters_are_not_given_the_default_rate() -> None:
     saying so. A firewall's connection events (Cisco ASA NSEL: firewallEvent 233, or 40005 in v9)
     log every connection: a --sampling CIDR rate if the operator set one, else no Sampling. A
     record whose sampler id (48, or selectorId 302) is 0 names no sampler (RFC 5477 reserves
-    id 0): 1, unless options data gave sampler 0 a rate (review helper-85: both were 400)."""
+    id 0): 1, unless options data gave sampler 0 a rate or a --sampling CIDR one (review
+    helper-85: both were 400)."""
     nsel = _tpl(263, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("proto", 4, 0, 1), ("event", 233, 0, 1),
                 ("ext", 33002, 0, 2), ("ini", 231, 0, 4))
     old_nsel = _tpl(264, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("event", 40005, 0, 1), ("ini", 231, 0, 4))
@@ -145,7 +146,7 @@ def test_unsampled_exporters_are_not_given_the_default_rate() -> None:
         return [f.get("Sampling") for f in b.to_dicts()]
 
     assert rates(DecoderConfig()) == [None, None, 1, 400, 400]
-    assert rates(DecoderConfig(sampling={"10.0.0.0/8": 10})) == [10, 10, 1, 10, 10]
+    assert rates(DecoderConfig(sampling={"10.0.0.0/8": 10})) == [10, 10, 10, 10, 10]   # the operator's word
     assert rates(DecoderConfig(default_sampling=0)) == [None, None, 1, None, None]
     # v9 options data giving sampler 0 a rate (scope: system; FLOW_SAMPLER_ID 48, interval 34)
     opt_body = struct.pack("!HHH", 300, 4, 8) + struct.pack("!HHHHHH", 1, 4, 48, 1, 34, 4)
@@ -1495,6 +1496,14 @@ def test_vmware_vxlan_template_is_the_vms_flow_in_its_tunnel() -> None:
     assert (f6["SrcAddr"], f6["DstAddr"], f6["Proto"], f6["Etype"], f6["TunnelId"]) == ("fd00::5", "fd00::6", 58, 0x86DD, 7)
     assert "SrcPort" not in f6 and "TunnelSrcPort" not in f6
     assert not any(k.startswith("ie6876_88") and k != "ie6876_889" for k in (*f, *f6))
+    # zero tenant addresses (no tenant traffic in the record; review helper-87): the record's own
+    # addresses stay the flow and the tenant elements stay as they came
+    zero = dict(recs[0], tsrc="0.0.0.0", tdst="0.0.0.0", tsport=0, tdport=0, tproto=0, seg=0)
+    b = Decoder().decode(ipfix_message([template_set([t]), data_set(t, [zero])], seq=0, export_time=EXPORT), EXPORTER)
+    z = b.to_dicts()[0]
+    assert (z["SrcAddr"], z["DstAddr"], z["Proto"], z["DstPort"]) == ("192.168.50.11", "192.168.50.12", 17, 4789)
+    assert (z["ie6876_881"], z["ie6876_880"], z["ie351"]) == ("00000000", "00", "0000000000000000")
+    assert not any(k.startswith("Tunnel") for k in z)
 
 def test_sysuptime_times_without_a_system_init_time_are_kept_as_elements() -> None:
     """IPFIX flowStart/EndSysUpTime (22/21) count from systemInitTimeMilliseconds (160): from an
@@ -2292,13 +2301,19 @@ def test_v9_sequence_that_counts_flows_not_packets() -> None:
                  "dport": 443, "proto": 6, "tos": 0, "flags": 2, "bytes": 100, "packets": 1, "first": 1000,
                  "last": 2000, "input": 1, "output": 2} for _ in range(n)]
 
-    def run(msgs: list[tuple[int, int]], *, t_step: float = 0.01) -> tuple[int, int]:
-        """msgs: (sequence number, records); a template-only packet first, numbered as the first."""
+    opt_body = struct.pack("!HHH", 400, 4, 4) + struct.pack("!HHHH", 1, 4, 34, 4)
+    opt_tpl = struct.pack("!HH", 1, 4 + len(opt_body)) + opt_body
+    opt_data = struct.pack("!HH", 400, 12) + struct.pack("!II", 0, 1000)
+
+    def run(msgs: list[tuple[int, int]], *, t_step: float = 0.01, options: bool = False) -> tuple[int, int]:
+        """msgs: (sequence number, records); a template-only packet first, numbered as the first;
+        with `options`, every packet carries an options record too (not a flow: not counted)."""
         dec = Decoder()
-        dec.decode(v9_datagram([template_set([V9_TEMPLATE], version=9)], seq=msgs[0][0], unix_secs=EXPORT,
+        dec.decode(v9_datagram([template_set([V9_TEMPLATE], version=9), opt_tpl], seq=msgs[0][0], unix_secs=EXPORT,
                                uptime_ms=5000), EXPORTER, 2055, t0)
         for i, (seq, n) in enumerate(msgs):
-            b = dec.decode(v9_datagram([data_set(V9_TEMPLATE, recs(n))], seq=seq, unix_secs=EXPORT, uptime_ms=5000),
+            sets = [data_set(V9_TEMPLATE, recs(n)), *([opt_data] if options else [])]
+            b = dec.decode(v9_datagram(sets, seq=seq, unix_secs=EXPORT, uptime_ms=5000),
                            EXPORTER, 2055, t0 + (i + 1) * t_step)
             assert b.error is None and len(b) == n
         return _seq_at(dec, "netflow9", t0 + 600)
@@ -2306,6 +2321,9 @@ def test_v9_sequence_that_counts_flows_not_packets() -> None:
     counts = [9, 12, 7, 7, 11, 10, 8, 12, 9, 7]
     by_flows = list(zip(itertools.accumulate([0, *counts[:-1]]), counts, strict=True))
     assert run(by_flows) == (0, 0)
+    assert run(by_flows, options=True) == (0, 0)     # options records are no flows (review helper-87)
+    ones = list(zip(itertools.accumulate([0, 3, 1, 4, 1, 5, 1, 6, 1]), [3, 1, 4, 1, 5, 1, 6, 1, 2], strict=True))
+    assert run(ones, options=True) == (0, 0)         # one flow and an options record: no vote for packets
     assert run([m for i, m in enumerate(by_flows) if i != 6]) == (8, 0)          # one packet lost: its flows
     assert run([m for i, m in enumerate(by_flows) if i not in (5, 6)]) == (18, 0)
     order = [0, 1, 2, 3, 4, 6, 5, 7, 8, 9]

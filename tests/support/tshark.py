@@ -374,8 +374,8 @@ class CflowReader:
     def _sampling(self, pkt: CflowPacket) -> None:
         """The Sampling each v9/IPFIX data record must have (flowscope decoded with no configured
         rate): its own rate, else the rate the exporting process's earlier options data gave its
-        sampler/selector id, else the one they gave the process and domain, else 1 for sampler
-        id 0, else none. Options
+        sampler/selector id, else the one they gave the process and domain, else none (and
+        whether its sampler id is 0). Options
         records apply to the data sets after them, in packet order."""
         if pkt.version not in (9, 10):
             return
@@ -394,9 +394,10 @@ class CflowReader:
                         rate = self.sampler_rates.get(process + (sid,), 0)
                     if not rate:
                         rate = self.domain_rates.get(process, 0)
-                    if not rate and sid == 0:
-                        rate = 1    # sampler / selector id 0: no sampler (Cisco; RFC 5477 reserves 0)
                     r[SAMPLING_KEY] = rate or None
+                    # sampler / selector id 0: no sampler (Cisco; RFC 5477 reserves 0), unless
+                    # the operator gave the exporter a rate (compare_flow_record)
+                    r[SAMPLER0_KEY] = not rate and sid == 0
 
     def _set(self, frame: int, flowset_id: int, key: str, sv: dict) -> CflowSet:
         if flowset_id in (0, 2) or flowset_id in (1, 3):
@@ -415,8 +416,10 @@ class CflowReader:
         return CflowSet(flowset_id, kind, recs, tmpl, malformed=_has_key(sv, "_ws.malformed"))
 
 
-# Not a tshark field: the Sampling the reader derived for a record from tshark's fields.
+# Not tshark fields: the Sampling the reader derived for a record from tshark's fields, and
+# whether the record names sampler 0 with no rate known for it.
 SAMPLING_KEY = "_expected_sampling"
+SAMPLER0_KEY = "_sampler_zero"
 
 
 def _int_field(rec: dict, key: str) -> int:
@@ -835,7 +838,8 @@ def compare_flow_record(pkt: CflowPacket, cset: CflowSet, rec: dict, flow: dict,
                     probs.append(f"{key}: {flow[key]} is not the sysUpTime reading {plain} modulo 2^32")
     if SAMPLING_KEY in rec:
         events = any(k in rec for k in ("cflow.firewall_event", "cflow.fw_event"))
-        want = rec[SAMPLING_KEY] or (cidr_sampling if events else configured_sampling) or None
+        want = (rec[SAMPLING_KEY] or cidr_sampling or (1 if rec.get(SAMPLER0_KEY) else None)
+                or (None if events else configured_sampling) or None)
         if flow.get("Sampling") != want:
             probs.append(f"Sampling: expected {want!r}, got {flow.get('Sampling')!r}")
     if cset.template is not None and "TemplateId" in flow and flow["TemplateId"] != cset.flowset_id:
