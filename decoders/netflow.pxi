@@ -696,7 +696,6 @@ cdef class ExporterState:
         recounted (gap_adj). Options records, which softflowd leaves out, may make its step
         smaller than the count: up to the count, the step is what the message advanced by."""
         cdef uint32_t step = seq - st.last_seq
-        cdef uint32_t ahead
         cdef int i
         if st.has_last and st.synced and advance[0] != st.last_count:
             if step == advance[0]:
@@ -711,15 +710,7 @@ cdef class ExporterState:
                                                                  <int64_t>SEQ_MAX_GAP))
                         st.gap_adj[i] = 0
                 elif not st.inclusive and st.inc_votes > st.rfc_votes:
-                    ahead = seq - st.next
-                    if 0 < ahead <= SEQ_MAX_GAP:
-                        self.count_held(st)             # (one held range at a time)
-                        st.held_lost = ahead
-                        self.pending_gaps += 1          # (settle_gaps counts it when it expires)
-                        st.held_start = st.next
-                        st.held_span = ahead
-                        st.held_ms = now_ms
-                    st.next = seq                       # undecided: no gap opened
+                    self.hold(st, seq, now_ms)
             elif step == st.last_count:
                 if st.rfc_votes < 0xFFFF:
                     st.rfc_votes += 1
@@ -738,6 +729,20 @@ cdef class ExporterState:
             return st.next
         return seq - advance[0]
 
+    cdef void hold(self, SeqStream st, uint32_t seq, int64_t now_ms) noexcept:
+        """An undecided step (the other reading's votes lead by one): what the stream's reading
+        would call lost before seq is held back, not a gap (count_held settles it), and seq is
+        in order."""
+        cdef uint32_t ahead = seq - st.next
+        if 0 < ahead <= SEQ_MAX_GAP:
+            self.count_held(st)             # (one held range at a time)
+            st.held_lost = ahead
+            self.pending_gaps += 1          # (settle_gaps counts it when it expires)
+            st.held_start = st.next
+            st.held_span = ahead
+            st.held_ms = now_ms
+        st.next = seq
+
     cdef void v9_convention(self, SeqStream st, uint32_t seq, uint32_t* advance, int64_t now_ms) noexcept:
         """RFC 3954 5.1: a v9 packet's sequence number counts the export packets sent. Some
         exporters count the flow records sent before the packet instead, as NetFlow v5 does
@@ -754,7 +759,6 @@ cdef class ExporterState:
         records left out of the count) is in order."""
         cdef uint32_t n = advance[0]
         cdef uint32_t step = seq - st.last_seq
-        cdef uint32_t ahead
         cdef int i
         st.uncounted = n == V9_UNCOUNTED
         if st.has_last and st.synced and st.last_count > 1 and not st.uncounted:
@@ -768,15 +772,7 @@ cdef class ExporterState:
                         st.gap_missing[i] = 0
                     st.next = seq
                 elif not st.by_records and st.inc_votes > st.rfc_votes:
-                    ahead = seq - st.next
-                    if 0 < ahead <= SEQ_MAX_GAP:
-                        self.count_held(st)             # (one held range at a time)
-                        st.held_lost = ahead
-                        self.pending_gaps += 1          # (settle_gaps counts it when it expires)
-                        st.held_start = st.next
-                        st.held_span = ahead
-                        st.held_ms = now_ms
-                    st.next = seq                       # undecided: no gap opened
+                    self.hold(st, seq, now_ms)
             elif step == 1:
                 if st.rfc_votes < 0xFFFF:
                     st.rfc_votes += 1
@@ -1391,10 +1387,6 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
     cdef uint8_t ten_dst[16]
     cdef uint16_t ten_sport = 0, ten_dport = 0
     cdef uint8_t ten_proto = 0
-    cdef uint16_t ten_ie[8]     # where the tenant elements were, kept as extras when not the flow
-    cdef Py_ssize_t ten_at[8]
-    cdef uint16_t ten_len[8]
-    cdef int n_ten = 0
     cdef uint8_t mask6_src = 0, mask6_dst = 0, icmp6_type = 0, icmp6_code = 0
     cdef int has_v6only = 0  # bits: 1 src mask, 2 dst mask
     cdef int icmp = 0        # bits: 1 an ICMP element (32, 176, 177), 2 an ICMPv6 one (139, 178, 179)
@@ -1723,45 +1715,24 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
         elif a == A_TEN_SRC4:
             memcpy(ten_src, p, 4)
             ten |= 1
-            if n_ten < 8:
-                ten_ie[n_ten], ten_at[n_ten], ten_len[n_ten] = fs.ie, p - s.buf, L
-                n_ten += 1
         elif a == A_TEN_DST4:
             memcpy(ten_dst, p, 4)
             ten |= 2
-            if n_ten < 8:
-                ten_ie[n_ten], ten_at[n_ten], ten_len[n_ten] = fs.ie, p - s.buf, L
-                n_ten += 1
         elif a == A_TEN_SRC6:
             memcpy(ten_src, p, 16)
             ten |= 4
-            if n_ten < 8:
-                ten_ie[n_ten], ten_at[n_ten], ten_len[n_ten] = fs.ie, p - s.buf, L
-                n_ten += 1
         elif a == A_TEN_DST6:
             memcpy(ten_dst, p, 16)
             ten |= 8
-            if n_ten < 8:
-                ten_ie[n_ten], ten_at[n_ten], ten_len[n_ten] = fs.ie, p - s.buf, L
-                n_ten += 1
         elif a == A_TEN_PROTO:
             ten_proto = p[0]
             ten |= 16
-            if n_ten < 8:
-                ten_ie[n_ten], ten_at[n_ten], ten_len[n_ten] = fs.ie, p - s.buf, L
-                n_ten += 1
         elif a == A_TEN_SPORT:
             ten_sport = be16r(p, L)
             ten |= 32
-            if n_ten < 8:
-                ten_ie[n_ten], ten_at[n_ten], ten_len[n_ten] = fs.ie, p - s.buf, L
-                n_ten += 1
         elif a == A_TEN_DPORT:
             ten_dport = be16r(p, L)
             ten |= 64
-            if n_ten < 8:
-                ten_ie[n_ten], ten_at[n_ten], ten_len[n_ten] = fs.ie, p - s.buf, L
-                n_ten += 1
         elif a == A_L2SEG:
             # the top byte: 1 VXLAN, 2 NVGRE (IANA); another (0: reserved) is kept as it came
             if (p[0] == 1 or p[0] == 2) and not f.present & P_TUNTYPE:
@@ -1781,12 +1752,11 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
         f.noaddr |= tun_noaddr(f, tun if f.tun_af == 4 else tun >> 2)
     if ten & 15 and not tun and tenant_there(ten, ten_src, ten_dst):
         tenant_flow(f, ten, ten_src, ten_dst, ten_proto, ten_sport, ten_dport)
-    else:
+    elif ten:
         # no tenant address to be the flow (zeros: no tenant traffic), or OVS's own tunnel
         # elements beside them: the record's addresses stay the flow, the tenant elements as
         # they came
-        for i in range(n_ten):
-            batch_add_extra(b, f, PEN_VMWARE, ten_ie[i], ten_at[i], ten_len[i])
+        extras_of(b, f, t, s.buf, rec_start, A_TEN_SRC4, A_TEN_DPORT)
     if has_nh4:
         pick_nexthop(f, nh4)
     if f.nh_af and addr_zero(f.nexthop, f.nh_af):
@@ -2144,6 +2114,28 @@ cdef void reverse_flow(Flow* f, int rev, uint64_t rev_bytes, uint64_t rev_packet
         f.direction = 1 - f.direction
     f.duplicate = 0
     f.present = pr
+
+
+cdef int extras_of(FlowBatch b, Flow* f, Template t, const uint8_t* buf, Py_ssize_t pos, int lo,
+                   int hi) except -1:
+    """Keep as extras the elements of the record at pos (decoded whole) whose actions are lo..hi:
+    read, and then not used."""
+    cdef int i
+    cdef Py_ssize_t L
+    cdef FieldSpec* fs
+    for i in range(t.n_fields):
+        fs = &t.fields[i]
+        L = fs.length
+        if L == VARLEN:
+            L = buf[pos]
+            pos += 1
+            if L == 255:
+                L = be16(buf + pos)
+                pos += 2
+        if lo <= fs.action <= hi:
+            batch_add_extra(b, f, fs.pen, fs.ie, pos, L)
+        pos += L
+    return 0
 
 
 cdef bint tenant_there(int ten, const uint8_t* src, const uint8_t* dst) noexcept:
