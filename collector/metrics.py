@@ -140,8 +140,8 @@ SERIES: dict[str, Series] = {s.name: s for s in [
            "a Produce request that was written (or handed to aiokafka) failed without an answer (a timeout, a "
            "lost connection): the broker may have written the first copy too, so the topic can hold them twice "
            "(through aiokafka, for keyed records and --no-kafka-direct, what aiokafka retries by itself within its "
-           "timeout is not seen here, and a batch it was handed but never wrote counts too)",
-           ("records",)),
+           "timeout is not seen here, and a batch it was handed but never wrote counts too); label records: "
+           "flows or counters", ("records",)),
     Series("flowscope_kafka_batches", "counter", "Record batches acknowledged by Kafka"),
     Series("flowscope_kafka_compression_bytes", "counter", "Bytes of prebuilt record batches (key none) before "
            "(side=in) and after (side=out) kafka.compression", ("side",)),
