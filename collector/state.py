@@ -57,7 +57,6 @@ class StateFile:
         self._seen: dict[str, tuple[tuple[int, int, int], set[str]]] = {}
         self._foreign = False                            # our last write kept another writer's state
         self._missed: dict[str, int] = {}                # exporter -> missing template sets when last refreshed
-        self.refreshes = 0                               # templates loaded by refresh_into
         self._refreshed_at = 0.0                         # monotonic time of its latest file read
 
     def candidates(self) -> list[str]:
@@ -176,7 +175,6 @@ class StateFile:
                 continue
             loaded += got.get("templates", 0)
         if loaded:
-            self.refreshes += loaded
             log.info("state: %d templates of %d exporter(s) that sent data without them loaded from the shared "
                      "state (saved by another replica or worker)", loaded, len(wanted))
         return loaded

@@ -2140,9 +2140,8 @@ cdef int extras_of(FlowBatch b, Flow* f, Template t, const uint8_t* buf, Py_ssiz
 
 cdef bint tenant_there(int ten, const uint8_t* src, const uint8_t* dst) noexcept:
     """A tenant address carried and not the unspecified one (of the family carried)."""
-    cdef int n = 4 if ten & 3 else 16
-    return bool((ten & 5 and not addr_zero(src, 4 if n == 4 else 6))
-                or (ten & 10 and not addr_zero(dst, 4 if n == 4 else 6)))
+    cdef uint8_t af = 4 if ten & 3 else 6
+    return bool((ten & 5 and not addr_zero(src, af)) or (ten & 10 and not addr_zero(dst, af)))
 
 
 cdef void tenant_flow(Flow* f, int ten, const uint8_t* src, const uint8_t* dst, uint8_t proto,
@@ -2182,8 +2181,7 @@ cdef void tenant_flow(Flow* f, int ten, const uint8_t* src, const uint8_t* dst, 
     if have & 2:
         memcpy(f.dst, dst, 4 if f.af == 4 else 16)
     f.noaddr = (f.noaddr & ~3) | (3 & ~have)
-    f.etype = 0x0800 if f.af == 4 else 0x86DD
-    f.present |= P_ETYPE
+    f.present &= ~(<uint64_t>P_ETYPE)   # the outer frame's: decode_record gives the tenant family's
     f.sport, f.dport, f.proto = sport, dport, proto
     if ten & 16:
         f.present |= P_PROTO
