@@ -33,6 +33,8 @@ cdef enum:
     FR_VNI_EGRESS = 1029
     FR_VNI_INGRESS = 1030
     FR_LINUX_DROP_REASON = 1042   # sflow_drops.txt: extended_linux_drop_reason (hsflowd's dropmon)
+    FR_SOCKET4 = 2100       # sflow_host.txt: extended_socket_ipv4 (application / socket samples)
+    FR_SOCKET6 = 2101       # extended_socket_ipv6
 
 # Raw packet header protocols (sFlow v5 "header_protocol").
 cdef enum:
@@ -498,7 +500,13 @@ DEF BYTES_FROM_ETHERNET = 2
 DEF BYTES_FROM_HEADER = 3
 
 
-cdef int flow_record(FlowBatch b, Flow* f, uint32_t ent, uint32_t fmt, Reader* rec, int* src) except -1:
+cdef struct SocketRec:
+    const uint8_t* p          # an extended_socket record's data (its length checked), NULL: none
+    uint8_t af                # 4 (2100) or 6 (2101)
+
+
+cdef int flow_record(FlowBatch b, Flow* f, uint32_t ent, uint32_t fmt, Reader* rec, int* src,
+                     SocketRec* sock) except -1:
     cdef const uint8_t* p
     cdef uint32_t hproto, hlen, nseg, seg_len, ncomm, i, sport, dport
     cdef uint32_t last_as = 0
@@ -676,6 +684,16 @@ cdef int flow_record(FlowBatch b, Flow* f, uint32_t ent, uint32_t fmt, Reader* r
         f.tun_id = rd_u32(rec)
         f.present |= P_TUNID
         return 0
+    if fmt == FR_SOCKET4 or fmt == FR_SOCKET6:
+        # protocol, local_ip, remote_ip, local_port, remote_port (ip_v4: 4 bytes, ip_v6: 16). Only
+        # checked and noted here: it gives the flow's keys after the last record, and only if no
+        # sampled header or sampled IPv4/IPv6 record did (socket_keys). The first one counts.
+        need(rec, 20 if fmt == FR_SOCKET4 else 44, fmt)
+        p = rd_take(rec, 20 if fmt == FR_SOCKET4 else 44)
+        if sock.p == NULL:
+            sock.p = p
+            sock.af = 4 if fmt == FR_SOCKET4 else 6
+        return 0
     if fmt == FR_LINUX_DROP_REASON:
         # string reason<>: the Linux kernel's name of the drop reason (skb_drop_reason without its
         # SKB_DROP_REASON_ prefix, e.g. NETFILTER_DROP). Only a name made of [A-Z0-9_] is taken
@@ -771,6 +789,9 @@ cdef int flow_records(FlowBatch b, Flow* f, Reader* s, uint32_t nrec) except -1:
     cdef uint32_t j, rfmt, rlen
     cdef Reader rec
     cdef int src = 0
+    cdef SocketRec sock
+    sock.p = NULL
+    sock.af = 0
     for j in range(nrec):
         if rd_left(s) < 8:
             raise_decode("bad_sample", s.pos, f"sFlow flow sample: record {j} of {nrec} missing")
@@ -781,8 +802,55 @@ cdef int flow_records(FlowBatch b, Flow* f, Reader* s, uint32_t nrec) except -1:
             raise_decode("bad_length", s.pos - 4, f"sFlow flow record {rfmt & 0xFFF}: length {rlen} > {rd_left(s)}")
         rd_sub(s, &rec, rlen)
         skip_pad(s, rlen)
-        flow_record(b, f, rfmt >> 12, rfmt & 0xFFF, &rec, &src)
+        flow_record(b, f, rfmt >> 12, rfmt & 0xFFF, &rec, &src, &sock)
+    if sock.p != NULL:
+        socket_keys(f, sock.p, sock.af)
     return 0
+
+
+cdef void socket_keys(Flow* f, const uint8_t* p, uint8_t af) noexcept:
+    """The flow's keys from an extended_socket_ipv4/ipv6 record (`p`: its 20 or 44 bytes)."""
+    # Host sFlow agents (hsflowd's JSON-fed applications, mod-sflow, nginx-sflow) sample
+    # application transactions, with no packet header: the socket is all there is. A sampled
+    # header or sampled IPv4/IPv6 record describes the packet itself and wins whatever the
+    # records' order (their addresses are there: f.af); so does a header whose frame is not IP
+    # (its EtherType stays, with no socket addresses grafted on).
+    #
+    # Which end is Src: the record has a local and a remote end and does not say which one opened
+    # the connection (host-sflow's sflow.h labels 2100 "server socket", for its server-side
+    # modules, but a client application sends it as well). flowscope maps local -> Src and
+    # remote -> Dst, in the record's order, as sflowtool does (local_ip into its source,
+    # remote_ip into its destination): Src is always the agent host's own end, whoever was the
+    # client, so a consumer can rely on it, and enrichment sees the flow leave the agent's node.
+    # For a server-side transaction sample that is the server as Src and the client as Dst.
+    # A 0.0.0.0 / :: end (a socket bound to any address, or unconnected) is no address. Ports are
+    # taken for TCP, UDP and SCTP only (as from sampled IPv4/IPv6); a protocol or port value
+    # beyond its field's range is left out.
+    cdef Py_ssize_t n = addr_len(af)
+    cdef uint16_t etype = 0x0800 if af == 4 else 0x86DD
+    cdef uint32_t proto, lport, rport
+    if f.af or (f.present & P_ETYPE and f.etype != etype):
+        return
+    proto = be32(p)
+    lport = be32(p + 4 + 2 * n)
+    rport = be32(p + 8 + 2 * n)
+    f.af = af
+    memset(f.src, 0, 16)
+    memset(f.dst, 0, 16)
+    memcpy(f.src, p + 4, n)
+    memcpy(f.dst, p + 4 + n, n)
+    f.noaddr |= ((NOADDR_SRC if addr_zero(f.src, af) else 0)
+                 | (NOADDR_DST if addr_zero(f.dst, af) else 0))
+    f.etype = etype
+    f.present |= P_ETYPE
+    if proto > 0xFF:
+        return
+    f.proto = <uint8_t>proto
+    f.present |= P_PROTO
+    if has_ports(f.proto) and lport <= 0xFFFF and rport <= 0xFFFF:
+        f.sport = <uint16_t>lport
+        f.dport = <uint16_t>rport
+        f.present |= P_SPORT | P_DPORT
 
 
 cdef int discarded_packet(ExporterState ex, FlowBatch b, Reader* s, int64_t recv_ms, uint64_t stream) except -1:

@@ -31,7 +31,7 @@ SHARED = Path(os.environ.get("FLOWSCOPE_SHARED_CORPUS", ROOT.parent / "shared" /
 AGPL = ("akvorado_",)
 REASONS = {"truncated", "bad_version", "bad_length", "bad_set", "bad_template", "template_limit",
            "options_limit", "too_large", "bad_sample", "unsupported", "template_mismatch"}
-KNOWN_FLOW_RECORDS = {1, 2, 3, 4, 1001, 1002, 1003, 1023, 1024, 1025, 1026, 1029, 1030}
+KNOWN_FLOW_RECORDS = {1, 2, 3, 4, 1001, 1002, 1003, 1023, 1024, 1025, 1026, 1029, 1030, 2100, 2101}
 RECV = 1_700_000_000.25
 
 
@@ -899,10 +899,10 @@ def test_a_zero_tunnel_endpoint_is_omitted(decoders_mod) -> None:
 
 def test_unknown_records_and_samples_are_kept_or_skipped(decoders_mod) -> None:
     pkt = eth(ipv4("10.0.0.1", "10.0.0.2", 17, udp(1, 2)), 0x0800)
-    odd = rec(2100, b"\x01\x02\x03\x04\x05")              # 5 bytes: XDR pads it to 8
+    odd = rec(2999, b"\x01\x02\x03\x04\x05")              # 5 bytes: XDR pads it to 8
     vendor = rec(7, b"\xaa\xbb\xcc\xdd", ent=4413)
     f = one_flow(decoders_mod, [odd, raw_header(pkt, 60), vendor])
-    assert f["ie2100"] == "0102030405" and f["ie4413_7"] == "aabbccdd"
+    assert f["ie2999"] == "0102030405" and f["ie4413_7"] == "aabbccdd"
     assert f["SrcAddr"] == "10.0.0.1"
     # An enterprise sample type is skipped by its length.
     b = decode(decoders_mod, datagram([rec(1, b"\0" * 12, ent=9), flow_sample([raw_header(pkt, 60)])]))
