@@ -1017,6 +1017,192 @@ def test_several_samples_in_order(decoders_mod) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Built datagrams: Host sFlow socket records (sflow.org/sflow_host.txt, sflow_application.txt)
+#
+# Host sFlow agents (hsflowd and the applications that feed it) sample application transactions:
+# flow samples with no packet header, only extended_socket_ipv4/ipv6 and application records.
+# No Debian package decodes these (hsflowd and sflowtool are not packaged; nfdump 1.7's sfcapd
+# and pmacct 1.7's sfacctd drop the socket's addresses, tshark 4.0 calls 2100 "Unknown"), so
+# the expected values are the protocol facts the builders below put in.
+
+
+def socket_rec(v6: bool, proto: int, local: str, remote: str, lport: int, rport: int) -> bytes:
+    """extended_socket_ipv4 (enterprise 0, format 2100) / extended_socket_ipv6 (2101): unsigned
+    int protocol, ip_v4/ip_v6 local_ip and remote_ip (bare 4 or 16 bytes, no address type), unsigned
+    int local_port and remote_port."""
+    body = struct.pack(">I", proto) + ipaddress.ip_address(local).packed + ipaddress.ip_address(remote).packed
+    return rec(2101 if v6 else 2100, body + struct.pack(">II", lport, rport))
+
+
+# The same record laid out by hand from the XDR, to hold the builder to the spec.
+SOCKET4_WIRE = bytes.fromhex(
+    "00000834" "00000014"       # data_format: enterprise 0, format 2100; length 20
+    "00000006"                  # protocol: TCP
+    "0a010203" "0a090807"       # local_ip 10.1.2.3, remote_ip 10.9.8.7
+    "000001bb" "0000c822")      # local_port 443, remote_port 51234
+SOCKET6_WIRE = bytes.fromhex(
+    "00000835" "0000002c"       # format 2101; length 44
+    "00000011"                  # protocol: UDP
+    "fd000000000000000000000000000001"      # local_ip fd00::1
+    "fd00000000000000000000000000abcd"      # remote_ip fd00::abcd
+    "00000035" "00009c40")      # local_port 53, remote_port 40000
+
+
+def app_context(app: bytes, op: bytes, attrs: bytes) -> bytes:
+    """sflow_application.txt `context`: application<32>, operation<32>, attributes<255> (utf8 strings)."""
+    return xdr_opaque(app) + xdr_opaque(op) + xdr_opaque(attrs)
+
+
+def hsflowd_app_records() -> list[bytes]:
+    """The application records a Host sFlow transaction sample carries beside its socket, each
+    as its spec lays it out: app_operation 2202 (context, status_descr<64>, req_bytes and
+    resp_bytes hyper, uS, status), app_parent_context 2203, app_initiator 2204 and app_target 2205
+    (actor<64>), extended_proxy_socket_ipv4 2102 (the socket4 layout: a proxy's back-end
+    connection), memcache_operation 2200 (sflow_memcache.txt: protocol, cmd, key<255>, nkeys,
+    value_bytes, uS, status) and the first http_request, 2201 (sflow_http.txt: method, protocol,
+    uri, host, referrer, useragent, authuser, mime_type, bytes hyper, uS, status)."""
+    op = app_context(b"payment", b"get.customer.name", b"cc=visa&loc=mobile") + xdr_opaque(b"OK") + \
+        struct.pack(">QQII", 120, 4096, 1500, 0)
+    parent = app_context(b"mail.smtp", b"send", b"")
+    proxy = struct.pack(">I4s4sII", 6, bytes([10, 1, 2, 3]), bytes([10, 7, 7, 7]), 40001, 8080)
+    memcache = struct.pack(">II", 2, 1) + xdr_opaque(b"session:42") + struct.pack(">IIII", 1, 512, 80, 1)
+    http = struct.pack(">II", 2, 1001) + xdr_opaque(b"/index.html") + xdr_opaque(b"example.com") + \
+        xdr_opaque(b"") + xdr_opaque(b"curl/7.88") + xdr_opaque(b"") + xdr_opaque(b"text/html") + \
+        struct.pack(">QIi", 5120, 2300, 200)
+    return [rec(2202, op), rec(2203, parent), rec(2204, xdr_opaque(b"client-7")),
+            rec(2205, xdr_opaque(b"db-3")), rec(2102, proxy), rec(2200, memcache), rec(2201, http)]
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["socket4", "socket6"])
+@pytest.mark.parametrize("expanded", [False, True], ids=["compact", "expanded"])
+def test_socket_records_give_the_flow_keys(decoders_mod, v6: bool, expanded: bool) -> None:
+    """A Host sFlow transaction sample (no packet header): the socket record gives the flow's
+    addresses, ports and protocol, local as Src and remote as Dst (sflowtool's reading), and the
+    EtherType of its family. The application records beside it stay unknown records (ie<format>,
+    their bytes as sent), none of them counted as an error."""
+    # The builder the other socket tests use lays out the same bytes as the hand-made records.
+    assert socket_rec(False, 6, "10.1.2.3", "10.9.8.7", 443, 51234) == SOCKET4_WIRE
+    assert socket_rec(True, 17, "fd00::1", "fd00::abcd", 53, 40000) == SOCKET6_WIRE
+    sock = SOCKET6_WIRE if v6 else SOCKET4_WIRE
+    apps = hsflowd_app_records()
+    records = [apps[0], sock, *apps[1:]]
+    sample = flow_sample_expanded(records) if expanded else flow_sample(records)
+    dec = decoders_mod.Decoder()
+    b = dec.decode(datagram([sample], agent="2001:db8::7" if v6 else "198.51.100.7"), "192.0.2.1", 6343, RECV)
+    assert b.error is None, b.error
+    (f,) = b.to_dicts()
+    if v6:
+        exp = ("fd00::1", "fd00::abcd", 53, 40000, 17, 0x86DD)
+    else:
+        exp = ("10.1.2.3", "10.9.8.7", 443, 51234, 6, 0x0800)
+    assert (f["SrcAddr"], f["DstAddr"], f["SrcPort"], f["DstPort"], f["Proto"], f["Etype"]) == exp
+    assert f["Packets"] == 1 and f["Sampling"] == (512 if expanded else 400)
+    # Nothing the socket does not carry: no Bytes, DSCP, TCP flags, MACs.
+    assert not {"Bytes", "Dscp", "Flags", "TcpFlagsRaw", "SrcMac", "DstMac", "IcmpType"} & set(f)
+    unknown = {k: v for k, v in f.items() if k.startswith("ie")}
+    assert unknown == {f"ie{struct.unpack_from('>I', r)[0]}": r[8:8 + struct.unpack_from('>I', r, 4)[0]].hex()
+                       for r in apps}
+    assert dec.stats()["192.0.2.1"]["errors"] == {}
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["socket4", "socket6"])
+def test_a_header_or_sampled_ip_record_wins_over_the_socket(decoders_mod, v6: bool) -> None:
+    """A sampled header or a sampled IPv4/IPv6 record describes the packet: its keys stay whatever
+    the records' order, and the socket record adds nothing (nor stays as an unknown record)."""
+    sock = SOCKET6_WIRE if v6 else SOCKET4_WIRE
+    hdr = raw_header(eth(ipv4("10.128.0.5", "10.128.1.6", 6, tcp(40000, 8080, 0x12)), 0x0800), 1514)
+    hdr_keys = ("10.128.0.5", "10.128.1.6", 40000, 8080, 6, 0x0800)
+    ip6 = rec(4, sampled_ip(True, 1200, 17, "2001:db8::1", "2001:db8::2", 5353, 53, 0, 0))
+    ip6_keys = ("2001:db8::1", "2001:db8::2", 5353, 53, 17, 0x86DD)
+    for records, exp in (([hdr, sock], hdr_keys), ([sock, hdr], hdr_keys),
+                         ([ip6, sock], ip6_keys), ([sock, ip6], ip6_keys)):
+        f = one_flow(decoders_mod, records)
+        assert (f["SrcAddr"], f["DstAddr"], f["SrcPort"], f["DstPort"], f["Proto"], f["Etype"]) == exp
+        assert not any(k.startswith("ie") for k in f), f
+    # A header whose frame is not IP (ARP) is still the packet: no socket addresses grafted on it.
+    arp = raw_header(eth(b"\0" * 28, 0x0806), 60)
+    f = one_flow(decoders_mod, [sock, arp])
+    assert f["Etype"] == 0x0806 and f["SrcMac"] == MAC_A.hex(":")
+    assert not {"SrcAddr", "DstAddr", "SrcPort", "DstPort", "Proto"} & set(f)
+    assert "ie2100" not in f and "ie2101" not in f
+
+
+def test_socket_record_values_that_are_not_keys(decoders_mod) -> None:
+    """A 0.0.0.0 / :: end (a wildcard-bound or unconnected socket) is no address; ports only for
+    TCP, UDP and SCTP; a protocol above 255 or a port above 65535 is no value; of two socket
+    records the first is the flow's."""
+    f = one_flow(decoders_mod, [socket_rec(False, 17, "0.0.0.0", "10.9.8.7", 53, 33000)])
+    assert "SrcAddr" not in f and (f["DstAddr"], f["SrcPort"], f["DstPort"], f["Etype"]) == ("10.9.8.7", 53, 33000, 0x0800)
+    f = one_flow(decoders_mod, [socket_rec(True, 6, "fd00::1", "::", 443, 0)])
+    assert "DstAddr" not in f and (f["SrcAddr"], f["SrcPort"], f["DstPort"]) == ("fd00::1", 443, 0)
+    f = one_flow(decoders_mod, [socket_rec(False, 132, "10.0.0.1", "10.0.0.2", 2905, 2905)])
+    assert (f["Proto"], f["SrcPort"], f["DstPort"]) == (132, 2905, 2905)
+    f = one_flow(decoders_mod, [socket_rec(False, 1, "10.0.0.1", "10.0.0.2", 8, 0)])   # an ICMP (ping) socket
+    assert f["Proto"] == 1 and not {"SrcPort", "DstPort", "IcmpType", "IcmpCode"} & set(f)
+    f = one_flow(decoders_mod, [socket_rec(False, 300, "10.0.0.1", "10.0.0.2", 1, 2)])
+    assert (f["SrcAddr"], f["DstAddr"], f["Etype"]) == ("10.0.0.1", "10.0.0.2", 0x0800)
+    assert not {"Proto", "SrcPort", "DstPort"} & set(f)
+    f = one_flow(decoders_mod, [socket_rec(False, 6, "10.0.0.1", "10.0.0.2", 70000, 80)])
+    assert f["Proto"] == 6 and not {"SrcPort", "DstPort"} & set(f)
+    f = one_flow(decoders_mod, [SOCKET6_WIRE, SOCKET4_WIRE])
+    assert (f["SrcAddr"], f["DstAddr"], f["Etype"]) == ("fd00::1", "fd00::abcd", 0x86DD)
+    assert "ie2100" not in f
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_socket_flows_are_enriched_from_the_agents_end(decoders_mod, compiled: bool) -> None:
+    """The local end is Src: a transaction sampled by the node's agent has the node's pod as its
+    source, and leaves the node (FlowDirection 1); a wildcard local end leaves Src unresolved."""
+    import enrich
+    from tests.support.fake_kube import node, pod
+
+    e = enrich.Enricher.from_objects(
+        pods=[pod("web", "shop", ips=["10.244.1.6"], node="n1", host_ip="10.0.0.7"),
+              pod("db", "shop", ips=["10.244.2.9"], node="n2", host_ip="10.0.0.8")],
+        nodes=[node("n1", internal=["10.0.0.7"], subnets={"default": "10.244.1.0/24"}),
+               node("n2", internal=["10.0.0.8"], subnets={"default": "10.244.2.0/24"})],
+        config=enrich.EnrichConfig(own_namespace=""), compiled=compiled)
+    b = decode(decoders_mod, datagram([flow_sample([socket_rec(False, 6, "10.244.1.6", "10.244.2.9", 43000, 5432)])],
+                                      agent="10.0.0.7"))
+    f = b.to_dicts(e)[0]
+    assert (f["SrcK8S_Name"], f["DstK8S_Name"], f["SrcPort"], f["FlowDirection"]) == ("web", "db", 43000, 1)
+    b = decode(decoders_mod, datagram([flow_sample([socket_rec(False, 17, "0.0.0.0", "10.244.2.9", 53, 40000)])],
+                                      agent="10.0.0.7"))
+    f = b.to_dicts(e)[0]
+    assert "SrcAddr" not in f and "SrcK8S_Name" not in f and f["DstK8S_Name"] == "db"
+
+
+def test_truncated_socket_records_are_counted(decoders_mod) -> None:
+    """A socket record shorter than its structure is bad_length, as a short sampled IPv4/IPv6
+    record is (a header beside it changes nothing): that sample is not a flow, the samples before
+    it stay, and every prefix and byte flip of a socket datagram decodes or fails typed."""
+    good = flow_sample([SOCKET4_WIRE])
+    dec = decoders_mod.Decoder()
+    for short in (rec(2100, SOCKET4_WIRE[8:8 + 16]), rec(2101, SOCKET6_WIRE[8:8 + 40]), rec(2100, b""),
+                  rec(2101, SOCKET4_WIRE[8:])):
+        for records in ([short], [short, *hsflowd_app_records()],
+                        [raw_header(eth(ipv4("10.0.0.1", "10.0.0.2", 17, udp(1, 2)), 0x0800), 60), short]):
+            b = dec.decode(datagram([good, flow_sample(records)]), "192.0.2.1", 6343, RECV)
+            assert b.error is not None and b.error[0] == "bad_length", (short, b.error)
+            assert [f["SrcAddr"] for f in b.to_dicts()] == ["10.1.2.3"]
+    assert dec.stats()["192.0.2.1"]["errors"] == {"bad_length": 12}
+    data = datagram([flow_sample([SOCKET4_WIRE, *hsflowd_app_records()]), flow_sample_expanded([SOCKET6_WIRE])])
+    rng = random.Random(7)
+    for n in range(len(data)):
+        b = dec.decode(data[:n], "192.0.2.1", 6343, RECV)
+        assert b.error is not None and b.error[0] in REASONS
+        b.to_json()
+    for _ in range(1000):
+        m = bytearray(data)
+        for _ in range(rng.randint(1, 4)):
+            m[rng.randrange(len(m))] = rng.randrange(256)
+        b = dec.decode(bytes(m), "192.0.2.1", 6343, RECV)
+        assert b.error is None or b.error[0] in REASONS, b.error
+        b.to_json()
+    assert [f["SrcAddr"] for f in dec.decode(data, "192.0.2.1", 6343, RECV).to_dicts()] == ["10.1.2.3", "fd00::1"]
+
+
+# --------------------------------------------------------------------------------------------
 # Built datagrams: counter samples
 
 
