@@ -93,7 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("replay", help="send the UDP payloads of a capture to a collector",
                         description="Send the UDP payloads of a pcap/pcapng capture to HOST:PORT, rewriting "
                         "sequence numbers and export times on every loop after the first so receivers do not "
-                        "discard them as duplicates.", formatter_class=fmt)
+                        "discard them as duplicates.", formatter_class=fmt,
+                        epilog="Exit status: 0 when the capture was sent; 1 when FILE cannot be read, is not "
+                        "a pcap/pcapng capture, holds no UDP datagram, or is cut short (what precedes the cut "
+                        "is sent first); 2 for a usage error (a bad option, a bad or unresolvable --to); 130 "
+                        "when interrupted.")
     rp.add_argument("file", metavar="FILE", help="pcap or pcapng capture")
     rp.add_argument("--to", required=True, metavar="HOST:PORT", help="destination collector")
     rp.add_argument("--rate", type=float, default=0.0, metavar="PPS",
@@ -103,7 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="only datagrams sent to this UDP port in the capture (1-65535)")
     rp.add_argument("--quiet", action="store_true", help="no summary line")
 
-    dec = sub.add_parser("decode", help="decode a capture and print the flows (offline)")
+    dec = sub.add_parser("decode", help="decode a capture and print the flows (offline)",
+                         description="Decode the exporters' UDP datagrams of a pcap/pcapng capture with "
+                         "the decoders of `flowscope run` and print one JSON flow per line.",
+                         epilog="Exit status: 0 when the whole capture was decoded; 1 when FILE cannot be "
+                         "read, is not a pcap/pcapng capture, or is cut short (the complete records before "
+                         "the cut are decoded first); 2 for a usage error (a bad option, an unusable "
+                         "--kubeconfig).")
     try:
         from . import decode as decode_mod
 
@@ -157,9 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("flowscope replay: interrupted", file=sys.stderr)
             return 130
-        except PcapError as exc:
+        except PcapError as exc:  # a file that is not a capture: exit 1, as `flowscope decode` (2 is usage)
             print(f"flowscope replay: {args.file}: {exc}", file=sys.stderr)
-            return 2
+            return 1
         except ValueError as exc:
             print(f"flowscope replay: {exc}", file=sys.stderr)
             return 2
