@@ -64,6 +64,18 @@ def _enrichment(cfg: config_mod.Config) -> tuple[Any, str, str]:
     return enrich_cfg, f"enrichment on: {source or 'the kubeconfig client default (~/.kube/config)'}", ""
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser. argparse hands what a subcommand's parser does not know up to the
+    top-level parser, which reports it under `usage: flowscope COMMAND ...`, saying nothing of
+    the subcommand's options: `flowscope run --typo` is reported with `run`'s usage instead."""
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        ns, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error("unrecognized arguments: " + " ".join(extras))
+        return ns, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flowscope",
@@ -71,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import version
 
     parser.add_argument("--version", action="version", version=f"flowscope {version()}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
     sub.required = True
     fmt = argparse.ArgumentDefaultsHelpFormatter
 

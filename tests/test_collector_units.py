@@ -400,6 +400,26 @@ def test_bad_values_are_one_configuration_error_line_exit_2(tmp_path: Path, args
     assert r.stderr == f"flowscope: configuration error: {message.format(f=f)}\n"
 
 
+def cli_as_on_a_laptop(args: list[str], tmp_path: Path, env: dict[str, str] | None = None,
+                       ) -> subprocess.CompletedProcess[str]:
+    """`flowscope ARGS` with no pod, no ~/.kube and no inherited FLOWSCOPE_* or KUBECONFIG."""
+    full = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "collector.cli", *args], capture_output=True, text=True,
+                          cwd=ROOT, env=full, timeout=60)
+
+
+@pytest.mark.parametrize("command,args", [
+    ("run", []), ("config", []), ("decode", ["x.pcap"]), ("replay", ["x.pcap", "--to", "127.0.0.1:9"])])
+def test_an_unknown_option_is_reported_with_the_subcommands_usage(command: str, args: list[str],
+                                                                   tmp_path: Path) -> None:
+    """`flowscope run --typo` printed `usage: flowscope [-h] [--version] COMMAND ...`, which says
+    nothing of run's options; argparse reports it with the subcommand's usage now."""
+    r = cli_as_on_a_laptop([command, *args, "--typo"], tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.startswith(f"usage: flowscope {command} [-h]"), r.stderr
+    assert r.stderr.endswith(f"flowscope {command}: error: unrecognized arguments: --typo\n"), r.stderr
+
+
 # ---------------------------------------------------------------------------------------------- queue
 
 def test_queue_newest_policy_counts() -> None:
