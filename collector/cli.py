@@ -58,10 +58,25 @@ def _enrichment(cfg: config_mod.Config) -> tuple[Any, str, str]:
         env = (f"$KUBECONFIG {kc} names no existing file" if kc else "no --kubeconfig / $KUBECONFIG")
         return None, (f"enrichment off: {where} and {env} (~/.kube/config alone "
                       "does not turn it on: use --kubeconfig or --enrich true)"), ""
-    problem = kube_access_error(enrich_cfg)
+    problem = kube_access_error(enrich_cfg, f"{cfg.named('enrich.kubeconfig')}:",
+                                f"{cfg.named('enrich.context')}:")
     if problem:
         return None, "", problem
     return enrich_cfg, f"enrichment on: {source or 'the kubeconfig client default (~/.kube/config)'}", ""
+
+
+def _start_checks(cfg: config_mod.Config) -> tuple[Any, str, str]:
+    """The checks `flowscope run` makes at start beyond the schema's, which read files and
+    libraries but start nothing: the Kafka sink's codec library and TLS files, then the cluster
+    access (see _enrichment, whose result this is). `flowscope config` makes them too, so a
+    configuration it prints is one `run` accepts."""
+    from .sinks import check_compression, check_tls
+
+    if cfg.sink_kind() == "kafka":
+        problem = check_compression(cfg.kafka) or check_tls(cfg.kafka)
+        if problem:
+            return None, "", problem
+    return _enrichment(cfg)
 
 
 class _CommandParser(argparse.ArgumentParser):
@@ -98,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="print the effective configuration as YAML",
                          description="Print the configuration `flowscope run` would use with the same flags, "
                          "variables and --config file, as YAML (usable as --config). Secrets are shown as <redacted>, which "
-                         "--config refuses: give them with their variables when loading the output back.")
+                         "--config refuses: give them with their variables when loading the output back. What `flowscope run` "
+                         "would refuse at start (an unusable kubeconfig or context, Kafka TLS files it cannot "
+                         "load) is refused here too, with the same message and exit status 2; nothing is started.")
     config_mod.add_arguments(cfg)
     cfg.add_argument("--markdown", action="store_true", help="print the options table (docs) instead")
 
@@ -198,18 +215,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"flowscope: warning: {w}", file=sys.stderr)
         if args.markdown:
             print(config_mod.markdown_table())
-        else:
-            sys.stdout.write(config_mod.to_yaml(cfg))
-        return 0
-    # run
-    from .sinks import check_compression, check_tls
-
-    if cfg.sink_kind() == "kafka":
-        problem = check_compression(cfg.kafka) or check_tls(cfg.kafka)
+            return 0
+        # what `run` would refuse, `config` refuses alike: it says whether the file is good
+        problem = _start_checks(cfg)[2]
         if problem:
             print(f"flowscope: configuration error: {problem}", file=sys.stderr)
             return 2
-    enrich_cfg, enrich_note, problem = _enrichment(cfg)
+        sys.stdout.write(config_mod.to_yaml(cfg))
+        return 0
+    # run
+    enrich_cfg, enrich_note, problem = _start_checks(cfg)
     if problem:
         print(f"flowscope: configuration error: {problem}", file=sys.stderr)
         return 2
