@@ -499,6 +499,22 @@ def test_an_unknown_option_is_reported_with_the_subcommands_usage(command: str, 
     assert r.stderr.endswith(f"flowscope {command}: error: unrecognized arguments: --typo\n"), r.stderr
 
 
+def test_the_docs_commands_name_captures_that_exist() -> None:
+    """README and docs/collector.md are followed literally: docs/collector.md's Kafka example
+    replayed `tests/data/<capture>.pcap`, a file no one has."""
+    for doc in ("README.md", "docs/collector.md", "deploy/README.md"):
+        for path in re.findall(r"(?:flowscope (?:replay|decode)) (tests/\S+)", (ROOT / doc).read_text()):
+            assert (ROOT / path).is_file(), f"{doc}: {path} does not exist"
+
+
+def test_make_run_stdout_is_json_flows_only() -> None:
+    """README: `make run` prints one JSON flow per line; make's echo of the build step it runs
+    first was a line of its stdout (`make run | jq` failed on it)."""
+    r = subprocess.run(["make", "build"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "", r.stdout
+
+
 # ---------------------------------------------------------------------------------------------- queue
 
 def test_queue_newest_policy_counts() -> None:
