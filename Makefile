@@ -28,8 +28,10 @@ venv: $(PY)
 # tests import the compiled modules from this tree.
 # The install (an isolated build of the extensions, about a minute) runs again only when the
 # packaging files change; the in-place build recompiles only what changed.
+# (on stderr: `make run`'s stdout is the JSON flows, one per line)
 build: $(VENV)/.installed
-	$(PY) setup.py -q build_ext --inplace
+	@echo "$(PY) setup.py -q build_ext --inplace" >&2
+	@$(PY) setup.py -q build_ext --inplace >&2
 
 $(VENV)/.installed: $(PY) setup.py pyproject.toml
 	$(PIP) install -q -e '.[test]'

@@ -71,32 +71,45 @@ def cluster_access(enrich_cfg: Any) -> str:
     return ""
 
 
-def kube_access_error(enrich_cfg: Any, name: str = "enrich.kubeconfig") -> str | None:
+def kube_access_error(enrich_cfg: Any, name: str = "enrich.kubeconfig",
+                      context_name: str = "enrich.context") -> str | None:
     """Load the cluster access the enricher will use, as it will (enrich.load_api_client), and
     describe why it cannot be used; None when it can. Run before forking workers, so a missing
-    file or a kubeconfig without current-context is one line and exit 2, not a traceback in
-    each worker. `name` is how the caller spells the kubeconfig setting."""
+    file, a kubeconfig without current-context or a context it does not have is one line and
+    exit 2, not a traceback in each worker. `name` and `context_name` are how the caller names
+    the kubeconfig and context settings (`enrich.kubeconfig (from --kubeconfig):`)."""
     import enrich
 
     kc = getattr(enrich_cfg, "kubeconfig", None)
+    files = where = ""  # the kubeconfig files the client will read, and how to name them
     if kc:
         # the client merges a PATH[:PATH...] list (expanding ~) and silently skips missing files
         paths = [os.path.expanduser(p) for p in kc.split(os.pathsep) if p]
         if not any(os.path.exists(p) for p in paths):
             return f"{name} {kc}: no such file"
         what = f"{name} {kc}"
+        files = where = kc
     elif os.environ.get("KUBERNETES_SERVICE_HOST"):
         what = "enrich: in-cluster config (KUBERNETES_SERVICE_HOST is set)"
     elif os.environ.get("KUBECONFIG"):
-        what = f"enrich: $KUBECONFIG {os.environ['KUBECONFIG']}"
+        files = os.environ["KUBECONFIG"]
+        where = f"$KUBECONFIG {files}"
+        what = f"enrich: {where}"
     else:
-        what = "enrich: ~/.kube/config"
-        if not os.path.exists(os.path.expanduser("~/.kube/config")):
+        files = where = "~/.kube/config"
+        what = f"enrich: {where}"
+        if not os.path.exists(os.path.expanduser(files)):
             return ("enrich.enabled is true but there is no cluster access: not in a pod "
                     "(KUBERNETES_SERVICE_HOST unset) and no --kubeconfig, $KUBECONFIG or ~/.kube/config")
     try:
         client = enrich.load_api_client(enrich_cfg)
     except Exception as exc:  # kubernetes' ConfigException, YAML errors, unreadable files
+        context = getattr(enrich_cfg, "context", None)
+        names = enrich.kubeconfig_contexts(files) if context and files else None
+        if names is not None and context not in names:
+            # (the client's words: "Expected object with name X in F/contexts list")
+            have = f"its contexts: {', '.join(names)}" if names else "it has none"
+            return f"{context_name} {context!r} is not a context of {where} ({have})"
         msg = " ".join(str(exc).split()) or type(exc).__name__
         return f"{what}: {msg}"
     try:

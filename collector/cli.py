@@ -58,10 +58,37 @@ def _enrichment(cfg: config_mod.Config) -> tuple[Any, str, str]:
         env = (f"$KUBECONFIG {kc} names no existing file" if kc else "no --kubeconfig / $KUBECONFIG")
         return None, (f"enrichment off: {where} and {env} (~/.kube/config alone "
                       "does not turn it on: use --kubeconfig or --enrich true)"), ""
-    problem = kube_access_error(enrich_cfg)
+    problem = kube_access_error(enrich_cfg, f"{cfg.named('enrich.kubeconfig')}:",
+                                f"{cfg.named('enrich.context')}:")
     if problem:
         return None, "", problem
     return enrich_cfg, f"enrichment on: {source or 'the kubeconfig client default (~/.kube/config)'}", ""
+
+
+def _start_checks(cfg: config_mod.Config) -> tuple[Any, str, str]:
+    """The checks `flowscope run` makes at start beyond the schema's, which read files and
+    libraries but start nothing: the Kafka sink's codec library and TLS files, then the cluster
+    access (see _enrichment, whose result this is). `flowscope config` makes them too, so a
+    configuration it prints is one `run` accepts."""
+    from .sinks import check_compression, check_tls
+
+    if cfg.sink_kind() == "kafka":
+        problem = check_compression(cfg.kafka) or check_tls(cfg.kafka)
+        if problem:
+            return None, "", problem
+    return _enrichment(cfg)
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser. argparse hands what a subcommand's parser does not know up to the
+    top-level parser, which reports it under `usage: flowscope COMMAND ...`, saying nothing of
+    the subcommand's options: `flowscope run --typo` is reported with `run`'s usage instead."""
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        ns, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error("unrecognized arguments: " + " ".join(extras))
+        return ns, extras
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import version
 
     parser.add_argument("--version", action="version", version=f"flowscope {version()}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
     sub.required = True
     fmt = argparse.ArgumentDefaultsHelpFormatter
 
@@ -86,14 +113,20 @@ def build_parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="print the effective configuration as YAML",
                          description="Print the configuration `flowscope run` would use with the same flags, "
                          "variables and --config file, as YAML (usable as --config). Secrets are shown as <redacted>, which "
-                         "--config refuses: give them with their variables when loading the output back.")
+                         "--config refuses: give them with their variables when loading the output back. What `flowscope run` "
+                         "would refuse at start (an unusable kubeconfig or context, Kafka TLS files it cannot "
+                         "load) is refused here too, with the same message and exit status 2; nothing is started.")
     config_mod.add_arguments(cfg)
     cfg.add_argument("--markdown", action="store_true", help="print the options table (docs) instead")
 
     rp = sub.add_parser("replay", help="send the UDP payloads of a capture to a collector",
                         description="Send the UDP payloads of a pcap/pcapng capture to HOST:PORT, rewriting "
                         "sequence numbers and export times on every loop after the first so receivers do not "
-                        "discard them as duplicates.", formatter_class=fmt)
+                        "discard them as duplicates.", formatter_class=fmt,
+                        epilog="Exit status: 0 when the capture was sent; 1 when FILE cannot be read, is not "
+                        "a pcap/pcapng capture, holds no UDP datagram, or is cut short (what precedes the cut "
+                        "is sent first); 2 for a usage error (a bad option, a bad or unresolvable --to); 130 "
+                        "when interrupted.")
     rp.add_argument("file", metavar="FILE", help="pcap or pcapng capture")
     rp.add_argument("--to", required=True, metavar="HOST:PORT", help="destination collector")
     rp.add_argument("--rate", type=float, default=0.0, metavar="PPS",
@@ -103,7 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="only datagrams sent to this UDP port in the capture (1-65535)")
     rp.add_argument("--quiet", action="store_true", help="no summary line")
 
-    dec = sub.add_parser("decode", help="decode a capture and print the flows (offline)")
+    dec = sub.add_parser("decode", help="decode a capture and print the flows (offline)",
+                         description="Decode the exporters' UDP datagrams of a pcap/pcapng capture with "
+                         "the decoders of `flowscope run` and print one JSON flow per line.",
+                         epilog="Exit status: 0 when the whole capture was decoded; 1 when FILE cannot be "
+                         "read, is not a pcap/pcapng capture, or is cut short (the complete records before "
+                         "the cut are decoded first); 2 for a usage error (a bad option, an unusable "
+                         "--kubeconfig).")
     try:
         from . import decode as decode_mod
 
@@ -157,9 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("flowscope replay: interrupted", file=sys.stderr)
             return 130
-        except PcapError as exc:
+        except PcapError as exc:  # a file that is not a capture: exit 1, as `flowscope decode` (2 is usage)
             print(f"flowscope replay: {args.file}: {exc}", file=sys.stderr)
-            return 2
+            return 1
         except ValueError as exc:
             print(f"flowscope replay: {exc}", file=sys.stderr)
             return 2
@@ -176,18 +215,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"flowscope: warning: {w}", file=sys.stderr)
         if args.markdown:
             print(config_mod.markdown_table())
-        else:
-            sys.stdout.write(config_mod.to_yaml(cfg))
-        return 0
-    # run
-    from .sinks import check_compression, check_tls
-
-    if cfg.sink_kind() == "kafka":
-        problem = check_compression(cfg.kafka) or check_tls(cfg.kafka)
+            return 0
+        # what `run` would refuse, `config` refuses alike: it says whether the file is good
+        problem = _start_checks(cfg)[2]
         if problem:
             print(f"flowscope: configuration error: {problem}", file=sys.stderr)
             return 2
-    enrich_cfg, enrich_note, problem = _enrichment(cfg)
+        sys.stdout.write(config_mod.to_yaml(cfg))
+        return 0
+    # run
+    enrich_cfg, enrich_note, problem = _start_checks(cfg)
     if problem:
         print(f"flowscope: configuration error: {problem}", file=sys.stderr)
         return 2

@@ -429,7 +429,21 @@ class Config:
     kafka: KafkaConfig = field(default_factory=KafkaConfig, metadata={"section": True})
     enrich: EnrichSection = field(default_factory=EnrichSection, metadata={"section": True})
 
+    def __post_init__(self) -> None:
+        # Where each option was set (dotted key -> its flag, variable or YAML file), so that what
+        # is found wrong after loading (a kubeconfig, a context) is named as load()'s errors are.
+        # Not an option, so not a field: to_dict and the schema never see it.
+        self.sources: dict[str, str] = {}
+
     # -- derived ---------------------------------------------------------------------------------
+    def source(self, key: str) -> str:
+        """Where option `key` was set: its flag, its FLOWSCOPE_* variable, the YAML file, or "default"."""
+        return self.sources.get(key, "default")
+
+    def named(self, key: str) -> str:
+        """`key (from SOURCE)`, how configuration errors name an option."""
+        return f"{key} (from {self.source(key)})"
+
     def listeners(self) -> list[Listener]:
         return [parse_listener(s) for s in self.listen]
 
@@ -545,6 +559,7 @@ def _set(cfg: Config, o: Option, raw: Any, source: str) -> None:
         raise ConfigError(f"{o.key} (from {source}): {exc}") from None
     target = getattr(cfg, o.section) if o.section else cfg
     setattr(target, o.name, value)
+    cfg.sources[o.key] = source
 
 
 class _DuplicateKey(Exception):

@@ -486,7 +486,10 @@ def replay(path: str, to: str, *, rate: float = 0.0, loops: int = 1, port_filter
             plan.add(src, payload, ts)
             send(src, payload)
         if not plan.count:
-            print(f"replay: {path}: no UDP datagrams found", file=sys.stderr)
+            # a file cut inside its first record holds none either: that is the reason to give
+            print(f"replay: {path}: {stats.truncated or 'no UDP datagrams found'}", file=sys.stderr)
+            if stats.skipped:
+                print(_skipped_line(path, stats.skipped), file=sys.stderr)
             return 1
         plan.finish()
         loop = 1

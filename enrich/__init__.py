@@ -99,6 +99,31 @@ def kubeconfig_shape_error(path: str) -> str | None:
     return None
 
 
+def kubeconfig_contexts(files: str) -> list[str] | None:
+    """The context names of a kubeconfig PATH[:PATH...] list (as the client merges it: the files
+    that exist, ~ expanded), or None when one of them cannot be read as a kubeconfig (the
+    client's own error says why)."""
+    import os
+
+    import yaml
+
+    names: list[str] = []
+    for path in (os.path.expanduser(p) for p in files.split(os.pathsep) if p):
+        if not os.path.exists(path):
+            continue
+        if kubeconfig_shape_error(path):
+            return None
+        try:
+            with open(path, encoding="utf-8") as fh:
+                doc = yaml.safe_load(fh) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return None
+        for entry in doc.get("contexts") or []:
+            if entry["name"] not in names:
+                names.append(entry["name"])
+    return names
+
+
 class Enricher:
     """The index plus the four informers that keep it current."""
 

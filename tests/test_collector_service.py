@@ -606,7 +606,7 @@ def test_unusable_kubeconfig_is_a_configuration_error(tmp_path: Path, workers: i
                 tmp_path)
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr and "exited unexpectedly" not in r.stderr
-    assert r.stderr.startswith(f"flowscope: configuration error: enrich.kubeconfig {kc}: "), r.stderr
+    assert r.stderr.startswith(f"flowscope: configuration error: enrich.kubeconfig (from --kubeconfig): {kc}: "), r.stderr
     assert r.stderr.count("\n") == 1, r.stderr
     want = "no such file" if which == "missing" else "current-context"
     assert want in r.stderr

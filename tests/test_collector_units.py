@@ -400,6 +400,121 @@ def test_bad_values_are_one_configuration_error_line_exit_2(tmp_path: Path, args
     assert r.stderr == f"flowscope: configuration error: {message.format(f=f)}\n"
 
 
+KUBECONFIG_ONE_CONTEXT = """apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "http://127.0.0.1:9"}}]
+contexts: [{name: ctx, context: {cluster: c, user: u}}]
+current-context: ctx
+users: [{name: u, user: {token: t}}]
+"""
+
+
+def cli_as_on_a_laptop(args: list[str], tmp_path: Path, env: dict[str, str] | None = None,
+                       ) -> subprocess.CompletedProcess[str]:
+    """`flowscope ARGS` with no pod, no ~/.kube and no inherited FLOWSCOPE_* or KUBECONFIG."""
+    full = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "collector.cli", *args], capture_output=True, text=True,
+                          cwd=ROOT, env=full, timeout=60)
+
+
+@pytest.mark.parametrize("given", ["flag", "env", "file"])
+@pytest.mark.parametrize("what", ["not-yaml", "missing", "no-such-context"])
+def test_kubeconfig_and_context_errors_name_where_they_came_from(tmp_path: Path, given: str, what: str) -> None:
+    """Every other configuration error says `KEY (from SOURCE)`; a kubeconfig that cannot be
+    loaded, or a --kube-context the kubeconfig lacks, said neither which flag, variable or file
+    set it, and the context error was the client's ("Expected object with name nope in ...")."""
+    good = tmp_path / "kc"
+    good.write_text(KUBECONFIG_ONE_CONTEXT)
+    bad = tmp_path / "bad-kc"
+    bad.write_text("not: [valid\n")
+    key, value = {"not-yaml": ("kubeconfig", str(bad)), "missing": ("kubeconfig", str(tmp_path / "none")),
+                  "no-such-context": ("context", "nope")}[what]
+    flag = {"kubeconfig": "--kubeconfig", "context": "--kube-context"}[key]
+    base = [] if key == "kubeconfig" else ["--kubeconfig", str(good)]
+    env: dict[str, str] = {}
+    yaml_file = tmp_path / "c.yaml"
+    if given == "flag":
+        args, source = [flag, value], flag
+    elif given == "env":
+        args, source = [], f"FLOWSCOPE_ENRICH_{key.upper()}"
+        env[source] = value
+    else:
+        yaml_file.write_text(f"enrich:\n  {key}: {value}\n")
+        args, source = ["--config", str(yaml_file)], str(yaml_file)
+    want = {"not-yaml": f"enrich.kubeconfig (from {source}): {bad}: not YAML: ",
+            "missing": f"enrich.kubeconfig (from {source}): {tmp_path / 'none'}: no such file\n",
+            "no-such-context": f"enrich.context (from {source}): 'nope' is not a context of {good} "
+                               "(its contexts: ctx)\n"}[what]
+    for command in ("run", "config"):  # `config` refuses what `run` refuses, in the same words
+        r = cli_as_on_a_laptop([command, *base, *args, "--listen", "netflow://127.0.0.1:9", "--metrics-addr", ""],
+                               tmp_path, env)
+        assert r.returncode == 2, (command, r.stderr)
+        assert r.stderr.startswith(f"flowscope: configuration error: {want}"), (command, r.stderr)
+        assert r.stderr.count("\n") == 1 and r.stdout == "", (command, r.stderr, r.stdout)
+
+
+def test_a_context_missing_from_kubeconfig_variable_names_both(tmp_path: Path) -> None:
+    kc = tmp_path / "kc"
+    kc.write_text(KUBECONFIG_ONE_CONTEXT)
+    r = cli_as_on_a_laptop(["config", "--enrich", "true"], tmp_path,
+                           {"KUBECONFIG": str(kc), "FLOWSCOPE_ENRICH_CONTEXT": "prod"})
+    assert (r.returncode, r.stderr) == (2, "flowscope: configuration error: enrich.context (from "
+                                           f"FLOWSCOPE_ENRICH_CONTEXT): 'prod' is not a context of $KUBECONFIG {kc} "
+                                           "(its contexts: ctx)\n")
+    ok = cli_as_on_a_laptop(["config", "--enrich", "true"], tmp_path, {"KUBECONFIG": str(kc),
+                                                                        "FLOWSCOPE_ENRICH_CONTEXT": "ctx"})
+    assert ok.returncode == 0 and "context: ctx" in ok.stdout, ok.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--kafka-brokers", "127.0.0.1:9", "--kafka-tls-ca", "{d}/no-ca.pem"],
+     "kafka TLS (--kafka-tls-ca {d}/no-ca.pem): cannot load: [Errno 2] No such file or directory"),
+    (["--enrich", "true"], "enrich.enabled is true but there is no cluster access"),
+    (["--kubeconfig", "{d}/kc"], "enrich.kubeconfig (from --kubeconfig): {d}/kc: "),
+])
+def test_config_refuses_what_run_refuses_at_start(tmp_path: Path, args: list[str], message: str) -> None:
+    """`flowscope config` printed (exit 0) configurations `flowscope run` then refused at start:
+    TLS files it cannot load, enrichment without cluster access, an unusable kubeconfig. It
+    makes the same checks now, with the same line and exit status, and starts nothing."""
+    (tmp_path / "kc").write_text("apiVersion: v1\nkind: Config\nclusters: []\n")  # no current-context
+    args = [a.format(d=tmp_path) for a in args]
+    want = "flowscope: configuration error: " + message.format(d=tmp_path)
+    results = {}
+    for command in ("run", "config"):
+        r = cli_as_on_a_laptop([command, *args, "--listen", "netflow://127.0.0.1:9", "--metrics-addr", ""], tmp_path)
+        assert r.stderr.startswith(want) and r.stderr.count("\n") == 1, (command, r.stderr)
+        results[command] = (r.returncode, r.stderr)
+    assert results["config"] == results["run"] and results["run"][0] == 2
+
+
+@pytest.mark.parametrize("command,args", [
+    ("run", []), ("config", []), ("decode", ["x.pcap"]), ("replay", ["x.pcap", "--to", "127.0.0.1:9"])])
+def test_an_unknown_option_is_reported_with_the_subcommands_usage(command: str, args: list[str],
+                                                                   tmp_path: Path) -> None:
+    """`flowscope run --typo` printed `usage: flowscope [-h] [--version] COMMAND ...`, which says
+    nothing of run's options; argparse reports it with the subcommand's usage now."""
+    r = cli_as_on_a_laptop([command, *args, "--typo"], tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.startswith(f"usage: flowscope {command} [-h]"), r.stderr
+    assert r.stderr.endswith(f"flowscope {command}: error: unrecognized arguments: --typo\n"), r.stderr
+
+
+def test_the_docs_commands_name_captures_that_exist() -> None:
+    """README and docs/collector.md are followed literally: docs/collector.md's Kafka example
+    replayed `tests/data/<capture>.pcap`, a file no one has."""
+    for doc in ("README.md", "docs/collector.md", "deploy/README.md"):
+        for path in re.findall(r"(?:flowscope (?:replay|decode)) (tests/\S+)", (ROOT / doc).read_text()):
+            assert (ROOT / path).is_file(), f"{doc}: {path} does not exist"
+
+
+def test_make_run_stdout_is_json_flows_only() -> None:
+    """README: `make run` prints one JSON flow per line; make's echo of the build step it runs
+    first was a line of its stdout (`make run | jq` failed on it)."""
+    r = subprocess.run(["make", "build"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "", r.stdout
+
+
 # ---------------------------------------------------------------------------------------------- queue
 
 def test_queue_newest_policy_counts() -> None:

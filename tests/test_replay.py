@@ -334,3 +334,39 @@ def test_a_port_out_of_range_is_a_usage_error(tmp_path: Path, capsys: pytest.Cap
     with pytest.raises(SystemExit) as e:
         main(["replay", str(cap), "--to", "127.0.0.1:9", "--port", "70000"])
     assert e.value.code == 2 and "expected a UDP port 1-65535" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- 10. exit status, as decode's
+
+def test_a_file_that_is_not_a_capture_exits_1_as_decode_does(tmp_path: Path) -> None:
+    """README: a file that is not a capture is exit 1 for `flowscope decode` (2 is a usage
+    error); `replay` of the same file exited 2. Both run as an operator would, on the same file."""
+    f = tmp_path / "notes.txt"
+    f.write_text("hello, not a capture\n")
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    codes = {}
+    for args in (["replay", str(f), "--to", "127.0.0.1:9"], ["decode", str(f)]):
+        r = subprocess.run([sys.executable, "-m", "collector.cli", *args], capture_output=True, text=True,
+                           cwd=ROOT, env=env, timeout=60)
+        assert r.stderr == f"flowscope {args[0]}: {f}: not a pcap file\n", r.stderr
+        codes[args[0]] = r.returncode
+    assert codes == {"replay": 1, "decode": 1}
+    helped = subprocess.run([sys.executable, "-m", "collector.cli", "replay", "--help"], capture_output=True,
+                            text=True, cwd=ROOT, env={**env, "COLUMNS": "1000"}, timeout=60).stdout
+    assert "Exit status: 0 when the capture was sent; 1 when FILE cannot be read, is not a pcap/pcapng" in helped
+
+
+def test_a_capture_cut_inside_its_first_record_is_reported_as_cut(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A file cut inside its first record sent nothing and said "no UDP datagrams found", as for
+    a capture of other traffic: the reason is that the file is cut short."""
+    cap = pcap(tmp_path / "cut.pcap", [(T0, ("10.1.0.1", 2055), 2055, make_v5(1, 1, 0))], cut=30)
+    assert cli.main(["replay", str(cap), "--to", "127.0.0.1:9", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == (f"replay: {cap}: the capture is cut short in the middle of a record at "
+                                   "byte 24 (the file ends 100 bytes into it)"), err
+    assert "no UDP datagrams" not in err
+    # a whole capture of no UDP still says so
+    empty = pcap(tmp_path / "empty.pcap", [])
+    assert cli.main(["replay", str(empty), "--to", "127.0.0.1:9", "--quiet"]) == 1
+    assert capsys.readouterr().err == f"replay: {empty}: no UDP datagrams found\n"
