@@ -101,6 +101,13 @@ def _host_address(text: str) -> tuple[str, bytes] | None:
     return text if canonical == text else canonical, a.packed
 
 
+@functools.lru_cache(maxsize=4096)
+def _host_set(raws: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    """One shared tuple per distinct set of a pod's host addresses (the pods of one node give
+    the same): 100k pods keep a few hundred tuples, not one each. Bounded: a memo, not an index."""
+    return raws
+
+
 def parse_time_ms(text: Any) -> int | None:
     """Kubernetes RFC 3339 timestamp -> Unix ms, None when absent or unparsable."""
     if not isinstance(text, str) or not text:
@@ -216,19 +223,23 @@ class Unreadable:
 class PodRec:
     """What the index keeps of a Pod."""
 
-    __slots__ = ("uid", "ns", "name", "node", "host_ip", "ips", "owner_kind", "owner_name",
+    __slots__ = ("uid", "ns", "name", "node", "host_ip", "host_ips", "ips", "owner_kind", "owner_name",
                  "start_ms", "end_ms", "frag_s", "frag_d", "infra", "keep_ips", "keep_owner", "status_start",
                  "finished_ms", "floored", "end_grace")
 
     def __init__(self, *, uid: str, ns: str, name: str, node: str | None, host_ip: str,
                  ips: tuple[bytes, ...], owner_kind: str, owner_name: str, start_ms: int,
                  end_ms: int, keep_ips: bool = False, keep_owner: bool = False,
-                 finished_ms: int | None = None) -> None:
+                 finished_ms: int | None = None, host_ips: tuple[bytes, ...] = ()) -> None:
         self.uid = uid
         self.ns = ns
         self.name = name
         self.node = node
-        self.host_ip = host_ip
+        self.host_ip = host_ip  # published (HostIP): status.hostIP, the first of status.hostIPs
+        # every address of status.hostIP and status.hostIPs (both families on a dual-stack
+        # node), raw: each names the pod's node as an exporter (_host_ref); one shared tuple
+        # per distinct set (_host_set), so the pods of a node add a pointer each
+        self.host_ips = host_ips
         self.ips = ips
         # status.podIPs was malformed (counted at parse): the pod's last good addresses stand,
         # filled in by the writer, which has them (parsing runs outside the writer lock)
@@ -258,7 +269,8 @@ class PodRec:
     def same(self, other: PodRec) -> bool:
         """True when `other` would render and index identically (MODIFIED noise is skipped)."""
         return (self.uid == other.uid and self.ips == other.ips and self.node == other.node
-                and self.host_ip == other.host_ip and self.owner_kind == other.owner_kind
+                and self.host_ip == other.host_ip and self.host_ips == other.host_ips
+                and self.owner_kind == other.owner_kind
                 and self.owner_name == other.owner_name and self.start_ms == other.start_ms
                 and (self.end_ms == ALIVE) == (other.end_ms == ALIVE))
 
@@ -418,7 +430,6 @@ class Index:
         # exporter's node for FlowDirection while that Node is not in the cache (deleted while
         # its pods are being garbage-collected, re-registered, or the nodes informer behind).
         self._hosts: dict[bytes, dict[str, int]] = {}
-        self._host_raw: dict[str, bytes] = {}  # hostIP text -> bytes (parsing costs ~5 us a pod)
         self._svc_addr: dict[bytes, tuple[str, str]] = {}
         self._batch = False
 
@@ -600,11 +611,11 @@ class Index:
         if host is None and isinstance(host_v, str) and host_v:
             self.problem("bad_address", f"pod {ns}/{name} has a non-IP hostIP {host_v!r}")
         host_ip = host[0] if host is not None else ""
-        host_ips = {host[1]} if host is not None else set()
+        host_ips = [host[1]] if host is not None else []
         for h in self._list(status.get("hostIPs"), f"pod {ns}/{name} status.hostIPs"):
             hh = host_address(h.get("ip")) if isinstance(h, dict) else None
-            if hh is not None:
-                host_ips.add(hh[1])
+            if hh is not None and hh[1] not in host_ips:
+                host_ips.append(hh[1])
         texts: list[str] = []
         keep_ips = False
         # Every address of a host-network pod is its Node's (before Kubernetes 1.28 a dual-stack
@@ -670,7 +681,7 @@ class Index:
         rec = PodRec(uid=uid, ns=_intern(ns), name=name, node=_intern(node) if node else None,
                      host_ip=host_ip, ips=tuple(ips), owner_kind=_intern(kind), owner_name=oname,
                      start_ms=ALWAYS if start is None else start, end_ms=end, keep_ips=keep_ips,
-                     keep_owner=keep_owner, finished_ms=finished_all)
+                     keep_owner=keep_owner, finished_ms=finished_all, host_ips=_host_set(tuple(host_ips)))
         if end != ALIVE and end != now:
             rec.end_grace = _grace(end)
         return rec
@@ -959,7 +970,7 @@ class Index:
     def _held_before(self, old: PodRec, ips: list[bytes], end: int) -> None:
         """A tombstone of `old` for `ips`: they were its own from its start until `end`."""
         dep = PodRec(uid=f"{old.uid}\x00{next(self._seq)}", ns=old.ns, name=old.name, node=old.node,
-                     host_ip=old.host_ip, ips=tuple(ips), owner_kind=old.owner_kind,
+                     host_ip=old.host_ip, host_ips=old.host_ips, ips=tuple(ips), owner_kind=old.owner_kind,
                      owner_name=old.owner_name, start_ms=old.start_ms, end_ms=end)
         dep.frag_s, dep.frag_d, dep.infra = old.frag_s, old.frag_d, old.infra
         self._entomb(dep)
@@ -1026,42 +1037,36 @@ class Index:
     def _hold(self, rec: PodRec) -> None:
         for ip in rec.ips:
             _multi_add(self._holders, ip, rec)
-        if rec.ips and rec.node and rec.host_ip:
+        if rec.ips and rec.node:
             self._host_ref(rec, 1)
 
     def _unhold(self, rec: PodRec) -> None:
         held = False
         for ip in rec.ips:
             held = _multi_remove(self._holders, ip, rec) or held
-        if held and rec.node and rec.host_ip:
+        if held and rec.node:
             self._host_ref(rec, -1)
 
     def _host_ref(self, rec: PodRec, delta: int) -> None:
         # FlowDirection compares the exporter's address with the pods' host IPs (NetObserv's
         # reinterpretDirection): through Node objects when the address is a known node's, else
         # through this map, so that the readers still compare node names only (no per-flow cost).
-        host = self._host_raw.get(rec.host_ip)
-        if host is None:
-            host = ip_bytes(rec.host_ip)
-            if host is None:
-                return
-            if len(self._host_raw) > 2 * len(self._hosts) + 64:
-                self._host_raw.clear()  # hosts gone: a memo, not an index
-            self._host_raw[rec.host_ip] = host
-        names = self._hosts.get(host)
-        if names is None:
-            if delta < 0:
-                return
-            names = self._hosts[host] = {}
+        # Every host address counts: a dual-stack node's exporter may write either family.
         node = rec.node or ""
-        n = names.get(node, 0) + delta
-        if n > 0:
-            names[node] = n  # a name seen last goes last: a host IP's newest node name answers
-        else:
-            names.pop(node, None)
-            if not names:
-                del self._hosts[host]
-        self._set_agent(host)
+        for host in rec.host_ips:
+            names = self._hosts.get(host)
+            if names is None:
+                if delta < 0:
+                    continue
+                names = self._hosts[host] = {}
+            n = names.get(node, 0) + delta
+            if n > 0:
+                names[node] = n  # a name seen last goes last: a host IP's newest node name answers
+            else:
+                names.pop(node, None)
+                if not names:
+                    del self._hosts[host]
+            self._set_agent(host)
 
     def _set_agent(self, ip: bytes) -> None:
         """Publish the node an exporter address names: a Node's address first, else the node of

@@ -804,6 +804,44 @@ def test_flow_direction_from_pods_host_ips_while_their_node_is_not_cached() -> N
     assert raw("10.0.0.2") not in idx._agents
 
 
+def test_flow_direction_from_every_host_ip_of_a_dual_stack_pod_while_its_node_is_not_cached() -> None:
+    """status.hostIPs lists both families on a dual-stack node (Kubernetes 1.28+), hostIP only
+    the first: an exporter writing its IPv6 address (IPFIX over IPv6, sFlow agent address) is
+    the same node, whichever family comes first, while that Node is not in the cache."""
+    clock = Clock(T0)
+    for first, second in (("10.0.0.2", "fd00::2"), ("fd00::2", "10.0.0.2")):
+        clock.ms = T0
+        b1 = pod("b1", "shop", ips=["10.244.1.5", "fd00:10:244:2::5"], node="node-b", host_ip=first,
+                 uid="u-b1", created=iso(T0 - 1_000))
+        b1["status"]["hostIPs"] = [{"ip": first}, {"ip": second}]
+        e = enrich.Enricher.from_objects(pods=[b1, pod("a1", "shop", ips=["10.244.0.5"], uid="u-a1")],
+                                         nodes=NODES[:1], config=enrich.EnrichConfig(own_namespace=""), clock=clock)
+        idx = e.index
+        for agent in (first, second):
+            for src, dst in (("10.244.1.5", "8.8.8.8"), ("fd00:10:244:2::5", "2001:db8::8")):
+                assert flow(e, src, dst, agent=agent, t_ms=T0).get("FlowDirection") == 1, (agent, src)
+                assert flow(e, dst, src, agent=agent, t_ms=T0, direction=1).get("FlowDirection") == 0, (agent, src)
+            assert flow(e, "10.244.0.5", "10.244.1.5", agent=agent, t_ms=T0).get("FlowDirection") == 0, agent
+        # Deleted and swept: no host address is left naming the node.
+        idx.delete("pods", idx.parse("pods", b1))
+        clock.ms = T0 + 301_000
+        assert idx.sweep() == 1
+        assert all(raw(h) not in idx._hosts and raw(h) not in idx._agents for h in (first, second))
+        # A pod whose status gives hostIPs only in an update (a kubelet before 1.28, then
+        # upgraded): its second address names its node from then on.
+        c1 = pod("c1", "shop", ips=["10.244.1.6"], node="node-b", host_ip=first, uid="u-c1", created=iso(T0))
+        idx.upsert("pods", idx.parse("pods", c1))
+        assert raw(first) in idx._agents and raw(second) not in idx._agents
+        c1["status"]["hostIPs"] = [{"ip": first}, {"ip": second}]
+        idx.upsert("pods", idx.parse("pods", c1))
+        assert flow(e, "10.244.1.6", "8.8.8.8", agent=second, t_ms=T0 + 301_000).get("FlowDirection") == 1
+        idx.delete("pods", idx.parse("pods", c1))
+        clock.ms = T0 + 602_000
+        assert idx.sweep() == 1
+        assert all(raw(h) not in idx._hosts and raw(h) not in idx._agents for h in (first, second))
+        assert flow(e, "8.8.8.8", "10.244.0.5", agent=second, direction=1).get("FlowDirection") == 1
+
+
 def test_an_address_two_nodes_list_stays_with_the_node_still_listing_it() -> None:
     """A replaced VM's private address given to the new VM while the old (NotReady) Node object
     still lists it: when the Node answering for the address is deleted or stops listing it, the
