@@ -416,6 +416,13 @@ class Index:
         self._holders: dict[bytes, Any] = {}
         self._pods_by_node: dict[str, Any] = {}
         self._pods_by_rs: dict[tuple[str, str], Any] = {}
+        # What a deleted ReplicaSet (its Deployment) or Node (its zone) gave the live pods still
+        # linked to it, until the last of them goes (_forget_gone): deleting a Deployment (or a
+        # namespace) deletes the ReplicaSet before the garbage collector deletes its pods, and
+        # a Node goes before the pod garbage collector deletes its DaemonSet pods; they still
+        # belong to that Deployment and ran in that zone (their last flows, their tombstones).
+        self._rs_gone: dict[tuple[str, str], RsRec] = {}
+        self._zones_gone: dict[str, str] = {}
         self._nodes: dict[str, NodeRec] = {}
         self._services: dict[tuple[str, str], SvcRec] = {}
         self._rs: dict[tuple[str, str], RsRec] = {}
@@ -943,6 +950,8 @@ class Index:
             self._unlink_pod(old)
         self._pods[rec.uid] = rec
         self._link_pod(rec)
+        if old is not None:
+            self._forget_gone(old)
         self._render_pod(rec)
         touched = set(rec.ips)
         if old is not None:
@@ -983,6 +992,7 @@ class Index:
         so a pod given the address since is not taken for it."""
         rec = self._pods.pop(uid)
         self._unlink_pod(rec)
+        self._forget_gone(rec)
         if rec.end_ms == ALIVE:
             end = self._now_ms()
             if final is not None:
@@ -1096,16 +1106,27 @@ class Index:
         if rec.owner_kind == "ReplicaSet":
             _multi_remove(self._pods_by_rs, (rec.ns, rec.owner_name), rec.uid)
 
+    def _forget_gone(self, rec: PodRec) -> None:
+        """`rec` was unlinked: drop what its deleted ReplicaSet or Node left for pods no pod
+        links to any more."""
+        if rec.node and rec.node not in self._pods_by_node:
+            self._zones_gone.pop(rec.node, None)
+        if rec.owner_kind == "ReplicaSet" and (rec.ns, rec.owner_name) not in self._pods_by_rs:
+            self._rs_gone.pop((rec.ns, rec.owner_name), None)
+
     def _render_pod(self, rec: PodRec) -> None:
         kind, oname = rec.owner_kind, rec.owner_name
         if kind == "ReplicaSet":
-            rs = self._rs.get((rec.ns, oname))
+            rs = self._rs.get((rec.ns, oname)) or self._rs_gone.get((rec.ns, oname))
             if rs is not None and rs.owner is not None:
                 kind, oname = rs.owner
-        node = self._nodes.get(rec.node) if rec.node else None
+        zone = ""
+        if rec.node:
+            node = self._nodes.get(rec.node)
+            zone = node.zone if node is not None else self._zones_gone.get(rec.node, "")
         fields = ((b"Name", rec.name), (b"Namespace", rec.ns), (b"Type", "Pod"),
                   (b"OwnerName", oname), (b"OwnerType", kind), (b"HostIP", rec.host_ip),
-                  (b"HostName", rec.node or ""), (b"Zone", node.zone if node else ""))
+                  (b"HostName", rec.node or ""), (b"Zone", zone))
         rec.frag_s = _fragment(b"Src", fields)
         rec.frag_d = _fragment(b"Dst", fields)
         rec.infra = self._infra(rec.ns)
@@ -1164,6 +1185,8 @@ class Index:
                 self._node_layer[ip] = entry
                 self._set_agent(ip)
                 self._merge(ip)
+        if old is None:
+            self._zones_gone.pop(rec.name, None)  # (re-registered: its zone now)
         if old is None or old.zone != rec.zone:
             self._rerender(self._pods_by_node.get(rec.name))
 
@@ -1188,7 +1211,10 @@ class Index:
             return
         for ip in old.addrs:
             self._drop_node_ip(ip, name)
-        self._rerender(self._pods_by_node.get(name))
+        # Its pods keep the zone they were rendered with (the only field a Node gives them)
+        # until they go too: the pod garbage collector deletes them after the Node.
+        if old.zone and name in self._pods_by_node:
+            self._zones_gone[name] = old.zone
 
     # services
 
@@ -1228,13 +1254,19 @@ class Index:
     def _set_rs(self, rec: RsRec) -> None:
         key = (rec.ns, rec.name)
         old = self._rs.get(key)
+        gone = self._rs_gone.pop(key, None)
         self._rs[key] = rec
-        if old is None or old.owner != rec.owner:
+        prev = old if old is not None else gone
+        if prev is None or prev.owner != rec.owner:
             self._rerender(self._pods_by_rs.get(key))
 
     def _delete_rs(self, key: tuple[str, str]) -> None:
-        if self._rs.pop(key, None) is not None:
-            self._rerender(self._pods_by_rs.get(key))
+        # Its pods keep the Deployment they were rendered with until they go too (deleting a
+        # Deployment deletes the ReplicaSet first); orphaned ones (--cascade=orphan) lose their
+        # ownerReferences in an update of their own.
+        old = self._rs.pop(key, None)
+        if old is not None and old.owner is not None and key in self._pods_by_rs:
+            self._rs_gone[key] = old
 
 
 def _with_fallback(chain: tuple[Any, ...] | None, other: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
