@@ -101,6 +101,13 @@ def _host_address(text: str) -> tuple[str, bytes] | None:
     return text if canonical == text else canonical, a.packed
 
 
+@functools.lru_cache(maxsize=4096)
+def _host_set(raws: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    """One shared tuple per distinct set of a pod's host addresses (the pods of one node give
+    the same): 100k pods keep a few hundred tuples, not one each. Bounded: a memo, not an index."""
+    return raws
+
+
 def parse_time_ms(text: Any) -> int | None:
     """Kubernetes RFC 3339 timestamp -> Unix ms, None when absent or unparsable."""
     if not isinstance(text, str) or not text:
@@ -216,19 +223,23 @@ class Unreadable:
 class PodRec:
     """What the index keeps of a Pod."""
 
-    __slots__ = ("uid", "ns", "name", "node", "host_ip", "ips", "owner_kind", "owner_name",
+    __slots__ = ("uid", "ns", "name", "node", "host_ip", "host_ips", "ips", "owner_kind", "owner_name",
                  "start_ms", "end_ms", "frag_s", "frag_d", "infra", "keep_ips", "keep_owner", "status_start",
                  "finished_ms", "floored", "end_grace")
 
     def __init__(self, *, uid: str, ns: str, name: str, node: str | None, host_ip: str,
                  ips: tuple[bytes, ...], owner_kind: str, owner_name: str, start_ms: int,
                  end_ms: int, keep_ips: bool = False, keep_owner: bool = False,
-                 finished_ms: int | None = None) -> None:
+                 finished_ms: int | None = None, host_ips: tuple[bytes, ...] = ()) -> None:
         self.uid = uid
         self.ns = ns
         self.name = name
         self.node = node
-        self.host_ip = host_ip
+        self.host_ip = host_ip  # published (HostIP): status.hostIP, the first of status.hostIPs
+        # every address of status.hostIP and status.hostIPs (both families on a dual-stack
+        # node), raw: each names the pod's node as an exporter (_host_ref); one shared tuple
+        # per distinct set (_host_set), so the pods of a node add a pointer each
+        self.host_ips = host_ips
         self.ips = ips
         # status.podIPs was malformed (counted at parse): the pod's last good addresses stand,
         # filled in by the writer, which has them (parsing runs outside the writer lock)
@@ -258,7 +269,8 @@ class PodRec:
     def same(self, other: PodRec) -> bool:
         """True when `other` would render and index identically (MODIFIED noise is skipped)."""
         return (self.uid == other.uid and self.ips == other.ips and self.node == other.node
-                and self.host_ip == other.host_ip and self.owner_kind == other.owner_kind
+                and self.host_ip == other.host_ip and self.host_ips == other.host_ips
+                and self.owner_kind == other.owner_kind
                 and self.owner_name == other.owner_name and self.start_ms == other.start_ms
                 and (self.end_ms == ALIVE) == (other.end_ms == ALIVE))
 
@@ -404,6 +416,13 @@ class Index:
         self._holders: dict[bytes, Any] = {}
         self._pods_by_node: dict[str, Any] = {}
         self._pods_by_rs: dict[tuple[str, str], Any] = {}
+        # What a deleted ReplicaSet (its Deployment) or Node (its zone) gave the live pods still
+        # linked to it, until the last of them goes (_forget_gone): deleting a Deployment (or a
+        # namespace) deletes the ReplicaSet before the garbage collector deletes its pods, and
+        # a Node goes before the pod garbage collector deletes its DaemonSet pods; they still
+        # belong to that Deployment and ran in that zone (their last flows, their tombstones).
+        self._rs_gone: dict[tuple[str, str], RsRec] = {}
+        self._zones_gone: dict[str, str] = {}
         self._nodes: dict[str, NodeRec] = {}
         self._services: dict[tuple[str, str], SvcRec] = {}
         self._rs: dict[tuple[str, str], RsRec] = {}
@@ -418,7 +437,6 @@ class Index:
         # exporter's node for FlowDirection while that Node is not in the cache (deleted while
         # its pods are being garbage-collected, re-registered, or the nodes informer behind).
         self._hosts: dict[bytes, dict[str, int]] = {}
-        self._host_raw: dict[str, bytes] = {}  # hostIP text -> bytes (parsing costs ~5 us a pod)
         self._svc_addr: dict[bytes, tuple[str, str]] = {}
         self._batch = False
 
@@ -600,11 +618,11 @@ class Index:
         if host is None and isinstance(host_v, str) and host_v:
             self.problem("bad_address", f"pod {ns}/{name} has a non-IP hostIP {host_v!r}")
         host_ip = host[0] if host is not None else ""
-        host_ips = {host[1]} if host is not None else set()
+        host_ips = [host[1]] if host is not None else []
         for h in self._list(status.get("hostIPs"), f"pod {ns}/{name} status.hostIPs"):
             hh = host_address(h.get("ip")) if isinstance(h, dict) else None
-            if hh is not None:
-                host_ips.add(hh[1])
+            if hh is not None and hh[1] not in host_ips:
+                host_ips.append(hh[1])
         texts: list[str] = []
         keep_ips = False
         # Every address of a host-network pod is its Node's (before Kubernetes 1.28 a dual-stack
@@ -670,7 +688,7 @@ class Index:
         rec = PodRec(uid=uid, ns=_intern(ns), name=name, node=_intern(node) if node else None,
                      host_ip=host_ip, ips=tuple(ips), owner_kind=_intern(kind), owner_name=oname,
                      start_ms=ALWAYS if start is None else start, end_ms=end, keep_ips=keep_ips,
-                     keep_owner=keep_owner, finished_ms=finished_all)
+                     keep_owner=keep_owner, finished_ms=finished_all, host_ips=_host_set(tuple(host_ips)))
         if end != ALIVE and end != now:
             rec.end_grace = _grace(end)
         return rec
@@ -932,6 +950,8 @@ class Index:
             self._unlink_pod(old)
         self._pods[rec.uid] = rec
         self._link_pod(rec)
+        if old is not None:
+            self._forget_gone(old)
         self._render_pod(rec)
         touched = set(rec.ips)
         if old is not None:
@@ -959,7 +979,7 @@ class Index:
     def _held_before(self, old: PodRec, ips: list[bytes], end: int) -> None:
         """A tombstone of `old` for `ips`: they were its own from its start until `end`."""
         dep = PodRec(uid=f"{old.uid}\x00{next(self._seq)}", ns=old.ns, name=old.name, node=old.node,
-                     host_ip=old.host_ip, ips=tuple(ips), owner_kind=old.owner_kind,
+                     host_ip=old.host_ip, host_ips=old.host_ips, ips=tuple(ips), owner_kind=old.owner_kind,
                      owner_name=old.owner_name, start_ms=old.start_ms, end_ms=end)
         dep.frag_s, dep.frag_d, dep.infra = old.frag_s, old.frag_d, old.infra
         self._entomb(dep)
@@ -972,6 +992,7 @@ class Index:
         so a pod given the address since is not taken for it."""
         rec = self._pods.pop(uid)
         self._unlink_pod(rec)
+        self._forget_gone(rec)
         if rec.end_ms == ALIVE:
             end = self._now_ms()
             if final is not None:
@@ -1026,42 +1047,36 @@ class Index:
     def _hold(self, rec: PodRec) -> None:
         for ip in rec.ips:
             _multi_add(self._holders, ip, rec)
-        if rec.ips and rec.node and rec.host_ip:
+        if rec.ips and rec.node:
             self._host_ref(rec, 1)
 
     def _unhold(self, rec: PodRec) -> None:
         held = False
         for ip in rec.ips:
             held = _multi_remove(self._holders, ip, rec) or held
-        if held and rec.node and rec.host_ip:
+        if held and rec.node:
             self._host_ref(rec, -1)
 
     def _host_ref(self, rec: PodRec, delta: int) -> None:
         # FlowDirection compares the exporter's address with the pods' host IPs (NetObserv's
         # reinterpretDirection): through Node objects when the address is a known node's, else
         # through this map, so that the readers still compare node names only (no per-flow cost).
-        host = self._host_raw.get(rec.host_ip)
-        if host is None:
-            host = ip_bytes(rec.host_ip)
-            if host is None:
-                return
-            if len(self._host_raw) > 2 * len(self._hosts) + 64:
-                self._host_raw.clear()  # hosts gone: a memo, not an index
-            self._host_raw[rec.host_ip] = host
-        names = self._hosts.get(host)
-        if names is None:
-            if delta < 0:
-                return
-            names = self._hosts[host] = {}
+        # Every host address counts: a dual-stack node's exporter may write either family.
         node = rec.node or ""
-        n = names.get(node, 0) + delta
-        if n > 0:
-            names[node] = n  # a name seen last goes last: a host IP's newest node name answers
-        else:
-            names.pop(node, None)
-            if not names:
-                del self._hosts[host]
-        self._set_agent(host)
+        for host in rec.host_ips:
+            names = self._hosts.get(host)
+            if names is None:
+                if delta < 0:
+                    continue
+                names = self._hosts[host] = {}
+            n = names.get(node, 0) + delta
+            if n > 0:
+                names[node] = n  # a name seen last goes last: a host IP's newest node name answers
+            else:
+                names.pop(node, None)
+                if not names:
+                    del self._hosts[host]
+            self._set_agent(host)
 
     def _set_agent(self, ip: bytes) -> None:
         """Publish the node an exporter address names: a Node's address first, else the node of
@@ -1091,16 +1106,27 @@ class Index:
         if rec.owner_kind == "ReplicaSet":
             _multi_remove(self._pods_by_rs, (rec.ns, rec.owner_name), rec.uid)
 
+    def _forget_gone(self, rec: PodRec) -> None:
+        """`rec` was unlinked: drop what its deleted ReplicaSet or Node left for pods no pod
+        links to any more."""
+        if rec.node and rec.node not in self._pods_by_node:
+            self._zones_gone.pop(rec.node, None)
+        if rec.owner_kind == "ReplicaSet" and (rec.ns, rec.owner_name) not in self._pods_by_rs:
+            self._rs_gone.pop((rec.ns, rec.owner_name), None)
+
     def _render_pod(self, rec: PodRec) -> None:
         kind, oname = rec.owner_kind, rec.owner_name
         if kind == "ReplicaSet":
-            rs = self._rs.get((rec.ns, oname))
+            rs = self._rs.get((rec.ns, oname)) or self._rs_gone.get((rec.ns, oname))
             if rs is not None and rs.owner is not None:
                 kind, oname = rs.owner
-        node = self._nodes.get(rec.node) if rec.node else None
+        zone = ""
+        if rec.node:
+            node = self._nodes.get(rec.node)
+            zone = node.zone if node is not None else self._zones_gone.get(rec.node, "")
         fields = ((b"Name", rec.name), (b"Namespace", rec.ns), (b"Type", "Pod"),
                   (b"OwnerName", oname), (b"OwnerType", kind), (b"HostIP", rec.host_ip),
-                  (b"HostName", rec.node or ""), (b"Zone", node.zone if node else ""))
+                  (b"HostName", rec.node or ""), (b"Zone", zone))
         rec.frag_s = _fragment(b"Src", fields)
         rec.frag_d = _fragment(b"Dst", fields)
         rec.infra = self._infra(rec.ns)
@@ -1159,6 +1185,8 @@ class Index:
                 self._node_layer[ip] = entry
                 self._set_agent(ip)
                 self._merge(ip)
+        if old is None:
+            self._zones_gone.pop(rec.name, None)  # (re-registered: its zone now)
         if old is None or old.zone != rec.zone:
             self._rerender(self._pods_by_node.get(rec.name))
 
@@ -1183,7 +1211,10 @@ class Index:
             return
         for ip in old.addrs:
             self._drop_node_ip(ip, name)
-        self._rerender(self._pods_by_node.get(name))
+        # Its pods keep the zone they were rendered with (the only field a Node gives them)
+        # until they go too: the pod garbage collector deletes them after the Node.
+        if old.zone and name in self._pods_by_node:
+            self._zones_gone[name] = old.zone
 
     # services
 
@@ -1223,13 +1254,19 @@ class Index:
     def _set_rs(self, rec: RsRec) -> None:
         key = (rec.ns, rec.name)
         old = self._rs.get(key)
+        gone = self._rs_gone.pop(key, None)
         self._rs[key] = rec
-        if old is None or old.owner != rec.owner:
+        prev = old if old is not None else gone
+        if prev is None or prev.owner != rec.owner:
             self._rerender(self._pods_by_rs.get(key))
 
     def _delete_rs(self, key: tuple[str, str]) -> None:
-        if self._rs.pop(key, None) is not None:
-            self._rerender(self._pods_by_rs.get(key))
+        # Its pods keep the Deployment they were rendered with until they go too (deleting a
+        # Deployment deletes the ReplicaSet first); orphaned ones (--cascade=orphan) lose their
+        # ownerReferences in an update of their own.
+        old = self._rs.pop(key, None)
+        if old is not None and old.owner is not None and key in self._pods_by_rs:
+            self._rs_gone[key] = old
 
 
 def _with_fallback(chain: tuple[Any, ...] | None, other: tuple[Any, ...] | None) -> tuple[Any, ...] | None:

@@ -141,6 +141,80 @@ def test_replicaset_owned_by_something_else_is_counted(caplog: pytest.LogCapture
     assert sum("owner kind Rollout" in r.getMessage() and r.levelno == logging.INFO for r in caplog.records) == 1
 
 
+def test_a_deleted_replicaset_or_node_keeps_naming_the_deployment_and_zone_of_its_remaining_pods() -> None:
+    """Deleting a Deployment (kubectl delete, a namespace torn down) deletes its ReplicaSet
+    before the garbage collector deletes the pods, which then take their grace period to stop;
+    a Node is deleted while its DaemonSet pods wait for the pod garbage collector. Those pods
+    still belong to the Deployment and still run in that zone: their last flows, and the late
+    flows their tombstones answer, keep the Deployment and the zone (not the ReplicaSet's name
+    and no zone), until the ReplicaSet or Node comes back, or the pods are gone."""
+    clock = Clock(T0)
+    web = pod("web-6d4cf56db6-x1", "shop", ips=["10.244.0.5"], owner=("ReplicaSet", "web-6d4cf56db6"), uid="u-w",
+              created=iso(T0 - 60_000))
+    b1 = pod("b1", "shop", ips=["10.244.1.5"], node="node-b", host_ip="10.0.0.2", owner=("DaemonSet", "agent"),
+             uid="u-b", created=iso(T0 - 60_000))
+
+    def owner_zone(addr: str, t_ms: int = 0) -> tuple[str, str, str]:
+        got = side(flow(e, addr, "", t_ms=t_ms), "SrcK8S_")
+        return got.get("OwnerName", ""), got.get("OwnerType", ""), got.get("Zone", "")
+
+    for how in ("watch", "relist"):
+        e = build([web, b1], clock=clock)
+        idx = e.index
+        clock.ms = T0
+        if how == "watch":
+            idx.delete("replicasets", idx.parse("replicasets", RS[0]))
+            idx.delete("nodes", idx.parse("nodes", NODES[1]))
+        else:
+            idx.replace("replicasets", [idx.parse("replicasets", RS[1])])
+            idx.replace("nodes", [idx.parse("nodes", NODES[0])])
+        assert owner_zone("10.244.0.5") == ("web", "Deployment", "zone-a"), how
+        assert owner_zone("10.244.1.5") == ("agent", "DaemonSet", "zone-b"), how
+        assert idx.kind_count("replicasets") == 1 and idx.kind_count("nodes") == 1, how
+        # The pods change (their status lists a second host address) and web's node changes
+        # zone: they are rendered again, with what their ReplicaSet and Node last said.
+        web_t = pod("web-6d4cf56db6-x1", "shop", ips=["10.244.0.5"], owner=("ReplicaSet", "web-6d4cf56db6"),
+                    uid="u-w", created=iso(T0 - 60_000), host_ips=["10.0.0.1", "fd00::1"])
+        b1_t = pod("b1", "shop", ips=["10.244.1.5"], node="node-b", host_ip="10.0.0.2", owner=("DaemonSet", "agent"),
+                   uid="u-b", created=iso(T0 - 60_000), host_ips=["10.0.0.2", "fd00::2"])
+        for p in (web_t, b1_t):
+            idx.upsert("pods", idx.parse("pods", p))
+        idx.upsert("nodes", idx.parse("nodes", node("node-a", internal=["10.0.0.1"], zone="zone-c")))
+        assert owner_zone("10.244.0.5") == ("web", "Deployment", "zone-c"), how
+        assert owner_zone("10.244.1.5") == ("agent", "DaemonSet", "zone-b"), how
+        # Deleted: their tombstones answer with the same.
+        clock.ms = T0 + 30_000
+        idx.delete("pods", idx.parse("pods", web_t))
+        idx.delete("pods", idx.parse("pods", b1_t))
+        assert owner_zone("10.244.0.5", T0 + 10_000) == ("web", "Deployment", "zone-c"), how
+        assert owner_zone("10.244.1.5", T0 + 10_000) == ("agent", "DaemonSet", "zone-b"), how
+        # Nothing is kept for them any more: a pod of the same names later gets what the cache has.
+        idx.upsert("pods", idx.parse("pods", pod("web-6d4cf56db6-x2", "shop", ips=["10.244.0.6"],
+                                                 owner=("ReplicaSet", "web-6d4cf56db6"), uid="u-w2")))
+        idx.upsert("pods", idx.parse("pods", pod("b2", "shop", ips=["10.244.1.6"], node="node-b",
+                                                 host_ip="10.0.0.2", uid="u-b2")))
+        assert owner_zone("10.244.0.6") == ("web-6d4cf56db6", "ReplicaSet", "zone-c"), how
+        assert owner_zone("10.244.1.6") == ("b2", "Pod", ""), how
+        # The Node re-registers in another zone, the ReplicaSet comes back: theirs.
+        idx.upsert("nodes", idx.parse("nodes", node("node-b", internal=["10.0.0.2"], zone="zone-d")))
+        idx.upsert("replicasets", idx.parse("replicasets", RS[0]))
+        assert owner_zone("10.244.0.6") == ("web", "Deployment", "zone-c"), how
+        assert owner_zone("10.244.1.6") == ("b2", "Pod", "zone-d"), how
+
+
+def test_pods_orphaned_from_a_deleted_replicaset_own_themselves() -> None:
+    """`kubectl delete rs --cascade=orphan`: the garbage collector removes the pods'
+    ownerReferences after the ReplicaSet is gone; the pods are their own owners from then on."""
+    web = pod("web-6d4cf56db6-x1", "shop", ips=["10.244.0.5"], owner=("ReplicaSet", "web-6d4cf56db6"), uid="u-w")
+    e = build([web])
+    idx = e.index
+    idx.delete("replicasets", idx.parse("replicasets", RS[0]))
+    assert side(flow(e, "10.244.0.5", ""), "SrcK8S_")["OwnerType"] == "Deployment"
+    idx.upsert("pods", idx.parse("pods", pod("web-6d4cf56db6-x1", "shop", ips=["10.244.0.5"], uid="u-w")))
+    got = side(flow(e, "10.244.0.5", ""), "SrcK8S_")
+    assert (got["OwnerName"], got["OwnerType"]) == ("web-6d4cf56db6-x1", "Pod")
+
+
 def test_host_network_pod_resolves_to_node() -> None:
     e = build([pod("ovnkube-node-x", "openshift-ovn-kubernetes", ips=["10.0.0.2"], node="node-b",
                    host_ip="10.0.0.2", owner=("DaemonSet", "ovnkube-node"), host_network=True)])
@@ -802,6 +876,44 @@ def test_flow_direction_from_pods_host_ips_while_their_node_is_not_cached() -> N
     assert flow(e, "8.8.8.8", "10.244.0.5", agent="10.0.0.2", direction=1).get("FlowDirection") == 1
     assert idx.counts()["pod_ips"] == 1 and not idx._hosts.get(raw("10.0.0.2"))
     assert raw("10.0.0.2") not in idx._agents
+
+
+def test_flow_direction_from_every_host_ip_of_a_dual_stack_pod_while_its_node_is_not_cached() -> None:
+    """status.hostIPs lists both families on a dual-stack node (Kubernetes 1.28+), hostIP only
+    the first: an exporter writing its IPv6 address (IPFIX over IPv6, sFlow agent address) is
+    the same node, whichever family comes first, while that Node is not in the cache."""
+    clock = Clock(T0)
+    for first, second in (("10.0.0.2", "fd00::2"), ("fd00::2", "10.0.0.2")):
+        clock.ms = T0
+        b1 = pod("b1", "shop", ips=["10.244.1.5", "fd00:10:244:2::5"], node="node-b", host_ip=first,
+                 uid="u-b1", created=iso(T0 - 1_000))
+        b1["status"]["hostIPs"] = [{"ip": first}, {"ip": second}]
+        e = enrich.Enricher.from_objects(pods=[b1, pod("a1", "shop", ips=["10.244.0.5"], uid="u-a1")],
+                                         nodes=NODES[:1], config=enrich.EnrichConfig(own_namespace=""), clock=clock)
+        idx = e.index
+        for agent in (first, second):
+            for src, dst in (("10.244.1.5", "8.8.8.8"), ("fd00:10:244:2::5", "2001:db8::8")):
+                assert flow(e, src, dst, agent=agent, t_ms=T0).get("FlowDirection") == 1, (agent, src)
+                assert flow(e, dst, src, agent=agent, t_ms=T0, direction=1).get("FlowDirection") == 0, (agent, src)
+            assert flow(e, "10.244.0.5", "10.244.1.5", agent=agent, t_ms=T0).get("FlowDirection") == 0, agent
+        # Deleted and swept: no host address is left naming the node.
+        idx.delete("pods", idx.parse("pods", b1))
+        clock.ms = T0 + 301_000
+        assert idx.sweep() == 1
+        assert all(raw(h) not in idx._hosts and raw(h) not in idx._agents for h in (first, second))
+        # A pod whose status gives hostIPs only in an update (a kubelet before 1.28, then
+        # upgraded): its second address names its node from then on.
+        c1 = pod("c1", "shop", ips=["10.244.1.6"], node="node-b", host_ip=first, uid="u-c1", created=iso(T0))
+        idx.upsert("pods", idx.parse("pods", c1))
+        assert raw(first) in idx._agents and raw(second) not in idx._agents
+        c1["status"]["hostIPs"] = [{"ip": first}, {"ip": second}]
+        idx.upsert("pods", idx.parse("pods", c1))
+        assert flow(e, "10.244.1.6", "8.8.8.8", agent=second, t_ms=T0 + 301_000).get("FlowDirection") == 1
+        idx.delete("pods", idx.parse("pods", c1))
+        clock.ms = T0 + 602_000
+        assert idx.sweep() == 1
+        assert all(raw(h) not in idx._hosts and raw(h) not in idx._agents for h in (first, second))
+        assert flow(e, "8.8.8.8", "10.244.0.5", agent=second, direction=1).get("FlowDirection") == 1
 
 
 def test_an_address_two_nodes_list_stays_with_the_node_still_listing_it() -> None:

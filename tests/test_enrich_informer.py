@@ -573,6 +573,20 @@ def test_node_and_replicaset_events_rerender_pods(seeded: FakeKube, enricher: en
     wait_for(lambda: flow(enricher, "10.244.1.2", "") == {}, what="node deleted")
 
 
+def test_every_host_ip_of_a_dual_stack_pod_names_its_node_as_exporter(seeded: FakeKube,
+                                                                     enricher: enrich.Enricher) -> None:
+    """A pod on a dual-stack node whose Node object the cache does not have (yet): its
+    status.hostIPs (both families) each name the exporter's node for FlowDirection, not only
+    status.hostIP (the first)."""
+    assert enricher.wait_ready(10)
+    seeded.add("pods", pod("dual", "shop", ips=["10.244.2.5", "fd00:10:244:3::5"], node="node-c",
+                           host_ip="10.0.0.3", host_ips=["10.0.0.3", "fd00::3"]))
+    wait_for(lambda: flow(enricher, "10.244.2.5", "").get("SrcK8S_Name") == "dual", what="dual-stack pod")
+    for agent in ("10.0.0.3", "fd00::3"):
+        assert flow(enricher, "fd00:10:244:3::5", "2001:db8::1", agent=agent).get("FlowDirection") == 1, agent
+        assert flow(enricher, "10.244.0.5", "10.244.2.5", agent=agent).get("FlowDirection") == 0, agent
+
+
 def test_stop_is_prompt(seeded: FakeKube, kubeconfig: str) -> None:
     import time
 

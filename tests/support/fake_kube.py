@@ -500,7 +500,9 @@ def fake_kube() -> Iterator[FakeKube]:
 
 def pod(name: str, ns: str = "default", *, ips: list[str] | None = None, node: str | None = "node-a",
         host_ip: str | None = "10.0.0.1", owner: tuple[str, str] | None = None, uid: str | None = None,
-        created: str | None = None, phase: str = "Running", host_network: bool = False) -> dict[str, Any]:
+        created: str | None = None, phase: str = "Running", host_network: bool = False,
+        host_ips: list[str] | None = None) -> dict[str, Any]:
+    """A Pod; `host_ips`: status.hostIPs when they are more than hostIP (a dual-stack node)."""
     meta: dict[str, Any] = {"name": name, "namespace": ns}
     if uid:
         meta["uid"] = uid
@@ -512,7 +514,7 @@ def pod(name: str, ns: str = "default", *, ips: list[str] | None = None, node: s
     st: dict[str, Any] = {"phase": phase}
     if host_ip:
         st["hostIP"] = host_ip
-        st["hostIPs"] = [{"ip": host_ip}]
+        st["hostIPs"] = [{"ip": h} for h in (host_ips or [host_ip])]
     if ips:
         st["podIP"] = ips[0]
         st["podIPs"] = [{"ip": i} for i in ips]
