@@ -28,7 +28,6 @@ venv: $(PY)
 # tests import the compiled modules from this tree.
 # The install (an isolated build of the extensions, about a minute) runs again only when the
 # packaging files change; the in-place build recompiles only what changed.
-# (on stderr: `make run`'s stdout is the JSON flows, one per line)
 build: $(VENV)/.installed
 	@echo "$(PY) setup.py -q build_ext --inplace" >&2
 	@$(PY) setup.py -q build_ext --inplace >&2
@@ -60,7 +59,11 @@ lint: build
 debug: $(PY)
 	FLOWSCOPE_DEBUG=1 $(PY) setup.py -q build_ext --inplace --force
 
-run: build
+# Everything before the collector (virtualenv, install, build: make's echo of each step and
+# their output) goes to stderr: `make run`'s stdout is the JSON flows, one per line, from the
+# first run in a clean clone on.
+run:
+	@$(MAKE) --no-print-directory build >&2
 	@$(VENV)/bin/flowscope run $(RUN_ARGS)
 
 kafka: build

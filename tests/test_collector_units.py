@@ -507,12 +507,28 @@ def test_the_docs_commands_name_captures_that_exist() -> None:
             assert (ROOT / path).is_file(), f"{doc}: {path} does not exist"
 
 
-def test_make_run_stdout_is_json_flows_only() -> None:
-    """README: `make run` prints one JSON flow per line; make's echo of the build step it runs
-    first was a line of its stdout (`make run | jq` failed on it)."""
-    r = subprocess.run(["make", "build"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+def test_make_run_stdout_is_json_flows_only(tmp_path: Path) -> None:
+    """README: `make run` prints one JSON flow per line. In a clean clone it first makes the
+    virtualenv and installs the package: make's echo of those steps (`python3 -m venv .venv`,
+    `pip install ...`, `touch .venv/.installed`) was on its stdout too (`make run | jq` failed on
+    it), not only the build step's. Run with a stand-in interpreter whose venv's `flowscope run`
+    prints one flow, so every set-up step runs (nothing is built) and the tree is not touched."""
+    fake = tmp_path / "python3"
+    fake.write_text("#!/bin/sh\n"
+                    'if [ "$1" = "-m" ] && [ "$2" = "venv" ]; then\n'
+                    '  mkdir -p "$3/bin" && cp "$0" "$3/bin/python"\n'
+                    """  printf '#!/bin/sh\\nexit 0\\n' > "$3/bin/pip"\n"""
+                    """  printf '#!/bin/sh\\necho "{\\\\"Bytes\\\\":1}"\\n' > "$3/bin/flowscope"\n"""
+                    '  chmod +x "$3/bin/pip" "$3/bin/flowscope"\n'
+                    "fi\n")
+    fake.chmod(0o755)
+    venv = tmp_path / "venv"
+    r = subprocess.run(["make", "run", f"PYTHON={fake}", f"VENV={venv}"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert r.stdout == "", r.stdout
+    assert (venv / ".installed").exists(), r.stderr   # the clean-clone steps ran
+    assert r.stdout == '{"Bytes":1}\n', r.stdout
+    assert "-m venv" in r.stderr and "setup.py -q build_ext --inplace" in r.stderr, r.stderr
 
 
 # ---------------------------------------------------------------------------------------------- queue
