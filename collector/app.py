@@ -72,12 +72,16 @@ def cluster_access(enrich_cfg: Any) -> str:
 
 
 def kube_access_error(enrich_cfg: Any, name: str = "enrich.kubeconfig",
-                      context_name: str = "enrich.context") -> str | None:
+                      context_name: str = "enrich.context", *, credentials: bool = True) -> str | None:
     """Load the cluster access the enricher will use, as it will (enrich.load_api_client), and
     describe why it cannot be used; None when it can. Run before forking workers, so a missing
     file, a kubeconfig without current-context or a context it does not have is one line and
     exit 2, not a traceback in each worker. `name` and `context_name` are how the caller names
-    the kubeconfig and context settings (`enrich.kubeconfig (from --kubeconfig):`)."""
+    the kubeconfig and context settings (`enrich.kubeconfig (from --kubeconfig):`).
+
+    credentials=False (`flowscope config`) checks the kubeconfig files and the context without
+    loading the credentials: loading runs a kubeconfig's exec plugin (`aws eks get-token`,
+    kubelogin) or auth provider, which a command that starts nothing must not do."""
     import enrich
 
     kc = getattr(enrich_cfg, "kubeconfig", None)
@@ -101,15 +105,25 @@ def kube_access_error(enrich_cfg: Any, name: str = "enrich.kubeconfig",
         if not os.path.exists(os.path.expanduser(files)):
             return ("enrich.enabled is true but there is no cluster access: not in a pod "
                     "(KUBERNETES_SERVICE_HOST unset) and no --kubeconfig, $KUBECONFIG or ~/.kube/config")
-    try:
-        client = enrich.load_api_client(enrich_cfg)
-    except Exception as exc:  # kubernetes' ConfigException, YAML errors, unreadable files
-        context = getattr(enrich_cfg, "context", None)
+    context = getattr(enrich_cfg, "context", None)
+
+    def missing_context() -> str | None:
         names = enrich.kubeconfig_contexts(files) if context and files else None
         if names is not None and context not in names:
             # (the client's words: "Expected object with name X in F/contexts list")
             have = f"its contexts: {', '.join(names)}" if names else "it has none"
             return f"{context_name} {context!r} is not a context of {where} ({have})"
+        return None
+
+    try:
+        if not credentials:
+            enrich.check_kubeconfig(enrich_cfg)
+            return None
+        client = enrich.load_api_client(enrich_cfg)
+    except Exception as exc:  # kubernetes' ConfigException, YAML errors, unreadable files
+        problem = missing_context()
+        if problem:
+            return problem
         msg = " ".join(str(exc).split()) or type(exc).__name__
         return f"{what}: {msg}"
     try:

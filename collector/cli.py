@@ -27,7 +27,7 @@ def _enrich_module() -> Any:
     return enrich
 
 
-def _enrichment(cfg: config_mod.Config) -> tuple[Any, str, str]:
+def _enrichment(cfg: config_mod.Config, credentials: bool = True) -> tuple[Any, str, str]:
     """Whether `flowscope run` enriches: (enrich.EnrichConfig or None, what to log, error).
 
     Decided and checked here, once, before any worker is forked: a kubeconfig that cannot be
@@ -59,24 +59,25 @@ def _enrichment(cfg: config_mod.Config) -> tuple[Any, str, str]:
         return None, (f"enrichment off: {where} and {env} (~/.kube/config alone "
                       "does not turn it on: use --kubeconfig or --enrich true)"), ""
     problem = kube_access_error(enrich_cfg, f"{cfg.named('enrich.kubeconfig')}:",
-                                f"{cfg.named('enrich.context')}:")
+                                f"{cfg.named('enrich.context')}:", credentials=credentials)
     if problem:
         return None, "", problem
     return enrich_cfg, f"enrichment on: {source or 'the kubeconfig client default (~/.kube/config)'}", ""
 
 
-def _start_checks(cfg: config_mod.Config) -> tuple[Any, str, str]:
+def _start_checks(cfg: config_mod.Config, credentials: bool = True) -> tuple[Any, str, str]:
     """The checks `flowscope run` makes at start beyond the schema's, which read files and
     libraries but start nothing: the Kafka sink's codec library and TLS files, then the cluster
     access (see _enrichment, whose result this is). `flowscope config` makes them too, so a
-    configuration it prints is one `run` accepts."""
+    configuration it prints is one `run` accepts, but with credentials=False: the kubeconfig's
+    files and context are checked, its credentials not loaded (no exec plugin is run)."""
     from .sinks import check_compression, check_tls
 
     if cfg.sink_kind() == "kafka":
         problem = check_compression(cfg.kafka) or check_tls(cfg.kafka)
         if problem:
             return None, "", problem
-    return _enrichment(cfg)
+    return _enrichment(cfg, credentials)
 
 
 class _CommandParser(argparse.ArgumentParser):
@@ -115,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "variables and --config file, as YAML (usable as --config). Secrets are shown as <redacted>, which "
                          "--config refuses: give them with their variables when loading the output back. What `flowscope run` "
                          "would refuse at start (an unusable kubeconfig or context, Kafka TLS files it cannot "
-                         "load) is refused here too, with the same message and exit status 2; nothing is started.")
+                         "load) is refused here too, with the same message and exit status 2; nothing is started, "
+                         "and the kubeconfig's credentials are not loaded (no exec plugin runs).")
     config_mod.add_arguments(cfg)
     cfg.add_argument("--markdown", action="store_true", help="print the options table (docs) instead")
 
@@ -217,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
             print(config_mod.markdown_table())
             return 0
         # what `run` would refuse, `config` refuses alike: it says whether the file is good
-        problem = _start_checks(cfg)[2]
+        # (the kubeconfig's files and context, not its credentials: see kube_access_error)
+        problem = _start_checks(cfg, credentials=False)[2]
         if problem:
             print(f"flowscope: configuration error: {problem}", file=sys.stderr)
             return 2

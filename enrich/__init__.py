@@ -26,7 +26,7 @@ from .informer import Informer, Lister, make_listers
 
 __all__ = [
     "EnrichConfig", "EnrichConfigError", "Enricher", "Index", "add_cli_arguments", "config_from_args",
-    "parse_bool", "load_api_client",
+    "parse_bool", "load_api_client", "check_kubeconfig",
 ]
 
 
@@ -42,13 +42,7 @@ def load_api_client(config: EnrichConfig) -> Any:
     from kubernetes import config as kconfig
 
     conf = client.Configuration()
-    files = config.kubeconfig or ("" if os.environ.get("KUBERNETES_SERVICE_HOST")
-                                  else os.environ.get("KUBECONFIG") or "~/.kube/config")
-    paths = [os.path.expanduser(p) for p in files.split(os.pathsep) if p]
-    for path in paths:
-        problem = kubeconfig_shape_error(path)
-        if problem:   # (the caller names the setting, and so the file when it is the only one)
-            raise kconfig.ConfigException(f"{path}: {problem}" if len(paths) > 1 else problem)
+    _check_kubeconfig_shape(config)
     if config.kubeconfig:
         kconfig.load_kube_config(config_file=config.kubeconfig, context=config.context,
                                  client_configuration=conf, persist_config=False)
@@ -62,6 +56,46 @@ def load_api_client(config: EnrichConfig) -> Any:
     # failure (urllib3's retries logged a warning each and slept out Retry-After unseen).
     conf.retries = False
     return client.ApiClient(conf)
+
+
+def _kubeconfig_files(config: EnrichConfig) -> str:
+    """The kubeconfig PATH[:PATH...] load_api_client reads ("" in a pod without --kubeconfig)."""
+    import os
+
+    return config.kubeconfig or ("" if os.environ.get("KUBERNETES_SERVICE_HOST")
+                                 else os.environ.get("KUBECONFIG") or "~/.kube/config")
+
+
+def _check_kubeconfig_shape(config: EnrichConfig) -> None:
+    import os
+
+    from kubernetes.config import ConfigException
+
+    paths = [os.path.expanduser(p) for p in _kubeconfig_files(config).split(os.pathsep) if p]
+    for path in paths:
+        problem = kubeconfig_shape_error(path)
+        if problem:   # (the caller names the setting, and so the file when it is the only one)
+            raise ConfigException(f"{path}: {problem}" if len(paths) > 1 else problem)
+
+
+def check_kubeconfig(config: EnrichConfig) -> None:
+    """What load_api_client checks of the kubeconfig (its files, the context and the cluster and
+    user it names) without loading the credentials: no exec plugin (`aws eks get-token`,
+    kubelogin) or auth provider is run, nothing is read from the network. In a pod without
+    --kubeconfig there is nothing to check. Raises kubernetes.config.ConfigException."""
+    from kubernetes.config import ConfigException
+    from kubernetes.config.kube_config import KubeConfigLoader, KubeConfigMerger
+
+    files = _kubeconfig_files(config)
+    if not files:
+        return
+    _check_kubeconfig_shape(config)
+    merged = KubeConfigMerger(files)   # (expands ~, skips missing files, as the client does)
+    if merged.config is None:
+        raise ConfigException("Invalid kube-config file. No configuration found.")
+    # (the constructor resolves the context, its cluster and user, as load_kube_config does
+    # before it loads the credentials, with the same messages)
+    KubeConfigLoader(config_dict=merged.config, active_context=config.context, config_base_path=None)
 
 
 def kubeconfig_shape_error(path: str) -> str | None:

@@ -487,6 +487,29 @@ def test_config_refuses_what_run_refuses_at_start(tmp_path: Path, args: list[str
     assert results["config"] == results["run"] and results["run"][0] == 2
 
 
+def test_config_checks_the_kubeconfig_without_running_its_credential_plugin(tmp_path: Path) -> None:
+    """`flowscope config` starts nothing: checking the cluster access as `run` does had loaded the
+    kubeconfig's credentials, which runs its exec plugin (`aws eks get-token`, kubelogin). The
+    files, context, cluster and user are still checked, with run's messages."""
+    marker = tmp_path / "plugin-ran"
+    plugin = tmp_path / "get-token"
+    plugin.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    plugin.chmod(0o755)
+    kc = tmp_path / "kc"
+    kc.write_text(KUBECONFIG_ONE_CONTEXT.replace(
+        "{token: t}", "{exec: {apiVersion: client.authentication.k8s.io/v1beta1, command: " + str(plugin) + "}}"))
+    r = cli_as_on_a_laptop(["config", "--kubeconfig", str(kc)], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "kubeconfig: " in r.stdout and not marker.exists()
+    assert r.stderr == ""
+    # a context naming a cluster the file lacks is still refused, in the client's words as by run
+    kc.write_text(KUBECONFIG_ONE_CONTEXT.replace("{cluster: c, user: u}", "{cluster: c2, user: u}"))
+    r = cli_as_on_a_laptop(["config", "--kubeconfig", str(kc)], tmp_path)
+    assert (r.returncode, r.stderr) == (2, "flowscope: configuration error: enrich.kubeconfig (from --kubeconfig): "
+                                           f"{kc}: Invalid kube-config file. Expected object with name c2 in "
+                                           f"{kc}/clusters list\n")
+
+
 @pytest.mark.parametrize("command,args", [
     ("run", []), ("config", []), ("decode", ["x.pcap"]), ("replay", ["x.pcap", "--to", "127.0.0.1:9"])])
 def test_an_unknown_option_is_reported_with_the_subcommands_usage(command: str, args: list[str],
