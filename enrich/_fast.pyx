@@ -12,6 +12,7 @@ Entry tuples (built by enrich.index, read by position):
      start_ms: int, end_ms: int, previous_holder: tuple | None)
 """
 
+cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject
@@ -124,6 +125,7 @@ cdef inline int _span(object e, long long t, long long* lo, long long* hi):
         cur = <tuple>cur[6]
 
 
+@cython.final  # no subclass: its cdef methods are called directly and the hit paths inlined
 cdef class Reader:
     """Holds the reader-visible dicts of an Index (re-pointed by the Index on every swap)."""
 
@@ -186,24 +188,30 @@ cdef class Reader:
         by itself: the caller holds the reader (or its Enricher) while it uses the capsule."""
         return PyCapsule_New(&self.api, b"flowscope.enrich.parts.v4", NULL)
 
-    cdef ASlot* resolve(self, const unsigned char* addr, int alen, long long t, ASlot* avoid) noexcept:
+    cdef inline ASlot* resolve(self, const unsigned char* addr, int alen, long long t, ASlot* avoid) noexcept:
         """The cache slot describing the holder of an address at flow start t (slot.src_frag is
         NULL when nobody holds it); NULL on an error (memory). A hit costs a hash, a compare
-        and no Python call. A miss never refills `avoid` (the source's slot while the
-        destination is resolved: both may map to one set, and the source's answer, borrowed
-        from its slot, must survive)."""
+        and no Python call (inlined into the callers; a miss goes to resolve_miss)."""
         cdef unsigned long long h = _ahash(addr, alen)
         cdef int i
         # Two-way set associative: a few thousand busy addresses in a direct-mapped table share
         # slots often enough (17% of 3,000 in 16,384 slots) to keep evicting each other.
-        cdef ASlot* base = &self.cache[(h & (ASLOTS // AWAYS - 1)) * AWAYS]
-        cdef ASlot* slot = base
+        cdef ASlot* slot = &self.cache[(h & (ASLOTS // AWAYS - 1)) * AWAYS]
         cdef unsigned int gen = <unsigned int>self.generation
         for i in range(AWAYS):
             if (slot[i].gen == gen and slot[i].alen == alen and slot[i].lo <= t < slot[i].hi
                     and _addr_eq(slot[i].addr, addr, alen)):
                 self.hits += 1
                 return &slot[i]
+        return self.resolve_miss(slot, h, addr, alen, t, avoid)
+
+    cdef ASlot* resolve_miss(self, ASlot* base, unsigned long long h, const unsigned char* addr, int alen,
+                             long long t, ASlot* avoid) noexcept:
+        """resolve() without a cache hit in the set at base: refill a way. A miss never refills
+        `avoid` (the source's slot while the destination is resolved: both may map to one
+        set, and the source's answer, borrowed from its slot, must survive)."""
+        cdef ASlot* slot = base
+        cdef unsigned int gen = <unsigned int>self.generation
         self.misses += 1
         # victim: a way holding nothing current, else one picked by the hash's high bits
         if slot[0].gen != gen or slot[0].alen == 0:
@@ -255,15 +263,19 @@ cdef class Reader:
         slot.gen = <unsigned int>self.generation
         return slot
 
-    cdef PyObject* agent_node(self, const unsigned char* agent, int aglen) noexcept:
+    cdef inline PyObject* agent_node(self, const unsigned char* agent, int aglen) noexcept:
         """The (interned) node name of an exporter address, borrowed; NULL when unknown or on
-        an error (then agent_failed is set)."""
+        an error (then agent_failed is set). The last answer is kept: a batch has one exporter."""
+        if (aglen == self.last_agent_len and self.last_agent_gen == self.generation
+                and _addr_eq(self.last_agent, agent, aglen)):
+            self.agent_failed = False
+            return self.last_agent_node
+        return self.agent_slow(agent, aglen)
+
+    cdef PyObject* agent_slow(self, const unsigned char* agent, int aglen) noexcept:
         self.agent_failed = False
         if aglen <= 0:
             return NULL
-        if (aglen == self.last_agent_len and self.last_agent_gen == self.generation
-                and _addr_eq(self.last_agent, agent, aglen)):
-            return self.last_agent_node
         try:
             return self.agent_lookup(agent, aglen)
         except BaseException:
