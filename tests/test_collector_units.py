@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import socket
 import struct
@@ -546,8 +547,11 @@ def test_make_run_stdout_is_json_flows_only(tmp_path: Path) -> None:
                     "fi\n")
     fake.chmod(0o755)
     venv = tmp_path / "venv"
+    # as from a shell: under `make test` the inherited MAKELEVEL would make this make a sub-make,
+    # which prints "Entering directory" lines of its own
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
     r = subprocess.run(["make", "run", f"PYTHON={fake}", f"VENV={venv}"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=120)
+                       text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stderr
     assert (venv / ".installed").exists(), r.stderr   # the clean-clone steps ran
     assert r.stdout == '{"Bytes":1}\n', r.stdout
