@@ -101,7 +101,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"flowscope {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
     sub.required = True
-    fmt = argparse.ArgumentDefaultsHelpFormatter
 
     run = sub.add_parser("run", help="receive flows and publish them",
                          description="Receive NetFlow v5/v9, IPFIX and sFlow v5 over UDP and publish one JSON "
@@ -121,21 +120,24 @@ def build_parser() -> argparse.ArgumentParser:
     config_mod.add_arguments(cfg)
     cfg.add_argument("--markdown", action="store_true", help="print the options table (docs) instead")
 
+    # replay and decode show their options as run does: `[default: X]` where there is one (not
+    # argparse's "(default: None)" for a required or unset option).
     rp = sub.add_parser("replay", help="send the UDP payloads of a capture to a collector",
                         description="Send the UDP payloads of a pcap/pcapng capture to HOST:PORT, rewriting "
                         "sequence numbers and export times on every loop after the first so receivers do not "
-                        "discard them as duplicates.", formatter_class=fmt,
+                        "discard them as duplicates.",
                         epilog="Exit status: 0 when the capture was sent; 1 when FILE cannot be read, is not "
                         "a pcap/pcapng capture, holds no UDP datagram, or is cut short (what precedes the cut "
                         "is sent first); 2 for a usage error (a bad option, a bad or unresolvable --to); 130 "
                         "when interrupted.")
-    rp.add_argument("file", metavar="FILE", help="pcap or pcapng capture")
-    rp.add_argument("--to", required=True, metavar="HOST:PORT", help="destination collector")
+    rp.add_argument("file", metavar="FILE", help="pcap or pcapng capture (gzip-compressed or not)")
+    rp.add_argument("--to", required=True, metavar="HOST:PORT", help="destination collector (IPv6 as [ADDR]:PORT)")
     rp.add_argument("--rate", type=float, default=0.0, metavar="PPS",
-                    help="datagrams per second (0 = as fast as possible)")
-    rp.add_argument("--loop", type=int, default=1, metavar="N", help="times to send the capture (0 = forever)")
+                    help="datagrams per second; 0 = as fast as possible [default: 0]")
+    rp.add_argument("--loop", type=int, default=1, metavar="N", help="times to send the capture; 0 = forever "
+                    "[default: 1]")
     rp.add_argument("--port", type=udp_port, default=None, metavar="PORT",
-                    help="only datagrams sent to this UDP port in the capture (1-65535)")
+                    help="only datagrams sent to this UDP port (1-65535) in the capture [default: all]")
     rp.add_argument("--quiet", action="store_true", help="no summary line")
 
     dec = sub.add_parser("decode", help="decode a capture and print the flows (offline)",
