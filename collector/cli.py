@@ -38,7 +38,7 @@ def _enrichment(cfg: config_mod.Config, credentials: bool = True) -> tuple[Any, 
     enrich = _enrich_module()
     if enrich is None:
         if e.enabled == "true":
-            return None, "", "enrich.enabled is true but the enrich package cannot be imported"
+            return None, "", f"{cfg.named('enrich.enabled')} is true but the enrich package cannot be imported"
         return None, "enrichment off: the enrich package cannot be imported", ""
     try:
         enrich_cfg = enrich.EnrichConfig(
@@ -59,7 +59,8 @@ def _enrichment(cfg: config_mod.Config, credentials: bool = True) -> tuple[Any, 
         return None, (f"enrichment off: {where} and {env} (~/.kube/config alone "
                       "does not turn it on: use --kubeconfig or --enrich true)"), ""
     problem = kube_access_error(enrich_cfg, f"{cfg.named('enrich.kubeconfig')}:",
-                                f"{cfg.named('enrich.context')}:", credentials=credentials)
+                                f"{cfg.named('enrich.context')}:", cfg.named("enrich.enabled"),
+                                credentials=credentials)
     if problem:
         return None, "", problem
     return enrich_cfg, f"enrichment on: {source or 'the kubeconfig client default (~/.kube/config)'}", ""
@@ -74,10 +75,25 @@ def _start_checks(cfg: config_mod.Config, credentials: bool = True) -> tuple[Any
     from .sinks import check_compression, check_tls
 
     if cfg.sink_kind() == "kafka":
-        problem = check_compression(cfg.kafka) or check_tls(cfg.kafka)
+        problem = check_compression(cfg.kafka, cfg.named) or check_tls(cfg.kafka, cfg.named)
         if problem:
             return None, "", problem
     return _enrichment(cfg, credentials)
+
+
+def _ignored_settings(cfg: config_mod.Config, enrich_cfg: Any) -> list[str]:
+    """Settings given that the configuration makes no use of, one warning each (`run` logs them,
+    `config` prints them, as for an unknown FLOWSCOPE_* variable): a warning, not an error, since
+    one file may serve pods and workstations alike. In a pod without a kubeconfig the client
+    loads the in-cluster config (enrich.load_api_client), which has no contexts, so a context
+    there was dropped without a word."""
+    e = cfg.enrich
+    out = []
+    if enrich_cfg is not None and e.context and not e.kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        out.append(f"ignoring {cfg.named('enrich.context')}: in a pod (KUBERNETES_SERVICE_HOST is set) without "
+                   "enrich.kubeconfig the in-cluster config (ServiceAccount) is used, which has no contexts; "
+                   "give --kubeconfig to use a context of it")
+    return out
 
 
 class _CommandParser(argparse.ArgumentParser):
@@ -222,10 +238,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         # what `run` would refuse, `config` refuses alike: it says whether the file is good
         # (the kubeconfig's files and context, not its credentials: see kube_access_error)
-        problem = _start_checks(cfg, credentials=False)[2]
+        enrich_cfg, _note, problem = _start_checks(cfg, credentials=False)
         if problem:
             print(f"flowscope: configuration error: {problem}", file=sys.stderr)
             return 2
+        for w in _ignored_settings(cfg, enrich_cfg):
+            print(f"flowscope: warning: {w}", file=sys.stderr)
         sys.stdout.write(config_mod.to_yaml(cfg))
         return 0
     # run
@@ -237,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     from .util import setup_logging
 
     setup_logging(cfg.log_level)
-    for w in config_mod.unknown_env_warnings():
+    for w in config_mod.unknown_env_warnings() + _ignored_settings(cfg, enrich_cfg):
         logging.getLogger("flowscope").warning("%s", w)
     return run_app(cfg, enrich_cfg, enrich_note)
 

@@ -75,7 +75,7 @@ def _enricher(args: argparse.Namespace) -> tuple[Any, Callable[[], None]]:
     cfg = enrich.config_from_args(args)
     if not cfg.enabled:
         return None, lambda: None
-    problem = kube_access_error(cfg, "--kubeconfig")
+    problem = kube_access_error(cfg, "--kubeconfig", enabled_name="--enrich")
     if problem:
         print(f"flowscope decode: {problem}", file=sys.stderr)
         raise SystemExit(2)
