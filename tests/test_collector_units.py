@@ -473,6 +473,25 @@ def test_checks_of_two_settings_name_where_each_came_from(tmp_path: Path, args: 
     assert (r.returncode, r.stderr) == (2, f"flowscope: configuration error: {message.format(f=f)}\n")
 
 
+@pytest.mark.parametrize("given", ["env", "file"])
+def test_a_missing_codec_library_names_where_the_codec_came_from(tmp_path: Path, given: str) -> None:
+    """The start-up check of the codec's library said `kafka.compression:` without its source.
+    (aiokafka's codecs need cramjam: a cramjam that cannot be imported takes zstd away.)"""
+    stub = tmp_path / "stub"
+    stub.mkdir()
+    (stub / "cramjam.py").write_text("raise ImportError('no cramjam here')\n")
+    f = tmp_path / "c.yaml"
+    f.write_text("kafka:\n  compression: zstd\n")
+    args, env, source = {"env": ([], {"FLOWSCOPE_KAFKA_COMPRESSION": "zstd"}, "FLOWSCOPE_KAFKA_COMPRESSION"),
+                         "file": (["--config", str(f)], {}, str(f))}[given]
+    r = subprocess.run([sys.executable, "-m", "collector.cli", "config", "--kafka-brokers", "k:9092", *args],
+                       capture_output=True, text=True, cwd=stub, timeout=60,  # (-m: the cwd comes first)
+                       env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", **env})
+    assert (r.returncode, r.stderr) == (2, f"flowscope: configuration error: kafka.compression (from {source}): "
+                                           "zstd needs the Python package cramjam (or zstandard); install it or "
+                                           "choose another codec\n")
+
+
 KUBECONFIG_ONE_CONTEXT = """apiVersion: v1
 kind: Config
 clusters: [{name: c, cluster: {server: "http://127.0.0.1:9"}}]
