@@ -71,13 +71,14 @@ def cluster_access(enrich_cfg: Any) -> str:
     return ""
 
 
-def kube_access_error(enrich_cfg: Any, name: str = "enrich.kubeconfig",
-                      context_name: str = "enrich.context", *, credentials: bool = True) -> str | None:
+def kube_access_error(enrich_cfg: Any, name: str = "enrich.kubeconfig", context_name: str = "enrich.context",
+                      enabled_name: str = "enrich.enabled", *, credentials: bool = True) -> str | None:
     """Load the cluster access the enricher will use, as it will (enrich.load_api_client), and
     describe why it cannot be used; None when it can. Run before forking workers, so a missing
     file, a kubeconfig without current-context or a context it does not have is one line and
-    exit 2, not a traceback in each worker. `name` and `context_name` are how the caller names
-    the kubeconfig and context settings (`enrich.kubeconfig (from --kubeconfig):`).
+    exit 2, not a traceback in each worker. `name`, `context_name` and `enabled_name` are how the
+    caller names the kubeconfig, context and enabled settings (`enrich.kubeconfig (from
+    --kubeconfig):`, `enrich.enabled (from FLOWSCOPE_ENRICH_ENABLED)`).
 
     credentials=False (`flowscope config`) checks the kubeconfig files and the context without
     loading the credentials: loading runs a kubeconfig's exec plugin (`aws eks get-token`,
@@ -103,7 +104,7 @@ def kube_access_error(enrich_cfg: Any, name: str = "enrich.kubeconfig",
         files = where = "~/.kube/config"
         what = f"enrich: {where}"
         if not os.path.exists(os.path.expanduser(files)):
-            return ("enrich.enabled is true but there is no cluster access: not in a pod "
+            return (f"{enabled_name} is true but there is no cluster access: not in a pod "
                     "(KUBERNETES_SERVICE_HOST unset) and no --kubeconfig, $KUBECONFIG or ~/.kube/config")
     context = getattr(enrich_cfg, "context", None)
 

@@ -38,7 +38,7 @@ def _enrichment(cfg: config_mod.Config, credentials: bool = True) -> tuple[Any, 
     enrich = _enrich_module()
     if enrich is None:
         if e.enabled == "true":
-            return None, "", "enrich.enabled is true but the enrich package cannot be imported"
+            return None, "", f"{cfg.named('enrich.enabled')} is true but the enrich package cannot be imported"
         return None, "enrichment off: the enrich package cannot be imported", ""
     try:
         enrich_cfg = enrich.EnrichConfig(
@@ -59,7 +59,8 @@ def _enrichment(cfg: config_mod.Config, credentials: bool = True) -> tuple[Any, 
         return None, (f"enrichment off: {where} and {env} (~/.kube/config alone "
                       "does not turn it on: use --kubeconfig or --enrich true)"), ""
     problem = kube_access_error(enrich_cfg, f"{cfg.named('enrich.kubeconfig')}:",
-                                f"{cfg.named('enrich.context')}:", credentials=credentials)
+                                f"{cfg.named('enrich.context')}:", cfg.named("enrich.enabled"),
+                                credentials=credentials)
     if problem:
         return None, "", problem
     return enrich_cfg, f"enrichment on: {source or 'the kubeconfig client default (~/.kube/config)'}", ""
@@ -74,10 +75,25 @@ def _start_checks(cfg: config_mod.Config, credentials: bool = True) -> tuple[Any
     from .sinks import check_compression, check_tls
 
     if cfg.sink_kind() == "kafka":
-        problem = check_compression(cfg.kafka) or check_tls(cfg.kafka)
+        problem = check_compression(cfg.kafka, cfg.named) or check_tls(cfg.kafka, cfg.named)
         if problem:
             return None, "", problem
     return _enrichment(cfg, credentials)
+
+
+def _ignored_settings(cfg: config_mod.Config, enrich_cfg: Any) -> list[str]:
+    """Settings given that the configuration makes no use of, one warning each (`run` logs them,
+    `config` prints them, as for an unknown FLOWSCOPE_* variable): a warning, not an error, since
+    one file may serve pods and workstations alike. In a pod without a kubeconfig the client
+    loads the in-cluster config (enrich.load_api_client), which has no contexts, so a context
+    there was dropped without a word."""
+    e = cfg.enrich
+    out = []
+    if enrich_cfg is not None and e.context and not e.kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        out.append(f"ignoring {cfg.named('enrich.context')}: in a pod (KUBERNETES_SERVICE_HOST is set) without "
+                   "enrich.kubeconfig the in-cluster config (ServiceAccount) is used, which has no contexts; "
+                   "give --kubeconfig to use a context of it")
+    return out
 
 
 class _CommandParser(argparse.ArgumentParser):
@@ -101,7 +117,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"flowscope {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
     sub.required = True
-    fmt = argparse.ArgumentDefaultsHelpFormatter
 
     run = sub.add_parser("run", help="receive flows and publish them",
                          description="Receive NetFlow v5/v9, IPFIX and sFlow v5 over UDP and publish one JSON "
@@ -121,21 +136,24 @@ def build_parser() -> argparse.ArgumentParser:
     config_mod.add_arguments(cfg)
     cfg.add_argument("--markdown", action="store_true", help="print the options table (docs) instead")
 
+    # replay and decode show their options as run does: `[default: X]` where there is one (not
+    # argparse's "(default: None)" for a required or unset option).
     rp = sub.add_parser("replay", help="send the UDP payloads of a capture to a collector",
                         description="Send the UDP payloads of a pcap/pcapng capture to HOST:PORT, rewriting "
                         "sequence numbers and export times on every loop after the first so receivers do not "
-                        "discard them as duplicates.", formatter_class=fmt,
+                        "discard them as duplicates.",
                         epilog="Exit status: 0 when the capture was sent; 1 when FILE cannot be read, is not "
                         "a pcap/pcapng capture, holds no UDP datagram, or is cut short (what precedes the cut "
                         "is sent first); 2 for a usage error (a bad option, a bad or unresolvable --to); 130 "
                         "when interrupted.")
-    rp.add_argument("file", metavar="FILE", help="pcap or pcapng capture")
-    rp.add_argument("--to", required=True, metavar="HOST:PORT", help="destination collector")
+    rp.add_argument("file", metavar="FILE", help="pcap or pcapng capture (gzip-compressed or not)")
+    rp.add_argument("--to", required=True, metavar="HOST:PORT", help="destination collector (IPv6 as [ADDR]:PORT)")
     rp.add_argument("--rate", type=float, default=0.0, metavar="PPS",
-                    help="datagrams per second (0 = as fast as possible)")
-    rp.add_argument("--loop", type=int, default=1, metavar="N", help="times to send the capture (0 = forever)")
+                    help="datagrams per second; 0 = as fast as possible [default: 0]")
+    rp.add_argument("--loop", type=int, default=1, metavar="N", help="times to send the capture; 0 = forever "
+                    "[default: 1]")
     rp.add_argument("--port", type=udp_port, default=None, metavar="PORT",
-                    help="only datagrams sent to this UDP port in the capture (1-65535)")
+                    help="only datagrams sent to this UDP port (1-65535) in the capture [default: all]")
     rp.add_argument("--quiet", action="store_true", help="no summary line")
 
     dec = sub.add_parser("decode", help="decode a capture and print the flows (offline)",
@@ -220,10 +238,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         # what `run` would refuse, `config` refuses alike: it says whether the file is good
         # (the kubeconfig's files and context, not its credentials: see kube_access_error)
-        problem = _start_checks(cfg, credentials=False)[2]
+        enrich_cfg, _note, problem = _start_checks(cfg, credentials=False)
         if problem:
             print(f"flowscope: configuration error: {problem}", file=sys.stderr)
             return 2
+        for w in _ignored_settings(cfg, enrich_cfg):
+            print(f"flowscope: warning: {w}", file=sys.stderr)
         sys.stdout.write(config_mod.to_yaml(cfg))
         return 0
     # run
@@ -235,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     from .util import setup_logging
 
     setup_logging(cfg.log_level)
-    for w in config_mod.unknown_env_warnings():
+    for w in config_mod.unknown_env_warnings() + _ignored_settings(cfg, enrich_cfg):
         logging.getLogger("flowscope").warning("%s", w)
     return run_app(cfg, enrich_cfg, enrich_note)
 

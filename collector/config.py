@@ -281,7 +281,8 @@ class EnrichSection:
     kubeconfig: str = opt("", "kubeconfig file; empty = in-cluster config (ServiceAccount) when in a pod, "
                           "else $KUBECONFIG (with --enrich true, else ~/.kube/config); a file that cannot "
                           "be loaded is a start-up error", parse_str, flag="--kubeconfig", metavar="PATH")
-    context: str = opt("", "kubeconfig context; empty = its current context", parse_str,
+    context: str = opt("", "kubeconfig context; empty = its current context; in a pod without --kubeconfig "
+                       "(in-cluster config: no contexts) ignored with a warning", parse_str,
                        flag="--kube-context", metavar="NAME")
     cluster_name: str = opt("", "value of K8S_ClusterName in every flow; empty = not written", parse_str,
                             flag="--cluster-name", metavar="NAME")
@@ -441,8 +442,10 @@ class Config:
         return self.sources.get(key, "default")
 
     def named(self, key: str) -> str:
-        """`key (from SOURCE)`, how configuration errors name an option."""
-        return f"{key} (from {self.source(key)})"
+        """`key (from SOURCE)`, how configuration errors name an option; `key (default)` when no
+        flag, variable or file set it."""
+        source = self.source(key)
+        return f"{key} (default)" if source == "default" else f"{key} (from {source})"
 
     def listeners(self) -> list[Listener]:
         return [parse_listener(s) for s in self.listen]
@@ -740,34 +743,41 @@ def _same_socket(h1: str, p1: int, h2: str, p2: int) -> str:
 
 
 def validate(cfg: Config) -> None:
-    """Cross-field checks that a single parser cannot make."""
+    """Cross-field checks that a single parser cannot make. Each error names every setting it
+    involves with where it came from (Config.named), as the parsers' errors do: a value that
+    clashes with one from another source is otherwise hard to find."""
+    n = cfg.named
     if not cfg.listen:
-        raise ConfigError("listen: at least one listener is needed, e.g. netflow://0.0.0.0:2055")
+        raise ConfigError(f"{n('listen')}: at least one listener is needed, e.g. netflow://0.0.0.0:2055")
     listeners = cfg.listeners()
     for i, lst in enumerate(listeners):
         for earlier in listeners[:i]:
             clash = _same_socket(lst.host, lst.port, earlier.host, earlier.port)
             if clash == "same":
-                raise ConfigError(f"listen: {_hostport(lst.host, lst.port)} is listed twice ({earlier} and {lst})")
+                raise ConfigError(f"{n('listen')}: {_hostport(lst.host, lst.port)} is listed twice "
+                                  f"({earlier} and {lst})")
             if clash:
-                raise ConfigError(f"listen: {earlier} and {lst} overlap: {clash} takes every {_family(clash)} "
-                                  f"address on port {lst.port}; list one of them")
+                raise ConfigError(f"{n('listen')}: {earlier} and {lst} overlap: {clash} takes every "
+                                  f"{_family(clash)} address on port {lst.port}; list one of them")
     for name, addr in (("metrics_addr", cfg.metrics_addr), ("health_addr", cfg.health_addr)):
         if addr and split_hostport(addr)[1] == 0:  # a random port nothing would know to scrape or probe
-            raise ConfigError(f"{name}: {addr}: port must be 1-65535 (empty disables it)")
+            raise ConfigError(f"{n(name)}: {addr}: port must be 1-65535 (empty disables it)")
     if cfg.metrics_addr and cfg.health_addr:
         (mh, mp), (hh, hp) = split_hostport(cfg.metrics_addr), split_hostport(cfg.health_addr)
         clash = _same_socket(mh, mp, hh, hp)
         if clash:
-            what = ("is also metrics_addr" if clash == "same" else
-                    f"overlaps metrics_addr {cfg.metrics_addr} ({clash} takes every {_family(clash)} address)")
-            raise ConfigError(f"health_addr: {cfg.health_addr} {what}: leave health_addr empty to serve "
+            what = (f"is also {n('metrics_addr')}" if clash == "same" else
+                    f"overlaps {n('metrics_addr')} {cfg.metrics_addr} ({clash} takes every {_family(clash)} "
+                    "address)")
+            raise ConfigError(f"{n('health_addr')}: {cfg.health_addr} {what}: leave health_addr empty to serve "
                               "/healthz and /readyz on the metrics address, or give it another port")
     kind = cfg.sink_kind()
     if kind == "kafka" and not cfg.kafka.brokers:
-        raise ConfigError("kafka.brokers: sink kafka needs --kafka-brokers HOST:PORT[,...]")
+        raise ConfigError(f"{n('kafka.brokers')}: empty, but {n('sink')} is kafka: give the brokers "
+                          "(--kafka-brokers HOST:PORT[,...])")
     if kind == "file" and not cfg.output_file:
-        raise ConfigError("output_file: sink file needs --output-file PATH")
+        raise ConfigError(f"{n('output_file')}: empty, but {n('sink')} is file: give the file "
+                          "(--output-file PATH)")
     for b in cfg.kafka.brokers:
         try:
             if split_hostport(b)[1] == 0:
@@ -777,44 +787,49 @@ def validate(cfg: Config) -> None:
                 # (an empty host would mean "any address" to a listener, not a broker to reach)
                 raise ValueError(f"{b!r}: expected HOST:PORT with a host name or address")
         except ValueError as exc:
-            raise ConfigError(f"kafka.brokers: {exc}") from None
+            raise ConfigError(f"{n('kafka.brokers')}: {exc}") from None
     k = cfg.kafka
     if (k.tls_cert == "") != (k.tls_key == ""):
-        raise ConfigError("kafka.tls_cert / kafka.tls_key: give both for mutual TLS, or neither")
+        given, missing = ("kafka.tls_cert", "kafka.tls_key") if k.tls_cert else ("kafka.tls_key", "kafka.tls_cert")
+        raise ConfigError(f"{n(given)} is set but {n(missing)} is empty: give both for mutual TLS, or neither")
     if k.sasl_mechanism == "none" and (k.sasl_user or k.sasl_password):
-        raise ConfigError("kafka.sasl_user/sasl_password are set but kafka.sasl_mechanism is none: the "
-                          "collector would connect without authenticating (set --kafka-sasl-mechanism)")
+        set_ = [n(key) for key, v in (("kafka.sasl_user", k.sasl_user), ("kafka.sasl_password", k.sasl_password))
+                if v]
+        raise ConfigError(f"{' and '.join(set_)} {'are' if len(set_) > 1 else 'is'} set but {n('kafka.sasl_mechanism')} "
+                          "is none: the collector would connect without authenticating (set "
+                          "kafka.sasl_mechanism)")
     if k.sasl_mechanism != "none" and not k.sasl_user:
-        raise ConfigError(f"kafka.sasl_user: SASL {k.sasl_mechanism} needs a user (and kafka.sasl_password)")
+        raise ConfigError(f"{n('kafka.sasl_user')}: empty, but {n('kafka.sasl_mechanism')} is "
+                          f"{k.sasl_mechanism}: SASL needs a user (and kafka.sasl_password)")
     lo, hi = COMPRESSION_LEVELS.get(k.compression, (0, 0))
     if not lo <= k.compression_level <= hi:
-        raise ConfigError(f"kafka.compression_level: {k.compression_level} is out of range for "
-                          f"{k.compression}: {lo} to {hi} (0 = flowscope's default)")
+        raise ConfigError(f"{n('kafka.compression_level')}: {k.compression_level} is out of range for "
+                          f"{n('kafka.compression')} {k.compression}: {lo} to {hi} (0 = flowscope's default)")
     for key in sorted(SECRET_KEYS):
         sec, _, name = key.partition(".")
         if getattr(getattr(cfg, sec), name) == REDACTED:
             # `flowscope config > f.yaml` then `--config f.yaml` would otherwise authenticate with
             # the placeholder itself and fail at the broker, far from the cause
             env = ENV_PREFIX + key.replace(".", "_").upper()
-            raise ConfigError(f"{key}: {REDACTED} is the placeholder `flowscope config` prints instead of the "
-                              f"secret, not the secret: set {env} (it beats the file) or remove the key")
+            raise ConfigError(f"{n(key)}: {REDACTED} is the placeholder `flowscope config` prints instead of "
+                              f"the secret, not the secret: set {env} (it beats the file) or remove the key")
     if kind == "kafka" and cfg.queue_bytes < 2 * k.batch_bytes:
         # A record batch is queued whole: one larger than the queue's free room is dropped whole
         # (every flow of it counted queue_full) though most of it would have fitted
-        raise ConfigError(f"queue_bytes: {cfg.queue_bytes} is less than twice kafka.batch_bytes "
-                          f"({k.batch_bytes}): a record batch is queued whole, so the queue must hold "
-                          "at least two; raise --queue-bytes or lower --kafka-batch-bytes")
+        raise ConfigError(f"{n('queue_bytes')}: {cfg.queue_bytes} is less than twice "
+                          f"{n('kafka.batch_bytes')} {k.batch_bytes}: a record batch is queued whole, so the "
+                          "queue must hold at least two; raise queue_bytes or lower kafka.batch_bytes")
     if not k.topic:
-        raise ConfigError("kafka.topic: must not be empty")
-    topic_name_ok("kafka.topic", k.topic)
+        raise ConfigError(f"{n('kafka.topic')}: must not be empty")
+    topic_name_ok(n("kafka.topic"), k.topic)
     if cfg.counters and kind == "kafka" and not k.counters_topic:
-        raise ConfigError("kafka.counters_topic: must not be empty with --counters")
+        raise ConfigError(f"{n('kafka.counters_topic')}: must not be empty when {n('counters')} is true")
     if cfg.counters and k.counters_topic:
-        topic_name_ok("kafka.counters_topic", k.counters_topic)
+        topic_name_ok(n("kafka.counters_topic"), k.counters_topic)
     if cfg.counters and kind == "kafka" and k.counters_topic == k.topic:
-        raise ConfigError(f"kafka.counters_topic: {k.counters_topic!r} is also kafka.topic: counter records "
-                          "would land among the flows that consumers of the flow format read; give them a "
-                          "topic of their own")
+        raise ConfigError(f"{n('kafka.counters_topic')}: {k.counters_topic!r} is also {n('kafka.topic')}: "
+                          "counter records would land among the flows that consumers of the flow format read; "
+                          "give them a topic of their own")
 
 
 def topic_name_ok(key: str, name: str) -> None:

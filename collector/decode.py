@@ -28,16 +28,18 @@ __all__ = ["add_arguments", "run"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `flowscope decode`."""
-    parser.add_argument("file", help="pcap or pcapng capture holding the exporters' UDP datagrams "
-                                     "(gzip-compressed or not)")
+    # Shown as `flowscope run` shows its options: an upper-case metavar for every value (run's
+    # N for a count), the default as `[default: X]` at the end of the help.
+    parser.add_argument("file", metavar="FILE", help="pcap or pcapng capture holding the exporters' UDP "
+                                                     "datagrams (gzip-compressed or not)")
     parser.add_argument("--stats", action="store_true",
                         help="print per-exporter statistics (datagrams, flows, errors by reason, "
                              "missing-template sets, templates) to stderr at the end")
     parser.add_argument("--sampling", action="append", default=[], metavar="CIDR=RATE",
-                        help="sampling rate for exporters in CIDR that send none (repeatable)")
-    parser.add_argument("--default-sampling", type=int, default=400, metavar="RATE",
-                        help="rate for IPFIX/v9 exporters that send none, like Open vSwitch "
-                             "(default: 400, what OVN-Kubernetes configures; 0 leaves it unset)")
+                        help="sampling rate for exporters in CIDR that send none, repeatable [default: (none)]")
+    parser.add_argument("--default-sampling", type=int, default=400, metavar="N",
+                        help="rate for IPFIX/v9 exporters that send none, like Open vSwitch (400 is what "
+                             "OVN-Kubernetes configures); 0 = leave unset [default: 400]")
     parser.add_argument("--counters", action="store_true",
                         help="also print sFlow counter records (JSON objects with RecordType)")
     parser.add_argument("--options", action="store_true",
@@ -45,11 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dedup", action="store_true",
                         help="drop records marked Duplicate (ingress+egress twins of one packet)")
     parser.add_argument("--split-biflows", action="store_true",
-                        help="an IPFIX biflow record (RFC 5103) as a flow per direction (default: one flow per record)")
-    parser.add_argument("--max-templates", type=int, default=1024,
-                        help="templates kept per exporter (default: 1024)")
-    parser.add_argument("--port", type=udp_port, action="append", default=[],
-                        help="only decode datagrams sent to this UDP port, 1-65535 (repeatable; default: all)")
+                        help="an IPFIX biflow record (RFC 5103) as a flow per direction; off: one flow per record")
+    parser.add_argument("--max-templates", type=int, default=1024, metavar="N",
+                        help="templates kept per exporter [default: 1024]")
+    parser.add_argument("--port", type=udp_port, action="append", default=[], metavar="PORT",
+                        help="only decode datagrams sent to this UDP port (1-65535), repeatable [default: all]")
     try:
         import enrich
     except ImportError:  # enrichment is optional at this seam
@@ -73,7 +75,7 @@ def _enricher(args: argparse.Namespace) -> tuple[Any, Callable[[], None]]:
     cfg = enrich.config_from_args(args)
     if not cfg.enabled:
         return None, lambda: None
-    problem = kube_access_error(cfg, "--kubeconfig")
+    problem = kube_access_error(cfg, "--kubeconfig", enabled_name="--enrich")
     if problem:
         print(f"flowscope decode: {problem}", file=sys.stderr)
         raise SystemExit(2)

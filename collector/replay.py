@@ -441,7 +441,7 @@ class Sockets:
 
 
 def _skipped_line(path: str, skipped: dict[str, int]) -> str:
-    return f"replay: {path}: skipped {', '.join(f'{n} {r}' for r, n in sorted(skipped.items()))}"
+    return f"flowscope replay: {path}: skipped {', '.join(f'{n} {r}' for r, n in sorted(skipped.items()))}"
 
 
 def replay(path: str, to: str, *, rate: float = 0.0, loops: int = 1, port_filter: int | None = None,
@@ -487,7 +487,7 @@ def replay(path: str, to: str, *, rate: float = 0.0, loops: int = 1, port_filter
             send(src, payload)
         if not plan.count:
             # a file cut inside its first record holds none either: that is the reason to give
-            print(f"replay: {path}: {stats.truncated or 'no UDP datagrams found'}", file=sys.stderr)
+            print(f"flowscope replay: {path}: {stats.truncated or 'no UDP datagrams found'}", file=sys.stderr)
             if stats.skipped:
                 print(_skipped_line(path, stats.skipped), file=sys.stderr)
             return 1
@@ -512,16 +512,16 @@ def replay(path: str, to: str, *, rate: float = 0.0, loops: int = 1, port_filter
     if not quiet:
         el = time.perf_counter() - start
         whole = f"{loop} loop(s) of {plan.count}" if loop else f"first loop, {plan.count} read so far"
-        print(f"replay: sent {sent} datagrams ({whole}) to {shown} in {el:.2f}s"
+        print(f"flowscope replay: sent {sent} datagrams ({whole}) to {shown} in {el:.2f}s"
               + (" (interrupted)" if interrupted else ""), file=sys.stderr)
         if socks.rotated:
-            print(f"replay: the capture has {len(plan.sources)} sources, more than the {MAX_SOCKETS} sockets "
+            print(f"flowscope replay: the capture has {len(plan.sources)} sources, more than the {MAX_SOCKETS} sockets "
                   f"kept open: {socks.rotated} were closed and reopened, so those sources' ports changed",
                   file=sys.stderr)
     if stats.skipped:
         print(_skipped_line(path, stats.skipped), file=sys.stderr)
     if stats.truncated:
-        print(f"replay: {path}: {stats.truncated}", file=sys.stderr)
+        print(f"flowscope replay: {path}: {stats.truncated}", file=sys.stderr)
     if interrupted:
         return 130
     return 1 if stats.truncated else 0

@@ -618,22 +618,38 @@ def connect_error(k: KafkaConfig, exc: BaseException) -> str:
     return text if k.sasl_mechanism == "none" else f"{text} ({sasl})"
 
 
-def check_tls(k: KafkaConfig) -> str | None:
+def check_tls(k: KafkaConfig, named: Callable[[str], str] = str) -> str | None:
     """An error message when the TLS files cannot be read (the sink would otherwise fail in
-    its task, after start-up, where only /readyz would show it)."""
+    its task, after start-up, where only /readyz would show it). `named` is how the caller names
+    a setting (Config.named: `kafka.tls_ca (from FLOWSCOPE_KAFKA_TLS_CA)`)."""
     if not (k.tls or k.tls_ca or k.tls_cert):
         return None
     try:
         producer_kwargs(k)
     except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-        files = ", ".join(f"--kafka-tls-{n} {v}" for n, v in (("ca", k.tls_ca), ("cert", k.tls_cert),
-                                                               ("key", k.tls_key)) if v)
-        return f"kafka TLS ({files or 'system CA store'}): cannot load: {exc}"
+        return f"{_tls_culprit(k, named)}: cannot load: {exc}"
     return None
 
 
-def check_compression(k: KafkaConfig) -> str | None:
-    """An error message when the chosen codec's library is missing (aiokafka fails late otherwise)."""
+def _tls_culprit(k: KafkaConfig, named: Callable[[str], str]) -> str:
+    """The setting whose file the TLS context could not load, with its value. aiokafka's
+    create_ssl_context loads the CA bundle first (ssl.create_default_context(cafile=...)), then
+    the client certificate with its key: a CA bundle that loads alone leaves the pair."""
+    import ssl
+
+    if k.tls_ca:
+        try:
+            ssl.create_default_context(cafile=k.tls_ca)
+        except (OSError, ValueError):
+            return f"{named('kafka.tls_ca')}: {k.tls_ca}"
+    if k.tls_cert:
+        return f"{named('kafka.tls_cert')}: {k.tls_cert} with {named('kafka.tls_key')}: {k.tls_key}"
+    return f"{named('kafka.tls')}: the system CA store"
+
+
+def check_compression(k: KafkaConfig, named: Callable[[str], str] = str) -> str | None:
+    """An error message when the chosen codec's library is missing (aiokafka fails late otherwise);
+    `named` as for check_tls."""
     if k.compression == "none":
         return None
     from aiokafka import codec
@@ -649,7 +665,7 @@ def check_compression(k: KafkaConfig) -> str | None:
                                            "lz4": has_lz4, "zstd": codec.has_zstd}
     if not have[k.compression]():
         pkg = {"snappy": "cramjam (or python-snappy)", "lz4": "lz4 and cramjam", "zstd": "cramjam (or zstandard)"}
-        return (f"kafka.compression: {k.compression} needs the Python package "
+        return (f"{named('kafka.compression')}: {k.compression} needs the Python package "
                 f"{pkg.get(k.compression, k.compression)}; install it or choose another codec")
     return None
 

@@ -134,7 +134,7 @@ class EnrichConfig:
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the enrichment flags to a collector (or `flowscope decode`) parser."""
-    g = parser.add_argument_group("Kubernetes enrichment")
+    g = parser.add_argument_group("Kubernetes enrichment options")
     g.add_argument("--enrich", dest="enrich", nargs="?", const=True, default=None, type=parse_bool,
                    metavar="BOOL", help="attach Kubernetes identity to flows. Default: only with --kubeconfig "
                    "(a capture is not enriched from whatever cluster kubectl points at by accident); "
@@ -146,8 +146,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--cluster-name", default="", metavar="NAME", help="value of K8S_ClusterName on every flow")
     g.add_argument("--infra-namespace-prefix", dest="infra_namespace_prefixes", action="append",
                    default=None, metavar="PREFIX",
-                   help="namespace prefix marking infrastructure traffic (K8S_FlowLayer=infra); repeatable; "
-                   "default: openshift, kube-")
+                   help="namespace prefix marking infrastructure traffic (K8S_FlowLayer=infra), repeatable "
+                   "[default: openshift,kube-]")
 
 
 def config_from_args(args: argparse.Namespace, **overrides: object) -> EnrichConfig:

@@ -630,7 +630,7 @@ def test_kubeconfig_path_with_tilde_is_expanded(tmp_path: Path, monkeypatch: pyt
 def test_enrich_true_without_any_cluster_access_is_a_configuration_error(tmp_path: Path) -> None:
     r = run_cli(["run", "--enrich", "true", "--listen", f"netflow://127.0.0.1:{free_udp_port()}"], tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert "enrich.enabled is true but there is no cluster access" in r.stderr
+    assert "enrich.enabled (from --enrich) is true but there is no cluster access" in r.stderr
 
 
 def test_auto_enrichment_is_off_with_only_home_kube_config(collector: Any, tmp_path: Path,

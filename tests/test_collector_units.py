@@ -51,22 +51,28 @@ def test_defaults() -> None:
     (["--sampling", "10.0.0.0/8"], {}, "sampling (from --sampling): '10.0.0.0/8': expected CIDR=RATE"),
     (["--allow-exporters", "10.0.0.300/8"], {}, "allow_exporters (from --allow-exporters): '10.0.0.300/8' is "
      "not a CIDR"),
-    (["--kafka-sasl-mechanism", "SCRAM-SHA-256"], {}, "kafka.sasl_user: SASL SCRAM-SHA-256 needs a user"),
-    (["--sink", "kafka"], {}, "kafka.brokers: sink kafka needs --kafka-brokers"),
+    (["--kafka-sasl-mechanism", "SCRAM-SHA-256"], {}, "kafka.sasl_user (default): empty, but kafka.sasl_mechanism (from --kafka-sasl-mechanism) is "
+     "SCRAM-SHA-256: SASL needs a user"),
+    (["--sink", "kafka"], {}, "kafka.brokers (default): empty, but sink (from --sink) is kafka: give the brokers "
+     "(--kafka-brokers"),
     (["--listen", "netflow://0.0.0.0:2055", "--listen", "sflow://0.0.0.0:2055"], {},
-     "listen: 0.0.0.0:2055 is listed twice"),
+     "listen (from --listen): 0.0.0.0:2055 is listed twice"),
     (["--drop-policy", "random"], {}, "drop_policy (from --drop-policy): 'random' is not one of newest, oldest"),
     (["--kafka-compression", "gzip", "--kafka-compression-level", "12"], {},
-     "kafka.compression_level: 12 is out of range for gzip: 0 to 9"),
+     "kafka.compression_level (from --kafka-compression-level): 12 is out of range for kafka.compression (from "
+     "--kafka-compression) gzip: 0 to 9"),
     (["--kafka-compression", "lz4", "--kafka-compression-level", "-1"], {},
-     "kafka.compression_level: -1 is out of range for lz4: 0 to 16"),
-    (["--kafka-compression-level", "3"], {}, "kafka.compression_level: 3 is out of range for none: 0 to 0"),
-    (["--kafka-sasl-user", "bob"], {}, "kafka.sasl_user/sasl_password are set but kafka.sasl_mechanism is none"),
+     "kafka.compression_level (from --kafka-compression-level): -1 is out of range for kafka.compression (from "
+     "--kafka-compression) lz4: 0 to 16"),
+    (["--kafka-compression-level", "3"], {}, "kafka.compression_level (from --kafka-compression-level): 3 "
+     "is out of range for kafka.compression (default) none: 0 to 0"),
+    (["--kafka-sasl-user", "bob"], {}, "kafka.sasl_user (from --kafka-sasl-user) is set but "
+     "kafka.sasl_mechanism (default) is none"),
     (["--kafka-brokers", "k:9092", "--counters", "--kafka-counters-topic", "flowscope-flows"], {},
-     "kafka.counters_topic: 'flowscope-flows' is also kafka.topic"),
+     "kafka.counters_topic (from --kafka-counters-topic): 'flowscope-flows' is also kafka.topic (default)"),
     # a record batch is queued whole: a queue smaller than two dropped whole bursts (review helper-84)
     (["--kafka-brokers", "k:9092", "--queue-bytes", "200000"], {},
-     "queue_bytes: 200000 is less than twice kafka.batch_bytes (1048576)"),
+     "queue_bytes (from --queue-bytes): 200000 is less than twice kafka.batch_bytes (default) 1048576"),
 ])
 def test_validation_messages(argv: list[str], env: dict[str, str], message: str) -> None:
     with pytest.raises(C.ConfigError) as e:
@@ -141,8 +147,8 @@ def test_a_redacted_secret_is_refused_when_the_dump_is_loaded_back(tmp_path: Pat
     for command in ("run", "config"):
         r = cli(command, "--config", str(f), env={})
         assert r.returncode == 2, r.stderr
-        assert r.stderr == ("flowscope: configuration error: kafka.sasl_password: <redacted> is the placeholder "
-                            "`flowscope config` prints instead of the secret, not the secret: set "
+        assert r.stderr == (f"flowscope: configuration error: kafka.sasl_password (from {f}): <redacted> is the "
+                            "placeholder `flowscope config` prints instead of the secret, not the secret: set "
                             "FLOWSCOPE_KAFKA_SASL_PASSWORD (it beats the file) or remove the key\n")
     cfg = load(["--config", str(f)], {"FLOWSCOPE_KAFKA_SASL_PASSWORD": "s3cret"})
     assert (cfg.kafka.sasl_user, cfg.kafka.sasl_password) == ("u", "s3cret")
@@ -268,12 +274,16 @@ def test_run_and_config_take_enrich_auto() -> None:
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--kafka-topic", "bad topic"], "kafka.topic: 'bad topic' is not a valid Kafka topic name"),
-    (["--kafka-topic", ".."], "kafka.topic: '..' is not a valid Kafka topic name"),
-    (["--kafka-topic", "t" * 250], "kafka.topic: '" + "t" * 80 + "'... is not a valid Kafka topic name"),
-    (["--counters", "--kafka-counters-topic", "ctr/x"], "kafka.counters_topic: 'ctr/x' is not a valid Kafka topic"),
-    (["--kafka-brokers", ":9092"], "kafka.brokers: ':9092': expected HOST:PORT with a host name or address"),
-    (["--kafka-brokers", "a b:9092"], "kafka.brokers: 'a b:9092': expected HOST:PORT with a host name or address"),
+    (["--kafka-topic", "bad topic"], "kafka.topic (from --kafka-topic): 'bad topic' is not a valid Kafka topic name"),
+    (["--kafka-topic", ".."], "kafka.topic (from --kafka-topic): '..' is not a valid Kafka topic name"),
+    (["--kafka-topic", "t" * 250], "kafka.topic (from --kafka-topic): '" + "t" * 80 + "'... is not a valid Kafka "
+     "topic name"),
+    (["--counters", "--kafka-counters-topic", "ctr/x"], "kafka.counters_topic (from --kafka-counters-topic): 'ctr/x' "
+     "is not a valid Kafka topic"),
+    (["--kafka-brokers", ":9092"], "kafka.brokers (from --kafka-brokers): ':9092': expected HOST:PORT with a host "
+     "name or address"),
+    (["--kafka-brokers", "a b:9092"], "kafka.brokers (from --kafka-brokers): 'a b:9092': expected HOST:PORT with a "
+     "host name or address"),
 ])
 def test_kafka_names_a_broker_refuses_are_configuration_errors(argv: list[str], message: str) -> None:
     """A topic name Kafka refuses (or a broker address with no host) started a collector that
@@ -333,11 +343,12 @@ def test_a_fraction_for_an_integer_option_is_refused_from_yaml_as_from_a_flag(tm
 
 @pytest.mark.parametrize("listen,message", [
     (["netflow://[::1]:21055", "sflow://[0::1]:21055"],
-     "listen: [0::1]:21055 is listed twice (netflow://[::1]:21055 and sflow://[0::1]:21055)"),
-    (["netflow://[::1]:21055", "sflow://[0:0:0:0:0:0:0:1]:21055"], "listen: [0:0:0:0:0:0:0:1]:21055 is listed twice"),
-    (["netflow://0.0.0.0:2055", "sflow://127.0.0.1:2055"], "listen: netflow://0.0.0.0:2055 and "
+     "listen (from --listen): [0::1]:21055 is listed twice (netflow://[::1]:21055 and sflow://[0::1]:21055)"),
+    (["netflow://[::1]:21055", "sflow://[0:0:0:0:0:0:0:1]:21055"],
+     "listen (from --listen): [0:0:0:0:0:0:0:1]:21055 is listed twice"),
+    (["netflow://0.0.0.0:2055", "sflow://127.0.0.1:2055"], "listen (from --listen): netflow://0.0.0.0:2055 and "
      "sflow://127.0.0.1:2055 overlap: 0.0.0.0 takes every IPv4 address on port 2055; list one of them"),
-    (["ipfix://[fd00::1]:4739", "netflow://[::]:4739"], "listen: ipfix://[fd00::1]:4739 and netflow://[::]:4739 "
+    (["ipfix://[fd00::1]:4739", "netflow://[::]:4739"], "listen (from --listen): ipfix://[fd00::1]:4739 and netflow://[::]:4739 "
      "overlap: :: takes every IPv6 address on port 4739"),
 ])
 def test_listeners_on_one_socket_address_are_refused_whatever_the_spelling(listen: list[str], message: str) -> None:
@@ -361,11 +372,12 @@ def test_listeners_on_distinct_socket_addresses_are_accepted() -> None:
     (["--listen", "netflow://127.0.0.1:0"], "listen (from --listen): 'netflow://127.0.0.1:0': port must be 1-65535 "
      "(0 would be a random port)"),
     (["--metrics-addr", "127.0.0.1:29401", "--health-addr", "127.0.0.1:29401"],
-     "health_addr: 127.0.0.1:29401 is also metrics_addr: leave health_addr empty to serve /healthz and /readyz on "
+     "health_addr (from --health-addr): 127.0.0.1:29401 is also metrics_addr (from --metrics-addr): leave health_addr empty to serve /healthz and /readyz on "
      "the metrics address, or give it another port"),
     (["--metrics-addr", "0.0.0.0:9400", "--health-addr", "10.1.2.3:9400"],
-     "health_addr: 10.1.2.3:9400 overlaps metrics_addr 0.0.0.0:9400 (0.0.0.0 takes every IPv4 address)"),
-    (["--metrics-addr", "[::1]:9400", "--health-addr", "[0::1]:9400"], "health_addr: [0::1]:9400 is also metrics_addr"),
+     "health_addr (from --health-addr): 10.1.2.3:9400 overlaps metrics_addr (from --metrics-addr) 0.0.0.0:9400 (0.0.0.0 takes every IPv4 address)"),
+    (["--metrics-addr", "[::1]:9400", "--health-addr", "[0::1]:9400"], "health_addr (from --health-addr): [0::1]:9400 is also "
+     "metrics_addr (from --metrics-addr)"),
 ])
 def test_addresses_that_cannot_work_at_run_time_are_refused(argv: list[str], message: str) -> None:
     """Port 0 made each worker bind another random port; --health-addr equal to --metrics-addr
@@ -386,7 +398,7 @@ def test_addresses_that_cannot_work_at_run_time_are_refused(argv: list[str], mes
      "2147483647"),
     ([], {"FLOWSCOPE_KAFKA_DIRECT": ""}, "", "kafka.direct (from FLOWSCOPE_KAFKA_DIRECT): empty: expected true or false (also yes/no, on/off, 1/0)"),
     (["--listen", "netflow://[::1]:21055", "--listen", "sflow://[0::1]:21055"], {}, "",
-     "listen: [0::1]:21055 is listed twice (netflow://[::1]:21055 and sflow://[0::1]:21055)"),
+     "listen (from --listen): [0::1]:21055 is listed twice (netflow://[::1]:21055 and sflow://[0::1]:21055)"),
 ])
 def test_bad_values_are_one_configuration_error_line_exit_2(tmp_path: Path, args: list[str], env: dict[str, str],
                                                            yaml_text: str, message: str) -> None:
@@ -399,6 +411,86 @@ def test_bad_values_are_one_configuration_error_line_exit_2(tmp_path: Path, args
                        cwd=ROOT, timeout=60)
     assert r.returncode == 2, r.stderr
     assert r.stderr == f"flowscope: configuration error: {message.format(f=f)}\n"
+
+
+@pytest.mark.parametrize("args,env,yaml_text,message", [
+    (["--config", "{f}"], {"FLOWSCOPE_KAFKA_BATCH_BYTES": "1MiB"}, "queue_bytes: 1MiB\nkafka:\n  brokers: [k:9092]\n",
+     "queue_bytes (from {f}): 1048576 is less than twice kafka.batch_bytes (from FLOWSCOPE_KAFKA_BATCH_BYTES) "
+     "1048576: a record batch is queued whole, so the queue must hold at least two; raise queue_bytes or lower "
+     "kafka.batch_bytes"),
+    (["--config", "{f}", "--kafka-brokers", "k:9092"], {}, "kafka:\n  sasl_mechanism: PLAIN\n",
+     "kafka.sasl_user (default): empty, but kafka.sasl_mechanism (from {f}) is PLAIN: SASL needs a user (and "
+     "kafka.sasl_password)"),
+    (["--config", "{f}"], {"FLOWSCOPE_KAFKA_SASL_PASSWORD": "p"}, "kafka:\n  sasl_user: u\n",
+     "kafka.sasl_user (from {f}) and kafka.sasl_password (from FLOWSCOPE_KAFKA_SASL_PASSWORD) are set but "
+     "kafka.sasl_mechanism (default) is none: the collector would connect without authenticating (set "
+     "kafka.sasl_mechanism)"),
+    ([], {"FLOWSCOPE_LISTEN": "netflow://0.0.0.0:2055,sflow://0.0.0.0:2055"}, "",
+     "listen (from FLOWSCOPE_LISTEN): 0.0.0.0:2055 is listed twice (netflow://0.0.0.0:2055 and sflow://0.0.0.0:2055)"),
+    ([], {"FLOWSCOPE_LISTEN": ""}, "",
+     "listen (from FLOWSCOPE_LISTEN): at least one listener is needed, e.g. netflow://0.0.0.0:2055"),
+    (["--config", "{f}"], {"FLOWSCOPE_METRICS_ADDR": "127.0.0.1:9400"}, "health_addr: 127.0.0.1:9400\n",
+     "health_addr (from {f}): 127.0.0.1:9400 is also metrics_addr (from FLOWSCOPE_METRICS_ADDR): leave health_addr "
+     "empty to serve /healthz and /readyz on the metrics address, or give it another port"),
+    (["--sink", "kafka"], {"FLOWSCOPE_KAFKA_BROKERS": ""}, "",
+     "kafka.brokers (from FLOWSCOPE_KAFKA_BROKERS): empty, but sink (from --sink) is kafka: give the brokers "
+     "(--kafka-brokers HOST:PORT[,...])"),
+    (["--config", "{f}"], {}, "sink: file\n",
+     "output_file (default): empty, but sink (from {f}) is file: give the file (--output-file PATH)"),
+    (["--config", "{f}", "--kafka-compression", "gzip"], {}, "kafka:\n  compression_level: 12\n",
+     "kafka.compression_level (from {f}): 12 is out of range for kafka.compression (from --kafka-compression) gzip: "
+     "0 to 9 (0 = flowscope's default)"),
+    ([], {"FLOWSCOPE_KAFKA_TLS_KEY": "/k.pem"}, "",
+     "kafka.tls_key (from FLOWSCOPE_KAFKA_TLS_KEY) is set but kafka.tls_cert (default) is empty: give both for "
+     "mutual TLS, or neither"),
+    (["--config", "{f}", "--kafka-counters-topic", "flows"], {"FLOWSCOPE_COUNTERS": "true"},
+     "kafka:\n  brokers: [k:9092]\n  topic: flows\n",
+     "kafka.counters_topic (from --kafka-counters-topic): 'flows' is also kafka.topic (from {f}): counter records "
+     "would land among the flows that consumers of the flow format read; give them a topic of their own"),
+    (["--kafka-brokers", "k:9092"], {"FLOWSCOPE_COUNTERS": "1", "FLOWSCOPE_KAFKA_COUNTERS_TOPIC": ""}, "",
+     "kafka.counters_topic (from FLOWSCOPE_KAFKA_COUNTERS_TOPIC): must not be empty when counters (from "
+     "FLOWSCOPE_COUNTERS) is true"),
+    ([], {"FLOWSCOPE_KAFKA_TOPIC": "a/b"}, "", "kafka.topic (from FLOWSCOPE_KAFKA_TOPIC): 'a/b' is not a valid Kafka "
+     "topic name (letters, digits, '.', '_' and '-', at most 249 characters, not '.' or '..')"),
+    # the Kafka TLS files, checked at start: named by the key and source that set them, not always by the flag
+    (["--kafka-brokers", "k:9092"], {"FLOWSCOPE_KAFKA_TLS_CA": "{f}.ca"}, "",
+     "kafka.tls_ca (from FLOWSCOPE_KAFKA_TLS_CA): {f}.ca: cannot load: [Errno 2] No such file or directory"),
+    (["--config", "{f}", "--kafka-tls-key", "{f}.key"], {},
+     "kafka:\n  brokers: [k:9092]\n  tls_cert: {f}.crt\n",
+     "kafka.tls_cert (from {f}): {f}.crt with kafka.tls_key (from --kafka-tls-key): {f}.key: cannot load: "
+     "[Errno 2] No such file or directory"),
+])
+def test_checks_of_two_settings_name_where_each_came_from(tmp_path: Path, args: list[str], env: dict[str, str],
+                                                         yaml_text: str, message: str) -> None:
+    """The parsers' errors said `KEY (from SOURCE)`; the checks across settings (and the Kafka TLS
+    files, always named by their --kafka-tls-* flag) said neither, though the two settings of a
+    clash often come from different places (a file, the pod's variables, a flag)."""
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml_text.format(f=f))
+    r = subprocess.run([sys.executable, "-m", "collector.cli", "config", *(a.format(f=f) for a in args)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=60,
+                       env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin",
+                            **{k: v.format(f=f) for k, v in env.items()}})
+    assert (r.returncode, r.stderr) == (2, f"flowscope: configuration error: {message.format(f=f)}\n")
+
+
+@pytest.mark.parametrize("given", ["env", "file"])
+def test_a_missing_codec_library_names_where_the_codec_came_from(tmp_path: Path, given: str) -> None:
+    """The start-up check of the codec's library said `kafka.compression:` without its source.
+    (aiokafka's codecs need cramjam: a cramjam that cannot be imported takes zstd away.)"""
+    stub = tmp_path / "stub"
+    stub.mkdir()
+    (stub / "cramjam.py").write_text("raise ImportError('no cramjam here')\n")
+    f = tmp_path / "c.yaml"
+    f.write_text("kafka:\n  compression: zstd\n")
+    args, env, source = {"env": ([], {"FLOWSCOPE_KAFKA_COMPRESSION": "zstd"}, "FLOWSCOPE_KAFKA_COMPRESSION"),
+                         "file": (["--config", str(f)], {}, str(f))}[given]
+    r = subprocess.run([sys.executable, "-m", "collector.cli", "config", "--kafka-brokers", "k:9092", *args],
+                       capture_output=True, text=True, cwd=stub, timeout=60,  # (-m: the cwd comes first)
+                       env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", **env})
+    assert (r.returncode, r.stderr) == (2, f"flowscope: configuration error: kafka.compression (from {source}): "
+                                           "zstd needs the Python package cramjam (or zstandard); install it or "
+                                           "choose another codec\n")
 
 
 KUBECONFIG_ONE_CONTEXT = """apiVersion: v1
@@ -467,10 +559,88 @@ def test_a_context_missing_from_kubeconfig_variable_names_both(tmp_path: Path) -
     assert ok.returncode == 0 and "context: ctx" in ok.stdout, ok.stderr
 
 
+@pytest.mark.parametrize("given", ["flag", "env", "file"])
+def test_enrich_true_without_cluster_access_names_where_true_came_from(tmp_path: Path, given: str) -> None:
+    """`enrich.enabled is true but there is no cluster access` did not say which of a flag, a
+    variable or the file said true (a Helm value or a shared file, on a workstation)."""
+    f = tmp_path / "c.yaml"
+    f.write_text("enrich:\n  enabled: true\n")
+    args, env, source = {"flag": (["--enrich", "yes"], {}, "--enrich"),
+                         "env": ([], {"FLOWSCOPE_ENRICH_ENABLED": "on"}, "FLOWSCOPE_ENRICH_ENABLED"),
+                         "file": (["--config", str(f)], {}, str(f))}[given]
+    for command in ("run", "config"):
+        r = cli_as_on_a_laptop([command, *args, "--listen", "netflow://127.0.0.1:9", "--metrics-addr", ""],
+                               tmp_path, env)
+        assert (r.returncode, r.stderr) == (2, f"flowscope: configuration error: enrich.enabled (from {source}) is "
+                                               "true but there is no cluster access: not in a pod "
+                                               "(KUBERNETES_SERVICE_HOST unset) and no --kubeconfig, $KUBECONFIG "
+                                               "or ~/.kube/config\n"), command
+    # without the enrich package, the same setting is named
+    stub = tmp_path / "stub"
+    stub.mkdir()
+    (stub / "enrich.py").write_text("raise ImportError('no enrich here')\n")
+    r = subprocess.run([sys.executable, "-m", "collector.cli", "config", *args], capture_output=True, text=True,
+                       cwd=stub, timeout=60, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin",
+                                                  "HOME": str(tmp_path), **env})  # (-m: the cwd comes first)
+    assert (r.returncode, r.stderr) == (2, f"flowscope: configuration error: enrich.enabled (from {source}) is "
+                                           "true but the enrich package cannot be imported\n")
+
+
+def test_decode_enrich_without_cluster_access_names_its_flag(tmp_path: Path) -> None:
+    """`flowscope decode` has no enrich.enabled option: its message named one; it is --enrich."""
+    r = cli_as_on_a_laptop(["decode", "--enrich", str(tmp_path / "c.pcap")], tmp_path)
+    assert (r.returncode, r.stderr) == (2, "flowscope decode: --enrich is true but there is no cluster access: not "
+                                           "in a pod (KUBERNETES_SERVICE_HOST unset) and no --kubeconfig, "
+                                           "$KUBECONFIG or ~/.kube/config\n")
+
+
+# `flowscope run` with the cluster access check passing (no ServiceAccount files outside a pod)
+# and the collector itself not started: what run prints before it would start.
+RUN_WITHOUT_STARTING = """
+import sys
+import collector.app as app
+app.kube_access_error = lambda *a, **k: None
+app.run = lambda cfg, enrich_cfg, note: print("would start, enrichment", enrich_cfg is not None) or 0
+from collector.cli import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("given", ["flag", "env", "file"])
+def test_a_context_without_kubeconfig_in_a_pod_is_a_warning(tmp_path: Path, given: str) -> None:
+    """In a pod without a kubeconfig the client loads the in-cluster config, which has no
+    contexts: --kube-context / enrich.context was dropped without a word (other settings that
+    do not apply, an unknown variable, are warned about). A warning from `config` (printed) and
+    `run` (logged), naming where the context came from; with a kubeconfig it applies, silently."""
+    f = tmp_path / "c.yaml"
+    f.write_text("enrich:\n  context: prod\n")
+    args, env, source = {"flag": (["--kube-context", "prod"], {}, "--kube-context"),
+                         "env": ([], {"FLOWSCOPE_ENRICH_CONTEXT": "prod"}, "FLOWSCOPE_ENRICH_CONTEXT"),
+                         "file": (["--config", str(f)], {}, str(f))}[given]
+    pod = {**env, "KUBERNETES_SERVICE_HOST": "10.96.0.1"}
+    warning = (f"ignoring enrich.context (from {source}): in a pod (KUBERNETES_SERVICE_HOST is set) without "
+               "enrich.kubeconfig the in-cluster config (ServiceAccount) is used, which has no contexts; give "
+               "--kubeconfig to use a context of it")
+    r = cli_as_on_a_laptop(["config", "--enrich", "true", *args], tmp_path, pod)
+    assert (r.returncode, r.stderr) == (0, f"flowscope: warning: {warning}\n")
+    assert "context: prod" in r.stdout
+    full = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **pod}
+    r = subprocess.run([sys.executable, "-c", RUN_WITHOUT_STARTING, "run", "--enrich", "true", *args],
+                       capture_output=True, text=True, cwd=ROOT, env=full, timeout=60)
+    assert r.returncode == 0 and r.stdout == "would start, enrichment True\n", (r.stdout, r.stderr)
+    assert [line.split(" WARNING flowscope: ", 1)[1] for line in r.stderr.splitlines()] == [warning], r.stderr
+    # with a kubeconfig the context is used; outside a pod too: no warning
+    kc = tmp_path / "kc"
+    kc.write_text(KUBECONFIG_ONE_CONTEXT.replace("ctx", "prod"))
+    for extra, e in ((["--kubeconfig", str(kc)], pod), ([], {**env, "KUBECONFIG": str(kc)})):
+        r = cli_as_on_a_laptop(["config", "--enrich", "true", *args, *extra], tmp_path, e)
+        assert (r.returncode, r.stderr) == (0, ""), (extra, r.stderr)
+
+
 @pytest.mark.parametrize("args,message", [
     (["--kafka-brokers", "127.0.0.1:9", "--kafka-tls-ca", "{d}/no-ca.pem"],
-     "kafka TLS (--kafka-tls-ca {d}/no-ca.pem): cannot load: [Errno 2] No such file or directory"),
-    (["--enrich", "true"], "enrich.enabled is true but there is no cluster access"),
+     "kafka.tls_ca (from --kafka-tls-ca): {d}/no-ca.pem: cannot load: [Errno 2] No such file or directory"),
+    (["--enrich", "true"], "enrich.enabled (from --enrich) is true but there is no cluster access"),
     (["--kubeconfig", "{d}/kc"], "enrich.kubeconfig (from --kubeconfig): {d}/kc: "),
 ])
 def test_config_refuses_what_run_refuses_at_start(tmp_path: Path, args: list[str], message: str) -> None:
@@ -836,7 +1006,7 @@ def test_unreadable_tls_files_are_a_start_up_error(tmp_path: Path) -> None:
     assert check_tls(cfg.kafka) is None
     cfg.kafka.tls_ca = str(tmp_path / "missing-ca.pem")
     msg = check_tls(cfg.kafka)
-    assert msg is not None and "--kafka-tls-ca" in msg and "missing-ca.pem" in msg
+    assert msg == f"kafka.tls_ca: {tmp_path / 'missing-ca.pem'}: cannot load: [Errno 2] No such file or directory"
 
 
 def test_queue_oldest_policy_evicts() -> None:
@@ -1341,9 +1511,9 @@ def test_a_refused_datagram_is_named_for_the_log() -> None:
 
 
 @pytest.mark.parametrize("args, msg", [
-    (["--metrics-addr", "127.0.0.1:0"], "metrics_addr: 127.0.0.1:0: port must be 1-65535 (empty disables it)"),
-    (["--health-addr", "[::1]:0"], "health_addr: [::1]:0: port must be 1-65535 (empty disables it)"),
-    (["--kafka-brokers", "127.0.0.1:0"], "kafka.brokers: '127.0.0.1:0': port must be 1-65535"),
+    (["--metrics-addr", "127.0.0.1:0"], "metrics_addr (from --metrics-addr): 127.0.0.1:0: port must be 1-65535 (empty disables it)"),
+    (["--health-addr", "[::1]:0"], "health_addr (from --health-addr): [::1]:0: port must be 1-65535 (empty disables it)"),
+    (["--kafka-brokers", "127.0.0.1:0"], "kafka.brokers (from --kafka-brokers): '127.0.0.1:0': port must be 1-65535"),
 ])
 def test_port_zero_is_refused_where_nothing_could_find_it(args: list[str], msg: str) -> None:
     """A random port for /metrics or the probes is one nothing scrapes or probes, and a broker

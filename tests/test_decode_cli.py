@@ -285,3 +285,26 @@ def test_decode_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
     err = p.stderr.read()
     assert p.wait(60) == 0, err.decode()
     assert orjson.loads(first)["SrcAddr"] and err == b""
+
+
+def test_decode_and_replay_help_show_options_as_run_does() -> None:
+    """`flowscope decode --help` showed its capture as `file` and --max-templates as
+    MAX_TEMPLATES (argparse's names for an option without a metavar), and `replay --help` ended
+    every option with argparse's "(default: None)" / "(default: False)": run and config show an
+    upper-case metavar for each value (N for a count) and `[default: X]` where there is one."""
+    import re
+
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "COLUMNS": "1000"}
+    helps = {c: subprocess.run([sys.executable, "-m", "collector.cli", c, "--help"], capture_output=True, text=True,
+                               cwd=ROOT, env=env, timeout=60, check=True).stdout for c in ("decode", "replay")}
+    for command, text in helps.items():
+        usage = text.split("\n\n")[0]
+        assert usage.endswith(" FILE"), (command, usage)
+        assert "\n  FILE " in text and "\n  file " not in text, command
+        assert "(default: " not in text, command
+        for flag, metavar in re.findall(r"\[(--[a-z-]+) ([^\]\s]+)\]", usage):
+            assert "_" not in metavar, (command, flag, metavar)  # argparse's name from the dest
+    assert "[--max-templates N]" in helps["decode"] and "[--default-sampling N]" in helps["decode"]
+    assert "templates kept per exporter [default: 1024]" in helps["decode"]
+    assert "--loop N        times to send the capture; 0 = forever [default: 1]" in helps["replay"]
+    assert "--to HOST:PORT  destination collector (IPv6 as [ADDR]:PORT)\n" in helps["replay"]

@@ -363,10 +363,30 @@ def test_a_capture_cut_inside_its_first_record_is_reported_as_cut(tmp_path: Path
     cap = pcap(tmp_path / "cut.pcap", [(T0, ("10.1.0.1", 2055), 2055, make_v5(1, 1, 0))], cut=30)
     assert cli.main(["replay", str(cap), "--to", "127.0.0.1:9", "--quiet"]) == 1
     err = capsys.readouterr().err
-    assert err.splitlines()[0] == (f"replay: {cap}: the capture is cut short in the middle of a record at "
+    assert err.splitlines()[0] == (f"flowscope replay: {cap}: the capture is cut short in the middle of a record at "
                                    "byte 24 (the file ends 100 bytes into it)"), err
     assert "no UDP datagrams" not in err
     # a whole capture of no UDP still says so
     empty = pcap(tmp_path / "empty.pcap", [])
     assert cli.main(["replay", str(empty), "--to", "127.0.0.1:9", "--quiet"]) == 1
-    assert capsys.readouterr().err == f"replay: {empty}: no UDP datagrams found\n"
+    assert capsys.readouterr().err == f"flowscope replay: {empty}: no UDP datagrams found\n"
+
+
+def test_every_message_of_replay_says_flowscope_replay(tmp_path: Path) -> None:
+    """Half of replay's messages began `replay:` (the summary, no UDP, cut short, skipped
+    frames), the other half `flowscope replay:` (usage, unreadable file, interrupted), as do
+    argparse's errors and every message of `flowscope decode`: one form, the command's name."""
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    good = pcap(tmp_path / "one.pcap", [(T0, ("10.1.0.1", 2055), 2055, make_v5(1, 1, 0))])
+    empty = pcap(tmp_path / "empty.pcap", [])
+    cut = pcap(tmp_path / "cut.pcap", [(T0, ("10.1.0.1", 2055), 2055, make_v5(1, 1, 0))] * 2, cut=30)
+    seen = []
+    for args, code in (([str(good)], 0), ([str(empty)], 1), ([str(cut)], 1), ([str(good), "--loop", "-1"], 2),
+                       ([str(tmp_path / "none.pcap")], 1), ([str(good), "--to", "nohost"], 2)):
+        to = [] if "--to" in args else ["--to", "127.0.0.1:9"]
+        r = subprocess.run([sys.executable, "-m", "collector.cli", "replay", *args, *to], capture_output=True,
+                           text=True, cwd=ROOT, env=env, timeout=60)
+        assert r.returncode == code and r.stderr, (args, r.returncode, r.stderr)
+        seen += r.stderr.splitlines()
+    assert [line for line in seen if not line.startswith("flowscope replay: ")] == [], seen
+    assert any(" sent 1 datagrams " in line for line in seen) and any("no UDP datagrams" in line for line in seen)
