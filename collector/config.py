@@ -234,6 +234,8 @@ def parse_cidrs(v: Any) -> list[str]:
 
 def choice(*accepted: str, lower: bool = True) -> Callable[[Any], str]:
     def parse(v: Any) -> str:
+        if isinstance(v, bool) and "on" in accepted and "off" in accepted:
+            v = "on" if v else "off"   # YAML reads an unquoted on/off (yes/no, true/false) as a boolean
         s = parse_str(v).strip()
         key = s.lower() if lower else s
         for a in accepted:
@@ -319,6 +321,10 @@ class KafkaConfig:
                                  "Applies to the fast path's batches (key none); the keyed modes and sFlow "
                                  "counter records compress through aiokafka at its own levels",
                                  ranged(parse_int, -7, 22))
+    compression_thread: str = opt("auto", "compress the fast path's batches (lz4 at levels 0-2, zstd) on a thread "
+                                  "of their own instead of the event loop's, with the system's liblz4 / libzstd: "
+                                  "on, off, or auto (on when the process may run on two or more CPUs and the "
+                                  "library loads)", choice("auto", "on", "off"))
     acks: str = opt("1", "acknowledgements the broker waits for: 0, 1 or all (with 0 a batch counts as "
                     "delivered once written to the connection: nothing confirms it)", choice("0", "1", "all"))
     linger_ms: int = opt(5, "how long a batch may wait for more records (ms)", ranged(parse_int, 0, 60000))

@@ -134,7 +134,8 @@ SERIES: dict[str, Series] = {s.name: s for s in [
     Series("flowscope_kafka_send_latency_seconds", "histogram",
            "Time from handing a record batch to the producer to its acknowledgement"),
     Series("flowscope_kafka_errors", "counter", "Kafka errors, by kind (connect, metadata, produce: retried; "
-           "rejected: a batch the broker refused for good, dropped; admin: --kafka-create-topic failed)",
+           "rejected: a batch the broker refused for good, dropped; admin: --kafka-create-topic failed; "
+           "compress: the compression thread failed a batch, sent uncompressed)",
            ("kind",)),
     Series("flowscope_kafka_resent_records", "counter", "Records (flows, sFlow counter records) sent again after "
            "a Produce request that was written (or handed to aiokafka) failed without an answer (a timeout, a "
@@ -145,6 +146,8 @@ SERIES: dict[str, Series] = {s.name: s for s in [
     Series("flowscope_kafka_batches", "counter", "Record batches acknowledged by Kafka"),
     Series("flowscope_kafka_compression_bytes", "counter", "Bytes of prebuilt record batches (key none) before "
            "(side=in) and after (side=out) kafka.compression", ("side",)),
+    Series("flowscope_kafka_compression_thread_seconds", "counter", "Time the compression thread spent "
+           "compressing batches (kafka.compression_thread; near 1 per second: that thread is the limit)"),
     # state file
     Series("flowscope_state_saves", "counter", "State file saves, by result (ok, error)", ("result",)),
     Series("flowscope_state_loads", "counter", "State file loads at start, by result (ok, error, missing), and "

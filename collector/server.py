@@ -36,7 +36,7 @@ ALLOW_CACHE_MAX = 65536
 DATAGRAM_DROP_REASONS = ("not_allowed", "wrong_protocol", "internal", "socket_error", "shutdown")
 FLOW_DROP_REASONS = ("queue_full", "evicted", "shutdown", "unconfirmed", "sink_error", "rejected", "too_large",
                      "duplicate", "worker_died")
-KAFKA_ERROR_KINDS = ("connect", "metadata", "produce", "rejected", "admin")
+KAFKA_ERROR_KINDS = ("connect", "metadata", "produce", "rejected", "admin", "compress")
 
 
 def labelled(known: tuple[str, ...], counts: Mapping[str, int]) -> dict[tuple[str, ...], int]:
@@ -536,6 +536,8 @@ class Worker:
             snap["flowscope_kafka_resent_records"] = {("flows",): s.resent[FLOWS], ("counters",): s.resent[COUNTERS]}
             snap["flowscope_kafka_compression_bytes"] = {("in",): s.compressed_bytes[0],
                                                          ("out",): s.compressed_bytes[1]}
+            if s.packer_seconds() is not None:
+                snap["flowscope_kafka_compression_thread_seconds"] = {(): s.packer_seconds()}
         if self.state is not None:
             snap["flowscope_state_saves"] = {(k,): v for k, v in self.state.saves.items()}
             snap["flowscope_state_loads"] = {(k,): v for k, v in self.state.loads.items()}

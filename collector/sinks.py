@@ -651,6 +651,9 @@ def check_compression(k: KafkaConfig, named: Callable[[str], str] = str) -> str 
     """An error message when the chosen codec's library is missing (aiokafka fails late otherwise);
     `named` as for check_tls."""
     if k.compression == "none":
+        if k.compression_thread == "on":
+            return (f"{named('kafka.compression_thread')}: on, but {named('kafka.compression')} is none "
+                    "(nothing to compress)")
         return None
     from aiokafka import codec
 
@@ -667,6 +670,10 @@ def check_compression(k: KafkaConfig, named: Callable[[str], str] = str) -> str 
         pkg = {"snappy": "cramjam (or python-snappy)", "lz4": "lz4 and cramjam", "zstd": "cramjam (or zstandard)"}
         return (f"{named('kafka.compression')}: {k.compression} needs the Python package "
                 f"{pkg.get(k.compression, k.compression)}; install it or choose another codec")
+    if k.compression_thread == "on":
+        use, why = compression_thread_plan(k)
+        if not use:
+            return f"{named('kafka.compression_thread')}: on, but {why}"
     return None
 
 
@@ -733,11 +740,16 @@ class KafkaSink(Sink):
         self._conns_closed: weakref.WeakSet[Any] = weakref.WeakSet()   # closed ones already reported
         self._codec_id, self._encode = _codec(self.k.compression, self.k.compression_level)
         self.compressed_bytes = [0, 0]  # prebuilt batches: bytes before and after compression
+        # kafka.compression_thread: decoders' Packer (a POSIX thread) compressing prebuilt batches
+        self._packer: Any = None
+        self._packing: dict[Any, tuple[asyncio.Future[None], int]] = {}  # writer -> (done, raw size)
+        self.packer_failed = 0
         self.resent = [0, 0]    # records by kind re-queued after a request that may have been written
 
     async def start(self) -> None:
         for b in self.k.brokers:
             split_hostport(b)
+        self._start_packer()
         await super().start()
 
     async def _connect(self) -> None:
@@ -992,10 +1004,18 @@ class KafkaSink(Sink):
         builders: dict[tuple[int, int], _Open] = {}
         full: list[_Open] = []
         keymode = self.k.key
+        if self._packer is not None:
+            # every batch of the take to the compression thread at once: it compresses the next
+            # while the one before is sent
+            for c in chunks:
+                if isinstance(c.records, Prebuilt) and c.records.data is None:
+                    self._pack_submit(c.records.writer)
         for c in chunks:
             if isinstance(c.records, Prebuilt):
                 o = self._new_open(c.kind, -1, direct=self.direct is not None)
                 if self.direct is None:
+                    if self._encode is not None and c.records.data is None:
+                        await self._pack(c.records.writer)
                     o.builder = self._prebuilt(c.records)
                 o.records = c.records  # type: ignore[assignment]
                 o.nbytes = c.nbytes
@@ -1033,6 +1053,77 @@ class KafkaSink(Sink):
             p.data = w.build()
             w.release()
         return PrebuiltBuilder(p.data, len(p))
+
+    def _start_packer(self) -> None:
+        use, why = compression_thread_plan(self.k)
+        if not use:
+            if self.k.compression != "none":
+                log.info("kafka: %s batches compressed on the event loop (%s)", self.k.compression, why)
+            return
+        from decoders._core import Packer
+
+        try:
+            self._packer = Packer(3 if self.k.compression == "lz4" else 4, _resolved_level(self.k),
+                                  _lz4_frame_header() if self.k.compression == "lz4" else None)
+        except OSError as exc:
+            if self.k.compression_thread == "on":
+                raise
+            log.warning("kafka: no compression thread (%s): batches compressed on the event loop", exc)
+            return
+        asyncio.get_running_loop().add_reader(self._packer.fileno(), self._packed)
+        log.info("kafka: %s batches compressed on a thread of their own (%s)", self.k.compression, why)
+
+    def packer_seconds(self) -> float | None:
+        """Seconds the compression thread has spent compressing; None without one."""
+        return None if self._packer is None else self._packer.busy_seconds
+
+    def _stop_packer(self) -> None:
+        p = self._packer
+        if p is None:
+            return
+        try:
+            asyncio.get_running_loop().remove_reader(p.fileno())
+        except RuntimeError:
+            pass
+        p.close()      # finishes what it was given
+        self._packed()
+
+    def _packed(self) -> None:
+        """The Packer's eventfd is readable: its finished batches' waiters go on."""
+        p = self._packer
+        for w in p.collect():
+            fut, raw = self._packing.pop(w)
+            self.compressed_bytes[0] += raw
+            self.compressed_bytes[1] += w.size  # raw again when compressing did not help
+            if not fut.done():
+                fut.set_result(None)
+        if p.failed > self.packer_failed:
+            self.errors["compress"] += p.failed - self.packer_failed
+            self._rl.error("compress", "kafka: %d batch(es) could not be compressed on the compression thread "
+                           "(no memory?): sent uncompressed", p.failed - self.packer_failed)
+            self.packer_failed = p.failed
+
+    def _pack_submit(self, w: Any) -> None:
+        """Give a prebuilt batch to the compression thread (when there is one, and it is not
+        compressed or there already): _pack() then waits for it, and meanwhile the event loop
+        goes on receiving and decoding."""
+        if self._packer is None or w.packed or w.busy:
+            return
+        raw = w.size
+        if self._packer.submit(w):
+            self._packing[w] = (asyncio.get_running_loop().create_future(), raw)
+
+    async def _pack(self, w: Any) -> None:
+        """Compress a prebuilt batch once: on the thread when there is one (waiting for it), else
+        here (_compress)."""
+        if w.packed:
+            return
+        self._pack_submit(w)
+        entry = self._packing.get(w)
+        if entry is None:
+            self._compress(w)   # no thread, or its queue full
+            return
+        await asyncio.shield(entry[0])
 
     def _compress(self, w: Any) -> None:
         """Compress a prebuilt batch in place, once: a re-queued batch is sent (and counted) as
@@ -1078,7 +1169,7 @@ class KafkaSink(Sink):
             if o.builder is None:  # a prebuilt batch on the direct path
                 w = o.records.writer  # type: ignore[attr-defined]
                 if self._encode is not None:
-                    self._compress(w)
+                    await self._pack(w)
                 fut = await self.direct.send(w, topic, o.partition)  # type: ignore[union-attr]
                 o.written = True
                 self._written[o.kind] += len(o.records)
@@ -1159,6 +1250,7 @@ class KafkaSink(Sink):
             self.queue.requeue(c)
 
     async def _close(self, timeout: float) -> None:
+        self._stop_packer()
         if self.producer is None:
             return
         pending = list(self._pending)
@@ -1193,6 +1285,43 @@ def _fatal_aiokafka(exc: BaseException) -> bool:
     import aiokafka.errors as ae
 
     return isinstance(exc, tuple(getattr(ae, n) for n in _AIOKAFKA_FATAL if hasattr(ae, n)))
+
+
+def _resolved_level(k: KafkaConfig) -> int:
+    return DEFAULT_LEVEL.get(k.compression, 0) if not k.compression_level else k.compression_level
+
+
+def _lz4_frame_header() -> bytes:
+    """The 7 bytes opening the LZ4 frames _codec writes (python-lz4 computes the header checksum)."""
+    import lz4.frame as lz4f
+
+    return lz4f.compress(b"", block_size=lz4f.BLOCKSIZE_MAX64KB, block_linked=False, content_checksum=False,
+                         store_size=False)[:7]
+
+
+def compression_thread_plan(k: KafkaConfig) -> tuple[bool, str]:
+    """Whether kafka.compression_thread puts the fast path's compression on a thread of its own,
+    and why (or why not)."""
+    if k.compression_thread == "off":
+        return False, "kafka.compression_thread is off"
+    if k.compression not in ("lz4", "zstd"):
+        return False, f"kafka.compression {k.compression}: only lz4 and zstd compress on a thread"
+    if k.compression == "lz4" and _resolved_level(k) > 2:
+        return False, "kafka.compression_level above 2 is lz4's HC mode, which compresses on the event loop"
+    from decoders._core import packer_available
+
+    missing = packer_available(3 if k.compression == "lz4" else 4)
+    if missing:
+        return False, missing
+    if k.compression_thread == "auto":
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cpus = os.cpu_count() or 1
+        if cpus < 2:
+            return False, "kafka.compression_thread auto: the process may run on one CPU only"
+        return True, f"kafka.compression_thread auto: {cpus} CPUs"
+    return True, "kafka.compression_thread on"
 
 
 def _codec(name: str, level: int = 0) -> tuple[int, Callable[[Any], bytes] | None]:

@@ -15,6 +15,7 @@ include "reader.pxi"
 include "flow.pxi"
 include "encode.pxi"
 include "kafka.pxi"
+include "packer.pxi"
 include "netflow.pxi"
 include "sflow.pxi"
 

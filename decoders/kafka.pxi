@@ -253,6 +253,7 @@ cdef class RecordBatchWriter:
     cdef int exports             # live buffer exports (memoryviews of the request)
     cdef readonly int codec      # compression of the records section (compress()): 0 none
     cdef readonly bint packed    # compress() ran (whether or not it helped): no more appends
+    cdef readonly bint busy      # with a Packer (its thread compresses the records): hands off
 
     def __cinit__(self):
         self.buf.p = NULL
@@ -293,7 +294,7 @@ cdef class RecordBatchWriter:
         cdef Py_ssize_t i, vlen, rlen, keylen, rec, hdr, hdr_fixed, guess
         cdef Buf* o = &self.buf
         cdef bytes head
-        if self.sealed or self.packed:
+        if self.sealed or self.packed or self.busy:
             raise ValueError("batch already compressed or framed as a request: no more appends")
         if start >= bt.n:
             return bt.n
@@ -344,6 +345,8 @@ cdef class RecordBatchWriter:
 
     def records_bytes(self):
         """The records section (for compression by the caller)."""
+        if self.busy:
+            raise ValueError("batch being compressed by a Packer")
         return PyBytes_FromStringAndSize(self.buf.p + PREFIX + BATCH_HEADER, self.buf.n - PREFIX - BATCH_HEADER)
 
     def compress(self, int codec, object encode):
@@ -356,6 +359,8 @@ cdef class RecordBatchWriter:
         cdef Py_ssize_t raw = self.buf.n - PREFIX - BATCH_HEADER
         cdef const unsigned char[:] out
         cdef object view
+        if self.busy:
+            raise ValueError("batch being compressed by a Packer")
         if self.packed:
             return self.codec != 0
         if self.sealed or self.exports > 0:
@@ -381,6 +386,8 @@ cdef class RecordBatchWriter:
     def build(self, object crc32c=None):
         """The finished batch as bytes (compressed if compress() made it so); crc32c(bytes) ->
         int, or None for the built-in one (hardware CRC-32C when the CPU has it)."""
+        if self.busy:
+            raise ValueError("batch being compressed by a Packer")
         cdef bytes out = PyBytes_FromStringAndSize(self.buf.p + PREFIX, self.buf.n - PREFIX)
         cdef Py_ssize_t n = len(out)
         cdef char* p = PyBytes_AS_STRING(out)
@@ -423,6 +430,8 @@ cdef class RecordBatchWriter:
         cdef bytes out
         if self.records == 0:
             raise ValueError("empty batch")
+        if self.busy:
+            raise ValueError("batch being compressed by a Packer")
         if plen > PREFIX or clen > 32767 or tlen > 32767:
             raise ValueError("client id and topic too long for the request headroom")
         if not self.sealed:
@@ -460,7 +469,7 @@ cdef class RecordBatchWriter:
         changes for the batch; appending to it afterwards still works (the buffer grows)."""
         cdef char* small
         cdef Py_ssize_t need = self.buf.n
-        if self.exports > 0 or self.buf.p == NULL or need * 2 >= self.buf.cap:
+        if self.exports > 0 or self.busy or self.buf.p == NULL or need * 2 >= self.buf.cap:
             return
         small = <char*>malloc(need)
         if small == NULL:
@@ -480,5 +489,5 @@ cdef class RecordBatchWriter:
         """Give the batch memory back once it has been built (the queue may hold the writer a
         while); the next writer reuses it. Not while a request view is alive (the memory is
         then given back when the writer goes)."""
-        if self.exports == 0:
+        if self.exports == 0 and not self.busy:
             pool_give(&self.buf)

@@ -459,6 +459,16 @@ def test_bad_values_are_one_configuration_error_line_exit_2(tmp_path: Path, args
      "kafka:\n  brokers: [k:9092]\n  tls_cert: {f}.crt\n",
      "kafka.tls_cert (from {f}): {f}.crt with kafka.tls_key (from --kafka-tls-key): {f}.key: cannot load: "
      "[Errno 2] No such file or directory"),
+    # a compression thread asked for where there is none to have
+    (["--kafka-brokers", "k:9092", "--kafka-compression-thread", "on"], {}, "",
+     "kafka.compression_thread (from --kafka-compression-thread): on, but kafka.compression (default) is none "
+     "(nothing to compress)"),
+    (["--kafka-brokers", "k:9092", "--kafka-compression", "lz4"], {"FLOWSCOPE_KAFKA_COMPRESSION_THREAD": "on",
+                                                                  "FLOWSCOPE_KAFKA_COMPRESSION_LEVEL": "9"}, "",
+     "kafka.compression_thread (from FLOWSCOPE_KAFKA_COMPRESSION_THREAD): on, but kafka.compression_level above 2 "
+     "is lz4's HC mode, which compresses on the event loop"),
+    (["--config", "{f}"], {}, "kafka:\n  brokers: [k:9092]\n  compression: gzip\n  compression_thread: on\n",
+     "kafka.compression_thread (from {f}): on, but kafka.compression gzip: only lz4 and zstd compress on a thread"),
 ])
 def test_checks_of_two_settings_name_where_each_came_from(tmp_path: Path, args: list[str], env: dict[str, str],
                                                          yaml_text: str, message: str) -> None:
@@ -472,6 +482,25 @@ def test_checks_of_two_settings_name_where_each_came_from(tmp_path: Path, args: 
                        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin",
                             **{k: v.format(f=f) for k, v in env.items()}})
     assert (r.returncode, r.stderr) == (2, f"flowscope: configuration error: {message.format(f=f)}\n")
+
+
+def test_compression_thread_auto_follows_the_cpus_the_process_may_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kafka.compression_thread auto: a thread only helps where the process may run on a second
+    CPU (a collector pinned to one core would only add hand-offs); on and off are as said."""
+    from collector.config import KafkaConfig
+    from collector.sinks import compression_thread_plan
+
+    k = KafkaConfig(compression="lz4")
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {3})
+    assert compression_thread_plan(k) == (False, "kafka.compression_thread auto: the process may run on one CPU only")
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    assert compression_thread_plan(k) == (True, "kafka.compression_thread auto: 2 CPUs")
+    k.compression_thread = "off"
+    assert compression_thread_plan(k)[0] is False
+    k.compression_thread, k.compression = "on", "zstd"
+    assert compression_thread_plan(k) == (True, "kafka.compression_thread on")
+    k.compression = "snappy"
+    assert compression_thread_plan(k)[0] is False
 
 
 @pytest.mark.parametrize("given", ["env", "file"])

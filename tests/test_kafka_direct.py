@@ -118,6 +118,109 @@ def test_compression_that_does_not_help_leaves_the_batch_uncompressed() -> None:
         kept[0].tobytes()  # the view handed to the encoder is released when it returns
 
 
+def _packed(p: Any, n: int) -> list[Any]:
+    """Wait (select on its eventfd) until n writers came back from the Packer p."""
+    import select
+
+    got: list[Any] = []
+    while len(got) < n:
+        r, _, _ = select.select([p.fileno()], [], [], 10)
+        assert r, "the compression thread did not finish"
+        got += p.collect()
+    return got
+
+
+@pytest.mark.parametrize("name", ["lz4", "zstd"])
+def test_compression_thread_batches_read_back_with_aiokafka(name: str) -> None:
+    """kafka.compression_thread: the Packer's POSIX thread compresses writers' records in place
+    (system liblz4 / libzstd); what comes back is a batch aiokafka reads (CRC, its own
+    decompression), records, order and offsets intact, and the writers come back in the order
+    given."""
+    from aiokafka.record.default_records import DefaultRecordBatch
+    from decoders._core import Packer
+
+    from collector.sinks import _lz4_frame_header
+
+    codec = 3 if name == "lz4" else 4
+    p = Packer(codec, 0 if name == "lz4" else 3, _lz4_frame_header())
+    writers = [_writer_with_flows(3 + i) for i in range(4)]
+    raws = [w.size for w, _ in writers]
+    for w, _ in writers:
+        assert p.submit(w) is True and w.busy and not w.packed
+    back = _packed(p, 4)
+    assert back == [w for w, _ in writers]
+    for (w, want), raw in zip(writers, raws, strict=True):
+        assert w.packed and not w.busy and w.codec == codec and w.size < raw / 3
+        rb = DefaultRecordBatch(w.build())
+        assert rb.validate_crc() and rb.compression_type == codec
+        got = list(rb)
+        assert [r.value for r in got] == want and [r.offset for r in got] == list(range(len(want)))
+    assert p.pending == 0 and p.failed == 0 and p.busy_seconds > 0
+    p.close()
+    assert p.submit(_writer_with_flows(1)[0]) is False  # stopped: the caller compresses itself
+
+
+def test_a_batch_with_the_compression_thread_is_hands_off() -> None:
+    """While the thread has a writer nothing else may read or change its records: appends,
+    compress(), build() and request() refuse; trim() and release() leave the buffer alone; a
+    second submit refuses. close() finishes what was queued, and collect() then returns it."""
+    from decoders._core import Packer
+
+    from collector.sinks import _lz4_frame_header
+
+    p = Packer(3, 0, _lz4_frame_header())
+    p.pause()  # the thread waits: the writers stay queued
+    ws = [_writer_with_flows(2)[0] for _ in range(3)]
+    for w in ws:
+        assert p.submit(w)
+    w = ws[-1]
+    cap = w.capacity
+    assert w.busy and not w.packed and p.pending == 3
+    for call in (lambda: w.append(ovs_decoder().decode(ipfix_message([], seq=0, export_time=EXPORT), EXPORTER)),
+                 lambda: w.compress(3, lambda v: b""), lambda: w.build(), lambda: w.records_bytes(),
+                 lambda: w.request(1, b"c", 1, 1500, b"t", 0), lambda: p.submit(w)):
+        with pytest.raises(ValueError):
+            call()
+    w.trim()
+    w.release()
+    assert w.capacity == cap and p.collect() == []
+    p.close()  # finishes the queued jobs, then stops
+    assert p.collect() == ws and p.pending == 0
+    assert all(x.packed and not x.busy and x.codec == 3 for x in ws)
+
+
+def test_compression_thread_lz4_frames_keep_incompressible_blocks_raw() -> None:
+    """The thread writes the LZ4 frame itself: 64 KiB independent blocks, each compressed or,
+    when that does not shrink it, stored raw (size word's high bit); python-lz4 decodes it; a
+    frame not smaller than its input is not used (None)."""
+    import os as _os
+
+    import lz4.frame as lz4f
+    from decoders._core import lz4_frame_of
+
+    from collector.sinks import _lz4_frame_header
+
+    hdr = _lz4_frame_header()
+    assert hdr[:4] == b"\x04\x22\x4d\x18" and hdr[4] & 0x20  # LZ4 frame magic, independent blocks
+    rnd = _os.urandom(65536)
+    data = (b'{"SrcAddr":"10.0.0.1"}' * 3000)[:65536] + rnd + b"x" * 10000  # blocks: JSON, random, x
+    frame = lz4_frame_of(data, hdr)
+    assert frame is not None and len(frame) < len(data) and lz4f.decompress(frame) == data
+    # walk the blocks: the second (the random 64 KiB) is stored raw
+    pos, words = 7, []
+    while True:
+        (word,) = struct.unpack_from("<I", frame, pos)
+        if word == 0:
+            break
+        words.append(word)
+        pos += 4 + (word & 0x7FFFFFFF)
+    assert pos + 4 == len(frame) and len(words) == -(-len(data) // 65536)
+    raw_blocks = [i for i, wd in enumerate(words) if wd & 0x80000000]
+    assert raw_blocks == [1] and words[1] == 0x80000000 | 65536 and words[0] < 65536 // 4
+    assert lz4_frame_of(_os.urandom(200000), hdr) is None
+    assert lz4f.decompress(lz4_frame_of(b"a" * 70000, hdr)) == b"a" * 70000
+
+
 def test_a_requeued_batch_is_compressed_and_counted_once() -> None:
     from collector.config import Config
     from collector.sinks import KafkaSink
@@ -227,13 +330,18 @@ def test_acks_zero_through_a_broker_that_answers_anyway(broker: Any, collector: 
     assert "unexpected correlation id" not in c.log()
 
 
-@pytest.mark.parametrize("codec,direct", [("lz4", True), ("zstd", True), ("lz4", False)])
-def test_compressed_batches_through_a_real_broker(broker: Any, collector: Any, codec: str, direct: bool) -> None:
+@pytest.mark.parametrize("codec,direct,thread", [("lz4", True, "off"), ("lz4", True, "on"), ("zstd", True, "on"),
+                                                  ("zstd", True, "off"), ("lz4", False, "on")])
+def test_compressed_batches_through_a_real_broker(broker: Any, collector: Any, codec: str, direct: bool,
+                                                  thread: str) -> None:
+    """Compressed batches (on the event loop or on the compression thread, direct produce or
+    through aiokafka) reach a real broker and read back whole with aiokafka."""
     import uuid
 
     t = "t-" + uuid.uuid4().hex[:10]
     c = collector(["--kafka-brokers", broker.bootstrap, "--kafka-topic", t, "--kafka-compression", codec,
-                   "--kafka-batch-bytes", "64KB", "--kafka-direct" if direct else "--no-kafka-direct"])
+                   "--kafka-batch-bytes", "64KB", "--kafka-direct" if direct else "--no-kafka-direct",
+                   "--kafka-compression-thread", thread])
     send_udp([make_v5(i, 30, i * 30) for i in range(200)], c.port)
     got = consume(broker.bootstrap, t, 6000)
     assert len(got) == 6000 and len({v5_key(f) for f in got}) == 6000
@@ -241,8 +349,13 @@ def test_compressed_batches_through_a_real_broker(broker: Any, collector: Any, c
     before = c.value("flowscope_kafka_compression_bytes_total", side="in")
     after = c.value("flowscope_kafka_compression_bytes_total", side="out")
     assert before > 6000 * 300 and 0 < after < before / 3
+    busy = c.value("flowscope_kafka_compression_thread_seconds_total")
+    assert (busy > 0) == (thread == "on")
+    assert c.value("flowscope_kafka_errors_total", kind="compress") == 0
     assert c.stop() == 0
     assert ("direct produce" in c.log()) == direct
+    assert ("compressed on a thread of their own" in c.log()) == (thread == "on")
+    assert ("compressed on the event loop (kafka.compression_thread is off)" in c.log()) == (thread == "off")
 
 
 def test_a_produce_response_that_cannot_be_parsed_fails_its_batch() -> None:

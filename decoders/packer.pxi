@@ -1,0 +1,406 @@
+# Record-batch compression on a thread of its own (kafka.compression_offload).
+#
+# lz4 is about half of the collector's core at 400k enriched flows/s (benchmarks/RESULTS.md,
+# third and fourth sessions), and a Python thread pool could not take it off the event loop:
+# each hand-off waited for the GIL, which the loop's thread holds through long Cython stretches.
+# Here a POSIX thread that never touches the interpreter compresses the records section of a
+# finished RecordBatchWriter in place, with the system's liblz4 / libzstd (loaded with dlopen:
+# no build-time headers), and says it is done through an eventfd the event loop watches.
+#
+# The frames are the codecs' standard ones, as Kafka's consumers read them: LZ4 frame format
+# with independent 64 KiB blocks, no checksums and no content size (the same frame as
+# collector.sinks._codec writes through python-lz4); zstd's own frame (ZSTD_compress).
+
+cdef extern from *:
+    """
+    #include <pthread.h>
+    #include <dlfcn.h>
+    #include <sys/eventfd.h>
+    #include <unistd.h>
+    #include <stdlib.h>
+    #include <string.h>
+    #include <errno.h>
+    #include <time.h>
+
+    typedef int (*fs_lz4_fast_fn)(const char*, char*, int, int, int);
+    typedef size_t (*fs_zstd_fn)(void*, size_t, const void*, size_t, int);
+    typedef size_t (*fs_zstd_bound_fn)(size_t);
+    typedef unsigned (*fs_zstd_iserr_fn)(size_t);
+    static fs_lz4_fast_fn fs_lz4_fast = NULL;
+    static fs_zstd_fn fs_zstd = NULL;
+    static fs_zstd_bound_fn fs_zstd_bound = NULL;
+    static fs_zstd_iserr_fn fs_zstd_iserr = NULL;
+
+    /* 0 when the codec's functions are there; else -1 and *why names what is missing. */
+    static int fs_codec_load(int codec, const char** why) {
+        void* h;
+        if (codec == 3) {
+            if (fs_lz4_fast) return 0;
+            h = dlopen("liblz4.so.1", RTLD_NOW | RTLD_LOCAL);
+            if (!h) { *why = "liblz4.so.1 not found (Debian package liblz4-1)"; return -1; }
+            fs_lz4_fast = (fs_lz4_fast_fn)dlsym(h, "LZ4_compress_fast");
+            if (!fs_lz4_fast) { *why = "liblz4.so.1 has no LZ4_compress_fast"; return -1; }
+            return 0;
+        }
+        if (codec == 4) {
+            if (fs_zstd && fs_zstd_bound && fs_zstd_iserr) return 0;
+            h = dlopen("libzstd.so.1", RTLD_NOW | RTLD_LOCAL);
+            if (!h) { *why = "libzstd.so.1 not found (Debian package libzstd1)"; return -1; }
+            fs_zstd_bound = (fs_zstd_bound_fn)dlsym(h, "ZSTD_compressBound");
+            fs_zstd_iserr = (fs_zstd_iserr_fn)dlsym(h, "ZSTD_isError");
+            fs_zstd = (fs_zstd_fn)dlsym(h, "ZSTD_compress");
+            if (!fs_zstd || !fs_zstd_bound || !fs_zstd_iserr) { *why = "libzstd.so.1 lacks ZSTD_compress"; return -1; }
+            return 0;
+        }
+        *why = "only lz4 and zstd compress on the thread";
+        return -1;
+    }
+
+    #define FS_LZ4_BLOCK 65536
+    /* LZ4 frame (magic, FLG version 01 + independent blocks, BD 64 KiB, header checksum) of
+       src into dst; the frame's size, or 0 when it does not fit in cap (the caller then keeps
+       the records uncompressed). A block that does not shrink is stored raw (its size word's
+       high bit), as the format allows. */
+    static size_t fs_lz4_frame(const char* src, size_t n, char* dst, size_t cap,
+                               const unsigned char* hdr, int hdr_len, int accel) {
+        size_t o = (size_t)hdr_len;
+        if (cap < o + 4) return 0;
+        memcpy(dst, hdr, (size_t)hdr_len);
+        for (size_t i = 0; i < n; i += FS_LZ4_BLOCK) {
+            int len = (int)(n - i < FS_LZ4_BLOCK ? n - i : FS_LZ4_BLOCK);
+            uint32_t word;
+            int c;
+            if (o + 4 + (size_t)len > cap) {
+                /* only a compressed block still fits: try with what is left */
+                if (o + 5 > cap) return 0;
+                c = fs_lz4_fast(src + i, dst + o + 4, len, (int)(cap - o - 4 < (size_t)len - 1 ? cap - o - 4 : (size_t)len - 1), accel);
+                if (c <= 0) return 0;
+            } else {
+                c = len > 1 ? fs_lz4_fast(src + i, dst + o + 4, len, len - 1, accel) : 0;
+            }
+            if (c > 0) {
+                word = (uint32_t)c;
+            } else {
+                word = (uint32_t)len | 0x80000000u;
+                memcpy(dst + o + 4, src + i, (size_t)len);
+                c = len;
+            }
+            dst[o] = (char)(word & 0xFF); dst[o + 1] = (char)((word >> 8) & 0xFF);
+            dst[o + 2] = (char)((word >> 16) & 0xFF); dst[o + 3] = (char)(word >> 24);
+            o += 4 + (size_t)c;
+        }
+        if (o + 4 > cap) return 0;
+        memset(dst + o, 0, 4);  /* end mark */
+        return o + 4;
+    }
+
+    #define FS_PACK_RING 64
+    typedef struct {
+        char* p;          /* the records section, compressed in place */
+        size_t n;         /* its size; after the job, the compressed size (unchanged: not smaller) */
+        int codec;        /* 3 lz4, 4 zstd */
+        int level;        /* lz4: acceleration; zstd: level */
+        int result;       /* 1 compressed, 0 kept (not smaller), -1 failed (no memory, codec error) */
+    } fs_job;
+
+    typedef struct {
+        pthread_mutex_t mu;
+        pthread_cond_t cv;
+        fs_job ring[FS_PACK_RING];
+        unsigned long long submitted, taken, finished;
+        int efd;
+        int stop;
+        int paused;       /* tests: jobs wait (fs_pack_pause) */
+        int started;
+        pthread_t th;
+        char* scratch;
+        size_t scratch_cap;
+        unsigned char lz4_hdr[16];
+        int lz4_hdr_len;
+        unsigned long long busy_ns;
+    } fs_pack;
+
+    static unsigned long long fs_now_ns(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (unsigned long long)ts.tv_sec * 1000000000ull + (unsigned long long)ts.tv_nsec;
+    }
+
+    static void fs_pack_one(fs_pack* k, fs_job* j) {
+        size_t need, out = 0;
+        if (j->codec == 3) need = j->n + 64 + 4 * (j->n / FS_LZ4_BLOCK + 1);
+        else need = fs_zstd_bound(j->n);
+        if (need > k->scratch_cap) {
+            char* s = (char*)realloc(k->scratch, need);
+            if (!s) { j->result = -1; return; }
+            k->scratch = s;
+            k->scratch_cap = need;
+        }
+        if (j->codec == 3) {
+            /* cap n - 1: a frame not smaller than the records is not worth sending */
+            out = fs_lz4_frame(j->p, j->n, k->scratch, j->n - 1, k->lz4_hdr, k->lz4_hdr_len, j->level);
+        } else {
+            size_t r = fs_zstd(k->scratch, k->scratch_cap, j->p, j->n, j->level);
+            if (fs_zstd_iserr(r)) { j->result = -1; return; }
+            out = r < j->n ? r : 0;
+        }
+        if (out == 0) { j->result = 0; return; }
+        memcpy(j->p, k->scratch, out);
+        j->n = out;
+        j->result = 1;
+    }
+
+    static void* fs_pack_main(void* arg) {
+        fs_pack* k = (fs_pack*)arg;
+        pthread_mutex_lock(&k->mu);
+        for (;;) {
+            while (!k->stop && (k->taken == k->submitted || k->paused)) pthread_cond_wait(&k->cv, &k->mu);
+            if (k->taken == k->submitted) break;  /* stopping, nothing left */
+            fs_job* j = &k->ring[k->taken % FS_PACK_RING];
+            k->taken++;
+            pthread_mutex_unlock(&k->mu);
+            unsigned long long t0 = fs_now_ns();
+            fs_pack_one(k, j);
+            unsigned long long dt = fs_now_ns() - t0;
+            pthread_mutex_lock(&k->mu);
+            k->busy_ns += dt;
+            k->finished++;
+            pthread_mutex_unlock(&k->mu);
+            uint64_t one = 1;
+            ssize_t w;
+            do { w = write(k->efd, &one, sizeof one); } while (w < 0 && errno == EINTR);
+            pthread_mutex_lock(&k->mu);
+        }
+        pthread_mutex_unlock(&k->mu);
+        return NULL;
+    }
+
+    static int fs_pack_start(fs_pack* k) {
+        memset(k, 0, sizeof *k);
+        k->efd = -1;
+        if (pthread_mutex_init(&k->mu, NULL) != 0) return -1;
+        if (pthread_cond_init(&k->cv, NULL) != 0) return -1;
+        k->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (k->efd < 0) return -1;
+        if (pthread_create(&k->th, NULL, fs_pack_main, k) != 0) return -1;
+        k->started = 1;
+        return 0;
+    }
+
+    static void fs_pack_stop(fs_pack* k) {
+        if (k->started) {
+            pthread_mutex_lock(&k->mu);
+            k->stop = 1;
+            k->paused = 0;
+            pthread_cond_signal(&k->cv);
+            pthread_mutex_unlock(&k->mu);
+            pthread_join(k->th, NULL);
+            k->started = 0;
+        }
+        if (k->efd >= 0) { close(k->efd); k->efd = -1; }
+        free(k->scratch);
+        k->scratch = NULL;
+        k->scratch_cap = 0;
+    }
+
+    /* Queue a job; 0, or -1 when the ring is full. */
+    static int fs_pack_submit(fs_pack* k, char* p, size_t n, int codec, int level) {
+        pthread_mutex_lock(&k->mu);
+        if (k->submitted - k->finished >= FS_PACK_RING) { pthread_mutex_unlock(&k->mu); return -1; }
+        fs_job* j = &k->ring[k->submitted % FS_PACK_RING];
+        j->p = p; j->n = n; j->codec = codec; j->level = level; j->result = -1;
+        k->submitted++;
+        pthread_cond_signal(&k->cv);
+        pthread_mutex_unlock(&k->mu);
+        return 0;
+    }
+
+    static void fs_pack_pause(fs_pack* k, int on) {
+        pthread_mutex_lock(&k->mu);
+        k->paused = on;
+        pthread_cond_signal(&k->cv);
+        pthread_mutex_unlock(&k->mu);
+    }
+
+    static unsigned long long fs_pack_finished(fs_pack* k, unsigned long long* busy) {
+        unsigned long long f;
+        uint64_t v;
+        if (k->efd >= 0) while (read(k->efd, &v, sizeof v) > 0) {}  /* reset the eventfd (non-blocking) */
+        pthread_mutex_lock(&k->mu);
+        f = k->finished;
+        *busy = k->busy_ns;
+        pthread_mutex_unlock(&k->mu);
+        return f;
+    }
+    """
+    ctypedef struct fs_job:
+        char* p
+        size_t n
+        int codec
+        int level
+        int result
+    ctypedef struct fs_pack:
+        fs_job* ring
+        int efd
+        unsigned char* lz4_hdr
+        int lz4_hdr_len
+    int FS_PACK_RING
+    size_t fs_lz4_frame(const char* src, size_t n, char* dst, size_t cap, const unsigned char* hdr,
+                        int hdr_len, int accel) nogil
+    int fs_codec_load(int codec, const char** why) nogil
+    int fs_pack_start(fs_pack* k) nogil
+    void fs_pack_stop(fs_pack* k) nogil
+    int fs_pack_submit(fs_pack* k, char* p, size_t n, int codec, int level) nogil
+    unsigned long long fs_pack_finished(fs_pack* k, unsigned long long* busy) nogil
+    void fs_pack_pause(fs_pack* k, int on) nogil
+
+
+def packer_available(int codec):
+    """None when Packer(codec) can work here, else why not (a library missing)."""
+    cdef const char* why = NULL
+    if fs_codec_load(codec, &why) == 0:
+        return None
+    return why.decode()
+
+
+cdef class Packer:
+    """Compresses finished RecordBatchWriters' records in place on a POSIX thread.
+
+    submit(w) hands a writer over (it takes no appends, trims or requests until it comes back);
+    when fileno() is readable, collect() returns the writers done since, in submission order,
+    each compressed as RecordBatchWriter.compress would have done it (kept uncompressed when
+    that does not shrink it). The thread never takes the GIL. close() waits for the jobs
+    queued and stops the thread."""
+
+    cdef fs_pack k
+    cdef readonly int codec
+    cdef readonly int level
+    cdef list jobs                # writers in the ring, in submission order
+    cdef unsigned long long seen  # jobs already collected
+    cdef unsigned long long busy
+    cdef readonly long long failed  # jobs the codec failed (sent uncompressed)
+    cdef bint running
+
+    def __cinit__(self):
+        self.running = False
+        self.jobs = []
+
+    def __init__(self, int codec, int level=0, bytes lz4_header=None):
+        """codec 3 (lz4: level 0-2 the fast mode, level < 0 its acceleration -level) or 4
+        (zstd level); lz4_header: the 7 bytes opening an LZ4 frame with independent 64 KiB
+        blocks and nothing optional (python-lz4 writes them: see collector.sinks)."""
+        cdef const char* why = NULL
+        if codec not in (3, 4):
+            raise ValueError("Packer: codec 3 (lz4) or 4 (zstd)")
+        if codec == 3 and (lz4_header is None or len(lz4_header) != 7 or lz4_header[:4] != b"\x04\x22\x4d\x18"):
+            raise ValueError("Packer: lz4 needs the 7-byte frame header")
+        if codec == 3 and level > 2:
+            raise ValueError("Packer: lz4 levels above 2 are the HC mode, not compressed here")
+        if fs_codec_load(codec, &why) != 0:
+            raise OSError(why.decode())
+        self.codec = codec
+        self.level = (1 if level >= 0 else -level) if codec == 3 else level
+        if fs_pack_start(&self.k) != 0:
+            fs_pack_stop(&self.k)
+            raise OSError("Packer: cannot start the compression thread")
+        if codec == 3:
+            memcpy(self.k.lz4_hdr, PyBytes_AS_STRING(lz4_header), 7)
+            self.k.lz4_hdr_len = 7
+        self.running = True
+
+    def __dealloc__(self):
+        if self.running:
+            with nogil:
+                fs_pack_stop(&self.k)
+            self.running = False
+
+    def fileno(self):
+        """An eventfd, readable when jobs have finished (then call collect())."""
+        return self.k.efd
+
+    @property
+    def pending(self):
+        """Writers submitted and not collected yet."""
+        return len(self.jobs)
+
+    @property
+    def busy_seconds(self):
+        """Time the thread spent compressing (as of the last collect())."""
+        return self.busy / 1e9
+
+    def submit(self, RecordBatchWriter w not None):
+        """Hand w's records over to the thread. False (nothing done) when it cannot take them
+        now (its queue is full, or the thread is stopped): the caller compresses itself."""
+        if not self.running:
+            return False
+        if w.sealed or w.exports > 0 or w.busy:
+            raise ValueError("batch framed as a request or already with the packer")
+        if w.packed:
+            raise ValueError("batch already compressed")
+        if w.records == 0:
+            raise ValueError("empty batch")
+        if fs_pack_submit(&self.k, w.buf.p + PREFIX + BATCH_HEADER, <size_t>(w.buf.n - PREFIX - BATCH_HEADER),
+                          self.codec, self.level) != 0:
+            return False
+        w.busy = True
+        self.jobs.append(w)
+        return True
+
+    def collect(self):
+        """The writers finished since the last call, in submission order (each now packed,
+        with its codec set when compressing shrank it)."""
+        cdef unsigned long long fin
+        cdef fs_job* j
+        cdef RecordBatchWriter w
+        cdef list out = []
+        if not self.jobs and self.k.efd < 0:
+            return out
+        # (always reads the eventfd: the thread signals after counting a job done, so a signal
+        # can come after the collect() that took its job)
+        fin = fs_pack_finished(&self.k, &self.busy)
+        while self.seen < fin:
+            j = &self.k.ring[self.seen % FS_PACK_RING]
+            w = <RecordBatchWriter>self.jobs.pop(0)
+            self.seen += 1
+            w.busy = False
+            w.packed = True
+            if j.result == 1:
+                w.buf.n = PREFIX + BATCH_HEADER + <Py_ssize_t>j.n
+                w.codec = self.codec
+            elif j.result < 0:
+                self.failed += 1
+            out.append(w)
+        return out
+
+    def pause(self, bint on=True):
+        """Tests: hold the thread before its next job (pause(False) lets it go on; close() too)."""
+        if self.running:
+            fs_pack_pause(&self.k, on)
+
+    def close(self):
+        """Finish the queued jobs and stop the thread (collect() then returns them; submit()
+        returns False from now on)."""
+        if self.running:
+            with nogil:
+                fs_pack_stop(&self.k)
+            self.running = False
+
+
+def lz4_frame_of(bytes data not None, bytes header not None):
+    """The LZ4 frame the Packer's thread writes for data (tests: raw blocks, sizes), or None
+    when it would not be smaller than data."""
+    cdef const char* why = NULL
+    cdef size_t n = len(data)
+    cdef size_t cap = n + 64 + 4 * (n // 65536 + 1)
+    cdef size_t out
+    cdef bytes buf
+    if fs_codec_load(3, &why) != 0:
+        raise OSError(why.decode())
+    if len(header) != 7:
+        raise ValueError("header: 7 bytes")
+    buf = PyBytes_FromStringAndSize(NULL, cap)
+    out = fs_lz4_frame(PyBytes_AS_STRING(data), n, PyBytes_AS_STRING(buf), n - 1 if n > 0 else 0,
+                       <const unsigned char*>PyBytes_AS_STRING(header), 7, 1)
+    if out == 0:
+        return None
+    return buf[:out]
