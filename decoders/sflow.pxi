@@ -1,5 +1,6 @@
 # sFlow v5 (sflow.org/sflow_version_5.txt), with the Open vSwitch tunnel structures
-# (sflow.org/sflow_tunnels.txt).
+# (sflow.org/sflow_tunnels.txt) and the Host sFlow socket and application ones (sflow_host.txt,
+# sflow_http.txt, sflow_application.txt).
 #
 # A datagram is XDR: every structure is a (data_format, length, opaque) triple, so anything flowscope
 # does not know is skipped by its length. Each flow sample becomes one C Flow (no Python objects on
@@ -35,6 +36,9 @@ cdef enum:
     FR_LINUX_DROP_REASON = 1042   # sflow_drops.txt: extended_linux_drop_reason (hsflowd's dropmon)
     FR_SOCKET4 = 2100       # sflow_host.txt: extended_socket_ipv4 (application / socket samples)
     FR_SOCKET6 = 2101       # extended_socket_ipv6
+    FR_PROXY_SOCKET4 = 2102  # sflow_http.txt: extended_proxy_socket_ipv4 (a proxy's upstream connection)
+    FR_PROXY_SOCKET6 = 2103  # extended_proxy_socket_ipv6
+    FR_APP_OPERATION = 2202  # sflow_application.txt: app_operation (one sampled transaction)
 
 # Raw packet header protocols (sFlow v5 "header_protocol").
 cdef enum:
@@ -500,13 +504,35 @@ DEF BYTES_FROM_ETHERNET = 2
 DEF BYTES_FROM_HEADER = 3
 
 
-cdef struct SocketRec:
-    const uint8_t* p          # an extended_socket record's data (its length checked), NULL: none
+cdef struct HostRecs:
+    # What a sample's Host sFlow records gave, applied after its last record (flow_records),
+    # since a sampled header or sampled IPv4/IPv6 record anywhere in the sample wins over them.
+    const uint8_t* p          # the first extended_socket record's data (its length checked), NULL: none
     uint8_t af                # 4 (2100) or 6 (2101)
+    const uint8_t* proxy      # the first extended_proxy_socket record's data, NULL: none
+    uint8_t proxy_af          # 4 (2102) or 6 (2103)
+    uint8_t app               # 1: an app_operation record was read (the first one counts)
+    uint64_t app_bytes        # its req_bytes + resp_bytes (saturated at 2^64-1)
+    uint32_t app_us           # its uS: the transaction's duration in microseconds
+
+
+cdef int xdr_skip_string(Reader* rec, uint32_t fmt) except -1:
+    """Step over an XDR string (length, bytes, padding to 4) inside a record; one that does not
+    fit in what is left of the record is bad_length."""
+    cdef uint32_t n
+    cdef uint64_t padded
+    need(rec, 4, fmt)
+    n = rd_u32(rec)
+    padded = <uint64_t>n + ((4 - (n & 3)) & 3)
+    if padded > <uint64_t>rd_left(rec):
+        raise_decode("bad_length", rec.pos - 4, f"sFlow flow record {fmt}: a {n}-byte string in {rd_left(rec)} bytes")
+    if padded:
+        rd_take(rec, <Py_ssize_t>padded)
+    return 0
 
 
 cdef int flow_record(FlowBatch b, Flow* f, uint32_t ent, uint32_t fmt, Reader* rec, int* src,
-                     SocketRec* sock) except -1:
+                     HostRecs* sock) except -1:
     cdef const uint8_t* p
     cdef uint32_t hproto, hlen, nseg, seg_len, ncomm, i, sport, dport
     cdef uint32_t last_as = 0
@@ -694,6 +720,39 @@ cdef int flow_record(FlowBatch b, Flow* f, uint32_t ent, uint32_t fmt, Reader* r
             sock.p = p
             sock.af = 4 if fmt == FR_SOCKET4 else 6
         return 0
+    if fmt == FR_PROXY_SOCKET4 or fmt == FR_PROXY_SOCKET6:
+        # sflow_http.txt: extended_proxy_socket_ipv4/ipv6 is an extended_socket_ipv4/ipv6 (the same
+        # layout) describing the connection a proxy opened upstream for the transaction, the
+        # extended_socket being the client's connection to the proxy. It is the flow's keys only
+        # when nothing else gave them (socket_keys, after the last record: no sampled header,
+        # sampled IPv4/IPv6 or extended_socket in the sample). It is kept as its ie2102/ie2103
+        # extra in every case, so the upstream end is not lost, and a flow whose keys came from
+        # it says so.
+        need(rec, 20 if fmt == FR_PROXY_SOCKET4 else 44, fmt)
+        p = rd_take(rec, 20 if fmt == FR_PROXY_SOCKET4 else 44)
+        if sock.proxy == NULL:
+            sock.proxy = p
+            sock.proxy_af = 4 if fmt == FR_PROXY_SOCKET4 else 6
+        return batch_add_extra(b, f, 0, <uint16_t>fmt, start, rlen)
+    if fmt == FR_APP_OPERATION:
+        # sflow_application.txt app_operation: context (application<32>, operation<32>,
+        # attributes<255>: XDR strings), status_descr<64>, unsigned hyper req_bytes, unsigned hyper
+        # resp_bytes, unsigned int uS (duration), status (enum). Strings are walked by their
+        # lengths (a length beyond the record is bad_length, one beyond its <bound> is read as
+        # sent). The byte counts and duration count only for a transaction sample (no sampled
+        # header, Ethernet or IPv4/IPv6 record: flow_records); the record is kept as its ie2202
+        # extra, its names and status having no field in NetObserv's format.
+        for i in range(4):
+            xdr_skip_string(rec, fmt)
+        need(rec, 24, fmt)
+        p = rd_take(rec, 24)
+        if not sock.app:
+            sock.app = 1
+            sock.app_bytes = be64(p) + be64(p + 8)
+            if sock.app_bytes < be64(p):
+                sock.app_bytes = 0xFFFFFFFFFFFFFFFF
+            sock.app_us = be32(p + 16)
+        return batch_add_extra(b, f, 0, <uint16_t>fmt, start, rlen)
     if fmt == FR_LINUX_DROP_REASON:
         # string reason<>: the Linux kernel's name of the drop reason (skb_drop_reason without its
         # SKB_DROP_REASON_ prefix, e.g. NETFILTER_DROP). Only a name made of [A-Z0-9_] is taken
@@ -789,9 +848,8 @@ cdef int flow_records(FlowBatch b, Flow* f, Reader* s, uint32_t nrec) except -1:
     cdef uint32_t j, rfmt, rlen
     cdef Reader rec
     cdef int src = 0
-    cdef SocketRec sock
-    sock.p = NULL
-    sock.af = 0
+    cdef HostRecs sock
+    memset(&sock, 0, sizeof(HostRecs))
     for j in range(nrec):
         if rd_left(s) < 8:
             raise_decode("bad_sample", s.pos, f"sFlow flow sample: record {j} of {nrec} missing")
@@ -805,11 +863,23 @@ cdef int flow_records(FlowBatch b, Flow* f, Reader* s, uint32_t nrec) except -1:
         flow_record(b, f, rfmt >> 12, rfmt & 0xFFF, &rec, &src, &sock)
     if sock.p != NULL:
         socket_keys(f, sock.p, sock.af)
+    elif sock.proxy != NULL:
+        socket_keys(f, sock.proxy, sock.proxy_af)
+    if sock.app and src == 0 and not f.drop_only:
+        # A transaction sample (sflow_application.txt): one sampled transaction, no packet. Its
+        # Bytes are the request and response bodies (app_operation "exclude headers"), as sent,
+        # not scaled (Sampling carries the rate, as for every sFlow sample); Packets stays 1, the
+        # transaction. The flow ends at the receive time, as every sFlow sample's does, and
+        # starts its duration (whole ms) before it, as an IPFIX duration with no clock does.
+        f.bytes = sock.app_bytes
+        f.present |= P_BYTES
+        f.t_start_ms = f.t_end_ms - sock.app_us // 1000
     return 0
 
 
 cdef void socket_keys(Flow* f, const uint8_t* p, uint8_t af) noexcept:
-    """The flow's keys from an extended_socket_ipv4/ipv6 record (`p`: its 20 or 44 bytes)."""
+    """The flow's keys from an extended_socket_ipv4/ipv6 record, or an extended_proxy_socket one
+    when the sample has none (`p`: its 20 or 44 bytes)."""
     # Host sFlow agents (hsflowd's JSON-fed applications, mod-sflow, nginx-sflow) sample
     # application transactions, with no packet header: the socket is all there is. A sampled
     # header or sampled IPv4/IPv6 record describes the packet itself and wins whatever the

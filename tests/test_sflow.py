@@ -1017,7 +1017,8 @@ def test_several_samples_in_order(decoders_mod) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Built datagrams: Host sFlow socket records (sflow.org/sflow_host.txt, sflow_application.txt)
+# Built datagrams: Host sFlow socket and application records (sflow.org/sflow_host.txt,
+# sflow_http.txt, sflow_application.txt)
 #
 # Host sFlow agents (hsflowd and the applications that feed it) sample application transactions:
 # flow samples with no packet header, only extended_socket_ipv4/ipv6 and application records.
@@ -1053,6 +1054,42 @@ def app_context(app: bytes, op: bytes, attrs: bytes) -> bytes:
     return xdr_opaque(app) + xdr_opaque(op) + xdr_opaque(attrs)
 
 
+def app_operation(app: bytes, op: bytes, attrs: bytes, descr: bytes, req: int, resp: int, us: int,
+                  status: int) -> bytes:
+    """sflow_application.txt app_operation (enterprise 0, format 2202): context, status_descr<64>,
+    unsigned hyper req_bytes, unsigned hyper resp_bytes, unsigned int uS, status (enum, 4 bytes)."""
+    return rec(2202, app_context(app, op, attrs) + xdr_opaque(descr) + struct.pack(">QQII", req, resp, us, status))
+
+
+# app_operation laid out by hand from the XDR (strings: length, bytes, zero padding to 4).
+APP_OPERATION_WIRE = bytes.fromhex(
+    "0000089a" "00000040"       # data_format: enterprise 0, format 2202; length 64
+    "00000003" "77656200"       # context.application "web" + 1 byte of padding
+    "00000008" "6765742e75736572"           # context.operation "get.user"
+    "00000000"                  # context.attributes ""
+    "00000009" "6e6f7420666f756e64000000"   # status_descr "not found" + 3 bytes of padding
+    "000000000000012c"          # req_bytes 300
+    "0000000100000010"          # resp_bytes 2^32 + 16 (a hyper: above 32 bits)
+    "002625a0"                  # uS 2,500,000 (2.5 s)
+    "00000008")                 # status 8, NOT_FOUND
+APP_OPERATION_BYTES = 300 + 2**32 + 16
+APP_OPERATION_MS = 2500
+
+# extended_proxy_socket_ipv6 (sflow_http.txt, format 2103): an extended_socket_ipv6, the
+# connection a proxy opened upstream.
+PROXY6_WIRE = bytes.fromhex(
+    "00000837" "0000002c"       # format 2103; length 44
+    "00000006"                  # protocol: TCP
+    "fd000000000000000000000000000005"      # local_ip fd00::5 (the proxy)
+    "20010db800000000000000000000000a"      # remote_ip 2001:db8::a (the upstream server)
+    "0000a411" "00001f90")      # local_port 42001, remote_port 8080
+
+
+def proxy_rec(v6: bool, proto: int, local: str, remote: str, lport: int, rport: int) -> bytes:
+    """extended_proxy_socket_ipv4 (2102) / ipv6 (2103): the extended_socket_ipv4/ipv6 layout."""
+    return rec(2103 if v6 else 2102, socket_rec(v6, proto, local, remote, lport, rport)[8:])
+
+
 def hsflowd_app_records() -> list[bytes]:
     """The application records a Host sFlow transaction sample carries beside its socket, each
     as its spec lays it out: app_operation 2202 (context, status_descr<64>, req_bytes and
@@ -1061,15 +1098,14 @@ def hsflowd_app_records() -> list[bytes]:
     connection), memcache_operation 2200 (sflow_memcache.txt: protocol, cmd, key<255>, nkeys,
     value_bytes, uS, status) and the first http_request, 2201 (sflow_http.txt: method, protocol,
     uri, host, referrer, useragent, authuser, mime_type, bytes hyper, uS, status)."""
-    op = app_context(b"payment", b"get.customer.name", b"cc=visa&loc=mobile") + xdr_opaque(b"OK") + \
-        struct.pack(">QQII", 120, 4096, 1500, 0)
     parent = app_context(b"mail.smtp", b"send", b"")
     proxy = struct.pack(">I4s4sII", 6, bytes([10, 1, 2, 3]), bytes([10, 7, 7, 7]), 40001, 8080)
     memcache = struct.pack(">II", 2, 1) + xdr_opaque(b"session:42") + struct.pack(">IIII", 1, 512, 80, 1)
     http = struct.pack(">II", 2, 1001) + xdr_opaque(b"/index.html") + xdr_opaque(b"example.com") + \
         xdr_opaque(b"") + xdr_opaque(b"curl/7.88") + xdr_opaque(b"") + xdr_opaque(b"text/html") + \
         struct.pack(">QIi", 5120, 2300, 200)
-    return [rec(2202, op), rec(2203, parent), rec(2204, xdr_opaque(b"client-7")),
+    op = app_operation(b"payment", b"get.customer.name", b"cc=visa&loc=mobile", b"OK", 120, 4096, 1500, 0)
+    return [op, rec(2203, parent), rec(2204, xdr_opaque(b"client-7")),
             rec(2205, xdr_opaque(b"db-3")), rec(2102, proxy), rec(2200, memcache), rec(2201, http)]
 
 
@@ -1078,8 +1114,9 @@ def hsflowd_app_records() -> list[bytes]:
 def test_socket_records_give_the_flow_keys(decoders_mod, v6: bool, expanded: bool) -> None:
     """A Host sFlow transaction sample (no packet header): the socket record gives the flow's
     addresses, ports and protocol, local as Src and remote as Dst (sflowtool's reading), and the
-    EtherType of its family. The application records beside it stay unknown records (ie<format>,
-    their bytes as sent), none of them counted as an error."""
+    EtherType of its family; app_operation its Bytes (request + response bodies) and duration.
+    The application records beside it, app_operation and the proxy socket included, are kept as
+    ie<format> extras (their bytes as sent), none of them counted as an error."""
     # The builder the other socket tests use lays out the same bytes as the hand-made records.
     assert socket_rec(False, 6, "10.1.2.3", "10.9.8.7", 443, 51234) == SOCKET4_WIRE
     assert socket_rec(True, 17, "fd00::1", "fd00::abcd", 53, 40000) == SOCKET6_WIRE
@@ -1097,8 +1134,12 @@ def test_socket_records_give_the_flow_keys(decoders_mod, v6: bool, expanded: boo
         exp = ("10.1.2.3", "10.9.8.7", 443, 51234, 6, 0x0800)
     assert (f["SrcAddr"], f["DstAddr"], f["SrcPort"], f["DstPort"], f["Proto"], f["Etype"]) == exp
     assert f["Packets"] == 1 and f["Sampling"] == (512 if expanded else 400)
-    # Nothing the socket does not carry: no Bytes, DSCP, TCP flags, MACs.
-    assert not {"Bytes", "Dscp", "Flags", "TcpFlagsRaw", "SrcMac", "DstMac", "IcmpType"} & set(f)
+    # app_operation (the first of hsflowd_app_records): req_bytes 120 + resp_bytes 4096, not
+    # scaled by the rate; uS 1500 is 1 whole ms before the receive time.
+    assert f["Bytes"] == 120 + 4096
+    assert (f["TimeFlowStartMs"], f["TimeFlowEndMs"]) == (int(RECV * 1000) - 1, int(RECV * 1000))
+    # Nothing the records do not carry: no DSCP, TCP flags, MACs.
+    assert not {"Dscp", "Flags", "TcpFlagsRaw", "SrcMac", "DstMac", "IcmpType"} & set(f)
     unknown = {k: v for k, v in f.items() if k.startswith("ie")}
     assert unknown == {f"ie{struct.unpack_from('>I', r)[0]}": r[8:8 + struct.unpack_from('>I', r, 4)[0]].hex()
                        for r in apps}
@@ -1200,6 +1241,138 @@ def test_truncated_socket_records_are_counted(decoders_mod) -> None:
         assert b.error is None or b.error[0] in REASONS, b.error
         b.to_json()
     assert [f["SrcAddr"] for f in dec.decode(data, "192.0.2.1", 6343, RECV).to_dicts()] == ["10.1.2.3", "fd00::1"]
+
+
+def test_app_operation_gives_a_transaction_samples_bytes_and_duration(decoders_mod) -> None:
+    """app_operation (sflow_application.txt, 2202) in a transaction sample (no sampled header,
+    Ethernet or IPv4/IPv6 record): Bytes is req_bytes + resp_bytes as sent (Sampling carries the
+    rate, nothing is scaled), Packets 1, and the flow starts uS (whole ms) before its end, the
+    receive time. The record stays as its ie2202 extra. Beside a sampled header or sampled IP
+    record it changes neither Bytes nor the times."""
+    assert app_operation(b"web", b"get.user", b"", b"not found", 300, 2**32 + 16, 2_500_000, 8) == APP_OPERATION_WIRE
+    end = int(RECV * 1000)
+    app_hex = APP_OPERATION_WIRE[8:].hex()
+    for records in ([SOCKET4_WIRE, APP_OPERATION_WIRE], [APP_OPERATION_WIRE, SOCKET4_WIRE]):
+        f = one_flow(decoders_mod, records, rate=1000)
+        assert (f["SrcAddr"], f["DstAddr"], f["SrcPort"], f["DstPort"]) == ("10.1.2.3", "10.9.8.7", 443, 51234)
+        assert (f["Bytes"], f["Packets"], f["Sampling"]) == (APP_OPERATION_BYTES, 1, 1000)
+        assert (f["TimeFlowStartMs"], f["TimeFlowEndMs"]) == (end - APP_OPERATION_MS, end)
+        assert f["ie2202"] == app_hex
+    # Without a socket record the transaction still has its bytes (no addresses to give).
+    f = one_flow(decoders_mod, [APP_OPERATION_WIRE])
+    assert f["Bytes"] == APP_OPERATION_BYTES and not {"SrcAddr", "DstAddr", "Proto"} & set(f)
+    # Of two app_operation records the first counts; both stay as extras.
+    second = app_operation(b"db", b"q", b"x=1", b"", 1, 2, 5_000, 0)
+    f = one_flow(decoders_mod, [SOCKET6_WIRE, APP_OPERATION_WIRE, second])
+    assert f["Bytes"] == APP_OPERATION_BYTES and f["TimeFlowStartMs"] == end - APP_OPERATION_MS
+    assert f["ie2202"] == [app_hex, second[8:].hex()]
+    # Under a millisecond is no duration; 0 bytes is a value; a sum beyond 64 bits saturates.
+    f = one_flow(decoders_mod, [SOCKET4_WIRE, app_operation(b"a", b"b", b"", b"", 0, 0, 999, 0)])
+    assert (f["Bytes"], f["TimeFlowStartMs"], f["TimeFlowEndMs"]) == (0, end, end)
+    f = one_flow(decoders_mod, [SOCKET4_WIRE, app_operation(b"a", b"b", b"", b"", 2**64 - 1, 5, 0, 0)])
+    assert f["Bytes"] == 2**64 - 1
+    # A sampled header, Ethernet or IPv4/IPv6 record describes a packet: its Bytes and the receive
+    # time stay, whatever the records' order, and the app_operation record is only an extra.
+    hdr = raw_header(eth(ipv4("10.128.0.5", "10.128.1.6", 6, tcp(40000, 8080, 0x12)), 0x0800), 1514)
+    ip4 = rec(3, sampled_ip(False, 1200, 17, "10.0.0.1", "10.0.0.2", 5353, 53, 0, 0))
+    ethr = rec(2, struct.pack(">I", 900) + MAC_A + b"\0\0" + MAC_B + b"\0\0" + struct.pack(">I", 0x0800))
+    for pkt, length in ((hdr, 1514), (ip4, 1200), (ethr, 900)):
+        for records in ([pkt, SOCKET4_WIRE, APP_OPERATION_WIRE], [APP_OPERATION_WIRE, SOCKET4_WIRE, pkt]):
+            f = one_flow(decoders_mod, records)
+            assert (f["Bytes"], f["TimeFlowStartMs"], f["TimeFlowEndMs"]) == (length, end, end), records
+            assert f["ie2202"] == app_hex
+    # A discarded-packet sample is a drop event, not a transaction: no bytes from it.
+    b = decode(decoders_mod, datagram([discarded_packet([SOCKET4_WIRE, APP_OPERATION_WIRE])]))
+    (d,) = b.to_dicts()
+    assert d["PktDropPackets"] == 1 and "PktDropBytes" not in d and "Bytes" not in d
+    assert d["TimeFlowStartMs"] == end
+
+
+def test_malformed_app_operation_records_are_counted(decoders_mod) -> None:
+    """An app_operation record shorter than its structure, or with a string longer than what is
+    left of it, is bad_length (as a short socket record is): that sample is not a flow, the
+    samples before it stay; no length, however large, reads past the record."""
+    body = APP_OPERATION_WIRE[8:]
+    good = flow_sample([SOCKET4_WIRE])
+    bad = [rec(2202, body[:n]) for n in range(len(body))]      # every prefix, padding included
+    # a string's length beyond the record: 0xFFFFFFFF (and its padding past 2^32), 0xFFFFFFFD,
+    # 2^31-1, and status_descr one byte longer than all that follows its length (36 bytes); one
+    # that takes all of it leaves no room for the numbers
+    for at, length in ((0, 0xFFFFFFFF), (0, 0xFFFFFFFD), (8, 0x7FFFFFFF), (24, 37), (24, 36)):
+        bad.append(rec(2202, body[:at] + struct.pack(">I", length) + body[at + 4:]))
+    dec = decoders_mod.Decoder()
+    for r in bad:
+        for records in ([SOCKET4_WIRE, r], [r, SOCKET4_WIRE], [raw_header(eth(ipv4("10.0.0.1", "10.0.0.2", 17, udp(1, 2)), 0x0800), 60), r]):
+            b = dec.decode(datagram([good, flow_sample(records)]), "192.0.2.1", 6343, RECV)
+            assert b.error is not None and b.error[0] == "bad_length", (r.hex(), b.error)
+            assert [f["SrcAddr"] for f in b.to_dicts()] == ["10.1.2.3"]
+    assert dec.stats()["192.0.2.1"]["errors"] == {"bad_length": 3 * len(bad)}
+    # Bytes after the structure are its extension (sflow_version_5.txt), not an error.
+    f = one_flow(decoders_mod, [SOCKET4_WIRE, rec(2202, body + b"\0\0\0\7")])
+    assert f["Bytes"] == APP_OPERATION_BYTES
+    # Every prefix and byte flip of a transaction datagram decodes or fails typed.
+    data = datagram([flow_sample([SOCKET4_WIRE, APP_OPERATION_WIRE, PROXY6_WIRE]),
+                     flow_sample_expanded([APP_OPERATION_WIRE, proxy_rec(False, 6, "10.0.0.5", "10.0.9.9", 40000, 80)])])
+    rng = random.Random(11)
+    for n in range(len(data)):
+        b = dec.decode(data[:n], "192.0.2.1", 6343, RECV)
+        assert b.error is not None and b.error[0] in REASONS
+        b.to_json()
+    for _ in range(1000):
+        m = bytearray(data)
+        for _ in range(rng.randint(1, 4)):
+            m[rng.randrange(len(m))] = rng.randrange(256)
+        b = dec.decode(bytes(m), "192.0.2.1", 6343, RECV)
+        assert b.error is None or b.error[0] in REASONS, b.error
+        b.to_json()
+    assert [(f["SrcAddr"], f["Bytes"]) for f in dec.decode(data, "192.0.2.1", 6343, RECV).to_dicts()] == \
+        [("10.1.2.3", APP_OPERATION_BYTES), ("10.0.0.5", APP_OPERATION_BYTES)]
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["proxy4", "proxy6"])
+def test_proxy_socket_records(decoders_mod, v6: bool) -> None:
+    """extended_proxy_socket_ipv4/ipv6 (2102/2103, sflow_http.txt) describe the connection a proxy
+    opened upstream. They never replace the keys a sampled header, sampled IP record or
+    extended_socket gave, whatever the order; in a sample with none of those they are the flow's
+    keys (local as Src, as for 2100/2101). They are kept as their ie2102/ie2103 extra in every case."""
+    proxy = PROXY6_WIRE if v6 else proxy_rec(False, 6, "10.0.0.5", "10.0.9.9", 40000, 80)
+    fmt = 2103 if v6 else 2102
+    proxy_keys = ("fd00::5", "2001:db8::a", 42001, 8080, 6, 0x86DD) if v6 else \
+        ("10.0.0.5", "10.0.9.9", 40000, 80, 6, 0x0800)
+    assert proxy_rec(True, 6, "fd00::5", "2001:db8::a", 42001, 8080) == PROXY6_WIRE
+
+    def keys(f: dict) -> tuple:
+        return tuple(f.get(k) for k in ("SrcAddr", "DstAddr", "SrcPort", "DstPort", "Proto", "Etype"))
+
+    # alone, or with the application records: the flow's keys
+    for records in ([proxy], [APP_OPERATION_WIRE, proxy]):
+        f = one_flow(decoders_mod, records)
+        assert keys(f) == proxy_keys and f[f"ie{fmt}"] == proxy[8:].hex()
+    f = one_flow(decoders_mod, [APP_OPERATION_WIRE, proxy])
+    assert f["Bytes"] == APP_OPERATION_BYTES
+    # an extended_socket (either family) or a packet record wins, in any order
+    hdr = raw_header(eth(ipv4("10.128.0.5", "10.128.1.6", 6, tcp(40000, 8080, 0x12)), 0x0800), 1514)
+    hdr_keys = ("10.128.0.5", "10.128.1.6", 40000, 8080, 6, 0x0800)
+    sock4 = ("10.1.2.3", "10.9.8.7", 443, 51234, 6, 0x0800)
+    sock6 = ("fd00::1", "fd00::abcd", 53, 40000, 17, 0x86DD)
+    for records, exp in (([proxy, SOCKET4_WIRE], sock4), ([SOCKET4_WIRE, proxy], sock4),
+                         ([proxy, SOCKET6_WIRE], sock6), ([proxy, hdr], hdr_keys), ([hdr, proxy], hdr_keys),
+                         ([proxy, SOCKET4_WIRE, hdr], hdr_keys)):
+        f = one_flow(decoders_mod, records)
+        assert keys(f) == exp and f[f"ie{fmt}"] == proxy[8:].hex(), records
+    # of two proxy sockets the first gives the keys; both stay
+    other = proxy_rec(v6, 17, "fd00::7" if v6 else "10.0.0.7", "fd00::8" if v6 else "10.0.0.8", 1, 2)
+    f = one_flow(decoders_mod, [proxy, other])
+    assert keys(f) == proxy_keys and f[f"ie{fmt}"] == [proxy[8:].hex(), other[8:].hex()]
+    # a proxy socket shorter than its structure is bad_length, the samples before it stay
+    dec = decoders_mod.Decoder()
+    good = flow_sample([SOCKET4_WIRE])
+    for n in (0, 4, 19 if not v6 else 43):
+        for records in ([rec(fmt, proxy[8:8 + n])], [SOCKET4_WIRE, rec(fmt, proxy[8:8 + n])], [hdr, rec(fmt, proxy[8:8 + n])]):
+            b = dec.decode(datagram([good, flow_sample(records)]), "192.0.2.1", 6343, RECV)
+            assert b.error is not None and b.error[0] == "bad_length", (n, b.error)
+            assert [f["SrcAddr"] for f in b.to_dicts()] == ["10.1.2.3"]
+    assert dec.stats()["192.0.2.1"]["errors"] == {"bad_length": 9}
 
 
 # --------------------------------------------------------------------------------------------
