@@ -86,13 +86,20 @@ def _ignored_settings(cfg: config_mod.Config, enrich_cfg: Any) -> list[str]:
     `config` prints them, as for an unknown FLOWSCOPE_* variable): a warning, not an error, since
     one file may serve pods and workstations alike. In a pod without a kubeconfig the client
     loads the in-cluster config (enrich.load_api_client), which has no contexts, so a context
-    there was dropped without a word."""
+    there was dropped without a word, and so was a $KUBECONFIG set in the pod's environment (an
+    image's or a manifest's leftover): the client never reads it there."""
     e = cfg.enrich
     out = []
-    if enrich_cfg is not None and e.context and not e.kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST"):
+    in_pod = bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+    if enrich_cfg is not None and e.context and not e.kubeconfig and in_pod:
         out.append(f"ignoring {cfg.named('enrich.context')}: in a pod (KUBERNETES_SERVICE_HOST is set) without "
                    "enrich.kubeconfig the in-cluster config (ServiceAccount) is used, which has no contexts; "
                    "give --kubeconfig to use a context of it")
+    kc = os.environ.get("KUBECONFIG", "")
+    if enrich_cfg is not None and kc and not e.kubeconfig and in_pod:
+        out.append(f"ignoring $KUBECONFIG ({kc}): in a pod (KUBERNETES_SERVICE_HOST is set) without "
+                   "enrich.kubeconfig the in-cluster config (ServiceAccount) is used; give --kubeconfig "
+                   "(enrich.kubeconfig) to use a kubeconfig file")
     return out
 
 

@@ -280,9 +280,10 @@ class EnrichSection:
                        "$KUBECONFIG; ~/.kube/config alone does not turn it on), true (on, ~/.kube/config "
                        "included; no usable cluster access is a start-up error) or false (yes/no, on/off, "
                        "1/0 as for every switch)", parse_auto_bool, flag="--enrich")
-    kubeconfig: str = opt("", "kubeconfig file; empty = in-cluster config (ServiceAccount) when in a pod, "
-                          "else $KUBECONFIG (with --enrich true, else ~/.kube/config); a file that cannot "
-                          "be loaded is a start-up error", parse_str, flag="--kubeconfig", metavar="PATH")
+    kubeconfig: str = opt("", "kubeconfig file; empty = in-cluster config (ServiceAccount) when in a pod "
+                          "(a $KUBECONFIG set there is ignored with a warning), else $KUBECONFIG (with --enrich "
+                          "true, else ~/.kube/config); a file that cannot be loaded is a start-up error",
+                          parse_str, flag="--kubeconfig", metavar="PATH")
     context: str = opt("", "kubeconfig context; empty = its current context; in a pod without --kubeconfig "
                        "(in-cluster config: no contexts) ignored with a warning", parse_str,
                        flag="--kube-context", metavar="NAME")

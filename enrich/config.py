@@ -59,7 +59,8 @@ class EnrichConfig:
     # Attach Kubernetes identity to flows at all (--enrich=false turns it off).
     enabled: bool = True
     # Path of a kubeconfig file. None: in-cluster ServiceAccount config when
-    # KUBERNETES_SERVICE_HOST is set, else $KUBECONFIG, else ~/.kube/config.
+    # KUBERNETES_SERVICE_HOST is set (a $KUBECONFIG is not read then: in a pod only this field
+    # selects a file), else $KUBECONFIG, else ~/.kube/config.
     kubeconfig: str | None = None
     # kubeconfig context to use; None = the file's current-context.
     context: str | None = None
@@ -139,10 +140,12 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                    metavar="BOOL", help="attach Kubernetes identity to flows. Default: only with --kubeconfig "
                    "(a capture is not enriched from whatever cluster kubectl points at by accident); "
                    "--enrich (true) without --kubeconfig uses the in-cluster ServiceAccount when running in "
-                   "a pod, else $KUBECONFIG or ~/.kube/config; --enrich=false or --no-enrich disables it")
+                   "a pod ($KUBECONFIG is not read there), else $KUBECONFIG or ~/.kube/config; --enrich=false "
+                   "or --no-enrich disables it")
     g.add_argument("--no-enrich", dest="enrich", action="store_false", help="same as --enrich=false")
     g.add_argument("--kubeconfig", default=None, metavar="PATH",
-                   help="kubeconfig file to enrich from (turns enrichment on)")
+                   help="kubeconfig file to enrich from (turns enrichment on; in a pod, the way to use a "
+                   "kubeconfig rather than the ServiceAccount)")
     g.add_argument("--cluster-name", default="", metavar="NAME", help="value of K8S_ClusterName on every flow")
     g.add_argument("--infra-namespace-prefix", dest="infra_namespace_prefixes", action="append",
                    default=None, metavar="PREFIX",

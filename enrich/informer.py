@@ -11,7 +11,8 @@ Layering (after kopf's watching.py):
   `_list_then_watch`      list (paged), replace the kind's cache atomically, then watch from the
                           list's resourceVersion, re-watching after each stream ends; returns on
                           410 Gone so the outer loop relists;
-  `_watch_stream`         one HTTP watch stream: events, bookmarks, ERROR Status objects.
+  `_watch_stream`         one HTTP watch stream: events, bookmarks, ERROR Status objects; an
+                          event line over WATCH_EVENT_MAX_BYTES drops the connection.
 Failures are counted by cause and logged once per cause (again only after a recovery); the last
 good cache keeps serving throughout.
 """
@@ -49,8 +50,17 @@ class Gone(Exception):
 
 RETRY_AFTER_MAX = 120.0  # seconds: a server's Retry-After is honoured up to this
 WATCH_FAILURES_BEFORE_RELIST = 5  # failed watches in a row after which the informer lists again
-RELIST_CAUSES = frozenset(("forbidden", "bad_response", "server_error"))  # ... failures of these causes
+RELIST_CAUSES = frozenset(("forbidden", "bad_response", "server_error", "oversize_event"))  # ... of these causes
 STATUS_CAUSES = frozenset(("forbidden", "unauthorized", "server_error"))  # answered with an HTTP status
+# Failures a watch resumed from the same resourceVersion meets again, however long the stream ran
+# first (the same event comes next): each counts towards a relist, as a refusal does.
+REPEATING_CAUSES = frozenset(("oversize_event",))
+# The largest watch event line accepted, in bytes. etcd refuses objects over 1.5 MiB
+# (--max-request-bytes), so a real event stays far below this; a longer line (or a stream that
+# never sends its newline) is a broken server or proxy, and must not grow the buffer unbounded.
+WATCH_EVENT_MAX_BYTES = 16 << 20
+# At most this much is read from a watch stream at once (one HTTP chunk may be larger).
+WATCH_READ_BYTES = 64 << 10
 
 
 class ApiProblem(Exception):
@@ -237,8 +247,11 @@ class Informer:
                 # allowed count towards a relist; an outage (connection refused, TLS) or
                 # throttling (Retry-After) does not: no heavy lists while the server is down or
                 # recovering, the watch keeps resuming.
+                # An event too large to take comes again on the resumed watch, after however
+                # long a stream: it counts always, so a relist steps past it.
                 never_ran = e.cause in STATUS_CAUSES or time.monotonic() - started < 1.0
-                counted = never_ran and e.cause in RELIST_CAUSES and not e.retry_after
+                counted = ((never_ran or e.cause in REPEATING_CAUSES) and e.cause in RELIST_CAUSES
+                           and not e.retry_after)
                 if counted:
                     self._watch_failures += 1
                 elif not never_ran:
@@ -340,30 +353,60 @@ class Informer:
                           read_timeout=self._cfg.watch_timeout_seconds + self._cfg.read_timeout_slack_seconds)
         n = 0
         index, kind, st = self._index, self.kind, self.stats
+        limit = WATCH_EVENT_MAX_BYTES
+        # Events are newline-delimited JSON, one per line, cut into reads anywhere. Each read is
+        # searched for newlines once and kept as is; a line's pieces are joined once, when its
+        # newline comes (appending to one buffer and searching it all again per read is
+        # quadratic in an event sent in many small chunks).
+        parts: list[bytes] = []   # the pieces of the current line, received so far
+        held = 0                  # their total length
+        ended = False             # the stream was read to its end
         try:
-            buf = b""
-            for chunk in resp.stream(amt=None, decode_content=True):
-                buf += chunk
-                if b"\n" not in buf:
-                    continue
-                *lines, buf = buf.split(b"\n")
-                for line in lines:
-                    if not line.strip():
-                        continue
-                    rv = self._event(line, rv, index, kind, st, n == 0)
-                    n += 1
-            if buf.strip():
-                rv = self._event(buf, rv, index, kind, st)
+            for chunk in resp.stream(amt=WATCH_READ_BYTES, decode_content=True):
+                start = 0
+                end = chunk.find(b"\n")
+                while end >= 0:
+                    if held + end - start > limit:
+                        raise self._oversize(held + end - start, limit, rv)
+                    if parts:
+                        parts.append(chunk[start:end])
+                        line = b"".join(parts)
+                        parts.clear()
+                        held = 0
+                    else:
+                        line = chunk[start:end]
+                    if line and not line.isspace():
+                        rv = self._event(line, rv, index, kind, st, n == 0)
+                        n += 1
+                    start = end + 1
+                    end = chunk.find(b"\n", start)
+                if start < len(chunk):
+                    held += len(chunk) - start
+                    if held > limit:
+                        raise self._oversize(held, limit, rv)
+                    parts.append(chunk[start:] if start else chunk)
+            line = b"".join(parts)
+            if line and not line.isspace():
+                rv = self._event(line, rv, index, kind, st)
                 n += 1
+            ended = True
         except (urllib3.exceptions.HTTPError, OSError) as e:
             if self._stop.is_set():
                 raise Stopped from None
             raise ApiProblem(_conn_cause(e), f"watch {self._resource()} connection lost: {e}") from None
         finally:
+            if not ended:
+                # Left mid-stream (a bad or oversized event, an ERROR, 410): the rest of the
+                # response is still coming on this connection, which must not go back to the pool.
+                _abort(resp)
             self._close(resp)
         if self._stop.is_set():
             raise Stopped
         return rv, n
+
+    def _oversize(self, size: int, limit: int, rv: str) -> ApiProblem:
+        return ApiProblem("oversize_event", f"watch {self._resource()} sent an event line over {limit} bytes "
+                          f"(read up to {size}, after resourceVersion {rv}): connection dropped")
 
     def _event(self, line: bytes, rv: str, index: Index, kind: str, st: KindStats, first: bool = False) -> str:
         try:

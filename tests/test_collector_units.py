@@ -666,6 +666,36 @@ def test_a_context_without_kubeconfig_in_a_pod_is_a_warning(tmp_path: Path, give
         assert (r.returncode, r.stderr) == (0, ""), (extra, r.stderr)
 
 
+def test_kubeconfig_variable_in_a_pod_without_kubeconfig_is_a_warning(tmp_path: Path) -> None:
+    """In a pod without a kubeconfig setting the client loads the in-cluster config and never
+    reads $KUBECONFIG: one set in the pod's environment (an image's or a manifest's leftover) was
+    ignored without a word. A warning naming it, from `config` (printed) and `run` (logged once,
+    before the workers start); which config is used does not change. With --kubeconfig, or
+    outside a pod, $KUBECONFIG is nothing to warn about."""
+    kc = tmp_path / "kc"
+    kc.write_text(KUBECONFIG_ONE_CONTEXT)
+    pod = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBECONFIG": str(kc)}
+    warning = (f"ignoring $KUBECONFIG ({kc}): in a pod (KUBERNETES_SERVICE_HOST is set) without enrich.kubeconfig "
+               "the in-cluster config (ServiceAccount) is used; give --kubeconfig (enrich.kubeconfig) to use a "
+               "kubeconfig file")
+    r = cli_as_on_a_laptop(["config", "--enrich", "true"], tmp_path, pod)
+    assert (r.returncode, r.stderr) == (0, f"flowscope: warning: {warning}\n")
+    assert "kubeconfig: ''" in r.stdout
+    # run: the same warning, once, and the in-cluster config all the same (no kubeconfig given to
+    # the enricher, which loads the in-cluster config for None in a pod: enrich.load_api_client)
+    show = RUN_WITHOUT_STARTING.replace('enrich_cfg is not None)', 'enrich_cfg.kubeconfig)')
+    full = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **pod}
+    r = subprocess.run([sys.executable, "-c", show, "run", "--enrich", "true"],
+                       capture_output=True, text=True, cwd=ROOT, env=full, timeout=60)
+    assert r.returncode == 0 and r.stdout == "would start, enrichment None\n", (r.stdout, r.stderr)
+    assert [line.split(" WARNING flowscope: ", 1)[1] for line in r.stderr.splitlines()] == [warning], r.stderr
+    # with a kubeconfig given in the pod, or outside a pod: no warning; nor with enrichment off
+    for extra, e in ((["--enrich", "true", "--kubeconfig", str(kc)], pod),
+                     (["--enrich", "true"], {"KUBECONFIG": str(kc)}), (["--enrich", "false"], pod)):
+        r = cli_as_on_a_laptop(["config", *extra], tmp_path, e)
+        assert (r.returncode, r.stderr) == (0, ""), (extra, r.stderr)
+
+
 @pytest.mark.parametrize("args,message", [
     (["--kafka-brokers", "127.0.0.1:9", "--kafka-tls-ca", "{d}/no-ca.pem"],
      "kafka.tls_ca (from --kafka-tls-ca): {d}/no-ca.pem: cannot load: [Errno 2] No such file or directory"),

@@ -500,6 +500,95 @@ def test_garbage_and_server_errors_keep_last_good_cache(seeded: FakeKube, enrich
         assert flow(enricher, "10.244.0.5", "")["SrcK8S_Name"] == "web-6d4cf56db6-x1"
 
 
+@pytest.mark.parametrize("chunk_bytes", [1, 7, 1 << 20])
+def test_watch_events_cut_anywhere_into_chunks(seeded: FakeKube, enricher: enrich.Enricher,
+                                               chunk_bytes: int) -> None:
+    """Events are lines of JSON however the stream is cut into HTTP chunks: each event over
+    hundreds of one-byte chunks, 7-byte chunks with events ending and starting inside one, or
+    several events (and a bookmark) in one chunk."""
+    assert enricher.wait_ready(10)
+    wait_for(lambda: seeded.watchers["pods"] >= 1, what="pod watch open")
+    seeded.watch_chunk_bytes = chunk_bytes
+    seeded.hold("pods")   # what follows is sent at once, cut into chunk_bytes
+    for i in range(3):
+        seeded.add("pods", pod(f"cut-{i}", "shop", ips=[f"10.244.0.{60 + i}"], owner=("DaemonSet", "agent")))
+    seeded.delete("pods", "web-6d4cf56db6-x1", "shop")
+    seeded.bookmark("pods")
+    seeded.release("pods")
+    wait_for(lambda: enricher.stats()["kinds"]["pods"]["events"]["BOOKMARK"] == 1, what="the events")
+    st = enricher.stats()["kinds"]["pods"]
+    assert (st["events"], st["errors"], st["resource_version"]) == (
+        {"ADDED": 3, "MODIFIED": 0, "DELETED": 1, "BOOKMARK": 1}, {}, str(seeded.rv))
+    assert [flow(enricher, f"10.244.0.{60 + i}", "").get("SrcK8S_Name") for i in range(3)] == [
+        "cut-0", "cut-1", "cut-2"]
+    assert flow(enricher, "10.244.0.5", "", t_ms=FUTURE) == {}
+
+
+def test_an_oversize_watch_event_is_counted_and_the_watch_resumes(seeded: FakeKube, kubeconfig: str,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """An event line longer than WATCH_EVENT_MAX_BYTES (16 MiB; etcd stores objects up to
+    1.5 MiB) is neither buffered to its end nor applied: it is counted (oversize_event, in
+    flowscope_enrich_stat), logged once, the connection is dropped, and the watch resumes from
+    the last event applied; the cache keeps serving meanwhile and later events apply."""
+    from collector.server import enrich_series
+    from enrich.informer import WATCH_EVENT_MAX_BYTES
+
+    assert seeded.oversize_bytes > WATCH_EVENT_MAX_BYTES
+    seeded.fail("pods", "watch", "oversize", times=1)   # the first pods watch: the web pod, 17 MiB
+    e = enrich.Enricher(fast_config(kubeconfig, watch_timeout_seconds=120))   # no re-watch but the one
+    with caplog.at_level(logging.WARNING, logger="flowscope.enrich"):
+        e.start()
+        try:
+            assert e.wait_ready(10)
+            wait_for(lambda: e.stats()["kinds"]["pods"]["errors"].get("oversize_event", 0) == 1,
+                     what="the oversize event counted")
+            assert flow(e, "10.244.0.5", "")["SrcK8S_Name"] == "web-6d4cf56db6-x1"   # not applied
+            assert flow(e, "10.244.0.99", "", t_ms=FUTURE) == {}
+            seeded.add("pods", pod("after-big", "shop", ips=["10.244.0.70"]))
+            wait_for(lambda: flow(e, "10.244.0.70", "").get("SrcK8S_Name") == "after-big", what="a later event")
+            st = e.stats()["kinds"]["pods"]
+            assert (st["errors"], st["relists"], st["events"]["MODIFIED"]) == ({"oversize_event": 1}, 0, 0)
+            assert seeded.count(kind="pods", verb="watch") == 2
+            stat = enrich_series(e)["flowscope_enrich_stat"]
+            assert stat[("kinds_pods_errors_oversize_event",)] == 1
+        finally:
+            e.stop()
+    msgs = [r.getMessage() for r in caplog.records if "over 16777216 bytes" in r.getMessage()]
+    assert len(msgs) == 1 and msgs[0].startswith("enrich: pods informer: watch pods sent an event line"), msgs
+
+
+def test_an_oversize_event_on_every_watch_falls_back_to_lists(seeded: FakeKube, kubeconfig: str,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """The same too-large event comes again on each watch resumed before it, and may take a while
+    to arrive (here 1.2 s: a slow link): each such watch counts towards a relist, as a refused
+    watch does, so the cache does not freeze behind it; once watches work, events apply."""
+    import enrich.informer as informer
+    from enrich.informer import WATCH_FAILURES_BEFORE_RELIST
+
+    monkeypatch.setattr(informer, "WATCH_EVENT_MAX_BYTES", 64 << 10)   # a small cap: a cheap test
+    seeded.oversize_bytes = 100 << 10
+    seeded.fail("pods", "watch", "slow_oversize")   # until cleared
+    e = enrich.Enricher(fast_config(kubeconfig))
+    with caplog.at_level(logging.INFO, logger="flowscope.enrich"):
+        e.start()
+        try:
+            assert e.wait_ready(10)
+            wait_for(lambda: e.stats()["kinds"]["pods"]["relists"] >= 1, timeout=30, what="a relist")
+            st = e.stats()["kinds"]["pods"]
+            assert st["errors"] == {"oversize_event": WATCH_FAILURES_BEFORE_RELIST}, st
+            assert flow(e, "10.244.0.5", "")["SrcK8S_Name"] == "web-6d4cf56db6-x1"
+            seeded.clear("pods", "watch")
+            seeded.add("pods", pod("after-big", "shop", ips=["10.244.0.71"]))
+            wait_for(lambda: flow(e, "10.244.0.71", "").get("SrcK8S_Name") == "after-big", timeout=15,
+                     what="a later event")
+        finally:
+            e.stop()
+    msgs = [r.getMessage() for r in caplog.records]
+    assert sum("sent an event line over 65536 bytes" in m for m in msgs) == 1, msgs
+    assert sum("watches in a row failed (oversize_event)" in m for m in msgs) == 1, msgs
+
+
 def test_a_list_without_items_is_refused_not_taken_for_empty(seeded: FakeKube, enricher: enrich.Enricher) -> None:
     """A list reply with a resourceVersion but no "items" is not an empty list: it is counted
     as bad_response and retried, and the cache keeps its pods meanwhile."""

@@ -88,6 +88,12 @@ class FakeKube:
         self.tls_rejected = 0              # TLS handshakes that failed (the client refused us)
         self.server: ThreadingHTTPServer | None = None
         self.thread: threading.Thread | None = None
+        # How watch events go on the wire: None, one HTTP chunk per event (the API server's
+        # way); N, the events ready at once joined and cut into chunks of N bytes (1: an event
+        # over hundreds of one-byte chunks; large: several events in one chunk).
+        self.watch_chunk_bytes: int | None = None
+        # Length of the event line the "oversize" watch fault sends (over the informer's cap).
+        self.oversize_bytes = 17 << 20
 
     # lifecycle
 
@@ -192,6 +198,12 @@ class FakeKube:
         with self.cond:
             self.held.add(kind)
 
+    def release(self, kind: str) -> None:
+        """Deliver this kind's held events again (all that piled up, at once)."""
+        with self.cond:
+            self.held.discard(kind)
+            self.cond.notify_all()
+
     def expire(self, kind: str) -> None:
         """Compact history: open watches get ERROR 410 and any watch from an older RV is refused."""
         with self.cond:
@@ -210,7 +222,10 @@ class FakeKube:
     def fail(self, kind: str, verb: str, what: str, *, times: int | None = None) -> None:
         """Inject a fault for list or watch: forbidden, slow_forbidden (403 after 1.2 s),
         unauthorized, garbage, drop, error500, throttle (429 with Retry-After: 2), throttle_event
-        (watch only: ERROR 429 with details.retryAfterSeconds 3), gone (watch only: ERROR 410 at once), empty (watch only: the stream ends at once, cleanly), noitems and
+        (watch only: ERROR 429 with details.retryAfterSeconds 3), gone (watch only: ERROR 410 at once), empty (watch only: the stream ends at once, cleanly),
+        oversize (watch only: first a MODIFIED event of `oversize_bytes`, the kind's first object
+        moved to address 10.244.0.99 with a huge annotation, in 64 KiB chunks, then the stream goes
+        on as usual), slow_oversize (the same after 1.2 s), noitems and
         expired_continue (list only: the page is
         served but its continue token is already compacted away, so the next page gets 410)."""
         with self.cond:
@@ -356,6 +371,25 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._list(kind, q, fault)
 
+    def _oversize_event(self, kind: str) -> bytes:
+        """A MODIFIED event line (newline included) of `oversize_bytes`: a real object grown
+        past any size etcd stores, by an annotation."""
+        k = self.kube
+        with k.cond:
+            objs = [o for _, o in sorted(k.objects[kind].items())]
+            obj = json.loads(json.dumps(objs[0])) if objs else {"metadata": {"name": "huge"}}
+            rv = str(k.rv)
+        meta = obj.setdefault("metadata", {})
+        meta["resourceVersion"] = rv
+        meta["annotations"] = {"padding": ""}
+        status = obj.get("status")
+        if isinstance(status, dict) and "podIP" in status:
+            status["podIP"], status["podIPs"] = "10.244.0.99", [{"ip": "10.244.0.99"}]
+        line = json.dumps({"type": "MODIFIED", "object": obj}).encode()
+        pad = max(0, k.oversize_bytes - len(line))
+        meta["annotations"]["padding"] = "x" * pad
+        return json.dumps({"type": "MODIFIED", "object": obj}).encode() + b"\n"
+
     def _list(self, kind: str, q: dict[str, str], fault: str | None) -> None:
         k = self.kube
         if fault == "garbage":
@@ -433,6 +467,12 @@ class _Handler(BaseHTTPRequestHandler):
             too_old = rv < k.compacted[kind]
             k.watchers[kind] += 1
         try:
+            if fault in ("oversize", "slow_oversize"):
+                if fault == "slow_oversize":
+                    time.sleep(1.2)
+                line = self._oversize_event(kind)
+                for i in range(0, len(line), 64 << 10):
+                    self._chunk(line[i:i + (64 << 10)])
             if too_old:
                 self._chunk(json.dumps({"type": "ERROR", "object": status(
                     410, "Expired", f"too old resource version: {rv} ({k.compacted[kind]})")}).encode() + b"\n")
@@ -466,13 +506,22 @@ class _Handler(BaseHTTPRequestHandler):
                 if end == "timeout":
                     self._chunk(b"")
                     return
+                lines = []
                 for erv, typ, obj in out:
                     rv = erv
                     if typ == "BOOKMARK" and not bookmarks:
                         continue
                     if meta_only and typ != "BOOKMARK":
                         obj = _meta_only(obj)
-                    self._chunk(json.dumps({"type": typ, "object": obj}).encode() + b"\n")
+                    lines.append(json.dumps({"type": typ, "object": obj}).encode() + b"\n")
+                size = k.watch_chunk_bytes
+                if size is None:
+                    for line in lines:
+                        self._chunk(line)
+                else:
+                    data = b"".join(lines)
+                    for i in range(0, len(data), size):
+                        self._chunk(data[i:i + size])
         except OSError:
             return
         finally:
