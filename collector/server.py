@@ -259,6 +259,8 @@ class Worker:
         self.counters = cfg.counters
         self.counter_records = 0   # sFlow counter records decoded (and offered to the queue)
         self.sink: Sink = make_sink(cfg)
+        # with kafka.compression_thread, the sink's hook that starts compressing a queued batch
+        self._queued_batch: Any = getattr(self.sink, "queued_batch", None)
         # Readiness fails once queued records have waited this long with nothing delivered.
         self.stall_limit = max(10.0, cfg.kafka.request_timeout_ms / 1000 * 2)
         self.queue = self.sink.queue
@@ -310,7 +312,8 @@ class Worker:
         wr = self.writer
         if wr is not None and wr.records:
             wr.trim()   # a small batch gives its max-size buffer back before it waits in the queue
-            self.queue.offer(FLOWS, Prebuilt(wr), "", wr.size)
+            if self.queue.offer(FLOWS, Prebuilt(wr), "", wr.size) and self._queued_batch is not None:
+                self._queued_batch(wr)
             self.writer = self._writer_cls(self.cfg.kafka.batch_bytes)
 
     async def _linger_loop(self) -> None:

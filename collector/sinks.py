@@ -131,19 +131,19 @@ class BoundedQueue:
         """Records of one kind queued or in flight."""
         return self.queued[kind] + self.inflight[kind]
 
-    def offer(self, kind: int, records: Any, exporter: str, nbytes: int = -1) -> None:
+    def offer(self, kind: int, records: Any, exporter: str, nbytes: int = -1) -> bool:
         """Hot path: append or drop-and-count. Never raises, never waits. `records` is a list of
-        encoded records, or a Prebuilt batch with its size in `nbytes`."""
+        encoded records, or a Prebuilt batch with its size in `nbytes`. True when queued."""
         n = len(records)
         if nbytes < 0:
             nbytes = sum(map(len, records)) + n
         if self.closed:
             self.dropped[(kind, "shutdown")] += n
-            return
+            return False
         if self.queued_bytes + self.inflight_bytes + nbytes > self.limit:
             if self.policy == "newest" or nbytes > self.limit:
                 self.dropped[(kind, "queue_full")] += n
-                return
+                return False
             while self.chunks and self.queued_bytes + self.inflight_bytes + nbytes > self.limit:
                 old = self.chunks.popleft()
                 self.queued_bytes -= old.nbytes
@@ -152,13 +152,14 @@ class BoundedQueue:
             if self.queued_bytes + self.inflight_bytes + nbytes > self.limit:
                 # everything left is in flight: the arriving chunk cannot fit
                 self.dropped[(kind, "queue_full")] += n
-                return
+                return False
         self.chunks.append(Chunk(kind, records, nbytes, exporter))
         self.queued_bytes += nbytes
         self.queued[kind] += n
         w = self._waiter
         if w is not None and not w.done():
             w.set_result(None)
+        return True
 
     async def wait(self, timeout: float | None = None) -> None:
         """Until something is queued (or the timeout passes)."""
@@ -1103,6 +1104,12 @@ class KafkaSink(Sink):
                            "(no memory?): sent uncompressed", p.failed - self.packer_failed)
             self.packer_failed = p.failed
 
+    def queued_batch(self, w: Any) -> None:
+        """A prebuilt batch went into the queue: with a compression thread it starts compressing
+        now, while it waits, so that the sender seldom waits for it (as _pack_submit)."""
+        if self._packer is not None:
+            self._pack_submit(w)
+
     def _pack_submit(self, w: Any) -> None:
         """Give a prebuilt batch to the compression thread (when there is one, and it is not
         compressed or there already): _pack() then waits for it, and meanwhile the event loop
@@ -1123,7 +1130,9 @@ class KafkaSink(Sink):
         if entry is None:
             self._compress(w)   # no thread, or its queue full
             return
-        await asyncio.shield(entry[0])
+        self._packed()  # done, but its eventfd not read yet: no wait for the loop to get to it
+        if not entry[0].done():
+            await asyncio.shield(entry[0])
 
     def _compress(self, w: Any) -> None:
         """Compress a prebuilt batch in place, once: a re-queued batch is sent (and counted) as

@@ -203,10 +203,12 @@ cdef extern from *:
         k->scratch_cap = 0;
     }
 
-    /* Queue a job; 0, or -1 when the ring is full. */
-    static int fs_pack_submit(fs_pack* k, char* p, size_t n, int codec, int level) {
+    /* Queue a job; 0, or -1 when the ring is full. A slot is free again only once the loop has
+       collected its job (collected: jobs it has read back), not when the thread has finished it:
+       the result stays in the slot until then. */
+    static int fs_pack_submit(fs_pack* k, char* p, size_t n, int codec, int level, unsigned long long collected) {
         pthread_mutex_lock(&k->mu);
-        if (k->submitted - k->finished >= FS_PACK_RING) { pthread_mutex_unlock(&k->mu); return -1; }
+        if (k->submitted - collected >= FS_PACK_RING) { pthread_mutex_unlock(&k->mu); return -1; }
         fs_job* j = &k->ring[k->submitted % FS_PACK_RING];
         j->p = p; j->n = n; j->codec = codec; j->level = level; j->result = -1;
         k->submitted++;
@@ -250,7 +252,7 @@ cdef extern from *:
     int fs_codec_load(int codec, const char** why) nogil
     int fs_pack_start(fs_pack* k) nogil
     void fs_pack_stop(fs_pack* k) nogil
-    int fs_pack_submit(fs_pack* k, char* p, size_t n, int codec, int level) nogil
+    int fs_pack_submit(fs_pack* k, char* p, size_t n, int codec, int level, unsigned long long collected) nogil
     unsigned long long fs_pack_finished(fs_pack* k, unsigned long long* busy) nogil
     void fs_pack_pause(fs_pack* k, int on) nogil
 
@@ -340,7 +342,7 @@ cdef class Packer:
         if w.records == 0:
             raise ValueError("empty batch")
         if fs_pack_submit(&self.k, w.buf.p + PREFIX + BATCH_HEADER, <size_t>(w.buf.n - PREFIX - BATCH_HEADER),
-                          self.codec, self.level) != 0:
+                          self.codec, self.level, self.seen) != 0:
             return False
         w.busy = True
         self.jobs.append(w)

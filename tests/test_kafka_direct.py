@@ -189,6 +189,42 @@ def test_a_batch_with_the_compression_thread_is_hands_off() -> None:
     assert all(x.packed and not x.busy and x.codec == 3 for x in ws)
 
 
+def test_the_compression_thread_queue_frees_a_slot_only_when_its_batch_is_collected() -> None:
+    """The Packer queues 64 batches; a slot is free again when the loop has collected its batch,
+    not when the thread has finished it (its result is read from the slot). Counting finished
+    jobs let a 65th batch overwrite a result not yet read under load: a compressed batch then
+    went out marked uncompressed, unreadable to every consumer."""
+    import select
+    import time
+
+    from aiokafka.record.default_records import DefaultRecordBatch
+    from decoders._core import Packer
+
+    from collector.sinks import _lz4_frame_header
+
+    p = Packer(3, 0, _lz4_frame_header())
+    p.pause()
+    _, want = _writer_with_flows(1)
+    ws = []
+    for _ in range(64):
+        w, _ = _writer_with_flows(1)
+        assert p.submit(w)
+        ws.append(w)
+    extra, _ = _writer_with_flows(1)
+    assert p.submit(extra) is False  # the ring is full
+    p.pause(False)
+    assert select.select([p.fileno()], [], [], 10)[0]
+    time.sleep(0.5)  # the thread finishes all 64 (a few ms); none collected yet
+    assert p.submit(extra) is False  # still full: nothing collected
+    back = _packed(p, 64)
+    assert back == ws
+    for w in back:
+        rb = DefaultRecordBatch(w.build())
+        assert rb.validate_crc() and rb.compression_type == 3 and [r.value for r in rb] == want
+    assert p.submit(extra) is True and _packed(p, 1) == [extra] and p.failed == 0
+    p.close()
+
+
 def test_compression_thread_lz4_frames_keep_incompressible_blocks_raw() -> None:
     """The thread writes the LZ4 frame itself: 64 KiB independent blocks, each compressed or,
     when that does not shrink it, stored raw (size word's high bit); python-lz4 decodes it; a
