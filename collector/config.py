@@ -324,8 +324,8 @@ class KafkaConfig:
                                  ranged(parse_int, -7, 22))
     compression_thread: str = opt("auto", "compress the fast path's batches (lz4 at levels 0-2, zstd) on a thread "
                                   "of their own instead of the event loop's, with the system's liblz4 / libzstd: "
-                                  "on, off, or auto (on when the process may run on two or more CPUs and the "
-                                  "library loads)", choice("auto", "on", "off"))
+                                  "on, off, or auto (on when the process may run on two or more CPUs, its cgroup's "
+                                  "CPU limit is none or 2+, and the library loads)", choice("auto", "on", "off"))
     acks: str = opt("1", "acknowledgements the broker waits for: 0, 1 or all (with 0 a batch counts as "
                     "delivered once written to the connection: nothing confirms it)", choice("0", "1", "all"))
     linger_ms: int = opt(5, "how long a batch may wait for more records (ms)", ranged(parse_int, 0, 60000))

@@ -1329,8 +1329,59 @@ def compression_thread_plan(k: KafkaConfig) -> tuple[bool, str]:
             cpus = os.cpu_count() or 1
         if cpus < 2:
             return False, "kafka.compression_thread auto: the process may run on one CPU only"
+        quota = cgroup_cpu_quota()
+        if quota is not None and quota < 2:
+            return False, f"kafka.compression_thread auto: the cgroup's CPU limit is {quota:g} CPUs"
         return True, f"kafka.compression_thread auto: {cpus} CPUs"
     return True, "kafka.compression_thread on"
+
+
+def cgroup_cpu_quota(root: str = "/sys/fs/cgroup", proc: str = "/proc/self/cgroup") -> float | None:
+    """CPUs the process's cgroup may use (a pod's CPU limit: the smallest quota from its cgroup
+    up to the root), or None when unlimited or unknown. cgroup v2: cpu.max holds "QUOTA PERIOD"
+    in microseconds, or "max PERIOD"; v1 (the cpu controller's hierarchy): cpu.cfs_quota_us
+    (-1 unlimited) over cpu.cfs_period_us."""
+    v2, v1 = "/", None   # the process's cgroup (v2), and its v1 cpu controller's (dir, path)
+    try:
+        with open(proc) as f:
+            for ln in f:
+                _, controllers, path = ln.rstrip("\n").split(":", 2)
+                if controllers == "":
+                    v2 = path
+                elif "cpu" in controllers.split(","):
+                    v1 = (controllers, path)
+    except (OSError, ValueError):
+        pass
+    best: float | None = None
+
+    def walk(base: str, rel: str, read: Callable[[str], float | None]) -> None:
+        nonlocal best
+        parts = [p for p in rel.split("/") if p]
+        for depth in range(len(parts), -1, -1):
+            try:
+                cpus = read(os.path.join(base, *parts[:depth]))
+            except (OSError, ValueError, ZeroDivisionError):
+                continue
+            if cpus is not None:
+                best = cpus if best is None else min(best, cpus)
+
+    def read_v2(d: str) -> float | None:
+        with open(os.path.join(d, "cpu.max")) as f:
+            quota, _, period = f.read().strip().partition(" ")
+        return None if quota == "max" else int(quota) / int(period)
+
+    def read_v1(d: str) -> float | None:
+        with open(os.path.join(d, "cpu.cfs_quota_us")) as f:
+            quota = int(f.read())
+        with open(os.path.join(d, "cpu.cfs_period_us")) as f:
+            period = int(f.read())
+        return None if quota < 0 else quota / period
+
+    if v1 is not None:
+        walk(os.path.join(root, v1[0]), v1[1], read_v1)
+    else:
+        walk(root, v2, read_v2)
+    return best
 
 
 def _codec(name: str, level: int = 0) -> tuple[int, Callable[[Any], bytes] | None]:

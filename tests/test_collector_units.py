@@ -494,13 +494,44 @@ def test_compression_thread_auto_follows_the_cpus_the_process_may_use(monkeypatc
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {3})
     assert compression_thread_plan(k) == (False, "kafka.compression_thread auto: the process may run on one CPU only")
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr("collector.sinks.cgroup_cpu_quota", lambda: None)
     assert compression_thread_plan(k) == (True, "kafka.compression_thread auto: 2 CPUs")
+    monkeypatch.setattr("collector.sinks.cgroup_cpu_quota", lambda: 1.5)  # a pod's limits.cpu: 1500m
+    assert compression_thread_plan(k) == (False, "kafka.compression_thread auto: the cgroup's CPU limit is 1.5 CPUs")
+    monkeypatch.setattr("collector.sinks.cgroup_cpu_quota", lambda: None)
     k.compression_thread = "off"
     assert compression_thread_plan(k)[0] is False
     k.compression_thread, k.compression = "on", "zstd"
     assert compression_thread_plan(k) == (True, "kafka.compression_thread on")
     k.compression = "snappy"
     assert compression_thread_plan(k)[0] is False
+
+
+def test_cgroup_cpu_quota_reads_cpu_max(tmp_path: Path) -> None:
+    """A pod's CPU limit is cpu.max of its cgroup (v2) or of a parent: the smallest counts."""
+    from collector.sinks import cgroup_cpu_quota
+
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/kubepods/pod1/ctr\n")
+    leaf = tmp_path / "kubepods" / "pod1" / "ctr"
+    leaf.mkdir(parents=True)
+    assert cgroup_cpu_quota(str(tmp_path), str(proc)) is None  # no cpu.max anywhere
+    for text, want in (("150000 100000\n", 1.5), ("max 100000\n", None), ("200000 100000", 2.0), ("junk", None)):
+        (leaf / "cpu.max").write_text(text)
+        assert cgroup_cpu_quota(str(tmp_path), str(proc)) == want
+    (leaf / "cpu.max").write_text("max 100000\n")
+    (tmp_path / "kubepods" / "pod1" / "cpu.max").write_text("100000 100000\n")  # the pod's limit: 1 CPU
+    assert cgroup_cpu_quota(str(tmp_path), str(proc)) == 1.0
+    assert cgroup_cpu_quota(str(tmp_path), str(tmp_path / "absent")) is None  # no /proc entry: the root only
+    # cgroup v1: the cpu controller's hierarchy, cfs quota over period (-1: none)
+    proc.write_text("4:memory:/x\n2:cpu,cpuacct:/kubepods/pod2\n0::/\n")
+    pod = tmp_path / "cpu,cpuacct" / "kubepods" / "pod2"
+    pod.mkdir(parents=True)
+    (pod / "cpu.cfs_period_us").write_text("100000\n")
+    (pod / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cgroup_cpu_quota(str(tmp_path), str(proc)) is None
+    (pod / "cpu.cfs_quota_us").write_text("50000\n")
+    assert cgroup_cpu_quota(str(tmp_path), str(proc)) == 0.5
 
 
 @pytest.mark.parametrize("given", ["env", "file"])
