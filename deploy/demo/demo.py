@@ -270,6 +270,20 @@ def wait_until(cond: Any, timeout: float, what: str, interval: float = 0.1) -> A
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
+def settled_metrics(url: str, records: int, timeout: float = 5.0) -> str:
+    """/metrics once flowscope_flows_delivered_total has caught up with the records read from the
+    topic: a consumer can read a batch before the collector has handled the broker's answer to
+    it, and the page is a snapshot taken every --stats-interval (the last one, after timeout)."""
+    from collector.metrics import parse_exposition, total
+
+    end = time.monotonic() + timeout
+    while True:
+        text = http_get(url)[1]
+        if total(parse_exposition(text), "flowscope_flows_delivered_total") >= records or time.monotonic() > end:
+            return text
+        time.sleep(0.1)
+
+
 def http_get(url: str) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(url, timeout=2) as r:
@@ -452,7 +466,7 @@ def run_demo(*, workdir: Path | None = None, log: Any = print, consume_timeout: 
             log(f"traffic: {len(conversations)} conversations made; reading Kafka ...")
             legs = [Seen(c, s, t, k) for c in conversations for s, t, k in c.legs()]
             records = read_topic(broker.bootstrap, legs, consume_timeout)
-            metrics = http_get(f"http://127.0.0.1:{http}/metrics")[1]
+            metrics = settled_metrics(f"http://127.0.0.1:{http}/metrics", records)
             return Result(legs, records, metrics)
     finally:
         if collector is not None and collector.poll() is None:
