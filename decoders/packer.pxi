@@ -101,6 +101,7 @@ cdef extern from *:
         int codec;        /* 3 lz4, 4 zstd */
         int level;        /* lz4: acceleration; zstd: level */
         int result;       /* 1 compressed, 0 kept (not smaller), -1 failed (no memory, codec error) */
+        void* owner;      /* the loop's only: the writer (a strong reference), never read here */
     } fs_job;
 
     typedef struct {
@@ -206,11 +207,12 @@ cdef extern from *:
     /* Queue a job; 0, or -1 when the ring is full. A slot is free again only once the loop has
        collected its job (collected: jobs it has read back), not when the thread has finished it:
        the result stays in the slot until then. */
-    static int fs_pack_submit(fs_pack* k, char* p, size_t n, int codec, int level, unsigned long long collected) {
+    static int fs_pack_submit(fs_pack* k, char* p, size_t n, int codec, int level, unsigned long long collected,
+                              void* owner) {
         pthread_mutex_lock(&k->mu);
         if (k->submitted - collected >= FS_PACK_RING) { pthread_mutex_unlock(&k->mu); return -1; }
         fs_job* j = &k->ring[k->submitted % FS_PACK_RING];
-        j->p = p; j->n = n; j->codec = codec; j->level = level; j->result = -1;
+        j->p = p; j->n = n; j->codec = codec; j->level = level; j->result = -1; j->owner = owner;
         k->submitted++;
         pthread_cond_signal(&k->cv);
         pthread_mutex_unlock(&k->mu);
@@ -241,6 +243,7 @@ cdef extern from *:
         int codec
         int level
         int result
+        void* owner
     ctypedef struct fs_pack:
         fs_job* ring
         int efd
@@ -252,7 +255,8 @@ cdef extern from *:
     int fs_codec_load(int codec, const char** why) nogil
     int fs_pack_start(fs_pack* k) nogil
     void fs_pack_stop(fs_pack* k) nogil
-    int fs_pack_submit(fs_pack* k, char* p, size_t n, int codec, int level, unsigned long long collected) nogil
+    int fs_pack_submit(fs_pack* k, char* p, size_t n, int codec, int level, unsigned long long collected,
+                       void* owner) nogil
     unsigned long long fs_pack_finished(fs_pack* k, unsigned long long* busy) nogil
     void fs_pack_pause(fs_pack* k, int on) nogil
 
@@ -263,6 +267,9 @@ def packer_available(int codec):
     if fs_codec_load(codec, &why) == 0:
         return None
     return why.decode()
+
+
+from cpython.ref cimport Py_INCREF, Py_DECREF
 
 
 cdef class Packer:
@@ -277,7 +284,11 @@ cdef class Packer:
     cdef fs_pack k
     cdef readonly int codec
     cdef readonly int level
-    cdef list jobs                # writers in the ring, in submission order
+    # The writers in the ring are held by the ring's slots (fs_job.owner, a strong reference
+    # each), not by a Python list: the cycle collector could clear a list that only garbage
+    # refers to (a KafkaSink never drained) and free the writers the thread is compressing
+    # before __dealloc__ has stopped it. The Packer has no Python fields the GC can see.
+    cdef unsigned long long given  # jobs submitted
     cdef unsigned long long seen  # jobs already collected
     cdef unsigned long long busy
     cdef readonly long long failed  # jobs the codec failed (sent uncompressed)
@@ -285,7 +296,8 @@ cdef class Packer:
 
     def __cinit__(self):
         self.running = False
-        self.jobs = []
+        self.given = 0
+        self.seen = 0
 
     def __init__(self, int codec, int level=0, bytes lz4_header=None):
         """codec 3 (lz4: level 0-2 the fast mode, level < 0 its acceleration -level) or 4
@@ -315,6 +327,8 @@ cdef class Packer:
             with nogil:
                 fs_pack_stop(&self.k)
             self.running = False
+        if self.given != self.seen:
+            self.collect()  # the ring's references go (the thread is stopped: every job is finished)
 
     def fileno(self):
         """An eventfd, readable when jobs have finished (then call collect())."""
@@ -323,7 +337,7 @@ cdef class Packer:
     @property
     def pending(self):
         """Writers submitted and not collected yet."""
-        return len(self.jobs)
+        return <Py_ssize_t>(self.given - self.seen)
 
     @property
     def busy_seconds(self):
@@ -342,10 +356,11 @@ cdef class Packer:
         if w.records == 0:
             raise ValueError("empty batch")
         if fs_pack_submit(&self.k, w.buf.p + PREFIX + BATCH_HEADER, <size_t>(w.buf.n - PREFIX - BATCH_HEADER),
-                          self.codec, self.level, self.seen) != 0:
+                          self.codec, self.level, self.seen, <void*>w) != 0:
             return False
+        Py_INCREF(w)  # the slot's reference (collect() gives it back)
+        self.given += 1
         w.busy = True
-        self.jobs.append(w)
         return True
 
     def collect(self):
@@ -355,14 +370,16 @@ cdef class Packer:
         cdef fs_job* j
         cdef RecordBatchWriter w
         cdef list out = []
-        if not self.jobs and self.k.efd < 0:
+        if self.given == self.seen and self.k.efd < 0:
             return out
         # (always reads the eventfd: the thread signals after counting a job done, so a signal
         # can come after the collect() that took its job)
         fin = fs_pack_finished(&self.k, &self.busy)
         while self.seen < fin:
             j = &self.k.ring[self.seen % FS_PACK_RING]
-            w = <RecordBatchWriter>self.jobs.pop(0)
+            w = <RecordBatchWriter><object>j.owner
+            j.owner = NULL
+            Py_DECREF(w)  # the slot's reference (w holds one of its own)
             self.seen += 1
             w.busy = False
             w.packed = True

@@ -257,6 +257,45 @@ def test_compression_thread_lz4_frames_keep_incompressible_blocks_raw() -> None:
     assert lz4f.decompress(lz4_frame_of(b"a" * 70000, hdr)) == b"a" * 70000
 
 
+_GC_CYCLE = """
+import gc, random, sys
+sys.path.insert(0, "tests")
+from test_decoders import EXPORT, EXPORTER, ovs_decoder
+from benchmarks.datagrams import OVS_INGRESS, data_set, ipfix_message, ovs_flows
+from decoders import RecordBatchWriter
+from decoders._core import Packer
+from collector.sinks import _lz4_frame_header
+small = [RecordBatchWriter(1 << 16) for _ in range(8)]
+del small  # the buffer pool is full: the next buffer given back is freed
+p = Packer(3, 0, _lz4_frame_header())
+p.pause()
+w = RecordBatchWriter(64 << 20)  # above glibc's mmap threshold: freed means unmapped
+w.append(ovs_decoder().decode(ipfix_message([data_set(OVS_INGRESS, ovs_flows(25, random.Random(1)))], seq=1,
+                                            export_time=EXPORT), EXPORTER))
+assert p.submit(w)
+cycle = [p]
+cycle.append(cycle)
+del p, w, cycle
+gc.collect()
+print("collected")
+"""
+
+
+def test_a_packer_in_a_garbage_cycle_keeps_its_batches_until_its_thread_stops() -> None:
+    """A Packer only reachable from a reference cycle (a KafkaSink never drained: its task and
+    coroutine refer to it) is collected by the cycle GC, which called the Packer's tp_clear
+    first: its list of writers went while the thread held one, the writer's buffer was freed,
+    and the thread then compressed freed (here unmapped) memory. The Packer must not let its
+    writers go before its __dealloc__ has stopped the thread."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", _GC_CYCLE], cwd=root, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "collected" in r.stdout, (r.returncode, r.stderr[-2000:])
+
+
 def test_a_requeued_batch_is_compressed_and_counted_once() -> None:
     from collector.config import Config
     from collector.sinks import KafkaSink
