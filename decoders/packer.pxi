@@ -100,7 +100,8 @@ cdef extern from *:
         size_t n;         /* its size; after the job, the compressed size (unchanged: not smaller) */
         int codec;        /* 3 lz4, 4 zstd */
         int level;        /* lz4: acceleration; zstd: level */
-        int result;       /* 1 compressed, 0 kept (not smaller), -1 failed (no memory, codec error) */
+        int result;       /* 1 compressed, 0 kept (not smaller), -1 failed (no memory, codec error),
+                             2 not started (fs_pack_stop discarding) */
         void* owner;      /* the loop's only: the writer (a strong reference), never read here */
     } fs_job;
 
@@ -111,6 +112,7 @@ cdef extern from *:
         unsigned long long submitted, taken, finished;
         int efd;
         int stop;
+        int discard;      /* stopping: the jobs not started are handed back undone */
         int paused;       /* tests: jobs wait (fs_pack_pause) */
         int started;
         pthread_t th;
@@ -156,7 +158,7 @@ cdef extern from *:
         pthread_mutex_lock(&k->mu);
         for (;;) {
             while (!k->stop && (k->taken == k->submitted || k->paused)) pthread_cond_wait(&k->cv, &k->mu);
-            if (k->taken == k->submitted) break;  /* stopping, nothing left */
+            if (k->taken == k->submitted || k->discard) break;  /* stopping: nothing left, or left undone */
             fs_job* j = &k->ring[k->taken % FS_PACK_RING];
             k->taken++;
             pthread_mutex_unlock(&k->mu);
@@ -188,15 +190,22 @@ cdef extern from *:
         return 0;
     }
 
-    static void fs_pack_stop(fs_pack* k) {
+    /* finish: 1 compresses every job queued first; 0 only finishes the one under way and marks
+       the others not started (result 2), finished for collect(). */
+    static void fs_pack_stop(fs_pack* k, int finish) {
         if (k->started) {
             pthread_mutex_lock(&k->mu);
             k->stop = 1;
+            k->discard = !finish;
             k->paused = 0;
             pthread_cond_signal(&k->cv);
             pthread_mutex_unlock(&k->mu);
             pthread_join(k->th, NULL);
             k->started = 0;
+            pthread_mutex_lock(&k->mu);
+            for (; k->taken < k->submitted; k->taken++) k->ring[k->taken % FS_PACK_RING].result = 2;
+            k->finished = k->taken;
+            pthread_mutex_unlock(&k->mu);
         }
         if (k->efd >= 0) { close(k->efd); k->efd = -1; }
         free(k->scratch);
@@ -254,7 +263,7 @@ cdef extern from *:
                         int hdr_len, int accel) nogil
     int fs_codec_load(int codec, const char** why) nogil
     int fs_pack_start(fs_pack* k) nogil
-    void fs_pack_stop(fs_pack* k) nogil
+    void fs_pack_stop(fs_pack* k, int finish) nogil
     int fs_pack_submit(fs_pack* k, char* p, size_t n, int codec, int level, unsigned long long collected,
                        void* owner) nogil
     unsigned long long fs_pack_finished(fs_pack* k, unsigned long long* busy) nogil
@@ -315,7 +324,7 @@ cdef class Packer:
         self.codec = codec
         self.level = (1 if level >= 0 else -level) if codec == 3 else level
         if fs_pack_start(&self.k) != 0:
-            fs_pack_stop(&self.k)
+            fs_pack_stop(&self.k, 0)
             raise OSError("Packer: cannot start the compression thread")
         if codec == 3:
             memcpy(self.k.lz4_hdr, PyBytes_AS_STRING(lz4_header), 7)
@@ -325,7 +334,7 @@ cdef class Packer:
     def __dealloc__(self):
         if self.running:
             with nogil:
-                fs_pack_stop(&self.k)
+                fs_pack_stop(&self.k, 0)
             self.running = False
         if self.given != self.seen:
             self.collect()  # the ring's references go (the thread is stopped: every job is finished)
@@ -382,13 +391,15 @@ cdef class Packer:
             Py_DECREF(w)  # the slot's reference (w holds one of its own)
             self.seen += 1
             w.busy = False
+            out.append(w)
+            if j.result == 2:
+                continue  # not started (close(finish=False)): as it was given, not packed
             w.packed = True
             if j.result == 1:
                 w.buf.n = PREFIX + BATCH_HEADER + <Py_ssize_t>j.n
                 w.codec = self.codec
             elif j.result < 0:
                 self.failed += 1
-            out.append(w)
         return out
 
     def pause(self, bint on=True):
@@ -396,12 +407,15 @@ cdef class Packer:
         if self.running:
             fs_pack_pause(&self.k, on)
 
-    def close(self):
+    def close(self, bint finish=True):
         """Finish the queued jobs and stop the thread (collect() then returns them; submit()
-        returns False from now on)."""
+        returns False from now on). finish=False: only the job under way is finished; the
+        others come back from collect() as they were given (not packed: the caller compresses
+        them if it still sends them)."""
+        cdef int fin = finish
         if self.running:
             with nogil:
-                fs_pack_stop(&self.k)
+                fs_pack_stop(&self.k, fin)
             self.running = False
 
 
