@@ -100,7 +100,9 @@ cdef extern from *:
         size_t n;         /* its size; after the job, the compressed size (unchanged: not smaller) */
         int codec;        /* 3 lz4, 4 zstd */
         int level;        /* lz4: acceleration; zstd: level */
-        int result;       /* 1 compressed, 0 kept (not smaller), -1 failed (no memory, codec error) */
+        int result;       /* 1 compressed, 0 kept (not smaller), -1 failed (no memory, codec error),
+                             2 not started (fs_pack_stop discarding) */
+        void* owner;      /* the loop's only: the writer (a strong reference), never read here */
     } fs_job;
 
     typedef struct {
@@ -110,6 +112,7 @@ cdef extern from *:
         unsigned long long submitted, taken, finished;
         int efd;
         int stop;
+        int discard;      /* stopping: the jobs not started are handed back undone */
         int paused;       /* tests: jobs wait (fs_pack_pause) */
         int started;
         pthread_t th;
@@ -155,7 +158,7 @@ cdef extern from *:
         pthread_mutex_lock(&k->mu);
         for (;;) {
             while (!k->stop && (k->taken == k->submitted || k->paused)) pthread_cond_wait(&k->cv, &k->mu);
-            if (k->taken == k->submitted) break;  /* stopping, nothing left */
+            if (k->taken == k->submitted || k->discard) break;  /* stopping: nothing left, or left undone */
             fs_job* j = &k->ring[k->taken % FS_PACK_RING];
             k->taken++;
             pthread_mutex_unlock(&k->mu);
@@ -187,15 +190,22 @@ cdef extern from *:
         return 0;
     }
 
-    static void fs_pack_stop(fs_pack* k) {
+    /* finish: 1 compresses every job queued first; 0 only finishes the one under way and marks
+       the others not started (result 2), finished for collect(). */
+    static void fs_pack_stop(fs_pack* k, int finish) {
         if (k->started) {
             pthread_mutex_lock(&k->mu);
             k->stop = 1;
+            k->discard = !finish;
             k->paused = 0;
             pthread_cond_signal(&k->cv);
             pthread_mutex_unlock(&k->mu);
             pthread_join(k->th, NULL);
             k->started = 0;
+            pthread_mutex_lock(&k->mu);
+            for (; k->taken < k->submitted; k->taken++) k->ring[k->taken % FS_PACK_RING].result = 2;
+            k->finished = k->taken;
+            pthread_mutex_unlock(&k->mu);
         }
         if (k->efd >= 0) { close(k->efd); k->efd = -1; }
         free(k->scratch);
@@ -206,11 +216,12 @@ cdef extern from *:
     /* Queue a job; 0, or -1 when the ring is full. A slot is free again only once the loop has
        collected its job (collected: jobs it has read back), not when the thread has finished it:
        the result stays in the slot until then. */
-    static int fs_pack_submit(fs_pack* k, char* p, size_t n, int codec, int level, unsigned long long collected) {
+    static int fs_pack_submit(fs_pack* k, char* p, size_t n, int codec, int level, unsigned long long collected,
+                              void* owner) {
         pthread_mutex_lock(&k->mu);
         if (k->submitted - collected >= FS_PACK_RING) { pthread_mutex_unlock(&k->mu); return -1; }
         fs_job* j = &k->ring[k->submitted % FS_PACK_RING];
-        j->p = p; j->n = n; j->codec = codec; j->level = level; j->result = -1;
+        j->p = p; j->n = n; j->codec = codec; j->level = level; j->result = -1; j->owner = owner;
         k->submitted++;
         pthread_cond_signal(&k->cv);
         pthread_mutex_unlock(&k->mu);
@@ -241,6 +252,7 @@ cdef extern from *:
         int codec
         int level
         int result
+        void* owner
     ctypedef struct fs_pack:
         fs_job* ring
         int efd
@@ -251,8 +263,9 @@ cdef extern from *:
                         int hdr_len, int accel) nogil
     int fs_codec_load(int codec, const char** why) nogil
     int fs_pack_start(fs_pack* k) nogil
-    void fs_pack_stop(fs_pack* k) nogil
-    int fs_pack_submit(fs_pack* k, char* p, size_t n, int codec, int level, unsigned long long collected) nogil
+    void fs_pack_stop(fs_pack* k, int finish) nogil
+    int fs_pack_submit(fs_pack* k, char* p, size_t n, int codec, int level, unsigned long long collected,
+                       void* owner) nogil
     unsigned long long fs_pack_finished(fs_pack* k, unsigned long long* busy) nogil
     void fs_pack_pause(fs_pack* k, int on) nogil
 
@@ -263,6 +276,9 @@ def packer_available(int codec):
     if fs_codec_load(codec, &why) == 0:
         return None
     return why.decode()
+
+
+from cpython.ref cimport Py_INCREF, Py_DECREF
 
 
 cdef class Packer:
@@ -277,7 +293,11 @@ cdef class Packer:
     cdef fs_pack k
     cdef readonly int codec
     cdef readonly int level
-    cdef list jobs                # writers in the ring, in submission order
+    # The writers in the ring are held by the ring's slots (fs_job.owner, a strong reference
+    # each), not by a Python list: the cycle collector could clear a list that only garbage
+    # refers to (a KafkaSink never drained) and free the writers the thread is compressing
+    # before __dealloc__ has stopped it. The Packer has no Python fields the GC can see.
+    cdef unsigned long long given  # jobs submitted
     cdef unsigned long long seen  # jobs already collected
     cdef unsigned long long busy
     cdef readonly long long failed  # jobs the codec failed (sent uncompressed)
@@ -285,7 +305,8 @@ cdef class Packer:
 
     def __cinit__(self):
         self.running = False
-        self.jobs = []
+        self.given = 0
+        self.seen = 0
 
     def __init__(self, int codec, int level=0, bytes lz4_header=None):
         """codec 3 (lz4: level 0-2 the fast mode, level < 0 its acceleration -level) or 4
@@ -303,7 +324,7 @@ cdef class Packer:
         self.codec = codec
         self.level = (1 if level >= 0 else -level) if codec == 3 else level
         if fs_pack_start(&self.k) != 0:
-            fs_pack_stop(&self.k)
+            fs_pack_stop(&self.k, 0)
             raise OSError("Packer: cannot start the compression thread")
         if codec == 3:
             memcpy(self.k.lz4_hdr, PyBytes_AS_STRING(lz4_header), 7)
@@ -313,8 +334,10 @@ cdef class Packer:
     def __dealloc__(self):
         if self.running:
             with nogil:
-                fs_pack_stop(&self.k)
+                fs_pack_stop(&self.k, 0)
             self.running = False
+        if self.given != self.seen:
+            self.collect()  # the ring's references go (the thread is stopped: every job is finished)
 
     def fileno(self):
         """An eventfd, readable when jobs have finished (then call collect())."""
@@ -323,7 +346,7 @@ cdef class Packer:
     @property
     def pending(self):
         """Writers submitted and not collected yet."""
-        return len(self.jobs)
+        return <Py_ssize_t>(self.given - self.seen)
 
     @property
     def busy_seconds(self):
@@ -342,10 +365,11 @@ cdef class Packer:
         if w.records == 0:
             raise ValueError("empty batch")
         if fs_pack_submit(&self.k, w.buf.p + PREFIX + BATCH_HEADER, <size_t>(w.buf.n - PREFIX - BATCH_HEADER),
-                          self.codec, self.level, self.seen) != 0:
+                          self.codec, self.level, self.seen, <void*>w) != 0:
             return False
+        Py_INCREF(w)  # the slot's reference (collect() gives it back)
+        self.given += 1
         w.busy = True
-        self.jobs.append(w)
         return True
 
     def collect(self):
@@ -355,23 +379,27 @@ cdef class Packer:
         cdef fs_job* j
         cdef RecordBatchWriter w
         cdef list out = []
-        if not self.jobs and self.k.efd < 0:
+        if self.given == self.seen and self.k.efd < 0:
             return out
         # (always reads the eventfd: the thread signals after counting a job done, so a signal
         # can come after the collect() that took its job)
         fin = fs_pack_finished(&self.k, &self.busy)
         while self.seen < fin:
             j = &self.k.ring[self.seen % FS_PACK_RING]
-            w = <RecordBatchWriter>self.jobs.pop(0)
+            w = <RecordBatchWriter><object>j.owner
+            j.owner = NULL
+            Py_DECREF(w)  # the slot's reference (w holds one of its own)
             self.seen += 1
             w.busy = False
+            out.append(w)
+            if j.result == 2:
+                continue  # not started (close(finish=False)): as it was given, not packed
             w.packed = True
             if j.result == 1:
                 w.buf.n = PREFIX + BATCH_HEADER + <Py_ssize_t>j.n
                 w.codec = self.codec
             elif j.result < 0:
                 self.failed += 1
-            out.append(w)
         return out
 
     def pause(self, bint on=True):
@@ -379,12 +407,15 @@ cdef class Packer:
         if self.running:
             fs_pack_pause(&self.k, on)
 
-    def close(self):
+    def close(self, bint finish=True):
         """Finish the queued jobs and stop the thread (collect() then returns them; submit()
-        returns False from now on)."""
+        returns False from now on). finish=False: only the job under way is finished; the
+        others come back from collect() as they were given (not packed: the caller compresses
+        them if it still sends them)."""
+        cdef int fin = finish
         if self.running:
             with nogil:
-                fs_pack_stop(&self.k)
+                fs_pack_stop(&self.k, fin)
             self.running = False
 
 

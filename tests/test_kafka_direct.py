@@ -257,6 +257,90 @@ def test_compression_thread_lz4_frames_keep_incompressible_blocks_raw() -> None:
     assert lz4f.decompress(lz4_frame_of(b"a" * 70000, hdr)) == b"a" * 70000
 
 
+_GC_CYCLE = """
+import gc, random, sys
+sys.path.insert(0, "tests")
+from test_decoders import EXPORT, EXPORTER, ovs_decoder
+from benchmarks.datagrams import OVS_INGRESS, data_set, ipfix_message, ovs_flows
+from decoders import RecordBatchWriter
+from decoders._core import Packer
+from collector.sinks import _lz4_frame_header
+small = [RecordBatchWriter(1 << 16) for _ in range(8)]
+del small  # the buffer pool is full: the next buffer given back is freed
+p = Packer(3, 0, _lz4_frame_header())
+p.pause()
+w = RecordBatchWriter(64 << 20)  # above glibc's mmap threshold: freed means unmapped
+w.append(ovs_decoder().decode(ipfix_message([data_set(OVS_INGRESS, ovs_flows(25, random.Random(1)))], seq=1,
+                                            export_time=EXPORT), EXPORTER))
+assert p.submit(w)
+cycle = [p]
+cycle.append(cycle)
+del p, w, cycle
+gc.collect()
+print("collected")
+"""
+
+
+def test_a_packer_in_a_garbage_cycle_keeps_its_batches_until_its_thread_stops() -> None:
+    """A Packer only reachable from a reference cycle (a KafkaSink never drained: its task and
+    coroutine refer to it) is collected by the cycle GC, which called the Packer's tp_clear
+    first: its list of writers went while the thread held one, the writer's buffer was freed,
+    and the thread then compressed freed (here unmapped) memory. The Packer must not let its
+    writers go before its __dealloc__ has stopped the thread."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", _GC_CYCLE], cwd=root, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "collected" in r.stdout, (r.returncode, r.stderr[-2000:])
+
+
+def test_shutdown_hands_back_batches_the_compression_thread_has_not_started() -> None:
+    """At the shutdown deadline the batches still queued are dropped: _close() used to have the
+    thread compress every one it had been given first (up to 64, with the event loop blocked in
+    pthread_join: at zstd 19, 0.4 s per MiB, half a minute past --shutdown-timeout). Those not
+    started come back undone instead, and a batch then sent after all is compressed on the loop."""
+    import asyncio
+    import time
+
+    from collector.config import Config
+    from collector.sinks import FLOWS, KafkaSink, Prebuilt
+
+    async def go() -> None:
+        cfg = Config()
+        cfg.kafka.brokers = ["127.0.0.1:9"]
+        cfg.kafka.compression, cfg.kafka.compression_level, cfg.kafka.compression_thread = "zstd", 19, "on"
+        sink = KafkaSink(cfg)
+        sink._start_packer()
+        p = sink._packer
+        p.pause()
+        ws = [_writer_with_flows(40)[0] for _ in range(6)]
+        for w in ws:
+            assert sink.queue.offer(FLOWS, Prebuilt(w), "", w.size)
+            sink.queued_batch(w)
+        assert all(w.busy for w in ws) and p.pending == 6
+        sender = asyncio.get_running_loop().create_task(sink._pack(ws[0]))  # a sender waiting for its batch
+        await asyncio.sleep(0.05)
+        assert not sender.done()
+        loop = asyncio.get_running_loop()
+        t0 = time.monotonic()
+        await sink.drain(loop.time())  # the deadline has passed
+        assert time.monotonic() - t0 < 0.5
+        assert p.pending == 0 and p.busy_seconds == 0 and sink.errors["compress"] == 0
+        assert not any(w.busy or w.packed for w in ws[1:])
+        assert sink.queue.dropped[(FLOWS, "shutdown")] == sum(w.records for w in ws)
+        await sender  # its batch came back undone: compressed on the loop, counted once
+        w = ws[0]
+        assert w.packed and w.codec == 4 and sink.compressed_bytes[1] == w.size
+        rb = DefaultRecordBatch(w.build())
+        assert rb.validate_crc() and rb.compression_type == 4 and len(list(rb)) == w.records
+
+    from aiokafka.record.default_records import DefaultRecordBatch
+
+    asyncio.run(go())
+
+
 def test_a_requeued_batch_is_compressed_and_counted_once() -> None:
     from collector.config import Config
     from collector.sinks import KafkaSink
