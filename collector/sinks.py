@@ -1083,8 +1083,9 @@ class KafkaSink(Sink):
         if p is None:
             return
         try:
-            asyncio.get_running_loop().remove_reader(p.fileno())
-        except RuntimeError:
+            if p.fileno() >= 0:
+                asyncio.get_running_loop().remove_reader(p.fileno())
+        except (RuntimeError, ValueError):
             pass
         # Only the batch under way is finished: _close() runs once the queue is empty or at the
         # shutdown deadline, when the batches still queued are dropped, and compressing up to

@@ -307,6 +307,7 @@ cdef class Packer:
         self.running = False
         self.given = 0
         self.seen = 0
+        self.k.efd = -1   # (until started: collect() never reads fd 0)
 
     def __init__(self, int codec, int level=0, bytes lz4_header=None):
         """codec 3 (lz4: level 0-2 the fast mode, level < 0 its acceleration -level) or 4

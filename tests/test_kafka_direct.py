@@ -225,6 +225,16 @@ def test_the_compression_thread_queue_frees_a_slot_only_when_its_batch_is_collec
     p.close()
 
 
+def test_a_packer_never_started_has_nothing_to_collect() -> None:
+    """A Packer whose __init__ never ran (or raised) has no thread and no eventfd: collect() and
+    pending say nothing is there, without reading fd 0 (stdin) as if it were the eventfd."""
+    from decoders._core import Packer
+
+    p = Packer.__new__(Packer)
+    assert p.fileno() == -1 and p.collect() == [] and p.pending == 0
+    assert p.submit(_writer_with_flows(1)[0]) is False
+
+
 def test_compression_thread_lz4_frames_keep_incompressible_blocks_raw() -> None:
     """The thread writes the LZ4 frame itself: 64 KiB independent blocks, each compressed or,
     when that does not shrink it, stored raw (size word's high bit); python-lz4 decodes it; a
