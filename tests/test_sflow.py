@@ -20,6 +20,7 @@ import os
 import random
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -1109,6 +1110,23 @@ def hsflowd_app_records() -> list[bytes]:
             rec(2205, xdr_opaque(b"db-3")), rec(2102, proxy), rec(2200, memcache), rec(2201, http)]
 
 
+def _prefixes_and_flips_decode_or_fail_typed(dec: Any, data: bytes, seed: int) -> None:
+    """Every prefix of a datagram fails with a typed reason, and 1,000 random byte flips decode
+    or fail typed (never crash, never an untyped error), each result still encodable."""
+    rng = random.Random(seed)
+    for n in range(len(data)):
+        b = dec.decode(data[:n], "192.0.2.1", 6343, RECV)
+        assert b.error is not None and b.error[0] in REASONS
+        b.to_json()
+    for _ in range(1000):
+        m = bytearray(data)
+        for _ in range(rng.randint(1, 4)):
+            m[rng.randrange(len(m))] = rng.randrange(256)
+        b = dec.decode(bytes(m), "192.0.2.1", 6343, RECV)
+        assert b.error is None or b.error[0] in REASONS, b.error
+        b.to_json()
+
+
 @pytest.mark.parametrize("v6", [False, True], ids=["socket4", "socket6"])
 @pytest.mark.parametrize("expanded", [False, True], ids=["compact", "expanded"])
 def test_socket_records_give_the_flow_keys(decoders_mod, v6: bool, expanded: bool) -> None:
@@ -1228,18 +1246,7 @@ def test_truncated_socket_records_are_counted(decoders_mod) -> None:
             assert [f["SrcAddr"] for f in b.to_dicts()] == ["10.1.2.3"]
     assert dec.stats()["192.0.2.1"]["errors"] == {"bad_length": 12}
     data = datagram([flow_sample([SOCKET4_WIRE, *hsflowd_app_records()]), flow_sample_expanded([SOCKET6_WIRE])])
-    rng = random.Random(7)
-    for n in range(len(data)):
-        b = dec.decode(data[:n], "192.0.2.1", 6343, RECV)
-        assert b.error is not None and b.error[0] in REASONS
-        b.to_json()
-    for _ in range(1000):
-        m = bytearray(data)
-        for _ in range(rng.randint(1, 4)):
-            m[rng.randrange(len(m))] = rng.randrange(256)
-        b = dec.decode(bytes(m), "192.0.2.1", 6343, RECV)
-        assert b.error is None or b.error[0] in REASONS, b.error
-        b.to_json()
+    _prefixes_and_flips_decode_or_fail_typed(dec, data, 7)
     assert [f["SrcAddr"] for f in dec.decode(data, "192.0.2.1", 6343, RECV).to_dicts()] == ["10.1.2.3", "fd00::1"]
 
 
@@ -1313,18 +1320,7 @@ def test_malformed_app_operation_records_are_counted(decoders_mod) -> None:
     # Every prefix and byte flip of a transaction datagram decodes or fails typed.
     data = datagram([flow_sample([SOCKET4_WIRE, APP_OPERATION_WIRE, PROXY6_WIRE]),
                      flow_sample_expanded([APP_OPERATION_WIRE, proxy_rec(False, 6, "10.0.0.5", "10.0.9.9", 40000, 80)])])
-    rng = random.Random(11)
-    for n in range(len(data)):
-        b = dec.decode(data[:n], "192.0.2.1", 6343, RECV)
-        assert b.error is not None and b.error[0] in REASONS
-        b.to_json()
-    for _ in range(1000):
-        m = bytearray(data)
-        for _ in range(rng.randint(1, 4)):
-            m[rng.randrange(len(m))] = rng.randrange(256)
-        b = dec.decode(bytes(m), "192.0.2.1", 6343, RECV)
-        assert b.error is None or b.error[0] in REASONS, b.error
-        b.to_json()
+    _prefixes_and_flips_decode_or_fail_typed(dec, data, 11)
     assert [(f["SrcAddr"], f["Bytes"]) for f in dec.decode(data, "192.0.2.1", 6343, RECV).to_dicts()] == \
         [("10.1.2.3", APP_OPERATION_BYTES), ("10.0.0.5", APP_OPERATION_BYTES)]
 
