@@ -1006,8 +1006,8 @@ class KafkaSink(Sink):
         full: list[_Open] = []
         keymode = self.k.key
         if self._packer is not None:
-            # every batch of the take to the compression thread at once: it compresses the next
-            # while the one before is sent
+            # the take's batches not given to the compression thread when queued (its queue of
+            # 64 was full then) go now, all at once: it compresses the next while one is sent
             for c in chunks:
                 if isinstance(c.records, Prebuilt) and c.records.data is None:
                     self._pack_submit(c.records.writer)
@@ -1064,7 +1064,8 @@ class KafkaSink(Sink):
         from decoders._core import Packer
 
         try:
-            self._packer = Packer(3 if self.k.compression == "lz4" else 4, _resolved_level(self.k),
+            self._packer = Packer(3 if self.k.compression == "lz4" else 4,
+                                  _resolved_level(self.k.compression, self.k.compression_level),
                                   _lz4_frame_header() if self.k.compression == "lz4" else None)
         except OSError as exc:
             if self.k.compression_thread == "on":
@@ -1304,16 +1305,17 @@ def _fatal_aiokafka(exc: BaseException) -> bool:
     return isinstance(exc, tuple(getattr(ae, n) for n in _AIOKAFKA_FATAL if hasattr(ae, n)))
 
 
-def _resolved_level(k: KafkaConfig) -> int:
-    return DEFAULT_LEVEL.get(k.compression, 0) if not k.compression_level else k.compression_level
+def _resolved_level(name: str, level: int) -> int:
+    """The level a codec runs at: kafka.compression_level, or flowscope's default when 0."""
+    return DEFAULT_LEVEL.get(name, 0) if not level else level
 
 
 def _lz4_frame_header() -> bytes:
-    """The 7 bytes opening the LZ4 frames _codec writes (python-lz4 computes the header checksum)."""
-    import lz4.frame as lz4f
-
-    return lz4f.compress(b"", block_size=lz4f.BLOCKSIZE_MAX64KB, block_linked=False, content_checksum=False,
-                         store_size=False)[:7]
+    """The 7 bytes opening the LZ4 frames _codec writes (the Packer's thread writes the same
+    frames; python-lz4 computes the header checksum): the frame of nothing, less its end mark."""
+    encode = _codec("lz4")[1]
+    assert encode is not None
+    return bytes(encode(b""))[:7]
 
 
 def compression_thread_plan(k: KafkaConfig) -> tuple[bool, str]:
@@ -1323,7 +1325,7 @@ def compression_thread_plan(k: KafkaConfig) -> tuple[bool, str]:
         return False, "kafka.compression_thread is off"
     if k.compression not in ("lz4", "zstd"):
         return False, f"kafka.compression {k.compression}: only lz4 and zstd compress on a thread"
-    if k.compression == "lz4" and _resolved_level(k) > 2:
+    if k.compression == "lz4" and _resolved_level(k.compression, k.compression_level) > 2:
         return False, "kafka.compression_level above 2 is lz4's HC mode, which compresses on the event loop"
     from decoders._core import packer_available
 
@@ -1401,7 +1403,7 @@ def _codec(name: str, level: int = 0) -> tuple[int, Callable[[Any], bytes] | Non
         return 0, None
     from aiokafka import codec as c
 
-    lvl = DEFAULT_LEVEL.get(name) if not level else level
+    lvl = _resolved_level(name, level)
     if name == "lz4":
         import lz4.frame as lz4f
 

@@ -57,6 +57,8 @@ cdef extern from *:
     }
 
     #define FS_LZ4_BLOCK 65536
+    /* room for fs_lz4_frame's output whatever the input: header, end mark, a size word a block */
+    #define FS_LZ4_FRAME_BOUND(n) ((n) + 64 + 4 * ((n) / FS_LZ4_BLOCK + 1))
     /* LZ4 frame (magic, FLG version 01 + independent blocks, BD 64 KiB, header checksum) of
        src into dst; the frame's size, or 0 when it does not fit in cap (the caller then keeps
        the records uncompressed). A block that does not shrink is stored raw (its size word's
@@ -131,7 +133,7 @@ cdef extern from *:
 
     static void fs_pack_one(fs_pack* k, fs_job* j) {
         size_t need, out = 0;
-        if (j->codec == 3) need = j->n + 64 + 4 * (j->n / FS_LZ4_BLOCK + 1);
+        if (j->codec == 3) need = FS_LZ4_FRAME_BOUND(j->n);
         else need = fs_zstd_bound(j->n);
         if (need > k->scratch_cap) {
             char* s = (char*)realloc(k->scratch, need);
@@ -259,6 +261,7 @@ cdef extern from *:
         unsigned char* lz4_hdr
         int lz4_hdr_len
     int FS_PACK_RING
+    size_t FS_LZ4_FRAME_BOUND(size_t n) nogil
     size_t fs_lz4_frame(const char* src, size_t n, char* dst, size_t cap, const unsigned char* hdr,
                         int hdr_len, int accel) nogil
     int fs_codec_load(int codec, const char** why) nogil
@@ -425,7 +428,7 @@ def lz4_frame_of(bytes data not None, bytes header not None):
     when it would not be smaller than data."""
     cdef const char* why = NULL
     cdef size_t n = len(data)
-    cdef size_t cap = n + 64 + 4 * (n // 65536 + 1)
+    cdef size_t cap = FS_LZ4_FRAME_BOUND(n)
     cdef size_t out
     cdef bytes buf
     if fs_codec_load(3, &why) != 0:
