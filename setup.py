@@ -67,7 +67,7 @@ extensions = [
 
 setup(
     packages=find_packages(include=["collector*", "decoders*", "enrich*", "benchmarks*"]),
-    package_data={"decoders": ["*.pyi", "*.pxd", "*.pxi", "py.typed"], "collector": ["py.typed"], "enrich": ["*.pyi", "py.typed"]},
+    package_data={"decoders": ["*.pyi", "*.pxd", "*.pxi", "py.typed"], "collector": ["py.typed"], "enrich": ["*.pyi", "*.pxd", "py.typed"]},
     ext_modules=cythonize(
         extensions,
         compiler_directives=compiler_directives,

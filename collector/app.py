@@ -71,6 +71,20 @@ def cluster_access(enrich_cfg: Any) -> str:
     return ""
 
 
+def kubeconfig_env_ignored(enrich_cfg: Any, setting: str = "enrich.kubeconfig",
+                           give: str = "--kubeconfig (enrich.kubeconfig)") -> str | None:
+    """The warning for a $KUBECONFIG that enrichment will not read, None when there is none: in
+    a pod (KUBERNETES_SERVICE_HOST set) without a kubeconfig setting the client loads the
+    in-cluster config and never reads $KUBECONFIG (an image's or a manifest's leftover), which
+    would otherwise go unsaid. `setting` and `give` are how the caller names that setting."""
+    kc = os.environ.get("KUBECONFIG", "")
+    if enrich_cfg is None or not kc or getattr(enrich_cfg, "kubeconfig", None) \
+            or not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return None
+    return (f"ignoring $KUBECONFIG ({kc}): in a pod (KUBERNETES_SERVICE_HOST is set) without {setting} "
+            f"the in-cluster config (ServiceAccount) is used; give {give} to use a kubeconfig file")
+
+
 def kube_access_error(enrich_cfg: Any, name: str = "enrich.kubeconfig", context_name: str = "enrich.context",
                       enabled_name: str = "enrich.enabled", *, credentials: bool = True) -> str | None:
     """Load the cluster access the enricher will use, as it will (enrich.load_api_client), and

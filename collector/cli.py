@@ -95,11 +95,11 @@ def _ignored_settings(cfg: config_mod.Config, enrich_cfg: Any) -> list[str]:
         out.append(f"ignoring {cfg.named('enrich.context')}: in a pod (KUBERNETES_SERVICE_HOST is set) without "
                    "enrich.kubeconfig the in-cluster config (ServiceAccount) is used, which has no contexts; "
                    "give --kubeconfig to use a context of it")
-    kc = os.environ.get("KUBECONFIG", "")
-    if enrich_cfg is not None and kc and not e.kubeconfig and in_pod:
-        out.append(f"ignoring $KUBECONFIG ({kc}): in a pod (KUBERNETES_SERVICE_HOST is set) without "
-                   "enrich.kubeconfig the in-cluster config (ServiceAccount) is used; give --kubeconfig "
-                   "(enrich.kubeconfig) to use a kubeconfig file")
+    from .app import kubeconfig_env_ignored
+
+    env = kubeconfig_env_ignored(enrich_cfg)
+    if env:
+        out.append(env)
     return out
 
 

@@ -70,11 +70,15 @@ def _enricher(args: argparse.Namespace) -> tuple[Any, Callable[[], None]]:
     if asked is False or not (getattr(args, "kubeconfig", None) or asked):
         return None, lambda: None
     import enrich
-    from collector.app import kube_access_error
+    from collector.app import kube_access_error, kubeconfig_env_ignored
 
     cfg = enrich.config_from_args(args)
     if not cfg.enabled:
         return None, lambda: None
+    # (first: it also explains an in-cluster config that cannot be used below)
+    ignored = kubeconfig_env_ignored(cfg, "--kubeconfig", "--kubeconfig")
+    if ignored:
+        print(f"flowscope decode: warning: {ignored}", file=sys.stderr)
     problem = kube_access_error(cfg, "--kubeconfig", enabled_name="--enrich")
     if problem:
         print(f"flowscope decode: {problem}", file=sys.stderr)

@@ -4,7 +4,7 @@
 # field -> key table below is the single place output names live (README "Output" mirrors it).
 # Keys are written only when the record carried a value (fields with no value are omitted).
 
-from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.object cimport PyObject
 from libc.stdio cimport snprintf
 from libc.string cimport strlen
@@ -316,98 +316,28 @@ FLAG_NAMES[:] = [b"FIN", b"SYN", b"RST", b"PSH", b"ACK", b"URG", b"ECE", b"CWR"]
 
 # ---------------------------------------------------------------- enrichment in C
 #
-# An enricher with a C API (enrich._fast.Reader.c_api: a capsule holding the reader and its
-# parts function) is called without a Python call per flow: it returns borrowed pointers to the
-# pre-encoded source part, destination part and tail, which are copied into the output.
-# Other enrichers are called through the Python contract (docs/INTERNALS.md).
+# An enricher with a C view (enrich._fast.Reader.c_api: a capsule pointing at its EnrichView,
+# enrich/view.pxd) is read in place: the cache's hit path is inlined here, only a miss calls the
+# reader, and the answer is three borrowed pre-encoded byte strings (source part, destination
+# part, tail) copied into the output. Other enrichers are called through the Python contract
+# (docs/INTERNALS.md).
 
 from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid
 
-ctypedef int (*parts_fn_t)(void* reader, const unsigned char* src, const unsigned char* dst, int alen,
-                           const unsigned char* agent, int aglen, long long t, int direction,
-                           PyObject** a, PyObject** b, PyObject** tail) noexcept
+from enrich.view cimport VIEW_CAPSULE, EnrichView, view_parts, view_prefetch
 
-ctypedef void (*prefetch_fn_t)(void* reader, const unsigned char* addr, int alen) noexcept
+cdef EnrichView* _ev = NULL
+cdef object _ev_owner = None     # the enricher whose capsule _ev came from (kept alive)
 
-cdef struct CApi:
-    void* reader
-    parts_fn_t parts
-    prefetch_fn_t prefetch
-    long long* flows    # [unidentified, identified], counted by parts()
-    long long* hits     # the reader's cache hits and index lookups, counted by parts()
-    long long* misses
+# Per batch (enrich_batch): the exporter's address as the index sees it and its node.
+cdef const uint8_t* _ag = NULL
+cdef int _aglen = 0
+cdef PyObject* _ag_node = NULL   # borrowed from the index (interned), valid for _ag_gen
+cdef unsigned long long _ag_gen = 0
+cdef bint _ag_ok = False         # _ag_node looked up (False: the lookup failed; flows take enrich())
 
-cdef CApi* _eapi = NULL
-cdef object _eapi_owner = None   # the enricher whose capsule _eapi came from (kept alive)
-
-
-cdef int enrich_begin(object enricher) except -1:
-    """Per batch: use the enricher's C API when it has one."""
-    global _eapi, _eapi_owner
-    if enricher is None:
-        return 0
-    if enricher is _eapi_owner:
-        return 0
-    _eapi = NULL
-    _eapi_owner = None
-    getter = getattr(enricher, "c_api", None)
-    if getter is not None:
-        cap = getter()
-        if PyCapsule_IsValid(cap, b"flowscope.enrich.parts.v4"):
-            _eapi = <CApi*>PyCapsule_GetPointer(cap, b"flowscope.enrich.parts.v4")
-            _eapi_owner = enricher
-    return 0
-
-
-cdef void enrich_prefetch(FlowBatch bt, Py_ssize_t start, object enricher) noexcept:
-    """Before encoding a batch's flows: ask the enricher to start loading what resolving each
-    flow's addresses will read, so that those loads overlap instead of stalling one by one."""
-    cdef Py_ssize_t i
-    cdef Flow* f
-    cdef int alen
-    if _eapi == NULL or enricher is not _eapi_owner:
-        return
-    for i in range(start, min(bt.n, start + 64)):  # more would leave L1 before they are used
-        f = &bt.flows[i]
-        alen = addr_len(f.af)
-        if alen > 0:
-            _eapi.prefetch(_eapi.reader, f.src, alen)
-            _eapi.prefetch(_eapi.reader, f.dst, alen)
-
-
-cdef bint _last_counted = False   # enrich_into's last flow was counted in the reader (deltas below)
-cdef long long _last_d[4]         # what it added to flows[0], flows[1], hits, misses
-
-
-cdef void enrich_uncount() noexcept:
-    """The flow enrich_into last wrote is thrown away (it did not fit the batch and will be
-    encoded again): take back the counts its lookup added, through parts() or enrich()."""
-    global _last_counted
-    if _last_counted and _eapi != NULL:
-        _eapi.flows[0] -= _last_d[0]
-        _eapi.flows[1] -= _last_d[1]
-        _eapi.hits[0] -= _last_d[2]
-        _eapi.misses[0] -= _last_d[3]
-    _last_counted = False
-
-
-cdef int enrich_into(Buf* o, FlowBatch bt, Flow* f, object enricher, int64_t t) except -1:
-    """The flow's identity fragment, through the reader's C API or the enricher's enrich(); the
-    reader's counts it added are kept for enrich_uncount()."""
-    global _last_counted
-    cdef long long f0, f1, h0, m0
-    cdef bint counted = _eapi != NULL and enricher is _eapi_owner
-    _last_counted = False
-    if counted:
-        f0, f1, h0, m0 = _eapi.flows[0], _eapi.flows[1], _eapi.hits[0], _eapi.misses[0]
-    _enrich_into(o, bt, f, enricher, t)
-    if counted:
-        _last_d[0] = _eapi.flows[0] - f0
-        _last_d[1] = _eapi.flows[1] - f1
-        _last_d[2] = _eapi.hits[0] - h0
-        _last_d[3] = _eapi.misses[0] - m0
-        _last_counted = True
-    return 0
+cdef bint _last_counted = False  # enrich_into's last flow was counted in the view (snapshot below)
+cdef long long _last_counts[4]   # the view's counts before that flow
 
 
 cdef const uint8_t* V4MAPPED = b"\0\0\0\0\0\0\0\0\0\0\xff\xff"
@@ -418,17 +348,81 @@ cdef inline int v4mapped(const uint8_t* a) noexcept:
     return 12 if memcmp(a, V4MAPPED, 12) == 0 else 0
 
 
+cdef inline bint enrich_c(object enricher) noexcept:
+    return _ev != NULL and enricher is _ev_owner
+
+
+cdef inline void enrich_agent_node() noexcept:
+    global _ag_node, _ag_gen, _ag_ok
+    cdef int failed = 0
+    _ag_node = _ev.agent(_ev.reader, _ag, _aglen, &failed)
+    _ag_gen = _ev.generation
+    _ag_ok = not failed
+
+
+cdef int enrich_batch(FlowBatch bt, Py_ssize_t start, object enricher) except -1:
+    """Before encoding a batch's flows from `start`: use the enricher's C view when it has one,
+    look up the exporter's node once, and start loading the cache sets the first flows' lookups
+    will read (so that those loads overlap instead of stalling one by one)."""
+    global _ev, _ev_owner, _ag, _aglen
+    cdef Py_ssize_t i
+    cdef Flow* f
+    cdef int alen
+    if enricher is None:
+        return 0
+    if enricher is not _ev_owner:
+        _ev = NULL
+        _ev_owner = None
+        getter = getattr(enricher, "c_api", None)
+        if getter is not None:
+            cap = getter()
+            if PyCapsule_IsValid(cap, VIEW_CAPSULE):
+                _ev = <EnrichView*>PyCapsule_GetPointer(cap, VIEW_CAPSULE)
+                _ev_owner = enricher
+    _ag = bt.agent
+    _aglen = addr_len(bt.agent_af)
+    if _aglen == 16 and v4mapped(_ag):
+        _ag += 12       # an IPv4-mapped agent address (sFlow's) is its IPv4 address to the index too
+        _aglen = 4
+    if _ev == NULL:
+        return 0
+    enrich_agent_node()
+    for i in range(start, min(bt.n, start + 64)):  # more would leave L1 before they are used
+        f = &bt.flows[i]
+        alen = addr_len(f.af)
+        if alen > 0:
+            view_prefetch(_ev, f.src, alen)
+            view_prefetch(_ev, f.dst, alen)
+    return 0
+
+
+cdef void enrich_uncount() noexcept:
+    """The flow enrich_into last wrote is thrown away (it did not fit the batch and will be
+    encoded again): take back the counts its lookups added, in the view or through enrich()."""
+    global _last_counted
+    if _last_counted and _ev != NULL:
+        memcpy(_ev.counts, _last_counts, sizeof(_last_counts))
+    _last_counted = False
+
+
+cdef inline int enrich_into(Buf* o, FlowBatch bt, Flow* f, object enricher, int64_t t) except -1:
+    """The flow's identity fragment, through the C view or the enricher's enrich(); the view's
+    counts before it are kept for enrich_uncount()."""
+    global _last_counted
+    _last_counted = enrich_c(enricher)
+    if _last_counted:
+        memcpy(_last_counts, _ev.counts, sizeof(_last_counts))
+    return _enrich_into(o, bt, f, enricher, t)
+
+
 cdef int _enrich_into(Buf* o, FlowBatch bt, Flow* f, object enricher, int64_t t) except -1:
     cdef PyObject* a
     cdef PyObject* b
     cdef PyObject* tail
+    cdef Py_ssize_t la = 0, lb = 0, lt
+    cdef char* p
     cdef bytes frag
     cdef int ms, md
-    cdef const uint8_t* ag = bt.agent
-    cdef int aglen = addr_len(bt.agent_af)
-    if aglen == 16 and v4mapped(ag):
-        ag += 12        # an IPv4-mapped agent address (sFlow's) is its IPv4 address to the index too
-        aglen = 4
     if f.af == 6:
         # IPv4-mapped addresses (::ffff:a.b.c.d) are their IPv4 addresses to the index (as
         # NetObserv reads them); the published text stays as exported
@@ -437,7 +431,7 @@ cdef int _enrich_into(Buf* o, FlowBatch bt, Flow* f, object enricher, int64_t t)
             frag = enricher.enrich(
                 b"" if f.noaddr & NOADDR_SRC else (<bytes>f.src[ms:16]),
                 b"" if f.noaddr & NOADDR_DST else (<bytes>f.dst[md:16]),
-                (<bytes>ag[:aglen]), t, f.direction)
+                (<bytes>_ag[:_aglen]), t, f.direction)
             if frag:
                 buf_lit(o, frag)
             return 0
@@ -447,22 +441,32 @@ cdef int _enrich_into(Buf* o, FlowBatch bt, Flow* f, object enricher, int64_t t)
         frag = enricher.enrich(
             b"" if f.noaddr & NOADDR_SRC else (<bytes>f.src[:addr_len(f.af)]),
             b"" if f.noaddr & NOADDR_DST else (<bytes>f.dst[:addr_len(f.af)]),
-            (<bytes>ag[:aglen]), t, f.direction)
+            (<bytes>_ag[:_aglen]), t, f.direction)
         if frag:
             buf_lit(o, frag)
         return 0
-    if _eapi != NULL and enricher is _eapi_owner:
-        if _eapi.parts(_eapi.reader, f.src, f.dst, addr_len(f.af), ag, aglen,
-                       t, f.direction, &a, &b, &tail) == 0:
+    if enrich_c(enricher) and f.af:
+        if _ev.generation != _ag_gen:   # the index moved (between batches, or a miss let a writer in)
+            enrich_agent_node()
+        if _ag_ok and view_parts(_ev, f.src, f.dst, addr_len(f.af), _ag_node, t, f.direction, &a, &b, &tail) == 0:
             if a != NULL:
-                buf_lit(o, <bytes>a)
+                la = PyBytes_GET_SIZE(<bytes>a)
             if b != NULL:
-                buf_lit(o, <bytes>b)
-            buf_lit(o, <bytes>tail)
+                lb = PyBytes_GET_SIZE(<bytes>b)
+            lt = PyBytes_GET_SIZE(<bytes>tail)
+            buf_reserve(o, la + lb + lt)
+            p = o.p + o.n
+            if a != NULL:
+                memcpy(p, PyBytes_AS_STRING(<bytes>a), la)
+            if b != NULL:
+                memcpy(p + la, PyBytes_AS_STRING(<bytes>b), lb)
+            memcpy(p + la + lb, PyBytes_AS_STRING(<bytes>tail), lt)
+            o.n += la + lb + lt
             return 0
+    # the Python contract (an error in the C view is raised by the reader's enrich())
     frag = enricher.enrich(
         (<bytes>f.src[:addr_len(f.af)]), (<bytes>f.dst[:addr_len(f.af)]),
-        (<bytes>ag[:aglen]), t, f.direction)
+        (<bytes>_ag[:_aglen]), t, f.direction)
     if frag:
         buf_lit(o, frag)
     return 0
@@ -717,8 +721,7 @@ cdef list encode_batch(FlowBatch bt, object enricher):
     if bt.n == 0:
         return out
     head = batch_head(bt)
-    enrich_begin(enricher)
-    enrich_prefetch(bt, 0, enricher)
+    enrich_batch(bt, 0, enricher)
     for i in range(bt.n):
         _out.n = 0
         encode_flow(&_out, bt, &bt.flows[i], enricher, PyBytes_AS_STRING(head), len(head))

@@ -304,8 +304,7 @@ cdef class RecordBatchWriter:
             # writer was made, which may be a quiet exporter's whole silence earlier
             self.base_timestamp = <int64_t>(bt.recv_time * 1000)
         head = batch_head(bt)
-        enrich_begin(enricher)
-        enrich_prefetch(bt, start, enricher)
+        enrich_batch(bt, start, enricher)
         for i in range(start, bt.n):
             # The JSON is written in place, after room for a record header whose varints are
             # guessed at 2 bytes (records under 8 KiB); a wrong guess costs one memmove.

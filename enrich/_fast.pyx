@@ -7,6 +7,10 @@ references and writes the output fragment with one allocation and three memcpy. 
 `Index.enrich` stays the reference implementation; the tests run both on the same index and
 require identical bytes, so they cannot drift.
 
+The per-address answer cache is an EnrichView (enrich/view.pxd) that the decoders' encoder reads
+in place through a capsule: its hit path is compiled into the encoder, and only a miss comes
+back here (Reader.resolve_miss through view.miss).
+
 Entry tuples (built by enrich.index, read by position):
     (src_fragment: bytes, dst_fragment: bytes, node: str | None, infra: bool,
      start_ms: int, end_ms: int, previous_holder: tuple | None)
@@ -18,54 +22,16 @@ from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject
 from cpython.pycapsule cimport PyCapsule_New
 from cpython.ref cimport Py_INCREF, Py_XDECREF
-from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
-from libc.string cimport memcmp, memcpy, memset
+from libc.string cimport memcpy, memset
 
-# The C API the decoders' encoder calls per flow (through a capsule, so neither extension needs
-# the other at build time). It resolves both addresses through a per-address cache and returns
-# borrowed pointers to the three pre-encoded pieces of the answer: no Python call, no bytes
-# object and, on a cache hit, no dict lookup per flow. The capsule holds {reader, functions}:
-# prefetch(reader, addr, alen) starts loading an address's cache set, so that the encoder can
-# ask for every address of a datagram before it resolves the first one (the sets' lines are
-# often out of the CPU's caches by then: perf showed resolve() waiting on its first load).
-ctypedef int (*parts_fn_t)(void* reader, const unsigned char* src, const unsigned char* dst, int alen,
-                           const unsigned char* agent, int aglen, long long t, int direction,
-                           PyObject** a, PyObject** b, PyObject** tail) noexcept
-ctypedef void (*prefetch_fn_t)(void* reader, const unsigned char* addr, int alen) noexcept
+from enrich.view cimport (VIEW_CAPSULE, VIEW_HITS, VIEW_IDENTIFIED, VIEW_MISSES, VIEW_SLOTS, VIEW_UNIDENTIFIED,
+                          EnrichSlot, EnrichView, view_addr_eq, view_combine, view_resolve)
 
-cdef struct CApi:
-    void* reader
-    parts_fn_t parts
-    prefetch_fn_t prefetch
-    long long* flows    # [unidentified, identified]: parts() counts each answer; an encoder that
-                        # throws an encoded flow away (a full batch) takes its count back,
-    long long* hits     # and the cache hits and index lookups the answer took (Reader.hits,
-    long long* misses   # Reader.misses)
-
-cdef extern from *:
-    void __builtin_prefetch(const void* p) nogil
-
-DEF ASLOTS = 16384     # per-address answers: 8192 sets of 2 ways
-DEF AWAYS = 2
 DEF ALIVE = 1 << 62     # enrich.index.ALIVE: a holder that has not ended
 
 cdef extern from "stdlib.h":
     void* aligned_alloc(size_t alignment, size_t size)
-
-# One cache line per slot (64 bytes, 64-aligned): a lookup touches one line per way. The
-# address's index entry (the strong reference that keeps the borrowed pointers below alive)
-# lives in a parallel array that only a fill touches.
-cdef struct ASlot:
-    unsigned char addr[16]
-    long long lo         # the slot answers for flow starts in [lo, hi)
-    long long hi
-    PyObject* src_frag   # holder[0], holder[1], holder[2]; src_frag NULL: nobody holds it
-    PyObject* dst_frag
-    PyObject* node       # interned node name, NULL: none
-    unsigned int gen     # low 32 bits of the reader generation the slot was filled at
-    signed char alen
-    unsigned char infra
 
 
 cdef inline object _holder_at(object e, long long t):
@@ -125,30 +91,20 @@ cdef inline int _span(object e, long long t, long long* lo, long long* hi):
         cur = <tuple>cur[6]
 
 
-@cython.final  # no subclass: its cdef methods are called directly and the hit paths inlined
+@cython.final  # no subclass: its cdef methods are called directly
 cdef class Reader:
-    """Holds the reader-visible dicts of an Index (re-pointed by the Index on every swap)."""
+    """Holds the reader-visible dicts of an Index (re-pointed by the Index on every swap) and
+    the per-address answer cache the encoder reads in place (enrich/view.pxd)."""
 
     cdef dict ips
     cdef dict agents
     cdef tuple tails
-    #: bumped by the Index on every change readers can see; callers caching answers
-    #: (the decoders' encoder) drop them when it moves.
-    cdef public long long generation
-    #: per-address cache hits and index lookups (misses), for the collector's metrics
-    cdef public long long hits
-    cdef public long long misses
-    cdef long long flows[2]      # answers without, with an identity (CApi.flows)
-
-    cdef ASlot* cache
-    cdef PyObject** entries      # strong references, parallel to cache
-    cdef CApi api
-    cdef PyObject* tailp[3][4]   # tails[layer][direction + 1], borrowed from self.tails
+    cdef EnrichView view
+    cdef PyObject** entries      # strong references, parallel to view.cache
     cdef unsigned char last_agent[16]
     cdef int last_agent_len
-    cdef long long last_agent_gen
+    cdef unsigned long long last_agent_gen
     cdef PyObject* last_agent_node
-    cdef bint agent_failed
 
     def __cinit__(self, tuple tails):
         cdef int i, j
@@ -157,62 +113,73 @@ cdef class Reader:
         self.tails = tails
         if len(tails) != 3 or any(len(t) != 4 for t in tails):
             raise ValueError("tails must be 3 layers x 4 directions")
+        memset(&self.view, 0, sizeof(EnrichView))
         for i in range(3):
             for j in range(4):
-                self.tailp[i][j] = <PyObject*>(<tuple>tails[i])[j]
-        self.cache = <ASlot*>aligned_alloc(64, ASLOTS * sizeof(ASlot))
-        self.entries = <PyObject**>calloc(ASLOTS, sizeof(PyObject*))
-        if self.cache == NULL or self.entries == NULL:
+                self.view.tails[i][j] = <PyObject*>(<tuple>tails[i])[j]
+        self.view.cache = <EnrichSlot*>aligned_alloc(64, VIEW_SLOTS * sizeof(EnrichSlot))
+        self.entries = <PyObject**>calloc(VIEW_SLOTS, sizeof(PyObject*))
+        if self.view.cache == NULL or self.entries == NULL:
             raise MemoryError()
-        memset(self.cache, 0, ASLOTS * sizeof(ASlot))
-        self.api.reader = <void*>self
-        self.api.parts = _parts
-        self.api.prefetch = _prefetch
-        self.api.flows = self.flows
-        self.api.hits = &self.hits
-        self.api.misses = &self.misses
-        self.flows[0] = self.flows[1] = 0
+        memset(self.view.cache, 0, VIEW_SLOTS * sizeof(EnrichSlot))
+        self.view.reader = <void*>self
+        self.view.miss = _miss
+        self.view.agent = _agent
         self.last_agent_len = -1
         self.last_agent_node = NULL
 
     def __dealloc__(self):
         cdef int i
         if self.entries != NULL:
-            for i in range(ASLOTS):
+            for i in range(VIEW_SLOTS):
                 Py_XDECREF(self.entries[i])
             free(self.entries)
-        free(self.cache)
+        free(self.view.cache)
 
     def c_api(self):
-        """A capsule ("flowscope.enrich.parts.v4") for the decoders' encoder; keeps nothing alive
-        by itself: the caller holds the reader (or its Enricher) while it uses the capsule."""
-        return PyCapsule_New(&self.api, b"flowscope.enrich.parts.v4", NULL)
+        """A capsule (VIEW_CAPSULE, "flowscope.enrich.view.v5") pointing at the reader's
+        EnrichView for the decoders' encoder; keeps nothing alive by itself: the caller holds
+        the reader (or its Enricher) while it uses the capsule."""
+        return PyCapsule_New(&self.view, VIEW_CAPSULE, NULL)
 
-    cdef inline ASlot* resolve(self, const unsigned char* addr, int alen, long long t, ASlot* avoid) noexcept:
-        """The cache slot describing the holder of an address at flow start t (slot.src_frag is
-        NULL when nobody holds it); NULL on an error (memory). A hit costs a hash, a compare
-        and no Python call (inlined into the callers; a miss goes to resolve_miss)."""
-        cdef unsigned long long h = _ahash(addr, alen)
-        cdef int i
-        # Two-way set associative: a few thousand busy addresses in a direct-mapped table share
-        # slots often enough (17% of 3,000 in 16,384 slots) to keep evicting each other.
-        cdef ASlot* slot = &self.cache[(h & (ASLOTS // AWAYS - 1)) * AWAYS]
-        cdef unsigned int gen = <unsigned int>self.generation
-        for i in range(AWAYS):
-            if (slot[i].gen == gen and slot[i].alen == alen and slot[i].lo <= t < slot[i].hi
-                    and _addr_eq(slot[i].addr, addr, alen)):
-                self.hits += 1
-                return &slot[i]
-        return self.resolve_miss(slot, h, addr, alen, t, avoid)
+    @property
+    def generation(self):
+        """Moved by the Index on every change readers can see; cached answers of an older
+        generation are not used."""
+        return self.view.generation
 
-    cdef ASlot* resolve_miss(self, ASlot* base, unsigned long long h, const unsigned char* addr, int alen,
-                             long long t, ASlot* avoid) noexcept:
-        """resolve() without a cache hit in the set at base: refill a way. A miss never refills
-        `avoid` (the source's slot while the destination is resolved: both may map to one
-        set, and the source's answer, borrowed from its slot, must survive)."""
-        cdef ASlot* slot = base
-        cdef unsigned int gen = <unsigned int>self.generation
-        self.misses += 1
+    @generation.setter
+    def generation(self, unsigned long long value):
+        self.view.generation = value
+
+    @property
+    def hits(self):
+        """Addresses answered from the per-address cache (for the collector's metrics)."""
+        return self.view.counts[VIEW_HITS]
+
+    @property
+    def misses(self):
+        """Addresses looked up in the index (cache misses)."""
+        return self.view.counts[VIEW_MISSES]
+
+    @property
+    def flows_identified(self):
+        """Flows answered with an identity on at least one side."""
+        return self.view.counts[VIEW_IDENTIFIED]
+
+    @property
+    def flows_unidentified(self):
+        """Flows answered with no identity on either side."""
+        return self.view.counts[VIEW_UNIDENTIFIED]
+
+    cdef EnrichSlot* resolve_miss(self, EnrichSlot* base, unsigned long long h, const unsigned char* addr,
+                                  int alen, long long t, EnrichSlot* avoid) noexcept:
+        """view_resolve() without a cache hit in the set at base: refill a way. A miss never
+        refills `avoid` (the source's slot while the destination is resolved: both may map to
+        one set, and the source's answer, borrowed from its slot, must survive)."""
+        cdef EnrichSlot* slot = base
+        cdef unsigned int gen = <unsigned int>self.view.generation
+        self.view.counts[VIEW_MISSES] += 1
         # victim: a way holding nothing current, else one picked by the hash's high bits
         if slot[0].gen != gen or slot[0].alen == 0:
             pass
@@ -220,21 +187,21 @@ cdef class Reader:
             slot += 1
         else:
             slot += (h >> 60) & 1
-        if slot == avoid:  # the set's other way (AWAYS == 2)
+        if slot == avoid:  # the set's other way (VIEW_WAYS == 2)
             slot = base + (1 - (slot - base))
         try:
             return self.fill(slot, addr, alen, t)
         except BaseException:
             return NULL
 
-    cdef ASlot* fill(self, ASlot* slot, const unsigned char* addr, int alen, long long t) except NULL:
+    cdef EnrichSlot* fill(self, EnrichSlot* slot, const unsigned char* addr, int alen, long long t) except NULL:
         """Cache miss: look the address up in the index dict and describe its holder at t."""
         cdef PyObject* p
         cdef object e, holder
         cdef long long lo = 0, hi = 0
         key = PyBytes_FromStringAndSize(<const char*>addr, alen)
         p = PyDict_GetItem(self.ips, key)
-        cdef Py_ssize_t k = slot - self.cache
+        cdef Py_ssize_t k = slot - self.view.cache
         Py_XDECREF(self.entries[k])
         self.entries[k] = NULL
         slot.src_frag = NULL
@@ -255,82 +222,74 @@ cdef class Reader:
                 slot.src_frag = <PyObject*>(<tuple>holder)[0]
                 slot.dst_frag = <PyObject*>(<tuple>holder)[1]
                 # Node names are interned by the index (enrich.index._intern): equal names are
-                # the same object, so the per-flow comparisons below compare pointers.
+                # the same object, so the per-flow comparisons compare pointers.
                 slot.node = <PyObject*>(<tuple>holder)[2] if (<tuple>holder)[2] is not None else NULL
                 slot.infra = (<tuple>holder)[3] is True
         memcpy(slot.addr, addr, alen)
         slot.alen = <signed char>alen
-        slot.gen = <unsigned int>self.generation
+        slot.gen = <unsigned int>self.view.generation
         return slot
 
-    cdef inline PyObject* agent_node(self, const unsigned char* agent, int aglen) noexcept:
+    cdef PyObject* agent_node(self, const unsigned char* agent, int aglen, int* failed) noexcept:
         """The (interned) node name of an exporter address, borrowed; NULL when unknown or on
-        an error (then agent_failed is set). The last answer is kept: a batch has one exporter."""
-        if (aglen == self.last_agent_len and self.last_agent_gen == self.generation
-                and _addr_eq(self.last_agent, agent, aglen)):
-            self.agent_failed = False
+        an error (then failed is set). The last answer is kept: a batch has one exporter."""
+        failed[0] = 0
+        if (aglen == self.last_agent_len and self.last_agent_gen == self.view.generation
+                and view_addr_eq(self.last_agent, agent, aglen)):
             return self.last_agent_node
-        return self.agent_slow(agent, aglen)
-
-    cdef PyObject* agent_slow(self, const unsigned char* agent, int aglen) noexcept:
-        self.agent_failed = False
-        if aglen <= 0:
-            return NULL
+        if aglen != 4 and aglen != 16:
+            return NULL     # only addresses name nodes (and last_agent holds 16 bytes)
         try:
             return self.agent_lookup(agent, aglen)
         except BaseException:
-            self.agent_failed = True
+            failed[0] = 1
             return NULL
 
     cdef PyObject* agent_lookup(self, const unsigned char* agent, int aglen) except? NULL:
         cdef PyObject* p
         p = PyDict_GetItem(self.agents, PyBytes_FromStringAndSize(<const char*>agent, aglen))
-        # borrowed from self.agents; a publish() replacing it also moves generation
+        # borrowed from self.agents; a publish() replacing it also moves the generation
         self.last_agent_node = p if (p is not NULL and <object>p is not None) else NULL
         memcpy(self.last_agent, agent, aglen)
         self.last_agent_len = aglen
-        self.last_agent_gen = self.generation
+        self.last_agent_gen = self.view.generation
         return self.last_agent_node
-
-    @property
-    def flows_identified(self):
-        """Flows answered with an identity on at least one side."""
-        return self.flows[1]
-
-    @property
-    def flows_unidentified(self):
-        """Flows answered with no identity on either side."""
-        return self.flows[0]
 
     def publish(self, dict ips not None, dict agents not None):
         """Point the reader at the index's current dicts (called by the writer under its lock)."""
         self.ips = ips
         self.agents = agents
-        self.generation += 1
+        self.view.generation += 1
 
     def enrich(self, bytes src, bytes dst, bytes agent, long long t_ms, int direction):
         """See enrich.index.Index.enrich (the contract in docs/INTERNALS.md). Same lookup code
-        as the encoder's C API (_parts), plus one output allocation and three memcpy."""
-        cdef ASlot* s = NULL
-        cdef ASlot* d = NULL
+        as the encoder's (enrich/view.pxd), plus one output allocation and three memcpy."""
+        cdef EnrichSlot* s = NULL
+        cdef EnrichSlot* d = NULL
         cdef PyObject* pa
         cdef PyObject* pb
         cdef PyObject* pt
+        cdef PyObject* an
+        cdef int failed = 0
         cdef Py_ssize_t la = 0, lb = 0, lt
         cdef bytes out
         cdef char* buf
-        if src is not None and len(src) > 0:
-            s = self.resolve(src, len(src), t_ms, NULL)
+        # Only 4- and 16-byte addresses can be held (the index's keys): any other length is
+        # answered as nobody's without a lookup (and is never copied into a cache slot).
+        if src is not None and (len(src) == 4 or len(src) == 16):
+            s = view_resolve(&self.view, src, len(src), t_ms, NULL)
             if s == NULL:
                 raise MemoryError()
-        if dst is not None and len(dst) > 0:
-            d = self.resolve(dst, len(dst), t_ms, s)
+        if dst is not None and (len(dst) == 4 or len(dst) == 16):
+            d = view_resolve(&self.view, dst, len(dst), t_ms, s)
             if d == NULL:
                 raise MemoryError()
         if agent is None:
             agent = b""
-        if _combine(self, s, d, agent, len(agent), direction, &pa, &pb, &pt) != 0:
+        an = self.agent_node(agent, len(agent), &failed)
+        if failed:
             raise MemoryError()
+        view_combine(&self.view, s, d, an, direction, &pa, &pb, &pt)
         if pa == NULL and pb == NULL:
             return <bytes>pt
         if pa != NULL:
@@ -348,124 +307,10 @@ cdef class Reader:
         return out
 
 
-cdef extern from *:
-    uint32_t __builtin_bswap32(uint32_t x) nogil
-    uint64_t __builtin_bswap64(uint64_t x) nogil
+cdef EnrichSlot* _miss(void* reader, EnrichSlot* base, unsigned long long h, const unsigned char* addr, int alen,
+                       long long t, EnrichSlot* avoid) noexcept:
+    return (<Reader>reader).resolve_miss(base, h, addr, alen, t, avoid)
 
 
-cdef inline unsigned long long _ahash(const unsigned char* addr, int alen) noexcept:
-    # Multiplicative hashing of the address read big-endian (its varying last bytes become the
-    # low bits, which the multiply spreads upwards), high half folded down for the set index: a
-    # few instructions, where a byte-wise FNV cost four (IPv4) or sixteen (IPv6) multiply
-    # rounds, twice per address (prefetch and resolve). Set overflow on pod addresses as FNV's.
-    cdef uint32_t a4
-    cdef uint64_t a0, a1, h
-    cdef int i
-    if alen == 4:
-        memcpy(&a4, addr, 4)
-        h = <uint64_t>__builtin_bswap32(a4) * 0x9E3779B97F4A7C15ULL
-    elif alen == 16:
-        memcpy(&a0, addr, 8)
-        memcpy(&a1, addr + 8, 8)
-        h = (__builtin_bswap64(a0) * 0xC2B2AE3D27D4EB4FULL + __builtin_bswap64(a1)) * 0x9E3779B97F4A7C15ULL
-    else:
-        h = 1469598103934665603ULL
-        for i in range(alen):
-            h = (h ^ addr[i]) * 1099511628211ULL
-    return h ^ (h >> 32)
-
-
-cdef void _prefetch(void* reader, const unsigned char* addr, int alen) noexcept:
-    """Start loading the cache set resolve() will read for addr (one 128-byte set: two lines)."""
-    cdef ASlot* slot
-    if alen <= 0:
-        return
-    slot = &(<Reader>reader).cache[(_ahash(addr, alen) & (ASLOTS // AWAYS - 1)) * AWAYS]
-    __builtin_prefetch(slot)
-    __builtin_prefetch(slot + 1)
-
-
-cdef inline bint _addr_eq(const unsigned char* x, const unsigned char* y, int n) noexcept:
-    # Addresses are 4 or 16 bytes: two word compares instead of a memcmp call.
-    cdef uint64_t a0, a1, b0, b1
-    cdef uint32_t c, d
-    if n == 4:
-        memcpy(&c, x, 4)
-        memcpy(&d, y, 4)
-        return c == d
-    if n == 16:
-        memcpy(&a0, x, 8)
-        memcpy(&a1, x + 8, 8)
-        memcpy(&b0, y, 8)
-        memcpy(&b1, y + 8, 8)
-        return a0 == b0 and a1 == b1
-    return memcmp(x, y, n) == 0
-
-
-cdef int _parts(void* reader, const unsigned char* src, const unsigned char* dst, int alen,
-                const unsigned char* agent, int aglen, long long t, int direction,
-                PyObject** a, PyObject** b, PyObject** tail) noexcept:
-    """Same answer as Reader.enrich, as three borrowed byte strings to concatenate (a and b may
-    be NULL). Returns 0, or -1 on an error (the caller falls back to Reader.enrich, which
-    raises it). On a cache hit this is two hashed slot reads and pointer compares."""
-    cdef Reader r = <Reader>reader
-    cdef ASlot* s
-    cdef ASlot* d
-    if alen <= 0:
-        return -1
-    s = r.resolve(src, alen, t, NULL)
-    if s == NULL:
-        return -1
-    d = r.resolve(dst, alen, t, s)
-    if d == NULL:
-        return -1
-    return _combine(r, s, d, agent, aglen, direction, a, b, tail)
-
-
-cdef inline int _combine(Reader r, ASlot* s, ASlot* d, const unsigned char* agent, int aglen, int direction,
-                         PyObject** a, PyObject** b, PyObject** tail) noexcept:
-    # The output rule of enrich.index.Index.enrich over resolved slots (s or d NULL: no address).
-    # Node names are interned by the index, so the same node is the same object (pointer compares).
-    cdef PyObject* sn = NULL
-    cdef PyObject* dn = NULL
-    cdef PyObject* an
-    cdef int layer = 1, fd
-    cdef bint sh = s != NULL and s.src_frag != NULL
-    cdef bint dh = d != NULL and d.src_frag != NULL
-    if direction < -1 or direction > 2:
-        direction = -1
-    a[0] = NULL
-    b[0] = NULL
-    if not sh and not dh:
-        r.flows[0] += 1
-        tail[0] = r.tailp[0][direction + 1]
-        return 0
-    r.flows[1] += 1
-    if sh:
-        a[0] = s.src_frag
-        sn = s.node
-        if s.infra:
-            layer = 2
-    if dh:
-        b[0] = d.dst_frag
-        dn = d.node
-        if d.infra:
-            layer = 2
-    if sn != NULL and sn == dn:
-        # NetObserv's reinterpretDirection: same node -> inner; otherwise egress when the
-        # exporter is the source's node, ingress when it is the destination's.
-        fd = 2
-    else:
-        an = r.agent_node(agent, aglen)
-        if an == NULL:
-            if r.agent_failed:
-                return -1
-            fd = direction
-        elif an == sn:
-            fd = 1
-        elif an == dn:
-            fd = 0
-        else:
-            fd = direction
-    tail[0] = r.tailp[layer][fd + 1]
-    return 0
+cdef PyObject* _agent(void* reader, const unsigned char* agent, int aglen, int* failed) noexcept:
+    return (<Reader>reader).agent_node(agent, aglen, failed)

@@ -725,6 +725,19 @@ def test_kubeconfig_variable_in_a_pod_without_kubeconfig_is_a_warning(tmp_path: 
                      (["--enrich", "true"], {"KUBECONFIG": str(kc)}), (["--enrich", "false"], pod)):
         r = cli_as_on_a_laptop(["config", *extra], tmp_path, e)
         assert (r.returncode, r.stderr) == (0, ""), (extra, r.stderr)
+    # `flowscope decode --enrich` in the pod: the same warning (before the in-cluster config,
+    # which this test's "pod" cannot load, is refused), in decode's terms; none with --kubeconfig
+    cap = tmp_path / "empty.pcap"
+    cap.write_bytes(b"")
+    r = cli_as_on_a_laptop(["decode", "--enrich", str(cap)], tmp_path, pod)
+    lines = r.stderr.splitlines()
+    assert r.returncode == 2 and len(lines) == 2, r.stderr
+    assert lines[0] == (f"flowscope decode: warning: ignoring $KUBECONFIG ({kc}): in a pod (KUBERNETES_SERVICE_HOST "
+                        "is set) without --kubeconfig the in-cluster config (ServiceAccount) is used; give "
+                        "--kubeconfig to use a kubeconfig file")
+    assert lines[1].startswith("flowscope decode: enrich: in-cluster config"), r.stderr
+    r = cli_as_on_a_laptop(["decode", "--kubeconfig", str(tmp_path / "none"), str(cap)], tmp_path, pod)
+    assert r.returncode == 2 and "KUBECONFIG" not in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("args,message", [

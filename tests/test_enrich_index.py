@@ -1185,8 +1185,11 @@ def test_compiled_reader_matches_python_reference(implementation: str) -> None:
     idx.delete("pods", idx.parse("pods", gone))
     addrs = [raw(f"10.244.{i % 2}.{10 + i}") for i in range(40)] + [
         raw("172.30.0.1"), raw("fd00:172:30::1"), raw("10.0.0.1"), raw("10.0.0.2"), raw("10.244.0.2"),
-        raw("8.8.8.8"), b"", b"\x01\x02", raw("10.244.2.0"), raw("10.244.2.1")]
-    agents = [raw("10.0.0.1"), raw("10.0.0.2"), raw("fd00::1"), raw("1.2.3.4"), raw("10.0.0.3"), b""]
+        raw("8.8.8.8"), b"", b"\x01\x02", raw("10.244.2.0"), raw("10.244.2.1"),
+        # no address is 17 or 200 bytes: nobody's (and never copied into a 16-byte cache slot)
+        raw("fd00:172:30::1") + b"\0", raw("10.244.0.10") * 50]
+    agents = [raw("10.0.0.1"), raw("10.0.0.2"), raw("fd00::1"), raw("1.2.3.4"), raw("10.0.0.3"), b"",
+              raw("10.0.0.1") * 50, raw("fd00::1") + raw("10.0.0.1")]
     times = [0, -5, T0 - 200_000, T0 - 50_000, T0, T0 + 700, T0 + 1_000, T0 + 20_000, T0 + 30_000, T0 + 35_000,
              T0 + 40_000, T0 + 45_000, 2**62, 2**62 + 5]
     rnd = random.Random(7)

@@ -1,0 +1,234 @@
+# The enrichment cache as both compiled modules see it: a struct plus inline functions, compiled
+# into each module that cimports it (no module of its own, nothing imported at run time).
+#
+# Why: the decoders' encoder asks for two addresses per flow. Through a function of enrich._fast
+# (a capsule call per flow) the call itself, its eleven arguments and the per-flow agent and
+# counting bookkeeping cost more than the lookup (callgrind, sixteenth session: ~460
+# instructions per flow, where a cache hit needs ~25 per address). Here the hit path is inlined
+# into the caller; only a miss (an index lookup, Python objects) calls into the reader that owns
+# the cache. The functions are C so that they can be forced inline (GCC kept a Cython `inline`
+# version out of line: ~20 instructions of calling convention per address).
+#
+# enrich._fast.Reader owns an EnrichView and fills it; its capsule (FS_VIEW_CAPSULE) hands the
+# encoder a pointer to it. Both modules are built from this one file by the same setup.py, so
+# the layout cannot differ between them; the capsule's name carries a version all the same.
+
+from cpython.object cimport PyObject
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    #define FS_VIEW_CAPSULE "flowscope.enrich.view.v5"
+    #define FS_VIEW_SLOTS 16384   /* per-address answers: 8192 sets of 2 ways */
+    #define FS_VIEW_SETS (FS_VIEW_SLOTS / 2)
+    #if defined(__GNUC__) || defined(__clang__)
+    #define FS_ALWAYS_INLINE static inline __attribute__((always_inline))
+    #else
+    #define FS_ALWAYS_INLINE static inline
+    #endif
+
+    /* One cache line per slot (64 bytes; the reader allocates the array 64-aligned): a lookup
+       touches one line per way. The address's index entry (the strong reference that keeps the
+       borrowed pointers alive) lives in the reader, in an array parallel to the slots. */
+    typedef struct EnrichSlot {
+        unsigned char addr[16];
+        long long lo, hi;        /* the slot answers for flow starts in [lo, hi) */
+        PyObject* src_frag;      /* the holder's source part; NULL: nobody holds the address */
+        PyObject* dst_frag;
+        PyObject* node;          /* interned node name, NULL: none */
+        unsigned int gen;        /* low 32 bits of the view's generation when filled */
+        signed char alen;        /* 0: empty */
+        unsigned char infra;
+    } EnrichSlot;
+
+    /* The reader's slow paths (called with the GIL held). miss: refill a way of the set at
+       `base` (never `avoid`) for addr at flow start t, counting the lookup; NULL on an error
+       (memory). agent: the interned node name of an exporter address, borrowed, NULL when
+       unknown; *failed set on an error. */
+    typedef EnrichSlot* (*view_miss_fn)(void* reader, EnrichSlot* base, unsigned long long h,
+                                        const unsigned char* addr, int alen, long long t, EnrichSlot* avoid);
+    typedef PyObject* (*view_agent_fn)(void* reader, const unsigned char* agent, int aglen, int* failed);
+
+    enum { FS_UNIDENTIFIED, FS_IDENTIFIED, FS_HITS, FS_MISSES };  /* counts[] */
+
+    typedef struct EnrichView {
+        EnrichSlot* cache;
+        unsigned long long generation;  /* moved by the index on every change readers can see */
+        long long counts[4];    /* flows without an identity on either side, with one; addresses
+                                   answered from the cache, from the index */
+        PyObject* tails[3][4];  /* tails[layer][direction + 1], borrowed from the reader's tuple */
+        void* reader;
+        view_miss_fn miss;
+        view_agent_fn agent;
+    } EnrichView;
+
+    /* Multiplicative hashing of the address (4 or 16 bytes: the only lengths cached) read
+       big-endian (its varying last bytes become the low bits, which the multiply spreads
+       upwards), high half folded down for the set index: a few instructions, where a byte-wise
+       FNV cost four (IPv4) or sixteen (IPv6) multiply rounds.
+       (tests/test_enrich_index.py replicates it to find addresses sharing a set.) */
+    FS_ALWAYS_INLINE unsigned long long fs_view_hash(const unsigned char* addr, int alen) {
+        uint64_t h;
+        if (alen == 4) {
+            uint32_t a4;
+            memcpy(&a4, addr, 4);
+            h = (uint64_t)__builtin_bswap32(a4) * 0x9E3779B97F4A7C15ULL;
+        } else {
+            uint64_t a0, a1;
+            memcpy(&a0, addr, 8);
+            memcpy(&a1, addr + 8, 8);
+            h = (__builtin_bswap64(a0) * 0xC2B2AE3D27D4EB4FULL + __builtin_bswap64(a1)) * 0x9E3779B97F4A7C15ULL;
+        }
+        return h ^ (h >> 32);
+    }
+
+    FS_ALWAYS_INLINE EnrichSlot* fs_view_set(EnrichView* v, unsigned long long h) {
+        return v->cache + (h & (FS_VIEW_SETS - 1)) * 2;
+    }
+
+    /* Start loading the set fs_view_resolve() will read for addr (two lines), so that a batch's
+       loads overlap instead of stalling one by one (perf showed the first load waiting). */
+    FS_ALWAYS_INLINE void fs_view_prefetch(EnrichView* v, const unsigned char* addr, int alen) {
+        EnrichSlot* s = fs_view_set(v, fs_view_hash(addr, alen));
+        __builtin_prefetch(s);
+        __builtin_prefetch(s + 1);
+    }
+
+    FS_ALWAYS_INLINE int fs_view_addr_eq(const unsigned char* x, const unsigned char* y, int n) {
+        if (n == 4) {
+            uint32_t c, d;
+            memcpy(&c, x, 4);
+            memcpy(&d, y, 4);
+            return c == d;
+        }
+        uint64_t a0, a1, b0, b1;
+        memcpy(&a0, x, 8); memcpy(&a1, x + 8, 8);
+        memcpy(&b0, y, 8); memcpy(&b1, y + 8, 8);
+        return ((a0 ^ b0) | (a1 ^ b1)) == 0;
+    }
+
+    FS_ALWAYS_INLINE int fs_view_hit(const EnrichSlot* s, unsigned int gen, const unsigned char* addr, int alen,
+                                     long long t) {
+        return s->gen == gen && s->alen == alen && s->lo <= t && t < s->hi && fs_view_addr_eq(s->addr, addr, alen);
+    }
+
+    /* The slot describing the holder of addr (4 or 16 bytes) at flow start t (src_frag NULL:
+       nobody holds it); NULL on an error. A hit is a hash and a few compares; a miss calls the
+       reader. Two-way set associative: a few thousand busy addresses in a direct-mapped table
+       share slots often enough (17% of 3,000 in 16,384 slots) to keep evicting each other. */
+    FS_ALWAYS_INLINE EnrichSlot* fs_view_resolve(EnrichView* v, const unsigned char* addr, int alen, long long t,
+                                                 EnrichSlot* avoid) {
+        unsigned long long h = fs_view_hash(addr, alen);
+        EnrichSlot* s = fs_view_set(v, h);
+        unsigned int gen = (unsigned int)v->generation;
+        if (!fs_view_hit(s, gen, addr, alen, t)) {
+            if (!fs_view_hit(s + 1, gen, addr, alen, t))
+                return v->miss(v->reader, s, h, addr, alen, t, avoid);
+            s++;
+        }
+        v->counts[FS_HITS]++;
+        return s;
+    }
+
+    /* The output rule of enrich.index.Index.enrich over resolved slots (s or d NULL: no
+       address): the source part, the destination part (each NULL when unknown) and the tail.
+       Node names are interned by the index: the same node is the same object (pointer
+       compares). agent_node: the exporter's node (view.agent), NULL when unknown. */
+    static inline void fs_view_combine(EnrichView* v, const EnrichSlot* s, const EnrichSlot* d,
+                                       PyObject* agent_node, int direction,
+                                       PyObject** a, PyObject** b, PyObject** tail) {
+        PyObject* sn = NULL;
+        PyObject* dn = NULL;
+        int layer = 1, fd;
+        int sh = s != NULL && s->src_frag != NULL;
+        int dh = d != NULL && d->src_frag != NULL;
+        if (direction < -1 || direction > 2) direction = -1;
+        *a = NULL;
+        *b = NULL;
+        if (!sh && !dh) {
+            v->counts[FS_UNIDENTIFIED]++;
+            *tail = v->tails[0][direction + 1];
+            return;
+        }
+        v->counts[FS_IDENTIFIED]++;
+        if (sh) {
+            *a = s->src_frag;
+            sn = s->node;
+            if (s->infra) layer = 2;
+        }
+        if (dh) {
+            *b = d->dst_frag;
+            dn = d->node;
+            if (d->infra) layer = 2;
+        }
+        /* NetObserv's reinterpretDirection: same node -> inner; otherwise egress when the
+           exporter is the source's node, ingress when it is the destination's. */
+        if (sn != NULL && sn == dn) fd = 2;
+        else if (agent_node == NULL) fd = direction;
+        else if (agent_node == sn) fd = 1;
+        else if (agent_node == dn) fd = 0;
+        else fd = direction;
+        *tail = v->tails[layer][fd + 1];
+    }
+
+    /* enrich.index.Index.enrich for two addresses of alen (4 or 16) bytes, as three borrowed
+       byte strings to concatenate (a and b may be NULL). 0, or -1 on an error (the reader's
+       enrich() raises it). A miss on the destination never refills the source's slot (its
+       answer is borrowed). */
+    FS_ALWAYS_INLINE int fs_view_parts(EnrichView* v, const unsigned char* src, const unsigned char* dst, int alen,
+                                       PyObject* agent_node, long long t, int direction,
+                                       PyObject** a, PyObject** b, PyObject** tail) {
+        EnrichSlot* s = fs_view_resolve(v, src, alen, t, NULL);
+        EnrichSlot* d;
+        if (s == NULL) return -1;
+        d = fs_view_resolve(v, dst, alen, t, s);
+        if (d == NULL) return -1;
+        fs_view_combine(v, s, d, agent_node, direction, a, b, tail);
+        return 0;
+    }
+    """
+    const char* VIEW_CAPSULE "FS_VIEW_CAPSULE"
+    enum:
+        VIEW_SLOTS "FS_VIEW_SLOTS"
+        VIEW_UNIDENTIFIED "FS_UNIDENTIFIED"
+        VIEW_IDENTIFIED "FS_IDENTIFIED"
+        VIEW_HITS "FS_HITS"
+        VIEW_MISSES "FS_MISSES"
+
+    ctypedef struct EnrichSlot:
+        unsigned char addr[16]
+        long long lo
+        long long hi
+        PyObject* src_frag
+        PyObject* dst_frag
+        PyObject* node
+        unsigned int gen
+        signed char alen
+        unsigned char infra
+
+    ctypedef EnrichSlot* (*view_miss_fn)(void* reader, EnrichSlot* base, unsigned long long h,
+                                         const unsigned char* addr, int alen, long long t,
+                                         EnrichSlot* avoid) noexcept
+    ctypedef PyObject* (*view_agent_fn)(void* reader, const unsigned char* agent, int aglen,
+                                        int* failed) noexcept
+
+    ctypedef struct EnrichView:
+        EnrichSlot* cache
+        unsigned long long generation
+        long long counts[4]
+        PyObject* tails[3][4]
+        void* reader
+        view_miss_fn miss
+        view_agent_fn agent
+
+    bint view_addr_eq "fs_view_addr_eq"(const unsigned char* x, const unsigned char* y, int n) noexcept nogil
+    void view_prefetch "fs_view_prefetch"(EnrichView* v, const unsigned char* addr, int alen) noexcept nogil
+    EnrichSlot* view_resolve "fs_view_resolve"(EnrichView* v, const unsigned char* addr, int alen, long long t,
+                                               EnrichSlot* avoid) noexcept
+    void view_combine "fs_view_combine"(EnrichView* v, const EnrichSlot* s, const EnrichSlot* d,
+                                        PyObject* agent_node, int direction,
+                                        PyObject** a, PyObject** b, PyObject** tail) noexcept
+    int view_parts "fs_view_parts"(EnrichView* v, const unsigned char* src, const unsigned char* dst, int alen,
+                                   PyObject* agent_node, long long t, int direction,
+                                   PyObject** a, PyObject** b, PyObject** tail) noexcept
