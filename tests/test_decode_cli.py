@@ -244,6 +244,63 @@ def test_encoder_c_path_equals_python_enricher_and_follows_index_changes() -> No
     assert fast2 == slow2 and fast2[0] != fast[0]
 
 
+def test_encoder_c_path_follows_the_exporters_node_between_batches() -> None:
+    """FlowDirection depends on the exporter's node (egress at the source's node, ingress at the
+    destination's). The encoder looks that node up once per batch: when the index moves (the
+    exporter's address given to another node) the next batch must see it, through the C view
+    as through the Python contract."""
+    import enrich
+    from decoders import Decoder, RecordBatchWriter
+
+    pods = [pod(f"a{i}", "ns1", ips=[f"10.128.0.{i}"], node="node-a", host_ip="10.0.0.1") for i in range(2, 6)]
+    pods += [pod(f"b{i}", "ns1", ips=[f"10.128.1.{i}"], node="node-b", host_ip="10.0.0.2") for i in range(2, 6)]
+    e = enrich.Enricher.from_objects(pods=pods, nodes=[node("node-a", internal=["10.0.0.1"]),
+                                                       node("node-b", internal=["10.0.0.2"])])
+    if not hasattr(e, "c_api"):
+        import pytest
+
+        pytest.skip("enrich._fast not built: the C path does not exist in this build")
+
+    class PythonOnly:
+        def enrich(self, *a: Any) -> bytes:
+            return e.enrich(*a)
+
+    class COnly:
+        c_api = e.c_api
+
+        def enrich(self, *a: Any) -> bytes:
+            raise AssertionError("the encoder did not take the C path")
+
+    rng = random.Random(9)
+    t0 = 1_780_000_000
+    recs = ovs_flows(10, rng)
+    for k, r in enumerate(recs):
+        r["src"], r["dst"] = f"10.128.0.{2 + k % 4}", f"10.128.1.{2 + k % 4}"
+        r["direction"] = 7   # not a flowDirection (RFC 5102: 0 or 1): unknown
+    dec = Decoder()
+    exporter = "10.0.0.9"
+    dec.decode(ipfix_message([template_set([OVS_INGRESS])], seq=0, export_time=t0), exporter)
+    msg = ipfix_message([data_set(OVS_INGRESS, recs)], seq=0, export_time=t0)
+    w = RecordBatchWriter(1 << 20)   # one writer across the batches, as a sink's open batch
+
+    def directions() -> set[int | None]:
+        b = dec.decode(msg, exporter, 0, t0)
+        w.append(b, COnly())
+        fast, slow = b.to_json(COnly()), b.to_json(PythonOnly())
+        assert fast == slow
+        return {orjson.loads(x).get("FlowDirection") for x in fast}
+
+    # the exporter is nobody's node and the records give no direction: none
+    assert directions() == {None}
+    idx = e.index
+    idx.upsert("nodes", idx.parse("nodes", node("node-a", internal=["10.0.0.1", exporter])))
+    assert directions() == {1}   # the source's node exported them: egress
+    idx.upsert("nodes", idx.parse("nodes", node("node-a", internal=["10.0.0.1"])))
+    idx.upsert("nodes", idx.parse("nodes", node("node-b", internal=["10.0.0.2", exporter])))
+    assert directions() == {0}   # the destination's node: ingress
+    assert w.records == 30
+
+
 def test_datagrams_cut_by_the_capture_snaplen_are_skipped_and_counted(tmp_path: Path) -> None:
     """A capture taken with a small snaplen keeps only the start of each datagram: the reader
     skips such a datagram (counted as truncated_capture) instead of passing the cut bytes off
