@@ -445,7 +445,7 @@ cdef int _enrich_into(Buf* o, FlowBatch bt, Flow* f, object enricher, int64_t t)
         if frag:
             buf_lit(o, frag)
         return 0
-    if enrich_c(enricher) and f.af:
+    if enrich_c(enricher) and addr_len(f.af):
         if _ev.generation != _ag_gen:   # the index moved (between batches, or a miss let a writer in)
             enrich_agent_node()
         if _ag_ok and view_parts(_ev, f.src, f.dst, addr_len(f.af), _ag_node, t, f.direction, &a, &b, &tail) == 0:
