@@ -415,36 +415,33 @@ cdef inline int enrich_into(Buf* o, FlowBatch bt, Flow* f, object enricher, int6
     return _enrich_into(o, bt, f, enricher, t)
 
 
+cdef int enrich_py(Buf* o, object enricher, bytes src, bytes dst, Flow* f, int64_t t) except -1:
+    """The Python contract (docs/INTERNALS.md): one enrich() call, its fragment appended."""
+    cdef bytes frag = enricher.enrich(src, dst, (<bytes>_ag[:_aglen]), t, f.direction)
+    if frag:
+        buf_lit(o, frag)
+    return 0
+
+
 cdef int _enrich_into(Buf* o, FlowBatch bt, Flow* f, object enricher, int64_t t) except -1:
     cdef PyObject* a
     cdef PyObject* b
     cdef PyObject* tail
     cdef Py_ssize_t la = 0, lb = 0, lt
     cdef char* p
-    cdef bytes frag
     cdef int ms, md
     if f.af == 6:
         # IPv4-mapped addresses (::ffff:a.b.c.d) are their IPv4 addresses to the index (as
         # NetObserv reads them); the published text stays as exported
         ms, md = v4mapped(f.src), v4mapped(f.dst)
         if ms or md:
-            frag = enricher.enrich(
-                b"" if f.noaddr & NOADDR_SRC else (<bytes>f.src[ms:16]),
-                b"" if f.noaddr & NOADDR_DST else (<bytes>f.dst[md:16]),
-                (<bytes>_ag[:_aglen]), t, f.direction)
-            if frag:
-                buf_lit(o, frag)
-            return 0
+            return enrich_py(o, enricher, b"" if f.noaddr & NOADDR_SRC else (<bytes>f.src[ms:16]),
+                             b"" if f.noaddr & NOADDR_DST else (<bytes>f.dst[md:16]), f, t)
     if f.noaddr & (NOADDR_SRC | NOADDR_DST):
         # One address absent: it is b"" to the enricher (the contract's "absent"), never
         # looked up as 0.0.0.0 or ::. Rare (a template with one address), so the Python call.
-        frag = enricher.enrich(
-            b"" if f.noaddr & NOADDR_SRC else (<bytes>f.src[:addr_len(f.af)]),
-            b"" if f.noaddr & NOADDR_DST else (<bytes>f.dst[:addr_len(f.af)]),
-            (<bytes>_ag[:_aglen]), t, f.direction)
-        if frag:
-            buf_lit(o, frag)
-        return 0
+        return enrich_py(o, enricher, b"" if f.noaddr & NOADDR_SRC else (<bytes>f.src[:addr_len(f.af)]),
+                         b"" if f.noaddr & NOADDR_DST else (<bytes>f.dst[:addr_len(f.af)]), f, t)
     if enrich_c(enricher) and addr_len(f.af):
         if _ev.generation != _ag_gen:   # the index moved (between batches, or a miss let a writer in)
             enrich_agent_node()
@@ -464,12 +461,7 @@ cdef int _enrich_into(Buf* o, FlowBatch bt, Flow* f, object enricher, int64_t t)
             o.n += la + lb + lt
             return 0
     # the Python contract (an error in the C view is raised by the reader's enrich())
-    frag = enricher.enrich(
-        (<bytes>f.src[:addr_len(f.af)]), (<bytes>f.dst[:addr_len(f.af)]),
-        (<bytes>_ag[:_aglen]), t, f.direction)
-    if frag:
-        buf_lit(o, frag)
-    return 0
+    return enrich_py(o, enricher, (<bytes>f.src[:addr_len(f.af)]), (<bytes>f.dst[:addr_len(f.af)]), f, t)
 
 
 cdef inline int64_t lookup_ms(FlowBatch bt, Flow* f) noexcept:

@@ -276,12 +276,17 @@ def settled_metrics(url: str, records: int, timeout: float = 5.0) -> str:
     it, and the page is a snapshot taken every --stats-interval (the last one, after timeout)."""
     from collector.metrics import parse_exposition, total
 
-    end = time.monotonic() + timeout
-    while True:
-        text = http_get(url)[1]
-        if total(parse_exposition(text), "flowscope_flows_delivered_total") >= records or time.monotonic() > end:
-            return text
-        time.sleep(0.1)
+    page = [""]
+
+    def caught_up() -> bool:
+        page[0] = http_get(url)[1]
+        return total(parse_exposition(page[0]), "flowscope_flows_delivered_total") >= records
+
+    try:
+        wait_until(caught_up, timeout, "flowscope_flows_delivered_total to catch up")
+    except TimeoutError:
+        pass  # the last page: the caller's checks say what it lacks
+    return page[0]
 
 
 def http_get(url: str) -> tuple[int, str]:
