@@ -158,6 +158,14 @@ def kubeconfig_contexts(files: str) -> list[str] | None:
     return names
 
 
+_DIRECTIONS = (b',"FlowDirection":0', b',"FlowDirection":1', b',"FlowDirection":2')
+
+
+def _direction_only(src: bytes, dst: bytes, agent: bytes, t_ms: int, direction: int) -> bytes:
+    """The enrich() of a disabled Enricher: the exporter's direction, nothing of Kubernetes."""
+    return _DIRECTIONS[direction] if 0 <= direction <= 2 else b""
+
+
 class Enricher:
     """The index plus the four informers that keep it current."""
 
@@ -175,10 +183,14 @@ class Enricher:
         # The hot path, bound straight to the index's fastest reader (compiled when built,
         # compiled=False forces the pure-Python reference) so a call is one C or Python frame.
         self.enrich: Callable[[bytes, bytes, bytes, int, int], bytes] = self.index.enrich_fn
-        # With the compiled reader, the decoders' encoder calls it in C (see enrich/_fast.pyx).
-        reader = self.index._reader
-        if reader is not None:
-            self.c_api = reader.c_api
+        if not self.config.enabled:
+            # Disabled: no Kubernetes field at all (not even K8S_FlowLayer), the direction as given.
+            self.enrich = _direction_only
+        else:
+            # With the compiled reader, the decoders' encoder calls it in C (see enrich/_fast.pyx).
+            reader = self.index._reader
+            if reader is not None:
+                self.c_api = reader.c_api
         self._api_client = api_client
         self._listers = listers
         self._informers: dict[str, Informer] = {}

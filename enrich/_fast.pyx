@@ -111,10 +111,10 @@ cdef class Reader:
         self.ips = {}
         self.agents = {}
         self.tails = tails
-        if len(tails) != 3 or any(len(t) != 4 for t in tails):
-            raise ValueError("tails must be 3 layers x 4 directions")
+        if len(tails) != 2 or any(len(t) != 4 for t in tails):
+            raise ValueError("tails must be 2 layers x 4 directions")
         memset(&self.view, 0, sizeof(EnrichView))
-        for i in range(3):
+        for i in range(2):
             for j in range(4):
                 self.view.tails[i][j] = <PyObject*>(<tuple>tails[i])[j]
         self.view.cache = <EnrichSlot*>aligned_alloc(64, VIEW_SLOTS * sizeof(EnrichSlot))
@@ -137,7 +137,7 @@ cdef class Reader:
         free(self.view.cache)
 
     def c_api(self):
-        """A capsule (VIEW_CAPSULE, "flowscope.enrich.view.v5") pointing at the reader's
+        """A capsule (VIEW_CAPSULE, "flowscope.enrich.view.v6") pointing at the reader's
         EnrichView for the decoders' encoder; keeps nothing alive by itself: the caller holds
         the reader (or its Enricher) while it uses the capsule."""
         return PyCapsule_New(&self.view, VIEW_CAPSULE, NULL)

@@ -465,10 +465,10 @@ class Index:
 
     @staticmethod
     def _build_tails(cluster_name: str) -> tuple[tuple[bytes, ...], ...]:
-        """tails[layer][direction + 1]: the constant end of every output (0 none, 1 app, 2 infra)."""
+        """tails[layer][direction + 1]: the constant end of every output (layer 0 app, 1 infra)."""
         cluster = b',"K8S_ClusterName":' + orjson.dumps(cluster_name) if cluster_name else b""
         dirs = (b"", b',"FlowDirection":0', b',"FlowDirection":1', b',"FlowDirection":2')
-        layers = (b"", b',"K8S_FlowLayer":"app"', b',"K8S_FlowLayer":"infra"')
+        layers = (b',"K8S_FlowLayer":"app"', b',"K8S_FlowLayer":"infra"')
         return tuple(tuple(cluster + lay + d for d in dirs) for lay in layers)
 
     def enrich(self, src: bytes, dst: bytes, agent: bytes, t_ms: int, direction: int) -> bytes:
@@ -487,18 +487,18 @@ class Index:
             direction = -1
         if s is None:
             if d is None:
-                return self._tails[0][direction + 1]
+                return self._tails[0][direction + 1]  # app: no side is infrastructure
             sn = None
             dn = d[2]
-            layer = 2 if d[3] else 1
+            layer = 1 if d[3] else 0
         else:
             sn = s[2]
             if d is None:
                 dn = None
-                layer = 2 if s[3] else 1
+                layer = 1 if s[3] else 0
             else:
                 dn = d[2]
-                layer = 2 if (s[3] or d[3]) else 1
+                layer = 1 if (s[3] or d[3]) else 0
         # NetObserv's reinterpretDirection: same node -> inner; otherwise egress when the
         # exporter is the source's node, ingress when it is the destination's.
         if sn is not None and sn == dn:

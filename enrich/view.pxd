@@ -19,7 +19,7 @@ cdef extern from *:
     """
     #include <stdint.h>
     #include <string.h>
-    #define FS_VIEW_CAPSULE "flowscope.enrich.view.v5"
+    #define FS_VIEW_CAPSULE "flowscope.enrich.view.v6"
     #define FS_VIEW_SLOTS 16384   /* per-address answers: 8192 sets of 2 ways */
     #define FS_VIEW_SETS (FS_VIEW_SLOTS / 2)
     #if defined(__GNUC__) || defined(__clang__)
@@ -57,7 +57,7 @@ cdef extern from *:
         unsigned long long generation;  /* moved by the index on every change readers can see */
         long long counts[4];    /* flows without an identity on either side, with one; addresses
                                    answered from the cache, from the index */
-        PyObject* tails[3][4];  /* tails[layer][direction + 1], borrowed from the reader's tuple */
+        PyObject* tails[2][4];  /* tails[layer][direction + 1] (layer 0 app, 1 infra), borrowed from the reader's tuple */
         void* reader;
         view_miss_fn miss;
         view_agent_fn agent;
@@ -140,7 +140,7 @@ cdef extern from *:
                                        PyObject** a, PyObject** b, PyObject** tail) {
         PyObject* sn = NULL;
         PyObject* dn = NULL;
-        int layer = 1, fd;
+        int layer = 0, fd;
         int sh = s != NULL && s->src_frag != NULL;
         int dh = d != NULL && d->src_frag != NULL;
         if (direction < -1 || direction > 2) direction = -1;
@@ -148,19 +148,19 @@ cdef extern from *:
         *b = NULL;
         if (!sh && !dh) {
             v->counts[FS_UNIDENTIFIED]++;
-            *tail = v->tails[0][direction + 1];
+            *tail = v->tails[0][direction + 1];  /* app: no side is infrastructure */
             return;
         }
         v->counts[FS_IDENTIFIED]++;
         if (sh) {
             *a = s->src_frag;
             sn = s->node;
-            if (s->infra) layer = 2;
+            if (s->infra) layer = 1;
         }
         if (dh) {
             *b = d->dst_frag;
             dn = d->node;
-            if (d->infra) layer = 2;
+            if (d->infra) layer = 1;
         }
         /* NetObserv's reinterpretDirection: same node -> inner; otherwise egress when the
            exporter is the source's node, ingress when it is the destination's. */
@@ -217,7 +217,7 @@ cdef extern from *:
         EnrichSlot* cache
         unsigned long long generation
         long long counts[4]
-        PyObject* tails[3][4]
+        PyObject* tails[2][4]
         void* reader
         view_miss_fn miss
         view_agent_fn agent

@@ -21,6 +21,8 @@ from enrich.index import ZONE_LABEL, management_port_ips
 from tests.support.fake_kube import node, pod, replicaset, service
 
 T0 = 1_700_000_000_000  # ms; objects below are created around here
+# What an address of nobody gives: no identity, and the layer "app" (no side is infrastructure).
+NOBODY = {"K8S_FlowLayer": "app"}
 
 
 def _compiled_built() -> bool:
@@ -245,8 +247,8 @@ def test_node_addresses_and_management_port() -> None:
         assert (got["SrcK8S_Name"], got["SrcK8S_Type"], got["SrcK8S_HostIP"]) == ("node-a", "Node", "10.0.0.1"), addr
         assert "SrcK8S_Namespace" not in got
     assert flow(e, "10.244.1.2", "")["SrcK8S_Name"] == "node-b"
-    assert flow(e, "10.244.1.3", "") == {}
-    assert flow(e, "10.244.0.1", "") == {}
+    assert flow(e, "10.244.1.3", "") == NOBODY
+    assert flow(e, "10.244.0.1", "") == NOBODY
 
 
 def test_management_port_annotation_shapes() -> None:
@@ -340,7 +342,7 @@ def test_ip_reuse_is_resolved_by_flow_start_time() -> None:
 
     assert flow(e, "10.244.0.30", "", t_ms=T0 + 5_000)["SrcK8S_Name"] == "old"      # before deletion
     assert flow(e, "", "10.244.0.30", t_ms=T0 + 9_999)["DstK8S_Name"] == "old"
-    assert flow(e, "10.244.0.30", "", t_ms=T0 + 15_000) == {}                         # nobody held it
+    assert flow(e, "10.244.0.30", "", t_ms=T0 + 15_000) == NOBODY                         # nobody held it
     assert flow(e, "10.244.0.30", "", t_ms=T0 + 20_000)["SrcK8S_Name"] == "new"     # after reuse
     assert flow(e, "10.244.0.30", "", t_ms=T0 + 99_000)["SrcK8S_Namespace"] == "other"
     assert flow(e, "10.244.0.30", "", t_ms=0)["SrcK8S_Name"] == "new"               # unknown start: current
@@ -365,7 +367,7 @@ def test_ip_reuse_while_old_pod_object_lingers_finished() -> None:
     e.index.upsert("pods", e.index.parse("pods", pod("web", "shop", ips=["10.244.0.31"], uid="u-web",
                                                       created=iso(T0 + 5_000))))
     assert flow(e, "10.244.0.31", "", t_ms=T0 - 1_000)["SrcK8S_Name"] == "job-x"
-    assert flow(e, "10.244.0.31", "", t_ms=T0 + 1_000) == {}  # finished at T0 (first seen so)
+    assert flow(e, "10.244.0.31", "", t_ms=T0 + 1_000) == NOBODY  # finished at T0 (first seen so)
     assert flow(e, "10.244.0.31", "", t_ms=T0 + 6_000)["SrcK8S_Name"] == "web"
 
 
@@ -470,7 +472,7 @@ def test_recreated_sandbox_with_the_same_address_keeps_the_pods_earlier_flows() 
     idx.upsert("pods", idx.parse("pods", web(T0, ["10.244.0.9"])))      # sandbox recreated at T0
     assert flow(e, "10.244.0.9", "", t_ms=T0 - 100_000)["SrcK8S_Name"] == "web-0"
     assert flow(e, "10.244.0.9", "", t_ms=T0 - 950_000)["SrcK8S_Name"] == "job-x"
-    assert flow(e, "10.244.0.9", "", t_ms=T0 - 850_000) == {}
+    assert flow(e, "10.244.0.9", "", t_ms=T0 - 850_000) == NOBODY
     # an address it did not have is its own from the new network-ready time on
     clock.ms = T0 + 70_000
     idx.upsert("pods", idx.parse("pods", web(T0 + 60_000, ["10.244.0.9", "fd00:10:244::9"])))
@@ -501,7 +503,7 @@ def test_short_job_seen_pending_then_finished_keeps_its_flows() -> None:
     idx.upsert("pods", idx.parse("pods", done))
     assert flow(e, "10.244.0.33", "", t_ms=T0 + 5_000)["SrcK8S_Name"] == "old"
     assert flow(e, "10.244.0.33", "", t_ms=T0 + 62_000)["SrcK8S_Name"] == "job-1"
-    assert flow(e, "10.244.0.33", "", t_ms=T0 + 64_000) == {}
+    assert flow(e, "10.244.0.33", "", t_ms=T0 + 64_000) == NOBODY
 
 
 def test_recreated_sandbox_takes_an_older_pods_address() -> None:
@@ -535,7 +537,7 @@ def test_finished_pod_listed_later_held_its_address_until_it_finished() -> None:
     web = pod("web", "shop", ips=["10.244.0.32"], uid="u-web2", created=iso(T0 - 20_000))
     e = build([done, web], clock=clock)
     assert flow(e, "10.244.0.32", "", t_ms=T0 - 35_000)["SrcK8S_Name"] == "job-y"
-    assert flow(e, "10.244.0.32", "", t_ms=T0 - 25_000) == {}
+    assert flow(e, "10.244.0.32", "", t_ms=T0 - 25_000) == NOBODY
     assert flow(e, "10.244.0.32", "", t_ms=T0 - 10_000)["SrcK8S_Name"] == "web"
 
 
@@ -588,7 +590,7 @@ def test_finished_pod_held_its_address_until_its_sidecar_finished(field: str) ->
     e = build([job], clock=clock)
     assert flow(e, "10.244.0.60", "", t_ms=T0 - 10_000)["SrcK8S_Name"] == "job-1"
     assert flow(e, "10.244.0.60", "", t_ms=T0 + 3_000)["SrcK8S_Name"] == "job-1"
-    assert flow(e, "10.244.0.60", "", t_ms=T0 + 7_000) == {}
+    assert flow(e, "10.244.0.60", "", t_ms=T0 + 7_000) == NOBODY
 
 
 def test_ended_pod_does_not_hide_the_node_holding_its_address() -> None:
@@ -636,10 +638,10 @@ def test_running_pod_whose_ip_changes_keeps_both_by_time() -> None:
     assert flow(e, "10.244.0.51", "", t_ms=T0 + 5_000)["SrcK8S_Name"] == "x"    # x holds it now
     assert flow(e, "10.244.0.51", "", t_ms=0)["SrcK8S_Name"] == "x"             # no start: the live one
     assert flow(e, "10.244.0.50", "", t_ms=T0 - 60_000)["SrcK8S_Name"] == "x"   # x's old address, before
-    assert flow(e, "10.244.0.50", "", t_ms=T0 + 5_000) == {}                    # nobody's after the change
+    assert flow(e, "10.244.0.50", "", t_ms=T0 + 5_000) == NOBODY                    # nobody's after the change
     clock.ms = T0 + 300_001
     assert idx.sweep() == 2  # a's tombstone and x's old address
-    assert flow(e, "10.244.0.50", "", t_ms=T0 - 60_000) == {}
+    assert flow(e, "10.244.0.50", "", t_ms=T0 - 60_000) == NOBODY
     assert flow(e, "10.244.0.51", "", t_ms=T0 - 60_000)["SrcK8S_Name"] == "x"  # the oldest answers earlier flows
 
 
@@ -658,8 +660,8 @@ def test_two_address_changes_in_one_millisecond_both_expire() -> None:
     assert flow(e, "10.244.0.50", "", t_ms=T0 - 60_000)["SrcK8S_Name"] == "x"
     clock.ms = T0 + 300_001
     assert idx.sweep() == 2
-    assert flow(e, "10.244.0.50", "", t_ms=T0 - 60_000) == {}
-    assert flow(e, "10.244.0.51", "", t_ms=T0 - 60_000) == {}
+    assert flow(e, "10.244.0.50", "", t_ms=T0 - 60_000) == NOBODY
+    assert flow(e, "10.244.0.51", "", t_ms=T0 - 60_000) == NOBODY
     assert flow(e, "10.244.0.52", "", t_ms=T0 - 60_000)["SrcK8S_Name"] == "x"
     assert idx.counts()["pod_ips"] == 1 and idx.counts()["tombstones"] == 0
 
@@ -681,10 +683,10 @@ def test_tombstones_expire_in_end_order_whatever_the_order_they_came_in() -> Non
     assert idx.counts()["tombstones"] == 2
     clock.ms = T0 + 100_001
     assert idx.sweep() == 1  # the job's hold ended at T0 - 200 s
-    assert flow(e, "10.244.0.61", "", t_ms=T0 - 300_000) == {}
+    assert flow(e, "10.244.0.61", "", t_ms=T0 - 300_000) == NOBODY
     clock.ms = T0 + 300_001
     assert idx.sweep() == 1
-    assert flow(e, "10.244.0.62", "", t_ms=T0 - 1_000) == {}
+    assert flow(e, "10.244.0.62", "", t_ms=T0 - 1_000) == NOBODY
     assert flow(e, "10.244.0.63", "", t_ms=T0 + 300_000)["SrcK8S_Name"] == "back"
     assert idx.counts()["tombstones"] == 0
 
@@ -795,14 +797,14 @@ def test_finished_pod_whose_address_leaves_its_status_later_keeps_its_flows() ->
         else:
             idx.upsert("pods", idx.parse("pods", gone))
         assert flow(e, "10.244.0.40", "", t_ms=T0 - 1_000)["SrcK8S_Name"] == "job-1", how
-        assert flow(e, "10.244.0.40", "", t_ms=T0 + 6_000) == {}, how  # its containers finished at T0 + 4 s
+        assert flow(e, "10.244.0.40", "", t_ms=T0 + 6_000) == NOBODY, how  # its containers finished at T0 + 4 s
         clock.ms = T0 + 20_000
         idx.delete("pods", idx.parse("pods", gone))
         assert flow(e, "10.244.0.40", "", t_ms=T0 - 1_000)["SrcK8S_Name"] == "job-1", how
         assert idx.counts()["tombstones"] == 1, how
         clock.ms = T0 + 4_000 + 300_001
         assert idx.sweep() == 1, how
-        assert flow(e, "10.244.0.40", "", t_ms=T0 - 1_000) == {}, how
+        assert flow(e, "10.244.0.40", "", t_ms=T0 - 1_000) == NOBODY, how
         assert idx.counts()["pod_ips"] == 0 and not idx._holders, how
 
 
@@ -815,7 +817,7 @@ def test_pod_recreated_with_same_name_new_uid() -> None:
                                                        created=iso(T0 + 1_000)))])
     assert flow(e, "10.244.0.41", "")["SrcK8S_Name"] == "db-0"
     assert flow(e, "10.244.0.40", "", t_ms=T0)["SrcK8S_Name"] == "db-0"  # tombstone
-    assert flow(e, "10.244.0.40", "", t_ms=T0 + 2_000) == {}
+    assert flow(e, "10.244.0.40", "", t_ms=T0 + 2_000) == NOBODY
     assert e.stats()["index"]["pods"] == 1
 
 
@@ -933,7 +935,7 @@ def test_an_address_two_nodes_list_stays_with_the_node_still_listing_it() -> Non
         assert (got["Name"], got["Zone"]) == (first, listed[0]["metadata"]["labels"][ZONE_LABEL]), listed
         assert flow(e, "10.0.0.7", "8.8.8.8", agent="10.0.0.7")["FlowDirection"] == 1  # the exporter's node
         idx.delete("nodes", idx.parse("nodes", listed[0]))
-        assert flow(e, "10.0.0.7", "") == {}
+        assert flow(e, "10.0.0.7", "") == NOBODY
         assert not idx._node_addr and not idx._agents
     # Watch events: the newest Node listing the address answers; when it stops listing it (or
     # is deleted), the other one does.
@@ -949,7 +951,7 @@ def test_an_address_two_nodes_list_stays_with_the_node_still_listing_it() -> Non
     idx.delete("nodes", idx.parse("nodes", node("n-old", internal=["10.0.0.7"])))
     assert flow(e, "10.0.0.7", "")["SrcK8S_Name"] == "n-new"
     assert flow(e, "10.0.0.7", "8.8.8.8", agent="10.0.0.7")["FlowDirection"] == 1
-    assert flow(e, "10.0.0.8", "") == {} and flow(e, "203.0.113.9", "") == {}
+    assert flow(e, "10.0.0.8", "") == NOBODY and flow(e, "203.0.113.9", "") == NOBODY
 
 
 @pytest.mark.parametrize("src_ns,dst_ns,expected", [
@@ -960,10 +962,10 @@ def test_an_address_two_nodes_list_stays_with_the_node_still_listing_it() -> Non
     ("kubeshop", "shop", "app"),              # prefix is "kube-", not "kube"
     ("shop", None, "app"),                    # one side unresolved
     (None, "kube-system", "infra"),
-    (None, None, None),                       # nothing resolved: no layer
+    (None, None, "app"),                      # nothing resolved: no side is infrastructure
     ("shop", "node", "app"),                  # nodes have no namespace
 ])
-def test_flow_layer(src_ns: str | None, dst_ns: str | None, expected: str | None) -> None:
+def test_flow_layer(src_ns: str | None, dst_ns: str | None, expected: str) -> None:
     pods = []
     addr = {None: "8.8.8.8", "node": "10.0.0.2"}
     for i, ns in enumerate((src_ns, dst_ns)):
@@ -972,7 +974,7 @@ def test_flow_layer(src_ns: str | None, dst_ns: str | None, expected: str | None
     src = addr.get(src_ns, "10.244.0.50")
     dst = addr.get(dst_ns, "10.244.0.51")
     e = build(pods)
-    assert flow(e, src, dst).get("K8S_FlowLayer") == expected
+    assert flow(e, src, dst)["K8S_FlowLayer"] == expected
 
 
 def test_flow_layer_custom_prefixes_and_own_namespace_detection(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1065,7 +1067,7 @@ def test_an_update_that_cannot_be_read_whole_keeps_the_last_good_version() -> No
     assert web_seen() == good
     # DELETED with an unreadable body still deletes (the tombstone answers for earlier flows)
     idx.delete("pods", idx.parse("pods", spoilt(web, ["status"], "gone")))
-    assert flow(e, "10.244.0.60", "", t_ms=int(time.time() * 1000) + 60_000) == {}
+    assert flow(e, "10.244.0.60", "", t_ms=int(time.time() * 1000) + 60_000) == NOBODY
 
 
 def test_fields_of_the_wrong_json_type_are_counted_not_fatal() -> None:
@@ -1128,12 +1130,12 @@ def test_a_malformed_field_in_an_update_keeps_that_fields_last_good_value(caplog
     assert len(caplog.records) == 2
     # Good values replace the kept ones: no annotation (no management port), another address.
     idx.upsert("nodes", idx.parse("nodes", node("node-x", internal=["10.0.9.3"], zone="z2")))
-    assert flow(e, "10.244.9.2", "") == {} and flow(e, "10.0.9.1", "") == {}
+    assert flow(e, "10.244.9.2", "") == NOBODY and flow(e, "10.0.9.1", "") == NOBODY
     assert flow(e, "10.0.9.3", "")["SrcK8S_Name"] == "node-x"
     idx.upsert("pods", idx.parse("pods", pod("web-1", "shop", ips=["10.244.9.6"], node="node-x", host_ip="10.0.9.3",
                                               uid="u1", created=iso(T0 - 60_000))))
     assert flow(e, "10.244.9.6", "", t_ms=T0 + 20_000)["SrcK8S_Name"] == "web-1"
-    assert flow(e, "10.244.9.5", "", t_ms=T0 + 20_000) == {}
+    assert flow(e, "10.244.9.5", "", t_ms=T0 + 20_000) == NOBODY
 
 
 def test_names_are_json_escaped() -> None:
@@ -1145,9 +1147,9 @@ def test_names_are_json_escaped() -> None:
 
 def test_unresolved_flow_output() -> None:
     e = build(cluster_name="c1")
-    assert e.enrich(raw("8.8.8.8"), raw("1.1.1.1"), b"", 0, -1) == b',"K8S_ClusterName":"c1"'
-    assert e.enrich(b"", b"", b"", 0, 1) == b',"K8S_ClusterName":"c1","FlowDirection":1'
-    assert build().enrich(b"", b"", b"", 0, -1) == b""
+    assert e.enrich(raw("8.8.8.8"), raw("1.1.1.1"), b"", 0, -1) == b',"K8S_ClusterName":"c1","K8S_FlowLayer":"app"'
+    assert e.enrich(b"", b"", b"", 0, 1) == b',"K8S_ClusterName":"c1","K8S_FlowLayer":"app","FlowDirection":1'
+    assert build().enrich(b"", b"", b"", 0, -1) == b',"K8S_FlowLayer":"app"'
 
 
 # ---------------------------------------------------------------- compiled == reference

@@ -34,6 +34,8 @@ from tests.support.tls import make_pki
 
 A = ipaddress.ip_address
 FUTURE = 4_102_444_800_000  # 2100-01-01 in Unix ms: after any deletion these tests make
+# What an address of nobody gives: no identity, and the layer "app" (no side is infrastructure).
+NOBODY = {"K8S_FlowLayer": "app"}
 
 
 def raw(ip: str) -> bytes:
@@ -170,7 +172,7 @@ def test_pod_added_updated_deleted(seeded: FakeKube, enricher: enrich.Enricher) 
     seeded.modify("pods", pod("db-0", "shop", ips=["10.244.1.8"], node="node-b", host_ip="10.0.0.2",
                               owner=("StatefulSet", "db")))
     wait_for(lambda: flow(enricher, "10.244.1.8", "").get("SrcK8S_Name") == "db-0", what="pod modified")
-    assert flow(enricher, "10.244.1.7", "", t_ms=FUTURE) == {}
+    assert flow(enricher, "10.244.1.7", "", t_ms=FUTURE) == NOBODY
     assert flow(enricher, "10.244.1.7", "", t_ms=1)["SrcK8S_Name"] == "db-0"
 
     seeded.delete("pods", "db-0", "shop")
@@ -178,7 +180,7 @@ def test_pod_added_updated_deleted(seeded: FakeKube, enricher: enrich.Enricher) 
     # A deleted pod is a tombstone: flows that started before the deletion still resolve to it...
     assert flow(enricher, "10.244.1.8", "", t_ms=1)["SrcK8S_Name"] == "db-0"
     # ...flows that started after it do not.
-    assert flow(enricher, "10.244.1.8", "", t_ms=FUTURE) == {}
+    assert flow(enricher, "10.244.1.8", "", t_ms=FUTURE) == NOBODY
     assert enricher.stats()["index"]["tombstones"] == 2  # its two addresses, each until it let go
 
 
@@ -264,7 +266,7 @@ def test_410_forces_relist_with_changes_in_between(seeded: FakeKube, enricher: e
     # Gone from the relist: a tombstone (late flows still resolve), not a live pod.
     st = enricher.stats()
     assert st["index"]["pods"] == 1 and st["index"]["tombstones"] == 1
-    assert flow(enricher, "10.244.0.5", "", t_ms=FUTURE) == {}
+    assert flow(enricher, "10.244.0.5", "", t_ms=FUTURE) == NOBODY
     assert st["kinds"]["pods"]["errors"] == {}
     # And the watch continues from the relist's version.
     seeded.add("pods", pod("late", "batch", ips=["10.244.0.21"]))
@@ -521,7 +523,7 @@ def test_watch_events_cut_anywhere_into_chunks(seeded: FakeKube, enricher: enric
         {"ADDED": 3, "MODIFIED": 0, "DELETED": 1, "BOOKMARK": 1}, {}, str(seeded.rv))
     assert [flow(enricher, f"10.244.0.{60 + i}", "").get("SrcK8S_Name") for i in range(3)] == [
         "cut-0", "cut-1", "cut-2"]
-    assert flow(enricher, "10.244.0.5", "", t_ms=FUTURE) == {}
+    assert flow(enricher, "10.244.0.5", "", t_ms=FUTURE) == NOBODY
 
 
 def test_an_oversize_watch_event_is_counted_and_the_watch_resumes(seeded: FakeKube, kubeconfig: str,
@@ -543,7 +545,7 @@ def test_an_oversize_watch_event_is_counted_and_the_watch_resumes(seeded: FakeKu
             wait_for(lambda: e.stats()["kinds"]["pods"]["errors"].get("oversize_event", 0) == 1,
                      what="the oversize event counted")
             assert flow(e, "10.244.0.5", "")["SrcK8S_Name"] == "web-6d4cf56db6-x1"   # not applied
-            assert flow(e, "10.244.0.99", "", t_ms=FUTURE) == {}
+            assert flow(e, "10.244.0.99", "", t_ms=FUTURE) == NOBODY
             seeded.add("pods", pod("after-big", "shop", ips=["10.244.0.70"]))
             wait_for(lambda: flow(e, "10.244.0.70", "").get("SrcK8S_Name") == "after-big", what="a later event")
             st = e.stats()["kinds"]["pods"]
@@ -659,7 +661,7 @@ def test_node_and_replicaset_events_rerender_pods(seeded: FakeKube, enricher: en
         "K8S_FlowLayer": "app", "FlowDirection": 2,
     }
     seeded.delete("nodes", "node-b")
-    wait_for(lambda: flow(enricher, "10.244.1.2", "") == {}, what="node deleted")
+    wait_for(lambda: flow(enricher, "10.244.1.2", "") == NOBODY, what="node deleted")
 
 
 def test_every_host_ip_of_a_dual_stack_pod_names_its_node_as_exporter(seeded: FakeKube,
