@@ -12,7 +12,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-DEB_PACKAGES := tshark softflowd fprobe pmacct tcpdump openvswitch-switch nfdump nfdump-sflow tcpreplay iproute2 ethtool kubectl gcc liblz4-1 libzstd1
+DEB_PACKAGES := tshark softflowd fprobe pmacct tcpdump openvswitch-switch nfdump nfdump-sflow tcpreplay iproute2 ethtool kubectl gcc liblz4-1 libzstd1 buildah podman runc debootstrap
 PYTEST_ARGS ?=
 FUZZ_SECONDS ?= 300
 

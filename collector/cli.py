@@ -163,6 +163,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="only datagrams sent to this UDP port (1-65535) in the capture [default: all]")
     rp.add_argument("--quiet", action="store_true", help="no summary line")
 
+    hp = sub.add_parser("health", help="ask a running collector's /healthz (a container's health check)",
+                        description="Ask the /healthz (or /readyz) of a running `flowscope run` at the address it "
+                        "serves, read from that process's command line, FLOWSCOPE_* variables and --config file "
+                        "(by default PID 1: the container's entrypoint; the image's HEALTHCHECK runs this).",
+                        epilog="Exit status: 0 healthy (the endpoint answered 200, or the collector serves no "
+                        "HTTP endpoint and its process runs); 1 unhealthy (another answer, no answer, an "
+                        "unreadable configuration); 2 for a usage error.")
+    from . import health as health_mod
+
+    health_mod.add_arguments(hp)
+
     dec = sub.add_parser("decode", help="decode a capture and print the flows (offline)",
                          description="Decode the exporters' UDP datagrams of a pcap/pcapng capture with "
                          "the decoders of `flowscope run` and print one JSON flow per line.",
@@ -210,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"flowscope decode is not available: {args._decode_error}", file=sys.stderr)
             return 2
         return int(args._decode(args) or 0)
+    if args.command == "health":
+        from . import health as health_mod
+
+        return health_mod.run(args)
     if args.command == "replay":
         if args.loop < 0 or args.rate < 0:
             print("flowscope replay: --loop and --rate must be >= 0", file=sys.stderr)

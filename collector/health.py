@@ -1,0 +1,141 @@
+"""`flowscope health`: ask a running collector whether it is healthy (the image's HEALTHCHECK).
+
+A container's health check runs beside the collector, not inside it, so it does not know the
+flags the collector was started with. This reads them where the kernel keeps them: the command
+line and environment of the `flowscope run` process (PID 1, the container's entrypoint, or the
+first such process found), resolves the configuration as `flowscope run` did (flag > FLOWSCOPE_* variable >
+--config file > default) and asks that process's /healthz (or /readyz) address.
+
+Exit status: 0 healthy (the endpoint answered 200); 1 not (any other answer, no answer, or the
+address cannot be worked out); 2 usage error. A collector that serves no HTTP endpoint
+(metrics_addr and health_addr both empty) cannot be asked: it is reported healthy while its
+process runs, and the line printed says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+
+from . import config as config_mod
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--addr", metavar="HOST:PORT", default=None,
+                        help="ask this address instead of the collector's own health or metrics address")
+    parser.add_argument("--pid", type=int, default=None, metavar="PID",
+                        help="the `flowscope run` process whose command line, environment and --config "
+                        "file give the address [default: PID 1 (a container's entrypoint) if it is one, "
+                        "else the first `flowscope run` process found]")
+    parser.add_argument("--ready", action="store_true", help="ask /readyz (ready to serve) instead of /healthz")
+    parser.add_argument("--timeout", type=float, default=3.0, metavar="S", help="seconds to wait [default: 3]")
+
+
+def _read_nul_list(path: str) -> list[str]:
+    """/proc/PID/cmdline or environ: each item ends with a NUL (an empty argument is one too)."""
+    with open(path, "rb") as fh:
+        data = fh.read()
+    return [p.decode("utf-8", "surrogateescape") for p in data.split(b"\0")[:-1]] if data else []
+
+
+def run_args(cmdline: list[str]) -> list[str] | None:
+    """The arguments after `run` in a `flowscope run ...` command line (the program may be the
+    `flowscope` script or `python -m collector.cli`), or None when it is not one."""
+    for i, tok in enumerate(cmdline):
+        if tok == "run" and i > 0 and (os.path.basename(cmdline[i - 1]) == "flowscope"
+                                        or cmdline[i - 1] in ("collector.cli", "collector")):
+            return cmdline[i + 1:]
+    return None
+
+
+def find_collector() -> int | None:
+    """PID 1 when it is a `flowscope run` (a container's entrypoint), else the lowest-numbered
+    `flowscope run` process this user can see (behind an init such as `docker run --init`)."""
+    pids = sorted(int(d) for d in os.listdir("/proc") if d.isdigit())
+    for pid in [1] + [p for p in pids if p not in (1, os.getpid())]:
+        try:
+            if run_args(_read_nul_list(f"/proc/{pid}/cmdline")) is not None:
+                return pid
+        except OSError:
+            continue
+    return None
+
+
+def collector_config(pid: int | None) -> tuple[config_mod.Config, str]:
+    """The configuration the `flowscope run` process `pid` resolved, and where it came from. With
+    no such process (or one that cannot be read), this process's own variables and
+    FLOWSCOPE_CONFIG file. Raises config_mod.ConfigError when the configuration is unusable."""
+    cmdline: list[str] = []
+    environ: Mapping[str, str] = os.environ
+    if pid is not None:
+        try:
+            cmdline = _read_nul_list(f"/proc/{pid}/cmdline")
+            environ = dict(e.split("=", 1) for e in _read_nul_list(f"/proc/{pid}/environ") if "=" in e)
+        except OSError:
+            cmdline, environ = [], os.environ
+    argv = run_args(cmdline)
+    if argv is None:
+        why = "" if pid is None else f" (process {pid} is not a `flowscope run`)"
+        return config_mod.load(None, os.environ), f"this process's environment{why}"
+    parser = argparse.ArgumentParser(add_help=False)
+    config_mod.add_arguments(parser)
+    try:
+        args, _ = parser.parse_known_args(argv)
+    except SystemExit:
+        raise config_mod.ConfigError(f"cannot read the command line of process {pid}") from None
+    if "--config" not in argv and not any(a.startswith("--config=") for a in argv):
+        args.config = environ.get(config_mod.ENV_PREFIX + "CONFIG")  # the process's, not ours
+    return config_mod.load(args, environ), f"process {pid} ({' '.join(cmdline)[:120]})"
+
+
+def probe_url(addr: str, path: str) -> str:
+    """http://HOST:PORT/path for a listening address: a wildcard host is asked on loopback."""
+    host, port = config_mod.split_hostport(addr)
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}{path}"
+
+
+def run(args: argparse.Namespace) -> int:
+    path = "/readyz" if args.ready else "/healthz"
+    if args.addr:
+        addr, source = args.addr, "--addr"
+    else:
+        pid = args.pid if args.pid is not None else find_collector()
+        if pid is not None and not os.path.exists(f"/proc/{pid}"):
+            print(f"unhealthy: there is no process {pid}")
+            return 1
+        try:
+            cfg, source = collector_config(pid)
+        except (config_mod.ConfigError, ValueError) as exc:
+            print(f"unhealthy: the collector's configuration cannot be read: {exc}")
+            return 1
+        addr = cfg.health_addr or cfg.metrics_addr
+        if not addr:
+            if pid is None:
+                print(f"unhealthy: no `flowscope run` process found, and no {path} address in {source}")
+                return 1
+            print(f"healthy: the collector serves no {path} (metrics_addr and health_addr are empty in "
+                  f"{source}); process {pid} runs")
+            return 0
+    try:
+        url = probe_url(addr, path)
+    except ValueError as exc:
+        print(f"unhealthy: {exc}")
+        return 1
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as resp:
+            body = resp.read(200).decode("utf-8", "replace").strip()
+            print(f"healthy: {url} answered {resp.status} {body}")
+            return 0
+    except urllib.error.HTTPError as exc:
+        body = exc.read(300).decode("utf-8", "replace").strip()
+        print(f"unhealthy: {url} answered {exc.code} {body}")
+    except (OSError, ValueError) as exc:
+        print(f"unhealthy: {url} (from {source}): {getattr(exc, 'reason', exc)}")
+    return 1
