@@ -179,8 +179,12 @@ class Collector:
         self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=full_env, stdout=self._out if stdout is None else stdout,
                                      stderr=self._log, preexec_fn=preexec)
         if wait_ready:
-            wait_for(lambda: self.get("/readyz")[0] == 200 or self.proc.poll() is not None, 20,
-                     what="collector /readyz")
+            try:
+                wait_for(lambda: self.get("/readyz")[0] == 200 or self.proc.poll() is not None, 20,
+                         what="collector /readyz")
+            except AssertionError:
+                self.stop(signal.SIGKILL)  # not handed to the fixture yet: nobody else would stop it
+                raise
             if self.proc.poll() is not None:
                 raise AssertionError(f"collector exited with {self.proc.returncode}:\n{self.log()}")
 

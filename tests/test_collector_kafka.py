@@ -319,7 +319,9 @@ def test_workers_two(broker: Any, collector: Any) -> None:
         for s in socks:
             s.close()
     got = consume(broker.bootstrap, t, 2400)
-    assert len(got) == 2400 and len({v5_key(f) for f in got}) == 2400
+    assert len(got) == 2400 and len({v5_key(f) for f in got}) == 2400, (
+        len(got), {k: v for k, v in c.metrics().items() if "delivered" in k or "dropped" in k or "datagrams" in k
+                   or "kafka" in k or "queue" in k}, c.log()[-6000:])
     c.wait_value("flowscope_flows_delivered_total", 2400)
     assert c.value("flowscope_workers") == 2
     assert c.value("flowscope_datagrams_total") == 80
