@@ -166,13 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
     hp = sub.add_parser("health", help="ask a running collector's /healthz (a container's health check)",
                         description="Ask the /healthz (or /readyz) of a running `flowscope run` at the address it "
                         "serves, read from that process's command line, FLOWSCOPE_* variables and --config file "
-                        "(by default PID 1: the container's entrypoint; the image's HEALTHCHECK runs this).",
+                        "(PID 1, a container's entrypoint, or the first `flowscope run` found; the image's "
+                        "HEALTHCHECK runs this).",
                         epilog="Exit status: 0 healthy (the endpoint answered 200, or the collector serves no "
                         "HTTP endpoint and its process runs); 1 unhealthy (another answer, no answer, an "
                         "unreadable configuration); 2 for a usage error.")
     from . import health as health_mod
 
     health_mod.add_arguments(hp)
+    hp.set_defaults(_health=health_mod.run)
 
     dec = sub.add_parser("decode", help="decode a capture and print the flows (offline)",
                          description="Decode the exporters' UDP datagrams of a pcap/pcapng capture with "
@@ -222,9 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return int(args._decode(args) or 0)
     if args.command == "health":
-        from . import health as health_mod
-
-        return health_mod.run(args)
+        return int(args._health(args))
     if args.command == "replay":
         if args.loop < 0 or args.rate < 0:
             print("flowscope replay: --loop and --rate must be >= 0", file=sys.stderr)

@@ -63,7 +63,7 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 class Container:
     """A detached `podman run` of the image; removed at close()."""
 
-    def __init__(self, image: str, args: list[str], *, opts: list[str] = ()) -> None:  # type: ignore[assignment]
+    def __init__(self, image: str, args: list[str], *, opts: tuple[str, ...] | list[str] = ()) -> None:
         self.name = f"fs-test-{uuid.uuid4().hex[:10]}"
         I.podman("run", "-d", "--name", self.name, *I.run_args(), "--read-only", *opts, image, *args)
 
