@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .config import EnrichConfig, EnrichConfigError, add_cli_arguments, config_from_args, parse_bool
-from .index import KINDS, NODES, PODS, REPLICASETS, SERVICES, Index  # noqa: F401
+from .index import FLOW_DIRECTIONS, KINDS, NODES, PODS, REPLICASETS, SERVICES, Index  # noqa: F401
 from .informer import Informer, Lister, make_listers
 
 __all__ = [
@@ -158,12 +158,9 @@ def kubeconfig_contexts(files: str) -> list[str] | None:
     return names
 
 
-_DIRECTIONS = (b',"FlowDirection":0', b',"FlowDirection":1', b',"FlowDirection":2')
-
-
 def _direction_only(src: bytes, dst: bytes, agent: bytes, t_ms: int, direction: int) -> bytes:
     """The enrich() of a disabled Enricher: the exporter's direction, nothing of Kubernetes."""
-    return _DIRECTIONS[direction] if 0 <= direction <= 2 else b""
+    return FLOW_DIRECTIONS[direction + 1] if -1 <= direction <= 2 else b""
 
 
 class Enricher:

@@ -384,6 +384,10 @@ def _first_owner(meta: dict[str, Any]) -> tuple[str, str] | None:
     return kind, name
 
 
+# FLOW_DIRECTIONS[direction + 1]: the FlowDirection part of an output (-1 unknown: none).
+FLOW_DIRECTIONS = (b"", b',"FlowDirection":0', b',"FlowDirection":1', b',"FlowDirection":2')
+
+
 class Index:
     """IP -> identity index. Writers: `replace`/`upsert`/`delete`/`sweep`. Reader: `enrich`."""
 
@@ -467,9 +471,8 @@ class Index:
     def _build_tails(cluster_name: str) -> tuple[tuple[bytes, ...], ...]:
         """tails[layer][direction + 1]: the constant end of every output (layer 0 app, 1 infra)."""
         cluster = b',"K8S_ClusterName":' + orjson.dumps(cluster_name) if cluster_name else b""
-        dirs = (b"", b',"FlowDirection":0', b',"FlowDirection":1', b',"FlowDirection":2')
         layers = (b',"K8S_FlowLayer":"app"', b',"K8S_FlowLayer":"infra"')
-        return tuple(tuple(cluster + lay + d for d in dirs) for lay in layers)
+        return tuple(tuple(cluster + lay + d for d in FLOW_DIRECTIONS) for lay in layers)
 
     def enrich(self, src: bytes, dst: bytes, agent: bytes, t_ms: int, direction: int) -> bytes:
         """JSON fragment (starting with "," or empty) with the K8S fields and FlowDirection.
