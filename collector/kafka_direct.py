@@ -242,17 +242,20 @@ class DirectProducer:
         self._rr = 0
         self._topics: dict[str, bytes] = {}
 
-    async def _conn(self, node: int) -> Connection:
+    async def _conn(self, node: int, pin: int = -1) -> Connection:
         slots = self.conns.setdefault(node, [None] * self.per_broker)
-        self._rr = (self._rr + 1) % self.per_broker
-        c = slots[self._rr]
+        if pin >= 0:
+            i = pin % self.per_broker
+        else:
+            i = self._rr = (self._rr + 1) % self.per_broker
+        c = slots[i]
         if c is None:
             meta = self.client.cluster.broker_metadata(node)
             if meta is None:
                 raise ConnectionError(f"no address for broker {node}")
             c = Connection(meta.host, meta.port, self.client_id, max_in_flight=self.max_in_flight,
                            timeout=self.timeout_ms / 1000 + 5)
-            slots[self._rr] = c
+            slots[i] = c
             try:
                 await c.connect()
             except BaseException as exc:
@@ -260,7 +263,10 @@ class DirectProducer:
                 raise
         return c
 
-    async def send(self, batch: Any, topic: str, partition: int) -> asyncio.Future[None]:
+    async def send(self, batch: Any, topic: str, partition: int, sticky: bool = False) -> asyncio.Future[None]:
+        """Write a finished batch's Produce request; the future resolves with the answer.
+        sticky: the partition's own connection to its leader (one of `connections`) rather than
+        the next in turn, so that its batches are answered in the order they were sent."""
         from aiokafka.structs import TopicPartition
 
         node = self.client.cluster.leader_for_partition(TopicPartition(topic, partition))
@@ -279,7 +285,7 @@ class DirectProducer:
                     # topic may still accept writes to it that no consumer will ever see.
                     raise ConnectionError(f"connection to {old.host}:{old.port} was lost ({old.error!r}): "
                                           "refreshing metadata first")
-        c = await self._conn(node)
+        c = await self._conn(node, partition if sticky else -1)
         return await c.produce(batch, tb, partition, self.acks, self.timeout_ms)
 
     def forget_closed(self) -> None:

@@ -197,6 +197,8 @@ class Protocol(asyncio.DatagramProtocol):
             if len(batch):
                 if w.writer is not None:
                     w.write_records(batch)
+                elif w.keyed_mode:
+                    w.write_keyed(batch, ip)
                 else:
                     w.queue.offer(FLOWS, batch.to_json(w.enricher), ip)
             if w.counters:
@@ -247,15 +249,24 @@ class Worker:
         ))
         self.decode = self.decoder.decode
         self.enricher = enricher
-        # Kafka with key mode none: flows are written straight into Kafka record batches in C
-        # (decoders.RecordBatchWriter); the other key modes need a key per record and go the
-        # per-record way.
+        # Kafka: flows are written straight into Kafka record batches in C. Key mode none: one
+        # open batch (decoders.RecordBatchWriter), any partition. Keyed modes: a batch per
+        # partition (decoders.KeyedBatches), each flow hashed to its partition as Kafka's
+        # clients do, once the sink knows the topic's partition count; until then (the first
+        # datagrams) flows go per record, keyed by the sink.
         self.writer: Any = None
-        if cfg.sink_kind() == "kafka" and cfg.kafka.key == "none":
-            from decoders import RecordBatchWriter
+        self.keyed: Any = None
+        self.keyed_mode = ""
+        self._open_gen = 0      # flush_records() calls: the linger loop's age of the open batches
+        if cfg.sink_kind() == "kafka":
+            from decoders import KeyedBatches, RecordBatchWriter
 
             self._writer_cls = RecordBatchWriter
-            self.writer = RecordBatchWriter(cfg.kafka.batch_bytes)
+            if cfg.kafka.key == "none":
+                self.writer = RecordBatchWriter(cfg.kafka.batch_bytes)
+            else:
+                self.keyed_mode = cfg.kafka.key
+                self._keyed_cls = KeyedBatches
         self.counters = cfg.counters
         self.counter_records = 0   # sFlow counter records decoded (and offered to the queue)
         self.sink: Sink = make_sink(cfg)
@@ -307,14 +318,55 @@ class Worker:
             self.flush_records()
             i = self.writer.append(batch, self.enricher, i)
 
+    def write_keyed(self, batch: Any, ip: str) -> None:
+        """Hot path (keyed Kafka modes): append a datagram's flows to their partitions' open
+        batches (a full one goes to the queue whole); per record while the partition count is
+        not known yet."""
+        parts = self.sink.partitions.get(self.cfg.kafka.topic)  # type: ignore[attr-defined]
+        if parts is None:
+            self.queue.offer(FLOWS, batch.to_json(self.enricher), ip)
+            return
+        kb = self.keyed
+        if kb is None or kb.partitions != len(parts):
+            self.flush_records()   # batches keyed for the old count go as they are
+            kb = self.keyed = self._keyed_cls(len(parts), self.cfg.kafka.batch_bytes, self.keyed_mode)
+            log.info("kafka: flows keyed by %s written into record batches per partition (%d partition%s of %s)",
+                     self.keyed_mode, len(parts), "" if len(parts) == 1 else "s", self.cfg.kafka.topic)
+        key = ip.encode() if self.keyed_mode == "exporter" else None
+        n = len(batch)
+        i = kb.append(batch, self.enricher, 0, key)
+        while i < n:
+            self._queue_batch(kb.take(kb.full), kb.full)
+            i = kb.append(batch, self.enricher, i, key)
+
+    def _queue_batch(self, wr: Any, slot: int = -1) -> None:
+        wr.trim()   # a small batch gives its max-size buffer back before it waits in the queue
+        if self.queue.offer(FLOWS, Prebuilt(wr, slot), "", wr.size) and self._queued_batch is not None:
+            self._queued_batch(wr)
+
     def flush_records(self) -> None:
-        """Queue the open record batch (when it holds any flow) and start a new one."""
+        """Queue the open record batches (those holding any flow) and start new ones."""
+        self._open_gen += 1
         wr = self.writer
         if wr is not None and wr.records:
-            wr.trim()   # a small batch gives its max-size buffer back before it waits in the queue
-            if self.queue.offer(FLOWS, Prebuilt(wr), "", wr.size) and self._queued_batch is not None:
-                self._queued_batch(wr)
+            self._queue_batch(wr)
             self.writer = self._writer_cls(self.cfg.kafka.batch_bytes)
+        kb = self.keyed
+        if kb is not None:
+            for slot in range(kb.partitions):
+                wr = kb.take(slot)
+                if wr is not None:
+                    self._queue_batch(wr, slot)
+
+    def open_batches(self) -> tuple[int, int]:
+        """Records and bytes in the open record batches (decoded, neither queued nor dropped)."""
+        wr = self.writer
+        if wr is not None:
+            return wr.records, wr.size
+        kb = self.keyed
+        if kb is not None:
+            return kb.records, kb.size
+        return 0, 0
 
     async def _linger_loop(self) -> None:
         # The open batch waits at most linger_ms for more flows, like a producer's linger, but
@@ -327,15 +379,18 @@ class Worker:
         # counted if dropped, and a shutdown finds them queued.
         delay = max(self.cfg.kafka.linger_ms, 1) / 1000
         loop = asyncio.get_running_loop()
-        opened: Any = None          # the open batch when first seen, and when
+        opened = -1                 # the open batches when first seen (flush_records() count), and when
         since = 0.0
         while True:
             await asyncio.sleep(delay)
             wr = self.writer
-            if wr is None or not wr.records:
+            if wr is not None:
+                if not wr.records:
+                    continue
+            elif self.keyed is None or not self.keyed.records:
                 continue
-            if opened is not wr:
-                opened, since = wr, loop.time()
+            if opened != self._open_gen:
+                opened, since = self._open_gen, loop.time()
             if not self.queue.chunks or loop.time() - since >= OPEN_BATCH_MAX_AGE:
                 self.flush_records()
 
@@ -369,7 +424,7 @@ class Worker:
         self.bound = True
         if self.state is not None:
             self._tasks.append(loop.create_task(self._state_loop()))
-        if self.writer is not None:
+        if self.writer is not None or self.keyed_mode:
             self._tasks.append(loop.create_task(self._linger_loop()))
 
     async def _state_loop(self) -> None:
@@ -519,10 +574,9 @@ class Worker:
         s = self.sink
         snap["flowscope_flows_delivered"] = {(s.name,): s.delivered[FLOWS]}
         snap["flowscope_counter_records_delivered"] = {(s.name,): s.delivered[COUNTERS]}
-        # the open record batch (key none) is counted with the queue: flows in it are decoded and
+        # the open record batches are counted with the queue: flows in them are decoded and
         # neither delivered nor dropped yet
-        wr = self.writer
-        open_records, open_bytes = (wr.records, wr.size) if wr is not None and wr.records else (0, 0)
+        open_records, open_bytes = self.open_batches()
         snap["flowscope_queue_bytes"] = {(): q.total_bytes + open_bytes}
         snap["flowscope_queue_records"] = {(): q.records_of(FLOWS) + open_records}
         if self.counters:

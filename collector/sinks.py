@@ -54,13 +54,16 @@ class Chunk:
 
 class Prebuilt:
     """Flows already laid out as one Kafka record batch by decoders.RecordBatchWriter (the
-    fast path for key mode none): the queue holds the batch, not a bytes object per flow."""
+    fast path): the queue holds the batch, not a bytes object per flow. A keyed batch
+    (decoders.KeyedBatches) belongs to partition slot `slot` of `partitions`; -1: any
+    partition (key none)."""
 
-    __slots__ = ("writer", "data")
+    __slots__ = ("writer", "data", "slot")
 
-    def __init__(self, writer: Any) -> None:
+    def __init__(self, writer: Any, slot: int = -1) -> None:
         self.writer = writer
         self.data: bytes | None = None  # built (and compressed) once, kept for a re-queue
+        self.slot = slot
 
     def __len__(self) -> int:
         return int(self.writer.records)
@@ -858,6 +861,13 @@ class KafkaSink(Sink):
         await self._connect()
         if self.producer is None:
             return
+        if self.k.key != "none":
+            # the keyed modes' fast path needs the flows topic's partition count (Worker.write_keyed):
+            # known now, it takes the first datagrams too
+            try:
+                await asyncio.wait_for(self._partitions(self.k.topic), self.k.request_timeout_ms / 1000)
+            except Exception as exc:
+                log.debug("kafka: partitions of %s not known yet: %r", self.k.topic, exc)
         q = self.queue
         topics = (self.k.topic, self.k.counters_topic)
         idle_check = time.monotonic()
@@ -1013,7 +1023,14 @@ class KafkaSink(Sink):
                     self._pack_submit(c.records.writer)
         for c in chunks:
             if isinstance(c.records, Prebuilt):
-                o = self._new_open(c.kind, -1, direct=self.direct is not None)
+                slot = c.records.slot
+                if slot >= 0:
+                    # keyed by the encoder for the partition count of the time: partitions are
+                    # only ever added, so that partition is still there (as a Java producer's
+                    # batches keep the partition they were made for)
+                    parts = parts_by_kind[c.kind]
+                    slot = parts[slot % len(parts)]
+                o = self._new_open(c.kind, slot, direct=self.direct is not None)
                 if self.direct is None:
                     if self._encode is not None and c.records.data is None:
                         await self._pack(c.records.writer)
@@ -1188,7 +1205,9 @@ class KafkaSink(Sink):
                 w = o.records.writer  # type: ignore[attr-defined]
                 if self._encode is not None:
                     await self._pack(w)
-                fut = await self.direct.send(w, topic, o.partition)  # type: ignore[union-attr]
+                # keyed: a partition always on the same connection (order per key kept)
+                fut = await self.direct.send(w, topic, o.partition,  # type: ignore[union-attr]
+                                             sticky=self.k.key != "none")
                 o.written = True
                 self._written[o.kind] += len(o.records)
             else:

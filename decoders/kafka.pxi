@@ -291,56 +291,74 @@ cdef class RecordBatchWriter:
         Returns the index of the first flow not appended (len(bt) when all fit). A single flow
         larger than an empty batch is still appended, so progress is always made.
         """
-        cdef Py_ssize_t i, vlen, rlen, keylen, rec, hdr, hdr_fixed, guess
-        cdef Buf* o = &self.buf
+        cdef Py_ssize_t i
         cdef bytes head
-        if self.sealed or self.packed or self.busy:
-            raise ValueError("batch already compressed or framed as a request: no more appends")
+        cdef const char* key = NULL
+        cdef Py_ssize_t keylen = -1
+        self.check_open()
         if start >= bt.n:
             return bt.n
-        keylen = len(self.key) if self.key is not None else -1
+        if self.key is not None:
+            key = PyBytes_AS_STRING(self.key)
+            keylen = len(self.key)
+        head = batch_head(bt)
+        enrich_batch(bt, start, enricher)
+        for i in range(start, bt.n):
+            if self.put_flow(bt, &bt.flows[i], enricher, PyBytes_AS_STRING(head), len(head), key, keylen):
+                return i
+        return bt.n
+
+    cdef int check_open(self) except -1:
+        if self.sealed or self.packed or self.busy:
+            raise ValueError("batch already compressed or framed as a request: no more appends")
+        return 0
+
+    cdef int put_flow(self, FlowBatch bt, Flow* f, object enricher, const char* head, Py_ssize_t head_len,
+                      const char* key, Py_ssize_t keylen) except -1:
+        """One flow as one record with the given key (keylen -1: null): 0 when appended, 1 when
+        it would take the batch past max_bytes (nothing appended; its enrichment counts taken
+        back). A flow into an empty batch is always appended."""
+        cdef Py_ssize_t vlen, rlen, rec, hdr, hdr_fixed, guess
+        cdef Buf* o = &self.buf
         if self.records == 0:
             # CreateTime: when the batch's first flows arrived, not when the (pooled, reused)
             # writer was made, which may be a quiet exporter's whole silence earlier
             self.base_timestamp = <int64_t>(bt.recv_time * 1000)
-        head = batch_head(bt)
-        enrich_batch(bt, start, enricher)
-        for i in range(start, bt.n):
-            # The JSON is written in place, after room for a record header whose varints are
-            # guessed at 2 bytes (records under 8 KiB); a wrong guess costs one memmove.
-            rec = o.n
-            hdr_fixed = 2 + zz_len(self.records) + zz_len(keylen) + (keylen if keylen > 0 else 0)
-            guess = 2 + hdr_fixed + 2
-            buf_reserve(o, guess + 1024)
-            o.n = rec + guess
-            encode_flow(o, bt, &bt.flows[i], enricher, PyBytes_AS_STRING(head), len(head))
-            vlen = o.n - rec - guess
-            rlen = hdr_fixed + zz_len(vlen) + vlen + 1
-            hdr = zz_len(rlen) + hdr_fixed + zz_len(vlen)
-            if self.records and rec - PREFIX + hdr + vlen + 1 > self.max_bytes:
-                o.n = rec
-                if enricher is not None:
-                    enrich_uncount()
-                return i
-            buf_reserve(o, 16)
-            if hdr != guess:
-                memmove(o.p + rec + hdr, o.p + rec + guess, vlen)
+        # The JSON is written in place, after room for a record header whose varints are
+        # guessed at 2 bytes (records under 8 KiB); a wrong guess costs one memmove.
+        rec = o.n
+        hdr_fixed = 2 + zz_len(self.records) + zz_len(keylen) + (keylen if keylen > 0 else 0)
+        guess = 2 + hdr_fixed + 2
+        buf_reserve(o, guess + 1024)
+        o.n = rec + guess
+        encode_flow(o, bt, f, enricher, head, head_len)
+        vlen = o.n - rec - guess
+        rlen = hdr_fixed + zz_len(vlen) + vlen + 1
+        hdr = zz_len(rlen) + hdr_fixed + zz_len(vlen)
+        if self.records and rec - PREFIX + hdr + vlen + 1 > self.max_bytes:
             o.n = rec
-            zz_put(o, rlen)
-            o.p[o.n] = 0          # attributes
-            o.p[o.n + 1] = 0      # timestampDelta: every record at the batch's base timestamp
-            o.n += 2
-            zz_put(o, self.records)
-            zz_put(o, keylen)
-            if keylen > 0:
-                memcpy(o.p + o.n, PyBytes_AS_STRING(self.key), keylen)
-                o.n += keylen
-            zz_put(o, vlen)
-            o.n += vlen
-            o.p[o.n] = 0          # no headers
-            o.n += 1
-            self.records += 1
-        return bt.n
+            if enricher is not None:
+                enrich_uncount()
+            return 1
+        buf_reserve(o, 16)
+        if hdr != guess:
+            memmove(o.p + rec + hdr, o.p + rec + guess, vlen)
+        o.n = rec
+        zz_put(o, rlen)
+        o.p[o.n] = 0          # attributes
+        o.p[o.n + 1] = 0      # timestampDelta: every record at the batch's base timestamp
+        o.n += 2
+        zz_put(o, self.records)
+        zz_put(o, keylen)
+        if keylen > 0:
+            memcpy(o.p + o.n, key, keylen)
+            o.n += keylen
+        zz_put(o, vlen)
+        o.n += vlen
+        o.p[o.n] = 0          # no headers
+        o.n += 1
+        self.records += 1
+        return 0
 
     def records_bytes(self):
         """The records section (for compression by the caller)."""
@@ -490,3 +508,179 @@ cdef class RecordBatchWriter:
         then given back when the writer goes)."""
         if self.exports == 0 and not self.busy:
             pool_give(&self.buf)
+
+
+cdef extern from *:
+    """
+    /* Kafka's default partitioner hash (murmur2 with the Java client's seed), as its
+       Utils.murmur2 computes it on a byte array: 32-bit wrap-around arithmetic. */
+    static uint32_t fs_murmur2(const unsigned char* p, size_t n) {
+        const uint32_t m = 0x5bd1e995u;
+        uint32_t h = 0x9747b28cu ^ (uint32_t)n;
+        size_t i = 0;
+        for (; i + 4 <= n; i += 4) {
+            uint32_t k = (uint32_t)p[i] | ((uint32_t)p[i + 1] << 8) | ((uint32_t)p[i + 2] << 16)
+                         | ((uint32_t)p[i + 3] << 24);
+            k *= m;
+            k ^= k >> 24;
+            k *= m;
+            h *= m;
+            h ^= k;
+        }
+        switch (n & 3) {
+            case 3: h ^= (uint32_t)p[i + 2] << 16; /* fall through */
+            case 2: h ^= (uint32_t)p[i + 1] << 8;  /* fall through */
+            case 1: h ^= (uint32_t)p[i]; h *= m;
+        }
+        h ^= h >> 13;
+        h *= m;
+        h ^= h >> 15;
+        return h;
+    }
+    """
+    uint32_t fs_murmur2(const unsigned char* p, size_t n) noexcept
+
+
+def murmur2_positive(data) -> int:
+    """toPositive(murmur2(data)): the hash Kafka's clients partition keyed records by."""
+    cdef const unsigned char[:] v = data
+    if v.shape[0] == 0:
+        return fs_murmur2(NULL, 0) & 0x7FFFFFFF
+    return fs_murmur2(&v[0], v.shape[0]) & 0x7FFFFFFF
+
+
+DEF KEY_EXPORTER = 1
+DEF KEY_CONVERSATION = 2
+
+cdef Buf _conv              # conversation keys, built per flow (the GIL serialises its users)
+_conv.p = NULL
+_conv.n = 0
+_conv.cap = 0
+
+
+cdef Py_ssize_t conversation_key(Flow* f, Py_ssize_t* keylen) except -1:
+    """The flow's two addresses as the JSON has them (without the quotes; an address the flow
+    does not carry is empty), the smaller first, joined by "|": written into _conv, at the
+    offset returned, keylen bytes (collector.sinks.conversation_key's key)."""
+    cdef Py_ssize_t a0, alen, b0, blen, n
+    cdef int c
+    _conv.n = 0
+    buf_reserve(&_conv, 256)
+    a0 = 0
+    if f.af and not f.noaddr & NOADDR_SRC:
+        buf_ip(&_conv, f.af, f.src)
+    alen = _conv.n
+    b0 = _conv.n
+    if f.af and not f.noaddr & NOADDR_DST:
+        buf_ip(&_conv, f.af, f.dst)
+    blen = _conv.n - b0
+    # strip the quotes buf_ip writes
+    if alen:
+        a0 += 1
+        alen -= 2
+    if blen:
+        b0 += 1
+        blen -= 2
+    n = alen if alen < blen else blen
+    c = memcmp(_conv.p + a0, _conv.p + b0, n)
+    if c > 0 or (c == 0 and alen > blen):
+        a0, alen, b0, blen = b0, blen, a0, alen
+    # the key after what was written: smaller, "|", larger
+    buf_reserve(&_conv, alen + blen + 1)
+    n = _conv.n
+    memcpy(_conv.p + n, _conv.p + a0, alen)
+    _conv.p[n + alen] = b'|'
+    memcpy(_conv.p + n + alen + 1, _conv.p + b0, blen)
+    keylen[0] = alen + 1 + blen
+    return n
+
+
+cdef class KeyedBatches:
+    """Flows as keyed Kafka records, one RecordBatchWriter per partition (kafka.key exporter or
+    conversation on the fast path): each flow's key (the exporter's address, or the
+    conversation's two addresses sorted) is hashed as Kafka's clients do,
+    toPositive(murmur2(key)) % partitions, and the flow is JSON-encoded straight into the batch
+    of that partition. Batches are made when first needed, so memory follows the partitions
+    that get flows."""
+
+    cdef readonly list writers       # RecordBatchWriter or None, per partition slot
+    cdef readonly int partitions
+    cdef readonly int mode
+    cdef readonly Py_ssize_t max_bytes
+    cdef readonly int full           # after append() stopped early: the slot whose batch is full
+
+    def __init__(self, int partitions, Py_ssize_t max_bytes=1048576, str mode="exporter"):
+        if partitions < 1:
+            raise ValueError("partitions: at least 1")
+        if mode not in ("exporter", "conversation"):
+            raise ValueError("mode: exporter or conversation")
+        self.partitions = partitions
+        self.max_bytes = max_bytes
+        self.mode = KEY_EXPORTER if mode == "exporter" else KEY_CONVERSATION
+        self.writers = [None] * partitions
+        self.full = -1
+
+    @property
+    def records(self):
+        """Flows in the open batches."""
+        cdef Py_ssize_t n = 0
+        for w in self.writers:
+            if w is not None:
+                n += (<RecordBatchWriter>w).records
+        return n
+
+    @property
+    def size(self):
+        """Bytes of the open batches."""
+        cdef Py_ssize_t n = 0
+        for w in self.writers:
+            if w is not None:
+                n += (<RecordBatchWriter>w).size
+        return n
+
+    def append(self, FlowBatch bt, object enricher=None, Py_ssize_t start=0, bytes exporter=None):
+        """Append bt's flows from index `start` (exporter: the key of mode exporter); stop at
+        the first flow whose partition's batch is full. Returns the index of the first flow not
+        appended (len(bt) when all fit); `full` is then that partition's slot: take() its batch
+        and append again from there."""
+        cdef Py_ssize_t i
+        cdef bytes head
+        cdef Flow* f
+        cdef const char* key = NULL
+        cdef Py_ssize_t keylen = 0
+        cdef int slot = 0
+        cdef RecordBatchWriter w
+        self.full = -1
+        if start >= bt.n:
+            return bt.n
+        if self.mode == KEY_EXPORTER:
+            if exporter is None:
+                raise ValueError("mode exporter: the exporter's key is needed")
+            key = PyBytes_AS_STRING(exporter)
+            keylen = len(exporter)
+            slot = (fs_murmur2(<const unsigned char*>key, keylen) & 0x7FFFFFFF) % self.partitions
+        head = batch_head(bt)
+        enrich_batch(bt, start, enricher)
+        for i in range(start, bt.n):
+            f = &bt.flows[i]
+            if self.mode == KEY_CONVERSATION:
+                key = _conv.p + conversation_key(f, &keylen)
+                slot = (fs_murmur2(<const unsigned char*>key, keylen) & 0x7FFFFFFF) % self.partitions
+            obj = self.writers[slot]
+            if obj is None:
+                obj = self.writers[slot] = RecordBatchWriter(self.max_bytes)
+            w = <RecordBatchWriter>obj
+            w.check_open()
+            if w.put_flow(bt, f, enricher, PyBytes_AS_STRING(head), len(head), key, keylen):
+                self.full = slot
+                return i
+        return bt.n
+
+    def take(self, int slot):
+        """The batch of a partition slot (None when it has no flows); a new one starts there
+        when next needed."""
+        w = self.writers[slot]
+        if w is None or not (<RecordBatchWriter>w).records:
+            return None
+        self.writers[slot] = None
+        return w

@@ -435,28 +435,58 @@ def _rdkafka_read(bootstrap: str, t: str, want: int, timeout: float = 30.0) -> l
     return out
 
 
-def test_keyed_partitions_agree_with_librdkafka_on_any_partition_count(broker: Any, collector: Any) -> None:
+@pytest.mark.parametrize("mode,direct", [("conversation", True), ("exporter", True), ("conversation", False)],
+                         ids=["conversation", "exporter", "conversation-aiokafka"])
+def test_keyed_partitions_agree_with_librdkafka_on_any_partition_count(broker: Any, collector: Any, mode: str,
+                                                                       direct: bool) -> None:
     """Kafka's partitioner is toPositive(murmur2(key)) % partitions: with 3 partitions (not a power
     of two, where dropping the sign bit matters) every keyed record is where librdkafka's murmur2
-    partitioner puts the same key."""
+    partitioner puts the same key, and carries the key the mode gives it (conversation: the two
+    addresses sorted; exporter: the datagram's source address, here eight of 127/8). The flows are
+    written into per-partition record batches in C (the log says so), on the direct path and
+    through aiokafka's send_batch alike, and each exporter's flows stay in their order."""
+    import socket
+
     from confluent_kafka import Producer
 
     t = topic()
-    c = collector(["--kafka-brokers", broker.bootstrap, "--kafka-topic", t, "--kafka-key", "conversation",
-                   "--kafka-create-topic", "--kafka-partitions", "3"])
-    send_udp([make_v5(i * 30, 30, i * 30) for i in range(10)], c.port)
-    got = _rdkafka_read(broker.bootstrap, t, 300)
-    assert len(got) == 300
+    c = collector(["--kafka-brokers", broker.bootstrap, "--kafka-topic", t, "--kafka-key", mode,
+                   "--kafka-create-topic", "--kafka-partitions", "3", *([] if direct else ["--no-kafka-direct"])])
+    socks = []
+    try:
+        for e in range(8):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind((f"127.0.0.{e + 2}", 0))
+            socks.append(s)
+        for i in range(24):
+            send_udp([make_v5(i * 30, 30, i * 30)], c.port, sock=socks[i % 8])
+    finally:
+        for s in socks:
+            s.close()
+    got = _rdkafka_read(broker.bootstrap, t, 720)
+    assert len(got) == 720
     keys = {k for _, k, _, _, _ in got}
-    assert len(keys) == 300 and {p for p, _, _, _, _ in got} == {0, 1, 2}
+    assert {p for p, _, _, _, _ in got} == {0, 1, 2}
+    for _, k, _, _, v in got:
+        f = orjson.loads(v)
+        if mode == "conversation":
+            assert k == "|".join(sorted([f["SrcAddr"], f["DstAddr"]])).encode()
+        else:
+            assert k == f["AgentIP"].encode()
+    assert len(keys) == (720 if mode == "conversation" else 8)
+    if mode == "exporter":  # one partition per exporter: its flows in the order sent
+        for k in keys:
+            ports = [orjson.loads(v)["SrcPort"] for _, kk, _, _, v in got if kk == k]
+            assert len(ports) == 90 and ports == sorted(ports)
     ref: dict[bytes, int] = {}
     p = Producer({"bootstrap.servers": broker.bootstrap, "partitioner": "murmur2"})
     for k in keys:
         p.produce(t, key=k, value=b"x",  # the same 3-partition topic, after it was read
                   on_delivery=lambda err, m: ref.__setitem__(m.key(), m.partition()) if err is None else None)
     p.flush(30)
-    assert len(ref) == 300
+    assert len(ref) == len(keys)
     assert all(part == ref[k] for part, k, _, _, _ in got)
+    assert f"kafka: flows keyed by {mode} written into record batches per partition (3 partitions of {t})" in c.log()
     assert c.stop() == 0
 
 

@@ -1568,6 +1568,75 @@ def test_linger_does_not_cut_the_open_batch_behind_a_backlog() -> None:
     asyncio.run(run())
 
 
+@pytest.mark.parametrize("mode", ["exporter", "conversation"])
+def test_keyed_modes_write_batches_per_partition_once_the_count_is_known(mode: str) -> None:
+    """--kafka-key exporter|conversation: until the sink knows the topic's partition count the
+    flows go per record (the sink keys them); then each flow is written into the batch of its
+    key's partition (decoders.KeyedBatches), a partition slot per batch; when the count changes
+    the open batches are queued as they are and new ones are keyed for the new count. The
+    linger loop queues the open batches, and the snapshot counts their flows with the queue."""
+    import asyncio
+    import random
+
+    from aiokafka.partitioner import murmur2
+    from aiokafka.record._crecords.cutil import crc32c_cython
+    from aiokafka.record.default_records import DefaultRecordBatch
+
+    from benchmarks.datagrams import v5_datagram, v5_records
+    from collector.config import Config
+    from collector.server import Worker
+    from collector.sinks import Prebuilt, conversation_key
+
+    cfg = Config()
+    cfg.kafka.brokers = ["127.0.0.1:9"]   # never connected: the worker is not started
+    cfg.kafka.key = mode
+    cfg.kafka.linger_ms = 5
+    w = Worker(cfg)
+    assert w.writer is None and w.keyed is None
+    rng = random.Random(4)
+    b = [w.decoder.decode(v5_datagram(v5_records(30, rng, uptime_ms=100_000), seq=30 * i, unix_secs=1_700_000_000,
+                                      uptime_ms=100_000), f"10.0.0.{i % 4 + 1}") for i in range(8)]
+
+    def key(j: bytes, exporter: str) -> bytes:
+        return conversation_key(j) if mode == "conversation" else exporter.encode()
+
+    w.write_keyed(b[0], "10.0.0.1")             # partition count not known: per record
+    assert w.keyed is None and len(w.queue.chunks) == 1 and w.queue.chunks[0].records == b[0].to_json()
+    w.sink.partitions[cfg.kafka.topic] = [0, 1, 2]
+    for i in range(1, 5):
+        w.write_keyed(b[i], f"10.0.0.{i % 4 + 1}")
+    assert w.keyed.partitions == 3 and w.keyed.records == 120 and len(w.queue.chunks) == 1
+    assert w.snapshot()["flowscope_queue_records"] == {(): 150}
+    w.sink.partitions[cfg.kafka.topic] = [0, 1, 2, 3, 4]     # partitions added
+    for i in range(5, 8):
+        w.write_keyed(b[i], f"10.0.0.{i % 4 + 1}")
+    assert w.keyed.partitions == 5 and w.keyed.records == 90
+
+    async def run() -> None:
+        task = asyncio.get_running_loop().create_task(w._linger_loop())
+        try:
+            deadline = asyncio.get_running_loop().time() + 5
+            while w.keyed.records and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.01)
+        finally:
+            task.cancel()
+
+    asyncio.run(run())
+    assert w.keyed.records == 0
+    chunks = list(w.queue.chunks)[1:]
+    assert all(isinstance(c.records, Prebuilt) for c in chunks)
+    got: list[tuple[int, bytes, bytes]] = []
+    for c in chunks:
+        got += [(c.records.slot, r.key, r.value) for r in DefaultRecordBatch(c.records.writer.build(crc32c_cython))]
+    sent = [(key(j, f"10.0.0.{i % 4 + 1}"), j) for i in range(1, 8) for j in b[i].to_json()]
+    assert sorted((k, v) for _, k, v in got) == sorted(sent)
+    # each record in the slot its key hashes to, for the count of the time it was written
+    first = {(key(j, f"10.0.0.{i % 4 + 1}"), j) for i in range(1, 5) for j in b[i].to_json()}
+    for slot, k, v in got:
+        parts = 3 if (k, v) in first else 5
+        assert slot == (murmur2(k) & 0x7FFFFFFF) % parts
+
+
 def test_a_sink_delivering_nothing_with_records_waiting_makes_the_worker_unready(monkeypatch) -> None:
     """Connected is not enough: records waiting longer than max(10 s, 2 x request timeout) with
     nothing delivered (a broker answering every produce with a retriable error, or the keyed

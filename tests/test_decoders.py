@@ -15,6 +15,7 @@ import logging
 import random
 import struct
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -927,6 +928,99 @@ def test_record_batch_writer_is_a_valid_kafka_v2_batch() -> None:
     rb = DefaultRecordBatch(data)
     assert rb.validate_crc() and rb.compression_type == 4
     assert [r.value for r in rb] == want and all(r.key is None for r in DefaultRecordBatch(data))
+
+
+def _keyed_flows() -> list[tuple[str, Any]]:
+    """Datagrams whose flows have IPv4, IPv6 (compressed and IPv4-mapped), one address only and
+    no address at all: every shape a conversation key takes."""
+    v4 = _tpl(300, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("sport", 7, 0, 2))
+    v6 = _tpl(301, ("src", 27, 0, 16), ("dst", 28, 0, 16), ("sport", 7, 0, 2))
+    one = _tpl(302, ("dst", 12, 0, 4), ("sport", 7, 0, 2))
+    none = _tpl(303, ("sport", 7, 0, 2), ("bytes", 1, 0, 4))
+    rng = random.Random(11)
+    dec = Decoder()
+    for e in (1, 2, 3):
+        dec.decode(ipfix_message([template_set([v4, v6, one, none])], seq=0, export_time=EXPORT), f"192.0.2.{e}")
+    batches = []
+    for s in range(6):
+        recs4 = [{"src": f"10.{s}.{rng.randrange(4)}.{rng.randrange(256)}", "dst": f"10.{s}.0.{rng.randrange(9)}",
+                  "sport": i} for i in range(40)]
+        recs6 = [{"src": rng.choice(["2001:db8::1", "fd00::a:b", "::ffff:10.0.0.7", "2001:db8:0:0:1::"]),
+                  "dst": f"2001:db8::{rng.randrange(1, 99):x}", "sport": i} for i in range(15)]
+        recs1 = [{"dst": "10.9.9.9", "sport": i} for i in range(3)]
+        recs0 = [{"sport": i, "bytes": 1} for i in range(2)]
+        exporter = f"192.0.2.{s % 3 + 1}"
+        b = dec.decode(ipfix_message([data_set(v4, recs4), data_set(v6, recs6), data_set(one, recs1),
+                                      data_set(none, recs0)], seq=s * 60, export_time=EXPORT), exporter)
+        assert b.error is None and len(b) == 60
+        batches.append((exporter, b))
+    return batches
+
+
+@pytest.mark.parametrize("mode", ["exporter", "conversation"])
+@pytest.mark.parametrize("partitions,max_bytes", [(1, 1 << 20), (3, 1 << 20), (7, 4096)])
+def test_keyed_batches_put_each_flow_in_its_keys_partition(mode: str, partitions: int, max_bytes: int) -> None:
+    """KeyedBatches (the keyed modes' fast path): every flow once, as the same JSON the per-record
+    path publishes, keyed as the per-record path keys it (collector.sinks.conversation_key reads
+    the addresses back from that JSON; exporter: the exporter's address), in the partition
+    Kafka's partitioner gives the key (aiokafka's murmur2, sign bit cleared), in order within
+    its partition. Small batches fill up and are taken mid-datagram."""
+    from aiokafka.partitioner import murmur2
+    from aiokafka.record._crecords.cutil import crc32c_cython
+    from aiokafka.record.default_records import DefaultRecordBatch
+
+    from collector.sinks import conversation_key
+    from decoders import KeyedBatches
+
+    batches = _keyed_flows()
+    want: dict[int, list[tuple[bytes, bytes]]] = {p: [] for p in range(partitions)}
+    for exporter, b in batches:
+        for j in b.to_json():
+            key = conversation_key(j) if mode == "conversation" else exporter.encode()
+            want[(murmur2(key) & 0x7FFFFFFF) % partitions].append((key, j))
+    assert mode == "exporter" or {b"|", b"|10.9.9.9"} <= {k for v in want.values() for k, _ in v}
+    kb = KeyedBatches(partitions, max_bytes, mode)
+    got: dict[int, list[tuple[bytes, bytes]]] = {p: [] for p in range(partitions)}
+    taken = 0
+
+    def read(slot: int, w: object) -> None:
+        rb = DefaultRecordBatch(w.build(crc32c_cython))  # type: ignore[attr-defined]
+        assert rb.validate_crc()
+        recs = list(rb)
+        assert [r.offset for r in recs] == list(range(len(recs)))
+        got[slot] += [(r.key, r.value) for r in recs]
+
+    for exporter, b in batches:
+        key = exporter.encode() if mode == "exporter" else None
+        i = kb.append(b, None, 0, key)
+        while i < len(b):
+            assert kb.full >= 0
+            w = kb.take(kb.full)
+            assert w.size <= max_bytes
+            read(kb.full, w)
+            taken += 1
+            i = kb.append(b, None, i, key)
+        assert kb.full == -1
+    assert kb.records == sum(len(b) for _, b in batches) - sum(len(v) for v in got.values())
+    for slot in range(partitions):
+        w = kb.take(slot)
+        if w is not None:
+            read(slot, w)
+    assert kb.records == 0 and kb.take(0) is None
+    assert got == want
+    assert (taken > 0) == (max_bytes < 1 << 20)
+
+
+def test_keyed_batches_refuse_what_they_cannot_key() -> None:
+    from decoders import KeyedBatches
+
+    with pytest.raises(ValueError, match="partitions"):
+        KeyedBatches(0, 1 << 20, "exporter")
+    with pytest.raises(ValueError, match="mode"):
+        KeyedBatches(2, 1 << 20, "none")
+    b = _keyed_flows()[0][1]
+    with pytest.raises(ValueError, match="exporter's key"):
+        KeyedBatches(2, 1 << 20, "exporter").append(b)
 
 
 def test_templates_are_scoped_by_exporter_port() -> None:
