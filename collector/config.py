@@ -319,8 +319,8 @@ class KafkaConfig:
                            choice("none", "gzip", "snappy", "lz4", "zstd"))
     compression_level: int = opt(0, "compression level: 0 = flowscope's default (lz4 fast mode, zstd 3, gzip 1); "
                                  "lz4 1-16, zstd -7 to 22, gzip 1-9 trade CPU for smaller batches; snappy has none. "
-                                 "Applies to the fast path's batches (key none); the keyed modes and sFlow "
-                                 "counter records compress through aiokafka at its own levels",
+                                 "Applies to the flows' record batches; sFlow counter records compress through "
+                                 "aiokafka at its own levels",
                                  ranged(parse_int, -7, 22))
     compression_thread: str = opt("auto", "compress the fast path's batches (lz4 at levels 0-2, zstd) on a thread "
                                   "of their own instead of the event loop's, with the system's liblz4 / libzstd: "

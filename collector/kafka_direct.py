@@ -10,9 +10,11 @@ writes the request framing into headroom in front of the batch and the transport
 memoryview of the writer itself.
 
 Scope: Produce v3 (Kafka 0.11 and later; still served by Kafka 4), one topic and partition per
-request, uncompressed batches, plaintext connections. aiokafka keeps everything else: metadata
-and partition leaders (read from its cluster view), topic creation, and every configuration this
-path does not cover (TLS, SASL, compression, keyed partitioning), which keep going through it.
+request, batches compressed in place or not, plaintext connections. aiokafka keeps everything
+else: metadata and partition leaders (read from its cluster view), topic creation, records
+queued one by one (sFlow counter records), and every configuration this path does not cover
+(TLS, SASL), which keep going through it. Batches of the keyed modes keep their partition's
+connection (`sticky`), so that a key's batches are answered in the order they were sent.
 
 Responses come back in request order on a connection; each request's future resolves with the
 partition's error code checked. A connection that fails or lets a request pass its timeout is

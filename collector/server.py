@@ -362,7 +362,7 @@ class Worker:
         """Records and bytes in the open record batches (decoded, neither queued nor dropped)."""
         wr = self.writer
         if wr is not None:
-            return wr.records, wr.size
+            return (wr.records, wr.size) if wr.records else (0, 0)  # (an empty batch is its header)
         kb = self.keyed
         if kb is not None:
             return kb.records, kb.size

@@ -8,9 +8,11 @@ bound covers what is in flight too. When the bound is hit the policy decides: `n
 arriving chunk, `oldest` evicts queued chunks. Either way every dropped record is counted by
 reason, so delivered + dropped always adds up to what was decoded.
 
-Kafka: the fast path (key none) queues whole record batches written in C (Prebuilt); they go
-to the partition leaders on flowscope's own connections (collector/kafka_direct.py) or, where
-that path does not apply, through aiokafka's `send_batch()`. Keyed records enter aiokafka
+Kafka: flows are queued as whole record batches written in C (Prebuilt: key none, any
+partition; the keyed modes, a batch per partition, decoders.KeyedBatches); they go to the
+partition leaders on flowscope's own connections (collector/kafka_direct.py) or, where that path
+does not apply, through aiokafka's `send_batch()`. Records queued one by one (sFlow counter
+records; keyed flows that arrive before the topic's partition count is known) enter aiokafka
 through `producer.create_batch()` / `BatchBuilder.append()` / `send_batch()` (about ten times
 cheaper per record than `send()`), one builder per partition. A batch that could not be
 delivered within the request timeout goes back to the front of the queue, so an outage is
@@ -791,13 +793,32 @@ class KafkaSink(Sink):
                                              acks=-1 if self.k.acks == "all" else int(self.k.acks),
                                              request_timeout_ms=self.k.request_timeout_ms,
                                              connections=self.k.connections)
-            self.connected = True
             log.info("kafka: connected to %s (%d connection%s%s)", ",".join(self.k.brokers), len(producers),
                      "s" if len(producers) > 1 else "",
                      ", direct produce for the fast path" if self.direct is not None else "")
             if self.k.create_topic:
                 await self._create_topics()
+            await self._learn_partitions()
+            self.connected = True
             return
+
+    async def _learn_partitions(self) -> None:
+        """Ask for the topics' metadata once connected, before the sink counts as connected
+        (and so before /readyz says ready). The keyed modes' C path needs the flows topic's
+        partition count (Worker.write_keyed). And a broker that creates topics when they are
+        first asked for does it now, before any record is produced: Tansu, asked by two workers
+        at once, creates such a topic twice and loses what was written into the first one
+        (seen with two producers: about one time in twenty). A topic not there yet is logged and
+        the sink goes on (its first send asks again)."""
+        topics = [self.k.topic] + ([self.k.counters_topic] if self.cfg.counters else [])
+        for t in topics:
+            try:
+                parts = await asyncio.wait_for(self._partitions(t), self.k.request_timeout_ms / 1000)
+            except Exception as exc:
+                self._rl.warning("metadata", "kafka: no metadata for topic %s yet: %s (asked again before "
+                                 "producing)", t, exc or type(exc).__name__)
+                continue
+            log.info("kafka: topic %s has %d partition%s", t, len(parts), "" if len(parts) == 1 else "s")
 
     async def _create_topics(self) -> None:
         """--kafka-create-topic: ask for every topic and read the answer per topic.
@@ -861,13 +882,6 @@ class KafkaSink(Sink):
         await self._connect()
         if self.producer is None:
             return
-        if self.k.key != "none":
-            # the keyed modes' fast path needs the flows topic's partition count (Worker.write_keyed):
-            # known now, it takes the first datagrams too
-            try:
-                await asyncio.wait_for(self._partitions(self.k.topic), self.k.request_timeout_ms / 1000)
-            except Exception as exc:
-                log.debug("kafka: partitions of %s not known yet: %r", self.k.topic, exc)
         q = self.queue
         topics = (self.k.topic, self.k.counters_topic)
         idle_check = time.monotonic()

@@ -1,7 +1,16 @@
 """flowscope decoders: NetFlow v5, NetFlow v9, IPFIX and sFlow v5 (compiled: decoders._core)."""
 
-from decoders._core import EVICTED, DecodeError, Decoder, FlowBatch, KeyedBatches, RecordBatchWriter, addr_text, murmur2_positive
+from decoders._core import (
+    EVICTED,
+    DecodeError,
+    Decoder,
+    FlowBatch,
+    KeyedBatches,
+    RecordBatchWriter,
+    addr_text,
+    murmur2_positive,
+)
 from decoders.config import DecoderConfig
 
-__all__ = ["EVICTED", "DecodeError", "Decoder", "DecoderConfig", "FlowBatch", "KeyedBatches", "RecordBatchWriter", "addr_text",
-           "murmur2_positive"]
+__all__ = ["EVICTED", "DecodeError", "Decoder", "DecoderConfig", "FlowBatch", "KeyedBatches", "RecordBatchWriter",
+           "addr_text", "murmur2_positive"]

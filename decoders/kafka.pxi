@@ -631,10 +631,10 @@ cdef class KeyedBatches:
 
     @property
     def size(self):
-        """Bytes of the open batches."""
+        """Bytes of the open batches (those holding flows)."""
         cdef Py_ssize_t n = 0
         for w in self.writers:
-            if w is not None:
+            if w is not None and (<RecordBatchWriter>w).records:
                 n += (<RecordBatchWriter>w).size
         return n
 
