@@ -668,9 +668,10 @@ def test_sigterm_with_produce_requests_unanswered_counts_them_unconfirmed(collec
     may write them) and the rest `shutdown`; delivered + unconfirmed + shutdown is what was
     decoded, and the topic afterwards holds at least what was delivered and at most that plus the
     unconfirmed ones. (Before, the connections closed at the deadline failed the written requests
-    back into the queue, and records the broker then wrote were counted as never sent.) Through
-    aiokafka (keyed records, --no-kafka-direct) the same: what aiokafka was handed may have been
-    written, so it is `unconfirmed` too, not `shutdown`."""
+    back into the queue, and records the broker then wrote were counted as never sent.) Keyed
+    batches (on the direct path, a partition on its own connection) and through aiokafka
+    (--no-kafka-direct) the same: what aiokafka was handed may have been written, so it is
+    `unconfirmed` too, not `shutdown`."""
 
     b = own_broker
     t = topic()
