@@ -221,6 +221,9 @@ class Protocol(asyncio.DatagramProtocol):
 
 # Seconds the open record batch may keep filling behind queued batches before it is queued too.
 OPEN_BATCH_MAX_AGE = 1.0
+# Bytes the keyed modes' open batches may hold together (or four batches, if more) before they
+# are all queued: with many partitions none may fill up for a long while.
+KEYED_OPEN_BYTES = 32 << 20
 
 
 class Worker:
@@ -267,6 +270,8 @@ class Worker:
             else:
                 self.keyed_mode = cfg.kafka.key
                 self._keyed_cls = KeyedBatches
+        # bytes the keyed modes' open batches (one per partition) may hold before all are queued
+        self.keyed_cap = max(KEYED_OPEN_BYTES, 4 * cfg.kafka.batch_bytes)
         self.counters = cfg.counters
         self.counter_records = 0   # sFlow counter records decoded (and offered to the queue)
         self.sink: Sink = make_sink(cfg)
@@ -338,6 +343,11 @@ class Worker:
         while i < n:
             self._queue_batch(kb.take(kb.full), kb.full)
             i = kb.append(batch, self.enricher, i, key)
+        if kb.size > self.keyed_cap:
+            # many partitions, none full yet: the open batches go to the queue, where their
+            # bytes count against --queue-bytes (as a Kafka producer's buffer.memory bounds its
+            # per-partition batches)
+            self.flush_records()
 
     def _queue_batch(self, wr: Any, slot: int = -1) -> None:
         wr.trim()   # a small batch gives its max-size buffer back before it waits in the queue

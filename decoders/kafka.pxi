@@ -608,6 +608,8 @@ cdef class KeyedBatches:
     cdef readonly int mode
     cdef readonly Py_ssize_t max_bytes
     cdef readonly int full           # after append() stopped early: the slot whose batch is full
+    cdef Py_ssize_t nrecords         # flows in the open batches
+    cdef Py_ssize_t nbytes           # bytes of the open batches holding flows
 
     def __init__(self, int partitions, Py_ssize_t max_bytes=1048576, str mode="exporter"):
         if partitions < 1:
@@ -619,24 +621,18 @@ cdef class KeyedBatches:
         self.mode = KEY_EXPORTER if mode == "exporter" else KEY_CONVERSATION
         self.writers = [None] * partitions
         self.full = -1
+        self.nrecords = 0
+        self.nbytes = 0
 
     @property
     def records(self):
         """Flows in the open batches."""
-        cdef Py_ssize_t n = 0
-        for w in self.writers:
-            if w is not None:
-                n += (<RecordBatchWriter>w).records
-        return n
+        return self.nrecords
 
     @property
     def size(self):
         """Bytes of the open batches (those holding flows)."""
-        cdef Py_ssize_t n = 0
-        for w in self.writers:
-            if w is not None and (<RecordBatchWriter>w).records:
-                n += (<RecordBatchWriter>w).size
-        return n
+        return self.nbytes
 
     def append(self, FlowBatch bt, object enricher=None, Py_ssize_t start=0, bytes exporter=None):
         """Append bt's flows from index `start` (exporter: the key of mode exporter); stop at
@@ -649,6 +645,7 @@ cdef class KeyedBatches:
         cdef const char* key = NULL
         cdef Py_ssize_t keylen = 0
         cdef int slot = 0
+        cdef Py_ssize_t before
         cdef RecordBatchWriter w
         self.full = -1
         if start >= bt.n:
@@ -671,9 +668,12 @@ cdef class KeyedBatches:
                 obj = self.writers[slot] = RecordBatchWriter(self.max_bytes)
             w = <RecordBatchWriter>obj
             w.check_open()
+            before = w.buf.n - PREFIX if w.records else 0
             if w.put_flow(bt, f, enricher, PyBytes_AS_STRING(head), len(head), key, keylen):
                 self.full = slot
                 return i
+            self.nrecords += 1
+            self.nbytes += w.buf.n - PREFIX - before
         return bt.n
 
     def take(self, int slot):
@@ -683,4 +683,6 @@ cdef class KeyedBatches:
         if w is None or not (<RecordBatchWriter>w).records:
             return None
         self.writers[slot] = None
+        self.nrecords -= (<RecordBatchWriter>w).records
+        self.nbytes -= (<RecordBatchWriter>w).size
         return w

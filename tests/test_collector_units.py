@@ -1611,6 +1611,7 @@ def test_keyed_modes_write_batches_per_partition_once_the_count_is_known(mode: s
     for i in range(5, 8):
         w.write_keyed(b[i], f"10.0.0.{i % 4 + 1}")
     assert w.keyed.partitions == 5 and w.keyed.records == 90
+    assert w.snapshot()["flowscope_queue_bytes"] == {(): w.queue.total_bytes + w.keyed.size}
 
     async def run() -> None:
         task = asyncio.get_running_loop().create_task(w._linger_loop())
@@ -1635,6 +1636,17 @@ def test_keyed_modes_write_batches_per_partition_once_the_count_is_known(mode: s
     for slot, k, v in got:
         parts = 3 if (k, v) in first else 5
         assert slot == (murmur2(k) & 0x7FFFFFFF) % parts
+    # Many partitions, none full: past keyed_cap bytes the open batches are all queued.
+    w.sink.partitions[cfg.kafka.topic] = list(range(64))
+    w.keyed_cap = 20000
+    queued = len(w.queue.chunks)
+    w.write_keyed(b[1], "10.0.0.2")
+    assert w.keyed.partitions == 64 and w.keyed.size < 20000 and len(w.queue.chunks) == queued
+    for i in range(2, 8):
+        w.write_keyed(b[i], f"10.0.0.{i % 4 + 1}")
+        assert w.keyed.size <= 20000
+    assert len(w.queue.chunks) > queued
+    assert w.keyed.records + sum(len(c.records) for c in list(w.queue.chunks)[queued:]) == 7 * 30
 
 
 def test_a_sink_delivering_nothing_with_records_waiting_makes_the_worker_unready(monkeypatch) -> None:

@@ -1001,12 +1001,14 @@ def test_keyed_batches_put_each_flow_in_its_keys_partition(mode: str, partitions
             taken += 1
             i = kb.append(b, None, i, key)
         assert kb.full == -1
+        open_ = [w for w in kb.writers if w is not None]
+        assert kb.records == sum(w.records for w in open_) and kb.size == sum(w.size for w in open_)
     assert kb.records == sum(len(b) for _, b in batches) - sum(len(v) for v in got.values())
     for slot in range(partitions):
         w = kb.take(slot)
         if w is not None:
             read(slot, w)
-    assert kb.records == 0 and kb.take(0) is None
+    assert kb.records == 0 and kb.size == 0 and kb.take(0) is None
     assert got == want
     assert (taken > 0) == (max_bytes < 1 << 20)
 
