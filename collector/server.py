@@ -363,10 +363,8 @@ class Worker:
             self.writer = self._writer_cls(self.cfg.kafka.batch_bytes)
         kb = self.keyed
         if kb is not None:
-            for slot in range(kb.partitions):
-                wr = kb.take(slot)
-                if wr is not None:
-                    self._queue_batch(wr, slot)
+            for slot, wr in kb.take_all():
+                self._queue_batch(wr, slot)
 
     def open_batches(self) -> tuple[int, int]:
         """Records and bytes in the open record batches (decoded, neither queued nor dropped)."""

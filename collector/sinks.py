@@ -57,8 +57,8 @@ class Chunk:
 class Prebuilt:
     """Flows already laid out as one Kafka record batch by decoders.RecordBatchWriter (the
     fast path): the queue holds the batch, not a bytes object per flow. A keyed batch
-    (decoders.KeyedBatches) belongs to partition slot `slot` of `partitions`; -1: any
-    partition (key none)."""
+    (decoders.KeyedBatches) belongs to partition slot `slot` (its partition's index in the
+    topic's partition list when it was keyed); -1: any partition (key none)."""
 
     __slots__ = ("writer", "data", "slot")
 

@@ -676,6 +676,22 @@ cdef class KeyedBatches:
             self.nbytes += w.buf.n - PREFIX - before
         return bt.n
 
+    def take_all(self):
+        """Every open batch holding flows, as (slot, batch), the slots emptied."""
+        cdef list out = []
+        cdef Py_ssize_t slot
+        if not self.nrecords:
+            return out
+        for slot in range(self.partitions):
+            w = self.writers[slot]
+            if w is not None:
+                self.writers[slot] = None
+                if (<RecordBatchWriter>w).records:
+                    out.append((slot, w))
+        self.nrecords = 0
+        self.nbytes = 0
+        return out
+
     def take(self, int slot):
         """The batch of a partition slot (None when it has no flows); a new one starts there
         when next needed."""

@@ -1004,11 +1004,11 @@ def test_keyed_batches_put_each_flow_in_its_keys_partition(mode: str, partitions
         open_ = [w for w in kb.writers if w is not None]
         assert kb.records == sum(w.records for w in open_) and kb.size == sum(w.size for w in open_)
     assert kb.records == sum(len(b) for _, b in batches) - sum(len(v) for v in got.values())
-    for slot in range(partitions):
-        w = kb.take(slot)
-        if w is not None:
-            read(slot, w)
-    assert kb.records == 0 and kb.size == 0 and kb.take(0) is None
+    left = kb.take_all()
+    assert len(left) == len({slot for slot, _ in left}) and all(w.records for _, w in left)
+    for slot, w in left:
+        read(slot, w)
+    assert kb.records == 0 and kb.size == 0 and kb.take(0) is None and kb.take_all() == []
     assert got == want
     assert (taken > 0) == (max_bytes < 1 << 20)
 
