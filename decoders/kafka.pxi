@@ -645,7 +645,7 @@ cdef class KeyedBatches:
         cdef const char* key = NULL
         cdef Py_ssize_t keylen = 0
         cdef int slot = 0
-        cdef Py_ssize_t before
+        cdef Py_ssize_t before, off
         cdef RecordBatchWriter w
         self.full = -1
         if start >= bt.n:
@@ -661,7 +661,8 @@ cdef class KeyedBatches:
         for i in range(start, bt.n):
             f = &bt.flows[i]
             if self.mode == KEY_CONVERSATION:
-                key = _conv.p + conversation_key(f, &keylen)
+                off = conversation_key(f, &keylen)
+                key = _conv.p + off     # (after the call: it may move _conv's buffer)
                 slot = (fs_murmur2(<const unsigned char*>key, keylen) & 0x7FFFFFFF) % self.partitions
             obj = self.writers[slot]
             if obj is None:
