@@ -14,6 +14,8 @@
 # key length varint (-1 = null) + key, value length varint + value, header count varint.
 # Varints are zigzag-encoded (protobuf style).
 
+cimport cython
+
 cdef extern from *:
     """
     #include <stdint.h>
@@ -240,6 +242,7 @@ cdef void frame_request(char* p, Py_ssize_t plen, Py_ssize_t blen, int32_t corre
     put_be32(p + 8, <uint32_t>blen)                  # records: the batch
 
 
+@cython.final      # (put_flow called directly, not through the class's method table)
 cdef class RecordBatchWriter:
     """Accumulates flows as the records of one Kafka v2 record batch, up to max_bytes."""
 
@@ -313,8 +316,8 @@ cdef class RecordBatchWriter:
             raise ValueError("batch already compressed or framed as a request: no more appends")
         return 0
 
-    cdef int put_flow(self, FlowBatch bt, Flow* f, object enricher, const char* head, Py_ssize_t head_len,
-                      const char* key, Py_ssize_t keylen) except -1:
+    cdef inline int put_flow(self, FlowBatch bt, Flow* f, object enricher, const char* head, Py_ssize_t head_len,
+                             const char* key, Py_ssize_t keylen) except -1:
         """One flow as one record with the given key (keylen -1: null): 0 when appended, 1 when
         it would take the batch past max_bytes (nothing appended; its enrichment counts taken
         back). A flow into an empty batch is always appended."""
