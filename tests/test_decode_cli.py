@@ -365,3 +365,66 @@ def test_decode_and_replay_help_show_options_as_run_does() -> None:
     assert "templates kept per exporter [default: 1024]" in helps["decode"]
     assert "--loop N        times to send the capture; 0 = forever [default: 1]" in helps["replay"]
     assert "--to HOST:PORT  destination collector (IPv6 as [ADDR]:PORT)\n" in helps["replay"]
+
+
+def test_keyed_batches_carry_the_same_enriched_flows_and_count_each_lookup_once() -> None:
+    """The keyed modes' C path (decoders.KeyedBatches) enriches through the same C view as the
+    key none writer: the same records, and with small batches that fill up mid-datagram (the
+    flow that did not fit is encoded again in the next batch) its lookups are counted once, as
+    the key none writer with room for everything counts them."""
+    import enrich
+    from decoders import Decoder, KeyedBatches, RecordBatchWriter
+
+    pods = [pod(f"p{i}", "ns1", ips=[f"10.128.0.{i}"], node="node-a", host_ip="10.0.0.1",
+                owner=("StatefulSet", "s")) for i in range(2, 40)]
+    e = enrich.Enricher.from_objects(pods=pods, nodes=[node("node-a", internal=["10.0.0.1"])],
+                                     services=[service("svc", "ns1", ips=["172.30.0.10"])])
+    if not hasattr(e, "c_api"):
+        import pytest
+
+        pytest.skip("enrich._fast not built: the C path does not exist in this build")
+    from aiokafka.record._crecords.cutil import crc32c_cython
+    from aiokafka.record.default_records import DefaultRecordBatch
+
+    rng = random.Random(8)
+    t0 = 1_780_000_000
+    dec = Decoder()
+    dec.decode(ipfix_message([template_set([OVS_INGRESS])], seq=0, export_time=t0), "10.0.0.1")
+    msgs = []
+    for s in range(8):
+        recs = ovs_flows(25, rng)
+        for r in recs:
+            r["src"] = f"10.128.0.{rng.randrange(2, 45)}"
+            r["dst"] = rng.choice([f"10.128.0.{rng.randrange(2, 45)}", "172.30.0.10", "8.8.8.8"])
+        msgs.append(ipfix_message([data_set(OVS_INGRESS, recs)], seq=s * 25, export_time=t0))
+
+    def lookups() -> int:
+        st = e.stats()
+        return int(st["lookups_cached"] + st["lookups_index"])
+
+    before = lookups()
+    w = RecordBatchWriter(1 << 20)
+    want = []
+    for m in msgs:
+        b = dec.decode(m, "10.0.0.1", 0, t0)
+        assert w.append(b, e) == len(b)
+        want += b.to_json(e)
+    per_pass = lookups() - before
+    assert per_pass > 0
+    before = lookups()
+    kb = KeyedBatches(3, 4096, "conversation")
+    got = []
+    stops = 0
+    for m in msgs:
+        b = dec.decode(m, "10.0.0.1", 0, t0)
+        i = kb.append(b, e, 0)
+        while i < len(b):
+            stops += 1
+            got += [r.value for r in DefaultRecordBatch(kb.take(kb.full).build(crc32c_cython))]
+            i = kb.append(b, e, i)
+    for _, wr in kb.take_all():
+        got += [r.value for r in DefaultRecordBatch(wr.build(crc32c_cython))]
+    assert stops > 0
+    assert sorted(got) == sorted(want) and any(b"SrcK8S_Name" in x for x in got)
+    # to_json(e) of every datagram above looked up once more per flow than the writer did
+    assert lookups() - before == per_pass // 2
