@@ -242,9 +242,10 @@ def run_trial(
     max_drain: float,
     loadgen_extra: list[str],
     count_with: str = "aiokafka",
+    partitions: int = 1,
 ) -> Trial:
     tr = Trial(collector=spec.name, proto=proto, workers=spec.workers, target_flows_s=rate, duration_s=duration)
-    topic = brk.create_topic(broker.bootstrap) if spec.sink == "kafka" and broker else None
+    topic = brk.create_topic(broker.bootstrap, partitions=partitions) if spec.sink == "kafka" and broker else None
     port = brk.free_udp_port()
     env = Env(proto=proto, port=port, bootstrap=broker.bootstrap if broker else None, topic=topic,
               cpus=cpus["collector"], workers=spec.workers, log_dir=log_dir)
@@ -435,6 +436,7 @@ def write_markdown(path: Path, meta: dict, best: list[dict]) -> None:
         f"collector on CPU {meta['cpus']['collector']} (workers > 1: CPU {meta['cpus']['collector_multi']})",
         f"- command: `{meta['command']}`",
         f"- generator: `loadgen {' '.join(meta['loadgen_extra'])}` (C, sendmmsg), one fresh collector per trial",
+        f"- Kafka: a fresh topic per trial, {meta.get('partitions', 1)} partition(s)",
         f"- flowscope: `{' '.join(meta['flowscope_args']) or 'defaults'}`"
         + (f", enrichment on against a simulated cluster ({', '.join(f'{n} {k}' for k, n in meta['enrich'].items())}; "
            "share of enriched flows in a sample of each trial's topic in the last column)" if meta.get("enrich") else ""),
@@ -538,6 +540,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--exporters", type=int, default=4,
                     help="generator exporters (source ports); SO_REUSEPORT spreads exporters, not datagrams, "
                     "over flowscope workers, so --workers N needs several")
+    ap.add_argument("--partitions", type=int, default=1,
+                    help="partitions of each trial's topic (the keyed modes write a batch per partition)")
     ap.add_argument("--flowscope-args", default="",
                     help="extra flags for flowscope run (e.g. '--kafka-connections 1')")
     ap.add_argument("--enrich", action="store_true",
@@ -622,6 +626,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_loss": args.max_loss,
         "loadgen_extra": ["--exporters", str(args.exporters)] + (["--no-ifname"] if args.no_ifname else []),
         "flowscope_args": shlex.split(args.flowscope_args),
+        "partitions": args.partitions,
         "variants": {name: " ".join(extra) for name, extra in variants},
     }
     _FLOWSCOPE_EXTRA[:] = meta["flowscope_args"]
@@ -658,6 +663,7 @@ def _run_all(args: argparse.Namespace, meta: dict, specs: list[CollectorSpec], p
                     precision=args.precision, log=log, duration=args.duration, broker=broker, loadgen=loadgen,
                     cpus={**cpus, "collector": ccpu}, log_dir=log_dir, max_drain=args.max_drain,
                     loadgen_extra=meta["loadgen_extra"], count_with=args.count_with,
+                    partitions=args.partitions,
                 )
             finally:
                 if broker:
