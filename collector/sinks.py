@@ -548,10 +548,11 @@ def _set_done(fut: asyncio.Future[None]) -> None:
 def _murmur2(data: bytes) -> int:
     """Kafka's default partitioner hash, made positive as Java's Utils.toPositive does (the sign
     bit cleared), so keyed records land where Java clients and librdkafka put them whatever the
-    partition count (aiokafka's murmur2 returns the unsigned 32-bit value)."""
-    from aiokafka.partitioner import murmur2
+    partition count: the one decoders.KeyedBatches hashes with (aiokafka's murmur2 returns the
+    unsigned 32-bit value)."""
+    from decoders import murmur2_positive
 
-    return int(murmur2(data)) & 0x7FFFFFFF
+    return int(murmur2_positive(data))
 
 
 def conversation_key(rec: bytes) -> bytes:

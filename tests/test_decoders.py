@@ -1013,6 +1013,21 @@ def test_keyed_batches_put_each_flow_in_its_keys_partition(mode: str, partitions
     assert (taken > 0) == (max_bytes < 1 << 20)
 
 
+def test_murmur2_is_kafkas_partitioner_hash() -> None:
+    """decoders.murmur2_positive (the keyed modes' partition hash, per batch in C and per record
+    in the sink) against aiokafka's murmur2 with the sign bit cleared, for every tail length."""
+    from aiokafka.partitioner import murmur2
+
+    from decoders import murmur2_positive
+
+    rng = random.Random(21)
+    for n in list(range(0, 40)) + [255, 1024]:
+        for _ in range(5):
+            data = bytes(rng.randrange(256) for _ in range(n))
+            assert murmur2_positive(data) == murmur2(data) & 0x7FFFFFFF, data
+    assert murmur2_positive(b"10.0.0.1|10.0.0.2") == murmur2(b"10.0.0.1|10.0.0.2") & 0x7FFFFFFF
+
+
 def test_keyed_batches_refuse_what_they_cannot_key() -> None:
     from decoders import KeyedBatches
 
