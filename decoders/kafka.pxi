@@ -670,8 +670,7 @@ cdef class KeyedBatches:
             obj = self.writers[slot]
             if obj is None:
                 obj = self.writers[slot] = RecordBatchWriter(self.max_bytes)
-            w = <RecordBatchWriter>obj
-            w.check_open()
+            w = <RecordBatchWriter>obj   # (never sealed here: a batch is compressed or framed after take())
             before = w.buf.n - PREFIX if w.records else 0
             if w.put_flow(bt, f, enricher, PyBytes_AS_STRING(head), len(head), key, keylen):
                 self.full = slot
