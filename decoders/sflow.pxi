@@ -197,6 +197,11 @@ cdef int hdr_l4(Flow* f, Reader* h, uint8_t proto, int depth) except -1:
             p = hd_take(h, 8)
             if p == NULL or not (p[0] & 0x08):
                 return 0
+            # As for GRE and IP in IP: a header cut before the inner frame's own headers (a
+            # 128-byte snap of an IPv6 underlay) keeps the outer packet the flow, not an inner
+            # one with no addresses.
+            if not inner_there(h, 0, 0x6558, False):
+                return 0
             move_to_tunnel(f, TUN_VXLAN, be32(p + 4) >> 8)
             return hdr_ethernet(f, h, depth + 1)
         if f.dport == GENEVE_PORT:
@@ -208,6 +213,10 @@ cdef int hdr_l4(Flow* f, Reader* h, uint8_t proto, int depth) except -1:
             inner = be16(p + 2)
             vni = be32(p + 4) >> 8
             if optlen and hd_take(h, optlen * 4) == NULL:
+                return 0
+            # OVN's 8 bytes of options put an IPv6-in-IPv6 packet's inner IPv6 header past 128
+            # bytes: cut there, the outer packet stays the flow (inner_there)
+            if (inner == 0x0800 or inner == 0x86DD or inner == 0x6558) and not inner_there(h, 0, inner, False):
                 return 0
             move_to_tunnel(f, TUN_GENEVE, vni)
             if inner == 0x6558:     # Transparent Ethernet Bridging
