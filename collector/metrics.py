@@ -68,7 +68,9 @@ SERIES: dict[str, Series] = {s.name: s for s in [
     Series("flowscope_exporter_sample_drops", "counter", "Packets sFlow agents say they could not sample (flow "
            "samples) or report (discarded-packet samples) for lack of resources or their rate limit: the increases "
            "of the samples' cumulative drops counters, per agent, sub-agent and data source (the first value seen "
-           "of a source is its baseline; Open vSwitch always sends 0)", ("exporter", "protocol")),
+           "of a source is its baseline; a datagram behind its sequence, reordered on the path or a copy, carries "
+           "older values and is skipped, not taken for an agent restart; Open vSwitch always sends 0)",
+           ("exporter", "protocol")),
     Series("flowscope_sequence_resets", "counter", "Exporter restarts: a sequence number that jumped by more than "
            "2^20, or went back with a header uptime (netflow5, netflow9, sflow5) that went back by more than a "
            "minute, or went back and kept following on in sequence for a second (a process restarted on the same port); "

@@ -823,15 +823,18 @@ cdef class ExporterState:
             if st.held_lost and (now_ms < 0 or aged(st.held_ms, now_ms, SEQ_HELD_MS)):
                 self.count_held(st)
 
-    cdef void sample_drops(self, uint64_t stream, uint32_t kind, uint32_t source, uint32_t drops):
+    cdef void sample_drops(self, uint64_t stream, uint32_t kind, uint32_t source, uint32_t drops, bint late):
         """An sFlow sample's drops counter (packets its agent could not sample, or discard events it
         could not report), cumulative per data source: its increase since the source's last sample
         is counted (a value below the last one: the agent restarted, all of it is new; the first
         value seen is the baseline). A counter at 0 is skipped without a lookup (Open vSwitch
-        always sends 0)."""
+        always sends 0). `late`: the sample's datagram is behind its stream's sequence (reordered
+        on the path, or a copy; a restart moves the sequence on): its value predates the latest
+        one seen, so it is skipped too (the counter being cumulative, the next sample counts
+        whatever it held)."""
         cdef object key, last
         cdef uint32_t delta
-        if drops == 0:
+        if drops == 0 or late:
             return
         key = (stream, kind, source)
         last = self.drops_seen.get(key)

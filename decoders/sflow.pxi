@@ -795,7 +795,7 @@ cdef inline int skip_pad(Reader* r, uint32_t n) except -1:
 
 
 cdef int flow_sample(ExporterState ex, FlowBatch b, Reader* s, bint expanded, int64_t recv_ms,
-                     uint64_t stream) except -1:
+                     uint64_t stream, bint late) except -1:
     cdef const uint8_t* p
     cdef Flow* f
     cdef uint32_t rate, nrec, in_fmt, in_val, out_fmt, out_val
@@ -810,7 +810,7 @@ cdef int flow_sample(ExporterState ex, FlowBatch b, Reader* s, bint expanded, in
         out_fmt = be32(p + 32)
         out_val = be32(p + 36)
         nrec = be32(p + 40)
-        ex.sample_drops(stream, be32(p + 4), be32(p + 8), be32(p + 20))
+        ex.sample_drops(stream, be32(p + 4), be32(p + 8), be32(p + 20), late)
     else:
         # seq, source_id, rate, pool, drops, input, output: interface = format(2) | value(30)
         p = rd_take(s, 32)
@@ -820,7 +820,7 @@ cdef int flow_sample(ExporterState ex, FlowBatch b, Reader* s, bint expanded, in
         out_fmt = be32(p + 24) >> 30
         out_val = be32(p + 24) & 0x3FFFFFFF
         nrec = be32(p + 28)
-        ex.sample_drops(stream, be32(p + 4) >> 24, be32(p + 4) & 0xFFFFFF, be32(p + 16))
+        ex.sample_drops(stream, be32(p + 4) >> 24, be32(p + 4) & 0xFFFFFF, be32(p + 16), late)
     if <uint64_t>nrec * 8 > <uint64_t>rd_left(s):
         raise_decode("bad_sample", s.pos - 4, f"sFlow flow sample: {nrec} records in {rd_left(s)} bytes")
     f = batch_new_flow(b)
@@ -932,7 +932,8 @@ cdef void socket_keys(Flow* f, const uint8_t* p, uint8_t af) noexcept:
         f.present |= P_SPORT | P_DPORT
 
 
-cdef int discarded_packet(ExporterState ex, FlowBatch b, Reader* s, int64_t recv_ms, uint64_t stream) except -1:
+cdef int discarded_packet(ExporterState ex, FlowBatch b, Reader* s, int64_t recv_ms, uint64_t stream,
+                          bint late) except -1:
     """sflow_drops.txt discarded_packet: one packet the agent saw dropped (not a sampled one, so
     no Sampling, and its size and count are published as PktDropBytes/PktDropPackets only: the
     agent reports drops up to a rate limit), with its reason and, like a flow sample, records
@@ -948,7 +949,7 @@ cdef int discarded_packet(ExporterState ex, FlowBatch b, Reader* s, int64_t recv
     out_if = be32(p + 20)
     nrec = be32(p + 28)
     # Its own counter beside the flow samples' of the same source: kind 0x100 | source type.
-    ex.sample_drops(stream, 0x100 | be32(p + 4), be32(p + 8), be32(p + 12))
+    ex.sample_drops(stream, 0x100 | be32(p + 4), be32(p + 8), be32(p + 12), late)
     if <uint64_t>nrec * 8 > <uint64_t>rd_left(s):
         raise_decode("bad_sample", s.pos - 4, f"sFlow discarded packet sample: {nrec} records in {rd_left(s)} bytes")
     f = batch_new_flow(b)
@@ -1086,6 +1087,7 @@ cdef int decode_sflow(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
     cdef const uint8_t* p
     cdef uint32_t atype, nsamples, i, sfmt, slen, seq
     cdef uint64_t stream
+    cdef bint late
     cdef Py_ssize_t committed
     cdef Reader s
     cdef int64_t recv_ms = <int64_t>(b.recv_time * 1000)
@@ -1111,6 +1113,10 @@ cdef int decode_sflow(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
     b.sequence = seq
     stream = sflow_stream(b.agent, 0 if atype == 0 else 4 if atype == 1 else 16, be32(p))
     ex.sequence(PROTO_SFLOW5, b.port, stream, seq, 1, be32(p + 8), <int64_t>(b.recv_time * 1000.0))
+    # A datagram the check found behind its stream (reordered on the path, or a copy) left the
+    # expected number where it was: its samples' drops counters are older than the latest seen
+    # and must not read as an agent restart (sample_drops).
+    late = ex.cur_seq.next != seq + 1
     nsamples = be32(p + 12)
     committed = b.n
     try:
@@ -1125,10 +1131,10 @@ cdef int decode_sflow(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
             rd_sub(r, &s, slen)
             skip_pad(r, slen)
             if sfmt == SF_FLOW_SAMPLE or sfmt == SF_FLOW_SAMPLE_EXP:
-                flow_sample(ex, b, &s, sfmt == SF_FLOW_SAMPLE_EXP, recv_ms, stream)
+                flow_sample(ex, b, &s, sfmt == SF_FLOW_SAMPLE_EXP, recv_ms, stream, late)
                 committed = b.n
             elif sfmt == SF_DISCARDED_PACKET:
-                discarded_packet(ex, b, &s, recv_ms, stream)
+                discarded_packet(ex, b, &s, recv_ms, stream, late)
                 committed = b.n
             elif sfmt == SF_COUNTER_SAMPLE or sfmt == SF_COUNTER_SAMPLE_EXP:
                 if agent is None:

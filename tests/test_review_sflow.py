@@ -8,7 +8,22 @@ from typing import Any
 
 import pytest
 
-from tests.test_sflow import MAC_C, MAC_D, eth, geneve, ipv4, ipv6, one_flow, raw_header, tcp, udp, vxlan
+from tests.test_sflow import (
+    MAC_C,
+    MAC_D,
+    RECV,
+    datagram,
+    eth,
+    flow_sample,
+    geneve,
+    ipv4,
+    ipv6,
+    one_flow,
+    raw_header,
+    tcp,
+    udp,
+    vxlan,
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,3 +61,31 @@ def test_vxlan_and_geneve_cut_before_the_inner_headers_keep_the_outer_packet(dec
     f = one_flow(dec_mod, [raw_header(eth(ipv4("172.18.0.2", "172.18.0.3", 17,
                                                      udp(1, 6081, geneve(5, inner_arp))), 0x0800), 200)])
     assert (f["TunnelType"], f["Etype"], "SrcAddr" in f) == ("geneve", 0x0806, False)   # non-IP inner frame
+
+
+def test_a_late_datagram_does_not_restart_the_drops_counter(dec_mod) -> None:
+    """The flow samples' drops counter is cumulative per data source (sflow_version_5.txt: "total
+    number of drops detected since the agent was last reset"). A datagram reordered on the path
+    (behind its stream's sequence, which the sequence check takes as late, not as a restart)
+    carries an older, smaller value: that is no agent restart. Before, its whole cumulative value
+    was counted again as new drops (here 5 + 103 + 7 = 115 for 10 drops)."""
+    pkt = eth(ipv4("10.0.0.1", "10.0.0.2", 17, udp(1, 2)), 0x0800)
+    dec = dec_mod.Decoder()
+
+    def send(seq: int, drops: int, uptime: int) -> int:
+        b = dec.decode(datagram([flow_sample([raw_header(pkt, 60)], src=(0, 3), drops=drops)], seq=seq,
+                                uptime=uptime), "192.0.2.1", 6343, RECV)
+        assert b.error is None, b.error
+        p = dec.stats(RECV)["192.0.2.1"]["protocols"]["sflow5"]
+        return p["sample_drops"]
+
+    assert send(1, 100, 100_010_000) == 0   # the baseline
+    assert send(3, 105, 100_012_000) == 5
+    assert send(2, 103, 100_011_000) == 5   # late: older than what 3 said
+    assert send(2, 103, 100_011_000) == 5   # and a copy of it
+    assert send(4, 110, 100_013_000) == 10
+    p = dec.stats(RECV)["192.0.2.1"]["protocols"]["sflow5"]
+    assert (p["sequence_lost"], p["sequence_resets"]) == (0, 0)
+    # A real agent restart (uptime and sequence back) still counts the new value whole.
+    assert send(1, 4, 500) == 14
+    assert send(2, 6, 1_500) == 16
