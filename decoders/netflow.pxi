@@ -1153,7 +1153,7 @@ cdef int parse_template_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* 
     cdef uint32_t pen
     cdef int i
     cdef list spec
-    cdef Py_ssize_t start
+    cdef Py_ssize_t start, fields_at
     cdef uint16_t scope_len, opt_len
     cdef Template t
     cdef str bad
@@ -1175,6 +1175,9 @@ cdef int parse_template_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* 
         bad = None
         if version == 9 and options:
             # RFC 3954 6.1: template id, option scope length, option length (both in bytes).
+            if rd_left(s) < 4:
+                cut_options_header(dec, ex, b, s, start, version, domain, tid)
+                break
             scope_len = rd_u16(s)
             opt_len = rd_u16(s)
             if scope_len % 4 or opt_len % 4:
@@ -1195,6 +1198,9 @@ cdef int parse_template_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* 
                 withdraw(dec, ex, version, domain, tid, options, b.port)
                 continue
             if options:
+                if rd_left(s) < 2:
+                    cut_options_header(dec, ex, b, s, start, version, domain, tid)
+                    break
                 scope_count = rd_u16(s)
                 if scope_count == 0 or scope_count > count:
                     bad = f"v{version} domain {domain} options template {tid}: scope count {scope_count}"
@@ -1202,6 +1208,16 @@ cdef int parse_template_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* 
             bad = f"v{version} domain {domain}: template id {tid} < 256"
         if bad is None and (count == 0 or count > MAX_TEMPLATE_FIELDS):
             bad = f"v{version} domain {domain} template {tid}: {count} fields"
+        if bad is None:
+            # Field specifiers that run past the set: the record is cut (or its count is wrong),
+            # so it is refused like the others above, not a truncated datagram that would take
+            # the sets and messages after it along (RFC 7011 3.3.2 / RFC 3954 5.3: the set length
+            # says where the next set starts).
+            fields_at = s.pos
+            if skip_fields(s, version, count):
+                s.pos = fields_at
+            else:
+                bad = f"v{version} domain {domain} template {tid}: {count} fields run past the set"
         if bad is not None:
             if not skip_fields(s, version, count):
                 s.pos = s.end       # its fields run past the set: the rest of the set goes with it
@@ -1223,6 +1239,17 @@ cdef int parse_template_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* 
             refuse_template(dec, ex, b, start, version, domain, tid, e.detail)
             continue
         store_template(dec, ex, t, b.recv_time)
+    return 0
+
+
+cdef int cut_options_header(Decoder dec, ExporterState ex, FlowBatch b, Reader* s, Py_ssize_t start, int version,
+                            uint32_t domain, uint16_t tid) except -1:
+    """An options template record whose header the end of its set cuts (not padding: that is
+    zeros): refused as the records parse_template_set cannot read are, and the rest of the set
+    goes with it; not a truncated datagram that would take the sets and messages after it."""
+    refuse_template(dec, ex, b, start, version, domain, tid,
+                    f"v{version} domain {domain} options template {tid}: header runs past the set")
+    s.pos = s.end
     return 0
 
 
@@ -2497,6 +2524,10 @@ cdef int decode_data_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* s, 
         # layout (an exporter that redefined it while the new template did not reach the
         # collector). (Bytes left after records are not checked: exporters pad with whatever
         # their buffer held, Mikrotik and nProbe among them, as Wireshark shows.)
+        # How many records the exporter put in it is not known, as for a set without its
+        # template: the message's sequence step (RFC 7011 3.1: the Data Records sent) cannot be
+        # told, so its records are not taken for lost ones when the next message comes.
+        ex.msg_uncounted = True
         ex.count_error("template_mismatch")
         dec.log_limited("template_mismatch", ex.ip, f"v{version} domain {domain} data set {set_id}: "
                         f"{rd_left(s)} bytes, shorter than one record of template {set_id} "

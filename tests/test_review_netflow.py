@@ -1,0 +1,111 @@
+"""Review of the NetFlow v5/v9 and IPFIX decoders: edge cases of the wire formats that the
+other decoder tests do not reach (template records cut by their set, the sequence step of a
+message whose data does not fit its template, ...). Expected values come from the RFCs and from
+what was built, never from the decoder.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from benchmarks.datagrams import IpfixTemplate, data_set, ipfix_message, template_set, v9_datagram
+from decoders import Decoder
+
+EXPORT = 1_700_000_000
+EXPORTER = "10.0.0.1"
+PORT = 4739
+
+
+def _tpl(tid: int, *fields: tuple[str, int, int, int]) -> IpfixTemplate:
+    return IpfixTemplate(tid, tuple(fields))
+
+
+GOOD = _tpl(256, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("bytes", 1, 0, 8), ("packets", 2, 0, 4))
+ROW = {"src": "10.0.0.1", "dst": "10.0.0.2", "bytes": 100, "packets": 2}
+
+
+@pytest.mark.parametrize("case", ["ipfix template", "ipfix options template", "ipfix options header",
+                                  "v9 template", "v9 options template", "v9 options header"])
+def test_a_template_record_cut_by_its_set_does_not_stop_the_rest_of_the_datagram(case: str) -> None:
+    """RFC 7011 3.3.2 / RFC 3954 5.3: the set length says where the next set starts. A template
+    record with a valid id whose field specifiers (or options header) run past its set is
+    refused and counted (bad_template), as one with an id under 256 or 600 fields already is:
+    the sets after it, here the data of a good template, still decode (before, the whole
+    datagram was lost as `truncated`)."""
+    data = data_set(GOOD, [ROW])
+    v9 = case.startswith("v9")
+    set_id = (1 if "options" in case else 0) if v9 else (3 if "options" in case else 2)
+    if case.endswith("options header"):
+        # template id 300 and one more header field only (v9 needs scope and option lengths,
+        # IPFIX a scope field count after its field count)
+        body = struct.pack("!HH", 300, 8 if v9 else 2)
+    elif "options" in case:
+        # the header claims 3 fields (v9: scope 4 bytes + options 8 bytes), 1 follows
+        body = (struct.pack("!HHH", 300, 4, 8) if v9 else struct.pack("!HHH", 300, 3, 1)) + struct.pack("!HH", 1, 4)
+    else:
+        body = struct.pack("!HH", 300, 3) + struct.pack("!HH", 8, 4)   # 3 fields claimed, 1 follows
+    cut = struct.pack("!HH", set_id, 4 + len(body)) + body
+    if v9:
+        dgram = v9_datagram([template_set([GOOD], version=9), cut, data], seq=0, unix_secs=EXPORT, uptime_ms=100_000)
+    else:
+        dgram = ipfix_message([template_set([GOOD]), cut, data], seq=0, export_time=EXPORT)
+    dec = Decoder()
+    b = dec.decode(dgram, EXPORTER, PORT, EXPORT)
+    assert b.error is None, b.error
+    assert [(f["SrcAddr"], f["Bytes"], f["Packets"]) for f in b.to_dicts()] == [("10.0.0.1", 100, 2)]
+    st = dec.stats()[EXPORTER]
+    assert st["templates"] == 1 and st["errors"] == {"bad_template": 1}
+
+
+def test_a_cut_redefinition_voids_the_old_template() -> None:
+    """RFC 7011 8: a template id sent again is redefined; when the new record cannot be used
+    (its fields run past the set) the old layout must not stay, as for any refused one."""
+    dec = Decoder()
+    dec.decode(ipfix_message([template_set([GOOD])], seq=0, export_time=EXPORT), EXPORTER, PORT, EXPORT)
+    body = struct.pack("!HH", 256, 5) + struct.pack("!HH", 12, 4)
+    cut = struct.pack("!HH", 2, 4 + len(body)) + body
+    b = dec.decode(ipfix_message([cut, data_set(GOOD, [ROW])], seq=0, export_time=EXPORT), EXPORTER, PORT, EXPORT)
+    assert b.error is None and len(b) == 0 and b.missing_template_sets == 1
+    assert dec.stats()[EXPORTER]["templates"] == 0
+
+
+def test_an_options_withdrawal_at_the_end_of_its_set_is_still_a_withdrawal() -> None:
+    """RFC 7011 8.1: an options template withdrawal is 4 bytes (no scope field count), so one
+    that ends its set is not a cut header."""
+    dec = Decoder()
+    opt = struct.pack("!HHH", 400, 2, 1) + struct.pack("!HHHH", 149, 4, 305, 4)
+    dec.decode(ipfix_message([struct.pack("!HH", 3, 4 + len(opt)) + opt], seq=0, export_time=EXPORT),
+               EXPORTER, PORT, EXPORT)
+    assert dec.stats()[EXPORTER]["templates"] == 1
+    b = dec.decode(ipfix_message([struct.pack("!HHHH", 3, 8, 400, 0)], seq=0, export_time=EXPORT),
+                   EXPORTER, PORT, EXPORT)
+    assert b.error is None
+    st = dec.stats()[EXPORTER]
+    assert st["templates"] == 0 and st["errors"] == {}
+
+
+def test_a_data_set_that_does_not_fit_its_template_is_not_sequence_loss() -> None:
+    """RFC 7011 3.1: the sequence number counts the Data Records sent. A data set in which not
+    one record of its template fits (template_mismatch: the exporter redefined the template and
+    the new definition did not arrive) holds records the decoder cannot count, as a set without
+    its template does: the next message's step must not be taken for lost records (they
+    arrived, and are counted as template_mismatch)."""
+    t = _tpl(373, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("b", 1, 0, 8), ("p", 2, 0, 8), ("x", 210, 0, 13))
+    row = {"src": "10.0.0.1", "dst": "10.0.0.2", "b": 100, "p": 1, "x": 0}
+    dec = Decoder()
+    dec.decode(ipfix_message([template_set([t])], seq=0, export_time=EXPORT), EXPORTER, PORT, EXPORT)
+    assert len(dec.decode(ipfix_message([data_set(t, [row])], seq=0, export_time=EXPORT), EXPORTER, PORT, EXPORT)) == 1
+    # one 32-byte record of a layout the decoder never saw (records of 373 are 37 bytes)
+    short = struct.pack("!HH", 373, 4 + 32) + bytes(range(1, 33))
+    b = dec.decode(ipfix_message([short], seq=1, export_time=EXPORT), EXPORTER, PORT, EXPORT)
+    assert len(b) == 0 and b.error is None
+    b = dec.decode(ipfix_message([data_set(t, [row])], seq=2, export_time=EXPORT), EXPORTER, PORT, EXPORT)
+    assert len(b) == 1
+    st = dec.stats(EXPORT + 60)[EXPORTER]["protocols"]["ipfix"]
+    assert st["errors"] == {"template_mismatch": 1}
+    assert st["sequence_lost"] == 0
+    # a real loss after it is still counted
+    dec.decode(ipfix_message([data_set(t, [row])], seq=5, export_time=EXPORT), EXPORTER, PORT, EXPORT)
+    assert dec.stats(EXPORT + 60)[EXPORTER]["protocols"]["ipfix"]["sequence_lost"] == 2
