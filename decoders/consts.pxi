@@ -4,6 +4,7 @@
 # it turns on internal invariant checks that cost time on the hot path.
 
 DEF MAX_TEMPLATE_FIELDS = 512        # RFC 7011 allows 65535; no real exporter comes close
+DEF EXTRA_SCAN_MAX = 16             # a flow's unknown elements up to this many are grouped by pairwise compares
 DEF VARLEN = 0xFFFF                  # RFC 7011 3.2: field length 65535 = variable length
 DEF DEDUP_SLOTS = 4096               # per-exporter ring of recent ingress 5-tuples (--dedup)
 DEF SEQ_MAX_GAP = 1 << 20           # export sequence jumps beyond this (either way) are restarts

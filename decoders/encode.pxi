@@ -476,9 +476,96 @@ cdef inline int64_t lookup_ms(FlowBatch bt, Flow* f) noexcept:
     return t if t < recv_ms else recv_ms
 
 
+# Repeated unknown elements of one flow (encode_flow groups them under one key). Up to
+# EXTRA_SCAN_MAX of them (every real record: OVS sends two) pairs are compared; beyond, a
+# datagram made of thousands of unknown records in one sFlow sample, or IPFIX records of
+# hundreds of unknown fields, would cost the square of that per flow (0.1 s for one 64 KB
+# datagram), so link_extras() chains equal keys through a hash table once: linear.
+cdef int32_t* _xnext = NULL      # per extra of the flow: the next extra with its key, -1: none
+cdef uint8_t* _xlater = NULL     # per extra: 1 when an earlier extra has its key
+cdef int32_t* _xtab = NULL       # open addressing: 1 + the latest extra with a key, 0: empty
+cdef Py_ssize_t _xcap = 0        # extras the three arrays have room for (the table twice that)
+
+
+cdef int link_extras(FlowBatch bt, Flow* f) except -1:
+    """Fill _xnext and _xlater for the flow's extras (see above)."""
+    global _xnext, _xlater, _xtab, _xcap
+    cdef Py_ssize_t k = f.extra_count, i, cap
+    cdef uint32_t mask, h, t
+    cdef Extra* x
+    cdef Extra* y
+    if k > _xcap:
+        cap = 64
+        while cap < k:
+            cap *= 2
+        free(_xnext); free(_xlater); free(_xtab)
+        _xnext = <int32_t*>malloc(cap * sizeof(int32_t))
+        _xlater = <uint8_t*>malloc(cap)
+        _xtab = <int32_t*>malloc(2 * cap * sizeof(int32_t))
+        if _xnext == NULL or _xlater == NULL or _xtab == NULL:
+            free(_xnext); free(_xlater); free(_xtab)
+            _xnext = NULL; _xlater = NULL; _xtab = NULL
+            _xcap = 0
+            raise MemoryError()
+        _xcap = cap
+    mask = 1
+    while mask < 2 * k:
+        mask <<= 1
+    mask -= 1
+    memset(_xtab, 0, (mask + 1) * sizeof(int32_t))
+    for i in range(k):
+        x = &bt.extras[f.extra_start + i]
+        _xnext[i] = -1
+        _xlater[i] = 0
+        h = ((x.pen * <uint32_t>0x9E3779B1u) ^ x.ie) * <uint32_t>0x85EBCA6Bu
+        h = (h ^ (h >> 15)) & mask
+        while True:
+            t = <uint32_t>_xtab[h]
+            if t == 0:
+                _xtab[h] = <int32_t>(i + 1)
+                break
+            y = &bt.extras[f.extra_start + t - 1]
+            if y.ie == x.ie and y.pen == x.pen:
+                _xnext[t - 1] = <int32_t>i
+                _xlater[i] = 1
+                _xtab[h] = <int32_t>(i + 1)
+                break
+            h = (h + 1) & mask
+    return 0
+
+
+cdef inline bint extra_seen_before(FlowBatch bt, Flow* f, int i, bint linked) noexcept:
+    cdef Extra* x
+    cdef Extra* y
+    cdef int j
+    if linked:
+        return _xlater[i]
+    x = &bt.extras[f.extra_start + i]
+    for j in range(i):
+        y = &bt.extras[f.extra_start + j]
+        if y.ie == x.ie and y.pen == x.pen:
+            return True
+    return False
+
+
+cdef inline int extra_next_same(FlowBatch bt, Flow* f, int i, bint linked) noexcept:
+    """The next extra of the flow with extra i's key, -1: none."""
+    cdef Extra* x
+    cdef Extra* y
+    cdef int j
+    if linked:
+        return _xnext[i]
+    x = &bt.extras[f.extra_start + i]
+    for j in range(i + 1, f.extra_count):
+        y = &bt.extras[f.extra_start + j]
+        if y.ie == x.ie and y.pen == x.pen:
+            return j
+    return -1
+
+
 cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char* head, Py_ssize_t head_len) except -1:
     cdef int i, j
-    cdef bint first, seen, repeated
+    cdef bint first, linked
     cdef Extra* x
     cdef Extra* y
     cdef const char* name
@@ -653,41 +740,31 @@ cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char*
         buf_uint(o, f.template_id)
     buf_put(o, ",\"SequenceNum\":", 15)
     buf_uint(o, f.msg_sequence if f.present & P_MSG else bt.sequence)
+    # An element repeated in the record (Cisco SRv6, Juniper, zero-length padding fields): one
+    # key whose value is the array of its occurrences in order, never a repeated key (a JSON
+    # parser would keep only the last).
+    linked = f.extra_count > EXTRA_SCAN_MAX and link_extras(bt, f) == 0
     for i in range(f.extra_count):
-        x = &bt.extras[f.extra_start + i]
-        # An element repeated in the record (Cisco SRv6, Juniper, zero-length padding fields):
-        # one key whose value is the array of its occurrences in order, never a repeated key
-        # (a JSON parser would keep only the last).
-        seen = False
-        for j in range(i):
-            y = &bt.extras[f.extra_start + j]
-            if y.ie == x.ie and y.pen == x.pen:
-                seen = True
-                break
-        if seen:
+        if extra_seen_before(bt, f, i, linked):
             continue
-        repeated = False
-        for j in range(i + 1, f.extra_count):
-            y = &bt.extras[f.extra_start + j]
-            if y.ie == x.ie and y.pen == x.pen:
-                repeated = True
-                break
+        x = &bt.extras[f.extra_start + i]
+        j = extra_next_same(bt, f, i, linked)
         buf_put(o, ",\"ie", 4)
         if x.pen:
             buf_uint(o, x.pen)
             buf_put(o, "_", 1)
         buf_uint(o, x.ie)
         buf_put(o, "\":", 2)
-        if not repeated:
+        if j < 0:
             buf_hex(o, data + x.off, x.length)
             continue
         buf_put(o, "[", 1)
         buf_hex(o, data + x.off, x.length)
-        for j in range(i + 1, f.extra_count):
+        while j >= 0:
             y = &bt.extras[f.extra_start + j]
-            if y.ie == x.ie and y.pen == x.pen:
-                buf_put(o, ",", 1)
-                buf_hex(o, data + y.off, y.length)
+            buf_put(o, ",", 1)
+            buf_hex(o, data + y.off, y.length)
+            j = extra_next_same(bt, f, j, linked)
         buf_put(o, "]", 1)
     if enricher is not None:
         enrich_into(o, bt, f, enricher, lookup_ms(bt, f))

@@ -802,7 +802,7 @@ def test_exporters_restored_from_state_count_once_they_send() -> None:
         (struct.pack("!HHIII", 10, 200, EXPORT, 0, 0), "bad_length"),
         (struct.pack("!HHIII", 10, 24, EXPORT, 0, 0) + struct.pack("!HH", 2, 2) + b"\0\0\0\0", "bad_set"),
         # a variable-length field longer than its set (a template record cut by its set is
-        # bad_template instead: tests/test_review_netflow.py)
+        # bad_template instead: tests/test_netflow_edge_cases.py)
         (struct.pack("!HHIII", 10, 40, EXPORT, 0, 0) + struct.pack("!HHHHHH", 2, 12, 300, 1, 82, 0xFFFF)
          + struct.pack("!HHB", 300, 12, 200) + b"br0" + b"\0" * 4, "truncated"),
         (b"\x00\x05\x00\x10" + b"\0" * 40, "bad_length"),
@@ -1327,6 +1327,33 @@ def test_a_repeated_unknown_element_is_one_key_with_an_array() -> None:
     f = json.loads(raw)
     assert f["ie31"] == ["000f96e6", "00000000"] and f["ie999"] == "0007"
     assert f["FlowDirection"] == 1 and "IfDirections" not in f and "Interfaces" not in f
+
+
+@pytest.mark.parametrize("n", [16, 17, 300])
+def test_many_unknown_elements_are_grouped_in_order(n: int) -> None:
+    """A record of many unknown elements (up to 16 grouped by comparing pairs, beyond that
+    through a hash table, so that a hostile template does not cost the square of its size per
+    flow): the same JSON either way, each key once at its first occurrence, its values in order,
+    equal element ids under different enterprises apart."""
+    import json
+    import random
+
+    rng = random.Random(n)
+    keys = [(999, 0), (998, 0), (999, 12345), (998, 12345), (997, 29305), (996, 0), (995, 7)]
+    fields = [(f"f{i}", *rng.choice(keys), 2) for i in range(n)]
+    t = _tpl(272, ("src", 8, 0, 4), *fields)
+    dec = Decoder()
+    dec.decode(ipfix_message([template_set([t])], seq=0, export_time=EXPORT), EXPORTER)
+    rec = {"src": "10.0.0.1", **{f"f{i}": i for i in range(n)}}
+    raw = dec.decode(ipfix_message([data_set(t, [rec])], seq=1, export_time=EXPORT), EXPORTER).to_json()[0]
+    want: dict[str, list[str]] = {}
+    for i, (_, ie, pen, _) in enumerate(fields):
+        want.setdefault(f"ie{pen}_{ie}" if pen else f"ie{ie}", []).append(f"{i:04x}")
+    got = json.loads(raw)
+    assert [k for k in got if k.startswith("ie")] == list(want)
+    for k, v in want.items():
+        assert raw.count(f'"{k}"'.encode()) == 1
+        assert got[k] == (v if len(v) > 1 else v[0])
 
 
 def test_tcp_total_counts_follow_the_iana_numbers() -> None:
