@@ -249,6 +249,7 @@ class Worker:
             split_biflows=cfg.split_biflows,
             max_datagram=cfg.max_datagram,
             max_exporter_rate=cfg.max_exporter_rate,
+            keep_options=False,     # (batch.options: nothing here reads them)
         ))
         self.decode = self.decoder.decode
         self.enricher = enricher

@@ -58,6 +58,7 @@ cdef class Decoder:
     cdef public double max_rate       # datagrams per second per exporter (0 = no limit)
     cdef public bint dedup
     cdef public bint split_biflows
+    cdef public bint keep_options    # options data records as dicts on batch.options
     cdef public bint track_duplicates
     cdef uint32_t default_sampling
     cdef list sampling_nets
@@ -86,6 +87,7 @@ cdef class Decoder:
         self.max_rate = config.max_exporter_rate
         self.dedup = config.dedup
         self.split_biflows = config.split_biflows
+        self.keep_options = config.keep_options
         self.track_duplicates = config.mark_duplicates or config.dedup
         self.default_sampling = config.default_sampling
         # Longest prefix first, so the first match wins.

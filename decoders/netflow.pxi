@@ -1847,7 +1847,8 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
         # Options data teaches the exporter's clock and sampling; it is not a flow.
         own_rate = rate_from(sampling_interval, sampling_space, sampling_size, sampling_population)
         learn_options(dec, ex, t, own_rate, has_sampler, sampler_id, rec_sysinit)
-        b.options.append(options_dict(b, f, t, rec_start, s.pos))
+        if dec.keep_options:
+            b.options.append(options_dict(b, f, t, rec_start, s.pos))
         batch_drop_last(b)
         return 0
 

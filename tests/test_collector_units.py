@@ -1809,3 +1809,31 @@ def test_refresh_takes_only_what_a_running_collector_lacks(tmp_path: Path) -> No
     sf._refreshed_at = 0.0                                       # (past REFRESH_MIN_S)
     assert asyncio.run(sf.refresh_into(dec)) == 2   # the file did not change: read again for it (data and options)
     assert len(dec.decode(data, "10.9.0.2", 4739)) == 1
+
+
+def test_worker_decoder_learns_options_without_keeping_them() -> None:
+    """The collector reads nothing from batch.options: its decoder keeps no dict per options
+    record (an exporter sending small options records at line rate cost 40 ms of CPU per
+    datagram building them), and still learns what options data teaches."""
+    import struct
+
+    from benchmarks.datagrams import data_set, ipfix_message, template_set
+    from collector.config import Config
+    from collector.server import Worker
+    from tests.test_decoders import _tpl
+
+    cfg = Config()
+    cfg.default_sampling = 0
+    w = Worker(cfg)
+    assert w.decoder.keep_options is False
+    # options template 400: scope observationDomainId (149), samplingPacketInterval (305) and
+    # samplingPacketSpace (306): 1 packet out of 1 + 49
+    body = struct.pack("!HHH", 400, 3, 1) + struct.pack("!HHHHHH", 149, 4, 305, 4, 306, 4)
+    opt_data = struct.pack("!HH", 400, 16) + struct.pack("!III", 0, 1, 49)
+    t = _tpl(256, ("src", 8, 0, 4), ("bytes", 1, 0, 4))
+    b = w.decoder.decode(ipfix_message([struct.pack("!HH", 3, 4 + len(body)) + body, opt_data, template_set([t])],
+                                       seq=0, export_time=1_780_000_000), "10.0.0.1")
+    assert b.error is None and b.options == []
+    f = w.decoder.decode(ipfix_message([data_set(t, [{"src": "10.1.1.1", "bytes": 1}])], seq=1,
+                                       export_time=1_780_000_000), "10.0.0.1").to_dicts()[0]
+    assert f["Sampling"] == 50

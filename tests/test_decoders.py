@@ -563,8 +563,11 @@ def test_a_tunnel_endpoint_the_template_lacks_is_omitted_not_zero() -> None:
         (None, "192.168.1.9"), ("fd00::2", None), (None, "192.168.1.2"), ("192.168.1.1", "192.168.1.2")]
 
 
-def test_options_sampling_packet_interval_and_space() -> None:
-    dec = Decoder(DecoderConfig(default_sampling=0))
+@pytest.mark.parametrize("keep", [True, False])
+def test_options_sampling_packet_interval_and_space(keep: bool) -> None:
+    """Options data teaches the rate whether or not its records are kept as dicts on the batch
+    (keep_options False: the collector's setting, where nothing reads them)."""
+    dec = Decoder(DecoderConfig(default_sampling=0, keep_options=keep))
     # Options template: scope observationDomainId (149), samplingPacketInterval (305), space (306).
     opt_body = struct.pack("!HHH", 400, 3, 1) + struct.pack("!HHHHHH", 149, 4, 305, 4, 306, 4)
     opt_tpl = struct.pack("!HH", 3, 4 + len(opt_body)) + opt_body
@@ -572,8 +575,9 @@ def test_options_sampling_packet_interval_and_space() -> None:
     opt_data = struct.pack("!HH", 400, 4 + len(opt_data_body)) + opt_data_body
     t = _tpl(256, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("bytes", 1, 0, 4))
     b = dec.decode(ipfix_message([opt_tpl, opt_data, template_set([t])], seq=0, export_time=EXPORT), EXPORTER)
-    assert b.error is None and len(b) == 0 and len(b.options) == 1
-    assert b.options[0]["ie305"] == "00000001" and b.options[0]["ie306"] == "00000063"
+    assert b.error is None and len(b) == 0 and len(b.options) == (1 if keep else 0)
+    if keep:
+        assert b.options[0]["ie305"] == "00000001" and b.options[0]["ie306"] == "00000063"
     f = dec.decode(ipfix_message([data_set(t, [{"src": "10.1.1.1", "dst": "10.2.2.2", "bytes": 1}])], seq=1,
                                  export_time=EXPORT), EXPORTER).to_dicts()[0]
     assert f["Sampling"] == 100  # one packet out of 1 + 99 (RFC 5476)
