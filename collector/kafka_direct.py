@@ -9,8 +9,9 @@ and one that grows with every byte enrichment adds. Here `decoders.RecordBatchWr
 writes the request framing into headroom in front of the batch and the transport is handed a
 memoryview of the writer itself.
 
-Scope: Produce v3 (Kafka 0.11 and later; still served by Kafka 4), one topic and partition per
-request, batches compressed in place or not, plaintext connections. aiokafka keeps everything
+Scope: Produce v3 (Kafka 0.11 and later; still served by Kafka 4), or v7 for a zstd batch
+(Kafka 2.1 and later: KIP-110, a broker refuses zstd in a request below v7), one topic and
+partition per request, batches compressed in place or not, plaintext connections. aiokafka keeps everything
 else: metadata and partition leaders (read from its cluster view), topic creation, records
 queued one by one (sFlow counter records), and every configuration this path does not cover
 (TLS, SASL), which keep going through it. Batches of the keyed modes keep their partition's
@@ -35,6 +36,11 @@ log = logging.getLogger("flowscope.sink")
 API_PRODUCE = 0
 API_VERSIONS = 18
 PRODUCE_VERSION = 3
+# KIP-110: Kafka's ProduceRequest.validateRecords answers a zstd batch in a Produce request below
+# version 7 with UNSUPPORTED_COMPRESSION_TYPE (74), on the broker too. Versions 3 to 8 frame the
+# same request body; the v5+ response adds log_start_offset to each partition.
+PRODUCE_VERSION_ZSTD = 7
+CODEC_ZSTD = 4
 
 # Kafka error codes a retry cannot fix: the batch is dropped and counted under this reason.
 FATAL = {
@@ -42,7 +48,11 @@ FATAL = {
     10: "message_too_large",
     17: "invalid_topic",
     18: "record_list_too_large",
+    21: "invalid_required_acks",
     29: "topic_authorization_failed",
+    31: "cluster_authorization_failed",
+    43: "unsupported_for_message_format",
+    74: "unsupported_compression_type",
     87: "invalid_record",
 }
 
@@ -75,9 +85,14 @@ def parse_api_versions(body: bytes) -> dict[int, tuple[int, int]]:
     return out
 
 
-def parse_produce_v3(body: bytes) -> int:
-    """Produce v3 response body (after the correlation id): the first non-zero partition error
-    code, else 0."""
+def parse_produce_v3(body: bytes, version: int = PRODUCE_VERSION) -> int:
+    """Produce v3 (or, with `version`, up to v7) response body (after the correlation id): the
+    first non-zero partition error code, else 0."""
+    # per partition: partition, error_code, base_offset, log_append_time (v2+), and from v5 on
+    # log_start_offset (ProduceResponse.json)
+    if not 3 <= version <= 7:
+        raise ValueError(f"Produce v{version} responses are not read here")
+    stride = 4 + 2 + 8 + 8 + (8 if version >= 5 else 0)
     try:
         (ntopics,) = struct.unpack_from(">i", body, 0)
         off = 4
@@ -89,7 +104,7 @@ def parse_produce_v3(body: bytes) -> int:
             off += 4
             for _ in range(nparts):
                 _part, code = struct.unpack_from(">ih", body, off)
-                off += 4 + 2 + 8 + 8  # partition, error, base_offset, log_append_time
+                off += stride
                 if code and not err:
                     err = code
         if ntopics < 1 or off > len(body):
@@ -110,7 +125,9 @@ class Connection:
         self.timeout = timeout
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
-        self.inflight: collections.deque[tuple[int, asyncio.Future[None], float]] = collections.deque()
+        # (correlation id, future, deadline, Produce version): answers are read per version
+        self.inflight: collections.deque[tuple[int, asyncio.Future[None], float, int]] = collections.deque()
+        self.produce_max = PRODUCE_VERSION  # the highest Produce version the broker serves
         self._corr = 0
         self._room: asyncio.Future[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -139,6 +156,7 @@ class Connection:
         lo, hi = versions.get(API_PRODUCE, (1, 0))
         if not lo <= PRODUCE_VERSION <= hi:
             raise ProtocolError(f"broker serves Produce v{lo}-v{hi}, not v{PRODUCE_VERSION}")
+        self.produce_max = hi
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._read_loop()), loop.create_task(self._watchdog())]
 
@@ -150,14 +168,20 @@ class Connection:
             await self._room
         if self.closed or self.writer is None:
             raise ConnectionError(f"connection to {self.host}:{self.port} closed: {self.error!r}")
+        version = PRODUCE_VERSION
+        if batch.codec == CODEC_ZSTD:
+            if self.produce_max < PRODUCE_VERSION_ZSTD:
+                # a broker before Kafka 2.1 cannot take zstd at all: what it would answer
+                raise BrokerError(74)
+            version = PRODUCE_VERSION_ZSTD
         corr = self._next_corr()
-        data = batch.request(corr, self.client_id, acks, timeout_ms, topic, partition)
+        data = batch.request(corr, self.client_id, acks, timeout_ms, topic, partition, version)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if acks == 0:
             self.unanswered = True
             fut.set_result(None)
         else:
-            self.inflight.append((corr, fut, time.monotonic() + self.timeout))
+            self.inflight.append((corr, fut, time.monotonic() + self.timeout, version))
         self.writer.write(data)
         del data
         if self.writer.transport.get_write_buffer_size() > 8 * 1024 * 1024:
@@ -180,12 +204,12 @@ class Connection:
                 # parsed before it leaves inflight: a response that cannot be parsed closes the
                 # connection and fails this batch with the others (re-queued), never orphans it
                 try:
-                    err = parse_produce_v3(body[4:])
+                    err = parse_produce_v3(body[4:], self.inflight[0][3])
                 except ProtocolError:
                     raise
                 except Exception as exc:
                     raise ProtocolError(f"malformed Produce response: {exc!r}") from None
-                _, fut, _ = self.inflight.popleft()
+                fut = self.inflight.popleft()[1]
                 if not fut.done():
                     if err:
                         fut.set_exception(BrokerError(err))
@@ -215,7 +239,7 @@ class Connection:
         self.error = exc
         err = exc if exc is not None else ConnectionError("connection closed")
         while self.inflight:
-            _, fut, _ = self.inflight.popleft()
+            fut = self.inflight.popleft()[1]
             if not fut.done():
                 fut.set_exception(ConnectionError(f"{self.host}:{self.port}: {err!r}"))
                 fut.exception()  # retrieved here too: the sink's callback handles it

@@ -212,16 +212,17 @@ cdef void pool_give(Buf* b) noexcept:
 
 
 cdef void frame_request(char* p, Py_ssize_t plen, Py_ssize_t blen, int32_t correlation_id, bytes client_id,
-                        int acks, int32_t timeout_ms, bytes topic, int32_t partition) noexcept:
-    # Produce v3 framing (size, request header v1, body up to the records' size) in the plen
-    # bytes at p, for a batch of blen bytes that follows it.
+                        int acks, int32_t timeout_ms, bytes topic, int32_t partition, int version) noexcept:
+    # Produce v3-v8 framing (size, request header v1, body up to the records' size) in the plen
+    # bytes at p, for a batch of blen bytes that follows it: the request body is the same from
+    # version 3 to 8 (ProduceRequest.json), only the number in the header differs.
     cdef Py_ssize_t clen = len(client_id)
     cdef Py_ssize_t tlen = len(topic)
     put_be32(p, <uint32_t>(plen - 4 + blen))         # size
     p[4] = 0
     p[5] = 0                                         # api_key 0: Produce
     p[6] = 0
-    p[7] = 3                                         # api_version 3
+    p[7] = <char>version                             # api_version (3, or 7 for zstd)
     put_be32(p + 8, <uint32_t>correlation_id)
     p[12] = <char>(clen >> 8)
     p[13] = <char>clen
@@ -435,9 +436,10 @@ cdef class RecordBatchWriter:
         put_be32(p + 57, <uint32_t>self.records)
 
     def request(self, int32_t correlation_id, bytes client_id not None, int acks, int32_t timeout_ms,
-                bytes topic not None, int32_t partition):
-        """The whole Produce request (v3: one topic, one partition, this batch, compressed when
-        compress() made it so) with its size prefix, framed in place in front of the batch: a
+                bytes topic not None, int32_t partition, int api_version=3):
+        """The whole Produce request (v3 by default, up to v8, which frame the same body: one
+        topic, one partition, this batch, compressed when compress() made it so; a zstd batch
+        needs v7 or later, KIP-110) with its size prefix, framed in place in front of the batch: a
         read-only memoryview of this writer, which keeps it alive while a transport holds the view. Seals the batch (no more
         appends; the header and CRC are written once). Calling it again re-frames the same batch
         with a new correlation id (a retry); while an earlier view is still alive the request
@@ -454,6 +456,8 @@ cdef class RecordBatchWriter:
             raise ValueError("batch being compressed by a Packer")
         if plen > PREFIX or clen > 32767 or tlen > 32767:
             raise ValueError("client id and topic too long for the request headroom")
+        if not 3 <= api_version <= 8:
+            raise ValueError("Produce versions 3 to 8 frame this request body")
         if not self.sealed:
             self.fill_header(self.buf.p + PREFIX, blen, self.codec)
             put_be32(self.buf.p + PREFIX + CRC_OFFSET,
@@ -465,10 +469,11 @@ cdef class RecordBatchWriter:
             out = PyBytes_FromStringAndSize(NULL, plen + blen)
             p = PyBytes_AS_STRING(out)
             memcpy(p + plen, self.buf.p + PREFIX, blen)
-            frame_request(p, plen, blen, correlation_id, client_id, acks, timeout_ms, topic, partition)
+            frame_request(p, plen, blen, correlation_id, client_id, acks, timeout_ms, topic, partition,
+                          api_version)
             return out
         p = self.buf.p + PREFIX - plen
-        frame_request(p, plen, blen, correlation_id, client_id, acks, timeout_ms, topic, partition)
+        frame_request(p, plen, blen, correlation_id, client_id, acks, timeout_ms, topic, partition, api_version)
         self.req_start = PREFIX - plen
         return memoryview(self)
 
