@@ -956,8 +956,10 @@ cdef class ExporterState:
                 self.rl_tokens += dt * rate
                 if self.rl_tokens > burst:
                     self.rl_tokens = burst
-        if now > self.rl_time:
-            self.rl_time = now
+        # ... and the bucket refills from the new time on: keeping the latest time seen instead
+        # refused every datagram over the burst until the clock was back past it (an hour's
+        # step back of the wall clock, an hour of an exporter's flows)
+        self.rl_time = now
         if self.rl_tokens >= 1.0:
             self.rl_tokens -= 1.0
             return True

@@ -164,3 +164,30 @@ def test_produce_v7_answer_is_read_with_its_log_start_offset() -> None:
     body = struct.pack(">ih", 1, len(topic)) + topic + struct.pack(">i", 2) + part(0, 0, True) + part(1, 6, True)
     body += struct.pack(">i", 0)  # throttle_time_ms
     assert parse_produce_v3(body, 7) == 6
+
+
+# ------------------------------------------------------------------------------------------------
+# --max-exporter-rate across a wall clock stepped back
+
+
+def test_exporter_rate_limit_survives_a_clock_stepped_back() -> None:
+    """--max-exporter-rate's token bucket runs on the receive time (wall clock). A clock stepped
+    back (NTP correcting a clock that ran ahead) refilled nothing until the clock was past the
+    latest time seen again: a step back of an hour refused every datagram of every exporter over
+    its burst for that hour (counted as rate_limited, but an hour of flows gone). A step back
+    must refill nothing, and the bucket must fill again from there as time goes on."""
+    from decoders import Decoder, DecoderConfig
+
+    dec = Decoder(DecoderConfig(max_exporter_rate=10))
+    t0 = 1_700_000_000.0
+
+    def refused(seq: int, t: float) -> bool:
+        b = dec.decode(make_v5(seq, 1, seq), "192.0.2.1", 2055, t)
+        return b.error is not None and b.error[0] == "rate_limited"
+
+    assert not any(refused(i, t0) for i in range(10))     # the burst: one second's worth
+    assert refused(10, t0)
+    step = t0 - 3600.0                                      # the clock goes back an hour
+    refused(11, step)                                       # (nothing refilled by the step itself)
+    assert not refused(12, step + 2.0)                      # two seconds later: refilled
+    assert sum(not refused(13 + i, step + 2.0) for i in range(20)) == 9   # one second's worth in all
