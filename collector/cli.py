@@ -215,7 +215,29 @@ def bare_optional_flags(argv: list[str]) -> list[str]:
     return out
 
 
+def reopen_closed_std_fds() -> list[int]:
+    """Which of fds 0, 1 and 2 were closed when the process started, each now open on /dev/null.
+
+    A process started with one of them closed (`flowscope run >&-`, some daemon launchers)
+    hands that number to the first socket it opens; uvloop then aborts the process (SIGABRT,
+    its assertion that it never closes fds 0-2) when it closes that socket, at shutdown, and
+    Python leaves sys.stdout None. /dev/null on them keeps every socket above 2, as daemons do."""
+    closed = []
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            closed.append(fd)
+    for fd in closed:
+        null = os.open(os.devnull, os.O_RDWR)
+        if null != fd:      # (the lowest free number: fd itself, unless a lower one was closed too)
+            os.dup2(null, fd)
+            os.close(null)
+    return closed
+
+
 def main(argv: list[str] | None = None) -> int:
+    closed_std = reopen_closed_std_fds()
     parser = build_parser()
     args = parser.parse_args(bare_optional_flags(sys.argv[1:] if argv is None else argv))
     if args.command == "decode":
@@ -269,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(config_mod.to_yaml(cfg))
         return 0
     # run
+    if 1 in closed_std and cfg.sink_kind() == "stdout":
+        print("flowscope: cannot start: stdout is closed, and the sink is stdout: give --output-file or "
+              "--kafka-brokers, or start flowscope with an open stdout", file=sys.stderr)
+        return 2
     enrich_cfg, enrich_note, problem = _start_checks(cfg)
     if problem:
         print(f"flowscope: configuration error: {problem}", file=sys.stderr)

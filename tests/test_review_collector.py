@@ -191,3 +191,42 @@ def test_exporter_rate_limit_survives_a_clock_stepped_back() -> None:
     refused(11, step)                                       # (nothing refilled by the step itself)
     assert not refused(12, step + 2.0)                      # two seconds later: refilled
     assert sum(not refused(13 + i, step + 2.0) for i in range(20)) == 9   # one second's worth in all
+
+
+# ------------------------------------------------------------------------------------------------
+# Started with fds 0-2 closed
+
+
+@pytest.mark.parametrize("fd", [0, 1, 2])
+def test_started_with_a_standard_fd_closed_runs_and_stops_cleanly(collector: Any, tmp_path: Path, fd: int) -> None:
+    """A collector started with stdin, stdout or stderr closed (`flowscope run <&-`, a daemon
+    launcher) gave that number to its first socket; uvloop, the default loop, asserts it never
+    closes fds 0-2 and aborted the process when it closed that socket at shutdown (SIGABRT,
+    exit 134 and a core dump instead of 0, after the drain)."""
+    import os
+    import signal
+
+    out = tmp_path / "flows.jsonl"
+    c = collector(["--output-file", str(out)], preexec=lambda: os.close(fd))
+    send_udp([make_v5(0, 30, 0)], c.port)
+    c.wait_value("flowscope_flows_delivered_total", 30, sink="file")
+    assert c.stop(signal.SIGTERM) == 0
+    assert len(out.read_bytes().splitlines()) == 30
+
+
+def test_stdout_sink_with_stdout_closed_is_refused_at_start(tmp_path: Path) -> None:
+    """With stdout closed there is nowhere for the stdout sink to write: a start-up error naming
+    it (exit 2), not a traceback (sys.stdout is None) or an abort."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT, free_udp_port
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWSCOPE_")}
+    env.update({"PYTHONPATH": str(ROOT), "KUBECONFIG": str(tmp_path / "none"), "HOME": str(tmp_path)})
+    p = subprocess.run([sys.executable, "-m", "collector.cli", "run", "--listen",
+                        f"netflow://127.0.0.1:{free_udp_port()}", "--metrics-addr", ""],
+                       cwd=ROOT, env=env, stderr=subprocess.PIPE, preexec_fn=lambda: os.close(1), timeout=60)
+    assert p.returncode == 2, p.stderr.decode()
+    assert b"stdout is closed" in p.stderr and b"Traceback" not in p.stderr
