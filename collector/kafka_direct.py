@@ -51,6 +51,9 @@ FATAL = {
     21: "invalid_required_acks",
     29: "topic_authorization_failed",
     31: "cluster_authorization_failed",
+    # a timestamp outside the broker's message.timestamp.before/after.max.ms (KIP-937): a
+    # prebuilt batch keeps its CreateTime, so sent again it is refused again
+    32: "invalid_timestamp",
     43: "unsupported_for_message_format",
     74: "unsupported_compression_type",
     87: "invalid_record",

@@ -1330,7 +1330,7 @@ DEFAULT_LEVEL = {"lz4": 0, "zstd": 3, "gzip": 1}
 # dropped and counted as rejected instead of being re-sent for ever.
 _AIOKAFKA_FATAL = ("MessageSizeTooLargeError", "RecordListTooLargeError", "TopicAuthorizationFailedError",
                    "ClusterAuthorizationFailedError", "InvalidTopicError", "CorruptRecordException",
-                   "UnsupportedForMessageFormatError", "InvalidRequiredAcksError")
+                   "UnsupportedForMessageFormatError", "InvalidRequiredAcksError", "InvalidTimestampError")
 
 
 def _fatal_aiokafka(exc: BaseException) -> bool:

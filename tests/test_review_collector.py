@@ -133,13 +133,13 @@ def test_zstd_batches_go_in_produce_v7_through_a_real_broker(collector: Any, tmp
 
 def test_unsupported_compression_and_other_final_errors_are_not_retried() -> None:
     """Kafka's protocol error table marks UNSUPPORTED_COMPRESSION_TYPE (74),
-    UNSUPPORTED_FOR_MESSAGE_FORMAT (43), INVALID_REQUIRED_ACKS (21) and
-    CLUSTER_AUTHORIZATION_FAILED (31) not retriable; the aiokafka path already dropped them as
+    UNSUPPORTED_FOR_MESSAGE_FORMAT (43), INVALID_REQUIRED_ACKS (21),
+    CLUSTER_AUTHORIZATION_FAILED (31) and INVALID_TIMESTAMP (32) not retriable; the aiokafka path already dropped them as
     rejected (sinks._AIOKAFKA_FATAL), the direct path re-queued them for ever."""
     import aiokafka.errors as ae
 
     from collector.kafka_direct import BrokerError
-    from collector.sinks import _AIOKAFKA_FATAL
+    from collector.sinks import _AIOKAFKA_FATAL, _fatal_aiokafka
 
     for name in _AIOKAFKA_FATAL:
         cls = getattr(ae, name, None)
@@ -147,6 +147,10 @@ def test_unsupported_compression_and_other_final_errors_are_not_retried() -> Non
             continue
         assert BrokerError(cls.errno).fatal, name
     assert BrokerError(74).fatal
+    # INVALID_TIMESTAMP (32): a batch's CreateTime outside the broker's
+    # message.timestamp.before/after.max.ms; re-sent unchanged it is refused again, and the
+    # re-queued batch went back to the front of the queue for ever
+    assert BrokerError(32).fatal and _fatal_aiokafka(ae.InvalidTimestampError())
     for retriable in (3, 6, 7, 19, 20):  # unknown partition, not leader, timeout, not enough replicas
         assert not BrokerError(retriable).fatal
 
