@@ -442,8 +442,9 @@ cdef class RecordBatchWriter:
         needs v7 or later, KIP-110) with its size prefix, framed in place in front of the batch: a
         read-only memoryview of this writer, which keeps it alive while a transport holds the view. Seals the batch (no more
         appends; the header and CRC are written once). Calling it again re-frames the same batch
-        with a new correlation id (a retry); while an earlier view is still alive the request
-        comes back as a bytes copy instead."""
+        with a new correlation id (a retry); while an earlier view is still alive, or when the
+        client id and topic do not fit in the headroom, the request comes back as a bytes copy
+        instead."""
         cdef Py_ssize_t blen = self.buf.n - PREFIX
         cdef Py_ssize_t clen = len(client_id)
         cdef Py_ssize_t tlen = len(topic)
@@ -454,8 +455,8 @@ cdef class RecordBatchWriter:
             raise ValueError("empty batch")
         if self.busy:
             raise ValueError("batch being compressed by a Packer")
-        if plen > PREFIX or clen > 32767 or tlen > 32767:
-            raise ValueError("client id and topic too long for the request headroom")
+        if clen > 32767 or tlen > 32767:
+            raise ValueError("client id or topic longer than a Kafka string (32767 bytes)")
         if not 3 <= api_version <= 8:
             raise ValueError("Produce versions 3 to 8 frame this request body")
         if not self.sealed:
@@ -463,9 +464,11 @@ cdef class RecordBatchWriter:
             put_be32(self.buf.p + PREFIX + CRC_OFFSET,
                      fs_crc32c(<const unsigned char*>self.buf.p + PREFIX + ATTR_OFFSET, blen - ATTR_OFFSET))
             self.sealed = True
-        if self.exports > 0:
+        if self.exports > 0 or plen > PREFIX:
             # An earlier request's view may still be in a transport's hands: frame this one in a
-            # copy, never under bytes that may still be on their way.
+            # copy, never under bytes that may still be on their way. So too a framing longer
+            # than the headroom (a client id and topic of hundreds of characters, which Kafka
+            # allows): refusing it re-queued every batch for ever.
             out = PyBytes_FromStringAndSize(NULL, plen + blen)
             p = PyBytes_AS_STRING(out)
             memcpy(p + plen, self.buf.p + PREFIX, blen)

@@ -234,3 +234,40 @@ def test_stdout_sink_with_stdout_closed_is_refused_at_start(tmp_path: Path) -> N
                        cwd=ROOT, env=env, stderr=subprocess.PIPE, preexec_fn=lambda: os.close(1), timeout=60)
     assert p.returncode == 2, p.stderr.decode()
     assert b"stdout is closed" in p.stderr and b"Traceback" not in p.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# A long client id on the direct path
+
+
+def test_a_long_client_id_is_framed_not_refused() -> None:
+    """The direct path frames the Produce request in 512 bytes of headroom in front of the batch;
+    a client id and topic longer than that (a 249-character topic, the longest Kafka allows,
+    with a 220-character --kafka-client-id, which the configuration accepts) raised ValueError
+    for every batch: each was re-queued for ever and nothing was ever delivered. Such a request
+    is framed in a copy instead."""
+    import io
+
+    from aiokafka.protocol.produce import ProduceRequest_v3
+    from aiokafka.record.default_records import DefaultRecordBatch
+    from test_kafka_direct import _split_request, _writer_with_flows
+
+    w, want = _writer_with_flows(1)
+    client, topic = b"c" * 300, b"t" * 249
+    raw = bytes(w.request(5, client, 1, 1500, topic, 2))
+    api_key, version, corr, got_client, body = _split_request(raw)
+    assert (api_key, version, corr, got_client) == (0, 3, 5, client.decode())
+    txn, acks, timeout, topics = ProduceRequest_v3.SCHEMA.decode(io.BytesIO(body))
+    assert topics[0][0] == topic.decode() and topics[0][1][0][0] == 2
+    rb = DefaultRecordBatch(topics[0][1][0][1])
+    assert rb.validate_crc() and [r.value for r in rb] == want
+
+
+def test_a_long_client_id_delivers_through_a_real_broker(broker: Any, collector: Any) -> None:
+    t = "t-" + uuid.uuid4().hex[:10]
+    c = collector(["--kafka-brokers", broker.bootstrap, "--kafka-topic", t, "--kafka-client-id", "flowscope-" + "x" * 490])
+    send_udp([make_v5(i, 30, i * 30) for i in range(10)], c.port)
+    c.wait_value("flowscope_flows_delivered_total", 300, timeout=30)
+    assert len({v5_key(f) for f in consume(broker.bootstrap, t, 300)}) == 300
+    assert c.value("flowscope_kafka_errors_total", kind="produce") == 0
+    assert c.stop() == 0
