@@ -375,7 +375,7 @@ def test_request_limits() -> None:
     w, _ = _writer_with_flows(1)
     with pytest.raises(ValueError):
         w.request(1, b"c" * 32768, 1, 1000, b"t", 0)  # longer than a Kafka string
-    # framing larger than the headroom: framed in a copy (tests/test_review_collector.py)
+    # framing larger than the headroom: framed in a copy (tests/test_collector_failures.py)
     assert isinstance(w.request(1, b"c" * 300, 1, 1000, b"t" * 249, 0), bytes)
 
 
