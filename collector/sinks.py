@@ -1188,10 +1188,28 @@ class KafkaSink(Sink):
     def _new_open(self, kind: int, partition: int, direct: bool = False) -> _Open:
         if partition < 0:
             # key none: rotate partitions per batch, so batches stay large and load spreads
-            parts = self.partitions.get((self.k.topic, self.k.counters_topic)[kind]) or [0]
+            parts = self._led_partitions((self.k.topic, self.k.counters_topic)[kind])
             self._rr = (self._rr + 1) % len(parts)
             partition = parts[self._rr]
         return _Open(kind, partition, None if direct else self.producer.create_batch())
+
+    def _led_partitions(self, topic: str) -> list[int]:
+        """The topic's partitions a key none batch may go to: those with a leader in the client's
+        latest metadata (as Java's producer picks among available partitions for unkeyed records),
+        all of them when none has one or nothing is known. Why: with a broker down and a
+        partition without a replica elsewhere, rotating over every partition sent one batch in
+        N to a partition that can take none (a failed send, a pause and a metadata refresh, and
+        /readyz flapping each time) while the others could take them all. Keyed flows keep
+        every partition (the key decides; Kafka's clients do the same)."""
+        parts = self.partitions.get(topic) or [0]
+        try:
+            led = self.producer.client.cluster.available_partitions_for_topic(topic)
+        except Exception:   # (no producer yet, or a topic the metadata has not seen)
+            return parts
+        if not led or len(led) >= len(parts):
+            return parts
+        live = [p for p in parts if p in led]
+        return live or parts
 
     def _append(self, builders: dict[tuple[int, int], _Open], full: list[_Open], kind: int, slot_p: int,
                 records: Any, key: bytes | None, exporter: str | None = None) -> None:

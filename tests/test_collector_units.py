@@ -1837,3 +1837,46 @@ def test_worker_decoder_learns_options_without_keeping_them() -> None:
     f = w.decoder.decode(ipfix_message([data_set(t, [{"src": "10.1.1.1", "bytes": 1}])], seq=1,
                                        export_time=1_780_000_000), "10.0.0.1").to_dicts()[0]
     assert f["Sampling"] == 50
+
+
+def test_key_none_batches_skip_partitions_without_a_leader() -> None:
+    """Key none: batches rotate over the partitions that have a leader in the client's metadata
+    (a broker down, a partition with no other replica: its share of batches went to a partition
+    that could take none); all of them when none has a leader; keyed slots keep their partition."""
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.protocol.metadata import MetadataResponse_v0
+
+    from collector.config import Config
+    from collector.sinks import KafkaSink
+
+    async def run() -> None:
+        cfg = Config()
+        cfg.kafka.brokers = ["127.0.0.1:9"]
+        sink = KafkaSink(cfg)
+        sink.producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:9")   # never started
+        sink.partitions[cfg.kafka.topic] = [0, 1, 2, 3]
+
+        def metadata(leaders: list[int]) -> None:
+            # (error, partition, leader, replicas, isr); LEADER_NOT_AVAILABLE (5) where leader -1
+            parts = [(5 if lead < 0 else 0, p, lead, [lead] if lead >= 0 else [], [lead] if lead >= 0 else [])
+                     for p, lead in enumerate(leaders)]
+            sink.producer.client.cluster.update_metadata(
+                MetadataResponse_v0([(0, "127.0.0.1", 9092), (1, "127.0.0.1", 9093)],
+                                    [(0, cfg.kafka.topic, parts)]))
+
+        def rotation(n: int = 12) -> list[int]:
+            return [sink._new_open(0, -1, direct=True).partition for _ in range(n)]
+
+        assert sorted(set(rotation())) == [0, 1, 2, 3]          # nothing known: every partition
+        metadata([0, -1, 1, -1])
+        got = rotation()
+        assert set(got) == {0, 2} and got.count(0) == got.count(2)
+        assert sink._new_open(0, 1, direct=True).partition == 1  # a keyed slot keeps its partition
+        metadata([-1, -1, -1, -1])
+        assert sorted(set(rotation())) == [0, 1, 2, 3]          # none led: as before
+        metadata([0, 1, 0, 1])
+        assert sorted(set(rotation())) == [0, 1, 2, 3]
+
+    asyncio.run(run())
