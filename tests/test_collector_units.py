@@ -1880,3 +1880,30 @@ def test_key_none_batches_skip_partitions_without_a_leader() -> None:
         assert sorted(set(rotation())) == [0, 1, 2, 3]
 
     asyncio.run(run())
+
+
+def test_kafka_connections_are_stopped_together_at_shutdown() -> None:
+    """At the shutdown deadline every connection is stopped at once (one after the other, each
+    given at least half a second, four connections overran --shutdown-timeout by two seconds)."""
+    import asyncio
+
+    from collector.config import Config
+    from collector.sinks import KafkaSink
+
+    active = [0, 0]     # stopping now, most at once
+
+    class Conn:
+        async def stop(self) -> None:
+            active[0] += 1
+            active[1] = max(active[1], active[0])
+            await asyncio.sleep(0.05)
+            active[0] -= 1
+
+    async def run() -> None:
+        sink = KafkaSink(Config())
+        sink.producers = [Conn() for _ in range(4)]
+        sink.producer = sink.producers[0]
+        await sink._close(0.0)
+
+    asyncio.run(run())
+    assert active == [0, 4]
