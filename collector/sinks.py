@@ -816,8 +816,13 @@ class KafkaSink(Sink):
             try:
                 parts = await asyncio.wait_for(self._partitions(t), self.k.request_timeout_ms / 1000)
             except Exception as exc:
+                # (a topic the brokers do not have, where they do not create topics when asked
+                # for, looks like this: aiokafka waits for its metadata until the timeout)
                 self._rl.warning("metadata", "kafka: no metadata for topic %s yet: %s (asked again before "
-                                 "producing)", t, exc or type(exc).__name__)
+                                 "producing)%s", t, exc or type(exc).__name__,
+                                 "" if self.k.create_topic else "; if the topic does not exist and the "
+                                 "brokers do not create topics automatically, create it or run with "
+                                 "--kafka-create-topic")
                 continue
             log.info("kafka: topic %s has %d partition%s", t, len(parts), "" if len(parts) == 1 else "s")
 
