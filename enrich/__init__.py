@@ -190,6 +190,7 @@ class Enricher:
                 self.c_api = reader.c_api
         self._api_client = api_client
         self._listers = listers
+        self._made_listers: dict[str, Lister] = {}  # the listers start() made (closed by stop())
         self._informers: dict[str, Informer] = {}
         self._ready = threading.Event()
         self._static = False
@@ -221,7 +222,7 @@ class Enricher:
         if listers is None:
             if self._api_client is None:
                 self._api_client = load_api_client(self.config)
-            listers = make_listers(self._api_client)
+            listers = self._made_listers = make_listers(self._api_client)
         for kind in KINDS:
             self._informers[kind] = Informer(kind=kind, lister=listers[kind], index=self.index,
                                              config=self.config, on_synced=self._check_ready)
@@ -232,6 +233,10 @@ class Enricher:
         """Stop the informers; the index keeps serving what it has."""
         for inf in self._informers.values():
             inf.stop(timeout=timeout)
+        for lister in self._made_listers.values():
+            close = getattr(lister, "close", None)  # (the ReplicaSets' own ApiClients)
+            if close is not None:
+                close()
         if self._api_client is not None:
             try:
                 self._api_client.close()

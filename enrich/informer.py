@@ -35,7 +35,8 @@ from .index import KINDS, NODES, PODS, REPLICASETS, SERVICES, Index
 
 log = logging.getLogger("flowscope.enrich")
 
-# Ask for PartialObjectMetadata: the ReplicaSet spec (a whole pod template) is never needed.
+# Ask for PartialObjectMetadata: the ReplicaSet spec (a whole pod template) is never needed
+# (sent by MetadataLister).
 _RS_LIST_ACCEPT = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
 _RS_WATCH_ACCEPT = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
 
@@ -122,13 +123,46 @@ def make_listers(api_client: Any) -> dict[str, Lister]:
     from kubernetes import client
 
     core = client.CoreV1Api(api_client)
-    apps = client.AppsV1Api(api_client)
     return {
         PODS: core.list_pod_for_all_namespaces,
         NODES: core.list_node,
         SERVICES: core.list_service_for_all_namespaces,
-        REPLICASETS: apps.list_replica_set_for_all_namespaces,
+        REPLICASETS: MetadataLister(api_client),
     }
+
+
+class MetadataLister:
+    """The ReplicaSets' list method, asking for PartialObjectMetadata(List) (see _RS_*_ACCEPT).
+
+    Why not a per-call Accept (`_headers`): the generated methods of the client versions
+    pyproject allows take none. kubernetes 29 to 35 refuse the argument (ApiTypeError: the
+    informer failed every list and readiness never came), 36 takes it and then sets its own
+    Accept over it (whole ReplicaSets, pod templates and all). An ApiClient's default headers
+    are applied over the method's in every version (`header_params.update(self.default_headers)`
+    in __call_api and param_serialize), so one ApiClient per verb, sharing the caller's
+    Configuration (its credentials and their refresh), carries each Accept.
+    """
+
+    def __init__(self, api_client: Any) -> None:
+        from kubernetes import client
+
+        self._clients: list[Any] = []
+        self._methods: dict[bool, Any] = {}
+        for watch, accept in ((False, _RS_LIST_ACCEPT), (True, _RS_WATCH_ACCEPT)):
+            c = client.ApiClient(api_client.configuration)
+            c.set_default_header("Accept", accept)
+            self._clients.append(c)
+            self._methods[watch] = client.AppsV1Api(c).list_replica_set_for_all_namespaces
+
+    def __call__(self, **kwargs: Any) -> Any:
+        return self._methods[bool(kwargs.get("watch"))](**kwargs)
+
+    def close(self) -> None:
+        for c in self._clients:
+            try:
+                c.close()
+            except Exception:  # noqa: BLE001 - best effort at shutdown
+                pass
 
 
 class Informer:
@@ -300,8 +334,6 @@ class Informer:
                 kwargs["limit"] = self._cfg.list_chunk_size
             if cont:
                 kwargs["_continue"] = cont
-            if self.kind == REPLICASETS:
-                kwargs["_headers"] = {"Accept": _RS_LIST_ACCEPT}
             try:
                 body = self._request("list", kwargs, read_timeout=max(60.0, self._cfg.read_timeout_slack_seconds))
             except Gone:
@@ -347,8 +379,6 @@ class Informer:
             "watch": True, "resource_version": rv, "allow_watch_bookmarks": True,
             "timeout_seconds": self._cfg.watch_timeout_seconds,
         }
-        if self.kind == REPLICASETS:
-            kwargs["_headers"] = {"Accept": _RS_WATCH_ACCEPT}
         resp = self._open("watch", kwargs,
                           read_timeout=self._cfg.watch_timeout_seconds + self._cfg.read_timeout_slack_seconds)
         n = 0

@@ -1,0 +1,71 @@
+"""Review of the Kubernetes enrichment against the real client and API (review-enrich).
+
+Each test reproduces a behaviour of the official `kubernetes` client or of a real cluster that
+the informers or the index got wrong, against the fake API server of tests/support/fake_kube.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import enrich
+from tests.support.fake_kube import FakeKube
+from tests.support.fake_kube import fake_kube as fake_kube  # noqa: F401 - fixture
+from tests.test_enrich_informer import fast_config, flow, seed
+
+
+def _legacy_no_headers_argument(real: Callable[..., Any]) -> Callable[..., Any]:
+    """The generated method of kubernetes 29 to 35 (the legacy generator): no `_headers` argument
+    (ApiTypeError, as its all_params check raises)."""
+    from kubernetes.client.exceptions import ApiTypeError
+
+    def method(self: Any, **kwargs: Any) -> Any:
+        if "_headers" in kwargs:
+            raise ApiTypeError("Got an unexpected keyword argument '_headers' to method "
+                               "list_replica_set_for_all_namespaces")
+        return real(self, **kwargs)
+    return method
+
+
+def _legacy_accept_overwritten(real: Callable[..., Any]) -> Callable[..., Any]:
+    """The generated method of kubernetes 36: `_headers` taken, but its Accept is overwritten by
+    the method's own (header_params['Accept'] = select_header_accept([...]))."""
+    def method(self: Any, **kwargs: Any) -> Any:
+        headers = dict(kwargs.pop("_headers", None) or {})
+        headers.pop("Accept", None)
+        return real(self, **kwargs, **({"_headers": headers} if headers else {}))
+    return method
+
+
+@pytest.mark.parametrize("legacy", [_legacy_no_headers_argument, _legacy_accept_overwritten],
+                         ids=["kubernetes-29-to-35", "kubernetes-36"])
+def test_replicasets_sync_as_metadata_with_every_supported_client_version(
+        fake_kube: FakeKube, tmp_path: Any, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+        legacy: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    """pyproject allows kubernetes>=29. Its generated list methods before 37 take no per-call
+    Accept header: 29-35 refuse `_headers` (the ReplicaSets informer then failed every list, and
+    the collector never became ready), 36 overwrites its Accept (whole ReplicaSets, pod templates
+    and all, instead of PartialObjectMetadata)."""
+    from kubernetes.client import AppsV1Api
+
+    monkeypatch.setattr(AppsV1Api, "list_replica_set_for_all_namespaces",
+                        legacy(AppsV1Api.list_replica_set_for_all_namespaces))
+    seed(fake_kube)
+    e = enrich.Enricher(fast_config(str(fake_kube.write_kubeconfig(tmp_path / "kubeconfig"))))
+    e.start()
+    try:
+        assert e.wait_ready(10), e.unsynced()
+        assert flow(e, "10.244.0.5", "")["SrcK8S_OwnerType"] == "Deployment"
+        fake_kube.wait_for(lambda: fake_kube.count(kind="replicasets", verb="watch") > 0, 10, "the replicasets watch")
+        rs = [r for r in fake_kube.requests if r["kind"] == "replicasets"]
+        lists = [r["accept"] for r in rs if r["verb"] == "list"]
+        watches = [r["accept"] for r in rs if r["verb"] == "watch"]
+        assert lists and all(a.startswith("application/json;as=PartialObjectMetadataList;") for a in lists), lists
+        assert watches and all(a.startswith("application/json;as=PartialObjectMetadata;") for a in watches), watches
+        # the other kinds are asked for as they were
+        assert all("as=" not in r["accept"] for r in fake_kube.requests if r["kind"] in ("pods", "nodes", "services"))
+    finally:
+        e.stop()
