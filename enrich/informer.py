@@ -226,6 +226,11 @@ class Informer:
                 except Stopped:
                     raise
                 except Exception as e:  # noqa: BLE001 - a bug must not kill the informer forever
+                    if self._stop.is_set():
+                        # stop() closed the response under a read: http.client's close() sets
+                        # its fp to None, and urllib3's reader then fails with AttributeError,
+                        # not an OSError. That is the stop, not a failure to log and count.
+                        raise Stopped from None
                     self._failed(ApiProblem("internal", f"{type(e).__name__}: {e}"))
                     log.debug("enrich: %s informer internal error", self.kind, exc_info=True)
                     self._sleep(self._backoff.next())

@@ -69,3 +69,65 @@ def test_replicasets_sync_as_metadata_with_every_supported_client_version(
         assert all("as=" not in r["accept"] for r in fake_kube.requests if r["kind"] in ("pods", "nodes", "services"))
     finally:
         e.stop()
+
+
+class _ClosedUnderTheReader:
+    """A watch response whose reader is blocked in a read when stop() closes it: http.client's
+    close() sets its fp to None under urllib3's chunked reader, which then fails with
+    AttributeError ('NoneType' object has no attribute 'readline'), not an OSError."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.closed = threading.Event()
+
+    def stream(self, amt: int | None = None, decode_content: bool = True) -> Any:
+        self.closed.wait(10)
+        raise AttributeError("'NoneType' object has no attribute 'readline'")
+        yield b""  # (a generator, as urllib3's stream() is)
+
+    def shutdown(self) -> None:
+        self.closed.set()
+
+    def close(self) -> None:
+        self.closed.set()
+
+    def release_conn(self) -> None:
+        pass
+
+
+class _ListBody:
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def read(self) -> bytes:
+        return self.body
+
+    def release_conn(self) -> None:
+        pass
+
+
+def test_a_watch_closed_by_stop_is_no_failure(caplog: pytest.LogCaptureFixture) -> None:
+    """stop() closes the watch response under the informer thread's read: whatever the client
+    raises then is the stop, not an internal error logged as a warning and counted."""
+    import logging
+
+    from enrich.index import NODES, Index
+    from enrich.informer import Informer
+
+    watch = _ClosedUnderTheReader()
+
+    def lister(**kwargs: Any) -> Any:
+        if kwargs.get("watch"):
+            return watch
+        return _ListBody(b'{"kind":"NodeList","metadata":{"resourceVersion":"7"},"items":[]}')
+
+    inf = Informer(kind=NODES, lister=lister, index=Index(compiled=False), config=fast_config(None))
+    caplog.set_level(logging.DEBUG, logger="flowscope.enrich")
+    inf.start()
+    from tests.support.fake_kube import wait_for
+    wait_for(lambda: inf.stats.state == "watching", what="the watch")
+    inf.stop()
+    assert inf.stats.state == "stopped"
+    assert inf.stats.errors == {}
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
