@@ -1,7 +1,8 @@
-"""Review of the Kubernetes enrichment against the real client and API (review-enrich).
+"""The informers with every `kubernetes` client version pyproject allows, and at shutdown.
 
-Each test reproduces a behaviour of the official `kubernetes` client or of a real cluster that
-the informers or the index got wrong, against the fake API server of tests/support/fake_kube.py.
+Each test reproduces a behaviour of the official `kubernetes` client (generated methods that
+differ between versions 29 to 37) or of a stop racing a read, which the informers once got
+wrong, against the fake API server of tests/support/fake_kube.py.
 """
 
 from __future__ import annotations
