@@ -1396,6 +1396,7 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
     cdef uint64_t v
     cdef int64_t start_sysup = -1, end_sysup = -1, start_delta = -1, end_delta = -1
     cdef int64_t rec_sysinit = -1, duration_ms = -1, latest_ms
+    cdef int start_prec = 0, end_prec = 0   # absolute times: 1 seconds, 2 ms, 3 NTP (us/ns)
     # Time elements also kept as extras until the times they give are known (then removed
     # again): where they went among the batch's extras, and which (TX_DURATION, TX_SYSUP)
     cdef Py_ssize_t tx_at[4]
@@ -1624,24 +1625,40 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
                 f.drop_src = DROP_FWDSTATUS
                 f.drop_reason = v
                 f.present |= P_DROP
+        # Absolute times: a template with more than one precision of a time (flowStartSeconds
+        # and flowStartMilliseconds) takes the finest whatever their order, the first of it
+        # (else seconds after milliseconds would truncate the start, or the end only, and put
+        # the end before the start).
         elif a == A_START_S:
-            f.t_start_ms = <int64_t>be32(p) * 1000
-            f.present |= P_TSTART
+            if start_prec < 1:
+                f.t_start_ms = <int64_t>be32(p) * 1000
+                f.present |= P_TSTART
+                start_prec = 1
         elif a == A_END_S:
-            f.t_end_ms = <int64_t>be32(p) * 1000
-            f.present |= P_TEND
+            if end_prec < 1:
+                f.t_end_ms = <int64_t>be32(p) * 1000
+                f.present |= P_TEND
+                end_prec = 1
         elif a == A_START_MS:
-            f.t_start_ms = <int64_t>be64(p)
-            f.present |= P_TSTART
+            if start_prec < 2:
+                f.t_start_ms = <int64_t>be64(p)
+                f.present |= P_TSTART
+                start_prec = 2
         elif a == A_END_MS:
-            f.t_end_ms = <int64_t>be64(p)
-            f.present |= P_TEND
+            if end_prec < 2:
+                f.t_end_ms = <int64_t>be64(p)
+                f.present |= P_TEND
+                end_prec = 2
         elif a == A_START_US or a == A_START_NS:
-            f.t_start_ms = ntp_to_ms(p, a == A_START_US)
-            f.present |= P_TSTART
+            if start_prec < 3:
+                f.t_start_ms = ntp_to_ms(p, a == A_START_US)
+                f.present |= P_TSTART
+                start_prec = 3
         elif a == A_END_US or a == A_END_NS:
-            f.t_end_ms = ntp_to_ms(p, a == A_END_US)
-            f.present |= P_TEND
+            if end_prec < 3:
+                f.t_end_ms = ntp_to_ms(p, a == A_END_US)
+                f.present |= P_TEND
+                end_prec = 3
         elif a == A_START_DELTA_US:
             start_delta = be32r(p, L)
         elif a == A_END_DELTA_US:
@@ -1809,7 +1826,11 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
         # packet, its headers in the record. What the template's own elements lack comes from
         # them (addresses, ports, protocol, MACs, VLAN, DSCP, flags, tunnel), Bytes from its
         # dataLinkFrameSize (else from its headers' lengths), and it is one packet.
-        packet_section(f, s.buf, sect - s.buf, sect_len, sect_ip)
+        # tcpControlBits (or the tcp*TotalCount elements) and the ICMP elements are the
+        # template's own too, though their presence bits are only set below: the section's
+        # flags and ICMP type must not replace them.
+        packet_section(f, s.buf, sect - s.buf, sect_len, sect_ip,
+                       (P_FLAGS if has_flags or count_flags or t.has_tcp_counts else 0) | (P_ICMP if icmp else 0))
         if not f.present & P_PACKETS:
             f.packets = 1
             f.present |= P_PACKETS
@@ -1917,10 +1938,12 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
         # sends none; Juniper's options data comes every 10 minutes): no flow without times
         # (NetObserv's always have both), so it ends at its export and lasts its duration (161/162)
         # or what the two values say; the values stay as they came (ie21/ie22), which tells such
-        # a record
+        # a record. sysUpTime is a 32-bit counter (sysup_time): an end below the start is one
+        # counted after the counter wrapped, so the duration is their difference modulo 2^32.
         f.t_end_ms = export_ms
         f.t_start_ms = export_ms - (duration_ms if duration_ms >= 0 else
-                                    end_sysup - start_sysup if 0 <= start_sysup <= end_sysup else 0)
+                                    (end_sysup - start_sysup) & 0xFFFFFFFF if start_sysup >= 0 and end_sysup >= 0
+                                    else 0)
         f.present |= P_TSTART | P_TEND
 
     if has_flags:
@@ -2000,10 +2023,12 @@ cdef int section_headers(Flow* h, const uint8_t* buf, Py_ssize_t off, Py_ssize_t
     return 0
 
 
-cdef int packet_section(Flow* f, const uint8_t* buf, Py_ssize_t off, Py_ssize_t n, bint ip) except -1:
+cdef int packet_section(Flow* f, const uint8_t* buf, Py_ssize_t off, Py_ssize_t n, bint ip,
+                        uint64_t have) except -1:
     """Fill what `f` lacks from a PSAMP record's packet section (dataLinkFrameSection from the
     Ethernet header on, or ipHeaderPacketSection from the IP header), parsed by the sFlow raw
-    header parser: a section cut anywhere gives what it holds."""
+    header parser: a section cut anywhere gives what it holds. `have`: P_* bits the record's own
+    elements give that f.present does not show yet."""
     cdef Flow h
     cdef uint64_t miss
     section_headers(&h, buf, off, n, ip, 0)
@@ -2017,7 +2042,7 @@ cdef int packet_section(Flow* f, const uint8_t* buf, Py_ssize_t off, Py_ssize_t 
         f.af = h.af
         memcpy(f.src, h.src, 16)
         memcpy(f.dst, h.dst, 16)
-    miss = h.present & ~f.present
+    miss = h.present & ~(f.present | have)
     if miss & P_SPORT:
         f.sport = h.sport
     if miss & P_DPORT:

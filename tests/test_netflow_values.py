@@ -1,0 +1,125 @@
+"""Review of the values the NetFlow v9 / IPFIX decoders publish: times, TCP flags and ICMP type
+and code in combinations of elements the other decoder tests do not build. Expected values come
+from the RFCs (RFC 7011 6.1.7-6.1.10 time types, RFC 7125 tcpControlBits, RFC 5476/5477 packet
+reports) and from what each test built, never from the decoder.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+
+import pytest
+
+from benchmarks.datagrams import VARLEN, IpfixTemplate, data_set, ipfix_message, template_set
+from decoders import Decoder, DecoderConfig
+
+EXPORT = 1_700_000_000
+EXPORTER = "10.0.0.1"
+NTP_EPOCH = 2_208_988_800   # seconds from 1900-01-01 (NTP era 0) to the Unix epoch
+
+
+def _tpl(tid: int, *fields: tuple[str, int, int, int]) -> IpfixTemplate:
+    return IpfixTemplate(tid, tuple(fields))
+
+
+def _decode(tpl: IpfixTemplate, rows: list[dict[str, object]]) -> list[dict]:
+    b = Decoder(DecoderConfig(default_sampling=0)).decode(
+        ipfix_message([template_set([tpl]), data_set(tpl, rows)], seq=0, export_time=EXPORT), EXPORTER, 4739, EXPORT)
+    assert b.error is None, b.error
+    return b.to_dicts()
+
+
+def _frame(src: str, dst: str, proto: int, l4: bytes) -> bytes:
+    """An Ethernet frame with an IPv4 header and `l4`."""
+    ip = struct.pack("!BBHHHBBH", 0x45, 0, 20 + len(l4), 1, 0, 64, proto, 0) + \
+        ipaddress.ip_address(src).packed + ipaddress.ip_address(dst).packed
+    return bytes.fromhex("020000000002" "020000000001" "0800") + ip + l4
+
+
+@pytest.mark.parametrize("order", ["seconds first", "milliseconds first"])
+def test_absolute_times_of_two_precisions_take_the_finest(order: str) -> None:
+    """flowStartSeconds/flowEndSeconds (150/151, dateTimeSeconds) beside flowStart/EndMilliseconds
+    (152/153) or the NTP-format Microseconds (154/155): the same instants at different
+    precisions. Whatever their order in the template, the finest gives the time. Before, the
+    later element overwrote the earlier, so a template ordered [150, 152, 153, 151] published the
+    start to the millisecond and the end truncated to its second: an end 900 ms BEFORE the start."""
+    start_ms, end_ms = EXPORT * 1000 - 2100, EXPORT * 1000 - 1100    # x.900 s and y.900 s
+    secs = [("ss", 150, 0, 4), ("es", 151, 0, 4)]
+    fine = [("sms", 152, 0, 8), ("ems", 153, 0, 8)]
+    fields = secs + fine if order == "seconds first" else fine + secs
+    # the mixed order of the docstring: start in seconds then ms, end in ms then seconds
+    mixed = [("ss", 150, 0, 4), ("sms", 152, 0, 8), ("ems", 153, 0, 8), ("es", 151, 0, 4)]
+    row = {"ss": start_ms // 1000, "es": end_ms // 1000, "sms": start_ms, "ems": end_ms}
+    for t in (_tpl(300, ("src", 8, 0, 4), ("dst", 12, 0, 4), *fields),
+              _tpl(301, ("src", 8, 0, 4), ("dst", 12, 0, 4), *mixed)):
+        f = _decode(t, [dict(row, src="10.0.0.1", dst="10.0.0.2")])[0]
+        assert (f["TimeFlowStartMs"], f["TimeFlowEndMs"]) == (start_ms, end_ms), t.template_id
+
+    # dateTimeMicroseconds (RFC 7011 6.1.9: NTP seconds since 1900 and a binary fraction whose 11
+    # lowest bits are not used) beside dateTimeSeconds: the microseconds one, in either order.
+    def ntp(ms: int) -> int:
+        return ((ms // 1000 + NTP_EPOCH) << 32) | (((ms % 1000) << 32) // 1000 + 1 & ~0x7FF)
+
+    us = [("sus", 154, 0, 8), ("eus", 155, 0, 8)]
+    t = _tpl(302, ("src", 8, 0, 4), *(us + secs if order == "seconds first" else secs + us))
+    f = _decode(t, [{"src": "10.0.0.1", "ss": start_ms // 1000, "es": end_ms // 1000,
+                     "sus": ntp(start_ms + 1), "eus": ntp(end_ms + 1)}])[0]
+    assert (f["TimeFlowStartMs"], f["TimeFlowEndMs"]) == (start_ms, end_ms)
+    assert not any(k.startswith("ie15") for k in f)   # the coarser elements are not left as extras
+
+
+def test_sysuptime_times_without_a_system_init_time_across_the_counter_wrap() -> None:
+    """IPFIX flowStart/EndSysUpTime (22/21) with no systemInitTimeMilliseconds (160) known: the
+    flow ends at its export and lasts what the two values say (README). They are unsigned32
+    milliseconds of a counter that wraps every 49.7 days (RFC 5102 / RFC 3954 sysUpTime): a
+    start of 0xFFFFF000 and an end of 0x1000 are 8192 ms apart, counted across the wrap, as
+    sysup_time reads them when 160 is known. Before, such a flow lasted 0 ms."""
+    t = _tpl(303, ("src", 8, 0, 4), ("first", 22, 0, 4), ("last", 21, 0, 4))
+    flows = _decode(t, [{"src": "10.0.0.1", "first": 0xFFFFF000, "last": 0x1000},
+                        {"src": "10.0.0.2", "first": 1000, "last": 1500}])
+    assert [(f["TimeFlowStartMs"] - EXPORT * 1000, f["TimeFlowEndMs"] - EXPORT * 1000) for f in flows] == [
+        (-8192, 0), (-500, 0)]
+    assert (flows[0]["ie22"], flows[0]["ie21"]) == ("fffff000", "00001000")  # kept as they came
+
+
+def test_psamp_report_keeps_the_templates_own_tcp_flags_and_icmp_elements() -> None:
+    """A PSAMP packet report (RFC 5476/5477) takes from its packet section only what the
+    template's own elements lack (README "What decodes"). tcpControlBits (6) and the ICMP
+    elements (32, 176-179) are the template's own too: before, the section's SYN replaced an
+    exported PSH|ACK, and the section's echo request an exported icmpTypeCodeIPv4 3/3, because
+    their presence bits are set only after the section is read."""
+    tcp = struct.pack("!HHIIBBHHH", 40000, 443, 1, 2, 0x50, 0x02, 0, 0, 0)     # SYN in the header
+    icmp = bytes([8, 0, 0, 0, 0, 1, 0, 1])                                      # echo request
+    # (ingressInterface makes each record longer than the builder's 4-byte set padding)
+    t_tcp = _tpl(310, ("in", 10, 0, 4), ("flags", 6, 0, 2), ("frame", 315, 0, VARLEN))
+    t_icmp = _tpl(311, ("in", 10, 0, 4), ("icmp", 32, 0, 2), ("frame", 315, 0, VARLEN))
+    t_icmp_elems = _tpl(312, ("in", 10, 0, 4), ("type", 176, 0, 1), ("code", 177, 0, 1), ("frame", 315, 0, VARLEN))
+    b = Decoder(DecoderConfig(default_sampling=0)).decode(
+        ipfix_message([template_set([t_tcp, t_icmp, t_icmp_elems]),
+                       data_set(t_tcp, [{"in": 1, "flags": 0x0118, "frame": _frame("10.0.0.1", "10.0.0.2", 6, tcp)}]),
+                       data_set(t_icmp, [{"in": 1, "icmp": 0x0303, "frame": _frame("10.0.0.1", "10.0.0.2", 1, icmp)}]),
+                       data_set(t_icmp_elems, [{"in": 1, "type": 11, "code": 0,
+                                                "frame": _frame("10.0.0.1", "10.0.0.2", 1, icmp)}])],
+                      seq=0, export_time=EXPORT), EXPORTER, 4739, EXPORT)
+    assert b.error is None, b.error
+    f_tcp, f_icmp, f_elems = b.to_dicts()
+    # RFC 7125: the NS bit (0x100) has no NetObserv flag name; the low 8 bits are the flags
+    assert (f_tcp["Proto"], f_tcp["TcpFlagsRaw"], sorted(f_tcp["Flags"])) == (6, 0x18, ["ACK", "PSH"])
+    assert (f_tcp["SrcPort"], f_tcp["DstPort"]) == (40000, 443)        # what the template lacks
+    assert (f_icmp["Proto"], f_icmp["IcmpType"], f_icmp["IcmpCode"]) == (1, 3, 3)
+    assert (f_elems["IcmpType"], f_elems["IcmpCode"]) == (11, 0)
+    for f in (f_icmp, f_elems):
+        assert "SrcPort" not in f and f["Packets"] == 1
+
+
+def test_psamp_report_without_flag_or_icmp_elements_still_reads_them_from_the_section() -> None:
+    """The other side of the rule above: a template without tcpControlBits or ICMP elements gets
+    them from the packet section (the fix must not lose them)."""
+    tcp = struct.pack("!HHIIBBHHH", 40000, 443, 1, 2, 0x50, 0x12, 0, 0, 0)     # SYN|ACK
+    icmp = bytes([0, 0, 0, 0, 0, 1, 0, 1])                                      # echo reply
+    t = _tpl(313, ("in", 10, 0, 4), ("frame", 315, 0, VARLEN))
+    flows = _decode(t, [{"in": 3, "frame": _frame("10.0.0.1", "10.0.0.2", 6, tcp)},
+                        {"in": 3, "frame": _frame("10.0.0.2", "10.0.0.1", 1, icmp)}])
+    assert (flows[0]["TcpFlagsRaw"], flows[0]["InIf"]) == (0x12, 3)
+    assert (flows[1]["Proto"], flows[1]["IcmpType"], flows[1]["IcmpCode"]) == (1, 0, 0)
