@@ -1830,7 +1830,7 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
         # template's own too, though their presence bits are only set below: the section's
         # flags and ICMP type must not replace them.
         packet_section(f, s.buf, sect - s.buf, sect_len, sect_ip,
-                       (P_FLAGS if has_flags or count_flags or t.has_tcp_counts else 0) | (P_ICMP if icmp else 0))
+                       P_FLAGS if has_flags or count_flags or t.has_tcp_counts else 0, icmp)
         if not f.present & P_PACKETS:
             f.packets = 1
             f.present |= P_PACKETS
@@ -2024,13 +2024,15 @@ cdef int section_headers(Flow* h, const uint8_t* buf, Py_ssize_t off, Py_ssize_t
 
 
 cdef int packet_section(Flow* f, const uint8_t* buf, Py_ssize_t off, Py_ssize_t n, bint ip,
-                        uint64_t have) except -1:
+                        uint64_t have, int icmp) except -1:
     """Fill what `f` lacks from a PSAMP record's packet section (dataLinkFrameSection from the
     Ethernet header on, or ipHeaderPacketSection from the IP header), parsed by the sFlow raw
     header parser: a section cut anywhere gives what it holds. `have`: P_* bits the record's own
-    elements give that f.present does not show yet."""
+    elements give that f.present does not show yet; `icmp`: decode_record's ICMP element bits (1
+    IPv4 elements, 2 IPv6 ones), the record's own type and code for a packet of that family."""
     cdef Flow h
     cdef uint64_t miss
+    cdef uint8_t proto
     section_headers(&h, buf, off, n, ip, 0)
     if (h.present & P_TUNTYPE and f.af and not (f.af == h.af and memcmp(f.src, h.src, 16) == 0
                                                 and memcmp(f.dst, h.dst, 16) == 0)):
@@ -2042,6 +2044,9 @@ cdef int packet_section(Flow* f, const uint8_t* buf, Py_ssize_t off, Py_ssize_t 
         f.af = h.af
         memcpy(f.src, h.src, 16)
         memcpy(f.dst, h.dst, 16)
+    proto = f.proto if f.present & P_PROTO else h.proto
+    if (icmp & 1 and proto == 1) or (icmp & 2 and proto == 58):
+        have |= P_ICMP
     miss = h.present & ~(f.present | have)
     if miss & P_SPORT:
         f.sport = h.sport

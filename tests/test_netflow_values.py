@@ -31,9 +31,12 @@ def _decode(tpl: IpfixTemplate, rows: list[dict[str, object]]) -> list[dict]:
 
 
 def _frame(src: str, dst: str, proto: int, l4: bytes) -> bytes:
-    """An Ethernet frame with an IPv4 header and `l4`."""
-    ip = struct.pack("!BBHHHBBH", 0x45, 0, 20 + len(l4), 1, 0, 64, proto, 0) + \
-        ipaddress.ip_address(src).packed + ipaddress.ip_address(dst).packed
+    """An Ethernet frame with an IPv4 or IPv6 header and `l4`."""
+    addrs = ipaddress.ip_address(src).packed + ipaddress.ip_address(dst).packed
+    if ":" in src:
+        return bytes.fromhex("020000000002" "020000000001" "86dd") + \
+            struct.pack("!IHBB", 6 << 28, len(l4), proto, 64) + addrs + l4
+    ip = struct.pack("!BBHHHBBH", 0x45, 0, 20 + len(l4), 1, 0, 64, proto, 0) + addrs
     return bytes.fromhex("020000000002" "020000000001" "0800") + ip + l4
 
 
@@ -123,3 +126,15 @@ def test_psamp_report_without_flag_or_icmp_elements_still_reads_them_from_the_se
                         {"in": 3, "frame": _frame("10.0.0.2", "10.0.0.1", 1, icmp)}])
     assert (flows[0]["TcpFlagsRaw"], flows[0]["InIf"]) == (0x12, 3)
     assert (flows[1]["Proto"], flows[1]["IcmpType"], flows[1]["IcmpCode"]) == (1, 0, 0)
+
+
+def test_psamp_report_icmp_elements_of_the_other_family_leave_the_sections_type() -> None:
+    """The template's ICMP elements are its own only for packets of their family: a template
+    carrying icmpTypeCodeIPv4 (32), 0 for anything but ICMPv4, and a section holding an ICMPv6
+    echo request (Proto 58) publishes the section's type 128, not the IPv4 element's 0."""
+    echo6 = bytes([128, 0, 0, 0, 0, 1, 0, 1])
+    t = _tpl(314, ("in", 10, 0, 4), ("icmp", 32, 0, 2), ("frame", 315, 0, VARLEN))
+    flows = _decode(t, [{"in": 1, "icmp": 0, "frame": _frame("fd00::1", "fd00::2", 58, echo6)},
+                        {"in": 1, "icmp": 0x0b00, "frame": _frame("10.0.0.1", "10.0.0.2", 1, bytes(8))}])
+    assert (flows[0]["Proto"], flows[0]["IcmpType"], flows[0]["IcmpCode"]) == (58, 128, 0)
+    assert (flows[1]["Proto"], flows[1]["IcmpType"], flows[1]["IcmpCode"]) == (1, 11, 0)   # its own family
