@@ -324,7 +324,7 @@ FLAG_NAMES[:] = [b"FIN", b"SYN", b"RST", b"PSH", b"ACK", b"URG", b"ECE", b"CWR"]
 
 from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid
 
-from enrich.view cimport VIEW_CAPSULE, EnrichView, view_parts, view_prefetch
+from enrich.view cimport VIEW_CAPSULE, EnrichView, view_parts, view_prefetch, view_prefetch_parts
 
 cdef EnrichView* _ev = NULL
 cdef object _ev_owner = None     # the enricher whose capsule _ev came from (kept alive)
@@ -570,6 +570,10 @@ cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char*
     cdef Extra* y
     cdef const char* name
     cdef const uint8_t* data = <const uint8_t*>PyBytes_AS_STRING(bt.data)
+    cdef Flow* nx = f + 1
+    if enricher is not None and enrich_c(enricher) and nx < bt.flows + bt.n and addr_len(nx.af):
+        # the next flow's fragments start loading while this one is written (view.pxd)
+        view_prefetch_parts(_ev, nx.src, nx.dst, addr_len(nx.af))
     buf_reserve(o, 1024)
     buf_put(o, head, head_len)   # {"FlowProtocol":..,"AgentIP":..: the same for the whole batch
     if f.af:
