@@ -1129,7 +1129,7 @@ class Index:
             zone = node.zone if node is not None else self._zones_gone.get(rec.node, "")
         fields = ((b"Name", rec.name), (b"Namespace", rec.ns), (b"Type", "Pod"),
                   (b"OwnerName", oname), (b"OwnerType", kind), (b"HostIP", rec.host_ip),
-                  (b"HostName", rec.node or ""), (b"Zone", zone))
+                  (b"HostName", _host_name(rec.host_ip, rec.node or "")), (b"Zone", zone))
         rec.frag_s = _fragment(b"Src", fields)
         rec.frag_d = _fragment(b"Dst", fields)
         rec.infra = self._infra(rec.ns)
@@ -1165,7 +1165,7 @@ class Index:
 
     def _node_entry(self, rec: NodeRec) -> tuple[Any, ...]:
         fields = ((b"Name", rec.name), (b"Type", "Node"), (b"OwnerName", rec.name),
-                  (b"OwnerType", "Node"), (b"HostIP", rec.host_ip), (b"HostName", rec.name),
+                  (b"OwnerType", "Node"), (b"HostIP", rec.host_ip), (b"HostName", _host_name(rec.host_ip, rec.name)),
                   (b"Zone", rec.zone))
         return (_fragment(b"Src", fields), _fragment(b"Dst", fields), rec.name, False, ALWAYS, ALIVE, None)
 
@@ -1411,6 +1411,14 @@ def _prune_interned_locked() -> int:
         del _interned[x]
     _intern_limit = max(1024, 2 * len(_interned))
     return len(dead)
+
+
+def _host_name(host_ip: str, name: str) -> str:
+    """HostName as NetObserv publishes it: only beside a HostIP (flowlogs-pipeline's Kubernetes
+    enrichment writes _HostName inside `if kubeInfo.HostIP != ""`), so a consumer that finds the
+    one finds the other. A Node known only by its management port address, or a pod whose status
+    has no hostIP yet, has neither."""
+    return name if host_ip else ""
 
 
 def _fragment(side: bytes, fields: Iterable[tuple[bytes, str]]) -> bytes:
