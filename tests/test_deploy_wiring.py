@@ -314,3 +314,49 @@ def test_ovnkube_default_ipfix_cache_exports_every_sampled_packet() -> None:
     # Input and output sampling each report the 10 packets.
     assert counts["ovnkube default"] and all(n >= 8 for n in counts["ovnkube default"].values()), counts
     assert counts["cache_max_flows=100"] and all(n <= 2 for n in counts["cache_max_flows=100"].values()), counts
+
+
+# ------------------------------------------------------------------------------------------------
+# API-server and scheduler rules the OpenAPI schemas do not express (kubernetes-validate passes
+# objects the API server refuses, or that it accepts but that route exporters wrongly)
+
+OVERLAYS = ("base", "overlays/daemonset", "overlays/openshift", "overlays/prometheus")
+IANA_SVC_NAME = re.compile(r"^(?=.{1,15}$)(?=.*[a-z])[a-z0-9]([a-z0-9-]*[a-z0-9])?$")  # and no "--"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_rules_the_schemas_do_not_check(overlay: str) -> None:
+    from tests.test_deploy import objs, render, workload
+
+    for o in render(overlay):
+        name = o["metadata"]["name"]
+        assert len(name) <= 253 and re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", name), name
+        for k, v in o["metadata"].get("labels", {}).items():
+            assert len(v) <= 63 and re.fullmatch(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?", v), (k, v)
+    # Container port names: IANA_SVC_NAME, unique (probes and Services refer to them by name).
+    pod = workload(overlay)["spec"]["template"]["spec"]
+    names = [p["name"] for c in pod["containers"] for p in c.get("ports", [])]
+    assert len(names) == len(set(names))
+    for n in names:
+        assert IANA_SVC_NAME.match(n) and "--" not in n, n
+    for svc in objs(overlay, "Service"):
+        spec = svc["spec"]
+        # Service names are DNS-1035 labels.
+        assert re.fullmatch(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", svc["metadata"]["name"])
+        # externalTrafficPolicy is refused on a ClusterIP Service; internalTrafficPolicy Local
+        # would drop the exports of every node without a collector replica.
+        assert spec.get("type", "ClusterIP") == "ClusterIP" and "externalTrafficPolicy" not in spec
+        assert spec.get("internalTrafficPolicy", "Cluster") == "Cluster"
+        assert not spec.get("publishNotReadyAddresses")
+        if any(p["protocol"] == "UDP" for p in spec["ports"]):
+            # One exporter on one replica across its source-port changes (deploy/README.md
+            # "Scaling out"): its templates live there.
+            assert spec.get("sessionAffinity") == "ClientIP"
+    for pdb in objs(overlay, "PodDisruptionBudget"):
+        assert ("minAvailable" in pdb["spec"]) != ("maxUnavailable" in pdb["spec"])
+    w = workload(overlay)
+    if w["kind"] == "DaemonSet" and any("hostPort" in p for c in pod["containers"] for p in c["ports"]):
+        # A surge pod cannot bind the node's ports while the old one holds them: the rollout
+        # would stall on every node.
+        assert w["spec"]["updateStrategy"].get("rollingUpdate", {}).get("maxSurge", 0) in (0, "0", "0%")
+        assert pod.get("hostNetwork") is True and pod.get("dnsPolicy") == "ClusterFirstWithHostNet"
