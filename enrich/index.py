@@ -47,6 +47,13 @@ ALWAYS = -(1 << 62)
 # The OVN-Kubernetes node annotation listing the node's pod subnets; the management port
 # (ovn-k8s-mp0) takes the subnet base + 2, and traffic from it is the node's own.
 OVN_NODE_SUBNETS = "k8s.ovn.org/node-subnets"
+# The node's gateway router port on the join switch (100.64.0.0/16, fd98::/64 by default):
+# traffic from the node to a ClusterIP Service leaves the gateway router source-NATed to this
+# address (OVN-Kubernetes sets lb_force_snat_ip=router_ip on gateway routers), so an exporter on
+# the node reaching a collector through its Service arrives from it. Older releases write
+# {"ipv4": CIDR, "ipv6": CIDR}; newer ones the plural, per network: {"default": {...}}.
+OVN_GR_LRP_IFADDR = "k8s.ovn.org/node-gateway-router-lrp-ifaddr"
+OVN_GR_LRP_IFADDRS = "k8s.ovn.org/node-gateway-router-lrp-ifaddrs"
 ZONE_LABEL = "topology.kubernetes.io/zone"
 NODE_ADDRESS_TYPES = ("InternalIP", "ExternalIP")
 TERMINAL_PHASES = ("Succeeded", "Failed")
@@ -190,6 +197,37 @@ def management_port_ips(annotation: Any) -> list[bytes]:
     return out
 
 
+def gateway_router_ips(annotation: Any, plural: bool) -> list[bytes]:
+    """The addresses (CIDRs' host parts) of the node's gateway router port on the join switch,
+    from OVN_GR_LRP_IFADDR (plural False: {"ipv4": CIDR, "ipv6": CIDR}) or OVN_GR_LRP_IFADDRS
+    (plural True: the same per network, or a CIDR or CIDRs; only "default" is the node's: user-
+    defined networks' join subnets may overlap between networks).
+
+    Raises ValueError when the annotation is not one of those shapes, so the caller can count it.
+    """
+    data = orjson.loads(annotation)
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    if plural:
+        data = data.get("default")
+        if data is None:
+            return []
+    if isinstance(data, dict):
+        cidrs = [v for k, v in data.items() if k in ("ipv4", "ipv6")]
+    elif isinstance(data, str):
+        cidrs = [data]
+    elif isinstance(data, list):
+        cidrs = data
+    else:
+        raise ValueError("neither addresses by family nor CIDRs")
+    out: list[bytes] = []
+    for cidr in cidrs:
+        if not isinstance(cidr, str):
+            raise ValueError(f"entry {cidr!r} is not a CIDR string")
+        out.append(ipaddress.ip_interface(cidr).ip.packed)
+    return out
+
+
 #: Pod owners Kubernetes itself creates (a ReplicaSet is resolved to its Deployment; Node: static
 #: pods' mirrors). Others (operators' custom resources: Argo Rollouts, KubeVirt VMIs, ...) are
 #: published as they are; the distinct kinds seen are counted (Index.other_owner_kind).
@@ -284,7 +322,7 @@ class NodeRec:
                  zone: str, keep_node_ips: bool = False, keep_mgmt_ips: bool = False) -> None:
         self.name = name
         self.node_ips = node_ips  # status.addresses (InternalIP, ExternalIP)
-        self.mgmt_ips = mgmt_ips  # management ports, from the node-subnets annotation
+        self.mgmt_ips = mgmt_ips  # OVN's: management ports (node-subnets), gateway router join addresses
         self.host_ip = host_ip    # from status.addresses
         self.zone = zone
         # A field that came malformed (counted at parse) keeps the node's last good value:
@@ -725,13 +763,18 @@ class Index:
                 host_ip = text
         mgmt: list[bytes] = []
         keep_mgmt = False
-        ann = _dict(meta.get("annotations"), "metadata.annotations").get(OVN_NODE_SUBNETS)
-        if ann is not None:
+        anns = _dict(meta.get("annotations"), "metadata.annotations")
+        for key, parse in ((OVN_NODE_SUBNETS, management_port_ips),
+                           (OVN_GR_LRP_IFADDRS, lambda a: gateway_router_ips(a, True)),
+                           (OVN_GR_LRP_IFADDR, lambda a: gateway_router_ips(a, False))):
+            ann = anns.get(key)
+            if ann is None:
+                continue
             try:
-                mgmt = management_port_ips(ann)
+                mgmt += parse(ann)
             except (ValueError, TypeError) as e:
-                # counted, and the management ports the annotation last gave stay (NodeRec.last_good)
-                self.problem("bad_annotation", f"node {name}: {OVN_NODE_SUBNETS}={ann!r}: {e}")
+                # counted, and the OVN addresses the annotations last gave stay (NodeRec.last_good)
+                self.problem("bad_annotation", f"node {name}: {key}={ann!r}: {e}")
                 keep_mgmt = True
         zone = _dict(meta.get("labels"), "metadata.labels").get(ZONE_LABEL)
         return NodeRec(name=_intern(name), node_ips=tuple(addrs), mgmt_ips=tuple(dict.fromkeys(mgmt)),

@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 import enrich
-from enrich.index import ZONE_LABEL, management_port_ips
+from enrich.index import ZONE_LABEL, gateway_router_ips, management_port_ips
 from tests.support.fake_kube import node, pod, replicaset, service
 
 T0 = 1_700_000_000_000  # ms; objects below are created around here
@@ -261,6 +261,52 @@ def test_management_port_annotation_shapes() -> None:
     for bad in ("not json", '["10.0.0.0/24"]', '{"default": 5}', '{"default": ["300.1.1.0/24"]}'):
         with pytest.raises((ValueError, TypeError)):
             management_port_ips(bad)
+
+
+def test_gateway_router_join_addresses_are_the_nodes() -> None:
+    """An exporter on a node reaching the collector through its ClusterIP Service arrives from
+    the node's gateway router join address (OVN-Kubernetes SNATs load-balanced traffic leaving
+    the gateway router to its port address, 100.64.0.x / fd98::x): that address is the node's,
+    for FlowDirection (the exporter's node) and for flows from it. Both annotation forms (the
+    older per family, the newer per network: only the default network's)."""
+    older = node("n1", internal=["10.0.0.1"], subnets={"default": "10.244.1.0/24"})
+    older["metadata"]["annotations"]["k8s.ovn.org/node-gateway-router-lrp-ifaddr"] = (
+        '{"ipv4":"100.64.0.2/16","ipv6":"fd98::2/64"}')
+    newer = node("n2", internal=["10.0.0.2"], subnets={"default": "10.244.2.0/24"})
+    newer["metadata"]["annotations"]["k8s.ovn.org/node-gateway-router-lrp-ifaddrs"] = (
+        '{"default":{"ipv4":"100.64.0.3/16"},"ns1.blue":{"ipv4":"100.65.0.3/16"}}')
+    pods = [pod("a", "shop", ips=["10.244.1.5"], node="n1", host_ip="10.0.0.1"),
+            pod("b", "shop", ips=["10.244.2.6"], node="n2", host_ip="10.0.0.2")]
+    e = enrich.Enricher.from_objects(pods=pods, nodes=[older, newer], services=[],
+                                     config=enrich.EnrichConfig(own_namespace=""))
+    for addr, name in (("100.64.0.2", "n1"), ("fd98::2", "n1"), ("100.64.0.3", "n2")):
+        got = side(flow(e, addr, ""), "SrcK8S_")
+        assert (got["Name"], got["Type"], got["HostIP"]) == (name, "Node", "10.0.0.1" if name == "n1" else "10.0.0.2")
+    assert flow(e, "100.65.0.3", "") == NOBODY          # a user-defined network's join address
+    # the exporter seen through the Service: n1's join address; a -> b leaves n1 (egress), and
+    # seen by n2's exporter it enters n2 (ingress)
+    assert flow(e, "10.244.1.5", "10.244.2.6", agent="100.64.0.2")["FlowDirection"] == 1
+    assert flow(e, "10.244.1.5", "10.244.2.6", agent="100.64.0.3")["FlowDirection"] == 0
+    # an annotation that does not parse: counted, the join address it last gave stays
+    cut = node("n1", internal=["10.0.0.1"], subnets={"default": "10.244.1.0/24"})
+    cut["metadata"]["annotations"]["k8s.ovn.org/node-gateway-router-lrp-ifaddr"] = '{"ipv4":"100.64.'
+    e.index.upsert("nodes", e.index.parse("nodes", cut))
+    assert side(flow(e, "100.64.0.2", ""), "SrcK8S_")["Name"] == "n1"
+    assert e.stats()["problems"] == {"bad_annotation": 1}
+
+
+def test_gateway_router_annotation_shapes() -> None:
+    assert gateway_router_ips('{"ipv4":"100.64.0.5/16"}', False) == [raw("100.64.0.5")]
+    assert gateway_router_ips('{"ipv4":"100.64.0.5/16","ipv6":"fd98::5/64"}', False) == [
+        raw("100.64.0.5"), raw("fd98::5")]
+    assert gateway_router_ips('{"default":{"ipv4":"100.64.0.4/16"},"red":{"ipv4":"100.65.0.4/16"}}', True) == [
+        raw("100.64.0.4")]
+    assert gateway_router_ips('{"default":"100.64.0.3/16"}', True) == [raw("100.64.0.3")]
+    assert gateway_router_ips('{"red":{"ipv4":"100.65.0.4/16"}}', True) == []
+    for bad, plural in (("not json", False), ('["100.64.0.2/16"]', False), ('{"ipv4": 5}', False),
+                        ('{"ipv4":"100.64.0.300/16"}', False), ('{"default": 7}', True)):
+        with pytest.raises((ValueError, TypeError)):
+            gateway_router_ips(bad, plural)
 
 
 def test_service_cluster_ips_dual_stack_and_headless() -> None:
