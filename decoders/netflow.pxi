@@ -2361,11 +2361,17 @@ cdef inline uint32_t rate_from(uint64_t interval, uint64_t space, uint64_t size,
     if population:
         if size == 0:
             size = 1
-        r = (population + size // 2) // size
-        return <uint32_t>(r if r else 1)
+        # (population + size // 2) // size, rounded half up, without overflowing
+        r = population // size + (1 if population % size >= size - size // 2 else 0)
+        return <uint32_t>(r if r < 0xFFFFFFFFULL else 0xFFFFFFFFULL) if r else 1
     if space:
-        return <uint32_t>((interval + space) // interval) if interval else 0
-    return <uint32_t>interval
+        if not interval:
+            return 0
+        r = space // interval         # (interval + space) // interval - 1, without overflowing
+        return <uint32_t>(r + 1 if r < 0xFFFFFFFFULL else 0xFFFFFFFFULL)
+    # rates past 32 bits (8-byte elements from a broken or hostile exporter) are held at
+    # 2^32 - 1: cut to 32 bits, 2^32 would read as 0, no rate
+    return <uint32_t>(interval if interval < 0xFFFFFFFFULL else 0xFFFFFFFFULL)
 
 
 cdef void learn_options(Decoder dec, ExporterState ex, Template t, uint32_t rate,

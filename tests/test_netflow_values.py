@@ -138,3 +138,22 @@ def test_psamp_report_icmp_elements_of_the_other_family_leave_the_sections_type(
                         {"in": 1, "icmp": 0x0b00, "frame": _frame("10.0.0.1", "10.0.0.2", 1, bytes(8))}])
     assert (flows[0]["Proto"], flows[0]["IcmpType"], flows[0]["IcmpCode"]) == (58, 128, 0)
     assert (flows[1]["Proto"], flows[1]["IcmpType"], flows[1]["IcmpCode"]) == (1, 11, 0)   # its own family
+
+
+@pytest.mark.parametrize("fields,values,rate", [
+    ((("interval", 34, 0, 8),), {"interval": 1 << 32}, 0xFFFFFFFF),                 # samplingInterval
+    ((("interval", 34, 0, 8),), {"interval": 400}, 400),
+    ((("pi", 305, 0, 8), ("ps", 306, 0, 8)), {"pi": 1, "ps": (1 << 64) - 1}, 0xFFFFFFFF),
+    ((("pi", 305, 0, 4), ("ps", 306, 0, 4)), {"pi": 2, "ps": 5}, 3),                # (2 + 5) // 2
+    ((("n", 309, 0, 8), ("N", 310, 0, 8)), {"n": 1, "N": (1 << 64) - 1}, 0xFFFFFFFF),
+    ((("n", 309, 0, 8), ("N", 310, 0, 8)), {"n": 3, "N": (1 << 64) - 1}, 0xFFFFFFFF),
+    ((("n", 309, 0, 4), ("N", 310, 0, 4)), {"n": 4, "N": 10}, 3),                   # 2.5 rounds half up
+    ((("n", 309, 0, 4), ("N", 310, 0, 4)), {"n": 3, "N": 10}, 3),
+])
+def test_a_records_own_rate_past_32_bits_is_held_not_cut(fields: tuple, values: dict, rate: int) -> None:
+    """RFC 5476/5477 rates from 8-byte elements: a rate past 2^32 - 1 is held there (cut to 32
+    bits, 2^32 read as 0: no Sampling at all), and sums or roundings of 64-bit elements never
+    overflow; ordinary rates as before."""
+    t = _tpl(300, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("bytes", 1, 0, 4), *fields)
+    f = _decode(t, [{"src": "10.0.0.1", "dst": "10.0.0.2", "bytes": 100, **values}])[0]
+    assert f["Sampling"] == rate
