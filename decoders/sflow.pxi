@@ -130,7 +130,11 @@ cdef int hdr_gre(Flow* f, Reader* h, int depth) except -1:
     """GRE (RFC 2784, keys and sequence numbers RFC 2890; NVGRE RFC 7637): flags and version 0,
     the payload's protocol type, then the checksum (C), key (K, published as TunnelId) and
     sequence number (S) words the flags announce. IPv4, IPv6 and Ethernet (0x6558) payloads are
-    unwrapped; others (ERSPAN, PPTP's version 1) leave the outer header the flow's."""
+    unwrapped; others (ERSPAN, PPTP's version 1) leave the outer header the flow's, and so does
+    RFC 1701's routing bit (R): its source route entries (SREs) follow the sequence number up to
+    a null SRE, a layout RFC 2784 2.3 lets a receiver refuse ("MUST discard ... unless that
+    receiver implements RFC 1701"); read as RFC 2784's, its SREs were taken for the payload's
+    headers."""
     cdef const uint8_t* p = hd_take(h, 4)
     cdef uint16_t flags, inner
     cdef uint32_t key = 0
@@ -138,7 +142,7 @@ cdef int hdr_gre(Flow* f, Reader* h, int depth) except -1:
         return 0
     flags = be16(p)
     inner = be16(p + 2)
-    if flags & 0x0007 or not (inner == 0x0800 or inner == 0x86DD or inner == 0x6558):
+    if flags & 0x4007 or not (inner == 0x0800 or inner == 0x86DD or inner == 0x6558):
         return 0
     if flags & 0x8000 and hd_take(h, 4) == NULL:
         return 0
