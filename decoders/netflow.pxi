@@ -409,6 +409,10 @@ cdef class SeqStream:
     cdef uint32_t late_next
     cdef int64_t late_ms
     cdef int64_t export_s       # the latest export time (s) of the expected stream, -1 if none
+    # The exporter restarted (its uptime went back) at receive time restart_ms: for
+    # SEQ_REORDER_MS, a datagram whose uptime is far ahead of the new one's is from before.
+    cdef bint uptime_restarted
+    cdef int64_t restart_ms
     # NetFlow v9 only: the exporter numbers its packets by the flow records sent before them, as
     # NetFlow v5 does (Juniper), not by export packets (RFC 3954); see v9_convention, which
     # counts its votes in inc_votes (records) and rfc_votes (packets) and holds as IPFIX does.
@@ -599,6 +603,18 @@ cdef class ExporterState:
             self.cur_seq = st
         if st.ngaps and gap_expired(st.gap_ms[0], now_ms):
             self.count_gaps(st, now_ms)
+        if st.synced and st.uptime_restarted and uptime >= 0 and st.uptime >= 0:
+            if aged(st.restart_ms, now_ms, SEQ_REORDER_MS):
+                st.uptime_restarted = False
+            elif SEQ_RESTART_UPTIME_MS // 2 < <uint32_t>(uptime - st.uptime) < 0x80000000u:
+                # Sent before the restart, late (reordered on the path, or a copy): the old run's
+                # uptime was more than SEQ_RESTART_UPTIME_MS ahead of the new one's, and less
+                # than SEQ_REORDER_MS since, no datagram of the new run is half that far ahead.
+                # Read on, its sequence number, of the old run, was a gap or a jump (a restart),
+                # and the next datagram of the new run another restart: thousands lost, two
+                # restarts and the old run's cumulative counters (sFlow's drops) counted again.
+                # Like a late datagram, it changes nothing.
+                return
         if kind == PROTO_IPFIX:
             if st.held_lost and aged(st.held_ms, now_ms, SEQ_HELD_MS):
                 self.count_held(st)         # no vote came to decide: the RFC's reading stands
@@ -665,8 +681,13 @@ cdef class ExporterState:
                     self.restart(st)            # a new sequence for a second
                 else:
                     self.restart(st)            # the exporter restarted: sequence and uptime went back
+                    st.uptime_restarted = True
+                    st.restart_ms = now_ms
             else:
                 self.restart(st)
+                back = <uint32_t>(st.uptime - uptime) if uptime >= 0 and st.uptime >= 0 else 0
+                st.uptime_restarted = SEQ_RESTART_UPTIME_MS < back < 0x80000000u
+                st.restart_ms = now_ms
         st.late_run = 0
         st.synced = not (st.uncounted and st.by_records)    # (the next packet sets the expectation)
         st.next = seq + advance

@@ -15,10 +15,12 @@ from tests.test_sflow import (
     MAC_D,
     datagram,
     eth,
+    flow_sample,
     ipv4,
     one_flow,
     raw_header,
     tcp,
+    udp,
 )
 
 
@@ -52,3 +54,39 @@ def test_gre_with_rfc1701_routing_keeps_the_outer_packet(dec_mod) -> None:
             assert (f.get("SrcAddr"), f.get("DstAddr"), f.get("Proto"), f.get("Etype"), f.get("SrcMac")) == \
                 ("172.18.0.2", "172.18.0.3", 47, 0x0800, "0a:58:0a:80:00:05"), (ptype, csum)
             assert "TunnelType" not in f, (ptype, csum)
+
+
+@pytest.mark.parametrize("base", [5000, 50_000_000])
+def test_a_datagram_from_before_an_agent_restart_arriving_late(dec_mod, base: int) -> None:
+    """An agent restarts (uptime and sequence start over: a reset); a datagram it sent before,
+    reordered on the path, arrives after the first ones of the new run. It is a late datagram:
+    no loss, no second restart, and its drops counter, of the old run, is not counted again.
+    Before, its sequence number opened a gap of thousands (or jumped: a restart), the next
+    datagram of the new run was another restart, and flowscope_exporter_sample_drops_total took
+    the old run's whole cumulative drops a second time. A datagram of the new run less than a
+    second after the restart still opens a gap as any does."""
+    dec = dec_mod.Decoder()
+    pkt = eth(ipv4("10.0.0.1", "10.0.0.2", 17, udp(1, 2)), 0x0800)
+    t0 = 1_700_000_000.0
+
+    def send(seq: int, uptime: int, drops: int, t: float) -> None:
+        b = dec.decode(datagram([flow_sample([raw_header(pkt, 60)], drops=drops)], seq=seq, uptime=uptime),
+                       "10.9.9.9", 50000, t)
+        assert b.error is None
+
+    def stats(now: float) -> tuple[int, int, int]:
+        p = dec.stats(now)["10.9.9.9"]["protocols"]["sflow5"]
+        return p["sequence_lost"], p["sequence_resets"], p["sample_drops"]
+
+    for i in range(1, 101):                          # a day up; drops 10 a datagram
+        send(base + i, 86_400_000 + 1000 * i, 10 * i, t0 + i)
+    assert stats(t0 + 100) == (0, 0, 990)
+    for i in range(1, 4):                            # restarted: 1 drop a datagram
+        send(i, 500 + 100 * i, i, t0 + 101 + 0.1 * i)
+    assert stats(t0 + 101.3) == (0, 1, 993)
+    send(base + 101, 86_400_000 + 101_000, 1010, t0 + 101.35)   # late, from the old run
+    for i in range(4, 8):
+        send(i, 500 + 100 * i, i, t0 + 101 + 0.1 * i)
+    assert stats(t0 + 200) == (0, 1, 997)
+    send(10, 1500, 10, t0 + 101.8)                   # the new run's 8 and 9 lost
+    assert stats(t0 + 200) == (2, 1, 1000)
