@@ -90,3 +90,28 @@ def test_a_datagram_from_before_an_agent_restart_arriving_late(dec_mod, base: in
     assert stats(t0 + 200) == (0, 1, 997)
     send(10, 1500, 10, t0 + 101.8)                   # the new run's 8 and 9 lost
     assert stats(t0 + 200) == (2, 1, 1000)
+
+
+def test_netflow5_datagram_from_before_a_restart_arriving_late(dec_mod) -> None:
+    """The same rule holds for every header with an uptime (NetFlow v5 here, v9 alike): the
+    sequence check is shared. v5 counts flows: one record a datagram."""
+    dec = dec_mod.Decoder()
+    t0 = 1_700_000_000.0
+    rec5 = struct.pack(">4s4s4sHHIIIIHHBBBBHHBBH", bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]), bytes(4),
+                       1, 2, 1, 60, 0, 0, 1000, 2000, 0, 0, 17, 0, 0, 0, 0, 0, 0)
+
+    def send(seq: int, uptime: int, t: float) -> None:
+        head = struct.pack(">HHIIIIBBH", 5, 1, uptime, int(t), 0, seq, 0, 0, 0)
+        assert dec.decode(head + rec5, "10.9.9.8", 2055, t).error is None
+
+    def stats() -> tuple[int, int]:
+        p = dec.stats(t0 + 300)["10.9.9.8"]["protocols"]["netflow5"]
+        return p["sequence_lost"], p["sequence_resets"]
+
+    for i in range(100):
+        send(7000 + i, 86_400_000 + 1000 * i, t0 + i)
+    for i in range(3):
+        send(i, 500 + 100 * i, t0 + 101 + 0.1 * i)
+    send(7100, 86_400_000 + 100_000, t0 + 101.35)   # late, from the old run
+    send(3, 800, t0 + 101.4)
+    assert stats() == (0, 1)
