@@ -16,12 +16,15 @@ records; keyed flows that arrive before the topic's partition count is known) en
 through `producer.create_batch()` / `BatchBuilder.append()` / `send_batch()` (about ten times
 cheaper per record than `send()`), one builder per partition. A batch that could not be
 delivered within the request timeout goes back to the front of the queue, so an outage is
-ridden out up to the bound and the producer reconnects by itself.
+ridden out up to the bound and the producer reconnects by itself; in the keyed modes a failed
+batch is set aside with its partition's later ones (KafkaSink._hold), so that one partition in
+trouble does not hold back the others.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import logging
 import os
@@ -45,13 +48,14 @@ COUNTERS = 1
 class Chunk:
     """The records of one datagram (or a re-queued batch) and what routing needs."""
 
-    __slots__ = ("kind", "records", "nbytes", "exporter")
+    __slots__ = ("kind", "records", "nbytes", "exporter", "seq")
 
-    def __init__(self, kind: int, records: list[bytes], nbytes: int, exporter: str) -> None:
+    def __init__(self, kind: int, records: list[bytes], nbytes: int, exporter: str, seq: int = 0) -> None:
         self.kind = kind
         self.records = records
         self.nbytes = nbytes
         self.exporter = exporter
+        self.seq = seq  # keyed Kafka modes: the order of its first send (0: not sent yet), see _Held
 
 
 class Prebuilt:
@@ -203,6 +207,13 @@ class BoundedQueue:
         self.chunks.appendleft(chunk)
         self.queued_bytes += chunk.nbytes
         self.queued[chunk.kind] += len(chunk.records)
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def push_front(self, chunk: Chunk) -> None:
+        """A chunk counted as queued but kept aside (KafkaSink._held) goes back to the front."""
+        self.chunks.appendleft(chunk)
         w = self._waiter
         if w is not None and not w.done():
             w.set_result(None)
@@ -687,12 +698,13 @@ def check_compression(k: KafkaConfig, named: Callable[[str], str] = str) -> str 
 class _Open:
     """A record batch being filled for one partition, with its records kept for a re-queue."""
 
-    __slots__ = ("kind", "partition", "builder", "records", "nbytes", "exporters", "written")
+    __slots__ = ("kind", "partition", "builder", "records", "nbytes", "exporters", "written", "seq")
 
-    def __init__(self, kind: int, partition: int, builder: Any) -> None:
+    def __init__(self, kind: int, partition: int, builder: Any, seq: int = 0) -> None:
         self.kind = kind
         self.partition = partition
         self.builder = builder
+        self.seq = seq  # send order (keyed modes: a failed batch is held in this order)
         self.written = False  # its Produce request went out on a connection (direct path)
         self.records: list[bytes] = []
         self.nbytes = 0
@@ -710,15 +722,29 @@ class _Open:
         """The records as queue chunks again, each exporter's run with its exporter (the key
         of kafka.key exporter), in order."""
         if not self.exporters:
-            return [Chunk(self.kind, self.records, self.nbytes, "")]
+            return [Chunk(self.kind, self.records, self.nbytes, "", self.seq)]
         out: list[Chunk] = []
         start = 0
         for i in range(1, len(self.records) + 1):
             if i == len(self.records) or self.exporters[i] != self.exporters[start]:
                 recs = self.records[start:i]
-                out.append(Chunk(self.kind, recs, sum(len(r) + 1 for r in recs), self.exporters[start]))
+                out.append(Chunk(self.kind, recs, sum(len(r) + 1 for r in recs), self.exporters[start], self.seq))
                 start = i
         return out
+
+
+class _Held:
+    """A partition of a keyed mode whose batches fail (kept aside from the queue, see
+    KafkaSink._hold): its chunks in send order, when to try again, and the one chunk sent to
+    try (the probe)."""
+
+    __slots__ = ("chunks", "until", "wait", "probe")
+
+    def __init__(self) -> None:
+        self.chunks: list[Chunk] = []
+        self.until = 0.0
+        self.wait = 0.0
+        self.probe: Chunk | None = None
 
 
 class KafkaSink(Sink):
@@ -752,6 +778,10 @@ class KafkaSink(Sink):
         self._packing: dict[Any, tuple[asyncio.Future[None], int]] = {}  # writer -> (done, raw size)
         self.packer_failed = 0
         self.resent = [0, 0]    # records by kind re-queued after a request that may have been written
+        # Keyed modes: (kind, partition) -> its failed batches and those queued after them, kept
+        # aside while the partition fails (see _hold); _seq numbers batches in send order.
+        self._held: dict[tuple[int, int], _Held] = {}
+        self._seq = 0
 
     async def start(self) -> None:
         for b in self.k.brokers:
@@ -916,6 +946,8 @@ class KafkaSink(Sink):
                 if not await self._refresh_metadata():
                     await asyncio.sleep(0.5)
                     continue
+            if self._held:
+                self._probe_held()
             chunks = q.take(self.k.batch_bytes * 4)
             if chunks:
                 await self._send(chunks, topics)
@@ -1032,9 +1064,24 @@ class KafkaSink(Sink):
                 q.requeue(c)
             await asyncio.sleep(0.5)
             return
+        keymode = self.k.key
+        if self._held:
+            # a partition that fails keeps its order: what was queued after its failed batches
+            # waits behind them, aside, and the other partitions' batches go on (_hold)
+            keep = []
+            for c in chunks:
+                p = self._fixed_partition(c, parts_by_kind)
+                h = self._held.get((c.kind, p)) if p >= 0 else None
+                if h is None or c is h.probe:
+                    keep.append(c)
+                    continue
+                if not c.seq:
+                    self._seq += 1
+                    c.seq = self._seq
+                self._hold((c.kind, p), [c])
+            chunks = keep
         builders: dict[tuple[int, int], _Open] = {}
         full: list[_Open] = []
-        keymode = self.k.key
         if self._packer is not None:
             # the take's batches not given to the compression thread when queued (its queue of
             # 64 was full then) go now, all at once: it compresses the next while one is sent
@@ -1051,6 +1098,8 @@ class KafkaSink(Sink):
                     parts = parts_by_kind[c.kind]
                     slot = parts[slot % len(parts)]
                 o = self._new_open(c.kind, slot, direct=self.direct is not None)
+                if c.seq:
+                    o.seq = c.seq   # sent again: its place in the partition's order is the first send's
                 if self.direct is None:
                     if self._encode is not None and c.records.data is None:
                         await self._pack(c.records.writer)
@@ -1064,7 +1113,10 @@ class KafkaSink(Sink):
             if keymode == "exporter" or (keymode == "conversation" and c.kind == COUNTERS):
                 # (an sFlow counter record has no conversation: keyed by its exporter)
                 key = c.exporter.encode()
-                self._append(builders, full, c.kind, parts[_murmur2(key) % n], c.records, key, c.exporter)
+                p = parts[_murmur2(key) % n]
+                self._append(builders, full, c.kind, p, c.records, key, c.exporter)
+                if c.seq:   # sent again: the batch keeps the partition's order of the first send
+                    builders[(c.kind, p)].seq = min(builders[(c.kind, p)].seq, c.seq)
             elif keymode == "conversation":
                 for rec in c.records:
                     kk = conversation_key(rec)
@@ -1196,7 +1248,65 @@ class KafkaSink(Sink):
             parts = self._led_partitions((self.k.topic, self.k.counters_topic)[kind])
             self._rr = (self._rr + 1) % len(parts)
             partition = parts[self._rr]
-        return _Open(kind, partition, None if direct else self.producer.create_batch())
+        self._seq += 1
+        return _Open(kind, partition, None if direct else self.producer.create_batch(), self._seq)
+
+    def _fixed_partition(self, c: Chunk, parts_by_kind: list[list[int]]) -> int:
+        """The partition a queued chunk goes to whatever happens (keyed modes), else -1: a
+        keyed batch's, or an exporter-keyed run of records'. (Records keyed by conversation,
+        queued one by one before the partition count was known, go to several.)"""
+        if isinstance(c.records, Prebuilt):
+            if c.records.slot < 0:
+                return -1
+            parts = parts_by_kind[c.kind]
+            return parts[c.records.slot % len(parts)]
+        if self.k.key == "exporter" or (self.k.key == "conversation" and c.kind == COUNTERS):
+            parts = parts_by_kind[c.kind]
+            return parts[_murmur2(c.exporter.encode()) % len(parts)]
+        return -1
+
+    def _hold(self, key: tuple[int, int], chunks: list[Chunk]) -> None:
+        """Keep chunks of a failing partition aside, in send order (a batch re-queued at the
+        front of the queue came first in every take: once a partition's failed batches filled
+        one, only they were sent, failing again, and the healthy partitions waited until the
+        queue was full). They stay counted as queued."""
+        q = self.queue
+        h = self._held.get(key)
+        if h is None:
+            h = self._held[key] = _Held()
+        for c in chunks:
+            q.done(c.kind, c.nbytes, len(c.records))
+            q.queued_bytes += c.nbytes
+            q.queued[c.kind] += len(c.records)
+            bisect.insort(h.chunks, c, key=lambda x: x.seq)
+
+    def _probe_held(self) -> None:
+        """A held partition whose wait is over sends its first chunk again, alone (as a Java
+        producer retries a partition's batch after retry.backoff.ms): the others follow once
+        one is delivered (_release)."""
+        now = time.monotonic()
+        for key, h in list(self._held.items()):
+            if h.probe is None and now >= h.until:
+                if not h.chunks:
+                    del self._held[key]
+                    continue
+                h.probe = h.chunks.pop(0)
+                self.queue.push_front(h.probe)
+            elif h.probe is not None and now >= h.until + self.k.request_timeout_ms / 1000 + 10.0:
+                h.probe = None  # (evicted from the queue, --drop-policy oldest: not coming back)
+
+    def _release(self, key: tuple[int, int]) -> None:
+        """A batch of a held partition was delivered: its held chunks go back to the front of
+        the queue, in order."""
+        h = self._held.pop(key, None)
+        if h is None:
+            return
+        for c in reversed(h.chunks):
+            self.queue.push_front(c)
+
+    def _unhold_all(self) -> None:
+        for key in list(self._held):
+            self._release(key)
 
     def _led_partitions(self, topic: str) -> list[int]:
         """The topic's partitions a key none batch may go to: those with a leader in the client's
@@ -1278,6 +1388,8 @@ class KafkaSink(Sink):
                 self._retry_wait = 0.0
                 self.delivered[o.kind] += len(o.records)
                 self.batches += 1
+                if self._held:
+                    self._release((o.kind, o.partition))
                 observe(self.latency, time.monotonic() - t0)
                 q.done(o.kind, o.nbytes, len(o.records))
             else:
@@ -1321,11 +1433,23 @@ class KafkaSink(Sink):
             # connection): sent again, they can be in the topic twice (at least once, as any
             # Kafka producer without idempotence)
             self.resent[o.kind] += len(o.records)
+        if self.k.key != "none" and o.partition >= 0:
+            # keyed: the partition's batches wait (in order) and are tried again after a
+            # backoff of their own, while the other partitions' go on
+            key = (o.kind, o.partition)
+            self._hold(key, o.chunks())
+            h = self._held[key]
+            if h.probe is not None and h.probe.seq == o.seq:
+                h.probe = None
+            h.wait = min(max(0.1, h.wait * 2), 2.0)
+            h.until = time.monotonic() + h.wait
+            return
         for c in reversed(o.chunks()):  # requeue() puts each at the front: keep the order
             self.queue.requeue(c)
 
     async def _close(self, timeout: float) -> None:
         self._stop_packer()
+        self._unhold_all()  # (back in the queue: drain() counts what is left there)
         if self.producer is None:
             return
         deadline = time.monotonic() + timeout

@@ -899,8 +899,9 @@ def test_kafka_records_taken_but_never_written_at_the_deadline_are_shutdown(capl
 
 
 def test_a_failed_keyed_batch_is_requeued_with_each_records_exporter() -> None:
-    """kafka.key exporter: a batch that failed goes back to the queue as one chunk per
-    exporter run, each with its exporter, so the retry keeps the key and the partition."""
+    """kafka.key exporter: a batch that failed goes back to the queue (set aside with its
+    partition's, KafkaSink._hold) as one chunk per exporter run, each with its exporter, so the
+    retry keeps the key and the partition."""
     from collector.config import Config
     from collector.sinks import KafkaSink, _Open
 
@@ -912,7 +913,7 @@ def test_a_failed_keyed_batch_is_requeued_with_each_records_exporter() -> None:
         o.add(rec, ex)
     sink.queue.inflight[FLOWS], sink.queue.inflight_bytes = 4, o.nbytes
     sink._failed(o, ConnectionError("broker gone"))
-    got = [(c.exporter, c.records) for c in sink.queue.chunks]
+    got = [(c.exporter, c.records) for c in sink._held[(FLOWS, 1)].chunks]
     assert got == [("10.0.0.1", [b"a1", b"a2"]), ("10.0.0.2", [b"b1"]), ("10.0.0.1", [b"a3"])]
     assert sink.queue.queued_records == 4 and sink.queue.inflight_records == 0 and sink.queue.inflight_bytes == 0
 

