@@ -332,16 +332,22 @@ def _merge_exporter(mine: dict, theirs: dict, horizon: float) -> int:
     """Another writer's state of an exporter this one knows too: its exporting processes (UDP
     source ports) this one has nothing of, with templates refreshed within FOREIGN_MAX_AGE, join
     ours, templates and options-learned entries. A process this one has state of is this one's
-    to say (it receives it: a template it withdrew stays withdrawn). Returns how many were taken."""
+    to say (it receives it: a template it withdrew stays withdrawn), and so is one that withdrew
+    its last template here (RFC 7011 8.1; "withdrawn", by the decoder): of that one only
+    templates the other received after the withdrawal are taken. Returns how many were taken."""
     ports = {t.get("port", 0) for t in mine.get("templates", []) if isinstance(t, dict)}
     for name in _OPTION_LISTS:
         ports |= {e[2] for e in mine.get(name, []) if isinstance(e, list) and len(e) > 3}
+    withdrawn = {e[0]: e[1] for e in mine.get("withdrawn", []) if isinstance(e, list) and len(e) == 2}
     taken: set[Any] = set()
     added = 0
     for t in theirs.get("templates", []):
         if not isinstance(t, dict) or t.get("port", 0) in ports:
             continue
         when = t.get("refreshed", 0)
+        gone = withdrawn.get(t.get("port", 0))
+        if isinstance(gone, (int, float)) and isinstance(when, (int, float)) and when <= gone:
+            continue    # the copy from before the process withdrew it
         if isinstance(when, (int, float)) and when >= horizon:
             mine.setdefault("templates", []).append(t)
             taken.add(t.get("port", 0))

@@ -334,6 +334,7 @@ cdef class Decoder:
                 "domain_sampling": [[v, d, p, rate] for (v, d, p), rate in ex.domain_sampling.items()],
                 "sampler_rates": [[v, d, p, s, rate] for (v, d, p, s), rate in ex.sampler_rates.items()],
                 "sysinit_ms": [[v, d, p, ms] for (v, d, p), ms in ex.sysinit_ms.items()],
+                "withdrawn": [[p, w] for p, w in ex.withdrawn.items()],
             }
         return {"format": STATE_FORMAT, "exporters": out}
 
@@ -381,11 +382,35 @@ cdef class Decoder:
                     compiled.append((refreshed, t))
                 except (KeyError, TypeError, ValueError, OverflowError, DecodeError):
                     skipped += 1
+            # RFC 7011 8.1: exporting processes that withdrew their last template (ExporterState.
+            # withdrawn): what the file or this process knows of them from before is gone.
+            # (Another replica's word does not remove what this running one has: only_missing.)
+            entries = st.get("withdrawn", [])
+            if not isinstance(entries, list):
+                skipped += 1
+                entries = []
+            for entry in entries:
+                try:
+                    port, when = int(entry[0]), float(entry[1])
+                    if len(entry) != 2 or not 0 <= port <= 0xFFFF or not 0.0 <= when <= now + 86400.0:
+                        raise ValueError("withdrawn entry out of range")
+                except (TypeError, ValueError, IndexError, KeyError, OverflowError):
+                    skipped += 1
+                    continue
+                if only_missing:
+                    continue
+                if any(have.port == port and have.refreshed > when for have in ex.templates.values()):
+                    continue    # defined again since (another worker's file)
+                for key in [k for k, have in ex.templates.items() if have.port == port]:
+                    drop_template(self, ex, key)
+                ex.withdrawn[port] = max(when, ex.withdrawn.get(port, 0.0))
             compiled.sort(key=_refreshed)     # stable: ties keep the file's order
             for refreshed, t in compiled:
                 have = ex.templates.get(tkey(t.version, t.domain, t.template_id, t.port))
                 if have is not None and (only_missing or have.refreshed > refreshed):
                     continue    # another worker's file saw a later (re)definition
+                if refreshed <= ex.withdrawn.get(t.port, -1.0):
+                    continue    # a copy from before its process withdrew it
                 store_template(self, ex, t, refreshed)
                 loaded += 1
             if fmt == 1:

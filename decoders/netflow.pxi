@@ -469,6 +469,10 @@ cdef class ExporterState:
     cdef readonly dict domain_sampling  # (version, domain, port) -> rate learned from options data
     cdef readonly dict sampler_rates    # (version, domain, port, sampler id) -> rate
     cdef readonly dict sysinit_ms       # (version, domain, port) -> systemInitTimeMilliseconds (IE 160)
+    # IPFIX exporting process (UDP source port) -> receive time it withdrew its last template
+    # (RFC 7011 8.1), until it defines one again: saved, so that a copy of its templates older
+    # than the withdrawal (another replica's, in a shared state file) does not bring them back
+    cdef readonly dict withdrawn
     cdef public uint32_t configured_sampling   # from --sampling CIDR=RATE / --default-sampling
     cdef public uint32_t cidr_sampling         # explicit CIDR rate (0 = none matched)
     cdef readonly uint64_t datagrams
@@ -532,6 +536,7 @@ cdef class ExporterState:
         self.domain_sampling = {}
         self.sampler_rates = {}
         self.sysinit_ms = {}
+        self.withdrawn = {}
         self.errors = {}
         self.dropped = {}
         self.protocol = ""
@@ -551,7 +556,7 @@ cdef class ExporterState:
         stays within a third of what the state really takes)."""
         return (STATE_BYTES_EXPORTER
                 + STATE_BYTES_ENTRY * (len(self.domain_sampling) + len(self.sampler_rates)
-                                       + len(self.sysinit_ms) + len(self.drops_seen))
+                                       + len(self.sysinit_ms) + len(self.drops_seen) + len(self.withdrawn))
                 + STATE_BYTES_STREAM * (len(self.seq_streams) + len(self.seq_ports))
                 + STATE_BYTES_ENTRY * (self.dom_entries + len(self.tpl_domains) + len(self.borrowers))
                 + (DEDUP_SLOTS * (sizeof(uint64_t) + sizeof(int64_t)) if self.dedup_keys != NULL else 0))
@@ -1218,7 +1223,7 @@ cdef int parse_template_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* 
                 # RFC 7011 8.1: a withdrawal, template id + field count 0 only (an options
                 # template withdrawal has no scope field count). Template id == set id (2 or 3)
                 # withdraws all of that kind.
-                withdraw(dec, ex, version, domain, tid, options, b.port)
+                withdraw(dec, ex, version, domain, tid, options, b.port, b.recv_time)
                 continue
             if options:
                 if rd_left(s) < 2:
@@ -1306,7 +1311,7 @@ cdef int refuse_template(Decoder dec, ExporterState ex, FlowBatch b, Py_ssize_t 
 
 
 cdef void withdraw(Decoder dec, ExporterState ex, int version, uint32_t domain, uint16_t tid, bint options,
-                   uint16_t port):
+                   uint16_t port, double now):
     cdef Template t
     cdef list keys
     if tid == 2 or tid == 3:
@@ -1322,6 +1327,10 @@ cdef void withdraw(Decoder dec, ExporterState ex, int version, uint32_t domain, 
         drop_template(dec, ex, key)
     if options and tid >= 256:
         forget_unless_options_left(ex, version, domain, port)
+    for t in ex.templates.values():
+        if t.port == port:
+            return
+    ex.withdrawn[port] = now     # its last template: remembered (ExporterState.withdrawn)
 
 
 cdef void forget_unless_options_left(ExporterState ex, int version, uint32_t domain, uint16_t port):
@@ -1358,6 +1367,8 @@ cdef int store_template(Decoder dec, ExporterState ex, Template t, double now) e
     cdef Py_ssize_t delta = t.n_fields - (old.n_fields if old is not None else 0)
     cdef Py_ssize_t freed = 0
     t.refreshed = now
+    if ex.withdrawn:
+        ex.withdrawn.pop(t.port, None)   # the process has a template again
     if old is None and len(ex.templates) >= dec.max_templates:
         # RFC 7011 8.4: templates received over UDP have a lifetime, and those of a session the
         # exporter abandoned (it restarted on a new source port, RFC 7011 8) are void. Instead of

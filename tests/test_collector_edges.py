@@ -208,3 +208,62 @@ def test_a_partition_that_recovers_keeps_its_order(collector: Any, tmp_path: Pat
         p0 = [f["SrcAddr"] for f in got if _partition(f["SrcAddr"], 4) == 0]
         assert p0 == [a for a in sent if _partition(a, 4) == 0]
         assert c.stop() == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Shared state file: a withdrawal is this replica's word, not undone by another's older copy
+
+
+def test_templates_withdrawn_all_do_not_come_back_from_another_replicas_copy(tmp_path: Path) -> None:
+    """RFC 7011 8.1: a template withdrawal ("the template is no longer used") leaves no template
+    behind. Replicas sharing the state file keep, at each save, the other's templates of the
+    exporting processes (UDP source ports) they have nothing of; a process whose every template
+    was withdrawn had nothing left, so the other replica's older copy came back into the file
+    at the next save, and from it into every collector that loaded it at start (or looked for
+    missing templates there): data records the exporter sent for a reused template id were
+    read with the withdrawn layout. What was withdrawn stays withdrawn, in the file and after a
+    restart; the other replica's templates of that process that are newer than the withdrawal
+    (it received them later) are still kept."""
+    import orjson
+
+    from benchmarks.datagrams import IpfixTemplate, data_set, ipfix_message, template_set
+    from collector.state import StateFile
+    from decoders import Decoder, DecoderConfig
+
+    now = time.time()
+    t = IpfixTemplate(256, (("src", 8, 0, 4), ("dst", 12, 0, 4), ("b", 1, 0, 4)))
+    exporter, port = "10.1.0.1", 4739
+    path = tmp_path / "state.json"
+
+    b = Decoder(DecoderConfig())                       # replica B had the exporter before
+    b.decode(ipfix_message([template_set([t])], seq=0, export_time=int(now) - 100), exporter, port, now - 100)
+    assert StateFile(str(path), None).save(b)
+
+    a = Decoder(DecoderConfig())                       # replica A has it now
+    a.decode(ipfix_message([template_set([t])], seq=0, export_time=int(now) - 20), exporter, port, now - 20)
+    withdraw_all = struct.pack("!HHHH", 2, 8, 2, 0)    # set 2, template id 2, field count 0
+    a.decode(ipfix_message([withdraw_all], seq=0, export_time=int(now) - 10), exporter, port, now - 10)
+    sa = StateFile(str(path), None)
+    # data for the withdrawn id: a missing template, looked for in the file B saved, not taken
+    rec = {"src": "10.0.0.1", "dst": "10.0.0.2", "b": 1}
+    a.decode(ipfix_message([data_set(t, [rec])], seq=0, export_time=int(now) - 5), exporter, port, now - 5)
+    assert asyncio.run(sa.refresh_into(a)) == 0
+    assert sa.loads["refresh"] == 1
+    assert a.export_state()["exporters"][exporter]["templates"] == []
+    assert sa.save(a)
+
+    saved = orjson.loads(path.read_bytes())["exporters"][exporter]
+    assert [x for x in saved["templates"] if x["port"] == port] == []
+    restarted = Decoder(DecoderConfig())
+    StateFile(str(path), None).load_into(restarted)
+    assert restarted.export_state()["exporters"].get(exporter, {}).get("templates", []) == []
+
+    # B, which received the process's templates again after the withdrawal (a failover back),
+    # saves; A's next save keeps them: newer than what A knows
+    b2 = Decoder(DecoderConfig())
+    b2.decode(ipfix_message([template_set([t])], seq=5, export_time=int(now) - 1), exporter, port, now - 1)
+    assert StateFile(str(path), None).save(b2)
+    a.decode(ipfix_message([], seq=0, export_time=int(now)), exporter, port, now)
+    assert sa.save(a)
+    saved = orjson.loads(path.read_bytes())["exporters"][exporter]
+    assert [(x["port"], x["id"]) for x in saved["templates"]] == [(port, 256)]
