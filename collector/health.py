@@ -88,6 +88,12 @@ def collector_config(pid: int | None) -> tuple[config_mod.Config, str]:
         raise config_mod.ConfigError(f"cannot read the command line of process {pid}") from None
     if "--config" not in argv and not any(a.startswith("--config=") for a in argv):
         args.config = environ.get(config_mod.ENV_PREFIX + "CONFIG")  # the process's, not ours
+    if args.config and not os.path.isabs(args.config):
+        # the collector opened it in its own working directory, which need not be ours
+        try:
+            args.config = os.path.join(os.readlink(f"/proc/{pid}/cwd"), args.config)
+        except OSError:
+            pass
     return config_mod.load(args, environ), f"process {pid} ({' '.join(cmdline)[:120]})"
 
 

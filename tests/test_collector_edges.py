@@ -267,3 +267,42 @@ def test_templates_withdrawn_all_do_not_come_back_from_another_replicas_copy(tmp
     assert sa.save(a)
     saved = orjson.loads(path.read_bytes())["exporters"][exporter]
     assert [(x["port"], x["id"]) for x in saved["templates"]] == [(port, 256)]
+
+
+# ------------------------------------------------------------------------------------------------
+# flowscope health
+
+
+def test_health_reads_a_relative_config_from_the_collectors_directory(collector: Any, tmp_path: Path) -> None:
+    """`flowscope run --config c.yaml` resolves c.yaml in its own working directory; `flowscope
+    health` read the path in its own, so run from anywhere else (a shell in another directory,
+    a probe of a process started with a working directory of its own) it could not find the
+    file and called a healthy collector unhealthy (exit 1), or found another c.yaml there and
+    asked the wrong address."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    port = free_tcp_port()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"health_addr: 127.0.0.1:{port}\n")
+    rel = os.path.relpath(cfg, ROOT)          # the collector runs in ROOT
+    assert not os.path.isabs(rel)
+    c = collector(["--config", rel], wait_ready=False)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    def health() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "collector.cli", "health", "--pid", str(c.proc.pid)],
+                              cwd=elsewhere, capture_output=True, text=True, timeout=30,
+                              env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
+
+    deadline = time.monotonic() + 20
+    r = health()
+    while r.returncode != 0 and time.monotonic() < deadline:    # (until it serves)
+        time.sleep(0.2)
+        r = health()
+    assert r.returncode == 0 and r.stdout.startswith(f"healthy: http://127.0.0.1:{port}/healthz answered 200"), r
+
