@@ -1420,7 +1420,11 @@ class KafkaSink(Sink):
             self.queue.dropped[(o.kind, "rejected")] += len(o.records)
             return
         self.errors["produce"] += 1
-        self.connected = False
+        if not _broker_answer(exc):
+            # (a partition's error in a broker's answer is no lost connection: with one partition
+            # refused and the others delivered, flowscope_sink_connected and /readyz flapped at
+            # every retry; a broker refusing everything shows as flowscope_sink_stalled_seconds)
+            self.connected = False
         self._need_metadata = True
         # the next attempt waits, doubling up to 2 s (a broker answering NOT_ENOUGH_REPLICAS
         # at once must not be hammered with requests and metadata refreshes); reset on delivery
@@ -1490,6 +1494,17 @@ def _fatal_aiokafka(exc: BaseException) -> bool:
     import aiokafka.errors as ae
 
     return isinstance(exc, tuple(getattr(ae, n) for n in _AIOKAFKA_FATAL if hasattr(ae, n)))
+
+
+def _broker_answer(exc: BaseException) -> bool:
+    """Whether a failed produce is an error code a broker answered for the partition (the
+    direct path's BrokerError, aiokafka's BrokerResponseError), not a connection lost or timed
+    out."""
+    import aiokafka.errors as ae
+
+    from .kafka_direct import BrokerError
+
+    return isinstance(exc, (BrokerError, ae.BrokerResponseError))
 
 
 def _resolved_level(name: str, level: int) -> int:

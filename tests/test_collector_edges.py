@@ -182,6 +182,13 @@ def test_one_failing_partition_does_not_stop_the_others(collector: Any, tmp_path
         assert front.failed > 0
         want = {a for a in sent if _partition(a, 4) != 0}
         assert sorted(f["SrcAddr"] for f in got) == sorted(want)
+        answers = []
+        for _ in range(30):
+            answers.append(c.get("/readyz"))
+            time.sleep(0.1)
+        # the broker answers: the sink is connected, and it delivers (/readyz did not stay put)
+        assert set(answers) == {(200, "ready\n")}, answers
+        assert c.value("flowscope_sink_connected") == 1
         # the failing partition's flows wait in the queue: nothing is lost uncounted
         m = c.metrics()
         from collector.metrics import total
