@@ -8,7 +8,8 @@ source id / observation domain / sFlow agent and sub-agent), the header's
   NetFlow v9  package sequence and unix_secs
   IPFIX       sequence number and export time, of every message of the datagram (RFC 7011
               10.3.3 allows several; each is in the stream of its own observation domain)
-  sFlow v5    datagram sequence and uptime (in ms)
+  sFlow v5    datagram sequence and uptime (in ms), and the cumulative drops counter of each
+              flow sample and discarded-packet sample, per data source
 so that loop k+1 continues each stream's sequence exactly where loop k ended: the shift is the
 stream's progress over the whole capture modulo 2^32, from its first sequence number to the one a
 receiver expects after the last message (last sequence + its advance, unless the capture ends with
@@ -122,13 +123,48 @@ def units(src: Source, p: bytes) -> list[Unit]:
     return out
 
 
+def sflow_drops(p: bytes) -> list[tuple[int, int, int]]:
+    """(offset, kind, source) of the cumulative drops counters of an sFlow v5 datagram's flow
+    samples (compact and expanded) and discarded-packet samples (sflow_drops.txt), keyed as the
+    decoder keys them (ExporterState.sample_drops: the source type, | 0x100 for discards)."""
+    unpack = struct.unpack_from
+    off = _sflow_agent_end(p)
+    if len(p) < off + 16:
+        return []
+    out = []
+    pos = off + 16
+    for _ in range(unpack("!I", p, off + 12)[0]):
+        if len(p) - pos < 8:
+            break
+        fmt, slen = unpack("!II", p, pos)
+        body = pos + 8
+        if slen > len(p) - body:
+            break
+        if fmt == 1 and slen >= 32:     # sequence, source id (type << 24 | index), rate, pool, drops
+            sid = unpack("!I", p, body + 4)[0]
+            out.append((body + 16, sid >> 24, sid & 0xFFFFFF))
+        elif fmt == 3 and slen >= 44:   # sequence, source type, source index, rate, pool, drops
+            out.append((body + 20, *unpack("!II", p, body + 4)))
+        elif fmt == 5 and slen >= 32:   # sequence, source type, source index, drops
+            kind, source = unpack("!II", p, body + 4)
+            out.append((body + 12, 0x100 | kind, source))
+        pos = body + slen + (-slen & 3)
+    return out
+
+
 def _shift(p: bytes, heads: Iterable[tuple[int, int, int, int]], loop: int, secs: int) -> bytes:
     """The datagram with each header (sequence offset, clock offset, clock units per second,
-    sequence span) advanced by `loop` spans and its clock by `secs` seconds."""
+    sequence span) advanced by `loop` spans and its clock by `secs` seconds; a head without a
+    clock (offset -1) is an sFlow drops counter, advanced unless 0 (no counter)."""
     unpack, pack = struct.unpack_from, struct.pack_into
     b = bytearray(p)
     for seq_off, clock_off, mult, span in heads:
-        pack("!I", b, seq_off, (unpack("!I", p, seq_off)[0] + loop * span) & M32)
+        v = unpack("!I", p, seq_off)[0]
+        if clock_off < 0:
+            if v:
+                pack("!I", b, seq_off, (v + loop * span) & M32)
+            continue
+        pack("!I", b, seq_off, (v + loop * span) & M32)
         pack("!I", b, clock_off, (unpack("!I", p, clock_off)[0] + secs * mult) & M32)
     return bytes(b)
 
@@ -283,6 +319,10 @@ class Plan:
         self.count = 0
         self.sources: set[Source] = set()
         self.span: dict[tuple[object, ...], int] = {}
+        # sFlow drops counters: (stream key, kind, source) -> [first, last] non-zero value, then
+        # their progress over the capture (drops_span)
+        self._drops: dict[tuple[object, ...], list[int]] = {}
+        self.drops_span: dict[tuple[object, ...], int] = {}
         self.period = 1
         for pk in packets:
             self.add(pk.src, pk.payload, pk.ts)
@@ -320,6 +360,12 @@ class Plan:
             else:
                 adv = 1  # v9 packets, sFlow datagrams
                 uptime = clock if u.clock_ms else struct.unpack_from("!I", p, 4)[0]
+                if u.clock_ms:
+                    for off, kind, source in sflow_drops(p):
+                        v = struct.unpack_from("!I", p, off)[0]
+                        if v:
+                            d = self._drops.setdefault((u.key, kind, source), [v, v])
+                            d[1] = v
             st.step(seq, adv, uptime, exact)
 
     def finish(self) -> None:
@@ -340,11 +386,22 @@ class Plan:
             secs = math.ceil(clock_span / 1000) if st.clock_ms else clock_span
             period = max(period, secs + 1)
         self.period = max(1, period)
+        # A drops counter is cumulative: each loop goes on from where the last ended, or the
+        # receiver takes the first value, back below the last, for an agent restart and counts
+        # all of it as new drops (flowscope_exporter_sample_drops_total) every loop. (One that
+        # went back inside the capture, a restart there, repeats as it is.)
+        self.drops_span = {k: last - first for k, (first, last) in self._drops.items() if last > first}
 
     def _heads(self, src: Source, p: bytes) -> tuple[tuple[int, int, int, int], ...]:
-        """Where the datagram's headers are and how far each moves per loop (for _shift)."""
-        return tuple((u.seq_off, u.clock_off, 1000 if u.clock_ms else 1, self.span[u.key])
-                     for u in units(src, p) if u.key in self.span)
+        """Where the datagram's headers (and sFlow drops counters) are and how far each moves
+        per loop (for _shift)."""
+        heads = [(u.seq_off, u.clock_off, 1000 if u.clock_ms else 1, self.span[u.key])
+                 for u in units(src, p) if u.key in self.span]
+        if self.drops_span and heads and p[:4] == b"\x00\x00\x00\x05":
+            key = units(src, p)[0].key
+            heads += [(off, -1, 0, self.drops_span[(key, kind, source)]) for off, kind, source in sflow_drops(p)
+                      if (key, kind, source) in self.drops_span]
+        return tuple(heads)
 
     def shifted(self, src: Source, p: bytes, loop: int) -> bytes:
         """The datagram as loop `loop` sends it."""

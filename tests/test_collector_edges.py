@@ -313,3 +313,46 @@ def test_health_reads_a_relative_config_from_the_collectors_directory(collector:
         r = health()
     assert r.returncode == 0 and r.stdout.startswith(f"healthy: http://127.0.0.1:{port}/healthz answered 200"), r
 
+
+
+# ------------------------------------------------------------------------------------------------
+# flowscope replay
+
+
+def test_replayed_sflow_drops_counters_continue_across_loops() -> None:
+    """An sFlow sample's drops counter is cumulative per data source (sFlow v5: "drops"; the
+    discarded-packet sample's too). Replay loops continued the datagram sequence but sent the
+    counters unchanged, so each loop went back from the last value to the first: the receiver
+    took it for an agent restart and counted the whole first value as new drops, every loop
+    (a capture with counters at 100 then 105 gave 215 drops over three loops, not 15)."""
+    from benchmarks.datagrams import SflowSample, sflow_datagram
+    from collector.replay import Plan
+    from decoders import Decoder, DecoderConfig
+
+    def datagram(seq: int, drops: int, discards: int) -> bytes:
+        s = SflowSample("10.0.0.1", "10.0.0.2", 1000, 80, 6, 100, 0x10, 10, 1, 2)
+        p = bytearray(sflow_datagram([s], seq=seq, uptime_ms=1000 + seq * 1000))
+        struct.pack_into("!I", p, 28 + 8 + 16, drops)      # the compact flow sample's drops
+        # sflow_drops.txt discarded_packet (format 5): sequence, source type, index, drops,
+        # input, output, reason, no records
+        body = struct.pack("!IIIIIIII", seq, 0, 7, discards, 7, 0, 1, 0)
+        struct.pack_into("!I", p, 24, 2)                      # two samples
+        return bytes(p) + struct.pack("!II", 5, len(body)) + body
+
+    capture = [datagram(1, 100, 40), datagram(2, 105, 42), datagram(3, 0, 0), datagram(4, 107, 43)]
+    plan = Plan()
+    for i, p in enumerate(capture):
+        plan.add(("192.0.2.10", 6343), p, 1.0 + i)
+    plan.finish()
+    dec = Decoder(DecoderConfig())
+    t = 100.0
+    for loop in range(3):
+        for src, p in plan.datagrams(loop):
+            dec.decode(p, src[0], src[1], t)
+            t += 1.0
+    proto = dec.stats()["192.0.2.10"]["protocols"]["sflow5"]
+    # per loop: the capture's own increases (flow samples 7, discards 3), nothing at a boundary;
+    # a 0 stays 0 (no counter: Open vSwitch)
+    assert proto["sample_drops"] == 3 * (7 + 3), proto
+    assert proto["sequence_lost"] == 0 and proto["sequence_resets"] == 0 and proto["errors"] == {}
+    assert [struct.unpack_from("!I", p, 28 + 8 + 16)[0] for _s, p in plan.datagrams(2)] == [114, 119, 0, 121]
