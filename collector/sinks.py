@@ -941,13 +941,15 @@ class KafkaSink(Sink):
                     self.connected = False
                     self._need_metadata = True
                 continue
+            if self._held:
+                # (before the metadata check: a partition whose leader moved is tried again on
+                # fresh metadata, also when its batches are all that waits)
+                self._probe_held()
             if self._need_metadata and q.chunks:
                 await asyncio.sleep(self._retry_wait)
                 if not await self._refresh_metadata():
                     await asyncio.sleep(0.5)
                     continue
-            if self._held:
-                self._probe_held()
             chunks = q.take(self.k.batch_bytes * 4)
             if chunks:
                 await self._send(chunks, topics)
@@ -1292,8 +1294,11 @@ class KafkaSink(Sink):
                     continue
                 h.probe = h.chunks.pop(0)
                 self.queue.push_front(h.probe)
-            elif h.probe is not None and now >= h.until + self.k.request_timeout_ms / 1000 + 10.0:
-                h.probe = None  # (evicted from the queue, --drop-policy oldest: not coming back)
+            elif (h.probe is not None and now >= h.until + self.k.request_timeout_ms / 1000 + 10.0
+                  and not any(c is h.probe for c in self.queue.chunks)):
+                # neither answered nor waiting to be sent: evicted from the queue (--drop-policy
+                # oldest), it will not come back
+                h.probe = None
 
     def _release(self, key: tuple[int, int]) -> None:
         """A batch of a held partition was delivered: its held chunks go back to the front of
