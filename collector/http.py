@@ -17,6 +17,13 @@ log = logging.getLogger("flowscope.http")
 
 Handler = Callable[[], tuple[int, str, bytes]]
 
+# The whole request head (request line and headers) must arrive within this: a deadline per
+# line let a client that sends a header now and then hold a connection, and a descriptor, for
+# ever (slowloris).
+REQUEST_TIMEOUT_S = 10.0
+# Header lines read at most (a scraper sends a handful).
+MAX_HEADERS = 100
+
 
 class HttpServer:
     def __init__(self, addr: str, routes: dict[str, Handler]) -> None:
@@ -35,23 +42,36 @@ class HttpServer:
             self.server.close()
             await self.server.wait_closed()
 
+    @staticmethod
+    async def _head(reader: asyncio.StreamReader) -> bytes | None:
+        """The request line, its headers read and dropped (so the client is not reset); None
+        when a line is longer than the stream's limit (64 KiB) or there are too many."""
+        try:
+            line = await reader.readline()
+            for _ in range(MAX_HEADERS):
+                h = await reader.readline()
+                if h in (b"\r\n", b"\n", b""):
+                    return line
+        except ValueError:  # asyncio.LimitOverrunError's: a line past the limit
+            pass
+        return None
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            line = await asyncio.wait_for(reader.readline(), 10)
-            while True:  # headers are not needed; read them so the client is not reset
-                h = await asyncio.wait_for(reader.readline(), 10)
-                if h in (b"\r\n", b"\n", b""):
-                    break
-            parts = line.decode("latin-1").split()
+            line = await asyncio.wait_for(self._head(reader), REQUEST_TIMEOUT_S)
+            parts = line.decode("latin-1").split() if line is not None else []
             path = parts[1].split("?", 1)[0] if len(parts) >= 2 else ""
             handler = self.routes.get(path)
-            if len(parts) < 2 or parts[0] not in ("GET", "HEAD"):
+            if line is None:
+                status, ctype, body = 431, "text/plain", b"request header fields too large\n"
+            elif len(parts) < 2 or parts[0] not in ("GET", "HEAD"):
                 status, ctype, body = 405, "text/plain", b"only GET\n"
             elif handler is None:
                 status, ctype, body = 404, "text/plain", b"not found; try " + ", ".join(self.routes).encode() + b"\n"
             else:
                 status, ctype, body = handler()
-            reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}.get(status, "")
+            reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 431: "Request Header Fields Too Large",
+                      503: "Service Unavailable"}.get(status, "")
             head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
                     "Connection: close\r\n\r\n").encode()
             writer.write(head + (body if parts and parts[0] != "HEAD" else b""))

@@ -356,3 +356,62 @@ def test_replayed_sflow_drops_counters_continue_across_loops() -> None:
     assert proto["sample_drops"] == 3 * (7 + 3), proto
     assert proto["sequence_lost"] == 0 and proto["sequence_resets"] == 0 and proto["errors"] == {}
     assert [struct.unpack_from("!I", p, 28 + 8 + 16)[0] for _s, p in plan.datagrams(2)] == [114, 119, 0, 121]
+
+
+# ------------------------------------------------------------------------------------------------
+# The HTTP endpoint (/metrics, /healthz, /readyz)
+
+
+def test_http_request_head_has_one_deadline_and_bounded_lines(monkeypatch: pytest.MonkeyPatch,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """The endpoint read the request line and each header line with a timeout of its own: a
+    client sending a header line now and then (slowloris) held its connection, and a file
+    descriptor, for ever, and enough of them starved the collector of descriptors (Kafka
+    reconnects, state saves). A line longer than the stream limit (64 KiB) raised out of
+    readline() into the catch-all, logged as an error at every such request, unthrottled. The
+    request head now has one deadline in all, and an overlong line is answered 431 quietly."""
+    import logging
+
+    from collector import http
+
+    monkeypatch.setattr(http, "REQUEST_TIMEOUT_S", 0.5, raising=False)
+
+    async def main() -> tuple[bytes, bytes]:
+        srv = http.HttpServer("127.0.0.1:1", {"/healthz": lambda: (200, "text/plain", b"ok\n")})
+        srv.port = 0
+        await srv.start()
+        try:
+            r, w = await asyncio.open_connection("127.0.0.1", srv.port)
+            w.write(b"GET /healthz HTTP/1.1\r\n")
+            closed = b"open"
+            for i in range(15):                     # 3 s of a header line every 0.2 s
+                await asyncio.sleep(0.2)
+                if r.at_eof():
+                    closed = b"closed"
+                    break
+                try:
+                    w.write(f"X-Slow-{i}: 1\r\n".encode())
+                    await w.drain()
+                except ConnectionError:
+                    closed = b"closed"
+                    break
+                try:
+                    if await asyncio.wait_for(r.read(1), 0.01) == b"":
+                        closed = b"closed"
+                        break
+                except asyncio.TimeoutError:
+                    pass
+            w.close()
+            r, w = await asyncio.open_connection("127.0.0.1", srv.port)
+            w.write(b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n")
+            answer = await asyncio.wait_for(r.read(), 5)
+            w.close()
+            return closed, answer
+        finally:
+            await srv.stop()
+
+    with caplog.at_level(logging.ERROR, logger="flowscope.http"):
+        closed, answer = asyncio.run(main())
+    assert closed == b"closed"
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:80]
+    assert not [r for r in caplog.records if r.name == "flowscope.http"], caplog.records
