@@ -3,7 +3,8 @@
 #   make run     virtualenv + package, then `flowscope run` printing JSON flows to stdout
 #   make kafka   start the bundled Tansu Kafka-protocol broker on 127.0.0.1:9092
 #   make bench   benchmark harness (see benchmarks/README.md)
-#   make fuzz    atheris fuzzing of the decoders for a fixed budget (not in CI)
+#   make fuzz    atheris fuzzing of the decoders and encoders for FUZZ_SECONDS (not in CI);
+#                FUZZ_ARGS: more libFuzzer options (-timeout=25, -artifact_prefix=DIR/)
 #   make debug   rebuild the extensions with FLOWSCOPE_DEBUG=1 (bounds checks, -O0 -g)
 #   make lint    ruff and mypy
 #   make demo    the end-to-end demo: Open vSwitch -> flowscope -> Kafka (deploy/demo)
@@ -15,6 +16,7 @@ PIP := $(VENV)/bin/pip
 DEB_PACKAGES := tshark softflowd fprobe pmacct tcpdump openvswitch-switch nfdump nfdump-sflow tcpreplay iproute2 ethtool kubectl gcc liblz4-1 libzstd1 buildah podman runc debootstrap
 PYTEST_ARGS ?=
 FUZZ_SECONDS ?= 300
+FUZZ_ARGS ?=
 
 .PHONY: test run kafka bench fuzz debug deps venv build clean lint demo
 
@@ -79,7 +81,7 @@ fuzz: build
 	command -v clang >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang)
 	CC=clang LDSHARED="clang -shared" FLOWSCOPE_FUZZ=1 $(PY) setup.py -q build_ext --inplace --force
 	LD_PRELOAD="$$($(PY) -c 'import atheris, os; print(os.path.join(atheris.path(), "asan_with_fuzzer.so"))')" \
-	  ASAN_OPTIONS=detect_leaks=0 $(PY) tests/fuzz_decoders.py -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1; \
+	  ASAN_OPTIONS=detect_leaks=0 $(PY) tests/fuzz_decoders.py -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $(FUZZ_ARGS); \
 	  rc=$$?; $(PY) setup.py -q build_ext --inplace --force; exit $$rc
 
 demo: deps build
