@@ -32,7 +32,11 @@ if DEBUG:
     extra_compile_args += ["-O0", "-g3"]
     define_macros = [("FLOWSCOPE_DEBUG", "1"), ("CYTHON_TRACE_NOGIL", "0")]
 else:
-    extra_compile_args += ["-O2"]
+    # large-function-insns (GCC's default 2700): encode_flow, with the enrichment lookup and the
+    # unknown-elements writer it calls once per flow, is past it, so GCC inlined one or the other
+    # depending on unrelated code elsewhere in the module (+47 instructions per enriched flow
+    # after a change to the state export; benchmarks/RESULTS.md, twentieth session)
+    extra_compile_args += ["-O2", "--param=large-function-insns=4000"]
     define_macros = [("FLOWSCOPE_DEBUG", "0")]
 extra_link_args: list[str] = []
 if FUZZ:
