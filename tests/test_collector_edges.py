@@ -1,13 +1,13 @@
-"""Second review of the collector's edges (keyed Kafka modes under a partial failure, the shared
-state file, the replay and decode commands): each test written against a bug found in review;
-tests that need a broker use a real Tansu."""
+"""The collector's edges: keyed Kafka modes with one partition failing, the shared state file
+and withdrawn templates, `flowscope health` with a relative config, the HTTP endpoint's request
+deadline, replayed sFlow drops counters: each test written against a bug it once had; tests
+that need a broker use a real Tansu."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import struct
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,11 +17,13 @@ from typing import Any
 import pytest
 from conftest import consume, free_tcp_port, make_v5, send_udp
 
+from tests.support.kafka_front import KafkaFront
+
 # ------------------------------------------------------------------------------------------------
 # Keyed modes: one partition that keeps failing must not hold the others back
 
 
-class FailingFront:
+class FailingFront(KafkaFront):
     """A plain TCP front for a broker that advertises it: one request at a time per connection
     is piped to the broker and its answer back, except Produce requests for partition `fail`,
     which are answered here with error `code` (a retriable one: the broker's answer for a
@@ -29,35 +31,12 @@ class FailingFront:
     runs in a thread."""
 
     def __init__(self, upstream_port: int, fail: int, code: int, times: int = -1) -> None:
-        self.upstream_port = upstream_port
+        super().__init__(upstream_port)
         self.fail = fail
         self.code = code
         self.times = times      # how many requests fail (-1: all)
         self.failed = 0
-        self.port = free_tcp_port()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._server: asyncio.AbstractServer | None = None
 
-    def start(self) -> None:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-
-    async def _start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-
-    def stop(self) -> None:
-        async def close() -> None:
-            if self._server is not None:
-                self._server.close()
-            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for t in others:
-                t.cancel()
-            await asyncio.gather(*others, return_exceptions=True)
-        asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
 
     def _answer(self, frame: bytes) -> bytes | None:
         """The error answer to a Produce request (v3-v8, one topic and partition, as the direct

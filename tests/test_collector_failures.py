@@ -1,11 +1,12 @@
-"""Review of the collector's failure and edge paths (Kafka protocol rules, drop accounting),
-each test written against a bug found in review; tests that need a broker use a real Tansu."""
+"""The collector's failure paths against Kafka's protocol rules (zstd needs Produce v7, errors a
+retry cannot fix, long client ids), closed standard streams, the rate limiter after a clock step,
+and the drop accounting: each test written against a bug it once had; tests that need a broker
+use a real Tansu."""
 
 from __future__ import annotations
 
 import asyncio
 import struct
-import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -13,42 +14,21 @@ from typing import Any
 import pytest
 from conftest import consume, free_tcp_port, make_v5, send_udp, v5_key
 
+from tests.support.kafka_front import KafkaFront
+
 # ------------------------------------------------------------------------------------------------
 # Direct produce: zstd needs Produce v7 (KIP-110)
 
 
-class RecordingFront:
+class RecordingFront(KafkaFront):
     """A plain TCP front for a broker that advertises it: pipes every connection to the broker
     and records, for each Produce request a client sends, its version and the compression codec
     of its record batch (attributes & 7). Its own event loop runs in a thread."""
 
     def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.port = free_tcp_port()
+        super().__init__(upstream_port)
         self.produce: list[tuple[int, int]] = []   # (api_version, codec)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._server: asyncio.AbstractServer | None = None
 
-    def start(self) -> None:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-
-    async def _start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-
-    def stop(self) -> None:
-        async def close() -> None:
-            if self._server is not None:
-                self._server.close()
-            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for t in others:
-                t.cancel()
-            await asyncio.gather(*others, return_exceptions=True)
-        asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
 
     def _note(self, frame: bytes) -> None:
         api, version = struct.unpack_from(">hh", frame, 0)

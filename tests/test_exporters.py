@@ -31,13 +31,6 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 START = 1_700_000_000.0
 
 
-@pytest.fixture(scope="module")
-def decoders_mod():
-    mod = pytest.importorskip("decoders", reason="decoders package not importable")
-    if not hasattr(mod, "Decoder"):
-        pytest.skip("decoders.Decoder missing: build with `python setup.py build_ext --inplace`")
-    return mod
-
 
 @pytest.fixture
 def workdir():

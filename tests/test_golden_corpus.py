@@ -44,13 +44,6 @@ def _shared_cases() -> list:
     return out
 
 
-@pytest.fixture(scope="module")
-def decoders_mod():
-    mod = pytest.importorskip("decoders", reason="decoders package not importable")
-    if not hasattr(mod, "Decoder"):
-        pytest.skip("decoders.Decoder missing: build with `python setup.py build_ext --inplace`")
-    return mod
-
 
 def _datagrams(pcap: Path) -> list:
     from collector.pcap import iter_udp

@@ -47,13 +47,6 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 TOOLS = ("ovs-vswitchd", "ovsdb-server", "ovs-vsctl", "ovsdb-tool", "ethtool", "tcpdump", "tshark")
 
 
-@pytest.fixture(scope="module")
-def decoders_mod():
-    mod = pytest.importorskip("decoders", reason="decoders package not importable")
-    if not hasattr(mod, "Decoder"):
-        pytest.skip("decoders.Decoder missing: build with `python setup.py build_ext --inplace`")
-    return mod
-
 
 @dataclass
 class Env:

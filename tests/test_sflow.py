@@ -36,13 +36,6 @@ KNOWN_FLOW_RECORDS = {1, 2, 3, 4, 1001, 1002, 1003, 1023, 1024, 1025, 1026, 1029
 RECV = 1_700_000_000.25
 
 
-@pytest.fixture(scope="module")
-def decoders_mod():
-    mod = pytest.importorskip("decoders", reason="decoders package not importable")
-    if not hasattr(mod, "Decoder"):
-        pytest.skip("decoders.Decoder missing: build with `python setup.py build_ext --inplace`")
-    return mod
-
 
 def decode(decoders_mod, data: bytes, exporter: str = "192.0.2.1"):
     return decoders_mod.Decoder().decode(data, exporter, 6343, RECV)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from typing import Any
 
 import pytest
 
@@ -24,14 +23,6 @@ from tests.test_sflow import (
 )
 
 
-@pytest.fixture(scope="module")
-def dec_mod() -> Any:
-    mod = pytest.importorskip("decoders", reason="decoders package not importable")
-    if not hasattr(mod, "Decoder"):
-        pytest.skip("decoders.Decoder missing: build with `python setup.py build_ext --inplace`")
-    return mod
-
-
 def gre_routed(ptype: int, payload: bytes, hops: list[str], csum: bool = True) -> bytes:
     """RFC 1701 GRE with the Routing Present bit: checksum and offset (present when C or R is
     set), then the source route entries (address family 0x0800: IPv4 hops) up to a null SRE."""
@@ -40,7 +31,7 @@ def gre_routed(ptype: int, payload: bytes, hops: list[str], csum: bool = True) -
     return out + struct.pack(">HBB", 0, 0, 0) + payload
 
 
-def test_gre_with_rfc1701_routing_keeps_the_outer_packet(dec_mod) -> None:
+def test_gre_with_rfc1701_routing_keeps_the_outer_packet(decoders_mod) -> None:
     """RFC 1701's R bit puts source route entries between the GRE header and its payload, a
     layout RFC 2784 (2.3) lets a receiver that does not implement RFC 1701 refuse: the outer
     packet stays the flow. Read as an RFC 2784 header, the SREs were parsed as the NVGRE
@@ -50,14 +41,14 @@ def test_gre_with_rfc1701_routing_keeps_the_outer_packet(dec_mod) -> None:
         for csum in (True, False):
             outer = eth(ipv4("172.18.0.2", "172.18.0.3", 47,
                              gre_routed(ptype, payload, ["10.0.0.1", "10.0.0.2", "10.0.0.3"], csum)), 0x0800)
-            f = one_flow(dec_mod, [raw_header(outer, 300)])
+            f = one_flow(decoders_mod, [raw_header(outer, 300)])
             assert (f.get("SrcAddr"), f.get("DstAddr"), f.get("Proto"), f.get("Etype"), f.get("SrcMac")) == \
                 ("172.18.0.2", "172.18.0.3", 47, 0x0800, "0a:58:0a:80:00:05"), (ptype, csum)
             assert "TunnelType" not in f, (ptype, csum)
 
 
 @pytest.mark.parametrize("base", [5000, 50_000_000])
-def test_a_datagram_from_before_an_agent_restart_arriving_late(dec_mod, base: int) -> None:
+def test_a_datagram_from_before_an_agent_restart_arriving_late(decoders_mod, base: int) -> None:
     """An agent restarts (uptime and sequence start over: a reset); a datagram it sent before,
     reordered on the path, arrives after the first ones of the new run. It is a late datagram:
     no loss, no second restart, and its drops counter, of the old run, is not counted again.
@@ -65,7 +56,7 @@ def test_a_datagram_from_before_an_agent_restart_arriving_late(dec_mod, base: in
     datagram of the new run was another restart, and flowscope_exporter_sample_drops_total took
     the old run's whole cumulative drops a second time. A datagram of the new run less than a
     second after the restart still opens a gap as any does."""
-    dec = dec_mod.Decoder()
+    dec = decoders_mod.Decoder()
     pkt = eth(ipv4("10.0.0.1", "10.0.0.2", 17, udp(1, 2)), 0x0800)
     t0 = 1_700_000_000.0
 
@@ -92,10 +83,10 @@ def test_a_datagram_from_before_an_agent_restart_arriving_late(dec_mod, base: in
     assert stats(t0 + 200) == (2, 1, 1000)
 
 
-def test_netflow5_datagram_from_before_a_restart_arriving_late(dec_mod) -> None:
+def test_netflow5_datagram_from_before_a_restart_arriving_late(decoders_mod) -> None:
     """The same rule holds for every header with an uptime (NetFlow v5 here, v9 alike): the
     sequence check is shared. v5 counts flows: one record a datagram."""
-    dec = dec_mod.Decoder()
+    dec = decoders_mod.Decoder()
     t0 = 1_700_000_000.0
     rec5 = struct.pack(">4s4s4sHHIIIIHHBBBBHHBBH", bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]), bytes(4),
                        1, 2, 1, 60, 0, 0, 1000, 2000, 0, 0, 17, 0, 0, 0, 0, 0, 0)
