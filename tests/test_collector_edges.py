@@ -62,11 +62,10 @@ class FailingFront(KafkaFront):
         return struct.pack(">i", len(body)) + body
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_r, up_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        except OSError:
-            writer.close()
+        up = await self._upstream(writer)
+        if up is None:
             return
+        up_r, up_w = up
         try:
             while True:
                 size = struct.unpack(">i", await reader.readexactly(4))[0]

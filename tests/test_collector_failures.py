@@ -44,11 +44,10 @@ class RecordingFront(KafkaFront):
         self.produce.append((version, attributes & 7))
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_r, up_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        except OSError:
-            writer.close()
+        up = await self._upstream(writer)
+        if up is None:
             return
+        up_r, up_w = up
 
         async def requests() -> None:
             while True:

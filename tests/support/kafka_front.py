@@ -46,5 +46,14 @@ class KafkaFront:
         self._thread.join(10)
         self._loop.close()
 
+    async def _upstream(self, writer: asyncio.StreamWriter) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """A connection of the client's own to the broker; None (the client's closed) when the
+        broker cannot be reached."""
+        try:
+            return await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        except OSError:
+            writer.close()
+            return None
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         raise NotImplementedError
