@@ -933,8 +933,13 @@ class KafkaSink(Sink):
                 # arrive. A lost connection (a broker restarted, perhaps empty) or one not
                 # answering goes through _refresh_metadata, as after a failed produce.
                 idle_check = time.monotonic()
-                if self._need_metadata or not self.connected or self._connections_lost() or self._direct_lost():
-                    self.connected = False
+                lost = not self.connected or self._connections_lost() or self._direct_lost()
+                if self._need_metadata or lost:
+                    # (metadata wanted after a partition's error answer, its batches held aside
+                    # and nothing else queued, is no lost connection: the refresh says whether
+                    # the brokers answer; marking it lost first made /readyz flap every check)
+                    if lost:
+                        self.connected = False
                     self._need_metadata = True
                     await self._refresh_metadata()
                 elif not await self._probe():
