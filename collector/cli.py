@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from . import config as config_mod
-from .util import udp_port
+from .util import loop_count, non_negative, udp_port
 
 
 def _enrich_module() -> Any:
@@ -151,13 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "discard them as duplicates.",
                         epilog="Exit status: 0 when the capture was sent; 1 when FILE cannot be read, is not "
                         "a pcap/pcapng capture, holds no UDP datagram, or is cut short (what precedes the cut "
-                        "is sent first); 2 for a usage error (a bad option, a bad or unresolvable --to); 130 "
+                        "is sent first), or when --loop asks for more than one loop of a pipe too large to "
+                        "keep in memory (32 MiB; the first loop is sent); 2 for a usage error (a bad option, a bad or unresolvable --to); 130 "
                         "when interrupted.")
     rp.add_argument("file", metavar="FILE", help="pcap or pcapng capture (gzip-compressed or not)")
     rp.add_argument("--to", required=True, metavar="HOST:PORT", help="destination collector (IPv6 as [ADDR]:PORT)")
-    rp.add_argument("--rate", type=float, default=0.0, metavar="PPS",
+    rp.add_argument("--rate", type=non_negative, default=0.0, metavar="PPS",
                     help="datagrams per second; 0 = as fast as possible [default: 0]")
-    rp.add_argument("--loop", type=int, default=1, metavar="N", help="times to send the capture; 0 = forever "
+    rp.add_argument("--loop", type=loop_count, default=1, metavar="N", help="times to send the capture; 0 = forever "
                     "[default: 1]")
     rp.add_argument("--port", type=udp_port, default=None, metavar="PORT",
                     help="only datagrams sent to this UDP port (1-65535) in the capture [default: all]")
@@ -180,8 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Decode the exporters' UDP datagrams of a pcap/pcapng capture with "
                          "the decoders of `flowscope run` and print one JSON flow per line.",
                          epilog="Exit status: 0 when the whole capture was decoded; 1 when FILE cannot be "
-                         "read, is not a pcap/pcapng capture, or is cut short (the complete records before "
-                         "the cut are decoded first); 2 for a usage error (a bad option, an unusable "
+                         "read, is not a pcap/pcapng capture, holds no UDP datagram (to --port, when given), or "
+                         "is cut short (the complete records before the cut are decoded first); 2 for a usage error (a bad option, an unusable "
                          "--kubeconfig).")
     try:
         from . import decode as decode_mod

@@ -115,11 +115,13 @@ def run(args: argparse.Namespace) -> int:
     out = sys.stdout.buffer
     pstats = PcapStats()
     ports = set(args.port)
+    decoded = 0
     try:
         try:
             for dg in iter_udp(args.file, stats=pstats):
                 if ports and dg.dport not in ports:
                     continue
+                decoded += 1
                 batch = dec.decode(dg.payload, dg.src, dg.sport, dg.ts)
                 lines = batch.to_json(enricher)
                 if args.counters:
@@ -139,6 +141,12 @@ def run(args: argparse.Namespace) -> int:
         return 1
     finally:
         stop()
+    if not decoded and not pstats.truncated:
+        # Nothing was decoded, so nothing was printed: say why rather than exit 0 with no output
+        # (the wrong file, a capture filtered on the wrong port, a --port typo), as replay does.
+        seen = f"{pstats.datagrams} UDP datagrams, none to port {', '.join(map(str, sorted(ports)))}" \
+            if ports and pstats.datagrams else f"no UDP datagrams found in {pstats.frames} frames"
+        print(f"flowscope decode: {args.file}: {seen}", file=sys.stderr)
     if pstats.truncated:
         # The flows of the complete records are out; the file still lost its end (tshark: "cut
         # short in the middle of a packet"): say so on one line and exit 1, as for a bad capture.
@@ -150,4 +158,4 @@ def run(args: argparse.Namespace) -> int:
             capture["truncated"] = pstats.truncated
         report = {"capture": capture, "exporters": dec.stats()}
         sys.stderr.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
-    return 1 if pstats.truncated else 0
+    return 1 if pstats.truncated or not decoded else 0

@@ -21,6 +21,7 @@ import urllib.request
 from collections.abc import Mapping
 
 from . import config as config_mod
+from .util import positive_seconds
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "file give the address [default: PID 1 (a container's entrypoint) if it is one, "
                         "else the first `flowscope run` process found]")
     parser.add_argument("--ready", action="store_true", help="ask /readyz (ready to serve) instead of /healthz")
-    parser.add_argument("--timeout", type=float, default=3.0, metavar="S", help="seconds to wait [default: 3]")
+    parser.add_argument("--timeout", type=positive_seconds, default=3.0, metavar="S",
+                        help="seconds to wait, > 0 [default: 3]")
 
 
 def _read_nul_list(path: str) -> list[str]:

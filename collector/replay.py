@@ -43,7 +43,9 @@ from __future__ import annotations
 
 import errno
 import math
+import os
 import socket
+import stat
 import struct
 import sys
 import time
@@ -497,6 +499,15 @@ class Sockets:
         self._socks.clear()
 
 
+def _rereadable(path: str) -> bool:
+    """A path the later loops can open and read again from its start (a regular file; not a FIFO,
+    /dev/stdin or a process substitution)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def _skipped_line(path: str, skipped: dict[str, int]) -> str:
     return f"flowscope replay: {path}: skipped {', '.join(f'{n} {r}' for r, n in sorted(skipped.items()))}"
 
@@ -515,6 +526,7 @@ def replay(path: str, to: str, *, rate: float = 0.0, loops: int = 1, port_filter
     sent = 0
     loop = 0
     interrupted = False
+    loops_failed = False
     start = time.perf_counter()
 
     def send(src: Source, payload: bytes) -> None:
@@ -550,6 +562,14 @@ def replay(path: str, to: str, *, rate: float = 0.0, loops: int = 1, port_filter
             return 1
         plan.finish()
         loop = 1
+        if (loops == 0 or loops > 1) and plan.cache is None and not _rereadable(path):
+            # the payloads did not fit in memory and a pipe cannot be read twice: later loops
+            # would send nothing (and --loop 0 would spin for ever doing so)
+            print(f"flowscope replay: {path}: the capture is larger than the {CACHE_BYTES >> 20} MiB kept in "
+                  "memory for later loops and is not a regular file, so it cannot be read again; "
+                  "sent loop 1 only (save it to a file to loop it)", file=sys.stderr)
+            loops_failed = True
+            loops = 1
         while loops == 0 or loop < loops:
             if plan.cache is not None:
                 for src, payload in plan.datagrams(loop):
@@ -581,4 +601,4 @@ def replay(path: str, to: str, *, rate: float = 0.0, loops: int = 1, port_filter
         print(f"flowscope replay: {path}: {stats.truncated}", file=sys.stderr)
     if interrupted:
         return 130
-    return 1 if stats.truncated else 0
+    return 1 if stats.truncated or loops_failed else 0

@@ -140,3 +140,41 @@ def udp_port(s: str) -> int:
     if not 1 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{s}: expected a UDP port 1-65535")
     return port
+
+
+def _number(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r}: expected a number") from None
+    if v != v or v in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"{s}: expected a finite number")
+    return v
+
+
+def positive_seconds(s: str) -> float:
+    """A timeout in seconds (health --timeout): 0 would give urllib a non-blocking socket that
+    fails at once, and the probe would report the collector down when it is not."""
+    v = _number(s)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"{s}: expected seconds > 0")
+    return v
+
+
+def non_negative(s: str) -> float:
+    """A rate where 0 means no limit (replay --rate): a negative one is a typo, not "unlimited"."""
+    v = _number(s)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{s}: expected a number >= 0 (0: as fast as possible)")
+    return v
+
+
+def loop_count(s: str) -> int:
+    """replay --loop: a count, 0 = forever; a negative one would silently send the capture once."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r}: expected a whole number >= 0 (0: forever)") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{s}: expected a whole number >= 0 (0: forever)")
+    return v

@@ -1,0 +1,119 @@
+"""The offline commands' edges an operator meets: a capture with nothing to decode, looping a
+capture read from a pipe, and numbers that argparse took but that meant nothing (a zero health
+timeout, a negative replay rate or loop count)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, make_v5
+from test_decode_cli import run_decode, write_pcap
+
+from collector import cli
+from collector import replay as R
+
+T0 = 1_700_000_000
+
+
+def test_decode_of_a_capture_without_udp_says_so_and_exits_1(tmp_path: Path) -> None:
+    """A capture of other traffic (here one TCP segment) printed nothing and exited 0, as if it
+    had held exporters' datagrams without flows; replay said "no UDP datagrams found" and exit 1."""
+    tcp = struct.pack("!HHIIBBHHH", 40000, 4739, 1, 0, 0x50, 0x02, 65535, 0, 0)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0, 64, 6, 0,
+                     bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])) + tcp
+    cap = tmp_path / "tcp.pcap"
+    cap.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 101)
+                    + struct.pack("<IIII", T0, 0, len(ip), len(ip)) + ip)
+    p = run_decode(str(cap))
+    assert p.returncode == 1 and p.stdout == b""
+    assert p.stderr.decode().strip() == f"flowscope decode: {cap}: no UDP datagrams found in 1 frames"
+
+
+def test_decode_with_a_port_nothing_was_sent_to_names_it(tmp_path: Path) -> None:
+    cap = tmp_path / "v5.pcap"
+    write_pcap(cap, [(T0, "10.0.0.1", 2055, make_v5(1, 2, 0, unix_secs=T0))], dport=2055)
+    p = run_decode(str(cap), "--port", "4739")
+    assert p.returncode == 1 and p.stdout == b""
+    assert "1 UDP datagrams, none to port 4739" in p.stderr.decode()
+    # the right port decodes as before
+    p = run_decode(str(cap), "--port", "2055")
+    assert p.returncode == 0 and len(p.stdout.splitlines()) == 2, p.stderr
+
+
+def test_replay_loops_of_a_pipe_too_large_to_keep_send_one_loop_and_say_why(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Later loops of a capture whose payloads do not fit in memory read the file again; a FIFO
+    (or /dev/stdin) reads as empty the second time, so `--loop 0` spun for ever sending nothing
+    and `--loop 3` exited 0 having sent one loop."""
+    monkeypatch.setattr(R, "CACHE_BYTES", 0)
+    cap = tmp_path / "v5.pcap"
+    write_pcap(cap, [(T0 + i, "10.1.0.1", 2055, make_v5(1 + 5 * i, 5, 5 * i, unix_secs=T0 + i))
+                     for i in range(4)], dport=2055)
+    fifo = tmp_path / "capture.fifo"
+    os.mkfifo(fifo)
+    feeder = threading.Thread(target=lambda: fifo.write_bytes(cap.read_bytes()), daemon=True)
+    feeder.start()
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.settimeout(5)
+    try:
+        rc = cli.main(["replay", str(fifo), "--to", f"127.0.0.1:{rx.getsockname()[1]}", "--loop", "0"])
+        got = [rx.recv(65535) for _ in range(4)]
+        rx.settimeout(0.3)
+        with pytest.raises(socket.timeout):
+            rx.recv(65535)
+    finally:
+        rx.close()
+        feeder.join(5)
+    assert rc == 1 and len(got) == 4
+    err = capsys.readouterr().err
+    assert "cannot be read again" in err and "sent loop 1 only" in err
+    assert "sent 4 datagrams (1 loop(s) of 4)" in err
+
+
+def test_replay_loops_of_a_small_pipe_come_from_memory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cap = tmp_path / "v5.pcap"
+    write_pcap(cap, [(T0, "10.1.0.1", 2055, make_v5(1, 5, 0, unix_secs=T0))], dport=2055)
+    fifo = tmp_path / "capture.fifo"
+    os.mkfifo(fifo)
+    feeder = threading.Thread(target=lambda: fifo.write_bytes(cap.read_bytes()), daemon=True)
+    feeder.start()
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.settimeout(5)
+    try:
+        assert cli.main(["replay", str(fifo), "--to", f"127.0.0.1:{rx.getsockname()[1]}", "--loop", "3"]) == 0
+        seqs = [struct.unpack_from("!I", rx.recv(65535), 16)[0] for _ in range(3)]
+    finally:
+        rx.close()
+        feeder.join(5)
+    assert seqs == [1, 6, 11]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--rate", "-5"], "expected a number >= 0"),
+    (["--rate", "nan"], "expected a finite number"),
+    (["--loop", "-1"], "expected a whole number >= 0"),
+])
+def test_replay_numbers_that_meant_nothing_are_usage_errors(args: list[str], words: str, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    # (a negative --rate sent at full speed; a negative --loop sent the capture once)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["replay", str(tmp_path / "none.pcap"), "--to", "127.0.0.1:9", *args])
+    assert e.value.code == 2 and words in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "inf"])
+def test_health_timeout_must_be_positive(value: str) -> None:
+    """`health --timeout 0` asked with a non-blocking socket and reported the collector
+    unhealthy (exit 1) whatever its state: a container restarted for a typo."""
+    p = subprocess.run([sys.executable, "-m", "collector.cli", "health", "--addr", "127.0.0.1:9", "--timeout", value],
+                       cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2 and "--timeout" in p.stderr, p.stderr
