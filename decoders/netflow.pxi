@@ -2575,6 +2575,14 @@ cdef int decode_data_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* s, 
         ex.proto_stats(ex.cur_protocol)["missing_template_sets"] += 1
         return 0
     while rd_left(s) >= t.min_len:
+        if rd_left(s) < 4 and (s.end - start) % 4 == 0 and all_zero(s.buf, s.pos, s.end):
+            # RFC 3954 5.3: "The Exporter SHOULD insert some padding bytes so that the subsequent
+            # FlowSet starts at a 4-byte aligned boundary" (RFC 7011 3.3.1 likewise): after
+            # records of 3 bytes or less it may be as long as a record. Zeros shorter than 4
+            # that end the set on its boundary are that padding, not a record (an all-zero
+            # record there is lost: nothing tells the two apart, and it would be no flow).
+            # (Only checked in a set's last 3 bytes; records of 4 bytes or more never get here.)
+            break
         before = s.pos
         n_before = b.n
         try:
