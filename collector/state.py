@@ -325,7 +325,7 @@ def _stamp(path: str) -> tuple[int, int, int] | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-_OPTION_LISTS = ("domain_sampling", "sampler_rates", "sysinit_ms")
+_OPTION_LISTS = ("domain_sampling", "sampler_rates", "interface_rates", "sysinit_ms")
 
 
 def _merge_exporter(mine: dict, theirs: dict, horizon: float) -> int:

@@ -333,6 +333,7 @@ cdef class Decoder:
                 ],
                 "domain_sampling": [[v, d, p, rate] for (v, d, p), rate in ex.domain_sampling.items()],
                 "sampler_rates": [[v, d, p, s, rate] for (v, d, p, s), rate in ex.sampler_rates.items()],
+                "interface_rates": [[v, d, p, i, rate] for (v, d, p, i), rate in ex.interface_rates.items()],
                 "sysinit_ms": [[v, d, p, ms] for (v, d, p), ms in ex.sysinit_ms.items()],
                 "withdrawn": [[p, w] for p, w in ex.withdrawn.items()],
             }
@@ -422,6 +423,7 @@ cdef class Decoder:
                     ports.setdefault((t.version, t.domain), set()).add(t.port)
             for name, width, target in (("domain_sampling", 2, ex.domain_sampling),
                                         ("sampler_rates", 3, ex.sampler_rates),
+                                        ("interface_rates", 3, ex.interface_rates),
                                         ("sysinit_ms", 2, ex.sysinit_ms)):
                 entries = st.get(name, [])
                 if not isinstance(entries, list):

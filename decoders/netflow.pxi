@@ -115,6 +115,8 @@ cdef enum:
     A_TEN_SPORT
     A_TEN_DPORT
     A_L2SEG           # layer2SegmentId (351): overlay type (top byte) and segment id (VNI)
+    A_SCOPE_IF        # an options template's interface scope (v9 scope type 2, IPFIX ingressInterface)
+    A_SAMPLING_PROB   # samplingProbability (311): see rate_from
 
 
 # Which RFC 5103 reverse elements a record carried (decode_record's `rev`).
@@ -157,6 +159,7 @@ IE_ACTIONS = {
     50: (A_SAMPLING_INTERVAL, None), 302: (A_SAMPLER_ID, None),
     305: (A_SAMPLING_INTERVAL, None), 306: (A_SAMPLING_PKT_SPACE, None),
     309: (A_SAMPLING_SIZE, None), 310: (A_SAMPLING_POPULATION, None),  # see rate_from
+    311: (A_SAMPLING_PROB, (4, 8)),     # float64, or float32 (RFC 7011 6.2 reduced-size encoding)
     56: (A_SRCMAC, (6,)), 80: (A_DSTMAC, (6,)),
     58: (A_VLAN, U16), 243: (A_VLAN, U16),
     60: (A_IPVERSION, (1,)), 61: (A_DIRECTION, (1,)),
@@ -301,6 +304,12 @@ cdef Template compile_template(int version, uint32_t domain, uint16_t tid, tuple
         fs.length = length
         v9_scope = options and version == 9 and i < scope_fields
         fs.action = action_for(ie, pen, length, v9_scope)
+        if (options and i < scope_fields and pen == 0 and ie == (2 if version == 9 else 10)
+                and 1 <= length <= 8):
+            # Options data scoped by an interface (RFC 3954 6.1 scope type 2 "Interface", its
+            # ifIndex: Cisco IOS per-interface sampling; IPFIX scope ingressInterface, RFC 7011
+            # 3.4.2.1): what it teaches is that interface's (learn_options)
+            fs.action = A_SCOPE_IF
         if (fs.action == A_BYTES_TOTAL or fs.action == A_PACKETS_TOTAL) and ie not in counters:
             fs.action = A_EXTRA
         if A_REV_BYTES <= fs.action <= A_REV_END_MS and not split_biflows:
@@ -468,6 +477,7 @@ cdef class ExporterState:
     # so two processes on one host (softflowd per interface, OVS bridges) keep their own.
     cdef readonly dict domain_sampling  # (version, domain, port) -> rate learned from options data
     cdef readonly dict sampler_rates    # (version, domain, port, sampler id) -> rate
+    cdef readonly dict interface_rates  # (version, domain, port, ifIndex) -> rate (interface-scoped options)
     cdef readonly dict sysinit_ms       # (version, domain, port) -> systemInitTimeMilliseconds (IE 160)
     # IPFIX exporting process (UDP source port) -> receive time it withdrew its last template
     # (RFC 7011 8.1), until it defines one again: saved, so that a copy of its templates older
@@ -535,6 +545,7 @@ cdef class ExporterState:
         self.templates = {}
         self.domain_sampling = {}
         self.sampler_rates = {}
+        self.interface_rates = {}
         self.sysinit_ms = {}
         self.withdrawn = {}
         self.errors = {}
@@ -556,7 +567,7 @@ cdef class ExporterState:
         stays within a third of what the state really takes)."""
         return (STATE_BYTES_EXPORTER
                 + STATE_BYTES_ENTRY * (len(self.domain_sampling) + len(self.sampler_rates)
-                                       + len(self.sysinit_ms) + len(self.drops_seen) + len(self.withdrawn))
+                                       + len(self.interface_rates) + len(self.sysinit_ms) + len(self.drops_seen) + len(self.withdrawn))
                 + STATE_BYTES_STREAM * (len(self.seq_streams) + len(self.seq_ports))
                 + STATE_BYTES_ENTRY * (self.dom_entries + len(self.tpl_domains) + len(self.borrowers))
                 + (DEDUP_SLOTS * (sizeof(uint64_t) + sizeof(int64_t)) if self.dedup_keys != NULL else 0))
@@ -1435,7 +1446,9 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
     cdef int tx_kind[4]
     cdef int n_tx = 0
     cdef uint64_t sampling_interval = 0, sampling_space = 0, sampler_id = 0
-    cdef uint64_t sampling_size = 0, sampling_population = 0
+    cdef uint64_t sampling_size = 0, sampling_population = 0, scope_if = 0
+    cdef double sampling_prob = 0.0
+    cdef bint has_scope_if = False
     cdef uint32_t own_rate
     cdef bint has_sampler = False, has_flags = False, has_ifname = False, has_out_ifname = False
     cdef uint16_t count_flags = 0
@@ -1608,6 +1621,11 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             has_sampler = True
         elif a == A_SAMPLING_ALGO:
             pass
+        elif a == A_SAMPLING_PROB:
+            sampling_prob = be_float(p, L)
+        elif a == A_SCOPE_IF:
+            scope_if = beN(p, L)
+            has_scope_if = True
         elif a == A_SRCMAC:
             memcpy(f.src_mac, p, 6)
             f.present |= P_SRCMAC
@@ -1900,8 +1918,9 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
 
     if t.options:
         # Options data teaches the exporter's clock and sampling; it is not a flow.
-        own_rate = rate_from(sampling_interval, sampling_space, sampling_size, sampling_population)
-        learn_options(dec, ex, t, own_rate, has_sampler, sampler_id, rec_sysinit)
+        own_rate = rate_from(sampling_interval, sampling_space, sampling_size, sampling_population,
+                             sampling_prob)
+        learn_options(dec, ex, t, own_rate, has_sampler, sampler_id, has_scope_if, scope_if, rec_sysinit)
         if dec.keep_options:
             b.options.append(options_dict(b, f, t, rec_start, s.pos))
         batch_drop_last(b)
@@ -1989,8 +2008,9 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
         f.etype = 0x0800 if f.af == 4 else 0x86DD
         f.present |= P_ETYPE
 
-    own_rate = rate_from(sampling_interval, sampling_space, sampling_size, sampling_population)
-    f.sampling = resolve_sampling(dec, ex, t, own_rate, has_sampler, sampler_id)
+    own_rate = rate_from(sampling_interval, sampling_space, sampling_size, sampling_population, sampling_prob)
+    f.sampling = resolve_sampling(dec, ex, t, own_rate, has_sampler, sampler_id, (f.present & P_INIF) != 0,
+                                  f.in_if)
     if rev & (REV_BYTES | REV_PACKETS) and (rev_bytes or rev_packets):
         # RFC 5103 biflow, with --split-biflows (rev is 0 without): the reverse direction's
         # traffic is a flow of its own (NetObserv's records are one direction each). A record
@@ -2381,38 +2401,54 @@ cdef int64_t ntp_to_ms(const uint8_t* p, bint micro) noexcept:
     return (<int64_t>secs - 2208988800) * 1000 + <int64_t>((frac * 1000) >> 32)
 
 
-cdef inline uint32_t rate_from(uint64_t interval, uint64_t space, uint64_t size, uint64_t population) noexcept:
+cdef inline uint32_t rate_from(uint64_t interval, uint64_t space, uint64_t size, uint64_t population,
+                               double probability) noexcept:
     """A record's sampling rate from its own elements, 0 when it has none.
 
     RFC 5477 8.2.4/8.2.5 (selectorAlgorithm 3, random n-out-of-N, what Cisco IOS-XR sends):
     samplingSize (309) n packets out of samplingPopulation (310) N, so the rate is N / n (309
     missing or 0 counts as 1), rounded to the nearest, half up. Else RFC 5476 count-based:
     samplingPacketInterval (305) packets selected out of interval + samplingPacketSpace (306);
-    without a space, 305 (like samplingInterval 34 and samplerRandomInterval 50) is the rate."""
+    without a space, 305 (like samplingInterval 34 and samplerRandomInterval 50) is the rate.
+    Else RFC 5477 8.2.6 (selectorAlgorithm 4/5, probabilistic): samplingProbability (311) p
+    selects one packet in 1 / p, rounded to the nearest; a p outside (0, 1] (0, negative, above
+    1, NaN) is no probability, so no rate. Time-based selection (samplingTimeInterval 307 /
+    samplingTimeSpace 308, RFC 5477 8.2.2/8.2.3) selects by time, not packets: no rate (they
+    stay as extras)."""
     cdef uint64_t r
+    cdef double q
     if population:
         if size == 0:
             size = 1
         # (population + size // 2) // size, rounded half up, without overflowing
         r = population // size + (1 if population % size >= size - size // 2 else 0)
         return <uint32_t>(r if r < 0xFFFFFFFFULL else 0xFFFFFFFFULL) if r else 1
-    if space:
-        if not interval:
-            return 0
-        r = space // interval         # (interval + space) // interval - 1, without overflowing
-        return <uint32_t>(r + 1 if r < 0xFFFFFFFFULL else 0xFFFFFFFFULL)
-    # rates past 32 bits (8-byte elements from a broken or hostile exporter) are held at
-    # 2^32 - 1: cut to 32 bits, 2^32 would read as 0, no rate
-    return <uint32_t>(interval if interval < 0xFFFFFFFFULL else 0xFFFFFFFFULL)
+    if interval:
+        if space:
+            r = space // interval         # (interval + space) // interval - 1, without overflowing
+            return <uint32_t>(r + 1 if r < 0xFFFFFFFFULL else 0xFFFFFFFFULL)
+        # rates past 32 bits (8-byte elements from a broken or hostile exporter) are held at
+        # 2^32 - 1: cut to 32 bits, 2^32 would read as 0, no rate
+        return <uint32_t>(interval if interval < 0xFFFFFFFFULL else 0xFFFFFFFFULL)
+    if 0.0 < probability <= 1.0:      # (NaN compares false)
+        q = 1.0 / probability + 0.5   # held at 2^32 - 1 like the others (a tiny p: 1 / p is huge or inf)
+        return <uint32_t>q if q < 4294967295.0 else 0xFFFFFFFFU
+    return 0
 
 
-cdef void learn_options(Decoder dec, ExporterState ex, Template t, uint32_t rate,
-                        bint has_sampler, uint64_t sampler_id, int64_t sysinit):
+cdef void learn_options(Decoder dec, ExporterState ex, Template t, uint32_t rate, bint has_sampler,
+                        uint64_t sampler_id, bint has_scope_if, uint64_t scope_if, int64_t sysinit):
+    """What an options data record teaches: the exporting process's clock, and a rate, which is
+    its sampler id's when it names one, else its interface's when its scope is an interface
+    (per-interface sampling: several interfaces' rates side by side, each for the data records
+    that came in on it), else the whole process and domain's."""
     if sysinit >= 0:
         learn(dec, ex, ex.sysinit_ms, (t.version, t.domain, t.port), sysinit)
     if rate:
         if has_sampler:
             learn(dec, ex, ex.sampler_rates, (t.version, t.domain, t.port, sampler_id), rate)
+        elif has_scope_if:
+            learn(dec, ex, ex.interface_rates, (t.version, t.domain, t.port, scope_if), rate)
         else:
             learn(dec, ex, ex.domain_sampling, (t.version, t.domain, t.port), rate)
 
@@ -2438,18 +2474,26 @@ cdef void forget_options(ExporterState ex, int version, uint32_t domain, uint16_
     if ex.sampler_rates:
         for k in [k for k in ex.sampler_rates if k[:3] == key]:
             del ex.sampler_rates[k]
+    if ex.interface_rates:
+        for k in [k for k in ex.interface_rates if k[:3] == key]:
+            del ex.interface_rates[k]
 
 
 cdef uint32_t resolve_sampling(Decoder dec, ExporterState ex, Template t, uint32_t rate,
-                               bint has_sampler, uint64_t sampler_id):
+                               bint has_sampler, uint64_t sampler_id, bint has_in_if, uint32_t in_if):
     """The record's own rate, else one learned from options (for its sampler id, else for its
-    exporting process and domain), else a --sampling CIDR rate. Else: sampler id 0 with no rate
+    ingress interface (IE 10), else for its exporting process and domain), else a --sampling
+    CIDR rate. Else: sampler id 0 with no rate
     learned for it is no sampler (Cisco: "0 = not sampled"; RFC 5477 reserves selector id 0): 1;
     firewall event records (t.events) get none; others --default-sampling (which is for what
     Open vSwitch samples without saying so)."""
     cdef object r
     if rate == 0 and has_sampler:
         r = ex.sampler_rates.get((t.version, t.domain, t.port, sampler_id))
+        if r is not None:
+            rate = r
+    if rate == 0 and has_in_if and len(ex.interface_rates):
+        r = ex.interface_rates.get((t.version, t.domain, t.port, in_if))
         if r is not None:
             rate = r
     if rate == 0 and len(ex.domain_sampling):

@@ -90,6 +90,21 @@ cdef inline uint32_t be32r(const uint8_t* p, Py_ssize_t n) noexcept:
     return be32(p) if n == 4 else <uint32_t>beN(p, n)
 
 
+cdef inline double be_float(const uint8_t* p, Py_ssize_t n) noexcept:
+    """A float64 element in 8 bytes, or reduced to float32 in 4 (RFC 7011 6.2)."""
+    cdef uint64_t u8
+    cdef uint32_t u4
+    cdef double d
+    cdef float f
+    if n == 8:
+        u8 = be64(p)
+        memcpy(&d, &u8, 8)
+        return d
+    u4 = be32(p)
+    memcpy(&f, &u4, 4)
+    return f
+
+
 cdef inline uint64_t beN(const uint8_t* p, Py_ssize_t n) noexcept:
     """Unsigned big-endian integer of 1..8 bytes (RFC 7011 6.2 reduced-size encoding)."""
     cdef uint64_t v = 0

@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import math
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -56,7 +58,7 @@ TINY = {
     2: _tpl(300, ("dport", 11, 0, 2)),
     1: _tpl(300, ("proto", 4, 0, 1)),
 }
-TINY_REC = {"proto": 17, "dport": 53}
+TINY_REC: dict[str, object] = {"proto": 17, "dport": 53}
 
 
 @pytest.mark.parametrize("version", [9, 10])
@@ -102,3 +104,146 @@ def test_zero_records_that_are_not_padding_stay_records(version: int) -> None:
     b = dec.decode(d, EXPORTER, PORT, EXPORT)
     assert b.error is None and len(b) == 3
 
+
+# ------------------------------------------------------------------ interface-scoped sampling
+
+FLOW_IF = _tpl(256, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("in_if", 10, 0, 4), ("bytes", 1, 0, 4))
+
+
+def _flows(*ifaces: int) -> list[dict[str, object]]:
+    return [{"src": "10.1.1.1", "dst": "10.2.2.2", "in_if": i, "bytes": 100 + i} for i in ifaces]
+
+
+def test_v9_interface_scoped_sampling_applies_per_ingress_interface() -> None:
+    """RFC 3954 6.1: scope field type 2 is "Interface". Cisco IOS with per-interface sampling
+    sends one options record per interface (scope Interface = its ifIndex, SAMPLING_INTERVAL
+    (34), SAMPLING_ALGORITHM (35)): each interface's rate applies to the flows that came in on it
+    (INPUT_SNMP, 10), they do not overwrite each other as one rate of the whole source id."""
+    dec = Decoder(DecoderConfig(default_sampling=0))
+    opt_tpl = _v9_options_set(260, [(2, 4)], [(34, 4), (35, 1)])
+    opt_data = _raw_set(260, struct.pack("!IIB", 1, 100, 2) + struct.pack("!IIB", 2, 1000, 2))
+    d = v9_datagram([opt_tpl, opt_data, template_set([FLOW_IF], version=9)], seq=0, unix_secs=EXPORT, uptime_ms=1000)
+    assert dec.decode(d, EXPORTER, PORT, EXPORT).error is None
+    b = dec.decode(v9_datagram([data_set(FLOW_IF, _flows(1, 2, 3))], seq=1, unix_secs=EXPORT, uptime_ms=2000),
+                   EXPORTER, PORT, EXPORT)
+    assert b.error is None
+    # interface 3 has no rate of its own, and the source id none either
+    assert [f.get("Sampling") for f in b.to_dicts()] == [100, 1000, None]
+    assert dec.exporter(EXPORTER).domain_sampling == {}
+
+
+def test_ipfix_ingress_interface_scoped_sampling_and_its_priorities() -> None:
+    """IPFIX options scoped by ingressInterface (10), rates as samplingPacketInterval (305): per
+    interface. A record's own rate comes first, then the rate of its sampler id, then its ingress
+    interface's, then the process and domain's (an options record scoped by the domain)."""
+    dec = Decoder(DecoderConfig(default_sampling=7))
+    by_if = _tpl(300, ("if", 10, 0, 4), ("interval", 305, 0, 4), scope=1)
+    by_sampler = _tpl(301, ("sampler", 302, 0, 4), ("interval", 305, 0, 4), scope=1)
+    by_domain = _tpl(302, ("domain", 149, 0, 4), ("interval", 34, 0, 4), scope=1)
+    flows = _tpl(256, ("src", 8, 0, 4), ("in_if", 10, 0, 4), ("sampler", 302, 0, 4), ("own", 34, 0, 4))
+    dec.decode(ipfix_message([_ipfix_options_set([by_if, by_sampler, by_domain]), template_set([flows]),
+                              data_set(by_if, [{"if": 1, "interval": 100}, {"if": 2, "interval": 1000}]),
+                              data_set(by_sampler, [{"sampler": 5, "interval": 50}])],
+                             seq=0, export_time=EXPORT), EXPORTER, PORT, EXPORT)
+
+    def sampling(recs: list[tuple[int, int, int]]) -> list[int | None]:
+        data = data_set(flows, [{"src": "10.0.0.9", "in_if": i, "sampler": s, "own": o} for i, s, o in recs])
+        b = dec.decode(ipfix_message([data], seq=0, export_time=EXPORT), EXPORTER, PORT, EXPORT)
+        assert b.error is None
+        return [f.get("Sampling") for f in b.to_dicts()]
+
+    # own rate; sampler 5's; interface 1's, 2's (sampler 9 has no rate); interface 3: none
+    # learned, the configured default
+    assert sampling([(1, 5, 3), (1, 5, 0), (1, 9, 0), (2, 9, 0), (3, 9, 0)]) == [3, 50, 100, 1000, 7]
+    dec.decode(ipfix_message([data_set(by_domain, [{"domain": 0, "interval": 20}])], seq=0, export_time=EXPORT),
+               EXPORTER, PORT, EXPORT)
+    # the domain's rate is for the interfaces without one of their own
+    assert sampling([(1, 9, 0), (3, 9, 0)]) == [100, 20]
+
+
+def test_interface_rates_survive_a_restart_and_go_with_their_options_templates() -> None:
+    """Interface rates are saved and loaded with the state file as sampler rates are, and
+    withdrawing the options templates of the process and domain (RFC 7011 8.1) forgets them."""
+    dec = Decoder(DecoderConfig(default_sampling=0))
+    by_if = _tpl(300, ("if", 10, 0, 4), ("interval", 305, 0, 4), scope=1)
+    dec.decode(ipfix_message([_ipfix_options_set([by_if]), template_set([FLOW_IF]),
+                              data_set(by_if, [{"if": 1, "interval": 100}, {"if": 2, "interval": 1000}])],
+                             seq=0, export_time=EXPORT), EXPORTER, PORT, EXPORT)
+    data = ipfix_message([data_set(FLOW_IF, _flows(1, 2))], seq=0, export_time=EXPORT)
+    fresh = Decoder(DecoderConfig(default_sampling=0))
+    fresh.import_state(dec.export_state())
+    for d in (dec, fresh):
+        assert [f.get("Sampling") for f in d.decode(data, EXPORTER, PORT, EXPORT).to_dicts()] == [100, 1000]
+    dec.decode(ipfix_message([struct.pack("!HHHH", 3, 8, 300, 0)], seq=0, export_time=EXPORT), EXPORTER, PORT, EXPORT)
+    assert [f.get("Sampling") for f in dec.decode(data, EXPORTER, PORT, EXPORT).to_dicts()] == [None, None]
+    assert dec.export_state()["exporters"][EXPORTER]["interface_rates"] == []
+
+
+def test_interface_rates_are_bounded_per_exporter() -> None:
+    """RFC 7011 11.4: a spray of interface-scoped options records cannot grow the state without
+    limit: past 1024 interfaces they are refused and counted (options_limit), as sampler ids are."""
+    dec = Decoder(DecoderConfig(default_sampling=0))
+    by_if = _tpl(300, ("if", 10, 0, 4), ("interval", 305, 0, 4), scope=1)
+    dec.decode(ipfix_message([_ipfix_options_set([by_if])], seq=0, export_time=EXPORT), EXPORTER, PORT, EXPORT)
+    for i in range(0, 2000, 100):
+        recs: list[dict[str, object]] = [{"if": i + j, "interval": 10} for j in range(100)]
+        dec.decode(ipfix_message([data_set(by_if, recs)], seq=0, export_time=EXPORT), EXPORTER, PORT, EXPORT)
+    assert len(dec.export_state()["exporters"][EXPORTER]["interface_rates"]) == 1024
+    assert dec.stats()[EXPORTER]["protocols"]["ipfix"]["errors"] == {"options_limit": 2000 - 1024}
+
+
+# ------------------------------------------------------------------ samplingProbability (311)
+
+@pytest.mark.parametrize(("fmt", "p", "want"), [
+    ("!d", 0.001, 1000), ("!f", 0.001, 1000), ("!d", 1.0, 1), ("!d", 0.3, 3), ("!f", 1 / 64, 64),
+    ("!d", 0.35, 3),            # 2.86: to the nearest
+    ("!d", 0.0, None), ("!d", -0.5, None), ("!d", 1.5, None), ("!d", math.nan, None), ("!d", math.inf, None),
+    ("!d", 1e-300, 0xFFFFFFFF),  # far beyond 32 bits: held at the largest rate, as other elements
+])
+def test_sampling_probability(fmt: str, p: float, want: int | None) -> None:
+    """RFC 5477 8.2.6 samplingProbability (311, float64; RFC 7011 6.2: may be sent as float32):
+    the rate is 1 / p, rounded, for 0 < p <= 1. Any other value is no rate. Time-based selection
+    (samplingTimeInterval 307 / samplingTimeSpace 308, RFC 5477 8.2.2/8.2.3) gives no packet rate:
+    the elements stay as they came."""
+    length = struct.calcsize(fmt)
+    dec = Decoder(DecoderConfig(default_sampling=0))
+    opt = _tpl(300, ("domain", 149, 0, 4), ("prob", 311, 0, length), scope=1)
+    flows = _tpl(256, ("src", 8, 0, 4), ("bytes", 1, 0, 4))
+    own = _tpl(257, ("src", 8, 0, 4), ("prob", 311, 0, length), ("t_int", 307, 0, 4), ("t_space", 308, 0, 4))
+    opt_rec = struct.pack("!I", 0) + struct.pack(fmt, p)
+    d = ipfix_message([_ipfix_options_set([opt]), template_set([flows, own]), _raw_set(300, opt_rec),
+                       data_set(flows, [{"src": "10.0.0.1", "bytes": 5}]),
+                       _raw_set(257, struct.pack("!4s", bytes([10, 0, 0, 2])) + struct.pack(fmt, p)
+                                + struct.pack("!II", 1000, 9000))],
+                      seq=0, export_time=EXPORT)
+    b = dec.decode(d, EXPORTER, PORT, EXPORT)
+    assert b.error is None
+    got = b.to_dicts()
+    assert [f.get("Sampling") for f in got] == [want, want]
+    assert got[1]["ie307"] == "000003e8" and got[1]["ie308"] == "00002328"
+
+
+def test_another_replicas_interface_rates_are_merged_with_its_templates(tmp_path: Path) -> None:
+    """A shared state file (collector.state): the interface rates of an exporting process taken
+    from another replica's save come with its templates, as its sampler and domain rates do."""
+    import json
+    import time
+
+    from collector.state import StateFile
+
+    now = time.time()
+    tpl = {"version": 10, "domain": 0, "id": 300, "port": 5000, "options": True, "refreshed": now - 5,
+           "scope": 1, "fields": [[10, 0, 4], [305, 0, 4]]}
+    theirs = {"format": 3, "exporters": {EXPORTER: {
+        "templates": [tpl], "domain_sampling": [], "sampler_rates": [], "sysinit_ms": [],
+        "interface_rates": [[10, 0, 5000, 1, 100], [10, 0, 5000, 2, 1000]]}}}
+    mine = {"format": 3, "exporters": {EXPORTER: {"templates": [], "domain_sampling": [], "sampler_rates": [],
+                                                  "interface_rates": [], "sysinit_ms": []}}}
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps(theirs))
+    merged = json.loads(StateFile(str(path), None)._merged(json.dumps(mine).encode()))
+    assert merged["exporters"][EXPORTER]["interface_rates"] == [[10, 0, 5000, 1, 100], [10, 0, 5000, 2, 1000]]
+    dec = Decoder(DecoderConfig(default_sampling=0))
+    dec.import_state(merged)
+    data = ipfix_message([template_set([FLOW_IF]), data_set(FLOW_IF, _flows(1, 2))], seq=0, export_time=EXPORT)
+    assert [f.get("Sampling") for f in dec.decode(data, EXPORTER, 5000, EXPORT).to_dicts()] == [100, 1000]
