@@ -203,6 +203,7 @@ class Template:
     options: bool
     fields: list[TemplateField]
     frame: int
+    scope_count: int = 0  # IPFIX options templates: the first scope_count fields are the scope
 
 
 @dataclass
@@ -290,6 +291,7 @@ class CflowReader:
         # version, domain) and, when the options record names one, per sampler/selector id.
         self.domain_rates: dict[tuple, int] = {}
         self.sampler_rates: dict[tuple, int] = {}
+        self.interface_rates: dict[tuple, int] = {}  # options scoped by an interface (ifIndex)
 
     def packets(self, packets: Iterable[dict]) -> Iterator[CflowPacket]:
         for p in packets:
@@ -321,7 +323,8 @@ class CflowReader:
                                              one.get("cflow.template_scope_field_length", 0)))
                         fields.append(TemplateField(pen, t, length, m.group(3)))
                 tid = int(_first(tv.get("cflow.template_id", m_id(k))))
-                out.append(Template(tid, options, fields, frame))
+                scope = int(_first(tv.get("cflow.template_ipfix_scope_field_count", "0")))
+                out.append(Template(tid, options, fields, frame, scope))
         return out
 
     def packet(self, p: dict) -> CflowPacket:
@@ -374,7 +377,8 @@ class CflowReader:
     def _sampling(self, pkt: CflowPacket) -> None:
         """The Sampling each v9/IPFIX data record must have (flowscope decoded with no configured
         rate): its own rate, else the rate the exporting process's earlier options data gave its
-        sampler/selector id, else the one they gave the process and domain, else none (and
+        sampler/selector id, else the one options scoped by an interface gave the record's
+        ingressInterface, else the one they gave the process and domain, else none (and
         whether its sampler id is 0). Options
         records apply to the data sets after them, in packet order."""
         if pkt.version not in (9, 10):
@@ -385,13 +389,18 @@ class CflowReader:
                 rate = record_sampling_rate(r)
                 sid = sampler_id(r)
                 if s.kind == "options_data" and rate:
-                    if sid is None:
-                        self.domain_rates[process] = rate
-                    else:
+                    iface = interface_scope(r, s.template)
+                    if sid is not None:
                         self.sampler_rates[process + (sid,)] = rate
+                    elif iface is not None:
+                        self.interface_rates[process + (iface,)] = rate
+                    else:
+                        self.domain_rates[process] = rate
                 elif s.kind == "data":
                     if not rate and sid is not None:
                         rate = self.sampler_rates.get(process + (sid,), 0)
+                    if not rate and "cflow.inputint" in r:
+                        rate = self.interface_rates.get(process + (_int_field(r, "cflow.inputint"),), 0)
                     if not rate:
                         rate = self.domain_rates.get(process, 0)
                     r[SAMPLING_KEY] = rate or None
@@ -441,9 +450,27 @@ def record_sampling_rate(rec: dict) -> int:
     interval = (_int_field(rec, "cflow.sampling_packet_interval") or _int_field(rec, "cflow.sampler_random_interval")
                 or _int_field(rec, "cflow.sampling_interval"))
     space = _int_field(rec, "cflow.sampling_packet_space")
-    if space:
-        return (interval + space) // interval if interval else 0
-    return interval
+    if space and interval:
+        return (interval + space) // interval
+    if interval:
+        return interval
+    # RFC 5477 8.2.6 samplingProbability (311): one packet in 1 / p, for 0 < p <= 1
+    p = float(_vals(rec, "cflow.sampling_probability")[0]) if "cflow.sampling_probability" in rec else 0.0
+    if not 0.0 < p <= 1.0:
+        return 0
+    q = 1.0 / p + 0.5
+    return int(q) if q < 0xFFFFFFFF else 0xFFFFFFFF
+
+
+def interface_scope(rec: dict, tmpl: Template | None) -> int | None:
+    """The interface an options record is scoped by: v9 scope type 2 ("Interface", RFC 3954
+    6.1), or an IPFIX options template's scope ingressInterface (10); None when neither."""
+    if "cflow.scope_interface" in rec:
+        return _int_field(rec, "cflow.scope_interface")
+    if tmpl is not None and "cflow.inputint" in rec and any(
+            f.type == 10 and f.pen == 0 for f in tmpl.fields[:tmpl.scope_count]):
+        return _int_field(rec, "cflow.inputint")
+    return None
 
 
 def sampler_id(rec: dict) -> int | None:
