@@ -8,8 +8,10 @@ disk or an unwritable path is logged and counted while the collector keeps runni
 because the kernel may hash an exporter to a different worker after a restart. Replicas may share
 the file (a volume): a writer that finds it changed since its own last write (another process
 wrote it) keeps what only the other knows (exporters, and the exporting processes, UDP source
-ports, of exporters both know), refreshed within FOREIGN_MAX_AGE, under a lock
-(`<path>.lock`), so each replica's templates survive the others' saves. A running replica that
+ports, of exporters both know), refreshed within FOREIGN_MAX_AGE, and what the other knows more
+recently (a process both have state of: the one that receives it now wins over one that held it
+during a failover; the decoder's "seen" stamps), under a lock (`<path>.lock`), so each
+replica's templates survive the others' saves and the file holds the newest of each process. A running replica that
 meets data without its template (a failover moved the exporter to it) loads, from files another
 process changed since, the templates of the exporters that missed one (`refresh_into`).
 """
@@ -328,19 +330,58 @@ def _stamp(path: str) -> tuple[int, int, int] | None:
 _OPTION_LISTS = ("domain_sampling", "sampler_rates", "interface_rates", "sysinit_ms")
 
 
+def _stamps(ent: dict, name: str) -> dict[Any, float]:
+    """{UDP source port: time} of an exporter entry's "seen" or "withdrawn" list (bad entries
+    left out; the latest time where a port appears twice)."""
+    out: dict[Any, float] = {}
+    for e in ent.get(name, []) if isinstance(ent.get(name), list) else []:
+        if isinstance(e, list) and len(e) == 2 and isinstance(e[1], (int, float)):
+            try:
+                out[e[0]] = max(e[1], out.get(e[0], e[1]))
+            except TypeError:   # (an unhashable port)
+                continue
+    return out
+
+
+def _port_of(entry: Any) -> Any:
+    """The UDP source port of a template (a dict) or an options-learned entry (format 2 and 3:
+    version, domain, port, ..., value); None for anything else."""
+    if isinstance(entry, dict):
+        return entry.get("port", 0)
+    return entry[2] if isinstance(entry, list) and len(entry) > 3 else None
+
+
 def _merge_exporter(mine: dict, theirs: dict, horizon: float) -> int:
-    """Another writer's state of an exporter this one knows too: its exporting processes (UDP
-    source ports) this one has nothing of, with templates refreshed within FOREIGN_MAX_AGE, join
-    ours, templates and options-learned entries. A process this one has state of is this one's
-    to say (it receives it: a template it withdrew stays withdrawn), and so is one that withdrew
-    its last template here (RFC 7011 8.1; "withdrawn", by the decoder): of that one only
-    templates the other received after the withdrawal are taken. Returns how many were taken."""
+    """Another writer's state of an exporter this one knows too, per exporting process (UDP
+    source port), the newest knowledge of each winning. A process this one has nothing of: the
+    other's templates refreshed within FOREIGN_MAX_AGE join ours, with their options-learned
+    entries (and its withdrawal, as recent, is kept). A process both have state of is the one's
+    that knows it more recently ("seen", and "withdrawn", by the decoder: the latest of its
+    templates' refresh, of the data read with them, of its withdrawal): the replica that
+    receives it, not one that held it during a failover and still has those templates in
+    memory (RFC 7011 8 and 8.1: the process may have redefined or withdrawn them since). The
+    other's state of such a process replaces ours whole (templates, entries, stamps); ours stays
+    on a tie, or when the other's file has no stamps (an older version). Of a process that
+    withdrew its last template here, only templates the other received after the withdrawal
+    are taken. Returns how many entries were taken."""
     ports = {t.get("port", 0) for t in mine.get("templates", []) if isinstance(t, dict)}
     for name in _OPTION_LISTS:
         ports |= {e[2] for e in mine.get(name, []) if isinstance(e, list) and len(e) > 3}
-    withdrawn = {e[0]: e[1] for e in mine.get("withdrawn", []) if isinstance(e, list) and len(e) == 2}
-    taken: set[Any] = set()
+    withdrawn = _stamps(mine, "withdrawn")
+    their_withdrawn = _stamps(theirs, "withdrawn")
+    my_seen, their_seen = _stamps(mine, "seen"), _stamps(theirs, "seen")
+    # processes both have state of that the other knows more recently: theirs replaces ours
+    newer = {p for p in ports | set(withdrawn)
+             if max(their_seen.get(p, 0), their_withdrawn.get(p, 0))
+             > max(my_seen.get(p, 0), withdrawn.get(p, 0))}
     added = 0
+    if newer & ports:
+        for name in ("templates", *_OPTION_LISTS):
+            if isinstance(mine.get(name), list):
+                mine[name] = [e for e in mine[name] if _port_of(e) not in newer]
+        ports -= newer
+        added += 1      # (ours changed even when the other has nothing left of them)
+    taken: set[Any] = set()
     for t in theirs.get("templates", []):
         if not isinstance(t, dict) or t.get("port", 0) in ports:
             continue
@@ -348,7 +389,7 @@ def _merge_exporter(mine: dict, theirs: dict, horizon: float) -> int:
         gone = withdrawn.get(t.get("port", 0))
         if isinstance(gone, (int, float)) and isinstance(when, (int, float)) and when <= gone:
             continue    # the copy from before the process withdrew it
-        if isinstance(when, (int, float)) and when >= horizon:
+        if t.get("port", 0) in newer or (isinstance(when, (int, float)) and when >= horizon):
             mine.setdefault("templates", []).append(t)
             taken.add(t.get("port", 0))
             added += 1
@@ -360,4 +401,22 @@ def _merge_exporter(mine: dict, theirs: dict, horizon: float) -> int:
             if isinstance(e, list) and len(e) > 3 and e[2] in taken:
                 mine[name].append(e)
                 added += 1
+    # the stamps go with what they describe: a withdrawal this one did not know of (as recent
+    # as a foreign template would have to be, so none is kept forever) or newer than its own
+    for p, when in their_withdrawn.items():
+        if p in taken or p in ports or when <= withdrawn.get(p, -1.0):
+            continue
+        if p in newer or (p not in withdrawn and when >= horizon):
+            withdrawn[p] = when
+            added += 1
+    for p in taken:
+        withdrawn.pop(p, None)          # the process has templates again
+        if p in their_seen:
+            my_seen[p] = their_seen[p]
+    for p in newer:
+        if p not in taken:
+            my_seen.pop(p, None)
+    if added:
+        mine["withdrawn"] = [[p, w] for p, w in withdrawn.items()]
+        mine["seen"] = [[p, w] for p, w in my_seen.items()]
     return added

@@ -319,11 +319,19 @@ cdef class Decoder:
 
         Format 3: templates carry the receive time of their last refresh ("refreshed"). Format 2:
         the options-learned entries carry the exporter's UDP source port, as templates do
-        (format 1 scoped them by version and domain only)."""
+        (format 1 scoped them by version and domain only). "seen" (format 3, an addition older
+        versions ignore): per exporting process (UDP source port) with templates, how recent
+        what this decoder knows of it is (the latest of its templates' refresh and of the data
+        read with them, Template.seen), so replicas sharing a file keep the newer knowledge."""
         cdef ExporterState ex
         cdef Template t
+        cdef dict seen
         out = {}
         for ip, ex in self.exporters.items():
+            seen = {}
+            for t in ex.templates.values():
+                if max(t.refreshed, t.seen) > seen.get(t.port, -1.0):
+                    seen[t.port] = max(t.refreshed, t.seen)
             out[ip] = {
                 "templates": [
                     {"version": t.version, "domain": t.domain, "id": t.template_id, "port": t.port,
@@ -336,6 +344,7 @@ cdef class Decoder:
                 "interface_rates": [[v, d, p, i, rate] for (v, d, p, i), rate in ex.interface_rates.items()],
                 "sysinit_ms": [[v, d, p, ms] for (v, d, p), ms in ex.sysinit_ms.items()],
                 "withdrawn": [[p, w] for p, w in ex.withdrawn.items()],
+                "seen": [[p, w] for p, w in seen.items()],
             }
         return {"format": STATE_FORMAT, "exporters": out}
 
@@ -405,6 +414,23 @@ cdef class Decoder:
                 for key in [k for k, have in ex.templates.items() if have.port == port]:
                     drop_template(self, ex, key)
                 ex.withdrawn[port] = max(when, ex.withdrawn.get(port, 0.0))
+            # How recent the file's knowledge of each exporting process is (export_state's "seen"):
+            # kept with the templates loaded at start, so this process's next save says it again
+            # (a refresh's copy is another process's knowledge: its own data will stamp it).
+            seen = {}
+            entries = st.get("seen", [])
+            if not isinstance(entries, list):
+                skipped += 1
+                entries = []
+            for entry in entries:
+                try:
+                    port, when = int(entry[0]), float(entry[1])
+                    if len(entry) != 2 or not 0 <= port <= 0xFFFF or not 0.0 <= when <= now + 86400.0:
+                        raise ValueError("seen entry out of range")
+                except (TypeError, ValueError, IndexError, KeyError, OverflowError):
+                    skipped += 1
+                    continue
+                seen[port] = max(when, seen.get(port, 0.0))
             compiled.sort(key=_refreshed)     # stable: ties keep the file's order
             for refreshed, t in compiled:
                 have = ex.templates.get(tkey(t.version, t.domain, t.template_id, t.port))
@@ -412,6 +438,8 @@ cdef class Decoder:
                     continue    # another worker's file saw a later (re)definition
                 if refreshed <= ex.withdrawn.get(t.port, -1.0):
                     continue    # a copy from before its process withdrew it
+                if not only_missing:
+                    t.seen = seen.get(t.port, 0.0)
                 store_template(self, ex, t, refreshed)
                 loaded += 1
             if fmt == 1:

@@ -33,6 +33,8 @@ DEF CLOCK_TOLERANCE_MS = 2000        # export times have 1 s granularity, plus n
                                      # exporter clock off by more is corrected for enrichment
 DEF CLOCK_WINDOW_MS = 60000          # the exporter's clock offset is the smallest receive - export
                                      # time over the last one to two such windows (clock_shift)
+DEF SEEN_STEP_S = 60.0               # Template.seen moves in steps of this (the state file changes, and is
+                                     # rewritten, at most this often for data alone)
 DEF SYSUP_SKEW_MS = 3600000          # sysUpTime values (v5, v9 header, IE 160) up to this far after
                                      # the export are clock disagreement, not a 32-bit wrap (sysup_time)
 

@@ -251,6 +251,11 @@ cdef class Template:
     cdef int vlans            # elements giving the Vlan (58, 243): with two, the first non-zero
     cdef bint events          # firewall event records (NSEL): never sampled (resolve_sampling)
     cdef readonly double refreshed  # receive time of the datagram that (re)defined it (eviction order)
+    # Receive time (down to SEEN_STEP_S) of the latest data read with it, or of what a state file
+    # loaded at start said of its exporting process: with `refreshed` and the process's withdrawal,
+    # how recent this process's knowledge of the exporting process is (export_state's "seen":
+    # replicas sharing a state file keep the newest knowledge of each, collector/state.py)
+    cdef public double seen
 
     def __dealloc__(self):
         free(self.fields)
@@ -1340,6 +1345,10 @@ cdef void withdraw(Decoder dec, ExporterState ex, int version, uint32_t domain, 
         forget_unless_options_left(ex, version, domain, port)
     for t in ex.templates.values():
         if t.port == port:
+            # what this process knows of the exporting process changed now (export_state's
+            # "seen": another replica's older copy of the withdrawn template must not win)
+            if now > t.seen:
+                t.seen = now
             return
     ex.withdrawn[port] = now     # its last template: remembered (ExporterState.withdrawn)
 
@@ -2618,6 +2627,8 @@ cdef int decode_data_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* s, 
         ex.missing_template_sets += 1
         ex.proto_stats(ex.cur_protocol)["missing_template_sets"] += 1
         return 0
+    if b.recv_time >= t.seen + SEEN_STEP_S:
+        t.seen = <double>(<int64_t>(b.recv_time / SEEN_STEP_S)) * SEEN_STEP_S
     while rd_left(s) >= t.min_len:
         if rd_left(s) < 4 and (s.end - start) % 4 == 0 and all_zero(s.buf, s.pos, s.end):
             # RFC 3954 5.3: "The Exporter SHOULD insert some padding bytes so that the subsequent
