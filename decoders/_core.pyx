@@ -392,52 +392,72 @@ cdef class Decoder:
                     compiled.append((refreshed, t))
                 except (KeyError, TypeError, ValueError, OverflowError, DecodeError):
                     skipped += 1
+            # How recent the file's knowledge of each exporting process is (export_state's "seen",
+            # and withdrawals): kept with the templates loaded at start, so this process's next
+            # save says it again (a refresh's copy is another process's knowledge: its own data
+            # will stamp it).
+            seen = {}
+            withdrawals = []
+            for name in ("seen", "withdrawn"):
+                entries = st.get(name, [])
+                if not isinstance(entries, list):
+                    skipped += 1
+                    entries = []
+                for entry in entries:
+                    try:
+                        port, when = int(entry[0]), float(entry[1])
+                        if len(entry) != 2 or not 0 <= port <= 0xFFFF or not 0.0 <= when <= now + 86400.0:
+                            raise ValueError(f"{name} entry out of range")
+                    except (TypeError, ValueError, IndexError, KeyError, OverflowError):
+                        skipped += 1
+                        continue
+                    if name == "seen":
+                        seen[port] = max(when, seen.get(port, 0.0))
+                    else:
+                        withdrawals.append((port, when))
+            # With --workers N every file is loaded, oldest first; an exporting process goes to one
+            # worker at a time, and a worker it left goes on saving its older state (the newer
+            # file). Of a process two files stamp, the one that knows it more recently wins whole:
+            # a template or rate the other file alone has is one the process withdrew or changed
+            # since (RFC 7011 8.1), not to be brought back (files without stamps: per template).
+            older = set()
+            if not only_missing and (seen or withdrawals) and (ex.templates or ex.withdrawn):
+                stamps = dict(seen)
+                for port, when in withdrawals:
+                    stamps[port] = max(when, stamps.get(port, 0.0))
+                have_at = dict(ex.withdrawn)
+                for have in ex.templates.values():
+                    have_at[have.port] = max(have.refreshed, have.seen, have_at.get(have.port, 0.0))
+                for port, when in stamps.items():
+                    if port not in have_at or when == have_at[port]:
+                        continue
+                    if when < have_at[port]:
+                        older.add(port)
+                        continue
+                    for key in [k for k, have in ex.templates.items() if have.port == port]:
+                        drop_template(self, ex, key)
+                    for target in (ex.domain_sampling, ex.sampler_rates, ex.sysinit_ms):
+                        for key in [k for k in target if k[2] == port]:
+                            del target[key]
+                    ex.withdrawn.pop(port, None)
             # RFC 7011 8.1: exporting processes that withdrew their last template (ExporterState.
             # withdrawn): what the file or this process knows of them from before is gone.
             # (Another replica's word does not remove what this running one has: only_missing.)
-            entries = st.get("withdrawn", [])
-            if not isinstance(entries, list):
-                skipped += 1
-                entries = []
-            for entry in entries:
-                try:
-                    port, when = int(entry[0]), float(entry[1])
-                    if len(entry) != 2 or not 0 <= port <= 0xFFFF or not 0.0 <= when <= now + 86400.0:
-                        raise ValueError("withdrawn entry out of range")
-                except (TypeError, ValueError, IndexError, KeyError, OverflowError):
-                    skipped += 1
-                    continue
-                if only_missing:
+            for port, when in withdrawals:
+                if only_missing or port in older:
                     continue
                 if any(have.port == port and have.refreshed > when for have in ex.templates.values()):
                     continue    # defined again since (another worker's file)
                 for key in [k for k, have in ex.templates.items() if have.port == port]:
                     drop_template(self, ex, key)
                 ex.withdrawn[port] = max(when, ex.withdrawn.get(port, 0.0))
-            # How recent the file's knowledge of each exporting process is (export_state's "seen"):
-            # kept with the templates loaded at start, so this process's next save says it again
-            # (a refresh's copy is another process's knowledge: its own data will stamp it).
-            seen = {}
-            entries = st.get("seen", [])
-            if not isinstance(entries, list):
-                skipped += 1
-                entries = []
-            for entry in entries:
-                try:
-                    port, when = int(entry[0]), float(entry[1])
-                    if len(entry) != 2 or not 0 <= port <= 0xFFFF or not 0.0 <= when <= now + 86400.0:
-                        raise ValueError("seen entry out of range")
-                except (TypeError, ValueError, IndexError, KeyError, OverflowError):
-                    skipped += 1
-                    continue
-                seen[port] = max(when, seen.get(port, 0.0))
             compiled.sort(key=_refreshed)     # stable: ties keep the file's order
             for refreshed, t in compiled:
                 have = ex.templates.get(tkey(t.version, t.domain, t.template_id, t.port))
                 if have is not None and (only_missing or have.refreshed > refreshed):
                     continue    # another worker's file saw a later (re)definition
-                if refreshed <= ex.withdrawn.get(t.port, -1.0):
-                    continue    # a copy from before its process withdrew it
+                if refreshed <= ex.withdrawn.get(t.port, -1.0) or t.port in older:
+                    continue    # a copy from before its process withdrew it, or older knowledge
                 if not only_missing:
                     t.seen = seen.get(t.port, 0.0)
                 store_template(self, ex, t, refreshed)
@@ -479,7 +499,7 @@ cdef class Decoder:
                     keys = ([tuple(vals[:2]) + (port,) + tuple(vals[2:n - 1])
                              for port in ports.get((vals[0], vals[1]), (0,))] if fmt == 1 else [tuple(vals[:n - 1])])
                     for key in keys:
-                        if only_missing and key in target:
+                        if (only_missing and key in target) or key[2] in older:
                             continue
                         if len(target) >= OPTIONS_MAX_ENTRIES and key not in target:
                             skipped += 1    # bounded as when learned (a file of an older version)

@@ -125,3 +125,76 @@ def test_a_restart_keeps_the_stamps_it_loaded(tmp_path: Path) -> None:
     before = a.export_state()["exporters"][EXPORTER]["seen"]
     assert before == [[PORT, (now - 500) // 60 * 60]]     # the data after the failback, to the minute
     assert _restarted(path).export_state()["exporters"][EXPORTER]["seen"] == before
+
+
+# ------------------------------------------------------------------------------------------------
+# --workers N: each worker writes its own file, every worker loads them all at start
+
+
+# options template 400 (set 3): scope observationDomainId (149), samplingPacketInterval (305)
+_OPT_BODY = struct.pack("!HHH", 400, 2, 1) + struct.pack("!HHHH", 149, 4, 305, 4)
+OPTIONS_SET = struct.pack("!HH", 3, 4 + len(_OPT_BODY)) + _OPT_BODY
+
+
+def _opt_data(rate: int) -> bytes:
+    return struct.pack("!HHII", 400, 12, 0, rate)
+
+
+def _moved_to_worker_1(tmp_path: Path, now: float) -> tuple[Decoder, StateFile, Decoder, StateFile]:
+    """Worker 0 received X first; the kernel then hashes X's socket to worker 1 (a worker
+    respawned, or the worker count changed), which takes X's templates from worker 0's file."""
+    base = str(tmp_path / "state.json")
+    w0, w1 = Decoder(DecoderConfig(default_sampling=0)), Decoder(DecoderConfig(default_sampling=0))
+    s0, s1 = StateFile(base, 0), StateFile(base, 1)
+    w0.decode(_msg([template_set([OLD, KEEP]), OPTIONS_SET, _opt_data(100)], now - 1000), EXPORTER, PORT, now - 1000)
+    assert s0.save(w0)
+    data = _msg([data_set(OLD, [REC])], now - 600)
+    assert w1.decode(data, EXPORTER, PORT, now - 600).missing_template_sets == 1
+    assert asyncio.run(s1.refresh_into(w1)) == 3
+    assert w1.decode(data, EXPORTER, PORT, now - 599).to_dicts()[0]["Sampling"] == 100
+    return w0, s0, w1, s1
+
+
+def _worker_0_saves_last(w0: Decoder, s0: StateFile, now: float) -> None:
+    """Worker 0, which still holds X's state from before, saves after worker 1 (another exporter
+    changed its state): its file is the newest one, its state of X the older."""
+    import os
+
+    w0.decode(_msg([template_set([KEEP])], now - 100), OTHER, PORT, now - 100)
+    assert s0.save(w0)
+    newer = os.stat(s0.path).st_mtime + 10     # (a later write, whatever the file system's clock grain)
+    os.utime(s0.path, (newer, newer))
+
+
+def test_one_template_withdrawn_at_the_worker_receiving_the_exporter_stays_withdrawn(tmp_path: Path) -> None:
+    """RFC 7011 8.1: X withdraws template 256 (257 stays) at worker 1; worker 0 still holds the
+    copy it had before the move and saves later. A restart loaded every file, the union of their
+    templates per exporting process, so 256 came back."""
+    now = time.time()
+    w0, s0, w1, s1 = _moved_to_worker_1(tmp_path, now)
+    w1.decode(_msg([struct.pack("!HHHH", 2, 8, 256, 0), data_set(KEEP, [REC])], now - 400), EXPORTER, PORT,
+              now - 400)
+    assert s1.save(w1)
+    _worker_0_saves_last(w0, s0, now)
+
+    restarted = _restarted(tmp_path / "state.json")
+    assert restarted.decode(_msg([data_set(OLD, [REC])], now), EXPORTER, PORT, now).missing_template_sets == 1
+    assert len(restarted.decode(_msg([data_set(KEEP, [REC])], now), EXPORTER, PORT, now)) == 1
+    assert OTHER in restarted.export_state()["exporters"]
+
+
+def test_a_sampling_rate_learned_at_the_worker_receiving_the_exporter_survives_a_restart(tmp_path: Path) -> None:
+    """X's options data at worker 1 changes its sampling rate (RFC 7011 options data, IE 305);
+    worker 0's file, saved later, holds the rate from before the move, and being loaded last
+    (the newest file) its old rate replaced the new one after a restart: Bytes and Packets
+    scaled by the wrong rate until X's next options record."""
+    now = time.time()
+    w0, s0, w1, s1 = _moved_to_worker_1(tmp_path, now)
+    w1.decode(_msg([_opt_data(400)], now - 400), EXPORTER, PORT, now - 400)
+    assert w1.decode(_msg([data_set(OLD, [REC])], now - 399), EXPORTER, PORT, now - 399).to_dicts()[0][
+        "Sampling"] == 400
+    assert s1.save(w1)
+    _worker_0_saves_last(w0, s0, now)
+
+    restarted = _restarted(tmp_path / "state.json")
+    assert restarted.decode(_msg([data_set(OLD, [REC])], now), EXPORTER, PORT, now).to_dicts()[0]["Sampling"] == 400
