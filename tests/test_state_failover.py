@@ -198,3 +198,26 @@ def test_a_sampling_rate_learned_at_the_worker_receiving_the_exporter_survives_a
 
     restarted = _restarted(tmp_path / "state.json")
     assert restarted.decode(_msg([data_set(OLD, [REC])], now), EXPORTER, PORT, now).to_dicts()[0]["Sampling"] == 400
+
+
+def test_a_restarted_replica_does_not_outvote_the_one_receiving_an_exporter_it_only_loaded(tmp_path: Path) -> None:
+    """No failover needed: a replica that restarts loads the whole shared file, the exporters
+    the other replica receives too, and held them in memory as its own: after the other
+    redefined a template of one of them (RFC 7011 8) and saved, the restarted replica's next
+    save put the copy it loaded at start back, and the next restart of either read the
+    exporter's data with the old layout."""
+    now = time.time()
+    path = tmp_path / "state.json"
+    b, sb = Decoder(DecoderConfig()), StateFile(str(path), None)
+    b.decode(_msg([template_set([OLD]), data_set(OLD, [REC])], now - 1000), EXPORTER, PORT, now - 1000)
+    assert sb.save(b)
+    a, sa = _restarted(path), StateFile(str(path), None)       # replica A restarts: it loads X too
+    a.decode(_msg([template_set([KEEP])], now - 900), OTHER, PORT, now - 900)
+    assert sa.save(a)
+    b.decode(_msg([template_set([NEW])], now - 400), EXPORTER, PORT, now - 400)
+    assert sb.save(b)
+    a.decode(_msg([template_set([KEEP])], now - 100), OTHER, PORT, now - 100)
+    assert sa.save(a)
+
+    flows = _restarted(path).decode(_msg([data_set(NEW, [REC])], now), EXPORTER, PORT, now).to_dicts()
+    assert [(f["SrcAddr"], f["DstAddr"], f.get("Proto")) for f in flows] == [("10.0.0.1", "10.0.0.2", 6)]
