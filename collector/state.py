@@ -158,6 +158,12 @@ class StateFile:
         self._refreshed_at = time.monotonic()
         self._missed = {ip: misses[ip] for ip in misses}    # handled (bounded by the exporters known)
         loaded = 0
+        # Several files may describe an exporter (worker files; one a copy another process took
+        # and keeps saving, or left by an earlier run): they are combined first as at start (of
+        # each template the latest definition, of each exporting process the newest knowledge,
+        # whatever the files' order), and only then is what this process lacks taken: taken file
+        # by file, the first file naming a template won, an older one if it came first.
+        combined = type(decoder)(decoder.config)
         for p, st, data in await asyncio.to_thread(self.read_exporters, paths, wanted):
             if st is not None:
                 seen = self._seen.get(p)
@@ -170,12 +176,18 @@ class StateFile:
             if not data or not data["exporters"]:
                 continue
             try:
-                got = decoder.import_state(data, only_missing=True)
+                combined.import_state(data)
             except Exception as exc:
                 self.loads["error"] += 1
                 self._rl.warning("refresh", "state: cannot load %s: %s", p, exc)
                 continue
-            loaded += got.get("templates", 0)
+        state = combined.export_state()
+        if state["exporters"]:
+            try:
+                loaded = decoder.import_state(state, only_missing=True).get("templates", 0)
+            except Exception as exc:
+                self.loads["error"] += 1
+                self._rl.warning("refresh", "state: cannot load the templates other processes saved: %s", exc)
         if loaded:
             log.info("state: %d templates of %d exporter(s) that sent data without them loaded from the shared "
                      "state (saved by another replica or worker)", loaded, len(wanted))

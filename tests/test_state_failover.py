@@ -221,3 +221,37 @@ def test_a_restarted_replica_does_not_outvote_the_one_receiving_an_exporter_it_o
 
     flows = _restarted(path).decode(_msg([data_set(NEW, [REC])], now), EXPORTER, PORT, now).to_dicts()
     assert [(f["SrcAddr"], f["DstAddr"], f.get("Proto")) for f in flows] == [("10.0.0.1", "10.0.0.2", 6)]
+
+
+def test_a_refresh_takes_the_newest_definition_whatever_the_order_of_the_files(tmp_path: Path) -> None:
+    """refresh_into reads every file another process changed, oldest first, and takes only what
+    the running collector lacks: the first file naming a template won. Two replicas with
+    --workers 2 share the volume: replica A's worker 1 once took X's template from worker 0's
+    file (X's socket briefly hashed to it) and keeps saving that copy; X then redefines the
+    template at worker 0 (RFC 7011 8), whose file is saved last. When X fails over to replica B,
+    B took the old layout from worker 1's file (the older one) and read X's data with it."""
+    import os
+
+    now = time.time()
+    base = str(tmp_path / "state.json")
+    a0, a1 = Decoder(DecoderConfig()), Decoder(DecoderConfig())
+    s0, s1 = StateFile(base, 0), StateFile(base, 1)
+    a0.decode(_msg([template_set([OLD])], now - 1000), EXPORTER, PORT, now - 1000)
+    assert s0.save(a0)
+    data = _msg([data_set(OLD, [REC])], now - 900)
+    assert a1.decode(data, EXPORTER, PORT, now - 900).missing_template_sets == 1
+    assert asyncio.run(s1.refresh_into(a1)) == 1
+    assert len(a1.decode(data, EXPORTER, PORT, now - 899)) == 1
+    assert s1.save(a1)
+    a0.decode(_msg([template_set([NEW])], now - 400), EXPORTER, PORT, now - 400)
+    assert s0.save(a0)
+    mtime = os.stat(s0.path).st_mtime
+    os.utime(s1.path, (mtime - 10, mtime - 10))     # (worker 1's save came first)
+
+    b = Decoder(DecoderConfig())                    # replica B, which X fails over to
+    sb = StateFile(base, 0)
+    new_data = _msg([data_set(NEW, [REC])], now)
+    assert b.decode(new_data, EXPORTER, PORT, now).missing_template_sets == 1
+    assert asyncio.run(sb.refresh_into(b)) == 1
+    flows = b.decode(new_data, EXPORTER, PORT, now).to_dicts()
+    assert [(f["SrcAddr"], f["DstAddr"], f.get("Proto")) for f in flows] == [("10.0.0.1", "10.0.0.2", 6)]
