@@ -34,8 +34,9 @@ from .util import RateLimitedLog
 
 log = logging.getLogger("flowscope.state")
 
-# Another writer's exporters are kept while their newest template was refreshed this recently
-# (an exporter alive somewhere is refreshed by the replica that receives it: OVS every 600 s).
+# Another writer's exporters are kept while their newest template was refreshed, or data read
+# with one ("seen"), this recently (an exporter alive somewhere is refreshed by the replica that
+# receives it: OVS every 600 s; NetFlow v9 exporters that resend by packet count, less often).
 FOREIGN_MAX_AGE = 3600.0
 # Files are read for missing templates (StateFile.refresh_into) at most this often.
 REFRESH_MIN_S = 30.0
@@ -58,6 +59,7 @@ class StateFile:
         # file -> (its stamp when last read by refresh_into or at start, the exporters looked for)
         self._seen: dict[str, tuple[tuple[int, int, int], set[str]]] = {}
         self._foreign = False                            # our last write kept another writer's state
+        self._other: bytes | None = None                 # the other writer's file our last merge read
         self._missed: dict[str, int] = {}                # exporter -> missing template sets when last refreshed
         self._refreshed_at = 0.0                         # monotonic time of its latest file read
 
@@ -266,14 +268,22 @@ class StateFile:
         return _stamp(self.path)
 
     def _merged(self, data: bytes) -> bytes:
-        """Our state plus the exporters only another writer of the file knows (when the file is
-        not our own last write). Anything unreadable there is left out: ours is written."""
+        """Our state plus what another writer of the file knows that we do not (or knew later).
+        The file is read when another process wrote it since our last write; when it is our own
+        last write, what the other wrote then (read at our last merge) is merged again: ours alone
+        would drop the other's exporters from the file at our second save, those of a replica
+        that went away for good (a failover then finds nothing to take). Anything unreadable there
+        is left out: ours is written."""
         stamp = self._stamp()
-        if stamp is None or stamp == self._mine:
+        if stamp is None:
             return data
         try:
-            with open(self.path, "rb") as fh:
-                other = orjson.loads(fh.read())
+            if stamp != self._mine:
+                with open(self.path, "rb") as fh:
+                    self._other = fh.read()
+            if self._other is None:
+                return data
+            other = orjson.loads(self._other)
             mine = orjson.loads(data)
             theirs = (other.get("exporters") if isinstance(other, dict) and other.get("format") == mine.get("format")
                       else None)
@@ -288,7 +298,9 @@ class StateFile:
                 if not isinstance(tpls, list):
                     continue
                 if ip not in mine["exporters"]:
-                    newest = max((t.get("refreshed", 0) for t in tpls if isinstance(t, dict)), default=0)
+                    # (alive: a template refreshed, or data read with one, "seen", that recently)
+                    newest = max([t.get("refreshed", 0) for t in tpls if isinstance(t, dict)]
+                                 + list(_stamps(ent, "seen").values()), default=0)
                     if isinstance(newest, (int, float)) and newest >= horizon:
                         mine["exporters"][ip] = ent
                         added += 1
@@ -366,8 +378,8 @@ def _port_of(entry: Any) -> Any:
 def _merge_exporter(mine: dict, theirs: dict, horizon: float) -> int:
     """Another writer's state of an exporter this one knows too, per exporting process (UDP
     source port), the newest knowledge of each winning. A process this one has nothing of: the
-    other's templates refreshed within FOREIGN_MAX_AGE join ours, with their options-learned
-    entries (and its withdrawal, as recent, is kept). A process both have state of is the one's
+    other's templates refreshed (or read data, "seen") within FOREIGN_MAX_AGE join ours, with
+    their options-learned entries (and its withdrawal, as recent, is kept). A process both have state of is the one's
     that knows it more recently ("seen", and "withdrawn", by the decoder: the latest of its
     templates' refresh, of the data read with them, of its withdrawal): the replica that
     receives it, not one that held it during a failover and still has those templates in
@@ -401,7 +413,8 @@ def _merge_exporter(mine: dict, theirs: dict, horizon: float) -> int:
         gone = withdrawn.get(t.get("port", 0))
         if isinstance(gone, (int, float)) and isinstance(when, (int, float)) and when <= gone:
             continue    # the copy from before the process withdrew it
-        if t.get("port", 0) in newer or (isinstance(when, (int, float)) and when >= horizon):
+        if t.get("port", 0) in newer or (isinstance(when, (int, float))
+                                         and max(when, their_seen.get(t.get("port", 0), 0)) >= horizon):
             mine.setdefault("templates", []).append(t)
             taken.add(t.get("port", 0))
             added += 1

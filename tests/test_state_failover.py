@@ -255,3 +255,58 @@ def test_a_refresh_takes_the_newest_definition_whatever_the_order_of_the_files(t
     assert asyncio.run(sb.refresh_into(b)) == 1
     flows = b.decode(new_data, EXPORTER, PORT, now).to_dicts()
     assert [(f["SrcAddr"], f["DstAddr"], f.get("Proto")) for f in flows] == [("10.0.0.1", "10.0.0.2", 6)]
+
+
+def test_an_exporter_the_other_replica_still_receives_is_kept_though_its_templates_are_old(tmp_path: Path) -> None:
+    """Another writer's exporters are kept while known within FOREIGN_MAX_AGE. An exporter whose
+    templates come seldom (NetFlow v9 exporters resend by packet count, RFC 3954 section 9 leaves
+    the refresh to the exporter; a quiet one goes for more than an hour between templates)
+    while its data keeps being read with them at the other replica is alive: it was dropped
+    from the file at this replica's next save, and a restart of the other one lost it."""
+    from collector.state import FOREIGN_MAX_AGE
+
+    now = time.time()
+    path = tmp_path / "state.json"
+    b, sb = Decoder(DecoderConfig()), StateFile(str(path), None)
+    b.decode(_msg([template_set([OLD])], now - FOREIGN_MAX_AGE - 600), EXPORTER, PORT, now - FOREIGN_MAX_AGE - 600)
+    assert len(b.decode(_msg([data_set(OLD, [REC])], now - 60), EXPORTER, PORT, now - 60)) == 1
+    b.decode(_msg([template_set([OLD])], now - FOREIGN_MAX_AGE - 600), EXPORTER, 5000, now - FOREIGN_MAX_AGE - 600)
+    assert sb.save(b)
+    a, sa = Decoder(DecoderConfig()), StateFile(str(path), None)
+    a.decode(_msg([template_set([KEEP])], now - 30), OTHER, PORT, now - 30)
+    assert sa.save(a)
+    saved = orjson.loads(path.read_bytes())["exporters"]
+    assert (PORT, 256) in [(t["port"], t["id"]) for t in saved[EXPORTER]["templates"]]
+    assert _restarted(path).decode(_msg([data_set(OLD, [REC])], now), EXPORTER, PORT, now).to_dicts()
+    # an exporter both know: the other's process that is still read is kept, one that sends
+    # nothing for longer (port 5000) is let go
+    a.decode(_msg([template_set([KEEP])], now - 20), EXPORTER, 6000, now - 20)
+    assert sa.save(a)
+    saved = orjson.loads(path.read_bytes())["exporters"]
+    assert sorted((t["port"], t["id"]) for t in saved[EXPORTER]["templates"]) == [(PORT, 256), (6000, 257)]
+
+
+def test_a_replica_saving_twice_keeps_the_other_replicas_exporters(tmp_path: Path) -> None:
+    """A save keeps another writer's exporters when it finds the file written by another process
+    since its own last write; the next save of the same replica found the file to be its own
+    last write and wrote its state alone: the other replica's exporters were gone from the file
+    at the second save of either (any template refresh, every few seconds with many exporters).
+    That is what a failover needs: the replica that went away saves no more, and when its
+    exporters reached this one their templates were no longer in the file to take."""
+    now = time.time()
+    path = tmp_path / "state.json"
+    b, sb = Decoder(DecoderConfig()), StateFile(str(path), None)
+    b.decode(_msg([template_set([OLD])], now - 100), EXPORTER, PORT, now - 100)
+    assert sb.save(b)                                   # replica B saves, then goes away
+    a, sa = Decoder(DecoderConfig()), StateFile(str(path), None)
+    a.decode(_msg([template_set([KEEP])], now - 50), OTHER, PORT, now - 50)
+    assert sa.save(a)
+    assert EXPORTER in orjson.loads(path.read_bytes())["exporters"]
+    a.decode(_msg([template_set([KEEP])], now - 40), OTHER, PORT + 1, now - 40)
+    assert sa.save(a)
+    assert EXPORTER in orjson.loads(path.read_bytes())["exporters"]
+    # B's exporter fails over to A: its templates are found in the file
+    data = _msg([data_set(OLD, [REC])], now)
+    assert a.decode(data, EXPORTER, PORT, now).missing_template_sets == 1
+    assert asyncio.run(sa.refresh_into(a)) == 1
+    assert len(a.decode(data, EXPORTER, PORT, now)) == 1
