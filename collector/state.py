@@ -10,8 +10,9 @@ the file (a volume): a writer that finds it changed since its own last write (an
 wrote it) keeps what only the other knows (exporters, and the exporting processes, UDP source
 ports, of exporters both know), refreshed within FOREIGN_MAX_AGE, and what the other knows more
 recently (a process both have state of: the one that receives it now wins over one that held it
-during a failover; the decoder's "seen" stamps), under a lock (`<path>.lock`), so each
-replica's templates survive the others' saves and the file holds the newest of each process. A running replica that
+during a failover; the decoder's "seen" stamps, and the outvoted replica's decoder takes the
+newer too), under a lock (`<path>.lock`), so each replica's templates survive the others' saves
+and the file holds the newest of each process. A running replica that
 meets data without its template (a failover moved the exporter to it) loads, from files another
 process changed since, the templates of the exporters that missed one (`refresh_into`).
 """
@@ -60,6 +61,9 @@ class StateFile:
         self._seen: dict[str, tuple[tuple[int, int, int], set[str]]] = {}
         self._foreign = False                            # our last write kept another writer's state
         self._other: bytes | None = None                 # the other writer's file our last merge read
+        # what our last merge took of processes the other writer knows more recently (they went
+        # back to it after a failover), as a state: for our decoder too (_adopt_into)
+        self._adopt: dict[str, Any] | None = None
         self._missed: dict[str, int] = {}                # exporter -> missing template sets when last refreshed
         self._refreshed_at = 0.0                         # monotonic time of its latest file read
 
@@ -202,7 +206,9 @@ class StateFile:
         data = self._export(decoder)
         if data is None:
             return False
-        return self._write(data, self._next_gen())
+        ok = self._write(data, self._next_gen())
+        self._adopt_into(decoder)
+        return ok
 
     async def save_async(self, decoder: Any) -> bool:
         """Export on the event loop (the decoder is not thread-safe), write and fsync in a thread:
@@ -213,7 +219,25 @@ class StateFile:
             return False
         if data is self._last:
             return True
-        return await asyncio.to_thread(self._write, data, self._next_gen())
+        ok = await asyncio.to_thread(self._write, data, self._next_gen())
+        self._adopt_into(decoder)
+        return ok
+
+    def _adopt_into(self, decoder: Any) -> None:
+        """Take into the decoder (on the event loop: it is not thread-safe) what the last merge
+        found another writer knows more recently of processes this one has state of: a replica
+        that held an exporter during a failover otherwise kept its templates in memory, and when
+        the exporter failed over to it again read its data with them though the exporter had
+        redefined or withdrawn them since (RFC 7011 8, 8.1); it had a template, so it did not
+        look in the file. (import_state keeps what the decoder learned later still.)"""
+        adopt, self._adopt = self._adopt, None
+        if adopt is None:
+            return
+        try:
+            decoder.import_state(adopt)
+        except Exception as exc:
+            self.loads["error"] += 1
+            self._rl.warning("adopt", "state: cannot take what another replica saved more recently: %s", exc)
 
     def _next_gen(self) -> int:
         self._gen += 1
@@ -274,6 +298,7 @@ class StateFile:
         would drop the other's exporters from the file at our second save, those of a replica
         that went away for good (a failover then finds nothing to take). Anything unreadable there
         is left out: ours is written."""
+        self._adopt = None
         stamp = self._stamp()
         if stamp is None:
             return data
@@ -291,6 +316,7 @@ class StateFile:
                 return data
             horizon = time.time() - FOREIGN_MAX_AGE
             added = 0
+            adopted: dict[str, Any] = {}
             for ip, ent in theirs.items():
                 if not isinstance(ent, dict):
                     continue
@@ -305,7 +331,12 @@ class StateFile:
                         mine["exporters"][ip] = ent
                         added += 1
                     continue
-                added += _merge_exporter(mine["exporters"][ip], ent, horizon)
+                adopt: dict[str, Any] = {}
+                added += _merge_exporter(mine["exporters"][ip], ent, horizon, adopt)
+                if adopt:
+                    adopted[ip] = adopt
+            if adopted:
+                self._adopt = {"format": mine.get("format"), "exporters": adopted}
             return orjson.dumps(mine) if added else data
         except (OSError, ValueError, TypeError, AttributeError, KeyError):
             return data
@@ -375,7 +406,7 @@ def _port_of(entry: Any) -> Any:
     return entry[2] if isinstance(entry, list) and len(entry) > 3 else None
 
 
-def _merge_exporter(mine: dict, theirs: dict, horizon: float) -> int:
+def _merge_exporter(mine: dict, theirs: dict, horizon: float, adopt: dict | None = None) -> int:
     """Another writer's state of an exporter this one knows too, per exporting process (UDP
     source port), the newest knowledge of each winning. A process this one has nothing of: the
     other's templates refreshed (or read data, "seen") within FOREIGN_MAX_AGE join ours, with
@@ -387,7 +418,8 @@ def _merge_exporter(mine: dict, theirs: dict, horizon: float) -> int:
     other's state of such a process replaces ours whole (templates, entries, stamps); ours stays
     on a tie, or when the other's file has no stamps (an older version). Of a process that
     withdrew its last template here, only templates the other received after the withdrawal
-    are taken. Returns how many entries were taken."""
+    are taken. Returns how many entries were taken; `adopt` gets what ours now says of the
+    processes the other knew more recently (for this writer's decoder: StateFile._adopt)."""
     ports = {t.get("port", 0) for t in mine.get("templates", []) if isinstance(t, dict)}
     for name in _OPTION_LISTS:
         ports |= {e[2] for e in mine.get(name, []) if isinstance(e, list) and len(e) > 3}
@@ -444,4 +476,9 @@ def _merge_exporter(mine: dict, theirs: dict, horizon: float) -> int:
     if added:
         mine["withdrawn"] = [[p, w] for p, w in withdrawn.items()]
         mine["seen"] = [[p, w] for p, w in my_seen.items()]
+    if adopt is not None and newer:
+        adopt.update({name: [e for e in mine.get(name, []) if _port_of(e) in newer]
+                      for name in ("templates", *_OPTION_LISTS)})
+        adopt["withdrawn"] = [[p, w] for p, w in withdrawn.items() if p in newer]
+        adopt["seen"] = [[p, w] for p, w in my_seen.items() if p in newer]
     return added

@@ -310,3 +310,32 @@ def test_a_replica_saving_twice_keeps_the_other_replicas_exporters(tmp_path: Pat
     assert a.decode(data, EXPORTER, PORT, now).missing_template_sets == 1
     assert asyncio.run(sa.refresh_into(a)) == 1
     assert len(a.decode(data, EXPORTER, PORT, now)) == 1
+
+
+def test_a_second_failover_reads_the_exporters_data_with_its_newest_template(tmp_path: Path) -> None:
+    """RFC 7011 8: X redefines template 256 at A after the failback, and A saves. B still held
+    the old layout in memory from the first failover: when X failed over to B again, B had a
+    template for the data (no miss, so no look in the file) and read the new layout with the old
+    one until X's next template refresh, up to 10 minutes. A save of B that finds the file's
+    knowledge of a process newer than its own takes it into B's decoder too."""
+    now = time.time()
+    a, sa, b, sb, path = _failover_and_back(tmp_path, now, [OLD])
+    a.decode(_msg([template_set([NEW])], now - 400), EXPORTER, PORT, now - 400)
+    assert sa.save(a)
+    _b_saves_again(b, sb, now)
+    flows = b.decode(_msg([data_set(NEW, [REC])], now), EXPORTER, PORT, now).to_dicts()
+    assert [(f["SrcAddr"], f["DstAddr"], f.get("Proto")) for f in flows] == [("10.0.0.1", "10.0.0.2", 6)]
+
+
+def test_a_periodic_save_takes_the_newer_knowledge_into_the_decoder_too(tmp_path: Path) -> None:
+    """The same through save_async (the collector's periodic save, written in a thread): what
+    the file knows more recently is taken into the decoder on the event loop after the write."""
+    now = time.time()
+    a, sa, b, sb, path = _failover_and_back(tmp_path, now, [OLD, KEEP])
+    a.decode(_msg([struct.pack("!HHHH", 2, 8, 256, 0), data_set(KEEP, [REC])], now - 400), EXPORTER, PORT,
+             now - 400)
+    assert sa.save(a)
+    b.decode(_msg([template_set([KEEP])], now - 100), OTHER, PORT, now - 100)
+    assert asyncio.run(sb.save_async(b))
+    assert b.decode(_msg([data_set(OLD, [REC])], now), EXPORTER, PORT, now).missing_template_sets == 1
+    assert len(b.decode(_msg([data_set(KEEP, [REC])], now), EXPORTER, PORT, now)) == 1
