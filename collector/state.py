@@ -410,16 +410,16 @@ def _merge_exporter(mine: dict, theirs: dict, horizon: float, adopt: dict | None
     """Another writer's state of an exporter this one knows too, per exporting process (UDP
     source port), the newest knowledge of each winning. A process this one has nothing of: the
     other's templates refreshed (or read data, "seen") within FOREIGN_MAX_AGE join ours, with
-    their options-learned entries (and its withdrawal, as recent, is kept). A process both have state of is the one's
-    that knows it more recently ("seen", and "withdrawn", by the decoder: the latest of its
-    templates' refresh, of the data read with them, of its withdrawal): the replica that
-    receives it, not one that held it during a failover and still has those templates in
-    memory (RFC 7011 8 and 8.1: the process may have redefined or withdrawn them since). The
-    other's state of such a process replaces ours whole (templates, entries, stamps); ours stays
-    on a tie, or when the other's file has no stamps (an older version). Of a process that
-    withdrew its last template here, only templates the other received after the withdrawal
-    are taken. Returns how many entries were taken; `adopt` gets what ours now says of the
-    processes the other knew more recently (for this writer's decoder: StateFile._adopt)."""
+    their options-learned entries (and a withdrawal that recent is kept). A process both have
+    state of is the one's that knows it more recently ("seen", and "withdrawn", by the decoder:
+    the latest of its templates' refresh, of the data read with them, of its withdrawal): the
+    replica that receives it, not one that held it during a failover and still has those
+    templates in memory (RFC 7011 8 and 8.1: the process may have redefined or withdrawn them
+    since). The other's state of such a process replaces ours whole (templates, entries,
+    stamps); ours stays on a tie, or when the other's file has no stamps (an older version). Of
+    a process that withdrew its last template here, only templates the other received after
+    the withdrawal are taken. Returns how many entries were taken; `adopt` gets what ours now
+    says of the processes the other knew more recently (for this writer's decoder too)."""
     ports = {t.get("port", 0) for t in mine.get("templates", []) if isinstance(t, dict)}
     for name in _OPTION_LISTS:
         ports |= {e[2] for e in mine.get(name, []) if isinstance(e, list) and len(e) > 3}

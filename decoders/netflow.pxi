@@ -255,7 +255,7 @@ cdef class Template:
     # loaded at start said of its exporting process: with `refreshed` and the process's withdrawal,
     # how recent this process's knowledge of the exporting process is (export_state's "seen":
     # replicas sharing a state file keep the newest knowledge of each, collector/state.py)
-    cdef public double seen
+    cdef readonly double seen
 
     def __dealloc__(self):
         free(self.fields)
