@@ -436,7 +436,7 @@ cdef class Decoder:
                         continue
                     for key in [k for k, have in ex.templates.items() if have.port == port]:
                         drop_template(self, ex, key)
-                    for target in (ex.domain_sampling, ex.sampler_rates, ex.sysinit_ms):
+                    for target in (ex.domain_sampling, ex.sampler_rates, ex.interface_rates, ex.sysinit_ms):
                         for key in [k for k in target if k[2] == port]:
                             del target[key]
                     ex.withdrawn.pop(port, None)
