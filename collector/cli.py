@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from . import config as config_mod
-from .util import loop_count, non_negative, udp_port
+from .util import udp_port
 
 
 def _enrich_module() -> Any:
@@ -156,9 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "when interrupted.")
     rp.add_argument("file", metavar="FILE", help="pcap or pcapng capture (gzip-compressed or not)")
     rp.add_argument("--to", required=True, metavar="HOST:PORT", help="destination collector (IPv6 as [ADDR]:PORT)")
-    rp.add_argument("--rate", type=non_negative, default=0.0, metavar="PPS",
+    rp.add_argument("--rate", type=float, default=0.0, metavar="PPS",
                     help="datagrams per second; 0 = as fast as possible [default: 0]")
-    rp.add_argument("--loop", type=loop_count, default=1, metavar="N", help="times to send the capture; 0 = forever "
+    rp.add_argument("--loop", type=int, default=1, metavar="N", help="times to send the capture; 0 = forever "
                     "[default: 1]")
     rp.add_argument("--port", type=udp_port, default=None, metavar="PORT",
                     help="only datagrams sent to this UDP port (1-65535) in the capture [default: all]")
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "health":
         return int(args._health(args))
     if args.command == "replay":
-        if args.loop < 0 or args.rate < 0:
+        if args.loop < 0 or not 0 <= args.rate < float("inf"):   # (a NaN rate sent at full speed)
             print("flowscope replay: --loop and --rate must be >= 0", file=sys.stderr)
             return 2
         try:

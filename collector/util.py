@@ -142,39 +142,14 @@ def udp_port(s: str) -> int:
     return port
 
 
-def _number(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r}: expected a number") from None
-    if v != v or v in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"{s}: expected a finite number")
-    return v
-
 
 def positive_seconds(s: str) -> float:
     """A timeout in seconds (health --timeout): 0 would give urllib a non-blocking socket that
     fails at once, and the probe would report the collector down when it is not."""
-    v = _number(s)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"{s}: expected seconds > 0")
-    return v
-
-
-def non_negative(s: str) -> float:
-    """A rate where 0 means no limit (replay --rate): a negative one is a typo, not "unlimited"."""
-    v = _number(s)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{s}: expected a number >= 0 (0: as fast as possible)")
-    return v
-
-
-def loop_count(s: str) -> int:
-    """replay --loop: a count, 0 = forever; a negative one would silently send the capture once."""
     try:
-        v = int(s)
+        v = float(s)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r}: expected a whole number >= 0 (0: forever)") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{s}: expected a whole number >= 0 (0: forever)")
+        raise argparse.ArgumentTypeError(f"{s!r}: expected seconds > 0") from None
+    if not 0 < v < float("inf"):
+        raise argparse.ArgumentTypeError(f"{s}: expected seconds > 0")
     return v
