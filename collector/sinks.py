@@ -689,7 +689,7 @@ def check_compression(k: KafkaConfig, named: Callable[[str], str] = str) -> str 
         return (f"{named('kafka.compression')}: {k.compression} needs the Python package "
                 f"{pkg.get(k.compression, k.compression)}; install it or choose another codec")
     if k.compression_thread == "on":
-        use, why = compression_thread_plan(k)
+        use, why = compression_thread_plan(k, named)
         if not use:
             return f"{named('kafka.compression_thread')}: on, but {why}"
     return None
@@ -1530,15 +1530,17 @@ def _lz4_frame_header() -> bytes:
     return bytes(encode(b""))[:7]
 
 
-def compression_thread_plan(k: KafkaConfig) -> tuple[bool, str]:
+def compression_thread_plan(k: KafkaConfig, named: Callable[[str], str] = str) -> tuple[bool, str]:
     """Whether kafka.compression_thread puts the fast path's compression on a thread of its own,
-    and why (or why not)."""
+    and why (or why not); `named` as for check_tls (the reason becomes check_compression's error
+    with `on`, which names every setting it involves with its source, as docs/collector.md says)."""
     if k.compression_thread == "off":
         return False, "kafka.compression_thread is off"
     if k.compression not in ("lz4", "zstd"):
-        return False, f"kafka.compression {k.compression}: only lz4 and zstd compress on a thread"
+        return False, f"{named('kafka.compression')} is {k.compression}: only lz4 and zstd compress on a thread"
     if k.compression == "lz4" and _resolved_level(k.compression, k.compression_level) > 2:
-        return False, "kafka.compression_level above 2 is lz4's HC mode, which compresses on the event loop"
+        return False, (f"{named('kafka.compression_level')} is {k.compression_level}: above 2 is lz4's HC mode, "
+                       "which compresses on the event loop")
     from decoders._core import packer_available
 
     missing = packer_available(3 if k.compression == "lz4" else 4)

@@ -465,10 +465,11 @@ def test_bad_values_are_one_configuration_error_line_exit_2(tmp_path: Path, args
      "(nothing to compress)"),
     (["--kafka-brokers", "k:9092", "--kafka-compression", "lz4"], {"FLOWSCOPE_KAFKA_COMPRESSION_THREAD": "on",
                                                                   "FLOWSCOPE_KAFKA_COMPRESSION_LEVEL": "9"}, "",
-     "kafka.compression_thread (from FLOWSCOPE_KAFKA_COMPRESSION_THREAD): on, but kafka.compression_level above 2 "
-     "is lz4's HC mode, which compresses on the event loop"),
+     "kafka.compression_thread (from FLOWSCOPE_KAFKA_COMPRESSION_THREAD): on, but kafka.compression_level (from "
+     "FLOWSCOPE_KAFKA_COMPRESSION_LEVEL) is 9: above 2 is lz4's HC mode, which compresses on the event loop"),
     (["--config", "{f}"], {}, "kafka:\n  brokers: [k:9092]\n  compression: gzip\n  compression_thread: on\n",
-     "kafka.compression_thread (from {f}): on, but kafka.compression gzip: only lz4 and zstd compress on a thread"),
+     "kafka.compression_thread (from {f}): on, but kafka.compression (from {f}) is gzip: only lz4 and zstd compress "
+     "on a thread"),
 ])
 def test_checks_of_two_settings_name_where_each_came_from(tmp_path: Path, args: list[str], env: dict[str, str],
                                                          yaml_text: str, message: str) -> None:

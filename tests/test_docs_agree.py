@@ -1,0 +1,80 @@
+"""What an operator reads against what the software does: the options table of docs/collector.md
+against the schema and the parser, and the rules the docs state for configuration errors."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+import pytest
+from conftest import ROOT
+
+from collector import config as C
+from collector.sinks import check_compression
+
+
+def load(argv: list[str], env: dict[str, str] | None = None) -> C.Config:
+    p = argparse.ArgumentParser()
+    C.add_arguments(p)
+    return C.load(p.parse_args(argv), environ=env or {})
+
+
+def _doc_rows() -> dict[str, list[str]]:
+    """docs/collector.md's options table: flag -> [env, YAML key, default, meaning]."""
+    text = (ROOT / "docs" / "collector.md").read_text()
+    start = text.index("| flag | env | YAML key | default | meaning |")
+    rows = {}
+    for line in text[start:].splitlines()[2:]:
+        if not line.startswith("| `--"):
+            break
+        cells = [c.strip() for c in line.strip("|").split(" | ")]
+        rows[cells[0].strip("`")] = [cells[1].strip("`"), cells[2].strip("`"), cells[3].strip("`"), cells[4]]
+    return rows
+
+
+def test_docs_options_table_is_the_generated_one() -> None:
+    """docs/collector.md says `flowscope config --markdown` prints its options table: it must be
+    that output (regenerate with `python -m collector.cli config --markdown`), as the series table
+    is collector.metrics.markdown_table()."""
+    assert C.markdown_table() in (ROOT / "docs" / "collector.md").read_text()
+
+
+def test_docs_options_table_matches_the_parser() -> None:
+    """Every row's flag, variable, key and default are what `flowscope run` takes: the flag is
+    the parser's, the variable sets that key, and the key's default (as `flowscope config`
+    prints it) is the one the table shows."""
+    rows = _doc_rows()
+    opts = {o.flag: o for o in C.options()}
+    assert set(rows) == set(opts)
+    p = argparse.ArgumentParser()
+    C.add_arguments(p)
+    flags = {s for a in p._actions for s in a.option_strings}
+    effective = C.to_dict(load([]), redact=False)   # what run takes with nothing set
+    for flag, (env, key, default, _meaning) in rows.items():
+        assert flag in flags, flag
+        assert (opts[flag].env, opts[flag].key) == (env, key), flag
+        sec, _, name = key.partition(".")
+        value = effective[sec][name] if name else effective[sec]
+        assert C._fmt_default(value) == default, (flag, default, value)
+
+
+@pytest.mark.parametrize("argv,env,named", [
+    (["--kafka-compression", "gzip", "--kafka-compression-thread", "on"], {},
+     "kafka.compression (from --kafka-compression) is gzip"),
+    (["--kafka-compression-thread", "on"], {"FLOWSCOPE_KAFKA_COMPRESSION": "snappy"},
+     "kafka.compression (from FLOWSCOPE_KAFKA_COMPRESSION) is snappy"),
+    (["--kafka-compression", "lz4", "--kafka-compression-level", "9", "--kafka-compression-thread", "on"], {},
+     "kafka.compression_level (from --kafka-compression-level) is 9"),
+])
+def test_compression_thread_errors_name_their_settings_sources(argv: list[str], env: dict[str, str],
+                                                                named: str) -> None:
+    """docs/collector.md: "A check across settings names each setting it involves with its
+    source". `--kafka-compression-thread on` with a codec or level that has no thread named
+    `kafka.compression gzip` and `kafka.compression_level above 2` without saying where they came
+    from (a variable in the Deployment, the ConfigMap, a flag), unlike every other such check."""
+    cfg = load(["--kafka-brokers", "127.0.0.1:9092", *argv], env)
+    problem = check_compression(cfg.kafka, cfg.named)
+    assert problem is not None and problem.startswith(
+        "kafka.compression_thread (from --kafka-compression-thread): on, but "), problem
+    assert named in problem, problem
+    assert not re.search(r"kafka\.compression(_level)? (?!\(from)", problem.split(", but ", 1)[1]), problem
