@@ -397,9 +397,10 @@ class Config:
                                   "--dedup table; past it, the eighth of the exporters seen least recently are "
                                   "forgotten and counted, as at --max-exporters", ranged(parse_size, 1024**2, 1 << 62),
                                   metavar="SIZE")
-    default_sampling: int = opt(400, "sampling rate for exporters that send none (OVS IPFIX; OVN-Kubernetes "
-                                "uses 400; not for firewall event records, NSEL, nor a record whose sampler id "
-                                "is 0, which is 1); 0 = leave unset", ranged(parse_int, 0, 1 << 31), metavar="N")
+    default_sampling: int = opt(400, "sampling rate for IPFIX and NetFlow v9 exporters that send none (OVS IPFIX; "
+                                "OVN-Kubernetes uses 400; not for NetFlow v5, whose header interval 0 is left "
+                                "unset as OVS's unsampled NetFlow sends it, nor firewall event records, NSEL, nor a "
+                                "record whose sampler id is 0, which is 1); 0 = leave unset", ranged(parse_int, 0, 1 << 31), metavar="N")
     sampling: dict[str, int] = opt({}, "per-exporter sampling CIDR=RATE for exporters that send no rate of their own, "
                                    "repeatable; longest prefix wins",
                                    parse_map, metavar="CIDR=RATE", repeat=True)

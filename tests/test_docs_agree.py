@@ -7,7 +7,7 @@ import argparse
 import re
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, corpus_file, make_v5, udp_payloads
 
 from collector import config as C
 from collector.sinks import check_compression
@@ -78,3 +78,21 @@ def test_compression_thread_errors_name_their_settings_sources(argv: list[str], 
         "kafka.compression_thread (from --kafka-compression-thread): on, but "), problem
     assert named in problem, problem
     assert not re.search(r"kafka\.compression(_level)? (?!\(from)", problem.split(", but ", 1)[1]), problem
+
+
+def test_default_sampling_says_which_exporters_it_applies_to() -> None:
+    """The options table said `--default-sampling` is the "sampling rate for exporters that send
+    none": NetFlow v5 with interval 0 sends none too (OVS's NetFlow export, which is not sampled),
+    and it is left without `Sampling`, as the README's output table says (v5: the header
+    interval, else --sampling). The help names the protocols it is for and the one it is not."""
+    from decoders import Decoder, DecoderConfig
+
+    dec = Decoder(DecoderConfig(default_sampling=400))
+    v5 = dec.decode(make_v5(1, 1, 0), "10.0.0.1", 2055, 1.7e9).to_dicts()
+    assert "Sampling" not in v5[0]
+    flows = [f for _, _, p in udp_payloads(corpus_file("ipfix/openbsd-pflow_ipfix.pcap"))
+             for f in dec.decode(p, "10.0.0.2", 4739, 1.7e9).to_dicts()]
+    assert flows and {f["Sampling"] for f in flows} == {400}
+    help_text = {o.key: o.help for o in C.options()}["default_sampling"]
+    assert help_text.startswith("sampling rate for IPFIX and NetFlow v9 exporters that send none"), help_text
+    assert "not for NetFlow v5" in help_text, help_text
