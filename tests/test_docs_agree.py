@@ -96,3 +96,25 @@ def test_default_sampling_says_which_exporters_it_applies_to() -> None:
     help_text = {o.key: o.help for o in C.options()}["default_sampling"]
     assert help_text.startswith("sampling rate for IPFIX and NetFlow v9 exporters that send none"), help_text
     assert "not for NetFlow v5" in help_text, help_text
+
+
+def test_protocol_label_is_each_datagrams_protocol() -> None:
+    """docs/collector.md said "The `protocol` label is the protocol the exporter sent last": the
+    per-exporter series are split by each datagram's protocol (one OVS address sends IPFIX, sFlow
+    and NetFlow), so an exporter that sent v5 then IPFIX has both series, its v5 counts staying
+    under netflow5; only flowscope_sampling_rate follows the latest datagram."""
+    from collector.metrics import ExporterLabels, decoder_series
+    from decoders import Decoder
+
+    dec = Decoder()
+    dec.decode(make_v5(1, 3, 0), "10.0.0.1", 2055, 1.7e9)
+    for _, _, p in udp_payloads(corpus_file("ipfix/openbsd-pflow_ipfix.pcap")):
+        dec.decode(p, "10.0.0.1", 4739, 1.7e9)
+    out = decoder_series(dec.series_stats(), ExporterLabels(20))
+    assert out["flowscope_datagrams"] == {("10.0.0.1", "netflow5"): 1, ("10.0.0.1", "ipfix"): 2}
+    assert out["flowscope_flows"][("10.0.0.1", "netflow5")] == 3
+    assert set(out["flowscope_sampling_rate"]) == {("10.0.0.1", "ipfix")}
+    text = " ".join((ROOT / "docs" / "collector.md").read_text().split())
+    assert "protocol the exporter sent last" not in text
+    assert ("The `protocol` label is the protocol of the datagrams counted: an exporter that sends several "
+            in text)
