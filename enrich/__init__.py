@@ -95,7 +95,17 @@ def check_kubeconfig(config: EnrichConfig) -> None:
         raise ConfigException("Invalid kube-config file. No configuration found.")
     # (the constructor resolves the context, its cluster and user, as load_kube_config does
     # before it loads the credentials, with the same messages)
-    KubeConfigLoader(config_dict=merged.config, active_context=config.context, config_base_path=None)
+    loader = KubeConfigLoader(config_dict=merged.config, active_context=config.context, config_base_path=None)
+    # The files the cluster and user name (certificate-authority, client-certificate, client-key,
+    # relative to the kubeconfig's directory): load_kube_config reads them after the credentials
+    # (_load_cluster_info, "File does not exist: PATH"), so without this `flowscope config` printed
+    # a kubeconfig whose CA file is missing and `run` refused it. An exec plugin may hand over the
+    # client certificate itself, and then the client skips the user's files: with one, only the
+    # cluster's CA is checked (the plugin is not run).
+    user = loader._user
+    if user is not None and "exec" in user:
+        loader.cert_file = loader.key_file = None
+    loader._load_cluster_info()
 
 
 def kubeconfig_shape_error(path: str) -> str | None:

@@ -4,7 +4,11 @@ against the schema and the parser, and the rules the docs state for configuratio
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from conftest import ROOT, corpus_file, make_v5, udp_payloads
@@ -118,3 +122,58 @@ def test_protocol_label_is_each_datagrams_protocol() -> None:
     assert "protocol the exporter sent last" not in text
     assert ("The `protocol` label is the protocol of the datagrams counted: an exporter that sends several "
             in text)
+
+
+_KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters:
+- name: c
+  cluster: {{server: "https://127.0.0.1:6443"{ca}}}
+users:
+- name: u
+  user: {user}
+contexts:
+- name: dev
+  context: {{cluster: c, user: u}}
+current-context: dev
+"""
+
+
+@pytest.mark.parametrize("ca,user,missing", [
+    (", certificate-authority: ca.crt", "{token: x}", "ca.crt"),
+    ("", "{client-certificate: tls.crt, client-key: tls.key}", "tls.crt"),
+    # an exec plugin (not run by `config`) may give the client certificate: the CA is still checked
+    (", certificate-authority: ca.crt", "{exec: {apiVersion: client.authentication.k8s.io/v1beta1, "
+     "command: MARKER}}", "ca.crt"),
+])
+def test_config_refuses_the_kubeconfig_files_run_refuses(tmp_path: Path, ca: str, user: str, missing: str) -> None:
+    """docs/collector.md: `flowscope config` checks the kubeconfig ("its files, the context and
+    the cluster and user it names") and refuses what `run` would refuse "with the same line and
+    exit code 2, so a configuration it prints is one `run` accepts". A kubeconfig whose
+    certificate-authority or client-certificate file is missing was printed by `config` (exit 0)
+    and refused by `run` ("File does not exist"). The exec plugin is still never run."""
+    marker = tmp_path / "exec-ran"
+    script = tmp_path / "plugin.sh"
+    script.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    script.chmod(0o755)
+    kc = tmp_path / "kc.yaml"
+    kc.write_text(_KUBECONFIG.format(ca=ca, user=user.replace("MARKER", str(script))))
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    line = f"flowscope: configuration error: enrich.kubeconfig (from --kubeconfig): {kc}: File does not exist: " \
+           f"{tmp_path / missing}\n"
+    r = subprocess.run([sys.executable, "-m", "collector.cli", "config", "--kubeconfig", str(kc)],
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    assert (r.returncode, r.stderr) == (2, line)
+    assert not marker.exists()
+    run = subprocess.run([sys.executable, "-m", "collector.cli", "run", "--kubeconfig", str(kc), "--metrics-addr",
+                          "", "--output-file", os.devnull, "--listen", "netflow://127.0.0.1:9"],
+                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    assert run.returncode == 2 and run.stderr.endswith(line), run.stderr
+    marker.unlink(missing_ok=True)   # (run loads the credentials: it does run the plugin)
+    (tmp_path / missing).write_text("")  # present: config takes it (a CA that does not parse is run's to say)
+    if missing == "tls.crt":
+        (tmp_path / "tls.key").write_text("")
+    r = subprocess.run([sys.executable, "-m", "collector.cli", "config", "--kubeconfig", str(kc)],
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert not marker.exists()
