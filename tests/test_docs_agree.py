@@ -177,3 +177,48 @@ def test_config_refuses_the_kubeconfig_files_run_refuses(tmp_path: Path, ca: str
                        capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
     assert r.returncode == 0, r.stderr
     assert not marker.exists()
+
+
+def test_deploy_readme_sample_record_has_the_identity_the_enricher_writes(tmp_path: Path) -> None:
+    """deploy/README.md shows "One record (from `make demo`)" for operators writing consumers:
+    frontend -> cart, both pods of node-a. It showed the destination without DstK8S_Type,
+    DstK8S_HostIP, DstK8S_HostName and DstK8S_Zone, which the enricher writes for every pod (the
+    source had them): a consumer written from the sample would miss them. The demo's own API
+    objects, served by the tests' API server, and the same 5-tuple through the real enricher give
+    the identity keys the sample must carry, with the same values."""
+    import json
+    import struct
+    import time
+
+    import enrich
+    from decoders import Decoder
+    from deploy.demo.demo import api_objects
+    from tests.support.fake_kube import running_fake_kube
+
+    text = (ROOT / "deploy" / "README.md").read_text()
+    start = text.index("One record (from `make demo`):")
+    begin = text.index("```json\n", start) + 8
+    block = text[begin:text.index("\n```", begin)]
+    sample = json.loads(block)
+    with running_fake_kube() as fk:
+        for kind, objs in api_objects().items():
+            for o in objs:
+                fk.add(kind, o)
+        e = enrich.Enricher(enrich.EnrichConfig(kubeconfig=str(fk.write_kubeconfig(tmp_path / "kc")),
+                                                cluster_name="demo"))
+        e.start()
+        try:
+            deadline = time.monotonic() + 30
+            while not e.ready and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert e.ready
+            up, now = 100_000, time.time()
+            hdr = struct.pack("!HHIIIIBBH", 5, 1, up, int(now), 0, 1, 0, 0, 0)
+            rec = struct.pack("!4s4s4sHHIIIIHHBBBBHHBBH", bytes([10, 128, 0, 10]), bytes([10, 128, 0, 11]),
+                              bytes(4), 0, 0, 1, 78, up - 10, up - 10, 41001, 8080, 0, 0x02, 6, 0, 0, 0, 0, 0, 0)
+            real = json.loads(Decoder().decode(hdr + rec, sample["AgentIP"], 6343, now).to_json(e)[0])
+        finally:
+            e.stop()
+    identity = {k: v for k, v in real.items() if "K8S_" in k or k == "FlowDirection"}
+    assert {k: sample.get(k) for k in identity} == identity
+    assert {k for k in sample if "K8S_" in k} == {k for k in identity if k != "FlowDirection"}
