@@ -196,7 +196,7 @@ def test_deploy_readme_sample_record_has_the_identity_the_enricher_writes(tmp_pa
     from tests.support.fake_kube import running_fake_kube
 
     text = (ROOT / "deploy" / "README.md").read_text()
-    start = text.index("One record (from `make demo`):")
+    start = text.index("One record (from `make demo`")
     begin = text.index("```json\n", start) + 8
     block = text[begin:text.index("\n```", begin)]
     sample = json.loads(block)
