@@ -181,9 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Decode the exporters' UDP datagrams of a pcap/pcapng capture with "
                          "the decoders of `flowscope run` and print one JSON flow per line.",
                          epilog="Exit status: 0 when the whole capture was decoded; 1 when FILE cannot be "
-                         "read, is not a pcap/pcapng capture, holds no UDP datagram (to --port, when given), or "
-                         "is cut short (the complete records before the cut are decoded first); 2 for a usage error (a bad option, an unusable "
-                         "--kubeconfig).")
+                         "read, is not a pcap/pcapng capture, holds no UDP datagram (to --port, when given), "
+                         "is cut short (the complete records before the cut are decoded first), or when with --kubeconfig the "
+                         "informers did not sync within 60 s (an API server not reachable: nothing is decoded); "
+                         "2 for a usage error (a bad option, an unusable --kubeconfig).")
     try:
         from . import decode as decode_mod
 

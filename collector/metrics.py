@@ -42,7 +42,7 @@ class Series:
     kind: str  # counter | gauge | histogram
     help: str
     labels: tuple[str, ...] = ()
-    merge: str = "sum"  # how workers combine: sum | max
+    merge: str = "sum"  # how workers combine: sum | max | min (all must say yes)
 
 
 SERIES: dict[str, Series] = {s.name: s for s in [
@@ -166,7 +166,7 @@ SERIES: dict[str, Series] = {s.name: s for s in [
     Series("flowscope_enrich_stat", "gauge", "Enricher statistics as reported by enrich.Enricher.stats()",
            ("stat",), merge="max"),
     Series("flowscope_informers_synced", "gauge", "1 when enrichment is enabled and every informer has "
-           "completed its first list", merge="max"),
+           "completed its first list (with --workers, in every worker)", merge="min"),
     # process
     Series("flowscope_workers", "gauge", "Worker processes reporting metrics"),
     Series("flowscope_ready", "gauge", "1 when /readyz answers 200", merge="max"),
@@ -299,6 +299,9 @@ def merge_into(total: Snapshot, snap: Snapshot) -> None:
                 dst[lab] = list(v) if cur is None else [a + b for a, b in zip(cur, v, strict=False)]
             elif series.merge == "max":
                 dst[lab] = max(dst.get(lab, 0), v)
+            elif series.merge == "min":
+                cur = dst.get(lab)
+                dst[lab] = v if cur is None else min(cur, v)
             else:
                 dst[lab] = dst.get(lab, 0) + v
 

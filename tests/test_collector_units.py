@@ -1909,3 +1909,18 @@ def test_kafka_connections_are_stopped_together_at_shutdown() -> None:
 
     asyncio.run(run())
     assert active == [0, 4]
+
+
+def test_informers_synced_is_1_only_when_every_worker_has_synced() -> None:
+    """flowscope_informers_synced was merged across workers with max: one worker still listing
+    (not ready, its flows unenriched) was hidden by another that had synced (review helper-108)."""
+    from collector.metrics import merge_into
+
+    total: dict = {}
+    for synced in (1, 0, 1):
+        merge_into(total, {"flowscope_informers_synced": {(): synced}})
+    assert total["flowscope_informers_synced"][()] == 0
+    total = {}
+    for synced in (1, 1):
+        merge_into(total, {"flowscope_informers_synced": {(): synced}})
+    assert total["flowscope_informers_synced"][()] == 1
