@@ -41,6 +41,10 @@ log = logging.getLogger("flowscope.state")
 FOREIGN_MAX_AGE = 3600.0
 # Files are read for missing templates (StateFile.refresh_into) at most this often.
 REFRESH_MIN_S = 30.0
+# A time in a state file (a template's "refreshed", a "seen" or "withdrawn" stamp) later than
+# this far ahead of now is no time: Decoder.import_state refuses it (a writer whose clock was
+# wrong, or a damaged file), and a merge must too, or such a stamp outvotes every later save.
+AHEAD_MAX_S = 86400.0
 
 
 class StateFile:
@@ -325,9 +329,9 @@ class StateFile:
                     continue
                 if ip not in mine["exporters"]:
                     # (alive: a template refreshed, or data read with one, "seen", that recently)
-                    newest = max([t.get("refreshed", 0) for t in tpls if isinstance(t, dict)]
+                    newest = max([_time(t.get("refreshed", 0)) for t in tpls if isinstance(t, dict)]
                                  + list(_stamps(ent, "seen").values()), default=0)
-                    if isinstance(newest, (int, float)) and newest >= horizon:
+                    if newest >= horizon:
                         mine["exporters"][ip] = ent
                         added += 1
                     continue
@@ -385,12 +389,20 @@ def _stamp(path: str) -> tuple[int, int, int] | None:
 _OPTION_LISTS = ("domain_sampling", "sampler_rates", "interface_rates", "sysinit_ms")
 
 
+def _time(when: Any) -> float:
+    """A time from a state file, 0 (no time) when it is not a number or later than AHEAD_MAX_S
+    from now (as Decoder.import_state refuses it)."""
+    if isinstance(when, (int, float)) and 0 <= when <= time.time() + AHEAD_MAX_S:
+        return float(when)
+    return 0.0
+
+
 def _stamps(ent: dict, name: str) -> dict[Any, float]:
-    """{UDP source port: time} of an exporter entry's "seen" or "withdrawn" list (bad entries
-    left out; the latest time where a port appears twice)."""
+    """{UDP source port: time} of an exporter entry's "seen" or "withdrawn" list (bad entries,
+    and times import_state refuses, left out; the latest time where a port appears twice)."""
     out: dict[Any, float] = {}
     for e in ent.get(name, []) if isinstance(ent.get(name), list) else []:
-        if isinstance(e, list) and len(e) == 2 and isinstance(e[1], (int, float)):
+        if isinstance(e, list) and len(e) == 2 and _time(e[1]):
             try:
                 out[e[0]] = max(e[1], out.get(e[0], e[1]))
             except TypeError:   # (an unhashable port)
@@ -446,7 +458,7 @@ def _merge_exporter(mine: dict, theirs: dict, horizon: float, adopt: dict | None
         if isinstance(gone, (int, float)) and isinstance(when, (int, float)) and when <= gone:
             continue    # the copy from before the process withdrew it
         if t.get("port", 0) in newer or (isinstance(when, (int, float))
-                                         and max(when, their_seen.get(t.get("port", 0), 0)) >= horizon):
+                                         and max(_time(when), their_seen.get(t.get("port", 0), 0)) >= horizon):
             mine.setdefault("templates", []).append(t)
             taken.add(t.get("port", 0))
             added += 1

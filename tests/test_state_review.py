@@ -1,0 +1,58 @@
+"""Review of the state file's per-exporting-process "seen" stamps (collector/state.py,
+Decoder.export_state/import_state): stamps from the future, an idle standby replica, and
+exporting processes nobody has heard from in a long time."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import orjson
+
+from benchmarks.datagrams import IpfixTemplate, data_set, ipfix_message, template_set
+from collector.state import StateFile
+from decoders import Decoder, DecoderConfig
+
+EXPORTER, PORT = "10.1.0.1", 4739
+OTHER = "10.1.0.9"
+OLD = IpfixTemplate(256, (("src", 8, 0, 4), ("dst", 12, 0, 4), ("b", 1, 0, 4)))
+NEW = IpfixTemplate(256, (("dst", 12, 0, 4), ("src", 8, 0, 4), ("proto", 4, 0, 1), ("b", 1, 0, 4)))
+KEEP = IpfixTemplate(257, (("src", 8, 0, 4), ("b", 1, 0, 4)))
+REC = {"src": "10.0.0.1", "dst": "10.0.0.2", "proto": 6, "b": 100}
+
+
+def _msg(sets: list[bytes], when: float) -> bytes:
+    return ipfix_message(sets, seq=0, export_time=int(when))
+
+
+def _restarted(path: Path) -> Decoder:
+    d = Decoder(DecoderConfig())
+    StateFile(str(path), None).load_into(d)
+    return d
+
+
+def _layout(d: Decoder, when: float) -> list[tuple]:
+    flows = d.decode(_msg([data_set(NEW, [REC])], when), EXPORTER, PORT, when).to_dicts()
+    return [(f["SrcAddr"], f["DstAddr"], f.get("Proto")) for f in flows]
+
+
+def test_a_stamp_from_the_far_future_in_the_other_writers_file_does_not_outvote_every_save(tmp_path: Path) -> None:
+    """import_state refuses a "seen" stamp more than a day ahead (a writer whose clock was
+    wrong, or a damaged file); a save's merge took it as it was: the other writer's old copy of
+    a template won over this replica's redefinition (RFC 7011 8) at every save, for as long as
+    the stamp stays ahead, and a restart read the exporter's data with the old layout."""
+    now = time.time()
+    path = tmp_path / "state.json"
+    b = Decoder(DecoderConfig())
+    b.decode(_msg([template_set([OLD])], now - 1000), EXPORTER, PORT, now - 1000)
+    state = b.export_state()
+    state["exporters"][EXPORTER]["seen"] = [[PORT, now + 30 * 86400.0]]
+    path.write_bytes(orjson.dumps(state))           # the other replica's save
+
+    a, sa = Decoder(DecoderConfig()), StateFile(str(path), None)
+    a.decode(_msg([template_set([NEW])], now - 100), EXPORTER, PORT, now - 100)
+    assert _layout(a, now - 90) == [("10.0.0.1", "10.0.0.2", 6)]
+    assert sa.save(a)
+    assert _layout(a, now - 80) == [("10.0.0.1", "10.0.0.2", 6)]    # (not the old layout adopted)
+    assert _layout(_restarted(path), now) == [("10.0.0.1", "10.0.0.2", 6)]
