@@ -11,7 +11,7 @@ wrote it) keeps what only the other knows (exporters, and the exporting processe
 ports, of exporters both know), refreshed within FOREIGN_MAX_AGE, and what the other knows more
 recently (a process both have state of: the one that receives it now wins over one that held it
 during a failover; the decoder's "seen" stamps, and the outvoted replica's decoder takes the
-newer too), under a lock (`<path>.lock`), so each replica's templates survive the others' saves
+newer too, at a periodic save that has nothing to write as well), under a lock (`<path>.lock`), so each replica's templates survive the others' saves
 and the file holds the newest of each process. A running replica that
 meets data without its template (a failover moved the exporter to it) loads, from files another
 process changed since, the templates of the exporters that missed one (`refresh_into`).
@@ -65,6 +65,7 @@ class StateFile:
         self._seen: dict[str, tuple[tuple[int, int, int], set[str]]] = {}
         self._foreign = False                            # our last write kept another writer's state
         self._other: bytes | None = None                 # the other writer's file our last merge read
+        self._read: tuple[int, int, int] | None = None   # (inode, size, mtime_ns) of that file then
         # what our last merge took of processes the other writer knows more recently (they went
         # back to it after a failover), as a state: for our decoder too (_adopt_into)
         self._adopt: dict[str, Any] | None = None
@@ -222,10 +223,26 @@ class StateFile:
         if data is None:
             return False
         if data is self._last:
+            # Nothing to write; but another writer may have saved newer knowledge of processes
+            # this one has state of: a standby replica that receives nothing after a failback
+            # must take it too (_adopt_into), or at the next failover it reads the exporter's
+            # data with the templates it held, though redefined or withdrawn since. The file
+            # holds what it takes, so this is no change to write (an idle replica does not
+            # rewrite the file).
+            if self._stamp() not in (None, self._mine, self._read):
+                await asyncio.to_thread(self._merge_only, data)
+                if self._adopt is not None:
+                    self._adopt_into(decoder)
+                    self._last = self._export(decoder) or self._last
             return True
         ok = await asyncio.to_thread(self._write, data, self._next_gen())
         self._adopt_into(decoder)
         return ok
+
+    def _merge_only(self, data: bytes) -> None:
+        """Merge the file another writer changed with our unchanged state, for what to adopt."""
+        with self._lock:
+            self._merged(data)
 
     def _adopt_into(self, decoder: Any) -> None:
         """Take into the decoder (on the event loop: it is not thread-safe) what the last merge
@@ -310,6 +327,7 @@ class StateFile:
             if stamp != self._mine:
                 with open(self.path, "rb") as fh:
                     self._other = fh.read()
+                self._read = stamp
             if self._other is None:
                 return data
             other = orjson.loads(self._other)

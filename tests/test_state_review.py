@@ -56,3 +56,54 @@ def test_a_stamp_from_the_far_future_in_the_other_writers_file_does_not_outvote_
     assert sa.save(a)
     assert _layout(a, now - 80) == [("10.0.0.1", "10.0.0.2", 6)]    # (not the old layout adopted)
     assert _layout(_restarted(path), now) == [("10.0.0.1", "10.0.0.2", 6)]
+
+
+def test_an_idle_standby_replica_takes_the_newer_knowledge_before_a_second_failover(tmp_path: Path) -> None:
+    """Active/standby replicas: B receives exporter X only while A is away. After the failback
+    X redefines template 256 at A (RFC 7011 8) and A saves. B receives nothing meanwhile, so its
+    periodic save found its state unchanged and returned before merging: it never took A's newer
+    knowledge into its decoder (that happened only at a save that writes), and at the second
+    failover B had a template for X's data (no miss, no look in the file) and read the new
+    layout with the old one until X's next template refresh, up to 10 minutes."""
+    now = time.time()
+    path = tmp_path / "state.json"
+    a, b = Decoder(DecoderConfig()), Decoder(DecoderConfig())
+    sa, sb = StateFile(str(path), None), StateFile(str(path), None)
+    a.decode(_msg([template_set([OLD])], now - 1000), EXPORTER, PORT, now - 1000)
+    assert sa.save(a)
+    # failover: B takes X's template from A's save, reads X's data, saves
+    data = _msg([data_set(OLD, [REC])], now - 900)
+    assert b.decode(data, EXPORTER, PORT, now - 900).missing_template_sets == 1
+    assert asyncio.run(sb.refresh_into(b)) == 1
+    assert len(b.decode(data, EXPORTER, PORT, now - 899)) == 1
+    assert asyncio.run(sb.save_async(b))
+    # failback: A redefines 256 and saves; B, idle, goes on with its periodic saves
+    a.decode(_msg([template_set([NEW]), data_set(NEW, [REC])], now - 400), EXPORTER, PORT, now - 400)
+    assert sa.save(a)
+    written = path.read_bytes()
+    assert asyncio.run(sb.save_async(b))
+    assert asyncio.run(sb.save_async(b))
+    assert path.read_bytes() == written     # (what B took is what the file says: nothing to write)
+    # second failover
+    assert _layout(b, now) == [("10.0.0.1", "10.0.0.2", 6)]
+
+
+def test_an_idle_replica_does_not_rewrite_the_file(tmp_path: Path) -> None:
+    """Data alone changes the file at most once a minute, and an idle collector not at all: its
+    periodic saves leave the file alone, also when another writer changed it since."""
+    now = time.time()
+    path = tmp_path / "state.json"
+    a, b = Decoder(DecoderConfig()), Decoder(DecoderConfig())
+    sa, sb = StateFile(str(path), None), StateFile(str(path), None)
+    b.decode(_msg([template_set([KEEP])], now - 1000), OTHER, PORT, now - 1000)
+    assert asyncio.run(sb.save_async(b))
+    a.decode(_msg([template_set([OLD])], now - 500), EXPORTER, PORT, now - 500)
+    for when in range(int(now - 480), int(now - 470)):     # data within one minute
+        a.decode(_msg([data_set(OLD, [REC])], when), EXPORTER, PORT, when)
+        assert asyncio.run(sa.save_async(a))
+    assert sa.saves["ok"] <= 2
+    before = path.stat().st_mtime_ns, path.stat().st_ino
+    for _ in range(3):
+        assert asyncio.run(sb.save_async(b))
+        assert asyncio.run(sa.save_async(a))
+    assert (path.stat().st_mtime_ns, path.stat().st_ino) == before
