@@ -14,7 +14,9 @@ during a failover; the decoder's "seen" stamps, and the outvoted replica's decod
 newer too, at a periodic save that has nothing to write as well), under a lock (`<path>.lock`), so each replica's templates survive the others' saves
 and the file holds the newest of each process. A running replica that
 meets data without its template (a failover moved the exporter to it) loads, from files another
-process changed since, the templates of the exporters that missed one (`refresh_into`).
+process changed since, the templates of the exporters that missed one (`refresh_into`). An
+exporting process not heard from for STATE_MAX_AGE is no longer saved (after EXPIRY_GRACE_S of
+running), so one loaded at start and never heard from again is not kept for ever.
 """
 
 from __future__ import annotations
@@ -41,6 +43,15 @@ log = logging.getLogger("flowscope.state")
 FOREIGN_MAX_AGE = 3600.0
 # Files are read for missing templates (StateFile.refresh_into) at most this often.
 REFRESH_MIN_S = 30.0
+# An exporting process (exporter address and UDP source port) whose newest stamp (its templates'
+# refresh, the data read with them, its withdrawal) is older than this is no longer saved: loaded
+# at start and never heard from again, it was saved again at every save and loaded again at every
+# start, forever. Its exporter has gone (OVS resends templates every 600 s, so one that comes
+# back sends them again within minutes: the loss is what a restart without a state file loses).
+# Not in the first EXPIRY_GRACE_S after start: a collector stopped for longer than that keeps
+# its file until its exporters are heard again. (The decoder keeps them: only the file forgets.)
+STATE_MAX_AGE = 7 * 86400.0
+EXPIRY_GRACE_S = 3600.0
 # A time in a state file (a template's "refreshed", a "seen" or "withdrawn" stamp) later than
 # this far ahead of now is no time: Decoder.import_state refuses it (a writer whose clock was
 # wrong, or a damaged file), and a merge must too, or such a stamp outvotes every later save.
@@ -71,6 +82,7 @@ class StateFile:
         self._adopt: dict[str, Any] | None = None
         self._missed: dict[str, int] = {}                # exporter -> missing template sets when last refreshed
         self._refreshed_at = 0.0                         # monotonic time of its latest file read
+        self._started = time.time()                      # (STATE_MAX_AGE applies EXPIRY_GRACE_S after)
 
     def candidates(self) -> list[str]:
         """Every file a previous run (with any worker count) may have written, oldest first:
@@ -267,7 +279,11 @@ class StateFile:
     def _export(self, decoder: Any) -> bytes | None:
         """The decoder's state as bytes; `self._last` itself when it has not changed."""
         try:
-            data = orjson.dumps(decoder.export_state())
+            state = decoder.export_state()
+            now = time.time()
+            if now - self._started >= EXPIRY_GRACE_S:
+                _expire(state, now - STATE_MAX_AGE)
+            data = orjson.dumps(state)
         except Exception as exc:
             self.saves["error"] += 1
             self._rl.error("export", "state: cannot export decoder state: %s", exc)
@@ -426,6 +442,26 @@ def _stamps(ent: dict, name: str) -> dict[Any, float]:
             except TypeError:   # (an unhashable port)
                 continue
     return out
+
+
+def _expire(state: dict, cutoff: float) -> None:
+    """Leave out of an export the exporting processes whose newest stamp ("seen", which covers
+    their templates' refresh, or "withdrawn") is older than `cutoff`, and exporters with nothing
+    left (or nothing ever: NetFlow v5 and sFlow exporters, which would be loaded at every start
+    as empty entries). (A process with options-learned entries only has no stamp: it stays.)"""
+    exporters = state["exporters"]
+    for ip, ent in list(exporters.items()):
+        stamps = _stamps(ent, "seen")
+        for p, when in _stamps(ent, "withdrawn").items():
+            stamps[p] = max(when, stamps.get(p, 0.0))
+        gone = {p for p, when in stamps.items() if when < cutoff}
+        if gone:
+            for name in ("templates", *_OPTION_LISTS):
+                ent[name] = [e for e in ent[name] if _port_of(e) not in gone]
+            for name in ("seen", "withdrawn"):
+                ent[name] = [e for e in ent[name] if e[0] not in gone]
+        if not any(ent[name] for name in ("templates", "withdrawn", *_OPTION_LISTS)):
+            del exporters[ip]
 
 
 def _port_of(entry: Any) -> Any:

@@ -107,3 +107,59 @@ def test_an_idle_replica_does_not_rewrite_the_file(tmp_path: Path) -> None:
         assert asyncio.run(sb.save_async(b))
         assert asyncio.run(sa.save_async(a))
     assert (path.stat().st_mtime_ns, path.stat().st_ino) == before
+
+
+def test_an_exporting_process_not_heard_from_for_a_week_is_no_longer_saved(tmp_path: Path) -> None:
+    """Exporters loaded at start and never heard from again were saved again at every save, and
+    so loaded again at every start, forever (bounded only by --max-exporters). An exporting
+    process whose newest stamp (its templates' refresh, the data read with them, its withdrawal)
+    is older than STATE_MAX_AGE is left out of the file once the collector has run for
+    EXPIRY_GRACE_S (a collector stopped for longer keeps its file until its exporters are heard
+    again); the one this exporter still sends from, and other exporters, stay."""
+    from collector.state import EXPIRY_GRACE_S, STATE_MAX_AGE
+
+    now = time.time()
+    old = now - STATE_MAX_AGE - 600
+    path = tmp_path / "state.json"
+    d = Decoder(DecoderConfig())
+    d.decode(_msg([template_set([OLD])], old), EXPORTER, PORT, old)             # gone since
+    d.decode(_msg([template_set([KEEP])], old), EXPORTER, PORT + 1, old)
+    d.decode(_msg([data_set(KEEP, [REC])], now - 60), EXPORTER, PORT + 1, now - 60)  # still sending
+    d.decode(_msg([template_set([OLD])], old), OTHER, PORT, old)                # gone since
+    sf = StateFile(str(path), None)
+    assert sf.save(d)                       # just started: everything kept
+    saved = orjson.loads(path.read_bytes())["exporters"]
+    assert sorted(saved) == [EXPORTER, OTHER]
+
+    restarted = _restarted(path)
+    sf = StateFile(str(path), None)
+    sf._started -= EXPIRY_GRACE_S           # (this collector has run for the grace period)
+    assert sf.save(restarted)
+    saved = orjson.loads(path.read_bytes())["exporters"]
+    assert list(saved) == [EXPORTER]
+    assert [(t["port"], t["id"]) for t in saved[EXPORTER]["templates"]] == [(PORT + 1, 257)]
+    assert [p for p, _ in saved[EXPORTER]["seen"]] == [PORT + 1]
+    # the decoder itself still has them (only the file forgets)
+    assert restarted.decode(_msg([data_set(OLD, [REC])], now), OTHER, PORT, now).to_dicts()
+
+
+def test_exporters_with_nothing_to_restore_are_not_saved_forever(tmp_path: Path) -> None:
+    """A NetFlow v5 (or sFlow) exporter has no templates, rates or clocks: its entry in the file
+    is empty, yet it was loaded at every start (an exporter with state, beyond --max-exporters
+    if need be) and saved again, for ever. Once the collector has run for EXPIRY_GRACE_S it is
+    left out."""
+    import random
+
+    from benchmarks.datagrams import v5_datagram, v5_records
+    from collector.state import EXPIRY_GRACE_S
+
+    now = time.time()
+    path = tmp_path / "state.json"
+    d = Decoder(DecoderConfig())
+    d.decode(v5_datagram(v5_records(2, random.Random(1), uptime_ms=100000), seq=0, unix_secs=int(now),
+                         uptime_ms=100000), "10.9.9.9", 2055, now)
+    d.decode(_msg([template_set([KEEP])], now), OTHER, PORT, now)
+    sf = StateFile(str(path), None)
+    sf._started -= EXPIRY_GRACE_S
+    assert sf.save(d)
+    assert list(orjson.loads(path.read_bytes())["exporters"]) == [OTHER]
