@@ -244,8 +244,11 @@ class StateFile:
             if self._stamp() not in (None, self._mine, self._read):
                 await asyncio.to_thread(self._merge_only, data)
                 if self._adopt is not None:
+                    # (unless the decoder changed while the file was read: that is to write)
+                    unchanged = self._export(decoder) is self._last
                     self._adopt_into(decoder)
-                    self._last = self._export(decoder) or self._last
+                    if unchanged:
+                        self._last = self._export(decoder) or self._last
             return True
         ok = await asyncio.to_thread(self._write, data, self._next_gen())
         self._adopt_into(decoder)

@@ -163,3 +163,31 @@ def test_exporters_with_nothing_to_restore_are_not_saved_forever(tmp_path: Path)
     sf._started -= EXPIRY_GRACE_S
     assert sf.save(d)
     assert list(orjson.loads(path.read_bytes())["exporters"]) == [OTHER]
+
+
+def test_what_the_decoder_learns_while_an_idle_save_reads_the_file_is_still_written(tmp_path: Path) -> None:
+    """The idle replica's periodic save reads the other writer's file in a thread while the
+    event loop goes on decoding: what the decoder learned meanwhile is written at the next save,
+    not taken as already in the file."""
+    now = time.time()
+    path = tmp_path / "state.json"
+    a, b = Decoder(DecoderConfig()), Decoder(DecoderConfig())
+    sa, sb = StateFile(str(path), None), StateFile(str(path), None)
+    a.decode(_msg([template_set([OLD])], now - 1000), EXPORTER, PORT, now - 1000)
+    assert sa.save(a)
+    b.decode(_msg([template_set([OLD]), data_set(OLD, [REC])], now - 900), EXPORTER, PORT, now - 900)
+    assert asyncio.run(sb.save_async(b))
+    a.decode(_msg([template_set([NEW]), data_set(NEW, [REC])], now - 400), EXPORTER, PORT, now - 400)
+    assert sa.save(a)
+
+    merge_only = sb._merge_only
+
+    def meanwhile(data: bytes) -> None:     # (a template arrives at B while the file is read)
+        merge_only(data)
+        b.decode(_msg([template_set([KEEP])], now - 300), OTHER, PORT, now - 300)
+
+    sb._merge_only = meanwhile  # type: ignore[method-assign]
+    assert asyncio.run(sb.save_async(b))
+    sb._merge_only = merge_only  # type: ignore[method-assign]
+    assert asyncio.run(sb.save_async(b))
+    assert OTHER in orjson.loads(path.read_bytes())["exporters"]
