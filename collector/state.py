@@ -83,6 +83,8 @@ class StateFile:
         self._missed: dict[str, int] = {}                # exporter -> missing template sets when last refreshed
         self._refreshed_at = 0.0                         # monotonic time of its latest file read
         self._started = time.time()                      # (STATE_MAX_AGE applies EXPIRY_GRACE_S after)
+        # (the last export, what it was before STATE_MAX_AGE left processes out, and the cutoff)
+        self._full: tuple[bytes, bytes, float] | None = None
 
     def candidates(self) -> list[str]:
         """Every file a previous run (with any worker count) may have written, oldest first:
@@ -284,9 +286,13 @@ class StateFile:
         try:
             state = decoder.export_state()
             now = time.time()
-            if now - self._started >= EXPIRY_GRACE_S:
-                _expire(state, now - STATE_MAX_AGE)
             data = orjson.dumps(state)
+            self._full = None
+            if now - self._started >= EXPIRY_GRACE_S and _expire(state, now - STATE_MAX_AGE):
+                # (the decoder still has what was left out: a merge takes, for its processes too,
+                # what another writer knows more recently into the decoder, _merged)
+                full, data = data, orjson.dumps(state)
+                self._full = (data, full, now - STATE_MAX_AGE)
         except Exception as exc:
             self.saves["error"] += 1
             self._rl.error("export", "state: cannot export decoder state: %s", exc)
@@ -350,7 +356,10 @@ class StateFile:
             if self._other is None:
                 return data
             other = orjson.loads(self._other)
-            mine = orjson.loads(data)
+            # the processes left out for their age are merged too (another writer may know them
+            # more recently: the decoder takes that, _adopt), and left out again after
+            full = self._full if self._full is not None and self._full[0] == data else None
+            mine = orjson.loads(data if full is None else full[1])
             theirs = (other.get("exporters") if isinstance(other, dict) and other.get("format") == mine.get("format")
                       else None)
             if not isinstance(theirs, dict):
@@ -378,7 +387,11 @@ class StateFile:
                     adopted[ip] = adopt
             if adopted:
                 self._adopt = {"format": mine.get("format"), "exporters": adopted}
-            return orjson.dumps(mine) if added else data
+            if not added:
+                return data
+            if full is not None:
+                _expire(mine, full[2])
+            return orjson.dumps(mine)
         except (OSError, ValueError, TypeError, AttributeError, KeyError):
             return data
 
@@ -447,24 +460,40 @@ def _stamps(ent: dict, name: str) -> dict[Any, float]:
     return out
 
 
-def _expire(state: dict, cutoff: float) -> None:
+def _expire(state: dict, cutoff: float) -> bool:
     """Leave out of an export the exporting processes whose newest stamp ("seen", which covers
     their templates' refresh, or "withdrawn") is older than `cutoff`, and exporters with nothing
     left (or nothing ever: NetFlow v5 and sFlow exporters, which would be loaded at every start
-    as empty entries). (A process with options-learned entries only has no stamp: it stays.)"""
+    as empty entries). (A process with options-learned entries only has no stamp: it stays.)
+    True when anything was left out."""
     exporters = state["exporters"]
+    out = False
     for ip, ent in list(exporters.items()):
+        if not isinstance(ent, dict):
+            continue
         stamps = _stamps(ent, "seen")
         for p, when in _stamps(ent, "withdrawn").items():
             stamps[p] = max(when, stamps.get(p, 0.0))
         gone = {p for p, when in stamps.items() if when < cutoff}
         if gone:
             for name in ("templates", *_OPTION_LISTS):
-                ent[name] = [e for e in ent[name] if _port_of(e) not in gone]
+                if isinstance(ent.get(name), list):
+                    ent[name] = [e for e in ent[name] if not _in(_port_of(e), gone)]
             for name in ("seen", "withdrawn"):
-                ent[name] = [e for e in ent[name] if e[0] not in gone]
-        if not any(ent[name] for name in ("templates", "withdrawn", *_OPTION_LISTS)):
+                if isinstance(ent.get(name), list):
+                    ent[name] = [e for e in ent[name] if not (isinstance(e, list) and e and _in(e[0], gone))]
+            out = True
+        if not any(ent.get(name) for name in ("templates", "withdrawn", *_OPTION_LISTS)):
             del exporters[ip]
+            out = True
+    return out
+
+
+def _in(port: Any, ports: set[Any]) -> bool:
+    try:
+        return port in ports
+    except TypeError:   # (an unhashable port: another writer's bad entry)
+        return False
 
 
 def _port_of(entry: Any) -> Any:

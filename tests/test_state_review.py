@@ -191,3 +191,25 @@ def test_what_the_decoder_learns_while_an_idle_save_reads_the_file_is_still_writ
     sb._merge_only = merge_only  # type: ignore[method-assign]
     assert asyncio.run(sb.save_async(b))
     assert OTHER in orjson.loads(path.read_bytes())["exporters"]
+
+
+def test_an_expired_process_still_takes_the_newer_knowledge_into_the_decoder(tmp_path: Path) -> None:
+    """A process left out of this replica's saves for its age is still in its decoder: when the
+    other replica knows it more recently (the exporter redefined a template there, RFC 7011 8),
+    the save must still take that into the decoder, or a failover to this replica reads the
+    exporter's data with the old layout (it has a template: no miss, no look in the file)."""
+    from collector.state import EXPIRY_GRACE_S, STATE_MAX_AGE
+
+    now = time.time()
+    old = now - STATE_MAX_AGE - 600
+    path = tmp_path / "state.json"
+    a, b = Decoder(DecoderConfig()), Decoder(DecoderConfig())
+    sa, sb = StateFile(str(path), None), StateFile(str(path), None)
+    sb._started -= EXPIRY_GRACE_S
+    b.decode(_msg([template_set([OLD]), data_set(OLD, [REC])], old), EXPORTER, PORT, old)   # a failover, long ago
+    a.decode(_msg([template_set([NEW]), data_set(NEW, [REC])], now - 400), EXPORTER, PORT, now - 400)
+    assert sa.save(a)
+    b.decode(_msg([template_set([KEEP])], now - 100), OTHER, PORT, now - 100)
+    assert sb.save(b)
+    assert _layout(b, now) == [("10.0.0.1", "10.0.0.2", 6)]
+    assert _layout(_restarted(path), now) == [("10.0.0.1", "10.0.0.2", 6)]
