@@ -1330,6 +1330,16 @@ cdef void withdraw(Decoder dec, ExporterState ex, int version, uint32_t domain, 
                    uint16_t port, double now):
     cdef Template t
     cdef list keys
+    # The withdrawal is stamped no earlier than what this decoder knew of the exporting process
+    # (its templates' refresh and data, a state file's stamps loaded with them): after the wall
+    # clock stepped back (a clock that ran ahead, corrected), a receive time older than those
+    # would let the older knowledge outvote it (export_state's "seen": a state file merge, or
+    # another worker's file at start) and bring the withdrawn templates back (RFC 7011 8.1).
+    for t in ex.templates.values():
+        if t.port == port and max(t.refreshed, t.seen) > now:
+            now = max(t.refreshed, t.seen)
+    if ex.withdrawn and ex.withdrawn.get(port, 0.0) > now:
+        now = ex.withdrawn[port]
     if tid == 2 or tid == 3:
         keys = [k for k, t in ex.templates.items()
                 if t.version == version and t.domain == domain and t.options == options and t.port == port]

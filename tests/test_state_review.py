@@ -213,3 +213,28 @@ def test_an_expired_process_still_takes_the_newer_knowledge_into_the_decoder(tmp
     assert sb.save(b)
     assert _layout(b, now) == [("10.0.0.1", "10.0.0.2", 6)]
     assert _layout(_restarted(path), now) == [("10.0.0.1", "10.0.0.2", 6)]
+
+
+def test_a_withdrawal_after_the_clock_stepped_back_is_not_outvoted_by_the_previous_run(tmp_path: Path) -> None:
+    """A single collector whose clock ran ahead (10 minutes: corrected by NTP at its restart)
+    stamped its exporting processes in the future. After the restart the exporter withdraws its
+    templates (RFC 7011 8.1); the save merges the previous run's file (the file it finds, not
+    its own last write), whose stamp is later than the withdrawal's receive time: the previous
+    run's knowledge won, and the withdrawn template came back in the file and in the decoder.
+    A change stamped by the decoder is no older than what it knew of the process before."""
+    import struct
+
+    now = time.time()
+    path = tmp_path / "state.json"
+    ahead = now + 600
+    run1 = Decoder(DecoderConfig())
+    run1.decode(_msg([template_set([OLD]), data_set(OLD, [REC])], ahead), EXPORTER, PORT, ahead)
+    assert StateFile(str(path), None).save(run1)
+
+    run2, sf = _restarted(path), StateFile(str(path), None)
+    assert sf.save(run2)
+    run2.decode(_msg([struct.pack("!HHHH", 2, 8, 2, 0)], now), EXPORTER, PORT, now)   # withdraw all
+    assert sf.save(run2)
+    old_data = _msg([data_set(OLD, [REC])], now + 1)
+    assert run2.decode(old_data, EXPORTER, PORT, now + 1).missing_template_sets == 1
+    assert _restarted(path).decode(old_data, EXPORTER, PORT, now + 1).missing_template_sets == 1
