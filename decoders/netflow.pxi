@@ -1330,16 +1330,17 @@ cdef void withdraw(Decoder dec, ExporterState ex, int version, uint32_t domain, 
                    uint16_t port, double now):
     cdef Template t
     cdef list keys
-    # The withdrawal is stamped no earlier than what this decoder knew of the exporting process
-    # (its templates' refresh and data, a state file's stamps loaded with them): after the wall
-    # clock stepped back (a clock that ran ahead, corrected), a receive time older than those
-    # would let the older knowledge outvote it (export_state's "seen": a state file merge, or
-    # another worker's file at start) and bring the withdrawn templates back (RFC 7011 8.1).
+    cdef double known = ex.withdrawn.get(port, 0.0) if ex.withdrawn else 0.0
+    # The withdrawal is stamped later than what this decoder knew of the exporting process (its
+    # templates' refresh and data, a state file's stamps loaded with them): after the wall clock
+    # stepped back (a clock that ran ahead, corrected), a receive time older than those, or a tie,
+    # let the older knowledge win (export_state's "seen": a state file merge, or another worker's
+    # file at start) and brought the withdrawn templates back (RFC 7011 8.1). A millisecond later.
     for t in ex.templates.values():
-        if t.port == port and max(t.refreshed, t.seen) > now:
-            now = max(t.refreshed, t.seen)
-    if ex.withdrawn and ex.withdrawn.get(port, 0.0) > now:
-        now = ex.withdrawn[port]
+        if t.port == port and max(t.refreshed, t.seen) > known:
+            known = max(t.refreshed, t.seen)
+    if known > now:
+        now = known + 0.001
     if tid == 2 or tid == 3:
         keys = [k for k, t in ex.templates.items()
                 if t.version == version and t.domain == domain and t.options == options and t.port == port]

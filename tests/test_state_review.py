@@ -238,3 +238,35 @@ def test_a_withdrawal_after_the_clock_stepped_back_is_not_outvoted_by_the_previo
     old_data = _msg([data_set(OLD, [REC])], now + 1)
     assert run2.decode(old_data, EXPORTER, PORT, now + 1).missing_template_sets == 1
     assert _restarted(path).decode(old_data, EXPORTER, PORT, now + 1).missing_template_sets == 1
+
+
+def test_one_template_withdrawn_after_the_clock_stepped_back_stays_withdrawn_across_worker_files(
+        tmp_path: Path) -> None:
+    """--workers 2 after a restart that corrected a clock running 10 minutes ahead: both workers
+    loaded worker 0's file, stamped in the future. The exporter, now at worker 1, withdraws
+    template 256 (257 stays, RFC 7011 8.1); worker 0 still holds 256 and saves last. The two
+    files' stamps tied, so the next start took the union of their templates: 256 came back."""
+    import os
+    import struct
+
+    now = time.time()
+    base = str(tmp_path / "state.json")
+    ahead = now + 600
+    run1 = Decoder(DecoderConfig())
+    run1.decode(_msg([template_set([OLD, KEEP]), data_set(KEEP, [REC])], ahead), EXPORTER, PORT, ahead)
+    assert StateFile(base, 0).save(run1)
+
+    w0, w1 = Decoder(DecoderConfig()), Decoder(DecoderConfig())
+    s0, s1 = StateFile(base, 0), StateFile(base, 1)
+    s0.load_into(w0)
+    s1.load_into(w1)
+    w1.decode(_msg([struct.pack("!HHHH", 2, 8, 256, 0), data_set(KEEP, [REC])], now), EXPORTER, PORT, now)
+    assert s1.save(w1)
+    w0.decode(_msg([template_set([KEEP])], now), OTHER, PORT, now)
+    assert s0.save(w0)
+    newer = os.stat(s0.path).st_mtime + 10
+    os.utime(s0.path, (newer, newer))
+
+    restarted = Decoder(DecoderConfig())
+    StateFile(base, 0).load_into(restarted)
+    assert restarted.decode(_msg([data_set(OLD, [REC])], now + 1), EXPORTER, PORT, now + 1).missing_template_sets == 1
