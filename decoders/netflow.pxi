@@ -1199,7 +1199,7 @@ cdef int parse_template_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* 
     cdef list spec
     cdef Py_ssize_t start, fields_at
     cdef uint16_t scope_len, opt_len
-    cdef Template t
+    cdef Template t, old
     cdef str bad
     # A set ends with padding shorter than a template record header, or with longer zero
     # padding (RFC 3954 5.3 and RFC 7011 3.3.1: padding octets are zero and counted in the set
@@ -1282,6 +1282,14 @@ cdef int parse_template_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* 
         except DecodeError as e:
             refuse_template(dec, ex, b, start, version, domain, tid, e.detail)
             continue
+        old = ex.templates.get(tkey(version, domain, tid, b.port))
+        if old is not None and max(old.refreshed, old.seen) > b.recv_time:
+            # The wall clock stepped back (one that ran ahead, corrected): the (re)definition is
+            # still the newest knowledge of its exporting process (export_state's "seen"), not
+            # older than the definition it replaces: else a state file stamped before the step
+            # (the previous run's, another worker's) outvoted it and the old layout came back
+            # (RFC 7011 8). A millisecond later, as withdraw does.
+            t.seen = max(old.refreshed, old.seen) + 0.001
         store_template(dec, ex, t, b.recv_time)
     return 0
 

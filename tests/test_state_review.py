@@ -270,3 +270,22 @@ def test_one_template_withdrawn_after_the_clock_stepped_back_stays_withdrawn_acr
     restarted = Decoder(DecoderConfig())
     StateFile(base, 0).load_into(restarted)
     assert restarted.decode(_msg([data_set(OLD, [REC])], now + 1), EXPORTER, PORT, now + 1).missing_template_sets == 1
+
+
+def test_a_redefinition_after_the_clock_stepped_back_is_not_outvoted_by_the_previous_run(tmp_path: Path) -> None:
+    """As for a withdrawal: after a restart that corrected a clock running ahead, the exporter
+    redefines template 256 (RFC 7011 8); the previous run's file, stamped later than that
+    receive time, won at the save, and the decoder took the old layout back."""
+    now = time.time()
+    path = tmp_path / "state.json"
+    ahead = now + 600
+    run1 = Decoder(DecoderConfig())
+    run1.decode(_msg([template_set([OLD]), data_set(OLD, [REC])], ahead), EXPORTER, PORT, ahead)
+    assert StateFile(str(path), None).save(run1)
+
+    run2, sf = _restarted(path), StateFile(str(path), None)
+    assert sf.save(run2)
+    run2.decode(_msg([template_set([NEW])], now), EXPORTER, PORT, now)
+    assert sf.save(run2)
+    assert _layout(run2, now + 1) == [("10.0.0.1", "10.0.0.2", 6)]
+    assert _layout(_restarted(path), now + 1) == [("10.0.0.1", "10.0.0.2", 6)]
