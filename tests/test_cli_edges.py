@@ -46,6 +46,22 @@ def test_decode_with_a_port_nothing_was_sent_to_names_it(tmp_path: Path) -> None
     assert p.returncode == 0 and len(p.stdout.splitlines()) == 2, p.stderr
 
 
+def _fed_fifo(cap: Path, tmp_path: Path) -> tuple[Path, threading.Thread]:
+    """A FIFO a thread writes the capture into once (as `cat capture | ...` would)."""
+    fifo = tmp_path / "capture.fifo"
+    os.mkfifo(fifo)
+    feeder = threading.Thread(target=lambda: fifo.write_bytes(cap.read_bytes()), daemon=True)
+    feeder.start()
+    return fifo, feeder
+
+
+def _receiver() -> socket.socket:
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.settimeout(5)
+    return rx
+
+
 def test_replay_loops_of_a_pipe_too_large_to_keep_send_one_loop_and_say_why(tmp_path: Path) -> None:
     """Later loops of a capture whose payloads do not fit in memory read the file again; a FIFO
     (or /dev/stdin) cannot be: `--loop 0` waited for ever on the FIFO's next writer (or, from
@@ -54,13 +70,8 @@ def test_replay_loops_of_a_pipe_too_large_to_keep_send_one_loop_and_say_why(tmp_
     cap = tmp_path / "v5.pcap"
     write_pcap(cap, [(T0 + i, "10.1.0.1", 2055, make_v5(1 + 5 * i, 5, 5 * i, unix_secs=T0 + i))
                      for i in range(4)], dport=2055)
-    fifo = tmp_path / "capture.fifo"
-    os.mkfifo(fifo)
-    feeder = threading.Thread(target=lambda: fifo.write_bytes(cap.read_bytes()), daemon=True)
-    feeder.start()
-    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    rx.bind(("127.0.0.1", 0))
-    rx.settimeout(5)
+    fifo, feeder = _fed_fifo(cap, tmp_path)
+    rx = _receiver()
     code = ("import sys; from collector import cli, replay; replay.CACHE_BYTES = 0; "
             f"sys.exit(cli.main(['replay', {str(fifo)!r}, '--to', '127.0.0.1:{rx.getsockname()[1]}', '--loop', '0']))")
     try:
@@ -80,13 +91,8 @@ def test_replay_loops_of_a_pipe_too_large_to_keep_send_one_loop_and_say_why(tmp_
 def test_replay_loops_of_a_small_pipe_come_from_memory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cap = tmp_path / "v5.pcap"
     write_pcap(cap, [(T0, "10.1.0.1", 2055, make_v5(1, 5, 0, unix_secs=T0))], dport=2055)
-    fifo = tmp_path / "capture.fifo"
-    os.mkfifo(fifo)
-    feeder = threading.Thread(target=lambda: fifo.write_bytes(cap.read_bytes()), daemon=True)
-    feeder.start()
-    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    rx.bind(("127.0.0.1", 0))
-    rx.settimeout(5)
+    fifo, feeder = _fed_fifo(cap, tmp_path)
+    rx = _receiver()
     try:
         assert cli.main(["replay", str(fifo), "--to", f"127.0.0.1:{rx.getsockname()[1]}", "--loop", "3"]) == 0
         seqs = [struct.unpack_from("!I", rx.recv(65535), 16)[0] for _ in range(3)]

@@ -9,27 +9,29 @@ import time
 from pathlib import Path
 
 import orjson
+from test_state_failover import EXPORTER, KEEP, NEW, OLD, OTHER, PORT, REC, _msg
 
-from benchmarks.datagrams import IpfixTemplate, data_set, ipfix_message, template_set
+from benchmarks.datagrams import data_set, template_set
 from collector.state import StateFile
 from decoders import Decoder, DecoderConfig
-
-EXPORTER, PORT = "10.1.0.1", 4739
-OTHER = "10.1.0.9"
-OLD = IpfixTemplate(256, (("src", 8, 0, 4), ("dst", 12, 0, 4), ("b", 1, 0, 4)))
-NEW = IpfixTemplate(256, (("dst", 12, 0, 4), ("src", 8, 0, 4), ("proto", 4, 0, 1), ("b", 1, 0, 4)))
-KEEP = IpfixTemplate(257, (("src", 8, 0, 4), ("b", 1, 0, 4)))
-REC = {"src": "10.0.0.1", "dst": "10.0.0.2", "proto": 6, "b": 100}
-
-
-def _msg(sets: list[bytes], when: float) -> bytes:
-    return ipfix_message(sets, seq=0, export_time=int(when))
 
 
 def _restarted(path: Path) -> Decoder:
     d = Decoder(DecoderConfig())
     StateFile(str(path), None).load_into(d)
     return d
+
+
+def _after_a_run_ahead(path: Path, now: float) -> tuple[Decoder, StateFile]:
+    """A previous run whose clock ran 10 minutes ahead saved template 256 (OLD) with its data;
+    this run, its clock corrected, loaded and saved that file. Returns (decoder, its StateFile)."""
+    ahead = now + 600
+    run1 = Decoder(DecoderConfig())
+    run1.decode(_msg([template_set([OLD]), data_set(OLD, [REC])], ahead), EXPORTER, PORT, ahead)
+    assert StateFile(str(path), None).save(run1)
+    run2, sf = _restarted(path), StateFile(str(path), None)
+    assert sf.save(run2)
+    return run2, sf
 
 
 def _layout(d: Decoder, when: float) -> list[tuple]:
@@ -226,13 +228,7 @@ def test_a_withdrawal_after_the_clock_stepped_back_is_not_outvoted_by_the_previo
 
     now = time.time()
     path = tmp_path / "state.json"
-    ahead = now + 600
-    run1 = Decoder(DecoderConfig())
-    run1.decode(_msg([template_set([OLD]), data_set(OLD, [REC])], ahead), EXPORTER, PORT, ahead)
-    assert StateFile(str(path), None).save(run1)
-
-    run2, sf = _restarted(path), StateFile(str(path), None)
-    assert sf.save(run2)
+    run2, sf = _after_a_run_ahead(path, now)
     run2.decode(_msg([struct.pack("!HHHH", 2, 8, 2, 0)], now), EXPORTER, PORT, now)   # withdraw all
     assert sf.save(run2)
     old_data = _msg([data_set(OLD, [REC])], now + 1)
@@ -278,13 +274,7 @@ def test_a_redefinition_after_the_clock_stepped_back_is_not_outvoted_by_the_prev
     receive time, won at the save, and the decoder took the old layout back."""
     now = time.time()
     path = tmp_path / "state.json"
-    ahead = now + 600
-    run1 = Decoder(DecoderConfig())
-    run1.decode(_msg([template_set([OLD]), data_set(OLD, [REC])], ahead), EXPORTER, PORT, ahead)
-    assert StateFile(str(path), None).save(run1)
-
-    run2, sf = _restarted(path), StateFile(str(path), None)
-    assert sf.save(run2)
+    run2, sf = _after_a_run_ahead(path, now)
     run2.decode(_msg([template_set([NEW])], now), EXPORTER, PORT, now)
     assert sf.save(run2)
     assert _layout(run2, now + 1) == [("10.0.0.1", "10.0.0.2", 6)]
