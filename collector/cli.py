@@ -8,6 +8,7 @@ schema in `collector.config` (see there); this module only wires subcommands.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -79,6 +80,24 @@ def _start_checks(cfg: config_mod.Config, credentials: bool = True) -> tuple[Any
         if problem:
             return None, "", problem
     return _enrichment(cfg, credentials)
+
+
+def _output_file_problem(cfg: config_mod.Config) -> str:
+    """What `run` would say of a file sink's file it cannot open (`cannot start: output file
+    PATH: cannot open: ...`, exit 2), said by `config` without creating the file: `run` opens it
+    in each worker as it starts, so this check is `config`'s alone."""
+    if cfg.sink_kind() != "file" or not cfg.output_file:
+        return ""
+    path = cfg.output_file
+    if os.path.isdir(path):
+        err = errno.EISDIR
+    elif os.path.exists(path):
+        err = 0 if os.access(path, os.W_OK) else errno.EACCES
+    else:
+        parent = os.path.dirname(os.path.abspath(path))
+        err = (errno.ENOENT if not os.path.isdir(parent)
+               else 0 if os.access(parent, os.W_OK | os.X_OK) else errno.EACCES)
+    return f"{cfg.named('output_file')}: output file {path}: cannot open: {os.strerror(err)}" if err else ""
 
 
 def _ignored_settings(cfg: config_mod.Config, enrich_cfg: Any) -> list[str]:
@@ -285,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         # what `run` would refuse, `config` refuses alike: it says whether the file is good
         # (the kubeconfig's files and context, not its credentials: see kube_access_error)
         enrich_cfg, _note, problem = _start_checks(cfg, credentials=False)
+        problem = problem or _output_file_problem(cfg)
         if problem:
             print(f"flowscope: configuration error: {problem}", file=sys.stderr)
             return 2

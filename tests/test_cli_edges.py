@@ -115,3 +115,28 @@ def test_health_timeout_must_be_positive(value: str) -> None:
     p = subprocess.run([sys.executable, "-m", "collector.cli", "health", "--addr", "127.0.0.1:9", "--timeout", value],
                        cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert p.returncode == 2 and "--timeout" in p.stderr, p.stderr
+
+
+def test_config_refuses_an_output_file_run_cannot_open(tmp_path: Path) -> None:
+    """`flowscope config --output-file DIR/missing/x` printed the configuration (exit 0), which
+    `run` then refused at start ("output file ...: cannot open", exit 2); docs: "a configuration
+    it prints is one run accepts" (review helper-108)."""
+    def config(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "collector.cli", "config", *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60,
+                              env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
+
+    missing = tmp_path / "no-such-dir" / "flows.jsonl"
+    r = config("--output-file", str(missing))
+    assert r.returncode == 2 and r.stdout == "", r.stderr
+    assert (f"output_file (from --output-file): output file {missing}: cannot open: No such file or directory"
+            in r.stderr)
+    assert not missing.parent.exists()
+    r = config("--output-file", str(tmp_path))
+    assert r.returncode == 2 and "Is a directory" in r.stderr
+    good = tmp_path / "flows.jsonl"
+    r = config("--output-file", str(good))
+    assert r.returncode == 0 and "output_file:" in r.stdout and not good.exists(), r.stderr
+    # a Kafka sink does not open the file (run warns that it is not written): no check
+    r = config("--output-file", str(missing), "--kafka-brokers", "127.0.0.1:9092")
+    assert r.returncode == 0, r.stderr
