@@ -382,7 +382,16 @@ class StateFile:
                         added += 1
                     continue
                 adopt: dict[str, Any] = {}
-                added += _merge_exporter(mine["exporters"][ip], ent, horizon, adopt)
+                before = orjson.dumps(mine["exporters"][ip])
+                try:
+                    added += _merge_exporter(mine["exporters"][ip], ent, horizon, adopt)
+                except (ValueError, TypeError, AttributeError, KeyError, IndexError):
+                    # one malformed entry (an unhashable port, a wrong type) leaves out that
+                    # exporter's foreign state, ours of it as it was: not every other exporter's
+                    mine["exporters"][ip] = orjson.loads(before)
+                    self._rl.warning("merge", "state: %s: exporter %s is malformed in the file another process "
+                                     "wrote; what it says of it is left out", self.path, ip)
+                    continue
                 if adopt:
                     adopted[ip] = adopt
             if adopted:

@@ -279,3 +279,25 @@ def test_a_redefinition_after_the_clock_stepped_back_is_not_outvoted_by_the_prev
     assert sf.save(run2)
     assert _layout(run2, now + 1) == [("10.0.0.1", "10.0.0.2", 6)]
     assert _layout(_restarted(path), now + 1) == [("10.0.0.1", "10.0.0.2", 6)]
+
+
+def test_one_malformed_exporter_in_the_other_writers_file_leaves_out_only_that_one(tmp_path: Path) -> None:
+    """A save merges what the other writer's file says of each exporter; one malformed entry (a
+    template whose port is a list: unhashable) raised inside that merge, and the whole save fell
+    back to this writer's state alone: every exporter only the other replica receives vanished
+    from the file."""
+    now = time.time()
+    path = tmp_path / "state.json"
+    b = Decoder(DecoderConfig())
+    b.decode(_msg([template_set([OLD])], now - 100), EXPORTER, PORT, now - 100)
+    b.decode(_msg([template_set([KEEP])], now - 100), OTHER, PORT, now - 100)
+    state = b.export_state()
+    state["exporters"][EXPORTER]["templates"][0]["port"] = [PORT]
+    path.write_bytes(orjson.dumps(state))           # the other replica's save, one entry damaged
+
+    a, sa = Decoder(DecoderConfig()), StateFile(str(path), None)
+    a.decode(_msg([template_set([NEW])], now - 50), EXPORTER, PORT, now - 50)
+    assert sa.save(a)
+    saved = orjson.loads(path.read_bytes())["exporters"]
+    assert [t["id"] for t in saved[OTHER]["templates"]] == [257]      # the other's exporter kept
+    assert _layout(_restarted(path), now) == [("10.0.0.1", "10.0.0.2", 6)]   # ours of X as it was
