@@ -43,6 +43,10 @@ log = logging.getLogger("flowscope.state")
 FOREIGN_MAX_AGE = 3600.0
 # Files are read for missing templates (StateFile.refresh_into) at most this often.
 REFRESH_MIN_S = 30.0
+# A write goes to a temporary file beside the state file, renamed over it when complete; one
+# older than this was left by an interrupted write and is removed at start.
+TEMP_PREFIX = ".flowscope-state."
+TEMP_MAX_AGE = 3600.0
 # An exporting process (exporter address and UDP source port) whose newest stamp (its templates'
 # refresh, the data read with them, its withdrawal) is older than this is no longer saved: loaded
 # at start and never heard from again, it was saved again at every save and loaded again at every
@@ -102,6 +106,7 @@ class StateFile:
         return sorted(out, key=lambda p: (mtime(p), p))
 
     def load_into(self, decoder: Any) -> None:
+        self._remove_stale_temps()
         files = self.candidates()
         if not files:
             self.loads["missing"] += 1
@@ -122,6 +127,23 @@ class StateFile:
                             got["skipped"])
             else:
                 log.info("state: loaded %s: %d templates", p, got.get("templates", 0))
+
+    def _remove_stale_temps(self) -> None:
+        """The temporary files of writes a crash (or a full disk) interrupted: nothing else removes
+        them, and each may be as large as the state. Only those older than TEMP_MAX_AGE go: a
+        replica sharing the directory may be writing one now (a write takes well under a second)."""
+        d = os.path.dirname(os.path.abspath(self.path))
+        horizon = time.time() - TEMP_MAX_AGE
+        removed = 0
+        for p in glob.glob(os.path.join(glob.escape(d), TEMP_PREFIX + "*")):
+            try:
+                if os.stat(p).st_mtime < horizon:
+                    os.unlink(p)
+                    removed += 1
+            except OSError:
+                continue    # gone meanwhile, or not ours to remove
+        if removed:
+            log.info("state: removed %d temporary file(s) left in %s by interrupted writes", removed, d)
 
     def unread(self, wanted: set[str]) -> list[str]:
         """Files that may hold what this process lacks for the wanted exporters: written by
@@ -408,7 +430,7 @@ class StateFile:
         d = os.path.dirname(os.path.abspath(self.path))
         tmp = None
         try:
-            fd, tmp = tempfile.mkstemp(prefix=".flowscope-state.", dir=d)
+            fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=d)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()

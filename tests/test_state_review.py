@@ -301,3 +301,26 @@ def test_one_malformed_exporter_in_the_other_writers_file_leaves_out_only_that_o
     saved = orjson.loads(path.read_bytes())["exporters"]
     assert [t["id"] for t in saved[OTHER]["templates"]] == [257]      # the other's exporter kept
     assert _layout(_restarted(path), now) == [("10.0.0.1", "10.0.0.2", 6)]   # ours of X as it was
+
+
+def test_temporary_files_of_interrupted_writes_are_removed_at_start(tmp_path: Path) -> None:
+    """A write goes to `.flowscope-state.XXXX` beside the file and is renamed over it; a crash or
+    a full disk mid-write left that file behind, and nothing ever removed it. At start, those
+    older than an hour go; a fresh one (another replica writing now) and other files stay."""
+    import os
+
+    from collector import state as state_mod
+
+    path = tmp_path / "state.json"
+    b = Decoder(DecoderConfig())
+    b.decode(_msg([template_set([OLD])], time.time()), EXPORTER, PORT, time.time())
+    assert StateFile(str(path), None).save(b)
+    old, fresh, other = (tmp_path / (state_mod.TEMP_PREFIX + "old1"), tmp_path / (state_mod.TEMP_PREFIX + "new1"),
+                         tmp_path / "notes.txt")
+    for f in (old, fresh, other):
+        f.write_bytes(b"{partial")
+    then = time.time() - 2 * 3600
+    os.utime(old, (then, then))
+    os.utime(other, (then, then))
+    _restarted(path)
+    assert not old.exists() and fresh.exists() and other.exists() and path.exists()
