@@ -34,6 +34,16 @@ def _after_a_run_ahead(path: Path, now: float) -> tuple[Decoder, StateFile]:
     return run2, sf
 
 
+def _replicas_after_a_saved(path: Path, now: float) -> tuple[Decoder, StateFile, Decoder, StateFile]:
+    """Replicas A and B sharing `path`; A received template 256 (OLD) from X and saved.
+    Returns (a, its StateFile, b, its StateFile)."""
+    a, b = Decoder(DecoderConfig()), Decoder(DecoderConfig())
+    sa, sb = StateFile(str(path), None), StateFile(str(path), None)
+    a.decode(_msg([template_set([OLD])], now - 1000), EXPORTER, PORT, now - 1000)
+    assert sa.save(a)
+    return a, sa, b, sb
+
+
 def _layout(d: Decoder, when: float) -> list[tuple]:
     flows = d.decode(_msg([data_set(NEW, [REC])], when), EXPORTER, PORT, when).to_dicts()
     return [(f["SrcAddr"], f["DstAddr"], f.get("Proto")) for f in flows]
@@ -69,10 +79,7 @@ def test_an_idle_standby_replica_takes_the_newer_knowledge_before_a_second_failo
     layout with the old one until X's next template refresh, up to 10 minutes."""
     now = time.time()
     path = tmp_path / "state.json"
-    a, b = Decoder(DecoderConfig()), Decoder(DecoderConfig())
-    sa, sb = StateFile(str(path), None), StateFile(str(path), None)
-    a.decode(_msg([template_set([OLD])], now - 1000), EXPORTER, PORT, now - 1000)
-    assert sa.save(a)
+    a, sa, b, sb = _replicas_after_a_saved(path, now)
     # failover: B takes X's template from A's save, reads X's data, saves
     data = _msg([data_set(OLD, [REC])], now - 900)
     assert b.decode(data, EXPORTER, PORT, now - 900).missing_template_sets == 1
@@ -173,10 +180,7 @@ def test_what_the_decoder_learns_while_an_idle_save_reads_the_file_is_still_writ
     not taken as already in the file."""
     now = time.time()
     path = tmp_path / "state.json"
-    a, b = Decoder(DecoderConfig()), Decoder(DecoderConfig())
-    sa, sb = StateFile(str(path), None), StateFile(str(path), None)
-    a.decode(_msg([template_set([OLD])], now - 1000), EXPORTER, PORT, now - 1000)
-    assert sa.save(a)
+    a, sa, b, sb = _replicas_after_a_saved(path, now)
     b.decode(_msg([template_set([OLD]), data_set(OLD, [REC])], now - 900), EXPORTER, PORT, now - 900)
     assert asyncio.run(sb.save_async(b))
     a.decode(_msg([template_set([NEW]), data_set(NEW, [REC])], now - 400), EXPORTER, PORT, now - 400)
