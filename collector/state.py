@@ -68,6 +68,8 @@ class StateFile:
     def __init__(self, path: str, worker: int | None) -> None:
         self.path = path if worker is None else f"{path}.{worker}"
         self.base = path
+        self._first = worker in (None, 0)   # removes abandoned files (_find_abandoned)
+        self._abandoned: list[tuple[str, float]] = []
         self.saves = {"ok": 0, "error": 0}
         self.loads = {"ok": 0, "error": 0, "missing": 0, "refresh": 0}
         self._last: bytes | None = None
@@ -127,6 +129,45 @@ class StateFile:
                             got["skipped"])
             else:
                 log.info("state: loaded %s: %d templates", p, got.get("templates", 0))
+        self._find_abandoned(files)
+
+    def _find_abandoned(self, files: list[str]) -> None:
+        """Files no process writes any more: the worker files of an earlier run with more workers
+        (`<path>.3` after `--workers 4` became 2), or `<path>` itself after one worker became
+        several. They were loaded at every start for ever. One not written for STATE_MAX_AGE
+        while another file was written since (every exporting process it holds is then older
+        than STATE_MAX_AGE, so no save keeps it) is removed by the first worker after its first
+        write: every worker has loaded it by then. A collector stopped for longer than that
+        (every file as old) keeps them all, as it keeps its exporters (see STATE_MAX_AGE)."""
+        if not self._first:
+            return
+        stamps = {}
+        for p in files:
+            try:
+                stamps[p] = os.stat(p).st_mtime
+            except OSError:
+                continue
+        horizon = time.time() - STATE_MAX_AGE
+        if not stamps or max(stamps.values()) < horizon:
+            return
+        self._abandoned = [(p, m) for p, m in stamps.items() if p != self.path and m < horizon]
+
+    def _remove_abandoned(self) -> None:
+        """(after a write; see _find_abandoned) Those still as they were when loaded."""
+        gone, self._abandoned = self._abandoned, []
+        for p, mtime in gone:
+            try:
+                if os.stat(p).st_mtime != mtime:
+                    continue    # written since: not abandoned after all
+                os.unlink(p)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                log.warning("state: cannot remove %s, not written for %.0f days: %s", p,
+                            (time.time() - mtime) / 86400, exc)
+                continue
+            log.info("state: removed %s: not written for %.0f days while other state files were (a file "
+                     "of an earlier run's worker count)", p, (time.time() - mtime) / 86400)
 
     def _remove_stale_temps(self) -> None:
         """The temporary files of writes a crash (or a full disk) interrupted: nothing else removes
@@ -340,6 +381,8 @@ class StateFile:
             if ok:
                 self._written_gen = gen
                 self._last = data
+                if self._abandoned:
+                    self._remove_abandoned()
             return ok
 
     def _lock_file(self) -> int | None:

@@ -328,3 +328,60 @@ def test_temporary_files_of_interrupted_writes_are_removed_at_start(tmp_path: Pa
     os.utime(other, (then, then))
     _restarted(path)
     assert not old.exists() and fresh.exists() and other.exists() and path.exists()
+
+
+def _saved_by(path: str, exporter: str, when: float, age_days: float) -> None:
+    """A file at `path` holding exporter's template 256, as a run saved it `age_days` ago."""
+    import os
+
+    d = Decoder(DecoderConfig())
+    d.decode(_msg([template_set([OLD])], when), exporter, PORT, when)
+    Path(path).write_bytes(orjson.dumps(d.export_state()))
+    then = time.time() - age_days * 86400
+    os.utime(path, (then, then))
+
+
+def _states(d: Path) -> list[str]:
+    """The state files in d (not their `.lock` files)."""
+    return sorted(p.name for p in d.iterdir() if not p.name.endswith(".lock"))
+
+
+def test_files_of_an_earlier_larger_worker_count_are_loaded_then_removed(tmp_path: Path) -> None:
+    """`--workers 4` wrote state.json.0 to .3; the collector now runs 2 workers, which write .0
+    and .1 only. Nothing ever wrote .2 and .3 again, and every start loaded them for ever (as
+    `state.json` itself after one worker became several). A file not written for a week while
+    others were is loaded one last time (its exporters go on), then removed by the first worker
+    after its first write (the other workers have loaded it by then); the files being written
+    stay."""
+    now = time.time()
+    base = str(tmp_path / "state.json")
+    _saved_by(base, "10.9.0.1", now - 9 * 86400, 9)           # the single-worker run before that
+    _saved_by(base + ".0", "10.9.0.2", now - 60, 0.001)
+    _saved_by(base + ".1", "10.9.0.3", now - 60, 0.001)
+    _saved_by(base + ".2", "10.9.0.4", now - 8 * 86400, 8)
+    _saved_by(base + ".3", "10.9.0.5", now - 8 * 86400, 8)
+    every = ["10.9.0.1", "10.9.0.2", "10.9.0.3", "10.9.0.4", "10.9.0.5"]
+    d0, d1 = Decoder(DecoderConfig()), Decoder(DecoderConfig())
+    s0, s1 = StateFile(base, 0), StateFile(base, 1)
+    s0.load_into(d0)
+    assert len(_states(tmp_path)) == 5     # worker 1 may still be loading
+    s1.load_into(d1)
+    assert sorted(d0.export_state()["exporters"]) == sorted(d1.export_state()["exporters"]) == every
+    assert s1.save(d1)
+    assert len(_states(tmp_path)) == 5     # the second worker removes nothing
+    assert s0.save(d0)
+    assert _states(tmp_path) == ["state.json.0", "state.json.1"]
+
+
+def test_a_collector_stopped_for_longer_than_a_week_keeps_every_file(tmp_path: Path) -> None:
+    """Every file is as old (the collector was stopped): none is abandoned, all stay, as the
+    exporters they hold stay until heard again (STATE_MAX_AGE)."""
+    now = time.time()
+    base = str(tmp_path / "state.json")
+    for i, age in enumerate((9, 8, 8)):
+        _saved_by(f"{base}.{i}", f"10.9.0.{i + 1}", now - age * 86400, age)
+    d, sf = Decoder(DecoderConfig()), StateFile(base, 0)
+    sf.load_into(d)
+    assert len(d.export_state()["exporters"]) == 3
+    assert sf.save(d)
+    assert _states(tmp_path) == ["state.json.0", "state.json.1", "state.json.2"]
