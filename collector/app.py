@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import multiprocessing
 import os
 import platform
 import signal
@@ -334,8 +335,11 @@ def run(cfg: Config, enrich_cfg: Any = None, enrich_note: str = "") -> int:
 
 
 def _child(cfg: Config, index: int, conn: Connection, enrich_cfg: Any,
-           factory: Callable[[], asyncio.AbstractEventLoop], parent: int) -> int:
+           factory: Callable[[], asyncio.AbstractEventLoop], parent: int, turn: Any) -> int:
     setup_logging(cfg.log_level, index)
+    from . import sinks
+
+    sinks.topic_turn = (turn, index == 0)
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
     # A supervisor killed outright (SIGKILL, the OOM killer) cannot forward a stop: the kernel
@@ -415,6 +419,7 @@ def _supervise(cfg: Config, enrich_cfg: Any, factory: Callable[[], asyncio.Abstr
     if not ports_free(cfg):
         return 2
     me = os.getpid()
+    turn = multiprocessing.get_context("fork").Event()  # see sinks.topic_turn
     sys.stdout.flush()
     sys.stderr.flush()
     for i in range(cfg.workers):
@@ -426,7 +431,7 @@ def _supervise(cfg: Config, enrich_cfg: Any, factory: Callable[[], asyncio.Abstr
                 other.close()
             code = 1
             try:
-                code = _child(cfg, i, w, enrich_cfg, factory, me)
+                code = _child(cfg, i, w, enrich_cfg, factory, me, turn)
             except BaseException as exc:  # noqa: BLE001 - report anything, then leave without cleanup
                 logging.getLogger("flowscope").exception("worker %d failed: %r", i, exc)
             finally:

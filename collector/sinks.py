@@ -747,6 +747,14 @@ class _Held:
         self.probe: Chunk | None = None
 
 
+#: --workers N (set by app._child before a worker starts): (an event shared by the workers, whether
+#: this is the first worker). The first worker sets it once it has asked for the topics' metadata
+#: (and created them with --kafka-create-topic); the others ask after it. Tansu, asked for a topic
+#: it does not have by two producers at once, creates it twice and loses what was written into
+#: the first one (a two-worker test lost one worker's records so, once in some hundred runs).
+topic_turn: tuple[Any, bool] | None = None
+
+
 class KafkaSink(Sink):
     """aiokafka producer fed by record-batch appends; see the module docstring."""
 
@@ -827,11 +835,26 @@ class KafkaSink(Sink):
             log.info("kafka: connected to %s (%d connection%s%s)", ",".join(self.k.brokers), len(producers),
                      "s" if len(producers) > 1 else "",
                      ", direct produce for the fast path" if self.direct is not None else "")
-            if self.k.create_topic:
-                await self._create_topics()
-            await self._learn_partitions()
+            await self._wait_turn()
+            try:
+                if self.k.create_topic:
+                    await self._create_topics()
+                await self._learn_partitions()
+            finally:
+                if topic_turn is not None and topic_turn[1]:
+                    topic_turn[0].set()
             self.connected = True
             return
+
+    async def _wait_turn(self) -> None:
+        """--workers N: every worker but the first waits (at most --kafka-request-timeout-ms)
+        until the first has asked for the topics (see topic_turn), so that a topic the brokers
+        create when asked for is asked for by one producer first."""
+        if topic_turn is None or topic_turn[1]:
+            return
+        deadline = time.monotonic() + self.k.request_timeout_ms / 1000
+        while not topic_turn[0].is_set() and time.monotonic() < deadline and not self._stopping:
+            await asyncio.sleep(0.05)
 
     async def _learn_partitions(self) -> None:
         """Ask for the topics' metadata once connected, before the sink counts as connected
