@@ -21,6 +21,9 @@ cdef extern from *:
     #include <stdint.h>
     #include <stddef.h>
     #include <string.h>
+    #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    #include <immintrin.h>
+    #endif
     /* CRC-32C (Castagnoli), the Kafka v2 batch checksum: SSE4.2 instruction when the CPU has
        it (chosen once at run time), else a byte-wise table. */
     static uint32_t fs_crc32c_table[256];
@@ -90,44 +93,119 @@ cdef extern from *:
         *np = n;
         return c;
     }
+    /* The raw register after n bytes from register c32 (no inversions). */
     __attribute__((target("sse4.2")))
-    static uint32_t fs_crc32c_hw(const unsigned char* p, size_t n) {
-        uint32_t c32 = 0xFFFFFFFFu;
+    static uint32_t fs_crc_hw_raw(uint32_t c32, const unsigned char* p, size_t n) {
         c32 = fs_crc_3way(c32, &p, &n, FS_CRC_LONG, fs_crc_long);
         c32 = fs_crc_3way(c32, &p, &n, FS_CRC_SHORT, fs_crc_short);
         unsigned long long c = c32;
         while (n >= 8) { unsigned long long v; memcpy(&v, p, 8); c = __builtin_ia32_crc32di(c, v); p += 8; n -= 8; }
         c32 = (uint32_t)c;
         while (n--) c32 = __builtin_ia32_crc32qi(c32, *p++);
-        return c32 ^ 0xFFFFFFFFu;
+        return c32;
     }
-    static uint32_t fs_crc32c(const unsigned char* p, size_t n) {
-        static int hw = -1;
-        if (hw < 0) {
+    __attribute__((target("sse4.2")))
+    static uint32_t fs_crc32c_hw(const unsigned char* p, size_t n) {
+        return fs_crc_hw_raw(0xFFFFFFFFu, p, n) ^ 0xFFFFFFFFu;
+    }
+    /* Folding with carry-less multiplication (AVX-512 VPCLMULQDQ), for a whole 1 MiB batch about
+       three times the speed of the three crc32 chains above (which run at ~8 bytes a cycle).
+       The message is a polynomial over GF(2), the first bit the highest term; its CRC is
+       M(x) * x^32 mod P (with the register's initial value xored into the first 32 bits). Four
+       512-bit accumulators hold 256 consecutive bytes as sixteen 128-bit blocks A = Ahi x^64 +
+       Alo (Ahi: the block's first 8 bytes). Moving a block D = 2048 bits further on (onto the
+       block 256 bytes later, xored in) keeps the remainder: A x^D = Ahi x^(D+64) + Alo x^D, and
+       each product of a 64-bit half by x^e mod P (32 bits) fits in 128 bits. The data is bit-
+       reflected (a byte's bit 0 first), so a 128-bit lane's bit k is the term x^(127-k), and
+       VPCLMULQDQ of two reflected 64-bit values gives their product with bit k the term
+       x^(126-k): one factor x short, so the constants are x^(D+63) and x^(D-1) mod P. After the
+       last whole 256 bytes, the accumulators stand for those 256 bytes: the crc32 instruction
+       finishes over them (from register 0) and the tail. */
+    #define FS_CRC_FOLD_MIN 1024
+    static unsigned long long fs_crc_fold_k[2];
+    static unsigned long long fs_crc_xpow(unsigned e) {
+        /* x^e mod P (P = 0x1EDC6F41 with x^32), the term x^d at bit 63-d */
+        uint32_t r = 1;
+        for (unsigned i = 0; i < e; i++) r = (r & 0x80000000u) ? (r << 1) ^ 0x1EDC6F41u : r << 1;
+        unsigned long long out = 0;
+        for (int d = 0; d < 32; d++) if ((r >> d) & 1) out |= 1ull << (63 - d);
+        return out;
+    }
+    __attribute__((target("avx512f,vpclmulqdq,sse4.2")))
+    static uint32_t fs_crc32c_fold(const unsigned char* p, size_t n) {
+        const __m512i k = _mm512_broadcast_i32x4(_mm_set_epi64x((long long)fs_crc_fold_k[1],
+                                                                (long long)fs_crc_fold_k[0]));
+        __m512i a0 = _mm512_xor_si512(_mm512_loadu_si512(p), _mm512_maskz_set1_epi32(1, -1));
+        __m512i a1 = _mm512_loadu_si512(p + 64), a2 = _mm512_loadu_si512(p + 128);
+        __m512i a3 = _mm512_loadu_si512(p + 192);
+        p += 256;
+        n -= 256;
+        #define FS_FOLD(a, at) a = _mm512_ternarylogic_epi64(_mm512_clmulepi64_epi128(a, k, 0x00), \
+                _mm512_clmulepi64_epi128(a, k, 0x11), _mm512_loadu_si512(at), 0x96)
+        while (n >= 256) {
+            FS_FOLD(a0, p); FS_FOLD(a1, p + 64); FS_FOLD(a2, p + 128); FS_FOLD(a3, p + 192);
+            p += 256;
+            n -= 256;
+        }
+        #undef FS_FOLD
+        unsigned char last[256];
+        _mm512_storeu_si512(last, a0); _mm512_storeu_si512(last + 64, a1);
+        _mm512_storeu_si512(last + 128, a2); _mm512_storeu_si512(last + 192, a3);
+        return fs_crc_hw_raw(fs_crc_hw_raw(0, last, 256), p, n) ^ 0xFFFFFFFFu;
+    }
+    /* 0 table, 1 crc32 instruction, 2 and folding for long inputs; -1 not chosen yet */
+    static int fs_crc_level = -1;
+    static int fs_crc_best(void) {
+        if (fs_crc_level < 0) {
             __builtin_cpu_init();
-            int have = __builtin_cpu_supports("sse4.2") ? 1 : 0;
-            if (have) {
+            int level = __builtin_cpu_supports("sse4.2") ? 1 : 0;
+            if (level) {
                 fs_crc32c_table_init();  /* the zeros tables start from the byte table */
                 fs_crc_zeros_table(fs_crc_long, FS_CRC_LONG);
                 fs_crc_zeros_table(fs_crc_short, FS_CRC_SHORT);
+                if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("vpclmulqdq")) {
+                    fs_crc_fold_k[0] = fs_crc_xpow(2048 + 63);
+                    fs_crc_fold_k[1] = fs_crc_xpow(2048 - 1);
+                    level = 2;
+                }
             }
-            hw = have;  /* (first called with the GIL held) */
+            fs_crc_level = level;  /* (first called with the GIL held) */
         }
-        return hw ? fs_crc32c_hw(p, n) : fs_crc32c_sw(p, n);
+        return fs_crc_level;
+    }
+    static uint32_t fs_crc32c_at(const unsigned char* p, size_t n, int level) {
+        if (level >= 2 && n >= FS_CRC_FOLD_MIN) return fs_crc32c_fold(p, n);
+        return level >= 1 ? fs_crc32c_hw(p, n) : fs_crc32c_sw(p, n);
+    }
+    static uint32_t fs_crc32c(const unsigned char* p, size_t n) {
+        return fs_crc32c_at(p, n, fs_crc_best());
     }
     #else
+    static int fs_crc_best(void) { return 0; }
+    static uint32_t fs_crc32c_at(const unsigned char* p, size_t n, int level) { return fs_crc32c_sw(p, n); }
     static uint32_t fs_crc32c(const unsigned char* p, size_t n) { return fs_crc32c_sw(p, n); }
     #endif
     """
     uint32_t fs_crc32c(const unsigned char* p, size_t n) noexcept
+    uint32_t fs_crc32c_at(const unsigned char* p, size_t n, int level) noexcept
+    int fs_crc_best() noexcept
 
 
-def crc32c(data) -> int:
-    """CRC-32C of a bytes-like object (what Kafka v2 record batches carry)."""
+def crc32c(data, int level=-1) -> int:
+    """CRC-32C of a bytes-like object (what Kafka v2 record batches carry). level (for tests):
+    0 the byte table, 1 the crc32 instruction, 2 also folding with VPCLMULQDQ for long inputs;
+    -1 the best this CPU has (crc32c_level())."""
     cdef const unsigned char[:] v = data
+    if level > fs_crc_best():
+        raise ValueError(f"this CPU has CRC-32C level {fs_crc_best()} at most")
     if v.shape[0] == 0:
         return 0
-    return fs_crc32c(&v[0], v.shape[0])
+    return fs_crc32c_at(&v[0], v.shape[0], fs_crc_best() if level < 0 else level)
+
+
+def crc32c_level() -> int:
+    """The CRC-32C code this CPU runs (see crc32c)."""
+    return fs_crc_best()
 
 
 from cpython.buffer cimport PyBUF_READ, PyBuffer_FillInfo
