@@ -117,6 +117,10 @@ cdef enum:
     A_L2SEG           # layer2SegmentId (351): overlay type (top byte) and segment id (VNI)
     A_SCOPE_IF        # an options template's interface scope (v9 scope type 2, IPFIX ingressInterface)
     A_SAMPLING_PROB   # samplingProbability (311): see rate_from
+    A_TCPFLAGS_INIT   # YAF's initialTCPFlags / unionTCPFlags (CERT PEN 6871 14/15): see CERT_ACTIONS
+    A_TCPFLAGS_UNION
+    A_REV_TCPFLAGS_INIT   # ... their reverse twins (6871 16398/16399), with --split-biflows
+    A_REV_TCPFLAGS_UNION
 
 
 # Which RFC 5103 reverse elements a record carried (decode_record's `rev`).
@@ -189,6 +193,16 @@ REVERSE_ACTIONS = {
     152: (A_REV_START_MS, (8,)), 153: (A_REV_END_MS, (8,)),
 }
 
+# YAF (CERT NetSA, enterprise number 6871) sends no tcpControlBits: a flow's TCP flags are those of
+# its first packet, initialTCPFlags (14), and the union of the others', unionTCPFlags (15); their
+# reverse direction's are the same ids with CERT's reverse bit 0x4000 (libfixbuf's
+# FB_IE_VENDOR_BIT_REVERSE: 16398, 16399). Flags are the union of the two, as SiLK reads them.
+PEN_CERT = 6871
+CERT_ACTIONS = {
+    14: (A_TCPFLAGS_INIT, (1,)), 15: (A_TCPFLAGS_UNION, (1,)),
+    16398: (A_REV_TCPFLAGS_INIT, (1,)), 16399: (A_REV_TCPFLAGS_UNION, (1,)),
+}
+
 # Open vSwitch tunnel elements, VMware enterprise number 6876 (ofproto IPFIX entities).
 PEN_VMWARE = 6876
 VMWARE_ACTIONS = {
@@ -212,6 +226,8 @@ cdef int action_for(uint16_t ie, uint32_t pen, uint16_t length, bint v9_scope):
         spec = VMWARE_ACTIONS.get(ie)
     elif pen == PEN_REVERSE:
         spec = REVERSE_ACTIONS.get(ie)
+    elif pen == PEN_CERT:
+        spec = CERT_ACTIONS.get(ie)
     else:
         return A_EXTRA
     if spec is None:
@@ -317,7 +333,8 @@ cdef Template compile_template(int version, uint32_t domain, uint16_t tid, tuple
             fs.action = A_SCOPE_IF
         if (fs.action == A_BYTES_TOTAL or fs.action == A_PACKETS_TOTAL) and ie not in counters:
             fs.action = A_EXTRA
-        if A_REV_BYTES <= fs.action <= A_REV_END_MS and not split_biflows:
+        if ((A_REV_BYTES <= fs.action <= A_REV_END_MS or fs.action == A_REV_TCPFLAGS_INIT
+                or fs.action == A_REV_TCPFLAGS_UNION) and not split_biflows):
             fs.action = A_EXTRA     # one flow per record: the reverse elements are kept as they came
         # An element repeated in one template (outer and inner headers, Cisco SRv6/MPLS): the
         # first occurrence fills the named field, as Wireshark shows it; later ones stay
@@ -335,6 +352,13 @@ cdef Template compile_template(int version, uint32_t domain, uint16_t tid, tuple
         t.min_len += 1 if length == VARLEN else length
     if t.min_len == 0:
         raise_decode("bad_template", offset, f"v{version} domain {domain} template {tid}: zero-length records")
+    for i in range(n):
+        # tcpControlBits (forward, or the reverse one) beside YAF's flag elements gives the
+        # flags; those stay as they came
+        fs = &t.fields[i]
+        if ((fs.action == A_TCPFLAGS_INIT or fs.action == A_TCPFLAGS_UNION) and A_TCPFLAGS in seen
+                or (fs.action == A_REV_TCPFLAGS_INIT or fs.action == A_REV_TCPFLAGS_UNION) and A_REV_TCPFLAGS in seen):
+            fs.action = A_EXTRA
     if A_TOS in seen and A_DSCP in seen:
         # ipClassOfService gives Dscp; ipDiffServCodePoint beside it stays as it came (ie195)
         for i in range(n):
@@ -1868,6 +1892,12 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
                 f.present |= P_TUNTYPE | P_TUNID
             else:
                 batch_add_extra(b, f, fs.pen, fs.ie, p - s.buf, L)
+        elif a == A_TCPFLAGS_INIT or a == A_TCPFLAGS_UNION:
+            f.tcp_flags |= p[0]     # no tcpControlBits in the template (compile_template)
+            has_flags = True
+        elif a == A_REV_TCPFLAGS_INIT or a == A_REV_TCPFLAGS_UNION:
+            rev_flags |= p[0]
+            rev |= REV_FLAGS
 
     if addrs:
         pick_family(f, src4, dst4, (addrs & 3) != 0, (addrs & 12) != 0, ipversion)

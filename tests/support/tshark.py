@@ -658,6 +658,17 @@ def expected_from_cflow(pkt: CflowPacket, cset: CflowSet, rec: dict) -> dict[str
             if len(vals) == len(flds):
                 for f, v in zip(flds, vals, strict=False):
                     exp.setdefault(f.ie_key, hexbytes(v))
+    # YAF (CERT PEN 6871) without tcpControlBits: Flags are initialTCPFlags (14) | unionTCPFlags
+    # (15), which tshark 4.0 shows as unknown enterprise elements (their reverse twins, 16398 and
+    # 16399, stay elements without --split-biflows)
+    yaf = [exp.pop(k) for k in ("ie6871_14", "ie6871_15") if k in exp]
+    if yaf and "cflow.tcpflags" not in rec:
+        bits = 0
+        for v in yaf:
+            bits |= int(v, 16)
+        if exp.get("Proto") == 6:
+            exp["TcpFlagsRaw"] = bits
+            exp["Flags"] = flag_names(bits)
     return exp
 
 
