@@ -306,11 +306,14 @@ class PodRec:
 
     def same(self, other: PodRec) -> bool:
         """True when `other` would render and index identically (MODIFIED noise is skipped)."""
+        # finished_ms renders nothing, but it is no noise: _floor reads it (a terminating pod's
+        # containers all stopped while its object stays, phase Running, until the delete)
         return (self.uid == other.uid and self.ips == other.ips and self.node == other.node
                 and self.host_ip == other.host_ip and self.host_ips == other.host_ips
                 and self.owner_kind == other.owner_kind
                 and self.owner_name == other.owner_name and self.start_ms == other.start_ms
-                and (self.end_ms == ALIVE) == (other.end_ms == ALIVE))
+                and (self.end_ms == ALIVE) == (other.end_ms == ALIVE)
+                and self.finished_ms == other.finished_ms)
 
 
 class NodeRec:
@@ -1019,8 +1022,11 @@ class Index:
         for ip in touched:
             self._rechain(ip)
         if old is not None and old.end_ms == ALIVE and old.ips:
-            # it finished, or gave addresses up: pods given them meanwhile may start earlier
-            self._refloor(old.ips if rec.end_ms != ALIVE else [ip for ip in old.ips if ip not in rec.ips])
+            # it finished (by its phase, or every container terminated: graceful deletion on
+            # kubelets before 1.27, a finalizer holding the object), or gave addresses up: pods
+            # given them meanwhile may start earlier
+            finished = rec.end_ms != ALIVE or (rec.finished_ms is not None and rec.finished_ms != old.finished_ms)
+            self._refloor(old.ips if finished else [ip for ip in old.ips if ip not in rec.ips])
 
     def _held_before(self, old: PodRec, ips: list[bytes], end: int) -> None:
         """A tombstone of `old` for `ips`: they were its own from its start until `end`."""

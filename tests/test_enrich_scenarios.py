@@ -1,0 +1,82 @@
+"""Cluster-life scenarios for the informers and the index that the other enrich tests do not
+cover: what a real API server and kubelet send over a pod's, node's or service's life (graceful
+deletion with its container statuses, ...), checked against the documented enrichment rules
+(docs/collector.md "Addresses are attributed by the flow's start time", DESIGN.md "Enrichment
+rules"). Index scenarios run on both readers (pure Python and compiled); informer scenarios run
+against the fake API server (tests/support/fake_kube.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import enrich
+from tests.support.fake_kube import pod
+from tests.test_enrich_index import T0, Clock, build, flow, iso
+from tests.test_enrich_index import implementation as implementation  # noqa: F401 - autouse fixture
+
+IP = "10.244.0.70"
+
+
+def _terminating(*, finished: int | None) -> dict[str, Any]:
+    """A Deployment's pod being deleted gracefully: phase still Running (kubelets before 1.27
+    leave it so; a finalizer can keep the object for long), its container running, or
+    terminated at `finished`."""
+    p = pod("old", "shop", ips=[IP], uid="u-old", created=iso(T0 - 3_600_000))
+    p["metadata"]["deletionTimestamp"] = iso(T0 - 55_000)
+    p["metadata"]["deletionGracePeriodSeconds"] = 30
+    state: dict[str, Any] = {"running": {"startedAt": iso(T0 - 3_600_000)}}
+    if finished is not None:
+        state = {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": iso(T0 - 3_600_000),
+                                "finishedAt": iso(finished)}}
+    p["status"]["containerStatuses"] = [{"name": "c", "ready": False, "restartCount": 0, "state": state}]
+    return p
+
+
+def _new(ips: list[str] | None) -> dict[str, Any]:
+    """The pod the address is given to next: Pending without an address, then Running with it."""
+    p = pod("n", "shop", ips=ips, uid="u-n", created=iso(T0 - 60_000), phase="Running" if ips else "Pending")
+    p["status"]["startTime"] = iso(T0 - 55_000)
+    return p
+
+
+def _apply(e: enrich.Enricher, obj: dict[str, Any]) -> None:
+    e.index.upsert("pods", e.index.parse("pods", obj))
+
+
+def test_a_terminating_pods_containers_finishing_is_not_taken_for_noise() -> None:
+    """A MODIFIED event whose only change is that every container terminated (graceful
+    deletion: the pod object stays, phase Running, until the kubelet's final status and the
+    delete) records when the pod finished: a pod given its address next holds it from then
+    (Index._floor: "its containers all finished (a delete held back)"), exactly as when the
+    terminated status is the first one seen. It was dropped as MODIFIED noise (PodRec.same),
+    so the old pod kept the new pod's flows until the delete came."""
+    for first_seen_terminated in (True, False):
+        clock = Clock(T0 - 100_000)
+        e = build([_terminating(finished=T0 - 50_000 if first_seen_terminated else None), _new(None)], clock=clock)
+        if not first_seen_terminated:
+            clock.ms = T0 - 45_000
+            _apply(e, _terminating(finished=T0 - 50_000))
+        clock.ms = T0
+        _apply(e, _new([IP]))
+        assert flow(e, IP, "", t_ms=T0 - 60_000)["SrcK8S_Name"] == "old"
+        assert flow(e, IP, "", t_ms=T0 - 20_000)["SrcK8S_Name"] == "n", first_seen_terminated
+        assert flow(e, IP, "", t_ms=0)["SrcK8S_Name"] == "n"
+
+
+def test_a_pod_given_an_address_moves_back_when_its_holders_containers_turn_out_finished() -> None:
+    """The other order: the new pod is seen with the address while the old one still looks
+    alive (it holds the address from when that was seen); the old pod's status then says every
+    container finished earlier: the new pod holds the address from then, as it does when the old
+    pod's phase turns Succeeded/Failed or its delete says so (docs/collector.md: "moved back once
+    that pod's delete shows it finished earlier")."""
+    clock = Clock(T0 - 100_000)
+    e = build([_terminating(finished=None), _new(None)], clock=clock)
+    clock.ms = T0
+    _apply(e, _new([IP]))
+    assert flow(e, IP, "", t_ms=T0 - 20_000)["SrcK8S_Name"] == "old"     # nothing says otherwise yet
+    clock.ms = T0 + 1_000
+    _apply(e, _terminating(finished=T0 - 50_000))
+    assert flow(e, IP, "", t_ms=T0 - 60_000)["SrcK8S_Name"] == "old"
+    assert flow(e, IP, "", t_ms=T0 - 20_000)["SrcK8S_Name"] == "n"
+    assert flow(e, IP, "", t_ms=T0 + 2_000)["SrcK8S_Name"] == "n"
