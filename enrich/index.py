@@ -1041,17 +1041,19 @@ class Index:
         """Forget a pod (its addresses stay its own, as a tombstone, for the flows that started
         while it held them). `final`: the DELETED event's object, whose status may say when the
         pod finished: its hold ends then, not when the event arrived (a watch behind, a relist),
-        so a pod given the address since is not taken for it."""
+        so a pod given the address since is not taken for it. Without it (a relist no longer
+        lists the pod), the last status seen says so, as it did for _floor while the pod was
+        listed: a relist must not move the end of a pod whose containers had all finished."""
         rec = self._pods.pop(uid)
         self._unlink_pod(rec)
         self._forget_gone(rec)
         if rec.end_ms == ALIVE:
             end = self._now_ms()
-            if final is not None:
-                fin = final.end_ms if final.end_ms != ALIVE else final.finished_ms
-                if fin is not None and fin > rec.start_ms and fin < end:
-                    end = fin
-                    rec.end_grace = final.end_grace if final.end_ms == fin else _grace(fin)
+            last = final if final is not None else rec
+            fin = last.end_ms if last.end_ms != ALIVE else last.finished_ms
+            if fin is not None and fin > rec.start_ms and fin < end:
+                end = fin
+                rec.end_grace = last.end_grace if last.end_ms == fin else _grace(fin)
             rec.end_ms = end
         if rec.ips:
             self._entomb(rec)

@@ -80,3 +80,19 @@ def test_a_pod_given_an_address_moves_back_when_its_holders_containers_turn_out_
     assert flow(e, IP, "", t_ms=T0 - 60_000)["SrcK8S_Name"] == "old"
     assert flow(e, IP, "", t_ms=T0 - 20_000)["SrcK8S_Name"] == "n"
     assert flow(e, IP, "", t_ms=T0 + 2_000)["SrcK8S_Name"] == "n"
+
+
+def test_a_relist_that_no_longer_lists_a_finished_pod_ends_it_when_its_containers_finished() -> None:
+    """A relist (410 Gone: the watch fell behind while pods churned) no longer lists a pod whose
+    containers had all terminated when last seen, and lists the pod its address went to: the
+    old pod held the address until its containers finished, as its DELETED event would have
+    said (Index._delete_pod's `final`), not until the relist. It was ended at the relist, so
+    the new pod's flows from then back to its start were the old pod's."""
+    clock = Clock(T0 - 100_000)
+    e = build([_terminating(finished=T0 - 50_000), _new(None)], clock=clock)
+    clock.ms = T0
+    idx = e.index
+    idx.replace("pods", [idx.parse("pods", _new([IP]))])
+    assert flow(e, IP, "", t_ms=T0 - 60_000)["SrcK8S_Name"] == "old"
+    assert flow(e, IP, "", t_ms=T0 - 20_000)["SrcK8S_Name"] == "n"
+    assert flow(e, IP, "", t_ms=0)["SrcK8S_Name"] == "n"
