@@ -718,7 +718,11 @@ class Index:
         finished_all: int | None = None
         if status.get("phase") not in TERMINAL_PHASES:
             regular = status.get("containerStatuses")
-            if isinstance(regular, list) and regular and all(_termination(c) is not None for c in regular):
+            # every container, not only the main ones: native sidecars are stopped after the main
+            # containers exit (and a debug container may run on), and the pod holds its address
+            # while one of them runs
+            if (isinstance(regular, list) and regular
+                    and all(_termination(c) is not None for f in CONTAINER_STATUSES for c in _as_list(status.get(f)))):
                 finished_all = _finished_ms(c for f in CONTAINER_STATUSES for c in _as_list(status.get(f)))
                 if finished_all is not None and start is not None and finished_all <= start:
                     finished_all = None

@@ -96,3 +96,31 @@ def test_a_relist_that_no_longer_lists_a_finished_pod_ends_it_when_its_container
     assert flow(e, IP, "", t_ms=T0 - 60_000)["SrcK8S_Name"] == "old"
     assert flow(e, IP, "", t_ms=T0 - 20_000)["SrcK8S_Name"] == "n"
     assert flow(e, IP, "", t_ms=0)["SrcK8S_Name"] == "n"
+
+
+def _with_sidecar(p: dict[str, Any]) -> dict[str, Any]:
+    """`p` with a native sidecar (an init container with restartPolicy Always, Kubernetes 1.29+)
+    still running: the kubelet stops sidecars only after the main containers exited."""
+    p["spec"]["initContainers"] = [{"name": "proxy", "image": "envoy", "restartPolicy": "Always"}]
+    p["status"]["initContainerStatuses"] = [{"name": "proxy", "ready": True, "restartCount": 0, "started": True,
+                                             "state": {"running": {"startedAt": iso(T0 - 3_600_000)}}}]
+    return p
+
+
+def test_a_pod_whose_sidecar_still_runs_has_not_finished() -> None:
+    """Every main container terminated, a native sidecar still running (the pod's sandbox, its
+    address and the sidecar's traffic with it, live on): the pod has not finished. Force-deleted
+    then (its DELETED event's final status is that one), or no longer listed by a relist, it
+    held its address until the delete was seen, and the sidecar's flows meanwhile are its own.
+    It was ended when its main containers finished: the sidecar's last flows had no identity."""
+    for how in ("deleted", "relisted"):
+        clock = Clock(T0 - 100_000)
+        e = build([_with_sidecar(_terminating(finished=T0 - 50_000))], clock=clock)
+        idx = e.index
+        clock.ms = T0
+        if how == "deleted":
+            idx.delete("pods", idx.parse("pods", _with_sidecar(_terminating(finished=T0 - 50_000))))
+        else:
+            idx.replace("pods", [])
+        assert flow(e, IP, "", t_ms=T0 - 20_000).get("SrcK8S_Name") == "old", how
+        assert flow(e, IP, "", t_ms=T0 - 60_000).get("SrcK8S_Name") == "old", how
