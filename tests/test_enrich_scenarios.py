@@ -8,12 +8,16 @@ against the fake API server (tests/support/fake_kube.py).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import enrich
-from tests.support.fake_kube import pod
+from tests.support.fake_kube import FakeKube, pod, wait_for
+from tests.support.fake_kube import fake_kube as fake_kube  # noqa: F401 - fixture
 from tests.test_enrich_index import T0, Clock, build, flow, iso
 from tests.test_enrich_index import implementation as implementation  # noqa: F401 - autouse fixture
+from tests.test_enrich_informer import fast_config, seed
+from tests.test_enrich_informer import kubeconfig as kubeconfig  # noqa: F401 - fixture
 
 IP = "10.244.0.70"
 
@@ -124,3 +128,44 @@ def test_a_pod_whose_sidecar_still_runs_has_not_finished() -> None:
             idx.replace("pods", [])
         assert flow(e, IP, "", t_ms=T0 - 20_000).get("SrcK8S_Name") == "old", how
         assert flow(e, IP, "", t_ms=T0 - 60_000).get("SrcK8S_Name") == "old", how
+
+
+def test_a_relist_after_410_ends_a_pod_it_no_longer_lists_when_its_containers_finished(
+        fake_kube: FakeKube, kubeconfig: str, implementation: str) -> None:  # noqa: F811 - fixtures
+    """End to end through the informer: the watch sees a terminating pod's containers all
+    finish, falls behind (its events held) while the pod is deleted and its address goes to a
+    pending pod, and is told 410 Gone: the relist ends the old pod when its containers finished,
+    and the new pod's flows since then are its own."""
+    now = int(time.time() * 1000)
+
+    def old(finished: int | None) -> dict[str, Any]:
+        p = _terminating(finished=finished)
+        p["metadata"]["creationTimestamp"] = iso(now - 3_600_000)
+        return p
+
+    def new(ips: list[str] | None) -> dict[str, Any]:
+        p = _new(ips)
+        p["metadata"]["creationTimestamp"] = iso(now - 60_000)
+        p["status"]["startTime"] = iso(now - 55_000)
+        return p
+
+    seed(fake_kube)
+    fake_kube.add("pods", old(None))
+    fake_kube.add("pods", new(None))
+    e = enrich.Enricher(fast_config(kubeconfig), compiled=implementation == "compiled")
+    e.start()
+    try:
+        assert e.wait_ready(10)
+        wait_for(lambda: fake_kube.watchers["pods"] >= 1, what="pod watch open")
+        fake_kube.modify("pods", old(now - 50_000))
+        wait_for(lambda: e.stats()["kinds"]["pods"]["events"]["MODIFIED"] >= 1, what="the terminated status")
+        fake_kube.hold("pods")
+        fake_kube.delete("pods", "old", "shop")
+        fake_kube.modify("pods", new([IP]))
+        fake_kube.expire("pods")
+        wait_for(lambda: e.stats()["kinds"]["pods"]["relists"] == 1, what="relist")
+        assert flow(e, IP, "", t_ms=now - 60_000)["SrcK8S_Name"] == "old"
+        assert flow(e, IP, "", t_ms=now - 20_000)["SrcK8S_Name"] == "n"
+        assert e.stats()["index"]["tombstones"] == 1
+    finally:
+        e.stop()
