@@ -160,12 +160,21 @@ def _grace(end: int) -> int:
 
 
 def _finished_ms(statuses: Iterable[Any]) -> int | None:
-    """When the last container of a finished pod terminated (None when not recorded)."""
+    """When the last container of a finished pod terminated (None when not recorded).
+
+    A terminated container without a finishedAt makes it unknown: the kubelet reports a container
+    the runtime lost (a node or containerd restart) as terminated, reason ContainerStatusUnknown,
+    with no times (Go's zero time: null), and it may have run until the end; the latest time the
+    others give (an init container's, from the pod's start) is no end of the pod."""
     out: int | None = None
     for c in statuses:
         term = _termination(c)
-        t = parse_time_ms(term.get("finishedAt")) if term is not None else None
-        if t is not None and (out is None or t > out):
+        if term is None:
+            continue
+        t = parse_time_ms(term.get("finishedAt"))
+        if t is None:
+            return None
+        if out is None or t > out:
             out = t
     return out
 

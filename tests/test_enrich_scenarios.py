@@ -169,3 +169,39 @@ def test_a_relist_after_410_ends_a_pod_it_no_longer_lists_when_its_containers_fi
         assert e.stats()["index"]["tombstones"] == 1
     finally:
         e.stop()
+
+
+def _lost_container_pod(*, phase: str) -> dict[str, Any]:
+    """A pod with a (completed) init container whose main container the runtime lost (a node
+    or containerd restart): the kubelet reports it terminated, reason ContainerStatusUnknown,
+    with no startedAt/finishedAt (Go's zero time: null)."""
+    p = pod("lost", "shop", ips=[IP], uid="u-lost", created=iso(T0 - 3_600_000), phase=phase)
+    p["status"]["startTime"] = iso(T0 - 3_600_000)
+    p["status"]["initContainerStatuses"] = [{"name": "init", "ready": True, "restartCount": 0, "state": {
+        "terminated": {"exitCode": 0, "reason": "Completed", "startedAt": iso(T0 - 3_598_000),
+                       "finishedAt": iso(T0 - 3_597_000)}}}]
+    main: dict[str, Any] = {"running": {"startedAt": iso(T0 - 3_596_000)}}
+    if phase == "Failed":
+        main = {"terminated": {"exitCode": 137, "reason": "ContainerStatusUnknown", "startedAt": None,
+                               "finishedAt": None, "message": "The container could not be located when the pod "
+                               "was deleted.  The container used to be Running"}}
+    p["status"]["containerStatuses"] = [{"name": "c", "ready": False, "restartCount": 0, "state": main}]
+    return p
+
+
+def test_a_container_terminated_without_finished_at_leaves_the_pods_end_unknown() -> None:
+    """A finished pod held its address until its containers' last finishedAt, "else until it was
+    seen finished" (docs/collector.md): when one container's finishedAt is unknown
+    (ContainerStatusUnknown), so is the last one. It was the latest finishedAt known, here the
+    init container's, an hour early: every flow of the pod's life lost its identity."""
+    for how in ("failed", "deleted"):
+        clock = Clock(T0 - 100_000)
+        e = build([_lost_container_pod(phase="Running")], clock=clock)
+        idx = e.index
+        clock.ms = T0
+        if how == "failed":
+            _apply(e, _lost_container_pod(phase="Failed"))
+        else:
+            idx.delete("pods", idx.parse("pods", _lost_container_pod(phase="Failed")))
+        assert flow(e, IP, "", t_ms=T0 - 60_000).get("SrcK8S_Name") == "lost", how
+        assert flow(e, IP, "", t_ms=T0 - 3_000_000).get("SrcK8S_Name") == "lost", how
