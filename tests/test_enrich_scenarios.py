@@ -1,6 +1,7 @@
 """Cluster-life scenarios for the informers and the index that the other enrich tests do not
-cover: what a real API server and kubelet send over a pod's, node's or service's life (graceful
-deletion with its container statuses, ...), checked against the documented enrichment rules
+cover: what a real API server and kubelet send at the end of a pod's life (graceful deletion
+and its container statuses, native sidecars, containers the runtime lost, a relist after 410
+Gone in between), checked against the documented enrichment rules
 (docs/collector.md "Addresses are attributed by the flow's start time", DESIGN.md "Enrichment
 rules"). Index scenarios run on both readers (pure Python and compiled); informer scenarios run
 against the fake API server (tests/support/fake_kube.py).
