@@ -289,7 +289,9 @@ cdef int hdr_ipv6(Flow* f, Reader* h, int depth) except -1:
         elif nh == 44:      # fragment header: L4 only in the first fragment
             e = hd_take(h, 8)
             if e == NULL:
-                return 0
+                # Cut (OVS header=60 leaves 6 of its 8 bytes): its Next Header is still the
+                # protocol of every fragment, first or later (RFC 8200 4.5), as for the others.
+                return ipv6_cut(f, h, e)
             f.proto = e[0]
             if be16(e + 2) & 0xFFF8:
                 return 0

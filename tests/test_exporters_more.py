@@ -1,0 +1,183 @@
+"""End-to-end: real exporters in configurations tests/test_exporters.py does not use.
+
+softflowd's absolute IPFIX times (-A sec|milli|micro|nano), VLAN and Ethernet tracking (-T vlan,
+-T ether) over 802.1Q-tagged traffic, and its periodic sampling (-s); pmacctd's nfprobe as
+NetFlow v5. Same method as tests/test_exporters.py: the exporter reads a pcap the test wrote,
+inside a fresh namespace; its export is captured and flowscope's decode is compared with
+tshark's and with the traffic that was generated.
+"""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.support import exporters as E
+from tests.support import pcapgen as G
+from tests.test_exporters import START, _skip_unless, capture_export, check_against_traffic, decode_capture
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+
+@pytest.fixture
+def workdir():
+    d = Path(tempfile.mkdtemp(prefix="fs-exp2-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.parametrize("unit", ["sec", "milli", "micro", "nano"])
+def test_softflowd_ipfix_absolute_times(unit: str, workdir: Path, decoders_mod) -> None:
+    """softflowd -A: flowStart/EndSeconds (150/151), Milliseconds (152/153), Microseconds
+    (154/155) or Nanoseconds (156/157) instead of sysUpTime offsets; the flow times must be the
+    pcap's (RFC 7011 section 6.1.9/6.1.10: micro/nanoseconds in the NTP format)."""
+    _skip_unless("softflowd")
+    generated = G.standard_flows()
+    (workdir / E.PCAP_NAME).write_bytes(G.build_pcap(generated, start=START))
+    cap, port = capture_export(workdir, lambda ns, port: E.run_softflowd(ns, workdir, "10", port,
+                                                                         extra=("-A", unit)))
+    problems, flows = decode_capture(decoders_mod, cap, "cflow", port)
+    # whole seconds: the start may round down by up to a second
+    problems += check_against_traffic(flows, generated, time_slack_ms=1500)
+    assert flows and all("TimeFlowStartMs" in f for f in flows), flows[:2]
+    assert not problems, "\n".join(problems)
+
+
+def vlan_pcap(flows: list[G.Flow], vlans: list[int], *, start: float = START, gap: float = 0.01) -> bytes:
+    """build_pcap() with flow i's frames 802.1Q-tagged with VLAN vlans[i] (priority 0)."""
+    out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, G.LINKTYPE_ETHERNET)]
+    t, rnd = start, 0
+    while any(rnd < f.packets for f in flows):
+        for f, vid in zip(flows, vlans, strict=True):
+            if rnd < f.packets:
+                fr = f.frame(rnd)
+                fr = fr[:12] + struct.pack("!HH", 0x8100, vid) + fr[12:]
+                sec = int(t)
+                out.append(struct.pack("<IIII", sec, int(round((t - sec) * 1e6)), len(fr), len(fr)) + fr)
+                t += gap
+        rnd += 1
+    return b"".join(out)
+
+
+def _macs_vlans(flows: list[dict]) -> dict[tuple, set]:
+    from tests.test_exporters import _flow_key
+
+    out: dict[tuple, set] = {}
+    for f in flows:
+        out.setdefault(_flow_key(f), set()).add((f.get("Vlan"), f.get("SrcMac"), f.get("DstMac")))
+    return out
+
+
+@pytest.mark.parametrize("version,track", [("9", "vlan"), ("10", "vlan"), ("9", "ether"), ("10", "ether")])
+def test_softflowd_vlan_tracking(version: str, track: str, workdir: Path, decoders_mod) -> None:
+    """softflowd -T vlan (and ether: vlan plus the MACs) over 802.1Q-tagged frames: every flow
+    carries its VLAN (and with ether its MACs); counts as in the untagged case (IP lengths)."""
+    from tests.test_exporters import _generated_key
+
+    _skip_unless("softflowd")
+    generated = G.standard_flows()
+    vlans = [100 + i for i in range(len(generated))]
+    (workdir / E.PCAP_NAME).write_bytes(vlan_pcap(generated, vlans))
+    cap, port = capture_export(workdir, lambda ns, port: E.run_softflowd(ns, workdir, version, port,
+                                                                         extra=("-T", track)))
+    problems, flows = decode_capture(decoders_mod, cap, "cflow", port)
+    problems += check_against_traffic(flows, generated)
+    seen = _macs_vlans(flows)
+    for g, vid in zip(generated, vlans, strict=True):
+        want = (vid, g.src_mac, g.dst_mac) if track == "ether" else (vid, None, None)
+        got = seen.get(_generated_key(g), set())
+        if got != {want}:
+            problems.append(f"{_generated_key(g)}: (Vlan, SrcMac, DstMac) {got}, sent {want}")
+    assert not problems, "\n".join(problems)
+
+
+# --------------------------------------------------------------------------------------------
+# Open vSwitch sFlow with a short sampled header, over fragmented IPv4 and IPv6 traffic
+
+OVS_TOOLS = ("ovs-vswitchd", "ovsdb-server", "ovs-vsctl", "ovsdb-tool", "ethtool", "tcpdump", "tshark")
+
+
+@pytest.fixture(scope="module")
+def ovs_env():
+    from tests.support import netns as N
+    from tests.support import ovs as O
+
+    reason = N.root_skip_reason(*OVS_TOOLS)
+    if reason:
+        pytest.skip(reason)
+    d = Path(tempfile.mkdtemp(prefix="fs-ovs2-"))
+    ns = N.NetNS()
+    ovs = O.OVS(ns, d)
+    try:
+        ovs.start()
+        br = ovs.add_bridge("br-int")
+        a = ovs.add_pod(br, 1)
+        b = ovs.add_pod(br, 2)
+        yield ovs, ns, br, a, b, d
+    finally:
+        ovs.stop()
+        ns.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_ovs_sflow_short_header_ipv6_fragments(ovs_env, decoders_mod) -> None:
+    """OVS sFlow with header=60 (14 Ethernet + 40 IPv6 + 6 of the 8-byte fragment header) over
+    UDP datagrams larger than the pods' MTU: each is sent as three fragments. The cut fragment
+    header still names the upper-layer protocol in its first byte (RFC 8200 4.5: Next Header),
+    as a cut hop-by-hop header does for MLD: every IPv6 sample is a UDP (17) packet without
+    ports, as the IPv4 fragments' samples are and as the same IPv6 fragments are with a longer
+    header; never the fragment header's number (44)."""
+    import collections
+    import random
+    import time
+
+    from tests.support import netns as N
+    from tests.support import ovs as O
+    from tests.test_ovs import decode_all, split_capture
+
+    ovs, ns, br, a, b, d = ovs_env
+    port = random.randint(20000, 60000)
+    N.udp_sink(ns, "127.0.0.1", port)
+    cap_path = d / f"sflow-{time.monotonic_ns()}.pcap"
+    cap = N.Capture(ns, cap_path, bpf=f"udp and dst port {port}")
+    try:
+        ovs.set_sflow(br, f"127.0.0.1:{port}", agent="lo", sampling=1, polling=30, header=60)
+        ovs.appctl("revalidator/purge")
+        time.sleep(1.0)
+        for dst, sport in ((b.ipv4, 40301), (b.ipv6, 40302)):
+            O.traffic(a, "udp-send", dst, 5400, 2, 3000, sport)   # 3008 bytes of UDP: 3 fragments
+        time.sleep(3.0)
+    finally:
+        try:
+            ovs.clear_exports(br)
+        finally:
+            cap.stop()
+    datagrams, _ = split_capture(cap_path, port, "sflow")
+    assert datagrams, "OVS sent no sFlow"
+    flows = [f for f in decode_all(decoders_mod, datagrams, default_sampling=0)
+             if (f.get("SrcAddr"), f.get("DstAddr")) in ((a.ipv4, b.ipv4), (a.ipv6, b.ipv6))]
+    got = collections.Counter((f["SrcAddr"], f.get("Proto"), "SrcPort" in f) for f in flows)
+    # IPv4: 42 bytes reach the UDP ports of the first fragments (RFC 791: later ones have none)
+    assert got == {(a.ipv4, 17, True): 2, (a.ipv4, 17, False): 4, (a.ipv6, 17, False): 6}, got
+
+
+def test_sflow_cut_ipv6_fragment_header_names_the_protocol(decoders_mod) -> None:
+    """The same without an exporter: a sampled header that ends inside an IPv6 fragment header
+    (first or later fragment) gives its Next Header as the protocol, without ports; with the
+    whole fragment header the first fragment has its ports and a later one only the protocol."""
+    from tests.test_sflow import eth, ipv6, one_flow, raw_header, udp
+
+    for offset in (0, 185):
+        frag = struct.pack(">BBHI", 17, 0, offset << 3 | (1 if offset == 0 else 0), 0x1234)
+        pkt = eth(ipv6("2001:db8::1", "2001:db8::2", 44, frag + udp(1111, 2222, b"x" * 64)), 0x86DD)
+        for cut in (55, 58, 60):
+            f = one_flow(decoders_mod, [raw_header(pkt[:cut], 1500)])
+            assert (f["DstAddr"], f["Proto"], "SrcPort" in f) == ("2001:db8::2", 17, False), (offset, cut)
+        f = one_flow(decoders_mod, [raw_header(pkt[:90], 1500)])
+        assert (f["Proto"], f.get("SrcPort")) == (17, 1111 if offset == 0 else None), offset
+    f = one_flow(decoders_mod, [raw_header(pkt[:54], 1500)])   # nothing after the IPv6 header
+    assert f["Proto"] == 44
