@@ -170,7 +170,10 @@ IE_ACTIONS = {
     82: (A_IFNAME, "str"), 136: (A_ENDREASON, (1,)), 89: (A_FWDSTATUS, U32),
     150: (A_START_S, (4,)), 151: (A_END_S, (4,)),
     152: (A_START_MS, (8,)), 153: (A_END_MS, (8,)),
-    154: (A_START_US, (8,)), 155: (A_END_US, (8,)),
+    # 154/155 are 8-byte NTP times (RFC 7011 6.1.9); pmacct's nfprobe_tstamp_usec sends them as
+    # 16 bytes: a struct timeval, 64-bit Unix seconds then 64-bit microseconds (pmacct
+    # nfprobe_plugin/netflow9.c), which no 8-byte encoding can be confused with.
+    154: (A_START_US, (8, 16)), 155: (A_END_US, (8, 16)),
     156: (A_START_NS, (8,)), 157: (A_END_NS, (8,)),
     158: (A_START_DELTA_US, U32), 159: (A_END_DELTA_US, U32),
     160: (A_SYSINIT_MS, (8,)),
@@ -1753,12 +1756,12 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
                 end_prec = 2
         elif a == A_START_US or a == A_START_NS:
             if start_prec < 3:
-                f.t_start_ms = ntp_to_ms(p, a == A_START_US)
+                f.t_start_ms = timeval_to_ms(p) if L == 16 else ntp_to_ms(p, a == A_START_US)
                 f.present |= P_TSTART
                 start_prec = 3
         elif a == A_END_US or a == A_END_NS:
             if end_prec < 3:
-                f.t_end_ms = ntp_to_ms(p, a == A_END_US)
+                f.t_end_ms = timeval_to_ms(p) if L == 16 else ntp_to_ms(p, a == A_END_US)
                 f.present |= P_TEND
                 end_prec = 3
         elif a == A_START_DELTA_US:
@@ -2457,6 +2460,11 @@ cdef int64_t ntp_to_ms(const uint8_t* p, bint micro) noexcept:
     if micro:
         frac &= 0xFFFFF800  # the 11 lowest bits of dateTimeMicroseconds are not significant
     return (<int64_t>secs - 2208988800) * 1000 + <int64_t>((frac * 1000) >> 32)
+
+
+cdef int64_t timeval_to_ms(const uint8_t* p) noexcept:
+    """pmacct's 16-byte flowStart/EndMicroseconds: Unix seconds and microseconds, 64 bits each."""
+    return <int64_t>be64(p) * 1000 + <int64_t>(be64(p + 8) // 1000)
 
 
 cdef inline uint32_t rate_from(uint64_t interval, uint64_t space, uint64_t size, uint64_t population,
