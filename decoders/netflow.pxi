@@ -2463,8 +2463,9 @@ cdef int64_t ntp_to_ms(const uint8_t* p, bint micro) noexcept:
 
 
 cdef int64_t timeval_to_ms(const uint8_t* p) noexcept:
-    """pmacct's 16-byte flowStart/EndMicroseconds: Unix seconds and microseconds, 64 bits each."""
-    return <int64_t>be64(p) * 1000 + <int64_t>(be64(p + 8) // 1000)
+    """pmacct's 16-byte flowStart/EndMicroseconds: Unix seconds and microseconds, 64 bits each
+    (unsigned arithmetic: a hostile value wraps instead of overflowing a signed integer)."""
+    return <int64_t>(be64(p) * 1000 + be64(p + 8) // 1000)
 
 
 cdef inline uint32_t rate_from(uint64_t interval, uint64_t space, uint64_t size, uint64_t population,

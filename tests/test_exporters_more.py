@@ -242,3 +242,34 @@ def test_pmacctd_nfprobe_usec_timestamps(version: int, workdir: Path, decoders_m
             if "ie154" in f or "ie155" in f:
                 problems.append(f"{_generated_key(g)}: times left as raw elements {f.get('ie154')} {f.get('ie155')}")
     assert not problems, "\n".join(problems)
+
+
+def test_pmacct_16_byte_microsecond_times_decode(decoders_mod) -> None:
+    """The same without an exporter: IPFIX and v9 records with pmacct's 16-byte 155/154 (end
+    first, as pmacct orders them) give the times; 8-byte ones stay NTP (RFC 7011 6.1.9)."""
+    from benchmarks.datagrams import IpfixTemplate, data_set, ipfix_message, template_set
+
+    t16 = IpfixTemplate(1024, (("end", 155, 0, 16), ("start", 154, 0, 16), ("src", 8, 0, 4), ("dst", 12, 0, 4)))
+    t8 = IpfixTemplate(1025, (("end", 155, 0, 8), ("start", 154, 0, 8), ("src", 8, 0, 4), ("dst", 12, 0, 4)))
+
+    def tv(sec: int, usec: int) -> bytes:
+        return struct.pack("!QQ", sec, usec)
+
+    def ntp(sec: int, usec: int) -> bytes:
+        return struct.pack("!II", sec + 2208988800, (usec << 32) // 1_000_000 + 1)
+
+    rec16 = {"end": tv(1_700_000_000, 290_000), "start": tv(1_700_000_000, 999), "src": "10.0.0.1",
+             "dst": "10.0.0.2"}
+    rec8 = {"end": ntp(1_700_000_001, 500_000), "start": ntp(1_700_000_001, 0), "src": "10.0.0.3",
+            "dst": "10.0.0.4"}
+    msg = ipfix_message([template_set([t16, t8]), data_set(t16, [rec16]), data_set(t8, [rec8])], seq=0,
+                        export_time=1_700_000_002)
+    dec = decoders_mod.Decoder(decoders_mod.DecoderConfig(default_sampling=0))
+    flows = dec.decode(msg, "192.0.2.1").to_dicts()
+    assert [(f["TimeFlowStartMs"], f["TimeFlowEndMs"], "ie154" in f) for f in flows] == [
+        (1_700_000_000_000, 1_700_000_000_290, False), (1_700_000_001_000, 1_700_000_001_500, False)]
+    # NetFlow v9 (pmacct's nfprobe_version 9 sends the same 16-byte elements)
+    body = template_set([t16], version=9) + data_set(t16, [rec16])
+    v9 = struct.pack("!HHIIII", 9, 2, 5000, 1_700_000_002, 0, 0) + body
+    f = decoders_mod.Decoder(decoders_mod.DecoderConfig(default_sampling=0)).decode(v9, "192.0.2.2").to_dicts()[0]
+    assert (f["TimeFlowStartMs"], f["TimeFlowEndMs"]) == (1_700_000_000_000, 1_700_000_000_290)
