@@ -23,6 +23,11 @@ Handler = Callable[[], tuple[int, str, bytes]]
 REQUEST_TIMEOUT_S = 10.0
 # Header lines read at most (a scraper sends a handful).
 MAX_HEADERS = 100
+# The answer must be taken by the client within this: a client that never reads (a receive
+# window that stays shut) otherwise held the handler in drain(), and its connection, descriptor
+# and rendered /metrics, for ever once the answer outgrew the socket buffers. Prometheus gives up
+# on a scrape after its scrape_timeout (10 s by default) anyway.
+RESPONSE_TIMEOUT_S = 30.0
 
 
 class HttpServer:
@@ -72,10 +77,18 @@ class HttpServer:
                 status, ctype, body = handler()
             reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 431: "Request Header Fields Too Large",
                       503: "Service Unavailable"}.get(status, "")
+            # RFC 9110 15.5.6: a 405 MUST list the methods the resource supports
+            allow = "Allow: GET, HEAD\r\n" if status == 405 else ""
             head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                    "Connection: close\r\n\r\n").encode()
-            writer.write(head + (body if parts and parts[0] != "HEAD" else b""))
-            await writer.drain()
+                    f"{allow}Connection: close\r\n\r\n").encode()
+            # Only a HEAD request's answer leaves the body out (RFC 9110 9.3.2); any other answer
+            # carries the Content-Length bytes it announces, the 431 and 405 ones included
+            writer.write(head + (b"" if parts and parts[0] == "HEAD" else body))
+            try:
+                await asyncio.wait_for(writer.drain(), RESPONSE_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                # close() would wait for the client to take what is buffered: drop it instead
+                writer.transport.abort()
         except (asyncio.TimeoutError, ConnectionError, OSError):
             pass
         except Exception as exc:  # never let a scrape take the collector down

@@ -1,0 +1,133 @@
+"""Review of /metrics, /healthz, /readyz and the --workers supervisor: each test written against
+a bug found in review (the HTTP endpoint's answers against RFC 9110/9112, a scraper that never
+reads its answer, merged series across workers)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from typing import Any
+
+import pytest
+
+from collector import http
+
+
+async def _serve(routes: dict[str, Any]) -> http.HttpServer:
+    srv = http.HttpServer("127.0.0.1:1", routes)
+    srv.port = 0
+    await srv.start()
+    return srv
+
+
+async def _exchange(srv: http.HttpServer, request: bytes) -> bytes:
+    r, w = await asyncio.open_connection("127.0.0.1", srv.port)
+    w.write(request)
+    await w.drain()
+    answer = await asyncio.wait_for(r.read(), 5)
+    w.close()
+    return answer
+
+
+def _split(answer: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+def test_every_answer_carries_the_body_its_content_length_announces() -> None:
+    """RFC 9112 section 6.3: a response with Content-Length has exactly that many body bytes.
+    The 431 answer (an overlong header line) and the 405 answer to an empty request line said
+    Content-Length: N and sent no body: the body was left out whenever the request line had not
+    been split into a method, not only for HEAD, so a client read a truncated response."""
+    async def main() -> list[bytes]:
+        srv = await _serve({"/healthz": lambda: (200, "text/plain", b"ok\n")})
+        try:
+            return [await _exchange(srv, b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n"),
+                    await _exchange(srv, b"\r\n\r\n"),
+                    await _exchange(srv, b"GET /healthz HTTP/1.1\r\n\r\n")]
+        finally:
+            await srv.stop()
+
+    answers = asyncio.run(main())
+    for answer in answers:
+        status, headers, body = _split(answer)
+        assert int(headers["content-length"]) == len(body), (status, answer[:200])
+    assert [_split(a)[0] for a in answers] == [431, 405, 200]
+
+
+def test_head_has_the_length_of_get_and_no_body() -> None:
+    async def main() -> tuple[bytes, bytes]:
+        srv = await _serve({"/healthz": lambda: (200, "text/plain", b"ok\n")})
+        try:
+            return (await _exchange(srv, b"HEAD /healthz HTTP/1.1\r\n\r\n"),
+                    await _exchange(srv, b"GET /healthz HTTP/1.1\r\n\r\n"))
+        finally:
+            await srv.stop()
+
+    head, get = asyncio.run(main())
+    assert _split(head)[0] == _split(get)[0] == 200
+    assert _split(head)[1]["content-length"] == _split(get)[1]["content-length"] == "3"
+    assert _split(head)[2] == b"" and _split(get)[2] == b"ok\n"
+
+
+def test_405_says_which_methods_are_allowed() -> None:
+    """RFC 9110 section 15.5.6: "The origin server MUST generate an Allow header field in a 405
+    (Method Not Allowed) response containing a list of the target resource's currently
+    supported methods." The endpoint answered a POST (or PUT, DELETE...) 405 without one."""
+    async def main() -> bytes:
+        srv = await _serve({"/metrics": lambda: (200, "text/plain", b"x 1\n")})
+        try:
+            return await _exchange(srv, b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+        finally:
+            await srv.stop()
+
+    status, headers, _ = _split(asyncio.run(main()))
+    assert status == 405
+    assert {m.strip() for m in headers.get("allow", "").split(",")} == {"GET", "HEAD"}
+
+
+def test_a_client_that_never_reads_its_answer_does_not_hold_the_connection_for_ever(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The request head had a deadline (slowloris), the answer none: a client that sends its
+    request and then never reads (a receive window that stays shut) left the handler waiting in
+    drain() for ever once the answer (a /metrics of many series) was more than the kernel's
+    buffers and the transport's high-water mark hold, keeping the connection, its descriptor and
+    the rendered answer; and a transport closed with data still buffered waits to send it. The
+    answer now has a deadline too, after which the connection is aborted."""
+    monkeypatch.setattr(http, "REQUEST_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(http, "RESPONSE_TIMEOUT_S", 0.5, raising=False)
+    body = b"x" * (8 << 20)   # more than the socket buffers and the transport's high-water mark
+    handlers: list[float] = []
+
+    async def main() -> tuple[int, int]:
+        srv = await _serve({"/metrics": lambda: (handlers.append(time.monotonic()), (200, "text/plain", body))[1]})
+        loop = asyncio.get_running_loop()
+        c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        c.setblocking(False)
+        try:
+            await loop.sock_connect(c, ("127.0.0.1", srv.port))
+            await loop.sock_sendall(c, b"GET /metrics HTTP/1.1\r\n\r\n")
+            await asyncio.sleep(3.0)  # the client reads nothing meanwhile
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            got = 0
+            try:
+                while True:
+                    chunk = await asyncio.wait_for(loop.sock_recv(c, 1 << 20), 2)
+                    if not chunk:
+                        break
+                    got += len(chunk)
+            except (ConnectionError, asyncio.TimeoutError):
+                pass
+            return len(tasks), got
+        finally:
+            c.close()
+            await srv.stop()
+
+    pending, got = asyncio.run(main())
+    assert handlers, "the request was not handled"
+    # aborted: the handler is gone, and the client never gets the whole answer
+    assert pending == 0 and got < len(body), (pending, got)
