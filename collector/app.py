@@ -26,7 +26,7 @@ from typing import Any
 
 from .config import Config
 from .http import HttpServer
-from .metrics import Aggregator, starting_snapshot
+from .metrics import SOCKETS, Aggregator, starting_snapshot
 from .util import die_with_parent, setup_logging, tune_malloc
 
 log = logging.getLogger("flowscope")
@@ -203,9 +203,38 @@ def readiness(agg: Aggregator, expected: int, silent_after: float = 0.0) -> tupl
     return (not why), why
 
 
+def kernel_drops_now(agg: Aggregator, seen: dict[tuple[int, str], int]) -> None:
+    """Bring each worker's flowscope_kernel_receive_drops up to its sockets' counters now. A
+    worker reads them only in its own snapshots, so a hung worker's (its loop stopped while the
+    kernel keeps handing its socket a share of the exporters, and drops them once the buffer is
+    full) stayed at its last report: lost datagrams /metrics never showed. The supervisor shares
+    the workers' network namespace and reads the same /proc/net/udp. `seen`: the highest value
+    shown per (worker, listener), so that a snapshot read before this and received after it
+    cannot take the counter back."""
+    from .server import udp_socket_stats
+
+    socks = {w: snap.get(SOCKETS, {}).get((), ()) for w, snap in agg.workers.items()}
+    inodes = {ino for s in socks.values() for _, ino in s}
+    live = udp_socket_stats(inodes) if inodes else {}
+    for w, snap in agg.workers.items():
+        drops = snap.get("flowscope_kernel_receive_drops")
+        if drops is None:
+            continue
+        for name, ino in socks[w]:
+            if ino in live:
+                seen[(w, name)] = max(seen.get((w, name), 0), live[ino][1])
+        new = {}
+        for lab, v in drops.items():
+            new[lab] = seen[(w, lab[0])] = max(v, seen.get((w, lab[0]), 0))
+        snap["flowscope_kernel_receive_drops"] = new
+
+
 def http_servers(cfg: Config, agg: Aggregator, expected: int, alive: Callable[[], bool],
                  silent_after: float = 0.0) -> list[HttpServer]:
+    kernel_seen: dict[tuple[int, str], int] = {}
+
     def metrics() -> tuple[int, str, bytes]:
+        kernel_drops_now(agg, kernel_seen)
         ok, _ = readiness(agg, expected, silent_after)
         agg.extra["flowscope_ready"] = {(): 1 if ok else 0}
         agg.extra["flowscope_workers"] = {(): len(agg.workers)}

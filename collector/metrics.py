@@ -307,6 +307,9 @@ def merge_into(total: Snapshot, snap: Snapshot) -> None:
 
 
 STARTING = "_starting"  # key of the snapshot a worker sends before its (possibly long) start-up
+# key of a worker's snapshot listing its listeners' sockets: {(): [(listener, inode), ...]}, so
+# the supervisor can read their kernel drop counters itself (kernel_drops_now)
+SOCKETS = "_sockets"
 # A start-up longer than this is a hang after all (liveness restarts the pod): loading state
 # files takes seconds per million template fields
 STARTING_LIMIT = 600.0

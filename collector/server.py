@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from .config import Config, Listener
-from .metrics import ExporterLabels, Snapshot, decoder_series
+from .metrics import SOCKETS, ExporterLabels, Snapshot, decoder_series
 from .sinks import COUNTERS, FLOWS, KafkaSink, Prebuilt, Sink, make_sink
 from .state import StateFile
 from .util import RateLimitedLog
@@ -570,6 +570,7 @@ class Worker:
                 # keep the max: the socket is gone (0) after close, the count must not go back
                 self._kernel_drops[i] = max(self._kernel_drops[i], drops[ino])
         snap["flowscope_kernel_receive_drops"] = {(n,): v for n, v in zip(names, self._kernel_drops, strict=False)}
+        snap[SOCKETS] = {(): list(zip(names, self.inodes, strict=False))}
         snap["flowscope_socket_receive_buffer_bytes"] = {(n,): v for n, v in zip(names, self.granted, strict=False)}
         snap["flowscope_listener_up"] = {(n,): (1 if self.bound else 0) for n in names}
         q = self.queue

@@ -5,11 +5,15 @@ reads its answer, merged series across workers)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import make_v5, wait_for
 
 from collector import http
 
@@ -131,3 +135,38 @@ def test_a_client_that_never_reads_its_answer_does_not_hold_the_connection_for_e
     assert handlers, "the request was not handled"
     # aborted: the handler is gone, and the client never gets the whole answer
     assert pending == 0 and got < len(body), (pending, got)
+
+
+def test_a_hung_workers_kernel_drops_are_counted(collector: Any, tmp_path: Path) -> None:
+    """With --workers N the kernel keeps handing a hung worker (its event loop stopped) its share
+    of the exporters: once its socket's buffer is full, the kernel drops them. Those drops were
+    read only by the worker itself, so they stayed at its last report: datagrams lost without a
+    trace in /metrics until the pod was restarted (and then never). The supervisor reads the
+    workers' sockets' drop counters itself (the same /proc/net/udp)."""
+    c = collector(["--output-file", str(tmp_path / "flows.jsonl"), "--workers", "2", "--stats-interval", "0.1",
+                   "--rcvbuf", "65536"])
+    children = [int(p) for p in Path(f"/proc/{c.proc.pid}/task/{c.proc.pid}/children").read_text().split()]
+    assert len(children) == 2
+    assert c.value("flowscope_kernel_receive_drops_total") == 0
+    for pid in children:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(8)]
+        sent = 3000
+        d = make_v5(1, 2, 0)
+        for i in range(sent):
+            socks[i % 8].sendto(d, ("127.0.0.1", c.port))
+        for s in socks:
+            s.close()
+        received = c.value("flowscope_received_datagrams_total")
+        # what the stopped workers' sockets could not hold (64 KiB each) was dropped
+        drops = c.value("flowscope_kernel_receive_drops_total")
+        assert drops > sent / 2, (received, drops)
+    finally:
+        for pid in children:
+            os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: c.value("flowscope_received_datagrams_total") + c.value("flowscope_kernel_receive_drops_total")
+             == sent, 10, what="every datagram received or counted as dropped by the kernel")
+    before = c.value("flowscope_kernel_receive_drops_total")
+    time.sleep(0.5)
+    assert c.value("flowscope_kernel_receive_drops_total") == before   # never back, never twice
