@@ -42,7 +42,8 @@ class Series:
     kind: str  # counter | gauge | histogram
     help: str
     labels: tuple[str, ...] = ()
-    merge: str = "sum"  # how workers combine: sum | max | min (all must say yes)
+    merge: str = "sum"  # how workers combine: sum | max | min (all must say yes: an expected worker
+    # without the series, starting or not reported yet, says no, 0)
 
 
 SERIES: dict[str, Series] = {s.name: s for s in [
@@ -356,6 +357,13 @@ class Aggregator:
         total: Snapshot = {}
         for snap in self.workers.values():
             merge_into(total, snap)
+        # A "min" series (every worker must say yes) that some worker reports: an expected worker
+        # that does not (still starting, its informers not even started, or not reported yet)
+        # has not said yes
+        for name, series in SERIES.items():
+            if series.merge == "min" and name in total and any(
+                    name not in self.workers.get(w, {}) for w in range(self.expected)):
+                total[name] = {lab: min(v, 0) for lab, v in total[name].items()}
         merge_into(total, self.extra)
         return total
 

@@ -170,3 +170,25 @@ def test_a_hung_workers_kernel_drops_are_counted(collector: Any, tmp_path: Path)
     before = c.value("flowscope_kernel_receive_drops_total")
     time.sleep(0.5)
     assert c.value("flowscope_kernel_receive_drops_total") == before   # never back, never twice
+
+
+def test_informers_synced_is_0_while_a_worker_has_not_reported_it() -> None:
+    """flowscope_informers_synced: "1 when enrichment is enabled and every informer has
+    completed its first list (with --workers, in every worker)". It was the minimum over the
+    workers that sent the series, so a worker still starting (its "starting" snapshot comes
+    before its informers start, and loading --state-file can take minutes) or not yet reported
+    was left out, and one synced worker made it 1."""
+    from collector.metrics import Aggregator, starting_snapshot
+
+    agg = Aggregator(2)
+    agg.update(0, {"flowscope_informers_synced": {(): 1}, "_ready": {(): (True, [])}})
+    assert agg.merged()["flowscope_informers_synced"][()] == 0      # worker 1 never reported
+    agg.update(1, starting_snapshot("state files"))
+    assert agg.merged()["flowscope_informers_synced"][()] == 0      # worker 1 is starting
+    agg.update(1, {"flowscope_informers_synced": {(): 1}, "_ready": {(): (True, [])}})
+    assert agg.merged()["flowscope_informers_synced"][()] == 1
+    # without enrichment no worker reports it: no series, not a 0
+    agg = Aggregator(2)
+    agg.update(0, {"_ready": {(): (True, [])}})
+    agg.update(1, starting_snapshot("state files"))
+    assert "flowscope_informers_synced" not in agg.merged()
