@@ -544,6 +544,10 @@ def _supervise(cfg: Config, enrich_cfg: Any, factory: Callable[[], asyncio.Abstr
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
                 exited[i] = -9
+                # what its last report held goes with it: said (and counted) as for a worker
+                # that dies while running, not lost silently
+                reader(i, children[i][1])
+                died(agg, i, -9)
         for i, (_, conn) in children.items():
             reader(i, conn)  # last snapshots
         for s in servers:

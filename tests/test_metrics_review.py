@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_v5, wait_for
+from conftest import make_v5, send_udp, wait_for
 
 from collector import http
 
@@ -192,3 +194,29 @@ def test_informers_synced_is_0_while_a_worker_has_not_reported_it() -> None:
     agg.update(0, {"_ready": {(): (True, [])}})
     agg.update(1, starting_snapshot("state files"))
     assert "flowscope_informers_synced" not in agg.merged()
+
+
+def test_a_worker_killed_at_the_shutdown_deadline_says_what_it_held(collector: Any) -> None:
+    """A worker that does not stop within --shutdown-timeout (+10 s) of the supervisor's SIGTERM
+    (hung) is killed; the flows its last report held went with it, and only "did not stop in
+    time; killing it" was logged: not how many were lost, unlike a worker that dies while
+    running (worker_died). Nothing is lost silently: the log says what its last report held."""
+    c = collector(["--sink", "stdout", "--workers", "2", "--stats-interval", "0.2", "--shutdown-timeout", "1"],
+                  stdout=subprocess.PIPE)
+    children = [int(p) for p in Path(f"/proc/{c.proc.pid}/task/{c.proc.pid}/children").read_text().split()]
+    assert len(children) == 2
+    # nobody reads stdout: the pipe fills and the flows wait in the worker that got them
+    send_udp([make_v5(30 * i, 30, 30 * i) for i in range(40)], c.port)
+    wait_for(lambda: c.value("flowscope_queue_records") > 0, 10, what="flows queued")
+    queued = -1.0
+    while queued != c.value("flowscope_queue_records"):   # settled: the pipe is full
+        queued = c.value("flowscope_queue_records")
+        time.sleep(1.0)
+    for pid in children:
+        os.kill(pid, signal.SIGSTOP)    # hung: they will not stop when told
+    c.proc.send_signal(signal.SIGTERM)
+    assert c.proc.wait(40) != 0
+    log = c.log()
+    assert log.count("did not stop in time; killing it") == 2, log
+    held = [int(n) for n in re.findall(r"died holding (\d+) flow records", log)]
+    assert sum(held) == queued > 0, log
