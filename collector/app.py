@@ -430,6 +430,10 @@ def died(agg: Aggregator, worker: int, code: int) -> None:
             d[("worker_died",)] = d.get(("worker_died",), 0) + n
             snap[dropped] = d
     snap["flowscope_queue_bytes"] = {(): 0}
+    # its sockets and its sink went with it: not bound, not connected, not ready
+    snap["flowscope_listener_up"] = {k: 0 for k in snap.get("flowscope_listener_up", {})}
+    snap["flowscope_sink_connected"] = {(): 0}
+    snap["_ready"] = {(): (False, [f"exited (code {code})"])}  # type: ignore[dict-item]
     age = time.monotonic() - agg.seen.get(worker, agg.started)
     agg.workers[worker] = snap
     if not any(lost.values()):

@@ -220,3 +220,25 @@ def test_a_worker_killed_at_the_shutdown_deadline_says_what_it_held(collector: A
     assert log.count("did not stop in time; killing it") == 2, log
     held = [int(n) for n in re.findall(r"died holding (\d+) flow records", log)]
     assert sum(held) == queued > 0, log
+
+
+def test_a_dead_workers_listeners_and_sink_are_not_reported_up() -> None:
+    """A worker that died (killed, crashed) holds no socket and no sink: its last snapshot said
+    flowscope_listener_up 1, flowscope_sink_connected 1 and ready, and the supervisor kept
+    serving that (summed with the live workers') while it stopped the others, so /readyz
+    answered 200 and the gauges counted a worker that was gone."""
+    from collector import app as A
+    from collector.metrics import Aggregator
+
+    agg = Aggregator(2)
+    for w in (0, 1):
+        agg.update(w, {"flowscope_listener_up": {("netflow://0.0.0.0:2055",): 1},
+                       "flowscope_sink_connected": {(): 1}, "flowscope_queue_records": {(): 0},
+                       "_ready": {(): (True, [])}})
+    assert A.readiness(agg, 2) == (True, [])
+    A.died(agg, 1, -9)
+    merged = agg.merged()
+    assert merged["flowscope_listener_up"][("netflow://0.0.0.0:2055",)] == 1
+    assert merged["flowscope_sink_connected"][()] == 1
+    ok, why = A.readiness(agg, 2)
+    assert not ok and any("worker 1" in w for w in why), why
