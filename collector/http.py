@@ -65,7 +65,12 @@ class HttpServer:
         try:
             line = await asyncio.wait_for(self._head(reader), REQUEST_TIMEOUT_S)
             parts = line.decode("latin-1").split() if line is not None else []
-            path = parts[1].split("?", 1)[0] if len(parts) >= 2 else ""
+            target = parts[1] if len(parts) >= 2 else ""
+            if target[:7].lower() == "http://" or target[:8].lower() == "https://":
+                # RFC 9112 3.2.2: a server MUST accept the absolute-form (what a client sends
+                # through a proxy); its path is what follows the authority
+                target = "/" + target.split("//", 1)[1].partition("/")[2]
+            path = target.split("?", 1)[0]
             handler = self.routes.get(path)
             if line is None:
                 status, ctype, body = 431, "text/plain", b"request header fields too large\n"

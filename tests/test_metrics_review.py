@@ -242,3 +242,19 @@ def test_a_dead_workers_listeners_and_sink_are_not_reported_up() -> None:
     assert merged["flowscope_sink_connected"][()] == 1
     ok, why = A.readiness(agg, 2)
     assert not ok and any("worker 1" in w for w in why), why
+
+
+def test_absolute_form_request_target_is_accepted() -> None:
+    """RFC 9112 section 3.2.2: "a server MUST accept the absolute-form in requests" (what a
+    client configured with a proxy sends, `GET http://host:9400/metrics HTTP/1.1`); it was
+    answered 404."""
+    async def main() -> list[bytes]:
+        srv = await _serve({"/metrics": lambda: (200, "text/plain", b"x 1\n")})
+        try:
+            return [await _exchange(srv, f"GET http://127.0.0.1:{srv.port}/metrics HTTP/1.1\r\n\r\n".encode()),
+                    await _exchange(srv, f"GET HTTP://127.0.0.1:{srv.port}/metrics?x=1 HTTP/1.1\r\n\r\n".encode()),
+                    await _exchange(srv, b"GET http://127.0.0.1/other HTTP/1.1\r\n\r\n")]
+        finally:
+            await srv.stop()
+
+    assert [_split(a)[0] for a in asyncio.run(main())] == [200, 200, 404]
