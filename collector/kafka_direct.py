@@ -37,7 +37,7 @@ API_PRODUCE = 0
 API_VERSIONS = 18
 PRODUCE_VERSION = 3
 # KIP-110: Kafka's ProduceRequest.validateRecords answers a zstd batch in a Produce request below
-# version 7 with UNSUPPORTED_COMPRESSION_TYPE (74), on the broker too. Versions 3 to 8 frame the
+# version 7 with UNSUPPORTED_COMPRESSION_TYPE (76), on the broker too. Versions 3 to 8 frame the
 # same request body; the v5+ response adds log_start_offset to each partition.
 PRODUCE_VERSION_ZSTD = 7
 CODEC_ZSTD = 4
@@ -55,7 +55,9 @@ FATAL = {
     # prebuilt batch keeps its CreateTime, so sent again it is refused again
     32: "invalid_timestamp",
     43: "unsupported_for_message_format",
-    74: "unsupported_compression_type",
+    # (Kafka's protocol error table: 74 is FENCED_LEADER_EPOCH and 75 UNKNOWN_LEADER_EPOCH, both
+    # retriable on fresh metadata; 76 is the codec the broker does not take)
+    76: "unsupported_compression_type",
     87: "invalid_record",
 }
 
@@ -88,9 +90,10 @@ def parse_api_versions(body: bytes) -> dict[int, tuple[int, int]]:
     return out
 
 
-def parse_produce_v3(body: bytes, version: int = PRODUCE_VERSION) -> int:
+def parse_produce_v3(body: bytes, version: int = PRODUCE_VERSION, partition: int | None = None) -> int:
     """Produce v3 (or, with `version`, up to v7) response body (after the correlation id): the
-    first non-zero partition error code, else 0."""
+    error code of `partition` (the one partition a request of this path is for), or, without
+    one, the first non-zero partition error code, else 0."""
     # per partition: partition, error_code, base_offset, log_append_time (v2+), and from v5 on
     # log_start_offset (ProduceResponse.json)
     if not 3 <= version <= 7:
@@ -100,18 +103,27 @@ def parse_produce_v3(body: bytes, version: int = PRODUCE_VERSION) -> int:
         (ntopics,) = struct.unpack_from(">i", body, 0)
         off = 4
         err = 0
+        found = False
         for _ in range(ntopics):
             (tl,) = struct.unpack_from(">h", body, off)
             off += 2 + max(tl, 0)
             (nparts,) = struct.unpack_from(">i", body, off)
             off += 4
             for _ in range(nparts):
-                _part, code = struct.unpack_from(">ih", body, off)
+                part, code = struct.unpack_from(">ih", body, off)
                 off += stride
-                if code and not err:
-                    err = code
+                if partition is None:
+                    if code and not err:
+                        err = code
+                elif part == partition and not found:
+                    found, err = True, code
         if ntopics < 1 or off > len(body):
             raise ProtocolError("Produce response without the partition")
+        if partition is not None and not found:
+            # Kafka answers for every partition of the request (ProduceResponse.json), and
+            # librdkafka, one partition per request too, refuses a response without exactly
+            # that one: nothing says the batch was written, so it is no delivery
+            raise ProtocolError(f"Produce response without partition {partition}")
         return err
     except struct.error as exc:
         raise ProtocolError(f"Produce response truncated: {exc}") from None
@@ -128,8 +140,9 @@ class Connection:
         self.timeout = timeout
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
-        # (correlation id, future, deadline, Produce version): answers are read per version
-        self.inflight: collections.deque[tuple[int, asyncio.Future[None], float, int]] = collections.deque()
+        # (correlation id, future, deadline, Produce version, partition): answers are read per
+        # version, and must be for the request's partition
+        self.inflight: collections.deque[tuple[int, asyncio.Future[None], float, int, int]] = collections.deque()
         self.produce_max = PRODUCE_VERSION  # the highest Produce version the broker serves
         self._corr = 0
         self._room: asyncio.Future[None] | None = None
@@ -175,7 +188,7 @@ class Connection:
         if batch.codec == CODEC_ZSTD:
             if self.produce_max < PRODUCE_VERSION_ZSTD:
                 # a broker before Kafka 2.1 cannot take zstd at all: what it would answer
-                raise BrokerError(74)
+                raise BrokerError(76)
             version = PRODUCE_VERSION_ZSTD
         corr = self._next_corr()
         data = batch.request(corr, self.client_id, acks, timeout_ms, topic, partition, version)
@@ -184,7 +197,7 @@ class Connection:
             self.unanswered = True
             fut.set_result(None)
         else:
-            self.inflight.append((corr, fut, time.monotonic() + self.timeout, version))
+            self.inflight.append((corr, fut, time.monotonic() + self.timeout, version, partition))
         self.writer.write(data)
         del data
         if self.writer.transport.get_write_buffer_size() > 8 * 1024 * 1024:
@@ -207,7 +220,7 @@ class Connection:
                 # parsed before it leaves inflight: a response that cannot be parsed closes the
                 # connection and fails this batch with the others (re-queued), never orphans it
                 try:
-                    err = parse_produce_v3(body[4:], self.inflight[0][3])
+                    err = parse_produce_v3(body[4:], self.inflight[0][3], self.inflight[0][4])
                 except ProtocolError:
                     raise
                 except Exception as exc:

