@@ -794,6 +794,7 @@ class KafkaSink(Sink):
     async def start(self) -> None:
         for b in self.k.brokers:
             split_hostport(b)
+        _aiokafka_final_errors()
         self._start_packer()
         await super().start()
 
@@ -1526,7 +1527,31 @@ _AIOKAFKA_FATAL = ("MessageSizeTooLargeError", "RecordListTooLargeError", "Topic
 def _fatal_aiokafka(exc: BaseException) -> bool:
     import aiokafka.errors as ae
 
+    from .kafka_direct import FATAL
+
+    if isinstance(exc, ae.BrokerResponseError) and getattr(exc, "errno", None) in FATAL:
+        return True  # (those aiokafka has no class for: _aiokafka_final_errors)
     return isinstance(exc, tuple(getattr(ae, n) for n in _AIOKAFKA_FATAL if hasattr(ae, n)))
+
+
+def _aiokafka_final_errors() -> None:
+    """Give aiokafka a class for each final error code (kafka_direct.FATAL) it has none for.
+    aiokafka 0.14 knows Kafka's codes up to 72: INVALID_RECORD (87, a record without a key on a
+    compacted topic) and UNSUPPORTED_COMPRESSION_TYPE (76) come out of its sender as UnknownError,
+    which says nothing of the code, and a batch refused for good was re-queued for ever (TLS, SASL,
+    --no-kafka-direct and sFlow counter records go through aiokafka), the queue stuck behind it.
+    Not retriable, as in Kafka's error table: aiokafka fails the batch and _fatal_aiokafka drops
+    it as rejected. A code aiokafka learns later keeps aiokafka's own class."""
+    import aiokafka.errors as ae
+
+    from .kafka_direct import FATAL
+
+    for code, reason in FATAL.items():
+        if code not in ae.kafka_errors:
+            name = "".join(w.title() for w in reason.split("_")) + "Error"
+            ae.kafka_errors[code] = type(name, (ae.BrokerResponseError,), {
+                "errno": code, "message": reason.upper(), "retriable": False,
+                "description": f"Kafka error {code} {reason.upper()} (flowscope: not retriable)"})
 
 
 def _broker_answer(exc: BaseException) -> bool:

