@@ -1060,7 +1060,12 @@ class KafkaSink(Sink):
         if self.k.create_topic:
             await self._create_topics()
         self.partitions.clear()
-        topics = [self.k.topic] + ([self.k.counters_topic] if self.cfg.counters else [])
+        # The flows topic only: a counters topic without metadata (never created, on brokers that
+        # do not create topics when asked for) held the flows back for good when it was waited
+        # for here. Its records are routed, or set aside, by _counters_routable; the metadata
+        # requests above name it too (aiokafka asks for every topic it was asked about), so a
+        # broker that creates topics when asked for re-creates it all the same.
+        topics = [self.k.topic]
         try:
             for producer in self.producers:
                 for t in topics:
@@ -1083,6 +1088,10 @@ class KafkaSink(Sink):
     async def _send(self, chunks: list[Chunk], topics: tuple[str, str]) -> None:
         """Append the chunks' records to one builder per (kind, partition) and submit them."""
         q = self.queue
+        if any(c.kind == COUNTERS for c in chunks):
+            chunks = await self._counters_routable(chunks, topics[COUNTERS])
+            if not chunks:
+                return
         try:
             parts_by_kind = [await self._partitions(topics[k]) if any(c.kind == k for c in chunks) else [0]
                              for k in (FLOWS, COUNTERS)]
@@ -1163,6 +1172,54 @@ class KafkaSink(Sink):
             q.inflight[o.kind] += len(o.records)
         for o in full:
             await self._submit(o, topics[o.kind])
+
+    async def _counters_routable(self, chunks: list[Chunk], topic: str) -> list[Chunk]:
+        """The chunks that can go now: sFlow counter records only while their topic has metadata.
+        A counters topic without any (not created, on brokers that do not create topics when asked
+        for) re-queued the whole take, flows included, and sent the sink through a metadata refresh
+        that waited for it: no flow was delivered again. Its records are set aside instead (held
+        under (COUNTERS, -1), counted as queued: `shutdown` drops if still there at the end); after
+        a wait that doubles up to 30 s the first of them asks again, from the client's metadata
+        (which names the topic from the first ask on: no further wait here), and once the topic is
+        there they all go. The flows topic is not treated so: without it nothing can be produced."""
+        key = (COUNTERS, -1)
+        h = self._held.get(key)
+        counters = [c for c in chunks if c.kind == COUNTERS]
+        if h is None:
+            try:
+                await self._partitions(topic)
+                return chunks
+            except Exception as exc:
+                why = repr(exc)
+        else:
+            if not any(c is h.probe for c in counters):
+                why = ""   # waiting for the topic: not asked again until the probe
+            else:
+                got = self.producer.client.cluster.partitions_for_topic(topic)
+                if got:
+                    self.partitions[topic] = sorted(got)
+                    self._partitions_at[topic] = time.monotonic()
+                    h.probe = None
+                    self._release(key)   # (back at the front of the queue: the next take's)
+                    log.info("kafka: topic %s has metadata again: sFlow counter records produced again", topic)
+                    return chunks
+                self.producer.client.force_metadata_update()
+                why = "not in the brokers' metadata"
+        for c in counters:
+            if not c.seq:
+                self._seq += 1
+                c.seq = self._seq
+        self._hold(key, counters)
+        h = self._held[key]
+        if why:
+            h.probe = None
+            h.wait = min(max(1.0, h.wait * 2), 30.0)
+            h.until = time.monotonic() + h.wait
+            self.errors["metadata"] += 1
+            self._rl.error("counters-topic", "kafka: no metadata for the counters topic %s: %s; %d sFlow counter "
+                           "records set aside (counted as queued; flows go on), asking again in %.0f s", topic,
+                           why, sum(len(c.records) for c in h.chunks), h.wait)
+        return [c for c in chunks if c.kind != COUNTERS]
 
     def _prebuilt(self, p: Prebuilt) -> PrebuiltBuilder:
         """Finish a Prebuilt batch: compress its records section with the configured codec (as

