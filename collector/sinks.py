@@ -1564,6 +1564,10 @@ class KafkaSink(Sink):
         # all at once, within what is left of the deadline (at least half a second to close
         # cleanly): one after the other, four connections ran two seconds past the deadline
         await asyncio.gather(*(stop(p) for p in self.producers))
+        # A keyed batch whose answer (a retriable error, its connection lost) came while waiting
+        # above was set aside again, out of the queue: drain()'s drop_all() would reset the
+        # queued count without counting it, and its records would be nowhere.
+        self._unhold_all()
 
 
 # Compression levels when kafka.compression_level is not set (python -m benchmarks.compress_bench,

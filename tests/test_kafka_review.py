@@ -356,3 +356,78 @@ def test_flows_go_on_while_the_counters_topic_has_no_metadata(collector: Any, tm
     finally:
         front.stop()
         broker.stop()
+
+
+# ------------------------------------------------------------------------------------------------
+# Shutdown: a keyed batch that fails as the deadline passes is still counted
+
+
+@pytest.mark.parametrize("how", ["broker-error", "connection-lost"])
+def test_a_keyed_batch_failing_at_the_shutdown_deadline_is_counted(how: str) -> None:
+    """Keyed modes set a failed batch aside with its partition's later ones (KafkaSink._hold),
+    counted as queued. At the shutdown deadline _close() puts what is set aside back in the queue
+    (drain() counts the queue as `shutdown`), then waits for the requests in flight: a batch whose
+    answer came then (a retriable error, or its connection closed) was set aside again, out of
+    the queue, and drain()'s drop_all() reset the queued count without counting it: its records
+    were neither delivered, dropped nor queued (decoded = delivered + dropped + queued broke, and
+    the shutdown log line left them out)."""
+    from collector.config import Config
+    from collector.kafka_direct import BrokerError
+    from collector.sinks import FLOWS, KafkaSink, Prebuilt
+
+    class Direct:
+        def __init__(self) -> None:
+            self.futs: list[asyncio.Future[None]] = []
+            self.conns: dict[int, list[Any]] = {}
+
+        async def send(self, *_a: Any, **_kw: Any) -> asyncio.Future[None]:
+            fut = asyncio.get_running_loop().create_future()
+            self.futs.append(fut)
+            return fut
+
+        def close(self) -> None:
+            pass
+
+    class Producer:
+        async def stop(self) -> None:
+            pass
+
+    class Writer:   # a sealed decoders.RecordBatchWriter, as far as the sink looks
+        codec = 0
+        packed = True
+
+        def __init__(self, records: int) -> None:
+            self.records = records
+
+    async def run() -> KafkaSink:
+        cfg = Config()
+        cfg.kafka.key = "exporter"
+        sink = KafkaSink(cfg)
+        sink.producer = Producer()
+        sink.producers = [sink.producer]
+        direct = sink.direct = Direct()
+        q = sink.queue
+        for slot, n in ((1, 7), (2, 5)):   # keyed batches of two partitions
+            q.offer(FLOWS, Prebuilt(Writer(n), slot), "", 100 * n)
+        # (as the sender sends them: written, unanswered)
+        for c in q.take(1 << 20):
+            o = sink._new_open(FLOWS, c.records.slot, direct=True)
+            o.records, o.nbytes = c.records, c.nbytes  # type: ignore[assignment]
+            await sink._submit(o, "flows")
+        assert q.inflight_records == 12 and len(direct.futs) == 2
+
+        def answers_at_the_deadline() -> None:
+            # (the answers arrive as _close() begins: their callbacks run in its wait)
+            exc = BrokerError(19) if how == "broker-error" else ConnectionError("closed")
+            for f in direct.futs:
+                f.set_exception(exc)
+
+        sink._stop_packer = answers_at_the_deadline  # type: ignore[method-assign]
+        await sink.drain(asyncio.get_running_loop().time())
+        return sink
+
+    sink = asyncio.run(run())
+    q = sink.queue
+    dropped = sum(n for (kind, _r), n in q.dropped.items() if kind == FLOWS)
+    assert sink.delivered[FLOWS] + dropped + q.records_of(FLOWS) == 12, (dict(q.dropped), q.queued, q.inflight)
+    assert q.records_of(FLOWS) == 0 and not sink._held
