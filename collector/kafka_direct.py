@@ -29,7 +29,10 @@ import collections
 import logging
 import struct
 import time
+from collections.abc import Callable
 from typing import Any
+
+from .util import RateLimitedLog
 
 log = logging.getLogger("flowscope.sink")
 
@@ -94,8 +97,13 @@ def parse_produce_v3(body: bytes, version: int = PRODUCE_VERSION, partition: int
     """Produce v3 (or, with `version`, up to v7) response body (after the correlation id): the
     error code of `partition` (the one partition a request of this path is for), or, without
     one, the first non-zero partition error code, else 0."""
+    return parse_produce(body, version, partition)[0]
+
+
+def parse_produce(body: bytes, version: int = PRODUCE_VERSION, partition: int | None = None) -> tuple[int, int]:
+    """As parse_produce_v3, with the answer's throttle_time_ms: (error code, throttle ms)."""
     # per partition: partition, error_code, base_offset, log_append_time (v2+), and from v5 on
-    # log_start_offset (ProduceResponse.json)
+    # log_start_offset; then throttle_time_ms (v1+) (ProduceResponse.json)
     if not 3 <= version <= 7:
         raise ValueError(f"Produce v{version} responses are not read here")
     stride = 4 + 2 + 8 + 8 + (8 if version >= 5 else 0)
@@ -124,7 +132,8 @@ def parse_produce_v3(body: bytes, version: int = PRODUCE_VERSION, partition: int
             # librdkafka, one partition per request too, refuses a response without exactly
             # that one: nothing says the batch was written, so it is no delivery
             raise ProtocolError(f"Produce response without partition {partition}")
-        return err
+        throttle = struct.unpack_from(">i", body, off)[0] if off + 4 <= len(body) else 0
+        return err, max(throttle, 0)
     except struct.error as exc:
         raise ProtocolError(f"Produce response truncated: {exc}") from None
 
@@ -132,7 +141,8 @@ def parse_produce_v3(body: bytes, version: int = PRODUCE_VERSION, partition: int
 class Connection:
     """One TCP connection to a broker with up to `max_in_flight` Produce requests outstanding."""
 
-    def __init__(self, host: str, port: int, client_id: bytes, *, max_in_flight: int, timeout: float) -> None:
+    def __init__(self, host: str, port: int, client_id: bytes, *, max_in_flight: int, timeout: float,
+                 on_throttle: Callable[[int], None] | None = None) -> None:
         self.host = host
         self.port = port
         self.client_id = client_id
@@ -152,6 +162,12 @@ class Connection:
         # acks 0: Kafka sends no Produce response; a broker that does (Tansu) has its answers
         # read and ignored instead of being taken for a protocol error
         self.unanswered = False
+        # A produce quota (KIP-13): each answer's throttle_time_ms goes to on_throttle, and after a
+        # Produce v6+ answer nothing more is sent here until then (KIP-219: the broker answered at
+        # once instead of holding the answer back, expects the client to wait, and mutes the
+        # connection meanwhile; Java's NetworkClient and librdkafka hold the connection back)
+        self.on_throttle = on_throttle
+        self.throttled_until = 0.0
 
     def _next_corr(self) -> int:
         self._corr = (self._corr + 1) & 0x7FFFFFFF
@@ -182,6 +198,9 @@ class Connection:
         while len(self.inflight) >= self.max_in_flight and not self.closed:
             self._room = asyncio.get_running_loop().create_future()
             await self._room
+        wait = self.throttled_until - time.monotonic()
+        if wait > 0 and not self.closed:
+            await asyncio.sleep(wait)
         if self.closed or self.writer is None:
             raise ConnectionError(f"connection to {self.host}:{self.port} closed: {self.error!r}")
         version = PRODUCE_VERSION
@@ -220,11 +239,16 @@ class Connection:
                 # parsed before it leaves inflight: a response that cannot be parsed closes the
                 # connection and fails this batch with the others (re-queued), never orphans it
                 try:
-                    err = parse_produce_v3(body[4:], self.inflight[0][3], self.inflight[0][4])
+                    err, throttle = parse_produce(body[4:], self.inflight[0][3], self.inflight[0][4])
                 except ProtocolError:
                     raise
                 except Exception as exc:
                     raise ProtocolError(f"malformed Produce response: {exc!r}") from None
+                if throttle:
+                    if self.inflight[0][3] >= 6:
+                        self.throttled_until = max(self.throttled_until, time.monotonic() + throttle / 1000)
+                    if self.on_throttle is not None:
+                        self.on_throttle(throttle)
                 fut = self.inflight.popleft()[1]
                 if not fut.done():
                     if err:
@@ -283,6 +307,13 @@ class DirectProducer:
         self.conns: dict[int, list[Connection | None]] = {}
         self._rr = 0
         self._topics: dict[str, bytes] = {}
+        self.throttle_ms = 0   # throttle_time_ms of every answer (flowscope_kafka_throttle_seconds)
+        self._rl = RateLimitedLog(log)
+
+    def _throttled(self, ms: int) -> None:
+        self.throttle_ms += ms
+        self._rl.warning("throttled", "kafka: a broker throttled a produce request for %d ms (a produce quota: "
+                         "counted in flowscope_kafka_throttle_seconds_total)", ms)
 
     async def _conn(self, node: int, pin: int = -1) -> Connection:
         slots = self.conns.setdefault(node, [None] * self.per_broker)
@@ -296,7 +327,7 @@ class DirectProducer:
             if meta is None:
                 raise ConnectionError(f"no address for broker {node}")
             c = Connection(meta.host, meta.port, self.client_id, max_in_flight=self.max_in_flight,
-                           timeout=self.timeout_ms / 1000 + 5)
+                           timeout=self.timeout_ms / 1000 + 5, on_throttle=self._throttled)
             slots[i] = c
             try:
                 await c.connect()

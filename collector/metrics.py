@@ -148,6 +148,10 @@ SERIES: dict[str, Series] = {s.name: s for s in [
            "timeout is not seen here, and a batch it was handed but never wrote counts too); label records: "
            "flows or counters", ("records",)),
     Series("flowscope_kafka_batches", "counter", "Record batches acknowledged by Kafka"),
+    Series("flowscope_kafka_throttle_seconds", "counter", "Time the brokers said they throttled the direct produce "
+           "path's requests (throttle_time_ms: a produce quota, KIP-13); after a Produce v6+ answer (zstd batches) "
+           "its connection sends nothing more for that time (KIP-219). Requests through aiokafka (TLS, SASL, "
+           "--no-kafka-direct, sFlow counter records) are not seen here"),
     Series("flowscope_kafka_compression_bytes", "counter", "Bytes of prebuilt record batches (key none) before "
            "(side=in) and after (side=out) kafka.compression", ("side",)),
     Series("flowscope_kafka_compression_thread_seconds", "counter", "Time the compression thread spent "

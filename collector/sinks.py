@@ -1492,6 +1492,10 @@ class KafkaSink(Sink):
     def unconfirmed(self, kind: int) -> int:
         return self._written[kind]
 
+    def throttle_seconds(self) -> float:
+        """Time the brokers said they throttled the direct path's Produce requests."""
+        return 0.0 if self.direct is None else self.direct.throttle_ms / 1000
+
     def _failed(self, o: _Open, exc: BaseException) -> None:
         if self._closing:
             # The shutdown deadline passed and the connections are being closed: the batch stays
