@@ -1513,6 +1513,13 @@ class KafkaSink(Sink):
                            len(o.records), exc)
             self.queue.done(o.kind, o.nbytes, len(o.records))
             self.queue.dropped[(o.kind, "rejected")] += len(o.records)
+            h = self._held.get((o.kind, o.partition)) if self.k.key != "none" else None
+            if h is not None and h.probe is not None and h.probe.seq == o.seq:
+                # a held partition's probe, answered: its next batch is tried at once (left marked
+                # as the probe in flight, the partition waited until it was given up for lost,
+                # --kafka-request-timeout-ms + 10 s later)
+                h.probe = None
+                h.until = time.monotonic()
             return
         self.errors["produce"] += 1
         if not _broker_answer(exc):

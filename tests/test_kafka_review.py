@@ -526,3 +526,50 @@ def test_a_throttled_produce_answer_is_counted_and_honoured(collector: Any, tmp_
     finally:
         front.stop()
         broker.stop()
+
+
+# ------------------------------------------------------------------------------------------------
+# Keyed modes: a partition's probe refused for good
+
+
+def test_a_held_partitions_probe_refused_for_good_lets_the_next_one_go() -> None:
+    """Keyed modes: a partition whose batches fail is held; its first batch goes alone as a
+    probe after a wait (at most 2 s), the rest once one is delivered. A probe the broker refused
+    for good (MESSAGE_TOO_LARGE, INVALID_RECORD: dropped, counted as rejected) was left marked as
+    the probe in flight, and no other batch of the partition was tried until the probe was given
+    up for lost, --kafka-request-timeout-ms + 10 s later: an answer came, the partition's next
+    batch should be tried at once."""
+    from collector.config import Config
+    from collector.kafka_direct import BrokerError
+    from collector.sinks import FLOWS, KafkaSink, _Open
+
+    cfg = Config()
+    cfg.kafka.key = "exporter"
+    sink = KafkaSink(cfg)
+    q = sink.queue
+
+    def sent() -> _Open:
+        (c,) = q.take(1)   # (the front chunk alone)
+        o = _Open(FLOWS, 1, None, c.seq)
+        o.records, o.nbytes, o.written = c.records, c.nbytes, True
+        sink._written[FLOWS] += len(o.records)
+        return o
+
+    for i in range(3):
+        q.offer(FLOWS, [b'{"n":%d}' % i] * 4, "192.0.2.1")
+        sink._seq += 1
+        q.chunks[-1].seq = sink._seq
+    first = sent()
+    sink._failed(first, BrokerError(19))          # NOT_ENOUGH_REPLICAS: partition 1 held
+    held = sink._held[(FLOWS, 1)]
+    sink._hold((FLOWS, 1), q.take(1 << 20))       # (the sender sets the later ones aside with it)
+    assert len(held.chunks) == 3
+    held.until = 0.0
+    sink._probe_held()                            # the wait is over: the first goes alone
+    assert held.probe is not None and len(q.chunks) == 1
+    probe = sent()
+    sink._failed(probe, BrokerError(10))          # MESSAGE_TOO_LARGE: dropped, counted
+    assert q.dropped[(FLOWS, "rejected")] == 4
+    sink._probe_held()
+    assert len(q.chunks) == 1, "the partition's next batch is tried"
+    assert q.records_of(FLOWS) == 8
