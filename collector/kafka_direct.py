@@ -74,6 +74,11 @@ class BrokerError(Exception):
         super().__init__(f"broker error {code}" + (f" ({FATAL[code]})" if self.fatal else ""))
 
 
+class NoLeaderError(ConnectionError):
+    """The brokers' metadata names no leader for the partition (LEADER_NOT_AVAILABLE: an election,
+    or its only replica's broker down): nothing was sent, and no connection was lost."""
+
+
 class ProtocolError(Exception):
     """The broker sent something this client cannot make sense of."""
 
@@ -344,7 +349,7 @@ class DirectProducer:
 
         node = self.client.cluster.leader_for_partition(TopicPartition(topic, partition))
         if node is None or node < 0:
-            raise ConnectionError(f"no leader known for {topic}/{partition}")
+            raise NoLeaderError(f"no leader known for {topic}/{partition}")
         tb = self._topics.get(topic)
         if tb is None:
             tb = self._topics[topic] = topic.encode()

