@@ -111,7 +111,9 @@ SERIES: dict[str, Series] = {s.name: s for s in [
            "Kafka refused the batch for good; too_large: a record queued one by one (an sFlow counter record, a "
            "keyed flow before the partition count was known) that aiokafka's batch builder refused even alone in "
            "a batch (a record over --kafka-batch-bytes is otherwise sent in a batch of its own); "
-           "duplicate: --dedup; worker_died: held by a --workers N worker that died, as of its last snapshot)",
+           "duplicate: --dedup; worker_died: held by a --workers N worker that died, as of its last snapshot; "
+           "internal: decoded, then lost to an internal error (its datagram counted in "
+           "flowscope_datagrams_dropped_total{reason=\"internal\"}))",
            ("reason",)),
     Series("flowscope_flows_delivered", "counter", "Flow records the sink accepted (Kafka: acknowledged)",
            ("sink",)),

@@ -35,7 +35,7 @@ ALLOW_CACHE_MAX = 65536
 # 0 before their first event.
 DATAGRAM_DROP_REASONS = ("not_allowed", "wrong_protocol", "internal", "socket_error", "shutdown")
 FLOW_DROP_REASONS = ("queue_full", "evicted", "shutdown", "unconfirmed", "sink_error", "rejected", "too_large",
-                     "duplicate", "worker_died")
+                     "duplicate", "worker_died", "internal")
 KAFKA_ERROR_KINDS = ("connect", "metadata", "produce", "rejected", "admin", "compress")
 
 
@@ -192,15 +192,18 @@ class Protocol(asyncio.DatagramProtocol):
                          "dropped, counted in flowscope_datagrams_dropped_total{reason=\"wrong_protocol\"}",
                          w.listeners[self.i], ip, data[:4].hex(), self.scheme, sniff_protocol(data))
             return
+        pending = 0  # flows decoded (counted in flowscope_flows_total) and not handed on yet
         try:
             batch = w.decode(data, ip, addr[1], time.time())
-            if len(batch):
+            pending = len(batch)
+            if pending:
                 if w.writer is not None:
                     w.write_records(batch)
                 elif w.keyed_mode:
                     w.write_keyed(batch, ip)
                 else:
                     w.queue.offer(FLOWS, batch.to_json(w.enricher), ip)
+                pending = 0
             if w.counters:
                 cs = batch.counters
                 if cs:
@@ -212,7 +215,13 @@ class Protocol(asyncio.DatagramProtocol):
                     w.flow_drops[reason] += n
         except Exception as exc:  # a decoder bug must cost one datagram, not the listener
             w.dgram_drops["internal"] += 1
-            w.rl.error("hot", "datagram from %s: internal error %r (datagram dropped)", ip, exc)
+            # flows the decoder counted and the encoder or the queue then failed on: dropped,
+            # said (they were counted in flowscope_flows_total: otherwise nowhere after it)
+            if pending:
+                w.flow_drops["internal"] += pending
+            w.rl.error("hot", "datagram from %s: internal error %r (datagram dropped%s)", ip, exc,
+                       f", {pending} decoded flows with it: flowscope_flows_dropped_total{{reason=\"internal\"}}"
+                       if pending else "")
 
     def error_received(self, exc: Exception) -> None:
         self.w.dgram_drops["socket_error"] += 1

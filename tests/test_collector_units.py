@@ -1924,3 +1924,31 @@ def test_informers_synced_is_1_only_when_every_worker_has_synced() -> None:
     for synced in (1, 1):
         merge_into(total, {"flowscope_informers_synced": {(): synced}})
     assert total["flowscope_informers_synced"][()] == 1
+
+
+def test_flows_lost_to_an_internal_error_after_decoding_are_counted() -> None:
+    """A datagram the decoder took, whose flows the encoder (or the enricher, or the queue) then
+    failed on, was counted as an internal datagram drop only: its flows, counted in
+    flowscope_flows_total, were neither queued nor dropped, and the accounting identity broke.
+    They are dropped with reason internal."""
+    from collector.config import Config
+    from collector.server import Protocol, Worker
+
+    class Broken:
+        def enrich(self, *a: Any) -> Any:
+            raise RuntimeError("an enricher bug")
+
+    cfg = Config()
+    w = Worker(cfg)                      # stdout sink, not started
+    w.writer = None
+    w.keyed_mode = False
+    p = Protocol(w, 0, "netflow")
+    p.datagram_received(make_v5(0, 30, 0), ("192.0.2.1", 2055))
+    assert w.queue.total_records == 30       # the path works
+    w.enricher = Broken()
+    p.datagram_received(make_v5(1, 30, 30), ("192.0.2.1", 2055))
+    snap = w.snapshot()
+    assert snap["flowscope_datagrams_dropped"][("internal",)] == 1
+    assert snap["flowscope_flows_dropped"][("internal",)] == 30
+    assert sum(snap["flowscope_flows"].values()) == 60
+    assert w.queue.total_records == 30
