@@ -74,3 +74,18 @@ def test_the_pods_environment_holds_no_stray_flowscope_variables(overlay: str) -
         env = {**kubelet_service_env(objs(overlay, "Service")), **env}
     assert unknown_env(env) == [], f"{overlay}: the kubelet would set these in the collector's environment"
 
+
+@pytest.mark.parametrize("overlay", [o for o in OVERLAYS if o != "overlays/daemonset"])
+def test_pdb_does_not_block_drains_while_the_collectors_are_unready(overlay: str) -> None:
+    """Readiness (/readyz) follows Kafka: "when the brokers stall, every replica turns unready
+    together" (deploy/README.md "Probes"). With the PodDisruptionBudget's default
+    unhealthyPodEvictionPolicy (IfHealthyBudget) an unready pod may be evicted only while the
+    budget is met (currentHealthy >= desiredHealthy), so during a Kafka outage minAvailable 1
+    with both replicas unready refuses every eviction: `kubectl drain` and node upgrades hang on
+    the flowscope pods until Kafka returns, although evicting an unready collector disrupts
+    nothing. AlwaysAllow (Kubernetes docs "Unhealthy Pod Eviction Policy", GA in 1.31) lets
+    unready pods go and still protects ready ones."""
+    probe = container(overlay)["readinessProbe"]["httpGet"]["path"]
+    assert probe == "/readyz"
+    for pdb in objs(overlay, "PodDisruptionBudget"):
+        assert pdb["spec"].get("unhealthyPodEvictionPolicy") == "AlwaysAllow", pdb["metadata"]["name"]
