@@ -520,8 +520,11 @@ DEF BYTES_FROM_HEADER = 3
 
 
 cdef struct HostRecs:
-    # What a sample's Host sFlow records gave, applied after its last record (flow_records),
-    # since a sampled header or sampled IPv4/IPv6 record anywhere in the sample wins over them.
+    # What a sample's sampled IPv4/IPv6 and Host sFlow records gave, applied after its last record
+    # (flow_records): a sampled header anywhere in the sample wins over a sampled IPv4/IPv6
+    # record, and either wins over the Host sFlow ones.
+    const uint8_t* ip         # the first sampled_ipv4/ipv6 record's data (its length checked), NULL: none
+    uint8_t ip_af             # 4 (format 3) or 6 (format 4)
     const uint8_t* p          # the first extended_socket record's data (its length checked), NULL: none
     uint8_t af                # 4 (2100) or 6 (2101)
     const uint8_t* proxy      # the first extended_proxy_socket record's data, NULL: none
@@ -549,7 +552,7 @@ cdef int xdr_skip_string(Reader* rec, uint32_t fmt) except -1:
 cdef int flow_record(FlowBatch b, Flow* f, uint32_t ent, uint32_t fmt, Reader* rec, int* src,
                      HostRecs* sock) except -1:
     cdef const uint8_t* p
-    cdef uint32_t hproto, hlen, nseg, seg_len, ncomm, i, sport, dport
+    cdef uint32_t hproto, hlen, nseg, seg_len, ncomm, i
     cdef uint32_t last_as = 0
     cdef uint8_t af
     cdef uint8_t nh[16]
@@ -604,7 +607,11 @@ cdef int flow_record(FlowBatch b, Flow* f, uint32_t ent, uint32_t fmt, Reader* r
             f.present |= P_ETYPE
         return 0
     if fmt == FR_IPV4 or fmt == FR_IPV6:
-        # sampled_ipv4/ipv6: length, protocol, src, dst, src_port, dst_port, tcp_flags, tos/priority
+        # sampled_ipv4/ipv6: length, protocol, src, dst, src_port, dst_port, tcp_flags, tos/priority.
+        # Its length counts here (Bytes' precedence); its keys only after the last record
+        # (sampled_ip_keys), and only if no sampled header described an IP packet, wherever that
+        # header comes: read at once, before a header cut short of its L4 header, its ports,
+        # flags or ICMP fields stayed on the header's flow, which the other order never had.
         af = 4 if fmt == FR_IPV4 else 6
         need(rec, 32 if af == 4 else 56, fmt)
         p = rd_take(rec, 32 if af == 4 else 56)
@@ -612,35 +619,9 @@ cdef int flow_record(FlowBatch b, Flow* f, uint32_t ent, uint32_t fmt, Reader* r
             f.bytes = be32(p)
             f.present |= P_BYTES
             src[0] = BYTES_FROM_IP
-        if f.af:        # a raw header record already described this packet
-            return 0
-        f.af = af
-        f.proto = <uint8_t>be32(p + 4)
-        memcpy(f.src, p + 8, addr_len(af))
-        memcpy(f.dst, p + 8 + addr_len(af), addr_len(af))
-        p += 8 + 2 * addr_len(af)      # now at src_port, dst_port, tcp_flags, tos
-        f.dscp = <uint8_t>(be32(p + 12) >> 2)
-        f.etype = 0x0800 if af == 4 else 0x86DD
-        f.present |= P_PROTO | P_DSCP | P_ETYPE
-        sport = be32(p)
-        dport = be32(p + 4)
-        if has_ports(f.proto):    # ports only where there are (hdr_l4)
-            f.sport = <uint16_t>sport
-            f.dport = <uint16_t>dport
-            f.present |= P_SPORT | P_DPORT
-        elif f.proto == 1 or f.proto == 58:
-            # "source port number or equivalent": sflowtool reads ICMP type and code there; some
-            # agents leave src_port 0 and put the type (or NetFlow's type << 8 | code) in dst_port.
-            if sport == 0 and dport:
-                sport, dport = dport >> 8 if dport > 0xFF else dport, dport & 0xFF if dport > 0xFF else 0
-            # (0/0 from an ICMPv6 agent is no ICMP field at all: type 0 is reserved, as on IPFIX)
-            if sport <= 0xFF and dport <= 0xFF and (sport or dport or f.proto == 1):
-                f.icmp_type = <uint8_t>sport
-                f.icmp_code = <uint8_t>dport
-                f.present |= P_ICMP
-        if f.proto == 6:
-            f.tcp_flags = <uint8_t>be32(p + 8)
-            f.present |= P_FLAGS
+        if sock.ip == NULL:
+            sock.ip = p
+            sock.ip_af = af
         return 0
     if fmt == FR_EXT_SWITCH:
         # src_vlan, src_priority, dst_vlan, dst_priority: the ingress VLAN unless the sampled
@@ -784,6 +765,41 @@ cdef int flow_record(FlowBatch b, Flow* f, uint32_t ent, uint32_t fmt, Reader* r
     return batch_add_extra(b, f, 0, <uint16_t>fmt, start, rlen)
 
 
+cdef void sampled_ip_keys(Flow* f, const uint8_t* p, uint8_t af) noexcept:
+    """The flow's keys from a sampled_ipv4/ipv6 record (`p`: its 32 or 56 bytes), when no
+    sampled header in the sample described an IP packet (f.af)."""
+    cdef uint32_t sport, dport
+    if f.af:        # a raw header record described this packet
+        return
+    f.af = af
+    f.proto = <uint8_t>be32(p + 4)
+    memcpy(f.src, p + 8, addr_len(af))
+    memcpy(f.dst, p + 8 + addr_len(af), addr_len(af))
+    p += 8 + 2 * addr_len(af)      # now at src_port, dst_port, tcp_flags, tos
+    f.dscp = <uint8_t>(be32(p + 12) >> 2)
+    f.etype = 0x0800 if af == 4 else 0x86DD
+    f.present |= P_PROTO | P_DSCP | P_ETYPE
+    sport = be32(p)
+    dport = be32(p + 4)
+    if has_ports(f.proto):    # ports only where there are (hdr_l4)
+        f.sport = <uint16_t>sport
+        f.dport = <uint16_t>dport
+        f.present |= P_SPORT | P_DPORT
+    elif f.proto == 1 or f.proto == 58:
+        # "source port number or equivalent": sflowtool reads ICMP type and code there; some
+        # agents leave src_port 0 and put the type (or NetFlow's type << 8 | code) in dst_port.
+        if sport == 0 and dport:
+            sport, dport = dport >> 8 if dport > 0xFF else dport, dport & 0xFF if dport > 0xFF else 0
+        # (0/0 from an ICMPv6 agent is no ICMP field at all: type 0 is reserved, as on IPFIX)
+        if sport <= 0xFF and dport <= 0xFF and (sport or dport or f.proto == 1):
+            f.icmp_type = <uint8_t>sport
+            f.icmp_code = <uint8_t>dport
+            f.present |= P_ICMP
+    if f.proto == 6:
+        f.tcp_flags = <uint8_t>be32(p + 8)
+        f.present |= P_FLAGS
+
+
 cdef bint all_upper_snake(const uint8_t* p, uint32_t n) noexcept:
     cdef uint32_t i
     for i in range(n):
@@ -876,6 +892,8 @@ cdef int flow_records(FlowBatch b, Flow* f, Reader* s, uint32_t nrec) except -1:
         rd_sub(s, &rec, rlen)
         skip_pad(s, rlen)
         flow_record(b, f, rfmt >> 12, rfmt & 0xFFF, &rec, &src, &sock)
+    if sock.ip != NULL:
+        sampled_ip_keys(f, sock.ip, sock.ip_af)
     if sock.p != NULL:
         socket_keys(f, sock.p, sock.af)
     elif sock.proxy != NULL:
