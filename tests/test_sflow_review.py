@@ -4,13 +4,8 @@ bytes built here, never from the decoder's own output."""
 
 from __future__ import annotations
 
-import struct
-
 from tests.test_sflow import (
-    datagram,
-    decode,
     eth,
-    flow_sample,
     ipv4,
     ipv6,
     one_flow,
@@ -18,7 +13,6 @@ from tests.test_sflow import (
     rec,
     sampled_ip,
     tcp,
-    udp,
 )
 
 
