@@ -49,6 +49,7 @@ cdef enum:
     HP_MPLS = 13
     HP_POS = 14       # Packet over SONET/SDH: RFC 1662 HDLC-like framing, as PPP
     HP_80211 = 15     # sflow_80211.txt
+    HP_80211_AMSDU = 17   # sflow_80211.txt IEEE80211_AMSDU_Subframe: one A-MSDU subframe
 
 # Tunnel types as the encoder names them (TUNNEL_NAMES; the OVS IPFIX tunnelType numbering).
 cdef enum:
@@ -436,9 +437,11 @@ cdef int hdr_ppp(Flow* f, Reader* h, int depth) except -1:
 
 cdef int hdr_80211(Flow* f, Reader* h) except -1:
     """IEEE 802.11 MAC header (sflow_80211 header_protocol 15): data frames only, unprotected,
-    then LLC/SNAP. Addresses by the To/From DS bits (802.11-2020 9.3.2.1)."""
+    then LLC/SNAP, or the first A-MSDU subframe. Addresses by the To/From DS bits (802.11-2020
+    9.3.2.1)."""
     cdef const uint8_t* p = hd_take(h, 24)
     cdef const uint8_t* a4
+    cdef const uint8_t* q
     cdef uint8_t ds
     cdef Py_ssize_t extra = 0
     if p == NULL or ((p[0] >> 2) & 3) != 2 or (p[0] & 3) != 0:
@@ -461,8 +464,26 @@ cdef int hdr_80211(Flow* f, Reader* h) except -1:
             extra = 6
     if p[1] & 0x40 or (p[0] >> 4) & 4:      # protected (encrypted) or a null-data subtype
         return 0
-    if hd_take(h, extra) == NULL:
+    q = hd_take(h, extra)
+    if q == NULL:
         return 0
+    if extra and q[0] & 0x80:
+        # QoS Control's A-MSDU Present bit (802.11-2020 9.2.4.5.9): the body is A-MSDU subframes
+        # (9.3.2.2.2), each a DA, SA, Length header before its LLC/SNAP MSDU, and Address 3 is
+        # the BSSID (Table 9-30). Read as LLC, the subframe header gave nothing.
+        return hdr_amsdu(f, h)
+    return hdr_llc(f, h, 0)
+
+
+cdef int hdr_amsdu(Flow* f, Reader* h) except -1:
+    """An A-MSDU subframe (802.11-2020 9.3.2.2.2: DA, SA, Length, then the MSDU's LLC/SNAP;
+    sflow_80211 header_protocol 17 on its own): the MSDU's own DA and SA, then its EtherType."""
+    cdef const uint8_t* p = hd_take(h, 14)
+    if p == NULL:
+        return 0
+    memcpy(f.dst_mac, p, 6)
+    memcpy(f.src_mac, p + 6, 6)
+    f.present |= P_SRCMAC | P_DSTMAC
     return hdr_llc(f, h, 0)
 
 
@@ -589,6 +610,8 @@ cdef int flow_record(FlowBatch b, Flow* f, uint32_t ent, uint32_t fmt, Reader* r
             hdr_ppp(f, &h, 0)
         elif hproto == HP_80211:
             hdr_80211(f, &h)
+        elif hproto == HP_80211_AMSDU:
+            hdr_amsdu(f, &h)
         return 0
     if fmt == FR_ETHERNET:
         # length, src mac (6 + 2 pad), dst mac (6 + 2 pad), type
