@@ -82,6 +82,13 @@ def run_pmacctd(ns: NetNS, workdir: Path, plugin: str, port: int, *, version: in
         out, err = p.communicate()
         log = (workdir / "pmacctd.log").read_text() if (workdir / "pmacctd.log").exists() else ""
         raise RuntimeError(f"pmacctd exited early ({p.returncode}): {out!r} {err!r} {log}")
+    # pmacctd sleeps 2 s before it reads the file: on a loaded machine (CI with both CPUs busy)
+    # `settle` could end before it had read it, and the SIGINT left nothing to export
+    logfile = workdir / "pmacctd.log"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and p.poll() is None and not (
+            logfile.exists() and "finished reading PCAP capture file" in logfile.read_text(errors="replace")):
+        time.sleep(0.1)
     ns.stop(p, signal.SIGINT, timeout=timeout)
     return (workdir / "pmacctd.log").read_text() if (workdir / "pmacctd.log").exists() else ""
 
