@@ -62,42 +62,6 @@ class FailingFront(KafkaFront):
                 + struct.pack(">i", 0))
         return struct.pack(">i", len(body)) + body
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up = await self._upstream(writer)
-        if up is None:
-            return
-        up_r, up_w = up
-        try:
-            while True:
-                size = struct.unpack(">i", await reader.readexactly(4))[0]
-                frame = await reader.readexactly(size)
-                answer = self._answer(frame)
-                if answer is None:
-                    up_w.write(struct.pack(">i", size) + frame)
-                    await up_w.drain()
-                    if _acks_zero(frame):
-                        continue                        # acks 0: Kafka answers nothing
-                    n = struct.unpack(">i", await up_r.readexactly(4))[0]
-                    answer = struct.pack(">i", n) + await up_r.readexactly(n)
-                writer.write(answer)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, OSError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
-            up_w.close()
-
-
-def _acks_zero(frame: bytes) -> bool:
-    """Whether a request is a Produce request with acks 0 (which gets no answer)."""
-    api, _version, _corr, clen = struct.unpack_from(">hhih", frame, 0)
-    if api != 0:
-        return False
-    off = 10 + max(clen, 0)
-    (tx,) = struct.unpack_from(">h", frame, off)
-    return bool(struct.unpack_from(">h", frame, off + 2 + max(tx, 0))[0] == 0)
-
-
 @contextlib.contextmanager
 def _failing_partition(collector: Any, tmp_path: Path, times: int) -> Iterator[tuple[Any, FailingFront, Any, str]]:
     """A Tansu behind a FailingFront whose partition 0 fails `times` Produce requests (-1: all)

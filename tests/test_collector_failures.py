@@ -44,36 +44,10 @@ class RecordingFront(KafkaFront):
         self.produce.append((version, attributes & 7))
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up = await self._upstream(writer)
-        if up is None:
-            return
-        up_r, up_w = up
+        async def note(frame: bytes) -> None:
+            self._note(frame)
 
-        async def requests() -> None:
-            while True:
-                size = struct.unpack(">i", await reader.readexactly(4))[0]
-                frame = await reader.readexactly(size)
-                self._note(frame)
-                up_w.write(struct.pack(">i", size) + frame)
-                await up_w.drain()
-
-        async def answers() -> None:
-            while True:
-                data = await up_r.read(65536)
-                if not data:
-                    return
-                writer.write(data)
-                await writer.drain()
-
-        tasks = [asyncio.ensure_future(requests()), asyncio.ensure_future(answers())]
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            writer.close()
-            up_w.close()
+        await self._pipe(reader, writer, note)
 
 
 def test_zstd_batches_go_in_produce_v7_through_a_real_broker(collector: Any, tmp_path: Path) -> None:
@@ -268,38 +242,16 @@ class HoldingFront(KafkaFront):
         self.passed_on: float | None = None   # when the held one went to the broker
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up = await self._upstream(writer)
-        if up is None:
-            return
-        up_r, up_w = up
         loop = asyncio.get_running_loop()
 
-        async def requests() -> None:
-            while True:
-                size = struct.unpack(">i", await reader.readexactly(4))[0]
-                frame = await reader.readexactly(size)
-                if struct.unpack_from(">h", frame, 0)[0] == 3 and self.topic in frame:  # Metadata
-                    self.asked.append(loop.time())
-                    if len(self.asked) == 1:
-                        await asyncio.sleep(self.hold)
-                        self.passed_on = loop.time()
-                up_w.write(struct.pack(">i", size) + frame)
-                await up_w.drain()
+        async def hold(frame: bytes) -> None:
+            if struct.unpack_from(">h", frame, 0)[0] == 3 and self.topic in frame:  # Metadata
+                self.asked.append(loop.time())
+                if len(self.asked) == 1:
+                    await asyncio.sleep(self.hold)
+                    self.passed_on = loop.time()
 
-        async def answers() -> None:
-            while data := await up_r.read(65536):
-                writer.write(data)
-                await writer.drain()
-
-        tasks = [asyncio.ensure_future(requests()), asyncio.ensure_future(answers())]
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            writer.close()
-            up_w.close()
+        await self._pipe(reader, writer, hold)
 
 
 def test_two_workers_ask_for_a_missing_topic_one_after_the_other(collector: Any, tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 
 The broker is started advertising the front's port, so clients reach it only through the
 front; each client connection gets a connection of its own to the broker. Subclasses say what
-happens to each connection's requests and answers (`_handle`). The front runs on an event loop
+happens to each connection's requests and answers: `_answer` and `_rewrite` for requests taken
+one at a time (the default `_handle`), or a `_handle` of their own (`_pipe` copies both ways). The front runs on an event loop
 of its own in a thread, so a test's collector (another process) and its assertions go on while
 it serves.
 """
@@ -10,7 +11,9 @@ it serves.
 from __future__ import annotations
 
 import asyncio
+import struct
 import threading
+from collections.abc import Awaitable, Callable
 
 from conftest import free_tcp_port
 
@@ -55,5 +58,81 @@ class KafkaFront:
             writer.close()
             return None
 
+    def _answer(self, frame: bytes) -> bytes | None:
+        """An answer to the request `frame` made here (size word included) instead of the
+        broker's; None: the broker answers it."""
+        return None
+
+    def _rewrite(self, frame: bytes, answer: bytes) -> bytes:
+        """The broker's answer to `frame` (after its size word) as the client gets it."""
+        return answer
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        raise NotImplementedError
+        """Requests one at a time: each answered by _answer, or sent to the broker, whose answer
+        goes back through _rewrite (a Produce request with acks 0 gets none: Kafka sends none)."""
+        up = await self._upstream(writer)
+        if up is None:
+            return
+        up_r, up_w = up
+        try:
+            while True:
+                size = struct.unpack(">i", await reader.readexactly(4))[0]
+                frame = await reader.readexactly(size)
+                answer = self._answer(frame)
+                if answer is None:
+                    up_w.write(struct.pack(">i", size) + frame)
+                    await up_w.drain()
+                    if acks_zero(frame):
+                        continue
+                    n = struct.unpack(">i", await up_r.readexactly(4))[0]
+                    body = self._rewrite(frame, await up_r.readexactly(n))
+                    answer = struct.pack(">i", len(body)) + body
+                writer.write(answer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, OSError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+            up_w.close()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    on_request: Callable[[bytes], Awaitable[None]]) -> None:
+        """Both directions copied as they come (requests in flight together), each request frame
+        first given to `on_request` (which may hold it back)."""
+        up = await self._upstream(writer)
+        if up is None:
+            return
+        up_r, up_w = up
+
+        async def requests() -> None:
+            while True:
+                size = struct.unpack(">i", await reader.readexactly(4))[0]
+                frame = await reader.readexactly(size)
+                await on_request(frame)
+                up_w.write(struct.pack(">i", size) + frame)
+                await up_w.drain()
+
+        async def answers() -> None:
+            while data := await up_r.read(65536):
+                writer.write(data)
+                await writer.drain()
+
+        tasks = [asyncio.ensure_future(requests()), asyncio.ensure_future(answers())]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            writer.close()
+            up_w.close()
+
+
+def acks_zero(frame: bytes) -> bool:
+    """Whether a request is a Produce request with acks 0 (which gets no answer)."""
+    api, _version, _corr, clen = struct.unpack_from(">hhih", frame, 0)
+    if api != 0:
+        return False
+    off = 10 + max(clen, 0)
+    (tx,) = struct.unpack_from(">h", frame, off)
+    return bool(struct.unpack_from(">h", frame, off + 2 + max(tx, 0))[0] == 0)
