@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from conftest import consume, free_tcp_port, make_v5, send_udp
 
-from tests.support.kafka_front import KafkaFront
+from tests.support.kafka_front import KafkaFront, produce_request
 
 # ------------------------------------------------------------------------------------------------
 # Keyed modes: one partition that keeps failing must not hold the others back
@@ -38,22 +38,14 @@ class FailingFront(KafkaFront):
         self.times = times      # how many requests fail (-1: all)
         self.failed = 0
 
-
     def _answer(self, frame: bytes) -> bytes | None:
         """The error answer to a Produce request (v3-v8, one topic and partition, as the direct
         path sends) for the failing partition; None for any other request."""
-        api, version, corr, clen = struct.unpack_from(">hhih", frame, 0)
-        if api != 0 or not 3 <= version <= 8:
+        req = produce_request(frame)
+        if req is None:
             return None
-        off = 10 + max(clen, 0)
-        (tx,) = struct.unpack_from(">h", frame, off)
-        off += 2 + max(tx, 0)
-        acks = struct.unpack_from(">h", frame, off)[0]
-        off += 2 + 4 + 4                                # acks, timeout, topic count
-        (tlen,) = struct.unpack_from(">h", frame, off)
-        topic = frame[off + 2 : off + 2 + tlen]
-        off += 2 + tlen + 4                             # topic, partition count
-        (partition,) = struct.unpack_from(">i", frame, off)
+        version, corr, acks, [(topic, [partition])] = req    # one of each, as the direct path sends
+        tlen = len(topic)
         if partition != self.fail or acks == 0 or self.failed == self.times:
             return None
         self.failed += 1

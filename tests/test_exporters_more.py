@@ -98,33 +98,11 @@ def test_softflowd_vlan_tracking(version: str, track: str, workdir: Path, decode
 # --------------------------------------------------------------------------------------------
 # Open vSwitch sFlow with a short sampled header, over fragmented IPv4 and IPv6 traffic
 
-OVS_TOOLS = ("ovs-vswitchd", "ovsdb-server", "ovs-vsctl", "ovsdb-tool", "ethtool", "tcpdump", "tshark")
+# (test_ovs's OVS with a bridge and two pods; skipped with its reason without root or the tools)
+from test_ovs import env  # noqa: E402, F401  (a fixture)
 
 
-@pytest.fixture(scope="module")
-def ovs_env():
-    from tests.support import netns as N
-    from tests.support import ovs as O
-
-    reason = N.root_skip_reason(*OVS_TOOLS)
-    if reason:
-        pytest.skip(reason)
-    d = Path(tempfile.mkdtemp(prefix="fs-ovs2-"))
-    ns = N.NetNS()
-    ovs = O.OVS(ns, d)
-    try:
-        ovs.start()
-        br = ovs.add_bridge("br-int")
-        a = ovs.add_pod(br, 1)
-        b = ovs.add_pod(br, 2)
-        yield ovs, ns, br, a, b, d
-    finally:
-        ovs.stop()
-        ns.close()
-        shutil.rmtree(d, ignore_errors=True)
-
-
-def test_ovs_sflow_short_header_ipv6_fragments(ovs_env, decoders_mod) -> None:
+def test_ovs_sflow_short_header_ipv6_fragments(env, decoders_mod) -> None:  # noqa: F811 (the fixture)
     """OVS sFlow with header=60 (14 Ethernet + 40 IPv6 + 6 of the 8-byte fragment header) over
     UDP datagrams larger than the pods' MTU: each is sent as three fragments. The cut fragment
     header still names the upper-layer protocol in its first byte (RFC 8200 4.5: Next Header),
@@ -139,7 +117,7 @@ def test_ovs_sflow_short_header_ipv6_fragments(ovs_env, decoders_mod) -> None:
     from tests.support import ovs as O
     from tests.test_ovs import decode_all, split_capture
 
-    ovs, ns, br, a, b, d = ovs_env
+    ovs, ns, br, a, b, d = env.ovs, env.ns, env.bridge, env.a, env.b, env.dir
     port = random.randint(20000, 60000)
     N.udp_sink(ns, "127.0.0.1", port)
     cap_path = d / f"sflow-{time.monotonic_ns()}.pcap"

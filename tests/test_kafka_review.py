@@ -17,7 +17,7 @@ import pytest
 from conftest import consume, free_tcp_port, make_v5, send_udp, v5_key, wait_for
 from test_kafka_direct import _writer_with_flows
 
-from tests.support.kafka_front import KafkaFront
+from tests.support.kafka_front import KafkaFront, produce_request
 
 # ------------------------------------------------------------------------------------------------
 # A Produce response must answer for the partition the request was for
@@ -137,29 +137,10 @@ class ProduceErrorFront(KafkaFront):
         self.answered = 0
 
     def _answer(self, frame: bytes) -> bytes | None:
-        api, version, corr, clen = struct.unpack_from(">hhih", frame, 0)
-        if api != 0 or not 3 <= version <= 8:
+        req = produce_request(frame)
+        if req is None:
             return None
-        off = 10 + max(clen, 0)
-        (tx,) = struct.unpack_from(">h", frame, off)
-        off += 2 + max(tx, 0)
-        acks = struct.unpack_from(">h", frame, off)[0]
-        off += 2 + 4
-        (ntopics,) = struct.unpack_from(">i", frame, off)
-        off += 4
-        topics: list[tuple[bytes, list[int]]] = []
-        for _ in range(ntopics):
-            (tlen,) = struct.unpack_from(">h", frame, off)
-            topic = frame[off + 2:off + 2 + tlen]
-            off += 2 + tlen
-            (nparts,) = struct.unpack_from(">i", frame, off)
-            off += 4
-            parts = []
-            for _ in range(nparts):
-                p, rlen = struct.unpack_from(">ii", frame, off)
-                off += 8 + max(rlen, 0)
-                parts.append(p)
-            topics.append((topic, parts))
+        version, corr, acks, topics = req
         codes = {(t, p): self.code_for(t.decode(), p) for t, ps in topics for p in ps}
         if acks == 0 or all(c is None for c in codes.values()):
             return None

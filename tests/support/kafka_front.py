@@ -128,6 +128,35 @@ class KafkaFront:
             up_w.close()
 
 
+def produce_request(frame: bytes) -> tuple[int, int, int, list[tuple[bytes, list[int]]]] | None:
+    """A Produce request (v3-v8) as (version, correlation id, acks, [(topic, [partitions])]);
+    None for any other request."""
+    api, version, corr, clen = struct.unpack_from(">hhih", frame, 0)
+    if api != 0 or not 3 <= version <= 8:
+        return None
+    off = 10 + max(clen, 0)
+    (tx,) = struct.unpack_from(">h", frame, off)
+    off += 2 + max(tx, 0)
+    acks = struct.unpack_from(">h", frame, off)[0]
+    off += 2 + 4                                  # acks, timeout
+    (ntopics,) = struct.unpack_from(">i", frame, off)
+    off += 4
+    topics: list[tuple[bytes, list[int]]] = []
+    for _ in range(ntopics):
+        (tlen,) = struct.unpack_from(">h", frame, off)
+        topic = frame[off + 2:off + 2 + tlen]
+        off += 2 + tlen
+        (nparts,) = struct.unpack_from(">i", frame, off)
+        off += 4
+        parts = []
+        for _ in range(nparts):
+            p, rlen = struct.unpack_from(">ii", frame, off)
+            off += 8 + max(rlen, 0)
+            parts.append(p)
+        topics.append((topic, parts))
+    return version, corr, acks, topics
+
+
 def acks_zero(frame: bytes) -> bool:
     """Whether a request is a Produce request with acks 0 (which gets no answer)."""
     api, _version, _corr, clen = struct.unpack_from(">hhih", frame, 0)
