@@ -408,6 +408,11 @@ class Config:
                               "enterprise 29305; YAF, softflowd -b, ipfixprobe) as a flow per direction with "
                               "traffic, the reverse one with the endpoints swapped; off: one flow per record, "
                               "the reverse elements as ie29305_<id> extras", parse_bool)
+    renormalize: bool = opt(False, "multiply Bytes and Packets by the sampling rate the exporter sent (NetFlow "
+                            "v5 header, IPFIX/v9 sampling elements or options data, sFlow samples), as "
+                            "pmacct's renormalize; rates from --sampling / --default-sampling are not "
+                            "applied (Open vSwitch's IPFIX counts are already estimates); Sampling still "
+                            "carries the rate", parse_bool)
     dedup: bool = opt(False, "drop (and count) egress records duplicating an ingress record (OVS samples "
                       "both directions)", parse_bool)
     counters: bool = opt(False, "publish sFlow counter records (Kafka: to --kafka-counters-topic)", parse_bool)

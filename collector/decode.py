@@ -48,6 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="drop records marked Duplicate (ingress+egress twins of one packet)")
     parser.add_argument("--split-biflows", action="store_true",
                         help="an IPFIX biflow record (RFC 5103) as a flow per direction; off: one flow per record")
+    parser.add_argument("--renormalize", action="store_true",
+                        help="Bytes and Packets times the sampling rate the exporter sent (v5 header, "
+                             "IPFIX/v9 record or options data, sFlow sample); not rates from --sampling or "
+                             "--default-sampling (Open vSwitch's counts already are estimates)")
     parser.add_argument("--max-templates", type=int, default=1024, metavar="N",
                         help="templates kept per exporter [default: 1024]")
     parser.add_argument("--port", type=udp_port, action="append", default=[], metavar="PORT",
@@ -106,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         sampling = DecoderConfig.parse_sampling(args.sampling)
         cfg = DecoderConfig(default_sampling=args.default_sampling, sampling=sampling, dedup=args.dedup,
-                            max_templates_per_exporter=args.max_templates, split_biflows=args.split_biflows)
+                            max_templates_per_exporter=args.max_templates, split_biflows=args.split_biflows,
+                            renormalize=args.renormalize)
         dec = Decoder(cfg)
     except ValueError as e:
         print(f"flowscope decode: {e}", file=sys.stderr)

@@ -256,6 +256,7 @@ class Worker:
             sampling=dict(cfg.sampling),
             dedup=cfg.dedup,
             split_biflows=cfg.split_biflows,
+            renormalize=cfg.renormalize,
             max_datagram=cfg.max_datagram,
             max_exporter_rate=cfg.max_exporter_rate,
             keep_options=False,     # (batch.options: nothing here reads them)

@@ -60,6 +60,7 @@ cdef class Decoder:
     cdef public bint split_biflows
     cdef public bint keep_options    # options data records as dicts on batch.options
     cdef public bint track_duplicates
+    cdef public bint renormalize     # Bytes/Packets times the rate the exporter sent (scale_counts)
     cdef uint32_t default_sampling
     cdef list sampling_nets
     cdef dict _log_last         # (reason, exporter) -> [last logged (monotonic s), suppressed since]
@@ -89,6 +90,7 @@ cdef class Decoder:
         self.split_biflows = config.split_biflows
         self.keep_options = config.keep_options
         self.track_duplicates = config.mark_duplicates or config.dedup
+        self.renormalize = config.renormalize
         self.default_sampling = config.default_sampling
         # Longest prefix first, so the first match wins.
         self.sampling_nets = sorted(
@@ -253,6 +255,8 @@ cdef class Decoder:
             b.error = (e.reason, e.offset, e.detail)
             ex.count_error(e.reason)
             self.log_limited(e.reason, exporter, f"{b.protocol or 'datagram'} decode error: {e}")
+        if self.renormalize and b.n:
+            scale_counts(b)
         # flows decoded: those in the batch plus those dedup removed (counted as dropped,
         # reason duplicate), so decoded = delivered + dropped + queued holds with --dedup too
         nflows = b.n + (b.dropped.get("duplicate", 0) if b.dropped else 0)

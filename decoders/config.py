@@ -47,6 +47,10 @@ class DecoderConfig:
     #: flows, one per direction with traffic. Off: one flow per record, the reverse elements kept
     #: as ie29305_<id> extras.
     split_biflows: bool = False
+    #: Bytes and Packets times the sampling rate where the exporter sent the rate (v5 header,
+    #: the record's sampling elements or options data, sFlow samples): estimates of the totals.
+    #: Rates from default_sampling / sampling are not applied (Open vSwitch's counts already are).
+    renormalize: bool = False
     #: Options data records as dicts of their raw elements on each batch (`batch.options`,
     #: what `flowscope decode --options` prints). The collector turns it off: nothing there reads
     #: them, and a dict per record costs about 0.6 us, which an exporter sending small options

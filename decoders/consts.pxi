@@ -66,7 +66,8 @@ cdef enum:
     P_DSTMASK = 1 << 23
     P_ENDREASON = 1 << 24
     P_FLAGCOUNTS = 1 << 25   # flags derived from tcp*TotalCount (OVS) rather than tcpControlBits
-    P_SAMPLING = 1 << 26     # the record itself carried a sampling rate
+    P_SAMPLING = 1 << 26     # the exporter sent the rate (record, options data, v5 header, sFlow
+                             # sample): the counts are of sampled packets (--renormalize scales them)
     P_TUNPROTO = 1 << 27
     P_MSG = 1 << 28          # msg_domain/msg_sequence: from a later IPFIX message of the datagram
     P_VLANHDR = 1 << 29      # Vlan is the sampled frame's own outer tag (sFlow; not encoded)

@@ -201,6 +201,24 @@ cdef void drop_extras(FlowBatch b, Flow* f, const Py_ssize_t* at, int n) noexcep
     f.extra_count -= <uint32_t>n
 
 
+cdef void scale_counts(FlowBatch b) noexcept:
+    """--renormalize: a flow whose rate its exporter sent (P_SAMPLING: the v5 header's interval,
+    the record's sampling elements or its options data, the sFlow sample's rate) counted sampled
+    packets: its Bytes and Packets become estimates of the totals, times the rate (as pmacct's
+    renormalize does; 2^64-1 where the product overflows). A rate flowscope's own flags gave is no
+    such statement (Open vSwitch, what --default-sampling is for, already counts each sampled
+    packet as rate packets), and a drop event (sFlow format 5) has no rate."""
+    cdef Py_ssize_t i
+    cdef Flow* f
+    cdef uint64_t rate
+    for i in range(b.n):
+        f = &b.flows[i]
+        if f.present & P_SAMPLING and f.sampling > 1:
+            rate = f.sampling
+            f.bytes = f.bytes * rate if f.bytes <= UINT64_MAX // rate else UINT64_MAX
+            f.packets = f.packets * rate if f.packets <= UINT64_MAX // rate else UINT64_MAX
+
+
 cdef inline bint has_ports(uint8_t proto) noexcept:
     """TCP, UDP and SCTP: the protocols whose ports a flow has (NetObserv writes SrcPort/DstPort
     for those only)."""

@@ -1171,7 +1171,8 @@ cdef int decode_v5(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except
         f.etype = 0x0800
         f.sampling = rate
         f.present = (P_SPORT | P_DPORT | P_PROTO | P_ETYPE | P_BYTES | P_PACKETS | P_DSCP | P_TSTART
-                     | P_TEND | P_INIF | P_OUTIF | P_SRCAS | P_DSTAS | P_SRCMASK | P_DSTMASK)
+                     | P_TEND | P_INIF | P_OUTIF | P_SRCAS | P_DSTAS | P_SRCMASK | P_DSTMASK
+                     | (P_SAMPLING if interval else 0))
         if f.proto == 6:
             f.present |= P_FLAGS
         elif f.proto == 1:
@@ -1505,6 +1506,7 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
     cdef double sampling_prob = 0.0
     cdef bint has_scope_if = False
     cdef uint32_t own_rate
+    cdef bint inband = False
     cdef bint has_sampler = False, has_flags = False, has_ifname = False, has_out_ifname = False
     cdef uint16_t count_flags = 0
     cdef int ipversion = 0
@@ -2071,7 +2073,9 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
 
     own_rate = rate_from(sampling_interval, sampling_space, sampling_size, sampling_population, sampling_prob)
     f.sampling = resolve_sampling(dec, ex, t, own_rate, has_sampler, sampler_id, (f.present & P_INIF) != 0,
-                                  f.in_if)
+                                  f.in_if, &inband)
+    if inband:
+        f.present |= P_SAMPLING
     if rev & (REV_BYTES | REV_PACKETS) and (rev_bytes or rev_packets):
         # RFC 5103 biflow, with --split-biflows (rev is 0 without): the reverse direction's
         # traffic is a flow of its own (NetObserv's records are one direction each). A record
@@ -2547,13 +2551,16 @@ cdef void forget_options(ExporterState ex, int version, uint32_t domain, uint16_
 
 
 cdef uint32_t resolve_sampling(Decoder dec, ExporterState ex, Template t, uint32_t rate,
-                               bint has_sampler, uint64_t sampler_id, bint has_in_if, uint32_t in_if):
+                               bint has_sampler, uint64_t sampler_id, bint has_in_if, uint32_t in_if,
+                               bint* inband):
     """The record's own rate, else one learned from options (for its sampler id, else for its
     ingress interface (IE 10), else for its exporting process and domain), else a --sampling
     CIDR rate. Else: sampler id 0 with no rate
     learned for it is no sampler (Cisco: "0 = not sampled"; RFC 5477 reserves selector id 0): 1;
     firewall event records (t.events) get none; others --default-sampling (which is for what
-    Open vSwitch samples without saying so)."""
+    Open vSwitch samples without saying so). *inband: the exporting process gave the rate (the
+    record or its options data), so the record counts sampled packets; a rate from the flags
+    does not say so (OVS, the exporter they are for, counts each sampled packet as rate)."""
     cdef object r
     if rate == 0 and has_sampler:
         r = ex.sampler_rates.get((t.version, t.domain, t.port, sampler_id))
@@ -2567,6 +2574,7 @@ cdef uint32_t resolve_sampling(Decoder dec, ExporterState ex, Template t, uint32
         r = ex.domain_sampling.get((t.version, t.domain, t.port))
         if r is not None:
             rate = r
+    inband[0] = rate != 0
     if rate == 0:
         if ex.cidr_sampling:
             rate = ex.cidr_sampling     # the operator's word for this exporter

@@ -5,7 +5,7 @@
 # the inline fast path is a compare and an add. The big-endian loaders (`be16`, `be32`, ...)
 # only ever see pointers that `rd_take` handed out. Network byte order lives here, nowhere else.
 
-from libc.stdint cimport int8_t, uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
+from libc.stdint cimport int8_t, uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t, UINT64_MAX
 from libc.string cimport memcmp, memcpy, memmove, memset
 
 

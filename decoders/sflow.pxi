@@ -873,7 +873,7 @@ cdef int flow_sample(ExporterState ex, FlowBatch b, Reader* s, bint expanded, in
     f.packets = 1
     f.t_start_ms = recv_ms
     f.t_end_ms = recv_ms
-    f.present = P_PACKETS | P_TSTART | P_TEND
+    f.present = P_PACKETS | P_TSTART | P_TEND | P_SAMPLING
     # Interface format 0 is an ifIndex (0x3FFFFFFF = the switch itself; 0: "not known", as
     # discarded_packet's); 1 is "discarded" (value = reason) and 2 "multiple interfaces"
     # (value = count): neither is an interface.

@@ -410,6 +410,25 @@ def test_ovs_default_sampling_400(env, decoders_mod) -> None:
     # 6000 packets at 1:400: about 15 samples; far outside means the rate was not applied.
     if not 2 <= len(sflow) <= 60:
         problems.append(f"sFlow: {len(sflow)} samples of 6000 packets at 1:400")
+    # --renormalize: the sFlow samples (rate on the wire, one sampled packet each) become estimates,
+    # 400 packets of the frame's length each; the IPFIX records (no rate on the wire, already
+    # estimates) stay as exported, and so does NetFlow v5 (header interval 0: unsampled).
+    sflow_r = [f for f in decode_all(decoders_mod, sflow_dg, default_sampling=0, renormalize=True)
+               if _key(f) == _sent_key(sent[0])]
+    want = [(400 * f.get("Packets", 0), 400 * f.get("Bytes", 0)) for f in sflow]
+    got = [(f.get("Packets"), f.get("Bytes")) for f in sflow_r]
+    if got != want or any(f.get("Packets") != 1 or f.get("Bytes", 0) <= sent[0].l3_len for f in sflow):
+        problems.append(f"renormalized sFlow (packets, bytes) {got}, expected 400 times each sample's 1 packet "
+                        f"and frame length {want}")
+    ipfix_r = [f for f in decode_all(decoders_mod, ipfix_dg, default_sampling=400, renormalize=True)
+               if f.get("Proto") == 17]
+    if [(f.get("Bytes"), f.get("Packets")) for f in ipfix_r] != [(f.get("Bytes"), f.get("Packets")) for f in ipfix]:
+        problems.append("renormalized IPFIX differs from IPFIX: OVS's counts are already estimates")
+    nf_dg, _ = split_capture(cap, ports["netflow"], "cflow")
+    v5 = decode_all(decoders_mod, nf_dg, default_sampling=400)
+    v5_r = decode_all(decoders_mod, nf_dg, default_sampling=400, renormalize=True)
+    if [(f.get("Bytes"), f.get("Packets")) for f in v5_r] != [(f.get("Bytes"), f.get("Packets")) for f in v5]:
+        problems.append("renormalized NetFlow v5 differs: OVS's v5 is unsampled (header interval 0)")
     assert not problems, "\n".join(problems)
 
 
