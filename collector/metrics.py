@@ -170,6 +170,9 @@ SERIES: dict[str, Series] = {s.name: s for s in [
     Series("flowscope_enrich_flows", "counter", "Enriched flows by result (flows_identified: an identity on "
            "at least one side; flows_unidentified: neither address is a pod, node or service of the cluster)",
            ("result",)),
+    Series("flowscope_enrich_addresses", "counter", "Flow addresses enriched (two per flow) by what held them at "
+           "the flow's start: pod, node (a node address, its management port or a host-network pod), service (a "
+           "ClusterIP), none (nobody of the cluster)", ("kind",)),
     Series("flowscope_enrich_stat", "gauge", "Enricher statistics as reported by enrich.Enricher.stats()",
            ("stat",), merge="max"),
     Series("flowscope_informers_synced", "gauge", "1 when enrichment is enabled and every informer has "

@@ -630,8 +630,10 @@ def enrich_series(enricher: Any) -> Snapshot:
     """Map Enricher.stats() onto the declared series without knowing its exact shape: counts named
     lookups_* (today lookups_cached and lookups_index: where an address's answer came from, not
     whether it had one) or hit*/miss* become lookups by result, flows_* (flows_identified,
-    flows_unidentified) enriched flows by result, every other number an enrich_stat gauge."""
-    out: Snapshot = {"flowscope_enrich_lookups": {}, "flowscope_enrich_flows": {}, "flowscope_enrich_stat": {},
+    flows_unidentified) enriched flows by result, addresses_* (pod, node, service, none) flow
+    addresses by kind, every other number an enrich_stat gauge."""
+    out: Snapshot = {"flowscope_enrich_lookups": {}, "flowscope_enrich_flows": {}, "flowscope_enrich_addresses": {},
+                     "flowscope_enrich_stat": {},
                      "flowscope_informers_synced": {(): 1 if getattr(enricher, "ready", False) else 0}}
     try:
         stats = enricher.stats() or {}
@@ -647,6 +649,8 @@ def enrich_series(enricher: Any) -> Snapshot:
                 out["flowscope_enrich_lookups"][(prefix,)] = d
             elif prefix.startswith("flows_"):
                 out["flowscope_enrich_flows"][(prefix,)] = d
+            elif prefix.startswith("addresses_"):
+                out["flowscope_enrich_addresses"][(prefix[len("addresses_"):],)] = d
             else:
                 out["flowscope_enrich_stat"][(prefix,)] = d
         elif isinstance(d, bool):

@@ -337,7 +337,7 @@ cdef unsigned long long _ag_gen = 0
 cdef bint _ag_ok = False         # _ag_node looked up (False: the lookup failed; flows take enrich())
 
 cdef bint _last_counted = False  # enrich_into's last flow was counted in the view (snapshot below)
-cdef long long _last_counts[4]   # the view's counts before that flow
+cdef long long _last_counts[8]   # the view's counts before that flow (EnrichView.counts)
 
 
 cdef const uint8_t* V4MAPPED = b"\0\0\0\0\0\0\0\0\0\0\xff\xff"

@@ -294,7 +294,9 @@ class Enricher:
          "kinds": {kind: {"synced", "state", "events": {type: n}, "lists", "relists",
                           "errors": {cause: n}, "objects", "resource_version", "last_sync"}},
          "index": {"pods", "nodes", "services", "replicasets", "tombstones", "addresses", ...},
-         "problems": {cause: n}}   # bad input: bad_pod, bad_node, bad_owner, bad_annotation, ...
+         "problems": {cause: n},   # bad input: bad_pod, bad_node, bad_owner, bad_annotation, ...
+         "lookups_cached", "lookups_index", "flows_identified", "flows_unidentified",
+         "addresses_pod", "addresses_node", "addresses_service", "addresses_none"}  # compiled reader
         """
         return {
             "enabled": self.config.enabled,
@@ -307,12 +309,13 @@ class Enricher:
 
     def _cache_stats(self) -> dict[str, int]:
         # The compiled reader's per-address cache: lookups answered from it vs from the index;
-        # and flows given an identity on at least one side vs on none.
+        # flows given an identity on at least one side vs on none; flow addresses by kind.
         r = self.index._reader
         if r is None:
             return {}
         return {"lookups_cached": int(r.hits), "lookups_index": int(r.misses),
-                "flows_identified": int(r.flows_identified), "flows_unidentified": int(r.flows_unidentified)}
+                "flows_identified": int(r.flows_identified), "flows_unidentified": int(r.flows_unidentified),
+                **{f"addresses_{k}": int(n) for k, n in r.addresses.items()}}
 
     def lookup(self, addr: str, t_ms: int = 0) -> dict[str, Any] | None:
         """The identity of an address as a dict with Src-side keys (debugging, `flowscope decode`)."""

@@ -10,3 +10,4 @@ class Reader:
     misses: int
     flows_identified: int
     flows_unidentified: int
+    addresses: dict[str, int]

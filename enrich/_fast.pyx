@@ -25,8 +25,9 @@ from cpython.ref cimport Py_INCREF, Py_XDECREF
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 
-from enrich.view cimport (VIEW_CAPSULE, VIEW_HITS, VIEW_IDENTIFIED, VIEW_MISSES, VIEW_SLOTS, VIEW_UNIDENTIFIED,
-                          EnrichSlot, EnrichView, view_addr_eq, view_combine, view_resolve)
+from enrich.view cimport (VIEW_CAPSULE, VIEW_HITS, VIEW_IDENTIFIED, VIEW_KIND_NODE, VIEW_KIND_NONE, VIEW_KIND_POD,
+                          VIEW_KIND_SERVICE, VIEW_MISSES, VIEW_SLOTS, VIEW_UNIDENTIFIED, EnrichSlot, EnrichView,
+                          view_addr_eq, view_combine, view_resolve)
 
 DEF ALIVE = 1 << 62     # enrich.index.ALIVE: a holder that has not ended
 
@@ -137,7 +138,7 @@ cdef class Reader:
         free(self.view.cache)
 
     def c_api(self):
-        """A capsule (VIEW_CAPSULE, "flowscope.enrich.view.v6") pointing at the reader's
+        """A capsule (VIEW_CAPSULE, "flowscope.enrich.view.v7") pointing at the reader's
         EnrichView for the decoders' encoder; keeps nothing alive by itself: the caller holds
         the reader (or its Enricher) while it uses the capsule."""
         return PyCapsule_New(&self.view, VIEW_CAPSULE, NULL)
@@ -171,6 +172,13 @@ cdef class Reader:
     def flows_unidentified(self):
         """Flows answered with no identity on either side."""
         return self.view.counts[VIEW_UNIDENTIFIED]
+
+    @property
+    def addresses(self):
+        """Flow addresses by what they resolved to: {"pod", "node", "service", "none"} (none:
+        nobody of the cluster held it at the flow's start)."""
+        return {"pod": self.view.counts[VIEW_KIND_POD], "node": self.view.counts[VIEW_KIND_NODE],
+                "service": self.view.counts[VIEW_KIND_SERVICE], "none": self.view.counts[VIEW_KIND_NONE]}
 
     cdef EnrichSlot* resolve_miss(self, EnrichSlot* base, unsigned long long h, const unsigned char* addr,
                                   int alen, long long t, EnrichSlot* avoid) noexcept:
@@ -225,6 +233,7 @@ cdef class Reader:
                 # the same object, so the per-flow comparisons compare pointers.
                 slot.node = <PyObject*>(<tuple>holder)[2] if (<tuple>holder)[2] is not None else NULL
                 slot.infra = (<tuple>holder)[3] is True
+                slot.kind = _kind(<bytes>slot.src_frag)
         memcpy(slot.addr, addr, alen)
         slot.alen = <signed char>alen
         slot.gen = <unsigned int>self.view.generation
@@ -305,6 +314,18 @@ cdef class Reader:
             memcpy(buf + la, PyBytes_AS_STRING(<bytes>pb), lb)
         memcpy(buf + la + lb, PyBytes_AS_STRING(<bytes>pt), lt)
         return out
+
+
+cdef unsigned char _kind(bytes frag):
+    """The holder's kind from its source fragment (enrich.index writes K8S_Type as one of three
+    constants; a name's quotes are escaped by orjson, so the pattern cannot come from a value)."""
+    if b'K8S_Type":"Pod"' in frag:
+        return VIEW_KIND_POD
+    if b'K8S_Type":"Node"' in frag:
+        return VIEW_KIND_NODE
+    if b'K8S_Type":"Service"' in frag:
+        return VIEW_KIND_SERVICE
+    return VIEW_KIND_NONE
 
 
 cdef EnrichSlot* _miss(void* reader, EnrichSlot* base, unsigned long long h, const unsigned char* addr, int alen,

@@ -19,7 +19,7 @@ cdef extern from *:
     """
     #include <stdint.h>
     #include <string.h>
-    #define FS_VIEW_CAPSULE "flowscope.enrich.view.v6"
+    #define FS_VIEW_CAPSULE "flowscope.enrich.view.v7"
     #define FS_VIEW_SLOTS 16384   /* per-address answers: 8192 sets of 2 ways */
     #define FS_VIEW_SETS (FS_VIEW_SLOTS / 2)
     #if defined(__GNUC__) || defined(__clang__)
@@ -40,6 +40,7 @@ cdef extern from *:
         unsigned int gen;        /* low 32 bits of the view's generation when filled */
         signed char alen;        /* 0: empty */
         unsigned char infra;
+        unsigned char kind;      /* the holder's: FS_KIND_POD, _NODE or _SERVICE (with src_frag) */
     } EnrichSlot;
 
     /* The reader's slow paths (called with the GIL held). miss: refill a way of the set at
@@ -50,13 +51,17 @@ cdef extern from *:
                                         const unsigned char* addr, int alen, long long t, EnrichSlot* avoid);
     typedef PyObject* (*view_agent_fn)(void* reader, const unsigned char* agent, int aglen, int* failed);
 
-    enum { FS_UNIDENTIFIED, FS_IDENTIFIED, FS_HITS, FS_MISSES };  /* counts[] */
+    /* counts[]: flows, lookups, then flow addresses by what they resolved to (FS_KIND_NONE:
+       nobody of the cluster; a slot's kind is FS_KIND_NONE + its holder's kind) */
+    enum { FS_UNIDENTIFIED, FS_IDENTIFIED, FS_HITS, FS_MISSES,
+           FS_KIND_NONE, FS_KIND_POD, FS_KIND_NODE, FS_KIND_SERVICE, FS_COUNTS };
+    _Static_assert(FS_COUNTS == 8, "EnrichView.counts: the Cython declarations below say 8");
 
     typedef struct EnrichView {
         EnrichSlot* cache;
         unsigned long long generation;  /* moved by the index on every change readers can see */
-        long long counts[4];    /* flows without an identity on either side, with one; addresses
-                                   answered from the cache, from the index */
+        long long counts[FS_COUNTS];  /* flows without an identity on either side, with one;
+                                   addresses answered from the cache, from the index; addresses by kind */
         PyObject* tails[2][4];  /* tails[layer][direction + 1] (layer 0 app, 1 infra), borrowed from the reader's tuple */
         void* reader;
         view_miss_fn miss;
@@ -174,6 +179,8 @@ cdef extern from *:
         if (direction < -1 || direction > 2) direction = -1;
         *a = NULL;
         *b = NULL;
+        if (s != NULL) v->counts[sh ? s->kind : FS_KIND_NONE]++;
+        if (d != NULL) v->counts[dh ? d->kind : FS_KIND_NONE]++;
         if (!sh && !dh) {
             v->counts[FS_UNIDENTIFIED]++;
             *tail = v->tails[0][direction + 1];  /* app: no side is infrastructure */
@@ -223,6 +230,11 @@ cdef extern from *:
         VIEW_IDENTIFIED "FS_IDENTIFIED"
         VIEW_HITS "FS_HITS"
         VIEW_MISSES "FS_MISSES"
+        VIEW_KIND_NONE "FS_KIND_NONE"
+        VIEW_KIND_POD "FS_KIND_POD"
+        VIEW_KIND_NODE "FS_KIND_NODE"
+        VIEW_KIND_SERVICE "FS_KIND_SERVICE"
+        VIEW_COUNTS "FS_COUNTS"
 
     ctypedef struct EnrichSlot:
         unsigned char addr[16]
@@ -234,6 +246,7 @@ cdef extern from *:
         unsigned int gen
         signed char alen
         unsigned char infra
+        unsigned char kind
 
     ctypedef EnrichSlot* (*view_miss_fn)(void* reader, EnrichSlot* base, unsigned long long h,
                                          const unsigned char* addr, int alen, long long t,
@@ -244,7 +257,7 @@ cdef extern from *:
     ctypedef struct EnrichView:
         EnrichSlot* cache
         unsigned long long generation
-        long long counts[4]
+        long long counts[8]
         PyObject* tails[2][4]
         void* reader
         view_miss_fn miss

@@ -1296,10 +1296,52 @@ def test_enrich_lookup_results_documented_are_the_ones_exported() -> None:
     expect = sum(1 for r in recs if r["src"] in ("10.128.0.5", "10.0.0.1") or r["dst"] in ("10.128.0.5", "10.0.0.1"))
     flows = {k[0]: v for k, v in enrich_series(e)["flowscope_enrich_flows"].items()}
     assert flows == {"flows_identified": expect, "flows_unidentified": 10 - expect}
+    kinds = {"10.128.0.5": "pod", "10.0.0.1": "node"}
+    want = {"pod": 0, "node": 0, "service": 0, "none": 0}
+    for r in recs:
+        for a in (r["src"], r["dst"]):
+            want[kinds.get(str(a), "none")] += 1
+    addresses = {k[0]: v for k, v in enrich_series(e)["flowscope_enrich_addresses"].items()}
+    assert addresses == want and want["pod"] and want["none"]
+    _check_values_documented("flowscope_enrich_addresses", set(addresses))
     _check_values_documented("flowscope_enrich_flows", set(flows))
     emitted = set(lookups)
     _check_values_documented("flowscope_enrich_lookups", emitted)
     assert not {"hit", "miss"} & _words(SERIES["flowscope_enrich_lookups"].help)  # no such results exist
+
+
+def test_enrich_addresses_by_kind() -> None:
+    """flowscope_enrich_addresses_total{kind} (DESIGN.md: "enrichment hits by kind and misses"):
+    each flow address counted once by what held it at the flow's start: a pod, a node (its
+    address, the OVN management port, a host-network pod's), a service ClusterIP, or nobody;
+    an address a pod held before it was deleted counts as that pod for flows from then only."""
+    import enrich
+    from tests.support.fake_kube import node, pod, service
+
+    e = enrich.Enricher.from_objects(
+        pods=[pod("web", "shop", ips=["10.128.1.10", "fd00:10:128:1::a"], node="n1", host_ip="10.0.0.1"),
+              pod("agent", "kube-system", ips=["10.0.0.1"], node="n1", host_ip="10.0.0.1", host_network=True)],
+        nodes=[node("n1", internal=["10.0.0.1"], subnets={"default": ["10.128.1.0/24"]})],
+        services=[service("web", "shop", ips=["172.30.0.10"])])
+    r = e.index._reader
+    if r is None:
+        pytest.skip("enrich._fast not built: the pure-Python index counts no addresses")
+    pairs = [("10.128.1.10", "172.30.0.10"),        # pod -> service
+             ("10.128.1.2", "10.0.0.1"),            # management port -> node (host-network pod: node)
+             ("10.128.1.10", "8.8.8.8"),            # pod -> outside
+             ("fd00:10:128:1::a", "fd00::1"),       # IPv6 pod -> outside
+             ("192.0.2.1", "192.0.2.2")]            # nobody
+    for s, d in pairs:
+        e.enrich(_raw(s), _raw(d), b"", 0, -1)
+    assert r.addresses == {"pod": 3, "node": 2, "service": 1, "none": 4}
+    st = e.stats()
+    assert {k: st[f"addresses_{k}"] for k in ("pod", "node", "service", "none")} == r.addresses
+
+
+def _raw(ip: str) -> bytes:
+    import ipaddress
+
+    return ipaddress.ip_address(ip).packed
 
 
 def test_enrich_flow_counts_survive_batch_overflow() -> None:
@@ -1335,6 +1377,8 @@ def test_enrich_flow_counts_survive_batch_overflow() -> None:
     assert r.flows_identified + r.flows_unidentified == len(b) == 25
     assert r.flows_identified == sum(1 for x in recs if "10.128.0.1" in (x["src"], x["dst"]))
     assert r.hits + r.misses == 2 * 25
+    held = sum((x["src"] == "10.128.0.1") + (x["dst"] == "10.128.0.1") for x in recs)
+    assert r.addresses == {"pod": held, "node": 0, "service": 0, "none": 50 - held} and held
     # a template with the source address only: the encoder asks enrich() (one address absent),
     # and takes its counts back the same way
     from benchmarks.datagrams import _COMMON, IpfixTemplate
@@ -1349,6 +1393,7 @@ def test_enrich_flow_counts_survive_batch_overflow() -> None:
                    0, 1_700_000_001)
     assert batches(b, e) > 2
     assert r.flows_identified + r.flows_unidentified == 25 and r.hits + r.misses == 25
+    assert sum(r.addresses.values()) == 25
 
 
 def test_documented_decode_error_reasons_are_the_ones_raised() -> None:
