@@ -384,10 +384,10 @@ class Config:
                                           "a new one past it evicts the least recently refreshed (counted in "
                                           "flowscope_templates_evicted_total)", ranged(parse_int, 1, 1_000_000),
                                           metavar="N")
-    max_template_fields: int = opt(4_000_000, "fields of all exporters' templates together per worker (memory "
-                                   "bound: about 12 bytes a field plus about 180 bytes a template, so 30 bytes "
-                                   "a field for 10-field templates); templates past it are refused and counted "
-                                   "as template_limit", ranged(parse_int, 1000, 1 << 31), metavar="N")
+    max_template_fields: int = opt(4_000_000, "fields of all exporters' templates together per worker, each "
+                                   "template counting 24 more for its own objects (memory bound: about 12 bytes "
+                                   "each, whatever the templates' shape: 4M is about 50 MB); templates past it "
+                                   "are refused and counted as template_limit", ranged(parse_int, 1000, 1 << 31), metavar="N")
     max_exporters: int = opt(16384, "exporters (source addresses) with decoder state per worker; when a new one "
                              "arrives with the table full, the eighth seen least recently are forgotten and "
                              "counted", ranged(parse_int, 16, 10_000_000), metavar="N")

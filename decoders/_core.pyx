@@ -68,6 +68,7 @@ cdef class Decoder:
     cdef readonly uint64_t evicted_exporters
     cdef public Py_ssize_t max_template_fields
     cdef readonly Py_ssize_t template_fields  # of all exporters' templates together
+    cdef readonly Py_ssize_t template_count   # all exporters' templates (each counts TEMPLATE_COST_FIELDS more)
     cdef ExporterState evicted        # counters of evicted exporters, folded (see evict())
     cdef public Py_ssize_t max_state_bytes
     cdef readonly Py_ssize_t state_bytes      # of all exporters' state beside templates (estimated)
@@ -145,6 +146,7 @@ cdef class Decoder:
         for ex in oldest:
             self.evicted.absorb(ex)
             self.template_fields -= ex.template_fields
+            self.template_count -= len(ex.templates)
             self.state_bytes -= ex.state_bytes
             del self.exporters[ex.ip]
             if ex.datagrams:

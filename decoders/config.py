@@ -19,8 +19,9 @@ class DecoderConfig:
     #: Exporters (source IPs) with decoder state; when a new one arrives with the table full,
     #: the eighth seen least recently are forgotten (counted; their counters kept, folded).
     max_exporters: int = 16384
-    #: Fields of all exporters' templates together (about 12 bytes of state each); a template
-    #: that would pass it is refused and counted as `template_limit`, like the per-exporter limit.
+    #: Fields of all exporters' templates together, each template counting 24 more for its own
+    #: objects (about 12 bytes of state each, whatever the templates' shape); a template that
+    #: would pass it is refused and counted as `template_limit`, like the per-exporter limit.
     max_template_fields: int = 4_000_000
     #: Estimated bytes of all exporters' state beside templates (sequence streams, options-learned
     #: rates and clocks, sFlow drops baselines, dedup tables; ExporterState.state_size): past it,

@@ -35,7 +35,7 @@ libFuzzer as crash-*):
     memory or leftovers of an earlier batch: AddressSanitizer does not see those);
 and at the end of the input:
   - every exporter keeps at most max_templates_per_exporter templates, the decoder's
-    template_fields is the sum of its templates' fields and within max_template_fields;
+    template_fields is the sum of its templates' fields, and with 24 per template within max_template_fields;
   - export_state() survives a JSON round trip and import_state() into a fresh decoder (nothing
     skipped, every template loaded), whose own export_state() is the same; importing it again
     with only_missing loads nothing.
@@ -286,8 +286,9 @@ def _check_state(dec: Decoder, cfg: DecoderConfig) -> None:
         assert st["templates"] <= MAX_TEMPLATES, f"{ip}: {st['templates']} templates"
     state = orjson.loads(orjson.dumps(dec.export_state()))
     nfields = sum(len(t["fields"]) for ex in state["exporters"].values() for t in ex["templates"])
-    assert dec.template_fields == nfields <= MAX_TEMPLATE_FIELDS, (dec.template_fields, nfields)
     ntpl = sum(len(ex["templates"]) for ex in state["exporters"].values())
+    assert dec.template_fields == nfields and dec.template_count == ntpl, (dec.template_fields, nfields)
+    assert nfields + 24 * ntpl <= MAX_TEMPLATE_FIELDS, (nfields, ntpl)
     fresh = Decoder(cfg)
     r = fresh.import_state(state)
     assert r == {"templates": ntpl, "skipped": 0}, (r, ntpl)

@@ -446,7 +446,8 @@ def test_refused_redefinition_voids_the_old_template() -> None:
     wide = IpfixTemplate(256, (("dst", 12, 0, 4), ("src", 8, 0, 4))
                          + tuple((f"x{i}", 1000 + i, 0, 1) for i in range(598)))
     for cfg, redefined, data, reason in (
-        (DecoderConfig(max_template_fields=6), new, data_set(new, [rec]), "template_limit"),
+        # room for the old template (4 fields + 24 for the template itself), not the new one's 8
+        (DecoderConfig(max_template_fields=4 + 24), new, data_set(new, [rec]), "template_limit"),
         (DecoderConfig(), wide, data_set(wide, [{"dst": "10.9.9.9", "src": "10.8.8.8",
                                                   **{f"x{i}": 0 for i in range(598)}}]), "bad_template"),
     ):

@@ -96,7 +96,7 @@ def test_the_shipped_memory_bounds_fit_the_pods_memory_limit() -> None:
     memory limit must be above what those bounds let it hold, or a flood of exporters (the
     shipped config allows any) gets the pod OOM-killed before the bounds act. The default
     max_exporter_state alone is 1 GiB, the base limit. What the bounds allow at typical sizes
-    (30 bytes a template field, docs/collector.md), plus the queue, the batches, an index of 100k
+    (about 12 bytes a counted template field, docs/collector.md), plus the queue, the batches, an index of 100k
     pods (185 MB, RESULTS.md) and Python, must stay under the limit."""
     from collector.config import parse_size
     from tests.test_deploy import shipped_config
@@ -106,7 +106,7 @@ def test_the_shipped_memory_bounds_fit_the_pods_memory_limit() -> None:
     k = cfg["kafka"]
     state = int(cfg.get("max_exporter_state", 1024**3))
     fields = int(cfg.get("max_template_fields", 4_000_000))
-    need = (int(cfg["queue_bytes"]) + int(k["batch_bytes"]) * int(k["connections"]) + state + 30 * fields
+    need = (int(cfg["queue_bytes"]) + int(k["batch_bytes"]) * int(k["connections"]) + state + 13 * fields
             + 185 * mib + 50 * mib)
     for overlay in OVERLAYS:
         limit = parse_size(container(overlay)["resources"]["limits"]["memory"].replace("Gi", "GiB").replace("Mi", "MiB"))

@@ -171,10 +171,11 @@ def test_a_new_exporter_is_never_locked_out_by_a_full_table() -> None:
 
 def test_all_exporters_templates_together_are_bounded() -> None:
     """Many addresses each sending their per-exporter maximum of wide templates: the fields of
-    all templates together stay under max_template_fields (refusals counted as template_limit),
-    and a withdrawal or an evicted exporter gives its share back."""
+    all templates together, each template counting 24 more (its own objects), stay under
+    max_template_fields (refusals counted as template_limit), and a withdrawal or an evicted
+    exporter gives its share back."""
     fields = tuple((f"f{i}", 1 + i, 0, 4) for i in range(100))
-    dec = Decoder(DecoderConfig(max_template_fields=1000, max_exporters=8))
+    dec = Decoder(DecoderConfig(max_template_fields=10 * (100 + 24), max_exporters=8))
     for e in range(4):
         for tid in range(256, 260):  # 4 exporters x 4 templates x 100 fields = 1600 wanted
             t = IpfixTemplate(tid, fields, 0)
@@ -192,6 +193,20 @@ def test_all_exporters_templates_together_are_bounded() -> None:
     for i in range(16):
         dec.decode(b"\x00\x05" + b"\x00" * 30, f"10.9.0.{i}", 0, 20.0 + i)
     assert dec.template_fields == sum(s["templates"] for s in dec.stats().values()) * 100
+
+
+def test_one_field_template_flood_is_bounded_by_template_count_too() -> None:
+    """A template costs memory of its own beside its fields (~290 bytes against ~12 a field,
+    measured by RSS): one-field templates from many addresses were bounded by their fields alone,
+    so the default 4M bound let them take ~1.2 GB. Each now counts as 1 + 24 fields."""
+    dec = Decoder(DecoderConfig(max_template_fields=25 * 100, max_exporters=64, max_templates_per_exporter=1024))
+    for e in range(40):
+        ts = [IpfixTemplate(tid, (("f", 8, 0, 4),), 0) for tid in range(256, 266)]
+        dec.decode(ipfix_message([template_set(ts)], seq=0, export_time=EXPORT), f"192.0.2.{e}", 0, 1.0 + e)
+    stats = dec.stats()
+    assert sum(s["templates"] for s in stats.values()) == dec.template_count == 100
+    assert dec.template_fields == 100
+    assert sum(s["errors"].get("template_limit", 0) for s in stats.values()) == 400 - 100
 
 
 @pytest.mark.parametrize("n", [0, 1, 3, 7, 15, 16, 17, 23])
