@@ -343,7 +343,7 @@ async def _worker_main(cfg: Config, index: int | None, enrich_cfg: Any,
 def run(cfg: Config, enrich_cfg: Any = None, enrich_note: str = "") -> int:
     """Blocking entry point of `flowscope run`; returns the exit code. `enrich_cfg` is None when
     enrichment is off (`enrich_note` says why, or where its cluster access comes from)."""
-    setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level, fmt=cfg.log_format)
     tune_malloc()
     log.info("flowscope %s (Python %s, %s event loop)", *build_info(cfg))
     if enrich_note:
@@ -365,7 +365,7 @@ def run(cfg: Config, enrich_cfg: Any = None, enrich_note: str = "") -> int:
 
 def _child(cfg: Config, index: int, conn: Connection, enrich_cfg: Any,
            factory: Callable[[], asyncio.AbstractEventLoop], parent: int, turn: Any) -> int:
-    setup_logging(cfg.log_level, index)
+    setup_logging(cfg.log_level, index, fmt=cfg.log_format)
     from . import sinks
 
     sinks.topic_turn = (turn, index == 0)

@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     from .app import run as run_app
     from .util import setup_logging
 
-    setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level, fmt=cfg.log_format)
     for w in config_mod.unknown_env_warnings() + _ignored_settings(cfg, enrich_cfg):
         logging.getLogger("flowscope").warning("%s", w)
     return run_app(cfg, enrich_cfg, enrich_note)

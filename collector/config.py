@@ -440,6 +440,9 @@ class Config:
     stats_interval: float = opt(1.0, "seconds between decoder statistics reads (and worker metric pushes)",
                                 ranged(parse_float, 0.05, 60), metavar="SECONDS")
     log_level: str = opt("info", "debug, info, warning or error", choice("debug", "info", "warning", "error"))
+    log_format: str = opt("text", "stderr log lines: text (time level logger: message) or json (one object a "
+                          "line: time, level, logger, worker, msg, and exporter, reason, suppressed where the "
+                          "message has them; for Loki, Elasticsearch, Cloud Logging)", choice("text", "json"))
     kafka: KafkaConfig = field(default_factory=KafkaConfig, metadata={"section": True})
     enrich: EnrichSection = field(default_factory=EnrichSection, metadata={"section": True})
 

@@ -181,7 +181,8 @@ class Protocol(asyncio.DatagramProtocol):
             # looks like nothing arriving
             w.rl.warning(self.allow_key, "listener %s: datagram from %s, which --allow-exporters does not list: "
                          "dropped, counted in flowscope_datagrams_dropped_total{reason=\"not_allowed\"}",
-                         w.listeners[self.i], ip)
+                         w.listeners[self.i], ip,
+                         extra={"listener": str(w.listeners[self.i]), "exporter": ip, "reason": "not_allowed"})
             return
         if not self.check(data):
             w.dgram_drops["wrong_protocol"] += 1
@@ -190,7 +191,8 @@ class Protocol(asyncio.DatagramProtocol):
             # it looks like
             w.rl.warning(self.wrong_key, "listener %s: datagram from %s starting %s is not %s but looks like %s: "
                          "dropped, counted in flowscope_datagrams_dropped_total{reason=\"wrong_protocol\"}",
-                         w.listeners[self.i], ip, data[:4].hex(), self.scheme, sniff_protocol(data))
+                         w.listeners[self.i], ip, data[:4].hex(), self.scheme, sniff_protocol(data),
+                         extra={"listener": str(w.listeners[self.i]), "exporter": ip, "reason": "wrong_protocol"})
             return
         pending = 0  # flows decoded (counted in flowscope_flows_total) and not handed on yet
         try:
@@ -221,11 +223,12 @@ class Protocol(asyncio.DatagramProtocol):
                 w.flow_drops["internal"] += pending
             w.rl.error("hot", "datagram from %s: internal error %r (datagram dropped%s)", ip, exc,
                        f", {pending} decoded flows with it: flowscope_flows_dropped_total{{reason=\"internal\"}}"
-                       if pending else "")
+                       if pending else "", extra={"exporter": ip, "reason": "internal"})
 
     def error_received(self, exc: Exception) -> None:
         self.w.dgram_drops["socket_error"] += 1
-        self.w.rl.warning("sockerr", "listener %s: %s", self.w.listeners[self.i], exc)
+        self.w.rl.warning("sockerr", "listener %s: %s", self.w.listeners[self.i], exc,
+                          extra={"listener": str(self.w.listeners[self.i]), "reason": "socket_error"})
 
 
 # Seconds the open record batch may keep filling behind queued batches before it is queued too.

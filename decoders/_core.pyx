@@ -197,11 +197,15 @@ cdef class Decoder:
                     self._log_suppressed.clear()
                 self._log_suppressed[reason] = [now, 0]
                 _log.warning("exporter %s: %s (more than %d exporters logging %s: %s similar messages of "
-                             "others suppressed)", ip, msg, LOG_KEYS, reason, ov[1] if ov is not None else 0)
+                             "others suppressed)", ip, msg, LOG_KEYS, reason, ov[1] if ov is not None else 0,
+                             extra={"exporter": ip, "reason": reason,
+                                    "suppressed": ov[1] if ov is not None and ov[1] else None})
                 return
         self._log_last[key] = [now, 0]
         _log.warning("exporter %s: %s%s", ip, msg,
-                     f" ({ent[1]} similar messages suppressed)" if ent is not None and ent[1] else "")
+                     f" ({ent[1]} similar messages suppressed)" if ent is not None and ent[1] else "",
+                     extra={"exporter": ip, "reason": reason,
+                            "suppressed": ent[1] if ent is not None and ent[1] else None})
 
     def decode(self, bytes data not None, str exporter not None, int port=0, double recv_time=-1.0):
         """Decode one datagram from `exporter`, received at `recv_time` (Unix seconds; left out or

@@ -1,0 +1,94 @@
+"""--log-format json: structured logs (DESIGN.md "Structured logs, rate-limited for per-packet
+errors"), one JSON object per stderr line, with the exporter and reason of per-packet errors as
+fields a log pipeline can group by; the rate limit still holds."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import sys
+
+import orjson
+import pytest
+
+from collector.util import JsonFormatter, RateLimitedLog
+from tests.conftest import ROOT, wait_for
+
+
+def _json_lines(text: str) -> list[dict]:
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    out = []
+    for ln in lines:
+        try:
+            out.append(orjson.loads(ln))
+        except orjson.JSONDecodeError:
+            raise AssertionError(f"not a JSON log line: {ln!r}") from None
+    return out
+
+
+def test_run_logs_json_with_exporter_and_reason(collector) -> None:
+    c = collector(["--log-format", "json"])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.sendto(b"\x00\x0a\x00", ("127.0.0.1", c.port))           # 3 bytes: truncated
+        s.sendto(b"\x00\x07" + b"\x00" * 30, ("127.0.0.1", c.port))  # NetFlow v7: not decoded
+        for _ in range(5):                                           # rate limited: no more lines
+            s.sendto(b"\x00\x0a\x00", ("127.0.0.1", c.port))
+    wait_for(lambda: c.value("flowscope_received_datagrams_total") >= 7, 15, what="7 datagrams counted")
+    c.stop()
+    recs = _json_lines(c.log())
+    assert all({"time", "level", "logger", "msg"} <= r.keys() for r in recs), recs
+    assert all(r["time"].endswith("Z") and r["time"][10] == "T" for r in recs)
+    assert any(r["logger"] == "flowscope" and r["msg"].startswith("flowscope ") for r in recs)
+    errs = [r for r in recs if r.get("exporter") == "127.0.0.1"]
+    assert {r["reason"] for r in errs} == {"truncated", "wrong_protocol"}, errs
+    assert [r["listener"] for r in errs if r["reason"] == "wrong_protocol"] == [f"netflow://127.0.0.1:{c.port}"]
+    assert len([r for r in errs if r["reason"] == "truncated"]) == 1   # once per 10 s per exporter and reason
+    assert all(r["level"] == "warning" for r in errs)
+
+
+def test_workers_name_themselves(collector) -> None:
+    c = collector(["--log-format", "json", "--workers", "2"])
+    wait_for(lambda: c.value("flowscope_workers") == 2, 30, what="two workers")
+    c.stop()
+    recs = _json_lines(c.log())
+    assert {r["worker"] for r in recs if "worker" in r} == {0, 1}, recs
+
+
+def test_formatter_fields_exception_and_suppressed_count() -> None:
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(self.format(record))
+
+    lg = logging.getLogger("flowscope.test-json")
+    lg.propagate = False
+    h = Keep()
+    h.setFormatter(JsonFormatter(3))
+    lg.addHandler(h)
+    try:
+        try:
+            raise ValueError("boom \"quoted\"\nline")
+        except ValueError:
+            lg.exception("failed for %s", "x")
+        rl = RateLimitedLog(lg, interval=0.0)
+        rl._last["k"] = 0.0
+        rl._suppressed["k"] = 4
+        rl.warning("k", "again", extra={"exporter": "192.0.2.1"})
+    finally:
+        lg.removeHandler(h)
+    a, b = (orjson.loads(r) for r in records)
+    assert a["msg"] == "failed for x" and a["worker"] == 3 and a["level"] == "error"
+    assert "ValueError: boom" in a["exc"]
+    assert b["suppressed"] == 4 and b["exporter"] == "192.0.2.1" and "(4 similar messages suppressed)" in b["msg"]
+
+
+@pytest.mark.parametrize("how", [["--log-format", "xml"], []])
+def test_unknown_log_format_is_a_configuration_error(how: list[str]) -> None:
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    if not how:
+        env["FLOWSCOPE_LOG_FORMAT"] = "xml"
+    r = subprocess.run([sys.executable, "-m", "collector.cli", "config", *how], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "xml" in r.stderr and "json" in r.stderr, r.stderr
