@@ -25,7 +25,7 @@ from multiprocessing.connection import Connection, Pipe
 from typing import Any
 
 from .config import Config
-from .http import HttpServer
+from .http import CLOSE_REASONS, HttpServer
 from .metrics import SOCKETS, Aggregator, starting_snapshot
 from .util import die_with_parent, setup_logging, tune_malloc
 
@@ -239,6 +239,9 @@ def http_servers(cfg: Config, agg: Aggregator, expected: int, alive: Callable[[]
         agg.extra["flowscope_ready"] = {(): 1 if ok else 0}
         agg.extra["flowscope_workers"] = {(): len(agg.workers)}
         agg.extra["flowscope_build_info"] = {build_info(cfg): 1}
+        agg.extra["flowscope_http_connections"] = {(): sum(s.open for s in out)}
+        agg.extra["flowscope_http_connections_closed"] = {
+            (r,): sum(s.closed[r] for s in out) for r in CLOSE_REASONS}
         return 200, "text/plain; version=0.0.4; charset=utf-8", agg.render()
 
     def healthz() -> tuple[int, str, bytes]:
@@ -253,15 +256,15 @@ def http_servers(cfg: Config, agg: Aggregator, expected: int, alive: Callable[[]
         ok, why = readiness(agg, expected, silent_after)
         return (200, "text/plain", b"ready\n") if ok else (503, "text/plain", ("\n".join(why) + "\n").encode())
 
-    out = []
+    out: list[HttpServer] = []
     health = {"/healthz": healthz, "/readyz": readyz}
     if cfg.metrics_addr:
         routes = {"/metrics": metrics}
         if not cfg.health_addr:
             routes.update(health)
-        out.append(HttpServer(cfg.metrics_addr, routes))
+        out.append(HttpServer(cfg.metrics_addr, routes, max_connections=cfg.http_max_connections))
     if cfg.health_addr:
-        out.append(HttpServer(cfg.health_addr, health))
+        out.append(HttpServer(cfg.health_addr, health, max_connections=cfg.http_max_connections))
     return out
 
 

@@ -434,6 +434,11 @@ class Config:
                             parse_addr, metavar="HOST:PORT")
     health_addr: str = opt("", "separate HOST:PORT for /healthz and /readyz only; empty = metrics address",
                            parse_addr, metavar="HOST:PORT")
+    http_max_connections: int = opt(64, "connections the /metrics, /healthz and /readyz endpoint holds at once "
+                                    "(per address); at the cap the oldest one that has not sent its request is "
+                                    "closed for a new one, else the new one is closed at once "
+                                    "(flowscope_http_connections_closed_total)", ranged(parse_int, 1, 65536),
+                                    metavar="N")
     metrics_top_exporters: int = opt(20, "exporters labelled by address in metrics (busiest first, per "
                                      "worker); the rest are labelled other", ranged(parse_int, 0, 10000),
                                      metavar="N")

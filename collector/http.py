@@ -3,24 +3,46 @@
 Why not prometheus_client's server: it runs in a thread per process and knows nothing about
 readiness; this one runs on the event loop that owns the aggregated metrics (the only process
 with `--workers 1`, the supervisor otherwise), answers three GET paths and nothing else.
+
+It holds at most `max_connections` connections at once (`--http-max-connections`): each one is a
+descriptor of the process that also needs them for its UDP sockets, Kafka connections and state
+saves, and a port scan or a stuck scraper opening connections and sending nothing took them all.
+At the cap the oldest connection that has sent nothing yet is closed for the new one (else the
+oldest still sending its request head), so a probe, which sends its request as it connects, is
+answered through a flood of idle connections; with none waiting (every one is being answered),
+the new one is closed at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
-from collections.abc import Callable
+import struct
+import termios
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from .config import split_hostport
 
 log = logging.getLogger("flowscope.http")
 
 Handler = Callable[[], tuple[int, str, bytes]]
+Transport = asyncio.WriteTransport
 
 # The whole request head (request line and headers) must arrive within this: a deadline per
 # line let a client that sends a header now and then hold a connection, and a descriptor, for
 # ever (slowloris).
 REQUEST_TIMEOUT_S = 10.0
+# The request line must start within this: a scraper or probe sends it as it connects, while a
+# connection that sends nothing (a port scan, a stuck client) would otherwise hold its descriptor
+# for the whole REQUEST_TIMEOUT_S.
+REQUEST_LINE_TIMEOUT_S = 3.0
+# Connections held at once per address, the default of --http-max-connections: a few scrapers and
+# the kubelet's probes need a handful; each connection is a descriptor and its buffers.
+MAX_CONNECTIONS = 64
+# Why connections were closed without an answer (flowscope_http_connections_closed_total{reason})
+CLOSE_REASONS = ("limit", "evicted", "timeout")
 # Header lines read at most (a scraper sends a handful).
 MAX_HEADERS = 100
 # The answer must be taken by the client within this: a client that never reads (a receive
@@ -31,13 +53,27 @@ RESPONSE_TIMEOUT_S = 30.0
 
 
 class HttpServer:
-    def __init__(self, addr: str, routes: dict[str, Handler]) -> None:
+    def __init__(self, addr: str, routes: dict[str, Handler], *, max_connections: int = MAX_CONNECTIONS) -> None:
         self.host, self.port = split_hostport(addr)
         self.routes = routes
+        self.max_connections = max_connections
         self.server: asyncio.base_events.Server | None = None
+        # connections held, those of them still waiting for their request head and those that
+        # have sent nothing at all, oldest first (dicts keep insertion order; values unused)
+        self.connections: dict[Transport, None] = {}
+        self.waiting: dict[Transport, None] = {}
+        self.silent: dict[Transport, None] = {}
+        self.closed = dict.fromkeys(CLOSE_REASONS, 0)
+
+    @property
+    def open(self) -> int:
+        return len(self.connections)
 
     async def start(self) -> None:
-        self.server = await asyncio.start_server(self._handle, self.host, self.port)
+        loop = asyncio.get_running_loop()
+        # asyncio.start_server's own two lines, with a protocol that says when bytes arrive
+        self.server = await loop.create_server(lambda: _Protocol(self, asyncio.StreamReader(loop=loop), loop),
+                                               self.host, self.port)
         sock = self.server.sockets[0]
         self.port = sock.getsockname()[1]
         log.info("http: serving %s on %s:%d", ", ".join(sorted(self.routes)), self.host, self.port)
@@ -50,9 +86,12 @@ class HttpServer:
     @staticmethod
     async def _head(reader: asyncio.StreamReader) -> bytes | None:
         """The request line, its headers read and dropped (so the client is not reset); None
-        when a line is longer than the stream's limit (64 KiB) or there are too many."""
+        when a line is longer than the stream's limit (64 KiB) or there are too many. Raises
+        TimeoutError when not a byte came within REQUEST_LINE_TIMEOUT_S."""
         try:
-            line = await reader.readline()
+            # a client that sent nothing and closed its end (b"") is answered 405 as before
+            first = await asyncio.wait_for(reader.read(1), REQUEST_LINE_TIMEOUT_S)
+            line = first + (await reader.readline() if first not in (b"", b"\n") else b"")
             for _ in range(MAX_HEADERS):
                 h = await reader.readline()
                 if h in (b"\r\n", b"\n", b""):
@@ -61,9 +100,56 @@ class HttpServer:
             pass
         return None
 
+    def _connected(self, reader: asyncio.StreamReader,
+                   writer: asyncio.StreamWriter) -> Coroutine[Any, Any, None] | None:
+        """Called as the connection is made, before its handler's task starts: the cap is kept
+        here, synchronously, or the connections accepted while the tasks wait for their first
+        step (a burst of hundreds in a flood) would all hold their descriptors. At the cap the
+        oldest connection that has sent nothing is closed for the new one, else the oldest still
+        sending its request head (a flood of idle or slow connections cannot keep a probe out,
+        nor close one whose request has come), else the new one is refused; all counted.
+        abort() closes at once, with a reset, holding nothing."""
+        new = writer.transport
+        if len(self.connections) >= self.max_connections:
+            if not self.waiting:
+                self.closed["limit"] += 1
+                new.abort()
+                return None
+            old = self._idlest()
+            self._forget(old)
+            self.closed["evicted"] += 1
+            # its handler sees the end of the stream, then the closed transport, and answers nothing
+            old.abort()
+        self.connections[new] = self.waiting[new] = self.silent[new] = None
+        return self._handle(reader, writer)
+
+    def _idlest(self) -> Transport:
+        """The oldest connection that has sent nothing, else the oldest still waiting for its
+        request head. A connection accepted in the same burst as a flood may have its request
+        in the kernel's buffer before the loop has read it (data_received comes a turn or two
+        after connection_made, and asyncio accepts up to 100 connections a turn): it is told
+        from an idle one by the bytes waiting on its socket, and is not taken."""
+        for t in list(self.silent):
+            if not _bytes_waiting(t):
+                return t
+            del self.silent[t]
+        return next(iter(self.waiting))
+
+    def _forget(self, transport: Transport) -> None:
+        self.connections.pop(transport, None)
+        self.waiting.pop(transport, None)
+        self.silent.pop(transport, None)
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            line = await asyncio.wait_for(self._head(reader), REQUEST_TIMEOUT_S)
+            try:
+                line = await asyncio.wait_for(self._head(reader), REQUEST_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                self.closed["timeout"] += 1
+                raise
+            if writer.transport not in self.waiting:   # evicted while waiting
+                return
+            self.waiting.pop(writer.transport, None)
             parts = line.decode("latin-1").split() if line is not None else []
             target = parts[1] if len(parts) >= 2 else ""
             if target[:7].lower() == "http://" or target[:8].lower() == "https://":
@@ -99,4 +185,33 @@ class HttpServer:
         except Exception as exc:  # never let a scrape take the collector down
             log.error("http: %r", exc)
         finally:
+            self._forget(writer.transport)
             writer.close()
+
+
+def _bytes_waiting(transport: Transport) -> bool:
+    """Whether the kernel holds bytes received on the connection's socket (FIONREAD)."""
+    try:
+        fd = transport.get_extra_info("socket").fileno()
+        return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0] > 0  # type: ignore[no-any-return]
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+class _Protocol(asyncio.StreamReaderProtocol):
+    """asyncio's stream protocol, telling the server when a connection's first bytes arrive:
+    data_received runs as they are read from the socket, before the handler's task can see
+    them, so a probe whose request has come is not taken for an idle connection."""
+
+    def __init__(self, server: HttpServer, reader: asyncio.StreamReader, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(reader, server._connected, loop=loop)
+        self._server = server
+        self._transport_: Any = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport_ = transport
+        super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._server.silent.pop(self._transport_, None)
+        super().data_received(data)

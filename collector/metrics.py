@@ -177,6 +177,14 @@ SERIES: dict[str, Series] = {s.name: s for s in [
            ("stat",), merge="max"),
     Series("flowscope_informers_synced", "gauge", "1 when enrichment is enabled and every informer has "
            "completed its first list (with --workers, in every worker)", merge="min"),
+    # the HTTP endpoint (collector/http.py)
+    Series("flowscope_http_connections", "gauge", "Connections the /metrics, /healthz and /readyz endpoint holds "
+           "(all its addresses), at most --http-max-connections per address"),
+    Series("flowscope_http_connections_closed", "counter", "Connections to the /metrics, /healthz and /readyz "
+           "endpoint closed without an answer, by reason (evicted: at --http-max-connections, the oldest one that "
+           "had not sent its request, closed for a new one; limit: a new one closed at once at the cap, every "
+           "connection held being answered; timeout: no request line within 3 s or request head within 10 s)",
+           ("reason",)),
     # process
     Series("flowscope_workers", "gauge", "Worker processes reporting metrics"),
     Series("flowscope_ready", "gauge", "1 when /readyz answers 200", merge="max"),
