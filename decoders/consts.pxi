@@ -78,6 +78,12 @@ cdef enum:
     DROP_SFLOW = 0           # sflow_drops.txt drop_reason (flow sample output format 1, format 5 sample)
     DROP_FWDSTATUS = 1       # IPFIX/v9 forwardingStatus (89), status Dropped: the whole byte (128-191)
 
+# Flow.if_internal bits: an sFlow sample's input / output interface is the agent itself
+# (format 0, value 0x3FFFFFFF; expanded 0xFFFFFFFF), published as InIfInternal / OutIfInternal.
+cdef enum:
+    IF_INTERNAL_IN = 1
+    IF_INTERNAL_OUT = 2
+
 # Flow.noaddr bits: a v9/IPFIX template with one address of the pair and not the other (the
 # missing one is omitted from the output, not written as 0.0.0.0 or ::), 0 for v5 and sFlow; a
 # tunnel endpoint with no value (see tun_noaddr), omitted the same way.

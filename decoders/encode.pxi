@@ -689,6 +689,10 @@ cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char*
     if f.present & P_OUTIF:
         buf_put(o, ",\"OutIf\":", 9)
         buf_uint(o, f.out_if)
+    if f.if_internal & IF_INTERNAL_IN:
+        buf_put(o, ",\"InIfInternal\":true", 20)
+    if f.if_internal & IF_INTERNAL_OUT:
+        buf_put(o, ",\"OutIfInternal\":true", 21)
     if f.present & P_VLAN:
         buf_put(o, ",\"Vlan\":", 8)
         buf_uint(o, f.vlan)

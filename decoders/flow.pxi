@@ -40,6 +40,7 @@ cdef struct Flow:
     uint32_t drop_str_off     # in the datagram (0 length: none)
     uint16_t fwd_status       # 0x100 | forwardingStatus (89) when the record carried it
     uint8_t tun_type
+    uint8_t if_internal       # sFlow: IF_INTERNAL_IN / _OUT bits, the packet's end is the agent itself
     uint32_t in_if
     uint32_t out_if
     uint16_t vlan

@@ -874,13 +874,20 @@ cdef int flow_sample(ExporterState ex, FlowBatch b, Reader* s, bint expanded, in
     f.t_start_ms = recv_ms
     f.t_end_ms = recv_ms
     f.present = P_PACKETS | P_TSTART | P_TEND | P_SAMPLING
-    # Interface format 0 is an ifIndex (0x3FFFFFFF = the switch itself; 0: "not known", as
-    # discarded_packet's); 1 is "discarded" (value = reason) and 2 "multiple interfaces"
-    # (value = count): neither is an interface.
-    if in_fmt == 0 and in_val:
+    # Interface format 0 is an ifIndex (0: "not known", as discarded_packet's); 1 is "discarded"
+    # (value = reason) and 2 "multiple interfaces" (value = count): neither is an interface.
+    # sflow_version_5.txt, format 0: "The maximum value, 0x3FFFFFFF, indicates that there is no
+    # input or output interface ... Examples include traffic to or from the agent itself"; the
+    # expanded form's erratum makes that 0xFFFFFFFF, and agents copy 0x3FFFFFFF there too. No
+    # device has that ifIndex: no InIf/OutIf, and InIfInternal/OutIfInternal say so.
+    if in_fmt == 0 and (in_val == 0x3FFFFFFF or in_val == 0xFFFFFFFF):
+        f.if_internal |= IF_INTERNAL_IN
+    elif in_fmt == 0 and in_val:
         f.in_if = in_val
         f.present |= P_INIF
-    if out_fmt == 0 and out_val:
+    if out_fmt == 0 and (out_val == 0x3FFFFFFF or out_val == 0xFFFFFFFF):
+        f.if_internal |= IF_INTERNAL_OUT
+    elif out_fmt == 0 and out_val:
         f.out_if = out_val
         f.present |= P_OUTIF
     elif out_fmt == 1 and out_val != 256:

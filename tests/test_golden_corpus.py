@@ -184,7 +184,8 @@ def check_sflow_capture(decoder, datagrams: list, packets: list[dict], label: st
         exp_flows = [T.expected_from_sflow_sample(sp, s) for s in sp.samples if s.is_flow]
         if len(flows) != len(exp_flows) and not sp.malformed:
             problems.append(f"{where}: {len(flows)} flows, tshark has {len(exp_flows)} flow samples")
-        problems += match_unordered(exp_flows, flows, where, required={"SrcAddr", "DstAddr", "Bytes"})
+        problems += match_unordered(exp_flows, flows, where, required={"SrcAddr", "DstAddr", "Bytes", "InIf", "OutIf",
+                                                                       "InIfInternal", "OutIfInternal"})
         problems += compare_counters(sp, batch.counters, where)
     problems += check_stats_delta(before, decoder.stats(), want, label)
     return problems

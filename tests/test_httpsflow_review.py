@@ -197,3 +197,64 @@ def test_a_connection_that_sends_nothing_is_closed_after_a_short_timeout(monkeyp
     assert counts["timeout"] == 1, counts
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:80]
 
+
+# ------------------------------------------------------------------------------------------------
+# sFlow: the input/output interface "internal" (the agent itself)
+
+INTERNAL = 0x3FFFFFFF    # sflow_version_5.txt, interface format 0: "the maximum value, 0x3FFFFFFF"
+
+
+def _sflow_flows(samples: list[bytes]) -> list[dict[str, Any]]:
+    from test_sflow import RECV, datagram
+
+    from decoders import Decoder
+
+    b = Decoder().decode(datagram(samples), "192.0.2.1", 6343, RECV)
+    assert b.error is None, b.error
+    return list(b.to_dicts())
+
+
+def test_sflow_internal_interface_is_no_interface_number() -> None:
+    """sflow_version_5.txt: an interface of format 0 whose value is 0x3FFFFFFF "indicates that
+    there is no input or output interface": the packet came from or went to the agent itself
+    (hsflowd's host traffic, a switch's control plane). It was published as InIf/OutIf
+    1073741823, an ifIndex no device has, which joins no interface table and counts as one more
+    port in every per-interface view. It is no interface (as Akvorado reads it), and
+    `InIfInternal`/`OutIfInternal` say the packet's end was the agent; in an expanded sample the
+    spec's erratum names 0xFFFFFFFF for it, and 0x3FFFFFFF (the compact value, which agents
+    copy) is taken as well."""
+    from test_sflow import eth, flow_sample, flow_sample_expanded, ipv4, raw_header, udp
+
+    pkt = raw_header(eth(ipv4("10.0.0.1", "10.0.0.2", 17, udp(1, 2)), 0x0800), 60)
+    flows = _sflow_flows([
+        flow_sample([pkt], inp=(0, INTERNAL), out=(0, 6)),               # sent by the agent
+        flow_sample([pkt], inp=(0, 3), out=(0, INTERNAL)),               # received by it
+        flow_sample_expanded([pkt], inp=(0, 0xFFFFFFFF), out=(0, 70002)),
+        flow_sample_expanded([pkt], inp=(0, 70001), out=(0, INTERNAL)),
+        flow_sample([pkt], inp=(0, 3), out=(0, INTERNAL - 1)),           # a real (large) ifIndex
+        flow_sample([pkt], inp=(0, 3), out=(2, INTERNAL)),               # format 2: not internal
+    ])
+    got = [(f.get("InIf"), f.get("OutIf"), f.get("InIfInternal"), f.get("OutIfInternal")) for f in flows]
+    assert got == [(None, 6, True, None), (3, None, None, True), (None, 70002, True, None),
+                   (70001, None, None, True), (3, INTERNAL - 1, None, None), (3, None, None, None)], got
+
+
+def test_sflow_internal_interface_in_real_captures() -> None:
+    """The same in captures of real agents: the corpus's local-interface sample (output = the
+    agent) and its ICMP sample (both ends the agent)."""
+    from conftest import udp_payloads
+    from test_golden_corpus import SHARED
+
+    from decoders import Decoder
+
+    shared = SHARED / "sflow"
+    cases = {"akvorado_data-local-interface.pcap": (27, None, None, True),
+             "akvorado_data-icmpv4.pcap": (None, None, True, True)}
+    if not all((shared / n).is_file() for n in cases):
+        pytest.skip(f"shared corpus not found at {shared} (set FLOWSCOPE_SHARED_CORPUS)")
+    for name, want in cases.items():
+        dec = Decoder()
+        flows = [f for src, port, p in udp_payloads(shared / name)
+                 for f in dec.decode(p, src, port, 1.7e9).to_dicts()]
+        assert [(f.get("InIf"), f.get("OutIf"), f.get("InIfInternal"), f.get("OutIfInternal"))
+                for f in flows] == [want], (name, flows)

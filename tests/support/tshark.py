@@ -1028,19 +1028,29 @@ def expected_from_sflow_sample(pkt: SflowPacket, s: SflowSample) -> dict[str, An
     f = s.fields
     if "sflow.flow_sample.sampling_rate" in f:
         exp["Sampling"] = to_int(f["sflow.flow_sample.sampling_rate"])
-    # (interface 0: "not known", sflow_version_5.txt; no InIf / OutIf)
+    # (interface 0: "not known", sflow_version_5.txt; no InIf / OutIf. 0x3FFFFFFF, expanded
+    # 0xFFFFFFFF too: the agent itself, no InIf / OutIf but InIfInternal / OutIfInternal)
+    internal = (0x3FFFFFFF, 0xFFFFFFFF)
     if "sflow.flow_sample.input_interface_value" in f:
-        if to_int(f["sflow.flow_sample.input_interface_value"]):
-            exp["InIf"] = to_int(f["sflow.flow_sample.input_interface_value"])
+        v = to_int(f["sflow.flow_sample.input_interface_value"])
+        if v in internal:
+            exp["InIfInternal"] = True
+        elif v:
+            exp["InIf"] = v
     elif "sflow.flow_sample.input_interface" in f:
         v = to_int(f["sflow.flow_sample.input_interface"])
-        if v >> 30 == 0 and v:
+        if v == 0x3FFFFFFF:
+            exp["InIfInternal"] = True
+        elif v >> 30 == 0 and v:
             exp["InIf"] = v & 0x3FFFFFFF
     if "sflow.flow_sample.output_interface_value" in f:
         fmt = to_int(f.get("sflow.flow_sample.output_interface_format",
                            f.get("sflow.flow_sample.output_interface.format", "0")))
-        if fmt == 0 and to_int(f["sflow.flow_sample.output_interface_value"]):
-            exp["OutIf"] = to_int(f["sflow.flow_sample.output_interface_value"])
+        v = to_int(f["sflow.flow_sample.output_interface_value"])
+        if fmt == 0 and v in internal:
+            exp["OutIfInternal"] = True
+        elif fmt == 0 and v:
+            exp["OutIf"] = v
         elif fmt == 1:   # the packet was discarded, the value is the reason (sflow_drops.txt)
             reason = to_int(f["sflow.flow_sample.output_interface_value"])
             if reason != 256:   # "unknown": Open vSwitch's for any packet sampled before its output
