@@ -5,7 +5,9 @@ captures; this module turns a capture into the (timestamp, source, destination, 
 the collector would have received from its socket. It understands the link types flow captures
 come in (Ethernet with 802.1Q/QinQ tags, Linux cooked v1/v2, raw IP, BSD loopback), IPv4 and IPv6
 (with extension headers) and reassembles IP fragments, because exporters often send datagrams
-larger than the path MTU. Anything else is skipped and counted in `PcapStats`.
+larger than the path MTU. It opens GRE and ERSPAN (types I, II and III), because a capture made
+at a remote SPAN destination (a switch's ERSPAN session, an Open vSwitch erspan/gre mirror port)
+has the exporter's packets inside them. Anything else is skipped and counted in `PcapStats`.
 
 The file is read in chunks, never whole, so a multi-GB capture decodes in bounded memory; a
 gzip-compressed capture (`tcpdump -w - | gzip`, found by its magic, not its name) is decompressed
@@ -51,6 +53,16 @@ IPV6_FRAG = 44
 IPV6_AH = 51
 IPV6_EXT = frozenset((0, 43, IPV6_FRAG, IPV6_AH, 60, 135, 139, 140))
 UDP = 17
+GRE = 47
+CARRIED = frozenset((UDP, GRE))  # the IP protocols read further: UDP, and GRE for what it carries
+
+# GRE protocol types (IEEE EtherTypes) opened besides IPv4/IPv6.
+GRE_TEB = 0x6558  # Transparent Ethernet Bridging: an Ethernet frame (gretap, OVS gre ports)
+ERSPAN_12 = 0x88BE  # ERSPAN type I (no GRE sequence number) and type II
+ERSPAN_3 = 0x22EB
+# A tunnel inside a tunnel is opened too, to this depth (a packet that nests deeper is corrupt
+# or crafted, and each level costs a copy of the packet).
+MAX_TUNNELS = 4
 
 PCAPNG_SHB = 0x0A0D0D0A
 # A record or block claiming more than this is corruption, not a packet (libpcap's largest
@@ -82,7 +94,9 @@ class PcapStats:
     truncated_capture (the snaplen cut the datagram), unknown_interface (a pcapng packet of an
     undefined interface), empty_fragment, bad_fragment, incomplete_fragments (of a datagram a piece
     never came for), duplicate_fragments (repeating pieces already had), truncated_record (the
-    file ends inside it)."""
+    file ends inside it), unsupported_tunnel (GRE carrying something other than IP or Ethernet,
+    GRE version 1, source routing, an unknown ERSPAN version, tunnels nested past MAX_TUNNELS),
+    truncated_tunnel (a GRE/ERSPAN or inner Ethernet header cut)."""
 
     frames: int = 0
     datagrams: int = 0
@@ -266,13 +280,18 @@ def _fragment(key: tuple, offset: int, more: bool, data: bytes, stats: PcapStats
     return frags.add(key, offset, more, data)
 
 
-def _ipv4(pkt: bytes, ts: float, stats: PcapStats, frags: _Reassembler) -> Datagram | None:
+# What an IP packet carries, once reassembled: (protocol, source, destination, payload).
+Transport = tuple[int, bytes, bytes, bytes]
+
+
+def _ipv4(pkt: bytes, stats: PcapStats, frags: _Reassembler) -> Transport | None:
     if len(pkt) < 20:
         stats.skip("truncated_ip")
         return None
     ihl = (pkt[0] & 0x0F) * 4
     total, ident, flags_off = struct.unpack_from("!HHH", pkt, 2)
-    if pkt[9] != UDP:
+    proto = pkt[9]
+    if proto not in CARRIED:
         stats.skip("not_udp")
         return None
     if ihl < 20:
@@ -286,13 +305,14 @@ def _ipv4(pkt: bytes, ts: float, stats: PcapStats, frags: _Reassembler) -> Datag
         if not ihl <= total <= len(pkt):
             stats.skip("truncated_capture")  # a cut fragment would reassemble into wrong bytes
             return None
-        whole = _fragment((4, src, dst, ident), (flags_off & 0x1FFF) * 8, bool(flags_off & 0x2000),
+        # RFC 791 3.2: a datagram is identified by source, destination, protocol and identification
+        whole = _fragment((4, src, dst, proto, ident), (flags_off & 0x1FFF) * 8, bool(flags_off & 0x2000),
                           pkt[ihl:total], stats, frags)
         if whole is None:
             return None
-        return _udp(src, dst, whole, ts, stats)
+        return proto, src, dst, whole
     body = pkt[ihl:total] if ihl <= total <= len(pkt) else pkt[ihl:]
-    return _udp(src, dst, body, ts, stats)
+    return proto, src, dst, body
 
 
 def _ipv6_headers(nxt: int, body: bytes) -> tuple[int, bytes, tuple[int, bool, int] | None] | None:
@@ -313,7 +333,7 @@ def _ipv6_headers(nxt: int, body: bytes) -> tuple[int, bytes, tuple[int, bool, i
     return nxt, body, None
 
 
-def _ipv6(pkt: bytes, ts: float, stats: PcapStats, frags: _Reassembler) -> Datagram | None:
+def _ipv6(pkt: bytes, stats: PcapStats, frags: _Reassembler) -> Transport | None:
     if len(pkt) < 40:
         stats.skip("truncated_ip")
         return None
@@ -337,7 +357,7 @@ def _ipv6(pkt: bytes, ts: float, stats: PcapStats, frags: _Reassembler) -> Datag
         if reassembled:
             stats.skip("bad_fragment")  # a Fragment header inside a reassembled datagram
             return None
-        if nxt != UDP and nxt not in IPV6_EXT:
+        if nxt not in CARRIED and nxt not in IPV6_EXT:
             # every fragment's Fragment header names the first header of the fragmentable part
             stats.skip("not_udp")
             return None
@@ -350,10 +370,78 @@ def _ipv6(pkt: bytes, ts: float, stats: PcapStats, frags: _Reassembler) -> Datag
         # RFC 8200 4.5: the headers after the Fragment header belong to the fragmentable part,
         # so they are parsed from the reassembled datagram, not from each fragment.
         body, reassembled = whole, True
-    if nxt != UDP:
+    if nxt not in CARRIED:
         stats.skip("not_udp")
         return None
-    return _udp(src, dst, body, ts, stats)
+    return nxt, src, dst, body
+
+
+def _gre(body: bytes) -> tuple[int, bytes] | str:
+    """Open a GRE packet: (EtherType, packet) of what it carries, an Ethernet frame as
+    (0, frame); or the skip reason."""
+    if len(body) < 4:
+        return "truncated_tunnel"
+    flags, ptype = struct.unpack_from("!HH", body)
+    # RFC 2784 2.1: C (0x8000) adds checksum and reserved (4 bytes); RFC 2890: K (0x2000) a key,
+    # S (0x1000) a sequence number (4 bytes each). RFC 1701's source routing (R, 0x4000) is
+    # obsolete, and version 1 is PPTP's enhanced GRE (RFC 2637), which carries PPP.
+    if flags & 0x4007:
+        return "unsupported_tunnel"
+    seq = bool(flags & 0x1000)
+    pos = 4 + 4 * (bool(flags & 0x8000) + bool(flags & 0x2000) + seq)
+    if ptype in (ETH_IPV4, ETH_IPV6):
+        return (ptype, body[pos:]) if len(body) > pos else "truncated_tunnel"
+    if ptype == ERSPAN_12 and seq:
+        # ERSPAN type II (draft-foschiano-erspan-03 4.1): 8 bytes, version 1 in the top 4 bits.
+        # Without a GRE sequence number it is type I, no header (Wireshark's packet-erspan.c).
+        if len(body) < pos + 8:
+            return "truncated_tunnel"
+        if body[pos] >> 4 != 1:
+            return "unsupported_tunnel"
+        pos += 8
+    elif ptype == ERSPAN_3:
+        # type III (4.2): 12 bytes, version 2; its O bit (the last of them) adds an 8-byte
+        # platform-specific subheader. The payload is an Ethernet frame, as Wireshark reads it.
+        if len(body) < pos + 12:
+            return "truncated_tunnel"
+        if body[pos] >> 4 != 2:
+            return "unsupported_tunnel"
+        pos += 20 if body[pos + 11] & 1 else 12
+    elif ptype not in (GRE_TEB, ERSPAN_12):
+        return "unsupported_tunnel"
+    return 0, body[pos:]
+
+
+def _packet(etype: int, pkt: bytes, ts: float, stats: PcapStats, frags: _Reassembler,
+            depth: int = 0) -> Datagram | None:
+    """An IP packet (its EtherType) to the UDP datagram it holds, opening tunnels on the way."""
+    if etype == ETH_IPV4:
+        tp = _ipv4(pkt, stats, frags)
+    elif etype == ETH_IPV6:
+        tp = _ipv6(pkt, stats, frags)
+    else:
+        stats.skip("not_ip")
+        return None
+    if tp is None:
+        return None
+    proto, src, dst, body = tp
+    if proto == UDP:
+        return _udp(src, dst, body, ts, stats)
+    if depth >= MAX_TUNNELS:
+        stats.skip("unsupported_tunnel")
+        return None
+    inner = _gre(body)
+    if isinstance(inner, str):
+        stats.skip(inner)
+        return None
+    etype, pkt = inner
+    if etype == 0:  # an Ethernet frame
+        net = _network(LINKTYPE_ETHERNET, pkt)
+        if net is None:
+            stats.skip("truncated_tunnel")
+            return None
+        etype, pkt = net
+    return _packet(etype, pkt, ts, stats, frags, depth + 1)
 
 
 def _vlan(etype: int, frame: bytes, pos: int) -> tuple[int, bytes]:
@@ -548,14 +636,7 @@ def iter_udp(path: str | Path, *, stats: PcapStats | None = None) -> Iterator[Da
             if net is None:
                 st.skip("unsupported_link")
                 continue
-            etype, pkt = net
-            if etype == ETH_IPV4:
-                dgram = _ipv4(pkt, ts, st, frags)
-            elif etype == ETH_IPV6:
-                dgram = _ipv6(pkt, ts, st, frags)
-            else:
-                st.skip("not_ip")
-                continue
+            dgram = _packet(*net, ts, st, frags)
             if dgram is not None:
                 yield dgram
         frags.finish()
