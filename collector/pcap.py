@@ -7,7 +7,9 @@ come in (Ethernet with 802.1Q/QinQ tags, Linux cooked v1/v2, raw IP, BSD loopbac
 (with extension headers) and reassembles IP fragments, because exporters often send datagrams
 larger than the path MTU. It opens GRE and ERSPAN (types I, II and III), because a capture made
 at a remote SPAN destination (a switch's ERSPAN session, an Open vSwitch erspan/gre mirror port)
-has the exporter's packets inside them. Anything else is skipped and counted in `PcapStats`.
+has the exporter's packets inside them; and VXLAN and Geneve on their IANA ports, because a
+capture on a node's underlay (OVN-Kubernetes' Geneve, an OVS vxlan port) has an export to a
+collector on another node inside them. Anything else is skipped and counted in `PcapStats`.
 
 The file is read in chunks, never whole, so a multi-GB capture decodes in bounded memory; a
 gzip-compressed capture (`tcpdump -w - | gzip`, found by its magic, not its name) is decompressed
@@ -60,6 +62,11 @@ CARRIED = frozenset((UDP, GRE))  # the IP protocols read further: UDP, and GRE f
 GRE_TEB = 0x6558  # Transparent Ethernet Bridging: an Ethernet frame (gretap, OVS gre ports)
 ERSPAN_12 = 0x88BE  # ERSPAN type I (no GRE sequence number) and type II
 ERSPAN_3 = 0x22EB
+# UDP tunnels opened by destination port, as tshark does: VXLAN (RFC 7348 5) and Geneve
+# (RFC 8926 3.3). A datagram to one of them whose header does not parse is read as it is.
+VXLAN_PORT = 4789
+GENEVE_PORT = 6081
+UDP_TUNNELS = frozenset((VXLAN_PORT, GENEVE_PORT))
 # A tunnel inside a tunnel is opened too, to this depth (a packet that nests deeper is corrupt
 # or crafted, and each level costs a copy of the packet).
 MAX_TUNNELS = 4
@@ -96,7 +103,9 @@ class PcapStats:
     never came for), duplicate_fragments (repeating pieces already had), truncated_record (the
     file ends inside it), unsupported_tunnel (GRE carrying something other than IP or Ethernet,
     GRE version 1, source routing, an unknown ERSPAN version, tunnels nested past MAX_TUNNELS),
-    truncated_tunnel (a GRE/ERSPAN or inner Ethernet header cut)."""
+    truncated_tunnel (a GRE/ERSPAN or inner Ethernet header cut). A frame is counted once, by
+    what happened to the innermost packet; a VXLAN/Geneve datagram opened is not one of
+    `datagrams`, the export inside it is."""
 
     frames: int = 0
     datagrams: int = 0
@@ -262,7 +271,6 @@ def _udp(src: bytes, dst: bytes, l4: bytes, ts: float, stats: PcapStats) -> Data
         return None
     # Trust the UDP length when it is consistent; Ethernet padding can follow short datagrams.
     payload = l4[8:length] if 8 <= length <= len(l4) else l4[8:]
-    stats.datagrams += 1
     return Datagram(ts, _addr(src), sport, _addr(dst), dport, payload)
 
 
@@ -412,6 +420,25 @@ def _gre(body: bytes) -> tuple[int, bytes] | str:
     return 0, body[pos:]
 
 
+def _udp_tunnel(dport: int, payload: bytes) -> tuple[int, bytes] | None:
+    """What a VXLAN or Geneve datagram carries, as _gre() gives it; None when its header is not
+    one, so that the datagram is read as it is."""
+    if len(payload) < 8:
+        return None
+    if dport == VXLAN_PORT:
+        # RFC 7348 5: 8 bytes, the I flag (0x08) set for a valid VNI, then an Ethernet frame
+        return (0, payload[8:]) if payload[0] & 0x08 else None
+    # RFC 8926 3.4: version 0 in the top 2 bits, options length in 4-byte words in the low 6,
+    # then the EtherType of the payload: 0x6558 for Ethernet (what OVS sends) or IP
+    pos = 8 + (payload[0] & 0x3F) * 4
+    ptype = struct.unpack_from("!H", payload, 2)[0]
+    if payload[0] >> 6 or len(payload) < pos:
+        return None
+    if ptype == GRE_TEB:
+        return 0, payload[pos:]
+    return (ptype, payload[pos:]) if ptype in (ETH_IPV4, ETH_IPV6) else None
+
+
 def _packet(etype: int, pkt: bytes, ts: float, stats: PcapStats, frags: _Reassembler,
             depth: int = 0) -> Datagram | None:
     """An IP packet (its EtherType) to the UDP datagram it holds, opening tunnels on the way."""
@@ -426,14 +453,22 @@ def _packet(etype: int, pkt: bytes, ts: float, stats: PcapStats, frags: _Reassem
         return None
     proto, src, dst, body = tp
     if proto == UDP:
-        return _udp(src, dst, body, ts, stats)
-    if depth >= MAX_TUNNELS:
+        dg = _udp(src, dst, body, ts, stats)
+        inner = None
+        if dg is not None and dg.dport in UDP_TUNNELS and depth < MAX_TUNNELS:
+            inner = _udp_tunnel(dg.dport, dg.payload)
+        if inner is None:
+            stats.datagrams += dg is not None
+            return dg
+    elif depth >= MAX_TUNNELS:
         stats.skip("unsupported_tunnel")
         return None
-    inner = _gre(body)
-    if isinstance(inner, str):
-        stats.skip(inner)
-        return None
+    else:
+        opened = _gre(body)
+        if isinstance(opened, str):
+            stats.skip(opened)
+            return None
+        inner = opened
     etype, pkt = inner
     if etype == 0:  # an Ethernet frame
         net = _network(LINKTYPE_ETHERNET, pkt)

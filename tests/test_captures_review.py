@@ -1,5 +1,5 @@
 """Captures the capture review found unread: exports inside GRE and ERSPAN (a switch's remote SPAN
-of the exporter's traffic), ... Each capture is checked against tshark's reading of the same file
+of the exporter's traffic), inside VXLAN and Geneve (a node's underlay), ... Each capture is checked against tshark's reading of the same file
 where tshark is installed: the datagrams flowscope yields are the ones tshark decodes as cflow.
 
 The builders are tests/test_pcap.py's (bytes assembled with struct around NetFlow v5 datagrams).
@@ -8,10 +8,13 @@ The builders are tests/test_pcap.py's (bytes assembled with struct around NetFlo
 from __future__ import annotations
 
 import struct
+import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support.tshark import TSHARK
-from tests.test_pcap import decode, eth, export, ip4, ip6, pcap, read, stats_of, udp, write
+from tests.test_pcap import ROOT, decode, eth, export, ip4, ip6, pcap, read, stats_of, udp, write
 
 OUTER4 = (bytes([198, 51, 100, 1]), bytes([198, 51, 100, 2]))
 INNER_SRC = bytes([10, 0, 0, 9])
@@ -114,3 +117,62 @@ def test_exports_inside_gre_and_erspan_are_read_as_tshark_reads_them(tmp_path: P
     p = decode(str(write(tmp_path, "mixed.pcap", pcap(others + frames))), "--stats")
     assert p.returncode == 0 and len(p.stdout.splitlines()) == 8 * 3 + 30
     assert stats_of(p)["capture"]["skipped"] == {"unsupported_tunnel": 3, "truncated_tunnel": 2}
+
+
+def test_exports_inside_vxlan_and_geneve_are_read_as_tshark_reads_them(tmp_path: Path) -> None:
+    """A capture on a node's underlay (`tcpdump -i eth0`) has an export to a collector on another
+    node inside the overlay: Geneve (UDP 6081) on OVN-Kubernetes, VXLAN (UDP 4789) on an OVS
+    vxlan port. flowscope yielded the outer datagrams, to port 4789/6081, as if they were exports
+    (decode errors, and nothing with --port 2055); tshark decodes the export inside. Here a real
+    Linux VXLAN device carries `flowscope replay`'s datagrams (fragmented inside the tunnel: the
+    VXLAN device's MTU is 1450), captured by tcpdump on the veth underneath; and Geneve built
+    byte by byte: Ethernet, IPv4 and IPv6 payloads, with options."""
+    from tests.support import netns as N
+
+    dgs = [export(i) for i in range(4)]
+    src = write(tmp_path, "src.pcap", pcap([eth(ip4(udp(d))) for d in dgs]))
+    # Geneve, tshark's reading checked below
+    gen = [
+        eth(outer4(17, udp(struct.pack("!BBHI", 0, 0, 0x6558, 5 << 8) + eth(ip4(udp(dgs[0]), src=INNER_SRC)),
+                       sport=40000, dport=6081))),
+        eth(outer4(17, udp(struct.pack("!BBHI", 2, 0, 0x0800, 5 << 8) + struct.pack("!HBBI", 0x0102, 3, 1, 9)
+                           + ip4(udp(dgs[1]), src=INNER_SRC), sport=40000, dport=6081))),
+        eth(outer4(17, udp(struct.pack("!BBHI", 0, 0, 0x86DD, 5 << 8) + ip6(17, udp(dgs[2])),
+                       sport=40000, dport=6081))),
+        # not a Geneve header (version 1): the datagram is read as it is
+        eth(outer4(17, udp(b"\x40\x00\x65\x58" + bytes(4) + dgs[3], sport=40000, dport=6081))),
+    ]
+    cap = write(tmp_path, "geneve.pcap", pcap(gen))
+    got, st = read(cap)
+    want = [("10.0.0.9", 2055, dgs[0]), ("10.0.0.9", 2055, dgs[1]), ("2001:db8::1", 2055, dgs[2]),
+            ("198.51.100.1", 6081, b"\x40\x00\x65\x58" + bytes(4) + dgs[3])]
+    assert [(d.src, d.dport, d.payload) for d in got] == want
+    assert st.datagrams == 4 and st.skipped == {}
+    if TSHARK:
+        assert tshark_cflow(cap) == [(s, d) for s, _p, d in want[:3]]
+
+    reason = N.root_skip_reason("tcpdump")
+    if reason:
+        pytest.skip(reason)
+    with N.NetNS() as a, N.NetNS() as b:
+        end_a, end_b = N.veth_between(a, b)
+        a.run(["ip", "addr", "add", "192.168.77.1/24", "dev", end_a])
+        a.run(["ip", "link", "add", "vx0", "type", "vxlan", "id", "5", "dstport", "4789", "local", "192.168.77.1",
+               "remote", "192.168.77.2"])
+        a.run(["ip", "addr", "add", "10.10.0.1/24", "dev", "vx0"])
+        a.run(["ip", "link", "set", "vx0", "up"])
+        # no receiver is needed on the other side: static neighbours, so nothing waits for ARP
+        a.run(["ip", "neigh", "replace", "192.168.77.2", "lladdr", "02:00:00:00:00:02", "dev", end_a])
+        a.run(["ip", "neigh", "replace", "10.10.0.2", "lladdr", "02:00:00:00:00:03", "dev", "vx0"])
+        capture = N.Capture(b, tmp_path / "vxlan.pcap", iface=end_b)
+        a.run([sys.executable, "-m", "collector.cli", "replay", str(src), "--to", "10.10.0.2:2055"], cwd=ROOT)
+        vx = capture.stop()
+    got, st = read(vx)
+    assert [(d.src, d.dport, d.payload) for d in got] == [("10.10.0.1", 2055, d) for d in dgs]
+    # two fragments each; the VXLAN device's own IPv6 (router solicitations, MLD) is not UDP inside
+    assert st.datagrams == 4 and set(st.skipped) <= {"not_udp"}
+    assert st.frames == 8 + st.skipped.get("not_udp", 0)
+    if TSHARK:
+        assert tshark_cflow(vx) == [("10.10.0.1", d) for d in dgs]
+    p = decode(str(vx), "--port", "2055")
+    assert p.returncode == 0 and len(p.stdout.splitlines()) == 4 * 30
