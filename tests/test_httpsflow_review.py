@@ -242,16 +242,16 @@ def test_sflow_internal_interface_is_no_interface_number() -> None:
 def test_sflow_internal_interface_in_real_captures() -> None:
     """The same in captures of real agents: the corpus's local-interface sample (output = the
     agent) and its ICMP sample (both ends the agent)."""
-    from conftest import udp_payloads
-    from test_golden_corpus import SHARED
-
     from decoders import Decoder
+    from tests.conftest import udp_payloads
+    from tests.test_golden_corpus import SHARED
 
     shared = SHARED / "sflow"
     cases = {"akvorado_data-local-interface.pcap": (27, None, None, True),
              "akvorado_data-icmpv4.pcap": (None, None, True, True)}
     if not all((shared / n).is_file() for n in cases):
-        pytest.skip(f"shared corpus not found at {shared} (set FLOWSCOPE_SHARED_CORPUS)")
+        pytest.skip(f"shared corpus not found at {shared} (set FLOWSCOPE_SHARED_CORPUS): these akvorado "
+                    "captures are AGPL and cannot ship with flowscope; the spec-built datagrams above test the rule")
     for name, want in cases.items():
         dec = Decoder()
         flows = [f for src, port, p in udp_payloads(shared / name)
