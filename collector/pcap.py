@@ -103,7 +103,9 @@ class PcapStats:
     never came for), duplicate_fragments (repeating pieces already had), truncated_record (the
     file ends inside it), unsupported_tunnel (GRE carrying something other than IP or Ethernet,
     GRE version 1, source routing, an unknown ERSPAN version, tunnels nested past MAX_TUNNELS),
-    truncated_tunnel (a GRE/ERSPAN or inner Ethernet header cut). A frame is counted once, by
+    truncated_tunnel (a GRE/ERSPAN or inner Ethernet header cut), duplicate_datagrams (a
+    datagram the capture holds again within DUPLICATE_WINDOW_S: `tcpdump -i any` records a packet
+    crossing a bridge once per interface). A frame is counted once, by
     what happened to the innermost packet; a VXLAN/Geneve datagram opened is not one of
     `datagrams`, the export inside it is."""
 
@@ -653,9 +655,19 @@ def _frames_pcapng(src: _Source, stats: PcapStats) -> Iterator[tuple[int, float,
         # other blocks (name resolution, statistics, decryption secrets, custom) carry no packets
 
 
+# Copies of one datagram in a capture are this close in time: a capture on several interfaces
+# (`tcpdump -i any`, a pcapng of two interfaces) records a packet that crosses a bridge or a veth
+# once per interface, microseconds apart, where an exporter never sends the same bytes twice (its
+# sequence numbers and clocks move). Fragmented ones are already whole once (duplicate_fragments).
+DUPLICATE_WINDOW_S = 0.05
+DUPLICATE_KEEP = 256   # recent datagrams compared (a window of frames, not of time: bounded)
+
+
 def iter_udp(path: str | Path, *, stats: PcapStats | None = None) -> Iterator[Datagram]:
-    """Yield every UDP datagram of a pcap/pcapng capture (gzip-compressed or not) in file order."""
+    """Yield every UDP datagram of a pcap/pcapng capture (gzip-compressed or not) in file order,
+    each once (see DUPLICATE_WINDOW_S)."""
     st = stats if stats is not None else PcapStats()
+    recent: dict[tuple[str, int, str, int, bytes], float] = {}
     with open(path, "rb") as f:
         raw: BinaryIO = f
         if f.peek(2)[:2] == b"\x1f\x8b":  # gzip magic (RFC 1952), whatever the file is called
@@ -673,6 +685,16 @@ def iter_udp(path: str | Path, *, stats: PcapStats | None = None) -> Iterator[Da
                 continue
             dgram = _packet(*net, ts, st, frags)
             if dgram is not None:
+                key = (dgram.src, dgram.sport, dgram.dst, dgram.dport, dgram.payload)
+                seen = recent.pop(key, None)
+                if seen is not None and abs(dgram.ts - seen) <= DUPLICATE_WINDOW_S:
+                    recent[key] = seen
+                    st.datagrams -= 1   # (counted by _packet)
+                    st.skip("duplicate_datagrams")
+                    continue
+                recent[key] = dgram.ts
+                if len(recent) > DUPLICATE_KEEP:
+                    del recent[next(iter(recent))]
                 yield dgram
         frags.finish()
         if src.cut and not st.truncated:

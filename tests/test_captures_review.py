@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.tshark import TSHARK
-from tests.test_pcap import ROOT, decode, eth, export, ip4, ip6, pcap, read, stats_of, udp, write
+from tests.test_pcap import ROOT, T0, decode, eth, export, ip4, ip6, pcap, read, stats_of, udp, write
 
 OUTER4 = (bytes([198, 51, 100, 1]), bytes([198, 51, 100, 2]))
 INNER_SRC = bytes([10, 0, 0, 9])
@@ -176,3 +176,49 @@ def test_exports_inside_vxlan_and_geneve_are_read_as_tshark_reads_them(tmp_path:
         assert tshark_cflow(vx) == [("10.10.0.1", d) for d in dgs]
     p = decode(str(vx), "--port", "2055")
     assert p.returncode == 0 and len(p.stdout.splitlines()) == 4 * 30
+
+
+def test_a_datagram_captured_twice_is_read_once(tmp_path: Path) -> None:
+    """A capture on several interfaces holds each datagram once per interface it crossed
+    (`tcpdump -i any` on a node: the pod's veth and the bridge); flowscope decoded each copy,
+    doubling every flow (fragmented datagrams were already whole once, as duplicate_fragments).
+    A copy within DUPLICATE_WINDOW_S is skipped and counted as duplicate_datagrams; the same
+    bytes later (a resend) and different bytes stay."""
+    from collector.pcap import DUPLICATE_WINDOW_S
+
+    d0, d1 = export(0, 5), export(1, 5)
+    frames = [eth(ip4(udp(d0))), eth(ip4(udp(d0))), eth(ip4(udp(d1))), eth(ip4(udp(d0)))]
+    ts = [T0, T0 + 0.00001, T0 + 0.00002, T0 + 10 * DUPLICATE_WINDOW_S]
+    got, st = read(write(tmp_path, "copies.pcap", pcap(frames, ts=ts)))
+    assert [d.payload for d in got] == [d0, d1, d0]
+    assert st.datagrams == 3 and st.skipped == {"duplicate_datagrams": 1} and st.frames == 4
+
+    from tests.support import netns as N
+
+    reason = N.root_skip_reason("tcpdump")
+    if reason:
+        pytest.skip(reason)
+    dgs = [export(i) for i in range(2, 6)] + [export(i, 5) for i in range(6, 10)]  # fragmented and not
+    src = write(tmp_path, "src.pcap", pcap([eth(ip4(udp(d))) for d in dgs]))
+    with N.NetNS() as a, N.NetNS() as b:
+        end_a, end_b = N.veth_between(a, b)
+        b.run(["ip", "link", "add", "br0", "type", "bridge"])
+        b.run(["ip", "link", "set", end_b, "master", "br0"])
+        b.run(["ip", "link", "set", "br0", "up"])
+        a.run(["ip", "link", "set", end_a, "mtu", "1280"])   # the 30-record ones in two fragments
+        a.run(["ip", "addr", "add", "10.78.0.1/24", "dev", end_a])
+        b.run(["ip", "addr", "add", "10.78.0.2/24", "dev", "br0"])
+        N.udp_sink(b, "10.78.0.2", 2055)
+        capture = N.Capture(b, tmp_path / "any.pcap", iface="any", bpf="udp port 2055 or (ip[6:2] & 0x1fff != 0)")
+        a.run([sys.executable, "-m", "collector.cli", "replay", str(src), "--to", "10.78.0.2:2055"], cwd=ROOT)
+        cap = capture.stop()
+    got, st = read(cap)
+    assert [(d.src, d.payload) for d in got] == [("10.78.0.1", d) for d in dgs]
+    # each datagram was seen on the bridge port and on the bridge: the second copy of a fragmented
+    # one is two duplicate fragments, of a whole one a duplicate datagram
+    assert st.skipped == {"duplicate_datagrams": 4, "duplicate_fragments": 8} and st.frames == 2 * 12, st
+    if TSHARK:
+        # tshark shows the whole ones' copies (its reassembly takes a fragmented one's once)
+        assert len(tshark_cflow(cap)) == len(dgs) + 4
+    p = decode(str(cap), "--port", "2055")
+    assert p.returncode == 0 and len(p.stdout.splitlines()) == 4 * 30 + 4 * 5
