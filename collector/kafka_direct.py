@@ -20,6 +20,12 @@ connection (`sticky`), so that a key's batches are answered in the order they we
 Responses come back in request order on a connection; each request's future resolves with the
 partition's error code checked. A connection that fails or lets a request pass its timeout is
 closed and every request in flight on it fails, so the sink re-queues those batches.
+
+One broker that stops answering must not hold back the others: the sink has one sender, so it
+asks `ready()` before it sends (a connection with room, or none needed yet) and sends nothing
+that would wait, connections are opened without the sender waiting for them, and `on_room` says
+when a connection has room again (as Java's producer drains only the nodes that are ready and
+leaves the others' batches in its accumulator).
 """
 
 from __future__ import annotations
@@ -173,6 +179,18 @@ class Connection:
         # connection meanwhile; Java's NetworkClient and librdkafka hold the connection back)
         self.on_throttle = on_throttle
         self.throttled_until = 0.0
+        # called when a request's answer frees a slot, the connection opens, or it closes
+        self.on_room: Callable[[], None] | None = None
+        self.opening: asyncio.Future[None] | None = None  # connect() under way (DirectProducer._conn)
+
+    def has_room(self) -> bool:
+        """Whether produce() would write at once (or fail at once: closed), without waiting for
+        an answer, the connection to open, or a throttle to end."""
+        if self.closed:
+            return True
+        if self.opening is not None and not self.opening.done():
+            return False
+        return len(self.inflight) < self.max_in_flight and self.throttled_until <= time.monotonic()
 
     def _next_corr(self) -> int:
         self._corr = (self._corr + 1) & 0x7FFFFFFF
@@ -276,6 +294,8 @@ class Connection:
         r = self._room
         if r is not None and not r.done():
             r.set_result(None)
+        if self.on_room is not None:
+            self.on_room()
 
     def close(self, exc: BaseException | None = None) -> None:
         if self.closed:
@@ -293,6 +313,8 @@ class Connection:
         for t in self._tasks:
             if t is not current:
                 t.cancel()
+        if self.opening is not None and self.opening is not current:
+            self.opening.cancel()
         if self.writer is not None:
             self.writer.close()
 
@@ -314,18 +336,49 @@ class DirectProducer:
         self._topics: dict[str, bytes] = {}
         self.throttle_ms = 0   # throttle_time_ms of every answer (flowscope_kafka_throttle_seconds)
         self._rl = RateLimitedLog(log)
+        self.on_room: Callable[[], None] | None = None  # a connection has room again (Connection.on_room)
+        self._room = asyncio.Event()
 
     def _throttled(self, ms: int) -> None:
         self.throttle_ms += ms
         self._rl.warning("throttled", "kafka: a broker throttled a produce request for %d ms (a produce quota: "
                          "counted in flowscope_kafka_throttle_seconds_total)", ms)
 
-    async def _conn(self, node: int, pin: int = -1) -> Connection:
+    def _roomy(self) -> None:
+        self._room.set()
+        if self.on_room is not None:
+            self.on_room()
+
+    async def wait_room(self, timeout: float) -> None:
+        """Until a connection has room again (an answer, a connection opened or closed), or
+        `timeout` seconds."""
+        self._room.clear()
+        try:
+            await asyncio.wait_for(self._room.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    def _slot(self, node: int, pin: int) -> int:
+        """The connection slot a send to `node` uses: the pinned one (sticky), else the next in
+        turn that is open with room, else one not opened yet (the next in turn when none is)."""
         slots = self.conns.setdefault(node, [None] * self.per_broker)
         if pin >= 0:
-            i = pin % self.per_broker
-        else:
-            i = self._rr = (self._rr + 1) % self.per_broker
+            return pin % self.per_broker
+        n = self.per_broker
+        for want_open in (True, False):
+            for k in range(1, n + 1):
+                i = (self._rr + k) % n
+                c = slots[i]
+                if (c is not None and c.has_room()) if want_open else c is None:
+                    self._rr = i
+                    return i
+        self._rr = (self._rr + 1) % n
+        return self._rr
+
+    def _open(self, node: int, i: int) -> Connection:
+        """The connection in slot `i` of `node`, opening it (in a task of its own: a broker that
+        takes the TCP connection and never answers must not hold the sender) if there is none."""
+        slots = self.conns.setdefault(node, [None] * self.per_broker)
         c = slots[i]
         if c is None:
             meta = self.client.cluster.broker_metadata(node)
@@ -333,13 +386,58 @@ class DirectProducer:
                 raise ConnectionError(f"no address for broker {node}")
             c = Connection(meta.host, meta.port, self.client_id, max_in_flight=self.max_in_flight,
                            timeout=self.timeout_ms / 1000 + 5, on_throttle=self._throttled)
+            c.on_room = self._roomy
             slots[i] = c
-            try:
-                await c.connect()
-            except BaseException as exc:
-                c.close(exc)
-                raise
+            conn = c
+
+            async def connect() -> None:
+                try:
+                    await conn.connect()
+                except BaseException as exc:
+                    conn.close(exc)
+                    raise
+                finally:
+                    self._roomy()
+
+            c.opening = asyncio.ensure_future(connect())
+            # retrieved here: a connection nobody waited for fails its next send instead (closed)
+            c.opening.add_done_callback(lambda f: f.cancelled() or f.exception())
         return c
+
+    async def _conn(self, node: int, pin: int = -1) -> Connection:
+        c = self._open(node, self._slot(node, pin))
+        if c.opening is not None and not c.opening.done():
+            await asyncio.shield(c.opening)
+        return c
+
+    def ready(self, topic: str, partition: int, sticky: bool = False) -> bool:
+        """Whether send() would write the batch at once, or fail at once (no leader known, a
+        connection lost): False when the partition leader's connection(s) it would use are all
+        full, throttled or still opening, and then one is opened if a slot has none yet. Why:
+        the sink's single sender must not wait on a broker that has stopped answering while
+        the others could take batches."""
+        from aiokafka.structs import TopicPartition
+
+        node = self.client.cluster.leader_for_partition(TopicPartition(topic, partition))
+        if node is None or node < 0:
+            return True
+        for each in self.conns.values():
+            if any(c is not None and c.closed for c in each):
+                return True
+        slots = self.conns.setdefault(node, [None] * self.per_broker)
+        pins = [partition % self.per_broker] if sticky else range(self.per_broker)
+        for i in pins:
+            c = slots[i]
+            if c is not None and c.has_room():
+                return True
+        for i in pins:
+            if slots[i] is None:
+                try:
+                    self._open(node, i)
+                except ConnectionError:
+                    return True   # (no address for the broker: send() says so at once)
+                return False
+        return False
 
     async def send(self, batch: Any, topic: str, partition: int, sticky: bool = False) -> asyncio.Future[None]:
         """Write a finished batch's Produce request; the future resolves with the answer.

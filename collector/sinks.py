@@ -211,6 +211,12 @@ class BoundedQueue:
         if w is not None and not w.done():
             w.set_result(None)
 
+    def wake(self) -> None:
+        """Ends a wait() (something set aside may go now)."""
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
     def push_front(self, chunk: Chunk) -> None:
         """A chunk counted as queued but kept aside (KafkaSink._held) goes back to the front."""
         self.chunks.appendleft(chunk)
@@ -736,15 +742,17 @@ class _Open:
 class _Held:
     """A partition of a keyed mode whose batches fail (kept aside from the queue, see
     KafkaSink._hold): its chunks in send order, when to try again, and the one chunk sent to
-    try (the probe)."""
+    try (the probe). Or (busy) one whose leader's connection has no room (KafkaSink._busy):
+    its chunks go back once it has."""
 
-    __slots__ = ("chunks", "until", "wait", "probe")
+    __slots__ = ("chunks", "until", "wait", "probe", "busy")
 
     def __init__(self) -> None:
         self.chunks: list[Chunk] = []
         self.until = 0.0
         self.wait = 0.0
         self.probe: Chunk | None = None
+        self.busy = False
 
 
 #: --workers N (set by app._child before a worker starts): (an event shared by the workers, whether
@@ -833,6 +841,7 @@ class KafkaSink(Sink):
                                              acks=-1 if self.k.acks == "all" else int(self.k.acks),
                                              request_timeout_ms=self.k.request_timeout_ms,
                                              connections=self.k.connections)
+                self.direct.on_room = self._on_room
             log.info("kafka: connected to %s (%d connection%s%s)", ",".join(self.k.brokers), len(producers),
                      "s" if len(producers) > 1 else "",
                      ", direct produce for the fast path" if self.direct is not None else "")
@@ -1371,9 +1380,15 @@ class KafkaSink(Sink):
     def _probe_held(self) -> None:
         """A held partition whose wait is over sends its first chunk again, alone (as a Java
         producer retries a partition's batch after retry.backoff.ms): the others follow once
-        one is delivered (_release)."""
+        one is delivered (_release). A busy one's chunks all go back once its leader's
+        connection has room."""
         now = time.monotonic()
         for key, h in list(self._held.items()):
+            if h.busy:
+                topic = (self.k.topic, self.k.counters_topic)[key[0]]
+                if self.direct is None or self.direct.ready(topic, key[1], sticky=True):
+                    self._release(key)
+                continue
             if h.probe is None and now >= h.until:
                 if not h.chunks:
                     del self._held[key]
@@ -1436,6 +1451,44 @@ class KafkaSink(Sink):
                 continue
             o.add(rec, exporter)
 
+    def _on_room(self) -> None:
+        """A direct connection has room again: the sender looks at the busy partitions."""
+        if self._held:
+            self.queue.wake()
+
+    async def _steer(self, o: _Open, topic: str) -> None:
+        """Key none, direct path: a batch whose partition's leader cannot take it now (its
+        connections full: a broker that stopped answering, or one slower than the others) goes
+        to a partition whose leader can, as Kafka's producers steer unkeyed records away from
+        brokers that do not keep up (KIP-794); when none can, it waits for room on any. Sending
+        it where it was headed waited for that one broker, and every partition waited with it."""
+        d = self.direct
+        while not d.ready(topic, o.partition):
+            free = [p for p in self._led_partitions(topic) if d.ready(topic, p)]
+            if free:
+                self._rr = (self._rr + 1) % len(free)
+                o.partition = free[self._rr]
+                return
+            await d.wait_room(0.5)
+
+    def _busy(self, o: _Open, topic: str) -> bool:
+        """Keyed modes, direct path: whether the batch must wait, set aside with its partition's
+        (KafkaSink._hold), because its leader's connection has no room now (or the partition's
+        earlier batches are set aside: they go first). Waiting for room in send() held back every
+        other partition with it, for as long as a broker did not answer."""
+        key = (o.kind, o.partition)
+        h = self._held.get(key)
+        probe = h is not None and h.probe is not None and h.probe.seq == o.seq
+        if (h is None or probe) and self.direct.ready(topic, o.partition, sticky=True):
+            return False
+        self._hold(key, o.chunks())   # (from in flight to queued, as after a failure)
+        if h is None or probe:
+            h = self._held[key]
+            # set aside for want of room alone: back when the connection has some (_probe_held)
+            h.probe = None
+            h.busy = True
+        return True
+
     async def _submit(self, o: _Open, topic: str) -> None:
         q = self.queue
         t0 = time.monotonic()
@@ -1444,6 +1497,10 @@ class KafkaSink(Sink):
                 w = o.records.writer  # type: ignore[attr-defined]
                 if self._encode is not None:
                     await self._pack(w)
+                if self.k.key == "none":
+                    await self._steer(o, topic)
+                elif self._busy(o, topic):
+                    return
                 # keyed: a partition always on the same connection (order per key kept)
                 fut = await self.direct.send(w, topic, o.partition,  # type: ignore[union-attr]
                                              sticky=self.k.key != "none")
@@ -1545,6 +1602,7 @@ class KafkaSink(Sink):
             key = (o.kind, o.partition)
             self._hold(key, o.chunks())
             h = self._held[key]
+            h.busy = False   # failing now: tried again after a backoff, by a probe
             if h.probe is not None and h.probe.seq == o.seq:
                 h.probe = None
             h.wait = min(max(0.1, h.wait * 2), 2.0)

