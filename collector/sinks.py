@@ -798,6 +798,7 @@ class KafkaSink(Sink):
         # aside while the partition fails (see _hold); _seq numbers batches in send order.
         self._held: dict[tuple[int, int], _Held] = {}
         self._seq = 0
+        self._denied: dict[str, float] = {}  # topic -> until when its ACL denial is taken as still so
 
     async def start(self) -> None:
         for b in self.k.brokers:
@@ -879,6 +880,9 @@ class KafkaSink(Sink):
             try:
                 parts = await asyncio.wait_for(self._partitions(t), self.k.request_timeout_ms / 1000)
             except Exception as exc:
+                if _not_authorized(exc):
+                    self._rl.error("denied", "kafka: %s", _acl_problem(t))
+                    continue
                 # (a topic the brokers do not have, where they do not create topics when asked
                 # for, looks like this: aiokafka waits for its metadata until the timeout)
                 self._rl.warning("metadata", "kafka: no metadata for topic %s yet: %s (asked again before "
@@ -941,7 +945,19 @@ class KafkaSink(Sink):
         now = time.monotonic()
         parts = self.partitions.get(topic)
         if parts is None or now - self._partitions_at.get(topic, 0.0) > METADATA_MAX_AGE_MS / 1000:
-            got = await self.producer.partitions_for(topic)
+            if now < self._denied.get(topic, 0.0):
+                # denied a moment ago: not asked again for each take (one metadata request per
+                # second at most, as Java's producer backs off before asking again)
+                from aiokafka.errors import TopicAuthorizationFailedError
+
+                raise TopicAuthorizationFailedError(topic)
+            try:
+                got = await self.producer.partitions_for(topic)
+            except Exception as exc:
+                if _not_authorized(exc):
+                    self._denied[topic] = now + 1.0
+                raise
+            self._denied.pop(topic, None)
             parts = sorted(got) if got else [0]
             self.partitions[topic] = parts
             self._partitions_at[topic] = now  # per topic: the counters topic refreshes too
@@ -1078,7 +1094,15 @@ class KafkaSink(Sink):
         try:
             for producer in self.producers:
                 for t in topics:
-                    await asyncio.wait_for(producer.client._wait_on_metadata(t), self.k.request_timeout_ms / 1000)
+                    try:
+                        await asyncio.wait_for(producer.client._wait_on_metadata(t), self.k.request_timeout_ms / 1000)
+                    except Exception as exc:
+                        if not _not_authorized(exc):
+                            raise
+                        # the brokers answered: the ACLs deny the topic, and waiting for its
+                        # metadata would wait for ever with the flows queued (then dropped as
+                        # queue_full); _send drops them as rejected, asking again meanwhile
+                        self._rl.error("denied", "kafka: %s", _acl_problem(t))
         except (asyncio.TimeoutError, Exception) as exc:
             self.connected = False
             self.errors["metadata"] += 1
@@ -1105,6 +1129,12 @@ class KafkaSink(Sink):
             parts_by_kind = [await self._partitions(topics[k]) if any(c.kind == k for c in chunks) else [0]
                              for k in (FLOWS, COUNTERS)]
         except Exception as exc:
+            if _not_authorized(exc):
+                # (the counters topic's partitions were just known: _counters_routable)
+                for c in reversed([c for c in chunks if c.kind == COUNTERS]):
+                    q.requeue(c)
+                self._refuse([c for c in chunks if c.kind == FLOWS], topics[FLOWS])
+                return
             self.errors["metadata"] += 1
             self.connected = False
             self._need_metadata = True
@@ -1199,6 +1229,9 @@ class KafkaSink(Sink):
                 await self._partitions(topic)
                 return chunks
             except Exception as exc:
+                if _not_authorized(exc):
+                    self._refuse(counters, topic)
+                    return [c for c in chunks if c.kind != COUNTERS]
                 why = repr(exc)
         else:
             if not any(c is h.probe for c in counters):
@@ -1229,6 +1262,23 @@ class KafkaSink(Sink):
                            "records set aside (counted as queued; flows go on), asking again in %.0f s", topic,
                            why, sum(len(c.records) for c in h.chunks), h.wait)
         return [c for c in chunks if c.kind != COUNTERS]
+
+    def _refuse(self, chunks: list[Chunk], topic: str) -> None:
+        """Chunks for a topic the cluster's ACLs deny (TOPIC_AUTHORIZATION_FAILED in its
+        metadata): dropped and counted as `rejected`, as Java's producer fails such records and a
+        Produce answer of 29 drops its batch, not left in the queue until it is full (counted as
+        queue_full, which says overload). The topic is asked for again at most once a second:
+        once the ACLs allow it, records go again."""
+        q = self.queue
+        n = 0
+        for c in chunks:
+            q.done(c.kind, c.nbytes, len(c.records))
+            q.dropped[(c.kind, "rejected")] += len(c.records)
+            n += len(c.records)
+        if not n:
+            return
+        self.errors["rejected"] += 1
+        self._rl.error("denied-drop", "kafka: %d records dropped (counted as rejected): %s", n, _acl_problem(topic))
 
     def _prebuilt(self, p: Prebuilt) -> PrebuiltBuilder:
         """Finish a Prebuilt batch: compress its records section with the configured codec (as
@@ -1566,8 +1616,9 @@ class KafkaSink(Sink):
             # the broker refused the batch for good (direct path: too large, corrupt, not
             # authorized...): retrying cannot help, so it is dropped and counted
             self.errors["rejected"] += 1
-            self._rl.error("rejected", "kafka: batch of %d records rejected by the broker: %s (dropped)",
-                           len(o.records), exc)
+            self._rl.error("rejected", "kafka: batch of %d records rejected by the broker: %s (dropped)%s",
+                           len(o.records), exc, "; " + _acl_problem((self.k.topic, self.k.counters_topic)[o.kind])
+                           if _not_authorized(exc) else "")
             self.queue.done(o.kind, o.nbytes, len(o.records))
             self.queue.dropped[(o.kind, "rejected")] += len(o.records)
             h = self._held.get((o.kind, o.partition)) if self.k.key != "none" else None
@@ -1682,6 +1733,24 @@ def _aiokafka_final_errors() -> None:
             ae.kafka_errors[code] = type(name, (ae.BrokerResponseError,), {
                 "errno": code, "message": reason.upper(), "retriable": False,
                 "description": f"Kafka error {code} {reason.upper()} (flowscope: not retriable)"})
+
+
+def _not_authorized(exc: BaseException) -> bool:
+    """Whether a failure is the cluster's ACLs refusing this client (TOPIC_AUTHORIZATION_FAILED,
+    29, or CLUSTER_AUTHORIZATION_FAILED, 31: in a Metadata or a Produce answer)."""
+    import aiokafka.errors as ae
+
+    from .kafka_direct import BrokerError
+
+    if isinstance(exc, BrokerError):
+        return exc.code in (29, 31)
+    return isinstance(exc, (ae.TopicAuthorizationFailedError, ae.ClusterAuthorizationFailedError))
+
+
+def _acl_problem(topic: str) -> str:
+    """What an operator is told when the ACLs deny a topic."""
+    return (f"not authorized for topic {topic} (TOPIC_AUTHORIZATION_FAILED: the cluster's ACLs do not "
+            "let this client's principal describe or write it; grant it DESCRIBE and WRITE on the topic)")
 
 
 def _broker_answer(exc: BaseException) -> bool:

