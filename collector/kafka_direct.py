@@ -319,6 +319,11 @@ class Connection:
             self.writer.close()
 
 
+def _set_done(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 class DirectProducer:
     """Connections per leader broker (`connections` each, used in turn), leaders from aiokafka's
     cluster metadata."""
@@ -337,7 +342,8 @@ class DirectProducer:
         self.throttle_ms = 0   # throttle_time_ms of every answer (flowscope_kafka_throttle_seconds)
         self._rl = RateLimitedLog(log)
         self.on_room: Callable[[], None] | None = None  # a connection has room again (Connection.on_room)
-        self._room = asyncio.Event()
+        self._room: asyncio.Future[None] | None = None   # wait_room()'s
+        self.closed = False   # close(): at the shutdown deadline, no connection is opened again
 
     def _throttled(self, ms: int) -> None:
         self.throttle_ms += ms
@@ -345,18 +351,25 @@ class DirectProducer:
                          "counted in flowscope_kafka_throttle_seconds_total)", ms)
 
     def _roomy(self) -> None:
-        self._room.set()
+        r = self._room
+        if r is not None and not r.done():
+            r.set_result(None)
         if self.on_room is not None:
             self.on_room()
 
     async def wait_room(self, timeout: float) -> None:
         """Until a connection has room again (an answer, a connection opened or closed), or
-        `timeout` seconds."""
-        self._room.clear()
+        `timeout` seconds. (A future and a timer, not asyncio.wait_for: before Python 3.12 that
+        loses a cancellation that comes in the loop turn the wait ends, and the sink's sender,
+        cancelled at the shutdown deadline, went on.)"""
+        loop = asyncio.get_running_loop()
+        r = self._room = loop.create_future()
+        timer = loop.call_later(timeout, _set_done, r)
         try:
-            await asyncio.wait_for(self._room.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
+            await r
+        finally:
+            timer.cancel()
+            self._room = None
 
     def _slot(self, node: int, pin: int) -> int:
         """The connection slot a send to `node` uses: the pinned one (sticky), else the next in
@@ -378,6 +391,8 @@ class DirectProducer:
     def _open(self, node: int, i: int) -> Connection:
         """The connection in slot `i` of `node`, opening it (in a task of its own: a broker that
         takes the TCP connection and never answers must not hold the sender) if there is none."""
+        if self.closed:
+            raise ConnectionError("direct produce closed (shutdown deadline)")
         slots = self.conns.setdefault(node, [None] * self.per_broker)
         c = slots[i]
         if c is None:
@@ -419,7 +434,7 @@ class DirectProducer:
         from aiokafka.structs import TopicPartition
 
         node = self.client.cluster.leader_for_partition(TopicPartition(topic, partition))
-        if node is None or node < 0:
+        if node is None or node < 0 or self.closed:
             return True
         for each in self.conns.values():
             if any(c is not None and c.closed for c in each):
@@ -472,6 +487,10 @@ class DirectProducer:
                     slots[i] = None
 
     def close(self) -> None:
+        """At the shutdown deadline: every connection closed (what is in flight fails), and none
+        opened again: ready() then says yes and send() fails at once. (ready() opened a new
+        connection for each partition the sender asked about after this.)"""
+        self.closed = True
         for slots in self.conns.values():
             for c in slots:
                 if c is not None:

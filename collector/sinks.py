@@ -171,15 +171,22 @@ class BoundedQueue:
         return True
 
     async def wait(self, timeout: float | None = None) -> None:
-        """Until something is queued (or the timeout passes)."""
+        """Until something is queued (or the timeout passes). The waiter is awaited as it is,
+        with a timer, not through asyncio.wait_for: before Python 3.12, wait_for returns the
+        result of an awaitable completed in the same loop turn as its task is cancelled instead
+        of raising, and at the shutdown deadline the sink's last _unhold_all() wakes this wait
+        just as drain() cancels the sender: the cancellation was lost and the sender went on
+        past --shutdown-timeout until the process was killed."""
         if self.chunks:
             return
-        self._waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        w = self._waiter = loop.create_future()
+        timer = loop.call_later(timeout, _set_done, w) if timeout is not None else None
         try:
-            await asyncio.wait_for(self._waiter, timeout)
-        except asyncio.TimeoutError:
-            pass
+            await w
         finally:
+            if timer is not None:
+                timer.cancel()
             self._waiter = None
 
     def take(self, max_bytes: int) -> list[Chunk]:
@@ -331,12 +338,21 @@ class Sink:
                 break
             await asyncio.sleep(0.02)
         await self._close(max(0.0, deadline - loop.time()))
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        task = self._task
+        if task is not None and not task.done():
+            # cancelled again until it ends (a second at most): a cancellation can still be lost
+            # in a library's asyncio.wait_for (before Python 3.12, see BoundedQueue.wait), and a
+            # sender going on meanwhile held the process past --shutdown-timeout
+            for _ in range(10):
+                task.cancel()
+                await asyncio.wait((task,), timeout=0.1)
+                if task.done():
+                    break
+            if task.done():
+                if not task.cancelled():
+                    task.exception()   # (retrieved: it ends now either way)
+            else:
+                log.warning("%s: the sender did not stop when cancelled; counting what is left anyway", self.name)
         left = self.queue.drop_all("shutdown")
         q = self.queue
         sent = 0
@@ -970,8 +986,12 @@ class KafkaSink(Sink):
         q = self.queue
         topics = (self.k.topic, self.k.counters_topic)
         idle_check = time.monotonic()
-        while True:
+        # (until _close() is past the shutdown deadline: what is left is drain()'s to count, and a
+        # sender still taking, sending and setting batches aside meanwhile is not wanted there)
+        while not self._closing:
             await q.wait(0.5)
+            if self._closing:
+                return
             if q.chunks and self._connections_lost():
                 self._need_metadata = True
             elif not q.chunks and not q.inflight_records and time.monotonic() - idle_check >= IDLE_CHECK_S:

@@ -277,3 +277,68 @@ def test_a_flows_topic_the_acls_deny_is_named_and_its_flows_counted_as_rejected(
     finally:
         front.stop()
         broker.stop()
+
+
+# ------------------------------------------------------------------------------------------------
+# The shutdown deadline with batches set aside
+
+
+def test_a_wait_ended_in_the_loop_turn_its_task_is_cancelled_is_cancelled() -> None:
+    """The sink's sender waits in BoundedQueue.wait() (and, key none, DirectProducer.wait_room()).
+    At the shutdown deadline KafkaSink._close() puts the batches set aside back in the queue,
+    which ends that wait, and drain() cancels the sender in the same loop turn: through
+    asyncio.wait_for (before Python 3.12) the wait returned instead of raising, the cancellation
+    was lost, and the sender went on past --shutdown-timeout until the process was killed
+    (test_collector_edges' one_failing_partition test, once the direct path set busy partitions'
+    batches aside). A wait ended and cancelled in one turn must end its task."""
+    from collector.kafka_direct import DirectProducer
+    from collector.sinks import BoundedQueue
+
+    async def run() -> None:
+        q = BoundedQueue(1 << 20, "newest")
+        d = DirectProducer(None, client_id="t", acks=1, request_timeout_ms=1000, connections=1)
+        for wait, end in ((q.wait(30), q.wake), (d.wait_room(30), d._roomy)):
+            t = asyncio.ensure_future(wait)
+            await asyncio.sleep(0.01)   # (waiting)
+            end()
+            t.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await t
+        t = asyncio.ensure_future(q.wait(0.05))   # and the timeout still ends it
+        await asyncio.wait_for(t, 10)
+
+    asyncio.run(run())
+
+
+def test_direct_produce_opens_no_connection_once_closed(broker: Any) -> None:
+    """At the shutdown deadline KafkaSink._close() closes the direct connections while the sender
+    may still be at work: ready(), asked for a partition, opened a new connection to its leader
+    (and said to wait for it, setting the batch aside). Closed, the direct path opens nothing
+    more: ready() says the send would end at once, and send() fails at once."""
+    from aiokafka import AIOKafkaProducer
+
+    from collector.kafka_direct import DirectProducer
+
+    t = "t-" + uuid.uuid4().hex[:10]
+
+    async def run() -> None:
+        p = AIOKafkaProducer(bootstrap_servers=f"127.0.0.1:{broker.port}")
+        await p.start()
+        try:
+            await asyncio.wait_for(p.partitions_for(t), 30)   # (Tansu creates it when asked for)
+            d = DirectProducer(p.client, client_id="t", acks=1, request_timeout_ms=10000, connections=1)
+            assert not d.ready(t, 0, sticky=True)   # opening a connection to the leader
+            for _ in range(100):
+                if d.ready(t, 0, sticky=True):
+                    break
+                await d.wait_room(0.2)
+            assert d.ready(t, 0, sticky=True) and d.conns
+            d.close()
+            assert d.ready(t, 0, sticky=True)
+            assert not any(c is not None for slots in d.conns.values() for c in slots)
+            with pytest.raises(ConnectionError):
+                await d.send(None, t, 0, sticky=True)
+        finally:
+            await p.stop()
+
+    asyncio.run(run())
