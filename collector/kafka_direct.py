@@ -182,6 +182,8 @@ class Connection:
         # called when a request's answer frees a slot, the connection opens, or it closes
         self.on_room: Callable[[], None] | None = None
         self.opening: asyncio.Future[None] | None = None  # connect() under way (DirectProducer._conn)
+        # answers whose futures' callbacks have not run yet: their slots are not free until then
+        self._settling = 0
 
     def has_room(self) -> bool:
         """Whether produce() would write at once (or fail at once: closed), without waiting for
@@ -190,7 +192,8 @@ class Connection:
             return True
         if self.opening is not None and not self.opening.done():
             return False
-        return len(self.inflight) < self.max_in_flight and self.throttled_until <= time.monotonic()
+        return (len(self.inflight) + self._settling < self.max_in_flight
+                and self.throttled_until <= time.monotonic())
 
     def _next_corr(self) -> int:
         self._corr = (self._corr + 1) & 0x7FFFFFFF
@@ -278,7 +281,12 @@ class Connection:
                         fut.set_exception(BrokerError(err))
                     else:
                         fut.set_result(None)
-                self._wake()
+                # room once the future's callbacks have run (scheduled just before this): the
+                # sink's sender, already due to run, saw the slot free before it knew the batch had
+                # failed, sent the partition's next batches, and one delivered while the failed
+                # one was sent again broke the partition's order
+                self._settling += 1
+                asyncio.get_running_loop().call_soon(self._settled)
         except asyncio.CancelledError:
             raise
         except (asyncio.IncompleteReadError, OSError, ProtocolError) as exc:
@@ -289,6 +297,10 @@ class Connection:
             await asyncio.sleep(min(0.5, self.timeout / 4))
             if self.inflight and self.inflight[0][2] < time.monotonic():
                 self.close(TimeoutError(f"no Produce response from {self.host}:{self.port} in {self.timeout:.1f} s"))
+
+    def _settled(self) -> None:
+        self._settling -= 1
+        self._wake()
 
     def _wake(self) -> None:
         r = self._room

@@ -1463,6 +1463,9 @@ class KafkaSink(Sink):
                 if not h.chunks:
                     del self._held[key]
                     continue
+                if self.direct is not None and not self.direct.ready((self.k.topic, self.k.counters_topic)[key[0]],
+                                                                     key[1], sticky=True):
+                    continue   # (no room for the probe yet: _on_room wakes the sender when there is)
                 h.probe = h.chunks.pop(0)
                 self.queue.push_front(h.probe)
             elif (h.probe is not None and now >= h.until + self.k.request_timeout_ms / 1000 + 10.0
@@ -1552,10 +1555,15 @@ class KafkaSink(Sink):
         if (h is None or probe) and self.direct.ready(topic, o.partition, sticky=True):
             return False
         self._hold(key, o.chunks())   # (from in flight to queued, as after a failure)
-        if h is None or probe:
+        if h is not None and probe:
+            # a failing partition's probe: tried again alone as soon as there is room. Marked
+            # busy, every batch set aside went back at once with it, and when the probe failed
+            # again while a later batch was delivered, the partition's order was broken
+            h.probe = None
+            h.until = time.monotonic()
+        elif h is None:
             h = self._held[key]
             # set aside for want of room alone: back when the connection has some (_probe_held)
-            h.probe = None
             h.busy = True
         return True
 
