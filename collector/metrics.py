@@ -85,8 +85,9 @@ SERIES: dict[str, Series] = {s.name: s for s in [
     Series("flowscope_exporter_state_bytes", "gauge", "Estimated memory of the exporters' decoder state beside "
            "templates (sequence streams, options-learned rates and clocks, sFlow drops baselines, --dedup tables), "
            "bounded by --max-exporter-state per worker", ()),
-    Series("flowscope_template_fields", "gauge", "Fields of all exporters' templates; with 24 more per "
-           "template (sum of flowscope_templates) bounded by --max-template-fields per worker", ()),
+    Series("flowscope_template_fields", "gauge", "Template fields counted against --max-template-fields (per "
+           "worker): all exporters' templates' fields plus 24 per template for its own objects, templates restored "
+           "from the state file included", ()),
     Series("flowscope_sampling_rate", "gauge", "Sampling rate of the exporter's latest datagram (no series while no rate "
            "is known)", ("exporter", "protocol"),
            merge="max"),

@@ -570,7 +570,7 @@ class Worker:
         snap["flowscope_exporters"] = {(): self.decoder.exporter_count()}
         snap["flowscope_exporters_evicted"] = {(): self.decoder.evicted_exporters}
         snap["flowscope_exporter_state_bytes"] = {(): self.decoder.state_bytes}
-        snap["flowscope_template_fields"] = {(): self.decoder.template_fields}
+        snap["flowscope_template_fields"] = {(): self.decoder.template_fields_counted}
         names = [str(lst) for lst in self.listeners]
         snap["flowscope_received_datagrams"] = {(n,): v for n, v in zip(names, self.rx_datagrams, strict=False)}
         snap["flowscope_received_bytes"] = {(n,): v for n, v in zip(names, self.rx_bytes, strict=False)}

@@ -313,6 +313,12 @@ cdef class Decoder:
     def exporter(self, str ip):
         return self.exporters.get(ip)
 
+    @property
+    def template_fields_counted(self):
+        """What max_template_fields bounds: all templates' fields plus TEMPLATE_COST_FIELDS per
+        template (the collector's flowscope_template_fields, so it compares with the bound)."""
+        return self.template_fields + TEMPLATE_COST_FIELDS * self.template_count
+
     def template_misses(self):
         """{exporter: data sets it sent without their template} for those that sent any (the
         collector's StateFile.refresh_into looks for their templates in a shared state file)."""
