@@ -555,8 +555,12 @@ def replay(path: str, to: str, *, rate: float = 0.0, loops: int = 1, port_filter
             plan.add(src, payload, ts)
             send(src, payload)
         if not plan.count:
-            # a file cut inside its first record holds none either: that is the reason to give
-            print(f"flowscope replay: {path}: {stats.truncated or 'no UDP datagrams found'}", file=sys.stderr)
+            # a file cut inside its first record holds none either: that is the reason to give; a
+            # capture with datagrams to other ports says so, as decode does (the --port is wrong,
+            # not the capture)
+            seen = f"{stats.datagrams} UDP datagrams, none to port {port_filter}" \
+                if port_filter is not None and stats.datagrams else "no UDP datagrams found"
+            print(f"flowscope replay: {path}: {stats.truncated or seen}", file=sys.stderr)
             if stats.skipped:
                 print(_skipped_line(path, stats.skipped), file=sys.stderr)
             return 1

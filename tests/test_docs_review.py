@@ -3,11 +3,13 @@ against what the collector does, where a reading of the docs found them apart.""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import orjson
-from conftest import corpus_file, send_udp, udp_payloads, wait_for
+from conftest import ROOT, corpus_file, send_udp, udp_payloads, wait_for
 
 from decoders import Decoder
 
@@ -41,3 +43,17 @@ def test_template_fields_gauge_is_what_the_bound_counts(collector, tmp_path: Pat
     wait_for(lambda: c.value("flowscope_decode_errors_total", reason="template_limit") >= 1, 30,
              what="template_limit")
     assert c.value("flowscope_template_fields") == counted
+
+
+def test_replay_to_a_port_the_capture_never_sent_to_says_so(tmp_path: Path) -> None:
+    """README: replay exits 1 when the capture "holds no UDP datagram (as `decode`)", and decode
+    says "A capture with no UDP datagram (or none to the `--port` given) prints a line saying so".
+    replay --port 9 on a capture of 4 datagrams to 2055 said "no UDP datagrams found": the operator
+    is told the capture is wrong when the port is. It must say what decode says."""
+    path = str(corpus_file(VMWARE))
+    for cmd, prog in ((["replay", path, "--to", "127.0.0.1:9", "--port", "9"], "replay"),
+                      (["decode", path, "--port", "9"], "decode")):
+        r = subprocess.run([sys.executable, "-m", "collector.cli", *cmd], capture_output=True, text=True,
+                           cwd=ROOT, timeout=60)
+        assert r.returncode == 1, r.stderr
+        assert r.stderr == f"flowscope {prog}: {path}: 4 UDP datagrams, none to port 9\n", r.stderr
