@@ -57,3 +57,121 @@ def test_replay_to_a_port_the_capture_never_sent_to_says_so(tmp_path: Path) -> N
                            cwd=ROOT, timeout=60)
         assert r.returncode == 1, r.stderr
         assert r.stderr == f"flowscope {prog}: {path}: 4 UDP datagrams, none to port 9\n", r.stderr
+
+
+# -- claims of a kind that can be checked mechanically ----------------------------------------------
+
+OPERATOR_DOCS = ("README.md", "deploy/README.md", "docs/collector.md", "docs/INTERNALS.md", "Makefile")
+FLAG = r"(?<![\w-])--[a-z][a-z0-9-]*"
+# Flags of other programs the docs quote in their own commands (ovnkube, kubectl, oc, buildah,
+# podman, Kafka's console consumer, the demo script, a benchmark): not flowscope's to check.
+FOREIGN_FLAGS = {
+    "deploy/README.md": {"--ipfix-targets", "--sflow-targets", "--netflow-targets", "--ipfix-sampling",
+                         "--ipfix-cache-max-flows", "--ipfix-cache-active-timeout", "--set", "--type",
+                         "--patch-file", "--from-literal", "--from-file", "--format", "--ignorefile",
+                         "--read-only", "--bootstrap-server", "--topic", "--from-beginning", "--property",
+                         "--keep"},
+    "README.md": {"--thread"},   # python -m benchmarks.compress_bench --thread
+}
+# FLOWSCOPE_* names that are not options: the config file's variable, build switches, the
+# variables the kubelet's service links would add, and docs/collector.md's misspelling example.
+FOREIGN_VARIABLES = {"FLOWSCOPE_CONFIG", "FLOWSCOPE_DEBUG", "FLOWSCOPE_FUZZ", "FLOWSCOPE_SERVICE_HOST",
+                     "FLOWSCOPE_PORT_4739_UDP", "FLOWSCOPE_METRICS_PORT", "FLOWSCOPE_ENRICH",
+                     "FLOWSCOPE_ENRICH_KUBECONFG"}
+
+
+def _command_flags() -> dict[str, set[str]]:
+    import argparse
+
+    from collector.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {name: {s for a in sp._actions for s in a.option_strings} for name, sp in sub.choices.items()}
+
+
+def test_every_flag_the_docs_name_is_a_flowscope_flag() -> None:
+    """An operator copies flags from the docs: each `--flag` is one a flowscope command takes (or
+    one of another program's the docs quote), and one written after `flowscope CMD` on the same
+    line or in the same code span is CMD's own (a decode flag shown on run would fail at start)."""
+    import re
+
+    flags = _command_flags()
+    known = set().union(*flags.values()) | {"--version"}
+    for doc in OPERATOR_DOCS:
+        text = (ROOT / doc).read_text()
+        unknown = set(re.findall(FLAG, text)) - known - FOREIGN_FLAGS.get(doc, set())
+        assert doc == "Makefile" or not unknown, f"{doc}: not a flag of any flowscope command: {sorted(unknown)}"
+        for m in re.finditer(r"flowscope (run|decode|replay|config|health)\b([^`\n]*)", text):
+            wrong = set(re.findall(FLAG, m.group(2))) - flags[m.group(1)]
+            assert not wrong, f"{doc}: `{m.group(0)}`: {sorted(wrong)} are not flowscope {m.group(1)}'s"
+
+
+def test_every_variable_the_docs_name_is_an_option() -> None:
+    """A FLOWSCOPE_* variable misspelled in the docs is ignored by the collector (with a warning
+    an operator may not read): each one the docs name sets an option."""
+    import re
+
+    from collector import config as C
+
+    variables = {o.env for o in C.options()}
+    for doc in (*OPERATOR_DOCS, "benchmarks/README.md"):
+        named = set(re.findall(r"FLOWSCOPE_[A-Z0-9_]*[A-Z0-9]", (ROOT / doc).read_text()))
+        assert not named - variables - FOREIGN_VARIABLES, f"{doc}: {sorted(named - variables - FOREIGN_VARIABLES)}"
+
+
+def test_label_values_the_docs_name_are_ones_the_collector_writes() -> None:
+    """`flowscope_x_total{reason="y"}` in a doc is a query an operator pastes into an alert: y must
+    be a value the collector writes for that series (a misspelt one matches nothing, silently)."""
+    import re
+
+    from collector.http import CLOSE_REASONS
+    from collector.server import DATAGRAM_DROP_REASONS, FLOW_DROP_REASONS, KAFKA_ERROR_KINDS
+
+    decode_reasons = {"truncated", "bad_version", "bad_length", "bad_set", "bad_template", "template_limit",
+                      "options_limit", "too_large", "rate_limited", "bad_sample", "template_mismatch", "bad_count"}
+    values = {
+        ("flowscope_datagrams_dropped_total", "reason"): set(DATAGRAM_DROP_REASONS),
+        ("flowscope_flows_dropped_total", "reason"): set(FLOW_DROP_REASONS),
+        ("flowscope_counter_records_dropped_total", "reason"): set(FLOW_DROP_REASONS),
+        ("flowscope_kafka_errors_total", "kind"): set(KAFKA_ERROR_KINDS),
+        ("flowscope_http_connections_closed_total", "reason"): set(CLOSE_REASONS),
+        ("flowscope_decode_errors_total", "reason"): decode_reasons,
+        ("flowscope_state_saves_total", "result"): {"ok", "error"},
+        ("flowscope_state_loads_total", "result"): {"ok", "error", "missing", "refresh"},
+        ("flowscope_enrich_addresses_total", "kind"): {"pod", "node", "service", "none"},
+        ("flowscope_enrich_flows_total", "result"): {"flows_identified", "flows_unidentified"},
+        ("flowscope_enrich_lookups_total", "result"): {"lookups_cached", "lookups_index"},
+        ("flowscope_kafka_compression_bytes_total", "side"): {"in", "out"},
+        ("flowscope_kafka_resent_records_total", "records"): {"flows", "counters"},
+    }
+    # the decoder's reasons are the ones its code raises and counts
+    core = "".join((ROOT / "decoders" / f).read_text() for f in ("_core.pyx", "netflow.pxi", "sflow.pxi"))
+    raised = set(re.findall(r'(?:raise_decode|count_error)\("([a-z_]+)"', core))
+    assert raised - {"rate_limited", "too_large"} <= decode_reasons <= raised | {"rate_limited", "too_large"}, raised
+    for doc in OPERATOR_DOCS:
+        for m in re.finditer(r'(flowscope_[a-z_]+)\{([a-z_]+)="([^"]*)"((?:\|"[^"]*")*)\}', (ROOT / doc).read_text()):
+            key = (m.group(1), m.group(2))
+            if key in values:
+                for v in [m.group(3), *re.findall(r'"([^"]*)"', m.group(4))]:
+                    assert v in values[key], f"{doc}: {m.group(0)}: {v!r} is not one of {sorted(values[key])}"
+
+
+def test_yaml_the_docs_show_loads() -> None:
+    """The YAML blocks of the operator docs are meant to be pasted into config.yaml: each one's keys
+    must be the schema's (a key the schema lacks is a start-up error)."""
+    import argparse
+    import re
+    import tempfile
+
+    from collector import config as C
+
+    blocks = [b for doc in ("deploy/README.md", "docs/collector.md", "README.md")
+              for b in re.findall(r"```yaml\n(.*?)```", (ROOT / doc).read_text(), re.S)]
+    assert len(blocks) >= 2
+    for block in blocks:
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml") as fh:
+            fh.write(block)
+            fh.flush()
+            p = argparse.ArgumentParser()
+            C.add_arguments(p)
+            C.load(p.parse_args(["--config", fh.name]), environ={})
