@@ -175,3 +175,16 @@ def test_yaml_the_docs_show_loads() -> None:
             p = argparse.ArgumentParser()
             C.add_arguments(p)
             C.load(p.parse_args(["--config", fh.name]), environ={})
+
+
+def test_internals_names_the_view_capsule_the_code_exports() -> None:
+    """docs/INTERNALS.md is "the contract every part of flowscope codes against": an enricher
+    written to it offers its C view under the capsule name it gives. It said
+    flowscope.enrich.view.v6 after the view became v7 (the slot's holder kind for
+    flowscope_enrich_addresses_total), a name the encoder no longer takes."""
+    import re
+
+    code = re.search(r'#define FS_VIEW_CAPSULE "([^"]+)"', (ROOT / "enrich" / "view.pxd").read_text())
+    assert code is not None
+    named = set(re.findall(r"flowscope\.enrich\.view\.v\d+", (ROOT / "docs" / "INTERNALS.md").read_text()))
+    assert named == {code.group(1)}, named
