@@ -176,8 +176,8 @@ SERIES: dict[str, Series] = {s.name: s for s in [
            "ClusterIP), none (nobody of the cluster)", ("kind",)),
     Series("flowscope_enrich_stat", "gauge", "Enricher statistics as reported by enrich.Enricher.stats()",
            ("stat",), merge="max"),
-    Series("flowscope_informers_synced", "gauge", "1 when enrichment is enabled and every informer has "
-           "completed its first list (with --workers, in every worker)", merge="min"),
+    Series("flowscope_informers_synced", "gauge", "1 when every informer has completed its first list "
+           "(with --workers, in every worker), else 0; no series while enrichment is off", merge="min"),
     # the HTTP endpoint (collector/http.py)
     Series("flowscope_http_connections", "gauge", "Connections the /metrics, /healthz and /readyz endpoint holds "
            "(all its addresses), at most --http-max-connections per address"),
