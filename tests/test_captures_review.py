@@ -15,6 +15,7 @@ import pytest
 
 from tests.support.tshark import TSHARK
 from tests.test_pcap import ROOT, T0, decode, eth, export, ip4, ip6, pcap, read, stats_of, udp, write
+from tests.test_sflow import gre
 
 OUTER4 = (bytes([198, 51, 100, 1]), bytes([198, 51, 100, 2]))
 INNER_SRC = bytes([10, 0, 0, 9])
@@ -24,20 +25,6 @@ def outer4(proto: int, body: bytes, *, ident: int = 1, flags_off: int = 0) -> by
     """An IPv4 packet of protocol `proto` between the two ends of a tunnel."""
     return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), ident, flags_off, 64, proto, 0,
                        *OUTER4) + body
-
-
-def gre(ptype: int, body: bytes, *, csum: bool = False, key: int | None = None, seq: int | None = None,
-        flags: int = 0) -> bytes:
-    """A GRE header (RFC 2784, key and sequence number from RFC 2890) in front of body."""
-    flags |= (0x8000 if csum else 0) | (0x2000 if key is not None else 0) | (0x1000 if seq is not None else 0)
-    h = struct.pack("!HH", flags, ptype)
-    if csum:
-        h += b"\0" * 4
-    if key is not None:
-        h += struct.pack("!I", key)
-    if seq is not None:
-        h += struct.pack("!I", seq)
-    return h + body
 
 
 def erspan2(frame: bytes, *, version: int = 1) -> bytes:

@@ -720,8 +720,11 @@ def test_header_protocols_ppp_and_mpls(decoders_mod) -> None:
         ("10.2.0.1", "10.2.0.2", 53, 5353, 0x0800)
 
 
-def gre(ptype: int, payload: bytes, key: int | None = None, csum: bool = False, seq: int | None = None) -> bytes:
-    flags = (0x8000 if csum else 0) | (0x2000 if key is not None else 0) | (0x1000 if seq is not None else 0)
+def gre(ptype: int, payload: bytes, key: int | None = None, csum: bool = False, seq: int | None = None,
+        flags: int = 0) -> bytes:
+    """A GRE header (RFC 2784; key and sequence number from RFC 2890) in front of payload; `flags`
+    adds other bits (the version field: 1 is PPTP's enhanced GRE)."""
+    flags |= (0x8000 if csum else 0) | (0x2000 if key is not None else 0) | (0x1000 if seq is not None else 0)
     out = struct.pack(">HH", flags, ptype)
     if csum:
         out += b"\0" * 4
