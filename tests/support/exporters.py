@@ -1,4 +1,5 @@
-"""Real flow exporters driven by the tests: softflowd and pmacct's pmacctd (nfprobe, sfprobe).
+"""Real flow exporters driven by the tests: softflowd, pmacct's pmacctd (nfprobe, sfprobe),
+fprobe, and nfdump's nfpcapd + nfreplay.
 
 Both read a pcap the test generated (tests/support/pcapgen.py) and export to a UDP port on the
 loopback of a namespace the test created (tests/support/netns.py). Facts that matter (see
@@ -112,3 +113,23 @@ def run_fprobe(ns: NetNS, workdir: Path, port: int, *, settle: float = 10.0) -> 
     ns.stop(p, signal.SIGINT)
     out, err = p.communicate()
     return (out + err).decode(errors="replace")
+
+
+def run_nfreplay(ns: NetNS, workdir: Path, version: int, port: int, *, timeout: float = 60.0) -> str:
+    """nfdump's exporter: nfpcapd turns workdir/in.pcap into an nfcapd file (its own flow cache,
+    the pcap's clock), then nfreplay sends that file's flows as NetFlow `version` (5 or 9) to
+    127.0.0.1:port inside `ns`. nfreplay paces its datagrams itself (-d, 10 us by default;
+    1000 here so the namespace's socket never overflows). Returns both tools' output."""
+    flowdir = workdir / "nfcapd"
+    flowdir.mkdir(exist_ok=True)
+    made = subprocess.run(["nfpcapd", "-r", str(workdir / PCAP_NAME), "-w", str(flowdir)],
+                          capture_output=True, timeout=timeout)
+    text = (made.stdout + made.stderr).decode(errors="replace")
+    files = sorted(f for f in flowdir.iterdir() if f.name.startswith("nfcapd.") and f.stat().st_size)
+    if made.returncode != 0 or not files:
+        raise RuntimeError(f"nfpcapd exited {made.returncode}, files {files}: {text}")
+    for f in files:
+        sent = ns.run(["nfreplay", "-r", str(f), "-v", str(version), "-H", "127.0.0.1", "-p", str(port),
+                       "-d", "1000"], timeout=timeout)
+        text += (sent.stdout + sent.stderr).decode(errors="replace")
+    return text
