@@ -2,7 +2,7 @@
 
 softflowd's absolute IPFIX times (-A sec|milli|micro|nano), VLAN and Ethernet tracking (-T vlan,
 -T ether) over 802.1Q-tagged traffic, and its periodic sampling (-s); pmacctd's nfprobe as
-NetFlow v5; nfdump's nfpcapd + nfreplay (NetFlow v5 and v9). Same method as tests/test_exporters.py: the exporter reads a pcap the test wrote,
+NetFlow v5 and with a sampling rate; nfdump's nfpcapd + nfreplay (NetFlow v5 and v9). Same method as tests/test_exporters.py: the exporter reads a pcap the test wrote,
 inside a fresh namespace; its export is captured and flowscope's decode is compared with
 tshark's and with the traffic that was generated.
 """
@@ -282,3 +282,35 @@ def test_nfdump_nfreplay(version: int, workdir: Path, decoders_mod) -> None:
         dec.decode(d.payload, d.src, d.sport, d.ts)
     st = dec.stats()[datagrams[0].src]["protocols"][f"netflow{version}"]
     assert (st["sequence_lost"], st["sequence_resets"], st["missing_template_sets"]) == (0, 0, 0), st
+
+
+@pytest.mark.parametrize("version", [5, 9, 10])
+def test_pmacctd_nfprobe_sampling_rate(version: int, workdir: Path, decoders_mod, monkeypatch) -> None:
+    """pmacctd with sampling_rate 4: NetFlow v5 says it in the header's sampling interval; v9
+    and IPFIX in a sampler options record (System scope: FLOW_SAMPLER_ID 48, MODE 49, RANDOM_INTERVAL 50)
+    whose id every flow record carries in element 48. Every flow must carry Sampling 4, with
+    tshark agreeing record by record; the sampled packets are a part of what was sent."""
+    from tests.test_exporters import _flow_key, _generated_key
+
+    _skip_unless("pmacctd")
+    generated = [G.Flow(f"10.1.0.{i + 1}", "10.2.0.2", G.UDP, 41000 + i, 80, packets=40, payload=100)
+                 for i in range(30)]
+    (workdir / E.PCAP_NAME).write_bytes(G.build_pcap(generated, start=START, gap=0.0005))
+    orig = E.pmacctd_config
+    monkeypatch.setattr(E, "pmacctd_config", lambda *a, **kw: orig(*a, **kw) + "sampling_rate: 4\n")
+    cap, port = capture_export(workdir, lambda ns, port: E.run_pmacctd(ns, workdir, "nfprobe", port,
+                                                                       version=version))
+    problems, flows = decode_capture(decoders_mod, cap, "cflow", port)
+    assert flows, "pmacctd exported nothing at 1:4"
+    problems += [f"{_flow_key(f)}: Sampling {f.get('Sampling')!r}, configured 4" for f in flows
+                 if f.get("Sampling") != 4]
+    sent = {_generated_key(g): g for g in generated}
+    packets: dict[tuple, int] = {}
+    for f in flows:
+        packets[_flow_key(f)] = packets.get(_flow_key(f), 0) + f.get("Packets", 0)
+    problems += [f"{k}: {n} sampled packets, not part of what was sent" for k, n in packets.items()
+                 if k not in sent or not 0 < n <= sent[k].packets]
+    # 1200 packets at 1:4: about 300 sampled; far from it means the rate was not the one applied
+    if not 150 <= sum(packets.values()) <= 450:
+        problems.append(f"{sum(packets.values())} packets sampled of 1200 at 1:4")
+    assert not problems, "\n".join(problems[:20])
