@@ -2,8 +2,9 @@
 
 softflowd's absolute IPFIX times (-A sec|milli|micro|nano), VLAN and Ethernet tracking (-T vlan,
 -T ether) over 802.1Q-tagged traffic, and its periodic sampling (-s); pmacctd's nfprobe as
-NetFlow v5 and with a sampling rate; nfdump's nfpcapd + nfreplay (NetFlow v5 and v9). Same method as tests/test_exporters.py: the exporter reads a pcap the test wrote,
-inside a fresh namespace; its export is captured and flowscope's decode is compared with
+NetFlow v5 and with a sampling rate; nfdump's nfpcapd + nfreplay (NetFlow v5 and v9). Same
+method as tests/test_exporters.py: the exporter reads a pcap the test wrote, inside a fresh
+namespace; its export is captured and flowscope's decode is compared with
 tshark's and with the traffic that was generated.
 """
 
