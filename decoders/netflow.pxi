@@ -403,6 +403,20 @@ cdef Template compile_template(int version, uint32_t domain, uint16_t tid, tuple
                 elif fs.ie == 57 and A_DSTMAC not in seen:
                     fs.action = A_DSTMAC
                     seen.add(A_DSTMAC)
+    if A_INIF not in seen or A_OUTIF not in seen:
+        # Without ingressInterface / egressInterface (10/14), ingressPhysicalInterface /
+        # egressPhysicalInterface (252/253) give them: ifIndexes of the same ifTable (IANA,
+        # unsigned32), and some exporters send only those (akvorado's physicalinterfaces
+        # capture). The first of each; beside 10/14 they stay extras.
+        for i in range(n):
+            fs = &t.fields[i]
+            if fs.pen == 0 and fs.action == A_EXTRA and 1 <= fs.length <= 8:
+                if fs.ie == 252 and A_INIF not in seen:
+                    fs.action = A_INIF
+                    seen.add(A_INIF)
+                elif fs.ie == 253 and A_OUTIF not in seen:
+                    fs.action = A_OUTIF
+                    seen.add(A_OUTIF)
     return t
 
 

@@ -399,8 +399,9 @@ class CflowReader:
                 elif s.kind == "data":
                     if not rate and sid is not None:
                         rate = self.sampler_rates.get(process + (sid,), 0)
-                    if not rate and "cflow.inputint" in r:
-                        rate = self.interface_rates.get(process + (_int_field(r, "cflow.inputint"),), 0)
+                    in_key = next((k for k in ("cflow.inputint", "cflow.ingress_physical_interface") if k in r), None)
+                    if not rate and in_key:
+                        rate = self.interface_rates.get(process + (_int_field(r, in_key),), 0)
                     if not rate:
                         rate = self.domain_rates.get(process, 0)
                     r[SAMPLING_KEY] = rate or None
@@ -510,6 +511,9 @@ CFLOW_FIELDS: dict[str, tuple[str, Any]] = {
     "cflow.dstmac": ("DstMac", _mac),
     "cflow.inputint": ("InIf", to_int),
     "cflow.outputint": ("OutIf", to_int),
+    # without 10/14 (inputint/outputint, listed first), the physical interfaces (252/253)
+    "cflow.ingress_physical_interface": ("InIf", to_int),
+    "cflow.egress_physical_interface": ("OutIf", to_int),
     "cflow.srcas": ("SrcAS", to_int),
     "cflow.dstas": ("DstAS", to_int),
     "cflow.srcmask": ("SrcPrefixLen", to_int),
