@@ -293,6 +293,11 @@ class EnrichSection:
                                               "K8S_FlowLayer infra (the collector's own namespace too), "
                                               "repeatable", parse_list, flag="--infra-namespace-prefix",
                                               metavar="PREFIX", repeat=True)
+    flow_layer_rule: str = opt("any-infra", "K8S_FlowLayer: any-infra (infra when either side's namespace "
+                               "is an infrastructure one, else app) or netobserv (NetObserv's rule: app when "
+                               "either side is an application's pod or Service, one outside those namespaces and "
+                               "not the kubernetes/openshift Service of default; else infra: nodes, unresolved)",
+                               choice("any-infra", "netobserv"), flag="--flow-layer-rule")
     tombstone_seconds: float = opt(300.0, "how long a deleted pod keeps its IP for flows that started "
                                    "before the deletion (IP reuse)", ranged(parse_float, 0, 86400),
                                    flag="--pod-tombstone-seconds", metavar="SECONDS")

@@ -185,6 +185,7 @@ class Enricher:
             kwargs["clock"] = clock
         self.index = Index(cluster_name=self.config.cluster_name,
                            infra_namespace_prefixes=self.config.infra_namespace_prefixes,
+                           flow_layer_rule=self.config.flow_layer_rule,
                            own_namespace=self.config.resolved_own_namespace(),
                            tombstone_seconds=self.config.tombstone_seconds, compiled=compiled, **kwargs)
         # The hot path, bound straight to the index's fastest reader (compiled when built,

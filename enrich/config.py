@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 # Where the kubelet mounts the ServiceAccount namespace in every pod (the Downward API
 # POD_NAMESPACE variable wins when the manifest sets it).
 SERVICEACCOUNT_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+# K8S_FlowLayer rules (EnrichConfig.flow_layer_rule), the default first.
+FLOW_LAYER_RULES = ("any-infra", "netobserv")
 
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
 _FALSE = {"0", "false", "no", "off", "n", "f"}
@@ -68,6 +70,11 @@ class EnrichConfig:
     cluster_name: str = ""
     # A side whose namespace starts with one of these is infrastructure (K8S_FlowLayer "infra").
     infra_namespace_prefixes: list[str] = field(default_factory=lambda: ["openshift", "kube-"])
+    # How K8S_FlowLayer combines the two sides (FLOW_LAYER_RULES): "any-infra", infra when either
+    # side is in an infrastructure namespace, else app; "netobserv", NetObserv's EnrichLayer: app
+    # when either side is an application's pod or Service (a namespace outside the infrastructure
+    # ones, not the `kubernetes`/`openshift` Service of `default`), else infra (nodes, nobody).
+    flow_layer_rule: str = "any-infra"
     # The collector's own namespace, also infra. None = detect (POD_NAMESPACE, then the
     # ServiceAccount namespace file); "" = none.
     own_namespace: str | None = None
@@ -108,6 +115,9 @@ class EnrichConfig:
                 f"infra_namespace_prefixes must be a list of non-empty strings, "
                 f"got {self.infra_namespace_prefixes!r}")
         self.infra_namespace_prefixes = list(self.infra_namespace_prefixes)
+        if self.flow_layer_rule not in FLOW_LAYER_RULES:
+            raise EnrichConfigError(f"flow_layer_rule must be one of {', '.join(FLOW_LAYER_RULES)}, "
+                                    f"got {self.flow_layer_rule!r}")
         if self.own_namespace is not None and not isinstance(self.own_namespace, str):
             raise EnrichConfigError(f"own_namespace must be a string or None, got {self.own_namespace!r}")
         for name in ("tombstone_seconds", "read_timeout_slack_seconds", "backoff_jitter"):
@@ -151,6 +161,10 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                    default=None, metavar="PREFIX",
                    help="namespace prefix marking infrastructure traffic (K8S_FlowLayer=infra), repeatable "
                    "[default: openshift,kube-]")
+    g.add_argument("--flow-layer-rule", choices=FLOW_LAYER_RULES, default=None,
+                   help="K8S_FlowLayer: any-infra (infra when either side's namespace is infrastructure, "
+                   "else app) or netobserv (NetObserv's: app when either side is an application's pod or "
+                   "Service, else infra) [default: any-infra]")
 
 
 def config_from_args(args: argparse.Namespace, **overrides: object) -> EnrichConfig:
@@ -163,5 +177,7 @@ def config_from_args(args: argparse.Namespace, **overrides: object) -> EnrichCon
     prefixes = getattr(args, "infra_namespace_prefixes", None)
     if prefixes is not None:
         kwargs["infra_namespace_prefixes"] = list(prefixes)
+    if getattr(args, "flow_layer_rule", None):
+        kwargs["flow_layer_rule"] = args.flow_layer_rule
     kwargs.update(overrides)
     return EnrichConfig(**kwargs)  # type: ignore[arg-type]

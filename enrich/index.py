@@ -55,10 +55,14 @@ OVN_NODE_SUBNETS = "k8s.ovn.org/node-subnets"
 OVN_GR_LRP_IFADDR = "k8s.ovn.org/node-gateway-router-lrp-ifaddr"
 OVN_GR_LRP_IFADDRS = "k8s.ovn.org/node-gateway-router-lrp-ifaddrs"
 ZONE_LABEL = "topology.kubernetes.io/zone"
+# Objects NetObserv's operator names as infrastructure whatever their namespace (its
+# K8sInfraRule infraRefs): the API server's Services in `default` (flow_layer_rule netobserv).
+INFRA_REFS = frozenset((("default", "kubernetes"), ("default", "openshift")))
 NODE_ADDRESS_TYPES = ("InternalIP", "ExternalIP")
 TERMINAL_PHASES = ("Succeeded", "Failed")
 
 # Entry tuple layout, read by the hot path by position (tuples are the cheapest immutable record).
+# E_INFRA, the layer bit: 1 selects tails[1] when either side has it (see Index._layer_bit).
 E_SRC, E_DST, E_NODE, E_INFRA, E_START, E_END, E_PREV = range(7)
 
 
@@ -442,10 +446,13 @@ class Index:
     """IP -> identity index. Writers: `replace`/`upsert`/`delete`/`sweep`. Reader: `enrich`."""
 
     def __init__(self, *, cluster_name: str = "", infra_namespace_prefixes: Iterable[str] = ("openshift", "kube-"),
-                 own_namespace: str = "", tombstone_seconds: float = 300.0,
+                 own_namespace: str = "", tombstone_seconds: float = 300.0, flow_layer_rule: str = "any-infra",
                  clock: Callable[[], float] = time.time, compiled: bool | None = None) -> None:
         self._prefixes = tuple(infra_namespace_prefixes)
         self._own_ns = own_namespace
+        if flow_layer_rule not in ("any-infra", "netobserv"):
+            raise ValueError(f"flow_layer_rule {flow_layer_rule!r}: any-infra or netobserv")
+        self._netobserv = flow_layer_rule == "netobserv"
         self._ttl_ms = int(tombstone_seconds * 1000)
         self._clock = clock
         self._wlock = threading.Lock()
@@ -499,7 +506,7 @@ class Index:
         self.other_owner_kinds: set[str] = set()  # owner kinds outside POD_OWNER_KINDS seen (bounded)
         self._logged: set[str] = set()
 
-        self._tails = self._build_tails(cluster_name)
+        self._tails = self._build_tails(cluster_name, netobserv=self._netobserv)
         # The compiled reader (enrich/_fast.pyx) when built and wanted; same algorithm, same data.
         self._reader: Any = None
         if compiled is not False:
@@ -518,10 +525,14 @@ class Index:
     # ------------------------------------------------------------------ hot path
 
     @staticmethod
-    def _build_tails(cluster_name: str) -> tuple[tuple[bytes, ...], ...]:
-        """tails[layer][direction + 1]: the constant end of every output (layer 0 app, 1 infra)."""
+    def _build_tails(cluster_name: str, *, netobserv: bool = False) -> tuple[tuple[bytes, ...], ...]:
+        """tails[bit][direction + 1]: the constant end of every output, by the OR of the two sides'
+        layer bits (_layer_bit): any-infra, 0 app and 1 infra; netobserv, 0 infra and 1 app (the
+        rule is the same OR, its answers swapped: both readers and the encoder stay rule-free)."""
         cluster = b',"K8S_ClusterName":' + orjson.dumps(cluster_name) if cluster_name else b""
         layers = (b',"K8S_FlowLayer":"app"', b',"K8S_FlowLayer":"infra"')
+        if netobserv:
+            layers = layers[::-1]
         return tuple(tuple(cluster + lay + d for d in FLOW_DIRECTIONS) for lay in layers)
 
     def enrich(self, src: bytes, dst: bytes, agent: bytes, t_ms: int, direction: int) -> bytes:
@@ -540,7 +551,7 @@ class Index:
             direction = -1
         if s is None:
             if d is None:
-                return self._tails[0][direction + 1]  # app: no side is infrastructure
+                return self._tails[0][direction + 1]  # no side's bit: app (any-infra), infra (netobserv)
             sn = None
             dn = d[2]
             layer = 1 if d[3] else 0
@@ -962,8 +973,15 @@ class Index:
             # generation, which this bump then invalidates (never the old entry under the new one)
             self._reader.generation += 1
 
-    def _infra(self, ns: str) -> bool:
-        return bool(ns) and (ns.startswith(self._prefixes) or ns == self._own_ns)
+    def _layer_bit(self, ns: str, name: str) -> bool:
+        """A pod's or Service's E_INFRA bit (a Node's is 0 under both rules). any-infra: its
+        namespace is an infrastructure one (a prefix, or the collector's own); netobserv: it is an
+        application's (NetObserv's EnrichLayer: a namespace that is neither, and not one of
+        INFRA_REFS)."""
+        infra = bool(ns) and (ns.startswith(self._prefixes) or ns == self._own_ns)
+        if self._netobserv:
+            return bool(ns) and not infra and (ns, name) not in INFRA_REFS
+        return infra
 
     # pods
 
@@ -1196,7 +1214,7 @@ class Index:
                   (b"HostName", _host_name(rec.host_ip, rec.node or "")), (b"Zone", zone))
         rec.frag_s = _fragment(b"Src", fields)
         rec.frag_d = _fragment(b"Dst", fields)
-        rec.infra = self._infra(rec.ns)
+        rec.infra = self._layer_bit(rec.ns, rec.name)
 
     def _rerender(self, uids: Any) -> None:
         touched: set[bytes] = set()
@@ -1293,7 +1311,7 @@ class Index:
         self._services[key] = rec
         fields = ((b"Name", rec.name), (b"Namespace", rec.ns), (b"Type", "Service"),
                   (b"OwnerName", rec.name), (b"OwnerType", "Service"))
-        entry = (_fragment(b"Src", fields), _fragment(b"Dst", fields), None, self._infra(rec.ns),
+        entry = (_fragment(b"Src", fields), _fragment(b"Dst", fields), None, self._layer_bit(rec.ns, rec.name),
                  ALWAYS, ALIVE, None)
         if old is not None:
             for ip in old.ips:

@@ -39,7 +39,7 @@ cdef extern from *:
         PyObject* node;          /* interned node name, NULL: none */
         unsigned int gen;        /* low 32 bits of the view's generation when filled */
         signed char alen;        /* 0: empty */
-        unsigned char infra;
+        unsigned char infra;     /* the holder's layer bit (enrich.index Index._layer_bit) */
         unsigned char kind;      /* the holder's: FS_KIND_POD, _NODE or _SERVICE (with src_frag) */
     } EnrichSlot;
 
@@ -62,7 +62,7 @@ cdef extern from *:
         unsigned long long generation;  /* moved by the index on every change readers can see */
         long long counts[FS_COUNTS];  /* flows without an identity on either side, with one;
                                    addresses answered from the cache, from the index; addresses by kind */
-        PyObject* tails[2][4];  /* tails[layer][direction + 1] (layer 0 app, 1 infra), borrowed from the reader's tuple */
+        PyObject* tails[2][4];  /* tails[bit][direction + 1] (the sides' layer bits ORed; Index._build_tails), borrowed from the reader's tuple */
         void* reader;
         view_miss_fn miss;
         view_agent_fn agent;
@@ -183,7 +183,7 @@ cdef extern from *:
         if (d != NULL) v->counts[dh ? d->kind : FS_KIND_NONE]++;
         if (!sh && !dh) {
             v->counts[FS_UNIDENTIFIED]++;
-            *tail = v->tails[0][direction + 1];  /* app: no side is infrastructure */
+            *tail = v->tails[0][direction + 1];  /* no side's layer bit (app, or infra under netobserv) */
             return;
         }
         v->counts[FS_IDENTIFIED]++;
