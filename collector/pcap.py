@@ -3,7 +3,8 @@
 `flowscope decode`, `flowscope replay`, the golden tests and the benchmarks all start from
 captures; this module turns a capture into the (timestamp, source, destination, payload) tuples
 the collector would have received from its socket. It understands the link types flow captures
-come in (Ethernet with 802.1Q/QinQ tags, Linux cooked v1/v2, raw IP, BSD loopback), IPv4 and IPv6
+come in (Ethernet with 802.1Q/QinQ tags or 802.3 with LLC/SNAP, Linux cooked v1/v2, raw IP, BSD
+loopback), IPv4 and IPv6
 (with extension headers) and reassembles IP fragments, because exporters often send datagrams
 larger than the path MTU. It opens GRE and ERSPAN (types I, II and III), because a capture made
 at a remote SPAN destination (a switch's ERSPAN session, an Open vSwitch erspan/gre mirror port)
@@ -49,6 +50,15 @@ RAW_IP = frozenset((LINKTYPE_RAW, 12, 14, LINKTYPE_IPV4, LINKTYPE_IPV6))
 ETH_IPV4 = 0x0800
 ETH_IPV6 = 0x86DD
 ETH_VLAN = (0x8100, 0x88A8, 0x9100)
+# IEEE 802.3: a type field up to 1500 is the length of an LLC frame; 1536 and up an EtherType.
+DOT3_MAX_LEN = 1500
+# LLC/SNAP (RFC 1042): DSAP AA, SSAP AA, UI; then an OUI under which the next 2 bytes are an
+# EtherType: 0 (RFC 1042) and Cisco's 00-00-F8 (802.1H-style), as tshark's packet-llc.c reads them.
+SNAP = b"\xaa\xaa\x03"
+SNAP_ETHERTYPE_OUIS = (b"\x00\x00\x00", b"\x00\x00\xf8")
+# A Linux cooked header's protocol for an 802.3 frame (ETH_P_802_2): the kernel stripped the MAC
+# header and the LLC header comes first.
+SLL_LLC = 0x0004
 
 # IPv6 extension headers that may precede UDP (RFC 8200 section 4, RFC 4302 for AH).
 IPV6_FRAG = 44
@@ -481,11 +491,24 @@ def _packet(etype: int, pkt: bytes, ts: float, stats: PcapStats, frags: _Reassem
     return _packet(etype, pkt, ts, stats, frags, depth + 1)
 
 
-def _vlan(etype: int, frame: bytes, pos: int) -> tuple[int, bytes]:
-    """Skip 802.1Q/802.1ad tags starting at pos (their TPID was etype)."""
+def _llc(data: bytes) -> tuple[int, bytes]:
+    """An LLC frame to (EtherType, packet) when it is SNAP with an EtherType, as tshark reads it;
+    any other LLC (STP's 42 42, CDP's Cisco OUI) is returned under a type that is no EtherType."""
+    if len(data) >= 8 and data[:3] == SNAP and data[3:6] in SNAP_ETHERTYPE_OUIS:
+        return struct.unpack_from("!H", data, 6)[0], data[8:]
+    return SLL_LLC, data
+
+
+def _vlan(etype: int, frame: bytes, pos: int, *, dot3: bool = True) -> tuple[int, bytes]:
+    """Skip 802.1Q/802.1ad tags starting at pos (their TPID was etype). A type field that is an
+    802.3 length (dot3: after an Ethernet header, and after any tag) opens the LLC frame it
+    measures; past the length is padding, short of it a frame the snaplen cut (tshark reads it)."""
     while etype in ETH_VLAN and len(frame) >= pos + 4:
         etype = struct.unpack_from("!H", frame, pos + 2)[0]
         pos += 4
+        dot3 = True
+    if dot3 and etype <= DOT3_MAX_LEN:
+        return _llc(frame[pos : pos + etype])
     return etype, frame[pos:]
 
 
@@ -498,14 +521,17 @@ def _network(linktype: int, frame: bytes) -> tuple[int, bytes] | None:
     # libpcap puts a VLAN tag the kernel took off back into Linux cooked captures (`tcpdump -i any`),
     # right after the header: the protocol field is then the TPID and the tag follows
     # (pcap-linux.c set_vlan_offset); a NIC that left the tag in the packet gives the same bytes.
+    # Below 1536 the cooked protocol is a Linux ETH_P_ code, not a length (SLL_LLC: LLC first).
     if linktype == LINKTYPE_LINUX_SLL:
         if len(frame) < 16:
             return None
-        return _vlan(struct.unpack_from("!H", frame, 14)[0], frame, 16)
+        proto = struct.unpack_from("!H", frame, 14)[0]
+        return _llc(frame[16:]) if proto == SLL_LLC else _vlan(proto, frame, 16, dot3=False)
     if linktype == LINKTYPE_LINUX_SLL2:
         if len(frame) < 20:
             return None
-        return _vlan(struct.unpack_from("!H", frame, 0)[0], frame, 20)
+        proto = struct.unpack_from("!H", frame, 0)[0]
+        return _llc(frame[20:]) if proto == SLL_LLC else _vlan(proto, frame, 20, dot3=False)
     if linktype in RAW_IP:
         if not frame:
             return None
