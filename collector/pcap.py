@@ -3,8 +3,8 @@
 `flowscope decode`, `flowscope replay`, the golden tests and the benchmarks all start from
 captures; this module turns a capture into the (timestamp, source, destination, payload) tuples
 the collector would have received from its socket. It understands the link types flow captures
-come in (Ethernet with 802.1Q/QinQ tags or 802.3 with LLC/SNAP, Linux cooked v1/v2, raw IP, BSD
-loopback), IPv4 and IPv6
+come in (Ethernet with 802.1Q/QinQ tags or 802.3 with LLC/SNAP, PPPoE sessions, Linux cooked
+v1/v2, raw IP, BSD loopback), IPv4 and IPv6
 (with extension headers) and reassembles IP fragments, because exporters often send datagrams
 larger than the path MTU. It opens GRE and ERSPAN (types I, II and III), because a capture made
 at a remote SPAN destination (a switch's ERSPAN session, an Open vSwitch erspan/gre mirror port)
@@ -59,6 +59,10 @@ SNAP_ETHERTYPE_OUIS = (b"\x00\x00\x00", b"\x00\x00\xf8")
 # A Linux cooked header's protocol for an 802.3 frame (ETH_P_802_2): the kernel stripped the MAC
 # header and the LLC header comes first.
 SLL_LLC = 0x0004
+# PPPoE session stage (RFC 2516 4), and the PPP protocol numbers of what is read inside it (IANA
+# PPP DLL protocol numbers: RFC 1332 IPv4, RFC 5072 IPv6), as the EtherTypes they stand for.
+ETH_PPPOE = 0x8864
+PPP_PROTOCOLS = {0x0021: ETH_IPV4, 0x0057: ETH_IPV6}
 
 # IPv6 extension headers that may precede UDP (RFC 8200 section 4, RFC 4302 for AH).
 IPV6_FRAG = 44
@@ -451,6 +455,30 @@ def _udp_tunnel(dport: int, payload: bytes) -> tuple[int, bytes] | None:
     return (ptype, payload[pos:]) if ptype in (ETH_IPV4, ETH_IPV6) else None
 
 
+def _pppoe(pkt: bytes) -> tuple[int, bytes] | None:
+    """A PPPoE session frame to (EtherType, packet) of the IP it carries; None for anything else."""
+    if len(pkt) < 7:
+        return None
+    # RFC 2516 4: version/type, code, session id, then the length of the PPP frame, which bounds
+    # it (padding may follow). ver/type and code are not checked: tshark reads the PPP in any.
+    ppp = pkt[6 : 6 + struct.unpack_from("!H", pkt, 4)[0]]
+    if not ppp:
+        return None
+    # RFC 1661 6.5: a compressed protocol field is 1 byte, recognised by its odd first byte
+    if ppp[0] & 1:
+        proto, pos = ppp[0], 1
+    elif len(ppp) >= 2:
+        proto, pos = struct.unpack_from("!H", ppp)[0], 2
+    else:
+        return None
+    etype = PPP_PROTOCOLS.get(proto)
+    return (etype, ppp[pos:]) if etype is not None else None
+
+
+# What sits between the link layer and IP, by EtherType: opened to the (EtherType, packet) inside.
+_SHIMS = {ETH_PPPOE: _pppoe}
+
+
 def _packet(etype: int, pkt: bytes, ts: float, stats: PcapStats, frags: _Reassembler,
             depth: int = 0) -> Datagram | None:
     """An IP packet (its EtherType) to the UDP datagram it holds, opening tunnels on the way."""
@@ -459,8 +487,15 @@ def _packet(etype: int, pkt: bytes, ts: float, stats: PcapStats, frags: _Reassem
     elif etype == ETH_IPV6:
         tp = _ipv6(pkt, stats, frags)
     else:
-        stats.skip("not_ip")
-        return None
+        shim = _SHIMS.get(etype)
+        within = shim(pkt) if shim is not None else None
+        if within is None:
+            stats.skip("not_ip")
+            return None
+        if depth >= MAX_TUNNELS:
+            stats.skip("unsupported_tunnel")
+            return None
+        return _packet(*within, ts, stats, frags, depth + 1)
     if tp is None:
         return None
     proto, src, dst, body = tp

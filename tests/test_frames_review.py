@@ -79,3 +79,42 @@ def test_llc_snap_frames_are_read_as_tshark_reads_them(tmp_path: Path) -> None:
     out = decode(str(cap), "--stats")
     assert out.returncode == 0 and len(out.stdout.splitlines()) == 6 * 3
     assert stats_of(out)["capture"]["skipped"] == {"not_ip": 2}
+
+
+# --- 2. PPPoE sessions -----------------------------------------------------------------------
+
+def pppoe(proto: bytes, pkt: bytes) -> bytes:
+    """PPPoE session header (RFC 2516 4: ver/type 0x11, code 0, session 0x1234, the length of
+    the PPP data), then the PPP protocol field (2 bytes, or 1 when compressed)."""
+    return struct.pack("!BBHH", 0x11, 0, 0x1234, len(proto) + len(pkt)) + proto + pkt
+
+
+def test_pppoe_session_frames_are_read_as_tshark_reads_them(tmp_path: Path) -> None:
+    """A capture on a BNG's or a home gateway's access side has the exporter's packets in PPPoE
+    sessions (EtherType 0x8864, PPP protocol 0x0021 IPv4, 0x0057 IPv6): skipped as not_ip, where
+    tshark reads eth:pppoes:ppp:ip:udp:cflow; bare, under QinQ tags (a BNG's S-tag and C-tag), with
+    a compressed protocol field (RFC 1661 6.5, which tshark reads too) and in a Linux cooked
+    capture. The PPPoE length bounds the packet; PPP that is not IP (LCP) and PPPoE discovery
+    (0x8863) stay not_ip."""
+    dgs = [export(i, 3) for i in range(5)]
+    p = [ip4(udp(d)) for d in dgs]
+    frames = [
+        MACS + b"\x88\x64" + pppoe(b"\x00\x21", p[0]),
+        MACS + b"\x88\x64" + pppoe(b"\x00\x57", ip6(17, udp(dgs[1]))),
+        MACS + b"\x88\xa8" + tag(100, 0x8100) + tag(7, 0x8864) + pppoe(b"\x00\x21", p[2]),
+        MACS + b"\x88\x64" + pppoe(b"\x21", p[3]) + b"\0" * 12,   # compressed protocol, padded frame
+        MACS + b"\x88\x64" + pppoe(b"\xc0\x21", b"\x01\x01\x00\x04"),   # LCP
+        MACS + b"\x88\x63" + struct.pack("!BBHH", 0x11, 0x09, 0, 4) + b"\x01\x01\x00\x00",   # PADI
+    ]
+    want = [("10.0.0.1", dgs[0]), ("2001:db8::1", dgs[1]), ("10.0.0.1", dgs[2]), ("10.0.0.1", dgs[3])]
+    cap = write(tmp_path, "pppoe.pcap", pcap(frames))
+    got, st = read(cap)
+    assert [(d.src, d.payload) for d in got] == want
+    assert st.skipped == {"not_ip": 2}
+    check_tshark(cap, want)
+    cooked = write(tmp_path, "sll.pcap", pcap([sll(0x8864, pppoe(b"\x00\x21", p[4]))], linktype=113))
+    got, st = read(cooked)
+    assert [d.payload for d in got] == [dgs[4]] and st.skipped == {}
+    check_tshark(cooked, [("10.0.0.1", dgs[4])])
+    out = decode(str(cap), "--stats")
+    assert out.returncode == 0 and len(out.stdout.splitlines()) == 4 * 3
