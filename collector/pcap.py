@@ -3,14 +3,14 @@
 `flowscope decode`, `flowscope replay`, the golden tests and the benchmarks all start from
 captures; this module turns a capture into the (timestamp, source, destination, payload) tuples
 the collector would have received from its socket. It understands the link types flow captures
-come in (Ethernet with 802.1Q/QinQ tags or 802.3 with LLC/SNAP, PPPoE sessions, Linux cooked
-v1/v2, raw IP, BSD loopback), IPv4 and IPv6
-(with extension headers) and reassembles IP fragments, because exporters often send datagrams
-larger than the path MTU. It opens GRE and ERSPAN (types I, II and III), because a capture made
-at a remote SPAN destination (a switch's ERSPAN session, an Open vSwitch erspan/gre mirror port)
-has the exporter's packets inside them; and VXLAN and Geneve on their IANA ports, because a
-capture on a node's underlay (OVN-Kubernetes' Geneve, an OVS vxlan port) has an export to a
-collector on another node inside them. Anything else is skipped and counted in `PcapStats`.
+come in (Ethernet with 802.1Q/QinQ tags or 802.3 with LLC/SNAP, PPPoE sessions and MPLS label
+stacks, Linux cooked v1/v2, raw IP, BSD loopback), IPv4 and IPv6 (with extension headers) and
+reassembles IP fragments, because exporters often send datagrams larger than the path MTU. It opens
+GRE and ERSPAN (types I, II and III), because a capture made at a remote SPAN destination (a
+switch's ERSPAN session, an Open vSwitch erspan/gre mirror port) has the exporter's packets inside
+them; and VXLAN, Geneve and MPLS-in-UDP on their IANA ports, because a capture on a node's underlay
+(OVN-Kubernetes' Geneve, an OVS vxlan port) has an export to a collector on another node inside
+them. Anything else is skipped and counted in `PcapStats`.
 
 The file is read in chunks, never whole, so a multi-GB capture decodes in bounded memory; a
 gzip-compressed capture (`tcpdump -w - | gzip`, found by its magic, not its name) is decompressed
@@ -62,7 +62,9 @@ SLL_LLC = 0x0004
 # PPPoE session stage (RFC 2516 4), and the PPP protocol numbers of what is read inside it (IANA
 # PPP DLL protocol numbers: RFC 1332 IPv4, RFC 5072 IPv6), as the EtherTypes they stand for.
 ETH_PPPOE = 0x8864
-PPP_PROTOCOLS = {0x0021: ETH_IPV4, 0x0057: ETH_IPV6}
+ETH_MPLS = (0x8847, 0x8848)  # MPLS unicast and multicast (RFC 5332)
+PPP_PROTOCOLS = {0x0021: ETH_IPV4, 0x0057: ETH_IPV6, 0x0281: ETH_MPLS[0], 0x0283: ETH_MPLS[1]}  # RFC 3032 4.3
+MPLS_GAL = 13  # RFC 5586: a G-ACh (OAM), not a packet, follows this bottom label
 
 # IPv6 extension headers that may precede UDP (RFC 8200 section 4, RFC 4302 for AH).
 IPV6_FRAG = 44
@@ -80,7 +82,8 @@ ERSPAN_3 = 0x22EB
 # (RFC 8926 3.3). A datagram to one of them whose header does not parse is read as it is.
 VXLAN_PORT = 4789
 GENEVE_PORT = 6081
-UDP_TUNNELS = frozenset((VXLAN_PORT, GENEVE_PORT))
+MPLS_UDP_PORT = 6635  # MPLS-in-UDP (RFC 7510 3)
+UDP_TUNNELS = frozenset((VXLAN_PORT, GENEVE_PORT, MPLS_UDP_PORT))
 # A tunnel inside a tunnel is opened too, to this depth (a packet that nests deeper is corrupt
 # or crafted, and each level costs a copy of the packet).
 MAX_TUNNELS = 4
@@ -115,7 +118,7 @@ class PcapStats:
     truncated_capture (the snaplen cut the datagram), unknown_interface (a pcapng packet of an
     undefined interface), empty_fragment, bad_fragment, incomplete_fragments (of a datagram a piece
     never came for), duplicate_fragments (repeating pieces already had), truncated_record (the
-    file ends inside it), unsupported_tunnel (GRE carrying something other than IP or Ethernet,
+    file ends inside it), unsupported_tunnel (GRE carrying something other than IP, Ethernet or MPLS,
     GRE version 1, source routing, an unknown ERSPAN version, tunnels nested past MAX_TUNNELS),
     truncated_tunnel (a GRE/ERSPAN or inner Ethernet header cut), duplicate_datagrams (a
     datagram the capture holds again within DUPLICATE_WINDOW_S: `tcpdump -i any` records a packet
@@ -413,7 +416,7 @@ def _gre(body: bytes) -> tuple[int, bytes] | str:
         return "unsupported_tunnel"
     seq = bool(flags & 0x1000)
     pos = 4 + 4 * (bool(flags & 0x8000) + bool(flags & 0x2000) + seq)
-    if ptype in (ETH_IPV4, ETH_IPV6):
+    if ptype in (ETH_IPV4, ETH_IPV6) or ptype in ETH_MPLS:  # MPLS: RFC 4023 4
         return (ptype, body[pos:]) if len(body) > pos else "truncated_tunnel"
     if ptype == ERSPAN_12 and seq:
         # ERSPAN type II (draft-foschiano-erspan-03 4.1): 8 bytes, version 1 in the top 4 bits.
@@ -439,6 +442,8 @@ def _gre(body: bytes) -> tuple[int, bytes] | str:
 def _udp_tunnel(dport: int, payload: bytes) -> tuple[int, bytes] | None:
     """What a VXLAN or Geneve datagram carries, as _gre() gives it; None when its header is not
     one, so that the datagram is read as it is."""
+    if dport == MPLS_UDP_PORT:
+        return (ETH_MPLS[0], payload) if _mpls(payload) is not None else None
     if len(payload) < 8:
         return None
     if dport == VXLAN_PORT:
@@ -475,8 +480,41 @@ def _pppoe(pkt: bytes) -> tuple[int, bytes] | None:
     return (etype, ppp[pos:]) if etype is not None else None
 
 
+def _mpls(pkt: bytes) -> tuple[int, bytes] | None:
+    """An MPLS label stack to (EtherType, packet) of what the bottom label carries, as tshark
+    guesses it; None for anything else."""
+    pos = 0
+    while True:  # RFC 3032 2.1: 4-byte entries, S (0x100) set on the last
+        if len(pkt) < pos + 4:
+            return None
+        entry = struct.unpack_from("!I", pkt, pos)[0]
+        pos += 4
+        if entry & 0x100:
+            break
+    body = pkt[pos:]
+    if not body or entry >> 12 == MPLS_GAL:
+        return None
+    # The stack does not say what it carries; tshark's packet-mpls.c guesses by the first nibble
+    # (RFC 4928 2): 4 IPv4, 6 IPv6, 0 an Ethernet pseudowire (RFC 4448), anything else data.
+    nibble = body[0] >> 4
+    if nibble == 4:
+        return ETH_IPV4, body
+    if nibble == 6:
+        return ETH_IPV6, body
+    if nibble == 0 and len(body) >= 14:
+        # The pseudowire's control word (RFC 4385 3: 4 bytes, first nibble 0) may precede the
+        # frame or not. tshark 4.0 decides by whether the first 12 bytes are two MAC addresses of
+        # known vendors (its manuf list); without that list, the frame read first with the word
+        # (RFC 8469: it SHOULD be used), then without, that carries something read here.
+        for frame in (body[4:], body):
+            net = _network(LINKTYPE_ETHERNET, frame)
+            if net is not None and (net[0] in (ETH_IPV4, ETH_IPV6) or net[0] in _SHIMS):
+                return net
+    return None
+
+
 # What sits between the link layer and IP, by EtherType: opened to the (EtherType, packet) inside.
-_SHIMS = {ETH_PPPOE: _pppoe}
+_SHIMS = {ETH_PPPOE: _pppoe, ETH_MPLS[0]: _mpls, ETH_MPLS[1]: _mpls}
 
 
 def _packet(etype: int, pkt: bytes, ts: float, stats: PcapStats, frags: _Reassembler,

@@ -94,7 +94,7 @@ def test_exports_inside_gre_and_erspan_are_read_as_tshark_reads_them(tmp_path: P
     # GRE that carries something else, or whose header is cut, is counted, never a traceback
     others = [
         eth(outer4(47, gre(0x880B, b"\xff\x03\x00\x21" + inner[0], flags=1))),   # PPTP (GRE version 1)
-        eth(outer4(47, gre(0x8847, b"\0\0\x01\xff" + inner[0]))),              # MPLS
+        eth(outer4(47, gre(0x8137, b"\xff\xff" + inner[0]))),                    # IPX (MPLS is read)
         eth(outer4(47, gre(0x88BE, erspan2(eth(inner[0]), version=3), seq=1))),  # unknown ERSPAN version
         eth(outer4(47, b"\x30\x00\x88\xbe\0\0")),                                # key+seq announced, cut
         eth(outer4(47, gre(0x6558, b"\0" * 10))),                                # Ethernet header cut

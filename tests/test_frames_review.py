@@ -11,8 +11,9 @@ import struct
 from pathlib import Path
 
 from tests.support.tshark import TSHARK
-from tests.test_captures_review import tshark_cflow
-from tests.test_pcap import decode, export, ip4, ip6, pcap, read, stats_of, udp, write
+from tests.test_captures_review import INNER_SRC, outer4, tshark_cflow
+from tests.test_pcap import decode, eth, export, ip4, ip6, pcap, read, stats_of, udp, write
+from tests.test_sflow import gre
 
 MACS = b"\x00\x11\x22\x33\x44\x55\x00\x66\x77\x88\x99\xaa"
 SNAP_IP4 = b"\xaa\xaa\x03\x00\x00\x00\x08\x00"  # LLC UI, SNAP OUI 0 (RFC 1042), EtherType IPv4
@@ -118,3 +119,56 @@ def test_pppoe_session_frames_are_read_as_tshark_reads_them(tmp_path: Path) -> N
     check_tshark(cooked, [("10.0.0.1", dgs[4])])
     out = decode(str(cap), "--stats")
     assert out.returncode == 0 and len(out.stdout.splitlines()) == 4 * 3
+
+
+# --- 3. MPLS ---------------------------------------------------------------------------------
+
+def mpls(*labels: int, body: bytes) -> bytes:
+    """A label stack entry per label (RFC 3032 2.1: label, TC 0, S on the last, TTL 64)."""
+    return b"".join(struct.pack("!I", (label << 12) | (0x100 if n == len(labels) - 1 else 0) | 64)
+                    for n, label in enumerate(labels)) + body
+
+
+def test_mpls_label_stacks_are_read_as_tshark_reads_them(tmp_path: Path) -> None:
+    """A capture on a provider's core or a PE's uplink has the exporter's packets under MPLS
+    labels (EtherType 0x8847, 0x8848 multicast): skipped as not_ip. tshark walks the stack to the
+    bottom-of-stack entry and guesses the payload by its first nibble (RFC 4928): 4 IPv4, 6 IPv6,
+    0 an Ethernet pseudowire (RFC 4448), with the control word (RFC 4385) before the frame or not;
+    behind VLAN tags, in Linux cooked captures, inside GRE (0x8847, RFC 4023: this was counted
+    unsupported_tunnel) and MPLS-in-UDP (port 6635, RFC 7510), and in PPP (0x0281). A G-ACh under
+    the GAL (label 13) and other nibbles stay not_ip, as tshark shows them as data."""
+    dgs = [export(i, 2) for i in range(14)]
+    p = [ip4(udp(d), src=INNER_SRC) for d in dgs]
+    vendor = b"\x00\x1b\x21\x01\x02\x03\x00\x0c\x29\x04\x05\x06"   # Intel, VMware: known to tshark
+    frames = [
+        MACS + b"\x88\x47" + mpls(100, body=p[0]),
+        MACS + b"\x88\x47" + mpls(100, 7, 12345, 200, body=p[1]),   # entropy label (RFC 6790)
+        MACS + b"\x88\x47" + mpls(2, body=ip6(17, udp(dgs[2]))),
+        MACS + b"\x88\x48" + mpls(100, body=p[3]),
+        MACS + b"\x81\x00" + tag(5, 0x8847) + mpls(16, body=p[4]),
+        MACS + b"\x91\x00" + tag(5, 0x8847) + mpls(16, 17, body=p[5]),
+        # an Ethernet pseudowire with the control word, the frame inside tagged
+        MACS + b"\x88\x47" + mpls(100, 200, body=b"\0\0\0\1" + MACS + b"\x81\x00" + tag(9, 0x0800) + p[6]),
+        # and without it
+        MACS + b"\x88\x47" + mpls(100, 200, body=vendor + b"\x08\x00" + p[7]),
+        MACS + b"\x88\x64" + pppoe(b"\x02\x81", mpls(100, body=p[8])),
+        eth(outer4(47, gre(0x8847, mpls(0, body=p[9])))),
+        eth(outer4(17, udp(mpls(100, body=p[10]), sport=49152, dport=6635))),
+        MACS + b"\x88\x47" + mpls(13, body=b"\x10\x00\x00\x07" + p[11]),   # GAL + G-ACh
+        MACS + b"\x88\x47" + mpls(100, body=b"\x5a" + p[11]),              # a nibble tshark does not guess
+        MACS + b"\x88\x47" + struct.pack("!I", 100 << 12),                 # no bottom of stack
+    ]
+    want = [("10.0.0.9", dgs[0]), ("10.0.0.9", dgs[1]), ("2001:db8::1", dgs[2])] + [
+        ("10.0.0.9", d) for d in dgs[3:11]]
+    cap = write(tmp_path, "mpls.pcap", pcap(frames))
+    got, st = read(cap)
+    assert [(d.src, d.payload) for d in got] == want
+    assert [(d.dst, d.sport, d.dport) for d in got][-1] == ("192.0.2.1", 50000, 2055)
+    assert st.skipped == {"not_ip": 3}
+    check_tshark(cap, want)
+    cooked = write(tmp_path, "sll.pcap", pcap([sll(0x8847, mpls(100, body=p[12]))], linktype=113))
+    got, st = read(cooked)
+    assert [d.payload for d in got] == [dgs[12]] and st.skipped == {}
+    check_tshark(cooked, [("10.0.0.9", dgs[12])])
+    out = decode(str(cap), "--stats")
+    assert out.returncode == 0 and len(out.stdout.splitlines()) == len(want) * 2
