@@ -8,7 +8,7 @@ stacks, Linux cooked v1/v2, raw IP, BSD loopback), IPv4 and IPv6 (with extension
 reassembles IP fragments, because exporters often send datagrams larger than the path MTU. It opens
 GRE and ERSPAN (types I, II and III), because a capture made at a remote SPAN destination (a
 switch's ERSPAN session, an Open vSwitch erspan/gre mirror port) has the exporter's packets inside
-them; and VXLAN, Geneve and MPLS-in-UDP on their IANA ports, because a capture on a node's underlay
+them; IP-in-IP (ipip, sit, ip6tnl) and MPLS-in-IP, for a capture on a tunnel's underlay; and VXLAN, Geneve and MPLS-in-UDP on their IANA ports, because a capture on a node's underlay
 (OVN-Kubernetes' Geneve, an OVS vxlan port) has an export to a collector on another node inside
 them. Anything else is skipped and counted in `PcapStats`.
 
@@ -72,7 +72,11 @@ IPV6_AH = 51
 IPV6_EXT = frozenset((0, 43, IPV6_FRAG, IPV6_AH, 60, 135, 139, 140))
 UDP = 17
 GRE = 47
-CARRIED = frozenset((UDP, GRE))  # the IP protocols read further: UDP, and GRE for what it carries
+# IP carried straight in IP (ipip and sit/6in4 devices, ip6tnl: RFC 2003, RFC 4213, RFC 2473) and
+# MPLS in IP (RFC 4023 3), by IP protocol, as the EtherType of what they carry
+IP_IN_IP = {4: ETH_IPV4, 41: ETH_IPV6, 137: 0x8847}  # 0x8847: MPLS unicast
+# the IP protocols read further: UDP, and the tunnels for what they carry
+CARRIED = frozenset((UDP, GRE, *IP_IN_IP))
 
 # GRE protocol types (IEEE EtherTypes) opened besides IPv4/IPv6.
 GRE_TEB = 0x6558  # Transparent Ethernet Bridging: an Ethernet frame (gretap, OVS gre ports)
@@ -548,6 +552,8 @@ def _packet(etype: int, pkt: bytes, ts: float, stats: PcapStats, frags: _Reassem
     elif depth >= MAX_TUNNELS:
         stats.skip("unsupported_tunnel")
         return None
+    elif proto in IP_IN_IP:
+        inner = IP_IN_IP[proto], body
     else:
         opened = _gre(body)
         if isinstance(opened, str):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tests.support.tshark import TSHARK
 from tests.test_captures_review import INNER_SRC, outer4, tshark_cflow
-from tests.test_pcap import decode, eth, export, ip4, ip6, pcap, read, stats_of, udp, write
+from tests.test_pcap import T0, decode, eth, export, ip4, ip6, pcap, read, stats_of, udp, write
 from tests.test_sflow import gre
 
 MACS = b"\x00\x11\x22\x33\x44\x55\x00\x66\x77\x88\x99\xaa"
@@ -172,3 +172,47 @@ def test_mpls_label_stacks_are_read_as_tshark_reads_them(tmp_path: Path) -> None
     check_tshark(cooked, [("10.0.0.9", dgs[12])])
     out = decode(str(cap), "--stats")
     assert out.returncode == 0 and len(out.stdout.splitlines()) == len(want) * 2
+
+
+# --- 4. IP in IP -----------------------------------------------------------------------------
+
+def test_ip_in_ip_tunnels_are_read_as_tshark_reads_them(tmp_path: Path) -> None:
+    """An export routed over an ipip, sit (6in4), ip6tnl or MPLS-in-IP tunnel, captured on the
+    underlay, is IP protocol 4 (IPv4), 41 (IPv6) or 137 (MPLS, RFC 4023) inside the outer IPv4 or
+    IPv6 packet: skipped as not_udp, where tshark reads ip:ip:udp:cflow. `tcpdump -i any` on such a
+    node records the export twice, on the tunnel device (Linux cooked, ARPHRD_TUNNEL 768,
+    ARPHRD_SIT 776, ARPHRD_IPGRE 778, ARPHRD_IP6GRE 823: the protocol field is the inner EtherType,
+    which was already read) and on the underlay: now read once, the copy a duplicate_datagrams."""
+    dgs = [export(i, 3) for i in range(6)]
+    p = [ip4(udp(d), src=INNER_SRC) for d in dgs]
+    frames = [
+        eth(outer4(4, p[0])),
+        eth(outer4(41, ip6(17, udp(dgs[1])))),
+        eth(ip6(4, p[2])),
+        eth(ip6(41, ip6(17, udp(dgs[3])))),
+        eth(outer4(137, mpls(100, body=p[4]))),
+    ]
+    want = [("10.0.0.9", dgs[0]), ("2001:db8::1", dgs[1]), ("10.0.0.9", dgs[2]), ("2001:db8::1", dgs[3]),
+            ("10.0.0.9", dgs[4])]
+    cap = write(tmp_path, "ipip.pcap", pcap(frames))
+    got, st = read(cap)
+    assert [(d.src, d.payload) for d in got] == want and st.skipped == {}
+    check_tshark(cap, want)
+
+    cooked = [
+        sll(0x0800, p[5], hatype=768),      # on the ipip device
+        sll(0x0800, outer4(4, p[5])),        # the same packet on the underlay, 10 us later
+        sll(0x0800, p[0], hatype=778),
+        sll(0x86DD, ip6(17, udp(dgs[1])), hatype=776),
+        sll(0x0800, p[2], hatype=823),
+    ]
+    any_cap = write(tmp_path, "any.pcap", pcap(cooked, linktype=113, ts=[T0, T0 + 1e-5, T0 + 5, T0 + 6, T0 + 7]))
+    got, st = read(any_cap)
+    assert [(d.src, d.payload) for d in got] == [("10.0.0.9", dgs[5]), ("10.0.0.9", dgs[0]),
+                                                 ("2001:db8::1", dgs[1]), ("10.0.0.9", dgs[2])]
+    assert st.skipped == {"duplicate_datagrams": 1}
+    if TSHARK:  # tshark shows both copies
+        assert tshark_cflow(any_cap) == [("10.0.0.9", dgs[5])] * 2 + [
+            ("10.0.0.9", dgs[0]), ("2001:db8::1", dgs[1]), ("10.0.0.9", dgs[2])]
+    out = decode(str(cap), "--stats")
+    assert out.returncode == 0 and len(out.stdout.splitlines()) == len(want) * 3
