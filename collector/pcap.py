@@ -92,6 +92,11 @@ UDP_TUNNELS = frozenset((VXLAN_PORT, GENEVE_PORT, MPLS_UDP_PORT))
 # or crafted, and each level costs a copy of the packet).
 MAX_TUNNELS = 4
 
+# The pcap magics libpcap's sf-pcap.c reads (in the byte order of the host that wrote the file):
+# timestamp fraction units per second and record header length. 0xa1b2cd34 is Alexey Kuznetsov's
+# patched format (KUZNETZOV_TCPDUMP_MAGIC): after the usual 16 bytes, the interface index,
+# protocol, packet type and a pad byte.
+PCAP_MAGICS = {0xA1B2C3D4: (1e6, 16), 0xA1B23C4D: (1e9, 16), 0xA1B2CD34: (1e6, 24)}
 PCAPNG_SHB = 0x0A0D0D0A
 # A record or block claiming more than this is corruption, not a packet (libpcap's largest
 # snaplen is 256 KiB): refusing it keeps a bad length from pulling the rest of the file into memory.
@@ -625,13 +630,12 @@ def _network(linktype: int, frame: bytes) -> tuple[int, bytes] | None:
 def _frames_pcap(src: _Source, stats: PcapStats) -> Iterator[tuple[int, float, bytes]]:
     src.fill(24)
     magic = src.buf[:4]
-    if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"):
-        endian = "<"
-    elif magic in (b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d"):
-        endian = ">"
+    if int.from_bytes(magic, "little") in PCAP_MAGICS:
+        endian, (div, hdr) = "<", PCAP_MAGICS[int.from_bytes(magic, "little")]
+    elif int.from_bytes(magic, "big") in PCAP_MAGICS:
+        endian, (div, hdr) = ">", PCAP_MAGICS[int.from_bytes(magic, "big")]
     else:
         raise PcapError("not a pcap file")
-    nano = magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
     if src.left < 24:
         raise PcapError("truncated pcap header")
     # Only the low 16 bits are the link type (libpcap LT_LINKTYPE); above them are the FCS length
@@ -639,11 +643,10 @@ def _frames_pcap(src: _Source, stats: PcapStats) -> Iterator[tuple[int, float, b
     linktype = struct.unpack_from(endian + "I", src.buf, 20)[0] & 0xFFFF
     src.pos += 24
     unpack = struct.Struct(endian + "IIII").unpack_from
-    div = 1e9 if nano else 1e6
     while True:
         buf, pos = src.buf, src.pos
-        if len(buf) - pos < 16:
-            if not src.fill(16):
+        if len(buf) - pos < hdr:
+            if not src.fill(hdr):
                 if src.left:
                     _truncated(src, stats, "record header")
                 return
@@ -651,13 +654,13 @@ def _frames_pcap(src: _Source, stats: PcapStats) -> Iterator[tuple[int, float, b
         sec, frac, incl, _orig = unpack(buf, pos)
         if incl > MAX_RECORD:
             raise PcapError(f"record at byte {src.offset} claims {incl} bytes: the file is corrupt")
-        pos += 16
+        pos += hdr
         end = pos + incl
         if end > len(buf):
-            if not src.fill(16 + incl):
+            if not src.fill(hdr + incl):
                 _truncated(src, stats, "record")
                 return
-            buf, pos = src.buf, src.pos + 16
+            buf, pos = src.buf, src.pos + hdr
             end = pos + incl
         src.pos = end
         yield linktype, sec + frac / div, buf[pos:end]

@@ -216,3 +216,37 @@ def test_ip_in_ip_tunnels_are_read_as_tshark_reads_them(tmp_path: Path) -> None:
             ("10.0.0.9", dgs[0]), ("2001:db8::1", dgs[1]), ("10.0.0.9", dgs[2])]
     out = decode(str(cap), "--stats")
     assert out.returncode == 0 and len(out.stdout.splitlines()) == len(want) * 3
+
+
+# --- 5. old pcap variants --------------------------------------------------------------------
+
+def old_pcap(frames: list[bytes], *, magic: int = 0xA1B2C3D4, endian: str = "<", minor: int = 4,
+             extra: bytes = b"", swapped: bool = False, cut: int = 0) -> bytes:
+    """A pcap file: `extra` follows each 16-byte record header; `swapped` writes the original
+    length before the captured one; `cut` bytes of each frame are not captured."""
+    out = [struct.pack(endian + "IHHiIII", magic, 2, minor, 0, 0, 65535, 1)]
+    for n, f in enumerate(frames):
+        kept = f[: len(f) - cut]
+        lens = (len(f), len(kept)) if swapped else (len(kept), len(f))
+        out.append(struct.pack(endian + "IIII", T0 + n, 250_000, *lens) + extra + kept)
+    return b"".join(out)
+
+
+def test_kuznetsov_modified_pcap_is_read_as_libpcap_and_tshark_read_it(tmp_path: Path) -> None:
+    """Magic 0xa1b2cd34 (libpcap's KUZNETZOV_TCPDUMP_MAGIC: the patched tcpdump of Red Hat 6.x
+    era Linux) has 24-byte record headers: the usual 16 bytes, then the interface index, the
+    protocol, the packet type and a pad byte. libpcap's sf-pcap.c and tshark read it, in either
+    byte order; flowscope refused it as not a pcap file."""
+    dgs = [export(i, 3) for i in range(3)]
+    frames = [eth(ip4(udp(d))) for d in dgs]
+    for endian in "<>":
+        cap = write(tmp_path, f"kuz{endian == '<'}.pcap",
+                    old_pcap(frames, magic=0xA1B2CD34, endian=endian,
+                             extra=struct.pack(endian + "IHBB", 2, 0x0800, 0, 0)))
+        got, st = read(cap)
+        assert [(d.payload, d.ts) for d in got] == [(d, T0 + n + 0.25) for n, d in enumerate(dgs)], endian
+        assert st.skipped == {} and not st.truncated
+        check_tshark(cap, [("10.0.0.1", d) for d in dgs])
+        out = decode(str(cap))
+        assert out.returncode == 0 and len(out.stdout.splitlines()) == 9, out.stderr.decode()
+
