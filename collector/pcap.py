@@ -638,6 +638,11 @@ def _frames_pcap(src: _Source, stats: PcapStats) -> Iterator[tuple[int, float, b
         raise PcapError("not a pcap file")
     if src.left < 24:
         raise PcapError("truncated pcap header")
+    major, minor = struct.unpack_from(endian + "HH", src.buf, 4)
+    # sf-pcap.c: files of versions 2.0 to 2.2 have the captured and original lengths the other
+    # way round, and 2.3 files were written both ways (a captured length above the original one
+    # says which); tshark's wiretap/libpcap.c the same.
+    swapped = 2 if (major, minor) < (2, 3) else 1 if (major, minor) == (2, 3) else 0
     # Only the low 16 bits are the link type (libpcap LT_LINKTYPE); above them are the FCS length
     # and its "present" bit (LT_FCS_LENGTH_PRESENT), which the IP total length makes moot here.
     linktype = struct.unpack_from(endian + "I", src.buf, 20)[0] & 0xFFFF
@@ -651,7 +656,9 @@ def _frames_pcap(src: _Source, stats: PcapStats) -> Iterator[tuple[int, float, b
                     _truncated(src, stats, "record header")
                 return
             buf, pos = src.buf, src.pos
-        sec, frac, incl, _orig = unpack(buf, pos)
+        sec, frac, incl, orig = unpack(buf, pos)
+        if swapped and (swapped == 2 or incl > orig):
+            incl = orig
         if incl > MAX_RECORD:
             raise PcapError(f"record at byte {src.offset} claims {incl} bytes: the file is corrupt")
         pos += hdr

@@ -250,3 +250,21 @@ def test_kuznetsov_modified_pcap_is_read_as_libpcap_and_tshark_read_it(tmp_path:
         out = decode(str(cap))
         assert out.returncode == 0 and len(out.stdout.splitlines()) == 9, out.stderr.decode()
 
+
+def test_pcap_versions_before_2_4_with_swapped_lengths_are_read_as_tshark_reads_them(tmp_path: Path) -> None:
+    """pcap files of versions 2.0 to 2.2 have the captured and original lengths in the other order
+    (libpcap sf-pcap.c and tshark's wiretap swap them back); 2.3 files were written both ways, and
+    a captured length above the original says they are swapped. flowscope read the original
+    length as the captured one: a snaplen-cut capture was 'corrupt' after its first record. 2.4
+    files are never swapped."""
+    dgs = [export(i, 3) for i in range(3)]
+    frames = [eth(ip4(udp(d))) for d in dgs]
+    cases = [(0, True), (1, True), (2, True), (3, True), (3, False), (4, False)]
+    for minor, swapped in cases:
+        # the snaplen cut 2 bytes of Ethernet padding, so the lengths differ and the datagrams stay whole
+        cap = write(tmp_path, f"v2{minor}{swapped}.pcap",
+                    old_pcap([f + b"\0\0" for f in frames], minor=minor, swapped=swapped, cut=2))
+        got, st = read(cap)
+        assert [d.payload for d in got] == dgs, (minor, swapped)
+        assert st.skipped == {} and not st.truncated, (minor, swapped)
+        check_tshark(cap, [("10.0.0.1", d) for d in dgs])
