@@ -121,6 +121,7 @@ cdef enum:
     A_TCPFLAGS_UNION
     A_REV_TCPFLAGS_INIT   # ... their reverse twins (6871 16398/16399), with --split-biflows
     A_REV_TCPFLAGS_UNION
+    A_REV_DELTA_MS    # YAF's reverseFlowDeltaMilliseconds (6871 21): the reverse direction's start
 
 
 # What a template costs against Decoder.max_template_fields beside its fields: its own objects
@@ -140,6 +141,7 @@ cdef enum:
     REV_DSCP = 8
     REV_START = 16
     REV_END = 32
+    REV_DELTA = 64
 
 
 # The element -> output mapping table (IANA IPFIX registry ids; v9 uses the same numbers for
@@ -213,6 +215,10 @@ PEN_CERT = 6871
 CERT_ACTIONS = {
     14: (A_TCPFLAGS_INIT, (1,)), 15: (A_TCPFLAGS_UNION, (1,)),
     16398: (A_REV_TCPFLAGS_INIT, (1,)), 16399: (A_REV_TCPFLAGS_UNION, (1,)),
+    # reverseFlowDeltaMilliseconds: the reverse direction's first packet after the forward
+    # one's (YAF's biflows, one flowStart/End pair for both: the reverse flow starts this much
+    # later and ends with the record, as SiLK splits them)
+    21: (A_REV_DELTA_MS, (1, 2, 4)),
 }
 
 # Open vSwitch tunnel elements, VMware enterprise number 6876 (ofproto IPFIX entities).
@@ -346,7 +352,7 @@ cdef Template compile_template(int version, uint32_t domain, uint16_t tid, tuple
         if (fs.action == A_BYTES_TOTAL or fs.action == A_PACKETS_TOTAL) and ie not in counters:
             fs.action = A_EXTRA
         if ((A_REV_BYTES <= fs.action <= A_REV_END_MS or fs.action == A_REV_TCPFLAGS_INIT
-                or fs.action == A_REV_TCPFLAGS_UNION) and not split_biflows):
+                or fs.action == A_REV_TCPFLAGS_UNION or fs.action == A_REV_DELTA_MS) and not split_biflows):
             fs.action = A_EXTRA     # one flow per record: the reverse elements are kept as they came
         # An element repeated in one template (outer and inner headers, Cisco SRv6/MPLS): the
         # first occurrence fills the named field, as Wireshark shows it; later ones stay
@@ -1558,7 +1564,7 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
     cdef int icmp = 0        # bits: 1 an ICMP element (32, 176, 177), 2 an ICMPv6 one (139, 178, 179)
     cdef int rev = 0         # REV_* bits: RFC 5103 reverse elements of a biflow record
     cdef uint64_t rev_bytes = 0, rev_packets = 0
-    cdef int64_t rev_start = 0, rev_end = 0
+    cdef int64_t rev_start = 0, rev_end = 0, rev_delta = 0
     cdef uint16_t rev_flags = 0
     cdef uint8_t rev_dscp = 0
     cdef Py_ssize_t fi
@@ -1934,6 +1940,9 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
         elif a == A_REV_TCPFLAGS_INIT or a == A_REV_TCPFLAGS_UNION:
             rev_flags |= p[0]
             rev |= REV_FLAGS
+        elif a == A_REV_DELTA_MS:
+            rev_delta = <int64_t>beN(p, L)
+            rev |= REV_DELTA
 
     if addrs:
         pick_family(f, src4, dst4, (addrs & 3) != 0, (addrs & 12) != 0, ipversion)
@@ -2113,13 +2122,13 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
         # whose forward counters are 0 carries the reverse direction only (softflowd -b keys
         # its biflows by address order).
         if not (f.bytes or f.packets):
-            reverse_flow(f, rev, rev_bytes, rev_packets, rev_flags, rev_dscp, rev_start, rev_end, True)
+            reverse_flow(f, rev, rev_bytes, rev_packets, rev_flags, rev_dscp, rev_start, rev_end, rev_delta, True)
         else:
             fi = f - b.flows
             r = batch_new_flow(b)       # may move the batch's array
             f = &b.flows[fi]
             memcpy(r, f, sizeof(Flow))  # the extras stay the forward flow's, shared
-            reverse_flow(r, rev, rev_bytes, rev_packets, rev_flags, rev_dscp, rev_start, rev_end, False)
+            reverse_flow(r, rev, rev_bytes, rev_packets, rev_flags, rev_dscp, rev_start, rev_end, rev_delta, False)
             return 0    # two flows: the ingress/egress twin check is for one-direction records
     if f.direction >= 0 and dec.track_duplicates and (f.af or f.present & (P_SRCMAC | P_DSTMAC)):
         if is_duplicate(ex, f):
@@ -2266,7 +2275,8 @@ cdef void drop_time_extras(FlowBatch b, Flow* f, Py_ssize_t* at, int* kind, int 
 
 
 cdef void reverse_flow(Flow* f, int rev, uint64_t rev_bytes, uint64_t rev_packets, uint16_t rev_flags,
-                       uint8_t rev_dscp, int64_t rev_start, int64_t rev_end, bint only) noexcept:
+                       uint8_t rev_dscp, int64_t rev_start, int64_t rev_end, int64_t rev_delta,
+                       bint only) noexcept:
     """Turn a biflow record's flow into its reverse direction (RFC 5103): the endpoints swapped
     (addresses, ports, MACs, interfaces, AS numbers, masks, tunnel endpoints), the reverse
     elements' counters, and their flags, DSCP and times where the record has them (else the
@@ -2318,6 +2328,12 @@ cdef void reverse_flow(Flow* f, int rev, uint64_t rev_bytes, uint64_t rev_packet
     if rev & REV_START:
         f.t_start_ms = rev_start
         pr |= P_TSTART
+    elif rev & REV_DELTA and pr & P_TSTART:
+        # YAF: the record's start is the forward direction's; the reverse one's first packet
+        # came reverseFlowDeltaMilliseconds later (never after the record's end)
+        f.t_start_ms += rev_delta
+        if pr & P_TEND and f.t_start_ms > f.t_end_ms:
+            f.t_start_ms = f.t_end_ms
     if rev & REV_END:
         f.t_end_ms = rev_end
         pr |= P_TEND

@@ -58,3 +58,28 @@ def test_yaf_flags_elements_beside_tcp_control_bits_stay_elements() -> None:
     (f,) = dec.decode(ipfix_message([template_set([t]), data_set(t, [rec])], seq=0, export_time=EXPORT),
                       EXPORTER, 4739, EXPORT).to_dicts()
     assert f["TcpFlagsRaw"] == 0x10 and f["ie6871_14"] == "02" and f["ie6871_15"] == "01"
+
+
+def test_yaf_reverse_flow_starts_its_delta_later_with_split_biflows() -> None:
+    """YAF sends one flowStart/EndMilliseconds pair per biflow (the forward direction's first
+    packet, the last packet of either) and reverseFlowDeltaMilliseconds (CERT 6871 21): how much
+    later the reverse direction's first packet came. With --split-biflows the reverse flow starts
+    that much later and ends with the record (as SiLK splits YAF's biflows; a delta beyond the
+    end is cut to it); without it the element stays as it came."""
+    t = IpfixTemplate(45841, (("src", 8, 0, 4), ("dst", 12, 0, 4), ("proto", 4, 0, 1), ("start", 152, 0, 8),
+                              ("end", 153, 0, 8), ("b", 85, 0, 8), ("p", 86, 0, 8), ("rb", 85, 29305, 8),
+                              ("rp", 86, 29305, 8), ("delta", 21, 6871, 4)), 0)
+    start = 1_482_670_713_345
+    recs = [{"src": "172.16.32.201", "dst": "172.16.32.100", "proto": 17, "start": start, "end": start + 1002,
+             "b": 132, "p": 2, "rb": 200, "rp": 2, "delta": 120},
+            {"src": "172.16.32.202", "dst": "172.16.32.100", "proto": 17, "start": start, "end": start + 50,
+             "b": 60, "p": 1, "rb": 60, "rp": 1, "delta": 5000}]
+    msg = ipfix_message([template_set([t]), data_set(t, recs)], seq=0, export_time=EXPORT)
+    flows = Decoder(DecoderConfig(default_sampling=0, split_biflows=True)).decode(msg, EXPORTER, 4739,
+                                                                                  EXPORT).to_dicts()
+    got = [(f["SrcAddr"], f["TimeFlowStartMs"], f["TimeFlowEndMs"]) for f in flows]
+    assert got == [("172.16.32.201", start, start + 1002), ("172.16.32.100", start + 120, start + 1002),
+                   ("172.16.32.202", start, start + 50), ("172.16.32.100", start + 50, start + 50)]
+    assert all("ie6871_21" not in f for f in flows)
+    one = Decoder(DecoderConfig(default_sampling=0)).decode(msg, EXPORTER, 4739, EXPORT).to_dicts()
+    assert [(f["TimeFlowStartMs"], f["ie6871_21"]) for f in one] == [(start, "00000078"), (start, "00001388")]
