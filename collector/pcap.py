@@ -8,9 +8,10 @@ stacks, Linux cooked v1/v2, raw IP, BSD loopback), IPv4 and IPv6 (with extension
 reassembles IP fragments, because exporters often send datagrams larger than the path MTU. It opens
 GRE and ERSPAN (types I, II and III), because a capture made at a remote SPAN destination (a
 switch's ERSPAN session, an Open vSwitch erspan/gre mirror port) has the exporter's packets inside
-them; IP-in-IP (ipip, sit, ip6tnl) and MPLS-in-IP, for a capture on a tunnel's underlay; and VXLAN, Geneve and MPLS-in-UDP on their IANA ports, because a capture on a node's underlay
-(OVN-Kubernetes' Geneve, an OVS vxlan port) has an export to a collector on another node inside
-them. Anything else is skipped and counted in `PcapStats`.
+them; IP-in-IP (ipip, sit, ip6tnl) and MPLS-in-IP, for a capture on a tunnel's underlay; and VXLAN,
+Geneve and MPLS-in-UDP on their IANA ports, because a capture on a node's underlay (OVN-Kubernetes'
+Geneve, an OVS vxlan port) has an export to a collector on another node inside them. Anything else
+is skipped and counted in `PcapStats`.
 
 The file is read in chunks, never whole, so a multi-GB capture decodes in bounded memory; a
 gzip-compressed capture (`tcpdump -w - | gzip`, found by its magic, not its name) is decompressed
