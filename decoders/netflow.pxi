@@ -1574,6 +1574,7 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
     cdef bint sect_ip = False
     cdef uint64_t frame_size = 0
     cdef int64_t obs_ms = -1
+    cdef int64_t t_ms
     memset(src4, 0, 4)
     memset(dst4, 0, 4)
     f.template_id = t.template_id
@@ -1794,13 +1795,15 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
                 f.present |= P_TEND
                 end_prec = 2
         elif a == A_START_US or a == A_START_NS:
-            if start_prec < 3:
-                f.t_start_ms = timeval_to_ms(p) if L == 16 else ntp_to_ms(p, a == A_START_US)
+            t_ms = timeval_to_ms(p) if L == 16 else ntp_to_ms(p, a == A_START_US)
+            if start_prec < 3 and t_ms >= 0:    # (-1: an NTP time that gives none)
+                f.t_start_ms = t_ms
                 f.present |= P_TSTART
                 start_prec = 3
         elif a == A_END_US or a == A_END_NS:
-            if end_prec < 3:
-                f.t_end_ms = timeval_to_ms(p) if L == 16 else ntp_to_ms(p, a == A_END_US)
+            t_ms = timeval_to_ms(p) if L == 16 else ntp_to_ms(p, a == A_END_US)
+            if end_prec < 3 and t_ms >= 0:
+                f.t_end_ms = t_ms
                 f.present |= P_TEND
                 end_prec = 3
         elif a == A_START_DELTA_US:
@@ -2505,12 +2508,26 @@ cdef inline int64_t sysup_time(int64_t sysinit_ms, int64_t value, int64_t latest
 
 
 cdef int64_t ntp_to_ms(const uint8_t* p, bint micro) noexcept:
-    """RFC 7011 6.1.9/6.1.10: NTP seconds since 1900 and a binary fraction."""
+    """RFC 7011 6.1.9/6.1.10: NTP seconds since 1900 and a binary fraction, as Unix ms; -1 when
+    the timestamp gives no time.
+
+    RFC 5905 section 6: "the 64-bit value of all zeros is a special case representing unknown or
+    unsynchronized time" (an exporter's unset start/end), not 1900. The 32-bit seconds wrap on
+    2036-02-07 (era 1): RFC 4330 section 3 reads seconds whose top bit is clear as era 1
+    (2036-2104) and the others as era 0 (1968-2036), as tshark does; read in era 0 they were
+    times of 1900-1968, published as negative milliseconds. A time before the epoch (January
+    1968-1970) is none either, as for sysUpTime times (uptime_to_ms)."""
     cdef uint64_t secs = be32(p)
     cdef uint64_t frac = be32(p + 4)
+    cdef int64_t ms
+    if secs == 0 and frac == 0:
+        return -1
+    if not secs & 0x80000000:
+        secs += <uint64_t>1 << 32
     if micro:
         frac &= 0xFFFFF800  # the 11 lowest bits of dateTimeMicroseconds are not significant
-    return (<int64_t>secs - 2208988800) * 1000 + <int64_t>((frac * 1000) >> 32)
+    ms = (<int64_t>secs - 2208988800) * 1000 + <int64_t>((frac * 1000) >> 32)
+    return ms if ms >= 0 else -1
 
 
 cdef int64_t timeval_to_ms(const uint8_t* p) noexcept:
