@@ -81,6 +81,10 @@ def run_tshark(
         body = layers[flow_layer]
         if isinstance(body, list):  # two flow PDUs in one frame never happens for UDP export
             body = body[0]
+        if "_ws.malformed" in layers and not _has_key(body, "_ws.malformed"):
+            # tshark lists the exception beside the flow layer (e.g. sFlow 4.0 reading an unknown
+            # flow record's body as the next record): its decode stopped there
+            body = dict(body, **{"_ws.malformed": "Malformed Packet"})
         out.append(
             {
                 "frame": int(_first(layers["frame"]["frame.number"])),
@@ -135,11 +139,18 @@ _MONTHS = {m: i for i, m in enumerate(calendar.month_abbr) if m}
 def tshark_date_ms(v: str) -> int:
     """'Dec 22, 2016 12:17:37.123000000 UTC' -> Unix milliseconds (tshark prints absolute times
     as dates; the nanosecond part is truncated to milliseconds)."""
-    m = re.match(r"(\w{3})\s+(\d+), (\d{4}) (\d+):(\d+):(\d+)(?:\.(\d+))? UTC", _first(v))
+    # (years past 9999 too: a 64-bit flowStartMilliseconds can be that far, tshark prints it)
+    m = re.match(r"(\w{3})\s+(\d+), (\d{4,}) (\d+):(\d+):(\d+)(?:\.(\d+))? UTC", _first(v))
     if not m:
         raise ValueError(f"unparsed tshark date {v!r}")
     mon, day, year, hh, mm, ss, frac = m.groups()
-    secs = calendar.timegm((int(year), _MONTHS[mon], int(day), int(hh), int(mm), int(ss)))
+    # days since the epoch by the proleptic Gregorian calendar (calendar.timegm stops at 9999)
+    y, mo = int(year) - (_MONTHS[mon] <= 2), _MONTHS[mon]
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (mo + (-3 if mo > 2 else 9)) + 2) // 5 + int(day) - 1
+    days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+    secs = days * 86400 + int(hh) * 3600 + int(mm) * 60 + int(ss)
     ms = int((frac or "0").ljust(9, "0")[:3])
     return secs * 1000 + ms
 
@@ -522,7 +533,9 @@ CFLOW_FIELDS: dict[str, tuple[str, Any]] = {
     "cflow.nexthopv6": ("NextHop", _str),
     "cflow.flow_end_reason": ("FlowEndReason", to_int),
     "cflow.ethernet_type": ("Etype", to_int),
-    "cflow.tcpflags": ("TcpFlagsRaw", to_int),
+    # RFC 7125's 2-byte tcpControlBits: flowscope keeps the 8 classic flags (NS and the
+    # reserved bits have no NetObserv flag; README), tshark prints all 16 bits
+    "cflow.tcpflags": ("TcpFlagsRaw", lambda v: to_int(v) & 0xFF),
     "cflow.ip_dscp": ("Dscp", to_int),
     "cflow.tos": ("Dscp", lambda v: to_int(v) >> 2),
     "cflow.icmp_ipv4_type": ("IcmpType", to_int),
@@ -613,8 +626,13 @@ def expected_from_cflow(pkt: CflowPacket, cset: CflowSet, rec: dict) -> dict[str
     # interfaceName (82): tshark 4.0 calls it cflow.if_name; flowscope lists the first two
     # occurrences (ingress port, egress port).
     names = [v for v in _vals(rec, "cflow.if_name") or _vals(rec, "cflow.interface_name") if v is not None]
-    if names:
+    n82 = sum(1 for x in cset.template.fields if x.type == 82 and not x.pen) if cset.template else len(names)
+    if names and len(names) >= n82:
         exp["Interfaces"] = [str(v) for v in names[:2]]
+    elif names:
+        # tshark 4.0 shows no value for an empty interfaceName: which occurrence was empty is
+        # lost, so only the non-empty names flowscope lists can be checked (compare_flow_record)
+        exp[NONEMPTY_IFNAMES_KEY] = [str(v) for v in names]
     # Records with both IPv4 and IPv6 address elements (Procera, Cisco SRv6): the family with a
     # non-zero address is the flow's, IPv4 on a tie, ipVersion (IE 60) first when present.
     if ("cflow.srcaddr" in rec or "cflow.dstaddr" in rec) and ("cflow.srcaddrv6" in rec or "cflow.dstaddrv6" in rec):
@@ -646,8 +664,8 @@ def expected_from_cflow(pkt: CflowPacket, cset: CflowSet, rec: dict) -> dict[str
         codes = [to_int(_vals(rec, k)[0]) for k in rec if k.startswith("cflow.forwarding_status_") and k.endswith("_code")]
         exp["ForwardingStatus"] = status << 6 | (codes[0] if codes else 0)
     # Times, as Unix milliseconds.
-    start = _time_ms(pkt, rec, "start")
-    end = _time_ms(pkt, rec, "end")
+    start = _time_ms(pkt, rec, "start", cset.template)
+    end = _time_ms(pkt, rec, "end", cset.template)
     if start is not None:
         exp["TimeFlowStartMs"] = start
     if end is not None:
@@ -660,8 +678,12 @@ def expected_from_cflow(pkt: CflowPacket, cset: CflowSet, rec: dict) -> dict[str
                            ("cflow.enterprise_private_entry", unknown_pen)):
             vals = _vals(rec, tkey)
             if len(vals) == len(flds):
+                by_key: dict[str, list[str]] = {}
                 for f, v in zip(flds, vals, strict=False):
-                    exp.setdefault(f.ie_key, hexbytes(v))
+                    by_key.setdefault(f.ie_key, []).append(hexbytes(v))
+                for k, vs in by_key.items():
+                    # an element repeated in the record is an array of its values, in order (README)
+                    exp.setdefault(k, vs[0] if len(vs) == 1 else vs)
     # YAF (CERT PEN 6871) without tcpControlBits: Flags are initialTCPFlags (14) | unionTCPFlags
     # (15), which tshark 4.0 shows as unknown enterprise elements (their reverse twins, 16398 and
     # 16399, stay elements without --split-biflows)
@@ -676,14 +698,24 @@ def expected_from_cflow(pkt: CflowPacket, cset: CflowSet, rec: dict) -> dict[str
     return exp
 
 
-def _time_ms(pkt: CflowPacket, rec: dict, which: str) -> int | None:
+# Absolute time elements (RFC 7011 dateTime*): flowStart/End Seconds, Milliseconds,
+# Microseconds, Nanoseconds, and Cisco ASA's 323/324 event times
+_ABS_TIME_IES = {"start": {150, 152, 154, 156, 323}, "end": {151, 153, 155, 157, 324}}
+
+
+def _time_ms(pkt: CflowPacket, rec: dict, which: str, tmpl: Template | None = None) -> int | None:
     """tshark prints absolute times (IEs 150-155, ASA 323/324) as dates, and sysUpTime-relative
     ones (v5, v9 and IPFIX IEs 21/22) as seconds since boot."""
     key = f"cflow.abstime{which}"
     if key in rec:
         ms = tshark_date_ms(rec[key])
-        if ms != 0:
-            return ms
+        ntp = {154, 155, 156, 157} & _ABS_TIME_IES[which]
+        if 0 <= ms < 1000 and tmpl is not None and any(f.type in ntp and not f.pen for f in tmpl.fields):
+            # NTP seconds 0: tshark 4.0 prints the epoch plus the fraction; RFC 4330 3 reads
+            # them as era 1 (2036), and RFC 5905 6 all zeros as no time (what flowscope does)
+            return None
+        if ms != 0 or (tmpl is not None and any(f.type in _ABS_TIME_IES[which] and not f.pen for f in tmpl.fields)):
+            return ms  # (an absolute time element of 0 is the epoch, as sent)
         # tshark 4.0 prints a sysUpTime-relative value of exactly 0 (FIRST_SWITCHED at boot,
         # as softflowd -r sends for a pcap's first packet) as the date 1970-01-01: it is 0 ms
         # after boot, not the epoch.
@@ -706,6 +738,9 @@ def _time_ms(pkt: CflowPacket, rec: dict, which: str) -> int | None:
     return None
 
 
+NONEMPTY_IFNAMES_KEY = "_nonempty_interfaces"
+
+
 def _norm(key: str, v: Any) -> Any:
     if key in ("SrcMac", "DstMac") and isinstance(v, str):
         return v.lower()
@@ -713,6 +748,8 @@ def _norm(key: str, v: Any) -> Any:
         return set(v)
     if key.startswith("ie") and isinstance(v, str):
         return v.lower()
+    if key.startswith("ie") and isinstance(v, list):
+        return [x.lower() if isinstance(x, str) else x for x in v]
     return v
 
 
@@ -736,6 +773,11 @@ def compare_expected(exp: dict[str, Any], flow: dict, *, required: Iterable[str]
             continue
         if got != _norm(k, v):
             problems.append(f"{k}: expected {v!r}, got {flow[k]!r}")
+    if NONEMPTY_IFNAMES_KEY in exp:
+        listed = [x for x in flow.get("Interfaces", []) if x]
+        if listed != exp[NONEMPTY_IFNAMES_KEY][:len(listed)] or not listed:
+            problems.append(f"Interfaces: {flow.get('Interfaces')!r}, not the first of tshark's non-empty "
+                            f"names {exp[NONEMPTY_IFNAMES_KEY]!r}")
     return problems
 
 
@@ -1037,7 +1079,9 @@ def expected_from_sflow_sample(pkt: SflowPacket, s: SflowSample) -> dict[str, An
     internal = (0x3FFFFFFF, 0xFFFFFFFF)
     if "sflow.flow_sample.input_interface_value" in f:
         v = to_int(f["sflow.flow_sample.input_interface_value"])
-        if v in internal:
+        if to_int(f.get("sflow.flow_sample.input_interface_format", "0")) != 0:
+            pass    # an expanded sample's input of another format than ifIndex: no InIf (README)
+        elif v in internal:
             exp["InIfInternal"] = True
         elif v:
             exp["InIf"] = v
@@ -1080,7 +1124,7 @@ def expected_from_header(tree: dict) -> dict[str, Any]:
     if "eth" in L:
         exp["SrcMac"] = L["eth"]["eth.src"].lower()
         exp["DstMac"] = L["eth"]["eth.dst"].lower()
-    if "ip" in L:
+    if "ip" in L and "ip.dst" in L["ip"]:   # (a header cut short in the IP header: none)
         ip = L["ip"]
         exp["SrcAddr"] = _first(ip["ip.src"])
         exp["DstAddr"] = _first(ip["ip.dst"])
@@ -1088,7 +1132,7 @@ def expected_from_header(tree: dict) -> dict[str, Any]:
         exp["Etype"] = 0x0800
         if "ip.dsfield.dscp" in ip:
             exp["Dscp"] = to_int(ip["ip.dsfield.dscp"])
-    elif "ipv6" in L:
+    elif "ipv6" in L and "ipv6.dst" in L["ipv6"]:
         ip = L["ipv6"]
         exp["SrcAddr"] = _first(ip["ipv6.src"])
         exp["DstAddr"] = _first(ip["ipv6.dst"])
