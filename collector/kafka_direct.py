@@ -184,6 +184,7 @@ class Connection:
         self.opening: asyncio.Future[None] | None = None  # connect() under way (DirectProducer._conn)
         # answers whose futures' callbacks have not run yet: their slots are not free until then
         self._settling = 0
+        self.answered_at = 0.0   # when the broker last answered a Produce request here
 
     def has_room(self) -> bool:
         """Whether produce() would write at once (or fail at once: closed), without waiting for
@@ -276,6 +277,7 @@ class Connection:
                     if self.on_throttle is not None:
                         self.on_throttle(throttle)
                 fut = self.inflight.popleft()[1]
+                self.answered_at = time.monotonic()
                 if not fut.done():
                     if err:
                         fut.set_exception(BrokerError(err))
@@ -413,9 +415,9 @@ class DirectProducer:
                 raise ConnectionError(f"no address for broker {node}")
             c = Connection(meta.host, meta.port, self.client_id, max_in_flight=self.max_in_flight,
                            timeout=self.timeout_ms / 1000 + 5, on_throttle=self._throttled)
-            c.on_room = self._roomy
             slots[i] = c
             conn = c
+            c.on_room = self._roomy
 
             async def connect() -> None:
                 try:
@@ -446,11 +448,8 @@ class DirectProducer:
         from aiokafka.structs import TopicPartition
 
         node = self.client.cluster.leader_for_partition(TopicPartition(topic, partition))
-        if node is None or node < 0 or self.closed:
+        if node is None or node < 0 or self.closed or self._lost(node):
             return True
-        for each in self.conns.values():
-            if any(c is not None and c.closed for c in each):
-                return True
         slots = self.conns.setdefault(node, [None] * self.per_broker)
         pins = [partition % self.per_broker] if sticky else range(self.per_broker)
         for i in pins:
@@ -478,18 +477,39 @@ class DirectProducer:
         tb = self._topics.get(topic)
         if tb is None:
             tb = self._topics[topic] = topic.encode()
-        for slots in self.conns.values():
-            for old in slots:
-                if old is not None and old.closed:
-                    # A connection was lost since the last metadata refresh (the broker went
-                    # away, perhaps came back empty): fail this send so the sink refreshes
-                    # metadata, re-creating the topic with kafka.create_topic, before anything
-                    # is produced on new connections (forget_closed()). A broker that lost the
-                    # topic may still accept writes to it that no consumer will ever see.
-                    raise ConnectionError(f"connection to {old.host}:{old.port} was lost ({old.error!r}): "
-                                          "refreshing metadata first")
+        for old in self.conns.get(node, ()):
+            if old is not None and old.closed:
+                # A connection to this leader was lost since the last metadata refresh (the
+                # broker went away, perhaps came back empty): fail this send so the sink
+                # refreshes metadata, re-creating the topic with kafka.create_topic, before
+                # anything is produced on new connections (forget_closed()). A broker that lost
+                # the topic may still accept writes to it that no consumer will ever see. The
+                # other brokers' connections are still open, to brokers that did not go away:
+                # their batches go on (failing them too, one broker timing out failed a batch of
+                # every healthy one, counted as produce errors and re-sent)
+                raise ConnectionError(f"connection to {old.host}:{old.port} was lost ({old.error!r}): "
+                                      "refreshing metadata first")
         c = await self._conn(node, partition if sticky else -1)
         return await c.produce(batch, tb, partition, self.acks, self.timeout_ms)
+
+    def _lost(self, node: int) -> bool:
+        return any(c is not None and c.closed for c in self.conns.get(node, ()))
+
+    def lost(self, topic: str, partition: int) -> bool:
+        """Whether a connection to the partition's leader was lost since the last metadata
+        refresh: a send there fails at once (see send())."""
+        from aiokafka.structs import TopicPartition
+
+        node = self.client.cluster.leader_for_partition(TopicPartition(topic, partition))
+        return node is not None and node >= 0 and self._lost(node)
+
+    def answering(self) -> bool:
+        """Whether some broker answered a Produce request on a connection still open within
+        the request timeout: the sink is still connected when another broker's connection
+        fails."""
+        now = time.monotonic()
+        return any(c is not None and not c.closed and now - c.answered_at < c.timeout
+                   for slots in self.conns.values() for c in slots)
 
     def forget_closed(self) -> None:
         """After a metadata refresh: closed connections may be replaced by new ones."""

@@ -1536,12 +1536,16 @@ class KafkaSink(Sink):
         brokers that do not keep up (KIP-794); when none can, it waits for room on any. Sending
         it where it was headed waited for that one broker, and every partition waited with it."""
         d = self.direct
-        while not d.ready(topic, o.partition):
-            free = [p for p in self._led_partitions(topic) if d.ready(topic, p)]
+        # (a leader whose connection was lost since the last metadata refresh would fail the
+        # batch at once: another partition's is taken too, if one can take it now)
+        while not d.ready(topic, o.partition) or d.lost(topic, o.partition):
+            free = [p for p in self._led_partitions(topic) if d.ready(topic, p) and not d.lost(topic, p)]
             if free:
                 self._rr = (self._rr + 1) % len(free)
                 o.partition = free[self._rr]
                 return
+            if d.ready(topic, o.partition):
+                return   # (fails at once: the sink refreshes metadata)
             await d.wait_room(0.5)
 
     def _busy(self, o: _Open, topic: str) -> bool:
@@ -1658,10 +1662,13 @@ class KafkaSink(Sink):
                 h.until = time.monotonic()
             return
         self.errors["produce"] += 1
-        if not _broker_answer(exc):
+        if not _broker_answer(exc) and not (self.direct is not None and self.direct.answering()):
             # (a partition's error in a broker's answer is no lost connection: with one partition
             # refused and the others delivered, flowscope_sink_connected and /readyz flapped at
-            # every retry; a broker refusing everything shows as flowscope_sink_stalled_seconds)
+            # every retry; a broker refusing everything shows as flowscope_sink_stalled_seconds.
+            # Nor is one broker's lost connection while another still answers on its own: one
+            # broker of several timing out dropped flowscope_sink_connected with the others
+            # delivering)
             self.connected = False
         self._need_metadata = True
         # the next attempt waits, doubling up to 2 s (a broker answering NOT_ENOUGH_REPLICAS
