@@ -817,6 +817,7 @@ class KafkaSink(Sink):
         self._seq = 0
         self._denied: dict[str, float] = {}  # topic -> until when its ACL denial is taken as still so
         self._md_failed: dict[int, float] = {}  # broker -> when it last left a metadata request unanswered
+        self._drain_hooked: weakref.WeakSet[Any] = weakref.WeakSet()  # aiokafka batches _on_room waits for (_aio_free)
 
     async def start(self) -> None:
         for b in self.k.brokers:
@@ -1504,16 +1505,14 @@ class KafkaSink(Sink):
         now = time.monotonic()
         for key, h in list(self._held.items()):
             if h.busy:
-                topic = (self.k.topic, self.k.counters_topic)[key[0]]
-                if self.direct is None or self.direct.ready(topic, key[1], sticky=True):
+                if self._ready((self.k.topic, self.k.counters_topic)[key[0]], key[1]):
                     self._release(key)
                 continue
             if h.probe is None and now >= h.until:
                 if not h.chunks:
                     del self._held[key]
                     continue
-                if self.direct is not None and not self.direct.ready((self.k.topic, self.k.counters_topic)[key[0]],
-                                                                     key[1], sticky=True):
+                if not self._ready((self.k.topic, self.k.counters_topic)[key[0]], key[1]):
                     continue   # (no room for the probe yet: _on_room wakes the sender when there is)
                 h.probe = h.chunks.pop(0)
                 self.queue.push_front(h.probe)
@@ -1573,6 +1572,54 @@ class KafkaSink(Sink):
                 continue
             o.add(rec, exporter)
 
+    def _ready(self, topic: str, partition: int) -> bool:
+        """Keyed modes: whether a batch for the partition would be handed over at once (direct:
+        DirectProducer.ready(); aiokafka: its producer has no batch for it still waiting)."""
+        if self.direct is not None:
+            return bool(self.direct.ready(topic, partition, sticky=True))
+        ps = self.producers
+        return not ps or self._aio_free(ps[partition % len(ps)], topic, partition)
+
+    def _aio_free(self, producer: Any, topic: str, partition: int) -> bool:
+        """Whether aiokafka's send_batch() would take a batch for the partition at once: its
+        accumulator holds one batch per partition not yet taken into a Produce request, and
+        aiokafka keeps one request in flight per broker and producer, so a second batch for a
+        partition whose leader has not answered waits in send_batch() (for up to the request
+        timeout: a broker that stopped answering), and the sink's single sender with it, every
+        partition stopped. When not free, _on_room is called once the waiting batch is taken."""
+        from aiokafka.structs import TopicPartition
+
+        pending = producer._message_accumulator._batches.get(TopicPartition(topic, partition))
+        if not pending:
+            return True
+        waiter = pending[-1]._drain_waiter
+        if waiter not in self._drain_hooked:
+            self._drain_hooked.add(waiter)
+            waiter.add_done_callback(lambda _f: self._on_room())
+        return False
+
+    async def _steer_aio(self, o: _Open, topic: str) -> Any:
+        """Key none through aiokafka: the producer (of kafka.connections) and partition the batch
+        goes to, one that takes it at once (its partition first, then the others with a leader),
+        or, when none does, the first that does after a wait (as _steer for direct produce)."""
+        ps = self.producers
+        while True:
+            parts = [o.partition] + [p for p in self._led_partitions(topic) if p != o.partition]
+            for p in parts:
+                for k in range(1, len(ps) + 1):
+                    i = (self._conn_rr + k) % len(ps)
+                    if self._aio_free(ps[i], topic, p):
+                        self._conn_rr = i
+                        o.partition = p
+                        return ps[i]
+            from aiokafka.structs import TopicPartition
+
+            waiters = [b[-1]._drain_waiter for pr in ps for tp, b in pr._message_accumulator._batches.items()
+                       if b and isinstance(tp, TopicPartition) and tp.topic == topic]
+            if not waiters:
+                return ps[self._conn_rr]
+            await asyncio.wait(waiters, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+
     def _on_room(self) -> None:
         """A direct connection has room again: the sender looks at the busy partitions."""
         if self._held:
@@ -1598,14 +1645,14 @@ class KafkaSink(Sink):
             await d.wait_room(0.5)
 
     def _busy(self, o: _Open, topic: str) -> bool:
-        """Keyed modes, direct path: whether the batch must wait, set aside with its partition's
+        """Keyed modes: whether the batch must wait, set aside with its partition's
         (KafkaSink._hold), because its leader's connection has no room now (or the partition's
         earlier batches are set aside: they go first). Waiting for room in send() held back every
         other partition with it, for as long as a broker did not answer."""
         key = (o.kind, o.partition)
         h = self._held.get(key)
         probe = h is not None and h.probe is not None and h.probe.seq == o.seq
-        if (h is None or probe) and self.direct.ready(topic, o.partition, sticky=True):
+        if (h is None or probe) and self._ready(topic, o.partition):
             return False
         self._hold(key, o.chunks())   # (from in flight to queued, as after a failure)
         if h is not None and probe:
@@ -1639,11 +1686,10 @@ class KafkaSink(Sink):
                 self._written[o.kind] += len(o.records)
             else:
                 ps = self.producers
-                if len(ps) == 1:
-                    producer = ps[0]
-                elif self.k.key == "none":
-                    self._conn_rr = (self._conn_rr + 1) % len(ps)
-                    producer = ps[self._conn_rr]
+                if self.k.key == "none":
+                    producer = await self._steer_aio(o, topic)
+                elif self._busy(o, topic):
+                    return
                 else:
                     producer = ps[o.partition % len(ps)]
                 fut = await producer.send_batch(o.builder, topic, partition=o.partition)

