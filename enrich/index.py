@@ -893,7 +893,7 @@ class Index:
             # One swap: readers see the old index or the new one, never a mix.
             ips = {**self._svc_layer, **self._node_layer}
             for ip, chain in self._pod_layer.items():
-                ips[ip] = _with_fallback(chain, ips.get(ip)) or chain
+                ips[ip] = self._entry(ip, chain, ips.get(ip)) or chain
             self._ips = ips
             self._agents = {**{h: next(reversed(names)) for h, names in self._hosts.items()},
                             **{ip: _last(names) for ip, names in self._node_addr.items()}}
@@ -963,7 +963,7 @@ class Index:
     def _merge(self, ip: bytes) -> None:
         if self._batch:
             return
-        e = _with_fallback(self._pod_layer.get(ip), self._node_layer.get(ip) or self._svc_layer.get(ip))
+        e = self._entry(ip, self._pod_layer.get(ip), self._node_layer.get(ip) or self._svc_layer.get(ip))
         if e is None:
             self._ips.pop(ip, None)
         else:
@@ -972,6 +972,20 @@ class Index:
             # after the store: a lookup between the two caches the new entry under the old
             # generation, which this bump then invalidates (never the old entry under the new one)
             self._reader.generation += 1
+
+    def _entry(self, ip: bytes, chain: tuple[Any, ...] | None, other: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
+        """The reader's entry of an address: its pods' chain, then the Node or Service (see
+        _with_fallback). A sole live pod's chain answers for every flow time (_rechain), as the
+        oldest holder does for flows before it got the address, but only while nobody else has
+        the address: with a Node or Service there too, the pod answers from when it got it and
+        they before, as when a tombstone precedes it (docs/collector.md: "For the flow times no
+        pod held an address, a Node or Service that has it answers")."""
+        if (chain is not None and other is not None and chain[E_PREV] is None and chain[E_START] == ALWAYS
+                and chain[E_END] == ALIVE):
+            start = _last(self._holders.get(ip)).start_ms
+            if start != ALWAYS:
+                chain = chain[:E_START] + (start, ALIVE, None)
+        return _with_fallback(chain, other)
 
     def _layer_bit(self, ns: str, name: str) -> bool:
         """A pod's or Service's E_INFRA bit (a Node's is 0 under both rules). any-infra: its
@@ -1361,7 +1375,7 @@ def _with_fallback(chain: tuple[Any, ...] | None, other: tuple[Any, ...] | None)
     if chain is None or other is None:
         return chain if chain is not None else other
     if chain[E_PREV] is None and chain[E_START] == ALWAYS and chain[E_END] == ALIVE:
-        return chain  # a sole live pod answers for every time
+        return chain  # a sole live pod without a start time answers for every time
     links = []
     cur: tuple[Any, ...] | None = chain
     while cur is not None:
