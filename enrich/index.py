@@ -1096,7 +1096,7 @@ class Index:
             end = self._now_ms()
             last = final if final is not None else rec
             fin = last.end_ms if last.end_ms != ALIVE else last.finished_ms
-            if fin is not None and fin > rec.start_ms and fin < end:
+            if fin is not None and fin > rec.status_start and fin < end:
                 end = fin
                 rec.end_grace = last.end_grace if last.end_ms == fin else _grace(fin)
             rec.end_ms = end

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+from typing import Any
 
 import orjson
 
@@ -81,3 +82,37 @@ def test_a_sole_live_pod_does_not_hide_the_service_or_node_before_it_got_the_add
                                                     host_ip="10.0.0.4", uid="u-p2", created=iso(T0 + 10_000)))])
         assert _src(idx, "10.0.0.1", T0 + 8_500) == [want, want], kind
         assert _src(idx, "10.0.0.1", T0 + 10_500) == [("p2", "Pod")] * 2, kind
+
+
+def test_a_deleted_pod_holds_no_address_after_its_containers_finished_whatever_its_start() -> None:
+    """A pod's hold ends when its final status says its containers all finished, whether it is
+    seen Succeeded first or only in its DELETED event. A pod given an address while another
+    still held it holds it from when that was seen (later than its status' start); deleted
+    with a final status whose finishedAt fell before that, it was taken to hold the address
+    until the delete was seen, and so took the flows of the pod still holding it (the same
+    pod seen Succeeded first did not: that path compared finishedAt with the status' start).
+    Found by the model test."""
+    for how in ("deleted", "succeeded then deleted"):
+        clock = Clock(T0)
+        idx = _index(clock)
+
+        def p0(**kw: Any) -> dict[str, Any]:
+            o = pod("p0", "shop", node="node-a", host_ip="10.0.0.1", uid="u-p0", created=iso(T0 + 3_000), **kw)
+            if kw.get("ips"):
+                o["status"]["containerStatuses"] = [
+                    {"name": "c", "state": {"terminated": {"exitCode": 0, "finishedAt": iso(T0 + 4_000)}}}]
+            return o
+
+        clock.ms = T0 + 3_000
+        idx.upsert("pods", idx.parse("pods", p0()))          # Pending, no address yet
+        clock.ms = T0 + 6_000
+        idx.upsert("pods", idx.parse("pods", pod("p3", "shop", ips=["10.0.0.2"], node="node-a", host_ip="10.0.0.1",
+                                                  uid="u-p3", created=iso(T0 + 6_000))))
+        clock.ms = T0 + 7_000
+        idx.upsert("pods", idx.parse("pods", pod("p0", "shop", ips=["10.0.0.2"], node="node-a", host_ip="10.0.0.1",
+                                                  uid="u-p0", created=iso(T0 + 3_000))))
+        clock.ms = T0 + 8_000
+        if how != "deleted":
+            idx.upsert("pods", idx.parse("pods", p0(ips=["10.0.0.2"], phase="Succeeded")))
+        idx.delete("pods", idx.parse("pods", p0(ips=["10.0.0.2"], phase="Succeeded" if how != "deleted" else "Running")))
+        assert _src(idx, "10.0.0.2", T0 + 7_500) == [("p3", "Pod")] * 2, how
