@@ -1079,6 +1079,9 @@ class Index:
                      host_ip=old.host_ip, host_ips=old.host_ips, ips=tuple(ips), owner_kind=old.owner_kind,
                      owner_name=old.owner_name, start_ms=old.start_ms, end_ms=end)
         dep.frag_s, dep.frag_d, dep.infra = old.frag_s, old.frag_d, old.infra
+        if end == old.end_ms:
+            # a finished pod's end (a finishedAt, whole seconds) keeps its lookup grace
+            dep.end_grace = old.end_grace
         self._entomb(dep)
         self._hold(dep)
 

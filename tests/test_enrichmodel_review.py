@@ -116,3 +116,29 @@ def test_a_deleted_pod_holds_no_address_after_its_containers_finished_whatever_i
             idx.upsert("pods", idx.parse("pods", p0(ips=["10.0.0.2"], phase="Succeeded")))
         idx.delete("pods", idx.parse("pods", p0(ips=["10.0.0.2"], phase="Succeeded" if how != "deleted" else "Running")))
         assert _src(idx, "10.0.0.2", T0 + 7_500) == [("p3", "Pod")] * 2, how
+
+
+def test_a_finished_pod_that_drops_its_address_keeps_the_grace_of_its_finish_time() -> None:
+    """finishedAt is written in whole seconds, so a finished pod answers for flows up to 999 ms
+    after it (its lookup grace), listed or deleted. When its status then dropped the address
+    (its sandbox removed) the tombstone kept the end but not the grace: a flow in that second
+    went to nobody. Found by the model test."""
+    clock = Clock(T0 + 10_000)
+    idx = _index(clock)
+
+    def p0(ips: list[str], phase: str) -> dict[str, Any]:
+        o = pod("p0", "shop", ips=ips, node="node-a", host_ip="10.0.0.1", uid="u-p0", created=iso(T0 + 1_000),
+                phase=phase)
+        if phase == "Succeeded":
+            o["status"]["containerStatuses"] = [
+                {"name": "c", "state": {"terminated": {"exitCode": 0, "finishedAt": iso(T0 + 9_000)}}}]
+        return o
+
+    idx.upsert("pods", idx.parse("pods", p0(["10.0.0.2"], "Running")))
+    clock.ms = T0 + 12_000
+    idx.upsert("pods", idx.parse("pods", p0(["10.0.0.2"], "Succeeded")))
+    assert _src(idx, "10.0.0.2", T0 + 9_500) == [("p0", "Pod")] * 2
+    clock.ms = T0 + 13_000
+    idx.upsert("pods", idx.parse("pods", p0([], "Succeeded")))
+    assert _src(idx, "10.0.0.2", T0 + 9_500) == [("p0", "Pod")] * 2
+    assert _src(idx, "10.0.0.2", T0 + 10_000) == [("", "")] * 2
