@@ -1,21 +1,51 @@
-"""Regressions found by the model-based test of the enrichment index (IP reuse by flow time).
+"""A model-based test of the enrichment index: random watch events, relists and clock moves
+applied both to the real `enrich.index.Index` and to a deliberately simple reference model, and
+every flow answer compared field by field, on both readers (pure Python and compiled).
 
-Each test is the minimal example the model test found, made deterministic.
+Why: the index's IP-reuse rules (who held an address at a flow's start, tombstones, finished
+pods, addresses that move between pods, nodes and services sharing addresses, deleted
+ReplicaSets and Nodes) interact in ways hand-written cases miss. The model is written from the
+documented rules (/work/shared/DESIGN.md "Enrichment rules", README.md, docs/collector.md), not
+from index.py: it keeps a plain list of lifetimes (which pod held which address from when to
+when) and answers a flow by scanning it. The state space is kept small (six addresses shared by
+pods, nodes, management ports and services; three node names) so that reuse and collisions are
+the rule, not the exception.
+
+Where the model follows a choice the index documents in its code rather than in the docs, the
+model's docstrings say so.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import ipaddress
+import itertools
 from typing import Any
 
 import orjson
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from enrich.index import Index
-from tests.support.fake_kube import node, pod, service
+from tests.support.fake_kube import node, pod, replicaset, service
 
 T0 = 1_700_000_000_000          # ms, a whole second
 TTL_S = 20                      # --pod-tombstone-seconds of the index under test
+POOL = tuple(f"10.0.0.{i}" for i in range(1, 7))   # every address any object can have
+OUTSIDE = "192.0.2.9"           # nobody's
+POD_NAMES = ("p0", "p1", "p2", "p3")
+NAMESPACES = ("shop", "kube-system")                # app and infra (--infra-namespace-prefix kube-)
+NODE_NAMES = ("node-a", "node-b", "node-c")
+ZONES = (None, "zone-1", "zone-2")
+# node-subnets default network -> its management port (base + 2), inside POOL
+SUBNETS = {"10.0.0.0/30": "10.0.0.2", "10.0.0.4/30": "10.0.0.6"}
+RS_KEYS = (("shop", "rs-a"), ("shop", "rs-b"), ("kube-system", "rs-a"))
+OWNERS = (None, ("ReplicaSet", "rs-a"), ("ReplicaSet", "rs-b"), ("DaemonSet", "ds"))
+FINISH_GRACE = 999  # finishedAt is whole seconds: the pod may have run up to 999 ms longer
+INFRA_PREFIXES = ("openshift", "kube-")
 OWN_NS = "netobserv"
 
 
@@ -41,6 +71,604 @@ def _compiled_built() -> bool:
     except ImportError:
         return False
     return True
+
+
+# ---------------------------------------------------------------- the model
+
+
+@dataclasses.dataclass
+class MPod:
+    uid: str
+    name: str
+    ns: str
+    node: str
+    host_ip: str
+    ips: tuple[str, ...]        # status.podIPs as sent
+    host_network: bool
+    created: int                # creationTimestamp (the status' start: no startTime/conditions)
+    owner: tuple[str, str] | None
+    phase: str = "Running"
+    fin: int | None = None      # containers' last finishedAt (terminal phase, or all terminated)
+
+    def indexed(self) -> tuple[str, ...]:
+        """The addresses that are the pod's own: none for a host-network pod, and never its hostIP."""
+        return () if self.host_network else tuple(ip for ip in self.ips if ip != self.host_ip)
+
+    def obj(self) -> dict[str, Any]:
+        o = pod(self.name, self.ns, ips=list(self.ips) or None, node=self.node, host_ip=self.host_ip,
+                owner=self.owner, uid=self.uid, created=iso(self.created), phase=self.phase,
+                host_network=self.host_network)
+        if self.fin is not None:
+            o["status"]["containerStatuses"] = [
+                {"name": "c", "state": {"terminated": {"exitCode": 0, "finishedAt": iso(self.fin)}}}]
+        return o
+
+
+@dataclasses.dataclass
+class Life:
+    """One pod's hold of one address: [start, end + grace); end None while it holds it."""
+    pod: MPod
+    ip: str
+    start: int
+    end: int | None = None
+    grace: int = 0
+    frozen: tuple[Any, ...] | None = None  # the identity a tombstone keeps (None: the pod's current)
+    floored: bool = False                  # start is "when seen" (another pod still held it)
+
+    def until(self) -> float:
+        return float("inf") if self.end is None else self.end + self.grace
+
+
+@dataclasses.dataclass
+class MNode:
+    name: str
+    internal: tuple[str, ...]
+    external: tuple[str, ...]
+    subnet: str | None
+    zone: str | None
+
+    def addrs(self) -> list[str]:
+        out = list(dict.fromkeys(self.internal + self.external))
+        if self.subnet and SUBNETS[self.subnet] not in out:
+            out.append(SUBNETS[self.subnet])
+        return out
+
+
+class Model:
+    """The rules, as plainly as they can be written. A holder is (fields, node name, infra)."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.pods: dict[str, MPod] = {}              # live pods by name
+        self.lives: list[Life] = []                  # every remembered hold
+        self.nodes: dict[str, MNode] = {}
+        self.claims: dict[str, list[str]] = {}       # address -> nodes listing it, by when they began to
+        self.services: dict[tuple[str, str], tuple[str, ...]] = {}
+        self.rs: dict[tuple[str, str], str | None] = {}   # -> its Deployment
+        # What a deleted ReplicaSet / Node gave the pods still linked to it (docs/collector.md:
+        # "keeps the Deployment owner and the zone they gave it ... until they go too").
+        self.rs_gone: dict[tuple[str, str], str] = {}
+        self.zones_gone: dict[str, str] = {}
+
+    @property
+    def now(self) -> int:
+        return self.clock.ms
+
+    # identities
+
+    def pod_holder(self, p: MPod) -> tuple[Any, ...]:
+        okind, oname = p.owner if p.owner else ("Pod", p.name)
+        if okind == "ReplicaSet":
+            key = (p.ns, oname)
+            dep = self.rs[key] if key in self.rs else self.rs_gone.get(key)
+            if dep:
+                okind, oname = "Deployment", dep
+        n = self.nodes.get(p.node)
+        zone = (n.zone or "") if n is not None else self.zones_gone.get(p.node, "")
+        fields = {"Name": p.name, "Namespace": p.ns, "Type": "Pod", "OwnerName": oname, "OwnerType": okind,
+                  "HostIP": p.host_ip, "HostName": p.node if p.host_ip else "", "Zone": zone}
+        return ({k: v for k, v in fields.items() if v}, p.node, self._infra(p.ns))
+
+    def node_holder(self, name: str) -> tuple[Any, ...]:
+        n = self.nodes[name]
+        host = n.internal[0] if n.internal else (n.external[0] if n.external else "")
+        fields = {"Name": name, "Type": "Node", "OwnerName": name, "OwnerType": "Node", "HostIP": host,
+                  "HostName": name if host else "", "Zone": n.zone or ""}
+        return ({k: v for k, v in fields.items() if v}, name, False)
+
+    def svc_holder(self, key: tuple[str, str]) -> tuple[Any, ...]:
+        ns, name = key
+        return ({"Name": name, "Namespace": ns, "Type": "Service", "OwnerName": name, "OwnerType": "Service"},
+                None, self._infra(ns))
+
+    @staticmethod
+    def _infra(ns: str) -> bool:
+        return ns.startswith(INFRA_PREFIXES) or ns == OWN_NS
+
+    def holder(self, life: Life) -> tuple[Any, ...]:
+        return life.frozen if life.frozen is not None else self.pod_holder(life.pod)
+
+    # lookups
+
+    def holders_at(self, ip: str, t: int) -> list[tuple[Any, ...]]:
+        """Who held `ip` at flow start t (a list: several when the rules leave a tie), [] nobody.
+
+        Pods first (the one that held it then; of several, the one that got it last), then the
+        Node listing it (the last to begin listing it), then the Service. Documented in the code
+        and tests, not the docs (index._holder_at, "the oldest answers earlier flows"): with no
+        Node or Service there, the pod that held the address first answers for flows before it
+        got it too (creationTimestamp is truncated to the second; exporters' clocks drift).
+        """
+        ls = [lf for lf in self.lives if lf.ip == ip]
+        inside = [lf for lf in ls if lf.start <= t < lf.until()]
+        if inside:
+            latest = max(lf.start for lf in inside)
+            return [self.holder(lf) for lf in inside if lf.start == latest]
+        if self.claims.get(ip):
+            return [self.node_holder(self.claims[ip][-1])]
+        svcs = [k for k, ips in self.services.items() if ip in ips]
+        if svcs:
+            return [self.svc_holder(k) for k in svcs]
+        if ls:
+            first = min(lf.start for lf in ls)
+            return [self.holder(lf) for lf in ls if lf.start == first and t < first and t < lf.until()]
+        return []
+
+    def agent_nodes(self, agent: str) -> list[str | None]:
+        """The exporter's node: the Node listing the address (the last to begin to), else the
+        node of the pods (tombstones included) whose hostIP it is; [None] when unknown."""
+        if self.claims.get(agent):
+            return [self.claims[agent][-1]]
+        names = sorted({lf.pod.node for lf in self.lives if lf.pod.host_ip == agent})
+        return names or [None]
+
+    def flows(self, src: str, dst: str, agent: str, t: int, direction: int) -> list[dict[str, Any]]:
+        """Every output the rules allow (one unless a tie)."""
+        outs = []
+        for s in (self.holders_at(src, t) if src else []) or [None]:
+            for d in (self.holders_at(dst, t) if dst else []) or [None]:
+                for an in self.agent_nodes(agent) if agent else [None]:
+                    out: dict[str, Any] = {}
+                    for prefix, h in (("Src", s), ("Dst", d)):
+                        if h is not None:
+                            out.update({f"{prefix}K8S_{k}": v for k, v in h[0].items()})
+                    infra = (s is not None and s[2]) or (d is not None and d[2])
+                    out["K8S_FlowLayer"] = "infra" if infra else "app"
+                    sn = s[1] if s is not None else None
+                    dn = d[1] if d is not None else None
+                    if sn is not None and sn == dn:
+                        fd = 2
+                    elif an is not None and an == sn:
+                        fd = 1
+                    elif an is not None and an == dn:
+                        fd = 0
+                    else:
+                        fd = direction
+                    if fd >= 0:
+                        out["FlowDirection"] = fd
+                    if out not in outs:
+                        outs.append(out)
+        return outs
+
+    # writers
+
+    def sweep(self) -> None:
+        """Tombstones go tombstone_seconds after the hold ended (a listed pod's never do)."""
+        cutoff = self.now - TTL_S * 1000
+        self.lives = [lf for lf in self.lives if not (lf.frozen is not None and lf.end is not None
+                                                       and lf.end <= cutoff)]
+
+    def _start_for(self, p: MPod, ip: str) -> tuple[int, bool]:
+        """When a known running pod began to hold an address that appeared on it: from the end of
+        the previous pod that held it, or from now while another pod still holds it (the end its
+        containers' finishedAt gives, when they all finished); never before the status' start."""
+        floor = p.created
+        for lf in self.lives:
+            if lf.ip != ip or lf.pod is p:
+                continue
+            if lf.end is None:
+                floor = max(floor, lf.pod.fin if lf.pod.fin is not None else self.now)
+            else:
+                floor = max(floor, lf.end)
+        floor = min(floor, self.now)
+        return floor, floor > p.created
+
+    def _refloor(self, ips: set[str]) -> None:
+        """A holder ended: pods that got its addresses while it still held them held them from
+        its end, if that is earlier than when they were seen with them."""
+        pods = {id(lf.pod): lf.pod for lf in self.lives if lf.ip in ips and lf.end is None and lf.floored}
+        for p in pods.values():
+            mine = [lf for lf in self.lives if lf.pod is p and lf.end is None]
+            # one sandbox, one start: the latest any of its addresses allows
+            start = max(self._start_for(p, lf.ip)[0] for lf in mine)
+            for lf in mine:
+                if lf.floored and start < lf.start:
+                    lf.start, lf.floored = start, start > p.created
+
+    def _end_of(self, p: MPod, fin: int | None) -> tuple[int, int]:
+        """(end, grace) of a pod's holds that end now, or at its containers' finishedAt (whole
+        seconds: up to 999 ms later, but never after now, when the end was seen)."""
+        if fin is not None and p.created < fin <= self.now:
+            return fin, min(FINISH_GRACE, self.now - fin)
+        return self.now, 0
+
+    def add_pod(self, p: MPod) -> None:
+        self.pods[p.name] = p
+        end, grace = (None, 0)
+        if p.phase != "Running":
+            end, grace = self._end_of(p, p.fin)
+        for ip in p.indexed():
+            self.lives.append(Life(p, ip, p.created, end, grace))
+
+    def set_pod_ips(self, p: MPod, ips: tuple[str, ...]) -> None:
+        old = set(p.indexed())
+        p.ips = ips
+        new = p.indexed()
+        ident = self.pod_holder(p)
+        for lf in self.lives:
+            if lf.pod is p and lf.ip in old - set(new) and lf.frozen is None:
+                if lf.end is None:
+                    lf.end = self.now
+                lf.frozen = ident
+        added = [ip for ip in new if ip not in old]
+        if p.phase == "Running" and added:
+            # Addresses that appear together come from one sandbox: they share one start, the
+            # latest any of them allows, and never before the pod's hold of those it keeps.
+            floors = [self._start_for(p, ip) for ip in added]
+            start = max(f for f, _ in floors)
+            floored = any(fl for f, fl in floors if f == start)
+            kept = [lf for lf in self.lives if lf.pod is p and lf.ip in new and lf.end is None]
+            if kept and start <= max(lf.start for lf in kept):
+                start = max(lf.start for lf in kept)
+                floored = any(lf.floored for lf in kept)
+            elif kept:
+                # The index's choice (reported, not fixed): one start per pod, so the addresses
+                # it keeps end as a tombstone and are held again from the new start (a pod that
+                # got one of them later while this one held it is no longer the newer holder).
+                ident = self.pod_holder(p)
+                for lf in kept:
+                    lf.end, lf.frozen = start, ident
+                    added.append(lf.ip)
+            for ip in added:
+                self.lives.append(Life(p, ip, start, floored=floored))
+        self._refloor(old - set(new))
+
+    def finish_pod(self, p: MPod, phase: str, fin: int | None) -> None:
+        p.phase, p.fin = phase, fin
+        end, grace = self._end_of(p, fin)
+        for lf in self.lives:
+            if lf.pod is p and lf.end is None:
+                lf.end, lf.grace = end, grace
+        self._refloor(set(p.indexed()))
+
+    def containers_done(self, p: MPod, fin: int) -> None:
+        p.fin = fin
+        self._refloor(set(p.indexed()))
+
+    def delete_pod(self, p: MPod) -> None:
+        """A deleted pod held its addresses until its final status says its containers all
+        finished, else until the delete was seen; they stay its own as a tombstone."""
+        del self.pods[p.name]
+        ident = self.pod_holder(p)
+        end, grace = self._end_of(p, p.fin)
+        for lf in self.lives:
+            if lf.pod is p and lf.frozen is None:
+                if lf.end is None:
+                    lf.end, lf.grace = end, grace
+                lf.frozen = ident
+        if not any(q.node == p.node for q in self.pods.values()):
+            self.zones_gone.pop(p.node, None)
+        if p.owner and p.owner[0] == "ReplicaSet":
+            key = (p.ns, p.owner[1])
+            if not any(q.ns == p.ns and q.owner == p.owner for q in self.pods.values()):
+                self.rs_gone.pop(key, None)
+        self._refloor(set(p.indexed()))
+
+    def set_node(self, n: MNode) -> None:
+        old = self.nodes.get(n.name)
+        if old is None:
+            self.zones_gone.pop(n.name, None)
+        self.nodes[n.name] = n
+        for ip in old.addrs() if old else []:
+            if ip not in n.addrs():
+                self.claims[ip].remove(n.name)
+        for ip in n.addrs():
+            if n.name not in self.claims.setdefault(ip, []):
+                self.claims[ip].append(n.name)
+
+    def delete_node(self, name: str) -> None:
+        n = self.nodes.pop(name)
+        for ip in n.addrs():
+            self.claims[ip].remove(name)
+        if n.zone and any(q.node == name for q in self.pods.values()):
+            self.zones_gone[name] = n.zone
+
+    def set_rs(self, key: tuple[str, str], dep: str | None) -> None:
+        self.rs_gone.pop(key, None)
+        self.rs[key] = dep
+
+    def delete_rs(self, key: tuple[str, str]) -> None:
+        dep = self.rs.pop(key)
+        if dep and any(q.ns == key[0] and q.owner == ("ReplicaSet", key[1]) for q in self.pods.values()):
+            self.rs_gone[key] = dep
+
+
+# ---------------------------------------------------------------- the machine
+
+
+class IndexMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = Clock(T0)
+        self.model = Model(self.clock)
+        self.idx = Index(clock=self.clock, tombstone_seconds=TTL_S, own_namespace=OWN_NS,
+                         infra_namespace_prefixes=INFRA_PREFIXES, compiled=_compiled_built())
+        self.uids = itertools.count(1)
+
+    # helpers
+
+    def tick(self) -> None:
+        """Every event comes a second after the one before (API times are whole seconds: no two
+        events share a timestamp, so the rules never have to break a tie)."""
+        self.clock.ms += 1000
+
+    def upsert(self, kind: str, obj: dict[str, Any]) -> None:
+        self.idx.upsert(kind, self.idx.parse(kind, obj))
+
+    def delete(self, kind: str, obj: dict[str, Any]) -> None:
+        self.idx.delete(kind, self.idx.parse(kind, obj))
+
+    def sweep(self) -> None:
+        self.model.sweep()
+
+    def fin_time(self, data: st.DataObject, p: MPod) -> int:
+        """A containers' finishedAt: after the pod was created, not after now (whole seconds)."""
+        return data.draw(st.integers(p.created // 1000 + 1, self.clock.ms // 1000), label="finishedAt s") * 1000
+
+    def running(self) -> list[str]:
+        return sorted(n for n, p in self.model.pods.items() if p.phase == "Running")
+
+    # pods
+
+    @precondition(lambda self: len(self.model.pods) < len(POD_NAMES))
+    @rule(data=st.data())
+    def add_pod(self, data: st.DataObject) -> None:
+        self.tick()
+        m = self.model
+        name = data.draw(st.sampled_from([n for n in POD_NAMES if n not in m.pods]), label="pod")
+        nname = data.draw(st.sampled_from(NODE_NAMES), label="node")
+        n = m.nodes.get(nname)
+        host_ip = n.internal[0] if n is not None else {"node-a": "10.0.0.1", "node-b": "10.0.0.4",
+                                                         "node-c": "10.0.0.5"}[nname]
+        host_network = data.draw(st.booleans(), label="hostNetwork") if data.draw(st.integers(0, 4)) == 0 else False
+        ips = (host_ip,) if host_network else tuple(data.draw(
+            st.lists(st.sampled_from(POOL), max_size=2, unique=True), label="ips"))
+        # Created up to 3 s ago (the watch is behind), never before the end of an earlier holder
+        # of its addresses (a pod cannot have got an address before it was given back).
+        created = self.clock.ms - 1000 * data.draw(st.integers(0, 3), label="created ago")
+        for lf in m.lives:
+            if lf.ip in ips and not host_network:
+                created = max(created, (lf.end if lf.end is not None else lf.start + 1000))
+        created = min(created, self.clock.ms)
+        p = MPod(uid=f"u{next(self.uids)}", name=name, ns=data.draw(st.sampled_from(NAMESPACES), label="ns"),
+                 node=nname, host_ip=host_ip, ips=ips, host_network=host_network, created=created,
+                 owner=data.draw(st.sampled_from(OWNERS), label="owner"))
+        if data.draw(st.integers(0, 5), label="born finished") == 0 and created < self.clock.ms:
+            p.phase = data.draw(st.sampled_from(("Succeeded", "Failed")))
+            p.fin = data.draw(st.one_of(st.none(), st.just(0)), label="finishedAt?")
+            if p.fin is not None:
+                p.fin = self.fin_time(data, p)
+        self.upsert("pods", p.obj())
+        m.add_pod(p)
+        self.sweep()
+
+    @precondition(lambda self: any(p.phase == "Running" for p in self.model.pods.values()))
+    @rule(data=st.data())
+    def pod_ips_change(self, data: st.DataObject) -> None:
+        """A running pod's podIPs change (out of Pending, a recreated sandbox)."""
+        self.tick()
+        p = self.model.pods[data.draw(st.sampled_from(self.running()), label="pod")]
+        ips = tuple(data.draw(st.lists(st.sampled_from(POOL), max_size=2, unique=True), label="ips"))
+        if p.host_network:
+            ips = (p.host_ip,)
+        self.model.set_pod_ips(p, ips)
+        self.upsert("pods", p.obj())
+        self.sweep()
+
+    @precondition(lambda self: any(p.phase == "Running" for p in self.model.pods.values()))
+    @rule(data=st.data())
+    def pod_finishes(self, data: st.DataObject) -> None:
+        """Phase Succeeded/Failed, with its containers' finishedAt or (a lost container) without."""
+        self.tick()
+        p = self.model.pods[data.draw(st.sampled_from(self.running()), label="pod")]
+        fin = self.fin_time(data, p) if data.draw(st.booleans(), label="with finishedAt") else None
+        if fin is None and p.fin is not None and data.draw(st.booleans()):
+            fin = p.fin   # the containers had all terminated already
+        self.model.finish_pod(p, data.draw(st.sampled_from(("Succeeded", "Failed")), label="phase"), fin)
+        self.upsert("pods", p.obj())
+        self.sweep()
+
+    @precondition(lambda self: any(p.phase == "Running" and p.fin is None for p in self.model.pods.values()))
+    @rule(data=st.data())
+    def pod_containers_terminate(self, data: st.DataObject) -> None:
+        """Phase still Running, every container terminated (graceful deletion under way)."""
+        self.tick()
+        names = sorted(n for n, p in self.model.pods.items() if p.phase == "Running" and p.fin is None)
+        p = self.model.pods[data.draw(st.sampled_from(names), label="pod")]
+        self.model.containers_done(p, self.fin_time(data, p))
+        self.upsert("pods", p.obj())
+        self.sweep()
+
+    @precondition(lambda self: any(p.phase != "Running" and p.indexed() for p in self.model.pods.values()))
+    @rule(data=st.data())
+    def finished_pod_drops_ips(self, data: st.DataObject) -> None:
+        """A finished pod's sandbox is removed: its status lists no address any more."""
+        self.tick()
+        names = sorted(n for n, p in self.model.pods.items() if p.phase != "Running" and p.indexed())
+        p = self.model.pods[data.draw(st.sampled_from(names), label="pod")]
+        self.model.set_pod_ips(p, ())
+        self.upsert("pods", p.obj())
+        self.sweep()
+
+    @precondition(lambda self: bool(self.model.pods))
+    @rule(data=st.data())
+    def delete_pod(self, data: st.DataObject) -> None:
+        """DELETED, its final status saying (or not) when its containers all finished."""
+        self.tick()
+        p = self.model.pods[data.draw(st.sampled_from(sorted(self.model.pods)), label="pod")]
+        if p.phase == "Running" and p.fin is None and data.draw(st.booleans(), label="final status finished"):
+            p.fin = self.fin_time(data, p)
+        self.model.delete_pod(p)
+        self.delete("pods", p.obj())
+        self.sweep()
+
+    # nodes, services, replicasets
+
+    @rule(name=st.sampled_from(NODE_NAMES),
+          internal=st.lists(st.sampled_from(POOL), min_size=1, max_size=2, unique=True),
+          external=st.lists(st.sampled_from(POOL), max_size=1),
+          subnet=st.sampled_from((None, *SUBNETS)), zone=st.sampled_from(ZONES))
+    def set_node(self, name: str, internal: list[str], external: list[str], subnet: str | None,
+                 zone: str | None) -> None:
+        self.tick()
+        n = MNode(name, tuple(internal), tuple(external), subnet, zone)
+        self.model.set_node(n)
+        self.upsert("nodes", self.node_obj(n))
+        self.sweep()
+
+    @staticmethod
+    def node_obj(n: MNode) -> dict[str, Any]:
+        return node(n.name, internal=list(n.internal), external=list(n.external), zone=n.zone,
+                    subnets={"default": n.subnet} if n.subnet else None)
+
+    @precondition(lambda self: bool(self.model.nodes))
+    @rule(data=st.data())
+    def delete_node(self, data: st.DataObject) -> None:
+        self.tick()
+        n = self.model.nodes[data.draw(st.sampled_from(sorted(self.model.nodes)), label="node")]
+        self.model.delete_node(n.name)
+        self.delete("nodes", self.node_obj(n))
+        self.sweep()
+
+    @rule(data=st.data(), key=st.sampled_from((("shop", "s0"), ("shop", "s1"), ("kube-system", "s0"))))
+    def set_service(self, data: st.DataObject, key: tuple[str, str]) -> None:
+        """ClusterIPs are unique among live Services (the API server's allocator)."""
+        self.tick()
+        taken = {ip for k, ips in self.model.services.items() if k != key for ip in ips}
+        free = [ip for ip in POOL if ip not in taken]
+        if not free:
+            return
+        ips = tuple(data.draw(st.lists(st.sampled_from(free), min_size=1, max_size=2, unique=True), label="ips"))
+        self.model.services[key] = ips
+        self.upsert("services", service(key[1], key[0], ips=list(ips)))
+        self.sweep()
+
+    @precondition(lambda self: bool(self.model.services))
+    @rule(data=st.data())
+    def delete_service(self, data: st.DataObject) -> None:
+        self.tick()
+        key = data.draw(st.sampled_from(sorted(self.model.services)), label="service")
+        ips = self.model.services.pop(key)
+        self.delete("services", service(key[1], key[0], ips=list(ips)))
+        self.sweep()
+
+    @rule(key=st.sampled_from(RS_KEYS), dep=st.sampled_from((None, "web", "api")))
+    def set_rs(self, key: tuple[str, str], dep: str | None) -> None:
+        self.tick()
+        self.model.set_rs(key, dep)
+        self.upsert("replicasets", replicaset(key[1], key[0], owner=("Deployment", dep) if dep else None))
+        self.sweep()
+
+    @precondition(lambda self: bool(self.model.rs))
+    @rule(data=st.data())
+    def delete_rs(self, data: st.DataObject) -> None:
+        self.tick()
+        key = data.draw(st.sampled_from(sorted(self.model.rs)), label="replicaset")
+        dep = self.model.rs[key]
+        self.model.delete_rs(key)
+        self.delete("replicasets", replicaset(key[1], key[0], owner=("Deployment", dep) if dep else None))
+        self.sweep()
+
+    # relist, clock
+
+    @rule(data=st.data(), kind=st.sampled_from(("pods", "nodes", "services", "replicasets")))
+    def relist(self, data: st.DataObject, kind: str) -> None:
+        """A watch ended with 410 Gone: the relist lists a subset of what the index has (the
+        others were deleted while the watch was down), unchanged."""
+        self.tick()
+        m = self.model
+        keep: Any
+        if kind == "pods":
+            keep = data.draw(st.sets(st.sampled_from(sorted(m.pods))), label="kept") if m.pods else set()
+            for name in sorted(set(m.pods) - keep):
+                m.delete_pod(m.pods[name])
+            objs = [m.pods[n].obj() for n in sorted(keep)]
+        elif kind == "nodes":
+            keep = data.draw(st.sets(st.sampled_from(sorted(m.nodes))), label="kept") if m.nodes else set()
+            for name in sorted(set(m.nodes) - keep):
+                m.delete_node(name)
+            objs = [self.node_obj(m.nodes[n]) for n in sorted(keep)]
+        elif kind == "services":
+            keep = data.draw(st.sets(st.sampled_from(sorted(m.services))), label="kept") if m.services else set()
+            m.services = {k: v for k, v in m.services.items() if k in keep}
+            objs = [service(k[1], k[0], ips=list(v)) for k, v in sorted(m.services.items())]
+        else:
+            keep = data.draw(st.sets(st.sampled_from(sorted(m.rs))), label="kept") if m.rs else set()
+            for key in sorted(set(m.rs) - keep):
+                m.delete_rs(key)
+            objs = [replicaset(k[1], k[0], owner=("Deployment", d) if d else None) for k, d in sorted(m.rs.items())]
+        self.idx.replace(kind, [self.idx.parse(kind, o) for o in objs])
+        self.sweep()
+
+    @rule(seconds=st.integers(1, TTL_S + 5))
+    def advance(self, seconds: int) -> None:
+        """Time passes; the periodic sweep forgets tombstones older than tombstone_seconds."""
+        self.clock.ms += seconds * 1000
+        self.idx.sweep()
+        self.sweep()
+
+    # queries
+
+    def check(self, src: str, dst: str, agent: str, t: int, direction: int) -> None:
+        want = self.model.flows(src, dst, agent, t, direction)
+        readers = [("python", self.idx.enrich)]
+        if self.idx.compiled:
+            readers.append(("compiled", self.idx.enrich_fn))
+        for what, fn in readers:
+            frag = fn(raw(src), raw(dst), raw(agent), t, direction)
+            got = orjson.loads(b"{" + frag[1:] + b"}") if frag else {}
+            assert got in want, (f"{what} reader: flow {src or '-'} -> {dst or '-'} agent {agent or '-'} "
+                                 f"at now{(t - self.clock.ms) / 1000:+.3f}s dir {direction}:\n"
+                                 f"  index {got}\n  model {want}")
+
+    @rule(src=st.sampled_from((*POOL, OUTSIDE, "")), dst=st.sampled_from((*POOL, OUTSIDE, "")),
+          agent=st.sampled_from((*POOL, OUTSIDE, "")), ago_ms=st.integers(0, TTL_S * 1000),
+          direction=st.sampled_from((-1, 0, 1)))
+    def query(self, src: str, dst: str, agent: str, ago_ms: int, direction: int) -> None:
+        self.check(src, dst, agent, self.clock.ms - ago_ms, direction)
+
+    @invariant()
+    def every_address_agrees(self) -> None:
+        """Each address, alone, now and at a few past times within the tombstone window."""
+        now = self.clock.ms
+        for ip in POOL:
+            for t in (now, now - 500, now - 1500, now - 4000, now - TTL_S * 500, now - TTL_S * 1000):
+                self.check(ip, "", "", t, -1)
+
+
+IndexMachine.TestCase.settings = settings(
+    max_examples=150, stateful_step_count=40, deadline=None, derandomize=True, database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+test_index_against_model = IndexMachine.TestCase
+
+
+@pytest.mark.skipif(not _compiled_built(), reason="enrich._fast not built")
+def test_both_readers_are_compared() -> None:
+    """The machine compares the compiled reader too when it is built (not only Python's)."""
+    assert IndexMachine().idx.compiled
+
+
+# ---------------------------------------------------------------- regressions (minimal examples)
 
 
 def _index(clock: Clock) -> Index:
