@@ -1561,7 +1561,8 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
     cdef uint8_t ten_proto = 0
     cdef uint8_t mask6_src = 0, mask6_dst = 0, icmp6_type = 0, icmp6_code = 0
     cdef int has_v6only = 0  # bits: 1 src mask, 2 dst mask
-    cdef int icmp = 0        # bits: 1 an ICMP element (32, 176, 177), 2 an ICMPv6 one (139, 178, 179)
+    cdef int icmp = 0        # bits: 1 an ICMP element (32, 176, 177), 2 an ICMPv6 one (139, 178, 179),
+                             # 4 an ICMP type (32, 176), 8 an ICMPv6 type (139, 178)
     cdef int rev = 0         # REV_* bits: RFC 5103 reverse elements of a biflow record
     cdef uint64_t rev_bytes = 0, rev_packets = 0
     cdef int64_t rev_start = 0, rev_end = 0, rev_delta = 0
@@ -1679,10 +1680,10 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             v = be16r(p, L)  # type * 256 + code
             f.icmp_type = <uint8_t>(v >> 8)
             f.icmp_code = <uint8_t>v
-            icmp |= 1
+            icmp |= 1 | 4
         elif a == A_ICMP_TYPE:
             f.icmp_type = p[0]
-            icmp |= 1
+            icmp |= 1 | 4
         elif a == A_ICMP_CODE:
             f.icmp_code = p[0]
             icmp |= 1
@@ -1696,10 +1697,10 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             v = be16r(p, L)
             icmp6_type = <uint8_t>(v >> 8)
             icmp6_code = <uint8_t>v
-            icmp |= 2
+            icmp |= 2 | 8
         elif a == A_ICMP_TYPE6:
             icmp6_type = p[0]
-            icmp |= 2
+            icmp |= 2 | 8
         elif a == A_ICMP_CODE6:
             icmp6_code = p[0]
             icmp |= 2
@@ -2002,10 +2003,17 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
         # NetObserv writes IcmpType/IcmpCode for protocols 1 and 58 alone (as the v5 and sFlow
         # decoders do). The protocol picks the family's elements, the other family's when the
         # template has only those (v9 exporters send ICMP_TYPE (32) for ICMPv6 too).
+        # A code without its family's type (177 or 179 alone) gives no ICMP field: codes are
+        # defined per type (RFC 792, RFC 4443), and the type left at 0 would state "echo reply"
+        # (ICMPv6: a reserved type) that the exporter never sent. (A packet section's own ICMP
+        # header then stays the flow's: packet_section.)
         if icmp & 2 and (f.proto == 58 or not icmp & 1):
-            f.icmp_type = icmp6_type
-            f.icmp_code = icmp6_code
-        f.present |= P_ICMP
+            if icmp & 8:
+                f.icmp_type = icmp6_type
+                f.icmp_code = icmp6_code
+                f.present |= P_ICMP
+        elif icmp & 4:
+            f.present |= P_ICMP
     if f.present & P_PROTO and (f.proto == 1 or f.proto == 58):
         if not icmp and f.present & P_DPORT and not 0 < f.dport < 256 and not (f.dport == 0 and f.proto == 58):
             # No ICMP element: pmacct's templates (and akvorado's corpus capture) carry type and
@@ -2188,8 +2196,8 @@ cdef int packet_section(Flow* f, const uint8_t* buf, Py_ssize_t off, Py_ssize_t 
     """Fill what `f` lacks from a PSAMP record's packet section (dataLinkFrameSection from the
     Ethernet header on, or ipHeaderPacketSection from the IP header), parsed by the sFlow raw
     header parser: a section cut anywhere gives what it holds. `have`: P_* bits the record's own
-    elements give that f.present does not show yet; `icmp`: decode_record's ICMP element bits (1
-    IPv4 elements, 2 IPv6 ones), the record's own type and code for a packet of that family."""
+    elements give that f.present does not show yet; `icmp`: decode_record's ICMP element bits (4
+    an IPv4 type element, 8 an IPv6 one), the record's own type and code for a packet of that family."""
     cdef Flow h
     cdef uint64_t miss
     cdef uint8_t proto
@@ -2205,8 +2213,8 @@ cdef int packet_section(Flow* f, const uint8_t* buf, Py_ssize_t off, Py_ssize_t 
         memcpy(f.src, h.src, 16)
         memcpy(f.dst, h.dst, 16)
     proto = f.proto if f.present & P_PROTO else h.proto
-    if (icmp & 1 and proto == 1) or (icmp & 2 and proto == 58):
-        have |= P_ICMP
+    if (icmp & 4 and proto == 1) or (icmp & 8 and proto == 58):
+        have |= P_ICMP      # (a code alone is no ICMP field of the record's: the section's win)
     miss = h.present & ~(f.present | have)
     if miss & P_SPORT:
         f.sport = h.sport
