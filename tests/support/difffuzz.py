@@ -25,6 +25,28 @@ flowscope Decoder and compared with the golden comparators of tests/test_golden_
 (check_cflow_capture / check_sflow_capture: per-record values through the tshark mapping table,
 record counts, missing-template sets, stats deltas, counter records).
 
+Known tshark 4.0 faults, which the generator or the comparator (tests/support/tshark.py) keeps
+out of the comparison rather than report as flowscope's:
+  * sFlow sampled header (0:1): it dissects the XDR padding after a header whose length is not a
+    multiple of 4 as header bytes (it rounds header_length up), so a header cut short inside a
+    field gets that field from the padding's zeros (an IPv4 destination 172.203.60.0 from a
+    header cut 1 byte short of it). The generator cuts short headers at multiples of 4.
+  * sFlow sampled_ipv4/ipv6 (0:3, 0:4): it reads tcp_flags and the IPv4 tos from the first
+    byte of their 4-byte XDR fields (always 0 for values below 2^24): those are not compared.
+  * sFlow records of standard formats it does not know (Open vSwitch's 1025/1026, unknown
+    ones): it reads their body as the next record, so the rest of the sample is not the
+    sample's (and when the length it then reads runs past the datagram, it lists a BoundError as
+    "_ws.unreassembled", which run_tshark takes as a stopped decode like "_ws.malformed"): only
+    the sampled header of such a sample is compared, not sampled Ethernet/IPv4/IPv6 records.
+  * IPFIX: data for a template whose every field has a variable length is "no template found"
+    (its fixed length is 0): the generator gives such a template one fixed-length element.
+  * IPFIX: unknown IANA elements are listed as enterprise entries with no enterprise, and a
+    variable-length field of length 0 gets no entry at all: the comparator pairs the values
+    with the template's fields by their lengths (pair_unknown).
+Not a tshark fault but a documented choice of flowscope's where tshark reads otherwise: zeros
+that end a set on its 4-byte boundary after records of 3 bytes or less are padding (README):
+the generator never makes such a set's last record all zeros.
+
 Output: the number of cases per kind, and the disagreements grouped by kind (the problem text
 with numbers blanked), with the seed and case number of up to --show examples each, so a
 failing case is rebuilt by `--seed S --only N` (which writes its pcap beside and prints the
@@ -285,6 +307,10 @@ class Session:
         for f in fields:
             if f.kind == "pad":
                 f.kind = "zero"
+        if all(f.length == VARLEN for f in fields):
+            # tshark 4.0 decodes no data for a template of variable-length fields only (see the
+            # header of this file): one fixed-length element known to neither side beside them
+            fields.append(Field(rng.randrange(600, 4000), 0, 4, "bytes"))
         return Tmpl(tid, fields)
 
     def options_template(self, tid: int) -> Tmpl:
@@ -330,7 +356,13 @@ class Session:
         return struct.pack("!HH", sid, len(body) + 4) + body
 
     def data_set(self, t: Tmpl, n: int) -> bytes:
-        body = b"".join(self.record(t) for _ in range(n))
+        recs = [self.record(t) for _ in range(n)]
+        if len(recs[-1]) < 4 and not any(recs[-1]):
+            # zeros that end a set on its 4-byte boundary are padding to flowscope even after
+            # records of 3 bytes or less (README: RFC 3954 5.3 lets a v9 exporter pad so; an
+            # all-zero record is lost), where tshark reads a record: not a case to compare
+            recs[-1] = recs[-1][:-1] + b"\x01"
+        body = b"".join(recs)
         # RFC 7011 3.3.1: padding "MUST be shorter than any allowable record in this Set"
         # (a variable-length field can be as short as its 1-byte length)
         shortest = sum(1 if f.length == VARLEN else f.length for f in t.fields)
@@ -452,7 +484,9 @@ def flow_records(rng: random.Random) -> list[bytes]:
     recs = []
     if rng.random() < 0.9:
         hp, pkt = sampled_packet(rng)
-        cut = len(pkt) if rng.random() < 0.7 else rng.randrange(14, len(pkt) + 1)
+        # a header cut short: at a multiple of 4 bytes (tshark 4.0 dissects the XDR padding after
+        # a header of another length as header bytes; see the header of this file)
+        cut = len(pkt) if rng.random() < 0.7 else rng.randrange(16, len(pkt) + 1) & ~3
         hdr = pkt[: min(cut, 128)]
         frame_len = len(pkt) + (4 if hp == 1 else 0) + rng.choice((0, 0, rng.randrange(1500)))
         recs.append(_rec(0, 1, struct.pack("!IIII", hp, frame_len, 4 if hp == 1 else 0, len(hdr)) + hdr))

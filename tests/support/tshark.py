@@ -81,9 +81,11 @@ def run_tshark(
         body = layers[flow_layer]
         if isinstance(body, list):  # two flow PDUs in one frame never happens for UDP export
             body = body[0]
-        if "_ws.malformed" in layers and not _has_key(body, "_ws.malformed"):
+        if ("_ws.malformed" in layers or "_ws.unreassembled" in layers) and not _has_key(body, "_ws.malformed"):
             # tshark lists the exception beside the flow layer (e.g. sFlow 4.0 reading an unknown
-            # flow record's body as the next record): its decode stopped there
+            # flow record's body as the next record): its decode stopped there. When the record
+            # length it then read runs past the datagram the exception is a BoundError, listed as
+            # "_ws.unreassembled" (UDP has nothing to reassemble): stopped all the same.
             body = dict(body, **{"_ws.malformed": "Malformed Packet"})
         out.append(
             {
@@ -670,20 +672,23 @@ def expected_from_cflow(pkt: CflowPacket, cset: CflowSet, rec: dict) -> dict[str
         exp["TimeFlowStartMs"] = start
     if end is not None:
         exp["TimeFlowEndMs"] = end
-    # Elements tshark does not know, by position among the template's unknown fields.
+    # Elements tshark does not know, by position among the template's unknown fields. tshark 4.0
+    # lists an IPFIX record's unknown IANA elements as enterprise entries too (with no
+    # enterprise), so those are paired with all the unknown fields when it has no
+    # cflow.unknown_field_type.
     if cset.template is not None:
         unknown_std = [f for f in cset.template.fields if f.label.startswith("Unknown(")]
         unknown_pen = [f for f in cset.template.fields if "[pen:" in f.label]
+        if "cflow.unknown_field_type" not in rec:
+            unknown_pen = [f for f in cset.template.fields if f.unknown_to_tshark]
         for tkey, flds in (("cflow.unknown_field_type", unknown_std),
                            ("cflow.enterprise_private_entry", unknown_pen)):
-            vals = _vals(rec, tkey)
-            if len(vals) == len(flds):
-                by_key: dict[str, list[str]] = {}
-                for f, v in zip(flds, vals, strict=False):
-                    by_key.setdefault(f.ie_key, []).append(hexbytes(v))
-                for k, vs in by_key.items():
-                    # an element repeated in the record is an array of its values, in order (README)
-                    exp.setdefault(k, vs[0] if len(vs) == 1 else vs)
+            if tkey not in rec and flds is unknown_std:
+                continue    # (its fields are paired with the enterprise entries)
+            by_key = pair_unknown(flds, _vals(rec, tkey), _as_list(rec.get(f"{tkey}_tree")))
+            for k, vs in (by_key or {}).items():
+                # an element repeated in the record is an array of its values, in order (README)
+                exp.setdefault(k, vs[0] if len(vs) == 1 else vs)
     # YAF (CERT PEN 6871) without tcpControlBits: Flags are initialTCPFlags (14) | unionTCPFlags
     # (15), which tshark 4.0 shows as unknown enterprise elements (their reverse twins, 16398 and
     # 16399, stay elements without --split-biflows)
@@ -696,6 +701,44 @@ def expected_from_cflow(pkt: CflowPacket, cset: CflowSet, rec: dict) -> dict[str
             exp["TcpFlagsRaw"] = bits
             exp["Flags"] = flag_names(bits)
     return exp
+
+
+def pair_unknown(flds: list[TemplateField], vals: list, trees: list) -> dict[str, list[str]] | None:
+    """flowscope's ie<ID> values for the template's unknown fields `flds`, from tshark's values
+    of them in record order (`trees`: their subtrees, a string length for a variable-length
+    one). tshark lists no value for a variable-length field of length 0 (RFC 7011 7), which
+    flowscope keeps as "": each value is paired with the next field it fits (variable length
+    with variable length, a fixed length with its byte count), the variable-length fields
+    passed over being the empty ones. None when that pairing is not the only one that gives
+    these values (two adjacent variable-length fields, one empty), or there is none."""
+    # (one value's subtree is flattened into the record: then whether it had a length is not
+    # known, and any pairing its byte count allows is tried)
+    known = len(trees) == len(vals) and len(vals) > 1
+    ents = [(hexbytes(v), isinstance(t, dict) and any(k.startswith("cflow.string_len") for k in t) if known else None)
+            for v, t in zip(vals, trees if known else [""] * len(vals), strict=True)]
+    found: list[dict[str, list[str]]] = []
+
+    def walk(i: int, j: int, acc: list[tuple[str, str]]) -> None:
+        if len(found) > 1:
+            return
+        if i == len(flds):
+            if j == len(ents):
+                by: dict[str, list[str]] = {}
+                for k, v in acc:
+                    by.setdefault(k, []).append(v)
+                found.append(by)
+            return
+        f = flds[i]
+        var = f.length == 0xFFFF
+        if j < len(ents) and ents[j][1] in (var, None) and (var or len(ents[j][0]) == 2 * f.length):
+            walk(i + 1, j + 1, acc + [(f.ie_key, ents[j][0])])
+        if var:
+            walk(i + 1, j, acc + [(f.ie_key, "")])
+
+    walk(0, 0, [])
+    if not found or any(x != found[0] for x in found):
+        return None
+    return found[0]
 
 
 # Absolute time elements (RFC 7011 dateTime*): flowStart/End Seconds, Milliseconds,
@@ -726,16 +769,30 @@ def _time_ms(pkt: CflowPacket, rec: dict, which: str, tmpl: Template | None = No
             return None
         rel = seconds_to_ms(rec[key])
     if pkt.version in (5, 9) and pkt.export_ms is not None and pkt.sysuptime_ms is not None:
-        # tshark prints the raw offset, seconds since boot. A value above the header's uptime
-        # (the 32-bit counter wrapped since, RFC 3954 8) has no plain reading: None, and
-        # compare_flow_record checks what holds whatever the wrap rule (the time is the plain
-        # reading modulo 2^32).
-        if rel > pkt.sysuptime_ms:
-            return None
-        return pkt.export_ms - pkt.sysuptime_ms + rel
+        # tshark prints the raw offset, seconds since boot; compare_flow_record also checks the
+        # time is this reading modulo 2^32 (RFC 3954 8: the counter wraps)
+        return sysup_reading(pkt.export_ms - pkt.sysuptime_ms, rel, pkt.export_ms + SYSUP_SKEW_MS)
     if pkt.version == 10 and pkt.sys_init_ms is not None:
-        return pkt.sys_init_ms + rel
+        latest = pkt.export_ms + SYSUP_SKEW_MS if pkt.export_ms is not None else pkt.sys_init_ms + rel
+        return sysup_reading(pkt.sys_init_ms, rel, latest)
     return None
+
+
+# README (TimeFlowStartMs): sysUpTime values up to an hour after the export are the exporter's
+# clocks disagreeing, not a counter that wrapped
+SYSUP_SKEW_MS = 3_600_000
+
+
+def sysup_reading(sysinit_ms: int, rel: int, latest_ms: int) -> int:
+    """The Unix ms of a sysUpTime value `rel` (v5/v9 First/Last, IEs 21/22) by the README's
+    rule: sysUpTime is a 32-bit ms counter (RFC 3954 8, RFC 7011 flowStartSysUpTime unsigned32),
+    so the value stands for the latest sysinit + rel + k * 2^32 not after `latest_ms`: a value
+    far above the header's uptime was counted before the counter wrapped, one a little above
+    it is a flow stamped after the export, and a system up for more than 49.7 days (IE 160) has
+    wrapped k times. A reading before 1970 (an exporter's clock never set) stays unwrapped."""
+    t = sysinit_ms + rel
+    w = t + ((latest_ms - t) >> 32 << 32)
+    return t if w < 0 <= t else w
 
 
 NONEMPTY_IFNAMES_KEY = "_nonempty_interfaces"
@@ -1106,6 +1163,7 @@ def expected_from_sflow_sample(pkt: SflowPacket, s: SflowSample) -> dict[str, An
                 exp["PktDropLatestDropCause"] = SFLOW_DROP_REASONS.get(reason, str(reason))
     if pkt.agent:
         exp["AgentIP"] = pkt.agent
+    header_ip = header_eth = False
     for r in s.records:
         if r.enterprise == 0 and r.format == 1 and "header_tree" in r.fields:  # raw packet header
             exp["Bytes"] = to_int(r.fields["sflow_245.header.frame_length"])
@@ -1113,7 +1171,71 @@ def expected_from_sflow_sample(pkt: SflowPacket, s: SflowSample) -> dict[str, An
             if "PktDropPackets" in exp:
                 exp["PktDropBytes"] = exp["Bytes"]
             exp.update(expected_from_header(r.fields["header_tree"]))
+            L = header_layers(r.fields["header_tree"])
+            header_ip = "ip.dst" in L.get("ip", {}) or "ipv6.dst" in L.get("ipv6", {})
+            header_eth = "eth" in L
             break
+    # The other records that describe the packet (README, sFlow v5): Bytes is a sampled header's
+    # frame length, else sampled Ethernet's, else the sampled IPv4/IPv6 length; MACs come from
+    # the header's Ethernet, else sampled Ethernet; the keys from the header when it reached an
+    # IP header's addresses, else from the first sampled IPv4/IPv6 record.
+    if not sample_records_complete(s):
+        return exp
+    eth = [r.fields for r in s.records if (r.enterprise, r.format) == (0, 2)]
+    sip = [r for r in s.records if r.enterprise == 0 and r.format in (3, 4)]
+    if "Bytes" not in exp and (eth or sip):
+        exp["Bytes"] = to_int(eth[0]["sflow_245.ethernet.length"] if eth else sip[0].fields["sflow_245.ip.length"])
+        exp["Packets"] = 1
+        if "PktDropPackets" in exp:
+            exp["PktDropBytes"] = exp["Bytes"]
+    if eth and not header_eth:
+        exp["SrcMac"] = eth[0]["sflow_245.ethernet.source_mac_address"].lower()
+        exp["DstMac"] = eth[0]["sflow_245.ethernet.destination_mac_address"].lower()
+    if sip and not header_ip:
+        exp.update(expected_from_sampled_ip(sip[0]))
+    return exp
+
+
+_RECORD_HEAD = {"sflow.enterprise", "sflow_245.flow_record_format", "sflow_5.flow_data_length"}
+
+
+def sample_records_complete(s: SflowSample) -> bool:
+    """Whether tshark listed all of a flow sample's records as sent: it lists as many as the
+    sample declares and none of them is a standard format tshark 4.0 does not know (it reads such
+    a record's body as the next record, so the records after it are not the sample's: the one
+    that describes the packet may be among those lost, e.g. after OVS's 1025/1026)."""
+    declared = s.fields.get("sflow.flow_sample.flow_record")
+    if declared is None or to_int(declared) != len(s.records):
+        return False
+    return not any(r.enterprise == 0 and set(r.fields) <= _RECORD_HEAD for r in s.records)
+
+
+def expected_from_sampled_ip(r: SflowRecord) -> dict[str, Any]:
+    """Flow keys from a sampled_ipv4 / sampled_ipv6 record (sflow_version_5.txt: length,
+    protocol, src_ip, dst_ip, src_port, dst_port, tcp_flags, tos / priority, each an XDR
+    unsigned int or address). Not from tshark 4.0: tcp_flags and the IPv4 tos, which it reads
+    from the first (high) byte of their 4-byte fields, where the value is in the last, so TCP
+    flags and the IPv4 DSCP are left unchecked."""
+    f = r.fields
+    v6 = r.format == 4
+    proto = to_int(f["sflow.ip_protocol"])
+    exp: dict[str, Any] = {
+        "SrcAddr": f["sflow_245.ipv6_src" if v6 else "sflow_245.ipv4_src"],
+        "DstAddr": f["sflow_245.ipv6_dst" if v6 else "sflow_245.ipv4_dst"],
+        "Proto": proto, "Etype": 0x86DD if v6 else 0x0800,
+    }
+    if v6:
+        exp["Dscp"] = (to_int(f["sflow_245.ipv6_priority"]) >> 2) & 0xFF
+    sport, dport = to_int(f["sflow_245.ip.source_port"]), to_int(f["sflow.ip.destination_port"])
+    if proto in (6, 17, 132):
+        exp["SrcPort"], exp["DstPort"] = sport & 0xFFFF, dport & 0xFFFF
+    elif proto in (1, 58):
+        # "source port number or equivalent" (README: ICMP type and code in the port fields;
+        # src_port 0 with dst_port type << 8 | code, or the type alone, as some agents send)
+        if sport == 0 and dport:
+            sport, dport = (dport >> 8, dport & 0xFF) if dport > 0xFF else (dport, 0)
+        if sport <= 0xFF and dport <= 0xFF and (sport or dport or proto == 1):
+            exp["IcmpType"], exp["IcmpCode"] = sport, dport
     return exp
 
 
