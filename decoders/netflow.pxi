@@ -2007,13 +2007,12 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
         # defined per type (RFC 792, RFC 4443), and the type left at 0 would state "echo reply"
         # (ICMPv6: a reserved type) that the exporter never sent. (A packet section's own ICMP
         # header then stays the flow's: packet_section.)
-        if icmp & 2 and (f.proto == 58 or not icmp & 1):
-            if icmp & 8:
-                f.icmp_type = icmp6_type
-                f.icmp_code = icmp6_code
-                f.present |= P_ICMP
-        elif icmp & 4:
+        if icmp & 8 and (f.proto == 58 or not icmp & 1):
+            f.icmp_type = icmp6_type
+            f.icmp_code = icmp6_code
             f.present |= P_ICMP
+        elif icmp & 4:
+            f.present |= P_ICMP     # (also an ICMPv6 flow with 32 and a lone 179: 32's, as v9 sends)
     if f.present & P_PROTO and (f.proto == 1 or f.proto == 58):
         if not icmp and f.present & P_DPORT and not 0 < f.dport < 256 and not (f.dport == 0 and f.proto == 58):
             # No ICMP element: pmacct's templates (and akvorado's corpus capture) carry type and

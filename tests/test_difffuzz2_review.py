@@ -45,3 +45,13 @@ def test_an_icmp_code_without_its_type_is_no_icmp_type_0(tmp_path: Path, family:
         v = f"ipv{family}"
         assert f"cflow.icmp_{v}_code" in r_code and f"cflow.icmp_{v}_type" not in r_code, r_code
         assert int(r_both[f"cflow.icmp_{v}_type"]) == 3 and int(r_both[f"cflow.icmp_{v}_code"]) == 4
+
+
+def test_an_icmpv6_flow_with_the_packed_v4_element_and_a_lone_v6_code_keeps_the_packed_type() -> None:
+    """NetFlow v9 exporters send ICMP_TYPE (32, type << 8 | code) for ICMPv6 flows too: a
+    template with 32 and a lone icmpCodeIPv6 (179) has its type in 32, which the flow keeps."""
+    t = IpfixTemplate(302, (*V6_ICMP, ("tc", 32, 0, 2), ("code6", 179, 0, 1)))
+    row = {"src": "fd00::1", "dst": "fd00::2", "proto": 58, "tc": (128 << 8) | 0, "code6": 0}
+    msg = ipfix_message([template_set([t]), data_set(t, [row])], seq=0, export_time=EXPORT)
+    (f,) = _decode(msg)
+    assert (f["IcmpType"], f["IcmpCode"]) == (128, 0), f
