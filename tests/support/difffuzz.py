@@ -72,6 +72,7 @@ if str(ROOT) not in sys.path:
 
 from collector.pcap import Datagram  # noqa: E402
 from tests.support import tshark as T  # noqa: E402
+from tests.support.pcapgen import _csum  # noqa: E402  (the IPv4 header checksum)
 
 EXPORT = 1_700_000_000
 IPFIX_PORT, V9_PORT, SFLOW_PORT = 4739, 2055, 6343
@@ -427,15 +428,6 @@ def _xdr(body: bytes) -> bytes:
 def _rec(ent: int, fmt: int, body: bytes) -> bytes:
     body = _xdr(body)
     return struct.pack("!II", (ent << 12) | fmt, len(body)) + body
-
-
-def _csum(b: bytes) -> int:
-    if len(b) % 2:
-        b += b"\0"
-    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 def sampled_packet(rng: random.Random) -> tuple[int, bytes]:
