@@ -1602,6 +1602,8 @@ class KafkaSink(Sink):
         """Key none through aiokafka: the producer (of kafka.connections) and partition the batch
         goes to, one that takes it at once (its partition first, then the others with a leader),
         or, when none does, the first that does after a wait (as _steer for direct produce)."""
+        from aiokafka.structs import TopicPartition
+
         ps = self.producers
         while True:
             parts = [o.partition] + [p for p in self._led_partitions(topic) if p != o.partition]
@@ -1612,8 +1614,6 @@ class KafkaSink(Sink):
                         self._conn_rr = i
                         o.partition = p
                         return ps[i]
-            from aiokafka.structs import TopicPartition
-
             waiters = [b[-1]._drain_waiter for pr in ps for tp, b in pr._message_accumulator._batches.items()
                        if b and isinstance(tp, TopicPartition) and tp.topic == topic]
             if not waiters:

@@ -35,6 +35,8 @@ from typing import Any
 
 import orjson
 
+from .config import FLOW_LAYER_RULES
+
 log = logging.getLogger("flowscope.enrich")
 
 PODS, NODES, SERVICES, REPLICASETS = "pods", "nodes", "services", "replicasets"
@@ -450,8 +452,8 @@ class Index:
                  clock: Callable[[], float] = time.time, compiled: bool | None = None) -> None:
         self._prefixes = tuple(infra_namespace_prefixes)
         self._own_ns = own_namespace
-        if flow_layer_rule not in ("any-infra", "netobserv"):
-            raise ValueError(f"flow_layer_rule {flow_layer_rule!r}: any-infra or netobserv")
+        if flow_layer_rule not in FLOW_LAYER_RULES:
+            raise ValueError(f"flow_layer_rule {flow_layer_rule!r}: one of {', '.join(FLOW_LAYER_RULES)}")
         self._netobserv = flow_layer_rule == "netobserv"
         self._ttl_ms = int(tombstone_seconds * 1000)
         self._clock = clock
