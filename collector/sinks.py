@@ -791,6 +791,9 @@ class KafkaSink(Sink):
         self.producer: Any = None  # the first connection: metadata and topic creation
         self.producers: list[Any] = []  # every connection (kafka.connections), see _submit
         self._conn_rr = 0
+        # key none through aiokafka: (topic, partition) -> [producer index, batches outstanding]
+        # (_steer_aio keeps a partition on one producer while it has batches unanswered)
+        self._aio_owner: dict[tuple[str, int], list[int]] = {}
         self.direct: Any = None  # collector.kafka_direct.DirectProducer for prebuilt batches (kafka.direct)
         self.partitions: dict[str, list[int]] = {}
         self._rr = 0
@@ -1601,24 +1604,48 @@ class KafkaSink(Sink):
     async def _steer_aio(self, o: _Open, topic: str) -> Any:
         """Key none through aiokafka: the producer (of kafka.connections) and partition the batch
         goes to, one that takes it at once (its partition first, then the others with a leader),
-        or, when none does, the first that does after a wait (as _steer for direct produce)."""
+        or, when none does, the first that does after a wait (as _steer for direct produce).
+        A partition with batches unanswered stays on the producer that sent them: two producers
+        are two connections, and two Produce requests for one partition in flight at once on
+        two connections may be answered out of order (Kafka keeps order per connection only),
+        and Tansu (the bundled broker) lost a partition's first batch, acknowledged, when its
+        second arrived on the other connection before the first was written."""
         from aiokafka.structs import TopicPartition
 
         ps = self.producers
         while True:
             parts = [o.partition] + [p for p in self._led_partitions(topic) if p != o.partition]
             for p in parts:
-                for k in range(1, len(ps) + 1):
-                    i = (self._conn_rr + k) % len(ps)
+                owner = self._aio_owner.get((topic, p))
+                order = [owner[0]] if owner else [(self._conn_rr + k) % len(ps) for k in range(1, len(ps) + 1)]
+                for i in order:
                     if self._aio_free(ps[i], topic, p):
-                        self._conn_rr = i
+                        if not owner:
+                            self._conn_rr = i
                         o.partition = p
                         return ps[i]
             waiters = [b[-1]._drain_waiter for pr in ps for tp, b in pr._message_accumulator._batches.items()
                        if b and isinstance(tp, TopicPartition) and tp.topic == topic]
             if not waiters:
-                return ps[self._conn_rr]
+                owner = self._aio_owner.get((topic, o.partition))
+                return ps[owner[0] if owner else self._conn_rr]
             await asyncio.wait(waiters, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+
+    def _aio_sent(self, topic: str, partition: int, producer: Any) -> Callable[[], None]:
+        """Count a key none batch handed to an aiokafka producer for its partition (_steer_aio);
+        the function returned uncounts it once answered (or failed)."""
+        key = (topic, partition)
+        owner = self._aio_owner.get(key)
+        if owner is None:
+            owner = self._aio_owner[key] = [self.producers.index(producer), 0]
+        owner[1] += 1
+
+        def done() -> None:
+            owner[1] -= 1
+            if owner[1] <= 0 and self._aio_owner.get(key) is owner:
+                del self._aio_owner[key]
+
+        return done
 
     def _on_room(self) -> None:
         """A direct connection has room again: the sender looks at the busy partitions."""
@@ -1686,13 +1713,22 @@ class KafkaSink(Sink):
                 self._written[o.kind] += len(o.records)
             else:
                 ps = self.producers
+                untrack: Callable[[], None] | None = None
                 if self.k.key == "none":
                     producer = await self._steer_aio(o, topic)
+                    untrack = self._aio_sent(topic, o.partition, producer)
                 elif self._busy(o, topic):
                     return
                 else:
                     producer = ps[o.partition % len(ps)]
-                fut = await producer.send_batch(o.builder, topic, partition=o.partition)
+                try:
+                    fut = await producer.send_batch(o.builder, topic, partition=o.partition)
+                except BaseException:
+                    if untrack is not None:
+                        untrack()
+                    raise
+                if untrack is not None:
+                    fut.add_done_callback(lambda _f, u=untrack: u())
                 # in aiokafka's hands now: it may write the request at any moment, so at the
                 # shutdown deadline these records are unconfirmed (maybe in the topic), not
                 # undelivered
