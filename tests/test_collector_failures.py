@@ -347,7 +347,10 @@ class InFlightFront(KafkaFront):
             up_w.close()
 
 
-def test_aiokafka_connections_never_carry_one_partition_at_once(collector: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("direct", [False, True])
+@pytest.mark.parametrize("partitions", [3, 4])
+def test_connections_never_carry_one_partition_at_once(collector: Any, tmp_path: Path, direct: bool,
+                                                        partitions: int) -> None:
     """--no-kafka-direct with --kafka-connections 2 is two aiokafka producers, two connections.
     Key none steers each batch to a producer and partition that takes it at once (_steer_aio);
     it sent a partition's next batch on the other connection while the first was unanswered, so
@@ -366,8 +369,9 @@ def test_aiokafka_connections_never_carry_one_partition_at_once(collector: Any, 
         broker.start()
         front.start()
         t = "t-" + uuid.uuid4().hex[:10]
-        c = collector(["--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-topic", t, "--no-kafka-direct",
-                       "--kafka-connections", "2", "--kafka-batch-bytes", "16KB"])
+        c = collector(["--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-topic", t,
+                       "--kafka-direct" if direct else "--no-kafka-direct", "--kafka-create-topic",
+                       "--kafka-partitions", str(partitions), "--kafka-connections", "2", "--kafka-batch-bytes", "16KB"])
         send_udp([make_v5(i, 30, i * 30) for i in range(200)], c.port)
         c.wait_value("flowscope_flows_delivered_total", 6000, timeout=60)
         got = consume(f"127.0.0.1:{port}", t, 6000)
