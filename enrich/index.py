@@ -500,7 +500,10 @@ class Index:
         # exporter's node for FlowDirection while that Node is not in the cache (deleted while
         # its pods are being garbage-collected, re-registered, or the nodes informer behind).
         self._hosts: dict[bytes, dict[str, int]] = {}
-        self._svc_addr: dict[bytes, tuple[str, str]] = {}
+        # ClusterIP -> the Service(s) listing it (_multi_add: two only while one replaces the
+        # other out of order, or across a relist), the newest answering
+        self._svc_addr: dict[bytes, Any] = {}
+        self._svc_entry: dict[tuple[str, str], tuple[Any, ...]] = {}
         self._batch = False
 
         # Counters for stats(): problems by cause; logged once per cause.
@@ -1332,26 +1335,41 @@ class Index:
                   (b"OwnerName", rec.name), (b"OwnerType", "Service"))
         entry = (_fragment(b"Src", fields), _fragment(b"Dst", fields), None, self._layer_bit(rec.ns, rec.name),
                  ALWAYS, ALIVE, None)
+        self._svc_entry[key] = entry
         if old is not None:
             for ip in old.ips:
-                if ip not in rec.ips and self._svc_addr.get(ip) == key:
-                    del self._svc_addr[ip]
-                    self._svc_layer.pop(ip, None)
-                    self._merge(ip)
+                if ip not in rec.ips:
+                    self._drop_svc_ip(ip, key)
         for ip in rec.ips:
+            # (kept last: the newest Service to list the address answers for it)
+            _multi_remove(self._svc_addr, ip, key)
+            _multi_add(self._svc_addr, ip, key)
             self._svc_layer[ip] = entry
-            self._svc_addr[ip] = key
             self._merge(ip)
+
+    def _drop_svc_ip(self, ip: bytes, key: tuple[str, str]) -> None:
+        """The Service `key` no longer lists ClusterIP `ip`: another Service that lists it (one
+        deleted and one created with its address, their events out of order; or a relist that
+        saw both) answers for it again, else nothing does."""
+        was = _last(self._svc_addr.get(ip))
+        if not _multi_remove(self._svc_addr, ip, key):
+            return
+        now = _last(self._svc_addr.get(ip))
+        if now == was:
+            return
+        if now is None:
+            self._svc_layer.pop(ip, None)
+        else:
+            self._svc_layer[ip] = self._svc_entry[now]
+        self._merge(ip)
 
     def _delete_service(self, key: tuple[str, str]) -> None:
         old = self._services.pop(key, None)
         if old is None:
             return
         for ip in old.ips:
-            if self._svc_addr.get(ip) == key:
-                del self._svc_addr[ip]
-                self._svc_layer.pop(ip, None)
-                self._merge(ip)
+            self._drop_svc_ip(ip, key)
+        self._svc_entry.pop(key, None)
 
     # replicasets
 

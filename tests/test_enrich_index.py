@@ -319,6 +319,38 @@ def test_service_cluster_ips_dual_stack_and_headless() -> None:
     assert e.stats()["index"]["service_ips"] == 2
 
 
+def test_two_services_on_one_cluster_ip_the_one_left_answers() -> None:
+    """ClusterIPs are unique among live Services, but the cache can hold two on one address for a
+    while: a Service deleted and another created with its address whose events come out of order
+    (two watch streams after a relist, or a relist that saw both). Deleting either must leave the
+    other answering; the index forgot the address when the one it named last went, though the
+    other still listed it."""
+    def who(e: enrich.Enricher) -> str:
+        return str(flow(e, "", "172.30.0.10").get("DstK8S_Name", ""))
+
+    old = service("old", "shop", ips=["172.30.0.10"])
+    new = service("new", "shop", ips=["172.30.0.10", "fd00:172:30::10"])
+    for first_gone in ("old", "new"):
+        e = build(services=[old])
+        idx = e.index
+        idx.upsert("services", idx.parse("services", new))
+        assert who(e) == "new", first_gone          # the newest to list it answers
+        gone, left = (old, "new") if first_gone == "old" else (new, "old")
+        idx.delete("services", idx.parse("services", gone))
+        assert who(e) == left, first_gone
+        assert e.stats()["index"]["service_ips"] == (2 if left == "new" else 1), first_gone
+        idx.delete("services", idx.parse("services", old if left == "old" else new))
+        assert who(e) == "" and e.stats()["index"]["service_ips"] == 0, first_gone
+    # An update that drops the address from one: the other answers; a relist without either.
+    e = build(services=[old, new])
+    idx = e.index
+    idx.upsert("services", idx.parse("services", service("new", "shop", ips=["172.30.0.11"])))
+    assert who(e) == "old"
+    assert str(flow(e, "", "172.30.0.11").get("DstK8S_Name")) == "new"
+    idx.replace("services", [idx.parse("services", service("new", "shop", ips=["172.30.0.11"]))])
+    assert who(e) == ""
+
+
 def test_dual_stack_pod() -> None:
     e = build([pod("dual", "shop", ips=["10.244.0.7", "fd00:10:244:1::7"], host_ip="10.0.0.1")])
     assert flow(e, "fd00:10:244:1::7", "")["SrcK8S_Name"] == "dual"
