@@ -404,9 +404,6 @@ class DirectProducer:
         # node -> when a connection to it last failed (closed by an error or a timeout): the
         # sink asks the brokers that have not failed for metadata first (KafkaSink._update_metadata)
         self.failed_at: dict[int, float] = {}
-        # (topic, partition) -> [slot, requests unanswered] of sends not sticky: a partition with
-        # requests unanswered stays on their connection (send(), ready())
-        self._owner: dict[tuple[str, int], list[int]] = {}
 
     def _throttled(self, ms: int) -> None:
         self.throttle_ms += ms
@@ -489,10 +486,7 @@ class DirectProducer:
         return c
 
     async def _conn(self, node: int, pin: int = -1) -> Connection:
-        return await self._conn_at(node, self._slot(node, pin))
-
-    async def _conn_at(self, node: int, slot: int) -> Connection:
-        c = self._open(node, slot)
+        c = self._open(node, self._slot(node, pin))
         if c.opening is not None and not c.opening.done():
             await asyncio.shield(c.opening)
         return c
@@ -509,8 +503,7 @@ class DirectProducer:
         if node is None or node < 0 or self.closed or self._lost(node):
             return True
         slots = self.conns.setdefault(node, [None] * self.per_broker)
-        own = None if sticky else self._owner.get((topic, partition))
-        pins = [partition % self.per_broker] if sticky else [own[0]] if own else range(self.per_broker)
+        pins = [partition % self.per_broker] if sticky else range(self.per_broker)
         for i in pins:
             c = slots[i]
             if c is not None and c.has_room():
@@ -527,11 +520,7 @@ class DirectProducer:
     async def send(self, batch: Any, topic: str, partition: int, sticky: bool = False) -> asyncio.Future[None]:
         """Write a finished batch's Produce request; the future resolves with the answer.
         sticky: the partition's own connection to its leader (one of `connections`) rather than
-        the next in turn, so that its batches are answered in the order they were sent. Not
-        sticky, a partition with requests unanswered still stays on their connection: two
-        requests for one partition in flight on two connections may be written out of order,
-        and Tansu (the bundled broker) lost a partition's first batch, acknowledged, when its
-        second came on another connection before the first was written."""
+        the next in turn, so that its batches are answered in the order they were sent."""
         from aiokafka.structs import TopicPartition
 
         node = self.client.cluster.leader_for_partition(TopicPartition(topic, partition))
@@ -552,27 +541,8 @@ class DirectProducer:
                 # every healthy one, counted as produce errors and re-sent)
                 raise ConnectionError(f"connection to {old.host}:{old.port} was lost ({old.error!r}): "
                                       "refreshing metadata first")
-        if sticky:
-            c = await self._conn(node, partition)
-            return await c.produce(batch, tb, partition, self.acks, self.timeout_ms)
-        key = (topic, partition)
-        own = self._owner.get(key)
-        if own is None:
-            own = self._owner[key] = [self._slot(node, -1), 0]
-        own[1] += 1   # (before the awaits: the slot stays the partition's while this waits)
-        try:
-            c = await self._conn_at(node, own[0] % self.per_broker)
-            fut = await c.produce(batch, tb, partition, self.acks, self.timeout_ms)
-        except BaseException:
-            self._unown(key, own)
-            raise
-        fut.add_done_callback(lambda _f: self._unown(key, own))
-        return fut
-
-    def _unown(self, key: tuple[str, int], own: list[int]) -> None:
-        own[1] -= 1
-        if own[1] <= 0 and self._owner.get(key) is own:
-            del self._owner[key]
+        c = await self._conn(node, partition if sticky else -1)
+        return await c.produce(batch, tb, partition, self.acks, self.timeout_ms)
 
     def _lost(self, node: int) -> bool:
         return any(c is not None and c.closed for c in self.conns.get(node, ()))

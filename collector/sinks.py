@@ -1606,10 +1606,13 @@ class KafkaSink(Sink):
         goes to, one that takes it at once (its partition first, then the others with a leader),
         or, when none does, the first that does after a wait (as _steer for direct produce).
         A partition with batches unanswered stays on the producer that sent them: two producers
-        are two connections, and two Produce requests for one partition in flight at once on
-        two connections may be answered out of order (Kafka keeps order per connection only),
-        and Tansu (the bundled broker) lost a partition's first batch, acknowledged, when its
-        second arrived on the other connection before the first was written."""
+        are two connections, and with two Produce requests for one partition in flight on two
+        connections the later batch can be written first (Kafka keeps order per connection
+        only). Tansu (the bundled broker) takes a request's offsets before it writes the batch,
+        and its consumers then missed the earlier batch for good (CI: 5962 of 6000 flows read,
+        6000 acknowledged). Direct produce does spread one partition over its connections (no
+        order is promised without a key; one connection per partition cut its delivery with a
+        single partition from about 400k to 320k flows/s in the harness)."""
         from aiokafka.structs import TopicPartition
 
         ps = self.producers
