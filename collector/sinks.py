@@ -794,6 +794,7 @@ class KafkaSink(Sink):
         # key none through aiokafka: (topic, partition) -> [producer index, batches outstanding]
         # (_steer_aio keeps a partition on one producer while it has batches unanswered)
         self._aio_owner: dict[tuple[str, int], list[int]] = {}
+        self._aio_load: dict[int, int] = {}   # producer index -> its key none batches unanswered
         self.direct: Any = None  # collector.kafka_direct.DirectProducer for prebuilt batches (kafka.direct)
         self.partitions: dict[str, list[int]] = {}
         self._rr = 0
@@ -1605,25 +1606,28 @@ class KafkaSink(Sink):
         """Key none through aiokafka: the producer (of kafka.connections) and partition the batch
         goes to, one that takes it at once (its partition first, then the others with a leader),
         or, when none does, the first that does after a wait (as _steer for direct produce).
-        A partition with batches unanswered stays on the producer that sent them: two producers
-        are two connections, and with two Produce requests for one partition in flight on two
-        connections the later batch can be written first (Kafka keeps order per connection
-        only). Tansu (the bundled broker) takes a request's offsets before it writes the batch,
-        and its consumers then missed the earlier batch for good (CI: 5962 of 6000 flows read,
-        6000 acknowledged). Direct produce does spread one partition over its connections (no
-        order is promised without a key; one connection per partition cut its delivery with a
-        single partition from about 400k to 320k flows/s in the harness)."""
+        A partition with batches unanswered stays on the producer that sent them, unless another
+        producer has nothing unanswered at all: two producers are two connections, and with two
+        Produce requests for one partition in flight on two connections the later batch can be
+        written first (Kafka keeps order per connection only). Tansu (the bundled broker) takes
+        a request's offsets before it writes the batch, and its consumers then missed the earlier
+        batch for good (CI: 5962 of 6000 flows read, 6000 acknowledged). An idle producer still
+        takes a busy partition's batch (fewer partitions than connections: one partition on one
+        producer delivered 150k IPFIX flows/s in the harness where spread it delivered 225-300k);
+        direct produce spreads one partition over its connections for the same reason."""
         from aiokafka.structs import TopicPartition
 
         ps = self.producers
         while True:
+            busy = {i for i, n in self._aio_load.items() if n}
             parts = [o.partition] + [p for p in self._led_partitions(topic) if p != o.partition]
             for p in parts:
                 owner = self._aio_owner.get((topic, p))
-                order = [owner[0]] if owner else [(self._conn_rr + k) % len(ps) for k in range(1, len(ps) + 1)]
+                turn = [(self._conn_rr + k) % len(ps) for k in range(1, len(ps) + 1)]
+                order = [owner[0]] + [i for i in turn if i not in busy] if owner else turn
                 for i in order:
                     if self._aio_free(ps[i], topic, p):
-                        if not owner:
+                        if owner is None or i != owner[0]:
                             self._conn_rr = i
                         o.partition = p
                         return ps[i]
@@ -1638,15 +1642,18 @@ class KafkaSink(Sink):
         """Count a key none batch handed to an aiokafka producer for its partition (_steer_aio);
         the function returned uncounts it once answered (or failed)."""
         key = (topic, partition)
+        i = self.producers.index(producer)
         owner = self._aio_owner.get(key)
         if owner is None:
-            owner = self._aio_owner[key] = [self.producers.index(producer), 0]
+            owner = self._aio_owner[key] = [i, 0]
         owner[1] += 1
+        self._aio_load[i] = self._aio_load.get(i, 0) + 1
 
         def done() -> None:
             owner[1] -= 1
             if owner[1] <= 0 and self._aio_owner.get(key) is owner:
                 del self._aio_owner[key]
+            self._aio_load[i] -= 1
 
         return done
 
