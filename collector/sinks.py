@@ -794,7 +794,8 @@ class KafkaSink(Sink):
         # key none through aiokafka: (topic, partition) -> [producer index, batches outstanding]
         # (_steer_aio keeps a partition on one producer while it has batches unanswered)
         self._aio_owner: dict[tuple[str, int], list[int]] = {}
-        self._aio_load: dict[int, int] = {}   # producer index -> its key none batches unanswered
+        # producer index -> {(topic, partition): its key none batches unanswered}
+        self._aio_parts: dict[int, dict[tuple[str, int], int]] = {}
         self.direct: Any = None  # collector.kafka_direct.DirectProducer for prebuilt batches (kafka.direct)
         self.partitions: dict[str, list[int]] = {}
         self._rr = 0
@@ -1607,30 +1608,39 @@ class KafkaSink(Sink):
         goes to, one that takes it at once (its partition first, then the others with a leader),
         or, when none does, the first that does after a wait (as _steer for direct produce).
         A partition with batches unanswered stays on the producer that sent them, unless another
-        producer has nothing unanswered at all: two producers are two connections, and with two
+        producer carries no other partition's batches: two producers are two connections, and with two
         Produce requests for one partition in flight on two connections the later batch can be
         written first (Kafka keeps order per connection only). Tansu (the bundled broker) takes
         a request's offsets before it writes the batch, and its consumers then missed the earlier
-        batch for good (CI: 5962 of 6000 flows read, 6000 acknowledged). An idle producer still
-        takes a busy partition's batch (fewer partitions than connections: one partition on one
-        producer delivered 150k IPFIX flows/s in the harness where spread it delivered 225-300k);
+        batch for good (CI: 5962 of 6000 flows read, 6000 acknowledged). A producer that carries
+        nothing else still takes a busy partition's batch (fewer partitions than connections: one
+        partition kept on one producer delivered 124-160k IPFIX flows/s offered 300k in the
+        harness, where spread it delivered 234-293k);
         direct produce spreads one partition over its connections for the same reason."""
         from aiokafka.structs import TopicPartition
 
         ps = self.producers
         while True:
-            busy = {i for i, n in self._aio_load.items() if n}
             parts = [o.partition] + [p for p in self._led_partitions(topic) if p != o.partition]
-            for p in parts:
-                owner = self._aio_owner.get((topic, p))
-                turn = [(self._conn_rr + k) % len(ps) for k in range(1, len(ps) + 1)]
-                order = [owner[0]] + [i for i in turn if i not in busy] if owner else turn
-                for i in order:
-                    if self._aio_free(ps[i], topic, p):
-                        if owner is None or i != owner[0]:
-                            self._conn_rr = i
-                        o.partition = p
-                        return ps[i]
+            turn = [(self._conn_rr + k) % len(ps) for k in range(1, len(ps) + 1)]
+            # first a partition on its own producer (or one with nothing unanswered on any),
+            # then a busy partition on a producer that carries no other partition
+            for helping in (False, True):
+                for p in parts:
+                    owner = self._aio_owner.get((topic, p))
+                    if not helping:
+                        order = [owner[0]] if owner else turn
+                    elif owner:
+                        order = [i for i in turn if i != owner[0] and
+                                 all(k == (topic, p) for k in self._aio_parts.get(i, ()))]
+                    else:
+                        continue
+                    for i in order:
+                        if self._aio_free(ps[i], topic, p):
+                            if owner is None or helping:
+                                self._conn_rr = i
+                            o.partition = p
+                            return ps[i]
             waiters = [b[-1]._drain_waiter for pr in ps for tp, b in pr._message_accumulator._batches.items()
                        if b and isinstance(tp, TopicPartition) and tp.topic == topic]
             if not waiters:
@@ -1647,13 +1657,16 @@ class KafkaSink(Sink):
         if owner is None:
             owner = self._aio_owner[key] = [i, 0]
         owner[1] += 1
-        self._aio_load[i] = self._aio_load.get(i, 0) + 1
+        carried = self._aio_parts.setdefault(i, {})
+        carried[key] = carried.get(key, 0) + 1
 
         def done() -> None:
             owner[1] -= 1
             if owner[1] <= 0 and self._aio_owner.get(key) is owner:
                 del self._aio_owner[key]
-            self._aio_load[i] -= 1
+            carried[key] -= 1
+            if not carried[key]:
+                del carried[key]
 
         return done
 

