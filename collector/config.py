@@ -322,15 +322,17 @@ class KafkaConfig:
                    choice("none", "exporter", "conversation"))
     compression: str = opt("none", "record-batch compression: none, gzip, snappy, lz4, zstd",
                            choice("none", "gzip", "snappy", "lz4", "zstd"))
-    compression_level: int = opt(0, "compression level: 0 = flowscope's default (lz4 fast mode, zstd 3, gzip 1); "
-                                 "lz4 1-16, zstd -7 to 22, gzip 1-9 trade CPU for smaller batches; snappy has none. "
+    compression_level: int = opt(0, "compression level: 0 = flowscope's default (lz4: flowscope's field-anchored "
+                                 "encoder, zstd 3, gzip 1); lz4 1-2 liblz4's fast mode, 3-16 HC, zstd -7 to 22, gzip 1-9 "
+                                 "trade CPU for smaller batches; snappy has none. "
                                  "Applies to the flows' record batches; sFlow counter records compress through "
                                  "aiokafka at its own levels",
                                  ranged(parse_int, -7, 22))
     compression_thread: str = opt("auto", "compress the fast path's batches (lz4 at levels 0-2, zstd) on a thread "
-                                  "of their own instead of the event loop's, with the system's liblz4 / libzstd: "
+                                  "of their own instead of the event loop's (lz4 level 0 with flowscope's encoder, 1-2 with the "
+                                  "system's liblz4, zstd with its libzstd): "
                                   "on, off, or auto (on when the process may run on two or more CPUs, its cgroup's "
-                                  "CPU limit is none or 2+, and the library loads)", choice("auto", "on", "off"))
+                                  "CPU limit is none or 2+, and the library, if one is needed, loads)", choice("auto", "on", "off"))
     acks: str = opt("1", "acknowledgements the broker waits for: 0, 1 or all (with 0 a batch counts as "
                     "delivered once written to the connection: nothing confirms it)", choice("0", "1", "all"))
     linger_ms: int = opt(5, "how long a batch may wait for more records (ms)", ranged(parse_int, 0, 60000))

@@ -1880,7 +1880,9 @@ class KafkaSink(Sink):
 
 
 # Compression levels when kafka.compression_level is not set (python -m benchmarks.compress_bench,
-# benchmarks/RESULTS.md): lz4's fast mode compresses flow JSON 4.5-6x at 1.3-1.7 GB/s, where
+# benchmarks/RESULTS.md): lz4 0 is flowscope's field-anchored encoder (decoders/packer.pxi),
+# about twice the speed of lz4's fast mode (levels 1-2) on enriched flow JSON at the same ratio;
+# lz4's fast mode compresses flow JSON 4.5-6x at 1.3-1.7 GB/s, where
 # Kafka's default lz4 level 9 runs at 100 MB/s (11 us per enriched record, ten times the rest
 # of the collector's work for it); zstd 3 (Kafka's default) is as fast here as zstd 1 (0.9 GB/s)
 # and compresses 12x; gzip 1.
@@ -1960,11 +1962,13 @@ def _resolved_level(name: str, level: int) -> int:
 
 
 def _lz4_frame_header() -> bytes:
-    """The 7 bytes opening the LZ4 frames _codec writes (the Packer's thread writes the same
-    frames; python-lz4 computes the header checksum): the frame of nothing, less its end mark."""
-    encode = _codec("lz4")[1]
-    assert encode is not None
-    return bytes(encode(b""))[:7]
+    """The 7 bytes opening the LZ4 frames _codec writes (flowscope's encoder and the Packer's
+    thread write the same frames; python-lz4 computes the header checksum): the frame of
+    nothing, less its end mark."""
+    import lz4.frame as lz4f
+
+    return bytes(lz4f.compress(b"", block_size=lz4f.BLOCKSIZE_MAX64KB, block_linked=False,
+                               content_checksum=False, store_size=False))[:7]
 
 
 def compression_thread_plan(k: KafkaConfig, named: Callable[[str], str] = str) -> tuple[bool, str]:
@@ -1980,7 +1984,9 @@ def compression_thread_plan(k: KafkaConfig, named: Callable[[str], str] = str) -
                        "which compresses on the event loop")
     from decoders._core import packer_available
 
-    missing = packer_available(3 if k.compression == "lz4" else 4)
+    # (lz4 at level 0 is flowscope's own encoder: no library to load)
+    missing = None if k.compression == "lz4" and not _resolved_level("lz4", k.compression_level) \
+        else packer_available(3 if k.compression == "lz4" else 4)
     if missing:
         return False, missing
     if k.compression_thread == "auto":
@@ -2058,6 +2064,14 @@ def _codec(name: str, level: int = 0) -> tuple[int, Callable[[Any], bytes] | Non
     if name == "lz4":
         import lz4.frame as lz4f
 
+        if lvl == 0:
+            # flowscope's field-anchored encoder (decoders/packer.pxi fs_fa_block): the frame
+            # python-lz4 would write, blocks found at JSON field boundaries; b"" (kept
+            # uncompressed) when it does not shrink the records
+            from decoders._core import lz4_frame_of
+
+            hdr = _lz4_frame_header()
+            return 3, lambda b: lz4_frame_of(b, hdr) or b""
         return 3, lambda b: lz4f.compress(b, compression_level=lvl, block_size=lz4f.BLOCKSIZE_MAX64KB,
                                           block_linked=False, content_checksum=False, store_size=False)
     if name == "zstd":
