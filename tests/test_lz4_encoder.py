@@ -38,6 +38,16 @@ def _blocks(frame: bytes) -> list[tuple[bool, bytes]]:
         pos += size
 
 
+def _length(block: bytes, i: int, nibble: int) -> tuple[int, int]:
+    """A token nibble's length: 15 means bytes of 255 follow until one that is not."""
+    n = nibble
+    while nibble == 15:
+        nibble = 15 if block[i] == 255 else 0
+        n += block[i]
+        i += 1
+    return n, i
+
+
 def _walk(block: bytes) -> tuple[bytes, list[tuple[int, int, int]]]:
     """Decode one LZ4 block by the format's description (token: literal length and match
     length - 4 in its nibbles, 15 meaning more bytes of 255 follow; literals; a 2-byte
@@ -49,28 +59,15 @@ def _walk(block: bytes) -> tuple[bytes, list[tuple[int, int, int]]]:
     while True:
         tok = block[i]
         i += 1
-        lit = tok >> 4
-        if lit == 15:
-            while True:
-                b = block[i]
-                i += 1
-                lit += b
-                if b != 255:
-                    break
+        lit, i = _length(block, i, tok >> 4)
         out += block[i:i + lit]
         i += lit
         if i == len(block):
             return bytes(out), matches
         off = block[i] | block[i + 1] << 8
         i += 2
-        ml = (tok & 15) + 4
-        if tok & 15 == 15:
-            while True:
-                b = block[i]
-                i += 1
-                ml += b
-                if b != 255:
-                    break
+        ml, i = _length(block, i, tok & 15)
+        ml += 4
         assert 1 <= off <= len(out), f"offset {off} outside the {len(out)} bytes decoded so far"
         matches.append((len(out), off, ml))
         for _ in range(ml):
