@@ -796,6 +796,9 @@ class KafkaSink(Sink):
         self._aio_owner: dict[tuple[str, int], list[int]] = {}
         # producer index -> {(topic, partition): its key none batches unanswered}
         self._aio_parts: dict[int, dict[tuple[str, int], int]] = {}
+        # (topic, partition)s with a key none batch acknowledged through aiokafka and none failed
+        # since: only those may be helped by a second producer (_steer_aio; Tansu's first writes)
+        self._aio_proven: set[tuple[str, int]] = set()
         self.direct: Any = None  # collector.kafka_direct.DirectProducer for prebuilt batches (kafka.direct)
         self.partitions: dict[str, list[int]] = {}
         self._rr = 0
@@ -1615,8 +1618,10 @@ class KafkaSink(Sink):
         both (CI: 5962 of 6000 flows read, 6000 acknowledged; tests/conftest.warm_partitions). A producer that carries
         nothing else still takes a busy partition's batch (fewer partitions than connections: one
         partition kept on one producer delivered 124-160k IPFIX flows/s offered 300k in the
-        harness, where spread it delivered 234-293k);
-        direct produce spreads one partition over its connections for the same reason."""
+        harness, where spread it delivered 234-293k), once the partition has had a batch
+        acknowledged (_aio_proven: its first writes are never on two connections at once);
+        direct produce spreads one partition over its connections for the same reason, after
+        the same proof (DirectProducer._proven)."""
         from aiokafka.structs import TopicPartition
 
         ps = self.producers
@@ -1630,7 +1635,7 @@ class KafkaSink(Sink):
                     owner = self._aio_owner.get((topic, p))
                     if not helping:
                         order = [owner[0]] if owner else turn
-                    elif owner:
+                    elif owner and (topic, p) in self._aio_proven:
                         order = [i for i in turn if i != owner[0] and
                                  all(k == (topic, p) for k in self._aio_parts.get(i, ()))]
                     else:
@@ -1648,9 +1653,11 @@ class KafkaSink(Sink):
                 return ps[owner[0] if owner else self._conn_rr]
             await asyncio.wait(waiters, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
 
-    def _aio_sent(self, topic: str, partition: int, producer: Any) -> Callable[[], None]:
+    def _aio_sent(self, topic: str, partition: int, producer: Any) -> Callable[..., None]:
         """Count a key none batch handed to an aiokafka producer for its partition (_steer_aio);
-        the function returned uncounts it once answered (or failed)."""
+        the function returned uncounts it once answered (or failed), given the batch's future
+        when there is one: an acknowledged batch proves the partition (a second producer may
+        then help with it), a failed one unproves it."""
         key = (topic, partition)
         i = self.producers.index(producer)
         owner = self._aio_owner.get(key)
@@ -1660,7 +1667,11 @@ class KafkaSink(Sink):
         carried = self._aio_parts.setdefault(i, {})
         carried[key] = carried.get(key, 0) + 1
 
-        def done() -> None:
+        def done(fut: Any = None) -> None:
+            if fut is not None and not fut.cancelled() and fut.exception() is None:
+                self._aio_proven.add(key)
+            else:
+                self._aio_proven.discard(key)
             owner[1] -= 1
             if owner[1] <= 0 and self._aio_owner.get(key) is owner:
                 del self._aio_owner[key]
@@ -1751,7 +1762,7 @@ class KafkaSink(Sink):
                         untrack()
                     raise
                 if untrack is not None:
-                    fut.add_done_callback(lambda _f, u=untrack: u())
+                    fut.add_done_callback(untrack)
                 # in aiokafka's hands now: it may write the request at any moment, so at the
                 # shutdown deadline these records are unconfirmed (maybe in the topic), not
                 # undelivered
