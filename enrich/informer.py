@@ -10,7 +10,7 @@ Layering (after kopf's watching.py):
   `Informer.run`          forever: list-then-watch, with exponential backoff between failures;
   `_list_then_watch`      list (paged), replace the kind's cache atomically, then watch from the
                           list's resourceVersion, re-watching after each stream ends; returns on
-                          410 Gone so the outer loop relists;
+                          410 Gone (and on "Too large resource version") so the outer loop relists;
   `_watch_stream`         one HTTP watch stream: events, bookmarks, ERROR Status objects; an
                           event line over WATCH_EVENT_MAX_BYTES drops the connection.
 Failures are counted by cause and logged once per cause (again only after a recovery); the last
@@ -47,6 +47,20 @@ RESOURCES = {PODS: ("pods", ""), NODES: ("nodes", ""), SERVICES: ("services", ""
 
 class Gone(Exception):
     """HTTP 410 / ERROR event with code 410: the resourceVersion is too old; relist."""
+
+
+class TooLarge(Gone):
+    """HTTP 504 / ERROR event "Too large resource version" (cause ResourceVersionTooLarge): the
+    server has not reached the resourceVersion the watch resumes from. An API server whose cache
+    lags answers so after waiting 3 s for it; so does every API server after etcd was restored
+    from a backup without --bump-revision (the resourceVersion went back, and the history after
+    it is another one): resuming later from that resourceVersion would skip or misapply what
+    happened since. Relist, as client-go's reflector does (a watch error other than 429 or a
+    refused connection ends its ListAndWatch)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 RETRY_AFTER_MAX = 120.0  # seconds: a server's Retry-After is honoured up to this
@@ -267,6 +281,18 @@ class Informer:
             started = time.monotonic()
             try:
                 rv, n = self._watch_stream(rv)
+            except TooLarge as g:
+                # The server answers this after waiting for the resourceVersion (3 s): the time it
+                # took is no watch that worked. Counted (a relist from a lagging server, or after
+                # an etcd restore, is worth seeing), and repeated ones back off as expiries do.
+                st.errors["rv_too_large"] = st.errors.get("rv_too_large", 0) + 1
+                self._gone_streak += 1
+                level = logging.WARNING if self._gone_streak == 1 else logging.DEBUG
+                log.log(level, "enrich: %s watch from resourceVersion %s refused: %s (the API server has not "
+                        "reached it: its cache lags, or etcd was restored from a backup): relisting%s", self.kind,
+                        rv, g.message,
+                        "" if self._gone_streak == 1 else f" (again: {self._gone_streak} in a row, backing off)")
+                return
             except Gone:
                 # not an error (the relist is counted in relists): the normal end of a long watch
                 if time.monotonic() - started >= 1.0:
@@ -454,6 +480,8 @@ class Informer:
             code = obj.get("code") if isinstance(obj, dict) else None
             if code == 410:
                 raise Gone
+            if _too_large(obj):
+                raise TooLarge(str(obj.get("message") or "Too large resource version"))
             msg = obj.get("message") if isinstance(obj, dict) else obj
             # a Status's details.retryAfterSeconds (429, 5xx) is the Retry-After of an event
             details = obj.get("details") if isinstance(obj, dict) else None
@@ -536,6 +564,8 @@ class Informer:
         detail = _status_message(e.body) or e.reason or ""
         if code == 410:
             return Gone()
+        if verb == "watch" and _too_large(_status_doc(e.body)):
+            return TooLarge(detail or "Too large resource version")
         if code == 403:
             return ApiProblem("forbidden", f"forbidden: needs '{verb}' on '{res}' (grant get/list/watch on "
                               f"{res} to flowscope's ServiceAccount): {detail}")
@@ -602,6 +632,31 @@ def _abort(resp: Any) -> None:
                 fn()
             except Exception:  # noqa: BLE001 - best effort
                 pass
+
+
+def _status_doc(body: Any) -> Any:
+    """The Status object of an error answer's body (None when it is not JSON)."""
+    if not body:
+        return None
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _too_large(status: Any) -> bool:
+    """A Status saying "Too large resource version" (k8s.io/apiserver storage
+    NewTooLargeResourceVersionError: 504 Timeout, details.causes reason ResourceVersionTooLarge;
+    some releases sent it without the cause, the message then says it)."""
+    if not isinstance(status, dict) or status.get("code") != 504:
+        return False
+    details = status.get("details")
+    causes = details.get("causes") if isinstance(details, dict) else None
+    if isinstance(causes, list) and any(isinstance(c, dict) and c.get("reason") == "ResourceVersionTooLarge"
+                                        for c in causes):
+        return True
+    msg = status.get("message")
+    return isinstance(msg, str) and "Too large resource version" in msg
 
 
 def _status_message(body: Any) -> str:

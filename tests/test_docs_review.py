@@ -63,7 +63,7 @@ def test_replay_to_a_port_the_capture_never_sent_to_says_so(tmp_path: Path) -> N
 
 OPERATOR_DOCS = ("README.md", "deploy/README.md", "docs/collector.md", "docs/INTERNALS.md", "Makefile")
 FLAG = r"(?<![\w-])--[a-z][a-z0-9-]*"
-# Flags of other programs the docs quote in their own commands (ovnkube, kubectl, oc, buildah,
+# Flags of other programs the docs quote in their own commands (ovnkube, kubectl, oc, buildah, etcdutl,
 # podman, Kafka's console consumer, the demo script, a benchmark): not flowscope's to check.
 FOREIGN_FLAGS = {
     "deploy/README.md": {"--ipfix-targets", "--sflow-targets", "--netflow-targets", "--ipfix-sampling",
@@ -72,6 +72,7 @@ FOREIGN_FLAGS = {
                          "--read-only", "--bootstrap-server", "--topic", "--from-beginning", "--property",
                          "--keep"},
     "README.md": {"--thread"},   # python -m benchmarks.compress_bench --thread
+    "docs/collector.md": {"--bump-revision"},   # etcdutl snapshot restore --bump-revision
 }
 # FLOWSCOPE_* names that are not options: the config file's variable, build switches, the
 # variables the kubelet's service links would add, and docs/collector.md's misspelling example.

@@ -4,8 +4,9 @@ Why: no API server can run in CI, and mocking the client would test nothing of t
 HTTP handling. This server answers the real requests of `kubernetes.client` (Bearer token auth,
 JSON lists with metadata.resourceVersion and limit/continue paging, PartialObjectMetadata lists
 when asked through Accept, watch streams as chunked newline-delimited JSON events with ADDED /
-MODIFIED / DELETED / BOOKMARK / ERROR, 410 Gone for compacted resourceVersions, 401/403 Status
-objects) and lets a test inject faults: dropped connections, garbage bodies, forbidden verbs,
+MODIFIED / DELETED / BOOKMARK / ERROR, 410 Gone for compacted resourceVersions, 504 "Too large
+resource version" for one the server has not reached (an etcd restore: backup() / restore()),
+401/403 Status objects) and lets a test inject faults: dropped connections, garbage bodies, forbidden verbs,
 held events (so changes can happen "in between" a dead watch and a relist).
 
 It runs in-process on a free 127.0.0.1 port in a thread; `write_kubeconfig()` points a kubeconfig
@@ -94,6 +95,10 @@ class FakeKube:
         self.watch_chunk_bytes: int | None = None
         # Length of the event line the "oversize" watch fault sends (over the informer's cap).
         self.oversize_bytes = 17 << 20
+        # How long a watch from a resourceVersion the server has not reached yet waits for it
+        # before the answer "Too large resource version" (the API server's watch cache waits 3 s:
+        # blockTimeout in k8s.io/apiserver's watch_cache.go; shorter here, for the tests' sake).
+        self.too_large_wait = 0.3
 
     # lifecycle
 
@@ -212,6 +217,27 @@ class FakeKube:
             self.held.discard(kind)
             self.cond.notify_all()
 
+    def backup(self) -> tuple[int, dict[str, dict[str, dict[str, Any]]]]:
+        """An etcd snapshot: the resourceVersion and every object as they are now."""
+        with self.cond:
+            return self.rv, json.loads(json.dumps(self.objects))
+
+    def restore(self, snapshot: tuple[int, dict[str, dict[str, dict[str, Any]]]]) -> None:
+        """etcd restored from `snapshot` (etcdutl snapshot restore without --bump-revision): the
+        objects are the snapshot's, the resourceVersion goes back to it, and the history after
+        it is gone. A watch from a resourceVersion the server had reached before the restore is
+        now one from the future (see _watch); open watches are cut (the API servers restart)."""
+        rv, objects = snapshot
+        with self.cond:
+            self.rv = rv
+            self.objects = json.loads(json.dumps(objects))
+            for kind in self.events:
+                self.events[kind] = [e for e in self.events[kind] if e[0] <= rv]
+                self.drop_gen[kind] += 1
+                self.held.discard(kind)
+            self.snapshots.clear()
+            self.cond.notify_all()
+
     def drop_watches(self, kind: str) -> None:
         """Cut open watch connections of this kind mid-stream (no final chunk)."""
         with self.cond:
@@ -222,7 +248,9 @@ class FakeKube:
     def fail(self, kind: str, verb: str, what: str, *, times: int | None = None) -> None:
         """Inject a fault for list or watch: forbidden, slow_forbidden (403 after 1.2 s),
         unauthorized, garbage, drop, error500, throttle (429 with Retry-After: 2), throttle_event
-        (watch only: ERROR 429 with details.retryAfterSeconds 3), gone (watch only: ERROR 410 at once), empty (watch only: the stream ends at once, cleanly),
+        (watch only: ERROR 429 with details.retryAfterSeconds 3), too_large_event (watch only: ERROR 504
+        "Too large resource version", cause ResourceVersionTooLarge, as `_watch` answers a watch from a
+        resourceVersion the server has not reached, in the stream), gone (watch only: ERROR 410 at once), empty (watch only: the stream ends at once, cleanly),
         oversize (watch only: first a MODIFIED event of `oversize_bytes`, the kind's first object
         moved to address 10.244.0.99 with a huge annotation, in 64 KiB chunks, then the stream goes
         on as usual), slow_oversize (the same after 1.2 s), noitems and
@@ -440,6 +468,21 @@ class _Handler(BaseHTTPRequestHandler):
         meta_only = "as=PartialObjectMetadata" in self.headers.get("Accept", "")
         timeout = float(q.get("timeoutSeconds", "1800"))
         deadline = time.monotonic() + timeout
+        with k.cond:
+            # A resourceVersion the server has not reached (a watch that goes to an API server
+            # whose cache lags, or from before an etcd restore that took the resourceVersion
+            # back): the watch cache waits for it a while, then answers 504 Timeout with the cause
+            # ResourceVersionTooLarge and a Retry-After of 1 s (storage.NewTooLargeResourceVersionError).
+            wait_until = time.monotonic() + k.too_large_wait
+            while rv > k.rv and not k.stopping and time.monotonic() < wait_until:
+                k.cond.wait(max(0.0, wait_until - time.monotonic()))
+            current = k.rv
+        if rv > current:
+            st = status(504, "Timeout", f"Timeout: Too large resource version: {rv}, current: {current}")
+            st["details"] = {"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+                             "retryAfterSeconds": 1}
+            self._send_json(504, st, headers={"Retry-After": "1"})
+            return
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")
@@ -454,6 +497,13 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "throttle_event":  # the Status of a 429 as an event, with its retry delay
             st = status(429, "TooManyRequests", "the server is currently unable to handle the request")
             st["details"] = {"retryAfterSeconds": 3}
+            self._chunk(json.dumps({"type": "ERROR", "object": st}).encode() + b"\n")
+            self._chunk(b"")
+            return
+        if fault == "too_large_event":  # the Status of "Too large resource version" as an event
+            st = status(504, "Timeout", f"Timeout: Too large resource version: {rv}, current: {rv - 1}")
+            st["details"] = {"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+                             "retryAfterSeconds": 1}
             self._chunk(json.dumps({"type": "ERROR", "object": st}).encode() + b"\n")
             self._chunk(b"")
             return
