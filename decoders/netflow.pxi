@@ -1774,24 +1774,28 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
         # Absolute times: a template with more than one precision of a time (flowStartSeconds
         # and flowStartMilliseconds) takes the finest whatever their order, the first of it
         # (else seconds after milliseconds would truncate the start, or the end only, and put
-        # the end before the start).
+        # the end before the start). A value of 0 is no time, as the NTP ones' all zeros (RFC
+        # 5905 6): no flow is from January 1970, and exporters send 0 for a time they do not
+        # have (ulogd2's IPFIX output: the end of a conntrack NEW event, the start of one
+        # without conntrack timestamps); published, it was a flow of 1970 (a consumer such as
+        # Loki refuses entries that old), or one that ended before it started.
         elif a == A_START_S:
-            if start_prec < 1:
+            if start_prec < 1 and be32(p):
                 f.t_start_ms = <int64_t>be32(p) * 1000
                 f.present |= P_TSTART
                 start_prec = 1
         elif a == A_END_S:
-            if end_prec < 1:
+            if end_prec < 1 and be32(p):
                 f.t_end_ms = <int64_t>be32(p) * 1000
                 f.present |= P_TEND
                 end_prec = 1
         elif a == A_START_MS:
-            if start_prec < 2:
+            if start_prec < 2 and be64(p):
                 f.t_start_ms = <int64_t>be64(p)
                 f.present |= P_TSTART
                 start_prec = 2
         elif a == A_END_MS:
-            if end_prec < 2:
+            if end_prec < 2 and be64(p):
                 f.t_end_ms = <int64_t>be64(p)
                 f.present |= P_TEND
                 end_prec = 2
@@ -1893,10 +1897,12 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             rev |= REV_DSCP
         elif a == A_REV_START_MS:
             rev_start = <int64_t>be64(p)
-            rev |= REV_START
+            if rev_start:   # (0: no time, as for the forward times)
+                rev |= REV_START
         elif a == A_REV_END_MS:
             rev_end = <int64_t>be64(p)
-            rev |= REV_END
+            if rev_end:
+                rev |= REV_END
         elif a == A_FRAME_SECTION or a == A_IP_SECTION:
             sect = p
             sect_len = L
@@ -2539,7 +2545,10 @@ cdef int64_t ntp_to_ms(const uint8_t* p, bint micro) noexcept:
 
 cdef int64_t timeval_to_ms(const uint8_t* p) noexcept:
     """pmacct's 16-byte flowStart/EndMicroseconds: Unix seconds and microseconds, 64 bits each
-    (unsigned arithmetic: a hostile value wraps instead of overflowing a signed integer)."""
+    (unsigned arithmetic: a hostile value wraps instead of overflowing a signed integer); -1
+    when both are 0 (no time, as for the other absolute times)."""
+    if be64(p) == 0 and be64(p + 8) == 0:
+        return -1
     return <int64_t>(be64(p) * 1000 + be64(p + 8) // 1000)
 
 

@@ -72,6 +72,58 @@ def test_absolute_times_of_two_precisions_take_the_finest(order: str) -> None:
     assert not any(k.startswith("ie15") for k in f)   # the coarser elements are not left as extras
 
 
+def test_an_absolute_time_of_zero_is_no_time() -> None:
+    """An absolute time element of 0 (flowStart/EndSeconds 150/151, Milliseconds 152/153, pmacct's
+    16-byte Microseconds 154/155, RFC 5103's reverse Milliseconds) is no time, as the NTP ones'
+    all zeros already were (RFC 5905 6): exporters send 0 for a time they do not have. ulogd2's
+    IPFIX output (a Debian package: conntrack events as flows) sends flowEndSeconds 0 on NEW
+    events, and flowStartSeconds 0 without conntrack timestamps (nf_conntrack_timestamp=0, the
+    default). They were published as 0 (a flow of January 1970, which consumers such as Loki
+    refuse as too old) with an end before the start. The time is then left out, or given by the
+    other rules (README: a duration, an observation time; a finer or coarser precision)."""
+    t = _tpl(310, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("ss", 150, 0, 4), ("es", 151, 0, 4))
+    start_s, end_s = EXPORT - 30, EXPORT - 2
+    flows = _decode(t, [{"src": "10.0.0.1", "dst": "10.0.0.2", "ss": start_s, "es": 0},     # NEW
+                        {"src": "10.0.0.3", "dst": "10.0.0.4", "ss": 0, "es": end_s},       # no timestamps
+                        {"src": "10.0.0.5", "dst": "10.0.0.6", "ss": 0, "es": 0}])
+    assert flows[0]["TimeFlowStartMs"] == start_s * 1000 and "TimeFlowEndMs" not in flows[0]
+    assert flows[1]["TimeFlowEndMs"] == end_s * 1000 and "TimeFlowStartMs" not in flows[1]
+    assert "TimeFlowStartMs" not in flows[2] and "TimeFlowEndMs" not in flows[2]
+
+    # milliseconds with a duration (161): the missing end is the start plus the duration
+    t = _tpl(311, ("src", 8, 0, 4), ("sms", 152, 0, 8), ("ems", 153, 0, 8), ("dur", 161, 0, 4))
+    f = _decode(t, [{"src": "10.0.0.1", "sms": EXPORT * 1000 - 5000, "ems": 0, "dur": 1500}])[0]
+    assert (f["TimeFlowStartMs"], f["TimeFlowEndMs"]) == (EXPORT * 1000 - 5000, EXPORT * 1000 - 3500)
+
+    # an observation time (323, as NAT/firewall event loggers send) gives a missing start
+    t = _tpl(312, ("src", 8, 0, 4), ("sms", 152, 0, 8), ("obs", 323, 0, 8))
+    f = _decode(t, [{"src": "10.0.0.1", "sms": 0, "obs": EXPORT * 1000 - 700}])[0]
+    assert f["TimeFlowStartMs"] == EXPORT * 1000 - 700
+
+    # the coarser precision gives the time when the finer one is 0
+    t = _tpl(313, ("src", 8, 0, 4), ("ss", 150, 0, 4), ("sms", 152, 0, 8), ("es", 151, 0, 4), ("ems", 153, 0, 8))
+    f = _decode(t, [{"src": "10.0.0.1", "ss": start_s, "sms": 0, "es": end_s, "ems": 0}])[0]
+    assert (f["TimeFlowStartMs"], f["TimeFlowEndMs"]) == (start_s * 1000, end_s * 1000)
+
+    # pmacct's 16-byte flowStart/EndMicroseconds (64-bit seconds, 64-bit microseconds): all zeros
+    t = _tpl(314, ("src", 8, 0, 4), ("sus", 154, 0, 16), ("eus", 155, 0, 16))
+    f = _decode(t, [{"src": "10.0.0.1", "sus": struct.pack("!QQ", start_s, 250_000), "eus": bytes(16)}])[0]
+    assert f["TimeFlowStartMs"] == start_s * 1000 + 250 and "TimeFlowEndMs" not in f
+
+    # RFC 5103 reverse times (PEN 29305) of 0, split: the reverse flow keeps the record's times
+    t = _tpl(315, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("bytes", 1, 0, 8), ("sms", 152, 0, 8), ("ems", 153, 0, 8),
+             ("rbytes", 1, 29305, 8), ("rsms", 152, 29305, 8), ("rems", 153, 29305, 8))
+    b = Decoder(DecoderConfig(default_sampling=0, split_biflows=True)).decode(
+        ipfix_message([template_set([t]), data_set(t, [{"src": "10.0.0.1", "dst": "10.0.0.2", "bytes": 100,
+                                                        "sms": EXPORT * 1000 - 9000, "ems": EXPORT * 1000 - 1000,
+                                                        "rbytes": 50, "rsms": 0, "rems": 0}])],
+                      seq=0, export_time=EXPORT), EXPORTER, 4739, EXPORT)
+    assert b.error is None, b.error
+    fwd, rev = b.to_dicts()
+    assert rev["SrcAddr"] == "10.0.0.2" and rev["Bytes"] == 50
+    assert (rev["TimeFlowStartMs"], rev["TimeFlowEndMs"]) == (EXPORT * 1000 - 9000, EXPORT * 1000 - 1000)
+
+
 def test_sysuptime_times_without_a_system_init_time_across_the_counter_wrap() -> None:
     """IPFIX flowStart/EndSysUpTime (22/21) with no systemInitTimeMilliseconds (160) known: the
     flow ends at its export and lasts what the two values say (README). They are unsigned32

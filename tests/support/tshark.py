@@ -757,8 +757,12 @@ def _time_ms(pkt: CflowPacket, rec: dict, which: str, tmpl: Template | None = No
             # NTP seconds 0: tshark 4.0 prints the epoch plus the fraction; RFC 4330 3 reads
             # them as era 1 (2036), and RFC 5905 6 all zeros as no time (what flowscope does)
             return None
-        if ms != 0 or (tmpl is not None and any(f.type in _ABS_TIME_IES[which] and not f.pen for f in tmpl.fields)):
-            return ms  # (an absolute time element of 0 is the epoch, as sent)
+        if ms != 0:
+            return ms
+        if tmpl is not None and any(f.type in _ABS_TIME_IES[which] and not f.pen for f in tmpl.fields):
+            # an absolute time element of 0: tshark prints the epoch; README (TimeFlowStartMs):
+            # 0 is no time (no flow is from 1970; exporters send 0 for a time they lack)
+            return None
         # tshark 4.0 prints a sysUpTime-relative value of exactly 0 (FIRST_SWITCHED at boot,
         # as softflowd -r sends for a pcap's first packet) as the date 1970-01-01: it is 0 ms
         # after boot, not the epoch.
