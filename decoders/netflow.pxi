@@ -122,6 +122,8 @@ cdef enum:
     A_REV_TCPFLAGS_INIT   # ... their reverse twins (6871 16398/16399), with --split-biflows
     A_REV_TCPFLAGS_UNION
     A_REV_DELTA_MS    # YAF's reverseFlowDeltaMilliseconds (6871 21): the reverse direction's start
+    A_POST_SRCMAC     # postSource/postDestinationMacAddress (81/57) beside source/destination-
+    A_POST_DSTMAC     # MacAddress (56/80): the MAC when the 56/80 value is all zeros (see below)
 
 
 # What a template costs against Decoder.max_template_fields beside its fields: its own objects
@@ -396,19 +398,22 @@ cdef Template compile_template(int version, uint32_t domain, uint16_t tid, tuple
                     break
             if A_BYTES_TOTAL in seen:
                 break
-    if A_SRCMAC not in seen or A_DSTMAC not in seen:
-        # Without the (ingress) MAC elements, the post ones give them: Cisco exports
-        # IN_SRC_MAC (56) with OUT_DST_MAC (57), softflowd -T ether the destination in 57 only.
-        # The first of each, as for any element; with both kinds, 57/81 stay extras.
-        for i in range(n):
-            fs = &t.fields[i]
-            if fs.pen == 0 and fs.length == 6 and fs.action == A_EXTRA:
-                if fs.ie == 81 and A_SRCMAC not in seen:
-                    fs.action = A_SRCMAC
-                    seen.add(A_SRCMAC)
-                elif fs.ie == 57 and A_DSTMAC not in seen:
-                    fs.action = A_DSTMAC
-                    seen.add(A_DSTMAC)
+    # Without the (ingress) MAC elements, the post ones give them: Cisco exports IN_SRC_MAC (56)
+    # with OUT_DST_MAC (57), softflowd -T ether the destination in 57 only. The first of each, as
+    # for any element. With both kinds, 57/81 stay extras as they came, and give the MAC where the
+    # 56/80 value is all zeros, no address (nfdump's nfreplay sends all four, the frame's source in 56
+    # and its destination in 57, the two it does not know as zeros): decode_record.
+    post_src = A_SRCMAC if A_SRCMAC not in seen else A_POST_SRCMAC
+    post_dst = A_DSTMAC if A_DSTMAC not in seen else A_POST_DSTMAC
+    for i in range(n):
+        fs = &t.fields[i]
+        if fs.pen == 0 and fs.length == 6 and fs.action == A_EXTRA:
+            if fs.ie == 81 and post_src not in seen:
+                fs.action = post_src
+                seen.add(post_src)
+            elif fs.ie == 57 and post_dst not in seen:
+                fs.action = post_dst
+                seen.add(post_dst)
     if A_INIF not in seen or A_OUTIF not in seen:
         # Without ingressInterface / egressInterface (10/14), ingressPhysicalInterface /
         # egressPhysicalInterface (252/253) give them: ifIndexes of the same ifTable (IANA,
@@ -1521,6 +1526,11 @@ cdef void evict_template(Decoder dec, ExporterState ex, Template victim):
 
 # ---------------------------------------------------------------- v9 / IPFIX data records
 
+cdef inline bint mac_zero(const uint8_t* p) noexcept:
+    """A MAC element of all zeros: no address (what exporters send for one they do not know)."""
+    return p[0] == 0 and p[1] == 0 and p[2] == 0 and p[3] == 0 and p[4] == 0 and p[5] == 0
+
+
 cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, Reader* s,
                        int64_t export_ms, int64_t sysinit_ms) except -1:
     """Decode one data record of template t into a new Flow (options records update state)."""
@@ -1723,11 +1733,25 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             scope_if = beN(p, L)
             has_scope_if = True
         elif a == A_SRCMAC:
-            memcpy(f.src_mac, p, 6)
-            f.present |= P_SRCMAC
+            # (an all-zero value after a post element's address leaves that address)
+            if not (f.present & P_SRCMAC and mac_zero(p)):
+                memcpy(f.src_mac, p, 6)
+                f.present |= P_SRCMAC
         elif a == A_DSTMAC:
-            memcpy(f.dst_mac, p, 6)
-            f.present |= P_DSTMAC
+            if not (f.present & P_DSTMAC and mac_zero(p)):
+                memcpy(f.dst_mac, p, 6)
+                f.present |= P_DSTMAC
+        elif a == A_POST_SRCMAC:
+            # kept as it came, and the MAC where 56 gives none (all zeros), whichever comes first
+            batch_add_extra(b, f, fs.pen, fs.ie, p - s.buf, L)
+            if not mac_zero(p) and not (f.present & P_SRCMAC and not mac_zero(f.src_mac)):
+                memcpy(f.src_mac, p, 6)
+                f.present |= P_SRCMAC
+        elif a == A_POST_DSTMAC:
+            batch_add_extra(b, f, fs.pen, fs.ie, p - s.buf, L)
+            if not mac_zero(p) and not (f.present & P_DSTMAC and not mac_zero(f.dst_mac)):
+                memcpy(f.dst_mac, p, 6)
+                f.present |= P_DSTMAC
         elif a == A_VLAN:
             # IEEE 802.1Q: VID 0 means the frame carries a priority tag only, no VLAN (Cisco
             # IOS-XR sends dot1qVlanId 0 for untagged traffic): no Vlan, as for sFlow. With both

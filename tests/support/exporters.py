@@ -115,14 +115,16 @@ def run_fprobe(ns: NetNS, workdir: Path, port: int, *, settle: float = 10.0) -> 
     return (out + err).decode(errors="replace")
 
 
-def run_nfreplay(ns: NetNS, workdir: Path, version: int, port: int, *, timeout: float = 60.0) -> str:
+def run_nfreplay(ns: NetNS, workdir: Path, version: int, port: int, *, timeout: float = 60.0,
+                 nfpcapd_options: tuple[str, ...] = ()) -> str:
     """nfdump's exporter: nfpcapd turns workdir/in.pcap into an nfcapd file (its own flow cache,
     the pcap's clock), then nfreplay sends that file's flows as NetFlow `version` (5 or 9) to
     127.0.0.1:port inside `ns`. nfreplay paces its datagrams itself (-d, 10 us by default;
-    1000 here so the namespace's socket never overflows). Returns both tools' output."""
+    1000 here so the namespace's socket never overflows). `nfpcapd_options`: more nfpcapd
+    arguments (`-o fat`: the frames' MAC addresses and VLAN too). Returns both tools' output."""
     flowdir = workdir / "nfcapd"
     flowdir.mkdir(exist_ok=True)
-    made = subprocess.run(["nfpcapd", "-r", str(workdir / PCAP_NAME), "-w", str(flowdir)],
+    made = subprocess.run(["nfpcapd", *nfpcapd_options, "-r", str(workdir / PCAP_NAME), "-w", str(flowdir)],
                           capture_output=True, timeout=timeout)
     text = (made.stdout + made.stderr).decode(errors="replace")
     files = sorted(f for f in flowdir.iterdir() if f.name.startswith("nfcapd.") and f.stat().st_size)

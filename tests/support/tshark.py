@@ -506,6 +506,9 @@ def m_id(k: str) -> str:
 # compare_flow_record() below.
 
 
+ZERO_MAC = "00:00:00:00:00:00"
+
+
 def _mac(v: str) -> str:
     return v.lower()
 
@@ -584,6 +587,11 @@ def expected_from_cflow(pkt: CflowPacket, cset: CflowSet, rec: dict) -> dict[str
     for tkey, (fkey, conv) in CFLOW_EXTRA.items():
         if tkey in rec:
             exp[fkey] = conv(_vals(rec, tkey)[0])
+    for fkey, post in (("SrcMac", "cflow.post_srcmac"), ("DstMac", "cflow.post_dstmac")):
+        # README (SrcMac, DstMac): a source/destinationMacAddress (56/80) of all zeros is no
+        # address; the post element (81/57) beside it gives the MAC when it has one
+        if exp.get(fkey) == ZERO_MAC and post in rec and _mac(_vals(rec, post)[0]) != ZERO_MAC:
+            exp[fkey] = _mac(_vals(rec, post)[0])
     if "cflow.srcport" in rec:
         exp["SrcPort"] = to_int(rec["cflow.srcport"])
     if "cflow.dstport" in rec:

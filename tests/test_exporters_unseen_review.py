@@ -1,0 +1,97 @@
+"""End-to-end: real exporters in configurations the other exporter tests do not use (review).
+
+Same method as tests/test_exporters.py: the exporter reads a pcap the test wrote, inside a fresh
+namespace; its export is captured and flowscope's decode is compared with tshark's and with the
+traffic that was generated.
+
+- nfdump with `nfpcapd -o fat`: its records carry the frames' MAC addresses, and nfreplay sends
+  NetFlow v9's four MAC elements, IN_SRC_MAC (56), OUT_DST_MAC (57), IN_DST_MAC (80) and
+  OUT_SRC_MAC (81), the frame's source in 56 and its destination in 57, the two it has no
+  address for as zeros.
+"""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.support import exporters as E
+from tests.support import pcapgen as G
+from tests.test_exporters import (
+    START,
+    _flow_key,
+    _generated_key,
+    _skip_unless,
+    capture_export,
+    check_against_traffic,
+    decode_capture,
+)
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+
+@pytest.fixture
+def workdir():
+    d = Path(tempfile.mkdtemp(prefix="fs-exp3-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_nfdump_nfreplay_macs(workdir: Path, decoders_mod) -> None:
+    """nfpcapd -o fat + nfreplay v9: every flow's SrcMac and DstMac are its frames' (a distinct
+    pair per flow), not the zeros nfreplay sends in IN_DST_MAC (80) for the destination it
+    keeps in OUT_DST_MAC (57); the elements themselves stay as they came (ie57, ie81)."""
+    _skip_unless("nfpcapd", "nfreplay")
+    generated = G.standard_flows()
+    for i, g in enumerate(generated):
+        g.src_mac, g.dst_mac = f"02:00:00:00:01:{i:02x}", f"02:00:00:00:02:{i:02x}"
+    (workdir / E.PCAP_NAME).write_bytes(G.build_pcap(generated, start=START))
+    cap, port = capture_export(workdir, lambda ns, port: E.run_nfreplay(ns, workdir, 9, port,
+                                                                        nfpcapd_options=("-o", "fat")))
+    problems, flows = decode_capture(decoders_mod, cap, "cflow", port)
+    problems += check_against_traffic(flows, generated)
+    want = {_generated_key(g): (g.src_mac, g.dst_mac) for g in generated}
+    for f in flows:
+        k = _flow_key(f)
+        if k in want and (f.get("SrcMac"), f.get("DstMac")) != want[k]:
+            problems.append(f"{k}: (SrcMac, DstMac) {(f.get('SrcMac'), f.get('DstMac'))}, the frames' {want[k]}")
+        if k in want and (f.get("ie57"), f.get("ie81")) != (want[k][1].replace(":", ""), "000000000000"):
+            problems.append(f"{k}: ie57 {f.get('ie57')} ie81 {f.get('ie81')}, as nfreplay sent them")
+    assert flows, "nfreplay sent no flow"
+    assert not problems, "\n".join(problems[:20])
+
+
+def _v9(fields: list[tuple[int, int]], record: bytes) -> bytes:
+    """A NetFlow v9 datagram: template 256 with `fields`, then one data record."""
+    tpl = struct.pack("!HH", 256, len(fields)) + b"".join(struct.pack("!HH", t, n) for t, n in fields)
+    tset = struct.pack("!HH", 0, 4 + len(tpl)) + tpl
+    dset = struct.pack("!HH", 256, 4 + len(record)) + record
+    return struct.pack("!HHIIII", 9, 2, 1000, 1_700_000_000, 1, 0) + tset + dset
+
+
+@pytest.mark.parametrize("order", [(56, 57, 80, 81), (80, 81, 56, 57), (57, 81, 56, 80)])
+def test_v9_zero_mac_elements_beside_post_ones(order: tuple[int, ...], decoders_mod) -> None:
+    """RFC 3954's IN_SRC_MAC/IN_DST_MAC (56/80) with OUT_SRC_MAC/OUT_DST_MAC (81/57) in one
+    template, in any order: an ingress element with an address gives the MAC (the post one
+    stays an element); one of all zeros gives none, and the post element's address is the MAC;
+    both zero, the zeros as sent."""
+    mac = {56: "02:00:00:00:00:56", 57: "02:00:00:00:00:57", 80: "02:00:00:00:00:80", 81: "02:00:00:00:00:81"}
+    zero = "00:00:00:00:00:00"
+    cases = [({}, (mac[56], mac[80])),                     # all four: the ingress ones
+             ({80: zero}, (mac[56], mac[57])),             # nfreplay's: 80 unknown
+             ({56: zero, 80: zero}, (mac[81], mac[57])),
+             ({56: zero, 81: zero}, (zero, mac[80])),
+             ({56: zero, 81: zero, 80: zero, 57: zero}, (zero, zero))]
+    fields = [(8, 4), (12, 4), (2, 4), (1, 4)] + [(ie, 6) for ie in order]
+    for values, want in cases:
+        vals = {**mac, **values}
+        rec = bytes([10, 0, 0, 1, 10, 0, 0, 2]) + struct.pack("!II", 1, 100)
+        rec += b"".join(bytes.fromhex(vals[ie].replace(":", "")) for ie in order)
+        dec = decoders_mod.Decoder(decoders_mod.DecoderConfig(default_sampling=0))
+        (f,) = dec.decode(_v9(fields, rec), "192.0.2.1", 2055, 1_700_000_000.0).to_dicts()
+        assert (f.get("SrcMac"), f.get("DstMac")) == want, (order, values, f)
+        assert f.get("ie57") == vals[57].replace(":", "") and f.get("ie81") == vals[81].replace(":", ""), f
