@@ -335,8 +335,11 @@ async def _worker_main(cfg: Config, index: int | None, enrich_cfg: Any,
     s_ = worker.sink
     counters = (f"; {s_.delivered[1]} sFlow counter records delivered, "
                 f"{sum(v for (k, _), v in s_.queue.dropped.items() if k == 1)} dropped") if cfg.counters else ""
+    # every reason flowscope_flows_dropped_total counts: the queue's and the sink's, and the hot
+    # path's own (duplicate with --dedup, internal), so that delivered + dropped is what was decoded
     log.info("stopped: %d flows delivered to %s, %d dropped%s", s_.delivered[0], s_.name,
-             sum(v for (k, _), v in s_.queue.dropped.items() if k == 0), counters)
+             sum(v for (k, _), v in s_.queue.dropped.items() if k == 0) + sum(worker.flow_drops.values()),
+             counters)
     if s_.gone:
         log.error("exiting: %s", s_.gone)
         return 1
