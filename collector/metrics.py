@@ -108,7 +108,9 @@ SERIES: dict[str, Series] = {s.name: s for s in [
     Series("flowscope_flows_dropped", "counter",
            "Flow records dropped after decoding, by reason (queue_full, evicted: the queue was full; shutdown: "
            "not delivered within --shutdown-timeout; unconfirmed: sent to Kafka (or handed to aiokafka) and not "
-           "acknowledged within --shutdown-timeout (they may be in the topic); sink_error: the file or stdout write failed; rejected: "
+           "acknowledged, then given up: in flight at --shutdown-timeout, or queued again after that request failed "
+           "without an answer and then still queued at --shutdown-timeout or evicted (they may be in the topic); "
+           "sink_error: the file or stdout write failed; rejected: "
            "Kafka refused the batch for good; too_large: a record queued one by one (an sFlow counter record, a "
            "keyed flow before the partition count was known) that aiokafka's batch builder refused even alone in "
            "a batch (a record over --kafka-batch-bytes is otherwise sent in a batch of its own); "

@@ -49,14 +49,19 @@ COUNTERS = 1
 class Chunk:
     """The records of one datagram (or a re-queued batch) and what routing needs."""
 
-    __slots__ = ("kind", "records", "nbytes", "exporter", "seq")
+    __slots__ = ("kind", "records", "nbytes", "exporter", "seq", "sent")
 
-    def __init__(self, kind: int, records: list[bytes], nbytes: int, exporter: str, seq: int = 0) -> None:
+    def __init__(self, kind: int, records: list[bytes], nbytes: int, exporter: str, seq: int = 0,
+                 sent: bool = False) -> None:
         self.kind = kind
         self.records = records
         self.nbytes = nbytes
         self.exporter = exporter
         self.seq = seq  # keyed Kafka modes: the order of its first send (0: not sent yet), see _Held
+        # Kafka: re-queued after a Produce request holding its records was written (or handed to
+        # aiokafka) and failed without an answer: the broker may have written them. Dropped at
+        # the shutdown deadline they are `unconfirmed`, not `shutdown` (never sent)
+        self.sent = sent
 
 
 class Prebuilt:
@@ -158,7 +163,12 @@ class BoundedQueue:
                 old = self.chunks.popleft()
                 self.queued_bytes -= old.nbytes
                 self.queued[old.kind] -= len(old.records)
-                self.dropped[(old.kind, "evicted")] += len(old.records)
+                # (a chunk queued again after a request that failed without an answer may be in
+                # the topic: given up, it is unconfirmed, as at the shutdown deadline)
+                if old.sent:
+                    self.dropped[(old.kind, "unconfirmed")] += len(old.records)
+                else:
+                    self.dropped[(old.kind, "evicted")] += len(old.records)
             if self.queued_bytes + self.inflight_bytes + nbytes > self.limit:
                 # everything left is in flight: the arriving chunk cannot fit
                 self.dropped[(kind, "queue_full")] += n
@@ -232,16 +242,22 @@ class BoundedQueue:
         if w is not None and not w.done():
             w.set_result(None)
 
-    def drop_all(self, reason: str) -> int:
-        """Count everything still queued as dropped (shutdown deadline passed)."""
-        n = 0
+    def drop_all(self, reason: str, sent_reason: str | None = None) -> tuple[int, int]:
+        """Count everything still queued as dropped (shutdown deadline passed): as `reason`, or
+        as `sent_reason` when given for the chunks a Produce request may have written already
+        (Chunk.sent). Returns the records counted under each."""
+        n = m = 0
         while self.chunks:
             c = self.chunks.popleft()
-            self.dropped[(c.kind, reason)] += len(c.records)
-            n += len(c.records)
+            if c.sent and sent_reason is not None:
+                self.dropped[(c.kind, sent_reason)] += len(c.records)
+                m += len(c.records)
+            else:
+                self.dropped[(c.kind, reason)] += len(c.records)
+                n += len(c.records)
         self.queued_bytes = 0
         self.queued = [0, 0]
-        return n
+        return n, m
 
 
 #: Seconds between the Kafka sink's checks of its broker (a metadata request, its connections)
@@ -354,9 +370,9 @@ class Sink:
                     task.exception()   # (retrieved: it ends now either way)
             else:
                 log.warning("%s: the sender did not stop when cancelled; counting what is left anyway", self.name)
-        left = self.queue.drop_all("shutdown")
+        # (queued again after a request that may have been written: unconfirmed, as in flight)
+        left, sent = self.queue.drop_all("shutdown", "unconfirmed")
         q = self.queue
-        sent = 0
         for kind, n in enumerate(q.inflight):
             if n:
                 u = min(n, self.unconfirmed(kind))
@@ -721,7 +737,7 @@ def check_compression(k: KafkaConfig, named: Callable[[str], str] = str) -> str 
 class _Open:
     """A record batch being filled for one partition, with its records kept for a re-queue."""
 
-    __slots__ = ("kind", "partition", "builder", "records", "nbytes", "exporters", "written", "seq")
+    __slots__ = ("kind", "partition", "builder", "records", "nbytes", "exporters", "written", "seq", "sent")
 
     def __init__(self, kind: int, partition: int, builder: Any, seq: int = 0) -> None:
         self.kind = kind
@@ -729,6 +745,7 @@ class _Open:
         self.builder = builder
         self.seq = seq  # send order (keyed modes: a failed batch is held in this order)
         self.written = False  # its Produce request went out on a connection (direct path)
+        self.sent = False     # records of it were in a request written before (Chunk.sent)
         self.records: list[bytes] = []
         self.nbytes = 0
         self.exporters: list[str] | None = None  # key exporter: each record's, for a re-queue
@@ -745,13 +762,14 @@ class _Open:
         """The records as queue chunks again, each exporter's run with its exporter (the key
         of kafka.key exporter), in order."""
         if not self.exporters:
-            return [Chunk(self.kind, self.records, self.nbytes, "", self.seq)]
+            return [Chunk(self.kind, self.records, self.nbytes, "", self.seq, self.sent)]
         out: list[Chunk] = []
         start = 0
         for i in range(1, len(self.records) + 1):
             if i == len(self.records) or self.exporters[i] != self.exporters[start]:
                 recs = self.records[start:i]
-                out.append(Chunk(self.kind, recs, sum(len(r) + 1 for r in recs), self.exporters[start], self.seq))
+                out.append(Chunk(self.kind, recs, sum(len(r) + 1 for r in recs), self.exporters[start], self.seq,
+                                 self.sent))
                 start = i
         return out
 
@@ -1257,6 +1275,7 @@ class KafkaSink(Sink):
                 o = self._new_open(c.kind, slot, direct=self.direct is not None)
                 if c.seq:
                     o.seq = c.seq   # sent again: its place in the partition's order is the first send's
+                o.sent = c.sent
                 if self.direct is None:
                     if self._encode is not None and c.records.data is None:
                         await self._pack(c.records.writer)
@@ -1271,15 +1290,15 @@ class KafkaSink(Sink):
                 # (an sFlow counter record has no conversation: keyed by its exporter)
                 key = c.exporter.encode()
                 p = parts[_murmur2(key) % n]
-                self._append(builders, full, c.kind, p, c.records, key, c.exporter)
+                self._append(builders, full, c.kind, p, c.records, key, c.exporter, c.sent)
                 if c.seq:   # sent again: the batch keeps the partition's order of the first send
                     builders[(c.kind, p)].seq = min(builders[(c.kind, p)].seq, c.seq)
             elif keymode == "conversation":
                 for rec in c.records:
                     kk = conversation_key(rec)
-                    self._append(builders, full, c.kind, parts[_murmur2(kk) % n], (rec,), kk)
+                    self._append(builders, full, c.kind, parts[_murmur2(kk) % n], (rec,), kk, None, c.sent)
             else:
-                self._append(builders, full, c.kind, -1, c.records, None)
+                self._append(builders, full, c.kind, -1, c.records, None, None, c.sent)
         full.extend(builders.values())
         # in flight was accounted per chunk; re-account per batch (differs only by too_large drops)
         for c in chunks:
@@ -1562,7 +1581,7 @@ class KafkaSink(Sink):
         return live or parts
 
     def _append(self, builders: dict[tuple[int, int], _Open], full: list[_Open], kind: int, slot_p: int,
-                records: Any, key: bytes | None, exporter: str | None = None) -> None:
+                records: Any, key: bytes | None, exporter: str | None = None, sent: bool = False) -> None:
         slot = (kind, slot_p)
         o = builders.get(slot)
         if o is None:
@@ -1574,11 +1593,13 @@ class KafkaSink(Sink):
                     o = builders[slot] = self._new_open(kind, slot_p)
                     if o.builder.append(key=key, value=rec, timestamp=None) is not None:
                         o.add(rec, exporter)
+                        o.sent = o.sent or sent
                         continue
                 # one record larger than a whole batch can never be sent
                 self.queue.dropped[(kind, "too_large")] += 1
                 continue
             o.add(rec, exporter)
+            o.sent = o.sent or sent
 
     def _ready(self, topic: str, partition: int) -> bool:
         """Keyed modes: whether a batch for the partition would be handed over at once (direct:
@@ -1808,6 +1829,7 @@ class KafkaSink(Sink):
         maybe_written = o.written
         if o.written:
             o.written = False
+            o.sent = True   # (its chunks, re-queued, remember it: Chunk.sent)
             self._written[o.kind] -= len(o.records)
         if getattr(exc, "fatal", False) or _fatal_aiokafka(exc):
             # the broker refused the batch for good (direct path: too large, corrupt, not

@@ -708,6 +708,78 @@ def test_sigterm_with_produce_requests_unanswered_counts_them_unconfirmed(collec
     assert delivered <= len(got) <= delivered + unconfirmed, (len(got), delivered, unconfirmed, never_sent)
 
 
+@pytest.mark.parametrize("mode", [[], ["--kafka-key", "exporter"], ["--no-kafka-direct"]],
+                         ids=["direct", "keyed", "aiokafka"])
+def test_sigterm_with_batches_queued_again_after_a_timeout_counts_them_unconfirmed(collector: Any, own_broker: Any,
+                                                                                   mode: list[str]) -> None:
+    """The broker stops answering past --kafka-request-timeout-ms: the batches written to it are
+    queued again (counted in flowscope_kafka_resent_records_total: the broker may have written
+    them), and SIGTERM comes while it is still frozen. Those batches, back in the queue (or set
+    aside, keyed) and not sent again, were counted as `shutdown` (never sent) at the deadline; the
+    broker, once resumed, read the requests it held and wrote them: the topic held 2740 flows of
+    which 1500 were delivered and none unconfirmed. As in flight at the deadline, records a
+    written request held are `unconfirmed` (they may be in the topic): the topic holds at most
+    delivered + unconfirmed."""
+
+    b = own_broker
+    t = topic()
+    c = collector(["--kafka-brokers", b.bootstrap, "--kafka-topic", t, "--kafka-batch-bytes", "64KB",
+                   "--kafka-request-timeout-ms", "1000", "--shutdown-timeout", "2", *mode])
+    send_udp([make_v5(i, 30, i * 30) for i in range(50)], c.port)
+    c.wait_value("flowscope_flows_delivered_total", 1500)
+    with frozen(b):
+        send_udp([make_v5(i, 30, i * 30) for i in range(50, 300)], c.port)
+        c.wait_value("flowscope_flows_total", 9000)
+        wait_for(lambda: c.value("flowscope_kafka_resent_records_total", records="flows") > 0, 20,
+                 what="batches queued again after the request timeout")
+        assert c.stop() == 0
+    log = c.log()
+
+    def count(pattern: str) -> int:
+        m = re.search(pattern, log)
+        return int(m.group(1)) if m else 0
+
+    delivered = count(r"stopped: (\d+) flows delivered")
+    unconfirmed = count(r"shutdown: (\d+) records sent to Kafka were not acknowledged")
+    never_sent = count(r"shutdown: (\d+) records could not be delivered")
+    assert delivered + unconfirmed + never_sent == 9000, log
+    assert unconfirmed > 0, log
+    got = consume(b.bootstrap, t, delivered + unconfirmed, timeout=20, grace=3)
+    assert len({v5_key(f) for f in got}) == len(got)
+    assert delivered <= len(got) <= delivered + unconfirmed, (len(got), delivered, unconfirmed, never_sent)
+
+
+def test_batches_queued_again_after_a_timeout_and_evicted_are_counted_unconfirmed(collector: Any,
+                                                                                  own_broker: Any) -> None:
+    """--drop-policy oldest with the broker frozen past --kafka-request-timeout-ms: the batches
+    written to it are queued again at the front (the broker may have written them), and are then
+    the first evicted as flows keep coming. They were counted as `evicted`, and once the broker
+    resumed it wrote them: the topic held 4072 flows of which 2834 were delivered and none was
+    counted as possibly there. Given up after a request that may have written them, they are
+    `unconfirmed`: the topic holds delivered + at most the unconfirmed ones."""
+
+    b = own_broker
+    t = topic()
+    c = collector(["--kafka-brokers", b.bootstrap, "--kafka-topic", t, "--kafka-batch-bytes", "64KB",
+                   "--queue-bytes", "600KB", "--drop-policy", "oldest", "--kafka-request-timeout-ms", "1000"])
+    send_udp([make_v5(i, 30, i * 30) for i in range(10)], c.port)   # (well within the queue)
+    c.wait_value("flowscope_flows_delivered_total", 300)
+    with frozen(b):
+        send_udp([make_v5(i, 30, i * 30) for i in range(10, 110)], c.port)
+        wait_for(lambda: c.value("flowscope_kafka_resent_records_total", records="flows") > 0, 20,
+                 what="batches queued again after the request timeout")
+        send_udp([make_v5(i, 30, i * 30) for i in range(110, 560)], c.port)   # evicts them
+        c.wait_value("flowscope_flows_total", 16800)
+    wait_for(lambda: c.value("flowscope_queue_records") == 0, 30, what="the queue emptied")
+    delivered = c.value("flowscope_flows_delivered_total")
+    unconfirmed = c.value("flowscope_flows_dropped_total", reason="unconfirmed")
+    assert delivered + c.value("flowscope_flows_dropped_total") == 16800
+    assert c.value("flowscope_flows_dropped_total", reason="evicted") > 0
+    got = {v5_key(f) for f in consume(b.bootstrap, t, int(delivered + unconfirmed), timeout=20, grace=3)}
+    assert delivered <= len(got) <= delivered + unconfirmed, (len(got), delivered, unconfirmed)
+    assert c.stop() == 0
+
+
 def test_batches_sent_again_after_a_timeout_are_counted_as_maybe_duplicated(collector: Any, own_broker: Any) -> None:
     """The broker freezes past the request timeout with Produce requests written, then resumes:
     the collector sends those batches again (nothing lost), and the broker may have written the
