@@ -157,8 +157,10 @@ SERIES: dict[str, Series] = {s.name: s for s in [
            "path's requests (throttle_time_ms: a produce quota, KIP-13); after a Produce v6+ answer (zstd batches) "
            "its connection sends nothing more for that time (KIP-219). Requests through aiokafka (TLS, SASL, "
            "--no-kafka-direct, sFlow counter records) are not seen here"),
-    Series("flowscope_kafka_compression_bytes", "counter", "Bytes of prebuilt record batches (key none) before "
-           "(side=in) and after (side=out) kafka.compression", ("side",)),
+    Series("flowscope_kafka_compression_bytes", "counter", "Bytes of the flows' record batches flowscope writes "
+           "itself (key none, and the keyed modes once the topic's partition count is known; not the records aiokafka "
+           "batches one by one: sFlow counter records, keyed flows before the partition count) before (side=in) and "
+           "after (side=out) kafka.compression", ("side",)),
     Series("flowscope_kafka_compression_thread_seconds", "counter", "Time the compression thread spent "
            "compressing batches (kafka.compression_thread; near 1 per second: that thread is the limit)"),
     # state file
