@@ -161,10 +161,12 @@ async def start_enricher(enrich_cfg: Any) -> Any:
     return enricher
 
 
-async def stop_enricher(enricher: Any) -> None:
+async def stop_enricher(enricher: Any, timeout: float = 5.0) -> None:
+    """Stop the informers, waiting for their threads at most `timeout` seconds (daemons: one stuck
+    in a request to an API server that does not answer is left behind when the process exits)."""
     if enricher is not None:
         try:
-            enricher.stop()
+            enricher.stop(timeout)
         except Exception as exc:
             log.warning("enrichment: stop failed: %r", exc)
 
@@ -326,10 +328,13 @@ async def _worker_main(cfg: Config, index: int | None, enrich_cfg: Any,
     gone.cancel()
     log.info("stopping: decoding what the listeners hold, draining the queue, then closing the listeners "
              "(up to %.1fs)", cfg.shutdown_timeout)
+    stop_began = loop.time()
     await worker.stop()
     stats_task.cancel()
     report(worker.snapshot(final=True))
-    await stop_enricher(enricher)
+    # within what is left of --shutdown-timeout (half a second at least): the supervisor of
+    # --workers N kills a worker still running 10 s past it
+    await stop_enricher(enricher, max(0.5, cfg.shutdown_timeout - (loop.time() - stop_began)))
     for s in servers:
         await s.stop()
     s_ = worker.sink

@@ -211,14 +211,23 @@ class Informer:
         self._thread.start()
 
     def stop(self, *, timeout: float = 5.0) -> None:
+        self.signal_stop()
+        self.join(timeout)
+
+    def signal_stop(self) -> None:
+        """Tell the thread to stop (a watch stream it reads is cut) without waiting for it."""
         self._stop.set()
         with self._resp_lock:
             resp = self._resp
         if resp is not None:
             _abort(resp)
-        if self._thread is not None:
-            self._thread.join(timeout)
         self.stats.state = "stopped"
+
+    def join(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds for the thread (a daemon: one stuck in a request to an
+        API server that does not answer is left behind)."""
+        if self._thread is not None:
+            self._thread.join(max(0.0, timeout))
 
     # layer 1: forever
 

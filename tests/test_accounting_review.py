@@ -66,3 +66,65 @@ def test_compression_bytes_help_says_the_keyed_modes_batches_count_too(broker: A
     m = re.search(r"^# HELP flowscope_kafka_compression_bytes_total (.*)$", text, re.M)
     assert m and "key none)" not in m.group(1) and "keyed modes" in m.group(1), m and m.group(1)
     assert c.stop() == 0
+
+
+def test_a_hung_api_server_does_not_hold_the_workers_past_the_shutdown_deadline(collector: Any,
+                                                                                tmp_path: Any) -> None:
+    """Enrichment on, and the Kubernetes API server takes connections and answers nothing (an
+    API server not ready, behind a load balancer that accepts). On SIGTERM the workers drained,
+    counted and reported, then stopped the enricher: each of its four informers, stuck in a list
+    request, was waited for 5 s in turn, 20 s past --shutdown-timeout. The supervisor gives its
+    workers --shutdown-timeout + 10 s, so it killed them, logged that what they received after
+    their last report was unknown (nothing was: they had drained and reported), and exited 1 on a
+    clean stop. The informers are stopped together, within what is left of the deadline."""
+    import socket
+    import threading
+    import time
+
+    from conftest import free_tcp_port, make_v5, wait_for
+
+    port = free_tcp_port()
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", port))
+    srv.listen(64)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            held.append(conn)      # taken, never answered
+
+    threading.Thread(target=accept, daemon=True).start()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(f"""apiVersion: v1
+kind: Config
+clusters:
+- {{name: c, cluster: {{server: "http://127.0.0.1:{port}"}}}}
+contexts:
+- {{name: x, context: {{cluster: c, user: u}}}}
+current-context: x
+users:
+- {{name: u, user: {{token: t}}}}
+""")
+    try:
+        c = collector(["--workers", "2", "--sink", "stdout", "--enrich", "true", "--kubeconfig", str(kubeconfig),
+                       "--shutdown-timeout", "2"], wait_ready=False)
+        wait_for(lambda: c.log().count("listener netflow://") == 2, 30, what="both workers' listeners bound")
+        wait_for(lambda: len(held) >= 8, 30, what="the informers' requests to the API server")
+        send_udp([make_v5(i, 30, i * 30) for i in range(10)], c.port)
+        c.wait_value("flowscope_flows_delivered_total", 300)
+        t0 = time.monotonic()
+        assert c.stop(signal.SIGTERM, timeout=60) == 0, c.log()
+        took = time.monotonic() - t0
+        log = c.log()
+        assert "did not stop in time" not in log and "killing it" not in log, log
+        assert took < 2 + 5, took
+        assert sum(int(n) for n in re.findall(r"stopped: (\d+) flows delivered", log)) == 300
+    finally:
+        srv.close()
+        for s in held:
+            s.close()
