@@ -26,7 +26,7 @@ from typing import Any
 
 from .config import Config
 from .http import CLOSE_REASONS, HttpServer
-from .metrics import SOCKETS, Aggregator, starting_snapshot
+from .metrics import FINAL, SOCKETS, Aggregator, starting_snapshot
 from .util import die_with_parent, setup_logging, tune_malloc
 
 log = logging.getLogger("flowscope")
@@ -447,6 +447,12 @@ def died(agg: Aggregator, worker: int, code: int) -> None:
     snap["_ready"] = {(): (False, [f"exited (code {code})"])}  # type: ignore[dict-item]
     age = time.monotonic() - agg.seen.get(worker, agg.started)
     agg.workers[worker] = snap
+    if FINAL in snap:
+        # it had stopped (its listeners closed) and counted everything in its final report: an
+        # exit code of its own (stdout closed by its reader: 1), nothing unknown
+        log.error("worker %d exited with code %s after its final report (%.1f s before): everything it "
+                  "received is counted there", worker, code, age)
+        return
     if not any(lost.values()):
         # (a worker that failed to start, its reason logged by itself: nothing was lost)
         log.error("worker %d exited with code %s holding no flow records in its last report (%.1f s before); "

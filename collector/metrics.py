@@ -330,6 +330,7 @@ def merge_into(total: Snapshot, snap: Snapshot) -> None:
 
 
 STARTING = "_starting"  # key of the snapshot a worker sends before its (possibly long) start-up
+FINAL = "_final"        # key of the snapshot a worker sends once stopped (listeners closed, queue counted)
 # key of a worker's snapshot listing its listeners' sockets: {(): [(listener, inode), ...]}, so
 # the supervisor can read their kernel drop counters itself (kernel_drops_now)
 SOCKETS = "_sockets"

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from .config import Config, Listener
-from .metrics import SOCKETS, ExporterLabels, Snapshot, decoder_series
+from .metrics import FINAL, SOCKETS, ExporterLabels, Snapshot, decoder_series
 from .sinks import COUNTERS, FLOWS, KafkaSink, Prebuilt, Sink, make_sink
 from .state import StateFile
 from .util import RateLimitedLog
@@ -626,6 +626,8 @@ class Worker:
             snap.update(enrich_series(self.enricher))
         ok, why = self.ready()
         snap["_ready"] = {(): (ok, why)}  # type: ignore[dict-item]
+        if final:
+            snap[FINAL] = {(): 1}   # nothing received after it (app.died)
         return snap
 
 
