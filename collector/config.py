@@ -622,23 +622,57 @@ def _check_duplicate_keys(node: yaml.Node, prefix: str = "", seen: set[int] | No
             _check_duplicate_keys(item, prefix, seen)
 
 
-def _safe_load_unique(stream: Any) -> Any:
-    """yaml.safe_load, refusing duplicate keys (see _check_duplicate_keys)."""
+def _safe_load_unique(stream: Any, prepare: Callable[[yaml.Node], None] | None = None) -> Any:
+    """yaml.safe_load, refusing duplicate keys (see _check_duplicate_keys); `prepare` may adjust
+    the composed nodes before they are constructed."""
     loader = yaml.SafeLoader(stream)
     try:
         node = loader.get_single_node()
         if node is None:
             return None
         _check_duplicate_keys(node)
+        if prepare is not None:
+            prepare(node)
         return loader.construct_document(node)
     finally:
         loader.dispose()
 
 
+# What YAML 1.1 reads from a plain scalar that is not a string: for an option that takes text, the
+# text as written is meant (`cluster_name: 0123` is not the octal number 83, `client_id: 1.10` not
+# 1.1, `sasl_user: no` not False).
+_NOT_STR_TAGS = {"tag:yaml.org,2002:" + t for t in ("bool", "int", "float", "timestamp")}
+
+
+def _text_as_written(node: yaml.Node) -> None:
+    """Re-tag, before construction, the plain scalars given to options that take text (and to the
+    items of text lists) as strings, so that they keep their text instead of YAML's reading of it."""
+    if not isinstance(node, yaml.MappingNode):
+        return
+    text = {o.key for o in options() if o.f.metadata["parse"] in (parse_str, parse_list)}
+    sections = {o.section for o in options() if o.section}
+
+    def retag(v: yaml.Node) -> None:
+        for item in (v.value if isinstance(v, yaml.SequenceNode) else [v]):
+            if isinstance(item, yaml.ScalarNode) and item.style is None and item.tag in _NOT_STR_TAGS:
+                item.tag = "tag:yaml.org,2002:str"
+
+    for k, v in node.value:
+        if not isinstance(k, yaml.ScalarNode):
+            continue
+        name = str(k.value).replace("-", "_")
+        if name in sections and isinstance(v, yaml.MappingNode):
+            for sk, sv in v.value:
+                if isinstance(sk, yaml.ScalarNode) and f"{name}.{str(sk.value).replace('-', '_')}" in text:
+                    retag(sv)
+        elif name in text:
+            retag(v)
+
+
 def load_yaml(path: str, source: str = "--config") -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as fh:
-            data = _safe_load_unique(fh)
+            data = _safe_load_unique(fh, _text_as_written)
     except _DuplicateKey as exc:
         key, first, second = exc.args
         raise ConfigError(f"{key} (from {path}): given twice, on lines {first} and {second} (only the last "

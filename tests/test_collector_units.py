@@ -1997,3 +1997,28 @@ def test_flows_lost_to_an_internal_error_after_decoding_are_counted() -> None:
     assert snap["flowscope_flows_dropped"][("internal",)] == 30
     assert sum(snap["flowscope_flows"].values()) == 60
     assert w.queue.total_records == 30
+
+
+def test_a_text_option_keeps_a_plain_yaml_value_as_written(tmp_path: Path) -> None:
+    """YAML 1.1 reads `0123` as the octal number 83, `1.10` as 1.1, `no` as False and `10_000` as
+    10000: a cluster name, client id, user or topic written that way in the --config file was
+    published (or sent to the broker) as '83', '1.1', 'False', '10000'. Text options keep the text."""
+    f = tmp_path / "c.yaml"
+    f.write_text("enrich:\n  enabled: false\n  cluster_name: 0123\n  infra_namespace_prefixes: [0777, on]\n"
+                 "kafka:\n  client_id: 1.10\n  topic: 10_000\n  sasl_mechanism: PLAIN\n  sasl_user: no\n"
+                 "  sasl_password: 0600\n")
+    r = subprocess.run([sys.executable, "-m", "collector.cli", "config", "--config", str(f)], capture_output=True,
+                       text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, cwd=ROOT, timeout=60)
+    assert r.returncode == 0, r.stderr
+    import yaml
+
+    eff = yaml.safe_load(r.stdout)
+    assert eff["enrich"]["cluster_name"] == "0123"
+    assert eff["enrich"]["infra_namespace_prefixes"] == ["0777", "on"]
+    assert (eff["kafka"]["client_id"], eff["kafka"]["topic"], eff["kafka"]["sasl_user"]) == ("1.10", "10_000", "no")
+    # (the password is not printed; what run would use is what load gives)
+    assert load(["--config", str(f)]).kafka.sasl_password == "0600"
+    # numbers and switches are still read as such, and a quoted value was always text
+    f.write_text("workers: 2\ncounters: yes\nkafka:\n  client_id: '0123'\n")
+    cfg = load(["--config", str(f)])
+    assert (cfg.workers, cfg.counters, cfg.kafka.client_id) == (2, True, "0123")
