@@ -111,6 +111,10 @@ def setup_logging(level: str, worker: int | None = None, fmt: str = "text") -> N
         handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s"))
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # Python warnings (urllib3's InsecureRequestWarning on every API request with a kubeconfig's
+    # insecure-skip-tls-verify) went to stderr as two bare lines each, neither in the text format
+    # nor JSON: through logging ("py.warnings") they are one log record like any other.
+    logging.captureWarnings(True)
     # on the handler: logger filters do not apply to records of child loggers
     handler.addFilter(_RateLimitFilter(10.0))
     for name in ("aiokafka", "kafka"):

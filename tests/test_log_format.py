@@ -92,3 +92,25 @@ def test_unknown_log_format_is_a_configuration_error(how: list[str]) -> None:
     r = subprocess.run([sys.executable, "-m", "collector.cli", "config", *how], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "xml" in r.stderr and "json" in r.stderr, r.stderr
+
+
+def test_python_warnings_are_log_records_too(collector, tmp_path) -> None:
+    """A kubeconfig with insecure-skip-tls-verify (a lab cluster) makes urllib3 warn on every API
+    request; the warnings module wrote each as two bare lines to stderr, so with --log-format
+    json a log pipeline got lines that are not JSON ("...: InsecureRequestWarning: ..." and
+    "  warnings.warn(")."""
+    from tests.support.fake_kube import running_fake_kube
+
+    with running_fake_kube(tls_dir=tmp_path / "apiserver") as kube:
+        kc = tmp_path / "kc.json"
+        kube.write_kubeconfig(kc)
+        d = orjson.loads(kc.read_bytes())
+        cluster = d["clusters"][0]["cluster"]
+        del cluster["certificate-authority"]
+        cluster["insecure-skip-tls-verify"] = True
+        kc.write_bytes(orjson.dumps(d))
+        c = collector(["--log-format", "json", "--kubeconfig", str(kc)])   # waits for /readyz: informers synced
+        c.stop()
+    recs = _json_lines(c.log())
+    warned = [r for r in recs if "InsecureRequestWarning" in r["msg"]]
+    assert warned and all(r["level"] == "warning" and r["logger"] == "py.warnings" for r in warned), recs
