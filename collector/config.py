@@ -715,15 +715,31 @@ def _flatten_yaml(data: Mapping[str, Any], path: str) -> dict[str, Any]:
             for sk, sv in v.items():
                 key = f"{k}.{str(sk).replace('-', '_')}"
                 if key not in by_key:
-                    raise ConfigError(f"{key} (from {path}): unknown option; {k} options are: "
-                                      + ", ".join(o.name for o in options() if o.section == k))
+                    raise ConfigError(f"{key} (from {path}): unknown option{_did_you_mean(key)}; {k} options "
+                                      "are: " + ", ".join(o.name for o in options() if o.section == k))
                 flat[key] = sv
         elif k in by_key:
             flat[k] = v
         else:
-            raise ConfigError(f"{k} (from {path}): unknown option; options are: "
+            raise ConfigError(f"{k} (from {path}): unknown option{_did_you_mean(k)}; options are: "
                               + ", ".join(o.key for o in options()))
     return flat
+
+
+def _did_you_mean(key: str) -> str:
+    """` (did you mean KEY?)` for a YAML key that names no option, as for an unknown FLOWSCOPE_*
+    variable: a close spelling (`worker`, `kafka.topc`), a section's option written at the top
+    level or a top-level one in a section (`brokers`, `kafka.workers`), or a section written into
+    the key (`kafka_brokers`); "" when nothing is close."""
+    import difflib
+
+    section, _, name = key.rpartition(".")
+    # (from one section to another is no slip: kafka.enabled is not enrich.enabled)
+    close = [o.key for o in options() if (o.name == name and not (section and o.section))
+             or o.key == name.replace("_", ".", 1)][:1]
+    if not close:
+        close = difflib.get_close_matches(key, [o.key for o in options()], n=1, cutoff=0.8)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None) -> Config:

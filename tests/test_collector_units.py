@@ -93,7 +93,8 @@ def test_precedence_yaml_env_flag(tmp_path: Path) -> None:
     cfg = load(["--config", str(f), "--workers", "4"], {"FLOWSCOPE_WORKERS": "2"})
     assert cfg.workers == 4
     f.write_text("kafka:\n  topics: x\n")
-    with pytest.raises(C.ConfigError, match=r"kafka.topics \(from .*\): unknown option; kafka options are: brokers"):
+    with pytest.raises(C.ConfigError, match=r"kafka.topics \(from .*\): unknown option \(did you mean kafka.topic\?\); kafka options are: "
+                       "brokers"):
         load(["--config", str(f)])
     f.write_text("- a\n")
     with pytest.raises(C.ConfigError, match="expected a mapping"):
@@ -2022,3 +2023,28 @@ def test_a_text_option_keeps_a_plain_yaml_value_as_written(tmp_path: Path) -> No
     f.write_text("workers: 2\ncounters: yes\nkafka:\n  client_id: '0123'\n")
     cfg = load(["--config", str(f)])
     assert (cfg.workers, cfg.counters, cfg.kafka.client_id) == (2, True, "0123")
+
+
+@pytest.mark.parametrize("text,meant", [
+    ("worker: 2\n", "workers"),                                   # a slip
+    ("allow_exporter: [10.0.0.0/8]\n", "allow_exporters"),
+    ("kafka:\n  sasl_pasword: x\n", "kafka.sasl_password"),
+    ("enrich:\n  kube_config: /etc/kc\n", "enrich.kubeconfig"),
+    ("brokers: [k:9092]\n", "kafka.brokers"),                     # a section's option at the top level
+    ("kafka_brokers: k:9092\n", "kafka.brokers"),                 # the variable's spelling
+    ("kafka:\n  workers: 2\n", "workers"),                        # a top-level option in a section
+    ("blah: 1\n", None),
+    ("kafka:\n  enabled: true\n", None),                          # not enrich.enabled
+])
+def test_an_unknown_yaml_key_names_the_option_it_probably_meant(tmp_path: Path, text: str, meant: str | None) -> None:
+    """A misspelt FLOWSCOPE_* variable was reported with the option it probably meant, a misspelt
+    key of the --config file only with every option's name (some sixty) to look through."""
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    r = subprocess.run([sys.executable, "-m", "collector.cli", "config", "--config", str(f)], capture_output=True,
+                       text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, cwd=ROOT, timeout=60)
+    assert r.returncode == 2 and "unknown option" in r.stderr, r.stderr
+    if meant is None:
+        assert "did you mean" not in r.stderr, r.stderr
+    else:
+        assert f"unknown option (did you mean {meant}?);" in r.stderr, r.stderr
