@@ -372,7 +372,8 @@ class Config:
                             "IPv6 as netflow://[::]:2055", parse_listen, metavar="SCHEME://HOST:PORT",
                             repeat=True)
     rcvbuf: int = opt(32 * 1024**2, "SO_RCVBUF per socket, at most 2147483647 (2 GiB - 1); the kernel caps "
-                      "it at net.core.rmem_max (the granted size is logged)", ranged(parse_size, 0, MAX_RCVBUF),
+                      "it at net.core.rmem_max (the granted size is logged), and Linux at 1073741823 whatever "
+                      "rmem_max allows", ranged(parse_size, 0, MAX_RCVBUF),
                       metavar="SIZE")
     workers: int = opt(1, "worker processes, each with its own SO_REUSEPORT sockets, decoder state and "
                        "producer", ranged(parse_int, 1, 256), metavar="N")

@@ -84,6 +84,12 @@ def sniff_protocol(data: bytes) -> str:
     return "no flow protocol flowscope knows"
 
 
+# The largest receive buffer Linux grants (as open_socket reports it, halved): the kernel keeps
+# twice the requested size in an int (sock_setsockopt: min(val, INT_MAX / 2) * 2), whatever
+# net.core.rmem_max or CAP_NET_ADMIN allow.
+LINUX_MAX_RCVBUF = (2**31 - 1) // 2
+
+
 def open_socket(lst: Listener, rcvbuf: int, reuseport: bool) -> tuple[socket.socket, int]:
     """A bound non-blocking UDP socket and the receive buffer the kernel granted."""
     family = socket.AF_INET6 if ":" in lst.host else socket.AF_INET
@@ -437,7 +443,12 @@ class Worker:
             transport, _ = await loop.create_datagram_endpoint(
                 lambda i=i, lst=lst: Protocol(self, i, lst.scheme), sock=sock)  # type: ignore[misc]
             self.transports.append(transport)  # type: ignore[arg-type]
-            if self.cfg.rcvbuf and granted < self.cfg.rcvbuf:
+            if self.cfg.rcvbuf and granted < self.cfg.rcvbuf and granted >= LINUX_MAX_RCVBUF:
+                # neither net.core.rmem_max nor CAP_NET_ADMIN raises this one
+                log.warning("listener %s: SO_RCVBUF %d requested, kernel granted %d, the most Linux grants "
+                            "(it keeps twice the size in a C int); ask for at most %d",
+                            lst, self.cfg.rcvbuf, granted, LINUX_MAX_RCVBUF)
+            elif self.cfg.rcvbuf and granted < self.cfg.rcvbuf:
                 log.warning("listener %s: SO_RCVBUF %d requested, kernel granted %d; raise it with "
                             "`sysctl -w net.core.rmem_max=%d` (or run with CAP_NET_ADMIN)",
                             lst, self.cfg.rcvbuf, granted, self.cfg.rcvbuf)

@@ -711,3 +711,17 @@ def test_run_warns_about_a_misspelt_enrich_variable(collector: Any, tmp_path: Pa
             "(did you mean FLOWSCOPE_ENRICH_CLUSTER_NAME?)") in c.log()
     assert "FLOWSCOPE_ENRICH_ENABLED" not in c.log()
     assert c.stop() == 0
+
+
+def test_a_receive_buffer_linux_cannot_grant_is_not_blamed_on_rmem_max(collector: Any) -> None:
+    """Linux keeps twice the SO_RCVBUF size in a C int, so it grants 1073741823 at most however
+    high net.core.rmem_max is and with CAP_NET_ADMIN. --rcvbuf 2GiB-1 (the schema's maximum) or
+    1GiB was granted 1073741823 with the advice to raise net.core.rmem_max to the request or run
+    with CAP_NET_ADMIN, neither of which can give more."""
+    c = collector(["--rcvbuf", "2147483647"])
+    if c.value("flowscope_socket_receive_buffer_bytes") != 1073741823:
+        pytest.skip("the kernel granted less than 1 GiB - 1 (no CAP_NET_ADMIN, and rmem_max below it)")
+    c.stop()
+    line = next(ln for ln in c.log().splitlines() if "SO_RCVBUF 2147483647 requested" in ln)
+    assert "rmem_max" not in line and "CAP_NET_ADMIN" not in line, line
+    assert "kernel granted 1073741823, the most Linux grants" in line, line
