@@ -241,6 +241,14 @@ def choice(*accepted: str, lower: bool = True) -> Callable[[Any], str]:
         for a in accepted:
             if key == (a.lower() if lower else a):
                 return a
+        if "on" in accepted and "off" in accepted:
+            # a switch's other spellings, as the file gives them (above) and every switch takes
+            # them: FLOWSCOPE_...=false was refused where `false` in the file was off
+            try:
+                return "on" if parse_bool(s) else "off"
+            except ValueError:
+                pass
+            raise ValueError(f"{s!r} is not one of {', '.join(accepted)} (also true/false, yes/no, 1/0)")
         raise ValueError(f"{s!r} is not one of {', '.join(accepted)}")
 
     parse.__doc__ = "one of " + ", ".join(accepted)

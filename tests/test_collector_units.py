@@ -2048,3 +2048,24 @@ def test_an_unknown_yaml_key_names_the_option_it_probably_meant(tmp_path: Path, 
         assert "did you mean" not in r.stderr, r.stderr
     else:
         assert f"unknown option (did you mean {meant}?);" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("word,want", [("false", "off"), ("no", "off"), ("0", "off"), ("true", "on"), ("yes", "on"),
+                                       ("1", "on"), ("Off", "off"), ("auto", "auto")])
+def test_an_on_off_option_takes_a_switchs_words_from_every_source(tmp_path: Path, word: str, want: str) -> None:
+    """kafka.compression_thread (auto, on or off): `compression_thread: false` in the file was off
+    (YAML reads it as a boolean), while FLOWSCOPE_KAFKA_COMPRESSION_THREAD=false or
+    --kafka-compression-thread false stopped the collector at start, as `yes`, `1` did."""
+    f = tmp_path / "c.yaml"
+    f.write_text(f"kafka:\n  compression_thread: {word}\n")
+    base = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    got = []
+    for args, env in ((["--config", str(f)], {}), ([], {"FLOWSCOPE_KAFKA_COMPRESSION_THREAD": word}),
+                      (["--kafka-compression-thread", word], {})):
+        r = subprocess.run([sys.executable, "-m", "collector.cli", "config", "--enrich", "false", *args],
+                           capture_output=True, text=True, env={**base, **env}, cwd=ROOT, timeout=60)
+        assert r.returncode == 0, r.stderr
+        got.append(re.search(r"^  compression_thread: '?(\w+)'?$", r.stdout, re.M).group(1))  # type: ignore[union-attr]
+    assert got == [want] * 3
+    with pytest.raises(C.ConfigError, match=r"'maybe' is not one of auto, on, off \(also true/false, yes/no, 1/0\)"):
+        load([], {"FLOWSCOPE_KAFKA_COMPRESSION_THREAD": "maybe"})
