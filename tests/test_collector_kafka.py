@@ -159,6 +159,25 @@ def test_sigterm_before_the_broker_was_reached_keeps_trying_until_the_deadline(c
         b.stop()
 
 
+def test_sigterm_while_the_broker_does_not_answer_stops_without_errors(collector: Any) -> None:
+    """A broker that takes the connection and never answers (frozen, or a balancer's dead
+    backend) holds the producers in their start when SIGTERM arrives. Nothing was queued, the
+    stop was clean and exited 0, yet each of the --kafka-connections producers was then reported
+    at ERROR ("Unclosed AIOKafkaProducer"), two lines each: what an alert on ERROR lines fires on."""
+    import socket
+
+    with socket.socket() as frozen:
+        frozen.bind(("127.0.0.1", 0))
+        frozen.listen(64)   # connections complete in the backlog; nothing ever answers them
+        c = collector(["--kafka-brokers", f"127.0.0.1:{frozen.getsockname()[1]}", "--shutdown-timeout", "1"],
+                      wait_ready=False)
+        wait_for(lambda: "kafka sink not connected" in c.get("/readyz")[1], 20, what="the collector up, not connected")
+        assert c.stop(signal.SIGTERM) == 0, c.log()
+    log = c.log()
+    assert "queue drained, nothing left to send" in log, log
+    assert " ERROR " not in log and "Unclosed" not in log, log
+
+
 def test_malformed_counted_valid_delivered(broker: Any, collector: Any, loop_name: str) -> None:
     t = topic()
     c = collector(["--loop", loop_name, "--kafka-brokers", broker.bootstrap, "--kafka-topic", t])
