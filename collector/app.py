@@ -290,7 +290,7 @@ async def _worker_main(cfg: Config, index: int | None, enrich_cfg: Any,
             try:
                 await s.start()
             except OSError as exc:
-                log.error("cannot serve HTTP on %s:%d: %s", s.host, s.port, exc)
+                log.error("cannot serve HTTP on %s: %s", s.addr, exc)
                 return 2
     try:
         enricher = await start_enricher(enrich_cfg)
@@ -515,7 +515,7 @@ def _supervise(cfg: Config, enrich_cfg: Any, factory: Callable[[], asyncio.Abstr
             try:
                 await s.start()
             except OSError as exc:
-                log.error("cannot serve HTTP on %s:%d: %s", s.host, s.port, exc)
+                log.error("cannot serve HTTP on %s: %s", s.addr, exc)
                 start_failed = True
                 stop.set()
                 break

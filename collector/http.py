@@ -69,6 +69,11 @@ class HttpServer:
     def open(self) -> int:
         return len(self.connections)
 
+    @property
+    def addr(self) -> str:
+        """HOST:PORT as the logs name it, an IPv6 host in brackets ("::1:9400" is an address alone)."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         # asyncio.start_server's own two lines, with a protocol that says when bytes arrive
@@ -76,7 +81,7 @@ class HttpServer:
                                                self.host, self.port)
         sock = self.server.sockets[0]
         self.port = sock.getsockname()[1]
-        log.info("http: serving %s on %s:%d", ", ".join(sorted(self.routes)), self.host, self.port)
+        log.info("http: serving %s on %s", ", ".join(sorted(self.routes)), self.addr)
 
     async def stop(self) -> None:
         if self.server is not None:

@@ -679,6 +679,40 @@ def test_metrics_address_in_use_exits_2(tmp_path: Path, workers: int) -> None:
     assert f"cannot serve HTTP on 127.0.0.1:{port}" in r.stderr
 
 
+def test_an_ipv6_http_address_is_logged_in_brackets(tmp_path: Path) -> None:
+    """`--metrics-addr [::1]:PORT` was logged as `::1:PORT`, which reads as the IPv6 address
+    ::1:PORT (0:0:0:0:0:0:1:PORT) without a port, in the start-up line and in the error when the
+    port is taken."""
+    holder = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    holder.bind(("::1", 0))
+    holder.listen(1)
+    port = holder.getsockname()[1]
+    try:
+        r = run_cli(["run", "--listen", f"netflow://127.0.0.1:{free_udp_port()}", "--metrics-addr", f"[::1]:{port}",
+                     "--output-file", str(tmp_path / "f.jsonl")], tmp_path)
+    finally:
+        holder.close()
+    assert r.returncode == 2, r.stderr
+    assert f"cannot serve HTTP on [::1]:{port}: " in r.stderr, r.stderr
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:   # a free port, then used by the collector
+        s.bind(("::1", 0))
+        port = s.getsockname()[1]
+    p = subprocess.Popen([sys.executable, "-m", "collector.cli", "run", "--listen", f"netflow://127.0.0.1:{free_udp_port()}",
+                          "--metrics-addr", f"[::1]:{port}", "--output-file", str(tmp_path / "f.jsonl"), "--enrich",
+                          "false"], cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in p.stderr:   # type: ignore[union-attr]
+            if "http: serving" in line:
+                assert line.rstrip().endswith(f"on [::1]:{port}"), line
+                break
+        else:
+            raise AssertionError("no 'http: serving' line")
+    finally:
+        p.terminate()
+        p.wait(30)
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_output_file_that_cannot_be_opened_is_named(tmp_path: Path, workers: int) -> None:
     path = tmp_path / "no-such-dir" / "flows.json"
