@@ -45,20 +45,23 @@ class ConfigError(ValueError):
 # Value parsers. Each takes the raw value (a string from a flag or variable, or whatever YAML
 # produced) and returns the typed value or raises ValueError with the accepted values.
 
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
-               "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+# (Ki, Mi, Gi: how Kubernetes writes the binary units, `memory: 512Mi`, in the same manifests)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "ki": 1024, "m": 1000**2, "mb": 1000**2,
+               "mib": 1024**2, "mi": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "gi": 1024**3}
+_SIZE_HELP = ("expected a size such as 33554432, 32MiB or 256MB (units: k, KB, M, MB, G, GB, powers of 1000; "
+              "KiB, Ki, MiB, Mi, GiB, Gi, powers of 1024)")
 
 
 def parse_size(v: Any) -> int:
-    """Bytes: an integer or a number with a unit (32MiB, 256M, 1.5GiB, 64k)."""
+    """Bytes: an integer or a number with a unit (32MiB, 256M, 1.5GiB, 64k, 512Mi)."""
     if isinstance(v, bool):
-        raise ValueError("expected a size such as 33554432, 32MiB or 256MB")
+        raise ValueError(_SIZE_HELP)
     if isinstance(v, int):
         n = v
     else:
         m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", str(v))
         if not m or m.group(2).lower() not in _SIZE_UNITS:
-            raise ValueError("expected a size such as 33554432, 32MiB or 256MB")
+            raise ValueError(_SIZE_HELP)
         n = int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
     if n < 0:
         raise ValueError("must not be negative")

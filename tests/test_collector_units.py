@@ -2069,3 +2069,22 @@ def test_an_on_off_option_takes_a_switchs_words_from_every_source(tmp_path: Path
     assert got == [want] * 3
     with pytest.raises(C.ConfigError, match=r"'maybe' is not one of auto, on, off \(also true/false, yes/no, 1/0\)"):
         load([], {"FLOWSCOPE_KAFKA_COMPRESSION_THREAD": "maybe"})
+
+
+def test_sizes_take_kubernetes_binary_units(tmp_path: Path) -> None:
+    """`512Mi` is how the same manifests write memory (resources.limits.memory); a Helm value
+    queue_bytes: 128Mi was refused with a message that did not say which units exist."""
+    f = tmp_path / "c.yaml"
+    f.write_text("rcvbuf: 16Mi\n")
+    r = subprocess.run([sys.executable, "-m", "collector.cli", "config", "--enrich", "false", "--config", str(f),
+                        "--max-exporter-state", "1Gi", "--kafka-batch-bytes", "512Ki"], capture_output=True, text=True,
+                       env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "FLOWSCOPE_QUEUE_BYTES": "128Mi"},
+                       cwd=ROOT, timeout=60)
+    assert r.returncode == 0, r.stderr
+    import yaml
+
+    eff = yaml.safe_load(r.stdout)
+    assert (eff["rcvbuf"], eff["queue_bytes"], eff["max_exporter_state"], eff["kafka"]["batch_bytes"]) == (
+        16 * 2**20, 128 * 2**20, 2**30, 512 * 2**10)
+    with pytest.raises(C.ConfigError, match=r"expected a size such as .*\(units: .*Mi, GiB, Gi, powers of 1024\)"):
+        load([], {"FLOWSCOPE_QUEUE_BYTES": "1T"})
