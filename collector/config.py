@@ -891,6 +891,11 @@ def validate(cfg: Config) -> None:
     if k.sasl_mechanism != "none" and not k.sasl_user:
         raise ConfigError(f"{n('kafka.sasl_user')}: empty, but {n('kafka.sasl_mechanism')} is "
                           f"{k.sasl_mechanism}: SASL needs a user (and kafka.sasl_password)")
+    if k.sasl_mechanism != "none" and not k.sasl_password:
+        # (the manifests' Secret is optional: one missing, or holding the password under another
+        # key, left the variable unset, and the broker's refusal was logged as a wrong password)
+        raise ConfigError(f"{n('kafka.sasl_password')}: empty, but {n('kafka.sasl_mechanism')} is "
+                          f"{k.sasl_mechanism}: give the password with {ENV_PREFIX}KAFKA_SASL_PASSWORD")
     lo, hi = COMPRESSION_LEVELS.get(k.compression, (0, 0))
     if not lo <= k.compression_level <= hi:
         raise ConfigError(f"{n('kafka.compression_level')}: {k.compression_level} is out of range for "

@@ -124,7 +124,7 @@ def test_config_command_prints_yaml_round_trip(tmp_path: Path) -> None:
     assert "s3cret" not in r.stdout and "<redacted>" in r.stdout
     f = tmp_path / "eff.yaml"
     f.write_text(r.stdout.replace("<redacted>", ""))
-    assert load(["--config", str(f)]).workers == 2
+    assert load(["--config", str(f)], {"FLOWSCOPE_KAFKA_SASL_PASSWORD": "s3cret"}).workers == 2
 
 
 def test_a_redacted_secret_is_refused_when_the_dump_is_loaded_back(tmp_path: Path) -> None:
@@ -2088,3 +2088,24 @@ def test_sizes_take_kubernetes_binary_units(tmp_path: Path) -> None:
         16 * 2**20, 128 * 2**20, 2**30, 512 * 2**10)
     with pytest.raises(C.ConfigError, match=r"expected a size such as .*\(units: .*Mi, GiB, Gi, powers of 1024\)"):
         load([], {"FLOWSCOPE_QUEUE_BYTES": "1T"})
+
+
+def test_sasl_without_a_password_is_a_configuration_error(tmp_path: Path) -> None:
+    """The manifests' Secret flowscope-kafka is optional: not created, or holding the password
+    under another key (a Strimzi KafkaUser's `password`), FLOWSCOPE_KAFKA_SASL_PASSWORD was unset
+    and the collector started, unready for ever, logging the broker's refusal as "wrong password,
+    or no credentials for that user". With a mechanism set, an empty password stops it at start."""
+    f = tmp_path / "c.yaml"
+    f.write_text("kafka:\n  brokers: [k:9092]\n  sasl_mechanism: SCRAM-SHA-512\n  sasl_user: flowscope\n")
+    base = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    for command in ("config", "run"):
+        r = subprocess.run([sys.executable, "-m", "collector.cli", command, "--config", str(f), "--enrich", "false"],
+                           capture_output=True, text=True, env=base, cwd=ROOT, timeout=60)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr == (f"flowscope: configuration error: kafka.sasl_password (default): empty, but "
+                            f"kafka.sasl_mechanism (from {f}) is SCRAM-SHA-512: give the password with "
+                            "FLOWSCOPE_KAFKA_SASL_PASSWORD\n")
+    r = subprocess.run([sys.executable, "-m", "collector.cli", "config", "--config", str(f), "--enrich", "false"],
+                       capture_output=True, text=True, env={**base, "FLOWSCOPE_KAFKA_SASL_PASSWORD": "pw"}, cwd=ROOT,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr

@@ -175,7 +175,9 @@ def test_yaml_the_docs_show_loads() -> None:
             fh.flush()
             p = argparse.ArgumentParser()
             C.add_arguments(p)
-            C.load(p.parse_args(["--config", fh.name]), environ={})
+            # (the password of a block with SASL comes from the Secret, as the docs say: the variable)
+            env = {"FLOWSCOPE_KAFKA_SASL_PASSWORD": "from-the-secret"} if "sasl_mechanism:" in block else {}
+            C.load(p.parse_args(["--config", fh.name]), environ=env)
 
 
 def test_internals_names_the_view_capsule_the_code_exports() -> None:
