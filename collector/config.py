@@ -92,6 +92,24 @@ def parse_float(v: Any) -> float:
     return n
 
 
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_seconds(v: Any) -> float:
+    """Seconds: a number, or a number with a unit as Go and Kubernetes write durations (10s,
+    500ms, 2m, 1h)."""
+    if isinstance(v, str):
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)\s*", v.lower())
+        if m:
+            return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    try:
+        return parse_float(v)
+    except ValueError as exc:
+        if str(exc) != "expected a number":
+            raise
+        raise ValueError("expected seconds such as 10, 0.5, 10s, 500ms or 2m") from None
+
+
 def parse_bool(v: Any) -> bool:
     if isinstance(v, bool):
         return v
@@ -310,7 +328,7 @@ class EnrichSection:
                                "not the kubernetes/openshift Service of default; else infra: nodes, unresolved)",
                                choice("any-infra", "netobserv"), flag="--flow-layer-rule")
     tombstone_seconds: float = opt(300.0, "how long a deleted pod keeps its IP for flows that started "
-                                   "before the deletion (IP reuse)", ranged(parse_float, 0, 86400),
+                                   "before the deletion (IP reuse)", ranged(parse_seconds, 0, 86400),
                                    flag="--pod-tombstone-seconds", metavar="SECONDS")
 
 
@@ -444,10 +462,10 @@ class Config:
     drop_policy: str = opt("newest", "when the queue is full: newest (drop arriving flows) or oldest "
                            "(evict the oldest queued flows)", choice("newest", "oldest"))
     shutdown_timeout: float = opt(10.0, "on SIGTERM/SIGINT/SIGHUP, seconds to drain the queue and flush the sink",
-                                  ranged(parse_float, 0, 3600), metavar="SECONDS")
+                                  ranged(parse_seconds, 0, 3600), metavar="SECONDS")
     state_file: str = opt("", "file holding templates, options and sampling per exporter across restarts "
                           "(written atomically); empty = off", parse_str, metavar="PATH")
-    state_interval: float = opt(5.0, "seconds between state file saves", ranged(parse_float, 0.1, 3600),
+    state_interval: float = opt(5.0, "seconds between state file saves", ranged(parse_seconds, 0.1, 3600),
                                 metavar="SECONDS")
     metrics_addr: str = opt("0.0.0.0:9400", "HOST:PORT for /metrics, /healthz and /readyz; empty = off",
                             parse_addr, metavar="HOST:PORT")
@@ -462,7 +480,7 @@ class Config:
                                      "worker); the rest are labelled other", ranged(parse_int, 0, 10000),
                                      metavar="N")
     stats_interval: float = opt(1.0, "seconds between decoder statistics reads (and worker metric pushes)",
-                                ranged(parse_float, 0.05, 60), metavar="SECONDS")
+                                ranged(parse_seconds, 0.05, 60), metavar="SECONDS")
     log_level: str = opt("info", "debug, info, warning or error", choice("debug", "info", "warning", "error"))
     log_format: str = opt("text", "stderr log lines: text (time level logger: message) or json (one object a "
                           "line: time, level, logger, worker, msg, and exporter, reason, suppressed where the "

@@ -2109,3 +2109,25 @@ def test_sasl_without_a_password_is_a_configuration_error(tmp_path: Path) -> Non
                        capture_output=True, text=True, env={**base, "FLOWSCOPE_KAFKA_SASL_PASSWORD": "pw"}, cwd=ROOT,
                        timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+def test_seconds_take_a_duration_with_its_unit(tmp_path: Path) -> None:
+    """FLOWSCOPE_SHUTDOWN_TIMEOUT=30s (how Go flags and Kubernetes manifests write durations)
+    stopped the collector at start with "expected a number", which did not say seconds."""
+    f = tmp_path / "c.yaml"
+    f.write_text("stats_interval: 2s\nenrich:\n  tombstone_seconds: 5m\n")
+    r = subprocess.run([sys.executable, "-m", "collector.cli", "config", "--enrich", "false", "--config", str(f),
+                        "--state-interval", "500ms"], capture_output=True, text=True,
+                       env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "FLOWSCOPE_SHUTDOWN_TIMEOUT": "30s"},
+                       cwd=ROOT, timeout=60)
+    assert r.returncode == 0, r.stderr
+    import yaml
+
+    eff = yaml.safe_load(r.stdout)
+    assert (eff["shutdown_timeout"], eff["state_interval"], eff["stats_interval"], eff["enrich"]["tombstone_seconds"]) == (
+        30.0, 0.5, 2.0, 300.0)
+    with pytest.raises(C.ConfigError, match=r"^shutdown_timeout \(from FLOWSCOPE_SHUTDOWN_TIMEOUT\): expected seconds "
+                       r"such as 10, 0.5, 10s, 500ms or 2m$"):
+        load([], {"FLOWSCOPE_SHUTDOWN_TIMEOUT": "30 seconds"})
+    with pytest.raises(C.ConfigError, match=r"^shutdown_timeout \(from --shutdown-timeout\): 7200.0 is out of range"):
+        load(["--shutdown-timeout", "2h"])
