@@ -313,16 +313,25 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(config_mod.to_yaml(cfg))
         return 0
     # run
-    if 1 in closed_std and cfg.sink_kind() == "stdout":
-        print("flowscope: cannot start: stdout is closed, and the sink is stdout: give --output-file or "
-              "--kafka-brokers, or start flowscope with an open stdout", file=sys.stderr)
+    from .util import setup_logging
+
+    def refuse(what: str) -> int:
+        # The configuration is read, so its log format is known: with json a log pipeline gets
+        # the reason a pod does not start as the one JSON object it can parse, not a bare line.
+        if cfg.log_format == "json":
+            setup_logging(cfg.log_level, fmt="json")
+            logging.getLogger("flowscope").error("%s", what)
+        else:
+            print(f"flowscope: {what}", file=sys.stderr)
         return 2
+
+    if 1 in closed_std and cfg.sink_kind() == "stdout":
+        return refuse("cannot start: stdout is closed, and the sink is stdout: give --output-file or "
+                      "--kafka-brokers, or start flowscope with an open stdout")
     enrich_cfg, enrich_note, problem = _start_checks(cfg)
     if problem:
-        print(f"flowscope: configuration error: {problem}", file=sys.stderr)
-        return 2
+        return refuse(f"configuration error: {problem}")
     from .app import run as run_app
-    from .util import setup_logging
 
     setup_logging(cfg.log_level, fmt=cfg.log_format)
     for w in config_mod.unknown_env_warnings() + _ignored_settings(cfg, enrich_cfg):

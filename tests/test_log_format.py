@@ -114,3 +114,23 @@ def test_python_warnings_are_log_records_too(collector, tmp_path) -> None:
     recs = _json_lines(c.log())
     warned = [r for r in recs if "InsecureRequestWarning" in r["msg"]]
     assert warned and all(r["level"] == "warning" and r["logger"] == "py.warnings" for r in warned), recs
+
+
+def test_a_start_check_refusal_is_a_json_line_too(tmp_path) -> None:
+    """`flowscope run` with a valid configuration that a start-up check refuses (a kubeconfig that
+    is not there: the shipped manifests' config has log_format json) wrote its one line, the
+    reason the pod crash-loops, as bare text: the only line of the pod a log pipeline could not
+    parse. The exit status is still 2."""
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    missing = tmp_path / "no-such-kubeconfig"
+    r = subprocess.run([sys.executable, "-m", "collector.cli", "run", "--log-format", "json", "--kubeconfig",
+                        str(missing), "--listen", "netflow://127.0.0.1:2055"], capture_output=True, text=True,
+                       env=env, cwd=ROOT, timeout=60)
+    assert r.returncode == 2, r.stderr
+    (rec,) = _json_lines(r.stderr)
+    assert rec["level"] == "error" and rec["msg"] == (f"configuration error: enrich.kubeconfig (from --kubeconfig): "
+                                                      f"{missing}: no such file"), rec
+    r = subprocess.run([sys.executable, "-m", "collector.cli", "run", "--kubeconfig", str(missing)],
+                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert (r.returncode, r.stderr) == (2, f"flowscope: configuration error: enrich.kubeconfig (from --kubeconfig): "
+                                           f"{missing}: no such file\n")
