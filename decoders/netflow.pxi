@@ -2690,6 +2690,53 @@ cdef uint32_t resolve_sampling(Decoder dec, ExporterState ex, Template t, uint32
     return rate
 
 
+cdef inline uint64_t dedup_mix(uint64_t h) noexcept:
+    # FNV-1a moves its last inputs (the protocol, the bytes) into the high bits only by carries:
+    # mixed (MurmurHash3's finaliser) so that records of one address pair spread over the slots
+    h = (h ^ (h >> 33)) * <uint64_t>0xff51afd7ed558ccdULL
+    h = (h ^ (h >> 33)) * <uint64_t>0xc4ceb9fe1a85ec53ULL
+    return h ^ (h >> 33)
+
+
+cdef uint64_t dedup_half_key(Flow* f, bint src_side) noexcept:
+    """The key of one end of an IP record: that end's address and port, the protocol (ICMP type
+    and code), the ingress interface, bytes and packets; `src_side` picks the end."""
+    cdef uint64_t h = <uint64_t>1469598103934665603ULL
+    cdef uint64_t prime = <uint64_t>1099511628211ULL
+    cdef int i
+    cdef const uint8_t* a = &f.src[0] if src_side else &f.dst[0]
+    h = (h ^ (1 if src_side else 2)) * prime
+    h = (h ^ f.af) * prime
+    for i in range(addr_len(f.af)):
+        h = (h ^ a[i]) * prime
+    h = (h ^ (f.sport if src_side else f.dport)) * prime
+    h = (h ^ f.proto) * prime
+    h = (h ^ ((<uint64_t>f.icmp_type << 8) | f.icmp_code)) * prime
+    h = (h ^ f.in_if) * prime
+    h = (h ^ f.bytes) * prime
+    h = (h ^ f.packets) * prime
+    return dedup_mix(h)
+
+
+cdef bint dedup_take_twin(ExporterState ex, uint64_t h, Flow* f, int64_t now, int64_t window) noexcept:
+    """The slot of key `h` holds a record of the other direction, not yet paired, whose end time
+    is within `window` of `now`: it is marked paired and True is returned."""
+    cdef uint64_t key = h & ~(<uint64_t>3)
+    cdef uint64_t slot = (h >> 20) % DEDUP_SLOTS
+    cdef uint64_t have = ex.dedup_keys[slot]
+    if ((have & ~(<uint64_t>3)) == key and not have & 2 and (have & 1) != (<uint64_t>f.direction & 1)
+            and now - ex.dedup_times[slot] <= window and ex.dedup_times[slot] - now <= window):
+        ex.dedup_keys[slot] = have | 2
+        return True
+    return False
+
+
+cdef inline void dedup_store(ExporterState ex, uint64_t h, Flow* f, int64_t now) noexcept:
+    cdef uint64_t slot = (h >> 20) % DEDUP_SLOTS
+    ex.dedup_keys[slot] = (h & ~(<uint64_t>3)) | (<uint64_t>f.direction & 1)
+    ex.dedup_times[slot] = now
+
+
 cdef bint is_duplicate(ExporterState ex, Flow* f):
     """Ingress and egress sampling report the same packet twice (OVS flowDirection 0/1), and a
     flooded packet once per output port: a record with the 5-tuple (a non-IP one: the MAC
@@ -2699,12 +2746,24 @@ cdef bint is_duplicate(ExporterState ex, Flow* f):
     further copies of the pair's packet, of either direction, ending within DEDUP_COPY_MS of it
     (records without times pair, but have no copies). The windows are what records of one
     packet differ by, below the time between two exports of one flow (an active timeout of
-    1 s), so records of different packets pair only with one another, one for one."""
+    1 s), so records of different packets pair only with one another, one for one.
+
+    A packet translated between its two samples has another 5-tuple in each: OVN's load
+    balancer turns a ClusterIP into a backend pod's address (and a reply's source back into the
+    ClusterIP) on the client's node, after the input sample and before the output one. An
+    egress IP record with an ingress interface that found no twin by its 5-tuple pairs, the
+    same way, with the latest ingress record that has its source end (address and port), or
+    its destination end, protocol, ingress interface, bytes and packets, ending within
+    DEDUP_WINDOW_MS of it (the same packets: once, as by the 5-tuple). Only egress records
+    pair so: OVS takes (and exports) a packet's input sample before its output sample, so an
+    ingress record that has no twin of its own never takes another packet's egress record."""
     cdef uint64_t h = <uint64_t>1469598103934665603ULL
     cdef uint64_t prime = <uint64_t>1099511628211ULL
     cdef int i
     cdef Py_ssize_t n = addr_len(f.af)
-    cdef uint64_t key, slot, have
+    cdef uint64_t key, slot, have, hs = 0, hd = 0
+    cdef bint halves = n != 0 and f.present & P_INIF   # the ends' keys: ingress records store them,
+    cdef bint egress = f.direction == 1                 # egress records pair by them
     cdef int64_t now = f.t_end_ms if f.present & P_TEND else 0
     if ex.dedup_keys == NULL:
         ex.dedup_keys = <uint64_t*>calloc(DEDUP_SLOTS, sizeof(uint64_t))
@@ -2724,11 +2783,10 @@ cdef bint is_duplicate(ExporterState ex, Flow* f):
     h = (h ^ f.proto) * prime
     h = (h ^ ((<uint64_t>f.icmp_type << 8) | f.icmp_code)) * prime
     h = (h ^ f.bytes) * prime
-    # FNV-1a moves its last inputs (the protocol, the bytes) into the high bits only by carries:
-    # mixed (MurmurHash3's finaliser) so that records of one address pair spread over the slots
-    h = (h ^ (h >> 33)) * <uint64_t>0xff51afd7ed558ccdULL
-    h = (h ^ (h >> 33)) * <uint64_t>0xc4ceb9fe1a85ec53ULL
-    h ^= h >> 33
+    h = dedup_mix(h)
+    if halves:
+        hs = dedup_half_key(f, True)
+        hd = dedup_half_key(f, False)
     # A slot: the key (low bits cleared) | bit 1: a twin was seen | bit 0: the first's direction
     key = h & ~(<uint64_t>3)
     slot = (h >> 20) % DEDUP_SLOTS
@@ -2737,12 +2795,21 @@ cdef bint is_duplicate(ExporterState ex, Flow* f):
                                          and ex.dedup_times[slot] - now < DEDUP_WINDOW_MS):
         if not have & 2 and (have & 1) != (<uint64_t>f.direction & 1):
             ex.dedup_keys[slot] = have | 2      # the first record's twin
+            if halves and egress:   # the ingress record's ends are paired too: no other record takes them
+                dedup_take_twin(ex, hs, f, now, DEDUP_WINDOW_MS)
+                dedup_take_twin(ex, hd, f, now, DEDUP_WINDOW_MS)
             return True
         if have & 2 and now != 0 and (now - ex.dedup_times[slot] <= DEDUP_COPY_MS
                                       and ex.dedup_times[slot] - now <= DEDUP_COPY_MS):
             return True                         # another copy of that packet (flooded to more ports)
+    if halves and egress and (dedup_take_twin(ex, hs, f, now, DEDUP_WINDOW_MS)
+                              or dedup_take_twin(ex, hd, f, now, DEDUP_WINDOW_MS)):
+        return True                             # translated between its two samples (NAT)
     ex.dedup_keys[slot] = key | (<uint64_t>f.direction & 1)
     ex.dedup_times[slot] = now
+    if halves and f.direction == 0:
+        dedup_store(ex, hs, f, now)
+        dedup_store(ex, hd, f, now)
     return False
 
 

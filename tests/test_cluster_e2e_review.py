@@ -104,6 +104,7 @@ WEB, PROM, API = PODS
 # A host-network DaemonSet pod on node-b: its podIP is the node's address (DESIGN.md: it resolves to its Node).
 HOSTNET = ("node-exporter-8kq2p", "monitoring", NODE_B)
 SERVICE = ("web", "shop", "172.30.0.10")
+SERVICE_PORT = 6010   # the port the Service's client sends to on its node (web's), and its reply's source
 
 
 def node_identity(n: Node) -> dict:
@@ -231,7 +232,12 @@ def br_int_flows(n: Node, peer: Node, ports: dict[str, int]) -> list[str]:
     # forwarding (here the one backend, on node-a)
     backend = f"mod_nw_dst:{PROM.ip},mod_dl_dst:{O.ovn_mac(PROM.ip)}," + (
         f"output:{ports[PROM.name]}" if n.name == PROM.node else f"mod_dl_src:{ROUTER_MAC},output:{ports['geneve']}")
+    # and a reply from the backend gets the ClusterIP back as its source (conntrack's un-DNAT)
+    undnat = [f"priority=120,udp,nw_src={PROM.ip},tp_src={SERVICE_PORT},nw_dst={q.ip},"
+              f"actions=mod_nw_src:{SERVICE[2]},mod_dl_dst:{O.ovn_mac(q.ip)},output:{ports[q.name]}"
+              for q in PODS if q.node == n.name and q is not PROM]
     return [
+        *undnat,
         f"priority=110,ip,nw_dst={SERVICE[2]},actions={backend}",
         *local,
         f"priority=100,ip,nw_dst={n.mgmt},actions=mod_dl_dst:{n.mgmt_mac},output:{ports[MP0]}",
@@ -310,6 +316,7 @@ class Sent:
     count: int
     size: int                   # UDP payload bytes
     backend: str | None = None  # a ClusterIP's backend, where OVN's load balancer sends it
+    shown_src: str | None = None  # a reply's source as it leaves: the ClusterIP (un-DNAT)
 
     @property
     def ip_len(self) -> int:
@@ -396,6 +403,13 @@ def make_traffic(base: int, *, services: bool) -> list[Sent]:
         s = Sent(source_addr(src), SERVICE[2], base + i, 6000 + i, 5, 100 + 10 * i, backend=PROM.ip)
         got = udp(src, s.dst, s.dport, s.count, s.size, s.sport, delivered_to=s.backend)
         assert got == s.count, f"{what}: {got}/{s.count} datagrams arrived"
+        sent.append(s)
+    if services:   # the backend answers web's request: its source is the ClusterIP again as it leaves
+        req = next(x for x in sent if x.backend and x.src == WEB.ip)
+        assert req.dport == SERVICE_PORT
+        s = Sent(PROM.ip, WEB.ip, SERVICE_PORT, req.sport, 5, 300, shown_src=SERVICE[2])
+        got = udp(PROM, s.dst, s.dport, s.count, s.size, s.sport)
+        assert got == s.count, f"the backend's reply: {got}/{s.count} datagrams arrived"
         sent.append(s)
     return sent
 
@@ -498,30 +512,33 @@ def port_of(n: Node, addr: str) -> str:
     return tunnel_port(n)
 
 
-def expected_records(s: Sent) -> list[tuple[str, tuple[str, ...], str]]:
-    """(exporter, Interfaces, DstAddr) of each record OVS's bridge IPFIX makes for the datagrams
-    of s: the source node samples them at the sender's port on input (the userspace datapath has
-    no output sample before its native tnl_push, tests/test_ovs.py) and, when the port they go
-    to is on the same node, on output; the other node samples them on input from the tunnel and
-    on output to their port. An output sample shows the packet as it leaves: a ClusterIP's
-    backend (OVN's load balancer translates it on the source node)."""
+def expected_records(s: Sent) -> list[tuple[str, tuple[str, ...], str, str]]:
+    """(exporter, Interfaces, SrcAddr, DstAddr) of each record OVS's bridge IPFIX makes for the
+    datagrams of s: the source node samples them at the sender's port on input (the userspace
+    datapath has no output sample before its native tnl_push, tests/test_ovs.py) and, when the
+    port they go to is on the same node, on output; the other node samples them on input from
+    the tunnel and on output to their port. An output sample shows the packet as it leaves: to
+    a ClusterIP's backend, or from the ClusterIP (a reply; OVN translates both on the client's
+    node)."""
     src_node = next(n for n in NODES if n.name == node_of(s.src))
     dst_node = next(n for n in NODES if n.name == node_of(s.to))
     in_if = port_of(src_node, s.src)
+    out_src = s.shown_src or s.src
     if src_node is dst_node:
-        return [(src_node.addr, (in_if,), s.dst), (src_node.addr, (in_if, port_of(src_node, s.to)), s.to)]
+        return [(src_node.addr, (in_if,), s.src, s.dst),
+                (src_node.addr, (in_if, port_of(src_node, s.to)), out_src, s.to)]
     tun = tunnel_port(dst_node)
-    return [(src_node.addr, (in_if,), s.dst), (dst_node.addr, (tun,), s.to),
-            (dst_node.addr, (tun, port_of(dst_node, s.to)), s.to)]
+    return [(src_node.addr, (in_if,), s.src, s.dst), (dst_node.addr, (tun,), s.src, s.to),
+            (dst_node.addr, (tun, port_of(dst_node, s.to)), out_src, s.to)]
 
 
 def records_of(s: Sent, flows: list[dict]) -> list[dict]:
-    return [f for f in flows if (f.get("SrcAddr"), f.get("Proto"), f.get("SrcPort"), f.get("DstPort")) ==
-            (s.src, 17, s.sport, s.dport) and f.get("DstAddr") in (s.dst, s.to)]
+    return [f for f in flows if (f.get("Proto"), f.get("SrcPort"), f.get("DstPort")) == (17, s.sport, s.dport)
+            and f.get("SrcAddr") in (s.src, s.shown_src) and f.get("DstAddr") in (s.dst, s.to)]
 
 
-def record_key(f: dict) -> tuple[str, tuple[str, ...], str]:
-    return (f["AgentIP"], tuple(f.get("Interfaces") or ()), f.get("DstAddr", ""))
+def record_key(f: dict) -> tuple[str, tuple[str, ...], str, str]:
+    return (f["AgentIP"], tuple(f.get("Interfaces") or ()), f.get("SrcAddr", ""), f.get("DstAddr", ""))
 
 
 def capture_flows(cap: Path) -> list[dict]:
@@ -607,5 +624,17 @@ def test_two_node_cluster_ipfix_enriched(cluster: Cluster) -> None:
     stack to pods: every published flow's identities, FlowDirection and K8S_FlowLayer follow
     DESIGN.md, and each packet's records are all there, once, one of each node's not Duplicate."""
     flows, sent = run_cluster(cluster, services=False)
+    problems = check_flows(flows, sent)
+    assert not problems, "\n".join(problems)
+
+
+def test_a_clusterip_packets_input_and_output_samples_are_twins(cluster: Cluster) -> None:
+    """OVN's load balancer translates a ClusterIP to a backend on the client's node, between the
+    two samples OVS takes of each packet: the input sample shows the packet sent to the Service,
+    the output sample the same packet leaving for the backend pod (and the backend's reply
+    leaving with the ClusterIP as its source again). They are one packet's two reports
+    (DESIGN.md: deduplicated or marked), published once unmarked per node, as for any other
+    packet; the backend on the other node gets its own node's pair."""
+    flows, sent = run_cluster(cluster, services=True)
     problems = check_flows(flows, sent)
     assert not problems, "\n".join(problems)

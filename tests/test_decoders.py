@@ -239,6 +239,49 @@ def test_twins_of_many_flows_between_one_address_pair_all_pair() -> None:
         else:
             assert [bool(f.get("Duplicate")) for f in flows] == [False] * len(kinds) + [True] * len(kinds)
 
+def test_twins_of_a_packet_translated_between_its_samples_pair() -> None:
+    """OVN's load balancer translates a ClusterIP to a backend pod on the client's node between
+    OVS's input sample (the packet as the pod sent it, to the ClusterIP) and its output sample
+    (to the backend), and a reply's source back to the ClusterIP: one packet's two records, one
+    published unmarked (both were, tests/test_cluster_e2e_review.py). An ingress record that is
+    another packet is never taken for a twin: the same sender's datagram of the same size to
+    another address (no egress record of its own at this node), whichever comes first."""
+    t = _tpl(373, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("proto", 4, 0, 1), ("sport", 7, 0, 2), ("dport", 11, 0, 2),
+             ("inif", 10, 0, 4), ("b", 1, 0, 8), ("p", 2, 0, 8), ("dir", 61, 0, 1), ("end", 153, 0, 8))
+    end = EXPORT * 1000 - 500
+    pod, svc, backend = "10.244.0.10", "172.30.0.10", "10.244.0.11"
+    req = {"src": pod, "dst": svc, "proto": 17, "sport": 42000, "dport": 53, "inif": 7, "b": 1140, "p": 5,
+           "dir": 0, "end": end}
+    reply = {"src": backend, "dst": pod, "proto": 17, "sport": 53, "dport": 42000, "inif": 8, "b": 2000, "p": 5,
+             "dir": 0, "end": end + 3}
+
+    def marks(recs: list[dict[str, object]], dedup: bool = False) -> list[bool]:
+        dec = Decoder(DecoderConfig(dedup=dedup))
+        b = dec.decode(ipfix_message([template_set([t]), data_set(t, recs)], seq=0, export_time=EXPORT), EXPORTER)
+        assert b.error is None
+        return [bool(f.get("Duplicate")) for f in b.to_dicts()]
+
+    dnat = [req, dict(req, dst=backend, dir=1)]
+    undnat = [reply, dict(reply, src=svc, dir=1)]
+    assert marks(dnat + undnat) == [False, True, False, True]
+    assert marks(undnat + dnat) == [False, True, False, True]
+    # --dedup drops the translated twins too
+    dec = Decoder(DecoderConfig(dedup=True))
+    b = dec.decode(ipfix_message([template_set([t]), data_set(t, dnat + undnat)], seq=0, export_time=EXPORT), EXPORTER)
+    assert [(f["SrcAddr"], f["DstAddr"]) for f in b.to_dicts()] == [(pod, svc), (backend, pod)]
+    assert b.dropped == {"duplicate": 2}
+    # not twins: another ingress interface, other bytes, other packets, ends apart, the same direction
+    for other in ({"inif": 9}, {"b": 1141}, {"p": 4}, {"end": end + 300}, {"dir": 0}):
+        assert marks([req, {**req, "dst": backend, "dir": 1, **other}]) == [False, False], other
+    # a second datagram of the same size from the same socket to an address whose port is on
+    # another node (an ingress record only), before or after a pair of its own: no twin of it
+    remote = dict(req, dst="10.244.1.10")
+    plain = [req, dict(req, dir=1)]
+    assert marks([remote, *plain]) == [False, False, True]
+    assert marks([*plain, remote]) == [False, True, False]
+    assert marks([dict(req, dir=1), remote, req]) == [False, False, True]
+
+
 def test_non_ip_twins_pair_by_their_frame() -> None:
     """OVS reports an ARP broadcast once at ingress and once per output port: records without
     addresses pair by MAC addresses, EtherType and bytes (review helper-81: all 6 copies were
