@@ -638,3 +638,54 @@ def test_a_clusterip_packets_input_and_output_samples_are_twins(cluster: Cluster
     flows, sent = run_cluster(cluster, services=True)
     problems = check_flows(flows, sent)
     assert not problems, "\n".join(problems)
+
+
+def test_a_pod_ip_reused_goes_to_the_pod_that_held_it_when_the_flow_started(cluster: Cluster) -> None:
+    """DESIGN.md: a pod IP reused by a new pod is not attributed to the old one for flows that
+    started after the old pod was deleted, and (tombstones) a flow of the old pod exported after
+    its deletion is still the old pod's. web's pod is deleted just after it sent a datagram
+    burst (OVS exports it at its active timeout, 2 s later: after the deletion); a new pod of
+    the Deployment gets its address in a later second (creationTimestamp has whole seconds) and
+    sends again."""
+    c = cluster
+    new = K8sPod("web-7d9f8c6b5-n3w9z", WEB.namespace, WEB.ip, WEB.owner, WEB.shown_owner, WEB.node)
+    old_obj = pod(WEB.name, WEB.namespace, ips=[WEB.ip], node=WEB.node, host_ip=NODE_A.addr, owner=WEB.owner)
+    new_obj = pod(new.name, new.namespace, ips=[new.ip], node=new.node, host_ip=NODE_A.addr, owner=new.owner)
+    out = c.dir / f"flows-{time.monotonic_ns()}.jsonl"
+    proc, log = start_collector(c, out)
+    try:
+        configure_ipfix(c)
+        before = Sent(WEB.ip, API.ip, 43000, 6100, 5, 100)
+        assert udp(WEB, API.ip, before.dport, before.count, before.size, before.sport) == before.count
+        sent_at = time.time()
+        c.fake.delete("pods", WEB.name, WEB.namespace)
+        time.sleep(int(sent_at) + 1.2 - time.time())   # the new pod's creationTimestamp: a later second
+        c.fake.add("pods", new_obj)
+        time.sleep(1.0)   # the watch brings it to the collector
+        after = Sent(WEB.ip, API.ip, 43001, 6101, 5, 100)
+        assert udp(WEB, API.ip, after.dport, after.count, after.size, after.sport) == after.count
+        time.sleep(5)
+    finally:
+        for n in c.nodes:
+            if n.ovs is not None:
+                n.ovs.clear_exports("br-int")
+        assert NODE_A.ns is not None
+        NODE_A.ns.stop(proc, signal.SIGTERM, timeout=15)
+        log.close()
+        if any(o["metadata"]["name"] == new.name for o in c.fake.objects["pods"].values()):
+            c.fake.delete("pods", new.name, new.namespace)
+        if not any(o["metadata"]["name"] == WEB.name for o in c.fake.objects["pods"].values()):
+            c.fake.add("pods", old_obj)
+    flows = read_flows(out)
+    problems: list[str] = []
+    for s, who in ((before, WEB), (after, new)):
+        mine = records_of(s, flows)
+        if Counter(record_key(f) for f in mine) != Counter(expected_records(s)):
+            problems.append(f"{s}: records {sorted(record_key(f) for f in mine)}, expected {expected_records(s)}")
+        for f in mine:
+            got = {k: f[f"SrcK8S_{k}"] for k in K8S_KEYS if f"SrcK8S_{k}" in f}
+            if got != pod_identity(who):
+                problems.append(f"{s} at {f['AgentIP']} (start {f.get('TimeFlowStartMs')}): SrcK8S_* {got}, "
+                                f"expected {pod_identity(who)}")
+            problems += [p for p in identity_problems(f) if "SrcK8S_" not in p]
+    assert not problems, "\n".join(problems)
