@@ -2743,8 +2743,11 @@ cdef bint is_duplicate(ExporterState ex, Flow* f):
     addresses and EtherType) and bytes of the latest one of that key, seen in the other
     direction with its end time within DEDUP_WINDOW_MS, is marked Duplicate (once: the next
     record of the key in that direction is another packet, or the flow's next export); so are
-    further copies of the pair's packet, of either direction, ending within DEDUP_COPY_MS of it
-    (records without times pair, but have no copies). The windows are what records of one
+    further copies of the pair's packet, egress records, ending within DEDUP_COPY_MS of it
+    (records without times pair, but have no copies). An ingress record is never a copy: OVS
+    samples a packet once on input, so one of the same key is the flow's next packet (without a
+    flow cache, OVN-Kubernetes' default, each sampled packet is a record: a stream's packets
+    come a few ms apart, all of one size). The windows are what records of one
     packet differ by, below the time between two exports of one flow (an active timeout of
     1 s), so records of different packets pair only with one another, one for one.
 
@@ -2799,8 +2802,8 @@ cdef bint is_duplicate(ExporterState ex, Flow* f):
                 dedup_take_twin(ex, hs, f, now, DEDUP_WINDOW_MS)
                 dedup_take_twin(ex, hd, f, now, DEDUP_WINDOW_MS)
             return True
-        if have & 2 and now != 0 and (now - ex.dedup_times[slot] <= DEDUP_COPY_MS
-                                      and ex.dedup_times[slot] - now <= DEDUP_COPY_MS):
+        if have & 2 and egress and now != 0 and (now - ex.dedup_times[slot] <= DEDUP_COPY_MS
+                                                 and ex.dedup_times[slot] - now <= DEDUP_COPY_MS):
             return True                         # another copy of that packet (flooded to more ports)
     if halves and egress and (dedup_take_twin(ex, hs, f, now, DEDUP_WINDOW_MS)
                               or dedup_take_twin(ex, hd, f, now, DEDUP_WINDOW_MS)):

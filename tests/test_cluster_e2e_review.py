@@ -436,14 +436,20 @@ def start_collector(c: Cluster, out: Path, *extra: str):
     raise RuntimeError(f"collector not ready: {Path(log.name).read_text()}")
 
 
-def configure_ipfix(c: Cluster) -> None:
+def configure_ipfix(c: Cluster, *, cache: bool = True) -> None:
     """What OVN-Kubernetes sets on br-int (ovs-vsctl create ipfix targets=... sampling=...
     cache_active_timeout=... cache_max_flows=...): the collector's address, from each node's own
-    address. Sampling 1 (OVN-Kubernetes' default is 400) so every datagram is reported."""
+    address. Sampling 1 (OVN-Kubernetes' default is 400) so every datagram is reported. Without
+    `cache`, the IPFIX row has no cache settings, as ovnkube-node writes it when none is given
+    (OpenShift's exportNetworkFlows has none): OVS exports a record per sampled packet."""
     for n in c.nodes:
         assert n.ovs is not None
-        n.ovs.set_ipfix("br-int", f"{NODE_A.addr}:{COLLECTOR_PORT}", sampling=1, cache_active_timeout=2,
-                        cache_max_flows=100)
+        if cache:
+            n.ovs.set_ipfix("br-int", f"{NODE_A.addr}:{COLLECTOR_PORT}", sampling=1, cache_active_timeout=2,
+                            cache_max_flows=100)
+        else:
+            n.ovs.vsctl("--", "--id=@ipfix", "create", "ipfix", f'targets="{NODE_A.addr}:{COLLECTOR_PORT}"',
+                        "sampling=1", "--", "set", "bridge", "br-int", "ipfix=@ipfix")
         n.ovs.appctl("revalidator/purge")
     time.sleep(1.0)
     for problem in O.ipfix_live([(n.ovs, "br-int") for n in c.nodes if n.ovs is not None],
@@ -541,17 +547,17 @@ def record_key(f: dict) -> tuple[str, tuple[str, ...], str, str]:
     return (f["AgentIP"], tuple(f.get("Interfaces") or ()), f.get("SrcAddr", ""), f.get("DstAddr", ""))
 
 
-def capture_flows(cap: Path) -> list[dict]:
-    """What the exporters sent, as the decoder reads the capture (no enrichment)."""
+def capture_flows(cap: Path, dec) -> list[dict]:
+    """What the exporters sent, as `dec` reads the capture (no enrichment; it keeps the templates
+    of the captures before: without a flow cache OVS sends them when configured only)."""
     from collector.pcap import iter_udp
-    from decoders import Decoder, DecoderConfig
 
-    dec = Decoder(DecoderConfig(default_sampling=0))
     return [f for d in iter_udp(cap) if d.dport == COLLECTOR_PORT
             for f in dec.decode(d.payload, d.src, d.sport, d.ts).to_dicts()]
 
 
-def run_cluster(c: Cluster, *, services: bool, extra: tuple[str, ...] = ()) -> tuple[list[dict], list[Sent]]:
+def run_cluster(c: Cluster, *, services: bool, extra: tuple[str, ...] = (),
+                cache: bool = True) -> tuple[list[dict], list[Sent]]:
     """The collector in node-a's namespace, IPFIX configured on both nodes, the traffic made;
     made again (fresh ports, up to three times) when the exporters themselves left one of its
     records out (the userspace datapath sometimes does on a loaded machine, tests/test_ovs.py),
@@ -560,17 +566,21 @@ def run_cluster(c: Cluster, *, services: bool, extra: tuple[str, ...] = ()) -> t
     out = c.dir / f"flows-{time.monotonic_ns()}.jsonl"
     proc, log = start_collector(c, out, *extra)
     try:
-        configure_ipfix(c)
+        from decoders import Decoder, DecoderConfig
+
+        dec = Decoder(DecoderConfig(default_sampling=0))
+        assert NODE_A.ns is not None
         for attempt in range(3):
-            assert NODE_A.ns is not None
             cap = N.Capture(NODE_A.ns, c.dir / f"export-{time.monotonic_ns()}.pcap", iface="any",
                             bpf=f"udp dst port {COLLECTOR_PORT}")
             try:
+                if attempt == 0:
+                    configure_ipfix(c, cache=cache)
                 sent = make_traffic(42000 + 100 * attempt, services=services)
                 time.sleep(5)  # cache_active_timeout 2 s, datapath flows idle out after 3 s (max-idle)
             finally:
                 cap.stop()
-            exported = capture_flows(cap.path)
+            exported = capture_flows(cap.path, dec)
             missing = [(s.sport, r) for s in sent for r in expected_records(s)
                        if r not in {record_key(f) for f in records_of(s, exported)}]
             if not missing:
@@ -588,7 +598,8 @@ def run_cluster(c: Cluster, *, services: bool, extra: tuple[str, ...] = ()) -> t
     return flows, sent
 
 
-def check_flows(flows: list[dict], sent: list[Sent]) -> list[str]:
+def check_flows(flows: list[dict], sent: list[Sent], *, per_packet: bool = False) -> list[str]:
+    """`per_packet`: OVS without a flow cache, a record for each sampled packet at each place."""
     problems: list[str] = []
     # every flow (the warm-up's and path checks' too) enriched by the rules
     for f in flows:
@@ -600,19 +611,20 @@ def check_flows(flows: list[dict], sent: list[Sent]) -> list[str]:
     # 1, and of the input and output samples of its packets at one exporter one not Duplicate
     for s in sent:
         mine = records_of(s, flows)
-        want = Counter(expected_records(s))
+        per_record = (1, s.ip_len) if per_packet else (s.count, s.count * s.ip_len)
+        want = Counter({r: s.count if per_packet else 1 for r in expected_records(s)})
         got = Counter(record_key(f) for f in mine)
         if got != want:
-            problems.append(f"{s}: records (AgentIP, Interfaces, DstAddr) {sorted(got.items())}, "
+            problems.append(f"{s}: records (AgentIP, Interfaces, SrcAddr, DstAddr) {sorted(got.items())}, "
                             f"expected {sorted(want.items())}")
         for f in mine:
-            if (f.get("Packets"), f.get("Bytes")) != (s.count, s.count * s.ip_len):
+            if (f.get("Packets"), f.get("Bytes")) != per_record:
                 problems.append(f"{s} at {f['AgentIP']} {f.get('Interfaces')}: Packets {f.get('Packets')} "
-                                f"Bytes {f.get('Bytes')}, sent {s.count} x {s.ip_len}")
+                                f"Bytes {f.get('Bytes')}, expected {per_record} (sent {s.count} x {s.ip_len})")
         for agent in {f["AgentIP"] for f in mine}:
             at = [f for f in mine if f["AgentIP"] == agent]
             unmarked = [record_key(f) for f in at if not f.get("Duplicate")]
-            if len(unmarked) != 1:
+            if len(unmarked) != (s.count if per_packet else 1):
                 problems.append(f"{s} at {agent}: {len(unmarked)} of its {len(at)} records not marked "
                                 f"Duplicate: {unmarked}")
     return problems
@@ -688,4 +700,15 @@ def test_a_pod_ip_reused_goes_to_the_pod_that_held_it_when_the_flow_started(clus
                 problems.append(f"{s} at {f['AgentIP']} (start {f.get('TimeFlowStartMs')}): SrcK8S_* {got}, "
                                 f"expected {pod_identity(who)}")
             problems += [p for p in identity_problems(f) if "SrcK8S_" not in p]
+    assert not problems, "\n".join(problems)
+
+
+def test_without_a_flow_cache_each_sampled_packet_counts_once(cluster: Cluster) -> None:
+    """OVS's IPFIX without cache settings (ovnkube-node's row when none is given, OpenShift's
+    exportNetworkFlows) sends a record for each sampled packet, its input and output samples
+    apart: a burst's packets come 2 ms apart, all of one size, one 5-tuple. Each packet is
+    counted once at each node (one of its records not Duplicate): none of the next packets is
+    taken for a flooded copy of the first."""
+    flows, sent = run_cluster(cluster, services=True, cache=False)
+    problems = check_flows(flows, sent, per_packet=True)
     assert not problems, "\n".join(problems)

@@ -200,6 +200,13 @@ def test_twins_are_one_packets_records_not_records_of_different_packets() -> Non
     assert marks(pings) == [False, True] * 3
     fast = [(0, 300_000), (1, 300_000), (0, 200_000), (1, 200_000), (0, 100_000), (1, 100_000)]   # 100 ms apart
     assert marks(fast) == [False, True] * 3
+    # OVS without a flow cache (ovnkube-node's default): a record per sampled packet, a stream's
+    # packets 2 ms apart: each ingress record is the next packet, not a flooded copy of the first
+    stream = [(d, 500_000 - 2_000 * i) for i in range(5) for d in (0, 1)]
+    assert marks(stream) == [False, True] * 5
+    # a flooded packet's egress copies still are copies, after the stream's next packets too
+    assert marks(stream[:2] + [(1, 498_000), (1, 498_000), (0, 496_000), (1, 496_000), (1, 496_000)]) == \
+        [False, True, True, True, False, True, True]
     # one direction only, the same 5-tuple and size twice in a row: two packets
     assert marks([(1, 2_000_000), (1, 1_000_000)]) == [False, False]
     # records without times (the same flow exported again and again): one for one, never more
