@@ -258,6 +258,16 @@ def reopen_closed_std_fds() -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        # Ctrl-C before `run` handles it (SIGINT while the modules load, the kubeconfig's exec
+        # plugin runs or the informers are set up) printed a traceback of wherever it landed
+        print("flowscope: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     closed_std = reopen_closed_std_fds()
     parser = build_parser()
     args = parser.parse_args(bare_optional_flags(sys.argv[1:] if argv is None else argv))

@@ -140,3 +140,35 @@ def test_config_refuses_an_output_file_run_cannot_open(tmp_path: Path) -> None:
     # a Kafka sink does not open the file (run warns that it is not written): no check
     r = config("--output-file", str(missing), "--kafka-brokers", "127.0.0.1:9092")
     assert r.returncode == 0, r.stderr
+
+
+def test_ctrl_c_while_run_starts_is_no_traceback(tmp_path: Path) -> None:
+    """SIGINT before `flowscope run` handles it (here while the kubeconfig's exec plugin, a
+    cloud's token command, runs) printed a Python traceback of wherever it landed; it is a line
+    and exit status 130, as for `flowscope replay`."""
+    import signal
+    import time
+
+    mark = tmp_path / "plugin-running"
+    kc = tmp_path / "kc.yaml"
+    kc.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: c, cluster: {server: 'http://127.0.0.1:9'}}]\n"
+        "contexts: [{name: c, context: {cluster: c, user: u}}]\n"
+        "users: [{name: u, user: {exec: {apiVersion: client.authentication.k8s.io/v1beta1, command: /bin/sh, "
+        f"args: ['-c', 'touch {mark}; sleep 5'], interactiveMode: Never}}}}}}]\n")
+    p = subprocess.Popen([sys.executable, "-m", "collector.cli", "run", "--kubeconfig", str(kc), "--listen",
+                          "netflow://127.0.0.1:2055"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    try:
+        deadline = time.monotonic() + 30
+        while not mark.exists() and time.monotonic() < deadline and p.poll() is None:
+            time.sleep(0.02)
+        assert mark.exists(), p.communicate()[1]
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert (p.returncode, err) == (130, "flowscope: interrupted\n"), err[-2000:]
