@@ -359,9 +359,6 @@ def run(cfg: Config, enrich_cfg: Any = None, enrich_note: str = "") -> int:
     log.info("flowscope %s (Python %s, %s event loop)", *build_info(cfg))
     if enrich_note:
         log.info("%s", enrich_note)
-    if cfg.output_file and cfg.sink_kind() != "file":
-        log.warning("output_file %s is not written: the sink is %s (sink auto: Kafka when brokers are given; "
-                    "--sink file writes the file)", cfg.output_file, cfg.sink_kind())
     factory = loop_factory(cfg.loop)
     if cfg.workers == 1:
         agg = Aggregator()

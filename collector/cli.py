@@ -109,6 +109,10 @@ def _ignored_settings(cfg: config_mod.Config, enrich_cfg: Any) -> list[str]:
     image's or a manifest's leftover): the client never reads it there."""
     e = cfg.enrich
     out = []
+    if cfg.output_file and cfg.sink_kind() != "file":
+        # (logged by `run` alone, it went unsaid by `config`, which is asked whether a file is right)
+        out.append(f"{cfg.named('output_file')} {cfg.output_file} is not written: the sink is {cfg.sink_kind()} "
+                   "(sink auto: Kafka when brokers are given; --sink file writes the file)")
     in_pod = bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
     if enrich_cfg is not None and e.context and not e.kubeconfig and in_pod:
         out.append(f"ignoring {cfg.named('enrich.context')}: in a pod (KUBERNETES_SERVICE_HOST is set) without "

@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, make_v5
+from conftest import ROOT, free_udp_port, make_v5
 from test_decode_cli import run_decode, write_pcap
 
 from collector import cli
@@ -140,6 +140,34 @@ def test_config_refuses_an_output_file_run_cannot_open(tmp_path: Path) -> None:
     # a Kafka sink does not open the file (run warns that it is not written): no check
     r = config("--output-file", str(missing), "--kafka-brokers", "127.0.0.1:9092")
     assert r.returncode == 0, r.stderr
+
+
+def test_config_warns_of_an_output_file_the_sink_does_not_write(tmp_path: Path) -> None:
+    """`run` logged that --output-file is not written when the sink is another (Kafka brokers given,
+    or --sink stdout); `flowscope config`, whose warnings are said to be run's (an unknown
+    variable, an ignored context), printed the configuration without a word of it."""
+    out = tmp_path / "flows.jsonl"
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)}
+    warning = (f"output_file (from --output-file) {out} is not written: the sink is kafka (sink auto: Kafka when "
+               "brokers are given; --sink file writes the file)")
+    args = ["--output-file", str(out), "--kafka-brokers", "127.0.0.1:9", "--enrich", "false"]
+    r = subprocess.run([sys.executable, "-m", "collector.cli", "config", *args], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60, env=env)
+    assert r.returncode == 0 and f"flowscope: warning: {warning}\n" in r.stderr, r.stderr
+    p = subprocess.Popen([sys.executable, "-m", "collector.cli", "run", *args, "--listen",
+                          f"netflow://127.0.0.1:{free_udp_port()}", "--metrics-addr", ""], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         text=True, env=env)
+    try:
+        for line in p.stderr:  # type: ignore[union-attr]
+            if "is not written" in line:
+                assert line.rstrip().endswith(f"WARNING flowscope: {warning}"), line
+                break
+        else:
+            raise AssertionError("run did not warn")
+    finally:
+        p.kill()
+        p.wait()
+    assert not out.exists()
 
 
 def test_ctrl_c_while_run_starts_is_no_traceback(tmp_path: Path) -> None:
