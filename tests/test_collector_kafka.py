@@ -687,6 +687,17 @@ def test_sasl_rejected_credentials_logged_and_counted(request: pytest.FixtureReq
     assert password not in log
 
 
+def _stop_summary(log: str) -> tuple[int, int, int]:
+    """Flows delivered, unconfirmed and never sent, as the collector's stop lines say them."""
+    def count(pattern: str) -> int:
+        m = re.search(pattern, log)
+        return int(m.group(1)) if m else 0
+
+    return (count(r"stopped: (\d+) flows delivered"),
+            count(r"shutdown: (\d+) records sent to Kafka were not acknowledged"),
+            count(r"shutdown: (\d+) records could not be delivered"))
+
+
 @pytest.mark.parametrize("mode", [[], ["--kafka-key", "exporter"], ["--no-kafka-direct"]],
                          ids=["direct", "keyed", "aiokafka"])
 def test_sigterm_with_produce_requests_unanswered_counts_them_unconfirmed(collector: Any, own_broker: Any,
@@ -713,14 +724,7 @@ def test_sigterm_with_produce_requests_unanswered_counts_them_unconfirmed(collec
         time.sleep(1.0)
         assert c.stop() == 0
     log = c.log()
-
-    def count(pattern: str) -> int:
-        m = re.search(pattern, log)
-        return int(m.group(1)) if m else 0
-
-    delivered = count(r"stopped: (\d+) flows delivered")
-    unconfirmed = count(r"shutdown: (\d+) records sent to Kafka were not acknowledged")
-    never_sent = count(r"shutdown: (\d+) records could not be delivered")
+    delivered, unconfirmed, never_sent = _stop_summary(log)
     assert delivered + unconfirmed + never_sent == 12000, log
     assert unconfirmed > 0, "requests were written to the frozen broker's connections"
     got = consume(b.bootstrap, t, delivered + unconfirmed, timeout=20, grace=3)
@@ -753,14 +757,7 @@ def test_sigterm_with_batches_queued_again_after_a_timeout_counts_them_unconfirm
                  what="batches queued again after the request timeout")
         assert c.stop() == 0
     log = c.log()
-
-    def count(pattern: str) -> int:
-        m = re.search(pattern, log)
-        return int(m.group(1)) if m else 0
-
-    delivered = count(r"stopped: (\d+) flows delivered")
-    unconfirmed = count(r"shutdown: (\d+) records sent to Kafka were not acknowledged")
-    never_sent = count(r"shutdown: (\d+) records could not be delivered")
+    delivered, unconfirmed, never_sent = _stop_summary(log)
     assert delivered + unconfirmed + never_sent == 9000, log
     assert unconfirmed > 0, log
     got = consume(b.bootstrap, t, delivered + unconfirmed, timeout=20, grace=3)
