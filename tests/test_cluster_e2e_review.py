@@ -440,6 +440,17 @@ def start_collector(c: Cluster, out: Path, *extra: str):
     raise RuntimeError(f"collector not ready: {Path(log.name).read_text()}")
 
 
+def stop_collector(c: Cluster, proc, log) -> None:
+    """The end of a start_collector run: the nodes stop exporting, the collector gets SIGTERM,
+    its log is closed."""
+    for n in c.nodes:
+        if n.ovs is not None:
+            n.ovs.clear_exports("br-int")
+    assert NODE_A.ns is not None
+    NODE_A.ns.stop(proc, signal.SIGTERM, timeout=15)
+    log.close()
+
+
 def configure_ipfix(c: Cluster, *, cache: bool = True) -> None:
     """What OVN-Kubernetes sets on br-int (ovs-vsctl create ipfix targets=... sampling=...
     cache_active_timeout=... cache_max_flows=...): the collector's address, from each node's own
@@ -593,12 +604,7 @@ def run_cluster(c: Cluster, *, services: bool, extra: tuple[str, ...] = (),
                 break
             print(f"attempt {attempt + 1}: the exporters did not send {missing}")
     finally:
-        for n in c.nodes:
-            if n.ovs is not None:
-                n.ovs.clear_exports("br-int")
-        assert NODE_A.ns is not None
-        NODE_A.ns.stop(proc, signal.SIGTERM, timeout=15)
-        log.close()
+        stop_collector(c, proc, log)
     flows = read_flows(out)
     assert flows, f"no flow published: {Path(log.name).read_text()}"
     return flows, sent
@@ -691,12 +697,7 @@ def test_a_pod_ip_reused_goes_to_the_pod_that_held_it_when_the_flow_started(clus
         assert udp(WEB, API.ip, after.dport, after.count, after.size, after.sport) == after.count
         time.sleep(5)
     finally:
-        for n in c.nodes:
-            if n.ovs is not None:
-                n.ovs.clear_exports("br-int")
-        assert NODE_A.ns is not None
-        NODE_A.ns.stop(proc, signal.SIGTERM, timeout=15)
-        log.close()
+        stop_collector(c, proc, log)
         if any(o["metadata"]["name"] == new.name for o in c.fake.objects["pods"].values()):
             c.fake.delete("pods", new.name, new.namespace)
         if not any(o["metadata"]["name"] == WEB.name for o in c.fake.objects["pods"].values()):

@@ -687,6 +687,21 @@ def test_sasl_rejected_credentials_logged_and_counted(request: pytest.FixtureReq
     assert password not in log
 
 
+@contextlib.contextmanager
+def _requests_timed_out_on_a_frozen_broker(c: Any, b: Any) -> Iterator[None]:
+    """1,500 NetFlow v5 flows delivered, then the broker frozen and 7,500 more decoded until some
+    written requests time out (--kafka-request-timeout-ms 1000 + 5 s) and are queued again
+    (flowscope_kafka_resent_records_total); the body runs with the broker still frozen."""
+    send_udp([make_v5(i, 30, i * 30) for i in range(50)], c.port)
+    c.wait_value("flowscope_flows_delivered_total", 1500)
+    with frozen(b):
+        send_udp([make_v5(i, 30, i * 30) for i in range(50, 300)], c.port)
+        c.wait_value("flowscope_flows_total", 9000)
+        wait_for(lambda: c.value("flowscope_kafka_resent_records_total", records="flows") > 0, 20,
+                 what="batches queued again after the request timeout")
+        yield
+
+
 def _stop_summary(log: str) -> tuple[int, int, int]:
     """Flows delivered, unconfirmed and never sent, as the collector's stop lines say them."""
     def count(pattern: str) -> int:
@@ -748,13 +763,7 @@ def test_sigterm_with_batches_queued_again_after_a_timeout_counts_them_unconfirm
     t = topic()
     c = collector(["--kafka-brokers", b.bootstrap, "--kafka-topic", t, "--kafka-batch-bytes", "64KB",
                    "--kafka-request-timeout-ms", "1000", "--shutdown-timeout", "2", *mode])
-    send_udp([make_v5(i, 30, i * 30) for i in range(50)], c.port)
-    c.wait_value("flowscope_flows_delivered_total", 1500)
-    with frozen(b):
-        send_udp([make_v5(i, 30, i * 30) for i in range(50, 300)], c.port)
-        c.wait_value("flowscope_flows_total", 9000)
-        wait_for(lambda: c.value("flowscope_kafka_resent_records_total", records="flows") > 0, 20,
-                 what="batches queued again after the request timeout")
+    with _requests_timed_out_on_a_frozen_broker(c, b):
         assert c.stop() == 0
     log = c.log()
     delivered, unconfirmed, never_sent = _stop_summary(log)
@@ -806,14 +815,8 @@ def test_batches_sent_again_after_a_timeout_are_counted_as_maybe_duplicated(coll
     t = topic()
     c = collector(["--kafka-brokers", b.bootstrap, "--kafka-topic", t, "--kafka-batch-bytes", "64KB",
                    "--kafka-request-timeout-ms", "1000", "--stats-interval", "0.5"])
-    send_udp([make_v5(i, 30, i * 30) for i in range(50)], c.port)
-    c.wait_value("flowscope_flows_delivered_total", 1500)
-    with frozen(b):
-        send_udp([make_v5(i, 30, i * 30) for i in range(50, 300)], c.port)
-        c.wait_value("flowscope_flows_total", 9000)
-        # the requests written to the frozen broker time out (1 s + 5 s) and are re-queued
-        wait_for(lambda: c.value("flowscope_kafka_resent_records_total", records="flows") > 0, 20,
-                 what="batches re-queued after the timeout")
+    with _requests_timed_out_on_a_frozen_broker(c, b):
+        pass
     c.wait_value("flowscope_flows_delivered_total", 9000, timeout=30)
     resent = c.value("flowscope_kafka_resent_records_total", records="flows")
     got = consume(b.bootstrap, t, 9000, timeout=20, grace=3)
