@@ -82,9 +82,23 @@ cdef inline int ndigits8(uint32_t v) noexcept:
     return 5 + <int>(v >= 100000) + <int>(v >= 1000000) + <int>(v >= 10000000)
 
 
+cdef extern from *:
+    """
+    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    #define FS_LITTLE_ENDIAN 1
+    #else
+    #define FS_LITTLE_ENDIAN 0
+    #endif
+    """
+    bint FS_LITTLE_ENDIAN
+
+
 cdef inline char* put_head(char* p, uint32_t v) noexcept:
-    # v < 10**8 without leading zeros; returns the end.
+    # v < 10**8 without leading zeros; returns the end. p must have 8 writable bytes: on
+    # little-endian machines the zero-padded 8 digits are loaded as one word, shifted past the
+    # leading zeros and stored whole (a variable-length memcpy is a libc call per integer).
     cdef char tmp[8]
+    cdef uint64_t w
     cdef int n
     if v < 100:
         if v < 10:
@@ -94,12 +108,18 @@ cdef inline char* put_head(char* p, uint32_t v) noexcept:
         return p + 2
     n = ndigits8(v)
     put8(tmp, v)
-    memcpy(p, tmp + 8 - n, n)
+    if FS_LITTLE_ENDIAN:
+        memcpy(&w, tmp, 8)
+        w >>= 8 * (8 - n)
+        memcpy(p, &w, 8)
+    else:
+        memcpy(p, tmp + 8 - n, n)
     return p + n
 
 
 cdef inline int buf_uint(Buf* b, uint64_t v) except -1:
-    """Decimal text of v, written in place (at most 20 bytes)."""
+    """Decimal text of v, written in place (at most 20 bytes; put_head may store 8 bytes from
+    where it starts, and the integer's tail groups follow it: 20 bytes of room cover both)."""
     cdef char* p
     cdef uint64_t hi
     cdef uint32_t top, mid
@@ -145,28 +165,82 @@ def addr_text(bytes raw not None):
     return PyBytes_FromStringAndSize(_out.p + 1, _out.n - 2).decode("ascii")   # without the quotes
 
 
+# ,"TimeReceived":<seconds> as last written: every flow of a datagram (and of the second) has
+# the same, so it is formatted once and copied.
+cdef int64_t _tr_value = -1
+cdef char _tr_text[48]
+cdef Py_ssize_t _tr_len = 0
+
+
+cdef inline int put_time_received(Buf* b, int64_t v) except -1:
+    global _tr_value, _tr_len
+    cdef Py_ssize_t start
+    if v != _tr_value:
+        start = b.n
+        buf_put(b, ",\"TimeReceived\":", 16)
+        buf_int(b, v)
+        _tr_len = b.n - start
+        memcpy(_tr_text, b.p + start, _tr_len)
+        _tr_value = v
+        return 0
+    return buf_put(b, _tr_text, _tr_len)
+
+
+# Each byte value's decimal text and a dot, in 4-byte slots ("7.", "42.", "255."), with the
+# text's length: an IPv4 address is four fixed-size copies, not four integer conversions.
+cdef char OCTET_TEXT[1024]
+cdef uint8_t OCTET_LEN[256]
+
+
+def _octet_table() -> None:
+    cdef int i
+    cdef bytes t
+    for i in range(256):
+        t = str(i).encode() + b"."
+        memcpy(OCTET_TEXT + 4 * i, PyBytes_AS_STRING(t), len(t))
+        OCTET_LEN[i] = <uint8_t>len(t)
+
+
+_octet_table()
+
+
+cdef inline char* put_ipv4(char* p, const uint8_t* a) noexcept:
+    # "a.b.c.d" at p, returning its end; p needs 16 writable bytes (each copy stores 4).
+    memcpy(p, OCTET_TEXT + 4 * a[0], 4)
+    p += OCTET_LEN[a[0]]
+    memcpy(p, OCTET_TEXT + 4 * a[1], 4)
+    p += OCTET_LEN[a[1]]
+    memcpy(p, OCTET_TEXT + 4 * a[2], 4)
+    p += OCTET_LEN[a[2]]
+    memcpy(p, OCTET_TEXT + 4 * a[3], 4)
+    return p + OCTET_LEN[a[3]] - 1     # without the last dot
+
+
 cdef int buf_ip(Buf* b, uint8_t af, const uint8_t* a) except -1:
     """IPv4 dotted quad or RFC 5952 IPv6 text, quoted."""
     cdef int i, best_start = -1, best_len = 0, run_start = -1, run_len = 0
     cdef uint16_t g
     cdef char tmp[64]
     cdef int n
-    buf_put(b, "\"", 1)
+    cdef char* p
     if af == 4:
-        for i in range(4):
-            if i:
-                buf_put(b, ".", 1)
-            buf_uint(b, a[i])
-        return buf_put(b, "\"", 1)
+        buf_reserve(b, 18)
+        p = b.p + b.n
+        p[0] = 34
+        p = put_ipv4(p + 1, a)
+        p[0] = 34
+        b.n = p + 1 - b.p
+        return 0
+    buf_put(b, "\"", 1)
     # IPv4-mapped (::ffff:a.b.c.d) is printed with the dotted tail, as inet_ntop does.
     if a[0] == 0 and a[1] == 0 and a[2] == 0 and a[3] == 0 and a[4] == 0 and a[5] == 0 and a[6] == 0 \
             and a[7] == 0 and a[8] == 0 and a[9] == 0 and a[10] == 0xFF and a[11] == 0xFF:
-        buf_put(b, "::ffff:", 7)
-        for i in range(4):
-            if i:
-                buf_put(b, ".", 1)
-            buf_uint(b, a[12 + i])
-        return buf_put(b, "\"", 1)
+        buf_reserve(b, 24)
+        memcpy(b.p + b.n, b"::ffff:", 7)
+        p = put_ipv4(b.p + b.n + 7, a + 12)
+        p[0] = 34
+        b.n = p + 1 - b.p
+        return 0
     for i in range(8):
         if a[2 * i] == 0 and a[2 * i + 1] == 0:
             if run_start < 0:
@@ -195,28 +269,44 @@ cdef int buf_ip(Buf* b, uint8_t af, const uint8_t* a) except -1:
     return buf_put(b, "\"", 1)
 
 
-cdef int buf_mac(Buf* b, const uint8_t* m) except -1:
-    cdef char tmp[19]
+# Each byte value's two lowercase hex digits: a byte is one 2-byte copy.
+cdef char HEX2[512]
+
+
+def _hex_table() -> None:
     cdef int i
-    tmp[0] = 34  # "
+    for i in range(256):
+        HEX2[2 * i] = HEXDIGITS[i >> 4]
+        HEX2[2 * i + 1] = HEXDIGITS[i & 15]
+
+
+_hex_table()
+
+
+cdef int buf_mac(Buf* b, const uint8_t* m) except -1:
+    cdef char* p
+    cdef int i
+    buf_reserve(b, 19)
+    p = b.p + b.n
+    p[0] = 34  # "
     for i in range(6):
-        tmp[1 + 3 * i] = HEXDIGITS[m[i] >> 4]
-        tmp[2 + 3 * i] = HEXDIGITS[m[i] & 15]
-        tmp[3 + 3 * i] = 58 if i < 5 else 34  # ':' or closing quote
-    return buf_put(b, tmp, 19)
+        memcpy(p + 1 + 3 * i, HEX2 + 2 * m[i], 2)
+        p[3 + 3 * i] = 58  # ':' (the last one is replaced by the closing quote)
+    p[18] = 34
+    b.n += 19
+    return 0
 
 
 cdef int buf_hex(Buf* b, const uint8_t* p, Py_ssize_t n) except -1:
     cdef Py_ssize_t i
+    cdef char* q
     buf_reserve(b, 2 * n + 2)
-    b.p[b.n] = 34
-    b.n += 1
+    q = b.p + b.n
+    q[0] = 34
     for i in range(n):
-        b.p[b.n] = HEXDIGITS[p[i] >> 4]
-        b.p[b.n + 1] = HEXDIGITS[p[i] & 15]
-        b.n += 2
-    b.p[b.n] = 34
-    b.n += 1
+        memcpy(q + 1 + 2 * i, HEX2 + 2 * p[i], 2)
+    q[2 * n + 1] = 34
+    b.n += 2 * n + 2
     return 0
 
 
@@ -661,8 +751,7 @@ cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char*
     if f.present & P_TEND:
         buf_put(o, ",\"TimeFlowEndMs\":", 17)
         buf_int(o, f.t_end_ms)
-    buf_put(o, ",\"TimeReceived\":", 16)
-    buf_int(o, <int64_t>bt.recv_time)
+    put_time_received(o, <int64_t>bt.recv_time)
     if f.sampling:
         buf_put(o, ",\"Sampling\":", 12)
         buf_uint(o, f.sampling)

@@ -17,6 +17,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import pytest
 
 from benchmarks.datagrams import (
@@ -1283,6 +1284,54 @@ def test_integer_text_at_every_digit_count_boundary() -> None:
     for v, t in zip(values, texts, strict=True):
         assert f'"Bytes":{v},'.encode() in t, (v, t)
         assert f'"Packets":{(2**64 - 1) - v},'.encode() in t, (v, t)
+
+
+def test_ipv4_and_mac_text_for_every_byte_value_in_every_position() -> None:
+    # IPv4 addresses and MACs are written from tables of byte texts; each of the 256 values must
+    # come out right at each position, next to every text length (1, 2 and 3 digits).
+    dec = ovs_decoder()
+    addrs = []
+    for v in range(256):
+        w = (v * 7 + 3) % 256
+        addrs.append((f"{v}.{w}.{255 - v}.{(v * 13) % 256}", f"{w}.{v}.{(v * 29) % 256}.{255 - w}"))
+    recs = ovs_flows(len(addrs), random.Random(5))
+    macs = [":".join(f"{(v * k + k) % 256:02x}" for k in range(1, 7)) for v in range(256)]
+    for rec, (src, dst), mac in zip(recs, addrs, macs, strict=True):
+        rec["src"], rec["dst"] = src, dst
+        rec["src_mac"], rec["dst_mac"] = mac, mac[::-1]
+    flows = []
+    for i in range(0, len(recs), 32):
+        b = dec.decode(ipfix_message([data_set(OVS_INGRESS, recs[i:i + 32])], seq=i, export_time=EXPORT),
+                       EXPORTER, 0, EXPORT)
+        flows += [orjson.loads(t) for t in b.to_json()]
+    got = [(f["SrcAddr"], f["DstAddr"], f["SrcMac"], f["DstMac"]) for f in flows]
+    assert got == [(str(ipaddress.ip_address(s)), str(ipaddress.ip_address(d)), m, m[::-1])
+                   for (s, d), m in zip(addrs, macs, strict=True)]
+
+
+def test_ipv4_mapped_ipv6_text_keeps_the_dotted_tail() -> None:
+    t = IpfixTemplate(261, (("src", 27, 0, 16), ("dst", 28, 0, 16), ("proto", 4, 0, 1), ("bytes", 1, 0, 8)))
+    dec = Decoder()
+    dec.decode(ipfix_message([template_set([t])], seq=0, export_time=EXPORT), EXPORTER)
+    pairs = [("::ffff:0.0.0.0", "::ffff:255.255.255.255"), ("::ffff:10.1.200.9", "::ffff:192.168.0.100")]
+    recs: list[dict[str, object]] = [{"src": s, "dst": d, "proto": 6, "bytes": 64} for s, d in pairs]
+    b = dec.decode(ipfix_message([data_set(t, recs)], seq=0, export_time=EXPORT), EXPORTER)
+    got = [(f["SrcAddr"], f["DstAddr"]) for f in (orjson.loads(x) for x in b.to_json())]
+    assert got == pairs
+
+
+def test_time_received_follows_each_datagram() -> None:
+    # TimeReceived is formatted once and reused while it does not change: datagrams received in
+    # different seconds (and back again) must each carry their own.
+    dec = ovs_decoder()
+    times = [EXPORT, EXPORT, EXPORT + 1, EXPORT - 86_400, EXPORT + 1, 9, 10**10 + 7]
+    got = []
+    for i, now in enumerate(times):
+        recs = ovs_flows(3, random.Random(i))
+        b = dec.decode(ipfix_message([data_set(OVS_INGRESS, recs)], seq=3 * i, export_time=EXPORT), EXPORTER, 0,
+                       now + 0.75)
+        got.append([orjson.loads(t)["TimeReceived"] for t in b.to_json()])
+    assert got == [[now] * 3 for now in times]
 
 
 def test_template_with_both_families_uses_the_flow_family_for_masks_and_icmp() -> None:
