@@ -1254,7 +1254,7 @@ class Index:
             self._pod_layer.pop(ip, None)
         else:
             if len(hs) > 1:
-                hs.sort(key=_start_key)
+                hs.sort(key=_chain_key)
             prev: tuple[Any, ...] | None = None
             for r in hs:
                 prev = (r.frag_s, r.frag_d, r.node, r.infra, r.start_ms,
@@ -1481,8 +1481,15 @@ def _multi_list(v: Any) -> list[Any]:
     return [v]
 
 
-def _start_key(r: PodRec) -> int:
-    return r.start_ms
+def _chain_key(r: PodRec) -> tuple[int, bool, int]:
+    """A holder's place in its address' chain, oldest first (the last answers first). Holders
+    with one start (times are whole seconds; no time at all is ALWAYS) held the address one
+    after the other in an order their starts do not tell, so the order their records arrived in
+    (a list's name order, watch events) must not decide either: a pod still holding it is the
+    newer (a finished pod lists its address until deleted, kubelets free it at once; its end may
+    be only when it was seen finished), and of ended ones, the one that ended first (the other
+    had it after)."""
+    return (r.start_ms, r.end_ms == ALIVE, -r.end_ms)
 
 
 # Namespaces, node names and owner kinds repeat across 100k pods: one copy each. The compiled

@@ -206,3 +206,42 @@ def test_a_container_terminated_without_finished_at_leaves_the_pods_end_unknown(
             idx.delete("pods", idx.parse("pods", _lost_container_pod(phase="Failed")))
         assert flow(e, IP, "", t_ms=T0 - 60_000).get("SrcK8S_Name") == "lost", how
         assert flow(e, IP, "", t_ms=T0 - 3_000_000).get("SrcK8S_Name") == "lost", how
+
+
+def _same_second_pair(*, finished_at: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A Job's completed pod that kept `IP` in its status, and a Deployment's Running pod given
+    `IP` after it: both created in one second (the API's times are whole seconds), the Job's
+    with or without a finishedAt (a container the runtime lost has none)."""
+    created = iso(T0 - 600_000)
+    job = pod("job-7c-q", "shop", ips=[IP], uid="u-job", created=created, phase="Succeeded", owner=("Job", "job-7c"))
+    state: dict[str, Any] = {"exitCode": 0, "reason": "Completed"}
+    if finished_at:
+        state["finishedAt"] = created
+    job["status"]["containerStatuses"] = [{"name": "c", "ready": False, "restartCount": 0,
+                                           "state": {"terminated": state}}]
+    web = pod("api-5d-x", "shop", ips=[IP], uid="u-api", created=created)
+    web["status"]["containerStatuses"] = [{"name": "c", "ready": True, "restartCount": 0,
+                                           "state": {"running": {"startedAt": created}}}]
+    return job, web
+
+
+def test_a_running_pod_wins_over_a_finished_pod_that_got_the_address_in_the_same_second() -> None:
+    """"A Running pod should win" over a completed pod that still lists the address, whatever
+    order the two were listed or watched in. Holders that got an address in the same second
+    (creationTimestamp is whole seconds; the fake API server stamps objects added within one
+    second alike) were ordered by arrival: a Running pod listed first (its name sorts first) or
+    whose ADDED came first was hidden by the completed pod for every flow before the completed
+    pod was seen (its end, finishedAt unknown), e.g. the whole of a capture decoded later."""
+    for finished_at in (False, True):
+        for order in ("running first", "finished first"):
+            for how in ("list", "watch"):
+                job, web = _same_second_pair(finished_at=finished_at)
+                objs = [web, job] if order == "running first" else [job, web]
+                clock = Clock(T0)
+                e = build(objs if how == "list" else [], clock=clock)
+                if how == "watch":
+                    for o in objs:
+                        _apply(e, o)
+                case = (finished_at, order, how)
+                for t in (T0 - 300_000, T0 - 1_000, T0, 0):
+                    assert flow(e, IP, "", t_ms=t)["SrcK8S_Name"] == "api-5d-x", (case, t)
