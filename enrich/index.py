@@ -334,11 +334,16 @@ class PodRec:
 class NodeRec:
     """What the index keeps of a Node."""
 
-    __slots__ = ("name", "addrs", "node_ips", "mgmt_ips", "host_ip", "zone", "keep_node_ips", "keep_mgmt_ips")
+    __slots__ = ("name", "addrs", "node_ips", "mgmt_ips", "host_ip", "zone", "keep_node_ips", "keep_mgmt_ips",
+                 "created_ms")
 
     def __init__(self, *, name: str, node_ips: tuple[bytes, ...], mgmt_ips: tuple[bytes, ...], host_ip: str,
-                 zone: str, keep_node_ips: bool = False, keep_mgmt_ips: bool = False) -> None:
+                 zone: str, keep_node_ips: bool = False, keep_mgmt_ips: bool = False,
+                 created_ms: int = ALWAYS) -> None:
         self.name = name
+        # creationTimestamp: of Nodes a list gives with one address, the one created last began
+        # listing it last (Index.replace applies them in this order)
+        self.created_ms = created_ms
         self.node_ips = node_ips  # status.addresses (InternalIP, ExternalIP)
         self.mgmt_ips = mgmt_ips  # OVN's: management ports (node-subnets), gateway router join addresses
         self.host_ip = host_ip    # from status.addresses
@@ -814,7 +819,7 @@ class Index:
                        # addresses unknown (not a list, or none of them readable), not gone: the
                        # last good ones keep serving
                        keep_node_ips=(addresses is not None and not isinstance(addresses, list)) or (bad and not addrs),
-                       keep_mgmt_ips=keep_mgmt)
+                       keep_mgmt_ips=keep_mgmt, created_ms=_or_always(parse_time_ms(meta.get("creationTimestamp"))))
 
     def _parse_service(self, obj: Any) -> SvcRec:
         meta = _meta(obj)
@@ -873,9 +878,13 @@ class Index:
                     new_n = {r.name: r for r in recs}
                     for name in [n for n in self._nodes if n not in new_n]:
                         self._delete_node(name)
-                    for r in new_n.values():
-                        if not isinstance(r, Unreadable):
-                            self._set_node(r)
+                    # Oldest first: an address two Nodes list goes to the one that began listing it
+                    # last (_set_node), which a list does not tell but creation does (a replaced
+                    # VM's address while the old Node lingers), not the names' order. (Nodes that
+                    # listed it already keep their order: the events that showed it say more.)
+                    for r in sorted((r for r in new_n.values() if not isinstance(r, Unreadable)),
+                                    key=_created_key):
+                        self._set_node(r)
                 elif kind == SERVICES:
                     new_s = {(r.ns, r.name): r for r in recs}
                     for key in [k for k in self._services if k not in new_s]:
@@ -1479,6 +1488,14 @@ def _multi_list(v: Any) -> list[Any]:
     if type(v) is list:
         return list(v)
     return [v]
+
+
+def _or_always(t: int | None) -> int:
+    return ALWAYS if t is None else t
+
+
+def _created_key(r: NodeRec) -> int:
+    return r.created_ms
 
 
 def _chain_key(r: PodRec) -> tuple[int, bool, int]:

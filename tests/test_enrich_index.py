@@ -1032,6 +1032,24 @@ def test_an_address_two_nodes_list_stays_with_the_node_still_listing_it() -> Non
     assert flow(e, "10.0.0.8", "") == NOBODY and flow(e, "203.0.113.9", "") == NOBODY
 
 
+def test_an_address_two_nodes_list_goes_to_the_newer_node_whatever_the_list_order() -> None:
+    """The Node that began listing an address last answers for it; a list says nothing of who
+    began first, but the Node created later did (a replaced VM's address while the old Node
+    object lingers). A collector started (or relisting) with both answered with whichever the
+    list gave last, the names' order: the old, NotReady Node here, while a collector that
+    watched the new Node register answered with the new one."""
+    old = node("gke-pool-zz-old", internal=["10.0.0.7"], zone="za")
+    old["metadata"]["creationTimestamp"] = iso(T0 - 86_400_000)
+    new = node("gke-pool-aa-new", internal=["10.0.0.7"], zone="zb")
+    new["metadata"]["creationTimestamp"] = iso(T0)
+    for listed in ((new, old), (old, new)):
+        e = enrich.Enricher.from_objects(nodes=list(listed), config=enrich.EnrichConfig(own_namespace=""))
+        got = side(flow(e, "10.0.0.7", ""), "SrcK8S_")
+        assert (got["Name"], got["Zone"]) == ("gke-pool-aa-new", "zb"), [n["metadata"]["name"] for n in listed]
+        e.index.delete("nodes", e.index.parse("nodes", new))
+        assert flow(e, "10.0.0.7", "")["SrcK8S_Name"] == "gke-pool-zz-old"
+
+
 @pytest.mark.parametrize("src_ns,dst_ns,expected", [
     ("shop", "shop", "app"),
     ("kube-system", "shop", "infra"),
