@@ -245,3 +245,27 @@ def test_a_running_pod_wins_over_a_finished_pod_that_got_the_address_in_the_same
                 case = (finished_at, order, how)
                 for t in (T0 - 300_000, T0 - 1_000, T0, 0):
                     assert flow(e, IP, "", t_ms=t)["SrcK8S_Name"] == "api-5d-x", (case, t)
+
+
+def test_a_running_pod_listed_before_a_completed_pod_with_its_address_wins(
+        fake_kube: FakeKube, kubeconfig: str, implementation: str) -> None:  # noqa: F811 - fixtures
+    """End to end through the informer's list (the API lists by namespace and name): a Job's
+    completed pod that still lists an address (no container status: its finish is unknown)
+    and the Running pod given the address, both created in one second, as the fake API server
+    stamps objects added together. The Running pod's name sorts first, so it was listed first,
+    and the completed pod answered for every flow before the list."""
+    now = int(time.time() * 1000)
+    created = iso(now - 60_000)
+    job = pod("job-7c-q", "shop", ips=[IP], created=created, phase="Succeeded", owner=("Job", "job-7c"))
+    web = pod("api-5d-x", "shop", ips=[IP], created=created)
+    seed(fake_kube)
+    fake_kube.add("pods", job)
+    fake_kube.add("pods", web)
+    e = enrich.Enricher(fast_config(kubeconfig), compiled=implementation == "compiled")
+    e.start()
+    try:
+        assert e.wait_ready(10)
+        for t in (now - 30_000, now - 1_000, 0):
+            assert flow(e, IP, "", t_ms=t)["SrcK8S_Name"] == "api-5d-x", t
+    finally:
+        e.stop()
