@@ -60,6 +60,9 @@ ZONE_LABEL = "topology.kubernetes.io/zone"
 # Objects NetObserv's operator names as infrastructure whatever their namespace (its
 # K8sInfraRule infraRefs): the API server's Services in `default` (flow_layer_rule netobserv).
 INFRA_REFS = frozenset((("default", "kubernetes"), ("default", "openshift")))
+# The Node address types that must hold an IP (one that does not is counted, bad_address). Every
+# address of status.addresses that is an IP is the Node's, whatever its type, as NetObserv indexes
+# them: a Hostname (kubelet --hostname-override=IP) or *DNS entry can hold another NIC's address.
 NODE_ADDRESS_TYPES = ("InternalIP", "ExternalIP")
 TERMINAL_PHASES = ("Succeeded", "Failed")
 
@@ -344,7 +347,7 @@ class NodeRec:
         # creationTimestamp: of Nodes a list gives with one address, the one created last began
         # listing it last (Index.replace applies them in this order)
         self.created_ms = created_ms
-        self.node_ips = node_ips  # status.addresses (InternalIP, ExternalIP)
+        self.node_ips = node_ips  # status.addresses that are IPs (InternalIP, ExternalIP, any other type)
         self.mgmt_ips = mgmt_ips  # OVN's: management ports (node-subnets), gateway router join addresses
         self.host_ip = host_ip    # from status.addresses
         self.zone = zone
@@ -785,13 +788,16 @@ class Index:
                 self.problem("bad_field", f"node {name} status.addresses has a malformed entry {a!r:.80}")
                 bad = True
                 continue
-            if a.get("type") not in NODE_ADDRESS_TYPES:
-                continue
-            host = host_address(a.get("address"))
+            typed = a.get("type") in NODE_ADDRESS_TYPES
+            text_v = a.get("address")
+            # (another type usually holds a name: parsed without the memo, which would keep it)
+            host = host_address(text_v) if typed else (
+                _host_address.__wrapped__(text_v) if isinstance(text_v, str) and text_v else None)
             if host is None:
-                self.problem("bad_address", f"node {name} has a non-IP address {a.get('address')!r}")
-                bad = True
-                continue
+                if typed:
+                    self.problem("bad_address", f"node {name} has a non-IP address {a.get('address')!r}")
+                    bad = True
+                continue  # (Hostname, InternalDNS, ExternalDNS: names, as they usually are)
             text, raw = host
             if raw not in addrs:
                 addrs.append(raw)

@@ -1032,6 +1032,36 @@ def test_an_address_two_nodes_list_stays_with_the_node_still_listing_it() -> Non
     assert flow(e, "10.0.0.8", "") == NOBODY and flow(e, "203.0.113.9", "") == NOBODY
 
 
+def test_a_node_address_of_any_type_that_is_an_ip_is_the_nodes() -> None:
+    """Every address in a Node's status.addresses that is an IP is the Node's, whatever its type,
+    as NetObserv indexes them (flowlogs-pipeline's node informer keeps each address net.ParseIP
+    accepts): a Hostname (kubelet --hostname-override=IP) or InternalDNS entry holding an IP
+    different from the InternalIP (another NIC of the node; OVS may export from it) named
+    nobody, and an exporter there was no node. Names (the usual Hostname) are no problem."""
+    def a_node(hostname: str) -> dict[str, Any]:
+        n = node("node-h", internal=["10.0.0.1"], zone="zh")
+        n["status"]["addresses"] = [{"type": "InternalIP", "address": "10.0.0.1"},
+                                    {"type": "Hostname", "address": hostname},
+                                    {"type": "InternalDNS", "address": "node-h.cluster.internal"}]
+        return n
+
+    e = enrich.Enricher.from_objects(nodes=[a_node("192.168.50.7")], config=enrich.EnrichConfig(own_namespace=""))
+    idx = e.index
+    got = side(flow(e, "192.168.50.7", ""), "SrcK8S_")
+    # HostIP stays the InternalIP (the address pods name as their hostIP)
+    assert (got["Name"], got["Type"], got["HostIP"], got["Zone"]) == ("node-h", "Node", "10.0.0.1", "zh"), got
+    assert flow(e, "192.168.50.7", "8.8.8.8", agent="192.168.50.7")["FlowDirection"] == 1
+    # the address changes: the old one is nobody's, the new one the node's
+    idx.upsert("nodes", idx.parse("nodes", a_node("192.168.50.8")))
+    assert flow(e, "192.168.50.7", "") == NOBODY
+    assert flow(e, "192.168.50.8", "")["SrcK8S_Name"] == "node-h"
+    # a name as Hostname: nothing indexed for it, and no problem counted
+    idx.upsert("nodes", idx.parse("nodes", a_node("node-h")))
+    assert flow(e, "192.168.50.8", "") == NOBODY
+    assert flow(e, "10.0.0.1", "")["SrcK8S_Name"] == "node-h"
+    assert idx.problems == {}
+
+
 def test_an_address_two_nodes_list_goes_to_the_newer_node_whatever_the_list_order() -> None:
     """The Node that began listing an address last answers for it; a list says nothing of who
     began first, but the Node created later did (a replaced VM's address while the old Node
