@@ -783,6 +783,7 @@ class Index:
         first_any = ""
         addresses = status.get("addresses")
         bad = False
+        typed_ok = False  # an InternalIP or ExternalIP read (a Hostname's IP alone does not vouch for the list)
         for a in self._list(addresses, f"node {name} status.addresses"):
             if not isinstance(a, dict):
                 self.problem("bad_field", f"node {name} status.addresses has a malformed entry {a!r:.80}")
@@ -799,6 +800,7 @@ class Index:
                     bad = True
                 continue  # (Hostname, InternalDNS, ExternalDNS: names, as they usually are)
             text, raw = host
+            typed_ok = typed_ok or typed
             if raw not in addrs:
                 addrs.append(raw)
             first_any = first_any or text
@@ -824,7 +826,7 @@ class Index:
                        host_ip=host_ip or first_any, zone=zone if isinstance(zone, str) else "",
                        # addresses unknown (not a list, or none of them readable), not gone: the
                        # last good ones keep serving
-                       keep_node_ips=(addresses is not None and not isinstance(addresses, list)) or (bad and not addrs),
+                       keep_node_ips=(addresses is not None and not isinstance(addresses, list)) or (bad and not typed_ok),
                        keep_mgmt_ips=keep_mgmt, created_ms=_or_always(parse_time_ms(meta.get("creationTimestamp"))))
 
     def _parse_service(self, obj: Any) -> SvcRec:

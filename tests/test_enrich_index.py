@@ -1060,6 +1060,13 @@ def test_a_node_address_of_any_type_that_is_an_ip_is_the_nodes() -> None:
     assert flow(e, "192.168.50.8", "") == NOBODY
     assert flow(e, "10.0.0.1", "")["SrcK8S_Name"] == "node-h"
     assert idx.problems == {}
+    # an update whose InternalIP cannot be read keeps the last good addresses (a Hostname IP
+    # beside it does not make the list whole)
+    broken = a_node("192.168.50.9")
+    broken["status"]["addresses"][0]["address"] = "not-an-ip"
+    idx.upsert("nodes", idx.parse("nodes", broken))
+    assert flow(e, "10.0.0.1", "")["SrcK8S_Name"] == "node-h"
+    assert idx.problems == {"bad_address": 1}
 
 
 def test_an_address_two_nodes_list_goes_to_the_newer_node_whatever_the_list_order() -> None:
