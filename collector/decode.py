@@ -83,7 +83,7 @@ def _enricher(args: argparse.Namespace) -> tuple[Any, Callable[[], None]]:
     ignored = kubeconfig_env_ignored(cfg, "--kubeconfig", "--kubeconfig")
     if ignored:
         print(f"flowscope decode: warning: {ignored}", file=sys.stderr)
-    problem = kube_access_error(cfg, "--kubeconfig", enabled_name="--enrich")
+    problem = kube_access_error(cfg, "--kubeconfig", "--kube-context", enabled_name="--enrich")
     if problem:
         print(f"flowscope decode: {problem}", file=sys.stderr)
         raise SystemExit(2)

@@ -156,6 +156,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--kubeconfig", default=None, metavar="PATH",
                    help="kubeconfig file to enrich from (turns enrichment on; in a pod, the way to use a "
                    "kubeconfig rather than the ServiceAccount)")
+    g.add_argument("--kube-context", dest="kube_context", default=None, metavar="NAME",
+                   help="kubeconfig context to enrich from [default: the kubeconfig's current-context]")
     g.add_argument("--cluster-name", default="", metavar="NAME", help="value of K8S_ClusterName on every flow")
     g.add_argument("--infra-namespace-prefix", dest="infra_namespace_prefixes", action="append",
                    default=None, metavar="PREFIX",
@@ -174,6 +176,8 @@ def config_from_args(args: argparse.Namespace, **overrides: object) -> EnrichCon
         "kubeconfig": getattr(args, "kubeconfig", None),
         "cluster_name": getattr(args, "cluster_name", "") or "",
     }
+    if getattr(args, "kube_context", None):
+        kwargs["context"] = args.kube_context
     prefixes = getattr(args, "infra_namespace_prefixes", None)
     if prefixes is not None:
         kwargs["infra_namespace_prefixes"] = list(prefixes)

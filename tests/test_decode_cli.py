@@ -4,8 +4,10 @@ real CLI in a subprocess, and (with --kubeconfig) the informers against the fake
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import random
+import socket
 import struct
 import subprocess
 import sys
@@ -162,6 +164,37 @@ def test_decode_with_kubeconfig_enriches(fake_kube: FakeKube, tmp_path: Path) ->
                            capture_output=True, timeout=120, env=env)
         assert p.returncode == 0, p.stderr.decode()
         assert [("SrcK8S_Name" in orjson.loads(x)) for x in p.stdout.splitlines()] == [enriched] * 3, args
+
+
+def test_decode_enriches_from_the_kube_context_given(fake_kube: FakeKube, tmp_path: Path) -> None:  # noqa: F811
+    """`flowscope decode --kube-context` picks a context of the kubeconfig, as `run` does (the
+    current-context here names a cluster nothing listens on); a context the file does not have
+    is one line, exit 2, naming the ones it has."""
+    fake_kube.add("pods", pod("web-0", "shop", ips=["10.128.0.5"], node="node-a", host_ip="10.0.0.1"))
+    cfg = json.loads(fake_kube.write_kubeconfig(tmp_path / "one").read_text())
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))     # a port of ours nothing accepts on
+    cfg["clusters"].append({"name": "gone", "cluster": {"server": f"http://127.0.0.1:{dead.getsockname()[1]}"}})
+    cfg["contexts"].append({"name": "gone", "context": {"cluster": "gone", "user": "fake"}})
+    cfg["current-context"] = "gone"
+    kc = tmp_path / "two"
+    kc.write_text(json.dumps(cfg))
+    rec = dict(ovs_flows(1, random.Random(2), direction=1)[0], src="10.128.0.5", dst="10.128.0.9")
+    cap = tmp_path / "one.pcap"
+    write_pcap(cap, [
+        (EXPORT, "10.0.0.1", 50000, ipfix_message([template_set([OVS_EGRESS])], seq=0, export_time=EXPORT)),
+        (EXPORT + 1, "10.0.0.1", 50000, ipfix_message([data_set(OVS_EGRESS, [rec])], seq=0, export_time=EXPORT)),
+    ])
+    try:
+        p = run_decode(str(cap), "--kubeconfig", str(kc), "--kube-context", "fake")
+        assert p.returncode == 0, p.stderr.decode()
+        assert [orjson.loads(x).get("SrcK8S_Name") for x in p.stdout.splitlines()] == ["web-0"]
+        p = run_decode(str(cap), "--kubeconfig", str(kc), "--kube-context", "staging")
+        assert p.returncode == 2 and not p.stdout
+        assert p.stderr.decode().strip() == (f"flowscope decode: --kube-context 'staging' is not a context of {kc} "
+                                             "(its contexts: fake, gone)")
+    finally:
+        dead.close()
 
 
 def test_ipv4_mapped_addresses_are_enriched_as_their_ipv4_addresses() -> None:
