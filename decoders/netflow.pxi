@@ -124,6 +124,7 @@ cdef enum:
     A_REV_DELTA_MS    # YAF's reverseFlowDeltaMilliseconds (6871 21): the reverse direction's start
     A_POST_SRCMAC     # postSource/postDestinationMacAddress (81/57) beside source/destination-
     A_POST_DSTMAC     # MacAddress (56/80): the MAC when the 56/80 value is all zeros (see below)
+    A_POST_VLAN       # postVlanId / postDot1qVlanId (59/254): the Vlan when 58/243 give none
 
 
 # What a template costs against Decoder.max_template_fields beside its fields: its own objects
@@ -178,7 +179,7 @@ IE_ACTIONS = {
     309: (A_SAMPLING_SIZE, None), 310: (A_SAMPLING_POPULATION, None),  # see rate_from
     311: (A_SAMPLING_PROB, (4, 8)),     # float64, or float32 (RFC 7011 6.2 reduced-size encoding)
     56: (A_SRCMAC, (6,)), 80: (A_DSTMAC, (6,)),
-    58: (A_VLAN, U16), 243: (A_VLAN, U16),
+    58: (A_VLAN, U16), 243: (A_VLAN, U16), 59: (A_POST_VLAN, U16), 254: (A_POST_VLAN, U16),
     60: (A_IPVERSION, (1,)), 61: (A_DIRECTION, (1,)),
     82: (A_IFNAME, "str"), 136: (A_ENDREASON, (1,)), 89: (A_FWDSTATUS, U32),
     150: (A_START_S, (4,)), 151: (A_END_S, (4,)),
@@ -362,7 +363,7 @@ cdef Template compile_template(int version, uint32_t domain, uint16_t tid, tuple
         # ingress port first, egress port second.
         if fs.action == A_VLAN:
             t.vlans += 1
-        elif fs.action > A_SCOPE and fs.action != A_IFNAME:
+        elif fs.action > A_SCOPE and fs.action != A_IFNAME and fs.action != A_POST_VLAN:
             if fs.action in seen:
                 fs.action = A_EXTRA
             else:
@@ -1585,6 +1586,7 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
     cdef bint sect_ip = False
     cdef uint64_t frame_size = 0
     cdef int64_t obs_ms = -1
+    cdef uint16_t post_vlan = 0    # the first non-zero postVlanId / postDot1qVlanId (A_POST_VLAN)
     cdef int64_t t_ms
     memset(src4, 0, 4)
     memset(dst4, 0, 4)
@@ -1763,6 +1765,12 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
                 f.present |= P_VLAN
             elif v and t.vlans > 1:
                 batch_add_extra(b, f, fs.pen, fs.ie, p - s.buf, L)
+        elif a == A_POST_VLAN:
+            # kept as it came; the Vlan only when no vlanId/dot1qVlanId (58/243) gives one, after
+            # the record (nfdump's nfreplay sends the frame's tag in postVlanId (59), vlanId 0)
+            batch_add_extra(b, f, fs.pen, fs.ie, p - s.buf, L)
+            if not post_vlan:
+                post_vlan = be16r(p, L) & 0x0FFF
         elif a == A_IPVERSION:
             ipversion = p[0]
         elif a == A_DIRECTION:
@@ -2027,6 +2035,13 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             if frame_size:
                 f.bytes = frame_size
                 f.present |= P_BYTES
+    if post_vlan and not f.present & P_VLAN:
+        # RFC 7012 postVlanId / postDot1qVlanId: the VLAN "associated with the egress interface",
+        # which an exporter that knows one VLAN per flow may send alone (nfdump's nfreplay: the
+        # frame's tag in 59, vlanId 0), as for the post MAC elements: the Vlan when the
+        # ingress elements (and a packet section's own tag) give none.
+        f.vlan = post_vlan
+        f.present |= P_VLAN
     if icmp and f.present & P_PROTO and (f.proto == 1 or f.proto == 58):
         # ICMP type and code belong to an ICMP (1) or ICMPv6 (58) flow only: templates that
         # carry 32/139/176-179 on every flow fill 0 ("echo reply") for TCP and UDP, and

@@ -95,3 +95,66 @@ def test_v9_zero_mac_elements_beside_post_ones(order: tuple[int, ...], decoders_
         (f,) = dec.decode(_v9(fields, rec), "192.0.2.1", 2055, 1_700_000_000.0).to_dicts()
         assert (f.get("SrcMac"), f.get("DstMac")) == want, (order, values, f)
         assert f.get("ie57") == vals[57].replace(":", "") and f.get("ie81") == vals[81].replace(":", ""), f
+
+
+def test_nfdump_nfreplay_vlans(workdir: Path, decoders_mod) -> None:
+    """nfpcapd -o fat + nfreplay v9 on 802.1Q-tagged frames: nfreplay sends the frame's tag in
+    postVlanId (59) and vlanId (58) as 0; every flow's Vlan is its frames' tag (a distinct one
+    per flow), and ie59 stays as it came."""
+    _skip_unless("nfpcapd", "nfreplay")
+    generated = G.standard_flows()
+    for i, g in enumerate(generated):
+        g.vlan = 100 + i
+    (workdir / E.PCAP_NAME).write_bytes(G.build_pcap(generated, start=START))
+    cap, port = capture_export(workdir, lambda ns, port: E.run_nfreplay(ns, workdir, 9, port,
+                                                                        nfpcapd_options=("-o", "fat")))
+    problems, flows = decode_capture(decoders_mod, cap, "cflow", port)
+    problems += check_against_traffic(flows, generated)
+    want = {_generated_key(g): g.vlan for g in generated}
+    for f in flows:
+        k = _flow_key(f)
+        if k in want and f.get("Vlan") != want[k]:
+            problems.append(f"{k}: Vlan {f.get('Vlan')}, the frames' tag {want[k]} (ie59 {f.get('ie59')})")
+        if k in want and f.get("ie59") != f"{want[k]:04x}":
+            problems.append(f"{k}: ie59 {f.get('ie59')}, nfreplay sent {want[k]:04x}")
+    assert flows, "nfreplay sent no flow"
+    assert not problems, "\n".join(problems[:20])
+
+
+@pytest.mark.parametrize("version", [9, 10])
+def test_post_vlan_elements_beside_ingress_ones(version: int, decoders_mod) -> None:
+    """vlanId/dot1qVlanId (58/243) with postVlanId/postDot1qVlanId (59/254), in either order:
+    an ingress element with a VID gives the Vlan; without one (absent, or VID 0: a priority tag
+    only), the first post element with a VID does; the post elements stay as they came."""
+    post = 59 if version == 9 else 254
+    cases = [  # (template VLAN elements with their values, expected Vlan)
+        ([(58, 0), (59, 300)], 300),            # nfreplay's
+        ([(59, 300), (58, 0)], 300),
+        ([(58, 7), (59, 300)], 7),
+        ([(59, 300), (58, 7)], 7),
+        ([(post, 300)], 300),                   # only the egress one
+        ([(post, 0x2000 | 300)], 300),          # the PCP bits are no part of the VID
+        ([(58, 0), (59, 0)], None),
+        ([(58, 0), (243, 0), (59, 0), (254, 44)], 44),
+        ([(58, 0), (243, 9), (254, 44)], 9),
+    ]
+    for vlans, want in cases:
+        fields = [(8, 4), (12, 4), (2, 4), (1, 4)] + [(ie, 2) for ie, _ in vlans]
+        rec = bytes([10, 0, 0, 1, 10, 0, 0, 2]) + struct.pack("!II", 1, 100)
+        rec += b"".join(struct.pack("!H", v) for _, v in vlans)
+        dec = decoders_mod.Decoder(decoders_mod.DecoderConfig(default_sampling=0))
+        dgram = _v9(fields, rec) if version == 9 else _ipfix(fields, rec)
+        (f,) = dec.decode(dgram, "192.0.2.1", 2055, 1_700_000_000.0).to_dicts()
+        assert f.get("Vlan") == want, (vlans, f)
+        for ie, v in vlans:
+            if ie in (59, 254):
+                assert f.get(f"ie{ie}") == f"{v:04x}", (vlans, f)
+
+
+def _ipfix(fields: list[tuple[int, int]], record: bytes) -> bytes:
+    """An IPFIX message: template 256 with `fields`, then one data record."""
+    tpl = struct.pack("!HH", 256, len(fields)) + b"".join(struct.pack("!HH", t, n) for t, n in fields)
+    tset = struct.pack("!HH", 2, 4 + len(tpl)) + tpl
+    dset = struct.pack("!HH", 256, 4 + len(record)) + record
+    body = tset + dset
+    return struct.pack("!HHIII", 10, 16 + len(body), 1_700_000_000, 1, 0) + body

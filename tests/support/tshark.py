@@ -592,6 +592,13 @@ def expected_from_cflow(pkt: CflowPacket, cset: CflowSet, rec: dict) -> dict[str
         # address; the post element (81/57) beside it gives the MAC when it has one
         if exp.get(fkey) == ZERO_MAC and post in rec and _mac(_vals(rec, post)[0]) != ZERO_MAC:
             exp[fkey] = _mac(_vals(rec, post)[0])
+    if not any(to_int(v) & 0x0FFF for k in ("cflow.vlanid", "cflow.dot1q_vlan_id") for v in _vals(rec, k)):
+        # README (Vlan): without a VLAN in vlanId/dot1qVlanId (58/243), absent or 0, the first
+        # non-zero postVlanId/postDot1qVlanId (59/254) is the Vlan
+        posts = [to_int(v) & 0x0FFF for k in ("cflow.post_vlanid", "cflow.post_dot1q_vlan_id")
+                 for v in _vals(rec, k)]
+        if any(posts):
+            exp["Vlan"] = next(v for v in posts if v)
     if "cflow.srcport" in rec:
         exp["SrcPort"] = to_int(rec["cflow.srcport"])
     if "cflow.dstport" in rec:
