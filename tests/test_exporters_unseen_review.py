@@ -30,6 +30,7 @@ from tests.test_exporters import (
     check_against_traffic,
     decode_capture,
 )
+from tests.test_exporters_more import vlan_pcap
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -103,14 +104,13 @@ def test_nfdump_nfreplay_vlans(workdir: Path, decoders_mod) -> None:
     per flow), and ie59 stays as it came."""
     _skip_unless("nfpcapd", "nfreplay")
     generated = G.standard_flows()
-    for i, g in enumerate(generated):
-        g.vlan = 100 + i
-    (workdir / E.PCAP_NAME).write_bytes(G.build_pcap(generated, start=START))
+    vlans = [100 + i for i in range(len(generated))]
+    (workdir / E.PCAP_NAME).write_bytes(vlan_pcap(generated, vlans))
     cap, port = capture_export(workdir, lambda ns, port: E.run_nfreplay(ns, workdir, 9, port,
                                                                         nfpcapd_options=("-o", "fat")))
     problems, flows = decode_capture(decoders_mod, cap, "cflow", port)
     problems += check_against_traffic(flows, generated)
-    want = {_generated_key(g): g.vlan for g in generated}
+    want = {_generated_key(g): vid for g, vid in zip(generated, vlans, strict=True)}
     for f in flows:
         k = _flow_key(f)
         if k in want and f.get("Vlan") != want[k]:
@@ -118,6 +118,27 @@ def test_nfdump_nfreplay_vlans(workdir: Path, decoders_mod) -> None:
         if k in want and f.get("ie59") != f"{want[k]:04x}":
             problems.append(f"{k}: ie59 {f.get('ie59')}, nfreplay sent {want[k]:04x}")
     assert flows, "nfreplay sent no flow"
+    assert not problems, "\n".join(problems[:20])
+
+
+def test_softflowd_biflow_vlans(workdir: Path, decoders_mod) -> None:
+    """softflowd -v 10 -b -T vlan, split into one flow per direction: each direction's frames
+    carry their own tag, and softflowd keeps a direction whose tag differs from its reverse's as
+    a record of its own, all in the reverse counters, with vlanId 0 and the tag in postVlanId (59),
+    its VLAN for the reverse direction. Every flow's Vlan is its frames' tag."""
+    _skip_unless("softflowd")
+    generated = G.standard_flows()
+    vlans = [100 + i for i in range(len(generated))]
+    (workdir / E.PCAP_NAME).write_bytes(vlan_pcap(generated, vlans))
+    cap, port = capture_export(workdir, lambda ns, port: E.run_softflowd(ns, workdir, "10", port,
+                                                                         extra=("-b", "-T", "vlan")))
+    problems, flows = decode_capture(decoders_mod, cap, "cflow", port, split_biflows=True)
+    problems += check_against_traffic(flows, generated)
+    want = {_generated_key(g): vid for g, vid in zip(generated, vlans, strict=True)}
+    for f in flows:
+        k = _flow_key(f)
+        if k in want and f.get("Vlan") != want[k]:
+            problems.append(f"{k}: Vlan {f.get('Vlan')}, the frames' tag {want[k]} (ie59 {f.get('ie59')})")
     assert not problems, "\n".join(problems[:20])
 
 

@@ -44,7 +44,6 @@ class Flow:
     src_mac: str = "02:00:00:00:00:01"
     dst_mac: str = "02:00:00:00:00:02"
     tos: int = 0
-    vlan: int = 0  # 802.1Q VID: the frames carry one tag (TPID 0x8100) when non-zero
 
     @property
     def v6(self) -> bool:
@@ -110,8 +109,7 @@ class Flow:
                             self.proto, 0, s, d)
             ip = h[:10] + struct.pack("!H", _csum(h)) + h[12:]
             etype = 0x0800
-        tag = struct.pack("!HH", 0x8100, self.vlan) if self.vlan else b""
-        return mac_bytes(self.dst_mac) + mac_bytes(self.src_mac) + tag + struct.pack("!H", etype) + ip + l4
+        return mac_bytes(self.dst_mac) + mac_bytes(self.src_mac) + struct.pack("!H", etype) + ip + l4
 
 
 def build_pcap(flows: list[Flow], *, start: float = 1_700_000_000.0, gap: float = 0.01) -> bytes:
