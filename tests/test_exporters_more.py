@@ -109,13 +109,15 @@ def test_ovs_sflow_short_header_ipv6_fragments(env, decoders_mod) -> None:  # no
     header still names the upper-layer protocol in its first byte (RFC 8200 4.5: Next Header),
     as a cut hop-by-hop header does for MLD: every IPv6 sample is a UDP (17) packet without
     ports, as the IPv4 fragments' samples are and as the same IPv6 fragments are with a longer
-    header; never the fragment header's number (44)."""
+    header; never the fragment header's number (44). The same samples decode as tshark reads
+    them (a cut extension header: the protocol its Next Header names, where tshark read it)."""
     import collections
     import random
     import time
 
     from tests.support import netns as N
     from tests.support import ovs as O
+    from tests.test_golden_corpus import check_sflow_capture
     from tests.test_ovs import decode_all, split_capture
 
     ovs, ns, br, a, b, d = env.ovs, env.ns, env.bridge, env.a, env.b, env.dir
@@ -135,8 +137,11 @@ def test_ovs_sflow_short_header_ipv6_fragments(env, decoders_mod) -> None:  # no
             ovs.clear_exports(br)
         finally:
             cap.stop()
-    datagrams, _ = split_capture(cap_path, port, "sflow")
+    datagrams, packets = split_capture(cap_path, port, "sflow")
     assert datagrams, "OVS sent no sFlow"
+    problems = check_sflow_capture(decoders_mod.Decoder(decoders_mod.DecoderConfig(default_sampling=0)),
+                                   datagrams, packets, "ovs-sflow-header-60")
+    assert not problems, "\n".join(problems)
     # (ICMPv6 neighbour discovery between the pods may be sampled too: not the datagrams sent)
     flows = [f for f in decode_all(decoders_mod, datagrams, default_sampling=0)
              if (f.get("SrcAddr"), f.get("DstAddr")) in ((a.ipv4, b.ipv4), (a.ipv6, b.ipv6))

@@ -1279,6 +1279,15 @@ def expected_from_header(tree: dict) -> dict[str, Any]:
         exp["DstAddr"] = _first(ip["ipv6.dst"])
         exp["Proto"] = to_int(ip["ipv6.nxt"])
         # Extension headers (hop-by-hop in MLD, ...): the flow's protocol is the final header.
+        # A header cut inside one: its Next Header (its first byte, RFC 8200 4.2-4.6) when
+        # tshark read it (ipv6.hopopts.nxt), else tshark cannot tell the protocol (a cut
+        # fragment header: nothing): no expectation, never the extension header's own number.
+        chain = [to_int(x) for k, v in ip.items() if k.startswith("ipv6.") and k.endswith(".nxt")
+                 and k != "ipv6.nxt" for x in _as_list(v)]
+        if exp["Proto"] in _IPV6_EXT:
+            exp.pop("Proto")
+            if chain and chain[-1] not in _IPV6_EXT:
+                exp["Proto"] = chain[-1]
         for l4, num in (("icmpv6", 58), ("tcp", 6), ("udp", 17)):
             if l4 in L:
                 exp["Proto"] = num
