@@ -61,22 +61,36 @@ def parse_size(v: Any) -> int:
     else:
         m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", str(v))
         if not m or m.group(2).lower() not in _SIZE_UNITS:
-            raise ValueError(_SIZE_HELP)
-        n = int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+            try:   # a byte count written as parse_int takes it (0x2000000, 33_554_432), as YAML read it
+                n = parse_int(v)
+            except ValueError:
+                raise ValueError(_SIZE_HELP) from None
+        else:
+            n = int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
     if n < 0:
         raise ValueError("must not be negative")
     return n
 
 
 def parse_int(v: Any) -> int:
+    """An integer, decimal whatever its leading zeros (`010` is ten, as an operator padding a
+    value means it: nothing here is a file mode), or with an explicit base prefix (0x, 0o, 0b)."""
     # A float (YAML `2.9` or `2.0`) is refused like the same text from a flag or variable,
     # instead of being truncated.
     if isinstance(v, (bool, float)):
         raise ValueError("expected an integer")
-    try:
-        return int(str(v).strip(), 0) if isinstance(v, str) else int(v)
-    except (TypeError, ValueError):
-        raise ValueError("expected an integer") from None
+    if not isinstance(v, str):
+        try:
+            return int(v)
+        except (TypeError, ValueError):
+            raise ValueError("expected an integer") from None
+    s = v.strip()
+    for base in (10, 0):   # (int(s, 0) alone refuses `010`: Python 3 has no C octal)
+        try:
+            return int(s, base)
+        except ValueError:
+            pass
+    raise ValueError("expected an integer")
 
 
 def parse_float(v: Any) -> float:
@@ -285,6 +299,7 @@ def ranged(parse: Callable[[Any], Any], lo: float | None = None, hi: float | Non
             raise ValueError(f"{n} is out of range: must be {bounds}")
         return n
 
+    check.base = parse  # type: ignore[attr-defined]  # (what the value is read as: see _numbers_as_written)
     return check
 
 
@@ -672,19 +687,41 @@ def _safe_load_unique(stream: Any, prepare: Callable[[yaml.Node], None] | None =
 # text as written is meant (`cluster_name: 0123` is not the octal number 83, `client_id: 1.10` not
 # 1.1, `sasl_user: no` not False).
 _NOT_STR_TAGS = {"tag:yaml.org,2002:" + t for t in ("bool", "int", "float", "timestamp")}
+# What YAML 1.1 reads as an integer that a flag or variable does not: `010` as octal 8, `1:20` as
+# sexagesimal 80. For an option that takes a number (and a sampling rate) the text is read by the
+# option's own parser instead, as from a flag or variable: `workers: 010` is 10.
+_INT_TAGS = {"tag:yaml.org,2002:int"}
+
+
+def _base_parser(o: Option) -> Callable[[Any], Any]:
+    parse = o.f.metadata["parse"]
+    return getattr(parse, "base", parse)  # type: ignore[no-any-return]
 
 
 def _text_as_written(node: yaml.Node) -> None:
     """Re-tag, before construction, the plain scalars given to options that take text (and to the
-    items of text lists) as strings, so that they keep their text instead of YAML's reading of it."""
+    items of text lists) as strings, so that they keep their text instead of YAML's reading of it;
+    likewise the integers given to options that take numbers (see _INT_TAGS)."""
     if not isinstance(node, yaml.MappingNode):
         return
-    text = {o.key for o in options() if o.f.metadata["parse"] in (parse_str, parse_list)}
+    tags: dict[str, set[str]] = {}
+    for o in options():
+        base = _base_parser(o)
+        if base in (parse_str, parse_list):
+            tags[o.key] = _NOT_STR_TAGS
+        elif base in (parse_int, parse_size, parse_seconds, parse_float, parse_map):
+            tags[o.key] = _INT_TAGS
     sections = {o.section for o in options() if o.section}
 
-    def retag(v: yaml.Node) -> None:
-        for item in (v.value if isinstance(v, yaml.SequenceNode) else [v]):
-            if isinstance(item, yaml.ScalarNode) and item.style is None and item.tag in _NOT_STR_TAGS:
+    def retag(v: yaml.Node, which: set[str]) -> None:
+        if isinstance(v, yaml.MappingNode):   # (sampling: {CIDR: RATE}: the rates)
+            items = [val for _, val in v.value]
+        elif isinstance(v, yaml.SequenceNode):
+            items = v.value
+        else:
+            items = [v]
+        for item in items:
+            if isinstance(item, yaml.ScalarNode) and item.style is None and item.tag in which:
                 item.tag = "tag:yaml.org,2002:str"
 
     for k, v in node.value:
@@ -693,10 +730,11 @@ def _text_as_written(node: yaml.Node) -> None:
         name = str(k.value).replace("-", "_")
         if name in sections and isinstance(v, yaml.MappingNode):
             for sk, sv in v.value:
-                if isinstance(sk, yaml.ScalarNode) and f"{name}.{str(sk.value).replace('-', '_')}" in text:
-                    retag(sv)
-        elif name in text:
-            retag(v)
+                key = f"{name}.{str(sk.value).replace('-', '_')}" if isinstance(sk, yaml.ScalarNode) else ""
+                if key in tags:
+                    retag(sv, tags[key])
+        elif name in tags:
+            retag(v, tags[name])
 
 
 def load_yaml(path: str, source: str = "--config") -> dict[str, Any]:

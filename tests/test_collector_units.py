@@ -242,6 +242,54 @@ def test_a_key_given_twice_in_the_config_file_is_refused(tmp_path: Path, text: s
     assert (cfg.kafka.topic, cfg.kafka.tls, cfg.workers) == ("t", False, 2)
 
 
+@pytest.mark.parametrize("key,text,value", [
+    ("workers", "010", 10),
+    ("rcvbuf", "010", 10),
+    ("max_exporter_state", "02000000", 2000000),
+    ("shutdown_timeout", "010", 10.0),
+    ("kafka.linger_ms", "010", 10),
+    ("kafka.compression_level", "-07", -7),
+    ("enrich.tombstone_seconds", "0300", 300.0),
+])
+def test_a_leading_zero_is_decimal_from_every_source(tmp_path: Path, key: str, text: str, value: Any) -> None:
+    """YAML 1.1 reads `010` as octal: `workers: 010` started 8 workers, while FLOWSCOPE_WORKERS=010
+    and --workers 010 were refused (and --rcvbuf 010 was 10). Nothing here is a file mode: `010`
+    is ten from the file, the variable and the flag alike."""
+    o = next(o for o in C.options() if o.key == key)
+    section, _, name = key.rpartition(".")
+    f = tmp_path / "c.yaml"
+    extra = {"kafka.compression_level": "  compression: zstd\n"}.get(key, "")
+    f.write_text(f"{section}:\n{extra}  {name}: {text}\n" if section else f"{name}: {text}\n")
+    env = {"FLOWSCOPE_KAFKA_COMPRESSION": "zstd"} if extra else {}
+
+    def got(cfg: C.Config) -> Any:
+        return getattr(getattr(cfg, section) if section else cfg, name)
+
+    assert got(load(["--config", str(f)], env)) == value
+    assert got(load([], {**env, o.env: text})) == value
+    assert got(load([f"{o.flag}={text}"], env)) == value
+
+
+def test_yaml_readings_of_numbers_a_flag_does_not_make_are_not_made(tmp_path: Path) -> None:
+    """The file's sampling rates read as the flag's (`0100` is 100, not octal 64), and YAML 1.1's
+    sexagesimal integers (`workers: 1:20` was 80 workers) are refused as from a flag."""
+    f = tmp_path / "c.yaml"
+    f.write_text("sampling:\n  10.0.0.0/8: 0100\n")
+    assert load(["--config", str(f)]).sampling == load(["--sampling", "10.0.0.0/8=0100"]).sampling \
+        == {"10.0.0.0/8": 100}
+    f.write_text("workers: 1:20\n")
+    with pytest.raises(C.ConfigError) as e:
+        load(["--config", str(f)])
+    assert str(e.value) == f"workers (from {f}): expected an integer"
+    with pytest.raises(C.ConfigError):
+        load(["--workers", "1:20"])
+    # explicit bases keep their meaning everywhere
+    f.write_text("kafka:\n  linger_ms: 0x10\nrcvbuf: 0x2000000\n")
+    cfg = load(["--config", str(f)])
+    assert (cfg.kafka.linger_ms, cfg.rcvbuf) == (16, 0x2000000) == (load(["--kafka-linger-ms", "0x10"]).kafka.linger_ms,
+                                                                   load(["--rcvbuf", "0x2000000"]).rcvbuf)
+
+
 @pytest.mark.parametrize("argv,env,message", [
     (["--rcvbuf", "2GiB"], {}, "rcvbuf (from --rcvbuf): 2147483648 is out of range: must be between 0 and 2147483647"),
     ([], {"FLOWSCOPE_RCVBUF": "4294967296"}, "rcvbuf (from FLOWSCOPE_RCVBUF): 4294967296 is out of range"),
