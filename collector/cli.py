@@ -152,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Receive NetFlow v5/v9, IPFIX and sFlow v5 over UDP and publish one JSON "
                          "flow per record (NetObserv names) to Kafka, a file or stdout. Every option can also "
                          "be set with the FLOWSCOPE_* variable shown, or in the YAML file given by --config "
-                         "(precedence: flag > variable > file > default).",
+                         "(precedence: flag > variable > file > default). An option that takes a list takes its items "
+                         "separated by commas or spaces, or its flag repeated.",
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     config_mod.add_arguments(run)
 

@@ -159,7 +159,11 @@ def parse_str(v: Any) -> str:
 
 
 def parse_list(v: Any) -> list[str]:
-    """A YAML list, or a comma-separated string (flags and variables)."""
+    """A YAML list, or a string of items separated by commas or spaces (flags and variables;
+    `FLOWSCOPE_LISTEN="netflow://:2055 sflow://:6343"`). No list option's item can hold a space
+    (listeners, brokers, CIDRs, CIDR=RATE, namespace prefixes), so spaces are unambiguous: a
+    space-separated value was taken as one item, refused as a bad listener or broker without
+    a word about separators, or, for namespace prefixes, accepted as one prefix matching nothing."""
     if v is None:
         return []
     items = v if isinstance(v, (list, tuple)) else [v]
@@ -167,7 +171,7 @@ def parse_list(v: Any) -> list[str]:
     for item in items:
         if isinstance(item, (dict, list)):
             raise ValueError("expected a list of strings")
-        out.extend(p.strip() for p in str(item).split(",") if p.strip())
+        out.extend(p for p in re.split(r"[,\s]+", str(item)) if p)
     return out
 
 
@@ -179,6 +183,9 @@ def parse_map(v: Any) -> dict[str, int]:
         pairs = [(str(k), val) for k, val in v.items()]
     else:
         pairs = []
+        # (`10.0.0.0/8 = 100` read as one pair before items could be separated by spaces)
+        items = v if isinstance(v, (list, tuple)) else [v]
+        v = [re.sub(r"\s*=\s*", "=", str(i)) if isinstance(i, str) else i for i in items]
         for item in parse_list(v):
             if "=" not in item:
                 raise ValueError(f"{item!r}: expected CIDR=RATE, e.g. 10.0.0.0/8=100")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from dataclasses import dataclass, field
 
 # Where the kubelet mounts the ServiceAccount namespace in every pod (the Downward API
@@ -180,7 +181,9 @@ def config_from_args(args: argparse.Namespace, **overrides: object) -> EnrichCon
         kwargs["context"] = args.kube_context
     prefixes = getattr(args, "infra_namespace_prefixes", None)
     if prefixes is not None:
-        kwargs["infra_namespace_prefixes"] = list(prefixes)
+        # separated by commas or spaces as `flowscope run` takes them (collector.config.parse_list;
+        # no namespace name holds either): `--infra-namespace-prefix openshift,kube-` was one prefix
+        kwargs["infra_namespace_prefixes"] = [p for v in prefixes for p in re.split(r"[,\s]+", v) if p]
     if getattr(args, "flow_layer_rule", None):
         kwargs["flow_layer_rule"] = args.flow_layer_rule
     kwargs.update(overrides)

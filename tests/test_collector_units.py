@@ -290,6 +290,31 @@ def test_yaml_readings_of_numbers_a_flag_does_not_make_are_not_made(tmp_path: Pa
                                                                    load(["--rcvbuf", "0x2000000"]).rcvbuf)
 
 
+@pytest.mark.parametrize("key,text,value", [
+    ("listen", "netflow://127.0.0.1:2055 sflow://127.0.0.1:6343", ["netflow://127.0.0.1:2055", "sflow://127.0.0.1:6343"]),
+    ("kafka.brokers", "k1:9092  k2:9092", ["k1:9092", "k2:9092"]),
+    ("enrich.infra_namespace_prefixes", "openshift kube- infra-", ["openshift", "kube-", "infra-"]),
+    ("allow_exporters", "10.0.0.0/8, 192.0.2.0/24 fd00::/8", ["10.0.0.0/8", "192.0.2.0/24", "fd00::/8"]),
+    ("sampling", "10.0.0.0/8=100 192.0.2.0/24 = 7", {"10.0.0.0/8": 100, "192.0.2.0/24": 7}),
+])
+def test_a_list_option_takes_items_separated_by_spaces_from_every_source(tmp_path: Path, key: str, text: str,
+                                                                        value: Any) -> None:
+    """`FLOWSCOPE_LISTEN="netflow://... sflow://..."` was refused as one bad listener (nothing said
+    to separate with commas), and `--infra-namespace-prefix "openshift kube-"` was taken as one
+    prefix that no namespace starts with. No item of a list option can hold a space."""
+    o = next(o for o in C.options() if o.key == key)
+    section, _, name = key.rpartition(".")
+    f = tmp_path / "c.yaml"
+    f.write_text(f"{section}:\n  {name}: '{text}'\n" if section else f"{name}: '{text}'\n")
+
+    def got(cfg: C.Config) -> Any:
+        return getattr(getattr(cfg, section) if section else cfg, name)
+
+    assert got(load(["--config", str(f)])) == value
+    assert got(load([], {o.env: text})) == value
+    assert got(load([o.flag, text])) == value
+
+
 @pytest.mark.parametrize("argv,env,message", [
     (["--rcvbuf", "2GiB"], {}, "rcvbuf (from --rcvbuf): 2147483648 is out of range: must be between 0 and 2147483647"),
     ([], {"FLOWSCOPE_RCVBUF": "4294967296"}, "rcvbuf (from FLOWSCOPE_RCVBUF): 4294967296 is out of range"),
@@ -331,8 +356,10 @@ def test_run_and_config_take_enrich_auto() -> None:
      "is not a valid Kafka topic"),
     (["--kafka-brokers", ":9092"], "kafka.brokers (from --kafka-brokers): ':9092': expected HOST:PORT with a host "
      "name or address"),
-    (["--kafka-brokers", "a b:9092"], "kafka.brokers (from --kafka-brokers): 'a b:9092': expected HOST:PORT with a "
+    # ("a b:9092" is two items now, list items being separated by spaces too: 'a' has no port)
+    (["--kafka-brokers", "a/b:9092"], "kafka.brokers (from --kafka-brokers): 'a/b:9092': expected HOST:PORT with a "
      "host name or address"),
+    (["--kafka-brokers", "a b:9092"], "kafka.brokers (from --kafka-brokers): 'a': expected HOST:PORT"),
 ])
 def test_kafka_names_a_broker_refuses_are_configuration_errors(argv: list[str], message: str) -> None:
     """A topic name Kafka refuses (or a broker address with no host) started a collector that

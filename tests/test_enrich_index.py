@@ -1387,6 +1387,10 @@ def test_cli_arguments() -> None:
     c = enrich.config_from_args(p.parse_args(["--enrich=false", "--kubeconfig", "/k", "--cluster-name", "east",
                                               "--infra-namespace-prefix", "sys-", "--infra-namespace-prefix", "ops"]))
     assert (c.enabled, c.kubeconfig, c.cluster_name, c.infra_namespace_prefixes) == (False, "/k", "east", ["sys-", "ops"])
+    # a list as `flowscope run` takes it (`flowscope decode --infra-namespace-prefix sys-,ops` was one prefix)
+    c = enrich.config_from_args(p.parse_args(["--infra-namespace-prefix", "sys-,ops", "--infra-namespace-prefix",
+                                              "infra- tools"]))
+    assert c.infra_namespace_prefixes == ["sys-", "ops", "infra-", "tools"]
     assert enrich.config_from_args(p.parse_args(["--no-enrich"])).enabled is False
     assert enrich.config_from_args(p.parse_args(["--enrich"])).enabled is True
     assert enrich.config_from_args(p.parse_args(["--no-enrich", "--enrich=yes"])).enabled is True
