@@ -34,6 +34,33 @@ log = logging.getLogger("flowscope")
 #: Signals that stop the collector cleanly (drain, flush, count): SIGHUP too, which a closed
 #: terminal sends to every process of the group (workers included), so nothing goes uncounted.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+#: The stop signals `flowscope run` handles from its first line (collector.cli.main), before its
+#: event loop does: SIGINT is Python's KeyboardInterrupt there already (exit 130).
+EARLY_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+# The stop signals that came after defer_stop_signals and before the event loop took them over.
+_deferred_stops: list[int] = []
+
+
+def _defer_stop(signum: int, _frame: Any) -> None:
+    _deferred_stops.append(signum)
+
+
+def defer_stop_signals(signals: tuple[signal.Signals, ...] = EARLY_STOP_SIGNALS) -> None:
+    """From here until the event loop handles them, a SIGTERM or SIGHUP is noted, and acted on
+    once the loop takes the signals over (stopped_while_starting): raised as an exception
+    (collector.cli) it would leave a supervisor's forked workers behind, and with the default
+    action it killed the process with status 143 and no word in the log."""
+    for sig in signals:
+        signal.signal(sig, _defer_stop)
+
+
+def stopped_while_starting(what: str) -> bool:
+    """Whether a stop signal came before the event loop handled the signals; logged (`what`: what
+    is left undone). Called once the loop's handlers are in place, so none goes unseen."""
+    if not _deferred_stops:
+        return False
+    log.info("stopped by %s while starting: %s", signal.Signals(_deferred_stops[0]).name, what)
+    return True
 
 
 def build_info(cfg: Config) -> tuple[str, str, str]:
@@ -279,6 +306,8 @@ async def _worker_main(cfg: Config, index: int | None, enrich_cfg: Any,
     loop = asyncio.get_running_loop()
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
+    if stopped_while_starting("nothing was received; exiting"):
+        return 0
     servers: list[HttpServer] = []
     # Before the start-up, which can outlast any silence limit (state files of millions of
     # template fields take seconds each, and every worker loads all of them): with --workers N
@@ -354,6 +383,7 @@ async def _worker_main(cfg: Config, index: int | None, enrich_cfg: Any,
 def run(cfg: Config, enrich_cfg: Any = None, enrich_note: str = "") -> int:
     """Blocking entry point of `flowscope run`; returns the exit code. `enrich_cfg` is None when
     enrichment is off (`enrich_note` says why, or where its cluster access comes from)."""
+    defer_stop_signals()
     setup_logging(cfg.log_level, fmt=cfg.log_format)
     tune_malloc()
     log.info("flowscope %s (Python %s, %s event loop)", *build_info(cfg))
@@ -377,8 +407,10 @@ def _child(cfg: Config, index: int, conn: Connection, enrich_cfg: Any,
     from . import sinks
 
     sinks.topic_turn = (turn, index == 0)
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_DFL)
+    # A stop forwarded by the supervisor (or a terminal's Ctrl-C, sent to the whole group) while
+    # this worker starts is noted, not fatal (see defer_stop_signals): with the default action
+    # (as before) the worker died at once, counted as failed.
+    defer_stop_signals(STOP_SIGNALS)
     # A supervisor killed outright (SIGKILL, the OOM killer) cannot forward a stop: the kernel
     # sends SIGTERM instead, and the worker drains, flushes and counts as on any stop.
     die_with_parent(parent, signal.SIGTERM)
@@ -465,6 +497,8 @@ def _supervise(cfg: Config, enrich_cfg: Any, factory: Callable[[], asyncio.Abstr
     children: dict[int, tuple[int, Connection]] = {}
     if not ports_free(cfg):
         return 2
+    if stopped_while_starting("no worker was started; exiting"):
+        return 0
     me = os.getpid()
     turn = multiprocessing.get_context("fork").Event()  # see sinks.topic_turn
     sys.stdout.flush()
@@ -496,6 +530,8 @@ def _supervise(cfg: Config, enrich_cfg: Any, factory: Callable[[], asyncio.Abstr
         exited: dict[int, int] = {}
         for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, stop.set)
+        if stopped_while_starting("stopping the workers"):
+            stop.set()
 
         def reader(i: int, conn: Connection) -> None:
             try:

@@ -11,6 +11,7 @@ import argparse
 import errno
 import logging
 import os
+import signal
 import sys
 from typing import Any
 
@@ -262,7 +263,35 @@ def reopen_closed_std_fds() -> list[int]:
     return closed
 
 
+class StoppedWhileStarting(BaseException):
+    """A stop signal (SIGTERM, SIGHUP) that came while `flowscope run` loaded its modules and
+    checked its configuration and cluster access (a kubeconfig's exec plugin may take seconds),
+    before collector.app takes the signals over (see app.defer_stop_signals). A BaseException,
+    so that no `except Exception` of the start-up checks takes it for a failure of theirs."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop_while_starting(signum: int, _frame: Any) -> None:
+    raise StoppedWhileStarting(signum)
+
+
+# the configuration `run` loaded, once it has: how to log the stop above (its --log-format)
+_run_cfg: config_mod.Config | None = None
+
+
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if next((tok for tok in args if not tok.startswith("-")), None) == "run":
+        # SIGTERM (Kubernetes stopping a pod that is still starting: a rollout, a scale-down) or
+        # SIGHUP before the collector handled them killed it with status 143 and not a line said
+        # why. Handled from here on; the other commands keep the default (they stop at once).
+        from .app import EARLY_STOP_SIGNALS
+
+        for sig in EARLY_STOP_SIGNALS:
+            signal.signal(sig, _stop_while_starting)
     try:
         return _main(argv)
     except KeyboardInterrupt:
@@ -270,6 +299,18 @@ def main(argv: list[str] | None = None) -> int:
         # plugin runs or the informers are set up) printed a traceback of wherever it landed
         print("flowscope: interrupted", file=sys.stderr)
         return 130
+    except StoppedWhileStarting as exc:
+        # a stop asked for, as SIGTERM once started: exit 0 (nothing was received, nothing lost)
+        what = (f"stopped by {signal.Signals(exc.signum).name} while starting, before any listener was opened: "
+                "nothing was received")
+        if _run_cfg is not None and _run_cfg.log_format == "json":
+            from .util import setup_logging
+
+            setup_logging(_run_cfg.log_level, fmt="json")
+            logging.getLogger("flowscope").info("%s", what)
+        else:
+            print(f"flowscope: {what}", file=sys.stderr)
+        return 0
 
 
 def _main(argv: list[str] | None) -> int:
@@ -328,6 +369,8 @@ def _main(argv: list[str] | None) -> int:
         sys.stdout.write(config_mod.to_yaml(cfg))
         return 0
     # run
+    global _run_cfg
+    _run_cfg = cfg
     from .util import setup_logging
 
     def refuse(what: str) -> int:

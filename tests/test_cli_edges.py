@@ -200,3 +200,92 @@ def test_ctrl_c_while_run_starts_is_no_traceback(tmp_path: Path) -> None:
             p.kill()
             p.wait()
     assert (p.returncode, err) == (130, "flowscope: interrupted\n"), err[-2000:]
+
+
+def _exec_plugin_kubeconfig(tmp_path: Path, mark: Path) -> Path:
+    """A kubeconfig whose exec plugin (a cloud's token command) notes that it runs, then takes
+    its time: `flowscope run` loads the credentials before it starts anything."""
+    kc = tmp_path / "kc.yaml"
+    kc.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: c, cluster: {server: 'http://127.0.0.1:9'}}]\n"
+        "contexts: [{name: c, context: {cluster: c, user: u}}]\n"
+        "users: [{name: u, user: {exec: {apiVersion: client.authentication.k8s.io/v1beta1, command: /bin/sh, "
+        f"args: ['-c', 'touch {mark}; sleep 5'], interactiveMode: Never}}}}}}]\n")
+    return kc
+
+
+@pytest.mark.parametrize("sig,log_format", [("SIGTERM", "text"), ("SIGHUP", "text"), ("SIGTERM", "json")])
+def test_sigterm_while_run_starts_is_a_logged_clean_stop(tmp_path: Path, sig: str, log_format: str) -> None:
+    """SIGTERM before `flowscope run` handled it (Kubernetes stopping a pod still starting, here
+    while the kubeconfig's exec plugin runs) killed it with status 143 and not a word; it is a
+    line saying so and exit status 0, as a SIGTERM once started (nothing was received)."""
+    import json
+    import signal
+    import time
+
+    mark = tmp_path / "plugin-running"
+    kc = _exec_plugin_kubeconfig(tmp_path, mark)
+    p = subprocess.Popen([sys.executable, "-m", "collector.cli", "run", "--kubeconfig", str(kc), "--listen",
+                          f"netflow://127.0.0.1:{free_udp_port()}", "--metrics-addr", "", "--log-format",
+                          log_format], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    try:
+        deadline = time.monotonic() + 30
+        while not mark.exists() and time.monotonic() < deadline and p.poll() is None:
+            time.sleep(0.02)
+        assert mark.exists(), p.communicate()[1]
+        p.send_signal(getattr(signal, sig))
+        _, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    what = f"stopped by {sig} while starting, before any listener was opened: nothing was received"
+    assert p.returncode == 0, (p.returncode, err[-2000:])
+    if log_format == "json":
+        [line] = err.splitlines()
+        assert {k: v for k, v in json.loads(line).items() if k in ("level", "msg")} == {"level": "info", "msg": what}
+    else:
+        assert err == f"flowscope: {what}\n", err[-2000:]
+
+
+# Runs `flowscope run` (argv[2:]) with a stop signal at a chosen point of its start-up, before
+# its event loop handles the signals: `supervisor`, as `run` sets itself up (SIGTERM to itself),
+# or `worker`, as each worker process of --workers N starts (SIGTERM to the whole process group,
+# as systemd or a closed terminal sends it: the supervisor and every worker).
+_STOP_DRIVER = """
+import os, signal, sys
+from collector import app, cli
+if sys.argv[1] == "supervisor":
+    tune = app.tune_malloc
+    app.tune_malloc = lambda: (os.kill(os.getpid(), signal.SIGTERM), tune())
+else:
+    die = app.die_with_parent
+    app.die_with_parent = lambda parent, sig: (die(parent, sig), os.killpg(0, signal.SIGTERM))
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("where,workers,said", [
+    ("supervisor", 1, "stopped by SIGTERM while starting: nothing was received; exiting"),
+    ("supervisor", 2, "stopped by SIGTERM while starting: no worker was started; exiting"),
+    ("worker", 2, "stopped by SIGTERM while starting: nothing was received; exiting"),
+])
+def test_sigterm_before_the_event_loop_handles_it_is_a_logged_clean_stop(tmp_path: Path, where: str, workers: int,
+                                                                        said: str) -> None:
+    """Between the configuration checks and the event loop's signal handlers (and in each worker
+    of --workers N until its own loop's), SIGTERM killed the process with status 143 and no log
+    line (a worker so killed made the supervisor exit 1 for a worker that "failed"). It is noted
+    and acted on as the loop starts: logged, nothing started, exit 0."""
+    port = free_udp_port()
+    r = subprocess.run([sys.executable, "-c", _STOP_DRIVER, where, "run", "--listen", f"netflow://127.0.0.1:{port}",
+                        "--metrics-addr", "", "--enrich", "false", "--workers", str(workers)],
+                       cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=60,
+                       start_new_session=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin",
+                                                    "HOME": str(tmp_path)})
+    assert r.returncode == 0, (r.returncode, r.stderr[-3000:])
+    assert f"INFO flowscope{' w0' if where == 'worker' else ''}: {said}\n" in r.stderr, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and "ERROR" not in r.stderr, r.stderr[-3000:]
+    if where == "supervisor":
+        assert f"listener netflow://127.0.0.1:{port}: bound" not in r.stderr, r.stderr[-3000:]
