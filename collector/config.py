@@ -622,8 +622,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help_text = f"{o.help} [default: {_fmt_default(o.default)}; env {o.env}]".replace("%", "%%")
         g = groups[o.section]
         if o.f.type in ("bool",) or isinstance(o.default, bool):
-            g.add_argument(o.flag, dest=o.dest, action=argparse.BooleanOptionalAction,
-                           default=argparse.SUPPRESS, help=help_text)
+            # `--dedup`, `--dedup=false` (any spelling its variable and the file take: a chart
+            # writing `--{{ key }}={{ value }}` was refused, "ignored explicit argument") or
+            # `--no-dedup`
+            g.add_argument(o.flag, dest=o.dest, nargs="?", const="true", default=argparse.SUPPRESS,
+                           metavar="BOOL", help=help_text)
+            g.add_argument("--no-" + o.flag[2:], dest=o.dest, action="store_const", const="false",
+                           default=argparse.SUPPRESS, help=f"same as {o.flag} false")
         elif o.f.metadata.get("repeat"):
             g.add_argument(o.flag, dest=o.dest, action="append", default=argparse.SUPPRESS,
                            metavar=_metavar(o), help=help_text)

@@ -315,6 +315,27 @@ def test_a_list_option_takes_items_separated_by_spaces_from_every_source(tmp_pat
     assert got(load([o.flag, text])) == value
 
 
+def test_a_switch_flag_takes_the_values_its_variable_takes(tmp_path: Path) -> None:
+    """FLOWSCOPE_DEDUP=false and `dedup: false` were taken, `--dedup=false` refused by argparse
+    ("ignored explicit argument 'false'"): a chart writing `--{{ key }}={{ value }}` into a
+    container's args could not set a switch. Every boolean flag takes a value now (the
+    variable's spellings), bare (true) and --no-X (false) as before."""
+    switches = [o for o in C.options() if isinstance(o.default, bool)]
+    assert len(switches) >= 6
+    for o in switches:
+        section, _, name = o.key.rpartition(".")
+
+        def got(cfg: C.Config, section: str = section, name: str = name) -> bool:
+            return bool(getattr(getattr(cfg, section) if section else cfg, name))
+
+        for argv, want in (([f"{o.flag}=false"], False), ([o.flag, "no"], False), ([f"{o.flag}=on"], True),
+                           ([o.flag], True), (["--no-" + o.flag[2:]], False), ([f"{o.flag}=1"], True)):
+            assert got(load(argv)) is want, (argv, want)
+    with pytest.raises(C.ConfigError) as e:
+        load(["--dedup=maybe"])
+    assert str(e.value) == "dedup (from --dedup): expected true or false (also yes/no, on/off, 1/0)"
+
+
 @pytest.mark.parametrize("argv,env,message", [
     (["--rcvbuf", "2GiB"], {}, "rcvbuf (from --rcvbuf): 2147483648 is out of range: must be between 0 and 2147483647"),
     ([], {"FLOWSCOPE_RCVBUF": "4294967296"}, "rcvbuf (from FLOWSCOPE_RCVBUF): 4294967296 is out of range"),
