@@ -790,6 +790,10 @@ def _flatten_yaml(data: Mapping[str, Any], path: str) -> dict[str, Any]:
     for k, v in data.items():
         k = str(k).replace("-", "_")
         if k in sections:
+            if v is None:
+                # `kafka:` with every option under it commented out (or left out by a template):
+                # no options, as an empty file is none
+                continue
             if not isinstance(v, Mapping):
                 raise ConfigError(f"{k} (from {path}): expected a mapping of {k} options")
             for sk, sv in v.items():

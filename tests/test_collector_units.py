@@ -315,6 +315,20 @@ def test_a_list_option_takes_items_separated_by_spaces_from_every_source(tmp_pat
     assert got(load([o.flag, text])) == value
 
 
+def test_a_section_with_every_option_commented_out_is_no_options(tmp_path: Path) -> None:
+    """`kafka:` whose options are all commented out (or left out by a chart's template) is YAML
+    null: it was refused, "expected a mapping of kafka options", while a file with every option
+    commented out (empty) was taken as no options. A section that is not a mapping still is."""
+    f = tmp_path / "c.yaml"
+    f.write_text("workers: 2\nkafka:\n#  brokers: [kafka:9092]\n#  topic: flows\nenrich:\n")
+    cfg = load(["--config", str(f)])
+    assert (cfg.workers, cfg.kafka.brokers, cfg.kafka.topic, cfg.enrich.enabled) == (2, [], "flowscope-flows", "auto")
+    f.write_text("kafka: [kafka:9092]\n")
+    with pytest.raises(C.ConfigError) as e:
+        load(["--config", str(f)])
+    assert str(e.value) == f"kafka (from {f}): expected a mapping of kafka options"
+
+
 def test_a_switch_flag_takes_the_values_its_variable_takes(tmp_path: Path) -> None:
     """FLOWSCOPE_DEDUP=false and `dedup: false` were taken, `--dedup=false` refused by argparse
     ("ignored explicit argument 'false'"): a chart writing `--{{ key }}={{ value }}` into a
