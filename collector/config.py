@@ -736,17 +736,22 @@ def _text_as_written(node: yaml.Node) -> None:
             if isinstance(item, yaml.ScalarNode) and item.style is None and item.tag in which:
                 item.tag = "tag:yaml.org,2002:str"
 
-    for k, v in node.value:
-        if not isinstance(k, yaml.ScalarNode):
-            continue
-        name = str(k.value).replace("-", "_")
-        if name in sections and isinstance(v, yaml.MappingNode):
-            for sk, sv in v.value:
-                key = f"{name}.{str(sk.value).replace('-', '_')}" if isinstance(sk, yaml.ScalarNode) else ""
-                if key in tags:
-                    retag(sv, tags[key])
-        elif name in tags:
-            retag(v, tags[name])
+    def walk(mapping: yaml.MappingNode, prefix: str) -> None:
+        for k, v in mapping.value:
+            if not isinstance(k, yaml.ScalarNode):
+                continue
+            if k.tag == "tag:yaml.org,2002:merge":   # `<<: *defaults`: its keys are this mapping's
+                for m in (v.value if isinstance(v, yaml.SequenceNode) else [v]):
+                    if isinstance(m, yaml.MappingNode):
+                        walk(m, prefix)
+                continue
+            name = prefix + str(k.value).replace("-", "_")
+            if not prefix and name in sections and isinstance(v, yaml.MappingNode):
+                walk(v, name + ".")
+            elif name in tags:
+                retag(v, tags[name])
+
+    walk(node, "")
 
 
 def load_yaml(path: str, source: str = "--config") -> dict[str, Any]:

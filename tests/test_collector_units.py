@@ -277,6 +277,10 @@ def test_yaml_readings_of_numbers_a_flag_does_not_make_are_not_made(tmp_path: Pa
     f.write_text("sampling:\n  10.0.0.0/8: 0100\n")
     assert load(["--config", str(f)]).sampling == load(["--sampling", "10.0.0.0/8=0100"]).sampling \
         == {"10.0.0.0/8": 100}
+    # and the same through a YAML merge key
+    f.write_text("kafka:\n  <<: {linger_ms: 010}\n<<: {workers: 010}\n")
+    cfg = load(["--config", str(f)])
+    assert (cfg.kafka.linger_ms, cfg.workers) == (10, 10)
     f.write_text("workers: 1:20\n")
     with pytest.raises(C.ConfigError) as e:
         load(["--config", str(f)])
