@@ -380,6 +380,19 @@ async def _worker_main(cfg: Config, index: int | None, enrich_cfg: Any,
     return 0
 
 
+def sink_destination(cfg: Config) -> str:
+    """Where the flows go, for the start-up log: the listeners and HTTP addresses are logged as
+    they are bound, the output was not (a Kafka topic or a file path mistyped went unseen until
+    a consumer found nothing)."""
+    kind = cfg.sink_kind()
+    if kind == "kafka":
+        counters = f", sFlow counter records to topic {cfg.kafka.counters_topic}" if cfg.counters else ""
+        return f"Kafka topic {cfg.kafka.topic} (brokers {','.join(cfg.kafka.brokers)}){counters}"
+    if kind == "file":
+        return f"file {os.path.abspath(cfg.output_file)}"
+    return "stdout"
+
+
 def run(cfg: Config, enrich_cfg: Any = None, enrich_note: str = "") -> int:
     """Blocking entry point of `flowscope run`; returns the exit code. `enrich_cfg` is None when
     enrichment is off (`enrich_note` says why, or where its cluster access comes from)."""
@@ -389,6 +402,11 @@ def run(cfg: Config, enrich_cfg: Any = None, enrich_note: str = "") -> int:
     log.info("flowscope %s (Python %s, %s event loop)", *build_info(cfg))
     if enrich_note:
         log.info("%s", enrich_note)
+    log.info("flows to %s", sink_destination(cfg))
+    if not cfg.metrics_addr:
+        # (the served ones are logged as they start: `http: serving ... on ADDR`)
+        log.info("http: /metrics not served (metrics_addr empty)%s",
+                 "" if cfg.health_addr else "; nor /healthz and /readyz (health_addr empty too)")
     factory = loop_factory(cfg.loop)
     if cfg.workers == 1:
         agg = Aggregator()

@@ -289,3 +289,43 @@ def test_sigterm_before_the_event_loop_handles_it_is_a_logged_clean_stop(tmp_pat
     assert "Traceback" not in r.stderr and "ERROR" not in r.stderr, r.stderr[-3000:]
     if where == "supervisor":
         assert f"listener netflow://127.0.0.1:{port}: bound" not in r.stderr, r.stderr[-3000:]
+
+
+@pytest.mark.parametrize("args,lines", [
+    (["--output-file", "flows.json", "--metrics-addr", ""],
+     ["flows to file {tmp}/flows.json", "http: /metrics not served (metrics_addr empty); nor /healthz and /readyz "
+      "(health_addr empty too)"]),
+    (["--kafka-brokers", "127.0.0.1:9,127.0.0.1:10", "--kafka-topic", "net-flows", "--counters", "--metrics-addr", "",
+      "--health-addr", "127.0.0.1:{hport}"],
+     ["flows to Kafka topic net-flows (brokers 127.0.0.1:9,127.0.0.1:10), sFlow counter records to topic "
+      "flowscope-counters", "http: /metrics not served (metrics_addr empty)"]),
+])
+def test_the_start_up_log_names_where_flows_go_and_what_http_is_not_served(tmp_path: Path, args: list[str],
+                                                                          lines: list[str]) -> None:
+    """The start-up log named the listeners and the HTTP addresses served, but not where the
+    flows go (a mistyped topic or file path went unseen until a consumer found nothing), nor
+    that /metrics, /healthz and /readyz were not served at all (probes refused, not a word)."""
+    import signal
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        hport = s.getsockname()[1]
+    args = [a.format(hport=hport) for a in args]
+    p = subprocess.Popen([sys.executable, "-m", "collector.cli", "run", "--listen",
+                          f"netflow://127.0.0.1:{free_udp_port()}", "--enrich", "false", *args], cwd=tmp_path,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    seen = []
+    try:
+        for line in p.stderr:  # type: ignore[union-attr]
+            seen.append(line)
+            if ": bound, SO_RCVBUF" in line:   # (logged after the lines looked for)
+                break
+        p.send_signal(signal.SIGTERM)
+        p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    for want in lines:
+        assert any(ln.rstrip().endswith(f"INFO flowscope: {want.format(tmp=tmp_path)}") for ln in seen), "".join(seen)
