@@ -106,22 +106,33 @@ def parse_float(v: Any) -> float:
     return n
 
 
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+# unit -> (multiplier, divisor): 100us is 100 / 1e6 = 0.0001, not 100 * 1e-6 = 9.999999999999999e-05
+_DURATION_UNITS = {"ns": (1, 1e9), "us": (1, 1e6), "\u00b5s": (1, 1e6), "ms": (1, 1e3), "s": (1, 1), "m": (60, 1),
+                   "h": (3600, 1)}
+_DURATION_PART = r"([0-9]+(?:\.[0-9]+)?)(ns|us|\u00b5s|ms|s|m|h)"
+
+
+def _duration(number: str, unit: str) -> float:
+    mul, div = _DURATION_UNITS[unit]
+    return float(number) * mul / div
 
 
 def parse_seconds(v: Any) -> float:
-    """Seconds: a number, or a number with a unit as Go and Kubernetes write durations (10s,
-    500ms, 2m, 1h)."""
+    """Seconds: a number, or a duration as Go and Kubernetes write it (10s, 500ms, 2m, 1h, and
+    Go's compound form, 1m30s or 1h0m0s as time.Duration prints it)."""
     if isinstance(v, str):
-        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)\s*", v.lower())
+        s = v.strip().lower()
+        m = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)\s*(ns|us|\u00b5s|ms|s|m|h)", s)   # (`10 s` too, as before)
         if m:
-            return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+            return _duration(m.group(1), m.group(2))
+        if re.fullmatch(f"(?:{_DURATION_PART})+", s):
+            return sum(_duration(n, u) for n, u in re.findall(_DURATION_PART, s))
     try:
         return parse_float(v)
     except ValueError as exc:
         if str(exc) != "expected a number":
             raise
-        raise ValueError("expected seconds such as 10, 0.5, 10s, 500ms or 2m") from None
+        raise ValueError("expected seconds such as 10, 0.5, 10s, 500ms, 2m or 1m30s") from None
 
 
 def parse_bool(v: Any) -> bool:

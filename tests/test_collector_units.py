@@ -2225,6 +2225,19 @@ def test_sasl_without_a_password_is_a_configuration_error(tmp_path: Path) -> Non
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.parametrize("text,seconds", [("1m30s", 90.0), ("1h0m0s", 3600.0), ("2m0.5s", 120.5), ("1s500ms", 1.5),
+                                          ("100us", 0.0001), ("250000\u00b5s", 0.25), ("5000000ns", 0.005)])
+def test_seconds_take_gos_compound_durations(tmp_path: Path, text: str, seconds: float) -> None:
+    """Durations are documented as "as Go and Kubernetes write them", but Go's own form
+    (time.Duration's String(): 1m30s, 1h0m0s; what a Go operator or chart renders) was refused,
+    as were its us/ns units. Each source takes them."""
+    f = tmp_path / "c.yaml"
+    f.write_text(f"shutdown_timeout: {text}\n")
+    assert load(["--config", str(f)]).shutdown_timeout == seconds
+    assert load([], {"FLOWSCOPE_SHUTDOWN_TIMEOUT": text}).shutdown_timeout == seconds
+    assert load(["--shutdown-timeout", text]).shutdown_timeout == seconds
+
+
 def test_seconds_take_a_duration_with_its_unit(tmp_path: Path) -> None:
     """FLOWSCOPE_SHUTDOWN_TIMEOUT=30s (how Go flags and Kubernetes manifests write durations)
     stopped the collector at start with "expected a number", which did not say seconds."""
@@ -2241,7 +2254,7 @@ def test_seconds_take_a_duration_with_its_unit(tmp_path: Path) -> None:
     assert (eff["shutdown_timeout"], eff["state_interval"], eff["stats_interval"], eff["enrich"]["tombstone_seconds"]) == (
         30.0, 0.5, 2.0, 300.0)
     with pytest.raises(C.ConfigError, match=r"^shutdown_timeout \(from FLOWSCOPE_SHUTDOWN_TIMEOUT\): expected seconds "
-                       r"such as 10, 0.5, 10s, 500ms or 2m$"):
+                       r"such as 10, 0.5, 10s, 500ms, 2m or 1m30s$"):
         load([], {"FLOWSCOPE_SHUTDOWN_TIMEOUT": "30 seconds"})
     with pytest.raises(C.ConfigError, match=r"^shutdown_timeout \(from --shutdown-timeout\): 7200.0 is out of range"):
         load(["--shutdown-timeout", "2h"])
