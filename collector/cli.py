@@ -155,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "be set with the FLOWSCOPE_* variable shown, or in the YAML file given by --config "
                          "(precedence: flag > variable > file > default). An option that takes a list takes its items "
                          "separated by commas or spaces, or its flag repeated.",
+                         epilog="Exit status: 0 when stopped by SIGTERM, SIGINT or SIGHUP (a SIGTERM or SIGHUP while "
+                         "starting included: logged, nothing started); 1 when a worker died or the sink cannot take "
+                         "data any more (stdout's reader gone); 2 for a configuration error or a start-up failure "
+                         "(a listener or HTTP address that cannot be bound, an output file that cannot be opened, "
+                         "an unusable kubeconfig); 130 for Ctrl-C before the collector handles it (while starting).",
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     config_mod.add_arguments(run)
 
@@ -164,7 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "--config refuses: give them with their variables when loading the output back. What `flowscope run` "
                          "would refuse at start (an unusable kubeconfig or context, Kafka TLS files it cannot "
                          "load) is refused here too, with the same message and exit status 2; nothing is started, "
-                         "and the kubeconfig's credentials are not loaded (no exec plugin runs).")
+                         "and the kubeconfig's credentials are not loaded (no exec plugin runs).",
+                         epilog="Exit status: 0 when the configuration was printed; 2 for a configuration error "
+                         "(what `flowscope run` would refuse at start) or a usage error.")
     config_mod.add_arguments(cfg)
     cfg.add_argument("--markdown", action="store_true", help="print the options table (docs) instead")
 

@@ -163,6 +163,23 @@ def test_run_help_documents_every_option() -> None:
         assert o.flag in r.stdout and o.env in r.stdout, o.key
 
 
+@pytest.mark.parametrize("command,codes", [("run", ("0 when stopped by SIGTERM", "1 when a worker died",
+                                                     "2 for a configuration error", "130 for Ctrl-C")),
+                                           ("config", ("0 when the configuration was printed",
+                                                       "2 for a configuration error"))])
+def test_run_and_config_help_give_their_exit_statuses(command: str, codes: tuple[str, ...]) -> None:
+    """replay, decode and health say their exit statuses in --help; run and config, the two an
+    operator scripts (a systemd unit, a CI check of a values file), said none, though
+    docs/collector.md documents them."""
+    r = subprocess.run([sys.executable, "-m", "collector.cli", command, "--help"], capture_output=True, text=True,
+                       env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "COLUMNS": "2000"}, cwd=ROOT,
+                       check=True)
+    text = " ".join(r.stdout.split())
+    assert "Exit status: " in text, r.stdout[-600:]
+    for code in codes:
+        assert code in text, code
+
+
 @pytest.mark.parametrize("command", ["run", "config"])
 def test_a_config_file_that_is_not_utf8_is_a_configuration_error(tmp_path: Path, command: str) -> None:
     f = tmp_path / "latin1.yaml"
