@@ -778,7 +778,11 @@ def load_yaml(path: str, source: str = "--config") -> dict[str, Any]:
     except UnicodeDecodeError:  # a binary or Latin-1 file (the error's offset is within a read chunk)
         raise ConfigError(f"{source} {path}: not UTF-8 text ({_first_non_utf8(path)}); save it as UTF-8") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source} {path}: not valid YAML: {exc}") from None
+        # (PyYAML's words for a tab say nothing of tabs: "found character '\\t' that cannot start
+        # any token"; an editor's tab indent or a tab after a colon is the usual cause)
+        hint = ("\n(a tab character: YAML indents with spaces, and takes none after a key's colon here; "
+                "replace it with spaces)" if "'\\t'" in str(exc) else "")
+        raise ConfigError(f"{source} {path}: not valid YAML: {exc}{hint}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

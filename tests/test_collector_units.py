@@ -350,6 +350,20 @@ def test_a_section_with_every_option_commented_out_is_no_options(tmp_path: Path)
     assert str(e.value) == f"kafka (from {f}): expected a mapping of kafka options"
 
 
+@pytest.mark.parametrize("text,line", [("kafka:\n\ttopic: t\n", 2), ("workers:\t2\n", 1)])
+def test_a_tab_in_the_config_file_is_named_as_a_tab(tmp_path: Path, text: str, line: int) -> None:
+    """A tab indent (or a tab after a key's colon, which PyYAML refuses) gave only PyYAML's
+    "found character '\\t' that cannot start any token": the error now says it is a tab and
+    what to write instead."""
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    with pytest.raises(C.ConfigError) as e:
+        load(["--config", str(f)])
+    assert f'line {line}, column' in str(e.value)
+    assert str(e.value).endswith("(a tab character: YAML indents with spaces, and takes none after a key's colon "
+                                 "here; replace it with spaces)"), str(e.value)
+
+
 def test_a_switch_flag_takes_the_values_its_variable_takes(tmp_path: Path) -> None:
     """FLOWSCOPE_DEDUP=false and `dedup: false` were taken, `--dedup=false` refused by argparse
     ("ignored explicit argument 'false'"): a chart writing `--{{ key }}={{ value }}` into a
