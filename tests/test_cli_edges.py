@@ -250,6 +250,41 @@ def test_sigterm_while_run_starts_is_a_logged_clean_stop(tmp_path: Path, sig: st
         assert err == f"flowscope: {what}\n", err[-2000:]
 
 
+def test_sigterm_to_a_containers_pid_1_while_run_starts_stops_it(tmp_path: Path) -> None:
+    """In the image `flowscope run` is the container's PID 1, for which the kernel drops a signal
+    left at its default action: SIGTERM while it started (a rollout stopping a pod still starting)
+    was not even a silent exit, it was lost; the collector went on to start and run until the
+    kubelet's SIGKILL at the end of the grace period (no drain, no state save). Here in a PID
+    namespace of its own, as in a container."""
+    import shutil
+    import signal
+    import time
+
+    unshare = shutil.which("unshare", path="/usr/bin:/bin")
+    if not unshare or subprocess.run([unshare, "-pf", "--kill-child", "true"], capture_output=True).returncode:
+        pytest.skip("no unshare, or no permission for a PID namespace")
+    mark = tmp_path / "plugin-running"
+    kc = _exec_plugin_kubeconfig(tmp_path, mark)
+    p = subprocess.Popen([unshare, "-pf", "--kill-child", sys.executable, "-m", "collector.cli", "run", "--kubeconfig",
+                          str(kc), "--listen", f"netflow://127.0.0.1:{free_udp_port()}", "--metrics-addr", ""],
+                         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    try:
+        deadline = time.monotonic() + 30
+        while not mark.exists() and time.monotonic() < deadline and p.poll() is None:
+            time.sleep(0.02)
+        assert mark.exists(), p.communicate()[1]
+        [child] = (Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split())   # PID 1 inside
+        os.kill(int(child), signal.SIGTERM)
+        _, err = p.communicate(timeout=4)   # (before the plugin's 5 s are over)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0, (p.returncode, err[-2000:])
+    assert err == "flowscope: stopped by SIGTERM while starting, before any listener was opened: nothing was received\n"
+
+
 # Runs `flowscope run` (argv[2:]) with a stop signal at a chosen point of its start-up, before
 # its event loop handles the signals: `supervisor`, as `run` sets itself up (SIGTERM to itself),
 # or `worker`, as each worker process of --workers N starts (SIGTERM to the whole process group,
