@@ -291,14 +291,16 @@ _run_cfg: config_mod.Config | None = None
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    before: dict[int, Any] = {}
     if next((tok for tok in args if not tok.startswith("-")), None) == "run":
         # SIGTERM (Kubernetes stopping a pod that is still starting: a rollout, a scale-down) or
         # SIGHUP before the collector handled them killed it with status 143 and not a line said
-        # why. Handled from here on; the other commands keep the default (they stop at once).
+        # why (and as a container's PID 1, whose signals at their default action the kernel
+        # drops, it was lost). Handled from here on; the other commands keep the default.
         from .app import EARLY_STOP_SIGNALS
 
         for sig in EARLY_STOP_SIGNALS:
-            signal.signal(sig, _stop_while_starting)
+            before[sig] = signal.signal(sig, _stop_while_starting)
     try:
         return _main(argv)
     except KeyboardInterrupt:
@@ -318,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"flowscope: {what}", file=sys.stderr)
         return 0
+    finally:
+        for signum, handler in before.items():   # (main called in a process that goes on: a test's)
+            signal.signal(signum, handler)
 
 
 def _main(argv: list[str] | None) -> int:
