@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from collector.config import parse_map
 from collector.pcap import PcapError, PcapStats, iter_udp
 from collector.util import udp_port
 from decoders import Decoder, DecoderConfig
@@ -36,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print per-exporter statistics (datagrams, flows, errors by reason, "
                              "missing-template sets, templates) to stderr at the end")
     parser.add_argument("--sampling", action="append", default=[], metavar="CIDR=RATE",
-                        help="sampling rate for exporters in CIDR that send none, repeatable [default: (none)]")
+                        help="sampling rate for exporters in CIDR that send none, repeatable, or several separated by "
+                        "commas or spaces (as `flowscope run --sampling`) [default: (none)]")
     parser.add_argument("--default-sampling", type=int, default=400, metavar="N",
                         help="rate for IPFIX/v9 exporters that send none, like Open vSwitch (400 is what "
                              "OVN-Kubernetes configures); 0 = leave unset [default: 400]")
@@ -108,7 +110,13 @@ def _discard_stdout() -> None:
 def run(args: argparse.Namespace) -> int:
     """Decode args.file to stdout; returns the process exit code."""
     try:
-        sampling = DecoderConfig.parse_sampling(args.sampling)
+        try:
+            # as `flowscope run` reads it (CIDR=RATE items separated by commas or spaces, the
+            # flag repeated; CIDRs and rates checked): a `--sampling a=1,b=2` copied from a run
+            # configuration was refused here, and a bad CIDR went unsaid until the decoder's check
+            sampling = parse_map(args.sampling)
+        except ValueError as e:
+            raise ValueError(f"--sampling: {e}") from None
         cfg = DecoderConfig(default_sampling=args.default_sampling, sampling=sampling, dedup=args.dedup,
                             max_templates_per_exporter=args.max_templates, split_biflows=args.split_biflows,
                             renormalize=args.renormalize)

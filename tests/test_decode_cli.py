@@ -73,6 +73,13 @@ def test_decode_stats_sampling_and_json_lines(tmp_path: Path) -> None:
                                 "missing_template_sets": 0, "sequence_lost": 0, "sequence_resets": 0,
                                 "templates_evicted": 0, "sample_drops": 0, "templates": 1}}}
     assert stats["exporters"]["10.9.9.9"]["missing_template_sets"] == 1
+    # several CIDR=RATE in one flag, as `flowscope run --sampling` takes them (decode refused them)
+    p = run_decode(str(cap), "--sampling", "192.0.2.0/24=7,10.0.0.0/24=60 198.51.100.0/24=9")
+    assert p.returncode == 0, p.stderr.decode()
+    assert {orjson.loads(x)["Sampling"] for x in p.stdout.splitlines()} == {60}
+    p = run_decode(str(cap), "--sampling", "10.0.0.300/24=5")
+    assert p.returncode == 2 and p.stderr.decode().strip() == ("flowscope decode: --sampling: '10.0.0.300/24' is "
+                                                               "not a CIDR (e.g. 10.0.0.0/8 or fd00::/8)"), p.stderr
 
 
 def test_decode_bad_arguments_are_clear(tmp_path: Path) -> None:
