@@ -421,14 +421,15 @@ def run(cfg: Config, enrich_cfg: Any = None, enrich_note: str = "") -> int:
 
 def _child(cfg: Config, index: int, conn: Connection, enrich_cfg: Any,
            factory: Callable[[], asyncio.AbstractEventLoop], parent: int, turn: Any) -> int:
+    # A stop forwarded by the supervisor (or a terminal's Ctrl-C, sent to the whole group) while
+    # this worker starts is noted, not fatal (see defer_stop_signals): with the default action
+    # (as before) the worker died at once, counted as failed. First, so that no SIGINT lands as
+    # a KeyboardInterrupt traceback meanwhile.
+    defer_stop_signals(STOP_SIGNALS)
     setup_logging(cfg.log_level, index, fmt=cfg.log_format)
     from . import sinks
 
     sinks.topic_turn = (turn, index == 0)
-    # A stop forwarded by the supervisor (or a terminal's Ctrl-C, sent to the whole group) while
-    # this worker starts is noted, not fatal (see defer_stop_signals): with the default action
-    # (as before) the worker died at once, counted as failed.
-    defer_stop_signals(STOP_SIGNALS)
     # A supervisor killed outright (SIGKILL, the OOM killer) cannot forward a stop: the kernel
     # sends SIGTERM instead, and the worker drains, flushes and counts as on any stop.
     die_with_parent(parent, signal.SIGTERM)
