@@ -285,12 +285,16 @@ def parse_cidrs(v: Any) -> list[str]:
     return out
 
 
-def choice(*accepted: str, lower: bool = True) -> Callable[[Any], str]:
+def choice(*accepted: str, lower: bool = True, aliases: Mapping[str, str] | None = None) -> Callable[[Any], str]:
+    """One of `accepted`; `aliases`: other spellings operators write for one of them, taken as it
+    (Kafka's acks=-1 for all, Python's and Go loggers' warn for warning)."""
     def parse(v: Any) -> str:
         if isinstance(v, bool) and "on" in accepted and "off" in accepted:
             v = "on" if v else "off"   # YAML reads an unquoted on/off (yes/no, true/false) as a boolean
         s = parse_str(v).strip()
         key = s.lower() if lower else s
+        if aliases and key in aliases:
+            return aliases[key]
         for a in accepted:
             if key == (a.lower() if lower else a):
                 return a
@@ -396,7 +400,8 @@ class KafkaConfig:
                                   "on, off, or auto (on when the process may run on two or more CPUs, its cgroup's "
                                   "CPU limit is none or 2+, and the library, if one is needed, loads)", choice("auto", "on", "off"))
     acks: str = opt("1", "acknowledgements the broker waits for: 0, 1 or all (with 0 a batch counts as "
-                    "delivered once written to the connection: nothing confirms it)", choice("0", "1", "all"))
+                    "delivered once written to the connection: nothing confirms it); -1 is all, as for Kafka's producers",
+                    choice("0", "1", "all", aliases={"-1": "all"}))
     linger_ms: int = opt(5, "how long a batch may wait for more records (ms)", ranged(parse_int, 0, 60000))
     batch_bytes: int = opt(1048576, "maximum record-batch size in bytes (keep under the broker's "
                            "message.max.bytes)", ranged(parse_size, 1024, 64 * 1024**2), metavar="SIZE")
@@ -514,7 +519,8 @@ class Config:
                                      metavar="N")
     stats_interval: float = opt(1.0, "seconds between decoder statistics reads (and worker metric pushes)",
                                 ranged(parse_seconds, 0.05, 60), metavar="SECONDS")
-    log_level: str = opt("info", "debug, info, warning or error", choice("debug", "info", "warning", "error"))
+    log_level: str = opt("info", "debug, info, warning (or warn) or error",
+                         choice("debug", "info", "warning", "error", aliases={"warn": "warning"}))
     log_format: str = opt("text", "stderr log lines: text (time level logger: message) or json (one object a "
                           "line: time, level, logger, worker, msg, and exporter, reason, suppressed where the "
                           "message has them; for Loki, Elasticsearch, Cloud Logging)", choice("text", "json"))

@@ -364,6 +364,19 @@ def test_a_tab_in_the_config_file_is_named_as_a_tab(tmp_path: Path, text: str, l
                                  "here; replace it with spaces)"), str(e.value)
 
 
+def test_the_spellings_kafka_and_loggers_use_are_taken(tmp_path: Path) -> None:
+    """acks=-1 is Kafka's producer setting for all, and warn the level name Go's and Python's
+    loggers take: a producer's configuration or a chart's logLevel copied over was refused
+    ("'-1' is not one of 0, 1, all")."""
+    f = tmp_path / "c.yaml"
+    f.write_text("log_level: WARN\nkafka:\n  acks: -1\n")
+    cfg = load(["--config", str(f)])
+    assert (cfg.log_level, cfg.kafka.acks) == ("warning", "all")
+    cfg = load([], {"FLOWSCOPE_LOG_LEVEL": "warn", "FLOWSCOPE_KAFKA_ACKS": "-1"})
+    assert (cfg.log_level, cfg.kafka.acks) == ("warning", "all")
+    assert load(["--kafka-acks=-1", "--log-level", "warn"]).kafka.acks == "all"
+
+
 def test_a_switch_flag_takes_the_values_its_variable_takes(tmp_path: Path) -> None:
     """FLOWSCOPE_DEDUP=false and `dedup: false` were taken, `--dedup=false` refused by argparse
     ("ignored explicit argument 'false'"): a chart writing `--{{ key }}={{ value }}` into a
