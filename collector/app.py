@@ -400,6 +400,7 @@ def run(cfg: Config, enrich_cfg: Any = None, enrich_note: str = "") -> int:
     setup_logging(cfg.log_level, fmt=cfg.log_format)
     tune_malloc()
     log.info("flowscope %s (Python %s, %s event loop)", *build_info(cfg))
+    log.info("configuration: %s", cfg.provenance())
     if enrich_note:
         log.info("%s", enrich_note)
     log.info("flows to %s", sink_destination(cfg))

@@ -532,11 +532,26 @@ class Config:
         # is found wrong after loading (a kubeconfig, a context) is named as load()'s errors are.
         # Not an option, so not a field: to_dict and the schema never see it.
         self.sources: dict[str, str] = {}
+        # The YAML file loaded and what named it (--config or FLOWSCOPE_CONFIG); "" for none.
+        self.config_file = self.config_file_source = ""
 
     # -- derived ---------------------------------------------------------------------------------
     def source(self, key: str) -> str:
         """Where option `key` was set: its flag, its FLOWSCOPE_* variable, the YAML file, or "default"."""
         return self.sources.get(key, "default")
+
+    def provenance(self) -> str:
+        """Which file was loaded and which options each source set (names only: a value may be a
+        secret), for the start-up log: "why is my setting not applied" starts there."""
+        by: dict[str, list[str]] = {}
+        for key, source in self.sources.items():
+            kind = ("file" if source == self.config_file else "flags" if source.startswith("--")
+                    else "variables")
+            by.setdefault(kind, []).append(f"{key} ({source})" if kind == "variables" else key)
+        parts = [f"file {self.config_file} (from {self.config_file_source}) sets "
+                 f"{', '.join(by.get('file', [])) or 'nothing'}" if self.config_file else "no file"]
+        parts += [f"{kind} set {', '.join(by[kind])}" for kind in ("variables", "flags") if kind in by]
+        return "; ".join(parts) + "; the rest are defaults"
 
     def named(self, key: str) -> str:
         """`key (from SOURCE)`, how configuration errors name an option; `key (default)` when no
@@ -861,6 +876,7 @@ def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | No
     source = "--config" if cfg_path and cfg_path != env.get(ENV_PREFIX + "CONFIG") else ENV_PREFIX + "CONFIG"
     opts = options()
     if cfg_path:
+        cfg.config_file, cfg.config_file_source = cfg_path, source
         flat = _flatten_yaml(load_yaml(cfg_path, source), cfg_path)
         for o in opts:
             if o.key in flat:

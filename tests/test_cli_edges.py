@@ -364,3 +364,33 @@ def test_the_start_up_log_names_where_flows_go_and_what_http_is_not_served(tmp_p
             p.wait()
     for want in lines:
         assert any(ln.rstrip().endswith(f"INFO flowscope: {want.format(tmp=tmp_path)}") for ln in seen), "".join(seen)
+
+
+def test_the_start_up_log_says_which_file_and_which_sources_set_what(tmp_path: Path) -> None:
+    """Nothing in the log said which configuration file was loaded (FLOWSCOPE_CONFIG or --config)
+    nor which options it, a variable or a flag set: "why is my setting not applied" had nothing
+    to start from. Names only, never values (a password may be among them)."""
+    import signal
+
+    f = tmp_path / "c.yaml"
+    f.write_text("workers: 1\nkafka:\n  topic: t\n")
+    p = subprocess.Popen([sys.executable, "-m", "collector.cli", "run", "--listen",
+                          f"netflow://127.0.0.1:{free_udp_port()}", "--metrics-addr", ""], cwd=tmp_path,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+                              "FLOWSCOPE_CONFIG": str(f), "FLOWSCOPE_ENRICH_ENABLED": "false"})
+    seen = []
+    try:
+        for line in p.stderr:  # type: ignore[union-attr]
+            seen.append(line)
+            if ": bound, SO_RCVBUF" in line:
+                break
+        p.send_signal(signal.SIGTERM)
+        p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    want = (f"INFO flowscope: configuration: file {f} (from FLOWSCOPE_CONFIG) sets workers, kafka.topic; variables "
+            "set enrich.enabled (FLOWSCOPE_ENRICH_ENABLED); flags set listen, metrics_addr; the rest are defaults")
+    assert any(ln.rstrip().endswith(want) for ln in seen), "".join(seen)
