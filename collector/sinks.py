@@ -737,7 +737,8 @@ def check_compression(k: KafkaConfig, named: Callable[[str], str] = str) -> str 
 class _Open:
     """A record batch being filled for one partition, with its records kept for a re-queue."""
 
-    __slots__ = ("kind", "partition", "builder", "records", "nbytes", "exporters", "written", "seq", "sent")
+    __slots__ = ("kind", "partition", "builder", "records", "nbytes", "exporters", "written", "seq", "sent",
+                 "resend")
 
     def __init__(self, kind: int, partition: int, builder: Any, seq: int = 0) -> None:
         self.kind = kind
@@ -746,6 +747,10 @@ class _Open:
         self.seq = seq  # send order (keyed modes: a failed batch is held in this order)
         self.written = False  # its Produce request went out on a connection (direct path)
         self.sent = False     # records of it were in a request written before (Chunk.sent)
+        # how many of its records were in a request written before and are in none now: counted in
+        # flowscope_kafka_resent_records when it is written (0 from then on), and `unconfirmed`,
+        # not `shutdown`, if the shutdown deadline catches it before (KafkaSink.unconfirmed)
+        self.resend = 0
         self.records: list[bytes] = []
         self.nbytes = 0
         self.exporters: list[str] | None = None  # key exporter: each record's, for a re-queue
@@ -836,7 +841,12 @@ class KafkaSink(Sink):
         self._packer: Any = None
         self._packing: dict[Any, tuple[asyncio.Future[None], int]] = {}  # writer -> (done, raw size)
         self.packer_failed = 0
-        self.resent = [0, 0]    # records by kind re-queued after a request that may have been written
+        self.resent = [0, 0]    # records by kind written again after a request that may have been written
+        # What the sender holds in flight and has not written (for unconfirmed(): at the shutdown
+        # deadline, records of it that a request held before are `unconfirmed`, not `shutdown`):
+        # the chunks of the take it is routing, then the batches made of them.
+        self._taken: list[Chunk] = []
+        self._opens: list[_Open] = []
         # Keyed modes: (kind, partition) -> its failed batches and those queued after them, kept
         # aside while the partition fails (see _hold); _seq numbers batches in send order.
         self._held: dict[tuple[int, int], _Held] = {}
@@ -1065,7 +1075,9 @@ class KafkaSink(Sink):
                     continue
             chunks = q.take(self.k.batch_bytes * 4)
             if chunks:
+                self._taken = chunks
                 await self._send(chunks, topics)
+                self._taken, self._opens = [], []
                 # the connections this send made are the ones to watch (a first send opens them)
                 if self._connections_lost():
                     self._need_metadata = True
@@ -1228,13 +1240,14 @@ class KafkaSink(Sink):
         """Append the chunks' records to one builder per (kind, partition) and submit them."""
         q = self.queue
         if any(c.kind == COUNTERS for c in chunks):
-            chunks = await self._counters_routable(chunks, topics[COUNTERS])
+            chunks = self._taken = await self._counters_routable(chunks, topics[COUNTERS])
             if not chunks:
                 return
         try:
             parts_by_kind = [await self._partitions(topics[k]) if any(c.kind == k for c in chunks) else [0]
                              for k in (FLOWS, COUNTERS)]
         except Exception as exc:
+            self._taken = []   # (queued again or dropped below)
             if _not_authorized(exc):
                 # (the counters topic's partitions were just known: _counters_routable)
                 for c in reversed([c for c in chunks if c.kind == COUNTERS]):
@@ -1264,7 +1277,7 @@ class KafkaSink(Sink):
                     self._seq += 1
                     c.seq = self._seq
                 self._hold((c.kind, p), [c])
-            chunks = keep
+            chunks = self._taken = keep
         builders: dict[tuple[int, int], _Open] = {}
         full: list[_Open] = []
         if self._packer is not None:
@@ -1286,6 +1299,7 @@ class KafkaSink(Sink):
                 if c.seq:
                     o.seq = c.seq   # sent again: its place in the partition's order is the first send's
                 o.sent = c.sent
+                o.resend = len(c.records) if c.sent else 0
                 if self.direct is None:
                     if self._encode is not None and c.records.data is None:
                         await self._pack(c.records.writer)
@@ -1310,6 +1324,7 @@ class KafkaSink(Sink):
             else:
                 self._append(builders, full, c.kind, -1, c.records, None, None, c.sent)
         full.extend(builders.values())
+        self._taken, self._opens = [], full
         # in flight was accounted per chunk; re-account per batch (differs only by too_large drops)
         for c in chunks:
             q.done(c.kind, c.nbytes, len(c.records))
@@ -1604,12 +1619,14 @@ class KafkaSink(Sink):
                     if o.builder.append(key=key, value=rec, timestamp=None) is not None:
                         o.add(rec, exporter)
                         o.sent = o.sent or sent
+                        o.resend += sent
                         continue
                 # one record larger than a whole batch can never be sent
                 self.queue.dropped[(kind, "too_large")] += 1
                 continue
             o.add(rec, exporter)
             o.sent = o.sent or sent
+            o.resend += sent
 
     def _ready(self, topic: str, partition: int) -> bool:
         """Keyed modes: whether a batch for the partition would be handed over at once (direct:
@@ -1746,6 +1763,7 @@ class KafkaSink(Sink):
         probe = h is not None and h.probe is not None and h.probe.seq == o.seq
         if (h is None or probe) and self._ready(topic, o.partition):
             return False
+        o.resend = 0
         self._hold(key, o.chunks())   # (from in flight to queued, as after a failure)
         if h is not None and probe:
             # a failing partition's probe: tried again alone as soon as there is room. Marked
@@ -1774,8 +1792,7 @@ class KafkaSink(Sink):
                 # keyed: a partition always on the same connection (order per key kept)
                 fut = await self.direct.send(w, topic, o.partition,  # type: ignore[union-attr]
                                              sticky=self.k.key != "none")
-                o.written = True
-                self._written[o.kind] += len(o.records)
+                self._now_written(o)
             else:
                 ps = self.producers
                 untrack: Callable[[], None] | None = None
@@ -1797,8 +1814,7 @@ class KafkaSink(Sink):
                 # in aiokafka's hands now: it may write the request at any moment, so at the
                 # shutdown deadline these records are unconfirmed (maybe in the topic), not
                 # undelivered
-                o.written = True
-                self._written[o.kind] += len(o.records)
+                self._now_written(o)
         except Exception as exc:
             self._failed(o, exc)
             await asyncio.sleep(0.2)
@@ -1824,8 +1840,20 @@ class KafkaSink(Sink):
         self._pending.add(fut)
         fut.add_done_callback(done)
 
+    def _now_written(self, o: _Open) -> None:
+        """The batch's Produce request was written (or the batch handed to aiokafka)."""
+        o.written = True
+        self._written[o.kind] += len(o.records)
+        # records a request held before, out again: what flowscope_kafka_resent_records counts
+        # (not when they were queued again: given up before this, they never went out twice)
+        self.resent[o.kind] += o.resend
+        o.resend = 0
+
     def unconfirmed(self, kind: int) -> int:
-        return self._written[kind]
+        # written and unanswered, and what a request held before that the sender still holds
+        # unwritten again (taken from the queue, or its batch waiting for room or a connection)
+        return (self._written[kind] + sum(len(c.records) for c in self._taken if c.sent and c.kind == kind)
+                + sum(o.resend for o in self._opens if o.kind == kind))
 
     def throttle_seconds(self) -> float:
         """Time the brokers said they throttled the direct path's Produce requests."""
@@ -1834,10 +1862,14 @@ class KafkaSink(Sink):
     def _failed(self, o: _Open, exc: BaseException) -> None:
         if self._closing:
             # The shutdown deadline passed and the connections are being closed: the batch stays
-            # in flight for drain() to count, unconfirmed if its request was written.
+            # in flight for drain() to count, unconfirmed if its request was written (or one before).
             return
-        maybe_written = o.written
+        o.resend = 0   # (out of flight: queued again, set aside or dropped below)
         if o.written:
+            # the broker may have written them without its answer reaching us (a timeout, a lost
+            # connection): sent again, they can be in the topic twice (at least once, as any Kafka
+            # producer without idempotence), counted in flowscope_kafka_resent_records when they
+            # are (_now_written)
             o.written = False
             o.sent = True   # (its chunks, re-queued, remember it: Chunk.sent)
             self._written[o.kind] -= len(o.records)
@@ -1874,11 +1906,6 @@ class KafkaSink(Sink):
         self._rl.error("produce", "kafka: batch of %d records not delivered: %r (re-queued)", len(o.records), exc)
         if self.queue.closed and self._stopping and self.producer is None:
             return
-        if maybe_written:
-            # the broker may have written them without its answer reaching us (a timeout, a lost
-            # connection): sent again, they can be in the topic twice (at least once, as any
-            # Kafka producer without idempotence)
-            self.resent[o.kind] += len(o.records)
         if self.k.key != "none" and o.partition >= 0:
             # keyed: the partition's batches wait (in order) and are tried again after a
             # backoff of their own, while the other partitions' go on

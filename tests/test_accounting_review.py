@@ -4,13 +4,18 @@ and the queue": flowscope_flows_total = delivered + dropped + queued)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import signal
+import struct
+from pathlib import Path
 from typing import Any
 
 from conftest import send_udp
 
 from benchmarks.datagrams import IpfixTemplate, data_set, ipfix_message, template_set
+from tests.support.kafka_front import KafkaFront
 
 EXPORT = 1_700_000_000
 
@@ -128,3 +133,112 @@ users:
         srv.close()
         for s in held:
             s.close()
+
+
+
+# ------------------------------------------------------------------------------------------------
+# Kafka: a batch sent, timed out, and caught on its way out again at the shutdown deadline
+
+
+class StallFront(KafkaFront):
+    """A TCP front for a real broker (which advertises it) that, once `stalled` is set, swallows
+    every Produce request (read, neither forwarded nor answered: a broker that took the request
+    and went silent) and takes each new connection without ever reading from it (a listener that
+    accepts for a process that does nothing more); connections opened before keep passing their
+    other requests (metadata) to the broker. `held_records`: records in the swallowed requests;
+    `hung`: connections taken since the stall."""
+
+    def __init__(self, upstream_port: int) -> None:
+        super().__init__(upstream_port)
+        self.stalled = False
+        self.held_records = 0
+        self.hung = 0
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.stalled:
+            self.hung += 1
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.Event().wait()   # (until stop())
+            writer.close()
+            return
+        up = await self._upstream(writer)
+        if up is None:
+            return
+        up_r, up_w = up
+        try:
+            while True:
+                size = struct.unpack(">i", await reader.readexactly(4))[0]
+                frame = await reader.readexactly(size)
+                if self.stalled and struct.unpack_from(">h", frame, 0)[0] == 0:
+                    self.held_records += _batch_records(frame)
+                    await asyncio.Event().wait()
+                up_w.write(struct.pack(">i", size) + frame)
+                n = struct.unpack(">i", await up_r.readexactly(4))[0]
+                writer.write(struct.pack(">i", n) + await up_r.readexactly(n))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, OSError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+            up_w.close()
+
+
+def _batch_records(frame: bytes) -> int:
+    """Records in the one record batch of a Produce request (v3+: header, transactional id,
+    acks, timeout, one topic, one partition, records size, then the batch, whose record count is
+    its bytes 57-60)."""
+    (clen,) = struct.unpack_from(">h", frame, 8)
+    off = 10 + max(clen, 0)
+    (tx,) = struct.unpack_from(">h", frame, off)
+    off += 2 + max(tx, 0) + 2 + 4 + 4
+    (tlen,) = struct.unpack_from(">h", frame, off)
+    off += 2 + tlen + 4 + 4 + 4
+    return int(struct.unpack_from(">i", frame, off + 57)[0])
+
+
+def test_a_batch_sent_again_and_caught_at_the_shutdown_deadline_is_unconfirmed_and_not_resent(
+        collector: Any, tmp_path: Path) -> None:
+    """A Produce request written and never answered times out (--kafka-request-timeout-ms + 5 s
+    on the direct path): its 30 flows are queued again, and sent again once fresh metadata is
+    in. The new connection they wait for is taken by the broker and never answered, and SIGTERM
+    comes meanwhile. At the deadline those flows, taken from the queue and not written again,
+    were counted `shutdown` (never sent), though the broker holds them in the request it took:
+    they are `unconfirmed` (maybe in the topic), as they were while queued again. And
+    flowscope_kafka_resent_records_total ("records sent again") counted them when they were
+    queued again, not when sent: a batch given up before it went out again was counted as a
+    possible duplicate that never was."""
+    import time
+    import uuid
+
+    from conftest import free_tcp_port, make_v5, wait_for
+
+    from collector.broker import Broker
+
+    port = free_tcp_port()
+    front = StallFront(port)
+    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port)
+    try:
+        broker.start()
+        front.start()
+        c = collector(["--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-topic", "t-" + uuid.uuid4().hex[:10],
+                       "--kafka-connections", "1", "--kafka-request-timeout-ms", "1000", "--shutdown-timeout", "1"])
+        send_udp([make_v5(0, 30, 0)], c.port)
+        c.wait_value("flowscope_flows_delivered_total", 30)
+        front.stalled = True
+        send_udp([make_v5(30, 30, 30)], c.port)
+        wait_for(lambda: front.held_records == 30, 10, what="the second datagram's flows in a swallowed request")
+        wait_for(lambda: c.value("flowscope_kafka_errors_total", kind="produce") >= 1, 20,
+                 what="the request timed out")
+        wait_for(lambda: front.hung >= 1, 20, what="the flows waiting for a new connection to send them again")
+        time.sleep(0.5)
+        assert front.held_records == 30                       # (not written again)
+        resent = c.value("flowscope_kafka_resent_records_total", records="flows")
+        assert c.stop(signal.SIGTERM) == 0
+        log = c.log()
+        assert "stopped: 30 flows delivered to kafka, 30 dropped" in log, log
+        assert "shutdown: 30 records sent to Kafka were not acknowledged" in log, log
+        assert "could not be delivered" not in log, log
+        assert resent == 0
+    finally:
+        front.stop()
+        broker.stop()

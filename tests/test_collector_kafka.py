@@ -690,14 +690,15 @@ def test_sasl_rejected_credentials_logged_and_counted(request: pytest.FixtureReq
 @contextlib.contextmanager
 def _requests_timed_out_on_a_frozen_broker(c: Any, b: Any) -> Iterator[None]:
     """1,500 NetFlow v5 flows delivered, then the broker frozen and 7,500 more decoded until some
-    written requests time out (--kafka-request-timeout-ms 1000 + 5 s) and are queued again
-    (flowscope_kafka_resent_records_total); the body runs with the broker still frozen."""
+    written requests time out (--kafka-request-timeout-ms 1000 + 5 s) and are queued again (a
+    produce error; flowscope_kafka_resent_records_total counts them only once they are sent
+    again); the body runs with the broker still frozen."""
     send_udp([make_v5(i, 30, i * 30) for i in range(50)], c.port)
     c.wait_value("flowscope_flows_delivered_total", 1500)
     with frozen(b):
         send_udp([make_v5(i, 30, i * 30) for i in range(50, 300)], c.port)
         c.wait_value("flowscope_flows_total", 9000)
-        wait_for(lambda: c.value("flowscope_kafka_resent_records_total", records="flows") > 0, 20,
+        wait_for(lambda: c.value("flowscope_kafka_errors_total", kind="produce") > 0, 20,
                  what="batches queued again after the request timeout")
         yield
 
@@ -751,8 +752,7 @@ def test_sigterm_with_produce_requests_unanswered_counts_them_unconfirmed(collec
 def test_sigterm_with_batches_queued_again_after_a_timeout_counts_them_unconfirmed(collector: Any, own_broker: Any,
                                                                                    mode: list[str]) -> None:
     """The broker stops answering past --kafka-request-timeout-ms: the batches written to it are
-    queued again (counted in flowscope_kafka_resent_records_total: the broker may have written
-    them), and SIGTERM comes while it is still frozen. Those batches, back in the queue (or set
+    queued again (the broker may have written them), and SIGTERM comes while it is still frozen. Those batches, back in the queue (or set
     aside, keyed) and not sent again, were counted as `shutdown` (never sent) at the deadline; the
     broker, once resumed, read the requests it held and wrote them: the topic held 2740 flows of
     which 1500 were delivered and none unconfirmed. As in flight at the deadline, records a
@@ -791,7 +791,7 @@ def test_batches_queued_again_after_a_timeout_and_evicted_are_counted_unconfirme
     c.wait_value("flowscope_flows_delivered_total", 300)
     with frozen(b):
         send_udp([make_v5(i, 30, i * 30) for i in range(10, 110)], c.port)
-        wait_for(lambda: c.value("flowscope_kafka_resent_records_total", records="flows") > 0, 20,
+        wait_for(lambda: c.value("flowscope_kafka_errors_total", kind="produce") > 0, 20,
                  what="batches queued again after the request timeout")
         send_udp([make_v5(i, 30, i * 30) for i in range(110, 560)], c.port)   # evicts them
         c.wait_value("flowscope_flows_total", 16800)
@@ -819,6 +819,7 @@ def test_batches_sent_again_after_a_timeout_are_counted_as_maybe_duplicated(coll
         pass
     c.wait_value("flowscope_flows_delivered_total", 9000, timeout=30)
     resent = c.value("flowscope_kafka_resent_records_total", records="flows")
+    assert resent > 0, "the batches queued again were sent again once the broker resumed"
     got = consume(b.bootstrap, t, 9000, timeout=20, grace=3)
     keys = [v5_key(f) for f in got]
     assert len(set(keys)) == 9000                      # every flow is there
