@@ -148,14 +148,13 @@ SERIES: dict[str, Series] = {s.name: s for s in [
            ("kind",)),
     Series("flowscope_kafka_resent_records", "counter", "Records (flows, sFlow counter records) sent again after "
            "a Produce request that held them was written (or handed to aiokafka) and failed without an answer (a "
-           "timeout, a lost connection), counted when the new request is written (or handed to aiokafka): the "
-           "broker may have written the first copy too, so the topic can hold them twice. Records queued again "
-           "and given up before they went out again (at the shutdown deadline, or evicted) are not counted here "
-           "but as unconfirmed drops (with direct produce the topic holds at most delivered + resent + unconfirmed "
-           "records). Through "
-           "aiokafka (--no-kafka-direct, TLS or SASL), what aiokafka retries by itself within its timeout is not "
-           "seen here, and a batch it was handed but never wrote counts too; label records: flows or counters",
-           ("records",)),
+           "timeout, a lost connection), counted when the new request is written (or handed to aiokafka), and each "
+           "time aiokafka sends a batch again by itself (--no-kafka-direct, TLS, SASL, sFlow counter records; after "
+           "an error answer too): the broker may have written the first copy, so the topic can hold them twice. "
+           "Records queued again and given up before they went out again (at the shutdown deadline, or evicted) "
+           "are not counted here but as unconfirmed drops: the topic holds at most delivered + resent + "
+           "unconfirmed records. A batch handed to aiokafka that it never wrote counts too; label records: flows "
+           "or counters", ("records",)),
     Series("flowscope_kafka_batches", "counter", "Record batches acknowledged by Kafka"),
     Series("flowscope_kafka_throttle_seconds", "counter", "Time the brokers said they throttled the direct produce "
            "path's requests (throttle_time_ms: a produce quota, KIP-13); after a Produce v6+ answer (zstd batches) "

