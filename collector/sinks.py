@@ -1780,7 +1780,7 @@ class KafkaSink(Sink):
     async def _submit(self, o: _Open, topic: str) -> None:
         q = self.queue
         t0 = time.monotonic()
-        aio_batch: Any = None   # aiokafka's MessageBatch around o.builder (its sends, _aio_resends)
+        aio_batch: Any = None   # aiokafka's MessageBatch around o.builder (retry_count: its own re-sends)
         try:
             if o.builder is None:  # a prebuilt batch on the direct path
                 w = o.records.writer  # type: ignore[attr-defined]
