@@ -1884,9 +1884,15 @@ class KafkaSink(Sink):
             # the broker refused the batch for good (direct path: too large, corrupt, not
             # authorized...): retrying cannot help, so it is dropped and counted
             self.errors["rejected"] += 1
+            why = ""
+            if _not_authorized(exc):
+                why = "; " + _acl_problem((self.k.topic, self.k.counters_topic)[o.kind])
+            elif _too_large(exc) and len(o.records) > 1:
+                # (every batch as large fails the same way, and only the log can say what to change)
+                why = (f"; the batch (about {o.nbytes} bytes) is over the brokers' message.max.bytes or the topic's "
+                       "max.message.bytes, though its records may each fit: set --kafka-batch-bytes under that limit")
             self._rl.error("rejected", "kafka: batch of %d records rejected by the broker: %s (dropped)%s",
-                           len(o.records), exc, "; " + _acl_problem((self.k.topic, self.k.counters_topic)[o.kind])
-                           if _not_authorized(exc) else "")
+                           len(o.records), exc, why)
             self.queue.done(o.kind, o.nbytes, len(o.records))
             self.queue.dropped[(o.kind, "rejected")] += len(o.records)
             h = self._held.get((o.kind, o.partition)) if self.k.key != "none" else None
@@ -2025,6 +2031,18 @@ def _not_authorized(exc: BaseException) -> bool:
     if isinstance(exc, BrokerError):
         return exc.code in (29, 31)
     return isinstance(exc, (ae.TopicAuthorizationFailedError, ae.ClusterAuthorizationFailedError))
+
+
+def _too_large(exc: BaseException) -> bool:
+    """Whether a failure is the broker refusing a batch for its size (MESSAGE_TOO_LARGE, 10, or
+    RECORD_LIST_TOO_LARGE, 18)."""
+    import aiokafka.errors as ae
+
+    from .kafka_direct import BrokerError
+
+    if isinstance(exc, BrokerError):
+        return exc.code in (10, 18)
+    return isinstance(exc, (ae.MessageSizeTooLargeError, ae.RecordListTooLargeError))
 
 
 def _acl_problem(topic: str) -> str:
