@@ -202,7 +202,8 @@ class Protocol(asyncio.DatagramProtocol):
             return
         pending = 0  # flows decoded (counted in flowscope_flows_total) and not handed on yet
         try:
-            batch = w.decode(data, ip, addr[1], time.time())
+            now = time.time()
+            batch = w.decode(data, ip, addr[1], now)
             pending = len(batch)
             if pending:
                 if w.writer is not None:
@@ -210,13 +211,13 @@ class Protocol(asyncio.DatagramProtocol):
                 elif w.keyed_mode:
                     w.write_keyed(batch, ip)
                 else:
-                    w.queue.offer(FLOWS, batch.to_json(w.enricher), ip)
+                    w.queue.offer(FLOWS, batch.to_json(w.enricher), ip, -1, int(now * 1000))
                 pending = 0
             if w.counters:
                 cs = batch.counters
                 if cs:
                     w.counter_records += len(cs)
-                    w.queue.offer(COUNTERS, [orjson.dumps(c) for c in cs], ip)
+                    w.queue.offer(COUNTERS, [orjson.dumps(c) for c in cs], ip, -1, int(now * 1000))
             d = batch.dropped
             if d:
                 for reason, n in d.items():
@@ -349,7 +350,7 @@ class Worker:
         not known yet."""
         parts = self.sink.partitions.get(self.cfg.kafka.topic)  # type: ignore[attr-defined]
         if parts is None:
-            self.queue.offer(FLOWS, batch.to_json(self.enricher), ip)
+            self.queue.offer(FLOWS, batch.to_json(self.enricher), ip, -1, int(batch.recv_time * 1000))
             return
         kb = self.keyed
         if kb is None or kb.partitions != len(parts):

@@ -49,10 +49,10 @@ COUNTERS = 1
 class Chunk:
     """The records of one datagram (or a re-queued batch) and what routing needs."""
 
-    __slots__ = ("kind", "records", "nbytes", "exporter", "seq", "sent")
+    __slots__ = ("kind", "records", "nbytes", "exporter", "seq", "sent", "ts")
 
     def __init__(self, kind: int, records: list[bytes], nbytes: int, exporter: str, seq: int = 0,
-                 sent: bool = False) -> None:
+                 sent: bool = False, ts: int = 0) -> None:
         self.kind = kind
         self.records = records
         self.nbytes = nbytes
@@ -62,6 +62,9 @@ class Chunk:
         # aiokafka) and failed without an answer: the broker may have written them. Dropped at
         # the shutdown deadline they are `unconfirmed`, not `shutdown` (never sent)
         self.sent = sent
+        # records: when their datagram arrived (ms since the epoch), their Kafka CreateTime, as
+        # a Prebuilt batch's is its first datagram's (0: none, the time they are batched)
+        self.ts = ts
 
 
 class Prebuilt:
@@ -146,9 +149,10 @@ class BoundedQueue:
         """Records of one kind queued or in flight."""
         return self.queued[kind] + self.inflight[kind]
 
-    def offer(self, kind: int, records: Any, exporter: str, nbytes: int = -1) -> bool:
+    def offer(self, kind: int, records: Any, exporter: str, nbytes: int = -1, ts: int = 0) -> bool:
         """Hot path: append or drop-and-count. Never raises, never waits. `records` is a list of
-        encoded records, or a Prebuilt batch with its size in `nbytes`. True when queued."""
+        encoded records (`ts`: their datagram's arrival, ms since the epoch), or a Prebuilt batch
+        with its size in `nbytes`. True when queued."""
         n = len(records)
         if nbytes < 0:
             nbytes = sum(map(len, records)) + n
@@ -173,7 +177,7 @@ class BoundedQueue:
                 # everything left is in flight: the arriving chunk cannot fit
                 self.dropped[(kind, "queue_full")] += n
                 return False
-        self.chunks.append(Chunk(kind, records, nbytes, exporter))
+        self.chunks.append(Chunk(kind, records, nbytes, exporter, 0, False, ts))
         self.queued_bytes += nbytes
         self.queued[kind] += n
         w = self._waiter
@@ -738,7 +742,7 @@ class _Open:
     """A record batch being filled for one partition, with its records kept for a re-queue."""
 
     __slots__ = ("kind", "partition", "builder", "records", "nbytes", "exporters", "written", "seq", "sent",
-                 "resend")
+                 "resend", "stamps")
 
     def __init__(self, kind: int, partition: int, builder: Any, seq: int = 0) -> None:
         self.kind = kind
@@ -754,9 +758,11 @@ class _Open:
         self.records: list[bytes] = []
         self.nbytes = 0
         self.exporters: list[str] | None = None  # key exporter: each record's, for a re-queue
+        self.stamps: list[int] = []   # each record's Chunk.ts (its CreateTime), for a re-queue
 
-    def add(self, rec: bytes, exporter: str | None = None) -> None:
+    def add(self, rec: bytes, exporter: str | None = None, ts: int = 0) -> None:
         self.records.append(rec)
+        self.stamps.append(ts)
         self.nbytes += len(rec) + 1
         if exporter is not None:
             if self.exporters is None:
@@ -764,17 +770,19 @@ class _Open:
             self.exporters.append(exporter)
 
     def chunks(self) -> list[Chunk]:
-        """The records as queue chunks again, each exporter's run with its exporter (the key
-        of kafka.key exporter), in order."""
-        if not self.exporters:
+        """The records as queue chunks again, in order: a chunk per run of records of one
+        exporter (the key of kafka.key exporter) and one arrival time (their CreateTime)."""
+        if isinstance(self.records, Prebuilt):
             return [Chunk(self.kind, self.records, self.nbytes, "", self.seq, self.sent)]
+        ex, st = self.exporters, self.stamps
         out: list[Chunk] = []
         start = 0
         for i in range(1, len(self.records) + 1):
-            if i == len(self.records) or self.exporters[i] != self.exporters[start]:
+            if (i == len(self.records) or (ex is not None and ex[i] != ex[start])
+                    or (st and st[i] != st[start])):
                 recs = self.records[start:i]
-                out.append(Chunk(self.kind, recs, sum(len(r) + 1 for r in recs), self.exporters[start], self.seq,
-                                 self.sent))
+                out.append(Chunk(self.kind, recs, sum(len(r) + 1 for r in recs), ex[start] if ex else "", self.seq,
+                                 self.sent, st[start] if st else 0))
                 start = i
         return out
 
@@ -1314,15 +1322,15 @@ class KafkaSink(Sink):
                 # (an sFlow counter record has no conversation: keyed by its exporter)
                 key = c.exporter.encode()
                 p = parts[_murmur2(key) % n]
-                self._append(builders, full, c.kind, p, c.records, key, c.exporter, c.sent)
+                self._append(builders, full, c.kind, p, c.records, key, c.exporter, c.sent, c.ts)
                 if c.seq:   # sent again: the batch keeps the partition's order of the first send
                     builders[(c.kind, p)].seq = min(builders[(c.kind, p)].seq, c.seq)
             elif keymode == "conversation":
                 for rec in c.records:
                     kk = conversation_key(rec)
-                    self._append(builders, full, c.kind, parts[_murmur2(kk) % n], (rec,), kk, None, c.sent)
+                    self._append(builders, full, c.kind, parts[_murmur2(kk) % n], (rec,), kk, None, c.sent, c.ts)
             else:
-                self._append(builders, full, c.kind, -1, c.records, None, None, c.sent)
+                self._append(builders, full, c.kind, -1, c.records, None, None, c.sent, c.ts)
         full.extend(builders.values())
         self._taken, self._opens = [], full
         # in flight was accounted per chunk; re-account per batch (differs only by too_large drops)
@@ -1606,25 +1614,29 @@ class KafkaSink(Sink):
         return live or parts
 
     def _append(self, builders: dict[tuple[int, int], _Open], full: list[_Open], kind: int, slot_p: int,
-                records: Any, key: bytes | None, exporter: str | None = None, sent: bool = False) -> None:
+                records: Any, key: bytes | None, exporter: str | None = None, sent: bool = False,
+                ts: int = 0) -> None:
         slot = (kind, slot_p)
         o = builders.get(slot)
         if o is None:
             o = builders[slot] = self._new_open(kind, slot_p)
+        # CreateTime: the datagram's arrival, as the Prebuilt batches' (aiokafka's default is now:
+        # records queued through an outage were stamped when they were sent, minutes late)
+        stamp = ts or None
         for rec in records:
-            if o.builder.append(key=key, value=rec, timestamp=None) is None:
+            if o.builder.append(key=key, value=rec, timestamp=stamp) is None:
                 if o.records:
                     full.append(o)
                     o = builders[slot] = self._new_open(kind, slot_p)
-                    if o.builder.append(key=key, value=rec, timestamp=None) is not None:
-                        o.add(rec, exporter)
+                    if o.builder.append(key=key, value=rec, timestamp=stamp) is not None:
+                        o.add(rec, exporter, ts)
                         o.sent = o.sent or sent
                         o.resend += sent
                         continue
                 # one record larger than a whole batch can never be sent
                 self.queue.dropped[(kind, "too_large")] += 1
                 continue
-            o.add(rec, exporter)
+            o.add(rec, exporter, ts)
             o.sent = o.sent or sent
             o.resend += sent
 

@@ -546,6 +546,45 @@ def test_fast_path_records_carry_their_arrival_time(broker: Any, collector: Any)
     assert c.stop() == 0
 
 
+def test_records_queued_one_by_one_carry_their_arrival_time_too(collector: Any, own_broker: Any) -> None:
+    """sFlow counter records (and keyed flows before the partition count is known) are batched
+    one by one through aiokafka's BatchBuilder, which stamps a record with the time it is
+    appended. With the broker frozen, one partition and one connection, aiokafka holds one
+    counters batch in a request and one waiting; the sender waits to hand it a third, and the
+    counter records received meanwhile were appended, and stamped, only once the broker resumed:
+    CreateTime 4 s after their TimeReceived, where the flows of the same datagrams carried
+    their arrival, as docs/collector.md says every record does. Both are stamped on arrival."""
+    from test_sflow import counter_sample, datagram, eth, flow_sample, generic_if, ipv4, raw_header, tcp
+
+    def dgram(i: int) -> bytes:
+        pkt = eth(ipv4("10.0.0.1", "10.0.0.2", 6, tcp(1000 + i, 80, 0x10)), 0x0800)
+        return datagram([counter_sample([generic_if(100 + i)[0]], seq=500 + i, src=(0, 100 + i)),
+                         flow_sample([raw_header(pkt, 60)], seq=900 + i)], seq=i + 1)
+
+    b = own_broker
+    t, tc = topic(), topic()
+    c = collector(["--kafka-brokers", b.bootstrap, "--kafka-topic", t, "--kafka-counters-topic", tc, "--counters",
+                   "--kafka-create-topic", "--kafka-partitions", "1", "--kafka-connections", "1"],
+                  schemes=("sflow",))
+    send_udp([dgram(0)], c.port)
+    c.wait_value("flowscope_counter_records_delivered_total", 1)
+    with frozen(b):
+        for i in range(1, 5):   # rounds the sender takes one after the other
+            send_udp([dgram(i)], c.port)
+            c.wait_value("flowscope_counter_records_total", i + 1)
+            time.sleep(0.5)
+        time.sleep(3)
+    c.wait_value("flowscope_counter_records_delivered_total", 5, timeout=30)
+    for name in (t, tc):
+        got = _rdkafka_read(b.bootstrap, name, 5)
+        assert len(got) == 5
+        for _, _, ts_type, ts, value in got:
+            # (TimeReceived is in whole seconds, cut down)
+            late = ts / 1000 - orjson.loads(value)["TimeReceived"]
+            assert ts_type == 1 and 0 <= late < 2, (name, late)
+    assert c.stop() == 0
+
+
 # ------------------------------------------------------------------------------------------------
 # TLS and SASL against the real broker
 #
