@@ -209,3 +209,17 @@ def test_a_records_own_rate_past_32_bits_is_held_not_cut(fields: tuple, values: 
     t = _tpl(300, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("bytes", 1, 0, 4), *fields)
     f = _decode(t, [{"src": "10.0.0.1", "dst": "10.0.0.2", "bytes": 100, **values}])[0]
     assert f["Sampling"] == rate
+
+
+def test_interface_zero_is_published_as_exported() -> None:
+    """ingressInterface/egressInterface 0 (an exporter that does not know the port: OVS's tunnel
+    ports, softflowd reading a capture) is the value sent, as tshark, goflow2 and pmacct show it;
+    sFlow's 0 differs: its specification defines it as "not known" (README, InIf row)."""
+    t = IpfixTemplate(300, (("src", 8, 0, 4), ("dst", 12, 0, 4), ("in", 10, 0, 4), ("out", 14, 0, 4),
+                            ("bytes", 1, 0, 8)))
+    dec = Decoder()
+    dec.decode(ipfix_message([template_set([t])], seq=0, export_time=EXPORT), EXPORTER)
+    recs: list[dict[str, object]] = [{"src": "10.0.0.5", "dst": "10.0.0.6", "in": 0, "out": 7, "bytes": 60},
+                                     {"src": "10.0.0.5", "dst": "10.0.0.6", "in": 3, "out": 0, "bytes": 60}]
+    flows = dec.decode(ipfix_message([data_set(t, recs)], seq=0, export_time=EXPORT), EXPORTER).to_dicts()
+    assert [(f.get("InIf"), f.get("OutIf")) for f in flows] == [(0, 7), (3, 0)]
