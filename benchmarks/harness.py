@@ -42,6 +42,21 @@ from benchmarks.build import build as build_loadgen
 
 REPO = Path(__file__).resolve().parent.parent
 PROTOS = ("ipfix", "v5", "v9", "sflow")
+RCVBUF = 32 * 1024 * 1024  # what each collector asks for (flowscope's default --rcvbuf)
+
+
+def shared_rcvbuf(requested: int = RCVBUF) -> int:
+    """The UDP receive buffer every collector gets: ``requested``, capped at net.core.rmem_max.
+
+    pmacct (nfacctd_pipe_size) and nfcapd (-B) ask with a plain SO_RCVBUF, which the kernel
+    caps at rmem_max; flowscope running as root would get more (SO_RCVBUFFORCE), a deeper
+    queue for it alone. A comparison of loss at a rate gives them all the same buffer.
+    """
+    try:
+        with open("/proc/sys/net/core/rmem_max") as f:
+            return min(requested, int(f.read()))
+    except (OSError, ValueError):
+        return requested
 
 
 @dataclass
@@ -55,6 +70,7 @@ class Env:
     cpus: str | None
     workers: int
     log_dir: str
+    rcvbuf: int = field(default_factory=shared_rcvbuf)  # SO_RCVBUF for every collector alike
 
 
 @dataclass
@@ -87,6 +103,7 @@ def _start_flowscope(env: Env, extra: tuple[str, ...] = ()) -> peers.Peer:
         "--kafka-topic", env.topic or "",
         "--metrics-addr", f"127.0.0.1:{metrics_port}",
         "--workers", str(env.workers),
+        "--rcvbuf", str(env.rcvbuf),
         *_FLOWSCOPE_EXTRA,
         *extra,
     ]
@@ -120,11 +137,12 @@ def _start_flowscope(env: Env, extra: tuple[str, ...] = ()) -> peers.Peer:
 
 def _start_pmacct(env: Env) -> peers.Peer:
     assert env.bootstrap and env.topic
-    return peers.start_pmacct(env.proto, port=env.port, bootstrap=env.bootstrap, topic=env.topic, cpus=env.cpus)
+    return peers.start_pmacct(env.proto, port=env.port, bootstrap=env.bootstrap, topic=env.topic, cpus=env.cpus,
+                              rcvbuf=env.rcvbuf)
 
 
 def _start_nfcapd(env: Env) -> peers.Peer:
-    return peers.start_nfcapd(env.proto, port=env.port, cpus=env.cpus)
+    return peers.start_nfcapd(env.proto, port=env.port, cpus=env.cpus, rcvbuf=env.rcvbuf)
 
 
 def collector_specs(workers: list[int], variants: list[tuple[str, tuple[str, ...]]] | None = None,
@@ -243,12 +261,14 @@ def run_trial(
     loadgen_extra: list[str],
     count_with: str = "aiokafka",
     partitions: int = 1,
+    rcvbuf: int | None = None,
 ) -> Trial:
     tr = Trial(collector=spec.name, proto=proto, workers=spec.workers, target_flows_s=rate, duration_s=duration)
     topic = brk.create_topic(broker.bootstrap, partitions=partitions) if spec.sink == "kafka" and broker else None
     port = brk.free_udp_port()
     env = Env(proto=proto, port=port, bootstrap=broker.bootstrap if broker else None, topic=topic,
-              cpus=cpus["collector"], workers=spec.workers, log_dir=log_dir)
+              cpus=cpus["collector"], workers=spec.workers, log_dir=log_dir,
+              rcvbuf=rcvbuf if rcvbuf is not None else shared_rcvbuf())
     peer = None
     gen: subprocess.Popen[str] | None = None
     try:
@@ -437,6 +457,8 @@ def write_markdown(path: Path, meta: dict, best: list[dict]) -> None:
         f"- command: `{meta['command']}`",
         f"- generator: `loadgen {' '.join(meta['loadgen_extra'])}` (C, sendmmsg), one fresh collector per trial",
         f"- Kafka: a fresh topic per trial, {meta.get('partitions', 1)} partition(s)",
+        *([f"- UDP receive buffer: {meta['rcvbuf']} bytes for every collector (SO_RCVBUF; net.core.rmem_max caps "
+           "pmacct's and nfcapd's, so flowscope gets no more)"] if meta.get("rcvbuf") else []),
         f"- flowscope: `{' '.join(meta['flowscope_args']) or 'defaults'}`"
         + (f", enrichment on against a simulated cluster ({', '.join(f'{n} {k}' for k, n in meta['enrich'].items())}; "
            "share of enriched flows in a sample of each trial's topic in the last column)" if meta.get("enrich") else ""),
@@ -542,6 +564,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "over flowscope workers, so --workers N needs several")
     ap.add_argument("--partitions", type=int, default=1,
                     help="partitions of each trial's topic (the keyed modes write a batch per partition)")
+    ap.add_argument("--rcvbuf", type=int, default=RCVBUF, metavar="BYTES",
+                    help="UDP receive buffer for every collector alike (flowscope --rcvbuf, nfacctd_pipe_size, "
+                    "nfcapd -B), capped at net.core.rmem_max since pmacct and nfcapd cannot exceed it "
+                    f"(default {RCVBUF})")
     ap.add_argument("--flowscope-args", default="",
                     help="extra flags for flowscope run (e.g. '--kafka-connections 1')")
     ap.add_argument("--enrich", action="store_true",
@@ -627,6 +653,7 @@ def main(argv: list[str] | None = None) -> int:
         "loadgen_extra": ["--exporters", str(args.exporters)] + (["--no-ifname"] if args.no_ifname else []),
         "flowscope_args": shlex.split(args.flowscope_args),
         "partitions": args.partitions,
+        "rcvbuf": shared_rcvbuf(args.rcvbuf),
         "variants": {name: " ".join(extra) for name, extra in variants},
     }
     _FLOWSCOPE_EXTRA[:] = meta["flowscope_args"]
@@ -639,6 +666,9 @@ def main(argv: list[str] | None = None) -> int:
         meta["enrich"] = cluster.counts
         log(f"simulated cluster for enrichment: {cluster.counts}")
     log(f"machine: {meta['machine']}; pinning: {cpus}")
+    if meta["rcvbuf"] < args.rcvbuf:
+        log(f"net.core.rmem_max caps UDP receive buffers at {meta['rcvbuf']} bytes: every collector gets that "
+            f"(sysctl -w net.core.rmem_max={args.rcvbuf} for {args.rcvbuf})")
     try:
         return _run_all(args, meta, specs, protos, cpus, loadgen, out, log_dir, log)
     finally:
@@ -663,7 +693,7 @@ def _run_all(args: argparse.Namespace, meta: dict, specs: list[CollectorSpec], p
                     precision=args.precision, log=log, duration=args.duration, broker=broker, loadgen=loadgen,
                     cpus={**cpus, "collector": ccpu}, log_dir=log_dir, max_drain=args.max_drain,
                     loadgen_extra=meta["loadgen_extra"], count_with=args.count_with,
-                    partitions=args.partitions,
+                    partitions=args.partitions, rcvbuf=meta["rcvbuf"],
                 )
             finally:
                 if broker:
