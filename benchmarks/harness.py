@@ -476,7 +476,9 @@ def write_markdown(path: Path, meta: dict, best: list[dict]) -> None:
         f = b["first_lossy"]
         lossy = f"{_fmt_rate(f['offered_flows_s'])} ({f['loss']:.2%})" if f else "-"
         if g:
-            lim = " (generator max)" if g["generator_limited"] else ""
+            # no trial lost: the sweep ended (--max-trials) below the ceiling, which is higher
+            lim = (" (generator max)" if g["generator_limited"]
+                   else " (no trial lost: a lower bound)" if not f else "")
             lines.append(
                 f"| {b['collector']} | {b['proto']} | {_fmt_rate(g['delivered_flows_s'])}{lim} | {g['loss']:.3%} | "
                 f"{g['cpu_pct']:.0f} | {g['cpu_total_pct']:.0f} | {g['peak_rss_mib']:.0f} | {g['kernel_drops']} | {g['drain_s']:.1f} | "

@@ -44,3 +44,32 @@ def test_every_collector_gets_the_same_receive_buffer(broker: Any, tmp_path: Pat
                 peer.cleanup()
     assert all(len(v) == 1 for v in got.values()), got
     assert len({next(iter(v)) for v in got.values()}) == 1, f"receive buffers differ: {got}"
+
+
+def _meta() -> dict:
+    return {"date": "2026-12-03 10:00 UTC", "machine": harness.machine_info(),
+            "cpus": {"generator": "0", "broker": "0", "collector": "1", "collector_multi": "0-1"},
+            "command": "python -m benchmarks.harness --quick", "duration_s": 2.0, "max_loss": 0.001,
+            "loadgen_extra": ["--exporters", "4"], "flowscope_args": [], "partitions": 1, "rcvbuf": 4194304}
+
+
+def _trial(rate: float, loss: float) -> dict:
+    t = harness.Trial(collector="pmacct", proto="ipfix", workers=1, target_flows_s=rate, duration_s=2.0,
+                      offered_flows_s=rate, delivered_flows_s=rate * (1 - loss), loss=loss)
+    return harness.asdict(t)
+
+
+def test_a_sweep_that_never_lost_reports_a_lower_bound(tmp_path: Path) -> None:
+    """--quick's three trials (50k, 100k, 200k flows/s) all lossless: the table said "max lossless
+    flows/s 200,082", which an operator sizing a deployment reads as the collector's ceiling,
+    when it is only where the sweep stopped."""
+    best = [
+        {"collector": "pmacct", "proto": "ipfix", "best": _trial(200000, 0.0), "first_lossy": None, "trials": 3},
+        {"collector": "nfcapd", "proto": "ipfix", "best": _trial(100000, 0.0),
+         "first_lossy": _trial(200000, 0.02), "trials": 3},
+    ]
+    path = tmp_path / "results.md"
+    harness.write_markdown(path, _meta(), best)
+    rows = {ln.split("|")[1].strip(): ln for ln in path.read_text().splitlines() if ln.startswith("| ")}
+    assert "lower bound" in rows["pmacct"], rows["pmacct"]
+    assert "lower bound" not in rows["nfcapd"]  # its ceiling lies between 100k and 200k: a real maximum
