@@ -398,7 +398,8 @@ def sweep(spec: CollectorSpec, proto: str, *, start: float, max_trials: float, m
             if tr.generator_limited:
                 break  # the collector kept up with everything the generator could send
         else:
-            if tr.error and good is None and bad is None and "did not start" in tr.error:
+            if tr.error and good is None and bad is None and ("did not start" in tr.error
+                                                               or "not installed" in tr.error):
                 break
             bad = tr if bad is None or rate < bad.target_flows_s else bad
         if bad is None:

@@ -265,6 +265,8 @@ def start_pmacct(
     """
     sflow = proto == "sflow"
     daemon = "sfacctd" if sflow else "nfacctd"
+    if shutil.which(daemon) is None:
+        raise RuntimeError(f"{daemon} not installed (Debian package pmacct)")
     prefix = daemon
     bhost, bport = bootstrap.rsplit(":", 1)
     workdir = tempfile.mkdtemp(prefix=f"bench-{daemon}-")

@@ -73,3 +73,30 @@ def test_a_sweep_that_never_lost_reports_a_lower_bound(tmp_path: Path) -> None:
     rows = {ln.split("|")[1].strip(): ln for ln in path.read_text().splitlines() if ln.startswith("| ")}
     assert "lower bound" in rows["pmacct"], rows["pmacct"]
     assert "lower bound" not in rows["nfcapd"]  # its ceiling lies between 100k and 200k: a real maximum
+
+
+def test_a_missing_pmacct_is_said_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without pmacct the trial failed with a bare FileNotFoundError (--no-pin), and the sweep went
+    on to three more trials at lower rates; pinned, taskset's complaint came after a 10 s wait for
+    the port. nfcapd's start said which package to install; pmacct's now does too."""
+    from benchmarks import peers
+
+    monkeypatch.setenv("PATH", "/nonexistent")  # a machine without pmacct (nor anything else)
+    with pytest.raises(RuntimeError, match=r"nfacctd not installed \(Debian package pmacct\)"):
+        peers.start_pmacct("ipfix", port=free_udp_port(), bootstrap="127.0.0.1:9", topic="t")
+    with pytest.raises(RuntimeError, match=r"sfacctd not installed \(Debian package pmacct\)"):
+        peers.start_pmacct("sflow", port=free_udp_port(), bootstrap="127.0.0.1:9", topic="t")
+
+
+def test_a_collector_not_installed_ends_its_series_after_one_trial(tmp_path: Path) -> None:
+    """A collector that is not installed failed four trials (50k, 12.5k, 3.1k flows/s, ...) before
+    the sweep gave up, each saying the same thing."""
+    def start(env: harness.Env) -> Any:
+        raise RuntimeError("sfcapd not installed (Debian package nfdump-sflow)")
+
+    spec = harness.CollectorSpec("nfcapd", start, "files")
+    good, trials = harness.sweep(spec, "sflow", start=50000, max_trials=8, max_loss=0.001, precision=0.15,
+                                 log=lambda _m: None, duration=1.0, broker=None, loadgen=Path("/nonexistent"),
+                                 cpus={"generator": None, "collector": None}, log_dir=str(tmp_path),
+                                 max_drain=1.0, loadgen_extra=[])
+    assert good is None and len(trials) == 1 and "not installed" in (trials[0].error or "")
