@@ -100,3 +100,15 @@ def test_a_collector_not_installed_ends_its_series_after_one_trial(tmp_path: Pat
                                  cpus={"generator": None, "collector": None}, log_dir=str(tmp_path),
                                  max_drain=1.0, loadgen_extra=[])
     assert good is None and len(trials) == 1 and "not installed" in (trials[0].error or "")
+
+
+def test_quick_is_one_short_series_per_collector() -> None:
+    """--quick was documented as "~2 min" but ran 8 series (flowscope with 1 and 2 workers, pmacct,
+    nfcapd; IPFIX and v5) of three trials: about 5 minutes here (flowscope's IPFIX series 28 s,
+    pmacct's and nfcapd's together 97 s). One IPFIX series per collector, two trials each."""
+    a = harness.parse_args(["--quick"])
+    series = len(harness.collector_specs([int(w) for w in a.workers.split(",")])["flowscope"]) + 2
+    assert (a.protos, series, a.max_trials, a.duration) == ("ipfix", 3, 2, 2.0)
+    # what is asked for explicitly stays as asked
+    a = harness.parse_args(["--quick", "--protos", "v5,sflow", "--workers", "2", "--max-trials", "5"])
+    assert (a.protos, a.workers, a.max_trials) == ("v5,sflow", "2", 5)
