@@ -114,7 +114,7 @@ def _start_flowscope(env: Env, extra: tuple[str, ...] = ()) -> peers.Peer:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     peer = peers.Peer(name="flowscope", proc=proc, workdir=env.log_dir, log_path=log_path,
                       ports={env.proto: env.port}, cpus=env.cpus, topic=env.topic,
-                      extra={"metrics": f"http://127.0.0.1:{metrics_port}", "cmd": cmd})
+                      extra={"metrics": f"http://127.0.0.1:{metrics_port}"}, cmd=cmd)
     try:
         peers._wait_udp_bound(proc.pid, env.port, timeout=30)  # noqa: SLF001
     except TimeoutError:
@@ -213,6 +213,7 @@ class Trial:
     error: str | None = None
     loadgen: dict = field(default_factory=dict)
     enriched_share: float | None = None  # of a sample read back: share with SrcK8S_Name (--enrich)
+    command: str = ""  # how the collector ran (a peer's config file: the copy kept in the log directory)
 
 
 _last_sample_max = [0]
@@ -273,6 +274,11 @@ def run_trial(
     gen: subprocess.Popen[str] | None = None
     try:
         peer = spec.start(env)
+        tr.command = shlex.join(peer.cmd)
+        if peer.config:   # the peer's private directory goes after the trial: keep its config beside the logs
+            kept = os.path.join(log_dir, f"{peer.name}-{proto}-{int(rate)}{Path(peer.config).suffix}")
+            shutil.copyfile(peer.config, kept)
+            tr.command = shlex.join(kept if a == peer.config else a for a in peer.cmd)
         # idle baseline: what the collector burns with no load (timers, metrics, client
         # heartbeats); "done draining" is judged against it
         cpu = peers.CpuTracker(peer.pid)
@@ -487,6 +493,11 @@ def write_markdown(path: Path, meta: dict, best: list[dict]) -> None:
         else:
             err = b.get("error") or "no lossless rate found"
             lines.append(f"| {b['collector']} | {b['proto']} | - | - | - | - | - | - | - | {lossy} | {b['trials']} ({err}) | - |")
+    commands = [(b["collector"], b["proto"], t["command"]) for b in best
+                for t in (b["best"] or b["first_lossy"],) if t and t.get("command")]
+    if commands:
+        lines += ["", "Collector commands (one trial's of each row; ports and directories change per trial):", ""]
+        lines += [f"- {c} {p}: `{cmd}`" for c, p, cmd in commands]
     lines += ["", "CPU % is CPU-seconds used by all the collector's processes (including pmacct's purge "
               "children) per second of load, 100 = one core: during the load, and including the drain after it.",
               "Drain: seconds after the load stopped until the collector went idle."]

@@ -186,6 +186,8 @@ class Peer:
     topic: str | None = None
     nfcapd_dir: str | None = None
     extra: dict = field(default_factory=dict)
+    cmd: list[str] = field(default_factory=list)  # the command line it runs with (taskset included)
+    config: str | None = None  # its configuration file, in workdir (the harness keeps a copy)
 
     @property
     def pid(self) -> int:
@@ -302,13 +304,11 @@ def start_pmacct(
     env = dict(os.environ)
     env["LD_LIBRARY_PATH"] = librdkafka_dir() + (":" + env["LD_LIBRARY_PATH"] if env.get("LD_LIBRARY_PATH") else "")
     log_path = os.path.join(workdir, f"{daemon}.log")
+    cmd = _taskset([daemon, "-f", conf], cpus)
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            _taskset([daemon, "-f", conf], cpus), stdout=log, stderr=subprocess.STDOUT, env=env,
-            start_new_session=True,
-        )
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     peer = Peer(name=f"pmacct-{daemon}", proc=proc, workdir=workdir, log_path=log_path,
-                ports={proto: port}, cpus=cpus, topic=topic)
+                ports={proto: port}, cpus=cpus, topic=topic, cmd=cmd, config=conf)
     try:
         _wait_udp_bound(proc.pid, port)
     except TimeoutError:
@@ -339,11 +339,11 @@ def start_nfcapd(
     data = os.path.join(workdir, "data")
     os.makedirs(data)
     log_path = os.path.join(workdir, f"{daemon}.log")
-    cmd = [daemon, "-w", data, "-b", host, "-p", str(port), "-B", str(rcvbuf), "-t", "60"]
+    cmd = _taskset([daemon, "-w", data, "-b", host, "-p", str(port), "-B", str(rcvbuf), "-t", "60"], cpus)
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(_taskset(cmd, cpus), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     peer = Peer(name=daemon, proc=proc, workdir=workdir, log_path=log_path, ports={proto: port},
-                cpus=cpus, nfcapd_dir=data)
+                cpus=cpus, nfcapd_dir=data, cmd=cmd)
     try:
         _wait_udp_bound(proc.pid, port)
     except TimeoutError:

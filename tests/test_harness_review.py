@@ -112,3 +112,31 @@ def test_quick_is_one_short_series_per_collector() -> None:
     # what is asked for explicitly stays as asked
     a = harness.parse_args(["--quick", "--protos", "v5,sflow", "--workers", "2", "--max-trials", "5"])
     assert (a.protos, a.workers, a.max_trials) == ("v5,sflow", "2", 5)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("nfacctd") is None, reason="pmacct not installed")
+def test_the_peers_commands_and_config_are_in_the_results(broker: Any, tmp_path: Path) -> None:
+    """results.md named the harness's command, loadgen's and flowscope's arguments, but not how
+    the peers ran: pmacct's config (its aggregate key decides whether a message is a flow) was
+    written to a private directory that the trial then removed, and nfcapd's command was nowhere."""
+    from benchmarks.build import build
+
+    loadgen = build()
+    specs = harness.collector_specs([1])
+    kw: dict[str, Any] = {"duration": 1.0, "broker": broker, "loadgen": loadgen,
+                          "cpus": {"generator": None, "collector": None}, "log_dir": str(tmp_path),
+                          "max_drain": 10.0, "loadgen_extra": ["--exporters", "2"]}
+    best = []
+    for name in ("pmacct", "nfcapd"):
+        tr = harness.run_trial(specs[name][0], "v5", 20000, **kw)
+        assert tr.error is None and tr.loss == 0.0, tr
+        best.append({"collector": name, "proto": "v5", "best": harness.asdict(tr), "first_lossy": None, "trials": 1})
+    path = tmp_path / "results.md"
+    harness.write_markdown(path, _meta(), best)
+    text = path.read_text()
+    assert re.search(r"`(taskset -c \S+ )?nfcapd -w \S+ -b 127\.0\.0\.1 -p \d+ -B \d+", text), text
+    m = re.search(r"`(?:taskset -c \S+ )?nfacctd -f (\S+)`", text)
+    assert m, text
+    conf = Path(m.group(1)).read_text()  # kept beside the logs, where the command says
+    assert "aggregate[k]: src_host, dst_host" in conf and "export_proto_seqno" in conf
