@@ -140,3 +140,19 @@ def test_the_peers_commands_and_config_are_in_the_results(broker: Any, tmp_path:
     assert m, text
     conf = Path(m.group(1)).read_text()  # kept beside the logs, where the command says
     assert "aggregate[k]: src_host, dst_host" in conf and "export_proto_seqno" in conf
+
+
+@pytest.mark.skipif(shutil.which("nfcapd") is None, reason="nfdump not installed")
+def test_records_per_datagram_can_be_what_ovs_sends(tmp_path: Path) -> None:
+    """Open vSwitch sends one IPFIX data record per message (../shared/EXPORTERS.md); loadgen packs
+    25, and the harness had no way to ask for fewer, so a deployment sized from it assumed 25 times
+    fewer datagrams than OVS sends for the same flows."""
+    from benchmarks.build import build
+
+    args = harness.parse_args(["--collectors", "nfcapd", "--protos", "ipfix", "--records", "1"])
+    tr = harness.run_trial(harness.collector_specs([1])["nfcapd"][0], "ipfix", 2000, duration=1.0, broker=None,
+                           loadgen=build(), cpus={"generator": None, "collector": None}, log_dir=str(tmp_path),
+                           max_drain=5.0, loadgen_extra=harness.loadgen_args(args))
+    assert tr.error is None and tr.loss == 0.0, tr
+    assert tr.loadgen["records_per_datagram"] == 1
+    assert tr.sent_flows == tr.loadgen["data_datagrams"] > 0
