@@ -711,7 +711,19 @@ def _run_all(args: argparse.Namespace, meta: dict, specs: list[CollectorSpec], p
                 continue
             ccpu = cpus["collector"] if spec.workers == 1 else cpus["collector_multi"]
             # a fresh broker per series: Tansu's memory storage keeps every message in RAM
-            broker = brk.start_broker(cpus=cpus["broker"], log_dir=log_dir) if spec.sink == "kafka" else None
+            broker = None
+            if spec.sink == "kafka":
+                try:
+                    broker = brk.start_broker(cpus=cpus["broker"], log_dir=log_dir)
+                except Exception as e:  # noqa: BLE001 - this series fails, the others (nfcapd) still run
+                    err = _one_line(f"Kafka broker (Tansu) did not start: {type(e).__name__}: {e} "
+                                    f"(its log: {log_dir}/tansu-*.log)", limit=600)
+                    log(f"  {spec.name:14s} {proto:5s} {err}")
+                    best.append({"collector": spec.name, "proto": proto, "best": None, "first_lossy": None,
+                                 "trials": 0, "error": err, "collector_cpus": ccpu})
+                    (out / "results.json").write_text(json.dumps({"meta": meta, "best": best, "trials": all_trials},
+                                                                 indent=1))
+                    continue
             try:
                 good, trials = sweep(
                     spec, proto, start=args.start_rate, max_trials=args.max_trials, max_loss=args.max_loss,
