@@ -188,7 +188,6 @@ class Peer:
     extra: dict = field(default_factory=dict)
     cmd: list[str] = field(default_factory=list)  # the command line it runs with (taskset included)
     config: str | None = None  # its configuration file, in workdir (the harness keeps a copy)
-    stop_signal: int = signal.SIGTERM  # what asks it to flush and exit (pmacct: SIGINT)
 
     @property
     def pid(self) -> int:
@@ -200,10 +199,10 @@ class Peer:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def stop(self, timeout: float = 15.0, sig: int | None = None) -> int | None:
-        """Signal the process (``stop_signal`` unless ``sig``) and wait; SIGKILL after ``timeout``."""
+    def stop(self, timeout: float = 15.0, sig: int = signal.SIGTERM) -> int | None:
+        """Signal the process and wait; pmacct flushes its cache to Kafka on SIGTERM/SIGINT."""
         if self.proc.poll() is None:
-            self.proc.send_signal(self.stop_signal if sig is None else sig)
+            self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -260,9 +259,9 @@ def start_pmacct(
     """Start ``nfacctd`` (proto ipfix/v5/v9) or ``sfacctd`` (sflow) publishing JSON to Kafka.
 
     One message per flow (``kafka_multi_values`` 0); the cache is purged every ``refresh_s``
-    seconds. ``peer.stop()`` sends SIGINT, pmacct's graceful stop: the Kafka plugin purges its
-    cache and the daemon exits. It ignores SIGTERM (stopped that way it was SIGKILLed after the
-    timeout, its cache delivered only if a periodic purge came first). The plugin pipe is made large enough that the core process does not drop
+    seconds. Stop it with ``peer.stop(sig=signal.SIGINT)``-like semantics: pmacct flushes its
+    cache on SIGINT/SIGTERM, but the core can linger after its plugin exits, so ``stop``
+    kills it after a timeout. The plugin pipe is made large enough that the core process does not drop
     between purges; its buffer is kept small so little data waits in a half-filled buffer
     when a run ends.
     """
@@ -309,7 +308,7 @@ def start_pmacct(
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     peer = Peer(name=f"pmacct-{daemon}", proc=proc, workdir=workdir, log_path=log_path,
-                ports={proto: port}, cpus=cpus, topic=topic, cmd=cmd, config=conf, stop_signal=signal.SIGINT)
+                ports={proto: port}, cpus=cpus, topic=topic, cmd=cmd, config=conf)
     try:
         _wait_udp_bound(proc.pid, port)
     except TimeoutError:

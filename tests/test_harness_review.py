@@ -178,29 +178,3 @@ def test_a_broker_that_does_not_start_fails_its_series_not_the_run(tmp_path: Pat
             if ln.startswith("| ")}
     assert "broker" in rows["pmacct"] and "did not start" in rows["pmacct"], rows["pmacct"]
     assert "20,0" in rows["nfcapd"], rows["nfcapd"]  # ran, and delivered the 20k flows/s offered
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(shutil.which("nfacctd") is None, reason="pmacct not installed")
-def test_pmacct_stops_by_itself_with_its_cache_flushed(broker: Any) -> None:
-    """pmacct ignores SIGTERM: every pmacct trial waited the whole 15 s stop timeout and then
-    SIGKILLed it, its flows saved only because a periodic purge came first. SIGINT is its
-    graceful stop: it purges the cache and exits."""
-    from benchmarks import broker as brk
-    from benchmarks import peers
-    from benchmarks.build import build
-
-    topic = brk.create_topic(broker.bootstrap)
-    port = free_udp_port()
-    # a purge interval longer than the stop timeout: only the shutdown's own purge can deliver
-    peer = peers.start_pmacct("v5", port=port, bootstrap=broker.bootstrap, topic=topic, refresh_s=60)
-    try:
-        out = subprocess.run([str(build()), "--proto", "v5", "--to", f"127.0.0.1:{port}", "--count", "50",
-                              "--rate", "30000"], capture_output=True, text=True, check=True, timeout=30)
-        assert '"flows":1500' in out.stdout
-        rc = peer.stop()
-    finally:
-        peer.stop()
-        peer.cleanup()
-    assert rc == 0, f"pmacct did not exit by itself (returncode {rc})"
-    assert brk.count_messages(broker.bootstrap, topic, expected=1500, idle=3).messages == 1500
