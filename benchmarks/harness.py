@@ -337,7 +337,9 @@ def run_trial(
             assert peer.nfcapd_dir
             tr.delivered = peers.count_nfcapd_flows(peer.nfcapd_dir)
         tr.delivered_flows_s = tr.delivered / max(g["elapsed_s"], 1e-6)
-        tr.loss = max(0.0, 1.0 - tr.delivered / tr.sent_flows) if tr.sent_flows else 1.0
+        tr.loss, over = loss_of(sent=tr.sent_flows, delivered=tr.delivered)
+        if over and tr.error is None:
+            tr.error = over
         if tr.metrics:
             per = g.get("records_per_datagram", 0)
             dropped = _family(tr.metrics, "flowscope_flows_dropped_total")
@@ -366,6 +368,17 @@ def run_trial(
         if topic and broker:
             brk.delete_topic(broker.bootstrap, topic)
     return tr
+
+
+def loss_of(*, sent: int, delivered: int) -> tuple[float, str | None]:
+    """The share of the flows sent that was not read back, and an error when more was read back
+    than sent: duplicates (pmacct purging one cache twice, a producer's retries) would hide as
+    many lost flows, so that count cannot tell loss and the trial is not lossless."""
+    if not sent:
+        return 1.0, None
+    if delivered > sent:
+        return 0.0, f"{delivered - sent} more flows read back than sent (duplicates): the count cannot show loss"
+    return 1.0 - delivered / sent, None
 
 
 def _one_line(text: str, limit: int = 300) -> str:
