@@ -177,7 +177,8 @@ def test_a_broker_that_does_not_start_fails_its_series_not_the_run(tmp_path: Pat
     rows = {ln.split("|")[1].strip(): ln for ln in (tmp_path / "results.md").read_text().splitlines()
             if ln.startswith("| ")}
     assert "broker" in rows["pmacct"] and "did not start" in rows["pmacct"], rows["pmacct"]
-    assert "20,0" in rows["nfcapd"], rows["nfcapd"]  # ran, and delivered the 20k flows/s offered
+    # nfcapd's series ran and lost nothing of the ~20k flows/s offered
+    assert re.match(r"\| nfcapd \| v5 \| [1-9][\d,]* .*\| 0\.000% \|", rows["nfcapd"]), rows["nfcapd"]
 
 
 def test_more_flows_read_back_than_sent_is_not_lossless() -> None:
