@@ -166,7 +166,7 @@ class HttpServer:
             if line is None:
                 status, ctype, body = 431, "text/plain", b"request header fields too large\n"
             elif len(parts) < 2 or parts[0] not in ("GET", "HEAD"):
-                status, ctype, body = 405, "text/plain", b"only GET\n"
+                status, ctype, body = 405, "text/plain", b"only GET and HEAD\n"
             elif handler is None:
                 status, ctype, body = 404, "text/plain", b"not found; try " + ", ".join(self.routes).encode() + b"\n"
             else:

@@ -90,9 +90,10 @@ def test_405_says_which_methods_are_allowed() -> None:
         finally:
             await srv.stop()
 
-    status, headers, _ = _split(asyncio.run(main()))
+    status, headers, body = _split(asyncio.run(main()))
     assert status == 405
     assert {m.strip() for m in headers.get("allow", "").split(",")} == {"GET", "HEAD"}
+    assert body == b"only GET and HEAD\n"   # the body says what the header does
 
 
 def test_a_client_that_never_reads_its_answer_does_not_hold_the_connection_for_ever(
