@@ -226,12 +226,26 @@ def add_mgmt_port(n: Node) -> None:
     n.ns.run(["ip", "route", "add", "10.244.0.0/16", "via", f"{n.prefix}.1", "dev", MP0])
 
 
-def br_int_flows(n: Node, peer: Node, ports: dict[str, int]) -> list[str]:
+def routing_flows(n: Node, peer: Node, ports: dict[str, int], table: int = 0) -> list[str]:
     """OVN's logical switch and router in OpenFlow: local pods and the management port by
     address, the peer's subnet and the peer node's address into the tunnel, the node's own
     address arriving from the tunnel (a remote pod to a host-network pod) to the management port."""
-    local = [f"priority=100,ip,nw_dst={q.ip},actions=mod_dl_dst:{O.ovn_mac(q.ip)},output:{ports[q.name]}"
+    t = f"table={table}," if table else ""
+    local = [f"{t}priority=100,ip,nw_dst={q.ip},actions=mod_dl_dst:{O.ovn_mac(q.ip)},output:{ports[q.name]}"
              for q in PODS if q.node == n.name]
+    return [
+        *local,
+        f"{t}priority=100,ip,nw_dst={n.mgmt},actions=mod_dl_dst:{n.mgmt_mac},output:{ports[MP0]}",
+        f"{t}priority=100,ip,nw_dst={n.addr},actions=mod_dl_dst:{n.mgmt_mac},output:{ports[MP0]}",
+        f"{t}priority=90,ip,nw_dst={peer.subnet},actions=mod_dl_src:{ROUTER_MAC},output:{ports['geneve']}",
+        f"{t}priority=90,ip,nw_dst={peer.addr},actions=mod_dl_src:{ROUTER_MAC},output:{ports['geneve']}",
+        f"{t}priority=0,actions=drop",
+    ]
+
+
+def br_int_flows(n: Node, peer: Node, ports: dict[str, int]) -> list[str]:
+    """routing_flows, and a ClusterIP translated by OpenFlow address rewrites (mod_nw_dst, and
+    mod_nw_src on the reply) in the one table."""
     # OVN's load balancer on the pod's switch: a ClusterIP is translated to a backend before
     # forwarding (here the one backend, on node-a)
     backend = f"mod_nw_dst:{PROM.ip},mod_dl_dst:{O.ovn_mac(PROM.ip)}," + (
@@ -240,15 +254,45 @@ def br_int_flows(n: Node, peer: Node, ports: dict[str, int]) -> list[str]:
     undnat = [f"priority=120,udp,nw_src={PROM.ip},tp_src={SERVICE_PORT},nw_dst={q.ip},"
               f"actions=mod_nw_src:{SERVICE[2]},mod_dl_dst:{O.ovn_mac(q.ip)},output:{ports[q.name]}"
               for q in PODS if q.node == n.name and q is not PROM]
+    return [*undnat, f"priority=110,ip,nw_dst={SERVICE[2]},actions={backend}", *routing_flows(n, peer, ports)]
+
+
+# The conntrack variant (OVN's ct_lb_mark): the Service's port and its backend's targetPort.
+CT_SERVICE_PORT = 6080
+CT_TARGET_PORT = SERVICE_PORT
+CT_ZONE = 9
+
+
+def set_tables(n: Node, flows: list[str]) -> None:
+    """br-int's flows replaced by `flows`, in several tables (ovs-ofctl replace-flows refuses
+    table ids over OpenFlow 1.0 here; OpenFlow 1.3 takes them)."""
+    assert n.ovs is not None
+    path = n.ovs.dir / "br-int.flows"
+    path.write_text("\n".join(flows) + "\n")
+    n.ovs.ofctl("-O", "OpenFlow13", "replace-flows", "br-int", str(path))
+
+
+def node_ports(n: Node) -> dict[str, int]:
+    """OpenFlow port numbers on n's br-int (the fixture's ofport_request)."""
+    return {MP0: 2, "geneve": 100, **{p.name: 10 + i for i, p in enumerate(n.pods)}}
+
+
+def ct_br_int_flows(n: Node, peer: Node) -> list[str]:
+    """OVN's load balancer as ovn-controller programs it, through conntrack: every IP packet
+    goes through ct(nat) first (OVN's pre-LB stage: a reply of a translated connection gets the
+    ClusterIP and port back, un-DNAT), a new connection to the ClusterIP's port is committed
+    with its destination translated to the backend (ct_lb_mark: ct(commit,nat(dst=IP:PORT))),
+    and the packet, recirculated with its new addresses, is routed by routing_flows. Bridge
+    IPFIX samples a packet on input in the first pass and on output in the last."""
+    ports = node_ports(n)
+    z = f"zone={CT_ZONE}"
     return [
-        *undnat,
-        f"priority=110,ip,nw_dst={SERVICE[2]},actions={backend}",
-        *local,
-        f"priority=100,ip,nw_dst={n.mgmt},actions=mod_dl_dst:{n.mgmt_mac},output:{ports[MP0]}",
-        f"priority=100,ip,nw_dst={n.addr},actions=mod_dl_dst:{n.mgmt_mac},output:{ports[MP0]}",
-        f"priority=90,ip,nw_dst={peer.subnet},actions=mod_dl_src:{ROUTER_MAC},output:{ports['geneve']}",
-        f"priority=90,ip,nw_dst={peer.addr},actions=mod_dl_src:{ROUTER_MAC},output:{ports['geneve']}",
-        "priority=0,actions=drop",
+        f"table=0,priority=100,ip,actions=ct(table=1,{z},nat)",
+        "table=0,priority=0,actions=drop",
+        f"table=1,priority=120,ct_state=+new+trk,udp,nw_dst={SERVICE[2]},tp_dst={CT_SERVICE_PORT},"
+        f"actions=ct(commit,table=2,{z},nat(dst={PROM.ip}:{CT_TARGET_PORT}))",
+        "table=1,priority=100,ip,actions=resubmit(,2)",
+        *routing_flows(n, peer, ports, table=2),
     ]
 
 
@@ -272,7 +316,11 @@ def cluster():
         for n in NODES:
             n.pods = [p for p in PODS if p.node == n.name]
             n.ns = N.NetNS()
-            ns_sysctl(n.ns, "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+            # arp_ignore 1: the node's address is answered for on br-ex only, not by the kernel's
+            # side of the uplink veth too (its MAC, once OVS snoops that reply, replaces the static
+            # tunnel neighbour, and the peer's Geneve packets then reach the kernel, not tnl_pop)
+            ns_sysctl(n.ns, "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1",
+                      "net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.default.arp_ignore=1")
             (d / n.name).mkdir()
             n.ovs = O.OVS(n.ns, d / n.name)
             started.append(n)
@@ -289,8 +337,7 @@ def cluster():
             assert n.ovs is not None
             n.ovs.add_tunnel("br-int", "ovn-" + peer.name, "geneve", remote_ip=peer.addr, key=5001, ofport=100)
             n.ovs.tnl_neigh_set("br-ex", peer.addr, peer.mac)
-            ports = {MP0: 2, "geneve": 100, **{p.name: 10 + i for i, p in enumerate(n.pods)}}
-            n.ovs.set_flows("br-int", br_int_flows(n, peer, ports))
+            n.ovs.set_flows("br-int", br_int_flows(n, peer, node_ports(n)))
         fake = start_fake_kube_in(NODE_A.ns)  # type: ignore[arg-type]
         for kind, obj in api_objects():
             fake.add(kind, obj)
@@ -321,6 +368,8 @@ class Sent:
     size: int                   # UDP payload bytes
     backend: str | None = None  # a ClusterIP's backend, where OVN's load balancer sends it
     shown_src: str | None = None  # a reply's source as it leaves: the ClusterIP (un-DNAT)
+    backend_port: int | None = None  # the backend's port when the load balancer changes it (targetPort)
+    shown_sport: int | None = None   # a reply's source port as it leaves: the Service's port (un-DNAT)
 
     @property
     def ip_len(self) -> int:
@@ -329,6 +378,14 @@ class Sent:
     @property
     def to(self) -> str:
         return self.backend or self.dst
+
+    @property
+    def to_port(self) -> int:
+        return self.backend_port or self.dport
+
+    @property
+    def out_sport(self) -> int:
+        return self.shown_sport or self.sport
 
 
 def receiver_ns(dst: str) -> N.NetNS:
@@ -353,11 +410,12 @@ def source_addr(src: K8sPod | Node) -> str:
 
 
 def udp(src: K8sPod | Node, dst: str, dport: int, count: int, size: int, sport: int,
-        delivered_to: str | None = None) -> int:
+        delivered_to: str | None = None, delivered_port: int | None = None) -> int:
     """`count` datagrams from `src` to dst:dport; returns how many a socket on `delivered_to`
-    (a Service's backend; else dst) received."""
+    (a Service's backend; else dst), port `delivered_port` (its targetPort; else dport), received."""
     to = delivered_to or dst
-    rx = receiver_ns(to).popen([sys.executable, "-c", O.TRAFFIC, "udp-recv", to, str(dport), str(count), "1.0"])
+    rx = receiver_ns(to).popen([sys.executable, "-c", O.TRAFFIC, "udp-recv", to, str(delivered_port or dport),
+                                str(count), "1.0"])
     assert rx.stdout is not None
     assert b"ready" in rx.stdout.readline()
     sender_ns(src).run([sys.executable, "-c", O.TRAFFIC, "udp-send", dst, str(dport), str(count), str(size),
@@ -396,7 +454,10 @@ SERVICE_TRAFFIC = [(WEB, "a pod to a ClusterIP whose backend is on its node"),
                    (API, "a pod to a ClusterIP whose backend is on the other node")]
 
 
-def make_traffic(base: int, *, services: bool) -> list[Sent]:
+def make_traffic(base: int, *, services: bool, ct: bool = False) -> list[Sent]:
+    """TRAFFIC, and with `services` SERVICE_TRAFFIC and the backend's reply to web; with `ct`
+    the ClusterIP is ct_br_int_flows' (its port CT_SERVICE_PORT, translated to the backend's
+    CT_TARGET_PORT) and the backend answers both clients."""
     sent = []
     for i, (src, dst, what) in enumerate(TRAFFIC):
         s = Sent(source_addr(src), dst, base + i, 6000 + i, 5, 100 + 10 * i)
@@ -404,16 +465,22 @@ def make_traffic(base: int, *, services: bool) -> list[Sent]:
         assert got == s.count, f"{what}: {got}/{s.count} datagrams arrived"
         sent.append(s)
     for i, (src, what) in enumerate(SERVICE_TRAFFIC if services else (), len(TRAFFIC)):
-        s = Sent(source_addr(src), SERVICE[2], base + i, 6000 + i, 5, 100 + 10 * i, backend=PROM.ip)
-        got = udp(src, s.dst, s.dport, s.count, s.size, s.sport, delivered_to=s.backend)
+        if ct:
+            s = Sent(source_addr(src), SERVICE[2], base + i, CT_SERVICE_PORT, 5, 100 + 10 * i, backend=PROM.ip,
+                     backend_port=CT_TARGET_PORT)
+        else:
+            s = Sent(source_addr(src), SERVICE[2], base + i, 6000 + i, 5, 100 + 10 * i, backend=PROM.ip)
+        got = udp(src, s.dst, s.dport, s.count, s.size, s.sport, delivered_to=s.backend, delivered_port=s.to_port)
         assert got == s.count, f"{what}: {got}/{s.count} datagrams arrived"
         sent.append(s)
-    if services:   # the backend answers web's request: its source is the ClusterIP again as it leaves
-        req = next(x for x in sent if x.backend and x.src == WEB.ip)
-        assert req.dport == SERVICE_PORT
-        s = Sent(PROM.ip, WEB.ip, SERVICE_PORT, req.sport, 5, 300, shown_src=SERVICE[2])
+    # the backend answers: its source is the ClusterIP (and the Service's port) again as it
+    # reaches the client
+    for req in [x for x in sent if x.backend and (ct or x.src == WEB.ip)]:
+        assert req.to_port == SERVICE_PORT
+        s = Sent(PROM.ip, req.src, SERVICE_PORT, req.sport, 5, 300 + 10 * len(sent), shown_src=SERVICE[2],
+                 shown_sport=req.dport if ct else None)
         got = udp(PROM, s.dst, s.dport, s.count, s.size, s.sport)
-        assert got == s.count, f"the backend's reply: {got}/{s.count} datagrams arrived"
+        assert got == s.count, f"the backend's reply to {req.src}: {got}/{s.count} datagrams arrived"
         sent.append(s)
     return sent
 
@@ -533,33 +600,36 @@ def port_of(n: Node, addr: str) -> str:
     return tunnel_port(n)
 
 
-def expected_records(s: Sent) -> list[tuple[str, tuple[str, ...], str, str]]:
-    """(exporter, Interfaces, SrcAddr, DstAddr) of each record OVS's bridge IPFIX makes for the
-    datagrams of s: the source node samples them at the sender's port on input (the userspace
-    datapath has no output sample before its native tnl_push, tests/test_ovs.py) and, when the
-    port they go to is on the same node, on output; the other node samples them on input from
-    the tunnel and on output to their port. An output sample shows the packet as it leaves: to
-    a ClusterIP's backend, or from the ClusterIP (a reply; OVN translates both on the client's
-    node)."""
+def expected_records(s: Sent) -> list[tuple[str, tuple[str, ...], str, int, str, int]]:
+    """(exporter, Interfaces, SrcAddr, SrcPort, DstAddr, DstPort) of each record OVS's bridge
+    IPFIX makes for the datagrams of s: the source node samples them at the sender's port on
+    input (the userspace datapath has no output sample before its native tnl_push,
+    tests/test_ovs.py) and, when the port they go to is on the same node, on output; the other
+    node samples them on input from the tunnel and on output to their port. An output sample
+    shows the packet as it leaves: to a ClusterIP's backend (and its targetPort), or from the
+    ClusterIP and its port (a reply, un-DNATed on the client's node)."""
     src_node = next(n for n in NODES if n.name == node_of(s.src))
     dst_node = next(n for n in NODES if n.name == node_of(s.to))
     in_if = port_of(src_node, s.src)
     out_src = s.shown_src or s.src
     if src_node is dst_node:
-        return [(src_node.addr, (in_if,), s.src, s.dst),
-                (src_node.addr, (in_if, port_of(src_node, s.to)), out_src, s.to)]
+        return [(src_node.addr, (in_if,), s.src, s.sport, s.dst, s.dport),
+                (src_node.addr, (in_if, port_of(src_node, s.to)), out_src, s.out_sport, s.to, s.to_port)]
     tun = tunnel_port(dst_node)
-    return [(src_node.addr, (in_if,), s.src, s.dst), (dst_node.addr, (tun,), s.src, s.to),
-            (dst_node.addr, (tun, port_of(dst_node, s.to)), out_src, s.to)]
+    return [(src_node.addr, (in_if,), s.src, s.sport, s.dst, s.dport),
+            (dst_node.addr, (tun,), s.src, s.sport, s.to, s.to_port),
+            (dst_node.addr, (tun, port_of(dst_node, s.to)), out_src, s.out_sport, s.to, s.to_port)]
 
 
 def records_of(s: Sent, flows: list[dict]) -> list[dict]:
-    return [f for f in flows if (f.get("Proto"), f.get("SrcPort"), f.get("DstPort")) == (17, s.sport, s.dport)
+    return [f for f in flows if f.get("Proto") == 17 and f.get("SrcPort") in (s.sport, s.out_sport)
+            and f.get("DstPort") in (s.dport, s.to_port)
             and f.get("SrcAddr") in (s.src, s.shown_src) and f.get("DstAddr") in (s.dst, s.to)]
 
 
-def record_key(f: dict) -> tuple[str, tuple[str, ...], str, str]:
-    return (f["AgentIP"], tuple(f.get("Interfaces") or ()), f.get("SrcAddr", ""), f.get("DstAddr", ""))
+def record_key(f: dict) -> tuple[str, tuple[str, ...], str, int, str, int]:
+    return (f["AgentIP"], tuple(f.get("Interfaces") or ()), f.get("SrcAddr", ""), f.get("SrcPort", 0),
+            f.get("DstAddr", ""), f.get("DstPort", 0))
 
 
 def capture_flows(cap: Path, dec) -> list[dict]:
@@ -572,13 +642,19 @@ def capture_flows(cap: Path, dec) -> list[dict]:
 
 
 def run_cluster(c: Cluster, *, services: bool, extra: tuple[str, ...] = (),
-                cache: bool = True) -> tuple[list[dict], list[Sent]]:
+                cache: bool = True, ct: bool = False) -> tuple[list[dict], list[Sent]]:
     """The collector in node-a's namespace, IPFIX configured on both nodes, the traffic made;
     made again (fresh ports, up to three times) when the exporters themselves left one of its
     records out (the userspace datapath sometimes does on a loaded machine, tests/test_ovs.py),
-    as a capture of what reached the collector's address shows. Returns the published flows and
-    the traffic of the attempt kept."""
+    as a capture of what reached the collector's address shows. With `ct` br-int has
+    ct_br_int_flows (the fixture's are put back after). Returns the published flows and the
+    traffic of the attempt kept."""
     out = c.dir / f"flows-{time.monotonic_ns()}.jsonl"
+    if ct:
+        for n, peer in ((NODE_A, NODE_B), (NODE_B, NODE_A)):
+            assert n.ovs is not None
+            n.ovs.appctl("dpctl/flush-conntrack")
+            set_tables(n, ct_br_int_flows(n, peer))
     proc, log = start_collector(c, out, *extra)
     try:
         from decoders import Decoder, DecoderConfig
@@ -591,7 +667,7 @@ def run_cluster(c: Cluster, *, services: bool, extra: tuple[str, ...] = (),
             try:
                 if attempt == 0:
                     configure_ipfix(c, cache=cache)
-                sent = make_traffic(42000 + 100 * attempt, services=services)
+                sent = make_traffic(42000 + 100 * attempt, services=services, ct=ct)
                 # cache_active_timeout 2 s (OVS exports within a second of it); without
                 # a cache each sampled packet is sent at once
                 time.sleep(3.5 if cache else 1.5)
@@ -605,6 +681,10 @@ def run_cluster(c: Cluster, *, services: bool, extra: tuple[str, ...] = (),
             print(f"attempt {attempt + 1}: the exporters did not send {missing}")
     finally:
         stop_collector(c, proc, log)
+        if ct:
+            for n, peer in ((NODE_A, NODE_B), (NODE_B, NODE_A)):
+                assert n.ovs is not None
+                set_tables(n, br_int_flows(n, peer, node_ports(n)))
     flows = read_flows(out)
     assert flows, f"no flow published: {Path(log.name).read_text()}"
     return flows, sent
@@ -632,7 +712,7 @@ def check_flows(flows: list[dict], sent: list[Sent], *, per_packet: bool = False
         want = Counter({r: s.count if per_packet else 1 for r in records})
         got = Counter(record_key(f) for f in mine)
         if got != want:
-            problems.append(f"{s}: records (AgentIP, Interfaces, SrcAddr, DstAddr) {sorted(got.items())}, "
+            problems.append(f"{s}: records (AgentIP, Interfaces, SrcAddr, SrcPort, DstAddr, DstPort) {sorted(got.items())}, "
                             f"expected {sorted(want.items())}")
         for f in mine:
             if (f.get("Packets"), f.get("Bytes")) != per_record:
@@ -732,5 +812,35 @@ def test_dedup_publishes_each_packet_once_per_node(cluster: Cluster) -> None:
     """--dedup drops the Duplicate records (docs/collector.md): each packet (a ClusterIP's and its
     reply included) is published once by each node that saw it, as its input sample."""
     flows, sent = run_cluster(cluster, services=True, extra=("--dedup",))
+    problems = check_flows(flows, sent, dedup=True)
+    assert not problems, "\n".join(problems)
+
+
+def test_a_clusterip_through_conntrack_nat(cluster: Cluster) -> None:
+    """OVN's load balancer as ovn-controller programs it: conntrack (ct_br_int_flows), the
+    ClusterIP's port translated to the backend's targetPort as well, the packet recirculated
+    between OVS's input sample (the ClusterIP) and its output sample (the backend), and the
+    backend's replies un-DNATed by ct(nat) (on the client's node: from the pod's port on
+    node-a, from the tunnel on node-b). Each packet is counted once per node: its records
+    there, one of them not Duplicate, with the Service on the pre-NAT side and the pod on the
+    post-NAT side, and the exact counts of what was sent."""
+    flows, sent = run_cluster(cluster, services=True, ct=True)
+    problems = check_flows(flows, sent)
+    assert not problems, "\n".join(problems)
+
+
+def test_a_clusterip_through_conntrack_nat_without_a_flow_cache(cluster: Cluster) -> None:
+    """The same through conntrack with OVS sending a record per sampled packet: each packet's
+    input and output samples at a node, with different 5-tuples, are one packet (one record of
+    the two not Duplicate), and none is taken for another packet's."""
+    flows, sent = run_cluster(cluster, services=True, ct=True, cache=False)
+    problems = check_flows(flows, sent, per_packet=True)
+    assert not problems, "\n".join(problems)
+
+
+def test_a_clusterip_through_conntrack_nat_with_dedup(cluster: Cluster) -> None:
+    """--dedup with the conntrack load balancer: each packet published once per node, as its
+    input sample (the Service's address before DNAT, the backend's before un-DNAT)."""
+    flows, sent = run_cluster(cluster, services=True, ct=True, extra=("--dedup",))
     problems = check_flows(flows, sent, dedup=True)
     assert not problems, "\n".join(problems)
