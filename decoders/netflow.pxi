@@ -2713,24 +2713,30 @@ cdef inline uint64_t dedup_mix(uint64_t h) noexcept:
     return h ^ (h >> 33)
 
 
-cdef uint64_t dedup_half_key(Flow* f, bint src_side) noexcept:
-    """The key of one end of an IP record: that end's address and port, the protocol (ICMP type
-    and code), the ingress interface, bytes and packets; `src_side` picks the end."""
+cdef uint64_t dedup_end_key(Flow* f, int tag, const uint8_t* a, uint16_t port) noexcept:
+    """The key of one end of an IP record: `tag` (which end), its address `a` and `port`, the
+    protocol (ICMP type and code), the ingress interface, bytes and packets."""
     cdef uint64_t h = <uint64_t>1469598103934665603ULL
     cdef uint64_t prime = <uint64_t>1099511628211ULL
     cdef int i
-    cdef const uint8_t* a = &f.src[0] if src_side else &f.dst[0]
-    h = (h ^ (1 if src_side else 2)) * prime
+    h = (h ^ tag) * prime
     h = (h ^ f.af) * prime
     for i in range(addr_len(f.af)):
         h = (h ^ a[i]) * prime
-    h = (h ^ (f.sport if src_side else f.dport)) * prime
+    h = (h ^ port) * prime
     h = (h ^ f.proto) * prime
     h = (h ^ ((<uint64_t>f.icmp_type << 8) | f.icmp_code)) * prime
     h = (h ^ f.in_if) * prime
     h = (h ^ f.bytes) * prime
     h = (h ^ f.packets) * prime
     return dedup_mix(h)
+
+
+cdef inline uint64_t dedup_half_key(Flow* f, bint src_side) noexcept:
+    """The key of one end of an IP record (its address and port); `src_side` picks the end."""
+    if src_side:
+        return dedup_end_key(f, 1, &f.src[0], f.sport)
+    return dedup_end_key(f, 2, &f.dst[0], f.dport)
 
 
 cdef bint dedup_take_twin(ExporterState ex, uint64_t h, Flow* f, int64_t now, int64_t window) noexcept:
@@ -2774,12 +2780,26 @@ cdef bint is_duplicate(ExporterState ex, Flow* f):
     its destination end, protocol, ingress interface, bytes and packets, ending within
     DEDUP_WINDOW_MS of it (the same packets: once, as by the 5-tuple). Only egress records
     pair so: OVS takes (and exports) a packet's input sample before its output sample, so an
-    ingress record that has no twin of its own never takes another packet's egress record."""
+    ingress record that has no twin of its own never takes another packet's egress record.
+
+    A pod reaching its own Service (hairpin) has both ends translated: OVN DNATs the ClusterIP
+    to the pod and SNATs the source to OVN-Kubernetes' hairpin masquerade address (169.254.169.5,
+    its load balancers' hairpin_snat_ip), and sends the packet back out of the port it came in
+    by; its reply has the masquerade address turned back into the pod and the pod's source back
+    into the ClusterIP. The sender is the destination of the output record, which keeps one of
+    the input record's ports: the request its source port (pod:p -> VIP:80, then MASQ:p ->
+    pod:8080), the reply its destination port (pod:8080 -> MASQ:p, then VIP:80 -> pod:p). So an
+    egress record with no twin yet pairs, the same way, with the latest ingress record whose
+    source address is its destination address and whose source port is its source port (or
+    whose destination port is its destination port), with the same protocol, ingress interface,
+    bytes and packets: a packet that came in by a port and is sent to the address that sent it
+    from that port is one coming back (seen on OVS 3.1's userspace datapath with conntrack NAT
+    in tests/test_cluster_e2e_review.py)."""
     cdef uint64_t h = <uint64_t>1469598103934665603ULL
     cdef uint64_t prime = <uint64_t>1099511628211ULL
     cdef int i
     cdef Py_ssize_t n = addr_len(f.af)
-    cdef uint64_t key, slot, have, hs = 0, hd = 0
+    cdef uint64_t key, slot, have, hs = 0, hd = 0, hb = 0
     cdef bint halves = n != 0 and f.present & P_INIF   # the ends' keys: ingress records store them,
     cdef bint egress = f.direction == 1                 # egress records pair by them
     cdef int64_t now = f.t_end_ms if f.present & P_TEND else 0
@@ -2805,6 +2825,7 @@ cdef bint is_duplicate(ExporterState ex, Flow* f):
     if halves:
         hs = dedup_half_key(f, True)
         hd = dedup_half_key(f, False)
+        hb = dedup_end_key(f, 3, &f.src[0], f.dport)   # the sender and the destination port (hairpin)
     # A slot: the key (low bits cleared) | bit 1: a twin was seen | bit 0: the first's direction
     key = h & ~(<uint64_t>3)
     slot = (h >> 20) % DEDUP_SLOTS
@@ -2816,6 +2837,7 @@ cdef bint is_duplicate(ExporterState ex, Flow* f):
             if halves and egress:   # the ingress record's ends are paired too: no other record takes them
                 dedup_take_twin(ex, hs, f, now, DEDUP_WINDOW_MS)
                 dedup_take_twin(ex, hd, f, now, DEDUP_WINDOW_MS)
+                dedup_take_twin(ex, hb, f, now, DEDUP_WINDOW_MS)
             return True
         if have & 2 and egress and now != 0 and (now - ex.dedup_times[slot] <= DEDUP_COPY_MS
                                                  and ex.dedup_times[slot] - now <= DEDUP_COPY_MS):
@@ -2823,11 +2845,18 @@ cdef bint is_duplicate(ExporterState ex, Flow* f):
     if halves and egress and (dedup_take_twin(ex, hs, f, now, DEDUP_WINDOW_MS)
                               or dedup_take_twin(ex, hd, f, now, DEDUP_WINDOW_MS)):
         return True                             # translated between its two samples (NAT)
+    # a hairpin: its destination is the ingress record's sender (an ingress record's source end
+    # is its key 1, its source address with its destination port its key 3)
+    if halves and egress and (dedup_take_twin(ex, dedup_end_key(f, 1, &f.dst[0], f.sport), f, now, DEDUP_WINDOW_MS)
+                              or dedup_take_twin(ex, dedup_end_key(f, 3, &f.dst[0], f.dport), f, now,
+                                                 DEDUP_WINDOW_MS)):
+        return True
     ex.dedup_keys[slot] = key | (<uint64_t>f.direction & 1)
     ex.dedup_times[slot] = now
     if halves and f.direction == 0:
         dedup_store(ex, hs, f, now)
         dedup_store(ex, hd, f, now)
+        dedup_store(ex, hb, f, now)
     return False
 
 

@@ -277,21 +277,41 @@ def node_ports(n: Node) -> dict[str, int]:
     return {MP0: 2, "geneve": 100, **{p.name: 10 + i for i, p in enumerate(n.pods)}}
 
 
+HAIRPIN_MASQ = "169.254.169.5"   # OVN-Kubernetes' hairpin masquerade address (its LBs' hairpin_snat_ip)
+CT_SNAT_ZONE = 10
+
+
 def ct_br_int_flows(n: Node, peer: Node) -> list[str]:
     """OVN's load balancer as ovn-controller programs it, through conntrack: every IP packet
     goes through ct(nat) first (OVN's pre-LB stage: a reply of a translated connection gets the
     ClusterIP and port back, un-DNAT), a new connection to the ClusterIP's port is committed
     with its destination translated to the backend (ct_lb_mark: ct(commit,nat(dst=IP:PORT))),
     and the packet, recirculated with its new addresses, is routed by routing_flows. Bridge
-    IPFIX samples a packet on input in the first pass and on output in the last."""
+    IPFIX samples a packet on input in the first pass and on output in the last.
+
+    A backend reaching its own Service (hairpin) is source-NATed too, to HAIRPIN_MASQ in a zone
+    of its own (OVN's hairpin_snat_ip, which OVN-Kubernetes sets on every load balancer), and
+    sent back out of the port it came in by (OpenFlow's in_port); that zone is looked up first,
+    so that the reply gets its destination back, then its source (a request's later packets get
+    their destination from the first lookup's zone, then their source)."""
     ports = node_ports(n)
-    z = f"zone={CT_ZONE}"
+    z, sz = f"zone={CT_ZONE}", f"zone={CT_SNAT_ZONE}"
+    hairpin = [f"table=2,priority=110,in_port={ports[q.name]},ip,nw_dst={q.ip},"
+               f"actions=mod_dl_dst:{O.ovn_mac(q.ip)},in_port" for q in PODS if q.node == n.name]
     return [
-        f"table=0,priority=100,ip,actions=ct(table=1,{z},nat)",
+        f"table=0,priority=100,ip,actions=ct(table=4,{sz},nat)",
         "table=0,priority=0,actions=drop",
+        f"table=4,priority=100,ip,actions=ct(table=1,{z},nat)",
+        f"table=1,priority=125,ct_state=+new+trk,udp,nw_src={PROM.ip},nw_dst={SERVICE[2]},"
+        f"tp_dst={CT_SERVICE_PORT},actions=ct(commit,table=3,{z},nat(dst={PROM.ip}:{CT_TARGET_PORT}))",
         f"table=1,priority=120,ct_state=+new+trk,udp,nw_dst={SERVICE[2]},tp_dst={CT_SERVICE_PORT},"
         f"actions=ct(commit,table=2,{z},nat(dst={PROM.ip}:{CT_TARGET_PORT}))",
+        # the hairpin's later packets, DNATed by the lookup above: their SNAT in its zone
+        f"table=1,priority=124,ct_state=+trk,udp,nw_src={PROM.ip},nw_dst={PROM.ip},tp_dst={CT_TARGET_PORT},"
+        f"actions=ct(table=2,{sz},nat)",
         "table=1,priority=100,ip,actions=resubmit(,2)",
+        f"table=3,priority=100,ip,actions=ct(commit,table=2,{sz},nat(src={HAIRPIN_MASQ}))",
+        *hairpin,
         *routing_flows(n, peer, ports, table=2),
     ]
 
@@ -843,4 +863,61 @@ def test_a_clusterip_through_conntrack_nat_with_dedup(cluster: Cluster) -> None:
     input sample (the Service's address before DNAT, the backend's before un-DNAT)."""
     flows, sent = run_cluster(cluster, services=True, ct=True, extra=("--dedup",))
     problems = check_flows(flows, sent, dedup=True)
+    assert not problems, "\n".join(problems)
+
+
+def test_a_backend_reaching_its_own_clusterip_hairpin(cluster: Cluster) -> None:
+    """A pod whose Service sends it its own packet back (hairpin): OVN translates both ends
+    between the two samples, the destination to the pod (DNAT) and the source to OVN-
+    Kubernetes' hairpin masquerade address (SNAT), and the reply's both ends back; the packet
+    leaves by the port it came in by. OVS's input record shows the pod to the ClusterIP (the
+    reply: the pod to the masquerade address), its output record the masquerade address to the
+    pod (the reply: the ClusterIP to the pod), 5-tuples with no end in common but the pod's
+    source port. Each packet is counted once (one record of the two not Duplicate), with the
+    counts sent, and every record enriched by the rules."""
+    c = cluster
+    out = c.dir / f"flows-{time.monotonic_ns()}.jsonl"
+    for n, peer in ((NODE_A, NODE_B), (NODE_B, NODE_A)):
+        assert n.ovs is not None
+        n.ovs.appctl("dpctl/flush-conntrack")
+        set_tables(n, ct_br_int_flows(n, peer))
+    proc, log = start_collector(c, out)
+    try:
+        configure_ipfix(c)
+        req = Sent(PROM.ip, SERVICE[2], 44500, CT_SERVICE_PORT, 5, 150, backend=PROM.ip, backend_port=CT_TARGET_PORT)
+        got = udp(PROM, req.dst, req.dport, req.count, req.size, req.sport, delivered_to=PROM.ip,
+                  delivered_port=CT_TARGET_PORT)
+        assert got == req.count, f"the hairpin request: {got}/{req.count} datagrams arrived"
+        rep = Sent(PROM.ip, HAIRPIN_MASQ, CT_TARGET_PORT, req.sport, 5, 250)
+        got = udp(PROM, rep.dst, rep.dport, rep.count, rep.size, rep.sport, delivered_to=PROM.ip)
+        assert got == rep.count, f"the hairpin reply: {got}/{rep.count} datagrams arrived"
+        time.sleep(3.5)
+    finally:
+        stop_collector(c, proc, log)
+        for n, peer in ((NODE_A, NODE_B), (NODE_B, NODE_A)):
+            set_tables(n, br_int_flows(n, peer, node_ports(n)))
+    flows = read_flows(out)
+    pif = port_of(NODE_A, PROM.ip)
+    p, svc = PROM.ip, SERVICE[2]
+    want = {  # record -> (Packets, Bytes), at node-a: input and output sample of each packet
+        (NODE_A.addr, (pif,), p, req.sport, svc, CT_SERVICE_PORT): (5, 5 * req.ip_len),
+        (NODE_A.addr, (pif, pif), HAIRPIN_MASQ, req.sport, p, CT_TARGET_PORT): (5, 5 * req.ip_len),
+        (NODE_A.addr, (pif,), p, CT_TARGET_PORT, HAIRPIN_MASQ, req.sport): (5, 5 * rep.ip_len),
+        (NODE_A.addr, (pif, pif), svc, CT_SERVICE_PORT, p, req.sport): (5, 5 * rep.ip_len),
+    }
+    mine = [f for f in flows if f.get("Proto") == 17 and req.sport in (f.get("SrcPort"), f.get("DstPort"))]
+    problems = [q for f in mine for q in identity_problems(f)]
+    got_records = Counter(record_key(f) for f in mine)
+    if got_records != Counter(want.keys()):
+        problems.append(f"records {sorted(got_records.items())}, expected {sorted(want)}")
+    for f in mine:
+        if record_key(f) in want and (f.get("Packets"), f.get("Bytes")) != want[record_key(f)]:
+            problems.append(f"{record_key(f)}: Packets {f.get('Packets')} Bytes {f.get('Bytes')}, "
+                            f"expected {want[record_key(f)]}")
+    for size in (req.ip_len, rep.ip_len):
+        pair = [f for f in mine if f.get("Bytes") == 5 * size]
+        unmarked = [record_key(f) for f in pair if not f.get("Duplicate")]
+        if len(unmarked) != 1:
+            problems.append(f"the {'request' if size == req.ip_len else 'reply'}'s {len(pair)} records, "
+                            f"{len(unmarked)} not Duplicate: {unmarked}")
     assert not problems, "\n".join(problems)

@@ -290,6 +290,48 @@ def test_twins_of_a_packet_translated_between_its_samples_pair() -> None:
     assert marks([dict(req, dir=1), remote, req]) == [False, False, True]
 
 
+def test_twins_of_a_hairpinned_packet_pair() -> None:
+    """A pod reaching its own Service: OVN DNATs the ClusterIP to the pod and SNATs the source to
+    OVN-Kubernetes' hairpin masquerade address between OVS's two samples, and sends the packet
+    back by the port it came in by; the reply has both ends translated back. The two records of
+    a packet share no end (review: each packet of a hairpin was published twice unmarked by two
+    OVS 3.1 nodes with conntrack NAT, tests/test_cluster_e2e_review.py); the output record goes
+    to its input record's sender, keeping the request's source port or the reply's destination
+    port. A packet from another port to that sender is another packet."""
+    t = _tpl(374, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("proto", 4, 0, 1), ("sport", 7, 0, 2), ("dport", 11, 0, 2),
+             ("inif", 10, 0, 4), ("b", 1, 0, 8), ("p", 2, 0, 8), ("dir", 61, 0, 1), ("end", 153, 0, 8))
+    end = EXPORT * 1000 - 500
+    pod, svc, masq = "10.244.0.11", "172.30.0.10", "169.254.169.5"
+    req = {"src": pod, "dst": svc, "proto": 17, "sport": 44500, "dport": 80, "inif": 8, "b": 890, "p": 5,
+           "dir": 0, "end": end}
+    reply = {"src": pod, "dst": masq, "proto": 17, "sport": 8080, "dport": 44500, "inif": 8, "b": 1390, "p": 5,
+             "dir": 0, "end": end + 3}
+    there = [req, dict(req, src=masq, dport=8080, dst=pod, dir=1)]
+    back = [reply, dict(reply, src=svc, sport=80, dst=pod, dir=1)]
+
+    def decode(recs: list[dict[str, object]], dedup: bool = False):
+        dec = Decoder(DecoderConfig(dedup=dedup))
+        b = dec.decode(ipfix_message([template_set([t]), data_set(t, recs)], seq=0, export_time=EXPORT), EXPORTER)
+        assert b.error is None
+        return b
+
+    def marks(recs: list[dict[str, object]]) -> list[bool]:
+        return [bool(f.get("Duplicate")) for f in decode(recs).to_dicts()]
+
+    assert marks(there + back) == [False, True, False, True]
+    assert marks(back + there) == [False, True, False, True]
+    b = decode(there + back, dedup=True)
+    assert [(f["SrcAddr"], f["DstAddr"]) for f in b.to_dicts()] == [(pod, svc), (pod, masq)]
+    assert b.dropped == {"duplicate": 2}
+    # not twins: from another port, other bytes, ends apart, neither port kept, not to the sender
+    for other in ({"inif": 9}, {"b": 891}, {"end": end + 300}, {"sport": 44501}, {"dst": "10.244.0.12"}):
+        assert marks([req, {**there[1], **other}]) == [False, False], other
+    for other in ({"inif": 9}, {"dport": 44501}, {"dst": "10.244.0.12"}):
+        assert marks([reply, {**back[1], **other}]) == [False, False], other
+    # once: a second output record of that packet's kind is another packet
+    assert marks([*there, there[1]]) == [False, True, False]
+
+
 def test_non_ip_twins_pair_by_their_frame() -> None:
     """OVS reports an ARP broadcast once at ingress and once per output port: records without
     addresses pair by MAC addresses, EtherType and bytes (review helper-81: all 6 copies were
