@@ -2799,7 +2799,7 @@ cdef bint is_duplicate(ExporterState ex, Flow* f):
     cdef uint64_t prime = <uint64_t>1099511628211ULL
     cdef int i
     cdef Py_ssize_t n = addr_len(f.af)
-    cdef uint64_t key, slot, have, hs = 0, hd = 0, hb = 0
+    cdef uint64_t key, slot, have, hs = 0, hd = 0
     cdef bint halves = n != 0 and f.present & P_INIF   # the ends' keys: ingress records store them,
     cdef bint egress = f.direction == 1                 # egress records pair by them
     cdef int64_t now = f.t_end_ms if f.present & P_TEND else 0
@@ -2825,7 +2825,6 @@ cdef bint is_duplicate(ExporterState ex, Flow* f):
     if halves:
         hs = dedup_half_key(f, True)
         hd = dedup_half_key(f, False)
-        hb = dedup_end_key(f, 3, &f.src[0], f.dport)   # the sender and the destination port (hairpin)
     # A slot: the key (low bits cleared) | bit 1: a twin was seen | bit 0: the first's direction
     key = h & ~(<uint64_t>3)
     slot = (h >> 20) % DEDUP_SLOTS
@@ -2837,7 +2836,7 @@ cdef bint is_duplicate(ExporterState ex, Flow* f):
             if halves and egress:   # the ingress record's ends are paired too: no other record takes them
                 dedup_take_twin(ex, hs, f, now, DEDUP_WINDOW_MS)
                 dedup_take_twin(ex, hd, f, now, DEDUP_WINDOW_MS)
-                dedup_take_twin(ex, hb, f, now, DEDUP_WINDOW_MS)
+                dedup_take_twin(ex, dedup_end_key(f, 3, &f.src[0], f.dport), f, now, DEDUP_WINDOW_MS)
             return True
         if have & 2 and egress and now != 0 and (now - ex.dedup_times[slot] <= DEDUP_COPY_MS
                                                  and ex.dedup_times[slot] - now <= DEDUP_COPY_MS):
@@ -2856,7 +2855,7 @@ cdef bint is_duplicate(ExporterState ex, Flow* f):
     if halves and f.direction == 0:
         dedup_store(ex, hs, f, now)
         dedup_store(ex, hd, f, now)
-        dedup_store(ex, hb, f, now)
+        dedup_store(ex, dedup_end_key(f, 3, &f.src[0], f.dport), f, now)   # its sender, for a hairpin
     return False
 
 

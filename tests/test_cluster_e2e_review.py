@@ -20,8 +20,10 @@ topology: each side's identity, FlowDirection (AgentIP against the hosts: differ
 the source node's exporter and 0 at the destination's, same node 2), K8S_FlowLayer, Interfaces,
 and the input/output sampling twins of one packet (one of them marked Duplicate, or dropped with
 --dedup), with no flow lost or published twice: with OVS's flow cache and without it (a record
-per sampled packet), for a ClusterIP translated by OVN's load balancer on the client's node,
-and for a pod IP reused by a new pod. A capture of what reached the collector's address tells
+per sampled packet), for a ClusterIP translated by OVN's load balancer on the client's node
+(by OpenFlow address rewrites, and through conntrack as ovn-controller programs it:
+ct(commit,nat(dst=backend:port)), the reply's ct(nat), a pod reaching its own Service with its
+source NATed to the hairpin masquerade address), and for a pod IP reused by a new pod. A capture of what reached the collector's address tells
 the exporters' own gaps (the userspace datapath sometimes leaves a conversation out) from the
 collector's: the traffic is made again when the exporters did not send a record.
 """
