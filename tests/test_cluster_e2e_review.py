@@ -663,20 +663,68 @@ def capture_flows(cap: Path, dec) -> list[dict]:
             for f in dec.decode(d.payload, d.src, d.sport, d.ts).to_dicts()]
 
 
+def sampled_flows(flows: list[str]) -> list[str]:
+    """OVN's per-flow sampling (a Flow_Sample_Collector_Set and OpenFlow sample() actions, as its
+    ACL sampling programs them) in place of bridge IPFIX: every IP packet sampled as it enters
+    br-int, before conntrack (`ingress`), and as it is output after it (`egress`)."""
+    act = "sample(probability=65535,collector_set_id=7,obs_domain_id=3,obs_point_id={},{})"
+    out = []
+    for f in flows:
+        if f.startswith("table=0,priority=100,ip,"):
+            f = f.replace("actions=", "actions=" + act.format(1, "ingress") + ",")
+        elif f.startswith("table=2,") and ("output:" in f or f.endswith("in_port")):
+            f = f.replace("actions=", "actions=" + act.format(2, "egress") + ",")
+        out.append(f)
+    return out
+
+
+def configure_flow_sampling(c: Cluster) -> None:
+    """The collector set sample() actions name, with an IPFIX target (cache timeout 2 s, as the
+    bridge test's) on each node; a datagram crossing both nodes before the traffic."""
+    for n in c.nodes:
+        assert n.ovs is not None
+        n.ovs.vsctl("--", "--id=@br", "get", "bridge", "br-int", "--", "--id=@i", "create", "ipfix",
+                    f'targets="{NODE_A.addr}:{COLLECTOR_PORT}"', "cache_active_timeout=2", "cache_max_flows=100",
+                    "--", "create", "Flow_Sample_Collector_Set", "id=7", "bridge=@br", "ipfix=@i")
+        n.ovs.appctl("revalidator/purge")
+    time.sleep(1.0)
+    udp(WEB, API.ip, WARMUP_PORT, 1, 8, 41998)
+
+
+def expected_flow_sample_records(s: Sent) -> list[tuple[str, tuple[str, ...], str, int, str, int]]:
+    """expected_records with sampled_flows' sample() actions: every node the packet crosses
+    samples it on input and, after conntrack, on output (the tunnel port's output too, unlike
+    bridge IPFIX); an egress record names no output port (the action has no sampling_port)."""
+    src_node = next(n for n in NODES if n.name == node_of(s.src))
+    dst_node = next(n for n in NODES if n.name == node_of(s.to))
+    in_if = port_of(src_node, s.src)
+    out_src = s.shown_src or s.src
+    if src_node is dst_node:
+        return [(src_node.addr, (in_if,), s.src, s.sport, s.dst, s.dport),
+                (src_node.addr, (in_if, ""), out_src, s.out_sport, s.to, s.to_port)]
+    tun = tunnel_port(dst_node)
+    return [(src_node.addr, (in_if,), s.src, s.sport, s.dst, s.dport),
+            (src_node.addr, (in_if, ""), s.src, s.sport, s.to, s.to_port),
+            (dst_node.addr, (tun,), s.src, s.sport, s.to, s.to_port),
+            (dst_node.addr, (tun, ""), out_src, s.out_sport, s.to, s.to_port)]
+
+
 def run_cluster(c: Cluster, *, services: bool, extra: tuple[str, ...] = (),
-                cache: bool = True, ct: bool = False) -> tuple[list[dict], list[Sent]]:
+                cache: bool = True, ct: bool = False, flow_sample: bool = False) -> tuple[list[dict], list[Sent]]:
     """The collector in node-a's namespace, IPFIX configured on both nodes, the traffic made;
     made again (fresh ports, up to three times) when the exporters themselves left one of its
     records out (the userspace datapath sometimes does on a loaded machine, tests/test_ovs.py),
     as a capture of what reached the collector's address shows. With `ct` br-int has
-    ct_br_int_flows (the fixture's are put back after). Returns the published flows and the
-    traffic of the attempt kept."""
+    ct_br_int_flows (the fixture's are put back after), with `flow_sample` too, and the
+    sample() actions of sampled_flows in place of bridge IPFIX. Returns the published flows and
+    the traffic of the attempt kept."""
     out = c.dir / f"flows-{time.monotonic_ns()}.jsonl"
     if ct:
         for n, peer in ((NODE_A, NODE_B), (NODE_B, NODE_A)):
             assert n.ovs is not None
             n.ovs.appctl("dpctl/flush-conntrack")
-            set_tables(n, ct_br_int_flows(n, peer))
+            set_tables(n, sampled_flows(ct_br_int_flows(n, peer)) if flow_sample else ct_br_int_flows(n, peer))
+    expected = expected_flow_sample_records if flow_sample else expected_records
     proc, log = start_collector(c, out, *extra)
     try:
         from decoders import Decoder, DecoderConfig
@@ -688,7 +736,10 @@ def run_cluster(c: Cluster, *, services: bool, extra: tuple[str, ...] = (),
                             bpf=f"udp dst port {COLLECTOR_PORT}")
             try:
                 if attempt == 0:
-                    configure_ipfix(c, cache=cache)
+                    if flow_sample:
+                        configure_flow_sampling(c)
+                    else:
+                        configure_ipfix(c, cache=cache)
                 sent = make_traffic(42000 + 100 * attempt, services=services, ct=ct)
                 # cache_active_timeout 2 s (OVS exports within a second of it); without
                 # a cache each sampled packet is sent at once
@@ -696,7 +747,7 @@ def run_cluster(c: Cluster, *, services: bool, extra: tuple[str, ...] = (),
             finally:
                 cap.stop()
             exported = capture_flows(cap.path, dec)
-            missing = [(s.sport, r) for s in sent for r in expected_records(s)
+            missing = [(s.sport, r) for s in sent for r in expected(s)
                        if r not in {record_key(f) for f in records_of(s, exported)}]
             if not missing:
                 break
@@ -706,13 +757,16 @@ def run_cluster(c: Cluster, *, services: bool, extra: tuple[str, ...] = (),
         if ct:
             for n, peer in ((NODE_A, NODE_B), (NODE_B, NODE_A)):
                 assert n.ovs is not None
+                if flow_sample:
+                    n.ovs.vsctl("--all", "destroy", "Flow_Sample_Collector_Set")
                 set_tables(n, br_int_flows(n, peer, node_ports(n)))
     flows = read_flows(out)
     assert flows, f"no flow published: {Path(log.name).read_text()}"
     return flows, sent
 
 
-def check_flows(flows: list[dict], sent: list[Sent], *, per_packet: bool = False, dedup: bool = False) -> list[str]:
+def check_flows(flows: list[dict], sent: list[Sent], *, per_packet: bool = False, dedup: bool = False,
+                expected=expected_records) -> list[str]:
     """`per_packet`: OVS without a flow cache, a record for each sampled packet at each place.
     `dedup`: the collector drops the Duplicate records, so at each node the first of a packet's
     records (its input sample, which OVS exports first) is all that is published."""
@@ -728,7 +782,7 @@ def check_flows(flows: list[dict], sent: list[Sent], *, per_packet: bool = False
     for s in sent:
         mine = records_of(s, flows)
         per_record = (1, s.ip_len) if per_packet else (s.count, s.count * s.ip_len)
-        records = expected_records(s)
+        records = expected(s)
         if dedup:
             records = [r for i, r in enumerate(records) if r[0] not in {q[0] for q in records[:i]}]
         want = Counter({r: s.count if per_packet else 1 for r in records})
@@ -922,4 +976,14 @@ def test_a_backend_reaching_its_own_clusterip_hairpin(cluster: Cluster) -> None:
         if len(unmarked) != 1:
             problems.append(f"the {'request' if size == req.ip_len else 'reply'}'s {len(pair)} records, "
                             f"{len(unmarked)} not Duplicate: {unmarked}")
+    assert not problems, "\n".join(problems)
+
+
+def test_a_clusterip_through_conntrack_nat_with_flow_sampling(cluster: Cluster) -> None:
+    """The conntrack load balancer with OVN's per-flow sampling instead of bridge IPFIX
+    (sample() actions on input and on output, a Flow_Sample_Collector_Set): each node's input
+    and output records of a packet, translated or not, are one packet, one of them not
+    Duplicate, with the counts sent and the identities of what each record shows."""
+    flows, sent = run_cluster(cluster, services=True, ct=True, flow_sample=True)
+    problems = check_flows(flows, sent, expected=expected_flow_sample_records)
     assert not problems, "\n".join(problems)
