@@ -466,7 +466,7 @@ cdef class Decoder:
                     continue    # defined again since (another worker's file)
                 for key in [k for k, have in ex.templates.items() if have.port == port]:
                     drop_template(self, ex, key)
-                ex.withdrawn[port] = max(when, ex.withdrawn.get(port, 0.0))
+                mark_withdrawn(ex, port, max(when, ex.withdrawn.get(port, 0.0)))
             compiled.sort(key=_refreshed)     # stable: ties keep the file's order
             for refreshed, t in compiled:
                 have = ex.templates.get(tkey(t.version, t.domain, t.template_id, t.port))

@@ -24,6 +24,7 @@ DEF SEQ_HELD_MS = 60000            # an IPFIX loss held back as ambiguous (ipfix
 DEF SEQ_FILLED_RING = 16            # late sequence numbers remembered per stream (duplicates fill nothing)
 DEF DROPS_MAX_SOURCES = 1024         # sFlow data sources whose drops counters are tracked per exporter
 DEF OPTIONS_MAX_ENTRIES = 1024       # per exporter, in each dict of what options data teaches
+DEF WITHDRAWN_MAX = 256              # per exporter, exporting processes (source ports) remembered as withdrawn
 DEF STATE_BYTES_EXPORTER = 2560     # estimated bytes of an exporter's state (ExporterState.state_size):
 DEF STATE_BYTES_ENTRY = 200          # ... of each options-learned entry and sFlow drops source
 DEF STATE_BYTES_STREAM = 450         # ... of each sequence stream

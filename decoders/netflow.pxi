@@ -1432,7 +1432,23 @@ cdef void withdraw(Decoder dec, ExporterState ex, int version, uint32_t domain, 
             if now > t.seen:
                 t.seen = now
             return
-    ex.withdrawn[port] = now     # its last template: remembered (ExporterState.withdrawn)
+    mark_withdrawn(ex, port, now)    # its last template: remembered (ExporterState.withdrawn)
+
+
+cdef void mark_withdrawn(ExporterState ex, object port, double when):
+    """Remember that the exporting process on `port` withdrew its last template at `when`,
+    bounded: an exporter that withdraws as it shuts down and restarts on a new source port
+    (RFC 7011 8: a new Transport Session) leaves one entry a restart, which it never reuses
+    soon. Past WITHDRAWN_MAX the oldest withdrawal goes: what it guards against, an older copy
+    of that dead session's templates in another replica's file, would only take a table slot
+    until evicted, while the entries of every restart for weeks are memory and state file."""
+    cdef object oldest
+    if port not in ex.withdrawn and len(ex.withdrawn) >= WITHDRAWN_MAX:
+        oldest = min(ex.withdrawn, key=ex.withdrawn.__getitem__)
+        if ex.withdrawn[oldest] > when:
+            return                       # older than every one kept
+        del ex.withdrawn[oldest]
+    ex.withdrawn[port] = when
 
 
 cdef void forget_unless_options_left(ExporterState ex, int version, uint32_t domain, uint16_t port):
