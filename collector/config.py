@@ -461,8 +461,9 @@ class Config:
                                           metavar="N")
     max_template_fields: int = opt(4_000_000, "fields of all exporters' templates together per worker, each "
                                    "template counting 24 more for its own objects (memory bound: about 12 bytes "
-                                   "each, whatever the templates' shape: 4M is about 50 MB); templates past it "
-                                   "are refused and counted as template_limit", ranged(parse_int, 1000, 1 << 31), metavar="N")
+                                   "each, whatever the templates' shape: 4M is about 50 MB); past it the exporters "
+                                   "seen least recently are forgotten (counted in flowscope_exporters_evicted_total); "
+                                   "what one exporter cannot fit alone is refused (template_limit)", ranged(parse_int, 1000, 1 << 31), metavar="N")
     max_exporters: int = opt(16384, "exporters (source addresses) with decoder state per worker; when a new one "
                              "arrives with the table full, the eighth seen least recently are forgotten and "
                              "counted", ranged(parse_int, 16, 10_000_000), metavar="N")

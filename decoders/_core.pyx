@@ -476,7 +476,7 @@ cdef class Decoder:
                     continue    # a copy from before its process withdrew it, or older knowledge
                 if not only_missing:
                     t.seen = seen.get(t.port, 0.0)
-                store_template(self, ex, t, refreshed)
+                store_template(self, ex, t, refreshed, False)
                 loaded += 1
             if fmt == 1:
                 # Format 1 had no port: an entry stood for every exporting process of its version

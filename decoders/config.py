@@ -21,7 +21,9 @@ class DecoderConfig:
     max_exporters: int = 16384
     #: Fields of all exporters' templates together, each template counting 24 more for its own
     #: objects (about 12 bytes of state each, whatever the templates' shape); a template that
-    #: would pass it is refused and counted as `template_limit`, like the per-exporter limit.
+    #: would pass it makes the other exporters seen least recently forgotten (as max_exporters
+    #: does: exporters gone silent must not lock new ones out); what one exporter cannot fit
+    #: alone is refused and counted as `template_limit`.
     max_template_fields: int = 4_000_000
     #: Estimated bytes of all exporters' state beside templates (sequence streams, options-learned
     #: rates and clocks, sFlow drops baselines, dedup tables; ExporterState.state_size): past it,

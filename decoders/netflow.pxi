@@ -1477,9 +1477,11 @@ cdef void drop_template(Decoder dec, ExporterState ex, object key):
                 del ex.tid_latest[k]
 
 
-cdef int store_template(Decoder dec, ExporterState ex, Template t, double now) except -1:
+cdef int store_template(Decoder dec, ExporterState ex, Template t, double now, bint make_room=True) except -1:
     """Keep a template received (or loaded) at `now`. The table's order is its refresh order:
-    a template (re)defined goes last, so the first is the least recently refreshed."""
+    a template (re)defined goes last, so the first is the least recently refreshed. make_room:
+    over max_template_fields, the other exporters seen least recently give way first (False
+    when loading a state file: with --workers N every worker loads every worker's file)."""
     cdef object key = tkey(t.version, t.domain, t.template_id, t.port)
     cdef Template old = ex.templates.get(key)
     cdef Template victim = None
@@ -1499,6 +1501,13 @@ cdef int store_template(Decoder dec, ExporterState ex, Template t, double now) e
         freed = victim.n_fields
     # the bound counts each template as its fields plus TEMPLATE_COST_FIELDS
     grow = delta - freed + TEMPLATE_COST_FIELDS * ((old is None) - (victim is not None))
+    # Exporters come and go (an autoscaling cluster's nodes are replaced, each new one from a
+    # new address): the templates of those gone silent must not fill the bound for good and
+    # lock every new exporter out, so the ones seen least recently are forgotten, as for
+    # max_exporters (their counters folded), while other exporters hold templates.
+    while (make_room and grow > 0 and dec.template_count > len(ex.templates)
+           and dec.template_fields + TEMPLATE_COST_FIELDS * dec.template_count + grow > dec.max_template_fields):
+        dec.evict(ex, f"all exporters' templates are over max_template_fields {dec.max_template_fields}")
     if grow > 0 and (dec.template_fields + TEMPLATE_COST_FIELDS * dec.template_count + grow
                      > dec.max_template_fields):
         # The memory of all exporters' templates together is bounded too (many addresses each

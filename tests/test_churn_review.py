@@ -56,3 +56,32 @@ def test_withdrawals_loaded_from_a_state_file_stay_bounded() -> None:
     withdrawn = dec.export_state()["exporters"][EXPORTER]["withdrawn"]
     assert len(withdrawn) <= 256
     assert [12999, T0 + 2999] in withdrawn
+
+
+def test_exporters_that_come_and_go_never_lock_new_ones_out_of_the_template_budget() -> None:
+    """Nodes of an autoscaling cluster are replaced for weeks: each new node exports from a new
+    address, the old one goes silent. The templates of all exporters together are bounded
+    (max_template_fields), and only an evicted exporter gave its share back, which happened
+    at max_exporters (16,384) or max_state_bytes (which leaves templates out): once the
+    silent exporters' templates filled the budget (about 900 OVS nodes at the defaults), every
+    new node's templates were refused (template_limit) for the life of the process, and none
+    of its flows decoded. The exporters seen least recently give way instead, as they do for
+    the exporter table."""
+    wide = tuple((f"x{i}", 1000 + i, 0, 4) for i in range(98))
+    t1 = IpfixTemplate(256, (("src", 8, 0, 4), ("dst", 12, 0, 4)) + wide)
+    t2 = IpfixTemplate(257, (("dst", 12, 0, 4), ("src", 8, 0, 4)) + wide)
+    rec = {"src": "10.0.0.1", "dst": "10.0.0.2", **{f"x{i}": i for i in range(98)}}
+    budget = 6 * (100 + 24)          # three exporters' two templates
+    dec = Decoder(DecoderConfig(max_template_fields=budget))
+    for c in range(200):
+        ip, now = f"10.1.{c >> 8}.{c & 255}", T0 + 60.0 * c
+        dec.decode(ipfix_message([template_set([t1, t2])], seq=0, export_time=int(now)), ip, 4739, now)
+        b = dec.decode(ipfix_message([data_set(t1, [rec]), data_set(t2, [rec])], seq=0, export_time=int(now)),
+                       ip, 4739, now + 1.0)
+        assert (len(b), b.missing_template_sets) == (2, 0), f"exporter {c}: {b.error}"
+        assert dec.template_fields_counted <= budget
+    stats = dec.stats()
+    assert sum(s["errors"].get("template_limit", 0) for s in stats.values()) == 0
+    # the exporters that gave way are counted, and their counters kept (folded)
+    assert dec.evicted_exporters > 0
+    assert sum(s["flows"] for s in stats.values()) == 400

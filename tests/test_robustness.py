@@ -172,27 +172,33 @@ def test_a_new_exporter_is_never_locked_out_by_a_full_table() -> None:
 def test_all_exporters_templates_together_are_bounded() -> None:
     """Many addresses each sending their per-exporter maximum of wide templates: the fields of
     all templates together, each template counting 24 more (its own objects), stay under
-    max_template_fields (refusals counted as template_limit), and a withdrawal or an evicted
-    exporter gives its share back."""
+    max_template_fields. Over it, the exporters seen least recently are forgotten (counted as
+    evicted, their counters folded) for the one sending; only what that one cannot fit even
+    alone is refused (template_limit). A withdrawal or an evicted exporter gives its share back."""
     fields = tuple((f"f{i}", 1 + i, 0, 4) for i in range(100))
     dec = Decoder(DecoderConfig(max_template_fields=10 * (100 + 24), max_exporters=8))
     for e in range(4):
         for tid in range(256, 260):  # 4 exporters x 4 templates x 100 fields = 1600 wanted
             t = IpfixTemplate(tid, fields, 0)
             dec.decode(ipfix_message([template_set([t])], seq=0, export_time=EXPORT), f"192.0.2.{e}", 0, 1.0 + e)
+            assert dec.template_fields_counted <= 10 * (100 + 24)
     stats = dec.stats()
-    assert dec.template_fields == 1000 and sum(s["templates"] for s in stats.values()) == 10
-    assert sum(s["errors"].get("template_limit", 0) for s in stats.values()) == 6
-    # RFC 7011 8.1: withdrawing all of 192.0.2.0's templates frees 400 fields for others
-    dec.decode(ipfix_message([struct.pack("!HHHH", 2, 8, 2, 0)], seq=1, export_time=EXPORT), "192.0.2.0", 0, 9.0)
-    assert dec.template_fields == 600
-    t = IpfixTemplate(300, fields, 0)
-    dec.decode(ipfix_message([template_set([t])], seq=1, export_time=EXPORT), "192.0.2.3", 0, 10.0)
-    assert dec.template_fields == 700
+    assert dec.template_fields == sum(s["templates"] for s in stats.values()) * 100
+    assert stats["192.0.2.3"]["templates"] == 4 and "192.0.2.0" not in stats and dec.evicted_exporters >= 1
+    assert sum(s["errors"].get("template_limit", 0) for s in stats.values()) == 0
+    # RFC 7011 8.1: withdrawing all of 192.0.2.3's templates frees 400 fields
+    held = dec.template_fields
+    dec.decode(ipfix_message([struct.pack("!HHHH", 2, 8, 2, 0)], seq=1, export_time=EXPORT), "192.0.2.3", 0, 9.0)
+    assert dec.template_fields == held - 400
     # evicting exporters returns their fields
     for i in range(16):
         dec.decode(b"\x00\x05" + b"\x00" * 30, f"10.9.0.{i}", 0, 20.0 + i)
     assert dec.template_fields == sum(s["templates"] for s in dec.stats().values()) * 100
+    # one exporter alone over the bound: what it cannot fit is refused and counted
+    alone = Decoder(DecoderConfig(max_template_fields=10 * (100 + 24)))
+    ts = [IpfixTemplate(tid, fields, 0) for tid in range(256, 268)]
+    alone.decode(ipfix_message([template_set(ts)], seq=0, export_time=EXPORT), "192.0.2.9", 0, 1.0)
+    assert alone.template_fields == 1000 and alone.stats()["192.0.2.9"]["errors"]["template_limit"] == 2
 
 
 def test_one_field_template_flood_is_bounded_by_template_count_too() -> None:
@@ -204,9 +210,11 @@ def test_one_field_template_flood_is_bounded_by_template_count_too() -> None:
         ts = [IpfixTemplate(tid, (("f", 8, 0, 4),), 0) for tid in range(256, 266)]
         dec.decode(ipfix_message([template_set(ts)], seq=0, export_time=EXPORT), f"192.0.2.{e}", 0, 1.0 + e)
     stats = dec.stats()
-    assert sum(s["templates"] for s in stats.values()) == dec.template_count == 100
-    assert dec.template_fields == 100
-    assert sum(s["errors"].get("template_limit", 0) for s in stats.values()) == 400 - 100
+    assert sum(s["templates"] for s in stats.values()) == dec.template_count == dec.template_fields <= 100
+    assert dec.template_fields_counted <= 25 * 100
+    # the addresses seen least recently gave way (as for the exporter table), none was refused
+    assert dec.evicted_exporters + dec.exporter_count() == 40 and dec.exporter_count() <= 10
+    assert sum(s["errors"].get("template_limit", 0) for s in stats.values()) == 0
 
 
 @pytest.mark.parametrize("n", [0, 1, 3, 7, 15, 16, 17, 23])
