@@ -5,7 +5,6 @@ and the queue": flowscope_flows_total = delivered + dropped + queued)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import signal
 import struct
@@ -154,33 +153,15 @@ class StallFront(KafkaFront):
         self.held_records = 0
         self.hung = 0
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _take(self) -> bool:
         if self.stalled:
             self.hung += 1
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.Event().wait()   # (until stop())
-            writer.close()
-            return
-        up = await self._upstream(writer)
-        if up is None:
-            return
-        up_r, up_w = up
-        try:
-            while True:
-                size = struct.unpack(">i", await reader.readexactly(4))[0]
-                frame = await reader.readexactly(size)
-                if self.stalled and struct.unpack_from(">h", frame, 0)[0] == 0:
-                    self.held_records += _batch_records(frame)
-                    await asyncio.Event().wait()
-                up_w.write(struct.pack(">i", size) + frame)
-                n = struct.unpack(">i", await up_r.readexactly(4))[0]
-                writer.write(struct.pack(">i", n) + await up_r.readexactly(n))
-                await writer.drain()
-        except (asyncio.IncompleteReadError, OSError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
-            up_w.close()
+        return not self.stalled
+
+    async def _request(self, conn: int, frame: bytes) -> None:
+        if self.stalled and struct.unpack_from(">h", frame, 0)[0] == 0:
+            self.held_records += _batch_records(frame)
+            await asyncio.Event().wait()
 
 
 def _batch_records(frame: bytes) -> int:

@@ -314,48 +314,29 @@ class InFlightFront(KafkaFront):
         self.early_overlaps: list[tuple[bytes, int, list[int]]] = []
         self.answered: set[tuple[bytes, int]] = set()   # partitions a Produce answer came back for
         self.produce_requests = 0
-        self._next_conn = 0
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = self._next_conn
-        self._next_conn += 1
-        up = await self._upstream(writer)
-        if up is None:
+    async def _request(self, conn: int, frame: bytes) -> None:
+        req = produce_request(frame)
+        if not req:
             return
-        up_r, up_w = up
-        try:
-            while True:
-                size = struct.unpack(">i", await reader.readexactly(4))[0]
-                frame = await reader.readexactly(size)
-                req = produce_request(frame)
-                parts = [(t, p) for t, ps in req[3] for p in ps] if req else []
-                for tp in parts:
-                    on = self.inflight.setdefault(tp, {})
-                    on[conn] = on.get(conn, 0) + 1
-                    if len(on) > 1:
-                        self.overlaps.append((tp[0], tp[1], sorted(on)))
-                        if tp not in self.answered:
-                            self.early_overlaps.append((tp[0], tp[1], sorted(on)))
-                if req:
-                    self.produce_requests += 1
-                    await asyncio.sleep(0.02)
-                up_w.write(struct.pack(">i", size) + frame)
-                await up_w.drain()
-                n = struct.unpack(">i", await up_r.readexactly(4))[0]
-                body = await up_r.readexactly(n)
-                for tp in parts:
-                    on = self.inflight[tp]
-                    on[conn] -= 1
-                    if not on[conn]:
-                        del on[conn]
-                    self.answered.add(tp)
-                writer.write(struct.pack(">i", n) + body)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, OSError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
-            up_w.close()
+        for tp in ((t, p) for t, ps in req[3] for p in ps):
+            on = self.inflight.setdefault(tp, {})
+            on[conn] = on.get(conn, 0) + 1
+            if len(on) > 1:
+                self.overlaps.append((tp[0], tp[1], sorted(on)))
+                if tp not in self.answered:
+                    self.early_overlaps.append((tp[0], tp[1], sorted(on)))
+        self.produce_requests += 1
+        await asyncio.sleep(0.02)
+
+    def _answered(self, conn: int, frame: bytes) -> None:
+        req = produce_request(frame)
+        for tp in ((t, p) for t, ps in req[3] for p in ps) if req else ():
+            on = self.inflight[tp]
+            on[conn] -= 1
+            if not on[conn]:
+                del on[conn]
+            self.answered.add(tp)
 
 
 @contextlib.contextmanager
@@ -447,31 +428,13 @@ class AnswerCutFront(KafkaFront):
         self.produce = 0
         self.answers_cut = 0
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up = await self._upstream(writer)
-        if up is None:
-            return
-        up_r, up_w = up
-        try:
-            while True:
-                size = struct.unpack(">i", await reader.readexactly(4))[0]
-                frame = await reader.readexactly(size)
-                up_w.write(struct.pack(">i", size) + frame)
-                await up_w.drain()
-                n = struct.unpack(">i", await up_r.readexactly(4))[0]
-                answer = await up_r.readexactly(n)
-                if produce_request(frame) is not None:
-                    self.produce += 1
-                    if self.produce in self.cut:
-                        self.answers_cut += 1
-                        return
-                writer.write(struct.pack(">i", n) + answer)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, OSError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
-            up_w.close()
+    def _rewrite(self, frame: bytes, answer: bytes) -> bytes | None:
+        if produce_request(frame) is not None:
+            self.produce += 1
+            if self.produce in self.cut:
+                self.answers_cut += 1
+                return None
+        return answer
 
 
 @pytest.mark.parametrize("mode", [[], ["--no-kafka-direct"]], ids=["direct", "aiokafka"])

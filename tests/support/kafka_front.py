@@ -11,6 +11,7 @@ it serves.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 import threading
 from collections.abc import Awaitable, Callable
@@ -28,6 +29,7 @@ class KafkaFront:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.AbstractServer | None = None
+        self._conns = 0     # connections taken so far (the next one's number)
 
     def start(self) -> None:
         self._thread.start()
@@ -63,13 +65,34 @@ class KafkaFront:
         broker's; None: the broker answers it."""
         return None
 
-    def _rewrite(self, frame: bytes, answer: bytes) -> bytes:
-        """The broker's answer to `frame` (after its size word) as the client gets it."""
+    def _rewrite(self, frame: bytes, answer: bytes) -> bytes | None:
+        """The broker's answer to `frame` (after its size word) as the client gets it; None:
+        the client's connection is closed instead (the broker did the request, the client never
+        learns it)."""
         return answer
+
+    async def _request(self, conn: int, frame: bytes) -> None:
+        """Called with each request `frame` of connection number `conn` (0, 1, ... in the
+        order they were taken) before it goes on: may wait (hold it back, or for ever)."""
+
+    def _answered(self, conn: int, frame: bytes) -> None:
+        """Called once the broker answered `frame` of connection `conn`, before the client gets it."""
+
+    def _take(self) -> bool:
+        """Whether a new connection is served; False: it is taken and never read from (until
+        stop())."""
+        return True
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Requests one at a time: each answered by _answer, or sent to the broker, whose answer
         goes back through _rewrite (a Produce request with acks 0 gets none: Kafka sends none)."""
+        conn = self._conns
+        self._conns += 1
+        if not self._take():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.Event().wait()   # (until stop())
+            writer.close()
+            return
         up = await self._upstream(writer)
         if up is None:
             return
@@ -78,6 +101,7 @@ class KafkaFront:
             while True:
                 size = struct.unpack(">i", await reader.readexactly(4))[0]
                 frame = await reader.readexactly(size)
+                await self._request(conn, frame)
                 answer = self._answer(frame)
                 if answer is None:
                     up_w.write(struct.pack(">i", size) + frame)
@@ -85,7 +109,11 @@ class KafkaFront:
                     if acks_zero(frame):
                         continue
                     n = struct.unpack(">i", await up_r.readexactly(4))[0]
-                    body = self._rewrite(frame, await up_r.readexactly(n))
+                    raw = await up_r.readexactly(n)
+                    self._answered(conn, frame)
+                    body = self._rewrite(frame, raw)
+                    if body is None:
+                        return
                     answer = struct.pack(">i", len(body)) + body
                 writer.write(answer)
                 await writer.drain()
