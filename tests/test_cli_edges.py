@@ -178,13 +178,7 @@ def test_ctrl_c_while_run_starts_is_no_traceback(tmp_path: Path) -> None:
     import time
 
     mark = tmp_path / "plugin-running"
-    kc = tmp_path / "kc.yaml"
-    kc.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
-        "clusters: [{name: c, cluster: {server: 'http://127.0.0.1:9'}}]\n"
-        "contexts: [{name: c, context: {cluster: c, user: u}}]\n"
-        "users: [{name: u, user: {exec: {apiVersion: client.authentication.k8s.io/v1beta1, command: /bin/sh, "
-        f"args: ['-c', 'touch {mark}; sleep 5'], interactiveMode: Never}}}}}}]\n")
+    kc = _exec_plugin_kubeconfig(tmp_path, mark)
     p = subprocess.Popen([sys.executable, "-m", "collector.cli", "run", "--kubeconfig", str(kc), "--listen",
                           "netflow://127.0.0.1:2055"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                          text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
