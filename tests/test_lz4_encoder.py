@@ -156,6 +156,28 @@ def test_flow_json_compresses_as_well_as_liblz4_fast_mode() -> None:
         assert len(ours) < len(theirs) * 1.15, (enriched, len(raw), len(ours), len(theirs))
 
 
+@pytest.mark.parametrize("shared", [1, 3, 7, 8, 9, 15, 16, 17, 40])
+def test_a_match_reaches_back_over_the_literals_it_shares(shared: int) -> None:
+    """A key matched at its ',' is extended backwards over the literals before it that equal
+    the bytes before the earlier key: the suffix two values share (a host name's domain) is
+    part of the match, whatever its length against the encoder's 8-byte steps, and never
+    reaches into the literals' first differing byte."""
+    suffix = bytes(ord("a") + i % 26 for i in range(shared))
+    first = b'{"Host":"q1' + suffix + b'","Proto":6,"SrcPort":53}\n'
+    second = b'{"Host":"zz' + suffix + b'","Proto":6,"SrcPort":53}\n'
+    data = first + second + b"." * 40          # room past the end-of-block limits
+    frame = lz4_frame_of(data, HDR)
+    assert frame is not None and lz4f.decompress(frame) == data
+    (compressed, body), = _blocks(frame)
+    assert compressed
+    out, matches = _walk(body)
+    assert out == data
+    start = len(first) + len(b'{"Host":"zz')    # the suffix's first byte in the second record
+    # the match found at ',"Proto"' starts where the shared bytes start (the '1'/'z' before
+    # them differ), taking the suffix and the '"' before the comma
+    assert any(pos == start and off == len(first) for pos, off, _ in matches), (matches, start)
+
+
 def test_level_zero_is_the_field_anchored_encoder_and_one_is_liblz4() -> None:
     """kafka.compression_level 0 (the default) writes flowscope's frames, 1-2 liblz4's fast mode:
     both are the same frame format, and they differ (each encoder's own matches)."""
