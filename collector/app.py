@@ -291,7 +291,8 @@ def http_servers(cfg: Config, agg: Aggregator, expected: int, alive: Callable[[]
         routes = {"/metrics": metrics}
         if not cfg.health_addr:
             routes.update(health)
-        out.append(HttpServer(cfg.metrics_addr, routes, max_connections=cfg.http_max_connections))
+        moved = {path: f"the health address {cfg.health_addr} (--health-addr)" for path in health} if cfg.health_addr else {}
+        out.append(HttpServer(cfg.metrics_addr, routes, max_connections=cfg.http_max_connections, elsewhere=moved))
     if cfg.health_addr:
         out.append(HttpServer(cfg.health_addr, health, max_connections=cfg.http_max_connections))
     return out

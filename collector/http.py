@@ -53,9 +53,13 @@ RESPONSE_TIMEOUT_S = 30.0
 
 
 class HttpServer:
-    def __init__(self, addr: str, routes: dict[str, Handler], *, max_connections: int = MAX_CONNECTIONS) -> None:
+    def __init__(self, addr: str, routes: dict[str, Handler], *, max_connections: int = MAX_CONNECTIONS,
+                 elsewhere: dict[str, str] | None = None) -> None:
         self.host, self.port = split_hostport(addr)
         self.routes = routes
+        # paths served by another of the process's addresses: a 404 for one says where it is
+        # (the kubelet probing /healthz on the metrics port once --health-addr moved it)
+        self.elsewhere = elsewhere or {}
         self.max_connections = max_connections
         self.server: asyncio.base_events.Server | None = None
         # connections held, those of them still waiting for their request head and those that
@@ -97,6 +101,12 @@ class HttpServer:
             # a client that sent nothing and closed its end (b"") is answered 405 as before
             first = await asyncio.wait_for(reader.read(1), REQUEST_LINE_TIMEOUT_S)
             line = first + (await reader.readline() if first not in (b"", b"\n") else b"")
+            if line in (b"\r\n", b"\n"):
+                # RFC 9112 2.2: an empty line before the request line is ignored (robustness);
+                # a second one is the request line, empty, answered 400 without headers to wait for
+                line = await reader.readline()
+                if line in (b"\r\n", b"\n", b""):
+                    return line
             for _ in range(MAX_HEADERS):
                 h = await reader.readline()
                 if h in (b"\r\n", b"\n", b""):
@@ -165,13 +175,20 @@ class HttpServer:
             handler = self.routes.get(path)
             if line is None:
                 status, ctype, body = 431, "text/plain", b"request header fields too large\n"
-            elif len(parts) < 2 or parts[0] not in ("GET", "HEAD"):
+            elif len(parts) < 2 or len(parts) > 3 or (len(parts) == 3 and not parts[2].startswith("HTTP/")):
+                # RFC 9112 3: method SP request-target SP HTTP-version; an invalid request line
+                # is a 400 (a line without the version, "GET /healthz", is still taken)
+                status, ctype, body = 400, "text/plain", b"malformed request line\n"
+            elif parts[0] not in ("GET", "HEAD"):
                 status, ctype, body = 405, "text/plain", b"only GET and HEAD\n"
             elif handler is None:
-                status, ctype, body = 404, "text/plain", b"not found; try " + ", ".join(self.routes).encode() + b"\n"
+                body = b"not found; try " + ", ".join(self.routes).encode() + b"\n"
+                if path in self.elsewhere:
+                    body = f"not found: {path} is served on {self.elsewhere[path]}\n".encode() + body
+                status, ctype = 404, "text/plain"
             else:
                 status, ctype, body = handler()
-            reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 431: "Request Header Fields Too Large",
+            reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 431: "Request Header Fields Too Large",
                       503: "Service Unavailable"}.get(status, "")
             # RFC 9110 15.5.6: a 405 MUST list the methods the resource supports
             allow = "Allow: GET, HEAD\r\n" if status == 405 else ""

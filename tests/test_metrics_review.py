@@ -61,7 +61,53 @@ def test_every_answer_carries_the_body_its_content_length_announces() -> None:
     for answer in answers:
         status, headers, body = _split(answer)
         assert int(headers["content-length"]) == len(body), (status, answer[:200])
-    assert [_split(a)[0] for a in answers] == [431, 405, 200]
+    assert [_split(a)[0] for a in answers] == [431, 400, 200]
+
+
+@pytest.mark.parametrize("request_line,status", [
+    (b"GET /healthz HTTP/1.1", 200),
+    (b"\r\nGET /healthz HTTP/1.1", 200),      # RFC 9112 2.2: one empty line before it is ignored
+    (b"GET /healthz", 200),                    # no version: still taken
+    (b"GARBAGE", 400),
+    (b"GET /healthz HTTP/1.1 extra", 400),
+    (b"GET /a b HTTP/1.1", 400),               # a space inside the target
+    (b"GET /healthz XTTP/1.1", 400),
+    (b"POST /healthz HTTP/1.1", 405),
+])
+def test_a_malformed_request_line_is_a_400(request_line: bytes, status: int) -> None:
+    """RFC 9112 section 3: "Recipients of an invalid request-line SHOULD respond with either a
+    400 (Bad Request) error or a 301 (Moved Permanently) redirect". A line of one word, or of
+    four, was answered 405 Method Not Allowed (with an Allow header) or served as if valid; an
+    empty line before the request line (which section 2.2 says to ignore) made it a 405."""
+    async def main() -> bytes:
+        srv = await _serve({"/healthz": lambda: (200, "text/plain", b"ok\n")})
+        try:
+            return await _exchange(srv, request_line + b"\r\nHost: x\r\n\r\n")
+        finally:
+            await srv.stop()
+
+    got, headers, body = _split(asyncio.run(main()))
+    assert got == status, (request_line, got, body)
+    assert int(headers["content-length"]) == len(body)
+    if status == 400:
+        assert body == b"malformed request line\n" and "allow" not in headers
+
+
+def test_a_404_for_a_path_served_on_the_other_address_says_where(collector: Any) -> None:
+    """With --health-addr set, /healthz and /readyz leave the metrics address: a probe still
+    pointed at the metrics port got "not found; try /metrics", not a word about where they went."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        hport = s.getsockname()[1]
+    c = collector(["--health-addr", f"127.0.0.1:{hport}"], wait_ready=False)
+    wait_for(lambda: c.get("/metrics")[0] == 200, 20)
+    for path in ("/healthz", "/readyz"):
+        status, body = c.get(path)
+        assert status == 404
+        assert body.startswith(f"not found: {path} is served on the health address 127.0.0.1:{hport} "
+                               "(--health-addr)\n"), body
+    status, body = c.get("/nothing")
+    assert status == 404 and body == "not found; try /metrics\n", body
 
 
 def test_head_has_the_length_of_get_and_no_body() -> None:
