@@ -101,15 +101,20 @@ cdef extern from *:
     static inline uint32_t fs_fa_key(const unsigned char* s) {
         uint64_t lo = fs_fa_rd64(s), hi = fs_fa_rd64(s + 8);
     #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-        /* bytes equal to ':' get their high bit (exact for the lowest one); m ^ (m - 1) keeps
-           the bytes up to and with the first, or all 8 when m is 0. Without branches: which
-           half holds the ':' varies key by key, and a branch on it was mispredicted about once
-           in two keys (cachegrind --branch-sim) */
+        /* bytes equal to ':' get their high bit (exact for the lowest one) */
         uint64_t x = lo ^ 0x3A3A3A3A3A3A3A3Aull, m = (x - 0x0101010101010101ull) & ~x & 0x8080808080808080ull;
-        uint64_t y = hi ^ 0x3A3A3A3A3A3A3A3Aull, mh = (y - 0x0101010101010101ull) & ~y & 0x8080808080808080ull;
-        uint64_t in_lo = (uint64_t)0 - (uint64_t)(m != 0);
-        lo &= m ^ (m - 1);
-        hi &= ~in_lo & (mh ^ (mh - 1));
+        if (m) {
+            unsigned k = (unsigned)__builtin_ctzll(m) + 1;       /* bits kept, 8 to 64 */
+            if (k < 64) lo &= (~0ull) >> (64 - k);
+            hi = 0;
+        } else {
+            x = hi ^ 0x3A3A3A3A3A3A3A3Aull;
+            m = (x - 0x0101010101010101ull) & ~x & 0x8080808080808080ull;
+            if (m) {
+                unsigned k = (unsigned)__builtin_ctzll(m) + 1;
+                if (k < 64) hi &= (~0ull) >> (64 - k);
+            }
+        }
     #endif
         uint64_t h = lo ^ (hi * 0xC2B2AE3D27D4EB4Full) ^ (hi >> 29);
         return (uint32_t)((h * 0x9E3779B185EBCA87ull) >> (64 - FS_FA_HBITS));
@@ -135,23 +140,6 @@ cdef extern from *:
             tab[h] = (uint32_t)a;
             if (c == 0xFFFFFFFFu || fs_fa_rd32(s + c) != fs_fa_rd32(s + a)) { p = a + 1; continue; }
             m = 4;
-        #if defined(__SSE2__)
-            {
-                /* forward 16 bytes at a time while 16 fit before mlimit, then by words */
-                const unsigned char* x = s + a + m;
-                const unsigned char* y = s + c + m;
-                const unsigned char* xe = s + mlimit;
-                unsigned eq = 0xFFFF;
-                while (xe - x >= 16) {
-                    eq = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_loadu_si128((const __m128i*)x),
-                                                                    _mm_loadu_si128((const __m128i*)y)));
-                    if (eq != 0xFFFF) break;
-                    x += 16; y += 16;
-                }
-                m = (size_t)(x - (s + a));
-                if (eq != 0xFFFF) { m += (size_t)__builtin_ctz(~eq); goto fwd_done; }
-            }
-        #endif
             for (;;) {
                 if (a + m + 8 <= mlimit) {
                     uint64_t d = fs_fa_rd64(s + a + m) ^ fs_fa_rd64(s + c + m);
@@ -169,46 +157,12 @@ cdef extern from *:
                     break;
                 }
             }
-        #if defined(__SSE2__)
-        fwd_done:
-        #endif
             if (a + m > mlimit) { p = a + 1; continue; }  /* (a + 4 past the end: no match) */
-            /* backward over the literals before it, 8 bytes at a time: the bytes nearest a are
-               the word's high ones (a byte loop here was a fifth of the encoder's instructions,
-               a branch a byte) */
-        #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-            while (a - anchor >= 8 && c >= 8) {
-                uint64_t d = fs_fa_rd64(s + a - 8) ^ fs_fa_rd64(s + c - 8);
-                if (d) {
-                    size_t k = (size_t)(__builtin_clzll(d) >> 3);
-                    a -= k; c -= k; m += k;
-                    goto back_done;
-                }
-                a -= 8; c -= 8; m += 8;
-            }
-            if (a > anchor && c >= 8) {
-                /* fewer than 8 literals left: one word read reaching before the anchor (still
-                   inside the block: c >= 8 and a > c), its equal bytes capped at the literals */
-                uint64_t d = fs_fa_rd64(s + a - 8) ^ fs_fa_rd64(s + c - 8);
-                size_t k = d ? (size_t)(__builtin_clzll(d) >> 3) : 8;
-                if (k > a - anchor) k = a - anchor;
-                a -= k; c -= k; m += k;
-                goto back_done;
-            }
-        #endif
             while (a > anchor && c > 0 && s[a - 1] == s[c - 1]) { a--; c--; m++; }
-        #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-        back_done:
-        #endif
             lit = a - anchor;
-            /* room for the token, literals, offset and lengths (x >> 7 >= x / 255: a bound without
-               the divisions; only a block that barely shrinks is affected, stored raw then) */
-            if ((size_t)(oend - o) < lit + (lit >> 7) + (m >> 7) + 5) return 0;
+            if ((size_t)(oend - o) < 1 + lit / 255 + 1 + lit + 2 + (m - 4) / 255 + 1) return 0;
             tok = o++;
-            /* a length byte past the token's 15, written always and kept when needed (no branch:
-               the room check counted it); 270 and more take 255s first, rare */
-            if (lit >= 270) o = fs_fa_len(o, lit - 15);
-            else { *o = (unsigned char)(lit - 15); o += lit >= 15; }
+            if (lit >= 15) o = fs_fa_len(o, lit - 15);
             if ((size_t)(oend - o) >= lit + 16 && anchor + lit + 16 <= n) {
                 /* literals 16 bytes at a time (both ends have room for the overshoot) */
                 const unsigned char* q = s + anchor;
@@ -221,8 +175,7 @@ cdef extern from *:
             o += lit;
             *o++ = (unsigned char)((a - c) & 0xFF);
             *o++ = (unsigned char)((a - c) >> 8);
-            if (m - 4 >= 270) o = fs_fa_len(o, m - 4 - 15);
-            else { *o = (unsigned char)(m - 4 - 15); o += m - 4 >= 15; }
+            if (m - 4 >= 15) o = fs_fa_len(o, m - 4 - 15);
             *tok = (unsigned char)(((lit >= 15 ? 15 : lit) << 4) | (m - 4 >= 15 ? 15 : m - 4));
             p = anchor = a + m;
         }
