@@ -435,7 +435,7 @@ class Config:
     """Everything `flowscope run` needs; see docs/collector.md for the generated table."""
 
     listen: list[str] = opt(DEFAULT_LISTEN, "UDP listener SCHEME://HOST:PORT, repeatable; netflow:// accepts "
-                            "v5, v9 and IPFIX (detected per datagram), ipfix:// and sflow:// as named; "
+                            "v5, v9 and IPFIX, v1 and v7 too (detected per datagram), ipfix:// and sflow:// as named; "
                             "IPv6 as netflow://[::]:2055", parse_listen, metavar="SCHEME://HOST:PORT",
                             repeat=True)
     rcvbuf: int = opt(32 * 1024**2, "SO_RCVBUF per socket, at most 2147483647 (2 GiB - 1); the kernel caps "

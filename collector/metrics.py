@@ -62,7 +62,7 @@ SERIES: dict[str, Series] = {s.name: s for s in [
            "(--max-templates-per-exporter): the least recently refreshed gives way to a new one (an exporter that "
            "restarts on a new source port leaves its old session's templates behind)", ("exporter", "protocol")),
     Series("flowscope_sequence_lost", "counter", "Lost before reaching flowscope, from the exporters' sequence "
-           "numbers (per exporting process and domain; sFlow per agent and sub-agent): flows for netflow5, data "
+           "numbers (per exporting process and domain; sFlow per agent and sub-agent): flows for netflow5 and netflow7, data "
            "records for ipfix, datagrams for netflow9 (its data records for an exporter that numbers flows, as "
            "Juniper's does) and sflow5; a gap is counted once it has stayed open for a "
            "second (datagrams reordered on the path fill it first)", ("exporter", "protocol")),
@@ -73,7 +73,7 @@ SERIES: dict[str, Series] = {s.name: s for s in [
            "older values and is skipped, not taken for an agent restart; Open vSwitch always sends 0)",
            ("exporter", "protocol")),
     Series("flowscope_sequence_resets", "counter", "Exporter restarts: a sequence number that jumped by more than "
-           "2^20, or went back with a header uptime (netflow5, netflow9, sflow5) that went back by more than a "
+           "2^20, or went back with a header uptime (netflow5, netflow7, netflow9, sflow5) that went back by more than a "
            "minute, or went back and kept following on in sequence for a second (a process restarted on the same port); "
            "tracking starts over", ("exporter", "protocol")),
     Series("flowscope_exporters", "gauge", "Exporters (source addresses) with decoder state that sent since the start (those only "

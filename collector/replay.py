@@ -107,8 +107,8 @@ def units(src: Source, p: bytes) -> list[Unit]:
     if len(p) < 4:
         return []
     ver = struct.unpack_from("!H", p, 0)[0]
-    if ver == 5 and len(p) >= 24:
-        return [Unit((src, 5, p[20], p[21]), 16, 8, False, 0, len(p))]  # engine type / id
+    if ver in (5, 7) and len(p) >= 24:
+        return [Unit((src, ver, p[20], p[21]), 16, 8, False, 0, len(p))]  # engine type / id (v7: 0)
     if ver == 9 and len(p) >= 20:
         return [Unit((src, 9, struct.unpack_from("!I", p, 16)[0]), 12, 8, False, 0, len(p))]
     if ver != 10:
@@ -356,7 +356,7 @@ class Plan:
                 adv, exact = self._ipfix.count(src, p, u.start, u.end)
                 st.last_src, st.last_msg = src, p[u.start : u.end]
                 uptime = -1  # IPFIX has none
-            elif u.key[1] == 5:
+            elif u.key[1] in (5, 7):
                 adv = struct.unpack_from("!H", p, 2)[0]  # flows in the datagram
                 uptime = struct.unpack_from("!I", p, 4)[0]
             else:

@@ -57,7 +57,7 @@ def _ipfix_check(data: bytes) -> bool:
 
 
 def _netflow_check(data: bytes) -> bool:
-    return data[:2] in (b"\x00\x05", b"\x00\x09", b"\x00\x0a")
+    return data[:2] in (b"\x00\x01", b"\x00\x05", b"\x00\x07", b"\x00\x09", b"\x00\x0a")
 
 
 SCHEME_CHECKS: dict[str, Callable[[bytes], bool]] = {
@@ -77,10 +77,10 @@ def sniff_protocol(data: bytes) -> str:
     v = int.from_bytes(data[:2], "big")
     if v == 10:
         return "IPFIX (an ipfix:// or netflow:// listener takes it)"
-    if v in (5, 9):
+    if v in (1, 5, 7, 9):
         return f"NetFlow v{v} (a netflow:// listener takes it)"
-    if v in (1, 6, 7, 8):
-        return f"NetFlow v{v} (not decoded: v5, v9 and IPFIX only)"
+    if v in (6, 8):
+        return f"NetFlow v{v} (not decoded: v1, v5, v7, v9 and IPFIX only)"
     return "no flow protocol flowscope knows"
 
 

@@ -232,6 +232,7 @@ cdef class Decoder:
         version = be16(buf) if n >= 4 else 0
         # Per-protocol counters: one exporter (an OVS node) often sends IPFIX, sFlow and NetFlow.
         ex.cur_protocol = ("netflow5" if version == 5 else "netflow9" if version == 9 else
+                           "netflow1" if version == 1 else "netflow7" if version == 7 else
                            "ipfix" if version == 10 else
                            "sflow5" if version == 0 and n >= 4 and be32(buf) == 5 else "unknown")
         pst = ex.proto_stats(ex.cur_protocol)
@@ -247,8 +248,8 @@ cdef class Decoder:
             rd_init(&r, buf, 0, n)
             if n < 4:
                 raise_decode("truncated", 0, f"{n}-byte datagram")
-            if version == 5:
-                decode_v5(self, ex, b, &r)
+            if version == 5 or version == 1 or version == 7:
+                decode_v5(self, ex, b, &r, version)
             elif version == 9:
                 decode_v9(self, ex, b, &r)
             elif version == 10:

@@ -108,7 +108,9 @@ cdef enum:
 # Protocol of the datagram a batch came from.
 cdef enum:
     PROTO_NONE = 0
+    PROTO_NETFLOW1 = 1
     PROTO_NETFLOW5 = 5
+    PROTO_NETFLOW7 = 7
     PROTO_NETFLOW9 = 9
     PROTO_IPFIX = 10
     PROTO_SFLOW5 = 100

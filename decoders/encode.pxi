@@ -862,8 +862,9 @@ cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char*
         buf_uint(o, f.msg_domain if f.present & P_MSG else bt.domain)
         buf_put(o, ",\"TemplateId\":", 14)
         buf_uint(o, f.template_id)
-    buf_put(o, ",\"SequenceNum\":", 15)
-    buf_uint(o, f.msg_sequence if f.present & P_MSG else bt.sequence)
+    if bt.proto_kind != PROTO_NETFLOW1:      # (v1 headers carry no sequence number)
+        buf_put(o, ",\"SequenceNum\":", 15)
+        buf_uint(o, f.msg_sequence if f.present & P_MSG else bt.sequence)
     if f.extra_count:
         encode_extras(o, bt, f, data)
     if enricher is not None:

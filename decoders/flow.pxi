@@ -135,7 +135,8 @@ cdef class FlowBatch:
         return [orjson.loads(j) for j in encode_batch(self, enricher)]
 
 
-PROTOCOL_NAMES = {PROTO_NETFLOW5: "netflow5", PROTO_NETFLOW9: "netflow9", PROTO_IPFIX: "ipfix", PROTO_SFLOW5: "sflow5"}
+PROTOCOL_NAMES = {PROTO_NETFLOW1: "netflow1", PROTO_NETFLOW5: "netflow5", PROTO_NETFLOW7: "netflow7",
+                  PROTO_NETFLOW9: "netflow9", PROTO_IPFIX: "ipfix", PROTO_SFLOW5: "sflow5"}
 
 
 cdef Flow* batch_new_flow(FlowBatch b) except NULL:

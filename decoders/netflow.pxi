@@ -1077,6 +1077,8 @@ cdef class ExporterState:
         cdef Py_ssize_t off
         if v == 5 and n >= 24:
             self.sequence_forget(PROTO_NETFLOW5, port, (<uint32_t>h[20] << 8) | h[21])
+        elif v == 7 and n >= 24:
+            self.sequence_forget(PROTO_NETFLOW7, port, 0)
         elif v == 9 and n >= 20:
             self.sequence_forget(PROTO_NETFLOW9, port, be32(h + 16))
         elif v == 10 and n >= 16:
@@ -1147,30 +1149,39 @@ cdef inline object tkey(int version, uint32_t domain, uint16_t tid, uint16_t por
 
 # ---------------------------------------------------------------- NetFlow v5
 
-cdef int decode_v5(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except -1:
-    cdef const uint8_t* h = rd_take(r, 24)
+cdef int decode_v5(Decoder dec, ExporterState ex, FlowBatch b, Reader* r, int version=5) except -1:
+    """NetFlow v5 and its fixed-format relatives, v1 and v7 (Cisco's NetFlow export datagram
+    formats; fprobe -n 1|7, softflowd -v 1): v1 has a 16-byte header (no flow_sequence, engine
+    or sampling interval) and 48-byte records without AS numbers or masks, its TCP flags at
+    offset 40; v7 has v5's header with its last 4 bytes reserved and 52-byte records, v5's
+    with the flags byte at 36 (which fields are invalid) and router_sc at 48."""
+    cdef Py_ssize_t hlen = 16 if version == 1 else 24
+    cdef Py_ssize_t rlen = 52 if version == 7 else 48
+    cdef uint16_t max_count = 24 if version == 1 else 28 if version == 7 else 30
+    cdef const uint8_t* h = rd_take(r, hlen)
     cdef uint16_t count = be16(h + 2)
     cdef uint32_t uptime = be32(h + 4)
     cdef int64_t base_ms
-    cdef uint16_t interval = be16(h + 22) & 0x3FFF
+    cdef uint16_t interval = be16(h + 22) & 0x3FFF if version == 5 else 0
     cdef const uint8_t* p
     cdef Flow* f
     cdef int i
     cdef uint32_t rate
-    b.proto_kind = PROTO_NETFLOW5
-    b.sequence = be32(h + 16)
-    # flow_sequence counts flows; engine type/id tell an exporter's engines apart
-    ex.sequence(PROTO_NETFLOW5, b.port, (<uint32_t>h[20] << 8) | h[21], b.sequence, count, uptime,
-                <int64_t>(b.recv_time * 1000.0), be32(h + 8))
+    b.proto_kind = PROTO_NETFLOW5 if version == 5 else PROTO_NETFLOW7 if version == 7 else PROTO_NETFLOW1
+    if version != 1:
+        b.sequence = be32(h + 16)
+        # flow_sequence counts flows; engine type/id (v5) tell an exporter's engines apart
+        ex.sequence(b.proto_kind, b.port, (<uint32_t>h[20] << 8) | h[21] if version == 5 else 0, b.sequence,
+                    count, uptime, <int64_t>(b.recv_time * 1000.0), be32(h + 8))
     cdef bint bad_count = False
-    # Records are 48 bytes and a v5 datagram holds at most 30 (Cisco's v5 format). When the
-    # header's count disagrees with the length, decode the whole records that are there (as
-    # Wireshark does) and count the disagreement as bad_count on the exporter.
-    if count == 0 or count > 30 or rd_left(r) < 48 * count:
+    # Records are 48 bytes (v7: 52) and a datagram holds at most 30 (v1: 24, v7: 28) (Cisco's
+    # formats). When the header's count disagrees with the length, decode the whole records
+    # that are there (as Wireshark does) and count the disagreement as bad_count on the exporter.
+    if count == 0 or count > max_count or rd_left(r) < rlen * count:
         bad_count = True
-        count = <uint16_t>min(rd_left(r) // 48, 30)
+        count = <uint16_t>min(rd_left(r) // rlen, max_count)
         if count == 0:
-            raise_decode("bad_length", 2, f"v5 header count {be16(h + 2)} with {rd_left(r)} bytes of records")
+            raise_decode("bad_length", 2, f"v{version} header count {be16(h + 2)} with {rd_left(r)} bytes of records")
     # first/last are sysUptime ms: absolute = export time - uptime + value, where a value more
     # than SYSUP_SKEW_MS above the header's uptime was counted before the 32-bit counter
     # wrapped (sysup_time); one less far above is the exporter stamping flows ahead. Wireshark
@@ -1180,7 +1191,7 @@ cdef int decode_v5(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except
     b.clock_shift_ms = clock_shift(ex, b, base_ms + uptime)
     rate = interval if interval else ex.cidr_sampling
     for i in range(count):
-        p = rd_take(r, 48)
+        p = rd_take(r, rlen)
         f = batch_new_flow(b)
         f.af = 4
         memcpy(f.src, p, 4)
@@ -1196,18 +1207,21 @@ cdef int decode_v5(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except
         f.t_end_ms = sysup_time(base_ms, be32(p + 28), base_ms + uptime + SYSUP_SKEW_MS)
         f.sport = be16(p + 32)
         f.dport = be16(p + 34)
-        f.tcp_flags = p[37]
         f.proto = p[38]
         f.dscp = p[39] >> 2
-        f.src_as = be16(p + 40)
-        f.dst_as = be16(p + 42)
-        f.src_mask = p[44]
-        f.dst_mask = p[45]
         f.etype = 0x0800
         f.sampling = rate
         f.present = (P_SPORT | P_DPORT | P_PROTO | P_ETYPE | P_BYTES | P_PACKETS | P_DSCP | P_TSTART
-                     | P_TEND | P_INIF | P_OUTIF | P_SRCAS | P_DSTAS | P_SRCMASK | P_DSTMASK
-                     | (P_SAMPLING if interval else 0))
+                     | P_TEND | P_INIF | P_OUTIF | (P_SAMPLING if interval else 0))
+        if version == 1:
+            f.tcp_flags = p[40]     # (v1: pad1 at 36, prot, tos, flags; no AS numbers or masks)
+        else:
+            f.tcp_flags = p[37]
+            f.src_as = be16(p + 40)
+            f.dst_as = be16(p + 42)
+            f.src_mask = p[44]
+            f.dst_mask = p[45]
+            f.present |= P_SRCAS | P_DSTAS | P_SRCMASK | P_DSTMASK
         if f.proto == 6:
             f.present |= P_FLAGS
         elif f.proto == 1:
@@ -1239,7 +1253,7 @@ cdef int decode_v5(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except
     ex.last_sampling = rate
     if bad_count:
         ex.count_error("bad_count")
-        dec.log_limited("bad_count", ex.ip, f"v5 header count {be16(h + 2)} but {b.n} records in the datagram")
+        dec.log_limited("bad_count", ex.ip, f"v{version} header count {be16(h + 2)} but {b.n} records in the datagram")
     return 0
 
 

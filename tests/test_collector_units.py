@@ -1574,7 +1574,7 @@ def test_documented_decode_error_reasons_are_the_ones_raised() -> None:
     for doc, span in spans.items():
         assert set(re.findall(r"`([a-z_]+)`", span)) == raised - {"bad_count"}, doc
     dec = Decoder()  # a version flowscope does not decode is bad_version, as documented
-    dec.decode(struct.pack("!HH", 1, 1) + bytes(60), "10.0.0.1", 0, 1.0)
+    dec.decode(struct.pack("!HH", 8, 1) + bytes(60), "10.0.0.1", 0, 1.0)
     assert dec.stats()["10.0.0.1"]["errors"] == {"bad_version": 1}
 
 
@@ -1894,7 +1894,11 @@ def test_a_refused_datagram_is_named_for_the_log() -> None:
     assert sniff_protocol(b"\x00\x00\x00\x05\x00\x00\x00\x01") == "sFlow v5 (an sflow:// listener takes it)"
     assert sniff_protocol(b"\x00\x0a\x00\x10") == "IPFIX (an ipfix:// or netflow:// listener takes it)"
     assert sniff_protocol(b"\x00\x09\x00\x01") == "NetFlow v9 (a netflow:// listener takes it)"
-    assert sniff_protocol(b"\x00\x07\x00\x01") == "NetFlow v7 (not decoded: v5, v9 and IPFIX only)"
+    assert sniff_protocol(b"\x00\x07\x00\x01") == "NetFlow v7 (a netflow:// listener takes it)"
+    assert sniff_protocol(b"\x00\x08\x00\x01") == "NetFlow v8 (not decoded: v1, v5, v7, v9 and IPFIX only)"
+    from collector.server import SCHEME_CHECKS  # a netflow:// listener takes what it decodes
+
+    assert [v for v in range(12) if SCHEME_CHECKS["netflow"](struct.pack("!HH", v, 1))] == [1, 5, 7, 9, 10]
     assert sniff_protocol(b"\x00\x00\x00\x04") == "sFlow v4 (not decoded: sFlow v5 only)"
     assert sniff_protocol(b"GET / HTTP/1.1") == "no flow protocol flowscope knows"
     assert sniff_protocol(b"\x05") == "too short for any flow protocol"

@@ -896,7 +896,7 @@ def test_exporters_restored_from_state_count_once_they_send() -> None:
     ("data", "reason"),
     [
         (b"", "truncated"),
-        (b"\x00\x07\x00\x00", "bad_version"),
+        (b"\x00\x08\x00\x00", "bad_version"),
         (struct.pack("!HHIII", 10, 200, EXPORT, 0, 0), "bad_length"),
         (struct.pack("!HHIII", 10, 24, EXPORT, 0, 0) + struct.pack("!HH", 2, 2) + b"\0\0\0\0", "bad_set"),
         # a variable-length field longer than its set (a template record cut by its set is
@@ -934,7 +934,7 @@ def test_error_log_limit_holds_for_floods_of_exporters(monkeypatch: pytest.Monke
         with caplog.at_level(logging.WARNING, logger="flowscope.decoders"):
             for _ in range(3):
                 for i in range(first, first + n):
-                    dec.decode(b"\x00\x07\x00\x00", f"10.{i >> 8 & 255}.{i & 255}.{i >> 16 & 255}", 2055, EXPORT)
+                    dec.decode(b"\x00\x08\x00\x00", f"10.{i >> 8 & 255}.{i & 255}.{i >> 16 & 255}", 2055, EXPORT)
         return len([r for r in caplog.records if "bad_version" in r.getMessage()])
 
     assert flood(0, 6000) == 4096 + 1

@@ -27,7 +27,7 @@ CORPUS = ROOT / "tests" / "data" / "corpus"
 SHARED = Path(os.environ.get("FLOWSCOPE_SHARED_CORPUS", ROOT.parent / "shared" / "corpus"))
 NON_PERMISSIVE = ("akvorado_", "juniper_akvorado-", "_pmacct-", "pktvisor_")
 
-PROTOCOL_BY_VERSION = {5: "netflow5", 9: "netflow9", 10: "ipfix"}
+PROTOCOL_BY_VERSION = {1: "netflow1", 5: "netflow5", 7: "netflow7", 9: "netflow9", 10: "ipfix"}
 
 
 def _local_cases() -> list:

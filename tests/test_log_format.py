@@ -31,7 +31,7 @@ def test_run_logs_json_with_exporter_and_reason(collector) -> None:
     c = collector(["--log-format", "json"])
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.sendto(b"\x00\x0a\x00", ("127.0.0.1", c.port))           # 3 bytes: truncated
-        s.sendto(b"\x00\x07" + b"\x00" * 30, ("127.0.0.1", c.port))  # NetFlow v7: not decoded
+        s.sendto(b"\x00\x08" + b"\x00" * 30, ("127.0.0.1", c.port))  # NetFlow v8: not decoded
         for _ in range(5):                                           # rate limited: no more lines
             s.sendto(b"\x00\x0a\x00", ("127.0.0.1", c.port))
     wait_for(lambda: c.value("flowscope_received_datagrams_total") >= 7, 15, what="7 datagrams counted")

@@ -355,9 +355,9 @@ class CflowReader:
         sysuptime_ms = seconds_to_ms(body["cflow.sysuptime"]) if "cflow.sysuptime" in body else None
         domain = int(body.get("cflow.od_id", body.get("cflow.source_id", 0)))
         sets: list[CflowSet] = []
-        if version == 5:
+        if version in (1, 5, 7):  # the fixed-format versions: records ("pdu"s) after the header
             recs = [flatten(v) for k, v in body.items() if _PDU_KEY.match(k) for v in _as_list(v)]
-            rate = to_int(body.get("cflow.samplerate", "0"))  # the header's 14-bit sampling interval
+            rate = to_int(body.get("cflow.samplerate", "0"))  # v5's 14-bit sampling interval
             for r in recs:
                 r[SAMPLING_KEY] = rate or None
             sets.append(CflowSet(0, "v5", recs))
@@ -787,7 +787,7 @@ def _time_ms(pkt: CflowPacket, rec: dict, which: str, tmpl: Template | None = No
         if key not in rec:
             return None
         rel = seconds_to_ms(rec[key])
-    if pkt.version in (5, 9) and pkt.export_ms is not None and pkt.sysuptime_ms is not None:
+    if pkt.version in (1, 5, 7, 9) and pkt.export_ms is not None and pkt.sysuptime_ms is not None:
         # tshark prints the raw offset, seconds since boot; compare_flow_record also checks the
         # time is this reading modulo 2^32 (RFC 3954 8: the counter wraps)
         return sysup_reading(pkt.export_ms - pkt.sysuptime_ms, rel, pkt.export_ms + SYSUP_SKEW_MS)
@@ -959,7 +959,7 @@ def compare_flow_record(pkt: CflowPacket, cset: CflowSet, rec: dict, flow: dict,
     CIDR gave, all that a firewall's event record (NSEL, never sampled) gets."""
     exp = expected_from_cflow(pkt, cset, rec)
     tol = time_tolerance_ms
-    if pkt.version == 5:
+    if pkt.version in (1, 5, 7):
         tol = max(tol, 1000)  # header unix_nsecs may or may not be used for the boot time
     required = set(CFLOW_REQUIRED)
     if "cflow.srcaddr" not in rec and "cflow.srcaddrv6" not in rec:
@@ -978,7 +978,7 @@ def compare_flow_record(pkt: CflowPacket, cset: CflowSet, rec: dict, flow: dict,
         raw = to_int(rec["cflow.dstport"]) if "cflow.dstport" in rec else None
         readings = {raw}
         sport = to_int(rec["cflow.srcport"]) if "cflow.srcport" in rec else 0
-        if pkt.version == 5 and sport and raw is not None:
+        if pkt.version in (1, 5, 7) and sport and raw is not None:
             # fprobe: the bare type in the source port and the code in the destination port;
             # some IOS versions: type << 8 | code in the source port, the destination 0
             if sport < 256 and raw < 256:
@@ -988,7 +988,7 @@ def compare_flow_record(pkt: CflowPacket, cset: CflowSet, rec: dict, flow: dict,
         if "IcmpType" not in exp and "IcmpType" in flow and (flow["IcmpType"] << 8 | flow["IcmpCode"]) not in readings:
             probs.append(f"IcmpType/IcmpCode {flow['IcmpType']}/{flow['IcmpCode']}: not the ports' reading "
                          f"{readings!r} (type << 8 | code), and the record has no ICMP element")
-    if pkt.version in (5, 9) and pkt.export_ms is not None and pkt.sysuptime_ms is not None:
+    if pkt.version in (1, 5, 7, 9) and pkt.export_ms is not None and pkt.sysuptime_ms is not None:
         for which, key in (("start", "TimeFlowStartMs"), ("end", "TimeFlowEndMs")):
             tkey = f"cflow.time{which}"
             if tkey in rec and seconds_to_ms(rec[tkey]) > pkt.sysuptime_ms and key in flow:
