@@ -85,17 +85,30 @@ def _check_fields(flows: list[dict], generated: list[G.Flow], protocol: str) -> 
 @pytest.mark.parametrize("version", [1, 7])
 def test_fprobe_netflow_v1_v7(version: int, workdir: Path, decoders_mod) -> None:
     """fprobe -n 1 and -n 7 (live capture of tcpreplay'd traffic on a veth): every record as
-    tshark reads it, and the flows as sent."""
+    tshark reads it, and the flows as sent; enough flows for several datagrams (fprobe sends
+    v1 24 and v7 27 records a datagram), whose v7 flow_sequence counts flows: none lost."""
+    from collector.pcap import iter_udp
+
     _skip_unless("fprobe", "tcpreplay")
-    generated = _traffic()
-    (workdir / E.PCAP_NAME).write_bytes(G.build_pcap(generated, start=START))
+    generated = _traffic() + [G.Flow(f"10.1.1.{i + 1}", "10.2.0.2", G.UDP, 41000 + i, 80, packets=1 + i % 3,
+                                     payload=100) for i in range(60)]
+    (workdir / E.PCAP_NAME).write_bytes(G.build_pcap(generated, start=START, gap=0.001))
     began = time.time()
-    cap, port = capture_export(workdir, lambda ns, port: E.run_fprobe(ns, workdir, port, version=version))
+    cap, port = capture_export(workdir, lambda ns, port: E.run_fprobe(ns, workdir, port, version=version,
+                                                                      extra=("-q", "10000")))
     problems, flows = decode_capture(decoders_mod, cap, "cflow", port)
     # fprobe's header uptime moves in whole seconds (as in test_fprobe)
     problems += check_against_traffic(flows, generated, start=began, time_slack_ms=3000)
     problems += _check_fields(flows, generated, f"netflow{version}")
-    assert not problems, "\n".join(problems)
+    datagrams = list(iter_udp(cap))
+    assert len(datagrams) >= 3, f"{len(datagrams)} datagrams: too few to read the numbering"
+    if version == 7:
+        dec = decoders_mod.Decoder(decoders_mod.DecoderConfig(default_sampling=0))
+        for d in datagrams:
+            dec.decode(d.payload, d.src, d.sport, d.ts)
+        st = dec.stats()[datagrams[0].src]["protocols"]["netflow7"]
+        assert (st["sequence_lost"], st["sequence_resets"]) == (0, 0), st
+    assert not problems, "\n".join(problems[:20])
 
 
 @pytest.mark.root

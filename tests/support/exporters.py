@@ -94,16 +94,18 @@ def run_pmacctd(ns: NetNS, workdir: Path, plugin: str, port: int, *, version: in
     return (workdir / "pmacctd.log").read_text() if (workdir / "pmacctd.log").exists() else ""
 
 
-def run_fprobe(ns: NetNS, workdir: Path, port: int, *, settle: float = 10.0, version: int = 5) -> str:
+def run_fprobe(ns: NetNS, workdir: Path, port: int, *, settle: float = 10.0, version: int = 5,
+               extra: tuple[str, ...] = ()) -> str:
     """fprobe (NetFlow `version`: 1, 5 or 7) capturing live on one end of a veth pair inside `ns` while tcpreplay
     sends workdir/in.pcap into the other end (fprobe has no pcap input), exporting to
     127.0.0.1:port. fprobe exports a flow idle for 2 s at its next 1 s scan; `settle` waits for
-    that, then SIGINT stops it. Its flow times are the live capture's, not the pcap's."""
+    that, then SIGINT stops it. Its flow times are the live capture's, not the pcap's. `extra`:
+    more fprobe options (`-q 10000`: a pending queue that holds more than 100 flows)."""
     ns.run(["ip", "link", "add", "fpa", "type", "veth", "peer", "name", "fpb"])
     for end in ("fpa", "fpb"):
         ns.run(["ip", "link", "set", end, "up"])
     # -l 2: log to stdout, staying in the foreground; -s scan period, -d idle and -e active timeouts
-    p = ns.popen(["fprobe", "-l", "2", "-i", "fpb", "-s", "1", "-d", "2", "-e", "300", "-n", str(version),
+    p = ns.popen(["fprobe", "-l", "2", "-i", "fpb", "-s", "1", "-d", "2", "-e", "300", "-n", str(version), *extra,
                   f"127.0.0.1:{port}"])
     time.sleep(1.0)  # capturing before the first packet
     if p.poll() is not None:
