@@ -872,8 +872,33 @@ cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char*
     return buf_put(o, "}", 1)
 
 
+# batch_head's answers by (protocol, agent address): a datagram's head was built anew each time
+# (a dict lookup, str.encode, the address's text and a bytes object: ~1,200 instructions a
+# datagram, a tenth of the whole cost of a one-record datagram, which is what Open vSwitch sends).
+# Direct-mapped on the address's last bytes; a slot's bytes object is kept in _heads.
+DEF HEADS = 64
+cdef list _heads = [None] * HEADS
+cdef uint8_t _head_key[HEADS][18]   # proto_kind, agent_af, agent[16]
+
+
 cdef bytes batch_head(FlowBatch bt):
     """The part of every flow's JSON that is the same for the whole datagram."""
+    cdef uint8_t key[18]
+    cdef int slot
+    cdef bytes head
+    key[0] = bt.proto_kind
+    key[1] = bt.agent_af
+    memcpy(key + 2, bt.agent, 16)
+    slot = (bt.agent[15] ^ (bt.agent[14] << 1) ^ (bt.agent[3] << 2) ^ (bt.proto_kind << 3)) & (HEADS - 1)
+    if memcmp(key, _head_key[slot], 18) == 0 and _heads[slot] is not None:
+        return <bytes>_heads[slot]
+    head = make_batch_head(bt)
+    _heads[slot] = head
+    memcpy(_head_key[slot], key, 18)
+    return head
+
+
+cdef bytes make_batch_head(FlowBatch bt):
     _out.n = 0
     buf_put(&_out, "{\"FlowProtocol\":\"", 17)
     buf_lit(&_out, PROTOCOL_NAMES[bt.proto_kind].encode())

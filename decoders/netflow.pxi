@@ -1140,11 +1140,28 @@ cdef class ExporterState:
         }
 
 
+from cpython.long cimport PyLong_FromUnsignedLongLong
+
+cdef extern from "Python.h":
+    object _PyLong_FromByteArray(const unsigned char* b, size_t n, int little_endian, int is_signed)
+
+
 cdef inline object tkey(int version, uint32_t domain, uint16_t tid, uint16_t port):
     # Templates belong to an exporting process: (exporter IP, UDP source port, observation
     # domain / source id, template id), as Wireshark scopes them. Two processes on one host
     # (OVS bridges, pmacct "multiple sources") may reuse ids with different definitions.
-    return ((<uint64_t>version << 48) | (<uint64_t>domain << 16) | tid) + ((<object>port) << 64)
+    # (the integer built from its 10 little-endian bytes: as Python arithmetic, a shift and an
+    # add of long integers, it cost ~500 instructions a data set)
+    cdef uint64_t lo = (<uint64_t>version << 48) | (<uint64_t>domain << 16) | tid
+    cdef unsigned char b[10]
+    cdef int i
+    if port == 0:
+        return PyLong_FromUnsignedLongLong(lo)
+    for i in range(8):
+        b[i] = <unsigned char>(lo >> (8 * i))
+    b[8] = <unsigned char>(port & 0xFF)
+    b[9] = <unsigned char>(port >> 8)
+    return _PyLong_FromByteArray(b, 10, 1, 0)
 
 
 # ---------------------------------------------------------------- NetFlow v5

@@ -2784,3 +2784,37 @@ def test_evicting_one_options_template_keeps_what_another_taught() -> None:
     assert send([data(258, rec)], 1005.0).to_dicts()[0]["Sampling"] == 100
     send([tmpl(260, [(8, 4), (12, 4), (1, 8)])], 1006.0)                # the sampler table goes too
     assert send([tmpl(258, [(8, 4), (12, 4), (48, 1), (1, 8)]), data(258, rec)], 1007.0).to_dicts()[0]["Sampling"] == 400
+
+
+def test_each_flow_names_its_own_exporter_and_protocol_across_many_interleaved() -> None:
+    """Each datagram's "FlowProtocol" and "AgentIP" (the head every flow of it starts with) are
+    kept per protocol and agent address in a small table: hundreds of exporters, IPv4 and IPv6,
+    many sharing the bytes that pick a slot, interleaved with NetFlow v5, IPFIX and sFlow from
+    each, must each get their own, never a neighbour's."""
+    rng = random.Random(3)
+    agents = [f"10.{i % 3}.{i // 7 % 5}.{i % 256}" for i in range(150)]
+    agents += [f"fd00::{i % 4:x}:{i % 256:x}" for i in range(150)]
+    dec = Decoder(DecoderConfig())
+    for a in agents:
+        dec.decode(ipfix_message([template_set([OVS_INGRESS])], seq=0, export_time=EXPORT), a, 0, EXPORT)
+    order = [(a, proto) for a in agents for proto in ("netflow5", "ipfix", "sflow5")]
+    rng.shuffle(order)
+    seen = 0
+    for k, (a, proto) in enumerate(order * 2):
+        if proto == "netflow5":
+            data = v5_datagram(v5_records(2, rng, uptime_ms=100_000), seq=k * 2, unix_secs=EXPORT, uptime_ms=100_000)
+            agent = a
+        elif proto == "ipfix":
+            data = ipfix_message([data_set(OVS_INGRESS, ovs_flows(2, rng))], seq=k * 2, export_time=EXPORT)
+            agent = a
+        else:
+            agent = f"192.0.{k % 2}.{k % 251}"   # sFlow names its own agent (IPv4 here)
+            data = sflow_datagram([SflowSample("10.1.1.1", "10.1.1.2", 1000, 80, 6, 100, 0x10, 10, 1, 2)],
+                                  seq=k, agent=agent)
+        b = dec.decode(data, a, 0, EXPORT)
+        assert b.error is None, (a, proto, b.error)
+        for f in (orjson.loads(j) for j in b.to_json()):
+            assert f["FlowProtocol"] == proto, (a, proto)
+            assert ipaddress.ip_address(f["AgentIP"]) == ipaddress.ip_address(agent), (a, proto, f["AgentIP"])
+            seen += 1
+    assert seen >= len(order) * 2
