@@ -99,6 +99,12 @@ class FakeKube:
         # before the answer "Too large resource version" (the API server's watch cache waits 3 s:
         # blockTimeout in k8s.io/apiserver's watch_cache.go; shorter here, for the tests' sake).
         self.too_large_wait = 0.3
+        # Seconds before a watch's timeoutSeconds at which the watch cache sends a BOOKMARK at its
+        # current (cluster-wide) resourceVersion, when the watch allows bookmarks and nothing else
+        # is due: k8s.io/apiserver's cacheWatcher sends one every minute and one 2 s before the
+        # deadline (nextBookmarkTime), so a client resumes from the newest resourceVersion even
+        # when its kind was quiet. None: only the bookmarks a test sends (bookmark()).
+        self.bookmark_before_timeout: float | None = None
 
     # lifecycle
 
@@ -247,7 +253,9 @@ class FakeKube:
 
     def fail(self, kind: str, verb: str, what: str, *, times: int | None = None) -> None:
         """Inject a fault for list or watch: forbidden, slow_forbidden (403 after 1.2 s),
-        unauthorized, garbage, drop, error500, throttle (429 with Retry-After: 2), throttle_event
+        unauthorized, garbage, drop, error500, error500_event (watch only: the stream's first event is an ERROR
+        Status 500 InternalError, then it ends, as an etcd timeout is reported once the watch is open),
+        gone_http (watch only: HTTP 410 Expired before any stream), throttle (429 with Retry-After: 2), throttle_event
         (watch only: ERROR 429 with details.retryAfterSeconds 3), too_large_event (watch only: ERROR 504
         "Too large resource version", cause ResourceVersionTooLarge, as `_watch` answers a watch from a
         resourceVersion the server has not reached, in the stream), gone (watch only: ERROR 410 at once), empty (watch only: the stream ends at once, cleanly),
@@ -304,6 +312,20 @@ class _TLSServer(ThreadingHTTPServer):
     def get_request(self) -> tuple[socket.socket, Any]:
         sock, addr = super().get_request()
         return self.ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+
+def _bookmark_object(kind: str, rv: int, meta_only: bool) -> dict[str, Any]:
+    """The object of a BOOKMARK the watch cache sends: an empty object of the watched type carrying
+    only the resourceVersion (metadata.creationTimestamp null, as Go encodes a zero time; a Pod's
+    spec.containers null), or PartialObjectMetadata for a metadata-only watch."""
+    meta: dict[str, Any] = {"resourceVersion": str(rv), "creationTimestamp": None}
+    if meta_only:
+        return {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": meta}
+    _, _, okind, api = KIND_INFO[kind]
+    obj: dict[str, Any] = {"kind": okind, "apiVersion": api, "metadata": meta}
+    if kind == "pods":
+        obj["spec"], obj["status"] = {"containers": None}, {}
+    return obj
 
 
 def _meta_only(obj: dict[str, Any]) -> dict[str, Any]:
@@ -394,6 +416,9 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "drop":
             self._drop()
             return
+        if fault == "gone_http":  # the resourceVersion refused before the stream opens (HTTP 410)
+            self._send_json(410, status(410, "Expired", f"too old resource version: {q.get('resourceVersion')}"))
+            return
         if watch:
             self._watch(kind, q, fault)
         else:
@@ -468,6 +493,8 @@ class _Handler(BaseHTTPRequestHandler):
         meta_only = "as=PartialObjectMetadata" in self.headers.get("Accept", "")
         timeout = float(q.get("timeoutSeconds", "1800"))
         deadline = time.monotonic() + timeout
+        ahead = k.bookmark_before_timeout
+        bookmark_at = deadline - ahead if bookmarks and ahead is not None else None
         with k.cond:
             # A resourceVersion the server has not reached (a watch that goes to an API server
             # whose cache lags, or from before an etcd restore that took the resourceVersion
@@ -497,6 +524,12 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "throttle_event":  # the Status of a 429 as an event, with its retry delay
             st = status(429, "TooManyRequests", "the server is currently unable to handle the request")
             st["details"] = {"retryAfterSeconds": 3}
+            self._chunk(json.dumps({"type": "ERROR", "object": st}).encode() + b"\n")
+            self._chunk(b"")
+            return
+        if fault == "error500_event":  # k8s.io/apiserver transformErrorToEvent: NewInternalError's Status
+            st = status(500, "InternalError", "Internal error occurred: etcdserver: request timed out")
+            st["details"] = {"causes": [{"message": "etcdserver: request timed out"}]}
             self._chunk(json.dumps({"type": "ERROR", "object": st}).encode() + b"\n")
             self._chunk(b"")
             return
@@ -543,6 +576,10 @@ class _Handler(BaseHTTPRequestHandler):
                         out = [] if kind in k.held else [e for e in k.events[kind] if e[0] > rv]
                         if out:
                             end = ""
+                            break
+                        if bookmark_at is not None and time.monotonic() >= bookmark_at and kind not in k.held:
+                            bookmark_at = None
+                            out, end = [(max(rv, k.rv), "BOOKMARK", _bookmark_object(kind, k.rv, meta_only))], ""
                             break
                         k.cond.wait(min(0.05, max(0.0, deadline - time.monotonic())))
                 if end == "drop":
