@@ -104,3 +104,29 @@ def test_http_410_before_the_stream_relists_at_once(seeded: FakeKube, kubeconfig
                  what="the watch from the relist")
     finally:
         e.stop()
+
+
+def test_a_throttled_watch_waits_out_retry_after_and_resumes_without_a_list(
+        seeded: FakeKube, kubeconfig: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """API Priority and Fairness refuses a watch with 429 and Retry-After: client-go's reflector
+    backs off and watches again (IsTooManyRequests: no relist), however often it comes: a list of
+    every pod would only add to the load that got the watch refused."""
+    from enrich.informer import WATCH_FAILURES_BEFORE_RELIST
+    from tests.test_enrich_informer import _record_sleeps
+
+    asked = _record_sleeps(monkeypatch, "pods")
+    seeded.fail("pods", "watch", "throttle", times=WATCH_FAILURES_BEFORE_RELIST)
+    e = enrich.Enricher(fast_config(kubeconfig))
+    e.start()
+    try:
+        assert e.wait_ready(10)
+        wait_for(lambda: len(_watch_rvs(seeded, "pods")) > WATCH_FAILURES_BEFORE_RELIST, timeout=20,
+                 what="the watch past the 429s")
+        st = e.stats()["kinds"]["pods"]
+        assert st["errors"] == {"http_429": WATCH_FAILURES_BEFORE_RELIST} and st["relists"] == 0, st
+        assert seeded.count(kind="pods", verb="list") == 1
+        assert asked[:WATCH_FAILURES_BEFORE_RELIST] == [2.0] * WATCH_FAILURES_BEFORE_RELIST   # Retry-After: 2
+        rvs = _watch_rvs(seeded, "pods")
+        assert rvs == [rvs[0]] * len(rvs), rvs
+    finally:
+        e.stop()
