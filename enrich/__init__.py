@@ -16,6 +16,7 @@ ready enricher from plain API dicts, without an API server (tests, benchmarks, o
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -25,9 +26,11 @@ from .config import EnrichConfig, EnrichConfigError, add_cli_arguments, config_f
 from .index import FLOW_DIRECTIONS, KINDS, NODES, PODS, REPLICASETS, SERVICES, Index  # noqa: F401
 from .informer import Informer, Lister, make_listers
 
+_log = logging.getLogger("flowscope.enrich")
+
 __all__ = [
     "EnrichConfig", "EnrichConfigError", "Enricher", "Index", "add_cli_arguments", "config_from_args",
-    "parse_bool", "load_api_client", "check_kubeconfig",
+    "parse_bool", "load_api_client", "check_kubeconfig", "Credentials",
 ]
 
 
@@ -37,26 +40,122 @@ def load_api_client(config: EnrichConfig) -> Any:
     Raises kubernetes.config.ConfigException with the client's message when nothing is usable,
     so the collector can fail at start with it.
     """
-    import os
+    return Credentials(config).api_client()
 
-    from kubernetes import client
-    from kubernetes import config as kconfig
 
-    conf = client.Configuration()
-    _check_kubeconfig_shape(config)
-    if config.kubeconfig:
-        kconfig.load_kube_config(config_file=config.kubeconfig, context=config.context,
-                                 client_configuration=conf, persist_config=False)
-    elif os.environ.get("KUBERNETES_SERVICE_HOST"):
-        kconfig.load_incluster_config(client_configuration=conf)
-    else:
-        # None: the client's default, $KUBECONFIG or ~/.kube/config.
-        kconfig.load_kube_config(context=config.context, client_configuration=conf, persist_config=False)
-    # No urllib3 retries inside a request: the informers retry with their own backoff, log
-    # once per cause, honour Retry-After where stop() can interrupt it, and count every
-    # failure (urllib3's retries logged a warning each and slept out Retry-After unseen).
-    conf.retries = False
-    return client.ApiClient(conf)
+# 401s from the four informers at once load the credentials once, and an exec plugin whose
+# token keeps being refused is not run more often than this.
+CREDENTIALS_RELOAD_MIN_SECONDS = 5.0
+# How old the copy of a kubeconfig's tokenFile gets before the file is read again: client-go's
+# file token source (transport.NewCachedFileTokenSource) keeps it a minute, so a projected
+# token the kubelet rotated is taken well before the old one expires.
+TOKEN_FILE_MAX_AGE_SECONDS = 60.0
+
+
+class Credentials:
+    """The API server credentials in one client Configuration (shared by every ApiClient the
+    informers use), loaded again when they go stale.
+
+    The `kubernetes` client loads a kubeconfig's credentials once: a user's `tokenFile` is read
+    at start and never again, and an exec plugin's token without `expirationTimestamp` is kept
+    for good, so once the API server stopped taking them (a bound token expired, a token
+    revoked) every request was refused (401) until a restart, the cache frozen. client-go reads a
+    tokenFile again once its copy is a minute old and runs the exec plugin again on a 401
+    (plugin/pkg/client/auth/exec); so does this: `refused()` (an informer got a 401) loads the
+    credentials again, and a tokenFile user's are loaded again before a request once
+    TOKEN_FILE_MAX_AGE_SECONDS old. (In a pod without --kubeconfig the client reads the
+    ServiceAccount token again every minute itself.)"""
+
+    def __init__(self, config: EnrichConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+        from kubernetes import client
+
+        self._config = config
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._loaded = float("-inf")
+        self._token_file = False
+        self._inner: Callable[[Any], None] | None = None
+        self.conf: Any = client.Configuration()
+
+    def api_client(self) -> Any:
+        """Load the credentials and make the ApiClient that uses them."""
+        from kubernetes import client
+
+        _check_kubeconfig_shape(self._config)
+        self._load()
+        # No urllib3 retries inside a request: the informers retry with their own backoff, log
+        # once per cause, honour Retry-After where stop() can interrupt it, and count every
+        # failure (urllib3's retries logged a warning each and slept out Retry-After unseen).
+        self.conf.retries = False
+        return client.ApiClient(self.conf)
+
+    def refused(self) -> None:
+        """The API server answered 401: load the credentials again (unless just done)."""
+        with self._lock:
+            if self._clock() - self._loaded < CREDENTIALS_RELOAD_MIN_SECONDS:
+                return
+            self._reload("the API server refused them (401)")
+
+    def _load(self) -> None:
+        import os
+
+        from kubernetes import config as kconfig
+
+        config, conf = self._config, self.conf
+        # (a user without a token leaves the hook as it is: it must not chain to itself)
+        conf.refresh_api_key_hook = None
+        if config.kubeconfig:
+            kconfig.load_kube_config(config_file=config.kubeconfig, context=config.context,
+                                     client_configuration=conf, persist_config=False)
+        elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+            kconfig.load_incluster_config(client_configuration=conf)
+        else:
+            # None: the client's default, $KUBECONFIG or ~/.kube/config.
+            kconfig.load_kube_config(context=config.context, client_configuration=conf, persist_config=False)
+        self._loaded = self._clock()
+        self._token_file = _uses_token_file(config)
+        # the client's own hook (exec expiry, the in-cluster token file) of this load, chained
+        self._inner = conf.refresh_api_key_hook
+        conf.refresh_api_key_hook = self._refresh
+
+    def _refresh(self, c: Any) -> None:
+        """The Configuration's refresh_api_key_hook, run before each request."""
+        inner = self._inner   # (read now: the hook of the latest load, never one a reload replaced)
+        if inner is not None:
+            inner(c)
+            c.refresh_api_key_hook = self._refresh   # (the client's hook sets itself again as it runs)
+        if self._token_file and self._clock() - self._loaded >= TOKEN_FILE_MAX_AGE_SECONDS:
+            with self._lock:
+                if self._clock() - self._loaded >= TOKEN_FILE_MAX_AGE_SECONDS:
+                    self._reload(f"its tokenFile copy is {TOKEN_FILE_MAX_AGE_SECONDS:g} s old", logging.DEBUG)
+
+    def _reload(self, why: str, level: int = logging.INFO) -> None:
+        try:
+            self._load()
+        except Exception as e:  # noqa: BLE001 - the old credentials stay; the next 401 tries again
+            self._loaded = self._clock()
+            _log.warning("enrich: loading the API credentials again (%s) failed: %s", why, " ".join(str(e).split()))
+        else:
+            _log.log(level, "enrich: API credentials loaded again (%s)", why)
+
+
+def _uses_token_file(config: EnrichConfig) -> bool:
+    """True when the kubeconfig user in use takes its token from `tokenFile` (no token, exec
+    plugin or auth provider before it, as the client chooses)."""
+    files = _kubeconfig_files(config)
+    if not files:
+        return False
+    try:
+        from kubernetes.config.kube_config import KubeConfigLoader, KubeConfigMerger
+
+        merged = KubeConfigMerger(files)
+        if merged.config is None:
+            return False
+        user = KubeConfigLoader(config_dict=merged.config, active_context=config.context,
+                                config_base_path=None)._user
+    except Exception:  # noqa: BLE001 - loaded already: this only decides the periodic re-read
+        return False
+    return user is not None and "tokenFile" in user and not any(k in user for k in ("token", "exec", "auth-provider"))
 
 
 def _kubeconfig_files(config: EnrichConfig) -> str:
@@ -231,13 +330,17 @@ class Enricher:
                 self._set_ready()
             return
         listers = self._listers
+        refused: Callable[[], None] | None = None
         if listers is None:
             if self._api_client is None:
-                self._api_client = load_api_client(self.config)
+                credentials = Credentials(self.config)
+                self._api_client = credentials.api_client()
+                refused = credentials.refused   # (an ApiClient given to us: its owner's business)
             listers = self._made_listers = make_listers(self._api_client)
         for kind in KINDS:
             self._informers[kind] = Informer(kind=kind, lister=listers[kind], index=self.index,
-                                             config=self.config, on_synced=self._check_ready)
+                                             config=self.config, on_synced=self._check_ready,
+                                             on_unauthorized=refused)
         for inf in self._informers.values():
             inf.start()
 

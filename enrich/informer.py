@@ -183,7 +183,8 @@ class Informer:
     """One kind's list+watch loop, run in its own daemon thread by `start()`."""
 
     def __init__(self, *, kind: str, lister: Lister, index: Index, config: EnrichConfig,
-                 on_synced: Callable[[], None] | None = None) -> None:
+                 on_synced: Callable[[], None] | None = None,
+                 on_unauthorized: Callable[[], None] | None = None) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown kind {kind!r}")
         self.kind = kind
@@ -192,6 +193,8 @@ class Informer:
         self._index = index
         self._cfg = config
         self._on_synced = on_synced
+        # called after a 401, before the retry: the credentials are loaded again (enrich.Credentials)
+        self._on_unauthorized = on_unauthorized
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._resp_lock = threading.Lock()
@@ -604,6 +607,10 @@ class Informer:
         st.errors[e.cause] = st.errors.get(e.cause, 0) + 1
         st.state = "backoff"
         st.last_error = str(e)
+        if e.cause == "unauthorized" and self._on_unauthorized is not None:
+            # The API server no longer takes the credentials (a bound token expired, a token
+            # revoked): the next attempt presents them loaded again, as client-go's do.
+            self._on_unauthorized()
         if e.cause not in self._logged:
             self._logged.add(e.cause)
             level = logging.ERROR if e.cause in ("forbidden", "unauthorized") else logging.WARNING

@@ -16,7 +16,11 @@ What is checked comes from k8s.io/apiserver and client-go, not from enrich/infor
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -128,5 +132,89 @@ def test_a_throttled_watch_waits_out_retry_after_and_resumes_without_a_list(
         assert asked[:WATCH_FAILURES_BEFORE_RELIST] == [2.0] * WATCH_FAILURES_BEFORE_RELIST   # Retry-After: 2
         rvs = _watch_rvs(seeded, "pods")
         assert rvs == [rvs[0]] * len(rvs), rvs
+    finally:
+        e.stop()
+
+
+def _rotating_kubeconfig(fake: FakeKube, tmp_path: Path, source: str, token_path: Path) -> str:
+    """A kubeconfig whose credentials come from a file something else rewrites: `tokenFile`
+    (a projected ServiceAccount token the kubelet rotates), or an exec plugin printing it
+    (ExecCredential without expirationTimestamp: cached until the API server refuses it)."""
+    user: dict[str, Any]
+    if source == "tokenFile":
+        user = {"tokenFile": str(token_path)}
+    else:
+        script = ('printf \'{"apiVersion":"client.authentication.k8s.io/v1beta1","kind":"ExecCredential",'
+                  f'"status":{{"token":"%s"}}}}\' "$(cat {token_path})"')
+        user = {"exec": {"apiVersion": "client.authentication.k8s.io/v1beta1", "command": "/bin/sh",
+                         "args": ["-c", script], "interactiveMode": "Never"}}
+    kc = {"apiVersion": "v1", "kind": "Config", "current-context": "fake",
+          "clusters": [{"name": "fake", "cluster": {"server": fake.url}}],
+          "users": [{"name": "fake", "user": user}],
+          "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}]}
+    path = tmp_path / "kubeconfig"
+    path.write_text(json.dumps(kc))
+    return str(path)
+
+
+@pytest.mark.parametrize("source", ["tokenFile", "exec"])
+def test_credentials_the_api_server_stops_accepting_are_loaded_again(fake_kube: FakeKube, tmp_path: Path,  # noqa: F811
+                                                                      source: str) -> None:
+    """A bound token expires (the kubelet rotates the projected file well before; a token an exec
+    plugin printed without an expiry is refused one day): the API server answers 401. client-go
+    reads a kubeconfig's tokenFile again (at most a minute old) and runs the exec plugin again on a
+    401; the informers kept the credentials loaded at start and were refused for good (the cache
+    frozen, every request a 401, until a restart)."""
+    token_path = tmp_path / "token"
+    token_path.write_text("token-1")
+    fake_kube.token = "token-1"
+    seed(fake_kube)
+    e = enrich.Enricher(fast_config(_rotating_kubeconfig(fake_kube, tmp_path, source, token_path)))
+    e.start()
+    try:
+        assert e.wait_ready(10)
+        wait_for(lambda: fake_kube.watchers["pods"] >= 1, what="the pods watch")
+        # rotation: a new token in the file, and the API server no longer takes the old one
+        token_path.write_text("token-2")
+        fake_kube.token = "token-2"
+        fake_kube.drop_watches("pods")        # the next request presents the credentials again
+        fake_kube.add("pods", pod("after", "shop", ips=["10.244.0.43"]))
+        wait_for(lambda: flow(e, "10.244.0.43", "").get("SrcK8S_Name") == "after", timeout=15,
+                 what="the pods watch with the new token")
+        assert e.stats()["kinds"]["pods"]["errors"].get("unauthorized", 0) >= 1
+    finally:
+        e.stop()
+
+
+def test_a_rotated_token_file_is_read_again_before_the_old_token_is_refused(
+        fake_kube: FakeKube, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """The kubelet writes a projected token anew at 80 % of its life; the old one is still taken
+    until it expires. client-go reads a kubeconfig's tokenFile again once its copy is a minute old
+    (here 0.3 s), so the new token is in use before the old one is refused: no 401 at all."""
+    monkeypatch.setattr(enrich, "TOKEN_FILE_MAX_AGE_SECONDS", 0.3)
+    token_path = tmp_path / "token"
+    token_path.write_text("token-1")
+    fake_kube.token = "token-1"
+    seed(fake_kube)
+    e = enrich.Enricher(fast_config(_rotating_kubeconfig(fake_kube, tmp_path, "tokenFile", token_path)))
+    e.start()
+    try:
+        assert e.wait_ready(10)
+        wait_for(lambda: fake_kube.watchers["pods"] >= 1, what="the pods watch")
+        token_path.write_text("token-2")      # rotated; both taken for a while
+        fake_kube.token, fake_kube.old_tokens = "token-2", {"token-1"}
+        time.sleep(0.4)                       # the copy read at start is now older than its max age
+        with fake_kube.cond:
+            taken = len(fake_kube.requests)
+        fake_kube.drop_watches("pods")        # the resumed watch reads the file again first
+        wait_for(lambda: any(r["kind"] == "pods" and r["verb"] == "watch" for r in fake_kube.requests[taken:]),
+                 what="the resumed pods watch")
+        with fake_kube.cond:
+            resumed = [r for r in fake_kube.requests[taken:] if r["kind"] == "pods" and r["verb"] == "watch"]
+        assert resumed[0]["token"] == "token-2", resumed
+        fake_kube.old_tokens = set()          # the old token expires
+        fake_kube.add("pods", pod("after", "shop", ips=["10.244.0.44"]))
+        wait_for(lambda: flow(e, "10.244.0.44", "").get("SrcK8S_Name") == "after", what="the watch, unrefused")
+        assert "unauthorized" not in e.stats()["kinds"]["pods"]["errors"]
     finally:
         e.stop()

@@ -83,6 +83,8 @@ class FakeKube:
         self.stopping = False
         # The one Bearer token accepted (a test sets it to rotate credentials).
         self.token = TOKEN
+        # Tokens still taken besides it: a bound token the kubelet rotated away, until it expires.
+        self.old_tokens: set[str] = set()
         # HTTPS with a certificate made in this directory when set; plain HTTP when None.
         self.tls_dir = tls_dir
         self.ca_cert: Path | None = None   # the CA that signed the server's certificate (a pod's ca.crt)
@@ -389,6 +391,8 @@ class _Handler(BaseHTTPRequestHandler):
             k.requests.append({"verb": verb, "kind": kind, "query": q, "accept": self.headers.get("Accept", ""),
                                "token": token})
             accepted = k.token
+            if token in k.old_tokens:
+                accepted = token
         if route is None:
             self._send_json(404, status(404, "NotFound", f"the server could not find {u.path}"))
             return
