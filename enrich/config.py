@@ -82,8 +82,10 @@ class EnrichConfig:
     # How long a deleted pod keeps its IP attribution for flows that started before the
     # deletion (exporters report flows up to their active timeout late).
     tombstone_seconds: float = 300.0
-    # Server-side timeoutSeconds of each watch request; the client re-watches from the last
-    # resourceVersion afterwards, so this only bounds how long one HTTP stream lives.
+    # Longest server-side timeoutSeconds of a watch request: each asks for a random value between
+    # half of this and this (as client-go spreads its watches, so that many collectors do not
+    # re-watch in lockstep); the client re-watches from the last resourceVersion afterwards, so
+    # this only bounds how long one HTTP stream lives.
     watch_timeout_seconds: int = 300
     # Extra read timeout on top of the watch timeout: a silent dead connection is noticed
     # after watch_timeout_seconds + this at worst.

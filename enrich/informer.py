@@ -418,12 +418,11 @@ class Informer:
 
     def _watch_stream(self, rv: str) -> tuple[str, int]:
         """Apply the events of one watch stream; returns (last resourceVersion, events)."""
+        timeout = watch_timeout(self._cfg.watch_timeout_seconds)
         kwargs: dict[str, Any] = {
-            "watch": True, "resource_version": rv, "allow_watch_bookmarks": True,
-            "timeout_seconds": self._cfg.watch_timeout_seconds,
+            "watch": True, "resource_version": rv, "allow_watch_bookmarks": True, "timeout_seconds": timeout,
         }
-        resp = self._open("watch", kwargs,
-                          read_timeout=self._cfg.watch_timeout_seconds + self._cfg.read_timeout_slack_seconds)
+        resp = self._open("watch", kwargs, read_timeout=timeout + self._cfg.read_timeout_slack_seconds)
         n = 0
         index, kind, st = self._index, self.kind, self.stats
         limit = WATCH_EVENT_MAX_BYTES
@@ -637,6 +636,18 @@ class Informer:
     def _sleep(self, seconds: float) -> None:
         if self._stop.wait(seconds):
             raise Stopped
+
+
+def watch_timeout(longest: int) -> int:
+    """The timeoutSeconds one watch asks for: at random between half of `longest` and all of it.
+
+    client-go's reflector asks each watch for a random timeout (minWatchTimeout 5 min, times 1
+    to 2), so the watches of many clients reconnected at once (an API server restart) do not
+    end and re-watch in the same second ever after: a DaemonSet of collectors, four watches
+    each, would hit the API server in lockstep every `longest` seconds. Spread below `longest`,
+    not above: the read timeout that notices a dead connection is the watch's timeout plus the
+    slack, and must keep its bound."""
+    return max(1, round(longest * (0.5 + random.random() / 2)))
 
 
 def _abort(resp: Any) -> None:

@@ -41,11 +41,11 @@ def seeded(fake_kube: FakeKube) -> Iterator[FakeKube]:  # noqa: F811
     yield seed(fake_kube)
 
 
-@pytest.mark.parametrize("before", [2.0, None], ids=["pre-timeout-bookmark", "no-bookmark"])
+@pytest.mark.parametrize("before", [1.0, None], ids=["pre-timeout-bookmark", "no-bookmark"])
 def test_a_quiet_watch_ended_by_its_timeout_resumes_without_failure_or_list(
         seeded: FakeKube, kubeconfig: str, before: float | None) -> None:  # noqa: F811
-    seeded.bookmark_before_timeout = before
-    e = enrich.Enricher(fast_config(kubeconfig, watch_timeout_seconds=3))
+    seeded.bookmark_before_timeout = before   # (2 s in a real API server; 1 s of these short watches)
+    e = enrich.Enricher(fast_config(kubeconfig, watch_timeout_seconds=4))   # (each watch: 2 to 4 s)
     e.start()
     try:
         assert e.wait_ready(10)
@@ -218,3 +218,34 @@ def test_a_rotated_token_file_is_read_again_before_the_old_token_is_refused(
         assert "unauthorized" not in e.stats()["kinds"]["pods"]["errors"]
     finally:
         e.stop()
+
+
+def test_watches_ask_for_timeouts_spread_over_half_the_watch_timeout(seeded: FakeKube, kubeconfig: str) -> None:  # noqa: F811
+    """client-go's reflector asks each watch for a random timeoutSeconds (5 to 10 min) so that the
+    watches of many clients, all reconnected at once after an API server restart, do not all end
+    and re-watch in the same second every time again. The informers asked every watch for the
+    same watch_timeout_seconds: a DaemonSet of collectors (four watches each) re-watched in
+    lockstep. Each watch now asks between half of it and all of it (never longer: the read
+    timeout that notices a dead connection is that plus the slack)."""
+    e = enrich.Enricher(fast_config(kubeconfig, watch_timeout_seconds=40))
+    e.start()
+    try:
+        assert e.wait_ready(10)
+        wait_for(lambda: all(fake_watches(seeded, k) for k in ("pods", "nodes", "services", "replicasets")),
+                 what="a watch of each kind")
+        for _ in range(6):                    # more watches: each resumed one asks again
+            wait_for(lambda: seeded.watchers["pods"] >= 1, what="an open pods watch")
+            n = len(fake_watches(seeded, "pods"))
+            seeded.drop_watches("pods")
+            wait_for(lambda n=n: len(fake_watches(seeded, "pods")) > n, what="the resumed pods watch")
+        asked = [int(r["query"]["timeoutSeconds"]) for k in ("pods", "nodes", "services", "replicasets")
+                 for r in fake_watches(seeded, k)]
+        assert all(20 <= t <= 40 for t in asked), asked
+        assert len(set(asked)) > 1, asked
+    finally:
+        e.stop()
+
+
+def fake_watches(fake: FakeKube, kind: str) -> list[dict[str, Any]]:
+    with fake.cond:
+        return [r for r in fake.requests if r["kind"] == kind and r["verb"] == "watch"]
