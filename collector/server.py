@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -47,21 +47,13 @@ def labelled(known: tuple[str, ...], counts: Mapping[str, int]) -> dict[tuple[st
     return out
 
 
-def _sflow_check(data: bytes) -> bool:
-    # sFlow v5 starts with a 32-bit version 5; NetFlow/IPFIX start with a 16-bit version.
-    return data[:4] == b"\x00\x00\x00\x05"
-
-
-def _ipfix_check(data: bytes) -> bool:
-    return data[:2] == b"\x00\x0a"
-
-
-def _netflow_check(data: bytes) -> bool:
-    return data[:2] in (b"\x00\x01", b"\x00\x05", b"\x00\x07", b"\x00\x09", b"\x00\x0a")
-
-
-SCHEME_CHECKS: dict[str, Callable[[bytes], bool]] = {
-    "sflow": _sflow_check, "ipfix": _ipfix_check, "netflow": _netflow_check,
+# What each listener scheme takes, by the datagram's first bytes: sFlow v5 starts with a 32-bit
+# version 5; NetFlow/IPFIX start with a 16-bit version. (bytes.startswith with a tuple, bound
+# once: no slice a datagram.)
+SCHEME_PREFIXES: dict[str, tuple[bytes, ...]] = {
+    "sflow": (b"\x00\x00\x00\x05",),
+    "ipfix": (b"\x00\x0a",),
+    "netflow": (b"\x00\x01", b"\x00\x05", b"\x00\x07", b"\x00\x09", b"\x00\x0a"),
 }
 
 
@@ -168,7 +160,7 @@ class Protocol(asyncio.DatagramProtocol):
         self.w = worker
         self.i = index
         self.scheme = scheme
-        self.check = SCHEME_CHECKS[scheme]
+        self.prefixes = SCHEME_PREFIXES[scheme]
         self.wrong_key = f"wrong_protocol:{index}"
         self.allow_key = f"not_allowed:{index}"
 
@@ -190,7 +182,7 @@ class Protocol(asyncio.DatagramProtocol):
                          w.listeners[self.i], ip,
                          extra={"listener": str(w.listeners[self.i]), "exporter": ip, "reason": "not_allowed"})
             return
-        if not self.check(data):
+        if not data.startswith(self.prefixes):
             w.dgram_drops["wrong_protocol"] += 1
             # one line per 10 s per listener (a key per source would grow without bound under
             # a spoofed flood): which exporter sends what this listener does not take, and what
@@ -206,8 +198,12 @@ class Protocol(asyncio.DatagramProtocol):
             batch = w.decode(data, ip, addr[1], now)
             pending = len(batch)
             if pending:
-                if w.writer is not None:
-                    w.write_records(batch)
+                wr = w.writer
+                if wr is not None:
+                    # write_records(), its common case inline (a Python call a datagram less)
+                    done = wr.append(batch, w.enricher, 0)
+                    if done < pending:
+                        w.write_records(batch, done)
                 elif w.keyed_mode:
                     w.write_keyed(batch, ip)
                 else:
@@ -335,11 +331,12 @@ class Worker:
         self.allow_cache[ip] = ok
         return ok
 
-    def write_records(self, batch: Any) -> None:
+    def write_records(self, batch: Any, done: int | None = None) -> None:
         """Hot path (fast Kafka): append a datagram's flows to the open record batch; a full
-        batch goes to the queue whole."""
+        batch goes to the queue whole. done: the flows the open batch already took (its
+        append() answer; Protocol.datagram_received makes that first call itself)."""
         n = len(batch)
-        i = self.writer.append(batch, self.enricher, 0)
+        i = self.writer.append(batch, self.enricher, 0) if done is None else done
         while i < n:
             self.flush_records()
             i = self.writer.append(batch, self.enricher, i)
