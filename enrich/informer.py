@@ -326,8 +326,12 @@ class Informer:
                 # recovering, the watch keeps resuming.
                 # An event too large to take comes again on the resumed watch, after however
                 # long a stream: it counts always, so a relist steps past it.
-                never_ran = e.cause in STATUS_CAUSES or time.monotonic() - started < 1.0
-                counted = ((never_ran or e.cause in REPEATING_CAUSES) and e.cause in RELIST_CAUSES
+                # Any other client error (400, 404, 422: a resourceVersion the server will not take,
+                # a resource it does not serve) is a refusal too: it counts, as client-go's
+                # reflector lists again after any watch error but throttling (429).
+                client_error = e.cause.startswith("http_4") and e.cause != "http_429"
+                never_ran = e.cause in STATUS_CAUSES or client_error or time.monotonic() - started < 1.0
+                counted = ((never_ran or e.cause in REPEATING_CAUSES) and (e.cause in RELIST_CAUSES or client_error)
                            and not e.retry_after)
                 if counted:
                     self._watch_failures += 1

@@ -423,6 +423,7 @@ def test_forbidden_names_verb_and_resource(seeded: FakeKube, kubeconfig: str, ca
     ("forbidden", "forbidden", "forbidden: needs 'watch' on 'pods'"),
     ("slow_forbidden", "forbidden", "forbidden: needs 'watch' on 'pods'"),   # a slow authorizer
     ("empty", "empty_watch", "the stream ended at once without an event"),   # a proxy
+    ("bad_request", "http_400", "HTTP 400: resourceVersion: Invalid value"),  # any other 4xx: retried for ever
 ])
 def test_a_watch_that_keeps_failing_falls_back_to_lists(seeded: FakeKube, kubeconfig: str, fault: str, cause: str,
                                                        logged: str, caplog: pytest.LogCaptureFixture) -> None:
