@@ -1597,15 +1597,24 @@ class KafkaSink(Sink):
 
     def _led_partitions(self, topic: str) -> list[int]:
         """The topic's partitions a key none batch may go to: those with a leader in the client's
-        latest metadata (as Java's producer picks among available partitions for unkeyed records),
-        all of them when none has one or nothing is known. Why: with a broker down and a
-        partition without a replica elsewhere, rotating over every partition sent one batch in
-        N to a partition that can take none (a failed send, a pause and a metadata refresh, and
-        /readyz flapping each time) while the others could take them all. Keyed flows keep
-        every partition (the key decides; Kafka's clients do the same)."""
+        latest metadata, a broker the metadata gives an address for (as Java's producer picks
+        among available partitions for unkeyed records: its Cluster gives a leader id missing
+        from the brokers list no Node, and such a partition none), all of them when none has
+        one or nothing is known. Why: with a broker down and a partition without a replica
+        elsewhere, rotating over every partition sent one batch in N to a partition that can
+        take none (a failed send, a pause and a metadata refresh, and /readyz flapping each
+        time) while the others could take them all. aiokafka counts a leader id as available
+        even when the brokers list leaves that broker out: the direct path then failed every
+        batch of its partitions at once ("no address for broker"), each failure a pause and a
+        metadata refresh, and delivered a tenth of the flows. Keyed flows keep every partition
+        (the key decides; Kafka's clients do the same)."""
+        from aiokafka.structs import TopicPartition
+
         parts = self.partitions.get(topic) or [0]
         try:
-            led = self.producer.client.cluster.available_partitions_for_topic(topic)
+            cluster = self.producer.client.cluster
+            led = {p for p in cluster.available_partitions_for_topic(topic)
+                   if cluster.broker_metadata(cluster.leader_for_partition(TopicPartition(topic, p))) is not None}
         except Exception:   # (no producer yet, or a topic the metadata has not seen)
             return parts
         if not led or len(led) >= len(parts):
