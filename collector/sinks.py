@@ -1564,6 +1564,15 @@ class KafkaSink(Sink):
         connection has room."""
         now = time.monotonic()
         for key, h in list(self._held.items()):
+            parts = self.partitions.get((self.k.topic, self.k.counters_topic)[key[0]])
+            if key[1] >= 0 and parts and key[1] not in parts:
+                # The topic no longer has the partition (deleted and created again with fewer):
+                # its batches go back now, to the partition their key gives for the count of now
+                # (_send). Probed, the probe went there and was delivered, which released
+                # nothing here, and each other batch waited for the probe to be given up for
+                # lost (--kafka-request-timeout-ms + 10 s).
+                self._release(key)
+                continue
             if h.busy:
                 if self._ready((self.k.topic, self.k.counters_topic)[key[0]], key[1]):
                     self._release(key)

