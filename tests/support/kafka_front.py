@@ -65,6 +65,11 @@ class KafkaFront:
         broker's; None: the broker answers it."""
         return None
 
+    def _outgoing(self, frame: bytes) -> bytes:
+        """The request `frame` (after its size word) as the broker gets it; `_rewrite` is still
+        given the client's."""
+        return frame
+
     def _rewrite(self, frame: bytes, answer: bytes) -> bytes | None:
         """The broker's answer to `frame` (after its size word) as the client gets it; None:
         the client's connection is closed instead (the broker did the request, the client never
@@ -104,7 +109,8 @@ class KafkaFront:
                 await self._request(conn, frame)
                 answer = self._answer(frame)
                 if answer is None:
-                    up_w.write(struct.pack(">i", size) + frame)
+                    out = self._outgoing(frame)
+                    up_w.write(struct.pack(">i", len(out)) + out)
                     await up_w.drain()
                     if acks_zero(frame):
                         continue
