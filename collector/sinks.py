@@ -1017,6 +1017,14 @@ class KafkaSink(Sink):
     async def _partitions(self, topic: str) -> list[int]:
         now = time.monotonic()
         parts = self.partitions.get(topic)
+        if parts is not None and self.producer is not None:
+            # Partitions added since: taken as soon as the client's metadata (refreshed every
+            # METADATA_MAX_AGE_MS) has them. Re-read from it only when this copy aged, a count
+            # the client had learnt just after the last read waited another 30 s: the keyed
+            # modes began to use partitions added 58 s after they were.
+            known = self.producer.client.cluster.partitions_for_topic(topic)
+            if known and len(known) != len(parts):
+                parts = None
         if parts is None or now - self._partitions_at.get(topic, 0.0) > METADATA_MAX_AGE_MS / 1000:
             if now < self._denied.get(topic, 0.0):
                 # denied a moment ago: not asked again for each take (one metadata request per

