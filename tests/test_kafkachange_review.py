@@ -16,7 +16,7 @@ import pytest
 from conftest import consume, free_tcp_port, make_v5, send_udp, wait_for
 from test_kafkabroker_review import TwoBrokerFront
 
-from tests.support.kafka_front import KafkaFront, produce_request
+from tests.support.kafka_front import KafkaFront, produce_request, produce_sections
 
 
 class Load:
@@ -437,34 +437,6 @@ def test_a_held_partition_the_topic_no_longer_has_goes_to_the_partitions_it_has(
     asyncio.run(run())
 
 
-def _produce_split(frame: bytes) -> tuple[bytes, list[tuple[bytes, list[tuple[int, bytes]]]]]:
-    """A Produce request (v3-v8) cut into what comes before its topics array and, per topic,
-    its (partition, records) entries."""
-    import struct
-
-    _api, _version, _corr, clen = struct.unpack_from(">hhih", frame, 0)
-    off = 10 + max(clen, 0)
-    (tx,) = struct.unpack_from(">h", frame, off)
-    off += 2 + max(tx, 0) + 2 + 4
-    prefix = frame[:off]
-    (ntopics,) = struct.unpack_from(">i", frame, off)
-    off += 4
-    topics = []
-    for _ in range(ntopics):
-        (tlen,) = struct.unpack_from(">h", frame, off)
-        name = frame[off + 2:off + 2 + tlen]
-        off += 2 + tlen
-        (nparts,) = struct.unpack_from(">i", frame, off)
-        off += 4
-        parts = []
-        for _ in range(nparts):
-            p, rlen = struct.unpack_from(">ii", frame, off)
-            parts.append((p, frame[off + 8:off + 8 + max(rlen, 0)]))
-            off += 8 + max(rlen, 0)
-        topics.append((name, parts))
-    return prefix, topics
-
-
 class PartitionErrorFront(KafkaFront):
     """A TCP front for a broker that advertises it: requests piped to the broker one at a time
     per connection, and each Produce request's partitions that `code_for(topic, partition)`
@@ -513,7 +485,9 @@ class PartitionErrorFront(KafkaFront):
         req = produce_request(frame)
         if req is None or req[2] == 0:
             return frame
-        prefix, topics = _produce_split(frame)
+        cut_up = produce_sections(frame)
+        assert cut_up is not None
+        prefix, topics = cut_up
         keep, cut = [], []
         for t, ps in topics:
             kept = []

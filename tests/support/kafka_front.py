@@ -162,20 +162,20 @@ class KafkaFront:
             up_w.close()
 
 
-def produce_request(frame: bytes) -> tuple[int, int, int, list[tuple[bytes, list[int]]]] | None:
-    """A Produce request (v3-v8) as (version, correlation id, acks, [(topic, [partitions])]);
-    None for any other request."""
-    api, version, corr, clen = struct.unpack_from(">hhih", frame, 0)
+def produce_sections(frame: bytes) -> tuple[bytes, list[tuple[bytes, list[tuple[int, bytes]]]]] | None:
+    """A Produce request (v3-v8) cut into what comes before its topics array (header,
+    transactional id, acks, timeout) and, per topic, its (partition, records) entries; None for
+    any other request."""
+    api, version, _corr, clen = struct.unpack_from(">hhih", frame, 0)
     if api != 0 or not 3 <= version <= 8:
         return None
     off = 10 + max(clen, 0)
     (tx,) = struct.unpack_from(">h", frame, off)
-    off += 2 + max(tx, 0)
-    acks = struct.unpack_from(">h", frame, off)[0]
-    off += 2 + 4                                  # acks, timeout
+    off += 2 + max(tx, 0) + 2 + 4                 # transactional id, acks, timeout
+    prefix = frame[:off]
     (ntopics,) = struct.unpack_from(">i", frame, off)
     off += 4
-    topics: list[tuple[bytes, list[int]]] = []
+    topics: list[tuple[bytes, list[tuple[int, bytes]]]] = []
     for _ in range(ntopics):
         (tlen,) = struct.unpack_from(">h", frame, off)
         topic = frame[off + 2:off + 2 + tlen]
@@ -185,10 +185,22 @@ def produce_request(frame: bytes) -> tuple[int, int, int, list[tuple[bytes, list
         parts = []
         for _ in range(nparts):
             p, rlen = struct.unpack_from(">ii", frame, off)
+            parts.append((p, frame[off + 8:off + 8 + max(rlen, 0)]))
             off += 8 + max(rlen, 0)
-            parts.append(p)
         topics.append((topic, parts))
-    return version, corr, acks, topics
+    return prefix, topics
+
+
+def produce_request(frame: bytes) -> tuple[int, int, int, list[tuple[bytes, list[int]]]] | None:
+    """A Produce request (v3-v8) as (version, correlation id, acks, [(topic, [partitions])]);
+    None for any other request."""
+    cut = produce_sections(frame)
+    if cut is None:
+        return None
+    prefix, topics = cut
+    _api, version, corr, _clen = struct.unpack_from(">hhih", prefix, 0)
+    acks = struct.unpack_from(">h", prefix, len(prefix) - 6)[0]
+    return version, corr, acks, [(t, [p for p, _ in ps]) for t, ps in topics]
 
 
 def acks_zero(frame: bytes) -> bool:
