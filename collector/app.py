@@ -334,8 +334,7 @@ async def _worker_main(cfg: Config, index: int | None, enrich_cfg: Any,
         await worker.start()
     except (StartupError, OSError) as exc:
         log.error("cannot start: %s", exc)
-        for t in worker.transports:  # the listeners bound before the one that failed
-            t.close()
+        worker.close_sockets()   # the listeners bound before the one that failed
         await worker.sink.drain(loop.time())
         for s in servers:
             await s.stop()

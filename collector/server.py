@@ -1,8 +1,11 @@
 """One collector worker: UDP sockets, the synchronous hot path, the sink, state and statistics.
 
 Why this shape: the per-datagram path (receive -> decode -> enrich -> encode -> queue) runs in
-`datagram_received`, synchronously, so a datagram is fully handled before the loop reads the
-next one and there is no per-datagram task or await. Everything slow or fallible (Kafka, disk,
+C, in `decoders.Receiver.read` (recvmmsg when the socket is readable, then each datagram's
+allowlist, protocol check, decode and append to the open record batch), synchronously, so a
+datagram is fully handled before the next one and there is no per-datagram task, await or
+Python frame. What is rare or slow to say (a refused exporter, a full batch, the keyed modes,
+errors) comes back to this module's `Worker` methods. Everything slow or fallible (Kafka, disk,
 metrics, informers) runs in separate tasks that meet the hot path only at the bounded queue and
 at plain integer counters. `Worker` is the composition root of one process; `collector.app`
 runs one in-process or forks several.
@@ -139,101 +142,6 @@ class StartupError(Exception):
     """A part of the worker that could not start, named: which listener, which output file."""
 
 
-class _Refusing(asyncio.DatagramProtocol):
-    """A listener's protocol once shutdown has begun: datagrams are read and counted as
-    dropped for reason "shutdown", not decoded."""
-
-    def __init__(self, worker: Worker, index: int) -> None:
-        self.w = worker
-        self.i = index
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.w.rx_datagrams[self.i] += 1
-        self.w.rx_bytes[self.i] += len(data)
-        self.w.dgram_drops["shutdown"] += 1
-
-
-class Protocol(asyncio.DatagramProtocol):
-    """The hot path: see the module docstring. Nothing raises out of datagram_received."""
-
-    def __init__(self, worker: Worker, index: int, scheme: str) -> None:
-        self.w = worker
-        self.i = index
-        self.scheme = scheme
-        self.prefixes = SCHEME_PREFIXES[scheme]
-        self.wrong_key = f"wrong_protocol:{index}"
-        self.allow_key = f"not_allowed:{index}"
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        w = self.w
-        i = self.i
-        w.rx_datagrams[i] += 1
-        w.rx_bytes[i] += len(data)
-        ip = addr[0]
-        ok = w.allow_cache.get(ip)
-        if ok is None:
-            ok = w.allowed(ip)
-        if not ok:
-            w.dgram_drops["not_allowed"] += 1
-            # one line per 10 s per listener, as for wrong_protocol: a wrong allowlist otherwise
-            # looks like nothing arriving
-            w.rl.warning(self.allow_key, "listener %s: datagram from %s, which --allow-exporters does not list: "
-                         "dropped, counted in flowscope_datagrams_dropped_total{reason=\"not_allowed\"}",
-                         w.listeners[self.i], ip,
-                         extra={"listener": str(w.listeners[self.i]), "exporter": ip, "reason": "not_allowed"})
-            return
-        if not data.startswith(self.prefixes):
-            w.dgram_drops["wrong_protocol"] += 1
-            # one line per 10 s per listener (a key per source would grow without bound under
-            # a spoofed flood): which exporter sends what this listener does not take, and what
-            # it looks like
-            w.rl.warning(self.wrong_key, "listener %s: datagram from %s starting %s is not %s but looks like %s: "
-                         "dropped, counted in flowscope_datagrams_dropped_total{reason=\"wrong_protocol\"}",
-                         w.listeners[self.i], ip, data[:4].hex(), self.scheme, sniff_protocol(data),
-                         extra={"listener": str(w.listeners[self.i]), "exporter": ip, "reason": "wrong_protocol"})
-            return
-        pending = 0  # flows decoded (counted in flowscope_flows_total) and not handed on yet
-        try:
-            now = time.time()
-            batch = w.decode(data, ip, addr[1], now)
-            pending = len(batch)
-            if pending:
-                wr = w.writer
-                if wr is not None:
-                    # write_records(), its common case inline (a Python call a datagram less)
-                    done = wr.append(batch, w.enricher, 0)
-                    if done < pending:
-                        w.write_records(batch, done)
-                elif w.keyed_mode:
-                    w.write_keyed(batch, ip)
-                else:
-                    w.queue.offer(FLOWS, batch.to_json(w.enricher), ip, -1, int(now * 1000))
-                pending = 0
-            if w.counters:
-                cs = batch.counters
-                if cs:
-                    w.counter_records += len(cs)
-                    w.queue.offer(COUNTERS, [orjson.dumps(c) for c in cs], ip, -1, int(now * 1000))
-            d = batch.dropped
-            if d:
-                for reason, n in d.items():
-                    w.flow_drops[reason] += n
-        except Exception as exc:  # a decoder bug must cost one datagram, not the listener
-            w.dgram_drops["internal"] += 1
-            # flows the decoder counted and the encoder or the queue then failed on: dropped,
-            # said (they were counted in flowscope_flows_total: otherwise nowhere after it)
-            if pending:
-                w.flow_drops["internal"] += pending
-            w.rl.error("hot", "datagram from %s: internal error %r (datagram dropped%s)", ip, exc,
-                       f", {pending} decoded flows with it: flowscope_flows_dropped_total{{reason=\"internal\"}}"
-                       if pending else "", extra={"exporter": ip, "reason": "internal"})
-
-    def error_received(self, exc: Exception) -> None:
-        self.w.dgram_drops["socket_error"] += 1
-        self.w.rl.warning("sockerr", "listener %s: %s", self.w.listeners[self.i], exc,
-                          extra={"listener": str(self.w.listeners[self.i]), "reason": "socket_error"})
-
-
 # Seconds the open record batch may keep filling behind queued batches before it is queued too.
 OPEN_BATCH_MAX_AGE = 1.0
 # Bytes the keyed modes' open batches may hold together (or four batches, if more) before they
@@ -248,6 +156,7 @@ class Worker:
         from decoders import (  # compiled; imported late so `flowscope config` works without it
             Decoder,
             DecoderConfig,
+            Receiver,
         )
 
         self.cfg = cfg
@@ -268,6 +177,7 @@ class Worker:
             keep_options=False,     # (batch.options: nothing here reads them)
         ))
         self.decode = self.decoder.decode
+        self._receiver_cls = Receiver
         self.enricher = enricher
         # Kafka: flows are written straight into Kafka record batches in C. Key mode none: one
         # open batch (decoders.RecordBatchWriter), any partition. Keyed modes: a batch per
@@ -299,14 +209,16 @@ class Worker:
         self.queue = self.sink.queue
         self.allow_nets = [ipaddress.ip_network(c) for c in cfg.allow_exporters]
         self.allow_cache: dict[str, bool] = {}
-        self.rx_datagrams = [0] * len(self.listeners)
-        self.rx_bytes = [0] * len(self.listeners)
         self.dgram_drops: dict[str, int] = collections.defaultdict(int)
         self.flow_drops: dict[str, int] = collections.defaultdict(int)
         self.rl = RateLimitedLog(log)
         self.state = StateFile(cfg.state_file, index) if cfg.state_file else None
         self.labels = ExporterLabels(cfg.metrics_top_exporters)
-        self.transports: list[asyncio.DatagramTransport] = []
+        # per listener, once bound: its socket and the Receiver reading it (decoders.Receiver)
+        self.sockets: list[socket.socket] = []
+        self.receivers: list[Any] = []
+        # what listeners closed (or never opened) had received: datagrams, bytes
+        self._rx_closed: list[list[int]] = [[0, 0] for _ in self.listeners]
         self.inodes: list[int] = []
         self.granted: list[int] = []
         self.bound = False
@@ -331,10 +243,80 @@ class Worker:
         self.allow_cache[ip] = ok
         return ok
 
+    # What decoders.Receiver hands back (see its docstring): the rare cases of the hot path.
+    def refused(self, index: int, ip: str) -> None:
+        """A datagram from an exporter --allow-exporters does not list."""
+        self.dgram_drops["not_allowed"] += 1
+        # one line per 10 s per listener, as for wrong_protocol: a wrong allowlist otherwise
+        # looks like nothing arriving
+        lst = self.listeners[index]
+        self.rl.warning(f"not_allowed:{index}", "listener %s: datagram from %s, which --allow-exporters does not "
+                        "list: dropped, counted in flowscope_datagrams_dropped_total{reason=\"not_allowed\"}",
+                        lst, ip, extra={"listener": str(lst), "exporter": ip, "reason": "not_allowed"})
+
+    def wrong_protocol(self, index: int, ip: str, data: bytes) -> None:
+        """A datagram that is not what its listener takes (SCHEME_PREFIXES)."""
+        self.dgram_drops["wrong_protocol"] += 1
+        # one line per 10 s per listener (a key per source would grow without bound under a
+        # spoofed flood): which exporter sends what this listener does not take, and what it
+        # looks like
+        lst = self.listeners[index]
+        self.rl.warning(f"wrong_protocol:{index}", "listener %s: datagram from %s starting %s is not %s but looks "
+                        "like %s: dropped, counted in flowscope_datagrams_dropped_total{reason=\"wrong_protocol\"}",
+                        lst, ip, data[:4].hex(), lst.scheme, sniff_protocol(data),
+                        extra={"listener": str(lst), "exporter": ip, "reason": "wrong_protocol"})
+
+    def deliver(self, batch: Any, ip: str) -> None:
+        """A decoded datagram's flows, where the open record batch is not used: the keyed Kafka
+        modes, and the other sinks' queue."""
+        if self.writer is not None:
+            self.write_records(batch)
+        elif self.keyed_mode:
+            self.write_keyed(batch, ip)
+        else:
+            self.queue.offer(FLOWS, batch.to_json(self.enricher), ip, -1, int(batch.recv_time * 1000))
+
+    def after_decode(self, batch: Any, ip: str) -> None:
+        """A decoded datagram's sFlow counter records (with --counters) and the flows the
+        decoder dropped, by reason."""
+        if self.counters:
+            cs = batch.counters
+            if cs:
+                self.counter_records += len(cs)
+                self.queue.offer(COUNTERS, [orjson.dumps(c) for c in cs], ip, -1, int(batch.recv_time * 1000))
+        for reason, n in batch.dropped.items():
+            self.flow_drops[reason] += n
+
+    def internal_error(self, ip: str, exc: Exception, pending: int) -> None:
+        """A decoder, enricher or encoder bug: it costs one datagram, not the listener. pending:
+        flows the decoder counted (in flowscope_flows_total) that were not handed on: dropped,
+        said."""
+        self.dgram_drops["internal"] += 1
+        if pending:
+            self.flow_drops["internal"] += pending
+        self.rl.error("hot", "datagram from %s: internal error %r (datagram dropped%s)", ip, exc,
+                      f", {pending} decoded flows with it: flowscope_flows_dropped_total{{reason=\"internal\"}}"
+                      if pending else "", extra={"exporter": ip, "reason": "internal"})
+
+    def socket_error(self, index: int, exc: OSError) -> None:
+        """A listener's socket refused a read (not for want of datagrams)."""
+        self.dgram_drops["socket_error"] += 1
+        self.rl.warning("sockerr", "listener %s: %s", self.listeners[index], exc,
+                        extra={"listener": str(self.listeners[index]), "reason": "socket_error"})
+
+    def received(self) -> tuple[list[int], list[int]]:
+        """Per listener: datagrams and bytes received, its closed sockets' included."""
+        dg = [c[0] for c in self._rx_closed]
+        by = [c[1] for c in self._rx_closed]
+        for r in self.receivers:
+            dg[r.index] += r.datagrams
+            by[r.index] += r.nbytes
+        return dg, by
+
     def write_records(self, batch: Any, done: int | None = None) -> None:
         """Hot path (fast Kafka): append a datagram's flows to the open record batch; a full
         batch goes to the queue whole. done: the flows the open batch already took (its
-        append() answer; Protocol.datagram_received makes that first call itself)."""
+        append() answer; decoders.Receiver makes that first call itself)."""
         n = len(batch)
         i = self.writer.append(batch, self.enricher, 0) if done is None else done
         while i < n:
@@ -436,11 +418,16 @@ class Worker:
                 sock, granted = open_socket(lst, self.cfg.rcvbuf, reuse)
             except OSError as exc:
                 raise StartupError(f"listener {lst}: cannot bind: {exc.strerror or exc}") from None
+            try:
+                rcv = self._receiver_cls(sock.fileno(), self.decoder, self, i, lst.scheme)
+                loop.add_reader(sock.fileno(), rcv.read)
+            except BaseException:
+                sock.close()
+                raise
             self.inodes.append(os.fstat(sock.fileno()).st_ino)
             self.granted.append(granted)
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda i=i, lst=lst: Protocol(self, i, lst.scheme), sock=sock)  # type: ignore[misc]
-            self.transports.append(transport)  # type: ignore[arg-type]
+            self.sockets.append(sock)
+            self.receivers.append(rcv)
             if self.cfg.rcvbuf and granted < self.cfg.rcvbuf and granted >= LINUX_MAX_RCVBUF:
                 # neither net.core.rmem_max nor CAP_NET_ADMIN raises this one
                 log.warning("listener %s: SO_RCVBUF %d requested, kernel granted %d, the most Linux grants "
@@ -505,8 +492,8 @@ class Worker:
         deadline = loop.time() + self.cfg.shutdown_timeout
         self.stopping = True    # /readyz: not ready from here on
         await self._drain_sockets(loop.time() + self.cfg.shutdown_timeout / 2)
-        for i, t in enumerate(self.transports):
-            t.set_protocol(_Refusing(self, i))
+        for r in self.receivers:
+            r.refusing = True   # read on, counted as dropped (reason shutdown), not decoded
         self.bound = False      # flowscope_listener_up: no longer decoding
         for task in self._tasks:
             task.cancel()
@@ -535,32 +522,16 @@ class Worker:
         datagrams. What is still queued then is discarded by the kernel uncounted as datagrams:
         its size is logged."""
         stop_counting = max(time.monotonic() + 0.25, until)
-        buf = bytearray(65536)
         left = 0
-        for i, t in enumerate(self.transports):
-            sk = t.get_extra_info("socket")
-            try:
-                s = socket.socket(fileno=os.dup(sk.fileno())) if sk is not None else None
-            except OSError:
-                s = None
-            if s is not None:
-                try:
-                    s.setblocking(False)
-                    while True:
-                        if time.monotonic() >= stop_counting:
-                            if i < len(self.inodes):
-                                left += sum(q for q, _ in udp_socket_stats({self.inodes[i]}).values())
-                            break
-                        try:
-                            n = s.recv_into(buf)
-                        except OSError:    # empty (BlockingIOError) or gone
-                            break
-                        self.rx_datagrams[i] += 1
-                        self.rx_bytes[i] += n
-                        self.dgram_drops["shutdown"] += 1
-                finally:
-                    s.close()
-            t.close()
+        for i, r in enumerate(self.receivers):
+            r.refusing = True
+            while True:
+                if time.monotonic() >= stop_counting:
+                    left += sum(q for q, _ in udp_socket_stats({self.inodes[i]}).values())
+                    break
+                if not r.read(1024):
+                    break
+        self.close_sockets()
         if self.dgram_drops.get("shutdown"):
             log.warning("shutdown: %d datagrams were read and not decoded (exporters kept sending, or the "
                         "listeners' receive buffers held more than half of --shutdown-timeout could decode; "
@@ -570,6 +541,21 @@ class Worker:
             log.error("shutdown: datagrams still queued in the listeners' receive buffers at --shutdown-timeout "
                       "were discarded unread, not counted (%d bytes of socket memory: their payload and the "
                       "kernel's overhead per datagram)", left)
+
+    def close_sockets(self) -> None:
+        """Stop reading the listeners and close their sockets (what they received stays counted)."""
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        dg, by = self.received()
+        for r, sock in zip(self.receivers, self.sockets, strict=True):
+            if loop is not None:
+                loop.remove_reader(sock.fileno())
+            sock.close()
+            self._rx_closed[r.index] = [dg[r.index], by[r.index]]
+        self.receivers = []
+        self.sockets = []
 
     # -- statistics ----------------------------------------------------------------------------------
     def snapshot(self, final: bool = False) -> Snapshot:
@@ -581,8 +567,9 @@ class Worker:
         snap["flowscope_exporter_state_bytes"] = {(): self.decoder.state_bytes}
         snap["flowscope_template_fields"] = {(): self.decoder.template_fields_counted}
         names = [str(lst) for lst in self.listeners]
-        snap["flowscope_received_datagrams"] = {(n,): v for n, v in zip(names, self.rx_datagrams, strict=False)}
-        snap["flowscope_received_bytes"] = {(n,): v for n, v in zip(names, self.rx_bytes, strict=False)}
+        rx_datagrams, rx_bytes = self.received()
+        snap["flowscope_received_datagrams"] = {(n,): v for n, v in zip(names, rx_datagrams, strict=False)}
+        snap["flowscope_received_bytes"] = {(n,): v for n, v in zip(names, rx_bytes, strict=False)}
         # every documented reason from the start, at 0: an alert on increase() sees the first
         # event, and `== 0` checks have a series to compare
         snap["flowscope_datagrams_dropped"] = labelled(DATAGRAM_DROP_REASONS, self.dgram_drops)

@@ -6,11 +6,12 @@ from decoders._core import (
     Decoder,
     FlowBatch,
     KeyedBatches,
+    Receiver,
     RecordBatchWriter,
     addr_text,
     murmur2_positive,
 )
 from decoders.config import DecoderConfig
 
-__all__ = ["EVICTED", "DecodeError", "Decoder", "DecoderConfig", "FlowBatch", "KeyedBatches", "RecordBatchWriter",
-           "addr_text", "murmur2_positive"]
+__all__ = ["EVICTED", "DecodeError", "Decoder", "DecoderConfig", "FlowBatch", "KeyedBatches", "Receiver",
+           "RecordBatchWriter", "addr_text", "murmur2_positive"]

@@ -18,6 +18,7 @@ include "kafka.pxi"
 include "packer.pxi"
 include "netflow.pxi"
 include "sflow.pxi"
+include "receive.pxi"
 
 import logging
 
@@ -211,6 +212,10 @@ cdef class Decoder:
         """Decode one datagram from `exporter`, received at `recv_time` (Unix seconds; left out or
         negative: now; 0 is a time, a capture's frame at the epoch); never raises for bad input
         (see batch.error)."""
+        return self.decode_c(data, exporter, port, recv_time)
+
+    cdef FlowBatch decode_c(self, bytes data, str exporter, int port, double recv_time):
+        """decode(), called from C (the Receiver); data and exporter not None."""
         cdef FlowBatch b = FlowBatch.__new__(FlowBatch)
         cdef ExporterState ex
         cdef Reader r

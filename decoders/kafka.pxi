@@ -373,6 +373,10 @@ cdef class RecordBatchWriter:
         Returns the index of the first flow not appended (len(bt) when all fit). A single flow
         larger than an empty batch is still appended, so progress is always made.
         """
+        return self.append_c(bt, enricher, start)
+
+    cdef Py_ssize_t append_c(self, FlowBatch bt, object enricher, Py_ssize_t start) except -1:
+        """append(), called from C (the Receiver)."""
         cdef Py_ssize_t i
         cdef bytes head
         cdef const char* key = NULL

@@ -2140,7 +2140,8 @@ def test_flows_lost_to_an_internal_error_after_decoding_are_counted() -> None:
     flowscope_flows_total, were neither queued nor dropped, and the accounting identity broke.
     They are dropped with reason internal."""
     from collector.config import Config
-    from collector.server import Protocol, Worker
+    from collector.server import Worker
+    from decoders import Receiver
 
     class Broken:
         def enrich(self, *a: Any) -> Any:
@@ -2150,16 +2151,35 @@ def test_flows_lost_to_an_internal_error_after_decoding_are_counted() -> None:
     w = Worker(cfg)                      # stdout sink, not started
     w.writer = None
     w.keyed_mode = False
-    p = Protocol(w, 0, "netflow")
-    p.datagram_received(make_v5(0, 30, 0), ("192.0.2.1", 2055))
-    assert w.queue.total_records == 30       # the path works
-    w.enricher = Broken()
-    p.datagram_received(make_v5(1, 30, 30), ("192.0.2.1", 2055))
-    snap = w.snapshot()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        rx.bind(("127.0.0.1", 0))
+        rx.setblocking(False)
+        r = Receiver(rx.fileno(), w.decoder, w, 0, "netflow")
+        w.receivers.append(r)
+        tx.sendto(make_v5(0, 30, 0), rx.getsockname())
+        assert wait_read(r) == 1
+        assert w.queue.total_records == 30       # the path works
+        w.enricher = Broken()
+        tx.sendto(make_v5(1, 30, 30), rx.getsockname())
+        assert wait_read(r) == 1
+        snap = w.snapshot()
+    assert snap["flowscope_received_datagrams"][(str(w.listeners[0]),)] == 2
     assert snap["flowscope_datagrams_dropped"][("internal",)] == 1
     assert snap["flowscope_flows_dropped"][("internal",)] == 30
     assert sum(snap["flowscope_flows"].values()) == 60
     assert w.queue.total_records == 30
+
+
+def wait_read(r: Any, timeout: float = 5.0) -> int:
+    """Receiver.read() once a datagram has arrived on its socket (loopback: at once, but the
+    socket is read without waiting)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        n = r.read()
+        if n or time.monotonic() > deadline:
+            return n
+        time.sleep(0.001)
 
 
 def test_a_text_option_keeps_a_plain_yaml_value_as_written(tmp_path: Path) -> None:

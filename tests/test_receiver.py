@@ -1,0 +1,227 @@
+"""decoders.Receiver: a listener's socket read with recvmmsg and each datagram handled in C.
+
+Real UDP sockets on loopback (127.0.0.0/8 and ::1), a real collector Worker as the owner (not
+started: its queue or its open Kafka record batch is where the flows land), datagrams from
+make_v5 and the IPFIX corpus."""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+import orjson
+import pytest
+from conftest import corpus_file, make_v5, udp_payloads
+
+from collector.config import Config, KafkaConfig
+from collector.server import SCHEME_PREFIXES, Worker
+from decoders import Decoder, DecoderConfig, Receiver, RecordBatchWriter
+
+
+def worker(**kw: Any) -> Worker:
+    w = Worker(Config(**kw))
+    if w.writer is None:
+        w.keyed_mode = ""
+    return w
+
+
+def read_all(r: Any, want: int, timeout: float = 10.0) -> int:
+    """Receiver.read() until `want` datagrams were read (loopback delivers at once, but the
+    socket is read without waiting)."""
+    got = 0
+    deadline = time.monotonic() + timeout
+    while got < want and time.monotonic() < deadline:
+        n = r.read()
+        got += n
+        if not n:
+            time.sleep(0.001)
+    return got
+
+
+@pytest.fixture
+def udp4() -> Any:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        rx.bind(("127.0.0.1", 0))
+        rx.setblocking(False)
+        yield rx
+
+
+def test_flows_land_in_the_queue_and_every_datagram_is_counted(udp4: socket.socket) -> None:
+    """More datagrams than one read's budget and one recvmmsg's batch: every one decoded in
+    order, counted once with its bytes."""
+    w = worker()
+    r = Receiver(udp4.fileno(), w.decoder, w, 0, "netflow")
+    w.receivers.append(r)
+    payloads = [make_v5(i * 30, 30, i * 30) for i in range(300)]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        for p in payloads:
+            tx.sendto(p, udp4.getsockname())
+    first = r.read(100)
+    assert 100 <= first < 300      # the budget stops it (at a whole recvmmsg batch)
+    assert read_all(r, 300 - first) == 300 - first
+    assert r.read() == 0           # empty: nothing more, no error
+    snap = w.snapshot()
+    name = str(w.listeners[0])
+    assert snap["flowscope_received_datagrams"][(name,)] == 300
+    assert snap["flowscope_received_bytes"][(name,)] == sum(len(p) for p in payloads)
+    assert w.queue.total_records == 300 * 30
+    st = w.decoder.stats()["127.0.0.1"]
+    assert st["datagrams"] == 300 and st["flows"] == 9000
+    assert not any(snap["flowscope_datagrams_dropped"].values())
+
+
+def test_the_kafka_path_appends_to_the_open_record_batch_and_starts_a_new_one_when_full(udp4: socket.socket) -> None:
+    """Key mode none: flows go into the worker's RecordBatchWriter in C; a datagram that does
+    not fit is handed to Worker.write_records, which queues the full batch and goes on in a new
+    one: nothing lost between them."""
+    w = worker(kafka=KafkaConfig(brokers=["127.0.0.1:1"], batch_bytes=16384))
+    assert isinstance(w.writer, RecordBatchWriter)
+    r = Receiver(udp4.fileno(), w.decoder, w, 0, "netflow")
+    first_writer = w.writer
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        for i in range(40):
+            tx.sendto(make_v5(i * 30, 30, i * 30), udp4.getsockname())
+    assert read_all(r, 40) == 40
+    assert w.writer is not first_writer
+    assert w.queue.total_records + w.writer.records == 1200
+    assert w.writer.records > 0
+
+
+def test_the_listener_takes_what_its_scheme_prefixes_say_and_counts_the_rest(udp4: socket.socket) -> None:
+    """The compiled check agrees with collector.server.SCHEME_PREFIXES for every first two or
+    four bytes that matter, short datagrams included."""
+    heads = [b"", b"\x00", b"\x00\x0a", b"\x00\x05", b"\x00\x09", b"\x00\x01", b"\x00\x07", b"\x00\x00\x00\x05",
+             b"\x00\x00\x00\x04", b"\x00\x00\x00", b"\x05\x00", b"\x0a\x00", b"\x00\x0b", b"\xff\xff\xff\xff"]
+    for scheme, prefixes in SCHEME_PREFIXES.items():
+        w = worker()
+        r = Receiver(udp4.fileno(), w.decoder, w, 0, scheme)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            for h in heads:
+                tx.sendto(h + b"\x00" * 20 if len(h) >= 2 else h, udp4.getsockname())
+        assert read_all(r, len(heads)) == len(heads)
+        taken = [h for h in heads if (h + b"\x00" * 20 if len(h) >= 2 else h).startswith(prefixes)]
+        assert w.dgram_drops["wrong_protocol"] == len(heads) - len(taken), scheme
+        # what the listener took reached the decoder (as errors: these are no real datagrams)
+        st = w.decoder.stats().get("127.0.0.1", {"datagrams": 0})
+        assert st["datagrams"] == len(taken), scheme
+
+
+def test_each_source_address_is_its_own_exporter_past_the_address_cache(udp4: socket.socket) -> None:
+    """The receiver keeps 1,024 source addresses' text in a direct-mapped table: 1,500 sources
+    (127.0.x.y) collide in it and each datagram is still its own sender's."""
+    w = worker()
+    r = Receiver(udp4.fileno(), w.decoder, w, 0, "netflow")
+    sources = [f"127.0.{1 + i // 250}.{1 + i % 250}" for i in range(1500)]
+    dst = udp4.getsockname()
+    for rnd in range(2):
+        for i, src in enumerate(sources):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+                tx.bind((src, 0))
+                tx.sendto(make_v5(rnd, 1, i), dst)
+        assert read_all(r, len(sources)) == len(sources)
+    st = w.decoder.stats()
+    assert set(st) == set(sources)
+    assert all(st[s]["datagrams"] == 2 and st[s]["flows"] == 2 for s in sources)
+    # and each flow says who sent it: flow i came from sources[i]
+    flows = [orjson.loads(rec) for chunk in w.queue.chunks for rec in chunk.records]
+    assert len(flows) == 3000
+    for f in flows:
+        i = int(f["SrcAddr"].rsplit(".", 1)[1]) + 256 * int(f["SrcAddr"].split(".")[2])
+        assert f["AgentIP"] == sources[i], f
+
+
+def test_the_allowlist_is_applied_per_source(udp4: socket.socket) -> None:
+    w = worker(allow_exporters=["127.0.0.2/32"])
+    r = Receiver(udp4.fileno(), w.decoder, w, 0, "netflow")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
+        a.bind(("127.0.0.2", 0))
+        b.bind(("127.0.0.3", 0))
+        for i in range(5):
+            a.sendto(make_v5(i, 2, i * 2), udp4.getsockname())
+            b.sendto(make_v5(i, 2, i * 2), udp4.getsockname())
+    assert read_all(r, 10) == 10
+    assert w.dgram_drops["not_allowed"] == 5
+    assert set(w.decoder.stats()) == {"127.0.0.2"}
+    assert w.queue.total_records == 10
+
+
+def test_ipv6_sources_are_named_as_the_socket_module_names_them() -> None:
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as rx:
+        rx.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        rx.bind(("::", 0))
+        rx.setblocking(False)
+        port = rx.getsockname()[1]
+        w = worker()
+        r = Receiver(rx.fileno(), w.decoder, w, 0, "netflow")
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as tx6, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx4:
+            tx6.sendto(make_v5(0, 3, 0), ("::1", port))
+            tx4.sendto(make_v5(0, 4, 0), ("127.0.0.1", port))
+        assert read_all(r, 2) == 2
+        # what recvfrom would have said: "::1" and, on a dual-stack socket, the mapped address
+        assert set(w.decoder.stats()) == {"::1", "::ffff:127.0.0.1"}
+        assert w.queue.total_records == 7
+
+
+def test_a_datagram_of_the_largest_udp_size_is_read_whole(udp4: socket.socket) -> None:
+    """No truncation: a 65,507-byte datagram is counted with all its bytes and refused by the
+    decoder's size limit, not cut to a buffer."""
+    w = worker(max_datagram=9000)
+    r = Receiver(udp4.fileno(), w.decoder, w, 0, "ipfix")
+    big = b"\x00\x0a" + b"\x00" * 65505
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        tx.sendto(big, udp4.getsockname())
+    assert read_all(r, 1) == 1
+    assert r.nbytes == 65507
+    assert w.decoder.stats()["127.0.0.1"]["errors"] == {"too_large": 1}
+
+
+def test_shutdown_reads_and_counts_without_decoding(udp4: socket.socket) -> None:
+    w = worker()
+    r = Receiver(udp4.fileno(), w.decoder, w, 0, "netflow")
+    r.refusing = True
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        for i in range(7):
+            tx.sendto(make_v5(i, 1, i), udp4.getsockname())
+    assert read_all(r, 7) == 7
+    assert w.dgram_drops["shutdown"] == 7
+    assert w.decoder.stats() == {}
+    assert r.datagrams == 7
+
+
+def test_a_socket_that_fails_is_counted_not_raised() -> None:
+    """recvmmsg failing for another reason than an empty socket (here: the descriptor was
+    closed under it) is counted as reason socket_error and the read returns."""
+    w = worker()
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    fd = s.fileno()
+    r = Receiver(fd, w.decoder, w, 0, "netflow")
+    s.close()
+    assert r.read() == 0
+    assert w.dgram_drops["socket_error"] == 1
+
+
+def test_real_ipfix_from_the_corpus_decodes_as_through_decode(udp4: socket.socket) -> None:
+    """A real exporter's IPFIX capture (templates, then data) sent over loopback: the flows the
+    receiver queues are those Decoder.decode and to_json give for the same payloads from the
+    same address and port (the same decoder, reached from C), but for the receive time."""
+    payloads = [p for _, _, p in udp_payloads(corpus_file("ipfix/openbsd-pflow_ipfix.pcap"))]
+    assert payloads
+    w = worker()
+    r = Receiver(udp4.fileno(), w.decoder, w, 0, "ipfix")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        tx.bind(("127.0.0.1", 0))
+        port = tx.getsockname()[1]
+        for p in payloads:
+            tx.sendto(p, udp4.getsockname())
+    assert read_all(r, len(payloads)) == len(payloads)
+    ref = Decoder(DecoderConfig())
+    want = [orjson.loads(j) for p in payloads for j in ref.decode(p, "127.0.0.1", port, 1.0).to_json()]
+    got = [orjson.loads(rec) for chunk in w.queue.chunks for rec in chunk.records]
+    assert want, "the capture holds flows"
+    for f in want + got:
+        f.pop("TimeReceived", None)
+    assert got == want
