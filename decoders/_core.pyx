@@ -223,7 +223,7 @@ cdef class Decoder:
         cdef Py_ssize_t nflows
         cdef const uint8_t* buf = <const uint8_t*>PyBytes_AS_STRING(data)
         cdef uint16_t version
-        cdef dict pst
+        cdef int slot
         b.data = data
         b.port = <uint16_t>port
         b.recv_time = recv_time if recv_time >= 0.0 else time.time()
@@ -236,12 +236,11 @@ cdef class Decoder:
         ex.datagrams += 1
         version = be16(buf) if n >= 4 else 0
         # Per-protocol counters: one exporter (an OVS node) often sends IPFIX, sFlow and NetFlow.
-        ex.cur_protocol = ("netflow5" if version == 5 else "netflow9" if version == 9 else
-                           "netflow1" if version == 1 else "netflow7" if version == 7 else
-                           "ipfix" if version == 10 else
-                           "sflow5" if version == 0 and n >= 4 and be32(buf) == 5 else "unknown")
-        pst = ex.proto_stats(ex.cur_protocol)
-        pst["datagrams"] += 1
+        # (counted in C slots, added to the exporter's per-protocol dicts when they are read)
+        slot = (1 if version == 5 else 2 if version == 9 else 3 if version == 1 else 4 if version == 7 else
+                5 if version == 10 else 6 if version == 0 and n >= 4 and be32(buf) == 5 else 0)
+        ex.cur_protocol = <str>PROTO_SLOTS[slot]
+        ex.slot_datagrams[slot] += 1
         try:
             if self.max_rate > 0.0 and not ex.rate_ok(b.recv_time, self.max_rate):
                 ex.forget_stream(buf, n, b.port)
@@ -271,10 +270,10 @@ cdef class Decoder:
             scale_counts(b)
         # flows decoded: those in the batch plus those dedup removed (counted as dropped,
         # reason duplicate), so decoded = delivered + dropped + queued holds with --dedup too
-        nflows = b.n + (b.dropped.get("duplicate", 0) if b.dropped else 0)
+        nflows = b.n + (b._dropped.get("duplicate", 0) if b._dropped is not None else 0)
         self.sync_state(ex)
         ex.flows += nflows
-        pst["flows"] += nflows
+        ex.slot_flows[slot] += nflows
         if b.proto_kind:
             ex.protocol = PROTOCOL_NAMES[b.proto_kind]
         return b
@@ -309,11 +308,11 @@ cdef class Decoder:
         cdef dict out = {}
         self.settle_gaps(now)
         for ip, ex in self.exporters.items():
-            out[ip] = (ex.datagrams, ex.last_sampling, ex.protocol, ex.by_protocol,
+            out[ip] = (ex.datagrams, ex.last_sampling, ex.protocol, ex.protocol_counts(),
                        ex.templates_by_protocol() if ex.templates else None)
         if self.evicted_exporters:
             ex = self.evicted
-            out[EVICTED] = (ex.datagrams, 0, "", ex.by_protocol, None)
+            out[EVICTED] = (ex.datagrams, 0, "", ex.protocol_counts(), None)
         return out
 
     def exporter(self, str ip):

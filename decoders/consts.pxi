@@ -114,3 +114,8 @@ cdef enum:
     PROTO_NETFLOW9 = 9
     PROTO_IPFIX = 10
     PROTO_SFLOW5 = 100
+
+# The decoder's protocol slots (ExporterState.slot_datagrams): the names its per-protocol
+# counters are kept under, "unknown" for a datagram of no known version.
+cdef tuple PROTO_SLOTS = ("unknown", "netflow5", "netflow9", "netflow1", "netflow7", "ipfix", "sflow5")
+DEF PROTO_SLOT_COUNT = 7

@@ -90,11 +90,13 @@ cdef class FlowBatch:
     cdef readonly uint32_t sequence
     cdef readonly uint32_t domain
     cdef readonly uint16_t port
-    cdef readonly list counters
+    # counters, dropped and options made on first use (batch_counters(), ...): most datagrams
+    # have none, and three containers a datagram cost as much as a small record's decode
+    cdef list _counters
     cdef readonly object error
     cdef readonly int missing_template_sets
-    cdef readonly dict dropped
-    cdef readonly list options
+    cdef dict _dropped
+    cdef list _options
     # What moves the exporter's times onto the collector's clock to pick the holder of a reused
     # address (the enrichment's flow start, never the published times): the exporter's clock
     # offset (clock_shift) when beyond CLOCK_TOLERANCE_MS, else 0.
@@ -104,9 +106,6 @@ cdef class FlowBatch:
         self.flows = NULL
         self.extras = NULL
         self.n = self.cap = self.n_extras = self.cap_extras = 0
-        self.counters = []
-        self.dropped = {}
-        self.options = []
         self.error = None
 
     def __dealloc__(self):
@@ -115,6 +114,21 @@ cdef class FlowBatch:
 
     def __len__(self):
         return self.n
+
+    @property
+    def counters(self):
+        """sFlow counter records (dicts) the datagram held."""
+        return self._counters if self._counters is not None else []
+
+    @property
+    def dropped(self):
+        """Flows decoded and dropped, by reason (duplicate with dedup)."""
+        return self._dropped if self._dropped is not None else {}
+
+    @property
+    def options(self):
+        """Options data records as dicts (with DecoderConfig.keep_options)."""
+        return self._options if self._options is not None else []
 
     @property
     def protocol(self):
@@ -137,6 +151,23 @@ cdef class FlowBatch:
 
 PROTOCOL_NAMES = {PROTO_NETFLOW1: "netflow1", PROTO_NETFLOW5: "netflow5", PROTO_NETFLOW7: "netflow7",
                   PROTO_NETFLOW9: "netflow9", PROTO_IPFIX: "ipfix", PROTO_SFLOW5: "sflow5"}
+
+
+cdef int batch_reserve(FlowBatch b, Py_ssize_t more) except -1:
+    """Room for `more` flows beyond those held, when the caller knows how many a set holds: one
+    allocation of the right size (a one-record datagram's fits the allocator's small caches)."""
+    cdef Py_ssize_t want = b.n + more
+    cdef Flow* p
+    if want <= b.cap:
+        return 0
+    if b.cap:
+        want = max(want, b.cap * 2)
+    p = <Flow*>realloc(b.flows, want * sizeof(Flow))
+    if p == NULL:
+        raise MemoryError()
+    b.flows = p
+    b.cap = want
+    return 0
 
 
 cdef Flow* batch_new_flow(FlowBatch b) except NULL:

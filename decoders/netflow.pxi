@@ -563,7 +563,11 @@ cdef class ExporterState:
     cdef readonly uint32_t last_sampling
     cdef uint64_t* dedup_keys
     cdef int64_t* dedup_times
-    cdef readonly dict by_protocol     # protocol name -> {"datagrams", "flows", "errors", ...}
+    cdef dict _by_protocol             # protocol name -> {"datagrams", "flows", "errors", ...}
+    # datagrams and flows by protocol slot (PROTO_SLOTS) not yet added to _by_protocol: the
+    # decoder counts every datagram here in C, by_protocol adds them when read
+    cdef uint64_t slot_datagrams[8]
+    cdef uint64_t slot_flows[8]
     cdef str cur_protocol
     cdef public double last_seen       # receive time of its latest datagram (eviction order)
     cdef readonly Py_ssize_t template_fields  # fields of its templates (Decoder.max_template_fields)
@@ -619,7 +623,9 @@ cdef class ExporterState:
         self.dropped = {}
         self.protocol = ""
         self.cur_protocol = "unknown"
-        self.by_protocol = {}
+        self._by_protocol = {}
+        memset(self.slot_datagrams, 0, sizeof(self.slot_datagrams))
+        memset(self.slot_flows, 0, sizeof(self.slot_flows))
         self.seq_streams = {}
         self.seq_ports = {}
         self.tid_latest = {}
@@ -639,10 +645,29 @@ cdef class ExporterState:
                 + STATE_BYTES_ENTRY * (self.dom_entries + len(self.tpl_domains) + len(self.borrowers))
                 + (DEDUP_SLOTS * (sizeof(uint64_t) + sizeof(int64_t)) if self.dedup_keys != NULL else 0))
 
+    @property
+    def by_protocol(self):
+        """protocol name -> {"datagrams", "flows", "errors", "missing_template_sets", ...}: the
+        exporter's own dicts, read them, never keep or change them."""
+        return self.protocol_counts()
+
+    cdef dict protocol_counts(self):
+        """_by_protocol with the datagrams and flows counted in the slots added."""
+        cdef int i
+        cdef dict d
+        for i in range(PROTO_SLOT_COUNT):
+            if self.slot_datagrams[i] or self.slot_flows[i]:
+                d = self.proto_stats(PROTO_SLOTS[i])
+                d["datagrams"] += self.slot_datagrams[i]
+                d["flows"] += self.slot_flows[i]
+                self.slot_datagrams[i] = 0
+                self.slot_flows[i] = 0
+        return self._by_protocol
+
     cdef dict proto_stats(self, str name):
-        cdef dict d = self.by_protocol.get(name)
+        cdef dict d = self._by_protocol.get(name)
         if d is None:
-            d = self.by_protocol[name] = {"datagrams": 0, "flows": 0, "errors": {}, "missing_template_sets": 0,
+            d = self._by_protocol[name] = {"datagrams": 0, "flows": 0, "errors": {}, "missing_template_sets": 0,
                                           "sequence_lost": 0, "sequence_resets": 0, "templates_evicted": 0,
                                           "sample_drops": 0}
         return d
@@ -1107,7 +1132,7 @@ cdef class ExporterState:
         """Add other's counters to this one's (the decoder's tally of evicted exporters)."""
         cdef dict d, mine
         other.settle_gaps(-1)
-        for name, d in other.by_protocol.items():
+        for name, d in other.protocol_counts().items():
             mine = self.proto_stats(name)
             for key in ("datagrams", "flows", "missing_template_sets", "sequence_lost", "sequence_resets",
                         "templates_evicted", "sample_drops"):
@@ -1125,7 +1150,7 @@ cdef class ExporterState:
     def stats(self):
         cdef dict tp = self.templates_by_protocol()
         per = {name: dict(d, errors=dict(d["errors"]), templates=tp.get(name, 0))
-               for name, d in self.by_protocol.items()}
+               for name, d in self.protocol_counts().items()}
         return {
             "protocols": per,
             "datagrams": self.datagrams,
@@ -2136,7 +2161,9 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
                              sampling_prob)
         learn_options(dec, ex, t, own_rate, has_sampler, sampler_id, has_scope_if, scope_if, rec_sysinit)
         if dec.keep_options:
-            b.options.append(options_dict(b, f, t, rec_start, s.pos))
+            if b._options is None:
+                b._options = []
+            b._options.append(options_dict(b, f, t, rec_start, s.pos))
         batch_drop_last(b)
         return 0
 
@@ -2246,7 +2273,9 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             f.duplicate = 1
             if dec.dedup:
                 ex.dropped["duplicate"] = ex.dropped.get("duplicate", 0) + 1
-                b.dropped["duplicate"] = b.dropped.get("duplicate", 0) + 1
+                if b._dropped is None:
+                    b._dropped = {}
+                b._dropped["duplicate"] = b._dropped.get("duplicate", 0) + 1
                 batch_drop_last(b)
     return 0
 
@@ -2968,6 +2997,9 @@ cdef int decode_data_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* s, 
         return 0
     if b.recv_time >= t.seen + SEEN_STEP_S:
         t.seen = <double>(<int64_t>(b.recv_time / SEEN_STEP_S)) * SEEN_STEP_S
+    if not t.options and t.min_len > 0 and b.n == 0:
+        # the records the set can hold, up to the batch's usual first size
+        batch_reserve(b, min(32, max(1, rd_left(s) // t.min_len)))
     while rd_left(s) >= t.min_len:
         if rd_left(s) < 4 and (s.end - start) % 4 == 0 and all_zero(s.buf, s.pos, s.end):
             # RFC 3954 5.3: "The Exporter SHOULD insert some padding bytes so that the subsequent

@@ -302,7 +302,7 @@ cdef class Receiver:
                     else:
                         self.owner.deliver(b, ip)
                     pending = 0
-                if b.counters or b.dropped:
+                if b._counters is not None or b._dropped is not None:
                     self.owner.after_decode(b, ip)
             except Exception as exc:
                 self.owner.internal_error(ip, exc, pending)

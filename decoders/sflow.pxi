@@ -1118,7 +1118,9 @@ cdef int counter_sample(FlowBatch b, Reader* s, bint expanded, str agent) except
         skip_pad(s, rlen)
         formats.append(rfmt & 0xFFF if rfmt >> 12 == 0 else f"{rfmt >> 12}:{rfmt & 0xFFF}")
         counter_record(out, rfmt >> 12, rfmt & 0xFFF, &rec)
-    b.counters.append(out)
+    if b._counters is None:
+        b._counters = []
+    b._counters.append(out)
     return 0
 
 

@@ -2818,3 +2818,52 @@ def test_each_flow_names_its_own_exporter_and_protocol_across_many_interleaved()
             assert ipaddress.ip_address(f["AgentIP"]) == ipaddress.ip_address(agent), (a, proto, f["AgentIP"])
             seen += 1
     assert seen >= len(order) * 2
+
+
+def test_per_protocol_counts_add_up_whenever_they_are_read_and_across_eviction() -> None:
+    """The decoder counts each datagram and its flows under its protocol in C and adds them to
+    the exporter's per-protocol dicts when those are read: read between datagrams, at the end,
+    after exporters were evicted (folded into EVICTED), the counts are what was sent."""
+    rng = random.Random(5)
+    dec = Decoder(DecoderConfig(max_exporters=8))
+    sent: dict[str, dict[str, int]] = {}
+    agents = [f"10.9.0.{i}" for i in range(1, 13)]      # more than the table holds: evictions
+    for a in agents:
+        dec.decode(ipfix_message([template_set([OVS_INGRESS])], seq=0, export_time=EXPORT), a, 0, EXPORT)
+        sent.setdefault("ipfix", {"datagrams": 0, "flows": 0})["datagrams"] += 1
+    for k in range(600):
+        a = agents[rng.randrange(len(agents))]
+        kind = rng.choice(("netflow5", "ipfix", "sflow5", "unknown"))
+        if kind == "netflow5":
+            n = rng.randrange(1, 4)
+            data = v5_datagram(v5_records(n, rng, uptime_ms=100_000), seq=k, unix_secs=EXPORT, uptime_ms=100_000)
+        elif kind == "ipfix":
+            n = rng.randrange(1, 4)
+            data = ipfix_message([data_set(OVS_INGRESS, ovs_flows(n, rng))], seq=k, export_time=EXPORT)
+        elif kind == "sflow5":
+            n = 1
+            data = sflow_datagram([SflowSample("10.1.1.1", "10.1.1.2", 1000, 80, 6, 100, 0x10, 10, 1, 2)], seq=k)
+        else:
+            n = 0
+            data = b"\x00\x63" + bytes(30)
+        b = dec.decode(data, a, 0, EXPORT)
+        got = len(b)
+        s = sent.setdefault(kind, {"datagrams": 0, "flows": 0})
+        s["datagrams"] += 1
+        s["flows"] += got
+        if k % 97 == 0:
+            dec.stats()            # a read in between
+    total: dict[str, dict[str, int]] = {}
+    for st in dec.stats().values():
+        for name, p in st["protocols"].items():
+            t = total.setdefault(name, {"datagrams": 0, "flows": 0})
+            t["datagrams"] += p["datagrams"]
+            t["flows"] += p["flows"]
+    assert dec.evicted_exporters > 0
+    assert total == sent
+    # series_stats reads the same dicts
+    series: dict[str, int] = {}
+    for _ip, (_dg, _rate, _proto, per, _tpl) in dec.series_stats().items():
+        for name, p in per.items():
+            series[name] = series.get(name, 0) + p["datagrams"]
+    assert series == {k: v["datagrams"] for k, v in sent.items()}
