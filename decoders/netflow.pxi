@@ -539,6 +539,12 @@ cdef class ExporterState:
     cdef uint8_t addr[16]
     cdef uint8_t af
     cdef readonly dict templates        # (version << 48 | domain << 16 | template id) -> Template
+    # The template the last data set used, by its key (an exporter sends one or a few templates'
+    # data over and over: no dict key built and hashed a set). Forgotten whenever templates
+    # change (store_template, drop_template).
+    cdef Template last_t
+    cdef uint64_t last_tkey
+    cdef int last_tver
     # What options data teaches belongs to the exporting process that sent it, as templates do
     # (RFC 7011 3.1: Transport Session + Observation Domain): keyed by the UDP source port too,
     # so two processes on one host (softflowd per interface, OVS bridges) keep their own.
@@ -1523,6 +1529,7 @@ cdef void drop_template(Decoder dec, ExporterState ex, object key):
     its fields to the per-exporter and global bounds."""
     cdef Template t = ex.templates.pop(key, None)
     cdef object k
+    ex.last_t = None
     if t is not None:
         ex.template_fields -= t.n_fields
         dec.template_fields -= t.n_fields
@@ -1582,6 +1589,7 @@ cdef int store_template(Decoder dec, ExporterState ex, Template t, double now, b
     if old is not None:
         del ex.templates[key]
     ex.templates[key] = t
+    ex.last_t = None
     ex.template_fields += delta
     dec.template_fields += delta
     if old is None:
@@ -2984,8 +2992,17 @@ cdef dict options_dict(FlowBatch b, Flow* f, Template t, Py_ssize_t start, Py_ss
 
 cdef int decode_data_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* s, int version,
                          uint32_t domain, uint16_t set_id, int64_t export_ms, int64_t sysinit_ms) except -1:
-    cdef Template t = ex.templates.get(tkey(version, domain, set_id, b.port))
+    cdef uint64_t k64 = (<uint64_t>domain << 32) | (<uint64_t>set_id << 16) | b.port
+    cdef Template t
     cdef Py_ssize_t before, n_before, start = s.pos
+    if ex.last_t is not None and ex.last_tkey == k64 and ex.last_tver == version:
+        t = ex.last_t
+    else:
+        t = ex.templates.get(tkey(version, domain, set_id, b.port))
+        if t is not None:
+            ex.last_t = t
+            ex.last_tkey = k64
+            ex.last_tver = version
     if t is None and version == 10 and ex.tid_latest:
         t = borrowed_template(dec, ex, b, s, domain, set_id)
     if t is None:

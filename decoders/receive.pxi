@@ -138,12 +138,12 @@ cdef struct RxSource:
     bint allowed
 
 
-cdef inline uint32_t rx_hash(const uint8_t* a, uint32_t scope) noexcept:
+cdef inline uint32_t rx_hash(const uint8_t* a, int fam, uint32_t scope) noexcept:
     cdef uint32_t h = 2166136261u ^ scope
     cdef int i
-    for i in range(16):
+    for i in range(4 if fam == 4 else 16):
         h = (h ^ a[i]) * 16777619u
-    return h
+    return h ^ (h >> 15)
 
 
 @cython.final
@@ -240,7 +240,7 @@ cdef class Receiver:
         cdef char text[128]
         if fam == 0:
             return NULL
-        s = &self.cache[rx_hash(addr, scope) & (RX_CACHE - 1)]
+        s = &self.cache[rx_hash(addr, fam, scope) & (RX_CACHE - 1)]
         if s.fam == fam and s.scope == scope and memcmp(s.addr, addr, 16) == 0:
             return s
         if fs_rx_source_text(&self.rx, k, text, sizeof(text)) != 0:

@@ -2867,3 +2867,42 @@ def test_per_protocol_counts_add_up_whenever_they_are_read_and_across_eviction()
         for name, p in per.items():
             series[name] = series.get(name, 0) + p["datagrams"]
     assert series == {k: v["datagrams"] for k, v in sent.items()}
+
+
+def test_data_follows_its_template_through_redefinition_withdrawal_and_other_ports() -> None:
+    """The decoder keeps the template of an exporter's last data set at hand: data right after
+    that template is withdrawn, redefined with another layout, or sent from another UDP port
+    (another exporting process, with its own template of the same id) must use what the
+    exporter defined then, never the one kept from before."""
+    rng = random.Random(11)
+    dec = Decoder(DecoderConfig())
+
+    def send(sets: list[bytes], port: int, seq: int) -> Any:
+        return dec.decode(ipfix_message(sets, seq=seq, export_time=EXPORT), EXPORTER, port, EXPORT)
+
+    egress_as_256 = IpfixTemplate(256, OVS_EGRESS.fields)
+    send([template_set([OVS_INGRESS])], 4739, 0)
+    send([template_set([egress_as_256])], 4740, 0)
+    recs = ovs_flows(2, rng)
+    for f in recs:
+        f["out_name"] = b"br-int"
+    for k in range(3):
+        a = send([data_set(OVS_INGRESS, recs)], 4739, k * 2)
+        b = send([data_set(egress_as_256, recs)], 4740, k * 2)
+        assert len(a) == 2 and len(b) == 2
+        assert [f["Interfaces"][1:] for f in a.to_dicts()] == [[], []]
+        assert [f["Interfaces"][1:] for f in b.to_dicts()] == [["br-int"], ["br-int"]]
+    # withdrawn on port 4739: its data is a set without template from then on
+    send([struct.pack("!HHHH", 2, 8, 256, 0)], 4739, 6)
+    a = send([data_set(OVS_INGRESS, recs)], 4739, 6)
+    assert len(a) == 0 and a.missing_template_sets == 1
+    assert len(send([data_set(egress_as_256, recs)], 4740, 6)) == 2
+    # redefined on port 4739 with the egress layout: read with it at once
+    send([template_set([egress_as_256])], 4739, 6)
+    a = send([data_set(egress_as_256, recs)], 4739, 6)
+    assert [f["Interfaces"][1:] for f in a.to_dicts()] == [["br-int"], ["br-int"]]
+    # and back to the ingress layout
+    send([template_set([OVS_INGRESS])], 4739, 8)
+    a = send([data_set(OVS_INGRESS, recs)], 4739, 8)
+    assert len(a) == 2 and [f["Interfaces"][1:] for f in a.to_dicts()] == [[], []]
+    assert a.error is None
