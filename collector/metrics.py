@@ -148,8 +148,9 @@ SERIES: dict[str, Series] = {s.name: s for s in [
            ("kind",)),
     Series("flowscope_kafka_resent_records", "counter", "Records (flows, sFlow counter records) sent again after "
            "a Produce request that held them was written (or handed to aiokafka) and failed without an answer (a "
-           "timeout, a lost connection) or was answered with a retriable error for their partition "
-           "(NOT_LEADER_OR_FOLLOWER, REQUEST_TIMED_OUT...), counted when the new request is written (or handed to aiokafka), and each "
+           "timeout, a lost connection) or was answered with a retriable error for their partition that may "
+           "come after the broker wrote them (REQUEST_TIMED_OUT, NOT_ENOUGH_REPLICAS_AFTER_APPEND...; not one "
+           "that comes before, such as NOT_LEADER_OR_FOLLOWER or NOT_ENOUGH_REPLICAS), counted when the new request is written (or handed to aiokafka), and each "
            "time aiokafka sends a batch again by itself (--no-kafka-direct, TLS, SASL, sFlow counter records; after "
            "an error answer too): the broker may have written the first copy, so the topic can hold them twice. "
            "Records queued again and given up before they went out again (at the shutdown deadline, or evicted) "

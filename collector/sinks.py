@@ -1916,7 +1916,8 @@ class KafkaSink(Sink):
             # producer without idempotence), counted in flowscope_kafka_resent_records when they
             # are (_now_written)
             o.written = False
-            o.sent = True   # (its chunks, re-queued, remember it: Chunk.sent)
+            if not _not_appended(exc):
+                o.sent = True   # (its chunks, re-queued, remember it: Chunk.sent)
             self._written[o.kind] -= len(o.records)
         if getattr(exc, "fatal", False) or _fatal_aiokafka(exc):
             # the broker refused the batch for good (direct path: too large, corrupt, not
@@ -2087,6 +2088,23 @@ def _acl_problem(topic: str) -> str:
     """What an operator is told when the ACLs deny a topic."""
     return (f"not authorized for topic {topic} (TOPIC_AUTHORIZATION_FAILED: the cluster's ACLs do not "
             "let this client's principal describe or write it; grant it DESCRIBE and WRITE on the topic)")
+
+
+# Kafka error codes a partition leader answers before it appends anything (Kafka's protocol
+# error table and its Produce handling: the leader is elsewhere or unknown, the topic or
+# partition is not there, too few in-sync replicas to accept the write): a batch answered so
+# was not written, and sending it again cannot put its records in the topic twice.
+# (NOT_ENOUGH_REPLICAS_AFTER_APPEND, 20, and REQUEST_TIMED_OUT, 7, come after the append.)
+NOT_APPENDED = {3: "unknown_topic_or_partition", 5: "leader_not_available", 6: "not_leader_or_follower",
+                19: "not_enough_replicas", 74: "fenced_leader_epoch", 75: "unknown_leader_epoch"}
+
+
+def _not_appended(exc: BaseException) -> bool:
+    """Whether the direct path's broker answer says the batch was not written (NOT_APPENDED).
+    aiokafka's failures are not told apart: it may have sent the batch more than once before."""
+    from .kafka_direct import BrokerError
+
+    return isinstance(exc, BrokerError) and exc.code in NOT_APPENDED
 
 
 def _broker_answer(exc: BaseException) -> bool:

