@@ -16,7 +16,10 @@ Why it is shaped like this:
   100k pods fit well under 200 MB.
 
 Precedence follows NetObserv: Pod, then Node, then Service for the same address; an IP equal to a
-pod's hostIP is not a pod IP (host-network pods resolve to their Node).
+pod's hostIP is not a pod IP (host-network pods resolve to their Node). A pod's addresses on other
+networks (OVN-Kubernetes user-defined networks, Multus attachments: POD_NETWORK_ANNOTATIONS) join
+its podIPs in the same chains, behind status.podIPs, and not at all while two live pods claim
+one: those networks may overlap, and a flow does not say which it was on (Index._claims).
 """
 
 from __future__ import annotations
@@ -56,6 +59,16 @@ OVN_NODE_SUBNETS = "k8s.ovn.org/node-subnets"
 # {"ipv4": CIDR, "ipv6": CIDR}; newer ones the plural, per network: {"default": {...}}.
 OVN_GR_LRP_IFADDR = "k8s.ovn.org/node-gateway-router-lrp-ifaddr"
 OVN_GR_LRP_IFADDRS = "k8s.ovn.org/node-gateway-router-lrp-ifaddrs"
+# A pod's addresses beyond status.podIPs, which the kubelet fills from the default network only.
+# OVN-Kubernetes: every network the pod is on, a JSON object keyed by network name ("default",
+# "NAMESPACE/NAME" of a (Cluster)UserDefinedNetwork or NetworkAttachmentDefinition), each with
+# "ip_addresses" (CIDRs; older releases a single "ip_address"), "mac_address", "role" (a pod of a
+# namespace with a primary UDN keeps its default-network address, status.podIPs, as
+# "infrastructure-locked" and sends its traffic from the UDN's, role "primary"), gateways, routes.
+OVN_POD_NETWORKS = "k8s.ovn.org/pod-networks"
+# Multus (the Network Plumbing WG's multi-net spec): a JSON list of {"name", "interface", "ips"
+# (addresses, no prefix), "mac", "default": bool, "dns", ...}, one per attachment.
+MULTUS_NETWORK_STATUS = "k8s.v1.cni.cncf.io/network-status"
 ZONE_LABEL = "topology.kubernetes.io/zone"
 # Objects NetObserv's operator names as infrastructure whatever their namespace (its
 # K8sInfraRule infraRefs): the API server's Services in `default` (flow_layer_rule netobserv).
@@ -246,6 +259,67 @@ def gateway_router_ips(annotation: Any, plural: bool) -> list[bytes]:
     return out
 
 
+def _network_address(text: Any) -> bytes:
+    """Raw bytes of an annotation's address, written with or without a prefix length."""
+    if not isinstance(text, str):
+        raise ValueError(f"address {text!r:.60} is not a string")
+    raw = ip_bytes(ipaddress.ip_interface(text).ip.compressed)
+    if raw is None:
+        raise ValueError(f"address {text!r:.60} is not a routable IP")  # (a zone: fe80::1%eth0)
+    return raw
+
+
+def ovn_pod_network_ips(annotation: Any) -> list[bytes]:
+    """Every network's addresses in OVN_POD_NETWORKS (the default network's included: the
+    caller drops those status.podIPs has).
+
+    Raises ValueError (or TypeError) when the annotation is not the documented shape, so the
+    caller can count it: one bad entry makes the whole annotation unknown, not partly read."""
+    data = orjson.loads(annotation)
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object keyed by network")
+    out: list[bytes] = []
+    for net, entry in data.items():
+        if not isinstance(entry, dict):
+            raise ValueError(f"network {net!r}: not a JSON object")
+        cidrs = entry.get("ip_addresses")
+        if cidrs is None:
+            # (null or absent: OVN-Kubernetes before the plural, or a network with no IPAM)
+            single = entry.get("ip_address")
+            cidrs = [] if single is None or single == "" else [single]
+        if not isinstance(cidrs, list):
+            raise ValueError(f"network {net!r}: ip_addresses is not a list")
+        out.extend(_network_address(c) for c in cidrs)
+    return out
+
+
+def multus_network_ips(annotation: Any) -> list[bytes]:
+    """Every attachment's addresses in MULTUS_NETWORK_STATUS (the cluster default network's
+    included: the caller drops those status.podIPs has).
+
+    Raises ValueError (or TypeError) when the annotation is not the documented shape."""
+    data = orjson.loads(annotation)
+    if not isinstance(data, list):
+        raise ValueError("not a JSON list of attachments")
+    out: list[bytes] = []
+    for entry in data:
+        if not isinstance(entry, dict):
+            raise ValueError(f"attachment {entry!r:.60} is not a JSON object")
+        ips = entry.get("ips")
+        if ips is None:
+            continue  # no IPAM (an SR-IOV or DPDK interface): a MAC only
+        if not isinstance(ips, list):
+            raise ValueError(f"attachment {entry.get('name')!r:.60}: ips is not a list")
+        out.extend(_network_address(t) for t in ips)
+    return out
+
+
+#: The pod annotations read for addresses beyond status.podIPs, and how.
+POD_NETWORK_ANNOTATIONS = ((OVN_POD_NETWORKS, ovn_pod_network_ips), (MULTUS_NETWORK_STATUS, multus_network_ips))
+# PodRec.ann_ips of a pod without them (shared: most pods have none)
+NO_ANN_IPS: tuple[tuple[bytes, ...] | None, ...] = ((),) * len(POD_NETWORK_ANNOTATIONS)
+
+
 #: Pod owners Kubernetes itself creates (a ReplicaSet is resolved to its Deployment; Node: static
 #: pods' mirrors). Others (operators' custom resources: Argo Rollouts, KubeVirt VMIs, ...) are
 #: published as they are; the distinct kinds seen are counted (Index.other_owner_kind).
@@ -281,12 +355,13 @@ class PodRec:
 
     __slots__ = ("uid", "ns", "name", "node", "host_ip", "host_ips", "ips", "owner_kind", "owner_name",
                  "start_ms", "end_ms", "frag_s", "frag_d", "infra", "keep_ips", "keep_owner", "status_start",
-                 "finished_ms", "floored", "end_grace")
+                 "finished_ms", "floored", "end_grace", "ann_ips", "net_ips")
 
     def __init__(self, *, uid: str, ns: str, name: str, node: str | None, host_ip: str,
                  ips: tuple[bytes, ...], owner_kind: str, owner_name: str, start_ms: int,
                  end_ms: int, keep_ips: bool = False, keep_owner: bool = False,
-                 finished_ms: int | None = None, host_ips: tuple[bytes, ...] = ()) -> None:
+                 finished_ms: int | None = None, host_ips: tuple[bytes, ...] = (),
+                 ann_ips: tuple[tuple[bytes, ...] | None, ...] = NO_ANN_IPS) -> None:
         self.uid = uid
         self.ns = ns
         self.name = name
@@ -297,6 +372,12 @@ class PodRec:
         # per distinct set (_host_set), so the pods of a node add a pointer each
         self.host_ips = host_ips
         self.ips = ips
+        # the addresses each of POD_NETWORK_ANNOTATIONS lists (None: it was malformed, counted
+        # at parse; the writer puts the pod's last good ones in), only the addresses: never the
+        # annotation's text
+        self.ann_ips = ann_ips
+        # what the index holds of them (PodRec.networks: not status.podIPs, nor a host address)
+        self.net_ips: tuple[bytes, ...] = ()
         # status.podIPs was malformed (counted at parse): the pod's last good addresses stand,
         # filled in by the writer, which has them (parsing runs outside the writer lock)
         self.keep_ips = keep_ips
@@ -326,12 +407,26 @@ class PodRec:
         """True when `other` would render and index identically (MODIFIED noise is skipped)."""
         # finished_ms renders nothing, but it is no noise: _floor reads it (a terminating pod's
         # containers all stopped while its object stays, phase Running, until the delete)
-        return (self.uid == other.uid and self.ips == other.ips and self.node == other.node
+        return (self.uid == other.uid and self.ips == other.ips and self.net_ips == other.net_ips
+                and self.node == other.node
                 and self.host_ip == other.host_ip and self.host_ips == other.host_ips
                 and self.owner_kind == other.owner_kind
                 and self.owner_name == other.owner_name and self.start_ms == other.start_ms
                 and (self.end_ms == ALIVE) == (other.end_ms == ALIVE)
                 and self.finished_ms == other.finished_ms)
+
+
+    def networks(self, old: PodRec | None) -> None:
+        """Fill in ann_ips' malformed entries from `old` (the last good ones) and net_ips from
+        them: the addresses the pod's annotations list that status.podIPs does not."""
+        if None in self.ann_ips:
+            prev = old.ann_ips if old is not None else NO_ANN_IPS
+            self.ann_ips = tuple(p if a is None else a for a, p in zip(self.ann_ips, prev, strict=True))
+        if self.ann_ips is NO_ANN_IPS:
+            self.net_ips = ()
+            return
+        net = dict.fromkeys(ip for ips in self.ann_ips for ip in ips or ())
+        self.net_ips = tuple(ip for ip in net if ip not in self.ips and ip not in self.host_ips)
 
 
 class NodeRec:
@@ -457,8 +552,12 @@ class Index:
 
     def __init__(self, *, cluster_name: str = "", infra_namespace_prefixes: Iterable[str] = ("openshift", "kube-"),
                  own_namespace: str = "", tombstone_seconds: float = 300.0, flow_layer_rule: str = "any-infra",
-                 clock: Callable[[], float] = time.time, compiled: bool | None = None) -> None:
+                 clock: Callable[[], float] = time.time, compiled: bool | None = None,
+                 pod_networks: bool = True) -> None:
         self._prefixes = tuple(infra_namespace_prefixes)
+        # Index the addresses pods' network annotations list beyond status.podIPs
+        # (POD_NETWORK_ANNOTATIONS: OVN-Kubernetes user-defined networks, Multus attachments)
+        self._pod_networks = pod_networks
         self._own_ns = own_namespace
         if flow_layer_rule not in FLOW_LAYER_RULES:
             raise ValueError(f"flow_layer_rule {flow_layer_rule!r}: one of {', '.join(FLOW_LAYER_RULES)}")
@@ -485,6 +584,10 @@ class Index:
         # One-to-many maps hold a bare value for one member and a list beyond (see _multi_add):
         # most IPs have one holder and most nodes/ReplicaSets few pods, so this saves ~200 B/pod.
         self._holders: dict[bytes, Any] = {}
+        # Address -> the pod records whose network annotations list it (PodRec.net_ips; live
+        # ones and tombstones, as _holders): they answer for it only where no pod lists it in
+        # status.podIPs and no other live pod claims it too (see _claims)
+        self._net_holders: dict[bytes, Any] = {}
         self._pods_by_node: dict[str, Any] = {}
         self._pods_by_rs: dict[tuple[str, str], Any] = {}
         # What a deleted ReplicaSet (its Deployment) or Node (its zone) gave the live pods still
@@ -646,6 +749,7 @@ class Index:
             "pods": len(self._pods), "nodes": len(self._nodes), "services": len(self._services),
             "replicasets": len(self._rs), "tombstones": len(self._tombstones),
             "addresses": len(self._ips), "pod_ips": len(self._pod_layer),
+            "pod_network_ips": len(self._net_holders),
             "node_ips": len(self._node_layer), "service_ips": len(self._svc_layer),
             "other_owner_kinds": len(self.other_owner_kinds),
         }
@@ -729,6 +833,10 @@ class Index:
                 ips.append(raw)
         if texts and not ips and not any(ip_bytes(t) in host_ips for t in texts):
             keep_ips = True     # none of them an address: unknown, not gone
+        ann_ips = NO_ANN_IPS
+        if self._pod_networks and spec.get("hostNetwork") is not True:
+            ann_ips = self._network_ips(_dict(meta.get("annotations"), "metadata.annotations"), ips, host_ips,
+                                        f"pod {ns}/{name}")
         keep_owner = False
         try:
             owner = _first_owner(meta)
@@ -769,10 +877,31 @@ class Index:
         rec = PodRec(uid=uid, ns=_intern(ns), name=name, node=_intern(node) if node else None,
                      host_ip=host_ip, ips=tuple(ips), owner_kind=_intern(kind), owner_name=oname,
                      start_ms=ALWAYS if start is None else start, end_ms=end, keep_ips=keep_ips,
-                     keep_owner=keep_owner, finished_ms=finished_all, host_ips=_host_set(tuple(host_ips)))
+                     keep_owner=keep_owner, finished_ms=finished_all, host_ips=_host_set(tuple(host_ips)),
+                     ann_ips=ann_ips)
         if end != ALIVE and end != now:
             rec.end_grace = _grace(end)
         return rec
+
+    def _network_ips(self, anns: dict[str, Any], ips: list[bytes], host_ips: list[bytes],
+                     what: str) -> tuple[tuple[bytes, ...] | None, ...]:
+        """PodRec.ann_ips: per POD_NETWORK_ANNOTATIONS, the addresses it lists beyond the pod's
+        podIPs and host addresses (most pods': none, so nothing is kept), None when malformed
+        (counted, logged once; the pod's last good ones stand, and its podIPs index as ever)."""
+        out: list[tuple[bytes, ...] | None] = []
+        for key, parse in POD_NETWORK_ANNOTATIONS:
+            ann = anns.get(key)
+            if ann is None:
+                out.append(())
+                continue
+            try:
+                listed = parse(ann)
+            except (ValueError, TypeError) as e:
+                self.problem("bad_pod_networks", f"{what}: {key}={ann!r:.200}: {e}")
+                out.append(None)
+                continue
+            out.append(tuple(dict.fromkeys(ip for ip in listed if ip not in ips and ip not in host_ips)))
+        return NO_ANN_IPS if all(a == () for a in out) else tuple(out)
 
     def _parse_node(self, obj: Any) -> NodeRec:
         meta = _meta(obj)
@@ -972,7 +1101,7 @@ class Index:
                 continue  # seen alive again (or its key reused) since it was entombed
             del self._tombstones[r.uid]
             self._unhold(r)
-            for ip in r.ips:
+            for ip in r.ips + r.net_ips:
                 self._rechain(ip)
             n += 1
         return n
@@ -1004,7 +1133,7 @@ class Index:
         pod held an address, a Node or Service that has it answers")."""
         if (chain is not None and other is not None and chain[E_PREV] is None and chain[E_START] == ALWAYS
                 and chain[E_END] == ALIVE):
-            start = _last(self._holders.get(ip)).start_ms
+            start = self._claims(ip)[0][0]   # (its sole holder's)
             if start != ALWAYS:
                 chain = chain[:E_START] + (start, ALIVE, None)
         return _with_fallback(chain, other)
@@ -1030,6 +1159,7 @@ class Index:
         if rec.keep_ips:
             rec.ips = old.ips if old is not None else ()
             rec.keep_ips = False
+        rec.networks(old)
         if rec.keep_owner:
             if old is not None:
                 rec.owner_kind, rec.owner_name = old.owner_kind, old.owner_name
@@ -1069,22 +1199,28 @@ class Index:
         if old is not None:
             self._forget_gone(old)
         self._render_pod(rec)
+        self._count_conflicts(rec, old)
         touched = set(rec.ips)
+        touched.update(rec.net_ips)
         if old is not None:
             self._unhold(old)
             touched.update(old.ips)
+            touched.update(old.net_ips)
             gone = [ip for ip in old.ips if ip not in rec.ips]
-            if gone:
+            gone_net = [ip for ip in old.net_ips if ip not in rec.net_ips]
+            if gone or gone_net:
                 # The pod lost addresses: a running pod's sandbox was recreated with new ones (it
                 # held them until now), or a finished pod's status no longer lists them (it held
-                # them until it finished: the end its record already has, kubernetes#125370).
+                # them until it finished: the end its record already has, kubernetes#125370), or
+                # it left a network (its annotation no longer lists the address).
                 # They stay its own for the flows that started while it held them, as a tombstone.
-                self._held_before(old, gone, min(old.end_ms, rec.end_ms, self._now_ms()))
+                self._held_before(old, gone, min(old.end_ms, rec.end_ms, self._now_ms()), gone_net)
             kept = [ip for ip in old.ips if ip in rec.ips]
-            if kept and old.end_ms == ALIVE and rec.start_ms > old.start_ms:
+            kept_net = [ip for ip in old.net_ips if ip in rec.net_ips]
+            if (kept or kept_net) and old.end_ms == ALIVE and rec.start_ms > old.start_ms:
                 # It got new addresses too, so its hold starts later: the ones it keeps were its
                 # own before that as well (a tombstone for the time between, as for gone ones).
-                self._held_before(old, kept, rec.start_ms)
+                self._held_before(old, kept, rec.start_ms, kept_net)
         self._hold(rec)
         for ip in touched:
             self._rechain(ip)
@@ -1095,11 +1231,39 @@ class Index:
             finished = rec.end_ms != ALIVE or (rec.finished_ms is not None and rec.finished_ms != old.finished_ms)
             self._refloor(old.ips if finished else [ip for ip in old.ips if ip not in rec.ips])
 
-    def _held_before(self, old: PodRec, ips: list[bytes], end: int) -> None:
-        """A tombstone of `old` for `ips`: they were its own from its start until `end`."""
+    def _count_conflicts(self, rec: PodRec, old: PodRec | None) -> None:
+        """Count the addresses `rec` newly claims that another live pod claims too (see
+        _claims): by annotation while another pod has it in status.podIPs, or the other way
+        round (pod_network_shadowed: the podIPs holder answers), or by annotation both
+        (pod_network_ambiguous: neither answers). Overlapping isolated networks do that; a
+        delete not seen yet does too, until it is. Counted once per claim, not per event."""
+        if rec.end_ms != ALIVE:
+            return
+        for ip in rec.net_ips:
+            if old is not None and ip in old.net_ips:
+                continue
+            for cause, holders in (("pod_network_shadowed", self._holders), ("pod_network_ambiguous", self._net_holders)):
+                other = next((h for h in _multi_list(holders.get(ip)) if h.end_ms == ALIVE and h.uid != rec.uid), None)
+                if other is not None:
+                    self.problem(cause, f"pod {rec.ns}/{rec.name} claims {ipaddress.ip_address(ip)} by a network "
+                                 f"annotation, pod {other.ns}/{other.name} by {'status.podIPs' if holders is self._holders else 'one too'}")
+        if self._net_holders:
+            for ip in rec.ips:
+                if old is not None and ip in old.ips:
+                    continue
+                other = next((h for h in _multi_list(self._net_holders.get(ip)) if h.end_ms == ALIVE and h.uid != rec.uid),
+                             None)
+                if other is not None:
+                    self.problem("pod_network_shadowed", f"pod {rec.ns}/{rec.name} has {ipaddress.ip_address(ip)} in "
+                                 f"status.podIPs, pod {other.ns}/{other.name} by a network annotation")
+
+    def _held_before(self, old: PodRec, ips: list[bytes], end: int, net_ips: Iterable[bytes] = ()) -> None:
+        """A tombstone of `old` for `ips` (and the network annotations' `net_ips`): they were its
+        own from its start until `end`."""
         dep = PodRec(uid=f"{old.uid}\x00{next(self._seq)}", ns=old.ns, name=old.name, node=old.node,
                      host_ip=old.host_ip, host_ips=old.host_ips, ips=tuple(ips), owner_kind=old.owner_kind,
                      owner_name=old.owner_name, start_ms=old.start_ms, end_ms=end)
+        dep.net_ips = tuple(net_ips)
         dep.frag_s, dep.frag_d, dep.infra = old.frag_s, old.frag_d, old.infra
         if end == old.end_ms:
             # a finished pod's end (a finishedAt, whole seconds) keeps its lookup grace
@@ -1125,9 +1289,9 @@ class Index:
                 end = fin
                 rec.end_grace = last.end_grace if last.end_ms == fin else _grace(fin)
             rec.end_ms = end
-        if rec.ips:
+        if rec.ips or rec.net_ips:
             self._entomb(rec)
-            for ip in rec.ips:
+            for ip in rec.ips + rec.net_ips:
                 self._rechain(ip)
             self._refloor(rec.ips)
 
@@ -1171,13 +1335,17 @@ class Index:
     def _hold(self, rec: PodRec) -> None:
         for ip in rec.ips:
             _multi_add(self._holders, ip, rec)
-        if rec.ips and rec.node:
+        for ip in rec.net_ips:
+            _multi_add(self._net_holders, ip, rec)
+        if (rec.ips or rec.net_ips) and rec.node:
             self._host_ref(rec, 1)
 
     def _unhold(self, rec: PodRec) -> None:
         held = False
         for ip in rec.ips:
             held = _multi_remove(self._holders, ip, rec) or held
+        for ip in rec.net_ips:
+            held = _multi_remove(self._net_holders, ip, rec) or held
         if held and rec.node:
             self._host_ref(rec, -1)
 
@@ -1262,19 +1430,47 @@ class Index:
             if rec is not None:
                 self._render_pod(rec)
                 touched.update(rec.ips)
+                touched.update(rec.net_ips)
         for ip in touched:
             self._rechain(ip)
 
+    def _claims(self, ip: bytes) -> list[tuple[int, PodRec]]:
+        """The pods that answer for an address, each with the start of its hold: the ones whose
+        status.podIPs list it (from their starts, as ever), then the ones whose network
+        annotations do (isolated networks may overlap, so two live pods can both be right):
+        only for flow times after every podIPs holder had ended (status.podIPs keeps priority:
+        none while one is alive), and a live one only while no other live pod claims it by
+        annotation (ambiguous: neither is guessed, the address is nobody's; counted when claimed,
+        see _count_conflicts). Their tombstones answer for their times, as podIPs' do."""
+        hs = [(r.start_ms, r) for r in _multi_list(self._holders.get(ip))]
+        net = self._net_holders.get(ip)
+        if net is None:
+            return hs
+        after = ALWAYS
+        for _, h in hs:
+            after = max(after, h.end_ms + h.end_grace if h.end_ms != ALIVE else ALIVE)
+        if after == ALIVE:
+            return hs
+        claims = _multi_list(net)
+        alive = sum(1 for r in claims if r.end_ms == ALIVE)
+        for r in claims:
+            if r.end_ms == ALIVE and alive > 1:
+                continue
+            start = max(r.start_ms, after)
+            if r.end_ms == ALIVE or start < r.end_ms + r.end_grace:
+                hs.append((start, r))
+        return hs
+
     def _rechain(self, ip: bytes) -> None:
-        hs = _multi_list(self._holders.get(ip))
+        hs = self._claims(ip)
         if not hs:
             self._pod_layer.pop(ip, None)
         else:
             if len(hs) > 1:
-                hs.sort(key=_chain_key)
+                hs.sort(key=_claim_key)
             prev: tuple[Any, ...] | None = None
-            for r in hs:
-                prev = (r.frag_s, r.frag_d, r.node, r.infra, r.start_ms,
+            for start, r in hs:
+                prev = (r.frag_s, r.frag_d, r.node, r.infra, start,
                         r.end_ms + r.end_grace if r.end_ms != ALIVE else ALIVE, prev)
             if prev is not None and prev[6] is None and prev[5] == ALIVE:
                 # Sole live holder: any flow time matches, so the hot path skips the time walk.
@@ -1506,15 +1702,17 @@ def _created_key(r: NodeRec) -> int:
     return r.created_ms
 
 
-def _chain_key(r: PodRec) -> tuple[int, bool, int]:
-    """A holder's place in its address' chain, oldest first (the last answers first). Holders
+def _claim_key(c: tuple[int, PodRec]) -> tuple[int, bool, int]:
+    """A holder's place in its address' chain, oldest first (the last answers first), by the
+    start it answers from (Index._claims). Holders
     with one start (times are whole seconds; no time at all is ALWAYS) held the address one
     after the other in an order their starts do not tell, so the order their records arrived in
     (a list's name order, watch events) must not decide either: a pod still holding it is the
     newer (a finished pod lists its address until deleted, kubelets free it at once; its end may
     be only when it was seen finished), and of ended ones, the one that ended first (the other
     had it after)."""
-    return (r.start_ms, r.end_ms == ALIVE, -r.end_ms)
+    r = c[1]
+    return (c[0], r.end_ms == ALIVE, -r.end_ms)
 
 
 # Namespaces, node names and owner kinds repeat across 100k pods: one copy each. The compiled

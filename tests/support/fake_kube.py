@@ -645,9 +645,11 @@ def fake_kube() -> Iterator[FakeKube]:
 def pod(name: str, ns: str = "default", *, ips: list[str] | None = None, node: str | None = "node-a",
         host_ip: str | None = "10.0.0.1", owner: tuple[str, str] | None = None, uid: str | None = None,
         created: str | None = None, phase: str = "Running", host_network: bool = False,
-        host_ips: list[str] | None = None) -> dict[str, Any]:
+        host_ips: list[str] | None = None, annotations: dict[str, str] | None = None) -> dict[str, Any]:
     """A Pod; `host_ips`: status.hostIPs when they are more than hostIP (a dual-stack node)."""
     meta: dict[str, Any] = {"name": name, "namespace": ns}
+    if annotations:
+        meta["annotations"] = dict(annotations)
     if uid:
         meta["uid"] = uid
     if created:
