@@ -46,7 +46,7 @@ def _enrichment(cfg: config_mod.Config, credentials: bool = True) -> tuple[Any, 
         enrich_cfg = enrich.EnrichConfig(
             enabled=True, kubeconfig=e.kubeconfig or None, context=e.context or None,
             cluster_name=e.cluster_name, infra_namespace_prefixes=list(e.infra_namespace_prefixes),
-            flow_layer_rule=e.flow_layer_rule, tombstone_seconds=e.tombstone_seconds)
+            flow_layer_rule=e.flow_layer_rule, tombstone_seconds=e.tombstone_seconds, pod_networks=e.pod_networks)
         enrich_cfg.validate()
     except ValueError as exc:
         return None, "", f"enrich: {exc}"

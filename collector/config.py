@@ -367,6 +367,11 @@ class EnrichSection:
     tombstone_seconds: float = opt(300.0, "how long a deleted pod keeps its IP for flows that started "
                                    "before the deletion (IP reuse)", ranged(parse_seconds, 0, 86400),
                                    flag="--pod-tombstone-seconds", metavar="SECONDS")
+    pod_networks: bool = opt(True, "also give pods the addresses their network annotations list beyond "
+                             "status.podIPs: OVN-Kubernetes k8s.ovn.org/pod-networks (user-defined networks: a "
+                             "primary UDN's pods send from those) and Multus k8s.v1.cni.cncf.io/network-status "
+                             "(secondary networks); status.podIPs keep priority, an address two live pods claim "
+                             "this way is nobody's (counted)", parse_bool, flag="--enrich-pod-networks")
 
 
 # kafka.compression_level: what each codec accepts (0 always: flowscope's default level);

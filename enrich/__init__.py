@@ -287,7 +287,8 @@ class Enricher:
                            infra_namespace_prefixes=self.config.infra_namespace_prefixes,
                            flow_layer_rule=self.config.flow_layer_rule,
                            own_namespace=self.config.resolved_own_namespace(),
-                           tombstone_seconds=self.config.tombstone_seconds, compiled=compiled, **kwargs)
+                           tombstone_seconds=self.config.tombstone_seconds, pod_networks=self.config.pod_networks,
+                           compiled=compiled, **kwargs)
         # The hot path, bound straight to the index's fastest reader (compiled when built,
         # compiled=False forces the pure-Python reference) so a call is one C or Python frame.
         self.enrich: Callable[[bytes, bytes, bytes, int, int], bytes] = self.index.enrich_fn

@@ -82,6 +82,11 @@ class EnrichConfig:
     # How long a deleted pod keeps its IP attribution for flows that started before the
     # deletion (exporters report flows up to their active timeout late).
     tombstone_seconds: float = 300.0
+    # Also index the pod addresses its network annotations list beyond status.podIPs
+    # (OVN-Kubernetes k8s.ovn.org/pod-networks: user-defined networks, a primary UDN's address
+    # included; Multus k8s.v1.cni.cncf.io/network-status: secondary networks). On by default:
+    # a pod of a namespace with a primary UDN sends its traffic from its UDN address only.
+    pod_networks: bool = True
     # Longest server-side timeoutSeconds of a watch request: each asks for a random value between
     # half of this and this (as client-go spreads its watches, so that many collectors do not
     # re-watch in lockstep); the client re-watches from the last resourceVersion afterwards, so
@@ -109,6 +114,8 @@ class EnrichConfig:
             raise EnrichConfigError(f"enabled must be a boolean, got {self.enabled!r}")
         if self.kubeconfig is not None and not isinstance(self.kubeconfig, str):
             raise EnrichConfigError(f"kubeconfig must be a path or None, got {self.kubeconfig!r}")
+        if not isinstance(self.pod_networks, bool):
+            raise EnrichConfigError(f"pod_networks must be a boolean, got {self.pod_networks!r}")
         if not isinstance(self.cluster_name, str):
             raise EnrichConfigError(f"cluster_name must be a string, got {self.cluster_name!r}")
         if isinstance(self.infra_namespace_prefixes, str) or not all(
@@ -170,6 +177,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                    help="K8S_FlowLayer: any-infra (infra when either side's namespace is infrastructure, "
                    "else app) or netobserv (NetObserv's: app when either side is an application's pod or "
                    "Service, else infra) [default: any-infra]")
+    g.add_argument("--enrich-pod-networks", dest="pod_networks", default=None, type=parse_bool, metavar="BOOL",
+                   help="also give pods the addresses their network annotations list beyond status.podIPs "
+                   "(OVN-Kubernetes user-defined networks, Multus secondary networks) [default: true]")
 
 
 def config_from_args(args: argparse.Namespace, **overrides: object) -> EnrichConfig:
@@ -188,5 +198,7 @@ def config_from_args(args: argparse.Namespace, **overrides: object) -> EnrichCon
         kwargs["infra_namespace_prefixes"] = [p for v in prefixes for p in re.split(r"[,\s]+", v) if p]
     if getattr(args, "flow_layer_rule", None):
         kwargs["flow_layer_rule"] = args.flow_layer_rule
+    if getattr(args, "pod_networks", None) is not None:
+        kwargs["pod_networks"] = args.pod_networks
     kwargs.update(overrides)
     return EnrichConfig(**kwargs)  # type: ignore[arg-type]

@@ -13,6 +13,7 @@ server (tests/support/fake_kube.py), the informers and `flowscope decode --kubec
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import random
@@ -131,6 +132,12 @@ def test_host_network_pods_index_no_annotation_address() -> None:
     e = build([pod("agent", "kube-system", ips=["10.0.0.1"], host_network=True, annotations=ann)])
     assert flow(e, "10.0.0.1", "")["SrcK8S_Type"] == "Node"
     assert flow(e, "192.168.77.1", "") == NOBODY
+
+
+def test_turned_off_annotations_are_not_read() -> None:
+    e = build([udn_pod()], pod_networks=False)
+    assert flow(e, UDN4, "") == NOBODY and name_at(e, "10.244.0.9") == "web-1"
+    assert e.stats()["index"]["pod_network_ips"] == 0
 
 
 def test_only_addresses_are_kept_and_a_pod_whose_annotations_repeat_its_pod_ips_keeps_nothing_more() -> None:
@@ -309,6 +316,33 @@ def test_an_annotation_written_after_the_pod_was_first_seen_gives_it_the_address
     assert name_at(e, UDN4) == "web-1" and name_at(e, UDN6) == "web-1"
 
 
+# ---------------------------------------------------------------- configuration
+
+def test_the_switch_from_flags_and_its_validation() -> None:
+    p = argparse.ArgumentParser()
+    enrich.add_cli_arguments(p)
+    assert enrich.config_from_args(p.parse_args([])).pod_networks is True
+    assert enrich.config_from_args(p.parse_args(["--enrich-pod-networks", "false"])).pod_networks is False
+    with pytest.raises(enrich.EnrichConfigError, match="pod_networks"):
+        enrich.EnrichConfig(pod_networks="no")  # type: ignore[arg-type]
+
+
+def test_run_passes_the_switch_to_the_enricher(tmp_path: Path) -> None:
+    from collector import config as C
+    from collector.cli import _enrichment
+
+    p = argparse.ArgumentParser()
+    C.add_arguments(p)
+    kc = tmp_path / "kc"
+    kc.write_text("apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'http://127.0.0.1:9'}}]\n"
+                  "users: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\n"
+                  "current-context: x\n")
+    for argv, want in (([], True), (["--enrich-pod-networks", "false"], False)):
+        cfg = C.load(p.parse_args(["--kubeconfig", str(kc), *argv]), environ={})
+        ecfg, _, problem = _enrichment(cfg, credentials=False)
+        assert not problem and ecfg.pod_networks is want, argv
+
+
 # ---------------------------------------------------------------- end to end, through the API server
 
 def test_a_udn_pods_annotation_arriving_by_watch_enriches_its_flows(fake_kube: FakeKube,  # noqa: F811
@@ -361,3 +395,8 @@ def test_decode_with_kubeconfig_gives_a_udn_address_its_pods_identity(fake_kube:
                                                                                             "node-a")
     assert (f["DstK8S_Name"], f["DstK8S_OwnerName"], f["DstK8S_Zone"], f["FlowDirection"]) == ("db-0", "db",
                                                                                               "zone-b", 1)
+    # turned off, those addresses are nobody's again
+    p = run_decode(str(cap), "--kubeconfig", str(kc), "--enrich-pod-networks", "false")
+    assert p.returncode == 0, p.stderr.decode()
+    (f,) = (orjson.loads(x) for x in p.stdout.splitlines())
+    assert "SrcK8S_Name" not in f and "DstK8S_Name" not in f
