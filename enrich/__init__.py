@@ -406,7 +406,8 @@ class Enricher:
          "kinds": {kind: {"synced", "state", "events": {type: n}, "lists", "relists",
                           "errors": {cause: n}, "objects", "resource_version", "last_sync"}},
          "index": {"pods", "nodes", "services", "replicasets", "tombstones", "addresses", ...},
-         "problems": {cause: n},   # bad input: bad_pod, bad_node, bad_owner, bad_annotation, ...
+         "problems": {cause: n},   # bad input: bad_pod, bad_node, bad_owner, bad_annotation, bad_pod_networks,
+                                   # and conflicts: pod_network_ambiguous, pod_network_shadowed, ...
          "lookups_cached", "lookups_index", "flows_identified", "flows_unidentified",
          "addresses_pod", "addresses_node", "addresses_service", "addresses_none"}  # compiled reader
         """
