@@ -1207,7 +1207,10 @@ class Index:
             touched.update(old.ips)
             touched.update(old.net_ips)
             gone = [ip for ip in old.ips if ip not in rec.ips]
-            gone_net = [ip for ip in old.net_ips if ip not in rec.net_ips]
+            # (an address its status.podIPs now list is still its own: OVN-Kubernetes writes
+            # pod-networks before the kubelet reports podIPs, so most pods' first address
+            # moves so, and must not leave a tombstone behind each time)
+            gone_net = [ip for ip in old.net_ips if ip not in rec.net_ips and ip not in rec.ips]
             if gone or gone_net:
                 # The pod lost addresses: a running pod's sandbox was recreated with new ones (it
                 # held them until now), or a finished pod's status no longer lists them (it held
