@@ -2244,6 +2244,17 @@ def _codec(name: str, level: int = 0) -> tuple[int, Callable[[Any], bytes] | Non
     return 2, lambda b: c.snappy_encode(bytes(b))
 
 
+def _decompress(codec: int, data: bytes) -> bytes:
+    """A compressed records section back as the records (decoders.split_batch's decompress): what
+    a consumer reads, so any frame _codec or the compression thread writes."""
+    from aiokafka import codec as c
+
+    decode = {1: c.gzip_decode, 2: c.snappy_decode, 3: c.lz4_decode, 4: c.zstd_decode}.get(codec)
+    if decode is None:
+        raise ValueError(f"codec {codec}: not one of Kafka's")
+    return decode(data)
+
+
 def make_sink(cfg: Config) -> Sink:
     kind = cfg.sink_kind()
     if kind == "kafka":

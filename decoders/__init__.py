@@ -10,8 +10,9 @@ from decoders._core import (
     RecordBatchWriter,
     addr_text,
     murmur2_positive,
+    split_batch,
 )
 from decoders.config import DecoderConfig
 
 __all__ = ["EVICTED", "DecodeError", "Decoder", "DecoderConfig", "FlowBatch", "KeyedBatches", "Receiver",
-           "RecordBatchWriter", "addr_text", "murmur2_positive"]
+           "RecordBatchWriter", "addr_text", "murmur2_positive", "split_batch"]

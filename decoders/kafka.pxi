@@ -336,6 +336,7 @@ cdef class RecordBatchWriter:
     cdef readonly int codec      # compression of the records section (compress()): 0 none
     cdef readonly bint packed    # compress() ran (whether or not it helped): no more appends
     cdef readonly bint busy      # with a Packer (its thread compresses the records): hands off
+    cdef int64_t max_delta       # largest timestampDelta (put_flow writes 0; split_batch keeps a batch's)
 
     def __cinit__(self):
         self.buf.p = NULL
@@ -510,7 +511,7 @@ cdef class RecordBatchWriter:
         p[22] = <char>(codec & 7)                        # attributes
         put_be32(p + 23, <uint32_t>(self.records - 1))  # lastOffsetDelta
         put_be64(p + 27, <uint64_t>self.base_timestamp)
-        put_be64(p + 35, <uint64_t>self.base_timestamp)
+        put_be64(p + 35, <uint64_t>(self.base_timestamp + self.max_delta))  # maxTimestamp
         put_be64(p + 43, <uint64_t>-1)                   # producerId: no idempotence
         p[51] = <char>0xFF
         p[52] = <char>0xFF                               # producerEpoch -1
@@ -601,6 +602,149 @@ cdef class RecordBatchWriter:
         then given back when the writer goes)."""
         if self.exports == 0 and not self.busy:
             pool_give(&self.buf)
+
+
+cdef inline int64_t varint_get(const unsigned char* p, Py_ssize_t end, Py_ssize_t* off) except? -1:
+    """A zigzag varint (varlong) at p[off[0]], off[0] moved past it; ValueError when it runs past end."""
+    cdef uint64_t z = 0
+    cdef int shift = 0
+    cdef unsigned char c
+    while True:
+        if off[0] >= end or shift > 63:
+            raise ValueError("record batch: a varint runs past its record")
+        c = p[off[0]]
+        off[0] += 1
+        z |= <uint64_t>(c & 0x7F) << shift
+        if c < 0x80:
+            return <int64_t>(z >> 1) ^ -<int64_t>(z & 1)
+        shift += 7
+
+
+def split_batch(data, Py_ssize_t parts=2, object decompress=None, Py_ssize_t max_bytes=0):
+    """Cut a finished v2 record batch (RecordBatchWriter.build()'s bytes, or the batch of a
+    request) into `parts` batches of consecutive records, about equal in bytes, each a new
+    RecordBatchWriter to be compressed and sent like any (a piece with no record is left out;
+    a batch of one record gives one); with max_bytes, instead, into as few as hold at most
+    max_bytes each uncompressed (a record larger alone in one). Why: a broker refuses a batch over its message.max.bytes
+    (or the topic's max.message.bytes) whole, MESSAGE_TOO_LARGE, though its records may each
+    fit; Kafka's producers split such a batch and send the halves (KIP-126), and so does the
+    sink (collector.sinks KafkaSink._split). A compressed batch's records are first given to
+    decompress(codec, bytes) -> bytes (codec: its attributes' 1 gzip, 2 snappy, 3 lz4, 4 zstd).
+
+    Each record is copied as it is but for its offsetDelta (from 0 again in its piece: a batch's
+    offsets are lastOffsetDelta + 1 consecutive deltas) and its length varint (the new delta
+    may be shorter). Timestamps stay what they were: every piece keeps the batch's
+    baseTimestamp, so each record's timestampDelta still gives its CreateTime unchanged."""
+    cdef const unsigned char[:] v = data
+    cdef Py_ssize_t n = v.shape[0]
+    cdef Py_ssize_t blen, count, total, i, j, k, off, start, end, body, rest, rlen, mid
+    cdef int64_t base_ts, tsd, size
+    cdef const unsigned char* r
+    cdef const unsigned char[:] rv
+    cdef RecordBatchWriter w
+    cdef Buf* o
+    cdef list starts, attrs, ends, rests, deltas, pieces, out, cur
+    cdef int codec
+    if parts < 1:
+        raise ValueError("parts: at least 1")
+    if n < BATCH_HEADER or v[16] != 2:
+        raise ValueError("not a v2 record batch")
+    blen = ((<Py_ssize_t>v[8] << 24) | (v[9] << 16) | (v[10] << 8) | v[11]) + 12
+    if blen < BATCH_HEADER or blen > n:
+        raise ValueError("record batch: batchLength past the data")
+    codec = v[22] & 7
+    count = (<Py_ssize_t>v[57] << 24) | (v[58] << 16) | (v[59] << 8) | v[60]
+    base_ts = 0
+    for i in range(27, 35):
+        base_ts = (base_ts << 8) | v[i]
+    if codec:
+        if decompress is None:
+            raise ValueError(f"record batch compressed (codec {codec}): a decompress function is needed")
+        raw = decompress(codec, bytes(v[BATCH_HEADER:blen]))
+        rv = raw
+    else:
+        rv = v[BATCH_HEADER:blen]
+    total = rv.shape[0]
+    r = &rv[0] if total > 0 else NULL
+    # each record: where it starts and ends, where what follows its offsetDelta starts, its
+    # timestampDelta
+    starts, attrs, ends, rests, deltas = [], [], [], [], []
+    off = 0
+    for i in range(count):
+        start = off
+        size = varint_get(r, total, &off)
+        if size < 3 or size > total - off:
+            raise ValueError(f"record batch: record {i} of {count} runs past the records")
+        end = off + <Py_ssize_t>size
+        attrs.append(r[off])
+        body = off + 1
+        tsd = varint_get(r, end, &body)
+        varint_get(r, end, &body)   # offsetDelta: renumbered below
+        starts.append(start)
+        ends.append(end)
+        rests.append(body)
+        deltas.append(tsd)
+        off = end
+    if off != total:
+        raise ValueError(f"record batch: {total - off} bytes after its {count} records")
+    if max_bytes > 0:
+        # filled in turn as RecordBatchWriter.append fills a batch, each record at its new size
+        cur = []
+        pieces = [cur]
+        size = BATCH_HEADER
+        j = 0
+        for i in range(count):
+            rest = <Py_ssize_t>ends[i] - <Py_ssize_t>rests[i]
+            rlen = 1 + zz_len(deltas[i]) + zz_len(j) + rest
+            if j and size + zz_len(rlen) + rlen > max_bytes:
+                cur = []
+                pieces.append(cur)
+                size = BATCH_HEADER
+                j = 0
+                rlen = 1 + zz_len(deltas[i]) + 1 + rest
+            cur.append(i)
+            size += zz_len(rlen) + rlen
+            j += 1
+    else:
+        # a record goes to the piece its middle byte falls in: two records always make two pieces
+        pieces = [[] for _ in range(parts)]
+        for i in range(count):
+            mid = (starts[i] + ends[i]) // 2
+            pieces[min(parts - 1, mid * parts // total)].append(i)
+    out = []
+    for k in range(len(pieces)):
+        if not pieces[k]:
+            continue
+        w = RecordBatchWriter.__new__(RecordBatchWriter)
+        w.key = None
+        w.base_timestamp = base_ts
+        w.req_start = PREFIX
+        size = 0
+        for i in pieces[k]:
+            size += <Py_ssize_t>ends[i] - <Py_ssize_t>rests[i] + 32
+        o = &w.buf
+        buf_reserve(o, PREFIX + BATCH_HEADER + <Py_ssize_t>size)
+        memset(o.p, 0, PREFIX + BATCH_HEADER)
+        o.n = PREFIX + BATCH_HEADER
+        j = 0
+        for i in pieces[k]:
+            tsd = deltas[i]
+            rest = <Py_ssize_t>ends[i] - <Py_ssize_t>rests[i]
+            rlen = 1 + zz_len(tsd) + zz_len(j) + rest
+            zz_put(o, rlen)
+            o.p[o.n] = <char><int>attrs[i]
+            o.n += 1
+            zz_put(o, tsd)
+            zz_put(o, j)
+            memcpy(o.p + o.n, r + <Py_ssize_t>rests[i], rest)
+            o.n += rest
+            if tsd > w.max_delta:
+                w.max_delta = tsd
+            j += 1
+        w.records = j
+        w.max_bytes = max(1024, o.n - PREFIX)
+        out.append(w)
+    return out
 
 
 cdef extern from *:

@@ -528,3 +528,100 @@ def test_a_produce_response_that_cannot_be_parsed_fails_its_batch() -> None:
         srv.close()
 
     asyncio.run(go())
+
+
+@pytest.mark.parametrize("name", ["none", "lz4", "zstd", "gzip", "snappy"])
+@pytest.mark.parametrize("key", [None, b"192.0.2.7"], ids=["no_key", "key"])
+def test_a_batch_split_in_two_holds_the_same_records_in_order(name: str, key: bytes | None) -> None:
+    """decoders.split_batch (what the sink does with a batch the broker refused as too large):
+    the records of a built batch, compressed or not, cut into two batches that aiokafka (its own
+    CRC check and record parser) reads back: together the same records, byte for byte, in the
+    same order, each batch's offsets from 0 and its records' timestamps the original's."""
+    from aiokafka.record.default_records import DefaultRecordBatch
+
+    from collector.sinks import _codec, _decompress
+    from decoders import RecordBatchWriter, split_batch
+
+    dec = ovs_decoder()
+    w = RecordBatchWriter(1 << 20, key)
+    for s in range(4):
+        b = dec.decode(ipfix_message([data_set(OVS_INGRESS, ovs_flows(25, random.Random(s)))], seq=s,
+                                     export_time=EXPORT), EXPORTER, 0, EXPORT)
+        assert w.append(b) == len(b)
+    codec, encode = _codec(name)
+    if encode is not None:
+        assert w.compress(codec, encode) is True
+    built = w.build()
+    orig = DefaultRecordBatch(built)
+    assert orig.validate_crc() and orig.compression_type == codec
+    want = [(r.key, r.value, r.headers, r.timestamp) for r in orig]
+    assert len(want) == 100 and len({r[3] for r in want}) == 1
+
+    pieces = split_batch(built, 2, _decompress)
+    assert len(pieces) == 2
+    got = []
+    sizes = []
+    for p in pieces:
+        data = p.build()
+        rb = DefaultRecordBatch(data)
+        assert rb.validate_crc() and rb.compression_type == 0 and rb.magic == 2
+        recs = list(rb)
+        assert p.records == len(recs) == rb.next_offset and [r.offset for r in recs] == list(range(len(recs)))
+        assert rb.first_timestamp == rb.max_timestamp == orig.first_timestamp
+        got += [(r.key, r.value, r.headers, r.timestamp) for r in recs]
+        sizes.append(len(data))
+    assert got == want
+    assert 0.4 < sizes[0] / sum(sizes) < 0.6, sizes   # halves in bytes
+    # a piece goes like any batch: compressed again and framed as a Produce request
+    if encode is not None:
+        assert pieces[0].compress(codec, encode) is True
+    rb = DefaultRecordBatch(pieces[0].build())
+    assert rb.validate_crc() and [r.value for r in rb] == [v for _k, v, *_ in want[:pieces[0].records]]
+    assert isinstance(pieces[0].request(1, b"c", 1, 1500, b"t", 0), memoryview)
+    # halved again, and in more pieces at once
+    quarters = [q for p in pieces for q in split_batch(p.build(), 2, _decompress)]
+    assert len(quarters) == 4 and [r.value for q in quarters for r in DefaultRecordBatch(q.build())] == \
+        [v for _k, v, *_ in want]
+    # with max_bytes: filled in turn up to it, as the writer fills a batch
+    cut = split_batch(built, 1, _decompress, 4000)
+    sizes = [len(p.build()) for p in cut]
+    longest = max(len(k or b"") + len(v) for k, v, *_ in want) + 16   # (a record's framing: under 16 bytes)
+    assert all(n <= 4000 for n in sizes) and all(n > 4000 - longest for n in sizes[:-1]), sizes
+    assert [(r.key, r.value, r.headers, r.timestamp) for p in cut for r in DefaultRecordBatch(p.build())] == want
+    assert all(DefaultRecordBatch(p.build()).validate_crc() for p in cut)
+    thirds = split_batch(built, 3, _decompress)
+    assert [len(t_) for t_ in [list(DefaultRecordBatch(t.build())) for t in thirds]] == [t.records for t in thirds]
+    assert len(thirds) == 3 and sum(t.records for t in thirds) == 100
+
+
+def test_a_batch_that_cannot_be_split_says_why() -> None:
+    """One record gives one batch (nothing to split); a batch that is not one, cut short, or
+    compressed without a way to decompress it is refused (the sink then drops it as rejected)."""
+    from aiokafka.record.default_records import DefaultRecordBatch
+
+    from collector.sinks import _codec
+    from decoders import split_batch
+
+    w, want = _writer_with_flows(1)
+    built = w.build()
+    w1, _ = _writer_with_flows(1)
+    one = split_batch(built, 2)
+    assert sum(p.records for p in one) == 25
+    for bad in (built[:40], built[:-3], b"\x00" * 61 + built[61:], built[:16] + b"\x01" + built[17:]):
+        with pytest.raises(ValueError):
+            split_batch(bad, 2)
+    codec, encode = _codec("zstd")
+    assert w1.compress(codec, encode) is True
+    with pytest.raises(ValueError):
+        split_batch(w1.build(), 2)
+    # a batch of a single record: returned as one piece, the same record
+    from decoders import RecordBatchWriter
+
+    dec = ovs_decoder()
+    single = RecordBatchWriter(1 << 20)
+    b = dec.decode(ipfix_message([data_set(OVS_INGRESS, ovs_flows(1, random.Random(9)))], seq=1,
+                                 export_time=EXPORT), EXPORTER, 0, EXPORT)
+    assert single.append(b) == 1
+    pieces = split_batch(single.build(), 2)
+    assert len(pieces) == 1 and [r.value for r in DefaultRecordBatch(pieces[0].build())] == b.to_json()
+    assert want
