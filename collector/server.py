@@ -39,7 +39,7 @@ ALLOW_CACHE_MAX = 65536
 DATAGRAM_DROP_REASONS = ("not_allowed", "wrong_protocol", "internal", "socket_error", "shutdown")
 FLOW_DROP_REASONS = ("queue_full", "evicted", "shutdown", "unconfirmed", "sink_error", "rejected", "too_large",
                      "duplicate", "worker_died", "internal")
-KAFKA_ERROR_KINDS = ("connect", "metadata", "produce", "rejected", "admin", "compress")
+KAFKA_ERROR_KINDS = ("connect", "metadata", "produce", "rejected", "too_large", "admin", "compress")
 
 
 def labelled(known: tuple[str, ...], counts: Mapping[str, int]) -> dict[tuple[str, ...], int]:
@@ -332,9 +332,11 @@ class Worker:
             self.queue.offer(FLOWS, batch.to_json(self.enricher), ip, -1, int(batch.recv_time * 1000))
             return
         kb = self.keyed
-        if kb is None or kb.partitions != len(parts):
-            self.flush_records()   # batches keyed for the old count go as they are
-            kb = self.keyed = self._keyed_cls(len(parts), self.cfg.kafka.batch_bytes, self.keyed_mode)
+        if kb is None or kb.partitions != len(parts) or kb.max_bytes != self._batch_bytes():
+            # batches keyed for the old count go as they are; so do those of the size a broker
+            # refused (KafkaSink._shrink: cut before they go)
+            self.flush_records()
+            kb = self.keyed = self._keyed_cls(len(parts), self._batch_bytes(), self.keyed_mode)
             log.info("kafka: flows keyed by %s written into record batches per partition (%d partition%s of %s)",
                      self.keyed_mode, len(parts), "" if len(parts) == 1 else "s", self.cfg.kafka.topic)
         key = ip.encode() if self.keyed_mode == "exporter" else None
@@ -360,11 +362,16 @@ class Worker:
         wr = self.writer
         if wr is not None and wr.records:
             self._queue_batch(wr)
-            self.writer = self._writer_cls(self.cfg.kafka.batch_bytes)
+            self.writer = self._writer_cls(self._batch_bytes())
         kb = self.keyed
         if kb is not None:
             for slot, wr in kb.take_all():
                 self._queue_batch(wr, slot)
+
+    def _batch_bytes(self) -> int:
+        """The size of new flow record batches: --kafka-batch-bytes, or less once a broker refused
+        one as too large (KafkaSink.batch_limit)."""
+        return int(self.sink.batch_limit[FLOWS])  # type: ignore[attr-defined]
 
     def open_batches(self) -> tuple[int, int]:
         """Records and bytes in the open record batches (decoded, neither queued nor dropped)."""

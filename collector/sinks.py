@@ -862,6 +862,12 @@ class KafkaSink(Sink):
         self._denied: dict[str, float] = {}  # topic -> until when its ACL denial is taken as still so
         self._md_failed: dict[int, float] = {}  # broker -> when it last left a metadata request unanswered
         self._drain_hooked: weakref.WeakSet[Any] = weakref.WeakSet()  # aiokafka batches _on_room waits for (_aio_free)
+        # Bytes a record batch of each kind (flows, sFlow counter records) may hold: kafka.batch_bytes,
+        # lowered when a broker refuses a batch as too large (_shrink). The worker makes its flows'
+        # batches this size (collector.server.Worker), _append its one-by-one batches, and a queued
+        # batch made larger before is cut to it before it goes (_cut_to_limit)
+        self.batch_limit = [self.k.batch_bytes, self.k.batch_bytes]
+        self._told = [True, True]   # whether the limit learnt since the last refusal was logged (_took)
 
     async def start(self) -> None:
         for b in self.k.brokers:
@@ -1294,6 +1300,9 @@ class KafkaSink(Sink):
                     c.seq = self._seq
                 self._hold((c.kind, p), [c])
             chunks = self._taken = keep
+        if any(isinstance(c.records, Prebuilt) and c.nbytes > self.batch_limit[c.kind] and len(c.records) > 1
+               for c in chunks):
+            chunks = self._taken = await self._cut_to_limit(chunks, parts_by_kind)
         builders: dict[tuple[int, int], _Open] = {}
         full: list[_Open] = []
         if self._packer is not None:
@@ -1550,11 +1559,13 @@ class KafkaSink(Sink):
             return parts[_murmur2(c.exporter.encode()) % len(parts)]
         return -1
 
-    def _hold(self, key: tuple[int, int], chunks: list[Chunk]) -> None:
+    def _hold(self, key: tuple[int, int], chunks: list[Chunk], first: bool = False) -> None:
         """Keep chunks of a failing partition aside, in send order (a batch re-queued at the
         front of the queue came first in every take: once a partition's failed batches filled
         one, only they were sent, failing again, and the healthy partitions waited until the
-        queue was full). They stay counted as queued."""
+        queue was full). They stay counted as queued. first: they are the partition's probe
+        (or what it was cut into), the first of all in line: pieces of one batch share its
+        send order, and a probe's pieces put after its siblings set aside went out of order."""
         q = self.queue
         h = self._held.get(key)
         if h is None:
@@ -1563,6 +1574,10 @@ class KafkaSink(Sink):
             q.done(c.kind, c.nbytes, len(c.records))
             q.queued_bytes += c.nbytes
             q.queued[c.kind] += len(c.records)
+        if first:
+            h.chunks[0:0] = chunks
+            return
+        for c in chunks:
             bisect.insort(h.chunks, c, key=lambda x: x.seq)
 
     def _probe_held(self) -> None:
@@ -1649,7 +1664,13 @@ class KafkaSink(Sink):
         # CreateTime: the datagram's arrival, as the Prebuilt batches' (aiokafka's default is now:
         # records queued through an outage were stamped when they were sent, minutes late)
         stamp = ts or None
+        limit = self.batch_limit[kind]
         for rec in records:
+            if o.records and o.nbytes + len(rec) + 1 > limit:
+                # (over what a broker was seen to refuse, _shrink: the batch goes as it is; until
+                # then aiokafka's builder, at kafka.batch_bytes, is full first)
+                full.append(o)
+                o = builders[slot] = self._new_open(kind, slot_p)
             if o.builder.append(key=key, value=rec, timestamp=stamp) is None:
                 if o.records:
                     full.append(o)
@@ -1802,7 +1823,7 @@ class KafkaSink(Sink):
         if (h is None or probe) and self._ready(topic, o.partition):
             return False
         o.resend = 0
-        self._hold(key, o.chunks())   # (from in flight to queued, as after a failure)
+        self._hold(key, o.chunks(), probe)   # (from in flight to queued, as after a failure)
         if h is not None and probe:
             # a failing partition's probe: tried again alone as soon as there is room. Marked
             # busy, every batch set aside went back at once with it, and when the probe failed
@@ -1874,6 +1895,8 @@ class KafkaSink(Sink):
                 self.connected = True
                 self._retry_wait = 0.0
                 self.delivered[o.kind] += len(o.records)
+                if not self._told[o.kind]:
+                    self._took(o.kind, o.nbytes)
                 self.batches += 1
                 if self._held:
                     self._release((o.kind, o.partition))
@@ -1910,6 +1933,7 @@ class KafkaSink(Sink):
             # in flight for drain() to count, unconfirmed if its request was written (or one before).
             return
         o.resend = 0   # (out of flight: queued again, set aside or dropped below)
+        sent_before = o.sent   # (refused, the request wrote nothing: _split's halves keep what was so before)
         if o.written:
             # the broker may have written them without its answer reaching us (a timeout, a lost
             # connection): sent again, they can be in the topic twice (at least once, as any Kafka
@@ -1920,16 +1944,21 @@ class KafkaSink(Sink):
                 o.sent = True   # (its chunks, re-queued, remember it: Chunk.sent)
             self._written[o.kind] -= len(o.records)
         if getattr(exc, "fatal", False) or _fatal_aiokafka(exc):
-            # the broker refused the batch for good (direct path: too large, corrupt, not
-            # authorized...): retrying cannot help, so it is dropped and counted
+            if _too_large(exc) and len(o.records) > 1 and self._split(o, exc, sent_before):
+                return
+            # the broker refused the batch for good (direct path: a record too large, corrupt,
+            # not authorized...): retrying cannot help, so it is dropped and counted
             self.errors["rejected"] += 1
             why = ""
             if _not_authorized(exc):
                 why = "; " + _acl_problem((self.k.topic, self.k.counters_topic)[o.kind])
             elif _too_large(exc) and len(o.records) > 1:
-                # (every batch as large fails the same way, and only the log can say what to change)
+                # (_split could not cut it: only the log can say what to change)
                 why = (f"; the batch (about {o.nbytes} bytes) is over the brokers' message.max.bytes or the topic's "
                        "max.message.bytes, though its records may each fit: set --kafka-batch-bytes under that limit")
+            elif _too_large(exc):
+                why = (f"; this one record (about {o.nbytes} bytes) is over the brokers' message.max.bytes or the "
+                       "topic's max.message.bytes on its own")
             self._rl.error("rejected", "kafka: batch of %d records rejected by the broker: %s (dropped)%s",
                            len(o.records), exc, why)
             self.queue.done(o.kind, o.nbytes, len(o.records))
@@ -1962,16 +1991,152 @@ class KafkaSink(Sink):
             # keyed: the partition's batches wait (in order) and are tried again after a
             # backoff of their own, while the other partitions' go on
             key = (o.kind, o.partition)
-            self._hold(key, o.chunks())
+            h = self._held.get(key)
+            probe = h is not None and h.probe is not None and h.probe.seq == o.seq
+            self._hold(key, o.chunks(), probe)
             h = self._held[key]
             h.busy = False   # failing now: tried again after a backoff, by a probe
-            if h.probe is not None and h.probe.seq == o.seq:
+            if probe:
                 h.probe = None
             h.wait = min(max(0.1, h.wait * 2), 2.0)
             h.until = time.monotonic() + h.wait
             return
         for c in reversed(o.chunks()):  # requeue() puts each at the front: keep the order
             self.queue.requeue(c)
+
+    def _split(self, o: _Open, exc: BaseException, sent: bool) -> bool:
+        """A batch of several records the broker refused for its size (MESSAGE_TOO_LARGE, 10:
+        over its message.max.bytes or the topic's max.message.bytes; RECORD_LIST_TOO_LARGE, 18):
+        its records may each fit, so it is cut in two and both halves go again (as Kafka's
+        producers do, KIP-126), halved again if refused again; a single record refused so is
+        dropped as `rejected` (_failed). Nothing of it was written: each record is in the topic
+        once the half holding it is acknowledged. New batches of its kind are kept under what was
+        refused (_shrink). In the keyed modes the halves are set aside with the partition's later
+        batches, in order, and the first goes alone at once (the others once it is delivered:
+        never a half in flight while the one before it may be refused). False when it cannot be
+        cut (its records do not read back): dropped as before. sent: whether a request that may
+        have been written held its records before this one (Chunk.sent), which was refused:
+        that one wrote nothing."""
+        q = self.queue
+        if isinstance(o.records, Prebuilt):
+            p = o.records
+            try:
+                from decoders import split_batch
+
+                data = p.data if p.data is not None else p.writer.build()
+                pieces = split_batch(data, 2, _decompress)
+            except Exception as e:  # noqa: BLE001 - a codec missing or failing, a batch that does not parse
+                self._rl.error("split", "kafka: a batch refused as too large could not be cut in two: %r", e)
+                return False
+            size = len(data)
+            chunks = [Chunk(o.kind, Prebuilt(w, p.slot), w.size, "", o.seq, sent) for w in pieces]
+        else:
+            size = o.builder.size()
+            o.sent = sent
+            chunks = o.chunks()
+        self.errors["too_large"] += 1
+        self._shrink(o.kind, o.nbytes, size, len(o.records), exc)
+        # out of flight as the batch, in flight as its halves (the bytes differ by their headers)
+        q.done(o.kind, o.nbytes, len(o.records))
+        for c in chunks:
+            q.inflight_bytes += c.nbytes
+            q.inflight[c.kind] += len(c.records)
+        if self.k.key != "none" and o.partition >= 0:
+            key = (o.kind, o.partition)
+            h = self._held.get(key)
+            probe = h is not None and h.probe is not None and h.probe.seq == o.seq
+            self._hold(key, chunks, probe)
+            h = self._held[key]
+            if probe:
+                h.probe = None   # (this batch was the partition's probe: its first half is the next)
+            h.busy = False   # (probed: released all at once, the halves would be in flight together)
+            h.until = time.monotonic()   # no backoff: the broker is fine, the batch was too large
+            q.wake()
+            return True
+        for c in reversed(chunks):  # requeue() puts each at the front: keep the order
+            q.requeue(c)
+        return True
+
+    def _shrink(self, kind: int, size: int, sent: int, records: int, exc: BaseException) -> None:
+        """A batch of `size` bytes of records (`sent` bytes as sent, compressed or not) was
+        refused as too large: new batches of its kind hold at most half of that, so that later
+        ones go without being refused and cut first (a round trip each); refused again, half
+        again. Halving gets under any limit in a few steps and is what _split cuts into anyway;
+        the same size refused again changes nothing, so the batches in flight refused together
+        lower it once. The limit learnt is logged (at warning) once a half is taken (_took)."""
+        new = max(1024, size // 2)
+        if new >= self.batch_limit[kind]:
+            return
+        self.batch_limit[kind] = new
+        self._told[kind] = False
+        log.info("kafka: the broker refused a record batch of %d bytes (%d records, %d bytes sent) as too large "
+                 "(%s): cut in two and sent again; new batches hold at most %d bytes", size, records, sent, exc, new)
+
+    def _took(self, kind: int, size: int) -> None:
+        """A batch of `size` bytes of records was acknowledged since a refusal lowered the limit
+        (_shrink): the first one at least half the limit caps it (a batch that large fits:
+        without compression a fact, where halving only guessed), and the limit is logged, with
+        the flag to set, once. Why cap: in the keyed modes the batches set aside behind a
+        refused one go together once its first half is delivered, cut to the limit
+        (_cut_to_limit); one of them refused while the next is in flight would let that one land
+        first, out of the partition's order. (A smaller batch says too little: a half of two
+        uneven records, the end of a batch cut to the limit.)"""
+        if size * 2 < self.batch_limit[kind]:
+            return
+        self._told[kind] = True
+        self.batch_limit[kind] = n = min(self.batch_limit[kind], max(1024, size))
+        what = "record batches" if kind == FLOWS else "sFlow counter record batches"
+        log.warning("kafka: the broker refused %s as too large (over its message.max.bytes or the topic's "
+                    "max.message.bytes) and took one of %d bytes: refused ones are cut in two and sent again, and "
+                    "new ones now hold at most %d bytes; set --kafka-batch-bytes %d (or lower) to start there",
+                    what, size, n, n)
+
+    async def _cut_to_limit(self, chunks: list[Chunk], parts_by_kind: list[list[int]]) -> list[Chunk]:
+        """The take's chunks with each prebuilt batch larger than its kind's batch_limit (made,
+        or queued, before a broker refused one as large: _shrink) cut into batches under it, in
+        order, before it goes: it would be refused and cut anyway, a round trip each. In the
+        keyed modes, while no batch has shown the limit fits (_took), only the first piece goes
+        now and the others are set aside behind it (_hold: they follow once it is delivered):
+        the first refused while the second is in flight, the second would land first."""
+        from decoders import split_batch
+
+        q = self.queue
+        out: list[Chunk] = []
+        for c in chunks:
+            limit = self.batch_limit[c.kind]
+            if not (isinstance(c.records, Prebuilt) and c.nbytes > limit and len(c.records) > 1):
+                out.append(c)
+                continue
+            p = c.records
+            try:
+                if p.data is None and p.writer.busy:
+                    await self._pack(p.writer)   # (on the compression thread now: built once it is done)
+                data = p.data if p.data is not None else p.writer.build()
+                pieces = split_batch(data, 1, _decompress, limit)
+            except Exception as e:  # noqa: BLE001 - sent as it is: refused, it is cut then (_split)
+                self._rl.error("split", "kafka: a batch over the size a broker takes could not be cut: %r", e)
+                out.append(c)
+                continue
+            q.done(c.kind, c.nbytes, len(c.records))
+            cut = [Chunk(c.kind, Prebuilt(w, p.slot), w.size, "", c.seq, c.sent) for w in pieces]
+            for piece in cut:
+                q.inflight_bytes += piece.nbytes
+                q.inflight[c.kind] += len(piece.records)
+            part = self._fixed_partition(c, parts_by_kind) if self.k.key != "none" else -1
+            if part < 0 or self._told[c.kind] or len(cut) < 2:
+                out.extend(cut)
+                continue
+            # (the chunk is the probe of a partition set aside, or its partition has none: see
+            # _send; a probe is the first of its partition's chunks set aside, so the pieces
+            # after it go first in line)
+            key = (c.kind, part)
+            self._hold(key, cut[1:], True)
+            h = self._held[key]
+            h.probe = cut[0]
+            h.busy = False
+            h.until = time.monotonic()
+            out.append(cut[0])
+        return out
 
     async def _close(self, timeout: float) -> None:
         self._stop_packer()

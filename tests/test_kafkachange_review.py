@@ -16,7 +16,7 @@ import pytest
 from conftest import consume, free_tcp_port, make_v5, send_udp, wait_for
 from test_kafkabroker_review import TwoBrokerFront
 
-from tests.support.kafka_front import KafkaFront, produce_request, produce_sections
+from tests.support.kafka_front import KafkaFront, PartitionErrorFront, produce_request
 
 
 class Load:
@@ -435,91 +435,6 @@ def test_a_held_partition_the_topic_no_longer_has_goes_to_the_partitions_it_has(
         assert not sink._held and q.records_of(FLOWS) == 0
 
     asyncio.run(run())
-
-
-class PartitionErrorFront(KafkaFront):
-    """A TCP front for a broker that advertises it: requests piped to the broker one at a time
-    per connection, and each Produce request's partitions that `code_for(topic, partition)`
-    gives an error code for are answered with it, not passed on; the request's other partitions
-    go to the broker and keep its answers (Kafka answers per partition: a request for several is
-    written for those it can take). `refused` counts the partitions answered so."""
-
-    def __init__(self, upstream_port: int, code_for: Any) -> None:
-        super().__init__(upstream_port)
-        self.code_for = code_for
-        self.refused = 0
-        self._cut: dict[int, list[tuple[bytes, int, int]]] = {}   # correlation id -> refused entries
-
-    def _answer(self, frame: bytes) -> bytes | None:
-        req = produce_request(frame)
-        if req is None or req[2] == 0:
-            return None
-        version, corr, _acks, topics = req
-        codes = [(t, p, self.code_for(t.decode(), p)) for t, ps in topics for p in ps]
-        if any(code is None for _t, _p, code in codes):
-            return None   # (some go to the broker: _outgoing)
-        return self._whole(version, corr, codes)
-
-    def _whole(self, version: int, corr: int, codes: list[tuple[bytes, int, int]]) -> bytes:
-        import struct
-
-        import aiokafka.protocol.produce as pr
-
-        self.refused += len(codes)
-        resp = getattr(pr, f"ProduceResponse_v{version}")(topics=[], throttle_time_ms=0)
-        self._add(resp, version, codes)
-        body = struct.pack(">i", corr) + bytes(resp.encode())
-        return struct.pack(">i", len(body)) + body
-
-    @staticmethod
-    def _add(resp: Any, version: int, codes: list[tuple[bytes, int, int]]) -> None:
-        extra: tuple[Any, ...] = (-1, -1) + ((-1,) if version >= 5 else ()) + (([], None) if version >= 8 else ())
-        topics = {t: list(ps) for t, ps in resp.topics}
-        for t, p, code in codes:
-            topics.setdefault(t.decode(), []).append((p, code, *extra))
-        resp.topics = list(topics.items())
-
-    def _outgoing(self, frame: bytes) -> bytes:
-        import struct
-
-        req = produce_request(frame)
-        if req is None or req[2] == 0:
-            return frame
-        cut_up = produce_sections(frame)
-        assert cut_up is not None
-        prefix, topics = cut_up
-        keep, cut = [], []
-        for t, ps in topics:
-            kept = []
-            for p, recs in ps:
-                code = self.code_for(t.decode(), p)
-                if code is None:
-                    kept.append((p, recs))
-                else:
-                    cut.append((t, p, code))
-            if kept:
-                keep.append((t, kept))
-        if not cut:
-            return frame
-        self.refused += len(cut)
-        self._cut[req[1]] = cut
-        out = prefix + struct.pack(">i", len(keep))
-        for t, ps in keep:
-            out += struct.pack(">h", len(t)) + t + struct.pack(">i", len(ps))
-            for p, recs in ps:
-                out += struct.pack(">ii", p, len(recs)) + recs
-        return out
-
-    def _rewrite(self, frame: bytes, answer: bytes) -> bytes:
-        import aiokafka.protocol.produce as pr
-
-        req = produce_request(frame)
-        if req is not None and req[1] in self._cut:
-            cut = self._cut.pop(req[1])
-            resp = getattr(pr, f"ProduceResponse_v{req[0]}").decode(answer[4:])
-            self._add(resp, req[0], cut)
-            return answer[:4] + bytes(resp.encode())
-        return answer
 
 
 @pytest.mark.parametrize("code", [6, 7, 19], ids=["not_leader_or_follower", "request_timed_out",

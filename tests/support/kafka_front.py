@@ -15,6 +15,7 @@ import contextlib
 import struct
 import threading
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from conftest import free_tcp_port
 
@@ -211,3 +212,107 @@ def acks_zero(frame: bytes) -> bool:
     off = 10 + max(clen, 0)
     (tx,) = struct.unpack_from(">h", frame, off)
     return bool(struct.unpack_from(">h", frame, off + 2 + max(tx, 0))[0] == 0)
+
+
+class PartitionErrorFront(KafkaFront):
+    """A TCP front for a broker that advertises it: requests piped to the broker one at a time
+    per connection, and each Produce request's partitions that `code_for(topic, partition)`
+    gives an error code for are answered with it, not passed on; the request's other partitions
+    go to the broker and keep its answers (Kafka answers per partition: a request for several is
+    written for those it can take). `refused` counts the partitions answered so. Subclasses
+    that look at the records too override `_code`."""
+
+    def __init__(self, upstream_port: int, code_for: Any = None) -> None:
+        super().__init__(upstream_port)
+        self.code_for = code_for
+        self.refused = 0
+        self._cut: dict[int, list[tuple[bytes, int, int | None]]] = {}   # correlation id -> refused entries
+
+    def _code(self, topic: bytes, partition: int, records: bytes) -> int | None:
+        """The error code the partition's entry (its record batch `records`) is answered with;
+        None: the broker takes it."""
+        return self.code_for(topic.decode(), partition)  # type: ignore[no-any-return]
+
+    def _answer(self, frame: bytes) -> bytes | None:
+        req = produce_request(frame)
+        if req is None or req[2] == 0:
+            return None
+        version, corr, _acks, _topics = req
+        cut = produce_sections(frame)
+        assert cut is not None
+        codes = [(t, p, self._code(t, p, recs)) for t, ps in cut[1] for p, recs in ps]
+        if any(code is None for _t, _p, code in codes):
+            return None   # (some go to the broker: _outgoing)
+        return self._whole(version, corr, codes)
+
+    def _whole(self, version: int, corr: int, codes: list[tuple[bytes, int, int | None]]) -> bytes:
+        import aiokafka.protocol.produce as pr
+
+        self.refused += len(codes)
+        resp = getattr(pr, f"ProduceResponse_v{version}")(topics=[], throttle_time_ms=0)
+        self._add(resp, version, codes)
+        body = struct.pack(">i", corr) + bytes(resp.encode())
+        return struct.pack(">i", len(body)) + body
+
+    @staticmethod
+    def _add(resp: Any, version: int, codes: list[tuple[bytes, int, int | None]]) -> None:
+        extra: tuple[Any, ...] = (-1, -1) + ((-1,) if version >= 5 else ()) + (([], None) if version >= 8 else ())
+        topics = {t: list(ps) for t, ps in resp.topics}
+        for t, p, code in codes:
+            topics.setdefault(t.decode(), []).append((p, code, *extra))
+        resp.topics = list(topics.items())
+
+    def _outgoing(self, frame: bytes) -> bytes:
+        req = produce_request(frame)
+        if req is None or req[2] == 0:
+            return frame
+        cut_up = produce_sections(frame)
+        assert cut_up is not None
+        prefix, topics = cut_up
+        keep, cut = [], []
+        for t, ps in topics:
+            kept = []
+            for p, recs in ps:
+                code = self._code(t, p, recs)
+                if code is None:
+                    kept.append((p, recs))
+                else:
+                    cut.append((t, p, code))
+            if kept:
+                keep.append((t, kept))
+        if not cut:
+            return frame
+        self.refused += len(cut)
+        self._cut[req[1]] = cut
+        out = prefix + struct.pack(">i", len(keep))
+        for t, ps in keep:
+            out += struct.pack(">h", len(t)) + t + struct.pack(">i", len(ps))
+            for p, recs in ps:
+                out += struct.pack(">ii", p, len(recs)) + recs
+        return out
+
+    def _rewrite(self, frame: bytes, answer: bytes) -> bytes:
+        import aiokafka.protocol.produce as pr
+
+        req = produce_request(frame)
+        if req is not None and req[1] in self._cut:
+            cut = self._cut.pop(req[1])
+            resp = getattr(pr, f"ProduceResponse_v{req[0]}").decode(answer[4:])
+            self._add(resp, req[0], cut)
+            return answer[:4] + bytes(resp.encode())
+        return answer
+
+
+class MaxBytesFront(PartitionErrorFront):
+    """A front (PartitionErrorFront) whose broker takes record batches of at most `limit`
+    bytes: each partition's batch over it is answered MESSAGE_TOO_LARGE (10), as a Kafka broker
+    answers a batch over its message.max.bytes (or the topic's max.message.bytes: Kafka compares
+    the batch as sent, compressed or not, with the limit), and the rest go to the broker;
+    `refused` counts the batches answered so."""
+
+    def __init__(self, upstream_port: int, limit: int) -> None:
+        super().__init__(upstream_port)
+        self.limit = limit
+
+    def _code(self, topic: bytes, partition: int, records: bytes) -> int | None:
+        return 10 if len(records) > self.limit else None
