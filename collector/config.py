@@ -409,7 +409,8 @@ class KafkaConfig:
                     choice("0", "1", "all", aliases={"-1": "all"}))
     linger_ms: int = opt(5, "how long a batch may wait for more records (ms)", ranged(parse_int, 0, 60000))
     batch_bytes: int = opt(1048576, "maximum record-batch size in bytes (keep under the broker's "
-                           "message.max.bytes)", ranged(parse_size, 1024, 64 * 1024**2), metavar="SIZE")
+                           "message.max.bytes: a batch refused as too large is cut in two and sent again, and "
+                           "new batches are made smaller)", ranged(parse_size, 1024, 64 * 1024**2), metavar="SIZE")
     connections: int = opt(4, "producer connections to the brokers (direct produce: up to two produce requests "
                            "in flight on each; aiokafka's producers: one per broker); with key none batches rotate over them (no order across batches), "
                            "with the other key modes a partition always uses the same one (order per key kept)",

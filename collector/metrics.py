@@ -111,7 +111,8 @@ SERIES: dict[str, Series] = {s.name: s for s in [
            "acknowledged, then given up: in flight at --shutdown-timeout, or queued again after that request failed "
            "without an answer and then still queued at --shutdown-timeout or evicted (they may be in the topic); "
            "sink_error: the file or stdout write failed; rejected: "
-           "Kafka refused the batch for good; too_large: a record queued one by one (an sFlow counter record, a "
+           "Kafka refused the batch for good (a batch refused for its size is cut and sent again: only a record "
+           "refused alone is dropped so); too_large: a record queued one by one (an sFlow counter record, a "
            "keyed flow before the partition count was known) that aiokafka's batch builder refused even alone in "
            "a batch (a record over --kafka-batch-bytes is otherwise sent in a batch of its own); "
            "duplicate: --dedup; worker_died: held by a --workers N worker that died, as of its last snapshot; "
@@ -143,7 +144,8 @@ SERIES: dict[str, Series] = {s.name: s for s in [
     Series("flowscope_kafka_send_latency_seconds", "histogram",
            "Time from handing a record batch to the producer to its acknowledgement"),
     Series("flowscope_kafka_errors", "counter", "Kafka errors, by kind (connect, metadata, produce: retried; "
-           "rejected: a batch the broker refused for good, dropped; admin: --kafka-create-topic failed; "
+           "rejected: a batch the broker refused for good, dropped; too_large: a batch of several records the broker "
+           "refused for its size, cut in two and sent again; admin: --kafka-create-topic failed; "
            "compress: the compression thread failed a batch, sent uncompressed)",
            ("kind",)),
     Series("flowscope_kafka_resent_records", "counter", "Records (flows, sFlow counter records) sent again after "
