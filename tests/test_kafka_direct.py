@@ -420,12 +420,19 @@ def test_fatal_broker_error_drops_and_counts_instead_of_retrying() -> None:
         o.records, o.nbytes = c.records, c.nbytes
         return o
 
-    sink._failed(in_flight(), BrokerError(10))  # message too large: retrying cannot help
+    sink._failed(in_flight(), BrokerError(87))  # invalid record: retrying cannot help
     assert q.dropped[(FLOWS, "rejected")] == 5 and not q.chunks and q.total_bytes == 0
     assert sink.errors["rejected"] == 1
     sink._failed(in_flight(), BrokerError(6))  # not the leader: back to the front of the queue
     assert len(q.chunks) == 1 and q.queued_records == 5 and q.inflight_records == 0
     assert q.dropped[(FLOWS, "rejected")] == 5
+    q.take(1 << 20)
+    q.done(FLOWS, 15, 5)
+    # message too large, several records: back in the queue, to be batched under half the size
+    sink._failed(in_flight(), BrokerError(10))
+    assert len(q.chunks) == 1 and q.queued_records == 5 and q.inflight_records == 0
+    assert q.dropped[(FLOWS, "rejected")] == 5 and sink.errors["too_large"] == 1
+    assert sink.batch_limit[FLOWS] == 1024 < sink.k.batch_bytes   # (half of 15 bytes; 1024 at least)
 
 
 @pytest.mark.parametrize("direct", [True, False])

@@ -483,11 +483,52 @@ def test_a_held_partitions_probe_refused_for_good_lets_the_next_one_go() -> None
     sink._probe_held()                            # the wait is over: the first goes alone
     assert held.probe is not None and len(q.chunks) == 1
     probe = sent()
-    sink._failed(probe, BrokerError(10))          # MESSAGE_TOO_LARGE: dropped, counted
+    sink._failed(probe, BrokerError(87))          # INVALID_RECORD: dropped, counted
     assert q.dropped[(FLOWS, "rejected")] == 4
     sink._probe_held()
     assert len(q.chunks) == 1, "the partition's next batch is tried"
     assert q.records_of(FLOWS) == 8
+
+
+def test_a_held_partitions_probe_refused_as_too_large_goes_again_first_in_line() -> None:
+    """Keyed modes: a held partition's probe of several records answered MESSAGE_TOO_LARGE was
+    dropped as rejected. Its records may each fit: they are set aside again, nothing dropped, first
+    in line before the partition's later batches (the order per key), tried again at once (no
+    backoff: the broker is fine) under a smaller batch size."""
+    from collector.config import Config
+    from collector.kafka_direct import BrokerError
+    from collector.sinks import FLOWS, KafkaSink, _Open
+
+    cfg = Config()
+    cfg.kafka.key = "exporter"
+    sink = KafkaSink(cfg)
+    q = sink.queue
+
+    def sent() -> _Open:
+        (c,) = q.take(1)   # (the front chunk alone)
+        o = _Open(FLOWS, 1, None, c.seq)
+        o.records, o.nbytes, o.written = c.records, c.nbytes, True
+        sink._written[FLOWS] += len(o.records)
+        return o
+
+    for i in range(3):
+        q.offer(FLOWS, [b'{"n":%d}' % i] * 4, "192.0.2.1")
+        sink._seq += 1
+        q.chunks[-1].seq = sink._seq
+    sink._failed(sent(), BrokerError(19))         # NOT_ENOUGH_REPLICAS: partition 1 held
+    held = sink._held[(FLOWS, 1)]
+    sink._hold((FLOWS, 1), q.take(1 << 20))
+    held.until = 0.0
+    sink._probe_held()
+    probe = sent()
+    sink._failed(probe, BrokerError(10))          # MESSAGE_TOO_LARGE, 4 records
+    assert q.dropped[(FLOWS, "rejected")] == 0 and sink.errors["too_large"] == 1
+    assert held.probe is None and held.until <= time.monotonic()
+    assert [c.records[0] for c in held.chunks] == [b'{"n":0}', b'{"n":1}', b'{"n":2}']
+    assert q.records_of(FLOWS) == 12 and sink.unconfirmed(FLOWS) == 0
+    assert sink.batch_limit[FLOWS] < cfg.kafka.batch_bytes
+    sink._probe_held()
+    assert held.probe is not None and held.probe.records[0] == b'{"n":0}'
 
 
 # ------------------------------------------------------------------------------------------------
