@@ -1237,10 +1237,12 @@ def test_a_sink_failing_every_flow_is_failing_even_when_counter_records_deliver(
 
 
 def test_a_batch_aiokafka_says_cannot_succeed_is_dropped_not_retried_for_ever() -> None:
-    """TLS/SASL, --no-kafka-direct, keyed modes: aiokafka's non-retriable produce errors (too
-    large, not authorized, invalid topic, corrupt) drop the batch as rejected, like the direct
-    path; a retriable one re-queues it and the next attempt waits longer each time."""
-    from aiokafka.errors import MessageSizeTooLargeError, NotEnoughReplicasError
+    """TLS/SASL, --no-kafka-direct, keyed modes: aiokafka's non-retriable produce errors (not
+    authorized, invalid topic, corrupt; too large for a single record) drop the batch as
+    rejected, like the direct path; a retriable one re-queues it and the next attempt waits
+    longer each time. (Too large for several records: cut and sent again, see
+    test_kafka_direct.)"""
+    from aiokafka.errors import CorruptRecordException, MessageSizeTooLargeError, NotEnoughReplicasError
 
     from collector.config import Config
     from collector.sinks import KafkaSink, _Open
@@ -1250,9 +1252,15 @@ def test_a_batch_aiokafka_says_cannot_succeed_is_dropped_not_retried_for_ever() 
     o.add(b"x" * 10)
     o.add(b"y" * 10)
     sink.queue.inflight[FLOWS], sink.queue.inflight_bytes = 2, o.nbytes
-    sink._failed(o, MessageSizeTooLargeError())
+    sink._failed(o, CorruptRecordException())
     assert sink.queue.dropped[(FLOWS, "rejected")] == 2 and not sink.queue.chunks
     assert sink.errors["rejected"] == 1 and sink.queue.inflight_records == 0
+    one = _Open(FLOWS, 0, None)
+    one.add(b"z" * 10)
+    sink.queue.inflight[FLOWS], sink.queue.inflight_bytes = 1, one.nbytes
+    sink._failed(one, MessageSizeTooLargeError())
+    assert sink.queue.dropped[(FLOWS, "rejected")] == 3 and not sink.queue.chunks
+    assert sink.errors["rejected"] == 2 and sink.queue.inflight_records == 0
     waits = []
     for _ in range(6):
         sink.queue.inflight[FLOWS], sink.queue.inflight_bytes = 2, o.nbytes
