@@ -454,26 +454,10 @@ def test_a_held_partitions_probe_refused_for_good_lets_the_next_one_go() -> None
     the probe in flight, and no other batch of the partition was tried until the probe was given
     up for lost, --kafka-request-timeout-ms + 10 s later: an answer came, the partition's next
     batch should be tried at once."""
-    from collector.config import Config
     from collector.kafka_direct import BrokerError
-    from collector.sinks import FLOWS, KafkaSink, _Open
+    from collector.sinks import FLOWS
 
-    cfg = Config()
-    cfg.kafka.key = "exporter"
-    sink = KafkaSink(cfg)
-    q = sink.queue
-
-    def sent() -> _Open:
-        (c,) = q.take(1)   # (the front chunk alone)
-        o = _Open(FLOWS, 1, None, c.seq)
-        o.records, o.nbytes, o.written = c.records, c.nbytes, True
-        sink._written[FLOWS] += len(o.records)
-        return o
-
-    for i in range(3):
-        q.offer(FLOWS, [b'{"n":%d}' % i] * 4, "192.0.2.1")
-        sink._seq += 1
-        q.chunks[-1].seq = sink._seq
+    sink, q, sent = keyed_sink_with_three_batches()
     first = sent()
     sink._failed(first, BrokerError(19))          # NOT_ENOUGH_REPLICAS: partition 1 held
     held = sink._held[(FLOWS, 1)]
@@ -495,26 +479,10 @@ def test_a_held_partitions_probe_refused_as_too_large_goes_again_first_in_line()
     dropped as rejected. Its records may each fit: they are set aside again, nothing dropped, first
     in line before the partition's later batches (the order per key), tried again at once (no
     backoff: the broker is fine) under a smaller batch size."""
-    from collector.config import Config
     from collector.kafka_direct import BrokerError
-    from collector.sinks import FLOWS, KafkaSink, _Open
+    from collector.sinks import FLOWS
 
-    cfg = Config()
-    cfg.kafka.key = "exporter"
-    sink = KafkaSink(cfg)
-    q = sink.queue
-
-    def sent() -> _Open:
-        (c,) = q.take(1)   # (the front chunk alone)
-        o = _Open(FLOWS, 1, None, c.seq)
-        o.records, o.nbytes, o.written = c.records, c.nbytes, True
-        sink._written[FLOWS] += len(o.records)
-        return o
-
-    for i in range(3):
-        q.offer(FLOWS, [b'{"n":%d}' % i] * 4, "192.0.2.1")
-        sink._seq += 1
-        q.chunks[-1].seq = sink._seq
+    sink, q, sent = keyed_sink_with_three_batches()
     sink._failed(sent(), BrokerError(19))         # NOT_ENOUGH_REPLICAS: partition 1 held
     held = sink._held[(FLOWS, 1)]
     sink._hold((FLOWS, 1), q.take(1 << 20))
@@ -526,7 +494,7 @@ def test_a_held_partitions_probe_refused_as_too_large_goes_again_first_in_line()
     assert held.probe is None and held.until <= time.monotonic()
     assert [c.records[0] for c in held.chunks] == [b'{"n":0}', b'{"n":1}', b'{"n":2}']
     assert q.records_of(FLOWS) == 12 and sink.unconfirmed(FLOWS) == 0
-    assert sink.batch_limit[FLOWS] < cfg.kafka.batch_bytes
+    assert sink.batch_limit[FLOWS] < sink.k.batch_bytes
     sink._probe_held()
     assert held.probe is not None and held.probe.records[0] == b'{"n":0}'
 
@@ -611,3 +579,28 @@ def test_a_keyed_partition_without_a_leader_does_not_make_the_sink_unready(colle
     finally:
         front.stop()
         broker.stop()
+
+
+def keyed_sink_with_three_batches() -> tuple[Any, Any, Any]:
+    """A KafkaSink keyed by exporter (not started) with three queued chunks of 4 records for
+    partition 1, and `sent()`: the front chunk taken as a batch whose request was written."""
+    from collector.config import Config
+    from collector.sinks import FLOWS, KafkaSink, _Open
+
+    cfg = Config()
+    cfg.kafka.key = "exporter"
+    sink = KafkaSink(cfg)
+    q = sink.queue
+
+    def sent() -> _Open:
+        (c,) = q.take(1)   # (the front chunk alone)
+        o = _Open(FLOWS, 1, None, c.seq)
+        o.records, o.nbytes, o.written = c.records, c.nbytes, True
+        sink._written[FLOWS] += len(o.records)
+        return o
+
+    for i in range(3):
+        q.offer(FLOWS, [b'{"n":%d}' % i] * 4, "192.0.2.1")
+        sink._seq += 1
+        q.chunks[-1].seq = sink._seq
+    return sink, q, sent
