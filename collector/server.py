@@ -33,7 +33,6 @@ from .util import RateLimitedLog
 
 log = logging.getLogger("flowscope.server")
 
-ALLOW_CACHE_MAX = 65536
 # The label values of the fixed-label counters (docs/collector.md's metrics table), published at
 # 0 before their first event.
 DATAGRAM_DROP_REASONS = ("not_allowed", "wrong_protocol", "internal", "socket_error", "shutdown")
@@ -208,7 +207,6 @@ class Worker:
         self.stall_limit = max(10.0, cfg.kafka.request_timeout_ms / 1000 * 2)
         self.queue = self.sink.queue
         self.allow_nets = [ipaddress.ip_network(c) for c in cfg.allow_exporters]
-        self.allow_cache: dict[str, bool] = {}
         self.dgram_drops: dict[str, int] = collections.defaultdict(int)
         self.flow_drops: dict[str, int] = collections.defaultdict(int)
         self.rl = RateLimitedLog(log)
@@ -228,20 +226,15 @@ class Worker:
 
     # -- hot-path helpers -------------------------------------------------------------------------
     def allowed(self, ip: str) -> bool:
-        """Allowlist decision for one address, cached (bounded) so the hot path does a dict hit."""
+        """Allowlist decision for one address (decoders.Receiver keeps the answer per source
+        address in its bounded table: asked once per address it has not seen lately)."""
         if not self.allow_nets:
-            ok = True
-        else:
-            try:
-                addr = ipaddress.ip_address(ip.split("%", 1)[0])
-            except ValueError:
-                ok = False
-            else:
-                ok = any(addr in n for n in self.allow_nets)
-        if len(self.allow_cache) >= ALLOW_CACHE_MAX:
-            self.allow_cache.clear()  # a spray of source addresses must not grow memory
-        self.allow_cache[ip] = ok
-        return ok
+            return True
+        try:
+            addr = ipaddress.ip_address(ip.split("%", 1)[0])
+        except ValueError:
+            return False
+        return any(addr in n for n in self.allow_nets)
 
     # What decoders.Receiver hands back (see its docstring): the rare cases of the hot path.
     def refused(self, index: int, ip: str) -> None:
@@ -269,9 +262,7 @@ class Worker:
     def deliver(self, batch: Any, ip: str) -> None:
         """A decoded datagram's flows, where the open record batch is not used: the keyed Kafka
         modes, and the other sinks' queue."""
-        if self.writer is not None:
-            self.write_records(batch)
-        elif self.keyed_mode:
+        if self.keyed_mode:
             self.write_keyed(batch, ip)
         else:
             self.queue.offer(FLOWS, batch.to_json(self.enricher), ip, -1, int(batch.recv_time * 1000))
