@@ -336,7 +336,7 @@ cdef class RecordBatchWriter:
     cdef readonly int codec      # compression of the records section (compress()): 0 none
     cdef readonly bint packed    # compress() ran (whether or not it helped): no more appends
     cdef readonly bint busy      # with a Packer (its thread compresses the records): hands off
-    cdef int64_t max_delta       # largest timestampDelta (put_flow writes 0; split_batch keeps a batch's)
+    cdef int64_t max_delta       # largest timestampDelta (maxTimestamp = base_timestamp + this)
 
     def __cinit__(self):
         self.buf.p = NULL
@@ -407,14 +407,21 @@ cdef class RecordBatchWriter:
         back). A flow into an empty batch is always appended."""
         cdef Py_ssize_t vlen, rlen, rec, hdr, hdr_fixed, guess
         cdef Buf* o = &self.buf
+        cdef int64_t delta
         if self.records == 0:
             # CreateTime: when the batch's first flows arrived, not when the (pooled, reused)
             # writer was made, which may be a quiet exporter's whole silence earlier
             self.base_timestamp = <int64_t>(bt.recv_time * 1000)
+            delta = 0
+        else:
+            # each record its own datagram's arrival: behind a backlog a batch stays open for
+            # seconds (Worker._linger_loop), and stamped all at the first, later flows had a
+            # CreateTime before their TimeReceived
+            delta = <int64_t>(bt.recv_time * 1000) - self.base_timestamp
         # The JSON is written in place, after room for a record header whose varints are
         # guessed at 2 bytes (records under 8 KiB); a wrong guess costs one memmove.
         rec = o.n
-        hdr_fixed = 2 + zz_len(self.records) + zz_len(keylen) + (keylen if keylen > 0 else 0)
+        hdr_fixed = 1 + zz_len(delta) + zz_len(self.records) + zz_len(keylen) + (keylen if keylen > 0 else 0)
         guess = 2 + hdr_fixed + 2
         buf_reserve(o, guess + 1024)
         o.n = rec + guess
@@ -433,8 +440,8 @@ cdef class RecordBatchWriter:
         o.n = rec
         zz_put(o, rlen)
         o.p[o.n] = 0          # attributes
-        o.p[o.n + 1] = 0      # timestampDelta: every record at the batch's base timestamp
-        o.n += 2
+        o.n += 1
+        zz_put(o, delta)      # timestampDelta: from the batch's base timestamp
         zz_put(o, self.records)
         zz_put(o, keylen)
         if keylen > 0:
@@ -444,8 +451,52 @@ cdef class RecordBatchWriter:
         o.n += vlen
         o.p[o.n] = 0          # no headers
         o.n += 1
+        if delta > self.max_delta:
+            self.max_delta = delta
         self.records += 1
         return 0
+
+    def add_record(self, bytes key, bytes value not None, int64_t timestamp=0):
+        """Append one record already encoded (value) with its key (None: null) and CreateTime in
+        ms since the epoch (0: now): True when appended, False when it would take the batch past
+        max_bytes (a record into an empty batch is always appended). The sink's records queued
+        as JSON (before a keyed topic's partition count is known, sFlow counter records) go so
+        on the direct path, on the connection the partition's other batches use."""
+        cdef Py_ssize_t klen = -1 if key is None else len(key)
+        cdef Py_ssize_t vlen = len(value)
+        cdef Py_ssize_t rlen, need
+        cdef int64_t delta
+        cdef Buf* o = &self.buf
+        self.check_open()
+        if timestamp <= 0:
+            timestamp = <int64_t>(time.time() * 1000)
+        if self.records == 0:
+            self.base_timestamp = timestamp
+        delta = timestamp - self.base_timestamp
+        rlen = 1 + zz_len(delta) + zz_len(self.records) + zz_len(klen) + (klen if klen > 0 else 0) + \
+            zz_len(vlen) + vlen + 1
+        need = zz_len(rlen) + rlen
+        if self.records and o.n - PREFIX + need > self.max_bytes:
+            return False
+        buf_reserve(o, need)
+        zz_put(o, rlen)
+        o.p[o.n] = 0          # attributes
+        o.n += 1
+        zz_put(o, delta)
+        zz_put(o, self.records)
+        zz_put(o, klen)
+        if klen > 0:
+            memcpy(o.p + o.n, PyBytes_AS_STRING(key), klen)
+            o.n += klen
+        zz_put(o, vlen)
+        memcpy(o.p + o.n, PyBytes_AS_STRING(value), vlen)
+        o.n += vlen
+        o.p[o.n] = 0          # no headers
+        o.n += 1
+        if delta > self.max_delta:
+            self.max_delta = delta
+        self.records += 1
+        return True
 
     def records_bytes(self):
         """The records section (for compression by the caller)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import random
 import struct
+import time
 from typing import Any
 
 import pytest
@@ -99,6 +100,78 @@ def test_compressed_in_place_batch_reads_back_with_aiokafka(name: str) -> None:
     assert rb.validate_crc() and rb.compression_type == codec
     got = list(rb)
     assert [r.value for r in got] == want and [r.offset for r in got] == list(range(len(want)))
+
+
+def test_each_flow_record_carries_its_own_datagrams_arrival() -> None:
+    """A batch left open behind a backlog takes datagrams that arrived seconds apart: each
+    record's CreateTime (baseTimestamp + timestampDelta) is its own datagram's arrival, and the
+    batch's maxTimestamp the latest; stamped all at the first, the later flows had a CreateTime
+    before their TimeReceived. Through the keyed batches too."""
+    from aiokafka.record.default_records import DefaultRecordBatch
+
+    from decoders import KeyedBatches, RecordBatchWriter
+
+    dec = ovs_decoder()
+    arrivals = [EXPORT + 0.25, EXPORT + 3.5, EXPORT + 1.0, EXPORT + 700.125]   # (not in order: as given)
+    batches = [dec.decode(ipfix_message([data_set(OVS_INGRESS, ovs_flows(3, random.Random(i)))], seq=i,
+                                        export_time=EXPORT), EXPORTER, 0, at) for i, at in enumerate(arrivals)]
+    want = [int(at * 1000) for at, b in zip(arrivals, batches, strict=True) for _ in range(len(b))]
+    w = RecordBatchWriter(1 << 20)
+    for b in batches:
+        assert w.append(b) == len(b)
+    rb = DefaultRecordBatch(w.build())
+    assert rb.validate_crc() and [r.timestamp for r in rb] == want
+    assert rb.first_timestamp == want[0] and rb.max_timestamp == max(want)
+    kb = KeyedBatches(1, 1 << 20, "exporter")
+    for b in batches:
+        assert kb.append(b, None, 0, EXPORTER.encode()) == len(b)
+    (_slot, kw), = kb.take_all()
+    assert [r.timestamp for r in DefaultRecordBatch(kw.build())] == want
+
+
+def test_records_added_one_by_one_read_back_with_aiokafka() -> None:
+    """add_record(): records already encoded (the sink's JSON queued before a keyed topic's
+    partition count is known) with their keys, null keys and CreateTimes, earlier ones too, read
+    back by aiokafka as written; the batch stops at max_bytes but an empty one takes any record;
+    compressed, the same; appends end once framed."""
+    from aiokafka.record.default_records import DefaultRecordBatch
+
+    from collector.sinks import _codec
+    from decoders import RecordBatchWriter
+
+    rng = random.Random(5)
+    w = RecordBatchWriter(4096)
+    want = []
+    base = 1_764_000_000_000
+    while True:
+        key = None if len(want) % 3 == 0 else b"10.0.0.%d" % len(want)
+        value = b'{"n":%d,"pad":"%s"}' % (len(want), b"x" * rng.randrange(0, 300))
+        ts = base + rng.randrange(-5000, 5000)
+        if not w.add_record(key, value, ts):
+            break
+        want.append((key, value, ts))
+    assert 5 < len(want) == w.records and w.size <= 4096
+    full = w.size
+    assert not w.add_record(None, b"y" * 10) and w.size == full   # (nothing written)
+    for name in ("", "lz4"):
+        if name:
+            codec, encode = _codec(name)
+            assert w.compress(codec, encode) is True
+            with pytest.raises(ValueError):
+                w.add_record(None, b"{}")
+        rb = DefaultRecordBatch(w.build())
+        assert rb.validate_crc() and rb.next_offset == len(want)
+        got = [(r.key, r.value, r.timestamp) for r in rb]
+        assert got == want and [r.offset for r in DefaultRecordBatch(w.build())] == list(range(len(want)))
+        assert rb.max_timestamp == max(ts for _k, _v, ts in want)
+    big = RecordBatchWriter(1024)
+    assert big.add_record(b"k", b"z" * 5000, base) and big.records == 1   # alone, larger than the batch
+    assert not big.add_record(b"k", b"{}", base)
+    assert [(r.key, len(r.value)) for r in DefaultRecordBatch(big.build())] == [(b"k", 5000)]
+    now = RecordBatchWriter(1024)
+    assert now.add_record(None, b"{}")   # no time given: now
+    stamp = next(iter(DefaultRecordBatch(now.build()))).timestamp
+    assert abs(stamp - time.time() * 1000) < 60_000
 
 
 def test_compression_that_does_not_help_leaves_the_batch_uncompressed() -> None:

