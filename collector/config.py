@@ -370,7 +370,8 @@ class EnrichSection:
     pod_networks: bool = opt(True, "also give pods the addresses their network annotations list beyond "
                              "status.podIPs: OVN-Kubernetes k8s.ovn.org/pod-networks (user-defined networks: a "
                              "primary UDN's pods send from those) and Multus k8s.v1.cni.cncf.io/network-status "
-                             "(secondary networks); status.podIPs keep priority, an address two live pods claim "
+                             "(secondary networks; k8s.v1.cni.cncf.io/networks-status, as Multus wrote it before, "
+                             "when a pod has no network-status); status.podIPs keep priority, an address two live pods claim "
                              "this way is nobody's (counted)", parse_bool, flag="--enrich-pod-networks")
 
 

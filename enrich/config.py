@@ -84,7 +84,8 @@ class EnrichConfig:
     tombstone_seconds: float = 300.0
     # Also index the pod addresses its network annotations list beyond status.podIPs
     # (OVN-Kubernetes k8s.ovn.org/pod-networks: user-defined networks, a primary UDN's address
-    # included; Multus k8s.v1.cni.cncf.io/network-status: secondary networks). On by default:
+    # included; Multus k8s.v1.cni.cncf.io/network-status, or networks-status from Multus
+    # releases before the rename: secondary networks). On by default:
     # a pod of a namespace with a primary UDN sends its traffic from its UDN address only.
     pod_networks: bool = True
     # Longest server-side timeoutSeconds of a watch request: each asks for a random value between

@@ -69,6 +69,10 @@ OVN_POD_NETWORKS = "k8s.ovn.org/pod-networks"
 # Multus (the Network Plumbing WG's multi-net spec): a JSON list of {"name", "interface", "ips"
 # (addresses, no prefix), "mac", "default": bool, "dns", ...}, one per attachment.
 MULTUS_NETWORK_STATUS = "k8s.v1.cni.cncf.io/network-status"
+# The same list under its key before the rename (network-attachment-definition-client's
+# OldNetworkStatusAnnot): Multus releases from before it write only this one, later ones wrote
+# both with the same value for a while. Read when network-status is absent, never beside it.
+MULTUS_NETWORKS_STATUS_OLD = "k8s.v1.cni.cncf.io/networks-status"
 ZONE_LABEL = "topology.kubernetes.io/zone"
 # Objects NetObserv's operator names as infrastructure whatever their namespace (its
 # K8sInfraRule infraRefs): the API server's Services in `default` (flow_layer_rule netobserv).
@@ -294,8 +298,8 @@ def ovn_pod_network_ips(annotation: Any) -> list[bytes]:
 
 
 def multus_network_ips(annotation: Any) -> list[bytes]:
-    """Every attachment's addresses in MULTUS_NETWORK_STATUS (the cluster default network's
-    included: the caller drops those status.podIPs has).
+    """Every attachment's addresses in MULTUS_NETWORK_STATUS or MULTUS_NETWORKS_STATUS_OLD (the
+    cluster default network's included: the caller drops those status.podIPs has).
 
     Raises ValueError (or TypeError) when the annotation is not the documented shape."""
     data = orjson.loads(annotation)
@@ -314,8 +318,15 @@ def multus_network_ips(annotation: Any) -> list[bytes]:
     return out
 
 
-#: The pod annotations read for addresses beyond status.podIPs, and how.
-POD_NETWORK_ANNOTATIONS = ((OVN_POD_NETWORKS, ovn_pod_network_ips), (MULTUS_NETWORK_STATUS, multus_network_ips))
+#: The pod annotations read for addresses beyond status.podIPs, and how: per source, its keys
+#: (the first one a pod has is read, the others ignored: a renamed key's older spelling last)
+#: and their parser. One PodRec.ann_ips entry per source, so a pod whose annotation moves from
+#: the old key to the new one keeps the same addresses, and a malformed one the last good ones
+#: whichever key gave them.
+POD_NETWORK_ANNOTATIONS: tuple[tuple[tuple[str, ...], Callable[[Any], list[bytes]]], ...] = (
+    ((OVN_POD_NETWORKS,), ovn_pod_network_ips),
+    ((MULTUS_NETWORK_STATUS, MULTUS_NETWORKS_STATUS_OLD), multus_network_ips),
+)
 # PodRec.ann_ips of a pod without them (shared: most pods have none)
 NO_ANN_IPS: tuple[tuple[bytes, ...] | None, ...] = ((),) * len(POD_NETWORK_ANNOTATIONS)
 
@@ -889,7 +900,8 @@ class Index:
         podIPs and host addresses (most pods': none, so nothing is kept), None when malformed
         (counted, logged once; the pod's last good ones stand, and its podIPs index as ever)."""
         out: list[tuple[bytes, ...] | None] = []
-        for key, parse in POD_NETWORK_ANNOTATIONS:
+        for keys, parse in POD_NETWORK_ANNOTATIONS:
+            key = next((k for k in keys if anns.get(k) is not None), keys[0])
             ann = anns.get(key)
             if ann is None:
                 out.append(())

@@ -1,5 +1,6 @@
 """Pod addresses beyond status.podIPs: OVN-Kubernetes user-defined networks
-(`k8s.ovn.org/pod-networks`) and Multus secondary networks (`k8s.v1.cni.cncf.io/network-status`).
+(`k8s.ovn.org/pod-networks`) and Multus secondary networks (`k8s.v1.cni.cncf.io/network-status`,
+or `k8s.v1.cni.cncf.io/networks-status` as Multus releases before the rename write it).
 
 A pod of a namespace with a primary UDN keeps its default-network address (status.podIPs, role
 "infrastructure-locked") for the kubelet's probes only and sends its traffic from its UDN
@@ -33,6 +34,7 @@ from tests.test_enrich_informer import fast_config
 from tests.test_enrich_informer import kubeconfig as kubeconfig  # noqa: F401 - fixture
 
 PN, NS = "k8s.ovn.org/pod-networks", "k8s.v1.cni.cncf.io/network-status"
+OLD_NS = "k8s.v1.cni.cncf.io/networks-status"   # Multus before the rename (older OpenShift)
 UDN4, UDN6 = "10.100.0.5", "fd99::5"
 
 
@@ -49,8 +51,9 @@ def ovn(networks: dict[str, list[str]], *, primary: str | None = None) -> dict[s
     return {PN: json.dumps(out)}
 
 
-def multus(*attachments: tuple[str, str, list[str] | None, bool]) -> dict[str, str]:
-    """A network-status annotation: (name, interface, ips or None for no IPAM, default)."""
+def multus(*attachments: tuple[str, str, list[str] | None, bool], key: str = NS) -> dict[str, str]:
+    """A network-status annotation: (name, interface, ips or None for no IPAM, default); `key`
+    OLD_NS for the older key."""
     out = []
     for name, iface, ips, default in attachments:
         a: dict[str, Any] = {"name": name, "interface": iface, "mac": "02:00:00:00:00:01", "dns": {}}
@@ -59,7 +62,7 @@ def multus(*attachments: tuple[str, str, list[str] | None, bool]) -> dict[str, s
         if default:
             a["default"] = True
         out.append(a)
-    return {NS: json.dumps(out)}
+    return {key: json.dumps(out)}
 
 
 def udn_pod(name: str = "web-1", ns: str = "blue", *, ip: str = "10.244.0.9", udn: list[str] | None = None,
@@ -117,6 +120,39 @@ def test_multus_secondary_network_addresses_are_the_pods() -> None:
     for addr in ("192.168.50.12", "fd50::12", "10.244.0.12"):
         assert (flow(e, "", addr)["DstK8S_Name"], flow(e, "", addr)["DstK8S_OwnerName"]) == ("db-0", "db"), addr
     assert e.stats()["problems"] == {}
+
+
+def test_multus_status_under_its_key_before_the_rename_is_read_alike() -> None:
+    """Multus releases before network-status (clusters still running them: older OpenShift)
+    write the same list under networks-status only."""
+    ann = multus(("ovn-kubernetes", "eth0", ["10.244.0.12"], True),
+                 ("shop/storage", "net1", ["192.168.50.12", "fd50::12"], False), key=OLD_NS)
+    e = build([pod("db-0", "shop", ips=["10.244.0.12"], owner=("StatefulSet", "db"), annotations=ann)])
+    for addr in ("192.168.50.12", "fd50::12", "10.244.0.12"):
+        assert (flow(e, "", addr)["DstK8S_Name"], flow(e, "", addr)["DstK8S_OwnerName"]) == ("db-0", "db"), addr
+    assert e.stats()["problems"] == {} and e.stats()["index"]["pod_network_ips"] == 2
+    rec = e.index.parse("pods", pod("db-0", "shop", ips=["10.244.0.12"], annotations=ann))
+    assert rec.ann_ips == ((), (raw("192.168.50.12"), raw("fd50::12")))   # only the addresses are kept
+
+
+def test_network_status_wins_over_the_older_key_which_is_then_ignored(caplog: pytest.LogCaptureFixture) -> None:
+    """Multus releases that wrote both keys wrote the same list; when they disagree (an old
+    annotation left behind by a Multus since upgraded) the current key is the truth, and the old
+    one is not even checked: malformed, it is not counted; good, it does not stand in for a
+    malformed network-status."""
+    new, old = multus(("blue/lan", "net1", ["172.20.0.5"], False)), multus(("blue/lan", "net1", ["172.20.0.9"], False),
+                                                                          key=OLD_NS)
+    e = build([pod("a", "blue", ips=["10.244.0.9"], annotations={**new, **old}),
+               pod("b", "blue", ips=["10.244.0.10"], annotations={**multus(("blue/lan", "net1", ["172.20.0.6"], False)),
+                                                                   OLD_NS: "{broken"})])
+    assert (name_at(e, "172.20.0.5"), name_at(e, "172.20.0.6")) == ("a", "b")
+    assert flow(e, "172.20.0.9", "") == NOBODY
+    assert e.stats()["problems"] == {} and e.stats()["index"]["pod_network_ips"] == 2
+    with caplog.at_level(logging.WARNING, "flowscope.enrich"):
+        e = build([pod("c", "blue", ips=["10.244.0.11"], annotations={NS: "[{broken", **old})])
+    assert flow(e, "172.20.0.9", "") == NOBODY and name_at(e, "10.244.0.11") == "c"
+    assert e.stats()["problems"] == {"bad_pod_networks": 1}
+    assert NS + "=" in caplog.text and OLD_NS not in caplog.text       # the key that was read is named
 
 
 def test_a_pod_on_a_udn_and_a_multus_network_has_both() -> None:
@@ -223,6 +259,9 @@ BAD = {
     "status entry not an object": {NS: '["172.20.0.5"]'},
     "status ips not a list": {NS: '[{"name": "blue/lan", "ips": "172.20.0.5"}]'},
     "status address not an IP": {NS: '[{"name": "blue/lan", "ips": ["net1"]}]'},
+    "old status not JSON": {OLD_NS: '[{"name": "blue/lan", "ips": ['},
+    "old status not a list": {OLD_NS: '{"name": "blue/lan", "ips": ["172.20.0.5"]}'},
+    "old status address not an IP": {OLD_NS: '[{"name": "blue/lan", "ips": ["172.20.0.500"]}]'},
     "annotation not a string": {PN: {"blue/udn": {"ip_addresses": ["10.100.0.5/16"]}}},  # type: ignore[dict-item]
 }
 
@@ -257,6 +296,31 @@ def test_a_malformed_annotation_in_an_update_keeps_the_last_good_addresses() -> 
     e.index.replace("pods", [e.index.parse("pods", pod("web-1", "blue", ips=["10.244.0.9"], uid="u1",
                                                        created=iso(T0 - 60_000), annotations={PN: "[]"}))])
     assert name_at(e, "10.100.0.5", T0 + 20_000) == "web-1"
+    assert e.stats()["problems"] == {"bad_pod_networks": 2}
+
+
+def test_the_older_multus_key_malformed_keeps_the_last_good_addresses_whichever_key_gave_them() -> None:
+    """One source, two keys: what the pod had under the old key stands through a malformed
+    update, and a move to the new key (a Multus upgrade) keeps its addresses without a
+    tombstone, as an update of one annotation would."""
+    clock = Clock(T0)
+    lan = ("blue/lan", "net1", ["172.20.0.5"], False)
+    p = {"uid": "u1", "created": iso(T0 - 60_000), "ips": ["10.244.0.9"]}
+    e = build([pod("web-1", "blue", annotations=multus(lan, key=OLD_NS), **p)], clock=clock)
+    clock.ms = T0 + 10_000
+    apply(e, pod("web-1", "blue", annotations={OLD_NS: '[{"name": "blue/lan", "ips": "172.20.0.5"}]'}, **p))
+    assert name_at(e, "172.20.0.5", T0 + 20_000) == "web-1"
+    assert e.stats()["problems"] == {"bad_pod_networks": 1}
+    # (the old key, bad as before, beside the new one is ignored, not counted again)
+    apply(e, pod("web-1", "blue", annotations={**multus(lan, ("blue/san", "net2", ["172.21.0.5"], False)),
+                                               OLD_NS: '[{"name": "blue/lan", "ips": "172.20.0.5"}]'}, **p))
+    assert [name_at(e, a, T0 + 20_000) for a in ("172.20.0.5", "172.21.0.5")] == ["web-1"] * 2
+    assert name_at(e, "172.20.0.5", T0 - 30_000) == "web-1"      # held all along
+    assert e.stats()["index"]["tombstones"] == 0 and e.stats()["index"]["pod_network_ips"] == 2
+    assert e.stats()["problems"] == {"bad_pod_networks": 1}
+    # the new key malformed in turn: the last good addresses (the new key's) stand
+    apply(e, pod("web-1", "blue", annotations={NS: "nope", **multus(lan, key=OLD_NS)}, **p))
+    assert [name_at(e, a, T0 + 20_000) for a in ("172.20.0.5", "172.21.0.5")] == ["web-1"] * 2
     assert e.stats()["problems"] == {"bad_pod_networks": 2}
 
 
@@ -382,6 +446,50 @@ def test_a_udn_pods_annotation_arriving_by_watch_enriches_its_flows(fake_kube: F
         fake_kube.delete("pods", "web-1", "blue")
         fake_kube.wait_for(lambda: e.stats()["index"]["pods"] == 0, what="the delete")
         assert flow(e, UDN4, "")["SrcK8S_Name"] == "web-1"            # its tombstone
+    finally:
+        e.stop()
+
+
+def test_the_older_multus_key_through_list_watch_and_relist(fake_kube: FakeKube,  # noqa: F811
+                                                             kubeconfig: str) -> None:  # noqa: F811
+    """Pods as a cluster upgrading Multus has them: one annotated under the old key only (moved
+    to the new key by watch), one with both keys disagreeing, one with only the old key, malformed
+    (counted once per list or event, its last good addresses kept, then fixed)."""
+    def lan(*ips: str, key: str = NS) -> dict[str, str]:
+        return multus(("blue/lan", "net1", list(ips), False), key=key)
+
+    fake_kube.add("nodes", node("node-a", internal=["10.0.0.1"], zone="zone-a"))
+    fake_kube.add("pods", pod("mover", "blue", ips=["10.244.0.11"], annotations=lan("172.20.0.11", key=OLD_NS)))
+    fake_kube.add("pods", pod("both", "blue", ips=["10.244.0.12"],
+                              annotations={**lan("172.20.0.12"), **lan("172.20.0.99", key=OLD_NS)}))
+    fake_kube.add("pods", pod("broken", "blue", ips=["10.244.0.13"], annotations={OLD_NS: '{"ips": "x"}'}))
+    e = enrich.Enricher(fast_config(kubeconfig))
+    e.start()
+    try:
+        assert e.wait_ready(10)
+        assert [name_at(e, a) for a in ("172.20.0.11", "172.20.0.12", "10.244.0.13")] == ["mover", "both", "broken"]
+        assert flow(e, "172.20.0.99", "") == NOBODY
+        assert e.stats()["problems"] == {"bad_pod_networks": 1}
+        # by watch: the mover's Multus now writes the new key (and one more network)
+        fake_kube.modify("pods", pod("mover", "blue", ips=["10.244.0.11"],
+                                     annotations=multus(("blue/lan", "net1", ["172.20.0.11"], False),
+                                                        ("blue/san", "net2", ["172.21.0.11"], False))))
+        fake_kube.wait_for(lambda: name_at(e, "172.21.0.11") == "mover", what="the new key's address")
+        assert name_at(e, "172.20.0.11") == "mover" and e.stats()["index"]["tombstones"] == 0
+        # the old key alone, malformed again, then right
+        fake_kube.modify("pods", pod("broken", "blue", ips=["10.244.0.13"], annotations={OLD_NS: "[1]"}))
+        fake_kube.wait_for(lambda: e.stats()["problems"] == {"bad_pod_networks": 2}, what="the bad update counted")
+        fake_kube.modify("pods", pod("broken", "blue", ips=["10.244.0.13"], annotations=lan("172.20.0.13", key=OLD_NS)))
+        fake_kube.wait_for(lambda: name_at(e, "172.20.0.13") == "broken", what="the fixed old key read")
+        # a relist reads them all the same (the old key beside the new one still ignored)
+        relists = e.stats()["kinds"]["pods"]["relists"]
+        fake_kube.expire("pods")
+        fake_kube.wait_for(lambda: e.stats()["kinds"]["pods"]["relists"] > relists, what="the relist")
+        assert [name_at(e, a) for a in ("172.20.0.11", "172.21.0.11", "172.20.0.12", "172.20.0.13")] == [
+            "mover", "mover", "both", "broken"]
+        assert flow(e, "172.20.0.99", "") == NOBODY
+        assert e.stats()["problems"] == {"bad_pod_networks": 2}
+        assert e.stats()["index"]["pod_network_ips"] == 4
     finally:
         e.stop()
 
