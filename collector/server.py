@@ -143,6 +143,10 @@ class StartupError(Exception):
 
 # Seconds the open record batch may keep filling behind queued batches before it is queued too.
 OPEN_BATCH_MAX_AGE = 1.0
+# stdout and file: the lines a writer holds before it is queued (the sink writes up to 4 MiB at
+# a time), and how long its first line may wait for more while nothing else is queued.
+STREAM_BATCH_BYTES = 256 << 10
+STREAM_LINGER = 0.005
 # Bytes the keyed modes' open batches may hold together (or four batches, if more) before they
 # are all queued: with many partitions none may fill up for a long while.
 KEYED_OPEN_BYTES = 32 << 20
@@ -196,6 +200,13 @@ class Worker:
             else:
                 self.keyed_mode = cfg.kafka.key
                 self._keyed_cls = KeyedBatches
+        else:
+            # stdout and file: JSON lines written in C (decoders.LineWriter), queued a writer at a
+            # time (the linger loop's rule, at STREAM_LINGER)
+            from decoders import LineWriter
+
+            self._writer_cls = LineWriter
+            self.writer = LineWriter(STREAM_BATCH_BYTES)
         # bytes the keyed modes' open batches (one per partition) may hold before all are queued
         self.keyed_cap = max(KEYED_OPEN_BYTES, 4 * cfg.kafka.batch_bytes)
         self.counters = cfg.counters
@@ -361,8 +372,9 @@ class Worker:
 
     def _batch_bytes(self) -> int:
         """The size of new flow record batches: --kafka-batch-bytes, or less once a broker refused
-        one as too large (KafkaSink.batch_limit)."""
-        return int(self.sink.batch_limit[FLOWS])  # type: ignore[attr-defined]
+        one as too large (KafkaSink.batch_limit); stdout and file: STREAM_BATCH_BYTES of lines."""
+        limit = getattr(self.sink, "batch_limit", None)
+        return STREAM_BATCH_BYTES if limit is None else int(limit[FLOWS])
 
     def open_batches(self) -> tuple[int, int]:
         """Records and bytes in the open record batches (decoded, neither queued nor dropped)."""
@@ -383,7 +395,7 @@ class Worker:
         # Behind a backlog that does not move (the broker away), the open batch still goes to the
         # queue after OPEN_BATCH_MAX_AGE: there its flows are bounded by --queue-bytes and
         # counted if dropped, and a shutdown finds them queued.
-        delay = max(self.cfg.kafka.linger_ms, 1) / 1000
+        delay = max(self.cfg.kafka.linger_ms, 1) / 1000 if self.cfg.sink_kind() == "kafka" else STREAM_LINGER
         loop = asyncio.get_running_loop()
         opened = -1                 # the open batches when first seen (flush_records() count), and when
         since = 0.0

@@ -416,20 +416,26 @@ class _WriteJob:
         self.abort = False
 
 
-def _complete_records(chunks: list[Chunk], nbytes: int) -> list[int]:
-    """Per chunk, how many of its records (each followed by a newline) lie whole in the first
-    `nbytes` bytes of the buffer built from `chunks`."""
+def _lines_of(c: Chunk) -> bytes:
+    """A chunk as JSON lines: its records each followed by a newline, or a LineWriter's lines
+    (Prebuilt, the Receiver's C path)."""
+    if isinstance(c.records, Prebuilt):
+        return c.records.writer.lines()  # type: ignore[no-any-return]
+    return b"\n".join(c.records) + b"\n"
+
+
+def _complete_records(pieces: list[bytes], nbytes: int) -> list[int]:
+    """Per piece (a chunk's lines, _lines_of), how many of its lines lie whole in the first
+    `nbytes` bytes of the pieces joined (JSON lines hold no newline of their own: a record's
+    end is its newline)."""
     out = []
-    for c in chunks:
-        k = 0
-        for r in c.records:
-            if nbytes < len(r) + 1:
-                break
-            nbytes -= len(r) + 1
-            k += 1
-        out.append(k)
-        if k < len(c.records):
-            nbytes = -1
+    for piece in pieces:
+        if nbytes >= len(piece):
+            out.append(piece.count(b"\n"))
+            nbytes -= len(piece)
+        else:
+            out.append(piece.count(b"\n", 0, max(0, nbytes)))
+            nbytes = 0
     return out
 
 
@@ -453,7 +459,7 @@ class StreamSink(Sink):
         self._piece = 1 << 30
         self._regular = False
         self._partial = False   # a line was cut short on a stream that cannot be truncated
-        self._inflight: tuple[_WriteJob, list[Chunk], int] | None = None   # the write going on
+        self._inflight: tuple[_WriteJob, list[Chunk], list[bytes], int] | None = None   # the write going on
         self._jobs: Any = None
 
     async def start(self) -> None:
@@ -531,13 +537,17 @@ class StreamSink(Sink):
             chunks = q.take(4 * 1024 * 1024)
             if not chunks:
                 continue
-            data = b"".join(b"\n".join(c.records) + b"\n" for c in chunks)
+            pieces = [_lines_of(c) for c in chunks]
+            for c in chunks:
+                if isinstance(c.records, Prebuilt):
+                    c.records.writer.release()   # (its lines are in pieces: the buffer goes back to the pool)
+            data = b"".join(pieces)
             if self._partial:
                 data = b"\n" + data
             skip = 1 if self._partial else 0
             job = _WriteJob(data)
             fut = loop.create_future()
-            self._inflight = (job, chunks, skip)
+            self._inflight = (job, chunks, pieces, skip)
             self._jobs.put((job, loop, fut))
             await fut
             self._inflight = None
@@ -551,7 +561,7 @@ class StreamSink(Sink):
             # stdout closed (consumer gone) or disk full: what did not land is counted as lost
             gone = isinstance(job.error, (BrokenPipeError, ConnectionResetError)) and self.path is None
             self._cut_partial(job)
-            whole = _complete_records(chunks, max(0, job.written - skip))
+            whole = _complete_records(pieces, max(0, job.written - skip))
             self.errors["write"] += 1
             for c, k in zip(chunks, whole, strict=True):
                 self.delivered[c.kind] += k
@@ -576,10 +586,10 @@ class StreamSink(Sink):
         """At the deadline: a write still going stops after its piece; the records that landed
         whole are delivered, the rest stay in flight for drain() to count as shutdown."""
         if self._inflight is not None:
-            job, chunks, skip = self._inflight
+            job, chunks, pieces, skip = self._inflight
             self._inflight = None
             job.abort = True
-            for c, k in zip(chunks, _complete_records(chunks, max(0, job.written - skip)), strict=True):
+            for c, k in zip(chunks, _complete_records(pieces, max(0, job.written - skip)), strict=True):
                 if k:
                     self.delivered[c.kind] += k
                     self.queue.done(c.kind, 0, k)

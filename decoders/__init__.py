@@ -6,6 +6,7 @@ from decoders._core import (
     Decoder,
     FlowBatch,
     KeyedBatches,
+    LineWriter,
     Receiver,
     RecordBatchWriter,
     addr_text,
@@ -14,5 +15,5 @@ from decoders._core import (
 )
 from decoders.config import DecoderConfig
 
-__all__ = ["EVICTED", "DecodeError", "Decoder", "DecoderConfig", "FlowBatch", "KeyedBatches", "Receiver",
+__all__ = ["EVICTED", "DecodeError", "Decoder", "DecoderConfig", "FlowBatch", "KeyedBatches", "LineWriter", "Receiver",
            "RecordBatchWriter", "addr_text", "murmur2_positive", "split_batch"]

@@ -150,8 +150,8 @@ cdef inline uint32_t rx_hash(const uint8_t* a, int fam, uint32_t scope) noexcept
 cdef class Receiver:
     """One listener's socket, read in C (see the top of this file).
 
-    owner (collector.server.Worker) gives: `writer` (the open RecordBatchWriter, or None in the
-    keyed and queue modes), `enricher`, `dgram_drops`, and the methods `allowed(ip)`,
+    owner (collector.server.Worker) gives: `writer` (the open RecordBatchWriter, the stdout/file
+    sinks' LineWriter, or None in the keyed modes), `enricher`, `dgram_drops`, and the methods `allowed(ip)`,
     `write_records(batch, done)`, `deliver(batch, ip)`, `after_decode(batch, ip)`,
     `refused(index, ip)`, `wrong_protocol(index, ip, data)`, `internal_error(ip, exc, pending)`
     and `socket_error(index, exc)`."""
@@ -297,6 +297,10 @@ cdef class Receiver:
                     wr = self.owner.writer
                     if type(wr) is RecordBatchWriter:
                         done = (<RecordBatchWriter>wr).append_c(b, self.owner.enricher, 0)
+                        if done < pending:
+                            self.owner.write_records(b, done)
+                    elif type(wr) is LineWriter:
+                        done = (<LineWriter>wr).append_c(b, self.owner.enricher, 0)
                         if done < pending:
                             self.owner.write_records(b, done)
                     else:

@@ -16,6 +16,7 @@ from conftest import corpus_file, make_v5, udp_payloads
 
 from collector.config import Config, KafkaConfig
 from collector.server import SCHEME_PREFIXES, Worker
+from collector.sinks import _lines_of
 from decoders import Decoder, DecoderConfig, Receiver, RecordBatchWriter
 
 
@@ -62,6 +63,7 @@ def test_flows_land_in_the_queue_and_every_datagram_is_counted(udp4: socket.sock
     assert 100 <= first < 300      # the budget stops it (at a whole recvmmsg batch)
     assert read_all(r, 300 - first) == 300 - first
     assert r.read() == 0           # empty: nothing more, no error
+    w.flush_records()              # (the open lines; the linger loop's work once started)
     snap = w.snapshot()
     name = str(w.listeners[0])
     assert snap["flowscope_received_datagrams"][(name,)] == 300
@@ -125,7 +127,8 @@ def test_each_source_address_is_its_own_exporter_past_the_address_cache(udp4: so
     assert set(st) == set(sources)
     assert all(st[s]["datagrams"] == 2 and st[s]["flows"] == 2 for s in sources)
     # and each flow says who sent it: flow i came from sources[i]
-    flows = [orjson.loads(rec) for chunk in w.queue.chunks for rec in chunk.records]
+    w.flush_records()
+    flows = [orjson.loads(rec) for chunk in w.queue.chunks for rec in _lines_of(chunk).splitlines()]
     assert len(flows) == 3000
     for f in flows:
         i = int(f["SrcAddr"].rsplit(".", 1)[1]) + 256 * int(f["SrcAddr"].split(".")[2])
@@ -144,6 +147,7 @@ def test_the_allowlist_is_applied_per_source(udp4: socket.socket) -> None:
     assert read_all(r, 10) == 10
     assert w.dgram_drops["not_allowed"] == 5
     assert set(w.decoder.stats()) == {"127.0.0.2"}
+    w.flush_records()
     assert w.queue.total_records == 10
 
 
@@ -162,6 +166,7 @@ def test_ipv6_sources_are_named_as_the_socket_module_names_them() -> None:
         assert read_all(r, 2) == 2
         # what recvfrom would have said: "::1" and, on a dual-stack socket, the mapped address
         assert set(w.decoder.stats()) == {"::1", "::ffff:127.0.0.1"}
+        w.flush_records()
         assert w.queue.total_records == 7
 
 
@@ -220,7 +225,8 @@ def test_real_ipfix_from_the_corpus_decodes_as_through_decode(udp4: socket.socke
     assert read_all(r, len(payloads)) == len(payloads)
     ref = Decoder(DecoderConfig())
     want = [orjson.loads(j) for p in payloads for j in ref.decode(p, "127.0.0.1", port, 1.0).to_json()]
-    got = [orjson.loads(rec) for chunk in w.queue.chunks for rec in chunk.records]
+    w.flush_records()
+    got = [orjson.loads(rec) for chunk in w.queue.chunks for rec in _lines_of(chunk).splitlines()]
     assert want, "the capture holds flows"
     for f in want + got:
         f.pop("TimeReceived", None)
