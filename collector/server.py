@@ -206,7 +206,10 @@ class Worker:
             from decoders import LineWriter
 
             self._writer_cls = LineWriter
-            self.writer = LineWriter(STREAM_BATCH_BYTES)
+            # (a quarter of --queue-bytes at most: a writer is queued whole, and one larger than
+            # the queue's room would be dropped whole)
+            self._stream_bytes = max(1024, min(STREAM_BATCH_BYTES, cfg.queue_bytes // 4))
+            self.writer = LineWriter(self._stream_bytes)
         # bytes the keyed modes' open batches (one per partition) may hold before all are queued
         self.keyed_cap = max(KEYED_OPEN_BYTES, 4 * cfg.kafka.batch_bytes)
         self.counters = cfg.counters
@@ -372,9 +375,10 @@ class Worker:
 
     def _batch_bytes(self) -> int:
         """The size of new flow record batches: --kafka-batch-bytes, or less once a broker refused
-        one as too large (KafkaSink.batch_limit); stdout and file: STREAM_BATCH_BYTES of lines."""
+        one as too large (KafkaSink.batch_limit); stdout and file: STREAM_BATCH_BYTES of lines (less
+        with a small --queue-bytes)."""
         limit = getattr(self.sink, "batch_limit", None)
-        return STREAM_BATCH_BYTES if limit is None else int(limit[FLOWS])
+        return self._stream_bytes if limit is None else int(limit[FLOWS])
 
     def open_batches(self) -> tuple[int, int]:
         """Records and bytes in the open record batches (decoded, neither queued nor dropped)."""

@@ -74,6 +74,25 @@ def test_flows_land_in_the_queue_and_every_datagram_is_counted(udp4: socket.sock
     assert not any(snap["flowscope_datagrams_dropped"].values())
 
 
+def test_lines_fill_a_small_queue_and_what_does_not_fit_is_counted(udp4: socket.socket) -> None:
+    """The stdout/file sinks' open lines are a quarter of --queue-bytes at most (a writer is
+    queued whole: one larger than the queue would be dropped whole, every time): with a 32 KiB
+    queue and no sink running, writers fill it and the rest is dropped and counted, each flow
+    decoded being queued, open or dropped."""
+    w = worker(queue_bytes=32768)
+    r = Receiver(udp4.fileno(), w.decoder, w, 0, "netflow")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        for i in range(100):
+            tx.sendto(make_v5(i * 30, 30, i * 30), udp4.getsockname())
+    assert read_all(r, 100) == 100
+    assert w.writer.max_bytes == 8192
+    queued, open_ = w.queue.total_records, w.writer.records
+    dropped = w.queue.dropped[(0, "queue_full")]
+    assert queued > 0 and dropped > 0
+    assert queued + open_ + dropped == 3000
+    assert w.queue.total_bytes <= 32768
+
+
 def test_the_kafka_path_appends_to_the_open_record_batch_and_starts_a_new_one_when_full(udp4: socket.socket) -> None:
     """Key mode none: flows go into the worker's RecordBatchWriter in C; a datagram that does
     not fit is handed to Worker.write_records, which queues the full batch and goes on in a new
