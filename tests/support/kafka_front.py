@@ -308,11 +308,56 @@ class MaxBytesFront(PartitionErrorFront):
     bytes: each partition's batch over it is answered MESSAGE_TOO_LARGE (10), as a Kafka broker
     answers a batch over its message.max.bytes (or the topic's max.message.bytes: Kafka compares
     the batch as sent, compressed or not, with the limit), and the rest go to the broker;
-    `refused` counts the batches answered so."""
+    `refused` counts the batches answered so.
 
-    def __init__(self, upstream_port: int, limit: int) -> None:
+    `describe` says what DescribeConfigs (api 32) for a topic gets, `described` counts them:
+    None, the broker's answer (Tansu 0.6: no config at all); "limit", an answer as Kafka's, the
+    topic's max.message.bytes `limit` among its other configs; "error", the topic's entry with
+    TOPIC_AUTHORIZATION_FAILED (29), as a broker whose ACLs deny DescribeConfigs on it;
+    "garbage", a max.message.bytes that is no number; "closed", the connection closed on the
+    request (as Tansu does with one naming configs); "silent", never an answer."""
+
+    DESCRIBE = (None, "limit", "error", "garbage", "closed", "silent")
+
+    def __init__(self, upstream_port: int, limit: int, describe: str | None = None) -> None:
         super().__init__(upstream_port)
+        assert describe in self.DESCRIBE, describe
         self.limit = limit
+        self.describe = describe
+        self.described = 0
 
     def _code(self, topic: bytes, partition: int, records: bytes) -> int | None:
         return 10 if len(records) > self.limit else None
+
+    async def _request(self, conn: int, frame: bytes) -> None:
+        if struct.unpack_from(">h", frame, 0)[0] != 32:
+            return
+        self.described += 1
+        if self.describe == "silent":
+            await asyncio.Event().wait()   # (until stop())
+        if self.describe == "closed":
+            raise ConnectionResetError("DescribeConfigs: connection closed")
+
+    def _answer(self, frame: bytes) -> bytes | None:
+        api, version, corr, clen = struct.unpack_from(">hhih", frame, 0)
+        if api != 32 or self.describe not in ("limit", "error", "garbage"):
+            return super()._answer(frame)
+        import aiokafka.protocol.admin as ad
+
+        assert version <= 2, version   # (what aiokafka asks with; v4 is a flexible version)
+        req = getattr(ad, f"DescribeConfigsRequest_v{version}").decode(frame[10 + max(clen, 0):])
+        value = str(self.limit) if self.describe == "limit" else "lots"
+        resources = []
+        for _rtype, name, _names in req.resources:
+            configs = [("cleanup.policy", "delete"), ("max.message.bytes", value), ("segment.bytes", "1073741824")]
+            if version == 0:   # (name, value, read only, is default, is sensitive)
+                entries = [(k, v, False, False, False) for k, v in configs]
+            else:              # (name, value, read only, source (1: the topic's own), is sensitive, synonyms)
+                entries = [(k, v, False, 1, False, []) for k, v in configs]
+            if self.describe == "error":
+                resources.append((29, "Authorization failed.", 2, name, []))
+            else:
+                resources.append((0, None, 2, name, entries))
+        resp = getattr(ad, f"DescribeConfigsResponse_v{version}")(throttle_time_ms=0, resources=resources)
+        body = struct.pack(">i", corr) + bytes(resp.encode())
+        return struct.pack(">i", len(body)) + body
