@@ -409,9 +409,10 @@ class KafkaConfig:
                     "delivered once written to the connection: nothing confirms it); -1 is all, as for Kafka's producers",
                     choice("0", "1", "all", aliases={"-1": "all"}))
     linger_ms: int = opt(5, "how long a batch may wait for more records (ms)", ranged(parse_int, 0, 60000))
-    batch_bytes: int = opt(1048576, "maximum record-batch size in bytes (keep under the broker's "
-                           "message.max.bytes: a batch refused as too large is cut in two and sent again, and "
-                           "new batches are made smaller)", ranged(parse_size, 1024, 64 * 1024**2), metavar="SIZE")
+    batch_bytes: int = opt(1048576, "maximum record-batch size in bytes (batches are made no larger than the "
+                           "topic's max.message.bytes, read from the cluster at start; where it cannot be read, a "
+                           "batch refused as too large is cut in two and sent again, and new batches are made "
+                           "smaller)", ranged(parse_size, 1024, 64 * 1024**2), metavar="SIZE")
     connections: int = opt(4, "producer connections to the brokers (direct produce: up to two produce requests "
                            "in flight on each; aiokafka's producers: one per broker); with key none batches rotate over them (no order across batches), "
                            "with the other key modes a partition always uses the same one (order per key kept)",

@@ -145,7 +145,9 @@ SERIES: dict[str, Series] = {s.name: s for s in [
            "Time from handing a record batch to the producer to its acknowledgement"),
     Series("flowscope_kafka_errors", "counter", "Kafka errors, by kind (connect, metadata, produce: retried; "
            "rejected: a batch the broker refused for good, dropped; too_large: a batch of several records the broker "
-           "refused for its size, cut in two and sent again; admin: --kafka-create-topic failed; "
+           "refused for its size, cut in two and sent again; admin: --kafka-create-topic failed, or a topic's "
+           "max.message.bytes could not be read (DescribeConfigs denied, failed, unanswered or answered with no "
+           "number: batch sizes learnt from refusals); "
            "compress: the compression thread failed a batch, sent uncompressed)",
            ("kind",)),
     Series("flowscope_kafka_resent_records", "counter", "Records (flows, sFlow counter records) sent again after "

@@ -408,6 +408,10 @@ class Worker:
             wr = self.writer
             if wr is not None:
                 if not wr.records:
+                    if wr.max_bytes != self._batch_bytes():
+                        # (the topic's max.message.bytes read since it was made, KafkaSink._set_limit:
+                        # made at the new size before flows fill it; a full one is cut before it goes)
+                        self.writer = self._writer_cls(self._batch_bytes())
                     continue
             elif self.keyed is None or not self.keyed.records:
                 continue

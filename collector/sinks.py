@@ -631,6 +631,49 @@ def conversation_key(rec: bytes) -> bytes:
 
 METADATA_MAX_AGE_MS = 30000
 
+#: Seconds the sink's start waits, past the topics' metadata, for their max.message.bytes
+#: (DescribeConfigs, KafkaSink._ask_limit): a broker slow to answer, or not answering, holds
+#: back no more than that; its answer still applies when it comes, within the request timeout.
+TOPIC_LIMIT_WAIT_S = 1.0
+
+#: Seconds at least between two DescribeConfigs requests for one topic (KafkaSink._ask_limit).
+LIMIT_ASK_S = 10.0
+
+#: Bytes a Kafka v2 record may add to its key and value (record batches built one by one,
+#: KafkaSink._append): its length (varint, at most 5 bytes), attributes (1), timestamp delta
+#: (varlong, 10), offset delta (5), key and value lengths (5 each) and header count (1).
+RECORD_OVERHEAD_MAX = 32
+
+
+def topic_max_message_bytes(resp: Any, topic: str) -> tuple[int | None, str, bool]:
+    """A DescribeConfigs answer (v0-v2) for `topic` read for its effective max.message.bytes:
+    (bytes, "", False), or (None, why, error) where error says whether the broker failed the
+    request (its per-resource error code: an ACL denial, an unknown topic) or answered garbage,
+    rather than having no value to give (Tansu 0.6 answers every topic with no config at all).
+    Kafka answers a topic's effective value under the topic's name for it (its own, or the
+    broker's message.max.bytes it inherits): an int of at least 0 (TopicConfig: atLeast(0)),
+    0 taken as garbage (no batch would fit)."""
+    from aiokafka.errors import for_code
+
+    found = [r for r in (getattr(resp, "resources", None) or ()) if len(r) >= 5 and r[3] == topic]
+    if not found:
+        return None, "the answer does not name the topic", True
+    code, message, _rtype, _name, entries = found[0][:5]
+    if code:
+        name = getattr(for_code(code), "message", "") or for_code(code).__name__
+        return None, f"error {code} {name}" + (f": {message}" if message else ""), True
+    values = [e[1] for e in entries or () if len(e) >= 2 and e[0] == "max.message.bytes"]
+    if not values:
+        return None, "the broker gives no max.message.bytes for it", False
+    raw = values[0]
+    try:
+        n = int(str(raw).strip())
+    except ValueError:
+        return None, f"max.message.bytes {raw!r} is not a number", True
+    if not 0 < n < 2 ** 31:
+        return None, f"max.message.bytes {raw!r} is out of range", True
+    return n, "", False
+
 
 def producer_kwargs(k: KafkaConfig) -> dict[str, Any]:
     """aiokafka producer settings from the config (TLS and SASL included)."""
@@ -902,6 +945,15 @@ class KafkaSink(Sink):
         # batch made larger before is cut to it before it goes (_cut_to_limit)
         self.batch_limit = [self.k.batch_bytes, self.k.batch_bytes]
         self._told = [True, True]   # whether the limit learnt since the last refusal was logged (_took)
+        # The topics' max.message.bytes read from the cluster (DescribeConfigs, _ask_limit), which
+        # sets batch_limit before any batch is refused: topic -> bytes (absent: not known, batch
+        # sizes are learnt from refusals); the requests in flight; the topics asked about since
+        # their metadata was (re)learnt; and what was last logged per topic (each outcome once).
+        self.topic_limit: dict[str, int] = {}
+        self._limit_tasks: dict[str, asyncio.Task[None]] = {}
+        self._limit_asked: set[str] = set()
+        self._limit_at: dict[str, float] = {}   # topic -> when it was last asked about
+        self._limit_said: dict[str, str] = {}
 
     async def start(self) -> None:
         for b in self.k.brokers:
@@ -1005,6 +1057,13 @@ class KafkaSink(Sink):
                                  "--kafka-create-topic")
                 continue
             log.info("kafka: topic %s has %d partition%s", t, len(parts), "" if len(parts) == 1 else "s")
+        # Their max.message.bytes (asked by _partitions as each topic's metadata came): waited
+        # for a moment, so that the first batches are made under it; a broker that does not
+        # answer holds the start back no longer than TOPIC_LIMIT_WAIT_S, its answer applies
+        # when it comes (and until then a batch refused as too large is cut, as without it).
+        asking = [task for t in topics if (task := self._limit_tasks.get(t)) is not None and not task.done()]
+        if asking:
+            await asyncio.wait(asking, timeout=min(TOPIC_LIMIT_WAIT_S, self.k.request_timeout_ms / 1000))
 
     async def _create_topics(self) -> None:
         """--kafka-create-topic: ask for every topic and read the answer per topic.
@@ -1017,11 +1076,7 @@ class KafkaSink(Sink):
         from aiokafka.admin import AIOKafkaAdminClient, NewTopic
         from aiokafka.errors import for_code
 
-        kw = producer_kwargs(self.k)
-        admin_kw = {k: v for k, v in kw.items() if k in ("bootstrap_servers", "client_id", "security_protocol",
-                                                           "ssl_context", "sasl_mechanism", "sasl_plain_username",
-                                                           "sasl_plain_password", "request_timeout_ms")}
-        admin = AIOKafkaAdminClient(**admin_kw)
+        admin = AIOKafkaAdminClient(**self._admin_kwargs())
         topics = [self.k.topic] + ([self.k.counters_topic] if self.cfg.counters else [])
         try:
             await admin.start()
@@ -1054,6 +1109,110 @@ class KafkaSink(Sink):
             except Exception:
                 pass
 
+    def _admin_kwargs(self) -> dict[str, Any]:
+        """The producer's settings an admin client takes (brokers, TLS, SASL, timeout)."""
+        return {k: v for k, v in producer_kwargs(self.k).items()
+                if k in ("bootstrap_servers", "client_id", "security_protocol", "ssl_context", "sasl_mechanism",
+                         "sasl_plain_username", "sasl_plain_password", "request_timeout_ms")}
+
+    def _ask_limit(self, topic: str) -> asyncio.Task[None] | None:
+        """Ask the cluster for the topic's max.message.bytes in the background, once since its
+        metadata was last (re)learnt (_refresh_metadata forgets it: a broker that came back empty,
+        or a topic re-created, may have another), and at most every LIMIT_ASK_S (a refresh follows
+        each failed batch: a broker failing them for minutes is not asked each time); the request
+        in flight, if any."""
+        task = self._limit_tasks.get(topic)
+        if task is not None and not task.done():
+            return task
+        now = time.monotonic()
+        last = self._limit_at.get(topic)
+        if topic in self._limit_asked or self._closing or (last is not None and now - last < LIMIT_ASK_S):
+            return None
+        self._limit_asked.add(topic)
+        self._limit_at[topic] = now
+        task = self._limit_tasks[topic] = asyncio.get_running_loop().create_task(self._read_limit(topic))
+        return task
+
+    async def _read_limit(self, topic: str) -> None:
+        """DescribeConfigs (api 32) for the topic, on an admin client's own connection: a broker
+        that closes the connection on it, or holds it unanswered, must not touch the producers'.
+        All the topic's configs are asked for, not max.message.bytes by name: Tansu 0.6 cannot
+        parse a request naming configs and closes the connection on it (it answers the other
+        form with no config at all). Every failure leaves the batch sizes to be learnt from
+        refusals, as without the request (_fall_back)."""
+        from aiokafka.admin import AIOKafkaAdminClient
+        from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+        from aiokafka.errors import IncompatibleBrokerVersion
+
+        admin = AIOKafkaAdminClient(**self._admin_kwargs())
+        try:
+            async def ask() -> Any:
+                await admin.start()
+                return await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+
+            resps = await asyncio.wait_for(ask(), self.k.request_timeout_ms / 1000)
+            value, why, error = topic_max_message_bytes(resps[0] if resps else None, topic)
+        except IncompatibleBrokerVersion:
+            value, why, error = None, "the brokers do not serve DescribeConfigs", False
+        except asyncio.TimeoutError:
+            value, why, error = None, f"no answer within {self.k.request_timeout_ms} ms", True
+        except Exception as exc:  # noqa: BLE001 - a connection refused or closed, an ACL denial, a bad answer
+            what = str(exc)
+            value, why, error = None, what if type(exc).__name__ in what else f"{type(exc).__name__}: {what}", True
+        finally:
+            try:
+                await admin.close()
+            except Exception:  # noqa: BLE001 - (never started, or its connection already gone)
+                pass
+        if value is None:
+            self._fall_back(topic, why, error)
+        else:
+            self._set_limit(topic, value)
+
+    def _kinds(self, topic: str) -> list[int]:
+        """The record kinds (FLOWS, COUNTERS) produced to `topic`."""
+        return [k for k, t in enumerate((self.k.topic, self.k.counters_topic))
+                if t == topic and (k == FLOWS or self.cfg.counters)]
+
+    def _set_limit(self, topic: str, value: int) -> None:
+        """The topic's max.message.bytes is `value`: its record batches are made no larger. Kafka
+        compares each record batch as sent (header included: its batch.sizeInBytes(), compressed
+        if it is) with it, which is what batch_limit bounds (a prebuilt batch's size counts its
+        61-byte header; one built record by record, _append, its records' framing too), so the
+        limit is taken as it is, under --kafka-batch-bytes, and no lower than the 1 KiB a batch
+        may be made (decoders.RecordBatchWriter: one smaller is refused and cut as before). A new
+        value replaces what refusals taught (a topic re-created with another one); the same
+        value again keeps it."""
+        had = self.topic_limit.get(topic)
+        self.topic_limit[topic] = value
+        size = max(1024, min(self.k.batch_bytes, value))
+        if had != value:
+            for kind in self._kinds(topic):
+                self.batch_limit[kind] = size
+                self._told[kind] = True
+        said = f"limit {value}"
+        if self._limit_said.get(topic) != said:
+            self._limit_said[topic] = said
+            log.info("kafka: topic %s takes record batches of at most %d bytes (max.message.bytes): %s", topic,
+                     value, f"batches of it are made of at most {size} bytes (--kafka-batch-bytes {self.k.batch_bytes}"
+                     + (", the smallest batch made: a larger one refused is cut as before)" if value < 1024 else ")"))
+
+    def _fall_back(self, topic: str, why: str, error: bool) -> None:
+        """The topic's max.message.bytes could not be read: its batch sizes are learnt from
+        refusals (_split, _shrink), as without the request. A failure (an ACL denial, an error
+        answer, no answer, a garbage value) is counted as flowscope_kafka_errors_total{kind="admin"}
+        and logged at warning; a broker that has no value to give (Tansu; one that does not serve
+        DescribeConfigs) at info. Each outcome is logged once per topic."""
+        if error:
+            self.errors["admin"] += 1
+        said = f"none: {why}"
+        if self._limit_said.get(topic) == said:
+            return
+        self._limit_said[topic] = said
+        log.log(logging.WARNING if error else logging.INFO, "kafka: could not read topic %s's max.message.bytes "
+                "(DescribeConfigs): %s; batches of up to --kafka-batch-bytes %d go, and one refused as too large is cut "
+                "and new ones made smaller", topic, why, self.k.batch_bytes)
+
     async def _partitions(self, topic: str) -> list[int]:
         now = time.monotonic()
         parts = self.partitions.get(topic)
@@ -1082,6 +1241,10 @@ class KafkaSink(Sink):
             parts = sorted(got) if got else [0]
             self.partitions[topic] = parts
             self._partitions_at[topic] = now  # per topic: the counters topic refreshes too
+            # the topic exists now (Kafka answers DescribeConfigs for a topic it does not have
+            # with UNKNOWN_TOPIC_OR_PARTITION): its batch size limit, once since its metadata
+            # was (re)learnt
+            self._ask_limit(topic)
         return parts
 
     async def _run(self) -> None:
@@ -1259,6 +1422,9 @@ class KafkaSink(Sink):
         if self.k.create_topic:
             await self._create_topics()
         self.partitions.clear()
+        # (a broker that came back empty, a topic re-created: its max.message.bytes asked for again
+        # with its partitions, in the background: _partitions)
+        self._limit_asked.clear()
         # The flows topic only: a counters topic without metadata (never created, on brokers that
         # do not create topics when asked for) held the flows back for good when it was waited
         # for here. Its records are routed, or set aside, by _counters_routable; the metadata
@@ -1286,6 +1452,9 @@ class KafkaSink(Sink):
         if self.direct is not None:
             self.direct.forget_closed()
         self.connected = True
+        # the flows topic is there again (re-created, if the broker came back empty): its
+        # max.message.bytes asked for now, not when the next batch may already be under way
+        self._ask_limit(self.k.topic)
         # After every failed produce (a broker answering NOT_ENOUGH_REPLICAS for minutes): one line
         # per 10 s, not one per retry.
         self._rl.log(logging.INFO, "reconnected", "kafka: metadata refreshed from %s, producing again",
@@ -1703,10 +1872,15 @@ class KafkaSink(Sink):
         # records queued through an outage were stamped when they were sent, minutes late)
         stamp = ts or None
         limit = self.batch_limit[kind]
+        # Under kafka.batch_bytes (a topic's max.message.bytes, or what a broker was seen to refuse:
+        # _shrink) the batch as it will be sent is measured, header and record framing included
+        # (aiokafka's builder size, exact, plus at most RECORD_OVERHEAD_MAX for the next record);
+        # at kafka.batch_bytes aiokafka's builder is full first.
+        framed = limit < self.k.batch_bytes
+        extra = RECORD_OVERHEAD_MAX + (len(key) if key else 0)
         for rec in records:
-            if o.records and o.nbytes + len(rec) + 1 > limit:
-                # (over what a broker was seen to refuse, _shrink: the batch goes as it is; until
-                # then aiokafka's builder, at kafka.batch_bytes, is full first)
+            if o.records and (o.builder.size() + len(rec) + extra if framed else o.nbytes + len(rec) + 1) > limit:
+                # (the batch goes as it is)
                 full.append(o)
                 o = builders[slot] = self._new_open(kind, slot_p)
             if o.builder.append(key=key, value=rec, timestamp=stamp) is None:
@@ -2179,6 +2353,10 @@ class KafkaSink(Sink):
     async def _close(self, timeout: float) -> None:
         self._stop_packer()
         self._unhold_all()  # (back in the queue: drain() counts what is left there)
+        asking = [t for t in self._limit_tasks.values() if not t.done()]   # (an admin client's: nothing waits on it)
+        for task in asking:
+            task.cancel()
+        await asyncio.gather(*asking, return_exceptions=True)
         if self.producer is None:
             return
         deadline = time.monotonic() + timeout

