@@ -1144,7 +1144,21 @@ class KafkaSink(Sink):
         from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
         from aiokafka.errors import IncompatibleBrokerVersion
 
-        admin = AIOKafkaAdminClient(**self._admin_kwargs())
+        kw = self._admin_kwargs()
+        try:
+            # From the brokers the producers' metadata names, those with no failure in the last
+            # minute first (as _update_metadata): a --kafka-brokers address that is down, or takes
+            # connections and never answers, held the admin client's bootstrap for the whole
+            # request timeout, and the request failed with every broker answering.
+            horizon = time.monotonic() - 60.0
+            known = sorted(self.producer.client.cluster.brokers(),
+                           key=lambda b: (self._md_failed.get(b.nodeId, 0.0) > horizon, b.nodeId))
+            if known:
+                kw["bootstrap_servers"] = [f"[{b.host}]:{b.port}" if ":" in b.host else f"{b.host}:{b.port}"
+                                           for b in known]
+        except Exception:  # noqa: BLE001 - (no metadata yet: the configured addresses)
+            pass
+        admin = AIOKafkaAdminClient(**kw)
         try:
             async def ask() -> Any:
                 await admin.start()
