@@ -315,9 +315,11 @@ class MaxBytesFront(PartitionErrorFront):
     topic's max.message.bytes `limit` among its other configs; "error", the topic's entry with
     TOPIC_AUTHORIZATION_FAILED (29), as a broker whose ACLs deny DescribeConfigs on it;
     "garbage", a max.message.bytes that is no number; "closed", the connection closed on the
-    request (as Tansu does with one naming configs); "silent", never an answer."""
+    request (as Tansu does with one naming configs); "silent", never an answer; "unserved", none
+    asked: ApiVersions v0 answers (aiokafka's) leave api 32 out, as a broker older than Kafka
+    0.11 that does not serve it."""
 
-    DESCRIBE = (None, "limit", "error", "garbage", "closed", "silent")
+    DESCRIBE = (None, "limit", "error", "garbage", "closed", "silent", "unserved")
 
     def __init__(self, upstream_port: int, limit: int, describe: str | None = None) -> None:
         super().__init__(upstream_port)
@@ -337,6 +339,16 @@ class MaxBytesFront(PartitionErrorFront):
             await asyncio.Event().wait()   # (until stop())
         if self.describe == "closed":
             raise ConnectionResetError("DescribeConfigs: connection closed")
+
+    def _rewrite(self, frame: bytes, answer: bytes) -> bytes:
+        api, version = struct.unpack_from(">hh", frame, 0)
+        if api != 18 or version != 0 or self.describe != "unserved":
+            return super()._rewrite(frame, answer)
+        import aiokafka.protocol.admin as ad
+
+        resp = ad.ApiVersionResponse_v0.decode(answer[4:])
+        resp.api_versions = [v for v in resp.api_versions if v[0] != 32]
+        return answer[:4] + bytes(resp.encode())
 
     def _answer(self, frame: bytes) -> bytes | None:
         api, version, corr, clen = struct.unpack_from(">hhih", frame, 0)
