@@ -69,7 +69,8 @@ class Chunk:
 
 class Prebuilt:
     """Flows already laid out as one Kafka record batch by decoders.RecordBatchWriter (the
-    fast path): the queue holds the batch, not a bytes object per flow. A keyed batch
+    fast path), or as JSON lines by decoders.LineWriter (the stdout and file sinks): the queue
+    holds the batch, not a bytes object per flow. A keyed batch
     (decoders.KeyedBatches) belongs to partition slot `slot` (its partition's index in the
     topic's partition list when it was keyed); -1: any partition (key none)."""
 
