@@ -274,12 +274,9 @@ class Worker:
                         extra={"listener": str(lst), "exporter": ip, "reason": "wrong_protocol"})
 
     def deliver(self, batch: Any, ip: str) -> None:
-        """A decoded datagram's flows, where the open record batch is not used: the keyed Kafka
-        modes, and the other sinks' queue."""
-        if self.keyed_mode:
-            self.write_keyed(batch, ip)
-        else:
-            self.queue.offer(FLOWS, batch.to_json(self.enricher), ip, -1, int(batch.recv_time * 1000))
+        """A decoded datagram's flows where there is no open batch for the Receiver to append to:
+        the keyed Kafka modes (every other sink has one: a RecordBatchWriter or a LineWriter)."""
+        self.write_keyed(batch, ip)
 
     def after_decode(self, batch: Any, ip: str) -> None:
         """A decoded datagram's sFlow counter records (with --counters) and the flows the

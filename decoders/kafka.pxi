@@ -321,6 +321,23 @@ cdef void frame_request(char* p, Py_ssize_t plen, Py_ssize_t blen, int32_t corre
     put_be32(p + 8, <uint32_t>blen)                  # records: the batch
 
 
+cdef void buf_fit(Buf* b) noexcept:
+    """A buffer using under half of its room moves to an allocation of its own size, and the big
+    one goes back to the pool (the writers' trim(), before they wait in a queue)."""
+    cdef char* small
+    cdef Py_ssize_t need = b.n
+    if b.p == NULL or need * 2 >= b.cap:
+        return
+    small = <char*>malloc(need if need else 1)
+    if small == NULL:
+        return
+    memcpy(small, b.p, need)
+    pool_give(b)
+    b.p = small
+    b.n = need
+    b.cap = need if need else 1
+
+
 @cython.final      # (put_flow called directly, not through the class's method table)
 cdef class RecordBatchWriter:
     """Accumulates flows as the records of one Kafka v2 record batch, up to max_bytes."""
@@ -388,11 +405,21 @@ cdef class RecordBatchWriter:
         if self.key is not None:
             key = PyBytes_AS_STRING(self.key)
             keylen = len(self.key)
+        cdef Py_ssize_t at = self.buf.n, had = self.records
+        cdef int64_t had_delta = self.max_delta
         head = batch_head(bt)
         enrich_batch(bt, start, enricher)
         for i in range(start, bt.n):
-            if self.put_flow(bt, &bt.flows[i], enricher, PyBytes_AS_STRING(head), len(head), key, keylen):
-                return i
+            try:
+                if self.put_flow(bt, &bt.flows[i], enricher, PyBytes_AS_STRING(head), len(head), key, keylen):
+                    return i
+            except BaseException:
+                # (an enricher bug, memory): the call's records are taken back, a partial one
+                # too, so that the batch stays well formed and the caller counts them dropped
+                self.buf.n = at
+                self.records = had
+                self.max_delta = had_delta
+                raise
         return bt.n
 
     cdef int check_open(self) except -1:
@@ -629,18 +656,8 @@ cdef class RecordBatchWriter:
         writer. Without this every queued batch kept a whole max_bytes allocation (a mapping of
         its own: memory far beyond --queue-bytes, and the process's mapping limit). Nothing
         changes for the batch; appending to it afterwards still works (the buffer grows)."""
-        cdef char* small
-        cdef Py_ssize_t need = self.buf.n
-        if self.exports > 0 or self.busy or self.buf.p == NULL or need * 2 >= self.buf.cap:
-            return
-        small = <char*>malloc(need)
-        if small == NULL:
-            return
-        memcpy(small, self.buf.p, need)
-        pool_give(&self.buf)
-        self.buf.p = small
-        self.buf.n = need
-        self.buf.cap = need
+        if self.exports == 0 and not self.busy:
+            buf_fit(&self.buf)
 
     @property
     def capacity(self):

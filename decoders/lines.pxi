@@ -48,11 +48,19 @@ cdef class LineWriter:
         cdef Buf* o = &self.buf
         if start >= bt.n:
             return bt.n
+        cdef Py_ssize_t at = o.n, had = self.records
         head = batch_head(bt)
         enrich_batch(bt, start, enricher)
         for i in range(start, bt.n):
             rec = o.n
-            encode_flow(o, bt, &bt.flows[i], enricher, PyBytes_AS_STRING(head), len(head))
+            try:
+                encode_flow(o, bt, &bt.flows[i], enricher, PyBytes_AS_STRING(head), len(head))
+            except BaseException:
+                # (an enricher bug, memory): the call's lines are taken back, a partial one too,
+                # so that what stays is whole lines and the caller counts this call's flows dropped
+                o.n = at
+                self.records = had
+                raise
             if self.records and o.n + 1 > self.max_bytes:
                 o.n = rec
                 if enricher is not None:
@@ -72,18 +80,7 @@ cdef class LineWriter:
         """Fit the memory to the lines before they wait in a queue (as RecordBatchWriter.trim):
         under half of the buffer used, they move to an allocation of their own size and the big
         buffer goes back to the pool."""
-        cdef char* small
-        cdef Py_ssize_t need = self.buf.n
-        if self.buf.p == NULL or need * 2 >= self.buf.cap:
-            return
-        small = <char*>malloc(need if need else 1)
-        if small == NULL:
-            return
-        memcpy(small, self.buf.p, need)
-        pool_give(&self.buf)
-        self.buf.p = small
-        self.buf.n = need
-        self.buf.cap = need if need else 1
+        buf_fit(&self.buf)
 
     def release(self):
         """Give the memory back once the lines were taken (the next writer reuses it); the

@@ -2156,9 +2156,7 @@ def test_flows_lost_to_an_internal_error_after_decoding_are_counted() -> None:
             raise RuntimeError("an enricher bug")
 
     cfg = Config()
-    w = Worker(cfg)                      # stdout sink, not started
-    w.writer = None
-    w.keyed_mode = False
+    w = Worker(cfg)                      # stdout sink (its open lines), not started
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx, \
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
         rx.bind(("127.0.0.1", 0))
@@ -2167,7 +2165,8 @@ def test_flows_lost_to_an_internal_error_after_decoding_are_counted() -> None:
         w.receivers.append(r)
         tx.sendto(make_v5(0, 30, 0), rx.getsockname())
         assert wait_read(r) == 1
-        assert w.queue.total_records == 30       # the path works
+        assert w.writer.records == 30       # the path works
+        good = w.writer.lines()
         w.enricher = Broken()
         tx.sendto(make_v5(1, 30, 30), rx.getsockname())
         assert wait_read(r) == 1
@@ -2176,7 +2175,9 @@ def test_flows_lost_to_an_internal_error_after_decoding_are_counted() -> None:
     assert snap["flowscope_datagrams_dropped"][("internal",)] == 1
     assert snap["flowscope_flows_dropped"][("internal",)] == 30
     assert sum(snap["flowscope_flows"].values()) == 60
-    assert w.queue.total_records == 30
+    # the failed datagram left nothing behind, not even part of a line
+    assert w.writer.records == 30 and w.writer.lines() == good
+    assert snap["flowscope_queue_records"][()] == 30
 
 
 def wait_read(r: Any, timeout: float = 5.0) -> int:

@@ -129,6 +129,28 @@ def test_each_flow_record_carries_its_own_datagrams_arrival() -> None:
     assert [r.timestamp for r in DefaultRecordBatch(kw.build())] == want
 
 
+def test_an_encoder_failure_takes_back_the_calls_records() -> None:
+    """An enricher that raises while a datagram's flows are appended (a bug, memory): the
+    call's records, the partial one too, are taken back, so the batch stays as it was (the
+    Receiver counts the datagram's flows dropped as internal) and later appends go on."""
+    from aiokafka.record.default_records import DefaultRecordBatch
+
+    class Broken:
+        def enrich(self, *a: Any) -> Any:
+            raise RuntimeError("an enricher bug")
+
+    w, want = _writer_with_flows(2)
+    size, records = w.size, w.records
+    b = ovs_decoder().decode(ipfix_message([data_set(OVS_INGRESS, ovs_flows(25, random.Random(9)))], seq=9,
+                                           export_time=EXPORT), EXPORTER, 0, EXPORT)
+    with pytest.raises(RuntimeError):
+        w.append(b, Broken())
+    assert (w.size, w.records) == (size, records)
+    assert w.append(b) == len(b)
+    got = [r.value for r in DefaultRecordBatch(w.build())]
+    assert got == want + b.to_json()
+
+
 def test_records_added_one_by_one_read_back_with_aiokafka() -> None:
     """add_record(): records already encoded (the sink's JSON queued before a keyed topic's
     partition count is known) with their keys, null keys and CreateTimes, earlier ones too, read
