@@ -504,8 +504,8 @@ class Config:
                     "stdout), stdout, file or kafka", choice("auto", "stdout", "file", "kafka"))
     output_file: str = opt("", "file sink path (JSON lines, appended)", parse_str, metavar="PATH")
     queue_bytes: int = opt(256 * 1024**2, "bound of the queue between the UDP path and the sink, in "
-                           "encoded bytes (queued + in flight); with Kafka at least twice kafka.batch_bytes (a record batch is "
-                           "queued whole)", ranged(parse_size, 4096), metavar="SIZE")
+                           "encoded bytes (open batches + queued + in flight); with Kafka at least twice kafka.batch_bytes (a "
+                           "record batch is queued whole)", ranged(parse_size, 4096), metavar="SIZE")
     drop_policy: str = opt("newest", "when the queue is full: newest (drop arriving flows) or oldest "
                            "(evict the oldest queued flows)", choice("newest", "oldest"))
     shutdown_timeout: float = opt(10.0, "on SIGTERM/SIGINT/SIGHUP, seconds to drain the queue and flush the sink",

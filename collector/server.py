@@ -211,7 +211,9 @@ class Worker:
             self._stream_bytes = max(1024, min(STREAM_BATCH_BYTES, cfg.queue_bytes // 4))
             self.writer = LineWriter(self._stream_bytes)
         # bytes the keyed modes' open batches (one per partition) may hold before all are queued
-        self.keyed_cap = max(KEYED_OPEN_BYTES, 4 * cfg.kafka.batch_bytes)
+        # (half of --queue-bytes at most, one batch at least: the config keeps two in the queue)
+        self.keyed_cap = max(cfg.kafka.batch_bytes,
+                             min(cfg.queue_bytes // 2, max(KEYED_OPEN_BYTES, 4 * cfg.kafka.batch_bytes)))
         self.counters = cfg.counters
         self.counter_records = 0   # sFlow counter records decoded (and offered to the queue)
         self.sink: Sink = make_sink(cfg)
@@ -220,6 +222,13 @@ class Worker:
         # Readiness fails once queued records have waited this long with nothing delivered.
         self.stall_limit = max(10.0, cfg.kafka.request_timeout_ms / 1000 * 2)
         self.queue = self.sink.queue
+        # --queue-bytes bounds the open batches and the queue together: the queue takes what the
+        # open batches may hold off its bound (they never grow past it: a full one is queued, the
+        # keyed ones all go at keyed_cap), so queued + in flight + open stays within it
+        if self.keyed_mode:
+            self.queue.limit = cfg.queue_bytes - self.keyed_cap
+        elif self.writer is not None:
+            self.queue.limit = cfg.queue_bytes - self.writer.max_bytes
         self.allow_nets = [ipaddress.ip_network(c) for c in cfg.allow_exporters]
         self.dgram_drops: dict[str, int] = collections.defaultdict(int)
         self.flow_drops: dict[str, int] = collections.defaultdict(int)
@@ -616,7 +625,7 @@ class Worker:
         if self.counters:
             snap["flowscope_counter_records"] = {(): self.counter_records}
             snap["flowscope_counter_records_queued"] = {(): q.records_of(COUNTERS)}
-        snap["flowscope_queue_limit_bytes"] = {(): q.limit}
+        snap["flowscope_queue_limit_bytes"] = {(): self.cfg.queue_bytes}
         snap["flowscope_sink_connected"] = {(): 1 if s.connected else 0}
         snap["flowscope_sink_stalled_seconds"] = {(): round(s.stalled_for(), 1)}
         snap["flowscope_sink_failing_seconds"] = {(): round(s.failing_for(self.stall_limit), 1)}

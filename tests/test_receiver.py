@@ -90,7 +90,38 @@ def test_lines_fill_a_small_queue_and_what_does_not_fit_is_counted(udp4: socket.
     dropped = w.queue.dropped[(0, "queue_full")]
     assert queued > 0 and dropped > 0
     assert queued + open_ + dropped == 3000
-    assert w.queue.total_bytes <= 32768
+    # --queue-bytes bounds the open lines and the queue together (the open writer's bytes are
+    # counted in flowscope_queue_bytes: they never pass flowscope_queue_limit_bytes)
+    snap = w.snapshot()
+    assert w.writer.size > 0
+    assert w.queue.total_bytes + w.writer.size <= 32768
+    assert snap["flowscope_queue_bytes"][()] == w.queue.total_bytes + w.writer.size
+    assert snap["flowscope_queue_limit_bytes"][()] == 32768
+
+
+@pytest.mark.parametrize("key", ["none", "exporter"])
+def test_open_record_batches_and_the_queue_stay_within_queue_bytes(udp4: socket.socket, key: str) -> None:
+    """Kafka: the open record batch (key none) or the per-partition ones (keyed) count against
+    --queue-bytes with the queue: with no sink running, flows past the bound are dropped and
+    counted, and what is queued and open together never passes it."""
+    w = worker(queue_bytes=65536, kafka=KafkaConfig(brokers=["127.0.0.1:1"], batch_bytes=16384, key=key))
+    if key != "none":
+        w.keyed_mode = key
+        w.sink.partitions[w.cfg.kafka.topic] = [0, 1, 2]    # (as if learnt: the worker is not started)
+    r = Receiver(udp4.fileno(), w.decoder, w, 0, "netflow")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        for i in range(150):
+            tx.sendto(make_v5(i * 30, 30, i * 30), udp4.getsockname())
+            if i % 10 == 9:
+                assert read_all(r, 10) == 10
+                open_records, open_bytes = w.open_batches()
+                assert w.queue.total_bytes + open_bytes <= 65536
+                assert w.snapshot()["flowscope_queue_bytes"][()] <= 65536
+    open_records, open_bytes = w.open_batches()
+    assert open_records > 0
+    dropped = w.queue.dropped[(0, "queue_full")]
+    assert dropped > 0
+    assert w.queue.total_records + open_records + dropped == 4500
 
 
 def test_the_kafka_path_appends_to_the_open_record_batch_and_starts_a_new_one_when_full(udp4: socket.socket) -> None:
