@@ -1,7 +1,12 @@
-"""The file sink's CPU per flow, two source trees side by side (A/B).
+"""The file sink's (or Kafka's) CPU per flow, two source trees side by side (A/B).
 
     python -m benchmarks.stream_ab --tree before=/tmp/old --tree after=. [--rate 100000]
-        [--seconds 8] [--rounds 3] [--records 1] [--enrich-off]
+        [--seconds 8] [--rounds 3] [--records 1]
+        [--kafka [--partitions 12] [--collector-args '--kafka-key exporter']]
+
+With `--kafka`, a Tansu broker (benchmarks.broker, on CPU 0 with the generator) takes the flows
+instead of a file, a new topic of `--partitions` each run, and a flow counts when the collector
+says it was delivered (flowscope_flows_delivered_total, once its queue is empty).
 
 Each tree must be built (`python setup.py build_ext --inplace` in it). Per round and tree: a
 fresh `flowscope run --sink file` (enrichment off) from that tree on CPU 1, the C load generator
@@ -35,12 +40,25 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _round(tree: Path, args: argparse.Namespace, out: Path) -> tuple[float, int, int]:
-    """(CPU seconds, lines written, flows sent) for one collector run."""
+def _metric(http: int, name: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=5).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{"))
+
+
+def _round(tree: Path, args: argparse.Namespace, out: Path, bootstrap: str = "") -> tuple[float, int, int]:
+    """(CPU seconds, lines written or flows delivered, flows sent) for one collector run."""
     port, http = free_udp_port(), free_port()
+    if bootstrap:
+        from benchmarks.broker import create_topic
+
+        topic = create_topic(bootstrap, partitions=args.partitions)
+        sink = ["--kafka-brokers", bootstrap, "--kafka-topic", topic]
+    else:
+        sink = ["--sink", "file", "--output-file", str(out)]
     cmd = ["taskset", "-c", "1", sys.executable, "-m", "collector.cli", "run", "--listen", f"ipfix://127.0.0.1:{port}",
-           "--sink", "file", "--output-file", str(out), "--enrich", "false", "--metrics-addr", f"127.0.0.1:{http}",
-           "--log-level", "warning"]
+           *sink, "--enrich", "false", "--metrics-addr", f"127.0.0.1:{http}", "--log-level", "warning",
+           *args.collector_args.split()]
     p = subprocess.Popen(cmd, cwd=tree, env=dict(os.environ, PYTHONPATH=str(tree)), stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
@@ -57,11 +75,22 @@ def _round(tree: Path, args: argparse.Namespace, out: Path) -> tuple[float, int,
                             f"127.0.0.1:{port}", "--rate", str(args.rate), "--duration", str(args.seconds),
                             "--records", str(args.records)], capture_output=True, text=True, check=True)
         time.sleep(1.0)
+        if bootstrap:
+            deadline = time.monotonic() + 30
+            while _metric(http, "flowscope_queue_records") and time.monotonic() < deadline:
+                time.sleep(0.2)
+            delivered = int(_metric(http, "flowscope_flows_delivered_total"))
         c1 = _cpu_seconds(p.pid)
     finally:
         p.send_signal(signal.SIGTERM)
         p.wait(30)
+        if bootstrap:
+            from benchmarks.broker import delete_topic
+
+            delete_topic(bootstrap, topic)     # (Tansu keeps its topics in memory here)
     sent = json.loads(g.stdout.strip().splitlines()[-1])["flows"]
+    if bootstrap:
+        return c1 - c0, delivered, sent
     with out.open("rb") as f:
         lines = sum(1 for _ in f)
     return c1 - c0, lines, sent
@@ -74,21 +103,39 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--records", type=int, default=1, help="flows a datagram")
+    ap.add_argument("--kafka", action="store_true", help="into a Tansu broker instead of a file")
+    ap.add_argument("--partitions", type=int, default=12, help="--kafka: the topic's partitions")
+    ap.add_argument("--collector-args", default="", help="more `flowscope run` flags, split on spaces")
     args = ap.parse_args()
     trees = dict(t.split("=", 1) for t in args.tree)
     best: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for r in range(args.rounds):
-            for name, d in trees.items():
-                out = Path(tmp) / f"{name}-{r}.json"
-                cpu, lines, sent = _round(Path(d).resolve(), args, out)
-                out.unlink()
-                per = cpu / max(lines, 1) * 1e6
-                best[name] = min(best.get(name, per), per)
-                print(f"round {r} {name}: {cpu:.2f} s CPU, {lines} lines of {sent} flows sent "
-                      f"({'lossless' if lines == sent else f'{sent - lines} missing'}): {per:.2f} us a flow", flush=True)
+    broker = None
+    if args.kafka:
+        from benchmarks.broker import start_broker
+
+        broker = start_broker(cpus="0")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            _rounds(args, trees, best, Path(tmp), broker.bootstrap if broker else "")
+    finally:
+        if broker is not None:
+            broker.stop()
     for name, per in best.items():
         print(f"{name}: best {per:.2f} us a flow")
+
+
+def _rounds(args: argparse.Namespace, trees: dict[str, str], best: dict[str, float], tmp: Path,
+            bootstrap: str) -> None:
+    for r in range(args.rounds):
+        for name, d in trees.items():
+            out = tmp / f"{name}-{r}.json"
+            cpu, lines, sent = _round(Path(d).resolve(), args, out, bootstrap)
+            out.unlink(missing_ok=True)
+            per = cpu / max(lines, 1) * 1e6
+            best[name] = min(best.get(name, per), per)
+            print(f"round {r} {name}: {cpu:.2f} s CPU, {lines} {'delivered' if bootstrap else 'lines'} of {sent} "
+                  f"flows sent ({'lossless' if lines == sent else f'{sent - lines} missing'}): {per:.2f} us a flow",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -334,14 +334,13 @@ class Worker:
             self.flush_records()
             i = self.writer.append(batch, self.enricher, i)
 
-    def write_keyed(self, batch: Any, ip: str) -> None:
-        """Hot path (keyed Kafka modes): append a datagram's flows to their partitions' open
-        batches (a full one goes to the queue whole); per record while the partition count is
-        not known yet."""
+    def keyed_batches(self) -> Any:
+        """The keyed modes' open batches (decoders.KeyedBatches), made for the topic's partition
+        count and the batch size of now; None while the count is not known. decoders.Receiver
+        asks once a read (neither changes while the event loop is held) and appends in C."""
         parts = self.sink.partitions.get(self.cfg.kafka.topic)  # type: ignore[attr-defined]
         if parts is None:
-            self.queue.offer(FLOWS, batch.to_json(self.enricher), ip, -1, int(batch.recv_time * 1000))
-            return
+            return None
         kb = self.keyed
         if kb is None or kb.partitions != len(parts) or kb.max_bytes != self._batch_bytes():
             # batches keyed for the old count go as they are; so do those of the size a broker
@@ -350,9 +349,23 @@ class Worker:
             kb = self.keyed = self._keyed_cls(len(parts), self._batch_bytes(), self.keyed_mode)
             log.info("kafka: flows keyed by %s written into record batches per partition (%d partition%s of %s)",
                      self.keyed_mode, len(parts), "" if len(parts) == 1 else "s", self.cfg.kafka.topic)
+        return kb
+
+    def write_keyed(self, batch: Any, ip: str, done: int | None = None) -> None:
+        """Hot path (keyed Kafka modes): append a datagram's flows to their partitions' open
+        batches (a full one goes to the queue whole); per record while the partition count is
+        not known yet. done: the flows the open batches already took (decoders.Receiver's
+        append, which hands the datagram on when a batch filled or all passed keyed_cap)."""
+        if done is None:
+            kb = self.keyed_batches()
+            if kb is None:
+                self.queue.offer(FLOWS, batch.to_json(self.enricher), ip, -1, int(batch.recv_time * 1000))
+                return
+        else:
+            kb = self.keyed
         key = ip.encode() if self.keyed_mode == "exporter" else None
         n = len(batch)
-        i = kb.append(batch, self.enricher, 0, key)
+        i = kb.append(batch, self.enricher, 0, key) if done is None else done
         while i < n:
             self._queue_batch(kb.take(kb.full), kb.full)
             i = kb.append(batch, self.enricher, i, key)

@@ -354,6 +354,11 @@ cdef class RecordBatchWriter:
     cdef readonly bint packed    # compress() ran (whether or not it helped): no more appends
     cdef readonly bint busy      # with a Packer (its thread compresses the records): hands off
     cdef int64_t max_delta       # largest timestampDelta (maxTimestamp = base_timestamp + this)
+    # KeyedBatches.append_c: what this batch held before the call that first touched it (mark),
+    # so that an encoder failure takes back that call's records in every partition
+    cdef unsigned long mark
+    cdef Py_ssize_t mark_n, mark_records
+    cdef int64_t mark_delta
 
     def __cinit__(self):
         self.buf.p = NULL
@@ -915,6 +920,7 @@ cdef class KeyedBatches:
     cdef readonly int full           # after append() stopped early: the slot whose batch is full
     cdef Py_ssize_t nrecords         # flows in the open batches
     cdef Py_ssize_t nbytes           # bytes of the open batches holding flows
+    cdef unsigned long call          # append_c calls (RecordBatchWriter.mark)
 
     def __init__(self, int partitions, Py_ssize_t max_bytes=1048576, str mode="exporter"):
         if partitions < 1:
@@ -943,7 +949,12 @@ cdef class KeyedBatches:
         """Append bt's flows from index `start` (exporter: the key of mode exporter); stop at
         the first flow whose partition's batch is full. Returns the index of the first flow not
         appended (len(bt) when all fit); `full` is then that partition's slot: take() its batch
-        and append again from there."""
+        and append again from there. An encoder failure takes back the call's records, in every
+        partition, and raises."""
+        return self.append_c(bt, enricher, start, exporter)
+
+    cdef Py_ssize_t append_c(self, FlowBatch bt, object enricher, Py_ssize_t start, bytes exporter) except -1:
+        """append(), called from C (the Receiver)."""
         cdef Py_ssize_t i
         cdef bytes head
         cdef Flow* f
@@ -952,6 +963,7 @@ cdef class KeyedBatches:
         cdef int slot = 0
         cdef Py_ssize_t before, off
         cdef RecordBatchWriter w
+        cdef Py_ssize_t had_records = self.nrecords, had_bytes = self.nbytes
         self.full = -1
         if start >= bt.n:
             return bt.n
@@ -963,22 +975,42 @@ cdef class KeyedBatches:
             slot = (fs_murmur2(<const unsigned char*>key, keylen) & 0x7FFFFFFF) % self.partitions
         head = batch_head(bt)
         enrich_batch(bt, start, enricher)
-        for i in range(start, bt.n):
-            f = &bt.flows[i]
-            if self.mode == KEY_CONVERSATION:
-                off = conversation_key(f, &keylen)
-                key = _conv.p + off     # (after the call: it may move _conv's buffer)
-                slot = (fs_murmur2(<const unsigned char*>key, keylen) & 0x7FFFFFFF) % self.partitions
-            obj = self.writers[slot]
-            if obj is None:
-                obj = self.writers[slot] = RecordBatchWriter(self.max_bytes)
-            w = <RecordBatchWriter>obj   # (never sealed here: a batch is compressed or framed after take())
-            before = w.buf.n - PREFIX if w.records else 0
-            if w.put_flow(bt, f, enricher, PyBytes_AS_STRING(head), len(head), key, keylen):
-                self.full = slot
-                return i
-            self.nrecords += 1
-            self.nbytes += w.buf.n - PREFIX - before
+        self.call += 1
+        try:
+            for i in range(start, bt.n):
+                f = &bt.flows[i]
+                if self.mode == KEY_CONVERSATION:
+                    off = conversation_key(f, &keylen)
+                    key = _conv.p + off     # (after the call: it may move _conv's buffer)
+                    slot = (fs_murmur2(<const unsigned char*>key, keylen) & 0x7FFFFFFF) % self.partitions
+                obj = self.writers[slot]
+                if obj is None:
+                    obj = self.writers[slot] = RecordBatchWriter(self.max_bytes)
+                w = <RecordBatchWriter>obj   # (never sealed here: a batch is compressed or framed after take())
+                if w.mark != self.call:
+                    w.mark = self.call
+                    w.mark_n = w.buf.n
+                    w.mark_records = w.records
+                    w.mark_delta = w.max_delta
+                before = w.buf.n - PREFIX if w.records else 0
+                if w.put_flow(bt, f, enricher, PyBytes_AS_STRING(head), len(head), key, keylen):
+                    self.full = slot
+                    return i
+                self.nrecords += 1
+                self.nbytes += w.buf.n - PREFIX - before
+        except BaseException:
+            # (an enricher bug, memory): every batch this call wrote to goes back to what it
+            # held, a partial record too, and the caller counts the datagram's flows dropped
+            for obj in self.writers:
+                if obj is not None and (<RecordBatchWriter>obj).mark == self.call:
+                    w = <RecordBatchWriter>obj
+                    w.buf.n = w.mark_n
+                    w.records = w.mark_records
+                    w.max_delta = w.mark_delta
+            self.nrecords = had_records
+            self.nbytes = had_bytes
+            self.full = -1
+            raise
         return bt.n
 
     def take_all(self):

@@ -3,8 +3,9 @@
 # and the append to the open Kafka record batch without a Python frame. Open vSwitch sends one
 # IPFIX record a datagram, so at its rates the work around each datagram (a system call, an
 # event-loop callback, the address tuple, a Python method) cost as much as decoding it.
-# Everything rare (a refused exporter, a wrong protocol, a full batch, the keyed and queue
-# modes, sFlow counters, errors) is handed to the owner's Python methods: collector.server.Worker.
+# The keyed Kafka modes append to their partitions' batches the same way. Everything rare (a
+# refused exporter, a wrong protocol, a full batch, flows before the partition count is known,
+# sFlow counters, errors) is handed to the owner's Python methods: collector.server.Worker.
 
 from cpython.unicode cimport PyUnicode_FromString
 
@@ -135,6 +136,7 @@ cdef struct RxSource:
     uint8_t addr[16]
     uint32_t scope
     PyObject* text              # owned reference: the exporter's address as text
+    PyObject* key               # owned reference: the same as bytes (the keyed Kafka modes' key)
     bint allowed
 
 
@@ -151,8 +153,10 @@ cdef class Receiver:
     """One listener's socket, read in C (see the top of this file).
 
     owner (collector.server.Worker) gives: `writer` (the open RecordBatchWriter, the stdout/file
-    sinks' LineWriter, or None in the keyed modes), `enricher`, `dgram_drops`, and the methods `allowed(ip)`,
-    `write_records(batch, done)`, `deliver(batch, ip)`, `after_decode(batch, ip)`,
+    sinks' LineWriter, or None in the keyed modes), `keyed_mode`, `keyed_cap`, `enricher`,
+    `dgram_drops`, and the methods `allowed(ip)`, `keyed_batches()` (the keyed modes' open
+    KeyedBatches, or None while the partition count is not known),
+    `write_records(batch, done)`, `write_keyed(batch, ip, done)`, `deliver(batch, ip)`, `after_decode(batch, ip)`,
     `refused(index, ip)`, `wrong_protocol(index, ip, data)`, `internal_error(ip, exc, pending)`
     and `socket_error(index, exc)`."""
 
@@ -167,6 +171,12 @@ cdef class Receiver:
     cdef public bint refusing             # shutting down: read and count as dropped, not decoded
     cdef readonly unsigned long long datagrams
     cdef readonly unsigned long long nbytes
+    # the keyed Kafka modes' open batches for this read() call (the owner's keyed_batches():
+    # neither the partition count nor the batch size can change while a read runs, the event
+    # loop being held), the bytes past which all go to the queue, and whether keys are exporters
+    cdef KeyedBatches kb
+    cdef Py_ssize_t keyed_cap
+    cdef bint key_exporter
 
     def __cinit__(self):
         self.rx.vlen = 0
@@ -178,6 +188,8 @@ cdef class Receiver:
             for i in range(RX_CACHE):
                 if self.cache[i].text != NULL:
                     Py_DECREF(<object>self.cache[i].text)
+                if self.cache[i].key != NULL:
+                    Py_DECREF(<object>self.cache[i].key)
             free(self.cache)
         fs_rx_free(&self.rx)
 
@@ -214,6 +226,15 @@ cdef class Receiver:
         cdef int n, k
         cdef Py_ssize_t got = 0
         cdef double now
+        self.kb = None
+        if self.owner.keyed_mode:
+            try:
+                self.kb = self.owner.keyed_batches()
+            except Exception:   # (each datagram then goes through deliver(), which counts it)
+                self.kb = None
+            if self.kb is not None:
+                self.keyed_cap = self.owner.keyed_cap
+                self.key_exporter = self.kb.mode == KEY_EXPORTER
         while got < budget:
             n = fs_rx_recv(&self.rx, self.fd)
             if n <= 0:
@@ -228,6 +249,7 @@ cdef class Receiver:
             got += n
             if n < self.rx.vlen:
                 break       # the socket is empty: no call to learn it again
+        self.kb = None      # (no reference kept between reads: a new count makes new batches)
         return got
 
     cdef RxSource* source(self, int k, int* port):
@@ -247,10 +269,15 @@ cdef class Receiver:
             return NULL
         ip = PyUnicode_FromString(text)
         allowed = bool(self.owner.allowed(ip))
+        key = ip.encode()
         if s.text != NULL:
             Py_DECREF(<object>s.text)
+        if s.key != NULL:
+            Py_DECREF(<object>s.key)
         Py_INCREF(ip)
         s.text = <PyObject*>ip
+        Py_INCREF(key)
+        s.key = <PyObject*>key
         s.fam = <uint8_t>fam
         s.scope = scope
         memcpy(s.addr, addr, 16)
@@ -303,6 +330,11 @@ cdef class Receiver:
                         done = (<LineWriter>wr).append_c(b, self.owner.enricher, 0)
                         if done < pending:
                             self.owner.write_records(b, done)
+                    elif self.kb is not None:
+                        done = self.kb.append_c(b, self.owner.enricher, 0,
+                                                <bytes>s.key if self.key_exporter else None)
+                        if done < pending or self.kb.nbytes > self.keyed_cap:
+                            self.owner.write_keyed(b, ip, done)
                     else:
                         self.owner.deliver(b, ip)
                     pending = 0

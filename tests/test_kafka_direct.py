@@ -151,6 +151,45 @@ def test_an_encoder_failure_takes_back_the_calls_records() -> None:
     assert got == want + b.to_json()
 
 
+@pytest.mark.parametrize("mode", ["conversation", "exporter"])
+def test_an_encoder_failure_takes_back_the_calls_records_in_every_partition(mode: str) -> None:
+    """The keyed batches: an enricher failing on a datagram's eleventh flow, after ten went into
+    several partitions' batches (a new one among them), takes all ten back and the partial
+    eleventh: every batch, the counts and the later appends as if the call never ran."""
+    from aiokafka.record.default_records import DefaultRecordBatch
+
+    from decoders import KeyedBatches
+
+    class FailsAt:
+        def __init__(self, at: int) -> None:
+            self.calls, self.at = 0, at
+
+        def enrich(self, *a: Any) -> bytes:
+            self.calls += 1
+            if self.calls == self.at:
+                raise RuntimeError("an enricher bug")
+            return b""
+
+    dec = ovs_decoder()
+    bs = [dec.decode(ipfix_message([data_set(OVS_INGRESS, ovs_flows(25, random.Random(s)))], seq=s,
+                                   export_time=EXPORT), EXPORTER, 0, EXPORT) for s in range(3)]
+    key = EXPORTER.encode()
+    kb = KeyedBatches(7, 1 << 20, mode)
+    assert kb.append(bs[0], None, 0, key) == 25
+    # (exporter mode: one partition; conversation mode: the first datagram left some empty)
+    before = [(slot, w.records, w.size) for slot, w in enumerate(kb.writers) if w is not None]
+    records, size = kb.records, kb.size
+    counting = FailsAt(0)
+    assert KeyedBatches(7, 1 << 20, mode).append(bs[1], counting, 0, key) == 25 and counting.calls == 25
+    with pytest.raises(RuntimeError):
+        kb.append(bs[1], FailsAt(11), 0, key)
+    assert (kb.records, kb.size) == (records, size)
+    assert [(slot, w.records, w.size) for slot, w in enumerate(kb.writers) if w is not None and w.records] == before
+    assert kb.append(bs[2], None, 0, key) == 25
+    got = sorted(r.value for _, w in kb.take_all() for r in DefaultRecordBatch(w.build()))
+    assert got == sorted(bs[0].to_json() + bs[2].to_json())
+
+
 def test_records_added_one_by_one_read_back_with_aiokafka() -> None:
     """add_record(): records already encoded (the sink's JSON queued before a keyed topic's
     partition count is known) with their keys, null keys and CreateTimes, earlier ones too, read

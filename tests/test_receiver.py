@@ -21,10 +21,7 @@ from decoders import Decoder, DecoderConfig, Receiver, RecordBatchWriter
 
 
 def worker(**kw: Any) -> Worker:
-    w = Worker(Config(**kw))
-    if w.writer is None:
-        w.keyed_mode = ""
-    return w
+    return Worker(Config(**kw))
 
 
 def read_all(r: Any, want: int, timeout: float = 10.0) -> int:
@@ -106,7 +103,6 @@ def test_open_record_batches_and_the_queue_stay_within_queue_bytes(udp4: socket.
     counted, and what is queued and open together never passes it."""
     w = worker(queue_bytes=65536, kafka=KafkaConfig(brokers=["127.0.0.1:1"], batch_bytes=16384, key=key))
     if key != "none":
-        w.keyed_mode = key
         w.sink.partitions[w.cfg.kafka.topic] = [0, 1, 2]    # (as if learnt: the worker is not started)
     r = Receiver(udp4.fileno(), w.decoder, w, 0, "netflow")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
@@ -139,6 +135,84 @@ def test_the_kafka_path_appends_to_the_open_record_batch_and_starts_a_new_one_wh
     assert w.writer is not first_writer
     assert w.queue.total_records + w.writer.records == 1200
     assert w.writer.records > 0
+
+
+@pytest.mark.parametrize("mode", ["exporter", "conversation"])
+def test_the_keyed_modes_append_in_c_to_each_partitions_batch(udp4: socket.socket, mode: str) -> None:
+    """Keyed Kafka modes: before the topic's partition count is known each datagram goes to the
+    worker (records queued one by one); once it is, the Receiver appends to the partitions'
+    batches in C, calling the worker only when a batch fills, and each flow lands in the slot
+    its key hashes to (murmur2, as Kafka's clients do; exporter mode: the source address of
+    each datagram). A new partition count between reads makes new batches, the old ones queued."""
+    from aiokafka.partitioner import murmur2
+    from aiokafka.record.default_records import DefaultRecordBatch
+
+    from collector.sinks import Prebuilt, conversation_key
+    from decoders import KeyedBatches
+
+    w = worker(kafka=KafkaConfig(brokers=["127.0.0.1:1"], batch_bytes=65536, key=mode))
+    assert w.writer is None and w.keyed_mode == mode
+    r = Receiver(udp4.fileno(), w.decoder, w, 0, "netflow")
+    calls = {"deliver": 0, "write_keyed": 0}
+
+    def counting(name: str) -> Any:
+        real = getattr(w, name)
+
+        def counted(*a: Any) -> Any:
+            calls[name] += 1
+            return real(*a)
+        return counted
+
+    for name in calls:
+        setattr(w, name, counting(name))
+    sources = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+    txs = []
+    for src in sources:
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        tx.bind((src, 0))
+        txs.append(tx)
+
+    def send(first: int, count: int) -> None:
+        for i in range(first, first + count):
+            txs[i % 3].sendto(make_v5(i * 30, 30, i * 30), udp4.getsockname())
+        assert read_all(r, count) == count
+
+    try:
+        send(0, 3)                                   # partition count not known yet
+        assert calls == {"deliver": 3, "write_keyed": 3} and w.keyed is None
+        assert w.queue.total_records == 90
+        w.sink.partitions[w.cfg.kafka.topic] = [0, 1, 2, 3, 4]   # (what the sink learns once connected)
+        send(3, 2)
+        assert isinstance(w.keyed, KeyedBatches) and w.keyed.partitions == 5
+        assert calls == {"deliver": 3, "write_keyed": 3} and w.keyed.records == 60
+        send(5, 31)                                  # 64 KiB batches fill: the worker queues them
+        assert calls["deliver"] == 3 and 3 < calls["write_keyed"] < 3 + 31
+        five = w.keyed
+        w.sink.partitions[w.cfg.kafka.topic] = [0, 1, 2]
+        send(36, 6)
+        assert w.keyed is not five and w.keyed.partitions == 3 and five.records == 0
+    finally:
+        for tx in txs:
+            tx.close()
+    w.flush_records()
+    chunks = list(w.queue.chunks)
+    assert [isinstance(c.records, Prebuilt) for c in chunks[:3]] == [False] * 3
+    got: list[tuple[int, bytes, bytes]] = []
+    for c in chunks[3:]:
+        assert isinstance(c.records, Prebuilt)
+        got += [(c.records.slot, r.key, r.value) for r in DefaultRecordBatch(c.records.writer.build())]
+    assert len(got) == 39 * 30
+    seen = set()
+    for slot, key, value in got:
+        f = orjson.loads(value)
+        dgram = (f["SrcPort"] - 1000) // 30     # (make_v5: flow i of the test has port 1000 + i)
+        seen.add(dgram * 30 + (f["SrcPort"] - 1000) % 30)
+        assert f["AgentIP"] == sources[dgram % 3]
+        assert key == (f["AgentIP"].encode() if mode == "exporter" else conversation_key(value))
+        assert slot == (murmur2(key) & 0x7FFFFFFF) % (5 if dgram < 36 else 3), (slot, dgram)
+    assert seen == set(range(90, 42 * 30))
+    if mode == "exporter":
+        assert {orjson.loads(v)["AgentIP"] for *_, v in got} == set(sources)
 
 
 def test_the_listener_takes_what_its_scheme_prefixes_say_and_counts_the_rest(udp4: socket.socket) -> None:
