@@ -4,8 +4,8 @@ Why this shape: the per-datagram path (receive -> decode -> enrich -> encode -> 
 C, in `decoders.Receiver.read` (recvmmsg when the socket is readable, then each datagram's
 allowlist, protocol check, decode and append to the open record batch), synchronously, so a
 datagram is fully handled before the next one and there is no per-datagram task, await or
-Python frame. What is rare or slow to say (a refused exporter, a full batch, the keyed modes,
-errors) comes back to this module's `Worker` methods. Everything slow or fallible (Kafka, disk,
+Python frame. What is rare or slow to say (a refused exporter, a full batch, keyed flows before
+the partition count is known, errors) comes back to this module's `Worker` methods. Everything slow or fallible (Kafka, disk,
 metrics, informers) runs in separate tasks that meet the hot path only at the bounded queue and
 at plain integer counters. `Worker` is the composition root of one process; `collector.app`
 runs one in-process or forks several.
