@@ -328,9 +328,12 @@ def test_broker_restarted_empty_between_batches(collector: Any, own_broker: Any,
     assert c.stop() == 0
 
 
-def test_workers_two(broker: Any, collector: Any) -> None:
+@pytest.mark.parametrize("key", ["none", "exporter", "conversation"])
+def test_workers_two(broker: Any, collector: Any, key: str) -> None:
+    """Two workers (each its own listener socket, Receiver and record batches) into one topic:
+    every flow once, whatever the key mode (the keyed modes appended in C by each worker)."""
     t = topic()
-    c = collector(["--workers", "2", "--kafka-brokers", broker.bootstrap, "--kafka-topic", t])
+    c = collector(["--workers", "2", "--kafka-brokers", broker.bootstrap, "--kafka-topic", t, "--kafka-key", key])
     c.wait_value("flowscope_sink_connected", 2)   # both workers have the topic's partitions
     parts = warm_partitions(broker.bootstrap, t)  # (Tansu's fault with two first writes at once)
     import socket
