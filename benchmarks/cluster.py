@@ -31,26 +31,42 @@ def loadgen_pods(loadgen: Path, extra: list[str]) -> list[str]:
     return sorted(set(out.split()), key=lambda s: int(ipaddress.IPv4Address(s)))
 
 
-def objects(pod_ips: list[str]) -> dict[str, list[dict[str, Any]]]:
-    pods = []
+def objects(pod_ips: list[str], *, pods: int = 0, nodes: int = NODES,
+            services: int = SERVICES) -> dict[str, list[dict[str, Any]]]:
+    """The cluster's objects: a Pod for each of `pod_ips` (on the node whose /23 holds it), then
+    pods flows never name, spread over the nodes, until there are `pods` (issue 4's sizing: 100k
+    pods, 5k nodes, 10k services), so that the index is the size of a large cluster's."""
+    nodes = max(nodes, NODES)
+    out = []
+    used = set()
     for i, ip in enumerate(pod_ips):
         off = int(ipaddress.IPv4Address(ip)) - BASE
         if not 0 <= off < NODES * 512:
             raise ValueError(f"{ip} is outside the simulated cluster network")
-        pods.append(E.pod(i, off // 512, ip, REPLICASETS))
-    return {"nodes": list(E.nodes(NODES)), "replicasets": list(E.replicasets(REPLICASETS)),
-            "services": list(E.services(SERVICES)), "pods": pods}
+        out.append(E.pod(i, off // 512, ip, REPLICASETS))
+        used.add(off)
+    slot = 0
+    while len(out) < pods:
+        for nd in range(nodes):
+            off = nd * 512 + 3 + slot
+            if off not in used and len(out) < pods:
+                out.append(E.pod(len(out), nd, str(ipaddress.IPv4Address(BASE + off)), REPLICASETS))
+        slot += 1
+        if slot > 500:
+            raise ValueError(f"{pods} pods do not fit {nodes} nodes' /23 subnets")
+    return {"nodes": list(E.nodes(nodes)), "replicasets": list(E.replicasets(REPLICASETS)),
+            "services": list(E.services(services)), "pods": out}
 
 
 class Cluster:
     """The fake API server with the objects loaded, and a kubeconfig pointing at it."""
 
-    def __init__(self, pod_ips: list[str], workdir: str) -> None:
+    def __init__(self, pod_ips: list[str], workdir: str, **size: int) -> None:
         from tests.support.fake_kube import FakeKube
 
         self.kube = FakeKube().start()
         self.counts = {}
-        for kind, objs in objects(pod_ips).items():
+        for kind, objs in objects(pod_ips, **size).items():
             for o in objs:
                 self.kube.add(kind, o)
             self.counts[kind] = len(objs)

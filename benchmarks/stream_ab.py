@@ -4,6 +4,12 @@
         [--seconds 8] [--rounds 3] [--records 1]
         [--kafka [--partitions 12] [--collector-args '--kafka-key exporter']]
 
+`--enriched NAME` (repeatable) runs that tree's collector with Kubernetes enrichment against the
+harness's simulated cluster (benchmarks/cluster.py: a Pod for every address loadgen uses, padded
+to `--cluster-pods` on `--cluster-nodes` with `--cluster-services`), the
+others with `--enrich false`: the same tree given twice, once enriched, measures what enrichment
+adds to the whole pipeline's CPU a flow.
+
 With `--kafka`, a Tansu broker (benchmarks.broker, on CPU 0 with the generator) takes the flows
 instead of a file, a new topic of `--partitions` each run, and a flow counts when the collector
 says it was delivered (flowscope_flows_delivered_total, once its queue is empty).
@@ -40,13 +46,15 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _metric(http: int, name: str) -> float:
+def _metric(http: int, name: str, label: str = "") -> float:
+    """A series summed over its labels (those whose label set holds `label`, when given)."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=5).read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{"))
+               if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{") and label in line)
 
 
-def _round(tree: Path, args: argparse.Namespace, out: Path, bootstrap: str = "") -> tuple[float, int, int]:
+def _round(tree: Path, args: argparse.Namespace, out: Path, bootstrap: str = "",
+           enrich: list[str] | None = None) -> tuple[float, int, int]:
     """(CPU seconds, lines written or flows delivered, flows sent) for one collector run."""
     port, http = free_udp_port(), free_port()
     if bootstrap:
@@ -57,7 +65,7 @@ def _round(tree: Path, args: argparse.Namespace, out: Path, bootstrap: str = "")
     else:
         sink = ["--sink", "file", "--output-file", str(out)]
     cmd = ["taskset", "-c", "1", sys.executable, "-m", "collector.cli", "run", "--listen", f"ipfix://127.0.0.1:{port}",
-           *sink, "--enrich", "false", "--metrics-addr", f"127.0.0.1:{http}", "--log-level", "warning",
+           *sink, *(enrich or ["--enrich", "false"]), "--metrics-addr", f"127.0.0.1:{http}", "--log-level", "warning",
            *args.collector_args.split()]
     p = subprocess.Popen(cmd, cwd=tree, env=dict(os.environ, PYTHONPATH=str(tree)), stderr=subprocess.DEVNULL)
     try:
@@ -80,6 +88,10 @@ def _round(tree: Path, args: argparse.Namespace, out: Path, bootstrap: str = "")
             while _metric(http, "flowscope_queue_records") and time.monotonic() < deadline:
                 time.sleep(0.2)
             delivered = int(_metric(http, "flowscope_flows_delivered_total"))
+        if enrich:
+            identified = _metric(http, "flowscope_enrich_flows_total", 'result="flows_identified"')
+            print(f"  (enriched: {identified / max(1, _metric(http, 'flowscope_enrich_flows_total')):.1%} of "
+                  "flows identified on at least one side)", flush=True)
         c1 = _cpu_seconds(p.pid)
     finally:
         p.send_signal(signal.SIGTERM)
@@ -106,30 +118,45 @@ def main() -> None:
     ap.add_argument("--kafka", action="store_true", help="into a Tansu broker instead of a file")
     ap.add_argument("--partitions", type=int, default=12, help="--kafka: the topic's partitions")
     ap.add_argument("--collector-args", default="", help="more `flowscope run` flags, split on spaces")
+    ap.add_argument("--enriched", action="append", default=[], metavar="NAME",
+                    help="a tree (by its NAME) run with enrichment against the simulated cluster; repeatable")
+    ap.add_argument("--cluster-pods", type=int, default=0, help="--enriched: pods in all (padded past loadgen's)")
+    ap.add_argument("--cluster-nodes", type=int, default=512, help="--enriched: nodes (512 at least)")
+    ap.add_argument("--cluster-services", type=int, default=1000, help="--enriched: services")
     args = ap.parse_args()
     trees = dict(t.split("=", 1) for t in args.tree)
     best: dict[str, float] = {}
     broker = None
-    if args.kafka:
-        from benchmarks.broker import start_broker
-
-        broker = start_broker(cpus="0")
+    cluster = None
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            _rounds(args, trees, best, Path(tmp), broker.bootstrap if broker else "")
+            if args.enriched:
+                from benchmarks.cluster import Cluster, loadgen_pods
+
+                cluster = Cluster(loadgen_pods(HERE / "bin" / "loadgen", []), tmp, pods=args.cluster_pods,
+                                  nodes=args.cluster_nodes, services=args.cluster_services)
+                print(f"simulated cluster: {cluster.counts}", flush=True)
+            if args.kafka:
+                from benchmarks.broker import start_broker
+
+                broker = start_broker(cpus="0")
+            enrich = {name: cluster.flowscope_args() for name in args.enriched} if cluster else {}
+            _rounds(args, trees, best, Path(tmp), broker.bootstrap if broker else "", enrich)
     finally:
         if broker is not None:
             broker.stop()
+        if cluster is not None:
+            cluster.stop()
     for name, per in best.items():
         print(f"{name}: best {per:.2f} us a flow")
 
 
 def _rounds(args: argparse.Namespace, trees: dict[str, str], best: dict[str, float], tmp: Path,
-            bootstrap: str) -> None:
+            bootstrap: str, enrich: dict[str, list[str]]) -> None:
     for r in range(args.rounds):
         for name, d in trees.items():
             out = tmp / f"{name}-{r}.json"
-            cpu, lines, sent = _round(Path(d).resolve(), args, out, bootstrap)
+            cpu, lines, sent = _round(Path(d).resolve(), args, out, bootstrap, enrich.get(name))
             out.unlink(missing_ok=True)
             per = cpu / max(lines, 1) * 1e6
             best[name] = min(best.get(name, per), per)
