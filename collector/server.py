@@ -324,15 +324,21 @@ class Worker:
             by[r.index] += r.nbytes
         return dg, by
 
-    def write_records(self, batch: Any, done: int | None = None) -> None:
+    def write_records(self, batch: Any, done: int | None = None, ip: str = "") -> None:
         """Hot path (fast Kafka): append a datagram's flows to the open record batch; a full
         batch goes to the queue whole. done: the flows the open batch already took (its
-        append() answer; decoders.Receiver makes that first call itself)."""
+        append() answer; decoders.Receiver makes that first call itself). A failure (the
+        encoder's, the enricher's) is counted here: see _partly_written."""
         n = len(batch)
-        i = self.writer.append(batch, self.enricher, 0) if done is None else done
-        while i < n:
-            self.flush_records()
-            i = self.writer.append(batch, self.enricher, i)
+        i = 0 if done is None else done
+        try:
+            if done is None:
+                i = self.writer.append(batch, self.enricher, 0)
+            while i < n:
+                self.flush_records()
+                i = self.writer.append(batch, self.enricher, i)
+        except Exception as exc:
+            self._partly_written(ip, exc, n - i)
 
     def keyed_batches(self) -> Any:
         """The keyed modes' open batches (decoders.KeyedBatches), made for the topic's partition
@@ -355,25 +361,39 @@ class Worker:
         """Hot path (keyed Kafka modes): append a datagram's flows to their partitions' open
         batches (a full one goes to the queue whole); per record while the partition count is
         not known yet. done: the flows the open batches already took (decoders.Receiver's
-        append, which hands the datagram on when a batch filled or all passed keyed_cap)."""
-        if done is None:
-            kb = self.keyed_batches()
-            if kb is None:
-                self.queue.offer(FLOWS, batch.to_json(self.enricher), ip, -1, int(batch.recv_time * 1000))
-                return
-        else:
-            kb = self.keyed
+        append, which hands the datagram on when a batch filled or all passed keyed_cap). A
+        failure is counted here: see _partly_written."""
         key = ip.encode() if self.keyed_mode == "exporter" else None
         n = len(batch)
-        i = kb.append(batch, self.enricher, 0, key) if done is None else done
-        while i < n:
-            self._queue_batch(kb.take(kb.full), kb.full)
-            i = kb.append(batch, self.enricher, i, key)
-        if kb.size > self.keyed_cap:
-            # many partitions, none full yet: the open batches go to the queue, where their
-            # bytes count against --queue-bytes (as a Kafka producer's buffer.memory bounds its
-            # per-partition batches)
-            self.flush_records()
+        i = 0 if done is None else done
+        try:
+            if done is None:
+                kb = self.keyed_batches()
+                if kb is None:
+                    self.queue.offer(FLOWS, batch.to_json(self.enricher), ip, -1, int(batch.recv_time * 1000))
+                    return
+                i = kb.append(batch, self.enricher, 0, key)
+            else:
+                kb = self.keyed
+            while i < n:
+                self._queue_batch(kb.take(kb.full), kb.full)
+                i = kb.append(batch, self.enricher, i, key)
+            if kb.size > self.keyed_cap:
+                # many partitions, none full yet: the open batches go to the queue, where their
+                # bytes count against --queue-bytes (as a Kafka producer's buffer.memory bounds its
+                # per-partition batches)
+                self.flush_records()
+        except Exception as exc:
+            self._partly_written(ip, exc, n - i)
+
+    def _partly_written(self, ip: str, exc: Exception, lost: int) -> None:
+        """write_records / write_keyed failed after their appends had put the datagram's first
+        flows into batches (open, or queued when one filled): an append that raises takes back
+        only its own call's records. Those first flows will be delivered, so only the `lost`
+        ones are dropped as internal; the Receiver, which knows only what its own C append
+        took, would have counted the whole datagram's flows, some of them twice. Counted here,
+        the datagram once, and not raised."""
+        self.internal_error(ip, exc, lost)
 
     def _queue_batch(self, wr: Any, slot: int = -1) -> None:
         wr.trim()   # a small batch gives its max-size buffer back before it waits in the queue

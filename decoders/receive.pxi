@@ -156,7 +156,8 @@ cdef class Receiver:
     sinks' LineWriter, or None in the keyed modes), `keyed_mode`, `keyed_cap`, `enricher`,
     `dgram_drops`, and the methods `allowed(ip)`, `keyed_batches()` (the keyed modes' open
     KeyedBatches, or None while the partition count is not known),
-    `write_records(batch, done)`, `write_keyed(batch, ip, done)`, `deliver(batch, ip)`, `after_decode(batch, ip)`,
+    `write_records(batch, done, ip)`, `write_keyed(batch, ip, done)` (these two count
+    their own failures: flows of a datagram may be in batches already), `deliver(batch, ip)`, `after_decode(batch, ip)`,
     `refused(index, ip)`, `wrong_protocol(index, ip, data)`, `internal_error(ip, exc, pending)`
     and `socket_error(index, exc)`."""
 
@@ -325,11 +326,11 @@ cdef class Receiver:
                     if type(wr) is RecordBatchWriter:
                         done = (<RecordBatchWriter>wr).append_c(b, self.owner.enricher, 0)
                         if done < pending:
-                            self.owner.write_records(b, done)
+                            self.owner.write_records(b, done, ip)
                     elif type(wr) is LineWriter:
                         done = (<LineWriter>wr).append_c(b, self.owner.enricher, 0)
                         if done < pending:
-                            self.owner.write_records(b, done)
+                            self.owner.write_records(b, done, ip)
                     elif self.kb is not None:
                         done = self.kb.append_c(b, self.owner.enricher, 0,
                                                 <bytes>s.key if self.key_exporter else None)

@@ -2180,6 +2180,50 @@ def test_flows_lost_to_an_internal_error_after_decoding_are_counted() -> None:
     assert snap["flowscope_queue_records"][()] == 30
 
 
+@pytest.mark.parametrize("key", ["none", "exporter", "conversation"])
+def test_an_encoder_failure_after_a_full_batch_counts_only_the_flows_not_written(key: str) -> None:
+    """A datagram whose flows fill the open record batch (or a partition's) is handed to the
+    worker (write_records / write_keyed) with the flows the Receiver's C append already took;
+    the worker queues the full batch and appends the rest. An enricher failing on a later flow
+    then takes back only that call's records: the flows before it are in batches (queued or
+    open). They were also counted dropped as internal (the whole datagram), so the identity
+    flows = queued + open + dropped broke: only the flows in no batch are dropped."""
+    from collector.config import Config, KafkaConfig
+    from collector.server import Worker
+    from decoders import Receiver
+
+    class FailsAt:
+        def __init__(self, at: int) -> None:
+            self.calls, self.at = 0, at
+
+        def enrich(self, *a: Any) -> bytes:
+            self.calls += 1
+            if self.calls == self.at:
+                raise RuntimeError("an enricher bug")
+            return b""
+
+    # 4 KiB batches hold a few v5 flows each: a datagram of 30 fills several
+    w = Worker(Config(kafka=KafkaConfig(brokers=["127.0.0.1:1"], batch_bytes=4096, key=key)))
+    if key != "none":
+        w.sink.partitions[w.cfg.kafka.topic] = [0]    # (as if learnt: the worker is not started)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        rx.bind(("127.0.0.1", 0))
+        rx.setblocking(False)
+        r = Receiver(rx.fileno(), w.decoder, w, 0, "netflow")
+        w.receivers.append(r)
+        w.enricher = FailsAt(25)
+        tx.sendto(make_v5(0, 30, 0), rx.getsockname())
+        assert wait_read(r) == 1
+        snap = w.snapshot()
+    assert w.enricher.calls == 25       # (the failure came after a full batch was queued)
+    queued = snap["flowscope_queue_records"][()]
+    assert 0 < queued < 25
+    assert snap["flowscope_datagrams_dropped"][("internal",)] == 1
+    assert sum(snap["flowscope_flows"].values()) == 30
+    assert snap["flowscope_flows_dropped"][("internal",)] == 30 - queued
+
+
 def wait_read(r: Any, timeout: float = 5.0) -> int:
     """Receiver.read() once a datagram has arrived on its socket (loopback: at once, but the
     socket is read without waiting)."""
