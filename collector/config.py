@@ -504,8 +504,8 @@ class Config:
                     "stdout), stdout, file or kafka", choice("auto", "stdout", "file", "kafka"))
     output_file: str = opt("", "file sink path (JSON lines, appended)", parse_str, metavar="PATH")
     queue_bytes: int = opt(256 * 1024**2, "bound of the queue between the UDP path and the sink, in "
-                           "encoded bytes (open batches + queued + in flight); with Kafka at least twice kafka.batch_bytes (a "
-                           "record batch is queued whole)", ranged(parse_size, 4096), metavar="SIZE")
+                           "encoded bytes (open batches + queued + in flight); with Kafka at least three times kafka.batch_bytes "
+                           "(a record batch is queued whole: two queued besides the open one)", ranged(parse_size, 4096), metavar="SIZE")
     drop_policy: str = opt("newest", "when the queue is full: newest (drop arriving flows) or oldest "
                            "(evict the oldest queued flows)", choice("newest", "oldest"))
     shutdown_timeout: float = opt(10.0, "on SIGTERM/SIGINT/SIGHUP, seconds to drain the queue and flush the sink",
@@ -1031,12 +1031,17 @@ def validate(cfg: Config) -> None:
             env = ENV_PREFIX + key.replace(".", "_").upper()
             raise ConfigError(f"{n(key)}: {REDACTED} is the placeholder `flowscope config` prints instead of "
                               f"the secret, not the secret: set {env} (it beats the file) or remove the key")
-    if kind == "kafka" and cfg.queue_bytes < 2 * k.batch_bytes:
+    if kind == "kafka" and cfg.queue_bytes < 3 * k.batch_bytes:
         # A record batch is queued whole: one larger than the queue's free room is dropped whole
-        # (every flow of it counted queue_full) though most of it would have fitted
-        raise ConfigError(f"{n('queue_bytes')}: {cfg.queue_bytes} is less than twice "
-                          f"{n('kafka.batch_bytes')} {k.batch_bytes}: a record batch is queued whole, so the "
-                          "queue must hold at least two; raise queue_bytes or lower kafka.batch_bytes")
+        # (every flow of it counted queue_full) though most of it would have fitted. The open
+        # batches count in queue_bytes too (at least one batch: the queue's own bound is
+        # queue_bytes less theirs, Worker), so the queue holds two (one waiting behind one in
+        # flight) only from three batches up: at two, every batch filled while one was in flight
+        # was dropped
+        raise ConfigError(f"{n('queue_bytes')}: {cfg.queue_bytes} is less than three times "
+                          f"{n('kafka.batch_bytes')} {k.batch_bytes}: a record batch is queued whole, so besides "
+                          "the open batches (which count in queue_bytes too) the queue must hold at least two; "
+                          "raise queue_bytes or lower kafka.batch_bytes")
     if not k.topic:
         raise ConfigError(f"{n('kafka.topic')}: must not be empty")
     topic_name_ok(n("kafka.topic"), k.topic)

@@ -211,9 +211,11 @@ class Worker:
             self._stream_bytes = max(1024, min(STREAM_BATCH_BYTES, cfg.queue_bytes // 4))
             self.writer = LineWriter(self._stream_bytes)
         # bytes the keyed modes' open batches (one per partition) may hold before all are queued
-        # (half of --queue-bytes at most, one batch at least: the config keeps two in the queue)
+        # (half of --queue-bytes at most, one batch at least, and room left for two batches in the
+        # queue: one waiting behind one in flight; the config's three batches allow that)
         self.keyed_cap = max(cfg.kafka.batch_bytes,
-                             min(cfg.queue_bytes // 2, max(KEYED_OPEN_BYTES, 4 * cfg.kafka.batch_bytes)))
+                             min(cfg.queue_bytes // 2, cfg.queue_bytes - 2 * cfg.kafka.batch_bytes,
+                                 max(KEYED_OPEN_BYTES, 4 * cfg.kafka.batch_bytes)))
         self.counters = cfg.counters
         self.counter_records = 0   # sFlow counter records decoded (and offered to the queue)
         self.sink: Sink = make_sink(cfg)

@@ -226,7 +226,7 @@ def test_broker_outage(collector: Any, own_broker: Any) -> None:
     """Broker down 10 s while flows arrive, then back: delivered + counted drops == sent."""
     b = own_broker
     t = topic()
-    c = collector(["--kafka-brokers", b.bootstrap, "--kafka-topic", t, "--queue-bytes", "400KB", "--kafka-batch-bytes", "200KB",
+    c = collector(["--kafka-brokers", b.bootstrap, "--kafka-topic", t, "--queue-bytes", "600KB", "--kafka-batch-bytes", "200KB",
                    "--kafka-request-timeout-ms", "1500", "--kafka-linger-ms", "20"])
     send_udp([make_v5(i, 30, i * 30) for i in range(20)], c.port)
     before = consume(b.bootstrap, t, 600)
@@ -243,7 +243,7 @@ def test_broker_outage(collector: Any, own_broker: Any) -> None:
         time.sleep(1 / 60)
     assert c.get("/readyz")[0] == 503  # sink disconnected
     dropped_during = c.value("flowscope_flows_dropped_total", reason="queue_full")
-    assert dropped_during > 0  # 400 KB cannot hold 10 s of flows: the bound is enforced
+    assert dropped_during > 0  # 600 KB cannot hold 10 s of flows: the bound is enforced
     b.start()
     t_restart = time.monotonic()
     wait_for(lambda: c.value("flowscope_flows_delivered_total")

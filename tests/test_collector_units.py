@@ -72,7 +72,7 @@ def test_defaults() -> None:
      "kafka.counters_topic (from --kafka-counters-topic): 'flowscope-flows' is also kafka.topic (default)"),
     # a record batch is queued whole: a queue smaller than two dropped whole bursts (review helper-84)
     (["--kafka-brokers", "k:9092", "--queue-bytes", "200000"], {},
-     "queue_bytes (from --queue-bytes): 200000 is less than twice kafka.batch_bytes (default) 1048576"),
+     "queue_bytes (from --queue-bytes): 200000 is less than three times kafka.batch_bytes (default) 1048576"),
 ])
 def test_validation_messages(argv: list[str], env: dict[str, str], message: str) -> None:
     with pytest.raises(C.ConfigError) as e:
@@ -574,9 +574,9 @@ def test_bad_values_are_one_configuration_error_line_exit_2(tmp_path: Path, args
 
 @pytest.mark.parametrize("args,env,yaml_text,message", [
     (["--config", "{f}"], {"FLOWSCOPE_KAFKA_BATCH_BYTES": "1MiB"}, "queue_bytes: 1MiB\nkafka:\n  brokers: [k:9092]\n",
-     "queue_bytes (from {f}): 1048576 is less than twice kafka.batch_bytes (from FLOWSCOPE_KAFKA_BATCH_BYTES) "
-     "1048576: a record batch is queued whole, so the queue must hold at least two; raise queue_bytes or lower "
-     "kafka.batch_bytes"),
+     "queue_bytes (from {f}): 1048576 is less than three times kafka.batch_bytes (from "
+     "FLOWSCOPE_KAFKA_BATCH_BYTES) 1048576: a record batch is queued whole, so besides the open batches (which "
+     "count in queue_bytes too) the queue must hold at least two; raise queue_bytes or lower kafka.batch_bytes"),
     (["--config", "{f}", "--kafka-brokers", "k:9092"], {}, "kafka:\n  sasl_mechanism: PLAIN\n",
      "kafka.sasl_user (default): empty, but kafka.sasl_mechanism (from {f}) is PLAIN: SASL needs a user (and "
      "kafka.sasl_password)"),

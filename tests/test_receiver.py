@@ -120,6 +120,58 @@ def test_open_record_batches_and_the_queue_stay_within_queue_bytes(udp4: socket.
     assert w.queue.total_records + open_records + dropped == 4500
 
 
+@pytest.mark.parametrize("key", ["none", "exporter", "conversation"])
+def test_at_the_smallest_queue_bytes_allowed_a_batch_waits_behind_one_in_flight(udp4: socket.socket,
+                                                                                  key: str) -> None:
+    """The config check's promise (a record batch is queued whole, so the queue must hold at
+    least two) with the open batches now counted in --queue-bytes: at the smallest
+    --queue-bytes the check accepts, a full batch offered while another is in flight to the
+    broker is queued, not dropped. At twice the batch size the queue's own bound was one batch
+    (--queue-bytes less the open batch's reserve), so every batch filled while one was in flight
+    was dropped whole, counted queue_full."""
+    from collector.config import validate
+
+    batch = 16384
+
+    def cfg(q: int) -> Config:
+        return Config(queue_bytes=q, kafka=KafkaConfig(brokers=["127.0.0.1:1"], batch_bytes=batch, key=key))
+
+    def accepted(q: int) -> bool:
+        try:
+            validate(cfg(q))
+        except Exception:
+            return False
+        return True
+
+    smallest = next(q for q in range(batch, 8 * batch, 1024) if accepted(q))
+    w = Worker(cfg(smallest))
+    if key != "none":
+        w.sink.partitions[w.cfg.kafka.topic] = [0]    # (one partition: its batch fills as key none's)
+    r = Receiver(udp4.fileno(), w.decoder, w, 0, "netflow")
+
+    def until_queued(first: int) -> int:
+        """Datagrams from `first` until a full batch is queued (or dropped); returns the next one."""
+        i = first
+        while not w.queue.chunks and not w.queue.dropped:
+            assert i < first + 200, "no batch filled"
+            tx.sendto(make_v5(i, 30, i * 30), udp4.getsockname())
+            assert read_all(r, 1) == 1
+            i += 1
+        return i
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        i = until_queued(0)
+        (sent,) = w.queue.take(1 << 30)             # in flight to the broker (no answer yet)
+        assert sent.nbytes > batch // 2
+        i = until_queued(i)
+    snap = w.snapshot()
+    assert w.queue.dropped.get((0, "queue_full"), 0) == 0
+    assert len(w.queue.chunks) == 1 and w.queue.inflight_bytes == sent.nbytes
+    assert snap["flowscope_queue_bytes"][()] <= snap["flowscope_queue_limit_bytes"][()] == smallest
+    # (flowscope_queue_records: queued, in flight and open)
+    assert sum(snap["flowscope_flows"].values()) == i * 30 == snap["flowscope_queue_records"][()]
+
+
 def test_the_kafka_path_appends_to_the_open_record_batch_and_starts_a_new_one_when_full(udp4: socket.socket) -> None:
     """Key mode none: flows go into the worker's RecordBatchWriter in C; a datagram that does
     not fit is handed to Worker.write_records, which queues the full batch and goes on in a new
