@@ -346,6 +346,82 @@ def test_ipv6_sources_are_named_as_the_socket_module_names_them() -> None:
         assert w.queue.total_records == 7
 
 
+def keyed_records(w: Worker) -> list[tuple[int, bytes, dict[str, Any]]]:
+    """The keyed modes' records, open and queued: (partition slot, key, flow)."""
+    from aiokafka.record.default_records import DefaultRecordBatch
+
+    from collector.sinks import Prebuilt
+
+    w.flush_records()
+    out = []
+    for c in w.queue.chunks:
+        assert isinstance(c.records, Prebuilt)
+        out += [(c.records.slot, rec.key, orjson.loads(rec.value))
+                for rec in DefaultRecordBatch(c.records.writer.build())]
+    return out
+
+
+def test_exporter_keys_past_the_address_cache_are_each_datagrams_sender(udp4: socket.socket) -> None:
+    """Key exporter: the key bytes the Receiver keeps beside each cached source address (RxSource.key)
+    are replaced with it: 1,500 sources colliding in the 1,024-slot table, twice over, and each
+    record's key is its own datagram's sender (the name the worker gives it: the key the per-record
+    path makes), in the partition that key hashes to."""
+    from aiokafka.partitioner import murmur2
+
+    w = worker(kafka=KafkaConfig(brokers=["127.0.0.1:1"], batch_bytes=1 << 20, key="exporter"))
+    w.sink.partitions[w.cfg.kafka.topic] = list(range(7))
+    r = Receiver(udp4.fileno(), w.decoder, w, 0, "netflow")
+    sources = [f"127.0.{1 + i // 250}.{1 + i % 250}" for i in range(1500)]
+    dst = udp4.getsockname()
+    for rnd in range(2):
+        for i, src in enumerate(sources):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+                tx.bind((src, 0))
+                tx.sendto(make_v5(rnd, 1, i), dst)
+        assert read_all(r, len(sources)) == len(sources)
+    got = keyed_records(w)
+    assert len(got) == 3000
+    for slot, key, f in got:
+        i = int(f["SrcAddr"].rsplit(".", 1)[1]) + 256 * int(f["SrcAddr"].split(".")[2])
+        assert key == sources[i].encode() and f["AgentIP"] == sources[i], (key, f)
+        assert slot == (murmur2(key) & 0x7FFFFFFF) % 7
+
+
+def test_exporter_keys_of_ipv6_and_ipv4_mapped_sources() -> None:
+    """Key exporter on a dual-stack listener: an IPv6 source and an IPv4 one (seen as
+    ::ffff:127.0.0.1) are keyed by the names the worker gives them, in C as through the per-record
+    path before the partition count is known: one exporter, one key, whichever path it took."""
+    from aiokafka.partitioner import murmur2
+
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as rx:
+        rx.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        rx.bind(("::", 0))
+        rx.setblocking(False)
+        port = rx.getsockname()[1]
+        w = worker(kafka=KafkaConfig(brokers=["127.0.0.1:1"], batch_bytes=1 << 20, key="exporter"))
+        r = Receiver(rx.fileno(), w.decoder, w, 0, "netflow")
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as tx6, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx4:
+            tx6.sendto(make_v5(0, 3, 0), ("::1", port))
+            tx4.sendto(make_v5(0, 4, 3), ("127.0.0.1", port))
+            assert read_all(r, 2) == 2                  # partition count not known: per record
+            early = {c.exporter.encode() for c in w.queue.chunks}     # (the sink keys these by it)
+            w.queue.chunks.clear()
+            w.sink.partitions[w.cfg.kafka.topic] = list(range(5))
+            tx6.sendto(make_v5(1, 3, 7), ("::1", port))
+            tx4.sendto(make_v5(1, 4, 10), ("127.0.0.1", port))
+            assert read_all(r, 2) == 2                  # in C
+    names = set(w.decoder.stats())
+    assert names == {"::1", "::ffff:127.0.0.1"}
+    got = keyed_records(w)
+    assert len(got) == 7
+    assert {k for _, k, _ in got} == {n.encode() for n in names}
+    for slot, key, f in got:
+        assert key == (b"::1" if 7 <= f["SrcPort"] - 1000 < 10 else b"::ffff:127.0.0.1")
+        assert slot == (murmur2(key) & 0x7FFFFFFF) % 5
+    assert early == {n.encode() for n in names}
+
+
 def test_a_datagram_of_the_largest_udp_size_is_read_whole(udp4: socket.socket) -> None:
     """No truncation: a 65,507-byte datagram is counted with all its bytes and refused by the
     decoder's size limit, not cut to a buffer."""
