@@ -267,6 +267,69 @@ def test_the_keyed_modes_append_in_c_to_each_partitions_batch(udp4: socket.socke
         assert {orjson.loads(v)["AgentIP"] for *_, v in got} == set(sources)
 
 
+def test_a_batch_size_learnt_between_reads_makes_new_keyed_batches_of_it(udp4: socket.socket) -> None:
+    """Keyed modes: a smaller batch size learnt between two reads (KafkaSink.batch_limit: the
+    topic's max.message.bytes, or a refusal) makes the Receiver's next read append to new batches
+    of that size, the open ones queued as they were; no batch made after it is larger, and every
+    flow is in exactly one batch."""
+    from collector.sinks import FLOWS, Prebuilt
+
+    w = worker(kafka=KafkaConfig(brokers=["127.0.0.1:1"], batch_bytes=1 << 20, key="conversation"))
+    w.sink.partitions[w.cfg.kafka.topic] = [0, 1, 2]
+    r = Receiver(udp4.fileno(), w.decoder, w, 0, "netflow")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        for i in range(4):
+            tx.sendto(make_v5(i, 30, i * 30), udp4.getsockname())
+        assert read_all(r, 4) == 4
+        big = w.keyed
+        assert big.max_bytes == 1 << 20 and big.records == 120 and not w.queue.chunks
+        w.sink.batch_limit[FLOWS] = 4096       # (learnt: KafkaSink._set_limit, _shrink)
+        for i in range(4, 10):
+            tx.sendto(make_v5(i, 30, i * 30), udp4.getsockname())
+        assert read_all(r, 6) == 6
+    assert w.keyed is not big and w.keyed.max_bytes == 4096 and big.records == 0
+    old = [c for c in w.queue.chunks if c.records.writer.max_bytes == 1 << 20]
+    assert sum(len(c.records) for c in old) == 120
+    new = [c for c in w.queue.chunks if c not in old]
+    assert len(new) > 3 and all(c.records.writer.max_bytes == 4096 and c.nbytes <= 4096 for c in new)
+    assert all(isinstance(c.records, Prebuilt) for c in w.queue.chunks)
+    got = keyed_records(w)
+    assert sorted(f["SrcPort"] for _, _, f in got) == sorted(1000 + i for i in range(300))
+
+
+def test_sflow_flows_and_counter_records_in_the_keyed_modes(udp4: socket.socket) -> None:
+    """sFlow with --counters, key exporter, the partition count known: each datagram's flow
+    samples are appended in C to the batch of the partition its sender's address hashes to (the
+    datagram's source, as the per-record path keys; not the sFlow agent address), its counter
+    records queued one by one for the counters topic; flows = queued + open, and every counter
+    record decoded is queued."""
+    from aiokafka.partitioner import murmur2
+    from test_sflow import counter_sample, datagram, eth, flow_sample, generic_if, ipv4, raw_header, tcp
+
+    from collector.sinks import COUNTERS
+
+    w = worker(counters=True, kafka=KafkaConfig(brokers=["127.0.0.1:1"], batch_bytes=1 << 20, key="exporter"))
+    w.sink.partitions[w.cfg.kafka.topic] = list(range(5))
+    r = Receiver(udp4.fileno(), w.decoder, w, 0, "sflow")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        for i in range(10):
+            pkts = [eth(ipv4("10.0.0.1", "10.0.0.2", 6, tcp(1000 + 3 * i + k, 80, 0x10)), 0x0800) for k in range(3)]
+            tx.sendto(datagram([counter_sample([generic_if(100 + i)[0]], seq=500 + i, src=(0, 100 + i)),
+                                *(flow_sample([raw_header(p, 60)], seq=900 + 3 * i + k) for k, p in enumerate(pkts))],
+                               seq=i + 1), udp4.getsockname())
+        assert read_all(r, 10) == 10
+    assert w.keyed is not None and w.keyed.records == 30
+    counters = [c for c in w.queue.chunks if c.kind == COUNTERS]
+    assert sum(len(c.records) for c in counters) == 10 == w.counter_records
+    assert {c.exporter for c in counters} == {"127.0.0.1"}
+    snap = w.snapshot()
+    assert sum(snap["flowscope_flows"].values()) == 30 == snap["flowscope_queue_records"][()]
+    got = keyed_records(w)
+    assert sorted(f["SrcPort"] for _, _, f in got) == list(range(1000, 1030))
+    assert {(slot, key) for slot, key, _ in got} == {((murmur2(b"127.0.0.1") & 0x7FFFFFFF) % 5, b"127.0.0.1")}
+    assert {f["AgentIP"] for _, _, f in got} == {"198.51.100.7"}
+
+
 def test_the_listener_takes_what_its_scheme_prefixes_say_and_counts_the_rest(udp4: socket.socket) -> None:
     """The compiled check agrees with collector.server.SCHEME_PREFIXES for every first two or
     four bytes that matter, short datagrams included."""
@@ -347,14 +410,16 @@ def test_ipv6_sources_are_named_as_the_socket_module_names_them() -> None:
 
 
 def keyed_records(w: Worker) -> list[tuple[int, bytes, dict[str, Any]]]:
-    """The keyed modes' records, open and queued: (partition slot, key, flow)."""
+    """The keyed modes' flow records, open and queued: (partition slot, key, flow)."""
     from aiokafka.record.default_records import DefaultRecordBatch
 
-    from collector.sinks import Prebuilt
+    from collector.sinks import FLOWS, Prebuilt
 
     w.flush_records()
     out = []
     for c in w.queue.chunks:
+        if c.kind != FLOWS:
+            continue        # (sFlow counter records, queued one by one)
         assert isinstance(c.records, Prebuilt)
         out += [(c.records.slot, rec.key, orjson.loads(rec.value))
                 for rec in DefaultRecordBatch(c.records.writer.build())]
