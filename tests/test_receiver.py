@@ -96,7 +96,7 @@ def test_lines_fill_a_small_queue_and_what_does_not_fit_is_counted(udp4: socket.
     assert snap["flowscope_queue_limit_bytes"][()] == 32768
 
 
-@pytest.mark.parametrize("key", ["none", "exporter"])
+@pytest.mark.parametrize("key", ["none", "exporter", "conversation"])
 def test_open_record_batches_and_the_queue_stay_within_queue_bytes(udp4: socket.socket, key: str) -> None:
     """Kafka: the open record batch (key none) or the per-partition ones (keyed) count against
     --queue-bytes with the queue: with no sink running, flows past the bound are dropped and
