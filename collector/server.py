@@ -330,7 +330,7 @@ class Worker:
         """Hot path (fast Kafka): append a datagram's flows to the open record batch; a full
         batch goes to the queue whole. done: the flows the open batch already took (its
         append() answer; decoders.Receiver makes that first call itself). A failure (the
-        encoder's, the enricher's) is counted here: see _partly_written."""
+        encoder's, the enricher's) is counted here."""
         n = len(batch)
         i = 0 if done is None else done
         try:
@@ -340,7 +340,11 @@ class Worker:
                 self.flush_records()
                 i = self.writer.append(batch, self.enricher, i)
         except Exception as exc:
-            self._partly_written(ip, exc, n - i)
+            # an append that raises takes back only its own call's records: the flows before it
+            # are in batches (open, or queued when one filled) and will be delivered, so only
+            # the n - i in none are dropped (the Receiver, knowing only its own C append, would
+            # have counted the whole datagram's); the datagram counted once, not raised
+            self.internal_error(ip, exc, n - i)
 
     def keyed_batches(self) -> Any:
         """The keyed modes' open batches (decoders.KeyedBatches), made for the topic's partition
@@ -364,7 +368,7 @@ class Worker:
         batches (a full one goes to the queue whole); per record while the partition count is
         not known yet. done: the flows the open batches already took (decoders.Receiver's
         append, which hands the datagram on when a batch filled or all passed keyed_cap). A
-        failure is counted here: see _partly_written."""
+        failure is counted here, as in write_records."""
         key = ip.encode() if self.keyed_mode == "exporter" else None
         n = len(batch)
         i = 0 if done is None else done
@@ -386,16 +390,7 @@ class Worker:
                 # per-partition batches)
                 self.flush_records()
         except Exception as exc:
-            self._partly_written(ip, exc, n - i)
-
-    def _partly_written(self, ip: str, exc: Exception, lost: int) -> None:
-        """write_records / write_keyed failed after their appends had put the datagram's first
-        flows into batches (open, or queued when one filled): an append that raises takes back
-        only its own call's records. Those first flows will be delivered, so only the `lost`
-        ones are dropped as internal; the Receiver, which knows only what its own C append
-        took, would have counted the whole datagram's flows, some of them twice. Counted here,
-        the datagram once, and not raised."""
-        self.internal_error(ip, exc, lost)
+            self.internal_error(ip, exc, n - i)     # (as write_records)
 
     def _queue_batch(self, wr: Any, slot: int = -1) -> None:
         wr.trim()   # a small batch gives its max-size buffer back before it waits in the queue

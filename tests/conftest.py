@@ -53,6 +53,20 @@ def wait_for(cond: Callable[[], Any], timeout: float = 15.0, interval: float = 0
     raise AssertionError(f"timed out after {timeout}s waiting for {what or cond} (last value {last!r})")
 
 
+class FailsAt:
+    """An enricher (the Python contract's enrich()) that raises on its `at`-th call, an
+    enricher bug mid-datagram; identity-less (b"") before; `calls` counts them."""
+
+    def __init__(self, at: int) -> None:
+        self.calls, self.at = 0, at
+
+    def enrich(self, *a: Any) -> bytes:
+        self.calls += 1
+        if self.calls == self.at:
+            raise RuntimeError("an enricher bug")
+        return b""
+
+
 def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import socket
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, corpus_file, make_v5, udp_payloads
+from conftest import ROOT, FailsAt, corpus_file, make_v5, udp_payloads
 
 from collector import config as C
 from collector import replay as R
@@ -2149,7 +2150,6 @@ def test_flows_lost_to_an_internal_error_after_decoding_are_counted() -> None:
     They are dropped with reason internal."""
     from collector.config import Config
     from collector.server import Worker
-    from decoders import Receiver
 
     class Broken:
         def enrich(self, *a: Any) -> Any:
@@ -2157,12 +2157,7 @@ def test_flows_lost_to_an_internal_error_after_decoding_are_counted() -> None:
 
     cfg = Config()
     w = Worker(cfg)                      # stdout sink (its open lines), not started
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx, \
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
-        rx.bind(("127.0.0.1", 0))
-        rx.setblocking(False)
-        r = Receiver(rx.fileno(), w.decoder, w, 0, "netflow")
-        w.receivers.append(r)
+    with receiving(w) as (r, tx, rx):
         tx.sendto(make_v5(0, 30, 0), rx.getsockname())
         assert wait_read(r) == 1
         assert w.writer.records == 30       # the path works
@@ -2190,28 +2185,12 @@ def test_an_encoder_failure_after_a_full_batch_counts_only_the_flows_not_written
     flows = queued + open + dropped broke: only the flows in no batch are dropped."""
     from collector.config import Config, KafkaConfig
     from collector.server import Worker
-    from decoders import Receiver
-
-    class FailsAt:
-        def __init__(self, at: int) -> None:
-            self.calls, self.at = 0, at
-
-        def enrich(self, *a: Any) -> bytes:
-            self.calls += 1
-            if self.calls == self.at:
-                raise RuntimeError("an enricher bug")
-            return b""
 
     # 4 KiB batches hold a few v5 flows each: a datagram of 30 fills several
     w = Worker(Config(kafka=KafkaConfig(brokers=["127.0.0.1:1"], batch_bytes=4096, key=key)))
     if key != "none":
         w.sink.partitions[w.cfg.kafka.topic] = [0]    # (as if learnt: the worker is not started)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx, \
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
-        rx.bind(("127.0.0.1", 0))
-        rx.setblocking(False)
-        r = Receiver(rx.fileno(), w.decoder, w, 0, "netflow")
-        w.receivers.append(r)
+    with receiving(w) as (r, tx, rx):
         w.enricher = FailsAt(25)
         tx.sendto(make_v5(0, 30, 0), rx.getsockname())
         assert wait_read(r) == 1
@@ -2222,6 +2201,21 @@ def test_an_encoder_failure_after_a_full_batch_counts_only_the_flows_not_written
     assert snap["flowscope_datagrams_dropped"][("internal",)] == 1
     assert sum(snap["flowscope_flows"].values()) == 30
     assert snap["flowscope_flows_dropped"][("internal",)] == 30 - queued
+
+
+@contextlib.contextmanager
+def receiving(w: Any) -> Any:
+    """A worker's netflow listener on a loopback socket, read by a decoders.Receiver (not
+    started: the test calls read()), and a socket to send to it: (receiver, tx, rx)."""
+    from decoders import Receiver
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        rx.bind(("127.0.0.1", 0))
+        rx.setblocking(False)
+        r = Receiver(rx.fileno(), w.decoder, w, 0, "netflow")
+        w.receivers.append(r)
+        yield r, tx, rx
 
 
 def wait_read(r: Any, timeout: float = 5.0) -> int:

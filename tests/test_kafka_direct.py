@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import consume, make_v5, send_udp, v5_key
+from conftest import FailsAt, consume, make_v5, send_udp, v5_key
 from test_decoders import EXPORT, EXPORTER, ovs_decoder
 
 from benchmarks.datagrams import OVS_INGRESS, data_set, ipfix_message, ovs_flows
@@ -159,16 +159,6 @@ def test_an_encoder_failure_takes_back_the_calls_records_in_every_partition(mode
     from aiokafka.record.default_records import DefaultRecordBatch
 
     from decoders import KeyedBatches
-
-    class FailsAt:
-        def __init__(self, at: int) -> None:
-            self.calls, self.at = 0, at
-
-        def enrich(self, *a: Any) -> bytes:
-            self.calls += 1
-            if self.calls == self.at:
-                raise RuntimeError("an enricher bug")
-            return b""
 
     dec = ovs_decoder()
     bs = [dec.decode(ipfix_message([data_set(OVS_INGRESS, ovs_flows(25, random.Random(s)))], seq=s,

@@ -37,6 +37,17 @@ def read_all(r: Any, want: int, timeout: float = 10.0) -> int:
     return got
 
 
+def send_from_each(r: Any, sources: list[str], dst: Any) -> None:
+    """Twice over, one single-record v5 datagram from each source address (flow i from
+    sources[i]), each round read by the Receiver."""
+    for rnd in range(2):
+        for i, src in enumerate(sources):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+                tx.bind((src, 0))
+                tx.sendto(make_v5(rnd, 1, i), dst)
+        assert read_all(r, len(sources)) == len(sources)
+
+
 @pytest.fixture
 def udp4() -> Any:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
@@ -355,13 +366,7 @@ def test_each_source_address_is_its_own_exporter_past_the_address_cache(udp4: so
     w = worker()
     r = Receiver(udp4.fileno(), w.decoder, w, 0, "netflow")
     sources = [f"127.0.{1 + i // 250}.{1 + i % 250}" for i in range(1500)]
-    dst = udp4.getsockname()
-    for rnd in range(2):
-        for i, src in enumerate(sources):
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
-                tx.bind((src, 0))
-                tx.sendto(make_v5(rnd, 1, i), dst)
-        assert read_all(r, len(sources)) == len(sources)
+    send_from_each(r, sources, udp4.getsockname())
     st = w.decoder.stats()
     assert set(st) == set(sources)
     assert all(st[s]["datagrams"] == 2 and st[s]["flows"] == 2 for s in sources)
@@ -437,13 +442,7 @@ def test_exporter_keys_past_the_address_cache_are_each_datagrams_sender(udp4: so
     w.sink.partitions[w.cfg.kafka.topic] = list(range(7))
     r = Receiver(udp4.fileno(), w.decoder, w, 0, "netflow")
     sources = [f"127.0.{1 + i // 250}.{1 + i % 250}" for i in range(1500)]
-    dst = udp4.getsockname()
-    for rnd in range(2):
-        for i, src in enumerate(sources):
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
-                tx.bind((src, 0))
-                tx.sendto(make_v5(rnd, 1, i), dst)
-        assert read_all(r, len(sources)) == len(sources)
+    send_from_each(r, sources, udp4.getsockname())
     got = keyed_records(w)
     assert len(got) == 3000
     for slot, key, f in got:
