@@ -2833,21 +2833,34 @@ cdef inline uint64_t dedup_half_key(Flow* f, bint src_side) noexcept:
 
 
 cdef bint dedup_take_twin(ExporterState ex, uint64_t h, Flow* f, int64_t now, int64_t window) noexcept:
-    """The slot of key `h` holds a record of the other direction, not yet paired, whose end time
-    is within `window` of `now`: it is marked paired and True is returned."""
-    cdef uint64_t key = h & ~(<uint64_t>3)
+    """The slot of end key `h` holds records of the other direction not yet paired, the latest
+    ending within `window` of `now`: one of them is marked paired and True is returned."""
+    cdef uint64_t key = h & ~(<uint64_t>DEDUP_END_LOW)
     cdef uint64_t slot = (h >> 20) % DEDUP_SLOTS
     cdef uint64_t have = ex.dedup_keys[slot]
-    if ((have & ~(<uint64_t>3)) == key and not have & 2 and (have & 1) != (<uint64_t>f.direction & 1)
+    cdef uint64_t waiting = (have >> 1) & DEDUP_END_MAX
+    if ((have & ~(<uint64_t>DEDUP_END_LOW)) == key and waiting and (have & 1) != (<uint64_t>f.direction & 1)
             and now - ex.dedup_times[slot] <= window and ex.dedup_times[slot] - now <= window):
-        ex.dedup_keys[slot] = have | 2
+        ex.dedup_keys[slot] = (have & ~((<uint64_t>DEDUP_END_MAX) << 1)) | ((waiting - 1) << 1)
         return True
     return False
 
 
 cdef inline void dedup_store(ExporterState ex, uint64_t h, Flow* f, int64_t now) noexcept:
+    """An ingress record's end: one more record waiting in the slot of key `h` when it holds
+    records of that end still waiting (a stream's next packets' input samples can come before
+    the first one's output sample), else the only one."""
+    cdef uint64_t key = h & ~(<uint64_t>DEDUP_END_LOW)
     cdef uint64_t slot = (h >> 20) % DEDUP_SLOTS
-    ex.dedup_keys[slot] = (h & ~(<uint64_t>3)) | (<uint64_t>f.direction & 1)
+    cdef uint64_t have = ex.dedup_keys[slot]
+    cdef uint64_t waiting = (have >> 1) & DEDUP_END_MAX
+    cdef uint64_t d = <uint64_t>f.direction & 1
+    if not ((have & ~(<uint64_t>DEDUP_END_LOW)) == key and (have & 1) == d and waiting
+            and now - ex.dedup_times[slot] <= DEDUP_WINDOW_MS and ex.dedup_times[slot] - now <= DEDUP_WINDOW_MS):
+        waiting = 0
+    if waiting < DEDUP_END_MAX:
+        waiting += 1
+    ex.dedup_keys[slot] = key | (waiting << 1) | d
     ex.dedup_times[slot] = now
 
 
@@ -2869,9 +2882,11 @@ cdef bint is_duplicate(ExporterState ex, Flow* f):
     balancer turns a ClusterIP into a backend pod's address (and a reply's source back into the
     ClusterIP) on the client's node, after the input sample and before the output one. An
     egress IP record with an ingress interface that found no twin by its 5-tuple pairs, the
-    same way, with the latest ingress record that has its source end (address and port), or
-    its destination end, protocol, ingress interface, bytes and packets, ending within
-    DEDUP_WINDOW_MS of it (the same packets: once, as by the 5-tuple). Only egress records
+    same way, with an ingress record not yet paired that has its source end (address and port),
+    or its destination end, protocol, ingress interface, bytes and packets, the latest of them
+    ending within DEDUP_WINDOW_MS of it (the same packets: once, as by the 5-tuple; up to
+    DEDUP_END_MAX such records an end wait, as a loaded node exports a stream's next packets'
+    input samples before the first one's output sample). Only egress records
     pair so: OVS takes (and exports) a packet's input sample before its output sample, so an
     ingress record that has no twin of its own never takes another packet's egress record.
 
@@ -2882,7 +2897,7 @@ cdef bint is_duplicate(ExporterState ex, Flow* f):
     into the ClusterIP. The sender is the destination of the output record, which keeps one of
     the input record's ports: the request its source port (pod:p -> VIP:80, then MASQ:p ->
     pod:8080), the reply its destination port (pod:8080 -> MASQ:p, then VIP:80 -> pod:p). So an
-    egress record with no twin yet pairs, the same way, with the latest ingress record whose
+    egress record with no twin yet pairs, the same way, with an ingress record whose
     source address is its destination address and whose source port is its source port (or
     whose destination port is its destination port), with the same protocol, ingress interface,
     bytes and packets: a packet that came in by a port and is sent to the address that sent it
