@@ -5,7 +5,7 @@
     python -m benchmarks.pipeline_bench --only enriched --seconds 20   (for perf record -p)
 
 What `flowscope run` does per datagram on the fast Kafka path, minus the socket: decode an
-OVS-like IPFIX datagram of 25 records and append its flows, JSON-encoded, to a Kafka record
+OVS-like IPFIX datagram of 25 records (--records; from --agents exporters in turn) and append its flows, JSON-encoded, to a Kafka record
 batch (decoders.RecordBatchWriter), sealing each full batch (1 MiB: header, CRC-32C, Produce
 request framing) as direct produce does. Measured once without an enricher and once with an index of
 --pods pods (plus nodes and services, built by benchmarks.enrich_bench's generators) whose
@@ -36,21 +36,25 @@ from benchmarks import enrich_bench as E
 from decoders import Decoder, RecordBatchWriter
 
 EXPORT = 1_780_000_000  # flows after the synthetic pods were created
+FLOWS = 64 * 25  # flows a pass over the datagrams
 
 
-def build(n_pods: int, n_nodes: int, n_services: int, busy: int) -> tuple[Any, list[bytes], str]:
+def build(n_pods: int, n_nodes: int, n_services: int, busy: int, records: int = 25,
+          n_agents: int = 1) -> tuple[Any, list[tuple[bytes, str]], list[str]]:
+    """The index, then 1,600 flows in datagrams of `records` records from `n_agents` exporters in
+    turn (each with its own sequence numbers), as (payload, exporter address) pairs."""
     import enrich
 
     e = enrich.Enricher.from_objects(pods=E.pods(n_pods, n_nodes, n_pods // 5), nodes=E.nodes(n_nodes),
                                      services=E.services(n_services), replicasets=E.replicasets(n_pods // 5))
     rng = random.Random(7)
     # Flows between a working set of `busy` pods (a collector sees one node's or a few nodes'
-    # pods), a tenth towards services; the exporter is the source pod's node.
+    # pods), a tenth towards services; the exporters are the first busy pods' nodes.
     slots = [divmod(rng.randrange(n_pods), n_nodes)[::-1] for _ in range(busy)]
+    agents = [E.node_ip(slots[k][0]) for k in range(n_agents)]
     payloads = []
-    agent = E.node_ip(slots[0][0])
-    for i in range(64):
-        recs = D.ovs_flows(25, rng)
+    for i in range(FLOWS // records):
+        recs = D.ovs_flows(records, rng)
         for r in recs:
             s = slots[rng.randrange(busy)]
             r["src"] = E.pod_ip(*s)
@@ -58,8 +62,18 @@ def build(n_pods: int, n_nodes: int, n_services: int, busy: int) -> tuple[Any, l
                 r["dst"] = E.pod_ip(*slots[rng.randrange(busy)])
             else:
                 r["dst"] = str(ipaddress.IPv4Address(int(ipaddress.IPv4Address("172.30.0.10")) + rng.randrange(n_services)))
-        payloads.append(D.ipfix_message([D.data_set(D.OVS_INGRESS, recs)], seq=i * 25, export_time=EXPORT))
-    return e, payloads, agent
+        seq = (i // n_agents) * records
+        payloads.append((D.ipfix_message([D.data_set(D.OVS_INGRESS, recs)], seq=seq, export_time=EXPORT),
+                         agents[i % n_agents]))
+    return e, payloads, agents
+
+
+def decoder(agents: list[str]) -> Decoder:
+    """A decoder that has every exporter's template."""
+    dec = Decoder()
+    for agent in agents:
+        dec.decode(D.ipfix_message([D.template_set([D.OVS_INGRESS])], seq=0, export_time=EXPORT), agent)
+    return dec
 
 
 BATCH = 1 << 20  # kafka.batch_bytes' default
@@ -70,13 +84,13 @@ def seal(w: RecordBatchWriter) -> None:
     w.request(1, b"flowscope", 1, 10000, b"flows", 0)
 
 
-def rate(dec: Decoder, payloads: list[bytes], agent: str, enricher: Any, seconds: float) -> float:
+def rate(dec: Decoder, payloads: list[tuple[bytes, str]], enricher: Any, seconds: float) -> float:
     n = 0
     w = RecordBatchWriter(BATCH)
     t0 = time.perf_counter()
     deadline = t0 + seconds
     while True:
-        for p in payloads:
+        for p, agent in payloads:
             b = dec.decode(p, agent, 0, EXPORT)
             i = w.append(b, enricher, 0)
             while i < len(b):
@@ -91,13 +105,12 @@ def rate(dec: Decoder, payloads: list[bytes], agent: str, enricher: Any, seconds
 
 def loop(mode: str, a: argparse.Namespace) -> None:
     """The body one callgrind run measures: setup (not counted), then --rounds passes."""
-    e, payloads, agent = build(a.pods, a.nodes, a.services, a.busy)
-    dec = Decoder()
-    dec.decode(D.ipfix_message([D.template_set([D.OVS_INGRESS])], seq=0, export_time=EXPORT), agent)
+    e, payloads, agents = build(a.pods, a.nodes, a.services, a.busy, a.records, a.agents)
+    dec = decoder(agents)
     enr = e if mode == "enriched" else None
     w = RecordBatchWriter(BATCH)
     for _ in range(a.rounds):
-        for p in payloads:
+        for p, agent in payloads:
             b = dec.decode(p, agent, 0, EXPORT)
             i = w.append(b, enr, 0)
             while i < len(b):
@@ -112,12 +125,11 @@ def only(mode: str, a: argparse.Namespace) -> None:
     ready), say "ready", then --rounds slices of --seconds; the best slice's cost a flow."""
     import gc
 
-    e, payloads, agent = build(a.pods, a.nodes, a.services, a.busy)
-    dec = Decoder()
-    dec.decode(D.ipfix_message([D.template_set([D.OVS_INGRESS])], seq=0, export_time=EXPORT), agent)
+    e, payloads, agents = build(a.pods, a.nodes, a.services, a.busy, a.records, a.agents)
+    dec = decoder(agents)
     gc.freeze()
     print("ready", flush=True)
-    best = max(rate(dec, payloads, agent, e if mode == "enriched" else None, a.seconds / a.rounds)
+    best = max(rate(dec, payloads, e if mode == "enriched" else None, a.seconds / a.rounds)
                for _ in range(a.rounds))
     print(f"{mode}: {1e9 / best:.0f} ns per flow (best of {a.rounds} slices of {a.seconds / a.rounds:.1f} s)")
 
@@ -154,7 +166,7 @@ def callgrind(a: argparse.Namespace) -> None:
 
     if shutil.which("valgrind") is None:
         raise SystemExit("--callgrind needs valgrind (apt-get install valgrind)")
-    flows = a.rounds * 64 * 25
+    flows = a.rounds * (FLOWS // a.records) * a.records
     toggles = [f"--toggle-collect={name}" for name in hot_call_names()]
     total: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -163,7 +175,8 @@ def callgrind(a: argparse.Namespace) -> None:
             cmd = ["valgrind", "--tool=callgrind", "--collect-atstart=no", *toggles,
                    f"--callgrind-out-file={out}", sys.executable, "-m",
                    "benchmarks.pipeline_bench", "--loop", mode, "--pods", str(a.pods), "--nodes", str(a.nodes),
-                   "--services", str(a.services), "--busy", str(a.busy), "--rounds", str(a.rounds)]
+                   "--services", str(a.services), "--busy", str(a.busy), "--rounds", str(a.rounds),
+                   "--records", str(a.records), "--agents", str(a.agents)]
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            env={**os.environ, "PYTHONHASHSEED": "0"})
             with open(out) as f:
@@ -189,6 +202,8 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, default=5_000)
     ap.add_argument("--services", type=int, default=10_000)
     ap.add_argument("--busy", type=int, default=2_000, help="pods the flows are drawn from")
+    ap.add_argument("--records", type=int, default=25, help="records a datagram (Open vSwitch sends 1)")
+    ap.add_argument("--agents", type=int, default=1, help="exporters whose datagrams take turns")
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--callgrind", action="store_true", help="count instructions under valgrind instead")
@@ -204,15 +219,14 @@ def main() -> None:
     if a.callgrind:
         callgrind(a)
         return
-    e, payloads, agent = build(a.pods, a.nodes, a.services, a.busy)
-    dec = Decoder()
-    dec.decode(D.ipfix_message([D.template_set([D.OVS_INGRESS])], seq=0, export_time=EXPORT), agent)
-    sample = dec.decode(payloads[0], agent, 0, EXPORT).to_dicts(e)
+    e, payloads, agents = build(a.pods, a.nodes, a.services, a.busy, a.records, a.agents)
+    dec = decoder(agents)
+    sample = dec.decode(*payloads[0], 0, EXPORT).to_dicts(e)
     hits = sum(1 for f in sample if "SrcK8S_Name" in f)
     best = {"plain": 0.0, "enriched": 0.0}
     for _ in range(a.rounds):
-        best["plain"] = max(best["plain"], rate(dec, payloads, agent, None, a.seconds / a.rounds))
-        best["enriched"] = max(best["enriched"], rate(dec, payloads, agent, e, a.seconds / a.rounds))
+        best["plain"] = max(best["plain"], rate(dec, payloads, None, a.seconds / a.rounds))
+        best["enriched"] = max(best["enriched"], rate(dec, payloads, e, a.seconds / a.rounds))
     cost = {k: 1e9 / v for k, v in best.items()}
     print(f"index: {a.pods} pods, {a.nodes} nodes, {a.services} services; flows over {a.busy} busy pods; "
           f"{hits}/{len(sample)} sources resolved")

@@ -886,10 +886,17 @@ cdef bytes batch_head(FlowBatch bt):
     cdef uint8_t key[18]
     cdef int slot
     cdef bytes head
+    cdef uint64_t a0, a1
     key[0] = bt.proto_kind
     key[1] = bt.agent_af
     memcpy(key + 2, bt.agent, 16)
-    slot = (bt.agent[15] ^ (bt.agent[14] << 1) ^ (bt.agent[3] << 2) ^ (bt.proto_kind << 3)) & (HEADS - 1)
+    # every byte of the address counts: nodes numbered 10.0.1.10, 10.0.2.10, ... (one per
+    # subnet) took one slot by the last bytes alone, and a collector taking their datagrams in
+    # turn built the head again for each one
+    memcpy(&a0, bt.agent, 8)
+    memcpy(&a1, bt.agent + 8, 8)
+    slot = <int>((((a0 * <uint64_t>0x9E3779B97F4A7C15ULL) ^ a1 ^ bt.proto_kind)
+                  * <uint64_t>0xC2B2AE3D27D4EB4FULL) >> 58) & (HEADS - 1)   # (the top bits: HEADS <= 64)
     if memcmp(key, _head_key[slot], 18) == 0 and _heads[slot] is not None:
         return <bytes>_heads[slot]
     head = make_batch_head(bt)

@@ -27,7 +27,7 @@ from libc.string cimport memcpy, memset
 
 from enrich.view cimport (VIEW_CAPSULE, VIEW_HITS, VIEW_IDENTIFIED, VIEW_KIND_NODE, VIEW_KIND_NONE, VIEW_KIND_POD,
                           VIEW_KIND_SERVICE, VIEW_MISSES, VIEW_SLOTS, VIEW_UNIDENTIFIED, EnrichSlot, EnrichView,
-                          view_addr_eq, view_combine, view_resolve)
+                          view_addr_eq, view_combine, view_hash, view_resolve)
 
 DEF ALIVE = 1 << 62     # enrich.index.ALIVE: a holder that has not ended
 
@@ -92,6 +92,15 @@ cdef inline int _span(object e, long long t, long long* lo, long long* hi):
         cur = <tuple>cur[6]
 
 
+DEF AGENT_CACHE = 64    # exporters whose node a Reader keeps (a power of two)
+
+ctypedef struct AgentEntry:
+    unsigned char addr[16]
+    int alen                    # 0: empty
+    unsigned long long gen      # the view's generation when filled
+    PyObject* node              # borrowed from Reader.agents; NULL: not a node's address
+
+
 @cython.final  # no subclass: its cdef methods are called directly
 cdef class Reader:
     """Holds the reader-visible dicts of an Index (re-pointed by the Index on every swap) and
@@ -102,10 +111,7 @@ cdef class Reader:
     cdef tuple tails
     cdef EnrichView view
     cdef PyObject** entries      # strong references, parallel to view.cache
-    cdef unsigned char last_agent[16]
-    cdef int last_agent_len
-    cdef unsigned long long last_agent_gen
-    cdef PyObject* last_agent_node
+    cdef AgentEntry agent_cache[AGENT_CACHE]   # exporter address -> node, by its hash
 
     def __cinit__(self, tuple tails):
         cdef int i, j
@@ -126,8 +132,7 @@ cdef class Reader:
         self.view.reader = <void*>self
         self.view.miss = _miss
         self.view.agent = _agent
-        self.last_agent_len = -1
-        self.last_agent_node = NULL
+        memset(self.agent_cache, 0, sizeof(self.agent_cache))   # (alen 0: empty)
 
     def __dealloc__(self):
         cdef int i
@@ -241,28 +246,31 @@ cdef class Reader:
 
     cdef PyObject* agent_node(self, const unsigned char* agent, int aglen, int* failed) noexcept:
         """The (interned) node name of an exporter address, borrowed; NULL when unknown or on
-        an error (then failed is set). The last answer is kept: a batch has one exporter."""
+        an error (then failed is set). Answers are kept per address (AGENT_CACHE entries, by
+        hash) until the index moves: a batch has one exporter, and a collector behind a Service
+        takes datagrams from many nodes in turn (one record each, from Open vSwitch)."""
+        cdef AgentEntry* e
         failed[0] = 0
-        if (aglen == self.last_agent_len and self.last_agent_gen == self.view.generation
-                and view_addr_eq(self.last_agent, agent, aglen)):
-            return self.last_agent_node
         if aglen != 4 and aglen != 16:
-            return NULL     # only addresses name nodes (and last_agent holds 16 bytes)
+            return NULL     # only addresses name nodes (and an entry holds 16 bytes)
+        e = &self.agent_cache[view_hash(agent, aglen) & (AGENT_CACHE - 1)]
+        if e.alen == aglen and e.gen == self.view.generation and view_addr_eq(e.addr, agent, aglen):
+            return e.node
         try:
-            return self.agent_lookup(agent, aglen)
+            return self.agent_lookup(e, agent, aglen)
         except BaseException:
             failed[0] = 1
             return NULL
 
-    cdef PyObject* agent_lookup(self, const unsigned char* agent, int aglen) except? NULL:
+    cdef PyObject* agent_lookup(self, AgentEntry* e, const unsigned char* agent, int aglen) except? NULL:
         cdef PyObject* p
         p = PyDict_GetItem(self.agents, PyBytes_FromStringAndSize(<const char*>agent, aglen))
         # borrowed from self.agents; a publish() replacing it also moves the generation
-        self.last_agent_node = p if (p is not NULL and <object>p is not None) else NULL
-        memcpy(self.last_agent, agent, aglen)
-        self.last_agent_len = aglen
-        self.last_agent_gen = self.view.generation
-        return self.last_agent_node
+        e.node = p if (p is not NULL and <object>p is not None) else NULL
+        memcpy(e.addr, agent, aglen)
+        e.alen = aglen
+        e.gen = self.view.generation
+        return e.node
 
     def publish(self, dict ips not None, dict agents not None):
         """Point the reader at the index's current dicts (called by the writer under its lock)."""

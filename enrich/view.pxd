@@ -263,6 +263,7 @@ cdef extern from *:
         view_miss_fn miss
         view_agent_fn agent
 
+    unsigned long long view_hash "fs_view_hash"(const unsigned char* addr, int alen) noexcept nogil
     bint view_addr_eq "fs_view_addr_eq"(const unsigned char* x, const unsigned char* y, int n) noexcept nogil
     void view_prefetch "fs_view_prefetch"(EnrichView* v, const unsigned char* addr, int alen) noexcept nogil
     void view_prefetch_parts "fs_view_prefetch_parts"(EnrichView* v, const unsigned char* src,
