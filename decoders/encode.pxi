@@ -875,8 +875,11 @@ cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char*
 # batch_head's answers by (protocol, agent address): a datagram's head was built anew each time
 # (a dict lookup, str.encode, the address's text and a bytes object: ~1,200 instructions a
 # datagram, a tenth of the whole cost of a one-record datagram, which is what Open vSwitch sends).
-# Direct-mapped on the address's last bytes; a slot's bytes object is kept in _heads.
-DEF HEADS = 64
+# Direct-mapped on a hash of the whole address and the protocol (a collector behind a Service
+# takes datagrams from every node in turn: 4,096 slots, ~200 kB with all of them filled); a
+# slot's bytes object is kept in _heads.
+DEF HEADS_BITS = 12
+DEF HEADS = 1 << HEADS_BITS
 cdef list _heads = [None] * HEADS
 cdef uint8_t _head_key[HEADS][18]   # proto_kind, agent_af, agent[16]
 
@@ -896,7 +899,7 @@ cdef bytes batch_head(FlowBatch bt):
     memcpy(&a0, bt.agent, 8)
     memcpy(&a1, bt.agent + 8, 8)
     slot = <int>((((a0 * <uint64_t>0x9E3779B97F4A7C15ULL) ^ a1 ^ bt.proto_kind)
-                  * <uint64_t>0xC2B2AE3D27D4EB4FULL) >> 58) & (HEADS - 1)   # (the top bits: HEADS <= 64)
+                  * <uint64_t>0xC2B2AE3D27D4EB4FULL) >> (64 - HEADS_BITS))   # the top bits
     if memcmp(key, _head_key[slot], 18) == 0 and _heads[slot] is not None:
         return <bytes>_heads[slot]
     head = make_batch_head(bt)

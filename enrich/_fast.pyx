@@ -92,7 +92,7 @@ cdef inline int _span(object e, long long t, long long* lo, long long* hi):
         cur = <tuple>cur[6]
 
 
-DEF AGENT_CACHE = 64    # exporters whose node a Reader keeps (a power of two)
+DEF AGENT_SETS = 256    # exporter -> node answers a Reader keeps: sets of two (a power of two)
 
 ctypedef struct AgentEntry:
     unsigned char addr[16]
@@ -111,7 +111,7 @@ cdef class Reader:
     cdef tuple tails
     cdef EnrichView view
     cdef PyObject** entries      # strong references, parallel to view.cache
-    cdef AgentEntry agent_cache[AGENT_CACHE]   # exporter address -> node, by its hash
+    cdef AgentEntry agent_cache[2 * AGENT_SETS]   # exporter address -> node, two ways a set by its hash
 
     def __cinit__(self, tuple tails):
         cdef int i, j
@@ -246,19 +246,25 @@ cdef class Reader:
 
     cdef PyObject* agent_node(self, const unsigned char* agent, int aglen, int* failed) noexcept:
         """The (interned) node name of an exporter address, borrowed; NULL when unknown or on
-        an error (then failed is set). Answers are kept per address (AGENT_CACHE entries, by
-        hash) until the index moves: a batch has one exporter, and a collector behind a Service
-        takes datagrams from many nodes in turn (one record each, from Open vSwitch)."""
+        an error (then failed is set). Answers are kept per address (AGENT_SETS sets of two
+        entries, by hash) until the index moves: a batch has one exporter, and a collector
+        behind a Service takes datagrams from many nodes in turn (one record each, from Open
+        vSwitch)."""
         cdef AgentEntry* e
         failed[0] = 0
         if aglen != 4 and aglen != 16:
             return NULL     # only addresses name nodes (and an entry holds 16 bytes)
-        e = &self.agent_cache[view_hash(agent, aglen) & (AGENT_CACHE - 1)]
-        if e.alen == aglen and e.gen == self.view.generation and view_addr_eq(e.addr, agent, aglen):
-            return e.node
+        e = &self.agent_cache[2 * ((view_hash(agent, aglen) * <unsigned long long>0x9E3779B97F4A7C15ULL >> 40)
+                                   & (AGENT_SETS - 1))]
+        if e[0].alen == aglen and e[0].gen == self.view.generation and view_addr_eq(e[0].addr, agent, aglen):
+            return e[0].node
+        if e[1].alen == aglen and e[1].gen == self.view.generation and view_addr_eq(e[1].addr, agent, aglen):
+            return e[1].node
+        e[1] = e[0]         # the newer answer first: the older one is replaced next
         try:
             return self.agent_lookup(e, agent, aglen)
         except BaseException:
+            e[0].alen = 0
             failed[0] = 1
             return NULL
 
