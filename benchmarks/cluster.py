@@ -31,11 +31,12 @@ def loadgen_pods(loadgen: Path, extra: list[str]) -> list[str]:
     return sorted(set(out.split()), key=lambda s: int(ipaddress.IPv4Address(s)))
 
 
-def objects(pod_ips: list[str], *, pods: int = 0, nodes: int = NODES,
-            services: int = SERVICES) -> dict[str, list[dict[str, Any]]]:
+def objects(pod_ips: list[str], *, pods: int = 0, nodes: int = NODES, services: int = SERVICES,
+            agents: list[str] = ()) -> dict[str, list[dict[str, Any]]]:  # type: ignore[assignment]
     """The cluster's objects: a Pod for each of `pod_ips` (on the node whose /23 holds it), then
     pods flows never name, spread over the nodes, until there are `pods` (issue 4's sizing: 100k
-    pods, 5k nodes, 10k services), so that the index is the size of a large cluster's."""
+    pods, 5k nodes, 10k services), so that the index is the size of a large cluster's. Node i
+    also has address agents[i] (the load generator's exporters sending from them are nodes)."""
     nodes = max(nodes, NODES)
     out = []
     used = set()
@@ -54,14 +55,19 @@ def objects(pod_ips: list[str], *, pods: int = 0, nodes: int = NODES,
         slot += 1
         if slot > 500:
             raise ValueError(f"{pods} pods do not fit {nodes} nodes' /23 subnets")
-    return {"nodes": list(E.nodes(nodes)), "replicasets": list(E.replicasets(REPLICASETS)),
+    node_objs = list(E.nodes(nodes))
+    if len(agents) > len(node_objs):
+        raise ValueError(f"{len(agents)} exporters, {len(node_objs)} nodes")
+    for nd, agent in zip(node_objs, agents, strict=False):
+        nd["status"]["addresses"].insert(0, {"type": "InternalIP", "address": agent})
+    return {"nodes": node_objs, "replicasets": list(E.replicasets(REPLICASETS)),
             "services": list(E.services(services)), "pods": out}
 
 
 class Cluster:
     """The fake API server with the objects loaded, and a kubeconfig pointing at it."""
 
-    def __init__(self, pod_ips: list[str], workdir: str, **size: int) -> None:
+    def __init__(self, pod_ips: list[str], workdir: str, **size: Any) -> None:
         from tests.support.fake_kube import FakeKube
 
         self.kube = FakeKube().start()

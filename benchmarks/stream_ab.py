@@ -2,7 +2,7 @@
 
     python -m benchmarks.stream_ab --tree before=/tmp/old --tree after=. [--rate 100000]
         [--seconds 8] [--rounds 3] [--records 1]
-        [--kafka [--partitions 12] [--collector-args '--kafka-key exporter']]
+        [--kafka [--partitions 12] [--collector-args '--kafka-key exporter']] [--exporters K]
 
 `--enriched NAME` (repeatable) runs that tree's collector with Kubernetes enrichment against the
 harness's simulated cluster (benchmarks/cluster.py: a Pod for every address loadgen uses, padded
@@ -53,6 +53,18 @@ def _metric(http: int, name: str, label: str = "") -> float:
                if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{") and label in line)
 
 
+def agents(n: int) -> list[str]:
+    """--exporters: the addresses loadgen's exporters send from (one node per /24, as 10.0.i.10:
+    loopback's 127/8 is all local)."""
+    return [f"127.0.{i + 1}.10" for i in range(n)]
+
+
+def _exporter_args(args: argparse.Namespace) -> list[str]:
+    if not args.exporters:
+        return []
+    return ["--exporters", str(args.exporters), "--src", ",".join(agents(args.exporters))]
+
+
 def _round(tree: Path, args: argparse.Namespace, out: Path, bootstrap: str = "",
            enrich: list[str] | None = None) -> tuple[float, int, int]:
     """(CPU seconds, lines written or flows delivered, flows sent) for one collector run."""
@@ -81,7 +93,8 @@ def _round(tree: Path, args: argparse.Namespace, out: Path, bootstrap: str = "",
         c0 = _cpu_seconds(p.pid)
         g = subprocess.run(["taskset", "-c", "0", str(HERE / "bin" / "loadgen"), "--proto", "ipfix", "--to",
                             f"127.0.0.1:{port}", "--rate", str(args.rate), "--duration", str(args.seconds),
-                            "--records", str(args.records)], capture_output=True, text=True, check=True)
+                            "--records", str(args.records), *_exporter_args(args)],
+                           capture_output=True, text=True, check=True)
         time.sleep(1.0)
         if bootstrap:
             deadline = time.monotonic() + 30
@@ -115,6 +128,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--records", type=int, default=1, help="flows a datagram")
+    ap.add_argument("--exporters", type=int, default=0,
+                    help="exporters sending from addresses of their own, 127.0.i.10 (the simulated cluster's first "
+                         "nodes with --enriched); 0: loadgen's default, 4 from 127.0.0.1")
     ap.add_argument("--kafka", action="store_true", help="into a Tansu broker instead of a file")
     ap.add_argument("--partitions", type=int, default=12, help="--kafka: the topic's partitions")
     ap.add_argument("--collector-args", default="", help="more `flowscope run` flags, split on spaces")
@@ -134,7 +150,8 @@ def main() -> None:
                 from benchmarks.cluster import Cluster, loadgen_pods
 
                 cluster = Cluster(loadgen_pods(HERE / "bin" / "loadgen", []), tmp, pods=args.cluster_pods,
-                                  nodes=args.cluster_nodes, services=args.cluster_services)
+                                  nodes=args.cluster_nodes, services=args.cluster_services,
+                                  agents=agents(args.exporters))
                 print(f"simulated cluster: {cluster.counts}", flush=True)
             if args.kafka:
                 from benchmarks.broker import start_broker
