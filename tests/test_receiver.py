@@ -200,6 +200,35 @@ def test_the_kafka_path_appends_to_the_open_record_batch_and_starts_a_new_one_wh
     assert w.writer.records > 0
 
 
+def test_a_batch_queued_during_a_read_takes_no_more_flows(udp4: socket.socket) -> None:
+    """The Receiver keeps the owner's writer for the read and asks again after calling the
+    owner: a batch that filled and went to the queue (Worker.write_records) is never appended
+    to again, not even by a short record that would still fit where a long one did not
+    (IPFIX records with a 600-byte unknown element, about 1.3 kB of JSON each, then one of two
+    addresses, in turn, all in one read)."""
+    from benchmarks import datagrams as D
+
+    w = worker(kafka=KafkaConfig(brokers=["127.0.0.1:1"], batch_bytes=16384))
+    r = Receiver(udp4.fileno(), w.decoder, w, 0, "netflow")
+    queued: list[tuple[Any, int]] = []
+    w._queued_batch = lambda wr: queued.append((wr, wr.records))
+    big = D.IpfixTemplate(256, (("src", 8, 0, 4), ("dst", 12, 0, 4), ("blob", 100, 9999, 600)))
+    small = D.IpfixTemplate(257, (("src", 8, 0, 4), ("dst", 12, 0, 4)))
+    rec = {"src": "10.0.0.1", "dst": "10.0.0.2", "blob": bytes(range(256)) * 3}
+    sent = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        for i in range(40):
+            t, n = (big, 5) if i % 2 == 0 else (small, 1)
+            tx.sendto(D.ipfix_message([D.template_set([t]), D.data_set(t, [rec] * n)], seq=sent,
+                                      export_time=1_700_000_000), udp4.getsockname())
+            sent += n
+        assert read_all(r, 40) == 40
+    assert len(queued) >= 2
+    assert [wr.records for wr, _ in queued] == [n for _, n in queued]
+    assert sum(n for _, n in queued) == w.queue.total_records
+    assert w.queue.total_records + w.writer.records == sent
+
+
 @pytest.mark.parametrize("mode", ["exporter", "conversation"])
 def test_the_keyed_modes_append_in_c_to_each_partitions_batch(udp4: socket.socket, mode: str) -> None:
     """Keyed Kafka modes: before the topic's partition count is known each datagram goes to the
