@@ -20,23 +20,21 @@ import time
 from typing import Any
 
 from benchmarks import broker as brk
-from benchmarks import datagrams as D
 from benchmarks import peers
 from benchmarks import pipeline_bench as P
 
 
 def batches(enriched: bool, n: int, batch_bytes: int) -> list[Any]:
-    from decoders import Decoder, RecordBatchWriter
+    from decoders import RecordBatchWriter
 
-    e, payloads, agent = P.build(4000, 200, 500, 2000)
-    dec = Decoder()
-    dec.decode(D.ipfix_message([D.template_set([D.OVS_INGRESS])], seq=0, export_time=P.EXPORT), agent)
+    e, payloads, agents = P.build(4000, 200, 500, 2000)
+    dec = P.decoder(agents)
     out = []
     i = 0
     while len(out) < n:
         w = RecordBatchWriter(batch_bytes)
         while True:
-            b = dec.decode(payloads[i % len(payloads)], agent, 0, P.EXPORT)
+            b = dec.decode(*payloads[i % len(payloads)], 0, P.EXPORT)
             i += 1
             if w.append(b, e if enriched else None, 0) < len(b):
                 break
