@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ def loadgen_pods(loadgen: Path, extra: list[str]) -> list[str]:
 
 
 def objects(pod_ips: list[str], *, pods: int = 0, nodes: int = NODES, services: int = SERVICES,
-            agents: list[str] = ()) -> dict[str, list[dict[str, Any]]]:  # type: ignore[assignment]
+            agents: Sequence[str] = ()) -> dict[str, list[dict[str, Any]]]:
     """The cluster's objects: a Pod for each of `pod_ips` (on the node whose /23 holds it), then
     pods flows never name, spread over the nodes, until there are `pods` (issue 4's sizing: 100k
     pods, 5k nodes, 10k services), so that the index is the size of a large cluster's. Node i

@@ -414,7 +414,7 @@ FLAG_NAMES[:] = [b"FIN", b"SYN", b"RST", b"PSH", b"ACK", b"URG", b"ECE", b"CWR"]
 
 from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid
 
-from enrich.view cimport VIEW_CAPSULE, EnrichView, view_parts, view_prefetch, view_prefetch_parts
+from enrich.view cimport VIEW_CAPSULE, EnrichView, view_hash, view_parts, view_prefetch, view_prefetch_parts
 
 cdef EnrichView* _ev = NULL
 cdef object _ev_owner = None     # the enricher whose capsule _ev came from (kept alive)
@@ -878,8 +878,7 @@ cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char*
 # Direct-mapped on a hash of the whole address and the protocol (a collector behind a Service
 # takes datagrams from every node in turn: 4,096 slots, ~200 kB with all of them filled); a
 # slot's bytes object is kept in _heads.
-DEF HEADS_BITS = 12
-DEF HEADS = 1 << HEADS_BITS
+DEF HEADS = 4096
 cdef list _heads = [None] * HEADS
 cdef uint8_t _head_key[HEADS][18]   # proto_kind, agent_af, agent[16]
 
@@ -889,17 +888,15 @@ cdef bytes batch_head(FlowBatch bt):
     cdef uint8_t key[18]
     cdef int slot
     cdef bytes head
-    cdef uint64_t a0, a1
     key[0] = bt.proto_kind
     key[1] = bt.agent_af
     memcpy(key + 2, bt.agent, 16)
-    # every byte of the address counts: nodes numbered 10.0.1.10, 10.0.2.10, ... (one per
-    # subnet) took one slot by the last bytes alone, and a collector taking their datagrams in
-    # turn built the head again for each one
-    memcpy(&a0, bt.agent, 8)
-    memcpy(&a1, bt.agent + 8, 8)
-    slot = <int>((((a0 * <uint64_t>0x9E3779B97F4A7C15ULL) ^ a1 ^ bt.proto_kind)
-                  * <uint64_t>0xC2B2AE3D27D4EB4FULL) >> (64 - HEADS_BITS))   # the top bits
+    # the enrichment cache's address hash (every byte counts: nodes numbered 10.0.1.10,
+    # 10.0.2.10, ... took one slot by the last bytes alone, and a collector taking their
+    # datagrams in turn built the head again for each one); an IPv4 address as 4 bytes (hashed
+    # as 16, zero-padded, its low bits are its last byte and a half: 256 exporters in 16 slots)
+    slot = <int>((view_hash(bt.agent, 4 if bt.agent_af == 4 else 16) ^ (<uint64_t>bt.proto_kind << 7))
+                 & (HEADS - 1))
     if memcmp(key, _head_key[slot], 18) == 0 and _heads[slot] is not None:
         return <bytes>_heads[slot]
     head = make_batch_head(bt)

@@ -2832,16 +2832,25 @@ cdef inline uint64_t dedup_half_key(Flow* f, bint src_side) noexcept:
     return dedup_end_key(f, 2, &f.dst[0], f.dport)
 
 
-cdef bint dedup_take_twin(ExporterState ex, uint64_t h, Flow* f, int64_t now, int64_t window) noexcept:
+cdef inline uint64_t dedup_waiting(ExporterState ex, uint64_t slot, uint64_t key, uint64_t d, int64_t now) noexcept:
+    """Records of direction `d` waiting in an end's slot for their twins: its count when the
+    slot holds `key`, that direction and a latest end time within DEDUP_WINDOW_MS of `now`, else 0."""
+    cdef uint64_t have = ex.dedup_keys[slot]
+    if ((have & ~(<uint64_t>DEDUP_END_LOW)) == key and (have & 1) == d
+            and now - ex.dedup_times[slot] <= DEDUP_WINDOW_MS and ex.dedup_times[slot] - now <= DEDUP_WINDOW_MS):
+        return (have >> 1) & DEDUP_END_MAX
+    return 0
+
+
+cdef bint dedup_take_twin(ExporterState ex, uint64_t h, Flow* f, int64_t now) noexcept:
     """The slot of end key `h` holds records of the other direction not yet paired, the latest
-    ending within `window` of `now`: one of them is marked paired and True is returned."""
+    ending within DEDUP_WINDOW_MS of `now`: one of them is marked paired and True is returned."""
     cdef uint64_t key = h & ~(<uint64_t>DEDUP_END_LOW)
     cdef uint64_t slot = (h >> 20) % DEDUP_SLOTS
-    cdef uint64_t have = ex.dedup_keys[slot]
-    cdef uint64_t waiting = (have >> 1) & DEDUP_END_MAX
-    if ((have & ~(<uint64_t>DEDUP_END_LOW)) == key and waiting and (have & 1) != (<uint64_t>f.direction & 1)
-            and now - ex.dedup_times[slot] <= window and ex.dedup_times[slot] - now <= window):
-        ex.dedup_keys[slot] = (have & ~((<uint64_t>DEDUP_END_MAX) << 1)) | ((waiting - 1) << 1)
+    cdef uint64_t d = (<uint64_t>f.direction & 1) ^ 1
+    cdef uint64_t waiting = dedup_waiting(ex, slot, key, d, now)
+    if waiting:
+        ex.dedup_keys[slot] = key | ((waiting - 1) << 1) | d
         return True
     return False
 
@@ -2852,12 +2861,8 @@ cdef inline void dedup_store(ExporterState ex, uint64_t h, Flow* f, int64_t now)
     the first one's output sample), else the only one."""
     cdef uint64_t key = h & ~(<uint64_t>DEDUP_END_LOW)
     cdef uint64_t slot = (h >> 20) % DEDUP_SLOTS
-    cdef uint64_t have = ex.dedup_keys[slot]
-    cdef uint64_t waiting = (have >> 1) & DEDUP_END_MAX
     cdef uint64_t d = <uint64_t>f.direction & 1
-    if not ((have & ~(<uint64_t>DEDUP_END_LOW)) == key and (have & 1) == d and waiting
-            and now - ex.dedup_times[slot] <= DEDUP_WINDOW_MS and ex.dedup_times[slot] - now <= DEDUP_WINDOW_MS):
-        waiting = 0
+    cdef uint64_t waiting = dedup_waiting(ex, slot, key, d, now)
     if waiting < DEDUP_END_MAX:
         waiting += 1
     ex.dedup_keys[slot] = key | (waiting << 1) | d
@@ -2942,21 +2947,20 @@ cdef bint is_duplicate(ExporterState ex, Flow* f):
         if not have & 2 and (have & 1) != (<uint64_t>f.direction & 1):
             ex.dedup_keys[slot] = have | 2      # the first record's twin
             if halves and egress:   # the ingress record's ends are paired too: no other record takes them
-                dedup_take_twin(ex, hs, f, now, DEDUP_WINDOW_MS)
-                dedup_take_twin(ex, hd, f, now, DEDUP_WINDOW_MS)
-                dedup_take_twin(ex, dedup_end_key(f, 3, &f.src[0], f.dport), f, now, DEDUP_WINDOW_MS)
+                dedup_take_twin(ex, hs, f, now)
+                dedup_take_twin(ex, hd, f, now)
+                dedup_take_twin(ex, dedup_end_key(f, 3, &f.src[0], f.dport), f, now)
             return True
         if have & 2 and egress and now != 0 and (now - ex.dedup_times[slot] <= DEDUP_COPY_MS
                                                  and ex.dedup_times[slot] - now <= DEDUP_COPY_MS):
             return True                         # another copy of that packet (flooded to more ports)
-    if halves and egress and (dedup_take_twin(ex, hs, f, now, DEDUP_WINDOW_MS)
-                              or dedup_take_twin(ex, hd, f, now, DEDUP_WINDOW_MS)):
+    if halves and egress and (dedup_take_twin(ex, hs, f, now)
+                              or dedup_take_twin(ex, hd, f, now)):
         return True                             # translated between its two samples (NAT)
     # a hairpin: its destination is the ingress record's sender (an ingress record's source end
     # is its key 1, its source address with its destination port its key 3)
-    if halves and egress and (dedup_take_twin(ex, dedup_end_key(f, 1, &f.dst[0], f.sport), f, now, DEDUP_WINDOW_MS)
-                              or dedup_take_twin(ex, dedup_end_key(f, 3, &f.dst[0], f.dport), f, now,
-                                                 DEDUP_WINDOW_MS)):
+    if halves and egress and (dedup_take_twin(ex, dedup_end_key(f, 1, &f.dst[0], f.sport), f, now)
+                              or dedup_take_twin(ex, dedup_end_key(f, 3, &f.dst[0], f.dport), f, now)):
         return True
     ex.dedup_keys[slot] = key | (<uint64_t>f.direction & 1)
     ex.dedup_times[slot] = now

@@ -159,9 +159,9 @@ cdef class Receiver:
     `write_records(batch, done, ip)`, `write_keyed(batch, ip, done)` (these two count
     their own failures: flows of a datagram may be in batches already), `deliver(batch, ip)`, `after_decode(batch, ip)`,
     `refused(index, ip)`, `wrong_protocol(index, ip, data)`, `internal_error(ip, exc, pending)`
-    and `socket_error(index, exc)`. `enricher` is read once a read() call, `writer` again only
-    after a call into the owner: only the owner's methods (or its tasks, between reads) change
-    them."""
+    and `socket_error(index, exc)`. `enricher` is read once a read() call (it is set when the
+    owner is made); `writer` for each datagram (write_records starts a new one when a batch
+    fills)."""
 
     cdef fs_rx rx
     cdef readonly int fd
@@ -180,12 +180,7 @@ cdef class Receiver:
     cdef KeyedBatches kb
     cdef Py_ssize_t keyed_cap
     cdef bint key_exporter
-    # the owner's writer and enricher as this read() call found them (two attribute lookups a
-    # datagram less); the writer is asked for again after any call into the owner, which may
-    # have started a new one (write_records when a batch filled)
-    cdef object wr
-    cdef bint wr_known
-    cdef object enr
+    cdef object enr     # the owner's enricher for this read() call
 
     def __cinit__(self):
         self.rx.vlen = 0
@@ -236,7 +231,6 @@ cdef class Receiver:
         cdef Py_ssize_t got = 0
         cdef double now
         self.kb = None
-        self.wr_known = False
         self.enr = self.owner.enricher
         if self.owner.keyed_mode:
             try:
@@ -261,8 +255,6 @@ cdef class Receiver:
             if n < self.rx.vlen:
                 break       # the socket is empty: no call to learn it again
         self.kb = None      # (no reference kept between reads: a new count makes new batches)
-        self.wr = None
-        self.wr_known = False
         self.enr = None
         return got
 
@@ -282,7 +274,6 @@ cdef class Receiver:
         if fs_rx_source_text(&self.rx, k, text, sizeof(text)) != 0:
             return NULL
         ip = PyUnicode_FromString(text)
-        self.wr_known = False   # (a call into the owner)
         allowed = bool(self.owner.allowed(ip))
         key = ip.encode()
         if s.text != NULL:
@@ -326,11 +317,9 @@ cdef class Receiver:
                 return
             ip = <object>s.text
             if not s.allowed:
-                self.wr_known = False
                 self.owner.refused(self.index, ip)
                 return
             if not self.scheme_takes(<const uint8_t*>p, n):
-                self.wr_known = False
                 self.owner.wrong_protocol(self.index, ip, PyBytes_FromStringAndSize(p, n))
                 return
             data = PyBytes_FromStringAndSize(p, n)
@@ -338,37 +327,27 @@ cdef class Receiver:
                 b = self.dec.decode_c(data, ip, port, now)
                 pending = b.n
                 if pending:
-                    if not self.wr_known:
-                        self.wr = self.owner.writer
-                        self.wr_known = True
-                    wr = self.wr
+                    wr = self.owner.writer
                     if type(wr) is RecordBatchWriter:
                         done = (<RecordBatchWriter>wr).append_c(b, self.enr, 0)
                         if done < pending:
-                            self.wr_known = False
                             self.owner.write_records(b, done, ip)
                     elif type(wr) is LineWriter:
                         done = (<LineWriter>wr).append_c(b, self.enr, 0)
                         if done < pending:
-                            self.wr_known = False
                             self.owner.write_records(b, done, ip)
                     elif self.kb is not None:
                         done = self.kb.append_c(b, self.enr, 0, <bytes>s.key if self.key_exporter else None)
                         if done < pending or self.kb.nbytes > self.keyed_cap:
-                            self.wr_known = False
                             self.owner.write_keyed(b, ip, done)
                     else:
-                        self.wr_known = False
                         self.owner.deliver(b, ip)
                     pending = 0
                 if b._counters is not None or b._dropped is not None:
-                    self.wr_known = False
                     self.owner.after_decode(b, ip)
             except Exception as exc:
-                self.wr_known = False
                 self.owner.internal_error(ip, exc, pending)
         except Exception:       # the owner's own handlers failing: counted, never raised
-            self.wr_known = False
             try:
                 self.drops["internal"] += 1
             except Exception:

@@ -254,8 +254,7 @@ cdef class Reader:
         failed[0] = 0
         if aglen != 4 and aglen != 16:
             return NULL     # only addresses name nodes (and an entry holds 16 bytes)
-        e = &self.agent_cache[2 * ((view_hash(agent, aglen) * <unsigned long long>0x9E3779B97F4A7C15ULL >> 40)
-                                   & (AGENT_SETS - 1))]
+        e = &self.agent_cache[2 * (view_hash(agent, aglen) & (AGENT_SETS - 1))]
         if e[0].alen == aglen and e[0].gen == self.view.generation and view_addr_eq(e[0].addr, agent, aglen):
             return e[0].node
         if e[1].alen == aglen and e[1].gen == self.view.generation and view_addr_eq(e[1].addr, agent, aglen):
