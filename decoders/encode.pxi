@@ -408,9 +408,9 @@ FLAG_NAMES[:] = [b"FIN", b"SYN", b"RST", b"PSH", b"ACK", b"URG", b"ECE", b"CWR"]
 #
 # An enricher with a C view (enrich._fast.Reader.c_api: a capsule pointing at its EnrichView,
 # enrich/view.pxd) is read in place: the cache's hit path is inlined here, only a miss calls the
-# reader, and the answer is three borrowed pre-encoded byte strings (source part, destination
-# part, tail) copied into the output. Other enrichers are called through the Python contract
-# (docs/INTERNALS.md).
+# reader, and the answer is three pre-encoded texts (source part and destination part, held in
+# the cache's slots, and a borrowed tail) copied into the output. Other enrichers are called
+# through the Python contract (docs/INTERNALS.md).
 
 from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid
 
@@ -514,8 +514,8 @@ cdef int enrich_py(Buf* o, object enricher, bytes src, bytes dst, Flow* f, int64
 
 
 cdef int _enrich_into(Buf* o, FlowBatch bt, Flow* f, object enricher, int64_t t) except -1:
-    cdef PyObject* a
-    cdef PyObject* b
+    cdef const char* a
+    cdef const char* b
     cdef PyObject* tail
     cdef Py_ssize_t la = 0, lb = 0, lt
     cdef char* p
@@ -535,18 +535,15 @@ cdef int _enrich_into(Buf* o, FlowBatch bt, Flow* f, object enricher, int64_t t)
     if enrich_c(enricher) and addr_len(f.af):
         if _ev.generation != _ag_gen:   # the index moved (between batches, or a miss let a writer in)
             enrich_agent_node()
-        if _ag_ok and view_parts(_ev, f.src, f.dst, addr_len(f.af), _ag_node, t, f.direction, &a, &b, &tail) == 0:
-            if a != NULL:
-                la = PyBytes_GET_SIZE(<bytes>a)
-            if b != NULL:
-                lb = PyBytes_GET_SIZE(<bytes>b)
+        if _ag_ok and view_parts(_ev, f.src, f.dst, addr_len(f.af), _ag_node, t, f.direction,
+                                 &a, &la, &b, &lb, &tail) == 0:
             lt = PyBytes_GET_SIZE(<bytes>tail)
             buf_reserve(o, la + lb + lt)
             p = o.p + o.n
-            if a != NULL:
-                memcpy(p, PyBytes_AS_STRING(<bytes>a), la)
-            if b != NULL:
-                memcpy(p + la, PyBytes_AS_STRING(<bytes>b), lb)
+            if la:
+                memcpy(p, a, la)
+            if lb:
+                memcpy(p + la, b, lb)
             memcpy(p + la + lb, PyBytes_AS_STRING(<bytes>tail), lt)
             o.n += la + lb + lt
             return 0

@@ -22,17 +22,42 @@ from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject
 from cpython.pycapsule cimport PyCapsule_New
 from cpython.ref cimport Py_INCREF, Py_XDECREF
-from libc.stdlib cimport calloc, free
+from libc.stdlib cimport calloc, free, realloc
 from libc.string cimport memcpy, memset
 
 from enrich.view cimport (VIEW_CAPSULE, VIEW_HITS, VIEW_IDENTIFIED, VIEW_KIND_NODE, VIEW_KIND_NONE, VIEW_KIND_POD,
-                          VIEW_KIND_SERVICE, VIEW_MISSES, VIEW_SLOTS, VIEW_UNIDENTIFIED, EnrichSlot, EnrichView,
+                          VIEW_KIND_SERVICE, VIEW_MISSES, VIEW_SLOTS, VIEW_TEXT, VIEW_UNIDENTIFIED, EnrichSlot,
+                          EnrichView,
                           view_addr_eq, view_combine, view_hash, view_resolve)
 
 DEF ALIVE = 1 << 62     # enrich.index.ALIVE: a holder that has not ended
 
-cdef extern from "stdlib.h":
-    void* aligned_alloc(size_t alignment, size_t size)
+cdef extern from *:
+    """
+    #include <sys/mman.h>
+    /* The slot array: anonymous memory (zeroed) on a 2 MiB boundary, with huge pages asked for
+       (transparent huge pages in "madvise" mode honour it; elsewhere the advice is refused or
+       ignored and 4 KiB pages serve the same). *base and *size say what to unmap. */
+    static void* fs_slots_map(size_t bytes, void** base, size_t* size) {
+        const size_t huge = (size_t)2 << 20;
+        size_t n = bytes + huge;
+        char* p = (char*)mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        char* a;
+        if (p == (char*)MAP_FAILED) return NULL;
+        a = (char*)(((uintptr_t)p + huge - 1) & ~(uintptr_t)(huge - 1));
+    #ifdef MADV_HUGEPAGE
+        (void)madvise(a, bytes, MADV_HUGEPAGE);
+    #endif
+        *base = p;
+        *size = n;
+        return a;
+    }
+    static void fs_slots_unmap(void* base, size_t size) {
+        if (base != NULL) munmap(base, size);
+    }
+    """
+    void* fs_slots_map(size_t nbytes, void** base, size_t* size)
+    void fs_slots_unmap(void* base, size_t size)
 
 
 cdef inline object _holder_at(object e, long long t):
@@ -111,6 +136,14 @@ cdef class Reader:
     cdef tuple tails
     cdef EnrichView view
     cdef PyObject** entries      # strong references, parallel to view.cache
+    cdef void* map_base          # the mapping view.cache lies in (fs_slots_map)
+    cdef size_t map_size
+    cdef char* blocks            # the slots' text blocks, VIEW_TEXT bytes each (fs_slots_map)
+    cdef void* blocks_base
+    cdef size_t blocks_size
+    cdef Py_ssize_t blocks_used
+    cdef char** block_of         # parallel to view.cache: the slot's block in `blocks`, NULL: none yet
+    cdef char** big              # parallel to view.cache: a malloc'ed block for parts too long for one
     cdef AgentEntry agent_cache[2 * AGENT_SETS]   # exporter address -> node, two ways a set by its hash
 
     def __cinit__(self, tuple tails):
@@ -124,11 +157,18 @@ cdef class Reader:
         for i in range(2):
             for j in range(4):
                 self.view.tails[i][j] = <PyObject*>(<tuple>tails[i])[j]
-        self.view.cache = <EnrichSlot*>aligned_alloc(64, VIEW_SLOTS * sizeof(EnrichSlot))
+        self.map_base = NULL
+        self.blocks_base = NULL
+        self.view.cache = <EnrichSlot*>fs_slots_map(VIEW_SLOTS * sizeof(EnrichSlot), &self.map_base,
+                                                    &self.map_size)
+        self.blocks = <char*>fs_slots_map(VIEW_SLOTS * VIEW_TEXT, &self.blocks_base, &self.blocks_size)
+        self.blocks_used = 0
         self.entries = <PyObject**>calloc(VIEW_SLOTS, sizeof(PyObject*))
-        if self.view.cache == NULL or self.entries == NULL:
+        self.block_of = <char**>calloc(VIEW_SLOTS, sizeof(char*))
+        self.big = <char**>calloc(VIEW_SLOTS, sizeof(char*))
+        if (self.view.cache == NULL or self.blocks == NULL or self.entries == NULL or self.block_of == NULL
+                or self.big == NULL):
             raise MemoryError()
-        memset(self.view.cache, 0, VIEW_SLOTS * sizeof(EnrichSlot))
         self.view.reader = <void*>self
         self.view.miss = _miss
         self.view.agent = _agent
@@ -140,10 +180,16 @@ cdef class Reader:
             for i in range(VIEW_SLOTS):
                 Py_XDECREF(self.entries[i])
             free(self.entries)
-        free(self.view.cache)
+        if self.big != NULL:
+            for i in range(VIEW_SLOTS):
+                free(self.big[i])
+            free(self.big)
+        free(self.block_of)
+        fs_slots_unmap(self.map_base, self.map_size)
+        fs_slots_unmap(self.blocks_base, self.blocks_size)
 
     def c_api(self):
-        """A capsule (VIEW_CAPSULE, "flowscope.enrich.view.v7") pointing at the reader's
+        """A capsule (VIEW_CAPSULE, "flowscope.enrich.view.v8") pointing at the reader's
         EnrichView for the decoders' encoder; keeps nothing alive by itself: the caller holds
         the reader (or its Enricher) while it uses the capsule."""
         return PyCapsule_New(&self.view, VIEW_CAPSULE, NULL)
@@ -217,7 +263,7 @@ cdef class Reader:
         cdef Py_ssize_t k = slot - self.view.cache
         Py_XDECREF(self.entries[k])
         self.entries[k] = NULL
-        slot.src_frag = NULL
+        slot.text = NULL
         slot.alen = 0  # not valid until filled
         if p is NULL:
             slot.lo = -(1LL << 62)
@@ -232,17 +278,41 @@ cdef class Reader:
             holder = _holder_at(e, t)
             if holder is not None:
                 # holder is part of e's chain: its pieces stay alive while the entry is held
-                slot.src_frag = <PyObject*>(<tuple>holder)[0]
-                slot.dst_frag = <PyObject*>(<tuple>holder)[1]
+                self.texts(slot, k, <bytes>(<tuple>holder)[0], <bytes>(<tuple>holder)[1])
                 # Node names are interned by the index (enrich.index._intern): equal names are
                 # the same object, so the per-flow comparisons compare pointers.
                 slot.node = <PyObject*>(<tuple>holder)[2] if (<tuple>holder)[2] is not None else NULL
                 slot.infra = (<tuple>holder)[3] is True
-                slot.kind = _kind(<bytes>slot.src_frag)
+                slot.kind = _kind(<bytes>(<tuple>holder)[0])
         memcpy(slot.addr, addr, alen)
         slot.alen = <signed char>alen
         slot.gen = <unsigned int>self.view.generation
         return slot
+
+    cdef int texts(self, EnrichSlot* slot, Py_ssize_t k, bytes src, bytes dst) except -1:
+        """The holder's two parts copied into slot k's text block (taken from `blocks` the first
+        time the slot holds anybody, and kept), or into a block of their own when they are
+        longer than one (names of hundreds of characters; freed when the slot is refilled)."""
+        cdef Py_ssize_t ls = PyBytes_GET_SIZE(src), ld = PyBytes_GET_SIZE(dst)
+        cdef char* t
+        if ls + ld <= VIEW_TEXT:
+            free(self.big[k])
+            self.big[k] = NULL
+            if self.block_of[k] == NULL:
+                self.block_of[k] = self.blocks + self.blocks_used * VIEW_TEXT   # (one a slot at most)
+                self.blocks_used += 1
+            t = self.block_of[k]
+        else:
+            t = <char*>realloc(self.big[k], ls + ld)
+            if t == NULL:
+                raise MemoryError()
+            self.big[k] = t
+        memcpy(t, PyBytes_AS_STRING(src), ls)
+        memcpy(t + ls, PyBytes_AS_STRING(dst), ld)
+        slot.src_len = <unsigned int>ls
+        slot.dst_len = <unsigned int>ld
+        slot.text = t
+        return 0
 
     cdef PyObject* agent_node(self, const unsigned char* agent, int aglen, int* failed) noexcept:
         """The (interned) node name of an exporter address, borrowed; NULL when unknown or on
@@ -288,8 +358,8 @@ cdef class Reader:
         as the encoder's (enrich/view.pxd), plus one output allocation and three memcpy."""
         cdef EnrichSlot* s = NULL
         cdef EnrichSlot* d = NULL
-        cdef PyObject* pa
-        cdef PyObject* pb
+        cdef const char* pa
+        cdef const char* pb
         cdef PyObject* pt
         cdef PyObject* an
         cdef int failed = 0
@@ -311,20 +381,16 @@ cdef class Reader:
         an = self.agent_node(agent, len(agent), &failed)
         if failed:
             raise MemoryError()
-        view_combine(&self.view, s, d, an, direction, &pa, &pb, &pt)
+        view_combine(&self.view, s, d, an, direction, &pa, &la, &pb, &lb, &pt)
         if pa == NULL and pb == NULL:
             return <bytes>pt
-        if pa != NULL:
-            la = PyBytes_GET_SIZE(<bytes>pa)
-        if pb != NULL:
-            lb = PyBytes_GET_SIZE(<bytes>pb)
         lt = PyBytes_GET_SIZE(<bytes>pt)
         out = PyBytes_FromStringAndSize(NULL, la + lb + lt)
         buf = PyBytes_AS_STRING(out)
         if la:
-            memcpy(buf, PyBytes_AS_STRING(<bytes>pa), la)
+            memcpy(buf, pa, la)
         if lb:
-            memcpy(buf + la, PyBytes_AS_STRING(<bytes>pb), lb)
+            memcpy(buf + la, pb, lb)
         memcpy(buf + la + lb, PyBytes_AS_STRING(<bytes>pt), lt)
         return out
 

@@ -17,31 +17,42 @@ from cpython.object cimport PyObject
 
 cdef extern from *:
     """
+    #include <stddef.h>
     #include <stdint.h>
     #include <string.h>
-    #define FS_VIEW_CAPSULE "flowscope.enrich.view.v7"
+    #define FS_VIEW_CAPSULE "flowscope.enrich.view.v8"
     #define FS_VIEW_SLOTS 16384   /* per-address answers: 8192 sets of 2 ways */
     #define FS_VIEW_SETS (FS_VIEW_SLOTS / 2)
+    #define FS_VIEW_TEXT 576      /* a slot's text block: the holder's two parts, back to back */
     #if defined(__GNUC__) || defined(__clang__)
     #define FS_ALWAYS_INLINE static inline __attribute__((always_inline))
     #else
     #define FS_ALWAYS_INLINE static inline
     #endif
 
-    /* One cache line per slot (64 bytes; the reader allocates the array 64-aligned): a lookup
-       touches one line per way. The address's index entry (the strong reference that keeps the
-       borrowed pointers alive) lives in the reader, in an array parallel to the slots. */
+    /* One cache line per slot (64 bytes; the reader maps the array on a 2 MiB boundary): a
+       lookup touches one line per way. The holder's two parts (the JSON text the encoder copies
+       out) are copies in a text block of the slot's own, in one array of blocks handed out in
+       the order slots are first filled (the busiest addresses are looked up first, so their
+       blocks lie together). Why copies: the parts are Python bytes objects wherever the index
+       allocated them; with a few thousand busy pods among 100k each copy touched a page of its
+       own, and perf showed the prefetches and copies waiting on page walks (the busy parts
+       copied together took about a third off enrichment's cost, 25 records a datagram). Blocks
+       in the slots themselves (ten lines a slot) spread the busy ones over every page of the
+       array and took only half of that. The address's index entry (the strong reference that
+       keeps node alive) lives in the reader, in an array parallel to the slots. */
     typedef struct EnrichSlot {
         unsigned char addr[16];
         long long lo, hi;        /* the slot answers for flow starts in [lo, hi) */
-        PyObject* src_frag;      /* the holder's source part; NULL: nobody holds the address */
-        PyObject* dst_frag;
+        const char* text;        /* the holder's source part, then its destination part; NULL: nobody holds the address */
         PyObject* node;          /* interned node name, NULL: none */
         unsigned int gen;        /* low 32 bits of the view's generation when filled */
+        unsigned int src_len, dst_len;   /* the two parts' lengths in text */
         signed char alen;        /* 0: empty */
         unsigned char infra;     /* the holder's layer bit (enrich.index Index._layer_bit) */
-        unsigned char kind;      /* the holder's: FS_KIND_POD, _NODE or _SERVICE (with src_frag) */
+        unsigned char kind;      /* the holder's: FS_KIND_POD, _NODE or _SERVICE (with text) */
     } EnrichSlot;
+    _Static_assert(sizeof(EnrichSlot) == 64, "EnrichSlot: one cache line");
 
     /* The reader's slow paths (called with the GIL held). miss: refill a way of the set at
        `base` (never `avoid`) for addr at flow start t, counting the lookup; NULL on an error
@@ -118,35 +129,33 @@ cdef extern from *:
         return s->gen == gen && s->alen == alen && s->lo <= t && t < s->hi && fs_view_addr_eq(s->addr, addr, alen);
     }
 
-    /* Start loading a fragment's bytes (a Python bytes object: a header of 32 bytes, then the
-       text, about 200-350 bytes for a pod): six lines from the object's start. A prefetch never
-       faults, so a pointer that is stale or NULL costs nothing but the instruction. */
-    FS_ALWAYS_INLINE void fs_view_prefetch_frag(const void* o) {
-        const char* p = (const char*)o;
+    /* Start loading a part's text (about 200-350 bytes for a pod): five lines from its start.
+       A prefetch never faults, so a pointer that is stale or NULL costs nothing but the
+       instruction. */
+    FS_ALWAYS_INLINE void fs_view_prefetch_text(const char* p) {
         __builtin_prefetch(p);
         __builtin_prefetch(p + 64);
         __builtin_prefetch(p + 128);
         __builtin_prefetch(p + 192);
         __builtin_prefetch(p + 256);
-        __builtin_prefetch(p + 320);
     }
 
-    /* Start loading the fragments a coming flow's lookups will most likely copy: the ones its
-       addresses' cache slots hold now (the slots themselves were prefetched at the batch's start,
-       fs_view_prefetch). No validity checks: a wrong guess is a wasted prefetch, never a read.
-       Why: each fragment lives wherever Python allocated it; with a few thousand busy pods and
-       the 1 MiB record batch streaming through L2, every copy started with misses. */
+    /* Start loading the parts a coming flow's lookups will most likely copy: the ones its
+       addresses' cache slots hold now (the slots' first lines were prefetched at the batch's
+       start, fs_view_prefetch). No validity checks: a wrong guess is a wasted prefetch, never a
+       read. Why: with a few thousand busy pods and the 1 MiB record batch streaming through L2,
+       every copy started with misses. */
     FS_ALWAYS_INLINE void fs_view_prefetch_parts(EnrichView* v, const unsigned char* src, const unsigned char* dst,
                                                  int alen) {
         EnrichSlot* s = fs_view_set(v, fs_view_hash(src, alen));
         EnrichSlot* d = fs_view_set(v, fs_view_hash(dst, alen));
         if (!fs_view_addr_eq(s->addr, src, alen)) s++;
         if (!fs_view_addr_eq(d->addr, dst, alen)) d++;
-        fs_view_prefetch_frag(s->src_frag);
-        fs_view_prefetch_frag(d->dst_frag);
+        fs_view_prefetch_text(s->text);
+        fs_view_prefetch_text(d->text + d->src_len);
     }
 
-    /* The slot describing the holder of addr (4 or 16 bytes) at flow start t (src_frag NULL:
+    /* The slot describing the holder of addr (4 or 16 bytes) at flow start t (text NULL:
        nobody holds it); NULL on an error. A hit is a hash and a few compares; a miss calls the
        reader. Two-way set associative: a few thousand busy addresses in a direct-mapped table
        share slots often enough (17% of 3,000 in 16,384 slots) to keep evicting each other. */
@@ -165,20 +174,23 @@ cdef extern from *:
     }
 
     /* The output rule of enrich.index.Index.enrich over resolved slots (s or d NULL: no
-       address): the source part, the destination part (each NULL when unknown) and the tail.
-       Node names are interned by the index: the same node is the same object (pointer
+       address): the source part, the destination part (each NULL, length 0, when unknown) and
+       the tail. Node names are interned by the index: the same node is the same object (pointer
        compares). agent_node: the exporter's node (view.agent), NULL when unknown. */
     static inline void fs_view_combine(EnrichView* v, const EnrichSlot* s, const EnrichSlot* d,
                                        PyObject* agent_node, int direction,
-                                       PyObject** a, PyObject** b, PyObject** tail) {
+                                       const char** a, Py_ssize_t* la, const char** b, Py_ssize_t* lb,
+                                       PyObject** tail) {
         PyObject* sn = NULL;
         PyObject* dn = NULL;
         int layer = 0, fd;
-        int sh = s != NULL && s->src_frag != NULL;
-        int dh = d != NULL && d->src_frag != NULL;
+        int sh = s != NULL && s->text != NULL;
+        int dh = d != NULL && d->text != NULL;
         if (direction < -1 || direction > 2) direction = -1;
         *a = NULL;
         *b = NULL;
+        *la = 0;
+        *lb = 0;
         if (s != NULL) v->counts[sh ? s->kind : FS_KIND_NONE]++;
         if (d != NULL) v->counts[dh ? d->kind : FS_KIND_NONE]++;
         if (!sh && !dh) {
@@ -188,12 +200,14 @@ cdef extern from *:
         }
         v->counts[FS_IDENTIFIED]++;
         if (sh) {
-            *a = s->src_frag;
+            *a = s->text;
+            *la = s->src_len;
             sn = s->node;
             if (s->infra) layer = 1;
         }
         if (dh) {
-            *b = d->dst_frag;
+            *b = d->text + d->src_len;
+            *lb = d->dst_len;
             dn = d->node;
             if (d->infra) layer = 1;
         }
@@ -207,25 +221,27 @@ cdef extern from *:
         *tail = v->tails[layer][fd + 1];
     }
 
-    /* enrich.index.Index.enrich for two addresses of alen (4 or 16) bytes, as three borrowed
-       byte strings to concatenate (a and b may be NULL). 0, or -1 on an error (the reader's
-       enrich() raises it). A miss on the destination never refills the source's slot (its
-       answer is borrowed). */
+    /* enrich.index.Index.enrich for two addresses of alen (4 or 16) bytes, as two texts and a
+       borrowed byte string to concatenate (a and b may be NULL). 0, or -1 on an error (the
+       reader's enrich() raises it). A miss on the destination never refills the source's slot
+       (its answer is read from that slot). */
     FS_ALWAYS_INLINE int fs_view_parts(EnrichView* v, const unsigned char* src, const unsigned char* dst, int alen,
                                        PyObject* agent_node, long long t, int direction,
-                                       PyObject** a, PyObject** b, PyObject** tail) {
+                                       const char** a, Py_ssize_t* la, const char** b, Py_ssize_t* lb,
+                                       PyObject** tail) {
         EnrichSlot* s = fs_view_resolve(v, src, alen, t, NULL);
         EnrichSlot* d;
         if (s == NULL) return -1;
         d = fs_view_resolve(v, dst, alen, t, s);
         if (d == NULL) return -1;
-        fs_view_combine(v, s, d, agent_node, direction, a, b, tail);
+        fs_view_combine(v, s, d, agent_node, direction, a, la, b, lb, tail);
         return 0;
     }
     """
     const char* VIEW_CAPSULE "FS_VIEW_CAPSULE"
     enum:
         VIEW_SLOTS "FS_VIEW_SLOTS"
+        VIEW_TEXT "FS_VIEW_TEXT"
         VIEW_UNIDENTIFIED "FS_UNIDENTIFIED"
         VIEW_IDENTIFIED "FS_IDENTIFIED"
         VIEW_HITS "FS_HITS"
@@ -240,10 +256,11 @@ cdef extern from *:
         unsigned char addr[16]
         long long lo
         long long hi
-        PyObject* src_frag
-        PyObject* dst_frag
+        const char* text
         PyObject* node
         unsigned int gen
+        unsigned int src_len
+        unsigned int dst_len
         signed char alen
         unsigned char infra
         unsigned char kind
@@ -272,7 +289,9 @@ cdef extern from *:
                                                EnrichSlot* avoid) noexcept
     void view_combine "fs_view_combine"(EnrichView* v, const EnrichSlot* s, const EnrichSlot* d,
                                         PyObject* agent_node, int direction,
-                                        PyObject** a, PyObject** b, PyObject** tail) noexcept
+                                        const char** a, Py_ssize_t* la, const char** b, Py_ssize_t* lb,
+                                        PyObject** tail) noexcept
     int view_parts "fs_view_parts"(EnrichView* v, const unsigned char* src, const unsigned char* dst, int alen,
                                    PyObject* agent_node, long long t, int direction,
-                                   PyObject** a, PyObject** b, PyObject** tail) noexcept
+                                   const char** a, Py_ssize_t* la, const char** b, Py_ssize_t* lb,
+                                   PyObject** tail) noexcept

@@ -1377,6 +1377,61 @@ def test_compiled_reader_source_survives_a_destination_miss_in_its_set(implement
     assert r.misses == misses + 1
 
 
+@pytest.mark.parametrize("implementation", ["compiled"], indirect=True)
+def test_parts_longer_than_a_slots_text_block_and_back(implementation: str) -> None:
+    """The compiled reader copies a holder's two parts into its cache slot's text block (576
+    bytes), or into a block of their own when they are longer (names of hundreds of characters,
+    escaped). Addresses whose holders' parts are on either side of that length, and one address
+    held in turn by long- and short-named pods (IP reuse: three holders for a set's two ways, so
+    its slots are refilled from one kind to the other): every answer, through enrich() and
+    through the decoders' encoder, source and destination, is the Python reference's."""
+    import random
+
+    from benchmarks import datagrams as D
+    from decoders import Decoder
+
+    clock = Clock(T0 - 3_600_000)
+    long_ns = "n" * 63
+
+    def named(name: str, ip: str, uid: str, node: str = "node-a", ns: str = "shop") -> dict[str, Any]:
+        return pod(name, ns, ips=[ip], node=node, host_ip="10.0.0.1", uid=uid, created=iso(clock.ms))
+
+    # 40 addresses, names from 1 to 253 characters (quotes and non-ASCII letters escaped or
+    # two bytes): the two parts run from ~330 to ~1,400 bytes
+    sized = [named(("q\"é" * 90)[: 1 + i * 6], f"10.244.1.{i}", f"s{i}", node="w" * (1 + i * 6) if i % 2 else "node-a",
+                   ns=long_ns if i % 3 == 0 else "shop") for i in range(40)]
+    first = named("L" * 253, "10.244.0.30", "u-l1", ns=long_ns)
+    e = build([*sized, first], clock=clock, tombstone_seconds=3_600)
+    idx = e.index
+    assert idx.compiled
+    lengths = [len(idx.enrich(raw(f"10.244.1.{i}"), raw(f"10.244.1.{i}"), b"", T0, -1)) for i in range(40)]
+    assert min(lengths) < 576 < max(lengths)   # both kinds of block
+    clock.ms = T0
+    idx.delete("pods", idx.parse("pods", first))
+    clock.ms = T0 + 20_000
+    short = named("s", "10.244.0.30", "u-s")
+    idx.upsert("pods", idx.parse("pods", short))
+    clock.ms = T0 + 40_000
+    idx.delete("pods", idx.parse("pods", short))
+    clock.ms = T0 + 60_000
+    idx.upsert("pods", idx.parse("pods", named("M" * 200, "10.244.0.30", "u-l2", node="x" * 200)))
+    times = [T0 - 1_000, T0 + 30_000, T0 + 70_000]     # long, short, long again
+    addrs = [raw("10.244.0.30")] * 3 + [raw(f"10.244.1.{i}") for i in range(40)] + [raw("8.8.8.8")]
+    t = D.IpfixTemplate(256, (("src", 8, 0, 4), ("dst", 12, 0, 4), ("s", 152, 0, 8), ("e", 153, 0, 8)))
+    dec = Decoder()
+    rnd = random.Random(3)
+    for k in range(3000):
+        src, dst, when = rnd.choice(addrs), rnd.choice(addrs), times[k % 3]
+        want = idx.enrich(src, dst, raw("10.0.0.1"), when, -1)
+        assert e.enrich(src, dst, raw("10.0.0.1"), when, -1) == want, k
+        if k % 10 == 0:
+            rec = {"src": str(ipaddress.ip_address(src)), "dst": str(ipaddress.ip_address(dst)), "s": when, "e": when}
+            data = D.ipfix_message([D.template_set([t]), D.data_set(t, [rec])], seq=k, export_time=T0 // 1000 + 100)
+            got = dec.decode(data, "10.0.0.1", 4739, (T0 + 100_000) / 1000).to_dicts(e)[0]
+            expect = orjson.loads(b"{" + want[1:] + b"}")
+            assert {key: got.get(key) for key in expect} == expect, k
+
+
 # ---------------------------------------------------------------- config and CLI
 
 def test_cli_arguments() -> None:
