@@ -118,14 +118,23 @@ cdef inline char* put_head(char* p, uint32_t v) noexcept:
 
 
 cdef inline int buf_uint(Buf* b, uint64_t v) except -1:
-    """Decimal text of v, written in place (at most 20 bytes; put_head may store 8 bytes from
-    where it starts, and the integer's tail groups follow it: 20 bytes of room cover both)."""
-    cdef char* p
-    cdef uint64_t hi
-    cdef uint32_t top, mid
+    """Decimal text of v, written in place. The new length comes back as uint_at's result and is
+    stored here, in the caller: the caller's next write reads it from a register instead of
+    loading it back from memory right after the call (perf, thirty-fourth session: with the
+    buffer in a register the callee leaves alone, those loads took 80 ns a flow, a sixth of the
+    plain pipeline loop, depending only on GCC's register allocation in encode_flow)."""
     if b.n + 20 > b.cap:
         buf_grow(b, 20)
-    p = b.p + b.n
+    b.n = uint_at(b.p, b.n, v)
+    return 0
+
+
+cdef Py_ssize_t uint_at(char* base, Py_ssize_t n, uint64_t v) noexcept:
+    """Decimal text of v at base + n; the length after it (at most 20 bytes: put_head may store
+    8 bytes from where it starts, and the integer's tail groups follow it)."""
+    cdef char* p = base + n
+    cdef uint64_t hi
+    cdef uint32_t top, mid
     if v < 100000000ULL:
         p = put_head(p, <uint32_t>v)
     elif v < 10000000000000000ULL:
@@ -141,8 +150,7 @@ cdef inline int buf_uint(Buf* b, uint64_t v) except -1:
         put8(p, mid)
         put8(p + 8, <uint32_t>(v - hi * 100000000ULL))
         p += 16
-    b.n = p - b.p
-    return 0
+    return p - base
 
 
 cdef int buf_int(Buf* b, int64_t v) except -1:
@@ -414,7 +422,7 @@ FLAG_NAMES[:] = [b"FIN", b"SYN", b"RST", b"PSH", b"ACK", b"URG", b"ECE", b"CWR"]
 
 from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid
 
-from enrich.view cimport VIEW_CAPSULE, EnrichView, view_hash, view_parts, view_prefetch, view_prefetch_parts
+from enrich.view cimport VIEW_CAPSULE, EnrichParts, EnrichView, view_hash, view_parts, view_prefetch, view_prefetch_parts
 
 cdef EnrichView* _ev = NULL
 cdef object _ev_owner = None     # the enricher whose capsule _ev came from (kept alive)
@@ -514,10 +522,8 @@ cdef int enrich_py(Buf* o, object enricher, bytes src, bytes dst, Flow* f, int64
 
 
 cdef int _enrich_into(Buf* o, FlowBatch bt, Flow* f, object enricher, int64_t t) except -1:
-    cdef const char* a
-    cdef const char* b
-    cdef PyObject* tail
-    cdef Py_ssize_t la = 0, lb = 0, lt
+    cdef EnrichParts e
+    cdef Py_ssize_t lt
     cdef char* p
     cdef int ms, md
     if f.af == 6:
@@ -535,17 +541,16 @@ cdef int _enrich_into(Buf* o, FlowBatch bt, Flow* f, object enricher, int64_t t)
     if enrich_c(enricher) and addr_len(f.af):
         if _ev.generation != _ag_gen:   # the index moved (between batches, or a miss let a writer in)
             enrich_agent_node()
-        if _ag_ok and view_parts(_ev, f.src, f.dst, addr_len(f.af), _ag_node, t, f.direction,
-                                 &a, &la, &b, &lb, &tail) == 0:
-            lt = PyBytes_GET_SIZE(<bytes>tail)
-            buf_reserve(o, la + lb + lt)
+        if _ag_ok and view_parts(_ev, f.src, f.dst, addr_len(f.af), _ag_node, t, f.direction, &e) == 0:
+            lt = PyBytes_GET_SIZE(<bytes>e.tail)
+            buf_reserve(o, e.la + e.lb + lt)
             p = o.p + o.n
-            if la:
-                memcpy(p, a, la)
-            if lb:
-                memcpy(p + la, b, lb)
-            memcpy(p + la + lb, PyBytes_AS_STRING(<bytes>tail), lt)
-            o.n += la + lb + lt
+            if e.la:
+                memcpy(p, e.a, e.la)
+            if e.lb:
+                memcpy(p + e.la, e.b, e.lb)
+            memcpy(p + e.la + e.lb, PyBytes_AS_STRING(<bytes>e.tail), lt)
+            o.n += e.la + e.lb + lt
             return 0
     # the Python contract (an error in the C view is raised by the reader's enrich())
     return enrich_py(o, enricher, (<bytes>f.src[:addr_len(f.af)]), (<bytes>f.dst[:addr_len(f.af)]), f, t)

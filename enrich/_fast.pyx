@@ -25,9 +25,9 @@ from cpython.ref cimport Py_INCREF, Py_XDECREF
 from libc.stdlib cimport calloc, free, realloc
 from libc.string cimport memcpy, memset
 
-from enrich.view cimport (VIEW_CAPSULE, VIEW_HITS, VIEW_IDENTIFIED, VIEW_KIND_NODE, VIEW_KIND_NONE, VIEW_KIND_POD,
-                          VIEW_KIND_SERVICE, VIEW_MISSES, VIEW_SLOTS, VIEW_TEXT, VIEW_UNIDENTIFIED, EnrichSlot,
-                          EnrichView,
+from enrich.view cimport (VIEW_BLOCKS, VIEW_CAPSULE, VIEW_HITS, VIEW_IDENTIFIED, VIEW_KIND_NODE, VIEW_KIND_NONE,
+                          VIEW_KIND_POD, VIEW_KIND_SERVICE, VIEW_MISSES, VIEW_SLOTS, VIEW_TEXT, VIEW_UNIDENTIFIED,
+                          EnrichParts, EnrichSlot, EnrichView,
                           view_addr_eq, view_combine, view_hash, view_resolve)
 
 DEF ALIVE = 1 << 62     # enrich.index.ALIVE: a holder that has not ended
@@ -138,11 +138,13 @@ cdef class Reader:
     cdef PyObject** entries      # strong references, parallel to view.cache
     cdef void* map_base          # the mapping view.cache lies in (fs_slots_map)
     cdef size_t map_size
-    cdef char* blocks            # the slots' text blocks, VIEW_TEXT bytes each (fs_slots_map)
+    cdef char* blocks            # VIEW_BLOCKS text blocks of VIEW_TEXT bytes (fs_slots_map)
     cdef void* blocks_base
     cdef size_t blocks_size
-    cdef Py_ssize_t blocks_used
-    cdef char** block_of         # parallel to view.cache: the slot's block in `blocks`, NULL: none yet
+    cdef Py_ssize_t blocks_used  # blocks handed out so far (in order: the busiest slots' lie together)
+    cdef Py_ssize_t hand         # once all are out, the next one taken back (round the array)
+    cdef int* block_owner        # per block: the slot it is lent to, -1: none
+    cdef char** block_of         # parallel to view.cache: the slot's block in `blocks`, NULL: none
     cdef char** big              # parallel to view.cache: a malloc'ed block for parts too long for one
     cdef AgentEntry agent_cache[2 * AGENT_SETS]   # exporter address -> node, two ways a set by its hash
 
@@ -161,13 +163,15 @@ cdef class Reader:
         self.blocks_base = NULL
         self.view.cache = <EnrichSlot*>fs_slots_map(VIEW_SLOTS * sizeof(EnrichSlot), &self.map_base,
                                                     &self.map_size)
-        self.blocks = <char*>fs_slots_map(VIEW_SLOTS * VIEW_TEXT, &self.blocks_base, &self.blocks_size)
+        self.blocks = <char*>fs_slots_map(VIEW_BLOCKS * VIEW_TEXT, &self.blocks_base, &self.blocks_size)
         self.blocks_used = 0
+        self.hand = 0
+        self.block_owner = <int*>calloc(VIEW_BLOCKS, sizeof(int))
         self.entries = <PyObject**>calloc(VIEW_SLOTS, sizeof(PyObject*))
         self.block_of = <char**>calloc(VIEW_SLOTS, sizeof(char*))
         self.big = <char**>calloc(VIEW_SLOTS, sizeof(char*))
         if (self.view.cache == NULL or self.blocks == NULL or self.entries == NULL or self.block_of == NULL
-                or self.big == NULL):
+                or self.big == NULL or self.block_owner == NULL):
             raise MemoryError()
         self.view.reader = <void*>self
         self.view.miss = _miss
@@ -185,6 +189,7 @@ cdef class Reader:
                 free(self.big[i])
             free(self.big)
         free(self.block_of)
+        free(self.block_owner)
         fs_slots_unmap(self.map_base, self.map_size)
         fs_slots_unmap(self.blocks_base, self.blocks_size)
 
@@ -249,11 +254,12 @@ cdef class Reader:
         if slot == avoid:  # the set's other way (VIEW_WAYS == 2)
             slot = base + (1 - (slot - base))
         try:
-            return self.fill(slot, addr, alen, t)
+            return self.fill(slot, addr, alen, t, avoid)
         except BaseException:
             return NULL
 
-    cdef EnrichSlot* fill(self, EnrichSlot* slot, const unsigned char* addr, int alen, long long t) except NULL:
+    cdef EnrichSlot* fill(self, EnrichSlot* slot, const unsigned char* addr, int alen, long long t,
+                          EnrichSlot* avoid) except NULL:
         """Cache miss: look the address up in the index dict and describe its holder at t."""
         cdef PyObject* p
         cdef object e, holder
@@ -278,7 +284,8 @@ cdef class Reader:
             holder = _holder_at(e, t)
             if holder is not None:
                 # holder is part of e's chain: its pieces stay alive while the entry is held
-                self.texts(slot, k, <bytes>(<tuple>holder)[0], <bytes>(<tuple>holder)[1])
+                self.texts(slot, k, <bytes>(<tuple>holder)[0], <bytes>(<tuple>holder)[1], avoid - self.view.cache
+                           if avoid != NULL else -1)
                 # Node names are interned by the index (enrich.index._intern): equal names are
                 # the same object, so the per-flow comparisons compare pointers.
                 slot.node = <PyObject*>(<tuple>holder)[2] if (<tuple>holder)[2] is not None else NULL
@@ -289,18 +296,34 @@ cdef class Reader:
         slot.gen = <unsigned int>self.view.generation
         return slot
 
-    cdef int texts(self, EnrichSlot* slot, Py_ssize_t k, bytes src, bytes dst) except -1:
-        """The holder's two parts copied into slot k's text block (taken from `blocks` the first
-        time the slot holds anybody, and kept), or into a block of their own when they are
-        longer than one (names of hundreds of characters; freed when the slot is refilled)."""
-        cdef Py_ssize_t ls = PyBytes_GET_SIZE(src), ld = PyBytes_GET_SIZE(dst)
+    cdef int texts(self, EnrichSlot* slot, Py_ssize_t k, bytes src, bytes dst, Py_ssize_t avoid) except -1:
+        """The holder's two parts copied into slot k's text block, or into a block of their own
+        when they are longer than one (names of hundreds of characters; freed when the slot is
+        refilled). Blocks are lent to slots as they first hold somebody and kept; once all of
+        them (VIEW_BLOCKS) are out, one is taken back from the slot it was lent to (round the
+        array; never from slot `avoid`, whose answer the caller is reading), which forgets its
+        answer: a cache entry, looked up again when next asked for. Why fewer blocks than
+        slots: a block for each of the 16,384 slots is 9.4 MB, which put the index of issue 4's
+        size (100k pods) past its 200 MB."""
+        cdef Py_ssize_t ls = PyBytes_GET_SIZE(src), ld = PyBytes_GET_SIZE(dst), b, o
         cdef char* t
         if ls + ld <= VIEW_TEXT:
             free(self.big[k])
             self.big[k] = NULL
             if self.block_of[k] == NULL:
-                self.block_of[k] = self.blocks + self.blocks_used * VIEW_TEXT   # (one a slot at most)
-                self.blocks_used += 1
+                if self.blocks_used < VIEW_BLOCKS:
+                    b = self.blocks_used
+                    self.blocks_used += 1
+                else:
+                    while True:
+                        b = self.hand
+                        self.hand = (self.hand + 1) % VIEW_BLOCKS
+                        o = self.block_owner[b]
+                        if o != avoid:
+                            break
+                    self.forget(o)
+                self.block_owner[b] = <int>k
+                self.block_of[k] = self.blocks + b * VIEW_TEXT
             t = self.block_of[k]
         else:
             t = <char*>realloc(self.big[k], ls + ld)
@@ -313,6 +336,15 @@ cdef class Reader:
         slot.dst_len = <unsigned int>ld
         slot.text = t
         return 0
+
+    cdef void forget(self, Py_ssize_t o) noexcept:
+        """Slot o gives its text block back: its answer is forgotten (empty: a lookup misses)."""
+        cdef EnrichSlot* victim = &self.view.cache[o]
+        victim.alen = 0
+        victim.text = NULL
+        self.block_of[o] = NULL
+        Py_XDECREF(self.entries[o])
+        self.entries[o] = NULL
 
     cdef PyObject* agent_node(self, const unsigned char* agent, int aglen, int* failed) noexcept:
         """The (interned) node name of an exporter address, borrowed; NULL when unknown or on
@@ -358,9 +390,7 @@ cdef class Reader:
         as the encoder's (enrich/view.pxd), plus one output allocation and three memcpy."""
         cdef EnrichSlot* s = NULL
         cdef EnrichSlot* d = NULL
-        cdef const char* pa
-        cdef const char* pb
-        cdef PyObject* pt
+        cdef EnrichParts parts
         cdef PyObject* an
         cdef int failed = 0
         cdef Py_ssize_t la = 0, lb = 0, lt
@@ -381,17 +411,18 @@ cdef class Reader:
         an = self.agent_node(agent, len(agent), &failed)
         if failed:
             raise MemoryError()
-        view_combine(&self.view, s, d, an, direction, &pa, &la, &pb, &lb, &pt)
-        if pa == NULL and pb == NULL:
-            return <bytes>pt
-        lt = PyBytes_GET_SIZE(<bytes>pt)
+        view_combine(&self.view, s, d, an, direction, &parts)
+        if parts.a == NULL and parts.b == NULL:
+            return <bytes>parts.tail
+        la, lb = parts.la, parts.lb
+        lt = PyBytes_GET_SIZE(<bytes>parts.tail)
         out = PyBytes_FromStringAndSize(NULL, la + lb + lt)
         buf = PyBytes_AS_STRING(out)
         if la:
-            memcpy(buf, pa, la)
+            memcpy(buf, parts.a, la)
         if lb:
-            memcpy(buf + la, pb, lb)
-        memcpy(buf + la + lb, PyBytes_AS_STRING(<bytes>pt), lt)
+            memcpy(buf + la, parts.b, lb)
+        memcpy(buf + la + lb, PyBytes_AS_STRING(<bytes>parts.tail), lt)
         return out
 
 

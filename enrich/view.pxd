@@ -24,6 +24,7 @@ cdef extern from *:
     #define FS_VIEW_SLOTS 16384   /* per-address answers: 8192 sets of 2 ways */
     #define FS_VIEW_SETS (FS_VIEW_SLOTS / 2)
     #define FS_VIEW_TEXT 576      /* a slot's text block: the holder's two parts, back to back */
+    #define FS_VIEW_BLOCKS (FS_VIEW_SLOTS / 4)  /* text blocks (2.4 MB), lent to the slots (enrich._fast Reader.texts) */
     #if defined(__GNUC__) || defined(__clang__)
     #define FS_ALWAYS_INLINE static inline __attribute__((always_inline))
     #else
@@ -53,6 +54,15 @@ cdef extern from *:
         unsigned char kind;      /* the holder's: FS_KIND_POD, _NODE or _SERVICE (with text) */
     } EnrichSlot;
     _Static_assert(sizeof(EnrichSlot) == 64, "EnrichSlot: one cache line");
+
+    /* What the output rule gives for a flow: the source part and the destination part (text
+       and length; NULL and 0 when unknown) and the tail (a borrowed byte string). */
+    typedef struct EnrichParts {
+        const char* a;
+        const char* b;
+        Py_ssize_t la, lb;
+        PyObject* tail;
+    } EnrichParts;
 
     /* The reader's slow paths (called with the GIL held). miss: refill a way of the set at
        `base` (never `avoid`) for addr at flow start t, counting the lookup; NULL on an error
@@ -178,36 +188,34 @@ cdef extern from *:
        the tail. Node names are interned by the index: the same node is the same object (pointer
        compares). agent_node: the exporter's node (view.agent), NULL when unknown. */
     static inline void fs_view_combine(EnrichView* v, const EnrichSlot* s, const EnrichSlot* d,
-                                       PyObject* agent_node, int direction,
-                                       const char** a, Py_ssize_t* la, const char** b, Py_ssize_t* lb,
-                                       PyObject** tail) {
+                                       PyObject* agent_node, int direction, EnrichParts* out) {
         PyObject* sn = NULL;
         PyObject* dn = NULL;
         int layer = 0, fd;
         int sh = s != NULL && s->text != NULL;
         int dh = d != NULL && d->text != NULL;
         if (direction < -1 || direction > 2) direction = -1;
-        *a = NULL;
-        *b = NULL;
-        *la = 0;
-        *lb = 0;
+        out->a = NULL;
+        out->b = NULL;
+        out->la = 0;
+        out->lb = 0;
         if (s != NULL) v->counts[sh ? s->kind : FS_KIND_NONE]++;
         if (d != NULL) v->counts[dh ? d->kind : FS_KIND_NONE]++;
         if (!sh && !dh) {
             v->counts[FS_UNIDENTIFIED]++;
-            *tail = v->tails[0][direction + 1];  /* no side's layer bit (app, or infra under netobserv) */
+            out->tail = v->tails[0][direction + 1];  /* no side's layer bit (app, or infra under netobserv) */
             return;
         }
         v->counts[FS_IDENTIFIED]++;
         if (sh) {
-            *a = s->text;
-            *la = s->src_len;
+            out->a = s->text;
+            out->la = s->src_len;
             sn = s->node;
             if (s->infra) layer = 1;
         }
         if (dh) {
-            *b = d->text + d->src_len;
-            *lb = d->dst_len;
+            out->b = d->text + d->src_len;
+            out->lb = d->dst_len;
             dn = d->node;
             if (d->infra) layer = 1;
         }
@@ -218,23 +226,21 @@ cdef extern from *:
         else if (agent_node == sn) fd = 1;
         else if (agent_node == dn) fd = 0;
         else fd = direction;
-        *tail = v->tails[layer][fd + 1];
+        out->tail = v->tails[layer][fd + 1];
     }
 
     /* enrich.index.Index.enrich for two addresses of alen (4 or 16) bytes, as two texts and a
-       borrowed byte string to concatenate (a and b may be NULL). 0, or -1 on an error (the
-       reader's enrich() raises it). A miss on the destination never refills the source's slot
-       (its answer is read from that slot). */
+       borrowed byte string to concatenate (out). 0, or -1 on an error (the reader's enrich()
+       raises it). A miss on the destination never refills the source's slot (its answer is
+       read from that slot). */
     FS_ALWAYS_INLINE int fs_view_parts(EnrichView* v, const unsigned char* src, const unsigned char* dst, int alen,
-                                       PyObject* agent_node, long long t, int direction,
-                                       const char** a, Py_ssize_t* la, const char** b, Py_ssize_t* lb,
-                                       PyObject** tail) {
+                                       PyObject* agent_node, long long t, int direction, EnrichParts* out) {
         EnrichSlot* s = fs_view_resolve(v, src, alen, t, NULL);
         EnrichSlot* d;
         if (s == NULL) return -1;
         d = fs_view_resolve(v, dst, alen, t, s);
         if (d == NULL) return -1;
-        fs_view_combine(v, s, d, agent_node, direction, a, la, b, lb, tail);
+        fs_view_combine(v, s, d, agent_node, direction, out);
         return 0;
     }
     """
@@ -242,6 +248,7 @@ cdef extern from *:
     enum:
         VIEW_SLOTS "FS_VIEW_SLOTS"
         VIEW_TEXT "FS_VIEW_TEXT"
+        VIEW_BLOCKS "FS_VIEW_BLOCKS"
         VIEW_UNIDENTIFIED "FS_UNIDENTIFIED"
         VIEW_IDENTIFIED "FS_IDENTIFIED"
         VIEW_HITS "FS_HITS"
@@ -264,6 +271,13 @@ cdef extern from *:
         signed char alen
         unsigned char infra
         unsigned char kind
+
+    ctypedef struct EnrichParts:
+        const char* a
+        const char* b
+        Py_ssize_t la
+        Py_ssize_t lb
+        PyObject* tail
 
     ctypedef EnrichSlot* (*view_miss_fn)(void* reader, EnrichSlot* base, unsigned long long h,
                                          const unsigned char* addr, int alen, long long t,
@@ -288,10 +302,6 @@ cdef extern from *:
     EnrichSlot* view_resolve "fs_view_resolve"(EnrichView* v, const unsigned char* addr, int alen, long long t,
                                                EnrichSlot* avoid) noexcept
     void view_combine "fs_view_combine"(EnrichView* v, const EnrichSlot* s, const EnrichSlot* d,
-                                        PyObject* agent_node, int direction,
-                                        const char** a, Py_ssize_t* la, const char** b, Py_ssize_t* lb,
-                                        PyObject** tail) noexcept
+                                        PyObject* agent_node, int direction, EnrichParts* out) noexcept
     int view_parts "fs_view_parts"(EnrichView* v, const unsigned char* src, const unsigned char* dst, int alen,
-                                   PyObject* agent_node, long long t, int direction,
-                                   const char** a, Py_ssize_t* la, const char** b, Py_ssize_t* lb,
-                                   PyObject** tail) noexcept
+                                   PyObject* agent_node, long long t, int direction, EnrichParts* out) noexcept

@@ -1432,6 +1432,29 @@ def test_parts_longer_than_a_slots_text_block_and_back(implementation: str) -> N
             assert {key: got.get(key) for key in expect} == expect, k
 
 
+@pytest.mark.parametrize("implementation", ["compiled"], indirect=True)
+def test_more_busy_addresses_than_text_blocks(implementation: str) -> None:
+    """The compiled reader lends its 4,096 text blocks to the cache slots that hold somebody;
+    with more addresses in use than that, each refill takes a block back from another slot,
+    which forgets its answer, but never from the slot of the source a destination's miss is
+    resolved beside (its parts are being read). 6,000 pods in random pairs: every answer is the
+    Python reference's."""
+    import random
+
+    pods = [pod(f"pod-{i}", f"ns-{i % 7}", ips=[f"10.{128 + i // 250}.{i % 250}.7"], uid=f"u{i}") for i in range(6000)]
+    e = build(pods)
+    idx = e.index
+    assert idx.compiled
+    addrs = [raw(f"10.{128 + i // 250}.{i % 250}.7") for i in range(6000)]
+    rnd = random.Random(11)
+    r = idx._reader
+    misses = r.misses
+    for k in range(40_000):
+        src, dst = rnd.choice(addrs), rnd.choice(addrs)
+        assert e.enrich(src, dst, b"", 0, -1) == idx.enrich(src, dst, b"", 0, -1), k
+    assert r.misses - misses > 20_000    # the blocks went round: answers forgotten and looked up again
+
+
 # ---------------------------------------------------------------- config and CLI
 
 def test_cli_arguments() -> None:
