@@ -33,15 +33,15 @@ cdef extern from *:
 
     /* One cache line per slot (64 bytes; the reader maps the array on a 2 MiB boundary): a
        lookup touches one line per way. The holder's two parts (the JSON text the encoder copies
-       out) are copies in a text block of the slot's own, in one array of blocks handed out in
-       the order slots are first filled (the busiest addresses are looked up first, so their
-       blocks lie together). Why copies: the parts are Python bytes objects wherever the index
+       out) are copies in a text block the reader lends the slot (enrich._fast Reader.texts:
+       FS_VIEW_BLOCKS blocks in one array, lent in the order slots first hold somebody, so the
+       busiest lie together). Why copies: the parts are Python bytes objects wherever the index
        allocated them; with a few thousand busy pods among 100k each copy touched a page of its
-       own, and perf showed the prefetches and copies waiting on page walks (the busy parts
-       copied together took about a third off enrichment's cost, 25 records a datagram). Blocks
-       in the slots themselves (ten lines a slot) spread the busy ones over every page of the
-       array and took only half of that. The address's index entry (the strong reference that
-       keeps node alive) lives in the reader, in an array parallel to the slots. */
+       own, and perf showed the prefetches and copies waiting on page walks (with the blocks,
+       enrichment's cost in the pipeline loop at 25 records a datagram fell by a third; blocks
+       inside the slots, ten lines a slot, spread the busy ones over the whole array and took a
+       fifth off). The address's index entry (the strong reference that keeps node alive) lives
+       in the reader, in an array parallel to the slots. */
     typedef struct EnrichSlot {
         unsigned char addr[16];
         long long lo, hi;        /* the slot answers for flow starts in [lo, hi) */
