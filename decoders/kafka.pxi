@@ -151,7 +151,26 @@ cdef extern from *:
         unsigned char last[256];
         _mm512_storeu_si512(last, a0); _mm512_storeu_si512(last + 64, a1);
         _mm512_storeu_si512(last + 128, a2); _mm512_storeu_si512(last + 192, a3);
+        /* GCC inserts no vzeroupper in a function of its own target("avx512f") here: without
+           it the zmm registers' upper halves stay dirty after the batch's seal, and each legacy
+           SSE instruction after it (the encoder's doubles, the copies) pays for merging them */
+        _mm256_zeroupper();
         return fs_crc_hw_raw(fs_crc_hw_raw(0, last, 256), p, n) ^ 0xFFFFFFFFu;
+    }
+    /* What the fold leaves behind in the vector registers' upper halves: XINUSE (XGETBV with
+       ECX=1) right after a fold of n bytes, masked to the states vzeroupper clears (bit 2, the
+       upper 128 bits of ymm0-15; bit 6, the upper 256 of zmm0-15); -1 when the CPU cannot say.
+       (Left dirty, every later SSE instruction of the hot path merges into them: the whole
+       pipeline ran 28% slower, thirty-fifth session; tests/test_decoders.py.) */
+    #include <cpuid.h>
+    static int fs_crc_fold_upper_state(const unsigned char* p, size_t n) {
+        unsigned int a, b, c, d, lo, hi;
+        if (n < FS_CRC_FOLD_MIN || !__get_cpuid_count(0xD, 1, &a, &b, &c, &d) || !(a & 4)) return -1;
+        volatile uint32_t sink = fs_crc32c_fold(p, n);
+        (void)sink;
+        __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(1));
+        (void)hi;
+        return (int)(lo & 0x44);
     }
     /* 0 table, 1 crc32 instruction, 2 and folding for long inputs; -1 not chosen yet */
     static int fs_crc_level = -1;
@@ -182,6 +201,7 @@ cdef extern from *:
     }
     #else
     static int fs_crc_best(void) { return 0; }
+    static int fs_crc_fold_upper_state(const unsigned char* p, size_t n) { return -1; }
     static uint32_t fs_crc32c_at(const unsigned char* p, size_t n, int level) { return fs_crc32c_sw(p, n); }
     static uint32_t fs_crc32c(const unsigned char* p, size_t n) { return fs_crc32c_sw(p, n); }
     #endif
@@ -189,6 +209,7 @@ cdef extern from *:
     uint32_t fs_crc32c(const unsigned char* p, size_t n) noexcept
     uint32_t fs_crc32c_at(const unsigned char* p, size_t n, int level) noexcept
     int fs_crc_best() noexcept
+    int fs_crc_fold_upper_state(const unsigned char* p, size_t n) noexcept
 
 
 def crc32c(data, int level=-1) -> int:
@@ -201,6 +222,16 @@ def crc32c(data, int level=-1) -> int:
     if v.shape[0] == 0:
         return 0
     return fs_crc32c_at(&v[0], v.shape[0], fs_crc_best() if level < 0 else level)
+
+
+def crc32c_fold_upper_state(data) -> int:
+    """For tests: the vector state the VPCLMULQDQ fold leaves dirty after checksumming data
+    (1,024 bytes or more): XINUSE bits 2 and 6, which vzeroupper clears; 0 when it cleaned up;
+    -1 when this CPU has no fold or cannot tell (XGETBV with ECX=1)."""
+    cdef const unsigned char[:] v = data
+    if fs_crc_best() < 2:
+        return -1
+    return fs_crc_fold_upper_state(&v[0], v.shape[0])
 
 
 def crc32c_level() -> int:

@@ -1008,6 +1008,22 @@ def test_crc32c_matches_an_independent_implementation() -> None:
         _core.crc32c(b"x", _core.crc32c_level() + 1)
 
 
+def test_crc32c_fold_leaves_the_vector_registers_clean() -> None:
+    """The VPCLMULQDQ fold (AVX-512) clears the zmm registers' upper halves before it returns
+    (vzeroupper). Left dirty, every legacy SSE instruction after a batch's seal (the encoder's
+    doubles, libc's copies) merged into them until something cleared them: the hot path ran
+    28% slower (benchmarks/RESULTS.md, thirty-fifth session). Read with XGETBV(ECX=1) right
+    after the fold, inside the compiled module."""
+    from decoders import _core
+
+    if _core.crc32c_level() < 2:
+        pytest.skip("this CPU has no AVX-512 VPCLMULQDQ: the fold never runs, nothing to leave dirty")
+    state = _core.crc32c_fold_upper_state(random.Random(5).randbytes(1 << 16))
+    if state < 0:
+        pytest.skip("this CPU cannot report the registers' state (XGETBV with ECX=1)")
+    assert state == 0, f"XINUSE bits left set after the fold: {state:#x}"
+
+
 def test_crc32c_of_a_whole_batch_with_every_code() -> None:
     """A 1 MiB record batch (what direct produce seals): every code agrees with aiokafka's."""
     from aiokafka.record._crecords.cutil import crc32c_cython
