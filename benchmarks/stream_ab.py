@@ -91,10 +91,19 @@ def _round(tree: Path, args: argparse.Namespace, out: Path, bootstrap: str = "",
                     raise RuntimeError(f"collector from {tree} did not get ready") from None
                 time.sleep(0.1)
         c0 = _cpu_seconds(p.pid)
+        prof = None
+        if args.perf:
+            # cpu-clock samples of the collector over the load only (a VM may have no counters)
+            prof = subprocess.Popen(["perf", "record", "-q", "--call-graph", args.perf_call_graph, "-p", str(p.pid), "-o",
+                                     str(Path(args.perf) / f"{out.stem}.perf.data")],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         g = subprocess.run(["taskset", "-c", "0", str(HERE / "bin" / "loadgen"), "--proto", "ipfix", "--to",
                             f"127.0.0.1:{port}", "--rate", str(args.rate), "--duration", str(args.seconds),
                             "--records", str(args.records), *_exporter_args(args)],
                            capture_output=True, text=True, check=True)
+        if prof is not None:
+            prof.send_signal(signal.SIGINT)
+            prof.wait(60)
         time.sleep(1.0)
         if bootstrap:
             deadline = time.monotonic() + 30
@@ -103,8 +112,10 @@ def _round(tree: Path, args: argparse.Namespace, out: Path, bootstrap: str = "",
             delivered = int(_metric(http, "flowscope_flows_delivered_total"))
         if enrich:
             identified = _metric(http, "flowscope_enrich_flows_total", 'result="flows_identified"')
+            hits = _metric(http, "flowscope_enrich_lookups_total", 'lookups_cached')
             print(f"  (enriched: {identified / max(1, _metric(http, 'flowscope_enrich_flows_total')):.1%} of "
-                  "flows identified on at least one side)", flush=True)
+                  f"flows identified on at least one side; {hits / max(1, _metric(http, 'flowscope_enrich_lookups_total')):.1%} "
+                  "of lookups answered from the cache)", flush=True)
         c1 = _cpu_seconds(p.pid)
     finally:
         p.send_signal(signal.SIGTERM)
@@ -139,6 +150,10 @@ def main() -> None:
     ap.add_argument("--cluster-pods", type=int, default=0, help="--enriched: pods in all (padded past loadgen's)")
     ap.add_argument("--cluster-nodes", type=int, default=512, help="--enriched: nodes (512 at least)")
     ap.add_argument("--cluster-services", type=int, default=1000, help="--enriched: services")
+    ap.add_argument("--perf", metavar="DIR", help="perf record the collector over each round's load into "
+                    "DIR/NAME-ROUND.perf.data (perf report -i ...)")
+    ap.add_argument("--perf-call-graph", default="fp", metavar="MODE",
+                    help="--perf: perf record's --call-graph (fp; dwarf,16384 for libc's callers)")
     args = ap.parse_args()
     trees = dict(t.split("=", 1) for t in args.tree)
     best: dict[str, float] = {}

@@ -1732,8 +1732,9 @@ def test_linger_does_not_cut_the_open_batch_behind_a_backlog() -> None:
     """Key mode none: the open record batch is queued every --kafka-linger-ms only while nothing
     waits in the queue. Behind queued batches it keeps filling towards --kafka-batch-bytes
     (before, a batch of rate x linger went out as its own request every linger: a broker slower
-    than about 40 ms could not be kept up with at any rate). Queued, a small batch no longer
-    holds a buffer of --kafka-batch-bytes."""
+    than about 40 ms could not be kept up with at any rate). A small batch waiting behind
+    another (and the one ahead of it) no longer holds a buffer of --kafka-batch-bytes; alone in
+    the queue it goes out next and keeps it (no copy of its flows' bytes)."""
     import asyncio
     import random
 
@@ -1756,11 +1757,12 @@ def test_linger_does_not_cut_the_open_batch_behind_a_backlog() -> None:
             await asyncio.sleep(0.1)       # 20 lingers: the quiet queue takes the batch
             assert len(w.queue.chunks) == 1 and w.writer.records == 0
             first = w.queue.chunks[0].records.writer
-            assert first.capacity <= first.size + 1024, "a small queued batch keeps a buffer of its own size"
+            assert first.capacity > 1 << 20, "alone in the queue, a batch is not copied"
             for _ in range(5):             # behind it, the next one keeps filling
                 w.write_records(b)
                 await asyncio.sleep(0.05)
             assert len(w.queue.chunks) == 1 and w.writer.records == 150
+            assert first.capacity > 1 << 20
             # the open batch's flows are counted with the queue's (decoded, not yet delivered)
             assert w.snapshot()["flowscope_queue_records"] == {(): 180}
             w.queue.take(1 << 30)          # the backlog goes: the open batch follows at the next linger
@@ -1777,6 +1779,10 @@ def test_linger_does_not_cut_the_open_batch_behind_a_backlog() -> None:
             while len(w.queue.chunks) == 1 and asyncio.get_running_loop().time() < deadline:
                 await asyncio.sleep(0.05)
             assert len(w.queue.chunks) == 2 and w.writer.records == 0
+            # two waiting: both hold buffers of their own size (the first was trimmed when the
+            # second queued behind it), their records untouched
+            for c, n in zip(w.queue.chunks, (150, 30)):
+                assert c.records.writer.capacity <= c.records.writer.size + 1024 and len(c.records) == n
         finally:
             task.cancel()
 
