@@ -27,10 +27,14 @@ from libc.string cimport memcpy, memset
 
 from enrich.view cimport (VIEW_BLOCKS, VIEW_CAPSULE, VIEW_HITS, VIEW_IDENTIFIED, VIEW_KIND_NODE, VIEW_KIND_NONE,
                           VIEW_KIND_POD, VIEW_KIND_SERVICE, VIEW_MISSES, VIEW_SLOTS, VIEW_TEXT, VIEW_UNIDENTIFIED,
+                          VIEW_WAYS,
                           EnrichParts, EnrichSlot, EnrichView,
                           view_addr_eq, view_combine, view_hash, view_resolve)
 
 DEF ALIVE = 1 << 62     # enrich.index.ALIVE: a holder that has not ended
+
+SLOTS = VIEW_SLOTS      # the per-address answer cache's shape (for tests): slots,
+WAYS = VIEW_WAYS        # and ways a set
 
 cdef extern from *:
     """
@@ -194,7 +198,7 @@ cdef class Reader:
         fs_slots_unmap(self.blocks_base, self.blocks_size)
 
     def c_api(self):
-        """A capsule (VIEW_CAPSULE, "flowscope.enrich.view.v8") pointing at the reader's
+        """A capsule (VIEW_CAPSULE, "flowscope.enrich.view.v9") pointing at the reader's
         EnrichView for the decoders' encoder; keeps nothing alive by itself: the caller holds
         the reader (or its Enricher) while it uses the capsule."""
         return PyCapsule_New(&self.view, VIEW_CAPSULE, NULL)
@@ -241,18 +245,20 @@ cdef class Reader:
         """view_resolve() without a cache hit in the set at base: refill a way. A miss never
         refills `avoid` (the source's slot while the destination is resolved: both may map to
         one set, and the source's answer, borrowed from its slot, must survive)."""
-        cdef EnrichSlot* slot = base
+        cdef EnrichSlot* slot = NULL
         cdef unsigned int gen = <unsigned int>self.view.generation
+        cdef int w
         self.view.counts[VIEW_MISSES] += 1
-        # victim: a way holding nothing current, else one picked by the hash's high bits
-        if slot[0].gen != gen or slot[0].alen == 0:
-            pass
-        elif slot[1].gen != gen or slot[1].alen == 0:
-            slot += 1
-        else:
-            slot += (h >> 60) & 1
-        if slot == avoid:  # the set's other way (VIEW_WAYS == 2)
-            slot = base + (1 - (slot - base))
+        # victim: the first way holding nothing current, else one picked by the hash's high
+        # bits (the set's ways are all equally likely to be asked for: no recency kept)
+        for w in range(VIEW_WAYS):
+            if (base[w].gen != gen or base[w].alen == 0) and base + w != avoid:
+                slot = base + w
+                break
+        if slot == NULL:
+            slot = base + <int>((h >> 60) & (VIEW_WAYS - 1))
+            if slot == avoid:   # another way of the set
+                slot = base + ((slot - base + 1) & (VIEW_WAYS - 1))
         try:
             return self.fill(slot, addr, alen, t, avoid)
         except BaseException:
