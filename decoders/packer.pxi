@@ -539,6 +539,7 @@ cdef class Packer:
             if j.result == 1:
                 w.buf.n = PREFIX + BATCH_HEADER + <Py_ssize_t>j.n
                 w.codec = self.codec
+                w.crc_forget()
             elif j.result < 0:
                 self.failed += 1
         return out

@@ -1077,6 +1077,70 @@ def test_record_batch_writer_is_a_valid_kafka_v2_batch() -> None:
     assert [r.value for r in rb] == want and all(r.key is None for r in DefaultRecordBatch(data))
 
 
+def test_record_batch_checksum_taken_on_as_records_are_appended() -> None:
+    """RecordBatchWriter checksums its records while they are appended (every 16 KiB) and joins
+    the header's checksum to theirs at the seal: the batch's CRC-32C, read by aiokafka after
+    every append of datagrams of 1 to 60 records (steps falling anywhere), after a trim (the
+    buffer moves), after appends taken back by an enricher that fails past a step (plain and
+    keyed batches), and compressed, is the whole batch's; request() seals the same."""
+    from aiokafka import codec
+    from aiokafka.record.default_records import DefaultRecordBatch
+
+    from decoders import KeyedBatches, RecordBatchWriter
+
+    class Failing:
+        """The enricher contract (docs/INTERNALS.md), failing at its n-th call."""
+
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def enrich(self, src: bytes, dst: bytes, agent: bytes, t: int, direction: int) -> bytes:
+            self.n -= 1
+            if self.n == 0:
+                raise RuntimeError("enricher bug")
+            return b',"K8S_FlowLayer":"app"'
+
+    def valid(data: bytes) -> list[bytes]:
+        rb = DefaultRecordBatch(data)
+        assert rb.validate_crc()
+        return [r.value for r in rb]
+
+    rng = random.Random(9)
+    dec = ovs_decoder()
+    grams = [dec.decode(ipfix_message([data_set(OVS_INGRESS, ovs_flows(n, rng))], seq=i, export_time=EXPORT),
+                        EXPORTER) for i, n in enumerate([1, 60, 7, 33, 2, 60, 60, 19, 1, 45, 60, 3] * 3)]
+    w = RecordBatchWriter(1 << 20)
+    want: list[bytes] = []
+    for i, b in enumerate(grams):
+        assert w.append(b) == len(b)
+        want += b.to_json()
+        assert valid(w.build()) == want, i
+        if i == 5:
+            w.trim()
+        if i in (8, 20):
+            # a datagram of 60 records (about 30 KB: past a step) taken back at its last record
+            with pytest.raises(RuntimeError):
+                w.append(grams[1], Failing(60))
+            assert valid(w.build()) == want
+    sealed = bytes(w.request(1, b"fs", -1, 1000, b"t", 0))
+    assert valid(sealed[len(sealed) - w.size:]) == want
+    # compressed: the whole batch's checksum (the steps were over the plain records)
+    w = RecordBatchWriter(1 << 20)
+    for b in grams[:8]:
+        w.append(b)
+    assert w.compress(4, codec.zstd_encode)
+    assert valid(w.build()) == [j for b in grams[:8] for j in b.to_json()]
+    # keyed: a failing call takes back every partition's records it wrote, past steps too
+    kb = KeyedBatches(2, 1 << 20, "conversation")
+    for i, b in enumerate(grams[:12]):
+        assert kb.append(b) == len(b)
+        if i in (3, 9):
+            with pytest.raises(RuntimeError):
+                kb.append(grams[5], Failing(59))
+    got = sorted(j for _slot, wr in kb.take_all() for j in valid(wr.build()))
+    assert got == sorted(j for b in grams[:12] for j in b.to_json())
+
+
 def _keyed_flows() -> list[tuple[str, Any]]:
     """Datagrams whose flows have IPv4, IPv6 (compressed and IPv4-mapped), one address only and
     no address at all: every shape a conversation key takes."""
