@@ -1781,7 +1781,7 @@ def test_linger_does_not_cut_the_open_batch_behind_a_backlog() -> None:
             assert len(w.queue.chunks) == 2 and w.writer.records == 0
             # two waiting: both hold buffers of their own size (the first was trimmed when the
             # second queued behind it), their records untouched
-            for c, n in zip(w.queue.chunks, (150, 30)):
+            for c, n in zip(w.queue.chunks, (150, 30), strict=True):
                 assert c.records.writer.capacity <= c.records.writer.size + 1024 and len(c.records) == n
         finally:
             task.cancel()
