@@ -503,23 +503,30 @@ cdef class RecordBatchWriter:
             except BaseException:
                 # (an enricher bug, memory): the call's records are taken back, a partial one
                 # too, so that the batch stays well formed and the caller counts them dropped
-                self.buf.n = at
-                self.records = had
-                self.max_delta = had_delta
-                if at < self.crc_upto:
-                    self.crc_forget()
+                self.take_back(at, had, had_delta)
                 raise
         return bt.n
+
+    cdef inline void take_back(self, Py_ssize_t n, Py_ssize_t records, int64_t max_delta) noexcept:
+        """Back to what the batch held at n bytes (a call that failed takes its records back),
+        its records' checksum with them when it had taken on records past n."""
+        self.buf.n = n
+        self.records = records
+        self.max_delta = max_delta
+        if n < self.crc_upto:
+            self.crc_forget()
 
     cdef inline void crc_forget(self) noexcept:
         self.crc_upto = PREFIX + BATCH_HEADER
         self.crc_raw = 0
 
-    cdef void crc_step(self) noexcept:
-        """Checksum the records appended since the last step."""
-        self.crc_raw = fs_crc_raw(self.crc_raw, <const unsigned char*>self.buf.p + self.crc_upto,
-                                  self.buf.n - self.crc_upto)
-        self.crc_upto = self.buf.n
+    cdef inline void crc_catch_up(self) noexcept:
+        """After a record: checksum the records appended since the last step, once CRC_STEP
+        bytes of them wait."""
+        if self.buf.n - self.crc_upto >= CRC_STEP:
+            self.crc_raw = fs_crc_raw(self.crc_raw, <const unsigned char*>self.buf.p + self.crc_upto,
+                                      self.buf.n - self.crc_upto)
+            self.crc_upto = self.buf.n
 
     cdef uint32_t crc_of(self, char* p, Py_ssize_t n) noexcept:
         """The CRC-32C of the batch at p (n bytes: this batch's bytes from its start, the
@@ -527,7 +534,7 @@ cdef class RecordBatchWriter:
         appended, the rest now), or the whole batch's when the records are compressed."""
         cdef uint32_t h, r
         cdef Py_ssize_t at = self.crc_upto - PREFIX
-        if self.codec != 0 or at > n or at < BATCH_HEADER:
+        if self.codec != 0:
             return fs_crc32c(<const unsigned char*>p + ATTR_OFFSET, n - ATTR_OFFSET)
         h = fs_crc_raw(0xFFFFFFFF, <const unsigned char*>p + ATTR_OFFSET, BATCH_HEADER - ATTR_OFFSET)
         r = fs_crc_raw(self.crc_raw, <const unsigned char*>p + at, n - at)
@@ -592,8 +599,7 @@ cdef class RecordBatchWriter:
         if delta > self.max_delta:
             self.max_delta = delta
         self.records += 1
-        if o.n - self.crc_upto >= CRC_STEP:
-            self.crc_step()
+        self.crc_catch_up()
         return 0
 
     def add_record(self, bytes key, bytes value not None, int64_t timestamp=0):
@@ -636,8 +642,7 @@ cdef class RecordBatchWriter:
         if delta > self.max_delta:
             self.max_delta = delta
         self.records += 1
-        if o.n - self.crc_upto >= CRC_STEP:
-            self.crc_step()
+        self.crc_catch_up()
         return True
 
     def records_bytes(self):
@@ -1114,11 +1119,7 @@ cdef class KeyedBatches:
             for obj in self.writers:
                 if obj is not None and (<RecordBatchWriter>obj).mark == self.call:
                     w = <RecordBatchWriter>obj
-                    w.buf.n = w.mark_n
-                    w.records = w.mark_records
-                    w.max_delta = w.mark_delta
-                    if w.mark_n < w.crc_upto:
-                        w.crc_forget()
+                    w.take_back(w.mark_n, w.mark_records, w.mark_delta)
             self.nrecords = had_records
             self.nbytes = had_bytes
             self.full = -1
