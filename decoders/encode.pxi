@@ -422,7 +422,8 @@ FLAG_NAMES[:] = [b"FIN", b"SYN", b"RST", b"PSH", b"ACK", b"URG", b"ECE", b"CWR"]
 
 from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid
 
-from enrich.view cimport VIEW_CAPSULE, EnrichParts, EnrichView, view_hash, view_parts, view_prefetch, view_prefetch_parts
+from enrich.view cimport (VIEW_CAPSULE, EnrichParts, EnrichView, view_agent, view_hash, view_parts, view_prefetch,
+                          view_prefetch_parts)
 
 cdef EnrichView* _ev = NULL
 cdef object _ev_owner = None     # the enricher whose capsule _ev came from (kept alive)
@@ -434,6 +435,7 @@ cdef PyObject* _ag_node = NULL   # borrowed from the index (interned), valid for
 cdef unsigned long long _ag_gen = 0
 cdef bint _ag_ok = False         # _ag_node looked up (False: the lookup failed; flows take enrich())
 
+cdef Flow* _ev_first = NULL     # the batch's first flow to encode (enrich_batch's start)
 cdef bint _last_counted = False  # enrich_into's last flow was counted in the view (snapshot below)
 cdef long long _last_counts[8]   # the view's counts before that flow (EnrichView.counts)
 
@@ -453,7 +455,7 @@ cdef inline bint enrich_c(object enricher) noexcept:
 cdef inline void enrich_agent_node() noexcept:
     global _ag_node, _ag_gen, _ag_ok
     cdef int failed = 0
-    _ag_node = _ev.agent(_ev.reader, _ag, _aglen, &failed)
+    _ag_node = view_agent(_ev, _ag, _aglen, &failed)
     _ag_gen = _ev.generation
     _ag_ok = not failed
 
@@ -462,7 +464,7 @@ cdef int enrich_batch(FlowBatch bt, Py_ssize_t start, object enricher) except -1
     """Before encoding a batch's flows from `start`: use the enricher's C view when it has one,
     look up the exporter's node once, and start loading the cache sets the first flows' lookups
     will read (so that those loads overlap instead of stalling one by one)."""
-    global _ev, _ev_owner, _ag, _aglen
+    global _ev, _ev_owner, _ag, _aglen, _ev_first
     cdef Py_ssize_t i
     cdef Flow* f
     cdef int alen
@@ -482,8 +484,10 @@ cdef int enrich_batch(FlowBatch bt, Py_ssize_t start, object enricher) except -1
     if _aglen == 16 and v4mapped(_ag):
         _ag += 12       # an IPv4-mapped agent address (sFlow's) is its IPv4 address to the index too
         _aglen = 4
+    _ev_first = NULL
     if _ev == NULL:
         return 0
+    _ev_first = &bt.flows[start]
     enrich_agent_node()
     for i in range(start, min(bt.n, start + 64)):  # more would leave L1 before they are used
         f = &bt.flows[i]
@@ -754,6 +758,12 @@ cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char*
         buf_put(o, ",\"TimeFlowEndMs\":", 17)
         buf_int(o, f.t_end_ms)
     put_time_received(o, <int64_t>bt.recv_time)
+    if f == _ev_first and enricher is not None and enrich_c(enricher) and addr_len(f.af):
+        # the first flow of the call has had no earlier flow start loading its parts (at one
+        # record a datagram, Open vSwitch's, that is every flow): its cache sets, prefetched by
+        # enrich_batch, have come in by now, so the parts they point to can start loading for
+        # the copy at the end
+        view_prefetch_parts(_ev, f.src, f.dst, addr_len(f.af))
     if f.sampling:
         buf_put(o, ",\"Sampling\":", 12)
         buf_uint(o, f.sampling)

@@ -28,8 +28,8 @@ from libc.string cimport memcpy, memset
 from enrich.view cimport (VIEW_BLOCKS, VIEW_CAPSULE, VIEW_HITS, VIEW_IDENTIFIED, VIEW_KIND_NODE, VIEW_KIND_NONE,
                           VIEW_KIND_POD, VIEW_KIND_SERVICE, VIEW_MISSES, VIEW_SLOTS, VIEW_TEXT, VIEW_UNIDENTIFIED,
                           VIEW_WAYS,
-                          EnrichParts, EnrichSlot, EnrichView,
-                          view_addr_eq, view_combine, view_hash, view_resolve)
+                          EnrichAgent, EnrichParts, EnrichSlot, EnrichView,
+                          view_addr_eq, view_agent_set, view_combine, view_hash, view_resolve)
 
 DEF ALIVE = 1 << 62     # enrich.index.ALIVE: a holder that has not ended
 
@@ -121,15 +121,6 @@ cdef inline int _span(object e, long long t, long long* lo, long long* hi):
         cur = <tuple>cur[6]
 
 
-DEF AGENT_SETS = 256    # exporter -> node answers a Reader keeps: sets of two (a power of two)
-
-ctypedef struct AgentEntry:
-    unsigned char addr[16]
-    int alen                    # 0: empty
-    unsigned long long gen      # the view's generation when filled
-    PyObject* node              # borrowed from Reader.agents; NULL: not a node's address
-
-
 @cython.final  # no subclass: its cdef methods are called directly
 cdef class Reader:
     """Holds the reader-visible dicts of an Index (re-pointed by the Index on every swap) and
@@ -150,7 +141,6 @@ cdef class Reader:
     cdef int* block_owner        # per block: the slot it is lent to, -1: none
     cdef char** block_of         # parallel to view.cache: the slot's block in `blocks`, NULL: none
     cdef char** big              # parallel to view.cache: a malloc'ed block for parts too long for one
-    cdef AgentEntry agent_cache[2 * AGENT_SETS]   # exporter address -> node, two ways a set by its hash
 
     def __cinit__(self, tuple tails):
         cdef int i, j
@@ -180,7 +170,6 @@ cdef class Reader:
         self.view.reader = <void*>self
         self.view.miss = _miss
         self.view.agent = _agent
-        memset(self.agent_cache, 0, sizeof(self.agent_cache))   # (alen 0: empty)
 
     def __dealloc__(self):
         cdef int i
@@ -354,15 +343,15 @@ cdef class Reader:
 
     cdef PyObject* agent_node(self, const unsigned char* agent, int aglen, int* failed) noexcept:
         """The (interned) node name of an exporter address, borrowed; NULL when unknown or on
-        an error (then failed is set). Answers are kept per address (AGENT_SETS sets of two
-        entries, by hash) until the index moves: a batch has one exporter, and a collector
-        behind a Service takes datagrams from many nodes in turn (one record each, from Open
-        vSwitch)."""
-        cdef AgentEntry* e
+        an error (then failed is set). Answers are kept per address in the view (EnrichView.agents:
+        VIEW_AGENT_SETS sets of two entries, by hash) until the index moves, where the encoder
+        reads them in place (view_agent): a batch has one exporter, and a collector behind a
+        Service takes datagrams from many nodes in turn (one record each, from Open vSwitch)."""
+        cdef EnrichAgent* e
         failed[0] = 0
         if aglen != 4 and aglen != 16:
             return NULL     # only addresses name nodes (and an entry holds 16 bytes)
-        e = &self.agent_cache[2 * (view_hash(agent, aglen) & (AGENT_SETS - 1))]
+        e = view_agent_set(&self.view, agent, aglen)
         if e[0].alen == aglen and e[0].gen == self.view.generation and view_addr_eq(e[0].addr, agent, aglen):
             return e[0].node
         if e[1].alen == aglen and e[1].gen == self.view.generation and view_addr_eq(e[1].addr, agent, aglen):
@@ -375,7 +364,7 @@ cdef class Reader:
             failed[0] = 1
             return NULL
 
-    cdef PyObject* agent_lookup(self, AgentEntry* e, const unsigned char* agent, int aglen) except? NULL:
+    cdef PyObject* agent_lookup(self, EnrichAgent* e, const unsigned char* agent, int aglen) except? NULL:
         cdef PyObject* p
         p = PyDict_GetItem(self.agents, PyBytes_FromStringAndSize(<const char*>agent, aglen))
         # borrowed from self.agents; a publish() replacing it also moves the generation

@@ -20,12 +20,13 @@ cdef extern from *:
     #include <stddef.h>
     #include <stdint.h>
     #include <string.h>
-    #define FS_VIEW_CAPSULE "flowscope.enrich.view.v9"
+    #define FS_VIEW_CAPSULE "flowscope.enrich.view.v10"
     #define FS_VIEW_SLOTS 16384   /* per-address answers: 4096 sets of 4 ways */
     #define FS_VIEW_WAYS 4
     #define FS_VIEW_SETS (FS_VIEW_SLOTS / FS_VIEW_WAYS)
     #define FS_VIEW_TEXT 576      /* a slot's text block: the holder's two parts, back to back */
     #define FS_VIEW_BLOCKS (FS_VIEW_SLOTS / 4)  /* text blocks (2.4 MB), lent to the slots (enrich._fast Reader.texts) */
+    #define FS_VIEW_AGENT_SETS 256  /* exporter address -> node answers: sets of two (a power of two) */
     #if defined(__GNUC__) || defined(__clang__)
     #define FS_ALWAYS_INLINE static inline __attribute__((always_inline))
     #else
@@ -73,11 +74,20 @@ cdef extern from *:
                                         const unsigned char* addr, int alen, long long t, EnrichSlot* avoid);
     typedef PyObject* (*view_agent_fn)(void* reader, const unsigned char* agent, int aglen, int* failed);
 
+    /* An exporter address's node (the reader's agent answers, kept until the index moves). */
+    typedef struct EnrichAgent {
+        unsigned char addr[16];
+        int alen;                 /* 0: empty */
+        unsigned long long gen;   /* the view's generation when filled */
+        PyObject* node;           /* borrowed from the reader's agents dict; NULL: not a node's address */
+    } EnrichAgent;
+
     /* counts[]: flows, lookups, then flow addresses by what they resolved to (FS_KIND_NONE:
        nobody of the cluster; a slot's kind is FS_KIND_NONE + its holder's kind) */
     enum { FS_UNIDENTIFIED, FS_IDENTIFIED, FS_HITS, FS_MISSES,
            FS_KIND_NONE, FS_KIND_POD, FS_KIND_NODE, FS_KIND_SERVICE, FS_COUNTS };
     _Static_assert(FS_COUNTS == 8, "EnrichView.counts: the Cython declarations below say 8");
+    _Static_assert(2 * FS_VIEW_AGENT_SETS == 512, "EnrichView.agents: the Cython declarations below say 512");
 
     typedef struct EnrichView {
         EnrichSlot* cache;
@@ -88,6 +98,7 @@ cdef extern from *:
         void* reader;
         view_miss_fn miss;
         view_agent_fn agent;
+        EnrichAgent agents[2 * FS_VIEW_AGENT_SETS];  /* by fs_view_hash, two ways a set; filled by agent */
     } EnrichView;
 
     /* Multiplicative hashing of the address (4 or 16 bytes: the only lengths cached) read
@@ -189,6 +200,30 @@ cdef extern from *:
         return s;
     }
 
+    /* The interned node name of an exporter address (4 or 16 bytes), borrowed; NULL when it
+       names no node, or on an error (then *failed is set). The answer is read here when the
+       reader has it for the index's current generation; otherwise the reader looks it up and
+       keeps it (view.agent). Inline: asked once a datagram, and Open vSwitch sends one record a
+       datagram, so the call into the reader cost ~60 instructions of every flow. */
+    FS_ALWAYS_INLINE EnrichAgent* fs_view_agent_set(EnrichView* v, const unsigned char* agent, int aglen) {
+        return v->agents + 2 * (fs_view_hash(agent, aglen) & (FS_VIEW_AGENT_SETS - 1));
+    }
+
+    FS_ALWAYS_INLINE PyObject* fs_view_agent(EnrichView* v, const unsigned char* agent, int aglen, int* failed) {
+        if (aglen == 4 || aglen == 16) {
+            EnrichAgent* e = fs_view_agent_set(v, agent, aglen);
+            if (e[0].alen == aglen && e[0].gen == v->generation && fs_view_addr_eq(e[0].addr, agent, aglen)) {
+                *failed = 0;
+                return e[0].node;
+            }
+            if (e[1].alen == aglen && e[1].gen == v->generation && fs_view_addr_eq(e[1].addr, agent, aglen)) {
+                *failed = 0;
+                return e[1].node;
+            }
+        }
+        return v->agent(v->reader, agent, aglen, failed);
+    }
+
     /* The output rule of enrich.index.Index.enrich over resolved slots (s or d NULL: no
        address): the source part, the destination part (each NULL, length 0, when unknown) and
        the tail. Node names are interned by the index: the same node is the same object (pointer
@@ -256,6 +291,7 @@ cdef extern from *:
         VIEW_WAYS "FS_VIEW_WAYS"
         VIEW_TEXT "FS_VIEW_TEXT"
         VIEW_BLOCKS "FS_VIEW_BLOCKS"
+        VIEW_AGENT_SETS "FS_VIEW_AGENT_SETS"
         VIEW_UNIDENTIFIED "FS_UNIDENTIFIED"
         VIEW_IDENTIFIED "FS_IDENTIFIED"
         VIEW_HITS "FS_HITS"
@@ -292,6 +328,12 @@ cdef extern from *:
     ctypedef PyObject* (*view_agent_fn)(void* reader, const unsigned char* agent, int aglen,
                                         int* failed) noexcept
 
+    ctypedef struct EnrichAgent:
+        unsigned char addr[16]
+        int alen
+        unsigned long long gen
+        PyObject* node
+
     ctypedef struct EnrichView:
         EnrichSlot* cache
         unsigned long long generation
@@ -300,12 +342,15 @@ cdef extern from *:
         void* reader
         view_miss_fn miss
         view_agent_fn agent
+        EnrichAgent agents[512]
 
     unsigned long long view_hash "fs_view_hash"(const unsigned char* addr, int alen) noexcept nogil
     bint view_addr_eq "fs_view_addr_eq"(const unsigned char* x, const unsigned char* y, int n) noexcept nogil
     void view_prefetch "fs_view_prefetch"(EnrichView* v, const unsigned char* addr, int alen) noexcept nogil
     void view_prefetch_parts "fs_view_prefetch_parts"(EnrichView* v, const unsigned char* src,
                                                        const unsigned char* dst, int alen) noexcept nogil
+    EnrichAgent* view_agent_set "fs_view_agent_set"(EnrichView* v, const unsigned char* agent, int aglen) noexcept nogil
+    PyObject* view_agent "fs_view_agent"(EnrichView* v, const unsigned char* agent, int aglen, int* failed) noexcept
     EnrichSlot* view_resolve "fs_view_resolve"(EnrichView* v, const unsigned char* addr, int alen, long long t,
                                                EnrichSlot* avoid) noexcept
     void view_combine "fs_view_combine"(EnrichView* v, const EnrichSlot* s, const EnrichSlot* d,
