@@ -262,8 +262,22 @@ class Collector:
         return total(self.metrics(), name, **labels)
 
     def wait_value(self, name: str, want: float, timeout: float = 15.0, **labels: str) -> None:
-        wait_for(lambda: self.value(name, **labels) == want, timeout,
-                 what=f"{name}{labels} == {want} (now {self.value(name, **labels)})")
+        try:
+            wait_for(lambda: self.value(name, **labels) == want, timeout,
+                     what=f"{name}{labels} == {want} (now {self.value(name, **labels)})")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.state()}") from None
+
+    def state(self) -> str:
+        """For a failure's message: the collector's flow, queue, sink and Kafka counters (the
+        non-zero ones) and the end of its log, so that a failure seen once in CI says where the
+        flows were."""
+        status, text = self.get("/metrics")
+        keep = ("flowscope_flows", "flowscope_queue", "flowscope_sink", "flowscope_kafka", "flowscope_datagrams")
+        lines = [ln for ln in text.splitlines() if ln.startswith(keep) and not ln.rstrip().endswith(" 0")
+                 and not ln.rstrip().endswith(" 0.0")]
+        tail = "\n".join(self.log().splitlines()[-40:]) if self.log_path.exists() else ""
+        return f"metrics (/metrics answered {status}):\n" + "\n".join(lines[:120]) + f"\nlog, last lines:\n{tail}"
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         if self.proc.poll() is None:
