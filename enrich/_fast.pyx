@@ -29,7 +29,7 @@ from enrich.view cimport (VIEW_BLOCKS, VIEW_CAPSULE, VIEW_HITS, VIEW_IDENTIFIED,
                           VIEW_KIND_POD, VIEW_KIND_SERVICE, VIEW_MISSES, VIEW_SLOTS, VIEW_TEXT, VIEW_UNIDENTIFIED,
                           VIEW_WAYS,
                           EnrichAgent, EnrichParts, EnrichSlot, EnrichView,
-                          view_addr_eq, view_agent_set, view_combine, view_hash, view_resolve)
+                          view_agent, view_agent_set, view_combine, view_resolve)
 
 DEF ALIVE = 1 << 62     # enrich.index.ALIVE: a holder that has not ended
 
@@ -341,21 +341,18 @@ cdef class Reader:
         Py_XDECREF(self.entries[o])
         self.entries[o] = NULL
 
-    cdef PyObject* agent_node(self, const unsigned char* agent, int aglen, int* failed) noexcept:
-        """The (interned) node name of an exporter address, borrowed; NULL when unknown or on
-        an error (then failed is set). Answers are kept per address in the view (EnrichView.agents:
-        VIEW_AGENT_SETS sets of two entries, by hash) until the index moves, where the encoder
-        reads them in place (view_agent): a batch has one exporter, and a collector behind a
-        Service takes datagrams from many nodes in turn (one record each, from Open vSwitch)."""
+    cdef PyObject* agent_miss(self, const unsigned char* agent, int aglen, int* failed) noexcept:
+        """The view's agent function (view_agent reads a current answer in place and calls this
+        otherwise): the (interned) node name of an exporter address, borrowed, looked up in the
+        index and kept in the view (EnrichView.agents: VIEW_AGENT_SETS sets of two entries, by
+        hash) until the index moves; NULL when unknown or on an error (then failed is set). A
+        batch has one exporter, and a collector behind a Service takes datagrams from many nodes
+        in turn (one record each, from Open vSwitch)."""
         cdef EnrichAgent* e
         failed[0] = 0
         if aglen != 4 and aglen != 16:
             return NULL     # only addresses name nodes (and an entry holds 16 bytes)
         e = view_agent_set(&self.view, agent, aglen)
-        if e[0].alen == aglen and e[0].gen == self.view.generation and view_addr_eq(e[0].addr, agent, aglen):
-            return e[0].node
-        if e[1].alen == aglen and e[1].gen == self.view.generation and view_addr_eq(e[1].addr, agent, aglen):
-            return e[1].node
         e[1] = e[0]         # the newer answer first: the older one is replaced next
         try:
             return self.agent_lookup(e, agent, aglen)
@@ -403,7 +400,7 @@ cdef class Reader:
                 raise MemoryError()
         if agent is None:
             agent = b""
-        an = self.agent_node(agent, len(agent), &failed)
+        an = view_agent(&self.view, agent, len(agent), &failed)
         if failed:
             raise MemoryError()
         view_combine(&self.view, s, d, an, direction, &parts)
@@ -458,4 +455,4 @@ cdef EnrichSlot* _miss(void* reader, EnrichSlot* base, unsigned long long h, con
 
 
 cdef PyObject* _agent(void* reader, const unsigned char* agent, int aglen, int* failed) noexcept:
-    return (<Reader>reader).agent_node(agent, aglen, failed)
+    return (<Reader>reader).agent_miss(agent, aglen, failed)

@@ -69,7 +69,8 @@ cdef extern from *:
     /* The reader's slow paths (called with the GIL held). miss: refill a way of the set at
        `base` (never `avoid`) for addr at flow start t, counting the lookup; NULL on an error
        (memory). agent: the interned node name of an exporter address, borrowed, NULL when
-       unknown; *failed set on an error. */
+       unknown; *failed set on an error; its answer kept in `agents` (fs_view_agent reads it
+       there first). */
     typedef EnrichSlot* (*view_miss_fn)(void* reader, EnrichSlot* base, unsigned long long h,
                                         const unsigned char* addr, int alen, long long t, EnrichSlot* avoid);
     typedef PyObject* (*view_agent_fn)(void* reader, const unsigned char* agent, int aglen, int* failed);
