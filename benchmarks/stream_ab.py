@@ -94,7 +94,8 @@ def _round(tree: Path, args: argparse.Namespace, out: Path, bootstrap: str = "",
         prof = None
         if args.perf:
             # cpu-clock samples of the collector over the load only (a VM may have no counters)
-            prof = subprocess.Popen(["perf", "record", "-q", "--call-graph", args.perf_call_graph, "-p", str(p.pid), "-o",
+            prof = subprocess.Popen(["perf", "record", "-q", "--call-graph", args.perf_call_graph,
+                                     *(["-e", args.perf_event] if args.perf_event else []), "-p", str(p.pid), "-o",
                                      str(Path(args.perf) / f"{out.stem}.perf.data")],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         g = subprocess.run(["taskset", "-c", "0", str(HERE / "bin" / "loadgen"), "--proto", "ipfix", "--to",
@@ -154,6 +155,8 @@ def main() -> None:
                     "DIR/NAME-ROUND.perf.data (perf report -i ...)")
     ap.add_argument("--perf-call-graph", default="fp", metavar="MODE",
                     help="--perf: perf record's --call-graph (fp; dwarf,16384 for libc's callers)")
+    ap.add_argument("--perf-event", default="", metavar="EVENT",
+                    help="--perf: perf record's event instead of its default (page-faults: where fresh memory is touched)")
     args = ap.parse_args()
     trees = dict(t.split("=", 1) for t in args.tree)
     best: dict[str, float] = {}

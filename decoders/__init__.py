@@ -10,10 +10,11 @@ from decoders._core import (
     Receiver,
     RecordBatchWriter,
     addr_text,
+    buffer_pool_stats,
     murmur2_positive,
     split_batch,
 )
 from decoders.config import DecoderConfig
 
 __all__ = ["EVICTED", "DecodeError", "Decoder", "DecoderConfig", "FlowBatch", "KeyedBatches", "LineWriter", "Receiver",
-           "RecordBatchWriter", "addr_text", "murmur2_positive", "split_batch"]
+           "RecordBatchWriter", "addr_text", "buffer_pool_stats", "murmur2_positive", "split_batch"]

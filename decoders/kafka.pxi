@@ -335,11 +335,24 @@ DEF POOL_MIN_CAP = 65536     # smaller buffers (trimmed batches) are not worth k
 cdef char* _pool[POOL_SIZE]
 cdef Py_ssize_t _pool_cap[POOL_SIZE]
 cdef int _pool_n = 0
+cdef unsigned long long _pool_reused = 0, _pool_allocated = 0
 
 
-cdef void pool_take(Buf* b, Py_ssize_t need) noexcept:
-    global _pool_n
+def buffer_pool_stats():
+    """The writers' buffer pool: the capacities it keeps now, how many writers took a kept
+    buffer and how many needed a fresh allocation (fresh pages: faults and kernel zeroing)."""
+    return {"kept": sorted(_pool_cap[i] for i in range(_pool_n)), "reused": _pool_reused,
+            "allocated": _pool_allocated, "size": POOL_SIZE}
+
+
+cdef int pool_take(Buf* b, Py_ssize_t need) except -1:
+    """b's buffer for a new writer: a kept one of at least `need` bytes, else an allocation of
+    exactly `need` (not buf_grow's doubling: a 1 MiB batch in a 2 MiB buffer is under half of
+    it, so trim() copied every full batch that queued behind another into fresh pages, and the
+    copies, pooled when their writers went, took the pool's places from the full-size ones)."""
+    global _pool_n, _pool_reused, _pool_allocated
     cdef int i
+    cdef char* p
     for i in range(_pool_n - 1, -1, -1):
         if _pool_cap[i] >= need:
             b.p = _pool[i]
@@ -348,17 +361,39 @@ cdef void pool_take(Buf* b, Py_ssize_t need) noexcept:
             _pool_n -= 1
             _pool[i] = _pool[_pool_n]
             _pool_cap[i] = _pool_cap[_pool_n]
-            return
+            _pool_reused += 1
+            return 0
+    p = <char*>malloc(need)
+    if p == NULL:
+        raise MemoryError()
+    _pool_allocated += 1
+    b.p = p
+    b.cap = need
+    b.n = 0
+    return 0
 
 
 cdef void pool_give(Buf* b) noexcept:
+    """Keep b's buffer for the next writer (b is left empty). The pool keeps the largest: a full
+    pool gives up its smallest for a larger one (a trimmed batch's buffer, its own size, never
+    holds a place a full-size one could take)."""
     global _pool_n
+    cdef int i, small = -1
     if b.p == NULL:
         return
-    if _pool_n < POOL_SIZE and b.cap >= POOL_MIN_CAP:   # a trimmed (small) buffer is just freed
-        _pool[_pool_n] = b.p
-        _pool_cap[_pool_n] = b.cap
-        _pool_n += 1
+    if b.cap >= POOL_MIN_CAP:   # a trimmed (small) buffer is just freed
+        if _pool_n < POOL_SIZE:
+            small = _pool_n
+            _pool_n += 1
+        else:
+            for i in range(POOL_SIZE):
+                if _pool_cap[i] < b.cap and (small < 0 or _pool_cap[i] < _pool_cap[small]):
+                    small = i
+            if small >= 0:
+                free(_pool[small])
+    if small >= 0:
+        _pool[small] = b.p
+        _pool_cap[small] = b.cap
     else:
         free(b.p)
     b.p = NULL
@@ -460,7 +495,8 @@ cdef class RecordBatchWriter:
         # The whole batch at once: no reallocation (and copy) while it fills.
         if self.buf.p == NULL:
             pool_take(&self.buf, max_bytes + 4096 + PREFIX)
-        buf_reserve(&self.buf, max_bytes + 4096 + PREFIX)
+        else:
+            buf_reserve(&self.buf, max_bytes + 4096 + PREFIX)
         memset(self.buf.p, 0, PREFIX + BATCH_HEADER)
         self.buf.n = PREFIX + BATCH_HEADER
         self.req_start = PREFIX

@@ -27,7 +27,8 @@ cdef class LineWriter:
         self.records = 0
         if self.buf.p == NULL:
             pool_take(&self.buf, max_bytes + 4096)
-        buf_reserve(&self.buf, max_bytes + 4096)
+        else:
+            buf_reserve(&self.buf, max_bytes + 4096)
         self.buf.n = 0
 
     @property

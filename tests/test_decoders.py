@@ -1339,6 +1339,48 @@ def test_record_batch_writer_trim_keeps_the_batch_and_frees_its_buffer() -> None
     assert [r.value for r in DefaultRecordBatch(g.build(crc32c_cython))] == want + want
 
 
+def test_a_full_batch_is_not_copied_by_trim_and_the_pool_keeps_full_size_buffers() -> None:
+    """A writer's buffer is its batch's size (max_bytes and headroom, not the next power of two):
+    a full batch is over half of it, so trim() leaves it where it is (in a 2 MiB buffer a full
+    1 MiB batch was copied into fresh pages whenever it queued behind another). And the pool of
+    buffers for the next writers keeps full-size ones over trimmed ones: when the trimmed
+    batches' own-size buffers come back first, the full-size ones returning after them take
+    their places instead of being freed (a later writer then starts in fresh pages)."""
+    from decoders import RecordBatchWriter, buffer_pool_stats
+
+    b = Decoder().decode(v5_datagram(v5_records(30, random.Random(9), uptime_ms=100_000), seq=0, unix_secs=EXPORT,
+                                     uptime_ms=100_000), EXPORTER)
+    w = RecordBatchWriter(1 << 20)
+    cap = w.capacity
+    assert 1 << 20 < cap <= (1 << 20) + 8192
+    while w.size < 600_000:
+        assert w.append(b) == len(b)
+    w.trim()
+    assert w.capacity == cap, "a batch over half its buffer stays in it"
+    del w
+
+    size = buffer_pool_stats()["size"]
+    hold = [RecordBatchWriter(1 << 20) for _ in range(size + 1)]   # every kept full-size buffer taken
+    assert all(c < cap for c in buffer_pool_stats()["kept"])     # (smaller ones of earlier tests may stay)
+    trimmed = []
+    for _ in range(size):
+        t = RecordBatchWriter(1 << 20)
+        while t.size < 100_000:            # over the pool's smallest (64 KiB), under half
+            t.append(b)
+        t.trim()                           # its own size now; the full one back in the pool
+        assert t.capacity < 200_000
+        trimmed.append(t)
+    del t
+    trimmed.clear()                        # their own-size buffers come back: kept, the pool has room
+    hold.clear()                           # then the full-size ones: they take the small ones' places
+    assert buffer_pool_stats()["kept"] == [cap] * size
+    before = buffer_pool_stats()
+    again = [RecordBatchWriter(1 << 20) for _ in range(size)]
+    after = buffer_pool_stats()
+    assert after["reused"] - before["reused"] == size and after["allocated"] == before["allocated"]
+    assert all(a.capacity == cap for a in again)
+
+
 def test_fixed_length_interface_names_lose_their_nul_padding() -> None:
     """interfaceName (82) in a fixed-length field (v9 IF_NAME, 16 bytes) is NUL-padded: the
     padding is not part of the name, and an all-NUL name is no name (README: none when both
