@@ -133,6 +133,10 @@ SERIES: dict[str, Series] = {s.name: s for s in [
     Series("flowscope_counter_records_queued", "gauge", "sFlow counter records queued or in flight to the sink "
            "(--counters)"),
     Series("flowscope_queue_limit_bytes", "gauge", "Queue bound (--queue-bytes) summed over workers"),
+    Series("flowscope_batch_buffers", "counter", "Output batches (Kafka record batches, file and stdout lines) by "
+           "the buffer they started in: reused, one kept from an earlier batch; fresh, a new allocation (its pages "
+           "faulted in and zeroed by the kernel as the batch fills). Fresh ones rising with the batches means more "
+           "batches wait at once than the pool keeps (8 a worker)", ("source",)),
     Series("flowscope_sink_connected", "gauge", "1 when the sink is connected; with --workers N, the number of workers connected"),
     Series("flowscope_sink_stalled_seconds", "gauge", "How long records have waited with nothing delivered (0 while the "
            "sink delivers or nothing waits; sampled at each metrics snapshot); /readyz fails beyond "

@@ -666,6 +666,10 @@ class Worker:
             snap["flowscope_counter_records"] = {(): self.counter_records}
             snap["flowscope_counter_records_queued"] = {(): q.records_of(COUNTERS)}
         snap["flowscope_queue_limit_bytes"] = {(): self.cfg.queue_bytes}
+        from decoders import buffer_pool_stats  # (imported late, as in __init__)
+
+        pool = buffer_pool_stats()
+        snap["flowscope_batch_buffers"] = {("reused",): pool["reused"], ("fresh",): pool["allocated"]}
         snap["flowscope_sink_connected"] = {(): 1 if s.connected else 0}
         snap["flowscope_sink_stalled_seconds"] = {(): round(s.stalled_for(), 1)}
         snap["flowscope_sink_failing_seconds"] = {(): round(s.failing_for(self.stall_limit), 1)}

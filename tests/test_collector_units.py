@@ -1728,6 +1728,31 @@ def test_replay_command_sends_rewritten(tmp_path: Path) -> None:
     assert [g[24:] for g in got] == [orig[24:]] * 3  # records untouched
 
 
+def test_batch_buffers_series_counts_each_writer_once_by_where_its_buffer_came_from() -> None:
+    """flowscope_batch_buffers_total: every output batch a worker starts counts once, reused when
+    its buffer was one the pool kept, fresh when it needed a new allocation; a writer started
+    while the pool holds a full-size buffer is a reuse."""
+    from collector.config import Config
+    from collector.server import Worker
+    from decoders import RecordBatchWriter, buffer_pool_stats
+
+    cfg = Config()
+    cfg.kafka.brokers = ["127.0.0.1:9"]   # never connected: the worker is not started
+    w = Worker(cfg)
+
+    def counts() -> tuple[int, int]:
+        got = w.snapshot()["flowscope_batch_buffers"]
+        return got[("reused",)], got[("fresh",)]
+
+    r0, f0 = counts()
+    writers = [RecordBatchWriter(1 << 20) for _ in range(buffer_pool_stats()["size"] + 1)]
+    r1, f1 = counts()
+    assert (r1 - r0) + (f1 - f0) == len(writers) and f1 > f0   # more than the pool keeps: one fresh at least
+    writers.pop()                          # its buffer back to the pool
+    RecordBatchWriter(1 << 20)             # takes it (and gives it back when it goes)
+    assert counts() == (r1 + 1, f1)
+
+
 def test_linger_does_not_cut_the_open_batch_behind_a_backlog() -> None:
     """Key mode none: the open record batch is queued every --kafka-linger-ms only while nothing
     waits in the queue. Behind queued batches it keeps filling towards --kafka-batch-bytes
