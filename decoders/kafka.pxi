@@ -346,23 +346,25 @@ def buffer_pool_stats():
 
 
 cdef int pool_take(Buf* b, Py_ssize_t need) except -1:
-    """b's buffer for a new writer: a kept one of at least `need` bytes, else an allocation of
+    """b's buffer for a new writer: the smallest kept one of at least `need` bytes, else an allocation of
     exactly `need` (not buf_grow's doubling: a 1 MiB batch in a 2 MiB buffer is under half of
     it, so trim() copied every full batch that queued behind another into fresh pages, and the
     copies, pooled when their writers went, took the pool's places from the full-size ones)."""
     global _pool_n, _pool_reused, _pool_allocated
-    cdef int i
+    cdef int i, best = -1
     cdef char* p
-    for i in range(_pool_n - 1, -1, -1):
-        if _pool_cap[i] >= need:
-            b.p = _pool[i]
-            b.cap = _pool_cap[i]
-            b.n = 0
-            _pool_n -= 1
-            _pool[i] = _pool[_pool_n]
-            _pool_cap[i] = _pool_cap[_pool_n]
-            _pool_reused += 1
-            return 0
+    for i in range(_pool_n):   # the smallest that fits (a small writer leaves the large ones)
+        if _pool_cap[i] >= need and (best < 0 or _pool_cap[i] < _pool_cap[best]):
+            best = i
+    if best >= 0:
+        b.p = _pool[best]
+        b.cap = _pool_cap[best]
+        b.n = 0
+        _pool_n -= 1
+        _pool[best] = _pool[_pool_n]
+        _pool_cap[best] = _pool_cap[_pool_n]
+        _pool_reused += 1
+        return 0
     p = <char*>malloc(need)
     if p == NULL:
         raise MemoryError()

@@ -1379,6 +1379,15 @@ def test_a_full_batch_is_not_copied_by_trim_and_the_pool_keeps_full_size_buffers
     after = buffer_pool_stats()
     assert after["reused"] - before["reused"] == size and after["allocated"] == before["allocated"]
     assert all(a.capacity == cap for a in again)
+    # Sizes mixed (keyed writers at a topic's smaller max.message.bytes): a small writer takes the
+    # smallest kept buffer that fits it, not a full-size one a later full-size writer then lacks.
+    small = RecordBatchWriter(100_000)
+    small_cap = small.capacity
+    assert small_cap < 200_000
+    del small
+    again.pop()                            # a full-size one kept beside it
+    assert {small_cap, cap} <= set(buffer_pool_stats()["kept"])
+    assert RecordBatchWriter(90_000).capacity == small_cap
 
 
 def test_fixed_length_interface_names_lose_their_nul_padding() -> None:
