@@ -93,7 +93,8 @@ def _round(tree: Path, args: argparse.Namespace, out: Path, bootstrap: str = "",
         c0 = _cpu_seconds(p.pid)
         prof = None
         if args.perf:
-            # cpu-clock samples of the collector over the load only (a VM may have no counters)
+            # samples of the collector over the load only (cpu-clock by default: a VM may have no
+            # counters; --perf-event another)
             prof = subprocess.Popen(["perf", "record", "-q", "--call-graph", args.perf_call_graph,
                                      *(["-e", args.perf_event] if args.perf_event else []), "-p", str(p.pid), "-o",
                                      str(Path(args.perf) / f"{out.stem}.perf.data")],

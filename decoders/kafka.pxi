@@ -380,24 +380,27 @@ cdef void pool_give(Buf* b) noexcept:
     pool gives up its smallest for a larger one (a trimmed batch's buffer, its own size, never
     holds a place a full-size one could take)."""
     global _pool_n
-    cdef int i, small = -1
+    cdef int i, slot = _pool_n
     if b.p == NULL:
         return
-    if b.cap >= POOL_MIN_CAP:   # a trimmed (small) buffer is just freed
-        if _pool_n < POOL_SIZE:
-            small = _pool_n
-            _pool_n += 1
+    if b.cap < POOL_MIN_CAP:
+        slot = -1                     # a trimmed (small) buffer is just freed
+    elif slot == POOL_SIZE:
+        slot = 0
+        for i in range(1, POOL_SIZE):
+            if _pool_cap[i] < _pool_cap[slot]:
+                slot = i
+        if _pool_cap[slot] < b.cap:
+            free(_pool[slot])
         else:
-            for i in range(POOL_SIZE):
-                if _pool_cap[i] < b.cap and (small < 0 or _pool_cap[i] < _pool_cap[small]):
-                    small = i
-            if small >= 0:
-                free(_pool[small])
-    if small >= 0:
-        _pool[small] = b.p
-        _pool_cap[small] = b.cap
-    else:
+            slot = -1
+    if slot < 0:
         free(b.p)
+    else:
+        if slot == _pool_n:
+            _pool_n += 1
+        _pool[slot] = b.p
+        _pool_cap[slot] = b.cap
     b.p = NULL
     b.n = b.cap = 0
 
