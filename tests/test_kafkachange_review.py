@@ -496,7 +496,8 @@ def test_the_flows_topic_missing_until_an_operator_creates_it(collector: Any, tm
     """Brokers that do not create topics when asked for, no --kafka-create-topic, and the flows
     topic not there yet while flows arrive: the collector says it cannot produce (not ready),
     keeps the flows queued, and once the topic is created delivers them without an operator
-    touching it; every decoded flow delivered, nothing dropped, none twice. Keyed on the direct
+    touching it; every decoded flow delivered, nothing dropped, none twice but for resends counted
+    after a request that failed unanswered. Keyed on the direct
     path, a partition's batches all go on one connection, the flows
     queued before the partition count was known and those after: on two (aiokafka's for the
     first, the direct one for the rest) a partition's order did not hold, and Tansu lost one
@@ -531,7 +532,16 @@ def test_the_flows_topic_missing_until_an_operator_creates_it(collector: Any, tm
         m = c.metrics()
         assert total(m, "flowscope_flows_dropped_total") == 0
         got = consume(f"127.0.0.1:{port}", t, sent)
-        assert len(got) == len({(f["SrcAddr"], f["SrcPort"]) for f in got}) == sent
+        # Each flow read, and none twice unless the collector sent it again after a request that
+        # may have been written failed (a Produce answer later than the connection's timeout on a
+        # loaded machine: at least once, as any producer without idempotence), and said so in
+        # flowscope_kafka_resent_records. (CI once read 16,648 records of 14,160 flows, 2,488 of
+        # them, one full batch, twice; the counter was not looked at then.)
+        resent = total(c.metrics(), "flowscope_kafka_resent_records_total", records="flows")
+        distinct = len({(f["SrcAddr"], f["SrcPort"]) for f in got})
+        why = f"read {len(got)} records, {distinct} distinct, of {sent} flows; {resent} resent\n{c.state()}"
+        assert distinct == sent, why
+        assert sent <= len(got) <= sent + resent, why
         if "exporter" in mode:   # (aiokafka keeps one batch of a partition in flight, on whichever connection)
             used = {p: conns for (topic, p), conns in front.writers.items() if topic == t.encode()}
             assert used and all(len(conns) == 1 for conns in used.values()), used
