@@ -544,7 +544,14 @@ def test_the_flows_topic_missing_until_an_operator_creates_it(collector: Any, tm
         assert sent <= len(got) <= sent + resent, why
         if "exporter" in mode:   # (aiokafka keeps one batch of a partition in flight, on whichever connection)
             used = {p: conns for (topic, p), conns in front.writers.items() if topic == t.encode()}
-            assert used and all(len(conns) == 1 for conns in used.values()), used
+            assert used, front.writers
+            if resent == 0:
+                assert all(len(conns) == 1 for conns in used.values()), used
+            # (else a connection was given up for lost, which is what sent records again: the
+            # partition went on a new one, and the front, a proxy reading one request at a time,
+            # still passed on requests the collector wrote on the old one before it closed it, as
+            # a broker does with requests it read before a client went: a second connection and
+            # the partition's order both out of this test's reach, a producer without idempotence)
         wait_for(lambda: c.get("/readyz")[0] == 200, 30, what="ready again")
         assert c.stop() == 0
     finally:
