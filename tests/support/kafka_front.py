@@ -43,10 +43,14 @@ class KafkaFront:
         async def close() -> None:
             if self._server is not None:
                 self._server.close()
-            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for t in others:
-                t.cancel()
-            await asyncio.gather(*others, return_exceptions=True)
+            # (until none is left: a connection accepted just before the close gets its handler
+            # task after the first round, which the loop's close then reported as destroyed
+            # while pending)
+            while others := [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]:
+                for t in others:
+                    t.cancel()
+                await asyncio.gather(*others, return_exceptions=True)
+                await asyncio.sleep(0)
         asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
