@@ -380,13 +380,16 @@ cdef void pool_give(Buf* b) noexcept:
     pool gives up its smallest for a larger one (a trimmed batch's buffer, its own size, never
     holds a place a full-size one could take)."""
     global _pool_n
-    cdef int i, slot = _pool_n
+    cdef int i, slot = -1             # where b's buffer goes; -1: freed
     if b.p == NULL:
         return
     if b.cap < POOL_MIN_CAP:
-        slot = -1                     # a trimmed (small) buffer is just freed
-    elif slot == POOL_SIZE:
-        slot = 0
+        pass                          # a trimmed (small) buffer is just freed
+    elif _pool_n < POOL_SIZE:
+        slot = _pool_n
+        _pool_n += 1
+    else:
+        slot = 0                      # the smallest kept, replaced if b's is larger
         for i in range(1, POOL_SIZE):
             if _pool_cap[i] < _pool_cap[slot]:
                 slot = i
@@ -397,8 +400,6 @@ cdef void pool_give(Buf* b) noexcept:
     if slot < 0:
         free(b.p)
     else:
-        if slot == _pool_n:
-            _pool_n += 1
         _pool[slot] = b.p
         _pool_cap[slot] = b.cap
     b.p = NULL

@@ -537,7 +537,7 @@ def test_the_flows_topic_missing_until_an_operator_creates_it(collector: Any, tm
         # loaded machine: at least once, as any producer without idempotence), and said so in
         # flowscope_kafka_resent_records. (CI once read 16,648 records of 14,160 flows, 2,488 of
         # them, one full batch, twice; the counter was not looked at then.)
-        resent = total(c.metrics(), "flowscope_kafka_resent_records_total", records="flows")
+        resent = total(m, "flowscope_kafka_resent_records_total", records="flows")
         distinct = len({(f["SrcAddr"], f["SrcPort"]) for f in got})
         why = f"read {len(got)} records, {distinct} distinct, of {sent} flows; {resent} resent\n{c.state()}"
         assert distinct == sent, why
