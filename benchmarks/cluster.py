@@ -33,11 +33,14 @@ def loadgen_pods(loadgen: Path, extra: list[str]) -> list[str]:
 
 
 def objects(pod_ips: list[str], *, pods: int = 0, nodes: int = NODES, services: int = SERVICES,
-            agents: Sequence[str] = ()) -> dict[str, list[dict[str, Any]]]:
+            agents: Sequence[str] = (), unmatched: bool = False) -> dict[str, list[dict[str, Any]]]:
     """The cluster's objects: a Pod for each of `pod_ips` (on the node whose /23 holds it), then
     pods flows never name, spread over the nodes, until there are `pods` (issue 4's sizing: 100k
     pods, 5k nodes, 10k services), so that the index is the size of a large cluster's. Node i
-    also has address agents[i] (the load generator's exporters sending from them are nodes)."""
+    also has address agents[i] (the load generator's exporters sending from them are nodes).
+    unmatched: no Pod holds any of `pod_ips` (the same count of pods, elsewhere in the nodes'
+    subnets): every flow's lookups miss, and its records grow only by the fields enrichment adds
+    whatever the addresses (what enrichment's lookups cost, apart from the bytes of identities)."""
     nodes = max(nodes, NODES)
     out = []
     used = set()
@@ -45,8 +48,10 @@ def objects(pod_ips: list[str], *, pods: int = 0, nodes: int = NODES, services: 
         off = int(ipaddress.IPv4Address(ip)) - BASE
         if not 0 <= off < NODES * 512:
             raise ValueError(f"{ip} is outside the simulated cluster network")
-        out.append(E.pod(i, off // 512, ip, REPLICASETS))
         used.add(off)
+        if not unmatched:
+            out.append(E.pod(i, off // 512, ip, REPLICASETS))
+    pods = max(pods, len(pod_ips))   # (unmatched: as many pods as when they hold pod_ips)
     slot = 0
     while len(out) < pods:
         for nd in range(nodes):

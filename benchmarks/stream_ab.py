@@ -8,7 +8,11 @@
 harness's simulated cluster (benchmarks/cluster.py: a Pod for every address loadgen uses, padded
 to `--cluster-pods` on `--cluster-nodes` with `--cluster-services`), the
 others with `--enrich false`: the same tree given twice, once enriched, measures what enrichment
-adds to the whole pipeline's CPU a flow.
+adds to the whole pipeline's CPU a flow. `--unmatched NAME` runs a tree enriched against a second
+cluster of the same size where no pod holds loadgen's addresses: every lookup misses and the
+records grow only by the two fields enrichment always writes (`K8S_FlowLayer`, `FlowDirection`),
+so plain, unmatched and enriched side by side part enrichment's own work from the cost of
+carrying the identities it finds (~580 bytes a flow).
 
 With `--kafka`, a Tansu broker (benchmarks.broker, on CPU 0 with the generator) takes the flows
 instead of a file, a new topic of `--partitions` each run, and a flow counts when the collector
@@ -35,6 +39,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from benchmarks.broker import free_port, free_udp_port
 
@@ -99,6 +104,15 @@ def _round(tree: Path, args: argparse.Namespace, out: Path, bootstrap: str = "",
                                      *(["-e", args.perf_event] if args.perf_event else []), "-p", str(p.pid), "-o",
                                      str(Path(args.perf) / f"{out.stem}.perf.data")],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        spy = None
+        if args.pyspy:
+            # which Python functions the collector runs over the load (collapsed stacks of Python
+            # frames, every thread, idle samples left out, the process not paused; what the C
+            # under them does is --perf's)
+            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking", "--format",
+                                    "raw", "--rate", "1000", "--threads", "-p", str(p.pid), "-o",
+                                    str(Path(args.pyspy) / f"{out.stem}.txt")],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         g = subprocess.run(["taskset", "-c", "0", str(HERE / "bin" / "loadgen"), "--proto", "ipfix", "--to",
                             f"127.0.0.1:{port}", "--rate", str(args.rate), "--duration", str(args.seconds),
                             "--records", str(args.records), *_exporter_args(args)],
@@ -106,12 +120,16 @@ def _round(tree: Path, args: argparse.Namespace, out: Path, bootstrap: str = "",
         if prof is not None:
             prof.send_signal(signal.SIGINT)
             prof.wait(60)
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
         time.sleep(1.0)
         if bootstrap:
             deadline = time.monotonic() + 30
             while _metric(http, "flowscope_queue_records") and time.monotonic() < deadline:
                 time.sleep(0.2)
             delivered = int(_metric(http, "flowscope_flows_delivered_total"))
+            print(f"  ({int(_metric(http, 'flowscope_kafka_batches_total'))} record batches acknowledged)", flush=True)
         if enrich:
             identified = _metric(http, "flowscope_enrich_flows_total", 'result="flows_identified"')
             hits = _metric(http, "flowscope_enrich_lookups_total", 'lookups_cached')
@@ -152,8 +170,14 @@ def main() -> None:
     ap.add_argument("--cluster-pods", type=int, default=0, help="--enriched: pods in all (padded past loadgen's)")
     ap.add_argument("--cluster-nodes", type=int, default=512, help="--enriched: nodes (512 at least)")
     ap.add_argument("--cluster-services", type=int, default=1000, help="--enriched: services")
+    ap.add_argument("--unmatched", action="append", default=[], metavar="NAME",
+                    help="as --enriched, against a second simulated cluster of the same size where no pod holds "
+                    "loadgen's addresses (every lookup misses: enrichment's work without the bytes of the "
+                    "identities it finds)")
     ap.add_argument("--perf", metavar="DIR", help="perf record the collector over each round's load into "
                     "DIR/NAME-ROUND.perf.data (perf report -i ...)")
+    ap.add_argument("--pyspy", metavar="DIR", help="py-spy record (Python frames, raw collapsed stacks) the "
+                    "collector over each round's load into DIR/<tree>-<round>.txt")
     ap.add_argument("--perf-call-graph", default="fp", metavar="MODE",
                     help="--perf: perf record's --call-graph (fp; dwarf,16384 for libc's callers)")
     ap.add_argument("--perf-event", default="", metavar="EVENT",
@@ -162,26 +186,33 @@ def main() -> None:
     trees = dict(t.split("=", 1) for t in args.tree)
     best: dict[str, float] = {}
     broker = None
-    cluster = None
+    clusters: list[Any] = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            if args.enriched:
+            enrich: dict[str, list[str]] = {}
+            for names, unmatched in ((args.enriched, False), (args.unmatched, True)):
+                if not names:
+                    continue
                 from benchmarks.cluster import Cluster, loadgen_pods
 
-                cluster = Cluster(loadgen_pods(HERE / "bin" / "loadgen", []), tmp, pods=args.cluster_pods,
+                work = Path(tmp) / ("unmatched" if unmatched else "matched")
+                work.mkdir()
+                cluster = Cluster(loadgen_pods(HERE / "bin" / "loadgen", []), str(work), pods=args.cluster_pods,
                                   nodes=args.cluster_nodes, services=args.cluster_services,
-                                  agents=agents(args.exporters))
-                print(f"simulated cluster: {cluster.counts}", flush=True)
+                                  agents=agents(args.exporters), unmatched=unmatched)
+                clusters.append(cluster)
+                print(f"simulated cluster{' (no pod holds loadgen`s addresses)' if unmatched else ''}: "
+                      f"{cluster.counts}", flush=True)
+                enrich.update({name: cluster.flowscope_args() for name in names})
             if args.kafka:
                 from benchmarks.broker import start_broker
 
                 broker = start_broker(cpus="0")
-            enrich = {name: cluster.flowscope_args() for name in args.enriched} if cluster else {}
             _rounds(args, trees, best, Path(tmp), broker.bootstrap if broker else "", enrich)
     finally:
         if broker is not None:
             broker.stop()
-        if cluster is not None:
+        for cluster in clusters:
             cluster.stop()
     for name, per in best.items():
         print(f"{name}: best {per:.2f} us a flow")

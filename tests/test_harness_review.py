@@ -191,3 +191,41 @@ def test_more_flows_read_back_than_sent_is_not_lossless() -> None:
     assert harness.loss_of(sent=200100, delivered=200100) == (0.0, None)
     loss, error = harness.loss_of(sent=200000, delivered=199000)
     assert error is None and abs(loss - 0.005) < 1e-12
+
+
+def test_a_cluster_of_unmatched_pods_holds_none_of_the_flows_addresses() -> None:
+    """benchmarks.stream_ab --unmatched measures enrichment's lookups apart from the bytes of the
+    identities they find: its simulated cluster is the same size, and none of its pods holds an
+    address the load generator's flows use."""
+    from benchmarks import cluster
+
+    ips = ["10.128.0.5", "10.128.2.9", "10.128.4.200", "10.129.0.3"]
+    held = {ip["ip"] for p in cluster.objects(ips, pods=40)["pods"] for ip in p["status"]["podIPs"]}
+    assert set(ips) <= held
+    pods = cluster.objects(ips, pods=40, unmatched=True)["pods"]
+    assert len(pods) == 40
+    assert not {ip["ip"] for p in pods for ip in p["status"]["podIPs"]} & set(ips)
+    # fewer pods asked for than addresses: as many pods as when they hold them
+    assert len(cluster.objects(ips, pods=2, unmatched=True)["pods"]) == len(ips)
+
+
+def test_the_unmatched_pipeline_loop_sends_the_same_flows_that_no_lookup_finds() -> None:
+    """benchmarks.pipeline_bench --unmatched: the same flows (ports, counters, exporters) between
+    addresses in no range the index holds, so every lookup misses."""
+    import enrich
+    from benchmarks import enrich_bench as E
+    from benchmarks import pipeline_bench as pb
+
+    e = enrich.Enricher.from_objects(pods=E.pods(4000, 200, 800), nodes=E.nodes(200), services=E.services(500),
+                                     replicasets=E.replicasets(800))
+    hit, agents = pb.flows(4000, 200, 500, 400, records=25)
+    miss, agents_m = pb.flows(4000, 200, 500, 400, records=25, miss=True)
+    assert agents == agents_m and len(hit) == len(miss)
+    h = pb.decoder(agents).decode(*hit[3], 0, pb.EXPORT).to_dicts(e)
+    m = pb.decoder(agents).decode(*miss[3], 0, pb.EXPORT).to_dicts(e)
+    assert len(h) == len(m) == 25
+    assert all("SrcK8S_Name" in f for f in h)
+    assert not any(k.startswith(("SrcK8S_", "DstK8S_")) for f in m for k in f)
+    for a, b in zip(h, m, strict=True):
+        assert (a.get("SrcPort"), a.get("DstPort"), a["Bytes"]) == (b.get("SrcPort"), b.get("DstPort"), b["Bytes"])
+        assert a["SrcAddr"] != b["SrcAddr"] and a["DstAddr"] != b["DstAddr"]
