@@ -151,10 +151,12 @@ def only(mode: str, a: argparse.Namespace) -> None:
     import gc
 
     e, payloads, agents = build(a.pods, a.nodes, a.services, a.busy, a.records, a.agents)
+    if mode == "unmatched":
+        payloads, _ = flows(a.pods, a.nodes, a.services, a.busy, a.records, a.agents, miss=True)
     dec = decoder(agents)
     gc.freeze()
     print("ready", flush=True)
-    best = max(rate(dec, payloads, e if mode == "enriched" else None, a.seconds / a.rounds)
+    best = max(rate(dec, payloads, None if mode == "plain" else e, a.seconds / a.rounds)
                for _ in range(a.rounds))
     print(f"{mode}: {1e9 / best:.0f} ns per flow (best of {a.rounds} slices of {a.seconds / a.rounds:.1f} s)")
 
@@ -236,7 +238,8 @@ def main() -> None:
                     "(enrichment's lookups without the bytes of the identities they find)")
     ap.add_argument("--callgrind", action="store_true", help="count instructions under valgrind instead")
     ap.add_argument("--loop", choices=("plain", "enriched"), help=argparse.SUPPRESS)
-    ap.add_argument("--only", choices=("plain", "enriched"), help="time this loop alone (for a profiler)")
+    ap.add_argument("--only", choices=("plain", "enriched", "unmatched"),
+                    help="time this loop alone (for a profiler); unmatched: --unmatched's")
     a = ap.parse_args()
     if a.loop:
         loop(a.loop, a)
