@@ -71,7 +71,7 @@ FOREIGN_FLAGS = {
                          "--patch-file", "--from-literal", "--from-file", "--format", "--ignorefile",
                          "--read-only", "--bootstrap-server", "--topic", "--from-beginning", "--property",
                          "--keep"},
-    "README.md": {"--thread", "--records", "--kafka", "--enriched", "--only", "--agents"},   # benchmarks: compress_bench --thread, harness --records, stream_ab --kafka/--enriched, pipeline_bench --only/--agents
+    "README.md": {"--thread", "--records", "--kafka", "--enriched", "--only", "--agents", "--unmatched"},   # benchmarks: compress_bench --thread, harness --records, stream_ab --kafka/--enriched/--unmatched, pipeline_bench --only/--agents/--unmatched
     "docs/collector.md": {"--bump-revision"},   # etcdutl snapshot restore --bump-revision
 }
 # FLOWSCOPE_* names that are not options: the config file's variable, build switches, the
