@@ -84,7 +84,7 @@ def flows(n_pods: int, n_nodes: int, n_services: int, busy: int, records: int = 
             if rng.randrange(10):
                 r["dst"] = E.pod_ip(*slots[rng.randrange(busy)])
             else:
-                r["dst"] = str(ipaddress.IPv4Address(int(ipaddress.IPv4Address("172.30.0.10")) + rng.randrange(n_services)))
+                r["dst"] = str(ipaddress.IPv4Address(SERVICE_NET + 10 + rng.randrange(n_services)))
             if miss:
                 r["src"], r["dst"] = unmatched(str(r["src"])), unmatched(str(r["dst"]))
         seq = (i // n_agents) * records

@@ -201,8 +201,8 @@ def main() -> None:
                                   nodes=args.cluster_nodes, services=args.cluster_services,
                                   agents=agents(args.exporters), unmatched=unmatched)
                 clusters.append(cluster)
-                print(f"simulated cluster{' (no pod holds loadgen`s addresses)' if unmatched else ''}: "
-                      f"{cluster.counts}", flush=True)
+                held = " (no pod holds loadgen's addresses)" if unmatched else ""
+                print(f"simulated cluster{held}: {cluster.counts}", flush=True)
                 enrich.update({name: cluster.flowscope_args() for name in names})
             if args.kafka:
                 from benchmarks.broker import start_broker
