@@ -138,34 +138,56 @@ def broker() -> Iterator[Any]:
     b.stop()
 
 
-def consume(bootstrap: str, topic: str, want: int, timeout: float = 30.0, grace: float = 1.0,
-            **client: Any) -> list[dict[str, Any]]:
+def read_topic(bootstrap: str, topic: str, want: int, timeout: float = 30.0, grace: float = 1.0,
+               with_ends: bool = True, **client: Any) -> tuple[list[tuple[int, int, dict[str, Any]]], dict[int, int]]:
     """Read `topic` from the beginning until `want` records arrived (or timeout), then `grace`
-    seconds more so extra (duplicate) records would be seen too. `client`: more AIOKafkaConsumer
+    seconds more so extra (duplicate) records would be seen too: each record read as (partition,
+    offset, its JSON), and each partition's end offset (the broker's high watermark) once the
+    reading ended (not asked for: {} when `with_ends` is false). `client`: more AIOKafkaConsumer
     settings (security_protocol, ssl_context, ...)."""
-    from aiokafka import AIOKafkaConsumer
+    from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    async def run() -> list[dict[str, Any]]:
+    async def run() -> tuple[list[tuple[int, int, dict[str, Any]]], dict[int, int]]:
         c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                              enable_auto_commit=False, metadata_max_age_ms=1000, **client)
         await c.start()
-        out: list[dict[str, Any]] = []
+        out: list[tuple[int, int, dict[str, Any]]] = []
         need = want
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
         try:
             while loop.time() < end:
                 batch = await c.getmany(timeout_ms=200)
-                for msgs in batch.values():
-                    out.extend(orjson.loads(m.value) for m in msgs)
+                for tp, msgs in batch.items():
+                    out.extend((tp.partition, m.offset, orjson.loads(m.value)) for m in msgs)
                 if len(out) >= need:
                     end = min(end, loop.time() + grace)
                     need = 1 << 62
+            parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())
+                     if with_ends]
+            ends = {tp.partition: off for tp, off in (await c.end_offsets(parts)).items()} if parts else {}
         finally:
             await c.stop()
-        return out
+        return out, ends
 
     return asyncio.run(run())
+
+
+def consume(bootstrap: str, topic: str, want: int, timeout: float = 30.0, grace: float = 1.0,
+            **client: Any) -> list[dict[str, Any]]:
+    """The records of `topic` (read_topic), as their JSON."""
+    return [v for _p, _o, v in read_topic(bootstrap, topic, want, timeout, grace, with_ends=False, **client)[0]]
+
+
+def unreadable_offsets(read: list[tuple[int, int, dict[str, Any]]], ends: dict[int, int]) -> int:
+    """How many offsets below each partition's end offset no record was read at (read_topic's
+    answer, read from offset 0). Kafka gives a topic without compaction or transactions one
+    offset per record written, every one readable: any here were given to records the broker
+    acknowledged and then does not serve (Tansu's fault, warm_partitions)."""
+    seen: dict[int, set[int]] = {}
+    for p, o, _v in read:
+        seen.setdefault(p, set()).add(o)
+    return sum(max(0, e - len({o for o in seen.get(p, ()) if o < e})) for p, e in ends.items())
 
 
 WARM = {"Warm": True}  # the record warm_partitions() writes; consume() returns it as this dict

@@ -6,14 +6,17 @@ Kafka behaviour, outage included, with direct produce on: it is the default)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import random
 import struct
 import time
 from typing import Any
 
+import orjson
 import pytest
-from conftest import FailsAt, consume, make_v5, send_udp, v5_key
+from conftest import FailsAt, consume, make_v5, read_topic, send_udp, unreadable_offsets, v5_key
 from test_decoders import EXPORT, EXPORTER, ovs_decoder
 
 from benchmarks.datagrams import OVS_INGRESS, data_set, ipfix_message, ovs_flows
@@ -561,18 +564,65 @@ def test_fatal_broker_error_drops_and_counts_instead_of_retrying() -> None:
 
 @pytest.mark.parametrize("direct", [True, False])
 def test_delivery_with_direct_produce_on_and_off(broker: Any, collector: Any, direct: bool) -> None:
+    """6,000 flows in small batches over two connections, every one in the topic once. One CI
+    run read 5,962 of them (one batch short) and could not say whose the loss was: now a round
+    short of flows reports the offsets the broker gave records it does not serve, and the
+    collector's own count of flows the broker acknowledged; a round whose missing flows are
+    exactly such offsets, every flow counted delivered, is the broker's fault (Tansu's,
+    conftest.warm_partitions) and is run again once on a new topic; any other shortfall fails."""
     import uuid
 
-    t = "t-" + uuid.uuid4().hex[:10]
-    c = collector(["--kafka-brokers", broker.bootstrap, "--kafka-topic", t, "--kafka-direct" if direct else "--no-kafka-direct",
-                   "--kafka-connections", "2", "--kafka-batch-bytes", "16KB"])
-    send_udp([make_v5(i, 30, i * 30) for i in range(200)], c.port)  # 6000 flows, many small batches
-    got = consume(broker.bootstrap, t, 6000)
+    for attempt in (1, 2):
+        t = "t-" + uuid.uuid4().hex[:10]
+        c = collector(["--kafka-brokers", broker.bootstrap, "--kafka-topic", t, "--kafka-direct" if direct else "--no-kafka-direct",
+                       "--kafka-connections", "2", "--kafka-batch-bytes", "16KB"])
+        send_udp([make_v5(i, 30, i * 30) for i in range(200)], c.port)  # 6000 flows, many small batches
+        read, ends = read_topic(broker.bootstrap, t, 6000)
+        got = [f for _p, _o, f in read]
+        if len(got) == 6000:
+            break
+        unread = unreadable_offsets(read, ends)
+        with contextlib.suppress(AssertionError):
+            c.wait_value("flowscope_flows_delivered_total", 6000, timeout=5)
+        delivered = c.value("flowscope_flows_delivered_total")
+        evidence = (f"read {len(got)} of 6000 flows; end offsets {ends}; {unread} offsets below them unreadable; "
+                    f"the collector counts {delivered} delivered")
+        assert attempt == 1 and len(got) + unread == 6000 and delivered == 6000, f"{evidence}\n{c.state()}"
+        print(f"the broker lost acknowledged records ({evidence}): once more on a new topic")
+        c.stop()
     assert len(got) == 6000 and len({v5_key(f) for f in got}) == 6000
     c.wait_value("flowscope_flows_delivered_total", 6000)
     assert c.value("flowscope_kafka_batches_total") > 10
     assert c.stop() == 0
     assert ("direct produce" in c.log()) == direct
+
+
+def test_unreadable_offsets_against_a_real_broker(broker: Any) -> None:
+    """read_topic's end offsets are the broker's, and unreadable_offsets counts the offsets below
+    them that no record was read at (the test above tells the broker's loss by them)."""
+    import uuid
+
+    from aiokafka import AIOKafkaProducer
+
+    t = "t-" + uuid.uuid4().hex[:10]
+
+    async def write() -> None:
+        p = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+        await p.start()
+        try:
+            for i in range(7):
+                await (await p.send(t, orjson.dumps({"i": i}), partition=0))
+        finally:
+            await p.stop()
+
+    asyncio.run(write())
+    read, ends = read_topic(broker.bootstrap, t, 7, grace=0.2)
+    assert sorted(v["i"] for _p, _o, v in read) == list(range(7))
+    assert ends[0] == 7 and sum(ends.values()) == 7
+    assert unreadable_offsets(read, ends) == 0
+    assert unreadable_offsets([r for r in read if r[1] not in (0, 4)], ends) == 2   # a hole, the first offset
+    assert unreadable_offsets([r for r in read if r[1] < 5], ends) == 2              # the last two
+    assert unreadable_offsets([], ends) == 7
 
 
 def test_acks_zero_through_a_broker_that_answers_anyway(broker: Any, collector: Any) -> None:
