@@ -6,7 +6,6 @@ Kafka behaviour, outage included, with direct produce on: it is the default)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 import random
@@ -15,9 +14,8 @@ import time
 import warnings
 from typing import Any
 
-import orjson
 import pytest
-from conftest import FailsAt, consume, make_v5, read_topic, send_udp, unreadable_offsets, v5_key
+from conftest import FailsAt, consume, make_v5, produce, read_topic, send_udp, unreadable_offsets, v5_key
 from test_decoders import EXPORT, EXPORTER, ovs_decoder
 
 from benchmarks.datagrams import OVS_INGRESS, data_set, ipfix_message, ovs_flows
@@ -604,20 +602,8 @@ def test_unreadable_offsets_against_a_real_broker(broker: Any) -> None:
     them that no record was read at (the test above tells the broker's loss by them)."""
     import uuid
 
-    from aiokafka import AIOKafkaProducer
-
     t = "t-" + uuid.uuid4().hex[:10]
-
-    async def write() -> None:
-        p = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
-        await p.start()
-        try:
-            for i in range(7):
-                await (await p.send(t, orjson.dumps({"i": i}), partition=0))
-        finally:
-            await p.stop()
-
-    asyncio.run(write())
+    produce(broker.bootstrap, t, [{"i": i} for i in range(7)])
     read, ends = read_topic(broker.bootstrap, t, 7, grace=0.2)
     assert sorted(v["i"] for _p, _o, v in read) == list(range(7))
     assert ends[0] == 7 and sum(ends.values()) == 7
