@@ -164,6 +164,10 @@ def main() -> None:
                          "nodes with --enriched); 0: loadgen's default, 4 from 127.0.0.1")
     ap.add_argument("--kafka", action="store_true", help="into a Tansu broker instead of a file")
     ap.add_argument("--partitions", type=int, default=12, help="--kafka: the topic's partitions")
+    ap.add_argument("--bootstrap", default="", metavar="HOST:PORT",
+                    help="--kafka: a broker already running (another machine, or another network namespace: "
+                         "its TCP receive then not on the collector's core, as loopback puts it) instead of "
+                         "a Tansu started here")
     ap.add_argument("--collector-args", default="", help="more `flowscope run` flags, split on spaces")
     ap.add_argument("--enriched", action="append", default=[], metavar="NAME",
                     help="a tree (by its NAME) run with enrichment against the simulated cluster; repeatable")
@@ -204,11 +208,13 @@ def main() -> None:
                 held = " (no pod holds loadgen's addresses)" if unmatched else ""
                 print(f"simulated cluster{held}: {cluster.counts}", flush=True)
                 enrich.update({name: cluster.flowscope_args() for name in names})
-            if args.kafka:
+            bootstrap = args.bootstrap if args.kafka else ""
+            if args.kafka and not bootstrap:
                 from benchmarks.broker import start_broker
 
                 broker = start_broker(cpus="0")
-            _rounds(args, trees, best, Path(tmp), broker.bootstrap if broker else "", enrich)
+                bootstrap = broker.bootstrap
+            _rounds(args, trees, best, Path(tmp), bootstrap, enrich)
     finally:
         if broker is not None:
             broker.stop()
