@@ -229,3 +229,38 @@ def test_the_unmatched_pipeline_loop_sends_the_same_flows_that_no_lookup_finds()
     for a, b in zip(h, m, strict=True):
         assert (a.get("SrcPort"), a.get("DstPort"), a["Bytes"]) == (b.get("SrcPort"), b.get("DstPort"), b["Bytes"])
         assert a["SrcAddr"] != b["SrcAddr"] and a["DstAddr"] != b["DstAddr"]
+
+
+def test_stream_ab_measures_through_a_broker_already_running(broker: Any, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks.stream_ab --kafka --bootstrap HOST:PORT sends the rounds to a broker already
+    running (another machine's, or one in another network namespace, whose TCP receive then does
+    not run on the collector's core as loopback's does) and starts no Tansu of its own; the flows
+    it counts delivered are in that broker's topic."""
+    import sys
+
+    from conftest import consume
+
+    from benchmarks import broker as bench_broker
+    from benchmarks import stream_ab
+    from benchmarks.build import build
+
+    build()
+
+    def no_broker(**_: Any) -> None:
+        raise AssertionError("stream_ab started a broker of its own")
+
+    kept: list[tuple[str, str]] = []   # the round's topic, kept to be read instead of deleted
+    monkeypatch.setattr(bench_broker, "start_broker", no_broker)
+    monkeypatch.setattr(bench_broker, "delete_topic", lambda bootstrap, name: kept.append((bootstrap, name)) or True)
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.setattr(sys, "argv", ["stream_ab", "--tree", f"t={root}", "--kafka", "--bootstrap", broker.bootstrap,
+                                      "--partitions", "1", "--rate", "4000", "--seconds", "1", "--rounds", "1"])
+    stream_ab.main()
+    out = capsys.readouterr().out
+    m = re.search(r"round 0 t: .*? (\d+) delivered of (\d+) flows sent \(lossless\)", out)
+    assert m, out
+    assert [b for b, _ in kept] == [broker.bootstrap]
+    records = consume(broker.bootstrap, kept[0][1], int(m[1]))
+    assert len(records) == int(m[1]) == int(m[2]) > 0
+    assert all(r["FlowProtocol"] == "ipfix" for r in records)
