@@ -265,3 +265,39 @@ def test_stream_ab_measures_through_a_broker_already_running(broker: Any, monkey
     # (a datagram lost on a loaded machine would be counted on both sides: not this test's point)
     assert len(records) == int(m[1]) > 0.9 * int(m[2])
     assert all(r["FlowProtocol"] == "ipfix" for r in records)
+
+
+def test_lo_gso_sets_loopbacks_segment_size_in_a_namespace_only() -> None:
+    """benchmarks.lo_gso (the RESULTS section on loopback's segments): sets a namespace's
+    loopback's gso_ipv4_max_size and gro_ipv4_max_size over rtnetlink (Debian 12's iproute2
+    cannot), reads them back from the kernel, says when the kernel refuses a size, and leaves the
+    host's loopback as it was."""
+    import sys
+
+    from benchmarks import lo_gso
+    from tests.support import netns as N
+
+    if (why := N.root_skip_reason()) is not None:
+        pytest.skip(why)
+    try:
+        host = lo_gso.ipv4_max_sizes("lo")
+    except OSError as exc:
+        pytest.skip(f"the kernel has no BIG TCP settings for IPv4 (Linux 6.3+): {exc}")
+    root = Path(__file__).resolve().parents[1]
+
+    def tool(ns: N.NetNS, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return ns.run([sys.executable, "-m", "benchmarks.lo_gso", *args], cwd=root, check=check)
+
+    def sizes(ns: N.NetNS) -> str:
+        return ns.run([sys.executable, "-c", "from benchmarks.lo_gso import ipv4_max_sizes as s; print(*s('lo'))"],
+                      cwd=root).stdout.decode().strip()
+
+    with N.NetNS() as ns:
+        assert sizes(ns) == "65536 65536"   # loopback as a new namespace has it
+        out = tool(ns, "131072").stdout.decode()
+        assert "gso_ipv4_max_size 131072, gro_ipv4_max_size 131072" in out
+        assert sizes(ns) == "131072 131072"
+        refused = tool(ns, str(1 << 30), check=False)
+        assert refused.returncode == 1 and "refused" in refused.stderr.decode()
+        assert sizes(ns) == "131072 131072"
+    assert lo_gso.ipv4_max_sizes("lo") == host
