@@ -187,6 +187,8 @@ def main() -> None:
     ap.add_argument("--perf-event", default="", metavar="EVENT",
                     help="--perf: perf record's event instead of its default (page-faults: where fresh memory is touched)")
     args = ap.parse_args()
+    if args.bootstrap and not args.kafka:
+        ap.error("--bootstrap is the broker for --kafka: give both, or neither")
     trees = dict(t.split("=", 1) for t in args.tree)
     best: dict[str, float] = {}
     broker = None
@@ -208,7 +210,7 @@ def main() -> None:
                 held = " (no pod holds loadgen's addresses)" if unmatched else ""
                 print(f"simulated cluster{held}: {cluster.counts}", flush=True)
                 enrich.update({name: cluster.flowscope_args() for name in names})
-            bootstrap = args.bootstrap if args.kafka else ""
+            bootstrap = args.bootstrap
             if args.kafka and not bootstrap:
                 from benchmarks.broker import start_broker
 

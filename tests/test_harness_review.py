@@ -265,6 +265,11 @@ def test_stream_ab_measures_through_a_broker_already_running(broker: Any, monkey
     # (a datagram lost on a loaded machine would be counted on both sides: not this test's point)
     assert len(records) == int(m[1]) > 0.9 * int(m[2])
     assert all(r["FlowProtocol"] == "ipfix" for r in records)
+    # without --kafka the rounds would go to a file, the broker given unused: a usage error
+    monkeypatch.setattr(sys, "argv", ["stream_ab", "--tree", f"t={root}", "--bootstrap", broker.bootstrap])
+    with pytest.raises(SystemExit) as exc:
+        stream_ab.main()
+    assert exc.value.code == 2 and "--bootstrap" in capsys.readouterr().err
 
 
 def test_lo_gso_sets_loopbacks_segment_size_in_a_namespace_only() -> None:
