@@ -6,11 +6,12 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_udp_port
+from conftest import ROOT, consume, free_udp_port
 
 from benchmarks import harness
 
@@ -237,10 +238,6 @@ def test_stream_ab_measures_through_a_broker_already_running(broker: Any, monkey
     running (another machine's, or one in another network namespace, whose TCP receive then does
     not run on the collector's core as loopback's does) and starts no Tansu of its own; the flows
     it counts delivered are in that broker's topic."""
-    import sys
-
-    from conftest import consume
-
     from benchmarks import broker as bench_broker
     from benchmarks import stream_ab
     from benchmarks.build import build
@@ -253,8 +250,7 @@ def test_stream_ab_measures_through_a_broker_already_running(broker: Any, monkey
     kept: list[tuple[str, str]] = []   # the round's topic, kept to be read instead of deleted
     monkeypatch.setattr(bench_broker, "start_broker", no_broker)
     monkeypatch.setattr(bench_broker, "delete_topic", lambda bootstrap, name: kept.append((bootstrap, name)) or True)
-    root = Path(__file__).resolve().parents[1]
-    monkeypatch.setattr(sys, "argv", ["stream_ab", "--tree", f"t={root}", "--kafka", "--bootstrap", broker.bootstrap,
+    monkeypatch.setattr(sys, "argv", ["stream_ab", "--tree", f"t={ROOT}", "--kafka", "--bootstrap", broker.bootstrap,
                                       "--partitions", "1", "--rate", "4000", "--seconds", "1", "--rounds", "1"])
     stream_ab.main()
     out = capsys.readouterr().out
@@ -266,7 +262,7 @@ def test_stream_ab_measures_through_a_broker_already_running(broker: Any, monkey
     assert len(records) == int(m[1]) > 0.9 * int(m[2])
     assert all(r["FlowProtocol"] == "ipfix" for r in records)
     # without --kafka the rounds would go to a file, the broker given unused: a usage error
-    monkeypatch.setattr(sys, "argv", ["stream_ab", "--tree", f"t={root}", "--bootstrap", broker.bootstrap])
+    monkeypatch.setattr(sys, "argv", ["stream_ab", "--tree", f"t={ROOT}", "--bootstrap", broker.bootstrap])
     with pytest.raises(SystemExit) as exc:
         stream_ab.main()
     assert exc.value.code == 2 and "--bootstrap" in capsys.readouterr().err
@@ -277,8 +273,6 @@ def test_lo_gso_sets_loopbacks_segment_size_in_a_namespace_only() -> None:
     loopback's gso_ipv4_max_size and gro_ipv4_max_size over rtnetlink (Debian 12's iproute2
     cannot), reads them back from the kernel, says when the kernel refuses a size, and leaves the
     host's loopback as it was."""
-    import sys
-
     from benchmarks import lo_gso
     from tests.support import netns as N
 
@@ -288,14 +282,13 @@ def test_lo_gso_sets_loopbacks_segment_size_in_a_namespace_only() -> None:
         host = lo_gso.ipv4_max_sizes("lo")
     except OSError as exc:
         pytest.skip(f"the kernel has no BIG TCP settings for IPv4 (Linux 6.3+): {exc}")
-    root = Path(__file__).resolve().parents[1]
 
     def tool(ns: N.NetNS, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return ns.run([sys.executable, "-m", "benchmarks.lo_gso", *args], cwd=root, check=check)
+        return ns.run([sys.executable, "-m", "benchmarks.lo_gso", *args], cwd=ROOT, check=check)
 
     def sizes(ns: N.NetNS) -> str:
         return ns.run([sys.executable, "-c", "from benchmarks.lo_gso import ipv4_max_sizes as s; print(*s('lo'))"],
-                      cwd=root).stdout.decode().strip()
+                      cwd=ROOT).stdout.decode().strip()
 
     with N.NetNS() as ns:
         assert sizes(ns) == "65536 65536"   # loopback as a new namespace has it
@@ -313,9 +306,8 @@ def test_tcp_send_probe_builds_and_sends_every_way(tmp_path: Path) -> None:
     """benchmarks/tcp_send_probe.c (the RESULTS figures for send(), MSG_ZEROCOPY and
     vmsplice()+splice() over loopback) compiles warning-free and sends what it is told each way,
     paced and not; a mode it does not know is a usage error."""
-    root = Path(__file__).resolve().parents[1]
     exe = tmp_path / "tcp_send_probe"
-    build = subprocess.run(["cc", "-O2", "-Wall", "-Werror", "-o", str(exe), str(root / "benchmarks" / "tcp_send_probe.c")],
+    build = subprocess.run(["cc", "-O2", "-Wall", "-Werror", "-o", str(exe), str(ROOT / "benchmarks" / "tcp_send_probe.c")],
                            capture_output=True, text=True)
     assert build.returncode == 0, build.stderr
     for mode in ("copy", "zerocopy", "splice"):
