@@ -443,39 +443,47 @@ class PodRec:
 class NodeRec:
     """What the index keeps of a Node."""
 
-    __slots__ = ("name", "addrs", "node_ips", "mgmt_ips", "host_ip", "zone", "keep_node_ips", "keep_mgmt_ips",
-                 "created_ms")
+    __slots__ = ("name", "addrs", "node_ips", "mgmt_parts", "host_ip", "zone", "keep_node_ips", "created_ms")
 
-    def __init__(self, *, name: str, node_ips: tuple[bytes, ...], mgmt_ips: tuple[bytes, ...], host_ip: str,
-                 zone: str, keep_node_ips: bool = False, keep_mgmt_ips: bool = False,
-                 created_ms: int = ALWAYS) -> None:
+    def __init__(self, *, name: str, node_ips: tuple[bytes, ...], mgmt_parts: tuple[tuple[bytes, ...] | None, ...],
+                 host_ip: str, zone: str, keep_node_ips: bool = False, created_ms: int = ALWAYS) -> None:
         self.name = name
         # creationTimestamp: of Nodes a list gives with one address, the one created last began
         # listing it last (Index.replace applies them in this order)
         self.created_ms = created_ms
         self.node_ips = node_ips  # status.addresses that are IPs (InternalIP, ExternalIP, any other type)
-        self.mgmt_ips = mgmt_ips  # OVN's: management ports (node-subnets), gateway router join addresses
+        # OVN's addresses, one entry per annotation read (management ports from node-subnets,
+        # gateway router join addresses), None for one that came malformed: that one alone keeps
+        # its last good addresses (last_good), the others' are read as they come
+        self.mgmt_parts = mgmt_parts
         self.host_ip = host_ip    # from status.addresses
         self.zone = zone
         # A field that came malformed (counted at parse) keeps the node's last good value:
         # see last_good(), applied by the writer
         self.keep_node_ips = keep_node_ips
-        self.keep_mgmt_ips = keep_mgmt_ips
-        self.addrs = node_ips + tuple(ip for ip in mgmt_ips if ip not in node_ips)
+        self._derive()
+
+    def _derive(self) -> None:
+        self.addrs = tuple(dict.fromkeys(self.node_ips + tuple(ip for part in self.mgmt_parts for ip in part or ())))
 
     def last_good(self, old: NodeRec | None) -> None:
         """Take `old`'s values for the fields that came malformed ("the last good cache keeps
-        serving": a bad MODIFIED must not drop the node's addresses or management port)."""
+        serving": a bad MODIFIED must not drop the node's addresses or management port; a node
+        first seen with one annotation malformed has nothing from it, the others' addresses
+        all the same)."""
+        bad_parts = None in self.mgmt_parts
+        if not (self.keep_node_ips or bad_parts):
+            return
         if self.keep_node_ips:
             self.node_ips, self.host_ip = (old.node_ips, old.host_ip) if old is not None else ((), "")
-        if self.keep_mgmt_ips:
-            self.mgmt_ips = old.mgmt_ips if old is not None else ()
-        if self.keep_node_ips or self.keep_mgmt_ips:
-            self.keep_node_ips = self.keep_mgmt_ips = False
-            self.addrs = self.node_ips + tuple(ip for ip in self.mgmt_ips if ip not in self.node_ips)
+        if bad_parts:
+            prev = old.mgmt_parts if old is not None else ((),) * len(self.mgmt_parts)
+            self.mgmt_parts = tuple(prev[i] if part is None else part for i, part in enumerate(self.mgmt_parts))
+        self.keep_node_ips = False
+        self._derive()
 
     def key(self) -> tuple[Any, ...]:
-        return (self.name, self.node_ips, self.mgmt_ips, self.host_ip, self.zone)
+        return (self.name, self.node_ips, self.mgmt_parts, self.host_ip, self.zone)
 
 
 class SvcRec:
@@ -947,28 +955,25 @@ class Index:
             first_any = first_any or text
             if not host_ip and a.get("type") == "InternalIP":
                 host_ip = text
-        mgmt: list[bytes] = []
-        keep_mgmt = False
+        parts: list[tuple[bytes, ...] | None] = []
         anns = _dict(meta.get("annotations"), "metadata.annotations")
         for key, parse in ((OVN_NODE_SUBNETS, management_port_ips),
                            (OVN_GR_LRP_IFADDRS, lambda a: gateway_router_ips(a, True)),
                            (OVN_GR_LRP_IFADDR, lambda a: gateway_router_ips(a, False))):
             ann = anns.get(key)
-            if ann is None:
-                continue
             try:
-                mgmt += parse(ann)
+                parts.append(() if ann is None else tuple(parse(ann)))
             except (ValueError, TypeError) as e:
-                # counted, and the OVN addresses the annotations last gave stay (NodeRec.last_good)
+                # counted, and the addresses this annotation last gave stay (NodeRec.last_good)
                 self.problem("bad_annotation", f"node {name}: {key}={ann!r}: {e}")
-                keep_mgmt = True
+                parts.append(None)
         zone = _dict(meta.get("labels"), "metadata.labels").get(ZONE_LABEL)
-        return NodeRec(name=_intern(name), node_ips=tuple(addrs), mgmt_ips=tuple(dict.fromkeys(mgmt)),
+        return NodeRec(name=_intern(name), node_ips=tuple(addrs), mgmt_parts=tuple(parts),
                        host_ip=host_ip or first_any, zone=zone if isinstance(zone, str) else "",
                        # addresses unknown (not a list, or none of them readable), not gone: the
                        # last good ones keep serving
                        keep_node_ips=(addresses is not None and not isinstance(addresses, list)) or (bad and not typed_ok),
-                       keep_mgmt_ips=keep_mgmt, created_ms=_or_always(parse_time_ms(meta.get("creationTimestamp"))))
+                       created_ms=_or_always(parse_time_ms(meta.get("creationTimestamp"))))
 
     def _parse_service(self, obj: Any) -> SvcRec:
         meta = _meta(obj)

@@ -295,6 +295,43 @@ def test_gateway_router_join_addresses_are_the_nodes() -> None:
     assert e.stats()["problems"] == {"bad_annotation": 1}
 
 
+def test_one_malformed_ovn_annotation_keeps_only_its_own_last_good_addresses() -> None:
+    """A node's OVN annotations are read one by one: one that does not parse is counted and keeps
+    the addresses it last gave, and the others' addresses are read as they come. (All three shared
+    one last-good value: a node first seen with a malformed gateway-router annotation had no
+    management port, however good its node-subnets, until the annotation was mended.)"""
+    gr = "k8s.ovn.org/node-gateway-router-lrp-ifaddr"
+
+    def n1(subnets: Any, join: str) -> dict[str, Any]:
+        o = node("n1", internal=["10.0.0.1"], subnets=subnets)
+        o["metadata"]["annotations"][gr] = join
+        return o
+
+    # first seen with a malformed gateway-router annotation: the management port is the node's
+    for bad in ('{"ipv4":"not-an-ip"}', "", "[1]"):
+        e = enrich.Enricher.from_objects(nodes=[n1({"default": "10.244.1.0/24"}, bad)],
+                                         config=enrich.EnrichConfig(own_namespace=""))
+        assert side(flow(e, "10.244.1.2", ""), "SrcK8S_")["Name"] == "n1", bad
+        assert e.stats()["problems"] == {"bad_annotation": 1}
+    # first seen with a malformed node-subnets: the join address is the node's, no management port
+    e = enrich.Enricher.from_objects(nodes=[n1('{"default":', '{"ipv4":"100.64.0.2/16"}')],
+                                     config=enrich.EnrichConfig(own_namespace=""))
+    assert side(flow(e, "100.64.0.2", ""), "SrcK8S_")["Name"] == "n1"
+    assert flow(e, "10.244.1.2", "") == NOBODY
+    # node-subnets turns malformed as the join address moves: the management port it gave stays,
+    # the join address moves
+    e = enrich.Enricher.from_objects(nodes=[n1({"default": "10.244.1.0/24"}, '{"ipv4":"100.64.0.2/16"}')],
+                                     config=enrich.EnrichConfig(own_namespace=""))
+    e.index.upsert("nodes", e.index.parse("nodes", n1('{"default":', '{"ipv4":"100.64.0.9/16"}')))
+    assert side(flow(e, "10.244.1.2", ""), "SrcK8S_")["Name"] == "n1"
+    assert side(flow(e, "100.64.0.9", ""), "SrcK8S_")["Name"] == "n1"
+    assert flow(e, "100.64.0.2", "") == NOBODY
+    # and mended: its own addresses again
+    e.index.upsert("nodes", e.index.parse("nodes", n1({"default": "10.244.7.0/24"}, '{"ipv4":"100.64.0.9/16"}')))
+    assert side(flow(e, "10.244.7.2", ""), "SrcK8S_")["Name"] == "n1"
+    assert flow(e, "10.244.1.2", "") == NOBODY
+
+
 def test_gateway_router_annotation_shapes() -> None:
     assert gateway_router_ips('{"ipv4":"100.64.0.5/16"}', False) == [raw("100.64.0.5")]
     assert gateway_router_ips('{"ipv4":"100.64.0.5/16","ipv6":"fd98::5/64"}', False) == [
