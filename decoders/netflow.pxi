@@ -2291,8 +2291,8 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
 cdef uint64_t section_length(const uint8_t* p, Py_ssize_t n, bint ip) noexcept:
     """A sampled packet's length from its own headers, for a PSAMP report without
     dataLinkFrameSize (softflowd): the IP total length (IPv6: payload length + 40), plus the
-    Ethernet header and VLAN tags before it in a frame section; 0 when the section does not
-    reach it or carries no IP (MPLS and other EtherTypes)."""
+    Ethernet header, VLAN tags, MPLS labels or PPPoE session header before it in a frame
+    section; 0 when the section does not reach it or carries no IP (other EtherTypes)."""
     cdef Py_ssize_t o = 0
     cdef uint16_t etype
     if not ip:
@@ -2305,7 +2305,21 @@ cdef uint64_t section_length(const uint8_t* p, Py_ssize_t n, bint ip) noexcept:
                 return 0
             etype = be16(p + o + 2)
             o += 4
-        if etype != 0x0800 and etype != 0x86DD:
+        if etype == 0x8847 or etype == 0x8848:
+            # an MPLS label stack (RFC 3032): the labels up to the bottom of stack count as the
+            # VLAN tags do; IP under it is told by its version nibble, as the headers' parser does
+            while True:
+                if n < o + 4:
+                    return 0
+                o += 4
+                if p[o - 2] & 1:
+                    break
+        elif etype == 0x8864:
+            # a PPPoE session (RFC 2516): its 6-byte header and the PPP protocol, IPv4 or IPv6
+            if n < o + 8 or (be16(p + o + 6) != 0x0021 and be16(p + o + 6) != 0x0057):
+                return 0
+            o += 8
+        elif etype != 0x0800 and etype != 0x86DD:
             return 0
     if n >= o + 4 and p[o] >> 4 == 4:
         return <uint64_t>(o + be16(p + o + 2))

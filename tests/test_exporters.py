@@ -11,6 +11,7 @@ TCP flags, times).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import ipaddress
 import random
 import shutil
@@ -176,6 +177,32 @@ def test_softflowd(version: str, workdir: Path, decoders_mod) -> None:
     problems += [f"FlowProtocol {f.get('FlowProtocol')!r}" for f in flows
                  if f.get("FlowProtocol") not in (None, want_proto)]
     assert not problems, "\n".join(problems)
+
+
+def test_softflowd_psamp_reports_of_mpls_and_pppoe_frames_have_their_length(workdir: Path, decoders_mod) -> None:
+    """softflowd's PSAMP reports carry no dataLinkFrameSize (312): a report's Bytes is read from
+    its frame section's headers, through an MPLS label stack or a PPPoE session header as through
+    VLAN tags (the frame's length: Ethernet + encapsulation + IP). They came without Bytes."""
+    _skip_unless("softflowd")
+    def moved(a: str, k: int) -> str:   # each encapsulation its own addresses
+        return str(ipaddress.ip_address(a) + k * (256 if ":" not in a else 65536))
+
+    generated = [dataclasses.replace(g, encap=encap, src=moved(g.src, k), dst=moved(g.dst, k))
+                 for k, encap in enumerate(("mpls", "mpls2", "pppoe")) for g in G.standard_flows()]
+    (workdir / E.PCAP_NAME).write_bytes(G.build_pcap(generated, start=START))
+    cap, port = capture_export(workdir, lambda ns, port: E.run_softflowd(ns, workdir, "psamp", port))
+    problems, flows = decode_capture(decoders_mod, cap, "cflow", port)
+    sent = {_generated_key(g): g for g in generated}
+    seen: collections.Counter[str] = collections.Counter()
+    for f in flows:
+        g = sent.get(_flow_key(f))
+        if g is None or (f.get("Packets"), f.get("Bytes")) != (1, g.l2_len + g.l3_len):
+            problems.append(f"report {_flow_key(f)} ({f.get('Packets')} packets, {f.get('Bytes')} bytes) is no "
+                            "frame sent (Ethernet + encapsulation + IP length)")
+        else:
+            seen[g.encap] += 1
+    assert not problems, "\n".join(problems)
+    assert set(seen) == {"mpls", "mpls2", "pppoe"}, f"reports by encapsulation: {dict(seen)}"
 
 
 def test_softflowd_ipfix_sequence_numbers_are_no_loss(workdir: Path, decoders_mod) -> None:

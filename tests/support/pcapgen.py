@@ -44,6 +44,9 @@ class Flow:
     src_mac: str = "02:00:00:00:00:01"
     dst_mac: str = "02:00:00:00:00:02"
     tos: int = 0
+    # what carries the IP packet after the Ethernet header: "" (nothing), "mpls" (one label),
+    # "mpls2" (a stack of two, RFC 3032) or "pppoe" (a PPPoE session, RFC 2516)
+    encap: str = ""
 
     @property
     def v6(self) -> bool:
@@ -57,6 +60,11 @@ class Flow:
     def l3_len(self) -> int:
         """IP packet length (IPv4 total length; IPv6 40 + payload length)."""
         return (40 if self.v6 else 20) + self.l4_header + self.payload
+
+    @property
+    def l2_len(self) -> int:
+        """The bytes in front of the IP packet: Ethernet header and encapsulation."""
+        return 14 + {"": 0, "mpls": 4, "mpls2": 8, "pppoe": 8}[self.encap]
 
     @property
     def l3_bytes(self) -> int:
@@ -109,7 +117,18 @@ class Flow:
                             self.proto, 0, s, d)
             ip = h[:10] + struct.pack("!H", _csum(h)) + h[12:]
             etype = 0x0800
-        return mac_bytes(self.dst_mac) + mac_bytes(self.src_mac) + struct.pack("!H", etype) + ip + l4
+        pkt = ip + l4
+        if self.encap.startswith("mpls"):
+            # label, traffic class 0, bottom-of-stack on the last, TTL 64
+            labels = (16001, 16002)[:2 if self.encap == "mpls2" else 1]
+            pkt = b"".join(struct.pack("!I", lab << 12 | (k == len(labels) - 1) << 8 | 64)
+                           for k, lab in enumerate(labels)) + pkt
+            etype = 0x8847
+        elif self.encap == "pppoe":
+            # version 1, type 1, session data (code 0), session 7; PPP protocol IPv4 0x0021 / IPv6 0x0057
+            pkt = struct.pack("!BBHHH", 0x11, 0, 7, len(pkt) + 2, 0x0057 if self.v6 else 0x0021) + pkt
+            etype = 0x8864
+        return mac_bytes(self.dst_mac) + mac_bytes(self.src_mac) + struct.pack("!H", etype) + pkt
 
 
 def build_pcap(flows: list[Flow], *, start: float = 1_700_000_000.0, gap: float = 0.01) -> bytes:
