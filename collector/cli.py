@@ -114,6 +114,11 @@ def _ignored_settings(cfg: config_mod.Config, enrich_cfg: Any) -> list[str]:
         # (logged by `run` alone, it went unsaid by `config`, which is asked whether a file is right)
         out.append(f"{cfg.named('output_file')} {cfg.output_file} is not written: the sink is {cfg.sink_kind()} "
                    "(sink auto: Kafka when brokers are given; --sink file writes the file)")
+    if cfg.kafka.brokers and cfg.sink_kind() != "kafka":
+        # (the other half of the same slip: brokers in the ConfigMap or a FLOWSCOPE_ variable, and a
+        # --sink stdout/file left from debugging, sent nothing to Kafka without a word)
+        out.append(f"{cfg.named('kafka.brokers')} {','.join(cfg.kafka.brokers)} not used: the sink is "
+                   f"{cfg.sink_kind()} ({cfg.named('sink')}; sink auto or kafka publishes to Kafka)")
     in_pod = bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
     if enrich_cfg is not None and e.context and not e.kubeconfig and in_pod:
         out.append(f"ignoring {cfg.named('enrich.context')}: in a pod (KUBERNETES_SERVICE_HOST is set) without "

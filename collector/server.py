@@ -724,6 +724,10 @@ def enrich_series(enricher: Any) -> Snapshot:
                 out["flowscope_enrich_stat"][(prefix,)] = d
         elif isinstance(d, bool):
             out["flowscope_enrich_stat"][(prefix,)] = int(d)
+        elif isinstance(d, str) and prefix.endswith("_last_error"):
+            # an informer whose list/watch keeps failing serves its last cache and stays synced:
+            # without this, only a rising errors_<cause> count said the API server was gone
+            out["flowscope_enrich_stat"][(prefix[:-len("_last_error")] + "_failing",)] = 1 if d else 0
 
     walk("", stats)
     return out

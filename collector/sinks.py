@@ -730,6 +730,11 @@ def connect_error(k: KafkaConfig, exc: BaseException) -> str:
     text = str(exc)
     if type(exc).__name__ not in text:
         text = f"{type(exc).__name__}: {text}"
+    if (k.tls or k.tls_ca or k.tls_cert) and "bootstrap" in text:
+        # aiokafka logs the cause on a line of its own, empty for a handshake that timed out: a TLS
+        # client at a plaintext listener waits out the request timeout and nothing said TLS
+        text += (" (TLS is on: a port that is the brokers' plaintext listener, or a certificate "
+                 "kafka.tls_ca does not trust, fails this way too; aiokafka's line gives the cause when it has one)")
     return text if k.sasl_mechanism == "none" else f"{text} ({sasl})"
 
 

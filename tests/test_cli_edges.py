@@ -142,6 +142,27 @@ def test_config_refuses_an_output_file_run_cannot_open(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
 
 
+def test_config_warns_of_kafka_brokers_the_sink_does_not_use(tmp_path: Path) -> None:
+    """Brokers given (a flag, a FLOWSCOPE_ variable, the ConfigMap) with `--sink stdout` or `file`
+    left from debugging: nothing goes to Kafka, and that is said (it went without a word, where
+    the other half of the slip, an output file the Kafka sink does not write, was warned of)."""
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)}
+
+    def warnings(*args: str, **more: str) -> list[str]:
+        r = subprocess.run([sys.executable, "-m", "collector.cli", "config", "--enrich", "false", *args], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60, env={**env, **more})
+        assert r.returncode == 0, r.stderr
+        return [line for line in r.stderr.splitlines() if "not used" in line]
+
+    assert warnings("--kafka-brokers", "a:1,b:2", "--sink", "stdout") == [
+        "flowscope: warning: kafka.brokers (from --kafka-brokers) a:1,b:2 not used: the sink is stdout "
+        "(sink (from --sink); sink auto or kafka publishes to Kafka)"]
+    got = warnings("--sink", "file", "--output-file", str(tmp_path / "f"), FLOWSCOPE_KAFKA_BROKERS="a:1")
+    assert len(got) == 1 and "(from FLOWSCOPE_KAFKA_BROKERS) a:1 not used: the sink is file" in got[0], got
+    assert warnings("--kafka-brokers", "a:1") == []
+    assert warnings("--kafka-brokers", "a:1", "--sink", "kafka") == []
+
+
 def test_config_warns_of_an_output_file_the_sink_does_not_write(tmp_path: Path) -> None:
     """`run` logged that --output-file is not written when the sink is another (Kafka brokers given,
     or --sink stdout); `flowscope config`, whose warnings are said to be run's (an unknown

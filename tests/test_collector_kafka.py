@@ -675,6 +675,19 @@ def test_tls_broker_verified_against_the_ca(tls_broker: TlsFront, pki: tuple[Pki
     assert c.stop() == 0
 
 
+def test_a_tls_client_at_a_plaintext_listener_is_said_to_be_one(broker: Any, collector: Any) -> None:
+    """`--kafka-tls` against the broker's plaintext listener: the handshake never ends, aiokafka
+    logs its failure with no cause after the request timeout, and nothing said TLS; the
+    collector's connect error now says TLS is on and what fails that way."""
+    c = collector(["--kafka-brokers", broker.bootstrap, "--kafka-topic", topic(), "--kafka-tls",
+                   "--kafka-request-timeout-ms", "1500", "--shutdown-timeout", "1"], wait_ready=False)
+    wait_for(lambda: "TLS is on: a port that is the brokers' plaintext listener" in c.log(), timeout=30,
+             what="the connect error naming TLS")
+    assert c.get("/readyz")[0] == 503
+    assert c.value("flowscope_kafka_errors_total", kind="connect") >= 1
+    assert c.stop() == 0
+
+
 def test_tls_broker_the_ca_did_not_sign_is_refused(tls_broker: TlsFront, pki: tuple[Pki, Pki],
                                                    collector: Any) -> None:
     """A broker whose certificate the given CA did not sign: no TLS session is completed, the

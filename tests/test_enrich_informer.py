@@ -560,6 +560,34 @@ def test_an_oversize_watch_event_is_counted_and_the_watch_resumes(seeded: FakeKu
     assert len(msgs) == 1 and msgs[0].startswith("enrich: pods informer: watch pods sent an event line"), msgs
 
 
+def test_an_informer_failing_to_reach_the_api_server_shows_in_a_gauge(seeded: FakeKube, kubeconfig: str) -> None:
+    """While an informer's lists and watches fail it serves its last cache and stays synced (and
+    /readyz ready): flowscope_enrich_stat{stat="kinds_<kind>_failing"} is 1 then, and 0 again once
+    a watch works; before, only a rising errors count told the API server was gone."""
+    from collector.server import enrich_series
+
+    e = enrich.Enricher(fast_config(kubeconfig))
+    e.start()
+    try:
+        assert e.wait_ready(10)
+
+        def failing() -> float:
+            return enrich_series(e)["flowscope_enrich_stat"][("kinds_pods_failing",)]
+
+        wait_for(lambda: failing() == 0, what="pods watching, not failing")
+        seeded.fail("pods", "watch", "error500")
+        seeded.fail("pods", "list", "error500")
+        seeded.drop_watches("pods")
+        wait_for(lambda: failing() == 1, what="the pods informer failing")
+        assert e.stats()["kinds"]["pods"]["synced"] and failing() == 1
+        assert enrich_series(e)["flowscope_enrich_stat"][("kinds_nodes_failing",)] == 0
+        seeded.clear("pods", "watch")
+        seeded.clear("pods", "list")
+        wait_for(lambda: failing() == 0, what="the pods informer recovered")
+    finally:
+        e.stop()
+
+
 def test_an_oversize_event_on_every_watch_falls_back_to_lists(seeded: FakeKube, kubeconfig: str,
                                                               monkeypatch: pytest.MonkeyPatch,
                                                               caplog: pytest.LogCaptureFixture) -> None:
