@@ -862,6 +862,11 @@ cdef class ExporterState:
         if st.synced and seq - st.next <= advance[0]:
             advance[0] = seq - st.next              # in order (fewer counted: options records)
             return st.next
+        if self.msg_opt_records < advance[0]:
+            # softflowd's numbers leave its options records out: the message's own step is its
+            # data records (else a gap before a template refresh is one record short, and a
+            # late refresh message starts one before the gap it fills)
+            advance[0] -= <uint32_t>self.msg_opt_records
         return seq - advance[0]
 
     cdef void hold(self, SeqStream st, uint32_t seq, int64_t now_ms) noexcept:
@@ -3234,6 +3239,7 @@ cdef int decode_ipfix(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
         msg_flows = b.n
         rd_sub(r, &m, msg_len - 16)
         ex.msg_records = 0
+        ex.msg_opt_records = 0
         ex.msg_uncounted = False
         whole = False
         try:

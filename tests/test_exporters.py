@@ -15,9 +15,11 @@ import dataclasses
 import ipaddress
 import random
 import shutil
+import struct
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -224,6 +226,52 @@ def test_softflowd_ipfix_sequence_numbers_are_no_loss(workdir: Path, decoders_mo
     assert not problems, "\n".join(problems[:20])
     st = dec.stats()[datagrams[0].src]["protocols"]["ipfix"]
     assert (st["sequence_lost"], st["sequence_resets"]) == (0, 0)
+
+
+def test_softflowd_ipfix_reordered_or_lost_messages_around_a_template_refresh(workdir: Path, decoders_mod) -> None:
+    """softflowd numbers its IPFIX messages with their own records counted and its options
+    record left out; every so often a message also carries the templates and that options
+    record again. Two messages swapped on the path (the refresh one a place late) are not loss,
+    and a message lost just before a refresh is counted as its data records, no fewer. (The
+    late refresh message was placed one record early: 24 counted lost; the lost one counted
+    one short.) From the second refresh on: which way a stream numbers is told by the steps
+    where its record count changes, and before the first refresh there has been one such
+    change, too few to tell (README: until the reading is decided)."""
+    from collector.pcap import iter_udp
+
+    _skip_unless("softflowd")
+    generated = [G.Flow(f"10.1.{i // 200}.{i % 200 + 1}", "10.2.0.2", G.UDP if i % 3 else G.TCP, 40000 + i, 80,
+                        packets=1 + i % 3, payload=100) for i in range(1200)]
+    (workdir / E.PCAP_NAME).write_bytes(G.build_pcap(generated, start=START, gap=0.001))
+    cap, _ = capture_export(workdir, lambda ns, port: E.run_softflowd(ns, workdir, "10", port))
+    datagrams = list(iter_udp(cap))
+
+    def sets(payload: bytes) -> set[int]:   # the set ids of a (one-message) IPFIX datagram
+        out, off = set(), 16
+        while off + 4 <= len(payload):
+            sid, slen = struct.unpack_from("!HH", payload, off)
+            out.add(sid)
+            off += max(slen, 4)
+        return out
+
+    refreshes = [i for i, d in enumerate(datagrams) if i >= 2 and 2 in sets(d.payload)]
+    assert len(refreshes) >= 2, f"{len(refreshes)} template refreshes among softflowd's {len(datagrams)} messages"
+
+    def run(dgs: list[Any]) -> tuple[int, list[int]]:
+        dec = decoders_mod.Decoder(decoders_mod.DecoderConfig(default_sampling=0))
+        per = [len(dec.decode(d.payload, d.src, d.sport, d.ts).to_dicts()) for d in dgs]
+        st = dec.stats()[dgs[0].src]["protocols"]["ipfix"]
+        assert st["sequence_resets"] == 0
+        return st["sequence_lost"], per
+
+    lost, per = run(datagrams)
+    assert lost == 0
+    for i in refreshes[1:]:
+        swapped = list(datagrams)   # the refresh message one place late (times kept in order)
+        swapped[i - 1], swapped[i] = (dataclasses.replace(datagrams[i], ts=datagrams[i - 1].ts),
+                                      dataclasses.replace(datagrams[i - 1], ts=datagrams[i].ts))
+        assert run(swapped)[0] == 0, f"messages {i - 1} and {i} swapped"
+        assert run(datagrams[:i - 1] + datagrams[i:])[0] == per[i - 1], f"message {i - 1} lost"
 
 
 def test_fprobe(workdir: Path, decoders_mod) -> None:
