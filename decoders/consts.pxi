@@ -7,6 +7,8 @@ DEF MAX_TEMPLATE_FIELDS = 512        # RFC 7011 allows 65535; no real exporter c
 DEF EXTRA_SCAN_MAX = 16             # a flow's unknown elements up to this many are grouped by pairwise compares
 DEF VARLEN = 0xFFFF                  # RFC 7011 3.2: field length 65535 = variable length
 DEF DEDUP_SLOTS = 4096               # per-exporter ring of recent ingress 5-tuples (--dedup)
+DEF INGRESS_SLOTS = 1024            # per-exporter table of (process, domain, input port) sampled on input (rate > 1)
+DEF INGRESS_PROBE = 8               # ... slots probed for a key
 DEF DEDUP_END_MAX = 63               # ingress records of one end waiting for their egress twins (a slot's bits 1-6)
 DEF DEDUP_END_LOW = 0x7F             # ... bit 0 their direction; the key is the bits above
 DEF SEQ_MAX_GAP = 1 << 20           # export sequence jumps beyond this (either way) are restarts

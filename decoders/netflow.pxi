@@ -569,6 +569,7 @@ cdef class ExporterState:
     cdef readonly uint32_t last_sampling
     cdef uint64_t* dedup_keys
     cdef int64_t* dedup_times
+    cdef uint64_t* ingress_ports       # sampled_twin: (process, domain, input port) keys of sampled ingress records
     cdef dict _by_protocol             # protocol name -> {"datagrams", "flows", "errors", ...}
     # datagrams and flows by protocol slot (PROTO_SLOTS) not yet added to _by_protocol: the
     # decoder counts every datagram here in C, by_protocol adds them when read
@@ -604,10 +605,12 @@ cdef class ExporterState:
     def __cinit__(self):
         self.dedup_keys = NULL
         self.dedup_times = NULL
+        self.ingress_ports = NULL
 
     def __dealloc__(self):
         free(self.dedup_keys)
         free(self.dedup_times)
+        free(self.ingress_ports)
 
     def __init__(self, str ip):
         cdef bytes raw
@@ -649,7 +652,8 @@ cdef class ExporterState:
                                        + len(self.interface_rates) + len(self.sysinit_ms) + len(self.drops_seen) + len(self.withdrawn))
                 + STATE_BYTES_STREAM * (len(self.seq_streams) + len(self.seq_ports))
                 + STATE_BYTES_ENTRY * (self.dom_entries + len(self.tpl_domains) + len(self.borrowers))
-                + (DEDUP_SLOTS * (sizeof(uint64_t) + sizeof(int64_t)) if self.dedup_keys != NULL else 0))
+                + (DEDUP_SLOTS * (sizeof(uint64_t) + sizeof(int64_t)) if self.dedup_keys != NULL else 0)
+                + (INGRESS_SLOTS * sizeof(uint64_t) if self.ingress_ports != NULL else 0))
 
     @property
     def by_protocol(self):
@@ -1637,6 +1641,7 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
     cdef uint64_t v
     cdef int64_t start_sysup = -1, end_sysup = -1, start_delta = -1, end_delta = -1
     cdef int64_t rec_sysinit = -1, duration_ms = -1, latest_ms
+    cdef bint dup
     cdef int start_prec = 0, end_prec = 0   # absolute times: 1 seconds, 2 ms, 3 NTP (us/ns)
     # Time elements also kept as extras until the times they give are known (then removed
     # again): where they went among the batch's extras, and which (TX_DURATION, TX_SYSUP)
@@ -2282,7 +2287,9 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             reverse_flow(r, rev, rev_bytes, rev_packets, rev_flags, rev_dscp, rev_start, rev_end, rev_delta, False)
             return 0    # two flows: the ingress/egress twin check is for one-direction records
     if f.direction >= 0 and dec.track_duplicates and (f.af or f.present & (P_SRCMAC | P_DSTMAC)):
-        if is_duplicate(ex, f):
+        # (sampled 1:N, one packet's two samples are independent draws: sampled_twin)
+        dup = sampled_twin(ex, t, f) if f.sampling > 1 else is_duplicate(ex, f)
+        if dup:
             f.duplicate = 1
             if dec.dedup:
                 ex.dropped["duplicate"] = ex.dropped.get("duplicate", 0) + 1
@@ -2886,6 +2893,56 @@ cdef inline void dedup_store(ExporterState ex, uint64_t h, Flow* f, int64_t now)
         waiting += 1
     ex.dedup_keys[slot] = key | (waiting << 1) | d
     ex.dedup_times[slot] = now
+
+
+cdef bint ingress_key_seen(ExporterState ex, uint64_t key, bint add) noexcept:
+    """Whether `key` (never 0) is in the exporter's table of sampled input ports; with `add`,
+    it is put there when not (a full probe run takes its first slot: the table is bounded)."""
+    cdef uint64_t i, slot
+    if ex.ingress_ports == NULL:
+        if not add:
+            return False
+        ex.ingress_ports = <uint64_t*>calloc(INGRESS_SLOTS, sizeof(uint64_t))
+        if ex.ingress_ports == NULL:
+            return False
+    for i in range(INGRESS_PROBE):
+        slot = ((key >> 17) + i) % INGRESS_SLOTS
+        if ex.ingress_ports[slot] == key:
+            return True
+        if ex.ingress_ports[slot] == 0:
+            if add:
+                ex.ingress_ports[slot] = key
+            return False
+    if add:
+        ex.ingress_ports[(key >> 17) % INGRESS_SLOTS] = key
+    return False
+
+
+cdef inline uint64_t ingress_key(Template t, bint has_if, uint32_t in_if) noexcept:
+    cdef uint64_t h = 0xCBF29CE484222325ULL
+    h = (h ^ t.port) * 0x100000001B3ULL
+    h = (h ^ t.domain) * 0x100000001B3ULL
+    h = (h ^ (<uint64_t>in_if | (<uint64_t>(not has_if) << 32))) * 0x9E3779B97F4A7C15ULL
+    return (h ^ (h >> 29)) | 1
+
+
+cdef bint sampled_twin(ExporterState ex, Template t, Flow* f) noexcept:
+    """Sampled 1:N (OVN-Kubernetes' 400), OVS composes a sample(probability) datapath action for
+    a packet's input and another for each output, each its own random draw, and counts each
+    sampled packet as N: a packet's ingress and egress samples are not the same packets, and
+    each direction's records estimate all the traffic (with both kept, twice the traffic).
+    A packet is counted by its input sample: an egress record is Duplicate when its exporting
+    process and domain sample input on the port it came in by (its ingressInterface; without
+    one, any port), which its ingress records from that port tell. Egress records of packets
+    whose input port is not sampled (output sampling only, an exporter sampling on some
+    interfaces' input and others' output) count, as nothing else estimates those packets."""
+    cdef bint has_if = (f.present & P_INIF) != 0
+    if f.direction == 0:
+        ingress_key_seen(ex, ingress_key(t, has_if, f.in_if), True)
+        if has_if:
+            ingress_key_seen(ex, ingress_key(t, False, 0), True)
+        return False
+    return ingress_key_seen(ex, ingress_key(t, has_if, f.in_if), False)
 
 
 cdef bint is_duplicate(ExporterState ex, Flow* f):

@@ -185,7 +185,7 @@ def test_twins_are_one_packets_records_not_records_of_different_packets() -> Non
         return dict(base, direction=direction, end_delta=end_us)
 
     def marks(order: list[tuple[int, int]]) -> list[bool]:
-        dec = ovs_decoder()
+        dec = ovs_decoder(default_sampling=1)  # rate 1: one packet's samples
         out = []
         for seq, (direction, end_us) in enumerate(order):   # end_us before the export time
             b = dec.decode(ipfix_message([data_set(OVS_EGRESS if direction else OVS_INGRESS, [rec(direction, end_us)])],
@@ -213,7 +213,7 @@ def test_twins_are_one_packets_records_not_records_of_different_packets() -> Non
     # records without times (the same flow exported again and again): one for one, never more
     t = _tpl(370, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("proto", 4, 0, 1), ("sport", 7, 0, 2), ("dport", 11, 0, 2),
              ("b", 1, 0, 4), ("p", 2, 0, 4), ("dir", 61, 0, 1))
-    dec = ovs_decoder()
+    dec = ovs_decoder(default_sampling=1)  # rate 1: one packet's samples
     dec.decode(ipfix_message([template_set([t])], seq=0, export_time=EXPORT), EXPORTER, 0, EXPORT)
     plain = {"src": "10.0.0.1", "dst": "10.0.0.2", "proto": 17, "sport": 5000, "dport": 53, "b": 80, "p": 1}
     got = []
@@ -222,6 +222,50 @@ def test_twins_are_one_packets_records_not_records_of_different_packets() -> Non
                        EXPORTER, 0, EXPORT + 30 * (i // 2))
         got += [bool(f.get("Duplicate")) for f in b.to_dicts()]
     assert got == [False, True] * 3
+
+
+def test_sampled_ingress_and_egress_records_are_independent_estimates() -> None:
+    """Sampled 1:N (OVN-Kubernetes' 400), OVS draws a packet's input and output samples
+    independently and counts each sampled packet as N: the ingress records and the egress
+    records each estimate all the traffic, whatever their bytes. Once the exporting process has
+    sent ingress records, its egress records are Duplicate (dropped with --dedup), equal bytes
+    or not; an exporter that samples on output only keeps its egress records."""
+    base = ovs_flows(1, random.Random(13))[0]
+    for dedup in (False, True):
+        dec = ovs_decoder(dedup=dedup)      # default sampling 400
+        out = []
+        for seq, (direction, scale) in enumerate([(0, 1), (1, 2), (0, 3), (1, 3), (1, 1)]):
+            rec = dict(base, direction=direction, packets=400 * scale, bytes=400 * 100 * scale, start_delta=2_000_000,
+                       end_delta=1_000_000)
+            b = dec.decode(ipfix_message([data_set(OVS_EGRESS if direction else OVS_INGRESS, [rec])], seq=seq,
+                                         export_time=EXPORT), EXPORTER, 0, EXPORT)
+            out += [bool(f.get("Duplicate")) for f in b.to_dicts()] if not dedup else [len(b) == 0]
+        assert out == [False, True, False, True, True]
+    dec = ovs_decoder()                     # output sampling only: every egress record counts
+    for seq in range(3):
+        rec = dict(base, direction=1, packets=400, bytes=40000, start_delta=2_000_000, end_delta=1_000_000)
+        b = dec.decode(ipfix_message([data_set(OVS_EGRESS, [rec])], seq=seq, export_time=EXPORT), EXPORTER, 0, EXPORT)
+        assert [bool(f.get("Duplicate")) for f in b.to_dicts()] == [False]
+
+
+def test_sampled_egress_records_count_where_their_input_port_is_not_sampled() -> None:
+    """Sampled 1:N, an egress record is the duplicate estimate only when its exporting process
+    samples input on the port the packets came in by (ingressInterface): a router sampling
+    one interface's input and another's output (the packets in by an unsampled port) estimates
+    those packets by their egress records alone, which count."""
+    t = _tpl(371, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("proto", 4, 0, 1), ("sport", 7, 0, 2), ("dport", 11, 0, 2),
+             ("b", 1, 0, 4), ("p", 2, 0, 4), ("in", 10, 0, 4), ("dir", 61, 0, 1))
+    dec = ovs_decoder(default_sampling=100)
+    dec.decode(ipfix_message([template_set([t])], seq=0, export_time=EXPORT), EXPORTER, 0, EXPORT)
+    flow = {"src": "10.0.0.1", "dst": "10.0.0.2", "proto": 17, "sport": 5000, "dport": 53, "b": 8000, "p": 100}
+    got = []
+    for seq, (direction, port) in enumerate([(0, 1), (1, 1), (1, 3), (0, 3), (1, 3), (1, 2)]):
+        b = dec.decode(ipfix_message([data_set(t, [dict(flow, dir=direction, **{"in": port})])], seq=seq,
+                                     export_time=EXPORT), EXPORTER, 0, EXPORT)
+        got += [bool(f.get("Duplicate")) for f in b.to_dicts()]
+    # port 1 sampled on input: its egress records duplicate; port 3's count until its input is
+    # sampled too; port 2's input never is
+    assert got == [False, True, False, False, True, False]
 
 
 def test_twins_of_many_flows_between_one_address_pair_all_pair() -> None:
@@ -238,7 +282,7 @@ def test_twins_of_many_flows_between_one_address_pair_all_pair() -> None:
     recs = [{"src": "fd00:10:244:1::b", "dst": "fd00:10:244:1::a", "proto": 58, "type": ty, "code": co, "b": b,
              "p": 1, "dir": d, "end": end} for d in (0, 1) for ty, co, b in kinds]
     for dedup in (False, True):
-        dec = Decoder(DecoderConfig(dedup=dedup))
+        dec = Decoder(DecoderConfig(dedup=dedup, default_sampling=1))
         b = dec.decode(ipfix_message([template_set([t]), data_set(t, recs)], seq=0, export_time=EXPORT), EXPORTER)
         flows = b.to_dicts()
         if dedup:
@@ -264,7 +308,7 @@ def test_twins_of_a_packet_translated_between_its_samples_pair() -> None:
              "dir": 0, "end": end + 3}
 
     def marks(recs: list[dict[str, object]], dedup: bool = False) -> list[bool]:
-        dec = Decoder(DecoderConfig(dedup=dedup))
+        dec = Decoder(DecoderConfig(dedup=dedup, default_sampling=1))
         b = dec.decode(ipfix_message([template_set([t]), data_set(t, recs)], seq=0, export_time=EXPORT), EXPORTER)
         assert b.error is None
         return [bool(f.get("Duplicate")) for f in b.to_dicts()]
@@ -320,7 +364,7 @@ def test_twins_of_a_hairpinned_packet_pair() -> None:
     back = [reply, dict(reply, src=svc, sport=80, dst=pod, dir=1)]
 
     def decode(recs: list[dict[str, object]], dedup: bool = False):
-        dec = Decoder(DecoderConfig(dedup=dedup))
+        dec = Decoder(DecoderConfig(dedup=dedup, default_sampling=1))
         b = dec.decode(ipfix_message([template_set([t]), data_set(t, recs)], seq=0, export_time=EXPORT), EXPORTER)
         assert b.error is None
         return b
@@ -354,7 +398,7 @@ def test_non_ip_twins_pair_by_their_frame() -> None:
     recs.append(dict(arp, smac="0a:58:0a:80:00:06", dir=1, end=end + 1000))     # another host's ARP
     recs.append(dict(arp, etype=0x88CC, dir=1, end=end + 1000))                  # LLDP, not ARP
     for dedup in (False, True):
-        dec = Decoder(DecoderConfig(dedup=dedup))
+        dec = Decoder(DecoderConfig(dedup=dedup, default_sampling=1))
         b = dec.decode(ipfix_message([template_set([t]), data_set(t, recs)], seq=0, export_time=EXPORT), EXPORTER)
         flows = b.to_dicts()
         if dedup:
