@@ -2926,7 +2926,7 @@ cdef inline uint64_t ingress_key(Template t, bint has_if, uint32_t in_if) noexce
     return (h ^ (h >> 29)) | 1
 
 
-cdef bint sampled_twin(ExporterState ex, Template t, Flow* f) noexcept:
+cdef bint sampled_twin(ExporterState ex, Template t, Flow* f):
     """Sampled 1:N (OVN-Kubernetes' 400), OVS composes a sample(probability) datapath action for
     a packet's input and another for each output, each its own random draw, and counts each
     sampled packet as N: a packet's ingress and egress samples are not the same packets, and
@@ -2935,14 +2935,20 @@ cdef bint sampled_twin(ExporterState ex, Template t, Flow* f) noexcept:
     process and domain sample input on the port it came in by (its ingressInterface; without
     one, any port), which its ingress records from that port tell. Egress records of packets
     whose input port is not sampled (output sampling only, an exporter sampling on some
-    interfaces' input and others' output) count, as nothing else estimates those packets."""
+    interfaces' input and others' output) count, as nothing else estimates those packets.
+    The other records go through is_duplicate's pairing, as at 1:1: an egress record sent
+    before the first ingress record from its port, and an ingress record of the same key and
+    bytes after it, are one estimate twice (the ingress record is marked: the totals are the
+    same whichever of the two stays). An egress record marked here is not put in is_duplicate's
+    table, where an ingress record of its bytes would pair with it and both be gone."""
     cdef bint has_if = (f.present & P_INIF) != 0
     if f.direction == 0:
         ingress_key_seen(ex, ingress_key(t, has_if, f.in_if), True)
         if has_if:
             ingress_key_seen(ex, ingress_key(t, False, 0), True)
-        return False
-    return ingress_key_seen(ex, ingress_key(t, has_if, f.in_if), False)
+    elif ingress_key_seen(ex, ingress_key(t, has_if, f.in_if), False):
+        return True
+    return is_duplicate(ex, f)
 
 
 cdef bint is_duplicate(ExporterState ex, Flow* f):

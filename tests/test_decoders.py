@@ -260,12 +260,33 @@ def test_sampled_egress_records_count_where_their_input_port_is_not_sampled() ->
     flow = {"src": "10.0.0.1", "dst": "10.0.0.2", "proto": 17, "sport": 5000, "dport": 53, "b": 8000, "p": 100}
     got = []
     for seq, (direction, port) in enumerate([(0, 1), (1, 1), (1, 3), (0, 3), (1, 3), (1, 2)]):
-        b = dec.decode(ipfix_message([data_set(t, [dict(flow, dir=direction, **{"in": port})])], seq=seq,
-                                     export_time=EXPORT), EXPORTER, 0, EXPORT)
+        rec = dict(flow, dir=direction, b=8000 + 100 * seq, **{"in": port})   # (no two one packet's samples)
+        b = dec.decode(ipfix_message([data_set(t, [rec])], seq=seq, export_time=EXPORT), EXPORTER, 0, EXPORT)
         got += [bool(f.get("Duplicate")) for f in b.to_dicts()]
     # port 1 sampled on input: its egress records duplicate; port 3's count until its input is
     # sampled too; port 2's input never is
     assert got == [False, True, False, False, True, False]
+
+
+def test_sampled_egress_record_before_any_ingress_record_pairs_as_at_rate_one() -> None:
+    """Sampled 1:N, an egress record that comes before any ingress record from its port is not
+    known to be the duplicate estimate: it counts, and an ingress record of the same key and
+    bytes after it is then the twin (one estimate twice, the ingress record marked, as at 1:1);
+    once the port is known, egress records are marked and never take an ingress record with
+    them (equal bytes are common at 1:N: one sampled packet a direction)."""
+    t = _tpl(372, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("proto", 4, 0, 1), ("sport", 7, 0, 2), ("dport", 11, 0, 2),
+             ("b", 1, 0, 4), ("p", 2, 0, 4), ("in", 10, 0, 4), ("dir", 61, 0, 1), ("end", 153, 0, 8))
+    for dedup in (False, True):
+        dec = ovs_decoder(default_sampling=400, dedup=dedup)
+        dec.decode(ipfix_message([template_set([t])], seq=0, export_time=EXPORT), EXPORTER, 0, EXPORT)
+        flow = {"src": "10.0.0.1", "dst": "10.0.0.2", "proto": 17, "sport": 5000, "dport": 53, "b": 40000, "p": 400,
+                "in": 4}
+        got = []
+        for seq, (direction, end) in enumerate([(1, 0), (0, 5), (1, 1000), (0, 1005), (1, 2000)]):
+            rec = dict(flow, dir=direction, end=EXPORT * 1000 - 5000 + end)
+            b = dec.decode(ipfix_message([data_set(t, [rec])], seq=seq, export_time=EXPORT), EXPORTER, 0, EXPORT)
+            got += [len(b) == 0] if dedup else [bool(f.get("Duplicate")) for f in b.to_dicts()]
+        assert got == [False, True, True, False, True]
 
 
 def test_twins_of_many_flows_between_one_address_pair_all_pair() -> None:
