@@ -2943,8 +2943,8 @@ cdef bint sampled_twin(ExporterState ex, Template t, Flow* f):
     table, where an ingress record of its bytes would pair with it and both be gone."""
     cdef bint has_if = (f.present & P_INIF) != 0
     if f.direction == 0:
-        ingress_key_seen(ex, ingress_key(t, has_if, f.in_if), True)
-        if has_if:
+        # (the any-port key goes in with each port's first: not probed again per record)
+        if not ingress_key_seen(ex, ingress_key(t, has_if, f.in_if), True) and has_if:
             ingress_key_seen(ex, ingress_key(t, False, 0), True)
     elif ingress_key_seen(ex, ingress_key(t, has_if, f.in_if), False):
         return True

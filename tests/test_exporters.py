@@ -15,7 +15,6 @@ import dataclasses
 import ipaddress
 import random
 import shutil
-import struct
 import tempfile
 import time
 from pathlib import Path
@@ -207,18 +206,23 @@ def test_softflowd_psamp_reports_of_mpls_and_pppoe_frames_have_their_length(work
     assert set(seen) == {"mpls", "mpls2", "pppoe"}, f"reports by encapsulation: {dict(seen)}"
 
 
+def _softflowd_ipfix(workdir: Path, n: int) -> tuple[list[G.Flow], list[Any]]:
+    """softflowd's IPFIX export of n UDP and TCP flows 1 ms apart: the flows and its datagrams."""
+    from collector.pcap import iter_udp
+
+    generated = [G.Flow(f"10.1.{i // 200}.{i % 200 + 1}", "10.2.0.2", G.UDP if i % 3 else G.TCP, 40000 + i, 80,
+                        packets=1 + i % 3, payload=100) for i in range(n)]
+    (workdir / E.PCAP_NAME).write_bytes(G.build_pcap(generated, start=START, gap=0.001))
+    cap, _ = capture_export(workdir, lambda ns, port: E.run_softflowd(ns, workdir, "10", port))
+    return generated, list(iter_udp(cap))
+
+
 def test_softflowd_ipfix_sequence_numbers_are_no_loss(workdir: Path, decoders_mod) -> None:
     """softflowd numbers its IPFIX messages with the records up to and including their own
     (and leaves its options record out): several messages of different sizes, nothing lost on
     the loopback, so nothing may be counted as lost."""
-    from collector.pcap import iter_udp
-
     _skip_unless("softflowd")
-    generated = [G.Flow(f"10.1.{i // 200}.{i % 200 + 1}", "10.2.0.2", G.UDP if i % 3 else G.TCP, 40000 + i, 80,
-                        packets=1 + i % 3, payload=100) for i in range(300)]
-    (workdir / E.PCAP_NAME).write_bytes(G.build_pcap(generated, start=START, gap=0.001))
-    cap, _ = capture_export(workdir, lambda ns, port: E.run_softflowd(ns, workdir, "10", port))
-    datagrams = list(iter_udp(cap))
+    generated, datagrams = _softflowd_ipfix(workdir, 300)
     assert len(datagrams) >= 3, f"{len(datagrams)} messages: too few to see the numbering"
     dec = decoders_mod.Decoder(decoders_mod.DecoderConfig(default_sampling=0))
     flows = [f for d in datagrams for f in dec.decode(d.payload, d.src, d.sport, d.ts).to_dicts()]
@@ -237,24 +241,9 @@ def test_softflowd_ipfix_reordered_or_lost_messages_around_a_template_refresh(wo
     one short.) From the second refresh on: which way a stream numbers is told by the steps
     where its record count changes, and before the first refresh there has been one such
     change, too few to tell (README: until the reading is decided)."""
-    from collector.pcap import iter_udp
-
     _skip_unless("softflowd")
-    generated = [G.Flow(f"10.1.{i // 200}.{i % 200 + 1}", "10.2.0.2", G.UDP if i % 3 else G.TCP, 40000 + i, 80,
-                        packets=1 + i % 3, payload=100) for i in range(1200)]
-    (workdir / E.PCAP_NAME).write_bytes(G.build_pcap(generated, start=START, gap=0.001))
-    cap, _ = capture_export(workdir, lambda ns, port: E.run_softflowd(ns, workdir, "10", port))
-    datagrams = list(iter_udp(cap))
-
-    def sets(payload: bytes) -> set[int]:   # the set ids of a (one-message) IPFIX datagram
-        out, off = set(), 16
-        while off + 4 <= len(payload):
-            sid, slen = struct.unpack_from("!HH", payload, off)
-            out.add(sid)
-            off += max(slen, 4)
-        return out
-
-    refreshes = [i for i, d in enumerate(datagrams) if i >= 2 and 2 in sets(d.payload)]
+    _, datagrams = _softflowd_ipfix(workdir, 1200)
+    refreshes = [i for i, d in enumerate(datagrams) if i >= 2 and 2 in E.ipfix_set_ids(d.payload)]
     assert len(refreshes) >= 2, f"{len(refreshes)} template refreshes among softflowd's {len(datagrams)} messages"
 
     def run(dgs: list[Any]) -> tuple[int, list[int]]:

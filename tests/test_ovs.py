@@ -34,6 +34,7 @@ import pytest
 from tests.support import netns as N
 from tests.support import ovs as O
 from tests.support import tshark as T
+from tests.support.exporters import ipfix_set_ids
 from tests.test_golden_corpus import (
     check_cflow_capture,
     check_sflow_capture,
@@ -476,18 +477,6 @@ def _ipfix_domain(payload: bytes) -> int:
     return struct.unpack_from("!I", payload, 12)[0]
 
 
-def _ipfix_set_ids(payload: bytes) -> set[int]:
-    """The set ids of an IPFIX message (2 templates, 3 options templates, >= 256 data)."""
-    ids, pos, end = set(), 16, min(len(payload), struct.unpack_from("!H", payload, 2)[0])
-    while pos + 4 <= end:
-        sid, length = struct.unpack_from("!HH", payload, pos)
-        ids.add(sid)
-        if length < 4:
-            break
-        pos += length
-    return ids
-
-
 def test_ovs_flow_sample_collector_set(env, decoders_mod) -> None:
     """Per-flow sampling, the other way OVS exports IPFIX (OVN's ACL sampling; a Flow_Sample_
     Collector_Set with an IPFIX target, packets sampled by an OpenFlow sample() action): each
@@ -528,7 +517,7 @@ def test_ovs_flow_sample_collector_set(env, decoders_mod) -> None:
         # (RFC 7011 scopes templates by domain) and flowscope reads with the same exporting
         # process's template (README, "IPFIX across observation domains"). tshark checks the
         # messages of the domains that sent templates; the traffic sent checks all of them.
-        with_templates = {_ipfix_domain(d.payload) for d in datagrams if _ipfix_set_ids(d.payload) & {2, 3}}
+        with_templates = {_ipfix_domain(d.payload) for d in datagrams if ipfix_set_ids(d.payload) & {2, 3}}
         told = [i for i, d in enumerate(datagrams) if _ipfix_domain(d.payload) in with_templates]
         dec = decoders_mod.Decoder(decoders_mod.DecoderConfig(default_sampling=0))
         problems = check_cflow_capture(dec, [datagrams[i] for i in told], [packets[i] for i in told],

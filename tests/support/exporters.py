@@ -13,11 +13,25 @@ runs never share /var/run. pmacctd reads a pcap with `pcap_savefile` and, with
 from __future__ import annotations
 
 import signal
+import struct
 import subprocess
 import time
 from pathlib import Path
 
 from tests.support.netns import NetNS
+
+
+def ipfix_set_ids(payload: bytes) -> set[int]:
+    """The set ids of an IPFIX message (2 templates, 3 options templates, >= 256 data)."""
+    ids, pos, end = set(), 16, min(len(payload), struct.unpack_from("!H", payload, 2)[0])
+    while pos + 4 <= end:
+        sid, length = struct.unpack_from("!HH", payload, pos)
+        ids.add(sid)
+        if length < 4:
+            break
+        pos += length
+    return ids
+
 
 PCAP_NAME = "in.pcap"  # short and relative: softflowd keeps only 16 characters of -r
 
