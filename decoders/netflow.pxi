@@ -733,7 +733,7 @@ cdef class ExporterState:
                 # restarts and the old run's cumulative counters (sFlow's drops) counted again.
                 # Like a late datagram, it changes nothing.
                 return
-        if kind == PROTO_IPFIX:
+        if kind == PROTO_IPFIX or kind == PROTO_NETFLOW5:
             if st.held_lost and aged(st.held_ms, now_ms, SEQ_HELD_MS):
                 self.count_held(st)         # no vote came to decide: the RFC's reading stands
             seq = self.ipfix_convention(st, seq, &advance, now_ms)
@@ -752,7 +752,7 @@ cdef class ExporterState:
                 i = st.ngaps
                 st.gap_start[i], st.gap_span[i], st.gap_missing[i], st.gap_ms[i] = st.next, ahead, ahead, now_ms
                 st.gap_adj[i] = (<int64_t>st.prev_count - <int64_t>advance
-                                 if kind == PROTO_IPFIX and not st.inclusive else 0)
+                                 if (kind == PROTO_IPFIX or kind == PROTO_NETFLOW5) and not st.inclusive else 0)
                 st.ngaps += 1
                 self.pending_gaps += 1
             elif behind <= SEQ_MAX_GAP:
@@ -833,8 +833,13 @@ cdef class ExporterState:
         datagrams fill it as a gap's), and counted when a vote for the RFC comes, or after
         SEQ_HELD_MS without a deciding vote; gaps still open when the reading changes are
         recounted (gap_adj). Options records, which softflowd leaves out, may make its step
-        smaller than the count: up to the count, the step is what the message advanced by."""
+        smaller than the count: up to the count, the step is what the message advanced by.
+        NetFlow v5 is read the same way (its flow_sequence counts the flows before the datagram):
+        Open vSwitch sets it to the number of the datagram's last record (lib/netflow.c
+        gen_netflow_rec: `flow_seq = netflow_cnt++` for every record it adds), its own records
+        but one, so its steps are the new datagram's count too."""
         cdef uint32_t step = seq - st.last_seq
+        cdef uint64_t opt = self.msg_opt_records if st.kind == PROTO_IPFIX else 0
         cdef int i
         if st.has_last and st.synced and advance[0] != st.last_count:
             if step == advance[0]:
@@ -866,11 +871,11 @@ cdef class ExporterState:
         if st.synced and seq - st.next <= advance[0]:
             advance[0] = seq - st.next              # in order (fewer counted: options records)
             return st.next
-        if self.msg_opt_records < advance[0]:
+        if opt < advance[0]:
             # softflowd's numbers leave its options records out: the message's own step is its
             # data records (else a gap before a template refresh is one record short, and a
             # late refresh message starts one before the gap it fills)
-            advance[0] -= <uint32_t>self.msg_opt_records
+            advance[0] -= <uint32_t>opt
         return seq - advance[0]
 
     cdef void hold(self, SeqStream st, uint32_t seq, int64_t now_ms) noexcept:

@@ -2799,6 +2799,36 @@ def test_netflow_v5_v9_and_sflow_sequences() -> None:
     assert _seq(dec, "10.0.0.3", "sflow5") == (3, 0)
 
 
+def test_netflow_v5_sequence_of_open_vswitch_numbers_the_last_record() -> None:
+    """NetFlow v5's flow_sequence counts the flows before the datagram; Open vSwitch sets it to
+    the number of the datagram's last record (lib/netflow.c: `flow_seq = netflow_cnt++` per
+    record), so its steps are the new datagram's record count. Record counts and sequence
+    numbers as OVS 3.1 sent them (20 datagrams, none lost on the loopback): none counted lost
+    (26 were), a lost datagram counts its records, a reordered one nothing. A Cisco-numbered
+    exporter with the same counts is read as before."""
+    counts = [3, 1, 8, 2, 5, 4, 9, 1, 4, 2, 6, 3, 3, 1, 6, 1, 2, 7, 4, 1]
+    rng = random.Random(31)
+    t0 = float(EXPORT)
+
+    def run(msgs: list[tuple[int, int]]) -> tuple[int, int]:
+        dec = Decoder()
+        for i, (seq, n) in enumerate(msgs):
+            dec.decode(v5_datagram(v5_records(n, rng, uptime_ms=100_000 + i * 5000), seq=seq, unix_secs=EXPORT + i * 5,
+                                   uptime_ms=100_000 + i * 5000), EXPORTER, 2055, t0 + i * 0.01)
+        return _seq_at(dec, "netflow5", t0 + 600)
+
+    ovs = [(s - 1, n) for s, n in zip(itertools.accumulate(counts), counts, strict=True)]
+    assert ovs[:3] == [(2, 3), (3, 1), (11, 8)]
+    assert run(ovs) == (0, 0)
+    assert run([m for i, m in enumerate(ovs) if i != 10]) == (6, 0)       # one datagram lost: its 6 flows
+    assert run([m for i, m in enumerate(ovs) if i not in (12, 13)]) == (4, 0)
+    order = [*range(10), 11, 10, *range(12, 20)]
+    assert run([ovs[i] for i in order]) == (0, 0)                         # reordered, once known
+    cisco = list(zip(itertools.accumulate([0, *counts[:-1]]), counts, strict=True))
+    assert run(cisco) == (0, 0)
+    assert run([m for i, m in enumerate(cisco) if i != 10]) == (6, 0)
+
+
 def test_v9_sequence_that_counts_flows_not_packets() -> None:
     """RFC 3954 5.1 numbers v9 export packets; Juniper's v9 numbers the flows sent before the
     packet, as NetFlow v5 does. Once the steps show it (two packets whose step is the previous
