@@ -2940,7 +2940,8 @@ cdef bint sampled_twin(ExporterState ex, Template t, Flow* f):
     process and domain sample input on the port it came in by (its ingressInterface; without
     one, any port), which its ingress records from that port tell. Egress records of packets
     whose input port is not sampled (output sampling only, an exporter sampling on some
-    interfaces' input and others' output) count, as nothing else estimates those packets.
+    interfaces' input and others' output, a packet in by another bridge's port) count, as
+    nothing else of this exporting process estimates those packets.
     The other records go through is_duplicate's pairing, as at 1:1: an egress record sent
     before the first ingress record from its port, and an ingress record of the same key and
     bytes after it, are one estimate twice (the ingress record is marked: the totals are the
@@ -2951,6 +2952,13 @@ cdef bint sampled_twin(ExporterState ex, Template t, Flow* f):
         # (the any-port key goes in with each port's first: not probed again per record)
         if not ingress_key_seen(ex, ingress_key(t, has_if, f.in_if), True) and has_if:
             ingress_key_seen(ex, ingress_key(t, False, 0), True)
+    elif has_if and f.in_if == 0 and f.in_name_off and not f.in_name_len:
+        # OVS writes an egress record's input port from its own bridge's ports, and zeros (index
+        # 0, an empty name) for a port it does not have (ofproto-dpif-ipfix.c,
+        # ipfix_put_iface_data_record): the packet came in by another bridge, through a patch
+        # port, and was not sampled on input by this exporting process. (Its own ports without a
+        # Linux ifindex, userspace tunnels and DPDK, are index 0 too, but named.)
+        pass
     elif ingress_key_seen(ex, ingress_key(t, has_if, f.in_if), False):
         return True
     return is_duplicate(ex, f)

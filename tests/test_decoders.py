@@ -268,6 +268,32 @@ def test_sampled_egress_records_count_where_their_input_port_is_not_sampled() ->
     assert got == [False, True, False, False, True, False]
 
 
+def test_sampled_egress_records_of_packets_from_another_bridge_count() -> None:
+    """Sampled 1:N, OVS fills an egress record's input port from its own bridge's ports: a packet
+    that came in by another bridge (through a patch port: br-ex to br-int) has ingressInterface
+    0 and an empty interfaceName, and its input was not sampled by this exporting process, so
+    its egress records count, also once the bridge has sampled input on its own ports that have
+    no Linux ifindex (a userspace Geneve port: index 0, named). Seen live with OVS 3.1's
+    userspace datapath: br-int with a Geneve port and a patch port, IPFIX on br-int only."""
+    t = _tpl(373, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("proto", 4, 0, 1), ("sport", 7, 0, 2), ("dport", 11, 0, 2),
+             ("b", 1, 0, 8), ("p", 2, 0, 8), ("in", 10, 0, 4), ("in_name", 82, 0, VARLEN),
+             ("out_name", 82, 0, VARLEN), ("dir", 61, 0, 1))
+    flow = {"src": "10.128.0.12", "dst": "10.128.0.11", "proto": 17, "sport": 41060, "dport": 6000, "in": 0,
+            "out_name": b"vh-a"}
+    patched = dict(flow, src="10.128.0.13", sport=41061, in_name=b"")
+    for dedup in (False, True):
+        dec = ovs_decoder(default_sampling=10, dedup=dedup)
+        dec.decode(ipfix_message([template_set([t])], seq=0, export_time=EXPORT), EXPORTER, 0, EXPORT)
+        got = []
+        # from the tunnel: in and out; then from the other bridge: out only, several times
+        for seq, rec in enumerate([dict(flow, dir=0, in_name=b"gnv0", out_name=b""), dict(flow, dir=1, in_name=b"gnv0"),
+                                   dict(patched, dir=1), dict(patched, dir=1), dict(flow, dir=1, in_name=b"gnv0")]):
+            rec.update(b=2000 * (seq + 1), p=10 * (seq + 1))   # (no two one packet's samples)
+            b = dec.decode(ipfix_message([data_set(t, [rec])], seq=seq, export_time=EXPORT), EXPORTER, 0, EXPORT)
+            got += [len(b) == 0] if dedup else [bool(f.get("Duplicate")) for f in b.to_dicts()]
+        assert got == [False, True, False, False, True]
+
+
 def test_sampled_egress_record_before_any_ingress_record_pairs_as_at_rate_one() -> None:
     """Sampled 1:N, an egress record that comes before any ingress record from its port is not
     known to be the duplicate estimate: it counts, and an ingress record of the same key and
