@@ -72,6 +72,13 @@ SERIES: dict[str, Series] = {s.name: s for s in [
            "of a source is its baseline; a datagram behind its sequence, reordered on the path or a copy, carries "
            "older values and is skipped, not taken for an agent restart; Open vSwitch always sends 0)",
            ("exporter", "protocol")),
+    Series("flowscope_exporter_not_sent", "counter", "What IPFIX exporters say they failed to send, by unit (flows, "
+           "packets, octets: notSentFlow/Packet/OctetTotalCount, IEs 166-168, of their Exporting Process Reliability "
+           "Statistics options records, RFC 7011 4.3; Open vSwitch reports its failed message sends as packets): the "
+           "increases of those cumulative totals per exporting process (address and source port), observation domain "
+           "and exportingProcessId scope (the first value seen of each is its baseline; a value that goes down is a "
+           "counter that restarted, a new baseline). NetFlow v9 defines no such field: nothing for netflow9",
+           ("exporter", "protocol", "unit")),
     Series("flowscope_sequence_resets", "counter", "Exporter restarts: a sequence number that jumped by more than "
            "2^20, or went back with a header uptime (netflow5, netflow7, netflow9, sflow5) that went back by more than a "
            "minute, or went back and kept following on in sequence for a second (a process restarted on the same port); "
@@ -83,7 +90,8 @@ SERIES: dict[str, Series] = {s.name: s for s in [
            "(--max-exporters) or their state too large (--max-exporter-state); the least recently seen go, their "
            "counters stay under exporter=\"other\"", ()),
     Series("flowscope_exporter_state_bytes", "gauge", "Estimated memory of the exporters' decoder state beside "
-           "templates (sequence streams, options-learned rates and clocks, sFlow drops baselines, --dedup tables), "
+           "templates (sequence streams, options-learned rates and clocks, sFlow drops and IPFIX notSent baselines, "
+           "--dedup tables), "
            "bounded by --max-exporter-state per worker", ()),
     Series("flowscope_template_fields", "gauge", "Template fields counted against --max-template-fields (per "
            "worker): all exporters' templates' fields plus 24 per template for its own objects, templates restored "
@@ -237,7 +245,7 @@ class ExporterLabels:
     #: decoder_series' counters, which an evicted exporter's carry keeps under its own label
     COUNTERS = ("flowscope_datagrams", "flowscope_flows", "flowscope_decode_errors", "flowscope_missing_template_sets",
                 "flowscope_sequence_lost", "flowscope_sequence_resets", "flowscope_templates_evicted",
-                "flowscope_exporter_sample_drops")
+                "flowscope_exporter_sample_drops", "flowscope_exporter_not_sent")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -288,13 +296,14 @@ def decoder_series(stats: dict[str, Any], labels: ExporterLabels) -> Snapshot:
                                            "flowscope_missing_template_sets", "flowscope_templates",
                                            "flowscope_sampling_rate", "flowscope_sequence_lost",
                                            "flowscope_sequence_resets", "flowscope_templates_evicted",
-                                           "flowscope_exporter_sample_drops")}
+                                           "flowscope_exporter_sample_drops", "flowscope_exporter_not_sent")}
     # the folded counters of evicted exporters (decoders.EVICTED) are never a label of their own
     names = labels.assign({e: int(s[0]) for e, s in stats.items() if e != EVICTED})
     names[EVICTED] = OTHER
     dg, fl, mt, tm = (out["flowscope_datagrams"], out["flowscope_flows"], out["flowscope_missing_template_sets"],
                       out["flowscope_templates"])
     errs, rates = out["flowscope_decode_errors"], out["flowscope_sampling_rate"]
+    ns = out["flowscope_exporter_not_sent"]
     for exporter, (_datagrams, rate, protocol, protocols, templates) in stats.items():
         name = names[exporter]
         # One exporter often speaks several protocols (an OVS node sends IPFIX, sFlow and
@@ -315,6 +324,9 @@ def decoder_series(stats: dict[str, Any], labels: ExporterLabels) -> Snapshot:
             for reason, n in p["errors"].items():
                 el = (name, proto, reason)
                 errs[el] = errs.get(el, 0) + n
+            for unit, n in p.get("not_sent", {}).items():
+                ul = (name, proto, unit)
+                ns[ul] = ns.get(ul, 0) + n
         if rate:
             lab = (name, protocol or "unknown")
             rates[lab] = max(rates.get(lab, 0), rate)

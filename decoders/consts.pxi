@@ -28,9 +28,11 @@ DEF SEQ_HELD_MS = 60000            # an IPFIX loss held back as ambiguous (ipfix
 DEF SEQ_FILLED_RING = 16            # late sequence numbers remembered per stream (duplicates fill nothing)
 DEF DROPS_MAX_SOURCES = 1024         # sFlow data sources whose drops counters are tracked per exporter
 DEF OPTIONS_MAX_ENTRIES = 1024       # per exporter, in each dict of what options data teaches
+DEF NOT_SENT_MAX_KEYS = 1024         # IPFIX notSent*TotalCount counters tracked per exporter (learn_not_sent)
 DEF WITHDRAWN_MAX = 256              # per exporter, exporting processes (source ports) remembered as withdrawn
 DEF STATE_BYTES_EXPORTER = 2560     # estimated bytes of an exporter's state (ExporterState.state_size):
-DEF STATE_BYTES_ENTRY = 200          # ... of each options-learned entry and sFlow drops source
+DEF STATE_BYTES_ENTRY = 200          # ... of each options-learned entry, sFlow drops source and
+                                     # notSent counter
 DEF STATE_BYTES_STREAM = 450         # ... of each sequence stream
 DEF DEDUP_WINDOW_MS = 250            # end times of one packet's ingress and egress records differ by less (is_duplicate)
 DEF DEDUP_COPY_MS = 10               # ... and those of its copies flooded to several ports

@@ -287,6 +287,7 @@ cdef class Template:
     cdef bint has_tcp_counts
     cdef int vlans            # elements giving the Vlan (58, 243): with two, the first non-zero
     cdef bint events          # firewall event records (NSEL): never sampled (resolve_sampling)
+    cdef bint not_sent        # IPFIX options with notSent*TotalCount (166-168): learn_not_sent
     cdef readonly double refreshed  # receive time of the datagram that (re)defined it (eviction order)
     # Receive time (down to SEEN_STEP_S) of the latest data read with it, or of what a state file
     # loaded at start said of its exporting process: with `refreshed` and the process's withdrawal,
@@ -338,6 +339,10 @@ cdef Template compile_template(int version, uint32_t domain, uint16_t tid, tuple
     # firewallEvent (233), or Cisco NSEL's NF_F_FW_EVENT (v9 40005): a firewall's connection
     # events, a log of every connection, not samples
     t.events = not options and (233 in ies or (version == 9 and 40005 in ies))
+    # RFC 7011 4.3 Exporting Process Reliability Statistics: what the exporter failed to send, as
+    # cumulative totals (Open vSwitch fills 167 with its failed sends). IPFIX only: NetFlow v9
+    # (RFC 3954) defines no such field type.
+    t.not_sent = options and version == 10 and not ies.isdisjoint((166, 167, 168))
     for i in range(n):
         ie, pen, length = spec[i]
         fs = &t.fields[i]
@@ -592,6 +597,7 @@ cdef class ExporterState:
     cdef uint32_t msg_seq              # the IPFIX message being decoded: its sequence number
     cdef public Py_ssize_t pending_gaps  # open sequence gaps of all its streams (settle_gaps skips when 0)
     cdef dict drops_seen               # sFlow (stream, sample kind and source) -> its drops counter's last value
+    cdef readonly dict not_sent_seen   # IPFIX (port, domain, exportingProcessId, unit) -> its notSent total's last value
     cdef int64_t clk_cur               # smallest receive - export time (ms) in the current window
     cdef int64_t clk_prev              # ... in the previous one (clock_shift)
     cdef int64_t clk_start             # receive time (ms) the current window began; 0 = none yet
@@ -641,6 +647,7 @@ cdef class ExporterState:
         self.tpl_domains = set()
         self.borrowers = set()
         self.drops_seen = {}
+        self.not_sent_seen = {}
 
     cdef Py_ssize_t state_size(self) noexcept:
         """Estimated bytes of its state beside templates (those have their own bound,
@@ -649,7 +656,8 @@ cdef class ExporterState:
         stays within a third of what the state really takes)."""
         return (STATE_BYTES_EXPORTER
                 + STATE_BYTES_ENTRY * (len(self.domain_sampling) + len(self.sampler_rates)
-                                       + len(self.interface_rates) + len(self.sysinit_ms) + len(self.drops_seen) + len(self.withdrawn))
+                                       + len(self.interface_rates) + len(self.sysinit_ms) + len(self.drops_seen) + len(self.withdrawn)
+                                       + len(self.not_sent_seen))
                 + STATE_BYTES_STREAM * (len(self.seq_streams) + len(self.seq_ports))
                 + STATE_BYTES_ENTRY * (self.dom_entries + len(self.tpl_domains) + len(self.borrowers))
                 + (DEDUP_SLOTS * (sizeof(uint64_t) + sizeof(int64_t)) if self.dedup_keys != NULL else 0)
@@ -679,7 +687,7 @@ cdef class ExporterState:
         if d is None:
             d = self._by_protocol[name] = {"datagrams": 0, "flows": 0, "errors": {}, "missing_template_sets": 0,
                                           "sequence_lost": 0, "sequence_resets": 0, "templates_evicted": 0,
-                                          "sample_drops": 0}
+                                          "sample_drops": 0, "not_sent": {}}
         return d
 
     cdef void sequence(self, int kind, uint32_t port, uint64_t domain, uint32_t seq, uint32_t advance,
@@ -1159,6 +1167,8 @@ cdef class ExporterState:
                 mine[key] += d[key]
             for reason, n in d["errors"].items():
                 mine["errors"][reason] = mine["errors"].get(reason, 0) + n
+            for unit, n in d["not_sent"].items():
+                mine["not_sent"][unit] = mine["not_sent"].get(unit, 0) + n
         for mine, d in ((self.errors, other.errors), (self.dropped, other.dropped)):
             for reason, n in d.items():
                 mine[reason] = mine.get(reason, 0) + n
@@ -1169,7 +1179,7 @@ cdef class ExporterState:
 
     def stats(self):
         cdef dict tp = self.templates_by_protocol()
-        per = {name: dict(d, errors=dict(d["errors"]), templates=tp.get(name, 0))
+        per = {name: dict(d, errors=dict(d["errors"]), not_sent=dict(d["not_sent"]), templates=tp.get(name, 0))
                for name, d in self.protocol_counts().items()}
         return {
             "protocols": per,
@@ -2183,6 +2193,8 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
         own_rate = rate_from(sampling_interval, sampling_space, sampling_size, sampling_population,
                              sampling_prob)
         learn_options(dec, ex, t, own_rate, has_sampler, sampler_id, has_scope_if, scope_if, rec_sysinit)
+        if t.not_sent:
+            learn_not_sent(ex, t, s.buf, rec_start, s.pos)
         if dec.keep_options:
             if b._options is None:
                 b._options = []
@@ -2777,6 +2789,58 @@ cdef void learn(Decoder dec, ExporterState ex, dict d, tuple key, object value):
                                                 f"already has {len(d)} such entries")
         return
     d[key] = value
+
+
+NOT_SENT_UNITS = {166: "flows", 167: "packets", 168: "octets"}
+
+
+cdef void learn_not_sent(ExporterState ex, Template t, const uint8_t* buf, Py_ssize_t start, Py_ssize_t end):
+    """An IPFIX Exporting Process Reliability Statistics record (RFC 7011 4.3): its cumulative
+    notSentFlow/Packet/OctetTotalCount (166-168), per exporting process (source port), domain and
+    exportingProcessId scope (144, when the record has one). Their increase since the key's last
+    value is counted; the first value seen of a key is its baseline (losses before flowscope
+    started are not new), and a value below the last one is a counter that restarted: a new
+    baseline, nothing counted (the loss between its last report and the restart is not known).
+    Options records only (t.not_sent): their record is walked again here, never the data
+    records' path. Bounded as ExporterState.sample_drops is: a spray of scopes or ports only
+    starts the baselines over."""
+    cdef Reader r
+    cdef int i
+    cdef Py_ssize_t L
+    cdef const uint8_t* p
+    cdef FieldSpec* fs
+    cdef object scope = None, key, last
+    cdef uint64_t v, prev
+    cdef list found = []
+    cdef dict counts
+    rd_init(&r, buf, start, end)
+    for i in range(t.n_fields):
+        fs = &t.fields[i]
+        L = fs.length
+        if L == VARLEN:
+            L = rd_u8(&r)
+            if L == 255:
+                L = rd_u16(&r)
+        p = rd_take(&r, L)
+        if fs.pen or not 1 <= L <= 8:
+            continue
+        if fs.ie == 144 and i < t.scope_fields and scope is None:
+            scope = beN(p, L)
+        elif 166 <= fs.ie <= 168:
+            found.append((fs.ie, beN(p, L)))
+    for ie, v in found:
+        key = (t.port, t.domain, scope, ie)
+        last = ex.not_sent_seen.get(key)
+        if last is None and len(ex.not_sent_seen) >= NOT_SENT_MAX_KEYS:
+            ex.not_sent_seen.clear()
+        ex.not_sent_seen[key] = v
+        if last is None:
+            continue
+        prev = last
+        if v > prev:
+            counts = ex.proto_stats(ex.cur_protocol)["not_sent"]
+            unit = NOT_SENT_UNITS[ie]
+            counts[unit] = counts.get(unit, 0) + (v - prev)
 
 
 cdef void forget_options(ExporterState ex, int version, uint32_t domain, uint16_t port):

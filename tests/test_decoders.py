@@ -1369,7 +1369,7 @@ def test_stats_per_protocol_for_one_exporter() -> None:
     st = dec.stats()[EXPORTER]
     assert st["protocols"]["ipfix"] == {"datagrams": 2, "flows": 4, "errors": {}, "missing_template_sets": 0,
                                         "sequence_lost": 0, "sequence_resets": 0, "templates_evicted": 0,
-                                        "sample_drops": 0, "templates": 3}
+                                        "sample_drops": 0, "not_sent": {}, "templates": 3}
     assert st["protocols"]["netflow5"]["flows"] == 30 and st["protocols"]["netflow5"]["datagrams"] == 1
     assert st["protocols"]["unknown"]["errors"] == {"truncated": 1}
     assert st["datagrams"] == 4 and st["flows"] == 34
@@ -2412,6 +2412,99 @@ def _options_template_set(templates: list[IpfixTemplate]) -> bytes:
         body += struct.pack("!HHH", t.template_id, len(t.fields), t.options_scope)
         body += b"".join(struct.pack("!HH", ie, ln) for _n, ie, _pen, ln in t.fields)
     return struct.pack("!HH", 3, 4 + len(body)) + body
+
+
+# RFC 7011 4.3 Exporting Process Reliability Statistics as Open vSwitch sends them: an options
+# template (under domain 0) scoped by exportingProcessId (144) with notSentPacketTotalCount (167).
+NOT_SENT_OVS = _tpl(400, ("process", 144, 0, 4), ("packets", 167, 0, 8), scope=1)
+# ... with all three totals (166 flows, 167 packets, 168 octets, reduced-size 4-byte ones too)
+NOT_SENT_ALL = _tpl(401, ("process", 144, 0, 4), ("flows", 166, 0, 8), ("packets", 167, 0, 4),
+                    ("octets", 168, 0, 8), scope=1)
+# ... without a scope element of its own (scoped by an observationDomainId instead)
+NOT_SENT_NOSCOPE = _tpl(402, ("domain", 149, 0, 4), ("packets", 167, 0, 8), scope=1)
+
+
+def _not_sent(tpl: IpfixTemplate, records: list[dict[str, object]], *, domain: int = 0) -> bytes:
+    """An IPFIX message with the options template and its records."""
+    return ipfix_message([_options_template_set([tpl]), data_set(tpl, records)], seq=0, export_time=EXPORT,
+                         domain=domain)
+
+
+def _not_sent_counts(dec: Decoder) -> dict[str, int]:
+    """The exporter's flowscope_exporter_not_sent_total series by unit, and its stats agree."""
+    snap = decoder_series(dec.series_stats(), ExporterLabels(4))["flowscope_exporter_not_sent"]
+    assert all(lab[:2] == (EXPORTER, "ipfix") for lab in snap), snap
+    by_unit = {lab[2]: v for lab, v in snap.items()}
+    assert dec.stats()[EXPORTER]["protocols"]["ipfix"]["not_sent"] == by_unit
+    return by_unit
+
+
+def test_not_sent_totals_count_their_increases_after_the_first_value() -> None:
+    """notSentFlow/Packet/OctetTotalCount (166-168) are cumulative: the first value seen is the
+    baseline (what the exporter failed to send before flowscope started is not new loss), each
+    increase after it is counted, a repeated value adds nothing, per unit."""
+    dec = Decoder()
+    for v in (9, 9, 50, 60):
+        b = dec.decode(_not_sent(NOT_SENT_OVS, [{"process": 1, "packets": v}]), EXPORTER, 4739)
+        assert b.error is None and len(b) == 0
+    assert _not_sent_counts(dec) == {"packets": 60 - 9}
+    for flows, packets, octets in ((100, 1000, 10**6), (103, 1010, 10**6 + 2000), (110, 1010, 10**6 + 2500)):
+        dec.decode(_not_sent(NOT_SENT_ALL, [{"process": 7, "flows": flows, "packets": packets, "octets": octets}]),
+                   EXPORTER, 4739)
+    assert _not_sent_counts(dec) == {"packets": 51 + 10, "flows": 10, "octets": 2500}
+    # NetFlow v9 (RFC 3954) has no such field: a v9 options record with type 167 is not read as it
+    v9_tpl = _tpl(400, ("system", 1, 0, 4), ("packets", 167, 0, 8), scope=1)
+    v9 = Decoder(DecoderConfig(keep_options=True))
+    for v in (1, 5):
+        # RFC 3954 6.1: template id, scope length and option length in bytes; scope System (1)
+        body = struct.pack("!HHH", 400, 4, 4) + struct.pack("!HHHH", 1, 4, 167, 8)
+        b = v9.decode(v9_datagram([struct.pack("!HH", 1, 4 + len(body)) + body,
+                                   v9_data_set(v9_tpl, [{"system": 0, "packets": v}])], seq=v, unix_secs=EXPORT,
+                                  uptime_ms=5000), EXPORTER)
+        assert b.error is None and len(b.options) == 1
+    assert v9.stats()[EXPORTER]["protocols"]["netflow9"]["not_sent"] == {}
+
+
+def test_a_not_sent_total_that_goes_down_is_a_new_baseline() -> None:
+    """A total below its last value is a counter that restarted (an exporter restart): a new
+    baseline, nothing counted for it (read as a wrap, it would count ~2^64)."""
+    dec = Decoder()
+    for v in (100, 120, 5, 8):
+        dec.decode(_not_sent(NOT_SENT_OVS, [{"process": 1, "packets": v}]), EXPORTER, 4739)
+    assert _not_sent_counts(dec) == {"packets": 20 + 3}
+
+
+def test_not_sent_totals_are_kept_apart_per_process_domain_and_scope() -> None:
+    """Each exporting process (source port), observation domain and exportingProcessId value (and
+    a record without that scope) has its own total and baseline: interleaved, none is read as
+    another's increase or restart."""
+    dec = Decoder()
+    keys = [(4739, 0, NOT_SENT_OVS, 1), (4739, 0, NOT_SENT_OVS, 2), (4740, 0, NOT_SENT_OVS, 1),
+            (4739, 5, NOT_SENT_OVS, 1), (4739, 0, NOT_SENT_NOSCOPE, None)]
+    base = [10, 1000, 50_000, 7, 300]
+    for step in (0, 1, 2):
+        for (port, domain, tpl, process), b0 in zip(keys, base, strict=True):
+            rec = {"packets": b0 + step * (3 if process == 1 else 1)}
+            rec.update({"process": process} if process is not None else {"domain": domain})
+            dec.decode(_not_sent(tpl, [rec], domain=domain), EXPORTER, port)
+    # process 1 keys rose by 3 a step, the others by 1: two steps after each baseline
+    assert _not_sent_counts(dec) == {"packets": 3 * 6 + 2 * 2}
+    assert len(dec.exporter(EXPORTER).not_sent_seen) == len(keys)
+
+
+def test_not_sent_state_is_bounded_under_a_flood_of_scopes() -> None:
+    """A spray of exportingProcessId values cannot grow the exporter's state (NOT_SENT_MAX_KEYS,
+    1024, as sFlow drops sources are bounded): the table starts over, each new value is a
+    baseline, nothing is counted for the flood, and a counter followed after it counts again."""
+    dec = Decoder()
+    for i in range(0, 5000, 100):
+        dec.decode(_not_sent(NOT_SENT_OVS, [{"process": 10_000 + i + j, "packets": 1 + j} for j in range(100)]),
+                   EXPORTER, 4739)
+        assert len(dec.exporter(EXPORTER).not_sent_seen) <= 1024
+    assert _not_sent_counts(dec) == {}
+    for v in (40, 45):
+        dec.decode(_not_sent(NOT_SENT_OVS, [{"process": 1, "packets": v}]), EXPORTER, 4739)
+    assert _not_sent_counts(dec) == {"packets": 5}
 
 
 def test_state_entries_out_of_range_are_skipped_not_kept() -> None:
