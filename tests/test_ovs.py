@@ -550,6 +550,103 @@ def test_ovs_flow_sample_collector_set(env, decoders_mod) -> None:
     assert not problems, "\n".join(problems)
 
 
+LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
+
+
+def _not_sent_reports(packets: list[dict]) -> list[int]:
+    """notSentPacketTotalCount of every options record tshark decoded, in capture order."""
+    out: list[int] = []
+
+    def walk(v) -> None:
+        if isinstance(v, dict):
+            for k, x in v.items():
+                if k == "cflow.notsent_packets":
+                    out.extend(int(y) for y in (x if isinstance(x, list) else [x]))
+                else:
+                    walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+
+    for p in packets:
+        walk(p["cflow"])
+    return out
+
+
+def test_ovs_ipfix_failed_sends_are_counted(decoders_mod) -> None:
+    """Open vSwitch reports its failed IPFIX sends in its Exporting Process Reliability Statistics
+    options record (RFC 7011 4.3; ofproto-dpif-ipfix.c fills notSentPacketTotalCount with its
+    exporter's tx_errors). Its second target here is a loopback port where nothing listens: each
+    datagram to it draws an ICMP port unreachable, and the next send on that connected socket fails
+    with ECONNREFUSED, which OVS counts. OVS 3.1 sends the record with its templates, when it
+    starts exporting and then every 600 s of its wall clock (IPFIX_TEMPLATE_INTERVAL, not
+    configurable before 3.3): ovs-vswitchd runs under libfaketime, whose clock is moved 700 s ahead
+    (monotonic time untouched) after the first failures, so the second record comes within
+    seconds. flowscope's flowscope_exporter_not_sent_total{unit="packets"} must rise by what OVS
+    reported beyond its first record (the baseline), and its decode equal tshark's."""
+    reason = N.root_skip_reason(*TOOLS)
+    if reason:
+        pytest.skip(reason)
+    if not Path(LIBFAKETIME).exists():
+        pytest.skip("libfaketime is not installed (make deps)")
+    d = Path(tempfile.mkdtemp(prefix="fs-ovs-notsent-"))
+    clock = d / "faketime"
+    clock.write_text("+0\n")
+    ns = N.NetNS()
+    ovs = O.OVS(ns, d)
+    try:
+        # FAKETIME_NO_CACHE: the offset file is read again at every clock reading
+        ovs.start(vswitchd_env={"LD_PRELOAD": LIBFAKETIME, "FAKETIME_TIMESTAMP_FILE": str(clock),
+                                "FAKETIME_NO_CACHE": "1", "DONT_FAKE_MONOTONIC": "1"})
+        br = ovs.add_bridge("br-int")
+        a, b = ovs.add_pod(br, 1), ovs.add_pod(br, 2)
+        port, dead = random.randint(20000, 29999), random.randint(30000, 39999)
+        N.udp_sink(ns, "127.0.0.1", port)   # (the namespace is the test's own: nothing listens on `dead`)
+        cap_path = d / "notsent.pcap"
+        cap = N.Capture(ns, cap_path, bpf=f"udp and dst port {port}")
+        try:
+            ovs.vsctl("--", "--id=@ipfix", "create", "ipfix", f'targets="127.0.0.1:{port}","127.0.0.1:{dead}"',
+                      "sampling=1", "cache_active_timeout=2", "cache_max_flows=100", "obs_domain_id=0",
+                      "--", "set", "bridge", br, "ipfix=@ipfix")
+            ovs.appctl("revalidator/purge")
+            time.sleep(1.0)
+            for jump in ("+0", "+700"):
+                clock.write_text(jump + "\n")
+                for i in range(4):  # flows expire every 2 s (cache_active_timeout): sends, some failing
+                    O.traffic(a, "udp-send", b.ipv4, 5300 + i, 3, 100, 40300 + i)
+                    time.sleep(1.0)
+                time.sleep(3.0)
+            tx_errors = O.ipfix_stats(ovs, br).get("tx errs", 0)
+        finally:
+            try:
+                ovs.clear_exports(br)
+            finally:
+                cap.stop()
+        datagrams, packets = split_capture(cap_path, port, "cflow")
+        reports = _not_sent_reports(packets)
+        assert len(reports) >= 2 and reports[-1] > reports[0], \
+            f"OVS's notSentPacketTotalCount records: {reports} (tx errs {tx_errors})"
+        assert reports[-1] <= tx_errors
+        assert len({dg.sport for dg in datagrams}) == 1
+        dec = decoders_mod.Decoder(decoders_mod.DecoderConfig(default_sampling=0))
+        problems = check_cflow_capture(dec, datagrams, packets, "ovs-ipfix-not-sent")
+        exporter = datagrams[0].src
+        got = dec.stats()[exporter]["protocols"]["ipfix"]["not_sent"]
+        if got != {"packets": reports[-1] - reports[0]}:
+            problems.append(f"not_sent {got}, OVS reported {reports}: {reports[-1] - reports[0]} beyond the first")
+        from collector.metrics import ExporterLabels, decoder_series
+
+        series = decoder_series(dec.series_stats(), ExporterLabels(4))["flowscope_exporter_not_sent"]
+        if series != {(exporter, "ipfix", "packets"): reports[-1] - reports[0]}:
+            problems.append(f"flowscope_exporter_not_sent series {series}")
+        assert not problems, "\n".join(problems)
+    finally:
+        ovs.stop()
+        ns.close()
+        if not os.environ.get("FLOWSCOPE_KEEP_CAPTURES"):
+            shutil.rmtree(d, ignore_errors=True)
+
+
 # ---- Two nodes joined by tunnels: OVN-Kubernetes' node-to-node pod traffic -------------------
 #
 # Each node is a namespace with its own ovs-vswitchd: br-int holds the node's pod and the tunnel

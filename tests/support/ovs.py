@@ -60,7 +60,9 @@ class OVS:
         self.pods: list[Pod] = []
         self.started = False
 
-    def start(self) -> None:
+    def start(self, *, vswitchd_env: dict[str, str] | None = None) -> None:
+        """Start both daemons; `vswitchd_env`: more environment for ovs-vswitchd alone (a
+        libfaketime clock, see test_ovs_ipfix_failed_sends_are_counted)."""
         schema = next((s for s in SCHEMA_CANDIDATES if Path(s).exists()), None)
         if schema is None:
             raise RuntimeError("vswitch.ovsschema not found")
@@ -70,7 +72,7 @@ class OVS:
         self.started = True
         self.vsctl("--no-wait", "init")
         self.ns.run(["ovs-vswitchd", self.db_sock, "--pidfile", "--detach", "--log-file",
-                     "--no-chdir"], env=self.env, timeout=60)
+                     "--no-chdir"], env=dict(self.env, **(vswitchd_env or {})), timeout=60)
 
     def vsctl(self, *args: str, timeout: float = 30.0) -> str:
         p = self.ns.run(["ovs-vsctl", f"--db={self.db_sock}", "--timeout=20", *args], env=self.env,
