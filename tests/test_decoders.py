@@ -2481,7 +2481,7 @@ def test_not_sent_totals_are_kept_apart_per_process_domain_and_scope() -> None:
     dec = Decoder()
     keys = [(4739, 0, NOT_SENT_OVS, 1), (4739, 0, NOT_SENT_OVS, 2), (4740, 0, NOT_SENT_OVS, 1),
             (4739, 5, NOT_SENT_OVS, 1), (4739, 0, NOT_SENT_NOSCOPE, None)]
-    base = [10, 1000, 50_000, 7, 300]
+    base = [10, 1000, 50_000, 70, 300]
     for step in (0, 1, 2):
         for (port, domain, tpl, process), b0 in zip(keys, base, strict=True):
             rec = {"packets": b0 + step * (3 if process == 1 else 1)}
