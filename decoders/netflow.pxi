@@ -584,6 +584,13 @@ cdef class ExporterState:
     cdef public double last_seen       # receive time of its latest datagram (eviction order)
     cdef readonly Py_ssize_t template_fields  # fields of its templates (Decoder.max_template_fields)
     cdef dict seq_streams              # (protocol kind, port, domain) -> SeqStream
+    # The numbering its NetFlow v5 and IPFIX streams decided (ipfix_convention): -1 none yet, 0
+    # the RFC's / Cisco's, 1 a message's own records included. A new stream of the protocol (a
+    # new source port) starts with it: Open vSwitch reopens its NetFlow socket at every bridge
+    # reconfiguration (netflow_set_options), a pod's port added among them, and a stream that
+    # short seldom sees the two size changes that decide it (its first one was held, then
+    # counted as lost when none came).
+    cdef signed char reading_v5, reading_ipfix
     cdef SeqStream cur_seq             # the stream of its latest datagram (no dict lookup and no key
                                        # tuple per datagram while one stream follows another)
     cdef dict seq_ports                # IPFIX exporter port -> SeqPort
@@ -642,6 +649,7 @@ cdef class ExporterState:
         memset(self.slot_datagrams, 0, sizeof(self.slot_datagrams))
         memset(self.slot_flows, 0, sizeof(self.slot_flows))
         self.seq_streams = {}
+        self.reading_v5 = self.reading_ipfix = -1
         self.seq_ports = {}
         self.tid_latest = {}
         self.tpl_domains = set()
@@ -711,6 +719,7 @@ cdef class ExporterState:
         changes nothing."""
         cdef SeqStream st = self.cur_seq
         cdef uint32_t ahead, behind, back, fill
+        cdef int reading
         cdef object key
         cdef int i, j
         if st is None or st.kind != kind or st.port != port or st.domain != domain:
@@ -725,6 +734,13 @@ cdef class ExporterState:
                     self.cur_port = None
                 st = SeqStream.__new__(SeqStream)
                 st.kind, st.port, st.domain = kind, port, domain
+                reading = (self.reading_v5 if kind == PROTO_NETFLOW5 else
+                           self.reading_ipfix if kind == PROTO_IPFIX else -1)
+                if reading == 1:                # decided as by the votes of another stream
+                    st.inclusive = True
+                    st.inc_votes = 2
+                elif reading == 0:
+                    st.rfc_votes = 2
                 self.seq_streams[key] = st
             self.cur_seq = st
         if st.ngaps and gap_expired(st.gap_ms[0], now_ms):
@@ -870,6 +886,12 @@ cdef class ExporterState:
                 if st.inclusive and st.rfc_votes + 1 >= st.inc_votes:
                     st.inclusive = False
                     st.next = st.last_seq + st.last_count
+            if st.inc_votes > st.rfc_votes + 1 or st.rfc_votes > st.inc_votes + 1:
+                # decided: the exporter's next streams (new source ports) start so
+                if st.kind == PROTO_NETFLOW5:
+                    self.reading_v5 = st.inclusive
+                else:
+                    self.reading_ipfix = st.inclusive
         st.has_last = True
         st.last_seq = seq
         st.prev_count = st.last_count

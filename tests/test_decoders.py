@@ -2948,6 +2948,44 @@ def test_netflow_v5_sequence_of_open_vswitch_numbers_the_last_record() -> None:
     assert run([m for i, m in enumerate(cisco) if i != 10]) == (6, 0)
 
 
+def test_a_new_v5_stream_starts_with_the_numbering_its_exporter_decided() -> None:
+    """Open vSwitch reopens its NetFlow socket at every bridge reconfiguration (a pod's port
+    added: lib/netflow.c netflow_set_options), so its v5 streams (one per source port) are often
+    too short to decide its numbering: a new stream's first size change was held and counted as
+    lost when no second one came. A new stream of an exporter now starts with the numbering its
+    earlier streams decided: OVS's (each datagram numbered with its last record) reads a short
+    new stream as lossless, and Cisco's (the flows before the datagram) counts a new stream's
+    loss at once, even one shaped like the other numbering's step."""
+    rng = random.Random(37)
+    t0 = float(EXPORT)
+
+    def feed(dec: Decoder, msgs: list[tuple[int, int]], port: int, t: float) -> None:
+        for i, (seq, n) in enumerate(msgs):
+            dec.decode(v5_datagram(v5_records(n, rng, uptime_ms=100_000 + i * 5000), seq=seq,
+                                   unix_secs=EXPORT + i * 5, uptime_ms=100_000 + i * 5000), EXPORTER, port,
+                       t + i * 0.01)
+
+    counts = [3, 1, 8, 2, 5, 4, 9, 1, 4, 2]
+    ovs = [(s - 1, n) for s, n in zip(itertools.accumulate(counts), counts, strict=True)]
+    cisco = list(zip(itertools.accumulate([0, *counts[:-1]]), counts, strict=True))
+    short_ovs = [(1, 2), (4, 3)]        # records 0-1, then 2-4: nothing lost by OVS's numbering
+    short_cisco = [(0, 2), (3, 3)]      # flows 0-1, then 3-5: flow 2 lost by Cisco's
+    dec = Decoder()
+    feed(dec, short_ovs, 2056, t0)
+    assert _seq_at(dec, "netflow5", t0 + 600) == (1, 0)       # alone, undecided: counted at last
+    dec = Decoder()
+    feed(dec, ovs, 2055, t0)
+    feed(dec, short_ovs, 2056, t0 + 1)
+    assert _seq_at(dec, "netflow5", t0 + 600) == (0, 0)
+    dec = Decoder()
+    feed(dec, short_cisco, 2056, t0)
+    assert _seq_at(dec, "netflow5", t0 + 5) == (0, 0)         # alone: held as maybe the other numbering
+    dec = Decoder()
+    feed(dec, cisco, 2055, t0)
+    feed(dec, short_cisco, 2056, t0 + 1)
+    assert _seq_at(dec, "netflow5", t0 + 5) == (1, 0)
+
+
 def test_v9_sequence_that_counts_flows_not_packets() -> None:
     """RFC 3954 5.1 numbers v9 export packets; Juniper's v9 numbers the flows sent before the
     packet, as NetFlow v5 does. Once the steps show it (two packets whose step is the previous
