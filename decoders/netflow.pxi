@@ -859,7 +859,7 @@ cdef class ExporterState:
         recounted (gap_adj). Options records, which softflowd leaves out, may make its step
         smaller than the count: up to the count, the step is what the message advanced by.
         NetFlow v5 is read the same way (its flow_sequence counts the flows before the datagram):
-        Open vSwitch sets it to the number of the datagram's last record (lib/netflow.c
+        Open vSwitch sets it to the number of the datagram's last record (ofproto/netflow.c
         gen_netflow_rec: `flow_seq = netflow_cnt++` for every record it adds), its own records
         but one, so its steps are the new datagram's count too."""
         cdef uint32_t step = seq - st.last_seq

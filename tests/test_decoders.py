@@ -2920,7 +2920,7 @@ def test_netflow_v5_v9_and_sflow_sequences() -> None:
 
 def test_netflow_v5_sequence_of_open_vswitch_numbers_the_last_record() -> None:
     """NetFlow v5's flow_sequence counts the flows before the datagram; Open vSwitch sets it to
-    the number of the datagram's last record (lib/netflow.c: `flow_seq = netflow_cnt++` per
+    the number of the datagram's last record (ofproto/netflow.c: `flow_seq = netflow_cnt++` per
     record), so its steps are the new datagram's record count. Record counts and sequence
     numbers as OVS 3.1 sent them (20 datagrams, none lost on the loopback): none counted lost
     (26 were), a lost datagram counts its records, a reordered one nothing. A Cisco-numbered
@@ -2950,7 +2950,7 @@ def test_netflow_v5_sequence_of_open_vswitch_numbers_the_last_record() -> None:
 
 def test_a_new_v5_stream_starts_with_the_numbering_its_exporter_decided() -> None:
     """Open vSwitch reopens its NetFlow socket at every bridge reconfiguration (a pod's port
-    added: lib/netflow.c netflow_set_options), so its v5 streams (one per source port) are often
+    added: ofproto/netflow.c netflow_set_options), so its v5 streams (one per source port) are often
     too short to decide its numbering: a new stream's first size change was held and counted as
     lost when no second one came. A new stream of an exporter now starts with the numbering its
     earlier streams decided: OVS's (each datagram numbered with its last record) reads a short
