@@ -1016,10 +1016,7 @@ cdef class ExporterState:
         if drops == 0 or late:
             return
         key = (stream, kind, source)
-        last = self.drops_seen.get(key)
-        if last is None and len(self.drops_seen) >= DROPS_MAX_SOURCES:
-            self.drops_seen.clear()     # bounded: a spray of sources only starts the baselines over
-        self.drops_seen[key] = drops
+        last = keep_last(self.drops_seen, key, drops, DROPS_MAX_SOURCES)
         if last is None:
             return
         delta = drops - <uint32_t>last if drops >= <uint32_t>last else drops
@@ -2816,6 +2813,18 @@ cdef void learn(Decoder dec, ExporterState ex, dict d, tuple key, object value):
 NOT_SENT_UNITS = {166: "flows", 167: "packets", 168: "octets"}
 
 
+cdef inline object keep_last(dict seen, object key, object value, Py_ssize_t limit):
+    """A cumulative counter's previous value under key (None: first seen, value is its
+    baseline), value kept as its last. Bounded: a new key past `limit` starts the table over (a
+    spray of keys only starts the baselines over). sFlow drops (ExporterState.sample_drops) and
+    IPFIX notSent totals (learn_not_sent)."""
+    cdef object last = seen.get(key)
+    if last is None and len(seen) >= limit:
+        seen.clear()
+    seen[key] = value
+    return last
+
+
 cdef void learn_not_sent(ExporterState ex, Template t, const uint8_t* buf, Py_ssize_t start, Py_ssize_t end):
     """An IPFIX Exporting Process Reliability Statistics record (RFC 7011 4.3): its cumulative
     notSentFlow/Packet/OctetTotalCount (166-168), per exporting process (source port), domain and
@@ -2831,7 +2840,7 @@ cdef void learn_not_sent(ExporterState ex, Template t, const uint8_t* buf, Py_ss
     cdef Py_ssize_t L
     cdef const uint8_t* p
     cdef FieldSpec* fs
-    cdef object scope = None, key, last
+    cdef object scope = None, last
     cdef uint64_t v, prev
     cdef list found = []
     cdef dict counts
@@ -2851,11 +2860,7 @@ cdef void learn_not_sent(ExporterState ex, Template t, const uint8_t* buf, Py_ss
         elif 166 <= fs.ie <= 168:
             found.append((fs.ie, beN(p, L)))
     for ie, v in found:
-        key = (t.port, t.domain, scope, ie)
-        last = ex.not_sent_seen.get(key)
-        if last is None and len(ex.not_sent_seen) >= NOT_SENT_MAX_KEYS:
-            ex.not_sent_seen.clear()
-        ex.not_sent_seen[key] = v
+        last = keep_last(ex.not_sent_seen, (t.port, t.domain, scope, ie), v, NOT_SENT_MAX_KEYS)
         if last is None:
             continue
         prev = last

@@ -19,6 +19,7 @@ the tunnels that were built, around the inner flows that were sent.
 from __future__ import annotations
 
 import collections
+import contextlib
 import ipaddress
 import os
 import random
@@ -26,6 +27,7 @@ import shutil
 import struct
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,8 +61,10 @@ class Env:
     dir: Path
 
 
-@pytest.fixture(scope="module")
-def env():
+@contextlib.contextmanager
+def ovs_env(vswitchd_env: Callable[[Path], dict[str, str]] | None = None) -> Iterator[Env]:
+    """OVS in a namespace of its own with br-int and two pods; skipped with the reason without
+    root or the tools. `vswitchd_env`: more environment for ovs-vswitchd, from the run directory."""
     reason = N.root_skip_reason(*TOOLS)
     if reason:
         pytest.skip(reason)
@@ -68,7 +72,7 @@ def env():
     ns = N.NetNS()
     ovs = O.OVS(ns, d)
     try:
-        ovs.start()
+        ovs.start(vswitchd_env=vswitchd_env(d) if vswitchd_env else None)
         br = ovs.add_bridge("br-int")
         a = ovs.add_pod(br, 1)
         b = ovs.add_pod(br, 2)
@@ -78,6 +82,12 @@ def env():
         ns.close()
         if not os.environ.get("FLOWSCOPE_KEEP_CAPTURES"):  # set it to keep captures and logs
             shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def env():
+    with ovs_env() as e:
+        yield e
 
 
 @dataclass
@@ -584,22 +594,18 @@ def test_ovs_ipfix_failed_sends_are_counted(decoders_mod) -> None:
     (monotonic time untouched) after the first failures, so the second record comes within
     seconds. flowscope's flowscope_exporter_not_sent_total{unit="packets"} must rise by what OVS
     reported beyond its first record (the baseline), and its decode equal tshark's."""
-    reason = N.root_skip_reason(*TOOLS)
-    if reason:
-        pytest.skip(reason)
     if not Path(LIBFAKETIME).exists():
         pytest.skip("libfaketime is not installed (make deps)")
-    d = Path(tempfile.mkdtemp(prefix="fs-ovs-notsent-"))
-    clock = d / "faketime"
-    clock.write_text("+0\n")
-    ns = N.NetNS()
-    ovs = O.OVS(ns, d)
-    try:
+
+    def faked(d: Path) -> dict[str, str]:
         # FAKETIME_NO_CACHE: the offset file is read again at every clock reading
-        ovs.start(vswitchd_env={"LD_PRELOAD": LIBFAKETIME, "FAKETIME_TIMESTAMP_FILE": str(clock),
-                                "FAKETIME_NO_CACHE": "1", "DONT_FAKE_MONOTONIC": "1"})
-        br = ovs.add_bridge("br-int")
-        a, b = ovs.add_pod(br, 1), ovs.add_pod(br, 2)
+        (d / "faketime").write_text("+0\n")
+        return {"LD_PRELOAD": LIBFAKETIME, "FAKETIME_TIMESTAMP_FILE": str(d / "faketime"), "FAKETIME_NO_CACHE": "1",
+                "DONT_FAKE_MONOTONIC": "1"}
+
+    with ovs_env(faked) as e:
+        ovs, ns, br, a, b, d = e.ovs, e.ns, e.bridge, e.a, e.b, e.dir
+        clock = d / "faketime"
         port, dead = random.randint(20000, 29999), random.randint(30000, 39999)
         N.udp_sink(ns, "127.0.0.1", port)   # (the namespace is the test's own: nothing listens on `dead`)
         cap_path = d / "notsent.pcap"
@@ -640,11 +646,6 @@ def test_ovs_ipfix_failed_sends_are_counted(decoders_mod) -> None:
         if series != {(exporter, "ipfix", "packets"): reports[-1] - reports[0]}:
             problems.append(f"flowscope_exporter_not_sent series {series}")
         assert not problems, "\n".join(problems)
-    finally:
-        ovs.stop()
-        ns.close()
-        if not os.environ.get("FLOWSCOPE_KEEP_CAPTURES"):
-            shutil.rmtree(d, ignore_errors=True)
 
 
 # ---- Two nodes joined by tunnels: OVN-Kubernetes' node-to-node pod traffic -------------------
