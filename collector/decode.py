@@ -62,9 +62,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         import enrich
     except ImportError:  # enrichment is optional at this seam
         return
+    parser.add_argument("--sync-timeout", type=_sync_timeout, default=60.0, metavar="SECONDS",
+                        help="with --kubeconfig: how long to wait for every informer's first full list "
+                             "before giving up (exit 1, naming the kinds not listed and why) [default: 60]")
     add = getattr(enrich, "add_cli_arguments", None)
     if add is not None:
         add(parser)
+
+
+def _sync_timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text!r}")
+    return value
 
 
 def _enricher(args: argparse.Namespace) -> tuple[Any, Callable[[], None]]:
@@ -91,9 +104,13 @@ def _enricher(args: argparse.Namespace) -> tuple[Any, Callable[[], None]]:
         raise SystemExit(2)
     enricher = enrich.Enricher(cfg)
     enricher.start()
-    if not enricher.wait_ready(timeout=60.0):
+    timeout = getattr(args, "sync_timeout", 60.0)
+    if not enricher.wait_ready(timeout=timeout):
+        # which kinds, and each one's latest failure (an RBAC verb missing, a server not reachable)
+        why = "; ".join(enricher.unsynced())
         enricher.stop()
-        raise SystemExit("flowscope decode: Kubernetes informers did not sync within 60 s")
+        raise SystemExit(f"flowscope decode: Kubernetes informers did not sync within {timeout:g} s"
+                         + (f": {why}" if why else ""))
     return enricher, enricher.stop
 
 

@@ -468,3 +468,28 @@ def test_keyed_batches_carry_the_same_enriched_flows_and_count_each_lookup_once(
     assert sorted(got) == sorted(want) and any(b"SrcK8S_Name" in x for x in got)
     # to_json(e) of every datagram above looked up once more per flow than the writer did
     assert lookups() - before == per_pass // 2
+
+
+def test_decode_names_the_informers_that_did_not_sync(fake_kube: FakeKube, tmp_path: Path) -> None:  # noqa: F811
+    """An API server that answers every kind but one (RBAC without `list services`): decode gives
+    up after --sync-timeout, before any flow, and says which kind and why (it said only that
+    the informers did not sync, after a fixed 60 s)."""
+    fake_kube.add("nodes", node("node-a", internal=["10.0.0.1"]))
+    fake_kube.fail("services", "list", "forbidden")
+    kubeconfig = fake_kube.write_kubeconfig(tmp_path / "kubeconfig")
+    base: dict[str, Any] = ovs_flows(1, random.Random(2), direction=1)[0]
+    cap = tmp_path / "k8s.pcap"
+    write_pcap(cap, [
+        (EXPORT, "10.0.0.1", 50000, ipfix_message([template_set([OVS_EGRESS]), data_set(OVS_EGRESS, [base])],
+                                                  seq=0, export_time=EXPORT)),
+    ])
+    p = run_decode(str(cap), "--kubeconfig", str(kubeconfig), "--sync-timeout", "3")
+    err = p.stderr.decode()
+    assert p.returncode == 1 and p.stdout == b"", err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("flowscope decode: Kubernetes informers did not sync within 3 s: services not synced "
+                           "(forbidden"), err
+    assert "'list'" in last and "pods" not in last and "nodes not synced" not in last, last
+    for bad in ("0", "-1", "soon", "inf"):
+        p = run_decode(str(cap), "--kubeconfig", str(kubeconfig), "--sync-timeout", bad)
+        assert p.returncode == 2 and b"--sync-timeout" in p.stderr, (bad, p.stderr.decode())
