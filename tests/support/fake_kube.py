@@ -255,7 +255,7 @@ class FakeKube:
 
     def fail(self, kind: str, verb: str, what: str, *, times: int | None = None) -> None:
         """Inject a fault for list or watch: forbidden, slow_forbidden (403 after 1.2 s),
-        unauthorized, garbage, drop, error500, error500_event (watch only: the stream's first event is an ERROR
+        unauthorized, garbage, drop, error500, unavailable (503 with Retry-After: 1), error500_event (watch only: the stream's first event is an ERROR
         Status 500 InternalError, then it ends, as an etcd timeout is reported once the watch is open),
         gone_http (watch only: HTTP 410 Expired before any stream), bad_request (HTTP 400 BadRequest), throttle (429 with Retry-After: 2), throttle_event
         (watch only: ERROR 429 with details.retryAfterSeconds 3), too_large_event (watch only: ERROR 504
@@ -416,6 +416,10 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "throttle":
             self._send_json(429, status(429, "TooManyRequests", "too many requests, please try again later"),
                             headers={"Retry-After": "2"})
+            return
+        if fault == "unavailable":  # an API server shedding load (or an aggregator), with Retry-After
+            self._send_json(503, status(503, "ServiceUnavailable", "the server is currently unable to handle the "
+                                        "request"), headers={"Retry-After": "1"})
             return
         if fault == "drop":
             self._drop()
