@@ -454,6 +454,8 @@ cdef class SeqStream:
     cdef uint32_t port
     cdef uint64_t domain
     cdef bint synced        # next is known (False: new, or the last message was not decoded whole)
+    cdef bint floor         # not synced, next is the number of an IPFIX message not counted (its records
+                            # unknown): what is numbered at or before it was sent before it (ipfix_forget)
     cdef uint32_t next      # sequence number expected next
     cdef int64_t uptime     # header uptime of its latest datagram (ms), -1 where the protocol has none
     # Gaps not counted yet, oldest first: numbers [start, start + span) were skipped, of which
@@ -718,31 +720,10 @@ cdef class ExporterState:
         A late datagram that falls in no open gap (its gap was counted, or it is a duplicate)
         changes nothing."""
         cdef SeqStream st = self.cur_seq
-        cdef uint32_t ahead, behind, back, fill
-        cdef int reading
-        cdef object key
-        cdef int i, j
+        cdef uint32_t ahead, behind, back
+        cdef int i
         if st is None or st.kind != kind or st.port != port or st.domain != domain:
-            key = (kind, port, domain)
-            st = self.seq_streams.get(key)
-            if st is None:
-                if len(self.seq_streams) >= SEQ_MAX_STREAMS:
-                    self.settle_gaps(-1)        # bounded: a spray of domains or ports only
-                    self.seq_streams.clear()    # starts tracking over
-                    self.seq_ports.clear()
-                    self.dom_entries = 0
-                    self.cur_port = None
-                st = SeqStream.__new__(SeqStream)
-                st.kind, st.port, st.domain = kind, port, domain
-                reading = (self.reading_v5 if kind == PROTO_NETFLOW5 else
-                           self.reading_ipfix if kind == PROTO_IPFIX else -1)
-                if reading == 1:                # decided as by the votes of another stream
-                    st.inclusive = True
-                    st.inc_votes = 2
-                elif reading == 0:
-                    st.rfc_votes = 2
-                self.seq_streams[key] = st
-            self.cur_seq = st
+            st = self.seq_stream(kind, port, domain)
         if st.ngaps and gap_expired(st.gap_ms[0], now_ms):
             self.count_gaps(st, now_ms)
         if st.synced and st.uptime_restarted and uptime >= 0 and st.uptime >= 0:
@@ -783,44 +764,8 @@ cdef class ExporterState:
                 # uptime wraps at 2^32 ms (49.7 days): "went back" is a difference below 2^31
                 back = <uint32_t>(st.uptime - uptime) if uptime >= 0 and st.uptime >= 0 else 0
                 if back <= SEQ_RESTART_UPTIME_MS or back >= 0x80000000u:
-                    if st.held_lost and <uint32_t>(seq - st.held_start) < st.held_span:
-                        # late into the range held back (ipfix_convention): not lost after all
-                        st.late_run = 0
-                        if advance >= st.held_lost:
-                            self.count_held(st, False)
-                        else:
-                            st.held_lost -= advance
+                    if self.late(st, seq, advance, now_ms, export_s):
                         return
-                    for i in range(st.ngaps):   # late: into an open gap, or nothing to do
-                        if <uint32_t>(seq - st.gap_start[i]) < st.gap_span[i]:
-                            st.late_run = 0
-                            for j in range(st.nfilled):
-                                if st.filled[j] == seq:
-                                    return      # a duplicate of a late one: fills nothing
-                            st.filled[st.fill_pos] = seq
-                            st.fill_pos = (st.fill_pos + 1) % SEQ_FILLED_RING
-                            if st.nfilled < SEQ_FILLED_RING:
-                                st.nfilled += 1
-                            fill = advance if advance < st.gap_missing[i] else st.gap_missing[i]
-                            st.gap_missing[i] -= fill
-                            return
-                    # Behind and in no open gap: a duplicate, a gap counted already, or an
-                    # exporting process that restarted on the same port with a sequence less
-                    # than SEQ_MAX_GAP behind (IPFIX has no uptime to tell). A restarted one
-                    # sends nothing but its new sequence: late datagrams that follow each other,
-                    # with none of the expected stream between them, for SEQ_REORDER_MS (a
-                    # burst that was late for its gap comes at once, and the stream goes on).
-                    if export_s < 0 or not sent_after(export_s, st.export_s):
-                        return                  # sent before the expected stream's latest: old
-                    if st.late_run and seq == st.late_next:
-                        st.late_run += 1
-                    else:
-                        st.late_run = 1
-                        st.late_ms = now_ms
-                    st.late_next = seq + advance
-                    if st.late_run < SEQ_RESTART_RUN or not aged(st.late_ms, now_ms, SEQ_REORDER_MS):
-                        return                  # what is expected stays
-                    self.restart(st)            # a new sequence for a second
                 else:
                     self.restart(st)            # the exporter restarted: sequence and uptime went back
                     st.uptime_restarted = True
@@ -830,12 +775,102 @@ cdef class ExporterState:
                 back = <uint32_t>(st.uptime - uptime) if uptime >= 0 and st.uptime >= 0 else 0
                 st.uptime_restarted = SEQ_RESTART_UPTIME_MS < back < 0x80000000u
                 st.restart_ms = now_ms
+        elif st.floor and <uint32_t>(st.next - seq) <= SEQ_MAX_GAP:
+            # At or behind the number of a message that was not counted (ipfix_forget): sent
+            # before it, late. Open vSwitch numbers its template-only messages as the data
+            # message it sends next (the options record that follows its templates): that one
+            # arriving first, without its options template, and then its templates, the stream
+            # would be read from the templates' number, and the options record, never counted,
+            # taken for a lost one at the next data message.
+            if self.late(st, seq, advance, now_ms, export_s):
+                return
+        st.floor = False
         st.late_run = 0
         st.synced = not (st.uncounted and st.by_records)    # (the next packet sets the expectation)
         st.next = seq + advance
         st.uptime = uptime
         if sent_after(export_s, st.export_s):
             st.export_s = export_s
+
+    cdef bint late(self, SeqStream st, uint32_t seq, uint32_t advance, int64_t now_ms, int64_t export_s) noexcept:
+        """A datagram numbered behind what its stream expects (see sequence): it fills what it
+        can of the range held back or of an open gap, or it is old and changes nothing (True),
+        or it is the run of a process restarted on the same port: the stream restarted, and the
+        datagram begins its new sequence (False)."""
+        if self.fill_late(st, seq, advance):
+            return True
+        # Behind and in no open gap: a duplicate, a gap counted already, or an exporting process
+        # that restarted on the same port with a sequence less than SEQ_MAX_GAP behind (IPFIX
+        # has no uptime to tell). A restarted one sends nothing but its new sequence: late
+        # datagrams that follow each other, with none of the expected stream between them, for
+        # SEQ_REORDER_MS (a burst that was late for its gap comes at once, and the stream goes on).
+        if export_s < 0 or not sent_after(export_s, st.export_s):
+            return True                 # sent before the expected stream's latest: old
+        if st.late_run and seq == st.late_next:
+            st.late_run += 1
+        else:
+            st.late_run = 1
+            st.late_ms = now_ms
+        st.late_next = seq + advance
+        if st.late_run < SEQ_RESTART_RUN or not aged(st.late_ms, now_ms, SEQ_REORDER_MS):
+            return True                 # what is expected stays
+        self.restart(st)                # a new sequence for a second
+        return False
+
+    cdef bint fill_late(self, SeqStream st, uint32_t seq, uint32_t advance) noexcept:
+        """A late datagram numbered seq (advance records) into the range held back or into an
+        open gap fills what it can of it (True); False when it falls in neither."""
+        cdef uint32_t fill
+        cdef int i, j
+        if st.held_lost and <uint32_t>(seq - st.held_start) < st.held_span:
+            # late into the range held back (ipfix_convention): not lost after all
+            st.late_run = 0
+            if advance >= st.held_lost:
+                self.count_held(st, False)
+            else:
+                st.held_lost -= advance
+            return True
+        for i in range(st.ngaps):
+            if <uint32_t>(seq - st.gap_start[i]) < st.gap_span[i]:
+                st.late_run = 0
+                for j in range(st.nfilled):
+                    if st.filled[j] == seq:
+                        return True     # a duplicate of a late one: fills nothing
+                st.filled[st.fill_pos] = seq
+                st.fill_pos = (st.fill_pos + 1) % SEQ_FILLED_RING
+                if st.nfilled < SEQ_FILLED_RING:
+                    st.nfilled += 1
+                fill = advance if advance < st.gap_missing[i] else st.gap_missing[i]
+                st.gap_missing[i] -= fill
+                return True
+        return False
+
+    cdef SeqStream seq_stream(self, int kind, uint32_t port, uint64_t domain):
+        """The stream of (protocol kind, exporting process, domain), made if new; the current one."""
+        cdef SeqStream st
+        cdef int reading
+        cdef object key
+        key = (kind, port, domain)
+        st = self.seq_streams.get(key)
+        if st is None:
+            if len(self.seq_streams) >= SEQ_MAX_STREAMS:
+                self.settle_gaps(-1)        # bounded: a spray of domains or ports only
+                self.seq_streams.clear()    # starts tracking over
+                self.seq_ports.clear()
+                self.dom_entries = 0
+                self.cur_port = None
+            st = SeqStream.__new__(SeqStream)
+            st.kind, st.port, st.domain = kind, port, domain
+            reading = (self.reading_v5 if kind == PROTO_NETFLOW5 else
+                       self.reading_ipfix if kind == PROTO_IPFIX else -1)
+            if reading == 1:                # decided as by the votes of another stream
+                st.inclusive = True
+                st.inc_votes = 2
+            elif reading == 0:
+                st.rfc_votes = 2
+            self.seq_streams[key] = st
+        self.cur_seq = st
+        return st
 
     cdef void count_held(self, SeqStream st, bint lost=True) noexcept:
         """Settle the loss ipfix_convention held back: lost (the RFC's reading stands), or not."""
@@ -1101,13 +1136,33 @@ cdef class ExporterState:
         st.ngaps = 0
         self.count_held(st, False)
 
-    cdef void ipfix_forget(self, uint32_t port, uint32_t domain) noexcept:
-        """sequence_forget for an IPFIX message (the stream its port reads it in)."""
+    cdef void ipfix_forget(self, uint32_t port, uint32_t domain, uint32_t seq, bint has_records):
+        """sequence_forget for an IPFIX message numbered seq (in the stream its port reads it in):
+        the stream's next message sets the expectation again, unless it is numbered at or
+        before seq (SeqStream.floor; made here if new). RFC 7011 3.1: the message's records
+        were numbered from seq, what the exporter sent after it is numbered beyond; has_records:
+        it held at least one (a data set without its template, or that does not fit it; a
+        datagram refused before decoding may have held none)."""
         cdef SeqPort sp = self.seq_port(port)
+        cdef SeqStream st
+        cdef uint32_t behind
         sp.has_prev = False
         if sp.dom_last.pop(domain, None) is not None:
             self.dom_entries -= 1
-        self.sequence_forget(PROTO_IPFIX, port, SEQ_SHARED if sp.shared_votes > sp.domain_votes else domain)
+        st = self.seq_stream(PROTO_IPFIX, port, SEQ_SHARED if sp.shared_votes > sp.domain_votes else domain)
+        behind = st.next - seq
+        if behind <= SEQ_MAX_GAP and ((st.synced and behind > 0) or st.floor):
+            # Sent before what the stream already knows of: a late one, and what comes next is
+            # still known. Into the range held back or an open gap, it fills one record, the
+            # least it held (OVS's statistics record overtaken by the next flow and arriving
+            # before its options template: the gap the flow opened is its record).
+            if has_records:
+                self.fill_late(st, seq, 1)
+            return
+        st.next = seq
+        st.floor = True
+        st.synced = False
+        st.has_last = False
 
     cdef void sequence_forget(self, int kind, uint32_t port, uint64_t domain) noexcept:
         """What the last message advanced by is unknown (not decoded whole): the stream's next
@@ -1154,7 +1209,7 @@ cdef class ExporterState:
         elif v == 9 and n >= 20:
             self.sequence_forget(PROTO_NETFLOW9, port, be32(h + 16))
         elif v == 10 and n >= 16:
-            self.ipfix_forget(port, be32(h + 12))
+            self.ipfix_forget(port, be32(h + 12), be32(h + 8), False)
         elif v == 0 and n >= 8 and be32(h) == 5:
             off = 12 if be32(h + 4) == 1 else 24 if be32(h + 4) == 2 else 8
             if n >= off + 4:
@@ -3435,7 +3490,7 @@ cdef int decode_ipfix(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
                 ex.ipfix_sequence(b.port, domain, be32(h + 8), <uint32_t>ex.msg_records,
                                   <int64_t>(b.recv_time * 1000.0), be32(h + 4))
             else:
-                ex.ipfix_forget(b.port, domain)
+                ex.ipfix_forget(b.port, domain, be32(h + 8), ex.msg_uncounted or ex.msg_records > 0)
             if not first:
                 # A later message of the datagram (RFC 7011 10.3.3): its flows carry its own
                 # observation domain and sequence number.

@@ -2829,6 +2829,67 @@ def test_deep_reordering_duplicates_and_template_only_messages_are_not_loss_or_r
     assert run(list(zip([-1, 0, 5, -6, -6, 10, 15], ms, strict=False)), "ipfix") == (0, 0)
 
 
+# Open vSwitch 3.1's IPFIX, as captured here from a private ovs-vswitchd (tshark's decode): at
+# each template refresh, template-only messages (set 2, one message per 1024 bytes of templates)
+# and the exporter statistics' options template (set 3: template 462, scope exportingProcessId
+# (144, 4 bytes), notSentPacketTotalCount (167, 8 bytes)), all numbered with the sequence number
+# of the message sent next; that one is the statistics' options record, alone in its message (the
+# number goes up by one), then the data messages, one flow record each. Everything in domain 0
+# (obs_domain_id=0, OVN-Kubernetes'). Capture: templates 1 x 18, options template 1, statistics
+# 1, flows 2, 3, ... (ofproto-dpif-ipfix.c: the template messages take exporter->seq_number, the
+# data messages exporter->seq_number++).
+OVS_STATS_TEMPLATE = bytes.fromhex("0003001201ce000200010090000400a70008")
+
+
+def ovs_stats(process: int, not_sent: int) -> bytes:
+    """OVS's exporter statistics record (set 462) as captured, 16 bytes."""
+    return struct.pack("!HHIQ", 462, 16, process, not_sent)
+
+
+def ovs_export(first: int, flows: int, *, not_sent: int = 0, export_time: int = EXPORT,
+               rng: random.Random | None = None) -> list[bytes]:
+    """One template refresh of OVS numbered `first` and the `flows` data messages after it:
+    templates, options template, statistics (numbered first), flows first + 1, ..."""
+    rng = rng or random.Random(first)
+    msgs = [ipfix_message([template_set([OVS_INGRESS])], seq=first, export_time=export_time),
+            ipfix_message([OVS_STATS_TEMPLATE], seq=first, export_time=export_time),
+            ipfix_message([ovs_stats(1, not_sent)], seq=first, export_time=export_time)]
+    msgs += [ipfix_message([data_set(OVS_INGRESS, ovs_flows(1, rng))], seq=first + 1 + i, export_time=export_time)
+             for i in range(flows)]
+    return msgs
+
+
+def _ovs_run(msgs: list[bytes], dec: Decoder | None = None) -> dict[str, Any]:
+    dec = dec or Decoder()
+    for i, m in enumerate(msgs):
+        assert dec.decode(m, EXPORTER, 4739, EXPORT + i * 0.001).error is None
+    return dec.stats(EXPORT + 3600)[EXPORTER]["protocols"]["ipfix"]
+
+
+def test_ovs_options_record_before_its_options_template_is_not_lost() -> None:
+    """OVS's statistics record arriving before its options template (reordered, or the options
+    template lost once the templates were in): one set without its template, counted as such;
+    its record is not known to the stream, and the options template, numbered like it and sent
+    before it, must not set the stream back to that number; overtaken by the next flow, it
+    still fills the gap that flow opened: no record of OVS's numbering is missing, none is lost.
+    A record really lost after it still is (its number never came)."""
+    msgs = ovs_export(1, 4)     # templates 1, options template 1, statistics 1, flows 2..5
+    st = _ovs_run(msgs)
+    assert (st["sequence_lost"], st["missing_template_sets"], st["flows"]) == (0, 0, 4)
+    swapped = [msgs[0], msgs[2], msgs[1], *msgs[3:]]
+    st = _ovs_run(swapped)
+    assert (st["sequence_lost"], st["sequence_resets"], st["missing_template_sets"], st["flows"]) == (0, 0, 1, 4)
+    st = _ovs_run([m for i, m in enumerate(swapped) if i != 4])     # flow 3 lost
+    assert (st["sequence_lost"], st["missing_template_sets"], st["flows"]) == (1, 1, 3)
+    # the statistics record first of all, then the templates sent before it
+    st = _ovs_run([msgs[2], msgs[0], msgs[1], *msgs[3:]])
+    assert (st["sequence_lost"], st["sequence_resets"], st["missing_template_sets"], st["flows"]) == (0, 0, 1, 4)
+    # the first flow overtakes the statistics record, which still comes before its options
+    # template: the gap the flow opened is the record's, numbered 1 (a set holds one at least)
+    st = _ovs_run([msgs[0], msgs[3], msgs[2], msgs[1], *msgs[4:]])
+    assert (st["sequence_lost"], st["sequence_resets"], st["missing_template_sets"], st["flows"]) == (0, 0, 1, 4)
+
+
 def test_ipfix_sequence_that_counts_the_messages_own_records() -> None:
     """softflowd numbers each IPFIX message with the records sent up to and including its own
     (RFC 7011 3.1: before it), leaving its options records out: once a change of record count

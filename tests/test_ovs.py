@@ -275,6 +275,47 @@ def test_ovs_ipfix(env, sampled_all, decoders_mod) -> None:
     assert not problems, "\n".join(problems)
 
 
+def test_ovs_ipfix_refresh_reordered_is_no_loss(env, sampled_all, decoders_mod) -> None:
+    """OVS numbers its template-only messages (templates, then its exporter statistics' options
+    template) like the data message it sends next, its statistics record (ofproto-dpif-ipfix.c:
+    template messages take exporter->seq_number, data messages exporter->seq_number++). The
+    capture's own numbering, as tshark decodes it (RFC 7011 3.1: a message's number is the
+    previous one's plus its data records), says how many records were missing on the way;
+    the refresh reordered on its way to flowscope must count no more lost and no restart: the
+    statistics record before its options template (one set without its template), before all
+    the templates, or the first flow message before the whole refresh (one more such set)."""
+    cap, ports, _ = sampled_all
+    datagrams, packets = split_capture(cap, ports["ipfix"], "cflow")
+    pkts = list(T.CflowReader().packets(packets))
+    assert len(pkts) == len(datagrams) and [p.frame for p in pkts] == sorted(p.frame for p in pkts)
+    seqs = [int(p.raw["cflow.sequence"]) for p in pkts]
+    records = [sum(len(st.records) for st in p.sets if st.kind in ("data", "options_data")) for p in pkts]
+    missing = sum(max(0, seqs[i] - seqs[i - 1] - records[i - 1]) for i in range(1, len(pkts)))
+    no_template = sum(p.no_template_sets for p in pkts)
+    kinds = [{st.kind for st in p.sets} for p in pkts]
+    stats = next(i for i, k in enumerate(kinds) if "options_data" in k)
+    opt_tpl = next(i for i, k in enumerate(kinds) if "options_template" in k)
+    first_tpl = next(i for i, k in enumerate(kinds) if "template" in k)
+    flow = next(i for i, k in enumerate(kinds) if i > stats and "data" in k)
+    assert first_tpl < opt_tpl < stats < flow and seqs[first_tpl] == seqs[opt_tpl] == seqs[stats] == seqs[flow] - 1
+
+    def moved(i: int, before: int) -> list:
+        order = list(range(len(datagrams)))
+        order.remove(i)
+        order.insert(before, i)
+        return [datagrams[j] for j in order]
+
+    for label, grams, extra in (("statistics before its options template", moved(stats, opt_tpl), 1),
+                                ("statistics before the templates", moved(stats, first_tpl), 1),
+                                ("flow before the refresh", moved(flow, first_tpl), 1)):
+        dec = decoders_mod.Decoder(decoders_mod.DecoderConfig(default_sampling=0))
+        for d in grams:
+            dec.decode(d.payload, d.src, d.sport, d.ts)
+        st = dec.stats(datagrams[-1].ts + 3600)[datagrams[0].src]["protocols"]["ipfix"]
+        got = (st["sequence_lost"], st["sequence_resets"], st["missing_template_sets"])
+        assert got == (missing, 0, no_template + extra), (label, got)
+
+
 def test_ovs_sflow(env, sampled_all, decoders_mod) -> None:
     cap, ports, sent = sampled_all
     datagrams, packets = split_capture(cap, ports["sflow"], "sflow")
