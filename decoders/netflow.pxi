@@ -738,6 +738,18 @@ cdef class ExporterState:
                 # restarts and the old run's cumulative counters (sFlow's drops) counted again.
                 # Like a late datagram, it changes nothing.
                 return
+        if (kind == PROTO_IPFIX and advance == 0 and (st.synced or st.floor)
+                and <uint32_t>(st.next - seq) <= SEQ_MAX_GAP):
+            # RFC 7011 3.1: the number counts the Data Records sent before the message. One
+            # without any (template-only) at or behind the number expected tells nothing new in
+            # either reading (ipfix_convention): Open vSwitch numbers its template-only messages
+            # like the data message it sends next. Arriving after that one, as a vote it read as
+            # a message counting its own records (softflowd's way): a few refreshes reordered so
+            # turned the reading, and every refresh in order after that counted a record lost;
+            # as a late one into the gap before a data message that overtook them all, it was
+            # remembered as filling its number, and the data message numbered like it, when it
+            # came, was taken for a duplicate: its record counted lost.
+            return
         if kind == PROTO_IPFIX or kind == PROTO_NETFLOW5:
             if st.held_lost and aged(st.held_ms, now_ms, SEQ_HELD_MS):
                 self.count_held(st)         # no vote came to decide: the RFC's reading stands

@@ -2890,6 +2890,33 @@ def test_ovs_options_record_before_its_options_template_is_not_lost() -> None:
     assert (st["sequence_lost"], st["sequence_resets"], st["missing_template_sets"], st["flows"]) == (0, 0, 1, 4)
 
 
+def test_ovs_template_only_messages_after_the_data_numbered_like_them_are_no_loss() -> None:
+    """OVS's template-only messages carry the number of the data message sent after them (its
+    statistics record): that one, or the next flow, arriving before them (reordered) leaves
+    nothing of OVS's numbering missing. Refreshes every 600 s, each with 3 flows after it."""
+    def export(orders: str) -> list[bytes]:
+        """One refresh per letter: i in order, s statistics record before the refresh's
+        template-only messages, f first flow before the whole refresh."""
+        msgs: list[bytes] = []
+        first = 1
+        for r, how in enumerate(orders):
+            m = ovs_export(first, 3, export_time=EXPORT + 600 * r)
+            if how == "s":
+                m = [m[2], m[0], m[1], *m[3:]]
+            elif how == "f":
+                m = [m[3], *m[:3], *m[4:]]
+            msgs += m
+            first += 4
+        return msgs
+
+    for orders in ("iiiiiiiii", "isssssiii", "isisisisi", "if", "iffs", "isfiii"):
+        st = _ovs_run(export(orders))
+        assert (st["sequence_lost"], st["sequence_resets"], st["flows"]) == (0, 0, 3 * len(orders)), orders
+    msgs = export("isssssiii")
+    st = _ovs_run(msgs[:-2] + msgs[-1:])    # the last refresh's second flow lost
+    assert (st["sequence_lost"], st["flows"]) == (1, 3 * 9 - 1)
+
+
 def test_ipfix_sequence_that_counts_the_messages_own_records() -> None:
     """softflowd numbers each IPFIX message with the records sent up to and including its own
     (RFC 7011 3.1: before it), leaving its options records out: once a change of record count
