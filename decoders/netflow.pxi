@@ -604,9 +604,11 @@ cdef class ExporterState:
     cdef set tpl_domains               # IPFIX port << 32 | domain that sent template sets (borrowed_template)
     cdef set borrowers                 # ... that read data with another domain's templates
     cdef uint32_t msg_seq              # the IPFIX message being decoded: its sequence number
+    cdef int64_t msg_export_s          # ... and its export time (s)
     cdef public Py_ssize_t pending_gaps  # open sequence gaps of all its streams (settle_gaps skips when 0)
     cdef dict drops_seen               # sFlow (stream, sample kind and source) -> its drops counter's last value
-    cdef readonly dict not_sent_seen   # IPFIX (port, domain, exportingProcessId, unit) -> its notSent total's last value
+    cdef readonly dict not_sent_seen   # IPFIX (port, domain, exportingProcessId, unit) -> its notSent total's last
+                                       # value, and its message's sequence number and export time
     cdef int64_t clk_cur               # smallest receive - export time (ms) in the current window
     cdef int64_t clk_prev              # ... in the previous one (clock_shift)
     cdef int64_t clk_start             # receive time (ms) the current window began; 0 = none yet
@@ -1175,6 +1177,19 @@ cdef class ExporterState:
         st.floor = True
         st.synced = False
         st.has_last = False
+
+    cdef bint ipfix_behind(self, uint32_t port, uint32_t domain, uint32_t seq):
+        """The IPFIX message numbered seq, not yet counted, is behind what the stream its port
+        reads it in expects: sent before the latest message counted (see sequence). False when
+        the stream is not followed (new, or starting over)."""
+        cdef SeqPort sp = self.seq_ports.get(port)
+        cdef SeqStream st = self.seq_streams.get(
+            (PROTO_IPFIX, port, SEQ_SHARED if sp is not None and sp.shared_votes > sp.domain_votes else domain))
+        cdef uint32_t behind
+        if st is None:
+            return False
+        behind = st.next - seq
+        return behind <= SEQ_MAX_GAP and ((st.synced and behind > 0) or st.floor)
 
     cdef void sequence_forget(self, int kind, uint32_t port, uint64_t domain) noexcept:
         """What the last message advanced by is unknown (not decoded whole): the stream's next
@@ -2899,6 +2914,11 @@ cdef void learn_not_sent(ExporterState ex, Template t, const uint8_t* buf, Py_ss
     value is counted; the first value seen of a key is its baseline (losses before flowscope
     started are not new), and a value below the last one is a counter that restarted: a new
     baseline, nothing counted (the loss between its last report and the restart is not known).
+    A record whose message was sent before the one of the key's last value is older: skipped,
+    whatever its value (read as a restart, its rise to the last value was counted again at the
+    next report). Sent before: numbered before it (RFC 7011 3.1), behind what the message's
+    stream expects (an exporter that restarted numbers from where it starts again, and the
+    stream follows it), and not exported later (a restarted one sends its first report later).
     Options records only (t.not_sent): their record is walked again here, never the data
     records' path. Bounded as ExporterState.sample_drops is: a spray of scopes or ports only
     starts the baselines over."""
@@ -2907,7 +2927,7 @@ cdef void learn_not_sent(ExporterState ex, Template t, const uint8_t* buf, Py_ss
     cdef Py_ssize_t L
     cdef const uint8_t* p
     cdef FieldSpec* fs
-    cdef object scope = None, last
+    cdef object scope = None, last, key
     cdef uint64_t v, prev
     cdef list found = []
     cdef dict counts
@@ -2927,10 +2947,15 @@ cdef void learn_not_sent(ExporterState ex, Template t, const uint8_t* buf, Py_ss
         elif 166 <= fs.ie <= 168:
             found.append((fs.ie, beN(p, L)))
     for ie, v in found:
-        last = keep_last(ex.not_sent_seen, (t.port, t.domain, scope, ie), v, NOT_SENT_MAX_KEYS)
+        key = (t.port, t.domain, scope, ie)
+        last = ex.not_sent_seen.get(key)
+        if (last is not None and 0 < <uint32_t>(<uint32_t>last[1] - ex.msg_seq) <= SEQ_MAX_GAP
+                and ex.msg_export_s <= <int64_t>last[2] and ex.ipfix_behind(t.port, t.domain, ex.msg_seq)):
+            continue
+        last = keep_last(ex.not_sent_seen, key, (v, ex.msg_seq, ex.msg_export_s), NOT_SENT_MAX_KEYS)
         if last is None:
             continue
-        prev = last
+        prev = last[0]
         if v > prev:
             counts = ex.proto_stats(ex.cur_protocol)["not_sent"]
             unit = NOT_SENT_UNITS[ie]
@@ -3467,6 +3492,7 @@ cdef int decode_ipfix(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
             b.sequence = be32(h + 8)
             b.domain = domain
         ex.msg_seq = be32(h + 8)
+        ex.msg_export_s = be32(h + 4)
         # every message's export time refines the exporter's clock estimate (clock_shift), which
         # the whole datagram's flows share: one exporter, one clock
         b.clock_shift_ms = clock_shift(ex, b, export_ms)

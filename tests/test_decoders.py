@@ -2917,6 +2917,31 @@ def test_ovs_template_only_messages_after_the_data_numbered_like_them_are_no_los
     assert (st["sequence_lost"], st["flows"]) == (1, 3 * 9 - 1)
 
 
+def test_a_late_not_sent_report_is_an_older_one_not_a_counter_restart() -> None:
+    """OVS's exporter statistics (notSentPacketTotalCount, cumulative) come in a message of its
+    numbering, with its export time. A report arriving after a later one (a late copy, reordered
+    on a slower path) is older, not a counter restart: the total rises by what OVS reported last
+    minus first. An OVS restarted on the same port (numbering from 1 again, sent later) is a
+    restart: a new baseline, its rises counted after it."""
+    def refresh(r: int, first: int, value: int) -> list[bytes]:
+        return ovs_export(first, 3, not_sent=value, export_time=EXPORT + 600 * r)
+
+    reports = [10, 15, 20, 25]
+    msgs = [refresh(r, 1 + 4 * r, v) for r, v in enumerate(reports)]
+    assert _ovs_run([m for ms in msgs for m in ms])["not_sent"] == {"packets": 25 - 10}
+    # the second report (numbered 5) arrives after the third
+    late = msgs[1][2]
+    order = [*msgs[0], *msgs[1][:2], *msgs[1][3:], *msgs[2], late, *msgs[3]]
+    st = _ovs_run(order)
+    assert (st["not_sent"], st["sequence_lost"]) == ({"packets": 25 - 10}, 0)
+    # ... and a copy of it, after the fourth
+    st = _ovs_run([m for ms in msgs for m in ms] + [late])
+    assert st["not_sent"] == {"packets": 25 - 10}
+    # OVS restarted on the same port 600 s after the second report: 15, then 2 and 7 of the new run
+    restarted = [*msgs[0], *msgs[1], *refresh(2, 1, 2), *refresh(3, 5, 7)]
+    assert _ovs_run(restarted)["not_sent"] == {"packets": (15 - 10) + (7 - 2)}
+
+
 def test_ipfix_sequence_that_counts_the_messages_own_records() -> None:
     """softflowd numbers each IPFIX message with the records sent up to and including its own
     (RFC 7011 3.1: before it), leaving its options records out: once a change of record count
