@@ -624,7 +624,18 @@ def _not_sent_reports(packets: list[dict]) -> list[int]:
     return out
 
 
-def test_ovs_ipfix_failed_sends_are_counted(decoders_mod) -> None:
+@dataclass
+class Refreshes:
+    """An OVS IPFIX export with four template refreshes (its wall clock moved 700 s ahead three
+    times), part of its sends failing: the capture split as split_capture does, and OVS's own
+    count of failed sends at the end (`tx errs`)."""
+    datagrams: list
+    packets: list[dict]
+    tx_errors: int
+
+
+@pytest.fixture(scope="module")
+def ipfix_refreshes():
     """Open vSwitch reports its failed IPFIX sends in its Exporting Process Reliability Statistics
     options record (RFC 7011 4.3; ofproto-dpif-ipfix.c fills notSentPacketTotalCount with its
     exporter's tx_errors). Its second target here is a loopback port where nothing listens: each
@@ -632,9 +643,8 @@ def test_ovs_ipfix_failed_sends_are_counted(decoders_mod) -> None:
     with ECONNREFUSED, which OVS counts. OVS 3.1 sends the record with its templates, when it
     starts exporting and then every 600 s of its wall clock (IPFIX_TEMPLATE_INTERVAL, not
     configurable before 3.3): ovs-vswitchd runs under libfaketime, whose clock is moved 700 s ahead
-    (monotonic time untouched) after the first failures, so the second record comes within
-    seconds. flowscope's flowscope_exporter_not_sent_total{unit="packets"} must rise by what OVS
-    reported beyond its first record (the baseline), and its decode equal tshark's."""
+    (monotonic time untouched) after each round of failures, so the next record comes within
+    seconds."""
     if not Path(LIBFAKETIME).exists():
         pytest.skip("libfaketime is not installed (make deps)")
 
@@ -657,7 +667,7 @@ def test_ovs_ipfix_failed_sends_are_counted(decoders_mod) -> None:
                       "--", "set", "bridge", br, "ipfix=@ipfix")
             ovs.appctl("revalidator/purge")
             time.sleep(1.0)
-            for jump in ("+0", "+700"):
+            for jump in ("+0", "+700", "+1400", "+2100"):
                 clock.write_text(jump + "\n")
                 for i in range(4):  # flows expire every 2 s (cache_active_timeout): sends, some failing
                     O.traffic(a, "udp-send", b.ipv4, 5300 + i, 3, 100, 40300 + i)
@@ -670,23 +680,86 @@ def test_ovs_ipfix_failed_sends_are_counted(decoders_mod) -> None:
             finally:
                 cap.stop()
         datagrams, packets = split_capture(cap_path, port, "cflow")
-        reports = _not_sent_reports(packets)
-        assert len(reports) >= 2 and reports[-1] > reports[0], \
-            f"OVS's notSentPacketTotalCount records: {reports} (tx errs {tx_errors})"
-        assert reports[-1] <= tx_errors
-        assert len({dg.sport for dg in datagrams}) == 1
-        dec = decoders_mod.Decoder(decoders_mod.DecoderConfig(default_sampling=0))
-        problems = check_cflow_capture(dec, datagrams, packets, "ovs-ipfix-not-sent")
-        exporter = datagrams[0].src
-        got = dec.stats()[exporter]["protocols"]["ipfix"]["not_sent"]
-        if got != {"packets": reports[-1] - reports[0]}:
-            problems.append(f"not_sent {got}, OVS reported {reports}: {reports[-1] - reports[0]} beyond the first")
-        from collector.metrics import ExporterLabels, decoder_series
+        yield Refreshes(datagrams, packets, tx_errors)
 
-        series = decoder_series(dec.series_stats(), ExporterLabels(4))["flowscope_exporter_not_sent"]
-        if series != {(exporter, "ipfix", "packets"): reports[-1] - reports[0]}:
-            problems.append(f"flowscope_exporter_not_sent series {series}")
-        assert not problems, "\n".join(problems)
+
+def test_ovs_ipfix_failed_sends_are_counted(ipfix_refreshes, decoders_mod) -> None:
+    """flowscope's flowscope_exporter_not_sent_total{unit="packets"} must rise by what OVS
+    reported beyond its first record (the baseline), and its decode equal tshark's."""
+    datagrams, packets, tx_errors = ipfix_refreshes.datagrams, ipfix_refreshes.packets, ipfix_refreshes.tx_errors
+    reports = _not_sent_reports(packets)
+    assert len(reports) >= 2 and reports[-1] > reports[0], \
+        f"OVS's notSentPacketTotalCount records: {reports} (tx errs {tx_errors})"
+    assert reports[-1] <= tx_errors
+    assert len({dg.sport for dg in datagrams}) == 1
+    dec = decoders_mod.Decoder(decoders_mod.DecoderConfig(default_sampling=0))
+    problems = check_cflow_capture(dec, datagrams, packets, "ovs-ipfix-not-sent")
+    exporter = datagrams[0].src
+    got = dec.stats()[exporter]["protocols"]["ipfix"]["not_sent"]
+    if got != {"packets": reports[-1] - reports[0]}:
+        problems.append(f"not_sent {got}, OVS reported {reports}: {reports[-1] - reports[0]} beyond the first")
+    from collector.metrics import ExporterLabels, decoder_series
+
+    series = decoder_series(dec.series_stats(), ExporterLabels(4))["flowscope_exporter_not_sent"]
+    if series != {(exporter, "ipfix", "packets"): reports[-1] - reports[0]}:
+        problems.append(f"flowscope_exporter_not_sent series {series}")
+    assert not problems, "\n".join(problems)
+
+
+def test_ovs_ipfix_refreshes_and_reports_reordered(ipfix_refreshes, decoders_mod) -> None:
+    """The same export, its datagrams reordered on the way to flowscope as a path may: no more
+    records lost than the capture's own numbering misses (tshark: RFC 7011 3.1, a message's
+    number is the previous one's plus its data records) and no restart, when at a later refresh
+    (templates known) the first flow overtakes the refresh, or the statistics record its
+    template-only messages (both numbered like it); and the failed sends counted as OVS reported
+    them (last minus first) when a statistics record arrives after the next one (an older value,
+    not a counter restart)."""
+    datagrams, packets = ipfix_refreshes.datagrams, ipfix_refreshes.packets
+    pkts = list(T.CflowReader().packets(packets))
+    assert len(pkts) == len(datagrams) and [p.frame for p in pkts] == sorted(p.frame for p in pkts)
+    seqs = [int(p.raw["cflow.sequence"]) for p in pkts]
+    records = [sum(len(st.records) for st in p.sets if st.kind in ("data", "options_data")) for p in pkts]
+    missing = sum(max(0, seqs[i] - seqs[i - 1] - records[i - 1]) for i in range(1, len(pkts)))
+    kinds = [{st.kind for st in p.sets} for p in pkts]
+    stats = [i for i, k in enumerate(kinds) if "options_data" in k]
+    reports = _not_sent_reports(packets)
+    assert len(stats) == len(reports) >= 4 and len(set(reports[1:])) == len(reports) - 1, \
+        f"OVS's statistics records {reports}: four refreshes, rising after the first"
+    refresh = []    # each refresh's first template-only message (numbered like its statistics record)
+    for i in stats:
+        j = i
+        while j > 0 and seqs[j - 1] == seqs[i] and not kinds[j - 1] & {"data", "options_data"}:
+            j -= 1
+        refresh.append(j)
+    flows = [next(j for j in range(i + 1, len(pkts)) if "data" in kinds[j]) for i in stats[:-1]]
+
+    def run(order: list[int]) -> dict:
+        assert sorted(order) == list(range(len(datagrams)))
+        dec = decoders_mod.Decoder(decoders_mod.DecoderConfig(default_sampling=0))
+        for j in order:
+            d = datagrams[j]
+            assert dec.decode(d.payload, d.src, d.sport, d.ts).error is None
+        return dec.stats(datagrams[-1].ts + 3600)[datagrams[0].src]["protocols"]["ipfix"]
+
+    def moved(order: list[int], i: int, before: int) -> list[int]:
+        order = [j for j in order if j != i]
+        order.insert(order.index(before), i)
+        return order
+
+    base = list(range(len(datagrams)))
+    # A record that comes more than a second after its gap opened is counted lost (the reorder
+    # window, docs/collector.md flowscope_sequence_lost_total): the second statistics record,
+    # moved after the third, comes a refresh (seconds of capture) late.
+    assert datagrams[flows[2]].ts - datagrams[stats[1] + 1].ts > 1.0
+    orders = {"in order": (base, 0),
+              "first flow before the second refresh": (moved(base, flows[1], refresh[1]), 0),
+              "statistics before their template-only messages": (moved(
+                  moved(moved(base, stats[1], refresh[1]), stats[2], refresh[2]), stats[3], refresh[3]), 0),
+              "second statistics record after the third": (moved(base, stats[1], flows[2]), records[stats[1]])}
+    for label, (order, late) in orders.items():
+        st = run(order)
+        got = (st["sequence_lost"], st["sequence_resets"], st["not_sent"])
+        assert got == (missing + late, 0, {"packets": reports[-1] - reports[0]}), (label, got, reports)
 
 
 # ---- Two nodes joined by tunnels: OVN-Kubernetes' node-to-node pod traffic -------------------
