@@ -371,9 +371,13 @@ async def _worker_main(cfg: Config, index: int | None, enrich_cfg: Any,
                 f"{sum(v for (k, _), v in s_.queue.dropped.items() if k == 1)} dropped") if cfg.counters else ""
     # every reason flowscope_flows_dropped_total counts: the queue's and the sink's, and the hot
     # path's own (duplicate with --dedup, internal), so that delivered + dropped is what was decoded
-    log.info("stopped: %d flows delivered to %s, %d dropped%s", s_.delivered[0], s_.name,
+    # datagrams the kernel dropped (a receive buffer full) never reached the decoder: their
+    # flows are in no count above, and were lost all the same
+    kernel = (f"; {worker.kernel_drops} datagrams dropped by the kernel before they were read (receive "
+              "buffer full: flowscope_kernel_receive_drops_total)") if worker.kernel_drops else ""
+    log.info("stopped: %d flows delivered to %s, %d dropped%s%s", s_.delivered[0], s_.name,
              sum(v for (k, _), v in s_.queue.dropped.items() if k == 0) + sum(worker.flow_drops.values()),
-             counters)
+             counters, kernel)
     if s_.gone:
         log.error("exiting: %s", s_.gone)
         return 1

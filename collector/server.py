@@ -83,6 +83,19 @@ def sniff_protocol(data: bytes) -> str:
 # net.core.rmem_max or CAP_NET_ADMIN allow.
 LINUX_MAX_RCVBUF = (2**31 - 1) // 2
 
+# At most one log line per listener this often saying that the kernel dropped datagrams for a
+# full receive buffer (each line counts every drop since the previous one).
+KERNEL_DROPS_LOG_INTERVAL = 10.0
+
+
+def rmem_max() -> int | None:
+    """net.core.rmem_max: what SO_RCVBUF is capped at without CAP_NET_ADMIN (None: unreadable)."""
+    try:
+        with open("/proc/sys/net/core/rmem_max") as fh:
+            return int(fh.read().strip())
+    except (OSError, ValueError):
+        return None
+
 
 def open_socket(lst: Listener, rcvbuf: int, reuseport: bool) -> tuple[socket.socket, int]:
     """A bound non-blocking UDP socket and the receive buffer the kernel granted."""
@@ -247,6 +260,9 @@ class Worker:
         self.bound = False
         self.stopping = False
         self._kernel_drops: list[int] = [0] * len(self.listeners)
+        # the drops a log line has already told of, and when, per listener (_warn_kernel_drops)
+        self._kernel_drops_told: list[int] = [0] * len(self.listeners)
+        self._kernel_drops_told_at: list[float] = [-KERNEL_DROPS_LOG_INTERVAL] * len(self.listeners)
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- hot-path helpers -------------------------------------------------------------------------
@@ -595,6 +611,7 @@ class Worker:
                     break
                 if not r.read(1024):
                     break
+        self._read_kernel_drops()   # before the sockets, and their counters, are gone
         self.close_sockets()
         if self.dgram_drops.get("shutdown"):
             log.warning("shutdown: %d datagrams were read and not decoded (exporters kept sending, or the "
@@ -605,6 +622,47 @@ class Worker:
             log.error("shutdown: datagrams still queued in the listeners' receive buffers at --shutdown-timeout "
                       "were discarded unread, not counted (%d bytes of socket memory: their payload and the "
                       "kernel's overhead per datagram)", left)
+
+    def _read_kernel_drops(self) -> None:
+        """Bring the listeners' kernel drop counts up to their sockets' counters (/proc/net/udp)."""
+        drops = {ino: d for ino, (_, d) in udp_socket_stats(set(self.inodes)).items()}
+        for i, ino in enumerate(self.inodes):
+            if ino in drops:
+                # keep the max: the socket is gone (0) after close, the count must not go back
+                self._kernel_drops[i] = max(self._kernel_drops[i], drops[ino])
+
+    def _warn_kernel_drops(self, final: bool) -> None:
+        """Say in the log that the kernel dropped datagrams because a listener's receive buffer
+        was full: lost flows, which no other line shows (the stop line's "dropped" counts flows
+        after decoding). Once per KERNEL_DROPS_LOG_INTERVAL per listener, with every drop since
+        the previous line; `final` (stopping): whatever is left untold."""
+        now = time.monotonic()
+        for i, lst in enumerate(self.listeners):
+            new = self._kernel_drops[i] - self._kernel_drops_told[i]
+            if new <= 0 or (not final and now - self._kernel_drops_told_at[i] < KERNEL_DROPS_LOG_INTERVAL):
+                continue
+            self._kernel_drops_told[i] = self._kernel_drops[i]
+            self._kernel_drops_told_at[i] = now
+            granted = self.granted[i] if i < len(self.granted) else 0
+            cap = rmem_max()
+            if self.cfg.rcvbuf and granted < min(self.cfg.rcvbuf, LINUX_MAX_RCVBUF):
+                fix = (f"the kernel granted {granted} of the {self.cfg.rcvbuf} bytes --rcvbuf asks for: without "
+                       f"CAP_NET_ADMIN it caps SO_RCVBUF at net.core.rmem_max ({cap if cap is not None else '?'}); "
+                       f"raise it (sysctl -w net.core.rmem_max={self.cfg.rcvbuf}) or give the collector "
+                       "CAP_NET_ADMIN, or more CPU (--workers)")
+            else:
+                fix = (f"raise --rcvbuf (now {self.cfg.rcvbuf}"
+                       + (f"; without CAP_NET_ADMIN net.core.rmem_max, now {cap}, caps it" if cap is not None else "")
+                       + ") to absorb bursts, or give the collector more CPU (--workers)")
+            log.warning("listener %s: the kernel dropped %d datagram%s because the socket's receive buffer "
+                        "(SO_RCVBUF %d bytes) was full: they arrived faster than flowscope read them, and their "
+                        "flows are lost; %s (counted in flowscope_kernel_receive_drops_total)",
+                        lst, new, "" if new == 1 else "s", granted, fix)
+
+    @property
+    def kernel_drops(self) -> int:
+        """Datagrams the kernel dropped on this worker's listeners (receive buffers full)."""
+        return sum(self._kernel_drops)
 
     def close_sockets(self) -> None:
         """Stop reading the listeners and close their sockets (what they received stays counted)."""
@@ -637,11 +695,8 @@ class Worker:
         # every documented reason from the start, at 0: an alert on increase() sees the first
         # event, and `== 0` checks have a series to compare
         snap["flowscope_datagrams_dropped"] = labelled(DATAGRAM_DROP_REASONS, self.dgram_drops)
-        drops = {ino: d for ino, (_, d) in udp_socket_stats(set(self.inodes)).items()}
-        for i, ino in enumerate(self.inodes):
-            if ino in drops:
-                # keep the max: the socket is gone (0) after close, the count must not go back
-                self._kernel_drops[i] = max(self._kernel_drops[i], drops[ino])
+        self._read_kernel_drops()
+        self._warn_kernel_drops(final)
         snap["flowscope_kernel_receive_drops"] = {(n,): v for n, v in zip(names, self._kernel_drops, strict=False)}
         snap[SOCKETS] = {(): list(zip(names, self.inodes, strict=False))}
         snap["flowscope_socket_receive_buffer_bytes"] = {(n,): v for n, v in zip(names, self.granted, strict=False)}
