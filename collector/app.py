@@ -12,7 +12,6 @@ with a non-zero exit, so the orchestrator restarts it cleanly rather than runnin
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import multiprocessing
 import os
@@ -320,7 +319,7 @@ async def _worker_main(cfg: Config, index: int | None, enrich_cfg: Any,
             try:
                 await s.start()
             except OSError as exc:
-                log.error("cannot serve HTTP on %s: %s", s.addr, exc)
+                http_bind_failed(s, exc)
                 return 2
     try:
         enricher = await start_enricher(enrich_cfg)
@@ -454,20 +453,27 @@ def _child(cfg: Config, index: int, conn: Connection, enrich_cfg: Any,
     return code
 
 
+def http_bind_failed(server: HttpServer, exc: OSError) -> None:
+    """Log why the metrics or health address could not be served, and which setting moves it."""
+    from .server import bind_hint
+
+    setting = "--metrics-addr" if "/metrics" in server.routes else "--health-addr"
+    log.error("cannot serve HTTP on %s: %s%s", server.addr, exc.strerror or exc, bind_hint(exc, server.port, setting))
+
+
 def ports_free(cfg: Config) -> bool:
     """Before forking `--workers N`: each listener's address can be bound without SO_REUSEPORT,
     so no other process holds it. The workers share each port through SO_REUSEPORT, which any
     other process of the same user that sets it could join too (a second collector started by
     mistake), taking a share of the exporters without an error on either side."""
-    from .server import open_socket
+    from .server import bind_hint, open_socket
 
     for lst in cfg.listeners():
         try:
             sock, _ = open_socket(lst, 0, False)
         except OSError as exc:
             log.error("cannot start: listener %s: cannot bind: %s%s", lst, exc.strerror or exc,
-                      " (another process, another collector perhaps, listens there)"
-                      if exc.errno == errno.EADDRINUSE else "")
+                      bind_hint(exc, lst.port, "--listen"))
             return False
         sock.close()
     return True
@@ -572,7 +578,7 @@ def _supervise(cfg: Config, enrich_cfg: Any, factory: Callable[[], asyncio.Abstr
             try:
                 await s.start()
             except OSError as exc:
-                log.error("cannot serve HTTP on %s: %s", s.addr, exc)
+                http_bind_failed(s, exc)
                 start_failed = True
                 stop.set()
                 break

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import ipaddress
 import logging
 import os
@@ -95,6 +96,21 @@ def rmem_max() -> int | None:
             return int(fh.read().strip())
     except (OSError, ValueError):
         return None
+
+
+def bind_hint(exc: OSError, port: int, setting: str) -> str:
+    """What to do about a bind that failed, for the error line: the cause an errno names and the
+    setting to change (`setting`: the flag of the address, --listen, --metrics-addr...)."""
+    if exc.errno == errno.EADDRINUSE:
+        return (f" (another process, another collector perhaps, holds port {port}: stop it, or choose "
+                f"another port with {setting})")
+    if exc.errno == errno.EACCES and port < 1024:
+        return (f" (port {port} is below 1024: binding it needs root or CAP_NET_BIND_SERVICE (or a lower "
+                f"net.ipv4.ip_unprivileged_port_start); grant it, or choose a port of 1024 or more with {setting})")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return (f" (no interface of this host has that address: give one it has, or 0.0.0.0 / [::] for all, "
+                f"with {setting})")
+    return ""
 
 
 def open_socket(lst: Listener, rcvbuf: int, reuseport: bool) -> tuple[socket.socket, int]:
@@ -497,7 +513,8 @@ class Worker:
             try:
                 sock, granted = open_socket(lst, self.cfg.rcvbuf, reuse)
             except OSError as exc:
-                raise StartupError(f"listener {lst}: cannot bind: {exc.strerror or exc}") from None
+                raise StartupError(f"listener {lst}: cannot bind: {exc.strerror or exc}"
+                                   f"{bind_hint(exc, lst.port, '--listen')}") from None
             try:
                 rcv = self._receiver_cls(sock.fileno(), self.decoder, self, i, lst.scheme)
                 loop.add_reader(sock.fileno(), rcv.read)

@@ -4,13 +4,16 @@ cause and their fix, not left to a metric nobody looks at yet."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import DATA, ROOT, wait_for
 
 V5 = DATA / "netflow5" / "mikrotik_netflow5_routeros.pcap"  # one datagram of 30 flows (MikroTik RouterOS)
@@ -64,3 +67,58 @@ def test_no_kernel_drop_line_without_drops(collector: Any, tmp_path: Path) -> No
     log = c.log()
     assert "the kernel dropped" not in log, log
     assert re.search(r"stopped: 90 flows delivered to file, 0 dropped\n", log), log
+
+
+def _run(args: list[str], *, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*prefix, sys.executable, "-m", "collector.cli", "run", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_a_second_collector_on_taken_ports_says_what_to_change(collector: Any, tmp_path: Path) -> None:
+    """A second `flowscope run` on the ports a first one holds (the usual first-hour mistake:
+    `make run` left running) was refused with the bare errno ("Address already in use") with one
+    worker; it now says another process holds the port and which setting moves it, for the
+    listeners (one worker or several) and for the metrics and health addresses."""
+    first = collector(["--output-file", str(tmp_path / "a.jsonl")])
+    free = collector(["--output-file", str(tmp_path / "b.jsonl")])   # ports known to be free now
+    free_http, free_udp = free.http, free.port
+    free.stop(signal.SIGTERM)
+    for workers in ("1", "2"):
+        p = _run(["--listen", f"netflow://127.0.0.1:{first.port}", "--metrics-addr", f"127.0.0.1:{free_http}",
+                  "--workers", workers])
+        assert p.returncode == 2, p.stderr
+        assert (f"listener netflow://127.0.0.1:{first.port}: cannot bind: Address already in use (another process, "
+                f"another collector perhaps, holds port {first.port}: stop it, or choose another port with "
+                "--listen)") in p.stderr, p.stderr
+    p = _run(["--listen", f"netflow://127.0.0.1:{free_udp}", "--metrics-addr", f"127.0.0.1:{first.http}"])
+    assert p.returncode == 2, p.stderr
+    assert f"cannot serve HTTP on 127.0.0.1:{first.http}" in p.stderr, p.stderr
+    assert f"holds port {first.http}: stop it, or choose another port with --metrics-addr)" in p.stderr, p.stderr
+    p = _run(["--listen", f"netflow://127.0.0.1:{free_udp}", "--metrics-addr", f"127.0.0.1:{free_http}",
+              "--health-addr", f"127.0.0.1:{first.http}"])
+    assert p.returncode == 2, p.stderr
+    assert f"holds port {first.http}: stop it, or choose another port with --health-addr)" in p.stderr, p.stderr
+
+
+def _unprivileged_port_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    except (OSError, ValueError):
+        return 1024
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None or _unprivileged_port_start() <= 643,
+                    reason="needs root and setpriv (util-linux) to drop CAP_NET_BIND_SERVICE, and port 643 privileged")
+def test_a_port_below_1024_without_the_capability_says_so(collector: Any, tmp_path: Path) -> None:
+    """Without root's CAP_NET_BIND_SERVICE (a non-root container, a dropped capability) a port
+    below 1024 failed with the bare "Permission denied"; the line now names the capability and
+    the setting. setpriv drops the capability from this root test's collector."""
+    probe = collector(["--output-file", str(tmp_path / "a.jsonl")])
+    free_http = probe.http
+    probe.stop(signal.SIGTERM)
+    drop = ("setpriv", "--bounding-set=-net_bind_service", "--inh-caps=-net_bind_service")
+    p = _run(["--listen", "sflow://127.0.0.1:643", "--metrics-addr", f"127.0.0.1:{free_http}"], prefix=drop)
+    assert p.returncode == 2, p.stderr
+    assert ("listener sflow://127.0.0.1:643: cannot bind: Permission denied (port 643 is below 1024: binding it "
+            "needs root or CAP_NET_BIND_SERVICE") in p.stderr, p.stderr
+    assert "choose a port of 1024 or more with --listen)" in p.stderr, p.stderr
