@@ -238,7 +238,7 @@ def split_hostport(s: str) -> tuple[str, int]:
     host = m.group(1) if m.group(1) is not None else m.group(3)
     port = int(m.group(2) or m.group(4))
     if not 0 <= port <= 65535:
-        raise ValueError(f"{s!r}: port must be 0-65535")
+        raise ValueError(f"{s!r}: port must be 1-65535")  # (0, which this lets through, every caller refuses)
     return host or "0.0.0.0", port
 
 

@@ -122,3 +122,15 @@ def test_a_port_below_1024_without_the_capability_says_so(collector: Any, tmp_pa
     assert ("listener sflow://127.0.0.1:643: cannot bind: Permission denied (port 643 is below 1024: binding it "
             "needs root or CAP_NET_BIND_SERVICE") in p.stderr, p.stderr
     assert "choose a port of 1024 or more with --listen)" in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("flag, value", [("--listen", "netflow://127.0.0.1:99999"),
+                                         ("--metrics-addr", "127.0.0.1:70000"),
+                                         ("--kafka-brokers", "127.0.0.1:70000")])
+def test_a_port_out_of_range_is_told_the_range_the_option_takes(flag: str, value: str) -> None:
+    """A port above 65535 was refused with "port must be 0-65535", and 0 then with "port must be
+    1-65535": every one of these options refuses port 0, so the range told is 1-65535."""
+    p = subprocess.run([sys.executable, "-m", "collector.cli", "config", flag, value], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2, p.stderr
+    assert "port must be 1-65535" in p.stderr, p.stderr
