@@ -7,7 +7,7 @@ first such process found), resolves the configuration as `flowscope run` did (fl
 --config file > default) and asks that process's /healthz (or /readyz) address.
 
 Exit status: 0 healthy (the endpoint answered 200); 1 not (any other answer, no answer, or the
-address cannot be worked out); 2 usage error. A collector that serves no HTTP endpoint
+address cannot be worked out from the collector); 2 usage error (a bad option: a malformed --addr too). A collector that serves no HTTP endpoint
 (metrics_addr and health_addr both empty) cannot be asked: it is reported healthy while its
 process runs, and the line printed says so.
 """
@@ -24,8 +24,18 @@ from . import config as config_mod
 from .util import positive_seconds
 
 
+def _addr(s: str) -> str:
+    """--addr: HOST:PORT, checked as the option is read, so that a malformed one is a usage error
+    (exit 2), not an unhealthy collector (exit 1)."""
+    try:
+        config_mod.split_hostport(s)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return s
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--addr", metavar="HOST:PORT", default=None,
+    parser.add_argument("--addr", metavar="HOST:PORT", default=None, type=_addr,
                         help="ask this address instead of the collector's own health or metrics address")
     parser.add_argument("--pid", type=int, default=None, metavar="PID",
                         help="the `flowscope run` process whose command line, environment and --config "

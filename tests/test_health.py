@@ -61,8 +61,11 @@ def test_health_says_what_did_not_answer(collector: Any) -> None:
     port = free_tcp_port()
     r = health("--addr", f"127.0.0.1:{port}")
     assert r.returncode == 1 and r.stdout.startswith(f"unhealthy: http://127.0.0.1:{port}/healthz (from --addr): "), r
+    # a malformed --addr is a usage error (README: "2 for a usage error", as --timeout 0 is), not
+    # an unhealthy collector: it exited 1, as if the collector had not answered
     r = health("--addr", "nonsense")
-    assert r.returncode == 1 and r.stdout.startswith("unhealthy: 'nonsense': expected HOST:PORT"), r
+    assert r.returncode == 2 and "argument --addr: 'nonsense': expected HOST:PORT" in r.stderr, r
+    assert r.stdout == "", r
     # a process that is not a collector: its own environment, then the default address
     sleeper = subprocess.Popen(["sleep", "30"])
     try:
