@@ -456,13 +456,18 @@ def resolve_to(to: str) -> tuple[int, tuple[object, ...], str]:
 
 class Sockets:
     """One UDP socket per capture source, at most `limit` open (least recently used closed first,
-    and earlier when the process runs out of file descriptors)."""
+    and earlier when the process runs out of file descriptors). With `dest` each socket is
+    connected to it, so that the kernel reports an ICMP port unreachable from it (nothing
+    listens there: the collector not started, a mistyped port) on the socket: `refused` counts
+    the reports (a report stands for one datagram or more; a remote host's may come late, or never)."""
 
-    def __init__(self, family: int, limit: int = MAX_SOCKETS) -> None:
+    def __init__(self, family: int, limit: int = MAX_SOCKETS, dest: tuple[object, ...] | None = None) -> None:
         self._family = family
         self._limit = limit
+        self._dest = dest
         self._socks: OrderedDict[Source, socket.socket] = OrderedDict()
         self.rotated = 0  # sockets closed to make room
+        self.refused = 0  # ICMP port unreachable reported on the connected sockets
 
     def get(self, src: Source) -> socket.socket:
         s = self._socks.get(src)
@@ -485,16 +490,45 @@ class Sockets:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
         except OSError:
             pass
+        if self._dest is not None:
+            try:
+                s.connect(self._dest)
+            except BaseException:
+                s.close()
+                raise
         self._socks[src] = s
         return s
 
+    def send(self, s: socket.socket, payload: bytes) -> None:
+        """Send one datagram to the destination (given to the constructor) on `s`."""
+        while True:
+            try:
+                s.send(payload)
+                return
+            except BlockingIOError:
+                time.sleep(0.0005)
+            except ConnectionRefusedError:
+                # an earlier datagram's ICMP port unreachable, reported here (and cleared):
+                # this one was not sent yet
+                self.refused += 1
+
+    def _pending(self, s: socket.socket) -> None:
+        """Count an ICMP port unreachable the socket holds and has not reported yet."""
+        try:
+            if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNREFUSED:
+                self.refused += 1
+        except OSError:
+            pass
+
     def _evict(self) -> None:
         _src, old = self._socks.popitem(last=False)
+        self._pending(old)
         old.close()
         self.rotated += 1
 
     def close(self) -> None:
         for s in self._socks.values():
+            self._pending(s)
             s.close()
         self._socks.clear()
 
@@ -522,7 +556,7 @@ def replay(path: str, to: str, *, rate: float = 0.0, loops: int = 1, port_filter
     family, dest, shown = resolve_to(to)  # ValueError: a usage error, before reading anything
     stats = PcapStats()
     plan = Plan()
-    socks = Sockets(family)
+    socks = Sockets(family, dest=dest)
     sent = 0
     loop = 0
     interrupted = False
@@ -536,12 +570,7 @@ def replay(path: str, to: str, *, rate: float = 0.0, loops: int = 1, port_filter
             delay = start + sent / rate - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-        while True:
-            try:
-                s.sendto(payload, dest)
-                break
-            except BlockingIOError:
-                time.sleep(0.0005)
+        socks.send(s, payload)
         sent += 1
 
     def capture() -> Iterator[tuple[Source, bytes, float]]:
@@ -599,6 +628,11 @@ def replay(path: str, to: str, *, rate: float = 0.0, loops: int = 1, port_filter
             print(f"flowscope replay: the capture has {len(plan.sources)} sources, more than the {MAX_SOCKETS} sockets "
                   f"kept open: {socks.rotated} were closed and reopened, so those sources' ports changed",
                   file=sys.stderr)
+    if socks.refused:
+        # said even with --quiet: the datagrams went nowhere
+        print(f"flowscope replay: warning: nothing listens at {shown}: the kernel answered datagrams sent there "
+              "with ICMP port unreachable, so they were dropped (is the collector running, and listening on "
+              "that UDP port: --listen?)", file=sys.stderr)
     if stats.skipped:
         print(_skipped_line(path, stats.skipped), file=sys.stderr)
     if stats.truncated:

@@ -134,3 +134,29 @@ def test_a_port_out_of_range_is_told_the_range_the_option_takes(flag: str, value
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2, p.stderr
     assert "port must be 1-65535" in p.stderr, p.stderr
+
+
+def test_replay_to_a_port_nothing_listens_on_says_so(collector: Any, tmp_path: Path) -> None:
+    """The README's first step sends a capture with `flowscope replay --to 127.0.0.1:2055`: with
+    the collector not started yet, or the port mistyped, replay said "sent 1 datagrams" and
+    nothing else, while the kernel had answered each datagram with ICMP port unreachable. It now
+    warns that nothing listens there (the exit status stays 0: the capture was sent)."""
+    from conftest import free_udp_port
+
+    nobody = free_udp_port()
+    r = subprocess.run([sys.executable, "-m", "collector.cli", "replay", str(V5), "--to", f"127.0.0.1:{nobody}",
+                        "--loop", "3"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert f"sent 3 datagrams (3 loop(s) of 1) to 127.0.0.1:{nobody}" in r.stderr, r.stderr
+    assert f"warning: nothing listens at 127.0.0.1:{nobody}" in r.stderr, r.stderr
+    # a single datagram too (no later send to report it on), and with --quiet
+    r = subprocess.run([sys.executable, "-m", "collector.cli", "replay", str(V5), "--to", f"127.0.0.1:{nobody}",
+                        "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and f"warning: nothing listens at 127.0.0.1:{nobody}" in r.stderr, r.stderr
+    # a collector that listens: no warning, and every datagram arrives
+    out = tmp_path / "flows.jsonl"
+    c = collector(["--output-file", str(out)])
+    r = subprocess.run([sys.executable, "-m", "collector.cli", "replay", str(V5), "--to", f"127.0.0.1:{c.port}",
+                        "--loop", "3"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "nothing listens" not in r.stderr, r.stderr
+    wait_for(lambda: out.exists() and len(out.read_bytes().splitlines()) == 90, 15, what="3 x 30 flows")

@@ -244,7 +244,12 @@ def test_ctrl_c_while_reading_is_one_line_and_130(monkeypatch: pytest.MonkeyPatc
         raise KeyboardInterrupt
 
     monkeypatch.setattr(P, "iter_udp", interrupted)
-    assert cli.main(["replay", str(tmp_path / "x.pcap"), "--to", "127.0.0.1:9"]) == 130
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)   # a receiver: nothing to warn of there
+    rx.bind(("127.0.0.1", 0))
+    try:
+        assert cli.main(["replay", str(tmp_path / "x.pcap"), "--to", f"127.0.0.1:{rx.getsockname()[1]}"]) == 130
+    finally:
+        rx.close()
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.splitlines()) == 1 and "sent 1 datagrams" in err
 
