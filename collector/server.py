@@ -668,7 +668,8 @@ class Worker:
                        f"raise it (sysctl -w net.core.rmem_max={self.cfg.rcvbuf}) or give the collector "
                        "CAP_NET_ADMIN, or more CPU (--workers)")
             else:
-                fix = (f"raise --rcvbuf (now {self.cfg.rcvbuf}"
+                size = str(self.cfg.rcvbuf or "0: the kernel's default, net.core.rmem_default")
+                fix = (f"raise --rcvbuf (now {size}"
                        + (f"; without CAP_NET_ADMIN net.core.rmem_max, now {cap}, caps it" if cap is not None else "")
                        + ") to absorb bursts, or give the collector more CPU (--workers)")
             log.warning("listener %s: the kernel dropped %d datagram%s because the socket's receive buffer "
