@@ -636,6 +636,10 @@ METADATA_MAX_AGE_MS = 30000
 #: (DescribeConfigs, KafkaSink._ask_limit): a broker slow to answer, or not answering, holds
 #: back no more than that; its answer still applies when it comes, within the request timeout.
 TOPIC_LIMIT_WAIT_S = 1.0
+# How often the brokers the cluster advertises are checked for reachability when producing
+# fails, and how long one connection attempt may take (KafkaSink._advertised_problem).
+ADVERTISED_CHECK_S = 30.0
+ADVERTISED_CONNECT_S = 2.0
 
 #: Seconds at least between two DescribeConfigs requests for one topic (KafkaSink._ask_limit).
 LIMIT_ASK_S = 10.0
@@ -960,6 +964,45 @@ class KafkaSink(Sink):
         self._limit_asked: set[str] = set()
         self._limit_at: dict[str, float] = {}   # topic -> when it was last asked about
         self._limit_said: dict[str, str] = {}
+        # Brokers the cluster's metadata advertises that this host cannot reach (_advertised_problem):
+        # the finding, and when it was made
+        self._adv_problem = ""
+        self._adv_checked_at = -ADVERTISED_CHECK_S
+
+    async def _advertised_problem(self) -> str:
+        """The brokers a reachable bootstrap broker advertises in its metadata (its
+        advertised.listeners) that this host cannot connect to, as a sentence, or "". This is
+        where records are produced, so such a cluster takes nothing while the bootstrap address
+        answers: aiokafka then only says that node N could not be reached, and the metadata
+        errors that follow read like a missing topic. Checked with a TCP connection each, at most
+        every ADVERTISED_CHECK_S."""
+        now = time.monotonic()
+        if now - self._adv_checked_at < ADVERTISED_CHECK_S or self.producer is None:
+            return self._adv_problem
+        self._adv_checked_at = now
+        brokers = list(self.producer.client.cluster.brokers())
+
+        async def reach(host: str, port: int) -> str:
+            try:
+                _r, w = await asyncio.wait_for(asyncio.open_connection(host, port), ADVERTISED_CONNECT_S)
+            except (OSError, asyncio.TimeoutError) as exc:
+                return (exc.strerror if isinstance(exc, OSError) and exc.strerror else
+                        "no answer" if isinstance(exc, asyncio.TimeoutError) else str(exc) or type(exc).__name__)
+            w.close()
+            return ""
+
+        why = await asyncio.gather(*(reach(b.host, b.port) for b in brokers))
+        bad = [f"{'[' + b.host + ']' if ':' in b.host else b.host}:{b.port} (node {b.nodeId}: {w})"
+               for b, w in zip(brokers, why, strict=True) if w]
+        self._adv_problem = "" if not bad else (
+            f"the cluster's metadata (from {','.join(self.k.brokers)}) advertises {'; '.join(bad)}, which this host "
+            f"cannot reach{'' if len(bad) < len(brokers) else ', and no other broker'}: records go to the "
+            "addresses the brokers advertise, not to --kafka-brokers; set the brokers' advertised.listeners to "
+            "an address this host can resolve and reach (or fix its DNS or routes to them)")
+        return self._adv_problem
+
+    def _hint(self, problem: str) -> str:
+        return f"; {problem}" if problem else ""
 
     async def start(self) -> None:
         for b in self.k.brokers:
@@ -1017,6 +1060,9 @@ class KafkaSink(Sink):
             log.info("kafka: connected to %s (%d connection%s%s)", ",".join(self.k.brokers), len(producers),
                      "s" if len(producers) > 1 else "",
                      ", direct produce for the fast path" if self.direct is not None else "")
+            problem = await self._advertised_problem()
+            if problem:
+                self._rl.error("advertised", "kafka: %s", problem)
             await self._wait_turn()
             try:
                 if self.k.create_topic:
@@ -1056,8 +1102,10 @@ class KafkaSink(Sink):
                     continue
                 # (a topic the brokers do not have, where they do not create topics when asked
                 # for, looks like this: aiokafka waits for its metadata until the timeout)
+                problem = await self._advertised_problem()
                 self._rl.warning("metadata", "kafka: no metadata for topic %s yet: %s (asked again before "
                                  "producing)%s", t, exc or type(exc).__name__,
+                                 self._hint(problem) if problem else
                                  "" if self.k.create_topic else "; if the topic does not exist and the "
                                  "brokers do not create topics automatically, create it or run with "
                                  "--kafka-create-topic")
@@ -1431,8 +1479,9 @@ class KafkaSink(Sink):
                 if not ok:
                     self.connected = False
                     self.errors["metadata"] += 1
-                    self._rl.error("metadata", "kafka: metadata refresh failed: no broker of %s answered",
-                                   ",".join(self.k.brokers))
+                    problem = await self._advertised_problem()
+                    self._rl.error("metadata", "kafka: metadata refresh failed: %s",
+                                   problem or f"no broker of {','.join(self.k.brokers)} answered")
                     return False
         except (asyncio.TimeoutError, Exception) as exc:
             self.connected = False
@@ -1466,7 +1515,8 @@ class KafkaSink(Sink):
         except (asyncio.TimeoutError, Exception) as exc:
             self.connected = False
             self.errors["metadata"] += 1
-            self._rl.error("metadata", "kafka: no metadata for %s yet: %r", ",".join(topics), exc)
+            self._rl.error("metadata", "kafka: no metadata for %s yet: %r%s", ",".join(topics), exc,
+                           self._hint(await self._advertised_problem()))
             return False
         self._need_metadata = False
         if self.direct is not None:
@@ -1502,7 +1552,10 @@ class KafkaSink(Sink):
             self.errors["metadata"] += 1
             self.connected = False
             self._need_metadata = True
-            self._rl.error("metadata", "kafka: no metadata for %s: %s", ",".join(topics), exc)
+            # (the topics of the records taken: the counters topic only with sFlow counter records)
+            asked = [topics[k] for k in (FLOWS, COUNTERS) if any(c.kind == k for c in chunks)]
+            self._rl.error("metadata", "kafka: no metadata for %s: %s%s", ",".join(asked), exc,
+                           self._hint(await self._advertised_problem()))
             for c in reversed(chunks):
                 q.requeue(c)
             await asyncio.sleep(0.5)

