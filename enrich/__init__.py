@@ -52,6 +52,43 @@ CREDENTIALS_RELOAD_MIN_SECONDS = 5.0
 TOKEN_FILE_MAX_AGE_SECONDS = 60.0
 
 
+class _ClientErrors(logging.Handler):
+    """Errors the `kubernetes` client logs while it loads credentials instead of raising them:
+    an exec plugin (`aws eks get-token`, kubelogin) that cannot be run or fails, an auth
+    provider that cannot refresh. It logs them with the root logger's `logging.error`, which also
+    set up Python's default stderr handler when the root logger had none (a line in another
+    format, outside --log-format json), and goes on without credentials: every request was then
+    refused (401) with nothing saying why. Attached to the root logger while loading, it takes
+    those records (and none other) so that the load can fail with them."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name == "root" and "kubernetes" in record.pathname.replace("\\", "/").split("/")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(" ".join(record.getMessage().split()))
+
+    def __enter__(self) -> _ClientErrors:
+        root = logging.getLogger()
+        self._others_handlers = [h for h in root.handlers]
+        for h in self._others_handlers:          # kept from the handlers already there, for the load
+            h.addFilter(self._others)
+        root.addHandler(self)
+        return self
+
+    def _others(self, record: logging.LogRecord) -> bool:
+        return not self.filter(record)
+
+    def __exit__(self, *_exc: object) -> None:
+        root = logging.getLogger()
+        root.removeHandler(self)
+        for h in self._others_handlers:
+            h.removeFilter(self._others)
+
+
 class Credentials:
     """The API server credentials in one client Configuration (shared by every ApiClient the
     informers use), loaded again when they go stale.
@@ -104,19 +141,26 @@ class Credentials:
         config, conf = self._config, self.conf
         # (a user without a token leaves the hook as it is: it must not chain to itself)
         conf.refresh_api_key_hook = None
-        if config.kubeconfig:
-            kconfig.load_kube_config(config_file=config.kubeconfig, context=config.context,
-                                     client_configuration=conf, persist_config=False)
-        elif os.environ.get("KUBERNETES_SERVICE_HOST"):
-            kconfig.load_incluster_config(client_configuration=conf)
-        else:
-            # None: the client's default, $KUBECONFIG or ~/.kube/config.
-            kconfig.load_kube_config(context=config.context, client_configuration=conf, persist_config=False)
+        with _ClientErrors() as errors:
+            if config.kubeconfig:
+                kconfig.load_kube_config(config_file=config.kubeconfig, context=config.context,
+                                         client_configuration=conf, persist_config=False)
+            elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+                kconfig.load_incluster_config(client_configuration=conf)
+            else:
+                # None: the client's default, $KUBECONFIG or ~/.kube/config.
+                kconfig.load_kube_config(context=config.context, client_configuration=conf, persist_config=False)
         self._loaded = self._clock()
         self._token_file = _uses_token_file(config)
         # the client's own hook (exec expiry, the in-cluster token file) of this load, chained
         self._inner = conf.refresh_api_key_hook
         conf.refresh_api_key_hook = self._refresh
+        if errors.messages:
+            # (after the hook is set again: a failed reload keeps the earlier credentials working)
+            from kubernetes.config import ConfigException
+
+            raise ConfigException("its credentials cannot be loaded (the kubeconfig user's exec plugin or auth "
+                                  f"provider failed): {'; '.join(dict.fromkeys(errors.messages))}")
 
     def _refresh(self, c: Any) -> None:
         """The Configuration's refresh_api_key_hook, run before each request."""

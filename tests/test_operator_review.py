@@ -195,3 +195,47 @@ def test_brokers_advertising_an_address_this_host_cannot_reach_are_named(collect
         assert c.stop(signal.SIGTERM) == 0
         assert "stopped: 0 flows delivered to kafka, 30 dropped" in c.log(), c.log()
 
+
+def _exec_kubeconfig(tmp_path: Path, server: str, command: str, args: list[str]) -> Path:
+    import json
+
+    kc = {"apiVersion": "v1", "kind": "Config", "current-context": "dev",
+          "clusters": [{"name": "dev", "cluster": {"server": server}}],
+          "users": [{"name": "me", "user": {"exec": {"apiVersion": "client.authentication.k8s.io/v1beta1",
+                                                     "command": command, "args": args,
+                                                     "interactiveMode": "Never"}}}],
+          "contexts": [{"name": "dev", "context": {"cluster": "dev", "user": "me"}}]}
+    path = tmp_path / f"kubeconfig-{len(list(tmp_path.glob('kubeconfig-*')))}"
+    path.write_text(json.dumps(kc))
+    return path
+
+
+def test_a_kubeconfig_whose_exec_plugin_fails_is_refused_with_its_error(collector: Any, tmp_path: Path) -> None:
+    """A kubeconfig whose credentials come from an exec plugin (`aws eks get-token`, kubelogin)
+    that is not installed, or fails (an expired SSO session): the `kubernetes` client logs the
+    error on the root logger (Python's default format, outside --log-format json) and goes on
+    without credentials, so `flowscope run` started, every request refused, and no line said
+    why. It is now a start-up error naming the kubeconfig and the plugin's error. A plugin that
+    works still starts the collector against the API server (tests' fake one)."""
+    from tests.support.fake_kube import running_fake_kube
+
+    with running_fake_kube() as fake:
+        missing = _exec_kubeconfig(tmp_path, fake.url, "flowscope-no-such-credential-plugin", [])
+        failing = _exec_kubeconfig(tmp_path, fake.url, "/bin/sh",
+                                   ["-c", "echo 'error: the SSO session has expired' >&2; exit 1"])
+        for kc, says in ((missing, "No such file or directory: 'flowscope-no-such-credential-plugin'"),
+                         (failing, "error: the SSO session has expired")):
+            p = _run(["--kubeconfig", str(kc), "--metrics-addr", "", "--log-format", "json"])
+            assert p.returncode == 2, p.stderr
+            assert "ERROR:root:" not in p.stderr, p.stderr
+            lines = p.stderr.splitlines()
+            assert len(lines) == 1 and lines[0].startswith("{") and '"level":"error"' in lines[0], p.stderr
+            assert f"enrich.kubeconfig (from --kubeconfig): {kc}: its credentials cannot be loaded" in lines[0], p.stderr
+            assert says in lines[0], p.stderr
+        fake.token = "from-the-plugin"
+        works = _exec_kubeconfig(tmp_path, fake.url, "/bin/sh", ["-c", (
+            "echo '{\"apiVersion\":\"client.authentication.k8s.io/v1beta1\",\"kind\":\"ExecCredential\","
+            "\"status\":{\"token\":\"from-the-plugin\"}}'")])
+        c = collector(["--kubeconfig", str(works), "--output-file", str(tmp_path / "flows.jsonl")])
+        assert c.get("/readyz")[0] == 200
+        assert "its credentials cannot be loaded" not in c.log()
