@@ -559,7 +559,8 @@ class Worker:
         elif not self.bound:
             why.append("listeners not bound")
         if not self.sink.connected:
-            why.append(f"{self.sink.name} sink not connected")
+            problem = getattr(self.sink, "problem", "")
+            why.append(f"{self.sink.name} sink not connected" + (f" ({problem})" if problem else ""))
         else:
             stalled = self.sink.stalled_for()
             if stalled > self.stall_limit:

@@ -284,6 +284,9 @@ class Sink:
         self.queue = BoundedQueue(cfg.queue_bytes, cfg.drop_policy)
         self.delivered = [0, 0]  # by kind: flows, counters
         self.connected = False
+        # why the sink is not connected, for /readyz (the latest failure said in the log; "" when
+        # none was, and cleared once connected)
+        self.problem = ""
         self.errors: dict[str, int] = collections.defaultdict(int)
         self.latency = new_histogram()
         self.batches = 0
@@ -1037,8 +1040,8 @@ class KafkaSink(Sink):
                 raise
             except (OSError, ssl.SSLError, Exception) as exc:  # aiokafka raises several types
                 self.errors["connect"] += 1
-                self._rl.error("connect", "kafka: cannot connect to %s: %s (retrying; records are queued up to "
-                               "--queue-bytes)", ",".join(self.k.brokers), connect_error(self.k, exc))
+                self.problem = f"cannot connect to {','.join(self.k.brokers)}: {connect_error(self.k, exc)}"
+                self._rl.error("connect", "kafka: %s (retrying; records are queued up to --queue-bytes)", self.problem)
                 for producer in producers:
                     try:
                         await producer.stop()
@@ -1072,6 +1075,7 @@ class KafkaSink(Sink):
                 if topic_turn is not None and topic_turn[1]:
                     topic_turn[0].set()
             self.connected = True
+            self.problem = ""
             return
 
     async def _wait_turn(self) -> None:
@@ -1480,13 +1484,14 @@ class KafkaSink(Sink):
                     self.connected = False
                     self.errors["metadata"] += 1
                     problem = await self._advertised_problem()
-                    self._rl.error("metadata", "kafka: metadata refresh failed: %s",
-                                   problem or f"no broker of {','.join(self.k.brokers)} answered")
+                    self.problem = f"metadata refresh failed: {problem or 'no broker of ' + ','.join(self.k.brokers) + ' answered'}"
+                    self._rl.error("metadata", "kafka: %s", self.problem)
                     return False
         except (asyncio.TimeoutError, Exception) as exc:
             self.connected = False
             self.errors["metadata"] += 1
-            self._rl.error("metadata", "kafka: metadata refresh failed: %r", exc)
+            self.problem = f"metadata refresh failed: {exc!r}"
+            self._rl.error("metadata", "kafka: %s", self.problem)
             return False
         if self.k.create_topic:
             await self._create_topics()
@@ -1515,13 +1520,14 @@ class KafkaSink(Sink):
         except (asyncio.TimeoutError, Exception) as exc:
             self.connected = False
             self.errors["metadata"] += 1
-            self._rl.error("metadata", "kafka: no metadata for %s yet: %r%s", ",".join(topics), exc,
-                           self._hint(await self._advertised_problem()))
+            self.problem = f"no metadata for {','.join(topics)} yet: {exc!r}{self._hint(await self._advertised_problem())}"
+            self._rl.error("metadata", "kafka: %s", self.problem)
             return False
         self._need_metadata = False
         if self.direct is not None:
             self.direct.forget_closed()
         self.connected = True
+        self.problem = ""
         # the flows topic is there again (re-created, if the broker came back empty): its
         # max.message.bytes asked for now, not when the next batch may already be under way
         self._ask_limit(self.k.topic)
@@ -1554,8 +1560,8 @@ class KafkaSink(Sink):
             self._need_metadata = True
             # (the topics of the records taken: the counters topic only with sFlow counter records)
             asked = [topics[k] for k in (FLOWS, COUNTERS) if any(c.kind == k for c in chunks)]
-            self._rl.error("metadata", "kafka: no metadata for %s: %s%s", ",".join(asked), exc,
-                           self._hint(await self._advertised_problem()))
+            self.problem = f"no metadata for {','.join(asked)}: {exc}{self._hint(await self._advertised_problem())}"
+            self._rl.error("metadata", "kafka: %s", self.problem)
             for c in reversed(chunks):
                 q.requeue(c)
             await asyncio.sleep(0.5)
@@ -2178,6 +2184,7 @@ class KafkaSink(Sink):
                 self._written[o.kind] -= len(o.records)
             if exc is None:
                 self.connected = True
+                self.problem = ""
                 self._retry_wait = 0.0
                 self.delivered[o.kind] += len(o.records)
                 if not self._told[o.kind]:

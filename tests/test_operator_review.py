@@ -191,9 +191,25 @@ def test_brokers_advertising_an_address_this_host_cannot_reach_are_named(collect
                                    + re.escape(names), c.log()), 30,
                  what="the metadata error after producing began, with the cause")
         assert f"no broker of {b.bootstrap} answered" not in c.log(), c.log()
+        # /readyz ("says why", deploy/README.md) says it too
+        wait_for(lambda: c.get("/readyz")[0] == 503 and f"advertises 127.0.0.1:{advertised}" in c.get("/readyz")[1],
+                 30, what="/readyz naming the advertised address")
         assert "flowscope-flows,flowscope-counters" not in c.log(), c.log()
         assert c.stop(signal.SIGTERM) == 0
         assert "stopped: 0 flows delivered to kafka, 30 dropped" in c.log(), c.log()
+
+
+def test_readyz_says_why_the_kafka_sink_is_not_connected(collector: Any, tmp_path: Path) -> None:
+    """deploy/README.md: "pod not Ready | curl localhost:9400/readyz (says why)". With the
+    brokers out of reach it said "kafka sink not connected" and no more; it now adds the failure
+    the log gave (here: a port nothing listens on)."""
+    from conftest import free_tcp_port
+
+    port = free_tcp_port()
+    c = collector(["--kafka-brokers", f"127.0.0.1:{port}"], wait_ready=False)
+    wait_for(lambda: f"kafka sink not connected (cannot connect to 127.0.0.1:{port}: " in c.get("/readyz")[1], 20,
+             what="/readyz with the connect failure")
+    assert c.get("/readyz")[0] == 503
 
 
 def _exec_kubeconfig(tmp_path: Path, server: str, command: str, args: list[str]) -> Path:
