@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
                          epilog="Exit status: 0 when the whole capture was decoded; 1 when FILE cannot be "
                          "read, is not a pcap/pcapng capture, holds no UDP datagram (to --port, when given), "
                          "is cut short (the complete records before the cut are decoded first), or when with --kubeconfig the "
-                         "informers did not sync within --sync-timeout (an API server not reachable, a list RBAC denies: nothing is decoded); "
+                         "informers did not sync within --sync-timeout seconds (an API server not reachable, a list RBAC denies: nothing is decoded); "
                          "2 for a usage error (a bad option, an unusable --kubeconfig).")
     try:
         from . import decode as decode_mod

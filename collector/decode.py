@@ -19,7 +19,7 @@ import orjson
 
 from collector.config import parse_map
 from collector.pcap import PcapError, PcapStats, iter_udp
-from collector.util import udp_port
+from collector.util import positive_seconds, udp_port
 from decoders import Decoder, DecoderConfig
 
 __all__ = ["add_arguments", "run"]
@@ -62,22 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         import enrich
     except ImportError:  # enrichment is optional at this seam
         return
-    parser.add_argument("--sync-timeout", type=_sync_timeout, default=60.0, metavar="SECONDS",
+    parser.add_argument("--sync-timeout", type=positive_seconds, default=60.0, metavar="SECONDS",
                         help="with --kubeconfig: how long to wait for every informer's first full list "
                              "before giving up (exit 1, naming the kinds not listed and why) [default: 60]")
     add = getattr(enrich, "add_cli_arguments", None)
     if add is not None:
         add(parser)
-
-
-def _sync_timeout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text!r}")
-    return value
 
 
 def _enricher(args: argparse.Namespace) -> tuple[Any, Callable[[], None]]:
