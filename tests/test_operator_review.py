@@ -38,9 +38,16 @@ def test_kernel_drops_for_a_full_receive_buffer_are_logged_with_the_fix(collecto
         _replay(c.port, sent)
     finally:
         c.proc.send_signal(signal.SIGCONT)
+    # every datagram sent was either read or dropped by the kernel (loopback loses nothing else),
+    # and every flow decoded is written: only then are the counts final (the metrics are
+    # snapshots pushed every --stats-interval, and the file exists from the start)
+    def settled() -> bool:
+        seen = c.value("flowscope_datagrams_total") + c.value("flowscope_kernel_receive_drops_total")
+        return (seen == sent and out.exists()
+                and c.value("flowscope_flows_total") == len(out.read_bytes().splitlines()))
+
+    wait_for(settled, 20, what="every datagram read or dropped, the flows decoded written")
     # the capture's datagram holds 30 flows: what reached the decoder is the lines written / 30
-    wait_for(lambda: out.exists() and c.value("flowscope_flows_total") == len(out.read_bytes().splitlines()), 15,
-             what="the flows decoded written")
     decoded = len(out.read_bytes().splitlines())
     assert decoded % 30 == 0, decoded
     lost = sent - decoded // 30
