@@ -77,7 +77,9 @@ SERIES: dict[str, Series] = {s.name: s for s in [
            "Statistics options records, RFC 7011 4.3; Open vSwitch reports its failed message sends as packets): the "
            "increases of those cumulative totals per exporting process (address and source port), observation domain "
            "and exportingProcessId scope (the first value seen of each is its baseline; a value that goes down is a "
-           "counter that restarted, a new baseline). NetFlow v9 defines no such field: nothing for netflow9",
+           "counter that restarted, a new baseline; a record whose message was sent before the last value's, numbered "
+           "before it and not exported later, is an older one arriving late: skipped). NetFlow v9 defines no such "
+           "field: nothing for netflow9",
            ("exporter", "protocol", "unit")),
     Series("flowscope_sequence_resets", "counter", "Exporter restarts: a sequence number that jumped by more than "
            "2^20, or went back with a header uptime (netflow5, netflow7, netflow9, sflow5) that went back by more than a "
