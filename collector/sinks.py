@@ -644,6 +644,18 @@ TOPIC_LIMIT_WAIT_S = 1.0
 ADVERTISED_CHECK_S = 30.0
 ADVERTISED_CONNECT_S = 2.0
 
+
+async def tcp_unreachable(host: str, port: int) -> str:
+    """Why a TCP connection to host:port cannot be made within ADVERTISED_CONNECT_S (refused,
+    unresolvable, no answer), or "" when it can (it is closed at once)."""
+    try:
+        _r, w = await asyncio.wait_for(asyncio.open_connection(host, port), ADVERTISED_CONNECT_S)
+    except (OSError, asyncio.TimeoutError) as exc:
+        return (exc.strerror if isinstance(exc, OSError) and exc.strerror else
+                "no answer" if isinstance(exc, asyncio.TimeoutError) else str(exc) or type(exc).__name__)
+    w.close()
+    return ""
+
 #: Seconds at least between two DescribeConfigs requests for one topic (KafkaSink._ask_limit).
 LIMIT_ASK_S = 10.0
 
@@ -985,16 +997,7 @@ class KafkaSink(Sink):
         self._adv_checked_at = now
         brokers = list(self.producer.client.cluster.brokers())
 
-        async def reach(host: str, port: int) -> str:
-            try:
-                _r, w = await asyncio.wait_for(asyncio.open_connection(host, port), ADVERTISED_CONNECT_S)
-            except (OSError, asyncio.TimeoutError) as exc:
-                return (exc.strerror if isinstance(exc, OSError) and exc.strerror else
-                        "no answer" if isinstance(exc, asyncio.TimeoutError) else str(exc) or type(exc).__name__)
-            w.close()
-            return ""
-
-        why = await asyncio.gather(*(reach(b.host, b.port) for b in brokers))
+        why = await asyncio.gather(*(tcp_unreachable(b.host, b.port) for b in brokers))
         bad = [f"{'[' + b.host + ']' if ':' in b.host else b.host}:{b.port} (node {b.nodeId}: {w})"
                for b, w in zip(brokers, why, strict=True) if w]
         self._adv_problem = "" if not bad else (
@@ -1016,14 +1019,9 @@ class KafkaSink(Sink):
             return ""
 
         async def reach(addr: str) -> str:
-            host, port = split_hostport(addr)
-            try:
-                _r, w = await asyncio.wait_for(asyncio.open_connection(host, port), ADVERTISED_CONNECT_S)
-            except (OSError, asyncio.TimeoutError) as exc:
-                why = (exc.strerror if isinstance(exc, OSError) and exc.strerror else
-                       "no answer" if isinstance(exc, asyncio.TimeoutError) else str(exc) or type(exc).__name__)
+            why = await tcp_unreachable(*split_hostport(addr))
+            if why:
                 return f"{addr}: {why}"
-            w.close()
             return (f"{addr} accepts connections but did not answer Kafka's first requests: a listener that wants "
                     "SASL (--kafka-sasl-mechanism) or TLS (--kafka-tls), or a port that is not a Kafka broker's")
 

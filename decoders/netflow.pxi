@@ -503,6 +503,14 @@ cdef class SeqStream:
     cdef bint uncounted         # the latest packet's record count is unknown (not decoded whole)
 
 
+cdef inline bint sent_before_known(SeqStream st, uint32_t seq) noexcept:
+    """An IPFIX message numbered seq was sent before what the stream already knows of: behind
+    the number it expects (within SEQ_MAX_GAP), or at or behind the number of an uncounted
+    message (SeqStream.floor: ipfix_forget)."""
+    cdef uint32_t behind = st.next - seq
+    return behind <= SEQ_MAX_GAP and ((st.synced and behind > 0) or st.floor)
+
+
 cdef inline bint sent_after(int64_t export_s, int64_t latest_s) noexcept:
     """A datagram with header export time export_s was sent after a stream's latest, latest_s:
     later, or a minute or more earlier (a clock set back, with a restart or an NTP step)."""
@@ -1159,13 +1167,11 @@ cdef class ExporterState:
         datagram refused before decoding may have held none)."""
         cdef SeqPort sp = self.seq_port(port)
         cdef SeqStream st
-        cdef uint32_t behind
         sp.has_prev = False
         if sp.dom_last.pop(domain, None) is not None:
             self.dom_entries -= 1
         st = self.seq_stream(PROTO_IPFIX, port, SEQ_SHARED if sp.shared_votes > sp.domain_votes else domain)
-        behind = st.next - seq
-        if behind <= SEQ_MAX_GAP and ((st.synced and behind > 0) or st.floor):
+        if sent_before_known(st, seq):
             # Sent before what the stream already knows of: a late one, and what comes next is
             # still known. Into the range held back or an open gap, it fills one record, the
             # least it held (OVS's statistics record overtaken by the next flow and arriving
@@ -1185,11 +1191,7 @@ cdef class ExporterState:
         cdef SeqPort sp = self.seq_ports.get(port)
         cdef SeqStream st = self.seq_streams.get(
             (PROTO_IPFIX, port, SEQ_SHARED if sp is not None and sp.shared_votes > sp.domain_votes else domain))
-        cdef uint32_t behind
-        if st is None:
-            return False
-        behind = st.next - seq
-        return behind <= SEQ_MAX_GAP and ((st.synced and behind > 0) or st.floor)
+        return st is not None and sent_before_known(st, seq)
 
     cdef void sequence_forget(self, int kind, uint32_t port, uint64_t domain) noexcept:
         """What the last message advanced by is unknown (not decoded whole): the stream's next
