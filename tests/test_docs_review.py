@@ -71,7 +71,9 @@ FOREIGN_FLAGS = {
                          "--patch-file", "--from-literal", "--from-file", "--format", "--ignorefile",
                          "--read-only", "--bootstrap-server", "--topic", "--from-beginning", "--property",
                          "--keep"},
-    "README.md": {"--thread", "--records", "--kafka", "--enriched", "--only", "--agents", "--unmatched"},   # benchmarks: compress_bench --thread, harness --records, stream_ab --kafka/--enriched/--unmatched, pipeline_bench --only/--agents/--unmatched
+    "README.md": {"--thread", "--records", "--kafka", "--enriched", "--only", "--agents", "--unmatched",
+                  "--collectors", "--flowscope-args", "--callgrind", "--pods", "--nodes", "--services",
+                  "--rounds"},   # benchmarks: compress_bench --thread, harness --records/--collectors/--flowscope-args, stream_ab --kafka/--enriched/--unmatched, pipeline_bench --only/--agents/--unmatched/--callgrind/--pods/--nodes/--services/--rounds
     "docs/collector.md": {"--bump-revision"},   # etcdutl snapshot restore --bump-revision
 }
 # FLOWSCOPE_* names that are not options: the config file's variable, build switches, the
