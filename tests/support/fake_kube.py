@@ -4,10 +4,11 @@ Why: no API server can run in CI, and mocking the client would test nothing of t
 HTTP handling. This server answers the real requests of `kubernetes.client` (Bearer token auth,
 JSON lists with metadata.resourceVersion and limit/continue paging, PartialObjectMetadata lists
 when asked through Accept, watch streams as chunked newline-delimited JSON events with ADDED /
-MODIFIED / DELETED / BOOKMARK / ERROR, 410 Gone for compacted resourceVersions, 504 "Too large
+MODIFIED / DELETED / BOOKMARK / ERROR, 410 Gone for compacted resourceVersions and continue tokens, 504 "Too large
 resource version" for one the server has not reached (an etcd restore: backup() / restore()),
 401/403 Status objects) and lets a test inject faults: dropped connections, garbage bodies, forbidden verbs,
-held events (so changes can happen "in between" a dead watch and a relist).
+held events (so changes can happen "in between" a dead watch and a relist), and an `on_request` hook
+(so they can happen between two pages of a list).
 
 It runs in-process on a free 127.0.0.1 port in a thread; `write_kubeconfig()` points a kubeconfig
 file at it. With `tls_dir` it speaks HTTPS, as a real API server does, with a certificate for
@@ -47,6 +48,15 @@ ROUTES = {
 }
 KIND_INFO = {v[0]: (path, *v[1:]) for path, v in ROUTES.items()}
 
+# The message of the 410 for a continue token etcd compacted away (k8s.io/apiserver storage/etcd3,
+# inconsistentContinue), whose Status carries a continue token that reads on at the latest revision.
+INCONSISTENT_CONTINUE = (
+    "The provided continue parameter is too old to display a consistent list result. You can start a new "
+    "list without the continue parameter, or use the continue token in this response to retrieve the "
+    "remainder of the results. Continuing with the provided token results in an inconsistent list - objects "
+    "that were created, modified, or deleted between the time the first chunk was returned and now may show "
+    "up in the list.")
+
 
 def status(code: int, reason: str, message: str) -> dict[str, Any]:
     """A metav1.Status object as the API server sends it with errors."""
@@ -55,11 +65,13 @@ def status(code: int, reason: str, message: str) -> dict[str, Any]:
 
 
 class Fault:
-    """An injected failure for (kind, verb); `times` None means until cleared."""
+    """An injected failure for (kind, verb); `times` None means until cleared; the first
+    `after` requests of (kind, verb) pass untouched (a list that expires after some pages)."""
 
-    def __init__(self, what: str, times: int | None) -> None:
+    def __init__(self, what: str, times: int | None, after: int = 0) -> None:
         self.what = what
         self.times = times
+        self.after = after
 
 
 class FakeKube:
@@ -78,6 +90,14 @@ class FakeKube:
         self.requests: list[dict[str, Any]] = []
         self.watchers: dict[str, int] = {k: 0 for k in KIND_INFO}
         self.snapshots: dict[str, tuple[int, list[dict[str, Any]]]] = {}
+        # continue tokens etcd compacted away (expired_continue), each with the key its list
+        # would have continued from: a request with one is answered 410 Expired
+        self.compacted_continues: dict[str, str] = {}
+        # the "inconsistent" continue tokens those 410 answers carried (see _list)
+        self.inconsistent_continues: dict[str, tuple[str, str]] = {}
+        # Called with each request's record (verb, kind, query...) before it is answered, in the
+        # server's thread: a test changes objects there, between two pages of a list.
+        self.on_request: Callable[[dict[str, Any]], None] | None = None
         self._uids = itertools.count(1)
         self._snap_ids = itertools.count(1)
         self.stopping = False
@@ -253,7 +273,7 @@ class FakeKube:
             self.held.discard(kind)
             self.cond.notify_all()
 
-    def fail(self, kind: str, verb: str, what: str, *, times: int | None = None) -> None:
+    def fail(self, kind: str, verb: str, what: str, *, times: int | None = None, after: int = 0) -> None:
         """Inject a fault for list or watch: forbidden, slow_forbidden (403 after 1.2 s),
         unauthorized, garbage, drop, error500, unavailable (503 with Retry-After: 1), error500_event (watch only: the stream's first event is an ERROR
         Status 500 InternalError, then it ends, as an etcd timeout is reported once the watch is open),
@@ -264,10 +284,13 @@ class FakeKube:
         oversize (watch only: first a MODIFIED event of `oversize_bytes`, the kind's first object
         moved to address 10.244.0.99 with a huge annotation, in 64 KiB chunks, then the stream goes
         on as usual), slow_oversize (the same after 1.2 s), noitems and
-        expired_continue (list only: the page is
-        served but its continue token is already compacted away, so the next page gets 410)."""
+        expired_continue (list only: the page is served but its continue token is already compacted
+        away, so the next page gets 410 Expired as the API server answers it, a Status whose
+        metadata.continue is the "inconsistent" token that would go on from the current state).
+        `after`: the first `after` requests pass before the fault applies (a list whose token expires
+        after so many pages)."""
         with self.cond:
-            self.faults[(kind, verb)] = Fault(what, times)
+            self.faults[(kind, verb)] = Fault(what, times, after)
 
     def clear(self, kind: str, verb: str) -> None:
         with self.cond:
@@ -277,6 +300,9 @@ class FakeKube:
         with self.cond:
             f = self.faults.get((kind, verb))
             if f is None:
+                return None
+            if f.after > 0:
+                f.after -= 1
                 return None
             if f.times is not None:
                 f.times -= 1
@@ -387,12 +413,15 @@ class _Handler(BaseHTTPRequestHandler):
         # "bearer <token>"): k8s.io/apiserver request/bearertoken lowercases it.
         scheme, _, token = self.headers.get("Authorization", "").strip().partition(" ")
         token = token if scheme.lower() == "bearer" else ""
+        record = {"verb": verb, "kind": kind, "query": q, "accept": self.headers.get("Accept", ""), "token": token}
         with k.cond:
-            k.requests.append({"verb": verb, "kind": kind, "query": q, "accept": self.headers.get("Accept", ""),
-                               "token": token})
+            k.requests.append(record)
             accepted = k.token
             if token in k.old_tokens:
                 accepted = token
+            hook = k.on_request
+        if hook is not None:
+            hook(record)
         if route is None:
             self._send_json(404, status(404, "NotFound", f"the server could not find {u.path}"))
             return
@@ -469,10 +498,28 @@ class _Handler(BaseHTTPRequestHandler):
         limit = int(q.get("limit", "0") or 0)
         cont = q.get("continue")
         with k.cond:
-            if cont:
+            if cont and cont in k.compacted_continues:
+                # k8s.io/apiserver storage/etcd3 (interpretListError, handleCompactedErrorForPaging):
+                # etcd compacted the revision a paged list reads: 410, reason Expired, and a Status
+                # whose metadata.continue goes on from the same key at the latest revision (its
+                # resourceVersion -1), "an inconsistent list" of objects from two points in time.
+                token = base64.b64encode(f"inconsistent-{next(k._snap_ids)}".encode()).decode()
+                k.inconsistent_continues[token] = (kind, k.compacted_continues[cont])
+                st = status(410, "Expired", INCONSISTENT_CONTINUE)
+                st["metadata"] = {"continue": token}
+                self._send_json(410, st)
+                return
+            if cont and cont in k.inconsistent_continues:
+                # the rest of the list, from the key the expired token stopped at, as it is now
+                _, key = k.inconsistent_continues[cont]
+                rv = k.rv
+                items = [json.loads(json.dumps(o)) for name, o in sorted(k.objects[kind].items()) if name >= key]
+            elif cont:
                 snap = k.snapshots.get(cont)
                 if snap is None:
-                    self._send_json(410, status(410, "Expired", "The provided continue parameter is too old"))
+                    self._send_json(410, status(410, "Expired", "The provided continue parameter is too old "
+                                                "to display a consistent list result. You can start a new list "
+                                                "without the continue parameter."))
                     return
                 rv, items = snap
             else:
@@ -482,8 +529,10 @@ class _Handler(BaseHTTPRequestHandler):
         meta: dict[str, Any] = {"resourceVersion": str(rv)}
         if rest:
             token = base64.b64encode(f"snap-{next(k._snap_ids)}".encode()).decode()
-            if fault != "expired_continue":
-                with k.cond:
+            with k.cond:
+                if fault == "expired_continue":
+                    k.compacted_continues[token] = k._key(rest[0])
+                else:
                     k.snapshots[token] = (rv, rest)
             meta["continue"] = token
             meta["remainingItemCount"] = len(rest)
