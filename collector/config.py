@@ -373,6 +373,13 @@ class EnrichSection:
                              "(secondary networks; k8s.v1.cni.cncf.io/networks-status, as Multus wrote it before, "
                              "when a pod has no network-status); status.podIPs keep priority, an address two live pods claim "
                              "this way is nobody's (counted)", parse_bool, flag="--enrich-pod-networks")
+    list_chunk_size: int = opt(500, "objects per page of the informers' list requests (limit/continue, as kubectl's "
+                               "--chunk-size); a list whose continue token expires (a list slower than the API "
+                               "server's etcd compaction, 5 min by default) starts again from its first page in "
+                               "pages up to 4 times as large. Larger pages list faster and hold more in memory "
+                               "while listing; 0 = one unpaged list, which never expires but decodes the whole "
+                               "kind at once (GiBs for 100k pods)", ranged(parse_int, 0, 100000),
+                               flag="--enrich-list-chunk-size", metavar="N")
 
 
 # kafka.compression_level: what each codec accepts (0 always: flowscope's default level);

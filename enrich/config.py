@@ -98,7 +98,9 @@ class EnrichConfig:
     read_timeout_slack_seconds: float = 30.0
     # Connect timeout for every request to the API server.
     connect_timeout_seconds: float = 10.0
-    # Page size of list requests (limit/continue); 0 = one unpaged list.
+    # Page size of list requests (limit/continue); 0 = one unpaged list (never expires, but the
+    # whole kind is decoded at once). A list whose continue token expires starts again from its
+    # first page, in pages up to 4 times as large (enrich.informer.LIST_RESTARTS).
     list_chunk_size: int = 500
     # Reconnect backoff: first delay, multiplier, ceiling, and +-jitter fraction.
     backoff_initial_seconds: float = 0.5

@@ -8,7 +8,8 @@ objects would cost seconds and hundreds of MB, while the index keeps a dozen fie
 
 Layering (after kopf's watching.py):
   `Informer.run`          forever: list-then-watch, with exponential backoff between failures;
-  `_list_then_watch`      list (paged), replace the kind's cache atomically, then watch from the
+  `_list_then_watch`      list (paged; from its first page again, in larger pages, when a continue
+                          token expires), replace the kind's cache atomically, then watch from the
                           list's resourceVersion, re-watching after each stream ends; returns on
                           410 Gone (and on "Too large resource version") so the outer loop relists;
   `_watch_stream`         one HTTP watch stream: events, bookmarks, ERROR Status objects; an
@@ -76,6 +77,22 @@ REPEATING_CAUSES = frozenset(("oversize_event",))
 WATCH_EVENT_MAX_BYTES = 16 << 20
 # At most this much is read from a watch stream at once (one HTTP chunk may be larger).
 WATCH_READ_BYTES = 64 << 10
+# A paged list whose continue token expired (etcd compacted the revision its first page read: a
+# list slower than the API server's compaction interval, 5 min by default) is listed again from
+# its first page up to this many times before the attempt is given up (counted as list_expired,
+# retried with backoff). Each expiry since the last completed list doubles the page, up to
+# LIST_PAGE_GROWTH_MAX times list_chunk_size: fewer requests (each queued by API Priority and
+# Fairness, each a round trip) for the list to beat the compaction, at a bounded cost in memory.
+LIST_RESTARTS = 2
+LIST_PAGE_GROWTH_MAX = 4
+
+
+class ContinueExpired(Exception):
+    """HTTP 410 to a list's continue request: etcd compacted the revision the list reads."""
+
+    def __init__(self, objects: int) -> None:
+        super().__init__(f"continue token expired after {objects} objects")
+        self.objects = objects  # objects the pages read before it held
 
 
 class ApiProblem(Exception):
@@ -111,7 +128,7 @@ class KindStats:
     """Counters of one informer, read by the collector's metrics exporter."""
 
     __slots__ = ("events", "lists", "relists", "errors", "synced", "state", "resource_version",
-                 "objects", "last_sync", "last_error")
+                 "objects", "last_sync", "list_seconds", "last_error")
 
     def __init__(self) -> None:
         self.events: dict[str, int] = {"ADDED": 0, "MODIFIED": 0, "DELETED": 0, "BOOKMARK": 0}
@@ -123,6 +140,8 @@ class KindStats:
         self.resource_version = ""
         self.objects = 0        # objects in the last full list plus watch adds/deletes
         self.last_sync = 0.0    # wall time of the last completed list
+        self.list_seconds = 0.0  # how long it took, first page to last (its continue token expires
+                                 # when this exceeds the API server's etcd compaction interval)
         self.last_error = ""    # the latest failure while not recovered ("" after a recovery)
 
     def as_dict(self) -> dict[str, Any]:
@@ -202,6 +221,7 @@ class Informer:
         self._logged: set[str] = set()
         self._gone_streak = 0   # watches in a row that expired (410) right after their list
         self._watch_failures = 0  # watches in a row that failed (errors, not 410) since one worked
+        self._list_expiries = 0   # lists whose continue token expired since one completed
         self._backoff = Backoff(initial=config.backoff_initial_seconds, factor=config.backoff_factor,
                                 maximum=config.backoff_max_seconds, jitter=config.backoff_jitter)
 
@@ -379,32 +399,80 @@ class Informer:
         # Pages keep one page of objects alive, every page reads one etcd revision (no going
         # back in time), and from Kubernetes 1.31 (ConsistentListFromCache) the cache serves
         # them anyway.
+        chunk = self._cfg.list_chunk_size
+        restarts = 0
+        while True:
+            limit = self._page_size()
+            started = time.monotonic()
+            try:
+                recs, rv = self._list_pages(limit)
+            except ContinueExpired as x:
+                objects = x.objects
+            else:
+                self._list_expiries = 0
+                self.stats.list_seconds = round(time.monotonic() - started, 3)
+                return recs, rv
+            # (out of the except block: the attempt's records went with its frame)
+            took = time.monotonic() - started
+            # k8s.io/apiserver storage/etcd3: "The provided continue parameter is too old to display
+            # a consistent list result. You can start a new list without the continue parameter, or
+            # use the continue token in this response to retrieve the remainder of the results.
+            # Continuing with the provided token results in an inconsistent list". Not that token:
+            # the watch would start after changes to objects on the pages already read (a pod
+            # deleted there stays in the cache for good). Nor client-go pager's answer, one unpaged
+            # list: ~0.6 GiB of JSON decoded whole for 100k pods. A new paged list from the first
+            # page (a fresh consistent snapshot), in larger pages (see LIST_RESTARTS).
+            st = self.stats
+            st.errors["expired"] = st.errors.get("expired", 0) + 1
+            self._list_expiries += 1
+            if restarts == LIST_RESTARTS:
+                raise ApiProblem(
+                    "list_expired", f"list {self._resource()}: the continue token expired {restarts + 1} times in a "
+                    f"row, the last one after {took:.0f} s and {objects} objects (pages of {limit}): the list is slower "
+                    "than the API server's etcd compaction (--etcd-compaction-interval, 5 min by default); the next lists "
+                    f"read {chunk * LIST_PAGE_GROWTH_MAX} objects a page. Raise enrich.list_chunk_size "
+                    f"(--enrich-list-chunk-size, now {chunk}: larger pages list faster, and hold more in memory "
+                    "while listing) or the compaction interval; 0 lists unpaged, which never expires but decodes "
+                    "the whole kind at once (GiBs of memory for 100k pods)")
+            restarts += 1
+            first = "expired" not in self._logged
+            self._logged.add("expired")   # once an episode: again only after a list completes
+            log.log(logging.WARNING if first else logging.DEBUG,
+                    "enrich: %s list's continue token expired (410 Expired) after %.0f s and %d objects (pages of "
+                    "%d): the list is slower than the API server's etcd compaction; listing again from the first "
+                    "page, %d objects a page (restart %d of %d; the last good cache keeps serving)", self.kind, took,
+                    objects, limit, self._page_size(), restarts, LIST_RESTARTS)
+
+    def _page_size(self) -> int:
+        """list_chunk_size, doubled for each list whose continue token expired since one
+        completed, up to LIST_PAGE_GROWTH_MAX times (0 stays 0: unpaged)."""
+        return self._cfg.list_chunk_size * min(LIST_PAGE_GROWTH_MAX, 1 << min(self._list_expiries, 8))
+
+    def _list_pages(self, limit: int) -> tuple[list[Any], str]:
+        """One paged list (`limit` objects a page, 0: unpaged) from its first page: its parsed
+        records and resourceVersion. ContinueExpired when a continue token expires."""
         recs: list[Any] = []
         cont: str | None = None
-        unpaged = False
         parse = self._index.parse
         while True:
             kwargs: dict[str, Any] = {}
-            if self._cfg.list_chunk_size and not unpaged:
-                kwargs["limit"] = self._cfg.list_chunk_size
+            if limit:
+                kwargs["limit"] = limit
             if cont:
                 kwargs["_continue"] = cont
             try:
                 body = self._request("list", kwargs, read_timeout=max(60.0, self._cfg.read_timeout_slack_seconds))
             except Gone:
-                if not cont or unpaged:
+                if not cont:
                     raise ApiProblem("expired", f"list {self._resource()}: 410 Gone") from None
-                # The continue token expired (etcd compacted past it: a long paged list): as
-                # client-go's pager does, list once more in one page.
-                st = self.stats
-                st.errors["expired"] = st.errors.get("expired", 0) + 1
-                log.info("enrich: %s list's continue token expired (410 Gone): listing again in one page", self.kind)
-                recs, cont, unpaged = [], None, True
-                continue
+                objects = len(recs)
+                recs.clear()   # not kept alive by the exception's traceback
+                raise ContinueExpired(objects) from None
             try:
                 doc = orjson.loads(body)
             except orjson.JSONDecodeError as e:
                 raise ApiProblem("bad_response", f"list {self._resource()} returned non-JSON: {e}") from None
+            del body   # one page alive at a time: not this one's bytes while the next is read
             if isinstance(doc, dict) and doc.get("kind") == "Status":
                 raise ApiProblem("bad_response", f"list {self._resource()} returned a Status: {doc.get('message')}")
             # "items" must be there (null is taken as empty): a reply without it is not a list,

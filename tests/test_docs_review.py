@@ -74,7 +74,8 @@ FOREIGN_FLAGS = {
     "README.md": {"--thread", "--records", "--kafka", "--enriched", "--only", "--agents", "--unmatched",
                   "--collectors", "--flowscope-args", "--callgrind", "--pods", "--nodes", "--services",
                   "--rounds"},   # benchmarks: compress_bench --thread, harness --records/--collectors/--flowscope-args, stream_ab --kafka/--enriched/--unmatched, pipeline_bench --only/--agents/--unmatched/--callgrind/--pods/--nodes/--services/--rounds
-    "docs/collector.md": {"--bump-revision"},   # etcdutl snapshot restore --bump-revision
+    # etcdutl snapshot restore --bump-revision, kube-apiserver --etcd-compaction-interval, kubectl --chunk-size
+    "docs/collector.md": {"--bump-revision", "--etcd-compaction-interval", "--chunk-size"},
 }
 # FLOWSCOPE_* names that are not options: the config file's variable, build switches, the
 # variables the kubelet's service links would add, and docs/collector.md's misspelling example.

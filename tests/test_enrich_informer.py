@@ -306,10 +306,12 @@ def test_paged_list(fake_kube: FakeKube, kubeconfig: str) -> None:  # noqa: F811
         e.stop()
 
 
-def test_expired_continue_token_falls_back_to_one_unpaged_list(fake_kube: FakeKube, kubeconfig: str) -> None:  # noqa: F811
+def test_expired_continue_token_restarts_the_paged_list_in_larger_pages(fake_kube: FakeKube,  # noqa: F811
+                                                                        kubeconfig: str) -> None:
     """The API server answers 410 Expired to a continue token etcd compacted away (a long paged
-    list): the informer lists once more in one page, as client-go's pager does, instead of
-    starting the paged list over and over."""
+    list): the informer lists again from the first page, paged, in pages twice as large each
+    time, never in one unpaged page as client-go's pager does (GiBs for 100k pods);
+    tests/test_enrich_listexpiry_review.py has the rest."""
     for i in range(7):
         fake_kube.add("pods", pod(f"p{i}", "shop", ips=[f"10.244.0.{10 + i}"]))
     for k in ("nodes", "services", "replicasets"):
@@ -320,9 +322,11 @@ def test_expired_continue_token_falls_back_to_one_unpaged_list(fake_kube: FakeKu
     try:
         assert e.wait_ready(10)
         lists = [r["query"] for r in fake_kube.requests if r["kind"] == "pods" and r["verb"] == "list"]
-        assert [(q.get("limit"), "continue" in q) for q in lists] == [("3", False), ("3", True), (None, False)]
+        # 3, then 410; 6, then 410; 12: all seven on the first page
+        assert [(q.get("limit"), "continue" in q) for q in lists] == [("3", False), ("3", True), ("6", False),
+                                                                     ("6", True), ("12", False)]
         assert e.stats()["index"]["pods"] == 7
-        assert e.stats()["kinds"]["pods"]["errors"] == {"expired": 1}
+        assert e.stats()["kinds"]["pods"]["errors"] == {"expired": 2}
     finally:
         e.stop()
 

@@ -1,0 +1,232 @@
+"""A paged list whose continue token expires, against the fake API server speaking the real protocol.
+
+What the API server does comes from k8s.io/apiserver (storage/etcd3 interpretListError and
+handleCompactedErrorForPaging), not from enrich/informer.py: when etcd compacted the revision a
+paged list reads (a list slower than --etcd-compaction-interval, 5 min by default), the next
+continue request is answered 410, reason Expired, with a Status whose metadata.continue would read
+on from the latest revision ("an inconsistent list"). What the informer must do instead of
+client-go pager's one unpaged list (~0.6 GiB of JSON decoded whole for 100k OpenShift pods, in a
+collector sized for ~200 MB):
+- list again from the first page (no resourceVersion, no continue: a fresh consistent snapshot),
+  paged, and never with the token that 410 offers;
+- objects changed between the expired list and the restart are listed as they are now, and the
+  watch starts from the restart's resourceVersion;
+- when the restarts keep expiring, give the list up (counted, logged once with the setting to
+  change), keep the last good cache serving, and retry with backoff.
+The requests the fake server saw are the evidence: every list request must carry `limit`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import enrich
+from tests.support.fake_kube import FakeKube, pod, wait_for
+from tests.support.fake_kube import fake_kube as fake_kube  # noqa: F401 - fixture
+from tests.test_enrich_informer import FUTURE, NOBODY, fast_config, flow
+from tests.test_enrich_informer import kubeconfig as kubeconfig  # noqa: F401 - fixture
+
+
+def _pod(i: int, ip: str | None = None) -> dict[str, Any]:
+    return pod(f"p{i}", "shop", ips=[ip or f"10.244.0.{10 + i}"])
+
+
+def _setup(fake: FakeKube, pods: int) -> None:
+    for i in range(pods):
+        fake.add("pods", _pod(i))
+    for k in ("nodes", "services", "replicasets"):
+        fake.bookmark(k)
+
+
+def _pod_lists(fake: FakeKube) -> list[dict[str, str]]:
+    """The query of every pods list request the server saw, in order."""
+    with fake.cond:
+        return [dict(r["query"]) for r in fake.requests if r["kind"] == "pods" and r["verb"] == "list"]
+
+
+def _shape(queries: list[dict[str, str]]) -> list[tuple[str | None, bool]]:
+    return [(q.get("limit"), "continue" in q) for q in queries]
+
+
+def _no_inconsistent_continue(fake: FakeKube) -> None:
+    with fake.cond:
+        offered = set(fake.inconsistent_continues)
+    assert offered, "the fake server never answered a continue request 410 Expired"
+    assert not [q for q in _pod_lists(fake) if q.get("continue") in offered]
+
+
+def test_a_continue_token_that_expires_once_restarts_the_paged_list(
+        fake_kube: FakeKube, kubeconfig: str, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+    _setup(fake_kube, 10)
+    # pages of 3: the first is read, the second is served with a token etcd then compacts away,
+    # so the third page's request is answered 410 Expired
+    fake_kube.fail("pods", "list", "expired_continue", times=1, after=1)
+    e = enrich.Enricher(fast_config(kubeconfig, list_chunk_size=3))
+    with caplog.at_level(logging.INFO, logger="flowscope.enrich"):
+        e.start()
+        try:
+            assert e.wait_ready(10)
+            # 3 + 3, then 410; again from the first page in pages twice as large: 6 + 4
+            assert _shape(_pod_lists(fake_kube)) == [("3", False), ("3", True), ("3", True),
+                                                     ("6", False), ("6", True)]
+            _no_inconsistent_continue(fake_kube)
+            st = e.stats()
+            assert st["index"]["pods"] == 10
+            assert [flow(e, f"10.244.0.{10 + i}", "")["SrcK8S_Name"] for i in range(10)] == [f"p{i}" for i in range(10)]
+            k = st["kinds"]["pods"]
+            assert (k["errors"], k["lists"], k["relists"], k["last_error"]) == ({"expired": 1}, 1, 0, "")
+        finally:
+            e.stop()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "pods list's continue token expired" in warnings[0], warnings
+    assert "6 objects (pages of 3)" in warnings[0] and "6 objects a page" in warnings[0], warnings[0]
+
+
+def test_objects_changed_before_the_restart_are_listed_as_they_are_then(
+        fake_kube: FakeKube, kubeconfig: str) -> None:  # noqa: F811
+    """The first page (p0-p2) is read, then, before its continue token is answered 410, p1 (on
+    that page) is deleted, p4 moves to another address, p7 is deleted and p9 is created. The
+    restarted list must hold exactly what is there now; the inconsistent token the 410 offers
+    would have kept p1 (read on the first page) for good, as the watch starts after its delete."""
+    _setup(fake_kube, 9)
+    fake_kube.fail("pods", "list", "expired_continue", times=1)
+    changed = threading.Event()
+    after_changes: list[int] = []
+
+    def on_request(r: dict[str, Any]) -> None:
+        if r["kind"] == "pods" and r["verb"] == "list" and "continue" in r["query"] and not changed.is_set():
+            changed.set()
+            fake_kube.delete("pods", "p1", "shop")
+            fake_kube.modify("pods", _pod(4, "10.244.1.4"))
+            fake_kube.delete("pods", "p7", "shop")
+            fake_kube.add("pods", _pod(9))
+            after_changes.append(fake_kube.rv)
+
+    fake_kube.on_request = on_request
+    e = enrich.Enricher(fast_config(kubeconfig, list_chunk_size=3))
+    e.start()
+    try:
+        assert e.wait_ready(10)
+        assert changed.is_set()
+        # 3, then 410; again from the first page, 6 a page: 8 pods now, 6 + 2
+        assert _shape(_pod_lists(fake_kube)) == [("3", False), ("3", True), ("6", False), ("6", True)]
+        _no_inconsistent_continue(fake_kube)
+        assert e.stats()["index"]["pods"] == 8
+        for i in (0, 2, 3, 5, 6, 8, 9):
+            assert flow(e, f"10.244.0.{10 + i}", "")["SrcK8S_Name"] == f"p{i}", i
+        assert flow(e, "10.244.1.4", "")["SrcK8S_Name"] == "p4"
+        for gone in ("10.244.0.11", "10.244.0.14", "10.244.0.17"):   # p1, p4's old address, p7
+            assert flow(e, gone, "", t_ms=FUTURE) == NOBODY, gone
+        # the watch resumes from the restarted list's snapshot, taken after the changes
+        wait_for(lambda: fake_kube.count(kind="pods", verb="watch") >= 1, what="the pods watch")
+        with fake_kube.cond:
+            w = [r for r in fake_kube.requests if r["kind"] == "pods" and r["verb"] == "watch"]
+        assert int(w[0]["query"]["resourceVersion"]) == after_changes[0]
+        fake_kube.delete("pods", "p0", "shop")
+        wait_for(lambda: flow(e, "10.244.0.10", "", t_ms=FUTURE) == NOBODY, what="p0's delete by the watch")
+        assert e.stats()["kinds"]["pods"]["errors"] == {"expired": 1}
+    finally:
+        e.stop()
+
+
+def test_a_list_whose_token_keeps_expiring_is_given_up_and_retried_keeping_the_last_cache(
+        fake_kube: FakeKube, kubeconfig: str, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+    _setup(fake_kube, 9)   # more than 4 pages of 2 (the largest page a restart of this list reads)
+    e = enrich.Enricher(fast_config(kubeconfig, list_chunk_size=2))
+    with caplog.at_level(logging.INFO, logger="flowscope.enrich"):
+        e.start()
+        try:
+            assert e.wait_ready(10)
+            wait_for(lambda: fake_kube.watchers["pods"] >= 1, what="the pods watch")
+            synced = len(_pod_lists(fake_kube))
+            assert synced == 5   # 9 pods, 2 a page
+            # from now on every page's token is compacted before the next page is asked for
+            fake_kube.fail("pods", "list", "expired_continue")
+            fake_kube.hold("pods")   # changes only a list would see
+            fake_kube.delete("pods", "p0", "shop")
+            fake_kube.add("pods", _pod(9))
+            fake_kube.expire("pods")   # the watch ends with 410: relist
+            wait_for(lambda: e.stats()["kinds"]["pods"]["errors"].get("list_expired", 0) >= 2, timeout=15,
+                     what="two lists given up")
+            st = e.stats()
+            k = st["kinds"]["pods"]
+            # the last good cache keeps serving, and the collector stays ready
+            assert st["ready"] is True and k["synced"] is True
+            assert flow(e, "10.244.0.10", "", t_ms=FUTURE)["SrcK8S_Name"] == "p0"
+            assert flow(e, "10.244.0.19", "") == NOBODY
+            assert "--enrich-list-chunk-size" in k["last_error"] and "now 2" in k["last_error"], k["last_error"]
+            relist = _pod_lists(fake_kube)[synced:]
+            # every try: a first page, then a continue answered 410. Pages of 2, 4, 8 (4 times
+            # the setting, the most), given up; the next tries read 8 a page from the start.
+            assert _shape(relist[:8]) == [("2", False), ("2", True), ("4", False), ("4", True),
+                                          ("8", False), ("8", True), ("8", False), ("8", True)]
+            assert all(q.get("limit") for q in relist), _shape(relist)
+            _no_inconsistent_continue(fake_kube)
+            assert k["errors"]["expired"] >= 3 * k["errors"]["list_expired"]
+            assert set(k["errors"]) == {"expired", "list_expired"}, k["errors"]
+
+            # the API server keeps up again (and its resourceVersion moves past the compaction
+            # expire() made, which refuses a watch from the resourceVersion it was at)
+            fake_kube.bookmark("pods")
+            fake_kube.clear("pods", "list")
+            wait_for(lambda: e.stats()["kinds"]["pods"]["last_error"] == "", timeout=10, what="a list completes")
+            wait_for(lambda: flow(e, "10.244.0.19", "").get("SrcK8S_Name") == "p9", what="p9 listed")
+            assert flow(e, "10.244.0.10", "", t_ms=FUTURE) == NOBODY
+            assert e.stats()["kinds"]["pods"]["relists"] == 1
+            # a list that completed starts the pages over at the setting
+            n = len(_pod_lists(fake_kube))
+            wait_for(lambda: fake_kube.watchers["pods"] >= 1, what="the pods watch again")
+            fake_kube.expire("pods")
+            wait_for(lambda: len(_pod_lists(fake_kube)) > n, what="the next relist")
+            assert _pod_lists(fake_kube)[n].get("limit") == "2"
+        finally:
+            e.stop()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    # once each, however many lists expired: repeats are counted, not logged
+    assert len([m for m in warnings if "continue token expired (410 Expired)" in m]) == 1, warnings
+    assert len([m for m in warnings if "times in a row" in m]) == 1, warnings
+    gave_up = next(m for m in warnings if "times in a row" in m)
+    assert "enrich.list_chunk_size" in gave_up and "--etcd-compaction-interval" in gave_up, gave_up
+    assert any("pods informer recovered" in r.getMessage() for r in caplog.records)
+
+
+def test_a_first_list_that_keeps_expiring_never_lists_unpaged(fake_kube: FakeKube, kubeconfig: str) -> None:  # noqa: F811
+    """No last good cache to keep: the collector stays unready (readiness names the cause)
+    rather than decode every pod at once."""
+    _setup(fake_kube, 9)
+    fake_kube.fail("pods", "list", "expired_continue")
+    e = enrich.Enricher(fast_config(kubeconfig, list_chunk_size=2))
+    e.start()
+    try:
+        wait_for(lambda: e.stats()["kinds"]["pods"]["errors"].get("list_expired", 0) >= 1, timeout=10,
+                 what="a list given up")
+        assert not e.ready
+        assert "list_expired" not in e.stats()["kinds"]["nodes"]["errors"]
+        assert all(q.get("limit") for q in _pod_lists(fake_kube)), _shape(_pod_lists(fake_kube))
+    finally:
+        e.stop()
+
+
+def test_run_passes_the_page_size_to_the_informers(tmp_path: Path) -> None:
+    from collector import config as C
+    from collector.cli import _enrichment
+
+    p = argparse.ArgumentParser()
+    C.add_arguments(p)
+    kc = tmp_path / "kc"
+    kc.write_text("apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'http://127.0.0.1:9'}}]\n"
+                  "users: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\n"
+                  "current-context: x\n")
+    for argv, env, want in (([], {}, 500), (["--enrich-list-chunk-size", "2000"], {}, 2000),
+                            ([], {"FLOWSCOPE_ENRICH_LIST_CHUNK_SIZE": "0"}, 0)):
+        cfg = C.load(p.parse_args(["--kubeconfig", str(kc), *argv]), environ=env)
+        ecfg, _, problem = _enrichment(cfg, credentials=False)
+        assert not problem and ecfg.list_chunk_size == want, (argv, env)
+    with pytest.raises(C.ConfigError, match="enrich.list_chunk_size"):
+        C.load(p.parse_args(["--enrich-list-chunk-size", "-1"]), environ={})
