@@ -558,9 +558,14 @@ class Worker:
             why.append("shutting down")
         elif not self.bound:
             why.append("listeners not bound")
+        # (a sink that knows no record can reach its destination: the Kafka sink whose partition
+        # leaders cannot be reached, however well the bootstrap brokers answer)
+        unreachable = self.sink.unreachable()
         if not self.sink.connected:
-            problem = getattr(self.sink, "problem", "")
+            problem = self.sink.problem or unreachable
             why.append(f"{self.sink.name} sink not connected" + (f" ({problem})" if problem else ""))
+        elif unreachable:
+            why.append(f"{self.sink.name} sink connected, but {unreachable}")
         else:
             stalled = self.sink.stalled_for()
             if stalled > self.stall_limit:

