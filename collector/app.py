@@ -257,9 +257,29 @@ def kernel_drops_now(agg: Aggregator, seen: dict[tuple[int, str], int]) -> None:
         snap["flowscope_kernel_receive_drops"] = new
 
 
+def tell_kernel_drops(agg: Aggregator, warnings: Any, quiet_after: float, final: bool = False) -> None:
+    """--workers N: the log line of each worker's listener whose socket the kernel dropped
+    datagrams on (server.KernelDropWarnings, as one worker tells its own), from the counts
+    kernel_drops_now brought up to date. The supervisor tells them, not the workers: a worker
+    that hangs (stopped, or stuck in a call) cannot, while the kernel goes on handing its socket
+    a share of the exporters and drops them once its buffer is full; its line then says that it
+    has not reported for `quiet_after` seconds or more. `final`: whatever is left untold."""
+    quiet = agg.silent(quiet_after, starting=False)
+    for w, snap in sorted(agg.workers.items()):
+        granted = snap.get("flowscope_socket_receive_buffer_bytes", {})
+        why = (f"worker {w} has sent no report for {quiet[w]:.0f} s (hung, or stopped?) and reads nothing"
+               if w in quiet and not final else "")
+        for lab, n in sorted(snap.get("flowscope_kernel_receive_drops", {}).items()):
+            warnings.tell((w, lab[0]), f"{lab[0]} (worker {w})", int(n), int(granted.get(lab, 0)), final, why)
+
+
 def http_servers(cfg: Config, agg: Aggregator, expected: int, alive: Callable[[], bool],
-                 silent_after: float = 0.0) -> list[HttpServer]:
-    kernel_seen: dict[tuple[int, str], int] = {}
+                 silent_after: float = 0.0,
+                 kernel_seen: dict[tuple[int, str], int] | None = None) -> list[HttpServer]:
+    """The /metrics, /healthz and /readyz endpoints over `agg`; `kernel_seen`: kernel_drops_now's
+    record, shared with whoever else brings the kernel drops up to date (the supervisor's loop)."""
+    if kernel_seen is None:
+        kernel_seen = {}
 
     def metrics() -> tuple[int, str, bytes]:
         kernel_drops_now(agg, kernel_seen)
@@ -572,7 +592,14 @@ def _supervise(cfg: Config, enrich_cfg: Any, factory: Callable[[], asyncio.Abstr
 
         for i, (_, conn) in children.items():
             loop.add_reader(conn.fileno(), reader, i, conn)
-        servers = http_servers(cfg, agg, cfg.workers, lambda: not exited, silence_limit(cfg))
+        # the kernel's drops on the workers' listeners, told in the log here (tell_kernel_drops)
+        from .server import KernelDropWarnings
+
+        kernel_seen: dict[tuple[int, str], int] = {}
+        drop_log = KernelDropWarnings(cfg.rcvbuf)
+        quiet_after = 1.0 + 2 * cfg.stats_interval
+        drops_read = time.monotonic()
+        servers = http_servers(cfg, agg, cfg.workers, lambda: not exited, silence_limit(cfg), kernel_seen)
         start_failed = False  # exit 2 like one worker does: a start-up error, not a clean stop
         for s in servers:
             try:
@@ -602,6 +629,10 @@ def _supervise(cfg: Config, enrich_cfg: Any, factory: Callable[[], asyncio.Abstr
             except asyncio.TimeoutError:
                 pass
             reap()
+            if time.monotonic() - drops_read >= cfg.stats_interval:
+                drops_read = time.monotonic()
+                kernel_drops_now(agg, kernel_seen)
+                tell_kernel_drops(agg, drop_log, quiet_after)
             if exited and not stop.is_set():
                 for i in exited:
                     reader(i, children[i][1])   # anything it sent before it went
@@ -634,6 +665,8 @@ def _supervise(cfg: Config, enrich_cfg: Any, factory: Callable[[], asyncio.Abstr
                 died(agg, i, -9)
         for i, (_, conn) in children.items():
             reader(i, conn)  # last snapshots
+        kernel_drops_now(agg, kernel_seen)
+        tell_kernel_drops(agg, drop_log, quiet_after, final=True)
         for s in servers:
             await s.stop()
         bad = {i: c for i, c in exited.items() if c != 0}

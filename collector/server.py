@@ -98,6 +98,47 @@ def rmem_max() -> int | None:
         return None
 
 
+class KernelDropWarnings:
+    """The log line saying that the kernel dropped datagrams because a listener's receive buffer
+    was full: lost flows, which no other line shows (the stop line's "dropped" counts flows
+    after decoding). At most one per listener every KERNEL_DROPS_LOG_INTERVAL, counting every
+    drop since the previous one, with the granted SO_RCVBUF and what to raise. The worker of a
+    single-process collector tells its own listeners; with --workers N the supervisor tells
+    every worker's (collector.app), since a worker that hangs cannot, while the kernel goes on
+    handing its socket a share of the exporters and drops them once its buffer is full."""
+
+    def __init__(self, rcvbuf: int) -> None:
+        self.rcvbuf = rcvbuf     # what --rcvbuf asked for (0: the kernel's default)
+        self._told: dict[Any, int] = {}      # listener key -> drops told so far
+        self._told_at: dict[Any, float] = {}  # ... and when the last line was
+
+    def tell(self, key: Any, listener: str, drops: int, granted: int, final: bool = False, why: str = "") -> None:
+        """`drops`: the listener's total so far (the socket's counter); `key`: whose listener it
+        is (its index, or (worker, listener)); `final` (stopping): whatever is left untold at
+        once; `why`: a cause known besides the buffer's size (a worker not reading), said first."""
+        now = time.monotonic()
+        new = drops - self._told.get(key, 0)
+        if new <= 0 or (not final and now - self._told_at.get(key, -KERNEL_DROPS_LOG_INTERVAL) < KERNEL_DROPS_LOG_INTERVAL):
+            return
+        self._told[key] = drops
+        self._told_at[key] = now
+        cap = rmem_max()
+        if self.rcvbuf and granted < min(self.rcvbuf, LINUX_MAX_RCVBUF):
+            fix = (f"the kernel granted {granted} of the {self.rcvbuf} bytes --rcvbuf asks for: without "
+                   f"CAP_NET_ADMIN it caps SO_RCVBUF at net.core.rmem_max ({cap if cap is not None else '?'}); "
+                   f"raise it (sysctl -w net.core.rmem_max={self.rcvbuf}) or give the collector "
+                   "CAP_NET_ADMIN, or more CPU (--workers)")
+        else:
+            size = str(self.rcvbuf or "0: the kernel's default, net.core.rmem_default")
+            fix = (f"raise --rcvbuf (now {size}"
+                   + (f"; without CAP_NET_ADMIN net.core.rmem_max, now {cap}, caps it" if cap is not None else "")
+                   + ") to absorb bursts, or give the collector more CPU (--workers)")
+        log.warning("listener %s: the kernel dropped %d datagram%s because the socket's receive buffer "
+                    "(SO_RCVBUF %d bytes) was full: %s, and their flows are lost; %s (counted in "
+                    "flowscope_kernel_receive_drops_total)", listener, new, "" if new == 1 else "s", granted,
+                    why or "they arrived faster than flowscope read them", fix)
+
+
 def bind_hint(exc: OSError, port: int, setting: str) -> str:
     """What to do about a bind that failed, for the error line: the cause an errno names and the
     setting to change (`setting`: the flag of the address, --listen, --metrics-addr...)."""
@@ -276,9 +317,9 @@ class Worker:
         self.bound = False
         self.stopping = False
         self._kernel_drops: list[int] = [0] * len(self.listeners)
-        # the drops a log line has already told of, and when, per listener (_warn_kernel_drops)
-        self._kernel_drops_told: list[int] = [0] * len(self.listeners)
-        self._kernel_drops_told_at: list[float] = [-KERNEL_DROPS_LOG_INTERVAL] * len(self.listeners)
+        # the log lines about them (a worker of --workers N leaves them to its supervisor, which
+        # tells them also while this worker cannot: KernelDropWarnings)
+        self._kernel_drop_log = KernelDropWarnings(cfg.rcvbuf) if index is None else None
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- hot-path helpers -------------------------------------------------------------------------
@@ -655,33 +696,13 @@ class Worker:
                 self._kernel_drops[i] = max(self._kernel_drops[i], drops[ino])
 
     def _warn_kernel_drops(self, final: bool) -> None:
-        """Say in the log that the kernel dropped datagrams because a listener's receive buffer
-        was full: lost flows, which no other line shows (the stop line's "dropped" counts flows
-        after decoding). Once per KERNEL_DROPS_LOG_INTERVAL per listener, with every drop since
-        the previous line; `final` (stopping): whatever is left untold."""
-        now = time.monotonic()
+        """Say in the log that the kernel dropped datagrams on a listener (KernelDropWarnings);
+        `final` (stopping): whatever is left untold."""
+        if self._kernel_drop_log is None:
+            return
         for i, lst in enumerate(self.listeners):
-            new = self._kernel_drops[i] - self._kernel_drops_told[i]
-            if new <= 0 or (not final and now - self._kernel_drops_told_at[i] < KERNEL_DROPS_LOG_INTERVAL):
-                continue
-            self._kernel_drops_told[i] = self._kernel_drops[i]
-            self._kernel_drops_told_at[i] = now
-            granted = self.granted[i] if i < len(self.granted) else 0
-            cap = rmem_max()
-            if self.cfg.rcvbuf and granted < min(self.cfg.rcvbuf, LINUX_MAX_RCVBUF):
-                fix = (f"the kernel granted {granted} of the {self.cfg.rcvbuf} bytes --rcvbuf asks for: without "
-                       f"CAP_NET_ADMIN it caps SO_RCVBUF at net.core.rmem_max ({cap if cap is not None else '?'}); "
-                       f"raise it (sysctl -w net.core.rmem_max={self.cfg.rcvbuf}) or give the collector "
-                       "CAP_NET_ADMIN, or more CPU (--workers)")
-            else:
-                size = str(self.cfg.rcvbuf or "0: the kernel's default, net.core.rmem_default")
-                fix = (f"raise --rcvbuf (now {size}"
-                       + (f"; without CAP_NET_ADMIN net.core.rmem_max, now {cap}, caps it" if cap is not None else "")
-                       + ") to absorb bursts, or give the collector more CPU (--workers)")
-            log.warning("listener %s: the kernel dropped %d datagram%s because the socket's receive buffer "
-                        "(SO_RCVBUF %d bytes) was full: they arrived faster than flowscope read them, and their "
-                        "flows are lost; %s (counted in flowscope_kernel_receive_drops_total)",
-                        lst, new, "" if new == 1 else "s", granted, fix)
+            self._kernel_drop_log.tell(i, str(lst), self._kernel_drops[i],
+                                       self.granted[i] if i < len(self.granted) else 0, final)
 
     @property
     def kernel_drops(self) -> int:

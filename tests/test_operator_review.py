@@ -64,6 +64,64 @@ def test_kernel_drops_for_a_full_receive_buffer_are_logged_with_the_fix(collecto
             "before they were read") in c.log(), c.log()
 
 
+def test_kernel_drops_on_a_hung_workers_socket_are_logged(collector: Any, tmp_path: Path) -> None:
+    """With --workers N, a worker that hangs (here stopped with SIGSTOP) reads nothing while the
+    kernel goes on handing its SO_REUSEPORT socket its share of the exporters, and drops them
+    once the buffer is full. The supervisor counted them in flowscope_kernel_receive_drops_total,
+    but no line said so until the worker came back (a worker told only its own drops). The
+    supervisor now tells every worker's listener, with the single-process warning (the count,
+    the granted SO_RCVBUF and what to raise), naming the worker and that it has not reported;
+    the workers no longer tell them too, so the lines count each drop once."""
+    import socket
+    import time
+
+    from conftest import make_v5, send_udp
+
+    out = tmp_path / "flows.jsonl"
+    c = collector(["--output-file", str(out), "--rcvbuf", "65536", "--workers", "2"])
+    pids = [int(p) for p in re.search(r"started 2 workers: (\d+), (\d+)", c.log()).groups()]  # type: ignore[union-attr]
+    hung = 1
+    exporters, rounds = 16, 100
+    sent = exporters * rounds
+    os.kill(pids[hung], signal.SIGSTOP)
+    try:
+        time.sleep(2)   # past the supervisor's 1 s + 2 stats intervals without a report
+        # sixteen exporters (source ports): the kernel spreads them over both workers' sockets
+        socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(exporters)]
+        try:
+            for r in range(rounds):
+                for e, sock in enumerate(socks):
+                    send_udp([make_v5(r, 30, (e * rounds + r) * 30)], c.port, sock=sock)
+        finally:
+            for sock in socks:
+                sock.close()
+        told_hung = (rf"WARNING flowscope.server: listener netflow://127.0.0.1:{c.port} \(worker {hung}\): the kernel "
+                     r"dropped (\d+) datagrams because the socket's receive buffer \(SO_RCVBUF 65536 bytes\) was full: "
+                     rf"worker {hung} has sent no report for \d+ s \(hung, or stopped\?\) and reads nothing, and their "
+                     "flows are lost; raise --rcvbuf")
+        wait_for(lambda: re.search(told_hung, c.log()), 10, what="the hung worker's drops told while it hangs")
+    finally:
+        os.kill(pids[hung], signal.SIGCONT)
+
+    def settled() -> bool:
+        seen = c.value("flowscope_datagrams_total") + c.value("flowscope_kernel_receive_drops_total")
+        return (seen == sent and out.exists()
+                and c.value("flowscope_flows_total") == len(out.read_bytes().splitlines()))
+
+    wait_for(settled, 20, what="every datagram read or dropped, the flows decoded written")
+    decoded = len(out.read_bytes().splitlines())
+    assert decoded % 30 == 0, decoded
+    lost = sent - decoded // 30
+    assert lost > 0, decoded
+    assert c.stop(signal.SIGTERM) == 0
+    any_worker = (rf"WARNING flowscope.server: listener netflow://127.0.0.1:{c.port} \(worker [01]\): the kernel "
+                  r"dropped (\d+) datagrams")
+    told = [int(n) for n in re.findall(any_worker, c.log())]
+    assert sum(told) == lost, (told, lost, c.log())
+    # the workers leave it to the supervisor: no line of their own (" w1: listener ...")
+    assert not re.search(r"flowscope.server w\d: listener .* the kernel dropped", c.log()), c.log()
+
+
 def test_no_kernel_drop_line_without_drops(collector: Any, tmp_path: Path) -> None:
     """A collector that reads everything says nothing of the kernel, and its stop line is as before."""
     out = tmp_path / "flows.jsonl"
