@@ -3,8 +3,11 @@
 A container's health check runs beside the collector, not inside it, so it does not know the
 flags the collector was started with. This reads them where the kernel keeps them: the command
 line and environment of the `flowscope run` process (PID 1, the container's entrypoint, or the
-first such process found), resolves the configuration as `flowscope run` did (flag > FLOWSCOPE_* variable >
---config file > default) and asks that process's /healthz (or /readyz) address.
+first such process found in this network namespace), resolves the configuration as `flowscope run`
+did (flag > FLOWSCOPE_* variable > --config file > default) and asks that process's /healthz (or
+/readyz) address. The address is asked from here, so a collector in another network namespace
+(one a host or a shared PID namespace shows: a pod's, an `ip netns` one) is not taken: its
+127.0.0.1 or wildcard address is not this namespace's; the ones left aside are named.
 
 Exit status: 0 healthy (the endpoint answered 200); 1 not (any other answer, no answer, or the
 address cannot be worked out from the collector); 2 usage error (a bad option: a malformed --addr too). A collector that serves no HTTP endpoint
@@ -40,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pid", type=int, default=None, metavar="PID",
                         help="the `flowscope run` process whose command line, environment and --config "
                         "file give the address [default: PID 1 (a container's entrypoint) if it is one, "
-                        "else the first `flowscope run` process found]")
+                        "else the first `flowscope run` process found in this network namespace: one in "
+                        "another is not asked, and is named]")
     parser.add_argument("--ready", action="store_true", help="ask /readyz (ready to serve) instead of /healthz")
     parser.add_argument("--timeout", type=positive_seconds, default=3.0, metavar="S",
                         help="seconds to wait, > 0 [default: 3]")
@@ -63,17 +67,43 @@ def run_args(cmdline: list[str]) -> list[str] | None:
     return None
 
 
-def find_collector() -> int | None:
+def net_namespace(pid: int | str) -> tuple[int, int] | None:
+    """The network namespace of process `pid` ("self": this one) as /proc/PID/ns/net's device
+    and inode, or None when it cannot be read (another user's process: reading it needs the
+    same access as its environment)."""
+    try:
+        st = os.stat(f"/proc/{pid}/ns/net")
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def find_collector() -> tuple[int | None, list[str]]:
     """PID 1 when it is a `flowscope run` (a container's entrypoint), else the lowest-numbered
-    `flowscope run` process this user can see (behind an init such as `docker run --init`)."""
+    `flowscope run` process this user can see (behind an init such as `docker run --init`),
+    among those in this process's network namespace: the address the collector serves is asked
+    from here. Also the `flowscope run` processes left aside for that, each as "PID (why)"."""
+    ours = net_namespace("self")
+    skipped: list[str] = []
     pids = sorted(int(d) for d in os.listdir("/proc") if d.isdigit())
     for pid in [1] + [p for p in pids if p not in (1, os.getpid())]:
         try:
-            if run_args(_read_nul_list(f"/proc/{pid}/cmdline")) is not None:
-                return pid
+            if run_args(_read_nul_list(f"/proc/{pid}/cmdline")) is None:
+                continue
         except OSError:
             continue
-    return None
+        if ours is not None and (theirs := net_namespace(pid)) != ours:
+            skipped.append(f"{pid} ({'another network namespace' if theirs else 'its network namespace cannot be read'})")
+            continue
+        return pid, skipped
+    return None, skipped
+
+
+def _skipped_note(skipped: list[str]) -> str:
+    if not skipped:
+        return ""
+    more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+    return f" (not asked: `flowscope run` process {', '.join(skipped[:5])}{more})"
 
 
 def collector_config(pid: int | None) -> tuple[config_mod.Config, str]:
@@ -121,13 +151,21 @@ def probe_url(addr: str, path: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     path = "/readyz" if args.ready else "/healthz"
+    note = ""
     if args.addr:
         addr, source = args.addr, "--addr"
     else:
-        pid = args.pid if args.pid is not None else find_collector()
+        skipped: list[str] = []
+        if args.pid is not None:
+            pid: int | None = args.pid
+        else:
+            pid, skipped = find_collector()
+        note = _skipped_note(skipped)
         if pid is not None and not os.path.exists(f"/proc/{pid}"):
             print(f"unhealthy: there is no process {pid}")
             return 1
+        if args.pid is not None and (ours := net_namespace("self")) is not None and net_namespace(args.pid) not in (ours, None):
+            note = f" (process {pid} runs in another network namespace: its address was asked in this one)"
         try:
             cfg, source = collector_config(pid)
         except (config_mod.ConfigError, ValueError) as exc:
@@ -136,24 +174,25 @@ def run(args: argparse.Namespace) -> int:
         addr = cfg.health_addr or cfg.metrics_addr
         if not addr:
             if pid is None:
-                print(f"unhealthy: no `flowscope run` process found, and no {path} address in {source}")
+                print(f"unhealthy: no `flowscope run` process found{' in this network namespace' if skipped else ''}, "
+                      f"and no {path} address in {source}{note}")
                 return 1
             print(f"healthy: the collector serves no {path} (metrics_addr and health_addr are empty in "
-                  f"{source}); process {pid} runs")
+                  f"{source}); process {pid} runs{note}")
             return 0
     try:
         url = probe_url(addr, path)
     except ValueError as exc:
-        print(f"unhealthy: {exc}")
+        print(f"unhealthy: {exc}{note}")
         return 1
     try:
         with urllib.request.urlopen(url, timeout=args.timeout) as resp:
             body = resp.read(200).decode("utf-8", "replace").strip()
-            print(f"healthy: {url} answered {resp.status} {body}")
+            print(f"healthy: {url} answered {resp.status} {body}{note}")
             return 0
     except urllib.error.HTTPError as exc:
         body = exc.read(300).decode("utf-8", "replace").strip()
-        print(f"unhealthy: {url} answered {exc.code} {body}")
+        print(f"unhealthy: {url} answered {exc.code} {body}{note}")
     except (OSError, ValueError) as exc:
-        print(f"unhealthy: {url} (from {source}): {getattr(exc, 'reason', exc)}")
+        print(f"unhealthy: {url} (from {source}): {getattr(exc, 'reason', exc)}{note}")
     return 1

@@ -76,3 +76,45 @@ def test_health_says_what_did_not_answer(collector: Any) -> None:
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_health_without_pid_asks_the_collector_of_its_own_network_namespace(collector: Any, tmp_path: Any) -> None:
+    """Without --pid, health took PID 1 or else the lowest-numbered `flowscope run` it could see,
+    whatever its network namespace: run beside a pod's collector on a host that shows every
+    process (or, as here, in an `ip netns` namespace while another collector runs outside it),
+    it read the other collector's address and asked it in its own namespace, where nothing (or
+    something else) answers. It now takes the collector of its own namespace and names the
+    ones it left aside."""
+    import os
+
+    from tests.support import netns as N
+
+    if (why := N.root_skip_reason()) is not None:
+        pytest.skip(why)
+    outside = collector([])     # started first: a lower PID than the one inside
+    with N.NetNS() as ns:
+        port = free_tcp_port()
+        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)}
+        inside = ns.popen([sys.executable, "-m", "collector.cli", "run", "--listen", "netflow://127.0.0.1:2055",
+                           "--metrics-addr", f"127.0.0.1:{port}", "--output-file", str(tmp_path / "in.jsonl")],
+                          cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert inside.pid > outside.proc.pid
+
+        def health_inside(*args: str) -> subprocess.CompletedProcess:
+            return ns.run([sys.executable, "-m", "collector.cli", "health", *args], check=False, cwd=ROOT,
+                          env=env, text=True)
+
+        wait_for(lambda: health_inside("--addr", f"127.0.0.1:{port}").returncode == 0, 20,
+                 what="the collector inside the namespace serving /healthz")
+        assert os.stat(f"/proc/{inside.pid}/ns/net").st_ino != os.stat(f"/proc/{outside.proc.pid}/ns/net").st_ino
+        r = health_inside()
+        assert r.returncode == 0, r
+        assert r.stdout.startswith(f"healthy: http://127.0.0.1:{port}/healthz answered 200 ok (not asked: "
+                                   "`flowscope run` process "), r
+        # (named, unless more than five collectors with lower PIDs run elsewhere on this machine)
+        assert f"{outside.proc.pid} (another network namespace)" in r.stdout or " more)" in r.stdout, r
+        # --pid naming the collector outside: asked all the same, and said so
+        r = health_inside("--pid", str(outside.proc.pid))
+        assert r.returncode == 1, r
+        assert r.stdout.strip().endswith(f"(process {outside.proc.pid} runs in another network namespace: its "
+                                         "address was asked in this one)"), r
