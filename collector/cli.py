@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 from typing import Any
 
 from . import config as config_mod
@@ -77,11 +78,49 @@ def _start_checks(cfg: config_mod.Config, credentials: bool = True) -> tuple[Any
     files and context are checked, its credentials not loaded (no exec plugin is run)."""
     from .sinks import check_compression, check_tls
 
+    state_problem = state_file_problem(cfg)
+    if state_problem:
+        return None, "", state_problem
     if cfg.sink_kind() == "kafka":
         problem = check_compression(cfg.kafka, cfg.named) or check_tls(cfg.kafka, cfg.named)
         if problem:
             return None, "", problem
     return _enrichment(cfg, credentials)
+
+
+def state_file_problem(cfg: config_mod.Config) -> str:
+    """Why --state-file can never be written, said at start (exit 2) rather than by every save
+    (logged and counted while the collector looks fine, its templates lost at the next
+    restart): the path is a directory, or its directory does not exist or takes no new file
+    from this process (a save writes a temporary file there and renames it over the path; with
+    --workers N each worker's PATH.N is there too). A file there that cannot be read is left to
+    the load, and failures that come later (a full disk, a volume gone) to the saves."""
+    path = cfg.state_file
+    if not path:
+        return ""
+    name = f"{cfg.named('state_file')}: {path}"
+    if os.path.isdir(path):
+        return (f"{name} is a directory: give the path of a file, such as {os.path.join(path, 'state.json')} "
+                "(with --workers N each worker writes PATH.N beside it)")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        if os.path.exists(parent):
+            return f"{name}: {parent} is not a directory: give a path in a writable directory"
+        return (f"{name}: its directory {parent} does not exist: create it (a volume's mount path), or give a "
+                "path in a writable directory")
+    # (tried, not asked of os.access: root passes that everywhere, also where nothing can be
+    # created, a read-only mount or /proc; the file is a save's temporary one, removed at once)
+    from .state import TEMP_PREFIX
+
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=parent)
+    except OSError as exc:
+        return (f"{name}: cannot create files in its directory {parent} ({exc.strerror or exc}), where each save "
+                "writes a temporary file and renames it over the path: give a path in a writable directory "
+                "(a volume), or let the collector's user write there")
+    os.close(fd)
+    os.unlink(tmp)
+    return ""
 
 
 def _output_file_problem(cfg: config_mod.Config) -> str:

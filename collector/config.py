@@ -518,7 +518,8 @@ class Config:
     shutdown_timeout: float = opt(10.0, "on SIGTERM/SIGINT/SIGHUP, seconds to drain the queue and flush the sink",
                                   ranged(parse_seconds, 0, 3600), metavar="SECONDS")
     state_file: str = opt("", "file holding templates, options and sampling per exporter across restarts "
-                          "(written atomically); empty = off", parse_str, metavar="PATH")
+                          "(written atomically); its directory must exist and take new files (checked at start); "
+                          "empty = off", parse_str, metavar="PATH")
     state_interval: float = opt(5.0, "seconds between state file saves", ranged(parse_seconds, 0.1, 3600),
                                 metavar="SECONDS")
     metrics_addr: str = opt("0.0.0.0:9400", "HOST:PORT for /metrics, /healthz and /readyz; empty = off",

@@ -111,9 +111,16 @@ def test_without_state_data_is_missing_template(collector: Any, tmp_path: Path) 
 
 
 def test_unwritable_state_file_keeps_running(collector: Any, tmp_path: Path) -> None:
+    """A state file that cannot be written any more once running (here its directory removed; a
+    full disk, a volume gone) is logged and counted, and the collector goes on. (A path that can
+    never be written is refused at start: test_operator_review.)"""
+    import shutil
+
     out = tmp_path / "flows.jsonl"
-    c = collector(["--output-file", str(out), "--state-file", str(tmp_path / "missing-dir" / "state.json"),
-                   "--state-interval", "0.2"])
+    d = tmp_path / "gone-dir"
+    d.mkdir()
+    c = collector(["--output-file", str(out), "--state-file", str(d / "state.json"), "--state-interval", "0.2"])
+    shutil.rmtree(d)
     send_udp([make_v5(1, 30, 0)], c.port)
     wait_for(lambda: c.value("flowscope_state_saves_total", result="error") >= 2, 10, what="state save errors")
     send_udp([make_v5(2, 30, 30)], c.port)

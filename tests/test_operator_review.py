@@ -139,6 +139,61 @@ def _run(args: list[str], *, prefix: tuple[str, ...] = ()) -> subprocess.Complet
                           capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_state_file_that_can_never_be_written_is_a_start_up_error(tmp_path: Path, workers: str) -> None:
+    """--state-file naming a directory, or a file in a directory that does not exist (or is a
+    file), was accepted: the collector started, and every save then failed (logged, counted in
+    flowscope_state_saves_total{result="error"}) while it looked fine, its templates lost at the
+    next restart. Each is now refused at start as the other bad settings are (exit 2, the path
+    and the reason), by `flowscope config` too; a directory that takes files starts."""
+    from conftest import free_tcp_port, free_udp_port
+
+    a_dir = tmp_path / "state"
+    a_dir.mkdir()
+    a_file = tmp_path / "plain"
+    a_file.write_text("")
+    base = ["--listen", f"netflow://127.0.0.1:{free_udp_port()}", "--metrics-addr", f"127.0.0.1:{free_tcp_port()}",
+            "--output-file", str(tmp_path / "flows.jsonl"), "--workers", workers]
+    cases = [
+        (a_dir, f"{a_dir} is a directory: give the path of a file, such as {a_dir / 'state.json'}"),
+        (tmp_path / "missing" / "state.json", f"{tmp_path / 'missing' / 'state.json'}: its directory "
+                                              f"{tmp_path / 'missing'} does not exist: create it"),
+        (a_file / "state.json", f"{a_file / 'state.json'}: {a_file} is not a directory"),
+    ]
+    for path, why in cases:
+        p = _run([*base, "--state-file", str(path)])
+        assert p.returncode == 2, (path, p.stderr)
+        assert f"flowscope: configuration error: state_file (from --state-file): {why}" in p.stderr, p.stderr
+        c = subprocess.run([sys.executable, "-m", "collector.cli", "config", "--state-file", str(path)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+        assert c.returncode == 2 and f"state_file (from --state-file): {why}" in c.stderr, c.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain", "state"]   # nothing left behind
+    c = subprocess.run([sys.executable, "-m", "collector.cli", "config", "--state-file", str(a_dir / "state.json")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert c.returncode == 0, c.stderr
+    assert list(a_dir.iterdir()) == [], list(a_dir.iterdir())   # the check's own file is removed
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare (util-linux) for a read-only mount of its own")
+def test_a_state_file_in_a_read_only_directory_is_a_start_up_error(tmp_path: Path) -> None:
+    """A directory that exists and takes no file (a read-only mount: root passes os.access
+    there all the same, so the check creates a file) is refused at start too. The mount is in
+    a mount namespace of the command's own."""
+    from conftest import free_tcp_port, free_udp_port
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    run = (f"mount -t tmpfs -o ro,size=1m tmpfs {ro} && exec {sys.executable} -m collector.cli run --listen "
+           f"netflow://127.0.0.1:{free_udp_port()} --metrics-addr 127.0.0.1:{free_tcp_port()} --output-file "
+           f"{tmp_path / 'flows.jsonl'} --state-file {ro / 'state.json'}")
+    p = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", run], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 2, p.stderr
+    assert (f"flowscope: configuration error: state_file (from --state-file): {ro / 'state.json'}: cannot create "
+            f"files in its directory {ro} (Read-only file system)") in p.stderr, p.stderr
+
+
 def test_a_second_collector_on_taken_ports_says_what_to_change(collector: Any, tmp_path: Path) -> None:
     """A second `flowscope run` on the ports a first one holds (the usual first-hour mistake:
     `make run` left running) was refused with the bare errno ("Address already in use") with one
