@@ -8,16 +8,22 @@ and hands it to an `Aggregator`: in-process with one worker, over a pipe from ea
 otherwise. The aggregator sums the workers and renders the exposition format on scrape, so one
 endpoint shows the whole collector and a scrape never touches the hot path.
 
-Exporter label cardinality is bounded by `ExporterLabels`: the first N exporters to be the
-busiest keep their address as a label for the life of the process (a counter must never move
-between label sets, or rates would go negative); everything else is summed into `other`.
+Exporter label cardinality is bounded by `ExporterLabels`: at most N exporters per worker
+(`--metrics-top-exporters`) have their address as a label, the busiest when a label was free;
+everything else is summed into `other`. A labelled exporter keeps its label while it sends, and
+gives it up only after LABEL_IDLE_S of silence to an exporter that sends without one (every label
+taken): with nodes replaced over days, the labels would otherwise all name exporters long gone
+while every live one was `other`. No counter series ever goes back (rates would go negative):
+counts never move between label sets, they are carried (the history of an exporter that gets a
+label stays in `other`, its own series starts at 0; one that gives its label up has that series
+end, and `other` goes on from where it was).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -245,35 +251,75 @@ def observe(h: list[float], v: float) -> None:
     h[-1] += 1
 
 
+#: Seconds without a datagram after which an exporter that has an address label gives it up to
+#: one sending without (ExporterLabels.assign): longer than Open vSwitch's template resend (600 s),
+#: so an exporter that only refreshes its templates keeps its label.
+LABEL_IDLE_S = 900.0
+
+
 class ExporterLabels:
-    """Sticky top-N exporter naming: see the module docstring for why it never re-labels."""
+    """Top-N exporter naming: see the module docstring for when a label changes hands and why
+    no counter series goes back when it does."""
 
     #: decoder_series' counters, which an evicted exporter's carry keeps under its own label
     COUNTERS = ("flowscope_datagrams", "flowscope_flows", "flowscope_decode_errors", "flowscope_missing_template_sets",
                 "flowscope_sequence_lost", "flowscope_sequence_resets", "flowscope_templates_evicted",
                 "flowscope_exporter_sample_drops", "flowscope_exporter_not_sent")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, idle_after: float = LABEL_IDLE_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
+        self.idle_after = idle_after
+        self.clock = clock
         self.named: set[str] = set()
+        # named exporter -> (its datagram count, when that count last changed): the silent ones
+        # give their label up to an exporter sending without one (assign)
+        self._heard: dict[str, tuple[int, float]] = {}
+        self._prev: dict[str, int] = {}   # the previous assign()'s activity: who sends now
+        # for keep_evicted, from assign: exporters named now that `other` counted before, and
+        # exporters whose label was given up
+        self._named_now: list[str] = []
+        self._unnamed_now: list[str] = []
         # A named exporter the decoder evicts (--max-exporters) has its counters folded into
         # `other` and starts from 0 if it comes back: its last values seen stay under its own
-        # label (carried) and are taken out of `other` again, so neither series goes back.
+        # label (carried) and are taken out of `other` again, so neither series goes back. The
+        # carry also holds what moves with a label changing hands (keep_evicted).
         self._last: dict[str, tuple[Any, list[tuple[str, Labels, float]]]] = {}
         self._carry: dict[tuple[str, Labels], float] = {}
 
     def keep_evicted(self, stats: dict[str, Any], out: Snapshot) -> None:
         """Apply the carry of named exporters evicted since the last call to `out` (built from
-        `stats`, Decoder.series_stats()). An exporter evicted and back within one interval is
-        told by its per-protocol dict, which a new decoder state replaces."""
+        `stats`, Decoder.series_stats()), and of labels that changed hands at this call's
+        assign(). An exporter evicted and back within one interval is told by its per-protocol
+        dict, which a new decoder state replaces."""
+        carry = self._carry
+        for exporter in self._unnamed_now:
+            # its label's series end; what it had counted as of the last call is now in `other`
+            # (under its address while in `stats`, else folded into the evicted exporters'),
+            # so `other` goes on from where it was
+            for name, lab, v in self._last.pop(exporter, (None, []))[1]:
+                other = (OTHER, *lab[1:])
+                carry[(name, other)] = carry.get((name, other), 0) - v
+            for key in [k for k in carry if k[1][0] == exporter]:
+                del carry[key]
         for exporter, (protos, values) in list(self._last.items()):
             st = stats.get(exporter)
             if st is not None and st[3] is protos:
                 continue
             for name, lab, v in values:
-                self._carry[(name, lab)] = self._carry.get((name, lab), 0) + v
+                carry[(name, lab)] = carry.get((name, lab), 0) + v
                 other = (OTHER, *lab[1:])
-                self._carry[(name, other)] = self._carry.get((name, other), 0) - v
+                carry[(name, other)] = carry.get((name, other), 0) - v
+        if self._named_now:
+            # counted in `other` until now: that history stays there, its own series starts at 0
+            now = set(self._named_now)
+            for name in self.COUNTERS:
+                for lab, v in out.get(name, {}).items():
+                    if lab[0] in now:
+                        carry[(name, lab)] = carry.get((name, lab), 0) - v
+                        other = (OTHER, *lab[1:])
+                        carry[(name, other)] = carry.get((name, other), 0) + v
+        self._named_now, self._unnamed_now = [], []
         last: dict[str, tuple[Any, list[tuple[str, Labels, float]]]] = {}
         if self.named:
             for name in self.COUNTERS:
@@ -282,17 +328,37 @@ class ExporterLabels:
                     if exporter in self.named and exporter in stats:
                         last.setdefault(exporter, (stats[exporter][3], []))[1].append((name, lab, v))
         self._last = last
-        for (name, lab), v in self._carry.items():
+        for (name, lab), v in carry.items():
             series = out.setdefault(name, {})
             series[lab] = series.get(lab, 0) + v
 
     def assign(self, activity: dict[str, int]) -> dict[str, str]:
-        """activity: exporter -> datagrams so far. Returns exporter -> label."""
+        """activity: exporter -> datagrams so far. Returns exporter -> label. Exporters sending
+        without a label take the free ones, the busiest since the last call first; with every
+        label taken, named exporters silent for `idle_after` seconds give theirs up to them."""
+        now = self.clock()
+        prev, self._prev = self._prev, activity
+        for e in self.named:
+            n = activity.get(e)
+            heard = self._heard.get(e)
+            if heard is None or (n is not None and n != heard[0]):
+                self._heard[e] = (n if n is not None else 0, now)
+        sending = [e for e in activity if e not in self.named and activity[e] > prev.get(e, 0)]
         free = self.limit - len(self.named)
+        if len(sending) > free:
+            silent = sorted((t, e) for e, (_, t) in self._heard.items() if now - t >= self.idle_after)
+            for _t, e in silent[:len(sending) - free]:
+                self.named.discard(e)
+                del self._heard[e]
+                self._unnamed_now.append(e)
+            free = self.limit - len(self.named)
         if free > 0:
-            candidates = sorted((e for e in activity if e not in self.named and activity[e] > 0),
-                                key=lambda e: -activity[e])
-            self.named.update(candidates[:free])
+            sending.sort(key=lambda e: (prev.get(e, 0) - activity[e], -activity[e], e))
+            for e in sending[:free]:
+                self.named.add(e)
+                self._heard[e] = (activity[e], now)
+                if e in prev:
+                    self._named_now.append(e)
         return {e: (e if e in self.named else OTHER) for e in activity}
 
 

@@ -1307,6 +1307,65 @@ def test_exporter_labels_sticky_top_n() -> None:
     assert lab.assign({"a": 5, "b": 9, "c": 100})["c"] == "other"
 
 
+def test_a_silent_exporters_label_goes_to_one_sending_without() -> None:
+    """--metrics-top-exporters labels were never given up: the first N exporters kept them for the
+    life of the process, so with nodes replaced over days they all named exporters long gone and
+    every live one was `other` (memory and series stayed bounded: N per worker). A labelled
+    exporter silent for LABEL_IDLE_S now gives its label up to one that sends without, and no
+    counter series goes back: the newcomer's history stays in `other` and its own series starts
+    at 0; the silent one's series ends, and `other` goes on from where it was."""
+    import random
+
+    from benchmarks.datagrams import v5_datagram, v5_records
+    from collector.metrics import LABEL_IDLE_S, decoder_series
+    from decoders import Decoder, DecoderConfig
+
+    dec = Decoder(DecoderConfig())
+    clock = [0.0]
+    lab = ExporterLabels(2, clock=lambda: clock[0])
+    rec = v5_records(10, random.Random(3), uptime_ms=100_000)
+    seen: dict[tuple[str, tuple[str, ...]], float] = {}
+    a, b, c = "10.0.0.1", "10.0.0.2", "10.0.0.3"
+
+    def send(exporter: str, n: int) -> None:
+        for i in range(n):
+            dec.decode(v5_datagram(rec, seq=i, unix_secs=1_700_000_000, uptime_ms=100_000), exporter, 0, 1000.0)
+
+    def at(t: float) -> dict[str, float]:
+        clock[0] = t
+        snap = decoder_series(dec.series_stats(), lab)
+        for name, k in list(seen):
+            if k not in snap.get(name, {}):
+                del seen[(name, k)]    # an ended series (one that starts again later is a new one)
+        for name in ExporterLabels.COUNTERS:
+            for k, v in snap.get(name, {}).items():
+                assert v >= seen.get((name, k), 0), (name, k, v, seen.get((name, k)))
+                seen[(name, k)] = v
+        return {k[0]: v for k, v in snap["flowscope_datagrams"].items()}
+
+    send(a, 3)
+    send(b, 3)
+    assert at(0) == {a: 3, b: 3}
+    send(c, 2)
+    assert at(100) == {a: 3, b: 3, "other": 2}                 # a and b silent for 100 s only
+    send(c, 1)
+    # a and b silent for LABEL_IDLE_S: one label is wanted, a's (the lower address of the two
+    # silent as long) goes to c, whose 3 datagrams so far stay in `other`
+    assert at(LABEL_IDLE_S) == {b: 3, c: 0, "other": 3}
+    send(c, 4)
+    assert at(LABEL_IDLE_S + 1) == {b: 3, c: 4, "other": 3}
+    flows = decoder_series(dec.series_stats(), lab)["flowscope_flows"]
+    assert flows == {(b, "netflow5"): 30, (c, "netflow5"): 40, ("other", "netflow5"): 30}
+    # with no exporter waiting for one, a silent exporter keeps its label
+    assert at(10 * LABEL_IDLE_S) == {b: 3, c: 4, "other": 3}
+    # a sends again: b (silent longest) gives its label up to it, and a's 4 datagrams stay in
+    # `other` (its earlier series, ended at 3, is not taken up again)
+    send(a, 1)
+    assert at(10 * LABEL_IDLE_S + 1) == {a: 0, c: 4, "other": 4}
+    send(a, 2)
+    assert at(10 * LABEL_IDLE_S + 2) == {a: 2, c: 4, "other": 4}
+
+
 def test_evicted_exporters_counters_stay_in_other() -> None:
     """Exporters forgotten because the table was full (--max-exporters) keep counting: their
     totals move under exporter="other", never under a label of their own, and never go back."""
