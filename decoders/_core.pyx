@@ -244,11 +244,11 @@ cdef class Decoder:
         ex.slot_datagrams[slot] += 1
         try:
             if self.max_rate > 0.0 and not ex.rate_ok(b.recv_time, self.max_rate):
-                ex.forget_stream(buf, n, b.port)
+                ex.forget_stream(buf, n, b.port, <int64_t>(b.recv_time * 1000.0))
                 raise_decode("rate_limited", 0, f"over --max-exporter-rate {self.max_rate:g} datagrams/s: "
                                                 "datagram dropped")
             if n > self.max_datagram:
-                ex.forget_stream(buf, n, b.port)
+                ex.forget_stream(buf, n, b.port, <int64_t>(b.recv_time * 1000.0))
                 raise_decode("too_large", 0, f"{n} bytes > limit {self.max_datagram}")
             rd_init(&r, buf, 0, n)
             if n < 4:

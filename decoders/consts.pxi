@@ -26,6 +26,8 @@ DEF TX_SYSUP = 2                   # ... 21/22 without a system init time (IPFIX
 DEF V9_UNCOUNTED = 0xFFFFFFFF     # a v9 packet's record count is not known (ExporterState.v9_convention)
 DEF SEQ_HELD_MS = 60000            # an IPFIX loss held back as ambiguous (ipfix_convention) is counted this late
 DEF SEQ_FILLED_RING = 16            # late sequence numbers remembered per stream (duplicates fill nothing)
+DEF SEQ_FLOOR_BYTES = 1024          # an uncounted IPFIX message's undecoded sets kept up to this many bytes, to
+                                    # count their records once their templates come (ExporterState.floor_count)
 DEF DROPS_MAX_SOURCES = 1024         # sFlow data sources whose drops counters are tracked per exporter
 DEF OPTIONS_MAX_ENTRIES = 1024       # per exporter, in each dict of what options data teaches
 DEF NOT_SENT_MAX_KEYS = 1024         # IPFIX notSent*TotalCount counters tracked per exporter (learn_not_sent)

@@ -456,6 +456,19 @@ cdef class SeqStream:
     cdef bint synced        # next is known (False: new, or the last message was not decoded whole)
     cdef bint floor         # not synced, next is the number of an IPFIX message not counted (its records
                             # unknown): what is numbered at or before it was sent before it (ipfix_forget)
+    # ... what is known of that message's records, for the gaps around it (settle_floor): the
+    # records decoded, at most how many it held, its undecoded data sets ((domain, set id, bytes),
+    # None: not kept) to count once their templates are known; and, when the stream was followed
+    # before it (floor_from_set), the number it expected then and the record count of the
+    # message before (the gap before it, in either reading)
+    cdef uint32_t floor_known
+    cdef uint32_t floor_max
+    cdef object floor_sets
+    cdef bint floor_from_set
+    cdef uint32_t floor_from
+    cdef uint32_t floor_prev
+    cdef bint skipped       # an uncounted message taken for one sent before, filling nothing, since
+                            # the latest counted one (then the loss before the next floor is not told)
     cdef uint32_t next      # sequence number expected next
     cdef int64_t uptime     # header uptime of its latest datagram (ms), -1 where the protocol has none
     # Gaps not counted yet, oldest first: numbers [start, start + span) were skipped, of which
@@ -625,6 +638,10 @@ cdef class ExporterState:
     cdef uint64_t msg_records          # data records of the IPFIX message / v9 packet being decoded
     cdef uint64_t msg_opt_records      # ... of them options records (v9_convention counts flows only)
     cdef bint msg_uncounted            # ... some of which could not be counted (unknown template)
+    cdef uint64_t msg_unknown_bytes    # ... the bytes those records are in (each record is one at least)
+    cdef list msg_unknown_sets         # ... its data sets without their template (floor_sets), None: none
+    cdef bint msg_sets_kept            # ... every undecoded record is in msg_unknown_sets
+    cdef Py_ssize_t floor_bytes        # bytes of its streams' floor_sets (state_size)
     cdef Py_ssize_t state_bytes        # its state_size() as last added to Decoder.state_bytes
 
     def __cinit__(self):
@@ -678,7 +695,7 @@ cdef class ExporterState:
                 + STATE_BYTES_ENTRY * (len(self.domain_sampling) + len(self.sampler_rates)
                                        + len(self.interface_rates) + len(self.sysinit_ms) + len(self.drops_seen) + len(self.withdrawn)
                                        + len(self.not_sent_seen))
-                + STATE_BYTES_STREAM * (len(self.seq_streams) + len(self.seq_ports))
+                + STATE_BYTES_STREAM * (len(self.seq_streams) + len(self.seq_ports)) + self.floor_bytes
                 + STATE_BYTES_ENTRY * (self.dom_entries + len(self.tpl_domains) + len(self.borrowers))
                 + (DEDUP_SLOTS * (sizeof(uint64_t) + sizeof(int64_t)) if self.dedup_keys != NULL else 0)
                 + (INGRESS_SLOTS * sizeof(uint64_t) if self.ingress_ports != NULL else 0))
@@ -748,8 +765,8 @@ cdef class ExporterState:
                 # restarts and the old run's cumulative counters (sFlow's drops) counted again.
                 # Like a late datagram, it changes nothing.
                 return
-        if (kind == PROTO_IPFIX and advance == 0 and (st.synced or st.floor)
-                and <uint32_t>(st.next - seq) <= SEQ_MAX_GAP):
+        if (kind == PROTO_IPFIX and advance == 0
+                and (st.floor or st.synced and <uint32_t>(st.next - seq) <= SEQ_MAX_GAP)):
             # RFC 7011 3.1: the number counts the Data Records sent before the message. One
             # without any (template-only) at or behind the number expected tells nothing new in
             # either reading (ipfix_convention): Open vSwitch numbers its template-only messages
@@ -759,6 +776,10 @@ cdef class ExporterState:
             # as a late one into the gap before a data message that overtook them all, it was
             # remembered as filling its number, and the data message numbered like it, when it
             # came, was taken for a duplicate: its record counted lost.
+            # After an uncounted message (the floor) neither: the message with records that
+            # follows settles what lies between (settle_floor), with the templates of the whole
+            # refresh known by then (Open vSwitch spreads its 89 over 18 messages, and the
+            # uncounted message's may be in any of them).
             return
         if kind == PROTO_IPFIX or kind == PROTO_NETFLOW5:
             if st.held_lost and aged(st.held_ms, now_ms, SEQ_HELD_MS):
@@ -774,14 +795,8 @@ cdef class ExporterState:
             if ahead == 0:
                 pass
             elif ahead <= SEQ_MAX_GAP:
-                if st.ngaps == SEQ_MAX_GAPS:
-                    self.count_oldest(st)
-                i = st.ngaps
-                st.gap_start[i], st.gap_span[i], st.gap_missing[i], st.gap_ms[i] = st.next, ahead, ahead, now_ms
-                st.gap_adj[i] = (<int64_t>st.prev_count - <int64_t>advance
-                                 if (kind == PROTO_IPFIX or kind == PROTO_NETFLOW5) and not st.inclusive else 0)
-                st.ngaps += 1
-                self.pending_gaps += 1
+                self.open_gap(st, st.next, ahead, <int64_t>st.prev_count - <int64_t>advance
+                              if (kind == PROTO_IPFIX or kind == PROTO_NETFLOW5) and not st.inclusive else 0, now_ms)
             elif behind <= SEQ_MAX_GAP:
                 # uptime wraps at 2^32 ms (49.7 days): "went back" is a difference below 2^31
                 back = <uint32_t>(st.uptime - uptime) if uptime >= 0 and st.uptime >= 0 else 0
@@ -797,16 +812,22 @@ cdef class ExporterState:
                 back = <uint32_t>(st.uptime - uptime) if uptime >= 0 and st.uptime >= 0 else 0
                 st.uptime_restarted = SEQ_RESTART_UPTIME_MS < back < 0x80000000u
                 st.restart_ms = now_ms
-        elif st.floor and <uint32_t>(st.next - seq) <= SEQ_MAX_GAP:
+        elif st.floor and <uint32_t>(st.next - seq) <= SEQ_MAX_GAP and (st.next != seq or not st.inclusive):
             # At or behind the number of a message that was not counted (ipfix_forget): sent
             # before it, late. Open vSwitch numbers its template-only messages as the data
             # message it sends next (the options record that follows its templates): that one
             # arriving first, without its options template, and then its templates, the stream
             # would be read from the templates' number, and the options record, never counted,
-            # taken for a lost one at the next data message.
+            # taken for a lost one at the next data message. (Read softflowd's way, the number
+            # counts that message's own records: the next message is numbered like it.)
             if self.late(st, seq, advance, now_ms, export_s):
                 return
+        elif st.floor:
+            self.settle_floor(st, seq, advance, st.inclusive, now_ms)
+        if st.floor_sets is not None:
+            self.clear_floor(st)
         st.floor = False
+        st.skipped = False
         st.late_run = 0
         st.synced = not (st.uncounted and st.by_records)    # (the next packet sets the expectation)
         st.next = seq + advance
@@ -878,6 +899,7 @@ cdef class ExporterState:
             if len(self.seq_streams) >= SEQ_MAX_STREAMS:
                 self.settle_gaps(-1)        # bounded: a spray of domains or ports only
                 self.seq_streams.clear()    # starts tracking over
+                self.floor_bytes = 0
                 self.seq_ports.clear()
                 self.dom_entries = 0
                 self.cur_port = None
@@ -1158,15 +1180,20 @@ cdef class ExporterState:
         st.ngaps = 0
         self.count_held(st, False)
 
-    cdef void ipfix_forget(self, uint32_t port, uint32_t domain, uint32_t seq, bint has_records):
+    cdef void ipfix_forget(self, uint32_t port, uint32_t domain, uint32_t seq, bint has_records,
+                           uint64_t known, uint64_t most, object sets, int64_t now_ms):
         """sequence_forget for an IPFIX message numbered seq (in the stream its port reads it in):
         the stream's next message sets the expectation again, unless it is numbered at or
         before seq (SeqStream.floor; made here if new). RFC 7011 3.1: the message's records
         were numbered from seq, what the exporter sent after it is numbered beyond; has_records:
         it held at least one (a data set without its template, or that does not fit it; a
-        datagram refused before decoding may have held none)."""
+        datagram refused before decoding may have held none). What is known of its records:
+        `known` decoded, `most` at most in all (each takes a byte at least), its undecoded data
+        sets `sets` (keep_unknown_set; None: not all kept). What was lost before and after it
+        is counted when the stream's next message comes (settle_floor)."""
         cdef SeqPort sp = self.seq_port(port)
         cdef SeqStream st
+        cdef object x
         sp.has_prev = False
         if sp.dom_last.pop(domain, None) is not None:
             self.dom_entries -= 1
@@ -1176,13 +1203,108 @@ cdef class ExporterState:
             # still known. Into the range held back or an open gap, it fills one record, the
             # least it held (OVS's statistics record overtaken by the next flow and arriving
             # before its options template: the gap the flow opened is its record).
-            if has_records:
-                self.fill_late(st, seq, 1)
+            if not (has_records and self.fill_late(st, seq, 1)):
+                # (or one the stream's reading misplaced: softflowd's numbers read the RFC's way,
+                # while the reading is not decided; its records then lie between what the
+                # stream expected and the next uncounted message, not lost)
+                st.skipped = True
             return
+        if st.ngaps and now_ms >= 0 and gap_expired(st.gap_ms[0], now_ms):
+            self.count_gaps(st, now_ms)
+        most = min(most, <uint64_t>SEQ_MAX_GAP)
+        if st.floor:
+            # after another uncounted message: what lies between the two (this one's records
+            # begin `most` records before its number at most, read softflowd's way)
+            self.settle_floor(st, seq, <uint32_t>most, False, now_ms)
+            st.floor_from_set = False
+        else:
+            st.floor_from_set = st.synced and not st.skipped
+            st.floor_from = st.next
+            st.floor_prev = st.last_count
         st.next = seq
         st.floor = True
         st.synced = False
         st.has_last = False
+        st.floor_known = <uint32_t>min(known, most)
+        st.floor_max = <uint32_t>most
+        st.floor_sets = sets
+        if sets is not None:
+            for x in <list>sets:
+                self.floor_bytes += PyBytes_GET_SIZE(<bytes>(<tuple>x)[2])
+
+    cdef void clear_floor(self, SeqStream st):
+        cdef object x
+        if st.floor_sets is not None:
+            for x in <list>st.floor_sets:
+                self.floor_bytes -= PyBytes_GET_SIZE(<bytes>(<tuple>x)[2])
+            st.floor_sets = None
+
+    cdef int64_t floor_count(self, SeqStream st):
+        """The records of the uncounted message at the stream's floor: those decoded plus those
+        of its undecoded sets, read with their templates if all are known by now (data that came
+        before its template, and the template since), else -1."""
+        cdef int64_t k = st.floor_known
+        cdef Py_ssize_t n
+        cdef Template t
+        cdef tuple x
+        cdef bytes body
+        if st.floor_sets is None:
+            return -1
+        for x in <list>st.floor_sets:
+            t = self.templates.get(tkey(10, <uint32_t>x[0], <uint16_t>x[1], st.port))
+            if t is None:
+                return -1
+            body = <bytes>x[2]
+            n = count_records(t, <const uint8_t*>PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body))
+            if n < 0:
+                return -1
+            k += n
+        return k
+
+    cdef void settle_floor(self, SeqStream st, uint32_t seq, uint32_t adv, bint normalized, int64_t now_ms):
+        """The message after the uncounted one at the floor came, numbered seq with adv records
+        (`normalized`: seq is already the number of its first record, softflowd's way; from
+        ipfix_forget adv is at most how many). The records lost around the uncounted message
+        are a gap each, as far as the numbers tell (then counted, unless late messages fill them,
+        as any gap); none the uncounted message may have held is counted (its set is counted
+        as missing its template already). RFC 7011 3.1: its records are numbered from the floor
+        on, k of them (floor_count, or floor_max at most: then the gap after it is the loss that
+        is certain); the loss before it is its number less the one expected. softflowd's way
+        its number counts its own records: the loss before it is its number less k less the
+        one expected, and after it the next message's first record less its number. A stream
+        whose reading is not decided (ipfix_convention's votes: Open vSwitch's one record a
+        message never votes) gets the smaller of the two (they agree where the messages' counts
+        are equal)."""
+        cdef int64_t k = self.floor_count(st)
+        cdef int64_t rfc, inc, lost
+        cdef bint by_inc = st.inclusive
+        cdef bint by_rfc = not by_inc and st.rfc_votes >= st.inc_votes + 2
+        if k < 0:
+            k = st.floor_max
+        if st.floor_from_set:
+            rfc = <int32_t>(st.next - st.floor_from)
+            inc = (<int32_t>(st.next - st.floor_from) - k + (0 if by_inc else <int64_t>st.floor_prev))
+            lost = rfc if by_rfc else inc if by_inc else min(rfc, inc)
+            if 0 < lost <= SEQ_MAX_GAP:
+                self.open_gap(st, st.floor_from, <uint32_t>lost, 0, now_ms)
+        rfc = <int32_t>(seq - st.next) - k
+        inc = <int32_t>((seq if normalized else seq - adv) - st.next)
+        lost = inc if by_inc else rfc if by_rfc else min(rfc, inc)
+        if 0 < lost <= SEQ_MAX_GAP:
+            self.open_gap(st, st.next + <uint32_t>(0 if by_inc else k), <uint32_t>lost, 0, now_ms)
+        self.clear_floor(st)
+
+    cdef void open_gap(self, SeqStream st, uint32_t start, uint32_t span, int64_t adj, int64_t now_ms) noexcept:
+        """Numbers [start, start + span) skipped: a gap, counted as lost when it has stayed open
+        SEQ_REORDER_MS (see sequence); `adj`: gap_adj."""
+        cdef int i
+        if st.ngaps == SEQ_MAX_GAPS:
+            self.count_oldest(st)
+        i = st.ngaps
+        st.gap_start[i], st.gap_span[i], st.gap_missing[i], st.gap_ms[i] = start, span, span, now_ms
+        st.gap_adj[i] = adj
+        st.ngaps += 1
+        self.pending_gaps += 1
 
     cdef bint ipfix_behind(self, uint32_t port, uint32_t domain, uint32_t seq):
         """The IPFIX message numbered seq, not yet counted, is behind what the stream its port
@@ -1225,7 +1347,7 @@ cdef class ExporterState:
             return True
         return False
 
-    cdef void forget_stream(self, const uint8_t* h, Py_ssize_t n, uint32_t port) noexcept:
+    cdef void forget_stream(self, const uint8_t* h, Py_ssize_t n, uint32_t port, int64_t now_ms) noexcept:
         """A datagram refused before decoding (rate limit, size): the sequence number its
         header carries is not seen, so its stream starts over instead of counting the refused
         datagram a second time, as lost before reaching flowscope."""
@@ -1238,7 +1360,8 @@ cdef class ExporterState:
         elif v == 9 and n >= 20:
             self.sequence_forget(PROTO_NETFLOW9, port, be32(h + 16))
         elif v == 10 and n >= 16:
-            self.ipfix_forget(port, be32(h + 12), be32(h + 8), False)
+            # (its records are in its bytes after the header, one at least each)
+            self.ipfix_forget(port, be32(h + 12), be32(h + 8), False, 0, <uint64_t>(n - 16), None, now_ms)
         elif v == 0 and n >= 8 and be32(h) == 5:
             off = 12 if be32(h + 4) == 1 else 24 if be32(h + 4) == 2 else 8
             if n >= off + 4:
@@ -3307,6 +3430,8 @@ cdef int decode_data_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* s, 
     if t is None:
         # RFC 7011 8: data for an unknown template cannot be decoded; count it, go on.
         ex.msg_uncounted = True
+        if version == 10:
+            keep_unknown_set(ex, domain, set_id, s.buf + s.pos, rd_left(s))
         b.missing_template_sets += 1
         ex.missing_template_sets += 1
         ex.proto_stats(ex.cur_protocol)["missing_template_sets"] += 1
@@ -3349,11 +3474,71 @@ cdef int decode_data_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* s, 
         # template: the message's sequence step (RFC 7011 3.1: the Data Records sent) cannot be
         # told, so its records are not taken for lost ones when the next message comes.
         ex.msg_uncounted = True
+        if version == 10:
+            keep_unknown_set(ex, domain, set_id, s.buf + start, s.end - start)
         ex.count_error("template_mismatch")
         dec.log_limited("template_mismatch", ex.ip, f"v{version} domain {domain} data set {set_id}: "
                         f"{rd_left(s)} bytes, shorter than one record of template {set_id} "
                         f"({t.min_len} bytes): the data does not fit its template")
     return 0
+
+
+cdef void keep_unknown_set(ExporterState ex, uint32_t domain, uint16_t set_id, const uint8_t* p, Py_ssize_t n):
+    """An IPFIX data set of the message being decoded that could not be decoded (no template, or
+    not in its template's layout): its records are in its n bytes (one at least each), and its
+    bytes are kept (up to SEQ_FLOOR_BYTES a message) to count them once the template is known."""
+    ex.msg_unknown_bytes += <uint64_t>n
+    if not ex.msg_sets_kept:
+        return
+    if ex.msg_unknown_bytes > SEQ_FLOOR_BYTES:
+        ex.msg_sets_kept = False
+        ex.msg_unknown_sets = None
+        return
+    if ex.msg_unknown_sets is None:
+        ex.msg_unknown_sets = []
+    ex.msg_unknown_sets.append((domain, set_id, PyBytes_FromStringAndSize(<const char*>p, n)))
+
+
+cdef Py_ssize_t record_end(Template t, const uint8_t* buf, Py_ssize_t pos, Py_ssize_t end) noexcept:
+    """Where the record of template t starting at buf[pos] ends (its fields' lengths, RFC 7011
+    7 for variable-length ones), or -1 when it runs past end."""
+    cdef Py_ssize_t i
+    cdef uint16_t L
+    for i in range(t.n_fields):
+        L = t.fields[i].length
+        if L == VARLEN:
+            if pos >= end:
+                return -1
+            L = buf[pos]
+            pos += 1
+            if L == 255:
+                if end - pos < 2:
+                    return -1
+                L = be16(buf + pos)
+                pos += 2
+        if end - pos < L:
+            return -1
+        pos += L
+    return pos
+
+
+cdef Py_ssize_t count_records(Template t, const uint8_t* buf, Py_ssize_t n) noexcept:
+    """The records of template t in a data set's n bytes, read as decode_data_set reads them
+    (padding after the last one: zeros shorter than a record), or -1 when they do not fit it."""
+    cdef Py_ssize_t pos = 0, k = 0, e
+    while n - pos >= t.min_len:
+        if n - pos < 4 and n % 4 == 0 and all_zero(buf, pos, n):
+            break
+        e = record_end(t, buf, pos, n)
+        if e < 0:
+            return -1
+        if e == pos:
+            break
+        pos = e
+        k += 1
+    if k == 0 and n - pos >= 4 and not all_zero(buf, pos, n):
+        return -1
+    return k
 
 
 cdef Template borrowed_template(Decoder dec, ExporterState ex, FlowBatch b, Reader* s, uint32_t domain,
@@ -3368,8 +3553,7 @@ cdef Template borrowed_template(Decoder dec, ExporterState ex, FlowBatch b, Read
     templates of its own. RFC 7011 scopes templates by domain, so only a missing one is borrowed
     (a domain's own template always wins)."""
     cdef Template t = ex.tid_latest.get((<object>b.port << 16) | tid)
-    cdef Py_ssize_t pos, i, n
-    cdef uint16_t L
+    cdef Py_ssize_t pos, n
     cdef SeqPort sp
     cdef object key = (<object>b.port << 32) | domain
     if t is None or t.domain == domain or t.options or key in ex.tpl_domains:
@@ -3385,21 +3569,9 @@ cdef Template borrowed_template(Decoder dec, ExporterState ex, FlowBatch b, Read
     pos = s.pos
     n = 0
     while s.end - pos >= t.min_len:     # walk the records by the template's lengths alone
-        for i in range(t.n_fields):
-            L = t.fields[i].length
-            if L == VARLEN:
-                if pos >= s.end:
-                    return None
-                L = s.buf[pos]
-                pos += 1
-                if L == 255:
-                    if s.end - pos < 2:
-                        return None
-                    L = be16(s.buf + pos)
-                    pos += 2
-            if s.end - pos < L:
-                return None
-            pos += L
+        pos = record_end(t, s.buf, pos, s.end)
+        if pos < 0:
+            return None
         n += 1
     if n == 0 or not all_zero(s.buf, pos, s.end):     # what is left: RFC 7011 padding, zeros
         return None
@@ -3503,6 +3675,10 @@ cdef int decode_ipfix(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
         ex.msg_records = 0
         ex.msg_opt_records = 0
         ex.msg_uncounted = False
+        ex.msg_unknown_bytes = 0
+        ex.msg_unknown_sets = None
+        ex.msg_sets_kept = True
+        set_start = m.pos
         whole = False
         try:
             while rd_left(&m) >= 4:
@@ -3530,7 +3706,13 @@ cdef int decode_ipfix(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
                 ex.ipfix_sequence(b.port, domain, be32(h + 8), <uint32_t>ex.msg_records,
                                   <int64_t>(b.recv_time * 1000.0), be32(h + 4))
             else:
-                ex.ipfix_forget(b.port, domain, be32(h + 8), ex.msg_uncounted or ex.msg_records > 0)
+                if not whole:   # what the message held from the set that failed on is not known
+                    ex.msg_unknown_bytes += <uint64_t>(m.end - set_start)
+                    ex.msg_sets_kept = False
+                ex.ipfix_forget(b.port, domain, be32(h + 8), ex.msg_uncounted or ex.msg_records > 0,
+                                ex.msg_records, ex.msg_records + ex.msg_unknown_bytes,
+                                ex.msg_unknown_sets if ex.msg_sets_kept else None,
+                                <int64_t>(b.recv_time * 1000.0))
             if not first:
                 # A later message of the datagram (RFC 7011 10.3.3): its flows carry its own
                 # observation domain and sequence number.

@@ -2890,6 +2890,56 @@ def test_ovs_options_record_before_its_options_template_is_not_lost() -> None:
     assert (st["sequence_lost"], st["sequence_resets"], st["missing_template_sets"], st["flows"]) == (0, 0, 1, 4)
 
 
+def test_ovs_loss_around_a_message_without_its_template_is_counted() -> None:
+    """A message whose data set has no template (yet) is not counted: how many records it held
+    is not known, so its number leaves the records numbered around it unaccounted for. They are
+    counted once the stream's next message comes, as far as the numbers tell, and never the
+    uncounted message's own (its set is counted as missing its template). OVS numbers each
+    data message by the records sent before it (RFC 7011 3.1; one record a message) and a
+    refresh's template-only messages like the data message sent next (ofproto-dpif-ipfix.c)."""
+    rng = random.Random(5)
+
+    def flow(seq: int, t: IpfixTemplate = OVS_INGRESS) -> bytes:
+        return ipfix_message([data_set(t, ovs_flows(1, rng, direction=int(t is OVS_EGRESS)))], seq=seq,
+                             export_time=EXPORT)
+
+    def refresh(seq: int) -> list[bytes]:
+        return [ipfix_message([template_set([OVS_INGRESS, OVS_EGRESS])], seq=seq, export_time=EXPORT),
+                ipfix_message([OVS_STATS_TEMPLATE], seq=seq, export_time=EXPORT),
+                ipfix_message([ovs_stats(1, 0)], seq=seq, export_time=EXPORT)]
+
+    def lost(msgs: list[bytes], dec: Decoder | None = None) -> tuple[int, int, int]:
+        st = _ovs_run(msgs, dec)
+        return st["sequence_lost"], st["sequence_resets"], st["missing_template_sets"]
+
+    # A collector started without OVS's templates: flows 10 and 11 come before the refresh
+    # numbered 13 (its templates are known at the stream's next message), flow 12 lost: 1.
+    assert lost([flow(10), flow(11), *refresh(13), flow(14), flow(15)]) == (1, 0, 2)
+    assert lost([flow(10), flow(11), flow(12), *refresh(13), flow(14), flow(15)]) == (0, 0, 3)
+    assert lost([flow(10), *refresh(13), flow(14)]) == (2, 0, 1)           # flows 11 and 12 lost
+    # Templates known for ingress flows only: 4 and 5 lost before an egress flow, 6, whose
+    # template comes with the refresh numbered 7 (the loss before it: its number less the 4
+    # the stream expected).
+    dec = Decoder()
+    assert dec.decode(ipfix_message([template_set([OVS_INGRESS])], seq=1, export_time=EXPORT), EXPORTER, 4739,
+                      EXPORT - 1.0).error is None
+    assert lost([flow(1), flow(2), flow(3), flow(6, OVS_EGRESS), *refresh(7), flow(8)], dec) == (2, 0, 1)
+    # The egress template still unknown at the next message: the egress flow's record count is
+    # not known, only that each of its records takes a byte at least (RFC 7011 7: a field is one
+    # at least), so what is lost for certain is counted: 300 flows lost after it (5 to 304), the
+    # numbers say 301 records, of which the uncounted message held at most its set's bytes.
+    egress = flow(4, OVS_EGRESS)
+    body = struct.unpack_from("!H", egress, 16 + 2)[0] - 4
+    dec = Decoder()
+    assert dec.decode(ipfix_message([template_set([OVS_INGRESS])], seq=1, export_time=EXPORT), EXPORTER, 4739,
+                      EXPORT - 1.0).error is None
+    assert lost([flow(1), flow(2), flow(3), egress, flow(305)], dec) == (301 - body, 0, 1)
+    dec = Decoder()
+    assert dec.decode(ipfix_message([template_set([OVS_INGRESS])], seq=1, export_time=EXPORT), EXPORTER, 4739,
+                      EXPORT - 1.0).error is None
+    assert lost([flow(1), flow(2), flow(3), egress, flow(5)], dec) == (0, 0, 1)    # none lost: none counted
+
+
 def test_ovs_template_only_messages_after_the_data_numbered_like_them_are_no_loss() -> None:
     """OVS's template-only messages carry the number of the data message sent after them (its
     statistics record): that one, or the next flow, arriving before them (reordered) leaves
@@ -2940,6 +2990,51 @@ def test_a_late_not_sent_report_is_an_older_one_not_a_counter_restart() -> None:
     # OVS restarted on the same port 600 s after the second report: 15, then 2 and 7 of the new run
     restarted = [*msgs[0], *msgs[1], *refresh(2, 1, 2), *refresh(3, 5, 7)]
     assert _ovs_run(restarted)["not_sent"] == {"packets": (15 - 10) + (7 - 2)}
+
+
+def test_softflowd_loss_around_a_message_without_its_template_is_counted_exactly() -> None:
+    """softflowd numbers each IPFIX message with the records up to and including its own: a
+    message whose data set has no template (yet) still says where its records end, so what is
+    lost after it is its number less the next message's first record, exactly, though its own
+    count is not known; and what is lost before it, once its template has come (softflowd's
+    refreshes carry data). Loss counted, no phantom loss."""
+    rng = random.Random(9)
+    t0 = float(EXPORT)
+
+    def run(msgs: list[tuple[int, int, IpfixTemplate, bool]]) -> tuple[int, int, int]:
+        """(number, records, template, with its template set); the first message carries the
+        ingress template."""
+        dec = Decoder()
+        for i, (seq, n, t, tpl) in enumerate(msgs):
+            sets = ([template_set([OVS_INGRESS])] if i == 0 else []) + ([template_set([t])] if tpl else [])
+            sets.append(data_set(t, ovs_flows(n, rng, direction=int(t is OVS_EGRESS))))
+            b = dec.decode(ipfix_message(sets, seq=seq, export_time=EXPORT), EXPORTER, 4739, t0 + i * 0.01)
+            assert b.error is None
+        p = dec.stats(t0 + 600)[EXPORTER]["protocols"]["ipfix"]
+        return p["sequence_lost"], p["sequence_resets"], p["missing_template_sets"]
+
+    def numbered(msgs: list[tuple[int, IpfixTemplate, bool]], skip: tuple[int, ...] = ()) -> list[tuple[int, int, IpfixTemplate, bool]]:
+        seqs = list(itertools.accumulate(n for n, _t, _tpl in msgs))
+        return [(seq, n, t, tpl) for i, (seq, (n, t, tpl)) in enumerate(zip(seqs, msgs, strict=True)) if i not in skip]
+
+    # the counts' changes decide softflowd's numbering (test_ipfix_sequence_that_counts_...)
+    head = [(24, OVS_INGRESS, False), (32, OVS_INGRESS, False), (32, OVS_INGRESS, False), (20, OVS_INGRESS, False),
+            (7, OVS_INGRESS, False), (7, OVS_INGRESS, False)]
+    egress_unknown, egress_defined = (5, OVS_EGRESS, False), (5, OVS_EGRESS, True)
+    msgs = [*head, egress_unknown, (12, OVS_INGRESS, False), (30, OVS_INGRESS, False), (30, OVS_INGRESS, False)]
+    assert run(numbered(msgs)) == (0, 0, 1)
+    assert run(numbered(msgs, skip=(7,))) == (12, 0, 1)            # the 12 after it lost
+    assert run(numbered(msgs, skip=(7, 8))) == (42, 0, 1)
+    # the 12 before it lost; its template comes with the next message
+    msgs = [*head, (12, OVS_INGRESS, False), egress_unknown, egress_defined, (30, OVS_INGRESS, False)]
+    assert run(numbered(msgs)) == (0, 0, 1)
+    assert run(numbered(msgs, skip=(6,))) == (12, 0, 1)
+    # before the numbering is decided (the stream read the RFC's way): an uncounted message
+    # numbered behind what that reading expects is taken for a late one, and the records of
+    # the next uncounted one are then not known to follow it: no loss made up before them
+    msgs = [(5, OVS_INGRESS, False), (2, OVS_EGRESS, False), (4, OVS_EGRESS, False), (1, OVS_EGRESS, True),
+            (6, OVS_INGRESS, False), (2, OVS_INGRESS, False)]
+    assert run(numbered(msgs)) == (0, 0, 2)
 
 
 def test_ipfix_sequence_that_counts_the_messages_own_records() -> None:

@@ -761,6 +761,26 @@ def test_ovs_ipfix_refreshes_and_reports_reordered(ipfix_refreshes, decoders_mod
         got = (st["sequence_lost"], st["sequence_resets"], st["not_sent"])
         assert got == (missing + late, 0, {"packets": reports[-1] - reports[0]}), (label, got, reports)
 
+    # A collector started after the first refresh, none of OVS's templates known: the data
+    # messages up to the second refresh are sets without their template, not counted, and the
+    # last of them is lost on the way. At the second refresh the templates tell how many
+    # records the message before it held: the lost one's are counted (tshark's numbers: the
+    # refresh's number less that message's and its records), with what the capture itself
+    # misses after that, and none of the uncounted messages' own.
+    uncounted = [j for j in range(stats[0] + 1, refresh[1]) if "data" in kinds[j]]
+    assert len(uncounted) >= 2, kinds
+    u, lost = uncounted[-2], uncounted[-1]
+    dec = decoders_mod.Decoder(decoders_mod.DecoderConfig(default_sampling=0))
+    for j in range(uncounted[0], len(datagrams)):
+        if j != lost:
+            assert dec.decode(datagrams[j].payload, datagrams[j].src, datagrams[j].sport, datagrams[j].ts).error is None
+    st = dec.stats(datagrams[-1].ts + 3600)[datagrams[0].src]["protocols"]["ipfix"]
+    want = (seqs[refresh[1]] - seqs[u] - records[u]
+            + sum(max(0, seqs[i] - seqs[i - 1] - records[i - 1]) for i in range(refresh[1] + 1, len(pkts))))
+    assert records[lost] and want >= records[lost]
+    got = (st["sequence_lost"], st["sequence_resets"], st["missing_template_sets"])
+    assert got == (want, 0, len(uncounted) - 1), got
+
 
 # ---- Two nodes joined by tunnels: OVN-Kubernetes' node-to-node pod traffic -------------------
 #
