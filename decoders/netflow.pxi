@@ -505,6 +505,11 @@ cdef class SeqStream:
     cdef uint32_t late_next
     cdef int64_t late_ms
     cdef int64_t export_s       # the latest export time (s) of the expected stream, -1 if none
+    # sFlow (no export time): a datagram of the run the stream follows, its first since it was
+    # (re)synced (run_uptime -1: none yet), and the uptime of the latest late one in a run
+    cdef uint32_t run_seq
+    cdef int64_t run_uptime
+    cdef int64_t late_uptime
     # The exporter restarted (its uptime went back) at receive time restart_ms: for
     # SEQ_REORDER_MS, a datagram whose uptime is far ahead of the new one's is from before.
     cdef bint uptime_restarted
@@ -528,6 +533,29 @@ cdef inline bint sent_after(int64_t export_s, int64_t latest_s) noexcept:
     """A datagram with header export time export_s was sent after a stream's latest, latest_s:
     later, or a minute or more earlier (a clock set back, with a restart or an NTP step)."""
     return export_s > latest_s or latest_s - export_s > SEQ_RESTART_UPTIME_MS // 1000
+
+
+cdef inline bint sflow_other_run(SeqStream st, uint32_t seq, int64_t uptime) noexcept:
+    """A late sFlow datagram (numbered seq, behind the stream's next) cannot be of the run the
+    stream follows: sflow_version_5.txt increments the sequence number with each datagram a
+    sub-agent sends, and its uptime is read at the send, so within one run a datagram numbered
+    after another was sent at the same uptime or later (an agent that restarts starts both over,
+    or its sequence alone when its uptime is the device's). Against the run's latest datagram
+    (numbered next - 1) and its first one seen (run_seq): sent after the latest but numbered
+    before it; numbered at or after the first but sent before it; or numbered like either with
+    another uptime. (uptime wraps at 2^32 ms: "after" is a difference below 2^31.)"""
+    cdef uint32_t u = <uint32_t>uptime
+    if st.uptime >= 0:
+        if 0 < <uint32_t>(u - <uint32_t>st.uptime) < 0x80000000u:
+            return True
+        if seq == st.next - 1 and u != <uint32_t>st.uptime:
+            return True
+    if st.run_uptime >= 0 and <uint32_t>(seq - st.run_seq) < 0x80000000u:
+        if 0 < <uint32_t>(<uint32_t>st.run_uptime - u) < 0x80000000u:
+            return True
+        if seq == st.run_seq and u != <uint32_t>st.run_uptime:
+            return True
+    return False
 
 
 cdef inline uint64_t seq_mark(uint32_t seq, uint32_t adv) noexcept:
@@ -801,7 +829,7 @@ cdef class ExporterState:
                 # uptime wraps at 2^32 ms (49.7 days): "went back" is a difference below 2^31
                 back = <uint32_t>(st.uptime - uptime) if uptime >= 0 and st.uptime >= 0 else 0
                 if back <= SEQ_RESTART_UPTIME_MS or back >= 0x80000000u:
-                    if self.late(st, seq, advance, now_ms, export_s):
+                    if self.late(st, seq, advance, now_ms, export_s, uptime):
                         return
                 else:
                     self.restart(st)            # the exporter restarted: sequence and uptime went back
@@ -820,7 +848,7 @@ cdef class ExporterState:
             # would be read from the templates' number, and the options record, never counted,
             # taken for a lost one at the next data message. (Read softflowd's way, the number
             # counts that message's own records: the next message is numbered like it.)
-            if self.late(st, seq, advance, now_ms, export_s):
+            if self.late(st, seq, advance, now_ms, export_s, uptime):
                 return
         elif st.floor:
             self.settle_floor(st, seq, advance, st.inclusive, now_ms)
@@ -832,10 +860,14 @@ cdef class ExporterState:
         st.synced = not (st.uncounted and st.by_records)    # (the next packet sets the expectation)
         st.next = seq + advance
         st.uptime = uptime
+        if st.run_uptime < 0 and uptime >= 0:
+            st.run_seq = seq
+            st.run_uptime = uptime
         if sent_after(export_s, st.export_s):
             st.export_s = export_s
 
-    cdef bint late(self, SeqStream st, uint32_t seq, uint32_t advance, int64_t now_ms, int64_t export_s) noexcept:
+    cdef bint late(self, SeqStream st, uint32_t seq, uint32_t advance, int64_t now_ms, int64_t export_s,
+                   int64_t uptime) noexcept:
         """A datagram numbered behind what its stream expects (see sequence): it fills what it
         can of the range held back or of an open gap, or it is old and changes nothing (True),
         or it is the run of a process restarted on the same port: the stream restarted, and the
@@ -844,16 +876,34 @@ cdef class ExporterState:
             return True
         # Behind and in no open gap: a duplicate, a gap counted already, or an exporting process
         # that restarted on the same port with a sequence less than SEQ_MAX_GAP behind (IPFIX
-        # has no uptime to tell). A restarted one sends nothing but its new sequence: late
-        # datagrams that follow each other, with none of the expected stream between them, for
-        # SEQ_REORDER_MS (a burst that was late for its gap comes at once, and the stream goes on).
-        if export_s < 0 or not sent_after(export_s, st.export_s):
-            return True                 # sent before the expected stream's latest: old
-        if st.late_run and seq == st.late_next:
-            st.late_run += 1
+        # has no uptime to tell; an sFlow agent's uptime, since its start, went back by less than
+        # SEQ_RESTART_UPTIME_MS when it restarts within a minute of its start). A restarted one
+        # sends nothing but its new sequence: late datagrams that follow each other, with none
+        # of the expected stream between them, for SEQ_REORDER_MS (a burst that was late for its
+        # gap comes at once, and the stream goes on).
+        if export_s >= 0:
+            if not sent_after(export_s, st.export_s):
+                return True             # sent before the expected stream's latest: old
+            if st.late_run and seq == st.late_next:
+                st.late_run += 1
+            else:
+                st.late_run = 1
+                st.late_ms = now_ms
+        elif uptime >= 0:
+            # sFlow has no export time: the run begins with a datagram that cannot be of the
+            # run the stream follows (sflow_other_run), and goes on with datagrams numbered one
+            # after the other whose uptime does not go back (a copy of the old run's is neither:
+            # copies on a slower path are old datagrams)
+            if st.late_run and seq == st.late_next and <uint32_t>(uptime - st.late_uptime) < 0x80000000u:
+                st.late_run += 1
+            elif sflow_other_run(st, seq, uptime):
+                st.late_run = 1
+                st.late_ms = now_ms
+            else:
+                return True
+            st.late_uptime = uptime
         else:
-            st.late_run = 1
-            st.late_ms = now_ms
+            return True
         st.late_next = seq + advance
         if st.late_run < SEQ_RESTART_RUN or not aged(st.late_ms, now_ms, SEQ_REORDER_MS):
             return True                 # what is expected stays
@@ -905,6 +955,7 @@ cdef class ExporterState:
                 self.cur_port = None
             st = SeqStream.__new__(SeqStream)
             st.kind, st.port, st.domain = kind, port, domain
+            st.run_uptime = -1
             reading = (self.reading_v5 if kind == PROTO_NETFLOW5 else
                        self.reading_ipfix if kind == PROTO_IPFIX else -1)
             if reading == 1:                # decided as by the votes of another stream
@@ -1048,6 +1099,7 @@ cdef class ExporterState:
         advance[0] = 1 if not st.by_records else 0 if st.uncounted else n
 
     cdef void restart(self, SeqStream st) noexcept:
+        st.run_uptime = -1          # (the datagram that goes on is the new run's first)
         self.count_gaps(st, -1)
         self.count_held(st)
         self.proto_stats(PROTOCOL_NAMES[st.kind])["sequence_resets"] += 1

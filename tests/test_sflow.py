@@ -595,6 +595,57 @@ def test_sequence_per_agent_behind_one_relay_and_restarts_by_uptime(decoders_mod
     assert seq_stats() == (2, 1)                    # neither a loss nor a restart
 
 
+def test_agent_restarted_on_the_same_port_within_a_minute_of_its_start(decoders_mod) -> None:
+    """An agent whose uptime counts from its own start (the sFlow agent library's bootTime: Open
+    vSwitch, hsflowd, pmacct) restarting within a minute of that start goes back less than the
+    minute that tells a restart by its uptime, and its new sequence first looks like late
+    datagrams. sflow_version_5.txt numbers a sub-agent's datagrams one by one and reads the uptime
+    at the send, so within one run a later number never has an earlier uptime: the new run's
+    first datagram is numbered like the old run's first with another uptime, and its datagrams
+    keep following each other for a second with none of the old run between them: a restart,
+    its losses counted from then (its first second is not checked, as for IPFIX). Open vSwitch
+    itself opens a new socket, a new source port, whenever it creates its agent anew (seen with
+    3.1 on every sFlow reconfiguration): a relay that forwards agents from one port, or an agent
+    with a fixed source port, keeps the stream. Copies of the old run's datagrams (their numbers
+    and uptimes as they were) and a late datagram are neither; an agent whose datagrams are
+    those of the old run number for number and uptime for uptime cannot be told from copies."""
+    sample = [flow_sample([raw_header(eth(ipv4("10.0.0.1", "10.0.0.2", 17, udp(1, 2)), 0x0800), 60)])]
+
+    def run(sends: list[tuple[int, int, float]]) -> tuple[int, int]:
+        """(sequence, uptime ms, receive time s after RECV) -> (lost, resets)."""
+        dec = decoders_mod.Decoder()
+        for seq, up, t in sends:
+            b = dec.decode(datagram(sample, agent="192.0.2.1", seq=seq, uptime=up), "10.9.9.9", 50000, RECV + t)
+            assert b.error is None
+        p = dec.stats(RECV + 600)["10.9.9.9"]["protocols"]["sflow5"]
+        return p["sequence_lost"], p["sequence_resets"]
+
+    # a datagram every half second; the old run's first at uptime 7 s (its first counter poll)
+    old = [(i, 7000 + 500 * (i - 1), 0.5 * (i - 1)) for i in range(1, 41)]        # 20 s
+    new = [(j, 3000 + 500 * (j - 1), 22 + 0.5 * (j - 1)) for j in range(1, 21)]   # restarted 2 s later
+    assert run(old) == (0, 0)
+    assert run(old + new) == (0, 1)
+    assert run(old + [x for x in new if x[0] != 12]) == (1, 1)      # the new run's 12 lost
+    # the old run followed from its fifth datagram (uptime 9 s): the new run's first four are
+    # numbered before it, its fifth after it and sent before it (5 s)
+    assert run(old[4:] + new) == (0, 1)
+    # an agent whose uptime is the device's (the spec's "since device last booted"): its
+    # sequence alone starts over, the uptime goes on: sent after the old run's latest
+    device = [(i, 1_000_000 + 500 * i, 0.5 * i) for i in range(1, 41)]
+    again = [(j, 1_030_000 + 500 * j, 22 + 0.5 * j) for j in range(1, 21)]
+    assert run(device + again) == (0, 1)
+    assert run(device + [x for x in again if x[0] != 12]) == (1, 1)
+    # the agent goes quiet; copies of its first ten datagrams come 3 s later over a slower path,
+    # in sequence for 5 s: old datagrams, no restart
+    assert run(old + [(seq, up, t + 22.5) for seq, up, t in old[:10]]) == (0, 0)
+    # a reordered datagram, and one arriving after its gap was counted
+    assert run(old[:20] + [old[22], old[20], old[21]] + old[23:]) == (0, 0)
+    assert run(old[:20] + old[21:30] + [old[20]] + old[30:]) == (1, 0)
+    # the new run's datagrams are the old run's, header for header: nothing tells them apart
+    same = [(seq, up, t + 22) for seq, up, t in old[:20]]
+    assert run(old + same) == (0, 0)
+
+
 def test_extended_switch_router_gateway(decoders_mod) -> None:
     pkt = eth(ipv4("10.0.0.1", "10.0.0.2", 17, udp(1, 2)), 0x0800)
     sw = rec(1001, struct.pack(">IIII", 300, 0, 301, 0))
