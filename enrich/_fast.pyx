@@ -141,7 +141,6 @@ cdef class Reader:
     cdef int* block_owner        # per block: the slot it is lent to, -1: none
     cdef char** block_of         # parallel to view.cache: the slot's block in `blocks`, NULL: none
     cdef char** big              # parallel to view.cache: a malloc'ed block for parts too long for one
-    cdef object miss_error       # why the latest refill failed (enrich() raises it), None: memory
 
     def __cinit__(self, tuple tails):
         cdef int i, j
@@ -188,7 +187,7 @@ cdef class Reader:
         fs_slots_unmap(self.blocks_base, self.blocks_size)
 
     def c_api(self):
-        """A capsule (VIEW_CAPSULE, "flowscope.enrich.view.v11") pointing at the reader's
+        """A capsule (VIEW_CAPSULE, "flowscope.enrich.view.v9") pointing at the reader's
         EnrichView for the decoders' encoder; keeps nothing alive by itself: the caller holds
         the reader (or its Enricher) while it uses the capsule."""
         return PyCapsule_New(&self.view, VIEW_CAPSULE, NULL)
@@ -236,7 +235,7 @@ cdef class Reader:
         refills `avoid` (the source's slot while the destination is resolved: both may map to
         one set, and the source's answer, borrowed from its slot, must survive)."""
         cdef EnrichSlot* slot = NULL
-        cdef unsigned long long gen = self.view.generation
+        cdef unsigned int gen = <unsigned int>self.view.generation
         cdef int w
         self.view.counts[VIEW_MISSES] += 1
         # victim: the first way holding nothing current, else one picked by the hash's high
@@ -251,8 +250,7 @@ cdef class Reader:
                 slot = base + ((slot - base + 1) & (VIEW_WAYS - 1))
         try:
             return self.fill(slot, addr, alen, t, avoid)
-        except BaseException as exc:
-            self.miss_error = exc
+        except BaseException:
             return NULL
 
     cdef EnrichSlot* fill(self, EnrichSlot* slot, const unsigned char* addr, int alen, long long t,
@@ -290,7 +288,7 @@ cdef class Reader:
                 slot.kind = _kind(<bytes>(<tuple>holder)[0])
         memcpy(slot.addr, addr, alen)
         slot.alen = <signed char>alen
-        slot.gen = self.view.generation
+        slot.gen = <unsigned int>self.view.generation
         return slot
 
     cdef int texts(self, EnrichSlot* slot, Py_ssize_t k, bytes src, bytes dst, Py_ssize_t avoid) except -1:
@@ -304,11 +302,6 @@ cdef class Reader:
         size (100k pods) past its 200 MB."""
         cdef Py_ssize_t ls = PyBytes_GET_SIZE(src), ld = PyBytes_GET_SIZE(dst), b, o
         cdef char* t
-        if ls > 0xFFFF or ld > 0xFFFF:
-            # EnrichSlot keeps the lengths in 16 bits (the slot is one cache line, its generation
-            # 64 bits). A part is a few fields of names Kubernetes caps at 253 characters (a few
-            # KB at most, escaped): only an object no API server would have accepted gets here.
-            raise ValueError(f"an identity part of {max(ls, ld)} bytes, over the cache's 65535")
         if ls + ld <= VIEW_TEXT:
             free(self.big[k])
             self.big[k] = NULL
@@ -334,8 +327,8 @@ cdef class Reader:
             self.big[k] = t
         memcpy(t, PyBytes_AS_STRING(src), ls)
         memcpy(t + ls, PyBytes_AS_STRING(dst), ld)
-        slot.src_len = <unsigned short>ls
-        slot.dst_len = <unsigned short>ld
+        slot.src_len = <unsigned int>ls
+        slot.dst_len = <unsigned int>ld
         slot.text = t
         return 0
 
@@ -378,10 +371,6 @@ cdef class Reader:
         e.gen = self.view.generation
         return e.node
 
-    cdef int raise_miss_error(self) except -1:
-        err, self.miss_error = self.miss_error, None
-        raise err if err is not None else MemoryError()
-
     def publish(self, dict ips not None, dict agents not None):
         """Point the reader at the index's current dicts (called by the writer under its lock)."""
         self.ips = ips
@@ -404,11 +393,11 @@ cdef class Reader:
         if src is not None and (len(src) == 4 or len(src) == 16):
             s = view_resolve(&self.view, src, len(src), t_ms, NULL)
             if s == NULL:
-                self.raise_miss_error()
+                raise MemoryError()
         if dst is not None and (len(dst) == 4 or len(dst) == 16):
             d = view_resolve(&self.view, dst, len(dst), t_ms, s)
             if d == NULL:
-                self.raise_miss_error()
+                raise MemoryError()
         if agent is None:
             agent = b""
         an = view_agent(&self.view, agent, len(agent), &failed)

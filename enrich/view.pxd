@@ -20,7 +20,7 @@ cdef extern from *:
     #include <stddef.h>
     #include <stdint.h>
     #include <string.h>
-    #define FS_VIEW_CAPSULE "flowscope.enrich.view.v11"
+    #define FS_VIEW_CAPSULE "flowscope.enrich.view.v10"
     #define FS_VIEW_SLOTS 16384   /* per-address answers: 4096 sets of 4 ways */
     #define FS_VIEW_WAYS 4
     #define FS_VIEW_SETS (FS_VIEW_SLOTS / FS_VIEW_WAYS)
@@ -49,11 +49,8 @@ cdef extern from *:
         long long lo, hi;        /* the slot answers for flow starts in [lo, hi) */
         const char* text;        /* the holder's source part, then its destination part; NULL: nobody holds the address */
         PyObject* node;          /* interned node name, NULL: none */
-        unsigned long long gen;  /* the view's generation when filled (all 64 bits: with its low
-                                    32 bits only, a slot left alone for 2^32 index changes read
-                                    as current again, one stale answer) */
-        unsigned short src_len, dst_len;  /* the two parts' lengths in text (Reader.texts refuses
-                                    longer ones: Kubernetes names make them at most a few KB) */
+        unsigned int gen;        /* low 32 bits of the view's generation when filled */
+        unsigned int src_len, dst_len;   /* the two parts' lengths in text */
         signed char alen;        /* 0: empty */
         unsigned char infra;     /* the holder's layer bit (enrich.index Index._layer_bit) */
         unsigned char kind;      /* the holder's: FS_KIND_POD, _NODE or _SERVICE (with text) */
@@ -151,7 +148,7 @@ cdef extern from *:
         return ((a0 ^ b0) | (a1 ^ b1)) == 0;
     }
 
-    FS_ALWAYS_INLINE int fs_view_hit(const EnrichSlot* s, unsigned long long gen, const unsigned char* addr, int alen,
+    FS_ALWAYS_INLINE int fs_view_hit(const EnrichSlot* s, unsigned int gen, const unsigned char* addr, int alen,
                                      long long t) {
         return s->gen == gen && s->alen == alen && s->lo <= t && t < s->hi && fs_view_addr_eq(s->addr, addr, alen);
     }
@@ -193,7 +190,7 @@ cdef extern from *:
                                                  EnrichSlot* avoid) {
         unsigned long long h = fs_view_hash(addr, alen);
         EnrichSlot* s = fs_view_set(v, h);
-        unsigned long long gen = v->generation;
+        unsigned int gen = (unsigned int)v->generation;
         if (!fs_view_hit(s, gen, addr, alen, t)) {
             if (fs_view_hit(s + 1, gen, addr, alen, t)) s += 1;
             else if (fs_view_hit(s + 2, gen, addr, alen, t)) s += 2;
@@ -312,9 +309,9 @@ cdef extern from *:
         long long hi
         const char* text
         PyObject* node
-        unsigned long long gen
-        unsigned short src_len
-        unsigned short dst_len
+        unsigned int gen
+        unsigned int src_len
+        unsigned int dst_len
         signed char alen
         unsigned char infra
         unsigned char kind

@@ -1485,33 +1485,6 @@ def test_parts_longer_than_a_slots_text_block_and_back(implementation: str) -> N
 
 
 @pytest.mark.parametrize("implementation", ["compiled"], indirect=True)
-def test_compiled_cache_answer_is_not_reused_2_to_the_32_generations_later(implementation: str) -> None:
-    """The compiled reader keeps each cached answer with the index generation it was filled at,
-    and an answer of another generation is looked up again. Compared on its low 32 bits only,
-    a slot nobody asked for while the index changed 2^32 times (about 50 days at 1,000 pod
-    events a second) read as current again: one stale answer. The generation is moved here by
-    exactly 2^32 after the address changed hands: the new holder must come out."""
-    clock = Clock(T0 - 3_600_000)
-    old = pod("old", "shop", ips=["10.244.0.40"], node="node-a", host_ip="10.0.0.1", uid="u-old", created=iso(clock.ms))
-    e = build([old], clock=clock)
-    idx = e.index
-    assert idx.compiled
-    r = idx._reader
-    addr, t = raw("10.244.0.40"), T0 + 30_000
-    assert side(flow(e, "10.244.0.40", "", t_ms=t), "SrcK8S_")["Name"] == "old"
-    filled = r.generation
-    clock.ms = T0
-    idx.delete("pods", idx.parse("pods", old))
-    clock.ms = T0 + 20_000
-    idx.upsert("pods", idx.parse("pods", pod("new", "shop", ips=["10.244.0.40"], node="node-a", host_ip="10.0.0.1",
-                                             uid="u-new", created=iso(clock.ms))))
-    assert r.generation > filled
-    r.generation = filled + (1 << 32)
-    assert e.enrich(addr, b"", b"", t, -1) == idx.enrich(addr, b"", b"", t, -1)
-    assert side(flow(e, "10.244.0.40", "", t_ms=t), "SrcK8S_")["Name"] == "new"
-
-
-@pytest.mark.parametrize("implementation", ["compiled"], indirect=True)
 def test_more_busy_addresses_than_text_blocks(implementation: str) -> None:
     """The compiled reader lends its 4,096 text blocks to the cache slots that hold somebody;
     with more addresses in use than that, each refill takes a block back from another slot,
