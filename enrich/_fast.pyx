@@ -200,6 +200,18 @@ cdef class Reader:
 
     @generation.setter
     def generation(self, unsigned long long value):
+        self.moved(value)
+
+    cdef void moved(self, unsigned long long value) noexcept:
+        """Set the generation. A slot keeps the low 32 bits of the generation it was filled at
+        (the slot is one cache line, its part lengths 32 bits), so an answer nobody asked for
+        while the index changed 2^32 times would read as current again: whenever the high bits
+        change (once every 2^32 changes), every slot's interval is emptied (lo = hi: it answers
+        for no flow start), and each is filled again on its next lookup."""
+        cdef int i
+        if (value >> 32) != (self.view.generation >> 32):
+            for i in range(VIEW_SLOTS):
+                self.view.cache[i].hi = self.view.cache[i].lo
         self.view.generation = value
 
     @property
@@ -375,7 +387,7 @@ cdef class Reader:
         """Point the reader at the index's current dicts (called by the writer under its lock)."""
         self.ips = ips
         self.agents = agents
-        self.view.generation += 1
+        self.moved(self.view.generation + 1)
 
     def enrich(self, bytes src, bytes dst, bytes agent, long long t_ms, int direction):
         """See enrich.index.Index.enrich (the contract in docs/INTERNALS.md). Same lookup code

@@ -49,7 +49,8 @@ cdef extern from *:
         long long lo, hi;        /* the slot answers for flow starts in [lo, hi) */
         const char* text;        /* the holder's source part, then its destination part; NULL: nobody holds the address */
         PyObject* node;          /* interned node name, NULL: none */
-        unsigned int gen;        /* low 32 bits of the view's generation when filled */
+        unsigned int gen;        /* low 32 bits of the view's generation when filled (the reader
+                                    empties every slot's interval when the high bits move: Reader.moved) */
         unsigned int src_len, dst_len;   /* the two parts' lengths in text */
         signed char alen;        /* 0: empty */
         unsigned char infra;     /* the holder's layer bit (enrich.index Index._layer_bit) */

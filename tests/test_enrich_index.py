@@ -1485,6 +1485,34 @@ def test_parts_longer_than_a_slots_text_block_and_back(implementation: str) -> N
 
 
 @pytest.mark.parametrize("implementation", ["compiled"], indirect=True)
+def test_compiled_cache_answer_is_not_reused_2_to_the_32_generations_later(implementation: str) -> None:
+    """The compiled reader keeps each cached answer with the low 32 bits of the index generation
+    it was filled at, and an answer of another generation is looked up again. A slot nobody
+    asked for while the index changed 2^32 times (about 50 days at 1,000 pod events a second)
+    read as current again: one stale answer (the reader now empties every slot when the high
+    bits move). The generation is moved here by exactly 2^32 after the address changed hands:
+    the new holder must come out."""
+    clock = Clock(T0 - 3_600_000)
+    old = pod("old", "shop", ips=["10.244.0.40"], node="node-a", host_ip="10.0.0.1", uid="u-old", created=iso(clock.ms))
+    e = build([old], clock=clock)
+    idx = e.index
+    assert idx.compiled
+    r = idx._reader
+    addr, t = raw("10.244.0.40"), T0 + 30_000
+    assert side(flow(e, "10.244.0.40", "", t_ms=t), "SrcK8S_")["Name"] == "old"
+    filled = r.generation
+    clock.ms = T0
+    idx.delete("pods", idx.parse("pods", old))
+    clock.ms = T0 + 20_000
+    idx.upsert("pods", idx.parse("pods", pod("new", "shop", ips=["10.244.0.40"], node="node-a", host_ip="10.0.0.1",
+                                             uid="u-new", created=iso(clock.ms))))
+    assert r.generation > filled
+    r.generation = filled + (1 << 32)
+    assert e.enrich(addr, b"", b"", t, -1) == idx.enrich(addr, b"", b"", t, -1)
+    assert side(flow(e, "10.244.0.40", "", t_ms=t), "SrcK8S_")["Name"] == "new"
+
+
+@pytest.mark.parametrize("implementation", ["compiled"], indirect=True)
 def test_more_busy_addresses_than_text_blocks(implementation: str) -> None:
     """The compiled reader lends its 4,096 text blocks to the cache slots that hold somebody;
     with more addresses in use than that, each refill takes a block back from another slot,
@@ -1760,3 +1788,17 @@ def test_exporters_taking_turns_each_get_their_own_node_and_address() -> None:
                                                  subnets={"default": "10.100.1.0/24"})))
     assert one(0, addr(1), addr(2), False)["FlowDirection"] == 1
     assert one(0, addr(2), addr(1), False)["FlowDirection"] == 0
+
+
+def test_an_identity_longer_than_64_kib_is_published_whole(implementation: str) -> None:
+    """No API server accepts a 70,000-character pod name (Kubernetes caps names at 253), but a
+    broken or hostile one may send it: the flow still gets the pod's identity, never an error
+    (a version of the compiled cache that kept part lengths in 16 bits raised ValueError for
+    every flow of such a pod)."""
+    name = "p" * 70_000
+    e = build([pod(name, "shop", ips=["10.244.0.41"], node="node-a", host_ip="10.0.0.1"),
+               pod("peer", "shop", ips=["10.244.0.42"], node="node-a", host_ip="10.0.0.1")])
+    for _ in range(2):   # the second time from the compiled reader's cache
+        d = flow(e, "10.244.0.41", "10.244.0.42")
+        assert side(d, "SrcK8S_")["Name"] == name
+        assert side(d, "DstK8S_")["Name"] == "peer"
