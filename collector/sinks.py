@@ -1076,6 +1076,7 @@ class KafkaSink(Sink):
         for b in self.k.brokers:
             split_hostport(b)
         _aiokafka_final_errors()
+        _aiokafka_closed_writes()
         self._start_packer()
         await super().start()
 
@@ -2591,6 +2592,48 @@ def _aiokafka_final_errors() -> None:
             ae.kafka_errors[code] = type(name, (ae.BrokerResponseError,), {
                 "errno": code, "message": reason.upper(), "retriable": False,
                 "description": f"Kafka error {code} {reason.upper()} (flowscope: not retriable)"})
+
+
+def _aiokafka_closed_writes() -> None:
+    """Make a write on an aiokafka connection whose transport is already closed fail as a lost
+    connection (KafkaConnectionError, retriable), as aiokafka does for an OSError. uvloop, which
+    the collector runs on, raises RuntimeError ("unable to perform operation on <TCPTransport
+    closed=True ...>; the handler is closed") where asyncio's own transports drop the write, and
+    AIOKafkaConnection.send catches OSError only. A broker that resets a connection (a restart with
+    requests unread: RST) leaves its reader holding ECONNRESET, not EOF, so connected() is still
+    true until the connection's read task runs; a request sent in that window raised the
+    RuntimeError. In the client's metadata task (_md_synchronizer) it ended that task for good,
+    unseen (its exception is never retrieved): every later metadata update was awaited for ever,
+    so aiokafka's sender, which waits for one after a Produce request failed retriably, kept that
+    broker marked in flight, and the producer's batches for the partitions it leads stayed in its
+    accumulator, unsent and unanswered, with the sink connected and the other producers
+    delivering (CI, after broker bounces on the aiokafka path: 60, then 76 flows undelivered;
+    reproduced here with many short bounces). In the sender's own Produce request it ended the
+    sender task, failing every batch of the producer from then on."""
+    import functools
+
+    import aiokafka.errors as ae
+    from aiokafka.conn import AIOKafkaConnection, CloseReason
+
+    if getattr(AIOKafkaConnection, "_flowscope_closed_writes", False):
+        return
+
+    def guard(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def write(self: Any, *args: Any, **kw: Any) -> Any:
+            try:
+                return fn(self, *args, **kw)
+            except RuntimeError as err:
+                w = self._writer
+                if w is None or not w.transport.is_closing():
+                    raise   # (not a write to a closed transport)
+                self.close(reason=CloseReason.CONNECTION_BROKEN, exc=err)
+                raise ae.KafkaConnectionError(f"Connection at {self._host}:{self._port} broken: {err}") from err
+        return write
+
+    AIOKafkaConnection.send = guard(AIOKafkaConnection.send)  # type: ignore[method-assign]
+    AIOKafkaConnection._send_sasl_token = guard(AIOKafkaConnection._send_sasl_token)  # type: ignore[method-assign]
+    AIOKafkaConnection._flowscope_closed_writes = True  # type: ignore[attr-defined]
 
 
 def _not_authorized(exc: BaseException) -> bool:

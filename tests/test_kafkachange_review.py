@@ -634,3 +634,56 @@ def test_a_broker_restarted_empty_under_load(collector: Any, tmp_path: Path, mod
         assert c.stop() == 0
     finally:
         b.stop()
+
+
+def test_a_connection_reset_under_aiokafka_leaves_its_metadata_task_running() -> None:
+    """The cause of test_a_broker_restarted_keeping_its_data_under_load[aiokafka]'s rare stall
+    (60, then 76 flows never delivered, the sink connected): a broker resetting a connection
+    (RST: a restart with requests unread) leaves aiokafka's reader holding ECONNRESET, not EOF,
+    so the connection still counts as connected until its read task runs; a request sent then
+    made uvloop raise RuntimeError, which aiokafka does not catch. In the client's metadata task
+    it ended the task, and each later metadata update was awaited for ever: the producer's
+    batches for the partitions of a broker whose request had failed were never sent again. The
+    sink makes such a write a lost connection (sinks._aiokafka_closed_writes): one step of that
+    task (_metadata_update, here with the reset connection in the client's table) says no broker
+    answered instead of raising."""
+    import asyncio
+    import socket
+    import struct
+
+    import uvloop
+    from aiokafka.client import AIOKafkaClient, ConnectionGroup
+    from aiokafka.conn import AIOKafkaConnection
+    from aiokafka.protocol.metadata import MetadataResponse_v0
+
+    from collector import sinks
+
+    sinks._aiokafka_closed_writes()
+
+    async def run() -> None:
+        async def reset(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            w.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            w.transport.abort()
+
+        server = await asyncio.start_server(reset, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = AIOKafkaClient(bootstrap_servers=f"127.0.0.1:{port}", request_timeout_ms=1000)
+        client.cluster.update_metadata(MetadataResponse_v0([(0, "127.0.0.1", port)], []))
+        conn = AIOKafkaConnection("127.0.0.1", port, request_timeout_ms=1000)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        # as AIOKafkaConnection.connect() leaves it, but with no read task (which would close it
+        # once it runs: the window the reset fell in, held open here)
+        conn._reader, conn._writer, conn._versions = reader, writer, {3: (0, 5)}
+        conn._read_task = asyncio.get_running_loop().create_future()
+        client._conns[(0, ConnectionGroup.DEFAULT)] = conn
+        for _ in range(200):
+            if reader.exception() is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert isinstance(reader.exception(), ConnectionResetError)
+        assert conn.connected()   # (aiokafka's view until its read task runs)
+        assert await client._metadata_update(client.cluster, set()) is False
+        assert not conn.connected()   # (closed: the client's next request makes a new one)
+        server.close()
+
+    uvloop.run(run())
