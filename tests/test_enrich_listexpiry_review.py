@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 import enrich
-from tests.support.fake_kube import FakeKube, pod, wait_for
+from tests.support.fake_kube import FakeKube, pod, run_enrich_config, wait_for
 from tests.support.fake_kube import fake_kube as fake_kube  # noqa: F401 - fixture
 from tests.test_enrich_informer import FUTURE, NOBODY, fast_config, flow
 from tests.test_enrich_informer import kubeconfig as kubeconfig  # noqa: F401 - fixture
@@ -215,18 +215,11 @@ def test_a_first_list_that_keeps_expiring_never_lists_unpaged(fake_kube: FakeKub
 
 def test_run_passes_the_page_size_to_the_informers(tmp_path: Path) -> None:
     from collector import config as C
-    from collector.cli import _enrichment
 
-    p = argparse.ArgumentParser()
-    C.add_arguments(p)
-    kc = tmp_path / "kc"
-    kc.write_text("apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'http://127.0.0.1:9'}}]\n"
-                  "users: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\n"
-                  "current-context: x\n")
     for argv, env, want in (([], {}, 500), (["--enrich-list-chunk-size", "2000"], {}, 2000),
                             ([], {"FLOWSCOPE_ENRICH_LIST_CHUNK_SIZE": "0"}, 0)):
-        cfg = C.load(p.parse_args(["--kubeconfig", str(kc), *argv]), environ=env)
-        ecfg, _, problem = _enrichment(cfg, credentials=False)
-        assert not problem and ecfg.list_chunk_size == want, (argv, env)
+        assert run_enrich_config(tmp_path, argv, env).list_chunk_size == want, (argv, env)
+    p = argparse.ArgumentParser()
+    C.add_arguments(p)
     with pytest.raises(C.ConfigError, match="enrich.list_chunk_size"):
         C.load(p.parse_args(["--enrich-list-chunk-size", "-1"]), environ={})

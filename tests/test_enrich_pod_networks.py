@@ -26,7 +26,7 @@ import pytest
 
 import enrich
 from enrich.index import NO_ANN_IPS, multus_network_ips, ovn_pod_network_ips
-from tests.support.fake_kube import FakeKube, node, pod
+from tests.support.fake_kube import FakeKube, node, pod, run_enrich_config
 from tests.support.fake_kube import fake_kube as fake_kube  # noqa: F401 - fixture
 from tests.test_enrich_index import NOBODY, T0, Clock, build, flow, iso, raw
 from tests.test_enrich_index import implementation as implementation  # noqa: F401 - autouse fixture
@@ -408,19 +408,8 @@ def test_the_switch_from_flags_and_its_validation() -> None:
 
 
 def test_run_passes_the_switch_to_the_enricher(tmp_path: Path) -> None:
-    from collector import config as C
-    from collector.cli import _enrichment
-
-    p = argparse.ArgumentParser()
-    C.add_arguments(p)
-    kc = tmp_path / "kc"
-    kc.write_text("apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'http://127.0.0.1:9'}}]\n"
-                  "users: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\n"
-                  "current-context: x\n")
     for argv, want in (([], True), (["--enrich-pod-networks", "false"], False)):
-        cfg = C.load(p.parse_args(["--kubeconfig", str(kc), *argv]), environ={})
-        ecfg, _, problem = _enrichment(cfg, credentials=False)
-        assert not problem and ecfg.pod_networks is want, argv
+        assert run_enrich_config(tmp_path, argv).pod_networks is want, argv
 
 
 # ---------------------------------------------------------------- end to end, through the API server

@@ -24,6 +24,22 @@ def _replay(port: int, loops: int) -> None:
                     "--loop", str(loops), "--quiet"], cwd=ROOT, check=True, timeout=60)
 
 
+def decoded_when_settled(c: Any, sent: int, out: Path) -> int:
+    """The datagrams (of the capture's 30 flows each) that reached the decoder, once every one
+    sent was either read or dropped by the kernel (loopback loses nothing else) and every flow
+    decoded is written: only then are the counts final (the metrics are snapshots pushed every
+    --stats-interval, and the file exists from the start)."""
+    def settled() -> bool:
+        seen = c.value("flowscope_datagrams_total") + c.value("flowscope_kernel_receive_drops_total")
+        return (seen == sent and out.exists()
+                and c.value("flowscope_flows_total") == len(out.read_bytes().splitlines()))
+
+    wait_for(settled, 20, what="every datagram read or dropped, the flows decoded written")
+    decoded = len(out.read_bytes().splitlines())
+    assert decoded % 30 == 0, decoded
+    return decoded // 30
+
+
 def test_kernel_drops_for_a_full_receive_buffer_are_logged_with_the_fix(collector: Any, tmp_path: Path) -> None:
     """Datagrams the kernel drops because a listener's receive buffer is full (an --rcvbuf, or
     a net.core.rmem_max, too small for the exporters' bursts) were counted in
@@ -38,19 +54,8 @@ def test_kernel_drops_for_a_full_receive_buffer_are_logged_with_the_fix(collecto
         _replay(c.port, sent)
     finally:
         c.proc.send_signal(signal.SIGCONT)
-    # every datagram sent was either read or dropped by the kernel (loopback loses nothing else),
-    # and every flow decoded is written: only then are the counts final (the metrics are
-    # snapshots pushed every --stats-interval, and the file exists from the start)
-    def settled() -> bool:
-        seen = c.value("flowscope_datagrams_total") + c.value("flowscope_kernel_receive_drops_total")
-        return (seen == sent and out.exists()
-                and c.value("flowscope_flows_total") == len(out.read_bytes().splitlines()))
-
-    wait_for(settled, 20, what="every datagram read or dropped, the flows decoded written")
-    # the capture's datagram holds 30 flows: what reached the decoder is the lines written / 30
-    decoded = len(out.read_bytes().splitlines())
-    assert decoded % 30 == 0, decoded
-    lost = sent - decoded // 30
+    decoded = decoded_when_settled(c, sent, out)
+    lost = sent - decoded
     assert lost > sent / 2, (decoded, sent)   # 64 KiB holds a few dozen of these datagrams
     pattern = (rf"WARNING flowscope.server: listener netflow://127.0.0.1:{c.port}: the kernel dropped (\d+) "
                r"datagrams because the socket's receive buffer \(SO_RCVBUF 65536 bytes\) was full")
@@ -60,7 +65,7 @@ def test_kernel_drops_for_a_full_receive_buffer_are_logged_with_the_fix(collecto
     assert c.stop(signal.SIGTERM) == 0
     told = [int(n) for n in re.findall(pattern, c.log())]
     assert sum(told) == lost, (told, lost, c.log())
-    assert (f"stopped: {decoded} flows delivered to file, 0 dropped; {lost} datagrams dropped by the kernel "
+    assert (f"stopped: {30 * decoded} flows delivered to file, 0 dropped; {lost} datagrams dropped by the kernel "
             "before they were read") in c.log(), c.log()
 
 
@@ -103,15 +108,8 @@ def test_kernel_drops_on_a_hung_workers_socket_are_logged(collector: Any, tmp_pa
     finally:
         os.kill(pids[hung], signal.SIGCONT)
 
-    def settled() -> bool:
-        seen = c.value("flowscope_datagrams_total") + c.value("flowscope_kernel_receive_drops_total")
-        return (seen == sent and out.exists()
-                and c.value("flowscope_flows_total") == len(out.read_bytes().splitlines()))
-
-    wait_for(settled, 20, what="every datagram read or dropped, the flows decoded written")
-    decoded = len(out.read_bytes().splitlines())
-    assert decoded % 30 == 0, decoded
-    lost = sent - decoded // 30
+    decoded = decoded_when_settled(c, sent, out)
+    lost = sent - decoded
     assert lost > 0, decoded
     assert c.stop(signal.SIGTERM) == 0
     any_worker = (rf"WARNING flowscope.server: listener netflow://127.0.0.1:{c.port} \(worker [01]\): the kernel "

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -528,6 +529,18 @@ def _ipfix_domain(payload: bytes) -> int:
     return struct.unpack_from("!I", payload, 12)[0]
 
 
+def _sample_to(e: Any, port: int, set_id: int, rules: list[str]) -> None:
+    """A Flow_Sample_Collector_Set `set_id` exporting IPFIX to 127.0.0.1:port, and the OpenFlow
+    rules whose sample() actions feed it (installed, the datapath's flows purged to take them)."""
+    e.ovs.vsctl("--", "--id=@br", "get", "bridge", e.bridge, "--", "--id=@i", "create", "ipfix",
+                f'targets="127.0.0.1:{port}"', "--", "create", "Flow_Sample_Collector_Set", f"id={set_id}",
+                "bridge=@br", "ipfix=@i")
+    for rule in rules:
+        e.ovs.ofctl("add-flow", e.bridge, rule)
+    e.ovs.appctl("revalidator/purge")
+    time.sleep(1.0)
+
+
 def test_ovs_flow_sample_collector_set(env, decoders_mod) -> None:
     """Per-flow sampling, the other way OVS exports IPFIX (OVN's ACL sampling; a Flow_Sample_
     Collector_Set with an IPFIX target, packets sampled by an OpenFlow sample() action): each
@@ -544,13 +557,7 @@ def test_ovs_flow_sample_collector_set(env, decoders_mod) -> None:
         cap_path = e.dir / f"fss-{attempt}.pcap"
         cap = N.Capture(e.ns, cap_path, bpf=f"udp and dst port {port}")
         try:
-            e.ovs.vsctl("--", "--id=@br", "get", "bridge", e.bridge, "--", "--id=@i", "create", "ipfix",
-                        f'targets="127.0.0.1:{port}"', "--", "create", "Flow_Sample_Collector_Set", "id=5",
-                        "bridge=@br", "ipfix=@i")
-            for rule in rules:
-                e.ovs.ofctl("add-flow", e.bridge, rule)
-            e.ovs.appctl("revalidator/purge")
-            time.sleep(1.0)
+            _sample_to(e, port, 5, rules)
             sent = pod_traffic(e.a, e.b)
             time.sleep(5.0)
         finally:
@@ -625,13 +632,7 @@ def test_ovs_sample_actions_at_two_points_carry_a_direction_and_are_not_paired(e
         cap_path = e.dir / f"two-points-{attempt}.pcap"
         cap = N.Capture(e.ns, cap_path, bpf=f"udp and dst port {port}")
         try:
-            e.ovs.vsctl("--", "--id=@br", "get", "bridge", e.bridge, "--", "--id=@i", "create", "ipfix",
-                        f'targets="127.0.0.1:{port}"', "--", "create", "Flow_Sample_Collector_Set", "id=6",
-                        "bridge=@br", "ipfix=@i")
-            for rule in rules:
-                e.ovs.ofctl("add-flow", e.bridge, rule)
-            e.ovs.appctl("revalidator/purge")
-            time.sleep(1.0)
+            _sample_to(e, port, 6, rules)
             O.traffic(e.a, "udp-send", e.b.ipv4, want.dport, want.packets, 100, want.sport, 0.01)
             time.sleep(5.0)
         finally:

@@ -750,3 +750,23 @@ def replicaset(name: str, ns: str = "default", *, owner: tuple[str, str] | None)
                                     "uid": f"owner-{owner[1]}", "controller": True}]
     return {"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": meta,
             "spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "c", "image": "x"}]}}}}
+
+
+def run_enrich_config(tmp_path: Path, argv: list[str], environ: dict[str, str] | None = None) -> Any:
+    """The EnrichConfig `flowscope run ARGV` would start its informers with (a kubeconfig naming
+    an address nothing serves: the credentials are not loaded, nothing is contacted)."""
+    import argparse
+
+    from collector import config as C
+    from collector.cli import _enrichment
+
+    p = argparse.ArgumentParser()
+    C.add_arguments(p)
+    kc = tmp_path / "kc"
+    kc.write_text("apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'http://127.0.0.1:9'}}]\n"
+                  "users: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\n"
+                  "current-context: x\n")
+    cfg = C.load(p.parse_args(["--kubeconfig", str(kc), *argv]), environ=environ or {})
+    ecfg, _, problem = _enrichment(cfg, credentials=False)
+    assert not problem, problem
+    return ecfg
