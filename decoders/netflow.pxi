@@ -558,6 +558,12 @@ cdef inline bint sflow_other_run(SeqStream st, uint32_t seq, int64_t uptime) noe
     return False
 
 
+cdef inline bint numbering_decided(SeqStream st, bint inclusive) noexcept:
+    """The votes of ipfix_convention have decided the stream's numbering: softflowd's (a message
+    counting its own records, `inclusive`) or the RFC's, by two votes or more."""
+    return st.inc_votes > st.rfc_votes + 1 if inclusive else st.rfc_votes > st.inc_votes + 1
+
+
 cdef inline uint64_t seq_mark(uint32_t seq, uint32_t adv) noexcept:
     """A message's sequence number and record count in one value (SeqPort.dom_last)."""
     return (<uint64_t>seq << 32) | adv
@@ -1016,7 +1022,7 @@ cdef class ExporterState:
                 if st.inclusive and st.rfc_votes + 1 >= st.inc_votes:
                     st.inclusive = False
                     st.next = st.last_seq + st.last_count
-            if st.inc_votes > st.rfc_votes + 1 or st.rfc_votes > st.inc_votes + 1:
+            if numbering_decided(st, True) or numbering_decided(st, False):
                 # decided: the exporter's next streams (new source ports) start so
                 if st.kind == PROTO_NETFLOW5:
                     self.reading_v5 = st.inclusive
@@ -1330,7 +1336,7 @@ cdef class ExporterState:
         cdef int64_t k = self.floor_count(st)
         cdef int64_t rfc, inc, lost
         cdef bint by_inc = st.inclusive
-        cdef bint by_rfc = not by_inc and st.rfc_votes >= st.inc_votes + 2
+        cdef bint by_rfc = not by_inc and numbering_decided(st, False)
         if k < 0:
             k = st.floor_max
         if st.floor_from_set:
