@@ -17,15 +17,18 @@ import multiprocessing
 import os
 import platform
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection, Pipe
 from typing import Any
 
+import orjson
+
 from .config import Config
 from .http import CLOSE_REASONS, HttpServer
-from .metrics import FINAL, SOCKETS, Aggregator, starting_snapshot
+from .metrics import FINAL, SOCKETS, Aggregator, ExporterLabels, SharedLabels, starting_snapshot
 from .util import die_with_parent, setup_logging, tune_malloc
 
 log = logging.getLogger("flowscope")
@@ -317,10 +320,92 @@ def http_servers(cfg: Config, agg: Aggregator, expected: int, alive: Callable[[]
     return out
 
 
+def label_frame(generation: int, named: list[str]) -> bytes:
+    """One set of labelled exporters, supervisor to worker: a 4-byte length, then JSON
+    [generation, [exporter, ...]]."""
+    payload = orjson.dumps([generation, named])
+    return len(payload).to_bytes(4, "big") + payload
+
+
+class LabelFeed:
+    """A --workers N worker's end of the supervisor's exporter label sets (metrics.SharedLabels):
+    the latest one read is followed from the worker's next snapshot, which `changed` asks for at
+    once (so a set is applied in every worker within moments, not a stats interval apart)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, labels: ExporterLabels,
+                 changed: asyncio.Event) -> None:
+        self._loop = loop
+        self.sock = sock
+        self.labels = labels
+        self.changed = changed
+        self._buf = bytearray()
+        labels.follow(0, ())    # the supervisor chooses; none labelled until it says
+        sock.setblocking(False)
+        loop.add_reader(sock.fileno(), self.readable)
+
+    def stop(self) -> None:
+        if self.sock.fileno() >= 0:
+            self._loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+
+    def readable(self) -> None:
+        try:
+            data = self.sock.recv(1 << 16)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:      # the supervisor is gone (the worker stops on its own: die_with_parent)
+            self.stop()
+            return
+        buf = self._buf
+        buf += data
+        latest = None
+        while len(buf) >= 4 and len(buf) >= 4 + int.from_bytes(buf[:4], "big"):
+            n = int.from_bytes(buf[:4], "big")
+            latest = orjson.loads(bytes(buf[4:4 + n]))
+            del buf[:4 + n]
+        if latest is not None:
+            self.labels.follow(latest[0], latest[1])
+            self.changed.set()
+
+
+class LabelSender:
+    """The supervisor's end of one worker's label feed: frames are written without blocking the
+    supervisor's loop (a worker that does not read, hung, cannot stall /metrics and the probes),
+    and only the latest one waits while another is being written (each frame is a whole set)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        sock.setblocking(False)
+        self._pending: bytes | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def send(self, frame: bytes) -> None:
+        self._pending = frame
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._pending is not None:
+            frame, self._pending = self._pending, None
+            try:
+                await loop.sock_sendall(self.sock, frame)
+            except OSError:
+                return    # the worker is gone: the supervisor sees it exit
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self.sock.close()
+
+
 async def _worker_main(cfg: Config, index: int | None, enrich_cfg: Any,
                        report: Callable[[dict[str, Any]], None], stop: asyncio.Event,
-                       agg: Aggregator | None = None) -> int:
-    """Run one worker until `stop`; report snapshots periodically and once at the end."""
+                       agg: Aggregator | None = None, labels: socket.socket | None = None) -> int:
+    """Run one worker until `stop`; report snapshots periodically and once at the end.
+    `labels`: with --workers N, where the supervisor sends the exporters to label (LabelFeed)."""
     from .server import StartupError, Worker
 
     loop = asyncio.get_running_loop()
@@ -360,13 +445,20 @@ async def _worker_main(cfg: Config, index: int | None, enrich_cfg: Any,
         await stop_enricher(enricher)
         return 2
 
+    labels_changed = asyncio.Event()
+    feed = LabelFeed(loop, labels, worker.labels, labels_changed) if labels is not None else None
+
     async def stats() -> None:
         while True:
+            labels_changed.clear()
             try:
                 report(worker.snapshot())
             except Exception as exc:
                 log.error("metrics snapshot failed: %r", exc)
-            await asyncio.sleep(cfg.stats_interval)
+            try:
+                await asyncio.wait_for(labels_changed.wait(), cfg.stats_interval)
+            except asyncio.TimeoutError:
+                pass
 
     stats_task = loop.create_task(stats())
     stopped = loop.create_task(stop.wait())
@@ -379,6 +471,8 @@ async def _worker_main(cfg: Config, index: int | None, enrich_cfg: Any,
     stop_began = loop.time()
     await worker.stop()
     stats_task.cancel()
+    if feed is not None:
+        feed.stop()
     report(worker.snapshot(final=True))
     # within what is left of --shutdown-timeout (half a second at least): the supervisor of
     # --workers N kills a worker still running 10 s past it
@@ -444,7 +538,8 @@ def run(cfg: Config, enrich_cfg: Any = None, enrich_note: str = "") -> int:
 
 
 def _child(cfg: Config, index: int, conn: Connection, enrich_cfg: Any,
-           factory: Callable[[], asyncio.AbstractEventLoop], parent: int, turn: Any) -> int:
+           factory: Callable[[], asyncio.AbstractEventLoop], parent: int, turn: Any,
+           labels: socket.socket) -> int:
     # A stop forwarded by the supervisor (or a terminal's Ctrl-C, sent to the whole group) while
     # this worker starts is noted, not fatal (see defer_stop_signals): with the default action
     # (as before) the worker died at once, counted as failed. First, so that no SIGINT lands as
@@ -465,7 +560,7 @@ def _child(cfg: Config, index: int, conn: Connection, enrich_cfg: Any,
             pass  # supervisor gone: nothing left to report to
 
     async def main() -> int:
-        return await _worker_main(cfg, index, enrich_cfg, report, asyncio.Event())
+        return await _worker_main(cfg, index, enrich_cfg, report, asyncio.Event(), labels=labels)
 
     with asyncio.Runner(loop_factory=factory) as runner:
         code = runner.run(main())
@@ -553,16 +648,22 @@ def _supervise(cfg: Config, enrich_cfg: Any, factory: Callable[[], asyncio.Abstr
     turn = multiprocessing.get_context("fork").Event()  # see sinks.topic_turn
     sys.stdout.flush()
     sys.stderr.flush()
+    # supervisor -> worker: the exporters to label in metrics (LabelSender -> LabelFeed)
+    label_socks: dict[int, socket.socket] = {}
     for i in range(cfg.workers):
         r, w = Pipe(duplex=False)
+        down, up = socket.socketpair()
         pid = os.fork()
         if pid == 0:  # child
             r.close()
+            down.close()
             for _, (_, other) in children.items():
                 other.close()
+            for s in label_socks.values():
+                s.close()
             code = 1
             try:
-                code = _child(cfg, i, w, enrich_cfg, factory, me, turn)
+                code = _child(cfg, i, w, enrich_cfg, factory, me, turn, up)
             except BaseException as exc:  # noqa: BLE001 - report anything, then leave without cleanup
                 logging.getLogger("flowscope").exception("worker %d failed: %r", i, exc)
             finally:
@@ -570,12 +671,19 @@ def _supervise(cfg: Config, enrich_cfg: Any, factory: Callable[[], asyncio.Abstr
                 sys.stderr.flush()
                 os._exit(code)
         w.close()
+        up.close()
         children[i] = (pid, r)
+        label_socks[i] = down
     log.info("started %d workers: %s", cfg.workers, ", ".join(str(p) for p, _ in children.values()))
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
-        agg = Aggregator(cfg.workers)
+        # one choice of labelled exporters for all workers (an exporter's source ports can reach
+        # several): chosen here from their reports, every stats interval
+        shared = SharedLabels(cfg.metrics_top_exporters, cfg.workers)
+        agg = Aggregator(cfg.workers, shared)
+        senders = {i: LabelSender(s) for i, s in label_socks.items()}
+        labels_at = time.monotonic()
         stop = asyncio.Event()
         exited: dict[int, int] = {}
         for sig in STOP_SIGNALS:
@@ -629,6 +737,13 @@ def _supervise(cfg: Config, enrich_cfg: Any, factory: Callable[[], asyncio.Abstr
             except asyncio.TimeoutError:
                 pass
             reap()
+            if time.monotonic() - labels_at >= cfg.stats_interval:
+                labels_at = time.monotonic()
+                chosen = shared.tick()
+                if chosen is not None:
+                    frame = label_frame(*chosen)
+                    for sender in senders.values():
+                        sender.send(frame)
             if time.monotonic() - drops_read >= cfg.stats_interval:
                 drops_read = time.monotonic()
                 kernel_drops_now(agg, kernel_seen)
@@ -669,6 +784,8 @@ def _supervise(cfg: Config, enrich_cfg: Any, factory: Callable[[], asyncio.Abstr
         tell_kernel_drops(agg, drop_log, quiet_after, final=True)
         for s in servers:
             await s.stop()
+        for sender in senders.values():
+            sender.close()
         bad = {i: c for i, c in exited.items() if c != 0}
         if start_failed or (failed and 2 in bad.values()):
             return 2  # a worker returns 2 only when it could not start (listener, HTTP, enrichment)

@@ -8,19 +8,22 @@ and hands it to an `Aggregator`: in-process with one worker, over a pipe from ea
 otherwise. The aggregator sums the workers and renders the exposition format on scrape, so one
 endpoint shows the whole collector and a scrape never touches the hot path.
 
-Exporter label cardinality is bounded by `ExporterLabels`: at most N exporters per worker
+Exporter label cardinality is bounded by `ExporterLabels`: at most N exporters
 (`--metrics-top-exporters`) have their address as a label, the busiest when a label was free;
-everything else is summed into `other`. A labelled exporter keeps its label while it sends, and
-gives it up only after LABEL_IDLE_S of silence to an exporter that sends without one (every label
-taken): with nodes replaced over days, the labels would otherwise all name exporters long gone
-while every live one was `other`. No counter series ever goes back (rates would go negative):
-counts never move between label sets, they are carried (the history of an exporter that gets a
-label stays in `other`, its own series starts at 0; one that gives its label up has that series
-end, and `other` goes on from where it was).
+everything else is summed into `other` (with `--workers N` the supervisor chooses them for all
+workers, `SharedLabels`: an exporter's source ports can reach several workers). A labelled
+exporter keeps its label while it sends, and gives it up only after LABEL_IDLE_S of silence to
+an exporter that sends without one (every label taken): with nodes replaced over days, the
+labels would otherwise all name exporters long gone while every live one was `other`. No
+counter series ever goes back (rates would go negative): counts never move between label sets,
+they are carried (the history of an exporter that gets a label stays in `other`, its own series
+starts at 0; one that gives its label up has that series end, and `other` goes on from where it
+was).
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -232,6 +235,8 @@ SERIES: dict[str, Series] = {s.name: s for s in [
 
 
 Labels = tuple[str, ...]
+#: the series labelled by exporter (first label)
+EXPORTER_SERIES = tuple(s.name for s in SERIES.values() if s.labels[:1] == ("exporter",))
 Snapshot = dict[str, dict[Labels, Any]]  # histogram value: [bucket counts..., sum, count]
 
 
@@ -257,9 +262,47 @@ def observe(h: list[float], v: float) -> None:
 LABEL_IDLE_S = 900.0
 
 
+class LabelChoice:
+    """Which exporters have an address label: at most `limit`. Exporters sending without one take
+    the free labels, the busiest since the last choose() first; with every label taken, labelled
+    exporters silent for `idle_after` seconds give theirs up to them. Used by ExporterLabels for
+    one worker, and by the supervisor of --workers N for all of them (SharedLabels)."""
+
+    def __init__(self, limit: int, idle_after: float = LABEL_IDLE_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self.idle_after = idle_after
+        self.clock = clock
+        self.named: set[str] = set()
+        # named exporter -> when it was last heard from (named, or sent since a choose())
+        self._heard: dict[str, float] = {}
+
+    def choose(self, sent: dict[str, tuple[int, int]]) -> None:
+        """sent: exporter -> (datagrams since the last call, datagrams so far), for the exporters
+        that sent since the last call."""
+        now = self.clock()
+        for e in sent:
+            if e in self.named:
+                self._heard[e] = now
+        sending = [e for e in sent if e not in self.named]
+        free = self.limit - len(self.named)
+        if len(sending) > free:
+            silent = sorted((t, e) for e, t in self._heard.items() if now - t >= self.idle_after)
+            for _t, e in silent[:len(sending) - free]:
+                self.named.discard(e)
+                del self._heard[e]
+            free = self.limit - len(self.named)
+        if free > 0:
+            sending.sort(key=lambda e: (-sent[e][0], -sent[e][1], e))
+            for e in sending[:free]:
+                self.named.add(e)
+                self._heard[e] = now
+
+
 class ExporterLabels:
-    """Top-N exporter naming: see the module docstring for when a label changes hands and why
-    no counter series goes back when it does."""
+    """One worker's exporter labels (decoder_series): which exporters are named, chosen here
+    (LabelChoice) or, with --workers N, by the supervisor (follow()), and the carries that keep
+    every counter series from going back when that changes (see the module docstring)."""
 
     #: decoder_series' counters, which an evicted exporter's carry keeps under its own label
     COUNTERS = ("flowscope_datagrams", "flowscope_flows", "flowscope_decode_errors", "flowscope_missing_template_sets",
@@ -269,12 +312,14 @@ class ExporterLabels:
     def __init__(self, limit: int, idle_after: float = LABEL_IDLE_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
-        self.idle_after = idle_after
-        self.clock = clock
+        # None once follow() was called: the supervisor chooses
+        self.choice: LabelChoice | None = LabelChoice(limit, idle_after, clock)
         self.named: set[str] = set()
-        # named exporter -> (its datagram count, when that count last changed): the silent ones
-        # give their label up to an exporter sending without one (assign)
-        self._heard: dict[str, tuple[int, float]] = {}
+        # follow(): the supervisor's latest set (generation, exporters), applied at the next assign()
+        self._imposed: tuple[int, frozenset[str]] = (0, frozenset())
+        self.generation = 0   # the generation of the supervisor's set that assign() applied last
+        # the latest assign()'s senders: exporter -> (datagrams since the call before, so far)
+        self.sent: dict[str, tuple[int, int]] = {}
         self._prev: dict[str, int] = {}   # the previous assign()'s activity: who sends now
         # for keep_evicted, from assign: exporters named now that `other` counted before, and
         # exporters whose label was given up
@@ -332,34 +377,112 @@ class ExporterLabels:
             series = out.setdefault(name, {})
             series[lab] = series.get(lab, 0) + v
 
+    def follow(self, generation: int, named: Iterable[str]) -> None:
+        """--workers N: label the exporters the supervisor chose (SharedLabels), from the next
+        assign() on; until the first call, none."""
+        self.choice = None
+        self._imposed = (generation, frozenset(named))
+
+    @property
+    def following(self) -> bool:
+        return self.choice is None
+
+    def report(self) -> dict[str, tuple[int, int]]:
+        """What the supervisor chooses from (SharedLabels.reported), bounded by the limit: of the
+        latest assign()'s senders, the named ones (still heard from) and the busiest others."""
+        named = self._imposed[1] | self.named
+        out = {e: v for e, v in self.sent.items() if e in named}
+        others = ((-v[0], -v[1], e) for e, v in self.sent.items() if e not in named)
+        for _d, _n, e in heapq.nsmallest(self.limit, others):
+            out[e] = self.sent[e]
+        return out
+
     def assign(self, activity: dict[str, int]) -> dict[str, str]:
-        """activity: exporter -> datagrams so far. Returns exporter -> label. Exporters sending
-        without a label take the free ones, the busiest since the last call first; with every
-        label taken, named exporters silent for `idle_after` seconds give theirs up to them."""
-        now = self.clock()
+        """activity: exporter -> datagrams so far. Returns exporter -> label."""
         prev, self._prev = self._prev, activity
-        for e in self.named:
-            n = activity.get(e)
-            heard = self._heard.get(e)
-            if heard is None or (n is not None and n != heard[0]):
-                self._heard[e] = (n if n is not None else 0, now)
-        sending = [e for e in activity if e not in self.named and activity[e] > prev.get(e, 0)]
-        free = self.limit - len(self.named)
-        if len(sending) > free:
-            silent = sorted((t, e) for e, (_, t) in self._heard.items() if now - t >= self.idle_after)
-            for _t, e in silent[:len(sending) - free]:
-                self.named.discard(e)
-                del self._heard[e]
-                self._unnamed_now.append(e)
-            free = self.limit - len(self.named)
-        if free > 0:
-            sending.sort(key=lambda e: (prev.get(e, 0) - activity[e], -activity[e], e))
-            for e in sending[:free]:
-                self.named.add(e)
-                self._heard[e] = (activity[e], now)
-                if e in prev:
-                    self._named_now.append(e)
+        sent = {}
+        for e, n in activity.items():
+            p = prev.get(e, 0)
+            if n != p and n > 0:
+                # (fewer than before: evicted by the decoder and back, counting from 0 again)
+                sent[e] = (n - p if n > p else n, n)
+        self.sent = sent
+        if self.choice is not None:
+            self.choice.choose(sent)
+            named: set[str] | frozenset[str] = self.choice.named
+        else:
+            self.generation, named = self._imposed
+        for e in self.named - named:
+            self._unnamed_now.append(e)
+        for e in named - self.named:
+            if e in prev:
+                self._named_now.append(e)
+        self.named = set(named)
         return {e: (e if e in self.named else OTHER) for e in activity}
+
+
+class SharedLabels:
+    """--workers N: the supervisor's one choice of labelled exporters for all workers. The kernel
+    spreads an exporter's datagrams over the workers by source address and port, so an exporter
+    sending from several ports (Open vSwitch bridges and collector sets, NetFlow engines, an
+    exporter restarted on a new port) reaches several workers; each choosing for itself, one
+    labelled it and another counted it in `other`, and the labels named up to N times the limit.
+
+    Each worker's snapshot carries (LABELS) the generation of the set it labels with and its
+    senders since its previous snapshot (ExporterLabels.report: at most twice the limit);
+    tick(), every stats interval, chooses from all of them as one worker would (LabelChoice)
+    and returns the set for the workers when it changed. The workers apply a set at their own
+    next snapshots, each keeping its own carries (ExporterLabels.keep_evicted), so each worker's
+    series never go back, and neither do their sums: a label handed out starts from 0 in each
+    worker in turn. A label given up ends in all of them at once (Aggregator.merged shows only
+    the `published` labels: a worker's part alone would be its series going back), and new
+    labels are handed out only once every worker labels with a set without the ones given up:
+    so an exporter's label that comes back later starts from 0 everywhere, and the labels
+    shown never name more exporters than the limit."""
+
+    def __init__(self, limit: int, workers: int, idle_after: float = LABEL_IDLE_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.choice = LabelChoice(limit, idle_after, clock)
+        self.workers = workers
+        self.published: frozenset[str] = frozenset()
+        self.generation = 0
+        self._gave_up = 0                 # the latest generation that took labels off
+        self.applied: dict[int, int] = {}  # worker -> generation its latest snapshot labels with
+        self._sent: dict[str, list[int]] = {}   # reported since the last tick(), summed
+
+    def reported(self, worker: int, snap: Snapshot) -> None:
+        """Take in a worker's snapshot (those without LABELS, starting or from one worker, are
+        left aside)."""
+        entry = snap.get(LABELS)
+        if not entry:
+            return
+        generation, sent = entry[()]
+        self.applied[worker] = generation
+        for e, (d, n) in sent.items():
+            acc = self._sent.setdefault(e, [0, 0])
+            acc[0] += d
+            acc[1] += n
+
+    def tick(self) -> tuple[int, list[str]] | None:
+        """Choose from what was reported since the last call: (generation, exporters) for the
+        workers when the set to label with changed, else None."""
+        sent, self._sent = self._sent, {}
+        self.choice.choose({e: (d, n) for e, (d, n) in sent.items()})
+        target = frozenset(self.choice.named)
+        if self.published - target:
+            # labels given up go first, alone; new ones wait for every worker to apply that
+            new = self.published & target
+        elif all(self.applied.get(w, 0) >= self._gave_up for w in range(self.workers)):
+            new = target
+        else:
+            return None
+        if new == self.published:
+            return None
+        self.generation += 1
+        if self.published - new:
+            self._gave_up = self.generation
+        self.published = new
+        return self.generation, sorted(new)
 
 
 def decoder_series(stats: dict[str, Any], labels: ExporterLabels) -> Snapshot:
@@ -431,6 +554,9 @@ FINAL = "_final"        # key of the snapshot a worker sends once stopped (liste
 # key of a worker's snapshot listing its listeners' sockets: {(): [(listener, inode), ...]}, so
 # the supervisor can read their kernel drop counters itself (kernel_drops_now)
 SOCKETS = "_sockets"
+# key of a --workers N worker's snapshot for SharedLabels: {(): (generation of the exporter label
+# set it applied, ExporterLabels.report())}
+LABELS = "_labels"
 # A start-up longer than this is a hang after all (liveness restarts the pod): loading state
 # files takes seconds per million template fields
 STARTING_LIMIT = 600.0
@@ -444,8 +570,10 @@ def starting_snapshot(what: str) -> Snapshot:
 class Aggregator:
     """Latest snapshot per worker; sums them on scrape. Also a prometheus_client collector."""
 
-    def __init__(self, expected: int = 0) -> None:
+    def __init__(self, expected: int = 0, labels: SharedLabels | None = None) -> None:
         self.workers: dict[int, Snapshot] = {}
+        # --workers N: the exporter labels chosen for all workers, fed with each snapshot
+        self.labels = labels
         self.extra: Snapshot = {}  # set by the supervisor (workers, ready)
         self.seen: dict[int, float] = {}  # worker -> time.monotonic() of its latest snapshot
         self.starting: set[int] = set()   # workers whose latest snapshot says "starting"
@@ -455,6 +583,8 @@ class Aggregator:
     def update(self, worker: int, snap: Snapshot) -> None:
         self.workers[worker] = snap
         self.seen[worker] = time.monotonic()
+        if self.labels is not None:
+            self.labels.reported(worker, snap)
         if STARTING in snap:
             self.starting.add(worker)
         else:
@@ -484,6 +614,13 @@ class Aggregator:
             if series.merge == "min" and name in total and any(
                     name not in self.workers.get(w, {}) for w in range(self.expected)):
                 total[name] = {lab: min(v, 0) for lab, v in total[name].items()}
+        if self.labels is not None:
+            # a label given up ends in every worker's series at once: a worker that has not
+            # applied that yet still shows its part, which alone would be a counter going back
+            keep = self.labels.published
+            for name in EXPORTER_SERIES:
+                if name in total:
+                    total[name] = {lab: v for lab, v in total[name].items() if lab[0] == OTHER or lab[0] in keep}
         merge_into(total, self.extra)
         return total
 

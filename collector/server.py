@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from .config import Config, Listener
-from .metrics import FINAL, SOCKETS, ExporterLabels, Snapshot, decoder_series
+from .metrics import FINAL, LABELS, SOCKETS, ExporterLabels, Snapshot, decoder_series
 from .sinks import COUNTERS, FLOWS, KafkaSink, Prebuilt, Sink, make_sink
 from .state import StateFile
 from .util import RateLimitedLog
@@ -729,6 +729,9 @@ class Worker:
         """The worker's series. Export-sequence gaps older than the reorder window are counted as
         lost here (a late datagram can no longer fill them); `final`: every gap still open is."""
         snap = decoder_series(self.decoder.series_stats(None if final else time.time()), self.labels)
+        if self.labels.following:
+            # --workers N: the supervisor chooses the labels from every worker's senders
+            snap[LABELS] = {(): (self.labels.generation, self.labels.report())}
         snap["flowscope_exporters"] = {(): self.decoder.exporter_count()}
         snap["flowscope_exporters_evicted"] = {(): self.decoder.evicted_exporters}
         snap["flowscope_exporter_state_bytes"] = {(): self.decoder.state_bytes}
