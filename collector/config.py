@@ -531,9 +531,10 @@ class Config:
                                     "closed for a new one, else the new one is closed at once "
                                     "(flowscope_http_connections_closed_total)", ranged(parse_int, 1, 65536),
                                     metavar="N")
-    metrics_top_exporters: int = opt(20, "exporters labelled by address in metrics (busiest first, per "
-                                     "worker); the rest are labelled other; a labelled exporter silent for 15 "
-                                     "minutes gives its label up to one sending without", ranged(parse_int, 0, 10000),
+    metrics_top_exporters: int = opt(20, "exporters labelled by address in metrics (busiest first; with "
+                                     "--workers N chosen once for all workers); the rest are labelled other; a "
+                                     "labelled exporter silent for 15 minutes gives its label up to one sending "
+                                     "without", ranged(parse_int, 0, 10000),
                                      metavar="N")
     stats_interval: float = opt(1.0, "seconds between decoder statistics reads (and worker metric pushes)",
                                 ranged(parse_seconds, 0.05, 60), metavar="SECONDS")
