@@ -258,17 +258,18 @@ class Informer:
         """Thread body: list-then-watch until stopped, backing off after failures."""
         try:
             while not self._stop.is_set():
+                pause = 0.0
                 try:
                     self._list_then_watch()
                     # Returned: the watch's resourceVersion expired (410 Gone): relist, at once
                     # the first time (the server asked for it), backing off while watches keep
                     # expiring right after their list (a lagging API server behind a balancer).
                     if self._gone_streak > 1:
-                        self._sleep(self._backoff.next())
+                        pause = self._backoff.next()
                 except ApiProblem as e:
                     self._failed(e)
-                    # Retry-After (429, 503) is honoured here, where stop() can interrupt it
-                    self._sleep(max(self._backoff.next(), min(e.retry_after, RETRY_AFTER_MAX)))
+                    # Retry-After (429, 503) is honoured in the pause, where stop() can interrupt it
+                    pause = max(self._backoff.next(), min(e.retry_after, RETRY_AFTER_MAX))
                 except Stopped:
                     raise
                 except Exception as e:  # noqa: BLE001 - a bug must not kill the informer forever
@@ -279,7 +280,12 @@ class Informer:
                         raise Stopped from None
                     self._failed(ApiProblem("internal", f"{type(e).__name__}: {e}"))
                     log.debug("enrich: %s informer internal error", self.kind, exc_info=True)
-                    self._sleep(self._backoff.next())
+                    pause = self._backoff.next()
+                # The pause comes after the except blocks, which drop the failure: its traceback
+                # holds the frames it went through, a list's among them, and with them whatever
+                # they held (a page of raw objects) for the whole pause (up to RETRY_AFTER_MAX).
+                if pause:
+                    self._sleep(pause)
         except Stopped:
             pass
         finally:
@@ -454,45 +460,56 @@ class Informer:
         recs: list[Any] = []
         cont: str | None = None
         parse = self._index.parse
-        while True:
-            kwargs: dict[str, Any] = {}
-            if limit:
-                kwargs["limit"] = limit
-            if cont:
-                kwargs["_continue"] = cont
-            try:
-                body = self._request("list", kwargs, read_timeout=max(60.0, self._cfg.read_timeout_slack_seconds))
-            except Gone:
+        doc: Any = None
+        try:
+            while True:
+                kwargs: dict[str, Any] = {}
+                if limit:
+                    kwargs["limit"] = limit
+                if cont:
+                    kwargs["_continue"] = cont
+                try:
+                    body = self._request("list", kwargs,
+                                         read_timeout=max(60.0, self._cfg.read_timeout_slack_seconds))
+                except Gone:
+                    if not cont:
+                        raise ApiProblem("expired", f"list {self._resource()}: 410 Gone") from None
+                    raise ContinueExpired(len(recs)) from None
+                try:
+                    doc = orjson.loads(body)
+                except orjson.JSONDecodeError as e:
+                    raise ApiProblem("bad_response",
+                                     f"list {self._resource()} returned non-JSON: {e}") from None
+                del body   # one page alive at a time: not this one's bytes while the next is read
+                if isinstance(doc, dict) and doc.get("kind") == "Status":
+                    raise ApiProblem("bad_response",
+                                     f"list {self._resource()} returned a Status: {doc.get('message')}")
+                # "items" must be there (null is taken as empty): a reply without it is not a list,
+                # and taking it for an empty one would wipe this kind's cache.
+                if not isinstance(doc, dict) or "items" not in doc or not isinstance(doc["items"] or [], list):
+                    raise ApiProblem("bad_response", f"list {self._resource()} returned no items list")
+                # Parse page by page so at most one page of raw objects is alive at a time.
+                for obj in doc.get("items") or ():
+                    rec = parse(self.kind, obj)
+                    if rec is not None:
+                        recs.append(rec)
+                meta_v = doc.get("metadata")
+                meta: dict[str, Any] = meta_v if isinstance(meta_v, dict) else {}
+                rv = meta.get("resourceVersion")
+                cont = meta.get("continue") or None
+                del doc
                 if not cont:
-                    raise ApiProblem("expired", f"list {self._resource()}: 410 Gone") from None
-                objects = len(recs)
-                recs.clear()   # not kept alive by the exception's traceback
-                raise ContinueExpired(objects) from None
-            try:
-                doc = orjson.loads(body)
-            except orjson.JSONDecodeError as e:
-                raise ApiProblem("bad_response", f"list {self._resource()} returned non-JSON: {e}") from None
-            del body   # one page alive at a time: not this one's bytes while the next is read
-            if isinstance(doc, dict) and doc.get("kind") == "Status":
-                raise ApiProblem("bad_response", f"list {self._resource()} returned a Status: {doc.get('message')}")
-            # "items" must be there (null is taken as empty): a reply without it is not a list,
-            # and taking it for an empty one would wipe this kind's cache.
-            if not isinstance(doc, dict) or "items" not in doc or not isinstance(doc["items"] or [], list):
-                raise ApiProblem("bad_response", f"list {self._resource()} returned no items list")
-            # Parse page by page so at most one page of raw objects is alive at a time.
-            for obj in doc.get("items") or ():
-                rec = parse(self.kind, obj)
-                if rec is not None:
-                    recs.append(rec)
-            meta_v = doc.get("metadata")
-            meta: dict[str, Any] = meta_v if isinstance(meta_v, dict) else {}
-            rv = meta.get("resourceVersion")
-            cont = meta.get("continue") or None
-            del doc
-            if not cont:
-                if not isinstance(rv, str) or not rv:
-                    raise ApiProblem("bad_response", f"list {self._resource()} has no metadata.resourceVersion")
-                return recs, rv
+                    if not isinstance(rv, str) or not rv:
+                        raise ApiProblem("bad_response",
+                                         f"list {self._resource()} has no metadata.resourceVersion")
+                    return recs, rv
+        except BaseException:
+            # Whoever keeps the failure (the backoff's pause in run() did, up to RETRY_AFTER_MAX;
+            # a log handler that keeps records, an error reporter) keeps its traceback and this
+            # frame with it: what the list read goes now, not when the failure is dropped.
+            recs.clear()
+            doc = obj = rec = None
+            raise
 
     # layer 3: one watch stream
 
@@ -693,10 +710,12 @@ class Informer:
         if e.cause not in self._logged:
             self._logged.add(e.cause)
             level = logging.ERROR if e.cause in ("forbidden", "unauthorized") else logging.WARNING
+            # its text, not the exception: a handler that keeps records (a test's, a buffering
+            # one) would keep its traceback, and the frames and pages that holds, with it
             log.log(level, "enrich: %s informer: %s (retrying with backoff; the last good cache keeps "
-                    "serving; repeats of this cause are counted, not logged)", self.kind, e)
+                    "serving; repeats of this cause are counted, not logged)", self.kind, str(e))
         else:
-            log.debug("enrich: %s informer: %s", self.kind, e)
+            log.debug("enrich: %s informer: %s", self.kind, str(e))
 
     def _recovered(self, *, after_list: bool = False) -> None:
         # A list that works does not end a run of watches expiring right after their lists:

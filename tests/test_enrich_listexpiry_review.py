@@ -19,6 +19,7 @@ The requests the fake server saw are the evidence: every list request must carry
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import threading
 from pathlib import Path
@@ -223,3 +224,92 @@ def test_run_passes_the_page_size_to_the_informers(tmp_path: Path) -> None:
     C.add_arguments(p)
     with pytest.raises(C.ConfigError, match="enrich.list_chunk_size"):
         C.load(p.parse_args(["--enrich-list-chunk-size", "-1"]), environ={})
+
+
+# ---------------------------------------------------------------- a list that fails partway
+
+HELD_NS = "held-pages"   # the namespace of the pods these tests look for among live objects
+
+
+def _live_pod_recs() -> int:
+    """Parsed pod records of HELD_NS alive in this process, whoever holds them (gc.collect()
+    first: only what is still reachable counts; the Enricher freezes what its lists left, which
+    gc.get_objects() would not show)."""
+    from enrich.index import PodRec
+
+    gc.unfreeze()
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if type(o) is PodRec and o.ns == HELD_NS)
+
+
+def _live_list_failures() -> int:
+    from enrich.informer import ApiProblem
+
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if isinstance(o, ApiProblem))
+
+
+@pytest.mark.parametrize("fault", ["garbage", "drop", "error500", "unavailable"])
+def test_a_relist_that_fails_partway_holds_none_of_its_pages_during_the_backoff(
+        fake_kube: FakeKube, kubeconfig: str, fault: str) -> None:  # noqa: F811
+    """Page 4 of a relist (a body that is not JSON, a cut connection, a 500, a 503 with
+    Retry-After) fails after 15 pods were read: during the backoff before the retry (up to 30 s,
+    120 s with Retry-After) the collector holds the serving cache and nothing of the failed
+    attempt: no parsed record, not the failure with its traceback (which holds the list's frames
+    and, through them, every page read). With 100k pods that attempt is hundreds of MB."""
+    pods = 40
+    for i in range(pods):
+        fake_kube.add("pods", pod(f"p{i}", HELD_NS, ips=[f"10.244.{i // 200}.{10 + i % 200}"]))
+    for k in ("nodes", "services", "replicasets"):
+        fake_kube.bookmark(k)
+    # a backoff long enough to look inside, cut short by stop()
+    e = enrich.Enricher(fast_config(kubeconfig, list_chunk_size=5, backoff_initial_seconds=60.0,
+                                    backoff_max_seconds=60.0))
+    e.start()
+    try:
+        assert e.wait_ready(10)
+        # what the serving cache holds, counted the way the leftovers are
+        assert _live_pod_recs() == pods
+        wait_for(lambda: fake_kube.watchers["pods"] >= 1, what="the pods watch")
+        before = len(_pod_lists(fake_kube))
+        fake_kube.fail("pods", "list", fault, after=3)
+        for i in range(pods):   # a new version of every pod: the relist parses new records
+            fake_kube.modify("pods", pod(f"p{i}", HELD_NS, ips=[f"10.244.{i // 200}.{10 + i % 200}"]))
+        fake_kube.expire("pods")   # the watch ends with 410 Gone: relisted at once
+        wait_for(lambda: e.stats()["kinds"]["pods"]["state"] == "backoff", what="the failed relist's backoff")
+        # 3 pages of 5 read, the 4th failed
+        assert _shape(_pod_lists(fake_kube)[before:]) == [("5", False), ("5", True), ("5", True), ("5", True)]
+        k = e.stats()["kinds"]["pods"]
+        assert sum(k["errors"].values()) == 1 and k["last_error"], k
+        # released before the wait begins, not when it ends (a minute from now)
+        wait_for(lambda: _live_pod_recs() == pods and _live_list_failures() == 0, timeout=5,
+                 what=f"the failed list's records released ({_live_pod_recs() - pods} of them, "
+                      f"{_live_list_failures()} failures still alive)")
+        assert e.stats()["kinds"]["pods"]["state"] == "backoff"
+        assert e.stats()["index"]["pods"] == pods   # the last good cache still serves
+    finally:
+        e.stop()
+
+
+def test_a_failed_list_keeps_no_record_alive_through_its_exception(fake_kube: FakeKube,  # noqa: F811
+                                                                   kubeconfig: str) -> None:
+    """Whoever keeps the failure (a log handler holding records, an error reporter, a debugger)
+    keeps its traceback and the list's frames with it: the records the list had read must
+    not be among what they hold."""
+    from enrich.index import PODS, Index
+    from enrich.informer import ApiProblem, Informer, make_listers
+
+    for i in range(20):
+        fake_kube.add("pods", pod(f"p{i}", HELD_NS, ips=[f"10.244.0.{10 + i}"]))
+    fake_kube.fail("pods", "list", "garbage", after=2)
+    cfg = fast_config(kubeconfig, list_chunk_size=5)
+    api = enrich.load_api_client(cfg)
+    try:
+        inf = Informer(kind=PODS, lister=make_listers(api)[PODS], index=Index(compiled=False), config=cfg)
+        with pytest.raises(ApiProblem, match="non-JSON") as failure:
+            inf._list()
+        assert failure.value.__traceback__ is not None   # the frames are still there...
+        assert _live_pod_recs() == 0                      # ...and hold none of the 10 records read
+        assert _shape(_pod_lists(fake_kube)) == [("5", False), ("5", True), ("5", True)]
+    finally:
+        api.close()
