@@ -211,9 +211,12 @@ SERIES: dict[str, Series] = {s.name: s for s in [
            "the flow's start: pod, node (a node address, its management port or a host-network pod), service (a "
            "ClusterIP), none (nobody of the cluster)", ("kind",)),
     Series("flowscope_enrich_stat", "gauge", "Enricher statistics as reported by enrich.Enricher.stats(); per "
-           "informer kinds_<kind>_errors_<cause> counts failures by cause (expired: a list's continue token "
-           "expired and the list started again from its first page; list_expired: a list given up after its "
-           "restarts expired too, retried with backoff) and kinds_<kind>_list_seconds is how long the last "
+           "informer kinds_<kind>_errors_<cause> counts failures by cause (continue_expired: a paged list's "
+           "continue token expired, 410 Expired: the list ran longer than the API server's etcd compaction "
+           "interval, and started again from its first page in larger pages; list_expired: a list given up after "
+           "its restarts expired too, retried with backoff (raise --enrich-list-chunk-size); list_gone: 410 Gone "
+           "to a list's first request, which names no resourceVersion nor continue token: no compaction race, an "
+           "API server or proxy fault, retried with backoff) and kinds_<kind>_list_seconds is how long the last "
            "completed list took (its continue token expires past the API server's etcd compaction interval, "
            "5 min by default)", ("stat",), merge="max"),
     Series("flowscope_informers_synced", "gauge", "1 when every informer has completed its first list "

@@ -79,8 +79,8 @@ WATCH_EVENT_MAX_BYTES = 16 << 20
 WATCH_READ_BYTES = 64 << 10
 # A paged list whose continue token expired (etcd compacted the revision its first page read: a
 # list slower than the API server's compaction interval, 5 min by default) is listed again from
-# its first page up to this many times before the attempt is given up (counted as list_expired,
-# retried with backoff). Each expiry since the last completed list doubles the page, up to
+# its first page (each expiry counted as continue_expired) up to this many times before the
+# attempt is given up (counted as list_expired, retried with backoff). Each expiry since the last completed list doubles the page, up to
 # LIST_PAGE_GROWTH_MAX times list_chunk_size: fewer requests (each queued by API Priority and
 # Fairness, each a round trip) for the list to beat the compaction, at a bounded cost in memory.
 LIST_RESTARTS = 2
@@ -429,7 +429,7 @@ class Informer:
             # list: ~0.6 GiB of JSON decoded whole for 100k pods. A new paged list from the first
             # page (a fresh consistent snapshot), in larger pages (see LIST_RESTARTS).
             st = self.stats
-            st.errors["expired"] = st.errors.get("expired", 0) + 1
+            st.errors["continue_expired"] = st.errors.get("continue_expired", 0) + 1
             self._list_expiries += 1
             if restarts == LIST_RESTARTS:
                 raise ApiProblem(
@@ -441,8 +441,8 @@ class Informer:
                     "while listing) or the compaction interval; 0 lists unpaged, which never expires but decodes "
                     "the whole kind at once (GiBs of memory for 100k pods)")
             restarts += 1
-            first = "expired" not in self._logged
-            self._logged.add("expired")   # once an episode: again only after a list completes
+            first = "continue_expired" not in self._logged
+            self._logged.add("continue_expired")   # once an episode: again only after a list completes
             log.log(logging.WARNING if first else logging.DEBUG,
                     "enrich: %s list's continue token expired (410 Expired) after %.0f s and %d objects (pages of "
                     "%d): the list is slower than the API server's etcd compaction; listing again from the first "
@@ -473,7 +473,11 @@ class Informer:
                                          read_timeout=max(60.0, self._cfg.read_timeout_slack_seconds))
                 except Gone:
                     if not cont:
-                        raise ApiProblem("expired", f"list {self._resource()}: 410 Gone") from None
+                        # No continue token to expire, nor a resourceVersion (lists ask for the
+                        # latest): not etcd compaction racing a slow list (continue_expired), which
+                        # larger pages help; an API server or a proxy in front of it misbehaving.
+                        raise ApiProblem("list_gone", f"list {self._resource()}: 410 Gone to a list's first "
+                                         "request, which names no resourceVersion nor continue token") from None
                     raise ContinueExpired(len(recs)) from None
                 try:
                     doc = orjson.loads(body)

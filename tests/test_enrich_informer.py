@@ -326,7 +326,7 @@ def test_expired_continue_token_restarts_the_paged_list_in_larger_pages(fake_kub
         assert [(q.get("limit"), "continue" in q) for q in lists] == [("3", False), ("3", True), ("6", False),
                                                                      ("6", True), ("12", False)]
         assert e.stats()["index"]["pods"] == 7
-        assert e.stats()["kinds"]["pods"]["errors"] == {"expired": 2}
+        assert e.stats()["kinds"]["pods"]["errors"] == {"continue_expired": 2}
     finally:
         e.stop()
 

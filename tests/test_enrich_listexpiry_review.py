@@ -81,7 +81,7 @@ def test_a_continue_token_that_expires_once_restarts_the_paged_list(
             assert st["index"]["pods"] == 10
             assert [flow(e, f"10.244.0.{10 + i}", "")["SrcK8S_Name"] for i in range(10)] == [f"p{i}" for i in range(10)]
             k = st["kinds"]["pods"]
-            assert (k["errors"], k["lists"], k["relists"], k["last_error"]) == ({"expired": 1}, 1, 0, "")
+            assert (k["errors"], k["lists"], k["relists"], k["last_error"]) == ({"continue_expired": 1}, 1, 0, "")
         finally:
             e.stop()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -131,7 +131,7 @@ def test_objects_changed_before_the_restart_are_listed_as_they_are_then(
         assert int(w[0]["query"]["resourceVersion"]) == after_changes[0]
         fake_kube.delete("pods", "p0", "shop")
         wait_for(lambda: flow(e, "10.244.0.10", "", t_ms=FUTURE) == NOBODY, what="p0's delete by the watch")
-        assert e.stats()["kinds"]["pods"]["errors"] == {"expired": 1}
+        assert e.stats()["kinds"]["pods"]["errors"] == {"continue_expired": 1}
     finally:
         e.stop()
 
@@ -169,8 +169,8 @@ def test_a_list_whose_token_keeps_expiring_is_given_up_and_retried_keeping_the_l
                                           ("8", False), ("8", True), ("8", False), ("8", True)]
             assert all(q.get("limit") for q in relist), _shape(relist)
             _no_inconsistent_continue(fake_kube)
-            assert k["errors"]["expired"] >= 3 * k["errors"]["list_expired"]
-            assert set(k["errors"]) == {"expired", "list_expired"}, k["errors"]
+            assert k["errors"]["continue_expired"] >= 3 * k["errors"]["list_expired"]
+            assert set(k["errors"]) == {"continue_expired", "list_expired"}, k["errors"]
 
             # the API server keeps up again (and its resourceVersion moves past the compaction
             # expire() made, which refuses a watch from the resourceVersion it was at)
@@ -212,6 +212,50 @@ def test_a_first_list_that_keeps_expiring_never_lists_unpaged(fake_kube: FakeKub
         assert all(q.get("limit") for q in _pod_lists(fake_kube)), _shape(_pod_lists(fake_kube))
     finally:
         e.stop()
+
+
+def test_a_410_to_a_lists_first_page_is_counted_apart_from_an_expired_continue_token(
+        fake_kube: FakeKube, kubeconfig: str, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+    """Two different things, which an operator must tell apart on /metrics: a continue token
+    that expired mid-list (etcd compaction outran a slow list: raise --enrich-list-chunk-size) and
+    a 410 to a list's first request, which names neither a resourceVersion nor a continue token
+    (nothing for compaction to expire: the API server or a proxy misbehaving, which larger pages
+    do not help). Here the first list's first page is answered 410; its retry's first page is
+    served with a token etcd then compacts away, so that list restarts once. Each is counted
+    under its own cause, and each is logged: one does not silence the other's warning."""
+    from collector.server import enrich_series
+
+    _setup(fake_kube, 7)
+    fake_kube.fail("pods", "list", "gone_http", times=1)
+
+    def on_request(r: dict[str, Any]) -> None:
+        # the retry's first page (the hook runs before the server takes its fault)
+        if r["kind"] == "pods" and r["verb"] == "list" and len(_pod_lists(fake_kube)) == 2:
+            fake_kube.fail("pods", "list", "expired_continue", times=1)
+
+    fake_kube.on_request = on_request
+    e = enrich.Enricher(fast_config(kubeconfig, list_chunk_size=3))
+    with caplog.at_level(logging.INFO, logger="flowscope.enrich"):
+        e.start()
+        try:
+            assert e.wait_ready(10)
+            # 410 at once; then 3 and a continue answered 410 Expired; again in pages of 6: 6 + 1
+            assert _shape(_pod_lists(fake_kube)) == [("3", False), ("3", False), ("3", True), ("6", False),
+                                                     ("6", True)]
+            assert e.stats()["index"]["pods"] == 7
+            k = e.stats()["kinds"]["pods"]
+            assert k["errors"] == {"list_gone": 1, "continue_expired": 1}, k["errors"]
+            stat = enrich_series(e)["flowscope_enrich_stat"]
+            assert stat[("kinds_pods_errors_list_gone",)] == 1
+            assert stat[("kinds_pods_errors_continue_expired",)] == 1
+            assert not [key for (key,) in stat if key.startswith("kinds_pods_errors_") and key not in (
+                "kinds_pods_errors_list_gone", "kinds_pods_errors_continue_expired")], stat
+        finally:
+            e.stop()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2, warnings
+    assert "410 Gone to a list's first request" in warnings[0], warnings
+    assert "pods list's continue token expired" in warnings[1], warnings
 
 
 def test_run_passes_the_page_size_to_the_informers(tmp_path: Path) -> None:

@@ -277,7 +277,7 @@ class FakeKube:
         """Inject a fault for list or watch: forbidden, slow_forbidden (403 after 1.2 s),
         unauthorized, garbage, drop, error500, unavailable (503 with Retry-After: 1), error500_event (watch only: the stream's first event is an ERROR
         Status 500 InternalError, then it ends, as an etcd timeout is reported once the watch is open),
-        gone_http (watch only: HTTP 410 Expired before any stream), bad_request (HTTP 400 BadRequest), throttle (429 with Retry-After: 2), throttle_event
+        gone_http (HTTP 410 Expired before any stream; to a list, whatever page it asks for), bad_request (HTTP 400 BadRequest), throttle (429 with Retry-After: 2), throttle_event
         (watch only: ERROR 429 with details.retryAfterSeconds 3), too_large_event (watch only: ERROR 504
         "Too large resource version", cause ResourceVersionTooLarge, as `_watch` answers a watch from a
         resourceVersion the server has not reached, in the stream), gone (watch only: ERROR 410 at once), empty (watch only: the stream ends at once, cleanly),
