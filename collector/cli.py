@@ -277,8 +277,8 @@ def bare_optional_flags(argv: list[str]) -> list[str]:
     """`flowscope decode`'s `--enrich` takes an optional value (`--enrich=false`), so argparse
     would read the token after a bare `--enrich` as its value: `flowscope decode --enrich
     capture.pcap` failed on "capture.pcap" as a boolean. There, a bare `--enrich` followed by
-    anything that is not a boolean is `--enrich=true`. (`run` and `config` take a value always:
-    auto, true or false.)"""
+    anything that is not a boolean is `--enrich=true`; `--enrich-pod-networks` likewise. (`run`
+    and `config` take a value always for `--enrich`: auto, true or false.)"""
     out = list(argv)
     command = next((tok for tok in out if not tok.startswith("-")), None)
     if command != "decode":
@@ -286,11 +286,11 @@ def bare_optional_flags(argv: list[str]) -> list[str]:
     for i, tok in enumerate(out[:-1]):
         if tok == "--":
             break
-        if tok == "--enrich":
+        if tok in ("--enrich", "--enrich-pod-networks"):
             try:
                 config_mod.parse_bool(out[i + 1])
             except ValueError:
-                out[i] = "--enrich=true"
+                out[i] = tok + "=true"
     return out
 
 

@@ -691,6 +691,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            default=argparse.SUPPRESS, help="same as --enrich false")
 
 
+def add_option_flag(group: Any, key: str) -> str:
+    """Schema option `key` as a flag of another command (`flowscope decode` takes the enrichment
+    options of run's that apply offline): run's flag, metavar, parser and range (a bad value a
+    usage error naming the flag) and help, `[default: X]` (no variable: only run reads them).
+    The parsed value lands in the option's name, None when not given; returns that name."""
+    o = next(o for o in options() if o.key == key)
+
+    def parse(text: str) -> Any:
+        try:
+            return o.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = o.name   # (what argparse names in a message it words itself)
+    group.add_argument(o.flag, dest=o.name, type=parse, default=None, metavar=_metavar(o),
+                       help=f"{o.help} [default: {_fmt_default(o.default)}]".replace("%", "%%"))
+    return o.name
+
+
 def _set(cfg: Config, o: Option, raw: Any, source: str) -> None:
     try:
         value = o.parse(raw)

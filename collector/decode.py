@@ -17,14 +17,19 @@ from typing import Any
 
 import orjson
 
-from collector.config import parse_map
+from collector.config import add_option_flag, parse_map
 from collector.pcap import PcapError, PcapStats, iter_udp
 from collector.util import positive_seconds, udp_port
 from decoders import Decoder, DecoderConfig
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["add_arguments", "enrich_config", "run"]
 
-
+# `flowscope run`'s enrichment options that enrich.add_cli_arguments does not add, taken from
+# run's schema (flag, parser, range, help) so that decode enriches as run would: the page size
+# of the informers' lists (a large cluster lists as slowly here, and meets the same continue
+# token expiry), and how long a deleted pod keeps its addresses (a long decode sees deletions:
+# every flow of the capture started before them).
+RUN_ENRICH_OPTIONS = ("enrich.list_chunk_size", "enrich.tombstone_seconds")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,7 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "before giving up (exit 1, naming the kinds not listed and why) [default: 60]")
     add = getattr(enrich, "add_cli_arguments", None)
     if add is not None:
-        add(parser)
+        group = add(parser)
+        for key in RUN_ENRICH_OPTIONS:
+            add_option_flag(group, key)
 
 
 def _enricher(args: argparse.Namespace) -> tuple[Any, Callable[[], None]]:
@@ -81,7 +88,7 @@ def _enricher(args: argparse.Namespace) -> tuple[Any, Callable[[], None]]:
     import enrich
     from collector.app import kube_access_error, kubeconfig_env_ignored
 
-    cfg = enrich.config_from_args(args)
+    cfg = enrich_config(args)
     if not cfg.enabled:
         return None, lambda: None
     # (first: it also explains an in-cluster config that cannot be used below)
@@ -102,6 +109,15 @@ def _enricher(args: argparse.Namespace) -> tuple[Any, Callable[[], None]]:
         raise SystemExit(f"flowscope decode: Kubernetes informers did not sync within {timeout:g} s"
                          + (f": {why}" if why else ""))
     return enricher, enricher.stop
+
+
+def enrich_config(args: argparse.Namespace) -> Any:
+    """The enrich.EnrichConfig of decode's enrichment flags (RUN_ENRICH_OPTIONS given or not)."""
+    import enrich
+
+    given = {key.partition(".")[2]: v for key in RUN_ENRICH_OPTIONS
+             if (v := getattr(args, key.partition(".")[2], None)) is not None}
+    return enrich.config_from_args(args, **given)
 
 
 def _discard_stdout() -> None:

@@ -156,8 +156,8 @@ class EnrichConfig:
         return detect_own_namespace() if self.own_namespace is None else self.own_namespace
 
 
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the enrichment flags to a collector (or `flowscope decode`) parser."""
+def add_cli_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """Add the enrichment flags to a collector (or `flowscope decode`) parser; returns their group."""
     g = parser.add_argument_group("Kubernetes enrichment options")
     g.add_argument("--enrich", dest="enrich", nargs="?", const=True, default=None, type=parse_bool,
                    metavar="BOOL", help="attach Kubernetes identity to flows. Default: only with --kubeconfig "
@@ -180,9 +180,15 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                    help="K8S_FlowLayer: any-infra (infra when either side's namespace is infrastructure, "
                    "else app) or netobserv (NetObserv's: app when either side is an application's pod or "
                    "Service, else infra) [default: any-infra]")
-    g.add_argument("--enrich-pod-networks", dest="pod_networks", default=None, type=parse_bool, metavar="BOOL",
+    # (a bare --enrich-pod-networks is true, as in `flowscope run`; collector.cli.bare_optional_flags
+    # keeps a capture's name after it from being read as its value)
+    g.add_argument("--enrich-pod-networks", dest="pod_networks", nargs="?", const=True, default=None,
+                   type=parse_bool, metavar="BOOL",
                    help="also give pods the addresses their network annotations list beyond status.podIPs "
                    "(OVN-Kubernetes user-defined networks, Multus secondary networks) [default: true]")
+    g.add_argument("--no-enrich-pod-networks", dest="pod_networks", action="store_false", default=None,
+                   help="same as --enrich-pod-networks=false")
+    return g
 
 
 def config_from_args(args: argparse.Namespace, **overrides: object) -> EnrichConfig:

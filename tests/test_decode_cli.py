@@ -493,3 +493,90 @@ def test_decode_names_the_informers_that_did_not_sync(fake_kube: FakeKube, tmp_p
     for bad in ("0", "-1", "soon", "inf"):
         p = run_decode(str(cap), "--kubeconfig", str(kubeconfig), "--sync-timeout", bad)
         assert p.returncode == 2 and b"--sync-timeout" in p.stderr, (bad, p.stderr.decode())
+
+
+def _decode_parser_options() -> tuple[set[str], set[str]]:
+    """The option strings of `flowscope run`'s enrichment group, and every one decode takes."""
+    import argparse
+
+    from collector.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    run, decode = sub.choices["run"], sub.choices["decode"]
+    group = next(g for g in run._action_groups if g.title == "Kubernetes enrichment options")
+    return ({s for a in group._group_actions for s in a.option_strings},
+            {s for a in decode._actions for s in a.option_strings})
+
+
+def test_decode_takes_every_enrichment_option_run_takes() -> None:
+    """`flowscope decode --kubeconfig` enriches as `flowscope run` does: an enrichment option
+    copied from a run's command line (the page size of its lists above all) is taken, not a
+    usage error."""
+    run_flags, decode_flags = _decode_parser_options()
+    assert "--enrich-list-chunk-size" in run_flags and "--kubeconfig" in run_flags
+    assert sorted(run_flags - decode_flags) == []
+
+
+def _decode_enrich_config(*argv: str) -> Any:
+    """The EnrichConfig `flowscope decode ARGV` would enrich with (the CLI's own parsing)."""
+    from collector.cli import bare_optional_flags, build_parser
+    from collector.decode import enrich_config
+
+    return enrich_config(build_parser().parse_args(bare_optional_flags(["decode", *argv])))
+
+
+def test_decode_reads_the_enrichment_options_as_run_does(tmp_path: Path) -> None:
+    from tests.support.fake_kube import run_enrich_config
+
+    for argv in ([], ["--enrich-list-chunk-size", "2000"], ["--enrich-list-chunk-size", "0"],
+                 ["--pod-tombstone-seconds", "10m"], ["--pod-tombstone-seconds", "0"],
+                 ["--no-enrich-pod-networks"], ["--enrich-pod-networks", "false"]):
+        want = run_enrich_config(tmp_path, argv)
+        got = _decode_enrich_config("capture.pcap", "--kubeconfig", "kc", *argv)
+        assert (got.list_chunk_size, got.tombstone_seconds, got.pod_networks) == (
+            want.list_chunk_size, want.tombstone_seconds, want.pod_networks), argv
+    assert _decode_enrich_config("--kubeconfig", "kc", "--pod-tombstone-seconds", "10m",
+                                 "capture.pcap").tombstone_seconds == 600
+    # a bare switch before the capture's name, as `flowscope run --enrich-pod-networks` is true
+    assert _decode_enrich_config("--kubeconfig", "kc", "--no-enrich-pod-networks", "--enrich-pod-networks",
+                                 "capture.pcap").pod_networks is True
+
+
+def test_decode_lists_in_the_pages_it_is_told(fake_kube: FakeKube, tmp_path: Path) -> None:  # noqa: F811
+    """--enrich-list-chunk-size reaches the informers of `flowscope decode`: the API server sees
+    pages of that size (500 without it), and the flows are enriched from all of them."""
+    fake_kube.add("nodes", node("node-a", internal=["10.0.0.1"]))
+    pods = [pod(f"web-{i}", "shop", ips=[f"10.244.0.{10 + i}"]) for i in range(7)]
+    for p in pods:
+        fake_kube.add("pods", p)
+    for k in ("services", "replicasets"):
+        fake_kube.bookmark(k)
+    kubeconfig = fake_kube.write_kubeconfig(tmp_path / "kubeconfig")
+    base: dict[str, Any] = ovs_flows(1, random.Random(2), direction=1)[0]
+    recs = [dict(base, src=f"10.244.0.{10 + i}", dst="10.244.0.10") for i in range(7)]
+    cap = tmp_path / "k8s.pcap"
+    write_pcap(cap, [
+        (EXPORT, "10.0.0.1", 50000, ipfix_message([template_set([OVS_EGRESS]), data_set(OVS_EGRESS, recs)],
+                                                  seq=0, export_time=EXPORT)),
+    ])
+
+    def pod_list_limits() -> list[str | None]:
+        with fake_kube.cond:
+            return [r["query"].get("limit") for r in fake_kube.requests if r["kind"] == "pods" and r["verb"] == "list"]
+
+    for argv, want in (([], ["500"]), (["--enrich-list-chunk-size", "3"], ["3", "3", "3"]),
+                       (["--enrich-list-chunk-size", "0"], [None])):
+        with fake_kube.cond:
+            fake_kube.requests.clear()
+        p = run_decode(str(cap), "--kubeconfig", str(kubeconfig), *argv)
+        assert p.returncode == 0, p.stderr.decode()
+        assert pod_list_limits() == want, argv
+        flows = [orjson.loads(x) for x in p.stdout.splitlines()]
+        assert [f.get("SrcK8S_Name") for f in flows] == [f"web-{i}" for i in range(7)], argv
+    for flag, bad, says in (("--enrich-list-chunk-size", "-1", "out of range"),
+                            ("--enrich-list-chunk-size", "many", "expected an integer"),
+                            ("--pod-tombstone-seconds", "soon", "expected seconds")):
+        p = run_decode(str(cap), "--kubeconfig", str(kubeconfig), flag, bad)
+        err = p.stderr.decode()
+        assert p.returncode == 2 and p.stdout == b"", (flag, bad, err)
+        assert f"argument {flag}: " in err and says in err, (flag, bad, err)
