@@ -317,6 +317,7 @@ class Informer:
         while not self._stop.is_set():
             st.state = "watching"
             started = time.monotonic()
+            failed = ""   # the cause of a failed watch, paused for after the except block
             try:
                 rv, n = self._watch_stream(rv)
             except TooLarge as g:
@@ -366,9 +367,15 @@ class Informer:
                     # watch, a server restart): not stuck, and resuming soon loses nothing
                     self._watch_failures = 0
                     self._backoff.reset()
-                self._sleep(max(self._backoff.next(), min(e.retry_after, RETRY_AFTER_MAX)))
+                pause = max(self._backoff.next(), min(e.retry_after, RETRY_AFTER_MAX))
+                failed = e.cause
+            if failed:
+                # Paused out of the except block, which drops the failure: its traceback holds the
+                # stream's frame, and with it the event line read so far (up to
+                # WATCH_EVENT_MAX_BYTES of an oversize one), for the whole pause otherwise.
+                self._sleep(pause)
                 if counted and self._watch_failures % WATCH_FAILURES_BEFORE_RELIST == 0:
-                    self._relist_after_failed_watches(e.cause)
+                    self._relist_after_failed_watches(failed)
                     return
                 continue
             st.resource_version = rv

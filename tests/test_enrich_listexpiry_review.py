@@ -357,3 +357,40 @@ def test_a_failed_list_keeps_no_record_alive_through_its_exception(fake_kube: Fa
         assert _shape(_pod_lists(fake_kube)) == [("5", False), ("5", True), ("5", True)]
     finally:
         api.close()
+
+
+def _held_watch_bytes() -> int:
+    """Bytes alive in lists of bytes of 1 MiB or more: the pieces of a watch event line held
+    (nothing else in these tests makes such a list); frozen ones too, as in _live_pod_recs."""
+    gc.unfreeze()
+    gc.collect()
+    total = 0
+    for o in gc.get_objects():
+        if type(o) is list and o and type(o[0]) is bytes:
+            n = sum(len(x) for x in o if type(x) is bytes)
+            if n >= 1 << 20:
+                total += n
+    return total
+
+
+def test_a_failed_watch_holds_none_of_its_stream_during_the_backoff(fake_kube: FakeKube,  # noqa: F811
+                                                                    kubeconfig: str) -> None:
+    """The same for a watch: one cut off after 16 MiB of an event line it will not take
+    (oversize_event) held those 16 MiB, buffered in the stream's frame, through the failure's
+    traceback for the whole pause before it resumes (up to 30 s; 120 s with Retry-After)."""
+    from enrich.informer import WATCH_EVENT_MAX_BYTES
+
+    _setup(fake_kube, 3)
+    fake_kube.fail("pods", "watch", "oversize", times=1)
+    e = enrich.Enricher(fast_config(kubeconfig, backoff_initial_seconds=60.0, backoff_max_seconds=60.0))
+    e.start()
+    try:
+        assert e.wait_ready(10)
+        wait_for(lambda: e.stats()["kinds"]["pods"]["errors"].get("oversize_event", 0) == 1, timeout=20,
+                 what="the oversize event refused")
+        wait_for(lambda: _held_watch_bytes() == 0, timeout=5,
+                 what=f"the watch's buffered line released ({_held_watch_bytes()} bytes held; "
+                      f"{WATCH_EVENT_MAX_BYTES} read before the connection was dropped)")
+        assert e.stats()["kinds"]["pods"]["state"] == "backoff"
+    finally:
+        e.stop()
