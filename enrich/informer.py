@@ -80,9 +80,10 @@ WATCH_READ_BYTES = 64 << 10
 # A paged list whose continue token expired (etcd compacted the revision its first page read: a
 # list slower than the API server's compaction interval, 5 min by default) is listed again from
 # its first page (each expiry counted as continue_expired) up to this many times before the
-# attempt is given up (counted as list_expired, retried with backoff). Each expiry since the last completed list doubles the page, up to
-# LIST_PAGE_GROWTH_MAX times list_chunk_size: fewer requests (each queued by API Priority and
-# Fairness, each a round trip) for the list to beat the compaction, at a bounded cost in memory.
+# attempt is given up (counted as list_expired, retried with backoff). Each expiry since the
+# last completed list doubles the page, up to LIST_PAGE_GROWTH_MAX times list_chunk_size: fewer
+# requests (each queued by API Priority and Fairness, each a round trip) for the list to beat
+# the compaction, at a bounded cost in memory.
 LIST_RESTARTS = 2
 LIST_PAGE_GROWTH_MAX = 4
 
