@@ -234,6 +234,7 @@ cdef class Decoder:
             self.evict(ex, f"exporter state is over {self.max_state_bytes >> 20} MiB")
         b.agent_af = ex.af
         memcpy(b.agent, ex.addr, 16)
+        b.exporter = ex
         ex.datagrams += 1
         version = be16(buf) if n >= 4 else 0
         # Per-protocol counters: one exporter (an OVS node) often sends IPFIX, sFlow and NetFlow.

@@ -422,11 +422,12 @@ FLAG_NAMES[:] = [b"FIN", b"SYN", b"RST", b"PSH", b"ACK", b"URG", b"ECE", b"CWR"]
 
 from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid
 
-from enrich.view cimport (VIEW_CAPSULE, EnrichParts, EnrichView, view_agent, view_hash, view_parts, view_prefetch,
-                          view_prefetch_parts)
+from enrich.view cimport (VIEW_CAPSULE, EnrichParts, EnrichView, view_addr_eq, view_agent, view_hash, view_parts,
+                          view_prefetch, view_prefetch_parts)
 
 cdef EnrichView* _ev = NULL
 cdef object _ev_owner = None     # the enricher whose capsule _ev came from (kept alive)
+cdef unsigned long long _ev_epoch = 0  # moved whenever _ev changes: AgentMemo answers of another view are stale
 
 # Per batch (enrich_batch): the exporter's address as the index sees it and its node.
 cdef const uint8_t* _ag = NULL
@@ -434,6 +435,7 @@ cdef int _aglen = 0
 cdef PyObject* _ag_node = NULL   # borrowed from the index (interned), valid for _ag_gen
 cdef unsigned long long _ag_gen = 0
 cdef bint _ag_ok = False         # _ag_node looked up (False: the lookup failed; flows take enrich())
+cdef AgentMemo* _ag_memo = NULL  # the batch's exporter's memo (FlowBatch.exporter), NULL: none
 
 cdef Flow* _ev_first = NULL     # the batch's first flow to encode (enrich_batch's start)
 cdef bint _last_counted = False  # enrich_into's last flow was counted in the view (snapshot below)
@@ -452,43 +454,82 @@ cdef inline bint enrich_c(object enricher) noexcept:
     return _ev != NULL and enricher is _ev_owner
 
 
-cdef inline void enrich_agent_node() noexcept:
+cdef void enrich_agent_node() noexcept:
+    """The exporter's node from the view, kept in the batch's exporter's memo when it has one
+    (only a successful answer: a failed one is asked again)."""
     global _ag_node, _ag_gen, _ag_ok
     cdef int failed = 0
+    cdef AgentMemo* m = _ag_memo
     _ag_node = view_agent(_ev, _ag, _aglen, &failed)
     _ag_gen = _ev.generation
     _ag_ok = not failed
+    if m != NULL:
+        m.epoch = 0
+        if _ag_ok and (_aglen == 4 or _aglen == 16):
+            m.epoch = _ev_epoch
+            m.gen = _ag_gen
+            m.node = _ag_node
+            m.alen = _aglen
+            memcpy(m.addr, _ag, _aglen)
+
+
+cdef int enrich_attach(object enricher) except -1:
+    """Take the enricher's C view when it has one (a new enricher: rare, so out of enrich_batch,
+    which then holds no Python object of its own to release at every call)."""
+    global _ev, _ev_owner, _ev_epoch
+    _ev = NULL
+    _ev_owner = None
+    _ev_epoch += 1
+    getter = getattr(enricher, "c_api", None)
+    if getter is not None:
+        cap = getter()
+        if PyCapsule_IsValid(cap, VIEW_CAPSULE):
+            _ev = <EnrichView*>PyCapsule_GetPointer(cap, VIEW_CAPSULE)
+            _ev_owner = enricher
+    return 0
+
+
+# enrich_attach through a pointer: called from one place, GCC inlined it into enrich_batch, whose
+# every call then saved and restored six registers for code that runs once an enricher
+cdef int (*_attach)(object) except -1
+_attach = enrich_attach
 
 
 cdef int enrich_batch(FlowBatch bt, Py_ssize_t start, object enricher) except -1:
     """Before encoding a batch's flows from `start`: use the enricher's C view when it has one,
-    look up the exporter's node once, and start loading the cache sets the first flows' lookups
-    will read (so that those loads overlap instead of stalling one by one)."""
-    global _ev, _ev_owner, _ag, _aglen, _ev_first
+    take the exporter's node (from its memo while the view has not moved, else looked up), and
+    start loading the cache sets the first flows' lookups will read (so that those loads overlap
+    instead of stalling one by one)."""
+    global _ag, _aglen, _ev_first, _ag_memo, _ag_node, _ag_gen, _ag_ok
     cdef Py_ssize_t i
     cdef Flow* f
     cdef int alen
+    cdef AgentMemo* m
     if enricher is None:
         return 0
     if enricher is not _ev_owner:
-        _ev = NULL
-        _ev_owner = None
-        getter = getattr(enricher, "c_api", None)
-        if getter is not None:
-            cap = getter()
-            if PyCapsule_IsValid(cap, VIEW_CAPSULE):
-                _ev = <EnrichView*>PyCapsule_GetPointer(cap, VIEW_CAPSULE)
-                _ev_owner = enricher
+        _attach(enricher)
     _ag = bt.agent
     _aglen = addr_len(bt.agent_af)
     if _aglen == 16 and v4mapped(_ag):
         _ag += 12       # an IPv4-mapped agent address (sFlow's) is its IPv4 address to the index too
         _aglen = 4
     _ev_first = NULL
+    _ag_memo = NULL
     if _ev == NULL:
         return 0
     _ev_first = &bt.flows[start]
-    enrich_agent_node()
+    m = &bt.exporter.agent_memo if bt.exporter is not None else NULL
+    _ag_memo = m
+    # The memo answers for this view and this address; it carries the generation its answer is
+    # valid for, which _enrich_into compares with the view's before every flow (every change of
+    # the index moves it: enrich.index bumps it after each store), asking again when they differ.
+    if m != NULL and m.epoch == _ev_epoch and m.alen == _aglen and view_addr_eq(m.addr, _ag, _aglen):
+        _ag_node = m.node
+        _ag_gen = m.gen
+        _ag_ok = True
+    else:
+        enrich_agent_node()
     for i in range(start, min(bt.n, start + 64)):  # more would leave L1 before they are used
         f = &bt.flows[i]
         alen = addr_len(f.af)

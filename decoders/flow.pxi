@@ -5,6 +5,7 @@
 # encoder (encode.pxi) walks the structs once, so the per-flow cost is one pass over ~200 bytes.
 
 from libc.stdlib cimport malloc, calloc, realloc, free
+from cpython.object cimport PyObject
 
 
 cdef struct Flow:
@@ -73,6 +74,18 @@ cdef struct Extra:
     uint32_t off              # offset of the value in the datagram
 
 
+# An exporter's node as the enricher's C view last answered it (encode.pxi enrich_batch), kept
+# in the exporter's state: Open vSwitch sends one record a datagram, and a collector behind a
+# Service takes datagrams from many nodes in turn, so a lookup a datagram is a lookup a flow.
+cdef struct AgentMemo:
+    unsigned long long epoch  # encode.pxi _ev_epoch (the view it came from) when filled; 0: nothing
+    unsigned long long gen    # the view's generation it was filled at: the answer's validity, which
+                              # encode.pxi _enrich_into compares with the view's before each flow
+    PyObject* node            # the answer (borrowed, as the view's own: compared while gen is current)
+    uint8_t addr[16]          # the exporter address asked (sFlow's agent address may differ
+    int alen                  # from the UDP source's), alen bytes of it
+
+
 cdef class FlowBatch:
     """The flows (and sFlow counter records) decoded from one datagram."""
 
@@ -86,6 +99,7 @@ cdef class FlowBatch:
     cdef readonly double recv_time
     cdef uint8_t agent[16]
     cdef uint8_t agent_af
+    cdef ExporterState exporter   # its state (AgentMemo), None for a batch of no decoder's
     cdef int proto_kind
     cdef readonly uint32_t sequence
     cdef readonly uint32_t domain

@@ -677,11 +677,13 @@ cdef class ExporterState:
     cdef bint msg_sets_kept            # ... every undecoded record is in msg_unknown_sets
     cdef Py_ssize_t floor_bytes        # bytes of its streams' floor_sets (state_size)
     cdef Py_ssize_t state_bytes        # its state_size() as last added to Decoder.state_bytes
+    cdef AgentMemo agent_memo          # its node, as the enricher's view last answered (enrich_batch)
 
     def __cinit__(self):
         self.dedup_keys = NULL
         self.dedup_times = NULL
         self.ingress_ports = NULL
+        self.agent_memo.epoch = 0
 
     def __dealloc__(self):
         free(self.dedup_keys)

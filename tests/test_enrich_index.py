@@ -1790,6 +1790,70 @@ def test_exporters_taking_turns_each_get_their_own_node_and_address() -> None:
     assert one(0, addr(2), addr(1), False)["FlowDirection"] == 0
 
 
+def test_an_exporters_node_follows_every_index_change_between_its_datagrams(implementation: str) -> None:
+    """Open vSwitch sends one record a datagram: the encoder keeps each exporter's node between
+    its datagrams (in the decoder's exporter state) while the index has not moved. Every change
+    of what the exporter's address names shows in its next datagram: its node's address changed
+    (given to the other node), the node deleted, added back; another enricher (of the same
+    generation) asked in turn; an sFlow exporter whose datagrams name other agents."""
+    from benchmarks import datagrams as D
+    from decoders import Decoder
+
+    def nodes(a: list[str], b: list[str]) -> list[dict[str, Any]]:
+        return [node("node-a", internal=a), node("node-b", internal=b)]
+
+    # no pod hostIP: the exporter's address names a node only through the Node objects
+    pods = [pod("a1", "shop", ips=["10.244.0.5"], node="node-a", host_ip=None, uid="u-a1"),
+            pod("b1", "shop", ips=["10.244.1.5"], node="node-b", host_ip=None, uid="u-b1")]
+    cfg = enrich.EnrichConfig(own_namespace="")
+    e = enrich.Enricher.from_objects(pods=pods, nodes=nodes(["10.0.0.1"], ["10.0.0.2"]), config=cfg)
+    idx = e.index
+    t = D.IpfixTemplate(256, (("src", 8, 0, 4), ("dst", 12, 0, 4)))
+    dec = Decoder()
+    seq = 0
+
+    def direction(enricher: enrich.Enricher = e) -> int | None:
+        """FlowDirection of a1 -> b1 in a datagram from 10.0.0.1 (none given by the exporter)."""
+        nonlocal seq
+        data = D.ipfix_message([D.template_set([t]), D.data_set(t, [{"src": "10.244.0.5", "dst": "10.244.1.5"}])],
+                               seq=seq, export_time=T0 // 1000)
+        seq += 1
+        out = dec.decode(data, "10.0.0.1", 4739, T0 / 1000).to_dicts(enricher)
+        assert len(out) == 1 and out[0]["SrcK8S_Name"] == "a1" and out[0]["DstK8S_Name"] == "b1"
+        return out[0].get("FlowDirection")
+
+    def nodes_now(a: list[str], b: list[str]) -> None:
+        for n in nodes(a, b):
+            idx.upsert("nodes", idx.parse("nodes", n))
+
+    assert [direction(), direction()] == [1, 1]       # the exporter is the source's node: egress
+    nodes_now(["10.0.0.9"], ["10.0.0.2", "10.0.0.1"])  # node-a's address changed, node-b took it
+    assert [direction(), direction()] == [0, 0]       # the destination's node: ingress
+    idx.delete("nodes", idx.parse("nodes", nodes(["10.0.0.9"], ["10.0.0.2", "10.0.0.1"])[1]))
+    assert [direction(), direction()] == [None, None]  # nobody's: the exporter gave none
+    idx.upsert("nodes", idx.parse("nodes", nodes(["10.0.0.9"], ["10.0.0.1"])[1]))
+    assert [direction(), direction()] == [0, 0]       # added back
+
+    # Another enricher, built alike but with 10.0.0.1 node-a's: its answers, in turn with the first's.
+    other = enrich.Enricher.from_objects(pods=pods, nodes=nodes(["10.0.0.1"], ["10.0.0.2"]), config=cfg)
+    if implementation == "compiled":
+        # the same generation: only which view answered tells the two apart
+        while other.index._reader.generation < idx._reader.generation:
+            other.index._reader.generation += 1
+        assert other.index._reader.generation == idx._reader.generation
+    assert [direction(), direction(other), direction(), direction(other)] == [0, 1, 0, 1]
+
+    # sFlow: one source, datagrams naming node-a's and node-b's addresses as their agent
+    sample = D.SflowSample(src="10.244.0.5", dst="10.244.1.5", sport=1000, dport=80, proto=6, frame_length=100,
+                           flags=0x10, rate=1, input=1, output=2)
+    got = []
+    for i, agent in enumerate(["10.0.0.9", "10.0.0.9", "10.0.0.1", "10.0.0.1", "10.0.0.9"]):
+        out = dec.decode(D.sflow_datagram([sample], seq=i + 1, agent=agent), "10.0.0.50", 6343, T0 / 1000).to_dicts(e)
+        assert len(out) == 1 and out[0]["AgentIP"] == agent
+        got.append(out[0].get("FlowDirection"))
+    assert got == [1, 1, 0, 0, 1]
+
+
 def test_an_identity_longer_than_64_kib_is_published_whole(implementation: str) -> None:
     """No API server accepts a 70,000-character pod name (Kubernetes caps names at 253), but a
     broken or hostile one may send it: the flow still gets the pod's identity, never an error
