@@ -422,8 +422,9 @@ FLAG_NAMES[:] = [b"FIN", b"SYN", b"RST", b"PSH", b"ACK", b"URG", b"ECE", b"CWR"]
 
 from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid
 
-from enrich.view cimport (VIEW_CAPSULE, EnrichParts, EnrichView, view_addr_eq, view_agent, view_hash, view_parts,
-                          view_prefetch, view_prefetch_parts)
+from enrich.view cimport (VIEW_CAPSULE, EnrichParts, EnrichSlot, EnrichView, view_addr_eq, view_agent, view_hash,
+                          view_parts, view_prefetch, view_prefetch_parts, view_prefetch_parts_in, view_prefetch_set,
+                          view_set)
 
 cdef EnrichView* _ev = NULL
 cdef object _ev_owner = None     # the enricher whose capsule _ev came from (kept alive)
@@ -438,6 +439,7 @@ cdef bint _ag_ok = False         # _ag_node looked up (False: the lookup failed;
 cdef AgentMemo* _ag_memo = NULL  # the batch's exporter's memo (FlowBatch.exporter), NULL: none
 
 cdef Flow* _ev_first = NULL     # the batch's first flow to encode (enrich_batch's start)
+cdef EnrichSlot* _first_sets[2]  # ... its source's and destination's cache sets (prefetched)
 cdef bint _last_counted = False  # enrich_into's last flow was counted in the view (snapshot below)
 cdef long long _last_counts[8]   # the view's counts before that flow (EnrichView.counts)
 
@@ -530,7 +532,15 @@ cdef int enrich_batch(FlowBatch bt, Py_ssize_t start, object enricher) except -1
         _ag_ok = True
     else:
         enrich_agent_node()
-    for i in range(start, min(bt.n, start + 64)):  # more would leave L1 before they are used
+    # the first flow's sets are kept for encode_flow's prefetch of its parts (no hashing again:
+    # at one record a datagram, Open vSwitch's, that is every flow)
+    alen = addr_len(_ev_first.af) if start < bt.n else 0
+    if alen > 0:
+        _first_sets[0] = view_set(_ev, view_hash(_ev_first.src, alen))
+        _first_sets[1] = view_set(_ev, view_hash(_ev_first.dst, alen))
+        view_prefetch_set(_first_sets[0])
+        view_prefetch_set(_first_sets[1])
+    for i in range(start + 1, min(bt.n, start + 64)):  # more would leave L1 before they are used
         f = &bt.flows[i]
         alen = addr_len(f.af)
         if alen > 0:
@@ -804,7 +814,7 @@ cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char*
         # record a datagram, Open vSwitch's, that is every flow): its cache sets, prefetched by
         # enrich_batch, have come in by now, so the parts they point to can start loading for
         # the copy at the end
-        view_prefetch_parts(_ev, f.src, f.dst, addr_len(f.af))
+        view_prefetch_parts_in(_first_sets[0], _first_sets[1], f.src, f.dst, addr_len(f.af))
     if f.sampling:
         buf_put(o, ",\"Sampling\":", 12)
         buf_uint(o, f.sampling)

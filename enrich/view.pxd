@@ -130,10 +130,13 @@ cdef extern from *:
     /* Start loading the set fs_view_resolve() will read for addr (its first two ways, where
        nearly every address is: a miss fills the first way holding nothing current), so that a
        batch's loads overlap instead of stalling one by one (perf showed the first load waiting). */
-    FS_ALWAYS_INLINE void fs_view_prefetch(EnrichView* v, const unsigned char* addr, int alen) {
-        EnrichSlot* s = fs_view_set(v, fs_view_hash(addr, alen));
+    FS_ALWAYS_INLINE void fs_view_prefetch_set(EnrichSlot* s) {
         __builtin_prefetch(s);
         __builtin_prefetch(s + 1);
+    }
+
+    FS_ALWAYS_INLINE void fs_view_prefetch(EnrichView* v, const unsigned char* addr, int alen) {
+        fs_view_prefetch_set(fs_view_set(v, fs_view_hash(addr, alen)));
     }
 
     FS_ALWAYS_INLINE int fs_view_addr_eq(const unsigned char* x, const unsigned char* y, int n) {
@@ -170,14 +173,18 @@ cdef extern from *:
        start, fs_view_prefetch). No validity checks: a wrong guess is a wasted prefetch, never a
        read. Why: with a few thousand busy pods and the 1 MiB record batch streaming through L2,
        every copy started with misses. */
-    FS_ALWAYS_INLINE void fs_view_prefetch_parts(EnrichView* v, const unsigned char* src, const unsigned char* dst,
-                                                 int alen) {
-        EnrichSlot* s = fs_view_set(v, fs_view_hash(src, alen));
-        EnrichSlot* d = fs_view_set(v, fs_view_hash(dst, alen));
+    FS_ALWAYS_INLINE void fs_view_prefetch_parts_in(EnrichSlot* s, EnrichSlot* d, const unsigned char* src,
+                                                    const unsigned char* dst, int alen) {
         if (!fs_view_addr_eq(s->addr, src, alen)) s++;   /* (ways 0 and 1: see fs_view_prefetch) */
         if (!fs_view_addr_eq(d->addr, dst, alen)) d++;
         fs_view_prefetch_text(s->text);
         fs_view_prefetch_text(d->text + d->src_len);
+    }
+
+    FS_ALWAYS_INLINE void fs_view_prefetch_parts(EnrichView* v, const unsigned char* src, const unsigned char* dst,
+                                                 int alen) {
+        fs_view_prefetch_parts_in(fs_view_set(v, fs_view_hash(src, alen)), fs_view_set(v, fs_view_hash(dst, alen)),
+                                  src, dst, alen);
     }
 
     /* The slot describing the holder of addr (4 or 16 bytes) at flow start t (text NULL:
@@ -348,9 +355,13 @@ cdef extern from *:
 
     unsigned long long view_hash "fs_view_hash"(const unsigned char* addr, int alen) noexcept nogil
     bint view_addr_eq "fs_view_addr_eq"(const unsigned char* x, const unsigned char* y, int n) noexcept nogil
+    EnrichSlot* view_set "fs_view_set"(EnrichView* v, unsigned long long h) noexcept nogil
+    void view_prefetch_set "fs_view_prefetch_set"(EnrichSlot* s) noexcept nogil
     void view_prefetch "fs_view_prefetch"(EnrichView* v, const unsigned char* addr, int alen) noexcept nogil
     void view_prefetch_parts "fs_view_prefetch_parts"(EnrichView* v, const unsigned char* src,
                                                        const unsigned char* dst, int alen) noexcept nogil
+    void view_prefetch_parts_in "fs_view_prefetch_parts_in"(EnrichSlot* s, EnrichSlot* d, const unsigned char* src,
+                                                             const unsigned char* dst, int alen) noexcept nogil
     EnrichAgent* view_agent_set "fs_view_agent_set"(EnrichView* v, const unsigned char* agent, int aglen) noexcept nogil
     PyObject* view_agent "fs_view_agent"(EnrichView* v, const unsigned char* agent, int aglen, int* failed) noexcept
     EnrichSlot* view_resolve "fs_view_resolve"(EnrichView* v, const unsigned char* addr, int alen, long long t,
