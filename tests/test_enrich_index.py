@@ -38,10 +38,20 @@ def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
     """Run every test on the pure-Python reader and on the compiled one (enrich/_fast.pyx)."""
     if request.param == "compiled" and not _compiled_built():
         pytest.skip("enrich._fast not built (python setup.py build_ext --inplace)")
-    kw = dict(enrich.index.Index.__init__.__kwdefaults__)
-    kw["compiled"] = request.param == "compiled"
-    monkeypatch.setattr(enrich.index.Index.__init__, "__kwdefaults__", kw)
+    compiled = request.param == "compiled"
+    # Enricher passes its own `compiled` (None: the compiled reader when built) to the Index:
+    # its defaults too, or every enricher built here gets the compiled reader
+    for fn in (enrich.index.Index.__init__, enrich.Enricher.__init__, enrich.Enricher.from_objects.__func__):
+        kw = dict(fn.__kwdefaults__)
+        kw["compiled"] = compiled
+        monkeypatch.setattr(fn, "__kwdefaults__", kw)
     return request.param
+
+
+def test_each_parametrization_builds_its_own_reader(implementation: str) -> None:
+    """The fixture's reader is the one the enrichers below get (Enricher.from_objects passes its
+    own `compiled` to the Index: patching the Index's default alone gave "python" the compiled one)."""
+    assert (build([]).index._reader is not None) == (implementation == "compiled")
 
 
 def raw(ip: str) -> bytes:
