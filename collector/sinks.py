@@ -649,6 +649,9 @@ TOPIC_LIMIT_WAIT_S = 1.0
 # fails, and how long one connection attempt may take (KafkaSink._advertised_problem).
 ADVERTISED_CHECK_S = 30.0
 ADVERTISED_CONNECT_S = 2.0
+# ... and the least time between two checks made to explain a failure (a metadata request or a
+# refresh that failed): the answer it gives is the cause of that failure, not the connect-time one.
+ADVERTISED_FAILING_S = 1.0
 
 
 async def tcp_unreachable(host: str, port: int) -> str:
@@ -993,16 +996,21 @@ class KafkaSink(Sink):
         self._adv_bad: set[int] = set()
         self._adv_done = 0
 
-    async def _advertised_problem(self) -> str:
+    async def _advertised_problem(self, failing: bool = False) -> str:
         """The brokers a reachable bootstrap broker advertises in its metadata (its
         advertised.listeners) that this host cannot connect to, as a sentence, or "". This is
         where records are produced, so such a cluster takes nothing while the bootstrap address
         answers: aiokafka then only says that node N could not be reached, and the metadata
         errors that follow read like a missing topic. Checked with a TCP connection each, at most
         every ADVERTISED_CHECK_S, or every IDLE_CHECK_S while no partition leader could be
-        reached (unreachable(): readiness turns back as soon as one can)."""
+        reached (unreachable(): readiness turns back as soon as one can). `failing`: asked to
+        explain a failure that just happened (the problem /readyz and the log give), so checked
+        again unless the latest check is under ADVERTISED_FAILING_S old: a cluster whose
+        advertised broker went away after the connect-time check (which found it reachable) was
+        reported with that older answer ("no broker answered") for up to ADVERTISED_CHECK_S."""
         now = time.monotonic()
-        if now - self._adv_checked_at < (IDLE_CHECK_S if self.unreachable() else ADVERTISED_CHECK_S) or self.producer is None:
+        every = ADVERTISED_FAILING_S if failing else IDLE_CHECK_S if self.unreachable() else ADVERTISED_CHECK_S
+        if now - self._adv_checked_at < every or self.producer is None:
             return self._adv_problem
         self._adv_checked_at = now
         done = self.delivered[0] + self.delivered[1]
@@ -1175,7 +1183,7 @@ class KafkaSink(Sink):
                     continue
                 # (a topic the brokers do not have, where they do not create topics when asked
                 # for, looks like this: aiokafka waits for its metadata until the timeout)
-                problem = await self._advertised_problem()
+                problem = await self._advertised_problem(failing=True)
                 self._rl.warning("metadata", "kafka: no metadata for topic %s yet: %s (asked again before "
                                  "producing)%s", t, exc or type(exc).__name__,
                                  self._hint(problem) if problem else
@@ -1458,7 +1466,7 @@ class KafkaSink(Sink):
         if ok:
             return True
         self.errors["metadata"] += 1
-        self.problem = f"idle, and no metadata from {','.join(self.k.brokers)}: {why}{self._hint(await self._advertised_problem())}"
+        self.problem = f"idle, and no metadata from {','.join(self.k.brokers)}: {why}{self._hint(await self._advertised_problem(failing=True))}"
         self._rl.error("metadata", "kafka: %s (not connected)", self.problem)
         return False
 
@@ -1556,7 +1564,7 @@ class KafkaSink(Sink):
                 if not ok:
                     self.connected = False
                     self.errors["metadata"] += 1
-                    problem = await self._advertised_problem()
+                    problem = await self._advertised_problem(failing=True)
                     self.problem = f"metadata refresh failed: {problem or 'no broker of ' + ','.join(self.k.brokers) + ' answered'}"
                     self._rl.error("metadata", "kafka: %s", self.problem)
                     return False
@@ -1593,7 +1601,7 @@ class KafkaSink(Sink):
         except (asyncio.TimeoutError, Exception) as exc:
             self.connected = False
             self.errors["metadata"] += 1
-            self.problem = f"no metadata for {','.join(topics)} yet: {exc!r}{self._hint(await self._advertised_problem())}"
+            self.problem = f"no metadata for {','.join(topics)} yet: {exc!r}{self._hint(await self._advertised_problem(failing=True))}"
             self._rl.error("metadata", "kafka: %s", self.problem)
             return False
         self._need_metadata = False
@@ -1633,7 +1641,7 @@ class KafkaSink(Sink):
             self._need_metadata = True
             # (the topics of the records taken: the counters topic only with sFlow counter records)
             asked = [topics[k] for k in (FLOWS, COUNTERS) if any(c.kind == k for c in chunks)]
-            self.problem = f"no metadata for {','.join(asked)}: {exc}{self._hint(await self._advertised_problem())}"
+            self.problem = f"no metadata for {','.join(asked)}: {exc}{self._hint(await self._advertised_problem(failing=True))}"
             self._rl.error("metadata", "kafka: %s", self.problem)
             for c in reversed(chunks):
                 q.requeue(c)

