@@ -164,6 +164,12 @@ SERIES: dict[str, Series] = {s.name: s for s in [
            "(dropped as sink_error or rejected) with no flow delivered, while failures keep coming (0 once one is "
            "delivered, or after the same limit without a failure); /readyz fails beyond the same limit as "
            "flowscope_sink_stalled_seconds", (), merge="max"),
+    Series("flowscope_kafka_unreachable_partitions", "gauge", "Partitions of the flows topic whose leader this "
+           "host cannot reach, as the sink's latest checks found: a TCP connection to the address the cluster "
+           "advertises for it refused, unresolvable or unanswered, or a broker that takes connections and answers no "
+           "request on a new one within 5 s (hung). Some: /readyz stays ready (the other partitions take flows; keyed "
+           "flows of these wait in the queue), and the log names the brokers (at most once a minute); all: /readyz "
+           "is unready", (), merge="max"),
     Series("flowscope_kafka_send_latency_seconds", "histogram",
            "Time from handing a record batch to the producer to its acknowledgement"),
     Series("flowscope_kafka_errors", "counter", "Kafka errors, by kind (connect, metadata, produce: retried; "

