@@ -1559,9 +1559,8 @@ class KafkaSink(Sink):
         await self._connect()
         if self.producer is None:
             return
-        # (checked again every IDLE_CHECK_S while a leader cannot be reached, so that readiness
-        # returns once one can, with or without records to send)
-        self._watch_task = asyncio.get_running_loop().create_task(self._watch())
+        if not self._stopping:   # (connected during the shutdown drain: nothing left to watch for)
+            self._watch_task = asyncio.get_running_loop().create_task(self._watch())
         q = self.queue
         topics = (self.k.topic, self.k.counters_topic)
         idle_check = time.monotonic()
