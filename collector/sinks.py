@@ -1764,6 +1764,10 @@ class KafkaSink(Sink):
         self._need_metadata = False
         if self.direct is not None:
             self.direct.forget_closed()
+        if self._adv_bad:
+            # the brokers answered: what the last check found out of reach is checked again now,
+            # not up to IDLE_CHECK_S later with /readyz unready on a cluster that is back
+            await self._advertised_problem(failing=True)
         self.connected = True
         self.problem = ""
         # the flows topic is there again (re-created, if the broker came back empty): its
