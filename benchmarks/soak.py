@@ -2,7 +2,8 @@
 
 What runs: a private Tansu broker (benchmarks.broker), the tests' fake Kubernetes API server
 (tests/support/fake_kube.py) holding a few thousand pods under churn (deletes, adds that reuse
-the deleted pods' addresses, a 410 relist and a dropped watch now and then), and the C load
+the deleted pods' addresses, a 410 relist, every other one meeting a fault two pages into the list, and a dropped watch now
+and then), and the C load
 generator (benchmarks/loadgen.c) as several exporters, each one address (127.0.0.x) sending
 from several source ports, IPFIX, NetFlow v5/v9 and sFlow in turn. Exporters go silent and new
 ones appear on new addresses while --metrics-top-exporters is smaller than their number.
@@ -43,6 +44,7 @@ from collector.metrics import parse_exposition
 
 PROTOS = (("ipfix", "ipfix"), ("v5", "netflow"), ("v9", "netflow"), ("sflow", "sflow"))
 COUNTER_SUFFIXES = ("_total", "_bucket", "_count", "_sum")
+LIST_FAULTS = (None, "expired_continue", None, "drop", None, "error500", None, "garbage")
 
 
 def labels(lab: Any) -> dict[str, str]:
@@ -116,6 +118,12 @@ class Churn(threading.Thread):
                 self.counts["added"] += 1
             now = time.monotonic()
             if now >= next_gone:
+                # every other relist meets a fault two pages in (both workers' lists, about):
+                # a continue token compacted away, a cut connection, a 500, a body not JSON
+                fault = LIST_FAULTS[self.counts["expired"] % len(LIST_FAULTS)]
+                if fault:
+                    self.kube.fail("pods", "list", fault, times=2, after=2)
+                    self.counts[f"list_{fault}"] = self.counts.get(f"list_{fault}", 0) + 1
                 self.kube.expire("pods")
                 self.counts["expired"] += 1
                 next_gone = now + self.gone_every
@@ -255,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
                     "and a new one appearing")
     ap.add_argument("--pods", type=int, default=3000)
     ap.add_argument("--pod-churn", type=int, default=5, help="pods replaced per second")
+    ap.add_argument("--gone-every", type=float, default=150.0, help="seconds between 410s to the pods watches "
+                    "(every other relist then meets a fault two pages in)")
+    ap.add_argument("--drop-every", type=float, default=110.0, help="seconds between cut watch connections")
     ap.add_argument("--scrape", type=float, default=5.0)
     ap.add_argument("--stats-interval", type=float, default=1.0)
     ap.add_argument("--kill-worker", type=float, default=0.0, help="SIGKILL a worker this many seconds in")
@@ -291,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     logf = open(log_path, "w")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=logf, cwd=str(Path(__file__).parent.parent))
     exp = Exporters(loadgen, ports, args.dps, args.ports, min(args.pods, 2000))
-    churn = Churn(kube, objs["pods"], args.pod_churn, gone_every=150.0, drop_every=110.0)
+    churn = Churn(kube, objs["pods"], args.pod_churn, gone_every=args.gone_every, drop_every=args.drop_every)
     report: dict[str, Any] = {"args": vars(args), "command": cmd}
     try:
         if not wait_ready(base, 90):
