@@ -633,8 +633,8 @@ def died(agg: Aggregator, worker: int, code: int) -> None:
                   "what it received after that report is not known", worker, code, age)
         return
     log.error("worker %d (code %s) died holding %d flow records and %d counter records (queued or not yet "
-              "acknowledged in its report of %.1f s before): lost, counted as dropped (worker_died); what it "
-              "received after that report is not known", worker, code, lost["flowscope_queue_records"],
+              "acknowledged in its report of %.1f s before): counted as dropped (worker_died), though those it had "
+              "sent may be in the topic; what it received or delivered after that report is not known", worker, code, lost["flowscope_queue_records"],
               lost["flowscope_counter_records_queued"], age)
 
 
