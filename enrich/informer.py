@@ -71,6 +71,11 @@ STATUS_CAUSES = frozenset(("forbidden", "unauthorized", "server_error"))  # answ
 # Failures a watch resumed from the same resourceVersion meets again, however long the stream ran
 # first (the same event comes next): each counts towards a relist, as a refusal does.
 REPEATING_CAUSES = frozenset(("oversize_event",))
+# Failures of what an open watch stream sent (an event too large or malformed): the next stream
+# the API server opens says nothing about them, only an event it delivers (or a stream that runs)
+# does. Any other failure is answered by the next watch that opens, unless the stream it ended
+# had failed at once (see _list_then_watch and _watch_stream).
+STREAM_CONTENT_CAUSES = frozenset(("oversize_event", "bad_response"))
 # The largest watch event line accepted, in bytes. etcd refuses objects over 1.5 MiB
 # (--max-request-bytes), so a real event stays far below this; a longer line (or a stream that
 # never sends its newline) is a broken server or proxy, and must not grow the buffer unbounded.
@@ -143,7 +148,8 @@ class KindStats:
         self.last_sync = 0.0    # wall time of the last completed list
         self.list_seconds = 0.0  # how long it took, first page to last (its continue token expires
                                  # when this exceeds the API server's etcd compaction interval)
-        self.last_error = ""    # the latest failure while not recovered ("" after a recovery)
+        self.last_error = ""    # the latest failure while not recovered ("" after a recovery, or
+                                # once a watch opens after most failures: see Informer._watch_stream)
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (dict(v) if isinstance(v, dict) else v) for k in self.__slots__ for v in [getattr(self, k)]}
@@ -223,6 +229,9 @@ class Informer:
         self._gone_streak = 0   # watches in a row that expired (410) right after their list
         self._watch_failures = 0  # watches in a row that failed (errors, not 410) since one worked
         self._list_expiries = 0   # lists whose continue token expired since one completed
+        self._opened_at = 0.0     # when the current watch stream opened (monotonic; 0: not open)
+        self._stream_events = 0   # events the last watch stream applied (set when it ends)
+        self._open_clears = True  # the next watch that opens ends the failing state (last_error)
         self._backoff = Backoff(initial=config.backoff_initial_seconds, factor=config.backoff_factor,
                                 maximum=config.backoff_max_seconds, jitter=config.backoff_jitter)
 
@@ -346,7 +355,13 @@ class Informer:
                 # Resume from the last resourceVersion we applied: cheaper than a relist, and
                 # the server answers 410 when that is no longer possible.
                 rv = st.resource_version  # the last event applied before the failure
-                self._failed(e)
+                # A watch refused or out of reach, or a stream that worked (an event applied, or
+                # open a while) and then was cut: the next watch the API server opens is the
+                # recovery. Not a stream that failed at once, nor one that sent what cannot be
+                # taken (it comes again): its next stream opens as easily.
+                opened = self._opened_at
+                worked = bool(opened) and (self._stream_events > 0 or time.monotonic() - opened >= 1.0)
+                self._failed(e, open_clears=not opened or (worked and e.cause not in STREAM_CONTENT_CAUSES))
                 # An HTTP status (403, 5xx) means the watch never opened, however long the answer
                 # took; a bad body counts when it came at once. Refusals while a list may be
                 # allowed count towards a relist; an outage (connection refused, TLS) or
@@ -385,7 +400,7 @@ class Informer:
                 # us spin, nor freeze the cache at the last list: back off, count it, and list
                 # again after as many such streams as failed watches.
                 self._failed(ApiProblem("empty_watch", f"watch {self._resource()}: the stream ended at once "
-                                        "without an event"))
+                                        "without an event"), open_clears=False)
                 self._watch_failures += 1
                 self._sleep(self._backoff.next())
                 if self._watch_failures % WATCH_FAILURES_BEFORE_RELIST == 0:
@@ -531,7 +546,18 @@ class Informer:
         kwargs: dict[str, Any] = {
             "watch": True, "resource_version": rv, "allow_watch_bookmarks": True, "timeout_seconds": timeout,
         }
+        self._opened_at, self._stream_events = 0.0, 0
         resp = self._open("watch", kwargs, read_timeout=timeout + self._cfg.read_timeout_slack_seconds)
+        self._opened_at = time.monotonic()
+        if self._open_clears:
+            # The API server answered the watch (200, the stream open): reachable, our
+            # credentials taken, the watch allowed. The kind is not failing from now, not from the
+            # stream's first event: a quiet kind's may come a minute later (Nodes: a BOOKMARK a
+            # minute), and an alert on kinds_<kind>_failing would keep firing that long after the
+            # API server is back. The rest of a recovery (backoff, relist count, the log's
+            # "recovered") still waits for that event or a stream that runs (_recovered): a
+            # balancer cutting quiet watches is not logged as an outage and a recovery each time.
+            self.stats.last_error = ""
         n = 0
         index, kind, st = self._index, self.kind, self.stats
         limit = WATCH_EVENT_MAX_BYTES
@@ -576,6 +602,7 @@ class Informer:
                 raise Stopped from None
             raise ApiProblem(_conn_cause(e), f"watch {self._resource()} connection lost: {e}") from None
         finally:
+            self._stream_events = n
             if not ended:
                 # Left mid-stream (a bad or oversized event, an ERROR, 410): the rest of the
                 # response is still coming on this connection, which must not go back to the pool.
@@ -710,11 +737,15 @@ class Informer:
 
     # bookkeeping
 
-    def _failed(self, e: ApiProblem) -> None:
+    def _failed(self, e: ApiProblem, *, open_clears: bool = True) -> None:
+        """Count and keep (last_error) a failure; `open_clears`: the next watch the API server
+        opens ends it (see _watch_stream); else only a recovery does (_recovered: an event, a
+        stream that ran, a list while no watch fails)."""
         st = self.stats
         st.errors[e.cause] = st.errors.get(e.cause, 0) + 1
         st.state = "backoff"
         st.last_error = str(e)
+        self._open_clears = open_clears
         if e.cause == "unauthorized" and self._on_unauthorized is not None:
             # The API server no longer takes the credentials (a bound token expired, a token
             # revoked): the next attempt presents them loaded again, as client-go's do.

@@ -592,6 +592,78 @@ def test_an_informer_failing_to_reach_the_api_server_shows_in_a_gauge(seeded: Fa
         e.stop()
 
 
+def test_a_reconnected_watch_is_not_failing_before_its_first_event(seeded: FakeKube, kubeconfig: str) -> None:
+    """A quiet kind's watch (Nodes: on a real API server maybe nothing but a BOOKMARK a minute)
+    is cut after working a while, and the reconnect's stream opens and stays quiet: the API
+    server answered it (200, the stream open), so kinds_nodes_failing is 0 again at once, not
+    after the stream's first event, a minute later (an alert on it kept firing that long)."""
+    from collector.server import enrich_series
+
+    # a watch that neither times out nor sends a bookmark while the test runs; a backoff long
+    # enough for the failing state to be seen before the reconnect
+    e = enrich.Enricher(fast_config(kubeconfig, watch_timeout_seconds=600, backoff_initial_seconds=2.0,
+                                    backoff_max_seconds=2.0))
+    e.start()
+    try:
+        assert e.wait_ready(10)
+
+        def failing() -> float:
+            return enrich_series(e)["flowscope_enrich_stat"][("kinds_nodes_failing",)]
+
+        wait_for(lambda: seeded.watchers["nodes"] >= 1, what="nodes watch open")
+        assert failing() == 0
+        time.sleep(1.5)   # the watch works a while (over 1 s from when the informer saw it open), then is cut
+        watches = seeded.count(kind="nodes", verb="watch")
+        events = dict(e.stats()["kinds"]["nodes"]["events"])
+        seeded.drop_watches("nodes")
+        wait_for(lambda: failing() == 1, what="the cut nodes watch failing")
+        wait_for(lambda: seeded.count(kind="nodes", verb="watch") > watches and seeded.watchers["nodes"] >= 1,
+                 timeout=15, what="the nodes watch reconnected")
+        wait_for(lambda: failing() == 0, timeout=15, what="the reconnected (quiet) watch not failing")
+        st = e.stats()["kinds"]["nodes"]
+        # nothing came on the new stream: its opening alone cleared the failing state
+        assert st["events"] == events and seeded.watchers["nodes"] >= 1, st
+        assert st["errors"] == {"connection": 1} and st["last_error"] == "" and st["relists"] == 0, st
+    finally:
+        e.stop()
+
+
+def test_a_watch_whose_events_fail_stays_failing_while_the_next_one_opens(seeded: FakeKube, kubeconfig: str,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A watch that opens and then sends what cannot be taken (here an event over the cap, after
+    1.2 s) fails again on the next stream: that stream's opening is no recovery, so the kind
+    stays failing while it is open (no 0 between two failures for an alert to reset on)."""
+    import enrich.informer as informer
+    from collector.server import enrich_series
+
+    monkeypatch.setattr(informer, "WATCH_EVENT_MAX_BYTES", 64 << 10)
+    seeded.oversize_bytes = 100 << 10
+    e = enrich.Enricher(fast_config(kubeconfig))
+    e.start()
+    try:
+        assert e.wait_ready(10)
+
+        def failing() -> float:
+            return enrich_series(e)["flowscope_enrich_stat"][("kinds_pods_failing",)]
+
+        def oversize() -> int:
+            return e.stats()["kinds"]["pods"]["errors"].get("oversize_event", 0)
+
+        wait_for(lambda: seeded.watchers["pods"] >= 1, what="pods watch open")
+        seeded.fail("pods", "watch", "slow_oversize", times=2)
+        seeded.drop_watches("pods")
+        wait_for(lambda: oversize() == 1, timeout=15, what="the first oversize event")
+        seen = set()
+        deadline = time.monotonic() + 15
+        while oversize() < 2:             # the next stream: open 1.2 s, then the same event
+            assert time.monotonic() < deadline, "timed out waiting for the second oversize event"
+            seen.add(failing())
+            time.sleep(0.005)
+        assert seen == {1}, seen
+    finally:
+        e.stop()
+
+
 def test_an_oversize_event_on_every_watch_falls_back_to_lists(seeded: FakeKube, kubeconfig: str,
                                                               monkeypatch: pytest.MonkeyPatch,
                                                               caplog: pytest.LogCaptureFixture) -> None:
