@@ -628,6 +628,42 @@ def test_a_reconnected_watch_is_not_failing_before_its_first_event(seeded: FakeK
         e.stop()
 
 
+def test_a_relist_that_works_after_failures_is_not_failing(seeded: FakeKube, kubeconfig: str) -> None:
+    """The other way back: a relist refused (500) then answered clears the failing state by
+    itself, before the watch after it is even answered (held here in the server)."""
+    import threading
+
+    from collector.server import enrich_series
+
+    e = enrich.Enricher(fast_config(kubeconfig))
+    gate = threading.Event()
+    held = []
+
+    def on_request(r: dict[str, Any]) -> None:
+        if r["kind"] == "nodes" and r["verb"] == "watch":
+            held.append(r)
+            gate.wait(30)
+
+    e.start()
+    try:
+        assert e.wait_ready(10)
+        wait_for(lambda: seeded.watchers["nodes"] >= 1, what="nodes watch open")
+        seeded.fail("nodes", "list", "error500", times=2)
+        seeded.on_request = on_request
+        seeded.expire("nodes")       # the watch ends with 410 Gone: relist
+        seeded.bookmark("nodes")     # (past the compaction, for the watch after the relist)
+        wait_for(lambda: e.stats()["kinds"]["nodes"]["relists"] == 1, timeout=15, what="the relist, after two 500s")
+        st = e.stats()["kinds"]["nodes"]
+        assert st["errors"] == {"server_error": 2}, st
+        wait_for(lambda: len(held) == 1, what="the watch after the relist, held unanswered")
+        assert enrich_series(e)["flowscope_enrich_stat"][("kinds_nodes_failing",)] == 0
+        assert e.stats()["kinds"]["nodes"]["last_error"] == "" and len(held) == 1
+    finally:
+        gate.set()
+        seeded.on_request = None
+        e.stop()
+
+
 def test_a_watch_whose_events_fail_stays_failing_while_the_next_one_opens(seeded: FakeKube, kubeconfig: str,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """A watch that opens and then sends what cannot be taken (here an event over the cap, after
