@@ -237,7 +237,11 @@ class Watch:
                    datagrams=tot("flowscope_datagrams_total"),
                    received=tot("flowscope_received_datagrams_total"),
                    kernel_drops=tot("flowscope_kernel_receive_drops_total"),
-                   synced=tot("flowscope_informers_synced"), workers=tot("flowscope_workers"))
+                   synced=tot("flowscope_informers_synced"), workers=tot("flowscope_workers"),
+                   # the exporters' decoder state (all workers): kept for every exporter seen, up
+                   # to --max-exporters / --max-exporter-state, so the workers' RSS grows with it
+                   # while new exporters keep coming (a new one a --churn-every)
+                   exporter_state=tot("flowscope_exporter_state_bytes"))
         self.samples.append(row)
         return row
 
@@ -403,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         report["per_exporter"] = per
         report["checks"] = {"counter_went_back": watch.back, "series_back_after_gap": watch.reborn[:50],
                             "more_labels_than_top": watch.too_many, "unready": watch.unready[:50]}
-        rss = [(r["t"], r["rss_sup_kb"], r["rss_workers_kb"]) for r in watch.samples]
+        rss = [(r["t"], r["rss_sup_kb"], r["rss_workers_kb"], r.get("exporter_state")) for r in watch.samples]
         report["rss_kb"] = rss[:: max(1, len(rss) // 30)] + rss[-1:]
         report["churn"] = churn.counts
         report["enrich_stat"] = {labels(lab)["stat"]: v for lab, v in final_metrics.get("flowscope_enrich_stat", {}).items()
