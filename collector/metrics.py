@@ -128,8 +128,9 @@ SERIES: dict[str, Series] = {s.name: s for s in [
            "Flow records dropped after decoding, by reason (queue_full, evicted: the queue was full; shutdown: "
            "not delivered within --shutdown-timeout; unconfirmed: sent to Kafka (or handed to aiokafka) and not "
            "acknowledged, then given up: in flight at --shutdown-timeout, or queued again after that request failed "
-           "without an answer and then still queued at --shutdown-timeout or evicted (they may be in the topic); "
-           "sink_error: the file or stdout write failed; rejected: "
+           "without an answer and then still queued at --shutdown-timeout or evicted (they may be in the topic; not "
+           "a batch handed to aiokafka for a partition no Produce request was written for since, as for a leader "
+           "never connected to: that one is shutdown); sink_error: the file or stdout write failed; rejected: "
            "Kafka refused the batch for good (a batch refused for its size is cut and sent again: only a record "
            "refused alone is dropped so); too_large: a record queued one by one (an sFlow counter record, a "
            "keyed flow before the partition count was known) that aiokafka's batch builder refused even alone in "
@@ -188,8 +189,10 @@ SERIES: dict[str, Series] = {s.name: s for s in [
            "an error answer too): the broker may have written the first copy, so the topic can hold them twice. "
            "Records queued again and given up before they went out again (at the shutdown deadline, or evicted) "
            "are not counted here but as unconfirmed drops: the topic holds at most delivered + resent + "
-           "unconfirmed records. A batch handed to aiokafka that it never wrote counts too; label records: flows "
-           "or counters", ("records",)),
+           "unconfirmed records. A batch handed to aiokafka that it never wrote counts too, unless no Produce "
+           "request for its partition was written while aiokafka had it (a leader never connected to: then it is "
+           "in no request; aiokafka's own sends again count no more copies than such requests); label records: "
+           "flows or counters", ("records",)),
     Series("flowscope_kafka_batches", "counter", "Record batches acknowledged by Kafka"),
     Series("flowscope_kafka_throttle_seconds", "counter", "Time the brokers said they throttled the direct produce "
            "path's requests (throttle_time_ms: a produce quota, KIP-13); after a Produce v6+ answer (zstd batches) "

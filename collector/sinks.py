@@ -855,7 +855,7 @@ class _Open:
     """A record batch being filled for one partition, with its records kept for a re-queue."""
 
     __slots__ = ("kind", "partition", "builder", "records", "nbytes", "exporters", "written", "seq", "sent",
-                 "resend", "stamps")
+                 "resend", "stamps", "aio")
 
     def __init__(self, kind: int, partition: int, builder: Any, seq: int = 0) -> None:
         self.kind = kind
@@ -872,6 +872,9 @@ class _Open:
         self.nbytes = 0
         self.exporters: list[str] | None = None  # key exporter: each record's, for a re-queue
         self.stamps: list[int] = []   # each record's Chunk.ts (its CreateTime), for a re-queue
+        # handed to aiokafka: its topic, and the Produce requests written for its partition by then
+        # (_aio_produced; None: not counted), so that one never written is told (KafkaSink._may_be_in_topic)
+        self.aio: tuple[str, int | None] | None = None
 
     def add(self, rec: bytes, exporter: str | None = None, ts: int = 0) -> None:
         self.records.append(rec)
@@ -951,6 +954,8 @@ class KafkaSink(Sink):
         self._retry_wait = 0.0  # seconds before the next attempt after a failed one
         self._need_metadata = False
         self._written = [0, 0]     # records by kind in Produce requests written and not answered
+        # the batches of _written handed to aiokafka (which may not have written them: unconfirmed())
+        self._aio_handed: set[_Open] = set()
         self._closing = False      # _close() is failing what is still in flight: no re-queue
         # producer connections last seen (_connections_lost): their (producer, id) keys, and the objects
         self._conn_keys: set[tuple[int, Any]] = set()
@@ -1244,6 +1249,7 @@ class KafkaSink(Sink):
             split_hostport(b)
         _aiokafka_final_errors()
         _aiokafka_closed_writes()
+        _aiokafka_produce_writes()
         self._start_packer()
         await super().start()
 
@@ -2396,9 +2402,13 @@ class KafkaSink(Sink):
                     return
                 else:
                     producer = ps[o.partition % len(ps)]
+                # (before it is handed over: a Produce request for the partition written from now
+                # on may hold it)
+                o.aio = (topic, _aio_produced(topic, o.partition))
                 try:
                     fut = await producer.send_batch(o.builder, topic, partition=o.partition)
                 except BaseException:
+                    o.aio = None
                     if untrack is not None:
                         untrack()
                     raise
@@ -2407,8 +2417,10 @@ class KafkaSink(Sink):
                 aio_batch = _aio_batch(producer, topic, o.partition, o.builder)
                 # in aiokafka's hands now: it may write the request at any moment, so at the
                 # shutdown deadline these records are unconfirmed (maybe in the topic), not
-                # undelivered
+                # undelivered, once a Produce request for their partition has been written
+                # (unconfirmed())
                 self._now_written(o)
+                self._aio_handed.add(o)
         except Exception as exc:
             self._failed(o, exc)
             await asyncio.sleep(0.2)
@@ -2420,11 +2432,16 @@ class KafkaSink(Sink):
             if aio_batch is not None:
                 # aiokafka sends a batch again by itself after a lost connection, a timeout or a
                 # retriable error, within its delivery timeout: each time after the first, the
-                # broker may hold the records twice, as after the direct path's own re-send
-                self.resent[o.kind] += len(o.records) * max(0, aio_batch.retry_count - 1)
+                # broker may hold the records twice, as after the direct path's own re-send. Its
+                # retry_count counts the times it was taken for a request, also those whose
+                # leader could not be connected to, which wrote nothing: no more copies than the
+                # Produce requests for its partition written since (_aiokafka_produce_writes)
+                self.resent[o.kind] += len(o.records) * max(0, min(aio_batch.retry_count, self._aio_writes(o)) - 1)
             if exc is None and o.written:
                 self._written[o.kind] -= len(o.records)
             if exc is None:
+                if o.aio is not None:
+                    self._aio_handed.discard(o)
                 self.connected = True
                 self.problem = ""
                 self._retry_wait = 0.0
@@ -2453,9 +2470,28 @@ class KafkaSink(Sink):
 
     def unconfirmed(self, kind: int) -> int:
         # written and unanswered, and what a request held before that the sender still holds
-        # unwritten again (taken from the queue, or its batch waiting for room or a connection)
-        return (self._written[kind] + sum(len(c.records) for c in self._taken if c.sent and c.kind == kind)
+        # unwritten again (taken from the queue, or its batch waiting for room or a connection);
+        # not a batch in aiokafka's hands that no Produce request can have held (_may_be_in_topic:
+        # its leader never reached), unless a request held its records before
+        never = sum(len(o.records) for o in self._aio_handed
+                    if o.kind == kind and not o.sent and not self._may_be_in_topic(o))
+        return (self._written[kind] - never + sum(len(c.records) for c in self._taken if c.sent and c.kind == kind)
                 + sum(o.resend for o in self._opens if o.kind == kind))
+
+    def _may_be_in_topic(self, o: _Open) -> bool:
+        """Whether a written batch (its Produce request went out, or it was handed to aiokafka)
+        may have reached the broker: for one handed to aiokafka, whether a Produce request for its
+        partition was written since (_aiokafka_produce_writes)."""
+        return o.aio is None or self._aio_writes(o) > 0
+
+    @staticmethod
+    def _aio_writes(o: _Open) -> int:
+        """Produce requests written for the partition of a batch handed to aiokafka since it was
+        (the most that can have held it); a great many when they are not counted."""
+        assert o.aio is not None
+        topic, before = o.aio
+        now = _aio_produced(topic, o.partition)
+        return sys.maxsize if before is None or now is None else now - before
 
     def throttle_seconds(self) -> float:
         """Time the brokers said they throttled the direct path's Produce requests."""
@@ -2472,11 +2508,13 @@ class KafkaSink(Sink):
             # the broker may have written them without its answer reaching us (a timeout, a lost
             # connection): sent again, they can be in the topic twice (at least once, as any Kafka
             # producer without idempotence), counted in flowscope_kafka_resent_records when they
-            # are (_now_written)
+            # are (_now_written). Not a batch aiokafka never wrote (its leader never reached:
+            # NodeNotReadyError once its request timeout passed)
             o.written = False
-            if not _not_appended(exc):
+            if not _not_appended(exc) and self._may_be_in_topic(o):
                 o.sent = True   # (its chunks, re-queued, remember it: Chunk.sent)
             self._written[o.kind] -= len(o.records)
+            self._aio_handed.discard(o)
         if getattr(exc, "fatal", False) or _fatal_aiokafka(exc):
             if _too_large(exc) and len(o.records) > 1 and self._split(o, exc, sent_before):
                 return
@@ -2808,6 +2846,62 @@ def _aiokafka_closed_writes() -> None:
     AIOKafkaConnection.send = guard(AIOKafkaConnection.send)  # type: ignore[method-assign]
     AIOKafkaConnection._send_sasl_token = guard(AIOKafkaConnection._send_sasl_token)  # type: ignore[method-assign]
     AIOKafkaConnection._flowscope_closed_writes = True  # type: ignore[attr-defined]
+
+
+#: Produce requests aiokafka's connections were asked to write, by (topic, partition) they held
+#: (_aiokafka_produce_writes); under None those whose partitions could not be read (any may be in them).
+_AIO_PRODUCED: collections.Counter[tuple[str, int] | None] = collections.Counter()
+_aio_counting = False   # whether _aiokafka_produce_writes is in place
+
+
+def _aio_produced(topic: str, partition: int) -> int | None:
+    """Produce requests written so far that may hold a batch for the partition (a number that
+    only grows), or None when they are not counted (then any batch may have been written)."""
+    if not _aio_counting:
+        return None
+    return _AIO_PRODUCED[(topic, partition)] + _AIO_PRODUCED[None]
+
+
+def _aiokafka_produce_writes() -> None:
+    """Count the Produce requests aiokafka writes, by the partitions they hold (_AIO_PRODUCED).
+    A batch handed to aiokafka waits in its accumulator until its sender drains it for the
+    partition's leader and connects to that broker; a leader that cannot be connected to (its
+    address refused, unresolvable) fails the attempt before anything is written, and the batch
+    goes back to wait. aiokafka tells none of that (a batch's retry_count counts the drains), so
+    a batch for a leader never reached was taken as maybe written: `unconfirmed` at the shutdown
+    deadline, and sent again as a copy the topic might hold twice. No Produce request for its
+    partition written since it was handed over means it is in the topic nowhere. Counted when
+    the request is given to the connection, before the write: one whose write then fails counts
+    all the same (taken as maybe written, the side that loses nothing from the count). Only
+    counted, nothing of aiokafka's behaviour changed."""
+    global _aio_counting
+    import functools
+
+    from aiokafka.conn import AIOKafkaConnection
+
+    if getattr(AIOKafkaConnection, "_flowscope_produce_writes", False):
+        _aio_counting = True
+        return
+    fn = AIOKafkaConnection.send
+
+    @functools.wraps(fn)
+    def send(self: Any, request: Any, *args: Any, **kw: Any) -> Any:
+        if getattr(request, "API_KEY", None) == 0:
+            # aiokafka 0.12+: the request (its topics in _topics); before: the versioned struct (topics)
+            topics: Any = getattr(request, "_topics", None)
+            if topics is None:
+                topics = getattr(request, "topics", None)
+            try:
+                for topic, parts in topics:
+                    for part in parts:
+                        _AIO_PRODUCED[(topic, part[0])] += 1
+            except (TypeError, ValueError, IndexError):   # (a shape not known here: any batch may be in it)
+                _AIO_PRODUCED[None] += 1
+        return fn(self, request, *args, **kw)
+
+    AIOKafkaConnection.send = send  # type: ignore[method-assign]
+    AIOKafkaConnection._flowscope_produce_writes = True  # type: ignore[attr-defined]
+    _aio_counting = True
 
 
 def _not_authorized(exc: BaseException) -> bool:
