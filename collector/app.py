@@ -320,10 +320,10 @@ def http_servers(cfg: Config, agg: Aggregator, expected: int, alive: Callable[[]
     return out
 
 
-def label_frame(generation: int, named: list[str]) -> bytes:
-    """One set of labelled exporters, supervisor to worker: a 4-byte length, then JSON
-    [generation, [exporter, ...]]."""
-    payload = orjson.dumps([generation, named])
+def label_frame(generation: int, named: list[str], ask: int, held_named: list[str]) -> bytes:
+    """One set of labelled exporters, supervisor to worker (SharedLabels.frame): a 4-byte
+    length, then JSON [generation, [exporter, ...], ask, [exporter, ...]]."""
+    payload = orjson.dumps([generation, named, ask, held_named])
     return len(payload).to_bytes(4, "big") + payload
 
 
@@ -366,7 +366,7 @@ class LabelFeed:
             latest = orjson.loads(bytes(buf[4:4 + n]))
             del buf[:4 + n]
         if latest is not None:
-            self.labels.follow(latest[0], latest[1])
+            self.labels.follow(*latest)
             self.changed.set()
 
 
@@ -679,7 +679,8 @@ def _supervise(cfg: Config, enrich_cfg: Any, factory: Callable[[], asyncio.Abstr
     async def main() -> int:
         loop = asyncio.get_running_loop()
         # one choice of labelled exporters for all workers (an exporter's source ports can reach
-        # several): chosen here from their reports, every stats interval
+        # several): chosen here from their reports, every stats interval, and at once for new
+        # exporters a worker's snapshot holds (labels free)
         shared = SharedLabels(cfg.metrics_top_exporters, cfg.workers)
         agg = Aggregator(cfg.workers, shared)
         senders = {i: LabelSender(s) for i, s in label_socks.items()}
@@ -697,6 +698,12 @@ def _supervise(cfg: Config, enrich_cfg: Any, factory: Callable[[], asyncio.Abstr
                     agg.update(i, conn.recv())
             except (EOFError, OSError):
                 loop.remove_reader(conn.fileno())
+            if not stop.is_set():
+                send_labels()   # (a worker whose snapshot held new exporters waits for the answer)
+
+        def send_labels() -> None:
+            for w, frame in shared.frames().items():
+                senders[w].send(label_frame(*frame))
 
         for i, (_, conn) in children.items():
             loop.add_reader(conn.fileno(), reader, i, conn)
@@ -739,11 +746,9 @@ def _supervise(cfg: Config, enrich_cfg: Any, factory: Callable[[], asyncio.Abstr
             reap()
             if time.monotonic() - labels_at >= cfg.stats_interval:
                 labels_at = time.monotonic()
-                chosen = shared.tick()
-                if chosen is not None:
-                    frame = label_frame(*chosen)
-                    for sender in senders.values():
-                        sender.send(frame)
+                if shared.tick() is not None:
+                    shared.changed = True
+                    send_labels()
             if time.monotonic() - drops_read >= cfg.stats_interval:
                 drops_read = time.monotonic()
                 kernel_drops_now(agg, kernel_seen)

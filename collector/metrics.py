@@ -95,8 +95,8 @@ SERIES: dict[str, Series] = {s.name: s for s in [
            "minute, or went back and kept following on in sequence for a second (a process restarted on the same port); "
            "tracking starts over", ("exporter", "protocol")),
     Series("flowscope_exporters", "gauge", "Exporters (source addresses) with decoder state that sent since the start (those only "
-           "restored from the state file are not counted); with --workers N the workers' counts are added, "
-           "so an address whose source ports go to two workers counts twice", ()),
+           "restored from the state file are not counted); with --workers N each address once, however many "
+           "workers its source ports reach (as of the workers' latest snapshots)", ()),
     Series("flowscope_exporters_evicted", "counter", "Exporters forgotten because the table was full "
            "(--max-exporters) or their state too large (--max-exporter-state); the least recently seen go, their "
            "counters stay under exporter=\"other\"", ()),
@@ -345,6 +345,16 @@ class ExporterLabels:
         # carry also holds what moves with a label changing hands (keep_evicted).
         self._last: dict[str, tuple[Any, list[tuple[str, Labels, float]]]] = {}
         self._carry: dict[tuple[str, Labels], float] = {}
+        # following: exporters labelled with their address before the supervisor named them
+        # (their first datagrams here, labels free: see assign), until its answer to `ask`, the
+        # latest snapshot that held new ones, says which it named (`_decision`)
+        self.held: set[str] = set()
+        self.ask = 0
+        self._decision: set[str] | None = None
+        self._folded_now: list[str] = []   # for keep_evicted: held, then not named
+        # feed(): the exporters with datagrams the supervisor was told of (what the decoder's
+        # exporter_count() counts), so that it can count each address once over all workers
+        self._counted: set[str] = set()
 
     def keep_evicted(self, stats: dict[str, Any], out: Snapshot) -> None:
         """Apply the carry of named exporters evicted since the last call to `out` (built from
@@ -352,6 +362,13 @@ class ExporterLabels:
         assign(). An exporter evicted and back within one interval is told by its per-protocol
         dict, which a new decoder state replaces."""
         carry = self._carry
+        for exporter in self._folded_now:
+            # held, not named: the supervisor showed its counts in `other` meanwhile
+            # (SharedLabels.folded), where they are now; what was carried under its label too
+            self._last.pop(exporter, None)
+            for name, lab in [k for k in carry if k[1][0] == exporter]:
+                to = (name, (OTHER, *lab[1:]))
+                carry[to] = carry.get(to, 0) + carry.pop((name, lab))
         for exporter in self._unnamed_now:
             # its label's series end; what it had counted as of the last call is now in `other`
             # (under its address while in `stats`, else folded into the evicted exporters'),
@@ -378,24 +395,27 @@ class ExporterLabels:
                         carry[(name, lab)] = carry.get((name, lab), 0) - v
                         other = (OTHER, *lab[1:])
                         carry[(name, other)] = carry.get((name, other), 0) + v
-        self._named_now, self._unnamed_now = [], []
+        self._named_now, self._unnamed_now, self._folded_now = [], [], []
         last: dict[str, tuple[Any, list[tuple[str, Labels, float]]]] = {}
-        if self.named:
+        if self.named or self.held:
             for name in self.COUNTERS:
                 for lab, v in out.get(name, {}).items():
                     exporter = lab[0]
-                    if exporter in self.named and exporter in stats:
+                    if (exporter in self.named or exporter in self.held) and exporter in stats:
                         last.setdefault(exporter, (stats[exporter][3], []))[1].append((name, lab, v))
         self._last = last
         for (name, lab), v in carry.items():
             series = out.setdefault(name, {})
             series[lab] = series.get(lab, 0) + v
 
-    def follow(self, generation: int, named: Iterable[str]) -> None:
+    def follow(self, generation: int, named: Iterable[str], ask: int = 0, held_named: Iterable[str] = ()) -> None:
         """--workers N: label the exporters the supervisor chose (SharedLabels), from the next
-        assign() on; until the first call, none."""
+        assign() on; until the first call, none. `ask`, `held_named`: its answer to this
+        worker's latest snapshot that held exporters (feed), the ones of those it named."""
         self.choice = None
         self._imposed = (generation, frozenset(named))
+        if ask and ask == self.ask and self.held:
+            self._decision = set(held_named)
 
     @property
     def following(self) -> bool:
@@ -403,13 +423,26 @@ class ExporterLabels:
 
     def report(self) -> dict[str, tuple[int, int]]:
         """What the supervisor chooses from (SharedLabels.reported), bounded by the limit: of the
-        latest assign()'s senders, the named ones (still heard from) and the busiest others."""
+        latest assign()'s senders, the named ones (still heard from), the held ones and the
+        busiest others."""
         named = self._imposed[1] | self.named
-        out = {e: v for e, v in self.sent.items() if e in named}
-        others = ((-v[0], -v[1], e) for e, v in self.sent.items() if e not in named)
+        out = {e: v for e, v in self.sent.items() if e in named or e in self.held}
+        others = ((-v[0], -v[1], e) for e, v in self.sent.items() if e not in out)
         for _d, _n, e in heapq.nsmallest(self.limit, others):
             out[e] = self.sent[e]
         return out
+
+    def feed(self) -> tuple[int, dict[str, tuple[int, int]], list[str], int, list[str], list[str]]:
+        """--workers N: what a worker's snapshot tells the supervisor (LABELS): the generation
+        of the set it labels with, report(), the exporters held and the ask they are held for
+        (SharedLabels decides on them as it takes the snapshot in, and answers at once), and
+        the exporters with datagrams gained and forgotten since the previous call (the
+        decoder's table, bounded by --max-exporters, evicts the least recently seen), for the
+        count of distinct exporters over all workers (flowscope_exporters)."""
+        counted = {e for e, n in self._prev.items() if n > 0}
+        joined, left = counted - self._counted, self._counted - counted
+        self._counted = counted
+        return self.generation, self.report(), sorted(self.held), self.ask, sorted(joined), sorted(left)
 
     def assign(self, activity: dict[str, int]) -> dict[str, str]:
         """activity: exporter -> datagrams so far. Returns exporter -> label."""
@@ -421,18 +454,41 @@ class ExporterLabels:
                 # (fewer than before: evicted by the decoder and back, counting from 0 again)
                 sent[e] = (n - p if n > p else n, n)
         self.sent = sent
+        held = self.held
+        decided: set[str] = set()   # held, and named by the supervisor's answer
         if self.choice is not None:
             self.choice.choose(sent)
             named: set[str] | frozenset[str] = self.choice.named
         else:
             self.generation, named = self._imposed
-        for e in self.named - named:
+            if held and self._decision is not None:
+                decided = held & self._decision
+                self._folded_now.extend(held - self._decision)
+                held, self._decision = set(), None
+            free = self.limit - len(named | held)
+            if free > 0:
+                # An exporter's first datagrams here, with labels free: labelled with its address
+                # at once, and the supervisor decides (as it takes this snapshot in, before
+                # /metrics can show it) whether that is its label or `other` for them, then
+                # tells this worker (the answer to `ask`). So the label shows in the same scrape
+                # as its first counts, as with one worker; they went to `other` before (and stayed
+                # there), its label following a stats interval or two later: the supervisor chose
+                # once an interval, the workers applied that at their next snapshots.
+                new = [(-d, -n, e) for e, (d, n) in sent.items() if e not in named and e not in held
+                       and not prev.get(e, 0)]
+                if new:
+                    held = held | {e for _d, _n, e in heapq.nsmallest(free, new)}
+                    self.ask += 1
+                    self._decision = None
+        self.held = held
+        was = self.named | decided   # (labelled with their address already)
+        for e in was - named:
             self._unnamed_now.append(e)
-        for e in named - self.named:
-            if e in prev:
+        for e in named - was:
+            if e in prev and e not in held:   # (held: its label until the answer says)
                 self._named_now.append(e)
-        self.named = set(named)
-        return {e: (e if e in self.named else OTHER) for e in activity}
+        self.named = set(named) - held
+        return {e: (e if e in self.named or e in held else OTHER) for e in activity}
 
 
 class SharedLabels:
@@ -442,17 +498,25 @@ class SharedLabels:
     exporter restarted on a new port) reaches several workers; each choosing for itself, one
     labelled it and another counted it in `other`, and the labels named up to N times the limit.
 
-    Each worker's snapshot carries (LABELS) the generation of the set it labels with and its
-    senders since its previous snapshot (ExporterLabels.report: at most twice the limit);
-    tick(), every stats interval, chooses from all of them as one worker would (LabelChoice)
-    and returns the set for the workers when it changed. The workers apply a set at their own
+    Each worker's snapshot carries (LABELS, ExporterLabels.feed) the generation of the set it
+    labels with and its senders since its previous snapshot (ExporterLabels.report: bounded
+    by the limit); tick(), every stats interval, chooses from all of them as one worker
+    would (LabelChoice) and returns the set for the workers when it changed. A snapshot that
+    holds new exporters (labels free: labelled with their address, ExporterLabels.assign) is
+    decided on as it comes in (tick(), before a scrape can show it): those not named are shown
+    in `other` (folded) and the worker, answered at once (frames()), does the same from its next
+    snapshot on. The workers apply a set at their own
     next snapshots, each keeping its own carries (ExporterLabels.keep_evicted), so each worker's
     series never go back, and neither do their sums: a label handed out starts from 0 in each
     worker in turn. A label given up ends in all of them at once (Aggregator.merged shows only
     the `published` labels: a worker's part alone would be its series going back), and new
     labels are handed out only once every worker labels with a set without the ones given up:
     so an exporter's label that comes back later starts from 0 everywhere, and the labels
-    shown never name more exporters than the limit."""
+    shown never name more exporters than the limit.
+
+    The same feed tells which exporters each worker's decoder holds (flowscope_exporters): an
+    address reaching several workers is counted once (`exporters`). Each worker's table is
+    bounded by --max-exporters, so is its copy here."""
 
     def __init__(self, limit: int, workers: int, idle_after: float = LABEL_IDLE_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -463,6 +527,22 @@ class SharedLabels:
         self._gave_up = 0                 # the latest generation that took labels off
         self.applied: dict[int, int] = {}  # worker -> generation its latest snapshot labels with
         self._sent: dict[str, list[int]] = {}   # reported since the last tick(), summed
+        # worker -> what was decided for the exporters its latest snapshot held (named or not),
+        # and the ask they were held for; whether the set changed since frames() was last called,
+        # and the workers to answer
+        self._decided: dict[int, dict[str, bool]] = {}
+        self._asks: dict[int, int] = {}
+        self.changed = False
+        self._asked: set[int] = set()
+        # worker -> the exporters with datagrams its decoder's table holds; address -> in how
+        # many of those tables
+        self._tables: dict[int, set[str]] = {}
+        self._reach: dict[str, int] = {}
+
+    @property
+    def exporters(self) -> int:
+        """Distinct exporter addresses the workers' decoders hold that sent (flowscope_exporters)."""
+        return len(self._reach)
 
     def reported(self, worker: int, snap: Snapshot) -> None:
         """Take in a worker's snapshot (those without LABELS, starting or from one worker, are
@@ -470,12 +550,54 @@ class SharedLabels:
         entry = snap.get(LABELS)
         if not entry:
             return
-        generation, sent = entry[()]
+        generation, sent, held, ask, joined, left = entry[()]
         self.applied[worker] = generation
         for e, (d, n) in sent.items():
             acc = self._sent.setdefault(e, [0, 0])
             acc[0] += d
             acc[1] += n
+        if held:
+            # decided now, before a scrape shows this snapshot, and for good: what was shown
+            # under the label (or folded into `other`) stays there when the worker applies it
+            before = self._decided.get(worker, {})
+            if any(e not in before for e in held) and self.tick() is not None:
+                self.changed = True
+            self._decided[worker] = {e: before[e] if e in before else e in self.published for e in held}
+            self._asks[worker] = ask
+            self._asked.add(worker)
+        else:
+            self._decided.pop(worker, None)
+        mine = self._tables.setdefault(worker, set())
+        reach = self._reach
+        for e in left:
+            if e in mine:
+                mine.discard(e)
+                reach[e] -= 1
+                if not reach[e]:
+                    del reach[e]
+        for e in joined:
+            if e not in mine:
+                mine.add(e)
+                reach[e] = reach.get(e, 0) + 1
+
+    def folded(self, worker: int) -> set[str]:
+        """The exporters the worker's latest snapshot labels with their address, held, that
+        were not named: shown in `other` (Aggregator.merged), as the worker will show them."""
+        return {e for e, named in self._decided.get(worker, {}).items() if not named}
+
+    def frame(self, worker: int) -> tuple[int, list[str], int, list[str]]:
+        """What a worker follows (ExporterLabels.follow): the set, and the answer to its latest
+        snapshot that held exporters."""
+        decided = self._decided.get(worker, {})
+        return self.generation, sorted(self.published), self._asks.get(worker, 0), sorted(
+            e for e, named in decided.items() if named)
+
+    def frames(self) -> dict[int, tuple[int, list[str], int, list[str]]]:
+        """The frames to send since the last call: to every worker when the set changed, else to
+        those whose snapshot held exporters (they wait for the answer)."""
+        to = set(range(self.workers)) if self.changed else self._asked
+        self.changed, self._asked = False, set()
+        return {w: self.frame(w) for w in to}
 
     def tick(self) -> tuple[int, list[str]] | None:
         """Choose from what was reported since the last call: (generation, exporters) for the
@@ -563,13 +685,26 @@ def merge_into(total: Snapshot, snap: Snapshot) -> None:
                 dst[lab] = dst.get(lab, 0) + v
 
 
+def fold_into_other(snap: Snapshot, exporters: set[str]) -> Snapshot:
+    """`snap` with the exporter series of `exporters` under `other`."""
+    out = dict(snap)
+    for name in EXPORTER_SERIES:
+        values = snap.get(name)
+        if values and any(lab[0] in exporters for lab in values):
+            kept: Snapshot = {name: {lab: v for lab, v in values.items() if lab[0] not in exporters}}
+            for lab, v in values.items():
+                if lab[0] in exporters:
+                    merge_into(kept, {name: {(OTHER, *lab[1:]): v}})
+            out[name] = kept[name]
+    return out
+
+
 STARTING = "_starting"  # key of the snapshot a worker sends before its (possibly long) start-up
 FINAL = "_final"        # key of the snapshot a worker sends once stopped (listeners closed, queue counted)
 # key of a worker's snapshot listing its listeners' sockets: {(): [(listener, inode), ...]}, so
 # the supervisor can read their kernel drop counters itself (kernel_drops_now)
 SOCKETS = "_sockets"
-# key of a --workers N worker's snapshot for SharedLabels: {(): (generation of the exporter label
-# set it applied, ExporterLabels.report())}
+# key of a --workers N worker's snapshot for SharedLabels: {(): ExporterLabels.feed()}
 LABELS = "_labels"
 # A start-up longer than this is a hang after all (liveness restarts the pod): loading state
 # files takes seconds per million template fields
@@ -619,8 +754,9 @@ class Aggregator:
 
     def merged(self) -> Snapshot:
         total: Snapshot = {}
-        for snap in self.workers.values():
-            merge_into(total, snap)
+        for worker, snap in self.workers.items():
+            folded = self.labels.folded(worker) if self.labels is not None else None
+            merge_into(total, fold_into_other(snap, folded) if folded else snap)
         # A "min" series (every worker must say yes) that some worker reports: an expected worker
         # that does not (still starting, its informers not even started, or not reported yet)
         # has not said yes
@@ -635,6 +771,9 @@ class Aggregator:
             for name in EXPORTER_SERIES:
                 if name in total:
                     total[name] = {lab: v for lab, v in total[name].items() if lab[0] == OTHER or lab[0] in keep}
+            if "flowscope_exporters" in total:
+                # each address once, not once per worker its source ports reach
+                total["flowscope_exporters"] = {(): self.labels.exporters}
         merge_into(total, self.extra)
         return total
 

@@ -730,8 +730,9 @@ class Worker:
         lost here (a late datagram can no longer fill them); `final`: every gap still open is."""
         snap = decoder_series(self.decoder.series_stats(None if final else time.time()), self.labels)
         if self.labels.following:
-            # --workers N: the supervisor chooses the labels from every worker's senders
-            snap[LABELS] = {(): (self.labels.generation, self.labels.report())}
+            # --workers N: the supervisor chooses the labels from every worker's senders, and
+            # counts the exporters over all workers
+            snap[LABELS] = {(): self.labels.feed()}
         snap["flowscope_exporters"] = {(): self.decoder.exporter_count()}
         snap["flowscope_exporters_evicted"] = {(): self.decoder.evicted_exporters}
         snap["flowscope_exporter_state_bytes"] = {(): self.decoder.state_bytes}
