@@ -7,6 +7,9 @@ labels: the same exporter was labelled in one and `other` in another (its counts
 the two), and the labels named up to N times the limit. Now the supervisor chooses
 (metrics.SharedLabels) and /metrics shows what one worker would: at most the limit, each
 exporter's counts under one label, and no counter series going back when a label changes hands.
+As with one worker too: a new exporter's label shows with its first counts (they went to `other`,
+the label following a stats interval or two later), and flowscope_exporters counts addresses
+(the workers' counts were added: an address once per worker its ports reached).
 """
 
 from __future__ import annotations
@@ -270,6 +273,25 @@ def test_new_exporters_not_named_are_shown_in_other_from_the_start() -> None:
     assert sup.snapshot(1) == {a: 3, OTHER: 13}
     assert sup.snapshot(0) == {a: 4, OTHER: 13}
     assert sup.exporters() == 9   # a; b back, and 7 of the others on worker 1 (one evicted for b)
+
+
+def test_a_held_exporter_named_then_evicted_keeps_its_series() -> None:
+    """A new exporter labelled with its address (held) and named by the supervisor, then
+    evicted from its worker's decoder (--max-exporters 8: eight more exporters) before the
+    worker read the answer: its series stays at what it showed (carried, as for any labelled
+    exporter evicted), not gone from under the label, and goes on from there when it is back."""
+    a = "10.0.0.1"
+    sup = _Supervised(1, 1, max_exporters=8)
+    sup.send(0, a, 3)
+    assert sup.snapshot(0, read=False) == {a: 3}
+    for k in range(8):
+        sup.send(0, f"10.0.1.{k}", 1)
+    assert sup.snapshot(0, read=False) == {a: 3, OTHER: 8}
+    assert sup.decs[0].evicted_exporters == 1 and sup.labs[0].held == {a}
+    sup.read()
+    assert sup.snapshot(0) == {a: 3, OTHER: 8} and not sup.labs[0].held
+    sup.send(0, a, 2)
+    assert sup.snapshot(0) == {a: 5, OTHER: 8}
 
 
 def test_a_label_changing_hands_across_workers_never_goes_back() -> None:
