@@ -447,9 +447,14 @@ async def _worker_main(cfg: Config, index: int | None, enrich_cfg: Any,
 
     labels_changed = asyncio.Event()
     feed = LabelFeed(loop, labels, worker.labels, labels_changed) if labels is not None else None
+    # Set before the final snapshot. Cancelling the task is not enough: on Python 3.11 a
+    # wait_for() whose event was set (a label set read) as the task is cancelled returns
+    # instead of raising, and a snapshot sent after the final one made the supervisor take the
+    # worker for one that died after it ("what it received ... is not known").
+    stats_done = False
 
     async def stats() -> None:
-        while True:
+        while not stats_done:
             labels_changed.clear()
             try:
                 report(worker.snapshot())
@@ -470,6 +475,7 @@ async def _worker_main(cfg: Config, index: int | None, enrich_cfg: Any,
              "(up to %.1fs)", cfg.shutdown_timeout)
     stop_began = loop.time()
     await worker.stop()
+    stats_done = True
     stats_task.cancel()
     if feed is not None:
         feed.stop()
