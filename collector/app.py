@@ -330,7 +330,9 @@ def label_frame(generation: int, named: list[str], ask: int, held_named: list[st
 class LabelFeed:
     """A --workers N worker's end of the supervisor's exporter label sets (metrics.SharedLabels):
     the latest one read is followed from the worker's next snapshot, which `changed` asks for at
-    once (so a set is applied in every worker within moments, not a stats interval apart)."""
+    once (so a set is applied in every worker within moments, not a stats interval apart). Each
+    frame also carries the supervisor's answer about the new exporters this worker's latest
+    snapshot held (SharedLabels.frame)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, labels: ExporterLabels,
                  changed: asyncio.Event) -> None:
