@@ -4,7 +4,7 @@
 # field -> key table below is the single place output names live (README "Output" mirrors it).
 # Keys are written only when the record carried a value (fields with no value are omitted).
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_Check, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.object cimport PyObject
 from libc.stdio cimport snprintf
 from libc.string cimport strlen
@@ -423,8 +423,7 @@ FLAG_NAMES[:] = [b"FIN", b"SYN", b"RST", b"PSH", b"ACK", b"URG", b"ECE", b"CWR"]
 from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid
 
 from enrich.view cimport (VIEW_CAPSULE, EnrichParts, EnrichSlot, EnrichView, view_addr_eq, view_agent, view_hash,
-                          view_parts, view_prefetch, view_prefetch_parts, view_prefetch_parts_in, view_prefetch_set,
-                          view_set)
+                          view_parts_in, view_prefetch_parts, view_prefetch_parts_in, view_prefetch_set, view_set)
 
 cdef EnrichView* _ev = NULL
 cdef object _ev_owner = None     # the enricher whose capsule _ev came from (kept alive)
@@ -439,8 +438,23 @@ cdef bint _ag_ok = False         # _ag_node looked up (False: the lookup failed;
 cdef AgentMemo* _ag_memo = NULL  # the batch's exporter's memo (FlowBatch.exporter), NULL: none
 
 cdef Flow* _ev_first = NULL     # the batch's first flow to encode (enrich_batch's start)
-cdef EnrichSlot* _first_sets[2]  # ... its source's and destination's cache sets (prefetched)
+# ... and the cache sets of its flows' addresses from there (source's, destination's: flow k
+# from _ev_first at 2k), hashed once by enrich_batch for the prefetches and the lookups: each
+# address was hashed up to three times (the batch's prefetch, the parts' prefetch a flow ahead,
+# the lookup), ~20 instructions a flow. Flows past SETS_AHEAD (datagrams of more records than
+# that) are hashed where they are used.
+DEF SETS_AHEAD = 64              # (more prefetched at once would leave L1 before they are used)
+cdef EnrichSlot* _sets[2 * SETS_AHEAD]
+cdef Py_ssize_t _nsets = 0       # flows from _ev_first with sets in _sets
 cdef bint _last_counted = False  # enrich_into's last flow was counted in the view (snapshot below)
+# The view's eight tails (EnrichView.tails, by EnrichParts.ti) copied at attach time into slots of
+# TAIL_PAD bytes, so that a flow's tail is one fixed-size copy the compiler writes inline (a libc
+# call for ~40 bytes, with a reference taken and dropped around it, cost ~20 instructions a
+# flow); only when every tail fits (a long --cluster-name: the byte strings, copied as they are).
+DEF TAIL_PAD = 64
+cdef char _tail_pad[8][TAIL_PAD]
+cdef uint8_t _tail_len[8]
+cdef bint _tails_padded = False
 cdef long long _last_counts[8]   # the view's counts before that flow (EnrichView.counts)
 
 
@@ -453,7 +467,9 @@ cdef inline int v4mapped(const uint8_t* a) noexcept:
 
 
 cdef inline bint enrich_c(object enricher) noexcept:
-    return _ev != NULL and enricher is _ev_owner
+    # (_ev_owner is None or has set _ev, enrich_attach: where the caller has tested enricher
+    # against None already, as encode_flow has, the compiler drops the second test)
+    return enricher is not None and enricher is _ev_owner
 
 
 cdef void enrich_agent_node() noexcept:
@@ -478,16 +494,28 @@ cdef void enrich_agent_node() noexcept:
 cdef int enrich_attach(object enricher) except -1:
     """Take the enricher's C view when it has one (a new enricher: rare, so out of enrich_batch,
     which then holds no Python object of its own to release at every call)."""
-    global _ev, _ev_owner, _ev_epoch
+    global _ev, _ev_owner, _ev_epoch, _tails_padded
+    cdef int i
+    cdef PyObject* t
     _ev = NULL
     _ev_owner = None
     _ev_epoch += 1
+    _tails_padded = False
     getter = getattr(enricher, "c_api", None)
     if getter is not None:
         cap = getter()
         if PyCapsule_IsValid(cap, VIEW_CAPSULE):
             _ev = <EnrichView*>PyCapsule_GetPointer(cap, VIEW_CAPSULE)
             _ev_owner = enricher
+            _tails_padded = True
+            for i in range(8):
+                t = _ev.tails[i // 4][i % 4]
+                if not PyBytes_Check(<object>t) or PyBytes_GET_SIZE(<object>t) > TAIL_PAD:
+                    _tails_padded = False
+                    break
+                memset(_tail_pad[i], 0, TAIL_PAD)
+                memcpy(_tail_pad[i], PyBytes_AS_STRING(<object>t), PyBytes_GET_SIZE(<object>t))
+                _tail_len[i] = <uint8_t>PyBytes_GET_SIZE(<object>t)
     return 0
 
 
@@ -501,11 +529,9 @@ cdef int enrich_batch(FlowBatch bt, Py_ssize_t start, object enricher) except -1
     """Before encoding a batch's flows from `start`: use the enricher's C view when it has one,
     take the exporter's node (from its memo while the view has not moved, else looked up), and
     start loading the cache sets the first flows' lookups will read (so that those loads overlap
-    instead of stalling one by one)."""
-    global _ag, _aglen, _ev_first, _ag_memo, _ag_node, _ag_gen, _ag_ok
-    cdef Py_ssize_t i
-    cdef Flow* f
-    cdef int alen
+    instead of stalling one by one), keeping them in _sets."""
+    global _ag, _aglen, _ev_first, _ag_memo, _ag_node, _ag_gen, _ag_ok, _nsets
+    cdef Py_ssize_t i, n
     cdef AgentMemo* m
     if enricher is None:
         return 0
@@ -518,6 +544,7 @@ cdef int enrich_batch(FlowBatch bt, Py_ssize_t start, object enricher) except -1
         _aglen = 4
     _ev_first = NULL
     _ag_memo = NULL
+    _nsets = 0
     if _ev == NULL:
         return 0
     _ev_first = &bt.flows[start]
@@ -532,21 +559,31 @@ cdef int enrich_batch(FlowBatch bt, Py_ssize_t start, object enricher) except -1
         _ag_ok = True
     else:
         enrich_agent_node()
-    # the first flow's sets are kept for encode_flow's prefetch of its parts (no hashing again:
-    # at one record a datagram, Open vSwitch's, that is every flow)
-    alen = addr_len(_ev_first.af) if start < bt.n else 0
-    if alen > 0:
-        _first_sets[0] = view_set(_ev, view_hash(_ev_first.src, alen))
-        _first_sets[1] = view_set(_ev, view_hash(_ev_first.dst, alen))
-        view_prefetch_set(_first_sets[0])
-        view_prefetch_set(_first_sets[1])
-    for i in range(start + 1, min(bt.n, start + 64)):  # more would leave L1 before they are used
-        f = &bt.flows[i]
-        alen = addr_len(f.af)
-        if alen > 0:
-            view_prefetch(_ev, f.src, alen)
-            view_prefetch(_ev, f.dst, alen)
+    n = min(bt.n - start, SETS_AHEAD)
+    if n <= 0:
+        return 0
+    _nsets = n
+    flow_sets(_ev_first, _sets)   # (the first apart: one record a datagram, Open vSwitch's, runs no loop)
+    for i in range(1, n):
+        flow_sets(_ev_first + i, _sets + 2 * i)
     return 0
+
+
+cdef inline void flow_sets(Flow* f, EnrichSlot** out) noexcept:
+    """The flow's two cache sets into out[0] and out[1], their loads started (a flow without
+    addresses: never read, a valid set all the same)."""
+    cdef EnrichSlot* ss
+    cdef EnrichSlot* ds
+    if f.af == 4:    # (constant lengths: the hashes' branch folds)
+        ss, ds = view_set(_ev, view_hash(f.src, 4)), view_set(_ev, view_hash(f.dst, 4))
+    elif f.af == 6:
+        ss, ds = view_set(_ev, view_hash(f.src, 16)), view_set(_ev, view_hash(f.dst, 16))
+    else:
+        ss = ds = _ev.cache
+    out[0] = ss
+    out[1] = ds
+    view_prefetch_set(ss)
+    view_prefetch_set(ds)
 
 
 cdef void enrich_uncount() noexcept:
@@ -580,7 +617,10 @@ cdef int _enrich_into(Buf* o, FlowBatch bt, Flow* f, object enricher, int64_t t)
     cdef EnrichParts e
     cdef Py_ssize_t lt
     cdef char* p
-    cdef int ms, md
+    cdef int ms, md, alen, r
+    cdef Py_ssize_t k
+    cdef EnrichSlot* ss
+    cdef EnrichSlot* ds
     if f.af == 6:
         # IPv4-mapped addresses (::ffff:a.b.c.d) are their IPv4 addresses to the index (as
         # NetObserv reads them); the published text stays as exported
@@ -593,10 +633,34 @@ cdef int _enrich_into(Buf* o, FlowBatch bt, Flow* f, object enricher, int64_t t)
         # looked up as 0.0.0.0 or ::. Rare (a template with one address), so the Python call.
         return enrich_py(o, enricher, b"" if f.noaddr & NOADDR_SRC else (<bytes>f.src[:addr_len(f.af)]),
                          b"" if f.noaddr & NOADDR_DST else (<bytes>f.dst[:addr_len(f.af)]), f, t)
-    if enrich_c(enricher) and addr_len(f.af):
+    alen = <int>addr_len(f.af)
+    if enrich_c(enricher) and alen:
         if _ev.generation != _ag_gen:   # the index moved (between batches, or a miss let a writer in)
             enrich_agent_node()
-        if _ag_ok and view_parts(_ev, f.src, f.dst, addr_len(f.af), _ag_node, t, f.direction, &e) == 0:
+        k = f - _ev_first    # (its place in _sets)
+        if <size_t>k < <size_t>_nsets:
+            ss, ds = _sets[2 * k], _sets[2 * k + 1]
+        else:
+            ss, ds = view_set(_ev, view_hash(f.src, alen)), view_set(_ev, view_hash(f.dst, alen))
+        if not _ag_ok:
+            r = -1
+        elif alen == 4:    # (a constant length folds the lookups' compares: ~10 instructions a flow)
+            r = view_parts_in(_ev, ss, ds, f.src, f.dst, 4, _ag_node, t, f.direction, &e)
+        else:
+            r = view_parts_in(_ev, ss, ds, f.src, f.dst, 16, _ag_node, t, f.direction, &e)
+        if r == 0:
+            if _tails_padded:
+                buf_reserve(o, e.la + e.lb + TAIL_PAD)
+                p = o.p + o.n
+                if e.la:
+                    memcpy(p, e.a, e.la)
+                p += e.la
+                if e.lb:
+                    memcpy(p, e.b, e.lb)
+                p += e.lb
+                memcpy(p, _tail_pad[e.ti], TAIL_PAD)
+                o.n = p + _tail_len[e.ti] - o.p
+                return 0
             lt = PyBytes_GET_SIZE(<bytes>e.tail)
             buf_reserve(o, e.la + e.lb + lt)
             p = o.p + o.n
@@ -745,9 +809,14 @@ cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char*
     cdef const char* name
     cdef const uint8_t* data = <const uint8_t*>PyBytes_AS_STRING(bt.data)
     cdef Flow* nx = f + 1
+    cdef Py_ssize_t k
     if enricher is not None and enrich_c(enricher) and nx < bt.flows + bt.n and addr_len(nx.af):
         # the next flow's fragments start loading while this one is written (view.pxd)
-        view_prefetch_parts(_ev, nx.src, nx.dst, addr_len(nx.af))
+        k = nx - _ev_first
+        if <size_t>k < <size_t>_nsets:
+            view_prefetch_parts_in(_sets[2 * k], _sets[2 * k + 1], nx.src, nx.dst, addr_len(nx.af))
+        else:
+            view_prefetch_parts(_ev, nx.src, nx.dst, addr_len(nx.af))
     buf_reserve(o, 1024)
     buf_put(o, head, head_len)   # {"FlowProtocol":..,"AgentIP":..: the same for the whole batch
     if f.af:
@@ -814,7 +883,7 @@ cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char*
         # record a datagram, Open vSwitch's, that is every flow): its cache sets, prefetched by
         # enrich_batch, have come in by now, so the parts they point to can start loading for
         # the copy at the end
-        view_prefetch_parts_in(_first_sets[0], _first_sets[1], f.src, f.dst, addr_len(f.af))
+        view_prefetch_parts_in(_sets[0], _sets[1], f.src, f.dst, addr_len(f.af))
     if f.sampling:
         buf_put(o, ",\"Sampling\":", 12)
         buf_uint(o, f.sampling)

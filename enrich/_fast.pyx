@@ -278,6 +278,11 @@ cdef class Reader:
         self.entries[k] = NULL
         slot.text = NULL
         slot.alen = 0  # not valid until filled
+        # nobody's, until a holder says otherwise: how view_combine reads a slot without text
+        slot.node = NULL
+        slot.infra = 0
+        slot.kind = VIEW_KIND_NONE
+        slot.src_len = slot.dst_len = 0
         if p is NULL:
             slot.lo = -(1LL << 62)
             slot.hi = 1LL << 62
@@ -349,6 +354,7 @@ cdef class Reader:
         cdef EnrichSlot* victim = &self.view.cache[o]
         victim.alen = 0
         victim.text = NULL
+        victim.src_len = victim.dst_len = 0   # (nobody's, as fill leaves a slot without text)
         self.block_of[o] = NULL
         Py_XDECREF(self.entries[o])
         self.entries[o] = NULL

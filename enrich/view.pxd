@@ -47,7 +47,9 @@ cdef extern from *:
     typedef struct EnrichSlot {
         unsigned char addr[16];
         long long lo, hi;        /* the slot answers for flow starts in [lo, hi) */
-        const char* text;        /* the holder's source part, then its destination part; NULL: nobody holds the address */
+        const char* text;        /* the holder's source part, then its destination part; NULL: nobody holds the
+                                    address (then node NULL, infra 0, kind FS_KIND_NONE and the lengths 0:
+                                    fs_view_combine reads such a slot without a test) */
         PyObject* node;          /* interned node name, NULL: none */
         unsigned int gen;        /* low 32 bits of the view's generation when filled (the reader
                                     empties every slot's interval when the high bits move: Reader.moved) */
@@ -59,12 +61,14 @@ cdef extern from *:
     _Static_assert(sizeof(EnrichSlot) == 64, "EnrichSlot: one cache line");
 
     /* What the output rule gives for a flow: the source part and the destination part (text
-       and length; NULL and 0 when unknown) and the tail (a borrowed byte string). */
+       and length; NULL and 0 when unknown) and the tail (a borrowed byte string; ti: its place
+       in EnrichView.tails read as one array, layer bit * 4 + direction + 1). */
     typedef struct EnrichParts {
         const char* a;
         const char* b;
         Py_ssize_t la, lb;
         PyObject* tail;
+        int ti;
     } EnrichParts;
 
     /* The reader's slow paths (called with the GIL held). miss: refill a way of the set at
@@ -135,10 +139,6 @@ cdef extern from *:
         __builtin_prefetch(s + 1);
     }
 
-    FS_ALWAYS_INLINE void fs_view_prefetch(EnrichView* v, const unsigned char* addr, int alen) {
-        fs_view_prefetch_set(fs_view_set(v, fs_view_hash(addr, alen)));
-    }
-
     FS_ALWAYS_INLINE int fs_view_addr_eq(const unsigned char* x, const unsigned char* y, int n) {
         if (n == 4) {
             uint32_t c, d;
@@ -170,12 +170,12 @@ cdef extern from *:
 
     /* Start loading the parts a coming flow's lookups will most likely copy: the ones its
        addresses' cache slots hold now (the slots' first lines were prefetched at the batch's
-       start, fs_view_prefetch). No validity checks: a wrong guess is a wasted prefetch, never a
+       start, fs_view_prefetch_set). No validity checks: a wrong guess is a wasted prefetch, never a
        read. Why: with a few thousand busy pods and the 1 MiB record batch streaming through L2,
        every copy started with misses. */
     FS_ALWAYS_INLINE void fs_view_prefetch_parts_in(EnrichSlot* s, EnrichSlot* d, const unsigned char* src,
                                                     const unsigned char* dst, int alen) {
-        if (!fs_view_addr_eq(s->addr, src, alen)) s++;   /* (ways 0 and 1: see fs_view_prefetch) */
+        if (!fs_view_addr_eq(s->addr, src, alen)) s++;   /* (ways 0 and 1: see fs_view_prefetch_set) */
         if (!fs_view_addr_eq(d->addr, dst, alen)) d++;
         fs_view_prefetch_text(s->text);
         fs_view_prefetch_text(d->text + d->src_len);
@@ -189,24 +189,30 @@ cdef extern from *:
 
     /* The slot describing the holder of addr (4 or 16 bytes) at flow start t (text NULL:
        nobody holds it); NULL on an error. A hit is a hash and a few compares; a miss calls the
-       reader. Four-way set associative: a few thousand busy addresses in a direct-mapped table
-       share slots often enough (17% of 3,000 in 16,384 slots) to keep evicting each other; in
-       8,192 sets of two ways the sets holding three or more still made 1.6% of the lookups
-       miss (each a trip through the index, a microsecond or more: 100 ns a flow end to end,
-       thirty-fifth session); in 4,096 sets of four, 0.2% measured (0.1% by Poisson). */
-    FS_ALWAYS_INLINE EnrichSlot* fs_view_resolve(EnrichView* v, const unsigned char* addr, int alen, long long t,
-                                                 EnrichSlot* avoid) {
-        unsigned long long h = fs_view_hash(addr, alen);
-        EnrichSlot* s = fs_view_set(v, h);
+       reader. fs_view_resolve_in takes the set (fs_view_set) from a caller that has it already
+       (the encoder hashes a batch's addresses once, decoders/encode.pxi enrich_batch; a miss,
+       rare, hashes again for the reader). Four-way set associative: a few thousand busy
+       addresses in a direct-mapped table share slots often enough (17% of 3,000 in 16,384
+       slots) to keep evicting each other; in 8,192 sets of two ways the sets holding three or
+       more still made 1.6% of the lookups miss (each a trip through the index, a microsecond or
+       more: 100 ns a flow end to end, thirty-fifth session); in 4,096 sets of four, 0.2%
+       measured (0.1% by Poisson). */
+    FS_ALWAYS_INLINE EnrichSlot* fs_view_resolve_in(EnrichView* v, EnrichSlot* s, const unsigned char* addr, int alen,
+                                                    long long t, EnrichSlot* avoid) {
         unsigned int gen = (unsigned int)v->generation;
         if (!fs_view_hit(s, gen, addr, alen, t)) {
             if (fs_view_hit(s + 1, gen, addr, alen, t)) s += 1;
             else if (fs_view_hit(s + 2, gen, addr, alen, t)) s += 2;
             else if (fs_view_hit(s + 3, gen, addr, alen, t)) s += 3;
-            else return v->miss(v->reader, s, h, addr, alen, t, avoid);
+            else return v->miss(v->reader, s, fs_view_hash(addr, alen), addr, alen, t, avoid);
         }
         v->counts[FS_HITS]++;
         return s;
+    }
+
+    FS_ALWAYS_INLINE EnrichSlot* fs_view_resolve(EnrichView* v, const unsigned char* addr, int alen, long long t,
+                                                 EnrichSlot* avoid) {
+        return fs_view_resolve_in(v, fs_view_set(v, fs_view_hash(addr, alen)), addr, alen, t, avoid);
     }
 
     /* The interned node name of an exporter address (4 or 16 bytes), borrowed; NULL when it
@@ -236,39 +242,31 @@ cdef extern from *:
     /* The output rule of enrich.index.Index.enrich over resolved slots (s or d NULL: no
        address): the source part, the destination part (each NULL, length 0, when unknown) and
        the tail. Node names are interned by the index: the same node is the same object (pointer
-       compares). agent_node: the exporter's node (view.agent), NULL when unknown. */
+       compares). agent_node: the exporter's node (view.agent), NULL when unknown.
+       A slot nobody holds reads as nobody's without a test of its own: text and node NULL,
+       lengths and layer bit 0, kind FS_KIND_NONE (enrich._fast Reader.fill keeps that so); an
+       absent side reads as such a slot, uncounted. (A branch a side and a part, ~10
+       instructions a flow in the encoder, where both sides are always there.) */
     static inline void fs_view_combine(EnrichView* v, const EnrichSlot* s, const EnrichSlot* d,
                                        PyObject* agent_node, int direction, EnrichParts* out) {
-        PyObject* sn = NULL;
-        PyObject* dn = NULL;
-        int layer = 0, fd;
-        int sh = s != NULL && s->text != NULL;
-        int dh = d != NULL && d->text != NULL;
+        static const EnrichSlot absent;   /* (zeroes: nobody) */
+        PyObject* sn;
+        PyObject* dn;
+        int layer, fd;
+        if (s == NULL) s = &absent;
+        else v->counts[s->kind]++;
+        if (d == NULL) d = &absent;
+        else v->counts[d->kind]++;
         if (direction < -1 || direction > 2) direction = -1;
-        out->a = NULL;
-        out->b = NULL;
-        out->la = 0;
-        out->lb = 0;
-        if (s != NULL) v->counts[sh ? s->kind : FS_KIND_NONE]++;
-        if (d != NULL) v->counts[dh ? d->kind : FS_KIND_NONE]++;
-        if (!sh && !dh) {
-            v->counts[FS_UNIDENTIFIED]++;
-            out->tail = v->tails[0][direction + 1];  /* no side's layer bit (app, or infra under netobserv) */
-            return;
-        }
-        v->counts[FS_IDENTIFIED]++;
-        if (sh) {
-            out->a = s->text;
-            out->la = s->src_len;
-            sn = s->node;
-            if (s->infra) layer = 1;
-        }
-        if (dh) {
-            out->b = d->text + d->src_len;
-            out->lb = d->dst_len;
-            dn = d->node;
-            if (d->infra) layer = 1;
-        }
+        v->counts[(s->text != NULL || d->text != NULL) ? FS_IDENTIFIED : FS_UNIDENTIFIED]++;
+        out->a = s->text;
+        out->la = s->src_len;
+        /* (integer arithmetic: nobody's text is NULL, and NULL + 0 is not C) */
+        out->b = (const char*)((uintptr_t)d->text + d->src_len);
+        out->lb = d->dst_len;
+        sn = s->node;
+        dn = d->node;
+        layer = (s->infra | d->infra) != 0;   /* no side's layer bit: app, or infra under netobserv */
         /* NetObserv's reinterpretDirection: same node -> inner; otherwise egress when the
            exporter is the source's node, ingress when it is the destination's. */
         if (sn != NULL && sn == dn) fd = 2;
@@ -276,19 +274,21 @@ cdef extern from *:
         else if (agent_node == sn) fd = 1;
         else if (agent_node == dn) fd = 0;
         else fd = direction;
+        out->ti = 4 * layer + fd + 1;
         out->tail = v->tails[layer][fd + 1];
     }
 
-    /* enrich.index.Index.enrich for two addresses of alen (4 or 16) bytes, as two texts and a
-       borrowed byte string to concatenate (out). 0, or -1 on an error (the reader's enrich()
-       raises it). A miss on the destination never refills the source's slot (its answer is
-       read from that slot). */
-    FS_ALWAYS_INLINE int fs_view_parts(EnrichView* v, const unsigned char* src, const unsigned char* dst, int alen,
-                                       PyObject* agent_node, long long t, int direction, EnrichParts* out) {
-        EnrichSlot* s = fs_view_resolve(v, src, alen, t, NULL);
+    /* enrich.index.Index.enrich for two addresses of alen (4 or 16) bytes whose cache sets
+       (fs_view_set) are ss and ds, as two texts and a borrowed byte string to concatenate (out).
+       0, or -1 on an error (the reader's enrich() raises it). A miss on the destination never
+       refills the source's slot (its answer is read from that slot). */
+    FS_ALWAYS_INLINE int fs_view_parts_in(EnrichView* v, EnrichSlot* ss, EnrichSlot* ds, const unsigned char* src,
+                                          const unsigned char* dst, int alen, PyObject* agent_node, long long t,
+                                          int direction, EnrichParts* out) {
+        EnrichSlot* s = fs_view_resolve_in(v, ss, src, alen, t, NULL);
         EnrichSlot* d;
         if (s == NULL) return -1;
-        d = fs_view_resolve(v, dst, alen, t, s);
+        d = fs_view_resolve_in(v, ds, dst, alen, t, s);
         if (d == NULL) return -1;
         fs_view_combine(v, s, d, agent_node, direction, out);
         return 0;
@@ -330,6 +330,7 @@ cdef extern from *:
         Py_ssize_t la
         Py_ssize_t lb
         PyObject* tail
+        int ti
 
     ctypedef EnrichSlot* (*view_miss_fn)(void* reader, EnrichSlot* base, unsigned long long h,
                                          const unsigned char* addr, int alen, long long t,
@@ -357,7 +358,6 @@ cdef extern from *:
     bint view_addr_eq "fs_view_addr_eq"(const unsigned char* x, const unsigned char* y, int n) noexcept nogil
     EnrichSlot* view_set "fs_view_set"(EnrichView* v, unsigned long long h) noexcept nogil
     void view_prefetch_set "fs_view_prefetch_set"(EnrichSlot* s) noexcept nogil
-    void view_prefetch "fs_view_prefetch"(EnrichView* v, const unsigned char* addr, int alen) noexcept nogil
     void view_prefetch_parts "fs_view_prefetch_parts"(EnrichView* v, const unsigned char* src,
                                                        const unsigned char* dst, int alen) noexcept nogil
     void view_prefetch_parts_in "fs_view_prefetch_parts_in"(EnrichSlot* s, EnrichSlot* d, const unsigned char* src,
@@ -366,7 +366,10 @@ cdef extern from *:
     PyObject* view_agent "fs_view_agent"(EnrichView* v, const unsigned char* agent, int aglen, int* failed) noexcept
     EnrichSlot* view_resolve "fs_view_resolve"(EnrichView* v, const unsigned char* addr, int alen, long long t,
                                                EnrichSlot* avoid) noexcept
+    EnrichSlot* view_resolve_in "fs_view_resolve_in"(EnrichView* v, EnrichSlot* s, const unsigned char* addr, int alen,
+                                                     long long t, EnrichSlot* avoid) noexcept
     void view_combine "fs_view_combine"(EnrichView* v, const EnrichSlot* s, const EnrichSlot* d,
                                         PyObject* agent_node, int direction, EnrichParts* out) noexcept
-    int view_parts "fs_view_parts"(EnrichView* v, const unsigned char* src, const unsigned char* dst, int alen,
-                                   PyObject* agent_node, long long t, int direction, EnrichParts* out) noexcept
+    int view_parts_in "fs_view_parts_in"(EnrichView* v, EnrichSlot* ss, EnrichSlot* ds, const unsigned char* src,
+                                         const unsigned char* dst, int alen, PyObject* agent_node, long long t,
+                                         int direction, EnrichParts* out) noexcept
