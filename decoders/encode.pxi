@@ -450,7 +450,8 @@ cdef bint _last_counted = False  # enrich_into's last flow was counted in the vi
 # The view's eight tails (EnrichView.tails, by EnrichParts.ti) copied at attach time into slots of
 # TAIL_PAD bytes, so that a flow's tail is one fixed-size copy the compiler writes inline (a libc
 # call for ~40 bytes, with a reference taken and dropped around it, cost ~20 instructions a
-# flow); only when every tail fits (a long --cluster-name: the byte strings, copied as they are).
+# flow); only when every tail fits: with a --cluster-name the longest ones (infra, FlowDirection
+# 2: 42 bytes without it) pass 64, and the byte strings are copied as they are.
 DEF TAIL_PAD = 64
 cdef char _tail_pad[8][TAIL_PAD]
 cdef uint8_t _tail_len[8]
