@@ -1074,12 +1074,15 @@ class KafkaSink(Sink):
         (_advertised_problem), or hung (_probe_leaders)."""
         return self._adv_bad | set(self._hung)
 
-    def unreachable_partitions(self) -> list[int]:
+    def unreachable_partitions(self, leaders: dict[int, int] | None = None) -> list[int]:
         """The flows topic's partitions whose leader cannot be reached (_cut_off), for the metric
         and the log: their flows wait in the queue (keyed modes: counted as queue_full or shutdown
-        if they never go) or go to the other partitions (key none)."""
+        if they never go) or go to the other partitions (key none). `leaders`: _leaders(), where
+        the caller has it already."""
         cut = self._cut_off()
-        return sorted(p for p, n in self._leaders().items() if n in cut) if cut else []
+        if not cut:
+            return []
+        return sorted(p for p, n in (self._leaders() if leaders is None else leaders).items() if n in cut)
 
     def unreachable(self) -> str:
         """Why no leader of the flows topic's partitions can be reached, as the latest checks
@@ -1183,10 +1186,12 @@ class KafkaSink(Sink):
 
     def _say_unreachable(self) -> None:
         """The log line for unreachable_partitions() (at most every LEADERS_LOG_S)."""
-        parts = self.unreachable_partitions()
-        if not parts:
+        if not self._cut_off():
             return
         leaders = self._leaders()
+        parts = self.unreachable_partitions(leaders)
+        if not parts:
+            return
         nodes = sorted({leaders[p] for p in parts})
         why = "; ".join(self._adv_why.get(n) or self._hung.get(n) or f"node {n}" for n in nodes)
         fate = ("nothing can be produced (/readyz is unready)" if len(parts) == len(leaders) else
