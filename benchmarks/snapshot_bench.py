@@ -1,10 +1,12 @@
 """What building the metrics snapshot costs the event loop, by number of exporters.
 
-    python -m benchmarks.snapshot_bench [--exporters 1000,10000,16384,65536]
+    python -m benchmarks.snapshot_bench [--exporters 1000,10000,16384,65536] [--following] [--snapshots 5]
 
 Worker.snapshot() runs on the event loop every --stats-interval and walks every exporter the
 decoder holds state for; while it runs no datagram is read. One NetFlow v5 datagram from each of
-N addresses, then the mean time of five snapshots (file sink, no Kafka).
+N addresses, then the mean time of five snapshots (file sink, no Kafka). --following: the
+worker's labels follow a supervisor's choice, as with `flowscope run --workers N` (each snapshot
+then carries the label channel, ExporterLabels.feed).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import time
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--exporters", default="1000,10000,16384,65536", help="comma list of exporter counts")
+    ap.add_argument("--following", action="store_true", help="as a --workers N worker (the label channel)")
+    ap.add_argument("--snapshots", type=int, default=5, help="snapshots timed at each count")
     a = ap.parse_args()
     from benchmarks.datagrams import v5_datagram, v5_records
     from collector import config
@@ -32,13 +36,15 @@ def main() -> None:
     print("|---:|---:|")
     for n in counts:
         w = Worker(config.load(None, environ=env))
+        if a.following:
+            w.labels.follow(1, [], 0)
         for i in range(n):
             w.decode(d, f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}", 2055, time.time())
         w.snapshot()
         t = time.perf_counter()
-        for _ in range(5):
+        for _ in range(a.snapshots):
             w.snapshot()
-        print(f"| {n:,} | {1000 * (time.perf_counter() - t) / 5:.1f} |")
+        print(f"| {n:,} | {1000 * (time.perf_counter() - t) / max(1, a.snapshots):.1f} |")
 
 
 if __name__ == "__main__":

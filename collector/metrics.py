@@ -352,9 +352,6 @@ class ExporterLabels:
         self.ask = 0
         self._decision: set[str] | None = None
         self._folded_now: list[str] = []   # for keep_evicted: held, then not named
-        # feed(): the exporters with datagrams the supervisor was told of (what the decoder's
-        # exporter_count() counts), so that it can count each address once over all workers
-        self._counted: set[str] = set()
 
     def keep_evicted(self, stats: dict[str, Any], out: Snapshot) -> None:
         """Apply the carry of named exporters evicted since the last call to `out` (built from
@@ -432,16 +429,15 @@ class ExporterLabels:
             out[e] = self.sent[e]
         return out
 
-    def feed(self) -> tuple[int, dict[str, tuple[int, int]], list[str], int, list[str], list[str]]:
+    def feed(self, joined: list[str], left: list[str]
+             ) -> tuple[int, dict[str, tuple[int, int]], list[str], int, list[str], list[str]]:
         """--workers N: what a worker's snapshot tells the supervisor (LABELS): the generation
         of the set it labels with, report(), the exporters held and the ask they are held for
         (SharedLabels decides on them as it takes the snapshot in, and answers at once), and
-        the exporters with datagrams gained and forgotten since the previous call (the
-        decoder's table, bounded by --max-exporters, evicts the least recently seen), for the
-        count of distinct exporters over all workers (flowscope_exporters)."""
-        counted = {e for e, n in self._prev.items() if n > 0}
-        joined, left = counted - self._counted, self._counted - counted
-        self._counted = counted
+        `joined`, `left`: the exporters with datagrams gained and forgotten since the previous
+        call (Decoder.exporters_changed: the decoder's table, bounded by --max-exporters, evicts
+        the least recently seen), for the count of distinct exporters over all workers
+        (flowscope_exporters)."""
         return self.generation, self.report(), sorted(self.held), self.ask, sorted(joined), sorted(left)
 
     def assign(self, activity: dict[str, int]) -> dict[str, str]:
@@ -704,7 +700,7 @@ FINAL = "_final"        # key of the snapshot a worker sends once stopped (liste
 # key of a worker's snapshot listing its listeners' sockets: {(): [(listener, inode), ...]}, so
 # the supervisor can read their kernel drop counters itself (kernel_drops_now)
 SOCKETS = "_sockets"
-# key of a --workers N worker's snapshot for SharedLabels: {(): ExporterLabels.feed()}
+# key of a --workers N worker's snapshot for SharedLabels: {(): ExporterLabels.feed(*Decoder.exporters_changed())}
 LABELS = "_labels"
 # A start-up longer than this is a hang after all (liveness restarts the pod): loading state
 # files takes seconds per million template fields

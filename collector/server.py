@@ -732,7 +732,7 @@ class Worker:
         if self.labels.following:
             # --workers N: the supervisor chooses the labels from every worker's senders, and
             # counts the exporters over all workers
-            snap[LABELS] = {(): self.labels.feed()}
+            snap[LABELS] = {(): self.labels.feed(*self.decoder.exporters_changed())}
         snap["flowscope_exporters"] = {(): self.decoder.exporter_count()}
         snap["flowscope_exporters_evicted"] = {(): self.decoder.evicted_exporters}
         snap["flowscope_exporter_state_bytes"] = {(): self.decoder.state_bytes}

@@ -74,6 +74,9 @@ cdef class Decoder:
     cdef ExporterState evicted        # counters of evicted exporters, folded (see evict())
     cdef public Py_ssize_t max_state_bytes
     cdef readonly Py_ssize_t state_bytes      # of all exporters' state beside templates (estimated)
+    # exporters_changed(): None until its first call, then exporter -> True (gained: sent its
+    # first datagram) or False (forgotten: evicted after sending) since its previous call
+    cdef dict _changed
 
     def __init__(self, config=None):
         from decoders.config import DecoderConfig
@@ -153,12 +156,37 @@ cdef class Decoder:
             del self.exporters[ex.ip]
             if ex.datagrams:
                 seen += 1
+                if self._changed is not None:
+                    self.note_changed(ex.ip, False)
         # Exporters only loaded from a state file and never heard from (with --workers N every
         # worker loads every file; they go first, never seen) are not counted as evicted
         self.evicted_exporters += seen
         if seen:
             self.log_limited("exporter_limit", "*", f"{why}: forgot the {len(oldest)} seen least recently "
                              f"(counted in flowscope_exporters_evicted_total)")
+
+    cdef void note_changed(self, str ip, bint gained):
+        """For exporters_changed(): `ip` joined or left the exporters that sent. Its changes
+        alternate, so a second one since the last call takes the first back."""
+        if ip in self._changed:
+            del self._changed[ip]
+        else:
+            self._changed[ip] = gained
+
+    def exporters_changed(self):
+        """(gained, forgotten), sorted: the exporters that sent this process a datagram (those
+        exporter_count() counts) gained and forgotten (evicted) since the previous call, so a
+        caller keeps that set without a walk over every exporter each time; the first call gives
+        all of them, gained, and starts the tracking. An exporter gained and forgotten between
+        two calls (or forgotten and back) is in neither: what is kept is bounded by the table
+        (at most max_exporters of each)."""
+        cdef ExporterState ex
+        cdef dict changed = self._changed
+        self._changed = {}
+        if changed is None:
+            return sorted([ip for ip, ex in self.exporters.items() if ex.datagrams]), []
+        return (sorted([ip for ip, g in changed.items() if g]),
+                sorted([ip for ip, g in changed.items() if not g]))
 
     def exporter_count(self):
         """Exporters with state that sent this process a datagram (not those only loaded from a
@@ -235,6 +263,8 @@ cdef class Decoder:
         b.agent_af = ex.af
         memcpy(b.agent, ex.addr, 16)
         b.exporter = ex
+        if not ex.datagrams and self._changed is not None:
+            self.note_changed(exporter, True)
         ex.datagrams += 1
         version = be16(buf) if n >= 4 else 0
         # Per-protocol counters: one exporter (an OVS node) often sends IPFIX, sFlow and NetFlow.
