@@ -564,30 +564,32 @@ def test_an_oversize_watch_event_is_counted_and_the_watch_resumes(seeded: FakeKu
     assert len(msgs) == 1 and msgs[0].startswith("enrich: pods informer: watch pods sent an event line"), msgs
 
 
+def _failing(e: enrich.Enricher, kind: str) -> float:
+    """flowscope_enrich_stat{stat="kinds_<kind>_failing"}, as /metrics shows it."""
+    from collector.server import enrich_series
+
+    return enrich_series(e)["flowscope_enrich_stat"][(f"kinds_{kind}_failing",)]
+
+
 def test_an_informer_failing_to_reach_the_api_server_shows_in_a_gauge(seeded: FakeKube, kubeconfig: str) -> None:
     """While an informer's lists and watches fail it serves its last cache and stays synced (and
     /readyz ready): flowscope_enrich_stat{stat="kinds_<kind>_failing"} is 1 then, and 0 again once
     a watch works; before, only a rising errors count told the API server was gone."""
-    from collector.server import enrich_series
-
     e = enrich.Enricher(fast_config(kubeconfig))
     e.start()
     try:
         assert e.wait_ready(10)
 
-        def failing() -> float:
-            return enrich_series(e)["flowscope_enrich_stat"][("kinds_pods_failing",)]
-
-        wait_for(lambda: failing() == 0, what="pods watching, not failing")
+        wait_for(lambda: _failing(e, "pods") == 0, what="pods watching, not failing")
         seeded.fail("pods", "watch", "error500")
         seeded.fail("pods", "list", "error500")
         seeded.drop_watches("pods")
-        wait_for(lambda: failing() == 1, what="the pods informer failing")
-        assert e.stats()["kinds"]["pods"]["synced"] and failing() == 1
-        assert enrich_series(e)["flowscope_enrich_stat"][("kinds_nodes_failing",)] == 0
+        wait_for(lambda: _failing(e, "pods") == 1, what="the pods informer failing")
+        assert e.stats()["kinds"]["pods"]["synced"] and _failing(e, "pods") == 1
+        assert _failing(e, "nodes") == 0
         seeded.clear("pods", "watch")
         seeded.clear("pods", "list")
-        wait_for(lambda: failing() == 0, what="the pods informer recovered")
+        wait_for(lambda: _failing(e, "pods") == 0, what="the pods informer recovered")
     finally:
         e.stop()
 
@@ -597,8 +599,6 @@ def test_a_reconnected_watch_is_not_failing_before_its_first_event(seeded: FakeK
     is cut after working a while, and the reconnect's stream opens and stays quiet: the API
     server answered it (200, the stream open), so kinds_nodes_failing is 0 again at once, not
     after the stream's first event, a minute later (an alert on it kept firing that long)."""
-    from collector.server import enrich_series
-
     # a watch that neither times out nor sends a bookmark while the test runs; a backoff long
     # enough for the failing state to be seen before the reconnect
     e = enrich.Enricher(fast_config(kubeconfig, watch_timeout_seconds=600, backoff_initial_seconds=2.0,
@@ -607,19 +607,16 @@ def test_a_reconnected_watch_is_not_failing_before_its_first_event(seeded: FakeK
     try:
         assert e.wait_ready(10)
 
-        def failing() -> float:
-            return enrich_series(e)["flowscope_enrich_stat"][("kinds_nodes_failing",)]
-
         wait_for(lambda: seeded.watchers["nodes"] >= 1, what="nodes watch open")
-        assert failing() == 0
+        assert _failing(e, "nodes") == 0
         time.sleep(1.5)   # the watch works a while (over 1 s from when the informer saw it open), then is cut
         watches = seeded.count(kind="nodes", verb="watch")
         events = dict(e.stats()["kinds"]["nodes"]["events"])
         seeded.drop_watches("nodes")
-        wait_for(lambda: failing() == 1, what="the cut nodes watch failing")
+        wait_for(lambda: _failing(e, "nodes") == 1, what="the cut nodes watch failing")
         wait_for(lambda: seeded.count(kind="nodes", verb="watch") > watches and seeded.watchers["nodes"] >= 1,
                  timeout=15, what="the nodes watch reconnected")
-        wait_for(lambda: failing() == 0, timeout=15, what="the reconnected (quiet) watch not failing")
+        wait_for(lambda: _failing(e, "nodes") == 0, timeout=15, what="the reconnected (quiet) watch not failing")
         st = e.stats()["kinds"]["nodes"]
         # nothing came on the new stream: its opening alone cleared the failing state
         assert st["events"] == events and seeded.watchers["nodes"] >= 1, st
@@ -632,8 +629,6 @@ def test_a_relist_that_works_after_failures_is_not_failing(seeded: FakeKube, kub
     """The other way back: a relist refused (500) then answered clears the failing state by
     itself, before the watch after it is even answered (held here in the server)."""
     import threading
-
-    from collector.server import enrich_series
 
     e = enrich.Enricher(fast_config(kubeconfig))
     gate = threading.Event()
@@ -656,7 +651,7 @@ def test_a_relist_that_works_after_failures_is_not_failing(seeded: FakeKube, kub
         st = e.stats()["kinds"]["nodes"]
         assert st["errors"] == {"server_error": 2}, st
         wait_for(lambda: len(held) == 1, what="the watch after the relist, held unanswered")
-        assert enrich_series(e)["flowscope_enrich_stat"][("kinds_nodes_failing",)] == 0
+        assert _failing(e, "nodes") == 0
         assert e.stats()["kinds"]["nodes"]["last_error"] == "" and len(held) == 1
     finally:
         gate.set()
@@ -670,7 +665,6 @@ def test_a_watch_whose_events_fail_stays_failing_while_the_next_one_opens(seeded
     1.2 s) fails again on the next stream: that stream's opening is no recovery, so the kind
     stays failing while it is open (no 0 between two failures for an alert to reset on)."""
     import enrich.informer as informer
-    from collector.server import enrich_series
 
     monkeypatch.setattr(informer, "WATCH_EVENT_MAX_BYTES", 64 << 10)
     seeded.oversize_bytes = 100 << 10
@@ -678,9 +672,6 @@ def test_a_watch_whose_events_fail_stays_failing_while_the_next_one_opens(seeded
     e.start()
     try:
         assert e.wait_ready(10)
-
-        def failing() -> float:
-            return enrich_series(e)["flowscope_enrich_stat"][("kinds_pods_failing",)]
 
         def oversize() -> int:
             return e.stats()["kinds"]["pods"]["errors"].get("oversize_event", 0)
@@ -693,7 +684,7 @@ def test_a_watch_whose_events_fail_stays_failing_while_the_next_one_opens(seeded
         deadline = time.monotonic() + 15
         while oversize() < 2:             # the next stream: open 1.2 s, then the same event
             assert time.monotonic() < deadline, "timed out waiting for the second oversize event"
-            seen.add(failing())
+            seen.add(_failing(e, "pods"))
             time.sleep(0.005)
         assert seen == {1}, seen
     finally:
