@@ -97,25 +97,29 @@ class Churn(threading.Thread):
         self.rng = random.Random(7)
         self.serial = 0
 
+    def replace(self, n: int) -> None:
+        """Delete `n` pods at random and add each again under a new name and uid, same address."""
+        for key in self.rng.sample(sorted(self.live), n):
+            old = self.live.pop(key)
+            ns, name = key.split("/", 1)
+            self.kube.delete("pods", name, ns)
+            self.counts["deleted"] += 1
+            self.serial += 1
+            new = json.loads(json.dumps(old))
+            m = new["metadata"]
+            m["name"] = f"{m['name'].rsplit('-', 1)[0]}-r{self.serial:06x}"
+            m["uid"] = f"churn-{self.serial:08x}"
+            m.pop("resourceVersion", None)
+            m["creationTimestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            self.kube.add("pods", new)
+            self.live[f"{m['namespace']}/{m['name']}"] = new
+            self.counts["added"] += 1
+
     def run(self) -> None:
         t0 = time.monotonic()
         next_gone, next_drop = t0 + self.gone_every, t0 + self.drop_every
         while not self.stop_ev.wait(1.0):
-            for key in self.rng.sample(sorted(self.live), self.rate):
-                old = self.live.pop(key)
-                ns, name = key.split("/", 1)
-                self.kube.delete("pods", name, ns)
-                self.counts["deleted"] += 1
-                self.serial += 1
-                new = json.loads(json.dumps(old))
-                m = new["metadata"]
-                m["name"] = f"{m['name'].rsplit('-', 1)[0]}-r{self.serial:06x}"
-                m["uid"] = f"churn-{self.serial:08x}"
-                m.pop("resourceVersion", None)
-                m["creationTimestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-                self.kube.add("pods", new)
-                self.live[f"{m['namespace']}/{m['name']}"] = new
-                self.counts["added"] += 1
+            self.replace(self.rate)
             now = time.monotonic()
             if now >= next_gone:
                 # every other relist meets a fault two pages in (both workers' lists, about):
