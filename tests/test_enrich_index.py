@@ -8,8 +8,10 @@ and CLI entry points the collector wires in.
 from __future__ import annotations
 
 import argparse
+import gc
 import ipaddress
 import logging
+import sys
 import time
 from typing import Any
 
@@ -17,7 +19,7 @@ import orjson
 import pytest
 
 import enrich
-from enrich.index import ZONE_LABEL, gateway_router_ips, management_port_ips
+from enrich.index import ZONE_LABEL, PodRec, gateway_router_ips, management_port_ips
 from tests.support.fake_kube import node, pod, replicaset, service
 
 T0 = 1_700_000_000_000  # ms; objects below are created around here
@@ -1877,3 +1879,39 @@ def test_an_identity_longer_than_64_kib_is_published_whole(implementation: str) 
         d = flow(e, "10.244.0.41", "10.244.0.42")
         assert side(d, "SrcK8S_")["Name"] == name
         assert side(d, "DstK8S_")["Name"] == "peer"
+
+
+def test_relists_keep_nothing_of_the_generations_before(implementation: str) -> None:
+    """A relist (Index.replace) swaps in new reader dicts and nothing keeps the old ones (the
+    compiled reader is re-pointed; its per-address cache holds entries, not dicts); and over
+    relists with pods replaced (new names and uids, the same addresses), the pod records alive
+    are the index's own, live ones and tombstones, the tombstones swept after tombstone_seconds.
+    (The soak's worker RSS steps at relists are the allocators' high-water, not a generation
+    kept: benchmarks/RESULTS.md, "Soak".)"""
+    clock = Clock(T0)
+    e = build(clock=clock, tombstone_seconds=300)
+    idx = e.index
+
+    def spec(i: int, tag: str, created: int) -> dict[str, Any]:
+        return pod(f"p-{i}-{tag}", "shop", ips=[f"10.244.0.{i + 10}"], uid=f"u-{i}-{tag}", created=iso(created),
+                   owner=("ReplicaSet", "web-6d4cf56db6"))
+
+    gc.collect()
+    others = [o for o in gc.get_objects() if type(o) is PodRec]   # (other tests': held, not counted)
+    live = [spec(i, "0", T0 - 60_000) for i in range(40)]
+    idx.replace("pods", [idx.parse("pods", p) for p in live])
+    for rnd in range(1, 13):
+        clock.ms += 150_000   # the soak's 410s, 150 s apart: a tombstone lives two rounds
+        for i in range(rnd % 4, 40, 4):   # a quarter of the pods replaced a round
+            live[i] = spec(i, str(rnd), clock.ms - 1000)
+        ips, agents = idx._ips, idx._agents
+        idx.replace("pods", [idx.parse("pods", p) for p in live])
+        assert idx._ips is not ips
+        assert (sys.getrefcount(ips), sys.getrefcount(agents)) == (2, 2)   # ours (and the call's) only
+        del ips, agents
+        for i in range(40):   # the reader holds an answer for each address (its cache, compiled)
+            d = flow(e, f"10.244.0.{i + 10}", "10.0.0.1", t_ms=clock.ms)
+            assert side(d, "SrcK8S_")["Name"] == live[i]["metadata"]["name"]
+        recs = sum(1 for o in gc.get_objects() if type(o) is PodRec) - len(others)
+        assert (len(idx._pods), len(idx._tombstones)) == (40, 20 if rnd > 1 else 10)
+        assert recs == 40 + len(idx._tombstones)
