@@ -40,13 +40,16 @@ FLOWS = 64 * 25  # flows a pass over the datagrams
 
 
 def build(n_pods: int, n_nodes: int, n_services: int, busy: int, records: int = 25,
-          n_agents: int = 1) -> tuple[Any, list[tuple[bytes, str]], list[str]]:
-    """The index, then 1,600 flows in datagrams of `records` records from `n_agents` exporters in
-    turn (each with its own sequence numbers), as (payload, exporter address) pairs."""
+          n_agents: int = 1, cluster_name: str = "") -> tuple[Any, list[tuple[bytes, str]], list[str]]:
+    """The index (its tails naming `cluster_name` when given, as --cluster-name does), then 1,600
+    flows in datagrams of `records` records from `n_agents` exporters in turn (each with its own
+    sequence numbers), as (payload, exporter address) pairs."""
     import enrich
+    from enrich.config import EnrichConfig
 
     e = enrich.Enricher.from_objects(pods=E.pods(n_pods, n_nodes, n_pods // 5), nodes=E.nodes(n_nodes),
-                                     services=E.services(n_services), replicasets=E.replicasets(n_pods // 5))
+                                     services=E.services(n_services), replicasets=E.replicasets(n_pods // 5),
+                                     config=EnrichConfig(cluster_name=cluster_name))
     payloads, agents = flows(n_pods, n_nodes, n_services, busy, records, n_agents)
     return e, payloads, agents
 
@@ -130,7 +133,7 @@ def rate(dec: Decoder, payloads: list[tuple[bytes, str]], enricher: Any, seconds
 
 def loop(mode: str, a: argparse.Namespace) -> None:
     """The body one callgrind run measures: setup (not counted), then --rounds passes."""
-    e, payloads, agents = build(a.pods, a.nodes, a.services, a.busy, a.records, a.agents)
+    e, payloads, agents = build(a.pods, a.nodes, a.services, a.busy, a.records, a.agents, a.cluster_name)
     dec = decoder(agents)
     enr = e if mode == "enriched" else None
     w = RecordBatchWriter(BATCH)
@@ -150,7 +153,7 @@ def only(mode: str, a: argparse.Namespace) -> None:
     ready), say "ready", then --rounds slices of --seconds; the best slice's cost a flow."""
     import gc
 
-    e, payloads, agents = build(a.pods, a.nodes, a.services, a.busy, a.records, a.agents)
+    e, payloads, agents = build(a.pods, a.nodes, a.services, a.busy, a.records, a.agents, a.cluster_name)
     if mode == "unmatched":
         payloads, _ = flows(a.pods, a.nodes, a.services, a.busy, a.records, a.agents, miss=True)
     dec = decoder(agents)
@@ -203,7 +206,8 @@ def callgrind(a: argparse.Namespace) -> None:
                    f"--callgrind-out-file={out}", sys.executable, "-m",
                    "benchmarks.pipeline_bench", "--loop", mode, "--pods", str(a.pods), "--nodes", str(a.nodes),
                    "--services", str(a.services), "--busy", str(a.busy), "--rounds", str(a.rounds),
-                   "--records", str(a.records), "--agents", str(a.agents)]
+                   "--records", str(a.records), "--agents", str(a.agents),
+                   "--cluster-name", a.cluster_name]
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            env={**os.environ, "PYTHONHASHSEED": "0"})
             with open(out) as f:
@@ -231,6 +235,7 @@ def main() -> None:
     ap.add_argument("--busy", type=int, default=2_000, help="pods the flows are drawn from")
     ap.add_argument("--records", type=int, default=25, help="records a datagram (Open vSwitch sends 1)")
     ap.add_argument("--agents", type=int, default=1, help="exporters whose datagrams take turns")
+    ap.add_argument("--cluster-name", default="", help="the index's cluster name (flowscope run --cluster-name)")
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--unmatched", action="store_true",
@@ -250,7 +255,7 @@ def main() -> None:
     if a.callgrind:
         callgrind(a)
         return
-    e, payloads, agents = build(a.pods, a.nodes, a.services, a.busy, a.records, a.agents)
+    e, payloads, agents = build(a.pods, a.nodes, a.services, a.busy, a.records, a.agents, a.cluster_name)
     dec = decoder(agents)
     sample = dec.decode(*payloads[0], 0, EXPORT).to_dicts(e)
     hits = sum(1 for f in sample if "SrcK8S_Name" in f)
