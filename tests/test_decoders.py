@@ -735,6 +735,38 @@ def test_an_address_the_template_lacks_is_omitted_not_zero() -> None:
         assert (got[2]["SrcK8S_Name"], got[2]["DstK8S_Name"]) == ("web", "zero")  # a real 0.0.0.0 is looked up
 
 
+@pytest.mark.parametrize("cluster", ["", "e", "ea", "c" * 100])
+def test_enriched_json_through_the_c_view_matches_the_python_contract_for_every_tail(cluster: str) -> None:
+    """The encoder copies a flow's tail (K8S_ClusterName, K8S_FlowLayer, FlowDirection) in one
+    fixed 64-byte copy from a padded copy of the view's eight tails when the longest fits, else
+    from the tails themselves (encode.pxi enrich_attach): the longest is 42 bytes without a
+    cluster name and 21 + the name's length more with one, so "" and "e" (64 bytes exactly) take
+    the padded copy and longer names the tails. Every flow, both layers and all four directions,
+    is the same JSON as through the enricher's enrich() (an uncompiled index)."""
+    import enrich
+    from tests.support.fake_kube import pod
+
+    pods = [pod(f"{name}-{node}", ns, ips=[f"10.244.{n}.{1 + k}"], node=f"node-{node}", host_ip=f"10.0.0.{1 + n}")
+            for n, node in enumerate("abc") for k, (name, ns) in enumerate((("web", "shop"), ("dns", "kube-system")))]
+    addrs = [p["status"]["podIP"] for p in pods] + ["192.0.2.1"]   # (and nobody's)
+    plain = _tpl(256, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("bytes", 1, 0, 4))
+    directed = _tpl(257, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("bytes", 1, 0, 4), ("dir", 61, 0, 1))
+    dec = Decoder()
+    dec.decode(ipfix_message([template_set([plain, directed])], seq=0, export_time=EXPORT), EXPORTER)
+    pairs = [{"src": a, "dst": b, "bytes": 1} for a in addrs for b in addrs]
+    b = dec.decode(ipfix_message([data_set(plain, pairs)] + [data_set(directed, [dict(r, dir=d) for r in pairs])
+                                                             for d in (0, 1)], seq=0, export_time=EXPORT), EXPORTER)
+    assert b.error is None and len(b) == 3 * len(pairs)
+    got, want = ([b.to_json(enrich.Enricher.from_objects(pods=pods, config=enrich.EnrichConfig(
+        cluster_name=cluster, own_namespace=""), compiled=compiled)) for _ in range(2)] for compiled in (True, False))
+    assert got[0] == got[1] == want[0]
+    flows = [orjson.loads(j) for j in want[0]]
+    # every tail was written: two layers, four directions (FlowDirection absent: none known)
+    assert {(f["K8S_FlowLayer"], f.get("FlowDirection")) for f in flows} == {
+        (layer, d) for layer in ("app", "infra") for d in (None, 0, 1, 2)}
+    assert all(f.get("K8S_ClusterName") == (cluster or None) for f in flows)
+
+
 def test_a_tunnel_endpoint_the_template_lacks_is_omitted_not_zero() -> None:
     """OVS's tunnel endpoints (PEN 6876: 893/894 IPv4, 899/900 IPv6): a template with only one
     of them, or a zero one (the unspecified address, never a tunnel's: OVS's "not set", as for an
