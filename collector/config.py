@@ -260,6 +260,12 @@ def parse_listener(s: str) -> Listener:
     if not m or m.group(1) not in SCHEMES:
         raise ValueError(f"{s!r}: expected SCHEME://HOST:PORT with SCHEME one of {', '.join(SCHEMES)}"
                          " (e.g. netflow://0.0.0.0:2055, sflow://[::]:6343)")
+    if "?" in m.group(2):
+        # goflow2's listener URLs carry its socket options (sflow://:6343?count=4&workers=8): a
+        # listen list copied from its -listen was refused as "expected HOST:PORT", the options unnamed
+        raise ValueError(f"{s!r}: a listener takes no URL options (goflow2's ?count=, ?workers=, ...): "
+                         f"give {m.group(1)}://{m.group(2).partition('?')[0]}, and --workers N for N "
+                         "SO_REUSEPORT sockets per listener, --rcvbuf for their buffer")
     host, port = split_hostport(m.group(2))
     if port == 0:  # each worker would bind another random port, none known to the exporters
         raise ValueError(f"{s!r}: port must be 1-65535 (0 would be a random port)")

@@ -409,3 +409,17 @@ def test_the_start_up_log_says_which_file_and_which_sources_set_what(tmp_path: P
     want = (f"INFO flowscope: configuration: file {f} (from FLOWSCOPE_CONFIG) sets workers, kafka.topic; variables "
             "set enrich.enabled (FLOWSCOPE_ENRICH_ENABLED); flags set listen, metrics_addr; the rest are defaults")
     assert any(ln.rstrip().endswith(want) for ln in seen), "".join(seen)
+
+
+@pytest.mark.parametrize("url", ["sflow://:6343?count=4&workers=8", "netflow://[::]:2055?count=2"])
+def test_a_goflow2_listener_url_with_options_names_them_and_the_flags_that_do_it(
+        url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """goflow2's -listen takes its socket options in the URL (sflow://:6343?count=4); copied into
+    --listen it was refused as "'...:6343?count=4': expected HOST:PORT", which named neither the
+    options nor what does their work here."""
+    assert cli.main(["config", "--listen", url]) == 2
+    err = capsys.readouterr().err
+    assert f"{url!r}: a listener takes no URL options" in err, err
+    assert f"give {url.partition('?')[0]}," in err and "--workers N" in err, err
+    # without the options, the same listener is taken
+    assert cli.main(["config", "--listen", url.partition("?")[0]]) == 0
