@@ -146,7 +146,7 @@ SERIES: dict[str, Series] = {s.name: s for s in [
     Series("flowscope_counter_records_delivered", "counter", "sFlow counter records the sink accepted",
            ("sink",)),
     Series("flowscope_counter_records_dropped", "counter", "sFlow counter records dropped, by reason (as "
-           "flowscope_flows_dropped)", ("reason",)),
+           "flowscope_flows_dropped_total)", ("reason",)),
     Series("flowscope_queue_bytes", "gauge", "Encoded bytes queued or in flight to the sink"),
     Series("flowscope_queue_records", "gauge", "Flow records queued or in flight to the sink (the flows decoded "
            "and neither delivered nor dropped yet)"),
