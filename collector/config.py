@@ -461,7 +461,8 @@ class Config:
                             repeat=True)
     rcvbuf: int = opt(32 * 1024**2, "SO_RCVBUF per socket, at most 2147483647 (2 GiB - 1); the kernel caps "
                       "it at net.core.rmem_max (the granted size is logged), and Linux at 1073741823 whatever "
-                      "rmem_max allows", ranged(parse_size, 0, MAX_RCVBUF),
+                      "rmem_max allows; 0 = the kernel's default, net.core.rmem_default",
+                      ranged(parse_size, 0, MAX_RCVBUF),
                       metavar="SIZE")
     workers: int = opt(1, "worker processes, each with its own SO_REUSEPORT sockets, decoder state and "
                        "producer", ranged(parse_int, 1, 256), metavar="N")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -247,3 +248,23 @@ def test_series_and_labels_the_docs_name_exist(doc: str) -> None:
     for m in re.finditer(r"(flowscope_[a-z_]*[a-z])\{([^}]*)\}", text):
         used = set(re.findall(r"([a-z_]+)\s*(?:=|,|$)", m.group(2)))
         assert used <= labels[m.group(1)], f"{doc}: {m.group(0)}: no label {used - labels[m.group(1)]}"
+
+
+def test_rcvbuf_0_is_what_its_help_says() -> None:
+    """`--rcvbuf 0` is accepted and asks the kernel for nothing, leaving net.core.rmem_default (a
+    few hundred KiB, not the 32 MiB default); --help and the docs' table did not say what 0 means,
+    where other options' 0 is "no limit" (--max-exporter-rate) or "leave unset"."""
+    from collector.server import open_socket
+
+    rcvbuf = next(o for o in C.options() if o.key == "rcvbuf")
+    assert "0 = the kernel's default, net.core.rmem_default" in rcvbuf.f.metadata["help"]
+    assert load(["--rcvbuf", "0"]).rcvbuf == 0
+    with open("/proc/sys/net/core/rmem_default") as fh:
+        rmem_default = int(fh.read())
+    sock, granted = open_socket(C.Listener("netflow", "127.0.0.1", 0), 0, False)
+    try:
+        # what the kernel reports is twice the usable size, which open_socket halves
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == rmem_default
+        assert granted == rmem_default // 2
+    finally:
+        sock.close()
