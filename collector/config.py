@@ -899,14 +899,15 @@ def _flatten_yaml(data: Mapping[str, Any], path: str) -> dict[str, Any]:
 def _did_you_mean(key: str) -> str:
     """` (did you mean KEY?)` for a YAML key that names no option, as for an unknown FLOWSCOPE_*
     variable: a close spelling (`worker`, `kafka.topc`), a section's option written at the top
-    level or a top-level one in a section (`brokers`, `kafka.workers`), or a section written into
-    the key (`kafka_brokers`); "" when nothing is close."""
+    level or a top-level one in a section (`brokers`, `kafka.workers`), a section written into
+    the key (`kafka_brokers`), or the option's variable (`FLOWSCOPE_KAFKA_BROKERS`, a Deployment's
+    env list made a file); "" when nothing is close."""
     import difflib
 
     section, _, name = key.rpartition(".")
     # (from one section to another is no slip: kafka.enabled is not enrich.enabled)
     close = [o.key for o in options() if (o.name == name and not (section and o.section))
-             or o.key == name.replace("_", ".", 1)][:1]
+             or o.key == name.replace("_", ".", 1) or o.env == name.upper()][:1]
     if not close:
         close = difflib.get_close_matches(key, [o.key for o in options()], n=1, cutoff=0.8)
     return f" (did you mean {close[0]}?)" if close else ""

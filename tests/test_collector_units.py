@@ -2351,6 +2351,9 @@ def test_a_text_option_keeps_a_plain_yaml_value_as_written(tmp_path: Path) -> No
     ("enrich:\n  kube_config: /etc/kc\n", "enrich.kubeconfig"),
     ("brokers: [k:9092]\n", "kafka.brokers"),                     # a section's option at the top level
     ("kafka_brokers: k:9092\n", "kafka.brokers"),                 # the variable's spelling
+    ("FLOWSCOPE_KAFKA_BROKERS: k:9092\n", "kafka.brokers"),       # the variable itself
+    ("FLOWSCOPE_WORKERS: 2\n", "workers"),
+    ("kafka:\n  FLOWSCOPE_KAFKA_TOPIC: t\n", "kafka.topic"),
     ("kafka:\n  workers: 2\n", "workers"),                        # a top-level option in a section
     ("blah: 1\n", None),
     ("kafka:\n  enabled: true\n", None),                          # not enrich.enabled
