@@ -406,6 +406,8 @@ def _main(argv: list[str] | None) -> int:
     try:
         cfg = config_mod.load(args)
     except config_mod.ConfigError as exc:
+        if args.command == "run":
+            return _refuse(f"configuration error: {exc}", config_mod.log_format_asked(args), "info")
         print(f"flowscope: configuration error: {exc}", file=sys.stderr)
         return 2
     if args.command == "config":
@@ -431,14 +433,7 @@ def _main(argv: list[str] | None) -> int:
     from .util import setup_logging
 
     def refuse(what: str) -> int:
-        # The configuration is read, so its log format is known: with json a log pipeline gets
-        # the reason a pod does not start as the one JSON object it can parse, not a bare line.
-        if cfg.log_format == "json":
-            setup_logging(cfg.log_level, fmt="json")
-            logging.getLogger("flowscope").error("%s", what)
-        else:
-            print(f"flowscope: {what}", file=sys.stderr)
-        return 2
+        return _refuse(what, cfg.log_format, cfg.log_level)
 
     if 1 in closed_std and cfg.sink_kind() == "stdout":
         return refuse("cannot start: stdout is closed, and the sink is stdout: give --output-file or "
@@ -452,6 +447,19 @@ def _main(argv: list[str] | None) -> int:
     for w in config_mod.unknown_env_warnings() + _ignored_settings(cfg, enrich_cfg):
         logging.getLogger("flowscope").warning("%s", w)
     return run_app(cfg, enrich_cfg, enrich_note)
+
+
+def _refuse(what: str, log_format: str, log_level: str) -> int:
+    """`flowscope run` will not start: with log format json a log pipeline gets the reason a pod
+    does not start as the one JSON object it can parse, not a bare line. Exit status 2."""
+    if log_format == "json":
+        from .util import setup_logging
+
+        setup_logging(log_level, fmt="json")
+        logging.getLogger("flowscope").error("%s", what)
+    else:
+        print(f"flowscope: {what}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -938,6 +938,32 @@ def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | No
     return cfg
 
 
+def log_format_asked(args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None) -> str:
+    """The log format the sources ask for (flag > variable > file), read alone: for the line that
+    refuses a configuration whose other settings load() did not take (the manifests' file has
+    log_format json; a misspelt key or a bad value in it stopped the pod with a bare text line,
+    the one a log pipeline could not parse). "text" where it cannot be told."""
+    env = os.environ if environ is None else environ
+    o = next(o for o in options() if o.key == "log_format")
+    raws: list[Any] = []
+    cfg_path = getattr(args, "config", None) if args is not None else env.get(ENV_PREFIX + "CONFIG")
+    if cfg_path:
+        try:
+            data = load_yaml(cfg_path)
+        except ConfigError:
+            data = {}
+        raws += [v for k, v in data.items() if str(k).replace("-", "_") == "log_format"]
+    raws += [env.get(o.env), getattr(args, o.dest, None)]
+    fmt = "text"
+    for raw in raws:
+        if raw is not None:
+            try:
+                fmt = o.parse(raw)
+            except ValueError:
+                pass
+    return fmt
+
+
 # FLOWSCOPE_* variables that are not options: build switches read by setup.py, and what the tests
 # and the demo read. Everything else with the prefix is an option or a misspelling of one.
 NON_OPTION_ENV = {"CONFIG", "DEBUG", "ANNOTATE", "FUZZ", "CORPUS", "SHARED_CORPUS", "KEEP_CAPTURES", "DEMO_KEEP"}

@@ -134,3 +134,32 @@ def test_a_start_check_refusal_is_a_json_line_too(tmp_path) -> None:
                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
     assert (r.returncode, r.stderr) == (2, f"flowscope: configuration error: enrich.kubeconfig (from --kubeconfig): "
                                            f"{missing}: no such file\n")
+
+
+def test_a_configuration_error_is_a_json_line_when_the_sources_ask_for_json(tmp_path) -> None:
+    """The shipped manifests' file has log_format json; a misspelt key or a bad value beside it
+    (the usual ConfigMap slip) stopped the pod with the bare text line the test above made JSON
+    for a start-up check's refusal: load() refused before the log format was known. The format
+    is read alone from the flag, variable and file; one that is itself wrong leaves text."""
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    conf = tmp_path / "config.yaml"
+    conf.write_text("log_format: json\nworker: 2\n")
+
+    def run(*args: str, **more: str) -> subprocess.CompletedProcess:
+        r = subprocess.run([sys.executable, "-m", "collector.cli", "run", *args], capture_output=True, text=True,
+                           env={**env, **more}, cwd=ROOT, timeout=60)
+        assert r.returncode == 2 and r.stdout == "", r
+        return r
+
+    (rec,) = _json_lines(run("--config", str(conf)).stderr)
+    assert rec["level"] == "error" and rec["msg"].startswith(
+        f"configuration error: worker (from {conf}): unknown option (did you mean workers?);"), rec
+    bad = "configuration error: workers (from --workers): 0 is out of range: must be between 1 and 256"
+    (rec,) = _json_lines(run("--workers", "0", FLOWSCOPE_LOG_FORMAT="json").stderr)
+    assert (rec["level"], rec["msg"]) == ("error", bad), rec
+    # flag > variable > file, as for every option
+    assert run("--workers", "0", "--log-format", "text", FLOWSCOPE_LOG_FORMAT="json").stderr == f"flowscope: {bad}\n"
+    assert run("--workers", "0", "--log-format", "jsn").stderr == f"flowscope: {bad}\n"
+    conf.write_text("log-format: json\nworkers: 0\n")
+    (rec,) = _json_lines(run("--config", str(conf)).stderr)
+    assert rec["msg"] == f"configuration error: workers (from {conf}): 0 is out of range: must be between 1 and 256"
