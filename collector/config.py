@@ -457,7 +457,8 @@ class Config:
 
     listen: list[str] = opt(DEFAULT_LISTEN, "UDP listener SCHEME://HOST:PORT, repeatable; netflow:// accepts "
                             "v5, v9 and IPFIX, v1 and v7 too (detected per datagram), ipfix:// and sflow:// as named; "
-                            "IPv6 as netflow://[::]:2055", parse_listen, metavar="SCHEME://HOST:PORT",
+                            "IPv6 as netflow://[::]:2055, which takes IPv6 only (IPV6_V6ONLY: list 0.0.0.0 too for "
+                            "both families)", parse_listen, metavar="SCHEME://HOST:PORT",
                             repeat=True)
     rcvbuf: int = opt(32 * 1024**2, "SO_RCVBUF per socket, at most 2147483647 (2 GiB - 1); the kernel caps "
                       "it at net.core.rmem_max (the granted size is logged), and Linux at 1073741823 whatever "

@@ -268,3 +268,28 @@ def test_rcvbuf_0_is_what_its_help_says() -> None:
         assert granted == rmem_default // 2
     finally:
         sock.close()
+
+
+def test_an_ipv6_listener_takes_ipv6_only_as_its_help_says() -> None:
+    """`--listen netflow://[::]:2055` answers IPv6 alone (IPV6_V6ONLY), where a Go collector's
+    [::] (goflow2) or most programs' take both families; docs/collector.md said so under
+    Listeners, --help (and the options table) gave only "IPv6 as netflow://[::]:2055", and an
+    IPv4 exporter sending there is refused by the kernel with nothing counted."""
+    from collector.server import open_socket
+
+    listen = next(o for o in C.options() if o.key == "listen")
+    assert "netflow://[::]:2055, which takes IPv6 only" in listen.f.metadata["help"]
+    assert "list 0.0.0.0 too for both families" in listen.f.metadata["help"]
+    sock, _ = open_socket(C.Listener("netflow", "::", 0), 0, False)
+    port = sock.getsockname()[1]
+    try:
+        sock.settimeout(0.5)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as v4, \
+                socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as v6:
+            v4.sendto(b"v4", ("127.0.0.1", port))
+            v6.sendto(b"v6", ("::1", port))
+            assert sock.recvfrom(64)[0] == b"v6"
+            with pytest.raises(TimeoutError):
+                sock.recvfrom(64)
+    finally:
+        sock.close()
