@@ -205,10 +205,7 @@ def parse_map(v: Any) -> dict[str, int]:
     out: dict[str, int] = {}
     given: dict[str, str] = {}
     for k, val in pairs:
-        try:
-            net = ipaddress.ip_network(k, strict=False)
-        except ValueError:
-            raise ValueError(f"{k!r} is not a CIDR (e.g. 10.0.0.0/8 or fd00::/8)") from None
+        net = parse_cidr(k, "e.g. 10.0.0.0/8 or fd00::/8")
         try:
             rate = parse_int(val)
         except ValueError:
@@ -281,14 +278,25 @@ def parse_listen(v: Any) -> list[str]:
     return [str(parse_listener(s)) for s in items]
 
 
+def parse_cidr(s: str, example: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A network or one address (a /32 or /128). One with bits set past its prefix (10.0.0.1/8)
+    is refused, not widened: it is a network written wrong or one address with a wrong prefix,
+    and which one the operator meant decides what is matched."""
+    try:
+        return ipaddress.ip_network(s)
+    except ValueError:
+        pass
+    try:
+        net = ipaddress.ip_network(s, strict=False)
+    except ValueError:
+        raise ValueError(f"{s!r} is not a CIDR ({example})") from None
+    addr = s.partition("/")[0]
+    raise ValueError(f"{s!r} has bits set past its /{net.prefixlen}: write the network, {net}, or the one "
+                     f"address, {addr}") from None
+
+
 def parse_cidrs(v: Any) -> list[str]:
-    out = []
-    for s in parse_list(v):
-        try:
-            out.append(str(ipaddress.ip_network(s, strict=False)))
-        except ValueError:
-            raise ValueError(f"{s!r} is not a CIDR (e.g. 10.0.0.0/8, 192.0.2.7, fd00::/8)") from None
-    return out
+    return [str(parse_cidr(s, "e.g. 10.0.0.0/8, 192.0.2.7, fd00::/8")) for s in parse_list(v)]
 
 
 def choice(*accepted: str, lower: bool = True, aliases: Mapping[str, str] | None = None) -> Callable[[Any], str]:

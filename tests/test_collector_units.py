@@ -52,6 +52,11 @@ def test_defaults() -> None:
     (["--sampling", "10.0.0.0/8"], {}, "sampling (from --sampling): '10.0.0.0/8': expected CIDR=RATE"),
     (["--allow-exporters", "10.0.0.300/8"], {}, "allow_exporters (from --allow-exporters): '10.0.0.300/8' is "
      "not a CIDR"),
+    # bits past the prefix: a network written wrong or one address with a wrong prefix, not widened
+    (["--allow-exporters", "10.0.0.1/8"], {}, "allow_exporters (from --allow-exporters): '10.0.0.1/8' has bits "
+     "set past its /8: write the network, 10.0.0.0/8, or the one address, 10.0.0.1"),
+    (["--sampling", "fd00::1/64=400"], {}, "sampling (from --sampling): 'fd00::1/64' has bits set past its /64: "
+     "write the network, fd00::/64, or the one address, fd00::1"),
     (["--kafka-sasl-mechanism", "SCRAM-SHA-256"], {}, "kafka.sasl_user (default): empty, but kafka.sasl_mechanism (from --kafka-sasl-mechanism) is "
      "SCRAM-SHA-256: SASL needs a user"),
     (["--sink", "kafka"], {}, "kafka.brokers (default): empty, but sink (from --sink) is kafka: give the brokers "
@@ -243,8 +248,8 @@ def test_non_finite_numbers_are_refused(tmp_path: Path, argv: list[str], env: di
     ("max_datagram: 9000\nmax-datagram: 1500\n", "max_datagram (from {f}): given twice, on lines 1 and 2"),
     ("kafka:\n  tls: true\n  topic: t\n  tls: false\n", "kafka.tls (from {f}): given twice, on lines 2 and 4"),
     ("sampling:\n  10.0.0.0/8: 100\n  10.0.0.0/8: 50\n", "sampling.10.0.0.0/8 (from {f}): given twice, on lines 2 and 3"),
-    ("sampling:\n  10.0.0.0/8: 100\n  10.0.0.1/8: 50\n",
-     "sampling (from {f}): 10.0.0.0/8 and 10.0.0.1/8 are the same network (10.0.0.0/8): give it once"),
+    ("sampling:\n  10.0.0.0/8: 100\n  10.0.0.0/255.0.0.0: 50\n",
+     "sampling (from {f}): 10.0.0.0/8 and 10.0.0.0/255.0.0.0 are the same network (10.0.0.0/8): give it once"),
 ])
 def test_a_key_given_twice_in_the_config_file_is_refused(tmp_path: Path, text: str, message: str) -> None:
     """PyYAML keeps the last of two equal keys silently: a second `kafka:` section appended at the
