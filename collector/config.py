@@ -922,11 +922,17 @@ def _did_you_mean(key: str) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
+def _config_path(args: argparse.Namespace | None, env: Mapping[str, str]) -> str | None:
+    """The YAML file the sources name: --config (whose default is FLOWSCOPE_CONFIG), or the
+    variable when there are no parsed flags."""
+    return getattr(args, "config", None) if args is not None else env.get(ENV_PREFIX + "CONFIG")
+
+
 def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """Build the effective Config from defaults, YAML, environment and parsed flags; validate it."""
     env = os.environ if environ is None else environ
     cfg = Config()
-    cfg_path = getattr(args, "config", None) if args is not None else env.get(ENV_PREFIX + "CONFIG")
+    cfg_path = _config_path(args, env)
     # (the flag's default is the variable: a path equal to it came from there, as far as anyone can tell)
     source = "--config" if cfg_path and cfg_path != env.get(ENV_PREFIX + "CONFIG") else ENV_PREFIX + "CONFIG"
     opts = options()
@@ -955,7 +961,7 @@ def log_format_asked(args: argparse.Namespace | None = None, environ: Mapping[st
     env = os.environ if environ is None else environ
     o = next(o for o in options() if o.key == "log_format")
     raws: list[Any] = []
-    cfg_path = getattr(args, "config", None) if args is not None else env.get(ENV_PREFIX + "CONFIG")
+    cfg_path = _config_path(args, env)
     if cfg_path:
         try:
             data = load_yaml(cfg_path)

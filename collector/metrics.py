@@ -438,7 +438,7 @@ class ExporterLabels:
         call (Decoder.exporters_changed: the decoder's table, bounded by --max-exporters, evicts
         the least recently seen), for the count of distinct exporters over all workers
         (flowscope_exporters)."""
-        return self.generation, self.report(), sorted(self.held), self.ask, sorted(joined), sorted(left)
+        return self.generation, self.report(), sorted(self.held), self.ask, joined, left
 
     def assign(self, activity: dict[str, int]) -> dict[str, str]:
         """activity: exporter -> datagrams so far. Returns exporter -> label."""
