@@ -232,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "keep in memory (32 MiB; the first loop is sent); 2 for a usage error (a bad option, a bad or unresolvable --to); 130 "
                         "when interrupted.")
     rp.add_argument("file", metavar="FILE", help="pcap or pcapng capture (gzip-compressed or not)")
-    rp.add_argument("--to", required=True, metavar="HOST:PORT", help="destination collector (IPv6 as [ADDR]:PORT)")
+    rp.add_argument("--to", required=True, metavar="HOST:PORT", help="destination collector (IPv6 as [ADDR]:PORT); an empty or wildcard host, as "
+                    "in a --listen address (:2055, 0.0.0.0:2055, [::]:2055), is this host: 127.0.0.1, ::1 for [::]")
     rp.add_argument("--rate", type=float, default=0.0, metavar="PPS",
                     help="datagrams per second; 0 = as fast as possible [default: 0]")
     rp.add_argument("--loop", type=int, default=1, metavar="N", help="times to send the capture; 0 = forever "

@@ -239,6 +239,12 @@ def split_hostport(s: str) -> tuple[str, int]:
     return host or "0.0.0.0", port
 
 
+def local_host(host: str) -> str:
+    """A listening address's host as a destination on this host: the wildcard (an empty host,
+    0.0.0.0, ::) is asked on loopback, 127.0.0.1 or ::1; any other host is itself."""
+    return "127.0.0.1" if host in ("", "0.0.0.0") else "::1" if host == "::" else host
+
+
 @dataclass(frozen=True)
 class Listener:
     """One UDP listener: `scheme` selects which protocols the socket accepts."""

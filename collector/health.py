@@ -142,10 +142,7 @@ def collector_config(pid: int | None) -> tuple[config_mod.Config, str]:
 def probe_url(addr: str, path: str) -> str:
     """http://HOST:PORT/path for a listening address: a wildcard host is asked on loopback."""
     host, port = config_mod.split_hostport(addr)
-    if host in ("0.0.0.0", ""):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
+    host = config_mod.local_host(host)
     return f"http://{'[' + host + ']' if ':' in host else host}:{port}{path}"
 
 

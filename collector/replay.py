@@ -55,7 +55,7 @@ from dataclasses import dataclass
 
 from decoders import _core
 
-from .config import split_hostport
+from .config import local_host, split_hostport
 
 M32 = 0xFFFFFFFF
 VARLEN = 0xFFFF  # RFC 7011 7: a field length of 65535 means variable length
@@ -428,16 +428,20 @@ class Plan:
 
 
 def parse_to(to: str) -> tuple[str, int]:
-    """--to HOST:PORT (IPv6 as [ADDR]:PORT, with an optional %scope): (host, port); ValueError."""
+    """--to HOST:PORT (IPv6 as [ADDR]:PORT, with an optional %scope): (host, port); ValueError.
+
+    Written as a listener is (`--listen netflow://:2055`, `[::]:2055`), the wildcard host
+    (empty, 0.0.0.0, ::) is this host: sent to 127.0.0.1 (::1 for ::), and printed so."""
     try:
         host, port = split_hostport(to)
     except ValueError:
-        raise ValueError(f"--to {to!r}: expected HOST:PORT (IPv6 as [ADDR]:PORT)") from None
-    if to.startswith(":"):
-        raise ValueError(f"--to {to!r}: expected HOST:PORT (IPv6 as [ADDR]:PORT)")
+        hint = ("; an IPv6 address goes in brackets, [ADDR]:PORT" if to.count(":") > 1 and not to.startswith("[")
+                else "")
+        raise ValueError(f"--to {to!r}: expected HOST:PORT, :PORT for this host, or [ADDR]:PORT for "
+                         f"IPv6{hint}") from None
     if port == 0:
         raise ValueError(f"--to {to!r}: port must be 1-65535")
-    return host, port
+    return local_host(host), port
 
 
 def resolve_to(to: str) -> tuple[int, tuple[object, ...], str]:

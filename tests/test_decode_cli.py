@@ -404,7 +404,8 @@ def test_decode_and_replay_help_show_options_as_run_does() -> None:
     assert "[--max-templates N]" in helps["decode"] and "[--default-sampling N]" in helps["decode"]
     assert "templates kept per exporter [default: 1024]" in helps["decode"]
     assert "--loop N        times to send the capture; 0 = forever [default: 1]" in helps["replay"]
-    assert "--to HOST:PORT  destination collector (IPv6 as [ADDR]:PORT)\n" in helps["replay"]
+    assert "--to HOST:PORT  destination collector (IPv6 as [ADDR]:PORT); an empty or" in helps["replay"]
+    assert "127.0.0.1, ::1 for [::]\n" in helps["replay"]
 
 
 def test_keyed_batches_carry_the_same_enriched_flows_and_count_each_lookup_once() -> None:

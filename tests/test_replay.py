@@ -303,7 +303,11 @@ def test_truncated_capture_is_sent_then_reported_with_exit_1(tmp_path: Path, cap
 
 @pytest.mark.parametrize("to, words", [
     ("127.0.0.1:0", ["--to", "port must be 1-65535"]),
-    (":2055", ["--to", "HOST:PORT"]),
+    (":0", ["--to", "port must be 1-65535"]),
+    ("2055", ["--to", "HOST:PORT", ":PORT for this host"]),
+    (":", ["--to", "HOST:PORT"]),
+    ("[]:2055", ["--to", "HOST:PORT"]),
+    ("::1:2055", ["--to", "IPv6 address goes in brackets"]),
     ("nosuchhost.invalid:2055", ["--to", "nosuchhost.invalid", "cannot resolve"]),
     ("256.1.1.1:2055", ["--to", "256.1.1.1", "cannot resolve"]),
 ])
@@ -314,6 +318,28 @@ def test_bad_to_is_a_usage_error_naming_it(to: str, words: list[str], tmp_path: 
     err = capsys.readouterr().err
     assert all(w in err for w in words), err
     assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("to, family, host", [
+    (":{}", socket.AF_INET, "127.0.0.1"), ("0.0.0.0:{}", socket.AF_INET, "127.0.0.1"),
+    ("[::]:{}", socket.AF_INET6, "::1"),
+])
+def test_to_with_a_listeners_wildcard_host_sends_to_this_host(to: str, family: int, host: str, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """`--to :2055` was refused while `run --listen netflow://:2055` takes it: an empty host, as
+    a listener's wildcard, is this host for a destination (127.0.0.1; ::1 for [::])."""
+    cap = pcap(tmp_path / "one.pcap", [(T0, ("10.1.0.1", 2055), 2055, make_v5(1, 1, 0))])
+    rx = socket.socket(family, socket.SOCK_DGRAM)
+    rx.bind((host, 0))
+    rx.settimeout(5)
+    port = rx.getsockname()[1]
+    try:
+        assert cli.main(["replay", str(cap), "--to", to.format(port)]) == 0
+        assert rx.recv(2048) == make_v5(1, 1, 0)
+    finally:
+        rx.close()
+    shown = f"[{host}]" if ":" in host else host
+    assert f"to {shown}:{port}" in capsys.readouterr().err
 
 
 def test_to_is_resolved_once_and_ipv6_printed_in_brackets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
