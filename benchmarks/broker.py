@@ -215,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m benchmarks.broker``: start Tansu in the foreground (for manual runs)."""
     import argparse
 
-    ap = argparse.ArgumentParser(description="start a Tansu broker for benchmarks")
+    ap = argparse.ArgumentParser(allow_abbrev=False, description="start a Tansu broker for benchmarks")
     ap.add_argument("--port", type=int, default=None)
     ap.add_argument("--cpus", default=None)
     args = ap.parse_args(argv)

@@ -80,7 +80,7 @@ async def produce(bootstrap: str, topic: str, ws: list[Any], seconds: float, con
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--connections", type=int, default=4)
     ap.add_argument("--batch-bytes", type=int, default=1 << 20)

@@ -36,7 +36,7 @@ def build(*, force: bool = False, cc: str | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     ap.add_argument("--force", action="store_true", help="rebuild even if up to date")
     ap.add_argument("--cc", default=None, help="C compiler (default: $CC or gcc)")
     args = ap.parse_args(argv)

@@ -82,7 +82,7 @@ def thread_vs_loop(rounds: int) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=1.0, help="per codec and record kind")
     ap.add_argument("--thread", action="store_true", help="the event loop's cost with and without the "
                     "compression thread (kafka.compression_thread)")

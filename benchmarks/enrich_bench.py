@@ -105,7 +105,7 @@ def time_calls(fn: Any, args: list[tuple[bytes, bytes, bytes, int, int]], repeat
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     ap.add_argument("--pods", type=int, default=100_000)
     ap.add_argument("--nodes", type=int, default=5_000)
     ap.add_argument("--services", type=int, default=10_000)

@@ -575,7 +575,7 @@ def write_plot(path: Path, trials: list[dict], best: list[dict] | None = None) -
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.harness", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False, prog="python -m benchmarks.harness", description=__doc__.splitlines()[0])
     ap.add_argument("--collectors", default="flowscope,pmacct,nfcapd",
                     help="comma list from: flowscope, pmacct, nfcapd (default all)")
     ap.add_argument("--protos", default=",".join(PROTOS), help="comma list from ipfix,v5,v9,sflow")

@@ -198,7 +198,7 @@ async def measure(a: argparse.Namespace, kubeconfig: str, child: subprocess.Pope
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pods", type=int, default=100_000)
     ap.add_argument("--nodes", type=int, default=5_000)
     ap.add_argument("--services", type=int, default=10_000)

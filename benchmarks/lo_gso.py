@@ -60,7 +60,7 @@ def ipv4_max_sizes(ifname: str) -> tuple[int, int]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("size", type=int, help="bytes (loopback as it comes: 65536)")
     ap.add_argument("--dev", default="lo")
     args = ap.parse_args()

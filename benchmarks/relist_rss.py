@@ -125,7 +125,7 @@ def child(kubeconfig: str, trace: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--relists", type=int, default=200)
     ap.add_argument("--pods", type=int, default=3000)
     ap.add_argument("--churn", type=int, default=750, help="pods replaced a round (the soak: 5/s x 150 s)")

@@ -17,7 +17,7 @@ import time
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--exporters", default="1000,10000,16384,65536", help="comma list of exporter counts")
     ap.add_argument("--following", action="store_true", help="as a --workers N worker (the label channel)")
     ap.add_argument("--snapshots", type=int, default=5, help="snapshots timed at each count")

@@ -260,7 +260,7 @@ def wait_ready(base: str, timeout: float) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=18.0, help="traffic time")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--top", type=int, default=3, help="--metrics-top-exporters")

@@ -153,7 +153,7 @@ def _round(tree: Path, args: argparse.Namespace, out: Path, bootstrap: str = "",
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tree", action="append", required=True, help="NAME=DIR, repeatable (built source trees)")
     ap.add_argument("--rate", type=int, default=100000, help="flows/s offered")
     ap.add_argument("--seconds", type=float, default=8)

@@ -50,7 +50,7 @@ def one(nf: int, budget: int) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fields", default="1,10,30,100", help="comma list of template widths")
     ap.add_argument("--budget", type=int, default=2_000_000, help="counted fields to fill per width")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)

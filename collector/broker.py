@@ -135,7 +135,7 @@ class Broker:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m collector.broker",
+    parser = argparse.ArgumentParser(prog="python -m collector.broker", allow_abbrev=False,
                                      description="Run the bundled Tansu Kafka-protocol broker (in-memory storage).")
     parser.add_argument("--port", type=int, default=9092, help="TCP port (default 9092)")
     parser.add_argument("--host", default="127.0.0.1",

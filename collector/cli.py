@@ -8,6 +8,7 @@ schema in `collector.config` (see there); this module only wires subcommands.
 from __future__ import annotations
 
 import argparse
+import difflib
 import errno
 import logging
 import os
@@ -172,20 +173,45 @@ def _ignored_settings(cfg: config_mod.Config, enrich_cfg: Any) -> list[str]:
     return out
 
 
-class _CommandParser(argparse.ArgumentParser):
-    """A subcommand's parser. argparse hands what a subcommand's parser does not know up to the
-    top-level parser, which reports it under `usage: flowscope COMMAND ...`, saying nothing of
-    the subcommand's options: `flowscope run --typo` is reported with `run`'s usage instead."""
+class Parser(argparse.ArgumentParser):
+    """flowscope's parsers: no abbreviations, and a misspelt option named with the one it is
+    closest to. argparse took any unambiguous prefix of an option for it (`--kafka-broker` for
+    `--kafka-brokers`): a typo went unnoticed, and an option added later that shares the
+    prefix would silently change what a deployed command line means, or refuse it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
         ns, extras = super().parse_known_args(args, namespace)
         if extras:
-            self.error("unrecognized arguments: " + " ".join(extras))
+            self.error("unrecognized arguments: " + " ".join(extras) + self._did_you_mean(extras))
         return ns, extras
+
+    def _did_you_mean(self, extras: list[str]) -> str:
+        """` (did you mean --X?)` for each unknown --option close to one of this parser's."""
+        # (compared without the dashes, which every flag shares: `--typo` is not close to `--to`)
+        known = [o[2:] for o in self._option_string_actions if o.startswith("--")]
+        hints = []
+        for tok in extras:
+            flag = tok.partition("=")[0]
+            if flag.startswith("--") and len(flag) > 2:
+                close = difflib.get_close_matches(flag[2:], known, n=1, cutoff=0.75)
+                if close:
+                    hints.append(f"{flag}: did you mean --{close[0]}?")
+        return f" ({'; '.join(hints)})" if hints else ""
+
+
+class _CommandParser(Parser):
+    """A subcommand's parser. argparse hands what a subcommand's parser does not know up to the
+    top-level parser, which reports it under `usage: flowscope COMMAND ...`, saying nothing of
+    the subcommand's options: `flowscope run --typo` is reported with `run`'s usage instead
+    (Parser.parse_known_args refuses it here)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="flowscope",
         description="IPFIX / NetFlow / sFlow collector for Kubernetes: NetObserv JSON flows to Kafka or stdout.")
     from . import version

@@ -122,7 +122,7 @@ def collector_config(pid: int | None) -> tuple[config_mod.Config, str]:
     if argv is None:
         why = "" if pid is None else f" (process {pid} is not a `flowscope run`)"
         return config_mod.load(None, os.environ), f"this process's environment{why}"
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)   # (read as `run` reads it)
     config_mod.add_arguments(parser)
     try:
         args, _ = parser.parse_known_args(argv)

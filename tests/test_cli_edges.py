@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import ROOT, free_udp_port, make_v5
@@ -423,3 +424,53 @@ def test_a_goflow2_listener_url_with_options_names_them_and_the_flags_that_do_it
     assert f"give {url.partition('?')[0]}," in err and "--workers N" in err, err
     # without the options, the same listener is taken
     assert cli.main(["config", "--listen", url.partition("?")[0]]) == 0
+
+
+def _subcommand_parsers() -> dict[str, Any]:
+    import argparse
+
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {"": parser, **sub.choices}
+
+
+def test_no_parser_takes_an_abbreviated_option(capsys: pytest.CaptureFixture[str]) -> None:
+    """argparse took any unambiguous prefix of an option for it (`--kafka-broker` was
+    `--kafka-brokers`): typos passed, and an option added later would change what a deployed
+    command line means. Every long option of every subcommand, cut by one letter, is refused
+    (exit 2) and the full one named."""
+    tried = 0
+    for command, parser in _subcommand_parsers().items():
+        options = {o for o in parser._option_string_actions if o.startswith("--")}
+        for opt in sorted(options):
+            cut = opt[:-1]
+            if cut in options or len(cut) < 4:
+                continue
+            argv = ([command] if command else []) + ([str(ROOT / "x.pcap")] if command in ("replay", "decode") else [])
+            if command == "replay" and opt != "--to":
+                argv += ["--to", "127.0.0.1:9"]
+            with pytest.raises(SystemExit) as exc:
+                cli.main(argv + [cut])
+            err = capsys.readouterr().err
+            assert exc.value.code == 2, (command, cut, err)
+            if command:   # (the top level refuses a missing COMMAND first)
+                assert f"unrecognized arguments: {cut}" in err and f"did you mean {opt}?" in err, (command, cut, err)
+            tried += 1
+    assert tried > 100
+
+
+def test_a_misspelt_option_names_the_one_meant(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["run", "--kafka-brokers=127.0.0.1:9", "--stats-intervall=3"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert err.splitlines()[-1] == ("flowscope run: error: unrecognized arguments: --stats-intervall=3 "
+                                    "(--stats-intervall: did you mean --stats-interval?)")
+
+
+def test_the_other_entry_points_take_no_abbreviation() -> None:
+    for module, arg in (("collector.broker", "--por"), ("deploy.demo.demo", "--kee")):
+        p = subprocess.run([sys.executable, "-m", module, arg, "1"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=60)
+        assert p.returncode == 2 and f"unrecognized arguments: {arg}" in p.stderr, (module, p.stderr)
+

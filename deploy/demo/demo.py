@@ -493,7 +493,7 @@ def run_demo(*, workdir: Path | None = None, log: Any = print, consume_timeout: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deploy.demo.demo", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m deploy.demo.demo", allow_abbrev=False, description=__doc__.split("\n")[0])
     parser.add_argument("--keep", metavar="DIR", help="keep logs, kubeconfig and state in DIR")
     args = parser.parse_args(argv)
     reason = skip_reason()

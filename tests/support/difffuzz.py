@@ -680,7 +680,7 @@ def signature(problem: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", type=int, default=3000, help="cases per kind")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--batch", type=int, default=150, help="cases per pcap (one tshark run)")

@@ -760,7 +760,7 @@ def run_enrich_config(tmp_path: Path, argv: list[str], environ: dict[str, str] |
     from collector import config as C
     from collector.cli import _enrichment
 
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(allow_abbrev=False)
     C.add_arguments(p)
     kc = tmp_path / "kc"
     kc.write_text("apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'http://127.0.0.1:9'}}]\n"
