@@ -275,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "HEALTHCHECK runs this).",
                         epilog="Exit status: 0 healthy (the endpoint answered 200, or the collector serves no "
                         "HTTP endpoint and its process runs); 1 unhealthy (another answer, no answer, an "
-                        "unreadable configuration); 2 for a usage error (a bad option, a malformed --addr).")
+                        "unreadable configuration, a --pid that is not a `flowscope run` or cannot be read: "
+                        "never the default address instead); 2 for a usage error (a bad option, a malformed --addr).")
     from . import health as health_mod
 
     health_mod.add_arguments(hp)

@@ -10,7 +10,9 @@ did (flag > FLOWSCOPE_* variable > --config file > default) and asks that proces
 127.0.0.1 or wildcard address is not this namespace's; the ones left aside are named.
 
 Exit status: 0 healthy (the endpoint answered 200); 1 not (any other answer, no answer, or the
-address cannot be worked out from the collector); 2 usage error (a bad option: a malformed --addr too). A collector that serves no HTTP endpoint
+address cannot be worked out from the collector: a --pid that is not a `flowscope run` or whose
+command line and environment cannot be read included, which is never taken for the default
+address); 2 usage error (a bad option: a malformed --addr too). A collector that serves no HTTP endpoint
 (metrics_addr and health_addr both empty) cannot be asked: it is reported healthy while its
 process runs, and the line printed says so.
 """
@@ -106,22 +108,32 @@ def _skipped_note(skipped: list[str]) -> str:
     return f" (not asked: `flowscope run` process {', '.join(skipped[:5])}{more})"
 
 
+class NotACollector(Exception):
+    """The process --pid names is not a `flowscope run` whose configuration can be read."""
+
+
 def collector_config(pid: int | None) -> tuple[config_mod.Config, str]:
     """The configuration the `flowscope run` process `pid` resolved, and where it came from. With
-    no such process (or one that cannot be read), this process's own variables and
-    FLOWSCOPE_CONFIG file. Raises config_mod.ConfigError when the configuration is unusable."""
-    cmdline: list[str] = []
-    environ: Mapping[str, str] = os.environ
-    if pid is not None:
-        try:
-            cmdline = _read_nul_list(f"/proc/{pid}/cmdline")
-            environ = dict(e.split("=", 1) for e in _read_nul_list(f"/proc/{pid}/environ") if "=" in e)
-        except OSError:
-            cmdline, environ = [], os.environ
-    argv = run_args(cmdline)
-    if argv is None:
-        why = "" if pid is None else f" (process {pid} is not a `flowscope run`)"
-        return config_mod.load(None, os.environ), f"this process's environment{why}"
+    no pid (no collector found), this process's own variables and FLOWSCOPE_CONFIG file. Raises
+    NotACollector when `pid` is not a `flowscope run` or its command line or environment cannot
+    be read: its address would be a guess, this process's or the default one, where another
+    collector (or anything else) may answer 200. Raises config_mod.ConfigError when the
+    configuration is unusable."""
+    if pid is None:
+        return config_mod.load(None, os.environ), "this process's environment"
+    try:
+        cmdline = _read_nul_list(f"/proc/{pid}/cmdline")
+        argv = run_args(cmdline)
+        if argv is None:
+            shown = " ".join(cmdline)[:120] or "no command line: a kernel thread, or a process that has exited"
+            raise NotACollector(f"process {pid} is not a `flowscope run` ({shown}): give the collector's PID "
+                                "with --pid (without --pid, the one found behind an init or a shell), or its "
+                                "address with --addr")
+        environ: Mapping[str, str] = dict(e.split("=", 1) for e in _read_nul_list(f"/proc/{pid}/environ")
+                                          if "=" in e)
+    except OSError as exc:
+        raise NotACollector(f"cannot read the command line and environment of process {pid} "
+                            f"({exc.strerror or exc}): run this as the collector's user, or give --addr") from None
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)   # (read as `run` reads it)
     config_mod.add_arguments(parser)
     try:
@@ -165,6 +177,9 @@ def run(args: argparse.Namespace) -> int:
             note = f" (process {pid} runs in another network namespace: its address was asked in this one)"
         try:
             cfg, source = collector_config(pid)
+        except NotACollector as exc:
+            print(f"unhealthy: {exc}{note}")
+            return 1
         except (config_mod.ConfigError, ValueError) as exc:
             print(f"unhealthy: the collector's configuration cannot be read: {exc}")
             return 1

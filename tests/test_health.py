@@ -13,9 +13,9 @@ from conftest import ROOT, free_tcp_port, wait_for
 from collector.health import probe_url, run_args
 
 
-def health(*args: str) -> subprocess.CompletedProcess:
+def health(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "collector.cli", "health", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=30, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
+                          text=True, timeout=30, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), **(env or {})})
 
 
 @pytest.mark.parametrize("cmdline,want", [
@@ -66,16 +66,41 @@ def test_health_says_what_did_not_answer(collector: Any) -> None:
     r = health("--addr", "nonsense")
     assert r.returncode == 2 and "argument --addr: 'nonsense': expected HOST:PORT" in r.stderr, r
     assert r.stdout == "", r
-    # a process that is not a collector: its own environment, then the default address
     sleeper = subprocess.Popen(["sleep", "30"])
     try:
         r = health("--pid", str(sleeper.pid), "--addr", f"127.0.0.1:{port}")
         assert r.returncode == 1
-        r = health("--pid", str(sleeper.pid))
-        assert r.returncode in (0, 1) and f"process {sleeper.pid} is not a `flowscope run`" in r.stdout, r
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_health_of_a_pid_that_is_no_collector_is_unhealthy_and_asks_nothing(collector: Any) -> None:
+    """`--pid` of a process that is not `flowscope run` fell back to health's own environment and
+    the default address, where another collector (here one that health's environment points at)
+    answered 200: healthy, of a process that is no collector. It is unhealthy now, naming it."""
+    other = collector([])
+    env = {"FLOWSCOPE_METRICS_ADDR": f"127.0.0.1:{other.http}"}
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        r = health("--pid", str(sleeper.pid), env=env)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert r.returncode == 1, r
+    assert r.stdout.startswith(f"unhealthy: process {sleeper.pid} is not a `flowscope run` (sleep 30): give the "
+                               "collector's PID with --pid (without --pid, the one found behind an init or a shell), or its "
+                               "address with --addr"), r
+    assert "answered" not in r.stdout, r
+    # a kernel thread (kthreadd is PID 2 where the PID namespace is the host's): no command line
+    try:
+        with open("/proc/2/comm") as fh:
+            kthread = fh.read().strip() == "kthreadd"
+    except OSError:
+        kthread = False
+    if kthread:
+        r = health("--pid", "2", env=env)
+        assert r.returncode == 1 and "process 2 is not a `flowscope run` (no command line" in r.stdout, r
 
 
 def test_health_without_pid_asks_the_collector_of_its_own_network_namespace(collector: Any, tmp_path: Any) -> None:
