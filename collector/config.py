@@ -528,7 +528,9 @@ class Config:
                             "carries the rate", parse_bool)
     dedup: bool = opt(False, "drop (and count) egress records duplicating an ingress record (OVS samples "
                       "both directions)", parse_bool)
-    counters: bool = opt(False, "publish sFlow counter records (Kafka: to --kafka-counters-topic)", parse_bool)
+    counters: bool = opt(False, "publish sFlow counter records (Kafka: to --kafka-counters-topic); without it counter "
+                         "samples, which are not flows, are not decoded, only counted per exporter "
+                         "(flowscope_counter_samples_ignored_total)", parse_bool)
     sink: str = opt("auto", "output: auto (kafka if --kafka-brokers, else file if --output-file, else "
                     "stdout), stdout, file or kafka", choice("auto", "stdout", "file", "kafka"))
     output_file: str = opt("", "file sink path (JSON lines, appended)", parse_str, metavar="PATH")

@@ -48,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="rate for IPFIX/v9 exporters that send none, like Open vSwitch (400 is what "
                              "OVN-Kubernetes configures); 0 = leave unset [default: 400]")
     parser.add_argument("--counters", action="store_true",
-                        help="also print sFlow counter records (JSON objects with RecordType)")
+                        help="also print sFlow counter records (JSON objects with RecordType); without it counter samples "
+                        "are not decoded, counted as counter_samples_ignored (--stats), as by `flowscope run`")
     parser.add_argument("--options", action="store_true",
                         help="also print IPFIX/v9 options data records (RecordType options)")
     parser.add_argument("--dedup", action="store_true",
@@ -142,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--sampling: {e}") from None
         cfg = DecoderConfig(default_sampling=args.default_sampling, sampling=sampling, dedup=args.dedup,
                             max_templates_per_exporter=args.max_templates, split_biflows=args.split_biflows,
-                            renormalize=args.renormalize)
+                            renormalize=args.renormalize, keep_counters=args.counters)
         dec = Decoder(cfg)
     except ValueError as e:
         print(f"flowscope decode: {e}", file=sys.stderr)

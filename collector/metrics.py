@@ -90,6 +90,10 @@ SERIES: dict[str, Series] = {s.name: s for s in [
            "before it and not exported later, is an older one arriving late: skipped). NetFlow v9 defines no such "
            "field: nothing for netflow9",
            ("exporter", "protocol", "unit")),
+    Series("flowscope_counter_samples_ignored", "counter", "sFlow counter samples received without --counters: "
+           "not flows, so not decoded nor published (--counters publishes them as counter records, "
+           "flowscope_counter_records_total), but counted, so that an agent's counter polling arriving unused is "
+           "seen (sFlow agents send them at their counter polling interval)", ("exporter", "protocol")),
     Series("flowscope_sequence_resets", "counter", "Exporter restarts: a sequence number that jumped by more than "
            "2^20, or went back with a header uptime (netflow5, netflow7, netflow9, sflow5) that went back by more than a "
            "minute, or went back and kept following on in sequence for a second (a process restarted on the same port); "
@@ -321,7 +325,7 @@ class ExporterLabels:
     #: decoder_series' counters, which an evicted exporter's carry keeps under its own label
     COUNTERS = ("flowscope_datagrams", "flowscope_flows", "flowscope_decode_errors", "flowscope_missing_template_sets",
                 "flowscope_sequence_lost", "flowscope_sequence_resets", "flowscope_templates_evicted",
-                "flowscope_exporter_sample_drops", "flowscope_exporter_not_sent")
+                "flowscope_exporter_sample_drops", "flowscope_exporter_not_sent", "flowscope_counter_samples_ignored")
 
     def __init__(self, limit: int, idle_after: float = LABEL_IDLE_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -623,7 +627,8 @@ def decoder_series(stats: dict[str, Any], labels: ExporterLabels) -> Snapshot:
                                            "flowscope_missing_template_sets", "flowscope_templates",
                                            "flowscope_sampling_rate", "flowscope_sequence_lost",
                                            "flowscope_sequence_resets", "flowscope_templates_evicted",
-                                           "flowscope_exporter_sample_drops", "flowscope_exporter_not_sent")}
+                                           "flowscope_exporter_sample_drops", "flowscope_exporter_not_sent",
+                                           "flowscope_counter_samples_ignored")}
     # the folded counters of evicted exporters (decoders.EVICTED) are never a label of their own
     names = labels.assign({e: int(s[0]) for e, s in stats.items() if e != EVICTED})
     names[EVICTED] = OTHER
@@ -643,7 +648,8 @@ def decoder_series(stats: dict[str, Any], labels: ExporterLabels) -> Snapshot:
             for key, series in (("sequence_lost", "flowscope_sequence_lost"),
                                 ("sequence_resets", "flowscope_sequence_resets"),
                                 ("templates_evicted", "flowscope_templates_evicted"),
-                                ("sample_drops", "flowscope_exporter_sample_drops")):
+                                ("sample_drops", "flowscope_exporter_sample_drops"),
+                                ("counter_samples_ignored", "flowscope_counter_samples_ignored")):
                 if p.get(key):
                     seq = out[series]
                     seq[lab] = seq.get(lab, 0) + p[key]

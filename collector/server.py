@@ -248,6 +248,7 @@ class Worker:
             max_datagram=cfg.max_datagram,
             max_exporter_rate=cfg.max_exporter_rate,
             keep_options=False,     # (batch.options: nothing here reads them)
+            keep_counters=cfg.counters,   # (without --counters: counted per exporter, not decoded)
         ))
         self.decode = self.decoder.decode
         self._receiver_cls = Receiver

@@ -61,6 +61,7 @@ cdef class Decoder:
     cdef public bint dedup
     cdef public bint split_biflows
     cdef public bint keep_options    # options data records as dicts on batch.options
+    cdef public bint keep_counters   # sFlow counter samples as dicts on batch.counters (else counted, skipped)
     cdef public bint track_duplicates
     cdef public bint renormalize     # Bytes/Packets times the rate the exporter sent (scale_counts)
     cdef uint32_t default_sampling
@@ -95,6 +96,7 @@ cdef class Decoder:
         self.dedup = config.dedup
         self.split_biflows = config.split_biflows
         self.keep_options = config.keep_options
+        self.keep_counters = config.keep_counters
         self.track_duplicates = config.mark_duplicates or config.dedup
         self.renormalize = config.renormalize
         self.default_sampling = config.default_sampling

@@ -60,6 +60,11 @@ class DecoderConfig:
     #: records at line rate would turn into 40 ms of CPU per datagram. What options data teaches
     #: (sampling rates, clocks) is learned either way.
     keep_options: bool = True
+    #: sFlow counter samples as dicts of their records on each batch (`batch.counters`). Off (the
+    #: collector without --counters): they are not flows, so each is skipped by its length, not
+    #: decoded, and counted per exporter as counter_samples_ignored (the collector's
+    #: flowscope_counter_samples_ignored_total), so that samples arriving unused are seen.
+    keep_counters: bool = True
 
     def validate(self) -> None:
         """Raise ValueError naming the bad field and what it accepts."""

@@ -1193,6 +1193,11 @@ cdef int decode_sflow(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
                 discarded_packet(ex, b, &s, recv_ms, stream, late)
                 committed = b.n
             elif sfmt == SF_COUNTER_SAMPLE or sfmt == SF_COUNTER_SAMPLE_EXP:
+                if not dec.keep_counters:
+                    # not flows: skipped by length (nothing reads them), but counted, so that
+                    # samples an agent sends unused do not pass silently
+                    ex.proto_stats(ex.cur_protocol)["counter_samples_ignored"] += 1
+                    continue
                 if agent is None:
                     agent = b.agent_ip
                 counter_sample(b, &s, sfmt == SF_COUNTER_SAMPLE_EXP, agent)

@@ -305,3 +305,29 @@ def test_absolute_form_request_target_is_accepted() -> None:
             await srv.stop()
 
     assert [_split(a)[0] for a in asyncio.run(main())] == [200, 200, 404]
+
+
+@pytest.mark.parametrize("counters", [False, True])
+def test_sflow_counter_samples_without_counters_are_counted_per_exporter(collector: Any, counters: bool) -> None:
+    """An agent's counter samples, received without --counters, moved nothing but
+    flowscope_datagrams_total: they are counted in flowscope_counter_samples_ignored_total,
+    per exporter (a real capture; the count from its tshark decode). With --counters they are
+    published as counter records and none is ignored."""
+    from conftest import corpus_file, udp_payloads
+
+    from tests.support import tshark as T
+
+    pcap = corpus_file("sflow/generic_sflow_counters_sample.pcap")
+    ref = T.load_tshark_json(pcap.parent / (pcap.stem + ".tshark.json"))
+    samples = sum(1 for p in ref["packets"] for s in T.parse_sflow(p).samples if not s.is_flow)
+    assert samples > 0
+    c = collector(["--counters"] if counters else [], schemes=("sflow",))
+    send_udp([p for _src, _port, p in udp_payloads(pcap)], c.ports["sflow"])
+    c.wait_value("flowscope_datagrams_total", len(ref["packets"]))
+    ignored = dict(exporter="127.0.0.1", protocol="sflow5")
+    if counters:
+        c.wait_value("flowscope_counter_records_total", samples)
+        assert c.value("flowscope_counter_samples_ignored_total", **ignored) == 0
+    else:
+        c.wait_value("flowscope_counter_samples_ignored_total", samples, **ignored)
+        assert c.value("flowscope_counter_records_total") == 0

@@ -1575,3 +1575,40 @@ def test_random_flips_of_built_datagrams(decoders_mod) -> None:
             assert b.error[0] in REASONS, b.error
         b.to_json()
     assert dec.decode(data, "192.0.2.1", 6343, RECV).error is None
+
+
+# --------------------------------------------------------------------------------------------
+# Counter samples without --counters: not decoded, counted per exporter
+
+
+def _counter_captures() -> list:
+    base = LOCAL if LOCAL.is_dir() and any(LOCAL.glob("generic_sflow_*.pcap")) else SHARED
+    return [pytest.param(p, id=p.name) for p in sorted(base.glob("generic_sflow_*counters*.pcap"))] or [
+        pytest.param(None, id="apache-corpus-absent")]
+
+
+@pytest.mark.parametrize("pcap", _counter_captures())
+def test_counter_samples_not_kept_are_counted_per_exporter(decoders_mod, pcap: Path | None) -> None:
+    """Without --counters the collector ignored counter samples without a trace (only
+    flowscope_datagrams_total moved): they are counted per exporter now (counter_samples_ignored,
+    the collector's flowscope_counter_samples_ignored_total), as many as tshark finds, and the
+    flow samples beside them decode as with them kept."""
+    from collector.pcap import iter_udp
+
+    if pcap is None:
+        pytest.skip("no generic_sflow_*counters* capture in tests/data/corpus/sflow nor in the shared corpus")
+    ref = T.load_tshark_json(pcap.parent / (pcap.stem + ".tshark.json"))
+    want: collections.Counter[str] = collections.Counter()
+    for dg, p in zip(iter_udp(pcap), ref["packets"], strict=True):
+        want[dg.src] += sum(1 for s in T.parse_sflow(p).samples if not s.is_flow)
+    assert sum(want.values()) > 0
+    kept = decoders_mod.Decoder(decoders_mod.DecoderConfig(keep_counters=True))
+    ignoring = decoders_mod.Decoder(decoders_mod.DecoderConfig(keep_counters=False))
+    for dg in iter_udp(pcap):
+        a = kept.decode(dg.payload, dg.src, dg.sport, dg.ts)
+        b = ignoring.decode(dg.payload, dg.src, dg.sport, dg.ts)
+        assert b.counters == [] and b.error is None
+        assert b.to_dicts() == a.to_dicts()
+    for exporter, n in want.items():
+        assert ignoring.stats()[exporter]["protocols"]["sflow5"]["counter_samples_ignored"] == n
+        assert kept.stats()[exporter]["protocols"]["sflow5"]["counter_samples_ignored"] == 0
