@@ -43,17 +43,30 @@ class RateLimitedLog:
         self.log(logging.WARNING, key, msg, *args, extra=extra)
 
 
-class _RateLimitFilter(logging.Filter):
-    """Throttles a chatty third-party logger (aiokafka logs every reconnect attempt at ERROR)."""
+# aiokafka's own lines (their message templates' start) for what flowscope's Kafka sink reports
+# itself, rate-limited, with the reason and the setting to change (collector.sinks: "kafka: cannot
+# connect to ...", "kafka: ... (not connected)"): beside it each cause was said twice, and for a
+# port that is not a Kafka broker's aiokafka's line had an empty reason ("Unable connect to
+# "HOST:PORT": "). Shown with --log-level debug only; aiokafka's other lines are kept.
+AIOKAFKA_REPORTED = ("Unable connect to ", "Unable to update metadata from ")
 
-    def __init__(self, interval: float) -> None:
+
+class _RateLimitFilter(logging.Filter):
+    """Throttles a chatty third-party logger (aiokafka logs every reconnect attempt at ERROR),
+    and leaves out its lines that flowscope's own say better (AIOKAFKA_REPORTED) unless
+    `debug`."""
+
+    def __init__(self, interval: float, debug: bool = False) -> None:
         super().__init__()
         self.interval = interval
+        self.debug = debug
         self._last: dict[str, float] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not record.name.startswith(("aiokafka", "kafka")):
             return True
+        if not self.debug and isinstance(record.msg, str) and record.msg.startswith(AIOKAFKA_REPORTED):
+            return False
         key = f"{record.name}:{record.msg}"
         now = time.monotonic()
         if now - self._last.get(key, -1e9) < self.interval:
@@ -116,7 +129,7 @@ def setup_logging(level: str, worker: int | None = None, fmt: str = "text") -> N
     # nor JSON: through logging ("py.warnings") they are one log record like any other.
     logging.captureWarnings(True)
     # on the handler: logger filters do not apply to records of child loggers
-    handler.addFilter(_RateLimitFilter(10.0))
+    handler.addFilter(_RateLimitFilter(10.0, debug=level.lower() == "debug"))
     for name in ("aiokafka", "kafka"):
         lg = logging.getLogger(name)
         if level.lower() != "debug":

@@ -300,3 +300,38 @@ def test_aiokafka_path_one_hung_broker_among_working_ones_is_counted_and_named(
         c.wait_value("flowscope_flows_delivered_total", load.sent, timeout=90)
         assert total(c.metrics(), "flowscope_flows_dropped_total") == 0
         assert c.stop() == 0
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["info", "debug"])
+@pytest.mark.parametrize("listener", ["closed", "http"])
+def test_a_broker_that_cannot_be_reached_is_said_once_per_cause(collector: Any, listener: str, debug: bool) -> None:
+    """--kafka-brokers at a closed port, or at a port that is not Kafka's (a real HTTP server):
+    flowscope's line (the reason, what to change, rate-limited) came with aiokafka's own ERROR
+    line for the same cause, which for the HTTP port had an empty reason (`Unable connect to
+    "HOST:PORT": `). aiokafka's is left out now, shown with --log-level debug only."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    port = free_tcp_port()
+    server = None
+    if listener == "http":
+        server = ThreadingHTTPServer(("127.0.0.1", port), BaseHTTPRequestHandler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        c = collector(["--kafka-brokers", f"127.0.0.1:{port}"] + (["--log-level", "debug"] if debug else []),
+                      wait_ready=False)
+        ours = f"ERROR flowscope.sink: kafka: cannot connect to 127.0.0.1:{port}: "
+        wait_for(lambda: ours in c.log(), 30, what="flowscope's line")
+        c.stop()
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+    log = c.log()
+    why = ("accepts connections but did not answer Kafka's first requests" if listener == "http"
+           else "Connection refused")
+    assert why in log.split(ours, 1)[1].splitlines()[0], log[-3000:]
+    theirs = [ln for ln in log.splitlines() if f'aiokafka: Unable connect to "127.0.0.1:{port}"' in ln]
+    assert bool(theirs) == debug, log[-3000:]
+    if not debug:   # (every ERROR line is flowscope's: one per cause)
+        errors = [ln for ln in log.splitlines() if " ERROR " in ln]
+        assert errors and all(" ERROR flowscope" in ln for ln in errors), errors
