@@ -183,11 +183,25 @@ class Parser(argparse.ArgumentParser):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
+    _given: list[str] = []
+
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._given = list(sys.argv[1:] if args is None else args)
         ns, extras = super().parse_known_args(args, namespace)
         if extras:
             self.error("unrecognized arguments: " + " ".join(extras) + self._did_you_mean(extras))
         return ns, extras
+
+    def error(self, message: str) -> Any:
+        """argparse's other errors name the misspelt flag too: a required one misspelt (`replay
+        --too`) is reported as missing, a misspelt flag before the command (`--verison`) as no
+        command, before the unknown arguments are looked at."""
+        if "did you mean" not in message:
+            given = self._given
+            if self._subparsers is not None:   # (the top level: what comes before the command)
+                given = given[:next((i for i, t in enumerate(given) if not t.startswith("-")), len(given))]
+            message += self._did_you_mean([t for t in given if t.partition("=")[0] not in self._option_string_actions])
+        super().error(message)
 
     def _did_you_mean(self, extras: list[str]) -> str:
         """` (did you mean --X?)` for each unknown --option close to one of this parser's."""

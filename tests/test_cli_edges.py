@@ -466,6 +466,17 @@ def test_a_misspelt_option_names_the_one_meant(capsys: pytest.CaptureFixture[str
     assert exc.value.code == 2
     assert err.splitlines()[-1] == ("flowscope run: error: unrecognized arguments: --stats-intervall=3 "
                                     "(--stats-intervall: did you mean --stats-interval?)")
+    # a misspelt required flag is reported missing, a misspelt flag before the command as no
+    # command: named all the same
+    for argv, want in ((["replay", "x.pcap", "--too", "127.0.0.1:9"],
+                        "flowscope replay: error: the following arguments are required: --to "
+                        "(--too: did you mean --to?)"),
+                       (["--verison"], "flowscope: error: the following arguments are required: COMMAND "
+                                       "(--verison: did you mean --version?)")):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(argv)
+        assert exc.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1] == want
 
 
 def test_the_other_entry_points_take_no_abbreviation() -> None:
