@@ -1,12 +1,15 @@
 """What building the metrics snapshot costs the event loop, by number of exporters.
 
     python -m benchmarks.snapshot_bench [--exporters 1000,10000,16384,65536] [--following] [--snapshots 5]
+        [--sending 0.1] [--no-snapshots]
 
-Worker.snapshot() runs on the event loop every --stats-interval and walks every exporter the
-decoder holds state for; while it runs no datagram is read. One NetFlow v5 datagram from each of
-N addresses, then the mean time of five snapshots (file sink, no Kafka). --following: the
-worker's labels follow a supervisor's choice, as with `flowscope run --workers N` (each snapshot
-then carries the label channel, ExporterLabels.feed).
+Worker.snapshot() runs on the event loop every --stats-interval; while it runs no datagram is
+read. It costs what changed since the previous one (Decoder.series_changed, DecoderSeries; it
+walked every exporter the decoder holds state for before). One NetFlow v5 datagram from each of
+N addresses, then the mean time of five snapshots (file sink, no Kafka). --sending F: before
+each snapshot that fraction of the exporters (spread over them) sends a datagram again (not
+timed). --following: the worker's labels follow a supervisor's choice, as with `flowscope run
+--workers N` (each snapshot then carries the label channel, ExporterLabels.feed).
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ def main() -> None:
     ap.add_argument("--exporters", default="1000,10000,16384,65536", help="comma list of exporter counts")
     ap.add_argument("--following", action="store_true", help="as a --workers N worker (the label channel)")
     ap.add_argument("--snapshots", type=int, default=5, help="snapshots timed at each count")
+    ap.add_argument("--sending", type=float, default=0.0, help="fraction of exporters sending before each snapshot")
+    ap.add_argument("--no-snapshots", action="store_true", help="all but the timed snapshots (a baseline for "
+                    "callgrind: its instructions subtracted from a run's are the snapshots')")
     a = ap.parse_args()
     from benchmarks.datagrams import v5_datagram, v5_records
     from collector import config
@@ -38,13 +44,20 @@ def main() -> None:
         w = Worker(config.load(None, environ=env))
         if a.following:
             w.labels.follow(1, [], 0)
-        for i in range(n):
-            w.decode(d, f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}", 2055, time.time())
+        names = [f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}" for i in range(n)]
+        for e in names:
+            w.decode(d, e, 2055, time.time())
         w.snapshot()
-        t = time.perf_counter()
-        for _ in range(a.snapshots):
-            w.snapshot()
-        print(f"| {n:,} | {1000 * (time.perf_counter() - t) / max(1, a.snapshots):.1f} |")
+        step = max(1, round(1 / a.sending)) if a.sending > 0 else 0
+        took = 0.0
+        for k in range(a.snapshots):
+            for e in names[k % step::step] if step else ():
+                w.decode(d, e, 2055, time.time())
+            t = time.perf_counter()
+            if not a.no_snapshots:
+                w.snapshot()
+            took += time.perf_counter() - t
+        print(f"| {n:,} | {1000 * took / max(1, a.snapshots):.2f} |")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from __future__ import annotations
 import heapq
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -338,7 +338,7 @@ class ExporterLabels:
         self.generation = 0   # the generation of the supervisor's set that assign() applied last
         # the latest assign()'s senders: exporter -> (datagrams since the call before, so far)
         self.sent: dict[str, tuple[int, int]] = {}
-        self._prev: dict[str, int] = {}   # the previous assign()'s activity: who sends now
+        self._prev: dict[str, int] = {}   # the activity as of the previous assign(): who sends now
         # for keep_evicted, from assign: exporters named now that `other` counted before, and
         # exporters whose label was given up
         self._named_now: list[str] = []
@@ -357,11 +357,15 @@ class ExporterLabels:
         self._decision: set[str] | None = None
         self._folded_now: list[str] = []   # for keep_evicted: held, then not named
 
-    def keep_evicted(self, stats: dict[str, Any], out: Snapshot) -> None:
+    def carried(self) -> set[str]:
+        """The exporters whose Decoder.series_stats() entries keep_evicted() looks up."""
+        return {*self._last, *self.named, *self.held}
+
+    def keep_evicted(self, stats: Mapping[str, Any], out: Snapshot) -> None:
         """Apply the carry of named exporters evicted since the last call to `out` (built from
-        `stats`, Decoder.series_stats()), and of labels that changed hands at this call's
-        assign(). An exporter evicted and back within one interval is told by its per-protocol
-        dict, which a new decoder state replaces."""
+        `stats`, Decoder.series_stats(): those of carried() at least), and of labels that
+        changed hands at this call's assign(). An exporter evicted and back within one interval
+        is told by its per-protocol dict, which a new decoder state replaces."""
         carry = self._carry
         for exporter in self._folded_now:
             # held, not named: the supervisor showed its counts in `other` meanwhile
@@ -446,9 +450,21 @@ class ExporterLabels:
 
     def assign(self, activity: dict[str, int]) -> dict[str, str]:
         """activity: exporter -> datagrams so far. Returns exporter -> label."""
-        prev, self._prev = self._prev, activity
+        self.update(activity, [e for e in self._prev if e not in activity])
+        return {e: self.label(e) for e in activity}
+
+    def label(self, exporter: str) -> str:
+        """The exporter's label as of the latest assign() or update()."""
+        return exporter if exporter in self.named or exporter in self.held else OTHER
+
+    def update(self, changed: dict[str, int], gone: Iterable[str]) -> set[str]:
+        """assign() by changes, without a walk over every exporter: `changed`, exporter ->
+        datagrams so far of those that may have sent since the previous call (the new ones
+        included), `gone`: those no longer there (evicted; not in `changed`). Returns the
+        exporters whose label() changed."""
+        prev = self._prev
         sent = {}
-        for e, n in activity.items():
+        for e, n in changed.items():
             p = prev.get(e, 0)
             if n != p and n > 0:
                 # (fewer than before: evicted by the decoder and back, counting from 0 again)
@@ -480,6 +496,7 @@ class ExporterLabels:
                     held = held | {e for _d, _n, e in heapq.nsmallest(free, new)}
                     self.ask += 1
                     self._decision = None
+        labelled = self.named | self.held
         self.held = held
         was = self.named | decided   # (labelled with their address already)
         for e in was - named:
@@ -488,7 +505,10 @@ class ExporterLabels:
             if e in prev and e not in held:   # (held: its label until the answer says)
                 self._named_now.append(e)
         self.named = set(named) - held
-        return {e: (e if e in self.named or e in held else OTHER) for e in activity}
+        for e in gone:
+            prev.pop(e, None)
+        prev.update(changed)
+        return labelled ^ (self.named | held)
 
 
 class SharedLabels:
@@ -621,14 +641,22 @@ class SharedLabels:
         return self.generation, sorted(new)
 
 
+#: the series decoder_series() makes
+DECODER_SERIES = ("flowscope_datagrams", "flowscope_flows", "flowscope_decode_errors", "flowscope_missing_template_sets",
+                  "flowscope_templates", "flowscope_sampling_rate", "flowscope_sequence_lost",
+                  "flowscope_sequence_resets", "flowscope_templates_evicted", "flowscope_exporter_sample_drops",
+                  "flowscope_exporter_not_sent", "flowscope_counter_samples_ignored")
+#: a protocol's counters (Decoder.series_stats()) with a series only while not 0
+SPARSE_COUNTERS = (("sequence_lost", "flowscope_sequence_lost"), ("sequence_resets", "flowscope_sequence_resets"),
+                   ("templates_evicted", "flowscope_templates_evicted"),
+                   ("sample_drops", "flowscope_exporter_sample_drops"),
+                   ("counter_samples_ignored", "flowscope_counter_samples_ignored"))
+
+
 def decoder_series(stats: dict[str, Any], labels: ExporterLabels) -> Snapshot:
-    """Turn Decoder.series_stats() (cumulative, per exporter) into per-exporter/protocol series."""
-    out: Snapshot = {name: {} for name in ("flowscope_datagrams", "flowscope_flows", "flowscope_decode_errors",
-                                           "flowscope_missing_template_sets", "flowscope_templates",
-                                           "flowscope_sampling_rate", "flowscope_sequence_lost",
-                                           "flowscope_sequence_resets", "flowscope_templates_evicted",
-                                           "flowscope_exporter_sample_drops", "flowscope_exporter_not_sent",
-                                           "flowscope_counter_samples_ignored")}
+    """Turn Decoder.series_stats() (cumulative, per exporter) into per-exporter/protocol series:
+    a walk over every exporter (DecoderSeries keeps the same up to date by changes)."""
+    out: Snapshot = {name: {} for name in DECODER_SERIES}
     # the folded counters of evicted exporters (decoders.EVICTED) are never a label of their own
     names = labels.assign({e: int(s[0]) for e, s in stats.items() if e != EVICTED})
     names[EVICTED] = OTHER
@@ -645,11 +673,7 @@ def decoder_series(stats: dict[str, Any], labels: ExporterLabels) -> Snapshot:
             dg[lab] = dg.get(lab, 0) + p["datagrams"]
             fl[lab] = fl.get(lab, 0) + p["flows"]
             mt[lab] = mt.get(lab, 0) + p["missing_template_sets"]
-            for key, series in (("sequence_lost", "flowscope_sequence_lost"),
-                                ("sequence_resets", "flowscope_sequence_resets"),
-                                ("templates_evicted", "flowscope_templates_evicted"),
-                                ("sample_drops", "flowscope_exporter_sample_drops"),
-                                ("counter_samples_ignored", "flowscope_counter_samples_ignored")):
+            for key, series in SPARSE_COUNTERS:
                 if p.get(key):
                     seq = out[series]
                     seq[lab] = seq.get(lab, 0) + p[key]
@@ -665,6 +689,113 @@ def decoder_series(stats: dict[str, Any], labels: ExporterLabels) -> Snapshot:
             rates[lab] = max(rates.get(lab, 0), rate)
     labels.keep_evicted(stats, out)
     return out
+
+
+def _rows(st: tuple[Any, ...]) -> tuple[Any, ...]:
+    """What a Decoder.series_stats() entry adds to decoder_series(), as plain values (its
+    per-protocol dicts are the decoder's, which goes on counting in them): (sampling rate, its
+    protocol, per protocol (name, datagrams, flows, missing template sets, templates,
+    SPARSE_COUNTERS' values, errors, not sent))."""
+    _datagrams, rate, protocol, protocols, templates = st
+    rows = []
+    for proto, p in protocols.items():
+        errors, not_sent = p["errors"], p["not_sent"]
+        rows.append((proto, p["datagrams"], p["flows"], p["missing_template_sets"],
+                     templates.get(proto, 0) if templates else 0, p["sequence_lost"], p["sequence_resets"],
+                     p["templates_evicted"], p["sample_drops"],
+                     tuple(errors.items()) if errors else (), tuple(not_sent.items()) if not_sent else ()))
+    return rate, protocol or "unknown", tuple(rows)
+
+
+class DecoderSeries:
+    """decoder_series() kept up to date by changes (update(), from Decoder.series_changed()), so
+    a snapshot costs what changed since the last one, not a walk over every exporter: each
+    exporter's part of the sums is kept (_rows), taken out and put back in when its entry or its
+    label changes. A series is shown while an exporter adds to it, as decoder_series() makes it
+    (a protocol's series from its first datagram; the SPARSE_COUNTERS', the sampling rate's,
+    while not 0). `decoder`: its series_entry() gives the entries of the labelled exporters
+    (ExporterLabels.keep_evicted), and of those whose label changed."""
+
+    def __init__(self, decoder: Any, labels: ExporterLabels) -> None:
+        self.decoder = decoder
+        self.labels = labels
+        # exporter -> its label and its _rows() as added to the sums (plain values: the
+        # garbage collector leaves them be, not a dict of each exporter's every interval)
+        self._parts: dict[str, tuple[str, tuple[Any, ...]]] = {}
+        # series -> labels -> [sum, exporters adding to it]
+        self._sums: dict[str, dict[Labels, list[int]]] = {name: {} for name in DECODER_SERIES}
+        # flowscope_sampling_rate: labels -> {rate: exporters with it}
+        self._rates: dict[Labels, dict[int, int]] = {}
+
+    def update(self, changed: dict[str, Any], gone: Iterable[str]) -> Snapshot:
+        """Decoder.series_changed()'s (entries, gone): decoder_series() of the entries as now."""
+        parts, labels, entry = self._parts, self.labels, self.decoder.series_entry
+        gone = [e for e in gone if e not in changed]   # (evicted and back: a new entry)
+        relabelled = labels.update({e: int(s[0]) for e, s in changed.items() if e != EVICTED}, gone)
+        redo = {e: s for e in relabelled if e not in changed and (s := entry(e)) is not None}
+        redo.update(changed)
+        if 2 * (len(gone) + len(redo)) > len(parts):
+            # most of them: the sums again from the parts (each exporter added once, as
+            # decoder_series would, not taken out and added again)
+            for e in (*gone, *relabelled, *redo):
+                parts.pop(e, None)
+            self._sums = {name: {} for name in DECODER_SERIES}
+            self._rates = {}
+            self._add(parts.values(), 1)
+        else:
+            self._add([part for part in (parts.pop(e, None) for e in (*gone, *relabelled, *redo))
+                       if part is not None], -1)
+        new = {e: (OTHER if e == EVICTED else labels.label(e), _rows(st)) for e, st in redo.items()}
+        parts.update(new)
+        self._add(new.values(), 1)
+        out: Snapshot = {name: {lab: acc[0] for lab, acc in sums.items()} for name, sums in self._sums.items()}
+        out["flowscope_sampling_rate"] = {lab: max(rates) for lab, rates in self._rates.items()}
+        labels.keep_evicted({e: s for e in labels.carried() if (s := entry(e)) is not None}, out)
+        return out
+
+    def _add(self, parts: Iterable[tuple[str, tuple[Any, ...]]], sign: int) -> None:
+        """Add (sign 1) or take out (-1) exporters' parts (label, _rows()): each sum with the
+        number of exporters adding to it, gone at 0."""
+        sums, rates = self._sums, self._rates
+        dg, fl, mt, tm, errs, ns = (sums[name] for name in (
+            "flowscope_datagrams", "flowscope_flows", "flowscope_missing_template_sets", "flowscope_templates",
+            "flowscope_decode_errors", "flowscope_exporter_not_sent"))
+        sparse_sums = tuple(sums[series] for _key, series in SPARSE_COUNTERS)
+        for name, (rate, rate_proto, protos) in parts:
+            for proto, datagrams, flows, missing, templates, *sparse, errors, not_sent in protos:
+                lab = (name, proto)
+                _bump(dg, lab, datagrams, sign)
+                _bump(fl, lab, flows, sign)
+                _bump(mt, lab, missing, sign)
+                _bump(tm, lab, templates, sign)
+                if any(sparse):
+                    for target, v in zip(sparse_sums, sparse, strict=True):
+                        if v:
+                            _bump(target, lab, v, sign)
+                for reason, n in errors:
+                    _bump(errs, (name, proto, reason), n, sign)
+                for unit, n in not_sent:
+                    _bump(ns, (name, proto, unit), n, sign)
+            if rate:
+                lab = (name, rate_proto)
+                by_rate = rates.setdefault(lab, {})
+                by_rate[rate] = by_rate.get(rate, 0) + sign
+                if not by_rate[rate]:
+                    del by_rate[rate]
+                    if not by_rate:
+                        del rates[lab]
+
+
+def _bump(sums: dict[Labels, list[int]], lab: Labels, v: int, sign: int) -> None:
+    """DecoderSeries._sums: one exporter's `v` added to (taken out of) `lab`'s sum."""
+    acc = sums.get(lab)
+    if acc is None:
+        sums[lab] = [v, 1]   # (sign 1: only an exporter added makes a sum)
+        return
+    acc[0] += v * sign
+    acc[1] += sign
+    if not acc[1]:
+        del sums[lab]
 
 
 def merge_into(total: Snapshot, snap: Snapshot) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from .config import Config, Listener
-from .metrics import FINAL, LABELS, SOCKETS, ExporterLabels, Snapshot, decoder_series
+from .metrics import FINAL, LABELS, SOCKETS, DecoderSeries, ExporterLabels, Snapshot
 from .sinks import COUNTERS, FLOWS, KafkaSink, Prebuilt, Sink, make_sink
 from .state import StateFile
 from .util import RateLimitedLog
@@ -308,6 +308,7 @@ class Worker:
         self.rl = RateLimitedLog(log)
         self.state = StateFile(cfg.state_file, index) if cfg.state_file else None
         self.labels = ExporterLabels(cfg.metrics_top_exporters)
+        self.series = DecoderSeries(self.decoder, self.labels)   # the decoder's series, kept up to date by changes
         # per listener, once bound: its socket and the Receiver reading it (decoders.Receiver)
         self.sockets: list[socket.socket] = []
         self.receivers: list[Any] = []
@@ -729,7 +730,7 @@ class Worker:
     def snapshot(self, final: bool = False) -> Snapshot:
         """The worker's series. Export-sequence gaps older than the reorder window are counted as
         lost here (a late datagram can no longer fill them); `final`: every gap still open is."""
-        snap = decoder_series(self.decoder.series_stats(None if final else time.time()), self.labels)
+        snap = self.series.update(*self.decoder.series_changed(None if final else time.time()))
         if self.labels.following:
             # --workers N: the supervisor chooses the labels from every worker's senders, and
             # counts the exporters over all workers

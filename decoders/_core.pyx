@@ -45,6 +45,12 @@ def _refreshed(tpl):
     return tpl[0]
 
 
+cdef tuple entry_of(ExporterState ex):
+    """Decoder.series_stats()'s entry of one exporter."""
+    return (ex.datagrams, ex.last_sampling, ex.protocol, ex.protocol_counts(),
+            ex.templates_by_protocol() if ex.templates else None)
+
+
 def _last_seen(ex):
     return ex.last_seen
 
@@ -78,6 +84,13 @@ cdef class Decoder:
     # exporters_changed(): None until its first call, then exporter -> True (gained: sent its
     # first datagram) or False (forgotten: evicted after sending) since its previous call
     cdef dict _changed
+    # series_changed(): None until its first call, then the exporters whose series_stats() entry
+    # may have changed since its previous call (ip -> state: a datagram, a state file's templates,
+    # a sequence gap settled), those it had given that were evicted since, and whether the
+    # evicted exporters' counters grew
+    cdef dict _dirty
+    cdef set _gone
+    cdef bint _evicted_dirty
 
     def __init__(self, config=None):
         from decoders.config import DecoderConfig
@@ -112,6 +125,8 @@ cdef class Decoder:
         cdef ExporterState ex = self.exporters.get(ip)
         cdef object addr
         if ex is not None:
+            if not ex.series_dirty and self._dirty is not None:
+                self.mark_dirty(ex)
             return ex
         if make_room and len(self.exporters) >= self.max_exporters:
             self.evict(None, f"{self.max_exporters} exporters have state")
@@ -129,7 +144,14 @@ cdef class Decoder:
         ex.configured_sampling = ex.cidr_sampling if ex.cidr_sampling else self.default_sampling
         self.exporters[ip] = ex
         self.sync_state(ex)
+        if self._dirty is not None:
+            self.mark_dirty(ex)
         return ex
+
+    cdef void mark_dirty(self, ExporterState ex):
+        """For series_changed(): ex's entry is to be read again."""
+        ex.series_dirty = True
+        self._dirty[ex.ip] = ex
 
     cdef inline void sync_state(self, ExporterState ex) noexcept:
         """Brings state_bytes up to date with what the exporter holds now."""
@@ -156,6 +178,12 @@ cdef class Decoder:
             self.template_count -= len(ex.templates)
             self.state_bytes -= ex.state_bytes
             del self.exporters[ex.ip]
+            if self._dirty is not None:
+                self._evicted_dirty = True
+                if ex.series_dirty:
+                    del self._dirty[ex.ip]
+                if ex.series_seen:
+                    self._gone.add(ex.ip)
             if ex.datagrams:
                 seen += 1
                 if self._changed is not None:
@@ -330,6 +358,8 @@ cdef class Decoder:
         for ex in self.exporters.values():
             if ex.pending_gaps:
                 ex.settle_gaps(now_ms)
+                if not ex.series_dirty and self._dirty is not None:
+                    self.mark_dirty(ex)
 
     def series_stats(self, now=None):
         """What the metrics need, cheaply (it runs on the event loop every stats interval, over
@@ -342,12 +372,45 @@ cdef class Decoder:
         cdef dict out = {}
         self.settle_gaps(now)
         for ip, ex in self.exporters.items():
-            out[ip] = (ex.datagrams, ex.last_sampling, ex.protocol, ex.protocol_counts(),
-                       ex.templates_by_protocol() if ex.templates else None)
+            out[ip] = entry_of(ex)
         if self.evicted_exporters:
-            ex = self.evicted
-            out[EVICTED] = (ex.datagrams, 0, "", ex.protocol_counts(), None)
+            out[EVICTED] = self.evicted_entry()
         return out
+
+    def series_entry(self, str ip):
+        """series_stats()'s entry of one exporter, None when the table has no state for it."""
+        cdef ExporterState ex = self.exporters.get(ip)
+        return None if ex is None else entry_of(ex)
+
+    cdef tuple evicted_entry(self):
+        cdef ExporterState ex = self.evicted
+        return (ex.datagrams, 0, "", ex.protocol_counts(), None)
+
+    def series_changed(self, now=None):
+        """series_stats(now) as changes since the previous call, so that a caller keeps it
+        without a walk over every exporter each time (the metrics snapshot, every stats interval):
+        (entries, gone). entries: series_stats()'s entries that may have changed (an exporter that
+        sent, had templates loaded or a sequence gap settled; EVICTED when exporters were
+        evicted), gone: those given before that were evicted since (one evicted and back is in
+        both: drop, then take its new entry). The first call gives every entry and starts the
+        tracking. What is kept between calls is bounded by the table."""
+        cdef ExporterState ex
+        cdef dict dirty
+        cdef dict out = {}
+        cdef set gone
+        cdef bint evicted
+        self.settle_gaps(now)    # (those with gaps settled are dirty now)
+        dirty, gone, evicted = self._dirty, self._gone, self._evicted_dirty
+        self._dirty, self._gone, self._evicted_dirty = {}, set(), False
+        if dirty is None:
+            dirty, gone, evicted = self.exporters, set(), True
+        for ip, ex in dirty.items():
+            ex.series_dirty = False
+            ex.series_seen = True
+            out[ip] = entry_of(ex)
+        if evicted and self.evicted_exporters:
+            out[EVICTED] = self.evicted_entry()
+        return out, sorted(gone)
 
     def exporter(self, str ip):
         return self.exporters.get(ip)

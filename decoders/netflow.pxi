@@ -678,6 +678,9 @@ cdef class ExporterState:
     cdef Py_ssize_t floor_bytes        # bytes of its streams' floor_sets (state_size)
     cdef Py_ssize_t state_bytes        # its state_size() as last added to Decoder.state_bytes
     cdef AgentMemo agent_memo          # its node, as the enricher's view last answered (enrich_batch)
+    # Decoder.series_changed(): in its list of exporters to read again (dirty), and read by it
+    # at least once (seen: the caller holds its entry, to be told when it is evicted)
+    cdef bint series_dirty, series_seen
 
     def __cinit__(self):
         self.dedup_keys = NULL
