@@ -91,6 +91,10 @@ cdef class Decoder:
     cdef dict _dirty
     cdef set _gone
     cdef bint _evicted_dirty
+    cdef Py_ssize_t _sent_count   # exporters in the table that sent (exporter_count)
+    # exporters that had open sequence gaps after a datagram (ip -> state), until settled: what
+    # series_changed() settles, not a walk over every exporter
+    cdef dict _gapped
 
     def __init__(self, config=None):
         from decoders.config import DecoderConfig
@@ -120,6 +124,7 @@ cdef class Decoder:
         )
         self._log_last = {}
         self._log_suppressed = {}
+        self._gapped = {}
 
     cdef ExporterState exporter_state(self, str ip, bint make_room=True):
         cdef ExporterState ex = self.exporters.get(ip)
@@ -184,8 +189,11 @@ cdef class Decoder:
                     del self._dirty[ex.ip]
                 if ex.series_seen:
                     self._gone.add(ex.ip)
+            if ex.gapped:
+                del self._gapped[ex.ip]
             if ex.datagrams:
                 seen += 1
+                self._sent_count -= 1
                 if self._changed is not None:
                     self.note_changed(ex.ip, False)
         # Exporters only loaded from a state file and never heard from (with --workers N every
@@ -222,12 +230,7 @@ cdef class Decoder:
         """Exporters with state that sent this process a datagram (not those only loaded from a
         state file: with --workers N every worker loads every file, and the workers' counts add
         up)."""
-        cdef ExporterState ex
-        cdef Py_ssize_t n = 0
-        for ex in self.exporters.values():
-            if ex.datagrams:
-                n += 1
-        return n
+        return self._sent_count
 
     cdef void log_limited(self, str reason, str ip, str msg):
         """Per-packet errors are logged at most once per reason and exporter every 10 s. The
@@ -293,8 +296,10 @@ cdef class Decoder:
         b.agent_af = ex.af
         memcpy(b.agent, ex.addr, 16)
         b.exporter = ex
-        if not ex.datagrams and self._changed is not None:
-            self.note_changed(exporter, True)
+        if not ex.datagrams:
+            self._sent_count += 1
+            if self._changed is not None:
+                self.note_changed(exporter, True)
         ex.datagrams += 1
         version = be16(buf) if n >= 4 else 0
         # Per-protocol counters: one exporter (an OVS node) often sends IPFIX, sFlow and NetFlow.
@@ -328,6 +333,9 @@ cdef class Decoder:
             b.error = (e.reason, e.offset, e.detail)
             ex.count_error(e.reason)
             self.log_limited(e.reason, exporter, f"{b.protocol or 'datagram'} decode error: {e}")
+        if ex.pending_gaps and not ex.gapped:
+            ex.gapped = True
+            self._gapped[exporter] = ex
         if self.renormalize and b.n:
             scale_counts(b)
         # flows decoded: those in the batch plus those dedup removed (counted as dropped,
@@ -360,6 +368,22 @@ cdef class Decoder:
                 ex.settle_gaps(now_ms)
                 if not ex.series_dirty and self._dirty is not None:
                     self.mark_dirty(ex)
+
+    cdef void settle_gapped(self, now):
+        """settle_gaps(now), over the exporters that had open gaps after a datagram."""
+        cdef ExporterState ex
+        cdef int64_t now_ms = -1 if now is None else <int64_t>(<double>now * 1000.0)
+        cdef list settled = []
+        for ex in self._gapped.values():
+            if ex.pending_gaps:
+                ex.settle_gaps(now_ms)
+                if not ex.series_dirty and self._dirty is not None:
+                    self.mark_dirty(ex)
+            if not ex.pending_gaps:
+                settled.append(ex)
+        for ex in settled:
+            ex.gapped = False
+            del self._gapped[ex.ip]
 
     def series_stats(self, now=None):
         """What the metrics need, cheaply (it runs on the event loop every stats interval, over
@@ -399,7 +423,7 @@ cdef class Decoder:
         cdef dict out = {}
         cdef set gone
         cdef bint evicted
-        self.settle_gaps(now)    # (those with gaps settled are dirty now)
+        self.settle_gapped(now)    # (those with gaps settled are dirty now)
         dirty, gone, evicted = self._dirty, self._gone, self._evicted_dirty
         self._dirty, self._gone, self._evicted_dirty = {}, set(), False
         if dirty is None:

@@ -681,6 +681,7 @@ cdef class ExporterState:
     # Decoder.series_changed(): in its list of exporters to read again (dirty), and read by it
     # at least once (seen: the caller holds its entry, to be told when it is evicted)
     cdef bint series_dirty, series_seen
+    cdef bint gapped                   # in Decoder._gapped
 
     def __cinit__(self):
         self.dedup_keys = NULL

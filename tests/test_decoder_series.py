@@ -1,5 +1,7 @@
 """The metrics snapshot's decoder series kept up to date by changes (Decoder.series_changed and
-DecoderSeries) against the walk over every exporter (Decoder.series_stats and decoder_series):
+DecoderSeries; the sequence gaps settled of the exporters that had some, the exporters that sent
+counted as they come and go) against the walk over every exporter (Decoder.series_stats, whose
+settle_gaps walks them all, and decoder_series):
 two real decoders fed the same random datagrams (NetFlow v5 with sequence gaps and sampling
 rates, IPFIX with and without templates, sFlow, garbage), state files loaded, exporters evicted
 (--max-exporters), labels changing hands (one worker) or imposed by a supervisor (--workers N);
@@ -71,6 +73,7 @@ def _run(seed: int, following: bool, steps: int = 400) -> None:
     v5 = v5_records(2, random.Random(seed), uptime_ms=100_000)
     generation = 0
     ever_named: set[str] = set()
+    lost_seen = False
     for lab in (w.labels for w in worlds):
         if following:
             lab.follow(0, ())
@@ -103,11 +106,14 @@ def _run(seed: int, following: bool, steps: int = 400) -> None:
             assert (b.named, b.held, b.sent, b.generation) == (a.named, a.held, a.sent, a.generation), (seed, step)
             assert b.report() == a.report(), (seed, step)
             ever_named |= a.named
+            lost_seen = lost_seen or bool(snaps[0]["flowscope_sequence_lost"])
             # every exporter's part kept (the evicted ones' gone), and what the next snapshot's
             # senders are told from: every exporter's datagrams now
             assert set(worlds[1].series._parts) == set(worlds[0].stats), (seed, step)
             activity = {x: int(st[0]) for x, st in worlds[0].stats.items() if x != EVICTED}
             assert a._prev == activity and b._prev == activity, (seed, step)
+            # flowscope_exporters: those of the table that sent (counted as they come and go)
+            assert worlds[1].dec.exporter_count() == sum(1 for n in activity.values() if n), (seed, step)
         else:
             what = rng.randrange(6)
             key = (e, "v5" if what < 2 else "ipfix" if what < 4 else "sflow")
@@ -130,7 +136,7 @@ def _run(seed: int, following: bool, steps: int = 400) -> None:
                 for w in worlds:
                     w.dec.decode(data, e, port, now)
     assert worlds[0].dec.evicted_exporters, "no exporter was evicted"
-    assert EVICTED in worlds[0].stats and ever_named
+    assert EVICTED in worlds[0].stats and ever_named and lost_seen
 
 
 @pytest.mark.parametrize("seed", range(6))
