@@ -691,39 +691,36 @@ def decoder_series(stats: dict[str, Any], labels: ExporterLabels) -> Snapshot:
     return out
 
 
-def _rows(st: tuple[Any, ...]) -> tuple[Any, ...]:
-    """What a Decoder.series_stats() entry adds to decoder_series(), as plain values (its
-    per-protocol dicts are the decoder's, which goes on counting in them): (sampling rate, its
-    protocol, per protocol (name, datagrams, flows, missing template sets, templates,
-    SPARSE_COUNTERS' values, errors, not sent))."""
-    _datagrams, rate, protocol, protocols, templates = st
-    rows = []
-    for proto, p in protocols.items():
-        errors, not_sent = p["errors"], p["not_sent"]
-        rows.append((proto, p["datagrams"], p["flows"], p["missing_template_sets"],
-                     templates.get(proto, 0) if templates else 0, p["sequence_lost"], p["sequence_resets"],
-                     p["templates_evicted"], p["sample_drops"],
-                     tuple(errors.items()) if errors else (), tuple(not_sent.items()) if not_sent else ()))
-    return rate, protocol or "unknown", tuple(rows)
+#: the values of a protocol in a Decoder.series_changed() entry (decoders part_of: name,
+#: datagrams, flows, missing template sets, templates, SPARSE_COUNTERS' values, errors, not sent)
+_PROTO_FIELDS = 11
 
 
 class DecoderSeries:
     """decoder_series() kept up to date by changes (update(), from Decoder.series_changed()), so
     a snapshot costs what changed since the last one, not a walk over every exporter: each
-    exporter's part of the sums is kept (_rows), taken out and put back in when its entry or its
-    label changes. A series is shown while an exporter adds to it, as decoder_series() makes it
-    (a protocol's series from its first datagram; the SPARSE_COUNTERS', the sampling rate's,
-    while not 0). `decoder`: its series_entry() gives the entries of the labelled exporters
-    (ExporterLabels.keep_evicted), and of those whose label changed."""
+    exporter's part of the sums is kept (its label and Decoder.series_changed()'s entry: plain
+    values, not the decoder's dicts, which it goes on counting in), taken out and put back in
+    when its entry or its label changes. A series is shown while an exporter adds to it, as
+    decoder_series() makes it (a protocol's series from its first datagram; the
+    SPARSE_COUNTERS', the sampling rate's, while not 0). `decoder`: its series_entry() gives
+    the entries of the labelled exporters (ExporterLabels.keep_evicted)."""
 
     def __init__(self, decoder: Any, labels: ExporterLabels) -> None:
         self.decoder = decoder
         self.labels = labels
-        # exporter -> its label and its _rows() as added to the sums (plain values: the
-        # garbage collector leaves them be, not a dict of each exporter's every interval)
-        self._parts: dict[str, tuple[str, tuple[Any, ...]]] = {}
-        # series -> labels -> [sum, exporters adding to it]
-        self._sums: dict[str, dict[Labels, list[int]]] = {name: {} for name in DECODER_SERIES}
+        # exporter -> its part as added to the sums: (label, *its series_changed() entry) (one
+        # tuple of plain values: few objects made an interval, and the garbage collector leaves
+        # them be)
+        self._parts: dict[str, tuple[Any, ...]] = {}
+        self._clear()
+
+    def _clear(self) -> None:
+        # series -> labels -> sum: those of every protocol while an exporter adds to them (its
+        # labels -> how many do: _protos), the others (errors and not sent by reason, never 0
+        # an exporter; SPARSE_COUNTERS) while not 0
+        self._sums: dict[str, dict[Labels, int]] = {name: {} for name in DECODER_SERIES}
+        self._protos: dict[Labels, int] = {}
         # flowscope_sampling_rate: labels -> {rate: exporters with it}
         self._rates: dict[Labels, dict[int, int]] = {}
 
@@ -731,51 +728,57 @@ class DecoderSeries:
         """Decoder.series_changed()'s (entries, gone): decoder_series() of the entries as now."""
         parts, labels, entry = self._parts, self.labels, self.decoder.series_entry
         gone = [e for e in gone if e not in changed]   # (evicted and back: a new entry)
-        relabelled = labels.update({e: int(s[0]) for e, s in changed.items() if e != EVICTED}, gone)
-        redo = {e: s for e in relabelled if e not in changed and (s := entry(e)) is not None}
-        redo.update(changed)
-        if 2 * (len(gone) + len(redo)) > len(parts):
+        old = [parts.pop(e) for e in gone if e in parts]
+        relabelled = labels.update({e: s[0] for e, s in changed.items() if e != EVICTED}, gone)
+        redo = {e: (OTHER if e == EVICTED else labels.label(e),) + s for e, s in changed.items()}
+        for e in relabelled:
+            part = parts.get(e)
+            if e not in redo and part is not None:
+                redo[e] = (labels.label(e),) + part[1:]   # (its entry did not change)
+        old += [part for part in (parts.pop(e, None) for e in redo) if part is not None]
+        if 2 * (len(old) + len(redo)) > len(parts) + len(old):
             # most of them: the sums again from the parts (each exporter added once, as
             # decoder_series would, not taken out and added again)
-            for e in (*gone, *relabelled, *redo):
-                parts.pop(e, None)
-            self._sums = {name: {} for name in DECODER_SERIES}
-            self._rates = {}
+            self._clear()
             self._add(parts.values(), 1)
         else:
-            self._add([part for part in (parts.pop(e, None) for e in (*gone, *relabelled, *redo))
-                       if part is not None], -1)
-        new = {e: (OTHER if e == EVICTED else labels.label(e), _rows(st)) for e, st in redo.items()}
-        parts.update(new)
-        self._add(new.values(), 1)
-        out: Snapshot = {name: {lab: acc[0] for lab, acc in sums.items()} for name, sums in self._sums.items()}
+            self._add(old, -1)
+        parts.update(redo)
+        self._add(redo.values(), 1)
+        out: Snapshot = {name: dict(sums) for name, sums in self._sums.items()}
         out["flowscope_sampling_rate"] = {lab: max(rates) for lab, rates in self._rates.items()}
         labels.keep_evicted({e: s for e in labels.carried() if (s := entry(e)) is not None}, out)
         return out
 
-    def _add(self, parts: Iterable[tuple[str, tuple[Any, ...]]], sign: int) -> None:
-        """Add (sign 1) or take out (-1) exporters' parts (label, _rows()): each sum with the
-        number of exporters adding to it, gone at 0."""
-        sums, rates = self._sums, self._rates
+    def _add(self, parts: Iterable[tuple[Any, ...]], sign: int) -> None:
+        """Add (sign 1) or take out (-1) exporters' parts (_parts)."""
+        sums, protos_at, rates = self._sums, self._protos, self._rates
         dg, fl, mt, tm, errs, ns = (sums[name] for name in (
             "flowscope_datagrams", "flowscope_flows", "flowscope_missing_template_sets", "flowscope_templates",
             "flowscope_decode_errors", "flowscope_exporter_not_sent"))
         sparse_sums = tuple(sums[series] for _key, series in SPARSE_COUNTERS)
-        for name, (rate, rate_proto, protos) in parts:
-            for proto, datagrams, flows, missing, templates, *sparse, errors, not_sent in protos:
+        for part in parts:
+            name, _datagrams, rate, rate_proto = part[:4]
+            for i in range(4, len(part), _PROTO_FIELDS):
+                proto, datagrams, flows, missing, templates, *sparse, errors, not_sent = part[i:i + _PROTO_FIELDS]
                 lab = (name, proto)
-                _bump(dg, lab, datagrams, sign)
-                _bump(fl, lab, flows, sign)
-                _bump(mt, lab, missing, sign)
-                _bump(tm, lab, templates, sign)
+                n = protos_at.get(lab, 0) + sign
+                if n:
+                    protos_at[lab] = n
+                    dg[lab] = dg.get(lab, 0) + sign * datagrams
+                    fl[lab] = fl.get(lab, 0) + sign * flows
+                    mt[lab] = mt.get(lab, 0) + sign * missing
+                    tm[lab] = tm.get(lab, 0) + sign * templates
+                else:
+                    del protos_at[lab], dg[lab], fl[lab], mt[lab], tm[lab]
                 if any(sparse):
                     for target, v in zip(sparse_sums, sparse, strict=True):
                         if v:
-                            _bump(target, lab, v, sign)
-                for reason, n in errors:
-                    _bump(errs, (name, proto, reason), n, sign)
-                for unit, n in not_sent:
-                    _bump(ns, (name, proto, unit), n, sign)
+                            _bump(target, lab, sign * v)
+                for reason, v in errors:
+                    _bump(errs, (name, proto, reason), sign * v)
+                for unit, v in not_sent:
+                    _bump(ns, (name, proto, unit), sign * v)
             if rate:
                 lab = (name, rate_proto)
                 by_rate = rates.setdefault(lab, {})
@@ -786,15 +789,12 @@ class DecoderSeries:
                         del rates[lab]
 
 
-def _bump(sums: dict[Labels, list[int]], lab: Labels, v: int, sign: int) -> None:
-    """DecoderSeries._sums: one exporter's `v` added to (taken out of) `lab`'s sum."""
-    acc = sums.get(lab)
-    if acc is None:
-        sums[lab] = [v, 1]   # (sign 1: only an exporter added makes a sum)
-        return
-    acc[0] += v * sign
-    acc[1] += sign
-    if not acc[1]:
+def _bump(sums: dict[Labels, int], lab: Labels, v: int) -> None:
+    """DecoderSeries._sums: `v` added to `lab`'s sum, which is gone at 0."""
+    v += sums.get(lab, 0)
+    if v:
+        sums[lab] = v
+    else:
         del sums[lab]
 
 

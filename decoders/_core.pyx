@@ -51,6 +51,25 @@ cdef tuple entry_of(ExporterState ex):
             ex.templates_by_protocol() if ex.templates else None)
 
 
+cdef tuple part_of(ExporterState ex):
+    """Decoder.series_changed()'s entry of one exporter: its datagrams, sampling rate and
+    protocol ("unknown" for none), then 11 values a protocol: name, datagrams, flows, missing
+    template sets, templates, sequence lost, sequence resets, templates evicted, sample drops,
+    errors and not sent ((reason, count) tuples): series_stats()'s entry as plain values."""
+    cdef dict protocols = ex.protocol_counts()
+    cdef dict tp = ex.templates_by_protocol() if ex.templates else None
+    cdef list out = [ex.datagrams, ex.last_sampling, ex.protocol or "unknown"]
+    cdef dict p, errors, not_sent
+    for proto, p in protocols.items():
+        errors = p["errors"]
+        not_sent = p["not_sent"]
+        out.extend((proto, p["datagrams"], p["flows"], p["missing_template_sets"],
+                    tp.get(proto, 0) if tp else 0, p["sequence_lost"], p["sequence_resets"],
+                    p["templates_evicted"], p["sample_drops"],
+                    tuple(errors.items()) if errors else (), tuple(not_sent.items()) if not_sent else ()))
+    return tuple(out)
+
+
 def _last_seen(ex):
     return ex.last_seen
 
@@ -386,8 +405,8 @@ cdef class Decoder:
             del self._gapped[ex.ip]
 
     def series_stats(self, now=None):
-        """What the metrics need, cheaply (it runs on the event loop every stats interval, over
-        every exporter): exporter -> (datagrams, last sampling rate, protocol, per-protocol
+        """What the metrics need, over every exporter (the metrics snapshot, on the event loop
+        every stats interval, takes the changes instead: series_changed): exporter -> (datagrams, last sampling rate, protocol, per-protocol
         counters {name: {"datagrams", "flows", "errors", "missing_template_sets"}}, templates
         by protocol or None). The per-protocol dicts are the decoder's own: read, never keep or
         change them. Evicted exporters' counters under EVICTED. Sequence gaps are settled first,
@@ -413,7 +432,8 @@ cdef class Decoder:
     def series_changed(self, now=None):
         """series_stats(now) as changes since the previous call, so that a caller keeps it
         without a walk over every exporter each time (the metrics snapshot, every stats interval):
-        (entries, gone). entries: series_stats()'s entries that may have changed (an exporter that
+        (entries, gone). entries (their values as part_of() gives them): those of series_stats()
+        that may have changed (an exporter that
         sent, had templates loaded or a sequence gap settled; EVICTED when exporters were
         evicted), gone: those given before that were evicted since (one evicted and back is in
         both: drop, then take its new entry). The first call gives every entry and starts the
@@ -431,9 +451,9 @@ cdef class Decoder:
         for ip, ex in dirty.items():
             ex.series_dirty = False
             ex.series_seen = True
-            out[ip] = entry_of(ex)
+            out[ip] = part_of(ex)
         if evicted and self.evicted_exporters:
-            out[EVICTED] = self.evicted_entry()
+            out[EVICTED] = part_of(self.evicted)
         return out, sorted(gone)
 
     def exporter(self, str ip):
