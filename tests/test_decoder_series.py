@@ -3,7 +3,8 @@ DecoderSeries; the sequence gaps settled of the exporters that had some, the exp
 counted as they come and go) against the walk over every exporter (Decoder.series_stats, whose
 settle_gaps walks them all, and decoder_series):
 two real decoders fed the same random datagrams (NetFlow v5 with sequence gaps and sampling
-rates, IPFIX with and without templates, sFlow, garbage), state files loaded, exporters evicted
+rates, IPFIX with and without templates, sFlow with and without counter samples, which are
+counted, not kept, garbage), state files loaded, exporters evicted
 (--max-exporters), labels changing hands (one worker) or imposed by a supervisor (--workers N);
 after every snapshot both give the same series, the same label state and the same report to
 the supervisor."""
@@ -11,6 +12,7 @@ the supervisor."""
 from __future__ import annotations
 
 import random
+import struct
 from typing import Any
 
 import pytest
@@ -37,7 +39,7 @@ class _World:
         from collector.metrics import DecoderSeries, ExporterLabels
         from decoders import Decoder, DecoderConfig
 
-        self.dec = Decoder(DecoderConfig(max_exporters=max_exporters))
+        self.dec = Decoder(DecoderConfig(max_exporters=max_exporters, keep_counters=False))
         self.labels = ExporterLabels(limit, idle_after=5.0, clock=lambda: clock[0])
         self.series = DecoderSeries(self.dec, self.labels) if incremental else None
 
@@ -58,8 +60,18 @@ def _ipfix(rng: random.Random, seq: int, now: float, template: bool) -> bytes:
 
 def _sflow(rng: random.Random, seq: int) -> bytes:
     rate = rng.choice((256, 1024))
-    return sflow_datagram([SflowSample("10.128.0.1", "10.128.0.2", 1234, 80, 6, 1000, 0x10, rate, 3, 4)],
+    data = sflow_datagram([SflowSample("10.128.0.1", "10.128.0.2", 1234, 80, 6, 1000, 0x10, rate, 3, 4)],
                           seq=seq, uptime_ms=seq * 1000)
+    counters = rng.choice((0, 0, 1, 2))
+    if not counters:
+        return data
+    # counter samples (sFlow v5 sample format 2) after the flow sample, each holding one generic
+    # interface counters record (format 1, 88 bytes), as hsflowd sends at its polling interval
+    record = struct.pack("!II", 1, 88) + struct.pack("!IIQIIQIIIIIIQIIIIII", 3, 6, 10**9, 1, 3, *range(1, 15))
+    sample = struct.pack("!III", seq, 3, 1) + record
+    header, n = data[:24], struct.unpack("!I", data[24:28])[0]
+    return (header + struct.pack("!I", n + counters) + data[28:]
+            + (struct.pack("!II", 2, len(sample)) + sample) * counters)
 
 
 def _run(seed: int, following: bool, steps: int = 400) -> None:
@@ -73,7 +85,7 @@ def _run(seed: int, following: bool, steps: int = 400) -> None:
     v5 = v5_records(2, random.Random(seed), uptime_ms=100_000)
     generation = 0
     ever_named: set[str] = set()
-    lost_seen = False
+    lost_seen = ignored_seen = False
     for lab in (w.labels for w in worlds):
         if following:
             lab.follow(0, ())
@@ -107,6 +119,7 @@ def _run(seed: int, following: bool, steps: int = 400) -> None:
             assert b.report() == a.report(), (seed, step)
             ever_named |= a.named
             lost_seen = lost_seen or bool(snaps[0]["flowscope_sequence_lost"])
+            ignored_seen = ignored_seen or bool(snaps[0]["flowscope_counter_samples_ignored"])
             # every exporter's part kept (the evicted ones' gone), and what the next snapshot's
             # senders are told from: every exporter's datagrams now
             parts = worlds[1].series._parts
@@ -138,7 +151,7 @@ def _run(seed: int, following: bool, steps: int = 400) -> None:
                 for w in worlds:
                     w.dec.decode(data, e, port, now)
     assert worlds[0].dec.evicted_exporters, "no exporter was evicted"
-    assert EVICTED in worlds[0].stats and ever_named and lost_seen
+    assert EVICTED in worlds[0].stats and ever_named and lost_seen and ignored_seen
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -154,13 +167,13 @@ def test_the_series_kept_by_changes_are_the_walks_following(seed: int) -> None:
 def _plain(st: tuple[Any, ...]) -> tuple[Any, ...]:
     """A series_stats() entry as series_changed() gives it: datagrams, rate, protocol, then per
     protocol its name, datagrams, flows, missing template sets, templates, sequence lost and
-    resets, templates evicted, sample drops, errors and not sent."""
+    resets, templates evicted, sample drops, counter samples ignored, errors and not sent."""
     datagrams, rate, protocol, protocols, templates = st
     out: list[Any] = [datagrams, rate, protocol or "unknown"]
     for name, p in protocols.items():
         out += [name, p["datagrams"], p["flows"], p["missing_template_sets"], (templates or {}).get(name, 0),
                 p["sequence_lost"], p["sequence_resets"], p["templates_evicted"], p["sample_drops"],
-                tuple(p["errors"].items()), tuple(p["not_sent"].items())]
+                p["counter_samples_ignored"], tuple(p["errors"].items()), tuple(p["not_sent"].items())]
     return tuple(out)
 
 
