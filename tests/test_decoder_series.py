@@ -17,17 +17,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.datagrams import (
-    OVS_INGRESS,
-    SflowSample,
-    data_set,
-    ipfix_message,
-    ovs_flows,
-    sflow_datagram,
-    template_set,
-    v5_datagram,
-    v5_records,
-)
+from benchmarks import datagrams as dg
 
 T0 = 1_700_000_000.0
 
@@ -53,15 +43,15 @@ class _World:
 
 
 def _ipfix(rng: random.Random, seq: int, now: float, template: bool) -> bytes:
-    sets = [template_set([OVS_INGRESS])] if template else []
-    sets.append(data_set(OVS_INGRESS, ovs_flows(rng.randrange(1, 4), rng)))
-    return ipfix_message(sets, seq=seq, export_time=int(now))
+    sets = [dg.template_set([dg.OVS_INGRESS])] if template else []
+    sets.append(dg.data_set(dg.OVS_INGRESS, dg.ovs_flows(rng.randrange(1, 4), rng)))
+    return dg.ipfix_message(sets, seq=seq, export_time=int(now))
 
 
 def _sflow(rng: random.Random, seq: int) -> bytes:
     rate = rng.choice((256, 1024))
-    data = sflow_datagram([SflowSample("10.128.0.1", "10.128.0.2", 1234, 80, 6, 1000, 0x10, rate, 3, 4)],
-                          seq=seq, uptime_ms=seq * 1000)
+    data = dg.sflow_datagram([dg.SflowSample("10.128.0.1", "10.128.0.2", 1234, 80, 6, 1000, 0x10, rate, 3, 4)],
+                             seq=seq, uptime_ms=seq * 1000)
     counters = rng.choice((0, 0, 1, 2))
     if not counters:
         return data
@@ -82,7 +72,7 @@ def _run(seed: int, following: bool, steps: int = 400) -> None:
     worlds = [_World(False, 3, 8, clock), _World(True, 3, 8, clock)]
     pool = [f"10.0.0.{k}" for k in range(14)]
     seqs: dict[tuple[str, str], int] = {}
-    v5 = v5_records(2, random.Random(seed), uptime_ms=100_000)
+    v5 = dg.v5_records(2, random.Random(seed), uptime_ms=100_000)
     generation = 0
     ever_named: set[str] = set()
     lost_seen = ignored_seen = False
@@ -97,7 +87,7 @@ def _run(seed: int, following: bool, steps: int = 400) -> None:
         port = rng.choice((2055, 2056))
         if kind == 0:
             # a state file's templates, for an exporter in the table or not
-            spec = [list(f) for f in OVS_INGRESS.spec()]
+            spec = [list(f) for f in dg.OVS_INGRESS.spec()]
             state = {"format": 3, "exporters": {e: {"templates": [
                 {"version": 10, "domain": 0, "id": 256, "port": port, "fields": spec, "refreshed": now - 1}]}}}
             for w in worlds:
@@ -134,7 +124,7 @@ def _run(seed: int, following: bool, steps: int = 400) -> None:
             key = (e, "v5" if what < 2 else "ipfix" if what < 4 else "sflow")
             seq = seqs.get(key, 1)
             if what < 2:
-                data = v5_datagram(v5, seq=seq, unix_secs=int(now), uptime_ms=int(clock[0] * 1000) + 100_000,
+                data = dg.v5_datagram(v5, seq=seq, unix_secs=int(now), uptime_ms=int(clock[0] * 1000) + 100_000,
                                    sampling_interval=rng.choice((0, 0x4000 | 100, 0x4000 | 512)))
                 # now and then a gap, counted as lost once a second old
                 seqs[key] = seq + 2 + (rng.choice((0, 0, 0, 5)))
@@ -185,10 +175,10 @@ def test_series_changed_gives_what_changed_since_it_was_last_asked() -> None:
     from decoders import Decoder, DecoderConfig
 
     dec = Decoder(DecoderConfig(max_exporters=4))
-    rec = v5_records(1, random.Random(1), uptime_ms=100_000)
+    rec = dg.v5_records(1, random.Random(1), uptime_ms=100_000)
 
     def send(ip: str, seq: int, at: float) -> None:
-        dec.decode(v5_datagram(rec, seq=seq, unix_secs=int(T0 + at), uptime_ms=100_000), ip, 2055, T0 + at)
+        dec.decode(dg.v5_datagram(rec, seq=seq, unix_secs=int(T0 + at), uptime_ms=100_000), ip, 2055, T0 + at)
 
     send("10.0.0.1", 1, 1)
     send("10.0.0.2", 1, 2)
@@ -206,7 +196,7 @@ def test_series_changed_gives_what_changed_since_it_was_last_asked() -> None:
     assert set(entries) == {"10.0.0.3", "10.0.0.4", "10.0.0.5", EVICTED} and gone == ["10.0.0.1"]
     assert entries == {e: _plain(s) for e, s in dec.series_stats(T0 + 9).items() if e in entries}
     dec.import_state({"format": 3, "exporters": {"10.0.0.2": {"templates": [
-        {"version": 10, "domain": 0, "id": 256, "port": 1, "fields": [list(f) for f in OVS_INGRESS.spec()],
+        {"version": 10, "domain": 0, "id": 256, "port": 1, "fields": [list(f) for f in dg.OVS_INGRESS.spec()],
          "refreshed": T0}]}}})
     entries, gone = dec.series_changed(T0 + 9)
     assert set(entries) == {"10.0.0.2"} and gone == []
