@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-import enrich
+from tests.support.enricher import fast_config, running_enricher
 from tests.support.fake_kube import FakeKube
 from tests.support.fake_kube import fake_kube as fake_kube  # noqa: F401 - fixture
-from tests.test_enrich_informer import fast_config, flow, seed
+from tests.test_enrich_informer import flow, seed
 
 
 def _legacy_no_headers_argument(real: Callable[..., Any]) -> Callable[..., Any]:
@@ -55,9 +55,7 @@ def test_replicasets_sync_as_metadata_with_every_supported_client_version(
     monkeypatch.setattr(AppsV1Api, "list_replica_set_for_all_namespaces",
                         legacy(AppsV1Api.list_replica_set_for_all_namespaces))
     seed(fake_kube)
-    e = enrich.Enricher(fast_config(str(fake_kube.write_kubeconfig(tmp_path / "kubeconfig"))))
-    e.start()
-    try:
+    with running_enricher(str(fake_kube.write_kubeconfig(tmp_path / "kubeconfig"))) as e:
         assert e.wait_ready(10), e.unsynced()
         assert flow(e, "10.244.0.5", "")["SrcK8S_OwnerType"] == "Deployment"
         fake_kube.wait_for(lambda: fake_kube.count(kind="replicasets", verb="watch") > 0, 10, "the replicasets watch")
@@ -68,8 +66,6 @@ def test_replicasets_sync_as_metadata_with_every_supported_client_version(
         assert watches and all(a.startswith("application/json;as=PartialObjectMetadata;") for a in watches), watches
         # the other kinds are asked for as they were
         assert all("as=" not in r["accept"] for r in fake_kube.requests if r["kind"] in ("pods", "nodes", "services"))
-    finally:
-        e.stop()
 
 
 class _ClosedUnderTheReader:

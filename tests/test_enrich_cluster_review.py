@@ -17,20 +17,19 @@ from collections.abc import Iterator
 import pytest
 
 import enrich
+from tests.support.enricher import running_enricher
 from tests.support.fake_kube import FakeKube, pod, wait_for
 from tests.support.fake_kube import fake_kube as fake_kube  # noqa: F401 - fixture
-from tests.test_enrich_informer import FUTURE, NOBODY, fast_config, flow, seed
+from tests.test_enrich_informer import FUTURE, NOBODY, flow, seed
 from tests.test_enrich_informer import kubeconfig as kubeconfig  # noqa: F401 - fixture
 
 
 @pytest.fixture
 def enricher(fake_kube: FakeKube, kubeconfig: str) -> Iterator[enrich.Enricher]:  # noqa: F811
     seed(fake_kube)
-    e = enrich.Enricher(fast_config(kubeconfig))
-    e.start()
-    assert e.wait_ready(10)
-    yield e
-    e.stop()
+    with running_enricher(kubeconfig) as e:
+        assert e.wait_ready(10)
+        yield e
 
 
 def _watching(fake: FakeKube, e: enrich.Enricher, kind: str) -> None:

@@ -20,6 +20,7 @@ import orjson
 import pytest
 
 import enrich
+from tests.support.enricher import fast_config, running_enricher
 from tests.support.fake_kube import (
     FakeKube,
     node,
@@ -47,14 +48,6 @@ def flow(e: enrich.Enricher, src: str, dst: str, agent: str = "", t_ms: int = 0,
     return orjson.loads(b"{" + frag[1:] + b"}") if frag else {}
 
 
-def fast_config(kubeconfig: str | None, **kw: Any) -> enrich.EnrichConfig:
-    base: dict[str, Any] = dict(kubeconfig=kubeconfig, own_namespace="netobserv", watch_timeout_seconds=5,
-                                read_timeout_slack_seconds=5, connect_timeout_seconds=2,
-                                backoff_initial_seconds=0.02, backoff_max_seconds=0.2, backoff_jitter=0.0)
-    base.update(kw)
-    return enrich.EnrichConfig(**base)
-
-
 @pytest.fixture
 def kubeconfig(fake_kube: FakeKube, tmp_path: Any) -> str:  # noqa: F811 - fixture parameter
     return str(fake_kube.write_kubeconfig(tmp_path / "kubeconfig"))
@@ -79,10 +72,8 @@ def seeded(fake_kube: FakeKube) -> FakeKube:  # noqa: F811
 
 @pytest.fixture
 def enricher(seeded: FakeKube, kubeconfig: str) -> Iterator[enrich.Enricher]:
-    e = enrich.Enricher(fast_config(kubeconfig))
-    e.start()
-    yield e
-    e.stop()
+    with running_enricher(kubeconfig) as e:
+        yield e
 
 
 def test_initial_sync_and_readiness(seeded: FakeKube, enricher: enrich.Enricher) -> None:
@@ -138,9 +129,7 @@ def test_replicasets_are_fetched_as_metadata_only(seeded: FakeKube, enricher: en
 
 def test_readiness_waits_for_every_kind(seeded: FakeKube, kubeconfig: str) -> None:
     seeded.fail("services", "list", "forbidden")
-    e = enrich.Enricher(fast_config(kubeconfig))
-    e.start()
-    try:
+    with running_enricher(kubeconfig) as e:
         wait_for(lambda: e.stats()["kinds"]["pods"]["synced"] and e.stats()["kinds"]["nodes"]["synced"]
                  and e.stats()["kinds"]["replicasets"]["synced"], what="three kinds synced")
         wait_for(lambda: e.stats()["kinds"]["services"]["errors"].get("forbidden", 0) >= 2, what="403 retried")
@@ -155,8 +144,6 @@ def test_readiness_waits_for_every_kind(seeded: FakeKube, kubeconfig: str) -> No
         assert e.wait_ready(10)
         assert e.unsynced() == []
         assert flow(e, "", "172.30.0.10")["DstK8S_Type"] == "Service"
-    finally:
-        e.stop()
 
 
 def test_pod_added_updated_deleted(seeded: FakeKube, enricher: enrich.Enricher) -> None:
@@ -234,9 +221,7 @@ def test_a_watch_cut_after_running_resumes_without_growing_waits(seeded: FakeKub
     """A quiet watch cut by a balancer's idle timeout, again and again: each had worked, so the
     backoff starts over and the watch resumes at once, instead of waiting longer after each cut
     (0.3 s doubling: the sixth cut would have waited about 10 s)."""
-    e = enrich.Enricher(fast_config(kubeconfig, backoff_initial_seconds=0.3, backoff_max_seconds=30.0))
-    e.start()
-    try:
+    with running_enricher(kubeconfig, backoff_initial_seconds=0.3, backoff_max_seconds=30.0) as e:
         assert e.wait_ready(10)
         for i in range(6):
             wait_for(lambda: seeded.watchers["pods"] >= 1, timeout=5, what=f"pod watch open ({i})")
@@ -248,8 +233,6 @@ def test_a_watch_cut_after_running_resumes_without_growing_waits(seeded: FakeKub
         seeded.add("pods", pod("api-3", "shop", ips=["10.244.0.29"]))
         wait_for(lambda: flow(e, "10.244.0.29", "").get("SrcK8S_Name") == "api-3", timeout=20, what="resumed")
         assert time.monotonic() - t0 < 3.0
-    finally:
-        e.stop()
 
 
 def test_410_forces_relist_with_changes_in_between(seeded: FakeKube, enricher: enrich.Enricher) -> None:
@@ -293,17 +276,13 @@ def test_paged_list(fake_kube: FakeKube, kubeconfig: str) -> None:  # noqa: F811
         fake_kube.add("pods", pod(f"p{i}", "shop", ips=[f"10.244.0.{10 + i}"]))
     for k in ("nodes", "services", "replicasets"):
         fake_kube.bookmark(k)
-    e = enrich.Enricher(fast_config(kubeconfig, list_chunk_size=3))
-    e.start()
-    try:
+    with running_enricher(kubeconfig, list_chunk_size=3) as e:
         assert e.wait_ready(10)
         lists = [r for r in fake_kube.requests if r["kind"] == "pods" and r["verb"] == "list"]
         assert [r["query"].get("limit") for r in lists] == ["3", "3", "3"]
         assert "continue" not in lists[0]["query"] and "continue" in lists[2]["query"]
         assert e.stats()["index"]["pods"] == 7
         assert [flow(e, f"10.244.0.{10 + i}", "")["SrcK8S_Name"] for i in range(7)] == [f"p{i}" for i in range(7)]
-    finally:
-        e.stop()
 
 
 def test_expired_continue_token_restarts_the_paged_list_in_larger_pages(fake_kube: FakeKube,  # noqa: F811
@@ -317,9 +296,7 @@ def test_expired_continue_token_restarts_the_paged_list_in_larger_pages(fake_kub
     for k in ("nodes", "services", "replicasets"):
         fake_kube.bookmark(k)
     fake_kube.fail("pods", "list", "expired_continue")   # every page's token is already gone
-    e = enrich.Enricher(fast_config(kubeconfig, list_chunk_size=3))
-    e.start()
-    try:
+    with running_enricher(kubeconfig, list_chunk_size=3) as e:
         assert e.wait_ready(10)
         lists = [r["query"] for r in fake_kube.requests if r["kind"] == "pods" and r["verb"] == "list"]
         # 3, then 410; 6, then 410; 12: all seven on the first page
@@ -327,8 +304,6 @@ def test_expired_continue_token_restarts_the_paged_list_in_larger_pages(fake_kub
                                                                      ("6", True), ("12", False)]
         assert e.stats()["index"]["pods"] == 7
         assert e.stats()["kinds"]["pods"]["errors"] == {"continue_expired": 2}
-    finally:
-        e.stop()
 
 
 def _record_sleeps(monkeypatch: pytest.MonkeyPatch, kind: str) -> list[float]:
@@ -352,9 +327,7 @@ def test_watch_expiring_after_every_list_backs_off(seeded: FakeKube, kubeconfig:
     """A watch that answers 410 right after each list (a lagging API server behind a balancer)
     is relisted at once the first time, then with growing pauses: not a loop of full lists."""
     asked = _record_sleeps(monkeypatch, "pods")
-    e = enrich.Enricher(fast_config(kubeconfig, backoff_initial_seconds=0.2, backoff_max_seconds=1.0))
-    e.start()
-    try:
+    with running_enricher(kubeconfig, backoff_initial_seconds=0.2, backoff_max_seconds=1.0) as e:
         assert e.wait_ready(10)
         seeded.fail("pods", "watch", "gone")
         seeded.expire("pods")   # the open watch ends with 410 too
@@ -362,8 +335,6 @@ def test_watch_expiring_after_every_list_backs_off(seeded: FakeKube, kubeconfig:
         assert asked[:5] == pytest.approx([0.2, 0.4, 0.8, 1.0, 1.0])   # no jitter in fast_config
         assert e.stats()["kinds"]["pods"]["relists"] >= 5               # the first at once, then one per pause
         assert e.stats()["kinds"]["pods"]["errors"] == {}
-    finally:
-        e.stop()
 
 
 def test_throttled_list_honours_retry_after_and_stops_at_once(seeded: FakeKube, kubeconfig: str,
@@ -372,15 +343,11 @@ def test_throttled_list_honours_retry_after_and_stops_at_once(seeded: FakeKube, 
     inside urllib3, where it was invisible and stop() could not interrupt it)."""
     asked = _record_sleeps(monkeypatch, "pods")
     seeded.fail("pods", "list", "throttle")
-    e = enrich.Enricher(fast_config(kubeconfig))
-    e.start()
-    try:
+    with running_enricher(kubeconfig) as e:
         wait_for(lambda: asked, what="the pause after the 429")
         assert asked[0] == 2.0           # Retry-After: 2 s, not the 0.02 s backoff
         assert e.stats()["kinds"]["pods"]["errors"]["http_429"] == 1
         assert any("HTTP 429" in why and "Retry-After 2" in why for why in e.unsynced())
-    finally:
-        e.stop()
     # stop() interrupted the 2 s wait: the pods informer asked for nothing more and made no request
     assert len(asked) == 1 and e.stats()["kinds"]["pods"]["errors"]["http_429"] == 1
 
@@ -390,25 +357,19 @@ def test_watch_error_event_retry_after_is_waited_out(seeded: FakeKube, kubeconfi
     """A watch ERROR event whose Status carries details.retryAfterSeconds (a 429 or 5xx sent
     inside the stream) is waited out like a Retry-After header, without a relist."""
     asked = _record_sleeps(monkeypatch, "pods")
-    e = enrich.Enricher(fast_config(kubeconfig))
-    e.start()
-    try:
+    with running_enricher(kubeconfig) as e:
         assert e.wait_ready(10)
         seeded.fail("pods", "watch", "throttle_event", times=1)
         seeded.expire("pods")   # the open watch ends; the next one gets the ERROR event
         wait_for(lambda: asked, what="the pause after the ERROR event")
         assert asked[0] == 3.0
         assert e.stats()["kinds"]["pods"]["errors"]["http_429"] == 1
-    finally:
-        e.stop()
 
 
 def test_forbidden_names_verb_and_resource(seeded: FakeKube, kubeconfig: str, caplog: pytest.LogCaptureFixture) -> None:
     seeded.fail("pods", "watch", "forbidden")
-    e = enrich.Enricher(fast_config(kubeconfig))
     with caplog.at_level(logging.INFO, logger="flowscope.enrich"):
-        e.start()
-        try:
+        with running_enricher(kubeconfig) as e:
             assert e.wait_ready(10)  # list was allowed
             wait_for(lambda: e.stats()["kinds"]["pods"]["errors"].get("forbidden", 0) >= 3, what="403s")
             errs = [r for r in caplog.records if r.levelno == logging.ERROR]
@@ -419,8 +380,6 @@ def test_forbidden_names_verb_and_resource(seeded: FakeKube, kubeconfig: str, ca
             seeded.clear("pods", "watch")
             seeded.add("pods", pod("after", "shop", ips=["10.244.0.30"]))
             wait_for(lambda: flow(e, "10.244.0.30", "").get("SrcK8S_Name") == "after", what="recovered watch")
-        finally:
-            e.stop()
 
 
 @pytest.mark.parametrize("fault,cause,logged", [
@@ -439,10 +398,8 @@ def test_a_watch_that_keeps_failing_falls_back_to_lists(seeded: FakeKube, kubeco
     from enrich.informer import WATCH_FAILURES_BEFORE_RELIST
 
     seeded.fail("pods", "watch", fault)   # until cleared
-    e = enrich.Enricher(fast_config(kubeconfig))
     with caplog.at_level(logging.INFO, logger="flowscope.enrich"):
-        e.start()
-        try:
+        with running_enricher(kubeconfig) as e:
             assert e.wait_ready(10)
             seeded.add("pods", pod("new", "shop", ips=["10.244.0.31"]))
             wait_for(lambda: flow(e, "10.244.0.31", "").get("SrcK8S_Name") == "new", timeout=25,
@@ -451,8 +408,6 @@ def test_a_watch_that_keeps_failing_falls_back_to_lists(seeded: FakeKube, kubeco
             assert st["relists"] >= 1 and st["errors"][cause] >= WATCH_FAILURES_BEFORE_RELIST, st
             assert e.ready
             wait_for(lambda: e.stats()["kinds"]["pods"]["relists"] >= 2, timeout=30, what="lists go on")
-        finally:
-            e.stop()
     msgs = [r.getMessage() for r in caplog.records]
     assert sum(logged in m for m in msgs) == 1, msgs
     assert sum("watches in a row failed" in m for m in msgs) == 1, msgs
@@ -462,13 +417,9 @@ def test_a_watch_that_keeps_failing_falls_back_to_lists(seeded: FakeKube, kubeco
 def test_forbidden_list_of_replicasets_names_api_group(seeded: FakeKube, kubeconfig: str,
                                                        caplog: pytest.LogCaptureFixture) -> None:
     seeded.fail("replicasets", "list", "forbidden", times=2)
-    e = enrich.Enricher(fast_config(kubeconfig))
     with caplog.at_level(logging.ERROR, logger="flowscope.enrich"):
-        e.start()
-        try:
+        with running_enricher(kubeconfig) as e:
             assert e.wait_ready(10)
-        finally:
-            e.stop()
     msgs = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert len(msgs) == 1 and "forbidden: needs 'list' on 'replicasets.apps'" in msgs[0]
     assert e.stats()["kinds"]["replicasets"]["errors"] == {"forbidden": 2}
@@ -476,14 +427,10 @@ def test_forbidden_list_of_replicasets_names_api_group(seeded: FakeKube, kubecon
 
 def test_wrong_token_is_unauthorized(seeded: FakeKube, tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
     kc = seeded.write_kubeconfig(tmp_path / "bad", token="expired")
-    e = enrich.Enricher(fast_config(str(kc)))
     with caplog.at_level(logging.ERROR, logger="flowscope.enrich"):
-        e.start()
-        try:
+        with running_enricher(str(kc)) as e:
             wait_for(lambda: e.stats()["kinds"]["nodes"]["errors"].get("unauthorized", 0) >= 2, what="401s")
             assert not e.ready
-        finally:
-            e.stop()
     assert any("unauthorized" in r.getMessage() for r in caplog.records)
 
 
@@ -542,10 +489,8 @@ def test_an_oversize_watch_event_is_counted_and_the_watch_resumes(seeded: FakeKu
 
     assert seeded.oversize_bytes > WATCH_EVENT_MAX_BYTES
     seeded.fail("pods", "watch", "oversize", times=1)   # the first pods watch: the web pod, 17 MiB
-    e = enrich.Enricher(fast_config(kubeconfig, watch_timeout_seconds=120))   # no re-watch but the one
     with caplog.at_level(logging.WARNING, logger="flowscope.enrich"):
-        e.start()
-        try:
+        with running_enricher(kubeconfig, watch_timeout_seconds=120) as e:   # no re-watch but the one
             assert e.wait_ready(10)
             wait_for(lambda: e.stats()["kinds"]["pods"]["errors"].get("oversize_event", 0) == 1,
                      what="the oversize event counted")
@@ -558,8 +503,6 @@ def test_an_oversize_watch_event_is_counted_and_the_watch_resumes(seeded: FakeKu
             assert seeded.count(kind="pods", verb="watch") == 2
             stat = enrich_series(e)["flowscope_enrich_stat"]
             assert stat[("kinds_pods_errors_oversize_event",)] == 1
-        finally:
-            e.stop()
     msgs = [r.getMessage() for r in caplog.records if "over 16777216 bytes" in r.getMessage()]
     assert len(msgs) == 1 and msgs[0].startswith("enrich: pods informer: watch pods sent an event line"), msgs
 
@@ -575,9 +518,7 @@ def test_an_informer_failing_to_reach_the_api_server_shows_in_a_gauge(seeded: Fa
     """While an informer's lists and watches fail it serves its last cache and stays synced (and
     /readyz ready): flowscope_enrich_stat{stat="kinds_<kind>_failing"} is 1 then, and 0 again once
     a watch works; before, only a rising errors count told the API server was gone."""
-    e = enrich.Enricher(fast_config(kubeconfig))
-    e.start()
-    try:
+    with running_enricher(kubeconfig) as e:
         assert e.wait_ready(10)
 
         wait_for(lambda: _failing(e, "pods") == 0, what="pods watching, not failing")
@@ -590,8 +531,6 @@ def test_an_informer_failing_to_reach_the_api_server_shows_in_a_gauge(seeded: Fa
         seeded.clear("pods", "watch")
         seeded.clear("pods", "list")
         wait_for(lambda: _failing(e, "pods") == 0, what="the pods informer recovered")
-    finally:
-        e.stop()
 
 
 def test_a_reconnected_watch_is_not_failing_before_its_first_event(seeded: FakeKube, kubeconfig: str) -> None:
@@ -601,10 +540,8 @@ def test_a_reconnected_watch_is_not_failing_before_its_first_event(seeded: FakeK
     after the stream's first event, a minute later (an alert on it kept firing that long)."""
     # a watch that neither times out nor sends a bookmark while the test runs; a backoff long
     # enough for the failing state to be seen before the reconnect
-    e = enrich.Enricher(fast_config(kubeconfig, watch_timeout_seconds=600, backoff_initial_seconds=2.0,
-                                    backoff_max_seconds=2.0))
-    e.start()
-    try:
+    with running_enricher(kubeconfig, watch_timeout_seconds=600, backoff_initial_seconds=2.0,
+                          backoff_max_seconds=2.0) as e:
         assert e.wait_ready(10)
 
         wait_for(lambda: seeded.watchers["nodes"] >= 1, what="nodes watch open")
@@ -621,8 +558,6 @@ def test_a_reconnected_watch_is_not_failing_before_its_first_event(seeded: FakeK
         # nothing came on the new stream: its opening alone cleared the failing state
         assert st["events"] == events and seeded.watchers["nodes"] >= 1, st
         assert st["errors"] == {"connection": 1} and st["last_error"] == "" and st["relists"] == 0, st
-    finally:
-        e.stop()
 
 
 def test_a_relist_that_works_after_failures_is_not_failing(seeded: FakeKube, kubeconfig: str) -> None:
@@ -668,9 +603,7 @@ def test_a_watch_whose_events_fail_stays_failing_while_the_next_one_opens(seeded
 
     monkeypatch.setattr(informer, "WATCH_EVENT_MAX_BYTES", 64 << 10)
     seeded.oversize_bytes = 100 << 10
-    e = enrich.Enricher(fast_config(kubeconfig))
-    e.start()
-    try:
+    with running_enricher(kubeconfig) as e:
         assert e.wait_ready(10)
 
         def oversize() -> int:
@@ -687,8 +620,6 @@ def test_a_watch_whose_events_fail_stays_failing_while_the_next_one_opens(seeded
             seen.add(_failing(e, "pods"))
             time.sleep(0.005)
         assert seen == {1}, seen
-    finally:
-        e.stop()
 
 
 def test_an_oversize_event_on_every_watch_falls_back_to_lists(seeded: FakeKube, kubeconfig: str,
@@ -703,10 +634,8 @@ def test_an_oversize_event_on_every_watch_falls_back_to_lists(seeded: FakeKube, 
     monkeypatch.setattr(informer, "WATCH_EVENT_MAX_BYTES", 64 << 10)   # a small cap: a cheap test
     seeded.oversize_bytes = 100 << 10
     seeded.fail("pods", "watch", "slow_oversize")   # until cleared
-    e = enrich.Enricher(fast_config(kubeconfig))
     with caplog.at_level(logging.INFO, logger="flowscope.enrich"):
-        e.start()
-        try:
+        with running_enricher(kubeconfig) as e:
             assert e.wait_ready(10)
             wait_for(lambda: e.stats()["kinds"]["pods"]["relists"] >= 1, timeout=30, what="a relist")
             st = e.stats()["kinds"]["pods"]
@@ -716,8 +645,6 @@ def test_an_oversize_event_on_every_watch_falls_back_to_lists(seeded: FakeKube, 
             seeded.add("pods", pod("after-big", "shop", ips=["10.244.0.71"]))
             wait_for(lambda: flow(e, "10.244.0.71", "").get("SrcK8S_Name") == "after-big", timeout=15,
                      what="a later event")
-        finally:
-            e.stop()
     msgs = [r.getMessage() for r in caplog.records]
     assert sum("sent an event line over 65536 bytes" in m for m in msgs) == 1, msgs
     assert sum("watches in a row failed (oversize_event)" in m for m in msgs) == 1, msgs
@@ -756,9 +683,7 @@ def test_each_watch_outage_after_a_recovery_is_logged_again(seeded: FakeKube, en
 
 
 def test_server_goes_away_and_comes_back(seeded: FakeKube, kubeconfig: str) -> None:
-    e = enrich.Enricher(fast_config(kubeconfig))
-    e.start()
-    try:
+    with running_enricher(kubeconfig) as e:
         assert e.wait_ready(10)
         seeded.fail("pods", "watch", "error500", times=2)
         seeded.fail("pods", "list", "drop", times=1)
@@ -767,8 +692,6 @@ def test_server_goes_away_and_comes_back(seeded: FakeKube, kubeconfig: str) -> N
         assert flow(e, "10.244.0.5", "")["SrcK8S_Name"] == "web-6d4cf56db6-x1"
         seeded.add("pods", pod("back", "shop", ips=["10.244.0.40"]))
         wait_for(lambda: flow(e, "10.244.0.40", "").get("SrcK8S_Name") == "back", what="resumed")
-    finally:
-        e.stop()
     assert all(s["state"] == "stopped" for s in e.stats()["kinds"].values())
 
 
@@ -833,9 +756,7 @@ def test_disabled_enricher_does_nothing(fake_kube: FakeKube) -> None:  # noqa: F
 
 def test_api_server_gone_keeps_last_good_cache(seeded: FakeKube, kubeconfig: str,
                                                caplog: pytest.LogCaptureFixture) -> None:
-    e = enrich.Enricher(fast_config(kubeconfig))
-    e.start()
-    try:
+    with running_enricher(kubeconfig) as e:
         assert e.wait_ready(10)
         with caplog.at_level(logging.WARNING, logger="flowscope.enrich"):
             seeded.stop()  # streams end, then every reconnect is refused
@@ -844,8 +765,6 @@ def test_api_server_gone_keeps_last_good_cache(seeded: FakeKube, kubeconfig: str
         assert len(pod_logs) == 1
         assert flow(e, "10.244.0.5", "172.30.0.10")["SrcK8S_Name"] == "web-6d4cf56db6-x1"
         assert e.ready  # readiness is about the first sync; staleness shows in the counters
-    finally:
-        e.stop()
 
 
 # The in-cluster ServiceAccount path: what the collector runs on in a pod (no --kubeconfig).
@@ -897,9 +816,7 @@ def test_in_cluster_service_account_over_tls_with_token_rotation(tmp_path: Path,
         kube.token = "sa-token-1"
         token_file = in_cluster(monkeypatch, tmp_path / "serviceaccount", port=kube.port, ca_cert=kube.ca_cert,
                                 token="sa-token-1", namespace="flows")
-        e = enrich.Enricher(fast_config(None, own_namespace=None))   # as the collector builds it
-        e.start()
-        try:
+        with running_enricher(None, own_namespace=None) as e:   # as the collector builds it
             assert e.wait_ready(10), e.unsynced()
             got = flow(e, "10.244.0.5", "172.30.0.10", agent="10.0.0.1")
             assert (got["SrcK8S_Name"], got["SrcK8S_OwnerName"], got["DstK8S_Type"]) == (
@@ -924,8 +841,6 @@ def test_in_cluster_service_account_over_tls_with_token_rotation(tmp_path: Path,
                      what="a pod event through a watch opened with the rotated token")
             assert any(r["kind"] == "pods" and r["verb"] == "watch" and r["token"] == "sa-token-2"
                        for r in kube.requests[before:])
-        finally:
-            e.stop()
 
 
 def test_in_cluster_refuses_a_server_its_ca_did_not_sign(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -936,16 +851,12 @@ def test_in_cluster_refuses_a_server_its_ca_did_not_sign(tmp_path: Path, monkeyp
         seed(impostor)
         in_cluster(monkeypatch, tmp_path / "serviceaccount", port=impostor.port, ca_cert=cluster_ca,
                    token=impostor.token, namespace="flows")
-        e = enrich.Enricher(fast_config(None, own_namespace=None))
-        e.start()
-        try:
+        with running_enricher(None, own_namespace=None) as e:
             wait_for(lambda: all(v["errors"].get("tls", 0) >= 2 for v in e.stats()["kinds"].values()),
                      what="every informer refused the certificate twice (counted as tls)")
             assert not e.ready
             why = e.unsynced()
             assert len(why) == 4 and all("CERTIFICATE_VERIFY_FAILED" in w and "\n" not in w for w in why), why
-        finally:
-            e.stop()
         # The client hung up in the handshake (the server counts that in its own thread, maybe
         # after the client counted its error), so no request, and no token, ever reached it.
         wait_for(lambda: impostor.tls_rejected >= 8, what="the server saw the handshakes refused")

@@ -28,9 +28,10 @@ from typing import Any
 import pytest
 
 import enrich
+from tests.support.enricher import fast_config, running_enricher
 from tests.support.fake_kube import FakeKube, pod, run_enrich_config, wait_for
 from tests.support.fake_kube import fake_kube as fake_kube  # noqa: F401 - fixture
-from tests.test_enrich_informer import FUTURE, NOBODY, fast_config, flow
+from tests.test_enrich_informer import FUTURE, NOBODY, flow
 from tests.test_enrich_informer import kubeconfig as kubeconfig  # noqa: F401 - fixture
 
 
@@ -68,10 +69,8 @@ def test_a_continue_token_that_expires_once_restarts_the_paged_list(
     # pages of 3: the first is read, the second is served with a token etcd then compacts away,
     # so the third page's request is answered 410 Expired
     fake_kube.fail("pods", "list", "expired_continue", times=1, after=1)
-    e = enrich.Enricher(fast_config(kubeconfig, list_chunk_size=3))
     with caplog.at_level(logging.INFO, logger="flowscope.enrich"):
-        e.start()
-        try:
+        with running_enricher(kubeconfig, list_chunk_size=3) as e:
             assert e.wait_ready(10)
             # 3 + 3, then 410; again from the first page in pages twice as large: 6 + 4
             assert _shape(_pod_lists(fake_kube)) == [("3", False), ("3", True), ("3", True),
@@ -82,8 +81,6 @@ def test_a_continue_token_that_expires_once_restarts_the_paged_list(
             assert [flow(e, f"10.244.0.{10 + i}", "")["SrcK8S_Name"] for i in range(10)] == [f"p{i}" for i in range(10)]
             k = st["kinds"]["pods"]
             assert (k["errors"], k["lists"], k["relists"], k["last_error"]) == ({"continue_expired": 1}, 1, 0, "")
-        finally:
-            e.stop()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "pods list's continue token expired" in warnings[0], warnings
     assert "6 objects (pages of 3)" in warnings[0] and "6 objects a page" in warnings[0], warnings[0]
@@ -110,9 +107,7 @@ def test_objects_changed_before_the_restart_are_listed_as_they_are_then(
             after_changes.append(fake_kube.rv)
 
     fake_kube.on_request = on_request
-    e = enrich.Enricher(fast_config(kubeconfig, list_chunk_size=3))
-    e.start()
-    try:
+    with running_enricher(kubeconfig, list_chunk_size=3) as e:
         assert e.wait_ready(10)
         assert changed.is_set()
         # 3, then 410; again from the first page, 6 a page: 8 pods now, 6 + 2
@@ -132,17 +127,13 @@ def test_objects_changed_before_the_restart_are_listed_as_they_are_then(
         fake_kube.delete("pods", "p0", "shop")
         wait_for(lambda: flow(e, "10.244.0.10", "", t_ms=FUTURE) == NOBODY, what="p0's delete by the watch")
         assert e.stats()["kinds"]["pods"]["errors"] == {"continue_expired": 1}
-    finally:
-        e.stop()
 
 
 def test_a_list_whose_token_keeps_expiring_is_given_up_and_retried_keeping_the_last_cache(
         fake_kube: FakeKube, kubeconfig: str, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
     _setup(fake_kube, 9)   # more than 4 pages of 2 (the largest page a restart of this list reads)
-    e = enrich.Enricher(fast_config(kubeconfig, list_chunk_size=2))
     with caplog.at_level(logging.INFO, logger="flowscope.enrich"):
-        e.start()
-        try:
+        with running_enricher(kubeconfig, list_chunk_size=2) as e:
             assert e.wait_ready(10)
             wait_for(lambda: fake_kube.watchers["pods"] >= 1, what="the pods watch")
             synced = len(_pod_lists(fake_kube))
@@ -186,8 +177,6 @@ def test_a_list_whose_token_keeps_expiring_is_given_up_and_retried_keeping_the_l
             fake_kube.expire("pods")
             wait_for(lambda: len(_pod_lists(fake_kube)) > n, what="the next relist")
             assert _pod_lists(fake_kube)[n].get("limit") == "2"
-        finally:
-            e.stop()
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     # once each, however many lists expired: repeats are counted, not logged
     assert len([m for m in warnings if "continue token expired (410 Expired)" in m]) == 1, warnings
@@ -202,16 +191,12 @@ def test_a_first_list_that_keeps_expiring_never_lists_unpaged(fake_kube: FakeKub
     rather than decode every pod at once."""
     _setup(fake_kube, 9)
     fake_kube.fail("pods", "list", "expired_continue")
-    e = enrich.Enricher(fast_config(kubeconfig, list_chunk_size=2))
-    e.start()
-    try:
+    with running_enricher(kubeconfig, list_chunk_size=2) as e:
         wait_for(lambda: e.stats()["kinds"]["pods"]["errors"].get("list_expired", 0) >= 1, timeout=10,
                  what="a list given up")
         assert not e.ready
         assert "list_expired" not in e.stats()["kinds"]["nodes"]["errors"]
         assert all(q.get("limit") for q in _pod_lists(fake_kube)), _shape(_pod_lists(fake_kube))
-    finally:
-        e.stop()
 
 
 def test_a_410_to_a_lists_first_page_is_counted_apart_from_an_expired_continue_token(
@@ -234,10 +219,8 @@ def test_a_410_to_a_lists_first_page_is_counted_apart_from_an_expired_continue_t
             fake_kube.fail("pods", "list", "expired_continue", times=1)
 
     fake_kube.on_request = on_request
-    e = enrich.Enricher(fast_config(kubeconfig, list_chunk_size=3))
     with caplog.at_level(logging.INFO, logger="flowscope.enrich"):
-        e.start()
-        try:
+        with running_enricher(kubeconfig, list_chunk_size=3) as e:
             assert e.wait_ready(10)
             # 410 at once; then 3 and a continue answered 410 Expired; again in pages of 6: 6 + 1
             assert _shape(_pod_lists(fake_kube)) == [("3", False), ("3", False), ("3", True), ("6", False),
@@ -250,8 +233,6 @@ def test_a_410_to_a_lists_first_page_is_counted_apart_from_an_expired_continue_t
             assert stat[("kinds_pods_errors_continue_expired",)] == 1
             assert not [key for (key,) in stat if key.startswith("kinds_pods_errors_") and key not in (
                 "kinds_pods_errors_list_gone", "kinds_pods_errors_continue_expired")], stat
-        finally:
-            e.stop()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 2, warnings
     assert "410 Gone to a list's first request" in warnings[0], warnings
@@ -307,10 +288,8 @@ def test_a_relist_that_fails_partway_holds_none_of_its_pages_during_the_backoff(
     for k in ("nodes", "services", "replicasets"):
         fake_kube.bookmark(k)
     # a backoff long enough to look inside, cut short by stop()
-    e = enrich.Enricher(fast_config(kubeconfig, list_chunk_size=5, backoff_initial_seconds=60.0,
-                                    backoff_max_seconds=60.0))
-    e.start()
-    try:
+    with running_enricher(kubeconfig, list_chunk_size=5, backoff_initial_seconds=60.0,
+                          backoff_max_seconds=60.0) as e:
         assert e.wait_ready(10)
         # what the serving cache holds, counted the way the leftovers are
         assert _live_pod_recs() == pods
@@ -331,8 +310,6 @@ def test_a_relist_that_fails_partway_holds_none_of_its_pages_during_the_backoff(
                       f"{_live_list_failures()} failures still alive)")
         assert e.stats()["kinds"]["pods"]["state"] == "backoff"
         assert e.stats()["index"]["pods"] == pods   # the last good cache still serves
-    finally:
-        e.stop()
 
 
 def test_a_failed_list_keeps_no_record_alive_through_its_exception(fake_kube: FakeKube,  # noqa: F811
@@ -382,9 +359,7 @@ def test_a_failed_watch_holds_none_of_its_stream_during_the_backoff(fake_kube: F
 
     _setup(fake_kube, 3)
     fake_kube.fail("pods", "watch", "oversize", times=1)
-    e = enrich.Enricher(fast_config(kubeconfig, backoff_initial_seconds=60.0, backoff_max_seconds=60.0))
-    e.start()
-    try:
+    with running_enricher(kubeconfig, backoff_initial_seconds=60.0, backoff_max_seconds=60.0) as e:
         assert e.wait_ready(10)
         wait_for(lambda: e.stats()["kinds"]["pods"]["errors"].get("oversize_event", 0) == 1, timeout=20,
                  what="the oversize event refused")
@@ -392,5 +367,3 @@ def test_a_failed_watch_holds_none_of_its_stream_during_the_backoff(fake_kube: F
                  what=f"the watch's buffered line released ({_held_watch_bytes()} bytes held; "
                       f"{WATCH_EVENT_MAX_BYTES} read before the connection was dropped)")
         assert e.stats()["kinds"]["pods"]["state"] == "backoff"
-    finally:
-        e.stop()

@@ -26,11 +26,11 @@ import pytest
 
 import enrich
 from enrich.index import NO_ANN_IPS, multus_network_ips, ovn_pod_network_ips
+from tests.support.enricher import running_enricher
 from tests.support.fake_kube import FakeKube, node, pod, run_enrich_config
 from tests.support.fake_kube import fake_kube as fake_kube  # noqa: F401 - fixture
 from tests.test_enrich_index import NOBODY, T0, Clock, build, flow, iso, raw
 from tests.test_enrich_index import implementation as implementation  # noqa: F401 - autouse fixture
-from tests.test_enrich_informer import fast_config
 from tests.test_enrich_informer import kubeconfig as kubeconfig  # noqa: F401 - fixture
 
 PN, NS = "k8s.ovn.org/pod-networks", "k8s.v1.cni.cncf.io/network-status"
@@ -418,9 +418,7 @@ def test_a_udn_pods_annotation_arriving_by_watch_enriches_its_flows(fake_kube: F
                                                                   kubeconfig: str) -> None:  # noqa: F811
     fake_kube.add("nodes", node("node-a", internal=["10.0.0.1"], zone="zone-a"))
     added = fake_kube.add("pods", pod("web-1", "blue", ips=["10.244.0.9"]))   # no annotation yet
-    e = enrich.Enricher(fast_config(kubeconfig))
-    e.start()
-    try:
+    with running_enricher(kubeconfig) as e:
         assert e.wait_ready(10)
         assert flow(e, UDN4, "") == {"K8S_FlowLayer": "app"}
         fake_kube.modify("pods", udn_pod())     # (the same object: the fake keeps its uid)
@@ -435,8 +433,6 @@ def test_a_udn_pods_annotation_arriving_by_watch_enriches_its_flows(fake_kube: F
         fake_kube.delete("pods", "web-1", "blue")
         fake_kube.wait_for(lambda: e.stats()["index"]["pods"] == 0, what="the delete")
         assert flow(e, UDN4, "")["SrcK8S_Name"] == "web-1"            # its tombstone
-    finally:
-        e.stop()
 
 
 def test_the_older_multus_key_through_list_watch_and_relist(fake_kube: FakeKube,  # noqa: F811
@@ -452,9 +448,7 @@ def test_the_older_multus_key_through_list_watch_and_relist(fake_kube: FakeKube,
     fake_kube.add("pods", pod("both", "blue", ips=["10.244.0.12"],
                               annotations={**lan("172.20.0.12"), **lan("172.20.0.99", key=OLD_NS)}))
     fake_kube.add("pods", pod("broken", "blue", ips=["10.244.0.13"], annotations={OLD_NS: '{"ips": "x"}'}))
-    e = enrich.Enricher(fast_config(kubeconfig))
-    e.start()
-    try:
+    with running_enricher(kubeconfig) as e:
         assert e.wait_ready(10)
         assert [name_at(e, a) for a in ("172.20.0.11", "172.20.0.12", "10.244.0.13")] == ["mover", "both", "broken"]
         assert flow(e, "172.20.0.99", "") == NOBODY
@@ -479,8 +473,6 @@ def test_the_older_multus_key_through_list_watch_and_relist(fake_kube: FakeKube,
         assert flow(e, "172.20.0.99", "") == NOBODY
         assert e.stats()["problems"] == {"bad_pod_networks": 2}
         assert e.stats()["index"]["pod_network_ips"] == 4
-    finally:
-        e.stop()
 
 
 def test_decode_with_kubeconfig_gives_a_udn_address_its_pods_identity(fake_kube: FakeKube,  # noqa: F811

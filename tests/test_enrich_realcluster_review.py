@@ -13,10 +13,10 @@ import json
 from typing import Any
 
 import enrich
+from tests.support.enricher import running_enricher
 from tests.support.fake_kube import FakeKube, wait_for
 from tests.support.fake_kube import fake_kube as fake_kube  # noqa: F401 - fixture
 from tests.test_enrich_index import T0, flow, iso
-from tests.test_enrich_informer import fast_config
 from tests.test_enrich_informer import kubeconfig as kubeconfig  # noqa: F401 - fixture
 
 
@@ -99,13 +99,6 @@ def rs_meta(name: str, ns: str, owner: tuple[str, str, str] | None) -> dict[str,
             "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}}}}
 
 
-def _start(fake: FakeKube, kubeconfig: str, **kw: Any) -> enrich.Enricher:
-    e = enrich.Enricher(fast_config(kubeconfig, **kw))
-    e.start()
-    assert e.wait_ready(10)
-    return e
-
-
 def _ident(e: enrich.Enricher, ip: str, t_ms: int = 0) -> tuple[str, str] | None:
     got = flow(e, ip, "", t_ms=t_ms)
     return (got["SrcK8S_Name"], got["SrcK8S_Type"]) if "SrcK8S_Name" in got else None
@@ -116,8 +109,8 @@ def test_watch_node_subnets_forms_internal_ip_change_and_node_recreated(fake_kub
                                     subnets='{"default":"10.128.2.0/23"}'))
     for k in ("pods", "services", "replicasets"):
         fake_kube.bookmark(k)
-    e = _start(fake_kube, kubeconfig)
-    try:
+    with running_enricher(kubeconfig) as e:
+        assert e.wait_ready(10)
         assert _ident(e, "10.128.2.2") == ("w1", "Node")
         # OVN-Kubernetes rewrites the annotation in its list form, dual-stack, with a UDN
         n = ocp_node("w1", [("InternalIP", "10.0.1.10"), ("InternalIP", "fd00::10"), ("Hostname", "w1")],
@@ -143,8 +136,6 @@ def test_watch_node_subnets_forms_internal_ip_change_and_node_recreated(fake_kub
         assert _ident(e, "10.128.6.2") == ("w1", "Node") and _ident(e, "10.128.2.2") is None
         assert flow(e, "10.0.1.30", "")["SrcK8S_Zone"] == "us-east-1c"
         assert e.stats()["problems"] == {}
-    finally:
-        e.stop()
 
 
 def test_watch_services_recreated_headless_externalname_dual_stack(fake_kube: FakeKube, kubeconfig: str) -> None:  # noqa: F811
@@ -152,8 +143,8 @@ def test_watch_services_recreated_headless_externalname_dual_stack(fake_kube: Fa
                                                          "clusterIPs": ["172.30.0.10"]}))
     for k in ("pods", "nodes", "replicasets"):
         fake_kube.bookmark(k)
-    e = _start(fake_kube, kubeconfig)
-    try:
+    with running_enricher(kubeconfig) as e:
+        assert e.wait_ready(10)
         assert _ident(e, "172.30.0.10") == ("db", "Service")
         fake_kube.delete("services", "db", "shop")
         fake_kube.add("services", ocp_service("db", "shop", {"type": "ClusterIP", "clusterIP": "172.30.0.77",
@@ -168,8 +159,6 @@ def test_watch_services_recreated_headless_externalname_dual_stack(fake_kube: Fa
         wait_for(lambda: _ident(e, "172.30.0.10") == ("other", "Service"), what="services")
         assert _ident(e, "172.30.0.77") == ("db", "Service") and _ident(e, "fd02::77") == ("db", "Service")
         assert e.stats()["problems"] == {} and e.stats()["index"]["services"] == 4
-    finally:
-        e.stop()
 
 
 def test_watch_replicaset_after_its_pods_and_a_rollout(fake_kube: FakeKube, kubeconfig: str) -> None:  # noqa: F811
@@ -178,8 +167,8 @@ def test_watch_replicaset_after_its_pods_and_a_rollout(fake_kube: FakeKube, kube
     fake_kube.add("pods", ocp_pod("ro-7f-a", "shop", ["10.128.2.6"], "w1", ["10.0.1.10"], owner=("ReplicaSet", "ro-7f")))
     for k in ("services", "replicasets"):
         fake_kube.bookmark(k)
-    e = _start(fake_kube, kubeconfig)
-    try:
+    with running_enricher(kubeconfig) as e:
+        assert e.wait_ready(10)
         got = flow(e, "10.128.2.5", "")
         assert (got["SrcK8S_OwnerName"], got["SrcK8S_OwnerType"]) == ("web-5d9", "ReplicaSet")
         fake_kube.add("replicasets", rs_meta("web-5d9", "shop", ("apps/v1", "Deployment", "web")))
@@ -188,8 +177,6 @@ def test_watch_replicaset_after_its_pods_and_a_rollout(fake_kube: FakeKube, kube
         got = flow(e, "10.128.2.5", "")
         assert (got["SrcK8S_OwnerName"], got["SrcK8S_OwnerType"]) == ("web", "Deployment")
         assert flow(e, "10.128.2.6", "")["SrcK8S_OwnerName"] == "ro"
-    finally:
-        e.stop()
 
 
 def test_lists_answered_503_with_retry_after_then_sync(fake_kube: FakeKube, kubeconfig: str) -> None:  # noqa: F811
@@ -198,17 +185,13 @@ def test_lists_answered_503_with_retry_after_then_sync(fake_kube: FakeKube, kube
     for k in ("services", "replicasets"):
         fake_kube.bookmark(k)
     fake_kube.fail("pods", "list", "unavailable", times=2)
-    e = enrich.Enricher(fast_config(kubeconfig))
-    e.start()
-    try:
+    with running_enricher(kubeconfig) as e:
         assert e.wait_ready(15)
         assert _ident(e, "10.128.2.5") == ("web-0", "Pod")
         st = e.stats()["kinds"]["pods"]
         assert st["errors"] == {"server_error": 2} and st["last_error"] == ""
         lists = [r for r in fake_kube.requests if r["kind"] == "pods" and r["verb"] == "list"]
         assert len(lists) == 3
-    finally:
-        e.stop()
 
 
 def test_watch_completed_and_evicted_pods_keep_their_ip_while_new_pods_get_it(fake_kube: FakeKube, kubeconfig: str) -> None:  # noqa: F811
@@ -223,8 +206,8 @@ def test_watch_completed_and_evicted_pods_keep_their_ip_while_new_pods_get_it(fa
     fake_kube.add("pods", web)
     for k in ("services", "replicasets"):
         fake_kube.bookmark(k)
-    e = _start(fake_kube, kubeconfig)
-    try:
+    with running_enricher(kubeconfig) as e:
+        assert e.wait_ready(10)
         # the Job's pod completes 60 s ago; the Deployment's pod is evicted 50 s ago (memory pressure)
         job["status"]["phase"] = "Succeeded"
         job["status"]["containerStatuses"][0].update(ready=False, started=False, state={"terminated": {
@@ -260,5 +243,3 @@ def test_watch_completed_and_evicted_pods_keep_their_ip_while_new_pods_get_it(fa
         assert _ident(e, "10.128.2.9", now - 120_000) == ("backup-28800-x", "Pod")
         assert _ident(e, "10.128.2.10", now - 120_000) == ("web-5d-a", "Pod")
         assert e.stats()["problems"] == {}
-    finally:
-        e.stop()

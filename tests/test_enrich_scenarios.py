@@ -13,12 +13,13 @@ import time
 from typing import Any
 
 import enrich
+from tests.support.enricher import running_enricher
 from tests.support.fake_kube import FakeKube, pod, wait_for
 from tests.support.fake_kube import fake_kube as fake_kube  # noqa: F401 - fixture
 from tests.test_enrich_index import T0, Clock, build, flow, iso
 from tests.test_enrich_index import implementation as implementation  # noqa: F401 - autouse fixture
-from tests.test_enrich_informer import fast_config, seed
 from tests.test_enrich_informer import kubeconfig as kubeconfig  # noqa: F401 - fixture
+from tests.test_enrich_informer import seed
 
 IP = "10.244.0.70"
 
@@ -153,9 +154,7 @@ def test_a_relist_after_410_ends_a_pod_it_no_longer_lists_when_its_containers_fi
     seed(fake_kube)
     fake_kube.add("pods", old(None))
     fake_kube.add("pods", new(None))
-    e = enrich.Enricher(fast_config(kubeconfig), compiled=implementation == "compiled")
-    e.start()
-    try:
+    with running_enricher(kubeconfig, compiled=implementation == "compiled") as e:
         assert e.wait_ready(10)
         wait_for(lambda: fake_kube.watchers["pods"] >= 1, what="pod watch open")
         fake_kube.modify("pods", old(now - 50_000))
@@ -168,8 +167,6 @@ def test_a_relist_after_410_ends_a_pod_it_no_longer_lists_when_its_containers_fi
         assert flow(e, IP, "", t_ms=now - 60_000)["SrcK8S_Name"] == "old"
         assert flow(e, IP, "", t_ms=now - 20_000)["SrcK8S_Name"] == "n"
         assert e.stats()["index"]["tombstones"] == 1
-    finally:
-        e.stop()
 
 
 def _lost_container_pod(*, phase: str) -> dict[str, Any]:
@@ -261,11 +258,7 @@ def test_a_running_pod_listed_before_a_completed_pod_with_its_address_wins(
     seed(fake_kube)
     fake_kube.add("pods", job)
     fake_kube.add("pods", web)
-    e = enrich.Enricher(fast_config(kubeconfig), compiled=implementation == "compiled")
-    e.start()
-    try:
+    with running_enricher(kubeconfig, compiled=implementation == "compiled") as e:
         assert e.wait_ready(10)
         for t in (now - 30_000, now - 1_000, 0):
             assert flow(e, IP, "", t_ms=t)["SrcK8S_Name"] == "api-5d-x", t
-    finally:
-        e.stop()

@@ -25,9 +25,10 @@ from typing import Any
 import pytest
 
 import enrich
+from tests.support.enricher import running_enricher
 from tests.support.fake_kube import FakeKube, node, pod, wait_for
 from tests.support.fake_kube import fake_kube as fake_kube  # noqa: F401 - fixture
-from tests.test_enrich_informer import fast_config, flow, seed
+from tests.test_enrich_informer import flow, seed
 from tests.test_enrich_informer import kubeconfig as kubeconfig  # noqa: F401 - fixture
 
 
@@ -45,9 +46,7 @@ def seeded(fake_kube: FakeKube) -> Iterator[FakeKube]:  # noqa: F811
 def test_a_quiet_watch_ended_by_its_timeout_resumes_without_failure_or_list(
         seeded: FakeKube, kubeconfig: str, before: float | None) -> None:  # noqa: F811
     seeded.bookmark_before_timeout = before   # (2 s in a real API server; 1 s of these short watches)
-    e = enrich.Enricher(fast_config(kubeconfig, watch_timeout_seconds=4))   # (each watch: 2 to 4 s)
-    e.start()
-    try:
+    with running_enricher(kubeconfig, watch_timeout_seconds=4) as e:   # (each watch: 2 to 4 s)
         assert e.wait_ready(10)
         wait_for(lambda: len(_watch_rvs(seeded, "pods")) >= 1, what="the first pods watch")
         listed = _watch_rvs(seeded, "pods")[0]
@@ -69,16 +68,12 @@ def test_a_quiet_watch_ended_by_its_timeout_resumes_without_failure_or_list(
         assert e.stats()["index"]["pods"] == 1
         seeded.add("pods", pod("late", "shop", ips=["10.244.0.40"]))
         wait_for(lambda: flow(e, "10.244.0.40", "").get("SrcK8S_Name") == "late", what="an event after the timeouts")
-    finally:
-        e.stop()
 
 
 def test_an_error_500_event_first_resumes_from_the_same_resource_version(seeded: FakeKube,
                                                                           kubeconfig: str) -> None:  # noqa: F811
     seeded.fail("pods", "watch", "error500_event", times=2)
-    e = enrich.Enricher(fast_config(kubeconfig))
-    e.start()
-    try:
+    with running_enricher(kubeconfig) as e:
         assert e.wait_ready(10)
         wait_for(lambda: len(_watch_rvs(seeded, "pods")) >= 3, what="the watch retried past two ERROR 500 events")
         rvs = _watch_rvs(seeded, "pods")
@@ -89,15 +84,11 @@ def test_an_error_500_event_first_resumes_from_the_same_resource_version(seeded:
         seeded.add("pods", pod("after", "shop", ips=["10.244.0.41"]))
         wait_for(lambda: flow(e, "10.244.0.41", "").get("SrcK8S_Name") == "after", what="the watch working again")
         assert flow(e, "10.244.0.5", "")["SrcK8S_Name"] == "web-6d4cf56db6-x1"
-    finally:
-        e.stop()
 
 
 def test_http_410_before_the_stream_relists_at_once(seeded: FakeKube, kubeconfig: str) -> None:  # noqa: F811
     seeded.fail("pods", "watch", "gone_http", times=1)
-    e = enrich.Enricher(fast_config(kubeconfig, backoff_initial_seconds=5.0, backoff_max_seconds=5.0))
-    e.start()
-    try:
+    with running_enricher(kubeconfig, backoff_initial_seconds=5.0, backoff_max_seconds=5.0) as e:
         assert e.wait_ready(10)
         # at once: a relist is not a failure to back off from (5 s here)
         wait_for(lambda: e.stats()["kinds"]["pods"]["relists"] == 1, timeout=3, what="the relist after HTTP 410")
@@ -106,8 +97,6 @@ def test_http_410_before_the_stream_relists_at_once(seeded: FakeKube, kubeconfig
         seeded.add("pods", pod("after", "shop", ips=["10.244.0.42"]))
         wait_for(lambda: flow(e, "10.244.0.42", "").get("SrcK8S_Name") == "after", timeout=3,
                  what="the watch from the relist")
-    finally:
-        e.stop()
 
 
 def test_a_throttled_watch_waits_out_retry_after_and_resumes_without_a_list(
@@ -120,9 +109,7 @@ def test_a_throttled_watch_waits_out_retry_after_and_resumes_without_a_list(
 
     asked = _record_sleeps(monkeypatch, "pods")
     seeded.fail("pods", "watch", "throttle", times=WATCH_FAILURES_BEFORE_RELIST)
-    e = enrich.Enricher(fast_config(kubeconfig))
-    e.start()
-    try:
+    with running_enricher(kubeconfig) as e:
         assert e.wait_ready(10)
         wait_for(lambda: len(_watch_rvs(seeded, "pods")) > WATCH_FAILURES_BEFORE_RELIST, timeout=20,
                  what="the watch past the 429s")
@@ -132,8 +119,6 @@ def test_a_throttled_watch_waits_out_retry_after_and_resumes_without_a_list(
         assert asked[:WATCH_FAILURES_BEFORE_RELIST] == [2.0] * WATCH_FAILURES_BEFORE_RELIST   # Retry-After: 2
         rvs = _watch_rvs(seeded, "pods")
         assert rvs == [rvs[0]] * len(rvs), rvs
-    finally:
-        e.stop()
 
 
 def _rotating_kubeconfig(fake: FakeKube, tmp_path: Path, source: str, token_path: Path) -> str:
@@ -169,9 +154,7 @@ def test_credentials_the_api_server_stops_accepting_are_loaded_again(fake_kube: 
     token_path.write_text("token-1")
     fake_kube.token = "token-1"
     seed(fake_kube)
-    e = enrich.Enricher(fast_config(_rotating_kubeconfig(fake_kube, tmp_path, source, token_path)))
-    e.start()
-    try:
+    with running_enricher(_rotating_kubeconfig(fake_kube, tmp_path, source, token_path)) as e:
         assert e.wait_ready(10)
         wait_for(lambda: fake_kube.watchers["pods"] >= 1, what="the pods watch")
         # rotation: a new token in the file, and the API server no longer takes the old one
@@ -182,8 +165,6 @@ def test_credentials_the_api_server_stops_accepting_are_loaded_again(fake_kube: 
         wait_for(lambda: flow(e, "10.244.0.43", "").get("SrcK8S_Name") == "after", timeout=15,
                  what="the pods watch with the new token")
         assert e.stats()["kinds"]["pods"]["errors"].get("unauthorized", 0) >= 1
-    finally:
-        e.stop()
 
 
 def test_a_rotated_token_file_is_read_again_before_the_old_token_is_refused(
@@ -196,9 +177,7 @@ def test_a_rotated_token_file_is_read_again_before_the_old_token_is_refused(
     token_path.write_text("token-1")
     fake_kube.token = "token-1"
     seed(fake_kube)
-    e = enrich.Enricher(fast_config(_rotating_kubeconfig(fake_kube, tmp_path, "tokenFile", token_path)))
-    e.start()
-    try:
+    with running_enricher(_rotating_kubeconfig(fake_kube, tmp_path, "tokenFile", token_path)) as e:
         assert e.wait_ready(10)
         wait_for(lambda: fake_kube.watchers["pods"] >= 1, what="the pods watch")
         token_path.write_text("token-2")      # rotated; both taken for a while
@@ -216,8 +195,6 @@ def test_a_rotated_token_file_is_read_again_before_the_old_token_is_refused(
         fake_kube.add("pods", pod("after", "shop", ips=["10.244.0.44"]))
         wait_for(lambda: flow(e, "10.244.0.44", "").get("SrcK8S_Name") == "after", what="the watch, unrefused")
         assert "unauthorized" not in e.stats()["kinds"]["pods"]["errors"]
-    finally:
-        e.stop()
 
 
 def test_watches_ask_for_timeouts_spread_over_half_the_watch_timeout(seeded: FakeKube, kubeconfig: str) -> None:  # noqa: F811
@@ -227,9 +204,7 @@ def test_watches_ask_for_timeouts_spread_over_half_the_watch_timeout(seeded: Fak
     same watch_timeout_seconds: a DaemonSet of collectors (four watches each) re-watched in
     lockstep. Each watch now asks between half of it and all of it (never longer: the read
     timeout that notices a dead connection is that plus the slack)."""
-    e = enrich.Enricher(fast_config(kubeconfig, watch_timeout_seconds=40))
-    e.start()
-    try:
+    with running_enricher(kubeconfig, watch_timeout_seconds=40) as e:
         assert e.wait_ready(10)
         wait_for(lambda: all(fake_watches(seeded, k) for k in ("pods", "nodes", "services", "replicasets")),
                  what="a watch of each kind")
@@ -242,8 +217,6 @@ def test_watches_ask_for_timeouts_spread_over_half_the_watch_timeout(seeded: Fak
                  for r in fake_watches(seeded, k)]
         assert all(20 <= t <= 40 for t in asked), asked
         assert len(set(asked)) > 1, asked
-    finally:
-        e.stop()
 
 
 def fake_watches(fake: FakeKube, kind: str) -> list[dict[str, Any]]:
