@@ -14,7 +14,7 @@ from typing import Any
 from conftest import send_udp
 
 from benchmarks.datagrams import IpfixTemplate, data_set, ipfix_message, template_set
-from tests.support.kafka_front import KafkaFront
+from tests.support.kafka_front import KafkaFront, tansu_behind
 
 EXPORT = 1_700_000_000
 
@@ -193,14 +193,9 @@ def test_a_batch_sent_again_and_caught_at_the_shutdown_deadline_is_unconfirmed_a
 
     from conftest import free_tcp_port, make_v5, wait_for
 
-    from collector.broker import Broker
-
     port = free_tcp_port()
     front = StallFront(port)
-    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port)
-    try:
-        broker.start()
-        front.start()
+    with tansu_behind(tmp_path, front):
         c = collector(["--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-topic", "t-" + uuid.uuid4().hex[:10],
                        "--kafka-connections", "1", "--kafka-request-timeout-ms", "1000", "--shutdown-timeout", "1"])
         send_udp([make_v5(0, 30, 0)], c.port)
@@ -220,6 +215,3 @@ def test_a_batch_sent_again_and_caught_at_the_shutdown_deadline_is_unconfirmed_a
         assert "shutdown: 30 records sent to Kafka were not acknowledged" in log, log
         assert "could not be delivered" not in log, log
         assert resent == 0
-    finally:
-        front.stop()
-        broker.stop()

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from conftest import consume, free_tcp_port, make_v5, send_udp
 
-from tests.support.kafka_front import KafkaFront, produce_request
+from tests.support.kafka_front import KafkaFront, produce_request, tansu_behind
 
 # ------------------------------------------------------------------------------------------------
 # Keyed modes: one partition that keeps failing must not hold the others back
@@ -59,22 +59,14 @@ def _failing_partition(collector: Any, tmp_path: Path, times: int) -> Iterator[t
     """A Tansu behind a FailingFront whose partition 0 fails `times` Produce requests (-1: all)
     with NOT_ENOUGH_REPLICAS (retriable), and a collector keying by conversation to its topic
     of 4 partitions: (broker, front, collector, topic)."""
-    from collector.broker import Broker
-
     port = free_tcp_port()
     front = FailingFront(port, fail=0, code=19, times=times)
-    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port)
-    try:
-        broker.start()
-        front.start()
+    with tansu_behind(tmp_path, front) as broker:
         t = "t-" + uuid.uuid4().hex[:10]
         c = collector(["--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-topic", t, "--kafka-create-topic",
                        "--kafka-partitions", "4", "--kafka-key", "conversation", "--kafka-batch-bytes", "16KB",
                        "--kafka-linger-ms", "5", "--queue-bytes", "64MiB"])
         yield broker, front, c, t
-    finally:
-        front.stop()
-        broker.stop()
 
 
 def _send_waves(c: Any, waves: int) -> list[str]:

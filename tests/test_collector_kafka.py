@@ -32,6 +32,7 @@ from conftest import (
     warm_partitions,
 )
 
+from tests.support.kafka_front import tansu_behind
 from tests.support.tls import Pki, TlsFront, make_pki
 
 pytestmark = pytest.mark.slow
@@ -615,19 +616,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[Pki, Pki]:
 
 @contextlib.contextmanager
 def tansu_behind_tls(pki: Pki, tmp: Path, *, authentication: bool = False) -> Iterator[TlsFront]:
-    from collector.broker import Broker
-
-    port = free_tcp_port()
-    front = TlsFront(port, pki)
-    broker = Broker(port=port, log_path=str(tmp / "tansu.log"), advertised_port=front.port,
-                    authentication=authentication)
-    try:
-        broker.start()
-        front.start()
+    front = TlsFront(free_tcp_port(), pki)
+    with tansu_behind(tmp, front, authentication=authentication):
         yield front
-    finally:
-        front.stop()
-        broker.stop()
 
 
 @pytest.fixture(scope="module")

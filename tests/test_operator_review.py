@@ -417,8 +417,7 @@ def test_readyz_is_not_ready_while_no_partition_leader_can_be_reached(collector:
 
     from conftest import consume, free_tcp_port
 
-    from collector.broker import Broker
-    from tests.support.kafka_front import KafkaFront
+    from tests.support.kafka_front import KafkaFront, tansu_behind
 
     class SlowFirstProduce(KafkaFront):
         """Pipes to the broker; the first Produce request is held `hold` seconds before it goes."""
@@ -439,7 +438,9 @@ def test_readyz_is_not_ready_while_no_partition_leader_can_be_reached(collector:
 
     port = free_tcp_port()
     front = KafkaFront(port)    # the advertised address: reachable only while a front listens there
-    with Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port) as b:
+    back = SlowFirstProduce(port)   # (the address answering again, later)
+    back.port = front.port
+    with tansu_behind(tmp_path, front, back, started=0) as b:
         if topic_known:
             front.start()
 
@@ -475,23 +476,18 @@ def test_readyz_is_not_ready_while_no_partition_leader_can_be_reached(collector:
         # the advertised address answers again: ready (the check is made again every 5 s while
         # no leader can be reached), the flows sent go, and one Produce request held for a while
         # leaves /readyz ready meanwhile
-        back = SlowFirstProduce(port)
-        back.port = front.port
         back.start()
-        try:
-            wait_for(lambda: c.get("/readyz")[0] == 200, 20, what="/readyz ready once the advertised address answers")
-            _replay(c.port, 1)
-            wait_for(back.holding.is_set, 10, what="the first Produce request held")
-            during = []
-            while back.holding.is_set():
-                during.append(c.get("/readyz"))
-                time.sleep(0.1)
-            assert during and all(status == 200 for status, _ in during), during
-            assert len(consume(f"127.0.0.1:{back.port}", "flowscope-flows", 30)) == 30
-            assert c.get("/readyz") == (200, "ready\n")
-            assert c.stop(signal.SIGTERM) == 0
-        finally:
-            back.stop()
+        wait_for(lambda: c.get("/readyz")[0] == 200, 20, what="/readyz ready once the advertised address answers")
+        _replay(c.port, 1)
+        wait_for(back.holding.is_set, 10, what="the first Produce request held")
+        during = []
+        while back.holding.is_set():
+            during.append(c.get("/readyz"))
+            time.sleep(0.1)
+        assert during and all(status == 200 for status, _ in during), during
+        assert len(consume(f"127.0.0.1:{back.port}", "flowscope-flows", 30)) == 30
+        assert c.get("/readyz") == (200, "ready\n")
+        assert c.stop(signal.SIGTERM) == 0
 
 
 def test_readyz_names_the_current_cause_once_the_advertised_broker_goes_away(collector: Any, tmp_path: Path) -> None:
@@ -506,18 +502,14 @@ def test_readyz_names_the_current_cause_once_the_advertised_broker_goes_away(col
 
     from conftest import free_tcp_port
 
-    from collector.broker import Broker
-    from tests.support.kafka_front import KafkaFront
+    from tests.support.kafka_front import KafkaFront, tansu_behind
 
     port = free_tcp_port()
     front = KafkaFront(port)    # the advertised address: reachable while the front listens
-    with Broker(port=port, log_path=str(tmp_path / "tansu.log"), advertised_port=front.port) as b:
-        front.start()
-        try:
-            c = collector(["--kafka-brokers", b.bootstrap, "--kafka-create-topic",
-                           "--kafka-request-timeout-ms", "2000", "--shutdown-timeout", "2"])
-        finally:
-            front.stop()
+    with tansu_behind(tmp_path, front) as b:
+        c = collector(["--kafka-brokers", b.bootstrap, "--kafka-create-topic",
+                       "--kafka-request-timeout-ms", "2000", "--shutdown-timeout", "2"])
+        front.stop()
         gone = time.monotonic()
         status, body = wait_for(lambda: (r := c.get("/readyz"))[0] == 503 and r, 20, what="/readyz unready")
         assert time.monotonic() - gone < 15, body

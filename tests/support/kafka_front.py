@@ -5,7 +5,8 @@ front; each client connection gets a connection of its own to the broker. Subcla
 happens to each connection's requests and answers: `_answer` and `_rewrite` for requests taken
 one at a time (the default `_handle`), or a `_handle` of their own (`_pipe` copies both ways). The front runs on an event loop
 of its own in a thread, so a test's collector (another process) and its assertions go on while
-it serves. `tansu_behind` starts a Tansu broker behind fronts, and stops them all.
+it serves. `tansu_behind` starts a Tansu broker behind fronts (these, or any other with the
+same start/stop and ports, as tests/support/tls.TlsFront), and stops them all.
 """
 
 from __future__ import annotations
@@ -16,14 +17,26 @@ import struct
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from conftest import free_tcp_port
 
 
+class Front(Protocol):
+    """What tansu_behind needs of a front: the broker's port it forwards to, its own port (which
+    the broker advertises), start() and stop()."""
+
+    upstream_port: int
+    port: int
+
+    def start(self) -> object: ...
+
+    def stop(self) -> None: ...
+
+
 class KafkaFront:
     """start() / stop() around an asyncio server on 127.0.0.1:`port` whose connections go to
-    `_handle`."""
+    `_handle`; stop() again, or on a front never started, does nothing more."""
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
@@ -41,6 +54,8 @@ class KafkaFront:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
 
     def stop(self) -> None:
+        if self._loop.is_closed():       # stopped already (a test that stopped it itself)
+            return
         if self._thread.ident is None:   # never started (a test that failed before it did)
             self._loop.close()
             return
@@ -173,15 +188,18 @@ class KafkaFront:
 
 
 @contextlib.contextmanager
-def tansu_behind(tmp_path: Path, *fronts: KafkaFront, started: int | None = None) -> Iterator[Any]:
-    """A Tansu broker (collector.broker.Broker, logging to tmp_path/tansu.log) on the fronts'
-    upstream port, advertising the first front's, which clients bootstrap from: started, then the
-    first `started` fronts (all by default: the test starts the others when it wants them), and
-    at the end the fronts stopped, then the broker. Yields the broker."""
+def tansu_behind(tmp_path: Path, *fronts: Front, started: int | None = None,
+                 authentication: bool = False) -> Iterator[Any]:
+    """A Tansu broker (collector.broker.Broker, logging to tmp_path/tansu.log; with
+    `authentication`, Tansu's --authentication) on the fronts' upstream port, advertising the
+    first front's, which clients bootstrap from: started, then the first `started` fronts (all by
+    default: the test starts the others when it wants them), and at the end the fronts stopped
+    (a front the test stopped itself, or never started, included), then the broker. Yields the
+    broker."""
     from collector.broker import Broker
 
     broker = Broker(port=fronts[0].upstream_port, log_path=str(tmp_path / "tansu.log"),
-                    advertised_port=fronts[0].port)
+                    advertised_port=fronts[0].port, authentication=authentication)
     try:
         broker.start()
         for f in fronts[:started]:
