@@ -3,16 +3,17 @@
 A container's health check runs beside the collector, not inside it, so it does not know the
 flags the collector was started with. This reads them where the kernel keeps them: the command
 line and environment of the `flowscope run` process (PID 1, the container's entrypoint, or the
-first such process found in this network namespace), resolves the configuration as `flowscope run`
+first such process found in this network namespace; with --pid, that process or else the one
+`flowscope run` among its descendants, behind an init or a shell), resolves the configuration as `flowscope run`
 did (flag > FLOWSCOPE_* variable > --config file > default) and asks that process's /healthz (or
 /readyz) address. The address is asked from here, so a collector in another network namespace
 (one a host or a shared PID namespace shows: a pod's, an `ip netns` one) is not taken: its
 127.0.0.1 or wildcard address is not this namespace's; the ones left aside are named.
 
 Exit status: 0 healthy (the endpoint answered 200); 1 not (any other answer, no answer, or the
-address cannot be worked out from the collector: a --pid that is not a `flowscope run` or whose
-command line and environment cannot be read included, which is never taken for the default
-address); 2 usage error (a bad option: a malformed --addr too). A collector that serves no HTTP endpoint
+address cannot be worked out from the collector: a --pid that is not a `flowscope run`, nor has
+exactly one behind it, or whose command line and environment cannot be read included, which is
+never taken for the default address); 2 usage error (a bad option: a malformed --addr too). A collector that serves no HTTP endpoint
 (metrics_addr and health_addr both empty) cannot be asked: it is reported healthy while its
 process runs, and the line printed says so.
 """
@@ -44,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ask this address instead of the collector's own health or metrics address")
     parser.add_argument("--pid", type=int, default=None, metavar="PID",
                         help="the `flowscope run` process whose command line, environment and --config "
-                        "file give the address [default: PID 1 (a container's entrypoint) if it is one, "
+                        "file give the address, or an init or shell with exactly one behind it [default: PID 1 (a container's entrypoint) if it is one, "
                         "else the first `flowscope run` process found in this network namespace: one in "
                         "another is not asked, and is named]")
     parser.add_argument("--ready", action="store_true", help="ask /readyz (ready to serve) instead of /healthz")
@@ -112,6 +113,73 @@ class NotACollector(Exception):
     """The process --pid names is not a `flowscope run` whose configuration can be read."""
 
 
+def process_children() -> dict[int, list[int]]:
+    """Each process's children (those this process can see), from the parent PID in /proc/PID/stat."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat", "rb") as fh:
+                stat = fh.read()
+            ppid = int(stat[stat.rindex(b")") + 1:].split()[1])  # after "(comm)": state, ppid
+        except (OSError, ValueError, IndexError):
+            continue   # exited meanwhile
+        children.setdefault(ppid, []).append(int(d))
+    return children
+
+
+def collectors_behind(pid: int) -> list[int]:
+    """The `flowscope run` processes among `pid`'s descendants (behind an init or a shell), the
+    outermost only: a collector's workers, forked with its command line, are not others."""
+    children = process_children()
+    found: list[int] = []
+    todo, seen = sorted(children.get(pid, [])), {pid}
+    while todo:
+        p = todo.pop(0)
+        if p in seen:      # (a PID reused while /proc was read)
+            continue
+        seen.add(p)
+        try:
+            is_run = run_args(_read_nul_list(f"/proc/{p}/cmdline")) is not None
+        except OSError:
+            is_run = False
+        if is_run:
+            found.append(p)
+        else:
+            todo.extend(sorted(children.get(p, [])))
+    return sorted(found)
+
+
+def _shown_cmdline(cmdline: list[str]) -> str:
+    return " ".join(cmdline)[:120] or "no command line: a kernel thread, or a process that has exited"
+
+
+def resolve_pid(pid: int) -> tuple[int, str]:
+    """The `flowscope run` process `--pid pid` means, and a note for the line printed when it is not
+    `pid` itself: `pid` when it is a `flowscope run` (or its command line cannot be read:
+    collector_config says so), else the one `flowscope run` among its descendants (`pid` an init
+    such as tini or `docker run --init`, or a shell, in front of the collector). Raises
+    NotACollector when there is none behind it, or several (which one is meant is not guessed)."""
+    try:
+        cmdline = _read_nul_list(f"/proc/{pid}/cmdline")
+    except OSError:
+        return pid, ""
+    if run_args(cmdline) is not None:
+        return pid, ""
+    shown = _shown_cmdline(cmdline)
+    behind = collectors_behind(pid)
+    if not behind:
+        raise NotACollector(f"process {pid} is not a `flowscope run` ({shown}), and none runs behind it: give "
+                            "the collector's PID with --pid, or its address with --addr")
+    if len(behind) > 1:
+        more = f" and {len(behind) - 10} more" if len(behind) > 10 else ""
+        raise NotACollector(f"process {pid} is not a `flowscope run` ({shown}), and {len(behind)} run behind it "
+                            f"(process {', '.join(map(str, behind[:10]))}{more}): give the one to ask with --pid")
+    return behind[0], (f" (--pid {pid} is not a `flowscope run` ({shown}): process {behind[0]}, the one "
+                       "behind it, was asked)")
+
+
 def collector_config(pid: int | None) -> tuple[config_mod.Config, str]:
     """The configuration the `flowscope run` process `pid` resolved, and where it came from. With
     no pid (no collector found), this process's own variables and FLOWSCOPE_CONFIG file. Raises
@@ -125,10 +193,8 @@ def collector_config(pid: int | None) -> tuple[config_mod.Config, str]:
         cmdline = _read_nul_list(f"/proc/{pid}/cmdline")
         argv = run_args(cmdline)
         if argv is None:
-            shown = " ".join(cmdline)[:120] or "no command line: a kernel thread, or a process that has exited"
-            raise NotACollector(f"process {pid} is not a `flowscope run` ({shown}): give the collector's PID "
-                                "with --pid (without --pid, the one found behind an init or a shell), or its "
-                                "address with --addr")
+            raise NotACollector(f"process {pid} is not a `flowscope run` ({_shown_cmdline(cmdline)}): give the "
+                                "collector's PID with --pid, or its address with --addr")
         environ: Mapping[str, str] = dict(e.split("=", 1) for e in _read_nul_list(f"/proc/{pid}/environ")
                                           if "=" in e)
     except OSError as exc:
@@ -173,9 +239,11 @@ def run(args: argparse.Namespace) -> int:
         if pid is not None and not os.path.exists(f"/proc/{pid}"):
             print(f"unhealthy: there is no process {pid}")
             return 1
-        if args.pid is not None and (ours := net_namespace("self")) is not None and net_namespace(args.pid) not in (ours, None):
-            note = f" (process {pid} runs in another network namespace: its address was asked in this one)"
         try:
+            if args.pid is not None:
+                pid, note = resolve_pid(args.pid)
+                if (ours := net_namespace("self")) is not None and net_namespace(pid) not in (ours, None):
+                    note += f" (process {pid} runs in another network namespace: its address was asked in this one)"
             cfg, source = collector_config(pid)
         except NotACollector as exc:
             print(f"unhealthy: {exc}{note}")

@@ -3,12 +3,14 @@ the address the collector serves from that process's command line and environmen
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from typing import Any
 
 import pytest
-from conftest import ROOT, free_tcp_port, wait_for
+from conftest import ROOT, free_tcp_port, free_udp_port, wait_for
 
 from collector.health import probe_url, run_args
 
@@ -88,9 +90,8 @@ def test_health_of_a_pid_that_is_no_collector_is_unhealthy_and_asks_nothing(coll
         sleeper.kill()
         sleeper.wait()
     assert r.returncode == 1, r
-    assert r.stdout.startswith(f"unhealthy: process {sleeper.pid} is not a `flowscope run` (sleep 30): give the "
-                               "collector's PID with --pid (without --pid, the one found behind an init or a shell), or its "
-                               "address with --addr"), r
+    assert r.stdout.startswith(f"unhealthy: process {sleeper.pid} is not a `flowscope run` (sleep 30), and none runs "
+                               "behind it: give the collector's PID with --pid, or its address with --addr"), r
     assert "answered" not in r.stdout, r
     # a kernel thread (kthreadd is PID 2 where the PID namespace is the host's): no command line
     try:
@@ -101,6 +102,97 @@ def test_health_of_a_pid_that_is_no_collector_is_unhealthy_and_asks_nothing(coll
     if kthread:
         r = health("--pid", "2", env=env)
         assert r.returncode == 1 and "process 2 is not a `flowscope run` (no command line" in r.stdout, r
+
+
+def _wrapper(script: str, tmp_path: Any) -> tuple[subprocess.Popen, list[int]]:
+    """`sh -c SCRIPT` in a session of its own (so the processes it starts go with it), as an
+    init or a shell runs in front of a collector; SCRIPT says the PIDs of the processes it starts
+    (`echo $!`), read from its output."""
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)}
+    sh = subprocess.Popen(["sh", "-c", script], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                          text=True, start_new_session=True)
+    assert sh.stdout is not None
+    pids = [int(sh.stdout.readline()) for _ in range(script.count("echo $!"))]
+    return sh, pids
+
+
+def _stop_wrapper(sh: subprocess.Popen) -> None:
+    os.killpg(sh.pid, signal.SIGKILL)
+    sh.wait()
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent (the 4th field of /proc/PID/stat) is `pid`."""
+    found = []
+    for d in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{d}/stat") as fh:
+                if fh.read().rsplit(")", 1)[1].split()[1] == str(pid):
+                    found.append(int(d))
+        except OSError:
+            pass
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as fh:
+        return fh.read().replace(b"\0", b" ").decode().strip()
+
+
+def _run_cmd(tmp_path: Any, name: str, *args: str) -> str:
+    return (f"{sys.executable} -m collector.cli run --listen netflow://127.0.0.1:{free_udp_port()} "
+            f"--output-file {tmp_path / name} {' '.join(args)}")
+
+
+def test_health_pid_of_an_init_or_shell_asks_the_one_collector_behind_it(collector: Any, tmp_path: Any) -> None:
+    """`--pid 1` where PID 1 is tini, `docker run --init` or `sh -c "flowscope run ..."` was
+    unhealthy (it is not a `flowscope run`): the collector behind it is asked now, and the line
+    says which. Its forked workers (`--workers 2`: the same command line) are not collectors
+    of their own."""
+    other = collector([])     # where health's own variables point: not to be asked
+    metrics, healthp = free_tcp_port(), free_tcp_port()
+    run = _run_cmd(tmp_path, "out.jsonl", "--workers", "2", "--metrics-addr", f"127.0.0.1:{metrics}",
+                   "--health-addr", f"127.0.0.1:{healthp}")
+    sh, (pid,) = _wrapper(f"{run} & echo $!; wait", tmp_path)
+    try:
+        wait_for(lambda: health("--addr", f"127.0.0.1:{healthp}").returncode == 0, 30, what="the health port")
+        assert len(_children(pid)) >= 2, "the collector's workers run"
+        r = health("--pid", str(sh.pid), env={"FLOWSCOPE_METRICS_ADDR": f"127.0.0.1:{other.http}"})
+        shown = _cmdline(sh.pid)
+        assert (r.returncode, r.stdout.strip()) == (
+            0, f"healthy: http://127.0.0.1:{healthp}/healthz answered 200 ok (--pid {sh.pid} is not a `flowscope run` "
+               f"({shown[:120]}): process {pid}, the one behind it, was asked)"), r
+        r = health("--pid", str(sh.pid), "--ready")
+        assert r.returncode == 0 and r.stdout.startswith(f"healthy: http://127.0.0.1:{healthp}/readyz answered 200"), r
+    finally:
+        _stop_wrapper(sh)
+
+
+def test_health_pid_of_an_init_with_no_collector_or_several_behind_it_is_unhealthy(collector: Any,
+                                                                                   tmp_path: Any) -> None:
+    other = collector([])
+    env = {"FLOWSCOPE_METRICS_ADDR": f"127.0.0.1:{other.http}"}
+    sh, (sleeper,) = _wrapper("sleep 60 & echo $!; wait", tmp_path)
+    try:
+        wait_for(lambda: _cmdline(sleeper) == "sleep 60", 10, what="the sleep behind the shell")
+        r = health("--pid", str(sh.pid), env=env)
+        assert (r.returncode, r.stdout.strip()) == (
+            1, f"unhealthy: process {sh.pid} is not a `flowscope run` ({_cmdline(sh.pid)}), and none runs behind it: "
+               "give the collector's PID with --pid, or its address with --addr"), r
+    finally:
+        _stop_wrapper(sh)
+    # two, one of them behind a second shell: which one is meant is not guessed
+    one, two = (_run_cmd(tmp_path, f"{n}.jsonl", "--metrics-addr", f"127.0.0.1:{free_tcp_port()}") for n in "ab")
+    sh, (first, inner) = _wrapper(f"{one} & echo $!; sh -c '{two} & echo $!; wait' & wait", tmp_path)
+    try:
+        for p in (first, inner):
+            wait_for(lambda p=p: "collector.cli run" in _cmdline(p), 10, what=f"the collector {p}")
+        r = health("--pid", str(sh.pid), env=env)
+        assert (r.returncode, r.stdout.strip()) == (
+            1, f"unhealthy: process {sh.pid} is not a `flowscope run` ({_cmdline(sh.pid)[:120]}), and 2 run behind it "
+               f"(process {min(first, inner)}, {max(first, inner)}): give the one to ask with --pid"), r
+    finally:
+        _stop_wrapper(sh)
 
 
 def test_health_without_pid_asks_the_collector_of_its_own_network_namespace(collector: Any, tmp_path: Any) -> None:
