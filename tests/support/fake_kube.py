@@ -24,8 +24,10 @@ import itertools
 import json
 import socket
 import ssl
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,6 +40,11 @@ import pytest
 from tests.support.tls import make_pki
 
 TOKEN = "test-token"
+
+# A client that went away: closed or reset its connection while its answer was written, or
+# before its next request on a kept-alive one (urllib3 dropping a pooled connection, an informer
+# stopped mid-list). The API server takes that as the end of the connection, and so does the fake.
+CLIENT_GONE = (ConnectionError, ssl.SSLEOFError, ssl.SSLZeroReturnError)
 
 # path -> (kind key, List kind, object kind, apiVersion, resource name)
 ROUTES = {
@@ -109,7 +116,10 @@ class FakeKube:
         self.tls_dir = tls_dir
         self.ca_cert: Path | None = None   # the CA that signed the server's certificate (a pod's ca.crt)
         self.tls_rejected = 0              # TLS handshakes that failed (the client refused us)
-        self.server: ThreadingHTTPServer | None = None
+        self.server: _Server | None = None
+        # Exceptions a request handler raised (anything but CLIENT_GONE), each as its traceback:
+        # printed when they happen, and running_fake_kube fails the test with them at its end.
+        self.handler_errors: list[str] = []
         self.thread: threading.Thread | None = None
         # How watch events go on the wire: None, one HTTP chunk per event (the API server's
         # way); N, the events ready at once joined and cut into chunks of N bytes (1: an event
@@ -137,13 +147,14 @@ class FakeKube:
             kube = fake
 
         if self.tls_dir is None:
-            self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+            self.server = _Server(("127.0.0.1", 0), Handler)
         else:
             pki = make_pki(self.tls_dir, "fake-kube CA")   # a new CA each time: servers never trust each other
             self.ca_cert = pki.ca
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.load_cert_chain(pki.cert, pki.key)
             self.server = _TLSServer(("127.0.0.1", 0), Handler, ctx)
+        self.server.kube = self
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name="fake-kube", daemon=True)
         self.thread.start()
@@ -328,7 +339,22 @@ def wait_for(pred: Callable[[], bool], *, timeout: float = 10.0, what: str = "co
         time.sleep(0.005)
 
 
-class _TLSServer(ThreadingHTTPServer):
+class _Server(ThreadingHTTPServer):
+    """The fake's HTTP server: a client that went away is no error (socketserver would print a
+    traceback for it); any other exception of a handler is printed and kept in the fake's
+    handler_errors."""
+
+    kube: FakeKube
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], CLIENT_GONE):
+            return
+        with self.kube.cond:
+            self.kube.handler_errors.append(traceback.format_exc())
+        super().handle_error(request, client_address)
+
+
+class _TLSServer(_Server):
     """Wraps each accepted connection in TLS; the handshake runs in the connection's own thread
     (`_Handler.handle`), so a client that refuses the certificate does not stall accept()."""
 
@@ -679,11 +705,17 @@ class _Handler(BaseHTTPRequestHandler):
 
 @contextmanager
 def running_fake_kube(*, tls_dir: Path | None = None) -> Iterator[FakeKube]:
+    """A started FakeKube, stopped at the end; the block fails (when nothing else failed it) if a
+    request handler raised anything but a client going away."""
     fake = FakeKube(tls_dir=tls_dir).start()
     try:
         yield fake
     finally:
         fake.stop()
+    with fake.cond:
+        errors = list(fake.handler_errors)
+    if errors:
+        raise AssertionError(f"the fake API server's request handlers raised {len(errors)} time(s):\n" + "\n".join(errors))
 
 
 @pytest.fixture

@@ -1,0 +1,99 @@
+"""The fake API server itself (tests/support/fake_kube.py): a client that goes away is no error
+of the server, and is not printed (socketserver printed "Exception occurred during processing of
+request" with a ConnectionResetError traceback when an informer dropped a kept-alive connection,
+in tests that passed); any other exception in a request handler is printed and fails the test."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.support.fake_kube import TOKEN, FakeKube, pod, running_fake_kube, wait_for
+
+
+def _request(port: int) -> socket.socket:
+    """A connection that has sent a pods list request (kept alive, as urllib3 keeps it)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(f"GET /api/v1/pods HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {TOKEN}\r\n"
+              "Accept: application/json\r\n\r\n".encode())
+    return s
+
+
+def _reset(s: socket.socket) -> None:
+    """Close with a RST, as a client dropping a connection with data unread does."""
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+
+
+def _read_answer(s: socket.socket) -> dict[str, Any]:
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        buf += s.recv(65536)
+    head, body = buf.split(b"\r\n\r\n", 1)
+    length = int(next(ln.split(b":", 1)[1] for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")))
+    while len(body) < length:
+        body += s.recv(65536)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return dict(json.loads(body))
+
+
+def _handlers_done(before: set[threading.Thread]) -> Callable[[], bool]:
+    """True once the request threads started since `before` have all ended."""
+    def done() -> bool:
+        return not [t for t in threading.enumerate()
+                    if t not in before and "process_request_thread" in t.name and t.is_alive()]
+    return done
+
+
+def test_a_client_that_goes_away_is_not_an_error(capfd: pytest.CaptureFixture[str]) -> None:
+    before = set(threading.enumerate())
+    with running_fake_kube() as fake:
+        fake.add("pods", pod("web", ips=["10.244.0.5"]))
+        # 1. reset after reading its answer, while the server waits for the next request on it
+        s = _request(fake.port)
+        assert [p["metadata"]["name"] for p in _read_answer(s)["items"]] == ["web"]
+        _reset(s)
+        # 2. reset while its answer is being made: the server writes to a connection gone
+        reset, answer = threading.Event(), threading.Event()
+
+        def hold(record: dict[str, Any]) -> None:
+            if record["query"].get("limit") == "7":
+                reset.wait(10)
+                answer.set()
+
+        fake.on_request = hold
+        s = socket.create_connection(("127.0.0.1", fake.port), timeout=10)
+        s.sendall(f"GET /api/v1/pods?limit=7 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode())
+        wait_for(lambda: fake.count(kind="pods", verb="list") == 2, what="the held request")
+        _reset(s)
+        reset.set()
+        wait_for(answer.is_set, what="the held request answered")
+        wait_for(_handlers_done(before), what="the server's request threads to end")
+        assert fake.handler_errors == []
+    err = capfd.readouterr().err
+    assert "Exception occurred" not in err and "Traceback" not in err, err
+
+
+def test_a_handler_that_raises_is_printed_and_fails_the_test(capfd: pytest.CaptureFixture[str]) -> None:
+    before = set(threading.enumerate())
+    fake: FakeKube | None = None
+
+    def boom(record: dict[str, Any]) -> None:
+        raise RuntimeError("a bug in the fake")
+
+    with pytest.raises(AssertionError, match=r"(?s)request handlers raised 1 time\(s\).*RuntimeError: a bug in the fake"):
+        with running_fake_kube() as fake:
+            fake.on_request = boom
+            s = _request(fake.port)
+            assert s.recv(100) == b""       # the connection ends without an answer
+            s.close()
+            wait_for(_handlers_done(before), what="the server's request thread to end")
+    assert fake is not None and len(fake.handler_errors) == 1
+    err = capfd.readouterr().err
+    assert "Exception occurred during processing of request" in err and "RuntimeError: a bug in the fake" in err, err
