@@ -1007,6 +1007,9 @@ class KafkaSink(Sink):
         self._adv_bad: set[int] = set()
         self._adv_why: dict[int, str] = {}
         self._adv_done = 0
+        # advertised (host, port)s a check found reachable: one refused there later is a broker
+        # down, not an address this host could never use
+        self._adv_reached: set[tuple[str, int]] = set()
         # Leaders that accept connections and answer no request (_probe_leaders): node id -> the
         # finding; the records delivered when a finding last changed (unreachable()); when they were
         # last asked; the produce errors at the last advertised check (_watch: errors since check
@@ -1023,7 +1026,8 @@ class KafkaSink(Sink):
 
     async def _advertised_problem(self, failing: bool = False, soon: bool = False) -> str:
         """The brokers a reachable bootstrap broker advertises in its metadata (its
-        advertised.listeners) that this host cannot connect to, as a sentence, or "". This is
+        advertised.listeners) that this host cannot connect to, as a sentence (_unreached_said:
+        a misadvertised address or a broker down), or "". This is
         where records are produced, so such a cluster takes nothing while the bootstrap address
         answers: aiokafka then only says that node N could not be reached, and the metadata
         errors that follow read like a missing topic. Checked with a TCP connection each, at most
@@ -1046,16 +1050,46 @@ class KafkaSink(Sink):
         why = await asyncio.gather(*(tcp_unreachable(b.host, b.port) for b in brokers))
         if {b.nodeId for b, w in zip(brokers, why, strict=True) if w} != self._adv_bad:
             self._adv_done = done
+        self._adv_reached |= {(b.host.lower(), b.port) for b, w in zip(brokers, why, strict=True) if not w}
         self._adv_why = {b.nodeId: f"{'[' + b.host + ']' if ':' in b.host else b.host}:{b.port} (node {b.nodeId}: {w})"
                          for b, w in zip(brokers, why, strict=True) if w}
         self._adv_bad = set(self._adv_why)
-        bad = list(self._adv_why.values())
-        self._adv_problem = "" if not bad else (
-            f"the cluster's metadata (from {','.join(self.k.brokers)}) advertises {'; '.join(bad)}, which this host "
-            f"cannot reach{'' if len(bad) < len(brokers) else ', and no other broker'}: records go to the "
-            "addresses the brokers advertise, not to --kafka-brokers; set the brokers' advertised.listeners to "
-            "an address this host can resolve and reach (or fix its DNS or routes to them)")
+        self._adv_problem = await self._unreached_said([b for b, w in zip(brokers, why, strict=True) if w], len(brokers))
         return self._adv_problem
+
+    async def _unreached_said(self, bad: list[Any], known: int) -> str:
+        """The sentence for the advertised brokers `bad` (of `known`) found unreachable (_adv_why),
+        or "". One that cannot have been misadvertised is said down (a broker down, restarting or
+        cut off by the network): one this host reached at that address before, or any while no
+        --kafka-brokers address answers either (the single broker killed: the address it
+        advertises is the bootstrap one). The others, while a bootstrap broker answers, are the
+        classic advertised.listeners mistake, said with what to fix."""
+        if not bad:
+            return ""
+        boot = [split_hostport(a) for a in self.k.brokers]
+        found = await asyncio.gather(*(tcp_unreachable(h, p) for h, p in boot))
+        silent = [a for a, w in zip(self.k.brokers, found, strict=True) if w]
+        gone = self._adv_reached | {(h.lower(), p) for (h, p), w in zip(boot, found, strict=True) if w}
+        down = [b for b in bad if len(silent) == len(boot) or (b.host.lower(), b.port) in gone]
+        wrong = [b for b in bad if b not in down]
+        said = []
+        if down:
+            evidence = ([f"this host reached {'them' if len(down) > 1 else 'it'} there before"]
+                        if any((b.host.lower(), b.port) in self._adv_reached for b in down) else [])
+            if silent:
+                evidence.append(f"--kafka-brokers {','.join(silent)} cannot be reached either")
+            said.append(
+                f"the broker{'s' if len(down) > 1 else ''} at {'; '.join(self._adv_why[b.nodeId] for b in down)} "
+                f"cannot be reached{'' if len(down) < known else ', nor any other broker'}: "
+                f"{'they are' if len(down) > 1 else 'it is'} down, restarting or cut off by the network ({', and '.join(evidence)})")
+        if wrong:
+            said.append(
+                f"the cluster's metadata (from {','.join(self.k.brokers)}) advertises "
+                f"{'; '.join(self._adv_why[b.nodeId] for b in wrong)}, which this host cannot reach"
+                f"{'' if len(wrong) < known else ', and no other broker'}: records go to the addresses the brokers "
+                "advertise, not to --kafka-brokers; set the brokers' advertised.listeners to an address this host "
+                "can resolve and reach (or fix its DNS or routes to them)")
+        return "; ".join(said)
 
     def _leaders(self) -> dict[int, int]:
         """The flows topic's partitions -> their leader's node id, as the client's metadata has

