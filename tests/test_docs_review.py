@@ -70,12 +70,13 @@ FOREIGN_FLAGS = {
                          "--ipfix-cache-max-flows", "--ipfix-cache-active-timeout", "--set", "--type",
                          "--patch-file", "--from-literal", "--from-file", "--format", "--ignorefile",
                          "--read-only", "--bootstrap-server", "--topic", "--from-beginning", "--property",
-                         "--keep"},
+                         "--keep", "--init"},   # (docker run --init)
     "README.md": {"--thread", "--records", "--kafka", "--enriched", "--only", "--agents", "--unmatched",
                   "--collectors", "--flowscope-args", "--callgrind", "--pods", "--nodes", "--services",
                   "--rounds"},   # benchmarks: compress_bench --thread, harness --records/--collectors/--flowscope-args, stream_ab --kafka/--enriched/--unmatched, pipeline_bench --only/--agents/--unmatched/--callgrind/--pods/--nodes/--services/--rounds
-    # etcdutl snapshot restore --bump-revision, kube-apiserver --etcd-compaction-interval, kubectl --chunk-size
-    "docs/collector.md": {"--bump-revision", "--etcd-compaction-interval", "--chunk-size"},
+    # etcdutl snapshot restore --bump-revision, kube-apiserver --etcd-compaction-interval, kubectl --chunk-size,
+    # docker run --init
+    "docs/collector.md": {"--bump-revision", "--etcd-compaction-interval", "--chunk-size", "--init"},
 }
 # flags the docs name as what flowscope refuses (an abbreviation: usage error, did you mean ...)
 REFUSED_FLAGS = {"--kafka-broker"}
