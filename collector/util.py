@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import ssl
 import sys
 import time
 from typing import Any
@@ -47,8 +48,18 @@ class RateLimitedLog:
 # itself, rate-limited, with the reason and the setting to change (collector.sinks: "kafka: cannot
 # connect to ...", "kafka: ... (not connected)"): beside it each cause was said twice, and for a
 # port that is not a Kafka broker's aiokafka's line had an empty reason ("Unable connect to
-# "HOST:PORT": "). Shown with --log-level debug only; aiokafka's other lines are kept.
+# "HOST:PORT": "). Shown with --log-level debug only; aiokafka's other lines are kept, and so is
+# an "Unable connect to" whose cause is a TLS error (a certificate kafka.tls_ca does not trust:
+# CERTIFICATE_VERIFY_FAILED), which the exception the sink sees does not carry.
 AIOKAFKA_REPORTED = ("Unable connect to ", "Unable to update metadata from ")
+
+
+def _said_by_the_sink(record: logging.LogRecord) -> bool:
+    """An aiokafka line of AIOKAFKA_REPORTED's whose cause the Kafka sink's own line says."""
+    if not (isinstance(record.msg, str) and record.msg.startswith(AIOKAFKA_REPORTED)):
+        return False
+    cause = record.args[-1] if isinstance(record.args, tuple) and record.args else None
+    return not (record.msg.startswith("Unable connect to ") and isinstance(cause, ssl.SSLError))
 
 
 class _RateLimitFilter(logging.Filter):
@@ -65,7 +76,7 @@ class _RateLimitFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not record.name.startswith(("aiokafka", "kafka")):
             return True
-        if not self.debug and isinstance(record.msg, str) and record.msg.startswith(AIOKAFKA_REPORTED):
+        if not self.debug and _said_by_the_sink(record):
             return False
         key = f"{record.name}:{record.msg}"
         now = time.monotonic()
