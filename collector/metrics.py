@@ -693,7 +693,7 @@ def decoder_series(stats: dict[str, Any], labels: ExporterLabels) -> Snapshot:
 
 #: the values of a protocol in a Decoder.series_changed() entry (decoders part_of: name,
 #: datagrams, flows, missing template sets, templates, SPARSE_COUNTERS' values, errors, not sent)
-_PROTO_FIELDS = 12
+_PROTO_FIELDS = 5 + len(SPARSE_COUNTERS) + 2
 
 
 class DecoderSeries:
