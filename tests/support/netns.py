@@ -16,6 +16,8 @@ import time
 import uuid
 from pathlib import Path
 
+from collector.util import dies_with_us
+
 IP = shutil.which("ip")
 
 
@@ -66,7 +68,9 @@ class NetNS:
     def popen(self, cmd: list[str], **kw) -> subprocess.Popen:
         kw.setdefault("stdout", subprocess.PIPE)
         kw.setdefault("stderr", subprocess.PIPE)
-        p = subprocess.Popen(self.prefix() + cmd, start_new_session=True, **kw)
+        # killed with the test process (`ip netns exec` execs the command, which keeps the ask)
+        # when that dies without close(): its own session is out of reach of a kill of pytest's group
+        p = subprocess.Popen(self.prefix() + cmd, start_new_session=True, preexec_fn=dies_with_us(), **kw)
         self.procs.append(p)
         return p
 
