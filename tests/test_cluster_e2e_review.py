@@ -40,6 +40,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +48,7 @@ import pytest
 
 from tests.support import netns as N
 from tests.support import ovs as O
-from tests.support.fake_kube import FakeKube, node, pod, replicaset, service
+from tests.support.fake_kube import FakeKube, node, pod, replicaset, running_fake_kube, service
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -157,9 +158,10 @@ def api_objects() -> list[tuple[str, dict]]:
 CLONE_NEWNET = 0x40000000
 
 
-def start_fake_kube_in(ns: N.NetNS) -> FakeKube:
-    """FakeKube's listening socket made in `ns` (a socket stays in the namespace it was created
-    in): a thread enters the namespace with setns(2), starts the server and ends."""
+def start_fake_kube_in(ns: N.NetNS, stack: ExitStack) -> FakeKube:
+    """running_fake_kube, entered on `stack` (whose close stops it, and fails if a request
+    handler raised), with its listening socket made in `ns` (a socket stays in the namespace it
+    was created in): a thread enters the namespace with setns(2), starts the server and ends."""
     libc = ctypes.CDLL(None, use_errno=True)
     out: dict = {}
 
@@ -171,7 +173,7 @@ def start_fake_kube_in(ns: N.NetNS) -> FakeKube:
                     raise OSError(ctypes.get_errno(), "setns")
             finally:
                 os.close(fd)
-            out["fake"] = FakeKube().start()
+            out["fake"] = stack.enter_context(running_fake_kube())
         except BaseException as e:  # reported by the caller
             out["error"] = e
 
@@ -333,7 +335,7 @@ def cluster():
         pytest.skip(reason)
     d = Path(tempfile.mkdtemp(prefix="fs-cluster-"))
     started: list[Node] = []
-    fake: FakeKube | None = None
+    kube = ExitStack()   # the fake API server's: closed first, failing the module if a handler raised
     try:
         for n in NODES:
             n.pods = [p for p in PODS if p.node == n.name]
@@ -360,7 +362,7 @@ def cluster():
             n.ovs.add_tunnel("br-int", "ovn-" + peer.name, "geneve", remote_ip=peer.addr, key=5001, ofport=100)
             n.ovs.tnl_neigh_set("br-ex", peer.addr, peer.mac)
             n.ovs.set_flows("br-int", br_int_flows(n, peer, node_ports(n)))
-        fake = start_fake_kube_in(NODE_A.ns)  # type: ignore[arg-type]
+        fake = start_fake_kube_in(NODE_A.ns, kube)  # type: ignore[arg-type]
         for kind, obj in api_objects():
             fake.add(kind, obj)
         kc = fake.write_kubeconfig(d / "kubeconfig")
@@ -368,15 +370,16 @@ def cluster():
         check_paths(c)
         yield c
     finally:
-        if fake is not None:
-            fake.stop()
-        for n in started:
-            if n.ovs is not None:
-                n.ovs.stop()
-            if n.ns is not None:
-                n.ns.close()
-        if not os.environ.get("FLOWSCOPE_KEEP_CAPTURES"):
-            shutil.rmtree(d, ignore_errors=True)
+        try:
+            kube.close()
+        finally:
+            for n in started:
+                if n.ovs is not None:
+                    n.ovs.stop()
+                if n.ns is not None:
+                    n.ns.close()
+            if not os.environ.get("FLOWSCOPE_KEEP_CAPTURES"):
+                shutil.rmtree(d, ignore_errors=True)
 
 
 # ---- traffic ---------------------------------------------------------------------------------
