@@ -232,6 +232,51 @@ def test_the_unmatched_pipeline_loop_sends_the_same_flows_that_no_lookup_finds()
         assert a["SrcAddr"] != b["SrcAddr"] and a["DstAddr"] != b["DstAddr"]
 
 
+@pytest.mark.parametrize(("argv", "refused"), [
+    (["--passes", "3"], "--passes: only with --thread-time"),
+    (["--thread-time", "--passes", "0"], "--passes: at least 1"),
+    (["--thread-time", "--only", "plain"], "--thread-time: not with --only"),
+    (["--thread-time", "--callgrind"], "--thread-time: not with --callgrind"),
+    (["--thread-time", "--unmatched"], "--thread-time: not with --unmatched"),
+    (["--rounds", "0"], "--rounds: at least 1"),
+])
+def test_the_pipeline_loop_by_thread_time_refuses_what_it_does_not_do(
+        argv: list[str], refused: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks.pipeline_bench --thread-time times both loops itself: the other modes and a
+    slice of no pass are usage errors, as --passes is without it."""
+    from benchmarks import pipeline_bench as pb
+
+    monkeypatch.setattr(pb, "build", lambda *_: pytest.fail("a refused command line built an index"))
+    monkeypatch.setattr(sys, "argv", ["pipeline_bench", *argv])
+    with pytest.raises(SystemExit) as ex:
+        pb.main()
+    assert ex.value.code == 2
+    assert f"error: {refused}\n" in capsys.readouterr().err
+
+
+def test_the_pipeline_loop_by_thread_time_reports_both_loops(monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks.pipeline_bench --thread-time: the best slice of each loop a flow and their
+    difference; 40 passes a slice unless --passes says otherwise."""
+    from benchmarks import pipeline_bench as pb
+
+    small = ["--pods", "400", "--nodes", "20", "--services", "50", "--busy", "100", "--records", "5"]
+    monkeypatch.setattr(sys, "argv", ["pipeline_bench", "--thread-time", *small, "--rounds", "2", "--passes", "1"])
+    pb.main()
+    out = capsys.readouterr().out
+    m = re.fullmatch(r"thread CPU time, best of 2 slices of 1 passes \(320 datagrams of 5 records\): "
+                     r"plain ([\d.]+) ns, enriched ([\d.]+) ns a flow; enrichment adds (-?[\d.]+) ns "
+                     r"\([+-][\d.]+%\)\n", out)
+    assert m, out
+    plain, enriched, adds = float(m[1]), float(m[2]), float(m[3])
+    assert plain > 0 and enriched > 0 and abs(enriched - plain - adds) < 0.11
+    seen: list[int] = []
+    monkeypatch.setattr(pb, "thread_time", lambda a: seen.append(a.passes))
+    monkeypatch.setattr(sys, "argv", ["pipeline_bench", "--thread-time"])
+    pb.main()
+    assert seen == [40]
+
+
 def test_stream_ab_measures_through_a_broker_already_running(broker: Any, monkeypatch: pytest.MonkeyPatch,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     """benchmarks.stream_ab --kafka --bootstrap HOST:PORT sends the rounds to a broker already
