@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 import pytest
 
-from collector.util import dies_with_us
+from tests.support.children import popen_child
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("FLOWSCOPE_CORPUS", ROOT.parent / "shared" / "corpus"))
@@ -259,16 +259,8 @@ class Collector:
         self._out = open(self.out_path, "wb")
         # stdout: where the collector's stdout goes (subprocess.PIPE to read it), else out_path
         # killed with the test process when that dies without stopping it (SIGKILL, a CI timeout)
-        dies = dies_with_us()
-
-        def child_setup() -> None:
-            if dies is not None:
-                dies()
-            if preexec is not None:
-                preexec()
-
-        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=full_env, stdout=self._out if stdout is None else stdout,
-                                     stderr=self._log, preexec_fn=child_setup)
+        self.proc = popen_child(self.cmd, cwd=ROOT, env=full_env, stdout=self._out if stdout is None else stdout,
+                                stderr=self._log, preexec_fn=preexec)
         if wait_ready:
             try:
                 wait_for(lambda: self.get("/readyz")[0] == 200 or self.proc.poll() is not None, 20,

@@ -18,6 +18,7 @@ from conftest import ROOT, free_udp_port, make_v5
 from test_decode_cli import run_decode, write_pcap
 
 from collector import cli
+from tests.support.children import popen_child
 
 T0 = 1_700_000_000
 
@@ -176,9 +177,9 @@ def test_config_warns_of_an_output_file_the_sink_does_not_write(tmp_path: Path) 
     r = subprocess.run([sys.executable, "-m", "collector.cli", "config", *args], cwd=ROOT, capture_output=True,
                        text=True, timeout=60, env=env)
     assert r.returncode == 0 and f"flowscope: warning: {warning}\n" in r.stderr, r.stderr
-    p = subprocess.Popen([sys.executable, "-m", "collector.cli", "run", *args, "--listen",
-                          f"netflow://127.0.0.1:{free_udp_port()}", "--metrics-addr", ""], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                         text=True, env=env)
+    p = popen_child([sys.executable, "-m", "collector.cli", "run", *args, "--listen",
+                     f"netflow://127.0.0.1:{free_udp_port()}", "--metrics-addr", ""], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                    text=True, env=env)
     try:
         for line in p.stderr:  # type: ignore[union-attr]
             if "is not written" in line:
@@ -201,9 +202,9 @@ def test_ctrl_c_while_run_starts_is_no_traceback(tmp_path: Path) -> None:
 
     mark = tmp_path / "plugin-running"
     kc = _exec_plugin_kubeconfig(tmp_path, mark)
-    p = subprocess.Popen([sys.executable, "-m", "collector.cli", "run", "--kubeconfig", str(kc), "--listen",
-                          "netflow://127.0.0.1:2055"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                         text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    p = popen_child([sys.executable, "-m", "collector.cli", "run", "--kubeconfig", str(kc), "--listen",
+                     "netflow://127.0.0.1:2055"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                    text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     try:
         deadline = time.monotonic() + 30
         while not mark.exists() and time.monotonic() < deadline and p.poll() is None:
@@ -242,10 +243,10 @@ def test_sigterm_while_run_starts_is_a_logged_clean_stop(tmp_path: Path, sig: st
 
     mark = tmp_path / "plugin-running"
     kc = _exec_plugin_kubeconfig(tmp_path, mark)
-    p = subprocess.Popen([sys.executable, "-m", "collector.cli", "run", "--kubeconfig", str(kc), "--listen",
-                          f"netflow://127.0.0.1:{free_udp_port()}", "--metrics-addr", "", "--log-format",
-                          log_format], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    p = popen_child([sys.executable, "-m", "collector.cli", "run", "--kubeconfig", str(kc), "--listen",
+                     f"netflow://127.0.0.1:{free_udp_port()}", "--metrics-addr", "", "--log-format",
+                     log_format], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                    env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     try:
         deadline = time.monotonic() + 30
         while not mark.exists() and time.monotonic() < deadline and p.poll() is None:
@@ -281,10 +282,10 @@ def test_sigterm_to_a_containers_pid_1_while_run_starts_stops_it(tmp_path: Path)
         pytest.skip("no unshare, or no permission for a PID namespace")
     mark = tmp_path / "plugin-running"
     kc = _exec_plugin_kubeconfig(tmp_path, mark)
-    p = subprocess.Popen([unshare, "-pf", "--kill-child", sys.executable, "-m", "collector.cli", "run", "--kubeconfig",
-                          str(kc), "--listen", f"netflow://127.0.0.1:{free_udp_port()}", "--metrics-addr", ""],
-                         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    p = popen_child([unshare, "-pf", "--kill-child", sys.executable, "-m", "collector.cli", "run", "--kubeconfig",
+                     str(kc), "--listen", f"netflow://127.0.0.1:{free_udp_port()}", "--metrics-addr", ""],
+                    cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                    env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     try:
         deadline = time.monotonic() + 30
         while not mark.exists() and time.monotonic() < deadline and p.poll() is None:
@@ -362,10 +363,10 @@ def test_the_start_up_log_names_where_flows_go_and_what_http_is_not_served(tmp_p
         s.bind(("127.0.0.1", 0))
         hport = s.getsockname()[1]
     args = [a.format(hport=hport) for a in args]
-    p = subprocess.Popen([sys.executable, "-m", "collector.cli", "run", "--listen",
-                          f"netflow://127.0.0.1:{free_udp_port()}", "--enrich", "false", *args], cwd=tmp_path,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    p = popen_child([sys.executable, "-m", "collector.cli", "run", "--listen",
+                     f"netflow://127.0.0.1:{free_udp_port()}", "--enrich", "false", *args], cwd=tmp_path,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                    env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     seen = []
     try:
         for line in p.stderr:  # type: ignore[union-attr]
@@ -390,11 +391,11 @@ def test_the_start_up_log_says_which_file_and_which_sources_set_what(tmp_path: P
 
     f = tmp_path / "c.yaml"
     f.write_text("workers: 1\nkafka:\n  topic: t\n")
-    p = subprocess.Popen([sys.executable, "-m", "collector.cli", "run", "--listen",
-                          f"netflow://127.0.0.1:{free_udp_port()}", "--metrics-addr", ""], cwd=tmp_path,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
-                              "FLOWSCOPE_CONFIG": str(f), "FLOWSCOPE_ENRICH_ENABLED": "false"})
+    p = popen_child([sys.executable, "-m", "collector.cli", "run", "--listen",
+                     f"netflow://127.0.0.1:{free_udp_port()}", "--metrics-addr", ""], cwd=tmp_path,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                    env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+                         "FLOWSCOPE_CONFIG": str(f), "FLOWSCOPE_ENRICH_ENABLED": "false"})
     seen = []
     try:
         for line in p.stderr:  # type: ignore[union-attr]

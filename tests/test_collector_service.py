@@ -28,6 +28,7 @@ from conftest import (
     wait_for,
 )
 
+from tests.support.children import popen_child
 from tests.support.fake_kube import FakeKube, node
 from tests.support.fake_kube import fake_kube as fake_kube  # noqa: F401 - fixture
 
@@ -704,10 +705,10 @@ def test_an_ipv6_http_address_is_logged_in_brackets(tmp_path: Path) -> None:
     with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:   # a free port, then used by the collector
         s.bind(("::1", 0))
         port = s.getsockname()[1]
-    p = subprocess.Popen([sys.executable, "-m", "collector.cli", "run", "--listen", f"netflow://127.0.0.1:{free_udp_port()}",
-                          "--metrics-addr", f"[::1]:{port}", "--output-file", str(tmp_path / "f.jsonl"), "--enrich",
-                          "false"], cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    p = popen_child([sys.executable, "-m", "collector.cli", "run", "--listen", f"netflow://127.0.0.1:{free_udp_port()}",
+                     "--metrics-addr", f"[::1]:{port}", "--output-file", str(tmp_path / "f.jsonl"), "--enrich",
+                     "false"], cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         for line in p.stderr:   # type: ignore[union-attr]
             if "http: serving" in line:

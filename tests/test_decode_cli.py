@@ -25,6 +25,7 @@ from benchmarks.datagrams import (
     ovs_flows,
     template_set,
 )
+from tests.support.children import popen_child
 from tests.support.fake_kube import FakeKube, node, pod, replicaset, service
 from tests.support.fake_kube import fake_kube as fake_kube  # noqa: F401 - fixture
 
@@ -375,8 +376,8 @@ def test_decode_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
         dgs.append((EXPORT + 1, "10.0.0.1", 50000,
                     ipfix_message([data_set(OVS_INGRESS, ovs_flows(25, rng))], seq=i * 25, export_time=EXPORT)))
     write_pcap(cap, dgs)
-    p = subprocess.Popen([sys.executable, "-m", "collector.cli", "decode", str(cap), "--stats"], cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = popen_child([sys.executable, "-m", "collector.cli", "decode", str(cap), "--stats"], cwd=ROOT,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert p.stdout is not None and p.stderr is not None
     first = p.stdout.readline()
     p.stdout.close()  # as head -1 does

