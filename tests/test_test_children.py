@@ -121,3 +121,22 @@ def test_a_broker_started_in_a_thread_outlives_the_thread(tmp_path: Path) -> Non
     finally:
         broker.stop()
 
+
+def popen_calls(path: Path) -> list[int]:
+    """The lines of `path` that call Popen (subprocess.Popen(...), or Popen(...) imported)."""
+    import ast
+
+    return [node.lineno for node in ast.walk(ast.parse(path.read_text(), str(path)))
+            if isinstance(node, ast.Call) and (getattr(node.func, "attr", None) == "Popen"
+                                               or getattr(node.func, "id", None) == "Popen")]
+
+
+def test_every_child_a_test_starts_goes_through_popen_child() -> None:
+    """A child started with subprocess.Popen itself (as six `flowscope run` in test_cli_edges were)
+    outlives a killed pytest: every Popen in the tests is tests.support.children.popen_child's
+    (a short-lived child's too: it costs nothing, and a short one made long is not caught)."""
+    helper = ROOT / "tests" / "support" / "children.py"
+    files = sorted([*(ROOT / "tests").glob("*.py"), *(ROOT / "tests" / "support").glob("*.py")])
+    assert helper in files and popen_calls(helper), "the helper itself is scanned and calls Popen"
+    outside = [f"{f.relative_to(ROOT)}:{line}" for f in files if f != helper for line in popen_calls(f)]
+    assert outside == [], f"subprocess.Popen outside tests.support.children.popen_child: {', '.join(outside)}"
