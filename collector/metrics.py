@@ -94,6 +94,10 @@ SERIES: dict[str, Series] = {s.name: s for s in [
            "not flows, so not decoded nor published (--counters publishes them as counter records, "
            "flowscope_counter_records_total), but counted, so that an agent's counter polling arriving unused is "
            "seen (sFlow agents send them at their counter polling interval)", ("exporter", "protocol")),
+    Series("flowscope_samples_skipped", "counter", "sFlow samples of a type flowscope does not decode (another "
+           "enterprise's, e.g. Host sFlow's rtmetric/rtflow, 4300:1002/1003, or a standard format it does not know): "
+           "skipped by their length, as sflow_version_5.txt lets a receiver, not an error, but counted, so that what an "
+           "agent sends unread is seen", ("exporter", "protocol")),
     Series("flowscope_sequence_resets", "counter", "Exporter restarts: a sequence number that jumped by more than "
            "2^20, or went back with a header uptime (netflow5, netflow7, netflow9, sflow5) that went back by more than a "
            "minute, or went back and kept following on in sequence for a second (a process restarted on the same port); "
@@ -325,7 +329,8 @@ class ExporterLabels:
     #: decoder_series' counters, which an evicted exporter's carry keeps under its own label
     COUNTERS = ("flowscope_datagrams", "flowscope_flows", "flowscope_decode_errors", "flowscope_missing_template_sets",
                 "flowscope_sequence_lost", "flowscope_sequence_resets", "flowscope_templates_evicted",
-                "flowscope_exporter_sample_drops", "flowscope_exporter_not_sent", "flowscope_counter_samples_ignored")
+                "flowscope_exporter_sample_drops", "flowscope_exporter_not_sent", "flowscope_counter_samples_ignored",
+                "flowscope_samples_skipped")
 
     def __init__(self, limit: int, idle_after: float = LABEL_IDLE_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -645,12 +650,13 @@ class SharedLabels:
 DECODER_SERIES = ("flowscope_datagrams", "flowscope_flows", "flowscope_decode_errors", "flowscope_missing_template_sets",
                   "flowscope_templates", "flowscope_sampling_rate", "flowscope_sequence_lost",
                   "flowscope_sequence_resets", "flowscope_templates_evicted", "flowscope_exporter_sample_drops",
-                  "flowscope_exporter_not_sent", "flowscope_counter_samples_ignored")
+                  "flowscope_exporter_not_sent", "flowscope_counter_samples_ignored", "flowscope_samples_skipped")
 #: a protocol's counters (Decoder.series_stats()) with a series only while not 0
 SPARSE_COUNTERS = (("sequence_lost", "flowscope_sequence_lost"), ("sequence_resets", "flowscope_sequence_resets"),
                    ("templates_evicted", "flowscope_templates_evicted"),
                    ("sample_drops", "flowscope_exporter_sample_drops"),
-                   ("counter_samples_ignored", "flowscope_counter_samples_ignored"))
+                   ("counter_samples_ignored", "flowscope_counter_samples_ignored"),
+                   ("samples_skipped", "flowscope_samples_skipped"))
 
 
 def decoder_series(stats: dict[str, Any], labels: ExporterLabels) -> Snapshot:

@@ -53,9 +53,9 @@ cdef tuple entry_of(ExporterState ex):
 
 cdef tuple part_of(ExporterState ex):
     """Decoder.series_changed()'s entry of one exporter: its datagrams, sampling rate and
-    protocol ("unknown" for none), then 12 values a protocol: name, datagrams, flows, missing
+    protocol ("unknown" for none), then 13 values a protocol: name, datagrams, flows, missing
     template sets, templates, sequence lost, sequence resets, templates evicted, sample drops,
-    counter samples ignored, errors and not sent ((reason, count) tuples): series_stats()'s entry as plain values."""
+    counter samples ignored, samples skipped, errors and not sent ((reason, count) tuples): series_stats()'s entry as plain values."""
     cdef dict protocols = ex.protocol_counts()
     cdef dict tp = ex.templates_by_protocol() if ex.templates else None
     cdef list out = [ex.datagrams, ex.last_sampling, ex.protocol or "unknown"]
@@ -65,7 +65,7 @@ cdef tuple part_of(ExporterState ex):
         not_sent = p["not_sent"]
         out.extend((proto, p["datagrams"], p["flows"], p["missing_template_sets"],
                     tp.get(proto, 0) if tp else 0, p["sequence_lost"], p["sequence_resets"],
-                    p["templates_evicted"], p["sample_drops"], p["counter_samples_ignored"],
+                    p["templates_evicted"], p["sample_drops"], p["counter_samples_ignored"], p["samples_skipped"],
                     tuple(errors.items()) if errors else (), tuple(not_sent.items()) if not_sent else ()))
     return tuple(out)
 

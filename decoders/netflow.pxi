@@ -764,7 +764,8 @@ cdef class ExporterState:
         if d is None:
             d = self._by_protocol[name] = {"datagrams": 0, "flows": 0, "errors": {}, "missing_template_sets": 0,
                                           "sequence_lost": 0, "sequence_resets": 0, "templates_evicted": 0,
-                                          "sample_drops": 0, "counter_samples_ignored": 0, "not_sent": {}}
+                                          "sample_drops": 0, "counter_samples_ignored": 0, "samples_skipped": 0,
+                                          "not_sent": {}}
         return d
 
     cdef void sequence(self, int kind, uint32_t port, uint64_t domain, uint32_t seq, uint32_t advance,
@@ -1453,7 +1454,7 @@ cdef class ExporterState:
         for name, d in other.protocol_counts().items():
             mine = self.proto_stats(name)
             for key in ("datagrams", "flows", "missing_template_sets", "sequence_lost", "sequence_resets",
-                        "templates_evicted", "sample_drops", "counter_samples_ignored"):
+                        "templates_evicted", "sample_drops", "counter_samples_ignored", "samples_skipped"):
                 mine[key] += d[key]
             for reason, n in d["errors"].items():
                 mine["errors"][reason] = mine["errors"].get(reason, 0) + n

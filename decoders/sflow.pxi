@@ -1201,10 +1201,16 @@ cdef int decode_sflow(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
                 if agent is None:
                     agent = b.agent_ip
                 counter_sample(b, &s, sfmt == SF_COUNTER_SAMPLE_EXP, agent)
-            # other formats (enterprise ones) are skipped by length; so are bytes after a
-            # sample's records: sflow_version_5.txt ("Data Format") lets a structure be
-            # extended at its end, standard ones included, and receivers "must always use the
-            # opaque length information" so that extended structures cause no decoding errors
+            else:
+                # Another enterprise's sample (Host sFlow's rtmetric and rtflow, 4300:1002 and
+                # 4300:1003) or a standard format flowscope does not know: skipped by its length,
+                # as sflow_version_5.txt lets a receiver, and counted, so that what an agent
+                # sends unread is seen (not an error: vendors may define sample formats).
+                ex.proto_stats(ex.cur_protocol)["samples_skipped"] += 1
+            # Bytes after a sample's records are skipped too: sflow_version_5.txt ("Data
+            # Format") lets a structure be extended at its end, standard ones included, and
+            # receivers "must always use the opaque length information" so that extended
+            # structures cause no decoding errors
     except BaseException:
         # A sample that failed half-way is not a flow; the samples before it stay.
         while b.n > committed:

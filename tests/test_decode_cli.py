@@ -72,7 +72,8 @@ def test_decode_stats_sampling_and_json_lines(tmp_path: Path) -> None:
         "templates": 1, "templates_evicted": 0, "sampling": 50, "protocol": "ipfix",
         "protocols": {"ipfix": {"datagrams": 3, "flows": 25, "errors": {"bad_length": 1},
                                 "missing_template_sets": 0, "sequence_lost": 0, "sequence_resets": 0,
-                                "templates_evicted": 0, "sample_drops": 0, "counter_samples_ignored": 0, "not_sent": {},
+                                "templates_evicted": 0, "sample_drops": 0, "counter_samples_ignored": 0,
+                                "samples_skipped": 0, "not_sent": {},
                                 "templates": 1}}}
     assert stats["exporters"]["10.9.9.9"]["missing_template_sets"] == 1
     # several CIDR=RATE in one flag, as `flowscope run --sampling` takes them (decode refused them)

@@ -157,13 +157,14 @@ def test_the_series_kept_by_changes_are_the_walks_following(seed: int) -> None:
 def _plain(st: tuple[Any, ...]) -> tuple[Any, ...]:
     """A series_stats() entry as series_changed() gives it: datagrams, rate, protocol, then per
     protocol its name, datagrams, flows, missing template sets, templates, sequence lost and
-    resets, templates evicted, sample drops, counter samples ignored, errors and not sent."""
+    resets, templates evicted, sample drops, counter samples ignored, samples skipped, errors and not
+    sent."""
     datagrams, rate, protocol, protocols, templates = st
     out: list[Any] = [datagrams, rate, protocol or "unknown"]
     for name, p in protocols.items():
         out += [name, p["datagrams"], p["flows"], p["missing_template_sets"], (templates or {}).get(name, 0),
                 p["sequence_lost"], p["sequence_resets"], p["templates_evicted"], p["sample_drops"],
-                p["counter_samples_ignored"], tuple(p["errors"].items()), tuple(p["not_sent"].items())]
+                p["counter_samples_ignored"], p["samples_skipped"], tuple(p["errors"].items()), tuple(p["not_sent"].items())]
     return tuple(out)
 
 

@@ -1401,7 +1401,7 @@ def test_stats_per_protocol_for_one_exporter() -> None:
     st = dec.stats()[EXPORTER]
     assert st["protocols"]["ipfix"] == {"datagrams": 2, "flows": 4, "errors": {}, "missing_template_sets": 0,
                                         "sequence_lost": 0, "sequence_resets": 0, "templates_evicted": 0,
-                                        "sample_drops": 0, "counter_samples_ignored": 0, "not_sent": {},
+                                        "sample_drops": 0, "counter_samples_ignored": 0, "samples_skipped": 0, "not_sent": {},
                                         "templates": 3}
     assert st["protocols"]["netflow5"]["flows"] == 30 and st["protocols"]["netflow5"]["datagrams"] == 1
     assert st["protocols"]["unknown"]["errors"] == {"truncated": 1}

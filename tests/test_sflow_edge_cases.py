@@ -149,3 +149,26 @@ def test_a_datagram_with_no_samples(decoders_mod) -> None:
         assert b.error is None and len(b) == len(samples) and b.sequence == seq
     p = dec.stats(RECV + 5)["192.0.2.1"]["protocols"]["sflow5"]
     assert (p["datagrams"], p["flows"], p["errors"], p["sequence_lost"]) == (3, 2, {}, 0)
+
+
+def test_samples_of_formats_not_decoded_are_skipped_and_counted(decoders_mod) -> None:
+    """sflow_version_5.txt lets an agent send sample formats of its own enterprise (Host sFlow's
+    rtmetric and rtflow are enterprise 4300 formats 1002 and 1003) and a receiver skip them by
+    their length: the samples around them decode, and the skipped ones are counted per exporter
+    (samples_skipped, flowscope_samples_skipped_total), not passed over silently and not errors.
+    Counter samples left undecoded are counter_samples_ignored, not these."""
+    from collector.metrics import ExporterLabels, decoder_series
+    from tests.test_sflow import counter_sample, discarded_packet, generic_if, rec, xdr_opaque
+
+    pkt = eth(ipv4("10.0.0.1", "10.0.0.2", 17, udp(1, 2)), 0x0800)
+    rtmetric = rec(1002, xdr_opaque(b"datasource") + struct.pack(">I", 0), ent=4300)
+    unknown_std = rec(9, b"\0" * 12)
+    dec = decoders_mod.Decoder(decoders_mod.DecoderConfig(keep_counters=False))
+    b = dec.decode(datagram([flow_sample([raw_header(pkt, 60)]), rtmetric, counter_sample([generic_if(3)[0]]),
+                             unknown_std, discarded_packet([raw_header(pkt, 60)]), flow_sample([raw_header(pkt, 61)])]),
+                   "192.0.2.1", 6343, RECV)
+    assert b.error is None and len(b) == 3 and [f.get("Bytes") for f in b.to_dicts()] == [60, None, 61]
+    p = dec.stats()["192.0.2.1"]["protocols"]["sflow5"]
+    assert (p["samples_skipped"], p["counter_samples_ignored"], p["errors"]) == (2, 1, {})
+    series = decoder_series(dec.series_stats(), ExporterLabels(10))
+    assert series["flowscope_samples_skipped"] == {("192.0.2.1", "sflow5"): 2}
