@@ -172,3 +172,32 @@ def test_samples_of_formats_not_decoded_are_skipped_and_counted(decoders_mod) ->
     assert (p["samples_skipped"], p["counter_samples_ignored"], p["errors"]) == (2, 1, {})
     series = decoder_series(dec.series_stats(), ExporterLabels(10))
     assert series["flowscope_samples_skipped"] == {("192.0.2.1", "sflow5"): 2}
+
+
+def test_extended_gateway_as_path_of_several_segments(decoders_mod) -> None:
+    """extended_gateway's dst_as_path<> is a list of as_path_type unions (type AS_SET 1 or
+    AS_SEQUENCE 2, then a counted array of ASes), followed by communities<> and localpref: each
+    segment is stepped over by its own count, and the destination AS is the origin, the last AS
+    of the last segment. A local route (no segments) and an empty last segment have none; the
+    source AS is src_as whatever the path."""
+    from tests.test_sflow import rec
+
+    pkt = eth(ipv4("10.0.0.1", "10.0.0.2", 17, udp(1, 2)), 0x0800)
+
+    def gateway(segments: list[tuple[int, list[int]]]) -> bytes:
+        body = struct.pack(">I4sIIII", 1, bytes([192, 0, 2, 1]), 65000, 64999, 64998, len(segments))
+        for kind, ases in segments:
+            body += struct.pack(f">II{len(ases)}I", kind, len(ases), *ases)
+        return rec(1003, body + struct.pack(">III", 2, 0xFDE80001, 0xFDE80002) + struct.pack(">I", 100))
+
+    for segments, dst_as in (([(2, [64500, 64501]), (1, [64510, 64511, 64512])], 64512),
+                             ([(1, [64510]), (2, [64500, 64501, 64502, 64503])], 64503),
+                             ([], None), ([(2, [64500]), (2, [])], None)):
+        f = one_flow(decoders_mod, [raw_header(pkt, 60), gateway(segments)])
+        assert (f["SrcAS"], f.get("DstAS"), f["NextHop"]) == (64999, dst_as, "192.0.2.1"), segments
+    # a segment count the record cannot hold is malformed, not read past
+    short = bytearray(gateway([(2, [64500, 64501])]))
+    struct.pack_into(">I", short, 8 + 8 + 12, 3)              # dst_as_path<> count: 3, 1 sent
+    b = decoders_mod.Decoder().decode(datagram([flow_sample([raw_header(pkt, 60), bytes(short)])]),
+                                      "192.0.2.1", 6343, RECV)
+    assert b.error is not None and b.error[0] == "bad_length" and len(b) == 0
