@@ -201,3 +201,26 @@ def test_extended_gateway_as_path_of_several_segments(decoders_mod) -> None:
     b = decoders_mod.Decoder().decode(datagram([flow_sample([raw_header(pkt, 60), bytes(short)])]),
                                       "192.0.2.1", 6343, RECV)
     assert b.error is not None and b.error[0] == "bad_length" and len(b) == 0
+
+
+def test_extended_records_with_no_netobserv_field_are_kept_whole(decoders_mod) -> None:
+    """extended_user (1004), extended_url (1005), extended_mpls (1006), extended_nat (1007),
+    extended_mpls_tunnel (1008) and extended_vlantunnel (1012) have no field in NetObserv's format:
+    each is kept as its ie<format> extra, the record's bytes as sent, beside the flow its sampled
+    header gives (their strings and label stacks not mistaken for other records)."""
+    from tests.test_sflow import rec, xdr_opaque
+
+    pkt = eth(ipv4("10.0.0.1", "10.0.0.2", 6, tcp(40000, 80, 0x18)), 0x0800)
+    bodies = {
+        1004: struct.pack(">I", 106) + xdr_opaque(b"alice") + struct.pack(">I", 106) + xdr_opaque(b"bob"),
+        1005: struct.pack(">I", 2) + xdr_opaque(b"/index.html") + xdr_opaque(b"example.com"),
+        1006: struct.pack(">I4s", 1, bytes([10, 0, 0, 254])) + struct.pack(">II", 1, 16001 << 12 | 0x1FF)
+        + struct.pack(">III", 2, 16002 << 12 | 0x40, 16003 << 12 | 0x1FF),
+        1007: struct.pack(">I4sI4s", 1, bytes([203, 0, 113, 5]), 1, bytes([10, 0, 0, 2])),
+        1008: xdr_opaque(b"lsp-1") + struct.pack(">II", 7, 3),
+        1012: struct.pack(">III", 2, 0x88A80064, 0x810000C8),
+    }
+    f = one_flow(decoders_mod, [raw_header(pkt, 100)] + [rec(fmt, body) for fmt, body in bodies.items()])
+    assert (f["SrcAddr"], f["DstAddr"], f["SrcPort"], f["DstPort"], f["Bytes"]) == ("10.0.0.1", "10.0.0.2", 40000, 80, 100)
+    for fmt, body in bodies.items():
+        assert f[f"ie{fmt}"] == body.hex(), fmt
