@@ -224,3 +224,22 @@ def test_extended_records_with_no_netobserv_field_are_kept_whole(decoders_mod) -
     assert (f["SrcAddr"], f["DstAddr"], f["SrcPort"], f["DstPort"], f["Bytes"]) == ("10.0.0.1", "10.0.0.2", 40000, 80, 100)
     for fmt, body in bodies.items():
         assert f[f"ie{fmt}"] == body.hex(), fmt
+
+
+def test_agent_address_type_unknown_names_the_udp_source(decoders_mod) -> None:
+    """sflow_version_5.txt's `address` union: type 0 (UNKNOWN) carries no address bytes, so the
+    sub-agent id follows the type at once. The agent is then the datagram's UDP source, for flow
+    and counter samples alike (IPv4 and IPv6 sources), and its datagrams are still one sequence
+    stream (a missing number counted lost)."""
+    from tests.test_sflow import counter_sample, generic_if
+
+    pkt = eth(ipv4("10.0.0.1", "10.0.0.2", 17, udp(1, 2)), 0x0800)
+    samples = flow_sample([raw_header(pkt, 60)]) + counter_sample([generic_if(3)[0]])
+    dec = decoders_mod.Decoder()
+    for source in ("192.0.2.44", "2001:db8::44"):
+        for seq in (1, 2, 4):
+            data = struct.pack(">II", 5, 0) + struct.pack(">IIII", 0, seq, 1000 * seq, 2) + samples
+            b = dec.decode(data, source, 6343, RECV)
+            assert b.error is None and len(b) == 1 and len(b.counters) == 1 and b.sequence == seq
+            assert (b.to_dicts()[0]["AgentIP"], b.counters[0]["AgentIP"]) == (source, source)
+        assert dec.stats(RECV + 5)[source]["protocols"]["sflow5"]["sequence_lost"] == 1
