@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
+
+from tests.support.children import run_child
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "loadgen.c"
@@ -30,7 +31,7 @@ def build(*, force: bool = False, cc: str | None = None) -> Path:
         raise RuntimeError(f"C compiler {compiler!r} not found; install gcc to build the load generator")
     BIN_DIR.mkdir(exist_ok=True)
     tmp = LOADGEN.with_suffix(".tmp")
-    subprocess.run([compiler, *CFLAGS, "-o", str(tmp), str(SOURCE)], check=True)
+    run_child([compiler, *CFLAGS, "-o", str(tmp), str(SOURCE)], check=True)
     os.replace(tmp, LOADGEN)
     return LOADGEN
 

@@ -8,12 +8,12 @@ watch it like a real API server, so `--enrich` runs pay the real per-flow enrich
 from __future__ import annotations
 
 import ipaddress
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from benchmarks import enrich_bench as E
+from tests.support.children import run_child
 
 BASE = int(ipaddress.IPv4Address("10.128.0.0"))
 NODES = 512          # loadgen spreads its pods over 512 /23 node subnets
@@ -28,7 +28,7 @@ def loadgen_pods(loadgen: Path, extra: list[str]) -> list[str]:
     for a in it:  # only the options that shape the pod set
         if a in ("--pods", "--seed"):
             keep += [a, next(it)]
-    out = subprocess.run([str(loadgen), "--print-pods", *keep], check=True, capture_output=True, text=True).stdout
+    out = run_child([str(loadgen), "--print-pods", *keep], check=True, capture_output=True, text=True).stdout
     return sorted(set(out.split()), key=lambda s: int(ipaddress.IPv4Address(s)))
 
 

@@ -39,6 +39,7 @@ from pathlib import Path
 from benchmarks import broker as brk
 from benchmarks import peers
 from benchmarks.build import build as build_loadgen
+from tests.support.children import popen_child
 
 REPO = Path(__file__).resolve().parent.parent
 PROTOS = ("ipfix", "v5", "v9", "sflow")
@@ -111,7 +112,7 @@ def _start_flowscope(env: Env, extra: tuple[str, ...] = ()) -> peers.Peer:
         cmd = ["taskset", "-c", env.cpus, *cmd]
     log_path = os.path.join(env.log_dir, f"flowscope-{env.proto}-{env.port}.log")
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = popen_child(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     peer = peers.Peer(name="flowscope", proc=proc, workdir=env.log_dir, log_path=log_path,
                       ports={env.proto: env.port}, cpus=env.cpus, topic=env.topic,
                       extra={"metrics": f"http://127.0.0.1:{metrics_port}"}, cmd=cmd)
@@ -291,7 +292,7 @@ def run_trial(
                "--rate", str(int(rate)), *spec.loadgen_args, *loadgen_extra]
         if cpus["generator"] is not None:
             cmd = ["taskset", "-c", cpus["generator"], *cmd]
-        gen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        gen = popen_child(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         hwm = 0
         while gen.poll() is None:  # sample CPU and memory while processes come and go
             hwm = max(hwm, peers.tree_pss_kib(peer.pids()))

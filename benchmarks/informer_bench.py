@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.support.children import popen_child
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -212,7 +214,7 @@ def main() -> None:
         serve(a)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        child = subprocess.Popen(
+        child = popen_child(
             [sys.executable, "-m", "benchmarks.informer_bench", "--serve", "--workdir", tmp,
              "--pods", str(a.pods), "--nodes", str(a.nodes), "--services", str(a.services),
              "--replicasets", str(a.replicasets)],

@@ -24,6 +24,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
+from tests.support.children import popen_child, run_child
+
 # The aggregate key per protocol: everything that tells two flows of one datagram apart, plus
 # the export sequence number that tells two datagrams apart (the generator reuses a pool of
 # datagram bodies, so without it repeated bodies would merge).
@@ -306,7 +308,7 @@ def start_pmacct(
     log_path = os.path.join(workdir, f"{daemon}.log")
     cmd = _taskset([daemon, "-f", conf], cpus)
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = popen_child(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     peer = Peer(name=f"pmacct-{daemon}", proc=proc, workdir=workdir, log_path=log_path,
                 ports={proto: port}, cpus=cpus, topic=topic, cmd=cmd, config=conf)
     try:
@@ -341,7 +343,7 @@ def start_nfcapd(
     log_path = os.path.join(workdir, f"{daemon}.log")
     cmd = _taskset([daemon, "-w", data, "-b", host, "-p", str(port), "-B", str(rcvbuf), "-t", "60"], cpus)
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = popen_child(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     peer = Peer(name=daemon, proc=proc, workdir=workdir, log_path=log_path, ports={proto: port},
                 cpus=cpus, nfcapd_dir=data, cmd=cmd)
     try:
@@ -361,7 +363,7 @@ def count_nfcapd_flows(directory: str) -> int:
     files = [f for f in files if not os.path.basename(f).startswith("nfcapd.current")]
     total = 0
     for path in files:
-        out = subprocess.run(["nfdump", "-r", path, "-I"], capture_output=True, text=True, check=True).stdout
+        out = run_child(["nfdump", "-r", path, "-I"], capture_output=True, text=True, check=True).stdout
         for line in out.splitlines():
             if line.startswith("Flows:"):
                 total += int(line.split(":", 1)[1])

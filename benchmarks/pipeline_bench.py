@@ -237,6 +237,8 @@ def callgrind(a: argparse.Namespace) -> None:
     import sys
     import tempfile
 
+    from tests.support.children import run_child
+
     if shutil.which("valgrind") is None:
         raise SystemExit("--callgrind needs valgrind (apt-get install valgrind)")
     flows = a.rounds * (FLOWS // a.records) * a.records
@@ -251,7 +253,7 @@ def callgrind(a: argparse.Namespace) -> None:
                    "--services", str(a.services), "--busy", str(a.busy), "--rounds", str(a.rounds),
                    "--records", str(a.records), "--agents", str(a.agents),
                    "--cluster-name", a.cluster_name]
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            run_child(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            env={**os.environ, "PYTHONHASHSEED": "0"})
             with open(out) as f:
                 m = re.search(r"^(?:summary|totals): (\d+)", f.read(), re.M)

@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.support.children import popen_child
+
 
 class _Mallinfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
@@ -154,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = tempfile.TemporaryDirectory()
     kc = kube.write_kubeconfig(Path(tmp.name) / "kubeconfig")
     cmd = [sys.executable, "-m", "benchmarks.relist_rss", "--child", str(kc)] + (["--tracemalloc"] * args.tracemalloc)
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
+    proc = popen_child(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
     kube.server.handle_error = lambda *a: None  # type: ignore[union-attr,method-assign] # (the child's exit)
     assert proc.stdin is not None and proc.stdout is not None
 

@@ -41,6 +41,7 @@ from benchmarks import build
 from benchmarks.broker import count_messages, create_topic, free_port, free_udp_port, start_broker
 from benchmarks.cluster import BASE, objects
 from collector.metrics import parse_exposition
+from tests.support.children import popen_child, run_child
 
 PROTOS = (("ipfix", "ipfix"), ("v5", "netflow"), ("v9", "netflow"), ("sflow", "sflow"))
 COUNTER_SUFFIXES = ("_total", "_bucket", "_count", "_sum")
@@ -153,7 +154,7 @@ class Exporters:
         argv = [str(self.loadgen), "--proto", proto, "--to", f"127.0.0.1:{self.ports[listener]}",
                 "--exporters", str(self.nports), "--src", addr, "--dps", str(dps or self.dps),
                 "--pods", str(self.pods), "--template-interval", "30"]
-        self.running[addr] = (subprocess.Popen(argv, stdout=subprocess.PIPE, text=True), proto)
+        self.running[addr] = (popen_child(argv, stdout=subprocess.PIPE, text=True), proto)
         return addr
 
     def stop(self, addr: str) -> None:
@@ -282,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     loadgen = build.build()
-    pod_ips = subprocess.run([str(loadgen), "--print-pods", "--pods", str(min(args.pods, 2000))], check=True,
+    pod_ips = run_child([str(loadgen), "--print-pods", "--pods", str(min(args.pods, 2000))], check=True,
                              capture_output=True, text=True).stdout.split()
     pod_ips = [ip for ip in pod_ips if 0 <= int(ipaddress.IPv4Address(ip)) - BASE < 512 * 512]
     from tests.support.fake_kube import FakeKube
@@ -308,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
            "--log-format", "text"]
     (out / "command.txt").write_text(" ".join(cmd) + "\n")
     logf = open(log_path, "w")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=logf, cwd=str(Path(__file__).parent.parent))
+    proc = popen_child(cmd, stdout=subprocess.DEVNULL, stderr=logf, cwd=str(Path(__file__).parent.parent))
     exp = Exporters(loadgen, ports, args.dps, args.ports, min(args.pods, 2000))
     churn = Churn(kube, objs["pods"], args.pod_churn, gone_every=args.gone_every, drop_every=args.drop_every)
     report: dict[str, Any] = {"args": vars(args), "command": cmd}

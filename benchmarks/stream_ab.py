@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.broker import free_port, free_udp_port
+from tests.support.children import popen_child, run_child
 
 HERE = Path(__file__).resolve().parent
 
@@ -84,7 +85,7 @@ def _round(tree: Path, args: argparse.Namespace, out: Path, bootstrap: str = "",
     cmd = ["taskset", "-c", "1", sys.executable, "-m", "collector.cli", "run", "--listen", f"ipfix://127.0.0.1:{port}",
            *sink, *(enrich or ["--enrich", "false"]), "--metrics-addr", f"127.0.0.1:{http}", "--log-level", "warning",
            *args.collector_args.split()]
-    p = subprocess.Popen(cmd, cwd=tree, env=dict(os.environ, PYTHONPATH=str(tree)), stderr=subprocess.DEVNULL)
+    p = popen_child(cmd, cwd=tree, env=dict(os.environ, PYTHONPATH=str(tree)), stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -100,7 +101,7 @@ def _round(tree: Path, args: argparse.Namespace, out: Path, bootstrap: str = "",
         if args.perf:
             # samples of the collector over the load only (cpu-clock by default: a VM may have no
             # counters; --perf-event another)
-            prof = subprocess.Popen(["perf", "record", "-q", "--call-graph", args.perf_call_graph,
+            prof = popen_child(["perf", "record", "-q", "--call-graph", args.perf_call_graph,
                                      *(["-e", args.perf_event] if args.perf_event else []), "-p", str(p.pid), "-o",
                                      str(Path(args.perf) / f"{out.stem}.perf.data")],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -109,11 +110,11 @@ def _round(tree: Path, args: argparse.Namespace, out: Path, bootstrap: str = "",
             # which Python functions the collector runs over the load (collapsed stacks of Python
             # frames, every thread, idle samples left out, the process not paused; what the C
             # under them does is --perf's)
-            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking", "--format",
+            spy = popen_child([str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking", "--format",
                                     "raw", "--rate", "1000", "--threads", "-p", str(p.pid), "-o",
                                     str(Path(args.pyspy) / f"{out.stem}.txt")],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        g = subprocess.run(["taskset", "-c", "0", str(HERE / "bin" / "loadgen"), "--proto", "ipfix", "--to",
+        g = run_child(["taskset", "-c", "0", str(HERE / "bin" / "loadgen"), "--proto", "ipfix", "--to",
                             f"127.0.0.1:{port}", "--rate", str(args.rate), "--duration", str(args.seconds),
                             "--records", str(args.records), *_exporter_args(args)],
                            capture_output=True, text=True, check=True)

