@@ -33,6 +33,15 @@ CORPUS = Path(os.environ.get("FLOWSCOPE_CORPUS", ROOT.parent / "shared" / "corpu
 DATA = ROOT / "tests" / "data" / "corpus"
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The network namespaces a test process killed outright left behind (its finalizers never
+    ran) are deleted: tests/support/netns.sweep_stale, which leaves running sessions' alone."""
+    from tests.support import netns
+
+    if os.geteuid() == 0 and netns.IP:
+        netns.sweep_stale()
+
+
 def corpus_file(rel: str) -> Path:
     """A capture from the bundled corpus (tests/data/corpus), else from the shared corpus. The
     bundled files are part of the repository: a missing one is an error, never a skip."""

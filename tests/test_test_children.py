@@ -5,12 +5,14 @@ holding ports, for every later run on the machine (util.dies_with_us)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ import pytest
 from conftest import ROOT, free_tcp_port, wait_for
 
 from tests.support import netns as N
-from tests.support.children import popen_child
+from tests.support.children import popen_child, start_time
 
 # Starts one thing as the tests do (argv: what, a scratch directory, a namespace name), says its
 # PID and waits to be killed.
@@ -35,7 +37,7 @@ elif what == "collector":
     pid = Collector(["--enrich", "false"], tmp).proc.pid
 elif what == "preexec":   # a test's own preexec_fn, run as well
     import os
-    from tests.support.children import popen_child
+    from tests.support.children import popen_child, start_time
     pid = popen_child(["sleep", "600"], preexec_fn=os.setsid).pid
 elif what == "shell":     # what a test's shell starts in the background
     import subprocess
@@ -74,15 +76,29 @@ time.sleep(600)
 _NEEDS = {"pmacct": "nfacctd", "nfcapd": "nfcapd"}
 
 
-def start_time(pid: int) -> str | None:
-    """The start time of a process that has not exited (field 22 of /proc/PID/stat, so that a PID
-    used again is not taken for it); None for one that is gone or a zombie nobody reaped yet."""
+@contextlib.contextmanager
+def starter(what: str, tmp_path: Path, name: str) -> Iterator[tuple[subprocess.Popen, dict[int, str | None]]]:
+    """_STARTER run for `what` (`name`: its namespace's), and {PID: start time} of what it
+    started; kills the starter after, and what it started if still there (a test that failed
+    leaves nothing behind either), and deletes its namespace."""
+    proc = popen_child([sys.executable, "-c", _STARTER, what, str(tmp_path), name], cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
+    started: dict[int, str | None] = {}
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()
-    return None if fields[0] in ("Z", "X") else fields[19]
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.split() and all(w.isdigit() for w in line.split()), f"the starter said {line!r} (exit {proc.poll()})"
+        started.update({pid: start_time(pid) for pid in map(int, line.split())})
+        assert None not in started.values(), f"{what} (PIDs {started}) is not running"
+        yield proc, started
+    finally:
+        proc.kill()
+        proc.wait()
+        for pid, s in started.items():
+            if s is not None and start_time(pid) == s:
+                os.kill(pid, signal.SIGKILL)
+        if what in ("netns", "ovs"):
+            N.remove(name)
 
 
 @pytest.mark.parametrize("what", ["broker", "collector", "preexec", "shell",
@@ -102,33 +118,34 @@ def test_what_a_killed_test_process_started_dies_with_it(tmp_path: Path, what: s
         pytest.importorskip("confluent_kafka")
     if what in _NEEDS and shutil.which(_NEEDS[what]) is None:
         pytest.skip(f"{_NEEDS[what]} not installed")
-    name = N.unique("fsk")
-    starter = popen_child([sys.executable, "-c", _STARTER, what, str(tmp_path), name], cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
-    started: dict[int, str | None] = {}
-    try:
-        assert starter.stdout is not None
-        line = starter.stdout.readline()
-        assert line.split() and all(w.isdigit() for w in line.split()), \
-            f"the starter said {line!r} (exit {starter.poll()})"
-        started = {pid: start_time(pid) for pid in map(int, line.split())}
-        assert None not in started.values(), f"{what} (PIDs {started}) is not running"
+    with starter(what, tmp_path, N.unique("fsk")) as (proc, started):
         if what in ("flowscope-bench", "pmacct"):
             assert len(started) > 1, f"{what}: the tree was one process: {started}"
         if what == "preexec":
             assert os.getsid(min(started)) == min(started), "the test's own preexec_fn (os.setsid) was not run"
-        starter.kill()
-        starter.wait()
+        proc.kill()
+        proc.wait()
         wait_for(lambda: all(start_time(pid) != s for pid, s in started.items()), 30,
                  what=f"{what} (PIDs {sorted(started)}) gone after the process that started it was killed")
-    finally:
-        starter.kill()
-        starter.wait()
-        for pid, s in started.items():
-            if s is not None and start_time(pid) == s:
-                os.kill(pid, signal.SIGKILL)   # (the test failed: not left behind by it either)
-        if what in ("netns", "ovs"):
-            subprocess.run([N.IP, "netns", "del", name], capture_output=True)
+
+
+@pytest.mark.root
+def test_the_namespaces_of_a_killed_test_process_are_swept(tmp_path: Path) -> None:
+    """A test process killed outright leaves its namespaces (bind mounts under /run/netns that
+    nothing deletes; what ran in them died with it): the next session's sweep (conftest,
+    netns.sweep_stale) deletes them, and leaves alone those whose maker still runs (another
+    session's on the machine)."""
+    if reason := N.root_skip_reason("sleep"):
+        pytest.skip(reason)
+    name = N.unique("fsk")
+    with N.NetNS() as ours, starter("netns", tmp_path, name) as (proc, _):
+        proc.kill()
+        proc.wait()
+        assert Path(f"/run/netns/{name}").exists(), "the killed starter's namespace was there"
+        swept = N.sweep_stale()
+        assert name in swept and not Path(f"/run/netns/{name}").exists(), swept
+        assert ours.name not in swept and Path(f"/run/netns/{ours.name}").exists(), swept
+        assert not (N.OWNERS / name).exists() and (N.OWNERS / ours.name).exists()
 
 
 def test_a_broker_started_in_a_thread_outlives_the_thread(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from collector.util import dies_with_us
@@ -48,3 +49,14 @@ def run_child(cmd: Any, *, preexec_fn: Callable[[], None] | None = None, **kw: A
     """subprocess.run(cmd, **kw) the same way (a child that runs for long, or in a session of its
     own, does not outlive this process either)."""
     return subprocess.run(cmd, preexec_fn=_dying(preexec_fn), **kw)
+
+
+def start_time(pid: int) -> str | None:
+    """The start time of a process that has not exited (field 22 of /proc/PID/stat, so that a PID
+    used again is not taken for it); None for one that is gone or a zombie nobody reaped yet."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    return None if fields[0] in ("Z", "X") else fields[19]

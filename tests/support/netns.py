@@ -3,7 +3,8 @@
 Other processes may listen on or send to 127.0.0.1:2055/4739/6343 in the root namespace, so every
 exporter test runs its exporter, capture and collector inside a namespace it creates, with a
 unique name per run, and removes it (and every process it started there) in a finalizer even
-when the test fails.
+when the test fails. A test process killed outright runs no finalizer: its namespaces (bind mounts
+under /run/netns, which nothing removes) are swept by the next session (sweep_stale, conftest).
 """
 
 from __future__ import annotations
@@ -16,9 +17,13 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.support.children import popen_child
+from tests.support.children import popen_child, start_time
 
 IP = shutil.which("ip")
+
+# Who made each test namespace: a file named after it holding the creating process's PID and
+# start time, removed with the namespace; sweep_stale removes the namespaces whose maker is gone.
+OWNERS = Path("/run/flowscope-tests/netns")
 
 
 def missing_tools(*tools: str) -> list[str]:
@@ -47,7 +52,13 @@ class NetNS:
     def __init__(self, name: str | None = None) -> None:
         self.name = name or unique("fs")
         self.procs: list[subprocess.Popen] = []
-        subprocess.run([IP, "netns", "add", self.name], check=True, capture_output=True)
+        OWNERS.mkdir(parents=True, exist_ok=True)
+        (OWNERS / self.name).write_text(f"{os.getpid()} {start_time(os.getpid())}\n")   # first: none is made without
+        try:
+            subprocess.run([IP, "netns", "add", self.name], check=True, capture_output=True)
+        except BaseException:
+            (OWNERS / self.name).unlink(missing_ok=True)
+            raise
         try:
             self.run(["ip", "link", "set", "lo", "up"])
         except Exception:
@@ -96,21 +107,41 @@ class NetNS:
                 self.stop(p, signal.SIGTERM, timeout=5)
             except Exception:
                 pass
-        # Processes that daemonized inside the namespace (ovsdb-server, ovs-vswitchd) are
-        # stopped by their owners; anything left holding the namespace is listed by `ip netns pids`.
-        pids = subprocess.run([IP, "netns", "pids", self.name], capture_output=True, text=True)
-        for pid in pids.stdout.split():
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
-        subprocess.run([IP, "netns", "del", self.name], capture_output=True)
+        remove(self.name)
 
     def __enter__(self) -> NetNS:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def remove(name: str) -> None:
+    """Kill what still runs in namespace `name` (`ip netns pids`) and delete it and its owner file."""
+    pids = subprocess.run([IP, "netns", "pids", name], capture_output=True, text=True)
+    for pid in pids.stdout.split():
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+    subprocess.run([IP, "netns", "del", name], capture_output=True)
+    (OWNERS / name).unlink(missing_ok=True)
+
+
+def sweep_stale() -> list[str]:
+    """Remove the namespaces (and what runs in them) whose maker is no longer running: a test
+    process killed before its finalizers (SIGKILL, a CI job's timeout). Those of test processes
+    still running (another session on the machine) are left alone. Returns the names removed."""
+    removed = []
+    for entry in sorted(OWNERS.glob("*")) if OWNERS.is_dir() else []:
+        try:
+            pid, started = entry.read_text().split()
+        except (OSError, ValueError):   # gone meanwhile, or being written
+            continue
+        if start_time(int(pid)) != started:
+            remove(entry.name)
+            removed.append(entry.name)
+    return removed
 
 
 def veth_between(a: NetNS, b: NetNS) -> tuple[str, str]:
