@@ -11,7 +11,8 @@ Layering (after kopf's watching.py):
   `_list_then_watch`      list (paged; from its first page again, in larger pages, when a continue
                           token expires), replace the kind's cache atomically, then watch from the
                           list's resourceVersion, re-watching after each stream ends; returns on
-                          410 Gone (and on "Too large resource version") so the outer loop relists;
+                          410 Gone (or an older server's 500 saying the same: _expired) and on
+                          "Too large resource version", so the outer loop relists;
   `_watch_stream`         one HTTP watch stream: events, bookmarks, ERROR Status objects; an
                           event line over WATCH_EVENT_MAX_BYTES drops the connection.
 Failures are counted by cause and logged once per cause (again only after a recovery); the last
@@ -625,7 +626,7 @@ class Informer:
             raise ApiProblem("bad_response", f"watch {self._resource()} sent a malformed event: {line[:200]!r}") from None
         if typ == "ERROR":
             code = obj.get("code") if isinstance(obj, dict) else None
-            if code == 410:
+            if code == 410 or _expired(obj):
                 raise Gone
             if _too_large(obj):
                 raise TooLarge(str(obj.get("message") or "Too large resource version"))
@@ -709,7 +710,7 @@ class Informer:
         code = e.status or 0
         res = self._resource()
         detail = _status_message(e.body) or e.reason or ""
-        if code == 410:
+        if code == 410 or (verb == "watch" and _expired(_status_doc(e.body))):
             return Gone()
         if verb == "watch" and _too_large(_status_doc(e.body)):
             return TooLarge(detail or "Too large resource version")
@@ -811,6 +812,27 @@ def _status_doc(body: Any) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
+
+
+# What API servers said instead of 410 for a resourceVersion etcd compacted away: "too old
+# resource version: RV (OLDEST)" as a 500 (kubernetes/kubernetes#14384, the watch cache before
+# 1.2), and etcd3's own error wrapped in a 500 InternalError before interpretWatchError turned it
+# into 410 Expired ("Internal error occurred: etcdserver: mvcc: required revision has been
+# compacted"). Resuming from that resourceVersion can only get the same answer: relist.
+EXPIRED_MESSAGES = ("too old resource version", "required revision has been compacted")
+
+
+def _expired(status: Any) -> bool:
+    """A Status saying the resourceVersion expired, whatever its code: reason Expired or Gone
+    (client-go's IsResourceExpired and IsGone go by the reason), or a 500 with the message of a
+    compacted revision (EXPIRED_MESSAGES)."""
+    if not isinstance(status, dict):
+        return False
+    if status.get("reason") in ("Expired", "Gone"):
+        return True
+    msg = status.get("message")
+    return (status.get("code") == 500 and isinstance(msg, str)
+            and any(m in msg.lower() for m in EXPIRED_MESSAGES))
 
 
 def _too_large(status: Any) -> bool:

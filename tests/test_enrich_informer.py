@@ -843,6 +843,30 @@ def test_in_cluster_service_account_over_tls_with_token_rotation(tmp_path: Path,
                        for r in kube.requests[before:])
 
 
+def test_in_cluster_token_refused_before_the_minute_re_read_is_read_again_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client's in-cluster loader reads the ServiceAccount token again only once its copy is
+    a minute old; a token refused before that (revoked, or a rotated one whose old copy the API
+    server no longer takes) answers 401, and the token file must be read again then (the next
+    request presents the file's token), not a minute of 401s later."""
+    with running_fake_kube(tls_dir=tmp_path / "apiserver") as kube:
+        seed(kube)
+        assert kube.ca_cert is not None
+        kube.token = "sa-token-1"
+        token_file = in_cluster(monkeypatch, tmp_path / "serviceaccount", port=kube.port, ca_cert=kube.ca_cert,
+                                token="sa-token-1", namespace="flows")
+        with running_enricher(None, own_namespace=None) as e:
+            assert e.wait_ready(10), e.unsynced()
+            wait_for(lambda: kube.watchers["pods"] >= 1, what="pod watch open")
+            token_file.write_text("sa-token-2")
+            kube.token = "sa-token-2"          # the old one refused at once
+            kube.drop_watches("pods")
+            kube.add("pods", pod("after-401", "shop", ips=["10.244.0.78"]))
+            wait_for(lambda: flow(e, "10.244.0.78", "").get("SrcK8S_Name") == "after-401", timeout=15,
+                     what="a pod event through a watch opened with the token read again after the 401")
+            assert e.stats()["kinds"]["pods"]["errors"].get("unauthorized", 0) >= 1
+
+
 def test_in_cluster_refuses_a_server_its_ca_did_not_sign(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """ca.crt is checked, not just present: a server whose certificate the cluster CA did not
     sign (same 127.0.0.1 SAN, other key) never syncs, /readyz says why, and it never sees the token."""

@@ -288,7 +288,10 @@ class FakeKube:
         """Inject a fault for list or watch: forbidden, slow_forbidden (403 after 1.2 s),
         unauthorized, garbage, drop, error500, unavailable (503 with Retry-After: 1), error500_event (watch only: the stream's first event is an ERROR
         Status 500 InternalError, then it ends, as an etcd timeout is reported once the watch is open),
-        gone_http (HTTP 410 Expired before any stream; to a list, whatever page it asks for), bad_request (HTTP 400 BadRequest), throttle (429 with Retry-After: 2), throttle_event
+        gone_http (HTTP 410 Expired before any stream; to a list, whatever page it asks for),
+        too_old_500_http (HTTP 500 "too old resource version", as the watch cache answered before 410),
+        compacted_500_event (watch only: ERROR 500 InternalError wrapping etcd's "required revision has
+        been compacted", as etcd3 watches reported it before 410 Expired), bad_request (HTTP 400 BadRequest), throttle (429 with Retry-After: 2), throttle_event
         (watch only: ERROR 429 with details.retryAfterSeconds 3), too_large_event (watch only: ERROR 504
         "Too large resource version", cause ResourceVersionTooLarge, as `_watch` answers a watch from a
         resourceVersion the server has not reached, in the stream), gone (watch only: ERROR 410 at once), empty (watch only: the stream ends at once, cleanly),
@@ -483,6 +486,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(400, status(400, "BadRequest", f"resourceVersion: Invalid value: "
                                         f"\"{q.get('resourceVersion')}\": must be a non-negative integer"))
             return
+        if fault == "too_old_500_http":  # kubernetes/kubernetes#14384: the watch cache's "too old" as a 500
+            self._send_json(500, status(500, "InternalError", f"too old resource version: {q.get('resourceVersion')} "
+                                        f"({self.kube.rv})"))
+            return
         if fault == "gone_http":  # the resourceVersion refused before the stream opens (HTTP 410)
             self._send_json(410, status(410, "Expired", f"too old resource version: {q.get('resourceVersion')}"))
             return
@@ -617,6 +624,13 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "error500_event":  # k8s.io/apiserver transformErrorToEvent: NewInternalError's Status
             st = status(500, "InternalError", "Internal error occurred: etcdserver: request timed out")
             st["details"] = {"causes": [{"message": "etcdserver: request timed out"}]}
+            self._chunk(json.dumps({"type": "ERROR", "object": st}).encode() + b"\n")
+            self._chunk(b"")
+            return
+        if fault == "compacted_500_event":  # etcd3's ErrCompacted before interpretWatchError made it 410
+            st = status(500, "InternalError", "Internal error occurred: etcdserver: mvcc: required revision has "
+                        "been compacted")
+            st["details"] = {"causes": [{"message": "etcdserver: mvcc: required revision has been compacted"}]}
             self._chunk(json.dumps({"type": "ERROR", "object": st}).encode() + b"\n")
             self._chunk(b"")
             return
