@@ -368,6 +368,35 @@ def test_service_cluster_ips_dual_stack_and_headless() -> None:
     assert e.stats()["index"]["service_ips"] == 2
 
 
+def test_only_cluster_ips_are_a_services_addresses() -> None:
+    """DESIGN.md indexes Service ClusterIPs (as NetObserv does): a LoadBalancer's ingress
+    addresses (a cloud balancer's, outside the cluster; MetalLB shares one between Services) and
+    spec.externalIPs (an address some node answers for) name no Service, and an ExternalName
+    Service (a DNS name, no clusterIP) has no address at all."""
+    lb = service("front", "shop", ips=["172.30.0.20"])
+    lb["spec"].update(type="LoadBalancer", externalIPs=["192.0.2.10"], loadBalancerIP="192.0.2.30")
+    lb["status"] = {"loadBalancer": {"ingress": [{"ip": "192.0.2.20", "ipMode": "VIP"}, {"hostname": "lb.example.com"}]}}
+    ext = {"metadata": {"name": "db", "namespace": "shop"},
+           "spec": {"type": "ExternalName", "externalName": "db.example.com"}}
+    e = build(services=[lb, ext])
+    assert side(flow(e, "", "172.30.0.20"), "DstK8S_")["Name"] == "front"
+    for addr in ("192.0.2.10", "192.0.2.20", "192.0.2.30"):
+        assert flow(e, "", addr) == NOBODY, addr
+    assert e.stats()["index"]["service_ips"] == 1
+    assert e.stats()["problems"] == {}
+
+
+def test_the_first_owner_reference_is_the_owner_even_when_a_later_one_is_the_controller() -> None:
+    """DESIGN.md: the owner is ownerReferences[0] (NetObserv's rule), not the one marked
+    controller: a pod an operator also made owned by another object keeps the first one."""
+    p = pod("w-1", "shop", ips=["10.244.0.61"])
+    p["metadata"]["ownerReferences"] = [
+        {"apiVersion": "v1", "kind": "ConfigMap", "name": "settings", "uid": "u-cm"},
+        {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-6d4cf56db6", "uid": "u-rs", "controller": True}]
+    got = flow(build([p]), "10.244.0.61", "")
+    assert (got["SrcK8S_OwnerName"], got["SrcK8S_OwnerType"]) == ("settings", "ConfigMap")
+
+
 def test_two_services_on_one_cluster_ip_the_one_left_answers() -> None:
     """ClusterIPs are unique among live Services, but the cache can hold two on one address for a
     while: a Service deleted and another created with its address whose events come out of order
