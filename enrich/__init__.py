@@ -19,6 +19,7 @@ import gc
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -101,7 +102,9 @@ class Credentials:
     (plugin/pkg/client/auth/exec); so does this: `refused()` (an informer got a 401) loads the
     credentials again, and a tokenFile user's are loaded again before a request once
     TOKEN_FILE_MAX_AGE_SECONDS old. (In a pod without --kubeconfig the client reads the
-    ServiceAccount token again every minute itself.)"""
+    ServiceAccount token again every minute itself.) A client certificate authenticates a
+    connection, not a request: when one is refused, or a reload names other TLS files, the
+    ApiClients' connection pools are made again (_renew_pools)."""
 
     def __init__(self, config: EnrichConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
         from kubernetes import client
@@ -113,6 +116,9 @@ class Credentials:
         self._token_file = False
         self._inner: Callable[[Any], None] | None = None
         self.conf: Any = client.Configuration()
+        # The ApiClients made on `conf` (api_client(), and the ones given to track()): each
+        # holds a connection pool made with the TLS files `conf` named then (see _renew_pools).
+        self._clients: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def api_client(self) -> Any:
         """Load the credentials and make the ApiClient that uses them."""
@@ -124,14 +130,20 @@ class Credentials:
         # once per cause, honour Retry-After where stop() can interrupt it, and count every
         # failure (urllib3's retries logged a warning each and slept out Retry-After unseen).
         self.conf.retries = False
-        return client.ApiClient(self.conf)
+        return self.track(client.ApiClient(self.conf))
+
+    def track(self, api_client: Any) -> Any:
+        """Keep `api_client` (made on `conf`) in step with credentials loaded again: its
+        connections are renewed when they change how the client authenticates (_renew_pools)."""
+        self._clients.add(api_client)
+        return api_client
 
     def refused(self) -> None:
         """The API server answered 401: load the credentials again (unless just done)."""
         with self._lock:
             if self._clock() - self._loaded < CREDENTIALS_RELOAD_MIN_SECONDS:
                 return
-            self._reload("the API server refused them (401)")
+            self._reload("the API server refused them (401)", refused=True)
 
     def _load(self) -> None:
         import os
@@ -173,7 +185,9 @@ class Credentials:
                 if self._clock() - self._loaded >= TOKEN_FILE_MAX_AGE_SECONDS:
                     self._reload(f"its tokenFile copy is {TOKEN_FILE_MAX_AGE_SECONDS:g} s old", logging.DEBUG)
 
-    def _reload(self, why: str, level: int = logging.INFO) -> None:
+    def _reload(self, why: str, level: int = logging.INFO, *, refused: bool = False) -> None:
+        conf = self.conf
+        tls = (conf.ssl_ca_cert, conf.cert_file, conf.key_file)
         try:
             self._load()
         except Exception as e:  # noqa: BLE001 - the old credentials stay; the next 401 tries again
@@ -181,6 +195,28 @@ class Credentials:
             _log.warning("enrich: loading the API credentials again (%s) failed: %s", why, " ".join(str(e).split()))
         else:
             _log.log(level, "enrich: API credentials loaded again (%s)", why)
+            # A token goes with each request; a client certificate with each connection. Refused
+            # (401) with one, or given other TLS files, the connections go: the ones kept alive
+            # would present the old certificate again.
+            if (conf.ssl_ca_cert, conf.cert_file, conf.key_file) != tls or (refused and conf.cert_file):
+                self._renew_pools()
+
+    def _renew_pools(self) -> None:
+        """Each tracked ApiClient's connection pool made again from `conf`. The client makes
+        its pool once, with the TLS files (CA, client certificate and key) `conf` named then:
+        credentials loaded again whose certificate is inline (client-certificate-data, an exec
+        plugin's clientCertificateData) are in another file, which the old pool never reads. As
+        client-go closes its connections when its client certificate changes. Requests under
+        way finish on the old pool's connections, which close as they are released."""
+        from kubernetes.client import rest
+
+        for c in list(self._clients):
+            old = c.rest_client
+            c.rest_client = rest.RESTClientObject(self.conf)
+            try:
+                old.pool_manager.clear()
+            except Exception:  # noqa: BLE001 - best effort: the old pool is dropped anyway
+                pass
 
 
 def _uses_token_file(config: EnrichConfig) -> bool:
@@ -377,11 +413,13 @@ class Enricher:
         listers = self._listers
         refused: Callable[[], None] | None = None
         if listers is None:
+            track: Callable[[Any], Any] | None = None
             if self._api_client is None:
                 credentials = Credentials(self.config)
                 self._api_client = credentials.api_client()
                 refused = credentials.refused   # (an ApiClient given to us: its owner's business)
-            listers = self._made_listers = make_listers(self._api_client)
+                track = credentials.track
+            listers = self._made_listers = make_listers(self._api_client, track=track)
         for kind in KINDS:
             self._informers[kind] = Informer(kind=kind, lister=listers[kind], index=self.index,
                                              config=self.config, on_synced=self._check_ready,

@@ -159,8 +159,9 @@ class KindStats:
 Lister = Callable[..., Any]
 
 
-def make_listers(api_client: Any) -> dict[str, Lister]:
-    """Generated client list methods per kind (they accept watch=True, _preload_content=False)."""
+def make_listers(api_client: Any, *, track: Callable[[Any], Any] | None = None) -> dict[str, Lister]:
+    """Generated client list methods per kind (they accept watch=True, _preload_content=False).
+    `track`: called with each ApiClient made here (enrich.Credentials.track)."""
     from kubernetes import client
 
     core = client.CoreV1Api(api_client)
@@ -168,7 +169,7 @@ def make_listers(api_client: Any) -> dict[str, Lister]:
         PODS: core.list_pod_for_all_namespaces,
         NODES: core.list_node,
         SERVICES: core.list_service_for_all_namespaces,
-        REPLICASETS: MetadataLister(api_client),
+        REPLICASETS: MetadataLister(api_client, track=track),
     }
 
 
@@ -184,7 +185,7 @@ class MetadataLister:
     Configuration (its credentials and their refresh), carries each Accept.
     """
 
-    def __init__(self, api_client: Any) -> None:
+    def __init__(self, api_client: Any, *, track: Callable[[Any], Any] | None = None) -> None:
         from kubernetes import client
 
         self._clients: list[Any] = []
@@ -192,6 +193,8 @@ class MetadataLister:
         for watch, accept in ((False, _RS_LIST_ACCEPT), (True, _RS_WATCH_ACCEPT)):
             c = client.ApiClient(api_client.configuration)
             c.set_default_header("Accept", accept)
+            if track is not None:
+                track(c)
             self._clients.append(c)
             self._methods[watch] = client.AppsV1Api(c).list_replica_set_for_all_namespaces
 

@@ -26,7 +26,7 @@ import pytest
 
 import enrich
 from tests.support.enricher import running_enricher
-from tests.support.fake_kube import FakeKube, node, pod, wait_for
+from tests.support.fake_kube import FakeKube, node, pod, replicaset, wait_for
 from tests.support.fake_kube import fake_kube as fake_kube  # noqa: F401 - fixture
 from tests.test_enrich_informer import flow, seed
 from tests.test_enrich_informer import kubeconfig as kubeconfig  # noqa: F401 - fixture
@@ -230,3 +230,65 @@ def test_watches_ask_for_timeouts_spread_over_half_the_watch_timeout(seeded: Fak
 def fake_watches(fake: FakeKube, kind: str) -> list[dict[str, Any]]:
     with fake.cond:
         return [r for r in fake.requests if r["kind"] == kind and r["verb"] == "watch"]
+
+
+def _client_cert_kubeconfig(fake: FakeKube, path: Path, cert: Path, key: Path, inline: bool) -> str:
+    """A kubeconfig whose user is a client certificate: inline (client-certificate-data), as
+    cloud CLIs and cluster installers write it, rewritten in place when they renew it; or files
+    (client-certificate, client-key), as a kubelet's, which the renewal rewrites."""
+    import base64
+
+    assert fake.ca_cert is not None
+    user = ({"client-certificate-data": base64.b64encode(cert.read_bytes()).decode(),
+             "client-key-data": base64.b64encode(key.read_bytes()).decode()} if inline else
+            {"client-certificate": str(path.parent / "client.pem"), "client-key": str(path.parent / "client.key")})
+    if not inline:
+        (path.parent / "client.pem").write_bytes(cert.read_bytes())
+        (path.parent / "client.key").write_bytes(key.read_bytes())
+    kc = {"apiVersion": "v1", "kind": "Config", "current-context": "fake",
+          "clusters": [{"name": "fake", "cluster": {"server": fake.url, "certificate-authority": str(fake.ca_cert)}}],
+          "users": [{"name": "fake", "user": user}],
+          "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}]}
+    path.write_text(json.dumps(kc))
+    return str(path)
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["certificate-data", "certificate-file"])
+def test_a_renewed_client_certificate_is_used_once_the_old_one_is_refused(tmp_path: Path, inline: bool) -> None:
+    """A kubeconfig user authenticated by a client certificate: the API server authenticates the
+    connection's certificate, and answers 401 once it expired. The credentials loaded again on
+    that 401 hold the renewed certificate, but every ApiClient kept the connection pool it was
+    made with: the old certificate's file (inline data goes to a file per content), and kept-alive
+    connections that present the old certificate whatever the file now holds. Refused for good.
+    client-go closes its connections when the certificate changes; so must the reload."""
+    from tests.support.fake_kube import running_fake_kube
+    from tests.support.tls import make_client_cert
+
+    with running_fake_kube(tls_dir=tmp_path / "apiserver") as kube:
+        seed(kube)
+        kube.token = "no-token-is-used"
+        old = make_client_cert(tmp_path / "apiserver", "flowscope-1")
+        new = make_client_cert(tmp_path / "apiserver", "flowscope-2")
+        kube.client_users = {"flowscope-1"}
+        kc = _client_cert_kubeconfig(kube, tmp_path / "kubeconfig", *old, inline)
+        # (short watches: each ends at its timeout, cleanly, and its connection goes back to the
+        # pool for the next one, as every watch's does after watch_timeout_seconds)
+        with running_enricher(kc, watch_timeout_seconds=2) as e:
+            assert e.wait_ready(10), e.unsynced()
+            assert {r["user"] for r in kube.requests} == {"flowscope-1"}
+            wait_for(lambda: kube.watchers["pods"] >= 1, what="the pods watch")
+            _client_cert_kubeconfig(kube, tmp_path / "kubeconfig", *new, inline)   # renewed in place
+            kube.client_users = {"flowscope-2"}                                       # the old one expired
+            watches = len(fake_watches(kube, "pods"))
+            # (once the watch open before has ended: it was authenticated when it opened)
+            wait_for(lambda: len(fake_watches(kube, "pods")) > watches, what="a pods watch after the renewal")
+            kube.add("pods", pod("after", "shop", ips=["10.244.0.45"]))
+            wait_for(lambda: flow(e, "10.244.0.45", "").get("SrcK8S_Name") == "after", timeout=15,
+                     what="the pods watch with the renewed certificate")
+            assert e.stats()["kinds"]["pods"]["errors"].get("unauthorized", 0) >= 1
+            # every kind's requests carry it from then on (the ReplicaSets' own ApiClients too)
+            watches = len(fake_watches(kube, "replicasets"))
+            wait_for(lambda: len(fake_watches(kube, "replicasets")) > watches, what="a replicasets watch after it")
+            kube.add("replicasets", replicaset("api-5f", "shop", owner=("Deployment", "api")))
+            wait_for(lambda: e.stats()["index"]["replicasets"] >= 2, timeout=15,
+                     what="the replicasets watch with the renewed certificate")

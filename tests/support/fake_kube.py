@@ -112,6 +112,10 @@ class FakeKube:
         self.token = TOKEN
         # Tokens still taken besides it: a bound token the kubelet rotated away, until it expires.
         self.old_tokens: set[str] = set()
+        # Over TLS: the users (certificate CNs) whose client certificates the server takes; a
+        # test takes one out as the API server refuses an expired certificate (401). The
+        # certificate comes from make_client_cert(tls_dir, cn), signed by the server's CA.
+        self.client_users: set[str] = set()
         # HTTPS with a certificate made in this directory when set; plain HTTP when None.
         self.tls_dir = tls_dir
         self.ca_cert: Path | None = None   # the CA that signed the server's certificate (a pod's ca.crt)
@@ -153,6 +157,10 @@ class FakeKube:
             self.ca_cert = pki.ca
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.load_cert_chain(pki.cert, pki.key)
+            # Client certificates asked for, not required (kube-apiserver's --client-ca-file):
+            # one its CA signed authenticates the connection's requests as its CN (client_users)
+            ctx.verify_mode = ssl.CERT_OPTIONAL
+            ctx.load_verify_locations(pki.ca)
             self.server = _TLSServer(("127.0.0.1", 0), Handler, ctx)
         self.server.kube = self
         self.server.daemon_threads = True
@@ -442,19 +450,25 @@ class _Handler(BaseHTTPRequestHandler):
         # "bearer <token>"): k8s.io/apiserver request/bearertoken lowercases it.
         scheme, _, token = self.headers.get("Authorization", "").strip().partition(" ")
         token = token if scheme.lower() == "bearer" else ""
-        record = {"verb": verb, "kind": kind, "query": q, "accept": self.headers.get("Accept", ""), "token": token}
+        # x509 client certificate authentication (the API server's, per request, of the
+        # certificate the connection presented in its handshake)
+        peer = self.connection.getpeercert() if isinstance(self.connection, ssl.SSLSocket) else None
+        user = next((v for rdn in (peer or {}).get("subject", ()) for k_, v in rdn if k_ == "commonName"), "")
+        record = {"verb": verb, "kind": kind, "query": q, "accept": self.headers.get("Accept", ""), "token": token,
+                  "user": user}
         with k.cond:
             k.requests.append(record)
             accepted = k.token
             if token in k.old_tokens:
                 accepted = token
+            cert_ok = bool(user) and user in k.client_users
             hook = k.on_request
         if hook is not None:
             hook(record)
         if route is None:
             self._send_json(404, status(404, "NotFound", f"the server could not find {u.path}"))
             return
-        if not token or token != accepted:
+        if (not token or token != accepted) and not cert_ok:   # (either one authenticates, as a union)
             self._send_json(401, status(401, "Unauthorized", "Unauthorized"))
             return
         fault = k.take_fault(kind, verb)

@@ -65,6 +65,25 @@ def make_pki(directory: Path, name: str = "flowscope test CA") -> Pki:
     return Pki(ca=d / "ca.pem", cert=d / "server.pem", key=d / "server.key")
 
 
+CLIENT_EXTENSIONS = """\
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = clientAuth
+"""
+
+
+def make_client_cert(directory: Path, cn: str) -> tuple[Path, Path]:
+    """A client certificate (and its key) for the user `cn`, signed by the CA make_pki made in
+    `directory` (as a cluster's client CA signs a kubeconfig user's certificate)."""
+    d = directory
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    _openssl("req", *ec, "-keyout", f"{cn}.key", "-out", f"{cn}.csr", "-subj", f"/CN={cn}", cwd=d)
+    (d / "client.ext").write_text(CLIENT_EXTENSIONS)
+    _openssl("x509", "-req", "-in", f"{cn}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", f"{cn}.pem", "-days", "2", "-extfile", "client.ext", cwd=d)
+    return d / f"{cn}.pem", d / f"{cn}.key"
+
+
 class TlsFront:
     """TLS on host:port (port 0: one the kernel picks), each accepted connection piped to the
     plaintext `upstream_port` on the same host. Runs its own event loop in a thread, so the
