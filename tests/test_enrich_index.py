@@ -397,6 +397,27 @@ def test_the_first_owner_reference_is_the_owner_even_when_a_later_one_is_the_con
     assert (got["SrcK8S_OwnerName"], got["SrcK8S_OwnerType"]) == ("settings", "ConfigMap")
 
 
+def test_a_deleted_event_for_an_object_never_seen_changes_nothing() -> None:
+    """A DELETED for an object the cache does not hold (no conforming API server sends one: a
+    watch resumes from the resourceVersion of the list or event applied last; a proxy replaying
+    a stream, or a pod already deleted and swept, may) is a no-op for every kind: no tombstone,
+    no count, nobody named; a MODIFIED for one is its ADDED (as client-go's informers take it)."""
+    e = build([pod("web-1", "shop", ips=["10.244.0.5"], uid="u-web")], services=[service("api", "shop", ips=["172.30.0.10"])])
+    idx = e.index
+    before = e.stats()["index"]
+    for kind, obj in (("pods", pod("ghost", "shop", ips=["10.244.0.9"], uid="u-ghost")),
+                      ("nodes", node("node-z", internal=["10.0.0.9"])),
+                      ("services", service("gone", "shop", ips=["172.30.0.99"])),
+                      ("replicasets", replicaset("gone-7f", "shop", owner=("Deployment", "gone")))):
+        idx.delete(kind, idx.parse(kind, obj))
+    assert e.stats()["index"] == before and e.stats()["problems"] == {}
+    for addr in ("10.244.0.9", "10.0.0.9", "172.30.0.99"):
+        assert flow(e, addr, "") == NOBODY, addr
+    assert flow(e, "10.244.0.5", "")["SrcK8S_Name"] == "web-1"
+    idx.upsert("pods", idx.parse("pods", pod("late", "shop", ips=["10.244.0.8"], uid="u-late")))
+    assert flow(e, "10.244.0.8", "")["SrcK8S_Name"] == "late" and idx.kind_count("pods") == 2
+
+
 def test_two_services_on_one_cluster_ip_the_one_left_answers() -> None:
     """ClusterIPs are unique among live Services, but the cache can hold two on one address for a
     while: a Service deleted and another created with its address whose events come out of order
