@@ -51,6 +51,17 @@ CREDENTIALS_RELOAD_MIN_SECONDS = 5.0
 # file token source (transport.NewCachedFileTokenSource) keeps it a minute, so a projected
 # token the kubelet rotated is taken well before the old one expires.
 TOKEN_FILE_MAX_AGE_SECONDS = 60.0
+# TCP keepalive on the API server connections: a watch is quiet for up to a minute between
+# bookmarks (longer where the API server sends none), and a peer that went away without a word
+# (its node powered off, a balancer that drops idle flows silently, as Azure's does after 4 min,
+# a NAT entry expired) left the informer reading for its read timeout, the watch's timeout plus
+# the slack (up to 330 s), the cache frozen meanwhile. Probes after KEEPALIVE_IDLE_SECONDS of
+# quiet, KEEPALIVE_INTERVAL_SECONDS apart, KEEPALIVE_PROBES unanswered ones ending the
+# connection: a dead one is noticed within a minute (client-go asks for keepalive too, and
+# pings its HTTP/2 connections every 30 s), and the probes keep an idle balancer's flow alive.
+KEEPALIVE_IDLE_SECONDS = 30
+KEEPALIVE_INTERVAL_SECONDS = 10
+KEEPALIVE_PROBES = 3
 
 
 class _ClientErrors(logging.Handler):
@@ -130,6 +141,8 @@ class Credentials:
         # once per cause, honour Retry-After where stop() can interrupt it, and count every
         # failure (urllib3's retries logged a warning each and slept out Retry-After unseen).
         self.conf.retries = False
+        # (taken by the client's RESTClientObject where Configuration has socket_options)
+        self.conf.socket_options = keepalive_socket_options()
         return self.track(client.ApiClient(self.conf))
 
     def track(self, api_client: Any) -> Any:
@@ -217,6 +230,23 @@ class Credentials:
                 old.pool_manager.clear()
             except Exception:  # noqa: BLE001 - best effort: the old pool is dropped anyway
                 pass
+
+
+def keepalive_socket_options() -> list[tuple[int, int, int]]:
+    """urllib3's socket options (TCP_NODELAY) plus TCP keepalive with the KEEPALIVE_* timings
+    (an option the platform does not define is left out)."""
+    import socket
+
+    import urllib3
+
+    opts = list(urllib3.connection.HTTPConnection.default_socket_options)
+    opts.append((socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1))
+    for name, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE_SECONDS), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_SECONDS),
+                        ("TCP_KEEPCNT", KEEPALIVE_PROBES)):
+        opt = getattr(socket, name, None)
+        if opt is not None:
+            opts.append((socket.IPPROTO_TCP, opt, value))
+    return opts
 
 
 def _uses_token_file(config: EnrichConfig) -> bool:

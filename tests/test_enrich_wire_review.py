@@ -292,3 +292,33 @@ def test_a_renewed_client_certificate_is_used_once_the_old_one_is_refused(tmp_pa
             kube.add("replicasets", replicaset("api-5f", "shop", owner=("Deployment", "api")))
             wait_for(lambda: e.stats()["index"]["replicasets"] >= 2, timeout=15,
                      what="the replicasets watch with the renewed certificate")
+
+
+def test_api_server_connections_ask_for_tcp_keepalive(seeded: FakeKube, kubeconfig: str) -> None:  # noqa: F811
+    """A peer gone without a word (its node powered off, a balancer dropping idle flows
+    silently) left a quiet watch reading until its read timeout (the watch's timeout plus the
+    slack: up to 330 s) with the cache frozen. The connections ask the kernel for keepalive
+    probes (enrich.KEEPALIVE_*: a dead one ends within a minute, an idle balancer's flow stays
+    up). Checked on the socket of an open watch of each ApiClient (the ReplicaSets' are their
+    own)."""
+    import socket
+
+    with running_enricher(kubeconfig) as e:
+        assert e.wait_ready(10)
+        for kind in ("pods", "replicasets"):
+            socks: list[Any] = []
+
+            def open_watch(kind: str = kind, socks: list[Any] = socks) -> bool:
+                resp = e._informers[kind]._resp
+                conn = resp.connection if resp is not None else None
+                if conn is not None and conn.sock is not None and seeded.watchers[kind] >= 1:
+                    socks.append(conn.sock)
+                return bool(socks)
+
+            wait_for(open_watch, what=f"an open {kind} watch")
+            sock = socks[0]
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1, kind
+            idle, interval, probes = (sock.getsockopt(socket.IPPROTO_TCP, o)
+                                      for o in (socket.TCP_KEEPIDLE, socket.TCP_KEEPINTVL, socket.TCP_KEEPCNT))
+            assert idle + interval * probes <= 60, (kind, idle, interval, probes)   # dead: noticed within a minute
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1, kind  # (urllib3's own, kept)
