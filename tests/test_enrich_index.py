@@ -263,6 +263,29 @@ def test_node_addresses_and_management_port() -> None:
     assert flow(e, "10.244.0.1", "") == NOBODY
 
 
+def test_a_node_registered_before_its_addresses_is_indexed_when_they_come() -> None:
+    """With an external cloud provider the kubelet registers its Node before the cloud
+    controller manager fills status.addresses (a Hostname only, or none) and the zone label:
+    nothing is indexed for it and nothing counted as bad, its pods resolve meanwhile with their
+    own hostIP, and the update that brings the addresses and the zone indexes the node and
+    renders its pods with the zone."""
+    bare = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "ip-10-0-0-5.ec2.internal"},
+            "status": {"addresses": [{"type": "Hostname", "address": "ip-10-0-0-5.ec2.internal"}]}}
+    e = enrich.Enricher.from_objects(
+        pods=[pod("a", "shop", ips=["10.244.5.5"], node="ip-10-0-0-5.ec2.internal", host_ip="10.0.0.5")],
+        nodes=[bare], config=enrich.EnrichConfig(own_namespace="netobserv"))
+    assert e.stats()["problems"] == {} and e.stats()["index"]["node_ips"] == 0
+    assert flow(e, "10.0.0.5", "") == NOBODY
+    got = side(flow(e, "10.244.5.5", ""), "SrcK8S_")
+    assert (got["Name"], got["HostIP"], got["HostName"], "Zone" in got) == ("a", "10.0.0.5", "ip-10-0-0-5.ec2.internal",
+                                                                             False)
+    idx = e.index
+    idx.upsert("nodes", idx.parse("nodes", node("ip-10-0-0-5.ec2.internal", internal=["10.0.0.5"], zone="us-east-1a")))
+    assert side(flow(e, "10.0.0.5", ""), "SrcK8S_")["Type"] == "Node"
+    assert side(flow(e, "10.244.5.5", ""), "SrcK8S_")["Zone"] == "us-east-1a"
+    assert flow(e, "10.244.5.5", "10.244.9.9", agent="10.0.0.5")["FlowDirection"] == 1   # its node exported it
+
+
 def test_management_port_annotation_shapes() -> None:
     assert management_port_ips('{"default":"10.244.0.0/24"}') == [raw("10.244.0.2")]
     # Only the cluster default network's subnets: user-defined networks (one key each) are
