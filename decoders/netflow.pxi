@@ -3551,9 +3551,16 @@ cdef int decode_data_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* s, 
         n_before = b.n
         try:
             decode_record(dec, ex, b, t, s, export_ms, sysinit_ms)
-        except BaseException:
+        except DecodeError as e:
             # A record that runs past its set (a variable-length field too long) is not a
-            # flow: forget what it had filled in; the records before it stay.
+            # flow: forget what it had filled in; the records before it stay. The set's
+            # length says where the next set starts (RFC 7011 3.3.2, RFC 3954 5.3), so the
+            # sets and messages after it still decode, as after a refused template record.
+            while b.n > n_before:
+                batch_drop_last(b)
+            cut_record(dec, ex, b, s, version, domain, set_id, before, e)
+            break
+        except BaseException:
             while b.n > n_before:
                 batch_drop_last(b)
             raise
@@ -3577,6 +3584,27 @@ cdef int decode_data_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* s, 
         dec.log_limited("template_mismatch", ex.ip, f"v{version} domain {domain} data set {set_id}: "
                         f"{rd_left(s)} bytes, shorter than one record of template {set_id} "
                         f"({t.min_len} bytes): the data does not fit its template")
+    return 0
+
+
+cdef int cut_record(Decoder dec, ExporterState ex, FlowBatch b, Reader* s, int version, uint32_t domain,
+                    uint16_t set_id, Py_ssize_t at, object e) except -1:
+    """A data record at `at` that its set's end cuts: counted as truncated (the datagram's error,
+    for `flowscope decode`), it and the rest of its set skipped. How many records those bytes
+    held is not known, so the message's sequence step is not taken for lost ones (as when the
+    error ended the datagram: decode_ipfix's `whole`)."""
+    ex.msg_uncounted = True
+    if version == 10:
+        ex.msg_unknown_bytes += <uint64_t>(s.end - at)
+        ex.msg_sets_kept = False
+        ex.msg_unknown_sets = None
+    s.pos = s.end
+    ex.count_error(e.reason)
+    if b.error is None:
+        b.error = (e.reason, e.offset, e.detail)
+    dec.log_limited(e.reason, ex.ip, f"{PROTOCOL_NAMES[b.proto_kind]} v{version} domain {domain} data set "
+                                     f"{set_id}: a record at offset {at} runs past its set ({e.detail}): "
+                                     f"it and the rest of the set skipped")
     return 0
 
 

@@ -499,19 +499,33 @@ def test_options_template_withdrawal_has_no_scope_count(withdrawn_id: int) -> No
 def test_a_record_cut_short_inside_its_set_is_not_published() -> None:
     """A variable-length field that claims more bytes than its set holds: the record is not a
     flow (nothing half-filled is published or counted), the records before it are, and the
-    error is counted."""
+    error is counted. The set's length says where the next set starts (RFC 7011 3.3.2, RFC 3954
+    5.3): the sets and messages after it in the datagram still decode."""
     dec = Decoder()
     tpl = struct.pack("!HH", 256, 4) + struct.pack("!HHHHHHHH", 8, 4, 12, 4, 82, 0xFFFF, 1, 8)
     dec.decode(ipfix_message([struct.pack("!HH", 2, 4 + len(tpl)) + tpl], seq=0, export_time=EXPORT), EXPORTER)
     good = bytes([10, 0, 0, 1, 10, 0, 0, 2]) + b"\x03br0" + struct.pack("!Q", 1500)
     bad = bytes([10, 9, 9, 1, 10, 9, 9, 2]) + b"\xc8" + b"x" * 20  # says 200 bytes, 20 follow
     body = good + bad
-    b = dec.decode(ipfix_message([struct.pack("!HH", 256, 4 + len(body)) + body], seq=1, export_time=EXPORT),
-                   EXPORTER)
+    after = bytes([10, 0, 0, 3, 10, 0, 0, 4]) + b"\x03br1" + struct.pack("!Q", 700)
+    sets = [struct.pack("!HH", 256, 4 + len(body)) + body, struct.pack("!HH", 256, 4 + len(after)) + after]
+    datagram = (ipfix_message(sets, seq=1, export_time=EXPORT)
+                + ipfix_message([struct.pack("!HH", 256, 4 + len(good)) + good], seq=3, export_time=EXPORT))
+    b = dec.decode(datagram, EXPORTER)
     assert b.error is not None and b.error[0] == "truncated"
-    assert [(f["SrcAddr"], f["Bytes"], f["Interfaces"]) for f in b.to_dicts()] == [("10.0.0.1", 1500, ["br0"])]
+    assert [(f["SrcAddr"], f["Bytes"], f["Interfaces"]) for f in b.to_dicts()] == [
+        ("10.0.0.1", 1500, ["br0"]), ("10.0.0.3", 700, ["br1"]), ("10.0.0.1", 1500, ["br0"])]
     st = dec.stats()[EXPORTER]
-    assert st["flows"] == 1 and st["errors"] == {"truncated": 1}
+    assert st["flows"] == 3 and st["errors"] == {"truncated": 1}
+    # how many records the cut set held is not known: no sequence loss is guessed from it
+    assert st["protocols"]["ipfix"]["sequence_lost"] == 0
+    # NetFlow v9 alike: the flowset after the cut one decodes
+    v9_tpl = template_set([_tpl(256, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("name", 82, 0, VARLEN),
+                                ("bytes", 1, 0, 8))], version=9)
+    b = Decoder().decode(v9_datagram([v9_tpl, struct.pack("!HH", 256, 4 + len(body)) + body, sets[1]], seq=1,
+                                     unix_secs=EXPORT, uptime_ms=5000), EXPORTER)
+    assert b.error is not None and b.error[0] == "truncated"
+    assert [f["SrcAddr"] for f in b.to_dicts()] == ["10.0.0.1", "10.0.0.3"]
 
 
 def test_template_flood_is_bounded_and_counted() -> None:
