@@ -109,3 +109,59 @@ def test_a_data_set_that_does_not_fit_its_template_is_not_sequence_loss() -> Non
     # a real loss after it is still counted
     dec.decode(ipfix_message([data_set(t, [row])], seq=5, export_time=EXPORT), EXPORTER, PORT, EXPORT)
     assert dec.stats(EXPORT + 60)[EXPORTER]["protocols"]["ipfix"]["sequence_lost"] == 2
+
+
+def test_enterprise_elements_numbered_like_decoded_iana_ones_are_kept_as_they_came() -> None:
+    """RFC 7011 3.2: an element with the enterprise bit is the enterprise's own, whatever its
+    number: Cisco's (PEN 9) 8, 12, 1 and 7, Juniper's (2636) 4 and ntop's (35632) 82 are not
+    sourceIPv4Address, destinationIPv4Address, octetDeltaCount, sourceTransportPort,
+    protocolIdentifier and interfaceName, before or after the IANA ones in the template; a
+    template with only the enterprise ones has no addresses. NetFlow v9 (RFC 3954) has no
+    enterprise bit: field type 32769 is a vendor's type, not octetDeltaCount (1)."""
+    t = _tpl(300, ("e_src", 8, 9, 4), ("e_bytes", 1, 9, 4), ("src", 8, 0, 4), ("dst", 12, 0, 4),
+             ("e_dst", 12, 9, 4), ("proto", 4, 0, 1), ("e_proto", 4, 2636, 1), ("e_sport", 7, 9, 2),
+             ("sport", 7, 0, 2), ("bytes", 1, 0, 4), ("e_name", 82, 35632, 0xFFFF))
+    only = _tpl(301, ("e_src", 8, 9, 4), ("e_dst", 12, 9, 4), ("e_bytes", 1, 9, 4))
+    row = {"e_src": "192.0.2.1", "e_bytes": 999, "src": "10.0.0.1", "dst": "10.0.0.2", "e_dst": "192.0.2.2",
+           "proto": 6, "e_proto": 17, "e_sport": 5353, "sport": 443, "bytes": 100, "e_name": b"eth0"}
+    b = Decoder().decode(ipfix_message([template_set([t, only]), data_set(t, [row]), data_set(only, [row])],
+                                       seq=0, export_time=EXPORT), EXPORTER, PORT, EXPORT)
+    assert b.error is None
+    f, g = b.to_dicts()
+    assert (f["SrcAddr"], f["DstAddr"], f["Proto"], f["SrcPort"], f["Bytes"]) == ("10.0.0.1", "10.0.0.2", 6, 443, 100)
+    assert (f["ie9_8"], f["ie9_12"], f["ie9_1"], f["ie9_7"], f["ie2636_4"], f["ie35632_82"]) == (
+        "c0000201", "c0000202", "000003e7", "14e9", "11", "65746830")
+    assert "Interfaces" not in f
+    assert "SrcAddr" not in g and "DstAddr" not in g and "Bytes" not in g
+    assert (g["ie9_8"], g["ie9_12"], g["ie9_1"]) == ("c0000201", "c0000202", "000003e7")
+    v9 = _tpl(302, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("vendor", 32769, 0, 4), ("bytes", 1, 0, 4))
+    b = Decoder().decode(v9_datagram([template_set([v9], version=9), data_set(v9, [dict(row, vendor=7)])],
+                                     seq=0, unix_secs=EXPORT, uptime_ms=5000), EXPORTER, PORT, EXPORT)
+    assert b.error is None
+    (f,) = b.to_dicts()
+    assert f["Bytes"] == 100 and f["ie32769"] == "00000007"
+
+
+def test_structured_lists_and_long_form_lengths_are_stepped_over_by_their_length() -> None:
+    """RFC 6313 subTemplateList (292) and subTemplateMultiList (293) between fixed fields, and
+    RFC 7011 7 lengths in the three-byte form (255, then two bytes) whatever the value: 0, below
+    255 (allowed, "MAY"), and above. Each list is skipped by its length (never decoded as
+    fields, never published), and the fields after it are read where they are."""
+    tpl = struct.pack("!HH", 256, 6) + struct.pack("!12H", 8, 4, 292, 0xFFFF, 12, 4, 293, 0xFFFF, 82, 0xFFFF, 1, 4)
+    sub = bytes([3]) + struct.pack("!H", 257) + bytes(range(1, 41))   # semantic, template 257, 40 bytes of records
+
+    def rec(src: int, stl: bytes, stml: bytes, name: bytes, n: int) -> bytes:
+        return bytes([10, 0, 0, src]) + stl + bytes([10, 0, 1, src]) + stml + name + struct.pack("!I", n)
+
+    body = (rec(1, b"\xff\x00\x00", b"\x00", b"\xff\x00\x03br0", 100)
+            + rec(2, b"\xff" + struct.pack("!H", len(sub)) + sub, b"\xff\x01\x2c" + bytes(300), b"\x00", 200)
+            + rec(3, bytes([len(sub)]) + sub, b"\xff\x00\x00", b"\x04eth1", 300))
+    body += bytes(-len(body) % 4)
+    b = Decoder().decode(ipfix_message([struct.pack("!HH", 2, 4 + len(tpl)) + tpl,
+                                        struct.pack("!HH", 256, 4 + len(body)) + body], seq=0, export_time=EXPORT),
+                         EXPORTER, PORT, EXPORT)
+    assert b.error is None
+    flows = b.to_dicts()
+    assert [(f["SrcAddr"], f["DstAddr"], f["Bytes"], f.get("Interfaces")) for f in flows] == [
+        ("10.0.0.1", "10.0.1.1", 100, ["br0"]), ("10.0.0.2", "10.0.1.2", 200, None), ("10.0.0.3", "10.0.1.3", 300, ["eth1"])]
+    assert not any(k.startswith(("ie292", "ie293")) for f in flows for k in f)
