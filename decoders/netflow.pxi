@@ -1911,6 +1911,12 @@ cdef int store_template(Decoder dec, ExporterState ex, Template t, double now, b
         dec.template_count += 1
     if t.version == 10:
         ex.tid_latest[(<object>t.port << 16) | t.template_id] = t
+    if old is not None and old.options and not t.options:
+        # An options template's id redefined as a data template (RFC 7011 8, RFC 3954 5.2: the
+        # old definition is void): the options template is gone as if withdrawn, so when it was
+        # the process and domain's last, what its options data taught (sampling, clock) goes
+        # with it, as for a withdrawal or an eviction.
+        forget_unless_options_left(ex, t.version, t.domain, t.port)
     return 0
 
 

@@ -2428,12 +2428,10 @@ def test_options_learned_state_is_bounded_per_exporter() -> None:
     assert (len(ex.domain_sampling), len(ex.sysinit_ms), dec.stats()[EXPORTER]["templates"]) == (0, 0, 0)
 
 
-def test_withdrawing_the_last_options_template_forgets_what_options_taught() -> None:
-    """RFC 7011 8.1, one options template withdrawn by id: while another options template of the
-    exporting process and domain is left (an interface table beside the sampler table), the rates
-    stay; once the last one is withdrawn, its flows fall back to the configured rate, as when
-    all are withdrawn at once or the last is evicted."""
-    dec = Decoder(DecoderConfig(default_sampling=7))
+def _sampler_and_interface_tables(dec: Decoder) -> Callable[[], int]:
+    """Two options templates of one exporting process and domain (a sampler table giving sampler
+    9 rate 50, an interface table beside it) and a data template naming sampler 9: the Sampling
+    of a data record, decoded afresh at each call."""
     sampler = _tpl(300, ("domain", 149, 0, 4), ("sampler", 302, 0, 4), ("interval", 305, 0, 4), scope=1)
     ifaces = _tpl(301, ("domain", 149, 0, 4), ("ifindex", 10, 0, 4), scope=1)
     flows = _tpl(256, ("src", 8, 0, 4), ("sampler", 302, 0, 4))
@@ -2441,15 +2439,38 @@ def test_withdrawing_the_last_options_template_forgets_what_options_taught() -> 
     dec.decode(ipfix_message([_options_template_set([sampler, ifaces]), template_set([flows]),
                               data_set(sampler, [{"domain": 0, "sampler": 9, "interval": 50}])],
                              seq=0, export_time=EXPORT), EXPORTER, 4739)
+    return lambda: dec.decode(data, EXPORTER, 4739).to_dicts()[0]["Sampling"]
 
-    def sampling() -> int:
-        return dec.decode(data, EXPORTER, 4739).to_dicts()[0]["Sampling"]
 
+def test_withdrawing_the_last_options_template_forgets_what_options_taught() -> None:
+    """RFC 7011 8.1, one options template withdrawn by id: while another options template of the
+    exporting process and domain is left (an interface table beside the sampler table), the rates
+    stay; once the last one is withdrawn, its flows fall back to the configured rate, as when
+    all are withdrawn at once or the last is evicted."""
+    dec = Decoder(DecoderConfig(default_sampling=7))
+    sampling = _sampler_and_interface_tables(dec)
     assert sampling() == 50
     dec.decode(ipfix_message([struct.pack("!HHHH", 3, 8, 300, 0)], seq=0, export_time=EXPORT), EXPORTER, 4739)
     assert sampling() == 50 and len(dec.exporter(EXPORTER).sampler_rates) == 1
     dec.decode(ipfix_message([struct.pack("!HHHH", 3, 8, 301, 0)], seq=0, export_time=EXPORT), EXPORTER, 4739)
     assert sampling() == 7 and dec.exporter(EXPORTER).sampler_rates == {}
+
+
+def test_an_options_template_id_redefined_as_a_data_template_forgets_what_it_taught() -> None:
+    """RFC 7011 8 (RFC 3954 5.2 alike): a template id sent again is redefined, the old definition
+    void. An options template redefined as a data template is gone as if withdrawn: while another
+    options template of the process and domain is left, the rates stay; once the last one is
+    redefined, the flows fall back to the configured rate and the id's data are flows."""
+    dec = Decoder(DecoderConfig(default_sampling=7))
+    sampling = _sampler_and_interface_tables(dec)
+    assert sampling() == 50
+    for tid in (300, 301):
+        as_data = _tpl(tid, ("src", 8, 0, 4), ("sampler", 302, 0, 4))
+        b = dec.decode(ipfix_message([template_set([as_data]), data_set(as_data, [{"src": "10.0.0.1", "sampler": 9}])],
+                                     seq=0, export_time=EXPORT), EXPORTER, 4739)
+        assert [f["SrcAddr"] for f in b.to_dicts()] == ["10.0.0.1"]
+        assert sampling() == (50 if tid == 300 else 7)
+    assert dec.exporter(EXPORTER).sampler_rates == {}
 
 
 def _options_template_set(templates: list[IpfixTemplate]) -> bytes:
