@@ -3564,6 +3564,9 @@ cdef int decode_data_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* s, 
             # sets and messages after it still decode, as after a refused template record.
             while b.n > n_before:
                 batch_drop_last(b)
+            if before == start and s.end - start >= 4:
+                s.pos = start   # its first record: not one fits, the data is in another layout
+                break           # (template_mismatch, below)
             cut_record(dec, ex, b, s, version, domain, set_id, before, e)
             break
         except BaseException:
@@ -3588,14 +3591,17 @@ cdef int decode_data_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* s, 
             keep_unknown_set(ex, domain, set_id, s.buf + start, s.end - start)
         ex.count_error("template_mismatch")
         dec.log_limited("template_mismatch", ex.ip, f"v{version} domain {domain} data set {set_id}: "
-                        f"{rd_left(s)} bytes, shorter than one record of template {set_id} "
-                        f"({t.min_len} bytes): the data does not fit its template")
+                        f"{rd_left(s)} bytes, " + (f"shorter than one record of template {set_id} ({t.min_len} bytes)"
+                                                   if rd_left(s) < t.min_len else
+                                                   f"its first record runs past the set (template {set_id})")
+                        + ": the data does not fit its template")
     return 0
 
 
 cdef int cut_record(Decoder dec, ExporterState ex, FlowBatch b, Reader* s, int version, uint32_t domain,
                     uint16_t set_id, Py_ssize_t at, object e) except -1:
-    """A data record at `at` that its set's end cuts: counted as truncated (the datagram's error,
+    """A data record at `at`, after records of its set that fit, that its set's end cuts (a
+    set whose first record does not fit is a template_mismatch): counted as truncated (the datagram's error,
     for `flowscope decode`), it and the rest of its set skipped. How many records those bytes
     held is not known, so the message's sequence step is not taken for lost ones (as when the
     error ended the datagram: decode_ipfix's `whole`)."""

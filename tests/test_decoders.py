@@ -1046,10 +1046,11 @@ def test_exporters_restored_from_state_count_once_they_send() -> None:
         (b"\x00\x08\x00\x00", "bad_version"),
         (struct.pack("!HHIII", 10, 200, EXPORT, 0, 0), "bad_length"),
         (struct.pack("!HHIII", 10, 24, EXPORT, 0, 0) + struct.pack("!HH", 2, 2) + b"\0\0\0\0", "bad_set"),
-        # a variable-length field longer than its set (a template record cut by its set is
-        # bad_template instead: tests/test_netflow_edge_cases.py)
-        (struct.pack("!HHIII", 10, 40, EXPORT, 0, 0) + struct.pack("!HHHHHH", 2, 12, 300, 1, 82, 0xFFFF)
-         + struct.pack("!HHB", 300, 12, 200) + b"br0" + b"\0" * 4, "truncated"),
+        # a variable-length field longer than its set, after a record that fits (a template
+        # record cut by its set is bad_template instead, and a set whose first record does not
+        # fit template_mismatch: tests/test_netflow_edge_cases.py)
+        (struct.pack("!HHIII", 10, 44, EXPORT, 0, 0) + struct.pack("!HHHHHH", 2, 12, 300, 1, 82, 0xFFFF)
+         + struct.pack("!HH", 300, 16) + b"\x03br0" + b"\xc8" + b"br0" + b"\0" * 4, "truncated"),
         (b"\x00\x05\x00\x10" + b"\0" * 40, "bad_length"),
     ],
 )

@@ -165,3 +165,22 @@ def test_structured_lists_and_long_form_lengths_are_stepped_over_by_their_length
     assert [(f["SrcAddr"], f["DstAddr"], f["Bytes"], f.get("Interfaces")) for f in flows] == [
         ("10.0.0.1", "10.0.1.1", 100, ["br0"]), ("10.0.0.2", "10.0.1.2", 200, None), ("10.0.0.3", "10.0.1.3", 300, ["eth1"])]
     assert not any(k.startswith(("ie292", "ie293")) for f in flows for k in f)
+
+
+def test_a_set_whose_first_record_runs_past_it_is_a_template_mismatch() -> None:
+    """A set long enough for a record of its template, whose first record's variable-length field
+    says more bytes than the set has: not one record fits, data in another layout than the one
+    held (an exporter that redefined the template while the new definition did not arrive), so it
+    is counted as template_mismatch as a set shorter than a record is, not as a cut record
+    (truncated), and is no sequence loss; the set after it decodes."""
+    t = _tpl(380, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("name", 82, 0, 0xFFFF), ("b", 1, 0, 4))
+    row = {"src": "10.0.0.1", "dst": "10.0.0.2", "name": b"eth0", "b": 100}
+    dec = Decoder()
+    dec.decode(ipfix_message([template_set([t]), data_set(t, [row])], seq=0, export_time=EXPORT), EXPORTER, PORT, EXPORT)
+    other = struct.pack("!HH", 380, 4 + 16) + bytes([10, 0, 0, 9, 10, 0, 0, 8, 40]) + bytes(range(1, 8))
+    b = dec.decode(ipfix_message([other, data_set(t, [row])], seq=1, export_time=EXPORT), EXPORTER, PORT, EXPORT)
+    assert b.error is None and [f["Bytes"] for f in b.to_dicts()] == [100]
+    dec.decode(ipfix_message([data_set(t, [row])], seq=3, export_time=EXPORT), EXPORTER, PORT, EXPORT)
+    st = dec.stats(EXPORT + 60)[EXPORTER]["protocols"]["ipfix"]
+    assert st["errors"] == {"template_mismatch": 1}
+    assert st["sequence_lost"] == 0
