@@ -184,3 +184,30 @@ def test_a_set_whose_first_record_runs_past_it_is_a_template_mismatch() -> None:
     st = dec.stats(EXPORT + 60)[EXPORTER]["protocols"]["ipfix"]
     assert st["errors"] == {"template_mismatch": 1}
     assert st["sequence_lost"] == 0
+
+
+def test_v9_ipv6_record_with_end_reason_direction_and_two_byte_interfaces() -> None:
+    """A NetFlow v9 IPv6 record as routers send one: 2-byte SNMP interfaces, DIRECTION (61),
+    FORWARDING_STATUS (89, 1 byte: 0x42 forwarded), flowEndReason (136: 3 end of flow
+    detected), IPv6 masks and next hop, a VLAN, an MPLS label (kept as ie70) and a flow label
+    (ie31), times from the header's sysUpTime (uptime 5 s at the export: 4 s and 4.9 s are
+    1 s and 0.1 s before it)."""
+    fields = (("src", 27, 0, 16), ("dst", 28, 0, 16), ("sm", 29, 0, 1), ("dm", 30, 0, 1), ("nh", 62, 0, 16),
+              ("sp", 7, 0, 2), ("dp", 11, 0, 2), ("proto", 4, 0, 1), ("flags", 6, 0, 1), ("b", 1, 0, 4),
+              ("p", 2, 0, 4), ("in", 10, 0, 2), ("out", 14, 0, 2), ("dir", 61, 0, 1), ("fwd", 89, 0, 1),
+              ("end", 136, 0, 1), ("vlan", 58, 0, 2), ("mpls", 70, 0, 3), ("first", 22, 0, 4), ("last", 21, 0, 4),
+              ("label", 31, 0, 3))
+    t = _tpl(260, *fields)
+    row = {"src": "2001:db8::1", "dst": "2001:db8::2", "sm": 64, "dm": 48, "nh": "2001:db8::fe", "sp": 1234,
+           "dp": 443, "proto": 6, "flags": 0x1B, "b": 1000, "p": 10, "in": 5, "out": 6, "dir": 1, "fwd": 0x42,
+           "end": 3, "vlan": 100, "mpls": 0x493001, "first": 4000, "last": 4900, "label": 0x1234}
+    b = Decoder().decode(v9_datagram([template_set([t], version=9), data_set(t, [row])], seq=0, unix_secs=EXPORT,
+                                     uptime_ms=5000), EXPORTER, PORT, EXPORT)
+    assert b.error is None
+    (f,) = b.to_dicts()
+    want = {"SrcAddr": "2001:db8::1", "DstAddr": "2001:db8::2", "SrcPrefixLen": 64, "DstPrefixLen": 48,
+            "NextHop": "2001:db8::fe", "SrcPort": 1234, "DstPort": 443, "Proto": 6, "Etype": 0x86DD,
+            "Flags": ["FIN", "SYN", "PSH", "ACK"], "Bytes": 1000, "Packets": 10, "InIf": 5, "OutIf": 6,
+            "FlowDirection": 1, "ForwardingStatus": 0x42, "FlowEndReason": 3, "Vlan": 100, "ie70": "493001",
+            "ie31": "001234", "TimeFlowStartMs": EXPORT * 1000 - 1000, "TimeFlowEndMs": EXPORT * 1000 - 100}
+    assert {k: f.get(k) for k in want} == want
