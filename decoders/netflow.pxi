@@ -698,7 +698,10 @@ cdef class ExporterState:
         cdef bytes raw
         self.ip = ip
         try:
-            raw = socket.inet_pton(socket.AF_INET6 if ":" in ip else socket.AF_INET, ip)
+            # the address without its IPv6 zone: "fe80::1%eth0", a link-local exporter as the
+            # receiver names it (getnameinfo), is AgentIP fe80::1 (inet_pton refuses a zone, and
+            # its flows went out with no AgentIP); the zone stays in the exporter's name (self.ip)
+            raw = socket.inet_pton(socket.AF_INET6 if ":" in ip else socket.AF_INET, ip.partition("%")[0])
         except OSError:
             raw = b""
         self.af = 4 if len(raw) == 4 else (6 if len(raw) == 16 else 0)

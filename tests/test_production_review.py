@@ -1,0 +1,176 @@
+"""What an operator meets running `flowscope run` from deploy/ that the other tests did not show:
+an IPv6 link-local exporter (its zone: "fe80::1%eth0") through the exporter label of a strictly
+valid /metrics and the flows' AgentIP.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.conftest import ROOT, make_v5, wait_for
+from tests.support.netns import NetNS, root_skip_reason
+
+# ------------------------------------------------------------------------------------------------
+# The Prometheus text format (0.0.4), checked strictly: prometheus_client's parser takes lines
+# a scraper refuses (a sample before its TYPE, a TYPE given twice, a bad escape in a label value).
+
+NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*"'
+SAMPLE = re.compile(rf"^({NAME})(?:\{{((?:{LABEL})(?:,{LABEL})*)?,?\}})? (\S+)(?: -?\d+)?$")
+# (in 0.0.4 a counter's TYPE line names its samples, _total included)
+SUFFIXES = {"counter": ("",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count"),
+            "summary": ("", "_sum", "_count"), "untyped": ("",)}
+
+
+def strict_exposition(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """{(sample name, labels): value}, asserting every line is valid text format 0.0.4: each
+    family's HELP and TYPE once, before its samples; each sample named after its family's type;
+    label values escaped; no series twice; every histogram with its +Inf bucket."""
+    assert text.endswith("\n"), "the exposition must end with a newline"
+    types: dict[str, str] = {}
+    helps: set[str] = set()
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    inf_buckets: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
+    for line in text.splitlines():
+        if line.startswith("# HELP ") or line.startswith("# TYPE "):
+            _, kind, name, *rest = line.split(" ", 3)
+            assert re.fullmatch(NAME, name), line
+            if kind == "HELP":
+                assert name not in helps, f"HELP twice: {line}"
+                assert not re.search(r"\\[^\\n]", rest[0] if rest else ""), f"bad escape: {line}"
+                helps.add(name)
+            else:
+                assert name not in types, f"TYPE twice: {line}"
+                assert rest and rest[0] in SUFFIXES, line
+                assert not any(n[len(name):] in SUFFIXES[rest[0]] for n, _ in out if n.startswith(name)), \
+                    f"TYPE after its samples: {line}"
+                types[name] = rest[0]
+            continue
+        assert line and not line.startswith("#"), f"unexpected line {line!r}"
+        m = SAMPLE.match(line)
+        assert m, f"not a valid sample line: {line!r}"
+        name, labels_text, value = m.groups()
+        family = next((f for f, t in types.items() for suf in SUFFIXES[t] if name == f + suf), None)
+        assert family is not None, f"sample without a TYPE before it: {line!r}"
+        assert family in helps, f"no HELP for {family}"
+        labels = tuple(sorted((k, bytes(v, "utf-8").decode("unicode_escape"))
+                              for k, v in re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"',
+                                                     labels_text or "")))
+        assert len({k for k, _ in labels}) == len(labels), f"a label twice: {line!r}"
+        key = (name, labels)
+        assert key not in out, f"series twice: {line!r}"
+        v = float(value)    # (+Inf, -Inf and NaN are floats' words too)
+        if types[family] == "counter":
+            assert v >= 0 or math.isnan(v), line
+        if name.endswith("_bucket") and dict(labels).get("le") == "+Inf":
+            inf_buckets.add((family, tuple(kv for kv in labels if kv[0] != "le")))
+        out[key] = v
+    for name, labels in out:
+        fam = name[: -len("_count")] if name.endswith("_count") else None
+        if fam in types and types[fam] == "histogram":
+            assert (fam, labels) in inf_buckets, f"{fam}{dict(labels)} has no +Inf bucket"
+    return out
+
+
+def test_the_strict_check_refuses_what_a_scraper_refuses() -> None:
+    """strict_exposition is not vacuous."""
+    ok = "# HELP a_total A.\n# TYPE a_total counter\na_total{exporter=\"fe80::1%eth0\"} 1.0\n"
+    assert strict_exposition(ok) == {("a_total", (("exporter", "fe80::1%eth0"),)): 1.0}
+    for bad in (ok.replace("# TYPE a_total counter\n", ""),                          # no TYPE
+                ok.replace("# HELP a_total A.\n", ""),                               # no HELP
+                ok + 'a_total{exporter="fe80::1%eth0"} 2.0\n',                       # a series twice
+                ok.replace('"fe80::1%eth0"', '"a"b"'),                               # unescaped quote
+                ok.replace('"fe80::1%eth0"', '"a\\qb"'),                             # bad escape
+                ok + "# TYPE a_total counter\n",                                     # TYPE twice
+                ok.replace("} 1.0", "} one"),                                        # not a number
+                "# HELP h A.\n# TYPE h histogram\nh_bucket{le=\"1.0\"} 1.0\nh_count 1.0\nh_sum 1.0\n"):  # no +Inf
+        with pytest.raises((AssertionError, ValueError)):
+            strict_exposition(bad)
+
+
+# ------------------------------------------------------------------------------------------------
+# An IPv6 link-local exporter: zone in the label, address as AgentIP
+
+
+def test_a_link_local_exporters_flows_carry_its_address_as_agent_ip() -> None:
+    """The receiver names a scoped IPv6 source as getnameinfo writes it, "fe80::1%eth0"; the
+    exporter's AgentIP was read from that name with inet_pton, which refuses a zone, so every
+    NetFlow/IPFIX flow from a link-local exporter went out without AgentIP (and FlowDirection,
+    AgentIP against the hosts, could not be told). The zone names a link of the collector's host,
+    not the exporter: AgentIP is the address."""
+    from decoders import Decoder, DecoderConfig
+
+    dec = Decoder(DecoderConfig())
+    for name, agent in (("fe80::1%eth0", "fe80::1"), ("fe80::2%7", "fe80::2"), ("fd00::1", "fd00::1"),
+                        ("10.0.0.1", "10.0.0.1")):
+        b = dec.decode(make_v5(0, 2, 0), name, 2055, 1_700_000_000.0)
+        assert b.error is None and len(b) == 2
+        assert [f.get("AgentIP") for f in b.to_dicts()] == [agent, agent], name
+        assert [orjson.loads(line)["AgentIP"] for line in b.to_json()] == [agent, agent], name
+    # two links' fe80::1 are two exporters (their templates and sequence numbers apart)
+    assert dec.decode(make_v5(0, 1, 0), "fe80::1%eth1", 2055, 1_700_000_000.0).error is None
+    assert dec.exporter("fe80::1%eth0") is not dec.exporter("fe80::1%eth1")
+    assert dec.exporter("fe80::1%eth0").ip == "fe80::1%eth0" and dec.exporter_count() == 5
+
+
+def _http_in(ns: NetNS, url: str) -> tuple[int, str]:
+    script = ("import sys, urllib.request, urllib.error\n"
+              "try:\n r = urllib.request.urlopen(sys.argv[1], timeout=5); print(r.status); print(r.read().decode(), end='')\n"
+              "except urllib.error.HTTPError as e: print(e.code); print(e.read().decode(), end='')\n"
+              "except OSError: print(0)\n")
+    p = ns.run([sys.executable, "-c", script, url], check=False)
+    status, _, body = p.stdout.decode().partition("\n")
+    return int(status or 0), body
+
+
+def test_a_link_local_exporter_in_metrics_and_flows(tmp_path: Path) -> None:
+    """A NetFlow exporter on an IPv6 link-local address sends to a collector listening on [::]
+    (in a namespace of its own, over a veth): /metrics names it with its zone, still valid text
+    format to a strict reading and to prometheus_client's, and its flows carry AgentIP."""
+    reason = root_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    from collector.metrics import parse_exposition
+
+    with NetNS() as ns:
+        ns.run(["ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1"])
+        for dev in ("v0", "v1"):
+            ns.run(["ip", "link", "set", dev, "up"])
+        ns.run(["ip", "-6", "addr", "add", "fe80::1/64", "dev", "v0", "nodad"])
+        out = tmp_path / "flows.jsonl"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWSCOPE_")}
+        env.update(PYTHONPATH=str(ROOT), HOME=str(tmp_path), KUBECONFIG=str(tmp_path / "none"))
+        with open(tmp_path / "collector.log", "wb") as log:
+            p = ns.popen([sys.executable, "-m", "collector.cli", "run", "--listen", "netflow://[::]:2055",
+                          "--metrics-addr", "127.0.0.1:9400", "--no-enrich", "--output-file", str(out),
+                          "--stats-interval", "0.1"], cwd=ROOT, env=env, stdout=log, stderr=log)
+        wait_for(lambda: _http_in(ns, "http://127.0.0.1:9400/readyz")[0] == 200 or p.poll() is not None, 20,
+                 what="the collector ready")
+        send = ("import socket, sys\n"
+                "s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n"
+                "s.sendto(bytes.fromhex(sys.argv[1]), ('fe80::1%v0', 2055))\n")
+        ns.run([sys.executable, "-c", send, make_v5(0, 3, 0).hex()])
+
+        def exporter_series() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+            status, text = _http_in(ns, "http://127.0.0.1:9400/metrics")
+            assert status == 200
+            return {k: v for k, v in strict_exposition(text).items() if ("exporter", "fe80::1%v0") in k[1]}
+
+        wait_for(lambda: exporter_series().get(("flowscope_flows_total", (("exporter", "fe80::1%v0"),
+                                                                          ("protocol", "netflow5")))) == 3.0,
+                 10, what="the link-local exporter's flows counted")
+        text = _http_in(ns, "http://127.0.0.1:9400/metrics")[1]
+        loose = parse_exposition(text)
+        assert loose["flowscope_flows_total"][(("exporter", "fe80::1%v0"), ("protocol", "netflow5"))] == 3.0
+        ns.stop(p, signal.SIGTERM, timeout=20)
+        assert p.returncode == 0, (tmp_path / "collector.log").read_text()
+    flows = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    assert [f.get("AgentIP") for f in flows] == ["fe80::1"] * 3, flows
