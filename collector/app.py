@@ -211,6 +211,11 @@ def silence_limit(cfg: Config) -> float:
 
 LIVENESS_FACTOR = 3.0
 
+#: --workers N: seconds past --shutdown-timeout after which the supervisor kills a worker still
+#: running (SIGKILL): the longest a stop takes, which a pod's terminationGracePeriodSeconds must
+#: exceed (tests/test_production_review.py checks the manifests).
+KILL_AFTER = 10.0
+
 
 def silent_workers(agg: Aggregator, limit: float, starting: bool = True) -> list[str]:
     """One line per worker whose latest snapshot is more than `limit` seconds old (`starting`:
@@ -777,7 +782,7 @@ def _supervise(cfg: Config, enrich_cfg: Any, factory: Callable[[], asyncio.Abstr
                     os.kill(pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
-        deadline = time.monotonic() + cfg.shutdown_timeout + 10
+        deadline = time.monotonic() + cfg.shutdown_timeout + KILL_AFTER
         while len(exited) < len(children) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
             reap()

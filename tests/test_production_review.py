@@ -1,22 +1,31 @@
 """What an operator meets running `flowscope run` from deploy/ that the other tests did not show:
-an IPv6 link-local exporter (its zone: "fe80::1%eth0") through the exporter label of a strictly
-valid /metrics and the flows' AgentIP.
+the stop's bound against the pods' terminationGracePeriodSeconds (and the shipped config stopping
+within it with Kafka not answering), a receive buffer the node's net.core.rmem_max caps in a pod
+without CAP_NET_ADMIN (the manifests drop every capability), and an IPv6 link-local exporter
+(its zone: "fe80::1%eth0") through the exporter label of a strictly valid /metrics and the
+flows' AgentIP.
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import re
 import signal
+import socket
+import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
+import yaml
 
-from tests.conftest import ROOT, make_v5, wait_for
+from tests.conftest import ROOT, make_v5, send_udp, wait_for
 from tests.support.netns import NetNS, root_skip_reason
+from tests.test_deploy import OVERLAYS, shipped_config, workload
 
 # ------------------------------------------------------------------------------------------------
 # The Prometheus text format (0.0.4), checked strictly: prometheus_client's parser takes lines
@@ -174,3 +183,114 @@ def test_a_link_local_exporter_in_metrics_and_flows(tmp_path: Path) -> None:
         assert p.returncode == 0, (tmp_path / "collector.log").read_text()
     flows = [orjson.loads(line) for line in out.read_bytes().splitlines()]
     assert [f.get("AgentIP") for f in flows] == ["fe80::1"] * 3, flows
+
+
+# ------------------------------------------------------------------------------------------------
+# A receive buffer net.core.rmem_max caps, in a pod without CAP_NET_ADMIN
+
+
+def _without_net_admin() -> None:
+    """preexec: the collector runs as in the pod, where `capabilities: drop: [ALL]` leaves no
+    CAP_NET_ADMIN (SO_RCVBUFFORCE refused): dropped from the bounding set, it is gone from the
+    root process after the exec."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(24, 12, 0, 0, 0) != 0:       # PR_CAPBSET_DROP, CAP_NET_ADMIN
+        raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP, CAP_NET_ADMIN)")
+
+
+def test_a_receive_buffer_rmem_max_caps_is_said_with_the_sysctl_to_raise(collector: Any) -> None:
+    """The shipped config asks for 32 MiB; a node's net.core.rmem_max is 208 KiB by default and
+    the pod may not force past it. The kernel grants the cap silently: the log names what was
+    asked, what was granted and the sysctl, and flowscope_socket_receive_buffer_bytes is the
+    grant."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (to take CAP_NET_ADMIN away from the collector as the pod has none)")
+    rmem_max = int(Path("/proc/sys/net/core/rmem_max").read_text())
+    asked = 2 * rmem_max
+    if asked > 1073741823:
+        pytest.skip(f"net.core.rmem_max {rmem_max} is too high to ask for more")
+    c = collector(["--rcvbuf", str(asked), "--sink", "stdout"], preexec=_without_net_admin)
+    line = next((ln for ln in c.log().splitlines() if "SO_RCVBUF" in ln), "")
+    assert f"listener netflow://127.0.0.1:{c.port}: SO_RCVBUF {asked} requested, kernel granted {rmem_max}; " \
+           f"raise it with `sysctl -w net.core.rmem_max={asked}`" in line, c.log()
+    assert line.split()[2] == "WARNING", line
+    assert c.value("flowscope_socket_receive_buffer_bytes") == rmem_max
+    assert c.stop() == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# The stop against the pods' grace period
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_grace_period_outlasts_the_longest_stop(overlay: str) -> None:
+    """The kubelet kills the container terminationGracePeriodSeconds after its SIGTERM: the
+    longest stop flowscope takes (--shutdown-timeout to drain and flush, and with --workers N
+    the supervisor's KILL_AFTER more before it kills a worker that has not finished) must fit,
+    or flows drained in time are lost unsaid with the SIGKILL. A shutdown_timeout raised in the
+    ConfigMap needs the grace period raised with it."""
+    from collector.app import KILL_AFTER
+
+    cfg = shipped_config(overlay)
+    grace = workload(overlay)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert float(cfg["shutdown_timeout"]) + KILL_AFTER < grace, (overlay, cfg["shutdown_timeout"], grace)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_shipped_config_stops_within_the_grace_period_with_kafka_not_answering(tmp_path: Path,
+                                                                                   workers: int) -> None:
+    """The shipped config (its Kafka settings, shutdown_timeout, queue) with the brokers taking
+    connections and never answering (a frozen broker, a dead backend behind a load balancer):
+    SIGTERM with flows queued ends the collector, exit 0, before the kubelet's SIGKILL, and the
+    log counts every flow as dropped at shutdown."""
+    grace = workload("base")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    cfg = shipped_config()
+    with socket.socket() as frozen:
+        frozen.bind(("127.0.0.1", 0))
+        frozen.listen(64)      # connections complete in the backlog; nothing ever answers them
+        udp, http = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socket()
+        udp.bind(("127.0.0.1", 0))
+        http.bind(("127.0.0.1", 0))
+        port, hport = udp.getsockname()[1], http.getsockname()[1]
+        udp.close()
+        http.close()
+        cfg.update(listen=[f"netflow://127.0.0.1:{port}"], metrics_addr=f"127.0.0.1:{hport}", workers=workers,
+                   state_file=str(tmp_path / "state.json"), log_format="text")
+        cfg["kafka"]["brokers"] = [f"127.0.0.1:{frozen.getsockname()[1]}"]
+        cfg["enrich"]["enabled"] = "false"   # (no cluster here)
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWSCOPE_")}
+        env.update(FLOWSCOPE_CONFIG=str(tmp_path / "config.yaml"), PYTHONPATH=str(ROOT), HOME=str(tmp_path))
+        with open(tmp_path / "collector.log", "wb") as log:
+            p = subprocess.Popen([sys.executable, "-m", "collector.cli", "run"], cwd=ROOT, env=env,
+                                 stdout=log, stderr=log)
+        try:
+            wait_for(lambda: "flowscope_listener_up{" in _metrics(hport), 30, what="the collector serving /metrics")
+            send_udp([make_v5(i * 30, 30, i * 30) for i in range(20)], port)
+            wait_for(lambda: _total(_metrics(hport), "flowscope_flows_total") == 600, 15, what="600 flows decoded")
+            p.send_signal(signal.SIGTERM)
+            code = p.wait(grace)    # the kubelet's SIGKILL comes then
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    text = (tmp_path / "collector.log").read_text()
+    assert code == 0, text
+    assert "shutdown: 600 records could not be delivered" in text, text
+    assert re.search(r"stopped: 0 flows delivered to kafka, 600 dropped", text), text
+
+
+def _metrics(port: int) -> str:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            return str(r.read().decode())
+    except OSError:
+        return ""
+
+
+def _total(text: str, name: str) -> float:
+    from collector.metrics import parse_exposition, total
+
+    return total(parse_exposition(text), name)
