@@ -848,6 +848,17 @@ def _text_as_written(node: yaml.Node) -> None:
     walk(node, "")
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error on one line, where it is first: "line L, column C: PROBLEM (CONTEXT)". Its
+    own text runs over three lines (context, problem, the mark with the file's name again), and
+    a configuration error is one line in the log (`kubectl logs`, a log pipeline's records)."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    if mark is None or not problem:
+        return " ".join(str(exc).split())
+    context = getattr(exc, "context", None)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" + (f" ({context})" if context else "")
+
+
 def load_yaml(path: str, source: str = "--config") -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as fh:
@@ -863,9 +874,9 @@ def load_yaml(path: str, source: str = "--config") -> dict[str, Any]:
     except yaml.YAMLError as exc:
         # (PyYAML's words for a tab say nothing of tabs: "found character '\\t' that cannot start
         # any token"; an editor's tab indent or a tab after a colon is the usual cause)
-        hint = ("\n(a tab character: YAML indents with spaces, and takes none after a key's colon here; "
+        hint = (" (a tab character: YAML indents with spaces, and takes none after a key's colon here; "
                 "replace it with spaces)" if "'\\t'" in str(exc) else "")
-        raise ConfigError(f"{source} {path}: not valid YAML: {exc}{hint}") from None
+        raise ConfigError(f"{source} {path}: not valid YAML: {_yaml_problem(exc)}{hint}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

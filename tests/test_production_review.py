@@ -294,3 +294,26 @@ def _total(text: str, name: str) -> float:
     from collector.metrics import parse_exposition, total
 
     return total(parse_exposition(text), name)
+
+
+# ------------------------------------------------------------------------------------------------
+# A configuration error is one line
+
+
+@pytest.mark.parametrize("text,where", [("a: [\n", "line 2, column 1: expected the node content"),
+                                        ("kafka:\n\ttopic: t\n", "line 2, column 1: found character '\\t'"),
+                                        ("a: b\n c: d\n", "line 2, column 3: mapping values are not allowed")])
+def test_a_config_file_that_is_not_yaml_is_one_line_and_exit_2(tmp_path: Path, text: str, where: str) -> None:
+    """A ConfigMap edited into invalid YAML: `flowscope run` exits 2 with one line naming the
+    file, the line and column and PyYAML's problem. PyYAML's own text took three lines (its
+    context, the problem, the mark naming the file again), three records in a log pipeline of
+    which only the first said it was flowscope's configuration error."""
+    f = tmp_path / "config.yaml"
+    f.write_text(text)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWSCOPE_")}
+    env.update(PYTHONPATH=str(ROOT), HOME=str(tmp_path), KUBECONFIG=str(tmp_path / "none"))
+    p = subprocess.run([sys.executable, "-m", "collector.cli", "run", "--config", str(f)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.startswith(f"flowscope: configuration error: --config {f}: not valid YAML: {where}"), p.stderr
+    assert p.stderr.count("\n") == 1 and p.stderr.endswith("\n"), p.stderr
