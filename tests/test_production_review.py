@@ -317,3 +317,34 @@ def test_a_config_file_that_is_not_yaml_is_one_line_and_exit_2(tmp_path: Path, t
     assert p.returncode == 2, p.stderr
     assert p.stderr.startswith(f"flowscope: configuration error: --config {f}: not valid YAML: {where}"), p.stderr
     assert p.stderr.count("\n") == 1 and p.stderr.endswith("\n"), p.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# Stop signals after the first
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_stop_signals_during_the_drain_change_nothing(collector: Any, workers: int) -> None:
+    """SIGTERM, then SIGTERM and SIGINT again while the drain waits on a broker that never
+    answers (an impatient `kubectl delete` and Ctrl-C, a runtime that signals twice, tini -g
+    forwarding to the group as well): the drain keeps its deadline, the stop is said once per
+    process, no traceback, exit 0, and the queued flows are counted as undelivered."""
+    with socket.socket() as frozen:
+        frozen.bind(("127.0.0.1", 0))
+        frozen.listen(64)
+        c = collector(["--kafka-brokers", f"127.0.0.1:{frozen.getsockname()[1]}", "--shutdown-timeout", "3",
+                       "--workers", str(workers)], wait_ready=False)
+        # each worker's listener bound (logged with the receive buffer granted)
+        wait_for(lambda: len(re.findall(r"listener \S+: (?:bound, )?SO_RCVBUF", c.log())) == workers, 20,
+                 what="the listeners bound")
+        send_udp([make_v5(i * 30, 30, i * 30) for i in range(10)], c.port)
+        c.wait_value("flowscope_flows_total", 300)
+        c.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: c.log().count("stopping: decoding") == workers, 10, what="the drain to begin")
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGTERM):
+            c.proc.send_signal(sig)
+        assert c.proc.wait(30) == 0, c.log()
+    log = c.log()
+    assert log.count("stopping: decoding") == workers, log
+    assert "Traceback" not in log and "KeyboardInterrupt" not in log, log
+    assert sum(int(n) for n in re.findall(r"stopped: 0 flows delivered to kafka, (\d+) dropped", log)) == 300, log
