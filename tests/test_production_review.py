@@ -324,6 +324,22 @@ def test_a_config_file_that_is_not_yaml_is_one_line_and_exit_2(tmp_path: Path, t
 
 
 @pytest.mark.parametrize("workers", [1, 2])
+def test_sigint_once_running_drains_and_delivers_like_sigterm(collector: Any, tmp_path: Path, workers: int) -> None:
+    """Ctrl-C on `flowscope run` in a terminal (SIGINT to the supervisor alone here; the SIGHUP
+    test in test_collector_service.py signals the whole group): a clean stop, every flow received
+    written, exit 0, not a KeyboardInterrupt."""
+    out = tmp_path / "flows.jsonl"
+    c = collector(["--output-file", str(out), "--workers", str(workers)])
+    send_udp([make_v5(i * 30, 30, i * 30) for i in range(10)], c.port)
+    c.wait_value("flowscope_flows_total", 300)
+    c.proc.send_signal(signal.SIGINT)
+    assert c.proc.wait(30) == 0, c.log()
+    assert len(out.read_bytes().splitlines()) == 300
+    log = c.log()
+    assert "stopping: decoding" in log and "Traceback" not in log and "KeyboardInterrupt" not in log, log
+
+
+@pytest.mark.parametrize("workers", [1, 2])
 def test_stop_signals_during_the_drain_change_nothing(collector: Any, workers: int) -> None:
     """SIGTERM, then SIGTERM and SIGINT again while the drain waits on a broker that never
     answers (an impatient `kubectl delete` and Ctrl-C, a runtime that signals twice, tini -g
