@@ -50,22 +50,19 @@ def canonical_host(host: str) -> str:
     """A host as compared: an IP literal in its one textual form (IPv6 without brackets, zeros
     compressed, lowercase; an IPv4-mapped IPv6 address as the IPv4 one), a name lowercased
     without a final dot."""
+    return _canonical(host)[0]
+
+
+def _canonical(host: str) -> tuple[str, bool]:
+    """canonical_host(host), and whether it is an IP literal (parsed once)."""
     h = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
         ip = ipaddress.ip_address(h)
     except ValueError:
-        return h.lower().rstrip(".") or h
+        return h.lower().rstrip(".") or h, False
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return str(ip)
-
-
-def is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+        return str(ip.ipv4_mapped), True
+    return str(ip), True
 
 
 class Resolver:
@@ -83,8 +80,8 @@ class Resolver:
 
     async def addresses(self, host: str) -> tuple[frozenset[str], bool]:
         """host's addresses, and whether its name is known not to exist."""
-        h = canonical_host(host)
-        if is_ip(h):
+        h, literal = _canonical(host)
+        if literal:
             return frozenset((h,)), False
         now = time.monotonic()
         got = self._known.get(h)
