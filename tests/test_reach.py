@@ -82,12 +82,15 @@ def test_addresses_reached_are_kept_while_advertised_only() -> None:
     r.update([("kafka-0", 9092, ""), ("kafka-1", 9092, "10.0.0.6")])
     bad = [Unreached("kafka-0:9092 (node 0: Connection refused)",
                      frozenset({("kafka-0", 9092), ("10.0.0.5", 9092)}), False)]
-    said = unreached_said(bad, 2, r.addresses(), [Bootstrap("kafka-1:9092", frozenset({("kafka-1", 9092)}), True)])
+    said = unreached_said(bad, 2, r.addresses(), [Bootstrap("kafka-1:9092", frozenset({("kafka-1", 9092)}), ("10.0.0.6", 9092))])
     assert said.startswith("the broker at kafka-0:9092 (node 0: Connection refused) has never been reached"), said
 
 
-def _boot(address: str, *forms: tuple[str, int], answers: bool = True) -> Bootstrap:
-    return Bootstrap(address, frozenset(forms), answers)
+def _boot(address: str, *forms: tuple[str, int], answers: bool = True, at: tuple[str, int] | None = None) -> Bootstrap:
+    """A --kafka-brokers address that answered (at `at`, else at its first IP form) or not."""
+    if answers and at is None:
+        at = next(f for f in forms if f[0][0].isdigit())
+    return Bootstrap(address, frozenset(forms), at if answers else None)
 
 
 def _bad(said: str, *forms: tuple[str, int], nonexistent: bool = False) -> Unreached:
@@ -106,7 +109,8 @@ def test_the_evidence_for_down_misadvertised_or_either() -> None:
     # between the two connections), not misadvertised, even with no advertised broker reached
     assert unreached_said([b0], 1, set(), [_boot("localhost:9092", ("10.0.0.5", 9092))]) == (
         "the broker at 10.0.0.5:9092 (node 0: Connection refused) cannot be reached, nor any other broker: it is "
-        "down, restarting or cut off by the network (--kafka-brokers localhost:9092 names that address too)")
+        "down, restarting or cut off by the network (--kafka-brokers localhost:9092 names that address too, and "
+        "answered there since)")
     # no advertised broker reached while the bootstrap address answers: misadvertised
     assert unreached_said([b0, b1], 2, set(), [lb]).startswith(
         "the cluster's metadata (from kafka.example:9092) advertises 10.0.0.5:9092 (node 0: Connection refused); "
@@ -140,3 +144,50 @@ def test_the_evidence_for_down_misadvertised_or_either() -> None:
         "the broker at 10.0.0.6:9092 (node 1: no answer) cannot be reached: it is down, restarting or cut off by "
         "the network (--kafka-brokers kafka.example:9092 cannot be reached either)")
     assert unreached_said([], 3, set(), [silent]) == ""
+
+
+def test_a_bootstrap_name_of_several_addresses_is_evidence_for_its_addresses_not_its_answer() -> None:
+    """--kafka-brokers kafka.example:9092 resolving to every broker's address (a headless
+    Kubernetes Service of a Kafka StatefulSet). A broker at one of them never reached is down or
+    cut off, not misadvertised (the operator's own name says a broker is meant to be there); but
+    the name answering, at another of its addresses, says nothing of that one, and was given as
+    if it did (names that address too), and a silent name was called "the same address". It was
+    also taken as possibly that broker answering, so that with no advertised broker reachable the
+    one advertised elsewhere was said to be either down or misadvertised, when the broker that
+    answered (at an address no advertised broker has) is the misadvertised one."""
+    ips = [("10.0.0.5", 9092), ("10.0.0.6", 9092), ("10.0.0.7", 9092)]
+    b1 = _bad("10.0.0.6:9092 (node 1: Connection refused)", ("10.0.0.6", 9092))
+
+    def svc(at: tuple[str, int] | None) -> Bootstrap:
+        return _boot("kafka.example:9092", ("kafka.example", 9092), *ips, at=at, answers=at is not None)
+
+    # answering at another of its addresses: down, for the address the name gives, not the answer
+    assert unreached_said([b1], 3, set(), [svc(("10.0.0.5", 9092))]) == (
+        "the broker at 10.0.0.6:9092 (node 1: Connection refused) cannot be reached: it is down, restarting or cut "
+        "off by the network (--kafka-brokers kafka.example:9092 resolves to that address too: a broker is meant "
+        "to be there)")
+    # answering at that very address since the broker refused it there: restarting
+    assert unreached_said([b1], 3, set(), [svc(("10.0.0.6", 9092))]).endswith(
+        "(--kafka-brokers kafka.example:9092 names that address too, and answered there since)")
+    # the name silent at all of its addresses: down, and not "the same address"
+    assert unreached_said([b1], 3, set(), [svc(None)]).endswith(
+        "(--kafka-brokers kafka.example:9092 (which resolves to that address among others) cannot be reached "
+        "either)")
+    # no advertised broker reachable: the name answered at 10.0.0.5, where no broker is advertised,
+    # so the broker there advertises another address: node 2's, misadvertised; node 1 is down
+    b2 = _bad("kafka-2.internal:9092 (node 2: no answer)", ("kafka-2.internal", 9092), ("10.1.1.1", 9092))
+    assert unreached_said([b1, b2], 2, set(), [svc(("10.0.0.5", 9092))]) == (
+        "the broker at 10.0.0.6:9092 (node 1: Connection refused) cannot be reached: it is down, restarting or cut "
+        "off by the network (--kafka-brokers kafka.example:9092 resolves to that address too: a broker is meant "
+        "to be there); the cluster's metadata (from kafka.example:9092) advertises kafka-2.internal:9092 (node 2: "
+        "no answer), which this host cannot reach: records go to the addresses the brokers advertise, not to "
+        "--kafka-brokers; set the brokers' advertised.listeners to an address this host can resolve and reach "
+        "(or fix its DNS or routes to them)")
+    # ... but answering at node 1's own address, the broker answering may be node 1 (restarting):
+    # nothing says node 2 is misadvertised
+    assert "the broker at kafka-2.internal:9092 (node 2: no answer) has never been reached" in unreached_said(
+        [b1, b2], 2, set(), [svc(("10.0.0.6", 9092))])
+    # ... and so through a bootstrap address that is none of node 1's (a load balancer's)
+    lb = _boot("lb.example:9092", ("lb.example", 9092), ("10.9.9.9", 9092))
+    assert "the broker at kafka-2.internal:9092 (node 2: no answer) has never been reached" in unreached_said(
+        [b1, b2], 2, set(), [svc(None), lb])

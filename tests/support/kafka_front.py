@@ -35,11 +35,13 @@ class Front(Protocol):
 
 
 class KafkaFront:
-    """start() / stop() around an asyncio server on 127.0.0.1:`port` whose connections go to
-    `_handle`; stop() again, or on a front never started, does nothing more."""
+    """start() / stop() around an asyncio server on `host`:`port` (127.0.0.1 unless set before
+    start()) whose connections go to `_handle`; stop() again, or on a front never started, does
+    nothing more."""
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
+        self.host = "127.0.0.1"
         self.port = free_tcp_port()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -51,7 +53,7 @@ class KafkaFront:
         asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
 
     async def _start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        self._server = await asyncio.start_server(self._handle, self.host, self.port)
 
     def stop(self) -> None:
         if self._loop.is_closed():       # stopped already (a test that stopped it itself)
