@@ -178,9 +178,11 @@ SERIES: dict[str, Series] = {s.name: s for s in [
            "advertises for it refused, unresolvable or unanswered, or a broker that takes connections and answers no "
            "request on a new one within 5 s (hung: asked once records have waited 5 s with nothing delivered, or "
            "a produce request to it, or through aiokafka a batch handed over for one of its partitions, has "
-           "waited 5 s unanswered). Some: /readyz stays ready (the other partitions take flows; keyed "
-           "flows of these wait in the queue), and the log names the brokers (at most once a minute); all: /readyz "
-           "is unready", (), merge="max"),
+           "waited 5 s unanswered); or that the cluster's metadata gives no leader (a broker killed is dropped "
+           "from it once its session times out, and its partitions have none when no other in-sync replica takes "
+           "over). Some: /readyz stays ready (the other partitions take flows; keyed flows of these wait in the "
+           "queue), and the log names the brokers (at most once a minute); all: /readyz is unready", (),
+           merge="max"),
     Series("flowscope_kafka_send_latency_seconds", "histogram",
            "Time from handing a record batch to the producer to its acknowledgement"),
     Series("flowscope_kafka_errors", "counter", "Kafka errors, by kind (connect, metadata, produce: retried; "

@@ -655,6 +655,8 @@ ADVERTISED_CONNECT_S = 2.0
 ADVERTISED_FAILING_S = 1.0
 #: Seconds at least between two log lines saying which partitions' leaders cannot be reached.
 LEADERS_LOG_S = 60.0
+# Why a partition has no leader, when none is known to have led it (KafkaSink._leaderless)
+NO_LEADER_YET = "none is elected yet"
 
 
 async def tcp_reach(host: str, port: int) -> tuple[str, str]:
@@ -1031,6 +1033,10 @@ class KafkaSink(Sink):
         self._watch_since = time.monotonic()
         self._watch_task: asyncio.Task[None] | None = None
         self._leaders_rl = RateLimitedLog(log, LEADERS_LOG_S)
+        # the flows topic's partitions -> the leader they had at an address (_leaders), to name it
+        # once the metadata names none (_leaderless)
+        self._led_by: dict[int, tuple[int, str]] = {}
+        self._said_exists: set[str] = set()   # topics --kafka-create-topic found existing, said so once
         self._probe_kw: dict[str, Any] | None = None   # producer_kwargs for _answers' connections
 
     async def _advertised_problem(self, failing: bool = False, soon: bool = False) -> str:
@@ -1088,7 +1094,8 @@ class KafkaSink(Sink):
 
     def _leaders(self) -> dict[int, int]:
         """The flows topic's partitions -> their leader's node id, as the client's metadata has
-        them (partitions without a known leader left out)."""
+        them (partitions without a known leader left out). Each one's leader at an address the
+        metadata gives is kept (_led_by), to name it once the metadata gives none (_leaderless)."""
         from aiokafka.structs import TopicPartition
 
         if self.producer is None:
@@ -1096,7 +1103,50 @@ class KafkaSink(Sink):
         cluster = self.producer.client.cluster
         topic = self.k.topic
         led = {p: cluster.leader_for_partition(TopicPartition(topic, p)) for p in cluster.partitions_for_topic(topic) or ()}
-        return {p: n for p, n in led.items() if n is not None and n >= 0}
+        led = {p: n for p, n in led.items() if n is not None and n >= 0}
+        for p, n in led.items():
+            b = cluster.broker_metadata(n)
+            if b is not None:
+                self._led_by[p] = (n, f"{'[' + b.host + ']' if ':' in b.host else b.host}:{b.port}")
+        for p in [p for p in self._led_by if p not in led and cluster.leader_for_partition(TopicPartition(topic, p)) is None]:
+            del self._led_by[p]     # (no longer a partition of the topic: kept for its partitions only)
+        return led
+
+    def _leaderless(self) -> dict[int, str]:
+        """The flows topic's partitions that the client's metadata gives no leader with an
+        address -> why, naming the broker that led them (_led_by): Kafka drops a broker from the
+        metadata once its session times out (KRaft's broker.session.timeout.ms, 9 s by default;
+        zookeeper.session.timeout.ms, 18 s), and its partitions are then led by another in-sync
+        replica, or, with none, by no one (leader -1, LEADER_NOT_AVAILABLE, as during an election). Until then the broker is listed and said
+        out of reach by the TCP check (_advertised_problem); after, this says it: no produce can
+        go to these partitions either way."""
+        from aiokafka.structs import TopicPartition
+
+        if self.producer is None:
+            return {}
+        cluster = self.producer.client.cluster
+        topic = self.k.topic
+        listed = {b.nodeId for b in cluster.brokers()}
+        out = {}
+        for p in cluster.partitions_for_topic(topic) or ():
+            n = cluster.leader_for_partition(TopicPartition(topic, p))
+            if n is not None and n >= 0 and n in listed:
+                continue
+            m, at = self._led_by.get(p, (-1, ""))
+            if n is not None and n >= 0:
+                out[p] = f"it names node {n} as the leader but not among its brokers (a broker gone)"
+            elif m >= 0 and m not in listed:
+                out[p] = (f"node {m} at {at}, the leader before, has left it (a broker down past its session timeout) "
+                          "and no other in-sync replica took over")
+            elif m >= 0:
+                out[p] = f"none is elected yet (the leader before: node {m} at {at})"
+            else:
+                out[p] = NO_LEADER_YET
+        return out
+
+    def _partitions_known(self) -> int:
+        """How many partitions the client's metadata gives the flows topic."""
+        return len(self.producer.client.cluster.partitions_for_topic(self.k.topic) or ()) if self.producer else 0
 
     def _cut_off(self) -> set[int]:
         """Node ids that cannot be reached: refused, unresolvable or silent to a TCP connection
@@ -1109,9 +1159,10 @@ class KafkaSink(Sink):
         if they never go) or go to the other partitions (key none). `leaders`: _leaders(), where
         the caller has it already."""
         cut = self._cut_off()
+        lost = self._leaderless()
         if not cut:
-            return []
-        return sorted(p for p, n in (self._leaders() if leaders is None else leaders).items() if n in cut)
+            return sorted(lost)
+        return sorted({p for p, n in (self._leaders() if leaders is None else leaders).items() if n in cut} | set(lost))
 
     def unreachable(self) -> str:
         """Why no leader of the flows topic's partitions can be reached, as the latest checks
@@ -1124,16 +1175,20 @@ class KafkaSink(Sink):
         clears it. With the topic's metadata not known yet, every advertised broker must be
         unreachable."""
         cut = self._cut_off()
-        if not cut or self.producer is None:
+        lost = self._leaderless()
+        if not (cut or lost) or self.producer is None:
             return ""
-        if self.delivered[0] + self.delivered[1] != max(self._adv_done, self._hung_done):
+        if cut and self.delivered[0] + self.delivered[1] != max(self._adv_done, self._hung_done):
             return ""
         cluster = self.producer.client.cluster
         topic = self.k.topic
         why = "; ".join(w for w in (self._adv_problem if self._adv_bad else "",
-                                     *(self._hung[n] for n in sorted(self._hung))) if w)
-        leaders = set(self._leaders().values())
-        if leaders:
+                                     *(self._hung[n] for n in sorted(self._hung)),
+                                     *(f"partition{'s' if len(ps) > 1 else ''} {', '.join(map(str, ps))} "
+                                       f"{'have' if len(ps) > 1 else 'has'} no leader in the cluster's metadata: {w}"
+                                       for w, ps in _grouped(lost))) if w)
+        leaders = {n for p, n in self._leaders().items() if p not in lost}
+        if leaders or lost:
             if not leaders <= cut:
                 return ""
             return f"no leader of topic {topic}'s partitions can be reached: {why}"
@@ -1155,6 +1210,7 @@ class KafkaSink(Sink):
                 continue
             try:
                 errors = self.errors["produce"]
+                self._leaders()   # (who leads what kept: _led_by names it once the metadata names no one)
                 await self._advertised_problem(soon=errors != self._watch_errors)
                 self._watch_errors = errors
                 await self._probe_leaders()
@@ -1214,22 +1270,41 @@ class KafkaSink(Sink):
                 del self._aio_waiting[p]
 
     def _say_unreachable(self) -> None:
-        """The log line for unreachable_partitions() (at most every LEADERS_LOG_S)."""
-        if not self._cut_off():
+        """The log lines for unreachable_partitions() (each at most every LEADERS_LOG_S): those
+        whose leader cannot be reached, and those the metadata gives no leader (_leaderless: a
+        broker killed is the one, then the other, once its session timed out), each with the
+        partitions' fate."""
+        lost = self._leaderless()
+        if not self._cut_off() and not lost:
             return
         leaders = self._leaders()
         parts = self.unreachable_partitions(leaders)
         if not parts:
             return
-        nodes = sorted({leaders[p] for p in parts})
-        why = "; ".join(self._adv_why.get(n) or self._hung.get(n) or f"node {n}" for n in nodes)
-        fate = ("nothing can be produced (/readyz is unready)" if len(parts) == len(leaders) else
-                "their flows go to the other partitions meanwhile (--kafka-key none)" if self.k.key == "none" else
-                "their flows wait in the queue until it can (dropped as queue_full when the queue is full, "
-                "as shutdown at the end)")
-        self._leaders_rl.warning(
-            "leaders", "kafka: %d of topic %s's %d partitions (%s) have a leader this host cannot reach: %s; %s",
-            len(parts), self.k.topic, len(leaders), ", ".join(map(str, parts)), why, fate)
+        total = self._partitions_known()
+
+        def fate(until: str) -> str:
+            return ("nothing can be produced (/readyz is unready)" if len(parts) == total else
+                    "their flows go to the other partitions meanwhile (--kafka-key none)" if self.k.key == "none" else
+                    f"their flows wait in the queue until {until} (dropped as queue_full when the queue is full, "
+                    "as shutdown at the end)")
+        cut = [p for p in parts if p not in lost]
+        if cut:
+            nodes = sorted({leaders[p] for p in cut})
+            why = "; ".join(self._adv_why.get(n) or self._hung.get(n) or f"node {n}" for n in nodes)
+            self._leaders_rl.warning(
+                "leaders", "kafka: %d of topic %s's %d partitions (%s) have a leader this host cannot reach: %s; %s",
+                len(cut), self.k.topic, total, ", ".join(map(str, cut)), why, fate("it can"))
+        # (not a partition that never had a leader here: a topic just created has none for a moment)
+        said = {p: w for p, w in lost.items() if p in self._led_by or w != NO_LEADER_YET}
+        if said:
+            groups = _grouped(said)
+            why = "; ".join(w if len(groups) == 1 else f"{w} (partition{'s' if len(ps) > 1 else ''} "
+                            f"{', '.join(map(str, ps))})" for w, ps in groups)
+            self._leaders_rl.warning(
+                "leaderless", "kafka: %d of topic %s's %d partitions (%s) have no leader in the cluster's metadata: "
+                "%s; %s", len(said), self.k.topic, total, ", ".join(map(str, sorted(said))), why,
+                fate("the metadata gives them one"))
 
     async def _answers(self, node: int) -> str:
         """Whether the broker `node` answers a request on a new connection of its own (its
@@ -1441,7 +1516,10 @@ class KafkaSink(Sink):
                     log.info("kafka: created topic %s with %d partitions (replication factor %d)", topic,
                              self.k.partitions, self.k.replication_factor)
                 elif code == 36:  # TOPIC_ALREADY_EXISTS
-                    log.info("kafka: topic %s exists", topic)
+                    # (once: asked again at every metadata refresh after a failure, which said it
+                    # every second or so while a broker was down)
+                    log.log(logging.DEBUG if topic in self._said_exists else logging.INFO, "kafka: topic %s exists", topic)
+                    self._said_exists.add(topic)
                 else:
                     failed[topic] = f"error {code} {for_code(code).__name__}" + (f": {detail}" if detail else "")
             if failed:
@@ -1606,6 +1684,8 @@ class KafkaSink(Sink):
             parts = sorted(got) if got else [0]
             self.partitions[topic] = parts
             self._partitions_at[topic] = now  # per topic: the counters topic refreshes too
+            if topic == self.k.topic:
+                self._leaders()   # (who leads what, as soon as known: _led_by)
             # the topic exists now (Kafka answers DescribeConfigs for a topic it does not have
             # with UNKNOWN_TOPIC_OR_PARTITION): its batch size limit, once since its metadata
             # was (re)learnt
@@ -1772,6 +1852,7 @@ class KafkaSink(Sink):
         """After a failure, ask for fresh metadata before producing again. A broker that came back
         empty (Tansu with memory storage, or a recreated topic) creates the topic on a metadata
         request; producing with stale metadata would write records consumers can never see."""
+        self._leaders()   # (who led what before it is replaced: _led_by, to name a leader gone from it)
         try:
             for producer in self.producers:  # each connection has its own metadata
                 ok = await self._update_metadata(producer, self.k.request_timeout_ms / 1000)
@@ -3015,6 +3096,14 @@ def _no_answer(exc: BaseException) -> bool:
     import aiokafka.errors as ae
 
     return isinstance(exc, ae.RequestTimedOutError)
+
+
+def _grouped(why: dict[int, str]) -> list[tuple[str, list[int]]]:
+    """Partitions -> why, as (why, its partitions in order), in the order of their first partition."""
+    out: dict[str, list[int]] = {}
+    for p in sorted(why):
+        out.setdefault(why[p], []).append(p)
+    return list(out.items())
 
 
 def _broker_answer(exc: BaseException) -> bool:

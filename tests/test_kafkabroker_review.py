@@ -50,7 +50,11 @@ class TwoBrokerFront(KafkaFront):
     Produce requests seen. Clearing `hung` passes the held ones on. With `hang_all` set too, every
     request is held while `hung` (Metadata and ApiVersions too: a broker wedged as a whole),
     counted in `held_other`. While `frozen` is set, nothing more is read from the client's
-    connections (a broker that takes bytes and never reads them: the TCP window fills)."""
+    connections (a broker that takes bytes and never reads them: the TCP window fills). The
+    node ids in `dropped` are left out of the brokers Metadata names, as Kafka does once a broker's
+    session timed out: the partitions they led have no leader (LEADER_NOT_AVAILABLE, leader -1:
+    their only replica is gone), or are led by node `failover` when set (another replica elected).
+    `shift` moves every partition's leader: partition p is led by node (p + shift) % 2."""
 
     def __init__(self, upstream_port: int, topic: str) -> None:
         super().__init__(upstream_port)
@@ -63,6 +67,9 @@ class TwoBrokerFront(KafkaFront):
         self.hang_all = False
         self.held_other = 0
         self.frozen = False
+        self.dropped: set[int] = set()
+        self.failover: int | None = None
+        self.shift = 0
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """As KafkaFront._handle (one request at a time to the broker), with the requests read as
@@ -125,15 +132,22 @@ class TwoBrokerFront(KafkaFront):
 
         resp = getattr(md, f"MetadataResponse_v{version}").decode(answer[4:])
         resp.brokers = [(i, self.hosts[i] if i < len(self.hosts) else "127.0.0.1", p, None)
-                        for i, p in enumerate(self.ports)]
+                        for i, p in enumerate(self.ports) if i not in self.dropped]
         resp.controller_id = 0
         topics = []
         for t in resp.topics:
             if t[1] == self.topic:
                 parts = []
                 for p in t[-1]:
-                    leader = p[1] % 2
-                    parts.append((p[0], p[1], leader, [leader], [leader], *([[]] if version >= 5 else [])))
+                    leader = replica = (p[1] + self.shift) % 2
+                    code, isr, offline = p[0], [leader], []
+                    if leader in self.dropped:
+                        if self.failover is None:
+                            code, leader, isr, offline = 5, -1, [], [replica]   # LEADER_NOT_AVAILABLE
+                        else:
+                            leader = replica = self.failover
+                            isr = [leader]
+                    parts.append((code, p[1], leader, [replica], isr, *([offline] if version >= 5 else [])))
                 t = (*t[:-1], parts)
             topics.append(t)
         resp.topics = topics

