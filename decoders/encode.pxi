@@ -161,15 +161,16 @@ cdef int buf_int(Buf* b, int64_t v) except -1:
 
 
 def addr_text(bytes raw not None):
-    """A 4- or 16-byte address as the encoder writes it (RFC 5952; IPv4-mapped as
-    ::ffff:a.b.c.d): one spelling for flows, counter records and exporter keys."""
+    """A 4- or 16-byte address as the encoder writes an exporter's (RFC 5952; IPv4-mapped as
+    ::ffff:a.b.c.d): one spelling for AgentIP in flows and counter records and for exporter keys
+    (a flow's own addresses write a mapped one as its dotted quad: buf_ip)."""
     cdef uint8_t a[16]
     cdef Py_ssize_t n = len(raw)
     if n != 4 and n != 16:
         raise ValueError(f"an address is 4 or 16 bytes, not {n}")
     memcpy(a, PyBytes_AS_STRING(raw), n)
     _out.n = 0
-    buf_ip(&_out, 4 if n == 4 else 6, a)
+    buf_ip(&_out, 4 if n == 4 else 6, a, False)
     return PyBytes_FromStringAndSize(_out.p + 1, _out.n - 2).decode("ascii")   # without the quotes
 
 
@@ -224,8 +225,11 @@ cdef inline char* put_ipv4(char* p, const uint8_t* a) noexcept:
     return p + OCTET_LEN[a[3]] - 1     # without the last dot
 
 
-cdef int buf_ip(Buf* b, uint8_t af, const uint8_t* a) except -1:
-    """IPv4 dotted quad or RFC 5952 IPv6 text, quoted."""
+cdef int buf_ip(Buf* b, uint8_t af, const uint8_t* a, bint mapped_as_v4) except -1:
+    """IPv4 dotted quad or RFC 5952 IPv6 text, quoted. An IPv4-mapped address (::ffff:a.b.c.d)
+    with mapped_as_v4 is written as its dotted quad, as NetObserv writes it (Go's net.IP.String):
+    the flow's address fields (SrcAddr, DstAddr, NextHop, Tunnel*Addr) and the conversation key
+    read from them; exporter names (AgentIP, addr_text) keep the mapped form, the receiver's."""
     cdef int i, best_start = -1, best_len = 0, run_start = -1, run_len = 0
     cdef uint16_t g
     cdef char tmp[64]
@@ -244,8 +248,11 @@ cdef int buf_ip(Buf* b, uint8_t af, const uint8_t* a) except -1:
     if a[0] == 0 and a[1] == 0 and a[2] == 0 and a[3] == 0 and a[4] == 0 and a[5] == 0 and a[6] == 0 \
             and a[7] == 0 and a[8] == 0 and a[9] == 0 and a[10] == 0xFF and a[11] == 0xFF:
         buf_reserve(b, 24)
-        memcpy(b.p + b.n, b"::ffff:", 7)
-        p = put_ipv4(b.p + b.n + 7, a + 12)
+        p = b.p + b.n
+        if not mapped_as_v4:
+            memcpy(p, b"::ffff:", 7)
+            p += 7
+        p = put_ipv4(p, a + 12)
         p[0] = 34
         b.n = p + 1 - b.p
         return 0
@@ -823,10 +830,10 @@ cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char*
     if f.af:
         if not f.noaddr & NOADDR_SRC:
             buf_put(o, ",\"SrcAddr\":", 11)
-            buf_ip(o, f.af, f.src)
+            buf_ip(o, f.af, f.src, True)
         if not f.noaddr & NOADDR_DST:
             buf_put(o, ",\"DstAddr\":", 11)
-            buf_ip(o, f.af, f.dst)
+            buf_ip(o, f.af, f.dst, True)
     if f.present & P_SRCMAC:
         buf_put(o, ",\"SrcMac\":", 10)
         buf_mac(o, f.src_mac)
@@ -920,7 +927,7 @@ cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char*
         buf_uint(o, f.vlan)
     if f.nh_af:
         buf_put(o, ",\"NextHop\":", 11)
-        buf_ip(o, f.nh_af, f.nexthop)
+        buf_ip(o, f.nh_af, f.nexthop, True)
     if f.present & P_SRCAS:
         buf_put(o, ",\"SrcAS\":", 9)
         buf_uint(o, f.src_as)
@@ -975,10 +982,10 @@ cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char*
     if f.tun_af:
         if not f.noaddr & NOADDR_TUNSRC:
             buf_put(o, ",\"TunnelSrcAddr\":", 17)
-            buf_ip(o, f.tun_af, f.tun_src)
+            buf_ip(o, f.tun_af, f.tun_src, True)
         if not f.noaddr & NOADDR_TUNDST:
             buf_put(o, ",\"TunnelDstAddr\":", 17)
-            buf_ip(o, f.tun_af, f.tun_dst)
+            buf_ip(o, f.tun_af, f.tun_dst, True)
     if f.present & P_TUNPROTO:
         buf_put(o, ",\"TunnelProto\":", 15)
         buf_uint(o, f.tun_proto)
@@ -1045,7 +1052,7 @@ cdef bytes make_batch_head(FlowBatch bt):
     buf_put(&_out, "\"", 1)
     if bt.agent_af:
         buf_put(&_out, ",\"AgentIP\":", 11)
-        buf_ip(&_out, bt.agent_af, bt.agent)
+        buf_ip(&_out, bt.agent_af, bt.agent, False)
     return PyBytes_FromStringAndSize(_out.p, _out.n)
 
 

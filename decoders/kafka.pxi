@@ -1035,11 +1035,11 @@ cdef Py_ssize_t conversation_key(Flow* f, Py_ssize_t* keylen) except -1:
     buf_reserve(&_conv, 256)
     a0 = 0
     if f.af and not f.noaddr & NOADDR_SRC:
-        buf_ip(&_conv, f.af, f.src)
+        buf_ip(&_conv, f.af, f.src, True)
     alen = _conv.n
     b0 = _conv.n
     if f.af and not f.noaddr & NOADDR_DST:
-        buf_ip(&_conv, f.af, f.dst)
+        buf_ip(&_conv, f.af, f.dst, True)
     blen = _conv.n - b0
     # strip the quotes buf_ip writes
     if alen:

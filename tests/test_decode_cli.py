@@ -207,10 +207,12 @@ def test_decode_enriches_from_the_kube_context_given(fake_kube: FakeKube, tmp_pa
         dead.close()
 
 
-def test_ipv4_mapped_addresses_are_enriched_as_their_ipv4_addresses() -> None:
+def test_ipv4_mapped_addresses_are_enriched_and_written_as_their_ipv4_addresses() -> None:
     """A record carrying IPv4-mapped IPv6 addresses (::ffff:a.b.c.d in IE 27/28) is the IPv4
-    flow to the index, as NetObserv reads such addresses; the addresses are published as
-    exported (review helper-82: such flows had no identity)."""
+    flow to the index, as NetObserv reads such addresses (review helper-82: such flows had no
+    identity), and its addresses are written as NetObserv writes them, dotted quads (Go's
+    net.IP.String(): flowlogs-pipeline's SrcAddr/DstAddr), like the K8S_HostIP beside them: a
+    consumer filtering SrcAddr 10.128.0.6 finds the flow (helper 8's format audit)."""
     import enrich
     from decoders import Decoder
 
@@ -222,9 +224,10 @@ def test_ipv4_mapped_addresses_are_enriched_as_their_ipv4_addresses() -> None:
             {"src": "::ffff:10.128.0.6", "dst": "2001:db8::1", "proto": 6, "b": 100}]
     b = Decoder().decode(ipfix_message([template_set([t]), data_set(t, recs)], seq=0, export_time=EXPORT), "10.0.0.1")
     both, one = (orjson.loads(x) for x in b.to_json(e))
-    assert (both["SrcAddr"], both["SrcK8S_Name"], both["DstK8S_Name"], both["DstK8S_Type"]) == (
-        "::ffff:10.128.0.6", "web", "db", "Service")
-    assert (one["SrcK8S_Name"], "DstK8S_Name" in one) == ("web", False)
+    assert (both["SrcAddr"], both["DstAddr"], both["SrcK8S_Name"], both["SrcK8S_HostIP"], both["DstK8S_Name"],
+            both["DstK8S_Type"]) == ("10.128.0.6", "172.30.0.10", "web", "10.0.0.1", "db", "Service")
+    assert (one["SrcAddr"], one["DstAddr"], one["SrcK8S_Name"], "DstK8S_Name" in one) == (
+        "10.128.0.6", "2001:db8::1", "web", False)
 
 
 def test_encoder_c_path_equals_python_enricher_and_follows_index_changes() -> None:

@@ -1631,15 +1631,25 @@ def test_ipv4_and_mac_text_for_every_byte_value_in_every_position() -> None:
                    for (s, d), m in zip(addrs, macs, strict=True)]
 
 
-def test_ipv4_mapped_ipv6_text_keeps_the_dotted_tail() -> None:
-    t = IpfixTemplate(261, (("src", 27, 0, 16), ("dst", 28, 0, 16), ("proto", 4, 0, 1), ("bytes", 1, 0, 8)))
+def test_ipv4_mapped_flow_addresses_are_written_as_dotted_quads() -> None:
+    """NetObserv writes every address with Go's net.IP.String(), which gives an IPv4-mapped
+    IPv6 address (::ffff:a.b.c.d) as the IPv4 dotted quad: so do the flow's address fields
+    (SrcAddr, DstAddr, NextHop, the tunnel endpoints; the conversation key follows them:
+    test_keyed_batches_put_each_flow_in_its_keys_partition);
+    other IPv6 addresses, ::ffff:0:a.b.c.d (IPv4-translated) included, keep RFC 5952 text."""
+    t = IpfixTemplate(261, (("src", 27, 0, 16), ("dst", 28, 0, 16), ("proto", 4, 0, 1), ("bytes", 1, 0, 8),
+                            ("nh", 62, 0, 16), ("tsrc", 899, 6876, 16), ("tdst", 900, 6876, 16)))
     dec = Decoder()
     dec.decode(ipfix_message([template_set([t])], seq=0, export_time=EXPORT), EXPORTER)
-    pairs = [("::ffff:0.0.0.0", "::ffff:255.255.255.255"), ("::ffff:10.1.200.9", "::ffff:192.168.0.100")]
-    recs: list[dict[str, object]] = [{"src": s, "dst": d, "proto": 6, "bytes": 64} for s, d in pairs]
+    rows = [("::ffff:0.0.0.1", "::ffff:255.255.255.255", "::ffff:10.0.0.254", "::ffff:192.0.2.1", "::ffff:192.0.2.2"),
+            ("::ffff:10.1.200.9", "2001:db8::ffff:a01:c809", "::ffff:0:10.1.200.9", "2001:db8::1", "::ffff:1.2.3.4")]
+    recs: list[dict[str, object]] = [{"src": s, "dst": d, "proto": 6, "bytes": 64, "nh": nh, "tsrc": ts, "tdst": td}
+                                     for s, d, nh, ts, td in rows]
     b = dec.decode(ipfix_message([data_set(t, recs)], seq=0, export_time=EXPORT), EXPORTER)
-    got = [(f["SrcAddr"], f["DstAddr"]) for f in (orjson.loads(x) for x in b.to_json())]
-    assert got == pairs
+    got = [(f["SrcAddr"], f["DstAddr"], f["NextHop"], f["TunnelSrcAddr"], f["TunnelDstAddr"])
+           for f in (orjson.loads(x) for x in b.to_json())]
+    assert got == [("0.0.0.1", "255.255.255.255", "10.0.0.254", "192.0.2.1", "192.0.2.2"),
+                   ("10.1.200.9", "2001:db8::ffff:a01:c809", "::ffff:0:a01:c809", "2001:db8::1", "1.2.3.4")]
 
 
 def test_time_received_follows_each_datagram() -> None:
