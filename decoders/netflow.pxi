@@ -2584,7 +2584,9 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
         f.present |= P_FLAGS | P_FLAGCOUNTS
 
     if f.af and not f.present & P_ETYPE:
-        f.etype = 0x0800 if f.af == 4 else 0x86DD
+        # both ends IPv4-mapped (::ffff:a.b.c.d in IE 27/28): IPv4 traffic, which no IPv6 packet
+        # carries (RFC 4291 2.5.5.2); written as dotted quads (buf_ip), and IPv4's EtherType
+        f.etype = 0x0800 if f.af == 4 or (v4mapped(f.src) and v4mapped(f.dst)) else 0x86DD
         f.present |= P_ETYPE
 
     own_rate = rate_from(sampling_interval, sampling_space, sampling_size, sampling_population, sampling_prob)

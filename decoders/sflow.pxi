@@ -974,7 +974,8 @@ cdef void socket_keys(Flow* f, const uint8_t* p, uint8_t af) noexcept:
     memcpy(f.dst, p + 4 + n, n)
     f.noaddr |= ((NOADDR_SRC if addr_zero(f.src, af) else 0)
                  | (NOADDR_DST if addr_zero(f.dst, af) else 0))
-    f.etype = etype
+    # a dual-stack socket talking IPv4 (both ends ::ffff:a.b.c.d): IPv4 traffic (as netflow.pxi)
+    f.etype = 0x0800 if af == 6 and v4mapped(f.src) and v4mapped(f.dst) else etype
     f.present |= P_ETYPE
     if proto > 0xFF:
         return

@@ -1646,10 +1646,12 @@ def test_ipv4_mapped_flow_addresses_are_written_as_dotted_quads() -> None:
     recs: list[dict[str, object]] = [{"src": s, "dst": d, "proto": 6, "bytes": 64, "nh": nh, "tsrc": ts, "tdst": td}
                                      for s, d, nh, ts, td in rows]
     b = dec.decode(ipfix_message([data_set(t, recs)], seq=0, export_time=EXPORT), EXPORTER)
-    got = [(f["SrcAddr"], f["DstAddr"], f["NextHop"], f["TunnelSrcAddr"], f["TunnelDstAddr"])
+    got = [(f["SrcAddr"], f["DstAddr"], f["NextHop"], f["TunnelSrcAddr"], f["TunnelDstAddr"], f["Etype"])
            for f in (orjson.loads(x) for x in b.to_json())]
-    assert got == [("0.0.0.1", "255.255.255.255", "10.0.0.254", "192.0.2.1", "192.0.2.2"),
-                   ("10.1.200.9", "2001:db8::ffff:a01:c809", "::ffff:0:a01:c809", "2001:db8::1", "1.2.3.4")]
+    # both ends mapped: IPv4 traffic (no IPv6 packet carries a mapped address, RFC 4291 2.5.5.2),
+    # Etype 0x0800 as NetObserv's agent gives IPv4 packets; one end a real IPv6 address: IPv6
+    assert got == [("0.0.0.1", "255.255.255.255", "10.0.0.254", "192.0.2.1", "192.0.2.2", 0x0800),
+                   ("10.1.200.9", "2001:db8::ffff:a01:c809", "::ffff:0:a01:c809", "2001:db8::1", "1.2.3.4", 0x86DD)]
 
 
 def test_time_received_follows_each_datagram() -> None:

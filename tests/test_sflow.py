@@ -1255,6 +1255,17 @@ def test_socket_record_values_that_are_not_keys(decoders_mod) -> None:
     assert "ie2100" not in f
 
 
+def test_a_dual_stack_socket_carrying_ipv4_is_an_ipv4_flow(decoders_mod) -> None:
+    """An extended_socket_ipv6 of a dual-stack socket talking IPv4 (hsflowd on an application
+    listening on [::]: both ends IPv4-mapped, ::ffff:a.b.c.d) describes IPv4 traffic: the
+    addresses are written as NetObserv writes them, dotted quads, and Etype is IPv4's, as
+    NetObserv's agent gives for the packets; one mapped end beside a real IPv6 one stays IPv6."""
+    f = one_flow(decoders_mod, [socket_rec(True, 6, "::ffff:10.0.0.1", "::ffff:192.0.2.7", 8080, 40000)])
+    assert (f["SrcAddr"], f["DstAddr"], f["Etype"], f["SrcPort"]) == ("10.0.0.1", "192.0.2.7", 0x0800, 8080)
+    f = one_flow(decoders_mod, [socket_rec(True, 6, "::ffff:10.0.0.1", "fd00::7", 8080, 40000)])
+    assert (f["SrcAddr"], f["DstAddr"], f["Etype"]) == ("10.0.0.1", "fd00::7", 0x86DD)
+
+
 @pytest.mark.parametrize("compiled", [True, False])
 def test_socket_flows_are_enriched_from_the_agents_end(decoders_mod, compiled: bool) -> None:
     """The local end is Src: a transaction sampled by the node's agent has the node's pod as its
