@@ -504,6 +504,8 @@ cdef class Decoder:
                 "domain_sampling": [[v, d, p, rate] for (v, d, p), rate in ex.domain_sampling.items()],
                 "sampler_rates": [[v, d, p, s, rate] for (v, d, p, s), rate in ex.sampler_rates.items()],
                 "interface_rates": [[v, d, p, i, rate] for (v, d, p, i), rate in ex.interface_rates.items()],
+                "egress_rates": [[v, d, p, i, rate] for (v, d, p, i), rate in ex.egress_rates.items()],
+                "template_rates": [[v, d, p, i, rate] for (v, d, p, i), rate in ex.template_rates.items()],
                 "sysinit_ms": [[v, d, p, ms] for (v, d, p), ms in ex.sysinit_ms.items()],
                 "withdrawn": [[p, w] for p, w in ex.withdrawn.items()],
                 "seen": [[p, w] for p, w in seen.items()],
@@ -598,7 +600,8 @@ cdef class Decoder:
                         continue
                     for key in [k for k, have in ex.templates.items() if have.port == port]:
                         drop_template(self, ex, key)
-                    for target in (ex.domain_sampling, ex.sampler_rates, ex.interface_rates, ex.sysinit_ms):
+                    for target in (ex.domain_sampling, ex.sampler_rates, ex.interface_rates, ex.egress_rates,
+                                   ex.template_rates, ex.sysinit_ms):
                         for key in [k for k in target if k[2] == port]:
                             del target[key]
                     ex.withdrawn.pop(port, None)
@@ -634,6 +637,8 @@ cdef class Decoder:
             for name, width, target in (("domain_sampling", 2, ex.domain_sampling),
                                         ("sampler_rates", 3, ex.sampler_rates),
                                         ("interface_rates", 3, ex.interface_rates),
+                                        ("egress_rates", 3, ex.egress_rates),
+                                        ("template_rates", 3, ex.template_rates),
                                         ("sysinit_ms", 2, ex.sysinit_ms)):
                 entries = st.get(name, [])
                 if not isinstance(entries, list):

@@ -125,6 +125,18 @@ cdef enum:
     A_POST_SRCMAC     # postSource/postDestinationMacAddress (81/57) beside source/destination-
     A_POST_DSTMAC     # MacAddress (56/80): the MAC when the 56/80 value is all zeros (see below)
     A_POST_VLAN       # postVlanId / postDot1qVlanId (59/254): the Vlan when 58/243 give none
+    A_SAMPLING_INTERVAL_MORE  # samplingInterval / samplerRandomInterval (34/50) after the first
+                              # one: kept as it came, the rate when the ones before are 0
+    A_SAMPLING_PKT_INTERVAL   # samplingPacketInterval (305): see rate_from
+    A_SCOPE_OUTIF     # an options template's egress interface scope (IPFIX egressInterface, 14)
+    A_SCOPE_TID       # an options template's template scope (v9 scope type 5, IPFIX templateId 145)
+
+
+# Which scope fields an options record has (learn_options)
+cdef enum:
+    SCOPE_IF = 1
+    SCOPE_OUTIF = 2
+    SCOPE_TID = 4
 
 
 # What a template costs against Decoder.max_template_fields beside its fields: its own objects
@@ -175,7 +187,7 @@ IE_ACTIONS = {
     176: (A_ICMP_TYPE, (1,)), 177: (A_ICMP_CODE, (1,)), 178: (A_ICMP_TYPE6, (1,)), 179: (A_ICMP_CODE6, (1,)),
     34: (A_SAMPLING_INTERVAL, None), 35: (A_SAMPLING_ALGO, (1,)), 48: (A_SAMPLER_ID, None),
     50: (A_SAMPLING_INTERVAL, None), 302: (A_SAMPLER_ID, None),
-    305: (A_SAMPLING_INTERVAL, None), 306: (A_SAMPLING_PKT_SPACE, None),
+    305: (A_SAMPLING_PKT_INTERVAL, None), 306: (A_SAMPLING_PKT_SPACE, None),
     309: (A_SAMPLING_SIZE, None), 310: (A_SAMPLING_POPULATION, None),  # see rate_from
     311: (A_SAMPLING_PROB, (4, 8)),     # float64, or float32 (RFC 7011 6.2 reduced-size encoding)
     56: (A_SRCMAC, (6,)), 80: (A_DSTMAC, (6,)),
@@ -357,6 +369,12 @@ cdef Template compile_template(int version, uint32_t domain, uint16_t tid, tuple
             # ifIndex: Cisco IOS per-interface sampling; IPFIX scope ingressInterface, RFC 7011
             # 3.4.2.1): what it teaches is that interface's (learn_options)
             fs.action = A_SCOPE_IF
+        elif options and i < scope_fields and pen == 0 and 1 <= length <= 8 and (
+                (version == 10 and ie == 14) or ie == (5 if version == 9 else 145)):
+            # scoped by an egress interface (IPFIX egressInterface), or by a template (v9 scope
+            # type 5 "Template", IPFIX templateId: Juniper): what it teaches is for the data
+            # records that left by that interface, or of that template (learn_options)
+            fs.action = A_SCOPE_OUTIF if version == 10 and ie == 14 else A_SCOPE_TID
         if (fs.action == A_BYTES_TOTAL or fs.action == A_PACKETS_TOTAL) and ie not in counters:
             fs.action = A_EXTRA
         if ((A_REV_BYTES <= fs.action <= A_REV_END_MS or fs.action == A_REV_TCPFLAGS_INIT
@@ -370,7 +388,9 @@ cdef Template compile_template(int version, uint32_t domain, uint16_t tid, tuple
             t.vlans += 1
         elif fs.action > A_SCOPE and fs.action != A_IFNAME and fs.action != A_POST_VLAN:
             if fs.action in seen:
-                fs.action = A_EXTRA
+                # (34 and 50 in one record, akvorado's v9 captures: the first non-zero one is the
+                # rate, the first one may be 0, "not given")
+                fs.action = A_SAMPLING_INTERVAL_MORE if fs.action == A_SAMPLING_INTERVAL else A_EXTRA
             else:
                 seen.add(fs.action)
         if A_FIN_COUNT <= fs.action <= A_URG_COUNT:
@@ -613,6 +633,8 @@ cdef class ExporterState:
     cdef readonly dict domain_sampling  # (version, domain, port) -> rate learned from options data
     cdef readonly dict sampler_rates    # (version, domain, port, sampler id) -> rate
     cdef readonly dict interface_rates  # (version, domain, port, ifIndex) -> rate (interface-scoped options)
+    cdef readonly dict egress_rates     # (version, domain, port, ifIndex) -> rate (egressInterface-scoped)
+    cdef readonly dict template_rates   # (version, domain, port, template id) -> rate (template-scoped)
     cdef readonly dict sysinit_ms       # (version, domain, port) -> systemInitTimeMilliseconds (IE 160)
     # IPFIX exporting process (UDP source port) -> receive time it withdrew its last template
     # (RFC 7011 8.1), until it defines one again: saved, so that a copy of its templates older
@@ -711,6 +733,8 @@ cdef class ExporterState:
         self.domain_sampling = {}
         self.sampler_rates = {}
         self.interface_rates = {}
+        self.egress_rates = {}
+        self.template_rates = {}
         self.sysinit_ms = {}
         self.withdrawn = {}
         self.errors = {}
@@ -736,7 +760,8 @@ cdef class ExporterState:
         stays within a third of what the state really takes)."""
         return (STATE_BYTES_EXPORTER
                 + STATE_BYTES_ENTRY * (len(self.domain_sampling) + len(self.sampler_rates)
-                                       + len(self.interface_rates) + len(self.sysinit_ms) + len(self.drops_seen) + len(self.withdrawn)
+                                       + len(self.interface_rates) + len(self.egress_rates) + len(self.template_rates)
+                                       + len(self.sysinit_ms) + len(self.drops_seen) + len(self.withdrawn)
                                        + len(self.not_sent_seen))
                 + STATE_BYTES_STREAM * (len(self.seq_streams) + len(self.seq_ports)) + self.floor_bytes
                 + STATE_BYTES_ENTRY * (self.dom_entries + len(self.tpl_domains) + len(self.borrowers))
@@ -1966,8 +1991,9 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
     cdef int n_tx = 0
     cdef uint64_t sampling_interval = 0, sampling_space = 0, sampler_id = 0
     cdef uint64_t sampling_size = 0, sampling_population = 0, scope_if = 0
+    cdef uint64_t sampling_pkt_interval = 0, scope_outif = 0, scope_tid = 0
+    cdef int scopes = 0     # SCOPE_* bits: the options record's scope fields (learn_options)
     cdef double sampling_prob = 0.0
-    cdef bint has_scope_if = False
     cdef uint32_t own_rate
     cdef bint inband = False
     cdef bint has_sampler = False, has_flags = False, has_ifname = False, has_out_ifname = False
@@ -2148,7 +2174,19 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
             sampling_prob = be_float(p, L)
         elif a == A_SCOPE_IF:
             scope_if = beN(p, L)
-            has_scope_if = True
+            scopes |= SCOPE_IF
+        elif a == A_SAMPLING_PKT_INTERVAL:
+            sampling_pkt_interval = beN(p, L)
+        elif a == A_SAMPLING_INTERVAL_MORE:
+            batch_add_extra(b, f, fs.pen, fs.ie, p - s.buf, L)
+            if not sampling_interval:
+                sampling_interval = beN(p, L)
+        elif a == A_SCOPE_OUTIF:
+            scope_outif = beN(p, L)
+            scopes |= SCOPE_OUTIF
+        elif a == A_SCOPE_TID:
+            scope_tid = beN(p, L)
+            scopes |= SCOPE_TID
         elif a == A_SRCMAC:
             # (an all-zero value after a post element's address leaves that address)
             if not (f.present & P_SRCMAC and mac_zero(p)):
@@ -2491,9 +2529,10 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
 
     if t.options:
         # Options data teaches the exporter's clock and sampling; it is not a flow.
-        own_rate = rate_from(sampling_interval, sampling_space, sampling_size, sampling_population,
-                             sampling_prob)
-        learn_options(dec, ex, t, own_rate, has_sampler, sampler_id, has_scope_if, scope_if, rec_sysinit)
+        own_rate = rate_from(sampling_interval, sampling_pkt_interval, sampling_space, sampling_size,
+                             sampling_population, sampling_prob)
+        learn_options(dec, ex, t, own_rate, has_sampler, sampler_id, scopes, scope_if, scope_outif, scope_tid,
+                      rec_sysinit)
         if t.not_sent:
             learn_not_sent(ex, t, s.buf, rec_start, s.pos)
         if dec.keep_options:
@@ -2589,9 +2628,10 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
         f.etype = 0x0800 if f.af == 4 or (v4mapped(f.src) and v4mapped(f.dst)) else 0x86DD
         f.present |= P_ETYPE
 
-    own_rate = rate_from(sampling_interval, sampling_space, sampling_size, sampling_population, sampling_prob)
+    own_rate = rate_from(sampling_interval, sampling_pkt_interval, sampling_space, sampling_size,
+                         sampling_population, sampling_prob)
     f.sampling = resolve_sampling(dec, ex, t, own_rate, has_sampler, sampler_id, (f.present & P_INIF) != 0,
-                                  f.in_if, &inband)
+                                  f.in_if, (f.present & P_OUTIF) != 0, f.out_if, &inband)
     if inband:
         f.present |= P_SAMPLING
     if rev & (REV_BYTES | REV_PACKETS) and (rev_bytes or rev_packets):
@@ -3032,22 +3072,26 @@ cdef int64_t timeval_to_ms(const uint8_t* p) noexcept:
     return <int64_t>(be64(p) * 1000 + be64(p + 8) // 1000)
 
 
-cdef inline uint32_t rate_from(uint64_t interval, uint64_t space, uint64_t size, uint64_t population,
-                               double probability) noexcept:
+cdef inline uint32_t rate_from(uint64_t interval, uint64_t pkt_interval, uint64_t space, uint64_t size,
+                               uint64_t population, double probability) noexcept:
     """A record's sampling rate from its own elements, 0 when it has none.
 
     RFC 5477 8.2.4/8.2.5 (selectorAlgorithm 3, random n-out-of-N, what Cisco IOS-XR sends):
     samplingSize (309) n packets out of samplingPopulation (310) N, so the rate is N / n (309
     missing or 0 counts as 1), rounded to the nearest, half up. Else RFC 5476 count-based:
     samplingPacketInterval (305) packets selected out of interval + samplingPacketSpace (306);
-    without a space, 305 (like samplingInterval 34 and samplerRandomInterval 50) is the rate.
-    Else RFC 5477 8.2.6 (selectorAlgorithm 4/5, probabilistic): samplingProbability (311) p
+    without a space, 305 is the rate. Without 305 (or 305 = 0): samplingInterval (34) or
+    samplerRandomInterval (50), the first of them in the template that is not 0 (`interval`: a
+    record may carry both, Cisco's v9 sampler options send 50 then 34, and some exporters send 0
+    for "not given" in one of them), likewise with a space. Else RFC 5477 8.2.6 (selectorAlgorithm 4/5, probabilistic): samplingProbability (311) p
     selects one packet in 1 / p, rounded to the nearest; a p outside (0, 1] (0, negative, above
     1, NaN) is no probability, so no rate. Time-based selection (samplingTimeInterval 307 /
     samplingTimeSpace 308, RFC 5477 8.2.2/8.2.3) selects by time, not packets: no rate (they
     stay as extras)."""
     cdef uint64_t r
     cdef double q
+    if pkt_interval:
+        interval = pkt_interval
     if population:
         if size == 0:
             size = 1
@@ -3068,20 +3112,31 @@ cdef inline uint32_t rate_from(uint64_t interval, uint64_t space, uint64_t size,
 
 
 cdef void learn_options(Decoder dec, ExporterState ex, Template t, uint32_t rate, bint has_sampler,
-                        uint64_t sampler_id, bint has_scope_if, uint64_t scope_if, int64_t sysinit):
+                        uint64_t sampler_id, int scopes, uint64_t scope_if, uint64_t scope_outif,
+                        uint64_t scope_tid, int64_t sysinit):
     """What an options data record teaches: the exporting process's clock, and a rate, which is
-    its sampler id's when it names one, else its interface's when its scope is an interface
-    (per-interface sampling: several interfaces' rates side by side, each for the data records
-    that came in on it), else the whole process and domain's."""
+    its sampler id's when it names one, and its scope's when its scope (SCOPE_* bits) is an
+    ingress interface (v9 Interface, IPFIX ingressInterface: per-interface sampling, several
+    interfaces' rates side by side, each for the data records that came in on it), else an
+    egress interface (IPFIX egressInterface: for the records that left by it), else a template
+    (v9 Template, IPFIX templateId, Juniper: for that template's data records). A rate with none
+    of these (nor a sampler id) is the whole process and domain's: a rate scoped by one
+    interface or template never is."""
+    cdef tuple process = (t.version, t.domain, t.port)
     if sysinit >= 0:
-        learn(dec, ex, ex.sysinit_ms, (t.version, t.domain, t.port), sysinit)
-    if rate:
-        if has_sampler:
-            learn(dec, ex, ex.sampler_rates, (t.version, t.domain, t.port, sampler_id), rate)
-        elif has_scope_if:
-            learn(dec, ex, ex.interface_rates, (t.version, t.domain, t.port, scope_if), rate)
-        else:
-            learn(dec, ex, ex.domain_sampling, (t.version, t.domain, t.port), rate)
+        learn(dec, ex, ex.sysinit_ms, process, sysinit)
+    if not rate:
+        return
+    if has_sampler:
+        learn(dec, ex, ex.sampler_rates, process + (sampler_id,), rate)
+    if scopes & SCOPE_IF:
+        learn(dec, ex, ex.interface_rates, process + (scope_if,), rate)
+    elif scopes & SCOPE_OUTIF:
+        learn(dec, ex, ex.egress_rates, process + (scope_outif,), rate)
+    elif scopes & SCOPE_TID:
+        learn(dec, ex, ex.template_rates, process + (scope_tid,), rate)
+    elif not has_sampler:
+        learn(dec, ex, ex.domain_sampling, process, rate)
 
 
 cdef void learn(Decoder dec, ExporterState ex, dict d, tuple key, object value):
@@ -3172,19 +3227,19 @@ cdef void forget_options(ExporterState ex, int version, uint32_t domain, uint16_
     cdef tuple key = (version, domain, port)
     ex.sysinit_ms.pop(key, None)
     ex.domain_sampling.pop(key, None)
-    if ex.sampler_rates:
-        for k in [k for k in ex.sampler_rates if k[:3] == key]:
-            del ex.sampler_rates[k]
-    if ex.interface_rates:
-        for k in [k for k in ex.interface_rates if k[:3] == key]:
-            del ex.interface_rates[k]
+    for rates in (ex.sampler_rates, ex.interface_rates, ex.egress_rates, ex.template_rates):
+        if rates:
+            for k in [k for k in rates if k[:3] == key]:
+                del rates[k]
 
 
 cdef uint32_t resolve_sampling(Decoder dec, ExporterState ex, Template t, uint32_t rate,
                                bint has_sampler, uint64_t sampler_id, bint has_in_if, uint32_t in_if,
-                               bint* inband):
+                               bint has_out_if, uint32_t out_if, bint* inband):
     """The record's own rate, else one learned from options (for its sampler id, else for its
-    ingress interface (IE 10), else for its exporting process and domain), else a --sampling
+    ingress interface (IE 10), else for its egress interface (IE 14: options scoped by
+    egressInterface, output sampling), else for its template (options scoped by templateId), else
+    for its exporting process and domain), else a --sampling
     CIDR rate. Else: sampler id 0 with no rate
     learned for it is no sampler (Cisco: "0 = not sampled"; RFC 5477 reserves selector id 0): 1;
     firewall event records (t.events) get none; others --default-sampling (which is for what
@@ -3198,6 +3253,14 @@ cdef uint32_t resolve_sampling(Decoder dec, ExporterState ex, Template t, uint32
             rate = r
     if rate == 0 and has_in_if and len(ex.interface_rates):
         r = ex.interface_rates.get((t.version, t.domain, t.port, in_if))
+        if r is not None:
+            rate = r
+    if rate == 0 and has_out_if and len(ex.egress_rates):
+        r = ex.egress_rates.get((t.version, t.domain, t.port, out_if))
+        if r is not None:
+            rate = r
+    if rate == 0 and len(ex.template_rates):
+        r = ex.template_rates.get((t.version, t.domain, t.port, t.template_id))
         if r is not None:
             rate = r
     if rate == 0 and len(ex.domain_sampling):

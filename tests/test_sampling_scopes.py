@@ -247,3 +247,121 @@ def test_another_replicas_interface_rates_are_merged_with_its_templates(tmp_path
     dec.import_state(merged)
     data = ipfix_message([template_set([FLOW_IF]), data_set(FLOW_IF, _flows(1, 2))], seq=0, export_time=EXPORT)
     assert [f.get("Sampling") for f in dec.decode(data, EXPORTER, 5000, EXPORT).to_dicts()] == [100, 1000]
+
+
+# ------------------------------------------------------------------ several rate elements in one record
+
+@pytest.mark.parametrize(("fields", "values", "want"), [
+    # Cisco's v9 sampler options order (akvorado's captures: 48, 50, 49, 84, 34), one of them 0
+    ([(50, 4), (49, 1), (34, 4)], [0, 2, 100], 100),
+    ([(50, 4), (49, 1), (34, 4)], [100, 2, 0], 100),
+    ([(34, 4), (50, 4)], [0, 100], 100),
+    ([(34, 4), (50, 4)], [100, 0], 100),
+    ([(34, 4), (50, 4)], [100, 10], 100),       # both given: the first one
+    ([(34, 4), (50, 4)], [0, 0], None),
+    # samplingPacketInterval (305) with its space (306) before samplingInterval (34): 1 of 100
+    ([(34, 4), (305, 4), (306, 4)], [100, 1, 99], 100),
+    ([(34, 4), (305, 4), (306, 4)], [0, 1, 99], 100),
+    ([(305, 4), (34, 4)], [0, 50], 50),
+])
+def test_the_rate_is_the_first_rate_element_that_is_not_0(fields: list[tuple[int, int]], values: list[int],
+                                                          want: int | None) -> None:
+    """A v9 options record (scope System) with samplingInterval (34) and samplerRandomInterval
+    (50) both: 0 is "not given" for some exporters, so the rate is the first of them that is not
+    0, not the first one. samplingPacketInterval (305) with samplingPacketSpace (306) comes before
+    them (RFC 5476: 305 packets out of 305 + 306). The same holds for a data record's own
+    elements."""
+    dec = Decoder(DecoderConfig(default_sampling=0))
+    opt_tpl = _v9_options_set(260, [(1, 4)], fields)
+    elements = b"".join(v.to_bytes(ln, "big") for (_ie, ln), v in zip(fields, values, strict=True))
+    rec = struct.pack("!I", 0) + elements
+    flows = _tpl(256, ("src", 8, 0, 4), ("bytes", 1, 0, 4))
+    own = _tpl(257, ("src", 8, 0, 4), *((f"e{i}", ie, 0, ln) for i, (ie, ln) in enumerate(fields)))
+    own_rec = bytes([10, 0, 0, 2]) + elements
+    d = v9_datagram([opt_tpl, _raw_set(260, rec), template_set([flows, own], version=9),
+                     data_set(flows, [{"src": "10.0.0.1", "bytes": 5}]), _raw_set(257, own_rec)],
+                    seq=0, unix_secs=EXPORT, uptime_ms=1000)
+    b = dec.decode(d, EXPORTER, PORT, EXPORT)
+    assert b.error is None
+    got = b.to_dicts()
+    assert [f.get("Sampling") for f in got] == [want, want]
+    if [ie for ie, _ln in fields] == [34, 50]:
+        # the later one stays as it came, as other repeated elements do
+        assert got[1]["ie50"] == f"{values[1]:08x}"
+
+
+# ------------------------------------------------------------------ egress-interface- and template-scoped rates
+
+FLOW_IO = _tpl(256, ("src", 8, 0, 4), ("in_if", 10, 0, 4), ("out_if", 14, 0, 4), ("bytes", 1, 0, 4))
+
+
+def _io_sampling(dec: Decoder, pairs: list[tuple[int, int]], port: int = PORT) -> list[object]:
+    recs: list[dict[str, object]] = [{"src": "10.0.0.9", "in_if": i, "out_if": o, "bytes": 10} for i, o in pairs]
+    b = dec.decode(ipfix_message([template_set([FLOW_IO]), data_set(FLOW_IO, recs)], seq=0, export_time=EXPORT),
+                   EXPORTER, port, EXPORT)
+    assert b.error is None
+    return [f.get("Sampling") for f in b.to_dicts()]
+
+
+def test_ipfix_egress_interface_scoped_sampling_applies_to_that_egress_interface() -> None:
+    """IPFIX options scoped by egressInterface (14) give the rate of the traffic sampled as it
+    leaves by that interface (output sampling): the records whose egressInterface it is, when
+    their ingress interface has no rate of its own (a packet sampled on input is sampled at its
+    input's rate). Never the whole exporting process and domain's."""
+    dec = Decoder(DecoderConfig(default_sampling=0))
+    by_out = _tpl(300, ("if", 14, 0, 4), ("interval", 34, 0, 4), scope=1)
+    by_in = _tpl(301, ("if", 10, 0, 4), ("interval", 34, 0, 4), scope=1)
+    dec.decode(ipfix_message([_ipfix_options_set([by_out, by_in]),
+                              data_set(by_out, [{"if": 5, "interval": 100}]),
+                              data_set(by_in, [{"if": 1, "interval": 1000}])], seq=0, export_time=EXPORT),
+               EXPORTER, PORT, EXPORT)
+    # out 5: its rate; out 6: none; in 1 out 5: the input's
+    assert _io_sampling(dec, [(2, 5), (2, 6), (1, 5), (1, 6)]) == [100, None, 1000, 1000]
+    assert dec.exporter(EXPORTER).domain_sampling == {}
+
+
+@pytest.mark.parametrize("version", [9, 10])
+def test_template_scoped_sampling_applies_to_that_templates_data(version: int) -> None:
+    """Options scoped by a template (IPFIX templateId (145), beside observationDomainId as
+    akvorado's physicalinterfaces capture has it; v9 scope type 5 "Template"): the rate is that
+    template's data records', not those of the process's other templates."""
+    dec = Decoder(DecoderConfig(default_sampling=0))
+    other = _tpl(257, ("src", 8, 0, 4), ("bytes", 1, 0, 4))
+    rec = {"src": "10.0.0.9", "in_if": 1, "out_if": 2, "bytes": 10}
+    if version == 10:
+        by_tpl = _tpl(300, ("domain", 149, 0, 4), ("tid", 145, 0, 2), ("interval", 305, 0, 4),
+                      ("space", 306, 0, 4), scope=2)
+        d = ipfix_message([_ipfix_options_set([by_tpl]), template_set([FLOW_IO, other]),
+                           data_set(by_tpl, [{"domain": 0, "tid": 256, "interval": 1, "space": 99}]),
+                           data_set(FLOW_IO, [rec]), data_set(other, [{"src": "10.0.0.8", "bytes": 1}])],
+                          seq=0, export_time=EXPORT)
+    else:
+        opt = _v9_options_set(300, [(5, 2)], [(34, 4)])
+        d = v9_datagram([opt, _raw_set(300, struct.pack("!HI", 256, 100)), template_set([FLOW_IO, other], version=9),
+                         data_set(FLOW_IO, [rec]), data_set(other, [{"src": "10.0.0.8", "bytes": 1}])],
+                        seq=0, unix_secs=EXPORT, uptime_ms=1000)
+    b = dec.decode(d, EXPORTER, PORT, EXPORT)
+    assert b.error is None
+    assert [f.get("Sampling") for f in b.to_dicts()] == [100, None]
+    assert dec.exporter(EXPORTER).domain_sampling == {}
+
+
+def test_egress_and_template_rates_survive_a_restart_and_go_with_their_options_templates() -> None:
+    """Egress-interface and template rates are saved and loaded with the state file as interface
+    rates are, and withdrawing the options templates (RFC 7011 8.1) forgets them."""
+    dec = Decoder(DecoderConfig(default_sampling=0))
+    by_out = _tpl(300, ("if", 14, 0, 4), ("interval", 34, 0, 4), scope=1)
+    by_tpl = _tpl(301, ("tid", 145, 0, 2), ("interval", 34, 0, 4), scope=1)
+    dec.decode(ipfix_message([_ipfix_options_set([by_out, by_tpl]),
+                              data_set(by_out, [{"if": 5, "interval": 100}]),
+                              data_set(by_tpl, [{"tid": 256, "interval": 7}])], seq=0, export_time=EXPORT),
+               EXPORTER, PORT, EXPORT)
+    fresh = Decoder(DecoderConfig(default_sampling=0))
+    fresh.import_state(dec.export_state())
+    for d in (dec, fresh):
+        assert _io_sampling(d, [(2, 5), (2, 6)]) == [100, 7]
+    withdraw_all_options = struct.pack("!HHHH", 3, 8, 3, 0)     # RFC 7011 8.1: set id 3, template id 3
+    dec.decode(ipfix_message([withdraw_all_options], seq=0, export_time=EXPORT), EXPORTER, PORT, EXPORT)
+    assert _io_sampling(dec, [(2, 5), (2, 6)]) == [None, None]
+    st = dec.export_state()["exporters"][EXPORTER]
+    assert st["egress_rates"] == [] and st["template_rates"] == []

@@ -305,6 +305,8 @@ class CflowReader:
         self.domain_rates: dict[tuple, int] = {}
         self.sampler_rates: dict[tuple, int] = {}
         self.interface_rates: dict[tuple, int] = {}  # options scoped by an interface (ifIndex)
+        self.egress_rates: dict[tuple, int] = {}  # options scoped by egressInterface (ifIndex)
+        self.template_rates: dict[tuple, int] = {}  # options scoped by a template (its id)
 
     def packets(self, packets: Iterable[dict]) -> Iterator[CflowPacket]:
         for p in packets:
@@ -391,8 +393,10 @@ class CflowReader:
         """The Sampling each v9/IPFIX data record must have (flowscope decoded with no configured
         rate): its own rate, else the rate the exporting process's earlier options data gave its
         sampler/selector id, else the one options scoped by an interface gave the record's
-        ingressInterface, else the one they gave the process and domain, else none (and
-        whether its sampler id is 0). Options
+        ingressInterface, else the one options scoped by egressInterface gave its egress
+        interface, else the one options scoped by a template gave its template, else the one
+        they gave the process and domain (options with neither a sampler id nor such a scope),
+        else none (and whether its sampler id is 0). Options
         records apply to the data sets after them, in packet order."""
         if pkt.version not in (9, 10):
             return
@@ -402,12 +406,14 @@ class CflowReader:
                 rate = record_sampling_rate(r)
                 sid = sampler_id(r)
                 if s.kind == "options_data" and rate:
-                    iface = interface_scope(r, s.template)
+                    scope = options_scope(r, s.template)
                     if sid is not None:
                         self.sampler_rates[process + (sid,)] = rate
-                    elif iface is not None:
-                        self.interface_rates[process + (iface,)] = rate
-                    else:
+                    if scope is not None:
+                        table = {"in": self.interface_rates, "out": self.egress_rates,
+                                 "template": self.template_rates}[scope[0]]
+                        table[process + (scope[1],)] = rate
+                    elif sid is None:
                         self.domain_rates[process] = rate
                 elif s.kind == "data":
                     if not rate and sid is not None:
@@ -415,6 +421,11 @@ class CflowReader:
                     in_key = next((k for k in ("cflow.inputint", "cflow.ingress_physical_interface") if k in r), None)
                     if not rate and in_key:
                         rate = self.interface_rates.get(process + (_int_field(r, in_key),), 0)
+                    out_key = next((k for k in ("cflow.outputint", "cflow.egress_physical_interface") if k in r), None)
+                    if not rate and out_key:
+                        rate = self.egress_rates.get(process + (_int_field(r, out_key),), 0)
+                    if not rate and s.template is not None:
+                        rate = self.template_rates.get(process + (s.template.template_id,), 0)
                     if not rate:
                         rate = self.domain_rates.get(process, 0)
                     r[SAMPLING_KEY] = rate or None
@@ -456,13 +467,17 @@ def record_sampling_rate(rec: dict) -> int:
     samplingSize (309) packets out of samplingPopulation (310): the rate is N / n, n missing or 0
     counting as 1, rounded to the nearest (half up). Else RFC 5476 count-based sampling:
     samplingPacketInterval (305) packets out of 305 + samplingPacketSpace (306); without a space
-    the interval element (305, samplerRandomInterval 50 or samplingInterval 34) is the rate."""
+    the interval element (305, else the first non-zero samplerRandomInterval 50 or
+    samplingInterval 34) is the rate."""
     population = _int_field(rec, "cflow.sampling_population")
     if population:
         size = _int_field(rec, "cflow.sampling_size") or 1
         return max(1, (population + size // 2) // size)
-    interval = (_int_field(rec, "cflow.sampling_packet_interval") or _int_field(rec, "cflow.sampler_random_interval")
-                or _int_field(rec, "cflow.sampling_interval"))
+    # samplingPacketInterval (305), else the first of samplerRandomInterval (50) and
+    # samplingInterval (34), in the record's order, that is not 0 (0: not given)
+    interval = _int_field(rec, "cflow.sampling_packet_interval") or next(
+        (v for k in rec if k in ("cflow.sampler_random_interval", "cflow.sampling_interval")
+         for v in (to_int(x) for x in _vals(rec, k)) if v), 0)
     space = _int_field(rec, "cflow.sampling_packet_space")
     if space and interval:
         return (interval + space) // interval
@@ -476,14 +491,22 @@ def record_sampling_rate(rec: dict) -> int:
     return int(q) if q < 0xFFFFFFFF else 0xFFFFFFFF
 
 
-def interface_scope(rec: dict, tmpl: Template | None) -> int | None:
-    """The interface an options record is scoped by: v9 scope type 2 ("Interface", RFC 3954
-    6.1), or an IPFIX options template's scope ingressInterface (10); None when neither."""
+def options_scope(rec: dict, tmpl: Template | None) -> tuple[str, int] | None:
+    """What an options record is scoped by: ("in", ifIndex) for v9 scope type 2 ("Interface",
+    RFC 3954 6.1) or an IPFIX scope ingressInterface (10); ("out", ifIndex) for an IPFIX scope
+    egressInterface (14); ("template", id) for v9 scope type 5 ("Template", which tshark shows
+    as bytes) or an IPFIX scope templateId (145); None for any other scope."""
     if "cflow.scope_interface" in rec:
-        return _int_field(rec, "cflow.scope_interface")
-    if tmpl is not None and "cflow.inputint" in rec and any(
-            f.type == 10 and f.pen == 0 for f in tmpl.fields[:tmpl.scope_count]):
-        return _int_field(rec, "cflow.inputint")
+        return ("in", _int_field(rec, "cflow.scope_interface"))
+    scopes = {f.type for f in tmpl.fields[:tmpl.scope_count] if f.pen == 0} if tmpl is not None else set()
+    if 10 in scopes and "cflow.inputint" in rec:
+        return ("in", _int_field(rec, "cflow.inputint"))
+    if 14 in scopes and "cflow.outputint" in rec:
+        return ("out", _int_field(rec, "cflow.outputint"))
+    if "cflow.scope_template" in rec:
+        return ("template", int(_first(rec["cflow.scope_template"]).replace(":", ""), 16))
+    if 145 in scopes and "cflow.template_id" in rec:
+        return ("template", _int_field(rec, "cflow.template_id"))
     return None
 
 
