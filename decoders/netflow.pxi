@@ -2630,8 +2630,7 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
 
     own_rate = rate_from(sampling_interval, sampling_pkt_interval, sampling_space, sampling_size,
                          sampling_population, sampling_prob)
-    f.sampling = resolve_sampling(dec, ex, t, own_rate, has_sampler, sampler_id, (f.present & P_INIF) != 0,
-                                  f.in_if, (f.present & P_OUTIF) != 0, f.out_if, &inband)
+    f.sampling = resolve_sampling(dec, ex, t, own_rate, has_sampler, sampler_id, f, &inband)
     if inband:
         f.present |= P_SAMPLING
     if rev & (REV_BYTES | REV_PACKETS) and (rev_bytes or rev_packets):
@@ -3233,9 +3232,19 @@ cdef void forget_options(ExporterState ex, int version, uint32_t domain, uint16_
                 del rates[k]
 
 
+cdef uint32_t egress_or_template_rate(ExporterState ex, Template t, const Flow* f):
+    """The rate options scoped by the record's egress interface gave, else the one options scoped
+    by its template gave, else 0 (resolve_sampling, when the exporter has either kind)."""
+    cdef object r = None
+    if f.present & P_OUTIF and len(ex.egress_rates):
+        r = ex.egress_rates.get((t.version, t.domain, t.port, f.out_if))
+    if r is None and len(ex.template_rates):
+        r = ex.template_rates.get((t.version, t.domain, t.port, t.template_id))
+    return 0 if r is None else r
+
+
 cdef uint32_t resolve_sampling(Decoder dec, ExporterState ex, Template t, uint32_t rate,
-                               bint has_sampler, uint64_t sampler_id, bint has_in_if, uint32_t in_if,
-                               bint has_out_if, uint32_t out_if, bint* inband):
+                               bint has_sampler, uint64_t sampler_id, const Flow* f, bint* inband):
     """The record's own rate, else one learned from options (for its sampler id, else for its
     ingress interface (IE 10), else for its egress interface (IE 14: options scoped by
     egressInterface, output sampling), else for its template (options scoped by templateId), else
@@ -3251,18 +3260,12 @@ cdef uint32_t resolve_sampling(Decoder dec, ExporterState ex, Template t, uint32
         r = ex.sampler_rates.get((t.version, t.domain, t.port, sampler_id))
         if r is not None:
             rate = r
-    if rate == 0 and has_in_if and len(ex.interface_rates):
-        r = ex.interface_rates.get((t.version, t.domain, t.port, in_if))
+    if rate == 0 and f.present & P_INIF and len(ex.interface_rates):
+        r = ex.interface_rates.get((t.version, t.domain, t.port, f.in_if))
         if r is not None:
             rate = r
-    if rate == 0 and has_out_if and len(ex.egress_rates):
-        r = ex.egress_rates.get((t.version, t.domain, t.port, out_if))
-        if r is not None:
-            rate = r
-    if rate == 0 and len(ex.template_rates):
-        r = ex.template_rates.get((t.version, t.domain, t.port, t.template_id))
-        if r is not None:
-            rate = r
+    if rate == 0 and (len(ex.egress_rates) or len(ex.template_rates)):
+        rate = egress_or_template_rate(ex, t, f)
     if rate == 0 and len(ex.domain_sampling):
         r = ex.domain_sampling.get((t.version, t.domain, t.port))
         if r is not None:
