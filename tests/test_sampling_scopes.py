@@ -295,12 +295,18 @@ def test_the_rate_is_the_first_rate_element_that_is_not_0(fields: list[tuple[int
 FLOW_IO = _tpl(256, ("src", 8, 0, 4), ("in_if", 10, 0, 4), ("out_if", 14, 0, 4), ("bytes", 1, 0, 4))
 
 
-def _io_sampling(dec: Decoder, pairs: list[tuple[int, int]], port: int = PORT) -> list[object]:
+def _io_sampling(dec: Decoder, pairs: list[tuple[int, int]]) -> list[object]:
     recs: list[dict[str, object]] = [{"src": "10.0.0.9", "in_if": i, "out_if": o, "bytes": 10} for i, o in pairs]
     b = dec.decode(ipfix_message([template_set([FLOW_IO]), data_set(FLOW_IO, recs)], seq=0, export_time=EXPORT),
-                   EXPORTER, port, EXPORT)
+                   EXPORTER, PORT, EXPORT)
     assert b.error is None
     return [f.get("Sampling") for f in b.to_dicts()]
+
+
+def _options(dec: Decoder, *tables: tuple[IpfixTemplate, dict[str, object]]) -> None:
+    """One IPFIX message: options templates (scope: their first field), one record of each."""
+    sets = [_ipfix_options_set([t for t, _rec in tables])] + [data_set(t, [rec]) for t, rec in tables]
+    assert dec.decode(ipfix_message(sets, seq=0, export_time=EXPORT), EXPORTER, PORT, EXPORT).error is None
 
 
 def test_ipfix_egress_interface_scoped_sampling_applies_to_that_egress_interface() -> None:
@@ -309,12 +315,8 @@ def test_ipfix_egress_interface_scoped_sampling_applies_to_that_egress_interface
     their ingress interface has no rate of its own (a packet sampled on input is sampled at its
     input's rate). Never the whole exporting process and domain's."""
     dec = Decoder(DecoderConfig(default_sampling=0))
-    by_out = _tpl(300, ("if", 14, 0, 4), ("interval", 34, 0, 4), scope=1)
-    by_in = _tpl(301, ("if", 10, 0, 4), ("interval", 34, 0, 4), scope=1)
-    dec.decode(ipfix_message([_ipfix_options_set([by_out, by_in]),
-                              data_set(by_out, [{"if": 5, "interval": 100}]),
-                              data_set(by_in, [{"if": 1, "interval": 1000}])], seq=0, export_time=EXPORT),
-               EXPORTER, PORT, EXPORT)
+    _options(dec, (_tpl(300, ("if", 14, 0, 4), ("interval", 34, 0, 4), scope=1), {"if": 5, "interval": 100}),
+             (_tpl(301, ("if", 10, 0, 4), ("interval", 34, 0, 4), scope=1), {"if": 1, "interval": 1000}))
     # out 5: its rate; out 6: none; in 1 out 5: the input's
     assert _io_sampling(dec, [(2, 5), (2, 6), (1, 5), (1, 6)]) == [100, None, 1000, 1000]
     assert dec.exporter(EXPORTER).domain_sampling == {}
@@ -350,12 +352,8 @@ def test_egress_and_template_rates_survive_a_restart_and_go_with_their_options_t
     """Egress-interface and template rates are saved and loaded with the state file as interface
     rates are, and withdrawing the options templates (RFC 7011 8.1) forgets them."""
     dec = Decoder(DecoderConfig(default_sampling=0))
-    by_out = _tpl(300, ("if", 14, 0, 4), ("interval", 34, 0, 4), scope=1)
-    by_tpl = _tpl(301, ("tid", 145, 0, 2), ("interval", 34, 0, 4), scope=1)
-    dec.decode(ipfix_message([_ipfix_options_set([by_out, by_tpl]),
-                              data_set(by_out, [{"if": 5, "interval": 100}]),
-                              data_set(by_tpl, [{"tid": 256, "interval": 7}])], seq=0, export_time=EXPORT),
-               EXPORTER, PORT, EXPORT)
+    _options(dec, (_tpl(300, ("if", 14, 0, 4), ("interval", 34, 0, 4), scope=1), {"if": 5, "interval": 100}),
+             (_tpl(301, ("tid", 145, 0, 2), ("interval", 34, 0, 4), scope=1), {"tid": 256, "interval": 7}))
     fresh = Decoder(DecoderConfig(default_sampling=0))
     fresh.import_state(dec.export_state())
     for d in (dec, fresh):
