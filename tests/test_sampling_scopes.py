@@ -224,8 +224,9 @@ def test_sampling_probability(fmt: str, p: float, want: int | None) -> None:
 
 
 def test_another_replicas_interface_rates_are_merged_with_its_templates(tmp_path: Path) -> None:
-    """A shared state file (collector.state): the interface rates of an exporting process taken
-    from another replica's save come with its templates, as its sampler and domain rates do."""
+    """A shared state file (collector.state): the interface, egress interface and template rates
+    of an exporting process taken from another replica's save come with its templates, as its
+    sampler and domain rates do."""
     import json
     import time
 
@@ -236,17 +237,21 @@ def test_another_replicas_interface_rates_are_merged_with_its_templates(tmp_path
            "scope": 1, "fields": [[10, 0, 4], [305, 0, 4]]}
     theirs = {"format": 3, "exporters": {EXPORTER: {
         "templates": [tpl], "domain_sampling": [], "sampler_rates": [], "sysinit_ms": [],
-        "interface_rates": [[10, 0, 5000, 1, 100], [10, 0, 5000, 2, 1000]]}}}
+        "interface_rates": [[10, 0, 5000, 1, 100], [10, 0, 5000, 2, 1000]],
+        "egress_rates": [[10, 0, 5000, 7, 50]], "template_rates": [[10, 0, 5000, 256, 9]]}}}
     mine = {"format": 3, "exporters": {EXPORTER: {"templates": [], "domain_sampling": [], "sampler_rates": [],
                                                   "interface_rates": [], "sysinit_ms": []}}}
     path = tmp_path / "state.json"
     path.write_text(json.dumps(theirs))
     merged = json.loads(StateFile(str(path), None)._merged(json.dumps(mine).encode()))
-    assert merged["exporters"][EXPORTER]["interface_rates"] == [[10, 0, 5000, 1, 100], [10, 0, 5000, 2, 1000]]
+    got = merged["exporters"][EXPORTER]
+    assert got["interface_rates"] == [[10, 0, 5000, 1, 100], [10, 0, 5000, 2, 1000]]
+    assert got["egress_rates"] == [[10, 0, 5000, 7, 50]] and got["template_rates"] == [[10, 0, 5000, 256, 9]]
     dec = Decoder(DecoderConfig(default_sampling=0))
     dec.import_state(merged)
-    data = ipfix_message([template_set([FLOW_IF]), data_set(FLOW_IF, _flows(1, 2))], seq=0, export_time=EXPORT)
-    assert [f.get("Sampling") for f in dec.decode(data, EXPORTER, 5000, EXPORT).to_dicts()] == [100, 1000]
+    data = ipfix_message([template_set([FLOW_IF]), data_set(FLOW_IF, _flows(1, 2, 3))], seq=0, export_time=EXPORT)
+    # interface 3 has no rate: its template's (FLOW_IF is template 256)
+    assert [f.get("Sampling") for f in dec.decode(data, EXPORTER, 5000, EXPORT).to_dicts()] == [100, 1000, 9]
 
 
 # ------------------------------------------------------------------ several rate elements in one record
