@@ -672,5 +672,7 @@ cdef class Decoder:
                             skipped += 1    # bounded as when learned (a file of an older version)
                             continue
                         target[key] = vals[n - 1]
+            if ex.egress_rates or ex.template_rates:
+                ex.narrow_rates = True
             self.sync_state(ex)
         return {"templates": loaded, "skipped": skipped}

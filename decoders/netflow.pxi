@@ -635,6 +635,9 @@ cdef class ExporterState:
     cdef readonly dict interface_rates  # (version, domain, port, ifIndex) -> rate (interface-scoped options)
     cdef readonly dict egress_rates     # (version, domain, port, ifIndex) -> rate (egressInterface-scoped)
     cdef readonly dict template_rates   # (version, domain, port, template id) -> rate (template-scoped)
+    # egress_rates or template_rates has had an entry: resolve_sampling looks them up only then
+    # (a field read per record, not two dict sizes; never cleared, a stale True costs lookups)
+    cdef bint narrow_rates
     cdef readonly dict sysinit_ms       # (version, domain, port) -> systemInitTimeMilliseconds (IE 160)
     # IPFIX exporting process (UDP source port) -> receive time it withdrew its last template
     # (RFC 7011 8.1), until it defines one again: saved, so that a copy of its templates older
@@ -3132,8 +3135,10 @@ cdef void learn_options(Decoder dec, ExporterState ex, Template t, uint32_t rate
         learn(dec, ex, ex.interface_rates, process + (scope_if,), rate)
     elif scopes & SCOPE_OUTIF:
         learn(dec, ex, ex.egress_rates, process + (scope_outif,), rate)
+        ex.narrow_rates = True
     elif scopes & SCOPE_TID:
         learn(dec, ex, ex.template_rates, process + (scope_tid,), rate)
+        ex.narrow_rates = True
     elif not has_sampler:
         learn(dec, ex, ex.domain_sampling, process, rate)
 
@@ -3232,11 +3237,28 @@ cdef void forget_options(ExporterState ex, int version, uint32_t domain, uint16_
                 del rates[k]
 
 
+cdef uint32_t interface_rate(ExporterState ex, Template t, const Flow* f):
+    """The rate options scoped by the interface the record was sampled on gave, else 0
+    (resolve_sampling, when the exporter has interface rates): its ingress interface's, but a
+    NetFlow v9 record observed on output (DIRECTION 61 = 1: egress monitoring) its egress
+    interface's, as v9's "Interface" scope (type 2) names an interface, not a direction (the one
+    the sampler is on). IPFIX's scope says ingressInterface: always the ingress interface."""
+    cdef object r
+    if t.version == 9 and f.direction == 1 and f.present & P_OUTIF:
+        r = ex.interface_rates.get((t.version, t.domain, t.port, f.out_if))
+    elif f.present & P_INIF:
+        r = ex.interface_rates.get((t.version, t.domain, t.port, f.in_if))
+    else:
+        return 0
+    return 0 if r is None else r
+
+
 cdef uint32_t egress_or_template_rate(ExporterState ex, Template t, const Flow* f):
-    """The rate options scoped by the record's egress interface gave, else the one options scoped
-    by its template gave, else 0 (resolve_sampling, when the exporter has either kind)."""
+    """The rate options scoped by the record's egress interface gave (not for a record that says
+    it was observed on input, flowDirection 0: sampled at its input's rate), else the one options
+    scoped by its template gave, else 0 (resolve_sampling, when the exporter has either kind)."""
     cdef object r = None
-    if f.present & P_OUTIF and len(ex.egress_rates):
+    if f.present & P_OUTIF and f.direction != 0 and len(ex.egress_rates):
         r = ex.egress_rates.get((t.version, t.domain, t.port, f.out_if))
     if r is None and len(ex.template_rates):
         r = ex.template_rates.get((t.version, t.domain, t.port, t.template_id))
@@ -3246,8 +3268,9 @@ cdef uint32_t egress_or_template_rate(ExporterState ex, Template t, const Flow* 
 cdef uint32_t resolve_sampling(Decoder dec, ExporterState ex, Template t, uint32_t rate,
                                bint has_sampler, uint64_t sampler_id, const Flow* f, bint* inband):
     """The record's own rate, else one learned from options (for its sampler id, else for its
-    ingress interface (IE 10), else for its egress interface (IE 14: options scoped by
-    egressInterface, output sampling), else for its template (options scoped by templateId), else
+    ingress interface (IE 10; a v9 record observed on output: its egress interface, see
+    interface_rate), else for its egress interface (IE 14: options scoped by egressInterface,
+    output sampling), else for its template (options scoped by templateId), else
     for its exporting process and domain), else a --sampling
     CIDR rate. Else: sampler id 0 with no rate
     learned for it is no sampler (Cisco: "0 = not sampled"; RFC 5477 reserves selector id 0): 1;
@@ -3260,11 +3283,9 @@ cdef uint32_t resolve_sampling(Decoder dec, ExporterState ex, Template t, uint32
         r = ex.sampler_rates.get((t.version, t.domain, t.port, sampler_id))
         if r is not None:
             rate = r
-    if rate == 0 and f.present & P_INIF and len(ex.interface_rates):
-        r = ex.interface_rates.get((t.version, t.domain, t.port, f.in_if))
-        if r is not None:
-            rate = r
-    if rate == 0 and (len(ex.egress_rates) or len(ex.template_rates)):
+    if rate == 0 and len(ex.interface_rates):
+        rate = interface_rate(ex, t, f)
+    if rate == 0 and ex.narrow_rates:
         rate = egress_or_template_rate(ex, t, f)
     if rate == 0 and len(ex.domain_sampling):
         r = ex.domain_sampling.get((t.version, t.domain, t.port))

@@ -368,3 +368,43 @@ def test_egress_and_template_rates_survive_a_restart_and_go_with_their_options_t
     assert _io_sampling(dec, [(2, 5), (2, 6)]) == [None, None]
     st = dec.export_state()["exporters"][EXPORTER]
     assert st["egress_rates"] == [] and st["template_rates"] == []
+
+
+FLOW_DIR = _tpl(258, ("src", 8, 0, 4), ("in_if", 10, 0, 4), ("out_if", 14, 0, 4), ("dir", 61, 0, 1),
+                ("bytes", 1, 0, 4))
+
+
+def _dir_flows(*recs: tuple[int, int, int]) -> list[dict[str, object]]:
+    return [{"src": "10.0.0.9", "in_if": i, "out_if": o, "dir": d, "bytes": 10} for i, o, d in recs]
+
+
+def test_v9_interface_scope_is_the_output_interface_of_a_record_observed_on_output() -> None:
+    """RFC 3954's Interface scope (type 2) names an interface, not a direction: the one its
+    sampler is on. A record observed on output (DIRECTION (61) = 1, Cisco's egress monitoring)
+    was sampled on its output interface, so it has that interface's rate; one observed on input
+    (0), or without DIRECTION, its input's."""
+    dec = Decoder(DecoderConfig(default_sampling=0))
+    opt_tpl = _v9_options_set(260, [(2, 4)], [(34, 4)])
+    opt_data = _raw_set(260, struct.pack("!II", 1, 100) + struct.pack("!II", 2, 1000))
+    d = v9_datagram([opt_tpl, opt_data, template_set([FLOW_DIR, FLOW_IO], version=9),
+                     data_set(FLOW_DIR, _dir_flows((1, 2, 1), (1, 2, 0), (1, 3, 1))),
+                     data_set(FLOW_IO, [{"src": "10.0.0.9", "in_if": 1, "out_if": 2, "bytes": 10}])],
+                    seq=0, unix_secs=EXPORT, uptime_ms=1000)
+    b = dec.decode(d, EXPORTER, PORT, EXPORT)
+    assert b.error is None
+    # out 2's; in 1's; out 3 has none; no DIRECTION: in 1's
+    assert [f.get("Sampling") for f in b.to_dicts()] == [1000, 100, None, 100]
+
+
+def test_ipfix_egress_scoped_rates_are_not_for_records_observed_on_input() -> None:
+    """IPFIX: a rate scoped by egressInterface is not the rate of a record that says it was
+    observed on input (flowDirection 0); ingressInterface-scoped rates stay the ingress
+    interface's whatever the direction (the scope says ingress)."""
+    dec = Decoder(DecoderConfig(default_sampling=0))
+    _options(dec, (_tpl(300, ("if", 14, 0, 4), ("interval", 34, 0, 4), scope=1), {"if": 5, "interval": 100}),
+             (_tpl(301, ("if", 10, 0, 4), ("interval", 34, 0, 4), scope=1), {"if": 1, "interval": 1000}))
+    b = dec.decode(ipfix_message([template_set([FLOW_DIR]),
+                                  data_set(FLOW_DIR, _dir_flows((2, 5, 1), (2, 5, 0), (1, 5, 1)))],
+                                 seq=0, export_time=EXPORT), EXPORTER, PORT, EXPORT)
+    assert b.error is None
+    assert [f.get("Sampling") for f in b.to_dicts()] == [100, None, 1000]

@@ -393,8 +393,9 @@ class CflowReader:
         """The Sampling each v9/IPFIX data record must have (flowscope decoded with no configured
         rate): its own rate, else the rate the exporting process's earlier options data gave its
         sampler/selector id, else the one options scoped by an interface gave the record's
-        ingressInterface, else the one options scoped by egressInterface gave its egress
-        interface, else the one options scoped by a template gave its template, else the one
+        ingressInterface (a v9 record observed on output: v9's Interface scope gave its output
+        interface), else the one options scoped by egressInterface gave its egress interface
+        (unless the record says it was observed on input), else the one options scoped by a template gave its template, else the one
         they gave the process and domain (options with neither a sampler id nor such a scope),
         else none (and whether its sampler id is 0). Options
         records apply to the data sets after them, in packet order."""
@@ -419,10 +420,15 @@ class CflowReader:
                     if not rate and sid is not None:
                         rate = self.sampler_rates.get(process + (sid,), 0)
                     in_key = next((k for k in ("cflow.inputint", "cflow.ingress_physical_interface") if k in r), None)
-                    if not rate and in_key:
-                        rate = self.interface_rates.get(process + (_int_field(r, in_key),), 0)
                     out_key = next((k for k in ("cflow.outputint", "cflow.egress_physical_interface") if k in r), None)
-                    if not rate and out_key:
+                    # flowDirection (61): 0 observed on input, 1 on output (other values: unknown)
+                    direction = _int_field(r, "cflow.direction") if "cflow.direction" in r else None
+                    # v9's Interface scope names no direction: a record observed on output was
+                    # sampled on its output interface
+                    sampled_on = out_key if pkt.version == 9 and direction == 1 else in_key
+                    if not rate and sampled_on:
+                        rate = self.interface_rates.get(process + (_int_field(r, sampled_on),), 0)
+                    if not rate and out_key and direction != 0:
                         rate = self.egress_rates.get(process + (_int_field(r, out_key),), 0)
                     if not rate and s.template is not None:
                         rate = self.template_rates.get(process + (s.template.template_id,), 0)
