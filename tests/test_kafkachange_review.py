@@ -532,6 +532,9 @@ def test_partitions_added_are_taken_once_the_clients_metadata_has_them() -> None
         def partitions_for_topic(self, _topic: str) -> set[int]:
             return set(self.parts)
 
+        def leader_for_partition(self, _tp: object) -> None:
+            return None   # (no leader known yet: the sink's _leaders() asks as it reads the count)
+
     class Producer:
         def __init__(self) -> None:
             self.client = type("Client", (), {})()

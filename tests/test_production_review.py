@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, make_v5, send_udp, wait_for
+from tests.support.children import popen_child
 from tests.support.netns import NetNS, root_skip_reason
 from tests.test_deploy import OVERLAYS, shipped_config, workload
 
@@ -262,8 +263,8 @@ def test_the_shipped_config_stops_within_the_grace_period_with_kafka_not_answeri
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWSCOPE_")}
         env.update(FLOWSCOPE_CONFIG=str(tmp_path / "config.yaml"), PYTHONPATH=str(ROOT), HOME=str(tmp_path))
         with open(tmp_path / "collector.log", "wb") as log:
-            p = subprocess.Popen([sys.executable, "-m", "collector.cli", "run"], cwd=ROOT, env=env,
-                                 stdout=log, stderr=log)
+            p = popen_child([sys.executable, "-m", "collector.cli", "run"], cwd=ROOT, env=env,
+                            stdout=log, stderr=log)
         try:
             wait_for(lambda: "flowscope_listener_up{" in _metrics(hport), 30, what="the collector serving /metrics")
             send_udp([make_v5(i * 30, 30, i * 30) for i in range(20)], port)
