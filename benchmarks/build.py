@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from tests.support.children import run_child
+from collector.util import run_child
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "loadgen.c"

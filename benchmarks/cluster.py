@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import enrich_bench as E
-from tests.support.children import run_child
+from collector.util import run_child
 
 BASE = int(ipaddress.IPv4Address("10.128.0.0"))
 NODES = 512          # loadgen spreads its pods over 512 /23 node subnets

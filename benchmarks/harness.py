@@ -39,7 +39,7 @@ from pathlib import Path
 from benchmarks import broker as brk
 from benchmarks import peers
 from benchmarks.build import build as build_loadgen
-from tests.support.children import popen_child
+from collector.util import popen_child
 
 REPO = Path(__file__).resolve().parent.parent
 PROTOS = ("ipfix", "v5", "v9", "sflow")

@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.support.children import popen_child
+from collector.util import popen_child
 
 REPO = Path(__file__).resolve().parent.parent
 

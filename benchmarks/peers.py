@@ -24,7 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from tests.support.children import popen_child, run_child
+from collector.util import popen_child, run_child
 
 # The aggregate key per protocol: everything that tells two flows of one datagram apart, plus
 # the export sequence number that tells two datagrams apart (the generator reuses a pool of

@@ -237,7 +237,7 @@ def callgrind(a: argparse.Namespace) -> None:
     import sys
     import tempfile
 
-    from tests.support.children import run_child
+    from collector.util import run_child
 
     if shutil.which("valgrind") is None:
         raise SystemExit("--callgrind needs valgrind (apt-get install valgrind)")

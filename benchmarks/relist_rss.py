@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.support.children import popen_child
+from collector.util import popen_child
 
 
 class _Mallinfo2(ctypes.Structure):

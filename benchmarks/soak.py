@@ -41,7 +41,7 @@ from benchmarks import build
 from benchmarks.broker import count_messages, create_topic, free_port, free_udp_port, start_broker
 from benchmarks.cluster import BASE, objects
 from collector.metrics import parse_exposition
-from tests.support.children import popen_child, run_child
+from collector.util import popen_child, run_child
 
 PROTOS = (("ipfix", "ipfix"), ("v5", "netflow"), ("v9", "netflow"), ("sflow", "sflow"))
 COUNTER_SUFFIXES = ("_total", "_bucket", "_count", "_sum")

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.broker import free_port, free_udp_port
-from tests.support.children import popen_child, run_child
+from collector.util import popen_child, run_child
 
 HERE = Path(__file__).resolve().parent
 

@@ -16,7 +16,7 @@ import argparse
 import gc
 import sys
 
-from tests.support.children import run_child
+from collector.util import run_child
 
 COST = 24  # decoders/netflow.pxi TEMPLATE_COST_FIELDS
 

@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from .util import dies_with_us
+from .util import popen_child
 
 
 def broker_binary() -> str:
@@ -108,11 +108,11 @@ class Broker:
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         try:
             # a session of its own (a terminal's Ctrl-C goes to the wrapper, which stops it), and
-            # killed with the process that started it (dies_with_us) when that dies without
+            # killed with the process that started it (popen_child) when that dies without
             # stopping it: a test run, the benchmarks or `make kafka` killed with SIGKILL left it
             # holding its port
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                         start_new_session=True, preexec_fn=dies_with_us())
+            self.proc = popen_child(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                    start_new_session=True)
         finally:
             if out is not subprocess.DEVNULL:
                 out.close()  # type: ignore[union-attr]

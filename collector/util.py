@@ -1,4 +1,6 @@
-"""Small shared helpers: the rate-limited error logger and logging setup.
+"""Small shared helpers: the rate-limited error logger, logging setup, and starting children that
+die with the process that started them (dies_with_us, popen_child: the collector's broker, the
+tests' and the benchmarks' children).
 
 Why rate-limited: one bad exporter can send a million malformed datagrams a minute, and a log
 line per datagram would cost more than decoding them. Each call site has a key; a key logs at
@@ -12,6 +14,7 @@ import functools
 import logging
 import signal
 import ssl
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -231,6 +234,51 @@ def dies_with_us(sig: int = signal.SIGKILL) -> Callable[[], None] | None:
         die_with_parent(parent, sig)
 
     return preexec
+
+
+# The prefix of a command a shell we start runs in the background (`{DIES_WITH_SHELL} cmd &`):
+# the parent-death signal is not inherited across fork, so the shell's own (popen_child) does not
+# reach what it forks; setpriv (util-linux) asks for SIGKILL when the shell dies and execs `cmd`
+# (same PID, the command's own command line). A shell killed in the instant between its fork and
+# setpriv's ask is missed (setpriv does not look whether the shell is still there).
+DIES_WITH_SHELL = "setpriv --pdeathsig KILL"
+
+
+def _dying(preexec_fn: Callable[[], None] | None) -> Callable[[], None] | None:
+    """The preexec_fn that asks for SIGKILL when this process dies, then runs `preexec_fn`."""
+    steps = [f for f in (dies_with_us(), preexec_fn) if f is not None]
+
+    def setup() -> None:
+        for step in steps:
+            step()
+
+    return setup if steps else None
+
+
+def popen_child(cmd: Any, *, preexec_fn: Callable[[], None] | None = None, **kw: Any) -> subprocess.Popen:
+    """subprocess.Popen(cmd, **kw) whose child is sent SIGKILL when this process dies, however it
+    dies (dies_with_us); `preexec_fn`, if given, runs after that is asked (in the child, before
+    exec). Every child the collector (its broker), the tests and the benchmarks start goes
+    through this or run_child (tests/test_test_children.py holds them to it)."""
+    return subprocess.Popen(cmd, preexec_fn=_dying(preexec_fn), **kw)
+
+
+def run_child(cmd: Any, *, preexec_fn: Callable[[], None] | None = None, **kw: Any) -> subprocess.CompletedProcess:
+    """subprocess.run(cmd, **kw) the same way (a child that runs for long, or in a session of its
+    own, does not outlive this process either)."""
+    return subprocess.run(cmd, preexec_fn=_dying(preexec_fn), **kw)
+
+
+def start_time(pid: int) -> str | None:
+    """The start time of a process that has not exited (field 22 of /proc/PID/stat, so that a PID
+    used again is not taken for it); None for one that is gone or a zombie nobody reaped yet."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def udp_port(s: str) -> int:

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.support.children import popen_child
+from collector.util import popen_child
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("FLOWSCOPE_CORPUS", ROOT.parent / "shared" / "corpus"))

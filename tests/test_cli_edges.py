@@ -18,7 +18,7 @@ from conftest import ROOT, free_udp_port, make_v5
 from test_decode_cli import run_decode, write_pcap
 
 from collector import cli
-from tests.support.children import popen_child, run_child
+from collector.util import popen_child, run_child
 
 T0 = 1_700_000_000
 

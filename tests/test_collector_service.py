@@ -28,7 +28,7 @@ from conftest import (
     wait_for,
 )
 
-from tests.support.children import popen_child
+from collector.util import popen_child
 from tests.support.fake_kube import FakeKube, node
 from tests.support.fake_kube import fake_kube as fake_kube  # noqa: F401 - fixture
 

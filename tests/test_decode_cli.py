@@ -25,7 +25,7 @@ from benchmarks.datagrams import (
     ovs_flows,
     template_set,
 )
-from tests.support.children import popen_child
+from collector.util import popen_child
 from tests.support.fake_kube import FakeKube, node, pod, replicaset, service
 from tests.support.fake_kube import fake_kube as fake_kube  # noqa: F401 - fixture
 

@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT, free_tcp_port, free_udp_port, wait_for
 
 from collector.health import probe_url, run_args
-from tests.support.children import DIES_WITH_SHELL, popen_child
+from collector.util import DIES_WITH_SHELL, popen_child
 
 
 def health(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

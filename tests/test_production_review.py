@@ -23,8 +23,8 @@ import orjson
 import pytest
 import yaml
 
+from collector.util import popen_child
 from tests.conftest import ROOT, make_v5, send_udp, wait_for
-from tests.support.children import popen_child
 from tests.support.netns import NetNS, root_skip_reason
 from tests.test_deploy import OVERLAYS, shipped_config, workload
 

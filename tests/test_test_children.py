@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from conftest import ROOT, free_tcp_port, wait_for
 
+from collector.util import popen_child, start_time
 from tests.support import netns as N
-from tests.support.children import popen_child, start_time
 
 # Starts one thing as the tests do (argv: what, a scratch directory, a namespace name), says its
 # PID and waits to be killed.
@@ -37,11 +37,11 @@ elif what == "collector":
     pid = Collector(["--enrich", "false"], tmp).proc.pid
 elif what == "preexec":   # a test's own preexec_fn, run as well
     import os
-    from tests.support.children import popen_child, start_time
+    from collector.util import popen_child, start_time
     pid = popen_child(["sleep", "600"], preexec_fn=os.setsid).pid
 elif what == "shell":     # what a test's shell starts in the background
     import subprocess
-    from tests.support.children import DIES_WITH_SHELL, popen_child
+    from collector.util import DIES_WITH_SHELL, popen_child
     sh = popen_child(["sh", "-c", f"{DIES_WITH_SHELL} sleep 600 & echo $!; wait"], stdout=subprocess.PIPE,
                      start_new_session=True)
     pid = int(sh.stdout.readline())
@@ -207,7 +207,8 @@ def child_calls(path: Path, *, every_run: bool = False) -> list[str]:
     return found
 
 
-HELPER = ROOT / "tests" / "support" / "children.py"
+# where popen_child and run_child are (beside util.dies_with_us): the one Popen and run allowed
+HELPER = ROOT / "collector" / "util.py"
 
 
 def test_the_guards_see_what_they_look_for(tmp_path: Path) -> None:
@@ -224,21 +225,23 @@ def test_the_guards_see_what_they_look_for(tmp_path: Path) -> None:
 
 def test_every_child_a_test_starts_goes_through_popen_child() -> None:
     """A child started with subprocess.Popen itself (as six `flowscope run` in test_cli_edges were)
-    outlives a killed pytest: every Popen in the tests is tests.support.children.popen_child's
-    (a short-lived child's too: it costs nothing, and a short one made long is not caught), and
+    outlives a killed pytest: every Popen in the tests is collector.util.popen_child's (a
+    short-lived child's too: it costs nothing, and a short one made long is not caught), and
     every subprocess.run & co. in a session of its own (test_cli_edges' self-stopping collector
     was) run_child's."""
     files = sorted([*(ROOT / "tests").glob("*.py"), *(ROOT / "tests" / "support").glob("*.py")])
-    assert HELPER in files
-    outside = [f"{f.relative_to(ROOT)}:{call}" for f in files if f != HELPER for call in child_calls(f)]
-    assert outside == [], f"a child started outside tests.support.children: {', '.join(outside)}"
+    assert ROOT / "tests" / "conftest.py" in files
+    outside = [f"{f.relative_to(ROOT)}:{call}" for f in files for call in child_calls(f)]
+    assert outside == [], f"a child started outside collector.util's popen_child: {', '.join(outside)}"
 
 
-def test_every_child_a_benchmark_starts_goes_through_the_helpers() -> None:
+def test_every_child_a_benchmark_or_the_collector_starts_goes_through_the_helpers() -> None:
     """A benchmark killed outright (a CI job's timeout, kill -9) left its collectors, peers
     (pmacct, nfcapd, in sessions of their own), load generators and profilers running: every
-    Popen in benchmarks/ is popen_child's and every subprocess.run & co. run_child's."""
-    files = sorted((ROOT / "benchmarks").glob("*.py"))
-    assert ROOT / "benchmarks" / "harness.py" in files
-    outside = [f"{f.relative_to(ROOT)}:{call}" for f in files for call in child_calls(f, every_run=True)]
-    assert outside == [], f"a child started outside tests.support.children: {', '.join(outside)}"
+    Popen in benchmarks/ is popen_child's and every subprocess.run & co. run_child's; the
+    collector's own (its Tansu broker's) too."""
+    files = sorted([*(ROOT / "benchmarks").glob("*.py"), *(ROOT / "collector").glob("*.py")])
+    assert ROOT / "benchmarks" / "harness.py" in files and HELPER in files
+    outside = [f"{f.relative_to(ROOT)}:{call}" for f in files if f != HELPER
+               for call in child_calls(f, every_run=True)]
+    assert outside == [], f"a child started outside collector.util's popen_child: {', '.join(outside)}"

@@ -17,7 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.support.children import popen_child, start_time
+from collector.util import popen_child, start_time
 
 IP = shutil.which("ip")
 
