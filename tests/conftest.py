@@ -34,12 +34,24 @@ DATA = ROOT / "tests" / "data" / "corpus"
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """The network namespaces a test process killed outright left behind (its finalizers never
-    ran) are deleted: tests/support/netns.sweep_stale, which leaves running sessions' alone."""
-    from tests.support import netns
+    """The network namespaces and run directories a test process killed outright left behind (its
+    finalizers never ran) are deleted (tests/support/owners); running sessions' are left alone."""
+    from tests.support import netns, owners
 
     if os.geteuid() == 0 and netns.IP:
-        netns.sweep_stale()
+        netns.sweep_stale()   # first: what runs in them (OVS's daemons) writes to the directories
+    owners.sweep_stale_dirs()
+
+
+@pytest.fixture
+def workdir(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A directory of the test's own in /tmp (the exporter tests' pcaps, configs and logs:
+    fs-MODULE-*), removed after it, swept by the next session if the test process was killed
+    (tests/support/owners.run_dir)."""
+    from tests.support.owners import run_dir
+
+    with run_dir(f"fs-{request.module.__name__.rpartition('.')[2].removeprefix('test_')}-") as d:
+        yield d
 
 
 def corpus_file(rel: str) -> Path:

@@ -33,10 +33,8 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -49,6 +47,7 @@ import pytest
 from tests.support import netns as N
 from tests.support import ovs as O
 from tests.support.fake_kube import FakeKube, node, pod, replicaset, running_fake_kube, service
+from tests.support.owners import run_dir
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -333,53 +332,51 @@ def cluster():
     reason = N.root_skip_reason(*TOOLS)
     if reason:
         pytest.skip(reason)
-    d = Path(tempfile.mkdtemp(prefix="fs-cluster-"))
-    started: list[Node] = []
-    kube = ExitStack()   # the fake API server's: closed first, failing the module if a handler raised
-    try:
-        for n in NODES:
-            n.pods = [p for p in PODS if p.node == n.name]
-            n.ns = N.NetNS()
-            # arp_ignore 1: the node's address is answered for on br-ex only, not by the kernel's
-            # side of the uplink veth too (its MAC, once OVS snoops that reply, replaces the static
-            # tunnel neighbour, and the peer's Geneve packets then reach the kernel, not tnl_pop)
-            ns_sysctl(n.ns, "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1",
-                      "net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.default.arp_ignore=1")
-            (d / n.name).mkdir()
-            n.ovs = O.OVS(n.ns, d / n.name)
-            started.append(n)
-            n.ovs.start()
-        uplinks = N.veth_between(NODE_A.ns, NODE_B.ns)  # type: ignore[arg-type]
-        for n, uplink in zip(NODES, uplinks, strict=True):
-            assert n.ovs is not None
-            n.ovs.add_underlay("br-ex", uplink, [f"{n.addr}/24"], hwaddr=n.mac)
-            n.ovs.add_bridge("br-int")
-            add_mgmt_port(n)
-            for i, p in enumerate(n.pods):
-                add_pod(n, p, 10 + i)
-        for n, peer in ((NODE_A, NODE_B), (NODE_B, NODE_A)):
-            assert n.ovs is not None
-            n.ovs.add_tunnel("br-int", "ovn-" + peer.name, "geneve", remote_ip=peer.addr, key=5001, ofport=100)
-            n.ovs.tnl_neigh_set("br-ex", peer.addr, peer.mac)
-            n.ovs.set_flows("br-int", br_int_flows(n, peer, node_ports(n)))
-        fake = start_fake_kube_in(NODE_A.ns, kube)  # type: ignore[arg-type]
-        for kind, obj in api_objects():
-            fake.add(kind, obj)
-        kc = fake.write_kubeconfig(d / "kubeconfig")
-        c = Cluster(NODES, d, fake, kc)
-        check_paths(c)
-        yield c
-    finally:
+    with run_dir("fs-cluster-") as d:
+        started: list[Node] = []
+        kube = ExitStack()   # the fake API server's: closed first, failing the module if a handler raised
         try:
-            kube.close()
+            for n in NODES:
+                n.pods = [p for p in PODS if p.node == n.name]
+                n.ns = N.NetNS()
+                # arp_ignore 1: the node's address is answered for on br-ex only, not by the kernel's
+                # side of the uplink veth too (its MAC, once OVS snoops that reply, replaces the static
+                # tunnel neighbour, and the peer's Geneve packets then reach the kernel, not tnl_pop)
+                ns_sysctl(n.ns, "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1",
+                          "net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.default.arp_ignore=1")
+                (d / n.name).mkdir()
+                n.ovs = O.OVS(n.ns, d / n.name)
+                started.append(n)
+                n.ovs.start()
+            uplinks = N.veth_between(NODE_A.ns, NODE_B.ns)  # type: ignore[arg-type]
+            for n, uplink in zip(NODES, uplinks, strict=True):
+                assert n.ovs is not None
+                n.ovs.add_underlay("br-ex", uplink, [f"{n.addr}/24"], hwaddr=n.mac)
+                n.ovs.add_bridge("br-int")
+                add_mgmt_port(n)
+                for i, p in enumerate(n.pods):
+                    add_pod(n, p, 10 + i)
+            for n, peer in ((NODE_A, NODE_B), (NODE_B, NODE_A)):
+                assert n.ovs is not None
+                n.ovs.add_tunnel("br-int", "ovn-" + peer.name, "geneve", remote_ip=peer.addr, key=5001, ofport=100)
+                n.ovs.tnl_neigh_set("br-ex", peer.addr, peer.mac)
+                n.ovs.set_flows("br-int", br_int_flows(n, peer, node_ports(n)))
+            fake = start_fake_kube_in(NODE_A.ns, kube)  # type: ignore[arg-type]
+            for kind, obj in api_objects():
+                fake.add(kind, obj)
+            kc = fake.write_kubeconfig(d / "kubeconfig")
+            c = Cluster(NODES, d, fake, kc)
+            check_paths(c)
+            yield c
         finally:
-            for n in started:
-                if n.ovs is not None:
-                    n.ovs.stop()
-                if n.ns is not None:
-                    n.ns.close()
-            if not os.environ.get("FLOWSCOPE_KEEP_CAPTURES"):
-                shutil.rmtree(d, ignore_errors=True)
+            try:
+                kube.close()
+            finally:
+                for n in started:
+                    if n.ovs is not None:
+                        n.ovs.stop()
+                    if n.ns is not None:
+                        n.ns.close()
 
 
 # ---- traffic ---------------------------------------------------------------------------------

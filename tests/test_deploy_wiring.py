@@ -31,12 +31,9 @@ import io
 import json
 import random
 import re
-import shutil
 import sys
-import tempfile
 import time
 import types
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -262,6 +259,7 @@ def test_ovnkube_default_ipfix_cache_exports_every_sampled_packet() -> None:
     packets become one record per direction. (The sizing advice in deploy/README.md.)"""
     from tests.support import netns as N
     from tests.support import ovs as O
+    from tests.support.owners import run_dir
 
     decoders = pytest.importorskip("decoders")
     from collector.pcap import iter_udp
@@ -269,48 +267,47 @@ def test_ovnkube_default_ipfix_cache_exports_every_sampled_packet() -> None:
     reason = N.root_skip_reason("ovs-vswitchd", "ovsdb-server", "ovs-vsctl", "ovsdb-tool", "ethtool", "tcpdump")
     if reason:
         pytest.skip(reason)
-    d = Path(tempfile.mkdtemp(prefix="fs-wiring-"))
-    ns = N.NetNS()
-    ovs = O.OVS(ns, d)
-    counts: dict[str, dict[int, int]] = {}
-    try:
-        ovs.start()
-        br = ovs.add_bridge("br-int")
-        a, b = ovs.add_pod(br, 1), ovs.add_pod(br, 2)
-        for name, extra in (("ovnkube default", []), ("cache_max_flows=100", ["cache_max_flows=100"])):
-            port = random.randint(20000, 29999)
-            N.udp_sink(ns, "127.0.0.1", port)
-            cap_path = d / f"{len(counts)}.pcap"
-            cap = N.Capture(ns, cap_path, bpf=f"udp and dst port {port}")
-            try:
-                # setOVSFlowTargets: targets, cache_active_timeout, then sampling when not 0
-                # (1 here, so that the packet count is exact).
-                ovs.vsctl("--", "--id=@ipfix", "create", "ipfix", f'targets="127.0.0.1:{port}"',
-                          "cache_active_timeout=60", *extra, "sampling=1",
-                          "--", "set", "bridge", br, "ipfix=@ipfix")
-                ovs.appctl("revalidator/purge")
-                time.sleep(1.0)
-                O.ipfix_live([(ovs, br)], lambda: O.traffic(a, "udp-send", b.ipv4, 5998, 1, 8, 41998, 0))
-                sport = 42000 + len(counts)
-                O.traffic(a, "udp-send", b.ipv4, 5300, 10, 100, sport, 0.01)
-                time.sleep(3.0)  # far less than cache_active_timeout
-            finally:
+    with run_dir("fs-wiring-") as d:
+        ns = N.NetNS()
+        ovs = O.OVS(ns, d)
+        counts: dict[str, dict[int, int]] = {}
+        try:
+            ovs.start()
+            br = ovs.add_bridge("br-int")
+            a, b = ovs.add_pod(br, 1), ovs.add_pod(br, 2)
+            for name, extra in (("ovnkube default", []), ("cache_max_flows=100", ["cache_max_flows=100"])):
+                port = random.randint(20000, 29999)
+                N.udp_sink(ns, "127.0.0.1", port)
+                cap_path = d / f"{len(counts)}.pcap"
+                cap = N.Capture(ns, cap_path, bpf=f"udp and dst port {port}")
                 try:
-                    ovs.clear_exports(br)  # destroys the exporter: a cache still held is flushed
+                    # setOVSFlowTargets: targets, cache_active_timeout, then sampling when not 0
+                    # (1 here, so that the packet count is exact).
+                    ovs.vsctl("--", "--id=@ipfix", "create", "ipfix", f'targets="127.0.0.1:{port}"',
+                              "cache_active_timeout=60", *extra, "sampling=1",
+                              "--", "set", "bridge", br, "ipfix=@ipfix")
+                    ovs.appctl("revalidator/purge")
                     time.sleep(1.0)
+                    O.ipfix_live([(ovs, br)], lambda: O.traffic(a, "udp-send", b.ipv4, 5998, 1, 8, 41998, 0))
+                    sport = 42000 + len(counts)
+                    O.traffic(a, "udp-send", b.ipv4, 5300, 10, 100, sport, 0.01)
+                    time.sleep(3.0)  # far less than cache_active_timeout
                 finally:
-                    cap.stop()
-            dec = decoders.Decoder(decoders.DecoderConfig(default_sampling=0))
-            per_dir: dict[int, int] = {}
-            for dg in iter_udp(cap_path):
-                for f in dec.decode(dg.payload, dg.src, dg.sport, dg.ts).to_dicts():
-                    if f.get("SrcPort") == sport and f.get("DstPort") == 5300:
-                        per_dir[f.get("FlowDirection", -1)] = per_dir.get(f.get("FlowDirection", -1), 0) + 1
-            counts[name] = per_dir
-    finally:
-        ovs.stop()
-        ns.close()
-        shutil.rmtree(d, ignore_errors=True)
+                    try:
+                        ovs.clear_exports(br)  # destroys the exporter: a cache still held is flushed
+                        time.sleep(1.0)
+                    finally:
+                        cap.stop()
+                dec = decoders.Decoder(decoders.DecoderConfig(default_sampling=0))
+                per_dir: dict[int, int] = {}
+                for dg in iter_udp(cap_path):
+                    for f in dec.decode(dg.payload, dg.src, dg.sport, dg.ts).to_dicts():
+                        if f.get("SrcPort") == sport and f.get("DstPort") == 5300:
+                            per_dir[f.get("FlowDirection", -1)] = per_dir.get(f.get("FlowDirection", -1), 0) + 1
+                counts[name] = per_dir
+        finally:
+            ovs.stop()
+            ns.close()
     # Input and output sampling each report the 10 packets.
     assert counts["ovnkube default"] and all(n >= 8 for n in counts["ovnkube default"].values()), counts
     assert counts["cache_max_flows=100"] and all(n <= 2 for n in counts["cache_max_flows=100"].values()), counts

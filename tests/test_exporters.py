@@ -16,7 +16,6 @@ import ipaddress
 import random
 import shutil
 import struct
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,13 +32,6 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 START = 1_700_000_000.0
 
-
-
-@pytest.fixture
-def workdir():
-    d = Path(tempfile.mkdtemp(prefix="fs-exp-"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def _skip_unless(*tools: str) -> None:

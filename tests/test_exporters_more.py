@@ -10,9 +10,7 @@ tshark's and with the traffic that was generated.
 
 from __future__ import annotations
 
-import shutil
 import struct
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,13 +20,6 @@ from tests.support import pcapgen as G
 from tests.test_exporters import START, _skip_unless, capture_export, check_against_traffic, decode_capture
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
-
-
-@pytest.fixture
-def workdir():
-    d = Path(tempfile.mkdtemp(prefix="fs-exp2-"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.mark.parametrize("unit", ["sec", "milli", "micro", "nano"])

@@ -12,9 +12,7 @@ traffic that was generated.
 
 from __future__ import annotations
 
-import shutil
 import struct
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -33,13 +31,6 @@ from tests.test_exporters import (
 from tests.test_exporters_more import vlan_pcap
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
-
-
-@pytest.fixture
-def workdir():
-    d = Path(tempfile.mkdtemp(prefix="fs-exp3-"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def test_nfdump_nfreplay_macs(workdir: Path, decoders_mod) -> None:

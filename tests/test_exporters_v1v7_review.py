@@ -17,9 +17,7 @@ and the TCP flags at 40 (no AS numbers, masks or sequence number); v7 has v5's 2
 from __future__ import annotations
 
 import ipaddress
-import shutil
 import struct
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,13 +34,6 @@ from tests.test_exporters import (
     check_against_traffic,
     decode_capture,
 )
-
-
-@pytest.fixture
-def workdir():
-    d = Path(tempfile.mkdtemp(prefix="fs-exp17-"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def _traffic() -> list[G.Flow]:

@@ -21,11 +21,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import ipaddress
-import os
 import random
-import shutil
 import struct
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -38,6 +35,7 @@ from tests.support import netns as N
 from tests.support import ovs as O
 from tests.support import tshark as T
 from tests.support.exporters import ipfix_set_ids
+from tests.support.owners import run_dir
 from tests.test_golden_corpus import (
     check_cflow_capture,
     check_sflow_capture,
@@ -69,20 +67,18 @@ def ovs_env(vswitchd_env: Callable[[Path], dict[str, str]] | None = None) -> Ite
     reason = N.root_skip_reason(*TOOLS)
     if reason:
         pytest.skip(reason)
-    d = Path(tempfile.mkdtemp(prefix="fs-ovs-"))
-    ns = N.NetNS()
-    ovs = O.OVS(ns, d)
-    try:
-        ovs.start(vswitchd_env=vswitchd_env(d) if vswitchd_env else None)
-        br = ovs.add_bridge("br-int")
-        a = ovs.add_pod(br, 1)
-        b = ovs.add_pod(br, 2)
-        yield Env(ovs, ns, br, a, b, d)
-    finally:
-        ovs.stop()
-        ns.close()
-        if not os.environ.get("FLOWSCOPE_KEEP_CAPTURES"):  # set it to keep captures and logs
-            shutil.rmtree(d, ignore_errors=True)
+    with run_dir("fs-ovs-") as d:
+        ns = N.NetNS()
+        ovs = O.OVS(ns, d)
+        try:
+            ovs.start(vswitchd_env=vswitchd_env(d) if vswitchd_env else None)
+            br = ovs.add_bridge("br-int")
+            a = ovs.add_pod(br, 1)
+            b = ovs.add_pod(br, 2)
+            yield Env(ovs, ns, br, a, b, d)
+        finally:
+            ovs.stop()
+            ns.close()
 
 
 @pytest.fixture(scope="module")
@@ -952,46 +948,44 @@ def tunnel_env():
     reason = N.root_skip_reason(*TOOLS)
     if reason:
         pytest.skip(reason)
-    d = Path(tempfile.mkdtemp(prefix="fs-ovs-tun-"))
-    started: list[tuple[N.NetNS, O.OVS]] = []
-    try:
-        for i in (1, 2):
-            (d / f"node{i}").mkdir()
-            ns = N.NetNS()
-            ovs = O.OVS(ns, d / f"node{i}")
-            started.append((ns, ovs))
-            ovs.start()
-        uplinks = N.veth_between(started[0][0], started[1][0])
-        nodes = []
-        for i, ((ns, ovs), uplink) in enumerate(zip(started, uplinks, strict=True), 1):
-            underlay = {4: f"172.18.0.{10 + i}", 6: f"fd00:172:18::{10 + i:x}"}
-            mac = f"02:00:ac:12:00:{10 + i:02x}"
-            ovs.add_underlay("br-ex", uplink, [f"{underlay[4]}/24", f"{underlay[6]}/64"], hwaddr=mac)
-            ovs.add_bridge("br-int")
-            pod = ovs.add_pod("br-int", i, mtu=1400)  # Geneve/VXLAN over IPv4 add 50 bytes, IPv6 70
-            ifindex = int(ns.run(["cat", f"/sys/class/net/{uplink}/ifindex"]).stdout)
-            nodes.append(Node(f"node{i}", ns, ovs, pod, uplink, ifindex, underlay, mac))
-        for node, peer in ((nodes[0], nodes[1]), (nodes[1], nodes[0])):
-            for t in TUNNELS:
-                node.ovs.add_tunnel("br-int", t.port, t.kind, remote_ip=peer.underlay[t.family], key=t.vni,
-                                    ofport=t.ofport)
-            for family in (4, 6):
-                node.ovs.tnl_neigh_set("br-ex", peer.underlay[family], peer.mac)
-            p = node.pod.ofport
-            node.ovs.set_flows("br-int", [
-                *(f"priority=10,in_port={t.ofport},actions=output:{p}" for t in TUNNELS),
-                *(f"priority=20,in_port={p},udp,tp_dst={t.steer},actions=output:{t.ofport}" if t.steer
-                  else f"priority=10,in_port={p},actions=output:{t.ofport}" for t in TUNNELS),
-            ])
-        te = TunnelEnv((nodes[0], nodes[1]), d)
-        check_tunnels_cross(te)
-        yield te
-    finally:
-        for ns, ovs in started:
-            ovs.stop()
-            ns.close()
-        if not os.environ.get("FLOWSCOPE_KEEP_CAPTURES"):
-            shutil.rmtree(d, ignore_errors=True)
+    with run_dir("fs-ovs-tun-") as d:
+        started: list[tuple[N.NetNS, O.OVS]] = []
+        try:
+            for i in (1, 2):
+                (d / f"node{i}").mkdir()
+                ns = N.NetNS()
+                ovs = O.OVS(ns, d / f"node{i}")
+                started.append((ns, ovs))
+                ovs.start()
+            uplinks = N.veth_between(started[0][0], started[1][0])
+            nodes = []
+            for i, ((ns, ovs), uplink) in enumerate(zip(started, uplinks, strict=True), 1):
+                underlay = {4: f"172.18.0.{10 + i}", 6: f"fd00:172:18::{10 + i:x}"}
+                mac = f"02:00:ac:12:00:{10 + i:02x}"
+                ovs.add_underlay("br-ex", uplink, [f"{underlay[4]}/24", f"{underlay[6]}/64"], hwaddr=mac)
+                ovs.add_bridge("br-int")
+                pod = ovs.add_pod("br-int", i, mtu=1400)  # Geneve/VXLAN over IPv4 add 50 bytes, IPv6 70
+                ifindex = int(ns.run(["cat", f"/sys/class/net/{uplink}/ifindex"]).stdout)
+                nodes.append(Node(f"node{i}", ns, ovs, pod, uplink, ifindex, underlay, mac))
+            for node, peer in ((nodes[0], nodes[1]), (nodes[1], nodes[0])):
+                for t in TUNNELS:
+                    node.ovs.add_tunnel("br-int", t.port, t.kind, remote_ip=peer.underlay[t.family], key=t.vni,
+                                        ofport=t.ofport)
+                for family in (4, 6):
+                    node.ovs.tnl_neigh_set("br-ex", peer.underlay[family], peer.mac)
+                p = node.pod.ofport
+                node.ovs.set_flows("br-int", [
+                    *(f"priority=10,in_port={t.ofport},actions=output:{p}" for t in TUNNELS),
+                    *(f"priority=20,in_port={p},udp,tp_dst={t.steer},actions=output:{t.ofport}" if t.steer
+                      else f"priority=10,in_port={p},actions=output:{t.ofport}" for t in TUNNELS),
+                ])
+            te = TunnelEnv((nodes[0], nodes[1]), d)
+            check_tunnels_cross(te)
+            yield te
+        finally:
+            for ns, ovs in started:
+                ovs.stop()
+                ns.close()
 
 
 def tunnel_traffic(te: TunnelEnv) -> list[Sent]:

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from conftest import ROOT, free_tcp_port, wait_for
 
 from collector.util import popen_child, start_time
 from tests.support import netns as N
+from tests.support.owners import DIR_OWNER, run_dir, sweep_stale_dirs
 
 # Starts one thing as the tests do (argv: what, a scratch directory, a namespace name), says its
 # PID and waits to be killed.
@@ -65,6 +67,12 @@ elif what == "ovs":   # ovsdb-server and ovs-vswitchd, by their pid files
     from tests.support.ovs import OVS
     OVS(NetNS(sys.argv[3]), tmp).start()
     pid = " ".join((tmp / f"{d}.pid").read_text().strip() for d in ("ovsdb-server", "ovs-vswitchd"))
+elif what == "rundir":   # a test's run directory (OVS's), argv[3] its name's prefix
+    import os
+    from tests.support.owners import run_dir
+    made = run_dir(sys.argv[3])   # (kept: a context manager collected would remove it)
+    made.__enter__()
+    pid = os.getpid()
 else:
     from tests.support.netns import NetNS
     pid = NetNS(sys.argv[3]).popen(["sleep", "600"]).pid
@@ -99,6 +107,8 @@ def starter(what: str, tmp_path: Path, name: str) -> Iterator[tuple[subprocess.P
                 os.kill(pid, signal.SIGKILL)
         if what in ("netns", "ovs"):
             N.remove(name)
+        for d in Path(tempfile.gettempdir()).glob(f"{name}*") if what == "rundir" else []:
+            shutil.rmtree(d)
 
 
 @pytest.mark.parametrize("what", ["broker", "collector", "preexec", "shell",
@@ -146,6 +156,23 @@ def test_the_namespaces_of_a_killed_test_process_are_swept(tmp_path: Path) -> No
         assert name in swept and not Path(f"/run/netns/{name}").exists(), swept
         assert ours.name not in swept and Path(f"/run/netns/{ours.name}").exists(), swept
         assert not (N.OWNERS / name).exists() and (N.OWNERS / ours.name).exists()
+
+
+def test_the_run_directories_of_a_killed_test_process_are_swept(tmp_path: Path) -> None:
+    """A test process killed outright left its run directories (/tmp/fs-ovs-*: OVS's database,
+    sockets and logs; the exporter tests' captures): the next session's sweep (conftest,
+    owners.sweep_stale_dirs) deletes them, and leaves alone those whose maker still runs; a run
+    that ends normally deletes its own."""
+    prefix = f"fs-ovs-{N.unique('k')}-"
+    with run_dir(prefix + "live-") as ours, starter("rundir", tmp_path, prefix + "dead-") as (proc, _):
+        theirs = list(Path(tempfile.gettempdir()).glob(prefix + "dead-*"))
+        assert len(theirs) == 1 and (theirs[0] / DIR_OWNER).exists(), theirs
+        proc.kill()
+        proc.wait()
+        swept = sweep_stale_dirs()
+        assert theirs[0] in swept and not theirs[0].exists(), swept
+        assert ours not in swept and (ours / DIR_OWNER).exists(), swept
+    assert not ours.exists(), "a run that ended normally left its directory"
 
 
 def test_a_broker_started_in_a_thread_outlives_the_thread(tmp_path: Path) -> None:

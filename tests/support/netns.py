@@ -17,12 +17,13 @@ import time
 import uuid
 from pathlib import Path
 
-from collector.util import popen_child, start_time
+from collector.util import popen_child
+from tests.support.owners import claim, maker_gone
 
 IP = shutil.which("ip")
 
-# Who made each test namespace: a file named after it holding the creating process's PID and
-# start time, removed with the namespace; sweep_stale removes the namespaces whose maker is gone.
+# Who made each test namespace: an owner file named after it (tests/support/owners), removed
+# with the namespace; sweep_stale removes the namespaces whose maker is gone.
 OWNERS = Path("/run/flowscope-tests/netns")
 
 
@@ -53,7 +54,7 @@ class NetNS:
         self.name = name or unique("fs")
         self.procs: list[subprocess.Popen] = []
         OWNERS.mkdir(parents=True, exist_ok=True)
-        (OWNERS / self.name).write_text(f"{os.getpid()} {start_time(os.getpid())}\n")   # first: none is made without
+        claim(OWNERS / self.name)   # first: none is made without
         try:
             subprocess.run([IP, "netns", "add", self.name], check=True, capture_output=True)
         except BaseException:
@@ -134,11 +135,7 @@ def sweep_stale() -> list[str]:
     still running (another session on the machine) are left alone. Returns the names removed."""
     removed = []
     for entry in sorted(OWNERS.glob("*")) if OWNERS.is_dir() else []:
-        try:
-            pid, started = entry.read_text().split()
-        except (OSError, ValueError):   # gone meanwhile, or being written
-            continue
-        if start_time(int(pid)) != started:
+        if maker_gone(entry):
             remove(entry.name)
             removed.append(entry.name)
     return removed
