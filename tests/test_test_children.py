@@ -5,6 +5,7 @@ holding ports, for every later run on the machine (util.dies_with_us)."""
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import os
 import shutil
@@ -206,8 +207,6 @@ def child_calls(path: Path, *, every_run: bool = False) -> list[str]:
     imported), and a subprocess.run, call, check_call or check_output (by the module, an alias of
     it or the name imported) that starts it in a session of its own (start_new_session= anything
     but False: out of reach of a kill of the starter's process group), or any with `every_run`."""
-    import ast
-
     tree = ast.parse(path.read_text(), str(path))
     module = {a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
               if a.name == "subprocess"}
@@ -272,3 +271,67 @@ def test_every_child_a_benchmark_or_the_collector_starts_goes_through_the_helper
     outside = [f"{f.relative_to(ROOT)}:{call}" for f in files if f != HELPER
                for call in child_calls(f, every_run=True)]
     assert outside == [], f"a child started outside collector.util's popen_child: {', '.join(outside)}"
+
+
+def _strings(arg: ast.expr) -> list[str]:
+    """The words of a call's argument: a string, the strings of a list or tuple, an f-string's
+    literal parts."""
+    parts = arg.elts if isinstance(arg, (ast.List, ast.Tuple)) else arg.values if isinstance(arg, ast.JoinedStr) else [arg]
+    return [w for p in parts if isinstance(p, ast.Constant) and isinstance(p.value, str) for w in p.value.split()]
+
+
+def unclaimed_makers(path: Path) -> list[str]:
+    """Where `path` makes what a killed test process leaves behind without an owner file
+    (tests/support/owners), "LINE: WHAT": a network namespace (`ip netns add` as an argument
+    list or a command string, `unshare` with -n or --net, unshare(CLONE_NEWNET) through libc;
+    entering one, setns or `ip netns exec`, makes none) or a run directory tempdir/fs-* (mkdtemp
+    with an fs- prefix, which the sweep looks for only with an owner file)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not isinstance(node, ast.Call):
+            continue
+        name = getattr(node.func, "attr", None) or getattr(node.func, "id", None)
+        args = [*node.args, *(k.value for k in node.keywords)]
+        words = [w for a in args for w in _strings(a)]
+        if any(words[i:i + 2] == ["netns", "add"] for i in range(len(words))):
+            found.append(f"{node.lineno}: ip netns add")
+        elif "unshare" in words and any(w in ("-n", "--net") or w.startswith("--net=")
+                                        or (w[:1] == "-" and w[1:2] != "-" and "n" in w) for w in words):
+            found.append(f"{node.lineno}: unshare --net")
+        elif name == "unshare" and any("NEWNET" in ast.unparse(a) or isinstance(a, ast.Constant)
+                                       and isinstance(a.value, int) and a.value & 0x40000000 for a in args):
+            found.append(f"{node.lineno}: unshare(CLONE_NEWNET)")
+        elif name == "mkdtemp" and any(k.arg == "prefix" and isinstance(k.value, ast.Constant)
+                                       and str(k.value.value).startswith("fs-") for k in node.keywords):
+            found.append(f"{node.lineno}: mkdtemp fs-")
+    return found
+
+
+# where namespaces are made with their owner files (owners.run_dir's mkdtemp takes its prefix from
+# its caller)
+NETNS = ROOT / "tests" / "support" / "netns.py"
+
+
+def test_the_makers_guard_sees_what_it_looks_for(tmp_path: Path) -> None:
+    src = tmp_path / "x.py"
+    src.write_text("subprocess.run(['ip', 'netns', 'add', name])\nns.run(f'ip netns add {name}', shell=True)\n"
+                   "run(['unshare', '-pfn', 'sh'])\nrun(['unshare', '--net=/run/x', 'sh'])\n"
+                   "libc.unshare(CLONE_NEWNET)\ntempfile.mkdtemp(prefix='fs-x-')\n"
+                   "run(['ip', 'netns', 'exec', name, 'ip', 'link', 'add', 'a'])\nrun(['unshare', '-pf', '--kill-child'])\n"
+                   "libc.unshare(_CLONE_NEWNS)\nlibc.setns(fd, CLONE_NEWNET)\ntempfile.mkdtemp(prefix='difffuzz-')\n"
+                   "libc.unshare(0x40020000)\n")
+    assert unclaimed_makers(src) == ["1: ip netns add", "2: ip netns add", "3: unshare --net", "4: unshare --net",
+                                     "5: unshare(CLONE_NEWNET)", "6: mkdtemp fs-", "12: unshare(CLONE_NEWNET)"]
+    assert [m.split(": ")[1] for m in unclaimed_makers(NETNS)] == ["ip netns add"], "NetNS's is seen"
+
+
+def test_every_namespace_and_run_directory_is_made_with_its_owner_file() -> None:
+    """A network namespace made without NetNS (its owner file), or an fs-* run directory without
+    owners.run_dir, would outlive a killed test process for good: the next session's sweep only
+    removes what an owner file names. The tests, the benchmarks and the demo make them only there."""
+    files = sorted([*(ROOT / "tests").glob("*.py"), *(ROOT / "tests" / "support").glob("*.py"),
+                    *(ROOT / "benchmarks").glob("*.py"), *(ROOT / "deploy").rglob("*.py")])
+    assert NETNS in files
+    outside = [f"{f.relative_to(ROOT)}:{m}" for f in files if f not in (NETNS, Path(__file__))
+               for m in unclaimed_makers(f)]
+    assert outside == [], f"made without an owner file: {', '.join(outside)}"
