@@ -69,24 +69,37 @@ def _read_stat(pid: int) -> tuple[int, int]:
     return int(rest[11]) + int(rest[12]), int(rest[19])
 
 
-def process_tree(pid: int) -> list[int]:
-    """pid and all its descendants (pmacct forks a process per plugin)."""
-    children: dict[int, list[int]] = {}
+def _all_stats() -> list[tuple[int, list[str]]]:
+    """(PID, the fields of /proc/PID/stat after the command) of every process."""
+    out = []
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
         try:
             with open(f"/proc/{d}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
+                out.append((int(d), f.read().rsplit(")", 1)[1].split()))
+        except (OSError, IndexError):
             continue
-        children.setdefault(ppid, []).append(int(d))
+    return out
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants (pmacct forks a process per plugin)."""
+    children: dict[int, list[int]] = {}
+    for p, fields in _all_stats():
+        children.setdefault(int(fields[1]), []).append(p)
     out, todo = [], [pid]
     while todo:
         p = todo.pop()
         out.append(p)
         todo.extend(children.get(p, []))
     return out
+
+
+def group_members(pgid: int) -> list[int]:
+    """The processes of process group `pgid` that have not exited (a zombie is left out: nobody
+    may reap an orphan's)."""
+    return [p for p, fields in _all_stats() if fields[0] not in ("Z", "X") and int(fields[2]) == pgid]
 
 
 def cpu_ticks(pids: list[int]) -> int:
@@ -202,7 +215,12 @@ class Peer:
         return self.proc.poll() is None
 
     def stop(self, timeout: float = 15.0, sig: int = signal.SIGTERM) -> int | None:
-        """Signal the process and wait; pmacct flushes its cache to Kafka on SIGTERM/SIGINT."""
+        """Signal the process and wait; pmacct flushes its cache to Kafka on SIGTERM/SIGINT. Then
+        wait for the rest of its process group (it runs in a session of its own: pmacct's Kafka
+        plugin and purge writers, flowscope's workers), SIGKILLed if still there `timeout` later:
+        pmacct's plugin leaves on its own, after its core, and a stop that returned when the core
+        had left it running past the trial, an orphan (publishing while the broker counted and
+        the next trial ran, its directory removed under it)."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -210,6 +228,13 @@ class Peer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if not _group_gone(self.proc.pid, timeout):
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            if not _group_gone(self.proc.pid, 5.0):
+                raise RuntimeError(f"{self.name}: processes {group_members(self.proc.pid)} outlive SIGKILL")
         return self.proc.returncode
 
     def log_tail(self, n: int = 20) -> str:
@@ -221,6 +246,16 @@ class Peer:
 
     def cleanup(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _group_gone(pgid: int, timeout: float) -> bool:
+    """Whether process group `pgid` has no process left within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while group_members(pgid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _taskset(cmd: list[str], cpus: str | None) -> list[str]:
