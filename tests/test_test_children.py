@@ -176,6 +176,18 @@ def test_the_run_directories_of_a_killed_test_process_are_swept(tmp_path: Path) 
     assert not ours.exists(), "a run that ended normally left its directory"
 
 
+def test_a_run_directory_kept_for_a_look_is_not_swept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """FLOWSCOPE_KEEP_CAPTURES keeps a run directory (its captures and logs) after the run: without
+    its owner file, so that the next session's sweep does not take it once its maker is gone."""
+    monkeypatch.setenv("FLOWSCOPE_KEEP_CAPTURES", "1")
+    with run_dir(f"fs-ovs-{N.unique('k')}-") as d:
+        (d / "export.pcap").write_bytes(b"")
+    try:
+        assert (d / "export.pcap").exists() and not (d / DIR_OWNER).exists()
+    finally:
+        shutil.rmtree(d)
+
+
 def test_a_broker_started_in_a_thread_outlives_the_thread(tmp_path: Path) -> None:
     """Linux sends the parent-death signal when the THREAD that forked the child ends: a broker
     started from a thread (not the tests' way, but a caller's) asks for none, else it would be
