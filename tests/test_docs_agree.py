@@ -293,3 +293,61 @@ def test_an_ipv6_listener_takes_ipv6_only_as_its_help_says() -> None:
                 sock.recvfrom(64)
     finally:
         sock.close()
+
+
+def _workstation_env(tmp_path: Path) -> dict[str, str]:
+    """An operator's shell: no FLOWSCOPE_* setting, no kubeconfig, not in a pod."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("FLOWSCOPE_") and k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")}
+    env.update(HOME=str(tmp_path), PYTHONPATH=str(ROOT))
+    return env
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, (int, float)) and not isinstance(a, bool) and isinstance(b, (int, float)):
+        return float(a) == float(b)
+    return a == b
+
+
+def test_the_config_commands_the_deploy_docs_show_print_the_shipped_file(tmp_path: Path) -> None:
+    """deploy/README.md ("print the effective configuration of a file with `flowscope config
+    --config deploy/kubernetes/base/config.yaml ...`") and config.yaml's own header give a
+    command for a workstation. It said `--enrich false` alone, and exited 2 there: the file's
+    state_file is in the pod's state volume, /var/lib/flowscope, which a workstation lacks, and
+    `flowscope config` refuses what `flowscope run` would. Each command, run as written (the
+    header's from the file's directory), prints the file's settings but for the two lines the
+    docs say it changes."""
+    import shlex
+
+    import yaml
+
+    base = ROOT / "deploy" / "kubernetes" / "base"
+    readme = (ROOT / "deploy" / "README.md").read_text().replace("\n", " ")
+    header = " ".join(line.lstrip("# ") for line in (base / "config.yaml").read_text().splitlines()
+                      if line.startswith("#"))
+    commands = [(c, ROOT) for c in re.findall(r"`(flowscope config --config [^`]*)`", readme)]
+    commands += [(c, base) for c in re.findall(r"`(flowscope config --config [^`]*)`", header)]
+    assert len(commands) == 2, commands
+    shipped = _flat(yaml.safe_load((base / "config.yaml").read_text()))
+    for command, cwd in commands:
+        argv = shlex.split(command)
+        r = subprocess.run([sys.executable, "-m", "collector.cli", *argv[1:]], capture_output=True, text=True,
+                           cwd=cwd, env=_workstation_env(tmp_path), timeout=120)
+        assert r.returncode == 0, (command, r.stderr)
+        printed = _flat(yaml.safe_load(r.stdout))
+        # what deploy/README.md says the command prints differently from the file
+        assert (printed["enrich.enabled"], printed["state_file"]) == ("false", ""), command
+        assert "enabled: 'false'" in readme and "state_file: ''" in readme
+        differ = {k: (v, printed.get(k)) for k, v in shipped.items()
+                  if k not in ("enrich.enabled", "state_file") and not _same(v, printed.get(k))}
+        assert not differ, (command, differ)
