@@ -1,4 +1,4 @@
-"""Build the C load generator: ``python benchmarks/build.py`` -> ``benchmarks/bin/loadgen``.
+"""Build the C load generator: ``python -m benchmarks.build`` -> ``benchmarks/bin/loadgen``.
 
 The generator is a single C file with no dependencies beyond libc, so a direct gcc call is
 simpler and more transparent than a setuptools extension. Rebuilds only when the source is

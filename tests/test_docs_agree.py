@@ -351,3 +351,51 @@ def test_the_config_commands_the_deploy_docs_show_print_the_shipped_file(tmp_pat
         differ = {k: (v, printed.get(k)) for k, v in shipped.items()
                   if k not in ("enrich.enabled", "state_file") and not _same(v, printed.get(k))}
         assert not differ, (command, differ)
+
+
+FLAG = r"(?<![\w-])--[a-z][a-z0-9-]*"
+# `python -m MODULE ...` (and `python DIR/FILE.py ...`) command lines of the project's own tools
+TOOL_COMMAND = re.compile(r"python3? (?:-m ((?:benchmarks|deploy\.demo)\.\w+(?:\.\w+)*|collector\.broker)|"
+                          r"((?:benchmarks|deploy)/[\w/]+\.py))\b([^`#\n]*)")
+
+
+def _code(text: str) -> list[str]:
+    """The lines of a markdown text's fenced blocks and its inline code spans (joined into one line)."""
+    blocks = re.findall(r"```[a-z]*\n(.*?)```", text, re.S)
+    prose = re.sub(r"```[a-z]*\n.*?```", "", text, flags=re.S)
+    return [line for b in blocks for line in b.splitlines()] + [s.replace("\n", " ")
+                                                                 for s in re.findall(r"`([^`]+)`", prose)]
+
+
+def test_the_tool_commands_the_docs_show_start_and_take_their_flags(tmp_path: Path) -> None:
+    """Each `python -m benchmarks.X ...`, `python -m deploy.demo.demo ...` or `python -m
+    collector.broker ...` command line of the docs, run from the repository root as the docs say,
+    starts (its --help exits 0) and takes every flag written after it (those quoted for
+    --flowscope-args being `flowscope run`'s). benchmarks/README.md's `python benchmarks/build.py`,
+    the first command of its load generator section, died with "No module named 'tests'" once
+    build.py imported tests.support (a script's directory, not the root, is on its path)."""
+    from collector.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    run_flags = {s for a in sub.choices["run"]._actions for s in a.option_strings}
+    env = {k: v for k, v in _workstation_env(tmp_path).items() if k != "PYTHONPATH"}
+    helps: dict[str, str] = {}
+    checked = 0
+    for doc in ("README.md", "deploy/README.md", "docs/collector.md", "docs/INTERNALS.md", "benchmarks/README.md"):
+        for span in _code((ROOT / doc).read_text()):
+            for m in TOOL_COMMAND.finditer(span):
+                tool = m.group(1) or m.group(2)
+                if tool not in helps:
+                    argv = ["-m", tool] if m.group(1) else [tool]
+                    r = subprocess.run([sys.executable, *argv, "--help"], capture_output=True, text=True,
+                                       cwd=ROOT, env=env, timeout=120)
+                    assert r.returncode == 0, f"{doc}: `python {' '.join(argv)}`: {r.stderr[-400:]}"
+                    helps[tool] = r.stdout
+                quoted = " ".join(re.findall(r"'([^']*)'", m.group(3)))
+                flags = set(re.findall(FLAG, re.sub(r"'[^']*'", "", m.group(3))))
+                unknown = flags - set(re.findall(FLAG, helps[tool]))
+                assert not unknown, f"{doc}: `{m.group(0).strip()}`: {sorted(unknown)} are not {tool}'s"
+                assert set(re.findall(FLAG, quoted)) <= run_flags, f"{doc}: `{m.group(0).strip()}`"
+                checked += 1
+    assert {"benchmarks.build", "benchmarks.harness", "deploy.demo.demo", "collector.broker"} <= set(helps)
+    assert checked >= 20, checked
