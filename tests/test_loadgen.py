@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from benchmarks.build import build
 
@@ -301,3 +302,22 @@ def test_pmacct_peer_publishes_one_json_per_flow(loadgen: Path, proto: str) -> N
     assert 0.97 * sent <= got.messages <= sent
     rec = json.loads(got.sample[0])
     assert rec["ip_src"].startswith("10.1") and "export_proto_seqno" in rec
+
+
+def test_the_readme_names_every_option_and_every_key_of_the_report(loadgen: Path) -> None:
+    """benchmarks/README.md's load generator section is where a benchmark's reader learns what
+    loadgen takes and prints: it left out --sndbuf and --print-pods, and five of the report's
+    fifteen keys (proto, records_per_datagram, datagrams_per_s, target_flows_per_s, exporters).
+    Its Options paragraph names every option loadgen's usage lists, and its "one JSON line" list
+    is the keys of the line a run prints, in order."""
+    import re
+
+    text = (ROOT / "benchmarks" / "README.md").read_text()
+    section = text[text.index("## Load generator"):text.index("## Harness")]
+    options = section[section.index("\nOptions: "):section.index("On exit it prints")]
+    usage = subprocess.run([str(loadgen)], capture_output=True, text=True, timeout=60)
+    assert usage.returncode != 0 and "usage: loadgen" in usage.stderr
+    assert set(re.findall(r"--[a-z][a-z-]*", usage.stderr)) == set(re.findall(r"`(--[a-z][a-z-]*)", options))
+    listed = section[section.index("On exit it prints one JSON line:"):section.index("`flows` counts only")]
+    report, _, _ = run_and_receive(loadgen, ["--proto", "v5", "--count", "1"])
+    assert re.findall(r"`([a-z_]+)`", listed) == list(report)
