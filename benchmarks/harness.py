@@ -518,23 +518,28 @@ def write_markdown(path: Path, meta: dict, best: list[dict]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def write_plot(path: Path, trials: list[dict], best: list[dict] | None = None) -> bool:
+#: what the harness says when it cannot draw the plot (the bench extra is not installed)
+NO_MATPLOTLIB = "no plot: matplotlib is not installed; make bench installs it (pip install -e '.[bench]')"
+
+
+def write_plot(path: Path, trials: list[dict], best: list[dict] | None = None) -> str:
     """One panel per protocol: delivered vs offered flows/s per collector (log-log), the
-    lossless diagonal, and a star on each collector's highest lossless rate."""
+    lossless diagonal, and a star on each collector's highest lossless rate. Returns the path
+    written, or why there is no plot."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return False
+        return NO_MATPLOTLIB
     series: dict[str, dict[str, list[tuple[float, float]]]] = {}
     for t in trials:
         if t["error"] is None:
             series.setdefault(t["proto"], {}).setdefault(t["collector"], []).append(
                 (t["offered_flows_s"], t["delivered_flows_s"]))
     if not series:
-        return False
+        return "no plot: no trial completed"
     protos = [p for p in PROTOS if p in series]
     cols = 2 if len(protos) > 1 else 1
     rows = (len(protos) + cols - 1) // cols
@@ -569,7 +574,7 @@ def write_plot(path: Path, trials: list[dict], best: list[dict] | None = None) -
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return True
+    return str(path)
 
 
 # ---------------------------------------------------------------- main
@@ -759,9 +764,10 @@ def _run_all(args: argparse.Namespace, meta: dict, specs: list[CollectorSpec], p
                          "collector_cpus": ccpu})
             (out / "results.json").write_text(json.dumps({"meta": meta, "best": best, "trials": all_trials}, indent=1))
     write_markdown(out / "results.md", meta, best)
-    plotted = write_plot(out / "delivered_vs_offered.png", all_trials, best)
+    png = out / "delivered_vs_offered.png"
+    plot = write_plot(png, all_trials, best)
     log((out / "results.md").read_text())
-    log(f"wrote {out / 'results.json'}, {out / 'results.md'}" + (f", {out / 'delivered_vs_offered.png'}" if plotted else ""))
+    log(f"wrote {out / 'results.json'}, {out / 'results.md'}" + (f", {png}" if plot == str(png) else f" ({plot})"))
     return 0
 
 

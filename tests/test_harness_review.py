@@ -389,3 +389,16 @@ def test_tcp_send_probe_builds_and_sends_every_way(tmp_path: Path) -> None:
             assert (int(m["sends"]) >= 32) == (mode == "zerocopy") and m["done"] == m["sends"], out.stdout
             assert "reader:" in out.stderr
     assert subprocess.run([str(exe), "sendfile", "65536", "1"], capture_output=True).returncode == 2
+
+
+def test_without_matplotlib_the_harness_says_there_is_no_plot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """benchmarks/README.md: `--quick` writes "the table and plot as for a full run". After `make
+    deps build` (the test extra, no matplotlib) the run ended with "wrote results.json,
+    results.md" and no word of the plot it had not drawn; the harness now says why there is none."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)    # an import of it raises ImportError
+    trial = {"error": None, "proto": "ipfix", "collector": "flowscope-w1", "offered_flows_s": 50_000.0,
+             "delivered_flows_s": 50_000.0}
+    png = tmp_path / "delivered_vs_offered.png"
+    said = harness.write_plot(png, [trial])
+    assert isinstance(said, str) and said.startswith("no plot: matplotlib is not installed") and "make bench" in said
+    assert not png.exists()
