@@ -523,3 +523,22 @@ def test_dockerfile_static() -> None:
     # The build stage compiles from sources (Cython pinned in pyproject), not prebuilt objects.
     ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
     assert "**/*.so" in ignore and "decoders/_core.c" in ignore
+
+
+def test_readme_install_waits_for_the_workload_each_overlay_makes() -> None:
+    """deploy/README.md's Install block applies the base or an overlay, then waits with
+    `kubectl rollout status`: it named only deploy/flowscope, which the daemonset overlay
+    deletes (its workload is a DaemonSet), so after `apply -k overlays/daemonset` the command
+    shown fails with "not found". Its rollout commands name the workload of every overlay it
+    applies, in that workload's namespace."""
+    text = (DEPLOY / "README.md").read_text()
+    start = text.index("## Install")
+    begin = text.index("```sh\n", start) + 6
+    block = text[begin:text.index("\n```", begin)]
+    applied = re.findall(r"apply -k deploy/kubernetes/(\S+)", block)
+    assert set(applied) == set(OVERLAYS), applied
+    short = {"deploy": "Deployment", "deployment": "Deployment", "ds": "DaemonSet", "daemonset": "DaemonSet"}
+    waited = {(ns, short[kind], name)
+              for ns, kind, name in re.findall(r"kubectl -n (\S+) rollout status (\w+)/(\S+)", block)}
+    made = {(w["metadata"]["namespace"], w["kind"], w["metadata"]["name"]) for w in map(workload, applied)}
+    assert waited == made, (waited, made)
