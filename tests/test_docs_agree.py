@@ -399,3 +399,20 @@ def test_the_tool_commands_the_docs_show_start_and_take_their_flags(tmp_path: Pa
                 checked += 1
     assert {"benchmarks.build", "benchmarks.harness", "deploy.demo.demo", "collector.broker"} <= set(helps)
     assert checked >= 20, checked
+
+
+@pytest.mark.parametrize("series", ["flowscope_flows_dropped_total{reason}", "flowscope_kafka_errors_total{kind}"])
+def test_the_troubleshooting_table_lists_every_value_of_its_drop_and_error_series(series: str) -> None:
+    """deploy/README.md's troubleshooting table lists the reasons a flow is dropped and the kinds
+    of Kafka error, each with what it means; `unconfirmed`, `worker_died` and `internal` drops,
+    and `too_large` and `compress` errors, which /metrics shows from the start at 0, were not in
+    its lists, so an operator whose alert fired on one found no word of it there."""
+    from collector.server import FLOW_DROP_REASONS, KAFKA_ERROR_KINDS
+
+    values = {"flowscope_flows_dropped_total{reason}": FLOW_DROP_REASONS,
+              "flowscope_kafka_errors_total{kind}": KAFKA_ERROR_KINDS}[series]
+    text = (ROOT / "deploy" / "README.md").read_text()
+    table = text[text.index("| symptom | look at | likely cause |"):]
+    listed = re.search(re.escape(f"`{series}` (") + r"([^()]*(?:\([^()]*\)[^()]*)*)\)", table)
+    assert listed, series
+    assert set(re.findall(r"`([a-z_]+)`", listed.group(1))) >= set(values), listed.group(1)
