@@ -367,11 +367,25 @@ def _code(text: str) -> list[str]:
                                                                  for s in re.findall(r"`([^`]+)`", prose)]
 
 
+def _usage(help_text: str) -> tuple[set[str], set[str]]:
+    """From an argparse --help's usage lines: the flags it requires, and the flags that take a value."""
+    usage = " ".join(help_text.split("\n\n", 1)[0].split())
+    required, valued = set(), set()
+    for m in re.finditer(r"(\[|\| )?(--[a-z][a-z0-9-]*)( [A-Z][A-Z0-9_:]*)?", usage):
+        if m.group(1) is None:
+            required.add(m.group(2))
+        if m.group(3):
+            valued.add(m.group(2))
+    return required, valued
+
+
 def test_the_tool_commands_the_docs_show_start_and_take_their_flags(tmp_path: Path) -> None:
     """Each `python -m benchmarks.X ...`, `python -m deploy.demo.demo ...` or `python -m
     collector.broker ...` command line of the docs, run from the repository root as the docs say,
     starts (its --help exits 0) and takes every flag written after it (those quoted for
-    --flowscope-args being `flowscope run`'s). benchmarks/README.md's `python benchmarks/build.py`,
+    --flowscope-args being `flowscope run`'s), with the flags its usage requires and a value after
+    each flag that takes one (README.md cited `python -m benchmarks.stream_ab --kafka
+    --enriched`, which has no --tree and no NAME for --enriched: a usage error). benchmarks/README.md's `python benchmarks/build.py`,
     the first command of its load generator section, died with "No module named 'tests'" once
     build.py imported tests.support (a script's directory, not the root, is on its path)."""
     from collector.cli import build_parser
@@ -392,9 +406,14 @@ def test_the_tool_commands_the_docs_show_start_and_take_their_flags(tmp_path: Pa
                     assert r.returncode == 0, f"{doc}: `python {' '.join(argv)}`: {r.stderr[-400:]}"
                     helps[tool] = r.stdout
                 quoted = " ".join(re.findall(r"'([^']*)'", m.group(3)))
-                flags = set(re.findall(FLAG, re.sub(r"'[^']*'", "", m.group(3))))
-                unknown = flags - set(re.findall(FLAG, helps[tool]))
+                words = re.sub(r"'[^']*'", "QUOTED", m.group(3)).split()
+                unknown = set(re.findall(FLAG, " ".join(words))) - set(re.findall(FLAG, helps[tool]))
                 assert not unknown, f"{doc}: `{m.group(0).strip()}`: {sorted(unknown)} are not {tool}'s"
+                required, valued = _usage(helps[tool])
+                assert required <= set(words), f"{doc}: `{m.group(0).strip()}` lacks {sorted(required - set(words))}"
+                for i, w in enumerate(words):
+                    assert w not in valued or (i + 1 < len(words) and not words[i + 1].startswith("-")), \
+                        f"{doc}: `{m.group(0).strip()}`: {w} takes a value"
                 assert set(re.findall(FLAG, quoted)) <= run_flags, f"{doc}: `{m.group(0).strip()}`"
                 checked += 1
     assert {"benchmarks.build", "benchmarks.harness", "deploy.demo.demo", "collector.broker"} <= set(helps)

@@ -73,7 +73,7 @@ FOREIGN_FLAGS = {
                          "--keep", "--init"},   # (docker run --init)
     "README.md": {"--thread", "--records", "--kafka", "--enriched", "--only", "--agents", "--unmatched",
                   "--collectors", "--flowscope-args", "--callgrind", "--pods", "--nodes", "--services",
-                  "--rounds"},   # benchmarks: compress_bench --thread, harness --records/--collectors/--flowscope-args, stream_ab --kafka/--enriched/--unmatched, pipeline_bench --only/--agents/--unmatched/--callgrind/--pods/--nodes/--services/--rounds
+                  "--rounds", "--tree"},   # benchmarks: compress_bench --thread, harness --records/--collectors/--flowscope-args, stream_ab --kafka/--tree/--enriched/--unmatched, pipeline_bench --only/--agents/--unmatched/--callgrind/--pods/--nodes/--services/--rounds
     # etcdutl snapshot restore --bump-revision, kube-apiserver --etcd-compaction-interval, kubectl --chunk-size,
     # docker run --init
     "docs/collector.md": {"--bump-revision", "--etcd-compaction-interval", "--chunk-size", "--init"},
