@@ -5,7 +5,8 @@
 #   make bench   benchmark harness (see benchmarks/README.md)
 #   make fuzz    atheris fuzzing of the decoders and encoders for FUZZ_SECONDS (not in CI);
 #                FUZZ_ARGS: more libFuzzer options (-timeout=25, -artifact_prefix=DIR/)
-#   make debug   rebuild the extensions with FLOWSCOPE_DEBUG=1 (bounds checks, -O0 -g)
+#   make debug   rebuild the extensions with FLOWSCOPE_DEBUG=1 (Cython bounds checks, -O0 -g);
+#                the next make build (run, test, ...) rebuilds them optimised
 #   make lint    ruff and mypy
 #   make demo    the end-to-end demo: Open vSwitch -> flowscope -> Kafka (deploy/demo)
 

@@ -1,12 +1,17 @@
 """Build flowscope: cythonize the decoders (and other compiled hot-path modules).
 
 Switches (environment variables, read at build time):
-  FLOWSCOPE_DEBUG=1   compile with -O0 -g, Cython bounds/wraparound checks on and the
-                      FLOWSCOPE_DEBUG invariant checks enabled (see decoders/consts.pxi).
+  FLOWSCOPE_DEBUG=1   compile with -O0 -g3 and Cython's bounds, wraparound and initialized
+                      checks on (and FLOWSCOPE_DEBUG true for compile-time `IF` blocks).
   FLOWSCOPE_ANNOTATE=1  write Cython's HTML annotation next to each .pyx.
   FLOWSCOPE_FUZZ=1    (with CC=clang) instrument for atheris/libFuzzer with AddressSanitizer.
+A build whose switches differ from those the existing C files were generated for cythonizes
+them again (stale_c_files), so `make debug` is a debug build and the `make build` after it
+an optimised one again.
 """
+import json
 import os
+import re
 import sys
 
 from setuptools import Extension, find_packages, setup
@@ -72,6 +77,37 @@ extensions = [
     ext("decoders._core", ["decoders/_core.pyx"]),
     ext("enrich._fast", ["enrich/_fast.pyx"]),
 ]
+
+
+def stale_c_files(exts: list[Extension]) -> list[str]:
+    """The generated C files that were made for other switches than this build's. cythonize
+    regenerates a C file only when a .pyx/.pxi is newer, and build_ext compiles it only when it
+    is newer than the module: without this, FLOWSCOPE_DEBUG=1 with the C files already there
+    kept them as they were (no bounds checks: only -O0 -g3 came of it), and the build after
+    it, the switch gone, found everything up to date and kept the -O0 modules. Cython writes the
+    macros and flags a C file was generated with in its metadata header; a C file whose header
+    differs from this build's is removed, so that cythonize generates it again (and build_ext
+    compiles it again)."""
+    stale = []
+    for e in exts:
+        c_file = os.path.splitext(e.sources[0])[0] + ".c"
+        try:
+            with open(c_file, encoding="utf-8", errors="replace") as fh:
+                head = fh.read(65536)
+        except FileNotFoundError:
+            continue
+        m = re.search(r"/\* BEGIN: Cython Metadata\n(.*?)\nEND: Cython Metadata \*/", head, re.S)
+        made = json.loads(m.group(1)).get("distutils", {}) if m else {}
+        wanted = {"define_macros": [list(d) for d in e.define_macros], "extra_compile_args": e.extra_compile_args,
+                  "extra_link_args": e.extra_link_args}
+        if any(made.get(k, []) != v for k, v in wanted.items()):
+            stale.append(c_file)
+    return stale
+
+
+for stale in stale_c_files(extensions):
+    print(f"flowscope: {stale} was generated for other build switches: cythonizing it again", file=sys.stderr)
+    os.remove(stale)
 
 setup(
     packages=find_packages(include=["collector*", "decoders*", "enrich*", "benchmarks*"]),
