@@ -39,6 +39,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Set
 from dataclasses import dataclass
+from functools import cached_property
 
 #: Seconds a name's addresses are taken as known (Resolver); a name is asked again after.
 RESOLVE_TTL_S = 60.0
@@ -174,8 +175,9 @@ class Bootstrap:
         have answered at another, which says nothing of u's)."""
         return self.at is not None and self.at in u.forms
 
+    @cached_property
     def several(self) -> bool:
-        """Whether this is a name resolved to more than one address."""
+        """Whether this is a name resolved to more than one address (its forms read once)."""
         return sum(1 for h, _p in self.forms if _canonical(h)[1]) > 1
 
 
@@ -214,7 +216,7 @@ def unreached_said(bad: list[Unreached], known: int, reached: Set[Address], boot
             # (one that is a broker's address written otherwise said so: the sameness is not to be
             # seen; a name of several addresses is not the same address, one of them is)
             same = [b.address + ("" if b.address not in named or any(u.said.startswith(b.address + " (") for u in down)
-                                 else " (which resolves to that address among others)" if b.several()
+                                 else " (which resolves to that address among others)" if b.several
                                  else " (the same address)") for b in silent]
             evidence.append(f"--kafka-brokers {','.join(same)} cannot be reached either")
         if not evidence:

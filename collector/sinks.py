@@ -1033,7 +1033,7 @@ class KafkaSink(Sink):
         self._watch_since = time.monotonic()
         self._watch_task: asyncio.Task[None] | None = None
         self._leaders_rl = RateLimitedLog(log, LEADERS_LOG_S)
-        # the flows topic's partitions -> the leader they had at an address (_leaders), to name it
+        # the flows topic's partitions -> the leader they had at an address (_note_leaders), to name it
         # once the metadata names none (_leaderless)
         self._led_by: dict[int, tuple[int, str]] = {}
         self._said_exists: set[str] = set()   # topics --kafka-create-topic found existing, said so once
@@ -1094,8 +1094,8 @@ class KafkaSink(Sink):
 
     def _leaders(self) -> dict[int, int]:
         """The flows topic's partitions -> their leader's node id, as the client's metadata has
-        them (partitions without a known leader left out). Each one's leader at an address the
-        metadata gives is kept (_led_by), to name it once the metadata gives none (_leaderless)."""
+        them (partitions without a known leader left out). A pure read: _note_leaders keeps who
+        led what."""
         from aiokafka.structs import TopicPartition
 
         if self.producer is None:
@@ -1103,14 +1103,25 @@ class KafkaSink(Sink):
         cluster = self.producer.client.cluster
         topic = self.k.topic
         led = {p: cluster.leader_for_partition(TopicPartition(topic, p)) for p in cluster.partitions_for_topic(topic) or ()}
-        led = {p: n for p, n in led.items() if n is not None and n >= 0}
+        return {p: n for p, n in led.items() if n is not None and n >= 0}
+
+    def _note_leaders(self) -> None:
+        """Keep each flows topic partition's leader at an address the client's metadata gives
+        (_led_by), to name it once the metadata gives none (_leaderless); a partition the topic
+        no longer has is forgotten."""
+        from aiokafka.structs import TopicPartition
+
+        if self.producer is None:
+            return
+        cluster = self.producer.client.cluster
+        led = self._leaders()
         for p, n in led.items():
             b = cluster.broker_metadata(n)
             if b is not None:
                 self._led_by[p] = (n, f"{'[' + b.host + ']' if ':' in b.host else b.host}:{b.port}")
+        topic = self.k.topic
         for p in [p for p in self._led_by if p not in led and cluster.leader_for_partition(TopicPartition(topic, p)) is None]:
             del self._led_by[p]     # (no longer a partition of the topic: kept for its partitions only)
-        return led
 
     def _leaderless(self) -> dict[int, str]:
         """The flows topic's partitions that the client's metadata gives no leader with an
@@ -1210,7 +1221,7 @@ class KafkaSink(Sink):
                 continue
             try:
                 errors = self.errors["produce"]
-                self._leaders()   # (who leads what kept: _led_by names it once the metadata names no one)
+                self._note_leaders()   # (_led_by names it once the metadata names no one)
                 await self._advertised_problem(soon=errors != self._watch_errors)
                 self._watch_errors = errors
                 await self._probe_leaders()
@@ -1685,7 +1696,7 @@ class KafkaSink(Sink):
             self.partitions[topic] = parts
             self._partitions_at[topic] = now  # per topic: the counters topic refreshes too
             if topic == self.k.topic:
-                self._leaders()   # (who leads what, as soon as known: _led_by)
+                self._note_leaders()   # (who leads what, as soon as known)
             # the topic exists now (Kafka answers DescribeConfigs for a topic it does not have
             # with UNKNOWN_TOPIC_OR_PARTITION): its batch size limit, once since its metadata
             # was (re)learnt
@@ -1852,7 +1863,7 @@ class KafkaSink(Sink):
         """After a failure, ask for fresh metadata before producing again. A broker that came back
         empty (Tansu with memory storage, or a recreated topic) creates the topic on a metadata
         request; producing with stale metadata would write records consumers can never see."""
-        self._leaders()   # (who led what before it is replaced: _led_by, to name a leader gone from it)
+        self._note_leaders()   # (who led what before it is replaced, to name a leader gone from it)
         try:
             for producer in self.producers:  # each connection has its own metadata
                 ok = await self._update_metadata(producer, self.k.request_timeout_ms / 1000)
