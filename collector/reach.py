@@ -37,7 +37,7 @@ import ipaddress
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Set
+from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -181,6 +181,11 @@ class Bootstrap:
         return sum(1 for h, _p in self.forms if _canonical(h)[1]) > 1
 
 
+def _address(u: Unreached) -> str:
+    """The address an unreached broker is said at ("H:P" of "H:P (node N: why)")."""
+    return u.said.partition(" (")[0]
+
+
 def unreached_said(bad: list[Unreached], known: int, reached: Set[Address], boot: list[Bootstrap]) -> str:
     """The sentence for the advertised brokers `bad` (of `known` advertised), or "": each said
     down, misadvertised or either, on the evidence the module docstring gives. `reached`: the
@@ -209,8 +214,24 @@ def unreached_said(bad: list[Unreached], known: int, reached: Set[Address], boot
     boots = ",".join(b.address for b in boot)
     if down:
         many = len(down) > 1
-        evidence = [f"this host reached {'them' if many else 'it'} there before"] if any(
-            u.forms & reached for u in down) else []
+
+        def those(us: list[Unreached], it: str, them: str) -> str:
+            """`it` (one broker down) or `them` (all of several) where a piece of evidence is of
+            every broker down, else the addresses of those it is of: it was said of all."""
+            return it if not many else them if len(us) == len(down) else ", ".join(_address(u) for u in us)
+
+        def of(related: Callable[[Bootstrap, Unreached], bool]) -> list[tuple[str, str]]:
+            """The --kafka-brokers addresses related to brokers down, and those brokers (said as
+            `those`), grouped by the brokers they are related to."""
+            groups: dict[tuple[int, ...], list[str]] = {}
+            for b in boot:
+                if ids := tuple(i for i, u in enumerate(down) if related(b, u)):
+                    groups.setdefault(ids, []).append(b.address)
+            return sorted((",".join(sorted(addresses)), those([down[i] for i in ids], "that address", "those addresses"))
+                          for ids, addresses in groups.items())
+
+        been = [u for u in down if u.forms & reached]
+        evidence = [f"this host reached {those(been, 'it', 'them')} there before"] if been else []
         named = {b.address for b in boot for u in down if u.forms & b.forms}
         if silent:
             # (one that is a broker's address written otherwise said so: the sameness is not to be
@@ -220,13 +241,10 @@ def unreached_said(bad: list[Unreached], known: int, reached: Set[Address], boot
                                  else " (the same address)") for b in silent]
             evidence.append(f"--kafka-brokers {','.join(same)} cannot be reached either")
         if not evidence:
-            there = sorted({b.address for b in boot for u in down if b.answered_at(u)})
-            elsewhere = sorted({b.address for b in boot for u in down if b.answers and u.forms & b.forms} - set(there))
-            if there:
-                evidence.append(f"--kafka-brokers {','.join(there)} names that address too, and answered there since")
-            if elsewhere:
-                evidence.append(f"--kafka-brokers {','.join(elsewhere)} resolves to that address too: a broker is "
-                                "meant to be there")
+            evidence += [f"--kafka-brokers {a} names {that} too, and answered there since"
+                         for a, that in of(lambda b, u: b.answered_at(u))]
+            evidence += [f"--kafka-brokers {a} resolves to {that} too: a broker is meant to be there"
+                         for a, that in of(lambda b, u: b.answers and bool(u.forms & b.forms) and not b.answered_at(u))]
         said.append(
             f"the broker{'s' if many else ''} at {'; '.join(u.said for u in down)} "
             f"cannot be reached{'' if len(down) < known else ', nor any other broker'}: "

@@ -191,3 +191,27 @@ def test_a_bootstrap_name_of_several_addresses_is_evidence_for_its_addresses_not
     lb = _boot("lb.example:9092", ("lb.example", 9092), ("10.9.9.9", 9092))
     assert "the broker at kafka-2.internal:9092 (node 2: no answer) has never been reached" in unreached_said(
         [b1, b2], 2, set(), [svc(None), lb])
+
+
+def test_evidence_of_some_brokers_down_names_them() -> None:
+    """Several brokers said down, the evidence of one only: "this host reached them there
+    before" was said of all of them (a broker never reached said reached), as was "names that
+    address too" of the one address a bootstrap broker answered at. Each piece of evidence names
+    the brokers it is of, unless it is of every one said down."""
+    b0 = _bad("10.0.0.5:9092 (node 0: Connection refused)", ("10.0.0.5", 9092))
+    b1 = _bad("10.0.0.6:9092 (node 1: no answer)", ("10.0.0.6", 9092))
+    silent = _boot("10.0.0.5:9092", ("10.0.0.5", 9092), answers=False)
+    assert unreached_said([b0, b1], 2, {("10.0.0.5", 9092)}, [silent]).endswith(
+        "they are down, restarting or cut off by the network (this host reached 10.0.0.5:9092 there before, and "
+        "--kafka-brokers 10.0.0.5:9092 cannot be reached either)")
+    assert "(this host reached them there before" in unreached_said(
+        [b0, b1], 2, {("10.0.0.5", 9092), ("10.0.0.6", 9092)}, [silent])
+    ips = [("10.0.0.5", 9092), ("10.0.0.6", 9092), ("10.0.0.7", 9092)]
+    svc = _boot("kafka.example:9092", ("kafka.example", 9092), *ips, at=("10.0.0.6", 9092))
+    assert unreached_said([b0, b1], 3, set(), [svc]).endswith(
+        "they are down, restarting or cut off by the network (--kafka-brokers kafka.example:9092 names 10.0.0.6:9092 "
+        "too, and answered there since, and --kafka-brokers kafka.example:9092 resolves to 10.0.0.5:9092 too: a "
+        "broker is meant to be there)")
+    elsewhere = _boot("kafka.example:9092", ("kafka.example", 9092), *ips, at=("10.0.0.7", 9092))
+    assert unreached_said([b0, b1], 3, set(), [elsewhere]).endswith(
+        "(--kafka-brokers kafka.example:9092 resolves to those addresses too: a broker is meant to be there)")
