@@ -1008,6 +1008,7 @@ class KafkaSink(Sink):
         self._limit_asked: set[str] = set()
         self._limit_at: dict[str, float] = {}   # topic -> when it was last asked about
         self._limit_said: dict[str, str] = {}
+        self._limit_away: dict[str, str] = {}   # topic -> the unreachable broker last said (_limit_unasked)
         # Brokers the cluster's metadata advertises that this host cannot reach (_advertised_problem):
         # the finding, when it was made, the node ids found unreachable and the records delivered
         # then (one delivered since shows a leader reached: unreachable())
@@ -1582,7 +1583,7 @@ class KafkaSink(Sink):
         refusals, as without the request (_fall_back)."""
         from aiokafka.admin import AIOKafkaAdminClient
         from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-        from aiokafka.errors import IncompatibleBrokerVersion
+        from aiokafka.errors import IncompatibleBrokerVersion, NodeNotReadyError
 
         kw = self._admin_kwargs()
         try:
@@ -1608,11 +1609,17 @@ class KafkaSink(Sink):
             value, why, error = topic_max_message_bytes(resps[0] if resps else None, topic)
         except IncompatibleBrokerVersion:
             value, why, error = None, "the brokers do not serve DescribeConfigs", False
+        except NodeNotReadyError as exc:
+            # the broker asked (aiokafka's admin client draws one from the metadata) cannot be
+            # connected to: a broker down, which the leader check names (_say_unreachable), not a
+            # DescribeConfigs failure; said as such (_limit_unasked), asked again later. (Not a
+            # connection closed on the request, KafkaConnectionError: a broker refusing it so)
+            self._limit_unasked(topic, _exception_said(exc))
+            return
         except asyncio.TimeoutError:
             value, why, error = None, f"no answer within {self.k.request_timeout_ms} ms", True
         except Exception as exc:  # noqa: BLE001 - a connection refused or closed, an ACL denial, a bad answer
-            what = str(exc)
-            value, why, error = None, what if type(exc).__name__ in what else f"{type(exc).__name__}: {what}", True
+            value, why, error = None, _exception_said(exc), True
         finally:
             try:
                 await admin.close()
@@ -1666,6 +1673,23 @@ class KafkaSink(Sink):
         log.log(logging.WARNING if error else logging.INFO, "kafka: could not read topic %s's max.message.bytes "
                 "(DescribeConfigs): %s; batches of up to --kafka-batch-bytes %d go, and one refused as too large is cut "
                 "and new ones made smaller", topic, why, self.k.batch_bytes)
+
+    def _limit_unasked(self, topic: str, why: str) -> None:
+        """The topic's max.message.bytes request went to a broker that cannot be reached (one down
+        while the metadata still lists it): at info, once per topic while so, and not counted as an
+        admin error: the warning at a broker's kill named it as if DescribeConfigs had failed
+        (NodeNotReadyError ... node id N), beside the warning that says that broker is out of
+        reach. The batch sizes stay as they are (a limit read before is kept); the topic is asked
+        about again with its next metadata (_partitions, at most every LIMIT_ASK_S). Said apart
+        from _limit_said's outcomes, which it would otherwise alternate with (and repeat) while
+        the request goes now to the broker down, now to one that answers."""
+        self._limit_asked.discard(topic)
+        if self._limit_away.get(topic) == why:
+            return
+        self._limit_away[topic] = why
+        log.info("kafka: topic %s's max.message.bytes not read this time (DescribeConfigs): the broker asked cannot "
+                 "be reached (%s), a broker down or cut off (said on its own); asked again later, batch sizes "
+                 "unchanged meanwhile", topic, why)
 
     async def _partitions(self, topic: str) -> list[int]:
         now = time.monotonic()
@@ -3107,6 +3131,13 @@ def _no_answer(exc: BaseException) -> bool:
     import aiokafka.errors as ae
 
     return isinstance(exc, ae.RequestTimedOutError)
+
+
+def _exception_said(exc: BaseException) -> str:
+    """An exception as a log line gives it: its text, led by its class's name where the text
+    does not already name it."""
+    what = str(exc)
+    return what if type(exc).__name__ in what else f"{type(exc).__name__}: {what}"
 
 
 def _grouped(why: dict[int, str]) -> list[tuple[str, list[int]]]:
