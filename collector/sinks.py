@@ -1064,6 +1064,8 @@ class KafkaSink(Sink):
         if now - self._adv_checked_at < every or self.producer is None:
             return self._adv_problem
         self._adv_checked_at = now
+        log.debug("kafka: checking the advertised brokers (%s)",
+                  "failing" if failing else "soon" if soon else "periodic" if every == ADVERTISED_CHECK_S else "unreachable")
         done = self.delivered[0] + self.delivered[1]
         brokers = list(self.producer.client.cluster.brokers())
 
