@@ -1178,8 +1178,16 @@ cdef int decode_sflow(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
     committed = b.n
     try:
         for i in range(nsamples):
+            if rd_left(r) == 0:
+                # The datagram ends where a sample would start: the header counts more samples
+                # than it holds. As a NetFlow v5 count that disagrees with the length (decode_v5):
+                # the samples there are decoded and the disagreement is counted as bad_count, not
+                # a failed datagram. A sample cut inside (its header or its body past the end)
+                # is a structure running past its container: truncated, as below.
+                extra = f"sFlow seq {seq}: header count {nsamples} but {i} samples in the datagram"
+                break
             if rd_left(r) < 8:
-                raise_decode("truncated", r.pos, f"sFlow seq {seq}: sample {i} of {nsamples} missing")
+                raise_decode("truncated", r.pos, f"sFlow seq {seq}: sample {i} of {nsamples} cut at its header")
             p = rd_take(r, 8)
             sfmt = be32(p)
             slen = be32(p + 4)
@@ -1221,7 +1229,8 @@ cdef int decode_sflow(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
         extra = f"sFlow seq {seq}: {rd_left(r)} bytes after the {nsamples} samples the header counts"
     if extra:
         # The header's counts are what the agent declared (Wireshark reads no further): what
-        # lies beyond them is not decoded, and counted, as a v5 count that disagrees is.
+        # lies beyond them is not decoded, and counted, as a v5 count that disagrees is; so is
+        # a count the datagram falls short of.
         ex.count_error("bad_count")
         dec.log_limited("bad_count", ex.ip, extra)
     return 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import ipaddress
+import logging
 import os
 import random
 import struct
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import make_v5
 
 from tests.support import tshark as T
 
@@ -1158,12 +1160,16 @@ def hsflowd_app_records() -> list[bytes]:
 
 
 def _prefixes_and_flips_decode_or_fail_typed(dec: Any, data: bytes, seed: int) -> None:
-    """Every prefix of a datagram fails with a typed reason, and 1,000 random byte flips decode
-    or fail typed (never crash, never an untyped error), each result still encodable."""
+    """Every prefix of a datagram fails with a typed reason, or, cut where a sample would start,
+    is counted bad_count (its header counts more samples than it holds); and 1,000 random byte
+    flips decode or fail typed (never crash, never an untyped error), each result still
+    encodable."""
     rng = random.Random(seed)
     for n in range(len(data)):
+        before = dec.stats()["192.0.2.1"]["errors"].get("bad_count", 0) if n else 0
         b = dec.decode(data[:n], "192.0.2.1", 6343, RECV)
-        assert b.error is not None and b.error[0] in REASONS
+        assert (b.error is not None and b.error[0] in REASONS
+                or dec.stats()["192.0.2.1"]["errors"].get("bad_count", 0) == before + 1), n
         b.to_json()
     for _ in range(1000):
         m = bytearray(data)
@@ -1520,16 +1526,23 @@ def mixed_datagram() -> tuple[bytes, list[tuple[int, bool]], int]:
 
 
 def test_truncation_at_every_prefix(decoders_mod) -> None:
+    """A datagram cut anywhere: inside its header or inside a sample, `truncated`; exactly where a
+    sample would start, the header counts more samples than there are, `bad_count` (as NetFlow
+    v5's count that disagrees with the length), not a failed datagram. Either way the samples
+    that ended before the cut are kept, in order, and none after it."""
     data, ends, header_len = mixed_datagram()
+    boundaries = {header_len} | {end for end, _ in ends if end < len(data)}
     dec = decoders_mod.Decoder()
     full = dec.decode(data, "192.0.2.1", 6343, RECV)
     assert full.error is None and len(full) == 4 and len(full.counters) == 1
     full_flows = full.to_dicts()
     for n in range(len(data)):
         b = dec.decode(data[:n], "192.0.2.1", 6343, RECV)
-        assert b.error is not None and b.error[0] in REASONS, (n, b.error)
-        assert b.error[0] == "truncated", (n, b.error)
-        # Samples that ended before the cut are kept, in order; none after it.
+        if n in boundaries:
+            assert b.error is None, (n, b.error)
+        else:
+            assert b.error is not None and b.error[0] in REASONS, (n, b.error)
+            assert b.error[0] == "truncated", (n, b.error)
         done = [is_flow for end, is_flow in ends if end <= n]
         assert len(b) == sum(done), n
         assert len(b.counters) == len(done) - sum(done), n
@@ -1537,14 +1550,34 @@ def test_truncation_at_every_prefix(decoders_mod) -> None:
         # And the next datagram decodes.
     assert dec.decode(data, "192.0.2.1", 6343, RECV).error is None
     st = dec.stats()["192.0.2.1"]
-    assert st["errors"] == {"truncated": len(data)}
+    assert st["errors"] == {"truncated": len(data) - len(boundaries), "bad_count": len(boundaries)}
     assert st["datagrams"] == len(data) + 2
 
 
 def test_sample_count_larger_than_datagram(decoders_mod) -> None:
     data, _, header_len = mixed_datagram()
-    b = decode(decoders_mod, datagram([], count=0xFFFFFFFF) + data[header_len:])
-    assert b.error[0] == "truncated" and len(b) == 4
+    dec = decoders_mod.Decoder()
+    b = dec.decode(datagram([], count=0xFFFFFFFF) + data[header_len:], "192.0.2.1", 6343, RECV)
+    assert b.error is None and len(b) == 4 and len(b.counters) == 1
+    assert dec.stats()["192.0.2.1"]["errors"] == {"bad_count": 1}
+
+
+def test_sample_count_shortfall_is_bad_count_as_in_netflow_v5(decoders_mod, caplog: pytest.LogCaptureFixture) -> None:
+    """A header that counts more samples (sFlow) or records (NetFlow v5) than its datagram holds
+    is one disagreement with one name in both decoders: `bad_count` on the exporter, logged with
+    the reason, the samples or records that are there decoded and the datagram not failed."""
+    pkt = eth(ipv4("10.0.0.1", "10.0.0.2", 17, udp(1, 2)), 0x0800)
+    one = flow_sample([raw_header(pkt, 60)])
+    v5 = bytearray(make_v5(seq=1, n=2, first=0))
+    struct.pack_into(">H", v5, 2, 3)                      # count 3, two records sent
+    caplog.set_level(logging.INFO, logger="flowscope.decoders")
+    for data, exporter in ((datagram([one, one], count=3), "192.0.2.1"), (bytes(v5), "192.0.2.2")):
+        dec = decoders_mod.Decoder()
+        b = dec.decode(data, exporter, 6343, RECV)
+        assert b.error is None and len(b) == 2, (exporter, b.error)
+        assert dec.stats()[exporter]["errors"] == {"bad_count": 1}, exporter
+        logged = [r for r in caplog.records if getattr(r, "exporter", None) == exporter]
+        assert [getattr(r, "reason", None) for r in logged] == ["bad_count"], exporter
 
 
 def test_malformed_sample_keeps_earlier_samples(decoders_mod) -> None:
