@@ -97,7 +97,8 @@ SERIES: dict[str, Series] = {s.name: s for s in [
     Series("flowscope_samples_skipped", "counter", "sFlow samples of a type flowscope does not decode (another "
            "enterprise's, e.g. Host sFlow's rtmetric/rtflow, 4300:1002/1003, or a standard format it does not know): "
            "skipped by their length, as sflow_version_5.txt lets a receiver, not an error, but counted, so that what an "
-           "agent sends unread is seen", ("exporter", "protocol")),
+           "agent sends unread is seen; their formats (enterprise:format) are logged at INFO, at most once per "
+           "exporter every 10 s", ("exporter", "protocol")),
     Series("flowscope_sequence_resets", "counter", "Exporter restarts: a sequence number that jumped by more than "
            "2^20, or went back with a header uptime (netflow5, netflow7, netflow9, sflow5) that went back by more than a "
            "minute, or went back and kept following on in sequence for a second (a process restarted on the same port); "

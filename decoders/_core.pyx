@@ -251,8 +251,9 @@ cdef class Decoder:
         up)."""
         return self._sent_count
 
-    cdef void log_limited(self, str reason, str ip, str msg):
-        """Per-packet errors are logged at most once per reason and exporter every 10 s. The
+    cdef void log_limited(self, str reason, str ip, str msg, int level=LOG_WARNING):
+        """Per-packet errors (and, at `level` INFO, what is not an error but worth telling an
+        operator) are logged at most once per reason and exporter every 10 s. The
         table of (reason, exporter) keys holds LOG_KEYS, in the order they last logged: keys
         quiet for 10 s give way to new ones; beyond LOG_KEYS keys logging within 10 s (a flood
         from spoofed sources), the rest log once per reason every 10 s, with their count."""
@@ -278,13 +279,13 @@ cdef class Decoder:
                 if len(self._log_suppressed) >= LOG_KEYS:
                     self._log_suppressed.clear()
                 self._log_suppressed[reason] = [now, 0]
-                _log.warning("exporter %s: %s (more than %d exporters logging %s: %s similar messages of "
+                _log.log(level, "exporter %s: %s (more than %d exporters logging %s: %s similar messages of "
                              "others suppressed)", ip, msg, LOG_KEYS, reason, ov[1] if ov is not None else 0,
                              extra={"exporter": ip, "reason": reason,
                                     "suppressed": ov[1] if ov is not None and ov[1] else None})
                 return
         self._log_last[key] = [now, 0]
-        _log.warning("exporter %s: %s%s", ip, msg,
+        _log.log(level, "exporter %s: %s%s", ip, msg,
                      f" ({ent[1]} similar messages suppressed)" if ent is not None and ent[1] else "",
                      extra={"exporter": ip, "reason": reason,
                             "suppressed": ent[1] if ent is not None and ent[1] else None})

@@ -1140,6 +1140,19 @@ cdef uint64_t sflow_stream(const uint8_t* agent, Py_ssize_t n, uint32_t sub_agen
     return ((h ^ (h >> 32)) << 32) | sub_agent
 
 
+DEF SKIPPED_NAMED = 4     # distinct formats of skipped samples a datagram's log line names (the first)
+
+
+cdef void log_skipped(Decoder dec, ExporterState ex, uint32_t seq, list skipped, uint32_t n):
+    """Name the formats of the samples a datagram's decoding skipped (enterprise:format, e.g.
+    Host sFlow's rtmetric 4300:1002), at INFO and at most once per exporter every 10 s (not an
+    error: flowscope_samples_skipped_total counts every one)."""
+    dec.log_limited("samples_skipped", ex.ip,
+                    f"sFlow seq {seq}: {n} sample(s) skipped by length, of a format flowscope does not "
+                    f"decode (enterprise:format): {', '.join([f'{fmt >> 12}:{fmt & 0xFFF}' for fmt in skipped])}",
+                    LOG_INFO)
+
+
 cdef int decode_sflow(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except -1:
     cdef const uint8_t* p
     cdef uint32_t atype, nsamples, i, sfmt, slen, seq
@@ -1150,6 +1163,8 @@ cdef int decode_sflow(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
     cdef int64_t recv_ms = <int64_t>(b.recv_time * 1000)
     cdef str agent = None
     cdef str extra = None
+    cdef list skipped = None       # data_formats of the samples skipped (the first SKIPPED_NAMED)
+    cdef uint32_t nskipped = 0
     b.proto_kind = PROTO_SFLOW5
     # sFlow v5 header: version, agent address (type + v4/v6), sub-agent id, sequence, uptime, count.
     p = rd_take(r, 8)
@@ -1214,8 +1229,14 @@ cdef int decode_sflow(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
                 # Another enterprise's sample (Host sFlow's rtmetric and rtflow, 4300:1002 and
                 # 4300:1003) or a standard format flowscope does not know: skipped by its length,
                 # as sflow_version_5.txt lets a receiver, and counted, so that what an agent
-                # sends unread is seen (not an error: vendors may define sample formats).
+                # sends unread is seen (not an error: vendors may define sample formats). Its
+                # enterprise:format is logged (log_skipped), so that what it is can be told.
                 ex.proto_stats(ex.cur_protocol)["samples_skipped"] += 1
+                nskipped += 1
+                if skipped is None:
+                    skipped = []
+                if len(skipped) < SKIPPED_NAMED and sfmt not in skipped:
+                    skipped.append(sfmt)
             # Bytes after a sample's records are skipped too: sflow_version_5.txt ("Data
             # Format") lets a structure be extended at its end, standard ones included, and
             # receivers "must always use the opaque length information" so that extended
@@ -1224,7 +1245,11 @@ cdef int decode_sflow(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
         # A sample that failed half-way is not a flow; the samples before it stay.
         while b.n > committed:
             batch_drop_last(b)
+        if skipped is not None:
+            log_skipped(dec, ex, seq, skipped, nskipped)
         raise
+    if skipped is not None:
+        log_skipped(dec, ex, seq, skipped, nskipped)
     if rd_left(r) and not extra:
         extra = f"sFlow seq {seq}: {rd_left(r)} bytes after the {nsamples} samples the header counts"
     if extra:

@@ -174,6 +174,51 @@ def test_samples_of_formats_not_decoded_are_skipped_and_counted(decoders_mod) ->
     assert series["flowscope_samples_skipped"] == {("192.0.2.1", "sflow5"): 2}
 
 
+def test_skipped_sample_formats_are_logged_per_exporter(decoders_mod, monkeypatch, caplog) -> None:
+    """A skipped sample's format is named in the log (enterprise:format, so that Host sFlow's
+    rtmetric 4300:1002 is told from an unknown standard format 0:9), at INFO (not an error),
+    through the decoders' rate-limited log: once per exporter every 10 s, the datagrams between
+    counted as suppressed, each exporter on its own."""
+    import logging
+    import types
+
+    import decoders._core as core
+
+    from tests.test_sflow import rec, xdr_opaque
+
+    clock = [1000.0]
+    monkeypatch.setattr(core, "time", types.SimpleNamespace(monotonic=lambda: clock[0], time=lambda: RECV))
+    caplog.set_level(logging.INFO, logger="flowscope.decoders")
+    pkt = eth(ipv4("10.0.0.1", "10.0.0.2", 17, udp(1, 2)), 0x0800)
+    rtmetric = rec(1002, xdr_opaque(b"datasource") + struct.pack(">I", 0), ent=4300)
+    rtflow = rec(1003, b"\0" * 8, ent=4300)
+    unknown_std = rec(9, b"\0" * 12)
+    data = datagram([rtmetric, flow_sample([raw_header(pkt, 60)]), unknown_std, rtmetric, rtflow])
+    dec = decoders_mod.Decoder()
+
+    def logged() -> list[tuple[str, str, str]]:
+        out = [(r.exporter, r.levelname, r.getMessage()) for r in caplog.records if getattr(r, "reason", None) == "samples_skipped"]
+        caplog.clear()
+        return out
+
+    assert dec.decode(data, "192.0.2.1", 6343, RECV).error is None
+    [(exporter, level, msg)] = logged()
+    assert (exporter, level) == ("192.0.2.1", "INFO")
+    assert msg.endswith("4 sample(s) skipped by length, of a format flowscope does not decode "
+                        "(enterprise:format): 4300:1002, 0:9, 4300:1003"), msg
+    dec.decode(data, "192.0.2.1", 6343, RECV)           # the same exporter within 10 s: suppressed
+    clock[0] += 5
+    dec.decode(data, "192.0.2.1", 6343, RECV)
+    assert logged() == []
+    dec.decode(datagram([rtflow]), "192.0.2.2", 6343, RECV)    # another exporter: its own line
+    assert [(e, m.rsplit(": ", 1)[1]) for e, _, m in logged()] == [("192.0.2.2", "4300:1003")]
+    clock[0] += 6                                        # 11 s on: logged again, saying what it held back
+    dec.decode(data, "192.0.2.1", 6343, RECV)
+    [(exporter, _, msg)] = logged()
+    assert exporter == "192.0.2.1" and msg.endswith("4300:1003 (2 similar messages suppressed)"), msg
+    assert dec.stats()["192.0.2.1"]["protocols"]["sflow5"]["samples_skipped"] == 16
+
+
 def test_extended_gateway_as_path_of_several_segments(decoders_mod) -> None:
     """extended_gateway's dst_as_path<> is a list of as_path_type unions (type AS_SET 1 or
     AS_SEQUENCE 2, then a counted array of ASes), followed by communities<> and localpref: each
