@@ -27,6 +27,7 @@ cdef enum:
     FR_EXT_SWITCH = 1001
     FR_EXT_ROUTER = 1002
     FR_EXT_GATEWAY = 1003
+    FR_EXT_VLANTUNNEL = 1012   # extended_vlantunnel: the 802.1Q tags stripped before the header
     FR_TUN4_EGRESS = 1023   # sflow_tunnels.txt: extended_ipv4_tunnel_egress
     FR_TUN4_INGRESS = 1024  # extended_ipv4_tunnel_ingress (OVS: every packet that came in a tunnel)
     FR_TUN6_EGRESS = 1025   # extended_ipv6_tunnel_egress
@@ -541,9 +542,10 @@ DEF BYTES_FROM_HEADER = 3
 
 
 cdef struct HostRecs:
-    # What a sample's sampled IPv4/IPv6 and Host sFlow records gave, applied after its last record
-    # (flow_records): a sampled header anywhere in the sample wins over a sampled IPv4/IPv6
-    # record, and either wins over the Host sFlow ones.
+    # What a sample's sampled IPv4/IPv6, Host sFlow and VLAN records gave, applied after its last
+    # record (flow_records): a sampled header anywhere in the sample wins over a sampled IPv4/IPv6
+    # record, and either wins over the Host sFlow ones; the sampled frame's tag or extended
+    # switch's VLAN wins over extended_vlantunnel's.
     const uint8_t* ip         # the first sampled_ipv4/ipv6 record's data (its length checked), NULL: none
     uint8_t ip_af             # 4 (format 3) or 6 (format 4)
     const uint8_t* p          # the first extended_socket record's data (its length checked), NULL: none
@@ -551,6 +553,8 @@ cdef struct HostRecs:
     const uint8_t* proxy      # the first extended_proxy_socket record's data, NULL: none
     uint8_t proxy_af          # 4 (2102) or 6 (2103)
     uint8_t app               # 1: an app_operation record was read (the first one counts)
+    uint8_t switch_vlan       # 1: an extended_switch record gave the VLAN (src_vlan 1-4095)
+    uint16_t stack_vlan       # extended_vlantunnel's first non-zero VID, outermost first, 0: none
     uint64_t app_bytes        # its req_bytes + resp_bytes (saturated at 2^64-1)
     uint32_t app_us           # its uS: the transaction's duration in microseconds
 
@@ -575,6 +579,7 @@ cdef int flow_record(FlowBatch b, Flow* f, uint32_t ent, uint32_t fmt, Reader* r
     cdef const uint8_t* p
     cdef uint32_t hproto, hlen, nseg, seg_len, ncomm, i
     cdef uint32_t last_as = 0
+    cdef uint16_t vid
     cdef uint8_t af
     cdef uint8_t nh[16]
     cdef Reader h
@@ -654,7 +659,27 @@ cdef int flow_record(FlowBatch b, Flow* f, uint32_t ent, uint32_t fmt, Reader* r
         if not (f.present & P_VLANHDR) and 0 < be32(p) < 4096:
             f.vlan = <uint16_t>be32(p)
             f.present |= P_VLAN
+        if 0 < be32(p) < 4096:
+            sock.switch_vlan = 1
         return 0
+    if fmt == FR_EXT_VLANTUNNEL:
+        # stack<>: the 802.1Q tags the device stripped before the sampled header, each TPID << 16
+        # | TCI, "listed from outermost to innermost" (sflow_version_5.txt). The spec has
+        # extended_switch reported beside it, always: its VLAN (or the sampled frame's own tag)
+        # is the flow's. Only when neither gives one is the stack's outermost tag taken (the
+        # first with a non-zero VID; VID 0 is a priority tag), the frame's outer tag as it was
+        # on the wire, as a header that kept its tags gives it (hdr_ethernet); applied after the
+        # last record (flow_records), so the records' order does not matter. The whole stack
+        # stays the ie1012 extra.
+        need(rec, 4, fmt)
+        nseg = rd_u32(rec)
+        if <uint64_t>nseg * 4 > <uint64_t>rd_left(rec):
+            raise_decode("bad_length", rec.pos - 4, f"sFlow extended_vlantunnel: {nseg} tags in {rd_left(rec)} bytes")
+        for i in range(nseg):
+            vid = rd_u32(rec) & 0x0FFF
+            if vid and not sock.stack_vlan:
+                sock.stack_vlan = vid
+        return batch_add_extra(b, f, 0, <uint16_t>fmt, start, rlen)
     if fmt == FR_EXT_ROUTER:
         # The next hop router wins over the gateway's BGP next hop (records come in any order).
         read_address(rec, &af, nh, fmt)
@@ -922,6 +947,9 @@ cdef int flow_records(FlowBatch b, Flow* f, Reader* s, uint32_t nrec) except -1:
         rd_sub(s, &rec, rlen)
         skip_pad(s, rlen)
         flow_record(b, f, rfmt >> 12, rfmt & 0xFFF, &rec, &src, &sock)
+    if sock.stack_vlan and not sock.switch_vlan and not (f.present & P_VLANHDR):
+        f.vlan = sock.stack_vlan
+        f.present |= P_VLAN
     if sock.ip != NULL:
         sampled_ip_keys(f, sock.ip, sock.ip_af)
     if sock.p != NULL:

@@ -252,7 +252,8 @@ def test_extended_records_with_no_netobserv_field_are_kept_whole(decoders_mod) -
     """extended_user (1004), extended_url (1005), extended_mpls (1006), extended_nat (1007),
     extended_mpls_tunnel (1008) and extended_vlantunnel (1012) have no field in NetObserv's format:
     each is kept as its ie<format> extra, the record's bytes as sent, beside the flow its sampled
-    header gives (their strings and label stacks not mistaken for other records)."""
+    header gives (their strings and label stacks not mistaken for other records). (1012's
+    outermost tag also fills Vlan when nothing else gives one: the test after this one.)"""
     from tests.test_sflow import rec, xdr_opaque
 
     pkt = eth(ipv4("10.0.0.1", "10.0.0.2", 6, tcp(40000, 80, 0x18)), 0x0800)
@@ -269,6 +270,52 @@ def test_extended_records_with_no_netobserv_field_are_kept_whole(decoders_mod) -
     assert (f["SrcAddr"], f["DstAddr"], f["SrcPort"], f["DstPort"], f["Bytes"]) == ("10.0.0.1", "10.0.0.2", 40000, 80, 100)
     for fmt, body in bodies.items():
         assert f[f"ie{fmt}"] == body.hex(), fmt
+
+
+def test_extended_vlantunnel_gives_the_vlan_when_extended_switch_does_not(decoders_mod) -> None:
+    """extended_vlantunnel (1012): stack<> of the 802.1Q tags stripped before the sampled header,
+    each TPID << 16 | TCI, outermost first (sflow_version_5.txt). The spec has extended_switch
+    (1001) always reported beside it; when the sampled frame has no tag of its own and no
+    extended_switch gives a VLAN (absent, or src_vlan 0), Vlan is the stack's outermost VID
+    (VID 0 is a priority tag: the next one), whatever the records' order, ahead of a tunnelled
+    inner frame's tag. The stack stays its ie1012 extra. A count the record cannot hold is
+    bad_length."""
+    from tests.test_sflow import rec
+
+    def stack(*tags: tuple[int, int]) -> bytes:
+        return rec(1012, struct.pack(">I", len(tags)) + b"".join(struct.pack(">HH", t, tci) for t, tci in tags))
+
+    def switch(src_vlan: int) -> bytes:
+        return rec(1001, struct.pack(">IIII", src_vlan, 0, src_vlan, 0))
+
+    pkt = eth(ipv4("10.0.0.1", "10.0.0.2", 6, tcp(40000, 80, 0x18)), 0x0800)
+    qinq = stack((0x88A8, 100), (0x8100, 200))
+    tagged = eth(ipv4("10.0.0.1", "10.0.0.2", 6, tcp(40000, 80, 0x18)), 0x0800, tags=((0x8100, 42),))
+    inner = eth(ipv4("10.244.0.5", "10.244.1.7", 6, tcp(1, 2, 0x10)), 0x0800, dst=MAC_D, src=MAC_C, tags=((0x8100, 55),))
+    tunnelled = eth(ipv4("172.18.0.2", "172.18.0.3", 17, udp(50000, 4789, vxlan(9, inner))), 0x0800)
+    cases = [
+        ([raw_header(pkt, 100), qinq], 100),
+        ([qinq, raw_header(pkt, 100)], 100),
+        ([raw_header(pkt, 100), stack((0x8100, 0x2000), (0x8100, 300))], 300),   # PCP 1, VID 0 first
+        ([raw_header(pkt, 100), stack((0x8100, 0x2000))], None),
+        ([raw_header(pkt, 100), rec(1012, struct.pack(">I", 0))], None),
+        ([raw_header(pkt, 100), qinq, switch(7)], 7),
+        ([raw_header(pkt, 100), switch(7), qinq], 7),
+        ([raw_header(pkt, 100), switch(0), qinq], 100),
+        ([raw_header(tagged, 100), qinq], 42),
+        ([qinq, raw_header(tagged, 100)], 42),
+        ([raw_header(tunnelled, 150), qinq], 100),
+        ([raw_header(tunnelled, 150)], 55),
+    ]
+    for records, vlan in cases:
+        f = one_flow(decoders_mod, records)
+        assert f.get("Vlan") == vlan, (records, f.get("Vlan"))
+    assert one_flow(decoders_mod, [raw_header(pkt, 100), qinq])["ie1012"] == qinq[8:].hex()
+    short = bytearray(qinq)
+    struct.pack_into(">I", short, 8, 3)                     # stack<> count 3, two tags sent
+    b = decoders_mod.Decoder().decode(datagram([flow_sample([raw_header(pkt, 100), bytes(short)])]),
+                                      "192.0.2.1", 6343, RECV)
+    assert b.error is not None and b.error[0] == "bad_length" and len(b) == 0
 
 
 def test_agent_address_type_unknown_names_the_udp_source(decoders_mod) -> None:
