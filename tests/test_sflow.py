@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_v5
 
 from tests.support import tshark as T
 
@@ -1566,6 +1565,8 @@ def test_sample_count_shortfall_is_bad_count_as_in_netflow_v5(decoders_mod, capl
     """A header that counts more samples (sFlow) or records (NetFlow v5) than its datagram holds
     is one disagreement with one name in both decoders: `bad_count` on the exporter, logged with
     the reason, the samples or records that are there decoded and the datagram not failed."""
+    from conftest import make_v5
+
     pkt = eth(ipv4("10.0.0.1", "10.0.0.2", 17, udp(1, 2)), 0x0800)
     one = flow_sample([raw_header(pkt, 60)])
     v5 = bytearray(make_v5(seq=1, n=2, first=0))
