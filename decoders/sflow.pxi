@@ -535,7 +535,13 @@ cdef int read_address(Reader* rec, uint8_t* af, uint8_t* out, uint32_t fmt) exce
 
 # Where a flow sample's Bytes came from (flow_records' `src`): a sampled header's frame_length
 # wins over sampled_ethernet's length, which wins over sampled_ipv4/ipv6's (the IP packet's,
-# "excluding lower layer encapsulations"), whatever the records' order.
+# "excluding lower layer encapsulations"), whatever the records' order. frame_length is taken
+# as sent, whatever the header_protocol: sflow_version_5.txt makes it the "Original length of
+# packet before sampling" (for a layer 2 protocol the octets received, FCS included), and the
+# octets an agent adds to it for encapsulations the hardware removed "must also be added to the
+# stripped count": `stripped` says how header<> relates to the packet, not how long the packet
+# was, and is never subtracted. (An IPv4 header's frame_length may so count the Ethernet header
+# the agent stripped: generic_sflow_flow_sample's is 490, its IP total length 476 + 14 stripped.)
 DEF BYTES_FROM_IP = 1
 DEF BYTES_FROM_ETHERNET = 2
 DEF BYTES_FROM_HEADER = 3
@@ -574,6 +580,17 @@ cdef int xdr_skip_string(Reader* rec, uint32_t fmt) except -1:
     return 0
 
 
+cdef inline uint16_t raw_ip_etype(Reader* h, uint32_t hproto) noexcept:
+    """The EtherType of a header_protocol IPv4/IPv6 header: its first byte's version, else the
+    declared protocol's."""
+    cdef uint8_t version = h.buf[h.pos] >> 4 if rd_left(h) >= 1 else 0
+    if version == 4:
+        return 0x0800
+    if version == 6:
+        return 0x86DD
+    return 0x0800 if hproto == HP_IPV4 else 0x86DD
+
+
 cdef int flow_record(FlowBatch b, Flow* f, uint32_t ent, uint32_t fmt, Reader* rec, int* src,
                      HostRecs* sock) except -1:
     cdef const uint8_t* p
@@ -605,10 +622,13 @@ cdef int flow_record(FlowBatch b, Flow* f, uint32_t ent, uint32_t fmt, Reader* r
         rd_sub(rec, &h, hlen)
         if hproto == HP_ETHERNET:
             hdr_ethernet(f, &h, 0)
-        elif hproto == HP_IPV4:
-            hdr_ethertype(f, &h, 0x0800, 0)
-        elif hproto == HP_IPV6:
-            hdr_ethertype(f, &h, 0x86DD, 0)
+        elif hproto == HP_IPV4 or hproto == HP_IPV6:
+            # The IP header names its own version: one that contradicts header_protocol is read
+            # as what it is (tshark 4.0 reads an IPv6 header labelled 11 so, its "ip" dissector
+            # going by the version; it calls an IPv4 header labelled 12 a bogus IPv6 one, read
+            # here as IPv4 all the same). A header with neither version (or empty) keeps the
+            # declared EtherType.
+            hdr_ethertype(f, &h, raw_ip_etype(&h, hproto), 0)
         elif hproto == HP_MPLS:
             hdr_ethertype(f, &h, 0x8847, 0)
         elif hproto == HP_PPP or hproto == HP_POS:

@@ -318,6 +318,43 @@ def test_extended_vlantunnel_gives_the_vlan_when_extended_switch_does_not(decode
     assert b.error is not None and b.error[0] == "bad_length" and len(b) == 0
 
 
+def test_raw_ip_header_protocols_and_frame_length(decoders_mod) -> None:
+    """sampled_header with header_protocol IPv4 (11) and IPv6 (12), built to sflow_version_5.txt:
+    header<> starts at the IP header (no MACs), DSCP from the TOS / traffic class. Bytes is
+    frame_length as sent, "Original length of packet before sampling", whatever `stripped` says
+    (octets an agent adds to frame_length for encapsulations removed "must also be added to the
+    stripped count": stripped describes header<>, it is not subtracted), for ETHERNET-ISO88023
+    (1) too. An IP header whose version contradicts header_protocol is read by its version (as
+    Wireshark reads a version-6 header labelled 11); an empty one keeps the declared EtherType.
+    A sampled_ethernet record beside a raw IP header gives the MACs, not Bytes."""
+    from tests.test_sflow import MAC_A, MAC_B, rec
+
+    v4 = ipv4("10.0.0.1", "10.0.0.2", 6, tcp(40000, 443, 0x18), tos=0xB8)
+    v6 = ipv6("2001:db8::1", "2001:db8::2", 17, udp(5353, 53), tclass=0xB8)
+    keys = ("Etype", "SrcAddr", "DstAddr", "Proto", "SrcPort", "DstPort", "Dscp", "Bytes")
+    v4_keys = (0x0800, "10.0.0.1", "10.0.0.2", 6, 40000, 443, 0xB8 >> 2)
+    v6_keys = (0x86DD, "2001:db8::1", "2001:db8::2", 17, 5353, 53, 0xB8 >> 2)
+    for header, proto, frame_len, stripped, want in (
+            (v4, 11, 1518, 18, v4_keys + (1518,)),      # an Ethernet header and FCS stripped, counted
+            (v4, 11, 1500, 0, v4_keys + (1500,)),
+            (v6, 12, 1240, 0, v6_keys + (1240,)),
+            (v6, 12, 1262, 22, v6_keys + (1262,)),
+            (v6, 11, 1240, 4, v6_keys + (1240,)),        # labelled IPv4, an IPv6 header
+            (v4, 12, 1500, 4, v4_keys + (1500,)),        # labelled IPv6, an IPv4 header
+            (eth(v4, 0x0800), 1, 1522, 4, v4_keys + (1522,)),
+            (eth(v4, 0x0800)[:36], 1, 1522, 1000, (0x0800, "10.0.0.1", "10.0.0.2", 6, None, None, 0xB8 >> 2, 1522))):
+        f = one_flow(decoders_mod, [raw_header(header, frame_len, proto=proto, stripped=stripped)])
+        assert tuple(f.get(k) for k in keys) == want, (proto, frame_len, stripped)
+        assert ("SrcMac" in f) == (proto == 1)
+    for proto, etype in ((11, 0x0800), (12, 0x86DD)):
+        f = one_flow(decoders_mod, [raw_header(b"", 100, proto=proto)])
+        assert (f.get("Etype"), f.get("Bytes"), "SrcAddr" in f) == (etype, 100, False)
+    ethernet = rec(2, struct.pack(">I", 1518) + MAC_A + b"\0\0" + MAC_B + b"\0\0" + struct.pack(">I", 0x0800))
+    for records in ([raw_header(v4, 1500, proto=11), ethernet], [ethernet, raw_header(v4, 1500, proto=11)]):
+        f = one_flow(decoders_mod, records)
+        assert (f["Bytes"], f["SrcMac"], f["DstMac"], f["SrcAddr"]) == (1500, MAC_A.hex(":"), MAC_B.hex(":"), "10.0.0.1")
+
+
 def test_agent_address_type_unknown_names_the_udp_source(decoders_mod) -> None:
     """sflow_version_5.txt's `address` union: type 0 (UNKNOWN) carries no address bytes, so the
     sub-agent id follows the type at once. The agent is then the datagram's UDP source, for flow
