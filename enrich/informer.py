@@ -628,7 +628,7 @@ class Informer:
         except (orjson.JSONDecodeError, KeyError, TypeError):
             raise ApiProblem("bad_response", f"watch {self._resource()} sent a malformed event: {line[:200]!r}") from None
         if typ == "ERROR":
-            code = obj.get("code") if isinstance(obj, dict) else None
+            code = _event_code(obj)
             if code == 410 or _expired(obj):
                 raise Gone
             if _too_large(obj):
@@ -638,7 +638,10 @@ class Informer:
             details = obj.get("details") if isinstance(obj, dict) else None
             wait = details.get("retryAfterSeconds") if isinstance(details, dict) else None
             wait = float(wait) if isinstance(wait, int) and not isinstance(wait, bool) and wait > 0 else 0.0
-            raise ApiProblem(_status_cause(code), f"watch {self._resource()} ERROR event {code}: {msg}"
+            reason = obj.get("reason") if isinstance(obj, dict) else None
+            said = f"{code}" if code is not None else f"without a code (reason {reason!r:.60})"
+            raise ApiProblem(_status_cause(code) if code is not None else "error_no_code",
+                             f"watch {self._resource()} ERROR event {said}: {msg}"
                              + (f" (retry after {wait:g} s)" if wait else ""), wait)
         if first:
             self._gone_streak = 0
@@ -864,6 +867,29 @@ def _status_message(body: Any) -> str:
         pass
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body)
     return text[:200]
+
+
+# The HTTP code of each metav1.StatusReason (k8s.io/apimachinery/pkg/apis/meta/v1 types.go documents
+# one per reason): a Status whose `code` is missing (an aggregated API server's or a proxy's ERROR
+# event) is counted by its reason as the same answer with its code would be.
+REASON_CODES = {
+    "BadRequest": 400, "Unauthorized": 401, "Forbidden": 403, "NotFound": 404, "MethodNotAllowed": 405,
+    "NotAcceptable": 406, "AlreadyExists": 409, "Conflict": 409, "Gone": 410, "Expired": 410,
+    "RequestEntityTooLarge": 413, "UnsupportedMediaType": 415, "Invalid": 422, "TooManyRequests": 429,
+    "InternalError": 500, "ServerTimeout": 500, "StoreReadError": 500, "ServiceUnavailable": 503, "Timeout": 504,
+}
+
+
+def _event_code(status: Any) -> int | None:
+    """The HTTP code of a watch ERROR event's Status: its `code` (an integer), else the one its
+    `reason` stands for (REASON_CODES), else None (counted as error_no_code, not as "http_None")."""
+    if not isinstance(status, dict):
+        return None
+    code = status.get("code")
+    if isinstance(code, int) and not isinstance(code, bool) and code > 0:
+        return code
+    reason = status.get("reason")
+    return REASON_CODES.get(reason) if isinstance(reason, str) else None
 
 
 def _status_cause(code: Any) -> str:

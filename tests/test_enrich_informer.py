@@ -366,6 +366,30 @@ def test_watch_error_event_retry_after_is_waited_out(seeded: FakeKube, kubeconfi
         assert e.stats()["kinds"]["pods"]["errors"]["http_429"] == 1
 
 
+@pytest.mark.parametrize("obj,cause", [
+    # a Status without its code (an aggregated API server's, a proxy's) counts as its reason's code
+    ({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "ServiceUnavailable",
+      "message": "the server is currently unable to handle the request"}, "server_error"),
+    ({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "BadRequest",
+      "message": "bad resourceVersion"}, "http_400"),
+    # neither a code nor a reason it stands for, or no Status at all: named so, not "http_None"
+    ({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "upstream connect error"},
+     "error_no_code"),
+    ({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Teapot"}, "error_no_code"),
+    ("stream reset by the proxy", "error_no_code"),
+])
+def test_watch_error_event_without_a_code_is_counted_by_its_reason(seeded: FakeKube, kubeconfig: str, obj: Any,
+                                                                   cause: str) -> None:
+    """An ERROR event whose object has no `code` was counted under the label "http_None"."""
+    with running_enricher(kubeconfig) as e:
+        assert e.wait_ready(10)
+        seeded.event_status = obj
+        seeded.fail("pods", "watch", "status_event", times=1)
+        seeded.expire("pods")   # the open watch ends; the next one gets the ERROR event
+        wait_for(lambda: e.stats()["kinds"]["pods"]["errors"], what="the ERROR event counted")
+        assert e.stats()["kinds"]["pods"]["errors"] == {cause: 1}
+
+
 def test_forbidden_names_verb_and_resource(seeded: FakeKube, kubeconfig: str, caplog: pytest.LogCaptureFixture) -> None:
     seeded.fail("pods", "watch", "forbidden")
     with caplog.at_level(logging.INFO, logger="flowscope.enrich"):

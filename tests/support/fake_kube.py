@@ -129,6 +129,9 @@ class FakeKube:
         # way); N, the events ready at once joined and cut into chunks of N bytes (1: an event
         # over hundreds of one-byte chunks; large: several events in one chunk).
         self.watch_chunk_bytes: int | None = None
+        # The object of the ERROR event the "status_event" watch fault sends (a Status, or
+        # whatever an aggregated API server or a proxy put there: a Status without `code`).
+        self.event_status: Any = status(500, "InternalError", "Internal error occurred")
         # Length of the event line the "oversize" watch fault sends (over the informer's cap).
         self.oversize_bytes = 17 << 20
         # How long a watch from a resourceVersion the server has not reached yet waits for it
@@ -298,7 +301,8 @@ class FakeKube:
         Status 500 InternalError, then it ends, as an etcd timeout is reported once the watch is open),
         gone_http (HTTP 410 Expired before any stream; to a list, whatever page it asks for),
         too_old_500_http (HTTP 500 "too old resource version", as the watch cache answered before 410),
-        compacted_500_event (watch only: ERROR 500 InternalError wrapping etcd's "required revision has
+        status_event (watch only: the stream's first event is an ERROR whose object is `event_status`, then
+        it ends), compacted_500_event (watch only: ERROR 500 InternalError wrapping etcd's "required revision has
         been compacted", as etcd3 watches reported it before 410 Expired), bad_request (HTTP 400 BadRequest), throttle (429 with Retry-After: 2), throttle_event
         (watch only: ERROR 429 with details.retryAfterSeconds 3), too_large_event (watch only: ERROR 504
         "Too large resource version", cause ResourceVersionTooLarge, as `_watch` answers a watch from a
@@ -639,6 +643,12 @@ class _Handler(BaseHTTPRequestHandler):
             st = status(500, "InternalError", "Internal error occurred: etcdserver: request timed out")
             st["details"] = {"causes": [{"message": "etcdserver: request timed out"}]}
             self._chunk(json.dumps({"type": "ERROR", "object": st}).encode() + b"\n")
+            self._chunk(b"")
+            return
+        if fault == "status_event":  # an ERROR whose object is the test's `event_status`, then the end
+            with k.cond:
+                obj = k.event_status
+            self._chunk(json.dumps({"type": "ERROR", "object": obj}).encode() + b"\n")
             self._chunk(b"")
             return
         if fault == "compacted_500_event":  # etcd3's ErrCompacted before interpretWatchError made it 410
