@@ -384,8 +384,8 @@ class EnrichSection:
                                "either side is an application's pod or Service, one outside those namespaces and "
                                "not the kubernetes/openshift Service of default; else infra: nodes, unresolved)",
                                choice("any-infra", "netobserv"), flag="--flow-layer-rule")
-    tombstone_seconds: float = opt(300.0, "how long a deleted pod keeps its IP for flows that started "
-                                   "before the deletion (IP reuse)", ranged(parse_seconds, 0, 86400),
+    tombstone_seconds: float = opt(300.0, "how long a deleted pod (and a deleted Node or Service) keeps "
+                                   "its IP for flows that started before the deletion (IP reuse)", ranged(parse_seconds, 0, 86400),
                                    flag="--pod-tombstone-seconds", metavar="SECONDS")
     pod_networks: bool = opt(True, "also give pods the addresses their network annotations list beyond "
                              "status.podIPs: OVN-Kubernetes k8s.ovn.org/pod-networks (user-defined networks: a "

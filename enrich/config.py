@@ -79,7 +79,7 @@ class EnrichConfig:
     # The collector's own namespace, also infra. None = detect (POD_NAMESPACE, then the
     # ServiceAccount namespace file); "" = none.
     own_namespace: str | None = None
-    # How long a deleted pod keeps its IP attribution for flows that started before the
+    # How long a deleted pod (Node, Service) keeps its IP attribution for flows that started before the
     # deletion (exporters report flows up to their active timeout late).
     tombstone_seconds: float = 300.0
     # Also index the pod addresses its network annotations list beyond status.podIPs

@@ -489,12 +489,14 @@ class NodeRec:
 class SvcRec:
     """What the index keeps of a Service."""
 
-    __slots__ = ("ns", "name", "ips")
+    __slots__ = ("ns", "name", "ips", "created_ms")
 
-    def __init__(self, *, ns: str, name: str, ips: tuple[bytes, ...]) -> None:
+    def __init__(self, *, ns: str, name: str, ips: tuple[bytes, ...], created_ms: int = ALWAYS) -> None:
         self.ns = ns
         self.name = name
         self.ips = ips
+        # creationTimestamp: from when it holds its ClusterIPs when a deleted Service held one before
+        self.created_ms = created_ms
 
 
 class RsRec:
@@ -634,6 +636,15 @@ class Index:
         # other out of order, or across a relist), the newest answering
         self._svc_addr: dict[bytes, Any] = {}
         self._svc_entry: dict[tuple[str, str], tuple[Any, ...]] = {}
+        # Address -> the Nodes (Services) that answered for it and stopped (deleted, or no longer
+        # listing it), each as (start, end, entry), kept tombstone_seconds as pods' tombstones are:
+        # a Node replaced by one with its InternalIP, or a ClusterIP given to a new Service, is
+        # not taken for the new one in the flows that started before (_layer_set). Most addresses
+        # have none, and their layer entry stays the one-link (ALWAYS, ALIVE) entry it was.
+        self._node_tombs: dict[bytes, list[tuple[int, int, tuple[Any, ...]]]] = {}
+        self._svc_tombs: dict[bytes, list[tuple[int, int, tuple[Any, ...]]]] = {}
+        # (end, seq, is a Node's, address, tombstone) per Node/Service tombstone, a heap (as _expiry)
+        self._addr_expiry: list[tuple[int, int, bool, bytes, tuple[int, int, tuple[Any, ...]]]] = []
         self._batch = False
 
         # Counters for stats(): problems by cause; logged once per cause.
@@ -767,9 +778,10 @@ class Index:
         return {
             "pods": len(self._pods), "nodes": len(self._nodes), "services": len(self._services),
             "replicasets": len(self._rs), "tombstones": len(self._tombstones),
+            "address_tombstones": len(self._addr_expiry),
             "addresses": len(self._ips), "pod_ips": len(self._pod_layer),
             "pod_network_ips": len(self._net_holders),
-            "node_ips": len(self._node_layer), "service_ips": len(self._svc_layer),
+            "node_ips": len(self._node_addr), "service_ips": len(self._svc_addr),
             "other_owner_kinds": len(self.other_owner_kinds),
         }
 
@@ -999,7 +1011,8 @@ class Index:
             raise BadObject(f"no clusterIP is an IP: {bad!r:.80}", "bad_address")
         for t in bad:
             self.problem("bad_address", f"{what} has a non-IP clusterIP {t!r}")
-        return SvcRec(ns=_intern(ns), name=meta["name"], ips=tuple(ips))
+        return SvcRec(ns=_intern(ns), name=meta["name"], ips=tuple(ips),
+                      created_ms=_or_always(parse_time_ms(meta.get("creationTimestamp"))))
 
     def _parse_rs(self, obj: Any) -> RsRec:
         meta = _meta(obj)
@@ -1060,6 +1073,8 @@ class Index:
                 self._batch = False
             # One swap: readers see the old index or the new one, never a mix.
             ips = {**self._svc_layer, **self._node_layer}
+            for ip in self._svc_layer.keys() & self._node_layer.keys():
+                ips[ip] = self._other(ip)  # type: ignore[assignment]
             for ip, chain in self._pod_layer.items():
                 ips[ip] = self._entry(ip, chain, ips.get(ip)) or chain
             self._ips = ips
@@ -1108,10 +1123,10 @@ class Index:
 
     def _sweep_locked(self) -> int:
         exp = self._expiry
-        if not exp:
+        if not exp and not self._addr_expiry:
             return 0
         cutoff = self._now_ms() - self._ttl_ms
-        n = 0
+        n = self._sweep_addresses(cutoff) if self._addr_expiry else 0
         while exp and exp[0][0] <= cutoff:
             r = heapq.heappop(exp)[2]
             if self._tombstones.get(r.uid) is not r:
@@ -1123,6 +1138,59 @@ class Index:
             n += 1
         return n
 
+    def _sweep_addresses(self, cutoff: int) -> int:
+        """Forget the Node and Service tombstones that ended by `cutoff`; returns how many went."""
+        exp = self._addr_expiry
+        n = 0
+        while exp and exp[0][0] <= cutoff:
+            _, _, is_node, ip, tomb = heapq.heappop(exp)
+            layer, tombs = (self._node_layer, self._node_tombs) if is_node else (self._svc_layer, self._svc_tombs)
+            held = tombs.get(ip)
+            if held is None or tomb not in held:
+                continue
+            held.remove(tomb)
+            if not held:
+                del tombs[ip]
+            # the live holder stays as it is (the one link of the chain that has not ended)
+            cur = layer.get(ip)
+            while cur is not None and cur[E_END] != ALIVE:
+                cur = cur[E_PREV]
+            self._layer_set(layer, tombs, ip, None if cur is None else cur[:E_START] + (ALWAYS, ALIVE, None),
+                            ALWAYS if cur is None else cur[E_START])
+            self._merge(ip)
+            n += 1
+        return n
+
+    def _addr_entomb(self, is_node: bool, ip: bytes, entry: tuple[Any, ...], start: int) -> None:
+        """The Node (Service) `entry` that answered for `ip` since `start` stopped now: it keeps
+        answering for the flows that started before, for tombstone_seconds."""
+        tomb = (start, self._now_ms(), entry)
+        (self._node_tombs if is_node else self._svc_tombs).setdefault(ip, []).append(tomb)
+        heapq.heappush(self._addr_expiry, (tomb[1], next(self._seq), is_node, ip, tomb))
+
+    @staticmethod
+    def _layer_set(layer: dict[bytes, tuple[Any, ...]], tombs: dict[bytes, list[tuple[int, int, tuple[Any, ...]]]],
+                   ip: bytes, live: tuple[Any, ...] | None, start: int) -> None:
+        """layer[ip]: the Node (Service) entry `live` that answers for `ip` now, holding it from
+        `start` (its creation), and the ones that did before (tombs[ip]), newest first, as pods'
+        chains (_claim_key's order). Without those it is the one-link entry that answers for every
+        flow time, as ever: the hot path compares its start and end and walks nothing."""
+        ended = tombs.get(ip)
+        if not ended:
+            if live is None:
+                layer.pop(ip, None)
+            else:
+                layer[ip] = live
+            return
+        held = list(ended)
+        if live is not None:
+            held.append((start, ALIVE, live))
+        held.sort(key=_held_key)
+        prev: tuple[Any, ...] | None = None
+        for s, end, entry in held:
+            prev = entry[:E_START] + (s, end, prev)
+        layer[ip] = prev  # type: ignore[assignment]
+
     def _entomb(self, rec: PodRec) -> None:
         """Keep an ended record (end_ms set, never changed after) for tombstone_seconds."""
         self._tombstones[rec.uid] = rec
@@ -1131,7 +1199,7 @@ class Index:
     def _merge(self, ip: bytes) -> None:
         if self._batch:
             return
-        e = self._entry(ip, self._pod_layer.get(ip), self._node_layer.get(ip) or self._svc_layer.get(ip))
+        e = self._entry(ip, self._pod_layer.get(ip), self._other(ip))
         if e is None:
             self._ips.pop(ip, None)
         else:
@@ -1140,6 +1208,12 @@ class Index:
             # after the store: a lookup between the two caches the new entry under the old
             # generation, which this bump then invalidates (never the old entry under the new one)
             self._reader.generation += 1
+
+    def _other(self, ip: bytes) -> tuple[Any, ...] | None:
+        """The Node, then the Service, that has the address (lookup order): a live Node with no
+        tombstone before it answers for every flow time; otherwise the Nodes answer for their
+        times, and the Service for the others."""
+        return _with_fallback(self._node_layer.get(ip), self._svc_layer.get(ip))
 
     def _entry(self, ip: bytes, chain: tuple[Any, ...] | None, other: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
         """The reader's entry of an address: its pods' chain, then the Node or Service (see
@@ -1516,13 +1590,13 @@ class Index:
         if old is not None:
             for ip in old.addrs:
                 if ip not in rec.addrs:
-                    self._drop_node_ip(ip, rec.name)
+                    self._drop_node_ip(ip, old)
         for ip in rec.addrs:
             # A node newly listing an address answers for it; one that listed it already keeps
             # its place (an update of the other node sharing it does not take it back).
             _multi_add(self._node_addr, ip, rec.name)
             if _last(self._node_addr[ip]) == rec.name:
-                self._node_layer[ip] = entry
+                self._layer_set(self._node_layer, self._node_tombs, ip, entry, rec.created_ms)
                 self._set_agent(ip)
                 self._merge(ip)
         if old is None:
@@ -1530,18 +1604,22 @@ class Index:
         if old is None or old.zone != rec.zone:
             self._rerender(self._pods_by_node.get(rec.name))
 
-    def _drop_node_ip(self, ip: bytes, name: str) -> None:
+    def _drop_node_ip(self, ip: bytes, old: NodeRec) -> None:
+        """The Node `old` (as it was) no longer lists `ip`: another Node that lists it answers
+        for it, else nothing does; when `old` answered, it stays for the flows that started
+        before (a tombstone)."""
+        name = old.name
         was = _last(self._node_addr.get(ip))
         if not _multi_remove(self._node_addr, ip, name):
             return
         now = _last(self._node_addr.get(ip))
         if now == was:
             return  # another node answers for it, as before
-        if now is None:
-            self._node_layer.pop(ip, None)
-        else:
-            # another Node still lists it (both were in a list, or it listed it first)
-            self._node_layer[ip] = self._node_entry(self._nodes[now])
+        self._addr_entomb(True, ip, self._node_entry(old), old.created_ms)
+        # another Node still lists it (both were in a list, or it listed it first), or none
+        cur = self._nodes.get(now) if now is not None else None
+        self._layer_set(self._node_layer, self._node_tombs, ip, None if cur is None else self._node_entry(cur),
+                        ALWAYS if cur is None else cur.created_ms)
         self._set_agent(ip)
         self._merge(ip)
 
@@ -1550,7 +1628,7 @@ class Index:
         if old is None:
             return
         for ip in old.addrs:
-            self._drop_node_ip(ip, name)
+            self._drop_node_ip(ip, old)
         # Its pods keep the zone they were rendered with (the only field a Node gives them)
         # until they go too: the pod garbage collector deletes them after the Node.
         if old.zone and name in self._pods_by_node:
@@ -1572,28 +1650,29 @@ class Index:
         if old is not None:
             for ip in old.ips:
                 if ip not in rec.ips:
-                    self._drop_svc_ip(ip, key)
+                    self._drop_svc_ip(ip, key, old)
         for ip in rec.ips:
             # (kept last: the newest Service to list the address answers for it)
             _multi_remove(self._svc_addr, ip, key)
             _multi_add(self._svc_addr, ip, key)
-            self._svc_layer[ip] = entry
+            self._layer_set(self._svc_layer, self._svc_tombs, ip, entry, rec.created_ms)
             self._merge(ip)
 
-    def _drop_svc_ip(self, ip: bytes, key: tuple[str, str]) -> None:
-        """The Service `key` no longer lists ClusterIP `ip`: another Service that lists it (one
-        deleted and one created with its address, their events out of order; or a relist that
-        saw both) answers for it again, else nothing does."""
+    def _drop_svc_ip(self, ip: bytes, key: tuple[str, str], old: SvcRec) -> None:
+        """The Service `key` (`old`, as it was) no longer lists ClusterIP `ip`: another Service
+        that lists it (one deleted and one created with its address, their events out of order;
+        or a relist that saw both) answers for it again, else nothing does; when it answered, it
+        stays for the flows that started before (a tombstone: the ClusterIP given to a new
+        Service is not the new one's in them)."""
         was = _last(self._svc_addr.get(ip))
         if not _multi_remove(self._svc_addr, ip, key):
             return
         now = _last(self._svc_addr.get(ip))
         if now == was:
             return
-        if now is None:
-            self._svc_layer.pop(ip, None)
-        else:
-            self._svc_layer[ip] = self._svc_entry[now]
+        self._addr_entomb(False, ip, self._svc_entry[key], old.created_ms)
+        self._layer_set(self._svc_layer, self._svc_tombs, ip, None if now is None else self._svc_entry[now],
+                        ALWAYS if now is None else self._services[now].created_ms)
         self._merge(ip)
 
     def _delete_service(self, key: tuple[str, str]) -> None:
@@ -1601,7 +1680,7 @@ class Index:
         if old is None:
             return
         for ip in old.ips:
-            self._drop_svc_ip(ip, key)
+            self._drop_svc_ip(ip, key, old)
         self._svc_entry.pop(key, None)
 
     # replicasets
@@ -1627,7 +1706,8 @@ class Index:
 def _with_fallback(chain: tuple[Any, ...] | None, other: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
     """An address's entry: its pods' chain (lookup order Pod, Node, Service), ending in the
     Node or Service that also has the address, for the flow times no pod held it then (a
-    finished Job pod or a deleted pod's tombstone must not hide the node that has it now)."""
+    finished Job pod or a deleted pod's tombstone must not hide the node that has it now); the
+    same for a Node's chain and the Service's (Index._other)."""
     if chain is None or other is None:
         return chain if chain is not None else other
     if chain[E_PREV] is None and chain[E_START] == ALWAYS and chain[E_END] == ALIVE:
@@ -1637,7 +1717,7 @@ def _with_fallback(chain: tuple[Any, ...] | None, other: tuple[Any, ...] | None)
     while cur is not None:
         links.append(cur)
         cur = cur[E_PREV]
-    out: tuple[Any, ...] = other[:E_START] + (ALWAYS, ALIVE, None)
+    out = other   # (with the Node's or Service's own tombstones, when it has any: Index._layer_set)
     for link in reversed(links):
         out = link[:E_PREV] + (out,)
     return out
@@ -1720,6 +1800,12 @@ def _or_always(t: int | None) -> int:
 
 def _created_key(r: NodeRec) -> int:
     return r.created_ms
+
+
+def _held_key(h: tuple[int, int, tuple[Any, ...]]) -> tuple[int, bool, int]:
+    """A Node's or Service's place in its address' chain, oldest first (Index._layer_set): by
+    its start, and of ones with the same start, as _claim_key orders pods."""
+    return (h[0], h[1] == ALIVE, -h[1])
 
 
 def _claim_key(c: tuple[int, PodRec]) -> tuple[int, bool, int]:

@@ -23,6 +23,9 @@ from enrich.index import ZONE_LABEL, PodRec, gateway_router_ips, management_port
 from tests.support.fake_kube import node, pod, replicaset, service
 
 T0 = 1_700_000_000_000  # ms; objects below are created around here
+# A flow start after every change these tests make (2100-01-01): a Node or Service that stopped
+# holding an address keeps it for the flows that started before (a tombstone), as pods do.
+LATER = 4_102_444_800_000
 # What an address of nobody gives: no identity, and the layer "app" (no side is infrastructure).
 NOBODY = {"K8S_FlowLayer": "app"}
 
@@ -360,11 +363,11 @@ def test_one_malformed_ovn_annotation_keeps_only_its_own_last_good_addresses() -
     e.index.upsert("nodes", e.index.parse("nodes", n1('{"default":', '{"ipv4":"100.64.0.9/16"}')))
     assert side(flow(e, "10.244.1.2", ""), "SrcK8S_")["Name"] == "n1"
     assert side(flow(e, "100.64.0.9", ""), "SrcK8S_")["Name"] == "n1"
-    assert flow(e, "100.64.0.2", "") == NOBODY
+    assert flow(e, "100.64.0.2", "", t_ms=LATER) == NOBODY
     # and mended: its own addresses again
     e.index.upsert("nodes", e.index.parse("nodes", n1({"default": "10.244.7.0/24"}, '{"ipv4":"100.64.0.9/16"}')))
     assert side(flow(e, "10.244.7.2", ""), "SrcK8S_")["Name"] == "n1"
-    assert flow(e, "10.244.1.2", "") == NOBODY
+    assert flow(e, "10.244.1.2", "", t_ms=LATER) == NOBODY
 
 
 def test_gateway_router_annotation_shapes() -> None:
@@ -448,7 +451,7 @@ def test_two_services_on_one_cluster_ip_the_one_left_answers() -> None:
     other answering; the index forgot the address when the one it named last went, though the
     other still listed it."""
     def who(e: enrich.Enricher) -> str:
-        return str(flow(e, "", "172.30.0.10").get("DstK8S_Name", ""))
+        return str(flow(e, "", "172.30.0.10", t_ms=LATER).get("DstK8S_Name", ""))
 
     old = service("old", "shop", ips=["172.30.0.10"])
     new = service("new", "shop", ips=["172.30.0.10", "fd00:172:30::10"])
@@ -1074,7 +1077,7 @@ def test_flow_direction_from_pods_host_ips_while_their_node_is_not_cached() -> N
     idx.delete("pods", idx.parse("pods", b1))
     assert direction("10.244.1.5", "8.8.8.8") == 1
     clock.ms = T0 + 301_000
-    assert idx.sweep() == 1
+    assert idx.sweep() == 3   # the pod's, and the deleted Node's address and management port's
     assert flow(e, "8.8.8.8", "10.244.0.5", agent="10.0.0.2", direction=1).get("FlowDirection") == 1
     assert idx.counts()["pod_ips"] == 1 and not idx._hosts.get(raw("10.0.0.2"))
     assert raw("10.0.0.2") not in idx._agents
@@ -1135,7 +1138,7 @@ def test_an_address_two_nodes_list_stays_with_the_node_still_listing_it() -> Non
         assert (got["Name"], got["Zone"]) == (first, listed[0]["metadata"]["labels"][ZONE_LABEL]), listed
         assert flow(e, "10.0.0.7", "8.8.8.8", agent="10.0.0.7")["FlowDirection"] == 1  # the exporter's node
         idx.delete("nodes", idx.parse("nodes", listed[0]))
-        assert flow(e, "10.0.0.7", "") == NOBODY
+        assert flow(e, "10.0.0.7", "", t_ms=LATER) == NOBODY
         assert not idx._node_addr and not idx._agents
     # Watch events: the newest Node listing the address answers; when it stops listing it (or
     # is deleted), the other one does.
@@ -1151,7 +1154,7 @@ def test_an_address_two_nodes_list_stays_with_the_node_still_listing_it() -> Non
     idx.delete("nodes", idx.parse("nodes", node("n-old", internal=["10.0.0.7"])))
     assert flow(e, "10.0.0.7", "")["SrcK8S_Name"] == "n-new"
     assert flow(e, "10.0.0.7", "8.8.8.8", agent="10.0.0.7")["FlowDirection"] == 1
-    assert flow(e, "10.0.0.8", "") == NOBODY and flow(e, "203.0.113.9", "") == NOBODY
+    assert flow(e, "10.0.0.8", "", t_ms=LATER) == NOBODY and flow(e, "203.0.113.9", "", t_ms=LATER) == NOBODY
 
 
 def test_a_node_address_of_any_type_that_is_an_ip_is_the_nodes() -> None:
@@ -1175,11 +1178,11 @@ def test_a_node_address_of_any_type_that_is_an_ip_is_the_nodes() -> None:
     assert flow(e, "192.168.50.7", "8.8.8.8", agent="192.168.50.7")["FlowDirection"] == 1
     # the address changes: the old one is nobody's, the new one the node's
     idx.upsert("nodes", idx.parse("nodes", a_node("192.168.50.8")))
-    assert flow(e, "192.168.50.7", "") == NOBODY
+    assert flow(e, "192.168.50.7", "", t_ms=LATER) == NOBODY
     assert flow(e, "192.168.50.8", "")["SrcK8S_Name"] == "node-h"
     # a name as Hostname: nothing indexed for it, and no problem counted
     idx.upsert("nodes", idx.parse("nodes", a_node("node-h")))
-    assert flow(e, "192.168.50.8", "") == NOBODY
+    assert flow(e, "192.168.50.8", "", t_ms=LATER) == NOBODY
     assert flow(e, "10.0.0.1", "")["SrcK8S_Name"] == "node-h"
     assert idx.problems == {}
     # an update whose InternalIP cannot be read keeps the last good addresses (a Hostname IP
@@ -1385,7 +1388,7 @@ def test_a_malformed_field_in_an_update_keeps_that_fields_last_good_value(caplog
     assert len(caplog.records) == 2
     # Good values replace the kept ones: no annotation (no management port), another address.
     idx.upsert("nodes", idx.parse("nodes", node("node-x", internal=["10.0.9.3"], zone="z2")))
-    assert flow(e, "10.244.9.2", "") == NOBODY and flow(e, "10.0.9.1", "") == NOBODY
+    assert flow(e, "10.244.9.2", "", t_ms=LATER) == NOBODY and flow(e, "10.0.9.1", "", t_ms=LATER) == NOBODY
     assert flow(e, "10.0.9.3", "")["SrcK8S_Name"] == "node-x"
     idx.upsert("pods", idx.parse("pods", pod("web-1", "shop", ips=["10.244.9.6"], node="node-x", host_ip="10.0.9.3",
                                               uid="u1", created=iso(T0 - 60_000))))

@@ -740,7 +740,7 @@ def test_node_and_replicaset_events_rerender_pods(seeded: FakeKube, enricher: en
         "K8S_FlowLayer": "app", "FlowDirection": 2,
     }
     seeded.delete("nodes", "node-b")
-    wait_for(lambda: flow(enricher, "10.244.1.2", "") == NOBODY, what="node deleted")
+    wait_for(lambda: flow(enricher, "10.244.1.2", "", t_ms=FUTURE) == NOBODY, what="node deleted")
 
 
 def test_every_host_ip_of_a_dual_stack_pod_names_its_node_as_exporter(seeded: FakeKube,

@@ -14,7 +14,7 @@ from typing import Any
 
 import enrich
 from tests.support.enricher import running_enricher
-from tests.support.fake_kube import FakeKube, pod, wait_for
+from tests.support.fake_kube import FakeKube, node, pod, service, wait_for
 from tests.support.fake_kube import fake_kube as fake_kube  # noqa: F401 - fixture
 from tests.test_enrich_index import T0, Clock, build, flow, iso
 from tests.test_enrich_index import implementation as implementation  # noqa: F401 - autouse fixture
@@ -262,3 +262,79 @@ def test_a_running_pod_listed_before_a_completed_pod_with_its_address_wins(
         assert e.wait_ready(10)
         for t in (now - 30_000, now - 1_000, 0):
             assert flow(e, IP, "", t_ms=t)["SrcK8S_Name"] == "api-5d-x", t
+
+
+def _created(obj: dict[str, Any], ms: int) -> dict[str, Any]:
+    obj["metadata"]["creationTimestamp"] = iso(ms)
+    return obj
+
+
+def test_a_clusterip_given_to_a_new_service_keeps_the_deleted_services_earlier_flows(
+        fake_kube: FakeKube, kubeconfig: str, implementation: str) -> None:  # noqa: F811 - fixtures
+    """A Service deleted and its ClusterIP given to a new Service (the allocator frees it at
+    the delete) while flows of the old one are still exported: those that started before the
+    delete are the old Service's, as a deleted pod's are (a tombstone), not nobody's in between,
+    nor the new Service's after; flows since the new one was created are its own. Flows to the
+    Service that kept its address all along are untouched."""
+    now = int(time.time() * 1000)
+    vip = "172.30.0.77"
+    seed(fake_kube)
+    fake_kube.add("services", _created(service("cart", "shop", ips=[vip]), now - 3_600_000))
+    with running_enricher(kubeconfig, compiled=implementation == "compiled") as e:
+        assert e.wait_ready(10)
+        wait_for(lambda: fake_kube.watchers["services"] >= 1, what="service watch open")
+        assert flow(e, "", vip, t_ms=now - 60_000)["DstK8S_Name"] == "cart"
+        fake_kube.delete("services", "cart", "shop")
+        wait_for(lambda: e.stats()["kinds"]["services"]["events"]["DELETED"] == 1, what="the delete")
+        assert flow(e, "", vip, t_ms=now - 60_000)["DstK8S_Name"] == "cart"     # a late flow of the old one
+        assert "DstK8S_Name" not in flow(e, "", vip, t_ms=now + 600_000)        # nobody's since
+        fake_kube.add("services", _created(service("checkout", "pay", ips=[vip]), now + 1_000))
+        wait_for(lambda: e.stats()["kinds"]["services"]["events"]["ADDED"] >= 1, what="the new service")
+        assert flow(e, "", vip, t_ms=now - 60_000)["DstK8S_Name"] == "cart"
+        assert flow(e, "", vip, t_ms=now - 60_000)["DstK8S_Namespace"] == "shop"
+        late = flow(e, "", vip, t_ms=now + 2_000)
+        assert (late["DstK8S_Name"], late["DstK8S_Namespace"]) == ("checkout", "pay")
+        assert flow(e, "", vip)["DstK8S_Name"] == "checkout"     # no start time: who has it now
+        assert flow(e, "", "172.30.0.10", t_ms=now - 60_000)["DstK8S_Name"] == "web"
+        assert e.stats()["index"]["address_tombstones"] == 1
+
+
+def test_a_node_replaced_by_one_with_its_internal_ip_keeps_the_old_nodes_earlier_flows(
+        fake_kube: FakeKube, kubeconfig: str, implementation: str) -> None:  # noqa: F811 - fixtures
+    """A Node deleted (its VM gone) and a new one registered with its InternalIP (the cloud gave
+    the private address to the new VM): the host traffic of the old node that started before
+    the delete stays the old Node's; the new Node's is its own."""
+    now = int(time.time() * 1000)
+    addr = "10.0.0.9"
+    seed(fake_kube)
+    fake_kube.add("nodes", _created(node("node-old", internal=[addr], zone="zone-a"), now - 86_400_000))
+    with running_enricher(kubeconfig, compiled=implementation == "compiled") as e:
+        assert e.wait_ready(10)
+        wait_for(lambda: fake_kube.watchers["nodes"] >= 1, what="node watch open")
+        fake_kube.delete("nodes", "node-old")
+        fake_kube.add("nodes", _created(node("node-new", internal=[addr], zone="zone-c"), now + 1_000))
+        wait_for(lambda: e.stats()["kinds"]["nodes"]["events"]["ADDED"] >= 1, what="the new node")
+        old = flow(e, addr, "", t_ms=now - 60_000)
+        assert (old["SrcK8S_Name"], old["SrcK8S_Zone"]) == ("node-old", "zone-a")
+        new = flow(e, addr, "", t_ms=now + 2_000)
+        assert (new["SrcK8S_Name"], new["SrcK8S_Zone"]) == ("node-new", "zone-c")
+        assert flow(e, "10.0.0.1", "", t_ms=now - 60_000)["SrcK8S_Name"] == "node-a"
+
+
+def test_node_and_service_tombstones_expire_with_the_pods() -> None:
+    """Node and Service tombstones last --pod-tombstone-seconds, as pods' do: after that the
+    address answers as it did before tombstones (the live holder for every flow time)."""
+    clock = Clock(T0)
+    e = build(services=[_created(service("cart", "shop", ips=["172.30.0.77"]), T0 - 3_600_000)],
+              clock=clock, tombstone_seconds=60)
+    idx = e.index
+    idx.delete("services", idx.parse("services", _created(service("cart", "shop", ips=["172.30.0.77"]),
+                                                          T0 - 3_600_000)))
+    idx.upsert("services", idx.parse("services", _created(service("checkout", "pay", ips=["172.30.0.77"]), T0 + 1_000)))
+    assert flow(e, "", "172.30.0.77", t_ms=T0 - 1_000)["DstK8S_Name"] == "cart"
+    assert idx.counts()["address_tombstones"] == 1
+    clock.ms += 61_000
+    assert idx.sweep() == 1
+    assert idx.counts()["address_tombstones"] == 0
+    assert flow(e, "", "172.30.0.77", t_ms=T0 - 1_000)["DstK8S_Name"] == "checkout"
+    assert flow(e, "", "172.30.0.77", t_ms=T0 + 5_000)["DstK8S_Name"] == "checkout"

@@ -144,6 +144,11 @@ class Model:
         self.nodes: dict[str, MNode] = {}
         self.claims: dict[str, list[str]] = {}       # address -> nodes listing it, by when they began to
         self.services: dict[tuple[str, str], tuple[str, ...]] = {}
+        # Nodes and Services that answered for an address and stopped (deleted, or no longer
+        # listing it): (address, "node" or "service", the identity it had, when it stopped), kept
+        # for tombstone_seconds (docs/collector.md: "Nodes and Services keep theirs the same way").
+        # The objects here carry no creationTimestamp: each held its address since always.
+        self.ended: list[tuple[str, str, tuple[Any, ...], int]] = []
         self.rs: dict[tuple[str, str], str | None] = {}   # -> its Deployment
         # What a deleted ReplicaSet / Node gave the pods still linked to it (docs/collector.md:
         # "keeps the Deployment owner and the zone they gave it ... until they go too").
@@ -169,8 +174,8 @@ class Model:
                   "HostIP": p.host_ip, "HostName": p.node if p.host_ip else "", "Zone": zone}
         return ({k: v for k, v in fields.items() if v}, p.node, self._infra(p.ns))
 
-    def node_holder(self, name: str) -> tuple[Any, ...]:
-        n = self.nodes[name]
+    def node_holder(self, name: str, n: MNode | None = None) -> tuple[Any, ...]:
+        n = self.nodes[name] if n is None else n
         host = n.internal[0] if n.internal else (n.external[0] if n.external else "")
         fields = {"Name": name, "Type": "Node", "OwnerName": name, "OwnerType": "Node", "HostIP": host,
                   "HostName": name if host else "", "Zone": n.zone or ""}
@@ -206,13 +211,26 @@ class Model:
             return [self.holder(lf) for lf in inside if lf.start == latest]
         if self.claims.get(ip):
             return [self.node_holder(self.claims[ip][-1])]
+        # a Node that held it then (of several, held since always, the one that stopped first:
+        # the others had it after), then the Service that has it, then one that held it then
+        ended = self._ended_at(ip, "node", t)
+        if ended:
+            return ended
         svcs = [k for k, ips in self.services.items() if ip in ips]
         if svcs:
             return [self.svc_holder(k) for k in svcs]
+        ended = self._ended_at(ip, "service", t)
+        if ended or any(e[0] == ip for e in self.ended):
+            return ended
         if ls:
             first = min(lf.start for lf in ls)
             return [self.holder(lf) for lf in ls if lf.start == first and t < first and t < lf.until()]
         return []
+
+    def _ended_at(self, ip: str, kind: str, t: int) -> list[tuple[Any, ...]]:
+        then = [e for e in self.ended if e[0] == ip and e[1] == kind and t < e[3]]
+        first = min((e[3] for e in then), default=None)
+        return [e[2] for e in then if e[3] == first]
 
     def agent_nodes(self, agent: str) -> list[str | None]:
         """The exporter's node: the Node listing the address (the last to begin to), else the
@@ -257,6 +275,7 @@ class Model:
         cutoff = self.now - TTL_S * 1000
         self.lives = [lf for lf in self.lives if not (lf.frozen is not None and lf.end is not None
                                                        and lf.end <= cutoff)]
+        self.ended = [e for e in self.ended if e[3] > cutoff]
 
     def _start_for(self, p: MPod, ip: str) -> tuple[int, bool]:
         """When a known running pod began to hold an address that appeared on it: from the end of
@@ -371,7 +390,7 @@ class Model:
         self.nodes[n.name] = n
         for ip in old.addrs() if old else []:
             if ip not in n.addrs():
-                self.claims[ip].remove(n.name)
+                self._unclaim(ip, old)
         for ip in n.addrs():
             if n.name not in self.claims.setdefault(ip, []):
                 self.claims[ip].append(n.name)
@@ -379,9 +398,27 @@ class Model:
     def delete_node(self, name: str) -> None:
         n = self.nodes.pop(name)
         for ip in n.addrs():
-            self.claims[ip].remove(name)
+            self._unclaim(ip, n)
         if n.zone and any(q.node == name for q in self.pods.values()):
             self.zones_gone[name] = n.zone
+
+    def _unclaim(self, ip: str, n: MNode) -> None:
+        """Node `n` (as it was) no longer lists `ip`: when it was the one answering, it keeps it."""
+        if self.claims[ip][-1] == n.name:
+            self.ended.append((ip, "node", self.node_holder(n.name, n), self.now))
+        self.claims[ip].remove(n.name)
+
+    def set_service(self, key: tuple[str, str], ips: tuple[str, ...]) -> None:
+        for ip in self.services.get(key, ()):
+            if ip not in ips:
+                self.ended.append((ip, "service", self.svc_holder(key), self.now))
+        self.services[key] = ips
+
+    def delete_service(self, key: tuple[str, str]) -> tuple[str, ...]:
+        ips = self.services.pop(key)
+        for ip in ips:
+            self.ended.append((ip, "service", self.svc_holder(key), self.now))
+        return ips
 
     def set_rs(self, key: tuple[str, str], dep: str | None) -> None:
         self.rs_gone.pop(key, None)
@@ -559,7 +596,7 @@ class IndexMachine(RuleBasedStateMachine):
         if not free:
             return
         ips = tuple(data.draw(st.lists(st.sampled_from(free), min_size=1, max_size=2, unique=True), label="ips"))
-        self.model.services[key] = ips
+        self.model.set_service(key, ips)
         self.upsert("services", service(key[1], key[0], ips=list(ips)))
         self.sweep()
 
@@ -568,7 +605,7 @@ class IndexMachine(RuleBasedStateMachine):
     def delete_service(self, data: st.DataObject) -> None:
         self.tick()
         key = data.draw(st.sampled_from(sorted(self.model.services)), label="service")
-        ips = self.model.services.pop(key)
+        ips = self.model.delete_service(key)
         self.delete("services", service(key[1], key[0], ips=list(ips)))
         self.sweep()
 
@@ -605,12 +642,13 @@ class IndexMachine(RuleBasedStateMachine):
             objs = [m.pods[n].obj() for n in sorted(keep)]
         elif kind == "nodes":
             keep = data.draw(st.sets(st.sampled_from(sorted(m.nodes))), label="kept") if m.nodes else set()
-            for name in sorted(set(m.nodes) - keep):
+            for name in [n for n in m.nodes if n not in keep]:   # (in the index's order: its cache's)
                 m.delete_node(name)
             objs = [self.node_obj(m.nodes[n]) for n in sorted(keep)]
         elif kind == "services":
             keep = data.draw(st.sets(st.sampled_from(sorted(m.services))), label="kept") if m.services else set()
-            m.services = {k: v for k, v in m.services.items() if k in keep}
+            for key in [k for k in m.services if k not in keep]:
+                m.delete_service(key)
             objs = [service(k[1], k[0], ips=list(v)) for k, v in sorted(m.services.items())]
         else:
             keep = data.draw(st.sets(st.sampled_from(sorted(m.rs))), label="kept") if m.rs else set()
