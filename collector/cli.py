@@ -49,7 +49,7 @@ def _enrichment(cfg: config_mod.Config, credentials: bool = True) -> tuple[Any, 
             enabled=True, kubeconfig=e.kubeconfig or None, context=e.context or None,
             cluster_name=e.cluster_name, infra_namespace_prefixes=list(e.infra_namespace_prefixes),
             flow_layer_rule=e.flow_layer_rule, tombstone_seconds=e.tombstone_seconds, pod_networks=e.pod_networks,
-            list_chunk_size=e.list_chunk_size)
+            list_chunk_size=e.list_chunk_size, list_gzip=e.list_gzip)
         enrich_cfg.validate()
     except ValueError as exc:
         return None, "", f"enrich: {exc}"
@@ -319,7 +319,7 @@ def bare_optional_flags(argv: list[str]) -> list[str]:
     """`flowscope decode`'s `--enrich` takes an optional value (`--enrich=false`), so argparse
     would read the token after a bare `--enrich` as its value: `flowscope decode --enrich
     capture.pcap` failed on "capture.pcap" as a boolean. There, a bare `--enrich` followed by
-    anything that is not a boolean is `--enrich=true`; `--enrich-pod-networks` likewise. (`run`
+    anything that is not a boolean is `--enrich=true`; `--enrich-pod-networks` and `--enrich-list-gzip` likewise. (`run`
     and `config` take a value always for `--enrich`: auto, true or false.)"""
     out = list(argv)
     command = next((tok for tok in out if not tok.startswith("-")), None)
@@ -328,7 +328,7 @@ def bare_optional_flags(argv: list[str]) -> list[str]:
     for i, tok in enumerate(out[:-1]):
         if tok == "--":
             break
-        if tok in ("--enrich", "--enrich-pod-networks"):
+        if tok in ("--enrich", "--enrich-pod-networks", "--enrich-list-gzip"):
             try:
                 config_mod.parse_bool(out[i + 1])
             except ValueError:

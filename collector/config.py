@@ -400,6 +400,12 @@ class EnrichSection:
                                "while listing; 0 = one unpaged list, which never expires but decodes the whole "
                                "kind at once (GiBs for 100k pods)", ranged(parse_int, 0, 100000),
                                flag="--enrich-list-chunk-size", metavar="N")
+    list_gzip: bool = opt(True, "the informers' list requests ask for gzip (Accept-Encoding: gzip, as client-go's "
+                          "do): the API server compresses list pages of 128 KiB or more, about 10 times less to "
+                          "send (a 100k-pod list is hundreds of MB of JSON), for the CPU to compress and "
+                          "decompress them; false asks for them uncompressed (a collector next to its API server, "
+                          "as kubectl's --disable-compression). Watches never ask", parse_bool,
+                          flag="--enrich-list-gzip")
 
 
 # kafka.compression_level: what each codec accepts (0 always: flowscope's default level);
@@ -729,8 +735,16 @@ def add_option_flag(group: Any, key: str) -> str:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
     parse.__name__ = o.name   # (what argparse names in a message it words itself)
-    group.add_argument(o.flag, dest=o.name, type=parse, default=None, metavar=_metavar(o),
-                       help=f"{o.help} [default: {_fmt_default(o.default)}]".replace("%", "%%"))
+    help_text = f"{o.help} [default: {_fmt_default(o.default)}]".replace("%", "%%")
+    if isinstance(o.default, bool):
+        # as run takes it: `--flag`, `--flag=false` or `--no-flag` (collector.cli.bare_optional_flags
+        # keeps a capture's name after a bare one from being read as its value)
+        group.add_argument(o.flag, dest=o.name, type=parse, nargs="?", const=True, default=None, metavar="BOOL",
+                           help=help_text)
+        group.add_argument("--no-" + o.flag[2:], dest=o.name, action="store_false", default=None,
+                           help=f"same as {o.flag} false")
+        return o.name
+    group.add_argument(o.flag, dest=o.name, type=parse, default=None, metavar=_metavar(o), help=help_text)
     return o.name
 
 

@@ -449,7 +449,7 @@ class Enricher:
                 self._api_client = credentials.api_client()
                 refused = credentials.refused   # (an ApiClient given to us: its owner's business)
                 track = credentials.track
-            listers = self._made_listers = make_listers(self._api_client, track=track)
+            listers = self._made_listers = make_listers(self._api_client, track=track, gzip=self.config.list_gzip)
         for kind in KINDS:
             self._informers[kind] = Informer(kind=kind, lister=listers[kind], index=self.index,
                                              config=self.config, on_synced=self._check_ready,
@@ -468,7 +468,7 @@ class Enricher:
         for inf in self._informers.values():
             inf.join(deadline - time.monotonic())
         for lister in self._made_listers.values():
-            close = getattr(lister, "close", None)  # (the ReplicaSets' own ApiClients)
+            close = getattr(lister, "close", None)  # (the ApiClients the listers made: ByVerb)
             if close is not None:
                 close()
         if self._api_client is not None:

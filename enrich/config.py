@@ -102,6 +102,9 @@ class EnrichConfig:
     # whole kind is decoded at once). A list whose continue token expires starts again from its
     # first page, in pages up to 4 times as large (enrich.informer.LIST_RESTARTS).
     list_chunk_size: int = 500
+    # Lists ask for gzip (Accept-Encoding, as client-go does): the API server compresses pages of
+    # 128 KiB or more, ~10 times less to send; the informer thread decompresses them.
+    list_gzip: bool = True
     # Reconnect backoff: first delay, multiplier, ceiling, and +-jitter fraction.
     backoff_initial_seconds: float = 0.5
     backoff_factor: float = 2.0
@@ -117,6 +120,8 @@ class EnrichConfig:
             raise EnrichConfigError(f"enabled must be a boolean, got {self.enabled!r}")
         if self.kubeconfig is not None and not isinstance(self.kubeconfig, str):
             raise EnrichConfigError(f"kubeconfig must be a path or None, got {self.kubeconfig!r}")
+        if not isinstance(self.list_gzip, bool):
+            raise EnrichConfigError(f"list_gzip must be a boolean, got {self.list_gzip!r}")
         if not isinstance(self.pod_networks, bool):
             raise EnrichConfigError(f"pod_networks must be a boolean, got {self.pod_networks!r}")
         if not isinstance(self.cluster_name, str):

@@ -928,3 +928,27 @@ def test_informer_bench_runs_every_phase_and_the_watch_keeps_up() -> None:
         assert phase in out.stdout, out.stdout
     m = re.search(r"churn: .* \((\d+) events\)", out.stdout)
     assert m and int(m.group(1)) == 100, out.stdout
+
+
+@pytest.mark.parametrize("gzip", [True, False])
+def test_lists_ask_for_gzip_and_decode_the_compressed_pages(seeded: FakeKube, kubeconfig: str, gzip: bool) -> None:
+    """Lists ask for gzip (Accept-Encoding, as client-go does; --enrich-list-gzip false does
+    not): the API server compresses pages of 128 KiB or more, and the informer decodes them
+    (all pods listed); watches never ask (their streams are not compressed)."""
+    for i in range(600):
+        seeded.add("pods", pod(f"many-{i}", "shop", ips=[f"10.245.{i // 200}.{i % 200 + 1}"]))
+    with running_enricher(kubeconfig, list_gzip=gzip) as e:
+        assert e.wait_ready(10)
+        assert e.stats()["kinds"]["pods"]["objects"] == 601
+        assert flow(e, "10.245.2.200", "")["SrcK8S_Name"] == "many-599"
+        assert flow(e, "10.245.0.1", "")["SrcK8S_Name"] == "many-0"
+        wait_for(lambda: seeded.watchers["pods"] >= 1, what="pod watch open")
+    with seeded.cond:
+        requests = list(seeded.requests)
+    lists = [r for r in requests if r["verb"] == "list"]
+    assert {r["kind"] for r in lists} == {"pods", "nodes", "services", "replicasets"}
+    # (without it, http.client says "identity")
+    assert all((r["accept_encoding"] == "gzip") == gzip for r in lists), lists
+    assert not any("gzip" in r["accept_encoding"] for r in requests if r["verb"] == "watch")
+    # the first page of pods (500, ~250 KB of JSON) came compressed
+    assert (seeded.gzipped >= 1) == gzip

@@ -325,14 +325,16 @@ def test_a_failed_list_keeps_no_record_alive_through_its_exception(fake_kube: Fa
     fake_kube.fail("pods", "list", "garbage", after=2)
     cfg = fast_config(kubeconfig, list_chunk_size=5)
     api = enrich.load_api_client(cfg)
+    listers = make_listers(api)
     try:
-        inf = Informer(kind=PODS, lister=make_listers(api)[PODS], index=Index(compiled=False), config=cfg)
+        inf = Informer(kind=PODS, lister=listers[PODS], index=Index(compiled=False), config=cfg)
         with pytest.raises(ApiProblem, match="non-JSON") as failure:
             inf._list()
         assert failure.value.__traceback__ is not None   # the frames are still there...
         assert _live_pod_recs() == 0                      # ...and hold none of the 10 records read
         assert _shape(_pod_lists(fake_kube)) == [("5", False), ("5", True), ("5", True)]
     finally:
+        listers[PODS].close()   # (the ApiClient the lists ask for gzip through)
         api.close()
 
 

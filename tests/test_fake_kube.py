@@ -97,3 +97,37 @@ def test_a_handler_that_raises_is_printed_and_fails_the_test(capfd: pytest.Captu
     assert fake is not None and len(fake.handler_errors) == 1
     err = capfd.readouterr().err
     assert "Exception occurred during processing of request" in err and "RuntimeError: a bug in the fake" in err, err
+
+
+@pytest.mark.parametrize("accept", ["gzip", "deflate, gzip", "", "identity", "gzip;q=0"])
+def test_answers_are_compressed_when_asked_and_large_as_the_api_server_does(accept: str) -> None:
+    """The API server compresses an answer with gzip when Accept-Encoding lists the token gzip
+    and the answer is 128 KiB or more (streamed: chunked, no Content-Length); a smaller one, or
+    one not asked so, goes as it is."""
+    import zlib
+
+    import urllib3
+
+    asked = any(t.strip() == "gzip" for t in accept.split(","))
+    with running_fake_kube() as fake:
+        for i in range(400):
+            fake.add("pods", pod(f"p{i}", "shop", ips=[f"10.244.{i // 200}.{i % 200 + 1}"]))
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        if accept:
+            headers["Accept-Encoding"] = accept
+        http = urllib3.PoolManager()
+        try:
+            for path, items, big in (("/api/v1/pods", 400, True), ("/api/v1/nodes", 0, False)):
+                r = http.request("GET", fake.url + path, headers=headers, preload_content=False)
+                body = r.read(decode_content=False)
+                r.release_conn()
+                compressed = asked and big
+                assert r.headers.get("Content-Encoding") == ("gzip" if compressed else None), path
+                assert (r.headers.get("Transfer-Encoding") == "chunked") == compressed, path
+                doc = json.loads(zlib.decompress(body, 16 + zlib.MAX_WBITS) if compressed else body)
+                assert len(doc["items"]) == items
+                if compressed:
+                    assert len(body) * 5 < len(json.dumps(doc))
+            assert fake.gzipped == (1 if asked else 0)
+        finally:
+            http.clear()

@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 import traceback
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -54,6 +55,14 @@ ROUTES = {
     "/apis/apps/v1/replicasets": ("replicasets", "ReplicaSetList", "ReplicaSet", "apps/v1"),
 }
 KIND_INFO = {v[0]: (path, *v[1:]) for path, v in ROUTES.items()}
+
+# The API server compresses an answer with gzip when the client accepts it and the answer is at least
+# this long, at this level (k8s.io/apiserver endpoints/handlers/responsewriters: deferredResponseWriter,
+# defaultGzipThresholdBytes and defaultGzipContentEncodingLevel), streaming it (chunked, no
+# Content-Length). Watch streams are written frame by frame, never compressed.
+GZIP_THRESHOLD = 128 * 1024
+GZIP_LEVEL = 1
+GZIP_CHUNK = 32 * 1024
 
 # The message of the 410 for a continue token etcd compacted away (k8s.io/apiserver storage/etcd3,
 # inconsistentContinue), whose Status carries a continue token that reads on at the latest revision.
@@ -129,6 +138,10 @@ class FakeKube:
         # way); N, the events ready at once joined and cut into chunks of N bytes (1: an event
         # over hundreds of one-byte chunks; large: several events in one chunk).
         self.watch_chunk_bytes: int | None = None
+        # Answers sent compressed with gzip (the client asked, and they were GZIP_THRESHOLD or more),
+        # and the bytes of the bodies of every JSON answer (lists, errors) as sent
+        self.gzipped = 0
+        self.sent_bytes = 0
         # The object of the ERROR event the "status_event" watch fault sends (a Status, or
         # whatever an aggregated API server or a proxy put there: a Status without `code`).
         self.event_status: Any = status(500, "InternalError", "Internal error occurred")
@@ -361,6 +374,14 @@ class _Server(ThreadingHTTPServer):
 
     kube: FakeKube
 
+    def get_request(self) -> tuple[socket.socket, Any]:
+        # TCP_NODELAY, as Go sets on every TCP connection (the API server's among them): a
+        # streamed answer's small last write (a gzip stream's end, its final chunk) must not
+        # wait for the client's delayed ACK (40 ms a page), which a real API server never does
+        sock, addr = super().get_request()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock, addr
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         if isinstance(sys.exc_info()[1], CLIENT_GONE):
             return
@@ -397,6 +418,12 @@ def _bookmark_object(kind: str, rv: int, meta_only: bool) -> dict[str, Any]:
     return obj
 
 
+def _accepts_gzip(header: str) -> bool:
+    """Accept-Encoding lists the token gzip (the API server's negotiateContentEncoding: a
+    comma-separated token that is exactly "gzip", no q-values or wildcards read)."""
+    return any(token.strip() == "gzip" for token in header.split(","))
+
+
 def _meta_only(obj: dict[str, Any]) -> dict[str, Any]:
     return {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"]}
 
@@ -427,9 +454,31 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
+        if len(body) >= GZIP_THRESHOLD and _accepts_gzip(self.headers.get("Accept-Encoding", "")):
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Vary", "Accept-Encoding")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            gz = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+            with self.kube.cond:
+                self.kube.gzipped += 1
+            sent = 0
+            for i in range(0, len(body), GZIP_CHUNK):
+                part = gz.compress(body[i:i + GZIP_CHUNK])
+                if part:
+                    self._chunk(part)
+                    sent += len(part)
+            part = gz.flush()
+            self._chunk(part)
+            self._chunk(b"")
+            with self.kube.cond:
+                self.kube.sent_bytes += sent + len(part)
+            return
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+        with self.kube.cond:
+            self.kube.sent_bytes += len(body)
 
     def _chunk(self, data: bytes) -> None:
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
@@ -458,7 +507,8 @@ class _Handler(BaseHTTPRequestHandler):
         # certificate the connection presented in its handshake)
         peer = self.connection.getpeercert() if isinstance(self.connection, ssl.SSLSocket) else None
         user = next((v for rdn in (peer or {}).get("subject", ()) for k_, v in rdn if k_ == "commonName"), "")
-        record = {"verb": verb, "kind": kind, "query": q, "accept": self.headers.get("Accept", ""), "token": token,
+        record = {"verb": verb, "kind": kind, "query": q, "accept": self.headers.get("Accept", ""),
+                  "accept_encoding": self.headers.get("Accept-Encoding", ""), "token": token,
                   "user": user}
         with k.cond:
             k.requests.append(record)
