@@ -3649,22 +3649,22 @@ cdef int decode_data_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* s, 
         n_before = b.n
         try:
             decode_record(dec, ex, b, t, s, export_ms, sysinit_ms)
-        except DecodeError as e:
-            # A record that runs past its set (a variable-length field too long) is not a
-            # flow: forget what it had filled in; the records before it stay. The set's
-            # length says where the next set starts (RFC 7011 3.3.2, RFC 3954 5.3), so the
-            # sets and messages after it still decode, as after a refused template record.
+        except BaseException as e:
+            # A record that did not decode is not a flow: forget what it had filled in (the
+            # records before it stay), whatever the error. Any other than a DecodeError
+            # (MemoryError) goes on to the datagram's caller.
             while b.n > n_before:
                 batch_drop_last(b)
+            if not isinstance(e, DecodeError):
+                raise
+            # A record that runs past its set (a variable-length field too long): the set's
+            # length says where the next set starts (RFC 7011 3.3.2, RFC 3954 5.3), so the
+            # sets and messages after it still decode, as after a refused template record.
             if before == start and s.end - start >= 4:
                 s.pos = start   # its first record: not one fits, the data is in another layout
                 break           # (template_mismatch, below)
             cut_record(dec, ex, b, s, version, domain, set_id, before, e)
             break
-        except BaseException:
-            while b.n > n_before:
-                batch_drop_last(b)
-            raise
         if s.pos == before:
             break
         ex.msg_records += 1
