@@ -510,7 +510,8 @@ def _stamp(path: str) -> tuple[int, int, int] | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-_OPTION_LISTS = ("domain_sampling", "sampler_rates", "interface_rates", "egress_rates", "template_rates", "sysinit_ms")
+_OPTION_LISTS = ("domain_sampling", "sampler_rates", "interface_rates", "egress_rates", "template_rates",
+                 "interface_names", "sysinit_ms")
 
 
 def _time(when: Any) -> float:

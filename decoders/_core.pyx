@@ -507,6 +507,9 @@ cdef class Decoder:
                 "interface_rates": [[v, d, p, i, rate] for (v, d, p, i), rate in ex.interface_rates.items()],
                 "egress_rates": [[v, d, p, i, rate] for (v, d, p, i), rate in ex.egress_rates.items()],
                 "template_rates": [[v, d, p, i, rate] for (v, d, p, i), rate in ex.template_rates.items()],
+                # (names are exporter bytes: invalid UTF-8 is replaced, as the JSON output does)
+                "interface_names": [[v, d, p, i, name.decode("utf-8", "replace")]
+                                    for (v, d, p, i), name in ex.interface_names.items()],
                 "sysinit_ms": [[v, d, p, ms] for (v, d, p), ms in ex.sysinit_ms.items()],
                 "withdrawn": [[p, w] for p, w in ex.withdrawn.items()],
                 "seen": [[p, w] for p, w in seen.items()],
@@ -602,7 +605,7 @@ cdef class Decoder:
                     for key in [k for k, have in ex.templates.items() if have.port == port]:
                         drop_template(self, ex, key)
                     for target in (ex.domain_sampling, ex.sampler_rates, ex.interface_rates, ex.egress_rates,
-                                   ex.template_rates, ex.sysinit_ms):
+                                   ex.template_rates, ex.interface_names, ex.sysinit_ms):
                         for key in [k for k in target if k[2] == port]:
                             del target[key]
                     ex.withdrawn.pop(port, None)
@@ -640,6 +643,7 @@ cdef class Decoder:
                                         ("interface_rates", 3, ex.interface_rates),
                                         ("egress_rates", 3, ex.egress_rates),
                                         ("template_rates", 3, ex.template_rates),
+                                        ("interface_names", 3, ex.interface_names),
                                         ("sysinit_ms", 2, ex.sysinit_ms)):
                 entries = st.get(name, [])
                 if not isinstance(entries, list):
@@ -651,11 +655,18 @@ cdef class Decoder:
                     if not isinstance(entry, list) or len(entry) != n:
                         skipped += 1
                         continue
+                    # an interface name is a string (learn_if_name's bound), the others numbers
+                    named = name == "interface_names"
                     try:
-                        vals = [int(x) for x in entry]
-                    except (TypeError, ValueError):
+                        vals = [int(x) for x in (entry[:n - 1] if named else entry)]
+                        value = entry[n - 1].encode("utf-8", "replace") if named else vals[n - 1]
+                        if named and not 0 < len(value) <= IFNAME_MAX:
+                            raise ValueError("interface name length")
+                    except (TypeError, ValueError, AttributeError):
                         skipped += 1
                         continue
+                    if named:
+                        vals.append(0)      # (the value's range check below: a name is checked above)
                     # version, domain, port (uint16 / uint32), sampler id (uint64), the value
                     # (a rate: uint32; sysinit: ms since the epoch, int64)
                     if not (vals[0] in (9, 10) and 0 <= vals[1] <= 0xFFFFFFFF
@@ -672,8 +683,11 @@ cdef class Decoder:
                         if len(target) >= OPTIONS_MAX_ENTRIES and key not in target:
                             skipped += 1    # bounded as when learned (a file of an older version)
                             continue
-                        target[key] = vals[n - 1]
+                        target[key] = value
             if ex.egress_rates or ex.template_rates:
                 ex.narrow_rates = True
+            if ex.interface_names:
+                ex.has_if_names = True
+            ex.count_names()
             self.sync_state(ex)
         return {"templates": loaded, "skipped": skipped}

@@ -811,6 +811,15 @@ cdef int encode_extras(Buf* o, FlowBatch bt, Flow* f, const uint8_t* data) excep
     return 0
 
 
+cdef int put_learned_name(Buf* o, FlowBatch bt, uint32_t at, uint16_t n) except -1:
+    """An interface name of FlowBatch._ifnames (Flow.names_learned), "" for none (n = 0)."""
+    cdef bytes name
+    if n == 0:
+        return buf_put(o, "\"\"", 2)
+    name = bt._ifnames[at]
+    return buf_jstr(o, <const uint8_t*>PyBytes_AS_STRING(name), n)
+
+
 cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char* head, Py_ssize_t head_len) except -1:
     cdef int i, j
     cdef bint first
@@ -900,18 +909,25 @@ cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char*
             buf_put(o, ",\"FlowDirection\":", 17)
             buf_uint(o, <uint64_t>f.direction)
     if f.in_name_len or f.out_name_len:
-        # Either name non-empty: both are listed (an empty ingress name stays "", so the
-        # egress name keeps its place in NetObserv's parallel Interfaces/IfDirections arrays).
         buf_put(o, ",\"Interfaces\":[", 15)
-        buf_jstr(o, data + f.in_name_off, f.in_name_len)
-        if f.out_name_off:
+        if f.names_learned:
+            # the names options data gave its InIf and OutIf (learned_names): ingress, egress
+            put_learned_name(o, bt, f.in_name_off, f.in_name_len)
             buf_put(o, ",", 1)
-            buf_jstr(o, data + f.out_name_off, f.out_name_len)
+            put_learned_name(o, bt, f.out_name_off, f.out_name_len)
             buf_put(o, "],\"IfDirections\":[0,1]", 22)
         else:
-            buf_put(o, "],\"IfDirections\":[", 18)
-            buf_uint(o, <uint64_t>(f.direction if f.direction >= 0 else 0))
-            buf_put(o, "]", 1)
+            # Either name non-empty: both are listed (an empty ingress name stays "", so the
+            # egress name keeps its place in NetObserv's parallel Interfaces/IfDirections arrays).
+            buf_jstr(o, data + f.in_name_off, f.in_name_len)
+            if f.out_name_off:
+                buf_put(o, ",", 1)
+                buf_jstr(o, data + f.out_name_off, f.out_name_len)
+                buf_put(o, "],\"IfDirections\":[0,1]", 22)
+            else:
+                buf_put(o, "],\"IfDirections\":[", 18)
+                buf_uint(o, <uint64_t>(f.direction if f.direction >= 0 else 0))
+                buf_put(o, "]", 1)
     if f.present & P_INIF:
         buf_put(o, ",\"InIf\":", 8)
         buf_uint(o, f.in_if)

@@ -53,6 +53,8 @@ cdef struct Flow:
     uint64_t tun_id
     uint8_t tun_af
     uint8_t tun_proto
+    uint8_t names_learned     # in/out_name_off index FlowBatch._ifnames: names its exporter's options
+                              # data gave its InIf/OutIf (learned_names), not bytes of the datagram
     uint8_t tun_src[16]
     uint8_t tun_dst[16]
     uint16_t tun_sport
@@ -111,6 +113,7 @@ cdef class FlowBatch:
     cdef readonly int missing_template_sets
     cdef dict _dropped
     cdef list _options
+    cdef list _ifnames            # interface names learned from options data its flows carry (bytes)
     # What moves the exporter's times onto the collector's clock to pick the holder of a reused
     # address (the enrichment's flow start, never the published times): the exporter's clock
     # offset (clock_shift) when beyond CLOCK_TOLERANCE_MS, else 0.

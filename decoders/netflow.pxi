@@ -300,6 +300,7 @@ cdef class Template:
     cdef int vlans            # elements giving the Vlan (58, 243): with two, the first non-zero
     cdef bint events          # firewall event records (NSEL): never sampled (resolve_sampling)
     cdef bint not_sent        # IPFIX options with notSent*TotalCount (166-168): learn_not_sent
+    cdef bint if_names        # options naming an interface (82/83 and an ifIndex): learn_if_name
     cdef readonly double refreshed  # receive time of the datagram that (re)defined it (eviction order)
     # Receive time (down to SEEN_STEP_S) of the latest data read with it, or of what a state file
     # loaded at start said of its exporting process: with `refreshed` and the process's withdrawal,
@@ -355,6 +356,11 @@ cdef Template compile_template(int version, uint32_t domain, uint16_t tid, tuple
     # cumulative totals (Open vSwitch fills 167 with its failed sends). IPFIX only: NetFlow v9
     # (RFC 3954) defines no such field type.
     t.not_sent = options and version == 10 and not ies.isdisjoint((166, 167, 168))
+    # An interface table (Cisco "option interface-table", Juniper, Nokia): interfaceName (82) or
+    # interfaceDescription (83) with the ifIndex they name, an Interface scope (v9 type 2, IPFIX
+    # ingressInterface / egressInterface) or an ingressInterface / egressInterface field (IOS-XR
+    # v9: scope System, INPUT_SNMP and IF_DESC)
+    t.if_names = options and if_table(version, spec, scope_fields)
     for i in range(n):
         ie, pen, length = spec[i]
         fs = &t.fields[i]
@@ -635,6 +641,11 @@ cdef class ExporterState:
     cdef readonly dict interface_rates  # (version, domain, port, ifIndex) -> rate (interface-scoped options)
     cdef readonly dict egress_rates     # (version, domain, port, ifIndex) -> rate (egressInterface-scoped)
     cdef readonly dict template_rates   # (version, domain, port, template id) -> rate (template-scoped)
+    cdef readonly dict interface_names  # (version, domain, port, ifIndex) -> its name (bytes, learn_if_name)
+    # interface_names has had an entry: decode_record looks a record's interfaces up only then
+    # (a field read per record without names of its own; never cleared, as narrow_rates)
+    cdef bint has_if_names
+    cdef Py_ssize_t names_bytes        # bytes of the names in interface_names (state_size)
     # egress_rates or template_rates has had an entry: resolve_sampling looks them up only then
     # (a field read per record, not two dict sizes; never cleared, a stale True costs lookups)
     cdef bint narrow_rates
@@ -738,6 +749,7 @@ cdef class ExporterState:
         self.interface_rates = {}
         self.egress_rates = {}
         self.template_rates = {}
+        self.interface_names = {}
         self.sysinit_ms = {}
         self.withdrawn = {}
         self.errors = {}
@@ -764,8 +776,9 @@ cdef class ExporterState:
         return (STATE_BYTES_EXPORTER
                 + STATE_BYTES_ENTRY * (len(self.domain_sampling) + len(self.sampler_rates)
                                        + len(self.interface_rates) + len(self.egress_rates) + len(self.template_rates)
-                                       + len(self.sysinit_ms) + len(self.drops_seen) + len(self.withdrawn)
+                                       + len(self.interface_names) + len(self.sysinit_ms) + len(self.drops_seen) + len(self.withdrawn)
                                        + len(self.not_sent_seen))
+                + self.names_bytes
                 + STATE_BYTES_STREAM * (len(self.seq_streams) + len(self.seq_ports)) + self.floor_bytes
                 + STATE_BYTES_ENTRY * (self.dom_entries + len(self.tpl_domains) + len(self.borrowers))
                 + (DEDUP_SLOTS * (sizeof(uint64_t) + sizeof(int64_t)) if self.dedup_keys != NULL else 0)
@@ -776,6 +789,13 @@ cdef class ExporterState:
         """protocol name -> {"datagrams", "flows", "errors", "missing_template_sets", ...}: the
         exporter's own dicts, read them, never keep or change them."""
         return self.protocol_counts()
+
+    cdef void count_names(self):
+        """names_bytes again, after entries of interface_names were removed or loaded."""
+        cdef bytes name
+        self.names_bytes = 0
+        for name in self.interface_names.values():
+            self.names_bytes += len(name)
 
     cdef dict protocol_counts(self):
         """_by_protocol with the datagrams and flows counted in the slots added."""
@@ -2538,6 +2558,8 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
                       rec_sysinit)
         if t.not_sent:
             learn_not_sent(ex, t, s.buf, rec_start, s.pos)
+        if t.if_names:
+            learn_if_name(dec, ex, t, s.buf, rec_start, s.pos)
         if dec.keep_options:
             if b._options is None:
                 b._options = []
@@ -2630,6 +2652,11 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
         # carries (RFC 4291 2.5.5.2); written as dotted quads (buf_ip), and IPv4's EtherType
         f.etype = 0x0800 if f.af == 4 or (v4mapped(f.src) and v4mapped(f.dst)) else 0x86DD
         f.present |= P_ETYPE
+
+    if ex.has_if_names and not has_ifname:
+        # (the exporter's flag first: a record of an exporter without names pays that field
+        # read alone, 4 instructions in decode_record, benchmarks/RESULTS.md)
+        learned_names(ex, b, t, f)     # (a record's own interfaceName wins)
 
     own_rate = rate_from(sampling_interval, sampling_pkt_interval, sampling_space, sampling_size,
                          sampling_population, sampling_prob)
@@ -3225,16 +3252,124 @@ cdef void learn_not_sent(ExporterState ex, Template t, const uint8_t* buf, Py_ss
             counts[unit] = counts.get(unit, 0) + (v - prev)
 
 
+cdef bint if_table(int version, tuple spec, int scope_fields):
+    """An options template whose records name an interface (Template.if_names): interfaceName
+    (82) or interfaceDescription (83) beside its ifIndex, as an Interface scope (v9 scope type 2,
+    RFC 3954 6.1; IPFIX ingressInterface (10) or egressInterface (14), RFC 7011 3.4.2.1, which
+    Cisco IOS-XR sends both) or, without one, an ingressInterface / egressInterface field (IOS-XR
+    v9: scope System, then INPUT_SNMP and IF_DESC)."""
+    cdef bint named = False, indexed = False
+    cdef int i
+    for i in range(len(spec)):
+        ie, pen, length = spec[i]
+        if pen:
+            continue
+        if i >= scope_fields and (ie == 82 or ie == 83):
+            named = True
+        elif 1 <= length <= 8 and (ie in (10, 14) if version == 10 or i >= scope_fields else ie == 2):
+            indexed = True
+    return named and indexed
+
+
+cdef void learn_if_name(Decoder dec, ExporterState ex, Template t, const uint8_t* buf, Py_ssize_t start,
+                        Py_ssize_t end):
+    """An interface table's options record (t.if_names: Cisco's "option interface-table", Juniper,
+    Nokia): the name of the ifIndex it is scoped by (else of its first ingressInterface /
+    egressInterface field) is its interfaceName (82), else its interfaceDescription (83) (IANA:
+    ifName, and ifDescr, "FastEthernet 1/0"), trailing NULs cut (v9 pads fixed-length strings).
+    Kept per exporting process and domain, as interface rates are, for the data records that
+    carry no interfaceName of their own (learned_names); bounded as they are (learn), and a name
+    longer than IF-MIB's 255 bytes is refused and counted as options_limit too. A record with no
+    name (or an empty one) teaches nothing. The record is walked again here, as learn_not_sent
+    does: decode_record's loop has no case for it."""
+    cdef Reader r
+    cdef int i
+    cdef Py_ssize_t L
+    cdef const uint8_t* p
+    cdef FieldSpec* fs
+    cdef bint has_if = False, scoped = False
+    cdef uint64_t ifindex = 0
+    cdef object name = None, desc = None
+    rd_init(&r, buf, start, end)
+    for i in range(t.n_fields):
+        fs = &t.fields[i]
+        L = fs.length
+        if L == VARLEN:
+            L = rd_u8(&r)
+            if L == 255:
+                L = rd_u16(&r)
+        p = rd_take(&r, L)
+        if fs.pen:
+            continue
+        if i < t.scope_fields:
+            if not scoped and 1 <= L <= 8 and (fs.ie == 2 if t.version == 9 else fs.ie == 10 or fs.ie == 14):
+                ifindex = beN(p, L)
+                has_if = scoped = True
+        elif fs.ie == 82 or fs.ie == 83:
+            while L and p[L - 1] == 0:
+                L -= 1
+            if L and fs.ie == 82 and name is None:
+                name = <bytes>p[:L]
+            elif L and fs.ie == 83 and desc is None:
+                desc = <bytes>p[:L]
+        elif not has_if and (fs.ie == 10 or fs.ie == 14) and 1 <= L <= 8:
+            ifindex = beN(p, L)
+            has_if = True
+    if name is None:
+        name = desc
+    if name is None or not has_if:
+        return
+    if len(name) > IFNAME_MAX:
+        ex.count_error("options_limit")
+        dec.log_limited("options_limit", ex.ip, f"v{t.version} domain {t.domain} interface {ifindex}: a name of "
+                                                f"{len(name)} bytes not learned (at most {IFNAME_MAX})")
+        return
+    key = (t.version, t.domain, t.port, ifindex)
+    old = ex.interface_names.get(key)
+    learn(dec, ex, ex.interface_names, key, name)
+    if key in ex.interface_names:
+        ex.names_bytes += len(name) - (0 if old is None else len(old))
+        ex.has_if_names = True
+
+
+cdef void learned_names(ExporterState ex, FlowBatch b, Template t, Flow* f):
+    """A data record without an interfaceName of its own, from an exporter whose options data
+    named interfaces (learn_if_name): the names of its exporting process and domain's InIf and
+    OutIf, ingress then egress (Flow.names_learned; none when neither is known)."""
+    cdef object n_in = None, n_out = None
+    cdef list names
+    if f.present & P_INIF:
+        n_in = ex.interface_names.get((t.version, t.domain, t.port, f.in_if))
+    if f.present & P_OUTIF:
+        n_out = ex.interface_names.get((t.version, t.domain, t.port, f.out_if))
+    if n_in is None and n_out is None:
+        return
+    if b._ifnames is None:
+        b._ifnames = []
+    names = b._ifnames
+    f.names_learned = 1
+    if n_in is not None:
+        f.in_name_off = <uint32_t>len(names)
+        f.in_name_len = <uint16_t>len(n_in)
+        names.append(n_in)
+    if n_out is not None:
+        f.out_name_off = <uint32_t>len(names)
+        f.out_name_len = <uint16_t>len(n_out)
+        names.append(n_out)
+
+
 cdef void forget_options(ExporterState ex, int version, uint32_t domain, uint16_t port):
     """What options data of an exporting process and domain taught (all its options templates
     were withdrawn)."""
     cdef tuple key = (version, domain, port)
     ex.sysinit_ms.pop(key, None)
     ex.domain_sampling.pop(key, None)
-    for rates in (ex.sampler_rates, ex.interface_rates, ex.egress_rates, ex.template_rates):
+    for rates in (ex.sampler_rates, ex.interface_rates, ex.egress_rates, ex.template_rates, ex.interface_names):
         if rates:
             for k in [k for k in rates if k[:3] == key]:
                 del rates[k]
+    if ex.names_bytes:
+        ex.count_names()
 
 
 cdef uint32_t interface_rate(ExporterState ex, Template t, const Flow* f):

@@ -6,6 +6,8 @@
   (10)): its rate applies to the data records of that ingress interface, not to the whole
   exporting process and domain.
 - samplingProbability (IE 311, float64 or reduced-size float32): the rate is 1 / p.
+- Interface tables (options data naming an ifIndex with interfaceName / interfaceDescription):
+  the Interfaces of data records that carry no interfaceName of their own.
 """
 
 from __future__ import annotations
@@ -408,3 +410,151 @@ def test_ipfix_egress_scoped_rates_are_not_for_records_observed_on_input() -> No
                                  seq=0, export_time=EXPORT), EXPORTER, PORT, EXPORT)
     assert b.error is None
     assert [f.get("Sampling") for f in b.to_dicts()] == [100, None, 1000]
+
+
+# ------------------------------------------------------------------ interface names from options data
+
+VARLEN = 65535
+V9_FLOW = _tpl(256, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("in_if", 10, 0, 2), ("out_if", 14, 0, 2),
+               ("bytes", 1, 0, 4))
+V9_IF_TABLE = _tpl(260, ("if", 2, 0, 4), ("name", 82, 0, 16), ("desc", 83, 0, 32), scope=1)
+
+
+def _if_pairs(t: IpfixTemplate, *pairs: tuple[int, int]) -> bytes:
+    return data_set(t, [{"src": "10.1.1.1", "dst": "10.2.2.2", "in_if": i, "out_if": o, "bytes": 10}
+                        for i, o in pairs])
+
+
+def _interfaces(b: object) -> list[tuple[object, object]]:
+    return [(f.get("Interfaces"), f.get("IfDirections")) for f in b.to_dicts()]  # type: ignore[attr-defined]
+
+
+def _v9_if_table(dec: Decoder, rows: list[dict[str, object]], *, port: int = PORT) -> None:
+    """Cisco IOS "option interface-table" as RFC 3954 6.1 lays it out: an options template
+    (flowset 1) with scope Interface (type 2, the ifIndex) and IF_NAME (82) / IF_DESC (83),
+    fixed-length strings padded with NULs, then its options data."""
+    d = v9_datagram([_v9_options_set(260, [(2, 4)], [(82, 16), (83, 32)]), data_set(V9_IF_TABLE, rows)],
+                    seq=0, unix_secs=EXPORT, uptime_ms=1000)
+    assert dec.decode(d, EXPORTER, port, EXPORT).error is None
+
+
+def test_v9_interface_table_names_the_interfaces_of_records_without_names() -> None:
+    """A record with no interfaceName of its own gets Interfaces [ingress, egress] from the names
+    its exporting process's interface table gave its INPUT_SNMP and OUTPUT_SNMP, IfDirections
+    [0, 1]: IF_NAME, else IF_DESC when the name is empty; "" for an interface not named while
+    the other is; nothing when neither is."""
+    dec = Decoder(DecoderConfig(default_sampling=0))
+    _v9_if_table(dec, [{"if": 1, "name": b"Gi0/1", "desc": b"GigabitEthernet0/1"},
+                       {"if": 2, "name": b"", "desc": b"GigabitEthernet0/2"},
+                       {"if": 3, "name": b"", "desc": b""}])
+    d = v9_datagram([template_set([V9_FLOW], version=9), _if_pairs(V9_FLOW, (1, 2), (2, 9), (9, 1), (3, 9), (8, 9))],
+                    seq=1, unix_secs=EXPORT, uptime_ms=2000)
+    b = dec.decode(d, EXPORTER, PORT, EXPORT)
+    assert b.error is None
+    assert _interfaces(b) == [(["Gi0/1", "GigabitEthernet0/2"], [0, 1]), (["GigabitEthernet0/2", ""], [0, 1]),
+                              (["", "Gi0/1"], [0, 1]), (None, None), (None, None)]
+    # another exporting process (source port) or source id has its own table
+    assert _interfaces(dec.decode(d, EXPORTER, PORT + 1, EXPORT)) == [(None, None)] * 5
+    other_domain = v9_datagram([template_set([V9_FLOW], version=9), _if_pairs(V9_FLOW, (1, 2))], seq=1,
+                               unix_secs=EXPORT, uptime_ms=2000, source_id=7)
+    assert _interfaces(dec.decode(other_domain, EXPORTER, PORT, EXPORT)) == [(None, None)]
+
+
+def test_a_records_own_interface_name_wins() -> None:
+    """A template with interfaceName (82) of its own (Open vSwitch): its names are the record's,
+    whatever the interface table says of its interfaces."""
+    dec = Decoder(DecoderConfig(default_sampling=0))
+    _v9_if_table(dec, [{"if": 1, "name": b"Gi0/1", "desc": b""}, {"if": 2, "name": b"Gi0/2", "desc": b""}])
+    own = _tpl(257, ("src", 8, 0, 4), ("in_if", 10, 0, 2), ("out_if", 14, 0, 2), ("name", 82, 0, 8))
+    d = v9_datagram([template_set([own], version=9),
+                     data_set(own, [{"src": "10.1.1.1", "in_if": 1, "out_if": 2, "name": b"eth0"}])],
+                    seq=1, unix_secs=EXPORT, uptime_ms=2000)
+    assert _interfaces(dec.decode(d, EXPORTER, PORT, EXPORT)) == [(["eth0"], [0])]
+
+
+@pytest.mark.parametrize("layout", ["ios-xr-ipfix", "egress-scope", "ios-xr-v9"])
+def test_interface_tables_of_other_layouts(layout: str) -> None:
+    """IOS-XR's IPFIX interface table is scoped by ingressInterface (10) and egressInterface (14)
+    both (the same ifIndex), with variable-length interfaceDescription (83) then interfaceName
+    (82); an IPFIX table may be scoped by egressInterface alone; IOS-XR's v9 table has scope
+    System (1) and the ifIndex as an INPUT_SNMP (10) field beside IF_DESC (83)."""
+    dec = Decoder(DecoderConfig(default_sampling=0))
+    if layout == "ios-xr-ipfix":
+        table = _tpl(300, ("if", 10, 0, 4), ("if2", 14, 0, 4), ("desc", 83, 0, VARLEN), ("name", 82, 0, VARLEN),
+                     scope=2)
+        rows = [{"if": i, "if2": i, "desc": f"TenGigE0/0/0/{i}".encode(), "name": f"TenGigE0_0_0_{i}".encode()}
+                for i in (1, 2)]
+        want = ["TenGigE0_0_0_1", "TenGigE0_0_0_2"]
+    elif layout == "egress-scope":
+        table = _tpl(300, ("if", 14, 0, 4), ("name", 82, 0, VARLEN), scope=1)
+        rows = [{"if": i, "name": f"xe-0/0/{i}".encode()} for i in (1, 2)]
+        want = ["xe-0/0/1", "xe-0/0/2"]
+    else:
+        rows = [{"system": 0, "if": i, "desc": f"TenGigE0_0_1_{i}".encode()} for i in (1, 2)]
+        d = v9_datagram([_v9_options_set(261, [(1, 4)], [(10, 4), (83, 64)]),
+                         data_set(_tpl(261, ("system", 1, 0, 4), ("if", 10, 0, 4), ("desc", 83, 0, 64)), rows),
+                         template_set([V9_FLOW], version=9), _if_pairs(V9_FLOW, (1, 2))],
+                        seq=0, unix_secs=EXPORT, uptime_ms=1000)
+        b = dec.decode(d, EXPORTER, PORT, EXPORT)
+        assert b.error is None and _interfaces(b) == [(["TenGigE0_0_1_1", "TenGigE0_0_1_2"], [0, 1])]
+        return
+    b = dec.decode(ipfix_message([_ipfix_options_set([table]), data_set(table, rows), template_set([V9_FLOW]),
+                                  _if_pairs(V9_FLOW, (1, 2))], seq=0, export_time=EXPORT), EXPORTER, PORT, EXPORT)
+    assert b.error is None
+    assert _interfaces(b) == [(want, [0, 1])]
+
+
+def test_interface_names_survive_a_restart_and_go_with_their_options_templates(tmp_path: Path) -> None:
+    """Interface names are saved and loaded with the state file as interface rates are (another
+    replica's come with its templates when merged), and withdrawing the options templates of
+    the process and domain (RFC 7011 8.1) forgets them."""
+    import json
+    import time
+
+    from collector.state import StateFile
+
+    dec = Decoder(DecoderConfig(default_sampling=0))
+    table = _tpl(300, ("if", 10, 0, 4), ("name", 82, 0, VARLEN), scope=1)
+    # received now: another replica's templates (and what came with them) are merged while recent
+    dec.decode(ipfix_message([_ipfix_options_set([table]), template_set([V9_FLOW]),
+                              data_set(table, [{"if": 1, "name": "ge-0/0/1 ü".encode()}])],
+                             seq=0, export_time=EXPORT), EXPORTER, PORT, time.time())
+    saved = dec.export_state()
+    assert saved["exporters"][EXPORTER]["interface_names"] == [[10, 0, PORT, 1, "ge-0/0/1 ü"]]
+    data = ipfix_message([_if_pairs(V9_FLOW, (1, 2))], seq=0, export_time=EXPORT)
+    fresh = Decoder(DecoderConfig(default_sampling=0))
+    fresh.import_state(saved)
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps(saved))
+    mine = {"format": 3, "exporters": {EXPORTER: {"templates": []}}}
+    merged = Decoder(DecoderConfig(default_sampling=0))
+    merged.import_state(json.loads(StateFile(str(path), None)._merged(json.dumps(mine).encode())))
+    for d in (dec, fresh, merged):
+        assert _interfaces(d.decode(data, EXPORTER, PORT, EXPORT)) == [(["ge-0/0/1 ü", ""], [0, 1])]
+    dec.decode(ipfix_message([struct.pack("!HHHH", 3, 8, 300, 0)], seq=0, export_time=EXPORT), EXPORTER, PORT, EXPORT)
+    assert _interfaces(dec.decode(data, EXPORTER, PORT, EXPORT)) == [(None, None)]
+    assert dec.export_state()["exporters"][EXPORTER]["interface_names"] == []
+
+
+def test_interface_names_are_bounded() -> None:
+    """RFC 7011 11.4: names are bounded as interface rates are, 1024 per exporter (more refused
+    and counted as options_limit, known ones still renamed), and a name longer than IF-MIB's
+    255 bytes is refused and counted the same way; state files are held to the same bounds."""
+    dec = Decoder(DecoderConfig(default_sampling=0))
+    table = _tpl(300, ("if", 10, 0, 4), ("name", 82, 0, VARLEN), scope=1)
+    dec.decode(ipfix_message([_ipfix_options_set([table])], seq=0, export_time=EXPORT), EXPORTER, PORT, EXPORT)
+    for i in range(0, 1100, 100):
+        recs: list[dict[str, object]] = [{"if": i + j, "name": b"if%d" % (i + j)} for j in range(100)]
+        dec.decode(ipfix_message([data_set(table, recs)], seq=0, export_time=EXPORT), EXPORTER, PORT, EXPORT)
+    dec.decode(ipfix_message([data_set(table, [{"if": 5, "name": b"x" * 256}, {"if": 6, "name": b"y" * 255},
+                                               {"if": 7, "name": b"renamed"}])],
+                             seq=0, export_time=EXPORT), EXPORTER, PORT, EXPORT)
+    names = {row[3]: row[4] for row in dec.export_state()["exporters"][EXPORTER]["interface_names"]}
+    assert len(names) == 1024 and names[5] == "if5" and names[6] == "y" * 255 and names[7] == "renamed"
+    assert dec.stats()[EXPORTER]["protocols"]["ipfix"]["errors"] == {"options_limit": 1100 - 1024 + 1}
+    st = {"format": 3, "exporters": {EXPORTER: {"interface_names": [
+        [10, 0, PORT, 1, "ok"], [10, 0, PORT, 2, "z" * 256], [10, 0, PORT, 3, 7], [10, 0, PORT, 4, ""]]}}}
+    fresh = Decoder(DecoderConfig(default_sampling=0))
+    assert fresh.import_state(st)["skipped"] == 3
+    assert fresh.export_state()["exporters"][EXPORTER]["interface_names"] == [[10, 0, PORT, 1, "ok"]]
+

@@ -307,6 +307,7 @@ class CflowReader:
         self.interface_rates: dict[tuple, int] = {}  # options scoped by an interface (ifIndex)
         self.egress_rates: dict[tuple, int] = {}  # options scoped by egressInterface (ifIndex)
         self.template_rates: dict[tuple, int] = {}  # options scoped by a template (its id)
+        self.if_names: dict[tuple, str] = {}  # interface tables: (process..., ifIndex) -> name
 
     def packets(self, packets: Iterable[dict]) -> Iterator[CflowPacket]:
         for p in packets:
@@ -387,7 +388,40 @@ class CflowReader:
                         self.sys_init[key] = tshark_date_ms(r["cflow.sys_init_time"])
         pkt.sys_init_ms = self.sys_init.get(key)
         self._sampling(pkt)
+        self._interface_names(pkt)
         return pkt
+
+    def _interface_names(self, pkt: CflowPacket) -> None:
+        """The Interfaces a v9/IPFIX data record without an interfaceName of its own must have:
+        the names the exporting process's earlier options records gave its input and output
+        interfaces (an interface table: an ifIndex, as an Interface / ingressInterface /
+        egressInterface scope or else an input/output interface field, with interfaceName
+        (82), or interfaceDescription (83) when it has no name), ingress then egress, "" for
+        one not named; none when neither is. Options records apply to the data sets after
+        them, in packet order."""
+        if pkt.version not in (9, 10):
+            return
+        process = (pkt.src, pkt.sport, pkt.version, pkt.domain)
+        for s in pkt.sets:
+            for r in s.records:
+                if s.kind == "options_data":
+                    idx = options_interface(r, s.template)
+                    name = next((str(v) for k in ("cflow.if_name", "cflow.interface_name", "cflow.if_descr")
+                                 for v in _vals(r, k)[:1] if k in r and v), None)
+                    if idx is not None and name:
+                        self.if_names[process + (idx,)] = name
+                elif s.kind == "data" and self.if_names:
+                    own = (any(f.type == 82 and not f.pen for f in s.template.fields) if s.template is not None
+                           else "cflow.if_name" in r or "cflow.interface_name" in r)
+                    if own:
+                        continue
+                    got = []
+                    for keys in (("cflow.inputint", "cflow.ingress_physical_interface"),
+                                 ("cflow.outputint", "cflow.egress_physical_interface")):
+                        key = next((k for k in keys if k in r), None)
+                        got.append(self.if_names.get(process + (_int_field(r, key),), "") if key else "")
+                    if any(got):
+                        r[LEARNED_IFNAMES_KEY] = got
 
     def _sampling(self, pkt: CflowPacket) -> None:
         """The Sampling each v9/IPFIX data record must have (flowscope decoded with no configured
@@ -460,6 +494,24 @@ class CflowReader:
 # whether the record names sampler 0 with no rate known for it.
 SAMPLING_KEY = "_expected_sampling"
 SAMPLER0_KEY = "_sampler_zero"
+# Not a tshark field: the Interfaces an interface table in earlier options data gave the record.
+LEARNED_IFNAMES_KEY = "_learned_interfaces"
+
+
+def options_interface(rec: dict, tmpl: Template | None) -> int | None:
+    """The ifIndex an options record describes: its Interface scope (v9 type 2) or IPFIX
+    ingressInterface / egressInterface scope, else its first input / output interface field
+    (IOS-XR v9 interface tables: scope System, INPUT_SNMP, IF_DESC); None without one."""
+    if "cflow.scope_interface" in rec:
+        return _int_field(rec, "cflow.scope_interface")
+    scope = [f.type for f in tmpl.fields[:tmpl.scope_count] if f.pen == 0] if tmpl is not None else []
+    for ie, key in ((10, "cflow.inputint"), (14, "cflow.outputint")):
+        if ie in scope and key in rec:
+            return _int_field(rec, key)
+    rest = [f.type for f in tmpl.fields[tmpl.scope_count:] if f.pen == 0] if tmpl is not None else []
+    first = next((ie for ie in rest if ie in (10, 14)), None)
+    key = {10: "cflow.inputint", 14: "cflow.outputint"}.get(first or 0)
+    return _int_field(rec, key) if key and key in rec else None
 
 
 def _int_field(rec: dict, key: str) -> int:
@@ -679,6 +731,9 @@ def expected_from_cflow(pkt: CflowPacket, cset: CflowSet, rec: dict) -> dict[str
         # tshark 4.0 shows no value for an empty interfaceName: which occurrence was empty is
         # lost, so only the non-empty names flowscope lists can be checked (compare_flow_record)
         exp[NONEMPTY_IFNAMES_KEY] = [str(v) for v in names]
+    elif LEARNED_IFNAMES_KEY in rec:
+        exp["Interfaces"] = rec[LEARNED_IFNAMES_KEY]
+        exp["IfDirections"] = [0, 1]
     # Records with both IPv4 and IPv6 address elements (Procera, Cisco SRv6): the family with a
     # non-zero address is the flow's, IPv4 on a tie, ipVersion (IE 60) first when present.
     if ("cflow.srcaddr" in rec or "cflow.dstaddr" in rec) and ("cflow.srcaddrv6" in rec or "cflow.dstaddrv6" in rec):
@@ -1000,7 +1055,12 @@ def compare_flow_record(pkt: CflowPacket, cset: CflowSet, rec: dict, flow: dict,
         if "cflow.data_link_frame_size" in rec and "Bytes" not in exp:
             exp["Bytes"] = to_int(rec["cflow.data_link_frame_size"])
         required |= set(sect) | {"Packets"}
+    if LEARNED_IFNAMES_KEY in rec:
+        required |= {"Interfaces", "IfDirections"}
     probs = compare_expected(exp, flow, required=required & set(exp), time_tolerance_ms=tol)
+    if "Interfaces" in flow and "Interfaces" not in exp and NONEMPTY_IFNAMES_KEY not in exp:
+        probs.append(f"Interfaces: {flow['Interfaces']!r}, but the record names none and no interface table "
+                     "named its interfaces")
     if "Proto" in exp and exp["Proto"] not in (6, 17, 132):
         probs += [f"{k}: expected none on a protocol {exp['Proto']} flow, got {flow[k]!r}" for k in ("SrcPort", "DstPort")
                   if k in flow]
