@@ -558,3 +558,22 @@ def test_interface_names_are_bounded() -> None:
     assert fresh.import_state(st)["skipped"] == 3
     assert fresh.export_state()["exporters"][EXPORTER]["interface_names"] == [[10, 0, PORT, 1, "ok"]]
 
+
+def test_options_scoped_by_an_interface_and_a_template_give_that_interfaces_rate() -> None:
+    """Options with two scope fields, an interface and a template (ingressInterface and templateId):
+    an operator would read it as the rate of that template's records on that interface. flowscope
+    keys rates by one scope only, the interface first (README, "Sampling"): the rate is the
+    interface's, for the records of every template that came in on it, and no template rate is
+    learned from it."""
+    dec = Decoder(DecoderConfig(default_sampling=0))
+    both = _tpl(300, ("if", 10, 0, 4), ("tid", 145, 0, 2), ("interval", 34, 0, 4), scope=2)
+    _options(dec, (both, {"if": 1, "tid": 257, "interval": 100}))
+    other = _tpl(257, ("src", 8, 0, 4), ("in_if", 10, 0, 4), ("bytes", 1, 0, 4))
+    b = dec.decode(ipfix_message([template_set([FLOW_IF, other]), data_set(FLOW_IF, _flows(1, 2)),
+                                  data_set(other, [{"src": "10.0.0.7", "in_if": 2, "bytes": 1}])],
+                                 seq=0, export_time=EXPORT), EXPORTER, PORT, EXPORT)
+    assert b.error is None
+    # template 256 on interface 1: the interface's; interface 2 (template 257's too): none
+    assert [f.get("Sampling") for f in b.to_dicts()] == [100, None, None]
+    ex = dec.exporter(EXPORTER)
+    assert ex.interface_rates == {(10, 0, PORT, 1): 100} and ex.template_rates == {}
