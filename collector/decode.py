@@ -39,8 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", metavar="FILE", help="pcap or pcapng capture holding the exporters' UDP "
                                                      "datagrams (gzip-compressed or not)")
     parser.add_argument("--stats", action="store_true",
-                        help="print per-exporter statistics (datagrams, flows, errors by reason, "
-                             "missing-template sets, templates) to stderr at the end")
+                        help="print to stderr at the end what the capture held (frames, UDP datagrams, frames "
+                             "skipped by reason, and whether the file was cut) and per-exporter statistics "
+                             "(datagrams, flows, errors by reason, missing-template sets, templates)")
     parser.add_argument("--sampling", action="append", default=[], metavar="CIDR=RATE",
                         help="sampling rate for exporters in CIDR that send none, repeatable, or several separated by "
                         "commas or spaces (as `flowscope run --sampling`) [default: (none)]")

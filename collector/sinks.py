@@ -1682,9 +1682,11 @@ class KafkaSink(Sink):
         if self._limit_said.get(topic) == said:
             return
         self._limit_said[topic] = said
+        read = self.topic_limit.get(topic)
         log.log(logging.WARNING if error else logging.INFO, "kafka: could not read topic %s's max.message.bytes "
-                "(DescribeConfigs): %s; batches of up to --kafka-batch-bytes %d go, and one refused as too large is cut "
-                "and new ones made smaller", topic, why, self.k.batch_bytes)
+                "(DescribeConfigs): %s; %s, and one refused as too large is cut and new ones made smaller", topic, why,
+                f"batches go as the limit read before ({read}) made them" if read is not None
+                else f"batches of up to --kafka-batch-bytes {self.k.batch_bytes} go")
 
     def _limit_unasked(self, topic: str, why: str) -> None:
         """The topic's max.message.bytes request went to a broker that cannot be reached (one down

@@ -1,7 +1,8 @@
 # Compile-time constants of the decoders, in one place.
 #
-# FLOWSCOPE_DEBUG comes from setup.py's compile_time_env (FLOWSCOPE_DEBUG=1 at build time):
-# it turns on internal invariant checks that cost time on the hot path.
+# FLOWSCOPE_DEBUG comes from setup.py's compile_time_env (FLOWSCOPE_DEBUG=1 at build time, `make
+# debug`), for compile-time `IF FLOWSCOPE_DEBUG` blocks; none is left: a debug build's checks are
+# Cython's bounds, wraparound and initialized checks, and -O0 -g3.
 
 DEF MAX_TEMPLATE_FIELDS = 512        # RFC 7011 allows 65535; no real exporter comes close
 DEF EXTRA_SCAN_MAX = 16             # a flow's unknown elements up to this many are grouped by pairwise compares

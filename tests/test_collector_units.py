@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import re
 import socket
@@ -2471,3 +2472,23 @@ def test_seconds_take_a_duration_with_its_unit(tmp_path: Path) -> None:
         load([], {"FLOWSCOPE_SHUTDOWN_TIMEOUT": "30 seconds"})
     with pytest.raises(C.ConfigError, match=r"^shutdown_timeout \(from --shutdown-timeout\): 7200.0 is out of range"):
         load(["--shutdown-timeout", "2h"])
+
+
+def test_a_failed_limit_request_after_a_read_limit_says_the_limit_stays(caplog: pytest.LogCaptureFixture) -> None:
+    """A topic whose max.message.bytes was read once and whose later request failed keeps the
+    batch size that limit made (nothing resets it): the warning said "batches of up to
+    --kafka-batch-bytes N go" as if it had never been read."""
+    from collector.config import Config
+    from collector.sinks import KafkaSink
+
+    sink = KafkaSink(Config())
+    topic = sink.k.topic
+    with caplog.at_level(logging.INFO, logger="flowscope.sink"):
+        sink._fall_back("never-read", "connection refused", True)
+        sink._set_limit(topic, 200_000)
+        size = sink.batch_limit[FLOWS]
+        sink._fall_back(topic, "connection refused", True)
+    said = [r.getMessage() for r in caplog.records if "could not read topic" in r.getMessage()]
+    assert f"batches of up to --kafka-batch-bytes {sink.k.batch_bytes} go" in said[0], said
+    assert "the limit read before (200000)" in said[1] and "--kafka-batch-bytes" not in said[1], said
+    assert sink.batch_limit[FLOWS] == size == 200_000
