@@ -404,7 +404,7 @@ class EnrichSection:
                           "do): the API server compresses list pages of 128 KiB or more, about 10 times less to "
                           "send (a 100k-pod list is hundreds of MB of JSON), for the CPU to compress and "
                           "decompress them; false asks for them uncompressed (a collector next to its API server, "
-                          "as kubectl's --disable-compression). Watches never ask", parse_bool,
+                          "as a kubeconfig's disable-compression: true). Watches never ask", parse_bool,
                           flag="--enrich-list-gzip")
 
 
