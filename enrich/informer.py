@@ -81,8 +81,22 @@ STREAM_CONTENT_CAUSES = frozenset(("oversize_event", "bad_response"))
 # (--max-request-bytes), so a real event stays far below this; a longer line (or a stream that
 # never sends its newline) is a broken server or proxy, and must not grow the buffer unbounded.
 WATCH_EVENT_MAX_BYTES = 16 << 20
-# At most this much is read from a watch stream at once (one HTTP chunk may be larger).
-WATCH_READ_BYTES = 64 << 10
+# At most this much is read from a watch stream or a list answer at once (one HTTP chunk may be
+# larger). Decompressed: urllib3 before 2.6 inflates a whole read's compressed bytes at once, up
+# to ~1000 times as many (deflate's ratio), so this also bounds what one read of a gzip bomb holds.
+READ_BYTES = 64 << 10
+# The most one list answer (a page) may take once decompressed, in bytes: a server or proxy that
+# sends more (a gzip bomb, 1 MB inflating to 1 GB of blanks; an answer without end) is not read
+# on (oversize_page: the connection dropped, the last good cache kept, the list retried with
+# backoff). A page of `limit` objects may take LIST_OBJECT_MAX_BYTES each on average, and at
+# least LIST_PAGE_MAX_BYTES: real pods are 3-20 KB of JSON (a page of 500 ~3 MB), so pages up to
+# 4096 objects (--enrich-list-chunk-size 500, grown 4 times after expiries: 2000) get 256 MiB,
+# ten times what real ones take. An unpaged list (--enrich-list-chunk-size 0) is the whole kind in
+# one answer: LIST_UNPAGED_MAX_BYTES, over what Kubernetes' largest supported cluster (150k pods)
+# lists, and larger pages get no more.
+LIST_PAGE_MAX_BYTES = 256 << 20
+LIST_OBJECT_MAX_BYTES = 64 << 10
+LIST_UNPAGED_MAX_BYTES = 4 << 30
 # A paged list whose continue token expired (etcd compacted the revision its first page read: a
 # list slower than the API server's compaction interval, 5 min by default) is listed again from
 # its first page (each expiry counted as continue_expired) up to this many times before the
@@ -526,8 +540,8 @@ class Informer:
                 if cont:
                     kwargs["_continue"] = cont
                 try:
-                    body = self._request("list", kwargs,
-                                         read_timeout=max(60.0, self._cfg.read_timeout_slack_seconds))
+                    body = self._request("list", kwargs, read_timeout=max(60.0, self._cfg.read_timeout_slack_seconds),
+                                         max_bytes=page_max_bytes(limit))
                 except Gone:
                     if not cont:
                         # No continue token to expire, nor a resourceVersion (lists ask for the
@@ -603,7 +617,7 @@ class Informer:
         held = 0                  # their total length
         ended = False             # the stream was read to its end
         try:
-            for chunk in resp.stream(amt=WATCH_READ_BYTES, decode_content=True):
+            for chunk in resp.stream(amt=READ_BYTES, decode_content=True):
                 start = 0
                 end = chunk.find(b"\n")
                 while end >= 0:
@@ -722,15 +736,29 @@ class Informer:
             raise Stopped
         return resp
 
-    def _request(self, verb: str, kwargs: dict[str, Any], *, read_timeout: float) -> bytes:
+    def _request(self, verb: str, kwargs: dict[str, Any], *, read_timeout: float, max_bytes: int) -> bytearray:
+        """The answer's body, decompressed; ApiProblem oversize_page past `max_bytes` (not read
+        on: a gzip bomb or an endless answer must not grow it until the pod is OOM-killed)."""
         resp = self._open(verb, kwargs, read_timeout=read_timeout)
+        ended = False
         try:
-            return resp.read()
+            body = bytearray()
+            for chunk in resp.stream(amt=READ_BYTES, decode_content=True):
+                body += chunk
+                if len(body) > max_bytes:
+                    size = len(body)
+                    del body   # (the failure's traceback keeps this frame)
+                    raise ApiProblem("oversize_page", f"{verb} {self._resource()}: the answer took over {max_bytes} "
+                                     f"bytes (read up to {size}, decompressed): connection dropped")
+            ended = True
+            return body
         except (urllib3.exceptions.HTTPError, OSError) as e:
             if self._stop.is_set():
                 raise Stopped from None
             raise ApiProblem(_conn_cause(e), f"{verb} {self._resource()}: response cut: {e}") from None
         finally:
+            if not ended:
+                _abort(resp)   # the rest may still be coming: this connection must not go back to the pool
             self._close(resp)
 
     def _close(self, resp: Any) -> None:
@@ -827,6 +855,14 @@ def watch_timeout(longest: int) -> int:
     not above: the read timeout that notices a dead connection is the watch's timeout plus the
     slack, and must keep its bound."""
     return max(1, round(longest * (0.5 + random.random() / 2)))
+
+
+def page_max_bytes(limit: int) -> int:
+    """The most one list answer of `limit` objects a page (0: unpaged) may take, decompressed
+    (see LIST_PAGE_MAX_BYTES)."""
+    if not limit:
+        return LIST_UNPAGED_MAX_BYTES
+    return min(LIST_UNPAGED_MAX_BYTES, max(LIST_PAGE_MAX_BYTES, limit * LIST_OBJECT_MAX_BYTES))
 
 
 def _abort(resp: Any) -> None:

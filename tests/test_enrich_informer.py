@@ -952,3 +952,57 @@ def test_lists_ask_for_gzip_and_decode_the_compressed_pages(seeded: FakeKube, ku
     assert not any("gzip" in r["accept_encoding"] for r in requests if r["verb"] == "watch")
     # the first page of pods (500, ~250 KB of JSON) came compressed
     assert (seeded.gzipped >= 1) == gzip
+
+
+@pytest.mark.parametrize(("fault", "chunk", "cap"), [("bomb", 500, "LIST_PAGE_MAX_BYTES"),
+                                                     ("bomb", 0, "LIST_UNPAGED_MAX_BYTES"),
+                                                     ("endless", 500, "LIST_PAGE_MAX_BYTES")])
+def test_a_list_answer_over_its_bound_is_not_read_on(seeded: FakeKube, kubeconfig: str, monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture, fault: str, chunk: int,
+                                                      cap: str) -> None:
+    """A list page that decompresses past its bound (a gzip bomb: 64 MiB of blanks in ~64 KiB;
+    or an uncompressed answer as long), paged or unpaged, is not read on: counted as
+    oversize_page (in flowscope_enrich_stat), logged once, the connection dropped; the last good
+    cache keeps serving (read whole, the bomb is a valid empty list that would wipe it), and the
+    list is retried with backoff until the server behaves again."""
+    from collector.server import enrich_series
+    from enrich import informer
+
+    monkeypatch.setattr(informer, cap, 1 << 20)   # a small bound: a cheap test (the bombs are 64 times it)
+    monkeypatch.setattr(informer, "LIST_OBJECT_MAX_BYTES", 1 << 10)   # (500 objects: under the bound)
+    seeded.bomb_bytes = 64 << 20
+    with caplog.at_level(logging.WARNING, logger="flowscope.enrich"):
+        with running_enricher(kubeconfig, list_chunk_size=chunk, backoff_initial_seconds=0.2,
+                              backoff_max_seconds=0.5) as e:
+            assert e.wait_ready(10)
+            wait_for(lambda: seeded.watchers["pods"] >= 1, what="pod watch open")
+            seeded.fail("pods", "list", fault)   # until cleared
+            seeded.expire("pods")                # the relist meets it
+            wait_for(lambda: e.stats()["kinds"]["pods"]["errors"].get("oversize_page", 0) >= 2, timeout=20,
+                     what="two oversize pages counted")
+            assert flow(e, "10.244.0.5", "")["SrcK8S_Name"] == "web-6d4cf56db6-x1"   # the last good cache
+            st = e.stats()["kinds"]["pods"]
+            assert (st["relists"], set(st["errors"]), st["objects"]) == (0, {"oversize_page"}, 1), st
+            assert enrich_series(e)["flowscope_enrich_stat"][("kinds_pods_errors_oversize_page",)] >= 2
+            if fault == "endless":
+                # the client hung up: the rest of the answer was never sent
+                wait_for(lambda: seeded.bomb_sent < seeded.bomb_bytes, what="the answer cut")  # type: ignore[operator]
+            seeded.add("pods", pod("after-bomb", "shop", ips=["10.244.0.71"]))
+            seeded.clear("pods", "list")
+            wait_for(lambda: e.stats()["kinds"]["pods"]["relists"] == 1, timeout=15, what="the relist")
+            assert flow(e, "10.244.0.71", "")["SrcK8S_Name"] == "after-bomb"
+            assert flow(e, "10.244.0.5", "")["SrcK8S_Name"] == "web-6d4cf56db6-x1"
+            assert e.stats()["kinds"]["pods"]["last_error"] == ""
+    msgs = [r.getMessage() for r in caplog.records if "oversize" in r.getMessage() or "over 1048576" in r.getMessage()]
+    assert len(msgs) == 1 and msgs[0].startswith("enrich: pods informer: list pods: the answer took over 1048576 "
+                                                 "bytes"), msgs
+
+
+def test_page_bounds() -> None:
+    """Pages of the default size, and grown 4 times, get 256 MiB; larger pages 64 KiB an object,
+    up to the unpaged bound (4 GiB), which an unpaged list gets."""
+    from enrich.informer import page_max_bytes
+
+    assert [page_max_bytes(n) for n in (500, 2000, 4096)] == [256 << 20] * 3
+    assert page_max_bytes(10_000) == 10_000 * 65536
+    assert page_max_bytes(0) == page_max_bytes(1_000_000) == 4 << 30

@@ -147,6 +147,11 @@ class FakeKube:
         self.event_status: Any = status(500, "InternalError", "Internal error occurred")
         # Length of the event line the "oversize" watch fault sends (over the informer's cap).
         self.oversize_bytes = 17 << 20
+        # Blanks the "bomb" and "endless" list faults pad their page's items with: a gzip bomb
+        # (1 GiB of blanks is ~1 MiB compressed) or an uncompressed answer as long; None: without end.
+        self.bomb_bytes: int | None = 1 << 30
+        # Bytes of padding those faults wrote before the client hung up (or all of them)
+        self.bomb_sent = 0
         # How long a watch from a resourceVersion the server has not reached yet waits for it
         # before the answer "Too large resource version" (the API server's watch cache waits 3 s:
         # blockTimeout in k8s.io/apiserver's watch_cache.go; shorter here, for the tests' sake).
@@ -320,7 +325,10 @@ class FakeKube:
         (watch only: ERROR 429 with details.retryAfterSeconds 3), too_large_event (watch only: ERROR 504
         "Too large resource version", cause ResourceVersionTooLarge, as `_watch` answers a watch from a
         resourceVersion the server has not reached, in the stream), gone (watch only: ERROR 410 at once), empty (watch only: the stream ends at once, cleanly),
-        oversize (watch only: first a MODIFIED event of `oversize_bytes`, the kind's first object
+        bomb (list only: a 200 list page whose `items` are padded with `bomb_bytes` blanks, sent
+        with gzip whether asked for or not, ~1000 times smaller on the wire: a gzip bomb from a
+        broken server or proxy; valid JSON, an empty list, when read to its end), endless (list only:
+        the same uncompressed), oversize (watch only: first a MODIFIED event of `oversize_bytes`, the kind's first object
         moved to address 10.244.0.99 with a huge annotation, in 64 KiB chunks, then the stream goes
         on as usual), slow_oversize (the same after 1.2 s), noitems and
         expired_continue (list only: the page is served but its continue token is already compacted
@@ -585,12 +593,46 @@ class _Handler(BaseHTTPRequestHandler):
         meta["annotations"]["padding"] = "x" * pad
         return json.dumps({"type": "MODIFIED", "object": obj}).encode() + b"\n"
 
+    def _padded_list(self, list_kind: str, api: str, *, compress: bool) -> None:
+        """A list page of no items padded with `bomb_bytes` blanks (see fail: bomb, endless),
+        chunked, compressed as the API server does when `compress`, until the client hangs up."""
+        k = self.kube
+        with k.cond:
+            total, rv = k.bomb_bytes, str(k.rv)
+            k.bomb_sent = 0
+        head = json.dumps({"kind": list_kind, "apiVersion": api, "metadata": {"resourceVersion": rv}})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        if compress:
+            self.send_header("Content-Encoding", "gzip")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        gz = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS) if compress else None
+
+        def send(data: bytes, *, last: bool = False) -> None:
+            if gz is not None:
+                data = gz.compress(data) + (gz.flush() if last else gz.flush(zlib.Z_SYNC_FLUSH))
+            self._chunk(data)
+
+        send(head[:-1].encode() + b', "items": [')
+        blanks = b" " * (1 << 20)
+        while total is None or k.bomb_sent < total:
+            n = len(blanks) if total is None else min(len(blanks), total - k.bomb_sent)
+            send(blanks[:n])
+            with k.cond:
+                k.bomb_sent += n
+        send(b"]}", last=True)
+        self._chunk(b"")
+
     def _list(self, kind: str, q: dict[str, str], fault: str | None) -> None:
         k = self.kube
         if fault == "garbage":
             self._send_json(200, None, raw=b"<html><body>502 Bad Gateway</body></html>")
             return
         _, list_kind, _, api = KIND_INFO[kind]
+        if fault in ("bomb", "endless"):
+            self._padded_list(list_kind, api, compress=fault == "bomb")
+            return
         if fault == "noitems":  # a list kind and resourceVersion, but no "items" at all
             self._send_json(200, {"kind": list_kind, "apiVersion": api,
                                   "metadata": {"resourceVersion": str(k.rv)}})
