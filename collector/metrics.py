@@ -238,7 +238,9 @@ SERIES: dict[str, Series] = {s.name: s for s in [
            "interval, and started again from its first page in larger pages; list_expired: a list given up after "
            "its restarts expired too, retried with backoff (raise --enrich-list-chunk-size); list_gone: 410 Gone "
            "to a list's first request, which names no resourceVersion nor continue token: no compaction race, an "
-           "API server or proxy fault, retried with backoff) and kinds_<kind>_list_seconds is how long the last "
+           "API server or proxy fault, retried with backoff; oversize_page: a list answer past its bound once "
+           "decompressed, 256 MiB a page, 4 GiB unpaged: a gzip bomb or an endless answer from a broken server "
+           "or proxy, not read on, retried with backoff) and kinds_<kind>_list_seconds is how long the last "
            "completed list took (its continue token expires past the API server's etcd compaction interval, "
            "5 min by default)", ("stat",), merge="max"),
     Series("flowscope_informers_synced", "gauge", "1 when every informer has completed its first list "

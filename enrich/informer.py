@@ -12,7 +12,8 @@ Layering (after kopf's watching.py):
                           token expires), replace the kind's cache atomically, then watch from the
                           list's resourceVersion, re-watching after each stream ends; returns on
                           410 Gone (or an older server's 500 saying the same: _expired) and on
-                          "Too large resource version", so the outer loop relists;
+                          "Too large resource version", so the outer loop relists; a list answer
+                          over page_max_bytes (decompressed) drops the connection;
   `_watch_stream`         one HTTP watch stream: events, bookmarks, ERROR Status objects; an
                           event line over WATCH_EVENT_MAX_BYTES drops the connection.
 Failures are counted by cause and logged once per cause (again only after a recovery); the last
