@@ -737,21 +737,26 @@ class Informer:
             raise Stopped
         return resp
 
-    def _request(self, verb: str, kwargs: dict[str, Any], *, read_timeout: float, max_bytes: int) -> bytearray:
+    def _request(self, verb: str, kwargs: dict[str, Any], *, read_timeout: float, max_bytes: int) -> bytes:
         """The answer's body, decompressed; ApiProblem oversize_page past `max_bytes` (not read
         on: a gzip bomb or an endless answer must not grow it until the pod is OOM-killed)."""
         resp = self._open(verb, kwargs, read_timeout=read_timeout)
         ended = False
         try:
-            body = bytearray()
+            # pieces joined once at the end: growing one bytearray instead peaked 3-5 MiB higher
+            # (benchmarks/RESULTS.md)
+            parts: list[bytes] = []
+            size = 0
             for chunk in resp.stream(amt=READ_BYTES, decode_content=True):
-                body += chunk
-                if len(body) > max_bytes:
-                    size = len(body)
-                    del body   # (the failure's traceback keeps this frame)
+                parts.append(chunk)
+                size += len(chunk)
+                if size > max_bytes:
+                    parts.clear()   # (the failure's traceback keeps this frame)
                     raise ApiProblem("oversize_page", f"{verb} {self._resource()}: the answer took over {max_bytes} "
                                      f"bytes (read up to {size}, decompressed): connection dropped")
             ended = True
+            body = b"".join(parts)
+            parts.clear()
             return body
         except (urllib3.exceptions.HTTPError, OSError) as e:
             if self._stop.is_set():
