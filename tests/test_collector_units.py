@@ -1484,8 +1484,9 @@ def test_flows_dropped_reasons_documented_are_the_ones_counted() -> None:
     emitted = set(re.findall(r'dropped\[\([\w.]+, "([a-z_]+)"\)\]', collector_src))
     emitted |= set(re.findall(r'drop_all\("([a-z_]+)"\)', collector_src))
     emitted |= set(re.findall(r'\[\("([a-z_]+)",\)\]', collector_src))    # the supervisor's (app.died)
+    emitted |= set(re.findall(r'\bflow_drops\["([a-z_]+)"\]', collector_src))    # the receiver's (server.py)
     emitted |= set(re.findall(r'\bb\._?dropped\["([a-z_]+)"\]', decoder_src))
-    assert {"queue_full", "rejected", "too_large", "duplicate", "worker_died"} <= emitted  # the scan finds them
+    assert {"queue_full", "rejected", "too_large", "duplicate", "worker_died", "internal"} <= emitted  # the scan finds them
     _check_values_documented("flowscope_flows_dropped", emitted)
 
 
