@@ -94,11 +94,14 @@ class _ClosedUnderTheReader:
 
 
 class _ListBody:
+    """A list answer as urllib3's response gives it (the informer streams it: _request)."""
+
     def __init__(self, body: bytes) -> None:
         self.body = body
 
-    def read(self) -> bytes:
-        return self.body
+    def stream(self, amt: int = 1 << 16, decode_content: bool = True) -> Any:
+        for i in range(0, len(self.body), amt):
+            yield self.body[i:i + amt]
 
     def release_conn(self) -> None:
         pass
