@@ -884,11 +884,14 @@ cdef inline int skip_pad(Reader* r, uint32_t n) except -1:
     return 0
 
 
-cdef int flow_sample(ExporterState ex, FlowBatch b, Reader* s, bint expanded, int64_t recv_ms,
-                     uint64_t stream, bint late) except -1:
+cdef int64_t flow_sample(ExporterState ex, FlowBatch b, Reader* s, bint expanded, int64_t recv_ms,
+                         uint64_t stream, bint late) except -1:
+    """One flow sample into one flow; returns how many of its records it counts and does not
+    hold (flow_records)."""
     cdef const uint8_t* p
     cdef Flow* f
     cdef uint32_t rate, nrec, in_fmt, in_val, out_fmt, out_val
+    cdef int64_t missing
     if rd_left(s) < (44 if expanded else 32):
         raise_decode("bad_sample", s.pos, f"sFlow flow sample of {rd_left(s)} bytes")
     if expanded:
@@ -911,8 +914,6 @@ cdef int flow_sample(ExporterState ex, FlowBatch b, Reader* s, bint expanded, in
         out_val = be32(p + 24) & 0x3FFFFFFF
         nrec = be32(p + 28)
         ex.sample_drops(stream, be32(p + 4) >> 24, be32(p + 4) & 0xFFFFFF, be32(p + 16), late)
-    if <uint64_t>nrec * 8 > <uint64_t>rd_left(s):
-        raise_decode("bad_sample", s.pos - 4, f"sFlow flow sample: {nrec} records in {rd_left(s)} bytes")
     f = batch_new_flow(b)
     f.sampling = rate
     f.packets = 1
@@ -942,23 +943,29 @@ cdef int flow_sample(ExporterState ex, FlowBatch b, Reader* s, bint expanded, in
         # dropped ones; from OVS it tells nothing, and from others it says no more than no OutIf.
         f.drop_reason = out_val
         f.present |= P_DROP
-    flow_records(b, f, s, nrec)
+    missing = flow_records(b, f, s, nrec)
     if rate:
         ex.last_sampling = rate
-    return 0
+    return missing
 
 
-cdef int flow_records(FlowBatch b, Flow* f, Reader* s, uint32_t nrec) except -1:
-    """The `nrec` flow records of a flow sample or a discarded-packet sample, into `f`."""
+cdef int64_t flow_records(FlowBatch b, Flow* f, Reader* s, uint32_t nrec) except -1:
+    """The `nrec` flow records of a flow sample or a discarded-packet sample, into `f`. Returns
+    how many of them the sample does not hold: it ends where a record would start, short of its
+    count (records_short)."""
     cdef const uint8_t* p
     cdef uint32_t j, rfmt, rlen
     cdef Reader rec
     cdef int src = 0
+    cdef int64_t missing = 0
     cdef HostRecs sock
     memset(&sock, 0, sizeof(HostRecs))
     for j in range(nrec):
         if rd_left(s) < 8:
-            raise_decode("bad_sample", s.pos, f"sFlow flow sample: record {j} of {nrec} missing")
+            if rd_left(s) == 0:
+                missing = nrec - j
+                break
+            raise_decode("bad_sample", s.pos, f"sFlow flow sample: record {j} of {nrec} cut at its header")
         p = rd_take(s, 8)
         rfmt = be32(p)
         rlen = be32(p + 4)
@@ -985,7 +992,7 @@ cdef int flow_records(FlowBatch b, Flow* f, Reader* s, uint32_t nrec) except -1:
         f.bytes = sock.app_bytes
         f.present |= P_BYTES
         f.t_start_ms = f.t_end_ms - sock.app_us // 1000
-    return 0
+    return missing
 
 
 cdef void socket_keys(Flow* f, const uint8_t* p, uint8_t af) noexcept:
@@ -1035,8 +1042,8 @@ cdef void socket_keys(Flow* f, const uint8_t* p, uint8_t af) noexcept:
         f.present |= P_SPORT | P_DPORT
 
 
-cdef int discarded_packet(ExporterState ex, FlowBatch b, Reader* s, int64_t recv_ms, uint64_t stream,
-                          bint late) except -1:
+cdef int64_t discarded_packet(ExporterState ex, FlowBatch b, Reader* s, int64_t recv_ms, uint64_t stream,
+                              bint late) except -1:
     """sflow_drops.txt discarded_packet: one packet the agent saw dropped (not a sampled one, so
     no Sampling, and its size and count are published as PktDropBytes/PktDropPackets only: the
     agent reports drops up to a rate limit), with its reason and, like a flow sample, records
@@ -1053,8 +1060,6 @@ cdef int discarded_packet(ExporterState ex, FlowBatch b, Reader* s, int64_t recv
     nrec = be32(p + 28)
     # Its own counter beside the flow samples' of the same source: kind 0x100 | source type.
     ex.sample_drops(stream, 0x100 | be32(p + 4), be32(p + 8), be32(p + 12), late)
-    if <uint64_t>nrec * 8 > <uint64_t>rd_left(s):
-        raise_decode("bad_sample", s.pos - 4, f"sFlow discarded packet sample: {nrec} records in {rd_left(s)} bytes")
     f = batch_new_flow(b)
     f.packets = 1
     f.t_start_ms = recv_ms
@@ -1068,8 +1073,7 @@ cdef int discarded_packet(ExporterState ex, FlowBatch b, Reader* s, int64_t recv
     if out_if:
         f.out_if = out_if
         f.present |= P_OUTIF
-    flow_records(b, f, s, nrec)
-    return 0
+    return flow_records(b, f, s, nrec)
 
 
 # ---------------------------------------------------------------- counter samples
@@ -1131,9 +1135,12 @@ cdef int counter_record(dict out, uint32_t ent, uint32_t fmt, Reader* rec) excep
     return 0
 
 
-cdef int counter_sample(FlowBatch b, Reader* s, bint expanded, str agent) except -1:
+cdef int64_t counter_sample(FlowBatch b, Reader* s, bint expanded, str agent) except -1:
+    """One counter sample into one dict of b.counters; returns how many of its records it
+    counts and does not hold (as flow_records)."""
     cdef const uint8_t* p
     cdef uint32_t seq, stype, sindex, nrec, j, rfmt, rlen
+    cdef int64_t missing = 0
     cdef Reader rec
     cdef dict out
     cdef list formats = []
@@ -1150,14 +1157,15 @@ cdef int counter_sample(FlowBatch b, Reader* s, bint expanded, str agent) except
         sindex = be32(p + 4) & 0x00FFFFFF
         nrec = be32(p + 8)
     seq = be32(p)
-    if <uint64_t>nrec * 8 > <uint64_t>rd_left(s):
-        raise_decode("bad_sample", s.pos - 4, f"sFlow counter sample: {nrec} records in {rd_left(s)} bytes")
     out = {"RecordType": "counters", "FlowProtocol": "sflow5", "AgentIP": agent, "SequenceNum": seq,
            "SourceIdType": stype, "SourceIdIndex": sindex, "TimeReceived": int(b.recv_time),
            "Records": formats}
     for j in range(nrec):
         if rd_left(s) < 8:
-            raise_decode("bad_sample", s.pos, f"sFlow counter sample: record {j} of {nrec} missing")
+            if rd_left(s) == 0:
+                missing = nrec - j
+                break
+            raise_decode("bad_sample", s.pos, f"sFlow counter sample: record {j} of {nrec} cut at its header")
         p = rd_take(s, 8)
         rfmt = be32(p)
         rlen = be32(p + 4)
@@ -1170,7 +1178,7 @@ cdef int counter_sample(FlowBatch b, Reader* s, bint expanded, str agent) except
     if b._counters is None:
         b._counters = []
     b._counters.append(out)
-    return 0
+    return missing
 
 
 # ---------------------------------------------------------------- datagram
@@ -1201,6 +1209,17 @@ cdef void log_skipped(Decoder dec, ExporterState ex, uint32_t seq, list skipped,
                     LOG_INFO)
 
 
+cdef void records_short(Decoder dec, ExporterState ex, uint32_t seq, uint32_t i, int64_t missing):
+    """A sample that ends where a record would start, short of the record count it declared:
+    the same disagreement as a datagram short of its sample count (decode_sflow), one level
+    down. The records it holds are decoded and kept (its flow, or its counters); the sample is
+    counted bad_count and logged as such, not failed, and the samples after it are read (its
+    length, unlike its record count, is where the next one starts). A record cut inside (its
+    header or its body past the sample's end) is still a failed sample."""
+    ex.count_error("bad_count")
+    dec.log_limited("bad_count", ex.ip, f"sFlow seq {seq}: sample {i} ends {missing} record(s) short of its record count")
+
+
 cdef int decode_sflow(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) except -1:
     cdef const uint8_t* p
     cdef uint32_t atype, nsamples, i, sfmt, slen, seq
@@ -1213,6 +1232,7 @@ cdef int decode_sflow(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
     cdef str extra = None
     cdef list skipped = None       # data_formats of the samples skipped (the first SKIPPED_NAMED)
     cdef uint32_t nskipped = 0
+    cdef int64_t missing
     b.proto_kind = PROTO_SFLOW5
     # sFlow v5 header: version, agent address (type + v4/v6), sub-agent id, sequence, uptime, count.
     p = rd_take(r, 8)
@@ -1259,11 +1279,15 @@ cdef int decode_sflow(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
             rd_sub(r, &s, slen)
             skip_pad(r, slen)
             if sfmt == SF_FLOW_SAMPLE or sfmt == SF_FLOW_SAMPLE_EXP:
-                flow_sample(ex, b, &s, sfmt == SF_FLOW_SAMPLE_EXP, recv_ms, stream, late)
+                missing = flow_sample(ex, b, &s, sfmt == SF_FLOW_SAMPLE_EXP, recv_ms, stream, late)
                 committed = b.n
+                if missing:
+                    records_short(dec, ex, seq, i, missing)
             elif sfmt == SF_DISCARDED_PACKET:
-                discarded_packet(ex, b, &s, recv_ms, stream, late)
+                missing = discarded_packet(ex, b, &s, recv_ms, stream, late)
                 committed = b.n
+                if missing:
+                    records_short(dec, ex, seq, i, missing)
             elif sfmt == SF_COUNTER_SAMPLE or sfmt == SF_COUNTER_SAMPLE_EXP:
                 if not dec.keep_counters:
                     # not flows: skipped by length (nothing reads them), but counted, so that
@@ -1272,7 +1296,9 @@ cdef int decode_sflow(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
                     continue
                 if agent is None:
                     agent = b.agent_ip
-                counter_sample(b, &s, sfmt == SF_COUNTER_SAMPLE_EXP, agent)
+                missing = counter_sample(b, &s, sfmt == SF_COUNTER_SAMPLE_EXP, agent)
+                if missing:
+                    records_short(dec, ex, seq, i, missing)
             else:
                 # Another enterprise's sample (Host sFlow's rtmetric and rtflow, 4300:1002 and
                 # 4300:1003) or a standard format flowscope does not know: skipped by its length,

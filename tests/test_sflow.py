@@ -1048,9 +1048,13 @@ def test_truncated_discarded_packet_sample(decoders_mod) -> None:
     short = rec(5, struct.pack(">IIIIIII", 1, 0, 9, 0, 5, 0, 258))            # no record count
     b = decode(decoders_mod, datagram([fwd, short]))
     assert b.error is not None and b.error[0] == "bad_sample" and len(b) == 1   # the sample before stays
-    lying = rec(5, struct.pack(">IIIIIIII", 1, 0, 9, 0, 5, 0, 258, 3) + raw_header(pkt, 60))   # 3 records, 1 sent
-    b = decode(decoders_mod, datagram([fwd, lying]))
-    assert b.error is not None and b.error[0] == "bad_sample" and len(b) == 1
+    # 3 records counted, 1 sent: the one it holds is kept, the shortfall counted bad_count (as a
+    # datagram short of its sample count)
+    lying = rec(5, struct.pack(">IIIIIIII", 1, 0, 9, 0, 5, 0, 258, 3) + raw_header(pkt, 60))
+    dec = decoders_mod.Decoder()
+    b = dec.decode(datagram([fwd, lying]), "192.0.2.1", 6343, RECV)
+    assert b.error is None and len(b) == 2 and b.to_dicts()[1]["PktDropBytes"] == 60
+    assert dec.stats()["192.0.2.1"]["errors"] == {"bad_count": 1}
 
 
 def test_several_samples_in_order(decoders_mod) -> None:
@@ -1589,14 +1593,17 @@ def test_malformed_sample_keeps_earlier_samples(decoders_mod) -> None:
     struct.pack_into(">I", body, 8 + 32 + 4, 4000)
     b = decode(decoders_mod, datagram([good, bytes(body), good]))
     assert b.error[0] == "bad_length" and len(b) == 1
-    # A record count that cannot fit: refused before looping (no allocation per claimed record).
+    # A record count that cannot fit: the records are read while the sample holds them (no more
+    # than its length allows, nothing allocated per claimed record), the shortfall is bad_count.
     huge = bytearray(good)
     struct.pack_into(">I", huge, 8 + 28, 0x7FFFFFFF)
-    b = decode(decoders_mod, datagram([good, bytes(huge)]))
-    assert b.error[0] == "bad_sample" and len(b) == 1
-    # A counter sample claiming 2^32-1 records.
-    b = decode(decoders_mod, datagram([good, rec(2, struct.pack(">III", 1, 1, 0xFFFFFFFF))]))
-    assert b.error[0] == "bad_sample" and len(b) == 1 and b.counters == []
+    dec = decoders_mod.Decoder()
+    b = dec.decode(datagram([good, bytes(huge)]), "192.0.2.1", 6343, RECV)
+    assert b.error is None and len(b) == 2 and dec.stats()["192.0.2.1"]["errors"] == {"bad_count": 1}
+    # A counter sample claiming 2^32-1 records and holding none: its header's fields, no records.
+    b = dec.decode(datagram([good, rec(2, struct.pack(">III", 1, 1, 0xFFFFFFFF))]), "192.0.2.1", 6343, RECV)
+    assert b.error is None and len(b) == 1 and [c["Records"] for c in b.counters] == [[]]
+    assert dec.stats()["192.0.2.1"]["errors"] == {"bad_count": 2}
     # A flow sample too short for its fixed part.
     b = decode(decoders_mod, datagram([good, rec(1, b"\0" * 20)]))
     assert b.error[0] == "bad_sample" and len(b) == 1

@@ -4,20 +4,28 @@ its extension documents), each test naming what it checks against."""
 from __future__ import annotations
 
 import ipaddress
+import logging
 import struct
+
+import pytest
 
 from tests.test_sflow import (
     MAC_C,
     MAC_D,
     RECV,
+    counter_sample,
     datagram,
+    discarded_packet,
     eth,
     flow_sample,
+    flow_sample_expanded,
+    generic_if,
     geneve,
     ipv4,
     ipv6,
     one_flow,
     raw_header,
+    rec,
     tcp,
     udp,
     vxlan,
@@ -372,3 +380,59 @@ def test_agent_address_type_unknown_names_the_udp_source(decoders_mod) -> None:
             assert b.error is None and len(b) == 1 and len(b.counters) == 1 and b.sequence == seq
             assert (b.to_dicts()[0]["AgentIP"], b.counters[0]["AgentIP"]) == (source, source)
         assert dec.stats(RECV + 5)[source]["protocols"]["sflow5"]["sequence_lost"] == 1
+
+
+def _count(sample: bytes, at: int, n: int) -> bytes:
+    """The sample with the record count at byte `at` of its body set to n (its length unchanged)."""
+    b = bytearray(sample)
+    struct.pack_into(">I", b, 8 + at, n)
+    return bytes(b)
+
+
+def test_a_sample_short_of_its_record_count_keeps_its_records(decoders_mod, caplog: pytest.LogCaptureFixture) -> None:
+    """A flow, expanded flow, discarded-packet or counter sample whose record count is more than
+    it holds, ending where a record would start: the same disagreement as a datagram short of its
+    sample count (bad_count since 938fb8b), one level down. The records it holds are decoded and
+    kept, the sample is counted bad_count (logged with that reason) and the samples after it in
+    the datagram are read: the sample's length, not its count, says where the next one starts.
+    Before, such a sample failed as bad_sample (its count times 8 bytes more than its length), the
+    datagram with it, and every sample after it was lost. A record cut inside its sample stays a
+    failed sample."""
+    pkt = eth(ipv4("10.0.0.1", "10.0.0.2", 6, tcp(40000, 443, 0x18)), 0x0800)
+    hdr = raw_header(pkt, 1518)
+    sw = rec(1001, struct.pack(">IIII", 300, 0, 301, 0))
+    g, gvals = generic_if(4)
+    after = flow_sample([raw_header(eth(ipv4("10.9.0.1", "10.9.0.2", 17, udp(53, 53)), 0x0800), 90)])
+    # record count offsets in the sample bodies: compact flow 28, expanded flow 40, discarded 28,
+    # counter 8 (compact) / 12 (expanded)
+    short = [_count(flow_sample([hdr, sw]), 28, 3), _count(flow_sample_expanded([hdr, sw]), 40, 5),
+             _count(discarded_packet([hdr, sw]), 28, 0x7FFFFFFF), _count(counter_sample([g]), 8, 2),
+             _count(counter_sample([g], expanded=True), 12, 0xFFFFFFFF)]
+    caplog.set_level(logging.INFO, logger="flowscope.decoders")
+    dec = decoders_mod.Decoder()
+    b = dec.decode(datagram(short + [after]), "192.0.2.1", 6343, RECV)
+    assert b.error is None, b.error
+    flows = b.to_dicts()
+    assert len(flows) == 4
+    for f in flows[:3]:     # the header's keys and frame length, extended switch's VLAN
+        assert (f["SrcAddr"], f["DstAddr"], f["Proto"], f["SrcPort"], f["DstPort"], f["Vlan"]) == \
+            ("10.0.0.1", "10.0.0.2", 6, 40000, 443, 300)
+    assert flows[0]["Bytes"] == flows[1]["Bytes"] == 1518 and flows[2]["PktDropBytes"] == 1518
+    assert (flows[0]["Sampling"], flows[1]["Sampling"]) == (400, 512)
+    assert flows[3]["SrcAddr"] == "10.9.0.1"            # the sample after them
+    assert len(b.counters) == 2 and [c["Records"] for c in b.counters] == [[1], [1]]
+    assert all(c[k] == v for c in b.counters for k, v in gvals.items())
+    assert dec.stats()["192.0.2.1"]["errors"] == {"bad_count": 5}
+    logged = [r for r in caplog.records if getattr(r, "exporter", None) == "192.0.2.1"]
+    assert [getattr(r, "reason", None) for r in logged] == ["bad_count"]   # (rate-limited: once)
+    # short by all its records: the sample header's own fields are still the flow's
+    f = decoders_mod.Decoder().decode(datagram([_count(flow_sample([]), 28, 2)]), "192.0.2.1", 6343, RECV)
+    assert f.error is None and [(x["Sampling"], x["InIf"], x["OutIf"]) for x in f.to_dicts()] == [(400, 5, 6)]
+    # a record cut inside the sample (its header, or its body past the sample's end) still fails it,
+    # the samples before it kept
+    for cut in (4, 12):
+        body = flow_sample([hdr])[8:] + sw[:cut]
+        bad = struct.pack(">II", 1, len(body)) + body
+        bad = _count(bad, 28, 2)
+        b = decoders_mod.Decoder().decode(datagram([after, bad, after]), "192.0.2.1", 6343, RECV)
+        assert b.error is not None and b.error[0] in ("bad_sample", "bad_length") and len(b) == 1, cut
