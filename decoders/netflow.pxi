@@ -824,7 +824,8 @@ cdef class ExporterState:
         """An export's sequence number against the one expected from the same exporting process
         (port) and domain. A forward jump is a gap: what never arrived (in the protocol's unit:
         flows for v5, records for IPFIX, datagrams for v9 and sFlow), unless datagrams behind the
-        expected number fill it within SEQ_REORDER_MS (reordered on the path). What is left of a
+        expected number fill it within SEQ_REORDER_MS (reordered on the path); an sFlow datagram
+        ahead whose uptime went back by more than SEQ_RESTART_UPTIME_MS is a restart, not a gap. What is left of a
         gap then is counted as lost (settle_gaps, or the stream's next datagram); up to
         SEQ_MAX_GAPS gaps are open at once (a newer one counts the oldest). A jump of more than
         SEQ_MAX_GAP either way is a restart. A datagram behind is a late one, unless the header's
@@ -887,8 +888,22 @@ cdef class ExporterState:
             if ahead == 0:
                 pass
             elif ahead <= SEQ_MAX_GAP:
-                self.open_gap(st, st.next, ahead, <int64_t>st.prev_count - <int64_t>advance
-                              if (kind == PROTO_IPFIX or kind == PROTO_NETFLOW5) and not st.inclusive else 0, now_ms)
+                back = (<uint32_t>(st.uptime - uptime) if kind == PROTO_SFLOW5 and uptime >= 0 and st.uptime >= 0
+                        else 0)
+                if SEQ_RESTART_UPTIME_MS < back < 0x80000000u:
+                    # sFlow: numbered after the latest but sent more than SEQ_RESTART_UPTIME_MS
+                    # before it, which no datagram of the same run can be (sflow_other_run): the
+                    # agent restarted, and the first datagram seen of its new run is numbered past
+                    # the old run's latest (its first ones lost, or the old run a short one). Read
+                    # as a gap, the difference between two runs' numbers was counted lost, up to
+                    # SEQ_MAX_GAP of it, and no restart.
+                    self.restart(st)
+                    st.uptime_restarted = True
+                    st.restart_ms = now_ms
+                else:
+                    self.open_gap(st, st.next, ahead, <int64_t>st.prev_count - <int64_t>advance
+                                  if (kind == PROTO_IPFIX or kind == PROTO_NETFLOW5) and not st.inclusive else 0,
+                                  now_ms)
             elif behind <= SEQ_MAX_GAP:
                 # uptime wraps at 2^32 ms (49.7 days): "went back" is a difference below 2^31
                 back = <uint32_t>(st.uptime - uptime) if uptime >= 0 and st.uptime >= 0 else 0

@@ -596,6 +596,19 @@ def test_sequence_per_agent_behind_one_relay_and_restarts_by_uptime(decoders_mod
     assert seq_stats() == (2, 1)                    # neither a loss nor a restart
 
 
+def sequence_run(decoders_mod, sends: list[tuple[int, int, float]]) -> tuple[int, int]:
+    """One agent's datagrams (sequence, uptime ms, receive time s after RECV), a flow sample each,
+    through one decoder from one source port: (sequence_lost, sequence_resets) once every gap
+    has had its time to fill."""
+    sample = [flow_sample([raw_header(eth(ipv4("10.0.0.1", "10.0.0.2", 17, udp(1, 2)), 0x0800), 60)])]
+    dec = decoders_mod.Decoder()
+    for seq, up, t in sends:
+        b = dec.decode(datagram(sample, agent="192.0.2.1", seq=seq, uptime=up), "10.9.9.9", 50000, RECV + t)
+        assert b.error is None
+    p = dec.stats(RECV + 900)["10.9.9.9"]["protocols"]["sflow5"]
+    return p["sequence_lost"], p["sequence_resets"]
+
+
 def test_agent_restarted_on_the_same_port_within_a_minute_of_its_start(decoders_mod) -> None:
     """An agent whose uptime counts from its own start (the sFlow agent library's bootTime: Open
     vSwitch, hsflowd, pmacct) restarting within a minute of that start goes back less than the
@@ -610,16 +623,8 @@ def test_agent_restarted_on_the_same_port_within_a_minute_of_its_start(decoders_
     with a fixed source port, keeps the stream. Copies of the old run's datagrams (their numbers
     and uptimes as they were) and a late datagram are neither; an agent whose datagrams are
     those of the old run number for number and uptime for uptime cannot be told from copies."""
-    sample = [flow_sample([raw_header(eth(ipv4("10.0.0.1", "10.0.0.2", 17, udp(1, 2)), 0x0800), 60)])]
-
     def run(sends: list[tuple[int, int, float]]) -> tuple[int, int]:
-        """(sequence, uptime ms, receive time s after RECV) -> (lost, resets)."""
-        dec = decoders_mod.Decoder()
-        for seq, up, t in sends:
-            b = dec.decode(datagram(sample, agent="192.0.2.1", seq=seq, uptime=up), "10.9.9.9", 50000, RECV + t)
-            assert b.error is None
-        p = dec.stats(RECV + 600)["10.9.9.9"]["protocols"]["sflow5"]
-        return p["sequence_lost"], p["sequence_resets"]
+        return sequence_run(decoders_mod, sends)
 
     # a datagram every half second; the old run's first at uptime 7 s (its first counter poll)
     old = [(i, 7000 + 500 * (i - 1), 0.5 * (i - 1)) for i in range(1, 41)]        # 20 s

@@ -26,6 +26,7 @@ from tests.test_sflow import (
     one_flow,
     raw_header,
     rec,
+    sequence_run,
     tcp,
     udp,
     vxlan,
@@ -436,3 +437,29 @@ def test_a_sample_short_of_its_record_count_keeps_its_records(decoders_mod, capl
         bad = _count(bad, 28, 2)
         b = decoders_mod.Decoder().decode(datagram([after, bad, after]), "192.0.2.1", 6343, RECV)
         assert b.error is not None and b.error[0] in ("bad_sample", "bad_length") and len(b) == 1, cut
+
+
+def test_a_restart_numbered_past_the_old_run_is_a_restart_not_a_loss(decoders_mod) -> None:
+    """sflow_version_5.txt numbers a sub-agent's datagrams one by one and reads the uptime at the
+    send: within one run a datagram numbered after another is never sent before it. One numbered
+    past the stream's latest whose uptime went back by more than the minute that tells a restart
+    is the agent's new run, its first datagrams lost (or the old run a short one): a restart, as
+    for one numbered behind. Before, the difference between the two runs' numbers was counted as
+    lost (up to 2^20 of it) and no restart. An uptime that wrapped at 2^32 ms is no restart: the
+    datagrams between are lost, as before."""
+    def run(sends: list[tuple[int, int, float]]) -> tuple[int, int]:
+        return sequence_run(decoders_mod, sends)
+
+    # an agent up for about 17 minutes, a datagram a second; rebooted, 90 s into its new run
+    old = [(i, 1_000_000 + 1000 * i, float(i)) for i in range(1, 101)]
+    for first in (500, 1_000_000):          # the new run's first datagram heard
+        new = [(j, 90_000 + 100 * (j - first), 300 + 0.1 * (j - first)) for j in range(first, first + 60)]
+        assert run(old + new) == (0, 1), first
+        assert run(old + new[:20] + new[21:]) == (1, 1), first     # a loss in the new run still counts
+        # a datagram of the old run arriving late, just after the restart: old, nothing counted
+        assert run(old + new[:3] + [(102, 1_102_000, 300.35)] + new[3:]) == (0, 1), first
+    # the 32-bit uptime wrapped between two datagrams, two lost between them: a gap, no restart
+    wrap = [(1, 0xFFFFF000, 0.0), (2, 0xFFFFF400, 1.0), (5, 0x400, 4.0), (6, 0x800, 5.0)]
+    assert run(wrap) == (2, 0)
+    # uptime back by less than the minute: read as before (a gap)
+    assert run([(1, 200_000, 0.0), (2, 201_000, 1.0), (5, 150_000, 4.0), (6, 151_000, 5.0)]) == (2, 0)
