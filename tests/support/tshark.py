@@ -944,6 +944,21 @@ def compare_expected(exp: dict[str, Any], flow: dict, *, required: Iterable[str]
 _IPV6_EXT = {0, 43, 44, 50, 51, 60, 135, 139, 140}
 
 
+# tshark's VLAN tag layers and their VLAN ID fields: 802.1Q (TPID 0x8100) and 802.1ad (0x88a8,
+# an outer S-tag) are dissected apart, each its own layer
+_VLAN_ID_KEYS = {"vlan": "vlan.id", "ieee8021ad": "ieee8021ad.id"}
+
+
+def first_vlan_id(ids: Iterable[tuple[str, Any]]) -> int | None:
+    """The first non-zero VLAN ID among (field, value or values) in packet order, 802.1Q's and
+    802.1ad's alike (a QinQ frame's S-tag is its outer tag); VID 0 is a priority tag only."""
+    for _, v in ids:
+        for x in _as_list(v):
+            if to_int(x) & 0x0FFF:
+                return to_int(x) & 0x0FFF
+    return None
+
+
 def section_expected(rec: dict) -> dict[str, Any]:
     """What a PSAMP packet report's section (dataLinkFrameSection 315 / ipHeaderPacketSection 313)
     says, from tshark's dissection of it (flattened into the record, repeated names merged in
@@ -956,9 +971,9 @@ def section_expected(rec: dict) -> dict[str, Any]:
     exp: dict[str, Any] = {}
     if "eth.src" in rec:
         exp |= {"SrcMac": _first(rec["eth.src"]), "DstMac": _first(rec["eth.dst"])}
-    vlans = [to_int(v) for v in _as_list(rec.get("vlan.id"))]
-    if any(vlans):
-        exp["Vlan"] = next(v for v in vlans if v)
+    vid = first_vlan_id((k, v) for k, v in rec.items() if k in _VLAN_ID_KEYS.values())
+    if vid is not None:
+        exp["Vlan"] = vid
     if any(k.startswith(("vxlan.", "geneve.", "gre.")) for k in rec):
         return exp
     keys = list(rec)
@@ -1160,7 +1175,7 @@ def parse_sflow(p: dict) -> SflowPacket:
             samples.append(SflowSample(int(sv.get("sflow_245.sampletype", SAMPLE_TYPES[m.group(1)])),
                                        own, recs))
     return SflowPacket(
-        frame=int(p["frame"]), src=p.get("src", ""), agent=body.get("sflow_245.agent", ""),
+        frame=int(p["frame"]), src=p.get("src", ""), agent=body.get("sflow_245.agent") or body.get("sflow_245.agent.v6", ""),
         sequence=int(body.get("sflow_245.sequence_number", 0)),
         numsamples=int(body.get("sflow_245.numsamples", 0)), samples=samples,
         malformed=_has_key(body, "_ws.malformed"), raw=body,
@@ -1354,6 +1369,11 @@ def expected_from_header(tree: dict) -> dict[str, Any]:
     if "eth" in L:
         exp["SrcMac"] = L["eth"]["eth.src"].lower()
         exp["DstMac"] = L["eth"]["eth.dst"].lower()
+    # the frame's own outer tag (README, Vlan), in the order tshark lists the tag layers
+    vid = first_vlan_id((layer, flatten(x).get(_VLAN_ID_KEYS[layer])) for layer, v in tree.items()
+                        if layer in _VLAN_ID_KEYS for x in _as_list(v) if isinstance(x, dict))
+    if vid is not None:
+        exp["Vlan"] = vid
     if "ip" in L and "ip.dst" in L["ip"]:   # (a header cut short in the IP header: none)
         ip = L["ip"]
         exp["SrcAddr"] = _first(ip["ip.src"])
