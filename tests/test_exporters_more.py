@@ -2,7 +2,8 @@
 
 softflowd's absolute IPFIX times (-A sec|milli|micro|nano), VLAN and Ethernet tracking (-T vlan,
 -T ether) over 802.1Q-tagged traffic, and its periodic sampling (-s); pmacctd's nfprobe as
-NetFlow v5 and with a sampling rate; nfdump's nfpcapd + nfreplay (NetFlow v5 and v9). Same
+NetFlow v5 and with a sampling rate; nfdump's nfpcapd + nfreplay (NetFlow v5 and v9); Open
+vSwitch's IPFIX and sFlow to an IPv6 collector with an IPv6 sFlow agent. Same
 method as tests/test_exporters.py: the exporter reads a pcap the test wrote, inside a fresh
 namespace; its export is captured and flowscope's decode is compared with
 tshark's and with the traffic that was generated.
@@ -140,6 +141,63 @@ def test_ovs_sflow_short_header_ipv6_fragments(env, decoders_mod) -> None:  # no
     got = collections.Counter((f["SrcAddr"], f.get("Proto"), "SrcPort" in f) for f in flows)
     # IPv4: 42 bytes reach the UDP ports of the first fragments (RFC 791: later ones have none)
     assert got == {(a.ipv4, 17, True): 2, (a.ipv4, 17, False): 4, (a.ipv6, 17, False): 6}, got
+
+
+def test_ovs_ipfix_and_sflow_to_an_ipv6_collector(env, decoders_mod) -> None:  # noqa: F811 (the fixture)
+    """An IPv6-only cluster's export: OVS IPFIX and sFlow sent to a collector at [::1], the
+    sFlow agent an IPv6 address other than the datagrams' source (agent="fd00:99::7"). Both
+    decode as tshark reads them, datagram by datagram (tshark's IPv6 sFlow agent read as the
+    AgentIP); IPFIX flows carry the exporter's address ::1 as AgentIP, sFlow flows the agent's;
+    every conversation sent is there in both, at IPFIX ingress and egress."""
+    import random
+    import time
+
+    from tests.support import netns as N
+    from tests.test_golden_corpus import check_cflow_capture, check_sflow_capture
+    from tests.test_ovs import _key, _sent_key, decode_all, pod_traffic, split_capture
+
+    ovs, ns, br, a, b, d = env.ovs, env.ns, env.bridge, env.a, env.b, env.dir
+    ports = {"cflow": random.randint(20000, 39999), "sflow": random.randint(40000, 60000)}
+    for port in ports.values():
+        N.udp_sink(ns, "::1", port)
+    problems: list[str] = []
+    for attempt in range(3):  # the userspace datapath may leave a short conversation out (test_ovs)
+        cap_path = d / f"ipv6-collector-{attempt}.pcap"
+        cap = N.Capture(ns, cap_path, bpf="udp and dst host ::1")
+        try:
+            ovs.set_ipfix(br, f"[::1]:{ports['cflow']}", sampling=1, cache_active_timeout=2, cache_max_flows=100)
+            ovs.set_sflow(br, f"[::1]:{ports['sflow']}", agent='"fd00:99::7"', sampling=1, polling=30, header=128)
+            ovs.appctl("revalidator/purge")
+            time.sleep(1.0)
+            sent = pod_traffic(a, b)
+            time.sleep(6.0)
+        finally:
+            try:
+                ovs.clear_exports(br)
+            finally:
+                cap.stop()
+        problems = []
+        seen: dict[str, set] = {}
+        for layer, port in ports.items():
+            datagrams, packets = split_capture(cap_path, port, layer)
+            if not datagrams:
+                problems.append(f"OVS sent no {layer} to [::1]")
+                continue
+            check = check_sflow_capture if layer == "sflow" else check_cflow_capture
+            problems += check(decoders_mod.Decoder(decoders_mod.DecoderConfig(default_sampling=0)), datagrams,
+                              packets, f"ovs-{layer}-ipv6-collector")
+            flows = decode_all(decoders_mod, datagrams, default_sampling=0)
+            want_agent = "fd00:99::7" if layer == "sflow" else "::1"
+            problems += [f"{layer} {_key(f)}: AgentIP {f.get('AgentIP')!r}, want {want_agent}" for f in flows
+                         if f.get("AgentIP") != want_agent][:5]
+            seen[layer] = {(_key(f), f.get("FlowDirection")) for f in flows}
+        missing = [(layer, _sent_key(s), fd) for s in sent for layer, dirs in (("cflow", (0, 1)), ("sflow", (None,)))
+                   for fd in dirs if (_sent_key(s), fd) not in seen.get(layer, set())]
+        if missing and not problems and attempt < 2:
+            continue
+        problems += [f"{layer}: no flow for {k} (FlowDirection {fd})" for layer, k, fd in missing]
+        break
+    assert not problems, "\n".join(problems)
 
 
 def test_sflow_cut_ipv6_fragment_header_names_the_protocol(decoders_mod) -> None:
@@ -281,33 +339,68 @@ def test_nfdump_nfreplay(version: int, workdir: Path, decoders_mod) -> None:
     assert (st["sequence_lost"], st["sequence_resets"], st["missing_template_sets"]) == (0, 0, 0), st
 
 
-@pytest.mark.parametrize("version", [5, 9, 10])
-def test_pmacctd_nfprobe_sampling_rate(version: int, workdir: Path, decoders_mod, monkeypatch) -> None:
-    """pmacctd with sampling_rate 4: NetFlow v5 says it in the header's sampling interval; v9
-    and IPFIX in a sampler options record (System scope: FLOW_SAMPLER_ID 48, MODE 49, RANDOM_INTERVAL 50)
-    whose id every flow record carries in element 48. Every flow must carry Sampling 4, with
-    tshark agreeing record by record; the sampled packets are a part of what was sent."""
-    from tests.test_exporters import _flow_key, _generated_key
-
-    _skip_unless("pmacctd")
+def sampled_traffic(workdir: Path) -> list[G.Flow]:
+    """30 UDP flows of 40 packets each (1200 packets, 0.5 ms apart) written as the exporter's pcap."""
     generated = [G.Flow(f"10.1.0.{i + 1}", "10.2.0.2", G.UDP, 41000 + i, 80, packets=40, payload=100)
                  for i in range(30)]
     (workdir / E.PCAP_NAME).write_bytes(G.build_pcap(generated, start=START, gap=0.0005))
-    orig = E.pmacctd_config
-    monkeypatch.setattr(E, "pmacctd_config", lambda *a, **kw: orig(*a, **kw) + "sampling_rate: 4\n")
-    cap, port = capture_export(workdir, lambda ns, port: E.run_pmacctd(ns, workdir, "nfprobe", port,
-                                                                       version=version))
-    problems, flows = decode_capture(decoders_mod, cap, "cflow", port)
-    assert flows, "pmacctd exported nothing at 1:4"
-    problems += [f"{_flow_key(f)}: Sampling {f.get('Sampling')!r}, configured 4" for f in flows
-                 if f.get("Sampling") != 4]
+    return generated
+
+
+def sampled_problems(flows: list[dict], generated: list[G.Flow], rate: int) -> tuple[list[str], int]:
+    """What is wrong with flows exported at 1:`rate` from `generated`: a flow without Sampling
+    `rate`, or with packets that are not part of its flow's. Also returns the sampled packets."""
+    from tests.test_exporters import _flow_key, _generated_key
+
+    problems = [f"{_flow_key(f)}: Sampling {f.get('Sampling')!r}, configured {rate}" for f in flows
+                if f.get("Sampling") != rate]
     sent = {_generated_key(g): g for g in generated}
     packets: dict[tuple, int] = {}
     for f in flows:
         packets[_flow_key(f)] = packets.get(_flow_key(f), 0) + f.get("Packets", 0)
     problems += [f"{k}: {n} sampled packets, not part of what was sent" for k, n in packets.items()
                  if k not in sent or not 0 < n <= sent[k].packets]
+    return problems, sum(packets.values())
+
+
+@pytest.mark.parametrize("version", [5, 9, 10])
+def test_pmacctd_nfprobe_sampling_rate(version: int, workdir: Path, decoders_mod, monkeypatch) -> None:
+    """pmacctd with sampling_rate 4: NetFlow v5 says it in the header's sampling interval; v9
+    and IPFIX in a sampler options record (System scope: FLOW_SAMPLER_ID 48, MODE 49, RANDOM_INTERVAL 50)
+    whose id every flow record carries in element 48. Every flow must carry Sampling 4, with
+    tshark agreeing record by record; the sampled packets are a part of what was sent."""
+    _skip_unless("pmacctd")
+    generated = sampled_traffic(workdir)
+    orig = E.pmacctd_config
+    monkeypatch.setattr(E, "pmacctd_config", lambda *a, **kw: orig(*a, **kw) + "sampling_rate: 4\n")
+    cap, port = capture_export(workdir, lambda ns, port: E.run_pmacctd(ns, workdir, "nfprobe", port,
+                                                                       version=version))
+    problems, flows = decode_capture(decoders_mod, cap, "cflow", port)
+    assert flows, "pmacctd exported nothing at 1:4"
+    more, total = sampled_problems(flows, generated, 4)
+    problems += more
     # 1200 packets at 1:4: about 300 sampled; far from it means the rate was not the one applied
-    if not 150 <= sum(packets.values()) <= 450:
-        problems.append(f"{sum(packets.values())} packets sampled of 1200 at 1:4")
+    if not 150 <= total <= 450:
+        problems.append(f"{total} packets sampled of 1200 at 1:4")
+    assert not problems, "\n".join(problems[:20])
+
+
+@pytest.mark.parametrize("version", ["5", "9", "10"])
+def test_softflowd_periodic_sampling(version: str, workdir: Path, decoders_mod) -> None:
+    """softflowd -s 4: one packet in 4 is counted, and the rate goes out in the NetFlow v5
+    header's sampling interval, or in v9/IPFIX options data (samplingInterval 34 and
+    samplingAlgorithm 35, scoped by the exporting process). Every flow carries Sampling 4, with
+    tshark agreeing record by record, and the sampled packets are a quarter of what was sent,
+    each flow's no more than it sent. (The module's docstring listed -s; no test ran it.)"""
+    _skip_unless("softflowd")
+    generated = sampled_traffic(workdir)
+    cap, port = capture_export(workdir, lambda ns, port: E.run_softflowd(ns, workdir, version, port,
+                                                                         extra=("-s", "4")))
+    problems, flows = decode_capture(decoders_mod, cap, "cflow", port)
+    assert flows, f"softflowd -v {version} -s 4 exported nothing"
+    more, total = sampled_problems(flows, generated, 4)
+    problems += more
+    # periodic: every 4th packet of the capture, 300 of 1200 whatever their flows
+    if total != 1200 // 4:
+        problems.append(f"{total} packets sampled of 1200 at 1:4 (periodic: 300)")
     assert not problems, "\n".join(problems[:20])
