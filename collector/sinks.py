@@ -1067,7 +1067,9 @@ class KafkaSink(Sink):
         log.debug("kafka: checking the advertised brokers (%s)",
                   "failing" if failing else "soon" if soon else "periodic" if every == ADVERTISED_CHECK_S else "unreachable")
         done = self.delivered[0] + self.delivered[1]
-        brokers = list(self.producer.client.cluster.brokers())
+        # (by node id: aiokafka gives a set, whose order changes from one process to the next,
+        # and the sentence names them in this order)
+        brokers = sorted(self.producer.client.cluster.brokers(), key=lambda b: b.nodeId)
 
         reach = await asyncio.gather(*(tcp_reach(b.host, b.port) for b in brokers))
         why = [w for w, _ip in reach]
