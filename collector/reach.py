@@ -220,6 +220,20 @@ def unreached_said(bad: list[Unreached], known: int, reached: Set[Address], boot
             every broker down, else the addresses of those it is of: it was said of all."""
             return it if not many else them if len(us) == len(down) else ", ".join(_address(u) for u in us)
 
+        def same_as(b: Bootstrap) -> str:
+            """What a silent --kafka-brokers address is to the brokers down at an address of its:
+            nothing said where it is written as one of them is; else "the same address" (a broker's
+            written otherwise: the sameness is not to be seen), or, for a name of several addresses,
+            those of its addresses the brokers are at (and whether it has others); which broker's,
+            with several down."""
+            us = [u for u in down if u.forms & b.forms]
+            if not us or any(u.said.startswith(b.address + " (") for u in us):
+                return ""
+            if b.several:
+                others = {a for a in b.forms if _canonical(a[0])[1]} - frozenset().union(*(u.forms for u in us))
+                return f" (which resolves to {those(us, 'that address', 'those addresses')}{' among others' if others else ''})"
+            return f" (the same address{' as ' + ', '.join(_address(u) for u in us) if many else ''})"
+
         def of(related: Callable[[Bootstrap, Unreached], bool]) -> list[tuple[str, str]]:
             """The --kafka-brokers addresses related to brokers down, and those brokers (said as
             `those`), grouped by the brokers they are related to."""
@@ -232,14 +246,8 @@ def unreached_said(bad: list[Unreached], known: int, reached: Set[Address], boot
 
         been = [u for u in down if u.forms & reached]
         evidence = [f"this host reached {those(been, 'it', 'them')} there before"] if been else []
-        named = {b.address for b in boot for u in down if u.forms & b.forms}
         if silent:
-            # (one that is a broker's address written otherwise said so: the sameness is not to be
-            # seen; a name of several addresses is not the same address, one of them is)
-            same = [b.address + ("" if b.address not in named or any(u.said.startswith(b.address + " (") for u in down)
-                                 else " (which resolves to that address among others)" if b.several
-                                 else " (the same address)") for b in silent]
-            evidence.append(f"--kafka-brokers {','.join(same)} cannot be reached either")
+            evidence.append(f"--kafka-brokers {','.join(b.address + same_as(b) for b in silent)} cannot be reached either")
         if not evidence:
             evidence += [f"--kafka-brokers {a} names {that} too, and answered there since"
                          for a, that in of(lambda b, u: b.answered_at(u))]

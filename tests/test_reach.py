@@ -215,3 +215,40 @@ def test_evidence_of_some_brokers_down_names_them() -> None:
     elsewhere = _boot("kafka.example:9092", ("kafka.example", 9092), *ips, at=("10.0.0.7", 9092))
     assert unreached_said([b0, b1], 3, set(), [elsewhere]).endswith(
         "(--kafka-brokers kafka.example:9092 resolves to those addresses too: a broker is meant to be there)")
+
+
+def test_a_silent_bootstrap_address_says_which_broker_down_it_is_the_same_address_as() -> None:
+    """Several brokers said down, each --kafka-brokers address silent: one written otherwise than
+    the broker's address it is (a name, another IPv6 form) was said "(the same address)", which
+    with several down does not say which. It names the broker now (with one down it is plain);
+    and a name of several addresses names those of the brokers down it resolves to ("among
+    others" only where it has others: of two brokers down at its only two addresses it said "that
+    address among others")."""
+    b0 = _bad("[::1]:9092 (node 0: Connection refused)", ("::1", 9092))
+    b1 = _bad("10.0.0.6:9092 (node 1: Connection refused)", ("10.0.0.6", 9092))
+    b2 = _bad("10.0.0.7:9092 (node 2: Connection refused)", ("10.0.0.7", 9092))
+    v6 = _boot("[0:0:0:0:0:0:0:1]:9092", ("::1", 9092), answers=False)
+    k1 = _boot("kafka-1.example:9092", ("kafka-1.example", 9092), ("10.0.0.6", 9092), answers=False)
+    as_written = _boot("10.0.0.7:9092", ("10.0.0.7", 9092), answers=False)
+    assert unreached_said([b0, b1, b2], 3, set(), [v6, k1, as_written]).endswith(
+        "they are down, restarting or cut off by the network (--kafka-brokers [0:0:0:0:0:0:0:1]:9092 (the same "
+        "address as [::1]:9092),kafka-1.example:9092 (the same address as 10.0.0.6:9092),10.0.0.7:9092 cannot be "
+        "reached either)")
+    # one broker down: which one goes without saying
+    assert unreached_said([b1], 3, set(), [k1]).endswith(
+        "(--kafka-brokers kafka-1.example:9092 (the same address) cannot be reached either)")
+    svc = _boot("kafka.example:9092", ("kafka.example", 9092), ("10.0.0.5", 9092), ("10.0.0.6", 9092),
+                ("10.0.0.7", 9092), answers=False)
+    assert unreached_said([b0, b1, b2], 3, set(), [svc]).endswith(
+        "(--kafka-brokers kafka.example:9092 (which resolves to 10.0.0.6:9092, 10.0.0.7:9092 among others) cannot "
+        "be reached either)")
+    assert unreached_said([b1, b2], 3, set(), [svc]).endswith(
+        "(--kafka-brokers kafka.example:9092 (which resolves to those addresses among others) cannot be reached "
+        "either)")
+    pair = _boot("kafka.example:9092", ("kafka.example", 9092), ("10.0.0.6", 9092), ("10.0.0.7", 9092),
+                 answers=False)
+    assert unreached_said([b1, b2], 3, set(), [pair]).endswith(
+        "(--kafka-brokers kafka.example:9092 (which resolves to those addresses) cannot be reached either)")
+    assert unreached_said([b1], 3, set(), [pair]).endswith(
+        "(--kafka-brokers kafka.example:9092 (which resolves to that address among others) cannot be reached "
+        "either)")
