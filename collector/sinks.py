@@ -1038,8 +1038,8 @@ class KafkaSink(Sink):
         # the flows topic's partitions -> the leader they had at an address (_note_leaders), to name it
         # once the metadata names none (_leaderless)
         self._led_by: dict[int, tuple[int, str]] = {}
-        # a metadata refresh asked since the advertised brokers' last check (a lost connection, a
-        # failure: _watch checks them soon), and whether the last refresh failed ("producing again")
+        # a connection lost since the advertised brokers' last check (_lost_connection: _watch
+        # checks them soon), and whether the last refresh failed ("producing again")
         self._check_soon = False
         self._refresh_failed = False
         self._said_exists: set[str] = set()   # topics --kafka-create-topic found existing, said so once
@@ -1242,8 +1242,9 @@ class KafkaSink(Sink):
                 errors = self.errors["produce"]
                 self._note_leaders()   # (_led_by names it once the metadata names no one)
                 checked = self._adv_checked_at
-                await self._advertised_problem(soon=errors != self._watch_errors or self._check_soon
-                                               or self._direct_lost())
+                if self._direct_lost():   # (a direct produce connection closed, not replaced yet)
+                    self._lost_connection()
+                await self._advertised_problem(soon=errors != self._watch_errors or self._check_soon)
                 if self._adv_checked_at != checked:
                     self._check_soon = False
                 self._watch_errors = errors
@@ -1253,6 +1254,13 @@ class KafkaSink(Sink):
                 raise
             except Exception as exc:  # noqa: BLE001 - a check that failed is tried again next turn
                 log.debug("kafka: leader check failed: %r", exc)
+
+    def _lost_connection(self) -> None:
+        """A connection was lost (an aiokafka one, which sends the sink through a metadata
+        refresh, or a direct produce one), or a refresh follows a failure: the advertised brokers
+        are checked soon (_watch, within a second). The one way there for a lost connection: a
+        broker killed fails no produce with --kafka-key none (its partitions are skipped)."""
+        self._check_soon = True
 
     async def _probe_leaders(self) -> None:
         """A hung broker (it accepts connections and answers no request: wedged, stopped, or
@@ -1917,7 +1925,7 @@ class KafkaSink(Sink):
         refresh follows a lost connection too (a broker killed, with --kafka-key none taking no
         produce error): the advertised brokers are checked soon then (_watch)."""
         self._note_leaders()   # (who led what before it is replaced, to name a leader gone from it)
-        self._check_soon = True
+        self._lost_connection()
         stuck = frozenset(self.unreachable_partitions())
         failed_before, self._refresh_failed = self._refresh_failed, True
         try:
