@@ -1919,15 +1919,21 @@ class KafkaSink(Sink):
         """After a failure, ask for fresh metadata before producing again. A broker that came back
         empty (Tansu with memory storage, or a recreated topic) creates the topic on a metadata
         request; producing with stale metadata would write records consumers can never see.
-        "producing again" is said (rate-limited) where production resumes: after a refresh that
-        failed, or with a partition given a reachable leader by it, or none left without one
-        (unreachable_partitions); not at each refresh while the same ones stay without one. A
-        refresh follows a lost connection too (a broker killed, with --kafka-key none taking no
-        produce error): the advertised brokers are checked soon then (_watch)."""
+        "producing again" is said (rate-limited) where production resumes after a failure that
+        stopped it: after a refresh that failed, or a failure said that left the sink not
+        connected (no broker answering), or with a partition given a reachable leader by it
+        (unreachable_partitions). Not after a partition's error answer that stopped nothing
+        (NOT_ENOUGH_REPLICAS: said every 10 s while it lasted), nor after a connection lost while
+        the sink stayed connected (a broker of several killed, the others answering: it was said
+        at the first refresh after), nor at each refresh while the same partitions stay without
+        a reachable leader. A refresh follows a lost connection too (a broker killed, with
+        --kafka-key none taking no produce error): the advertised brokers are checked soon then
+        (_watch)."""
         self._note_leaders()   # (who led what before it is replaced, to name a leader gone from it)
         self._lost_connection()
         stuck = frozenset(self.unreachable_partitions())
-        failed_before, self._refresh_failed = self._refresh_failed, True
+        stopped = self._refresh_failed or (not self.connected and bool(self.problem))
+        self._refresh_failed = True
         try:
             for producer in self.producers:  # each connection has its own metadata
                 ok = await self._update_metadata(producer, self.k.request_timeout_ms / 1000)
@@ -1988,16 +1994,15 @@ class KafkaSink(Sink):
         self._ask_limit(self.k.topic)
         self._refresh_failed = False
         left = frozenset(self.unreachable_partitions())
-        if failed_before or stuck - left or not left:
-            # After every failed produce (a broker answering NOT_ENOUGH_REPLICAS for minutes): one
-            # line per 10 s, not one per retry.
+        if stopped or stuck - left:
+            # (one line per 10 s: a broker that comes and goes)
             self._rl.log(logging.INFO, "reconnected", "kafka: metadata refreshed from %s, producing again%s",
                          ",".join(self.k.brokers),
                          f" (not to partition{'s' if len(left) > 1 else ''} {', '.join(map(str, sorted(left)))}: "
                          "no leader, or one out of reach)" if left else "")
         else:
-            log.debug("kafka: metadata refreshed; partitions %s still without a reachable leader",
-                      ", ".join(map(str, sorted(left))))
+            log.debug("kafka: metadata refreshed, production had not stopped%s",
+                      f"; partitions {', '.join(map(str, sorted(left)))} still without a reachable leader" if left else "")
         return True
 
     async def _send(self, chunks: list[Chunk], topics: tuple[str, str]) -> None:

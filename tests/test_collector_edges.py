@@ -55,17 +55,18 @@ class FailingFront(KafkaFront):
         return struct.pack(">i", len(body)) + body
 
 @contextlib.contextmanager
-def _failing_partition(collector: Any, tmp_path: Path, times: int) -> Iterator[tuple[Any, FailingFront, Any, str]]:
+def _failing_partition(collector: Any, tmp_path: Path, times: int,
+                       *args: str) -> Iterator[tuple[Any, FailingFront, Any, str]]:
     """A Tansu behind a FailingFront whose partition 0 fails `times` Produce requests (-1: all)
     with NOT_ENOUGH_REPLICAS (retriable), and a collector keying by conversation to its topic
-    of 4 partitions: (broker, front, collector, topic)."""
+    of 4 partitions (then `args`): (broker, front, collector, topic)."""
     port = free_tcp_port()
     front = FailingFront(port, fail=0, code=19, times=times)
     with tansu_behind(tmp_path, front) as broker:
         t = "t-" + uuid.uuid4().hex[:10]
         c = collector(["--kafka-brokers", f"127.0.0.1:{front.port}", "--kafka-topic", t, "--kafka-create-topic",
                        "--kafka-partitions", "4", "--kafka-key", "conversation", "--kafka-batch-bytes", "16KB",
-                       "--kafka-linger-ms", "5", "--queue-bytes", "64MiB"])
+                       "--kafka-linger-ms", "5", "--queue-bytes", "64MiB", *args])
         yield broker, front, c, t
 
 

