@@ -68,6 +68,7 @@ class HttpServer:
         self.waiting: dict[Transport, None] = {}
         self.silent: dict[Transport, None] = {}
         self.closed = dict.fromkeys(CLOSE_REASONS, 0)
+        self.stopping = False
 
     @property
     def open(self) -> int:
@@ -88,9 +89,19 @@ class HttpServer:
         log.info("http: serving %s on %s", ", ".join(sorted(self.routes)), self.addr)
 
     async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
+        """Stops listening and closes the connections still held: close() alone leaves them open
+        (a scraper's or a probe's, still sending its request or taking its answer) until their
+        timeouts, and from Python 3.12 on wait_closed() waits for them, so shutdown hung that
+        long. Each is forgotten before it is aborted, so its handler's own close finds it gone;
+        a connection accepted before close() but not yet made is refused by _connected."""
+        if self.server is None:
+            return
+        self.stopping = True
+        self.server.close()
+        for t in list(self.connections):
+            self._forget(t)
+            t.abort()
+        await self.server.wait_closed()
 
     @staticmethod
     async def _head(reader: asyncio.StreamReader) -> bytes | None:
@@ -125,6 +136,9 @@ class HttpServer:
         nor close one whose request has come), else the new one is refused; all counted.
         abort() closes at once, with a reset, holding nothing."""
         new = writer.transport
+        if self.stopping:
+            new.abort()
+            return None
         if len(self.connections) >= self.max_connections:
             if not self.waiting:
                 self.closed["limit"] += 1

@@ -198,6 +198,65 @@ def test_a_connection_that_sends_nothing_is_closed_after_a_short_timeout(monkeyp
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:80]
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_stop_closes_the_connections_still_held(monkeypatch: pytest.MonkeyPatch, loop: str) -> None:
+    """stop() closed the listening socket only: a connection that had sent nothing yet, one
+    still sending its request head and one whose client was taking its answer slowly (a scraper,
+    a kubelet probe) stayed open until their timeouts, and on Python 3.12+ wait_closed() waits
+    for them, so the collector's shutdown hung as long. Each client now sees its connection
+    closed once stop() returns, an answer in progress cut short. The timeouts are made an hour here, so none of them closes it."""
+    from collector.app import loop_factory
+
+    for name in ("REQUEST_TIMEOUT_S", "REQUEST_LINE_TIMEOUT_S", "RESPONSE_TIMEOUT_S"):
+        monkeypatch.setattr(http, name, 3600.0)
+    body = b"x" * (32 << 20)   # more than the socket buffers hold: the answer waits for its reader
+
+    async def closed(r: asyncio.StreamReader) -> int:
+        """The bytes read until the server ended the connection (the end of the stream, after
+        what the kernel still held, or a reset), -1 when it did not within 20 s."""
+        got = 0
+        try:
+            while data := await asyncio.wait_for(r.read(1 << 16), 20):
+                got += len(data)
+        except ConnectionError:
+            pass
+        except asyncio.TimeoutError:
+            return -1
+        return got
+
+    async def main() -> tuple[list[int], dict[str, int], int]:
+        srv = await _serve({"/metrics": lambda: (200, "text/plain", body)})
+        clients = [await asyncio.open_connection("127.0.0.1", srv.port, limit=1 << 10) for _ in range(3)]
+        try:
+            clients[1][1].write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")          # head not ended
+            clients[2][1].write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")    # answer not read
+            for _, w in clients[1:]:
+                await w.drain()
+            for _ in range(200):   # all three held, the third being answered
+                if srv.open == 3 and len(srv.waiting) == 2 and len(srv.silent) == 1:
+                    break
+                await asyncio.sleep(0.05)
+            assert (srv.open, len(srv.waiting), len(srv.silent)) == (3, 2, 1)
+            await asyncio.wait_for(srv.stop(), 20)
+            ends = list(await asyncio.gather(*(closed(r) for r, _ in clients)))
+            return ends, dict(srv.closed), srv.open
+        finally:
+            for _, w in clients:
+                w.transport.abort()
+
+    ev = loop_factory(loop)()
+    try:
+        ends, counts, held = ev.run_until_complete(main())
+    finally:
+        ev.close()
+    # the two that sent no whole request got nothing; the answer being taken was cut short
+    # (its client would otherwise have read it all, the server waiting for it)
+    assert ends[:2] == [0, 0] and 0 <= ends[2] < len(body), ends
+    assert held == 0
+    # a shutdown is none of the reasons a connection is closed without its answer
+    assert counts == dict.fromkeys(http.CLOSE_REASONS, 0), counts
+
+
 # ------------------------------------------------------------------------------------------------
 # sFlow: the input/output interface "internal" (the agent itself)
 
