@@ -785,7 +785,7 @@ class Informer:
         if verb == "watch" and _too_large(_status_doc(e.body)):
             return TooLarge(detail or "Too large resource version")
         if code == 403:
-            return ApiProblem("forbidden", f"forbidden: needs '{verb}' on '{res}' (grant get/list/watch on "
+            return ApiProblem("forbidden", f"forbidden: needs '{verb}' on '{res}' (grant list and watch on "
                               f"{res} to flowscope's ServiceAccount): {detail}")
         if code == 401:
             return ApiProblem("unauthorized", f"unauthorized: the API server rejected our credentials for "
