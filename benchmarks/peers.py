@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -203,6 +204,9 @@ class Peer:
     extra: dict = field(default_factory=dict)
     cmd: list[str] = field(default_factory=list)  # the command line it runs with (taskset included)
     config: str | None = None  # its configuration file, in workdir (the harness keeps a copy)
+    # set by stop() when the process did not end by its stop signal within the timeout and was
+    # SIGKILLed (what pmacct's stops all came to when they sent SIGTERM)
+    timed_out: bool = field(default=False, init=False)
 
     @property
     def pid(self) -> int:
@@ -215,17 +219,18 @@ class Peer:
         return self.proc.poll() is None
 
     def stop(self, timeout: float = 15.0, sig: int = signal.SIGTERM) -> int | None:
-        """Signal the process and wait; pmacct flushes its cache to Kafka on SIGTERM/SIGINT. Then
-        wait for the rest of its process group (it runs in a session of its own: pmacct's Kafka
-        plugin and purge writers, flowscope's workers), SIGKILLed if still there `timeout` later:
-        pmacct's plugin leaves on its own, after its core, and a stop that returned when the core
-        had left it running past the trial, an orphan (publishing while the broker counted and
-        the next trial ran, its directory removed under it)."""
+        """Signal the process and wait, SIGKILL after `timeout` (timed_out). Then wait for the rest
+        of its process group (it runs in a session of its own: pmacct's Kafka plugin and purge
+        writers, flowscope's workers), SIGKILLed if still there `timeout` later: pmacct's plugin
+        leaves on its own, after its core, and a stop that returned when the core had left it
+        running past the trial, an orphan (publishing while the broker counted and the next
+        trial ran, its directory removed under it)."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                self.timed_out = True
                 self.proc.kill()
                 self.proc.wait()
         if not _group_gone(self.proc.pid, timeout):
@@ -246,6 +251,77 @@ class Peer:
 
     def cleanup(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+# pmacct's log lines for a cache purge by the writer it forks (PID), the END one with the number
+# of entries written and the cache's entries ("QN: 6000/6000")
+_PURGE = re.compile(rb"Purging cache - (START|END) \(PID: (\d+)(?:, QN: (\d+)/(\d+))?")
+
+
+@dataclass
+class PmacctPeer(Peer):
+    """nfacctd/sfacctd. Neither signal it documents stops it both fast and exactly:
+    - SIGTERM: the core catches it but keeps it blocked except while it handles a datagram, so
+      once the load is over it stays pending (/proc/PID/status ShdPnd) and every stop waited
+      its whole timeout and SIGKILLed pmacct.
+    - SIGINT (docs/SIGNALS, FAQ Q16; tried in 7a1d477, reverted in 80f1aa5): the core hands it
+      to the Kafka plugin 2 s later, whose handler purges the cache it holds. A periodic purge
+      forks its writer with the cache and only then marks the cache flushed: a SIGINT landing
+      in between purges the same entries twice. A --quick trial stopped that way read back
+      277,400 messages for 200,100 flows (03f4bca, the commit after the revert).
+    So stop() waits until a periodic purge (every `refresh_s`) that starts after it is called
+    finds the cache empty, and every writer has finished, then SIGKILLs pmacct: everything the
+    plugin had received was written by then, nothing twice, within about two refresh intervals
+    (the harness stops it once it is idle: one). Still lost, as by every stop before: records
+    the core keeps in a plugin buffer not yet full (only with BENCH_PMACCT_BUFFER set)."""
+
+    def stop(self, timeout: float = 15.0, sig: int | None = None) -> int | None:
+        """Once the cache is delivered (wait_purged), SIGKILL the core and the plugin at once
+        (the plugin left by itself only 0.5-3 s after the core); `sig` stops it that way instead."""
+        if sig is None and self.proc.poll() is None:
+            if not self.wait_purged(timeout):
+                self.timed_out = True
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return super().stop(timeout, signal.SIGKILL if sig is None else sig)
+
+    def wait_purged(self, timeout: float) -> bool:
+        """Whether, within `timeout`, a purge that started after this call found nothing left
+        to write and no writer is still purging (by pmacct's log: each writer's START, then its
+        END)."""
+        try:
+            start = os.path.getsize(self.log_path)
+        except OSError:
+            return False
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            try:
+                with open(self.log_path, "rb") as f:
+                    text = f.read()
+            except OSError:
+                return False
+            started: set[bytes] = set()
+            ended: set[bytes] = set()
+            empty: set[bytes] = set()   # writers started after the call that found the cache empty
+            fresh: set[bytes] = set()
+            for m in _PURGE.finditer(text):
+                what, pid = m.group(1), m.group(2)
+                if what == b"START":
+                    started.add(pid)
+                    if m.start() >= start:
+                        fresh.add(pid)
+                else:
+                    ended.add(pid)
+                    if m.group(4) == b"0":
+                        empty.add(pid)
+            if fresh & empty and started <= ended:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return False
 
 
 def _group_gone(pgid: int, timeout: float) -> bool:
@@ -296,11 +372,10 @@ def start_pmacct(
     """Start ``nfacctd`` (proto ipfix/v5/v9) or ``sfacctd`` (sflow) publishing JSON to Kafka.
 
     One message per flow (``kafka_multi_values`` 0); the cache is purged every ``refresh_s``
-    seconds. Stop it with ``peer.stop(sig=signal.SIGINT)``-like semantics: pmacct flushes its
-    cache on SIGINT/SIGTERM, but the core can linger after its plugin exits, so ``stop``
-    kills it after a timeout. The plugin pipe is made large enough that the core process does not drop
-    between purges; its buffer is kept small so little data waits in a half-filled buffer
-    when a run ends.
+    seconds; ``peer.stop()`` returns once a purge has delivered what the plugin held (PmacctPeer:
+    neither SIGTERM nor SIGINT does that). The plugin pipe is made large enough that the core
+    process does not drop between purges; its buffer is kept small so little data waits in a
+    half-filled buffer when a run ends.
     """
     sflow = proto == "sflow"
     daemon = "sfacctd" if sflow else "nfacctd"
@@ -344,12 +419,12 @@ def start_pmacct(
     cmd = _taskset([daemon, "-f", conf], cpus)
     with open(log_path, "wb") as log:
         proc = popen_child(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    peer = Peer(name=f"pmacct-{daemon}", proc=proc, workdir=workdir, log_path=log_path,
-                ports={proto: port}, cpus=cpus, topic=topic, cmd=cmd, config=conf)
+    peer = PmacctPeer(name=f"pmacct-{daemon}", proc=proc, workdir=workdir, log_path=log_path,
+                      ports={proto: port}, cpus=cpus, topic=topic, cmd=cmd, config=conf)
     try:
         _wait_udp_bound(proc.pid, port)
     except TimeoutError:
-        peer.stop()
+        peer.stop(sig=signal.SIGKILL)   # nothing to deliver
         raise RuntimeError(f"{daemon} did not start:\n{peer.log_tail()}") from None
     time.sleep(1.0)  # the Kafka plugin connects after the core binds
     return peer

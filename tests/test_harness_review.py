@@ -402,3 +402,34 @@ def test_without_matplotlib_the_harness_says_there_is_no_plot(tmp_path: Path, mo
     said = harness.write_plot(png, [trial])
     assert isinstance(said, str) and said.startswith("no plot: matplotlib is not installed") and "make bench" in said
     assert not png.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("nfacctd") is None, reason="pmacct not installed")
+def test_pmacct_stops_once_its_cache_is_delivered_not_at_its_timeout(broker: Any) -> None:
+    """pmacct's core keeps SIGTERM blocked but while it handles a datagram, so Peer.stop's
+    SIGTERM stayed pending after the load: every pmacct stop waited its whole timeout (15 s) and
+    SIGKILLed it. SIGINT, its graceful stop, can purge one cache twice (benchmarks/peers.py
+    PmacctPeer). The stop now waits for a purge begun after it to find the cache empty, then
+    kills pmacct: not by the timeout, every flow sent delivered, none twice, nothing left running."""
+    from benchmarks import broker as brk
+    from benchmarks import peers
+    from benchmarks.build import build
+
+    topic = brk.create_topic(broker.bootstrap)
+    port = free_udp_port()
+    peer = peers.start_pmacct("v5", port=port, bootstrap=broker.bootstrap, topic=topic, refresh_s=2)
+    try:
+        out = subprocess.run([str(build()), "--proto", "v5", "--to", f"127.0.0.1:{port}", "--count", "50",
+                              "--rate", "30000"], capture_output=True, text=True, check=True, timeout=30)
+        assert '"flows":1500' in out.stdout
+        peer.stop()   # at once: the flows are still in the plugin's cache, or on their way to it
+        stopped_by_timeout, left = peer.timed_out, peers.group_members(peer.pid)
+        purges = [ln for ln in peer.log_tail(200).splitlines() if "QN: " in ln and "QN: 0/0" not in ln]
+    finally:
+        peer.stop()
+        peer.cleanup()
+    assert not stopped_by_timeout, "stop() waited its timeout and SIGKILLed pmacct"
+    assert left == []
+    got = brk.count_messages(broker.bootstrap, topic, expected=1500, idle=3).messages
+    assert got == 1500, (got, purges)
