@@ -33,13 +33,16 @@ DATA = ROOT / "tests" / "data" / "corpus"
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """The network namespaces and run directories a test process killed outright left behind (its
-    finalizers never ran) are deleted (tests/support/owners); running sessions' are left alone."""
-    from tests.support import netns, owners
+    """The network namespaces, run directories and containers a test process killed outright left
+    behind (its finalizers never ran) are deleted (tests/support/owners); running sessions' are
+    left alone."""
+    from tests.support import image, netns, owners
 
     if os.geteuid() == 0 and netns.IP:
         netns.sweep_stale()   # first: what runs in them (OVS's daemons) writes to the directories
     owners.sweep_stale_dirs()
+    if os.geteuid() == 0:
+        image.sweep_stale_containers()
 
 
 @pytest.fixture

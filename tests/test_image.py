@@ -93,6 +93,33 @@ class Container:
         I.podman("rm", "-f", self.name, check=False, timeout=90)
 
 
+def test_containers_whose_test_process_died_are_swept_at_session_start(image: str) -> None:
+    """The containers run detached (Container) outlived a test process killed before its
+    finalizers (conmon keeps them running, on the host's ports, through the next sessions).
+    Each carries its maker as a label, and a session's start (conftest) removes those whose maker
+    no longer runs, as it does the namespaces and run directories; a running session's stay."""
+    from collector.util import popen_child, start_time
+    from tests.support.owners import maker
+
+    dead = popen_child(["sleep", "60"])   # a test process that was killed
+    dead_maker = f"{dead.pid} {start_time(dead.pid)}"
+    dead.kill()
+    dead.wait()
+    names = {who: f"fs-test-sweep-{who}-{uuid.uuid4().hex[:8]}" for who in ("dead", "alive")}
+    try:
+        I.podman("run", "-d", "--name", names["dead"], *I.run_args(maker=dead_maker), I.BASE, "sleep", "600")
+        I.podman("run", "-d", "--name", names["alive"], *I.run_args(), I.BASE, "sleep", "600")
+        assert I.podman("inspect", "--format", "{{index .Config.Labels \"" + I.OWNER_LABEL + "\"}}",
+                        names["alive"]).stdout.strip() == maker()
+        removed = I.sweep_stale_containers()
+        exists = {who: I.podman("container", "exists", n, check=False).returncode == 0 for who, n in names.items()}
+        assert names["dead"] in removed and names["alive"] not in removed, removed
+        assert exists == {"dead": False, "alive": True}, exists
+    finally:
+        for n in names.values():
+            I.podman("rm", "-f", "-t", "0", n, check=False, timeout=90)
+
+
 def http_get(port: int, path: str) -> tuple[int, str]:
     import urllib.error
     import urllib.request

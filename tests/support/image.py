@@ -24,6 +24,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from tests.support import owners
+
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ("buildah", "podman", "runc", "debootstrap")
 # Image storage of these tests only (not the machine's): kept between local runs, so the base
@@ -32,6 +34,8 @@ STORE = Path(os.environ.get("FLOWSCOPE_IMAGE_STORE", "/var/tmp/flowscope-image-t
 BASE = "localhost/flowscope-test-base:bookworm-py311"
 SUITE = "bookworm"
 BASE_PACKAGES = "python3,python3-pip,python3-dev,python-is-python3,ca-certificates"
+# The label naming a test container's maker (tests/support/owners.maker(): "PID START-TIME")
+OWNER_LABEL = "io.flowscope.test.maker"
 
 
 def _store_args() -> list[str]:
@@ -99,7 +103,28 @@ def build(tag: str, log: Path) -> None:
         subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=True, timeout=1800)
 
 
-def run_args() -> list[str]:
+def run_args(*, maker: str | None = None) -> list[str]:
     """`podman run` flags every test container gets: runc (this kernel's cgroups are in the hybrid
-    layout crun refuses), the host's network (loopback is where the broker and replay are)."""
-    return ["--runtime", "runc", "--network", "host", *limits()]
+    layout crun refuses), the host's network (loopback is where the broker and replay are), and
+    its maker (this process, unless `maker`) as a label, so that the next session removes it if
+    this one is killed before it does (sweep_stale_containers)."""
+    return ["--runtime", "runc", "--network", "host", "--label", f"{OWNER_LABEL}={maker or owners.maker()}",
+            *limits()]
+
+
+def sweep_stale_containers() -> list[str]:
+    """Remove the test containers (any state) whose maker no longer runs: a test process killed
+    before its finalizers left them running, holding the host's ports. Those of test processes
+    still running (another session on the machine) are left alone, and so is a container without
+    the label. Returns the names removed; nothing to do where these tests never ran (no STORE)."""
+    if not STORE.is_dir() or shutil.which("podman") is None:
+        return []
+    listed = podman("ps", "-a", "--filter", f"label={OWNER_LABEL}", "--format",
+                    f'{{{{.Names}}}}\t{{{{index .Labels "{OWNER_LABEL}"}}}}', check=False, timeout=60)
+    removed = []
+    for line in listed.stdout.splitlines():
+        name, _, made_by = line.partition("\t")
+        if name and owners.gone(made_by):
+            podman("rm", "-f", "-t", "0", name, check=False, timeout=90)
+            removed.append(name)
+    return removed

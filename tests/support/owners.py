@@ -2,8 +2,10 @@
 
 A pytest killed before its finalizers ran (SIGKILL, a CI job's timeout, the OOM killer) stops
 what it started (collector.util.popen_child) but deletes nothing: its network namespaces (bind
-mounts under /run/netns) and its run directories (OVS's databases, sockets and logs, the
-exporter tests' captures, in /tmp/fs-*) stay. Each is claimed before it is made: an owner file
+mounts under /run/netns), its run directories (OVS's databases, sockets and logs, the
+exporter tests' captures, in /tmp/fs-*) and its containers (test_image's, detached: podman's
+conmon keeps them running) stay. A container carries its maker as a label instead of a file
+(tests/support/image.py). Each is claimed before it is made: an owner file
 holding the maker's PID and start time (so that a PID used again is not taken for it), removed
 with it. The next session (conftest's pytest_sessionstart) removes those whose maker is gone and
 leaves alone those of a maker still running (another session on the machine). What was made
@@ -26,19 +28,34 @@ DIR_OWNER = ".flowscope-owner"
 DIR_PREFIX = "fs-"
 
 
+def maker() -> str:
+    """This process as an owner file names it: "PID START-TIME" (a PID used again is another
+    process, with another start time)."""
+    return f"{os.getpid()} {start_time(os.getpid())}"
+
+
 def claim(owner: Path) -> None:
     """Write owner file `owner`: this process made what it stands for."""
-    owner.write_text(f"{os.getpid()} {start_time(os.getpid())}\n")
+    owner.write_text(maker() + "\n")
+
+
+def gone(made_by: str) -> bool:
+    """Whether the process `made_by` names (maker()'s form) no longer runs; False for what is
+    not in that form (a half-written owner file, a label set by hand)."""
+    try:
+        pid, started = made_by.split()
+        return start_time(int(pid)) != started
+    except ValueError:
+        return False
 
 
 def maker_gone(owner: Path) -> bool:
     """Whether the process that wrote owner file `owner` no longer runs (False for one that
     cannot be read: removed meanwhile, or still being written)."""
     try:
-        pid, started = owner.read_text().split()
-    except (OSError, ValueError):
+        return gone(owner.read_text())
+    except OSError:
         return False
-    return start_time(int(pid)) != started
 
 
 @contextlib.contextmanager
