@@ -89,12 +89,12 @@ _NEEDS = {"pmacct": "nfacctd", "nfcapd": "nfcapd"}
 def starter(what: str, tmp_path: Path, name: str) -> Iterator[tuple[subprocess.Popen, dict[int, str | None]]]:
     """_STARTER run for `what` (`name`: its namespace's), and {PID: start time} of what it
     started; kills the starter after, and what it started if still there (a test that failed
-    leaves nothing behind either), and deletes its namespace. Its temporary directories (a
-    benchmark peer's work directory, which the killed starter never removes) go under tmp_path:
-    each run left two in /tmp before."""
+    leaves nothing behind either), and deletes its namespace. A benchmark peer's work directory
+    (which the killed starter never removes) goes under tmp_path: each run left two in /tmp
+    before. (Not a run directory's: the sweep under test looks for those in /tmp.)"""
+    tmpdir = {"TMPDIR": str(tmp_path)} if what in _NEEDS else {}
     proc = popen_child([sys.executable, "-c", _STARTER, what, str(tmp_path), name], cwd=ROOT,
-                       env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path)},
-                       stdout=subprocess.PIPE, text=True)
+                       env={**os.environ, "PYTHONPATH": str(ROOT), **tmpdir}, stdout=subprocess.PIPE, text=True)
     started: dict[int, str | None] = {}
     try:
         assert proc.stdout is not None
