@@ -33,6 +33,9 @@ DEF SEQ_FLOOR_BYTES = 1024          # an uncounted IPFIX message's undecoded set
                                     # count their records once their templates come (ExporterState.floor_count)
 DEF DROPS_MAX_SOURCES = 1024         # sFlow data sources whose drops counters are tracked per exporter
 DEF OPTIONS_MAX_ENTRIES = 1024       # per exporter, in each dict of what options data teaches
+DEF NAMES_IN = 1                     # Flow.names_learned: the ingress slot is a learned name,
+DEF NAMES_OUT = 2                    # the egress slot is (a learned pair's unnamed one: "", length 0),
+DEF NAMES_OWN = 4                    # the record has interfaceName (82) elements of its own
 DEF IFNAME_MAX = 255                 # bytes of an interface name learned from options data (IF-MIB's
                                      # ifName / ifDescr are DisplayStrings, SIZE (0..255)): longer refused
 DEF NOT_SENT_MAX_KEYS = 1024         # IPFIX notSent*TotalCount counters tracked per exporter (learn_not_sent)

@@ -811,13 +811,14 @@ cdef int encode_extras(Buf* o, FlowBatch bt, Flow* f, const uint8_t* data) excep
     return 0
 
 
-cdef int put_learned_name(Buf* o, FlowBatch bt, uint32_t at, uint16_t n) except -1:
-    """An interface name of FlowBatch._ifnames (Flow.names_learned), "" for none (n = 0)."""
+cdef int put_if_name(Buf* o, FlowBatch bt, const uint8_t* data, uint32_t off, uint16_t n, bint learned) except -1:
+    """An Interfaces entry: n bytes of the datagram at off, or with `learned` the name
+    FlowBatch._ifnames holds at index off (learned_names); "" for n = 0."""
     cdef bytes name
-    if n == 0:
-        return buf_put(o, "\"\"", 2)
-    name = bt._ifnames[at]
-    return buf_jstr(o, <const uint8_t*>PyBytes_AS_STRING(name), n)
+    if learned and n:
+        name = bt._ifnames[off]
+        return buf_jstr(o, <const uint8_t*>PyBytes_AS_STRING(name), n)
+    return buf_jstr(o, data + off, n)
 
 
 cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char* head, Py_ssize_t head_len) except -1:
@@ -909,25 +910,20 @@ cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char*
             buf_put(o, ",\"FlowDirection\":", 17)
             buf_uint(o, <uint64_t>f.direction)
     if f.in_name_len or f.out_name_len:
+        # Either name non-empty: both slots of a pair are listed (an empty ingress name stays "",
+        # so the egress name keeps its place in NetObserv's parallel Interfaces/IfDirections
+        # arrays); a single one is the interface the record was observed on. A slot is the
+        # datagram's bytes or a name options data gave (learned_names, Flow.names_learned).
         buf_put(o, ",\"Interfaces\":[", 15)
-        if f.names_learned:
-            # the names options data gave its InIf and OutIf (learned_names): ingress, egress
-            put_learned_name(o, bt, f.in_name_off, f.in_name_len)
+        put_if_name(o, bt, data, f.in_name_off, f.in_name_len, f.names_learned & NAMES_IN)
+        if f.out_name_off or f.names_learned & NAMES_OUT:
             buf_put(o, ",", 1)
-            put_learned_name(o, bt, f.out_name_off, f.out_name_len)
+            put_if_name(o, bt, data, f.out_name_off, f.out_name_len, f.names_learned & NAMES_OUT)
             buf_put(o, "],\"IfDirections\":[0,1]", 22)
         else:
-            # Either name non-empty: both are listed (an empty ingress name stays "", so the
-            # egress name keeps its place in NetObserv's parallel Interfaces/IfDirections arrays).
-            buf_jstr(o, data + f.in_name_off, f.in_name_len)
-            if f.out_name_off:
-                buf_put(o, ",", 1)
-                buf_jstr(o, data + f.out_name_off, f.out_name_len)
-                buf_put(o, "],\"IfDirections\":[0,1]", 22)
-            else:
-                buf_put(o, "],\"IfDirections\":[", 18)
-                buf_uint(o, <uint64_t>(f.direction if f.direction >= 0 else 0))
-                buf_put(o, "]", 1)
+            buf_put(o, "],\"IfDirections\":[", 18)
+            buf_uint(o, <uint64_t>(f.direction if f.direction >= 0 else 0))
+            buf_put(o, "]", 1)
     if f.present & P_INIF:
         buf_put(o, ",\"InIf\":", 8)
         buf_uint(o, f.in_if)

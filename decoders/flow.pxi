@@ -53,8 +53,10 @@ cdef struct Flow:
     uint64_t tun_id
     uint8_t tun_af
     uint8_t tun_proto
-    uint8_t names_learned     # in/out_name_off index FlowBatch._ifnames: names its exporter's options
-                              # data gave its InIf/OutIf (learned_names), not bytes of the datagram
+    uint8_t names_learned     # NAMES_* bits: in_name_off (NAMES_IN) / out_name_off (NAMES_OUT) index
+                              # FlowBatch._ifnames, a name its exporter's options data gave an interface
+                              # (learned_names), not bytes of the datagram; NAMES_OWN: the record has
+                              # interfaceName elements of its own (a learned name fills an empty one)
     uint8_t tun_src[16]
     uint8_t tun_dst[16]
     uint16_t tun_sport

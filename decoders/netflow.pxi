@@ -2668,10 +2668,10 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
         f.etype = 0x0800 if f.af == 4 or (v4mapped(f.src) and v4mapped(f.dst)) else 0x86DD
         f.present |= P_ETYPE
 
-    if ex.has_if_names and not has_ifname:
-        # (the exporter's flag first: a record of an exporter without names pays that field
-        # read alone, 4 instructions in decode_record, benchmarks/RESULTS.md)
-        learned_names(ex, b, t, f)     # (a record's own interfaceName wins)
+    if ex.has_if_names:
+        # (a record of an exporter without names pays that field read alone, benchmarks/RESULTS.md;
+        # learned_names tells a record's own names by their offsets)
+        learned_names(ex, b, t, f)     # (a record's own non-empty interfaceName wins)
 
     own_rate = rate_from(sampling_interval, sampling_pkt_interval, sampling_space, sampling_size,
                          sampling_population, sampling_prob)
@@ -2876,6 +2876,7 @@ cdef void reverse_flow(Flow* f, int rev, uint64_t rev_bytes, uint64_t rev_packet
     f.in_if, f.out_if = f.out_if, f.in_if
     f.in_name_off, f.out_name_off = f.out_name_off, f.in_name_off
     f.in_name_len, f.out_name_len = f.out_name_len, f.in_name_len
+    f.names_learned = <uint8_t>swap_bits(f.names_learned, NAMES_IN, NAMES_OUT)
     f.src_as, f.dst_as = f.dst_as, f.src_as
     f.src_mask, f.dst_mask = f.dst_mask, f.src_mask
     memcpy(tmp, f.tun_src, 16)
@@ -3347,30 +3348,72 @@ cdef void learn_if_name(Decoder dec, ExporterState ex, Template t, const uint8_t
         ex.has_if_names = True
 
 
+cdef object learned_name(ExporterState ex, Template t, const Flow* f, bint egress):
+    """The name options data of the record's exporting process and domain gave its ingress
+    (egress) interface, None when none did or the record has no such interface."""
+    if egress:
+        if f.present & P_OUTIF:
+            return ex.interface_names.get((t.version, t.domain, t.port, f.out_if))
+    elif f.present & P_INIF:
+        return ex.interface_names.get((t.version, t.domain, t.port, f.in_if))
+    return None
+
+
 cdef void learned_names(ExporterState ex, FlowBatch b, Template t, Flow* f):
-    """A data record without an interfaceName of its own, from an exporter whose options data
-    named interfaces (learn_if_name): the names of its exporting process and domain's InIf and
-    OutIf, ingress then egress (Flow.names_learned; none when neither is known)."""
+    """The names an exporter's options data gave interfaces (learn_if_name), for a data record's
+    Interfaces slots its own interfaceName (82) elements leave empty (Flow.names_learned).
+    NetObserv's Interfaces / IfDirections are parallel: an interface the flow was observed on and
+    the direction it was observed in there (0 ingress, 1 egress). The slots:
+    - a record with no interfaceName of its own: with flowDirection / DIRECTION (61), the one
+      interface it was observed on, as a record's own single name is written ([name],
+      IfDirections [direction]): its ingress interface's name for 0, its egress interface's for 1
+      (none when that one is not named, whatever the other's: the one the record was not observed
+      on is no observation point; interface_rate reads a v9 record's interface the same way);
+      without a direction, both, [ingress, egress] with IfDirections [0, 1] ("" for the one not
+      named when the other is);
+    - one of its own, empty (NUL padding only): the interface it was observed on, as above (a
+      record without a direction is written as ingress, IfDirections [0]: its ingress one's);
+    - two of its own (Open vSwitch: ingress port, egress port): an empty one is its ingress
+      (egress) interface's name.
+    Offsets of the record's own names are in the datagram, never 0 (its header is there)."""
+    cdef bint own = f.in_name_off != 0
+    cdef bint pair = f.out_name_off != 0 or (not own and f.direction < 0)
     cdef object n_in = None, n_out = None
     cdef list names
-    if f.present & P_INIF:
-        n_in = ex.interface_names.get((t.version, t.domain, t.port, f.in_if))
-    if f.present & P_OUTIF:
-        n_out = ex.interface_names.get((t.version, t.domain, t.port, f.out_if))
+    cdef uint8_t bits = NAMES_OWN if own else 0
+    if pair:
+        if not f.in_name_len:
+            n_in = learned_name(ex, t, f, False)
+        if not f.out_name_len:
+            n_out = learned_name(ex, t, f, True)
+    elif not f.in_name_len:
+        n_in = learned_name(ex, t, f, f.direction == 1)
     if n_in is None and n_out is None:
         return
     if b._ifnames is None:
         b._ifnames = []
     names = b._ifnames
-    f.names_learned = 1
     if n_in is not None:
         f.in_name_off = <uint32_t>len(names)
         f.in_name_len = <uint16_t>len(n_in)
         names.append(n_in)
+        bits |= NAMES_IN
     if n_out is not None:
         f.out_name_off = <uint32_t>len(names)
         f.out_name_len = <uint16_t>len(n_out)
         names.append(n_out)
+        bits |= NAMES_OUT
+    elif pair and not own:
+        bits |= NAMES_OUT       # the pair's egress slot: "" (length 0)
+    f.names_learned = bits
+
+
+cdef inline bint own_ingress_name_empty(const Flow* f) noexcept:
+    """The record's own first interfaceName (82) is there and empty (NUL padding only), whether
+    or not learned_names filled its slot."""
+    if f.names_learned & NAMES_IN:
+        return (f.names_learned & NAMES_OWN) != 0
+    return f.in_name_off != 0 and f.in_name_len == 0
 
 
 cdef void forget_options(ExporterState ex, int version, uint32_t domain, uint16_t port):
@@ -3576,7 +3619,7 @@ cdef bint sampled_twin(ExporterState ex, Template t, Flow* f, uint64_t dh):
         # (the any-port key goes in with each port's first: not probed again per record)
         if not ingress_key_seen(ex, ingress_key(t, has_if, f.in_if), True) and has_if:
             ingress_key_seen(ex, ingress_key(t, False, 0), True)
-    elif has_if and f.in_if == 0 and f.in_name_off and not f.in_name_len:
+    elif has_if and f.in_if == 0 and own_ingress_name_empty(f):
         # OVS writes an egress record's input port from its own bridge's ports, and zeros (index
         # 0, an empty name) for a port it does not have (ofproto-dpif-ipfix.c,
         # ipfix_put_iface_data_record): the packet came in by another bridge, through a patch

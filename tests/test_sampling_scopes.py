@@ -472,6 +472,98 @@ def test_a_records_own_interface_name_wins() -> None:
     assert _interfaces(dec.decode(d, EXPORTER, PORT, EXPORT)) == [(["eth0"], [0])]
 
 
+def _v9_flows(t: IpfixTemplate, rows: list[dict[str, object]]) -> list[tuple[object, object]]:
+    """(Interfaces, IfDirections) of v9 data records of template t, decoded by a decoder whose
+    exporting process's interface table (RFC 3954 layout) named ifIndex 1 Gi0/1 and 2 Gi0/2."""
+    dec = Decoder(DecoderConfig(default_sampling=0))
+    _v9_if_table(dec, [{"if": 1, "name": b"Gi0/1", "desc": b""}, {"if": 2, "name": b"Gi0/2", "desc": b""}])
+    d = v9_datagram([template_set([t], version=9), data_set(t, [{"src": "10.1.1.1", **r} for r in rows])],
+                    seq=1, unix_secs=EXPORT, uptime_ms=2000)
+    b = dec.decode(d, EXPORTER, PORT, EXPORT)
+    assert b.error is None
+    return _interfaces(b)
+
+
+def test_an_empty_own_interface_name_takes_the_learned_one() -> None:
+    """A template with interfaceName (82) elements of its own that a record sends empty (v9
+    IF_NAME, fixed length, NUL padding only): the empty slot gets the name the interface table
+    gave that interface; a non-empty own name still wins. One own name is the interface the record
+    was observed on (IfDirections [direction], ingress without DIRECTION 61); two are its ingress
+    and egress ports (Open vSwitch's egress records), each empty one filled from its interface."""
+    one = _tpl(257, ("src", 8, 0, 4), ("in_if", 10, 0, 2), ("out_if", 14, 0, 2), ("name", 82, 0, 8))
+    assert _v9_flows(one, [{"in_if": 1, "out_if": 2, "name": b""}, {"in_if": 1, "out_if": 2, "name": b"eth0"},
+                           {"in_if": 9, "out_if": 2, "name": b""}]) == [
+        (["Gi0/1"], [0]), (["eth0"], [0]), (None, None)]
+    one_dir = _tpl(258, ("src", 8, 0, 4), ("in_if", 10, 0, 2), ("out_if", 14, 0, 2), ("name", 82, 0, 8),
+                   ("dir", 61, 0, 1))
+    assert _v9_flows(one_dir, [{"in_if": 1, "out_if": 2, "name": b"", "dir": 1},
+                               {"in_if": 1, "out_if": 2, "name": b"", "dir": 0},
+                               {"in_if": 1, "out_if": 9, "name": b"", "dir": 1}]) == [
+        (["Gi0/2"], [1]), (["Gi0/1"], [0]), (None, None)]
+    two = _tpl(259, ("src", 8, 0, 4), ("in_if", 10, 0, 2), ("out_if", 14, 0, 2), ("name", 82, 0, 8),
+               ("name2", 82, 0, 8), ("dir", 61, 0, 1))
+    assert _v9_flows(two, [{"in_if": 1, "out_if": 2, "name": b"", "name2": b"", "dir": 1},
+                           {"in_if": 1, "out_if": 2, "name": b"eth0", "name2": b"", "dir": 1},
+                           {"in_if": 1, "out_if": 2, "name": b"", "name2": b"eth1", "dir": 1},
+                           {"in_if": 9, "out_if": 2, "name": b"", "name2": b"", "dir": 1},
+                           {"in_if": 1, "out_if": 9, "name": b"", "name2": b"", "dir": 1},
+                           {"in_if": 9, "out_if": 9, "name": b"", "name2": b"", "dir": 1}]) == [
+        (["Gi0/1", "Gi0/2"], [0, 1]), (["eth0", "Gi0/2"], [0, 1]), (["Gi0/1", "eth1"], [0, 1]),
+        (["", "Gi0/2"], [0, 1]), (["Gi0/1", ""], [0, 1]), (None, None)]
+
+
+def test_learned_names_follow_the_records_direction() -> None:
+    """NetObserv's Interfaces / IfDirections: the interfaces a flow was observed on and the
+    direction there. A record with DIRECTION / flowDirection (61) was observed on one interface,
+    its ingress one for 0 (ingress monitoring), its egress one for 1 (egress monitoring): it gets
+    that interface's learned name alone, with IfDirections [direction], exactly as a record that
+    names that interface in an interfaceName of its own; none when that interface is not named
+    (even if the other is). Without a direction, both (test above)."""
+    learned = _tpl(256, ("src", 8, 0, 4), ("in_if", 10, 0, 2), ("out_if", 14, 0, 2), ("dir", 61, 0, 1))
+    own = _tpl(257, ("src", 8, 0, 4), ("in_if", 10, 0, 2), ("out_if", 14, 0, 2), ("dir", 61, 0, 1),
+               ("name", 82, 0, 8))
+    rows: list[dict[str, object]] = [{"in_if": 1, "out_if": 2, "dir": 0}, {"in_if": 1, "out_if": 2, "dir": 1},
+                                     {"in_if": 1, "out_if": 9, "dir": 1}, {"in_if": 9, "out_if": 2, "dir": 0}]
+    got = _v9_flows(learned, rows)
+    assert got == [(["Gi0/1"], [0]), (["Gi0/2"], [1]), (None, None), (None, None)]
+    # the same records naming the interface they were observed on themselves (empty: unnamed)
+    named = [{**r, "name": name} for r, name in zip(rows, (b"Gi0/1", b"Gi0/2", b"", b""), strict=True)]
+    assert _v9_flows(own, named) == got
+    # IPFIX flowDirection is the same element, read the same way
+    dec = Decoder(DecoderConfig(default_sampling=0))
+    table = _tpl(300, ("if", 10, 0, 4), ("name", 82, 0, VARLEN), scope=1)
+    b = dec.decode(ipfix_message([_ipfix_options_set([table]), template_set([learned]),
+                                  data_set(table, [{"if": 1, "name": b"xe-0/0/1"}, {"if": 2, "name": b"xe-0/0/2"}]),
+                                  data_set(learned, [{"src": "10.1.1.1", **r} for r in rows])],
+                                 seq=0, export_time=EXPORT), EXPORTER, PORT, EXPORT)
+    assert _interfaces(b) == [(["xe-0/0/1"], [0]), (["xe-0/0/2"], [1]), (None, None), (None, None)]
+
+
+def test_learned_names_turn_with_a_biflows_reverse_direction() -> None:
+    """--split-biflows: the reverse flow of an RFC 5103 biflow swaps its interfaces, and their
+    learned names with them, as it does a record's own names: a record observed on one
+    interface (flowDirection 0, its ingress one named) has it as the reverse flow's egress
+    interface, ["", name] (as a record's own single name turns)."""
+    dec = Decoder(DecoderConfig(default_sampling=0, split_biflows=True))
+    table = _tpl(300, ("if", 10, 0, 4), ("name", 82, 0, VARLEN), scope=1)
+    bi = _tpl(256, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("in_if", 10, 0, 2), ("out_if", 14, 0, 2),
+              ("bytes", 1, 0, 4), ("rbytes", 1, 29305, 4))
+    bi_dir = _tpl(257, *bi.fields, ("dir", 61, 0, 1))
+    own = _tpl(258, *bi_dir.fields, ("name", 82, 0, VARLEN))
+    flow = {"src": "10.1.1.1", "dst": "10.2.2.2", "in_if": 1, "bytes": 10, "rbytes": 20}
+    b = dec.decode(ipfix_message([_ipfix_options_set([table]), template_set([bi, bi_dir, own]),
+                                  data_set(table, [{"if": 1, "name": b"xe-0/0/1"}, {"if": 2, "name": b"xe-0/0/2"}]),
+                                  data_set(bi, [{**flow, "out_if": i} for i in (2, 9)]),
+                                  data_set(bi_dir, [{**flow, "out_if": 2, "dir": 0}]),
+                                  data_set(own, [{**flow, "out_if": 2, "dir": 0, "name": b"xe-0/0/1"}])],
+                                 seq=0, export_time=EXPORT), EXPORTER, PORT, EXPORT)
+    assert b.error is None
+    assert _interfaces(b) == [(["xe-0/0/1", "xe-0/0/2"], [0, 1]), (["xe-0/0/2", "xe-0/0/1"], [0, 1]),
+                              (["xe-0/0/1", ""], [0, 1]), (["", "xe-0/0/1"], [0, 1]),
+                              (["xe-0/0/1"], [0]), (["", "xe-0/0/1"], [0, 1]),
+                              (["xe-0/0/1"], [0]), (["", "xe-0/0/1"], [0, 1])]
+
+
 @pytest.mark.parametrize("layout", ["ios-xr-ipfix", "egress-scope", "ios-xr-v9"])
 def test_interface_tables_of_other_layouts(layout: str) -> None:
     """IOS-XR's IPFIX interface table is scoped by ingressInterface (10) and egressInterface (14)

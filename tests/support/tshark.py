@@ -27,6 +27,7 @@ comparisons here are per field name (and per sample type for sFlow).
 from __future__ import annotations
 
 import calendar
+import itertools
 import json
 import re
 import shutil
@@ -392,13 +393,20 @@ class CflowReader:
         return pkt
 
     def _interface_names(self, pkt: CflowPacket) -> None:
-        """The Interfaces a v9/IPFIX data record without an interfaceName of its own must have:
-        the names the exporting process's earlier options records gave its input and output
-        interfaces (an interface table: an ifIndex, as an Interface / ingressInterface /
-        egressInterface scope or else an input/output interface field, with interfaceName
-        (82), or interfaceDescription (83) when it has no name), ingress then egress, "" for
-        one not named; none when neither is. Options records apply to the data sets after
-        them, in packet order."""
+        """The Interfaces a v9/IPFIX data record must have from interface tables: the names the
+        exporting process's earlier options records gave its input and output interfaces (an
+        interface table: an ifIndex, as an Interface / ingressInterface / egressInterface scope
+        or else an input/output interface field, with interfaceName (82), or interfaceDescription
+        (83) when it has no name), for the slots its own interfaceName elements leave empty (all
+        of them when it has none). Options records apply to the data sets after them, in packet
+        order. The slots (NetObserv: the interfaces the flow was observed on, with the direction
+        there): one, the interface the record was observed on, its input for direction (61) 0 or
+        none, its output for 1 (IfDirections [direction]), for a record with one interfaceName
+        of its own or with none and a direction; else a pair, [ingress, egress] with
+        IfDirections [0, 1], "" for one not named when the other is. tshark shows no value for
+        an empty interfaceName, so with some of several own names empty every placement of the
+        non-empty ones is a possible answer (LEARNED_IFNAMES_KEY: the possible (Interfaces,
+        IfDirections), None for no Interfaces)."""
         if pkt.version not in (9, 10):
             return
         process = (pkt.src, pkt.sport, pkt.version, pkt.domain)
@@ -411,17 +419,46 @@ class CflowReader:
                     if idx is not None and name:
                         self.if_names[process + (idx,)] = name
                 elif s.kind == "data" and self.if_names:
-                    own = (any(f.type == 82 and not f.pen for f in s.template.fields) if s.template is not None
-                           else "cflow.if_name" in r or "cflow.interface_name" in r)
-                    if own:
-                        continue
-                    got = []
-                    for keys in (("cflow.inputint", "cflow.ingress_physical_interface"),
-                                 ("cflow.outputint", "cflow.egress_physical_interface")):
-                        key = next((k for k in keys if k in r), None)
-                        got.append(self.if_names.get(process + (_int_field(r, key),), "") if key else "")
-                    if any(got):
-                        r[LEARNED_IFNAMES_KEY] = got
+                    choices = self._learned_choices(process, s.template, r)
+                    if choices != [None]:
+                        r[LEARNED_IFNAMES_KEY] = choices
+
+    def _learned_choices(self, process: tuple, tmpl: Template | None, r: dict) -> list:
+        """_interface_names' possible (Interfaces, IfDirections) of one data record; [None] when
+        no interface table's name takes a slot (its own names are checked as they are)."""
+        vals = [str(v) for v in _vals(r, "cflow.if_name") or _vals(r, "cflow.interface_name") if v is not None]
+        n82 = sum(1 for f in tmpl.fields if f.type == 82 and not f.pen) if tmpl is not None else len(vals)
+        direction = _int_field(r, "cflow.direction") if "cflow.direction" in r else None
+        single = n82 == 1 or (n82 == 0 and direction in (0, 1))
+        slots = 1 if single else max(n82, 2)
+        if len(vals) >= n82:
+            placements = [vals[:slots] + [""] * (slots - len(vals))]
+        else:   # the empty ones are not shown: any of the slots
+            own = [v for v in vals if v]
+            placements = [[own[sum(1 for e in range(k) if e not in empty)] if k not in empty else ""
+                           for k in range(slots)]
+                          for empty in itertools.combinations(range(slots), slots - len(own))]
+
+        def learned(egress: bool) -> str:
+            keys = (("cflow.outputint", "cflow.egress_physical_interface") if egress
+                    else ("cflow.inputint", "cflow.ingress_physical_interface"))
+            key = next((k for k in keys if k in r), None)
+            return self.if_names.get(process + (_int_field(r, key),), "") if key else ""
+
+        used = False
+        choices: list = []
+        for placed in placements:
+            if single:
+                got = [placed[0] or learned(direction == 1)]
+                dirs = [direction if direction in (0, 1) else 0]
+            else:
+                got = [placed[0] or learned(False), placed[1] or learned(True)]
+                dirs = [0, 1]
+            used = used or got != placed[:2]
+            choice = (got, dirs) if any(got) else None
+            if choice not in choices:
+                choices.append(choice)
+        return choices if used else [None]
 
     def _sampling(self, pkt: CflowPacket) -> None:
         """The Sampling each v9/IPFIX data record must have (flowscope decoded with no configured
@@ -725,15 +762,18 @@ def expected_from_cflow(pkt: CflowPacket, cset: CflowSet, rec: dict) -> dict[str
     # occurrences (ingress port, egress port).
     names = [v for v in _vals(rec, "cflow.if_name") or _vals(rec, "cflow.interface_name") if v is not None]
     n82 = sum(1 for x in cset.template.fields if x.type == 82 and not x.pen) if cset.template else len(names)
-    if names and len(names) >= n82:
+    if len(rec.get(LEARNED_IFNAMES_KEY, ())) > 1:
+        # some of several own names empty, filled from an interface table: which ones tshark
+        # does not show, each placement's answer is possible (CflowReader._learned_choices)
+        exp[IFNAMES_CHOICES_KEY] = rec[LEARNED_IFNAMES_KEY]
+    elif LEARNED_IFNAMES_KEY in rec:
+        exp["Interfaces"], exp["IfDirections"] = rec[LEARNED_IFNAMES_KEY][0]
+    elif names and len(names) >= n82:
         exp["Interfaces"] = [str(v) for v in names[:2]]
     elif names:
         # tshark 4.0 shows no value for an empty interfaceName: which occurrence was empty is
         # lost, so only the non-empty names flowscope lists can be checked (compare_flow_record)
         exp[NONEMPTY_IFNAMES_KEY] = [str(v) for v in names]
-    elif LEARNED_IFNAMES_KEY in rec:
-        exp["Interfaces"] = rec[LEARNED_IFNAMES_KEY]
-        exp["IfDirections"] = [0, 1]
     # Records with both IPv4 and IPv6 address elements (Procera, Cisco SRv6): the family with a
     # non-zero address is the flow's, IPv4 on a tie, ipVersion (IE 60) first when present.
     if ("cflow.srcaddr" in rec or "cflow.dstaddr" in rec) and ("cflow.srcaddrv6" in rec or "cflow.dstaddrv6" in rec):
@@ -899,6 +939,7 @@ def sysup_reading(sysinit_ms: int, rel: int, latest_ms: int) -> int:
 
 
 NONEMPTY_IFNAMES_KEY = "_nonempty_interfaces"
+IFNAMES_CHOICES_KEY = "_interfaces_choices"
 
 
 def _norm(key: str, v: Any) -> Any:
@@ -938,6 +979,10 @@ def compare_expected(exp: dict[str, Any], flow: dict, *, required: Iterable[str]
         if listed != exp[NONEMPTY_IFNAMES_KEY][:len(listed)] or not listed:
             problems.append(f"Interfaces: {flow.get('Interfaces')!r}, not the first of tshark's non-empty "
                             f"names {exp[NONEMPTY_IFNAMES_KEY]!r}")
+    if IFNAMES_CHOICES_KEY in exp:
+        got = (flow["Interfaces"], flow.get("IfDirections")) if "Interfaces" in flow else None
+        if got not in exp[IFNAMES_CHOICES_KEY]:
+            problems.append(f"Interfaces, IfDirections: {got!r}, none of {exp[IFNAMES_CHOICES_KEY]!r}")
     return problems
 
 
@@ -1073,7 +1118,8 @@ def compare_flow_record(pkt: CflowPacket, cset: CflowSet, rec: dict, flow: dict,
     if LEARNED_IFNAMES_KEY in rec:
         required |= {"Interfaces", "IfDirections"}
     probs = compare_expected(exp, flow, required=required & set(exp), time_tolerance_ms=tol)
-    if "Interfaces" in flow and "Interfaces" not in exp and NONEMPTY_IFNAMES_KEY not in exp:
+    if ("Interfaces" in flow and "Interfaces" not in exp and NONEMPTY_IFNAMES_KEY not in exp
+            and IFNAMES_CHOICES_KEY not in exp):
         probs.append(f"Interfaces: {flow['Interfaces']!r}, but the record names none and no interface table "
                      "named its interfaces")
     if "Proto" in exp and exp["Proto"] not in (6, 17, 132):
