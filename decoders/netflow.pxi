@@ -3213,6 +3213,58 @@ cdef inline object keep_last(dict seen, object key, object value, Py_ssize_t lim
     return last
 
 
+# A walk over the fields of one record decoded whole (walk_fields, next_field).
+cdef struct FieldWalk:
+    const FieldSpec* fields
+    int n
+    int i                     # the field it is at (-1 before the first)
+    const uint8_t* buf
+    Py_ssize_t pos            # where the next field starts
+    Py_ssize_t end            # the record's end
+    const uint8_t* p          # the field's value,
+    Py_ssize_t length         # and its length (a variable-length one's, read from its prefix)
+
+
+cdef inline void walk_fields(FieldWalk* w, Template t, const uint8_t* buf, Py_ssize_t start,
+                             Py_ssize_t end) noexcept:
+    """Start a walk over the fields of t's record at buf[start:end], which decode_record has
+    decoded whole: the cold second walks of options records (learn_not_sent, learn_if_name,
+    options_dict) share it; decode_record's own loop is the hot path, not this."""
+    w.fields = t.fields
+    w.n = t.n_fields
+    w.i = -1
+    w.buf = buf
+    w.pos = start
+    w.end = end
+
+
+cdef inline bint next_field(FieldWalk* w) noexcept nogil:
+    """The walk's next field (w.i, w.p, w.length): False past the last one, or where one would
+    run past the record's end (never for a record decoded whole)."""
+    cdef Py_ssize_t L
+    if w.i + 1 >= w.n:
+        return False
+    L = w.fields[w.i + 1].length
+    if L == VARLEN:
+        # RFC 7011 7: one length byte, 255 then two more (big-endian)
+        if w.pos >= w.end:
+            return False
+        L = w.buf[w.pos]
+        w.pos += 1
+        if L == 255:
+            if w.end - w.pos < 2:
+                return False
+            L = (<Py_ssize_t>w.buf[w.pos] << 8) | w.buf[w.pos + 1]
+            w.pos += 2
+    if w.end - w.pos < L:
+        return False
+    w.i += 1
+    w.p = w.buf + w.pos
+    w.length = L
+    w.pos += L
+    return True
+
+
 cdef void learn_not_sent(ExporterState ex, Template t, const uint8_t* buf, Py_ssize_t start, Py_ssize_t end):
     """An IPFIX Exporting Process Reliability Statistics record (RFC 7011 4.3): its cumulative
     notSentFlow/Packet/OctetTotalCount (166-168), per exporting process (source port), domain and
@@ -3228,30 +3280,21 @@ cdef void learn_not_sent(ExporterState ex, Template t, const uint8_t* buf, Py_ss
     Options records only (t.not_sent): their record is walked again here, never the data
     records' path. Bounded as ExporterState.sample_drops is: a spray of scopes or ports only
     starts the baselines over."""
-    cdef Reader r
-    cdef int i
-    cdef Py_ssize_t L
-    cdef const uint8_t* p
-    cdef FieldSpec* fs
+    cdef FieldWalk w
+    cdef const FieldSpec* fs
     cdef object scope = None, last, key
     cdef uint64_t v, prev
     cdef list found = []
     cdef dict counts
-    rd_init(&r, buf, start, end)
-    for i in range(t.n_fields):
-        fs = &t.fields[i]
-        L = fs.length
-        if L == VARLEN:
-            L = rd_u8(&r)
-            if L == 255:
-                L = rd_u16(&r)
-        p = rd_take(&r, L)
-        if fs.pen or not 1 <= L <= 8:
+    walk_fields(&w, t, buf, start, end)
+    while next_field(&w):
+        fs = &w.fields[w.i]
+        if fs.pen or not 1 <= w.length <= 8:
             continue
-        if fs.ie == 144 and i < t.scope_fields and scope is None:
-            scope = beN(p, L)
+        if fs.ie == 144 and w.i < t.scope_fields and scope is None:
+            scope = beN(w.p, w.length)
         elif 166 <= fs.ie <= 168:
-            found.append((fs.ie, beN(p, L)))
+            found.append((fs.ie, beN(w.p, w.length)))
     for ie, v in found:
         key = (t.port, t.domain, scope, ie)
         last = ex.not_sent_seen.get(key)
@@ -3298,43 +3341,42 @@ cdef void learn_if_name(Decoder dec, ExporterState ex, Template t, const uint8_t
     longer than IF-MIB's 255 bytes is refused and counted as options_limit too. A record with no
     name (or an empty one) teaches nothing. The record is walked again here, as learn_not_sent
     does: decode_record's loop has no case for it."""
-    cdef Reader r
-    cdef int i
+    cdef FieldWalk w
+    cdef const FieldSpec* fs
     cdef Py_ssize_t L
     cdef const uint8_t* p
-    cdef FieldSpec* fs
     cdef bint has_if = False, scoped = False
     cdef uint64_t ifindex = 0
-    cdef object name = None, desc = None
-    rd_init(&r, buf, start, end)
-    for i in range(t.n_fields):
-        fs = &t.fields[i]
-        L = fs.length
-        if L == VARLEN:
-            L = rd_u8(&r)
-            if L == 255:
-                L = rd_u16(&r)
-        p = rd_take(&r, L)
+    cdef const uint8_t* name_p = NULL
+    cdef const uint8_t* desc_p = NULL
+    cdef Py_ssize_t name_len = 0, desc_len = 0
+    cdef object name
+    walk_fields(&w, t, buf, start, end)
+    while next_field(&w):
+        fs = &w.fields[w.i]
+        L = w.length
+        p = w.p
         if fs.pen:
             continue
-        if i < t.scope_fields:
+        if w.i < t.scope_fields:
             if not scoped and 1 <= L <= 8 and (fs.ie == 2 if t.version == 9 else fs.ie == 10 or fs.ie == 14):
                 ifindex = beN(p, L)
                 has_if = scoped = True
         elif fs.ie == 82 or fs.ie == 83:
             while L and p[L - 1] == 0:
                 L -= 1
-            if L and fs.ie == 82 and name is None:
-                name = <bytes>p[:L]
-            elif L and fs.ie == 83 and desc is None:
-                desc = <bytes>p[:L]
+            if L and fs.ie == 82 and name_p == NULL:
+                name_p, name_len = p, L
+            elif L and fs.ie == 83 and desc_p == NULL:
+                desc_p, desc_len = p, L
         elif not has_if and (fs.ie == 10 or fs.ie == 14) and 1 <= L <= 8:
             ifindex = beN(p, L)
             has_if = True
-    if name is None:
-        name = desc
-    if name is None or not has_if:
+    if name_p == NULL:
+        name_p, name_len = desc_p, desc_len
+    if name_p == NULL or not has_if:
         return
+    name = <bytes>name_p[:name_len]
     if len(name) > IFNAME_MAX:
         ex.count_error("options_limit")
         dec.log_limited("options_limit", ex.ip, f"v{t.version} domain {t.domain} interface {ifindex}: a name of "
@@ -3764,29 +3806,20 @@ cdef bint is_duplicate(ExporterState ex, Flow* f, uint64_t dh):
 
 cdef dict options_dict(FlowBatch b, Flow* f, Template t, Py_ssize_t start, Py_ssize_t end):
     """An options data record as a dict of its raw elements (exposed on batch.options)."""
-    cdef Reader r
+    cdef FieldWalk w
     cdef dict d = {"RecordType": "options", "TemplateId": t.template_id, "ObservationDomain": t.domain}
-    cdef int i
-    cdef Py_ssize_t L
-    cdef const uint8_t* p
-    cdef FieldSpec* fs
+    cdef const FieldSpec* fs
     cdef str key
-    rd_init(&r, <const uint8_t*>PyBytes_AS_STRING(b.data), start, end)
-    for i in range(t.n_fields):
-        fs = &t.fields[i]
-        L = fs.length
-        if L == VARLEN:
-            L = rd_u8(&r)
-            if L == 255:
-                L = rd_u16(&r)
-        p = rd_take(&r, L)
-        if t.version == 9 and i < t.scope_fields:
+    walk_fields(&w, t, <const uint8_t*>PyBytes_AS_STRING(b.data), start, end)
+    while next_field(&w):
+        fs = &w.fields[w.i]
+        if t.version == 9 and w.i < t.scope_fields:
             key = f"scope{fs.ie}"
         elif fs.pen:
             key = f"ie{fs.pen}_{fs.ie}"
         else:
             key = f"ie{fs.ie}"
-        value = (<bytes>p[:L]).hex()
+        value = (<bytes>w.p[:w.length]).hex()
         prev = d.get(key)
         if prev is None:
             d[key] = value
