@@ -3477,7 +3477,15 @@ cdef uint32_t interface_rate(ExporterState ex, Template t, const Flow* f):
     (resolve_sampling, when the exporter has interface rates): its ingress interface's, but a
     NetFlow v9 record observed on output (DIRECTION 61 = 1: egress monitoring) its egress
     interface's, as v9's "Interface" scope (type 2) names an interface, not a direction (the one
-    the sampler is on). IPFIX's scope says ingressInterface: always the ingress interface."""
+    the sampler is on). IPFIX's scope says ingressInterface: always the ingress interface.
+    A v9 record without DIRECTION is read as observed on input, its ingress interface's rate:
+    RFC 3954 gives the Interface scope (6.1) no direction and DIRECTION (8) only "0 - ingress
+    flow, 1 - egress flow", so the record's own direction is all that says which interface it
+    was metered on; without one, NetFlow's default metering is the ingress one (Cisco's
+    Traditional and Sampled NetFlow meter the packets an interface receives, `ip flow ingress`
+    or a `flow-sampler` applied to it; egress metering, `ip flow egress` or a sampler applied
+    `egress`, is configured explicitly, and it is what DIRECTION 1 tells), as a record's single
+    interfaceName without DIRECTION is written as ingress (IfDirections [0], learned_names)."""
     cdef object r
     if t.version == 9 and f.direction == 1 and f.present & P_OUTIF:
         r = ex.interface_rates.get((t.version, t.domain, t.port, f.out_if))
