@@ -3390,17 +3390,6 @@ cdef void learn_if_name(Decoder dec, ExporterState ex, Template t, const uint8_t
         ex.has_if_names = True
 
 
-cdef object learned_name(ExporterState ex, Template t, const Flow* f, bint egress):
-    """The name options data of the record's exporting process and domain gave its ingress
-    (egress) interface, None when none did or the record has no such interface."""
-    if egress:
-        if f.present & P_OUTIF:
-            return ex.interface_names.get((t.version, t.domain, t.port, f.out_if))
-    elif f.present & P_INIF:
-        return ex.interface_names.get((t.version, t.domain, t.port, f.in_if))
-    return None
-
-
 cdef void learned_names(ExporterState ex, FlowBatch b, Template t, Flow* f):
     """The names an exporter's options data gave interfaces (learn_if_name), for a data record's
     Interfaces slots its own interfaceName (82) elements leave empty (Flow.names_learned).
@@ -3420,16 +3409,21 @@ cdef void learned_names(ExporterState ex, FlowBatch b, Template t, Flow* f):
     Offsets of the record's own names are in the datagram, never 0 (its header is there)."""
     cdef bint own = f.in_name_off != 0
     cdef bint pair = f.out_name_off != 0 or (not own and f.direction < 0)
-    cdef object n_in = None, n_out = None
+    cdef bint egress = f.direction == 1
+    cdef object n_in = None, n_out = None     # (bytes: learn_if_name, import_state)
+    cdef dict table = ex.interface_names
     cdef list names
     cdef uint8_t bits = NAMES_OWN if own else 0
+    # (the lookups written out, not in a helper returning the name: that helper, called for
+    # each slot, cost 70 instructions a record more, benchmarks/RESULTS.md)
     if pair:
-        if not f.in_name_len:
-            n_in = learned_name(ex, t, f, False)
-        if not f.out_name_len:
-            n_out = learned_name(ex, t, f, True)
-    elif not f.in_name_len:
-        n_in = learned_name(ex, t, f, f.direction == 1)
+        if not f.in_name_len and f.present & P_INIF:
+            n_in = table.get((t.version, t.domain, t.port, f.in_if))
+        if not f.out_name_len and f.present & P_OUTIF:
+            n_out = table.get((t.version, t.domain, t.port, f.out_if))
+    elif not f.in_name_len and f.present & (P_OUTIF if egress else P_INIF):
+        # one slot: the interface the record was observed on
+        n_in = table.get((t.version, t.domain, t.port, f.out_if if egress else f.in_if))
     if n_in is None and n_out is None:
         return
     if b._ifnames is None:
@@ -3437,12 +3431,12 @@ cdef void learned_names(ExporterState ex, FlowBatch b, Template t, Flow* f):
     names = b._ifnames
     if n_in is not None:
         f.in_name_off = <uint32_t>len(names)
-        f.in_name_len = <uint16_t>len(n_in)
+        f.in_name_len = <uint16_t>PyBytes_GET_SIZE(n_in)
         names.append(n_in)
         bits |= NAMES_IN
     if n_out is not None:
         f.out_name_off = <uint32_t>len(names)
-        f.out_name_len = <uint16_t>len(n_out)
+        f.out_name_len = <uint16_t>PyBytes_GET_SIZE(n_out)
         names.append(n_out)
         bits |= NAMES_OUT
     elif pair and not own:
