@@ -83,8 +83,9 @@ STREAM_CONTENT_CAUSES = frozenset(("oversize_event", "bad_response"))
 # never sends its newline) is a broken server or proxy, and must not grow the buffer unbounded.
 WATCH_EVENT_MAX_BYTES = 16 << 20
 # At most this much is read from a watch stream or a list answer at once (one HTTP chunk may be
-# larger). Decompressed: urllib3 before 2.6 inflates a whole read's compressed bytes at once, up
-# to ~1000 times as many (deflate's ratio), so this also bounds what one read of a gzip bomb holds.
+# larger), counted decompressed: urllib3 from 2.6 (pyproject requires it) inflates no more than the
+# amount asked for; before it, a read inflated all the compressed bytes it took, up to ~1000 times
+# as many (deflate's ratio): ~64 MiB of a gzip bomb held before the list's bound was checked.
 READ_BYTES = 64 << 10
 # The most one list answer (a page) may take once decompressed, in bytes: a server or proxy that
 # sends more (a gzip bomb, 1 MB inflating to 1 GB of blanks; an answer without end) is not read

@@ -131,3 +131,41 @@ def test_a_watch_closed_by_stop_is_no_failure(caplog: pytest.LogCaptureFixture) 
     assert inf.stats.state == "stopped"
     assert inf.stats.errors == {}
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+def test_pyproject_requires_a_urllib3_that_bounds_one_compressed_read(fake_kube: FakeKube) -> None:  # noqa: F811
+    """The informer bounds a list answer decompressed, checked after each read of READ_BYTES:
+    urllib3 before 2.6 inflated all the compressed bytes one read took (~64 MiB of a gzip bomb
+    for 64 KiB) before that check. pyproject requires 2.6, and excludes the one kubernetes release
+    that pins urllib3 under it (34.1.0: urllib3<2.4); the urllib3 installed here reads a gzip bomb
+    from the fake API server (as the informer reads list pages) no more than READ_BYTES at a time."""
+    from pathlib import Path
+
+    import tomllib
+    import urllib3
+    from packaging.requirements import Requirement
+
+    from enrich.informer import READ_BYTES, _abort
+    from tests.support.fake_kube import TOKEN
+
+    project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]
+    deps = {r.name: r for r in map(Requirement, project["dependencies"])}
+    assert "2.5.9" not in deps["urllib3"].specifier and "2.6.0" in deps["urllib3"].specifier
+    assert "34.1.0" not in deps["kubernetes"].specifier and "37.0.3" in deps["kubernetes"].specifier
+
+    fake_kube.bomb_bytes = 64 << 20   # 64 MiB of blanks, ~64 KiB compressed
+    fake_kube.fail("pods", "list", "bomb")
+    pool = urllib3.PoolManager()
+    resp = pool.request("GET", f"{fake_kube.url}/api/v1/pods?limit=500", preload_content=False,
+                        headers={"Authorization": f"Bearer {TOKEN}", "Accept-Encoding": "gzip"})
+    assert resp.headers.get("Content-Encoding") == "gzip"
+    sizes = []
+    try:
+        for chunk in resp.stream(amt=READ_BYTES, decode_content=True):
+            sizes.append(len(chunk))
+            if sum(sizes) > 4 << 20:
+                break
+    finally:
+        _abort(resp)
+        pool.clear()
+    assert sum(sizes) > 4 << 20 and max(sizes) <= READ_BYTES, (len(sizes), max(sizes))
