@@ -49,7 +49,8 @@ def _enrichment(cfg: config_mod.Config, credentials: bool = True) -> tuple[Any, 
             enabled=True, kubeconfig=e.kubeconfig or None, context=e.context or None,
             cluster_name=e.cluster_name, infra_namespace_prefixes=list(e.infra_namespace_prefixes),
             flow_layer_rule=e.flow_layer_rule, tombstone_seconds=e.tombstone_seconds, pod_networks=e.pod_networks,
-            list_chunk_size=e.list_chunk_size, list_gzip=e.list_gzip)
+            list_chunk_size=e.list_chunk_size, list_gzip=e.list_gzip,
+            list_page_timeout_seconds=e.list_page_timeout_seconds)
         enrich_cfg.validate()
     except ValueError as exc:
         return None, "", f"enrich: {exc}"

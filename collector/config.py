@@ -400,6 +400,14 @@ class EnrichSection:
                                "while listing; 0 = one unpaged list, which never expires but decodes the whole "
                                "kind at once (GiBs for 100k pods)", ranged(parse_int, 0, 100000),
                                flag="--enrich-list-chunk-size", metavar="N")
+    list_page_timeout_seconds: float = opt(300.0, "the longest one list request of the informers may take, from "
+                                           "its request to its last byte (a page; with --enrich-list-chunk-size 0 "
+                                           "the whole list): a server or proxy that trickles its answer (each read "
+                                           "within the read timeout) would hold the list for ever. Past it the "
+                                           "connection is dropped, counted as list_timeout, and the list retried "
+                                           "with backoff while the last good cache keeps serving",
+                                           ranged(parse_seconds, 1, 86400), flag="--enrich-list-page-timeout-seconds",
+                                           metavar="SECONDS")
     list_gzip: bool = opt(True, "the informers' list requests ask for gzip (Accept-Encoding: gzip, as client-go's "
                           "do): the API server compresses list pages of 128 KiB or more, about 10 times less to "
                           "send (a 100k-pod list is hundreds of MB of JSON), for the CPU to compress and "

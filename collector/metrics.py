@@ -240,7 +240,9 @@ SERIES: dict[str, Series] = {s.name: s for s in [
            "to a list's first request, which names no resourceVersion nor continue token: no compaction race, an "
            "API server or proxy fault, retried with backoff; oversize_page: a list answer past its bound once "
            "decompressed, 256 MiB a page, 4 GiB unpaged: a gzip bomb or an endless answer from a broken server "
-           "or proxy, not read on, retried with backoff) and kinds_<kind>_list_seconds is how long the last "
+           "or proxy, not read on, retried with backoff; list_timeout: a list answer not all there "
+           "--enrich-list-page-timeout-seconds after its request, 300 s by default: a server or proxy trickling "
+           "it, cut, retried with backoff) and kinds_<kind>_list_seconds is how long the last "
            "completed list took (its continue token expires past the API server's etcd compaction interval, "
            "5 min by default)", ("stat",), merge="max"),
     Series("flowscope_informers_synced", "gauge", "1 when every informer has completed its first list "

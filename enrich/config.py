@@ -102,6 +102,13 @@ class EnrichConfig:
     # whole kind is decoded at once). A list whose continue token expires starts again from its
     # first page, in pages up to 4 times as large (enrich.informer.LIST_RESTARTS).
     list_chunk_size: int = 500
+    # The longest one list request (a page; with list_chunk_size 0 the whole list) may take from
+    # its request to its last byte. read_timeout_slack_seconds (at least 60 s) bounds each read
+    # only: a server or proxy trickling a byte every few seconds held a list (and the informer's
+    # first sync, or its relist) for ever. Past it the connection is dropped, counted as
+    # list_timeout, and the list retried with backoff while the last good cache keeps serving.
+    # The API server's own --request-timeout is 60 s: a page of 500 takes well under a second.
+    list_page_timeout_seconds: float = 300.0
     # Lists ask for gzip (Accept-Encoding, as client-go does): the API server compresses pages of
     # 128 KiB or more, ~10 times less to send; the informer thread decompresses them.
     list_gzip: bool = True
@@ -141,7 +148,8 @@ class EnrichConfig:
         for name in ("tombstone_seconds", "read_timeout_slack_seconds", "backoff_jitter"):
             if getattr(self, name) < 0:
                 raise EnrichConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        for name in ("connect_timeout_seconds", "backoff_initial_seconds", "backoff_max_seconds"):
+        for name in ("connect_timeout_seconds", "backoff_initial_seconds", "backoff_max_seconds",
+                     "list_page_timeout_seconds"):
             if getattr(self, name) <= 0:
                 raise EnrichConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if not isinstance(self.watch_timeout_seconds, int) or self.watch_timeout_seconds < 1:

@@ -543,7 +543,8 @@ class Informer:
                     kwargs["_continue"] = cont
                 try:
                     body = self._request("list", kwargs, read_timeout=max(60.0, self._cfg.read_timeout_slack_seconds),
-                                         max_bytes=page_max_bytes(limit))
+                                         max_bytes=page_max_bytes(limit),
+                                         deadline=self._cfg.list_page_timeout_seconds)
                 except Gone:
                     if not cont:
                         # No continue token to expire, nor a resourceVersion (lists ask for the
@@ -738,16 +739,31 @@ class Informer:
             raise Stopped
         return resp
 
-    def _request(self, verb: str, kwargs: dict[str, Any], *, read_timeout: float, max_bytes: int) -> bytes:
+    def _request(self, verb: str, kwargs: dict[str, Any], *, read_timeout: float, max_bytes: int,
+                 deadline: float) -> bytes:
         """The answer's body, decompressed; ApiProblem oversize_page past `max_bytes` (not read
-        on: a gzip bomb or an endless answer must not grow it until the pod is OOM-killed)."""
+        on: a gzip bomb or an endless answer must not grow it until the pod is OOM-killed), and
+        list_timeout when it is not all there `deadline` seconds after the request (a trickle,
+        each read within `read_timeout`, must not hold the list for ever)."""
+        started = time.monotonic()
         resp = self._open(verb, kwargs, read_timeout=read_timeout)
         ended = False
+        size = 0
+        # A read blocks until it has READ_BYTES or the answer ends: only cutting the connection
+        # from another thread (as signal_stop does) ends one that trickles in.
+        overdue = threading.Event()
+
+        def cut() -> None:
+            overdue.set()
+            _abort(resp)
+
+        timer = threading.Timer(max(0.0, deadline - (time.monotonic() - started)), cut)
+        timer.daemon = True
+        timer.start()
         try:
             # pieces joined once at the end: growing one bytearray instead peaked 3-5 MiB higher
             # (benchmarks/RESULTS.md)
             parts: list[bytes] = []
-            size = 0
             for chunk in resp.stream(amt=READ_BYTES, decode_content=True):
                 parts.append(chunk)
                 size += len(chunk)
@@ -755,15 +771,28 @@ class Informer:
                     parts.clear()   # (the failure's traceback keeps this frame)
                     raise ApiProblem("oversize_page", f"{verb} {self._resource()}: the answer took over {max_bytes} "
                                      f"bytes (read up to {size}, decompressed): connection dropped")
+            if overdue.is_set():
+                raise OSError("the answer ended as it was cut")   # (it may end quietly)
             ended = True
             body = b"".join(parts)
             parts.clear()
             return body
-        except (urllib3.exceptions.HTTPError, OSError) as e:
+        except ApiProblem:
+            raise
+        except Exception as e:
+            # (cut under a read, urllib3 may fail with anything: AttributeError once http.client's
+            # close() set its fp to None, as under a stop)
             if self._stop.is_set():
                 raise Stopped from None
-            raise ApiProblem(_conn_cause(e), f"{verb} {self._resource()}: response cut: {e}") from None
+            if overdue.is_set():
+                raise ApiProblem("list_timeout", f"{verb} {self._resource()}: the answer was not all there "
+                                 f"{deadline:g} s after the request (read {size} bytes of it, decompressed; "
+                                 "--enrich-list-page-timeout-seconds): connection dropped") from None
+            if isinstance(e, (urllib3.exceptions.HTTPError, OSError)):
+                raise ApiProblem(_conn_cause(e), f"{verb} {self._resource()}: response cut: {e}") from None
+            raise
         finally:
+            timer.cancel()
             if not ended:
                 _abort(resp)   # the rest may still be coming: this connection must not go back to the pool
             self._close(resp)

@@ -998,6 +998,42 @@ def test_a_list_answer_over_its_bound_is_not_read_on(seeded: FakeKube, kubeconfi
                                                  "bytes"), msgs
 
 
+def test_a_list_answer_that_trickles_in_is_cut_at_the_page_timeout(seeded: FakeKube, kubeconfig: str,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A list page that comes one byte every half second (each read well within the read
+    timeout, 5 s here) is cut once it is not all there list_page_timeout_seconds after its
+    request: counted as list_timeout (in flowscope_enrich_stat), logged once, the connection
+    dropped; the last good cache keeps serving, and the list is retried with backoff until the
+    server answers whole again. Without the bound the relist never ended (a ~600-byte page:
+    ~5 min)."""
+    from collector.server import enrich_series
+
+    with caplog.at_level(logging.WARNING, logger="flowscope.enrich"):
+        with running_enricher(kubeconfig, list_page_timeout_seconds=1.0, backoff_initial_seconds=0.2,
+                              backoff_max_seconds=0.5) as e:
+            assert e.wait_ready(10)
+            wait_for(lambda: seeded.watchers["pods"] >= 1, what="pod watch open")
+            seeded.fail("pods", "list", "trickle")   # until cleared
+            seeded.expire("pods")                    # the relist meets it
+            wait_for(lambda: e.stats()["kinds"]["pods"]["errors"].get("list_timeout", 0) >= 2, timeout=20,
+                     what="two trickling pages cut")
+            # cut part-way: a few bytes of the page had come (the client hung up on the rest)
+            assert 0 < seeded.trickle_sent < len(orjson.dumps(list(seeded.objects["pods"].values())))
+            assert flow(e, "10.244.0.5", "")["SrcK8S_Name"] == "web-6d4cf56db6-x1"   # the last good cache
+            st = e.stats()["kinds"]["pods"]
+            assert (st["relists"], set(st["errors"]), st["objects"]) == (0, {"list_timeout"}, 1), st
+            assert enrich_series(e)["flowscope_enrich_stat"][("kinds_pods_errors_list_timeout",)] >= 2
+            seeded.add("pods", pod("after-trickle", "shop", ips=["10.244.0.72"]))
+            seeded.clear("pods", "list")
+            wait_for(lambda: e.stats()["kinds"]["pods"]["relists"] == 1, timeout=15, what="the relist")
+            assert flow(e, "10.244.0.72", "")["SrcK8S_Name"] == "after-trickle"
+            assert flow(e, "10.244.0.5", "")["SrcK8S_Name"] == "web-6d4cf56db6-x1"
+            assert e.stats()["kinds"]["pods"]["last_error"] == ""
+    msgs = [r.getMessage() for r in caplog.records if "list_timeout" in r.getMessage() or "not all there" in r.getMessage()]
+    assert len(msgs) == 1 and msgs[0].startswith("enrich: pods informer: list pods: the answer was not all there "
+                                                 "1 s after the request"), msgs
+
+
 def test_page_bounds() -> None:
     """Pages of the default size, and grown 4 times, get 256 MiB; larger pages 64 KiB an object,
     up to the unpaged bound (4 GiB), which an unpaged list gets."""

@@ -152,6 +152,10 @@ class FakeKube:
         self.bomb_bytes: int | None = 1 << 30
         # Bytes of padding those faults wrote before the client hung up (or all of them)
         self.bomb_sent = 0
+        # Seconds between the bytes of the "trickle" list fault's answer, and how many it sent
+        # before the client hung up (or all of them)
+        self.trickle_interval = 0.5
+        self.trickle_sent = 0
         # How long a watch from a resourceVersion the server has not reached yet waits for it
         # before the answer "Too large resource version" (the API server's watch cache waits 3 s:
         # blockTimeout in k8s.io/apiserver's watch_cache.go; shorter here, for the tests' sake).
@@ -328,7 +332,8 @@ class FakeKube:
         bomb (list only: a 200 list page whose `items` are padded with `bomb_bytes` blanks, sent
         with gzip whether asked for or not, ~1000 times smaller on the wire: a gzip bomb from a
         broken server or proxy; valid JSON, an empty list, when read to its end), endless (list only:
-        the same uncompressed), oversize (watch only: first a MODIFIED event of `oversize_bytes`, the kind's first object
+        the same uncompressed), trickle (list only: the page as it would be, one byte every
+        `trickle_interval` seconds, each read well within any read timeout), oversize (watch only: first a MODIFIED event of `oversize_bytes`, the kind's first object
         moved to address 10.244.0.99 with a huge annotation, in 64 KiB chunks, then the stream goes
         on as usual), slow_oversize (the same after 1.2 s), noitems and
         expired_continue (list only: the page is served but its continue token is already compacted
@@ -669,6 +674,8 @@ class _Handler(BaseHTTPRequestHandler):
                 rv = k.rv
                 items = [json.loads(json.dumps(o)) for _, o in sorted(k.objects[kind].items())]
         page, rest = (items[:limit], items[limit:]) if limit else (items, [])
+        if fault == "trickle":
+            rest = []   # (one page: the client hangs up before its end)
         meta: dict[str, Any] = {"resourceVersion": str(rv)}
         if rest:
             token = base64.b64encode(f"snap-{next(k._snap_ids)}".encode()).decode()
@@ -684,7 +691,32 @@ class _Handler(BaseHTTPRequestHandler):
                    "items": [_meta_only(o) for o in page]}
         else:
             doc = {"kind": list_kind, "apiVersion": api, "metadata": meta, "items": page}
+        if fault == "trickle":
+            self._trickle(json.dumps(doc).encode())
+            return
         self._send_json(200, doc)
+
+    def _trickle(self, body: bytes) -> None:
+        """`body` (a list page) with its Content-Length, one byte every `trickle_interval`
+        seconds until the client hangs up (a broken proxy, a congested link)."""
+        k = self.kube
+        with k.cond:
+            k.trickle_sent = 0
+            interval = k.trickle_interval
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.flush()
+        for i in range(len(body)):
+            with k.cond:
+                if k.stopping:
+                    return
+            self.wfile.write(body[i:i + 1])
+            self.wfile.flush()
+            with k.cond:
+                k.trickle_sent += 1
+            time.sleep(interval)
 
     def _watch(self, kind: str, q: dict[str, str], fault: str | None) -> None:
         k = self.kube
