@@ -191,7 +191,6 @@ def main(argv: list[str] | None = None) -> int:
                 wait(lambda r, n=i: r["relists"] >= n and r["state"] == "watching", f"relist {i}")
                 if args.trim:
                     ask("trim")
-                kube.events["pods"] = [ev for ev in kube.events["pods"] if ev[0] >= kube.compacted["pods"]]
                 kube.snapshots.clear()
                 kube.requests.clear()
             r = ask("report full")

@@ -29,6 +29,7 @@ import threading
 import time
 import traceback
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -97,7 +98,12 @@ class FakeKube:
         self.cond = threading.Condition()
         self.rv = 100
         self.objects: dict[str, dict[str, dict[str, Any]]] = {k: {} for k in KIND_INFO}
-        self.events: dict[str, list[tuple[int, str, dict[str, Any]]]] = {k: [] for k in KIND_INFO}
+        # The watch cache: each kind's newest `watch_window` events (a copy of the object each), what
+        # a watch from a resourceVersion replays. A watch from before the oldest one kept (or an open
+        # watch that fell that far behind: held events) is answered 410 Gone, as the API server's
+        # watch cache answers once its window moved past the resourceVersion (compacted).
+        self.watch_window = 1000
+        self.events: dict[str, deque[tuple[int, str, dict[str, Any]]]] = {k: deque() for k in KIND_INFO}
         self.compacted: dict[str, int] = {k: 0 for k in KIND_INFO}
         self.held: set[str] = set()
         self.gone_gen: dict[str, int] = {k: 0 for k in KIND_INFO}
@@ -233,7 +239,15 @@ class FakeKube:
     def _record(self, kind: str, typ: str, obj: dict[str, Any]) -> None:
         self.rv += 1
         obj["metadata"]["resourceVersion"] = str(self.rv)
-        self.events[kind].append((self.rv, typ, json.loads(json.dumps(obj))))
+        self._keep(kind, (self.rv, typ, json.loads(json.dumps(obj))))
+
+    def _keep(self, kind: str, event: tuple[int, str, dict[str, Any]]) -> None:
+        """Add an event to the kind's watch cache, the oldest leaving once it holds `watch_window`:
+        a watch must start at or after the resourceVersion of the last one that left."""
+        events = self.events[kind]
+        events.append(event)
+        while len(events) > max(1, self.watch_window):
+            self.compacted[kind] = max(self.compacted[kind], events.popleft()[0])
         self.cond.notify_all()
 
     def add(self, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
@@ -266,9 +280,8 @@ class FakeKube:
         _, _, okind, api = KIND_INFO[kind]
         with self.cond:
             self.rv += 1
-            self.events[kind].append((self.rv, "BOOKMARK", {
+            self._keep(kind, (self.rv, "BOOKMARK", {
                 "kind": okind, "apiVersion": api, "metadata": {"resourceVersion": str(self.rv)}}))
-            self.cond.notify_all()
 
     def hold(self, kind: str) -> None:
         """Stop delivering this kind's events to open watches (they pile up, as if lost)."""
@@ -304,7 +317,7 @@ class FakeKube:
             self.rv = rv
             self.objects = json.loads(json.dumps(objects))
             for kind in self.events:
-                self.events[kind] = [e for e in self.events[kind] if e[0] <= rv]
+                self.events[kind] = deque(e for e in self.events[kind] if e[0] <= rv)
                 self.drop_gen[kind] += 1
                 self.held.discard(kind)
             self.snapshots.clear()
@@ -816,7 +829,9 @@ class _Handler(BaseHTTPRequestHandler):
                         if k.stopping or k.drop_gen[kind] != drop_gen:
                             out, end = [], "drop"
                             break
-                        if k.gone_gen[kind] != gone_gen:
+                        if k.gone_gen[kind] != gone_gen or rv < k.compacted[kind]:
+                            # (expired, or fell behind the watch cache's window: events it has
+                            # not sent are gone)
                             out, end = [], "gone"
                             break
                         if time.monotonic() >= deadline:
