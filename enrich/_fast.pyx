@@ -187,7 +187,7 @@ cdef class Reader:
         fs_slots_unmap(self.blocks_base, self.blocks_size)
 
     def c_api(self):
-        """A capsule (VIEW_CAPSULE, "flowscope.enrich.view.v9") pointing at the reader's
+        """A capsule (VIEW_CAPSULE, "flowscope.enrich.view.v11") pointing at the reader's
         EnrichView for the decoders' encoder; keeps nothing alive by itself: the caller holds
         the reader (or its Enricher) while it uses the capsule."""
         return PyCapsule_New(&self.view, VIEW_CAPSULE, NULL)
@@ -421,7 +421,7 @@ cdef class Reader:
         an = view_agent(&self.view, agent, len(agent), &failed)
         if failed:
             raise MemoryError()
-        view_combine(&self.view, s, d, an, direction, &parts)
+        view_combine(&self.view, s, d, an, t_ms, direction, &parts)
         if parts.a == NULL and parts.b == NULL:
             return <bytes>parts.tail
         la, lb = parts.la, parts.lb

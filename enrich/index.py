@@ -24,6 +24,7 @@ one: those networks may overlap, and a flow does not say which it was on (Index.
 
 from __future__ import annotations
 
+import collections
 import functools
 import heapq
 import ipaddress
@@ -564,6 +565,12 @@ def _first_owner(meta: dict[str, Any]) -> tuple[str, str] | None:
     return kind, name
 
 
+# How long an agent answer that left the index stays alive (Index._retire_agent), in ms: the
+# compiled readers may still hold it borrowed for the flow they are encoding (microseconds; a
+# thread descheduled on a loaded machine, seconds at worst). Not longer: it keeps the node names
+# in it interned (the table forgets a name only once nothing holds it).
+AGENT_GRACE_MS = 5_000
+
 # FLOW_DIRECTIONS[direction + 1]: the FlowDirection part of an output (-1 unknown: none).
 FLOW_DIRECTIONS = (b"", b',"FlowDirection":0', b',"FlowDirection":1', b',"FlowDirection":2')
 
@@ -589,8 +596,9 @@ class Index:
 
         # Reader-visible state: replaced key by key, or swapped whole on a relist.
         self._ips: dict[bytes, tuple[Any, ...]] = {}
-        # Exporter address -> node name: Node addresses, then pods' hostIPs (see _set_agent).
-        self._agents: dict[bytes, str] = {}
+        # Exporter address -> node name: Node addresses, then pods' hostIPs; for an address a
+        # Node stopped holding, the Node that held it by flow time (see _agent).
+        self._agents: dict[bytes, str | tuple[Any, ...]] = {}
 
         # Writer-only state.
         self._pods: dict[str, PodRec] = {}
@@ -645,6 +653,8 @@ class Index:
         self._svc_tombs: dict[bytes, list[tuple[int, int, tuple[Any, ...]]]] = {}
         # (end, seq, is a Node's, address, tombstone) per Node/Service tombstone, a heap (as _expiry)
         self._addr_expiry: list[tuple[int, int, bool, bytes, tuple[int, int, tuple[Any, ...]]]] = []
+        # (when, answer) per agent answer that was a tuple and left _agents (_retire_agent)
+        self._agents_retired: collections.deque[tuple[int, tuple[Any, ...]]] = collections.deque()
         self._batch = False
 
         # Counters for stats(): problems by cause; logged once per cause.
@@ -715,6 +725,8 @@ class Index:
             fd = 2
         else:
             an = self._agents.get(agent)
+            if type(an) is tuple:
+                an = _agent_at(an, t_ms)   # an address a Node held before: the one that had it then
             if an is None:
                 fd = direction
             elif an == sn:
@@ -1078,8 +1090,11 @@ class Index:
             for ip, chain in self._pod_layer.items():
                 ips[ip] = self._entry(ip, chain, ips.get(ip)) or chain
             self._ips = ips
-            self._agents = {**{h: next(reversed(names)) for h, names in self._hosts.items()},
-                            **{ip: _last(names) for ip, names in self._node_addr.items()}}
+            old_agents = self._agents
+            self._agents = {ip: a for ip in self._hosts.keys() | self._node_addr.keys() | self._node_tombs.keys()
+                            if (a := self._agent(ip)) is not None}
+            for a in old_agents.values():
+                self._retire_agent(a)
             if self._reader is not None:
                 self._reader.publish(self._ips, self._agents)
 
@@ -1122,6 +1137,11 @@ class Index:
         return n
 
     def _sweep_locked(self) -> int:
+        retired = self._agents_retired
+        if retired and retired[0][0] <= self._now_ms() - AGENT_GRACE_MS:
+            cut = self._now_ms() - AGENT_GRACE_MS
+            while retired and retired[0][0] <= cut:
+                retired.popleft()
         exp = self._expiry
         if not exp and not self._addr_expiry:
             return 0
@@ -1157,6 +1177,8 @@ class Index:
                 cur = cur[E_PREV]
             self._layer_set(layer, tombs, ip, None if cur is None else cur[:E_START] + (ALWAYS, ALIVE, None),
                             ALWAYS if cur is None else cur[E_START])
+            if is_node:
+                self._set_agent(ip)
             self._merge(ip)
             n += 1
         return n
@@ -1464,21 +1486,41 @@ class Index:
                     del self._hosts[host]
             self._set_agent(host)
 
-    def _set_agent(self, ip: bytes) -> None:
-        """Publish the node an exporter address names: a Node's address first, else the node of
-        the pods whose hostIP it is."""
-        if self._batch:
-            return  # replace() publishes the whole map
+    def _agent(self, ip: bytes) -> str | tuple[Any, ...] | None:
+        """The node an exporter address names: a Node's address first, else the node of the pods
+        whose hostIP it is. An address a Node stopped holding (tombstones: a Node replaced by one
+        given its InternalIP) names, for each flow, the Node that held it when the flow started,
+        as the flow's sides are resolved: (the address's Node chain, that name for the times no
+        Node held it), which _agent_at reads."""
         names = self._hosts.get(ip)
         name = _last(self._node_addr.get(ip)) or (next(reversed(names)) if names else None)
-        if self._agents.get(ip) is name:
+        if ip in self._node_tombs:
+            return (self._node_layer[ip], name)
+        return name
+
+    def _set_agent(self, ip: bytes) -> None:
+        """Publish the node an exporter address names (_agent)."""
+        if self._batch:
+            return  # replace() publishes the whole map
+        name = self._agent(ip)
+        old = self._agents.get(ip)
+        if old is name or (type(old) is tuple and type(name) is tuple and old[0] is name[0] and old[1] is name[1]):
             return
         if name is None:
             del self._agents[ip]
         else:
             self._agents[ip] = name
+        self._retire_agent(old)
         if self._reader is not None:
             self._reader.generation += 1
+
+    def _retire_agent(self, a: Any) -> None:
+        """Keep an agent answer that was a tuple (_agent) alive AGENT_GRACE_MS after it left
+        _agents: the compiled readers hold it borrowed (enrich/view.pxd EnrichAgent, the encoder's
+        memo) until they see the generation move, and a flow may be between its check and its
+        use (a cache miss lets this thread in). Names need not: the node records hold them."""
+        if type(a) is tuple:
+            self._agents_retired.append((self._now_ms(), a))
 
     def _link_pod(self, rec: PodRec) -> None:
         if rec.node:
@@ -1747,6 +1789,13 @@ def _holder_at(e: tuple[Any, ...] | None, t_ms: int) -> tuple[Any, ...] | None:
             if e[6] is None:
                 return None
         e = e[6]
+
+
+def _agent_at(a: tuple[Any, ...], t_ms: int) -> str | None:
+    """The node an exporter address named at flow start t_ms (Index._agent): the Node of its
+    chain that held it then (_holder_at, as the flow's sides), else the node it names now."""
+    h = _holder_at(a[0], t_ms)
+    return a[1] if h is None else h[2]  # type: ignore[no-any-return]
 
 
 def _multi_add(d: dict[Any, Any], key: Any, val: Any) -> None:

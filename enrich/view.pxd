@@ -20,7 +20,7 @@ cdef extern from *:
     #include <stddef.h>
     #include <stdint.h>
     #include <string.h>
-    #define FS_VIEW_CAPSULE "flowscope.enrich.view.v10"
+    #define FS_VIEW_CAPSULE "flowscope.enrich.view.v11"
     #define FS_VIEW_SLOTS 16384   /* per-address answers: 4096 sets of 4 ways */
     #define FS_VIEW_WAYS 4
     #define FS_VIEW_SETS (FS_VIEW_SLOTS / FS_VIEW_WAYS)
@@ -239,16 +239,45 @@ cdef extern from *:
         return v->agent(v->reader, agent, aglen, failed);
     }
 
+    /* enrich.index._agent_at: an exporter address a Node stopped holding (a Node replaced by one
+       given its InternalIP) is answered by the reader as a tuple (the address's Node chain, the
+       node it names now or None): the node it named at flow start t is the chain's holder then
+       (enrich.index._holder_at, as the flow's sides are resolved), else the one it names now.
+       Borrowed; NULL when none. Only such addresses pay for it (a node name is a str). */
+    static PyObject* fs_view_agent_at(PyObject* a, long long t) {
+        PyObject* e = PyTuple_GET_ITEM(a, 0);
+        PyObject* n;
+        if (t <= 0) {   /* the live holder, else the newest */
+            PyObject* cur = e;
+            while (cur != Py_None) {
+                if (PyLong_AsLongLong(PyTuple_GET_ITEM(cur, 5)) == (1LL << 62)) { e = cur; break; }
+                cur = PyTuple_GET_ITEM(cur, 6);
+            }
+        } else {
+            while (1) {
+                PyObject* prev = PyTuple_GET_ITEM(e, 6);
+                if (t >= PyLong_AsLongLong(PyTuple_GET_ITEM(e, 4)) || prev == Py_None) {
+                    if (t < PyLong_AsLongLong(PyTuple_GET_ITEM(e, 5))) break;
+                    if (prev == Py_None) { e = NULL; break; }
+                }
+                e = prev;
+            }
+        }
+        n = e != NULL ? PyTuple_GET_ITEM(e, 2) : PyTuple_GET_ITEM(a, 1);
+        return n == Py_None ? NULL : n;
+    }
+
     /* The output rule of enrich.index.Index.enrich over resolved slots (s or d NULL: no
        address): the source part, the destination part (each NULL, length 0, when unknown) and
        the tail. Node names are interned by the index: the same node is the same object (pointer
-       compares). agent_node: the exporter's node (view.agent), NULL when unknown.
+       compares). agent_node: the exporter's node (view.agent), NULL when unknown; a tuple for an
+       address a Node stopped holding, resolved at flow start t (fs_view_agent_at).
        A slot nobody holds reads as nobody's without a test of its own: text and node NULL,
        lengths and layer bit 0, kind FS_KIND_NONE (enrich._fast Reader.fill keeps that so); an
        absent side reads as such a slot, uncounted. (A branch a side and a part, ~10
        instructions a flow in the encoder, where both sides are always there.) */
     static inline void fs_view_combine(EnrichView* v, const EnrichSlot* s, const EnrichSlot* d,
-                                       PyObject* agent_node, int direction, EnrichParts* out) {
+                                       PyObject* agent_node, long long t, int direction, EnrichParts* out) {
         static const EnrichSlot absent;   /* (zeroes: nobody) */
         PyObject* sn;
         PyObject* dn;
@@ -269,6 +298,7 @@ cdef extern from *:
         layer = (s->infra | d->infra) != 0;   /* no side's layer bit: app, or infra under netobserv */
         /* NetObserv's reinterpretDirection: same node -> inner; otherwise egress when the
            exporter is the source's node, ingress when it is the destination's. */
+        if (agent_node != NULL && PyTuple_CheckExact(agent_node)) agent_node = fs_view_agent_at(agent_node, t);
         if (sn != NULL && sn == dn) fd = 2;
         else if (agent_node == NULL) fd = direction;
         else if (agent_node == sn) fd = 1;
@@ -290,7 +320,7 @@ cdef extern from *:
         if (s == NULL) return -1;
         d = fs_view_resolve_in(v, ds, dst, alen, t, s);
         if (d == NULL) return -1;
-        fs_view_combine(v, s, d, agent_node, direction, out);
+        fs_view_combine(v, s, d, agent_node, t, direction, out);
         return 0;
     }
     """
@@ -369,7 +399,7 @@ cdef extern from *:
     EnrichSlot* view_resolve_in "fs_view_resolve_in"(EnrichView* v, EnrichSlot* s, const unsigned char* addr, int alen,
                                                      long long t, EnrichSlot* avoid) noexcept
     void view_combine "fs_view_combine"(EnrichView* v, const EnrichSlot* s, const EnrichSlot* d,
-                                        PyObject* agent_node, int direction, EnrichParts* out) noexcept
+                                        PyObject* agent_node, long long t, int direction, EnrichParts* out) noexcept
     int view_parts_in "fs_view_parts_in"(EnrichView* v, EnrichSlot* ss, EnrichSlot* ds, const unsigned char* src,
                                          const unsigned char* dst, int alen, PyObject* agent_node, long long t,
                                          int direction, EnrichParts* out) noexcept

@@ -943,7 +943,7 @@ def test_interned_names_of_deleted_objects_are_forgotten() -> None:
     """Namespace-per-test-run and node-autoscaler churn: the names the index interns (so that the
     compiled reader compares node names by pointer) are forgotten once nothing uses them, and
     the names still in use keep their one object."""
-    from enrich.index import _interned
+    from enrich.index import AGENT_GRACE_MS, _interned
 
     clock = Clock(T0)
     e = build([pod("b1", "shop", ips=["10.244.1.5"], node="node-b", host_ip="10.0.0.2")], clock=clock,
@@ -963,6 +963,10 @@ def test_interned_names_of_deleted_objects_are_forgotten() -> None:
     # pruned as the table grows, not only by the periodic sweep
     assert sum(k.startswith("churn-") for k in _interned) < 2 * 1024
     clock.ms += 10_000
+    idx.sweep()
+    # (the exporter answers of the Nodes' addresses, tombstones, that the sweep let go are kept
+    # AGENT_GRACE_MS more: a compiled reader may hold one; they hold names)
+    clock.ms += AGENT_GRACE_MS
     idx.sweep()
     assert [k for k in _interned if k.startswith("churn-")] == []
     assert _interned["node-b"] is node_b
@@ -1121,6 +1125,44 @@ def test_flow_direction_from_every_host_ip_of_a_dual_stack_pod_while_its_node_is
         assert flow(e, "8.8.8.8", "10.244.0.5", agent=second, direction=1).get("FlowDirection") == 1
 
 
+def test_an_exporter_address_a_replaced_node_held_names_the_node_that_held_it_when_the_flow_started() -> None:
+    """FlowDirection compares the exporter's node with the sides' (DESIGN.md "Enrichment rules").
+    A Node deleted and another given its address: a flow that started before is the old Node's
+    (its tombstone), and so was the exporter at that address then (Index._agent): egress from
+    it, as the new Node's flows are; the exporter named the Node that has the address now, and
+    those flows got the exporter's own direction. Once the tombstone expires the address names
+    the new Node as a plain name again, and the answers that left are let go AGENT_GRACE_MS later."""
+    from enrich.index import AGENT_GRACE_MS
+
+    clock = Clock(T0)
+    e = enrich.Enricher.from_objects(nodes=[node("n-old", internal=["10.0.0.9"])], clock=clock,
+                                     config=enrich.EnrichConfig(own_namespace="", tombstone_seconds=60))
+    idx = e.index
+    clock.ms = T0 + 1_000
+    idx.delete("nodes", idx.parse("nodes", node("n-old", internal=["10.0.0.9"])))
+    new = node("n-new", internal=["10.0.0.9"])
+    new["metadata"]["creationTimestamp"] = iso(T0 + 2_000)
+    clock.ms = T0 + 3_000
+    idx.upsert("nodes", idx.parse("nodes", new))
+
+    def seen(t_ms: int, direction: int = -1) -> tuple[Any, Any]:
+        got = flow(e, "10.0.0.9", "8.8.8.8", agent="10.0.0.9", t_ms=t_ms, direction=direction)
+        return got.get("SrcK8S_Name"), got.get("FlowDirection")
+
+    assert [seen(t) for t in (T0 - 5_000, T0 + 5_000, 0)] == [("n-old", 1), ("n-new", 1), ("n-new", 1)]
+    assert seen(T0 - 5_000, direction=0) == ("n-old", 1)   # its own computation, not the exporter's
+    assert seen(T0 + 1_500) == (None, None)   # between the two: nobody's, the exporter's direction
+    assert type(idx._agents[raw("10.0.0.9")]) is tuple
+    clock.ms = T0 + 61_000
+    assert idx.sweep() == 1
+    assert idx._agents[raw("10.0.0.9")] == "n-new"
+    assert [seen(t) for t in (T0 - 5_000, T0 + 5_000)] == [("n-new", 1), ("n-new", 1)]
+    assert idx._agents_retired   # the tuple answers, kept while a compiled reader may hold one
+    clock.ms = T0 + 61_000 + AGENT_GRACE_MS
+    idx.sweep()
+    assert not idx._agents_retired
+
+
 def test_an_address_two_nodes_list_stays_with_the_node_still_listing_it() -> None:
     """A replaced VM's private address given to the new VM while the old (NotReady) Node object
     still lists it: when the Node answering for the address is deleted or stops listing it, the
@@ -1139,7 +1181,8 @@ def test_an_address_two_nodes_list_stays_with_the_node_still_listing_it() -> Non
         assert flow(e, "10.0.0.7", "8.8.8.8", agent="10.0.0.7")["FlowDirection"] == 1  # the exporter's node
         idx.delete("nodes", idx.parse("nodes", listed[0]))
         assert flow(e, "10.0.0.7", "", t_ms=LATER) == NOBODY
-        assert not idx._node_addr and not idx._agents
+        # (the exporter at the address stays the Node that had it, for the flows of before: tombstones)
+        assert not idx._node_addr and list(idx._agents) == [raw("10.0.0.7")]
     # Watch events: the newest Node listing the address answers; when it stops listing it (or
     # is deleted), the other one does.
     e = enrich.Enricher.from_objects(nodes=[node("n-new", internal=["10.0.0.7"])],
@@ -1895,31 +1938,42 @@ def test_an_exporters_node_follows_every_index_change_between_its_datagrams(impl
     pods = [pod("a1", "shop", ips=["10.244.0.5"], node="node-a", host_ip=None, uid="u-a1"),
             pod("b1", "shop", ips=["10.244.1.5"], node="node-b", host_ip=None, uid="u-b1")]
     cfg = enrich.EnrichConfig(own_namespace="")
-    e = enrich.Enricher.from_objects(pods=pods, nodes=nodes(["10.0.0.1"], ["10.0.0.2"]), config=cfg)
+    clock = Clock(T0)
+    e = enrich.Enricher.from_objects(pods=pods, nodes=nodes(["10.0.0.1"], ["10.0.0.2"]), config=cfg, clock=clock)
     idx = e.index
     t = D.IpfixTemplate(256, (("src", 8, 0, 4), ("dst", 12, 0, 4)))
     dec = Decoder()
     seq = 0
 
-    def direction(enricher: enrich.Enricher = e) -> int | None:
-        """FlowDirection of a1 -> b1 in a datagram from 10.0.0.1 (none given by the exporter)."""
+    def direction(enricher: enrich.Enricher = e, at: float | None = None) -> int | None:
+        """FlowDirection of a1 -> b1 in a datagram from 10.0.0.1 (none given by the exporter),
+        received (its flow's start: the template has none) now on the index's clock, after every
+        change so far (a Node that stopped holding an address keeps it for the flows of before),
+        or at `at`."""
         nonlocal seq
+        now = clock() if at is None else at
         data = D.ipfix_message([D.template_set([t]), D.data_set(t, [{"src": "10.244.0.5", "dst": "10.244.1.5"}])],
-                               seq=seq, export_time=T0 // 1000)
+                               seq=seq, export_time=int(now))
         seq += 1
-        out = dec.decode(data, "10.0.0.1", 4739, T0 / 1000).to_dicts(enricher)
+        out = dec.decode(data, "10.0.0.1", 4739, now).to_dicts(enricher)
         assert len(out) == 1 and out[0]["SrcK8S_Name"] == "a1" and out[0]["DstK8S_Name"] == "b1"
         return out[0].get("FlowDirection")
 
     def nodes_now(a: list[str], b: list[str]) -> None:
+        clock.ms += 1_000
         for n in nodes(a, b):
             idx.upsert("nodes", idx.parse("nodes", n))
 
     assert [direction(), direction()] == [1, 1]       # the exporter is the source's node: egress
     nodes_now(["10.0.0.9"], ["10.0.0.2", "10.0.0.1"])  # node-a's address changed, node-b took it
     assert [direction(), direction()] == [0, 0]       # the destination's node: ingress
+    clock.ms += 1_000
     idx.delete("nodes", idx.parse("nodes", nodes(["10.0.0.9"], ["10.0.0.2", "10.0.0.1"])[1]))
     assert [direction(), direction()] == [None, None]  # nobody's: the exporter gave none
+    # flows of before the changes, exporter by exporter: node-a had the address then (its
+    # tombstone), the source's node; between the two, node-b, the destination's
+    assert [direction(at=T0 / 1000), direction(at=T0 / 1000 + 1.5)] == [1, 0]
+    clock.ms += 1_000
     idx.upsert("nodes", idx.parse("nodes", nodes(["10.0.0.9"], ["10.0.0.1"])[1]))
     assert [direction(), direction()] == [0, 0]       # added back
 

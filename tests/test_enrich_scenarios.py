@@ -338,3 +338,46 @@ def test_node_and_service_tombstones_expire_with_the_pods() -> None:
     assert idx.counts()["address_tombstones"] == 0
     assert flow(e, "", "172.30.0.77", t_ms=T0 - 1_000)["DstK8S_Name"] == "checkout"
     assert flow(e, "", "172.30.0.77", t_ms=T0 + 5_000)["DstK8S_Name"] == "checkout"
+
+
+def test_flow_direction_of_a_replaced_nodes_earlier_flows_is_by_the_node_that_exported_them(
+        fake_kube: FakeKube, kubeconfig: str, implementation: str) -> None:  # noqa: F811 - fixtures
+    """FlowDirection compares the exporter (AgentIP) with the hosts of what the flow's sides are
+    attributed to (DESIGN.md "Enrichment rules"). A Node replaced by one given its InternalIP:
+    the flows that started before the change are the old Node's (its tombstone), and so was the
+    exporter at that address then, so they are egress from it and ingress to it, as the new
+    Node's own flows are after the change; a pod of the old node (deleted with it) likewise. The
+    exporter was taken for the Node holding the address now: the old Node's flows got no
+    FlowDirection (the exporter's own when it gave one), as if another node had exported them."""
+    now = int(time.time() * 1000)
+    addr, pod_ip, before, after = "10.0.0.9", "10.244.5.7", now - 60_000, now + 2_000
+    seed(fake_kube)
+    fake_kube.add("nodes", _created(node("node-old", internal=[addr], zone="zone-a"), now - 86_400_000))
+    fake_kube.add("pods", pod("agent-x", "netobserv", ips=[pod_ip], node="node-old", host_ip=addr,
+                              created=iso(now - 3_600_000)))
+    with running_enricher(kubeconfig, compiled=implementation == "compiled") as e:
+        assert e.wait_ready(10)
+        wait_for(lambda: fake_kube.watchers["nodes"] >= 1 and fake_kube.watchers["pods"] >= 1, what="watches open")
+        assert flow(e, addr, "8.8.8.8", agent=addr, t_ms=before)["FlowDirection"] == 1
+        fake_kube.delete("pods", "agent-x", "netobserv")
+        fake_kube.delete("nodes", "node-old")
+        fake_kube.add("nodes", _created(node("node-new", internal=[addr], zone="zone-c"), now + 1_000))
+        wait_for(lambda: e.stats()["kinds"]["nodes"]["events"]["ADDED"] >= 1
+                 and e.stats()["kinds"]["pods"]["events"]["DELETED"] >= 1, what="the changes")
+
+        def seen(src: str, dst: str, t_ms: int, agent: str = addr) -> tuple[Any, ...]:
+            got = flow(e, src, dst, agent=agent, t_ms=t_ms)
+            return got.get("SrcK8S_Name"), got.get("DstK8S_Name"), got.get("FlowDirection")
+
+        # the old Node's flows, exported from its address (by it, then)
+        assert seen(addr, "8.8.8.8", before) == ("node-old", None, 1)
+        assert seen("8.8.8.8", addr, before) == (None, "node-old", 0)
+        assert seen(pod_ip, "10.244.0.5", before) == ("agent-x", "web-6d4cf56db6-x1", 1)
+        assert seen("10.244.0.5", pod_ip, before) == ("web-6d4cf56db6-x1", "agent-x", 0)
+        assert seen(pod_ip, addr, before) == ("agent-x", "node-old", 2)   # the same node
+        # exported by another node: that one's side decides, as before
+        assert seen(addr, "10.244.0.5", before, agent="10.0.0.1") == ("node-old", "web-6d4cf56db6-x1", 0)
+        # the new Node's flows, by time and without one (who has it now)
+        assert seen(addr, "8.8.8.8", after) == ("node-new", None, 1)
+        assert seen("8.8.8.8", addr, after) == (None, "node-new", 0)
+        assert seen(addr, "8.8.8.8", 0) == ("node-new", None, 1)

@@ -232,11 +232,16 @@ class Model:
         first = min((e[3] for e in then), default=None)
         return [e[2] for e in then if e[3] == first]
 
-    def agent_nodes(self, agent: str) -> list[str | None]:
+    def agent_nodes(self, agent: str, t: int) -> list[str | None]:
         """The exporter's node: the Node listing the address (the last to begin to), else the
-        node of the pods (tombstones included) whose hostIP it is; [None] when unknown."""
+        Node that held it at flow start t (as holders_at: DESIGN.md compares the exporter with the
+        hosts of what the flow's sides are attributed to), else the node of the pods (tombstones
+        included) whose hostIP it is; [None] when unknown."""
         if self.claims.get(agent):
             return [self.claims[agent][-1]]
+        ended = self._ended_at(agent, "node", t)
+        if ended:
+            return [h[1] for h in ended]
         names = sorted({lf.pod.node for lf in self.lives if lf.pod.host_ip == agent})
         return names or [None]
 
@@ -245,7 +250,7 @@ class Model:
         outs = []
         for s in (self.holders_at(src, t) if src else []) or [None]:
             for d in (self.holders_at(dst, t) if dst else []) or [None]:
-                for an in self.agent_nodes(agent) if agent else [None]:
+                for an in self.agent_nodes(agent, t) if agent else [None]:
                     out: dict[str, Any] = {}
                     for prefix, h in (("Src", s), ("Dst", d)):
                         if h is not None:
