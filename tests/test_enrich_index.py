@@ -23,9 +23,20 @@ from enrich.index import ZONE_LABEL, PodRec, gateway_router_ips, management_port
 from tests.support.fake_kube import node, pod, replicaset, service
 
 T0 = 1_700_000_000_000  # ms; objects below are created around here
-# A flow start after every change these tests make (2100-01-01): a Node or Service that stopped
-# holding an address keeps it for the flows that started before (a tombstone), as pods do.
-LATER = 4_102_444_800_000
+
+
+def clock_ms(e: enrich.Enricher) -> int:
+    """Now on the index's clock, in ms: a flow start before the changes the test makes next."""
+    return int(e.index._clock() * 1000)
+
+
+def just_after(e: enrich.Enricher) -> int:
+    """A flow start 1 ms after every change the index applied so far, on its clock: a Node or
+    Service that stopped holding an address is no holder of it for such a flow, while it stays
+    one for the flows that started before (a tombstone), as pods do. (A start in 2100, as these
+    tests had, could not tell a tombstone that ended at the change from one that never ends
+    before its expiry.)"""
+    return clock_ms(e) + 1
 # What an address of nobody gives: no identity, and the layer "app" (no side is infrastructure).
 NOBODY = {"K8S_FlowLayer": "app"}
 
@@ -360,14 +371,18 @@ def test_one_malformed_ovn_annotation_keeps_only_its_own_last_good_addresses() -
     # the join address moves
     e = enrich.Enricher.from_objects(nodes=[n1({"default": "10.244.1.0/24"}, '{"ipv4":"100.64.0.2/16"}')],
                                      config=enrich.EnrichConfig(own_namespace=""))
+    held = clock_ms(e) - 1
     e.index.upsert("nodes", e.index.parse("nodes", n1('{"default":', '{"ipv4":"100.64.0.9/16"}')))
     assert side(flow(e, "10.244.1.2", ""), "SrcK8S_")["Name"] == "n1"
     assert side(flow(e, "100.64.0.9", ""), "SrcK8S_")["Name"] == "n1"
-    assert flow(e, "100.64.0.2", "", t_ms=LATER) == NOBODY
+    assert flow(e, "100.64.0.2", "", t_ms=just_after(e)) == NOBODY
+    assert side(flow(e, "100.64.0.2", "", t_ms=held), "SrcK8S_")["Name"] == "n1"   # its flows of before
     # and mended: its own addresses again
+    held = clock_ms(e) - 1
     e.index.upsert("nodes", e.index.parse("nodes", n1({"default": "10.244.7.0/24"}, '{"ipv4":"100.64.0.9/16"}')))
     assert side(flow(e, "10.244.7.2", ""), "SrcK8S_")["Name"] == "n1"
-    assert flow(e, "10.244.1.2", "", t_ms=LATER) == NOBODY
+    assert flow(e, "10.244.1.2", "", t_ms=just_after(e)) == NOBODY
+    assert side(flow(e, "10.244.1.2", "", t_ms=held), "SrcK8S_")["Name"] == "n1"
 
 
 def test_gateway_router_annotation_shapes() -> None:
@@ -451,7 +466,7 @@ def test_two_services_on_one_cluster_ip_the_one_left_answers() -> None:
     other answering; the index forgot the address when the one it named last went, though the
     other still listed it."""
     def who(e: enrich.Enricher) -> str:
-        return str(flow(e, "", "172.30.0.10", t_ms=LATER).get("DstK8S_Name", ""))
+        return str(flow(e, "", "172.30.0.10", t_ms=just_after(e)).get("DstK8S_Name", ""))
 
     old = service("old", "shop", ips=["172.30.0.10"])
     new = service("new", "shop", ips=["172.30.0.10", "fd00:172:30::10"])
@@ -464,8 +479,10 @@ def test_two_services_on_one_cluster_ip_the_one_left_answers() -> None:
         idx.delete("services", idx.parse("services", gone))
         assert who(e) == left, first_gone
         assert e.stats()["index"]["service_ips"] == (2 if left == "new" else 1), first_gone
+        held = clock_ms(e) - 1
         idx.delete("services", idx.parse("services", old if left == "old" else new))
         assert who(e) == "" and e.stats()["index"]["service_ips"] == 0, first_gone
+        assert flow(e, "", "172.30.0.10", t_ms=held)["DstK8S_Name"] == left, first_gone   # its flows of before
     # An update that drops the address from one: the other answers; a relist without either.
     e = build(services=[old, new])
     idx = e.index
@@ -1179,8 +1196,10 @@ def test_an_address_two_nodes_list_stays_with_the_node_still_listing_it() -> Non
         got = side(flow(e, "10.0.0.7", "8.8.8.8", agent="10.0.0.7"), "SrcK8S_")
         assert (got["Name"], got["Zone"]) == (first, listed[0]["metadata"]["labels"][ZONE_LABEL]), listed
         assert flow(e, "10.0.0.7", "8.8.8.8", agent="10.0.0.7")["FlowDirection"] == 1  # the exporter's node
+        held = clock_ms(e) - 1
         idx.delete("nodes", idx.parse("nodes", listed[0]))
-        assert flow(e, "10.0.0.7", "", t_ms=LATER) == NOBODY
+        assert flow(e, "10.0.0.7", "", t_ms=just_after(e)) == NOBODY
+        assert flow(e, "10.0.0.7", "", t_ms=held)["SrcK8S_Name"] in (first, last)   # its flows of before
         # (the exporter at the address stays the Node that had it, for the flows of before: tombstones)
         assert not idx._node_addr and list(idx._agents) == [raw("10.0.0.7")]
     # Watch events: the newest Node listing the address answers; when it stops listing it (or
@@ -1197,7 +1216,7 @@ def test_an_address_two_nodes_list_stays_with_the_node_still_listing_it() -> Non
     idx.delete("nodes", idx.parse("nodes", node("n-old", internal=["10.0.0.7"])))
     assert flow(e, "10.0.0.7", "")["SrcK8S_Name"] == "n-new"
     assert flow(e, "10.0.0.7", "8.8.8.8", agent="10.0.0.7")["FlowDirection"] == 1
-    assert flow(e, "10.0.0.8", "", t_ms=LATER) == NOBODY and flow(e, "203.0.113.9", "", t_ms=LATER) == NOBODY
+    assert flow(e, "10.0.0.8", "", t_ms=just_after(e)) == NOBODY and flow(e, "203.0.113.9", "", t_ms=just_after(e)) == NOBODY
 
 
 def test_a_node_address_of_any_type_that_is_an_ip_is_the_nodes() -> None:
@@ -1219,13 +1238,15 @@ def test_a_node_address_of_any_type_that_is_an_ip_is_the_nodes() -> None:
     # HostIP stays the InternalIP (the address pods name as their hostIP)
     assert (got["Name"], got["Type"], got["HostIP"], got["Zone"]) == ("node-h", "Node", "10.0.0.1", "zh"), got
     assert flow(e, "192.168.50.7", "8.8.8.8", agent="192.168.50.7")["FlowDirection"] == 1
-    # the address changes: the old one is nobody's, the new one the node's
+    # the address changes: the old one is nobody's (but for the flows of before), the new one the node's
+    held = clock_ms(e) - 1
     idx.upsert("nodes", idx.parse("nodes", a_node("192.168.50.8")))
-    assert flow(e, "192.168.50.7", "", t_ms=LATER) == NOBODY
+    assert flow(e, "192.168.50.7", "", t_ms=just_after(e)) == NOBODY
+    assert flow(e, "192.168.50.7", "", t_ms=held)["SrcK8S_Name"] == "node-h"
     assert flow(e, "192.168.50.8", "")["SrcK8S_Name"] == "node-h"
     # a name as Hostname: nothing indexed for it, and no problem counted
     idx.upsert("nodes", idx.parse("nodes", a_node("node-h")))
-    assert flow(e, "192.168.50.8", "", t_ms=LATER) == NOBODY
+    assert flow(e, "192.168.50.8", "", t_ms=just_after(e)) == NOBODY
     assert flow(e, "10.0.0.1", "")["SrcK8S_Name"] == "node-h"
     assert idx.problems == {}
     # an update whose InternalIP cannot be read keeps the last good addresses (a Hostname IP
@@ -1431,7 +1452,8 @@ def test_a_malformed_field_in_an_update_keeps_that_fields_last_good_value(caplog
     assert len(caplog.records) == 2
     # Good values replace the kept ones: no annotation (no management port), another address.
     idx.upsert("nodes", idx.parse("nodes", node("node-x", internal=["10.0.9.3"], zone="z2")))
-    assert flow(e, "10.244.9.2", "", t_ms=LATER) == NOBODY and flow(e, "10.0.9.1", "", t_ms=LATER) == NOBODY
+    assert flow(e, "10.244.9.2", "", t_ms=just_after(e)) == NOBODY and flow(e, "10.0.9.1", "", t_ms=just_after(e)) == NOBODY
+    assert flow(e, "10.0.9.1", "", t_ms=clock.ms - 1)["SrcK8S_Name"] == "node-x"   # its flows of before
     assert flow(e, "10.0.9.3", "")["SrcK8S_Name"] == "node-x"
     idx.upsert("pods", idx.parse("pods", pod("web-1", "shop", ips=["10.244.9.6"], node="node-x", host_ip="10.0.9.3",
                                               uid="u1", created=iso(T0 - 60_000))))

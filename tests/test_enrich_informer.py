@@ -739,8 +739,12 @@ def test_node_and_replicaset_events_rerender_pods(seeded: FakeKube, enricher: en
         "DstK8S_HostIP": "10.0.0.2", "DstK8S_HostName": "node-b", "DstK8S_Zone": "zone-b",
         "K8S_FlowLayer": "app", "FlowDirection": 2,
     }
+    held = int(time.time() * 1000) - 1
     seeded.delete("nodes", "node-b")
     wait_for(lambda: flow(enricher, "10.244.1.2", "", t_ms=FUTURE) == NOBODY, what="node deleted")
+    # nobody's for the flows since the delete; node-b's for those of before (its tombstone)
+    assert flow(enricher, "10.244.1.2", "", t_ms=int(time.time() * 1000) + 1) == NOBODY
+    assert flow(enricher, "10.244.1.2", "", t_ms=held)["SrcK8S_Name"] == "node-b"
 
 
 def test_every_host_ip_of_a_dual_stack_pod_names_its_node_as_exporter(seeded: FakeKube,

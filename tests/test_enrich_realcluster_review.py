@@ -10,6 +10,7 @@ checked against the enrichment rules (DESIGN.md "Enrichment rules"), not against
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import enrich
@@ -99,9 +100,15 @@ def rs_meta(name: str, ns: str, owner: tuple[str, str, str] | None) -> dict[str,
             "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}}}}
 
 
-# A flow start after every change these tests make (2100-01-01): a Node or Service that stopped
-# holding an address keeps it for the flows that started before (a tombstone), as pods do.
+# A flow start after every change these tests make (2100-01-01), to wait for a change to be
+# applied: a Node or Service that stopped holding an address keeps it for the flows that
+# started before (a tombstone), as pods do, until the change, which the tests then check.
 LATER = 4_102_444_800_000
+
+
+def _ms() -> int:
+    """Now in Unix ms, the informers' index clock."""
+    return int(time.time() * 1000)
 
 
 def _ident(e: enrich.Enricher, ip: str, t_ms: int = 0) -> tuple[str, str] | None:
@@ -125,20 +132,28 @@ def test_watch_node_subnets_forms_internal_ip_change_and_node_recreated(fake_kub
         assert _ident(e, "10.128.2.2") == ("w1", "Node")
         assert _ident(e, "fd00::10") == ("w1", "Node")
         assert _ident(e, "10.200.2.2") is None
-        # InternalIP changes (a VM re-addressed)
+        # InternalIP changes (a VM re-addressed): the old addresses are nobody's for the flows
+        # since (a start 1 ms after the change was seen), still w1's for those of before
+        held = _ms() - 1
         n = ocp_node("w1", [("InternalIP", "10.0.1.20"), ("Hostname", "w1")], subnets={"default": ["10.128.2.0/23"]})
         fake_kube.modify("nodes", n)
         wait_for(lambda: _ident(e, "10.0.1.20") == ("w1", "Node"), what="new InternalIP")
-        assert all(_ident(e, ip, LATER) is None for ip in ("10.0.1.10", "fd00::10", "fd01:0:0:2::2"))
+        gone = ("10.0.1.10", "fd00::10", "fd01:0:0:2::2")
+        since = _ms() + 1
+        assert [_ident(e, ip, since) for ip in gone] == [None] * 3
+        assert [_ident(e, ip, held) for ip in gone] == [("w1", "Node")] * 3
         assert flow(e, "10.128.2.2", "")["SrcK8S_HostIP"] == "10.0.1.20"
         # deleted, and re-registered under the same name with another address and zone
+        held = _ms() - 1
         fake_kube.delete("nodes", "w1")
         wait_for(lambda: _ident(e, "10.0.1.20", LATER) is None, what="node deleted")
-        assert _ident(e, "10.128.2.2", LATER) is None
+        since = _ms() + 1
+        assert _ident(e, "10.0.1.20", since) is None and _ident(e, "10.128.2.2", since) is None
+        assert _ident(e, "10.0.1.20", held) == _ident(e, "10.128.2.2", held) == ("w1", "Node")
         fake_kube.add("nodes", ocp_node("w1", [("InternalIP", "10.0.1.30"), ("Hostname", "w1")],
                                         subnets={"default": ["10.128.6.0/23"]}, zone="us-east-1c"))
         wait_for(lambda: _ident(e, "10.0.1.30") == ("w1", "Node"), what="node re-added")
-        assert _ident(e, "10.128.6.2") == ("w1", "Node") and _ident(e, "10.128.2.2", LATER) is None
+        assert _ident(e, "10.128.6.2") == ("w1", "Node") and _ident(e, "10.128.2.2", _ms() + 1) is None
         assert flow(e, "10.0.1.30", "")["SrcK8S_Zone"] == "us-east-1c"
         assert e.stats()["problems"] == {}
 
