@@ -958,6 +958,17 @@ def test_lists_ask_for_gzip_and_decode_the_compressed_pages(seeded: FakeKube, ku
     assert (seeded.gzipped >= 1) == gzip
 
 
+def _relisted_once_the_list_fault_clears(seeded: FakeKube, e: enrich.Enricher, name: str, ip: str) -> None:
+    """The pods list fault cleared, a pod `name` added meanwhile: the next relist takes it in, the
+    seeded pod still there, and the informer no longer failing."""
+    seeded.add("pods", pod(name, "shop", ips=[ip]))
+    seeded.clear("pods", "list")
+    wait_for(lambda: e.stats()["kinds"]["pods"]["relists"] == 1, timeout=15, what="the relist")
+    assert flow(e, ip, "")["SrcK8S_Name"] == name
+    assert flow(e, "10.244.0.5", "")["SrcK8S_Name"] == "web-6d4cf56db6-x1"
+    assert e.stats()["kinds"]["pods"]["last_error"] == ""
+
+
 @pytest.mark.parametrize(("fault", "chunk", "cap"), [("bomb", 500, "LIST_PAGE_MAX_BYTES"),
                                                      ("bomb", 0, "LIST_UNPAGED_MAX_BYTES"),
                                                      ("endless", 500, "LIST_PAGE_MAX_BYTES")])
@@ -991,12 +1002,7 @@ def test_a_list_answer_over_its_bound_is_not_read_on(seeded: FakeKube, kubeconfi
             if fault == "endless":
                 # the client hung up: the rest of the answer was never sent
                 wait_for(lambda: seeded.bomb_sent < seeded.bomb_bytes, what="the answer cut")  # type: ignore[operator]
-            seeded.add("pods", pod("after-bomb", "shop", ips=["10.244.0.71"]))
-            seeded.clear("pods", "list")
-            wait_for(lambda: e.stats()["kinds"]["pods"]["relists"] == 1, timeout=15, what="the relist")
-            assert flow(e, "10.244.0.71", "")["SrcK8S_Name"] == "after-bomb"
-            assert flow(e, "10.244.0.5", "")["SrcK8S_Name"] == "web-6d4cf56db6-x1"
-            assert e.stats()["kinds"]["pods"]["last_error"] == ""
+            _relisted_once_the_list_fault_clears(seeded, e, "after-bomb", "10.244.0.71")
     msgs = [r.getMessage() for r in caplog.records if "oversize" in r.getMessage() or "over 1048576" in r.getMessage()]
     assert len(msgs) == 1 and msgs[0].startswith("enrich: pods informer: list pods: the answer took over 1048576 "
                                                  "bytes"), msgs
@@ -1027,12 +1033,7 @@ def test_a_list_answer_that_trickles_in_is_cut_at_the_page_timeout(seeded: FakeK
             st = e.stats()["kinds"]["pods"]
             assert (st["relists"], set(st["errors"]), st["objects"]) == (0, {"list_timeout"}, 1), st
             assert enrich_series(e)["flowscope_enrich_stat"][("kinds_pods_errors_list_timeout",)] >= 2
-            seeded.add("pods", pod("after-trickle", "shop", ips=["10.244.0.72"]))
-            seeded.clear("pods", "list")
-            wait_for(lambda: e.stats()["kinds"]["pods"]["relists"] == 1, timeout=15, what="the relist")
-            assert flow(e, "10.244.0.72", "")["SrcK8S_Name"] == "after-trickle"
-            assert flow(e, "10.244.0.5", "")["SrcK8S_Name"] == "web-6d4cf56db6-x1"
-            assert e.stats()["kinds"]["pods"]["last_error"] == ""
+            _relisted_once_the_list_fault_clears(seeded, e, "after-trickle", "10.244.0.72")
     msgs = [r.getMessage() for r in caplog.records if "list_timeout" in r.getMessage() or "not all there" in r.getMessage()]
     assert len(msgs) == 1 and msgs[0].startswith("enrich: pods informer: list pods: the answer was not all there "
                                                  "1 s after the request"), msgs

@@ -178,6 +178,16 @@ def test_the_watch_cache_keeps_a_window_and_answers_410_before_it() -> None:
         assert fake.compacted["nodes"] == 0
 
 
+def _added_while_held(fake: FakeKube, numbers: range) -> Callable[[], None]:
+    """What a test does once its pods watch is open (held): pods p<n> added, then released."""
+    def add() -> None:
+        wait_for(lambda: fake.watchers["pods"] == 1, what="the watch open")
+        for i in numbers:
+            fake.add("pods", pod(f"p{i}", ips=[f"10.244.0.{i + 1}"]))
+        fake.release("pods")
+    return add
+
+
 def test_an_open_watch_that_falls_behind_the_window_gets_410() -> None:
     """An open watch whose events piled up (held) past the window: on release it gets 410 Gone,
     not the newest events with the ones it missed left out."""
@@ -186,24 +196,10 @@ def test_an_open_watch_that_falls_behind_the_window_gets_410() -> None:
         fake.add("pods", pod("p0", ips=["10.244.0.1"]))
         rv = fake.rv
         fake.hold("pods")
-
-        def pile_up() -> None:
-            wait_for(lambda: fake.watchers["pods"] == 1, what="the watch open")
-            for i in range(1, 6):
-                fake.add("pods", pod(f"p{i}", ips=[f"10.244.0.{i + 1}"]))
-            fake.release("pods")
-
-        got = _watch_lines(fake, rv, timeout=5, started=pile_up)
+        got = _watch_lines(fake, rv, timeout=5, started=_added_while_held(fake, range(1, 6)))
         assert [(e["type"], e["object"].get("code")) for e in got] == [("ERROR", 410)]
         # within the window, the same watch gets what piled up
         rv = fake.rv
         fake.hold("pods")
-
-        def two() -> None:
-            wait_for(lambda: fake.watchers["pods"] == 1, what="the watch open")
-            for i in range(6, 8):
-                fake.add("pods", pod(f"p{i}", ips=[f"10.244.0.{i + 1}"]))
-            fake.release("pods")
-
-        got = _watch_lines(fake, rv, timeout=1, started=two)
+        got = _watch_lines(fake, rv, timeout=1, started=_added_while_held(fake, range(6, 8)))
         assert [e["object"]["metadata"]["name"] for e in got] == ["p6", "p7"]
