@@ -29,8 +29,10 @@ cdef extern from *:
     #define FS_VIEW_AGENT_SETS 256  /* exporter address -> node answers: sets of two (a power of two) */
     #if defined(__GNUC__) || defined(__clang__)
     #define FS_ALWAYS_INLINE static inline __attribute__((always_inline))
+    #define FS_UNLIKELY(x) __builtin_expect(!!(x), 0)
     #else
     #define FS_ALWAYS_INLINE static inline
+    #define FS_UNLIKELY(x) (x)
     #endif
 
     /* One cache line per slot (64 bytes; the reader maps the array on a 2 MiB boundary): a
@@ -243,7 +245,11 @@ cdef extern from *:
        given its InternalIP) is answered by the reader as a tuple (the address's Node chain, the
        node it names now or None): the node it named at flow start t is the chain's holder then
        (enrich.index._holder_at, as the flow's sides are resolved), else the one it names now.
-       Borrowed; NULL when none. Only such addresses pay for it (a node name is a str). */
+       Borrowed; NULL when none. Only such addresses pay for it (a node name is a str); out of
+       line and cold, so that the output rule it is called from stays as small as it was. */
+    #if defined(__GNUC__) || defined(__clang__)
+    __attribute__((noinline, cold))
+    #endif
     static PyObject* fs_view_agent_at(PyObject* a, long long t) {
         PyObject* e = PyTuple_GET_ITEM(a, 0);
         PyObject* n;
@@ -298,7 +304,7 @@ cdef extern from *:
         layer = (s->infra | d->infra) != 0;   /* no side's layer bit: app, or infra under netobserv */
         /* NetObserv's reinterpretDirection: same node -> inner; otherwise egress when the
            exporter is the source's node, ingress when it is the destination's. */
-        if (agent_node != NULL && PyTuple_CheckExact(agent_node)) agent_node = fs_view_agent_at(agent_node, t);
+        if (FS_UNLIKELY(agent_node != NULL && PyTuple_CheckExact(agent_node))) agent_node = fs_view_agent_at(agent_node, t);
         if (sn != NULL && sn == dn) fd = 2;
         else if (agent_node == NULL) fd = direction;
         else if (agent_node == sn) fd = 1;
