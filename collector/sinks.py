@@ -2717,6 +2717,24 @@ class KafkaSink(Sink):
         now = _aio_produced(topic, o.partition)
         return sys.maxsize if before is None or now is None else now - before
 
+    def _answering(self) -> bool:
+        """Whether some broker answered within the request timeout on a connection still open:
+        the direct path's Produce connections (DirectProducer.answering()), or, on the aiokafka
+        path, the producers' connections (each notes when it last read an answer, any request's:
+        its idle timer). A batch failed by another broker's lost connection or timeout then leaves
+        the sink connected, its partitions said out of reach (_watch), on either path alike. Read
+        at a failure only: nothing is added to each batch's way."""
+        if self.direct is not None:
+            return bool(self.direct.answering())
+        since = time.monotonic() - self.k.request_timeout_ms / 1000
+        for p in self.producers:
+            conns = getattr(p.client, "_conns", None)
+            for conn in (conns.values() if isinstance(conns, dict) else ()):
+                at = getattr(conn, "_last_action", None)
+                if isinstance(at, float) and at > since and conn.connected():
+                    return True
+        return False
+
     def throttle_seconds(self) -> float:
         """Time the brokers said they throttled the direct path's Produce requests."""
         return 0.0 if self.direct is None else self.direct.throttle_ms / 1000
@@ -2770,13 +2788,14 @@ class KafkaSink(Sink):
                 h.until = time.monotonic()
             return
         self.errors["produce"] += 1
-        if not _broker_answer(exc) and not (self.direct is not None and self.direct.answering()):
+        if not _broker_answer(exc) and not self._answering():
             # (a partition's error in a broker's answer is no lost connection: with one partition
             # refused and the others delivered, flowscope_sink_connected and /readyz flapped at
             # every retry; a broker refusing everything shows as flowscope_sink_stalled_seconds.
             # Nor is one broker's lost connection while another still answers on its own: one
             # broker of several timing out dropped flowscope_sink_connected with the others
-            # delivering)
+            # delivering; through aiokafka too, where a broker killed failed its batches with
+            # NodeNotReadyError while the others acknowledged theirs)
             self.connected = False
             # (/readyz's reason: it said "kafka sink not connected" alone until a refresh failed)
             self.problem = f"a batch of {len(o.records)} records not delivered: {exc!r}"

