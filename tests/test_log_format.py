@@ -163,3 +163,26 @@ def test_a_configuration_error_is_a_json_line_when_the_sources_ask_for_json(tmp_
     conf.write_text("log-format: json\nworkers: 0\n")
     (rec,) = _json_lines(run("--config", str(conf)).stderr)
     assert rec["msg"] == f"configuration error: workers (from {conf}): 0 is out of range: must be between 1 and 256"
+
+
+def test_aiokafkas_unreachable_broker_lines_are_rate_limited_per_broker() -> None:
+    """aiokafka's "Unable connect to node with id %s: %s" (aiokafka.client's own template) was
+    rate-limited by its template alone: with one broker's line said, another broker's first one
+    within 10 s was left out. Per broker now, each broker's first said; the repeats counted in the
+    next one said, at WARNING (the sink's line about the broker is the ERROR)."""
+    from collector.util import _RateLimitFilter
+
+    f = _RateLimitFilter(10.0, debug=True)
+
+    def rec(node: int) -> logging.LogRecord:
+        return logging.makeLogRecord({"name": "aiokafka", "levelno": logging.ERROR, "levelname": "ERROR",
+                                      "msg": "Unable connect to node with id %s: %s",
+                                      "args": (node, ConnectionRefusedError(111, "Connection refused"))})
+    assert [f.filter(rec(n)) for n in (1, 2, 1, 1, 2)] == [True, True, False, False, False]
+    third = rec(3)
+    assert f.filter(third) and third.levelno == logging.WARNING and third.levelname == "WARNING"
+    f._last = {k: v - 10.0 for k, v in f._last.items()}   # (10 s on)
+    again = rec(1)
+    assert f.filter(again)
+    assert again.getMessage() == "Unable connect to node with id 1: [Errno 111] Connection refused (2 similar messages suppressed)"
+    assert again.suppressed == 2 and again.levelname == "WARNING"   # type: ignore[attr-defined]
