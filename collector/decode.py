@@ -28,8 +28,10 @@ __all__ = ["add_arguments", "enrich_config", "run"]
 # run's schema (flag, parser, range, help) so that decode enriches as run would: the page size
 # of the informers' lists (a large cluster lists as slowly here, and meets the same continue
 # token expiry), and how long a deleted pod keeps its addresses (a long decode sees deletions:
-# every flow of the capture started before them), and whether lists ask for gzip.
-RUN_ENRICH_OPTIONS = ("enrich.list_chunk_size", "enrich.tombstone_seconds", "enrich.list_gzip")
+# every flow of the capture started before them), whether lists ask for gzip, and how long one
+# list page may take.
+RUN_ENRICH_OPTIONS = ("enrich.list_chunk_size", "enrich.tombstone_seconds", "enrich.list_gzip",
+                      "enrich.list_page_timeout_seconds")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
