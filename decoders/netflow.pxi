@@ -841,6 +841,7 @@ cdef class ExporterState:
         changes nothing."""
         cdef SeqStream st = self.cur_seq
         cdef uint32_t ahead, behind, back
+        cdef bint went_back
         cdef int i
         if st is None or st.kind != kind or st.port != port or st.domain != domain:
             st = self.seq_stream(kind, port, domain)
@@ -885,39 +886,28 @@ cdef class ExporterState:
         if st.synced:
             ahead = seq - st.next
             behind = st.next - seq
+            # uptime wraps at 2^32 ms (49.7 days): "went back" is a difference below 2^31
+            back = <uint32_t>(st.uptime - uptime) if uptime >= 0 and st.uptime >= 0 else 0
+            went_back = SEQ_RESTART_UPTIME_MS < back < 0x80000000u
             if ahead == 0:
                 pass
-            elif ahead <= SEQ_MAX_GAP:
-                back = (<uint32_t>(st.uptime - uptime) if kind == PROTO_SFLOW5 and uptime >= 0 and st.uptime >= 0
-                        else 0)
-                if SEQ_RESTART_UPTIME_MS < back < 0x80000000u:
-                    # sFlow: numbered after the latest but sent more than SEQ_RESTART_UPTIME_MS
-                    # before it, which no datagram of the same run can be (sflow_other_run): the
-                    # agent restarted, and the first datagram seen of its new run is numbered past
-                    # the old run's latest (its first ones lost, or the old run a short one). Read
-                    # as a gap, the difference between two runs' numbers was counted lost, up to
-                    # SEQ_MAX_GAP of it, and no restart.
-                    self.restart(st)
-                    st.uptime_restarted = True
-                    st.restart_ms = now_ms
-                else:
-                    self.open_gap(st, st.next, ahead, <int64_t>st.prev_count - <int64_t>advance
-                                  if (kind == PROTO_IPFIX or kind == PROTO_NETFLOW5) and not st.inclusive else 0,
-                                  now_ms)
-            elif behind <= SEQ_MAX_GAP:
-                # uptime wraps at 2^32 ms (49.7 days): "went back" is a difference below 2^31
-                back = <uint32_t>(st.uptime - uptime) if uptime >= 0 and st.uptime >= 0 else 0
-                if back <= SEQ_RESTART_UPTIME_MS or back >= 0x80000000u:
-                    if self.late(st, seq, advance, now_ms, export_s, uptime):
-                        return
-                else:
-                    self.restart(st)            # the exporter restarted: sequence and uptime went back
-                    st.uptime_restarted = True
-                    st.restart_ms = now_ms
+            elif ahead <= SEQ_MAX_GAP and not (kind == PROTO_SFLOW5 and went_back):
+                self.open_gap(st, st.next, ahead, <int64_t>st.prev_count - <int64_t>advance
+                              if (kind == PROTO_IPFIX or kind == PROTO_NETFLOW5) and not st.inclusive else 0,
+                              now_ms)
+            elif behind <= SEQ_MAX_GAP and not went_back:
+                if self.late(st, seq, advance, now_ms, export_s, uptime):
+                    return
             else:
+                # A jump past SEQ_MAX_GAP either way, or the exporter restarted: sequence and
+                # uptime went back. An sFlow datagram numbered after the latest but sent more than
+                # SEQ_RESTART_UPTIME_MS before it, which no datagram of the same run can be
+                # (sflow_other_run), is a restart too: the first datagram seen of the agent's new
+                # run is numbered past the old run's latest (its first ones lost, or the old run a
+                # short one); read as a gap, the difference between two runs' numbers was counted
+                # lost, up to SEQ_MAX_GAP of it, and no restart.
                 self.restart(st)
-                back = <uint32_t>(st.uptime - uptime) if uptime >= 0 and st.uptime >= 0 else 0
-                st.uptime_restarted = SEQ_RESTART_UPTIME_MS < back < 0x80000000u
+                st.uptime_restarted = went_back
                 st.restart_ms = now_ms
         elif st.floor and <uint32_t>(st.next - seq) <= SEQ_MAX_GAP and (st.next != seq or not st.inclusive):
             # At or behind the number of a message that was not counted (ipfix_forget): sent
