@@ -30,14 +30,21 @@ class RateLimitedLog:
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
-    def log(self, level: int, key: str, msg: str, *args: Any, extra: dict[str, Any] | None = None) -> None:
+    def admit(self, key: str) -> int | None:
+        """None while `key` was said within the interval (counted as suppressed); else how many
+        were suppressed since it was last said (0 for none)."""
         now = time.monotonic()
         last = self._last.get(key)
         if last is not None and now - last < self.interval:
             self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            return
+            return None
         self._last[key] = now
-        n = self._suppressed.pop(key, 0)
+        return self._suppressed.pop(key, 0)
+
+    def log(self, level: int, key: str, msg: str, *args: Any, extra: dict[str, Any] | None = None) -> None:
+        n = self.admit(key)
+        if n is None:
+            return
         if n:
             msg += f" ({n} similar messages suppressed)"
             extra = {**(extra or {}), "suppressed": n}
@@ -77,10 +84,8 @@ class _RateLimitFilter(logging.Filter):
 
     def __init__(self, interval: float, debug: bool = False) -> None:
         super().__init__()
-        self.interval = interval
         self.debug = debug
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
+        self._gate = RateLimitedLog(logging.getLogger(__name__), interval)   # (its admit() only)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not record.name.startswith(("aiokafka", "kafka")):
@@ -91,14 +96,11 @@ class _RateLimitFilter(logging.Filter):
         key = f"{record.name}:{record.msg}"
         if isinstance(record.msg, str) and record.msg.startswith("Unable connect to ") and isinstance(record.args, tuple):
             key += repr(record.args[:-1])   # (the node id, or host and port: the cause is the last)
-        now = time.monotonic()
-        if now - self._last.get(key, -1e9) < self.interval:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+        n = self._gate.admit(key)
+        if n is None:
             return False
-        self._last[key] = now
         if said and record.levelno > logging.WARNING:
             record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
-        n = self._suppressed.pop(key, 0)
         if n:
             record.msg, record.args = f"{record.getMessage()} ({n} similar messages suppressed)", ()
             record.suppressed = n

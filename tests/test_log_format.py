@@ -181,7 +181,7 @@ def test_aiokafkas_unreachable_broker_lines_are_rate_limited_per_broker() -> Non
     assert [f.filter(rec(n)) for n in (1, 2, 1, 1, 2)] == [True, True, False, False, False]
     third = rec(3)
     assert f.filter(third) and third.levelno == logging.WARNING and third.levelname == "WARNING"
-    f._last = {k: v - 10.0 for k, v in f._last.items()}   # (10 s on)
+    f._gate._last = {k: v - 10.0 for k, v in f._gate._last.items()}   # (10 s on)
     again = rec(1)
     assert f.filter(again)
     assert again.getMessage() == "Unable connect to node with id 1: [Errno 111] Connection refused (2 similar messages suppressed)"
