@@ -133,7 +133,7 @@ def test_answers_are_compressed_when_asked_and_large_as_the_api_server_does(acce
             http.clear()
 
 
-def _watch_lines(fake: FakeKube, rv: int, *, timeout: int = 1, started: Callable[[], None] | None = None
+def _watch_lines(fake: FakeKube, rv: int | str, *, timeout: int = 1, started: Callable[[], None] | None = None
                  ) -> list[dict[str, Any]]:
     """The events of one pods watch from resourceVersion `rv` (its server-side timeout ends it);
     `started` is called once the server has the watch open."""
@@ -203,3 +203,34 @@ def test_an_open_watch_that_falls_behind_the_window_gets_410() -> None:
         fake.hold("pods")
         got = _watch_lines(fake, rv, timeout=1, started=_added_while_held(fake, range(6, 8)))
         assert [e["object"]["metadata"]["name"] for e in got] == ["p6", "p7"]
+
+
+def test_a_watch_from_resource_version_0_starts_from_the_current_state_however_far_the_window_moved() -> None:
+    """A watch from resourceVersion "0" (or none) is "start at any" to the API server: never 410,
+    however far the watch cache's window moved (or after a compaction, expire()); it gets the
+    objects as they are, as synthetic ADDED events at their own resourceVersions (a deleted one
+    not), then the changes that follow. Before, the fake answered it 410 Gone once its window
+    had moved, which no API server does."""
+    with running_fake_kube() as fake:
+        fake.watch_window = 3
+        for i in range(6):
+            fake.add("pods", pod(f"p{i}", ips=[f"10.244.0.{i + 1}"]))
+        fake.delete("pods", "p2", "default")
+        assert fake.compacted["pods"] > 0   # a watch from the first resourceVersions is refused
+        assert [(e["type"], e["object"].get("code")) for e in _watch_lines(fake, 101)] == [("ERROR", 410)]
+        rvs = {o["metadata"]["name"]: o["metadata"]["resourceVersion"] for o in fake.objects["pods"].values()}
+        for query in ("0", ""):
+            def change() -> None:
+                wait_for(lambda: fake.watchers["pods"] == 1, what="the watch open")
+                fake.modify("pods", pod("p0", ips=["10.244.0.50"]))
+
+            got = _watch_lines(fake, query, started=change)
+            names = ["p0", "p1", "p3", "p4", "p5"]
+            assert [(e["type"], e["object"]["metadata"]["name"]) for e in got] == (
+                [("ADDED", n) for n in names] + [("MODIFIED", "p0")]), query
+            assert [e["object"]["metadata"]["resourceVersion"] for e in got[:5]] == [rvs[n] for n in names]
+            rvs["p0"] = got[-1]["object"]["metadata"]["resourceVersion"]
+            assert got[0]["object"]["status"]["podIP"] == ("10.244.0.1" if query == "0" else "10.244.0.50")
+        fake.expire("pods")
+        got = _watch_lines(fake, 0)
+        assert [(e["type"], e["object"]["metadata"]["name"]) for e in got] == [("ADDED", n) for n in names]

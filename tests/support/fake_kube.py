@@ -4,7 +4,9 @@ Why: no API server can run in CI, and mocking the client would test nothing of t
 HTTP handling. This server answers the real requests of `kubernetes.client` (Bearer token auth,
 JSON lists with metadata.resourceVersion and limit/continue paging, PartialObjectMetadata lists
 when asked through Accept, watch streams as chunked newline-delimited JSON events with ADDED /
-MODIFIED / DELETED / BOOKMARK / ERROR, 410 Gone for compacted resourceVersions and continue tokens, 504 "Too large
+MODIFIED / DELETED / BOOKMARK / ERROR, 410 Gone for compacted resourceVersions and continue tokens (a watch
+from resourceVersion "0", or none, is never too old: it gets the current objects as ADDED events, as the
+watch cache sends them, then what follows), 504 "Too large
 resource version" for one the server has not reached (an etcd restore: backup() / restore()),
 401/403 Status objects) and lets a test inject faults: dropped connections, garbage bodies, forbidden verbs,
 held events (so changes can happen "in between" a dead watch and a relist), and an `on_request` hook
@@ -809,9 +811,26 @@ class _Handler(BaseHTTPRequestHandler):
             return
         with k.cond:
             gone_gen, drop_gen = k.gone_gen[kind], k.drop_gen[kind]
-            too_old = rv < k.compacted[kind]
+            initial: list[bytes] = []
+            if rv == 0:
+                # resourceVersion "0" (or none): "start at any", never too old. The watch cache
+                # sends the state it holds as synthetic ADDED events (each object at its own
+                # resourceVersion), then the events after its current resourceVersion
+                # (k8s.io/apiserver watch_cache.go, getAllEventsSinceLocked: resourceVersion 0).
+                for _, obj in sorted(k.objects[kind].items()):
+                    initial.append(json.dumps({"type": "ADDED", "object": _meta_only(obj) if meta_only else obj})
+                                   .encode() + b"\n")
+                rv = k.rv
+                # (expire() moves the compaction past the current resourceVersion, so that every
+                # watch from it is refused: not this one, which starts from the state itself)
+                exempt = k.compacted[kind] if k.compacted[kind] > rv else None
+            else:
+                exempt = None
+            too_old = rv < k.compacted[kind] and k.compacted[kind] != exempt
             k.watchers[kind] += 1
         try:
+            for line in initial:
+                self._chunk(line)
             if fault in ("oversize", "slow_oversize"):
                 if fault == "slow_oversize":
                     time.sleep(1.2)
@@ -829,7 +848,7 @@ class _Handler(BaseHTTPRequestHandler):
                         if k.stopping or k.drop_gen[kind] != drop_gen:
                             out, end = [], "drop"
                             break
-                        if k.gone_gen[kind] != gone_gen or rv < k.compacted[kind]:
+                        if k.gone_gen[kind] != gone_gen or (rv < k.compacted[kind] and k.compacted[kind] != exempt):
                             # (expired, or fell behind the watch cache's window: events it has
                             # not sent are gone)
                             out, end = [], "gone"
