@@ -242,9 +242,11 @@ SERIES: dict[str, Series] = {s.name: s for s in [
            "decompressed, 256 MiB a page, 4 GiB unpaged: a gzip bomb or an endless answer from a broken server "
            "or proxy, not read on, retried with backoff; list_timeout: a list answer not all there "
            "--enrich-list-page-timeout-seconds after its request, 300 s by default: a server or proxy trickling "
-           "it, cut, retried with backoff) and kinds_<kind>_list_seconds is how long the last "
+           "it, cut, retried with backoff), kinds_<kind>_list_seconds is how long the last "
            "completed list took (its continue token expires past the API server's etcd compaction interval, "
-           "5 min by default)", ("stat",), merge="max"),
+           "5 min by default) and kinds_<kind>_watches_overdue counts watch streams the API server had not "
+           "ended their timeoutSeconds plus 30 s after their request (a proxy keeping them open with a byte now "
+           "and then while events wait): cut and resumed from the last resourceVersion, no error", ("stat",), merge="max"),
     Series("flowscope_informers_synced", "gauge", "1 when every informer has completed its first list "
            "(with --workers, in every worker), else 0; no series while enrichment is off", merge="min"),
     # the HTTP endpoint (collector/http.py)

@@ -516,7 +516,8 @@ class Enricher:
 
         {"enabled", "ready",
          "kinds": {kind: {"synced", "state", "events": {type: n}, "lists", "relists",
-                          "errors": {cause: n}, "objects", "resource_version", "last_sync", "list_seconds"}},
+                          "errors": {cause: n}, "objects", "resource_version", "last_sync", "list_seconds",
+                          "last_error", "watches_overdue"}},
          "index": {"pods", "nodes", "services", "replicasets", "tombstones", "address_tombstones", "addresses", ...},
          "problems": {cause: n},   # bad input: bad_pod, bad_node, bad_owner, bad_annotation, bad_pod_networks,
                                    # and conflicts: pod_network_ambiguous, pod_network_shadowed, ...

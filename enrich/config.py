@@ -94,7 +94,10 @@ class EnrichConfig:
     # this only bounds how long one HTTP stream lives.
     watch_timeout_seconds: int = 300
     # Extra read timeout on top of the watch timeout: a silent dead connection is noticed
-    # after watch_timeout_seconds + this at worst.
+    # after watch_timeout_seconds + this at worst. Also how long after its timeoutSeconds a watch
+    # stream the server has not ended is cut (a proxy keeping it open with a byte now and then,
+    # each read in time, while events wait): it resumes from the last resourceVersion, counted
+    # in KindStats.watches_overdue.
     read_timeout_slack_seconds: float = 30.0
     # Connect timeout for every request to the API server.
     connect_timeout_seconds: float = 10.0

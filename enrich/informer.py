@@ -22,11 +22,12 @@ good cache keeps serving throughout.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
@@ -151,7 +152,7 @@ class KindStats:
     """Counters of one informer, read by the collector's metrics exporter."""
 
     __slots__ = ("events", "lists", "relists", "errors", "synced", "state", "resource_version",
-                 "objects", "last_sync", "list_seconds", "last_error")
+                 "objects", "last_sync", "list_seconds", "last_error", "watches_overdue")
 
     def __init__(self) -> None:
         self.events: dict[str, int] = {"ADDED": 0, "MODIFIED": 0, "DELETED": 0, "BOOKMARK": 0}
@@ -167,6 +168,8 @@ class KindStats:
                                  # when this exceeds the API server's etcd compaction interval)
         self.last_error = ""    # the latest failure while not recovered ("" after a recovery, or
                                 # once a watch opens after most failures: see Informer._watch_stream)
+        self.watches_overdue = 0  # watch streams the server had not ended its timeoutSeconds plus the
+                                  # read timeout's slack after their request: cut and resumed
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (dict(v) if isinstance(v, dict) else v) for k in self.__slots__ for v in [getattr(self, k)]}
@@ -282,6 +285,7 @@ class Informer:
         self._opened_at = 0.0     # when the current watch stream opened (monotonic; 0: not open)
         self._stream_events = 0   # events the last watch stream applied (set when it ends)
         self._open_clears = True  # the next watch that opens ends the failing state (last_error)
+        self._said_overdue = False  # a watch the client had to cut was logged (at WARNING, once)
         self._backoff = Backoff(initial=config.backoff_initial_seconds, factor=config.backoff_factor,
                                 maximum=config.backoff_max_seconds, jitter=config.backoff_jitter)
 
@@ -598,6 +602,7 @@ class Informer:
             "watch": True, "resource_version": rv, "allow_watch_bookmarks": True, "timeout_seconds": timeout,
         }
         self._opened_at, self._stream_events = 0.0, 0
+        started = time.monotonic()
         resp = self._open("watch", kwargs, read_timeout=timeout + self._cfg.read_timeout_slack_seconds)
         self._opened_at = time.monotonic()
         if self._open_clears:
@@ -619,49 +624,77 @@ class Informer:
         parts: list[bytes] = []   # the pieces of the current line, received so far
         held = 0                  # their total length
         ended = False             # the stream was read to its end
-        try:
-            for chunk in resp.stream(amt=READ_BYTES, decode_content=True):
-                start = 0
-                end = chunk.find(b"\n")
-                while end >= 0:
-                    if held + end - start > limit:
-                        raise self._oversize(held + end - start, limit, rv)
-                    if parts:
-                        parts.append(chunk[start:end])
-                        line = b"".join(parts)
-                        parts.clear()
-                        held = 0
-                    else:
-                        line = chunk[start:end]
-                    if line and not line.isspace():
-                        rv = self._event(line, rv, index, kind, st, n == 0)
-                        n += 1
-                    start = end + 1
-                    end = chunk.find(b"\n", start)
-                if start < len(chunk):
-                    held += len(chunk) - start
-                    if held > limit:
-                        raise self._oversize(held, limit, rv)
-                    parts.append(chunk[start:] if start else chunk)
-            line = b"".join(parts)
-            if line and not line.isspace():
-                rv = self._event(line, rv, index, kind, st)
-                n += 1
-            ended = True
-        except (urllib3.exceptions.HTTPError, OSError) as e:
-            if self._stop.is_set():
-                raise Stopped from None
-            raise ApiProblem(_conn_cause(e), f"watch {self._resource()} connection lost: {e}") from None
-        finally:
-            self._stream_events = n
-            if not ended:
-                # Left mid-stream (a bad or oversized event, an ERROR, 410): the rest of the
-                # response is still coming on this connection, which must not go back to the pool.
-                _abort(resp)
-            self._close(resp)
+        # A real API server ends the stream at its timeoutSeconds; one that has not, the read
+        # timeout's slack after it (a server or proxy keeping it alive with a byte now and then,
+        # or bookmarks only, while events are held back), is cut and resumed from the last
+        # resourceVersion applied, as if it had ended.
+        with _cut_at(resp, started + timeout + self._cfg.read_timeout_slack_seconds) as overdue:
+            try:
+                for chunk in resp.stream(amt=READ_BYTES, decode_content=True):
+                    start = 0
+                    end = chunk.find(b"\n")
+                    while end >= 0:
+                        if held + end - start > limit:
+                            raise self._oversize(held + end - start, limit, rv)
+                        if parts:
+                            parts.append(chunk[start:end])
+                            line = b"".join(parts)
+                            parts.clear()
+                            held = 0
+                        else:
+                            line = chunk[start:end]
+                        if line and not line.isspace():
+                            rv = self._event(line, rv, index, kind, st, n == 0)
+                            n += 1
+                        start = end + 1
+                        end = chunk.find(b"\n", start)
+                    if start < len(chunk):
+                        held += len(chunk) - start
+                        if held > limit:
+                            raise self._oversize(held, limit, rv)
+                        parts.append(chunk[start:] if start else chunk)
+                if overdue.is_set():
+                    raise OSError("the stream ended as it was cut")   # (it may end quietly)
+                line = b"".join(parts)
+                if line and not line.isspace():
+                    rv = self._event(line, rv, index, kind, st)
+                    n += 1
+                ended = True
+            except (ApiProblem, Gone):
+                raise
+            except Exception as e:
+                # (cut under a read, urllib3 may fail with anything: AttributeError once http.client's
+                # close() set its fp to None)
+                if self._stop.is_set():
+                    raise Stopped from None
+                if overdue.is_set():
+                    self._overdue(timeout, rv, n)
+                elif isinstance(e, (urllib3.exceptions.HTTPError, OSError)):
+                    raise ApiProblem(_conn_cause(e), f"watch {self._resource()} connection lost: {e}") from None
+                else:
+                    raise
+            finally:
+                self._stream_events = n
+                if not ended:
+                    # Left mid-stream (a bad or oversized event, an ERROR, 410): the rest of the
+                    # response is still coming on this connection, which must not go back to the pool.
+                    _abort(resp)
+                self._close(resp)
         if self._stop.is_set():
             raise Stopped
         return rv, n
+
+    def _overdue(self, timeout: int, rv: str, n: int) -> None:
+        """A watch stream the client cut: the server had not ended it timeoutSeconds + the slack
+        after its request. Not a failure (the watch resumes from `rv`, nothing is lost), but events
+        were held back meanwhile: counted (watches_overdue), said once."""
+        self.stats.watches_overdue += 1
+        level = logging.DEBUG if self._said_overdue else logging.WARNING
+        self._said_overdue = True
+        log.log(level, "enrich: %s watch not ended by the API server %d s (its timeoutSeconds) + %g s after its "
+                "request (%d events in it; a proxy keeping it open?): cut, resuming from resourceVersion %s "
+                "(counted in kinds_%s_watches_overdue; said once)", self.kind, timeout,
+                self._cfg.read_timeout_slack_seconds, n, rv, self.kind)
 
     def _oversize(self, size: int, limit: int, rv: str) -> ApiProblem:
         return ApiProblem("oversize_event", f"watch {self._resource()} sent an event line over {limit} bytes "
@@ -749,53 +782,42 @@ class Informer:
         resp = self._open(verb, kwargs, read_timeout=read_timeout)
         ended = False
         size = 0
-        # A read blocks until it has READ_BYTES or the answer ends: only cutting the connection
-        # from another thread (as signal_stop does) ends one that trickles in.
-        overdue = threading.Event()
-
-        def cut() -> None:
-            overdue.set()
-            _abort(resp)
-
-        timer = threading.Timer(max(0.0, deadline - (time.monotonic() - started)), cut)
-        timer.daemon = True
-        timer.start()
-        try:
-            # pieces joined once at the end: growing one bytearray instead peaked 3-5 MiB higher
-            # (benchmarks/RESULTS.md)
-            parts: list[bytes] = []
-            for chunk in resp.stream(amt=READ_BYTES, decode_content=True):
-                parts.append(chunk)
-                size += len(chunk)
-                if size > max_bytes:
-                    parts.clear()   # (the failure's traceback keeps this frame)
-                    raise ApiProblem("oversize_page", f"{verb} {self._resource()}: the answer took over {max_bytes} "
-                                     f"bytes (read up to {size}, decompressed): connection dropped")
-            if overdue.is_set():
-                raise OSError("the answer ended as it was cut")   # (it may end quietly)
-            ended = True
-            body = b"".join(parts)
-            parts.clear()
-            return body
-        except ApiProblem:
-            raise
-        except Exception as e:
-            # (cut under a read, urllib3 may fail with anything: AttributeError once http.client's
-            # close() set its fp to None, as under a stop)
-            if self._stop.is_set():
-                raise Stopped from None
-            if overdue.is_set():
-                raise ApiProblem("list_timeout", f"{verb} {self._resource()}: the answer was not all there "
-                                 f"{deadline:g} s after the request (read {size} bytes of it, decompressed; "
-                                 "--enrich-list-page-timeout-seconds): connection dropped") from None
-            if isinstance(e, (urllib3.exceptions.HTTPError, OSError)):
-                raise ApiProblem(_conn_cause(e), f"{verb} {self._resource()}: response cut: {e}") from None
-            raise
-        finally:
-            timer.cancel()
-            if not ended:
-                _abort(resp)   # the rest may still be coming: this connection must not go back to the pool
-            self._close(resp)
+        with _cut_at(resp, started + deadline) as overdue:
+            try:
+                # pieces joined once at the end: growing one bytearray instead peaked 3-5 MiB higher
+                # (benchmarks/RESULTS.md)
+                parts: list[bytes] = []
+                for chunk in resp.stream(amt=READ_BYTES, decode_content=True):
+                    parts.append(chunk)
+                    size += len(chunk)
+                    if size > max_bytes:
+                        parts.clear()   # (the failure's traceback keeps this frame)
+                        raise ApiProblem("oversize_page", f"{verb} {self._resource()}: the answer took over {max_bytes} "
+                                         f"bytes (read up to {size}, decompressed): connection dropped")
+                if overdue.is_set():
+                    raise OSError("the answer ended as it was cut")   # (it may end quietly)
+                ended = True
+                body = b"".join(parts)
+                parts.clear()
+                return body
+            except ApiProblem:
+                raise
+            except Exception as e:
+                # (cut under a read, urllib3 may fail with anything: AttributeError once http.client's
+                # close() set its fp to None, as under a stop)
+                if self._stop.is_set():
+                    raise Stopped from None
+                if overdue.is_set():
+                    raise ApiProblem("list_timeout", f"{verb} {self._resource()}: the answer was not all there "
+                                     f"{deadline:g} s after the request (read {size} bytes of it, decompressed; "
+                                     "--enrich-list-page-timeout-seconds): connection dropped") from None
+                if isinstance(e, (urllib3.exceptions.HTTPError, OSError)):
+                    raise ApiProblem(_conn_cause(e), f"{verb} {self._resource()}: response cut: {e}") from None
+                raise
+            finally:
+                if not ended:
+                    _abort(resp)   # the rest may still be coming: this connection must not go back to the pool
+                self._close(resp)
 
     def _close(self, resp: Any) -> None:
         with self._resp_lock:
@@ -899,6 +921,27 @@ def page_max_bytes(limit: int) -> int:
     if not limit:
         return LIST_UNPAGED_MAX_BYTES
     return min(LIST_UNPAGED_MAX_BYTES, max(LIST_PAGE_MAX_BYTES, limit * LIST_OBJECT_MAX_BYTES))
+
+
+@contextlib.contextmanager
+def _cut_at(resp: Any, deadline: float) -> Iterator[threading.Event]:
+    """Cut `resp`'s connection (as signal_stop does) at `deadline` (time.monotonic()) unless the
+    block ended before; the event yielded is set once it was cut. A read blocks until it has
+    READ_BYTES or the answer ends: a server or proxy that trickles a byte now and then (each
+    read within the read timeout) holds it for ever, and only a cut from another thread ends it."""
+    overdue = threading.Event()
+
+    def cut() -> None:
+        overdue.set()
+        _abort(resp)
+
+    timer = threading.Timer(max(0.0, deadline - time.monotonic()), cut)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield overdue
+    finally:
+        timer.cancel()
 
 
 def _abort(resp: Any) -> None:

@@ -1039,6 +1039,38 @@ def test_a_list_answer_that_trickles_in_is_cut_at_the_page_timeout(seeded: FakeK
                                                  "1 s after the request"), msgs
 
 
+def test_a_watch_the_server_keeps_open_past_its_timeout_is_cut_and_resumed(seeded: FakeKube, kubeconfig: str,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """A watch stream that a proxy keeps alive past its timeoutSeconds with a byte now and then
+    (here the bytes of one BOOKMARK, 20 ms apart: each read well within the read timeout), passing
+    no event, is cut timeoutSeconds + read_timeout_slack_seconds after its request and resumed
+    from the last resourceVersion applied: the pod added meanwhile comes on the resumed watch,
+    without a relist, no error counted (kinds_<kind>_watches_overdue counts it), logged once.
+    Without the cut the stream was held for ever, and the pod never came."""
+    from collector.server import enrich_series
+
+    seeded.trickle_interval = 0.02
+    seeded.fail("pods", "watch", "trickle", times=1)   # the first pods watch
+    with caplog.at_level(logging.WARNING, logger="flowscope.enrich"):
+        with running_enricher(kubeconfig, watch_timeout_seconds=2, read_timeout_slack_seconds=1) as e:
+            assert e.wait_ready(10)
+            listed_rv = e.stats()["kinds"]["pods"]["resource_version"]
+            wait_for(lambda: seeded.watchers["pods"] == 1 and seeded.trickle_sent > 0, what="the trickling watch")
+            seeded.add("pods", pod("while-trickling", "shop", ips=["10.244.0.73"]))
+            wait_for(lambda: flow(e, "10.244.0.73", "").get("SrcK8S_Name") == "while-trickling", timeout=15,
+                     what="the pod, on the resumed watch")
+            st = e.stats()["kinds"]["pods"]
+            assert (st["watches_overdue"], st["errors"], st["lists"], st["last_error"]) == (1, {}, 1, ""), st
+            assert enrich_series(e)["flowscope_enrich_stat"][("kinds_pods_watches_overdue",)] == 1
+            watches = [r for r in seeded.requests if r["kind"] == "pods" and r["verb"] == "watch"]
+            # the resumed watch asked from the list's resourceVersion (the bookmarks said no newer)
+            assert watches[1]["query"]["resourceVersion"] == listed_rv, watches[:2]
+            assert 0 < seeded.trickle_sent
+            assert e.stats()["kinds"]["nodes"]["watches_overdue"] == 0   # (watches ended by the server)
+    msgs = [r.getMessage() for r in caplog.records if "not ended by the API server" in r.getMessage()]
+    assert len(msgs) == 1 and msgs[0].startswith("enrich: pods watch not ended by the API server "), msgs
+
+
 def test_page_bounds() -> None:
     """Pages of the default size, and grown 4 times, get 256 MiB; larger pages 64 KiB an object,
     up to the unpaged bound (4 GiB), which an unpaged list gets."""

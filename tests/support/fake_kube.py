@@ -347,8 +347,10 @@ class FakeKube:
         bomb (list only: a 200 list page whose `items` are padded with `bomb_bytes` blanks, sent
         with gzip whether asked for or not, ~1000 times smaller on the wire: a gzip bomb from a
         broken server or proxy; valid JSON, an empty list, when read to its end), endless (list only:
-        the same uncompressed), trickle (list only: the page as it would be, one byte every
-        `trickle_interval` seconds, each read well within any read timeout), oversize (watch only: first a MODIFIED event of `oversize_bytes`, the kind's first object
+        the same uncompressed), trickle (to a list: the page as it would be, one byte every
+        `trickle_interval` seconds, each read well within any read timeout; to a watch: a BOOKMARK at
+        the watch's resourceVersion, over and over, at the same pace, never ended at its
+        timeoutSeconds, no event passed), oversize (watch only: first a MODIFIED event of `oversize_bytes`, the kind's first object
         moved to address 10.244.0.99 with a huge annotation, in 64 KiB chunks, then the stream goes
         on as usual), slow_oversize (the same after 1.2 s), noitems and
         expired_continue (list only: the page is served but its continue token is already compacted
@@ -714,24 +716,32 @@ class _Handler(BaseHTTPRequestHandler):
     def _trickle(self, body: bytes) -> None:
         """`body` (a list page) with its Content-Length, one byte every `trickle_interval`
         seconds until the client hangs up (a broken proxy, a congested link)."""
-        k = self.kube
-        with k.cond:
-            k.trickle_sent = 0
-            interval = k.trickle_interval
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.flush()
-        for i in range(len(body)):
-            with k.cond:
-                if k.stopping:
-                    return
-            self.wfile.write(body[i:i + 1])
-            self.wfile.flush()
-            with k.cond:
-                k.trickle_sent += 1
-            time.sleep(interval)
+        self._trickle_bytes(body, self.wfile.write)
+
+    def _trickle_bytes(self, body: bytes, write: Callable[[bytes], object], *, again: bool = False) -> None:
+        """Write `body` one byte every `trickle_interval` seconds (over and over with `again`)
+        until the client hangs up or the server stops; counted in `trickle_sent`."""
+        k = self.kube
+        with k.cond:
+            k.trickle_sent = 0
+            interval = k.trickle_interval
+        while True:
+            for i in range(len(body)):
+                with k.cond:
+                    if k.stopping:
+                        return
+                write(body[i:i + 1])
+                self.wfile.flush()
+                with k.cond:
+                    k.trickle_sent += 1
+                time.sleep(interval)
+            if not again:
+                return
 
     def _watch(self, kind: str, q: dict[str, str], fault: str | None) -> None:
         k = self.kube
@@ -829,6 +839,13 @@ class _Handler(BaseHTTPRequestHandler):
             too_old = rv < k.compacted[kind] and k.compacted[kind] != exempt
             k.watchers[kind] += 1
         try:
+            if fault == "trickle":
+                # a proxy (or a broken server) keeping the stream alive past its timeoutSeconds
+                # with a byte now and then, the bytes of one BOOKMARK at the watch's own
+                # resourceVersion over and over, while the events it should pass are held back
+                line = json.dumps({"type": "BOOKMARK", "object": _bookmark_object(kind, rv, meta_only)}).encode()
+                self._trickle_bytes(line + b"\n", self._chunk, again=True)
+                return
             for line in initial:
                 self._chunk(line)
             if fault in ("oversize", "slow_oversize"):
