@@ -143,6 +143,18 @@ def _output_file_problem(cfg: config_mod.Config) -> str:
     return f"{cfg.named('output_file')}: output file {path}: cannot open: {os.strerror(err)}" if err else ""
 
 
+def _library_warnings(enrich_cfg: Any) -> list[str]:
+    """Libraries installed that the configuration can use, but not safely: with enrichment on,
+    a urllib3 older than the one flowscope requires (enrich.urllib3_warning). A warning, not a
+    refusal: enrichment works with it, and only a broken API server or proxy makes it unsafe,
+    as insecure-skip-tls-verify is warned of (urllib3's InsecureRequestWarning), not refused."""
+    if enrich_cfg is None:
+        return []
+    warning = getattr(_enrich_module(), "urllib3_warning", None)
+    w = warning() if warning is not None else ""
+    return [w] if w else []
+
+
 def _ignored_settings(cfg: config_mod.Config, enrich_cfg: Any) -> list[str]:
     """Settings given that the configuration makes no use of, one warning each (`run` logs them,
     `config` prints them, as for an unknown FLOWSCOPE_* variable): a warning, not an error, since
@@ -466,7 +478,7 @@ def _main(argv: list[str] | None) -> int:
         if problem:
             print(f"flowscope: configuration error: {problem}", file=sys.stderr)
             return 2
-        for w in _ignored_settings(cfg, enrich_cfg):
+        for w in _ignored_settings(cfg, enrich_cfg) + _library_warnings(enrich_cfg):
             print(f"flowscope: warning: {w}", file=sys.stderr)
         sys.stdout.write(config_mod.to_yaml(cfg))
         return 0
@@ -487,7 +499,7 @@ def _main(argv: list[str] | None) -> int:
     from .app import run as run_app
 
     setup_logging(cfg.log_level, fmt=cfg.log_format)
-    for w in config_mod.unknown_env_warnings() + _ignored_settings(cfg, enrich_cfg):
+    for w in config_mod.unknown_env_warnings() + _ignored_settings(cfg, enrich_cfg) + _library_warnings(enrich_cfg):
         logging.getLogger("flowscope").warning("%s", w)
     return run_app(cfg, enrich_cfg, enrich_note)
 

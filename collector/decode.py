@@ -96,9 +96,9 @@ def _enricher(args: argparse.Namespace) -> tuple[Any, Callable[[], None]]:
     if not cfg.enabled:
         return None, lambda: None
     # (first: it also explains an in-cluster config that cannot be used below)
-    ignored = kubeconfig_env_ignored(cfg, "--kubeconfig", "--kubeconfig")
-    if ignored:
-        print(f"flowscope decode: warning: {ignored}", file=sys.stderr)
+    for w in (kubeconfig_env_ignored(cfg, "--kubeconfig", "--kubeconfig"), enrich.urllib3_warning()):
+        if w:
+            print(f"flowscope decode: warning: {w}", file=sys.stderr)
     problem = kube_access_error(cfg, "--kubeconfig", "--kube-context", enabled_name="--enrich")
     if problem:
         print(f"flowscope decode: {problem}", file=sys.stderr)

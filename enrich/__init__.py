@@ -249,6 +249,34 @@ def keepalive_socket_options() -> list[tuple[int, int, int]]:
     return opts
 
 
+# The oldest urllib3 whose stream(amt) returns no more than `amt` decompressed (2.6:
+# CVE-2025-66471); pyproject requires it, but a `pip install --no-deps` (or an image's own
+# urllib3) can bring an older one.
+URLLIB3_BOUNDED_READS = (2, 6)
+
+
+def urllib3_warning(version: str | None = None) -> str:
+    """What to warn of at start when the installed urllib3 (or `version`) is older than
+    URLLIB3_BOUNDED_READS; "" when it is not (or its version cannot be read). Enrichment works
+    with it, but one read of a compressed answer inflates all the compressed bytes it took (up
+    to ~1000 times as many): a gzip bomb from a broken API server or proxy takes ~64 MiB per
+    READ_BYTES read before the informer's page bound is checked."""
+    import re
+
+    if version is None:
+        import urllib3
+
+        version = str(getattr(urllib3, "__version__", ""))
+    m = re.match(r"(\d+)\.(\d+)", version)
+    if m is None or (int(m[1]), int(m[2])) >= URLLIB3_BOUNDED_READS:
+        return ""
+    need = ".".join(map(str, URLLIB3_BOUNDED_READS))
+    return (f"urllib3 {version} is installed; Kubernetes enrichment needs {need} or later (flowscope's "
+            f"requirement; a --no-deps install leaves an older one): before {need} one read of a compressed "
+            "answer from the API server inflates all it took, ~1000 times as much (64 KiB of a gzip bomb from "
+            f"a broken server or proxy: ~64 MiB) before the informers' bounds apply. Install urllib3>={need}")
+
+
 def _uses_token_file(config: EnrichConfig) -> bool:
     """True when the kubeconfig user in use takes its token from `tokenFile` (no token, exec
     plugin or auth provider before it, as the client chooses)."""

@@ -864,6 +864,50 @@ def test_a_context_without_kubeconfig_in_a_pod_is_a_warning(tmp_path: Path, give
         assert (r.returncode, r.stderr) == (0, ""), (extra, r.stderr)
 
 
+# the real urllib3, saying it is an older release (the one installed here is 2.6 or later)
+AS_URLLIB3_2_5 = "import urllib3\nurllib3.__version__ = '2.5.0'\n"
+
+
+def test_a_urllib3_older_than_required_is_a_warning_at_start_with_enrichment_on(tmp_path: Path) -> None:
+    """pyproject requires urllib3 2.6 (one read of a compressed answer inflates no more than
+    asked), but a --no-deps install can bring an older one, and nothing said so. With
+    enrichment on, `run` logs one WARNING naming the version and why (before the workers
+    start), `config` and `decode` print it; with enrichment off, or urllib3 2.6 or later, nothing."""
+    import enrich
+
+    kc = tmp_path / "kc"
+    kc.write_text(KUBECONFIG_ONE_CONTEXT)
+    warning = enrich.urllib3_warning("2.5.0")
+    assert warning.startswith("urllib3 2.5.0 is installed; Kubernetes enrichment needs 2.6 or later") and \
+        warning.endswith("Install urllib3>=2.6"), warning
+    assert "gzip bomb" in warning
+    assert enrich.urllib3_warning("1.26.20").startswith("urllib3 1.26.20 is installed")
+    for fine in ("2.6.0", "2.6.0rc1", "2.8.0", "2.10.1", "3.0.0", "not a version", ""):
+        assert enrich.urllib3_warning(fine) == "", fine
+    assert enrich.urllib3_warning() == ""   # the urllib3 installed here
+    full = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+
+    def cli(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", AS_URLLIB3_2_5 + code, *args], capture_output=True, text=True,
+                              cwd=ROOT, env=full, timeout=60)
+
+    r = cli(RUN_WITHOUT_STARTING, "run", "--kubeconfig", str(kc))
+    assert r.returncode == 0 and r.stdout == "would start, enrichment True\n", (r.stdout, r.stderr)
+    assert [line.split(" WARNING flowscope: ", 1)[1] for line in r.stderr.splitlines()] == [warning], r.stderr
+    main = "import sys\nfrom collector.cli import main\nsys.exit(main())\n"
+    r = cli(main, "config", "--kubeconfig", str(kc))
+    assert (r.returncode, r.stderr) == (0, f"flowscope: warning: {warning}\n"), r.stderr
+    cap = tmp_path / "empty.pcap"
+    cap.write_bytes(b"")
+    r = cli(main, "decode", "--kubeconfig", str(kc), "--sync-timeout", "0.2", str(cap))
+    assert r.stderr.splitlines()[0] == f"flowscope decode: warning: {warning}", r.stderr
+    # enrichment off: nothing to warn of
+    r = cli(RUN_WITHOUT_STARTING, "run", "--enrich", "false")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "would start, enrichment False\n", ""), r.stderr
+    r = cli(main, "config", "--enrich", "false")
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr
+
+
 def test_kubeconfig_variable_in_a_pod_without_kubeconfig_is_a_warning(tmp_path: Path) -> None:
     """In a pod without a kubeconfig setting the client loads the in-cluster config and never
     reads $KUBECONFIG: one set in the pod's environment (an image's or a manifest's leftover) was
