@@ -80,7 +80,11 @@ class EnrichConfig:
     # ServiceAccount namespace file); "" = none.
     own_namespace: str | None = None
     # How long a deleted pod (Node, Service) keeps its IP attribution for flows that started before the
-    # deletion (exporters report flows up to their active timeout late).
+    # deletion (exporters report flows up to their active timeout late). One value for every kind:
+    # it bounds how late a flow record may come, which is the exporters' doing, not the kind's.
+    # A Node's address reused by a new Node is told apart by time whatever it is (the new Node
+    # holds it from its own creation); a longer one for Nodes would only serve flows later than
+    # pods' flows are served.
     tombstone_seconds: float = 300.0
     # Also index the pod addresses its network annotations list beyond status.podIPs
     # (OVN-Kubernetes k8s.ovn.org/pod-networks: user-defined networks, a primary UDN's address
