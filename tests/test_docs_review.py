@@ -75,8 +75,8 @@ FOREIGN_FLAGS = {
                   "--collectors", "--flowscope-args", "--callgrind", "--pods", "--nodes", "--services",
                   "--rounds", "--tree"},   # benchmarks: compress_bench --thread, harness --records/--collectors/--flowscope-args, stream_ab --kafka/--tree/--enriched/--unmatched, pipeline_bench --only/--agents/--unmatched/--callgrind/--pods/--nodes/--services/--rounds
     # etcdutl snapshot restore --bump-revision, kube-apiserver --etcd-compaction-interval, kubectl --chunk-size,
-    # docker run --init
-    "docs/collector.md": {"--bump-revision", "--etcd-compaction-interval", "--chunk-size", "--init"},
+    # docker run --init, pip install --no-deps
+    "docs/collector.md": {"--bump-revision", "--etcd-compaction-interval", "--chunk-size", "--init", "--no-deps"},
 }
 # flags the docs name as what flowscope refuses (an abbreviation: usage error, did you mean ...)
 REFUSED_FLAGS = {"--kafka-broker"}
