@@ -100,8 +100,8 @@ SERIES: dict[str, Series] = {s.name: s for s in [
            "agent sends unread is seen; their formats (enterprise:format) are logged at INFO, at most once per "
            "exporter every 10 s", ("exporter", "protocol")),
     Series("flowscope_sequence_resets", "counter", "Exporter restarts: a sequence number that jumped by more than "
-           "2^20, or went back with a header uptime (netflow5, netflow7, netflow9, sflow5) that went back by more than a "
-           "minute, or went back and kept following on in sequence for a second (a process restarted on the same port); "
+           "2^20, or went back, or forward (the new run's first datagrams lost), with a header uptime (netflow5, netflow7, "
+           "netflow9, sflow5) that went back by more than a minute, or went back and kept following on in sequence for a second (a process restarted on the same port); "
            "tracking starts over", ("exporter", "protocol")),
     Series("flowscope_exporters", "gauge", "Exporters (source addresses) with decoder state that sent since the start (those only "
            "restored from the state file are not counted); with --workers N each address once, however many "

@@ -824,9 +824,9 @@ cdef class ExporterState:
         """An export's sequence number against the one expected from the same exporting process
         (port) and domain. A forward jump is a gap: what never arrived (in the protocol's unit:
         flows for v5, records for IPFIX, datagrams for v9 and sFlow), unless datagrams behind the
-        expected number fill it within SEQ_REORDER_MS (reordered on the path); an sFlow datagram
-        ahead whose uptime went back by more than SEQ_RESTART_UPTIME_MS is a restart, not a gap. What is left of a
-        gap then is counted as lost (settle_gaps, or the stream's next datagram); up to
+        expected number fill it within SEQ_REORDER_MS (reordered on the path); a datagram ahead
+        whose header uptime (v5, v7, v9, sFlow) went back by more than SEQ_RESTART_UPTIME_MS is a
+        restart, not a gap. What is left of a gap then is counted as lost (settle_gaps, or the stream's next datagram); up to
         SEQ_MAX_GAPS gaps are open at once (a newer one counts the oldest). A jump of more than
         SEQ_MAX_GAP either way is a restart. A datagram behind is a late one, unless the header's
         uptime (v5, v9, sFlow; `uptime` -1 for IPFIX, which has none) went back by more than
@@ -891,7 +891,7 @@ cdef class ExporterState:
             went_back = SEQ_RESTART_UPTIME_MS < back < 0x80000000u
             if ahead == 0:
                 pass
-            elif ahead <= SEQ_MAX_GAP and not (kind == PROTO_SFLOW5 and went_back):
+            elif ahead <= SEQ_MAX_GAP and not went_back:
                 self.open_gap(st, st.next, ahead, <int64_t>st.prev_count - <int64_t>advance
                               if (kind == PROTO_IPFIX or kind == PROTO_NETFLOW5) and not st.inclusive else 0,
                               now_ms)
@@ -900,12 +900,17 @@ cdef class ExporterState:
                     return
             else:
                 # A jump past SEQ_MAX_GAP either way, or the exporter restarted: sequence and
-                # uptime went back. An sFlow datagram numbered after the latest but sent more than
-                # SEQ_RESTART_UPTIME_MS before it, which no datagram of the same run can be
-                # (sflow_other_run), is a restart too: the first datagram seen of the agent's new
-                # run is numbered past the old run's latest (its first ones lost, or the old run a
+                # uptime went back. A datagram numbered after the latest but sent more than
+                # SEQ_RESTART_UPTIME_MS before it is a restart too: within one run the sequence
+                # and the header's uptime, read at the send, both go forward (sflow_version_5.txt
+                # numbers an sFlow sub-agent's datagrams one by one, sflow_other_run; NetFlow v5 /
+                # v7 number the flows sent, v9 the export packets, RFC 3954 5.1, each with the
+                # sysUpTime at export), so it is the first datagram seen of the exporter's new
+                # run, numbered past the old run's latest (its first ones lost, or the old run a
                 # short one); read as a gap, the difference between two runs' numbers was counted
-                # lost, up to SEQ_MAX_GAP of it, and no restart.
+                # lost, up to SEQ_MAX_GAP of it, and no restart. (`flowscope replay` keeps the
+                # v5/v9 header uptime of each loop, its flows' times count from it, and continues
+                # the sequence exactly: in order, no gap, whatever the uptime.)
                 self.restart(st)
                 st.uptime_restarted = went_back
                 st.restart_ms = now_ms

@@ -3357,6 +3357,72 @@ def test_netflow_restart_told_by_the_header_uptime() -> None:
     assert (_seq(dec, EXPORTER, "netflow5"), _seq(dec, "10.0.0.2", "netflow9")) == ((30, 1), (1, 1))
 
 
+@pytest.mark.parametrize(("version", "step"), [(5, 10), (9, 1)])
+def test_netflow_restart_numbered_past_the_old_run_is_a_restart_not_a_loss(version: int, step: int) -> None:
+    """NetFlow v5 numbers the flows sent, v9 the export packets (RFC 3954 5.1), each header
+    with the sysUpTime at export: within one run a datagram numbered after another is never
+    sent before it. One numbered past the stream's latest whose uptime went back by more than
+    the minute that tells a restart is the exporter's new run, its first datagrams lost (or the
+    old run a short one): a restart, as one numbered behind is (and as for sFlow). Before, the
+    difference between the two runs' numbers was counted as lost (up to 2^20 of it) and no
+    restart. A restarted v9 exporter sends its templates again. A sequence that goes on exactly
+    with the uptime gone back (`flowscope replay`'s next loop) is in order; an uptime that
+    wrapped at 2^32 ms, or went back by less than the minute, leaves a gap a gap."""
+    rng = random.Random(14)
+    t0 = float(EXPORT)
+
+    def v9recs(n: int) -> list[dict]:
+        return [{"src": f"10.0.0.{rng.randrange(1, 250)}", "dst": "10.1.0.1", "sport": rng.randrange(65536),
+                 "dport": 443, "proto": 6, "tos": 0, "flags": 2, "bytes": 100, "packets": 1, "first": 1000,
+                 "last": 2000, "input": 1, "output": 2} for _ in range(n)]
+
+    def run(sends: list[tuple[int, int, float]]) -> tuple[int, int]:
+        """(v5: the datagram's first flow number / v9: its packet number, header uptime ms,
+        receive time s after t0) -> (sequence_lost, sequence_resets) once every gap has had its
+        time to fill. v5 datagrams of 10 flows (a step of 10); v9 packets of 3 records (a step
+        of 1), templates first and whenever the uptime went back (a restart)."""
+        dec = Decoder()
+        last_up = -1
+        for seq, up, t in sends:
+            if version == 5:
+                recs = v5_records(10, rng, uptime_ms=up)
+                for r in recs:                  # flows before the uptime wrapped: counted before it
+                    r["first"] &= 0xFFFFFFFF
+                    r["last"] &= 0xFFFFFFFF
+                d = v5_datagram(recs, seq=seq, unix_secs=EXPORT + int(t), uptime_ms=up)
+                n = 10
+            else:
+                sets = [template_set([V9_TEMPLATE], version=9)] if last_up < 0 or up < last_up else []
+                d = v9_datagram([*sets, v9_data_set(V9_TEMPLATE, v9recs(3))], seq=seq, unix_secs=EXPORT + int(t),
+                                uptime_ms=up)
+                n = 3
+            b = dec.decode(d, EXPORTER, 2055, t0 + t)
+            assert b.error is None and len(b) == n, (seq, up, b.error)
+            last_up = up
+        return _seq_at(dec, f"netflow{version}", t0 + 900)
+
+    # up for about 17 minutes, a datagram a second; rebooted, 90 s into its new run
+    old = [(step * i, 1_000_000 + 1000 * i, float(i)) for i in range(1, 101)]
+    for first in (500, 1_000_000):      # the new run's first datagram heard (its number / step)
+        new = [(step * j, 90_000 + 100 * (j - first), 300 + 0.1 * (j - first)) for j in range(first, first + 60)]
+        assert run(old + new) == (0, 1), (version, first)
+        # a datagram lost in the new run is still counted
+        assert run(old + new[:20] + new[21:]) == (step, 1), (version, first)
+        # a datagram of the old run arriving late, just after the restart: old, nothing counted
+        late = (step * 101, 1_101_000, 300.35)
+        assert run(old + new[:3] + [late] + new[3:]) == (0, 1), (version, first)
+    # the sequence goes on exactly while the uptime went back (a replayed capture's next
+    # loop): in order
+    loop = [(step * (101 + i), 1_000_000 + 1000 * i, 101.0 + i) for i in range(1, 21)]
+    assert run(old + [(step * 101, 1_000_000, 101.0)] + loop) == (0, 0), version
+    # the 32-bit uptime wrapped between two datagrams, two lost between them: a gap, no restart
+    wrap = [(step, 0xFFFFF000, 0.0), (2 * step, 0xFFFFF400, 1.0), (5 * step, 0x400, 4.0), (6 * step, 0x800, 5.0)]
+    assert run(wrap) == (2 * step, 0), version
+    # uptime back by less than the minute: a gap, as before
+    back = [(step, 200_000, 0.0), (2 * step, 201_000, 1.0), (5 * step, 150_000, 4.0), (6 * step, 151_000, 5.0)]
+    assert run(back) == (2 * step, 0), version
+
+
 # ------------------------------------------------------------------ per-exporter rate limit
 
 
