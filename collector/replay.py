@@ -13,8 +13,9 @@ source id / observation domain / sFlow agent and sub-agent), the header's
 so that loop k+1 continues each stream's sequence exactly where loop k ended: the shift is the
 stream's progress over the whole capture modulo 2^32, from its first sequence number to the one a
 receiver expects after the last message (last sequence + its advance, unless the capture ends with
-messages the decoder's check takes for late ones), so it stays right when the sequence wraps or
-the exporter restarted inside the capture. The advance of a message is what the protocol counts:
+messages the decoder's check takes for late ones; for a stream numbered by each message's own
+records too, Open vSwitch's v5 and softflowd's IPFIX, the last number + the first message's
+advance), so it stays right when the sequence wraps or the exporter restarted inside the capture. The advance of a message is what the protocol counts:
 flows (v5), packets (v9), datagrams (sFlow), data records (IPFIX, counted from the templates and
 options templates seen earlier in the capture, walking variable-length fields; a data set whose
 template is unknown counts its upper bound, one record per byte, for that message only; a message
@@ -273,12 +274,20 @@ class _Stream:
     expects after the messages so far, and its header-clock range."""
 
     __slots__ = ("first", "expected", "uptime", "end", "clock_min", "clock_max", "clock_ms", "last_src",
-                 "last_msg")
+                 "last_msg", "first_adv", "expected_adv", "last", "inc_votes", "rfc_votes")
 
     def __init__(self, seq: int, clock: int, clock_ms: bool) -> None:
         self.first = seq
         self.expected: int | None = None
         self.uptime = -1
+        # The numbering (v5 and IPFIX, ExporterState.ipfix_convention): steps between two
+        # messages counted whole whose counts differ vote for the RFC's (the previous message's
+        # count: the number counts what was sent before) or for the message's own count (Open
+        # vSwitch's v5, softflowd's IPFIX: the number counts the message's records too)
+        self.first_adv: int | None = -1  # (-1: no message yet; None: the first not counted whole)
+        self.expected_adv = 0
+        self.last: tuple[int, int] | None = None
+        self.inc_votes = self.rfc_votes = 0
         self.end = seq  # last sequence + its advance (upper bound)
         self.clock_min = self.clock_max = clock
         self.clock_ms = clock_ms
@@ -292,6 +301,13 @@ class _Stream:
         records could not all be counted makes the receiver start over. (The decoder's open gaps
         decide only what is counted as lost, not what is expected next.)"""
         self.end = (seq + adv) & M32
+        if self.first_adv == -1:
+            self.first_adv = adv if exact else None
+        if self.last is not None and exact and adv != self.last[1]:
+            step = (seq - self.last[0]) & M32
+            self.inc_votes += step == adv
+            self.rfc_votes += step == self.last[1]
+        self.last = (seq, adv) if exact else None
         if not exact:
             self.expected = None
             return
@@ -303,7 +319,22 @@ class _Stream:
                 if back <= SEQ_RESTART_UPTIME_MS or back >= 0x80000000:
                     return  # late
         self.expected = (seq + adv) & M32
+        self.expected_adv = adv
         self.uptime = uptime
+
+    def progress(self) -> int | None:
+        """What the stream's numbers moved by over the capture, up to the number its next message
+        would carry (None: the receiver starts over after the last message). A stream numbered
+        by what each message carries too (its votes lead by two, as the decoder decides)
+        continues with the first message's count after the last in-order number, not its own:
+        read as a gap otherwise at each loop boundary, or as a restart where the v5 header uptime
+        went back more than a minute with it."""
+        if self.expected is None:
+            return None
+        end = self.expected
+        if self.first_adv is not None and self.first_adv >= 0 and self.inc_votes > self.rfc_votes + 1:
+            end = end - self.expected_adv + self.first_adv
+        return (end - self.first) & M32
 
 
 class Plan:
@@ -374,8 +405,8 @@ class Plan:
         """Compute the shifts: each stream's progress over the capture, mod 2^32, and the period."""
         period = math.ceil(self._ts_max - self._ts_min) + 1 if self._ts_max >= self._ts_min else 1
         for key, st in self._streams.items():
-            end = st.expected
-            if end is None:
+            span = st.progress()
+            if span is None:
                 # the receiver starts over after the last message (not all its records could be
                 # counted): any continuation is right; recount it with the templates a receiver
                 # has by the next loop (those defined after it, too)
@@ -383,7 +414,8 @@ class Plan:
                 if st.last_msg and st.last_src is not None:
                     seq = struct.unpack_from("!I", st.last_msg, 8)[0]
                     end = seq + self._ipfix.count(st.last_src, st.last_msg, 0, len(st.last_msg))[0]
-            self.span[key] = (end - st.first) & M32
+                span = (end - st.first) & M32
+            self.span[key] = span
             clock_span = st.clock_max - st.clock_min
             secs = math.ceil(clock_span / 1000) if st.clock_ms else clock_span
             period = max(period, secs + 1)

@@ -188,6 +188,32 @@ def test_restart_inside_the_capture_adds_nothing_per_loop() -> None:
     assert seq_stats(decode_all(loops(pk, 3)), src[0], "netflow9") == (0, 3)
 
 
+def test_streams_numbered_by_their_own_records_too_continue_across_loops() -> None:
+    # Open vSwitch's v5 numbers a datagram by its last record (ofproto/netflow.c: flow_seq =
+    # netflow_cnt++ per record), softflowd's IPFIX by the records sent including the message's
+    # own: the next loop goes on with the first message's count after the last number, not
+    # the last message's. Before, the difference between the two counts was a gap at each loop
+    # boundary (10 records lost over 3 loops here), and for v5, whose header uptime goes back
+    # at the boundary (100 s here), a restart per loop.
+    v5src, ipsrc = ("192.0.2.10", 2055), ("192.0.2.11", 4739)
+    counts = [2, 3, 5, 4, 6, 7]
+    pk = []
+    seq = 0
+    for i, n in enumerate(counts):
+        seq += n
+        pk.append(R.Packet(v5src, make_v5(seq - 1, n, seq - n, unix_secs=T0 + 20 * i, uptime=100_000 + 20_000 * i),
+                           T0 + 20 * i))
+        sets = [tmpl_set(256, [(8, 4), (2, 4)])] if i == 0 else []
+        sets.append(data_set(256, [bytes([10, 0, 0, j]) + struct.pack("!I", 100) for j in range(n)]))
+        pk.append(R.Packet(ipsrc, ipfix_msg(1, seq, T0 + 20 * i, sets), T0 + 20 * i))
+    assert seq_stats(decode_all(loops(pk, 1)), v5src[0], "netflow5") == (0, 0)
+    got = decode_all(loops(pk, 3))
+    assert seq_stats(got, v5src[0], "netflow5") == (0, 0)
+    assert seq_stats(got, ipsrc[0], "ipfix") == (0, 0)
+    plan = R.Plan(pk)
+    assert plan.span[(v5src, 5, 0, 0)] == plan.span[(ipsrc, 10, 1)] == sum(counts)
+
+
 # ---------------------------------------------------------------------------- 3. clock period
 
 def test_period_covers_each_streams_header_clock_span() -> None:
