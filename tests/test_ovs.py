@@ -272,6 +272,39 @@ def test_ovs_ipfix(env, sampled_all, decoders_mod) -> None:
     assert not problems, "\n".join(problems)
 
 
+def test_ovs_ipfix_virtual_obs_id_is_its_bytes_in_hex(env, decoders_mod) -> None:
+    """Open vSwitch's other_config:virtual_obs_id (ovs-vswitchd.conf.db(5): a string of at most
+    254 bytes sent with every IPFIX flow record as virtualObsID, VMware enterprise 6876 element
+    898, variable length) comes out as every element without an output field of its own does,
+    OVS's interfaceDescription (83) among them: `ie6876_898`, the hex of the bytes OVS sent,
+    here the configured UTF-8 string whole (a multi-byte character, a slash), in every record."""
+    port = random.randint(20000, 29999)
+    N.udp_sink(env.ns, "127.0.0.1", port)
+    cap_path = env.dir / f"vobs-{time.monotonic_ns()}.pcap"
+    cap = N.Capture(env.ns, cap_path, bpf="udp and dst host 127.0.0.1")
+    vobs = "vnet-\u00e9/7"
+    try:
+        env.ovs.set_ipfix(env.bridge, f"127.0.0.1:{port}", sampling=1, cache_active_timeout=2, obs_domain_id=0,
+                          other_config={"virtual_obs_id": f'"{vobs}"'})
+        env.ovs.appctl("revalidator/purge")
+        time.sleep(1.0)
+        for problem in O.ipfix_live([(env.ovs, env.bridge)],
+                                    lambda: O.traffic(env.a, "udp-send", env.b.ipv4, 5998, 1, 8, 41998, 0)):
+            print(problem)
+        O.traffic(env.a, "udp-send", env.b.ipv4, 5301, 3, 100, 40101)
+        time.sleep(5.0)  # cache_active_timeout 2 s
+    finally:
+        try:
+            env.ovs.clear_exports(env.bridge)
+        finally:
+            cap.stop()
+    datagrams, _ = split_capture(cap_path, port, "cflow")
+    flows = decode_all(decoders_mod, datagrams, default_sampling=0)
+    assert flows, "OVS sent no IPFIX flow record"
+    got = collections.Counter(f.get("ie6876_898") for f in flows)
+    assert got == {vobs.encode().hex(): len(flows)}, got
+
+
 def test_ovs_ipfix_refresh_reordered_is_no_loss(env, sampled_all, decoders_mod) -> None:
     """OVS numbers its template-only messages (templates, then its exporter statistics' options
     template) like the data message it sends next, its statistics record (ofproto-dpif-ipfix.c:
