@@ -3275,6 +3275,13 @@ def test_a_new_v5_stream_starts_with_the_numbering_its_exporter_decided() -> Non
     assert _seq_at(dec, "netflow5", t0 + 5) == (1, 0)
 
 
+def _v9_records(rng: random.Random, n: int) -> list[dict]:
+    """n TCP records for V9_TEMPLATE, random sources and source ports."""
+    return [{"src": f"10.0.0.{rng.randrange(1, 250)}", "dst": "10.1.0.1", "sport": rng.randrange(65536),
+             "dport": 443, "proto": 6, "tos": 0, "flags": 2, "bytes": 100, "packets": 1, "first": 1000,
+             "last": 2000, "input": 1, "output": 2} for _ in range(n)]
+
+
 def test_v9_sequence_that_counts_flows_not_packets() -> None:
     """RFC 3954 5.1 numbers v9 export packets; Juniper's v9 numbers the flows sent before the
     packet, as NetFlow v5 does. Once the steps show it (two packets whose step is the previous
@@ -3286,9 +3293,7 @@ def test_v9_sequence_that_counts_flows_not_packets() -> None:
     t0 = float(EXPORT)
 
     def recs(n: int) -> list[dict]:
-        return [{"src": f"10.0.0.{rng.randrange(1, 250)}", "dst": "10.1.0.1", "sport": rng.randrange(65536),
-                 "dport": 443, "proto": 6, "tos": 0, "flags": 2, "bytes": 100, "packets": 1, "first": 1000,
-                 "last": 2000, "input": 1, "output": 2} for _ in range(n)]
+        return _v9_records(rng, n)
 
     opt_body = struct.pack("!HHH", 400, 4, 4) + struct.pack("!HHHH", 1, 4, 34, 4)
     opt_tpl = struct.pack("!HH", 1, 4 + len(opt_body)) + opt_body
@@ -3371,10 +3376,6 @@ def test_netflow_restart_numbered_past_the_old_run_is_a_restart_not_a_loss(versi
     rng = random.Random(14)
     t0 = float(EXPORT)
 
-    def v9recs(n: int) -> list[dict]:
-        return [{"src": f"10.0.0.{rng.randrange(1, 250)}", "dst": "10.1.0.1", "sport": rng.randrange(65536),
-                 "dport": 443, "proto": 6, "tos": 0, "flags": 2, "bytes": 100, "packets": 1, "first": 1000,
-                 "last": 2000, "input": 1, "output": 2} for _ in range(n)]
 
     def run(sends: list[tuple[int, int, float]]) -> tuple[int, int]:
         """(v5: the datagram's first flow number / v9: its packet number, header uptime ms,
@@ -3393,7 +3394,7 @@ def test_netflow_restart_numbered_past_the_old_run_is_a_restart_not_a_loss(versi
                 n = 10
             else:
                 sets = [template_set([V9_TEMPLATE], version=9)] if last_up < 0 or up < last_up else []
-                d = v9_datagram([*sets, v9_data_set(V9_TEMPLATE, v9recs(3))], seq=seq, unix_secs=EXPORT + int(t),
+                d = v9_datagram([*sets, v9_data_set(V9_TEMPLATE, _v9_records(rng, 3))], seq=seq, unix_secs=EXPORT + int(t),
                                 uptime_ms=up)
                 n = 3
             b = dec.decode(d, EXPORTER, 2055, t0 + t)
