@@ -199,6 +199,53 @@ def test_softflowd_psamp_reports_of_mpls_and_pppoe_frames_have_their_length(work
     assert set(seen) == {"mpls", "mpls2", "pppoe"}, f"reports by encapsulation: {dict(seen)}"
 
 
+# What the peer sends the node in test_softflowd_live (and the node answers): UDP over IPv4 and
+# IPv6 both ways, ICMP echo (each direction a flow of its own, counts and sizes all distinct)
+LIVE_EXCHANGES = [
+    E.Exchange(G.UDP, False, 40000, 5000, count=10, size=100, replies=7, reply_size=300),
+    E.Exchange(G.UDP, True, 40001, 5001, count=5, size=500, replies=3, reply_size=200),
+    E.Exchange(G.ICMP, False, 4242, 0, count=4, size=56),
+]
+
+
+def exchanged_flows(exchanges: list[E.Exchange]) -> list[G.Flow]:
+    """The flows the exchanges put on the wire, as check_against_traffic takes them."""
+    out = []
+    for x in exchanges:
+        if x.proto == G.ICMP:   # echo request (8) and the node's echo reply (0): type and code
+            out += [G.Flow(x.peer, x.node, G.ICMP, 8, 0, packets=x.count, payload=x.size),
+                    G.Flow(x.node, x.peer, G.ICMP, 0, 0, packets=x.count, payload=x.size)]
+            continue
+        out.append(G.Flow(x.peer, x.node, x.proto, x.peer_port, x.node_port, packets=x.count, payload=x.size))
+        if x.replies:
+            out.append(G.Flow(x.node, x.peer, x.proto, x.node_port, x.peer_port, packets=x.replies,
+                              payload=x.reply_size))
+    return out
+
+
+@pytest.mark.parametrize("version", ["5", "9", "10"])
+def test_softflowd_live(version: str, workdir: Path, decoders_mod) -> None:
+    """softflowd capturing live (-i) on a veth while the namespace at its other end exchanges UDP
+    (IPv4 and IPv6, answered) and ICMP echo with softflowd's: every direction comes out as the
+    flow that was sent (addresses, ports, ICMP type and code, packets, IP bytes, the wall
+    clock's times), nothing else (the filler run_softflowd_live needs to get the packets to
+    softflowd aside), and flowscope decodes the export as tshark does."""
+    _skip_unless("softflowd", "softflowctl")
+    began = time.time()
+    cap, port = capture_export(workdir, lambda ns, port: E.run_softflowd_live(ns, workdir, version, port,
+                                                                              LIVE_EXCHANGES))
+    problems, flows = decode_capture(decoders_mod, cap, "cflow", port)
+    flows = [f for f in flows if E.FLUSH_PORT not in (f.get("SrcPort"), f.get("DstPort"))]
+    generated = exchanged_flows(LIVE_EXCHANGES)
+    if version == "5":  # NetFlow v5 carries IPv4 only
+        generated = [g for g in generated if not g.v6]
+    problems += check_against_traffic(flows, generated, start=began)
+    want_proto = {"5": "netflow5", "9": "netflow9", "10": "ipfix"}[version]
+    problems += [f"FlowProtocol {f.get('FlowProtocol')!r}" for f in flows
+                 if f.get("FlowProtocol") not in (None, want_proto)]
+    assert not problems, "\n".join(problems)
+
+
 def _softflowd_ipfix(workdir: Path, n: int) -> tuple[list[G.Flow], list[Any]]:
     """softflowd's IPFIX export of n UDP and TCP flows 1 ms apart: the flows and its datagrams."""
     from collector.pcap import iter_udp

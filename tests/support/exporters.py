@@ -12,12 +12,17 @@ runs never share /var/run. pmacctd reads a pcap with `pcap_savefile` and, with
 
 from __future__ import annotations
 
+import json
+import re
 import signal
 import struct
 import subprocess
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support import netns as N
 from tests.support.netns import NetNS
 
 
@@ -52,6 +57,149 @@ def run_softflowd(ns: NetNS, workdir: Path, version: str, port: int, *, timeout:
     if p.returncode != 0:
         raise RuntimeError(f"softflowd -v {version} exited {p.returncode}: {text}")
     return text
+
+
+# softflowd -i: the node (softflowd, the traffic's receiver) and the peer at the other end of a veth
+LIVE_NODE = ("10.77.0.1", "fd77::1")
+LIVE_PEER = ("10.77.0.2", "fd77::2")
+FLUSH_PORT = 5999   # the peer's filler traffic, to this port on the node (see run_softflowd_live)
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """Traffic the peer starts with the node: `count` UDP datagrams (proto 17) of `size` zero
+    bytes from the peer's `peer_port` to the node's `node_port`, answered by the node with
+    `replies` datagrams of `reply_size` bytes; or (proto 1, IPv4) `count` ICMP echo requests
+    with `size` bytes of data (identifier `peer_port`), which the node's kernel answers."""
+
+    proto: int
+    v6: bool
+    peer_port: int
+    node_port: int
+    count: int
+    size: int
+    replies: int = 0
+    reply_size: int = 0
+
+    @property
+    def peer(self) -> str:
+        return LIVE_PEER[self.v6]
+
+    @property
+    def node(self) -> str:
+        return LIVE_NODE[self.v6]
+
+    @property
+    def packets(self) -> int:
+        """Packets on the wire, both ways."""
+        return self.count + (self.count if self.proto == 1 else self.replies)
+
+
+# Run in the peer's namespace: argv[1] the exchanges as JSON lists of (proto, peer address, peer
+# port, node address, node port, count, size, replies), argv[2] the gap between sends (s). Every
+# exchange waits for its answers before the next starts, so all of them have crossed the veth
+# when it prints "done".
+PEER_SEND = """
+import json, socket, struct, sys, time
+
+def csum(b):
+    t = sum(struct.unpack("!%dH" % (len(b) // 2), b[:len(b) // 2 * 2])) + (b[-1] << 8 if len(b) % 2 else 0)
+    while t >> 16:
+        t = (t & 0xFFFF) + (t >> 16)
+    return ~t & 0xFFFF
+
+gap = float(sys.argv[2])
+for proto, src, sport, dst, dport, count, size, replies in json.loads(sys.argv[1]):
+    if proto == 17:
+        s = socket.socket(socket.AF_INET6 if ":" in dst else socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(10)
+        s.bind((src, sport))
+        for _ in range(count):
+            s.sendto(bytes(size), (dst, dport))
+            time.sleep(gap)
+        for _ in range(replies):
+            s.recvfrom(65535)
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        s.settimeout(10)
+        for seq in range(count):
+            msg = struct.pack("!BBHHH", 8, 0, 0, sport, seq) + bytes(size)
+            s.sendto(msg[:2] + struct.pack("!H", csum(msg)) + msg[4:], (dst, 0))
+            time.sleep(gap)
+        got = 0
+        while got < count:
+            pkt = s.recv(65535)
+            icmp = pkt[(pkt[0] & 15) * 4:]
+            got += icmp[0] == 0 and struct.unpack_from("!H", icmp, 4)[0] == sport
+    s.close()
+print("done", flush=True)
+"""
+
+
+def _softflowctl(ns: NetNS, workdir: Path, command: str) -> str:
+    p = ns.run(["softflowctl", "-c", "./sf.ctl", command], cwd=workdir, check=False)
+    return (p.stdout + p.stderr).decode(errors="replace")
+
+
+def _processed(stats: str) -> int:
+    m = re.search(r"Packets processed: (\d+)", stats)
+    return int(m.group(1)) if m else -1
+
+
+def run_softflowd_live(ns: NetNS, workdir: Path, version: str, port: int, exchanges: list[Exchange], *,
+                       extra: tuple[str, ...] = (), flush_batches: int = 40) -> str:
+    """softflowd -i capturing live on the node end of a veth (in `ns`, the node) whose other end
+    is in a namespace of its own (the peer), exporting NetFlow `version` to 127.0.0.1:port while
+    the peer runs `exchanges` with the node; then softflowd is shut down (softflowctl shutdown:
+    it exports every flow it holds and exits). Returns its statistics and output.
+
+    softflowd 1.1.0 opens its capture with a timeout of 0 ms, which libpcap (1.10, TPACKET_V3)
+    makes a ring block retire timeout of UINT_MAX ms: the kernel hands a block of the ring (256
+    KiB) to softflowd only once it is full, and softflowd, polling with no timeout while it
+    holds no flow, never sees a few test packets ("Packets received by libpcap: 10", "Packets
+    processed: 0"). So after the exchanges the peer sends filler datagrams (from and to
+    FLUSH_PORT: leave that flow out) until softflowd has processed more packets than the
+    exchanges put on the wire: the block holding the last of them is full, and everything
+    before the filler was counted. Its BPF filter (udp or icmp) keeps the namespaces' own
+    ICMPv6 (neighbour discovery, MLD) and ARP out of the ring and the flows."""
+    peer = NetNS()
+    try:
+        end_node, end_peer = N.veth_between(ns, peer)
+        for side, end, (v4, v6) in ((ns, end_node, LIVE_NODE), (peer, end_peer, LIVE_PEER)):
+            side.run(["ip", "addr", "add", f"{v4}/24", "dev", end])
+            side.run(["ip", "-6", "addr", "add", f"{v6}/64", "dev", end, "nodad"])
+        for x in exchanges:
+            if x.proto == 17:
+                N.udp_sink(ns, x.node, x.node_port, replies=x.replies, reply_size=x.reply_size)
+        N.udp_sink(ns, LIVE_NODE[0], FLUSH_PORT)
+        p = ns.popen(["softflowd", "-i", end_node, "-n", f"127.0.0.1:{port}", "-v", str(version), "-d", "-6",
+                      "-c", "./sf.ctl", "-p", "./sf.pid", *extra, "udp or icmp"], cwd=workdir)
+        deadline = time.monotonic() + 10
+        while _processed(_softflowctl(ns, workdir, "statistics")) < 0:
+            if p.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"softflowd -i did not start: {p.communicate(timeout=5)}")
+            time.sleep(0.1)
+        spec = [[x.proto, x.peer, x.peer_port, x.node, x.node_port, x.count, x.size, x.replies] for x in exchanges]
+        peer.run([sys.executable, "-c", PEER_SEND, json.dumps(spec), "0.002"])
+        wire = sum(x.packets for x in exchanges)
+        flush = json.dumps([[17, LIVE_PEER[0], FLUSH_PORT, LIVE_NODE[0], FLUSH_PORT, 500, 1400, 0]])
+        for _ in range(flush_batches):
+            if _processed(stats := _softflowctl(ns, workdir, "statistics")) > wire:
+                break
+            peer.run([sys.executable, "-c", PEER_SEND, flush, "0"])
+            time.sleep(0.2)
+        else:
+            raise RuntimeError(f"softflowd -i processed no more than the {wire} exchanged packets after "
+                               f"{flush_batches} x 500 filler datagrams:\n{stats}")
+        _softflowctl(ns, workdir, "shutdown")
+        try:
+            out, err = p.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            ns.stop(p, signal.SIGKILL)
+            raise RuntimeError("softflowd -i did not shut down") from None
+        return stats + (out + err).decode(errors="replace")
+    finally:
+        peer.close()
 
 
 def pmacctd_config(plugin: str, port: int, *, version: int = 10, sampling: int = 1) -> str:

@@ -158,18 +158,23 @@ fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
 s = socket.socket(fam, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
 s.bind((sys.argv[1], int(sys.argv[2])))
+replies, size = int(sys.argv[3]), int(sys.argv[4])
 print("ready", flush=True)
 while True:
-    s.recv(65535)
+    peer = s.recvfrom(65535)[1]
+    if replies > 0:
+        s.sendto(bytes(size), peer)
+        replies -= 1
 """
 
 
-def udp_sink(ns: NetNS, addr: str, port: int) -> subprocess.Popen:
+def udp_sink(ns: NetNS, addr: str, port: int, *, replies: int = 0, reply_size: int = 0) -> subprocess.Popen:
     """A UDP socket that drains `addr:port` in `ns`: without a listener the exporter's connected
-    socket gets ICMP port-unreachable and its next send fails with ECONNREFUSED."""
+    socket gets ICMP port-unreachable and its next send fails with ECONNREFUSED. It answers the
+    first `replies` datagrams, each with `reply_size` zero bytes to its sender."""
     import sys
 
-    p = ns.popen([sys.executable, "-c", SINK, addr, str(port)])
+    p = ns.popen([sys.executable, "-c", SINK, addr, str(port), str(replies), str(reply_size)])
     assert p.stdout is not None
     line = p.stdout.readline()
     if b"ready" not in line:
