@@ -406,6 +406,35 @@ def test_without_matplotlib_the_harness_says_there_is_no_plot(tmp_path: Path, mo
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("nfacctd") is None, reason="pmacct not installed")
+def test_pmacct_reads_a_burst_sent_as_soon_as_it_has_started(broker: Any) -> None:
+    """pmacct's core tells its Kafka plugin of new data only while the plugin waits in its main
+    loop: a burst that arrived before (the plugin still clearing its cache) stayed unread, every
+    purge wrote 0 entries (8 of 31 pmacct_stop trials read back 0 flows). start_pmacct waited 1 s
+    after the core bound its port; now it returns once the plugin waits in that loop. A plugin
+    with a cache of 393,215 entries (1.6 GB to clear: about 2 s here) makes the old wait short:
+    the 1,500 flows sent at once must all be read back."""
+    from benchmarks import broker as brk
+    from benchmarks import peers
+    from benchmarks.build import build
+
+    topic = brk.create_topic(broker.bootstrap)
+    port = free_udp_port()
+    peer = peers.start_pmacct("v5", port=port, bootstrap=broker.bootstrap, topic=topic, refresh_s=1,
+                              cache_entries=393215)
+    try:
+        subprocess.run([str(build()), "--proto", "v5", "--to", f"127.0.0.1:{port}", "--count", "50", "--rate",
+                        "30000"], capture_output=True, text=True, check=True, timeout=30)
+        peer.stop()
+        purges = [ln for ln in peer.log_tail(200).splitlines() if "QN: " in ln]
+    finally:
+        peer.stop()
+        peer.cleanup()
+    got = brk.count_messages(broker.bootstrap, topic, expected=1500, idle=3).messages
+    assert got == 1500, (got, purges)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("nfacctd") is None, reason="pmacct not installed")
 def test_pmacct_stops_once_its_cache_is_delivered_not_at_its_timeout(broker: Any) -> None:
     """pmacct's core keeps SIGTERM blocked but while it handles a datagram, so Peer.stop's
     SIGTERM stayed pending after the load: every pmacct stop waited its whole timeout (15 s) and
