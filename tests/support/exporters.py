@@ -177,7 +177,8 @@ def run_softflowd_live(ns: NetNS, workdir: Path, version: str, port: int, exchan
         deadline = time.monotonic() + 10
         while _processed(_softflowctl(ns, workdir, "statistics")) < 0:
             if p.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"softflowd -i did not start: {p.communicate(timeout=5)}")
+                ns.stop(p, signal.SIGKILL)
+                raise RuntimeError(f"softflowd -i did not start: {p.communicate()}")
             time.sleep(0.1)
         spec = [[x.proto, x.peer, x.peer_port, x.node, x.node_port, x.count, x.size, x.replies] for x in exchanges]
         peer.run([sys.executable, "-c", PEER_SEND, json.dumps(spec), "0.002"])
