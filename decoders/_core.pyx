@@ -509,7 +509,7 @@ cdef class Decoder:
                 "template_rates": [[v, d, p, i, rate] for (v, d, p, i), rate in ex.template_rates.items()],
                 # (names are exporter bytes: invalid UTF-8 is replaced, as the JSON output does)
                 "interface_names": [[v, d, p, i, name.decode("utf-8", "replace")]
-                                    for (v, d, p, i), name in ex.interface_names.items()],
+                                    for (v, d, p, i), name in ex.flat_names().items()],
                 "sysinit_ms": [[v, d, p, ms] for (v, d, p), ms in ex.sysinit_ms.items()],
                 "withdrawn": [[p, w] for p, w in ex.withdrawn.items()],
                 "seen": [[p, w] for p, w in seen.items()],
@@ -604,6 +604,8 @@ cdef class Decoder:
                         continue
                     for key in [k for k, have in ex.templates.items() if have.port == port]:
                         drop_template(self, ex, key)
+                    # (interface_names: by (version, domain, port), each a table of the process;
+                    # set_names, below, counts them again and tells the templates)
                     for target in (ex.domain_sampling, ex.sampler_rates, ex.interface_rates, ex.egress_rates,
                                    ex.template_rates, ex.interface_names, ex.sysinit_ms):
                         for key in [k for k in target if k[2] == port]:
@@ -638,12 +640,13 @@ cdef class Decoder:
                 ports = {}
                 for t in ex.templates.values():
                     ports.setdefault((t.version, t.domain), set()).add(t.port)
+            names = ex.flat_names()     # (loaded as the others are, then made tables again)
             for name, width, target in (("domain_sampling", 2, ex.domain_sampling),
                                         ("sampler_rates", 3, ex.sampler_rates),
                                         ("interface_rates", 3, ex.interface_rates),
                                         ("egress_rates", 3, ex.egress_rates),
                                         ("template_rates", 3, ex.template_rates),
-                                        ("interface_names", 3, ex.interface_names),
+                                        ("interface_names", 3, names),
                                         ("sysinit_ms", 2, ex.sysinit_ms)):
                 entries = st.get(name, [])
                 if not isinstance(entries, list):
@@ -686,8 +689,6 @@ cdef class Decoder:
                         target[key] = value
             if ex.egress_rates or ex.template_rates:
                 ex.narrow_rates = True
-            if ex.interface_names:
-                ex.has_if_names = True
-            ex.count_names()
+            ex.set_names(names)
             self.sync_state(ex)
         return {"templates": loaded, "skipped": skipped}

@@ -301,6 +301,11 @@ cdef class Template:
     cdef bint events          # firewall event records (NSEL): never sampled (resolve_sampling)
     cdef bint not_sent        # IPFIX options with notSent*TotalCount (166-168): learn_not_sent
     cdef bint if_names        # options naming an interface (82/83 and an ifIndex): learn_if_name
+    # The interface table of its exporting process and domain (ExporterState.interface_names'
+    # entry, None: none), as of the exporter's names_gen: found again only when that changed, so
+    # that neither a record nor a data set builds a key to find it (decode_data_set)
+    cdef dict names_table
+    cdef uint64_t names_gen
     cdef readonly double refreshed  # receive time of the datagram that (re)defined it (eviction order)
     # Receive time (down to SEEN_STEP_S) of the latest data read with it, or of what a state file
     # loaded at start said of its exporting process: with `refreshed` and the process's withdrawal,
@@ -641,11 +646,16 @@ cdef class ExporterState:
     cdef readonly dict interface_rates  # (version, domain, port, ifIndex) -> rate (interface-scoped options)
     cdef readonly dict egress_rates     # (version, domain, port, ifIndex) -> rate (egressInterface-scoped)
     cdef readonly dict template_rates   # (version, domain, port, template id) -> rate (template-scoped)
-    cdef readonly dict interface_names  # (version, domain, port, ifIndex) -> its name (bytes, learn_if_name)
-    # interface_names has had an entry: decode_record looks a record's interfaces up only then
-    # (a field read per record without names of its own; never cleared, as narrow_rates)
+    # (version, domain, port) -> {ifIndex: its name (bytes, learn_if_name)}: one table per
+    # exporting process and domain, which its templates keep (Template.names_table), so that a
+    # record's lookups (learned_names) are by its ifIndex alone, no key tuple built and hashed
+    cdef readonly dict interface_names
+    # interface_names has had an entry: decode_data_set looks a set's table up only then
+    # (a field read per set; never cleared, as narrow_rates)
     cdef bint has_if_names
-    cdef Py_ssize_t names_bytes        # bytes of the names in interface_names (state_size)
+    cdef Py_ssize_t names_count        # names in interface_names' tables (its bound, state_size)
+    cdef uint64_t names_gen            # counts the tables' coming and going (Template.names_table)
+    cdef Py_ssize_t names_bytes        # bytes of those names (state_size)
     # egress_rates or template_rates has had an entry: resolve_sampling looks them up only then
     # (a field read per record, not two dict sizes; never cleared, a stale True costs lookups)
     cdef bint narrow_rates
@@ -776,7 +786,7 @@ cdef class ExporterState:
         return (STATE_BYTES_EXPORTER
                 + STATE_BYTES_ENTRY * (len(self.domain_sampling) + len(self.sampler_rates)
                                        + len(self.interface_rates) + len(self.egress_rates) + len(self.template_rates)
-                                       + len(self.interface_names) + len(self.sysinit_ms) + len(self.drops_seen) + len(self.withdrawn)
+                                       + self.names_count + len(self.sysinit_ms) + len(self.drops_seen) + len(self.withdrawn)
                                        + len(self.not_sent_seen))
                 + self.names_bytes
                 + STATE_BYTES_STREAM * (len(self.seq_streams) + len(self.seq_ports)) + self.floor_bytes
@@ -791,11 +801,31 @@ cdef class ExporterState:
         return self.protocol_counts()
 
     cdef void count_names(self):
-        """names_bytes again, after entries of interface_names were removed or loaded."""
+        """names_count and names_bytes again, after tables of interface_names were removed."""
+        cdef dict table
         cdef bytes name
-        self.names_bytes = 0
-        for name in self.interface_names.values():
-            self.names_bytes += len(name)
+        self.names_count = self.names_bytes = 0
+        for table in self.interface_names.values():
+            self.names_count += len(table)
+            for name in table.values():
+                self.names_bytes += len(name)
+
+    cdef dict flat_names(self):
+        """interface_names as the state file has it: (version, domain, port, ifIndex) -> name."""
+        cdef dict table
+        return {process + (ifindex,): name for process, table in self.interface_names.items()
+                for ifindex, name in table.items()}
+
+    cdef void set_names(self, dict flat):
+        """interface_names from flat_names' form (a state file loaded into it), counted again."""
+        cdef dict tables = {}
+        for key, name in flat.items():
+            tables.setdefault(key[:3], {})[key[3]] = name
+        self.interface_names = tables
+        self.names_gen += 1
+        if tables:
+            self.has_if_names = True
+        self.count_names()
 
     cdef dict protocol_counts(self):
         """_by_protocol with the datagrams and flows counted in the slots added."""
@@ -2004,8 +2034,9 @@ cdef inline bint mac_zero(const uint8_t* p) noexcept:
 
 
 cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, Reader* s,
-                       int64_t export_ms, int64_t sysinit_ms) except -1:
-    """Decode one data record of template t into a new Flow (options records update state)."""
+                       int64_t export_ms, int64_t sysinit_ms, dict if_names) except -1:
+    """Decode one data record of template t into a new Flow (options records update state);
+    if_names: the interface table of t's exporting process and domain, None without one."""
     cdef int i, a
     cdef FieldSpec* fs
     cdef Py_ssize_t L
@@ -2663,10 +2694,10 @@ cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, R
         f.etype = 0x0800 if f.af == 4 or (v4mapped(f.src) and v4mapped(f.dst)) else 0x86DD
         f.present |= P_ETYPE
 
-    if ex.has_if_names:
-        # (a record of an exporter without names pays that field read alone, benchmarks/RESULTS.md;
+    if if_names is not None:
+        # (a record of an exporter without names pays that test alone, benchmarks/RESULTS.md;
         # learned_names tells a record's own names by their offsets)
-        learned_names(ex, b, t, f)     # (a record's own non-empty interfaceName wins)
+        learned_names(if_names, b, f)     # (a record's own non-empty interfaceName wins)
 
     own_rate = rate_from(sampling_interval, sampling_pkt_interval, sampling_space, sampling_size,
                          sampling_population, sampling_prob)
@@ -3185,12 +3216,19 @@ cdef void learn(Decoder dec, ExporterState ex, dict d, tuple key, object value):
     """One entry of what options data teaches, bounded per exporter (RFC 7011 11.4: a sender
     must not grow the collector's state without limit; a spray of sampler ids or domains would):
     a known key is updated, a new one past OPTIONS_MAX_ENTRIES refused and counted."""
-    if len(d) >= OPTIONS_MAX_ENTRIES and key not in d:
-        ex.count_error("options_limit")
-        dec.log_limited("options_limit", ex.ip, f"v{key[0]} domain {key[1]} options data not learned: exporter "
-                                                f"already has {len(d)} such entries")
-        return
-    d[key] = value
+    if len(d) < OPTIONS_MAX_ENTRIES or key in d or not options_full(dec, ex, len(d), key[0], key[1]):
+        d[key] = value
+
+
+cdef bint options_full(Decoder dec, ExporterState ex, Py_ssize_t held, int version, uint32_t domain):
+    """An exporter holding `held` entries of a kind of options-learned state has no room for a
+    new one (learn; learn_if_name counts the names of all its tables): counted and logged."""
+    if held < OPTIONS_MAX_ENTRIES:
+        return False
+    ex.count_error("options_limit")
+    dec.log_limited("options_limit", ex.ip, f"v{version} domain {domain} options data not learned: exporter "
+                                            f"already has {held} such entries")
+    return True
 
 
 NOT_SENT_UNITS = {166: "flows", 167: "packets", 168: "octets"}
@@ -3331,8 +3369,9 @@ cdef void learn_if_name(Decoder dec, ExporterState ex, Template t, const uint8_t
     Nokia): the name of the ifIndex it is scoped by (else of its first ingressInterface /
     egressInterface field) is its interfaceName (82), else its interfaceDescription (83) (IANA:
     ifName, and ifDescr, "FastEthernet 1/0"), trailing NULs cut (v9 pads fixed-length strings).
-    Kept per exporting process and domain, as interface rates are, for the data records that
-    carry no interfaceName of their own (learned_names); bounded as they are (learn), and a name
+    Kept per exporting process and domain (a table of each, ExporterState.interface_names), for
+    the data records that carry no interfaceName of their own (learned_names); bounded as
+    interface rates are (options_full: all the tables' names together), and a name
     longer than IF-MIB's 255 bytes is refused and counted as options_limit too. A record with no
     name (or an empty one) teaches nothing. The record is walked again here, as learn_not_sent
     does: decode_record's loop has no case for it."""
@@ -3345,7 +3384,8 @@ cdef void learn_if_name(Decoder dec, ExporterState ex, Template t, const uint8_t
     cdef const uint8_t* name_p = NULL
     cdef const uint8_t* desc_p = NULL
     cdef Py_ssize_t name_len = 0, desc_len = 0
-    cdef object name
+    cdef object name, old, process
+    cdef dict table
     walk_fields(&w, t, buf, start, end)
     while next_field(&w):
         fs = &w.fields[w.i]
@@ -3377,17 +3417,25 @@ cdef void learn_if_name(Decoder dec, ExporterState ex, Template t, const uint8_t
         dec.log_limited("options_limit", ex.ip, f"v{t.version} domain {t.domain} interface {ifindex}: a name of "
                                                 f"{len(name)} bytes not learned (at most {IFNAME_MAX})")
         return
-    key = (t.version, t.domain, t.port, ifindex)
-    old = ex.interface_names.get(key)
-    learn(dec, ex, ex.interface_names, key, name)
-    if key in ex.interface_names:
-        ex.names_bytes += len(name) - (0 if old is None else len(old))
-        ex.has_if_names = True
+    process = (t.version, t.domain, t.port)
+    table = ex.interface_names.get(process)
+    old = None if table is None else table.get(ifindex)
+    if old is None and options_full(dec, ex, ex.names_count, t.version, t.domain):
+        return
+    if table is None:
+        table = ex.interface_names[process] = {}
+        ex.names_gen += 1
+    table[ifindex] = name
+    if old is None:
+        ex.names_count += 1
+    ex.names_bytes += len(name) - (0 if old is None else len(old))
+    ex.has_if_names = True
 
 
-cdef void learned_names(ExporterState ex, FlowBatch b, Template t, Flow* f):
+cdef void learned_names(dict table, FlowBatch b, Flow* f):
     """The names an exporter's options data gave interfaces (learn_if_name), for a data record's
-    Interfaces slots its own interfaceName (82) elements leave empty (Flow.names_learned).
+    Interfaces slots its own interfaceName (82) elements leave empty (Flow.names_learned);
+    `table` is its exporting process and domain's (ifIndex -> name, decode_data_set).
     NetObserv's Interfaces / IfDirections are parallel: an interface the flow was observed on and
     the direction it was observed in there (0 ingress, 1 egress). The slots:
     - a record with no interfaceName of its own: with flowDirection / DIRECTION (61), the one
@@ -3406,19 +3454,18 @@ cdef void learned_names(ExporterState ex, FlowBatch b, Template t, Flow* f):
     cdef bint pair = f.out_name_off != 0 or (not own and f.direction < 0)
     cdef bint egress = f.direction == 1
     cdef object n_in = None, n_out = None     # (bytes: learn_if_name, import_state)
-    cdef dict table = ex.interface_names
     cdef list names
     cdef uint8_t bits = NAMES_OWN if own else 0
     # (the lookups written out, not in a helper returning the name: that helper, called for
     # each slot, cost 70 instructions a record more, benchmarks/RESULTS.md)
     if pair:
         if not f.in_name_len and f.present & P_INIF:
-            n_in = table.get((t.version, t.domain, t.port, f.in_if))
+            n_in = table.get(f.in_if)
         if not f.out_name_len and f.present & P_OUTIF:
-            n_out = table.get((t.version, t.domain, t.port, f.out_if))
+            n_out = table.get(f.out_if)
     elif not f.in_name_len and f.present & (P_OUTIF if egress else P_INIF):
         # one slot: the interface the record was observed on
-        n_in = table.get((t.version, t.domain, t.port, f.out_if if egress else f.in_if))
+        n_in = table.get(f.out_if if egress else f.in_if)
     if n_in is None and n_out is None:
         return
     if b._ifnames is None:
@@ -3453,11 +3500,12 @@ cdef void forget_options(ExporterState ex, int version, uint32_t domain, uint16_
     cdef tuple key = (version, domain, port)
     ex.sysinit_ms.pop(key, None)
     ex.domain_sampling.pop(key, None)
-    for rates in (ex.sampler_rates, ex.interface_rates, ex.egress_rates, ex.template_rates, ex.interface_names):
+    for rates in (ex.sampler_rates, ex.interface_rates, ex.egress_rates, ex.template_rates):
         if rates:
             for k in [k for k in rates if k[:3] == key]:
                 del rates[k]
-    if ex.names_bytes:
+    if ex.interface_names.pop(key, None) is not None:
+        ex.names_gen += 1
         ex.count_names()
 
 
@@ -3835,6 +3883,7 @@ cdef int decode_data_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* s, 
     cdef uint64_t k64 = (<uint64_t>domain << 32) | (<uint64_t>set_id << 16) | b.port
     cdef Template t
     cdef Py_ssize_t before, n_before, start = s.pos
+    cdef dict if_names = None
     if ex.last_t is not None and ex.last_tkey == k64 and ex.last_tver == version:
         t = ex.last_t
     else:
@@ -3859,6 +3908,14 @@ cdef int decode_data_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* s, 
     if not t.options and t.min_len > 0 and b.n == 0:
         # the records the set can hold, up to the batch's usual first size
         batch_reserve(b, min(32, max(1, rd_left(s) // t.min_len)))
+    if ex.has_if_names and not t.options:
+        # the interface table of the set's exporting process and domain (learned_names), as the
+        # template last found it unless tables came or went since; its records teach no names
+        # (options records do) and nothing forgets a table mid-set
+        if t.names_gen != ex.names_gen:
+            t.names_table = ex.interface_names.get((t.version, t.domain, t.port))
+            t.names_gen = ex.names_gen
+        if_names = t.names_table
     while rd_left(s) >= t.min_len:
         if rd_left(s) < 4 and (s.end - start) % 4 == 0 and all_zero(s.buf, s.pos, s.end):
             # RFC 3954 5.3: "The Exporter SHOULD insert some padding bytes so that the subsequent
@@ -3871,7 +3928,7 @@ cdef int decode_data_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* s, 
         before = s.pos
         n_before = b.n
         try:
-            decode_record(dec, ex, b, t, s, export_ms, sysinit_ms)
+            decode_record(dec, ex, b, t, s, export_ms, sysinit_ms, if_names)
         except BaseException as e:
             # A record that did not decode is not a flow: forget what it had filled in (the
             # records before it stay), whatever the error. Any other than a DecodeError
