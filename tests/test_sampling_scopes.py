@@ -540,28 +540,39 @@ def test_learned_names_follow_the_records_direction() -> None:
 
 
 def test_learned_names_turn_with_a_biflows_reverse_direction() -> None:
-    """--split-biflows: the reverse flow of an RFC 5103 biflow swaps its interfaces, and their
-    learned names with them, as it does a record's own names: a record observed on one
-    interface (flowDirection 0, its ingress one named) has it as the reverse flow's egress
-    interface, ["", name] (as a record's own single name turns)."""
+    """--split-biflows: the reverse flow of an RFC 5103 biflow swaps its interfaces. A pair of
+    names (a record without a direction: [ingress, egress]) swaps with them. A record with
+    flowDirection (61) has one name, the interface it was observed on; its reverse flow's
+    packets crossed that same interface the other way, so it keeps that one name with the
+    direction reversed ([name], IfDirections [1 - direction]), whether the name is learned or
+    the record's own. A single own name without a direction is read as the ingress interface's
+    (IfDirections [0]): the reverse flow's egress one, ["", name] with [0, 1]."""
     dec = Decoder(DecoderConfig(default_sampling=0, split_biflows=True))
     table = _tpl(300, ("if", 10, 0, 4), ("name", 82, 0, VARLEN), scope=1)
     bi = _tpl(256, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("in_if", 10, 0, 2), ("out_if", 14, 0, 2),
               ("bytes", 1, 0, 4), ("rbytes", 1, 29305, 4))
     bi_dir = _tpl(257, *bi.fields, ("dir", 61, 0, 1))
     own = _tpl(258, *bi_dir.fields, ("name", 82, 0, VARLEN))
+    own_no_dir = _tpl(259, *bi.fields, ("name", 82, 0, VARLEN))
     flow = {"src": "10.1.1.1", "dst": "10.2.2.2", "in_if": 1, "bytes": 10, "rbytes": 20}
-    b = dec.decode(ipfix_message([_ipfix_options_set([table]), template_set([bi, bi_dir, own]),
+    b = dec.decode(ipfix_message([_ipfix_options_set([table]), template_set([bi, bi_dir, own, own_no_dir]),
                                   data_set(table, [{"if": 1, "name": b"xe-0/0/1"}, {"if": 2, "name": b"xe-0/0/2"}]),
                                   data_set(bi, [{**flow, "out_if": i} for i in (2, 9)]),
-                                  data_set(bi_dir, [{**flow, "out_if": 2, "dir": 0}]),
-                                  data_set(own, [{**flow, "out_if": 2, "dir": 0, "name": b"xe-0/0/1"}])],
+                                  data_set(bi_dir, [{**flow, "out_if": 2, "dir": d} for d in (0, 1)]),
+                                  data_set(own, [{**flow, "out_if": 2, "dir": 0, "name": n}
+                                                 for n in (b"xe-0/0/1", b"")]),
+                                  data_set(own_no_dir, [{**flow, "out_if": 2, "name": b"xe-0/0/1"}])],
                                  seq=0, export_time=EXPORT), EXPORTER, PORT, EXPORT)
     assert b.error is None
     assert _interfaces(b) == [(["xe-0/0/1", "xe-0/0/2"], [0, 1]), (["xe-0/0/2", "xe-0/0/1"], [0, 1]),
                               (["xe-0/0/1", ""], [0, 1]), (["", "xe-0/0/1"], [0, 1]),
-                              (["xe-0/0/1"], [0]), (["", "xe-0/0/1"], [0, 1]),
+                              (["xe-0/0/1"], [0]), (["xe-0/0/1"], [1]),
+                              (["xe-0/0/2"], [1]), (["xe-0/0/2"], [0]),
+                              (["xe-0/0/1"], [0]), (["xe-0/0/1"], [1]),
+                              (["xe-0/0/1"], [0]), (["xe-0/0/1"], [1]),
                               (["xe-0/0/1"], [0]), (["", "xe-0/0/1"], [0, 1])]
+    # each reverse flow's direction is its forward flow's reversed (FlowDirection, no enricher)
+    assert [f.get("FlowDirection") for f in b.to_dicts()][4:12] == [0, 1, 1, 0, 0, 1, 0, 1]
 
 
 @pytest.mark.parametrize("layout", ["ios-xr-ipfix", "egress-scope", "ios-xr-v9"])
