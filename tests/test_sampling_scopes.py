@@ -575,6 +575,35 @@ def test_learned_names_turn_with_a_biflows_reverse_direction() -> None:
     assert [f.get("FlowDirection") for f in b.to_dicts()][4:12] == [0, 1, 1, 0, 0, 1, 0, 1]
 
 
+def test_an_interface_table_learned_after_its_data_names_the_next_records() -> None:
+    """A data template whose records came before its exporting process and domain sent an
+    interface table (another domain of the exporter had one already) names the records that
+    come after the table, and no longer once the table's options template is withdrawn
+    (RFC 7011 8.1), until a state file brings one; the other domain keeps its own all along."""
+    dec = Decoder(DecoderConfig(default_sampling=0))
+    table = _tpl(300, ("if", 10, 0, 4), ("name", 82, 0, VARLEN), scope=1)
+
+    def names(domain: int, *sets: bytes) -> list[tuple[object, object]]:
+        b = dec.decode(ipfix_message([*sets, _if_pairs(V9_FLOW, (1, 2))], seq=0, export_time=EXPORT, domain=domain),
+                       EXPORTER, PORT, EXPORT)
+        assert b.error is None
+        return _interfaces(b)
+
+    tables = [_ipfix_options_set([table]), template_set([V9_FLOW])]
+    assert names(1, *tables, data_set(table, [{"if": 1, "name": b"et-1/0/1"}])) == [(["et-1/0/1", ""], [0, 1])]
+    assert names(2, *tables) == [(None, None)]
+    assert names(2, data_set(table, [{"if": 2, "name": b"et-2/0/2"}])) == [(["", "et-2/0/2"], [0, 1])]
+    assert names(2) == [(["", "et-2/0/2"], [0, 1])]
+    assert names(2, struct.pack("!HHHH", 3, 8, 300, 0)) == [(None, None)]
+    assert names(1) == [(["et-1/0/1", ""], [0, 1])]
+    # a table another replica learned, merged into the running decoder's state (only_missing)
+    other = Decoder(DecoderConfig(default_sampling=0))
+    other.decode(ipfix_message([_ipfix_options_set([table]), data_set(table, [{"if": 1, "name": b"et-2/0/1"}])],
+                               seq=0, export_time=EXPORT, domain=2), EXPORTER, PORT, EXPORT)
+    dec.import_state(other.export_state(), only_missing=True)
+    assert names(2) == [(["et-2/0/1", ""], [0, 1])]
+
+
 @pytest.mark.parametrize("layout", ["ios-xr-ipfix", "egress-scope", "ios-xr-v9"])
 def test_interface_tables_of_other_layouts(layout: str) -> None:
     """IOS-XR's IPFIX interface table is scoped by ingressInterface (10) and egressInterface (14)
