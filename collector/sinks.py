@@ -1788,9 +1788,15 @@ class KafkaSink(Sink):
                 if self._need_metadata or lost:
                     # (metadata wanted after a partition's error answer, its batches held aside
                     # and nothing else queued, is no lost connection: the refresh says whether
-                    # the brokers answer; marking it lost first made /readyz flap every check)
-                    if lost:
+                    # the brokers answer; marking it lost first made /readyz flap every check.
+                    # Nor is one broker's lost connection while another's stays open: one broker
+                    # of several killed made /readyz say "kafka sink not connected", and
+                    # flowscope_sink_connected 0, for the refresh's length, the others answering
+                    # it; as a batch failed on it leaves the sink connected, _failed)
+                    if lost and self.connected and not self._answering(idle=True):
                         self.connected = False
+                        self.problem = (f"idle, and every connection to the brokers lost: asking "
+                                        f"{','.join(self.k.brokers)} for metadata")
                     self._need_metadata = True
                     await self._refresh_metadata()
                 elif not await self._probe():
@@ -2717,16 +2723,21 @@ class KafkaSink(Sink):
         now = _aio_produced(topic, o.partition)
         return sys.maxsize if before is None or now is None else now - before
 
-    def _answering(self) -> bool:
+    def _answering(self, idle: bool = False) -> bool:
         """Whether some broker answered within the request timeout on a connection still open:
         the direct path's Produce connections (DirectProducer.answering()), or, on the aiokafka
         path, the producers' connections (each notes when it last read an answer, any request's:
         its idle timer). A batch failed by another broker's lost connection or timeout then leaves
         the sink connected, its partitions said out of reach (_watch), on either path alike. Read
-        at a failure only: nothing is added to each batch's way."""
-        if self.direct is not None:
-            return bool(self.direct.answering())
-        since = time.monotonic() - self.k.request_timeout_ms / 1000
+        at a failure only: nothing is added to each batch's way. `idle`: nothing was produced
+        lately, so no answer dates a connection: whether any (direct or the producers') is still
+        open at all, the metadata refresh that follows saying whether its broker answers."""
+        d = self.direct
+        if d is not None and not idle:
+            return bool(d.answering())
+        if d is not None and any(c is not None and not c.closed for slots in d.conns.values() for c in slots):
+            return True
+        since = float("-inf") if idle else time.monotonic() - self.k.request_timeout_ms / 1000
         for p in self.producers:
             conns = getattr(p.client, "_conns", None)
             for conn in (conns.values() if isinstance(conns, dict) else ()):

