@@ -63,8 +63,13 @@ class RateLimitedLog:
 # port that is not a Kafka broker's aiokafka's line had an empty reason ("Unable connect to
 # "HOST:PORT": "). Shown with --log-level debug only; aiokafka's other lines are kept, and so is
 # an "Unable connect to" whose cause is a TLS error (a certificate kafka.tls_ca does not trust:
-# CERTIFICATE_VERIFY_FAILED), which the exception the sink sees does not carry.
-AIOKAFKA_REPORTED = ("Unable connect to ", "Unable to update metadata from ")
+# CERTIFICATE_VERIFY_FAILED), which the exception the sink sees does not carry. A failed
+# Produce request ("Got error produce response: ...", --no-kafka-direct) only when its cause is
+# NodeNotReadyError, its leader not connected to: the sink says that batch "not delivered:
+# NodeNotReadyError" and the broker out of reach; other causes (a connection lost under a
+# request, which aiokafka sends again) the sink may never say.
+PRODUCE_FAILED = "Got error produce response: "
+AIOKAFKA_REPORTED = ("Unable connect to ", "Unable to update metadata from ", PRODUCE_FAILED)
 
 
 def _said_by_the_sink(record: logging.LogRecord) -> bool:
@@ -72,6 +77,10 @@ def _said_by_the_sink(record: logging.LogRecord) -> bool:
     if not (isinstance(record.msg, str) and record.msg.startswith(AIOKAFKA_REPORTED)):
         return False
     cause = record.args[-1] if isinstance(record.args, tuple) and record.args else None
+    if record.msg.startswith(PRODUCE_FAILED):
+        from aiokafka.errors import NodeNotReadyError
+
+        return isinstance(cause, NodeNotReadyError)
     return not (record.msg.startswith("Unable connect to ") and isinstance(cause, ssl.SSLError))
 
 
