@@ -940,6 +940,9 @@ class KafkaSink(Sink):
     """aiokafka producer fed by record-batch appends; see the module docstring."""
 
     name = "kafka"
+    # problem (a property here): as set, or the head and fallback of a failure _explain set
+    _problem = ""
+    _why: tuple[str, str | None] | None = None
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
@@ -1412,6 +1415,31 @@ class KafkaSink(Sink):
     def _hint(self, problem: str) -> str:
         return f"; {problem}" if problem else ""
 
+    @property
+    def problem(self) -> str:
+        """Why the sink is not connected (Sink.problem): as set, or, for a failure _explain set,
+        with what the latest check of the advertised brokers found."""
+        if self._why is None:
+            return self._problem
+        head, otherwise = self._why
+        found = self._adv_problem
+        return head + (self._hint(found) if otherwise is None else found or otherwise)
+
+    @problem.setter
+    def problem(self, value: str) -> None:
+        self._problem, self._why = value, None
+
+    async def _explain(self, head: str, otherwise: str | None = None) -> str:
+        """Set problem to `head` explained by the advertised brokers' check (_advertised_problem,
+        made again now unless under ADVERTISED_FAILING_S old): "head; finding" (just "head" with
+        nothing found), or with `otherwise`, "head" + the finding, `otherwise` if none; the new
+        problem. The finding is the latest check's each time problem is read: while the sink
+        stays unconnected, _watch checks every IDLE_CHECK_S, and the finding taken at the failure
+        was what /readyz gave until the next failure, 5-10 s behind the latest check."""
+        await self._advertised_problem(failing=True)
+        self._problem, self._why = "", (head, otherwise)
+        return self.problem
+
     async def start(self) -> None:
         for b in self.k.brokers:
             split_hostport(b)
@@ -1833,8 +1861,8 @@ class KafkaSink(Sink):
         if ok:
             return True
         self.errors["metadata"] += 1
-        self.problem = f"idle, and no metadata from {','.join(self.k.brokers)}: {why}{self._hint(await self._advertised_problem(failing=True))}"
-        self._rl.error("metadata", "kafka: %s (not connected)", self.problem)
+        self._rl.error("metadata", "kafka: %s (not connected)",
+                       await self._explain(f"idle, and no metadata from {','.join(self.k.brokers)}: {why}"))
         return False
 
     def _direct_lost(self) -> bool:
@@ -1946,9 +1974,8 @@ class KafkaSink(Sink):
                 if not ok:
                     self.connected = False
                     self.errors["metadata"] += 1
-                    problem = await self._advertised_problem(failing=True)
-                    self.problem = f"metadata refresh failed: {problem or 'no broker of ' + ','.join(self.k.brokers) + ' answered'}"
-                    self._rl.error("metadata", "kafka: %s", self.problem)
+                    self._rl.error("metadata", "kafka: %s", await self._explain(
+                        "metadata refresh failed: ", f"no broker of {','.join(self.k.brokers)} answered"))
                     return False
         except (asyncio.TimeoutError, Exception) as exc:
             self.connected = False
@@ -1983,8 +2010,7 @@ class KafkaSink(Sink):
         except (asyncio.TimeoutError, Exception) as exc:
             self.connected = False
             self.errors["metadata"] += 1
-            self.problem = f"no metadata for {','.join(topics)} yet: {exc!r}{self._hint(await self._advertised_problem(failing=True))}"
-            self._rl.error("metadata", "kafka: %s", self.problem)
+            self._rl.error("metadata", "kafka: %s", await self._explain(f"no metadata for {','.join(topics)} yet: {exc!r}"))
             return False
         self._need_metadata = False
         if self.direct is not None:
@@ -2034,8 +2060,7 @@ class KafkaSink(Sink):
             self._need_metadata = True
             # (the topics of the records taken: the counters topic only with sFlow counter records)
             asked = [topics[k] for k in (FLOWS, COUNTERS) if any(c.kind == k for c in chunks)]
-            self.problem = f"no metadata for {','.join(asked)}: {exc}{self._hint(await self._advertised_problem(failing=True))}"
-            self._rl.error("metadata", "kafka: %s", self.problem)
+            self._rl.error("metadata", "kafka: %s", await self._explain(f"no metadata for {','.join(asked)}: {exc}"))
             for c in reversed(chunks):
                 q.requeue(c)
             await asyncio.sleep(0.5)

