@@ -1632,26 +1632,35 @@ class KafkaSink(Sink):
         task = self._limit_tasks[topic] = asyncio.get_running_loop().create_task(self._read_limit(topic))
         return task
 
+    def _config_rank(self, node: int) -> tuple[bool, bool, int]:
+        """A broker's place among those a DescribeConfigs request may go to (any broker serves a
+        topic's configs): those the checks do not find out of reach (_cut_off) first, then those
+        with no metadata request unanswered in the last minute (as _update_metadata), then by
+        node id, so that the same broker is asked while nothing changes."""
+        return node in self._cut_off(), self._md_failed.get(node, 0.0) > time.monotonic() - 60.0, node
+
     async def _read_limit(self, topic: str) -> None:
         """DescribeConfigs (api 32) for the topic, on an admin client's own connection: a broker
         that closes the connection on it, or holds it unanswered, must not touch the producers'.
         All the topic's configs are asked for, not max.message.bytes by name: Tansu 0.6 cannot
         parse a request naming configs and closes the connection on it (it answers the other
-        form with no config at all). Every failure leaves the batch sizes to be learnt from
-        refusals, as without the request (_fall_back)."""
+        form with no config at all). Asked of the first broker of _config_rank's order, not of
+        one aiokafka's admin client draws at random (describe_configs), which drew a broker the
+        checks had found down (NodeNotReadyError: the limit not read that time) as often as any.
+        Every failure leaves the batch sizes to be learnt from refusals, as without the request
+        (_fall_back)."""
         from aiokafka.admin import AIOKafkaAdminClient
         from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
         from aiokafka.errors import IncompatibleBrokerVersion, NodeNotReadyError
+        from aiokafka.protocol.admin import DescribeConfigsRequest
 
         kw = self._admin_kwargs()
         try:
-            # From the brokers the producers' metadata names, those with no failure in the last
-            # minute first (as _update_metadata): a --kafka-brokers address that is down, or takes
-            # connections and never answers, held the admin client's bootstrap for the whole
-            # request timeout, and the request failed with every broker answering.
-            horizon = time.monotonic() - 60.0
-            known = sorted(self.producer.client.cluster.brokers(),
-                           key=lambda b: (self._md_failed.get(b.nodeId, 0.0) > horizon, b.nodeId))
+            # From the brokers the producers' metadata names, in _config_rank's order: a
+            # --kafka-brokers address that is down, or takes connections and never answers, held
+            # the admin client's bootstrap for the whole request timeout, and the request failed
+            # with every broker answering.
+            known = sorted(self.producer.client.cluster.brokers(), key=lambda b: self._config_rank(b.nodeId))
             if known:
                 kw["bootstrap_servers"] = [f"[{b.host}]:{b.port}" if ":" in b.host else f"{b.host}:{b.port}"
                                            for b in known]
@@ -1661,17 +1670,21 @@ class KafkaSink(Sink):
         try:
             async def ask() -> Any:
                 await admin.start()
-                return await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+                # (as describe_configs, with the broker chosen here)
+                _, resources = admin._convert_config_resources([ConfigResource(ConfigResourceType.TOPIC, topic)])
+                nodes = sorted((b.nodeId for b in admin._client.cluster.brokers()), key=self._config_rank)
+                return [await admin._send_request(DescribeConfigsRequest(resources), nodes[0] if nodes else None)]
 
             resps = await asyncio.wait_for(ask(), self.k.request_timeout_ms / 1000)
             value, why, error = topic_max_message_bytes(resps[0] if resps else None, topic)
         except IncompatibleBrokerVersion:
             value, why, error = None, "the brokers do not serve DescribeConfigs", False
         except NodeNotReadyError as exc:
-            # the broker asked (aiokafka's admin client draws one from the metadata) cannot be
-            # connected to: a broker down, which the leader check names (_say_unreachable), not a
-            # DescribeConfigs failure; said as such (_limit_unasked), asked again later. (Not a
-            # connection closed on the request, KafkaConnectionError: a broker refusing it so)
+            # the broker asked cannot be connected to (gone since a check last found it
+            # reachable, or every broker out of reach): a broker down, which the leader check
+            # names (_say_unreachable), not a DescribeConfigs failure; said as such
+            # (_limit_unasked), asked again later. (Not a connection closed on the request,
+            # KafkaConnectionError: a broker refusing it so)
             self._limit_unasked(topic, _exception_said(exc))
             return
         except asyncio.TimeoutError:

@@ -9,6 +9,7 @@ cluster, or answer what an ACL-protected cluster would."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import struct
 import time
@@ -55,7 +56,8 @@ class TwoBrokerFront(KafkaFront):
     session timed out: the partitions they led have no leader (LEADER_NOT_AVAILABLE, leader -1:
     their only replica is gone), or are led by node `failover` when set (another replica elected).
     `shift` moves every partition's leader: partition p is led by node (p + shift) % 2.
-    `metadata_delay`: seconds each Metadata request waits before it goes on (a busy broker)."""
+    `metadata_delay`: seconds each Metadata request waits before it goes on (a busy broker).
+    `asked` counts the requests passed on, by API key."""
 
     def __init__(self, upstream_port: int, topic: str) -> None:
         super().__init__(upstream_port)
@@ -72,6 +74,7 @@ class TwoBrokerFront(KafkaFront):
         self.failover: int | None = None
         self.shift = 0
         self.metadata_delay = 0.0
+        self.asked: collections.Counter[int] = collections.Counter()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """As KafkaFront._handle (one request at a time to the broker), with the requests read as
@@ -111,7 +114,9 @@ class TwoBrokerFront(KafkaFront):
                     break
                 while hold and self.hung:
                     await asyncio.sleep(0.05)
-                if self.metadata_delay and struct.unpack_from(">h", frame, 0)[0] == 3:
+                api = struct.unpack_from(">h", frame, 0)[0]
+                self.asked[api] += 1
+                if self.metadata_delay and api == 3:
                     await asyncio.sleep(self.metadata_delay)
                 up_w.write(struct.pack(">i", len(frame)) + frame)
                 await up_w.drain()
