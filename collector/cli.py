@@ -148,10 +148,7 @@ def _library_warnings(enrich_cfg: Any) -> list[str]:
     a urllib3 older than the one flowscope requires (enrich.urllib3_warning). A warning, not a
     refusal: enrichment works with it, and only a broken API server or proxy makes it unsafe,
     as insecure-skip-tls-verify is warned of (urllib3's InsecureRequestWarning), not refused."""
-    if enrich_cfg is None:
-        return []
-    warning = getattr(_enrich_module(), "urllib3_warning", None)
-    w = warning() if warning is not None else ""
+    w = "" if enrich_cfg is None else _enrich_module().urllib3_warning()
     return [w] if w else []
 
 

@@ -3223,7 +3223,7 @@ cdef void learn(Decoder dec, ExporterState ex, dict d, tuple key, object value):
     """One entry of what options data teaches, bounded per exporter (RFC 7011 11.4: a sender
     must not grow the collector's state without limit; a spray of sampler ids or domains would):
     a known key is updated, a new one past OPTIONS_MAX_ENTRIES refused and counted."""
-    if len(d) < OPTIONS_MAX_ENTRIES or key in d or not options_full(dec, ex, len(d), key[0], key[1]):
+    if key in d or not options_full(dec, ex, len(d), key[0], key[1]):
         d[key] = value
 
 
