@@ -254,6 +254,8 @@ def test_410_forces_relist_with_changes_in_between(seeded: FakeKube, enricher: e
     # And the watch continues from the relist's version.
     seeded.add("pods", pod("late", "batch", ips=["10.244.0.21"]))
     wait_for(lambda: flow(enricher, "10.244.0.21", "").get("SrcK8S_OwnerType") == "Pod", what="post-relist event")
+    # one relist: its watch, from the resourceVersion the list returned, was taken
+    assert enricher.stats()["kinds"]["pods"]["relists"] == 1
 
 
 def test_watch_from_compacted_version_relists(seeded: FakeKube, enricher: enrich.Enricher) -> None:
@@ -264,7 +266,7 @@ def test_watch_from_compacted_version_relists(seeded: FakeKube, enricher: enrich
     seeded.add("services", service("db", "shop", ips=["172.30.0.11", "fd00:172:30::11"]))
     seeded.fail("services", "watch", "drop", times=1)
     with seeded.cond:
-        seeded.compacted["services"] = seeded.rv + 1
+        seeded.compacted["services"] = seeded.rv   # (the client's resourceVersion is older: "db" held)
     seeded.drop_watches("services")
     wait_for(lambda: enricher.stats()["kinds"]["services"]["relists"] == 1, what="relist after 410 on reconnect")
     assert flow(enricher, "", "fd00:172:30::11")["DstK8S_Name"] == "db"
@@ -605,7 +607,6 @@ def test_a_relist_that_works_after_failures_is_not_failing(seeded: FakeKube, kub
         seeded.fail("nodes", "list", "error500", times=2)
         seeded.on_request = on_request
         seeded.expire("nodes")       # the watch ends with 410 Gone: relist
-        seeded.bookmark("nodes")     # (past the compaction, for the watch after the relist)
         wait_for(lambda: e.stats()["kinds"]["nodes"]["relists"] == 1, timeout=15, what="the relist, after two 500s")
         st = e.stats()["kinds"]["nodes"]
         assert st["errors"] == {"server_error": 2}, st

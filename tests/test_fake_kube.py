@@ -234,3 +234,45 @@ def test_a_watch_from_resource_version_0_starts_from_the_current_state_however_f
         fake.expire("pods")
         got = _watch_lines(fake, 0)
         assert [(e["type"], e["object"]["metadata"]["name"]) for e in got] == [("ADDED", n) for n in names]
+
+
+def _list_rv(fake: FakeKube) -> int:
+    """The resourceVersion of a pods list, as the API server answers it now."""
+    import urllib3
+
+    http = urllib3.PoolManager()
+    try:
+        r = http.request("GET", f"{fake.url}/api/v1/pods", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert r.status == 200
+        return int(json.loads(r.data)["metadata"]["resourceVersion"])
+    finally:
+        http.clear()
+
+
+def test_after_expire_a_watch_from_what_a_list_returns_is_taken_and_an_older_one_is_410() -> None:
+    """expire() moves the watch cache's window to the current resourceVersion, as the API
+    server's watch cache relisting from etcd at R does: it refuses a watch from before R (410, an
+    ERROR event) and takes one from R itself, the resourceVersion a list returns at once
+    (k8s.io/apiserver watch_cache.go, getAllEventsSinceLocked: after a relist at R the oldest
+    event it can deliver is R + 1, and only a resourceVersion below oldest - 1 is too old).
+    Before, the fake refused a watch from R too, until another event came, so an informer
+    relisted over and over in a quiet cluster, which no API server makes it do."""
+    with running_fake_kube() as fake:
+        fake.add("pods", pod("p0", ips=["10.244.0.1"]))
+        fake.add("pods", pod("p1", ips=["10.244.0.2"]))
+        fake.expire("pods")
+        listed = _list_rv(fake)
+
+        def change() -> None:
+            wait_for(lambda: fake.watchers["pods"] == 1, what="the watch open")
+            fake.add("pods", pod("p2", ips=["10.244.0.3"]))
+
+        got = _watch_lines(fake, listed, started=change)
+        assert [(e["type"], e["object"].get("code"), e["object"]["metadata"].get("name")) for e in got] == [
+            ("ADDED", None, "p2")]
+        # one before what the list returned (p0's, then) is older than the window: 410
+        for rv in (listed - 1, listed - 2):
+            got = _watch_lines(fake, rv)
+            assert [(e["type"], e["object"]["code"], e["object"]["reason"]) for e in got] == [
+                ("ERROR", 410, "Expired")], rv
+            assert got[0]["object"]["message"] == f"too old resource version: {rv} ({listed})"

@@ -106,6 +106,7 @@ class FakeKube:
         # watch cache answers once its window moved past the resourceVersion (compacted).
         self.watch_window = 1000
         self.events: dict[str, deque[tuple[int, str, dict[str, Any]]]] = {k: deque() for k in KIND_INFO}
+        # each kind's oldest resourceVersion a watch may start (or an open one go on) from
         self.compacted: dict[str, int] = {k: 0 for k in KIND_INFO}
         self.held: set[str] = set()
         self.gone_gen: dict[str, int] = {k: 0 for k in KIND_INFO}
@@ -297,9 +298,15 @@ class FakeKube:
             self.cond.notify_all()
 
     def expire(self, kind: str) -> None:
-        """Compact history: open watches get ERROR 410 and any watch from an older RV is refused."""
+        """Compact history: open watches get ERROR 410 and a watch from any resourceVersion before
+        the current one is refused; one from the current resourceVersion (what a list returns now)
+        is taken. The watch cache after it relisted from etcd at R (its reflector's watch expired)
+        holds no event and refuses only what is older than R: k8s.io/apiserver watch_cache.go,
+        getAllEventsSinceLocked, `oldest = listResourceVersion + 1` and 410 for
+        `resourceVersion < oldest-1`."""
         with self.cond:
-            self.compacted[kind] = self.rv + 1
+            self.compacted[kind] = self.rv
+            self.events[kind].clear()
             self.gone_gen[kind] += 1
             self.held.discard(kind)
             self.cond.notify_all()
@@ -831,12 +838,7 @@ class _Handler(BaseHTTPRequestHandler):
                     initial.append(json.dumps({"type": "ADDED", "object": _meta_only(obj) if meta_only else obj})
                                    .encode() + b"\n")
                 rv = k.rv
-                # (expire() moves the compaction past the current resourceVersion, so that every
-                # watch from it is refused: not this one, which starts from the state itself)
-                exempt = k.compacted[kind] if k.compacted[kind] > rv else None
-            else:
-                exempt = None
-            too_old = rv < k.compacted[kind] and k.compacted[kind] != exempt
+            too_old = rv < k.compacted[kind]
             k.watchers[kind] += 1
         try:
             if fault == "trickle":
@@ -865,7 +867,7 @@ class _Handler(BaseHTTPRequestHandler):
                         if k.stopping or k.drop_gen[kind] != drop_gen:
                             out, end = [], "drop"
                             break
-                        if k.gone_gen[kind] != gone_gen or (rv < k.compacted[kind] and k.compacted[kind] != exempt):
+                        if k.gone_gen[kind] != gone_gen or rv < k.compacted[kind]:
                             # (expired, or fell behind the watch cache's window: events it has
                             # not sent are gone)
                             out, end = [], "gone"
