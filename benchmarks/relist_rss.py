@@ -185,9 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                 fault = LIST_FAULTS[(i - 1) % len(LIST_FAULTS)] if args.faults else None
                 if fault:
                     kube.fail("pods", "list", fault, times=2, after=2)
-                with kube.cond:   # (a Condition's lock is reentrant) a 410, and an event after it:
-                    kube.expire("pods")   # the relist's resourceVersion is one the watch may start from
-                    kube.bookmark("pods")
+                kube.expire("pods")   # a 410: the relist's resourceVersion is one the watch may start from
                 wait(lambda r, n=i: r["relists"] >= n and r["state"] == "watching", f"relist {i}")
                 if args.trim:
                     ask("trim")

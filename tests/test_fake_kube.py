@@ -178,6 +178,31 @@ def test_the_watch_cache_keeps_a_window_and_answers_410_before_it() -> None:
         assert fake.compacted["nodes"] == 0
 
 
+def test_the_window_starts_just_before_its_oldest_event_whatever_kind_moved_the_resource_version() -> None:
+    """Once events left the window, a watch is taken from the resourceVersion just before the
+    oldest event kept, and refused (410) from any earlier one, as kube-apiserver's watch cache
+    does (410 for resourceVersion < oldest-1): even when the resourceVersions between the
+    last event that left and the oldest kept are other kinds' changes, which a client resuming
+    from the dropped event's resourceVersion would miss nothing of. Before, the fake took a
+    watch from the dropped event's resourceVersion, and a client never saw the 410 a real
+    server sends it there."""
+    with running_fake_kube() as fake:
+        fake.watch_window = 2
+        fake.add("pods", pod("p0", ips=["10.244.0.1"]))
+        dropped = fake.rv
+        fake.add("nodes", {"metadata": {"name": "n1"}, "status": {"addresses": []}})
+        node_rv = fake.rv
+        fake.add("pods", pod("p1", ips=["10.244.0.2"]))
+        fake.add("pods", pod("p2", ips=["10.244.0.3"]))   # p0's event leaves the window
+        assert [e[0] for e in fake.events["pods"]] == [node_rv + 1, node_rv + 2]
+        got = _watch_lines(fake, node_rv)
+        assert [(e["type"], e["object"]["metadata"].get("name")) for e in got] == [("ADDED", "p1"), ("ADDED", "p2")]
+        got = _watch_lines(fake, dropped)
+        assert [(e["type"], e["object"].get("code"), e["object"]["metadata"].get("name")) for e in got] == [
+            ("ERROR", 410, None)]
+        assert got[0]["object"]["message"] == f"too old resource version: {dropped} ({node_rv})"
+
+
 def _added_while_held(fake: FakeKube, numbers: range) -> Callable[[], None]:
     """What a test does once its pods watch is open (held): pods p<n> added, then released."""
     def add() -> None:

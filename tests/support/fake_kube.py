@@ -101,9 +101,9 @@ class FakeKube:
         self.rv = 100
         self.objects: dict[str, dict[str, dict[str, Any]]] = {k: {} for k in KIND_INFO}
         # The watch cache: each kind's newest `watch_window` events (a copy of the object each), what
-        # a watch from a resourceVersion replays. A watch from before the oldest one kept (or an open
-        # watch that fell that far behind: held events) is answered 410 Gone, as the API server's
-        # watch cache answers once its window moved past the resourceVersion (compacted).
+        # a watch from a resourceVersion replays. A watch from before the one just before the oldest
+        # kept (or an open watch that fell that far behind: held events) is answered 410 Gone, as the
+        # API server's watch cache answers once its window moved past the resourceVersion (compacted).
         self.watch_window = 1000
         self.events: dict[str, deque[tuple[int, str, dict[str, Any]]]] = {k: deque() for k in KIND_INFO}
         # each kind's oldest resourceVersion a watch may start (or an open one go on) from
@@ -246,11 +246,16 @@ class FakeKube:
 
     def _keep(self, kind: str, event: tuple[int, str, dict[str, Any]]) -> None:
         """Add an event to the kind's watch cache, the oldest leaving once it holds `watch_window`:
-        a watch must start at or after the resourceVersion of the last one that left."""
+        a watch must start at or after the resourceVersion just before the oldest one kept."""
         events = self.events[kind]
         events.append(event)
         while len(events) > max(1, self.watch_window):
-            self.compacted[kind] = max(self.compacted[kind], events.popleft()[0])
+            events.popleft()
+            # The watch cache takes a watch from oldest-1 (it replays every event from the oldest
+            # on) and refuses anything earlier, whatever the resourceVersions between were: other
+            # kinds' changes, which it cannot tell from this kind's it dropped (watch_cache.go,
+            # getAllEventsSinceLocked: 410 for resourceVersion < oldest-1).
+            self.compacted[kind] = max(self.compacted[kind], events[0][0] - 1)
         self.cond.notify_all()
 
     def add(self, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
