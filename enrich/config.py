@@ -18,6 +18,12 @@ SERVICEACCOUNT_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/n
 # K8S_FlowLayer rules (EnrichConfig.flow_layer_rule), the default first.
 FLOW_LAYER_RULES = ("any-infra", "netobserv")
 
+# The least read_timeout_slack_seconds: the margin by which the informer's cut of a watch stream
+# comes after the API server's own end of it at its timeoutSeconds. The server's clock starts when
+# the request reaches it and its stream's end takes the network's time to come back: with no
+# margin the cut races that end, and a stream the server ended is counted in watches_overdue.
+READ_TIMEOUT_SLACK_MIN_SECONDS = 1.0
+
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
 _FALSE = {"0", "false", "no", "off", "n", "f"}
 
@@ -101,7 +107,7 @@ class EnrichConfig:
     # after watch_timeout_seconds + this at worst. Also how long after its timeoutSeconds a watch
     # stream the server has not ended is cut (a proxy keeping it open with a byte now and then,
     # each read in time, while events wait): it resumes from the last resourceVersion, counted
-    # in KindStats.watches_overdue.
+    # in KindStats.watches_overdue. At least READ_TIMEOUT_SLACK_MIN_SECONDS.
     read_timeout_slack_seconds: float = 30.0
     # Connect timeout for every request to the API server.
     connect_timeout_seconds: float = 10.0
@@ -152,9 +158,15 @@ class EnrichConfig:
                                     f"got {self.flow_layer_rule!r}")
         if self.own_namespace is not None and not isinstance(self.own_namespace, str):
             raise EnrichConfigError(f"own_namespace must be a string or None, got {self.own_namespace!r}")
-        for name in ("tombstone_seconds", "read_timeout_slack_seconds", "backoff_jitter"):
+        for name in ("tombstone_seconds", "backoff_jitter"):
             if getattr(self, name) < 0:
                 raise EnrichConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if not self.read_timeout_slack_seconds >= READ_TIMEOUT_SLACK_MIN_SECONDS:
+            raise EnrichConfigError(
+                f"read_timeout_slack_seconds must be >= {READ_TIMEOUT_SLACK_MIN_SECONDS:g}, got "
+                f"{self.read_timeout_slack_seconds!r}: a watch the API server has not ended this long after its "
+                "timeoutSeconds is cut, and with less the cut races the server's own end of the stream (a "
+                "stream it ended would be counted in watches_overdue)")
         for name in ("connect_timeout_seconds", "backoff_initial_seconds", "backoff_max_seconds",
                      "list_page_timeout_seconds"):
             if getattr(self, name) <= 0:

@@ -1725,10 +1725,25 @@ def test_cli_arguments() -> None:
     ({"infra_namespace_prefixes": [""]}, "infra_namespace_prefixes"),
     ({"list_chunk_size": -5}, "list_chunk_size"),
     ({"enabled": "yes"}, "enabled"),
+    ({"read_timeout_slack_seconds": -1}, "read_timeout_slack_seconds"),
+    ({"read_timeout_slack_seconds": 0}, "read_timeout_slack_seconds"),
+    ({"read_timeout_slack_seconds": 0.5}, "read_timeout_slack_seconds"),
+    ({"read_timeout_slack_seconds": float("nan")}, "read_timeout_slack_seconds"),
 ])
 def test_config_validation(kwargs: dict[str, Any], field: str) -> None:
     with pytest.raises(enrich.EnrichConfigError, match=field):
         enrich.EnrichConfig(**kwargs)
+
+
+def test_the_watch_slack_has_a_floor_and_says_why() -> None:
+    """read_timeout_slack_seconds is how long after its timeoutSeconds the informer cuts a watch
+    the API server has not ended; under a second (0 was taken) the cut races the server's own end
+    of the stream and counts a stream it ended in watches_overdue. Refused at start, saying so."""
+    with pytest.raises(enrich.EnrichConfigError) as info:
+        enrich.EnrichConfig(read_timeout_slack_seconds=0)
+    assert str(info.value).startswith("read_timeout_slack_seconds must be >= 1, got 0: "), info.value
+    assert "watches_overdue" in str(info.value)
+    assert enrich.EnrichConfig(read_timeout_slack_seconds=1).read_timeout_slack_seconds == 1
 
 
 def test_own_namespace_detection(tmp_path: Any) -> None:
