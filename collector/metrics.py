@@ -245,7 +245,7 @@ SERIES: dict[str, Series] = {s.name: s for s in [
            "it, cut, retried with backoff), kinds_<kind>_list_seconds is how long the last "
            "completed list took (its continue token expires past the API server's etcd compaction interval, "
            "5 min by default) and kinds_<kind>_watches_overdue counts watch streams the API server had not "
-           "ended their timeoutSeconds plus 30 s after their request (a proxy keeping them open with a byte now "
+           "ended their timeoutSeconds plus 30 s after their answer began (a proxy keeping them open with a byte now "
            "and then while events wait): cut and resumed from the last resourceVersion, no error", ("stat",), merge="max"),
     Series("flowscope_informers_synced", "gauge", "1 when every informer has completed its first list "
            "(with --workers, in every worker), else 0; no series while enrichment is off", merge="min"),

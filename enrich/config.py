@@ -103,11 +103,11 @@ class EnrichConfig:
     # re-watch in lockstep); the client re-watches from the last resourceVersion afterwards, so
     # this only bounds how long one HTTP stream lives.
     watch_timeout_seconds: int = 300
-    # Extra read timeout on top of the watch timeout: a silent dead connection is noticed
-    # after watch_timeout_seconds + this at worst. Also how long after its timeoutSeconds a watch
-    # stream the server has not ended is cut (a proxy keeping it open with a byte now and then,
-    # each read in time, while events wait): it resumes from the last resourceVersion, counted
-    # in KindStats.watches_overdue. At least READ_TIMEOUT_SLACK_MIN_SECONDS.
+    # How long after its timeoutSeconds, counted from the start of its answer, a watch stream the
+    # server has not ended is cut (a silent dead connection, or a proxy keeping it open with a
+    # byte now and then, each read in time, while events wait): it resumes from the last
+    # resourceVersion, counted in KindStats.watches_overdue. A watch's answer is waited for
+    # watch_timeout_seconds + twice this at most. At least READ_TIMEOUT_SLACK_MIN_SECONDS.
     read_timeout_slack_seconds: float = 30.0
     # Connect timeout for every request to the API server.
     connect_timeout_seconds: float = 10.0

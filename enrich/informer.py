@@ -169,7 +169,7 @@ class KindStats:
         self.last_error = ""    # the latest failure while not recovered ("" after a recovery, or
                                 # once a watch opens after most failures: see Informer._watch_stream)
         self.watches_overdue = 0  # watch streams the server had not ended its timeoutSeconds plus the
-                                  # read timeout's slack after their request: cut and resumed
+                                  # read timeout's slack after their answer began: cut and resumed
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (dict(v) if isinstance(v, dict) else v) for k in self.__slots__ for v in [getattr(self, k)]}
@@ -602,9 +602,11 @@ class Informer:
             "watch": True, "resource_version": rv, "allow_watch_bookmarks": True, "timeout_seconds": timeout,
         }
         self._opened_at, self._stream_events = 0.0, 0
-        started = time.monotonic()
-        resp = self._open("watch", kwargs, read_timeout=timeout + self._cfg.read_timeout_slack_seconds)
-        self._opened_at = time.monotonic()
+        slack = self._cfg.read_timeout_slack_seconds
+        # (twice the slack: a read of the stream, which starts after the answer did, must not
+        # time out at the cut below or before it, as a failure instead of an overdue stream)
+        resp = self._open("watch", kwargs, read_timeout=timeout + 2 * slack)
+        self._opened_at = opened = time.monotonic()
         if self._open_clears:
             # The API server answered the watch (200, the stream open): reachable, our
             # credentials taken, the watch allowed. The kind is not failing from now, not from the
@@ -627,8 +629,12 @@ class Informer:
         # A real API server ends the stream at its timeoutSeconds; one that has not, the read
         # timeout's slack after it (a server or proxy keeping it alive with a byte now and then,
         # or bookmarks only, while events are held back), is cut and resumed from the last
-        # resourceVersion applied, as if it had ended.
-        with _cut_at(resp, started + timeout + self._cfg.read_timeout_slack_seconds) as overdue:
+        # resourceVersion applied, as if it had ended. Counted from the answer's start, not the
+        # request's: the server's timeoutSeconds runs from when it takes the request up (k8s.io/
+        # apiserver handlers ListResource, context.WithTimeout before the watch's answer begins),
+        # after the connection, API Priority and Fairness' queue and authentication took their
+        # time, which would otherwise come off the slack.
+        with _cut_at(resp, opened + timeout + slack) as overdue:
             try:
                 for chunk in resp.stream(amt=READ_BYTES, decode_content=True):
                     start = 0
@@ -686,13 +692,13 @@ class Informer:
 
     def _overdue(self, timeout: int, rv: str, n: int) -> None:
         """A watch stream the client cut: the server had not ended it timeoutSeconds + the slack
-        after its request. Not a failure (the watch resumes from `rv`, nothing is lost), but events
+        after its answer began. Not a failure (the watch resumes from `rv`, nothing is lost), but events
         were held back meanwhile: counted (watches_overdue), said once."""
         self.stats.watches_overdue += 1
         level = logging.DEBUG if self._said_overdue else logging.WARNING
         self._said_overdue = True
         log.log(level, "enrich: %s watch not ended by the API server %d s (its timeoutSeconds) + %g s after its "
-                "request (%d events in it; a proxy keeping it open?): cut, resuming from resourceVersion %s "
+                "answer began (%d events in it; a proxy keeping it open?): cut, resuming from resourceVersion %s "
                 "(counted in kinds_%s_watches_overdue; said once)", self.kind, timeout,
                 self._cfg.read_timeout_slack_seconds, n, rv, self.kind)
 

@@ -1072,6 +1072,36 @@ def test_a_watch_the_server_keeps_open_past_its_timeout_is_cut_and_resumed(seede
     assert len(msgs) == 1 and msgs[0].startswith("enrich: pods watch not ended by the API server "), msgs
 
 
+def test_a_watch_the_api_server_takes_up_late_is_not_cut_before_the_server_ends_it(seeded: FakeKube,
+                                                                                  kubeconfig: str) -> None:
+    """The API server's timeoutSeconds runs from when it takes the watch request up, after API
+    Priority and Fairness queued it or an authentication webhook answered: here 4 s after the
+    client sent it, more than the slack (2 s). The informer's cut of a stream the server has not
+    ended counts from the answer's start (the server's clock runs by then), so this stream, which
+    the server ends at its timeoutSeconds, is neither cut nor counted in watches_overdue. Counted
+    from the request, the cut came 2 s before the server's end: watches_overdue 1, and a
+    warning about a proxy keeping open a stream nothing kept open."""
+    import threading
+
+    queued = threading.Event()
+
+    def queue(r: dict[str, Any]) -> None:
+        if r["kind"] == "pods" and r["verb"] == "watch" and not queued.is_set():
+            queued.set()
+            time.sleep(4.0)
+
+    seeded.on_request = queue
+    try:
+        with running_enricher(kubeconfig, watch_timeout_seconds=2, read_timeout_slack_seconds=2) as e:
+            assert e.wait_ready(10)
+            wait_for(lambda: seeded.count(kind="pods", verb="watch") >= 2, timeout=20,
+                     what="the watch after the one taken up late")
+            st = e.stats()["kinds"]["pods"]
+            assert (st["watches_overdue"], st["errors"], st["lists"], st["last_error"]) == (0, {}, 1, ""), st
+    finally:
+        seeded.on_request = None
+
+
 def test_page_bounds() -> None:
     """Pages of the default size, and grown 4 times, get 256 MiB; larger pages 64 KiB an object,
     up to the unpaged bound (4 GiB), which an unpaged list gets."""
