@@ -1204,12 +1204,13 @@ class Index:
             else:
                 layer[ip] = live
             return
-        held = list(ended)
+        # each with its place in tombs[ip], the order they stopped answering in (_held_key)
+        held = list(enumerate(ended))
         if live is not None:
-            held.append((start, ALIVE, live))
+            held.append((len(ended), (start, ALIVE, live)))
         held.sort(key=_held_key)
         prev: tuple[Any, ...] | None = None
-        for s, end, entry in held:
+        for _, (s, end, entry) in held:
             prev = entry[:E_START] + (s, end, prev)
         layer[ip] = prev  # type: ignore[assignment]
 
@@ -1851,10 +1852,15 @@ def _created_key(r: NodeRec) -> int:
     return r.created_ms
 
 
-def _held_key(h: tuple[int, int, tuple[Any, ...]]) -> tuple[int, bool, int]:
+def _held_key(h: tuple[int, tuple[int, int, tuple[Any, ...]]]) -> tuple[int, bool, int, int]:
     """A Node's or Service's place in its address' chain, oldest first (Index._layer_set): by
-    its start, and of ones with the same start, as _claim_key orders pods."""
-    return (h[0], h[1] == ALIVE, -h[1])
+    its start, and of ones with the same start, as _claim_key orders pods; of ended ones that
+    also ended in the same millisecond (two Nodes listing one address, deleted in one relist),
+    the one that stopped answering first is the newer, as if a millisecond had been between:
+    the other answered only after it (for no time at all), and the flows it answered for stay
+    its own. h: (its place in the order they stopped answering in, (start, end, entry))."""
+    i, (start, end, _) = h
+    return (start, end == ALIVE, -end, -i)
 
 
 def _claim_key(c: tuple[int, PodRec]) -> tuple[int, bool, int]:

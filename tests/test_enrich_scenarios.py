@@ -340,6 +340,37 @@ def test_node_and_service_tombstones_expire_with_the_pods() -> None:
     assert flow(e, "", "172.30.0.77", t_ms=T0 + 5_000)["DstK8S_Name"] == "checkout"
 
 
+def test_two_nodes_listing_one_address_deleted_in_one_millisecond_keep_its_earlier_flows_where_they_were() -> None:
+    """Two Nodes created in one second list one address; the one that began listing it last
+    answers for it. Both deleted, the one answering first, then the other (which answered from
+    then on) one millisecond later, or in the same millisecond, as a relist deletes them: the
+    flows that started before both went are the first one's again, by their side and by the
+    exporter's node, as of tombstones the one that stopped answering first. In one millisecond
+    both tombstones had the same start and end, and the one deleted last took them."""
+    addr = "10.0.0.9"
+    created = T0 - 86_400_000
+
+    def seen(e: enrich.Enricher) -> tuple[Any, ...]:
+        got = flow(e, addr, "8.8.8.8", agent=addr, t_ms=T0 - 60_000)
+        return got.get("SrcK8S_Name"), got.get("SrcK8S_Zone"), got.get("FlowDirection")
+
+    for gap_ms in (1, 0):
+        clock = Clock(T0)
+        e = build(clock=clock)
+        idx = e.index
+        for name, zone in (("node-x", "zone-x"), ("node-y", "zone-y")):
+            idx.upsert("nodes", idx.parse("nodes", _created(node(name, internal=[addr], zone=zone), created)))
+        assert seen(e) == ("node-y", "zone-y", 1)
+        clock.ms += 1_000
+        idx.delete("nodes", idx.parse("nodes", _created(node("node-y", internal=[addr], zone="zone-y"), created)))
+        # (node-x lists it: it answers for every flow since its creation, node-y's second)
+        assert seen(e) == ("node-x", "zone-x", 1), gap_ms
+        clock.ms += gap_ms
+        idx.delete("nodes", idx.parse("nodes", _created(node("node-x", internal=[addr], zone="zone-x"), created)))
+        assert seen(e) == ("node-y", "zone-y", 1), gap_ms
+        assert idx.counts()["address_tombstones"] == 2
+
+
 def test_flow_direction_of_a_replaced_nodes_earlier_flows_is_by_the_node_that_exported_them(
         fake_kube: FakeKube, kubeconfig: str, implementation: str) -> None:  # noqa: F811 - fixtures
     """FlowDirection compares the exporter (AgentIP) with the hosts of what the flow's sides are
