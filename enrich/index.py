@@ -1637,8 +1637,16 @@ class Index:
         for ip in rec.addrs:
             # A node newly listing an address answers for it; one that listed it already keeps
             # its place (an update of the other node sharing it does not take it back).
+            was = _last(self._node_addr.get(ip))
             _multi_add(self._node_addr, ip, rec.name)
             if _last(self._node_addr[ip]) == rec.name:
+                prev = self._nodes.get(was) if was is not None and was != rec.name else None
+                if prev is not None:
+                    # It takes the address from a Node that still lists it (a replaced VM's
+                    # address while the old Node lingers, NotReady, until it is deleted): that one
+                    # answered up to now and keeps the flows that started before this one came,
+                    # as if it had been deleted first.
+                    self._addr_entomb(True, ip, self._node_entry(prev), prev.created_ms)
                 self._layer_set(self._node_layer, self._node_tombs, ip, entry, rec.created_ms)
                 self._set_agent(ip)
                 self._merge(ip)

@@ -340,18 +340,53 @@ def test_node_and_service_tombstones_expire_with_the_pods() -> None:
     assert flow(e, "", "172.30.0.77", t_ms=T0 + 5_000)["DstK8S_Name"] == "checkout"
 
 
+def test_a_node_registered_with_the_address_of_one_that_lingers_leaves_it_the_earlier_flows() -> None:
+    """A VM replaced and its InternalIP given to the new one, whose Node registers while the old
+    Node lingers (NotReady until the node lifecycle controller deletes it): the new Node answers
+    for the address from its creation, and the flows that started before stay the old Node's,
+    by their side and by the exporter's node, as when the old Node was deleted first. They were
+    the new Node's: it answered for every flow time, as if it had always held the address."""
+    addr = "10.0.0.9"
+    old = _created(node("node-old", internal=[addr], zone="zone-a"), T0 - 86_400_000)
+    new = _created(node("node-new", internal=[addr], zone="zone-c"), T0 + 1_000)
+
+    def seen(e: enrich.Enricher, t_ms: int) -> tuple[Any, ...]:
+        got = flow(e, addr, "8.8.8.8", agent=addr, t_ms=t_ms)
+        return got.get("SrcK8S_Name"), got.get("SrcK8S_Zone"), got.get("FlowDirection")
+
+    for order in ("old deleted first", "new registered first"):
+        clock = Clock(T0 + 2_000)
+        e = build(clock=clock)
+        idx = e.index
+        idx.upsert("nodes", idx.parse("nodes", old))
+        steps = [("delete", old), ("upsert", new)]
+        for verb, obj in steps if order == "old deleted first" else steps[::-1]:
+            getattr(idx, verb)("nodes", idx.parse("nodes", obj))
+            clock.ms += 5_000
+            if verb == "upsert":
+                assert seen(e, T0 - 60_000) == ("node-old", "zone-a", 1), order
+        assert seen(e, T0 - 60_000) == ("node-old", "zone-a", 1), order
+        assert seen(e, T0 + 10_000) == ("node-new", "zone-c", 1), order
+        assert idx.counts()["address_tombstones"] == 1, order
+        # the tombstone goes with the pods': then the live Node answers for every flow time
+        clock.ms += 400_000
+        assert idx.sweep() == 1
+        assert seen(e, T0 - 60_000) == ("node-new", "zone-c", 1), order
+
+
 def test_two_nodes_listing_one_address_deleted_in_one_millisecond_keep_its_earlier_flows_where_they_were() -> None:
     """Two Nodes created in one second list one address; the one that began listing it last
-    answers for it. Both deleted, the one answering first, then the other (which answered from
-    then on) one millisecond later, or in the same millisecond, as a relist deletes them: the
-    flows that started before both went are the first one's again, by their side and by the
-    exporter's node, as of tombstones the one that stopped answering first. In one millisecond
-    both tombstones had the same start and end, and the one deleted last took them."""
+    answers for it from then. Both deleted, the one answering first, then the other (which
+    answered from then on) one millisecond later, or in the same millisecond, as a relist
+    deletes them: the flows that started while the first answered are its own again, by their
+    side and by the exporter's node, as of tombstones the one that stopped answering first. In
+    one millisecond both tombstones had the same start and end, and the one deleted last took
+    them."""
     addr = "10.0.0.9"
     created = T0 - 86_400_000
 
     def seen(e: enrich.Enricher) -> tuple[Any, ...]:
-        got = flow(e, addr, "8.8.8.8", agent=addr, t_ms=T0 - 60_000)
+        got = flow(e, addr, "8.8.8.8", agent=addr, t_ms=T0 + 500)   # (node-y's, from T0)
         return got.get("SrcK8S_Name"), got.get("SrcK8S_Zone"), got.get("FlowDirection")
 
     for gap_ms in (1, 0):
@@ -368,7 +403,8 @@ def test_two_nodes_listing_one_address_deleted_in_one_millisecond_keep_its_earli
         clock.ms += gap_ms
         idx.delete("nodes", idx.parse("nodes", _created(node("node-x", internal=[addr], zone="zone-x"), created)))
         assert seen(e) == ("node-y", "zone-y", 1), gap_ms
-        assert idx.counts()["address_tombstones"] == 2
+        # node-x's before node-y began listing the address, node-y's, node-x's
+        assert idx.counts()["address_tombstones"] == 3
 
 
 def test_flow_direction_of_a_replaced_nodes_earlier_flows_is_by_the_node_that_exported_them(

@@ -144,8 +144,8 @@ class Model:
         self.nodes: dict[str, MNode] = {}
         self.claims: dict[str, list[str]] = {}       # address -> nodes listing it, by when they began to
         self.services: dict[tuple[str, str], tuple[str, ...]] = {}
-        # Nodes and Services that answered for an address and stopped (deleted, or no longer
-        # listing it): (address, "node" or "service", the identity it had, when it stopped), kept
+        # Nodes and Services that answered for an address and stopped (deleted, no longer listing
+        # it, or a Node another one began listing it after): (address, "node" or "service", the identity it had, when it stopped), kept
         # for tombstone_seconds (docs/collector.md: "Nodes and Services keep theirs the same way").
         # The objects here carry no creationTimestamp: each held its address since always.
         self.ended: list[tuple[str, str, tuple[Any, ...], int]] = []
@@ -398,6 +398,10 @@ class Model:
                 self._unclaim(ip, old)
         for ip in n.addrs():
             if n.name not in self.claims.setdefault(ip, []):
+                # a Node that begins listing an address answers for it: the one that did stops
+                # (it still lists it) and keeps its earlier flows, as if it had let it go
+                if self.claims[ip]:
+                    self.ended.append((ip, "node", self.node_holder(self.claims[ip][-1]), self.now))
                 self.claims[ip].append(n.name)
 
     def delete_node(self, name: str) -> None:
