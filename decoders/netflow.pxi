@@ -905,20 +905,24 @@ cdef class ExporterState:
             # refresh known by then (Open vSwitch spreads its 89 over 18 messages, and the
             # uncounted message's may be in any of them).
             return
+        # uptime wraps at 2^32 ms (49.7 days): "went back" is a difference below 2^31
+        back = <uint32_t>(st.uptime - uptime) if st.synced and uptime >= 0 and st.uptime >= 0 else 0
+        went_back = SEQ_RESTART_UPTIME_MS < back < 0x80000000u
+        # A datagram whose uptime went back is of the exporter's next run (or `flowscope
+        # replay`'s next loop): its step from the latest is no vote on the numbering. Taken for
+        # one on a stream not decided yet, a restart numbered the previous datagram's count past
+        # it was held as a possible loss and read as in order: counted lost, and no restart.
         if kind == PROTO_IPFIX or kind == PROTO_NETFLOW5:
             if st.held_lost and aged(st.held_ms, now_ms, SEQ_HELD_MS):
                 self.count_held(st)         # no vote came to decide: the RFC's reading stands
-            seq = self.ipfix_convention(st, seq, &advance, now_ms)
+            seq = self.ipfix_convention(st, seq, &advance, now_ms, not went_back)
         elif kind == PROTO_NETFLOW9:
             if st.held_lost and aged(st.held_ms, now_ms, SEQ_HELD_MS):
                 self.count_held(st)
-            self.v9_convention(st, seq, &advance, now_ms)
+            self.v9_convention(st, seq, &advance, now_ms, not went_back)
         if st.synced:
             ahead = seq - st.next
             behind = st.next - seq
-            # uptime wraps at 2^32 ms (49.7 days): "went back" is a difference below 2^31
-            back = <uint32_t>(st.uptime - uptime) if uptime >= 0 and st.uptime >= 0 else 0
-            went_back = SEQ_RESTART_UPTIME_MS < back < 0x80000000u
             if ahead == 0:
                 pass
             elif ahead <= SEQ_MAX_GAP and not went_back:
@@ -1079,7 +1083,8 @@ cdef class ExporterState:
             st.held_lost = 0
             self.pending_gaps -= 1
 
-    cdef uint32_t ipfix_convention(self, SeqStream st, uint32_t seq, uint32_t* advance, int64_t now_ms) noexcept:
+    cdef uint32_t ipfix_convention(self, SeqStream st, uint32_t seq, uint32_t* advance, int64_t now_ms,
+                                   bint vote) noexcept:
         """RFC 7011 3.1: an IPFIX message's sequence number counts the Data Records sent before
         it. softflowd counts the message's own records too (its first message carries the
         number of records in it). Where two messages in a row (both decoded whole) differ in
@@ -1095,11 +1100,12 @@ cdef class ExporterState:
         NetFlow v5 is read the same way (its flow_sequence counts the flows before the datagram):
         Open vSwitch sets it to the number of the datagram's last record (ofproto/netflow.c
         gen_netflow_rec: `flow_seq = netflow_cnt++` for every record it adds), its own records
-        but one, so its steps are the new datagram's count too."""
+        but one, so its steps are the new datagram's count too. Without `vote` (a datagram of
+        another run, see sequence) the step is no vote."""
         cdef uint32_t step = seq - st.last_seq
         cdef uint64_t opt = self.msg_opt_records if st.kind == PROTO_IPFIX else 0
         cdef int i
-        if st.has_last and st.synced and advance[0] != st.last_count:
+        if vote and st.has_last and st.synced and advance[0] != st.last_count:
             if step == advance[0]:
                 if st.inc_votes < 0xFFFF:
                     st.inc_votes += 1
@@ -1156,7 +1162,7 @@ cdef class ExporterState:
             st.held_ms = now_ms
         st.next = seq
 
-    cdef void v9_convention(self, SeqStream st, uint32_t seq, uint32_t* advance, int64_t now_ms) noexcept:
+    cdef void v9_convention(self, SeqStream st, uint32_t seq, uint32_t* advance, int64_t now_ms, bint vote) noexcept:
         """RFC 3954 5.1: a v9 packet's sequence number counts the export packets sent. Some
         exporters count the flow records sent before the packet instead, as NetFlow v5 does
         (Juniper's v9: "sequence counter of total flows"). `advance` comes in as the packet's
@@ -1169,12 +1175,13 @@ cdef class ExporterState:
         would call lost is held back, counted when a packets vote comes or after SEQ_HELD_MS
         (as ipfix_convention holds); gaps still open from the other reading are void when the
         reading changes. Read by records, a step smaller than the previous count (options
-        records left out of the count) is in order."""
+        records left out of the count) is in order. Without `vote` (a datagram of another run,
+        see sequence) the step is no vote."""
         cdef uint32_t n = advance[0]
         cdef uint32_t step = seq - st.last_seq
         cdef int i
         st.uncounted = n == V9_UNCOUNTED
-        if st.has_last and st.synced and st.last_count > 1 and not st.uncounted:
+        if vote and st.has_last and st.synced and st.last_count > 1 and not st.uncounted:
             if step == st.last_count:
                 if st.inc_votes < 0xFFFF:
                     st.inc_votes += 1

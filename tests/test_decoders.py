@@ -3424,6 +3424,56 @@ def test_netflow_restart_numbered_past_the_old_run_is_a_restart_not_a_loss(versi
     assert run(back) == (2 * step, 0), version
 
 
+@pytest.mark.parametrize("version", [5, 9])
+def test_a_restart_on_a_stream_whose_numbering_is_undecided_takes_no_vote(version: int) -> None:
+    """Whether a v5 / v9 exporter numbers what it sent before the datagram (v5 flows, v9
+    packets, RFC 3954 5.1) or the datagram's own records too (Open vSwitch's v5) / the records
+    sent (Juniper's v9) is learned from the steps between datagrams whose counts differ; until
+    then a step that only the other reading explains is held as a possible loss. The first
+    datagram of the exporter's next run (its header uptime back by more than a minute) is
+    numbered independently of the old run's latest: a restart, whatever its step. Numbered so
+    that its step is the count that votes for the other reading (v5: its own 25 flows past a
+    datagram of 10; v9: the previous packet's 3 records past it), it was taken for that vote
+    before the restart check: its step held as loss (v5 15 flows, v9 2 packets) and read as in
+    order, no restart."""
+    rng = random.Random(31)
+    t0 = float(EXPORT)
+
+    def run(sends: list[tuple[int, int, int, float]]) -> tuple[int, int]:
+        """(sequence number, records, header uptime ms, receive time s after t0) ->
+        (sequence_lost, sequence_resets) once every gap and held loss has had its time."""
+        dec = Decoder()
+        last_up = -1
+        for seq, n, up, t in sends:
+            if version == 5:
+                d = v5_datagram(v5_records(n, rng, uptime_ms=up), seq=seq, unix_secs=EXPORT + int(t), uptime_ms=up)
+            else:
+                sets = [template_set([V9_TEMPLATE], version=9)] if last_up < 0 or up < last_up else []
+                d = v9_datagram([*sets, v9_data_set(V9_TEMPLATE, _v9_records(rng, n))], seq=seq,
+                                unix_secs=EXPORT + int(t), uptime_ms=up)
+            b = dec.decode(d, EXPORTER, 2055, t0 + t)
+            assert b.error is None and len(b) == n, (seq, b.error)
+            last_up = up
+        return _seq_at(dec, f"netflow{version}", t0 + 900)
+
+    if version == 5:
+        # 10 flows a datagram (equal counts: no vote), numbered by the flows before each
+        old = [(10 * i, 10, 1_000_000 + 1000 * i, float(i)) for i in range(1, 11)]
+        first = (100 + 25, 25)                          # rebooted: 25 flows, numbered 25 past 100
+        counts = [10] * 20
+    else:
+        old = [(10, 3, 1_000_000, 1.0)]                 # one packet of 3 records: nothing decided
+        first = (10 + 3, 3)                             # rebooted: numbered 3 past it
+        counts = [3] * 20
+    seqs = list(itertools.accumulate([first[0], first[1], *counts[:-1]] if version == 5 else
+                                     [first[0]] + [1] * len(counts)))
+    new = [(s, n, 90_000 + 100 * j, 300 + 0.1 * j) for j, (s, n) in enumerate(zip(seqs, [first[1], *counts],
+                                                                                 strict=True))]
+    assert run(old + new) == (0, 1)
+    # the new run's own losses still count (RFC numbering: v5 its 10 flows, v9 one packet)
+    assert run(old + new[:5] + new[6:]) == (10 if version == 5 else 1, 1)
+
+
 # ------------------------------------------------------------------ per-exporter rate limit
 
 
