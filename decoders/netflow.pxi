@@ -501,6 +501,10 @@ cdef class SeqStream:
     cdef bint skipped       # an uncounted message taken for one sent before, filling nothing, since
                             # the latest counted one (then the loss before the next floor is not told)
     cdef uint32_t next      # sequence number expected next
+    cdef uint32_t next_count    # the record count of the message that set next (IPFIX, v5: the
+                                # two readings of ipfix_convention expect next apart by it)
+    cdef bint last_set_next     # the latest message (last_seq) set next (not late): a step from
+                                # it is in order in the reading it votes for
     cdef int64_t uptime     # header uptime of its latest datagram (ms), -1 where the protocol has none
     # Gaps not counted yet, oldest first: numbers [start, start + span) were skipped, of which
     # `missing` have not arrived late since; seen at receive time ms.
@@ -920,6 +924,7 @@ cdef class ExporterState:
             if st.held_lost and aged(st.held_ms, now_ms, SEQ_HELD_MS):
                 self.count_held(st)
             self.v9_convention(st, seq, &advance, now_ms, not went_back)
+        st.last_set_next = False
         if st.synced:
             ahead = seq - st.next
             behind = st.next - seq
@@ -967,6 +972,8 @@ cdef class ExporterState:
         st.late_run = 0
         st.synced = not (st.uncounted and st.by_records)    # (the next packet sets the expectation)
         st.next = seq + advance
+        st.next_count = st.last_count
+        st.last_set_next = True
         st.uptime = uptime
         if st.run_uptime < 0 and uptime >= 0:
             st.run_seq = seq
@@ -1112,7 +1119,7 @@ cdef class ExporterState:
                 if not st.inclusive and st.inc_votes > st.rfc_votes + 1:
                     st.inclusive = True
                     self.count_held(st, False)          # it was no loss
-                    st.next = st.last_seq               # the previous message read this way
+                    st.next -= st.next_count            # the message that set it read this way
                     for i in range(st.ngaps):           # and the gaps still open
                         st.gap_missing[i] = <uint32_t>max(0, min(<int64_t>st.gap_missing[i] + st.gap_adj[i],
                                                                  <int64_t>SEQ_MAX_GAP))
@@ -1125,7 +1132,7 @@ cdef class ExporterState:
                 self.count_held(st)
                 if st.inclusive and st.rfc_votes + 1 >= st.inc_votes:
                     st.inclusive = False
-                    st.next = st.last_seq + st.last_count
+                    st.next += st.next_count
             if numbering_decided(st, True) or numbering_decided(st, False):
                 # decided: the exporter's next streams (new source ports) start so
                 if st.kind == PROTO_NETFLOW5:
@@ -1153,6 +1160,12 @@ cdef class ExporterState:
         would call lost before seq is held back, not a gap (count_held settles it), and seq is
         in order."""
         cdef uint32_t ahead = seq - st.next
+        if not st.last_set_next:
+            # The step was from a message that did not set what the stream expects (a late
+            # one, or the first of a process restarted on the same port, which only late()
+            # tells): sequence reads this one against the stream. Taken for in order, the
+            # stream went back to it, and a restarted process was never a restart.
+            return
         if 0 < ahead <= SEQ_MAX_GAP:
             self.count_held(st)             # (one held range at a time)
             st.held_lost = ahead
@@ -1331,6 +1344,7 @@ cdef class ExporterState:
                         else:
                             v = last
                             st.next = <uint32_t>(v >> 32) + <uint32_t>v
+                            st.next_count = <uint32_t>v
                             st.synced = True
                     was_shared = not was_shared
         sp.has_prev = True

@@ -2821,6 +2821,42 @@ def test_ipfix_process_restarted_on_the_same_port_is_a_restart_not_late_datagram
     assert run(before + behind + [(55, 13.1, -287), (60, 13.2, -287)]) == (5, 1)
 
 
+def test_ipfix_process_restarted_on_the_same_port_counting_its_own_records_is_a_restart() -> None:
+    """softflowd numbers an IPFIX message with the records it sent including the message's own
+    (RFC 7011 3.1 counts those sent before it); a stream learns which from the steps between
+    messages whose record counts differ. An exporting process restarted on the same port, its
+    sequence back near 0 while the old run's counts never differed (nothing decided), sends
+    messages that look late until they have followed each other for a second: a restart. Its
+    second message's step, its own count, was taken for a vote that moved the stream's
+    expectation back to it as if in order, and the reading's change that followed to the
+    message before it: the new run was followed silently, no restart counted."""
+    recs = ovs_flows(12, random.Random(8))
+    t0 = float(EXPORT)
+
+    def run(order: list[tuple[int, int, float]]) -> tuple[int, int]:
+        """(sequence, records, arrival = export time in seconds after t0) -> (lost, resets)."""
+        dec = Decoder()
+        assert dec.decode(ipfix_message([template_set([OVS_INGRESS])], seq=0, export_time=EXPORT), EXPORTER, 4739,
+                          t0).error is None
+        for seq, n, t in order:
+            b = dec.decode(ipfix_message([data_set(OVS_INGRESS, recs[:n])], seq=seq, export_time=EXPORT + int(t)),
+                           EXPORTER, 4739, t0 + t)
+            assert b.error is None and len(b) == n
+        return _seq_at(dec, "ipfix", t0 + 60)
+
+    before = [(5 * (i + 1), 5, 0.01 * i) for i in range(1000)]          # records 0..4999, 10 s
+    counts = [3, 7, 2, 9, 4, 6, 8, 3, 5, 7, 4, 6, 2, 8, 5, 9, 3, 6, 4, 7]
+    own = list(zip(itertools.accumulate(counts), counts, strict=True))  # softflowd's numbers
+    restarted = [(seq, n, 11 + 0.2 * i) for i, (seq, n) in enumerate(own)]   # over 3.8 s
+    assert run(before + restarted) == (0, 1)
+    # ... and its own losses count once it is followed: message 15's 9 records never arrive
+    assert run(before + restarted[:15] + restarted[16:]) == (9, 1)
+    # an exporter numbering the RFC's way, restarted so
+    rfc = list(zip(itertools.accumulate([0, *counts[:-1]]), counts, strict=True))
+    assert run([(seq - 5, n, t) for seq, n, t in before] +
+               [(seq, n, 11 + 0.2 * i) for i, (seq, n) in enumerate(rfc)]) == (0, 1)
+
+
 def test_reordered_datagrams_are_not_counted_as_lost() -> None:
     """A datagram overtaken on the path leaves a gap that it fills when it arrives: a gap is
     counted as lost only once it is SEQUENCE_REORDER_S old (receive time) and still open, and
