@@ -36,6 +36,8 @@ DEF OPTIONS_MAX_ENTRIES = 1024       # per exporter, in each dict of what option
 DEF NAMES_IN = 1                     # Flow.names_learned: the ingress slot is a learned name,
 DEF NAMES_OUT = 2                    # the egress slot is (a learned pair's unnamed one: "", length 0),
 DEF NAMES_OWN = 4                    # the record has interfaceName (82) elements of its own
+DEF NAMES_EGRESS = 8                 # its single name's interface was crossed egress, IfDirections [1]: the
+                                     # reverse flow of a record without a direction (written as ingress)
 DEF IFNAME_MAX = 255                 # bytes of an interface name learned from options data (IF-MIB's
                                      # ifName / ifDescr are DisplayStrings, SIZE (0..255)): longer refused
 DEF NOT_SENT_MAX_KEYS = 1024         # IPFIX notSent*TotalCount counters tracked per exporter (learn_not_sent)

@@ -922,7 +922,7 @@ cdef int encode_flow(Buf* o, FlowBatch bt, Flow* f, object enricher, const char*
             buf_put(o, "],\"IfDirections\":[0,1]", 22)
         else:
             buf_put(o, "],\"IfDirections\":[", 18)
-            buf_uint(o, <uint64_t>(f.direction if f.direction >= 0 else 0))
+            buf_uint(o, <uint64_t>(1 if f.names_learned & NAMES_EGRESS else f.direction if f.direction >= 0 else 0))
             buf_put(o, "]", 1)
     if f.present & P_INIF:
         buf_put(o, ",\"InIf\":", 8)

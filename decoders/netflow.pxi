@@ -2910,7 +2910,7 @@ cdef void reverse_flow(Flow* f, int rev, uint64_t rev_bytes, uint64_t rev_packet
     times are the record's, and the flags, DSCP, ICMP type, next hop and forwarding status,
     which differ by direction, none).
     An exporter's direction (ingress/egress) flips, and the Interfaces names turn with it (a pair
-    swaps, a record's single name stays). `only`: the record carries the reverse
+    swaps, a record's single name stays, its direction reversed). `only`: the record carries the reverse
     direction alone, so its ICMP type and code are that direction's."""
     cdef uint8_t tmp[16]
     cdef uint64_t pr = f.present
@@ -2922,15 +2922,18 @@ cdef void reverse_flow(Flow* f, int rev, uint64_t rev_bytes, uint64_t rev_packet
     memcpy(f.src_mac, f.dst_mac, 6)
     memcpy(f.dst_mac, tmp, 6)
     f.in_if, f.out_if = f.out_if, f.in_if
-    if f.direction < 0 or f.out_name_off or f.names_learned & NAMES_OUT:
-        # a pair of names (ingress, egress) swaps with the interfaces, and so does a single one
-        # of a record without a direction (read as its ingress interface's: the reverse flow's
-        # egress one, ["", name]); the single name of a record with a direction is the one
-        # interface it was observed on, which the reverse flow was observed on too, in the
-        # other direction ([name], IfDirections [1 - direction], flipped below)
+    if f.out_name_off or f.names_learned & NAMES_OUT:
+        # a pair of names (ingress, egress) swaps with the interfaces
         f.in_name_off, f.out_name_off = f.out_name_off, f.in_name_off
         f.in_name_len, f.out_name_len = f.out_name_len, f.in_name_len
         f.names_learned = <uint8_t>swap_bits(f.names_learned, NAMES_IN, NAMES_OUT)
+    elif f.direction < 0:
+        # A single name is the one interface the record was observed on, written as ingress
+        # without a direction ([name], IfDirections [0]); the reverse direction's packets
+        # crossed that interface the other way: [name] with [1], as for a record with
+        # flowDirection 0 (whose direction flips below). Moved to the egress slot, it was
+        # ["", name] with [0, 1]: an ingress observation of an interface with no name.
+        f.names_learned ^= NAMES_EGRESS
     f.src_as, f.dst_as = f.dst_as, f.src_as
     f.src_mask, f.dst_mask = f.dst_mask, f.src_mask
     memcpy(tmp, f.tun_src, 16)

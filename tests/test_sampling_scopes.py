@@ -545,8 +545,11 @@ def test_learned_names_turn_with_a_biflows_reverse_direction() -> None:
     flowDirection (61) has one name, the interface it was observed on; its reverse flow's
     packets crossed that same interface the other way, so it keeps that one name with the
     direction reversed ([name], IfDirections [1 - direction]), whether the name is learned or
-    the record's own. A single own name without a direction is read as the ingress interface's
-    (IfDirections [0]): the reverse flow's egress one, ["", name] with [0, 1]."""
+    the record's own. A single own name without a direction is written as the ingress
+    interface's, [name] with [0], as with flowDirection 0: its reverse flow is that record's
+    reverse, [name] with [1] (it was ["", name] with [0, 1], an ingress observation of an
+    interface with no name), the name its own or, for an empty one, the table's, and for a
+    record carrying the reverse direction only (forward counters 0) too."""
     dec = Decoder(DecoderConfig(default_sampling=0, split_biflows=True))
     table = _tpl(300, ("if", 10, 0, 4), ("name", 82, 0, VARLEN), scope=1)
     bi = _tpl(256, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("in_if", 10, 0, 2), ("out_if", 14, 0, 2),
@@ -561,7 +564,9 @@ def test_learned_names_turn_with_a_biflows_reverse_direction() -> None:
                                   data_set(bi_dir, [{**flow, "out_if": 2, "dir": d} for d in (0, 1)]),
                                   data_set(own, [{**flow, "out_if": 2, "dir": 0, "name": n}
                                                  for n in (b"xe-0/0/1", b"")]),
-                                  data_set(own_no_dir, [{**flow, "out_if": 2, "name": b"xe-0/0/1"}])],
+                                  data_set(own_no_dir, [{**flow, "out_if": 2, "name": n}
+                                                        for n in (b"xe-0/0/1", b"")]),
+                                  data_set(own_no_dir, [{**flow, "bytes": 0, "out_if": 2, "name": b"xe-0/0/1"}])],
                                  seq=0, export_time=EXPORT), EXPORTER, PORT, EXPORT)
     assert b.error is None
     assert _interfaces(b) == [(["xe-0/0/1", "xe-0/0/2"], [0, 1]), (["xe-0/0/2", "xe-0/0/1"], [0, 1]),
@@ -570,7 +575,9 @@ def test_learned_names_turn_with_a_biflows_reverse_direction() -> None:
                               (["xe-0/0/2"], [1]), (["xe-0/0/2"], [0]),
                               (["xe-0/0/1"], [0]), (["xe-0/0/1"], [1]),
                               (["xe-0/0/1"], [0]), (["xe-0/0/1"], [1]),
-                              (["xe-0/0/1"], [0]), (["", "xe-0/0/1"], [0, 1])]
+                              (["xe-0/0/1"], [0]), (["xe-0/0/1"], [1]),
+                              (["xe-0/0/1"], [0]), (["xe-0/0/1"], [1]),
+                              (["xe-0/0/1"], [1])]
     # each reverse flow's direction is its forward flow's reversed (FlowDirection, no enricher)
     assert [f.get("FlowDirection") for f in b.to_dicts()][4:12] == [0, 1, 1, 0, 0, 1, 0, 1]
 
