@@ -1215,8 +1215,10 @@ cdef class ExporterState:
                     for i in range(st.ngaps):           # opened by the records reading
                         st.gap_missing[i] = 0
                     st.next = seq
-        if st.by_records and st.has_last and st.synced and step <= st.last_count:
-            st.next = seq       # in order: the previous packet counted fewer than its records
+        if st.by_records and st.has_last and st.synced and st.last_set_next and step <= st.last_count:
+            # in order: the previous packet counted fewer than its records (one late itself
+            # set no expectation: after it, this one is late too, and fills its gap)
+            st.next = seq
         st.has_last = not st.uncounted
         st.last_seq = seq
         st.last_count = n
