@@ -284,6 +284,125 @@ cdef struct FieldSpec:
     int action
 
 
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.ref cimport Py_XDECREF
+
+
+@cython.final     # (find called directly, inlined in learned_names, not through a method table)
+cdef class NameTable:
+    """The interface names one exporting process and domain's options data gave (learn_if_name):
+    ifIndex -> name (bytes), for the data records' lookups (learned_names, one or two a record):
+    a dict keyed by Python ints made learned_names cost 490 instructions a record with two
+    lookups, this 185 (benchmarks/RESULTS.md).
+    Entries in the order first learned (a name replaced keeps its place, as a dict's would: the
+    state file lists them in that order), found by an open-addressing index of their positions.
+    The table owns a reference to each name (given back when the name is replaced or the table
+    freed), so a name `find` returns lives while the table holds it; whoever keeps it longer
+    (a FlowBatch, learned_names) takes its own. Names are only added or replaced, never removed
+    one by one (a process's names are forgotten together, its table dropped), so the index needs
+    no tombstones. PyMem, not malloc: tracemalloc (test_robustness's state estimate) sees it."""
+    cdef uint64_t* keys       # ifIndex of each entry (up to 8 bytes on the wire, learn_if_name)
+    cdef PyObject** vals      # its name: an owned reference
+    cdef Py_ssize_t count, room
+    cdef uint32_t* index      # 1 + an entry's position, 0: an empty slot; at most half full
+    cdef uint64_t mask
+    cdef int shift            # 64 - log2(index slots): Fibonacci hashing keeps the high bits
+
+    def __cinit__(self):
+        self.index = <uint32_t*>PyMem_Malloc(8 * sizeof(uint32_t))
+        if self.index == NULL:
+            raise MemoryError()
+        memset(self.index, 0, 8 * sizeof(uint32_t))
+        self.mask = 7
+        self.shift = 61
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        for i in range(self.count):
+            Py_XDECREF(self.vals[i])
+        PyMem_Free(self.keys)
+        PyMem_Free(self.vals)
+        PyMem_Free(self.index)
+
+    def __len__(self):
+        return self.count
+
+    cdef inline Py_ssize_t slot(self, uint64_t ifindex) noexcept:
+        """The index slot holding ifindex's entry, else the empty one it would go to."""
+        cdef uint64_t i = (ifindex * <uint64_t>0x9E3779B97F4A7C15ULL) >> self.shift
+        cdef uint32_t e
+        while True:
+            e = self.index[i]
+            if e == 0 or self.keys[e - 1] == ifindex:
+                return <Py_ssize_t>i
+            i = (i + 1) & self.mask
+
+    cdef inline PyObject* find(self, uint64_t ifindex) noexcept:
+        """ifindex's name, borrowed from the table (NULL: none)."""
+        cdef uint32_t e = self.index[self.slot(ifindex)]
+        return self.vals[e - 1] if e else NULL
+
+    cdef object get(self, uint64_t ifindex):
+        cdef PyObject* name = self.find(ifindex)
+        return None if name == NULL else <object>name
+
+    cdef int put(self, uint64_t ifindex, bytes name) except -1:
+        """ifindex's name is `name` (replacing the one it had)."""
+        cdef Py_ssize_t i = self.slot(ifindex)
+        cdef uint32_t e = self.index[i]
+        cdef PyObject* old
+        if e:
+            old = self.vals[e - 1]
+            Py_INCREF(name)
+            self.vals[e - 1] = <PyObject*>name
+            Py_XDECREF(old)
+            return 0
+        if self.count == self.room:
+            self.grow_entries()
+        if 2 * (self.count + 1) > <Py_ssize_t>(self.mask + 1):
+            self.grow_index()
+            i = self.slot(ifindex)
+        self.keys[self.count] = ifindex
+        Py_INCREF(name)
+        self.vals[self.count] = <PyObject*>name
+        self.count += 1
+        self.index[i] = <uint32_t>self.count
+        return 0
+
+    cdef int grow_entries(self) except -1:
+        cdef Py_ssize_t room = max(4, 2 * self.room)
+        cdef uint64_t* keys = <uint64_t*>PyMem_Realloc(self.keys, room * sizeof(uint64_t))
+        if keys == NULL:
+            raise MemoryError()
+        self.keys = keys
+        cdef PyObject** vals = <PyObject**>PyMem_Realloc(self.vals, room * sizeof(PyObject*))
+        if vals == NULL:
+            raise MemoryError()
+        self.vals = vals
+        self.room = room
+        return 0
+
+    cdef int grow_index(self) except -1:
+        cdef uint64_t slots = 2 * (self.mask + 1)
+        cdef uint32_t* index = <uint32_t*>PyMem_Malloc(slots * sizeof(uint32_t))
+        cdef Py_ssize_t e
+        if index == NULL:
+            raise MemoryError()
+        memset(index, 0, slots * sizeof(uint32_t))
+        PyMem_Free(self.index)
+        self.index = index
+        self.mask = slots - 1
+        self.shift -= 1
+        for e in range(self.count):
+            self.index[self.slot(self.keys[e])] = <uint32_t>(e + 1)
+        return 0
+
+    cdef list items(self):
+        """(ifIndex, name) of its entries, in the order first learned."""
+        cdef Py_ssize_t i
+        return [(self.keys[i], <object>self.vals[i]) for i in range(self.count)]
+
+
 cdef class Template:
     """A compiled (options) template: the plan a data record is decoded by."""
 
@@ -304,7 +423,7 @@ cdef class Template:
     # The interface table of its exporting process and domain (ExporterState.interface_names'
     # entry, None: none), as of the exporter's names_gen: found again only when that changed, so
     # that neither a record nor a data set builds a key to find it (decode_data_set)
-    cdef dict names_table
+    cdef NameTable names_table
     cdef uint64_t names_gen
     cdef readonly double refreshed  # receive time of the datagram that (re)defined it (eviction order)
     # Receive time (down to SEEN_STEP_S) of the latest data read with it, or of what a state file
@@ -650,7 +769,7 @@ cdef class ExporterState:
     cdef readonly dict interface_rates  # (version, domain, port, ifIndex) -> rate (interface-scoped options)
     cdef readonly dict egress_rates     # (version, domain, port, ifIndex) -> rate (egressInterface-scoped)
     cdef readonly dict template_rates   # (version, domain, port, template id) -> rate (template-scoped)
-    # (version, domain, port) -> {ifIndex: its name (bytes, learn_if_name)}: one table per
+    # (version, domain, port) -> NameTable (ifIndex -> its name, learn_if_name): one table per
     # exporting process and domain, which its templates keep (Template.names_table), so that a
     # record's lookups (learned_names) are by its ifIndex alone, no key tuple built and hashed
     cdef readonly dict interface_names
@@ -806,25 +925,29 @@ cdef class ExporterState:
 
     cdef void count_names(self):
         """names_count and names_bytes again, after tables of interface_names were removed."""
-        cdef dict table
-        cdef bytes name
+        cdef NameTable table
+        cdef Py_ssize_t i
         self.names_count = self.names_bytes = 0
         for table in self.interface_names.values():
-            self.names_count += len(table)
-            for name in table.values():
-                self.names_bytes += len(name)
+            self.names_count += table.count
+            for i in range(table.count):
+                self.names_bytes += PyBytes_GET_SIZE(<object>table.vals[i])
 
     cdef dict flat_names(self):
         """interface_names as the state file has it: (version, domain, port, ifIndex) -> name."""
-        cdef dict table
+        cdef NameTable table
         return {process + (ifindex,): name for process, table in self.interface_names.items()
                 for ifindex, name in table.items()}
 
     cdef void set_names(self, dict flat):
         """interface_names from flat_names' form (a state file loaded into it), counted again."""
         cdef dict tables = {}
+        cdef NameTable table
         for key, name in flat.items():
-            tables.setdefault(key[:3], {})[key[3]] = name
+            table = tables.get(key[:3])
+            if table is None:
+                table = tables[key[:3]] = NameTable()
+            table.put(key[3], name)
         self.interface_names = tables
         self.names_gen += 1
         if tables:
@@ -2057,7 +2180,7 @@ cdef inline bint mac_zero(const uint8_t* p) noexcept:
 
 
 cdef int decode_record(Decoder dec, ExporterState ex, FlowBatch b, Template t, Reader* s,
-                       int64_t export_ms, int64_t sysinit_ms, dict if_names) except -1:
+                       int64_t export_ms, int64_t sysinit_ms, NameTable if_names) except -1:
     """Decode one data record of template t into a new Flow (options records update state);
     if_names: the interface table of t's exporting process and domain, None without one."""
     cdef int i, a
@@ -3418,7 +3541,7 @@ cdef void learn_if_name(Decoder dec, ExporterState ex, Template t, const uint8_t
     cdef const uint8_t* desc_p = NULL
     cdef Py_ssize_t name_len = 0, desc_len = 0
     cdef object name, old, process
-    cdef dict table
+    cdef NameTable table
     walk_fields(&w, t, buf, start, end)
     while next_field(&w):
         fs = &w.fields[w.i]
@@ -3456,16 +3579,16 @@ cdef void learn_if_name(Decoder dec, ExporterState ex, Template t, const uint8_t
     if old is None and options_full(dec, ex, ex.names_count, t.version, t.domain):
         return
     if table is None:
-        table = ex.interface_names[process] = {}
+        table = ex.interface_names[process] = NameTable()
         ex.names_gen += 1
-    table[ifindex] = name
+    table.put(ifindex, name)
     if old is None:
         ex.names_count += 1
     ex.names_bytes += len(name) - (0 if old is None else len(old))
     ex.has_if_names = True
 
 
-cdef void learned_names(dict table, FlowBatch b, Flow* f):
+cdef void learned_names(NameTable table, FlowBatch b, Flow* f):
     """The names an exporter's options data gave interfaces (learn_if_name), for a data record's
     Interfaces slots its own interfaceName (82) elements leave empty (Flow.names_learned);
     `table` is its exporting process and domain's (ifIndex -> name, decode_data_set).
@@ -3486,33 +3609,36 @@ cdef void learned_names(dict table, FlowBatch b, Flow* f):
     cdef bint own = f.in_name_off != 0
     cdef bint pair = f.out_name_off != 0 or (not own and f.direction < 0)
     cdef bint egress = f.direction == 1
-    cdef object n_in = None, n_out = None     # (bytes: learn_if_name, import_state)
+    # (bytes: learn_if_name, import_state; borrowed from the table, which holds them while the
+    # record is decoded: the batch's list takes its own reference)
+    cdef PyObject* n_in = NULL
+    cdef PyObject* n_out = NULL
     cdef list names
     cdef uint8_t bits = NAMES_OWN if own else 0
     # (the lookups written out, not in a helper returning the name: that helper, called for
     # each slot, cost 70 instructions a record more, benchmarks/RESULTS.md)
     if pair:
         if not f.in_name_len and f.present & P_INIF:
-            n_in = table.get(f.in_if)
+            n_in = table.find(f.in_if)
         if not f.out_name_len and f.present & P_OUTIF:
-            n_out = table.get(f.out_if)
+            n_out = table.find(f.out_if)
     elif not f.in_name_len and f.present & (P_OUTIF if egress else P_INIF):
         # one slot: the interface the record was observed on
-        n_in = table.get(f.out_if if egress else f.in_if)
-    if n_in is None and n_out is None:
+        n_in = table.find(f.out_if if egress else f.in_if)
+    if n_in == NULL and n_out == NULL:
         return
     if b._ifnames is None:
         b._ifnames = []
     names = b._ifnames
-    if n_in is not None:
+    if n_in != NULL:
         f.in_name_off = <uint32_t>len(names)
-        f.in_name_len = <uint16_t>PyBytes_GET_SIZE(n_in)
-        names.append(n_in)
+        f.in_name_len = <uint16_t>PyBytes_GET_SIZE(<object>n_in)
+        names.append(<object>n_in)
         bits |= NAMES_IN
-    if n_out is not None:
+    if n_out != NULL:
         f.out_name_off = <uint32_t>len(names)
-        f.out_name_len = <uint16_t>PyBytes_GET_SIZE(n_out)
-        names.append(n_out)
+        f.out_name_len = <uint16_t>PyBytes_GET_SIZE(<object>n_out)
+        names.append(<object>n_out)
         bits |= NAMES_OUT
     elif pair and not own:
         bits |= NAMES_OUT       # the pair's egress slot: "" (length 0)
@@ -3916,7 +4042,7 @@ cdef int decode_data_set(Decoder dec, ExporterState ex, FlowBatch b, Reader* s, 
     cdef uint64_t k64 = (<uint64_t>domain << 32) | (<uint64_t>set_id << 16) | b.port
     cdef Template t
     cdef Py_ssize_t before, n_before, start = s.pos
-    cdef dict if_names = None
+    cdef NameTable if_names = None
     if ex.last_t is not None and ex.last_tkey == k64 and ex.last_tver == version:
         t = ex.last_t
     else:

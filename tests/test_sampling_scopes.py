@@ -698,6 +698,44 @@ def test_interface_names_are_bounded() -> None:
     assert fresh.export_state()["exporters"][EXPORTER]["interface_names"] == [[10, 0, PORT, 1, "ok"]]
 
 
+def test_a_full_interface_table_names_every_interface_and_a_renamed_one_stays_in_earlier_flows() -> None:
+    """An interface table as large as its bound (1,024 names), ifIndex values of every size
+    (small ones, IOS-XR's 0x0c00xxxx, up to the 8 bytes an options record may give one): each
+    record gets its own interfaces' names; an ifIndex past 32 bits is not the record's 32-bit
+    ingressInterface of the same low bits; the state file keeps the names in the order learned
+    and brings them all back. A batch decoded before an interface was renamed still has the name
+    it was decoded with after the exporter's table let go of it."""
+    import gc
+
+    dec = Decoder(DecoderConfig(default_sampling=0))
+    table = _tpl(300, ("if", 10, 0, 8), ("name", 82, 0, VARLEN), scope=1)
+    flow = _tpl(256, ("src", 8, 0, 4), ("in_if", 10, 0, 4), ("out_if", 14, 0, 4))
+    ifs = [*range(1, 511), *(0x0C000000 + 64 * i for i in range(512)), (1 << 32) | 600, (1 << 64) - 1]
+    assert len(ifs) == 1024
+    dec.decode(ipfix_message([_ipfix_options_set([table]), template_set([flow]),
+                              data_set(table, [{"if": i, "name": b"if%d" % i} for i in ifs])],
+                             seq=0, export_time=EXPORT), EXPORTER, PORT, EXPORT)
+    small = [i for i in ifs if i < 1 << 32]
+    pairs = [*zip(small, small[1:] + small[:1], strict=True), (600, 1)]
+    data = ipfix_message([data_set(flow, [{"src": "10.1.1.1", "in_if": a, "out_if": b} for a, b in pairs])],
+                         seq=0, export_time=EXPORT)
+    want = [([f"if{a}", f"if{b}"], [0, 1]) for a, b in pairs[:-1]] + [(["", "if1"], [0, 1])]
+    before = dec.decode(data, EXPORTER, PORT, EXPORT)
+    assert before.error is None and _interfaces(before) == want
+    saved = dec.export_state()
+    assert [row[3] for row in saved["exporters"][EXPORTER]["interface_names"]] == ifs
+    fresh = Decoder(DecoderConfig(default_sampling=0))
+    fresh.import_state(saved)
+    assert _interfaces(fresh.decode(data, EXPORTER, PORT, EXPORT)) == want
+    dec.decode(ipfix_message([data_set(table, [{"if": 1, "name": b"renamed"}])], seq=0, export_time=EXPORT),
+               EXPORTER, PORT, EXPORT)
+    gc.collect()
+    litter = [b"x%06d" % i for i in range(10000)]    # (memory the old name had, if it was freed)
+    assert _interfaces(before) == want
+    assert _interfaces(dec.decode(data, EXPORTER, PORT, EXPORT))[0] == (["renamed", "if2"], [0, 1])
+    del litter
+
+
 def test_options_scoped_by_an_interface_and_a_template_give_that_interfaces_rate() -> None:
     """Options with two scope fields, an interface and a template (ingressInterface and templateId):
     an operator would read it as the rate of that template's records on that interface. flowscope
