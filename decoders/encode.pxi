@@ -813,11 +813,11 @@ cdef int encode_extras(Buf* o, FlowBatch bt, Flow* f, const uint8_t* data) excep
 
 cdef int put_if_name(Buf* o, FlowBatch bt, const uint8_t* data, uint32_t off, uint16_t n, bint learned) except -1:
     """An Interfaces entry: n bytes of the datagram at off, or with `learned` the name
-    FlowBatch._ifnames holds at index off (learned_names); "" for n = 0."""
-    cdef bytes name
+    FlowBatch.ifnames holds at index off (learned_names); "" for n = 0."""
     if learned and n:
-        name = bt._ifnames[off]
-        return buf_jstr(o, <const uint8_t*>PyBytes_AS_STRING(name), n)
+        if off >= bt.n_ifnames:     # (outside the array: the list it once was raised IndexError too)
+            raise IndexError(f"learned interface name {off} of {bt.n_ifnames}")
+        return buf_jstr(o, <const uint8_t*>PyBytes_AS_STRING(<object>bt.ifnames[off]), n)
     return buf_jstr(o, data + off, n)
 
 

@@ -6,6 +6,7 @@
 
 from libc.stdlib cimport malloc, calloc, realloc, free
 from cpython.object cimport PyObject
+from cpython.ref cimport Py_XDECREF
 
 
 cdef struct Flow:
@@ -54,7 +55,7 @@ cdef struct Flow:
     uint8_t tun_af
     uint8_t tun_proto
     uint8_t names_learned     # NAMES_* bits: in_name_off (NAMES_IN) / out_name_off (NAMES_OUT) index
-                              # FlowBatch._ifnames, a name its exporter's options data gave an interface
+                              # FlowBatch.ifnames, a name its exporter's options data gave an interface
                               # (learned_names), not bytes of the datagram; NAMES_OWN: the record has
                               # interfaceName elements of its own (a learned name fills an empty one)
     uint8_t tun_src[16]
@@ -115,7 +116,12 @@ cdef class FlowBatch:
     cdef readonly int missing_template_sets
     cdef dict _dropped
     cdef list _options
-    cdef list _ifnames            # interface names learned from options data its flows carry (bytes)
+    # interface names learned from options data its flows carry (bytes: owned references, given
+    # back with the batch): what Flow.in_name_off / out_name_off index with NAMES_IN / NAMES_OUT
+    # (learned_names); a C array, as a list's growth cost learned_names ~50 instructions a record
+    cdef PyObject** ifnames
+    cdef Py_ssize_t n_ifnames
+    cdef Py_ssize_t cap_ifnames
     # What moves the exporter's times onto the collector's clock to pick the holder of a reused
     # address (the enrichment's flow start, never the published times): the exporter's clock
     # offset (clock_shift) when beyond CLOCK_TOLERANCE_MS, else 0.
@@ -124,12 +130,17 @@ cdef class FlowBatch:
     def __cinit__(self):
         self.flows = NULL
         self.extras = NULL
-        self.n = self.cap = self.n_extras = self.cap_extras = 0
+        self.ifnames = NULL
+        self.n = self.cap = self.n_extras = self.cap_extras = self.n_ifnames = self.cap_ifnames = 0
         self.error = None
 
     def __dealloc__(self):
+        cdef Py_ssize_t i
         free(self.flows)
         free(self.extras)
+        for i in range(self.n_ifnames):
+            Py_XDECREF(self.ifnames[i])
+        free(self.ifnames)
 
     def __len__(self):
         return self.n

@@ -285,7 +285,6 @@ cdef struct FieldSpec:
 
 
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
-from cpython.ref cimport Py_XDECREF
 
 
 @cython.final     # (find called directly, inlined in learned_names, not through a method table)
@@ -3588,7 +3587,7 @@ cdef void learn_if_name(Decoder dec, ExporterState ex, Template t, const uint8_t
     ex.has_if_names = True
 
 
-cdef void learned_names(NameTable table, FlowBatch b, Flow* f):
+cdef int learned_names(NameTable table, FlowBatch b, Flow* f) except -1:
     """The names an exporter's options data gave interfaces (learn_if_name), for a data record's
     Interfaces slots its own interfaceName (82) elements leave empty (Flow.names_learned);
     `table` is its exporting process and domain's (ifIndex -> name, decode_data_set).
@@ -3610,10 +3609,11 @@ cdef void learned_names(NameTable table, FlowBatch b, Flow* f):
     cdef bint pair = f.out_name_off != 0 or (not own and f.direction < 0)
     cdef bint egress = f.direction == 1
     # (bytes: learn_if_name, import_state; borrowed from the table, which holds them while the
-    # record is decoded: the batch's list takes its own reference)
+    # record is decoded: the batch takes its own reference)
     cdef PyObject* n_in = NULL
     cdef PyObject* n_out = NULL
-    cdef list names
+    cdef PyObject** grown
+    cdef Py_ssize_t cap
     cdef uint8_t bits = NAMES_OWN if own else 0
     # (the lookups written out, not in a helper returning the name: that helper, called for
     # each slot, cost 70 instructions a record more, benchmarks/RESULTS.md)
@@ -3626,23 +3626,33 @@ cdef void learned_names(NameTable table, FlowBatch b, Flow* f):
         # one slot: the interface the record was observed on
         n_in = table.find(f.out_if if egress else f.in_if)
     if n_in == NULL and n_out == NULL:
-        return
-    if b._ifnames is None:
-        b._ifnames = []
-    names = b._ifnames
+        return 0
+    if b.n_ifnames + 2 > b.cap_ifnames:
+        # two a flow of the room the batch has for flows, at first
+        cap = max(2 * b.cap_ifnames, 2 * b.cap, 16)
+        grown = <PyObject**>realloc(b.ifnames, cap * sizeof(PyObject*))
+        if grown == NULL:
+            raise MemoryError()
+        b.ifnames = grown
+        b.cap_ifnames = cap
     if n_in != NULL:
-        f.in_name_off = <uint32_t>len(names)
+        f.in_name_off = <uint32_t>b.n_ifnames
         f.in_name_len = <uint16_t>PyBytes_GET_SIZE(<object>n_in)
-        names.append(<object>n_in)
+        Py_INCREF(<object>n_in)
+        b.ifnames[b.n_ifnames] = n_in
+        b.n_ifnames += 1
         bits |= NAMES_IN
     if n_out != NULL:
-        f.out_name_off = <uint32_t>len(names)
+        f.out_name_off = <uint32_t>b.n_ifnames
         f.out_name_len = <uint16_t>PyBytes_GET_SIZE(<object>n_out)
-        names.append(<object>n_out)
+        Py_INCREF(<object>n_out)
+        b.ifnames[b.n_ifnames] = n_out
+        b.n_ifnames += 1
         bits |= NAMES_OUT
     elif pair and not own:
         bits |= NAMES_OUT       # the pair's egress slot: "" (length 0)
     f.names_learned = bits
+    return 0
 
 
 cdef inline bint own_ingress_name_empty(const Flow* f) noexcept:
