@@ -641,6 +641,10 @@ def conversation_key(rec: bytes) -> bytes:
 
 
 METADATA_MAX_AGE_MS = 30000
+#: aiokafka closes a connection idle this long with nothing waiting on it, and opens it again at
+#: the next request (its default, Kafka's producers' connections.max.idle.ms): no broker lost, so
+#: such a close is not counted as a lost connection (KafkaSink._connections_lost).
+CONNECTIONS_MAX_IDLE_MS = 540000
 
 #: Seconds the sink's start waits, past the topics' metadata, for their max.message.bytes
 #: (DescribeConfigs, KafkaSink._ask_limit): a broker slow to answer, or not answering, holds
@@ -731,6 +735,7 @@ def producer_kwargs(k: KafkaConfig) -> dict[str, Any]:
         # Partition counts and leaders are re-read at least this often (aiokafka's default, 5
         # minutes, left partitions added to or removed from a topic unseen that long).
         "metadata_max_age_ms": METADATA_MAX_AGE_MS,
+        "connections_max_idle_ms": CONNECTIONS_MAX_IDLE_MS,
     }
     tls = k.tls or bool(k.tls_ca or k.tls_cert)
     if tls:
@@ -974,8 +979,7 @@ class KafkaSink(Sink):
         self._aio_waiting: dict[int, float] = {}
         self._closing = False      # _close() is failing what is still in flight: no re-queue
         # producer connections last seen (_connections_lost): their (producer, id) keys, and the objects
-        self._conn_keys: set[tuple[int, Any]] = set()
-        self._conns_seen: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._conn_prev: dict[tuple[int, Any], Any] = {}
         self._conns_closed: weakref.WeakSet[Any] = weakref.WeakSet()   # closed ones already reported
         self._codec_id, self._encode = _codec(self.k.compression, self.k.compression_level)
         self.compressed_bytes = [0, 0]  # prebuilt batches: bytes before and after compression
@@ -1446,6 +1450,7 @@ class KafkaSink(Sink):
         _aiokafka_final_errors()
         _aiokafka_closed_writes()
         _aiokafka_produce_writes()
+        _aiokafka_idle_closes()
         self._start_packer()
         await super().start()
 
@@ -1891,26 +1896,29 @@ class KafkaSink(Sink):
         consumer ever sees. A lost connection sends the sink through _refresh_metadata (which
         re-creates the topic) before producing again, as the direct path does."""
         lost = False
-        keys: set[tuple[int, Any]] = set()
+        before, now = self._conn_prev, {}
         for i, producer in enumerate(self.producers):
             conns = getattr(producer.client, "_conns", None)
             if not isinstance(conns, dict):
                 continue
             for cid, conn in list(conns.items()):
                 key = (i, cid)
-                keys.add(key)
-                # A connection object not seen before where one was: replaced (by identity, through
-                # a WeakSet: ids of freed objects are reused at once).
-                if key in self._conn_keys and conn not in self._conns_seen:
-                    lost = True
+                now[key] = conn
+                prev = before.get(key)
+                if prev is not None and prev is not conn:
+                    # replaced (by identity: the one before is held until the next look, so its
+                    # id cannot be reused meanwhile)
+                    lost = lost or not _idle_closed(prev)
                 elif not conn.connected() and conn not in self._conns_closed:
-                    # closed (the broker went, or aiokafka's idle timeout on a broker it does not
-                    # use): reported once, not at every look while it stays in the client's table
-                    lost = True
+                    # closed (the broker went): reported once, not at every look while it stays
+                    # in the client's table. Not aiokafka's close of a connection idle for
+                    # CONNECTIONS_MAX_IDLE_MS (nothing was waiting on it; it opens again at the
+                    # next request): with nothing produced yet those were every connection, and
+                    # the idle check set the sink not connected for a broker that answers
+                    lost = lost or not _idle_closed(conn)
                     self._conns_closed.add(conn)
-                self._conns_seen.add(conn)
-        lost = lost or not self._conn_keys <= keys
-        self._conn_keys = keys
+        lost = lost or any(not _idle_closed(c) for k, c in before.items() if k not in now)
+        self._conn_prev = now
         return lost
 
     async def _update_metadata(self, producer: Any, timeout: float) -> bool:
@@ -3140,6 +3148,35 @@ def _aiokafka_closed_writes() -> None:
     AIOKafkaConnection.send = guard(AIOKafkaConnection.send)  # type: ignore[method-assign]
     AIOKafkaConnection._send_sasl_token = guard(AIOKafkaConnection._send_sasl_token)  # type: ignore[method-assign]
     AIOKafkaConnection._flowscope_closed_writes = True  # type: ignore[attr-defined]
+
+
+def _aiokafka_idle_closes() -> None:
+    """Mark each aiokafka connection closed for idleness (CloseReason.IDLE_DROP: idle for
+    connections_max_idle_ms with no request waiting) while it was open, for _idle_closed: aiokafka
+    gives the reason to its client's callback only, and a closed connection looks the same
+    whether its broker went or aiokafka let it go. Only marked, nothing of aiokafka's behaviour
+    changed."""
+    import functools
+
+    from aiokafka.conn import AIOKafkaConnection, CloseReason
+
+    if getattr(AIOKafkaConnection, "_flowscope_idle_closes", False):
+        return
+    fn = AIOKafkaConnection.close
+
+    @functools.wraps(fn)
+    def close(self: Any, reason: Any = None, exc: Any = None) -> Any:
+        if reason == CloseReason.IDLE_DROP and self.connected():
+            self._flowscope_idle_closed = True
+        return fn(self, reason, exc)
+
+    AIOKafkaConnection.close = close  # type: ignore[method-assign]
+    AIOKafkaConnection._flowscope_idle_closes = True  # type: ignore[attr-defined]
+
+
+def _idle_closed(conn: Any) -> bool:
+    """Whether aiokafka closed the connection for idleness (_aiokafka_idle_closes)."""
+    return getattr(conn, "_flowscope_idle_closed", False) is True
 
 
 #: Produce requests aiokafka's connections were asked to write, by (topic, partition) they held

