@@ -370,7 +370,7 @@ def _polling_one_fd(pid: int) -> bool:
     return len(fields) > 2 and fields[0].isdigit() and int(fields[0]) in _POLL_SYSCALLS and int(fields[2], 16) == 1
 
 
-def _wait_plugins_polling(pid: int, timeout: float = 30.0) -> None:
+def wait_plugins_polling(pid: int, timeout: float = 30.0) -> None:
     """Wait until every plugin of pmacct's core `pid` (its children) waits in its main loop's
     poll() on its pipe from the core. A plugin sets the flag that asks the core to write to that
     pipe (status->wakeup) just before each such poll; the core puts what it receives in the ring
@@ -379,9 +379,18 @@ def _wait_plugins_polling(pid: int, timeout: float = 30.0) -> None:
     first poll therefore stayed in the ring, unread until more traffic came: every purge wrote 0
     entries and the trial read back 0 flows (8 of 31 pmacct_stop trials; the Kafka plugin took
     0.6-0.9 s after the core bound its port here, clearing its 530 MB cache, against the 1 s this
-    waited before; 3 of 3 lost with no wait)."""
+    waited before; 3 of 3 lost with no wait). The same holds for pmacctd reading a pcap
+    (tests/support/exporters.run_pmacctd). Raises ChildProcessError once the core has exited
+    (nothing will start then), TimeoutError after `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                exited = f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+        except OSError:
+            exited = True
+        if exited:
+            raise ChildProcessError(f"pmacct {pid} exited before its plugins waited for data")
         plugins = [p for p in process_tree(pid) if p != pid]
         try:
             if plugins and all(_polling_one_fd(p) for p in plugins):
@@ -414,7 +423,7 @@ def start_pmacct(
     neither SIGTERM nor SIGINT does that). The plugin pipe is made large enough that the core
     process does not drop between purges; its buffer is kept small so little data waits in a
     half-filled buffer when a run ends. It returns once the plugin waits for data (what the core
-    receives before is never read: _wait_plugins_polling). ``cache_entries``: the Kafka plugin's
+    receives before is never read: wait_plugins_polling). ``cache_entries``: the Kafka plugin's
     cache (about 4 KB each, all cleared as it starts: 0.6-0.9 s for the default's 530 MB here).
     """
     sflow = proto == "sflow"
@@ -463,8 +472,8 @@ def start_pmacct(
                       ports={proto: port}, cpus=cpus, topic=topic, cmd=cmd, config=conf)
     try:
         _wait_udp_bound(proc.pid, port)
-        _wait_plugins_polling(proc.pid)   # what comes before is never read (see there)
-    except TimeoutError as e:
+        wait_plugins_polling(proc.pid)   # what comes before is never read (see there)
+    except (TimeoutError, ChildProcessError) as e:
         peer.stop(sig=signal.SIGKILL)   # nothing to deliver
         raise RuntimeError(f"{daemon} did not start ({e}):\n{peer.log_tail()}") from None
     return peer

@@ -11,11 +11,16 @@ TCP flags, times).
 from __future__ import annotations
 
 import collections
+import ctypes
 import dataclasses
 import ipaddress
+import os
+import platform
 import random
+import select
 import shutil
 import struct
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -329,6 +334,104 @@ def test_pmacctd_nfprobe(version: int, workdir: Path, decoders_mod) -> None:
     (workdir / E.PCAP_NAME).write_bytes(G.build_pcap(generated, start=START))
     cap, port = capture_export(workdir, lambda ns, port: E.run_pmacctd(ns, workdir, "nfprobe", port,
                                                                        version=version))
+    problems, flows = decode_capture(decoders_mod, cap, "cflow", port)
+    problems += check_against_traffic(flows, generated)
+    assert not problems, "\n".join(problems)
+
+
+class _HeldOpen:
+    """Every open() of the file `name` in `directory` blocks until release(); other opens there
+    pass at once (fanotify permission events, answered by a thread of its own)."""
+
+    FAN_CLOEXEC, FAN_CLASS_CONTENT, FAN_MARK_ADD, FAN_ALLOW = 0x01, 0x04, 0x01, 0x01
+    FAN_OPEN_PERM, FAN_EVENT_ON_CHILD = 0x00010000, 0x08000000
+
+    def __init__(self, directory: Path, name: str) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p]
+        self.fd = libc.fanotify_init(self.FAN_CLASS_CONTENT | self.FAN_CLOEXEC, os.O_RDONLY)
+        if self.fd < 0 or libc.fanotify_mark(self.fd, self.FAN_MARK_ADD, self.FAN_OPEN_PERM | self.FAN_EVENT_ON_CHILD,
+                                             -100, str(directory).encode()) < 0:   # -100: AT_FDCWD
+            pytest.skip(f"fanotify permission events unavailable: {os.strerror(ctypes.get_errno())}")
+        self.name = name
+        self.held: list[tuple[int, int]] = []   # (the event's descriptor, the opener's pid), unanswered
+        self.openers: list[int] = []   # every pid held
+        self.released = False
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._answer, daemon=True)
+        self.thread.start()
+
+    def _answer(self) -> None:
+        while not self.done.is_set():
+            if not select.select([self.fd], [], [], 0.1)[0]:
+                continue
+            buf = os.read(self.fd, 4096)
+            pos = 0
+            while pos < len(buf):   # struct fanotify_event_metadata
+                length, _, _, _, _, efd, pid = struct.unpack_from("=IBBHQii", buf, pos)
+                pos += length
+                with self.lock:
+                    if os.path.basename(os.readlink(f"/proc/self/fd/{efd}")) == self.name and not self.released:
+                        self.held.append((efd, pid))
+                        self.openers.append(pid)
+                        continue
+                self._allow(efd)
+
+    def _allow(self, efd: int) -> None:
+        os.write(self.fd, struct.pack("=iI", efd, self.FAN_ALLOW))
+        os.close(efd)
+
+    def release(self) -> None:
+        with self.lock:
+            self.released = True
+            for efd, _ in self.held:
+                self._allow(efd)
+            self.held.clear()
+
+    def close(self) -> None:
+        self.release()
+        self.done.set()
+        self.thread.join()
+        os.close(self.fd)   # answers whatever came meanwhile
+
+
+def test_pmacctd_plugin_that_waits_for_data_late_still_exports_the_whole_pcap(workdir: Path, decoders_mod) -> None:
+    """pmacctd's core hands its plugin what it reads only while the plugin waits in its main
+    loop (pmacct's status->wakeup; benchmarks/peers.wait_plugins_polling); it reads the pcap 2 s
+    after it started, whether the plugin waits or not. Here the plugin is held in its start (the
+    open of its pid file) until the core has read the whole pcap (it says "finished reading")
+    or waits for more of it (run_pmacctd's FIFO): every generated flow must still be exported.
+    Before, run_pmacctd gave pmacctd the file itself: nothing was exported here (2 of 2 runs)."""
+    _skip_unless("pmacctd")
+    generated = G.standard_flows()
+    (workdir / E.PCAP_NAME).write_bytes(G.build_pcap(generated, start=START))
+    held = _HeldOpen(workdir, "pmacctd.pid-nfprobe-p")
+    reading = {"x86_64": 0, "aarch64": 63}.get(platform.machine(), 0)   # read()'s system call number
+
+    def release_once_read() -> None:
+        log = workdir / "pmacctd.log"
+        while not held.done.is_set():
+            try:
+                with held.lock:   # the core: the held plugin's parent
+                    core = int(Path(f"/proc/{held.openers[0]}/stat").read_text().rsplit(")", 1)[1].split()[1]) \
+                        if held.openers else None
+                if core and ("finished reading" in (log.read_text(errors="replace") if log.exists() else "")
+                             or Path(f"/proc/{core}/syscall").read_text().split()[0] == str(reading)):
+                    held.release()
+                    return
+            except OSError:
+                pass   # gone: run_pmacctd says why
+            time.sleep(0.05)
+
+    releaser = threading.Thread(target=release_once_read, daemon=True)
+    releaser.start()
+    try:
+        cap, port = capture_export(workdir, lambda ns, port: E.run_pmacctd(ns, workdir, "nfprobe", port, version=10))
+    finally:
+        held.close()
+        releaser.join()
+    assert held.openers, "the plugin never opened its pid file"
     problems, flows = decode_capture(decoders_mod, cap, "cflow", port)
     problems += check_against_traffic(flows, generated)
     assert not problems, "\n".join(problems)

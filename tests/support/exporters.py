@@ -6,14 +6,17 @@ loopback of a namespace the test created (tests/support/netns.py). Facts that ma
 ../shared/EXPORTERS.md): softflowd 1.1.0 `-r` truncates the file name to 16 characters (pass a
 short relative name, run in the pcap's directory), `-a` makes export clocks follow the pcap,
 `-d` keeps it in the foreground; it needs its own control socket and pid file (`-c`, `-p`) so two
-runs never share /var/run. pmacctd reads a pcap with `pcap_savefile` and, with
-`pcap_savefile_wait: true`, stays up afterwards; nfprobe flushes its cache on SIGINT.
+runs never share /var/run. pmacctd reads a pcap with `pcap_savefile` (here a FIFO, written once
+its plugin waits for data: run_pmacctd) and, with `pcap_savefile_wait: true`, stays up
+afterwards; nfprobe flushes its cache on SIGINT.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import select
 import signal
 import struct
 import subprocess
@@ -22,6 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.peers import wait_plugins_polling
 from tests.support import netns as N
 from tests.support.netns import NetNS
 
@@ -39,6 +43,7 @@ def ipfix_set_ids(payload: bytes) -> set[int]:
 
 
 PCAP_NAME = "in.pcap"  # short and relative: softflowd keeps only 16 characters of -r
+PMACCTD_FIFO = "in.fifo"   # what pmacctd reads PCAP_NAME from (run_pmacctd)
 
 
 def run_softflowd(ns: NetNS, workdir: Path, version: str, port: int, *, timeout: float = 30.0,
@@ -204,10 +209,11 @@ def run_softflowd_live(ns: NetNS, workdir: Path, version: str, port: int, exchan
 
 
 def pmacctd_config(plugin: str, port: int, *, version: int = 10, sampling: int = 1) -> str:
-    """pmacctd configuration for one nfprobe or sfprobe plugin reading workdir/in.pcap."""
+    """pmacctd configuration for one nfprobe or sfprobe plugin reading workdir/in.pcap (through
+    a FIFO: run_pmacctd)."""
     lines = [
         "daemonize: false",
-        f"pcap_savefile: {PCAP_NAME}",
+        f"pcap_savefile: {PMACCTD_FIFO}",
         "pcap_savefile_wait: true",
         "pidfile: ./pmacctd.pid",
         "logfile: ./pmacctd.log",
@@ -233,28 +239,56 @@ def pmacctd_config(plugin: str, port: int, *, version: int = 10, sampling: int =
 
 
 def run_pmacctd(ns: NetNS, workdir: Path, plugin: str, port: int, *, version: int = 10,
-                settle: float = 4.0, timeout: float = 30.0) -> str:
+                timeout: float = 30.0) -> str:
     """Run pmacctd with one plugin over workdir/in.pcap, let it export, then SIGINT it (nfprobe
-    flushes its cache on exit). Returns its log."""
+    flushes its cache on exit). Returns its log.
+
+    pmacctd's core hands its plugin what it reads only while the plugin waits in its main loop
+    (benchmarks/peers.wait_plugins_polling): what it read before that was never exported. The
+    core reads the file after a fixed 2 s sleep, not once its plugin waits; so it reads the
+    pcap from a FIFO whose packets are written only once the plugin waits."""
     conf = workdir / "pmacctd.conf"
     conf.write_text(pmacctd_config(plugin, port, version=version))
-    p = ns.popen(["pmacctd", "-f", "pmacctd.conf"], cwd=workdir)
-    deadline = time.monotonic() + settle
-    while time.monotonic() < deadline and p.poll() is None:
-        time.sleep(0.1)
-    if p.poll() is not None:
-        out, err = p.communicate()
-        log = (workdir / "pmacctd.log").read_text() if (workdir / "pmacctd.log").exists() else ""
-        raise RuntimeError(f"pmacctd exited early ({p.returncode}): {out!r} {err!r} {log}")
-    # pmacctd sleeps 2 s before it reads the file: on a loaded machine (CI with both CPUs busy)
-    # `settle` could end before it had read it, and the SIGINT left nothing to export
+    fifo = workdir / PMACCTD_FIFO
+    os.mkfifo(fifo)
+    pcap = (workdir / PCAP_NAME).read_bytes()
+    # Read and write: the open returns at once, where write-only would wait for pmacctd to open
+    # it. The core opens the file and reads its header (24 bytes) before it forks its plugin.
+    fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+    try:
+        os.write(fd, pcap[:24])
+        p = ns.popen(["pmacctd", "-f", "pmacctd.conf"], cwd=workdir)
+        try:
+            wait_plugins_polling(p.pid, timeout=timeout)
+        except (TimeoutError, ChildProcessError) as e:
+            ns.stop(p, signal.SIGKILL)
+            out, err = p.communicate()
+            raise RuntimeError(f"pmacctd did not start ({e}): {out!r} {err!r} {_pmacctd_log(workdir)}") from None
+        rest = memoryview(pcap)[24:]
+        deadline = time.monotonic() + timeout
+        while rest:
+            try:
+                rest = rest[os.write(fd, rest):]
+            except BlockingIOError:   # the FIFO is full until the core reads (after its 2 s sleep)
+                if p.poll() is not None or time.monotonic() > deadline:
+                    ns.stop(p, signal.SIGKILL)
+                    raise RuntimeError(f"pmacctd stopped reading after {len(pcap) - len(rest)} of the pcap's "
+                                       f"{len(pcap)} bytes (exit {p.returncode}): {_pmacctd_log(workdir)}") from None
+                select.select([], [fd], [], 0.1)
+    finally:
+        os.close(fd)   # the core's end of file
     logfile = workdir / "pmacctd.log"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and p.poll() is None and not (
             logfile.exists() and "finished reading PCAP capture file" in logfile.read_text(errors="replace")):
         time.sleep(0.1)
     ns.stop(p, signal.SIGINT, timeout=timeout)
-    return (workdir / "pmacctd.log").read_text() if (workdir / "pmacctd.log").exists() else ""
+    return _pmacctd_log(workdir)
+
+
+def _pmacctd_log(workdir: Path) -> str:
+    log = workdir / "pmacctd.log"
+    return log.read_text(errors="replace") if log.exists() else ""
 
 
 def run_fprobe(ns: NetNS, workdir: Path, port: int, *, settle: float = 10.0, version: int = 5,
