@@ -19,7 +19,10 @@ import platform
 import random
 import select
 import shutil
+import signal
 import struct
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -310,6 +313,49 @@ def test_softflowd_ipfix_reordered_or_lost_messages_around_a_template_refresh(wo
                                       dataclasses.replace(datagrams[i - 1], ts=datagrams[i].ts))
         assert run(swapped) == 0, f"messages {i - 1} and {i} swapped"
         assert run(datagrams[:i - 1] + datagrams[i:]) == records(i - 1) > 0, f"message {i - 1} lost"
+
+
+# A packet socket opened with no protocol (as libpcap opens it), then bound on each line read:
+# to the interface with no protocol (libpcap, setting up its ring), to another interface, and
+# to the interface for every protocol (ETH_P_ALL, 3: libpcap once its ring is set).
+_PACKET_SOCKET = """
+import socket, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+print("open", flush=True)
+for ifname, proto in (("wcb", 0), ("wca", 3), ("wcb", 3)):
+    sys.stdin.readline()
+    s.bind((ifname, proto))
+    print("bound", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_wait_capturing_waits_for_a_packet_socket_running_on_the_interface() -> None:
+    """run_fprobe replays its pcap once fprobe captures on the veth (E.wait_capturing), not a
+    fixed 1 s after it started (fprobe captured 0.07-0.10 s after it started here; under load
+    nothing bounds that). A packet socket of the process that is open, or bound to the
+    interface with no protocol (libpcap's while it sets up its ring: it gets nothing), or
+    running on another interface must not count; one running on the interface must."""
+    reason = N.root_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    with N.NetNS() as ns:
+        ns.run(["ip", "link", "add", "wca", "type", "veth", "peer", "name", "wcb"])
+        for end in ("wca", "wcb"):
+            ns.run(["ip", "link", "set", end, "up"])
+        p = ns.popen([sys.executable, "-c", _PACKET_SOCKET], stdin=subprocess.PIPE)
+        assert p.stdin is not None and p.stdout is not None
+        try:
+            assert p.stdout.readline() == b"open\n"
+            for state in ("open", "bound to wcb, no protocol", "running on wca"):
+                with pytest.raises(RuntimeError, match="did not capture on wcb"):
+                    E.wait_capturing(ns, p, "wcb", timeout=0.5)
+                p.stdin.write(b"\n")   # the next state
+                p.stdin.flush()
+                assert p.stdout.readline() == b"bound\n", state
+            E.wait_capturing(ns, p, "wcb", timeout=10)   # running on wcb
+        finally:
+            ns.stop(p, signal.SIGKILL)
 
 
 def test_fprobe(workdir: Path, decoders_mod) -> None:

@@ -291,6 +291,26 @@ def _pmacctd_log(workdir: Path) -> str:
     return log.read_text(errors="replace") if log.exists() else ""
 
 
+def wait_capturing(ns: NetNS, p: subprocess.Popen, ifname: str, timeout: float = 10.0) -> None:
+    """Wait until process `p` captures on `ifname` in `ns`: one of its packet sockets is bound to
+    that interface and running (/proc/PID/net/packet: Iface, R; libpcap opens the socket with no
+    protocol, so that it gets nothing, and binds it to the interface once its ring is set up).
+    Packets before that are not captured; packets after it wait in the ring until read."""
+    ifindex = ns.run(["cat", f"/sys/class/net/{ifname}/ifindex"]).stdout.decode().strip()
+    deadline = time.monotonic() + timeout
+    while p.poll() is None and time.monotonic() < deadline:
+        try:
+            fds = {os.readlink(f"/proc/{p.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{p.pid}/fd")}
+            with open(f"/proc/{p.pid}/net/packet") as f:   # sk RefCnt Type Proto Iface R Rmem User Inode
+                rows = [line.split() for line in f.read().splitlines()[1:]]
+        except OSError:
+            rows = []   # gone: see p.poll()
+        if any(r[4] == ifindex and r[5] == "1" and f"socket:[{r[8]}]" in fds for r in rows):
+            return
+        time.sleep(0.01)
+    raise RuntimeError(f"pid {p.pid} did not capture on {ifname} within {timeout}s (exit {p.poll()})")
+
+
 def run_fprobe(ns: NetNS, workdir: Path, port: int, *, settle: float = 10.0, version: int = 5,
                extra: tuple[str, ...] = ()) -> str:
     """fprobe (NetFlow `version`: 1, 5 or 7) capturing live on one end of a veth pair inside `ns` while tcpreplay
@@ -304,9 +324,12 @@ def run_fprobe(ns: NetNS, workdir: Path, port: int, *, settle: float = 10.0, ver
     # -l 2: log to stdout, staying in the foreground; -s scan period, -d idle and -e active timeouts
     p = ns.popen(["fprobe", "-l", "2", "-i", "fpb", "-s", "1", "-d", "2", "-e", "300", "-n", str(version), *extra,
                   f"127.0.0.1:{port}"])
-    time.sleep(1.0)  # capturing before the first packet
-    if p.poll() is not None:
-        raise RuntimeError(f"fprobe exited {p.returncode}: {p.communicate()[1].decode(errors='replace')}")
+    try:
+        wait_capturing(ns, p, "fpb")   # what tcpreplay sends before is never seen
+    except RuntimeError:
+        ns.stop(p, signal.SIGKILL)
+        raise RuntimeError(f"fprobe did not start capturing (exit {p.returncode}): "
+                           f"{p.communicate()[1].decode(errors='replace')}") from None
     ns.run(["tcpreplay", "--topspeed", "-i", "fpa", str(workdir / PCAP_NAME)])
     time.sleep(settle)
     ns.stop(p, signal.SIGINT)
