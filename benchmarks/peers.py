@@ -364,10 +364,14 @@ _POLL_SYSCALLS = {"x86_64": {7, 271}, "aarch64": {73}}.get(platform.machine(), {
 
 def _polling_one_fd(pid: int) -> bool:
     """Whether process `pid`'s main thread is blocked in poll() on one descriptor
-    (/proc/PID/syscall: number, then arguments)."""
+    (/proc/PID/syscall: number, then arguments) and asleep there: a wake-up (data on that
+    descriptor) makes it runnable at once, before it runs (/proc/PID/stat: S)."""
     with open(f"/proc/{pid}/syscall") as f:
         fields = f.read().split()
-    return len(fields) > 2 and fields[0].isdigit() and int(fields[0]) in _POLL_SYSCALLS and int(fields[2], 16) == 1
+    with open(f"/proc/{pid}/stat") as f:
+        asleep = f.read().rsplit(")", 1)[1].split()[0] == "S"
+    return (asleep and len(fields) > 2 and fields[0].isdigit() and int(fields[0]) in _POLL_SYSCALLS
+            and int(fields[2], 16) == 1)
 
 
 def wait_plugins_polling(pid: int, timeout: float = 30.0) -> None:

@@ -11,6 +11,7 @@ TCP flags, times).
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import dataclasses
 import ipaddress
@@ -480,6 +481,58 @@ def test_pmacctd_plugin_that_waits_for_data_late_still_exports_the_whole_pcap(wo
     assert held.openers, "the plugin never opened its pid file"
     problems, flows = decode_capture(decoders_mod, cap, "cflow", port)
     problems += check_against_traffic(flows, generated)
+    assert not problems, "\n".join(problems)
+
+
+def test_pmacctd_is_stopped_once_its_plugin_has_taken_the_whole_pcap(workdir: Path, decoders_mod,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_pmacctd stops pmacctd (SIGINT) once the core has read the pcap and its plugin has
+    taken all of it: sfprobe exits on SIGINT at once, what it has not sent is lost. Here the
+    plugin is stopped (SIGSTOP) as soon as it waits for data, so that the core reads the pcap
+    without it, and let go once the core is in its SIGINT handler (its 2 s sleep there) or, not
+    signalled, 1 s after it said "finished reading". Every packet must be exported. Before,
+    run_pmacctd sent SIGINT as soon as the core said so, and nothing was exported here."""
+    from benchmarks import peers
+
+    _skip_unless("pmacctd")
+    generated = G.standard_flows()
+    (workdir / E.PCAP_NAME).write_bytes(G.build_pcap(generated, start=START))
+    sleeping = {"x86_64": 230, "aarch64": 115}.get(platform.machine(), 230)   # clock_nanosleep
+    held: list[tuple[int, int]] = []   # (plugin, core)
+    done = threading.Event()
+
+    def wait_then_stop(pid: int, timeout: float = 30.0) -> None:
+        peers.wait_plugins_polling(pid, timeout)
+        if not held:   # the start: the plugin waits for data
+            plugin = next(p for p in peers.process_tree(pid) if p != pid)
+            os.kill(plugin, signal.SIGSTOP)
+            held.append((plugin, pid))
+
+    def let_go() -> None:
+        log = workdir / "pmacctd.log"
+        said = None
+        while not done.is_set():
+            with contextlib.suppress(OSError):
+                if held and said is None and "finished reading" in log.read_text(errors="replace"):
+                    said = time.monotonic()
+                if said is not None and (time.monotonic() - said > 1.0 or
+                                         Path(f"/proc/{held[0][1]}/syscall").read_text().split()[0] == str(sleeping)):
+                    break
+            time.sleep(0.01)
+        if held:
+            os.kill(held[0][0], signal.SIGCONT)
+
+    monkeypatch.setattr(E, "wait_plugins_polling", wait_then_stop)
+    releaser = threading.Thread(target=let_go, daemon=True)
+    releaser.start()
+    try:
+        cap, port = capture_export(workdir, lambda ns, port: E.run_pmacctd(ns, workdir, "sfprobe", port))
+    finally:
+        done.set()
+        releaser.join()
+    assert held, "the plugin was not stopped"
+    problems, flows = decode_capture(decoders_mod, cap, "sflow", port)
+    problems += check_against_traffic(flows, generated, l2_overhead=(18,), per_packet=True)
     assert not problems, "\n".join(problems)
 
 

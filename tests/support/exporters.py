@@ -282,6 +282,12 @@ def run_pmacctd(ns: NetNS, workdir: Path, plugin: str, port: int, *, version: in
     while time.monotonic() < deadline and p.poll() is None and not (
             logfile.exists() and "finished reading PCAP capture file" in logfile.read_text(errors="replace")):
         time.sleep(0.1)
+    # The core has handed the plugin the last of it; SIGINT before the plugin took it lost it
+    # (sfprobe exits at once, its samples unsent). Waiting in poll() again, it has.
+    try:
+        wait_plugins_polling(p.pid, timeout=timeout)
+    except (TimeoutError, ChildProcessError):
+        pass   # the log says why
     ns.stop(p, signal.SIGINT, timeout=timeout)
     return _pmacctd_log(workdir)
 
