@@ -1234,6 +1234,16 @@ cdef class ExporterState:
         cdef uint32_t step = seq - st.last_seq
         cdef uint64_t opt = self.msg_opt_records if st.kind == PROTO_IPFIX else 0
         cdef int i
+        if (vote and st.kind == PROTO_IPFIX and not st.has_last and not st.synced and not st.floor
+                and st.inc_votes == 0 and st.rfc_votes == 0 and opt < advance[0] and seq == advance[0] - opt):
+            # A new stream's first message numbered exactly its own data records: softflowd's
+            # first (its templates, its options record and 24 flows, numbered 24). The RFC's
+            # first message is numbered 0, and one seen later is numbered so only if exactly
+            # that many records came before it. Without this vote, softflowd's next messages,
+            # full ones of 32 flows, were one vote for its reading and none after: the 7 the
+            # RFC's reading puts between 24 + 25 and 56 were held, and counted lost at the
+            # end of a capture or after SEQ_HELD_MS.
+            st.inc_votes = 1
         if vote and st.has_last and st.synced and advance[0] != st.last_count:
             if step == advance[0]:
                 if st.inc_votes < 0xFFFF:

@@ -281,6 +281,34 @@ def test_softflowd_ipfix_sequence_numbers_are_no_loss(workdir: Path, decoders_mo
     assert (st["sequence_lost"], st["sequence_resets"]) == (0, 0)
 
 
+def test_softflowd_ipfix_first_message_then_full_ones_is_no_loss(workdir: Path, decoders_mod) -> None:
+    """softflowd's first IPFIX message carries its templates, its options record and fewer flows
+    (24) than the full ones that follow (32), and is numbered with its own flows; when every
+    message after it is full, their record counts never change again: one step voted for
+    softflowd's numbering and none after, so the RFC's reading (the first message's 24 + 25
+    records before the second's number) was held and counted lost at the end (7). A message
+    lost among them is still counted, as many records as it held."""
+    _skip_unless("softflowd")
+    _, datagrams = _softflowd_ipfix(workdir, 120)
+    seqs = [struct.unpack_from("!I", d.payload, 8)[0] for d in datagrams]
+    steps = {b - a for a, b in zip(seqs, seqs[1:], strict=False)}
+    # the stream of the finding: the first message numbered by its own flows, fewer than the
+    # full ones' (all equal) that follow
+    assert len(seqs) >= 3 and len(steps) == 1 and seqs[0] < min(steps), seqs
+    assert 2 in E.ipfix_set_ids(datagrams[0].payload) and not any(
+        2 in E.ipfix_set_ids(d.payload) for d in datagrams[1:]), "a template refresh among the messages"
+
+    def run(dgs: list[Any]) -> tuple[int, int]:
+        dec = decoders_mod.Decoder(decoders_mod.DecoderConfig(default_sampling=0))
+        for d in dgs:
+            dec.decode(d.payload, d.src, d.sport, d.ts)
+        st = dec.stats()[dgs[0].src]["protocols"]["ipfix"]
+        return st["sequence_lost"], st["sequence_resets"]
+
+    assert run(datagrams) == (0, 0)
+    assert run(datagrams[:2] + datagrams[3:]) == (seqs[2] - seqs[1], 0), "the third message lost"
+
+
 def test_softflowd_ipfix_reordered_or_lost_messages_around_a_template_refresh(workdir: Path, decoders_mod) -> None:
     """softflowd numbers its IPFIX messages with their own records counted and its options
     record left out; every so often a message also carries the templates and that options
