@@ -16,8 +16,9 @@ receiver expects after the last message (last sequence + its advance, unless the
 messages the decoder's check takes for late ones; for a stream numbered by each message's own
 records too, Open vSwitch's v5 and softflowd's IPFIX, the last number + the first message's
 advance), so it stays right when the sequence wraps or the exporter restarted inside the capture. The advance of a message is what the protocol counts:
-flows (v5), packets (v9), datagrams (sFlow), data records (IPFIX, counted from the templates and
-options templates seen earlier in the capture, walking variable-length fields; a data set whose
+flows (v5), packets (v9; for a stream numbered by the flow records before each packet, Juniper's,
+the last packet's flow records, options records left out), datagrams (sFlow), data records (IPFIX,
+counted from the templates and options templates seen earlier in the capture, walking variable-length fields; a data set whose
 template is unknown counts its upper bound, one record per byte, for that message only; a message
 without data records advances by 0). The clocks move by one period per loop: at least the
 capture's duration and each stream's header-clock span (export time / unix_secs, sFlow uptime),
@@ -269,12 +270,70 @@ class IpfixRecords:
         return n
 
 
+class V9Records:
+    """Counts the flow records of NetFlow v9 packets as the decoder does for a stream numbered
+    by records (v9_convention: data records of flow templates, options records left out), from
+    the templates and options templates seen so far, per (source, source id, template id)."""
+
+    def __init__(self) -> None:
+        # (source, source id, template id) -> (options template?, record length)
+        self._t: dict[tuple[object, int, int], tuple[bool, int]] = {}
+
+    def count(self, src: Source, p: bytes) -> int | None:
+        """Learn the packet's templates and return its flow records (None: not all countable, a
+        data flowset of an unknown template or the packet cut inside a flowset)."""
+        domain = struct.unpack_from("!I", p, 16)[0]
+        n = 0
+        off = 20
+        while len(p) - off >= 4:
+            fid, flen = struct.unpack_from("!HH", p, off)
+            if flen < 4 or off + flen > len(p):
+                return None
+            body = p[off + 4 : off + flen]
+            if fid == 0:
+                pos = 0
+                while len(body) - pos >= 4:
+                    tid, count = struct.unpack_from("!HH", body, pos)
+                    pos += 4
+                    if len(body) - pos < 4 * count:
+                        break
+                    reclen = sum(struct.unpack_from("!H", body, pos + 4 * i + 2)[0] for i in range(count))
+                    pos += 4 * count
+                    self._learn(src, domain, tid, False, reclen if count <= MAX_TEMPLATE_FIELDS else 0)
+            elif fid == 1:
+                pos = 0
+                while len(body) - pos >= 6:
+                    tid, scope_len, opt_len = struct.unpack_from("!HHH", body, pos)
+                    pos += 6
+                    if tid < 256 or len(body) - pos < scope_len + opt_len:
+                        break  # the rest is padding
+                    reclen = sum(struct.unpack_from("!H", body, pos + i + 2)[0]
+                                 for i in range(0, scope_len + opt_len - 3, 4))
+                    pos += scope_len + opt_len
+                    self._learn(src, domain, tid, True, reclen)
+            elif fid >= 256:
+                t = self._t.get((src, domain, fid))
+                if t is None:
+                    return None
+                if not t[0]:
+                    n += len(body) // t[1]  # what is left is padding
+            off += flen
+        return n
+
+    def _learn(self, src: Source, domain: int, tid: int, options: bool, reclen: int) -> None:
+        if tid >= 256 and reclen > 0:
+            self._t[(src, domain, tid)] = (options, reclen)
+        else:
+            self._t.pop((src, domain, tid), None)
+
+
 class _Stream:
     """One exporter stream over the capture: its first sequence number, the next one a receiver
     expects after the messages so far, and its header-clock range."""
 
     __slots__ = ("first", "expected", "uptime", "end", "clock_min", "clock_max", "clock_ms", "last_src",
-                 "last_msg", "first_adv", "expected_adv", "last", "inc_votes", "rfc_votes")
+                 "last_msg", "first_adv", "expected_adv", "last", "inc_votes", "rfc_votes", "records",
+                 "expected_records")
 
     def __init__(self, seq: int, clock: int, clock_ms: bool) -> None:
         self.first = seq
@@ -288,19 +347,30 @@ class _Stream:
         self.expected_adv = 0
         self.last: tuple[int, int] | None = None
         self.inc_votes = self.rfc_votes = 0
+        # NetFlow v9 (v9_convention): the previous packet's number and flow records (None: not
+        # counted), and those of the packet that set what is expected
+        self.records: tuple[int, int] | None = None
+        self.expected_records: int | None = None
         self.end = seq  # last sequence + its advance (upper bound)
         self.clock_min = self.clock_max = clock
         self.clock_ms = clock_ms
         self.last_src: Source | None = None
         self.last_msg = b""  # an IPFIX stream's last message, recounted with the final templates
 
-    def step(self, seq: int, adv: int, uptime: int, exact: bool) -> None:
+    def step(self, seq: int, adv: int, uptime: int, exact: bool, records: int | None = None) -> None:
         """Follow the message as the decoder's sequence check does (ExporterState.sequence in
         decoders/netflow.pxi): a message a little behind is late and leaves what is expected
         unchanged, unless the uptime went back more than a minute (a restart); a message whose
         records could not all be counted makes the receiver start over. (The decoder's open gaps
-        decide only what is counted as lost, not what is expected next.)"""
+        decide only what is counted as lost, not what is expected next.) `records`: a v9 packet's
+        flow records (None: not counted), for v9_convention's votes: after a packet of more
+        than one, a step of its count votes for numbering by records, a step of 1 for packets."""
         self.end = (seq + adv) & M32
+        if self.records is not None and records is not None and self.records[1] > 1:
+            step = (seq - self.records[0]) & M32
+            self.inc_votes += step == self.records[1]
+            self.rfc_votes += step == 1
+        self.records = None if records is None else (seq, records)
         if self.first_adv == -1:
             self.first_adv = adv if exact else None
         if self.last is not None and exact and adv != self.last[1]:
@@ -320,6 +390,7 @@ class _Stream:
                     return  # late
         self.expected = (seq + adv) & M32
         self.expected_adv = adv
+        self.expected_records = records
         self.uptime = uptime
 
     def progress(self) -> int | None:
@@ -332,6 +403,15 @@ class _Stream:
         if self.expected is None:
             return None
         end = self.expected
+        if self.expected_records is not None and self.inc_votes > self.rfc_votes:
+            # A v9 stream numbered by the flow records before each packet (Juniper's), as the
+            # decoder reads it once that reading leads (it holds what the other would call lost
+            # on a lead of one): the next loop goes on with the last packet's records after its
+            # number. Going on by one packet, the loop boundary was a vote for numbering by
+            # packets: a capture with one vote for records was never decided, what the packets
+            # reading called lost counted at every loop, and a decided one was read by packets
+            # at each boundary until the next loop's steps turned it back.
+            return (end - 1 + self.expected_records - self.first) & M32
         if self.first_adv is not None and self.first_adv >= 0 and self.inc_votes > self.rfc_votes + 1:
             end = end - self.expected_adv + self.first_adv
         return (end - self.first) & M32
@@ -344,6 +424,7 @@ class Plan:
     def __init__(self, packets: Iterable[Packet] = (), *, cache_bytes: int | None = None) -> None:
         self._streams: dict[tuple[object, ...], _Stream] = {}
         self._ipfix = IpfixRecords()
+        self._v9 = V9Records()
         self._ts_min = math.inf
         self._ts_max = -math.inf
         self._cache_left = CACHE_BYTES if cache_bytes is None else cache_bytes   # (read now: tests lower it)
@@ -383,6 +464,7 @@ class Plan:
                 st.clock_min = min(st.clock_min, clock)
                 st.clock_max = max(st.clock_max, clock)
             exact = True
+            records = None
             if u.key[1] == 10:
                 adv, exact = self._ipfix.count(src, p, u.start, u.end)
                 st.last_src, st.last_msg = src, p[u.start : u.end]
@@ -393,13 +475,15 @@ class Plan:
             else:
                 adv = 1  # v9 packets, sFlow datagrams
                 uptime = clock if u.clock_ms else struct.unpack_from("!I", p, 4)[0]
+                if u.key[1] == 9:
+                    records = self._v9.count(src, p)
                 if u.clock_ms:
                     for off, kind, source in sflow_drops(p):
                         v = struct.unpack_from("!I", p, off)[0]
                         if v:
                             d = self._drops.setdefault((u.key, kind, source), [v, v])
                             d[1] = v
-            st.step(seq, adv, uptime, exact)
+            st.step(seq, adv, uptime, exact, records)
 
     def finish(self) -> None:
         """Compute the shifts: each stream's progress over the capture, mod 2^32, and the period."""
