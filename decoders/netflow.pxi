@@ -1335,7 +1335,14 @@ cdef class ExporterState:
                     self.count_held(st, False)          # it was no loss
                     for i in range(st.ngaps):           # nor what the packets reading opened
                         st.gap_missing[i] = 0
-                    st.next = seq
+                    if st.last_set_next or st.next_count == V9_UNCOUNTED:
+                        st.next = seq
+                    else:
+                        # The step was from a late packet (two in a row overtaken by the next):
+                        # this one is late too. What is expected stays after the packet that set
+                        # it, read by its records; moved back to this one, that packet's records,
+                        # which came, were a gap at the next packet and counted lost.
+                        st.next += st.next_count - 1
                 elif not st.by_records and st.inc_votes > st.rfc_votes:
                     self.hold(st, seq, now_ms)
             elif step == 1:

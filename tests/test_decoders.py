@@ -3362,6 +3362,12 @@ def test_v9_sequence_that_counts_flows_not_packets() -> None:
     # as in order after it, it never filled the gap: its 9 records, which came, counted lost)
     order = [0, 1, 2, 3, 4, 5, 6, 9, 7, 8]
     assert run([by_flows[i] for i in order]) == (0, 0)
+    # the same before the numbering is known, the second late packet's step (the first's 7
+    # records) the vote that decides it: what is expected stays after packet 4, which came
+    order = [0, 1, 4, 2, 3, 5, 6, 7, 8, 9]
+    assert run([by_flows[i] for i in order]) == (0, 0)
+    # ... and a packet lost after them: its records
+    assert run([by_flows[i] for i in order if i != 6]) == (counts[6], 0)
     # RFC 3954's numbering with the same counts
     by_packets = [(100 + i, n) for i, n in enumerate(counts)]
     assert run(by_packets) == (0, 0)
