@@ -1232,6 +1232,7 @@ cdef class ExporterState:
         but one, so its steps are the new datagram's count too. Without `vote` (a datagram of
         another run, see sequence) the step is no vote."""
         cdef uint32_t step = seq - st.last_seq
+        cdef uint32_t n0
         cdef uint64_t opt = self.msg_opt_records if st.kind == PROTO_IPFIX else 0
         cdef int i
         if (vote and st.kind == PROTO_IPFIX and not st.has_last and not st.synced and not st.floor
@@ -1251,7 +1252,15 @@ cdef class ExporterState:
                 if not st.inclusive and st.inc_votes > st.rfc_votes + 1:
                     st.inclusive = True
                     self.count_held(st, False)          # it was no loss
-                    st.next -= st.next_count            # the message that set it read this way
+                    # read this way: after the message that set it, or after the previous one
+                    # where that one, taken for late (behind by what the RFC's reading adds),
+                    # comes in order after it by this reading (softflowd's template refresh: 24
+                    # flows and its options record, numbered 24 on, read late by 8 while undecided;
+                    # the stream set back to the message before, its 24 were counted lost at the
+                    # next). A previous message not so (a process restarted on the same port) moves
+                    # nothing.
+                    n0 = st.next - st.next_count
+                    st.next = st.last_seq if <uint32_t>(st.last_seq - n0) <= st.last_count else n0
                     for i in range(st.ngaps):           # and the gaps still open
                         st.gap_missing[i] = <uint32_t>max(0, min(<int64_t>st.gap_missing[i] + st.gap_adj[i],
                                                                  <int64_t>SEQ_MAX_GAP))

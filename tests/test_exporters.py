@@ -387,6 +387,35 @@ def test_wait_capturing_waits_for_a_packet_socket_running_on_the_interface() -> 
             ns.stop(p, signal.SIGKILL)
 
 
+
+def test_softflowd_ipfix_read_from_the_middle_of_its_stream_is_no_loss(workdir: Path, decoders_mod) -> None:
+    """A collector that starts while softflowd runs: its first message seen is a full one of a
+    run of equal ones, so no step tells the numbering until a template refresh (templates, its
+    options record and fewer flows), which the RFC's reading takes for a late message; the step
+    after it is the first vote for softflowd's reading, the same step after the next refresh the
+    deciding one. Decided so, the stream goes on after the refresh message (in order by that
+    reading), not after the one before it: that refresh's records were counted lost."""
+    _skip_unless("softflowd")
+    _, datagrams = _softflowd_ipfix(workdir, 1200)
+    refreshes = [i for i, d in enumerate(datagrams) if i >= 2 and 2 in E.ipfix_set_ids(d.payload)]
+    assert len(refreshes) >= 2, f"{len(refreshes)} template refreshes among softflowd's {len(datagrams)} messages"
+    seqs = [struct.unpack_from("!I", d.payload, 8)[0] for d in datagrams]
+    steps = {seqs[i] - seqs[i - 1] for i in range(2, refreshes[0])}
+    assert len(steps) == 1, f"messages before the first refresh of unequal steps: {sorted(steps)}"
+
+    def run(dgs: list[Any]) -> tuple[int, int]:
+        dec = decoders_mod.Decoder(decoders_mod.DecoderConfig(default_sampling=0))
+        for d in dgs:
+            dec.decode(d.payload, d.src, d.sport, d.ts)
+        st = dec.stats()[dgs[0].src]["protocols"]["ipfix"]
+        return st["sequence_lost"], st["sequence_resets"]
+
+    for first in (1, 2):
+        assert run(datagrams[first:]) == (0, 0), f"read from message {first}"
+    lost = refreshes[1] + 3     # a message after the deciding step: its records (its step) lost
+    assert lost < len(datagrams), f"{len(datagrams)} messages"
+    assert run(datagrams[1:lost] + datagrams[lost + 1:]) == (seqs[lost] - seqs[lost - 1], 0)
+
 def test_fprobe(workdir: Path, decoders_mod) -> None:
     """fprobe's NetFlow v5, captured live from a veth: ICMP type and code arrive in the source
     and destination ports (not Cisco's type << 8 | code in the destination port)."""
