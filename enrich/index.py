@@ -444,7 +444,7 @@ class PodRec:
 class NodeRec:
     """What the index keeps of a Node."""
 
-    __slots__ = ("name", "addrs", "node_ips", "mgmt_parts", "host_ip", "zone", "keep_node_ips", "created_ms")
+    __slots__ = ("name", "addrs", "node_ips", "mgmt_parts", "host_ip", "zone", "keep_node_ips", "created_ms", "since")
 
     def __init__(self, *, name: str, node_ips: tuple[bytes, ...], mgmt_parts: tuple[tuple[bytes, ...] | None, ...],
                  host_ip: str, zone: str, keep_node_ips: bool = False, created_ms: int = ALWAYS) -> None:
@@ -452,6 +452,11 @@ class NodeRec:
         # creationTimestamp: of Nodes a list gives with one address, the one created last began
         # listing it last (Index.replace applies them in this order)
         self.created_ms = created_ms
+        # The addresses it began listing in an update (Index._set_node), from when: nothing in a
+        # Node says when an address came (status.addresses and the OVN annotations carry no
+        # time), so from the update that showed it. The others it has listed since its creation
+        # as far as anyone can tell. (Never changed in place: a new dict per record.)
+        self.since: dict[bytes, int] = _NO_SINCE
         self.node_ips = node_ips  # status.addresses that are IPs (InternalIP, ExternalIP, any other type)
         # OVN's addresses, one entry per annotation read (management ports from node-subnets,
         # gateway router join addresses), None for one that came malformed: that one alone keeps
@@ -486,11 +491,15 @@ class NodeRec:
     def key(self) -> tuple[Any, ...]:
         return (self.name, self.node_ips, self.mgmt_parts, self.host_ip, self.zone)
 
+    def start(self, ip: bytes) -> int:
+        """When it began listing `ip` (one of its addresses), as far as the collector can tell."""
+        return self.since.get(ip, self.created_ms)
+
 
 class SvcRec:
     """What the index keeps of a Service."""
 
-    __slots__ = ("ns", "name", "ips", "created_ms")
+    __slots__ = ("ns", "name", "ips", "created_ms", "since")
 
     def __init__(self, *, ns: str, name: str, ips: tuple[bytes, ...], created_ms: int = ALWAYS) -> None:
         self.ns = ns
@@ -498,6 +507,13 @@ class SvcRec:
         self.ips = ips
         # creationTimestamp: from when it holds its ClusterIPs when a deleted Service held one before
         self.created_ms = created_ms
+        # The ClusterIPs it was given in an update (a single-stack Service made dual-stack, an
+        # ExternalName one made ClusterIP), from when: from that update, as NodeRec.since.
+        self.since: dict[bytes, int] = _NO_SINCE
+
+    def start(self, ip: bytes) -> int:
+        """When it began holding ClusterIP `ip` (one of its addresses), as far as the collector can tell."""
+        return self.since.get(ip, self.created_ms)
 
 
 class RsRec:
@@ -1628,6 +1644,15 @@ class Index:
         rec.last_good(old)
         if old is not None and old.key() == rec.key():
             return
+        if old is not None:
+            # An address an existing Node lists now and did not before is its own from now, not
+            # from the Node's creation: one moved from an older Node to this one is that Node's
+            # in the flows of before (its tombstone), however long ago this one was created.
+            now = self._now_ms()
+            since = {ip: old.since[ip] for ip in rec.addrs if ip in old.since}
+            since.update((ip, now) for ip in rec.addrs if ip not in old.addrs)
+            if since:
+                rec.since = since
         self._nodes[rec.name] = rec
         entry = self._node_entry(rec)
         if old is not None:
@@ -1646,8 +1671,8 @@ class Index:
                     # address while the old Node lingers, NotReady, until it is deleted): that one
                     # answered up to now and keeps the flows that started before this one came,
                     # as if it had been deleted first.
-                    self._addr_entomb(True, ip, self._node_entry(prev), prev.created_ms)
-                self._layer_set(self._node_layer, self._node_tombs, ip, entry, rec.created_ms)
+                    self._addr_entomb(True, ip, self._node_entry(prev), prev.start(ip))
+                self._layer_set(self._node_layer, self._node_tombs, ip, entry, rec.start(ip))
                 self._set_agent(ip)
                 self._merge(ip)
         if old is None:
@@ -1666,11 +1691,11 @@ class Index:
         now = _last(self._node_addr.get(ip))
         if now == was:
             return  # another node answers for it, as before
-        self._addr_entomb(True, ip, self._node_entry(old), old.created_ms)
+        self._addr_entomb(True, ip, self._node_entry(old), old.start(ip))
         # another Node still lists it (both were in a list, or it listed it first), or none
         cur = self._nodes.get(now) if now is not None else None
         self._layer_set(self._node_layer, self._node_tombs, ip, None if cur is None else self._node_entry(cur),
-                        ALWAYS if cur is None else cur.created_ms)
+                        ALWAYS if cur is None else cur.start(ip))
         self._set_agent(ip)
         self._merge(ip)
 
@@ -1692,6 +1717,14 @@ class Index:
         old = self._services.get(key)
         if old is not None and old.ips == rec.ips:
             return
+        if old is not None:
+            # (as _set_node: an address it was given in an update is its own from then, not from
+            # its creation; the Service that had it before keeps the flows of before)
+            now = self._now_ms()
+            since = {ip: old.since[ip] for ip in rec.ips if ip in old.since}
+            since.update((ip, now) for ip in rec.ips if ip not in old.ips)
+            if since:
+                rec.since = since
         self._services[key] = rec
         fields = ((b"Name", rec.name), (b"Namespace", rec.ns), (b"Type", "Service"),
                   (b"OwnerName", rec.name), (b"OwnerType", "Service"))
@@ -1706,7 +1739,7 @@ class Index:
             # (kept last: the newest Service to list the address answers for it)
             _multi_remove(self._svc_addr, ip, key)
             _multi_add(self._svc_addr, ip, key)
-            self._layer_set(self._svc_layer, self._svc_tombs, ip, entry, rec.created_ms)
+            self._layer_set(self._svc_layer, self._svc_tombs, ip, entry, rec.start(ip))
             self._merge(ip)
 
     def _drop_svc_ip(self, ip: bytes, key: tuple[str, str], old: SvcRec) -> None:
@@ -1721,9 +1754,9 @@ class Index:
         now = _last(self._svc_addr.get(ip))
         if now == was:
             return
-        self._addr_entomb(False, ip, self._svc_entry[key], old.created_ms)
+        self._addr_entomb(False, ip, self._svc_entry[key], old.start(ip))
         self._layer_set(self._svc_layer, self._svc_tombs, ip, None if now is None else self._svc_entry[now],
-                        ALWAYS if now is None else self._services[now].created_ms)
+                        ALWAYS if now is None else self._services[now].start(ip))
         self._merge(ip)
 
     def _delete_service(self, key: tuple[str, str]) -> None:
@@ -1850,6 +1883,9 @@ def _multi_list(v: Any) -> list[Any]:
     if type(v) is list:
         return list(v)
     return [v]
+
+
+_NO_SINCE: dict[bytes, int] = {}   # (NodeRec.since of most records: never written to)
 
 
 def _or_always(t: int | None) -> int:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
+
 import enrich
 from tests.support.enricher import running_enricher
 from tests.support.fake_kube import FakeKube, node, pod, service, wait_for
@@ -299,6 +301,33 @@ def test_a_clusterip_given_to_a_new_service_keeps_the_deleted_services_earlier_f
         assert e.stats()["index"]["address_tombstones"] == 1
 
 
+def test_a_clusterip_an_existing_service_is_given_by_an_update_is_its_own_from_then() -> None:
+    """A Service deleted, and its (IPv6) ClusterIP given to an older Service made dual-stack
+    later (ipFamilyPolicy SingleStack to PreferDualStack allocates a ClusterIP of the other
+    family; an ExternalName Service made ClusterIP gets one too): the flows that started before
+    the delete stay the deleted Service's, those since the update are the other's. It answered
+    from its own creation, an hour before: the deleted Service's last flows were its."""
+    vip6 = "fd00:30::77"
+    clock = Clock(T0)
+    e = build(clock=clock)
+    idx = e.index
+    gone = _created(service("legacy", "shop", ips=["172.30.0.5", vip6]), T0 - 86_400_000)
+    idx.upsert("services", idx.parse("services", gone))
+    single = _created(service("cart", "pay", ips=["172.30.0.77"]), T0 - 3_600_000)
+    idx.upsert("services", idx.parse("services", single))
+    idx.delete("services", idx.parse("services", gone))
+    clock.ms += 5_000
+    dual = _created(service("cart", "pay", ips=["172.30.0.77", vip6]), T0 - 3_600_000)
+    idx.upsert("services", idx.parse("services", dual))
+    for t in (T0 - 60_000, T0 - 1):
+        assert flow(e, "", vip6, t_ms=t)["DstK8S_Name"] == "legacy", t
+    assert "DstK8S_Name" not in flow(e, "", vip6, t_ms=T0 + 1_000)     # between the two: nobody's
+    for t in (T0 + 5_000, 0):
+        assert (flow(e, "", vip6, t_ms=t)["DstK8S_Name"], flow(e, "", vip6, t_ms=t)["DstK8S_Namespace"]) == ("cart", "pay")
+    # the address it had all along is its own for every flow time, as before
+    assert flow(e, "", "172.30.0.77", t_ms=T0 - 60_000)["DstK8S_Name"] == "cart"
+
+
 def test_a_node_replaced_by_one_with_its_internal_ip_keeps_the_old_nodes_earlier_flows(
         fake_kube: FakeKube, kubeconfig: str, implementation: str) -> None:  # noqa: F811 - fixtures
     """A Node deleted (its VM gone) and a new one registered with its InternalIP (the cloud gave
@@ -372,6 +401,55 @@ def test_a_node_registered_with_the_address_of_one_that_lingers_leaves_it_the_ea
         clock.ms += 400_000
         assert idx.sweep() == 1
         assert seen(e, T0 - 60_000) == ("node-new", "zone-c", 1), order
+
+
+@pytest.mark.parametrize("how", ["status.addresses", "node-subnets"])
+def test_an_address_an_existing_node_gains_by_an_update_is_its_own_from_then(how: str) -> None:
+    """An address moves from one Node to another existing one by updates (a secondary private
+    IP moved between VMs; a node-subnets annotation rewritten, its management port address
+    with it), whichever update comes first: the Node that gains it answers for it from that
+    update (nothing in a Node says when an address came), and the flows that started before
+    stay the Node that had it, by their side and by the exporter's node. The gaining Node
+    answered from its own creation: the flows of the hour before the move were its."""
+    subnet_a, subnet_b = "10.244.7.0/24", "10.244.8.0/24"
+    addr = "10.0.0.9" if how == "status.addresses" else "10.244.7.2"   # (subnet_a's base + 2)
+
+    def a_node(name: str, internal: str, subnet: str, moved: bool) -> dict[str, Any]:
+        created = T0 - 86_400_000 if name == "node-p" else T0 - 3_600_000
+        ips, zone = [internal], "zone-p" if name == "node-p" else "zone-q"
+        if how == "status.addresses" and moved == (name == "node-q"):
+            ips.append(addr)
+        if how == "node-subnets" and moved:
+            subnet = subnet_b if name == "node-p" else subnet_a
+        return _created(node(name, internal=ips, zone=zone, subnets={"default": subnet}), created)
+
+    def seen(e: enrich.Enricher, t_ms: int) -> tuple[Any, ...]:
+        got = flow(e, addr, "8.8.8.8", agent=addr, t_ms=t_ms)
+        return got.get("SrcK8S_Name"), got.get("SrcK8S_Zone"), got.get("FlowDirection")
+
+    for b_first in (False, True):
+        clock = Clock(T0)
+        e = build(clock=clock)
+        idx = e.index
+        for name, internal, subnet in (("node-p", "10.0.0.11", subnet_a), ("node-q", "10.0.0.12", subnet_b)):
+            idx.upsert("nodes", idx.parse("nodes", a_node(name, internal, subnet, moved=False)))
+        assert seen(e, T0 - 60_000) == ("node-p", "zone-p", 1)
+        steps = [("node-p", "10.0.0.11", subnet_a), ("node-q", "10.0.0.12", subnet_b)]
+        at = {}
+        for name, internal, subnet in steps[::-1] if b_first else steps:
+            clock.ms += 5_000
+            at[name] = clock.ms
+            idx.upsert("nodes", idx.parse("nodes", a_node(name, internal, subnet, moved=True)))
+        # the hour node-q lived before the move, and the moment before it: node-p's
+        for t in (T0 - 60_000, T0 - 3_000_000, min(at.values()) - 1):
+            assert seen(e, t) == ("node-p", "zone-p", 1), (b_first, t)
+        if not b_first:   # between node-p letting it go and node-q listing it: nobody's
+            assert seen(e, at["node-p"] + 1) == (None, None, None)
+        assert seen(e, at["node-q"]) == ("node-q", "zone-q", 1), b_first
+        assert seen(e, 0) == ("node-q", "zone-q", 1), b_first   # no start time: who has it now
+        clock.ms += 400_000
+        assert idx.sweep() >= 1   # the tombstone goes with the pods': then node-q answers for every time
+        assert seen(e, T0 - 60_000) == ("node-q", "zone-q", 1), b_first
 
 
 def test_two_nodes_listing_one_address_deleted_in_one_millisecond_keep_its_earlier_flows_where_they_were() -> None:

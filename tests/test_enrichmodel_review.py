@@ -119,6 +119,10 @@ class Life:
         return float("inf") if self.end is None else self.end + self.grace
 
 
+NEVER_BEFORE = float("-inf")   # a hold's start: since always
+ALIVE_T = float("inf")         # a hold's end: not ended
+
+
 @dataclasses.dataclass
 class MNode:
     name: str
@@ -146,9 +150,13 @@ class Model:
         self.services: dict[tuple[str, str], tuple[str, ...]] = {}
         # Nodes and Services that answered for an address and stopped (deleted, no longer listing
         # it, or a Node another one began listing it after): (address, "node" or "service", the identity it had, when it stopped), kept
-        # for tombstone_seconds (docs/collector.md: "Nodes and Services keep theirs the same way").
-        # The objects here carry no creationTimestamp: each held its address since always.
-        self.ended: list[tuple[str, str, tuple[Any, ...], int]] = []
+        # for tombstone_seconds (docs/collector.md: "Nodes and Services keep theirs the same way"),
+        # and when it began to (last: NEVER_BEFORE for since always).
+        # The objects here carry no creationTimestamp: each held the addresses it was first seen
+        # with since always; a Node listing an address it did not list before holds it from then.
+        self.ended: list[tuple[str, str, tuple[Any, ...], int, float]] = []
+        self.since: dict[tuple[str, str], float] = {}   # (node, address) -> when it began listing it
+        self.svc_since: dict[tuple[tuple[str, str], str], float] = {}   # the same of Services' ClusterIPs
         self.rs: dict[tuple[str, str], str | None] = {}   # -> its Deployment
         # What a deleted ReplicaSet / Node gave the pods still linked to it (docs/collector.md:
         # "keeps the Deployment owner and the zone they gave it ... until they go too").
@@ -209,39 +217,64 @@ class Model:
         if inside:
             latest = max(lf.start for lf in inside)
             return [self.holder(lf) for lf in inside if lf.start == latest]
-        if self.claims.get(ip):
-            return [self.node_holder(self.claims[ip][-1])]
-        # a Node that held it then (of several, held since always, the one that stopped first:
-        # the others had it after), then the Service that has it, then one that held it then
-        ended = self._ended_at(ip, "node", t)
-        if ended:
-            return ended
-        svcs = [k for k, ips in self.services.items() if ip in ips]
-        if svcs:
-            return [self.svc_holder(k) for k in svcs]
-        ended = self._ended_at(ip, "service", t)
-        if ended or any(e[0] == ip for e in self.ended):
-            return ended
+        # the Node that held it then, then the Service that held it then
+        svc = next((k for k, ips in self.services.items() if ip in ips), None)   # (ClusterIPs are unique)
+        nodes = self._node_at(ip, t, before=svc is None and not any(e[0] == ip and e[1] == "service" for e in self.ended))
+        if nodes:
+            return nodes
+        svcs = self._held_at(ip, "service", t, None if svc is None else (self.svc_since[(svc, ip)], self.svc_holder(svc)),
+                             before=True)
+        if svcs or any(e[0] == ip for e in self.ended) or self.claims.get(ip) or svc is not None:
+            return svcs
         if ls:
             first = min(lf.start for lf in ls)
             return [self.holder(lf) for lf in ls if lf.start == first and t < first and t < lf.until()]
         return []
 
-    def _ended_at(self, ip: str, kind: str, t: int) -> list[tuple[Any, ...]]:
-        then = [e for e in self.ended if e[0] == ip and e[1] == kind and t < e[3]]
-        first = min((e[3] for e in then), default=None)
-        return [e[2] for e in then if e[3] == first]
+    def _node_at(self, ip: str, t: int, before: bool) -> list[tuple[Any, ...]]:
+        """The Node that held `ip` at t (_held_at): the one listing it now is the last to begin to."""
+        live = self.claims.get(ip)
+        return self._held_at(ip, "node", t, (self.since[(live[-1], ip)], self.node_holder(live[-1])) if live else None,
+                             before)
+
+    def _held_at(self, ip: str, kind: str, t: int, live: tuple[float, tuple[Any, ...]] | None,
+                 before: bool) -> list[tuple[Any, ...]]:
+        """The Node (Service) that held `ip` at t: of those that held it then (`live`, the one
+        answering for it now: (when it began to, its identity); and those that stopped), the one
+        that began last; of several that began at once, the one answering now, else the one that
+        stopped first (the others had it after). Before any of them began to, the first (of
+        several, the one that stopped last), when nothing else has it (`before`: for a Node, no
+        Service). While none stopped, the live one holds it for every t (when it began to is
+        told by the tombstones alone, in the index as here)."""
+        ended = [(e[4], e[3], e[2]) for e in self.ended if e[0] == ip and e[1] == kind]
+        if not ended:
+            return [live[1]] if live else []
+        holds = ended + ([(live[0], ALIVE_T, live[1])] if live else [])
+        inside = [h for h in holds if h[0] <= t < h[1]]
+        if inside:
+            latest = max(h[0] for h in inside)
+            inside = [h for h in inside if h[0] == latest]
+            if inside[-1][1] == ALIVE_T:
+                return [inside[-1][2]]
+            first_end = min(h[1] for h in inside)
+            return [h[2] for h in inside if h[1] == first_end]
+        first = min(h[0] for h in holds)
+        if not before or t >= first:
+            return []
+        holds = [h for h in holds if h[0] == first]
+        last_end = max((h[1] for h in holds if h[1] != ALIVE_T), default=ALIVE_T)
+        return [h[2] for h in holds if h[1] == last_end]
 
     def agent_nodes(self, agent: str, t: int) -> list[str | None]:
         """The exporter's node: the Node listing the address (the last to begin to), else the
         Node that held it at flow start t (as holders_at: DESIGN.md compares the exporter with the
         hosts of what the flow's sides are attributed to), else the node of the pods (tombstones
         included) whose hostIP it is; [None] when unknown."""
+        held = self._node_at(agent, t, before=True)   # (its exporter: the Nodes alone)
+        if held:
+            return [h[1] for h in held]
         if self.claims.get(agent):
             return [self.claims[agent][-1]]
-        ended = self._ended_at(agent, "node", t)
-        if ended:
-            return [h[1] for h in ended]
         names = sorted({lf.pod.node for lf in self.lives if lf.pod.host_ip == agent})
         return names or [None]
 
@@ -401,8 +434,11 @@ class Model:
                 # a Node that begins listing an address answers for it: the one that did stops
                 # (it still lists it) and keeps its earlier flows, as if it had let it go
                 if self.claims[ip]:
-                    self.ended.append((ip, "node", self.node_holder(self.claims[ip][-1]), self.now))
+                    was = self.claims[ip][-1]
+                    self.ended.append((ip, "node", self.node_holder(was), self.now, self.since[(was, ip)]))
                 self.claims[ip].append(n.name)
+                # a Node seen for the first time has listed it since always; a known one, from now
+                self.since[(n.name, ip)] = NEVER_BEFORE if old is None else self.now
 
     def delete_node(self, name: str) -> None:
         n = self.nodes.pop(name)
@@ -414,19 +450,25 @@ class Model:
     def _unclaim(self, ip: str, n: MNode) -> None:
         """Node `n` (as it was) no longer lists `ip`: when it was the one answering, it keeps it."""
         if self.claims[ip][-1] == n.name:
-            self.ended.append((ip, "node", self.node_holder(n.name, n), self.now))
+            self.ended.append((ip, "node", self.node_holder(n.name, n), self.now, self.since[(n.name, ip)]))
         self.claims[ip].remove(n.name)
+        del self.since[(n.name, ip)]
 
     def set_service(self, key: tuple[str, str], ips: tuple[str, ...]) -> None:
-        for ip in self.services.get(key, ()):
+        old = self.services.get(key)
+        for ip in old or ():
             if ip not in ips:
-                self.ended.append((ip, "service", self.svc_holder(key), self.now))
+                self.ended.append((ip, "service", self.svc_holder(key), self.now, self.svc_since.pop((key, ip))))
+        for ip in ips:
+            if ip not in (old or ()):
+                # (as a Node's: since always when first seen, else from this update)
+                self.svc_since[(key, ip)] = NEVER_BEFORE if old is None else self.now
         self.services[key] = ips
 
     def delete_service(self, key: tuple[str, str]) -> tuple[str, ...]:
         ips = self.services.pop(key)
         for ip in ips:
-            self.ended.append((ip, "service", self.svc_holder(key), self.now))
+            self.ended.append((ip, "service", self.svc_holder(key), self.now, self.svc_since.pop((key, ip))))
         return ips
 
     def set_rs(self, key: tuple[str, str], dep: str | None) -> None:
