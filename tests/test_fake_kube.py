@@ -301,3 +301,34 @@ def test_after_expire_a_watch_from_what_a_list_returns_is_taken_and_an_older_one
             assert [(e["type"], e["object"]["code"], e["object"]["reason"]) for e in got] == [
                 ("ERROR", 410, "Expired")], rv
             assert got[0]["object"]["message"] == f"too old resource version: {rv} ({listed})"
+
+
+def test_after_a_restore_a_watch_from_what_a_list_returns_is_taken_and_an_older_one_is_410() -> None:
+    """restore() restarts the API server's watch cache, which lists etcd at the restored
+    resourceVersion R: it takes a watch from R (what a list returns), and refuses one from
+    before R (it holds no event from before its list: watch_cache.go, getAllEventsSinceLocked).
+    The fake kept the window an expire() after the backup had moved past R, so it refused a
+    watch from R itself until the restored history passed the expired resourceVersion (410 for
+    every watch an informer made after its list, relisting over and over); and it still
+    replayed events from before R that a restarted watch cache no longer has."""
+    with running_fake_kube() as fake:
+        fake.add("pods", pod("p0", ips=["10.244.0.1"]))
+        fake.add("pods", pod("p1", ips=["10.244.0.2"]))
+        backup = fake.backup()
+        fake.add("pods", pod("lost", ips=["10.244.0.9"]))
+        fake.expire("pods")
+        fake.restore(backup)
+        listed = _list_rv(fake)
+        assert listed == backup[0]
+        assert _watch_lines(fake, listed) == []   # taken: nothing to say until its timeout
+
+        def change() -> None:
+            wait_for(lambda: fake.watchers["pods"] == 1, what="the watch open")
+            fake.add("pods", pod("p2", ips=["10.244.0.3"]))
+
+        got = _watch_lines(fake, listed, started=change)
+        assert [(e["type"], e["object"].get("code"), e["object"]["metadata"].get("name")) for e in got] == [
+            ("ADDED", None, "p2")]
+        got = _watch_lines(fake, listed - 1)   # (p0's: p1's ADDED came after it)
+        assert [(e["type"], e["object"]["code"], e["object"]["reason"]) for e in got] == [("ERROR", 410, "Expired")]
+        assert got[0]["object"]["message"] == f"too old resource version: {listed - 1} ({listed})"

@@ -325,13 +325,17 @@ class FakeKube:
         """etcd restored from `snapshot` (etcdutl snapshot restore without --bump-revision): the
         objects are the snapshot's, the resourceVersion goes back to it, and the history after
         it is gone. A watch from a resourceVersion the server had reached before the restore is
-        now one from the future (see _watch); open watches are cut (the API servers restart)."""
+        now one from the future (see _watch); open watches are cut (the API servers restart).
+        Their watch caches start again from a list of etcd at the restored resourceVersion R,
+        holding no event: they take a watch from R and refuse older ones (as after expire()),
+        whatever window an expire() after the backup had left."""
         rv, objects = snapshot
         with self.cond:
             self.rv = rv
             self.objects = json.loads(json.dumps(objects))
             for kind in self.events:
-                self.events[kind] = deque(e for e in self.events[kind] if e[0] <= rv)
+                self.events[kind].clear()
+                self.compacted[kind] = rv
                 self.drop_gen[kind] += 1
                 self.held.discard(kind)
             self.snapshots.clear()
