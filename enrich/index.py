@@ -33,7 +33,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -494,6 +494,16 @@ class NodeRec:
     def start(self, ip: bytes) -> int:
         """When it began listing `ip` (one of its addresses), as far as the collector can tell."""
         return self.since.get(ip, self.created_ms)
+
+
+def _gained_since(since: dict[bytes, int], had: Collection[bytes], has: Collection[bytes],
+                  now_ms: int) -> dict[bytes, int]:
+    """NodeRec.since / SvcRec.since after an update from addresses `had` to `has`: the starts it
+    kept for addresses it still lists, and now for those it did not list before (the shared empty
+    dict when there are none)."""
+    out = {ip: since[ip] for ip in has if ip in since}
+    out.update((ip, now_ms) for ip in has if ip not in had)
+    return out or _NO_SINCE
 
 
 class SvcRec:
@@ -1648,11 +1658,7 @@ class Index:
             # An address an existing Node lists now and did not before is its own from now, not
             # from the Node's creation: one moved from an older Node to this one is that Node's
             # in the flows of before (its tombstone), however long ago this one was created.
-            now = self._now_ms()
-            since = {ip: old.since[ip] for ip in rec.addrs if ip in old.since}
-            since.update((ip, now) for ip in rec.addrs if ip not in old.addrs)
-            if since:
-                rec.since = since
+            rec.since = _gained_since(old.since, old.addrs, rec.addrs, self._now_ms())
         self._nodes[rec.name] = rec
         entry = self._node_entry(rec)
         if old is not None:
@@ -1720,11 +1726,7 @@ class Index:
         if old is not None:
             # (as _set_node: an address it was given in an update is its own from then, not from
             # its creation; the Service that had it before keeps the flows of before)
-            now = self._now_ms()
-            since = {ip: old.since[ip] for ip in rec.ips if ip in old.since}
-            since.update((ip, now) for ip in rec.ips if ip not in old.ips)
-            if since:
-                rec.since = since
+            rec.since = _gained_since(old.since, old.ips, rec.ips, self._now_ms())
         self._services[key] = rec
         fields = ((b"Name", rec.name), (b"Namespace", rec.ns), (b"Type", "Service"),
                   (b"OwnerName", rec.name), (b"OwnerType", "Service"))

@@ -255,6 +255,15 @@ def test_softflowd_live(version: str, workdir: Path, decoders_mod) -> None:
     assert not problems, "\n".join(problems)
 
 
+def _ipfix_sequence_counts(decoders_mod: Any, dgs: list[Any]) -> tuple[int, int]:
+    """(sequence_lost, sequence_resets) of one Decoder fed the IPFIX datagrams dgs in order."""
+    dec = decoders_mod.Decoder(decoders_mod.DecoderConfig(default_sampling=0))
+    for d in dgs:
+        dec.decode(d.payload, d.src, d.sport, d.ts)
+    st = dec.stats()[dgs[0].src]["protocols"]["ipfix"]
+    return st["sequence_lost"], st["sequence_resets"]
+
+
 def _softflowd_ipfix(workdir: Path, n: int) -> tuple[list[G.Flow], list[Any]]:
     """softflowd's IPFIX export of n UDP and TCP flows 1 ms apart: the flows and its datagrams."""
     from collector.pcap import iter_udp
@@ -299,11 +308,7 @@ def test_softflowd_ipfix_first_message_then_full_ones_is_no_loss(workdir: Path, 
         2 in E.ipfix_set_ids(d.payload) for d in datagrams[1:]), "a template refresh among the messages"
 
     def run(dgs: list[Any]) -> tuple[int, int]:
-        dec = decoders_mod.Decoder(decoders_mod.DecoderConfig(default_sampling=0))
-        for d in dgs:
-            dec.decode(d.payload, d.src, d.sport, d.ts)
-        st = dec.stats()[dgs[0].src]["protocols"]["ipfix"]
-        return st["sequence_lost"], st["sequence_resets"]
+        return _ipfix_sequence_counts(decoders_mod, dgs)
 
     assert run(datagrams) == (0, 0)
     assert run(datagrams[:2] + datagrams[3:]) == (seqs[2] - seqs[1], 0), "the third message lost"
@@ -404,11 +409,7 @@ def test_softflowd_ipfix_read_from_the_middle_of_its_stream_is_no_loss(workdir: 
     assert len(steps) == 1, f"messages before the first refresh of unequal steps: {sorted(steps)}"
 
     def run(dgs: list[Any]) -> tuple[int, int]:
-        dec = decoders_mod.Decoder(decoders_mod.DecoderConfig(default_sampling=0))
-        for d in dgs:
-            dec.decode(d.payload, d.src, d.sport, d.ts)
-        st = dec.stats()[dgs[0].src]["protocols"]["ipfix"]
-        return st["sequence_lost"], st["sequence_resets"]
+        return _ipfix_sequence_counts(decoders_mod, dgs)
 
     for first in (1, 2):
         assert run(datagrams[first:]) == (0, 0), f"read from message {first}"

@@ -274,6 +274,17 @@ def _list_rv(fake: FakeKube) -> int:
         http.clear()
 
 
+def _assert_watch_gets_the_next_change(fake: FakeKube, rv: int) -> None:
+    """A pods watch from rv is taken: a pod added once it is open comes in it, and nothing else."""
+    def change() -> None:
+        wait_for(lambda: fake.watchers["pods"] == 1, what="the watch open")
+        fake.add("pods", pod("p2", ips=["10.244.0.3"]))
+
+    got = _watch_lines(fake, rv, started=change)
+    assert [(e["type"], e["object"].get("code"), e["object"]["metadata"].get("name")) for e in got] == [
+        ("ADDED", None, "p2")]
+
+
 def test_after_expire_a_watch_from_what_a_list_returns_is_taken_and_an_older_one_is_410() -> None:
     """expire() moves the watch cache's window to the current resourceVersion, as the API
     server's watch cache relisting from etcd at R does: it refuses a watch from before R (410, an
@@ -288,13 +299,7 @@ def test_after_expire_a_watch_from_what_a_list_returns_is_taken_and_an_older_one
         fake.expire("pods")
         listed = _list_rv(fake)
 
-        def change() -> None:
-            wait_for(lambda: fake.watchers["pods"] == 1, what="the watch open")
-            fake.add("pods", pod("p2", ips=["10.244.0.3"]))
-
-        got = _watch_lines(fake, listed, started=change)
-        assert [(e["type"], e["object"].get("code"), e["object"]["metadata"].get("name")) for e in got] == [
-            ("ADDED", None, "p2")]
+        _assert_watch_gets_the_next_change(fake, listed)
         # one before what the list returned (p0's, then) is older than the window: 410
         for rv in (listed - 1, listed - 2):
             got = _watch_lines(fake, rv)
@@ -322,13 +327,7 @@ def test_after_a_restore_a_watch_from_what_a_list_returns_is_taken_and_an_older_
         assert listed == backup[0]
         assert _watch_lines(fake, listed) == []   # taken: nothing to say until its timeout
 
-        def change() -> None:
-            wait_for(lambda: fake.watchers["pods"] == 1, what="the watch open")
-            fake.add("pods", pod("p2", ips=["10.244.0.3"]))
-
-        got = _watch_lines(fake, listed, started=change)
-        assert [(e["type"], e["object"].get("code"), e["object"]["metadata"].get("name")) for e in got] == [
-            ("ADDED", None, "p2")]
+        _assert_watch_gets_the_next_change(fake, listed)
         got = _watch_lines(fake, listed - 1)   # (p0's: p1's ADDED came after it)
         assert [(e["type"], e["object"]["code"], e["object"]["reason"]) for e in got] == [("ERROR", 410, "Expired")]
         assert got[0]["object"]["message"] == f"too old resource version: {listed - 1} ({listed})"
