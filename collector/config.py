@@ -520,7 +520,8 @@ class Config:
                              "counted", ranged(parse_int, 16, 10_000_000), metavar="N")
     max_exporter_state: int = opt(1024**3, "estimated memory of all exporters' decoder state beside templates, "
                                   "per worker: about 2.5 kB an exporter, 200 bytes per options-learned rate or "
-                                  "clock and per sFlow drops source, 450 bytes per sequence stream, 64 KiB per "
+                                  "clock and per sFlow drops source, 56 bytes plus its length per learned "
+                                  "interface name, 450 bytes per sequence stream, 64 KiB per "
                                   "--dedup table; past it, the eighth of the exporters seen least recently are "
                                   "forgotten and counted, as at --max-exporters", ranged(parse_size, 1024**2, 1 << 62),
                                   metavar="SIZE")

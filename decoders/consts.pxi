@@ -46,6 +46,8 @@ DEF STATE_BYTES_EXPORTER = 2560     # estimated bytes of an exporter's state (Ex
 DEF STATE_BYTES_ENTRY = 200          # ... of each options-learned entry, sFlow drops source and
                                      # notSent counter
 DEF STATE_BYTES_STREAM = 450         # ... of each sequence stream
+DEF STATE_BYTES_NAME = 56            # ... of each learned interface name beside its bytes (a bytes
+                                     # object's head, its NameTable slot, key and index; tracemalloc)
 DEF DEDUP_WINDOW_MS = 250            # end times of one packet's ingress and egress records differ by less (is_duplicate)
 DEF DEDUP_COPY_MS = 10               # ... and those of its copies flooded to several ports
 DEF CLOCK_TOLERANCE_MS = 2000        # export times have 1 s granularity, plus network delay: an

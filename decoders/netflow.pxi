@@ -908,9 +908,9 @@ cdef class ExporterState:
         return (STATE_BYTES_EXPORTER
                 + STATE_BYTES_ENTRY * (len(self.domain_sampling) + len(self.sampler_rates)
                                        + len(self.interface_rates) + len(self.egress_rates) + len(self.template_rates)
-                                       + self.names_count + len(self.sysinit_ms) + len(self.drops_seen) + len(self.withdrawn)
+                                       + len(self.sysinit_ms) + len(self.drops_seen) + len(self.withdrawn)
                                        + len(self.not_sent_seen))
-                + self.names_bytes
+                + STATE_BYTES_NAME * self.names_count + self.names_bytes
                 + STATE_BYTES_STREAM * (len(self.seq_streams) + len(self.seq_ports)) + self.floor_bytes
                 + STATE_BYTES_ENTRY * (self.dom_entries + len(self.tpl_domains) + len(self.borrowers))
                 + (DEDUP_SLOTS * (sizeof(uint64_t) + sizeof(int64_t)) if self.dedup_keys != NULL else 0)

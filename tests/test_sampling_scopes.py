@@ -754,3 +754,31 @@ def test_options_scoped_by_an_interface_and_a_template_give_that_interfaces_rate
     assert [f.get("Sampling") for f in b.to_dicts()] == [100, None, None]
     ex = dec.exporter(EXPORTER)
     assert ex.interface_rates == {(10, 0, PORT, 1): 100} and ex.template_rates == {}
+
+
+def test_learned_interface_names_state_estimate_is_within_a_third_of_what_they_take() -> None:
+    """Decoder.state_bytes (bounded by max_state_bytes: past it exporters are forgotten) counts
+    learned interface names at about what they cost (tracemalloc), as test_robustness holds the
+    other kinds of state to: an estimate three times too large forgets exporters early."""
+    import gc
+    import tracemalloc
+
+    dec = Decoder(DecoderConfig(default_sampling=0))
+    table = _tpl(300, ("if", 10, 0, 4), ("name", 82, 0, VARLEN), scope=1)
+    dec.decode(ipfix_message([_ipfix_options_set([table])], seq=0, export_time=EXPORT), EXPORTER, PORT, EXPORT)
+    names = [data_set(table, [{"if": 128 * d + i, "name": b"ovn-k8s-mp%d" % (128 * d + i)} for i in range(128)])
+             for d in range(8)]
+    msgs = [ipfix_message([n], seq=0, export_time=EXPORT) for n in names]
+    gc.collect()
+    est = dec.state_bytes
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for m in msgs:
+            dec.decode(m, EXPORTER, PORT, EXPORT)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(dec.export_state()["exporters"][EXPORTER]["interface_names"]) == 1024
+    assert 0.75 < (dec.state_bytes - est) / held < 1.33, (dec.state_bytes - est, held)
