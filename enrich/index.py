@@ -444,11 +444,15 @@ class PodRec:
 class NodeRec:
     """What the index keeps of a Node."""
 
-    __slots__ = ("name", "addrs", "node_ips", "mgmt_parts", "host_ip", "zone", "keep_node_ips", "created_ms", "since")
+    __slots__ = ("name", "uid", "addrs", "node_ips", "mgmt_parts", "host_ip", "zone", "keep_node_ips", "created_ms",
+                 "since")
 
     def __init__(self, *, name: str, node_ips: tuple[bytes, ...], mgmt_parts: tuple[tuple[bytes, ...] | None, ...],
-                 host_ip: str, zone: str, keep_node_ips: bool = False, created_ms: int = ALWAYS) -> None:
+                 host_ip: str, zone: str, keep_node_ips: bool = False, created_ms: int = ALWAYS,
+                 uid: str = "") -> None:
         self.name = name
+        # metadata.uid ("" when absent): another one under the name is another Node (_recreated)
+        self.uid = uid
         # creationTimestamp: of Nodes a list gives with one address, the one created last began
         # listing it last (Index.replace applies them in this order)
         self.created_ms = created_ms
@@ -509,11 +513,12 @@ def _gained_since(since: dict[bytes, int], had: Collection[bytes], has: Collecti
 class SvcRec:
     """What the index keeps of a Service."""
 
-    __slots__ = ("ns", "name", "ips", "created_ms", "since")
+    __slots__ = ("ns", "name", "uid", "ips", "created_ms", "since")
 
-    def __init__(self, *, ns: str, name: str, ips: tuple[bytes, ...], created_ms: int = ALWAYS) -> None:
+    def __init__(self, *, ns: str, name: str, ips: tuple[bytes, ...], created_ms: int = ALWAYS, uid: str = "") -> None:
         self.ns = ns
         self.name = name
+        self.uid = uid  # (as NodeRec.uid)
         self.ips = ips
         # creationTimestamp: from when it holds its ClusterIPs when a deleted Service held one before
         self.created_ms = created_ms
@@ -570,13 +575,33 @@ def _identity(kind: str, obj: Any) -> Unreadable | None:
     name = meta.get("name") if isinstance(meta, dict) else None
     if not isinstance(name, str) or not name:
         return None
+    uid = _uid(meta)  # type: ignore[arg-type]
     if kind == NODES:
-        return Unreadable(name=name)
+        return Unreadable(uid=uid, name=name)
     ns = meta.get("namespace")  # type: ignore[union-attr]
     if not isinstance(ns, str) or not ns:
         return None
-    uid = meta.get("uid")  # type: ignore[union-attr]
-    return Unreadable(uid=uid if isinstance(uid, str) and uid else f"{ns}/{name}", ns=ns, name=name)
+    # (a pod is keyed by its uid, ns/name without one; Nodes and Services by name, the uid kept)
+    return Unreadable(uid=uid or (f"{ns}/{name}" if kind == PODS else ""), ns=ns, name=name)
+
+
+def _uid(meta: dict[str, Any]) -> str:
+    uid = meta.get("uid")
+    return uid if isinstance(uid, str) else ""
+
+
+def _recreated(old_uid: str, new_uid: str) -> bool:
+    """Another uid under a name a Node or Service is keyed by: the object was deleted and created
+    again, its DELETED event not seen (a watch gap: the new one's ADDED, or the relist after 410
+    Gone, is all that came). Objects without one (built by hand) are taken for the same object."""
+    return bool(old_uid) and bool(new_uid) and old_uid != new_uid
+
+
+def _gone_end(created_ms: int) -> int | None:
+    """When a Node (Service) deleted and created again under its name (_recreated) stopped
+    holding its addresses, at the latest: the new one's creation (two objects cannot share the
+    name at once), else (unreadable) None: when it was seen."""
+    return None if created_ms == ALWAYS else created_ms
 
 
 def _first_owner(meta: dict[str, Any]) -> tuple[str, str] | None:
@@ -1023,7 +1048,7 @@ class Index:
                        # addresses unknown (not a list, or none of them readable), not gone: the
                        # last good ones keep serving
                        keep_node_ips=(addresses is not None and not isinstance(addresses, list)) or (bad and not typed_ok),
-                       created_ms=_or_always(parse_time_ms(meta.get("creationTimestamp"))))
+                       created_ms=_or_always(parse_time_ms(meta.get("creationTimestamp"))), uid=_uid(meta))
 
     def _parse_service(self, obj: Any) -> SvcRec:
         meta = _meta(obj)
@@ -1050,7 +1075,7 @@ class Index:
         for t in bad:
             self.problem("bad_address", f"{what} has a non-IP clusterIP {t!r}")
         return SvcRec(ns=_intern(ns), name=meta["name"], ips=tuple(ips),
-                      created_ms=_or_always(parse_time_ms(meta.get("creationTimestamp"))))
+                      created_ms=_or_always(parse_time_ms(meta.get("creationTimestamp"))), uid=_uid(meta))
 
     def _parse_rs(self, obj: Any) -> RsRec:
         meta = _meta(obj)
@@ -1081,7 +1106,7 @@ class Index:
                             self._set_pod(r)
                 elif kind == NODES:
                     new_n = {r.name: r for r in recs}
-                    for name in [n for n in self._nodes if n not in new_n]:
+                    for name in [n for n in self._nodes if n not in new_n or self._unreadable_other(NODES, new_n[n])]:
                         self._delete_node(name)
                     # Oldest first: an address two Nodes list goes to the one that began listing it
                     # last (_set_node), which a list does not tell but creation does (a replaced
@@ -1092,7 +1117,7 @@ class Index:
                         self._set_node(r)
                 elif kind == SERVICES:
                     new_s = {(r.ns, r.name): r for r in recs}
-                    for key in [k for k in self._services if k not in new_s]:
+                    for key in [k for k in self._services if k not in new_s or self._unreadable_other(SERVICES, new_s[k])]:
                         self._delete_service(key)
                     for r in new_s.values():
                         if not isinstance(r, Unreadable):
@@ -1127,6 +1152,13 @@ class Index:
     def upsert(self, kind: str, rec: Any) -> None:
         """Apply an ADDED/MODIFIED watch event."""
         if isinstance(rec, Unreadable):
+            if kind in (NODES, SERVICES):
+                with self._wlock:
+                    if kind == NODES and self._unreadable_other(kind, rec):
+                        self._delete_node(rec.name)
+                    elif kind == SERVICES and self._unreadable_other(kind, rec):
+                        self._delete_service((rec.ns, rec.name))
+                    self._sweep_locked()
             return
         with self._wlock:
             if kind == PODS:
@@ -1138,6 +1170,14 @@ class Index:
             elif kind == REPLICASETS:
                 self._set_rs(rec)
             self._sweep_locked()
+
+    def _unreadable_other(self, kind: str, rec: Any) -> bool:
+        """`rec` is an Unreadable of another object than the Node (Service) cached under its name
+        (_recreated): the cached one is gone, and its last good values are no other object's."""
+        if not isinstance(rec, Unreadable):
+            return False
+        cur = self._nodes.get(rec.name) if kind == NODES else self._services.get((rec.ns, rec.name))
+        return cur is not None and _recreated(cur.uid, rec.uid)
 
     def delete(self, kind: str, rec: Any) -> None:
         """Apply a DELETED watch event."""
@@ -1209,10 +1249,13 @@ class Index:
             n += 1
         return n
 
-    def _addr_entomb(self, is_node: bool, ip: bytes, entry: tuple[Any, ...], start: int) -> None:
-        """The Node (Service) `entry` that answered for `ip` since `start` stopped now: it keeps
-        answering for the flows that started before, for tombstone_seconds."""
-        tomb = (start, self._now_ms(), entry)
+    def _addr_entomb(self, is_node: bool, ip: bytes, entry: tuple[Any, ...], start: int, end: int | None = None) -> None:
+        """The Node (Service) `entry` that answered for `ip` since `start` stopped now (or at
+        `end`: _gone_end): it keeps answering for the flows that started before, for
+        tombstone_seconds. An `end` not after `start` (creation times against a start the
+        collector saw: clocks, a watch behind) says nothing usable: when it was seen stands."""
+        now = self._now_ms()
+        tomb = (start, end if end is not None and start < end < now else now, entry)
         (self._node_tombs if is_node else self._svc_tombs).setdefault(ip, []).append(tomb)
         heapq.heappush(self._addr_expiry, (tomb[1], next(self._seq), is_node, ip, tomb))
 
@@ -1651,6 +1694,12 @@ class Index:
 
     def _set_node(self, rec: NodeRec) -> None:
         old = self._nodes.get(rec.name)
+        if old is not None and _recreated(old.uid, rec.uid):
+            # Another Node under the name (deleted and registered again, its DELETED not seen):
+            # the old one's addresses are its own up to the new one's creation, the new one's
+            # from then, as after a delete; none of its values stand for the new one's.
+            self._delete_node(rec.name, _gone_end(rec.created_ms))
+            old = None
         rec.last_good(old)
         if old is not None and old.key() == rec.key():
             return
@@ -1686,10 +1735,10 @@ class Index:
         if old is None or old.zone != rec.zone:
             self._rerender(self._pods_by_node.get(rec.name))
 
-    def _drop_node_ip(self, ip: bytes, old: NodeRec) -> None:
-        """The Node `old` (as it was) no longer lists `ip`: another Node that lists it answers
-        for it, else nothing does; when `old` answered, it stays for the flows that started
-        before (a tombstone)."""
+    def _drop_node_ip(self, ip: bytes, old: NodeRec, end: int | None = None) -> None:
+        """The Node `old` (as it was) no longer lists `ip` (since `end`, else now): another Node
+        that lists it answers for it, else nothing does; when `old` answered, it stays for the
+        flows that started before (a tombstone)."""
         name = old.name
         was = _last(self._node_addr.get(ip))
         if not _multi_remove(self._node_addr, ip, name):
@@ -1697,7 +1746,7 @@ class Index:
         now = _last(self._node_addr.get(ip))
         if now == was:
             return  # another node answers for it, as before
-        self._addr_entomb(True, ip, self._node_entry(old), old.start(ip))
+        self._addr_entomb(True, ip, self._node_entry(old), old.start(ip), end)
         # another Node still lists it (both were in a list, or it listed it first), or none
         cur = self._nodes.get(now) if now is not None else None
         self._layer_set(self._node_layer, self._node_tombs, ip, None if cur is None else self._node_entry(cur),
@@ -1705,12 +1754,12 @@ class Index:
         self._set_agent(ip)
         self._merge(ip)
 
-    def _delete_node(self, name: str) -> None:
+    def _delete_node(self, name: str, end: int | None = None) -> None:
         old = self._nodes.pop(name, None)
         if old is None:
             return
         for ip in old.addrs:
-            self._drop_node_ip(ip, old)
+            self._drop_node_ip(ip, old, end)
         # Its pods keep the zone they were rendered with (the only field a Node gives them)
         # until they go too: the pod garbage collector deletes them after the Node.
         if old.zone and name in self._pods_by_node:
@@ -1721,6 +1770,10 @@ class Index:
     def _set_service(self, rec: SvcRec) -> None:
         key = (rec.ns, rec.name)
         old = self._services.get(key)
+        if old is not None and _recreated(old.uid, rec.uid):
+            # (as _set_node: deleted and created again under its name, the DELETED not seen)
+            self._delete_service(key, _gone_end(rec.created_ms))
+            old = None
         if old is not None and old.ips == rec.ips:
             return
         if old is not None:
@@ -1744,7 +1797,7 @@ class Index:
             self._layer_set(self._svc_layer, self._svc_tombs, ip, entry, rec.start(ip))
             self._merge(ip)
 
-    def _drop_svc_ip(self, ip: bytes, key: tuple[str, str], old: SvcRec) -> None:
+    def _drop_svc_ip(self, ip: bytes, key: tuple[str, str], old: SvcRec, end: int | None = None) -> None:
         """The Service `key` (`old`, as it was) no longer lists ClusterIP `ip`: another Service
         that lists it (one deleted and one created with its address, their events out of order;
         or a relist that saw both) answers for it again, else nothing does; when it answered, it
@@ -1756,17 +1809,17 @@ class Index:
         now = _last(self._svc_addr.get(ip))
         if now == was:
             return
-        self._addr_entomb(False, ip, self._svc_entry[key], old.start(ip))
+        self._addr_entomb(False, ip, self._svc_entry[key], old.start(ip), end)
         self._layer_set(self._svc_layer, self._svc_tombs, ip, None if now is None else self._svc_entry[now],
                         ALWAYS if now is None else self._services[now].start(ip))
         self._merge(ip)
 
-    def _delete_service(self, key: tuple[str, str]) -> None:
+    def _delete_service(self, key: tuple[str, str], end: int | None = None) -> None:
         old = self._services.pop(key, None)
         if old is None:
             return
         for ip in old.ips:
-            self._drop_svc_ip(ip, key, old)
+            self._drop_svc_ip(ip, key, old, end)
         self._svc_entry.pop(key, None)
 
     # replicasets

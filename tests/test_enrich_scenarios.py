@@ -18,7 +18,7 @@ import enrich
 from tests.support.enricher import running_enricher
 from tests.support.fake_kube import FakeKube, node, pod, service, wait_for
 from tests.support.fake_kube import fake_kube as fake_kube  # noqa: F401 - fixture
-from tests.test_enrich_index import T0, Clock, build, flow, iso
+from tests.test_enrich_index import NODES, T0, Clock, build, flow, iso
 from tests.test_enrich_index import implementation as implementation  # noqa: F401 - autouse fixture
 from tests.test_enrich_informer import kubeconfig as kubeconfig  # noqa: F401 - fixture
 from tests.test_enrich_informer import seed
@@ -348,6 +348,119 @@ def test_a_node_replaced_by_one_with_its_internal_ip_keeps_the_old_nodes_earlier
         new = flow(e, addr, "", t_ms=now + 2_000)
         assert (new["SrcK8S_Name"], new["SrcK8S_Zone"]) == ("node-new", "zone-c")
         assert flow(e, "10.0.0.1", "", t_ms=now - 60_000)["SrcK8S_Name"] == "node-a"
+
+
+def test_a_node_deleted_and_registered_again_under_its_name_in_a_watch_gap_is_another_node(
+        fake_kube: FakeKube, kubeconfig: str, implementation: str) -> None:  # noqa: F811 - fixtures
+    """A Node deleted and registered again under its name (a VM replaced under its hostname:
+    another uid, other addresses, another zone) while the watch was down, seen only by the
+    relist after 410 Gone: the old Node's addresses are its own up to the new one's creation,
+    the new one's from then, as after a delete seen. It was taken for an update of the old
+    one: the new zone answered for the old Node's earlier flows on the address both list, and
+    the old one kept the address only it listed until the relist."""
+    now = int(time.time() * 1000)
+    created = now // 1000 * 1000     # (whole seconds: before the relist)
+    seed(fake_kube)
+    fake_kube.add("nodes", _created(node("node-x", internal=["10.0.0.9", "10.0.0.10"], zone="zone-a"), now - 86_400_000))
+
+    def seen(e: enrich.Enricher, ip: str, t_ms: int) -> tuple[Any, ...]:
+        got = flow(e, ip, "", t_ms=t_ms)
+        return got.get("SrcK8S_Name"), got.get("SrcK8S_Zone")
+
+    with running_enricher(kubeconfig, compiled=implementation == "compiled") as e:
+        assert e.wait_ready(10)
+        wait_for(lambda: fake_kube.watchers["nodes"] >= 1, what="node watch open")
+        fake_kube.hold("nodes")      # the watch goes quiet: only a relist sees what follows
+        fake_kube.delete("nodes", "node-x")
+        fake_kube.add("nodes", _created(node("node-x", internal=["10.0.0.9", "10.0.0.11"], zone="zone-c"), created))
+        fake_kube.expire("nodes")
+        wait_for(lambda: e.stats()["kinds"]["nodes"]["relists"] == 1, what="relist")
+        after = int(time.time() * 1000) + 1
+        assert e.stats()["kinds"]["nodes"]["events"]["DELETED"] == 0   # (the relist alone saw it)
+        assert seen(e, "10.0.0.9", created - 60_000) == ("node-x", "zone-a")
+        assert seen(e, "10.0.0.9", after) == ("node-x", "zone-c")
+        assert seen(e, "10.0.0.10", created - 60_000) == ("node-x", "zone-a")
+        assert seen(e, "10.0.0.10", created + 1) == (None, None)
+        assert seen(e, "10.0.0.11", created + 1) == ("node-x", "zone-c")
+
+
+@pytest.mark.parametrize("how", ["added", "relist", "added unreadable", "relist unreadable", "added bad addresses"])
+def test_a_node_added_again_under_its_name_without_its_delete_is_another_node(how: str) -> None:
+    """A Node ADDED (or relisted) with another uid under the name of one the cache holds, its
+    DELETED not seen: the old one ended at the new one's creation (two Nodes cannot share a
+    name), or when the new one was seen when its creation is unreadable; the new one holds its
+    addresses from its creation, and takes nothing from the old one: an unreadable new Node, or
+    one whose status.addresses are malformed, does not keep the old one's addresses as its last
+    good ones (they are another object's)."""
+    clock = Clock(T0 + 30_000)
+    e = build(clock=clock)
+    idx = e.index
+    others = idx.counts()["node_ips"]
+    old = node("node-x", internal=["10.0.0.9", "10.0.0.10"], zone="zone-a")
+    old["metadata"]["uid"] = "u-old"
+    idx.upsert("nodes", idx.parse("nodes", _created(old, T0 - 86_400_000)))
+    new = _created(node("node-x", internal=["10.0.0.9", "10.0.0.11"], zone="zone-c"), T0 + 10_000)
+    new["metadata"]["uid"] = "u-new"
+    if "unreadable" in how:
+        new["status"] = ["not", "an", "object"]     # (counted: bad_field)
+    elif how == "added bad addresses":
+        new["status"]["addresses"] = "10.0.0.9"     # (not a list: unknown, not gone)
+    clock.ms = T0 + 60_000
+    if how.startswith("added"):
+        idx.upsert("nodes", idx.parse("nodes", new))
+    else:
+        idx.replace("nodes", [idx.parse("nodes", n) for n in (*NODES, new)])
+
+    def seen(ip: str, t_ms: int) -> tuple[Any, ...]:
+        got = flow(e, ip, "", t_ms=t_ms)
+        return got.get("SrcK8S_Name"), got.get("SrcK8S_Zone")
+
+    end = T0 + 60_000 if "unreadable" in how else T0 + 10_000
+    for ip in ("10.0.0.9", "10.0.0.10"):
+        assert seen(ip, T0 - 60_000) == ("node-x", "zone-a"), (how, ip)
+        assert seen(ip, end - 1) == ("node-x", "zone-a"), (how, ip)
+    assert seen("10.0.0.10", end) == (None, None), how
+    if "unreadable" in how or how == "added bad addresses":
+        assert seen("10.0.0.9", end) == (None, None), how
+        assert idx.counts()["node_ips"] == others, how   # the other Nodes' only
+        assert idx.problems == {"bad_field": 1}, how   # (counted, as ever)
+        return
+    for t in (T0 + 10_000, 0):
+        assert seen("10.0.0.9", t) == ("node-x", "zone-c"), how
+        assert seen("10.0.0.11", t) == ("node-x", "zone-c"), how
+
+
+@pytest.mark.parametrize("how", ["added", "relist"])
+def test_a_service_added_again_under_its_name_without_its_delete_is_another_service(how: str) -> None:
+    """A Service deleted and created again under its name (another uid, another ClusterIP)
+    while the watch was down: the old one's ClusterIP is its own up to the new one's
+    creation, the new one's ClusterIP the new one's from its creation. It was taken for an
+    update: the old ClusterIP stayed the Service's until the new one was seen, and the new
+    one's ClusterIP (a deleted Service's before) answered only from then."""
+    clock = Clock(T0)
+    e = build(clock=clock)
+    idx = e.index
+
+    def web(uid: str, ip: str, created: int) -> dict[str, Any]:
+        s = _created(service("web", "shop", ips=[ip]), created)
+        s["metadata"]["uid"] = uid
+        return s
+
+    idx.upsert("services", idx.parse("services", web("u-old", "172.30.0.10", T0 - 86_400_000)))
+    legacy = _created(service("legacy", "shop", ips=["172.30.0.11"]), T0 - 86_400_000)
+    idx.upsert("services", idx.parse("services", legacy))
+    clock.ms = T0 + 5_000
+    idx.delete("services", idx.parse("services", legacy))    # (its ClusterIP freed, given to the new web)
+    clock.ms = T0 + 60_000
+    new = web("u-new", "172.30.0.11", T0 + 10_000)
+    if how == "added":
+        idx.upsert("services", idx.parse("services", new))
+    else:
+        idx.replace("services", [idx.parse("services", new)])
+    assert flow(e, "", "172.30.0.10", t_ms=T0 + 9_000)["DstK8S_Name"] == "web"
+    assert "DstK8S_Name" not in flow(e, "", "172.30.0.10", t_ms=T0 + 10_000), how
+    assert flow(e, "", "172.30.0.11", t_ms=T0 + 4_000)["DstK8S_Name"] == "legacy"
+    assert flow(e, "", "172.30.0.11", t_ms=T0 + 12_000)["DstK8S_Name"] == "web", how
 
 
 def test_node_and_service_tombstones_expire_with_the_pods() -> None:

@@ -130,6 +130,8 @@ class MNode:
     external: tuple[str, ...]
     subnet: str | None
     zone: str | None
+    uid: str = ""               # metadata.uid: another one under the name is another Node
+    created: int | None = None  # creationTimestamp (None: absent, the Node held its first addresses since always)
 
     def addrs(self) -> list[str]:
         out = list(dict.fromkeys(self.internal + self.external))
@@ -152,11 +154,13 @@ class Model:
         # it, or a Node another one began listing it after): (address, "node" or "service", the identity it had, when it stopped), kept
         # for tombstone_seconds (docs/collector.md: "Nodes and Services keep theirs the same way"),
         # and when it began to (last: NEVER_BEFORE for since always).
-        # The objects here carry no creationTimestamp: each held the addresses it was first seen
-        # with since always; a Node listing an address it did not list before holds it from then.
+        # An object held the addresses it was first seen with from its creationTimestamp (since
+        # always without one, as most here); a Node listing an address it did not list before
+        # holds it from then.
         self.ended: list[tuple[str, str, tuple[Any, ...], int, float]] = []
         self.since: dict[tuple[str, str], float] = {}   # (node, address) -> when it began listing it
         self.svc_since: dict[tuple[tuple[str, str], str], float] = {}   # the same of Services' ClusterIPs
+        self.svc_meta: dict[tuple[str, str], tuple[str, int | None]] = {}   # a Service's uid and creation
         self.rs: dict[tuple[str, str], str | None] = {}   # -> its Deployment
         # What a deleted ReplicaSet / Node gave the pods still linked to it (docs/collector.md:
         # "keeps the Deployment owner and the zone they gave it ... until they go too").
@@ -437,38 +441,56 @@ class Model:
                     was = self.claims[ip][-1]
                     self.ended.append((ip, "node", self.node_holder(was), self.now, self.since[(was, ip)]))
                 self.claims[ip].append(n.name)
-                # a Node seen for the first time has listed it since always; a known one, from now
-                self.since[(n.name, ip)] = NEVER_BEFORE if old is None else self.now
+                # a Node seen for the first time has listed it since its creation; a known one, from now
+                self.since[(n.name, ip)] = _created(n.created) if old is None else self.now
 
-    def delete_node(self, name: str) -> None:
+    def recreate_node(self, n: MNode) -> None:
+        """Another Node (uid) under the name of one the cache holds, its DELETED not seen: the
+        old one was deleted by the new one's creation (a name is one object's at a time)."""
+        self.delete_node(n.name, end=n.created)
+        self.set_node(n)
+
+    def delete_node(self, name: str, end: int | None = None) -> None:
         n = self.nodes.pop(name)
         for ip in n.addrs():
-            self._unclaim(ip, n)
+            self._unclaim(ip, n, end)
         if n.zone and any(q.node == name for q in self.pods.values()):
             self.zones_gone[name] = n.zone
 
-    def _unclaim(self, ip: str, n: MNode) -> None:
-        """Node `n` (as it was) no longer lists `ip`: when it was the one answering, it keeps it."""
+    def _unclaim(self, ip: str, n: MNode, end: int | None = None) -> None:
+        """Node `n` (as it was) no longer lists `ip` (from `end`, else now): when it was the one
+        answering, it keeps it."""
         if self.claims[ip][-1] == n.name:
-            self.ended.append((ip, "node", self.node_holder(n.name, n), self.now, self.since[(n.name, ip)]))
+            self.ended.append((ip, "node", self.node_holder(n.name, n), self.now if end is None else end,
+                               self.since[(n.name, ip)]))
         self.claims[ip].remove(n.name)
         del self.since[(n.name, ip)]
 
-    def set_service(self, key: tuple[str, str], ips: tuple[str, ...]) -> None:
+    def set_service(self, key: tuple[str, str], ips: tuple[str, ...], uid: str = "") -> None:
         old = self.services.get(key)
+        if old is None:
+            self.svc_meta.setdefault(key, (uid, None))
         for ip in old or ():
             if ip not in ips:
                 self.ended.append((ip, "service", self.svc_holder(key), self.now, self.svc_since.pop((key, ip))))
         for ip in ips:
             if ip not in (old or ()):
-                # (as a Node's: since always when first seen, else from this update)
-                self.svc_since[(key, ip)] = NEVER_BEFORE if old is None else self.now
+                # (as a Node's: since its creation when first seen, else from this update)
+                self.svc_since[(key, ip)] = _created(self.svc_meta[key][1]) if old is None else self.now
         self.services[key] = ips
 
-    def delete_service(self, key: tuple[str, str]) -> tuple[str, ...]:
+    def recreate_service(self, key: tuple[str, str], ips: tuple[str, ...], uid: str, created: int) -> None:
+        """(as recreate_node)"""
+        self.delete_service(key, end=created)
+        self.svc_meta[key] = (uid, created)
+        self.set_service(key, ips)
+
+    def delete_service(self, key: tuple[str, str], end: int | None = None) -> tuple[str, ...]:
         ips = self.services.pop(key)
+        self.svc_meta.pop(key, None)
         for ip in ips:
-            self.ended.append((ip, "service", self.svc_holder(key), self.now, self.svc_since.pop((key, ip))))
+            self.ended.append((ip, "service", self.svc_holder(key), self.now if end is None else end,
+                               self.svc_since.pop((key, ip))))
         return ips
 
     def set_rs(self, key: tuple[str, str], dep: str | None) -> None:
@@ -479,6 +501,10 @@ class Model:
         dep = self.rs.pop(key)
         if dep and any(q.ns == key[0] and q.owner == ("ReplicaSet", key[1]) for q in self.pods.values()):
             self.rs_gone[key] = dep
+
+
+def _created(ms: int | None) -> float:
+    return NEVER_BEFORE if ms is None else ms
 
 
 # ---------------------------------------------------------------- the machine
@@ -492,6 +518,7 @@ class IndexMachine(RuleBasedStateMachine):
         self.idx = Index(clock=self.clock, tombstone_seconds=TTL_S, own_namespace=OWN_NS,
                          infra_namespace_prefixes=INFRA_PREFIXES, compiled=_compiled_built())
         self.uids = itertools.count(1)
+        self.seen: dict[Any, int] = {}   # a Node's name, a Service's key -> when its last event came
 
     # helpers
 
@@ -619,15 +646,55 @@ class IndexMachine(RuleBasedStateMachine):
     def set_node(self, name: str, internal: list[str], external: list[str], subnet: str | None,
                  zone: str | None) -> None:
         self.tick()
-        n = MNode(name, tuple(internal), tuple(external), subnet, zone)
+        old = self.model.nodes.get(name)   # (an update keeps its uid and creation)
+        n = MNode(name, tuple(internal), tuple(external), subnet, zone,
+                  *((old.uid, old.created) if old else (f"n{next(self.uids)}",)))
         self.model.set_node(n)
+        self.seen[name] = self.clock.ms
         self.upsert("nodes", self.node_obj(n))
+        self.sweep()
+
+    def recreated_at(self, data: st.DataObject, what: Any) -> int:
+        """The creation of an object deleted and created again under its name, its DELETED not
+        seen: up to 3 s ago (the watch was behind), after the old one's last event."""
+        return max(self.clock.ms - 1000 * data.draw(st.integers(0, 3), label="created ago"), self.seen[what] + 1000)
+
+    @precondition(lambda self: bool(self.model.nodes))
+    @rule(data=st.data(), internal=st.lists(st.sampled_from(POOL), min_size=1, max_size=2, unique=True),
+          external=st.lists(st.sampled_from(POOL), max_size=1),
+          subnet=st.sampled_from((None, *SUBNETS)), zone=st.sampled_from(ZONES), relist=st.booleans())
+    def recreate_node(self, data: st.DataObject, internal: list[str], external: list[str], subnet: str | None,
+                      zone: str | None, relist: bool) -> None:
+        """A Node deleted and registered again under its name (another uid) while the watch was
+        down: the new one's ADDED, or a relist, is all the index sees."""
+        self.tick()
+        name = data.draw(st.sampled_from(sorted(self.model.nodes)), label="node")
+        n = MNode(name, tuple(internal), tuple(external), subnet, zone, f"n{next(self.uids)}",
+                  self.recreated_at(data, name))
+        self.model.recreate_node(n)
+        self.seen[name] = self.clock.ms
+        if relist:
+            self.idx.replace("nodes", [self.idx.parse("nodes", self.node_obj(x)) for x in self.model.nodes.values()])
+        else:
+            self.upsert("nodes", self.node_obj(n))
         self.sweep()
 
     @staticmethod
     def node_obj(n: MNode) -> dict[str, Any]:
-        return node(n.name, internal=list(n.internal), external=list(n.external), zone=n.zone,
-                    subnets={"default": n.subnet} if n.subnet else None)
+        o = node(n.name, internal=list(n.internal), external=list(n.external), zone=n.zone,
+                 subnets={"default": n.subnet} if n.subnet else None)
+        if n.uid:
+            o["metadata"]["uid"] = n.uid
+        if n.created is not None:
+            o["metadata"]["creationTimestamp"] = iso(n.created)
+        return o
+
+    def svc_obj(self, key: tuple[str, str], ips: tuple[str, ...]) -> dict[str, Any]:
+        o = service(key[1], key[0], ips=list(ips))
+        o["metadata"]["uid"], created = self.model.svc_meta[key]
+        if created is not None:
+            o["metadata"]["creationTimestamp"] = iso(created)
+        return o
 
     @precondition(lambda self: bool(self.model.nodes))
     @rule(data=st.data())
@@ -647,8 +714,28 @@ class IndexMachine(RuleBasedStateMachine):
         if not free:
             return
         ips = tuple(data.draw(st.lists(st.sampled_from(free), min_size=1, max_size=2, unique=True), label="ips"))
-        self.model.set_service(key, ips)
-        self.upsert("services", service(key[1], key[0], ips=list(ips)))
+        self.model.set_service(key, ips, f"s{next(self.uids)}")
+        self.seen[key] = self.clock.ms
+        self.upsert("services", self.svc_obj(key, ips))
+        self.sweep()
+
+    @precondition(lambda self: bool(self.model.services))
+    @rule(data=st.data(), relist=st.booleans())
+    def recreate_service(self, data: st.DataObject, relist: bool) -> None:
+        """A Service deleted and created again under its name (another uid; its old ClusterIPs
+        free again) while the watch was down (as recreate_node)."""
+        self.tick()
+        key = data.draw(st.sampled_from(sorted(self.model.services)), label="service")
+        taken = {ip for k, ips in self.model.services.items() if k != key for ip in ips}
+        ips = tuple(data.draw(st.lists(st.sampled_from([ip for ip in POOL if ip not in taken]), min_size=1,
+                                       max_size=2, unique=True), label="ips"))
+        self.model.recreate_service(key, ips, f"s{next(self.uids)}", self.recreated_at(data, key))
+        self.seen[key] = self.clock.ms
+        if relist:
+            self.idx.replace("services", [self.idx.parse("services", self.svc_obj(k, v))
+                                          for k, v in self.model.services.items()])
+        else:
+            self.upsert("services", self.svc_obj(key, ips))
         self.sweep()
 
     @precondition(lambda self: bool(self.model.services))
@@ -656,8 +743,9 @@ class IndexMachine(RuleBasedStateMachine):
     def delete_service(self, data: st.DataObject) -> None:
         self.tick()
         key = data.draw(st.sampled_from(sorted(self.model.services)), label="service")
-        ips = self.model.delete_service(key)
-        self.delete("services", service(key[1], key[0], ips=list(ips)))
+        obj = self.svc_obj(key, self.model.services[key])
+        self.model.delete_service(key)
+        self.delete("services", obj)
         self.sweep()
 
     @rule(key=st.sampled_from(RS_KEYS), dep=st.sampled_from((None, "web", "api")))
@@ -700,7 +788,7 @@ class IndexMachine(RuleBasedStateMachine):
             keep = data.draw(st.sets(st.sampled_from(sorted(m.services))), label="kept") if m.services else set()
             for key in [k for k in m.services if k not in keep]:
                 m.delete_service(key)
-            objs = [service(k[1], k[0], ips=list(v)) for k, v in sorted(m.services.items())]
+            objs = [self.svc_obj(k, v) for k, v in sorted(m.services.items())]
         else:
             keep = data.draw(st.sets(st.sampled_from(sorted(m.rs))), label="kept") if m.rs else set()
             for key in sorted(set(m.rs) - keep):
