@@ -445,7 +445,7 @@ class NodeRec:
     """What the index keeps of a Node."""
 
     __slots__ = ("name", "uid", "addrs", "node_ips", "mgmt_parts", "host_ip", "zone", "keep_node_ips", "created_ms",
-                 "since")
+                 "since", "unread")
 
     def __init__(self, *, name: str, node_ips: tuple[bytes, ...], mgmt_parts: tuple[tuple[bytes, ...] | None, ...],
                  host_ip: str, zone: str, keep_node_ips: bool = False, created_ms: int = ALWAYS,
@@ -471,6 +471,10 @@ class NodeRec:
         # A field that came malformed (counted at parse) keeps the node's last good value:
         # see last_good(), applied by the writer
         self.keep_node_ips = keep_node_ips
+        # The address fields never read since the Node was first seen (malformed every time), a
+        # bit each (UNREAD_NODE_IPS, then 2 << i for mgmt_parts[i]): the addresses one gives when
+        # it is read at last are the ones it was first seen with, unknown until then, not news
+        self.unread = 0
         self._derive()
 
     def _derive(self) -> None:
@@ -484,20 +488,31 @@ class NodeRec:
         bad_parts = None in self.mgmt_parts
         if not (self.keep_node_ips or bad_parts):
             return
+        unread = old.unread if old is not None else ~0
         if self.keep_node_ips:
             self.node_ips, self.host_ip = (old.node_ips, old.host_ip) if old is not None else ((), "")
+            self.unread |= unread & UNREAD_NODE_IPS
         if bad_parts:
             prev = old.mgmt_parts if old is not None else ((),) * len(self.mgmt_parts)
+            self.unread |= sum(unread & (2 << i) for i, part in enumerate(self.mgmt_parts) if part is None)
             self.mgmt_parts = tuple(prev[i] if part is None else part for i, part in enumerate(self.mgmt_parts))
         self.keep_node_ips = False
         self._derive()
 
+    def read_since(self, old: NodeRec) -> tuple[bytes, ...]:
+        """Its addresses from the fields `old` (its record before) had never read (NodeRec.unread)."""
+        out = self.node_ips if old.unread & UNREAD_NODE_IPS else ()
+        return out + tuple(ip for i, part in enumerate(self.mgmt_parts) if old.unread & (2 << i) for ip in part or ())
+
     def key(self) -> tuple[Any, ...]:
-        return (self.name, self.node_ips, self.mgmt_parts, self.host_ip, self.zone)
+        return (self.name, self.node_ips, self.mgmt_parts, self.host_ip, self.zone, self.unread)
 
     def start(self, ip: bytes) -> int:
         """When it began listing `ip` (one of its addresses), as far as the collector can tell."""
         return self.since.get(ip, self.created_ms)
+
+
+UNREAD_NODE_IPS = 1   # NodeRec.unread: status.addresses
 
 
 def _gained_since(since: dict[bytes, int], had: Collection[bytes], has: Collection[bytes],
@@ -1707,7 +1722,10 @@ class Index:
             # An address an existing Node lists now and did not before is its own from now, not
             # from the Node's creation: one moved from an older Node to this one is that Node's
             # in the flows of before (its tombstone), however long ago this one was created.
-            rec.since = _gained_since(old.since, old.addrs, rec.addrs, self._now_ms())
+            # (an address from a field it had never read is one it was first seen with: from its
+            # creation, as ever)
+            had = old.addrs + rec.read_since(old) if old.unread else old.addrs
+            rec.since = _gained_since(old.since, had, rec.addrs, self._now_ms())
         self._nodes[rec.name] = rec
         entry = self._node_entry(rec)
         if old is not None:

@@ -18,7 +18,7 @@ import enrich
 from tests.support.enricher import running_enricher
 from tests.support.fake_kube import FakeKube, node, pod, service, wait_for
 from tests.support.fake_kube import fake_kube as fake_kube  # noqa: F401 - fixture
-from tests.test_enrich_index import NODES, T0, Clock, build, flow, iso
+from tests.test_enrich_index import NOBODY, NODES, T0, Clock, build, flow, iso
 from tests.test_enrich_index import implementation as implementation  # noqa: F401 - autouse fixture
 from tests.test_enrich_informer import kubeconfig as kubeconfig  # noqa: F401 - fixture
 from tests.test_enrich_informer import seed
@@ -461,6 +461,46 @@ def test_a_service_added_again_under_its_name_without_its_delete_is_another_serv
     assert "DstK8S_Name" not in flow(e, "", "172.30.0.10", t_ms=T0 + 10_000), how
     assert flow(e, "", "172.30.0.11", t_ms=T0 + 4_000)["DstK8S_Name"] == "legacy"
     assert flow(e, "", "172.30.0.11", t_ms=T0 + 12_000)["DstK8S_Name"] == "web", how
+
+
+@pytest.mark.parametrize("how", ["status.addresses", "node-subnets"])
+def test_a_node_first_seen_with_unreadable_addresses_holds_them_from_its_creation_once_read(how: str) -> None:
+    """A Node first seen with its status.addresses (or node-subnets annotation) malformed
+    (counted; nothing to keep: it has no last good ones) and fixed by an update: the addresses
+    then read are the ones it was first seen with, unknown until then, not ones it gained by
+    the update: it holds them from its creation. They were taken as gained, its own only from
+    the update: a flow between its creation and the update, after the Node that had the address
+    before was deleted, was nobody's."""
+    addr = "10.0.0.9" if how == "status.addresses" else "10.244.7.2"   # (10.244.7.0/24's base + 2)
+    clock = Clock(T0)
+    e = build(clock=clock)
+    idx = e.index
+    gone = _created(node("node-p", internal=["10.0.0.9"], zone="zone-p", subnets={"default": "10.244.7.0/24"}),
+                    T0 - 86_400_000)
+    idx.upsert("nodes", idx.parse("nodes", gone))
+    clock.ms = T0 + 10_000
+    idx.delete("nodes", idx.parse("nodes", gone))
+
+    def node_q(readable: bool) -> dict[str, Any]:
+        n = _created(node("node-q", internal=["10.0.0.12", "10.0.0.9"] if how == "status.addresses" else ["10.0.0.12"],
+                          zone="zone-q", subnets={"default": "10.244.7.0/24"}), T0 + 20_000)
+        if not readable and how == "status.addresses":
+            n["status"]["addresses"] = {"type": "InternalIP", "address": "10.0.0.9"}   # (not a list)
+        elif not readable:
+            n["metadata"]["annotations"]["k8s.ovn.org/node-subnets"] = "{not json"
+        return n
+
+    clock.ms = T0 + 25_000
+    idx.upsert("nodes", idx.parse("nodes", node_q(readable=False)))
+    assert idx.problems == {"bad_field" if how == "status.addresses" else "bad_annotation": 1}
+    assert flow(e, addr, "", t_ms=T0 + 30_000) == NOBODY
+    clock.ms = T0 + 60_000
+    idx.upsert("nodes", idx.parse("nodes", node_q(readable=True)))
+    assert flow(e, addr, "", t_ms=T0 + 5_000)["SrcK8S_Name"] == "node-p"
+    assert flow(e, addr, "", t_ms=T0 + 15_000) == NOBODY          # (before node-q was created)
+    for t in (T0 + 20_000, T0 + 30_000, 0):
+        got = flow(e, addr, "", t_ms=t)
+        assert (got.get("SrcK8S_Name"), got.get("SrcK8S_Zone")) == ("node-q", "zone-q"), t
 
 
 def test_node_and_service_tombstones_expire_with_the_pods() -> None:
