@@ -458,8 +458,9 @@ class NodeRec:
         self.created_ms = created_ms
         # The addresses it began listing in an update (Index._set_node), from when: nothing in a
         # Node says when an address came (status.addresses and the OVN annotations carry no
-        # time), so from the update that showed it. The others it has listed since its creation
-        # as far as anyone can tell. (Never changed in place: a new dict per record.)
+        # time), so from the update that showed it, or the end of the Node that held it before
+        # (Index._node_gained). The others it has listed since its creation as far as anyone can
+        # tell. (Never changed in place: a new dict per record.)
         self.since: dict[bytes, int] = _NO_SINCE
         self.node_ips = node_ips  # status.addresses that are IPs (InternalIP, ExternalIP, any other type)
         # OVN's addresses, one entry per annotation read (management ports from node-subnets,
@@ -516,12 +517,12 @@ UNREAD_NODE_IPS = 1   # NodeRec.unread: status.addresses
 
 
 def _gained_since(since: dict[bytes, int], had: Collection[bytes], has: Collection[bytes],
-                  now_ms: int) -> dict[bytes, int]:
+                  start: Callable[[bytes], int]) -> dict[bytes, int]:
     """NodeRec.since / SvcRec.since after an update from addresses `had` to `has`: the starts it
-    kept for addresses it still lists, and now for those it did not list before (the shared empty
-    dict when there are none)."""
+    kept for addresses it still lists, and start(ip) for those it did not list before (the
+    shared empty dict when there are none)."""
     out = {ip: since[ip] for ip in has if ip in since}
-    out.update((ip, now_ms) for ip in has if ip not in had)
+    out.update((ip, start(ip)) for ip in has if ip not in had)
     return out or _NO_SINCE
 
 
@@ -1719,13 +1720,14 @@ class Index:
         if old is not None and old.key() == rec.key():
             return
         if old is not None:
-            # An address an existing Node lists now and did not before is its own from now, not
-            # from the Node's creation: one moved from an older Node to this one is that Node's
-            # in the flows of before (its tombstone), however long ago this one was created.
+            # An address an existing Node lists now and did not before is its own from the update
+            # (or the end of its last holder: _node_gained), not from the Node's creation: one
+            # moved from an older Node to this one is that Node's in the flows of before (its
+            # tombstone), however long ago this one was created.
             # (an address from a field it had never read is one it was first seen with: from its
             # creation, as ever)
             had = old.addrs + rec.read_since(old) if old.unread else old.addrs
-            rec.since = _gained_since(old.since, had, rec.addrs, self._now_ms())
+            rec.since = _gained_since(old.since, had, rec.addrs, functools.partial(self._node_gained, rec, self._now_ms()))
         self._nodes[rec.name] = rec
         entry = self._node_entry(rec)
         if old is not None:
@@ -1752,6 +1754,18 @@ class Index:
             self._zones_gone.pop(rec.name, None)  # (re-registered: its zone now)
         if old is None or old.zone != rec.zone:
             self._rerender(self._pods_by_node.get(rec.name))
+
+    def _node_gained(self, rec: NodeRec, now: int, ip: bytes) -> int:
+        """When a known Node began listing `ip`, which it did not list before. An address its
+        status.addresses lists is reported after the fact (the kubelet, or the cloud controller
+        manager, reports what the machine has), as a pod's podIPs are: from the end of the Node
+        that held it last (nobody else can have had it since), from now while another Node lists
+        it, never before its creation (Index._floor, for pods). One only its OVN annotations
+        give is allocated by that very update (ovnkube-cluster-manager writes the subnet and
+        join address before the node uses them), as a ClusterIP is: from the update."""
+        if ip not in rec.node_ips or self._node_addr.get(ip) is not None:
+            return now
+        return min(max([rec.created_ms, *(end for _, end, _ in self._node_tombs.get(ip, ()))]), now)
 
     def _drop_node_ip(self, ip: bytes, old: NodeRec, end: int | None = None) -> None:
         """The Node `old` (as it was) no longer lists `ip` (since `end`, else now): another Node
@@ -1797,7 +1811,8 @@ class Index:
         if old is not None:
             # (as _set_node: an address it was given in an update is its own from then, not from
             # its creation; the Service that had it before keeps the flows of before)
-            rec.since = _gained_since(old.since, old.ips, rec.ips, self._now_ms())
+            now = self._now_ms()
+            rec.since = _gained_since(old.since, old.ips, rec.ips, lambda _: now)
         self._services[key] = rec
         fields = ((b"Name", rec.name), (b"Namespace", rec.ns), (b"Type", "Service"),
                   (b"OwnerName", rec.name), (b"OwnerType", "Service"))

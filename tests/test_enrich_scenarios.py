@@ -503,6 +503,38 @@ def test_a_node_first_seen_with_unreadable_addresses_holds_them_from_its_creatio
         assert (got.get("SrcK8S_Name"), got.get("SrcK8S_Zone")) == ("node-q", "zone-q"), t
 
 
+def test_an_address_in_the_gap_between_two_holders_updates_goes_to_the_next_holder_as_pods_do() -> None:
+    """One holder's update drops an address, the next one's update (seconds later) lists it: a
+    flow that started between the two. A running pod whose podIPs gain it (no later start in
+    its status) holds it from the end of the pod that had it (docs/collector.md: nobody else
+    can have had it since); a Node whose status.addresses gain it is reported after the fact
+    the same way, and was nobody's in the gap: it now holds it from there too. A ClusterIP is
+    allocated by the update that gives it: the Service holds it from that update."""
+    def pod_update(idx: Any, name: str, ips: list[str]) -> None:
+        idx.upsert("pods", idx.parse("pods", pod(name, "shop", ips=ips, uid=f"u-{name}", created=iso(T0 - 3_600_000))))
+
+    def node_update(idx: Any, name: str, ips: list[str]) -> None:
+        idx.upsert("nodes", idx.parse("nodes", _created(node(name, internal=ips), T0 - 3_600_000)))
+
+    def svc_update(idx: Any, name: str, ips: list[str]) -> None:
+        idx.upsert("services", idx.parse("services", _created(service(name, "shop", ips=ips), T0 - 3_600_000)))
+
+    got = {}
+    for kind, update, (a, b, addr) in (("pod", pod_update, ("10.244.0.71", "10.244.0.72", "10.244.0.79")),
+                                       ("node", node_update, ("10.0.0.71", "10.0.0.72", "10.0.0.79")),
+                                       ("service", svc_update, ("172.30.0.71", "172.30.0.72", "172.30.0.79"))):
+        clock = Clock(T0)
+        e = build(clock=clock)
+        update(e.index, "old", [a, addr])
+        update(e.index, "new", [b])
+        clock.ms = T0 + 10_000
+        update(e.index, "old", [a])
+        clock.ms = T0 + 20_000
+        update(e.index, "new", [b, addr])
+        got[kind] = [flow(e, addr, "", t_ms=t).get("SrcK8S_Name") for t in (T0 + 5_000, T0 + 15_000, T0 + 25_000)]
+    assert got == {"pod": ["old", "new", "new"], "node": ["old", "new", "new"], "service": ["old", None, "new"]}
+
+
 def test_node_and_service_tombstones_expire_with_the_pods() -> None:
     """Node and Service tombstones last --pod-tombstone-seconds, as pods' do: after that the
     address answers as it did before tombstones (the live holder for every flow time)."""
@@ -560,10 +592,13 @@ def test_a_node_registered_with_the_address_of_one_that_lingers_leaves_it_the_ea
 def test_an_address_an_existing_node_gains_by_an_update_is_its_own_from_then(how: str) -> None:
     """An address moves from one Node to another existing one by updates (a secondary private
     IP moved between VMs; a node-subnets annotation rewritten, its management port address
-    with it), whichever update comes first: the Node that gains it answers for it from that
-    update (nothing in a Node says when an address came), and the flows that started before
-    stay the Node that had it, by their side and by the exporter's node. The gaining Node
-    answered from its own creation: the flows of the hour before the move were its."""
+    with it), whichever update comes first: the flows that started before the Node that had it
+    let it go stay its own, by their side and by the exporter's node. The gaining Node answered
+    from its own creation: the flows of the hour before the move were its. It answers from its
+    update when the other one still lists it; else, for status.addresses (reported after the
+    fact, as a pod's podIPs: nobody else can have had the address since), from when the other
+    one let it go, as a running pod given the address does; for an annotation (the allocation
+    itself, as a ClusterIP), from its update."""
     subnet_a, subnet_b = "10.244.7.0/24", "10.244.8.0/24"
     addr = "10.0.0.9" if how == "status.addresses" else "10.244.7.2"   # (subnet_a's base + 2)
 
@@ -596,8 +631,9 @@ def test_an_address_an_existing_node_gains_by_an_update_is_its_own_from_then(how
         # the hour node-q lived before the move, and the moment before it: node-p's
         for t in (T0 - 60_000, T0 - 3_000_000, min(at.values()) - 1):
             assert seen(e, t) == ("node-p", "zone-p", 1), (b_first, t)
-        if not b_first:   # between node-p letting it go and node-q listing it: nobody's
-            assert seen(e, at["node-p"] + 1) == (None, None, None)
+        if not b_first:   # between node-p letting it go and node-q listing it
+            assert seen(e, at["node-p"] + 1) == (("node-q", "zone-q", 1) if how == "status.addresses"
+                                                 else (None, None, None)), how
         assert seen(e, at["node-q"]) == ("node-q", "zone-q", 1), b_first
         assert seen(e, 0) == ("node-q", "zone-q", 1), b_first   # no start time: who has it now
         clock.ms += 400_000

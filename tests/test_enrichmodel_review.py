@@ -441,8 +441,20 @@ class Model:
                     was = self.claims[ip][-1]
                     self.ended.append((ip, "node", self.node_holder(was), self.now, self.since[(was, ip)]))
                 self.claims[ip].append(n.name)
-                # a Node seen for the first time has listed it since its creation; a known one, from now
-                self.since[(n.name, ip)] = _created(n.created) if old is None else self.now
+                # a Node seen for the first time has listed it since its creation; a known one
+                # since _node_gained
+                self.since[(n.name, ip)] = _created(n.created) if old is None else self._node_gained(n, ip)
+
+    def _node_gained(self, n: MNode, ip: str) -> float:
+        """When a known Node began listing an address it did not list before: from now when its
+        OVN annotation alone gives it (the allocation itself); one its status.addresses list
+        (reported after the fact, as pods' podIPs) from the end of the last Node hold of it
+        (nobody else can have had it since; now, when another Node listed it until now), never
+        before its creation."""
+        if ip not in n.internal + n.external:
+            return self.now
+        return min(max([_created(n.created), *(e[3] for e in self.ended if e[0] == ip and e[1] == "node")]),
+                   self.now)
 
     def recreate_node(self, n: MNode) -> None:
         """Another Node (uid) under the name of one the cache holds, its DELETED not seen: the
