@@ -350,14 +350,16 @@ def test_a_node_replaced_by_one_with_its_internal_ip_keeps_the_old_nodes_earlier
         assert flow(e, "10.0.0.1", "", t_ms=now - 60_000)["SrcK8S_Name"] == "node-a"
 
 
+@pytest.mark.parametrize("seen_by", ["relist", "added"])
 def test_a_node_deleted_and_registered_again_under_its_name_in_a_watch_gap_is_another_node(
-        fake_kube: FakeKube, kubeconfig: str, implementation: str) -> None:  # noqa: F811 - fixtures
+        fake_kube: FakeKube, kubeconfig: str, implementation: str, seen_by: str) -> None:  # noqa: F811 - fixtures
     """A Node deleted and registered again under its name (a VM replaced under its hostname:
     another uid, other addresses, another zone) while the watch was down, seen only by the
-    relist after 410 Gone: the old Node's addresses are its own up to the new one's creation,
-    the new one's from then, as after a delete seen. It was taken for an update of the old
-    one: the new zone answered for the old Node's earlier flows on the address both list, and
-    the old one kept the address only it listed until the relist."""
+    relist after 410 Gone (or only as the new one's ADDED, the DELETED lost): the old Node's
+    addresses are its own up to the new one's creation, the new one's from then, as after a
+    delete seen. It was taken for an update of the old one: the new zone answered for the old
+    Node's earlier flows on the address both list, and the old one kept the address only it
+    listed until the new one was seen."""
     now = int(time.time() * 1000)
     created = now // 1000 * 1000     # (whole seconds: before the relist)
     seed(fake_kube)
@@ -370,13 +372,18 @@ def test_a_node_deleted_and_registered_again_under_its_name_in_a_watch_gap_is_an
     with running_enricher(kubeconfig, compiled=implementation == "compiled") as e:
         assert e.wait_ready(10)
         wait_for(lambda: fake_kube.watchers["nodes"] >= 1, what="node watch open")
-        fake_kube.hold("nodes")      # the watch goes quiet: only a relist sees what follows
-        fake_kube.delete("nodes", "node-x")
-        fake_kube.add("nodes", _created(node("node-x", internal=["10.0.0.9", "10.0.0.11"], zone="zone-c"), created))
-        fake_kube.expire("nodes")
-        wait_for(lambda: e.stats()["kinds"]["nodes"]["relists"] == 1, what="relist")
+        new = _created(node("node-x", internal=["10.0.0.9", "10.0.0.11"], zone="zone-c"), created)
+        if seen_by == "relist":
+            fake_kube.hold("nodes")      # the watch goes quiet: only a relist sees what follows
+            fake_kube.delete("nodes", "node-x")
+            fake_kube.add("nodes", new)
+            fake_kube.expire("nodes")
+            wait_for(lambda: e.stats()["kinds"]["nodes"]["relists"] == 1, what="relist")
+        else:
+            fake_kube.add("nodes", new)  # (in the server's place: no DELETED before it)
+            wait_for(lambda: e.stats()["kinds"]["nodes"]["events"]["ADDED"] == 1, what="the new node's ADDED")
         after = int(time.time() * 1000) + 1
-        assert e.stats()["kinds"]["nodes"]["events"]["DELETED"] == 0   # (the relist alone saw it)
+        assert e.stats()["kinds"]["nodes"]["events"]["DELETED"] == 0   # (never seen)
         assert seen(e, "10.0.0.9", created - 60_000) == ("node-x", "zone-a")
         assert seen(e, "10.0.0.9", after) == ("node-x", "zone-c")
         assert seen(e, "10.0.0.10", created - 60_000) == ("node-x", "zone-a")
