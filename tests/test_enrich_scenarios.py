@@ -437,6 +437,33 @@ def test_a_node_added_again_under_its_name_without_its_delete_is_another_node(ho
         assert seen("10.0.0.11", t) == ("node-x", "zone-c"), how
 
 
+def test_a_recreated_nodes_creation_before_the_old_ones_hold_began_leaves_it_what_was_seen() -> None:
+    """The old Node of a name began listing an address (its management port: node-subnets
+    written) by an update seen after the new Node's creationTimestamp (its watch was behind):
+    that creation cannot end the old one's hold of it (it would end before it began, and the
+    old one's flows of the time it was seen with the address would be the new one's); it ends
+    when the new one was seen, as with no creation at all."""
+    clock = Clock(T0)
+    e = build(clock=clock)
+    idx = e.index
+
+    def node_x(uid: str, ips: list[str], zone: str, created: int, subnet: str | None = None) -> dict[str, Any]:
+        n = _created(node("node-x", internal=ips, zone=zone, subnets={"default": subnet} if subnet else None), created)
+        n["metadata"]["uid"] = uid
+        return n
+
+    idx.upsert("nodes", idx.parse("nodes", node_x("u-old", ["10.0.0.8"], "zone-a", T0 - 86_400_000)))
+    clock.ms = T0 + 30_000
+    idx.upsert("nodes", idx.parse("nodes", node_x("u-old", ["10.0.0.8"], "zone-a", T0 - 86_400_000, "10.244.9.0/24")))
+    clock.ms = T0 + 60_000
+    idx.upsert("nodes", idx.parse("nodes", node_x("u-new", ["10.0.0.7"], "zone-c", T0 + 20_000, "10.244.9.0/24")))
+    zone = {t: flow(e, "10.244.9.2", "", t_ms=t).get("SrcK8S_Zone") for t in (T0 + 25_000, T0 + 45_000, T0 + 65_000)}
+    assert zone == {T0 + 25_000: "zone-c", T0 + 45_000: "zone-a", T0 + 65_000: "zone-c"}
+    # the address only the old one listed ends at the new one's creation, as ever
+    assert flow(e, "10.0.0.8", "", t_ms=T0 + 19_000)["SrcK8S_Zone"] == "zone-a"
+    assert flow(e, "10.0.0.8", "", t_ms=T0 + 21_000) == NOBODY
+
+
 @pytest.mark.parametrize("how", ["added", "relist"])
 def test_a_service_added_again_under_its_name_without_its_delete_is_another_service(how: str) -> None:
     """A Service deleted and created again under its name (another uid, another ClusterIP)
