@@ -672,6 +672,11 @@ cdef class SeqStream:
     # counts its votes in inc_votes (records) and rfc_votes (packets) and holds as IPFIX does.
     cdef bint by_records
     cdef bint uncounted         # the latest packet's record count is unknown (not decoded whole)
+    # Gaps counted while the numbering was undecided (reading_open) were counted as the smaller
+    # of the two readings' losses; what each reading adds to that, counted once the votes
+    # decide (settle_undecided), never while they do not: a loss is not known to be more.
+    cdef int64_t undec_rfc
+    cdef int64_t undec_inc
 
 
 cdef inline bint sent_before_known(SeqStream st, uint32_t seq) noexcept:
@@ -715,6 +720,15 @@ cdef inline bint numbering_decided(SeqStream st, bint inclusive) noexcept:
     """The votes of ipfix_convention have decided the stream's numbering: softflowd's (a message
     counting its own records, `inclusive`) or the RFC's, by two votes or more."""
     return st.inc_votes > st.rfc_votes + 1 if inclusive else st.rfc_votes > st.inc_votes + 1
+
+
+cdef inline bint reading_open(SeqStream st) noexcept:
+    """The stream is read the RFC's way (IPFIX and v5: the records before the message, not
+    softflowd's / Open vSwitch's with its own, ipfix_convention; v9: by packets, not by records,
+    v9_convention) without the RFC's votes leading: a gap's loss is either reading's (gap_adj
+    tells the other's). (Where they lead, by one even, the RFC's reading stands, as a new
+    stream of an exporter decided for it counts a loss shaped like the other's step.)"""
+    return not (st.inclusive or st.by_records) and st.rfc_votes <= st.inc_votes
 
 
 cdef inline uint64_t seq_mark(uint32_t seq, uint32_t adv) noexcept:
@@ -1053,9 +1067,7 @@ cdef class ExporterState:
             if ahead == 0:
                 pass
             elif ahead <= SEQ_MAX_GAP and not went_back:
-                self.open_gap(st, st.next, ahead, <int64_t>st.prev_count - <int64_t>advance
-                              if (kind == PROTO_IPFIX or kind == PROTO_NETFLOW5) and not st.inclusive else 0,
-                              now_ms)
+                self.open_gap(st, st.next, ahead, self.other_reading(st, advance, ahead), now_ms)
             elif behind <= SEQ_MAX_GAP and not went_back:
                 if self.late(st, seq, advance, now_ms, export_s, uptime):
                     return
@@ -1102,6 +1114,24 @@ cdef class ExporterState:
             st.run_uptime = uptime
         if sent_after(export_s, st.export_s):
             st.export_s = export_s
+
+    cdef int64_t other_reading(self, SeqStream st, uint32_t advance, uint32_t ahead) noexcept:
+        """How much more the reading the stream does not follow would call lost in the gap of
+        `ahead` before a datagram of `advance` (gap_adj; 0 where the stream reads the other way:
+        count_oldest needs it while undecided, the switch to the other reading recounts with it).
+        IPFIX and v5 read the RFC's way: the previous message's count less this one's (softflowd's
+        numbers leave its options records out, ipfix_convention). v9 read by packets: by records
+        the packet that set what is expected is followed by its records' numbers, not by one
+        (unknown records: no loss is certain); never more than by packets (a template-only
+        packet numbered like the data packet after it sets what the packets reading expects, and
+        that data packet is late by it, in order by records)."""
+        cdef uint64_t opt
+        if (st.kind == PROTO_IPFIX or st.kind == PROTO_NETFLOW5) and not st.inclusive:
+            opt = self.msg_opt_records if st.kind == PROTO_IPFIX else 0
+            return <int64_t>st.prev_count - <int64_t>(advance - opt if opt < advance else advance)
+        if st.kind == PROTO_NETFLOW9 and not st.by_records:
+            return min(0, 1 - <int64_t>st.next_count) if st.next_count != V9_UNCOUNTED else -<int64_t>ahead
+        return 0
 
     cdef bint late(self, SeqStream st, uint32_t seq, uint32_t advance, int64_t now_ms, int64_t export_s,
                    int64_t uptime) noexcept:
@@ -1274,6 +1304,7 @@ cdef class ExporterState:
                 if st.inclusive and st.rfc_votes + 1 >= st.inc_votes:
                     st.inclusive = False
                     st.next += st.next_count
+            self.settle_undecided(st)
             if numbering_decided(st, True) or numbering_decided(st, False):
                 # decided: the exporter's next streams (new source ports) start so
                 if st.kind == PROTO_NETFLOW5:
@@ -1328,7 +1359,9 @@ cdef class ExporterState:
         longer do. While they lead by one only, the step opens no gap: what the packets reading
         would call lost is held back, counted when a packets vote comes or after SEQ_HELD_MS
         (as ipfix_convention holds); gaps still open from the other reading are void when the
-        reading changes. Read by records, a step smaller than the previous count (options
+        reading changes (the packets reading's late packets, and what they fill, are not the
+        records reading's); gaps counted while the packets' votes do not lead count the smaller
+        reading (count_oldest). Read by records, a step smaller than the previous count (options
         records left out of the count) is in order. Without `vote` (a datagram of another run,
         see sequence) the step is no vote."""
         cdef uint32_t n = advance[0]
@@ -1363,6 +1396,7 @@ cdef class ExporterState:
                     for i in range(st.ngaps):           # opened by the records reading
                         st.gap_missing[i] = 0
                     st.next = seq
+            self.settle_undecided(st)
         if st.by_records and st.has_last and st.synced and st.last_set_next and step <= st.last_count:
             # in order: the previous packet counted fewer than its records (one late itself
             # set no expectation: after it, this one is late too, and fills its gap)
@@ -1379,16 +1413,40 @@ cdef class ExporterState:
         self.proto_stats(PROTOCOL_NAMES[st.kind])["sequence_resets"] += 1
 
     cdef void count_oldest(self, SeqStream st) noexcept:
-        """Count what is still missing of the stream's oldest open gap as lost, and close it."""
+        """Count what is still missing of the stream's oldest open gap as lost, and close it.
+        While the stream's reading is open (reading_open: the RFC's votes not leading), the
+        smaller of the two readings' losses: a lost message at a count change (softflowd's 32 flows after its first message of 24,
+        read the RFC's way: 39; a v9 packet of 4 records after one of 6 numbered by records,
+        read by packets: 9) is no more than its own. What the other adds waits for the votes
+        (settle_undecided)."""
         cdef int i
-        if st.gap_missing[0]:
-            self.proto_stats(PROTOCOL_NAMES[st.kind])["sequence_lost"] += st.gap_missing[0]
+        cdef int64_t missing = st.gap_missing[0]
+        cdef int64_t other, low
+        if st.gap_adj[0] and reading_open(st):
+            other = max(0, min(missing + st.gap_adj[0], <int64_t>SEQ_MAX_GAP))
+            low = min(missing, other)
+            st.undec_rfc += missing - low
+            st.undec_inc += other - low
+            missing = low
+        if missing:
+            self.proto_stats(PROTOCOL_NAMES[st.kind])["sequence_lost"] += missing
         for i in range(1, st.ngaps):
             st.gap_start[i - 1], st.gap_span[i - 1] = st.gap_start[i], st.gap_span[i]
             st.gap_missing[i - 1], st.gap_ms[i - 1] = st.gap_missing[i], st.gap_ms[i]
             st.gap_adj[i - 1] = st.gap_adj[i]
         st.ngaps -= 1
         self.pending_gaps -= 1
+
+    cdef void settle_undecided(self, SeqStream st) noexcept:
+        """After a vote: once the stream's reading is no longer open (reading_open), what it adds
+        to the gaps counted while it was (count_oldest) is lost after all."""
+        cdef int64_t more
+        if not (st.undec_rfc or st.undec_inc) or reading_open(st):
+            return
+        more = st.undec_inc if st.inclusive or st.by_records else st.undec_rfc
+        if more:
+            self.proto_stats(PROTOCOL_NAMES[st.kind])["sequence_lost"] += more
+        st.undec_rfc = st.undec_inc = 0
 
     cdef void count_gaps(self, SeqStream st, int64_t now_ms) noexcept:
         """Close the stream's gaps seen SEQ_REORDER_MS or longer before now_ms (all of them when

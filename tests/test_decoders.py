@@ -3520,6 +3520,70 @@ def test_a_restart_on_a_stream_whose_numbering_is_undecided_takes_no_vote(versio
     assert run(old + new[:5] + new[6:]) == (10 if version == 5 else 1, 1)
 
 
+def test_a_message_lost_while_the_numbering_is_undecided_counts_no_more_than_it_held() -> None:
+    """Until the steps at its record count changes decide how an IPFIX stream numbers (RFC 7011
+    3.1: the records before the message; softflowd: its own too), a lost message's gap is
+    either reading's loss, and it is counted (after its second) as the smaller; what the other
+    reading adds is counted once the votes decide for it. softflowd's first message of 24
+    flows numbered 24, its second of 32 lost, then messages of 32: the RFC's reading put 40
+    between 24 + 24 and 88 (counted so before). The RFC's numbering from 0 of the same
+    messages: its lost 32 are counted as the 24 softflowd's reading allows until two count
+    changes decide for the RFC, then all 32."""
+    rng = random.Random(57)
+    t0 = float(EXPORT)
+
+    def run(counts: list[int], own: bool, drop: int) -> tuple[int, int]:
+        dec = Decoder()
+        seq = 0
+        for i, n in enumerate(counts):
+            seq += n if own else 0          # softflowd's numbering counts the message's own records
+            if i != drop:
+                sets = [template_set([OVS_INGRESS])] if i == 0 else []
+                b = dec.decode(ipfix_message([*sets, data_set(OVS_INGRESS, ovs_flows(n, rng))], seq=seq,
+                                             export_time=EXPORT + 2 * i), EXPORTER, 4739, t0 + 2 * i)
+                assert b.error is None and len(b) == n
+            seq += 0 if own else n
+        return _seq_at(dec, "ipfix", t0 + 900)
+
+    equal = [24, 32, 32, 32, 32]
+    changing = [24, 32, 32, 10, 20, 5]   # two count changes after the loss: the votes decide
+    assert run(equal, True, -1) == run(changing, True, -1) == run(changing, False, -1) == (0, 0)
+    assert run(equal, True, 1) == (32, 0)
+    assert run(changing, True, 1) == (32, 0)
+    assert run(changing, False, 1) == (32, 0)
+    assert run(equal, False, 1) == (24, 0)      # never decided: no more than softflowd's reading
+
+
+def test_a_v9_packet_lost_while_the_numbering_is_undecided_counts_no_more_than_it_held() -> None:
+    """A v9 stream numbered by the flow records before each packet (Juniper's) or by packets
+    (RFC 3954 5.1) is told by the steps after packets of several records; until then a lost
+    packet's gap is counted as the smaller of the two readings' losses (records numbered: a
+    lost packet of 4 after one of 6 was 9 packets lost by the packets reading), and what the
+    reading the votes decide for adds, once they do (RFC numbered: the packet lost after one of
+    6 records is none lost by records until the steps of 1 decide for packets)."""
+    rng = random.Random(58)
+    t0 = float(EXPORT)
+
+    def run(counts: list[int], by_records: bool, drop: int) -> tuple[int, int]:
+        dec = Decoder()
+        seq = 100
+        for i, n in enumerate(counts):
+            if i != drop:
+                sets = [template_set([V9_TEMPLATE], version=9)] if i == 0 else []
+                d = v9_datagram([*sets, v9_data_set(V9_TEMPLATE, _v9_records(rng, n))], seq=seq,
+                                unix_secs=EXPORT + 2 * i, uptime_ms=500_000 + 2000 * i)
+                b = dec.decode(d, EXPORTER, 2055, t0 + 2 * i)
+                assert b.error is None and len(b) == n
+            seq += n if by_records else 1
+        return _seq_at(dec, "netflow9", t0 + 900)
+
+    assert run([6, 4, 5], True, -1) == run([6, 4, 5, 3, 3], False, -1) == (0, 0)
+    assert run([6, 4, 5], True, 1) == (4, 0)
+    assert run([6, 4, 5], False, 1) == (0, 0)           # undecided: by records, nothing lost
+    assert run([6, 4, 5, 3, 3], False, 1) == (1, 0)     # two steps of 1: by packets, one lost
+    assert run([6, 4, 5, 3, 3, 3], True, 1) == (4, 0)   # two steps of the count: by records
+
+
 # ------------------------------------------------------------------ per-exporter rate limit
 
 

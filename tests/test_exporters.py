@@ -296,7 +296,8 @@ def test_softflowd_ipfix_first_message_then_full_ones_is_no_loss(workdir: Path, 
     message after it is full, their record counts never change again: one step voted for
     softflowd's numbering and none after, so the RFC's reading (the first message's 24 + 25
     records before the second's number) was held and counted lost at the end (7). A message
-    lost among them is still counted, as many records as it held."""
+    lost among them is still counted, as many records as it held, no more (the second lost was
+    counted as the 39 the RFC's reading puts before the third)."""
     _skip_unless("softflowd")
     _, datagrams = _softflowd_ipfix(workdir, 120)
     seqs = [struct.unpack_from("!I", d.payload, 8)[0] for d in datagrams]
@@ -312,6 +313,10 @@ def test_softflowd_ipfix_first_message_then_full_ones_is_no_loss(workdir: Path, 
 
     assert run(datagrams) == (0, 0)
     assert run(datagrams[:2] + datagrams[3:]) == (seqs[2] - seqs[1], 0), "the third message lost"
+    # the second lost: no step tells the numbering (the first message's vote, none after), and
+    # the RFC's reading put 39 records between the first (24 and its options record) and the
+    # third; counted as the smaller reading, its own 32
+    assert run(datagrams[:1] + datagrams[2:]) == (seqs[1] - seqs[0], 0), "the second message lost"
 
 
 def test_softflowd_ipfix_reordered_or_lost_messages_around_a_template_refresh(workdir: Path, decoders_mod) -> None:

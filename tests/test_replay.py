@@ -250,6 +250,20 @@ def test_v9_numbered_by_records_continues_by_the_last_packets_records() -> None:
         assert seq_stats(decode_all(sent[:k] + sent[k + 1:]), src[0], "netflow9") == (counts[i], 0), i
 
 
+def test_v9_numbered_by_records_a_packet_lost_before_the_numbering_is_decided_is_its_records() -> None:
+    # Replayed once, a capture numbered by flow records whose second packet (4 records) was lost
+    # has no step that tells its numbering: the packets reading's 9 were counted, not the 4 it
+    # held. Over loops, the first loop's packets lost before the steps decide were counted by
+    # packets too (of 3, 5, 2, 6 records: 7, 6, 6).
+    src = ("192.0.2.21", 2055)
+    pk = loops(v9_by_records(src, [6, 4, 5]), 1)
+    assert seq_stats(decode_all(pk[:1] + pk[2:]), src[0], "netflow9") == (4, 0)
+    counts = [3, 5, 2, 6]
+    sent = loops(v9_by_records(src, counts), 3)
+    for i in range(1, len(counts)):
+        assert seq_stats(decode_all(sent[:i] + sent[i + 1:]), src[0], "netflow9") == (counts[i], 0), i
+
+
 # ---------------------------------------------------------------------------- 3. clock period
 
 def test_period_covers_each_streams_header_clock_span() -> None:
