@@ -1120,13 +1120,16 @@ cdef class ExporterState:
         `ahead` before a datagram of `advance` (gap_adj; 0 where the stream reads the other way:
         count_oldest needs it while undecided, the switch to the other reading recounts with it).
         IPFIX and v5 read the RFC's way: the previous message's count less this one's (softflowd's
-        numbers leave its options records out, ipfix_convention). v9 read by packets: by records
+        numbers leave its options records out, ipfix_convention); read softflowd's way, the
+        reverse. v9 read by packets: by records
         the packet that set what is expected is followed by its records' numbers, not by one
         (unknown records: no loss is certain); never more than by packets (a template-only
         packet numbered like the data packet after it sets what the packets reading expects, and
         that data packet is late by it, in order by records)."""
         cdef uint64_t opt
-        if (st.kind == PROTO_IPFIX or st.kind == PROTO_NETFLOW5) and not st.inclusive:
+        if st.kind == PROTO_IPFIX or st.kind == PROTO_NETFLOW5:
+            if st.inclusive:                # (advance: its data records already, ipfix_convention)
+                return <int64_t>advance - <int64_t>st.prev_count
             opt = self.msg_opt_records if st.kind == PROTO_IPFIX else 0
             return <int64_t>st.prev_count - <int64_t>(advance - opt if opt < advance else advance)
         if st.kind == PROTO_NETFLOW9 and not st.by_records:
@@ -1264,7 +1267,6 @@ cdef class ExporterState:
         cdef uint32_t step = seq - st.last_seq
         cdef uint32_t n0
         cdef uint64_t opt = self.msg_opt_records if st.kind == PROTO_IPFIX else 0
-        cdef int i
         if (vote and st.kind == PROTO_IPFIX and not st.has_last and not st.synced and not st.floor
                 and st.inc_votes == 0 and st.rfc_votes == 0 and opt < advance[0] and seq == advance[0] - opt):
             # A new stream's first message numbered exactly its own data records: softflowd's
@@ -1291,10 +1293,7 @@ cdef class ExporterState:
                     # nothing.
                     n0 = st.next - st.next_count
                     st.next = st.last_seq if <uint32_t>(st.last_seq - n0) <= st.last_count else n0
-                    for i in range(st.ngaps):           # and the gaps still open
-                        st.gap_missing[i] = <uint32_t>max(0, min(<int64_t>st.gap_missing[i] + st.gap_adj[i],
-                                                                 <int64_t>SEQ_MAX_GAP))
-                        st.gap_adj[i] = 0
+                    self.recount_gaps(st)               # and the gaps still open
                 elif not st.inclusive and st.inc_votes > st.rfc_votes:
                     self.hold(st, seq, now_ms)
             elif step == st.last_count:
@@ -1304,6 +1303,10 @@ cdef class ExporterState:
                 if st.inclusive and st.rfc_votes + 1 >= st.inc_votes:
                     st.inclusive = False
                     st.next += st.next_count
+                    # the gaps still open too (softflowd's message lost before a refresh read the
+                    # RFC's way: its step less the refresh's count, not its step less the
+                    # previous one's; counted as such, 16 records for a lost message of 12)
+                    self.recount_gaps(st)
             self.settle_undecided(st)
             if numbering_decided(st, True) or numbering_decided(st, False):
                 # decided: the exporter's next streams (new source ports) start so
@@ -1326,6 +1329,16 @@ cdef class ExporterState:
             # late refresh message starts one before the gap it fills)
             advance[0] -= <uint32_t>opt
         return seq - advance[0]
+
+    cdef void recount_gaps(self, SeqStream st) noexcept:
+        """The stream's reading changed: its open gaps are what the new one calls lost
+        (gap_adj), and the old one's is the other's now."""
+        cdef int i
+        cdef int64_t was
+        for i in range(st.ngaps):
+            was = st.gap_missing[i]
+            st.gap_missing[i] = <uint32_t>max(0, min(was + st.gap_adj[i], <int64_t>SEQ_MAX_GAP))
+            st.gap_adj[i] = was - <int64_t>st.gap_missing[i]
 
     cdef void hold(self, SeqStream st, uint32_t seq, int64_t now_ms) noexcept:
         """An undecided step (the other reading's votes lead by one): what the stream's reading
@@ -1366,6 +1379,7 @@ cdef class ExporterState:
         see sequence) the step is no vote."""
         cdef uint32_t n = advance[0]
         cdef uint32_t step = seq - st.last_seq
+        cdef uint32_t n0
         cdef int i
         st.uncounted = n == V9_UNCOUNTED
         if vote and st.has_last and st.synced and st.last_count > 1 and not st.uncounted:
@@ -1395,7 +1409,17 @@ cdef class ExporterState:
                     st.by_records = False
                     for i in range(st.ngaps):           # opened by the records reading
                         st.gap_missing[i] = 0
-                    st.next = seq
+                    n0 = st.next - st.next_count        # the packet that set what is expected
+                    if (st.last_set_next or st.next_count == V9_UNCOUNTED
+                            or <uint32_t>(st.last_seq - n0) <= 1):
+                        st.next = seq
+                    else:
+                        # The step was from a late packet that does not follow that one by
+                        # packets either (two in a row overtaken by the next): this one is late
+                        # too. Moved back to it, the packet that set what is expected, which
+                        # came, was a gap at the next packet and counted lost (as 41c7e31 keeps
+                        # it the other way).
+                        st.next = n0 + 1
             self.settle_undecided(st)
         if st.by_records and st.has_last and st.synced and st.last_set_next and step <= st.last_count:
             # in order: the previous packet counted fewer than its records (one late itself

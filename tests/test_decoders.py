@@ -3584,6 +3584,48 @@ def test_a_v9_packet_lost_while_the_numbering_is_undecided_counts_no_more_than_i
     assert run([6, 4, 5, 3, 3, 3], True, 1) == (4, 0)   # two steps of the count: by records
 
 
+def test_a_reading_turned_back_recounts_its_open_gaps_and_keeps_what_came() -> None:
+    """The switches back to the RFC's numbering mirror those away from it. IPFIX: a stream read
+    softflowd's way (three steps of the new message's count) whose next steps are the previous
+    message's count turns back to the RFC's reading; a gap still open then (a message of 12
+    lost) is what the RFC's reading calls lost, as the switch the other way recounts: it stayed
+    softflowd's reading's 16. NetFlow v9: a stream read by flow records (two steps of the
+    previous count) turning to packets on the step of 1 between two late packets (overtaken by
+    the next) goes on after the packet that set what is expected, not after the late one: that
+    packet, which came, was a gap at the next and counted lost."""
+    rng = random.Random(59)
+    t0 = float(EXPORT)
+
+    def ipfix(msgs: list[tuple[int, int]]) -> tuple[int, int]:
+        dec = Decoder()
+        for i, (seq, n) in enumerate(msgs):
+            sets = [template_set([OVS_INGRESS])] if i == 0 else []
+            b = dec.decode(ipfix_message([*sets, data_set(OVS_INGRESS, ovs_flows(n, rng))], seq=seq,
+                                         export_time=EXPORT), EXPORTER, 4739, t0 + 0.01 * i)
+            assert b.error is None and len(b) == n
+        return _seq_at(dec, "ipfix", t0 + 900)
+
+    def v9(msgs: list[tuple[int, int]]) -> tuple[int, int]:
+        dec = Decoder()
+        for i, (seq, n) in enumerate(msgs):
+            sets = [template_set([V9_TEMPLATE], version=9)] if i == 0 else []
+            d = v9_datagram([*sets, v9_data_set(V9_TEMPLATE, _v9_records(rng, n))], seq=seq, unix_secs=EXPORT,
+                            uptime_ms=500_000)
+            b = dec.decode(d, EXPORTER, 2055, t0 + 0.01 * i)
+            assert b.error is None and len(b) == n
+        return _seq_at(dec, "netflow9", t0 + 900)
+
+    inc = [(10, 10), (30, 20), (37, 7)]             # softflowd's: each numbered with its own records
+    rfc = [(44, 12), (56, 3), (59, 4), (63, 6)]     # then the RFC's: the records before each
+    assert ipfix(inc + rfc) == (0, 0)
+    assert ipfix(inc + rfc[1:]) == (12, 0)
+    by_records = [(100, 3), (103, 5), (108, 2)]
+    by_packets = [(109, 3), (110, 4), (111, 2), (112, 3), (113, 5), (114, 3)]
+    assert v9(by_records + by_packets) == (0, 0)
+    overtaken = [by_packets[i] for i in (2, 0, 1, 3, 4, 5)]     # 109 and 110 after 111
+    assert v9(by_records + overtaken) == (0, 0)
+
+
 # ------------------------------------------------------------------ per-exporter rate limit
 
 
