@@ -651,6 +651,8 @@ cdef class SeqStream:
     cdef uint32_t held_start    # ... the numbers they were ([start, start + span), for late ones)
     cdef uint32_t held_span
     cdef int64_t held_ms        # ... since when (counted after SEQ_HELD_MS with no vote)
+    cdef bint held_soft         # ... a step from a message of templates only: not counted after
+                                # SEQ_HELD_MS, left to the votes (expire_held)
     cdef uint32_t prev_count    # the record count of the message before the latest
     # Late datagrams in no open gap that follow each other (a restart on the same port?): how
     # many, the number expected after the latest, and when the first arrived.
@@ -1054,11 +1056,11 @@ cdef class ExporterState:
         # it was held as a possible loss and read as in order: counted lost, and no restart.
         if kind == PROTO_IPFIX or kind == PROTO_NETFLOW5:
             if st.held_lost and aged(st.held_ms, now_ms, SEQ_HELD_MS):
-                self.count_held(st)         # no vote came to decide: the RFC's reading stands
+                self.expire_held(st)        # no vote came to decide: the RFC's reading stands
             seq = self.ipfix_convention(st, seq, &advance, now_ms, not went_back)
         elif kind == PROTO_NETFLOW9:
             if st.held_lost and aged(st.held_ms, now_ms, SEQ_HELD_MS):
-                self.count_held(st)
+                self.expire_held(st)
             self.v9_convention(st, seq, &advance, now_ms, not went_back)
         st.last_set_next = False
         if st.synced:
@@ -1243,7 +1245,18 @@ cdef class ExporterState:
             if lost:
                 self.proto_stats(PROTOCOL_NAMES[st.kind])["sequence_lost"] += st.held_lost
             st.held_lost = 0
+            st.held_soft = False
             self.pending_gaps -= 1
+
+    cdef void expire_held(self, SeqStream st) noexcept:
+        """The loss held back is settled with no vote that decides (SEQ_HELD_MS, a restart, the
+        end): the RFC's reading stands, unless it was held soft (hold), then it waits for the
+        RFC's votes to lead (settle_undecided)."""
+        if st.held_soft:
+            st.undec_rfc += st.held_lost
+            self.count_held(st, False)
+        else:
+            self.count_held(st)
 
     cdef uint32_t ipfix_convention(self, SeqStream st, uint32_t seq, uint32_t* advance, int64_t now_ms,
                                    bint vote) noexcept:
@@ -1295,7 +1308,8 @@ cdef class ExporterState:
                     st.next = st.last_seq if <uint32_t>(st.last_seq - n0) <= st.last_count else n0
                     self.recount_gaps(st)               # and the gaps still open
                 elif not st.inclusive and st.inc_votes > st.rfc_votes:
-                    self.hold(st, seq, now_ms)
+                    # from a message of templates only (last_count 0): see hold's `soft`
+                    self.hold(st, seq, now_ms, st.last_count == 0)
             elif step == st.last_count:
                 if st.rfc_votes < 0xFFFF:
                     st.rfc_votes += 1
@@ -1340,10 +1354,16 @@ cdef class ExporterState:
             st.gap_missing[i] = <uint32_t>max(0, min(was + st.gap_adj[i], <int64_t>SEQ_MAX_GAP))
             st.gap_adj[i] = was - <int64_t>st.gap_missing[i]
 
-    cdef void hold(self, SeqStream st, uint32_t seq, int64_t now_ms) noexcept:
+    cdef void hold(self, SeqStream st, uint32_t seq, int64_t now_ms, bint soft=False) noexcept:
         """An undecided step (the other reading's votes lead by one): what the stream's reading
         would call lost before seq is held back, not a gap (count_held settles it), and seq is
-        in order."""
+        in order. `soft`: the step is from a message of templates only that set what is expected
+        (a stream's first, numbered 0): the RFC's reading calls all of this message's records
+        lost, softflowd's none, as for softflowd's first message numbered exactly its own
+        records, which is a vote and no hold (ipfix_convention); held so, it was counted after
+        SEQ_HELD_MS when no vote came (softflowd's equal messages that follow never vote). It
+        is counted only once the RFC's votes lead (expire_held, settle_undecided); a late message
+        still fills it, a vote for the RFC still counts it."""
         cdef uint32_t ahead = seq - st.next
         if not st.last_set_next:
             # The step was from a message that did not set what the stream expects (a late
@@ -1352,7 +1372,8 @@ cdef class ExporterState:
             # stream went back to it, and a restarted process was never a restart.
             return
         if 0 < ahead <= SEQ_MAX_GAP:
-            self.count_held(st)             # (one held range at a time)
+            self.expire_held(st)            # (one held range at a time)
+            st.held_soft = soft
             st.held_lost = ahead
             self.pending_gaps += 1          # (settle_gaps counts it when it expires)
             st.held_start = st.next
@@ -1433,7 +1454,7 @@ cdef class ExporterState:
     cdef void restart(self, SeqStream st) noexcept:
         st.run_uptime = -1          # (the datagram that goes on is the new run's first)
         self.count_gaps(st, -1)
-        self.count_held(st)
+        self.expire_held(st)
         self.proto_stats(PROTOCOL_NAMES[st.kind])["sequence_resets"] += 1
 
     cdef void count_oldest(self, SeqStream st) noexcept:
@@ -1487,7 +1508,7 @@ cdef class ExporterState:
             if st.ngaps:
                 self.count_gaps(st, now_ms)
             if st.held_lost and (now_ms < 0 or aged(st.held_ms, now_ms, SEQ_HELD_MS)):
-                self.count_held(st)
+                self.expire_held(st)
 
     cdef void sample_drops(self, uint64_t stream, uint32_t kind, uint32_t source, uint32_t drops, bint late):
         """An sFlow sample's drops counter (packets its agent could not sample, or discard events it

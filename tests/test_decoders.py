@@ -3626,6 +3626,36 @@ def test_a_reading_turned_back_recounts_its_open_gaps_and_keeps_what_came() -> N
     assert v9(by_records + overtaken) == (0, 0)
 
 
+def test_a_first_data_message_numbered_its_own_records_past_a_template_only_one_is_no_held_loss() -> None:
+    """A stream that begins with a message of templates only, numbered 0, then data messages of
+    equal counts numbered softflowd's way (each with its own records: 32, 64, 96): the step from
+    the template-only message to the first data message is its own count, so the RFC's reading
+    calls all of it lost and softflowd's none, and no later step tells which (equal counts).
+    It was held and counted after a minute (32 records, none lost), where the same stream
+    without the template-only message is softflowd's first message (a vote, nothing held).
+    Now it is counted only if the RFC's votes come to lead: an RFC exporter's first data message
+    lost after its templates (numbered 0, the next 10) still counts once its count changes
+    decide, and arriving late it still fills what was held."""
+    rng = random.Random(60)
+    t0 = float(EXPORT)
+
+    def run(msgs: list[tuple[int, int]]) -> tuple[int, int]:
+        dec = Decoder()
+        b = dec.decode(ipfix_message([template_set([OVS_INGRESS])], seq=0, export_time=EXPORT), EXPORTER, 4739, t0)
+        assert b.error is None
+        for i, (seq, n) in enumerate(msgs):
+            b = dec.decode(ipfix_message([data_set(OVS_INGRESS, ovs_flows(n, rng))], seq=seq, export_time=EXPORT + i),
+                           EXPORTER, 4739, t0 + 1 + i)
+            assert b.error is None and len(b) == n
+        return _seq_at(dec, "ipfix", t0 + 900)
+
+    assert run([(32, 32), (64, 32), (96, 32), (128, 32)]) == (0, 0)
+    assert run([(32, 32), (96, 32), (128, 32)]) == (32, 0)       # one lost after: counted
+    assert run([(0, 10), (10, 10), (20, 5), (25, 8), (33, 4)]) == (0, 0)
+    assert run([(10, 10), (20, 5), (25, 8), (33, 4)]) == (10, 0)
+    assert run([(10, 10), (0, 10), (20, 5), (25, 8), (33, 4)]) == (0, 0)   # it came late: filled
+
+
 # ------------------------------------------------------------------ per-exporter rate limit
 
 
