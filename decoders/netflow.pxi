@@ -631,8 +631,8 @@ cdef class SeqStream:
     cdef uint32_t gap_span[SEQ_MAX_GAPS]
     cdef uint32_t gap_missing[SEQ_MAX_GAPS]
     cdef int64_t gap_ms[SEQ_MAX_GAPS]
-    # IPFIX read the RFC's way: how much more the other reading (ipfix_convention) would call
-    # lost in the gap (the record counts of the messages around it, previous minus current)
+    # How much more the reading the stream does not follow (IPFIX, v5: ipfix_convention; v9:
+    # v9_convention) would call lost in the gap (other_reading)
     cdef int64_t gap_adj[SEQ_MAX_GAPS]
     # The latest sequence numbers that filled a gap (a ring): a duplicate of one fills nothing.
     cdef uint32_t filled[SEQ_FILLED_RING]
@@ -674,9 +674,9 @@ cdef class SeqStream:
     # counts its votes in inc_votes (records) and rfc_votes (packets) and holds as IPFIX does.
     cdef bint by_records
     cdef bint uncounted         # the latest packet's record count is unknown (not decoded whole)
-    # Gaps counted while the numbering was undecided (reading_open) were counted as the smaller
-    # of the two readings' losses; what each reading adds to that, counted once the votes
-    # decide (settle_undecided), never while they do not: a loss is not known to be more.
+    # Gaps counted while the reading was open (reading_open) were counted as the smaller of the
+    # two readings' losses; what each reading adds to that, counted once the reading is no
+    # longer open (settle_undecided), never while it is: a loss is not known to be more.
     cdef int64_t undec_rfc
     cdef int64_t undec_inc
 
@@ -1119,8 +1119,8 @@ cdef class ExporterState:
 
     cdef int64_t other_reading(self, SeqStream st, uint32_t advance, uint32_t ahead) noexcept:
         """How much more the reading the stream does not follow would call lost in the gap of
-        `ahead` before a datagram of `advance` (gap_adj; 0 where the stream reads the other way:
-        count_oldest needs it while undecided, the switch to the other reading recounts with it).
+        `ahead` before a datagram of `advance` (gap_adj: count_oldest takes the smaller while
+        the reading is open, a switch to the other reading recounts with it; 0 for sFlow and v7).
         IPFIX and v5 read the RFC's way: the previous message's count less this one's (softflowd's
         numbers leave its options records out, ipfix_convention); read softflowd's way, the
         reverse. v9 read by packets: by records
@@ -1317,9 +1317,8 @@ cdef class ExporterState:
                 if st.inclusive and st.rfc_votes + 1 >= st.inc_votes:
                     st.inclusive = False
                     st.next += st.next_count
-                    # the gaps still open too (softflowd's message lost before a refresh read the
-                    # RFC's way: its step less the refresh's count, not its step less the
-                    # previous one's; counted as such, 16 records for a lost message of 12)
+                    # and the gaps still open, as the switch the other way does (kept as
+                    # softflowd's reading counts them, a message of 12 lost was counted 16)
                     self.recount_gaps(st)
             self.settle_undecided(st)
             if numbering_decided(st, True) or numbering_decided(st, False):
@@ -1460,9 +1459,9 @@ cdef class ExporterState:
     cdef void count_oldest(self, SeqStream st) noexcept:
         """Count what is still missing of the stream's oldest open gap as lost, and close it.
         While the stream's reading is open (reading_open: the RFC's votes not leading), the
-        smaller of the two readings' losses: a lost message at a count change (softflowd's 32 flows after its first message of 24,
-        read the RFC's way: 39; a v9 packet of 4 records after one of 6 numbered by records,
-        read by packets: 9) is no more than its own. What the other adds waits for the votes
+        smaller of the two readings' losses: a lost message at a count change (softflowd's 32
+        flows after its first message of 24, read the RFC's way: 39; a v9 packet of 4 records
+        after one of 6 numbered by records, read by packets: 9) is no more than its own. What the other adds waits for the votes
         (settle_undecided)."""
         cdef int i
         cdef int64_t missing = st.gap_missing[0]
