@@ -464,6 +464,12 @@ class KafkaConfig:
                        "--no-kafka-direct, through aiokafka)", parse_bool)
     request_timeout_ms: int = opt(10000, "produce request timeout, the broker's to wait for its replicas; a "
                                   "batch not acknowledged by then (direct produce: 5 s later) is re-queued (ms)", ranged(parse_int, 100, 600000))
+    keepalive_s: int = opt(30, "TCP keepalive on every connection to the brokers (direct produce and aiokafka's): "
+                           "a probe after this many idle seconds, then one every third of it; with 3 unanswered (about "
+                           "twice this idle) the connection is given up and replaced (one a NAT, conntrack or firewall dropped silently; counted in "
+                           "flowscope_kafka_connections_dropped_total); the probes also keep such a middlebox "
+                           "from forgetting an idle connection. 0 = the system's (no keepalive)",
+                           ranged(parse_int, 0, 7200), metavar="SECONDS")
     client_id: str = opt("flowscope", "Kafka client id", parse_str)
     tls: bool = opt(False, "connect with TLS (implied by --kafka-tls-ca/cert/key)", parse_bool)
     tls_ca: str = opt("", "CA bundle (PEM) to verify the brokers", parse_str, metavar="PATH")

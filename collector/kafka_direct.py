@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import logging
+import socket
 import struct
 import time
 from collections.abc import Callable
@@ -52,6 +54,40 @@ PRODUCE_VERSION_ZSTD = 7
 CODEC_ZSTD = 4
 # bytes a connection may hold written and not yet taken by the kernel (Connection.has_room)
 WRITE_LIMIT = 8 * 1024 * 1024
+
+# TCP keepalive on every broker connection (KafkaConfig.keepalive_s, keepalive()): probes this
+# many times, keepalive_s / KEEPALIVE_COUNT apart, after keepalive_s idle, before the kernel gives
+# the connection up (ETIMEDOUT)
+KEEPALIVE_COUNT = 3
+
+
+def keepalive(sock: Any, idle_s: int) -> None:
+    """TCP keepalive on a broker connection's socket (None, or idle_s 0: nothing done).
+
+    Why: a NAT, a conntrack table or a firewall between here and a broker forgets a connection
+    left idle past its own timeout (AWS's NAT gateway after 350 s, Azure's load balancer after 4
+    minutes, where Kafka's producers keep an idle connection 9 minutes) and then drops its
+    packets without a word: the connection looks open, and the next batch written to it waits
+    for its request timeout before it is sent again on a new one. A probe every `idle_s` of
+    idleness keeps such a middlebox's entry alive, and where it is gone all the same the probes
+    go unanswered and the kernel closes the connection (ETIMEDOUT, dropped_silently()) within
+    about twice `idle_s`, while nothing is waiting on it. Java's producer turns SO_KEEPALIVE on
+    with the system's timers (two hours before the first probe: longer than any of those)."""
+    if sock is None or idle_s <= 0:
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if hasattr(socket, "TCP_KEEPIDLE"):   # (Linux; elsewhere the system's timers)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle_s)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, idle_s // KEEPALIVE_COUNT))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
+
+
+def dropped_silently(exc: BaseException | None) -> bool:
+    """Whether an open connection failed for its peer's silence: the kernel gave it up after its
+    keepalive probes (or a write's retransmissions) went unanswered (ETIMEDOUT). Not a timeout of
+    flowscope's own (TimeoutError without an errno), a reset or a close."""
+    return isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT
+
 
 # Kafka error codes a retry cannot fix: the batch is dropped and counted under this reason.
 FATAL = {
@@ -155,8 +191,13 @@ class Connection:
     """One TCP connection to a broker with up to `max_in_flight` Produce requests outstanding."""
 
     def __init__(self, host: str, port: int, client_id: bytes, *, max_in_flight: int, timeout: float,
-                 on_throttle: Callable[[int], None] | None = None) -> None:
+                 on_throttle: Callable[[int], None] | None = None, keepalive_s: int = 0) -> None:
         self.host = host
+        self.keepalive_s = keepalive_s
+        # the connection, open, failed for the broker's silence (dropped_silently): a middlebox
+        # dropped it, or the broker's host is gone
+        self.dropped = False
+        self.on_close: Callable[[Connection], None] | None = None   # called once, when it closes
         self.port = port
         self.client_id = client_id
         self.max_in_flight = max_in_flight
@@ -214,6 +255,7 @@ class Connection:
     async def connect(self) -> None:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), self.timeout)
         self.reader, self.writer = reader, writer
+        keepalive(writer.transport.get_extra_info("socket"), self.keepalive_s)
         # ApiVersions v0: the broker must serve Produce v3.
         corr = self._next_corr()
         hdr = struct.pack(">hhih", API_VERSIONS, 0, corr, len(self.client_id)) + self.client_id
@@ -322,6 +364,7 @@ class Connection:
         except asyncio.CancelledError:
             raise
         except (asyncio.IncompleteReadError, OSError, ProtocolError) as exc:
+            self.dropped = dropped_silently(exc)
             self.close(exc)
 
     async def _watchdog(self) -> None:
@@ -354,6 +397,8 @@ class Connection:
             return
         self.closed = True
         self.error = exc
+        if self.on_close is not None:
+            self.on_close(self)
         err = exc if exc is not None else ConnectionError("connection closed")
         while self.inflight:
             fut = self.inflight.popleft()[1]
@@ -386,13 +431,15 @@ class DirectProducer:
     cluster metadata."""
 
     def __init__(self, client: Any, *, client_id: str, acks: int, request_timeout_ms: int, connections: int,
-                 max_in_flight: int = 2) -> None:
+                 max_in_flight: int = 2, keepalive_s: int = 0) -> None:
         self.client = client
         self.client_id = client_id.encode()
         self.acks = acks
         self.timeout_ms = request_timeout_ms
         self.per_broker = connections
         self.max_in_flight = max_in_flight
+        self.keepalive_s = keepalive_s
+        self.dropped = 0   # connections dropped silently (flowscope_kafka_connections_dropped_total)
         self.conns: dict[int, list[Connection | None]] = {}
         self._rr = 0
         self._topics: dict[str, bytes] = {}
@@ -417,6 +464,19 @@ class DirectProducer:
         self.throttle_ms += ms
         self._rl.warning("throttled", "kafka: a broker throttled a produce request for %d ms (a produce quota: "
                          "counted in flowscope_kafka_throttle_seconds_total)", ms)
+
+    def _closed(self, c: Connection) -> None:
+        if not c.dropped:
+            return
+        # (closed like any lost connection: the sink refreshes metadata and then opens a new one
+        # at the next batch; nothing was waiting on it unless a batch was written in the probes'
+        # last seconds, which is re-queued)
+        self.dropped += 1
+        self._rl.warning("dropped", "kafka: the connection to %s:%d was dropped silently (%r: no answer to TCP "
+                         "keepalive probes after %d s idle, or to a write: a NAT, conntrack or firewall between here "
+                         "and the broker forgot it, or the broker's host is gone); closed, a new one is opened "
+                         "(counted in flowscope_kafka_connections_dropped_total)", c.host, c.port, c.error,
+                         self.keepalive_s)
 
     def _roomy(self) -> None:
         r = self._room
@@ -468,7 +528,9 @@ class DirectProducer:
             if meta is None:
                 raise ConnectionError(f"no address for broker {node}")
             c = Connection(meta.host, meta.port, self.client_id, max_in_flight=self.max_in_flight,
-                           timeout=self.timeout_ms / 1000 + 5, on_throttle=self._throttled)
+                           timeout=self.timeout_ms / 1000 + 5, on_throttle=self._throttled,
+                           keepalive_s=self.keepalive_s)
+            c.on_close = self._closed
             slots[i] = c
             conn = c
 

@@ -207,6 +207,11 @@ SERIES: dict[str, Series] = {s.name: s for s in [
            "in no request; aiokafka's own sends again count no more copies than such requests); label records: "
            "flows or counters", ("records",)),
     Series("flowscope_kafka_batches", "counter", "Record batches acknowledged by Kafka"),
+    Series("flowscope_kafka_connections_dropped", "counter", "Connections to the brokers (direct produce and "
+           "aiokafka's) the kernel gave up for the broker's silence (ETIMEDOUT: TCP keepalive probes, "
+           "--kafka-keepalive-s, or a write's retransmissions unanswered): dropped silently by a NAT, conntrack "
+           "or firewall between, or the broker's host gone. Each is closed and replaced; a batch on it "
+           "is sent again"),
     Series("flowscope_kafka_throttle_seconds", "counter", "Time the brokers said they throttled the direct produce "
            "path's requests (throttle_time_ms: a produce quota, KIP-13); after a Produce v6+ answer (zstd batches) "
            "its connection sends nothing more for that time (KIP-219). Requests through aiokafka (TLS, SASL, "

@@ -786,6 +786,7 @@ class Worker:
             snap["flowscope_kafka_batches"] = {(): s.batches}
             snap["flowscope_kafka_resent_records"] = {("flows",): s.resent[FLOWS], ("counters",): s.resent[COUNTERS]}
             snap["flowscope_kafka_throttle_seconds"] = {(): s.throttle_seconds()}
+            snap["flowscope_kafka_connections_dropped"] = {(): s.connections_dropped()}
             snap["flowscope_kafka_compression_bytes"] = {("in",): s.compressed_bytes[0],
                                                          ("out",): s.compressed_bytes[1]}
             if s.packer_seconds() is not None:

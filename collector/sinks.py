@@ -978,6 +978,7 @@ class KafkaSink(Sink):
         # of its requests, as the direct path's connections do (DirectProducer.load)
         self._aio_waiting: dict[int, float] = {}
         self._closing = False      # _close() is failing what is still in flight: no re-queue
+        self._aio_dropped_at = _AIO_DROPPED[0]   # (aiokafka's dropped connections: counted per process)
         # producer connections last seen (_connections_lost): their (producer, id) keys, and the objects
         self._conn_prev: dict[tuple[int, Any], Any] = {}
         self._conns_closed: weakref.WeakSet[Any] = weakref.WeakSet()   # closed ones already reported
@@ -1451,6 +1452,7 @@ class KafkaSink(Sink):
         _aiokafka_closed_writes()
         _aiokafka_produce_writes()
         _aiokafka_idle_closes()
+        _aiokafka_keepalive(self.k.keepalive_s)
         self._start_packer()
         await super().start()
 
@@ -1500,7 +1502,7 @@ class KafkaSink(Sink):
                 self.direct = DirectProducer(self.producer.client, client_id=self.k.client_id,
                                              acks=-1 if self.k.acks == "all" else int(self.k.acks),
                                              request_timeout_ms=self.k.request_timeout_ms,
-                                             connections=self.k.connections)
+                                             connections=self.k.connections, keepalive_s=self.k.keepalive_s)
                 self.direct.on_room = self._on_room
             log.info("kafka: connected to %s (%d connection%s%s)", ",".join(self.k.brokers), len(producers),
                      "s" if len(producers) > 1 else "",
@@ -2792,6 +2794,11 @@ class KafkaSink(Sink):
                     return True
         return False
 
+    def connections_dropped(self) -> int:
+        """Connections to the brokers dropped silently (kafka_direct.dropped_silently): the direct
+        path's, and aiokafka's in this process since the sink started."""
+        return (0 if self.direct is None else self.direct.dropped) + _AIO_DROPPED[0] - self._aio_dropped_at
+
     def throttle_seconds(self) -> float:
         """Time the brokers said they throttled the direct path's Produce requests."""
         return 0.0 if self.direct is None else self.direct.throttle_ms / 1000
@@ -3176,6 +3183,55 @@ def _aiokafka_idle_closes() -> None:
 
     AIOKafkaConnection.close = close  # type: ignore[method-assign]
     AIOKafkaConnection._flowscope_idle_closes = True  # type: ignore[attr-defined]
+
+
+#: aiokafka's connections: keepalive seconds set on each as it opens (_aiokafka_keepalive), and the
+#: number of them dropped silently in this process
+_AIO_KEEPALIVE = [0]
+_AIO_DROPPED = [0]
+_aio_rl = RateLimitedLog(log)
+
+
+def _aiokafka_keepalive(idle_s: int) -> None:
+    """TCP keepalive (kafka_direct.keepalive) on each aiokafka connection as it opens, and each
+    one the kernel gives up for its peer's silence (kafka_direct.dropped_silently) counted and
+    logged: aiokafka itself turns no keepalive on, and closes a connection only after 540 s of
+    idleness (connections_max_idle_ms), longer than some NATs keep one. Only the socket option
+    and the count: nothing of aiokafka's behaviour changed (it opens a new connection at the next
+    request, as after any lost one)."""
+    import functools
+
+    from aiokafka.conn import AIOKafkaConnection
+
+    from .kafka_direct import dropped_silently, keepalive
+
+    _AIO_KEEPALIVE[0] = idle_s
+    if getattr(AIOKafkaConnection, "_flowscope_keepalive", False):
+        return
+    connect, close = AIOKafkaConnection.connect, AIOKafkaConnection.close
+
+    @functools.wraps(connect)
+    async def connect_kept(self: Any) -> Any:
+        out = await connect(self)
+        writer = getattr(self, "_writer", None)
+        if writer is not None:
+            keepalive(writer.transport.get_extra_info("socket"), _AIO_KEEPALIVE[0])
+        return out
+
+    @functools.wraps(close)
+    def close_counted(self: Any, reason: Any = None, exc: Any = None) -> Any:
+        if dropped_silently(exc) and self.connected():
+            _AIO_DROPPED[0] += 1
+            _aio_rl.warning("dropped", "kafka: aiokafka's connection to %s:%s was dropped silently (%r: no answer to "
+                            "TCP keepalive probes after %d s idle, or to a write: a NAT, conntrack or firewall between "
+                            "here and the broker forgot it, or the broker's host is gone); aiokafka opens a new one "
+                            "(counted in flowscope_kafka_connections_dropped_total)", self.host, self.port, exc,
+                            _AIO_KEEPALIVE[0])
+        return close(self, reason, exc)
+
+    AIOKafkaConnection.connect = connect_kept  # type: ignore[method-assign]
+    AIOKafkaConnection.close = close_counted  # type: ignore[method-assign]
+    AIOKafkaConnection._flowscope_keepalive = True  # type: ignore[attr-defined]
 
 
 def _idle_closed(conn: Any) -> bool:
