@@ -1042,6 +1042,7 @@ class KafkaSink(Sink):
         self._watch_done = 0
         self._watch_since = time.monotonic()
         self._watch_task: asyncio.Task[None] | None = None
+        self._checking: asyncio.Task[None] | None = None   # _check_now's
         self._leaders_rl = RateLimitedLog(log, LEADERS_LOG_S)
         # the flows topic's partitions -> the leader they had at an address (_note_leaders), to name it
         # once the metadata names none (_leaderless)
@@ -1262,6 +1263,20 @@ class KafkaSink(Sink):
                 raise
             except Exception as exc:  # noqa: BLE001 - a check that failed is tried again next turn
                 log.debug("kafka: leader check failed: %r", exc)
+
+    def _check_now(self) -> None:
+        """The advertised brokers checked now, in the background (a failure's: _failed cannot
+        wait), one such check at a time; _advertised_problem says why it may answer at once."""
+        if self._checking is not None and not self._checking.done():
+            return
+
+        async def check() -> None:
+            try:
+                await self._advertised_problem(failing=True)
+            except Exception as exc:  # noqa: BLE001 - _watch checks again within seconds
+                log.debug("kafka: advertised brokers' check failed: %r", exc)
+
+        self._checking = asyncio.get_running_loop().create_task(check())
 
     def _lost_connection(self) -> None:
         """A connection was lost (an aiokafka one, which sends the sink through a metadata
@@ -2861,8 +2876,13 @@ class KafkaSink(Sink):
             # delivering; through aiokafka too, where a broker killed failed its batches with
             # NodeNotReadyError while the others acknowledged theirs)
             self.connected = False
-            # (/readyz's reason: it said "kafka sink not connected" alone until a refresh failed)
-            self.problem = f"a batch of {len(o.records)} records not delivered: {exc!r}"
+            # /readyz's reason (it said "kafka sink not connected" alone until a refresh failed),
+            # with what the advertised brokers' latest check found, read each time (as _explain's):
+            # set as a plain string, it lacked the finding until the refresh after had failed,
+            # for up to the request timeout (a broker silent, its metadata request waited for).
+            # A check is made at once, unless the latest is under ADVERTISED_FAILING_S old
+            self._problem, self._why = "", (f"a batch of {len(o.records)} records not delivered: {exc!r}", None)
+            self._check_now()
         self._need_metadata = True
         # the next attempt waits, doubling up to 2 s (a broker answering NOT_ENOUGH_REPLICAS
         # at once must not be hammered with requests and metadata refreshes); reset on delivery
@@ -3027,9 +3047,10 @@ class KafkaSink(Sink):
 
     async def _close(self, timeout: float) -> None:
         self._stop_packer()
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            await asyncio.gather(self._watch_task, return_exceptions=True)
+        for task in (self._watch_task, self._checking):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         self._unhold_all()  # (back in the queue: drain() counts what is left there)
         asking = [t for t in self._limit_tasks.values() if not t.done()]   # (an admin client's: nothing waits on it)
         for task in asking:

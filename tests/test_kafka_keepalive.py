@@ -6,48 +6,15 @@ that the collector's TCP keepalive probes go unanswered as they would through su
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import os
 import re
 import shutil
-import threading
 import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from conftest import Collector, consume, free_tcp_port, make_v5, send_udp, wait_for
 
-from tests.support.netns import NetNS, root_skip_reason
-
-CLONE_NEWNET = 0x40000000
-
-
-def _in_netns(ns: NetNS, fn: Callable[[], None]) -> None:
-    """Run `fn` on a thread moved into `ns` (setns(2) moves the calling thread only): the sockets
-    it opens and the processes it starts (a fork takes the calling thread's namespace) are
-    there, the test process's other threads stay where they were. Its exception is raised here."""
-    failed: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(f"/run/netns/{ns.name}", os.O_RDONLY)
-            try:
-                if libc.setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), "setns")
-            finally:
-                os.close(fd)
-            fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
-            failed.append(exc)
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join()
-    if failed:
-        raise failed[0]
+from tests.support.netns import NetNS, in_netns, root_skip_reason
 
 
 def _connections(ns: NetNS, pid: int, port: int) -> set[int]:
@@ -55,15 +22,6 @@ def _connections(ns: NetNS, pid: int, port: int) -> set[int]:
     out = ns.run(["ss", "-Htnp", "state", "established", "dst", f"127.0.0.1:{port}"]).stdout.decode()
     return {int(m.group(1)) for line in out.splitlines() if f"pid={pid}," in line
             and (m := re.search(r"127\.0\.0\.1:(\d+)\s+127\.0\.0\.1:" + str(port) + r"\b", line))}
-
-
-@contextlib.contextmanager
-def _netns() -> Iterator[NetNS]:
-    ns = NetNS()
-    try:
-        yield ns
-    finally:
-        ns.close()
 
 
 @pytest.mark.parametrize("path", ["direct", "aiokafka"])
@@ -83,7 +41,7 @@ def test_a_connection_dropped_silently_is_replaced_before_the_next_batch(tmp_pat
     from collector.broker import Broker
 
     topic = "t-" + uuid.uuid4().hex[:10]
-    with _netns() as ns:
+    with NetNS() as ns:
         def body() -> None:
             b = Broker(port=free_tcp_port(), log_path=str(tmp_path / "tansu.log")).start()
             try:
@@ -128,7 +86,7 @@ def test_a_connection_dropped_silently_is_replaced_before_the_next_batch(tmp_pat
             finally:
                 b.stop()
 
-        _in_netns(ns, body)
+        in_netns(ns, body)
 
 
 def test_keepalive_is_set_on_every_broker_connection(tmp_path: Path) -> None:
@@ -142,7 +100,7 @@ def test_keepalive_is_set_on_every_broker_connection(tmp_path: Path) -> None:
     assert shutil.which("ss")
     from collector.broker import Broker
 
-    with _netns() as ns:
+    with NetNS() as ns:
         def body() -> None:
             b = Broker(port=free_tcp_port(), log_path=str(tmp_path / "tansu.log")).start()
             try:
@@ -165,4 +123,4 @@ def test_keepalive_is_set_on_every_broker_connection(tmp_path: Path) -> None:
             finally:
                 b.stop()
 
-        _in_netns(ns, body)
+        in_netns(ns, body)

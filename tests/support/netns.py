@@ -9,12 +9,15 @@ under /run/netns, which nothing removes) are swept by the next session (sweep_st
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from collector.util import popen_child
@@ -139,6 +142,37 @@ def sweep_stale() -> list[str]:
             remove(entry.name)
             removed.append(entry.name)
     return removed
+
+
+CLONE_NEWNET = 0x40000000
+
+
+def in_netns(ns: NetNS, fn: Callable[[], None]) -> None:
+    """Run `fn` on a thread moved into `ns` (setns(2) moves the calling thread only): the sockets
+    it opens, the threads and processes it starts (they take the namespace of the thread that
+    made them) are there; the test process's other threads stay where they were. Its exception
+    is raised here. For a test whose own sockets (a collector's HTTP endpoint, a consumer) must
+    be in the namespace with what it starts."""
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(f"/run/netns/{ns.name}", os.O_RDONLY)
+            try:
+                if libc.setns(fd, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), "setns")
+            finally:
+                os.close(fd)
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
+            failed.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    if failed:
+        raise failed[0]
 
 
 def veth_between(a: NetNS, b: NetNS) -> tuple[str, str]:
