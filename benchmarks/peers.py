@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import glob
 import os
-import platform
 import re
 import shutil
 import signal
@@ -27,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 
 from collector.util import popen_child, run_child
+from tests.support.pmacct import all_stats, plugin_count, process_tree, wait_plugins_polling
 
 # The aggregate key per protocol: everything that tells two flows of one datagram apart, plus
 # the export sequence number that tells two datagrams apart (the generator reuses a pool of
@@ -71,37 +71,10 @@ def _read_stat(pid: int) -> tuple[int, int]:
     return int(rest[11]) + int(rest[12]), int(rest[19])
 
 
-def _all_stats() -> list[tuple[int, list[str]]]:
-    """(PID, the fields of /proc/PID/stat after the command) of every process."""
-    out = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                out.append((int(d), f.read().rsplit(")", 1)[1].split()))
-        except (OSError, IndexError):
-            continue
-    return out
-
-
-def process_tree(pid: int) -> list[int]:
-    """pid and all its descendants (pmacct forks a process per plugin)."""
-    children: dict[int, list[int]] = {}
-    for p, fields in _all_stats():
-        children.setdefault(int(fields[1]), []).append(p)
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(children.get(p, []))
-    return out
-
-
 def group_members(pgid: int) -> list[int]:
     """The processes of process group `pgid` that have not exited (a zombie is left out: nobody
     may reap an orphan's)."""
-    return [p for p, fields in _all_stats() if fields[0] not in ("Z", "X") and int(fields[2]) == pgid]
+    return [p for p, fields in all_stats() if fields[0] not in ("Z", "X") and int(fields[2]) == pgid]
 
 
 def cpu_ticks(pids: list[int]) -> int:
@@ -357,55 +330,6 @@ def _wait_udp_bound(pid: int, port: int, timeout: float = 10.0) -> None:
     raise TimeoutError(f"pid {pid} did not bind UDP port {port} within {timeout}s")
 
 
-# The system calls poll() is made with, by machine (glibc's poll on aarch64 is ppoll); both take
-# the number of descriptors as their second argument.
-_POLL_SYSCALLS = {"x86_64": {7, 271}, "aarch64": {73}}.get(platform.machine(), {7, 271})
-
-
-def _polling_one_fd(pid: int) -> bool:
-    """Whether process `pid`'s main thread is blocked in poll() on one descriptor
-    (/proc/PID/syscall: number, then arguments) and asleep there: a wake-up (data on that
-    descriptor) makes it runnable at once, before it runs (/proc/PID/stat: S)."""
-    with open(f"/proc/{pid}/syscall") as f:
-        fields = f.read().split()
-    with open(f"/proc/{pid}/stat") as f:
-        asleep = f.read().rsplit(")", 1)[1].split()[0] == "S"
-    return (asleep and len(fields) > 2 and fields[0].isdigit() and int(fields[0]) in _POLL_SYSCALLS
-            and int(fields[2], 16) == 1)
-
-
-def wait_plugins_polling(pid: int, timeout: float = 30.0) -> None:
-    """Wait until every plugin of pmacct's core `pid` (its children) waits in its main loop's
-    poll() on its pipe from the core. A plugin sets the flag that asks the core to write to that
-    pipe (status->wakeup) just before each such poll; the core puts what it receives in the ring
-    buffer it shares with the plugin and writes to the pipe only while that flag is set, and the
-    plugin reads the ring only when the pipe wakes it. A burst that arrived before the plugin's
-    first poll therefore stayed in the ring, unread until more traffic came: every purge wrote 0
-    entries and the trial read back 0 flows (8 of 31 pmacct_stop trials; the Kafka plugin took
-    0.6-0.9 s after the core bound its port here, clearing its 530 MB cache, against the 1 s this
-    waited before; 3 of 3 lost with no wait). The same holds for pmacctd reading a pcap
-    (tests/support/exporters.run_pmacctd). Raises ChildProcessError once the core has exited
-    (nothing will start then), TimeoutError after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                exited = f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-        except OSError:
-            exited = True
-        if exited:
-            raise ChildProcessError(f"pmacct {pid} exited before its plugins waited for data")
-        plugins = [p for p in process_tree(pid) if p != pid]
-        try:
-            if plugins and all(_polling_one_fd(p) for p in plugins):
-                return
-        except (OSError, ValueError):
-            pass   # a plugin gone or not yet readable: look again
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"pmacct {pid}: its plugins {plugins} did not reach their main loop within {timeout}s")
-        time.sleep(0.02)
-
-
 def start_pmacct(
     proto: str,
     *,
@@ -476,7 +400,8 @@ def start_pmacct(
                       ports={proto: port}, cpus=cpus, topic=topic, cmd=cmd, config=conf)
     try:
         _wait_udp_bound(proc.pid, port)
-        wait_plugins_polling(proc.pid)   # what comes before is never read (see there)
+        # what comes before is never read (see there)
+        wait_plugins_polling(proc.pid, plugins=plugin_count("\n".join(lines)))
     except (TimeoutError, ChildProcessError) as e:
         peer.stop(sig=signal.SIGKILL)   # nothing to deliver
         raise RuntimeError(f"{daemon} did not start ({e}):\n{peer.log_tail()}") from None

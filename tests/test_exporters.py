@@ -508,7 +508,7 @@ class _HeldOpen:
 
 def test_pmacctd_plugin_that_waits_for_data_late_still_exports_the_whole_pcap(workdir: Path, decoders_mod) -> None:
     """pmacctd's core hands its plugin what it reads only while the plugin waits in its main
-    loop (pmacct's status->wakeup; benchmarks/peers.wait_plugins_polling); it reads the pcap 2 s
+    loop (pmacct's status->wakeup; tests/support/pmacct.wait_plugins_polling); it reads the pcap 2 s
     after it started, whether the plugin waits or not. Here the plugin is held in its start (the
     open of its pid file) until the core has read the whole pcap (it says "finished reading")
     or waits for more of it (run_pmacctd's FIFO): every generated flow must still be exported.
@@ -555,7 +555,7 @@ def test_pmacctd_is_stopped_once_its_plugin_has_taken_the_whole_pcap(workdir: Pa
     without it, and let go once the core is in its SIGINT handler (its 2 s sleep there) or, not
     signalled, 1 s after it said "finished reading". Every packet must be exported. Before,
     run_pmacctd sent SIGINT as soon as the core said so, and nothing was exported here."""
-    from benchmarks import peers
+    from tests.support import pmacct
 
     _skip_unless("pmacctd")
     generated = G.standard_flows()
@@ -564,10 +564,10 @@ def test_pmacctd_is_stopped_once_its_plugin_has_taken_the_whole_pcap(workdir: Pa
     held: list[tuple[int, int]] = []   # (plugin, core)
     done = threading.Event()
 
-    def wait_then_stop(pid: int, timeout: float = 30.0) -> None:
-        peers.wait_plugins_polling(pid, timeout)
+    def wait_then_stop(pid: int, *, plugins: int, timeout: float = 30.0) -> None:
+        pmacct.wait_plugins_polling(pid, plugins=plugins, timeout=timeout)
         if not held:   # the start: the plugin waits for data
-            plugin = next(p for p in peers.process_tree(pid) if p != pid)
+            plugin = next(p for p in pmacct.process_tree(pid) if p != pid)
             os.kill(plugin, signal.SIGSTOP)
             held.append((plugin, pid))
 
@@ -597,6 +597,38 @@ def test_pmacctd_is_stopped_once_its_plugin_has_taken_the_whole_pcap(workdir: Pa
     problems, flows = decode_capture(decoders_mod, cap, "sflow", port)
     problems += check_against_traffic(flows, generated, l2_overhead=(18,), per_packet=True)
     assert not problems, "\n".join(problems)
+
+
+def test_wait_plugins_polling_waits_for_every_plugin_of_the_configuration(workdir: Path) -> None:
+    """pmacct's core forks its plugins one by one, each once it has set up (and cleared) that
+    plugin's ring: with a 512 MB ring for the second plugin, the first waited for data well
+    before the second existed (0.08 s against 1.2-2.4 s here). wait_plugins_polling must return
+    only once both wait; before, it returned as soon as every child it saw did: the first alone."""
+    from tests.support import pmacct
+
+    _skip_unless("pmacctd")
+    conf = ("daemonize: false\n"
+            f"pcap_savefile: {E.PMACCTD_FIFO}\n"
+            "pcap_savefile_wait: true\n"
+            "logfile: ./pmacctd.log\n"
+            "plugins: nfprobe[a], nfprobe[b]\n"
+            "nfprobe_receiver[a]: 127.0.0.1:2055\n"
+            "nfprobe_receiver[b]: 127.0.0.1:2056\n"
+            f"plugin_pipe_size[b]: {512 << 20}\n")
+    assert pmacct.plugin_count(conf) == 2
+    (workdir / "pmacctd.conf").write_text(conf)
+    os.mkfifo(workdir / E.PMACCTD_FIFO)
+    fd = os.open(workdir / E.PMACCTD_FIFO, os.O_RDWR | os.O_NONBLOCK)
+    try:
+        os.write(fd, G.build_pcap([], start=START)[:24])   # the header: the core goes on to its plugins
+        with N.NetNS() as ns:
+            p = ns.popen(["pmacctd", "-f", "pmacctd.conf"], cwd=workdir)
+            pmacct.wait_plugins_polling(p.pid, plugins=pmacct.plugin_count(conf), timeout=30)
+            plugins = [q for q in pmacct.process_tree(p.pid) if q != p.pid]
+            assert len(plugins) == 2, f"returned with plugins {plugins} of 2"
+            assert all(pmacct._polling_one_fd(q) for q in plugins), "returned before both plugins waited for data"
+    finally:
+        os.close(fd)
 
 
 def test_pmacctd_sfprobe(workdir: Path, decoders_mod) -> None:

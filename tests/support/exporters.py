@@ -25,9 +25,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.peers import wait_plugins_polling
 from tests.support import netns as N
 from tests.support.netns import NetNS
+from tests.support.pmacct import plugin_count, wait_plugins_polling
 
 
 def ipfix_set_ids(payload: bytes) -> set[int]:
@@ -244,11 +244,12 @@ def run_pmacctd(ns: NetNS, workdir: Path, plugin: str, port: int, *, version: in
     flushes its cache on exit). Returns its log.
 
     pmacctd's core hands its plugin what it reads only while the plugin waits in its main loop
-    (benchmarks/peers.wait_plugins_polling): what it read before that was never exported. The
+    (tests/support/pmacct.wait_plugins_polling): what it read before that was never exported. The
     core reads the file after a fixed 2 s sleep, not once its plugin waits; so it reads the
     pcap from a FIFO whose packets are written only once the plugin waits."""
     conf = workdir / "pmacctd.conf"
     conf.write_text(pmacctd_config(plugin, port, version=version))
+    plugins = plugin_count(conf.read_text())
     fifo = workdir / PMACCTD_FIFO
     os.mkfifo(fifo)
     pcap = (workdir / PCAP_NAME).read_bytes()
@@ -259,7 +260,7 @@ def run_pmacctd(ns: NetNS, workdir: Path, plugin: str, port: int, *, version: in
         os.write(fd, pcap[:24])
         p = ns.popen(["pmacctd", "-f", "pmacctd.conf"], cwd=workdir)
         try:
-            wait_plugins_polling(p.pid, timeout=timeout)
+            wait_plugins_polling(p.pid, plugins=plugins, timeout=timeout)
         except (TimeoutError, ChildProcessError) as e:
             ns.stop(p, signal.SIGKILL)
             out, err = p.communicate()
@@ -285,7 +286,7 @@ def run_pmacctd(ns: NetNS, workdir: Path, plugin: str, port: int, *, version: in
     # The core has handed the plugin the last of it; SIGINT before the plugin took it lost it
     # (sfprobe exits at once, its samples unsent). Waiting in poll() again, it has.
     try:
-        wait_plugins_polling(p.pid, timeout=timeout)
+        wait_plugins_polling(p.pid, plugins=plugins, timeout=timeout)
     except (TimeoutError, ChildProcessError):
         pass   # the log says why
     ns.stop(p, signal.SIGINT, timeout=timeout)
