@@ -86,7 +86,7 @@ def test_fprobe_netflow_v1_v7(version: int, workdir: Path, decoders_mod) -> None
     (workdir / E.PCAP_NAME).write_bytes(G.build_pcap(generated, start=START, gap=0.001))
     began = time.time()
     cap, port = capture_export(workdir, lambda ns, port: E.run_fprobe(ns, workdir, port, version=version,
-                                                                      extra=("-q", "10000")))
+                                                                      flows=len(generated), extra=("-q", "10000")))
     problems, flows = decode_capture(decoders_mod, cap, "cflow", port)
     # fprobe's header uptime moves in whole seconds (as in test_fprobe)
     problems += check_against_traffic(flows, generated, start=began, time_slack_ms=3000)

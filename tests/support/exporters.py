@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support import netns as N
-from tests.support.netns import NetNS
+from tests.support.netns import NetNS, wait_capturing
 from tests.support.pmacct import plugin_count, wait_plugins_polling
 
 
@@ -298,36 +298,49 @@ def _pmacctd_log(workdir: Path) -> str:
     return log.read_text(errors="replace") if log.exists() else ""
 
 
-def wait_capturing(ns: NetNS, p: subprocess.Popen, ifname: str, timeout: float = 10.0) -> None:
-    """Wait until process `p` captures on `ifname` in `ns`: one of its packet sockets is bound to
-    that interface and running (/proc/PID/net/packet: Iface, R; libpcap opens the socket with no
-    protocol, so that it gets nothing, and binds it to the interface once its ring is set up).
-    Packets before that are not captured; packets after it wait in the ring until read."""
-    ifindex = ns.run(["cat", f"/sys/class/net/{ifname}/ifindex"]).stdout.decode().strip()
-    deadline = time.monotonic() + timeout
-    while p.poll() is None and time.monotonic() < deadline:
-        try:
-            fds = {os.readlink(f"/proc/{p.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{p.pid}/fd")}
-            with open(f"/proc/{p.pid}/net/packet") as f:   # sk RefCnt Type Proto Iface R Rmem User Inode
-                rows = [line.split() for line in f.read().splitlines()[1:]]
-        except OSError:
-            rows = []   # gone: see p.poll()
-        if any(r[4] == ifindex and r[5] == "1" and f"socket:[{r[8]}]" in fds for r in rows):
-            return
-        time.sleep(0.01)
-    raise RuntimeError(f"pid {p.pid} did not capture on {ifname} within {timeout}s (exit {p.poll()})")
+# Run in the exporter's namespace: argv[1] a UDP port. Once its packet socket on lo is bound it
+# prints "ready", then after each NetFlow v1/v5/v7 datagram to that port the records so far (the
+# header's count, bytes 2-3 in all three). Only the copy lo receives counts (PACKET_HOST), not the
+# one it sends (PACKET_OUTGOING).
+NETFLOW_RECORDS = """
+import socket, struct, sys
+port = int(sys.argv[1])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
+s.bind(("lo", 0x0800))
+print("ready", flush=True)
+total = 0
+while True:
+    pkt, addr = s.recvfrom(65535)
+    ihl = (pkt[0] & 15) * 4
+    if addr[2] != socket.PACKET_HOST or pkt[9] != 17 or len(pkt) < ihl + 12:
+        continue
+    dport = struct.unpack_from("!H", pkt, ihl + 2)[0]
+    version, count = struct.unpack_from("!HH", pkt, ihl + 8)
+    if dport == port and version in (1, 5, 7):
+        total += count
+        print(total, flush=True)
+"""
 
 
-def run_fprobe(ns: NetNS, workdir: Path, port: int, *, settle: float = 10.0, version: int = 5,
+def run_fprobe(ns: NetNS, workdir: Path, port: int, *, flows: int, timeout: float = 30.0, version: int = 5,
                extra: tuple[str, ...] = ()) -> str:
     """fprobe (NetFlow `version`: 1, 5 or 7) capturing live on one end of a veth pair inside `ns` while tcpreplay
     sends workdir/in.pcap into the other end (fprobe has no pcap input), exporting to
-    127.0.0.1:port. fprobe exports a flow idle for 2 s at its next 1 s scan; `settle` waits for
-    that, then SIGINT stops it. Its flow times are the live capture's, not the pcap's. `extra`:
-    more fprobe options (`-q 10000`: a pending queue that holds more than 100 flows)."""
+    127.0.0.1:port. Its flow times are the live capture's, not the pcap's. `extra`: more fprobe
+    options (`-q 10000`: a pending queue that holds more than 100 flows).
+
+    fprobe exports a flow idle for 2 s (-d) at a scan (-s, every 1 s), and sends a datagram that
+    is not full some seconds later (7.3 s after tcpreplay, 4 flows); it exports nothing on SIGINT
+    (it dies of it, the flows it holds lost). So it is stopped once `flows` records were sent to
+    the port (counted on lo: NETFLOW_RECORDS), or after `timeout` if they never come (the caller
+    sees which are missing). It waited a fixed 10 s before."""
     ns.run(["ip", "link", "add", "fpa", "type", "veth", "peer", "name", "fpb"])
     for end in ("fpa", "fpb"):
         ns.run(["ip", "link", "set", end, "up"])
+    counter = ns.popen([sys.executable, "-c", NETFLOW_RECORDS, str(port)])
+    assert counter.stdout is not None
+    if counter.stdout.readline() != b"ready\n":
+        raise RuntimeError(f"the record counter did not start: {counter.communicate()[1].decode(errors='replace')}")
     # -l 2: log to stdout, staying in the foreground; -s scan period, -d idle and -e active timeouts
     p = ns.popen(["fprobe", "-l", "2", "-i", "fpb", "-s", "1", "-d", "2", "-e", "300", "-n", str(version), *extra,
                   f"127.0.0.1:{port}"])
@@ -338,10 +351,21 @@ def run_fprobe(ns: NetNS, workdir: Path, port: int, *, settle: float = 10.0, ver
         raise RuntimeError(f"fprobe did not start capturing (exit {p.returncode}): "
                            f"{p.communicate()[1].decode(errors='replace')}") from None
     ns.run(["tcpreplay", "--topspeed", "-i", "fpa", str(workdir / PCAP_NAME)])
-    time.sleep(settle)
+    sent, deadline, fd, buf = 0, time.monotonic() + timeout, counter.stdout.fileno(), b""
+    while sent < flows and p.poll() is None:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            break
+        chunk = os.read(fd, 4096)   # not readline: lines it buffered would go unseen by select
+        if not chunk:
+            break
+        *lines, buf = (buf + chunk).split(b"\n")
+        if lines:
+            sent = int(lines[-1])
+    ns.stop(counter, signal.SIGKILL)
     ns.stop(p, signal.SIGINT)
     out, err = p.communicate()
-    return (out + err).decode(errors="replace")
+    return f"fprobe sent {sent} of {flows} records\n" + (out + err).decode(errors="replace")
 
 
 def run_nfreplay(ns: NetNS, workdir: Path, version: int, port: int, *, timeout: float = 60.0,

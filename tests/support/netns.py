@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -216,6 +217,26 @@ def udp_sink(ns: NetNS, addr: str, port: int, *, replies: int = 0, reply_size: i
     return p
 
 
+def wait_capturing(ns: NetNS, p: subprocess.Popen, ifname: str, timeout: float = 10.0) -> None:
+    """Wait until process `p` captures on `ifname` in `ns`: one of its packet sockets is bound to
+    that interface and running (/proc/PID/net/packet: Iface, R; libpcap opens the socket with no
+    protocol, so that it gets nothing, and binds it to the interface once its ring is set up).
+    Packets before that are not captured; packets after it wait in the ring until read."""
+    ifindex = ns.run(["cat", f"/sys/class/net/{ifname}/ifindex"]).stdout.decode().strip()
+    deadline = time.monotonic() + timeout
+    while p.poll() is None and time.monotonic() < deadline:
+        try:
+            fds = {os.readlink(f"/proc/{p.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{p.pid}/fd")}
+            with open(f"/proc/{p.pid}/net/packet") as f:   # sk RefCnt Type Proto Iface R Rmem User Inode
+                rows = [line.split() for line in f.read().splitlines()[1:]]
+        except OSError:
+            rows = []   # gone: see p.poll()
+        if any(r[4] == ifindex and r[5] == "1" and f"socket:[{r[8]}]" in fds for r in rows):
+            return
+        time.sleep(0.01)
+    raise RuntimeError(f"pid {p.pid} did not capture on {ifname} within {timeout}s (exit {p.poll()})")
+
+
 class Capture:
     """tcpdump on one interface of a namespace, written to a pcap; started before the exporter
     and stopped after it (SIGINT flushes the file)."""
@@ -223,6 +244,7 @@ class Capture:
     def __init__(self, ns: NetNS, path: Path, *, iface: str = "lo", bpf: str = "udp") -> None:
         self.ns = ns
         self.path = path
+        self.iface = iface
         # --immediate-mode: without it, TPACKET_V3 blocks are only handed over when full or
         # on a timeout, and a short capture stopped by SIGINT comes out empty.
         # -Z root: keep writing to the test's private (0700) directory.
@@ -242,10 +264,11 @@ class Capture:
             chunk = self.proc.stderr.read() or b""
             buf += chunk
             if b"listening on" in buf:
-                # tcpdump says so a moment before its socket sees every packet: an exporter that
-                # sends at once (softflowd -v psamp, reading a pcap) lost its first datagrams to
-                # the capture in 1 run of 6; with this wait, none in 10
-                time.sleep(0.3)
+                # Its packet socket runs on the interface from here on (already when it says so,
+                # 2 of 2 starts looked at); it waited a fixed 0.3 s, for a loss of the first
+                # datagrams of an exporter that sends at once (softflowd -v psamp: 1 run of 6) seen
+                # before tcpdump had its 64 MiB ring (-B), which stop() now reports as drops
+                wait_capturing(self.ns, self.proc, self.iface, timeout=max(0.1, deadline - time.monotonic()))
                 return
             if self.proc.poll() is not None:
                 raise RuntimeError(f"tcpdump exited: {buf.decode(errors='replace')}")
@@ -253,6 +276,14 @@ class Capture:
         raise RuntimeError(f"tcpdump not ready after {timeout}s: {buf.decode(errors='replace')}")
 
     def stop(self, settle: float = 0.5) -> Path:
+        """Stop tcpdump; raises if its kernel ring dropped packets (what it says as it exits): the
+        capture misses datagrams that were sent, which a test would read as the exporter's or the
+        decoder's loss."""
         time.sleep(settle)
         self.ns.stop(self.proc, signal.SIGINT)
+        assert self.proc.stderr is not None
+        said = (self.proc.stderr.read() or b"").decode(errors="replace")
+        m = re.search(r"(\d+) packets? dropped by kernel", said)
+        if m and int(m.group(1)):
+            raise RuntimeError(f"tcpdump dropped {m.group(1)} packets of {self.path.name}: {said}")
         return self.path
