@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tests.support import netns as N
 from tests.support.netns import NetNS, wait_capturing
-from tests.support.pmacct import plugin_count, wait_plugins_polling
+from tests.support.pmacct import all_stats, plugin_count, wait_plugins_polling
 
 
 def ipfix_set_ids(payload: bytes) -> set[int]:
@@ -240,8 +240,8 @@ def pmacctd_config(plugin: str, port: int, *, version: int = 10, sampling: int =
 
 def run_pmacctd(ns: NetNS, workdir: Path, plugin: str, port: int, *, version: int = 10,
                 timeout: float = 30.0) -> str:
-    """Run pmacctd with one plugin over workdir/in.pcap, let it export, then SIGINT it (nfprobe
-    flushes its cache on exit). Returns its log.
+    """Run pmacctd with one plugin over workdir/in.pcap, let it export, then stop it (_stop_pmacctd:
+    SIGINT to the plugin, which nfprobe answers by exporting its cache). Returns its log.
 
     pmacctd's core hands its plugin what it reads only while the plugin waits in its main loop
     (tests/support/pmacct.wait_plugins_polling): what it read before that was never exported. The
@@ -289,8 +289,41 @@ def run_pmacctd(ns: NetNS, workdir: Path, plugin: str, port: int, *, version: in
         wait_plugins_polling(p.pid, plugins=plugins, timeout=timeout)
     except (TimeoutError, ChildProcessError):
         pass   # the log says why
-    ns.stop(p, signal.SIGINT, timeout=timeout)
+    _stop_pmacctd(ns, p, timeout)
     return _pmacctd_log(workdir)
+
+
+def _stop_pmacctd(ns: NetNS, p: subprocess.Popen, timeout: float) -> None:
+    """Stop pmacctd once its plugins have taken all it read: SIGINT to the plugins alone (nfprobe
+    exports its cache and exits, sfprobe exits), then, once they have exited (zombies or reaped),
+    SIGKILL to the core: it exports nothing itself, and what its plugins held is sent.
+
+    SIGINT to the whole group made the core's handler sleep 2 s before it signals its plugins,
+    cut short only by a plugin's exit that came after the sleep began (sfprobe, which exits at
+    once, mostly came before it). Left to itself after its plugins' exit, the core sleeps the
+    same 2 s ("OK, Exiting" 2 s after the plugin's exit). SIGINT to the core alone is no better:
+    its handler hands the plugins its last buffer again (fill_pipe_buffer), which nfprobe then
+    counted twice (every packet of the pcap, both versions, tried here)."""
+    children = [q for q, fields in all_stats() if int(fields[1]) == p.pid]
+    for child in children:
+        try:
+            os.kill(child, signal.SIGINT)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while p.poll() is None and time.monotonic() < deadline:
+        if all(_exited(q) for q in children):
+            break
+        time.sleep(0.01)
+    ns.stop(p, signal.SIGKILL)
+
+
+def _exited(pid: int) -> bool:
+    """Whether process `pid` has exited (a zombie, or reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
 
 
 def _pmacctd_log(workdir: Path) -> str:
