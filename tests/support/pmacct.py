@@ -41,7 +41,7 @@ def process_tree(pid: int) -> list[int]:
 
 def plugin_count(config: str) -> int:
     """How many plugins a pmacct configuration starts: the names on its `plugins:` line
-    ("plugins: nfprobe[a], sfprobe[b]"); pmacct starts one plugin of type print when there is none."""
+    ("plugins: nfprobe[a], sfprobe[b]"); without that line pmacct starts one, its default."""
     m = re.search(r"^\s*plugins\s*:\s*(.+)$", config, re.MULTILINE)
     return len([n for n in m.group(1).split(",") if n.strip()]) if m else 1
 
