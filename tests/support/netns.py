@@ -222,7 +222,8 @@ def wait_capturing(ns: NetNS, p: subprocess.Popen, ifname: str, timeout: float =
     that interface and running (/proc/PID/net/packet: Iface, R; libpcap opens the socket with no
     protocol, so that it gets nothing, and binds it to the interface once its ring is set up).
     Packets before that are not captured; packets after it wait in the ring until read."""
-    ifindex = ns.run(["cat", f"/sys/class/net/{ifname}/ifindex"]).stdout.decode().strip()
+    # libpcap's "any" binds its socket to no interface: index 0
+    ifindex = "0" if ifname == "any" else ns.run(["cat", f"/sys/class/net/{ifname}/ifindex"]).stdout.decode().strip()
     deadline = time.monotonic() + timeout
     while p.poll() is None and time.monotonic() < deadline:
         try:
