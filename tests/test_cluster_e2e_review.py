@@ -30,12 +30,9 @@ collector's: the traffic is made again when the exporters did not send a record.
 
 from __future__ import annotations
 
-import ctypes
 import json
-import os
 import signal
 import sys
-import threading
 import time
 from collections import Counter
 from contextlib import ExitStack
@@ -154,33 +151,16 @@ def api_objects() -> list[tuple[str, dict]]:
 
 
 # ---- the fake API server inside node-a's namespace ------------------------------------------
-CLONE_NEWNET = 0x40000000
-
-
 def start_fake_kube_in(ns: N.NetNS, stack: ExitStack) -> FakeKube:
     """running_fake_kube, entered on `stack` (whose close stops it, and fails if a request
     handler raised), with its listening socket made in `ns` (a socket stays in the namespace it
-    was created in): a thread enters the namespace with setns(2), starts the server and ends."""
-    libc = ctypes.CDLL(None, use_errno=True)
+    was created in): started on a thread in the namespace (netns.in_netns)."""
     out: dict = {}
 
-    def enter_and_start() -> None:
-        try:
-            fd = os.open(f"/run/netns/{ns.name}", os.O_RDONLY)
-            try:
-                if libc.setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), "setns")
-            finally:
-                os.close(fd)
-            out["fake"] = stack.enter_context(running_fake_kube())
-        except BaseException as e:  # reported by the caller
-            out["error"] = e
+    def start() -> None:
+        out["fake"] = stack.enter_context(running_fake_kube())
 
-    t = threading.Thread(target=enter_and_start)
-    t.start()
-    t.join()
-    if "error" in out:
-        raise out["error"]
+    N.in_netns(ns, start)
     return out["fake"]
 
 
