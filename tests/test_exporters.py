@@ -581,12 +581,13 @@ def test_pmacctd_plugin_that_waits_for_data_late_still_exports_the_whole_pcap(pl
 
 def test_pmacctd_is_stopped_once_its_plugin_has_taken_the_whole_pcap(workdir: Path, decoders_mod,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """run_pmacctd stops pmacctd (SIGINT) once the core has read the pcap and its plugin has
-    taken all of it: sfprobe exits on SIGINT at once, what it has not sent is lost. Here the
-    plugin is stopped (SIGSTOP) as soon as it waits for data, so that the core reads the pcap
-    without it, and let go once the core is in its SIGINT handler (its 2 s sleep there) or, not
-    signalled, 1 s after it said "finished reading". Every packet must be exported. Before,
-    run_pmacctd sent SIGINT as soon as the core said so, and nothing was exported here."""
+    """run_pmacctd stops pmacctd (SIGINT to its plugins) only once the core has read the pcap
+    and its plugin has taken all of it: sfprobe exits on SIGINT at once, what it has not sent is
+    lost. Here the plugin is stopped (SIGSTOP) as soon as it waits for data, so that the core
+    reads the pcap without it, and let go 1 s after the core said "finished reading" (or once
+    the core sleeps in a SIGINT handler, when a runner signals the core: run_pmacctd no longer
+    does). Every packet must be exported. Before, run_pmacctd sent SIGINT as soon as the core
+    said so, and nothing was exported here."""
     from tests.support import pmacct
 
     _skip_unless("pmacctd")
