@@ -102,6 +102,8 @@ SERIES: dict[str, Series] = {s.name: s for s in [
     Series("flowscope_sequence_resets", "counter", "Exporter restarts: a sequence number that jumped by more than "
            "2^20, or went back, or forward (the new run's first datagrams lost), with a header uptime (netflow5, netflow7, "
            "netflow9, sflow5) that went back by more than a minute, or went back and kept following on in sequence for a second (a process restarted on the same port); "
+           "an IPFIX message whose own options data gives a systemInitTimeMilliseconds (IE 160) more than a minute away from "
+           "the one kept for its process and domain, with a sequence number other than the one expected; "
            "tracking starts over", ("exporter", "protocol")),
     Series("flowscope_exporters", "gauge", "Exporters (source addresses) with decoder state that sent since the start (those only "
            "restored from the state file are not counted); with --workers N each address once, however many "

@@ -856,6 +856,7 @@ cdef class ExporterState:
     cdef uint64_t msg_records          # data records of the IPFIX message / v9 packet being decoded
     cdef uint64_t msg_opt_records      # ... of them options records (v9_convention counts flows only)
     cdef bint msg_uncounted            # ... some of which could not be counted (unknown template)
+    cdef bint msg_restarted            # ... its options data told a restart of the process (learn_options)
     cdef uint64_t msg_unknown_bytes    # ... the bytes those records are in (each record is one at least)
     cdef list msg_unknown_sets         # ... its data sets without their template (floor_sets), None: none
     cdef bint msg_sets_kept            # ... every undecoded record is in msg_unknown_sets
@@ -992,7 +993,7 @@ cdef class ExporterState:
         return d
 
     cdef void sequence(self, int kind, uint32_t port, uint64_t domain, uint32_t seq, uint32_t advance,
-                       int64_t uptime, int64_t now_ms, int64_t export_s=-1) noexcept:
+                       int64_t uptime, int64_t now_ms, int64_t export_s=-1, bint restarted=False) noexcept:
         """An export's sequence number against the one expected from the same exporting process
         (port) and domain. A forward jump is a gap: what never arrived (in the protocol's unit:
         flows for v5, records for IPFIX, datagrams for v9 and sFlow), unless datagrams behind the
@@ -1008,7 +1009,9 @@ cdef class ExporterState:
         -1 for sFlow, which has none) keep following each other in sequence (SEQ_RESTART_RUN,
         over SEQ_REORDER_MS, with none of the expected stream between them: a process restarted
         on the same port, less than SEQ_MAX_GAP behind, which IPFIX has no uptime to tell; copies
-        of old datagrams on a slower path carry old export times).
+        of old datagrams on a slower path carry old export times). `restarted`: the datagram's
+        own options data told that the exporting process restarted (IPFIX, learn_options), read
+        as an uptime gone back.
         A late datagram that falls in no open gap (its gap was counted, or it is a duplicate)
         changes nothing."""
         cdef SeqStream st = self.cur_seq
@@ -1049,7 +1052,7 @@ cdef class ExporterState:
             return
         # uptime wraps at 2^32 ms (49.7 days): "went back" is a difference below 2^31
         back = <uint32_t>(st.uptime - uptime) if st.synced and uptime >= 0 and st.uptime >= 0 else 0
-        went_back = SEQ_RESTART_UPTIME_MS < back < 0x80000000u
+        went_back = SEQ_RESTART_UPTIME_MS < back < 0x80000000u or (restarted and st.synced)
         # A datagram whose uptime went back is of the exporter's next run (or `flowscope
         # replay`'s next loop): its step from the latest is no vote on the numbering. Taken for
         # one on a stream not decided yet, a restart numbered the previous datagram's count past
@@ -1546,7 +1549,7 @@ cdef class ExporterState:
         return sp
 
     cdef void ipfix_sequence(self, uint32_t port, uint32_t domain, uint32_t seq, uint32_t advance,
-                             int64_t now_ms, int64_t export_s) noexcept:
+                             int64_t now_ms, int64_t export_s, bint restarted=False) noexcept:
         """An IPFIX message's sequence number (see SeqPort): counted in its domain's stream, or
         in its port's one stream where the exporter numbers all its domains as one."""
         cdef SeqPort sp = self.seq_port(port)
@@ -1601,7 +1604,8 @@ cdef class ExporterState:
                     was_shared = not was_shared
         sp.has_prev = True
         sp.prev_domain, sp.prev_seq, sp.prev_adv = domain, seq, advance
-        self.sequence(PROTO_IPFIX, port, SEQ_SHARED if was_shared else domain, seq, advance, -1, now_ms, export_s)
+        self.sequence(PROTO_IPFIX, port, SEQ_SHARED if was_shared else domain, seq, advance, -1, now_ms, export_s,
+                      restarted)
 
     cdef void discard_gaps(self, SeqStream st) noexcept:
         """Close a stream's open gaps and held loss without counting them (read the wrong way)."""
@@ -3477,7 +3481,16 @@ cdef void learn_options(Decoder dec, ExporterState ex, Template t, uint32_t rate
     of these (nor a sampler id) is the whole process and domain's: a rate scoped by one
     interface or template never is."""
     cdef tuple process = (t.version, t.domain, t.port)
+    cdef object kept
     if sysinit >= 0:
+        if t.version == 10:
+            # IPFIX has no header uptime to tell a process restarted on the same port and domain
+            # by: its systemInitTimeMilliseconds moving as far as a v9 uptime must go back does
+            # (a clock read at each export jitters by far less). The message's sequence number,
+            # checked once its sets are decoded, is then the new run's first (decode_ipfix).
+            kept = ex.sysinit_ms.get(process) if len(ex.sysinit_ms) else None
+            if kept is not None and abs(<int64_t>kept - sysinit) > SEQ_RESTART_UPTIME_MS:
+                ex.msg_restarted = True
         learn(dec, ex, ex.sysinit_ms, process, sysinit)
     if not rate:
         return
@@ -4481,6 +4494,7 @@ cdef int decode_ipfix(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
         ex.msg_records = 0
         ex.msg_opt_records = 0
         ex.msg_uncounted = False
+        ex.msg_restarted = False
         ex.msg_unknown_bytes = 0
         ex.msg_unknown_sets = None
         ex.msg_sets_kept = True
@@ -4510,7 +4524,7 @@ cdef int decode_ipfix(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
             # (or in all of them: ipfix_sequence)
             if whole and not ex.msg_uncounted:
                 ex.ipfix_sequence(b.port, domain, be32(h + 8), <uint32_t>ex.msg_records,
-                                  <int64_t>(b.recv_time * 1000.0), be32(h + 4))
+                                  <int64_t>(b.recv_time * 1000.0), be32(h + 4), ex.msg_restarted)
             else:
                 if not whole:   # what the message held from the set that failed on is not known
                     ex.msg_unknown_bytes += <uint64_t>(m.end - set_start)

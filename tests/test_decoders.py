@@ -2857,6 +2857,57 @@ def test_ipfix_process_restarted_on_the_same_port_counting_its_own_records_is_a_
                [(seq, n, 11 + 0.2 * i) for i, (seq, n) in enumerate(rfc)]) == (0, 1)
 
 
+@pytest.mark.parametrize("options_last", [False, True])
+def test_ipfix_process_restarted_told_by_its_system_init_time(options_last: bool) -> None:
+    """IPFIX has no header uptime: a process restarted on the same source port and domain whose
+    new sequence lands a little ahead of what the old run's next message would have been read
+    as a gap, its records counted lost. softflowd sends systemInitTimeMilliseconds (160) in its
+    first message, beside its first flows: a value moved by more than a minute from the one
+    kept is a restart, that message the new run's first, wherever the options set sits in it.
+    The old run's own losses are still counted, the new run's too; a value moved by less (a
+    clock read at each export) is no restart."""
+    tpl = _tpl(256, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("bytes", 1, 0, 4))
+    opt_body = struct.pack("!HHH", 400, 2, 1) + struct.pack("!HHHH", 149, 4, 160, 8)
+    opt_tpl = struct.pack("!HH", 3, 4 + len(opt_body)) + opt_body
+    recs = [{"src": "10.0.0.1", "dst": "10.0.0.2", "bytes": 100 + i} for i in range(5)]
+    t0 = float(EXPORT)
+    init = (EXPORT - 600) * 1000
+
+    def first(seq: int, sysinit: int, at: float) -> tuple[bytes, float]:
+        """A process's first message: its templates, its clock (one options record) and 5 flows."""
+        opt = struct.pack("!HHIQ", 400, 16, 0, sysinit)
+        sets = [opt_tpl, template_set([tpl]), data_set(tpl, recs)]
+        sets.insert(3 if options_last else 1, opt)
+        return ipfix_message(sets, seq=seq, export_time=EXPORT + int(at)), at
+
+    def data(seq: int, at: float) -> tuple[bytes, float]:
+        return ipfix_message([data_set(tpl, recs)], seq=seq, export_time=EXPORT + int(at)), at
+
+    def run(msgs: list[tuple[bytes, float]]) -> tuple[int, int]:
+        dec = Decoder()
+        for m, at in msgs:
+            b = dec.decode(m, EXPORTER, 40001, t0 + at)
+            assert b.error is None and len(b) == 5
+        return _seq_at(dec, "ipfix", t0 + 30)
+
+    # RFC 7011 3.1 numbering: the first message holds 6 records (5 flows and the options one)
+    old = [first(0, init, 0.0)] + [data(6 + 5 * i, 0.1 + 0.01 * i) for i in range(100)]   # next: 506
+    assert run(old) == (0, 0)
+    # restarted 120 s later in its clock, numbered 10 past the old run's next: no loss, a restart
+    new = [first(516, init + 120_000, 1.5), data(522, 1.6), data(527, 1.7)]
+    assert run(old + new) == (0, 1)
+    # numbered a little behind: a restart at once, not late datagrams for a second
+    assert run(old + [first(100, init + 120_000, 1.5), data(106, 1.6), data(111, 1.7)]) == (0, 1)
+    # the new run's own loss counts (522's 5 records never arrive)
+    assert run(old + [new[0], new[2]]) == (5, 1)
+    # the old run's losses before the restart are still counted (message 56, 5 records; message
+    # 491, its gap still open, within the reorder window, when the restart comes)
+    assert run(old[:11] + old[12:] + new) == (5, 1)
+    assert run(old[:-3] + old[-2:] + new) == (5, 1)
+    # a clock read that moved by less than a minute: the same process, the 10 are lost
+    assert run(old + [first(516, init + 30_000, 1.5), data(522, 1.6), data(527, 1.7)]) == (10, 0)
+
+
 def test_reordered_datagrams_are_not_counted_as_lost() -> None:
     """A datagram overtaken on the path leaves a gap that it fills when it arrives: a gap is
     counted as lost only once it is SEQUENCE_REORDER_S old (receive time) and still open, and
