@@ -345,6 +345,18 @@ def ranged(parse: Callable[[Any], Any], lo: float | None = None, hi: float | Non
     return check
 
 
+def _idle_ms(v: Any) -> int:
+    # (0 is off, as None is for aiokafka, whose idle check would wake without pause at 0; a limit
+    # under a second would close and reopen connections between the batches of ordinary traffic)
+    n = int(ranged(parse_int, 0, 86400000)(v))
+    if 0 < n < 1000:
+        raise ValueError(f"{n} is out of range: must be 0 (never close idle connections) or between 1000 and 86400000")
+    return n
+
+
+_idle_ms.base = parse_int  # type: ignore[attr-defined]
+
+
 def opt(default: Any, help: str, parse: Callable[[Any], Any], *, flag: str | None = None,
         metavar: str | None = None, repeat: bool = False, secret: bool = False) -> Any:
     """A schema field: default, one-line help, parser/validator and flag details."""
@@ -470,6 +482,12 @@ class KafkaConfig:
                            "flowscope_kafka_connections_dropped_total); the probes also keep such a middlebox "
                            "from forgetting an idle connection. 0 = the system's (no keepalive)",
                            ranged(parse_int, 0, 7200), metavar="SECONDS")
+    connections_max_idle_ms: int = opt(540000, "close a connection to the brokers (direct produce and aiokafka's) "
+                                       "that has had no request and nothing in flight this long, and open a new one at "
+                                       "the next batch: not counted as a lost connection (Kafka producers' "
+                                       "connections.max.idle.ms; below the brokers' own, 600000 by default, which "
+                                       "otherwise close it and it counts as lost) (ms). 0 = never; else at least 1000",
+                                       _idle_ms, metavar="MS")
     client_id: str = opt("flowscope", "Kafka client id", parse_str)
     tls: bool = opt(False, "connect with TLS (implied by --kafka-tls-ca/cert/key)", parse_bool)
     tls_ca: str = opt("", "CA bundle (PEM) to verify the brokers", parse_str, metavar="PATH")

@@ -191,7 +191,8 @@ class Connection:
     """One TCP connection to a broker with up to `max_in_flight` Produce requests outstanding."""
 
     def __init__(self, host: str, port: int, client_id: bytes, *, max_in_flight: int, timeout: float,
-                 on_throttle: Callable[[int], None] | None = None, keepalive_s: int = 0) -> None:
+                 on_throttle: Callable[[int], None] | None = None, keepalive_s: int = 0,
+                 max_idle: float = 0.0) -> None:
         self.host = host
         self.keepalive_s = keepalive_s
         # the connection, open, failed for the broker's silence (dropped_silently): a middlebox
@@ -228,6 +229,13 @@ class Connection:
         # answers whose futures' callbacks have not run yet: their slots are not free until then
         self._settling = 0
         self.answered_at = 0.0   # when the broker last answered a Produce request here
+        # Closed by the watchdog after max_idle seconds (0: never) with no request written, no
+        # answer read and nothing in flight, as Kafka's producers do (connections.max.idle.ms),
+        # before the broker closes it for its own idle limit (600 s by default), which the
+        # producer cannot tell from a broker lost. idle_closed: so closed (DirectProducer._closed).
+        self.max_idle = max_idle
+        self.used_at = 0.0
+        self.idle_closed = False
         # since when more than WRITE_LIMIT bytes wait to be written (0: not so), and the task
         # that waits for them to go (_drain)
         self._full_since = 0.0
@@ -270,6 +278,7 @@ class Connection:
             raise ProtocolError(f"broker serves Produce v{lo}-v{hi}, not v{PRODUCE_VERSION}")
         self.produce_max = hi
         loop = asyncio.get_running_loop()
+        self.used_at = time.monotonic()
         self._tasks = [loop.create_task(self._read_loop()), loop.create_task(self._watchdog())]
 
     async def produce(self, batch: Any, topic: bytes, partition: int, acks: int, timeout_ms: int) -> asyncio.Future[None]:
@@ -297,6 +306,7 @@ class Connection:
             fut.set_result(None)
         else:
             self.inflight.append((corr, fut, time.monotonic() + self.timeout, version, partition))
+        self.used_at = time.monotonic()
         self.writer.write(data)
         del data
         if self.writer.transport.get_write_buffer_size() > WRITE_LIMIT and not self._full_since:
@@ -349,7 +359,7 @@ class Connection:
                     if self.on_throttle is not None:
                         self.on_throttle(throttle)
                 fut = self.inflight.popleft()[1]
-                self.answered_at = time.monotonic()
+                self.answered_at = self.used_at = time.monotonic()
                 if not fut.done():
                     if err:
                         fut.set_exception(BrokerError(err))
@@ -380,6 +390,16 @@ class Connection:
                 elif time.monotonic() - self._full_since > self.timeout:
                     self.close(TimeoutError(f"{self.host}:{self.port} read none of the {size} bytes waiting to be "
                                             f"written to it in {self.timeout:.1f} s"))
+            elif self.idle(time.monotonic()):
+                self.idle_closed = True
+                self.close()
+
+    def idle(self, now: float) -> bool:
+        """Whether the connection is open and has been unused for max_idle: nothing in flight or
+        settling, nothing waiting to be written, no throttle pending, no request or answer."""
+        return (self.max_idle > 0 and not self.closed and self.writer is not None and not self.inflight
+                and not self._settling and not self._full_since and self.throttled_until <= now
+                and now - self.used_at >= self.max_idle)
 
     def _settled(self) -> None:
         self._settling -= 1
@@ -431,7 +451,7 @@ class DirectProducer:
     cluster metadata."""
 
     def __init__(self, client: Any, *, client_id: str, acks: int, request_timeout_ms: int, connections: int,
-                 max_in_flight: int = 2, keepalive_s: int = 0) -> None:
+                 max_in_flight: int = 2, keepalive_s: int = 0, max_idle_ms: int = 0) -> None:
         self.client = client
         self.client_id = client_id.encode()
         self.acks = acks
@@ -439,6 +459,7 @@ class DirectProducer:
         self.per_broker = connections
         self.max_in_flight = max_in_flight
         self.keepalive_s = keepalive_s
+        self.max_idle = max_idle_ms / 1000
         self.dropped = 0   # connections dropped silently (flowscope_kafka_connections_dropped_total)
         self.conns: dict[int, list[Connection | None]] = {}
         self._rr = 0
@@ -466,6 +487,16 @@ class DirectProducer:
                          "counted in flowscope_kafka_throttle_seconds_total)", ms)
 
     def _closed(self, c: Connection) -> None:
+        if c.idle_closed:
+            # Closed for idleness: no broker lost. Its slot is cleared at once, so that neither
+            # send() nor the sink (_direct_lost: a metadata refresh, the broker checked early and
+            # ranked lower) take it for one; the next batch opens a new connection.
+            for slots in self.conns.values():
+                for i, s in enumerate(slots):
+                    if s is c:
+                        slots[i] = None
+            log.debug("kafka: the connection to %s:%d closed, idle for %.0f s", c.host, c.port, c.max_idle)
+            return
         if not c.dropped:
             return
         # (closed like any lost connection: the sink refreshes metadata and then opens a new one
@@ -529,7 +560,7 @@ class DirectProducer:
                 raise ConnectionError(f"no address for broker {node}")
             c = Connection(meta.host, meta.port, self.client_id, max_in_flight=self.max_in_flight,
                            timeout=self.timeout_ms / 1000 + 5, on_throttle=self._throttled,
-                           keepalive_s=self.keepalive_s)
+                           keepalive_s=self.keepalive_s, max_idle=self.max_idle)
             c.on_close = self._closed
             slots[i] = c
             conn = c

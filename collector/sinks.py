@@ -641,10 +641,6 @@ def conversation_key(rec: bytes) -> bytes:
 
 
 METADATA_MAX_AGE_MS = 30000
-#: aiokafka closes a connection idle this long with nothing waiting on it, and opens it again at
-#: the next request (its default, Kafka's producers' connections.max.idle.ms): no broker lost, so
-#: such a close is not counted as a lost connection (KafkaSink._connections_lost).
-CONNECTIONS_MAX_IDLE_MS = 540000
 
 #: Seconds the sink's start waits, past the topics' metadata, for their max.message.bytes
 #: (DescribeConfigs, KafkaSink._ask_limit): a broker slow to answer, or not answering, holds
@@ -735,7 +731,10 @@ def producer_kwargs(k: KafkaConfig) -> dict[str, Any]:
         # Partition counts and leaders are re-read at least this often (aiokafka's default, 5
         # minutes, left partitions added to or removed from a topic unseen that long).
         "metadata_max_age_ms": METADATA_MAX_AGE_MS,
-        "connections_max_idle_ms": CONNECTIONS_MAX_IDLE_MS,
+        # aiokafka closes a connection idle this long with nothing waiting on it, and opens it
+        # again at the next request: no broker lost, so such a close is not counted as a lost
+        # connection (KafkaSink._connections_lost). None: never (0 is the option's "never").
+        "connections_max_idle_ms": k.connections_max_idle_ms or None,
     }
     tls = k.tls or bool(k.tls_ca or k.tls_cert)
     if tls:
@@ -1517,7 +1516,8 @@ class KafkaSink(Sink):
                 self.direct = DirectProducer(self.producer.client, client_id=self.k.client_id,
                                              acks=-1 if self.k.acks == "all" else int(self.k.acks),
                                              request_timeout_ms=self.k.request_timeout_ms,
-                                             connections=self.k.connections, keepalive_s=self.k.keepalive_s)
+                                             connections=self.k.connections, keepalive_s=self.k.keepalive_s,
+                                             max_idle_ms=self.k.connections_max_idle_ms)
                 self.direct.on_room = self._on_room
             log.info("kafka: connected to %s (%d connection%s%s)", ",".join(self.k.brokers), len(producers),
                      "s" if len(producers) > 1 else "",
@@ -1929,7 +1929,7 @@ class KafkaSink(Sink):
                 elif not conn.connected() and conn not in self._conns_closed:
                     # closed (the broker went): reported once, not at every look while it stays
                     # in the client's table. Not aiokafka's close of a connection idle for
-                    # CONNECTIONS_MAX_IDLE_MS (nothing was waiting on it; it opens again at the
+                    # --kafka-connections-max-idle-ms (nothing was waiting on it; it opens again at the
                     # next request): with nothing produced yet those were every connection, and
                     # the idle check set the sink not connected for a broker that answers
                     lost = lost or not _idle_closed(conn)

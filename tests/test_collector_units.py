@@ -2537,3 +2537,29 @@ def test_a_failed_limit_request_after_a_read_limit_says_the_limit_stays(caplog: 
     assert f"batches of up to --kafka-batch-bytes {sink.k.batch_bytes} go" in said[0], said
     assert "the limit read before (200000)" in said[1] and "--kafka-batch-bytes" not in said[1], said
     assert sink.batch_limit[FLOWS] == size == 200_000
+
+
+@pytest.mark.parametrize(("value", "error"), [
+    ("500", "500 is out of range: must be 0 (never close idle connections) or between 1000 and 86400000"),
+    ("-1", "-1 is out of range: must be between 0 and 86400000"),
+])
+def test_the_idle_connection_limit_is_refused_below_a_second(value: str, error: str) -> None:
+    """--kafka-connections-max-idle-ms: 0 (never) or at least 1000; anything else is refused
+    with the bounds, not taken (0 < n < 1000 would close and reopen connections between batches)."""
+    r = subprocess.run([sys.executable, "-m", "collector.cli", "config", "--kafka-brokers", "k:9092",
+                        "--kafka-connections-max-idle-ms", value], capture_output=True, text=True, timeout=60,
+                       cwd=ROOT)
+    assert (r.returncode, r.stderr) == (2, "flowscope: configuration error: kafka.connections_max_idle_ms (from "
+                                           f"--kafka-connections-max-idle-ms): {error}\n")
+
+
+@pytest.mark.parametrize(("ms", "aiokafka"), [(0, None), (2000, 2000)])
+def test_the_idle_connection_limit_reaches_aiokafka(ms: int, aiokafka: int | None) -> None:
+    """The option is aiokafka's connections_max_idle_ms too; its 0 (never) is aiokafka's None (at 0
+    aiokafka's idle check would wake without pause)."""
+    from collector.config import KafkaConfig
+    from collector.sinks import producer_kwargs
+
+    k = KafkaConfig()
+    k.brokers, k.connections_max_idle_ms = ["k:9092"], ms
+    assert producer_kwargs(k)["connections_max_idle_ms"] == aiokafka

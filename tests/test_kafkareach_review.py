@@ -966,10 +966,9 @@ def test_aiokafkas_produce_errors_of_two_kinds_are_both_said(collector: Any, tmp
 
 
 @pytest.mark.parametrize("path", ["direct", "aiokafka"])
-def test_connections_closed_for_idleness_leave_the_sink_connected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                  path: str) -> None:
+def test_connections_closed_for_idleness_leave_the_sink_connected(tmp_path: Path, path: str) -> None:
     """aiokafka closes a connection left idle for connections_max_idle_ms (540 s by default; 0.3 s
-    here, through the setting the sink passes, CONNECTIONS_MAX_IDLE_MS) with nothing waiting on
+    here, through --kafka-connections-max-idle-ms, set below its minimum in process) with nothing waiting on
     it, and opens it again at the next request: no broker was lost. With nothing produced yet
     those are every connection the sink has (the direct path opens its own at the first batch),
     and the idle check (every 5 s) took them as every connection lost: the sink not connected
@@ -981,7 +980,6 @@ def test_connections_closed_for_idleness_leave_the_sink_connected(tmp_path: Path
     from collector import sinks
     from collector.config import Config
 
-    monkeypatch.setattr(sinks, "CONNECTIONS_MAX_IDLE_MS", 300)
     t = "t-" + uuid.uuid4().hex[:10]
     with cluster(tmp_path, t, n=1) as (a,):
         async def run() -> None:
@@ -989,6 +987,7 @@ def test_connections_closed_for_idleness_leave_the_sink_connected(tmp_path: Path
             cfg.kafka.brokers = [f"127.0.0.1:{a.port}"]
             cfg.kafka.topic, cfg.kafka.create_topic, cfg.kafka.partitions = t, True, 1
             cfg.kafka.direct = path == "direct"
+            cfg.kafka.connections_max_idle_ms = 300
             sink = sinks.KafkaSink(cfg)
             await sink.start()
             loop = asyncio.get_running_loop()
