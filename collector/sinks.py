@@ -1275,7 +1275,11 @@ class KafkaSink(Sink):
             except Exception as exc:  # noqa: BLE001 - _watch checks again within seconds
                 log.debug("kafka: advertised brokers' check failed: %r", exc)
 
-        self._checking = asyncio.get_running_loop().create_task(check())
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return   # (called outside the event loop, as a unit test does: _watch checks within seconds)
+        self._checking = loop.create_task(check())
 
     def _lost_connection(self) -> None:
         """A connection was lost (an aiokafka one, which sends the sink through a metadata
