@@ -3191,11 +3191,15 @@ def _aiokafka_idle_closes() -> None:
     """Mark each aiokafka connection closed for idleness (CloseReason.IDLE_DROP: idle for
     connections_max_idle_ms with no request waiting) while it was open, for _idle_closed: aiokafka
     gives the reason to its client's callback only, and a closed connection looks the same
-    whether its broker went or aiokafka let it go. Only marked, nothing of aiokafka's behaviour
-    changed."""
+    whether its broker went or aiokafka let it go. And count and log each one the kernel gave up
+    for its peer's silence (kafka_direct.dropped_silently; keepalive: _aiokafka_keepalive). Only
+    marked and counted, nothing of aiokafka's behaviour changed (it opens a new connection at the
+    next request, as after any lost one)."""
     import functools
 
     from aiokafka.conn import AIOKafkaConnection, CloseReason
+
+    from .kafka_direct import dropped_silently
 
     if getattr(AIOKafkaConnection, "_flowscope_idle_closes", False):
         return
@@ -3205,6 +3209,13 @@ def _aiokafka_idle_closes() -> None:
     def close(self: Any, reason: Any = None, exc: Any = None) -> Any:
         if reason == CloseReason.IDLE_DROP and self.connected():
             self._flowscope_idle_closed = True
+        elif dropped_silently(exc) and self.connected():
+            _AIO_DROPPED[0] += 1
+            _aio_rl.warning("dropped", "kafka: aiokafka's connection to %s:%s was dropped silently (%r: no answer to "
+                            "TCP keepalive probes after %d s idle, or to a write: a NAT, conntrack or firewall between "
+                            "here and the broker forgot it, or the broker's host is gone); aiokafka opens a new one "
+                            "(counted in flowscope_kafka_connections_dropped_total)", self.host, self.port, exc,
+                            _AIO_KEEPALIVE[0])
         return fn(self, reason, exc)
 
     AIOKafkaConnection.close = close  # type: ignore[method-assign]
@@ -3219,22 +3230,21 @@ _aio_rl = RateLimitedLog(log)
 
 
 def _aiokafka_keepalive(idle_s: int) -> None:
-    """TCP keepalive (kafka_direct.keepalive) on each aiokafka connection as it opens, and each
-    one the kernel gives up for its peer's silence (kafka_direct.dropped_silently) counted and
-    logged: aiokafka itself turns no keepalive on, and closes a connection only after 540 s of
-    idleness (connections_max_idle_ms), longer than some NATs keep one. Only the socket option
-    and the count: nothing of aiokafka's behaviour changed (it opens a new connection at the next
-    request, as after any lost one)."""
+    """TCP keepalive (kafka_direct.keepalive) on each aiokafka connection as it opens: aiokafka
+    itself turns no keepalive on, and closes a connection only after connections_max_idle_ms of
+    idleness, longer than some NATs keep one. A connection the kernel gives up is counted where
+    aiokafka closes it (_aiokafka_idle_closes). Only the socket option: nothing of aiokafka's
+    behaviour changed."""
     import functools
 
     from aiokafka.conn import AIOKafkaConnection
 
-    from .kafka_direct import dropped_silently, keepalive
+    from .kafka_direct import keepalive
 
     _AIO_KEEPALIVE[0] = idle_s
     if getattr(AIOKafkaConnection, "_flowscope_keepalive", False):
         return
-    connect, close = AIOKafkaConnection.connect, AIOKafkaConnection.close
+    connect = AIOKafkaConnection.connect
 
     @functools.wraps(connect)
     async def connect_kept(self: Any) -> Any:
@@ -3244,19 +3254,7 @@ def _aiokafka_keepalive(idle_s: int) -> None:
             keepalive(writer.transport.get_extra_info("socket"), _AIO_KEEPALIVE[0])
         return out
 
-    @functools.wraps(close)
-    def close_counted(self: Any, reason: Any = None, exc: Any = None) -> Any:
-        if dropped_silently(exc) and self.connected():
-            _AIO_DROPPED[0] += 1
-            _aio_rl.warning("dropped", "kafka: aiokafka's connection to %s:%s was dropped silently (%r: no answer to "
-                            "TCP keepalive probes after %d s idle, or to a write: a NAT, conntrack or firewall between "
-                            "here and the broker forgot it, or the broker's host is gone); aiokafka opens a new one "
-                            "(counted in flowscope_kafka_connections_dropped_total)", self.host, self.port, exc,
-                            _AIO_KEEPALIVE[0])
-        return close(self, reason, exc)
-
     AIOKafkaConnection.connect = connect_kept  # type: ignore[method-assign]
-    AIOKafkaConnection.close = close_counted  # type: ignore[method-assign]
     AIOKafkaConnection._flowscope_keepalive = True  # type: ignore[attr-defined]
 
 

@@ -1126,8 +1126,8 @@ cdef class ExporterState:
         the reading is open, a switch to the other reading recounts with it; 0 for sFlow and v7).
         IPFIX and v5 read the RFC's way: the previous message's count less this one's (softflowd's
         numbers leave its options records out, ipfix_convention); read softflowd's way, the
-        reverse. v9 read by packets: by records
-        the packet that set what is expected is followed by its records' numbers, not by one
+        reverse. v9 read by packets: read by records, the packet that set what is expected is
+        followed by its records' numbers, not by one
         (unknown records: no loss is certain); never more than by packets (a template-only
         packet numbered like the data packet after it sets what the packets reading expects, and
         that data packet is late by it, in order by records)."""
