@@ -1096,8 +1096,11 @@ def test_readyz_gives_the_check_of_the_brokers_finding_as_soon_as_a_failed_batch
                     both = [body for body in batch if f"; the broker at 127.0.0.1:{b.port} (node " in body]
                     assert both, (len(batch), batch[:1], batch[-1:], answers[-1:])
                     assert "cannot be reached" in both[0], both[0]
-                    assert f"metadata refresh failed: TimeoutError(); the broker at 127.0.0.1:{b.port} (node " in refresh, \
-                        refresh
+                    # (aiokafka's one-broker refresh either waits out its timeout, "TimeoutError()",
+                    # or gives up on the connection it cannot make first, returning no metadata:
+                    # the finding follows either)
+                    assert re.search(r"metadata refresh failed: (TimeoutError\(\); )?the broker at "
+                                     + re.escape(f"127.0.0.1:{b.port} (node "), refresh), refresh
                 finally:
                     c.stop()
 
