@@ -644,7 +644,7 @@ class Worker:
         for task in self._tasks:
             task.cancel()
         if self.state is not None:
-            self.state.save(self.decoder)
+            self.state.save(self.decoder, sequences=True)
         self.flush_records()
         await self.sink.drain(deadline)
         self._close_listeners(time.monotonic() + max(0.0, deadline - loop.time()))

@@ -26,6 +26,7 @@ import fcntl
 import glob
 import logging
 import os
+import socket
 import tempfile
 import threading
 import time
@@ -91,6 +92,11 @@ class StateFile:
         self._started = time.time()                      # (STATE_MAX_AGE applies EXPIRY_GRACE_S after)
         # (the last export, what it was before STATE_MAX_AGE left processes out, and the cutoff)
         self._full: tuple[bytes, bytes, float] | None = None
+        # Who saves the sequence state (save's `sequences`): only a collector on the same host
+        # goes on with it (its workers all load it: the kernel may give an exporter to another
+        # worker after a restart); a replica sharing the file never does (see load_into).
+        self.writer = socket.gethostname()
+        self.sequence_loads = {"exporters": 0, "skipped": 0}
 
     def candidates(self) -> list[str]:
         """Every file a previous run (with any worker count) may have written, oldest first:
@@ -124,12 +130,35 @@ class StateFile:
                 log.error("state: cannot load %s: %s (continuing without it)", p, exc)
                 continue
             self.loads["ok"] += 1
+            self._load_sequences(decoder, p, data)
             if got.get("skipped"):
                 log.warning("state: loaded %s: %d templates, %d bad entries skipped", p, got.get("templates", 0),
                             got["skipped"])
             else:
                 log.info("state: loaded %s: %d templates", p, got.get("templates", 0))
         self._find_abandoned(files)
+
+    def _load_sequences(self, decoder: Any, path: str, data: Any) -> None:
+        """The sequence state a final save of this host wrote in the file (save's `sequences`),
+        into the decoder: the exporters' sequence streams go on where they were, so that a
+        restart neither forgets what a numbering still undecided adds once its votes decide, nor
+        misses what an exporter sent while the collector was down (a gap) or its restart
+        meanwhile. Another host's (a replica sharing the file) is not taken: this process did not
+        receive what that one counted."""
+        seqs = data.get("sequences") if isinstance(data, dict) else None
+        if not isinstance(seqs, dict) or seqs.get("writer") != self.writer:
+            return
+        try:
+            got = decoder.import_sequences(seqs.get("exporters"))
+        except Exception as exc:  # (as a bad file: the collector goes on without it)
+            self.sequence_loads["skipped"] += 1
+            log.error("state: cannot load the sequence state in %s: %s (sequences start over)", path, exc)
+            return
+        self.sequence_loads["exporters"] += got["exporters"]
+        self.sequence_loads["skipped"] += got["skipped"]
+        if got["skipped"]:
+            log.warning("state: %s: sequence state of %d exporter(s) loaded, %d bad entries skipped", path,
+                        got["exporters"], got["skipped"])
 
     def _find_abandoned(self, files: list[str]) -> None:
         """Files no process writes any more: the worker files of an earlier run with more workers
@@ -281,11 +310,14 @@ class StateFile:
                      "state (saved by another replica or worker)", loaded, len(wanted))
         return loaded
 
-    def save(self, decoder: Any) -> bool:
+    def save(self, decoder: Any, sequences: bool = False) -> bool:
         """Export and write now (at shutdown), unchanged or not: a periodic write still in its
         thread may hold older state than what is on disk, and must not be the last word (the
-        generation check then skips it)."""
-        data = self._export(decoder)
+        generation check then skips it). `sequences` (the final save at shutdown): with the
+        exporters' sequence state (Decoder.export_sequences) and who wrote it, for the next start
+        on this host (_load_sequences); periodic saves leave it out, as after a crash it would be
+        older than what the crashed run received and counted."""
+        data = self._export(decoder, sequences)
         if data is None:
             return False
         ok = self._write(data, self._next_gen())
@@ -344,11 +376,15 @@ class StateFile:
         self._gen += 1
         return self._gen
 
-    def _export(self, decoder: Any) -> bytes | None:
+    def _export(self, decoder: Any, sequences: bool = False) -> bytes | None:
         """The decoder's state as bytes; `self._last` itself when it has not changed."""
         try:
             state = decoder.export_state()
             now = time.time()
+            if sequences:
+                # (beside "exporters": older versions, and the expiry and merges of the exporters'
+                # entries, ignore it; a merge keeps the writer's own, never another writer's)
+                state["sequences"] = {"writer": self.writer, "saved": now, "exporters": decoder.export_sequences()}
             data = orjson.dumps(state)
             self._full = None
             if now - self._started >= EXPIRY_GRACE_S and _expire(state, now - STATE_MAX_AGE):

@@ -310,6 +310,8 @@ cdef class Decoder:
         b.port = <uint16_t>port
         b.recv_time = recv_time if recv_time >= 0.0 else time.time()
         ex = self.exporter_state(exporter)
+        if ex.seq_restored_ms:
+            ex.resume_sequences(<int64_t>(b.recv_time * 1000.0))
         ex.last_seen = b.recv_time
         if self.state_bytes > self.max_state_bytes:
             self.evict(ex, f"exporter state is over {self.max_state_bytes >> 20} MiB")
@@ -515,6 +517,76 @@ cdef class Decoder:
                 "seen": [[p, w] for p, w in seen.items()],
             }
         return {"format": STATE_FORMAT, "exporters": out}
+
+    def export_sequences(self):
+        """The sequence state of its exporters (every SeqStream and SeqPort, seq_stream_state),
+        as JSON-able data: {exporter: {"seen", "reading", "streams", "ports"}}. The collector's
+        final save at shutdown keeps it (StateFile.save), for import_sequences at the next start:
+        periodic saves do not, as what a crash leaves is older than what the crashed run counted
+        (a gap from there would count what it received).
+        Every gap still open and every held loss are counted first (settle_gaps(), a hold as at
+        its SEQ_HELD_MS: the RFC's reading, a soft one left to the votes): by this run, as its
+        final metrics count them, not again by the next. What goes on is what is not counted yet:
+        where each stream is, the votes on its numbering and what an undecided reading adds."""
+        cdef ExporterState ex
+        self.settle_gaps()
+        out = {}
+        for ip, ex in self.exporters.items():
+            e = ex.sequences_state()
+            if e is not None:
+                out[ip] = e
+        return out
+
+    def import_sequences(self, data):
+        """Load what export_sequences() saved: each exporter's streams go on where they were,
+        if it is heard again within SEQ_RESTORE_MAX_MS of its latest datagram then (else they
+        start over, ExporterState.resume_sequences). An exporter this decoder has heard from
+        keeps its own; of two files describing one (worker files), the later latest datagram
+        wins. A bad exporter entry is skipped and counted, not fatal."""
+        cdef ExporterState ex
+        cdef SeqStream st
+        cdef dict streams, ports
+        cdef int64_t seen_ms
+        loaded = skipped = 0
+        if not isinstance(data, dict):
+            raise ValueError("sequences: expected an object")
+        for ip, e in data.items():
+            try:
+                seen = e["seen"]
+                if type(seen) is bool or not isinstance(seen, (int, float)) or not 0 <= seen <= 1e11:
+                    raise ValueError("seen out of range")
+                seen_ms = <int64_t>(<double>seen * 1000.0)
+                reading = e["reading"]
+                if not (isinstance(reading, list) and len(reading) == 2
+                        and all(type(r) is int and -1 <= r <= 1 for r in reading)):
+                    raise ValueError("reading: expected two of -1, 0, 1")
+                if not isinstance(e["streams"], list) or len(e["streams"]) > SEQ_MAX_STREAMS:
+                    raise ValueError("streams: expected a list")
+                streams = {}
+                for sd in e["streams"]:
+                    st = seq_stream_of(sd)
+                    streams[(st.kind, st.port, st.domain)] = st
+                if not isinstance(e["ports"], list) or len(e["ports"]) > SEQ_MAX_STREAMS:
+                    raise ValueError("ports: expected a list")
+                ports = {}
+                for p, pd in e["ports"]:
+                    if type(p) is not int or not 0 <= p <= 0xFFFF:
+                        raise ValueError("ports: a bad port")
+                    ports[p] = seq_port_of(pd)
+            except (KeyError, TypeError, ValueError, IndexError, OverflowError, AttributeError):
+                skipped += 1
+                continue
+            ex = self.exporters.get(ip)
+            if ex is not None and (ex.datagrams or (ex.seq_restored_ms and ex.seq_restored_ms >= seen_ms)):
+                continue    # its own sequence state, or a later one's (another worker's file)
+            ex = self.exporter_state(str(ip), False)
+            ex.install_sequences(streams, ports, reading[0], reading[1], seen_ms)
+            if ex.pending_gaps and not ex.gapped:
+                ex.gapped = True
+                self._gapped[ex.ip] = ex
+            self.sync_state(ex)
+            loaded += 1
+        return {"exporters": loaded, "skipped": skipped}
 
     def import_state(self, state, only_missing=False):
         """Load what export_state() saved (format 3, or formats 1 and 2 of earlier versions); bad

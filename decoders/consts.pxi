@@ -29,6 +29,8 @@ DEF TX_SYSUP = 2                   # ... 21/22 without a system init time (IPFIX
 DEF V9_UNCOUNTED = 0xFFFFFFFF     # a v9 packet's record count is not known (ExporterState.v9_convention)
 DEF SEQ_HELD_MS = 60000            # an IPFIX loss held back as ambiguous (ipfix_convention) is counted this late
 DEF SEQ_FILLED_RING = 16            # late sequence numbers remembered per stream (duplicates fill nothing)
+DEF SEQ_RESTORE_MAX_MS = 300000    # sequence state of the previous run (Decoder.import_sequences) goes on only
+                                    # for an exporter heard again within this of its latest datagram then
 DEF SEQ_FLOOR_BYTES = 1024          # an uncounted IPFIX message's undecoded sets kept up to this many bytes, to
                                     # count their records once their templates come (ExporterState.floor_count)
 DEF DROPS_MAX_SOURCES = 1024         # sFlow data sources whose drops counters are tracked per exporter

@@ -755,6 +755,175 @@ cdef class SeqPort:
                                 # port's latest change away from it)
 
 
+# What a SeqStream / SeqPort holds, as the state file keeps it across a restart (ExporterState.
+# sequences_state): every field, so that what is counted after the restart is what one run
+# would have counted of the same datagrams (an undecided reading's gaps, counted as the
+# smaller reading, undec_rfc / undec_inc, wait for the votes of the next run; open gaps and a
+# held loss, soft or not, are none once Decoder.export_sequences has settled them, and are
+# kept all the same, so that an entry is the stream whole). Left out: the caches
+# (ExporterState.cur_seq, cur_port), what is derived (pending_gaps, floor_bytes, dom_entries),
+# and the msg_* fields of the message being decoded (msg_restarted: its IE 160 against the one
+# kept, which the state file keeps as options data, "sysinit_ms", so a restart of the exporting
+# process while the collector was down is told by its first message after). A field left out
+# of an entry (a file of an earlier version) is what a new stream has.
+cdef object seq_int(dict d, str name, object lo, object hi, object default=0):
+    v = d.get(name, default)
+    if type(v) is bool or not isinstance(v, int) or not lo <= v <= hi:
+        raise ValueError(f"sequence field {name} out of range")
+    return v
+
+
+cdef object seq_u32(dict d, str name):
+    return seq_int(d, name, 0, 0xFFFFFFFF)
+
+
+cdef object seq_i64(dict d, str name, object default=0):
+    return seq_int(d, name, -(1 << 63), (1 << 63) - 1, default)
+
+
+cdef bint seq_bool(dict d, str name) except -1:
+    v = d.get(name, False)
+    if not isinstance(v, bool):
+        raise ValueError(f"sequence field {name} not a boolean")
+    return v
+
+
+cdef list seq_list(dict d, str name, Py_ssize_t most):
+    v = d.get(name, [])
+    if not isinstance(v, list) or len(v) > most:
+        raise ValueError(f"sequence field {name} not a list of at most {most}")
+    return v
+
+
+cdef dict seq_stream_state(SeqStream st):
+    cdef int i
+    return {
+        "kind": st.kind, "port": st.port, "domain": st.domain,
+        "synced": st.synced, "floor": st.floor, "floor_known": st.floor_known, "floor_max": st.floor_max,
+        # (undecoded data sets, bytes as hex; None: not kept, the floor's count is floor_max at most)
+        "floor_sets": (None if st.floor_sets is None else
+                       [[x[0], x[1], (<bytes>x[2]).hex()] for x in <list>st.floor_sets]),
+        "floor_from_set": st.floor_from_set, "floor_from": st.floor_from, "floor_prev": st.floor_prev,
+        "skipped": st.skipped, "next": st.next, "next_count": st.next_count, "last_set_next": st.last_set_next,
+        "uptime": st.uptime,
+        "gaps": [[st.gap_start[i], st.gap_span[i], st.gap_missing[i], st.gap_ms[i], st.gap_adj[i]]
+                 for i in range(st.ngaps)],
+        # the ring oldest first, so that it goes on in the same order
+        "filled": [st.filled[(st.fill_pos - st.nfilled + i) % SEQ_FILLED_RING] for i in range(st.nfilled)],
+        "has_last": st.has_last, "inclusive": st.inclusive, "last_seq": st.last_seq, "last_count": st.last_count,
+        "inc_votes": st.inc_votes, "rfc_votes": st.rfc_votes,
+        "held_lost": st.held_lost, "held_start": st.held_start, "held_span": st.held_span, "held_ms": st.held_ms,
+        "held_soft": st.held_soft, "prev_count": st.prev_count,
+        "late_run": st.late_run, "late_next": st.late_next, "late_ms": st.late_ms, "export_s": st.export_s,
+        "run_seq": st.run_seq, "run_uptime": st.run_uptime, "late_uptime": st.late_uptime,
+        "uptime_restarted": st.uptime_restarted, "restart_ms": st.restart_ms,
+        "by_records": st.by_records, "uncounted": st.uncounted,
+        "undec_rfc": st.undec_rfc, "undec_inc": st.undec_inc,
+    }
+
+
+cdef SeqStream seq_stream_of(dict d):
+    """A SeqStream from seq_stream_state's form; ValueError (or TypeError) for a bad entry."""
+    cdef SeqStream st = SeqStream.__new__(SeqStream)
+    cdef int i
+    cdef list gaps, filled, sets
+    cdef Py_ssize_t size = 0
+    st.kind = seq_int(d, "kind", PROTO_NETFLOW5, PROTO_SFLOW5)
+    if st.kind not in (PROTO_NETFLOW5, PROTO_NETFLOW7, PROTO_NETFLOW9, PROTO_IPFIX, PROTO_SFLOW5):
+        raise ValueError("sequence field kind: no protocol")
+    st.port = seq_int(d, "port", 0, 0xFFFF)
+    st.domain = seq_int(d, "domain", 0, SEQ_SHARED)
+    st.synced = seq_bool(d, "synced")
+    st.floor = seq_bool(d, "floor")
+    st.floor_known = seq_u32(d, "floor_known")
+    st.floor_max = seq_u32(d, "floor_max")
+    if d.get("floor_sets") is not None:
+        sets = []
+        for x in seq_list(d, "floor_sets", SEQ_FLOOR_BYTES):
+            if not (isinstance(x, list) and len(x) == 3 and isinstance(x[2], str)):
+                raise ValueError("sequence field floor_sets: a bad set")
+            body = bytes.fromhex(x[2])
+            size += len(body)
+            sets.append((seq_int({"v": x[0]}, "v", 0, 0xFFFFFFFF), seq_int({"v": x[1]}, "v", 0, 0xFFFF), body))
+        if size > SEQ_FLOOR_BYTES:
+            raise ValueError("sequence field floor_sets: too many bytes")
+        st.floor_sets = sets
+    st.floor_from_set = seq_bool(d, "floor_from_set")
+    st.floor_from = seq_u32(d, "floor_from")
+    st.floor_prev = seq_u32(d, "floor_prev")
+    st.skipped = seq_bool(d, "skipped")
+    st.next = seq_u32(d, "next")
+    st.next_count = seq_u32(d, "next_count")
+    st.last_set_next = seq_bool(d, "last_set_next")
+    st.uptime = seq_i64(d, "uptime")
+    gaps = seq_list(d, "gaps", SEQ_MAX_GAPS)
+    for i, g in enumerate(gaps):
+        if not (isinstance(g, list) and len(g) == 5):
+            raise ValueError("sequence field gaps: a bad gap")
+        gd = {"start": g[0], "span": g[1], "missing": g[2], "ms": g[3], "adj": g[4]}
+        st.gap_start[i] = seq_u32(gd, "start")
+        st.gap_span[i] = seq_int(gd, "span", 1, SEQ_MAX_GAP)
+        st.gap_missing[i] = seq_int(gd, "missing", 0, SEQ_MAX_GAP)
+        st.gap_ms[i] = seq_i64(gd, "ms")
+        st.gap_adj[i] = seq_int(gd, "adj", -SEQ_MAX_GAP, SEQ_MAX_GAP)
+    st.ngaps = len(gaps)
+    filled = seq_list(d, "filled", SEQ_FILLED_RING)
+    for i, v in enumerate(filled):
+        st.filled[i] = seq_u32({"v": v}, "v")
+    st.nfilled = len(filled)
+    st.fill_pos = st.nfilled % SEQ_FILLED_RING
+    st.has_last = seq_bool(d, "has_last")
+    st.inclusive = seq_bool(d, "inclusive")
+    st.last_seq = seq_u32(d, "last_seq")
+    st.last_count = seq_u32(d, "last_count")
+    st.inc_votes = seq_int(d, "inc_votes", 0, 0xFFFF)
+    st.rfc_votes = seq_int(d, "rfc_votes", 0, 0xFFFF)
+    st.held_lost = seq_int(d, "held_lost", 0, SEQ_MAX_GAP)
+    st.held_start = seq_u32(d, "held_start")
+    st.held_span = seq_u32(d, "held_span")
+    st.held_ms = seq_i64(d, "held_ms")
+    st.held_soft = seq_bool(d, "held_soft")
+    st.prev_count = seq_u32(d, "prev_count")
+    st.late_run = seq_u32(d, "late_run")
+    st.late_next = seq_u32(d, "late_next")
+    st.late_ms = seq_i64(d, "late_ms")
+    st.export_s = seq_i64(d, "export_s")
+    st.run_seq = seq_u32(d, "run_seq")
+    st.run_uptime = seq_i64(d, "run_uptime", -1)
+    st.late_uptime = seq_i64(d, "late_uptime")
+    st.uptime_restarted = seq_bool(d, "uptime_restarted")
+    st.restart_ms = seq_i64(d, "restart_ms")
+    st.by_records = seq_bool(d, "by_records")
+    st.uncounted = seq_bool(d, "uncounted")
+    # (each at most what SEQ_MAX_GAPS gaps of SEQ_MAX_GAP can add between two votes, a bound
+    # on what one bad entry can count)
+    st.undec_rfc = seq_int(d, "undec_rfc", 0, 1 << 40)
+    st.undec_inc = seq_int(d, "undec_inc", 0, 1 << 40)
+    return st
+
+
+cdef dict seq_port_state(SeqPort sp):
+    return {"has_prev": sp.has_prev, "prev_domain": sp.prev_domain, "prev_seq": sp.prev_seq,
+            "prev_adv": sp.prev_adv, "shared_votes": sp.shared_votes, "domain_votes": sp.domain_votes,
+            "dom_last": [[dom, mark] for dom, mark in sp.dom_last.items()]}
+
+
+cdef SeqPort seq_port_of(dict d):
+    cdef SeqPort sp = SeqPort.__new__(SeqPort)
+    sp.has_prev = seq_bool(d, "has_prev")
+    sp.prev_domain = seq_u32(d, "prev_domain")
+    sp.prev_seq = seq_u32(d, "prev_seq")
+    sp.prev_adv = seq_u32(d, "prev_adv")
+    sp.shared_votes = seq_int(d, "shared_votes", 0, 0xFFFF)
+    sp.domain_votes = seq_int(d, "domain_votes", 0, 0xFFFF)
+    sp.dom_last = {}
+    for e in seq_list(d, "dom_last", SEQ_MAX_STREAMS):
+        if not (isinstance(e, list) and len(e) == 2):
+            raise ValueError("sequence field dom_last: a bad entry")
+        sp.dom_last[seq_u32({"v": e[0]}, "v")] = seq_int({"v": e[1]}, "v", 0, 0xFFFFFFFFFFFFFFFF)
+    return sp
+
+
 cdef inline bint seq_follows(uint32_t seq, uint32_t adv, uint32_t prev_seq, uint32_t prev_adv,
                              bint inclusive) noexcept:
     """A message numbered seq (adv records) follows one numbered prev_seq (prev_adv records),
@@ -867,6 +1036,9 @@ cdef class ExporterState:
     # at least once (seen: the caller holds its entry, to be told when it is evicted)
     cdef bint series_dirty, series_seen
     cdef bint gapped                   # in Decoder._gapped
+    # receive time (ms) of its latest datagram of the previous run, whose sequence state it has
+    # (Decoder.import_sequences) and has not heard from since (resume_sequences); 0: none
+    cdef int64_t seq_restored_ms
 
     def __cinit__(self):
         self.dedup_keys = NULL
@@ -1511,6 +1683,56 @@ cdef class ExporterState:
                 self.count_gaps(st, now_ms)
             if st.held_lost and (now_ms < 0 or aged(st.held_ms, now_ms, SEQ_HELD_MS)):
                 self.expire_held(st)
+
+    cdef dict sequences_state(self):
+        """Its sequence state for the state file (Decoder.export_sequences; seq_stream_state),
+        None when it has none of this run: the previous run's, not heard of since, is stale
+        by the next start (another worker may be receiving the exporter)."""
+        cdef SeqStream st
+        cdef SeqPort sp
+        if self.seq_restored_ms or not (self.seq_streams or self.reading_v5 >= 0 or self.reading_ipfix >= 0):
+            return None
+        return {"seen": self.last_seen, "reading": [self.reading_v5, self.reading_ipfix],
+                "streams": [seq_stream_state(st) for st in self.seq_streams.values()],
+                "ports": [[port, seq_port_state(sp)] for port, sp in self.seq_ports.items()]}
+
+    cdef void install_sequences(self, dict streams, dict ports, int reading_v5, int reading_ipfix,
+                                int64_t seen_ms):
+        """The previous run's sequence state (Decoder.import_sequences), in place of what it has."""
+        cdef SeqStream st
+        cdef SeqPort sp
+        cdef object x
+        self.seq_streams = streams
+        self.seq_ports = ports
+        self.cur_seq = None
+        self.cur_port = None
+        self.reading_v5, self.reading_ipfix = reading_v5, reading_ipfix
+        self.pending_gaps = self.floor_bytes = self.dom_entries = 0
+        for st in streams.values():
+            self.pending_gaps += st.ngaps + (1 if st.held_lost else 0)
+            if st.floor_sets is not None:
+                for x in <list>st.floor_sets:
+                    self.floor_bytes += PyBytes_GET_SIZE(<bytes>(<tuple>x)[2])
+        for sp in ports.values():
+            self.dom_entries += len(sp.dom_last)
+        self.seq_restored_ms = seen_ms if seen_ms else 1
+
+    cdef void resume_sequences(self, int64_t now_ms):
+        """Its first datagram since its sequence state was restored (install_sequences). Within
+        SEQ_RESTORE_MAX_MS of its latest datagram of the previous run, its streams go on where
+        they were (what it sent while the collector was down is lost, as that of any other gap).
+        Later they start over, as they did before the state file kept them: it may have been
+        another collector's meanwhile (a replica's, a worker's), and a gap would count what that
+        one received. What was open then (gaps, a held loss) is counted as a restart does."""
+        if aged(self.seq_restored_ms, now_ms, SEQ_RESTORE_MAX_MS):
+            self.settle_gaps(-1)
+            self.seq_streams.clear()
+            self.floor_bytes = 0
+            self.seq_ports.clear()
+            self.dom_entries = 0
+            self.cur_seq = None
+            self.cur_port = None
+        self.seq_restored_ms = 0
 
     cdef void sample_drops(self, uint64_t stream, uint32_t kind, uint32_t source, uint32_t drops, bint late):
         """An sFlow sample's drops counter (packets its agent could not sample, or discard events it

@@ -1,0 +1,231 @@
+"""The exporters' sequence state across a restart (Decoder.export_sequences / import_sequences,
+StateFile.save(sequences=True) at shutdown, StateFile.load_into at start): what is counted over
+two runs, saved and restored between them, is what one run counts of the same datagrams; an
+old state file (without it) still loads, and sequences then start over as they always did.
+Datagrams are built per RFC 7011 (benchmarks/datagrams.py), as tests/test_decoders.py does."""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+
+import orjson
+import pytest
+from test_decoders import EXPORT, EXPORTER, _tpl
+
+from benchmarks.datagrams import OVS_INGRESS, data_set, ipfix_message, ovs_flows, template_set
+from collector.state import StateFile
+from decoders import Decoder, DecoderConfig
+
+T0 = float(EXPORT)
+PORT = 4739
+Msg = tuple[bytes, float]       # an IPFIX message and its receive time (s after T0)
+
+
+def _counts(dec: Decoder, now: float | None) -> tuple[int, int]:
+    """(sequence_lost, sequence_resets) of EXPORTER's IPFIX streams, the gaps older than the
+    reorder window at `now` counted first (as the metrics loop does; None: all of them, as the
+    final metrics at shutdown)."""
+    p = dec.stats(now)[EXPORTER]["protocols"].get("ipfix", {})
+    return p.get("sequence_lost", 0), p.get("sequence_resets", 0)
+
+
+def _over_runs(msgs: Sequence[Msg], path: Path, restart: int | None, settle: float = 900.0,
+               writer: str | None = None, stopped: float | None = None) -> tuple[int, int]:
+    """(sequence_lost, sequence_resets) counted of msgs, in one run (restart None) or in two:
+    the first decodes msgs[:restart] and stops as the collector does (`stopped`: a metrics
+    snapshot then, s after T0; the final save, `writer`: saved as another host; its final
+    metrics), the second loads the file at start and decodes the rest, counted once every gap
+    has had its time."""
+    dec = Decoder(DecoderConfig())
+    before = (0, 0)
+    if restart is not None:
+        for m, at in msgs[:restart]:
+            b = dec.decode(m, EXPORTER, PORT, T0 + at)
+            assert b.error is None, b.error
+        if stopped is not None:
+            _counts(dec, T0 + stopped)
+        sf = StateFile(str(path), None)
+        if writer is not None:
+            sf.writer = writer
+        assert sf.save(dec, sequences=True)     # (Worker.stop)
+        before = _counts(dec, None)             # (its final snapshot, after: app.run_worker)
+        dec = Decoder(DecoderConfig())
+        StateFile(str(path), None).load_into(dec)
+        msgs = msgs[restart:]
+    for m, at in msgs:
+        b = dec.decode(m, EXPORTER, PORT, T0 + at)
+        assert b.error is None, b.error
+    after = _counts(dec, T0 + settle)
+    return before[0] + after[0], before[1] + after[1]
+
+
+def _numbered(counts: list[int], drop: int, rng: random.Random) -> list[Msg]:
+    """Messages of `counts` data records numbered as RFC 7011 3.1 does (the records sent before
+    each), two seconds apart, the first with the template; message `drop` never arrives."""
+    out, seq = [], 0
+    for i, n in enumerate(counts):
+        sets = [template_set([OVS_INGRESS])] if i == 0 else []
+        if i != drop:
+            out.append((ipfix_message([*sets, data_set(OVS_INGRESS, ovs_flows(n, rng))], seq=seq,
+                                      export_time=EXPORT + 2 * i), 2.0 * i))
+        seq += n
+    return out
+
+
+def test_a_gap_counted_while_the_numbering_was_undecided_is_completed_after_a_restart(tmp_path: Path) -> None:
+    """RFC numbering, message 1 (32 records) lost after a first message of 24: until a vote
+    decides the numbering, its gap counts the smaller reading, 24 (softflowd's, which counts a
+    message's own records, puts 24 + 32 at 56), and the 8 the RFC's reading adds once the
+    votes lead for it (the next step of the previous count). The collector restarted in
+    between: the 8 were never counted, the undecided count being the decoder's only."""
+    msgs = _numbered([24, 32, 32, 10, 20, 5], 1, random.Random(57))
+    one_run = _over_runs(msgs, tmp_path / "a.json", None)
+    assert one_run == (32, 0)
+    # (stopped 1.5 s after message 2: the gap counted as 24 already, the votes still open)
+    dec = Decoder(DecoderConfig())
+    for m, at in msgs[:2]:
+        dec.decode(m, EXPORTER, PORT, T0 + at)
+    assert _counts(dec, T0 + 5.5) == (24, 0)
+    assert _over_runs(msgs, tmp_path / "b.json", 2, stopped=5.5) == one_run
+
+
+def test_a_soft_hold_after_a_template_only_first_message_goes_on_after_a_restart(tmp_path: Path) -> None:
+    """A stream whose first message holds templates only (numbered 0), then data numbered 10
+    for 10 records: the RFC's reading calls 10 lost (a first data message numbered 0 lost),
+    softflowd's none; the step is held soft, counted only once the RFC's votes lead. Stopped
+    while it is held, the final save settles it as its SEQ_HELD_MS does: left to the votes,
+    what the RFC's reading adds once they lead for it. The RFC's next vote in the next run (a
+    step of the previous count) still counts it; softflowd's equal messages, which never vote,
+    still count none of it."""
+    rng = random.Random(60)
+
+    def msgs(data: list[tuple[int, int]]) -> list[Msg]:
+        first = (ipfix_message([template_set([OVS_INGRESS])], seq=0, export_time=EXPORT), 0.0)
+        return [first] + [(ipfix_message([data_set(OVS_INGRESS, ovs_flows(n, rng))], seq=seq,
+                                         export_time=EXPORT + i), 1.0 + i) for i, (seq, n) in enumerate(data)]
+
+    rfc = msgs([(10, 10), (20, 5), (25, 8), (33, 4)])
+    assert _over_runs(rfc, tmp_path / "a.json", None) == (10, 0)
+    assert _over_runs(rfc, tmp_path / "b.json", 2) == (10, 0)
+    softflowd = msgs([(32, 32), (64, 32), (96, 32), (128, 32)])
+    assert _over_runs(softflowd, tmp_path / "c.json", None) == (0, 0)
+    assert _over_runs(softflowd, tmp_path / "d.json", 2) == (0, 0)
+
+
+@pytest.mark.parametrize("lost", ["none", "before", "open"])
+def test_a_restart_of_the_exporting_process_told_by_its_ie160_straddling_a_restart(tmp_path: Path,
+                                                                                   lost: str) -> None:
+    """softflowd's systemInitTimeMilliseconds (IE 160, options data of its first message) moved
+    by more than a minute is a restart of the exporting process (its numbering starts over, a
+    little past what the old run would have sent next). The collector restarted between the
+    old run's last message and the new run's first: the stream, and the IE 160 kept for it,
+    are the previous run's, so it is still one restart and no loss; and a gap of the old run
+    still open at the shutdown (within the reorder window) is counted by the restart, as in
+    one run, not forgotten."""
+    tpl = _tpl(256, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("bytes", 1, 0, 4))
+    opt_body = struct.pack("!HHH", 400, 2, 1) + struct.pack("!HHHH", 149, 4, 160, 8)
+    opt_tpl = struct.pack("!HH", 3, 4 + len(opt_body)) + opt_body
+    recs = [{"src": "10.0.0.1", "dst": "10.0.0.2", "bytes": 100 + i} for i in range(5)]
+    init = (EXPORT - 600) * 1000
+
+    def first(seq: int, sysinit: int, at: float) -> Msg:
+        opt = struct.pack("!HHIQ", 400, 16, 0, sysinit)
+        return ipfix_message([opt_tpl, opt, template_set([tpl]), data_set(tpl, recs)], seq=seq,
+                             export_time=EXPORT + int(at)), at
+
+    def data(seq: int, at: float) -> Msg:
+        return ipfix_message([data_set(tpl, recs)], seq=seq, export_time=EXPORT + int(at)), at
+
+    # RFC 7011 3.1: the first message holds 6 records (5 flows and the options record); next: 506
+    old = [first(0, init, 0.0)] + [data(6 + 5 * i, 0.1 + 0.01 * i) for i in range(100)]
+    if lost == "before":
+        old = old[:11] + old[12:]       # message 56 lost, its gap counted long before the shutdown
+    elif lost == "open":
+        old = old[:-3] + old[-2:]       # message 491 lost, its gap still open at the shutdown
+    new = [first(516, init + 120_000, 1.5), data(522, 1.6), data(527, 1.7)]
+    expect = (0, 1) if lost == "none" else (5, 1)
+    assert _over_runs(old + new, tmp_path / "a.json", None, settle=30) == expect
+    # (stopped at 1.45 s: the gap of message 56 counted by then, that of 491 not)
+    assert _over_runs(old + new, tmp_path / "b.json", len(old), settle=30, stopped=1.45) == expect
+
+
+def test_a_loss_while_the_collector_was_down_is_counted(tmp_path: Path) -> None:
+    """What the exporter sent while the collector was down never reached it: a gap, as any other
+    (before, its stream started over and the loss was not told)."""
+    msgs = _numbered([10] * 8, -1, random.Random(61))
+    assert _over_runs(msgs, tmp_path / "a.json", 4) == (0, 0)
+    assert _over_runs(msgs[:4] + msgs[6:], tmp_path / "b.json", 4) == (20, 0)
+
+
+def test_sequence_state_is_not_taken_from_another_host_nor_after_a_long_downtime(tmp_path: Path) -> None:
+    """A replica sharing the file saved it (another host): this collector did not receive what
+    that one counted, so its streams start over (the messages between its save and this
+    collector's first are no loss of this one's). Nor is this host's own taken for an exporter
+    heard again more than 5 minutes after its latest datagram of the previous run: it may
+    have been another collector's meanwhile."""
+    msgs = _numbered([10] * 8, -1, random.Random(62))
+    assert _over_runs(msgs[:4] + msgs[6:], tmp_path / "a.json", 4, writer="replica-b") == (0, 0)
+    later = [(m, at + 301) for m, at in msgs[6:]]
+    assert _over_runs(msgs[:4] + later, tmp_path / "b.json", 4) == (0, 0)
+    within = [(m, at + 290) for m, at in msgs[6:]]
+    assert _over_runs(msgs[:4] + within, tmp_path / "c.json", 4) == (20, 0)
+    # an RFC stream held undecided (template-only first message numbered 0, then 10 numbered 10)
+    # when the collector stopped (the save left them to the votes), heard again long after: no
+    # vote comes, the 10 are not counted (nor is the jump to 5000)
+    rng = random.Random(63)
+    held = [(ipfix_message([template_set([OVS_INGRESS])], seq=0, export_time=EXPORT), 0.0),
+            (ipfix_message([data_set(OVS_INGRESS, ovs_flows(10, rng))], seq=10, export_time=EXPORT), 1.0),
+            (ipfix_message([data_set(OVS_INGRESS, ovs_flows(10, rng))], seq=5000, export_time=EXPORT + 900),
+             900.0)]
+    assert _over_runs(held, tmp_path / "d.json", 2, settle=2000) == (0, 0)
+
+
+def test_periodic_saves_leave_the_sequence_state_out(tmp_path: Path) -> None:
+    """Only the final save at shutdown writes it: after a crash, the last periodic save's would be
+    older than what the crashed run received, and its gap would count what that run counted."""
+    msgs = _numbered([10] * 4, -1, random.Random(64))
+    dec = Decoder(DecoderConfig())
+    for m, at in msgs:
+        dec.decode(m, EXPORTER, PORT, T0 + at)
+    path = tmp_path / "s.json"
+    sf = StateFile(str(path), None)
+    assert sf.save(dec)
+    assert "sequences" not in orjson.loads(path.read_bytes())
+    assert sf.save(dec, sequences=True)
+    saved = orjson.loads(path.read_bytes())["sequences"]
+    assert saved["writer"] == sf.writer and list(saved["exporters"]) == [EXPORTER]
+
+
+def test_a_state_file_of_the_previous_format_still_loads(tmp_path: Path) -> None:
+    """A file as the previous version wrote it (format 3, no "sequences"): its templates load,
+    and the exporter's stream starts over at its first message (a message numbered far past
+    the previous run's is no loss nor restart), as before. Bad sequence entries are skipped,
+    not fatal: the templates still load."""
+    template = {"version": 10, "domain": 0, "id": OVS_INGRESS.template_id, "port": PORT, "options": False,
+                "refreshed": T0, "scope": 0, "fields": [list(f) for f in OVS_INGRESS.spec()]}
+    old = {"format": 3, "exporters": {EXPORTER: {
+        "templates": [template], "domain_sampling": [], "sampler_rates": [], "interface_rates": [],
+        "egress_rates": [], "template_rates": [], "interface_names": [], "sysinit_ms": [], "withdrawn": [],
+        "seen": [[PORT, T0]]}}}
+    rng = random.Random(65)
+    for name, state in (("old.json", old),
+                        ("bad.json", {**old, "sequences": {"writer": StateFile("x", None).writer, "saved": T0,
+                                                           "exporters": {EXPORTER: {"seen": "x"},
+                                                                         "10.0.0.9": {"seen": T0, "reading": [0, 0],
+                                                                                      "streams": [{"kind": 3}],
+                                                                                      "ports": []}}}})):
+        path = tmp_path / name
+        path.write_bytes(orjson.dumps(state))
+        dec = Decoder(DecoderConfig())
+        sf = StateFile(str(path), None)
+        sf.load_into(dec)
+        assert sf.loads["ok"] == 1
+        assert sf.sequence_loads == {"exporters": 0, "skipped": 0 if name == "old.json" else 2}
+        for i, seq in enumerate((70_000, 70_010)):
+            b = dec.decode(ipfix_message([data_set(OVS_INGRESS, ovs_flows(10, rng))], seq=seq,
+                                         export_time=EXPORT + 10 + i), EXPORTER, PORT, T0 + 10 + i)
+            assert b.error is None and len(b) == 10
+        assert _counts(dec, T0 + 900) == (0, 0)
