@@ -669,6 +669,11 @@ cdef class SeqStream:
     # SEQ_REORDER_MS, a datagram whose uptime is far ahead of the new one's is from before.
     cdef bint uptime_restarted
     cdef int64_t restart_ms
+    # IPFIX: the process restarted, told by its systemInitTimeMilliseconds (IE 160), at receive
+    # time restart_ms, the new run's first message exported at restart_export_s: for
+    # SEQ_REORDER_MS, a message exported before that one is the old run's (before_restart).
+    cdef bint init_restarted
+    cdef int64_t restart_export_s
     # NetFlow v9 only: the exporter numbers its packets by the flow records sent before them, as
     # NetFlow v5 does (Juniper), not by export packets (RFC 3954); see v9_convention, which
     # counts its votes in inc_votes (records) and rfc_votes (packets) and holds as IPFIX does.
@@ -716,6 +721,20 @@ cdef inline bint sflow_other_run(SeqStream st, uint32_t seq, int64_t uptime) noe
         if seq == st.run_seq and u != <uint32_t>st.run_uptime:
             return True
     return False
+
+
+cdef inline bint before_restart(SeqStream st, int64_t export_s, int64_t now_ms) noexcept:
+    """An IPFIX message exported at export_s, within SEQ_REORDER_MS of its stream's restart told
+    by IE 160, was sent before the new run's first message: the old run's, late (reordered on
+    the path, or a copy). Within a run the export time, read at the send, never goes back, so no
+    message of the new run is exported before its first; an old one exported in the same second
+    as that one cannot be told so."""
+    if not st.init_restarted:
+        return False
+    if aged(st.restart_ms, now_ms, SEQ_REORDER_MS):
+        st.init_restarted = False
+        return False
+    return 0 <= export_s < st.restart_export_s
 
 
 cdef inline bint numbering_decided(SeqStream st, bint inclusive) noexcept:
@@ -1206,6 +1225,23 @@ cdef class ExporterState:
                 # restarts and the old run's cumulative counters (sFlow's drops) counted again.
                 # Like a late datagram, it changes nothing.
                 return
+        if kind == PROTO_IPFIX and before_restart(st, export_s, now_ms):
+            # The same for IPFIX, which has no header uptime: a message of the old run arriving
+            # after the new run's first, read on, was a gap up to the old run's number (the new
+            # run numbered behind it: hundreds of records counted lost), the new run's next
+            # messages late behind it, and after a second of them a second restart.
+            return
+        if restarted:
+            # RFC 7011 3.1 numbers a process's messages from its start: the new run's number
+            # says nothing of the old run's. A restart told by IE 160 (learn_options: moved by
+            # more than a minute) is one whatever the number: on a stream not followed (after
+            # a message not decoded whole, or new) or numbered exactly as the old run's next
+            # message would have been, it was read as no restart, or its floor settled across
+            # the two runs (the distance between their numbers counted lost).
+            if st.floor:
+                self.floor_before(st, now_ms)   # the old run's loss before its uncounted message
+            self.restart(st)
+            self.restarted_run(st, now_ms, export_s)
         if (kind == PROTO_IPFIX and advance == 0
                 and (st.floor or st.synced and <uint32_t>(st.next - seq) <= SEQ_MAX_GAP)):
             # RFC 7011 3.1: the number counts the Data Records sent before the message. One
@@ -1224,7 +1260,7 @@ cdef class ExporterState:
             return
         # uptime wraps at 2^32 ms (49.7 days): "went back" is a difference below 2^31
         back = <uint32_t>(st.uptime - uptime) if st.synced and uptime >= 0 and st.uptime >= 0 else 0
-        went_back = SEQ_RESTART_UPTIME_MS < back < 0x80000000u or (restarted and st.synced)
+        went_back = SEQ_RESTART_UPTIME_MS < back < 0x80000000u or restarted
         # A datagram whose uptime went back is of the exporter's next run (or `flowscope
         # replay`'s next loop): its step from the latest is no vote on the numbering. Taken for
         # one on a stream not decided yet, a restart numbered the previous datagram's count past
@@ -1291,6 +1327,20 @@ cdef class ExporterState:
             st.run_uptime = uptime
         if sent_after(export_s, st.export_s):
             st.export_s = export_s
+
+    cdef void restarted_run(self, SeqStream st, int64_t now_ms, int64_t export_s) noexcept:
+        """The stream's next message, exported at export_s, is the first of the process's new run,
+        told by IE 160 (restart counted it): what the old run left is settled, its number and
+        floor are no longer followed, and its late messages are told for SEQ_REORDER_MS
+        (before_restart)."""
+        st.synced = False
+        st.floor = False
+        st.skipped = False
+        st.late_run = 0
+        self.clear_floor(st)
+        st.init_restarted = export_s >= 0
+        st.restart_ms = now_ms
+        st.restart_export_s = export_s
 
     cdef int64_t other_reading(self, SeqStream st, uint32_t advance, uint32_t ahead) noexcept:
         """How much more the reading the stream does not follow would call lost in the gap of
@@ -1836,7 +1886,8 @@ cdef class ExporterState:
         self.count_held(st, False)
 
     cdef void ipfix_forget(self, uint32_t port, uint32_t domain, uint32_t seq, bint has_records,
-                           uint64_t known, uint64_t most, object sets, int64_t now_ms):
+                           uint64_t known, uint64_t most, object sets, int64_t now_ms, int64_t export_s=-1,
+                           bint restarted=False):
         """sequence_forget for an IPFIX message numbered seq (in the stream its port reads it in):
         the stream's next message sets the expectation again, unless it is numbered at or
         before seq (SeqStream.floor; made here if new). RFC 7011 3.1: the message's records
@@ -1845,7 +1896,8 @@ cdef class ExporterState:
         datagram refused before decoding may have held none). What is known of its records:
         `known` decoded, `most` at most in all (each takes a byte at least), its undecoded data
         sets `sets` (keep_unknown_set; None: not all kept). What was lost before and after it
-        is counted when the stream's next message comes (settle_floor)."""
+        is counted when the stream's next message comes (settle_floor). `export_s`, `restarted`:
+        as for sequence (a message of the old run after a restart, one telling a restart)."""
         cdef SeqPort sp = self.seq_port(port)
         cdef SeqStream st
         cdef object x
@@ -1853,6 +1905,17 @@ cdef class ExporterState:
         if sp.dom_last.pop(domain, None) is not None:
             self.dom_entries -= 1
         st = self.seq_stream(PROTO_IPFIX, port, SEQ_SHARED if sp.shared_votes > sp.domain_votes else domain)
+        if before_restart(st, export_s, now_ms):
+            return                      # the old run's, late (see sequence)
+        if restarted:
+            # The options record that told the restart was decoded, whatever else of its message
+            # was not: the message is the new run's first (see sequence), and its number the new
+            # run's floor. Ignored, the new run's numbers were read against the old run's, as
+            # late messages (numbered behind it) or as its floor's loss (ahead of it).
+            if st.floor:
+                self.floor_before(st, now_ms)
+            self.restart(st)
+            self.restarted_run(st, now_ms, export_s)
         if sent_before_known(st, seq):
             # Sent before what the stream already knows of: a late one, and what comes next is
             # still known. Into the range held back or an open gap, it fills one record, the
@@ -1930,6 +1993,21 @@ cdef class ExporterState:
         whose reading is not decided (ipfix_convention's votes: Open vSwitch's one record a
         message never votes) gets the smaller of the two (they agree where the messages' counts
         are equal)."""
+        cdef int64_t k = self.floor_before(st, now_ms)
+        cdef int64_t rfc, inc, lost
+        cdef bint by_inc = st.inclusive
+        cdef bint by_rfc = not by_inc and numbering_decided(st, False)
+        rfc = <int32_t>(seq - st.next) - k
+        inc = <int32_t>((seq if normalized else seq - adv) - st.next)
+        lost = inc if by_inc else rfc if by_rfc else min(rfc, inc)
+        if 0 < lost <= SEQ_MAX_GAP:
+            self.open_gap(st, st.next + <uint32_t>(0 if by_inc else k), <uint32_t>lost, 0, now_ms)
+        self.clear_floor(st)
+
+    cdef int64_t floor_before(self, SeqStream st, int64_t now_ms):
+        """The gap before the uncounted message at the stream's floor, opened (see settle_floor;
+        also at a restart, which ends the run before the message after it is seen); its record
+        count (floor_count, else at most floor_max)."""
         cdef int64_t k = self.floor_count(st)
         cdef int64_t rfc, inc, lost
         cdef bint by_inc = st.inclusive
@@ -1942,12 +2020,7 @@ cdef class ExporterState:
             lost = rfc if by_rfc else inc if by_inc else min(rfc, inc)
             if 0 < lost <= SEQ_MAX_GAP:
                 self.open_gap(st, st.floor_from, <uint32_t>lost, 0, now_ms)
-        rfc = <int32_t>(seq - st.next) - k
-        inc = <int32_t>((seq if normalized else seq - adv) - st.next)
-        lost = inc if by_inc else rfc if by_rfc else min(rfc, inc)
-        if 0 < lost <= SEQ_MAX_GAP:
-            self.open_gap(st, st.next + <uint32_t>(0 if by_inc else k), <uint32_t>lost, 0, now_ms)
-        self.clear_floor(st)
+        return k
 
     cdef void open_gap(self, SeqStream st, uint32_t start, uint32_t span, int64_t adj, int64_t now_ms) noexcept:
         """Numbers [start, start + span) skipped: a gap, counted as lost when it has stayed open
@@ -1969,6 +2042,14 @@ cdef class ExporterState:
         cdef SeqStream st = self.seq_streams.get(
             (PROTO_IPFIX, port, SEQ_SHARED if sp is not None and sp.shared_votes > sp.domain_votes else domain))
         return st is not None and sent_before_known(st, seq)
+
+    cdef bint ipfix_before_restart(self, uint32_t port, uint32_t domain, int64_t export_s, int64_t now_ms):
+        """The IPFIX message exported at export_s is the old run's, late, after its stream's
+        restart told by IE 160 (before_restart), in the stream its port reads it in."""
+        cdef SeqPort sp = self.seq_ports.get(port)
+        cdef SeqStream st = self.seq_streams.get(
+            (PROTO_IPFIX, port, SEQ_SHARED if sp is not None and sp.shared_votes > sp.domain_votes else domain))
+        return st is not None and before_restart(st, export_s, now_ms)
 
     cdef void sequence_forget(self, int kind, uint32_t port, uint64_t domain) noexcept:
         """What the last message advanced by is unknown (not decoded whole): the stream's next
@@ -3704,6 +3785,7 @@ cdef void learn_options(Decoder dec, ExporterState ex, Template t, uint32_t rate
     interface or template never is."""
     cdef tuple process = (t.version, t.domain, t.port)
     cdef object kept
+    cdef bint learn_clock = True
     if sysinit >= 0:
         if t.version == 10:
             # IPFIX has no header uptime to tell a process restarted on the same port and domain
@@ -3712,8 +3794,16 @@ cdef void learn_options(Decoder dec, ExporterState ex, Template t, uint32_t rate
             # checked once its sets are decoded, is then the new run's first (decode_ipfix).
             kept = ex.sysinit_ms.get(process) if len(ex.sysinit_ms) else None
             if kept is not None and abs(<int64_t>kept - sysinit) > SEQ_RESTART_UPTIME_MS:
-                ex.msg_restarted = True
-        learn(dec, ex, ex.sysinit_ms, process, sysinit)
+                if ex.ipfix_before_restart(t.port, t.domain, ex.msg_export_s, <int64_t>(ex.last_seen * 1000.0)):
+                    # The old run's clock, in one of its messages arriving late after the new
+                    # run's first: learned, the new run's flows were timed by the old run's
+                    # clock, and this message and the new run's next record of 160 were two
+                    # more restarts.
+                    learn_clock = False
+                else:
+                    ex.msg_restarted = True
+        if learn_clock:
+            learn(dec, ex, ex.sysinit_ms, process, sysinit)
     if not rate:
         return
     if has_sampler:
@@ -4754,7 +4844,7 @@ cdef int decode_ipfix(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
                 ex.ipfix_forget(b.port, domain, be32(h + 8), ex.msg_uncounted or ex.msg_records > 0,
                                 ex.msg_records, ex.msg_records + ex.msg_unknown_bytes,
                                 ex.msg_unknown_sets if ex.msg_sets_kept else None,
-                                <int64_t>(b.recv_time * 1000.0))
+                                <int64_t>(b.recv_time * 1000.0), be32(h + 4), ex.msg_restarted)
             if not first:
                 # A later message of the datagram (RFC 7011 10.3.3): its flows carry its own
                 # observation domain and sequence number.

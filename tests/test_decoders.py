@@ -2908,6 +2908,120 @@ def test_ipfix_process_restarted_told_by_its_system_init_time(options_last: bool
     assert run(old + [first(516, init + 30_000, 1.5), data(522, 1.6), data(527, 1.7)]) == (10, 0)
 
 
+IE160_TPL = _tpl(256, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("bytes", 1, 0, 4))
+IE160_RECS = [{"src": "10.0.0.1", "dst": "10.0.0.2", "bytes": 100 + i} for i in range(5)]
+IE160_INIT = (EXPORT - 600) * 1000
+_IE160_OPT_BODY = struct.pack("!HHH", 400, 2, 1) + struct.pack("!HHHH", 149, 4, 160, 8)
+#: options template 400 (scope observationDomainId; systemInitTimeMilliseconds, IE 160)
+IE160_OPT_TPL = struct.pack("!HH", 3, 4 + len(_IE160_OPT_BODY)) + _IE160_OPT_BODY
+#: a data set of template 300, never defined: its message is not decoded whole
+IE160_UNKNOWN = struct.pack("!HHI", 300, 8, 7)
+
+
+def _ie160_msg(seq: int, at: float, *, init: int | None = None, sent: float | None = None,
+               extra: tuple[bytes, ...] = (), n: int = 5) -> tuple[bytes, float]:
+    """An IPFIX message of n flows (template 256) arriving `at` s after EXPORT, exported at
+    `sent` (default `at`; whole seconds); with `init`, a process's first message: its
+    templates and its clock (one options record) before the flows; `extra` sets after them."""
+    sets = [data_set(IE160_TPL, IE160_RECS[:n]), *extra]
+    if init is not None:
+        sets[:0] = [IE160_OPT_TPL, template_set([IE160_TPL]), struct.pack("!HHIQ", 400, 16, 0, init)]
+    return ipfix_message(sets, seq=seq, export_time=EXPORT + int(at if sent is None else sent)), at
+
+
+def _ie160_run(msgs: list[tuple[bytes, float]]) -> tuple[Decoder, tuple[int, int]]:
+    """The messages from port 40001 -> the decoder and (sequence_lost, sequence_resets) once
+    every gap has had its time to fill."""
+    dec = Decoder()
+    for m, at in msgs:
+        b = dec.decode(m, EXPORTER, 40001, float(EXPORT) + at)
+        assert b.error is None and len(b) >= 3
+    return dec, _seq_at(dec, "ipfix", EXPORT + 60.0)
+
+
+#: a process's run of 10 s, RFC 7011 3.1 numbering (its first message holds 6 records, 5 flows
+#: and its clock): 0, 6, 11, ..., 501; the next expected 506
+IE160_OLD = [_ie160_msg(0, 0.0, init=IE160_INIT)] + [_ie160_msg(6 + 5 * i, 0.1 * i) for i in range(100)]
+#: ... restarted 2 s after its last message, its clock moved by 120 s: numbered behind the
+#: old run (100 on) and ahead of it (516 on)
+IE160_NEW_INIT = IE160_INIT + 120_000
+IE160_BEHIND = [_ie160_msg(100, 12.0, init=IE160_NEW_INIT), _ie160_msg(106, 12.1), _ie160_msg(111, 12.2)]
+IE160_AHEAD = [_ie160_msg(516, 12.0, init=IE160_NEW_INIT), _ie160_msg(522, 12.1), _ie160_msg(527, 12.2)]
+
+
+def test_late_messages_of_the_run_before_an_ie160_restart_change_nothing() -> None:
+    """After a restart told by systemInitTimeMilliseconds (IE 160), a message of the old run
+    arriving late (exported before the new run's first, within the second a gap waits) is an
+    old one: it changes nothing, as a v9 datagram whose uptime is ahead of the new run's after
+    an uptime restart. Before, the old run's 501 arriving after a new run numbered behind it
+    opened a gap from the new run's 106 to 501, counted lost (385 records, less what the new
+    run's next messages filled); one carrying the old run's clock was a second restart, and its
+    clock kept for the new run's flows; the new run's next message with its clock a third."""
+    base = IE160_OLD[:-1]                               # the old run's 501 overtaken
+    late = _ie160_msg(501, 12.05, sent=9.9)
+    for new in (IE160_BEHIND, IE160_AHEAD):
+        assert _ie160_run(IE160_OLD + new)[1] == (0, 1)
+        assert _ie160_run(base + new[:1] + [late] + new[1:])[1] == (0, 1)
+        # the new run's own loss still counts (its 106 / 522 never arrive)
+        assert _ie160_run(base + new[:1] + [late, new[2]])[1] == (5, 1)
+    # the old run's template refresh, its clock in it, late: no restart, its clock not learned
+    refresh = _ie160_msg(501, 12.05, init=IE160_INIT, sent=9.9)
+    dec, seq = _ie160_run(base + IE160_BEHIND[:1] + [refresh] + IE160_BEHIND[1:])
+    assert seq == (0, 1)
+    assert dec.exporter(EXPORTER).sysinit_ms == {(10, 0, 40001): IE160_NEW_INIT}
+    again = _ie160_msg(116, 12.3, init=IE160_NEW_INIT)     # the new run's next refresh
+    assert _ie160_run(base + IE160_BEHIND[:1] + [refresh] + IE160_BEHIND[1:] + [again])[1] == (0, 1)
+
+
+def test_an_ie160_restart_in_a_message_not_decoded_whole_is_a_restart() -> None:
+    """The new run's first message holding a data set without its template (not decoded whole:
+    its records uncounted) still had its options record decoded: its IE 160 tells the restart
+    as in a message decoded whole, and the message is the new run's first, numbered where the
+    new run's records begin. Ignored, a new run numbered ahead of the old one had the distance
+    between the runs counted lost (5 of its 10 numbers: what the uncounted message's bytes
+    leave certain), one numbered behind it was late messages: no restart."""
+    for new in (IE160_BEHIND, IE160_AHEAD):
+        m, at = new[0]
+        first = _ie160_msg(struct.unpack("!I", m[8:12])[0], at, init=IE160_NEW_INIT, extra=(IE160_UNKNOWN,))
+        # the uncounted message held 7 records (its 6 and the unknown set's one): the next is 7 on
+        nxt = [_ie160_msg(s + 1, t) for s, t in ((106, 12.1), (111, 12.2))] if new is IE160_BEHIND else \
+            [_ie160_msg(s + 1, t) for s, t in ((522, 12.1), (527, 12.2))]
+        dec = Decoder()
+        for msg, t in IE160_OLD + [(first[0], first[1])] + nxt:
+            dec.decode(msg, EXPORTER, 40001, float(EXPORT) + t)
+        assert _seq_at(dec, "ipfix", EXPORT + 60.0) == (0, 1)
+        # ... and the new run's loss after it counts, as after any uncounted message: what is
+        # certain (the unknown set's 4 bytes may hold 4 records: 12 numbers, at most 10 records
+        # in it, 2 lost of the 5 that never arrive)
+        dec = Decoder()
+        for msg, t in IE160_OLD + [(first[0], first[1])] + nxt[1:]:
+            dec.decode(msg, EXPORTER, 40001, float(EXPORT) + t)
+        assert _seq_at(dec, "ipfix", EXPORT + 60.0) == (2, 1)
+
+
+def test_an_ie160_restart_is_one_whatever_its_number_says() -> None:
+    """A restart told by IE 160 moved by more than a minute is one whatever the new run's number:
+    numbered exactly as the old run's next message (506), it was read as in order, no restart;
+    after the old run's last message was not decoded whole (the stream then follows no number),
+    it was no restart either, and the distance from that message to the new run's was counted
+    lost. The old run's loss before that message still counts: a message of 5 records, in a run
+    of messages of 5 and 3 (the steps at its count changes decide the RFC's numbering)."""
+    at_next = [_ie160_msg(506, 12.0, init=IE160_NEW_INIT), _ie160_msg(512, 12.1), _ie160_msg(517, 12.2)]
+    assert _ie160_run(IE160_OLD + at_next)[1] == (0, 1)
+    counts = [5, 3] * 20
+    seqs = list(itertools.accumulate([6, *counts[:-1]]))
+    old = [_ie160_msg(0, 0.0, init=IE160_INIT)] + [_ie160_msg(q, 0.1 * i, n=n)
+                                                  for i, (q, n) in enumerate(zip(seqs, counts, strict=True))]
+    # the last message (3 records) not decoded whole: one more set, without its template
+    *old, (_, at) = old
+    uncounted = _ie160_msg(seqs[-1], at, extra=(IE160_UNKNOWN,), n=3)
+    nxt = seqs[-1] + 4
+    for first in (100, nxt + 10):
+        new = [_ie160_msg(first, 12.0, init=IE160_NEW_INIT), _ie160_msg(first + 6, 12.1), _ie160_msg(first + 11, 12.2)]
+        assert _ie160_run(old + [uncounted] + new)[1] == (0, 1), first
+        assert _ie160_run(old[:-1] + [uncounted] + new)[1] == (5, 1), first
+
+
 def test_reordered_datagrams_are_not_counted_as_lost() -> None:
     """A datagram overtaken on the path leaves a gap that it fills when it arrives: a gap is
     counted as lost only once it is SEQUENCE_REORDER_S old (receive time) and still open, and
