@@ -634,6 +634,9 @@ cdef class SeqStream:
     # How much more the reading the stream does not follow (IPFIX, v5: ipfix_convention; v9:
     # v9_convention) would call lost in the gap (other_reading)
     cdef int64_t gap_adj[SEQ_MAX_GAPS]
+    # NetFlow v9 read by packets: what the records reading calls missing in the gap, late
+    # packets' records taken off (-1: not known; v9_convention recounts to it)
+    cdef int64_t gap_rec[SEQ_MAX_GAPS]
     # The latest sequence numbers that filled a gap (a ring): a duplicate of one fills nothing.
     cdef uint32_t filled[SEQ_FILLED_RING]
     cdef int nfilled        # entries of the ring in use (at most SEQ_FILLED_RING)
@@ -679,6 +682,12 @@ cdef class SeqStream:
     # counts its votes in inc_votes (records) and rfc_votes (packets) and holds as IPFIX does.
     cdef bint by_records
     cdef bint uncounted         # the latest packet's record count is unknown (not decoded whole)
+    # ... read by packets: the number the records reading expects (the furthest packet's number
+    # and records; rec_known: no packet uncounted since), and how far the latest packet is past
+    # it (rec_ahead, -1: not known), for gap_rec
+    cdef bint rec_known
+    cdef uint32_t rec_next
+    cdef int64_t rec_ahead
     # Gaps counted while the reading was open (reading_open) were counted as the smaller of the
     # two readings' losses; what each reading adds to that, counted once the reading is no
     # longer open (settle_undecided), never while it is: a loss is not known to be more.
@@ -1281,6 +1290,8 @@ cdef class ExporterState:
                 pass
             elif ahead <= SEQ_MAX_GAP and not went_back:
                 self.open_gap(st, st.next, ahead, self.other_reading(st, advance, ahead), now_ms)
+                if kind == PROTO_NETFLOW9 and not st.by_records:
+                    st.gap_rec[st.ngaps - 1] = st.rec_ahead
             elif behind <= SEQ_MAX_GAP and not went_back:
                 if self.late(st, seq, advance, now_ms, export_s, uptime):
                     return
@@ -1432,6 +1443,10 @@ cdef class ExporterState:
                     st.nfilled += 1
                 fill = advance if advance < st.gap_missing[i] else st.gap_missing[i]
                 st.gap_missing[i] -= fill
+                if st.kind == PROTO_NETFLOW9 and not st.by_records and st.gap_rec[i] > 0:
+                    # read by records, the packet fills its records (not known: nor the loss)
+                    st.gap_rec[i] = (-1 if st.last_count == V9_UNCOUNTED else
+                                     max(0, st.gap_rec[i] - <int64_t>st.last_count))
                 return True
         return False
 
@@ -1616,17 +1631,29 @@ cdef class ExporterState:
         the stream is read by records once those votes lead by two, and back when they no
         longer do. While they lead by one only, the step opens no gap: what the packets reading
         would call lost is held back, counted when a packets vote comes or after SEQ_HELD_MS
-        (as ipfix_convention holds); gaps still open from the other reading are void when the
-        reading changes (the packets reading's late packets, and what they fill, are not the
-        records reading's); gaps counted while the packets' votes do not lead count the smaller
-        reading (count_oldest). Read by records, a step smaller than the previous count (options
-        records left out of the count) is in order. Without `vote` (a datagram of another run,
-        see sequence) the step is no vote."""
+        (as ipfix_convention holds); gaps still open when the stream turns to the records
+        reading are what that reading calls lost (gap_rec), those open when it turns back are
+        void (the records reading's gap leaves out the packet numbers after the packet that set
+        what it expects, so the packets reading's late packets in them filled nothing); gaps
+        counted while the packets' votes do not lead count the smaller reading (count_oldest).
+        Read by records, a step smaller than the previous count (options records left out of
+        the count) is in order. Without `vote` (a datagram of another run, see sequence) the
+        step is no vote."""
         cdef uint32_t n = advance[0]
         cdef uint32_t step = seq - st.last_seq
         cdef uint32_t n0
         cdef int i
         st.uncounted = n == V9_UNCOUNTED
+        # the records reading's expectation, followed beside the packets reading (gap_rec)
+        if st.uncounted or not st.rec_known or not vote:
+            st.rec_ahead = -1
+        else:
+            st.rec_ahead = max(0, <int32_t>(seq - st.rec_next))
+        if st.uncounted:
+            st.rec_known = False
+        elif not st.rec_known or not vote or <uint32_t>(seq + n - st.rec_next) < 0x80000000u:
+            st.rec_next = seq + n
+            st.rec_known = True
         if vote and st.has_last and st.synced and st.last_count > 1 and not st.uncounted:
             if step == st.last_count:
                 if st.inc_votes < 0xFFFF:
@@ -1634,8 +1661,15 @@ cdef class ExporterState:
                 if not st.by_records and st.inc_votes > st.rfc_votes + 1:
                     st.by_records = True
                     self.count_held(st, False)          # it was no loss
-                    for i in range(st.ngaps):           # nor what the packets reading opened
-                        st.gap_missing[i] = 0
+                    # The gaps still open are what the records reading calls lost (a packet
+                    # lost before the votes decided: its records); zeroed, they went uncounted
+                    # when the votes came within the second a gap waits. (The packets reading's
+                    # count is no measure of it: a data packet numbered like the template-only
+                    # one before it is late by packets, in order by records.) Not known (a
+                    # packet not decoded whole): none is certain.
+                    for i in range(st.ngaps):
+                        st.gap_missing[i] = <uint32_t>min(max(0, st.gap_rec[i]), <int64_t>SEQ_MAX_GAP)
+                        st.gap_adj[i] = 0
                     if st.last_set_next or st.next_count == V9_UNCOUNTED:
                         st.next = seq
                     else:
@@ -1703,6 +1737,7 @@ cdef class ExporterState:
             st.gap_start[i - 1], st.gap_span[i - 1] = st.gap_start[i], st.gap_span[i]
             st.gap_missing[i - 1], st.gap_ms[i - 1] = st.gap_missing[i], st.gap_ms[i]
             st.gap_adj[i - 1] = st.gap_adj[i]
+            st.gap_rec[i - 1] = st.gap_rec[i]
         st.ngaps -= 1
         self.pending_gaps -= 1
 
@@ -2031,6 +2066,7 @@ cdef class ExporterState:
         i = st.ngaps
         st.gap_start[i], st.gap_span[i], st.gap_missing[i], st.gap_ms[i] = start, span, span, now_ms
         st.gap_adj[i] = adj
+        st.gap_rec[i] = -1
         st.ngaps += 1
         self.pending_gaps += 1
 

@@ -3791,6 +3791,39 @@ def test_a_reading_turned_back_recounts_its_open_gaps_and_keeps_what_came() -> N
     assert v9(by_records + overtaken) == (0, 0)
 
 
+def test_a_v9_gap_open_when_the_records_reading_is_decided_counts_its_records() -> None:
+    """A v9 stream numbered by the flow records before each packet (Juniper's) is read by packets
+    (RFC 3954 5.1) until two steps of the previous packet's count decide it. A packet lost
+    before they do leaves a gap, by packets of 20 numbers; still open (within the second it
+    waits for late packets) when the votes decide, it is what the records reading calls lost:
+    the lost packet's records, as IPFIX's switches recount theirs. It was dropped at the switch:
+    nothing counted, where the same packets a second and a half apart (the gap counted before
+    the votes, as the smaller reading) gave its 12 records. A late packet fills it by its
+    records, before the switch or after it."""
+    rng = random.Random(61)
+    t0 = float(EXPORT)
+
+    def v9(order: list[int], t_step: float = 0.01) -> tuple[int, int]:
+        """Packets of `counts` (by index), each numbered by the records before it, in `order`."""
+        dec = Decoder()
+        for i, j in enumerate(order):
+            sets = [template_set([V9_TEMPLATE], version=9)] if i == 0 else []
+            d = v9_datagram([*sets, v9_data_set(V9_TEMPLATE, _v9_records(rng, counts[j]))], seq=seqs[j],
+                            unix_secs=EXPORT, uptime_ms=500_000)
+            b = dec.decode(d, EXPORTER, 2055, t0 + t_step * i)
+            assert b.error is None and len(b) == counts[j]
+        return _seq_at(dec, "netflow9", t0 + 900)
+
+    counts = [9, 12, 7, 7, 11, 10, 8, 12, 9, 7]
+    seqs = list(itertools.accumulate([0, *counts[:-1]]))
+    assert v9(list(range(10))) == (0, 0)
+    assert v9([0, *range(2, 10)]) == (12, 0)
+    assert v9([0, *range(2, 10)], t_step=1.5) == (12, 0)
+    assert v9([0, *range(3, 10)]) == (12 + 7, 0)
+    assert v9([0, 2, 1, *range(3, 10)]) == (0, 0)           # late before the votes decide
+    assert v9([0, 2, 3, 4, 1, *range(5, 10)]) == (0, 0)     # ... after
+
+
 def test_a_first_data_message_numbered_its_own_records_past_a_template_only_one_is_no_held_loss() -> None:
     """A stream that begins with a message of templates only, numbered 0, then data messages of
     equal counts numbered softflowd's way (each with its own records: 32, 64, 96): the step from
