@@ -1203,12 +1203,27 @@ class Index:
                 if cur is not None:
                     self._delete_pod(rec.uid, rec if isinstance(rec, PodRec) else None)
             elif kind == NODES:
-                self._delete_node(rec.name)
+                if not self._stale_delete(kind, self._nodes.get(rec.name), rec):
+                    self._delete_node(rec.name)
             elif kind == SERVICES:
-                self._delete_service((rec.ns, rec.name))
+                if not self._stale_delete(kind, self._services.get((rec.ns, rec.name)), rec):
+                    self._delete_service((rec.ns, rec.name))
             elif kind == REPLICASETS:
                 self._delete_rs((rec.ns, rec.name))
             self._sweep_locked()
+
+    def _stale_delete(self, kind: str, cur: Any, rec: Any) -> bool:
+        """A DELETED event of another object (uid) than the one cached under its name: an older
+        one's, arriving after the newer one's ADDED (a watch resumed across a reconnect, or the
+        relist after 410 Gone, showed the new one first). Deletes go by name, so applying it would
+        delete the newer object: it is ignored, counted (stale_delete) and logged once. Pods are
+        keyed by their uid: an older pod's DELETED never reaches a newer one of its name."""
+        if cur is None or not _recreated(cur.uid, rec.uid):
+            return False
+        ns = getattr(rec, "ns", "")   # (a NodeRec has none)
+        self.problem("stale_delete", f"{kind[:-1]} {ns + '/' if ns else ''}{rec.name}: DELETED of uid "
+                     f"{rec.uid} ignored: the cache holds uid {cur.uid} under that name")
+        return True
 
     def sweep(self) -> int:
         """Forget tombstones older than tombstone_seconds; returns how many went. (The periodic

@@ -497,6 +497,71 @@ def test_a_service_added_again_under_its_name_without_its_delete_is_another_serv
     assert flow(e, "", "172.30.0.11", t_ms=T0 + 12_000)["DstK8S_Name"] == "web", how
 
 
+@pytest.mark.parametrize("kind", ["nodes", "services"])
+@pytest.mark.parametrize("how", ["added", "relist"])
+def test_an_older_objects_delete_after_the_newer_ones_add_deletes_nothing(kind: str, how: str) -> None:
+    """A Node (Service) deleted and created again under its name, the new one seen first (its
+    ADDED, or the relist after 410 Gone), then the old one's DELETED (a watch resumed on
+    another API server across a reconnect). Deletes go by name: the old one's DELETED deleted
+    the new one, whose address was nobody's from then on. A DELETED of another uid than the
+    one cached is stale: ignored and counted; the cached one's own DELETED still deletes it."""
+    clock = Clock(T0)
+    e = build(clock=clock)
+    idx = e.index
+
+    def obj(uid: str, ip: str, created: int) -> dict[str, Any]:
+        o = (node("node-x", internal=[ip], zone="zone-a" if uid == "u-old" else "zone-c") if kind == "nodes"
+             else service("web", "shop", ips=[ip]))
+        o["metadata"]["uid"] = uid
+        return _created(o, created)
+
+    old, new = obj("u-old", "10.0.0.9", T0 - 86_400_000), obj("u-new", "10.0.0.11", T0 + 10_000)
+    idx.upsert(kind, idx.parse(kind, old))
+    clock.ms = T0 + 60_000
+    if how == "added":
+        idx.upsert(kind, idx.parse(kind, new))
+    else:
+        idx.replace(kind, [idx.parse(kind, o) for o in ((*NODES, new) if kind == "nodes" else (new,))])
+    clock.ms = T0 + 70_000
+    idx.delete(kind, idx.parse(kind, old))
+    side = "SrcK8S_Name"
+    assert flow(e, "10.0.0.11", "", t_ms=T0 + 80_000).get(side) == ("node-x" if kind == "nodes" else "web")
+    assert flow(e, "10.0.0.11", "", t_ms=0).get(side) == ("node-x" if kind == "nodes" else "web")
+    assert flow(e, "10.0.0.9", "", t_ms=T0 + 9_000).get(side) == ("node-x" if kind == "nodes" else "web")
+    assert idx.problems == {"stale_delete": 1}
+    assert idx.kind_count(kind) == (len(NODES) + 1 if kind == "nodes" else 1)
+    clock.ms = T0 + 90_000
+    idx.delete(kind, idx.parse(kind, new))     # (its own DELETED)
+    assert flow(e, "10.0.0.11", "", t_ms=T0 + 95_000) == NOBODY
+    assert flow(e, "10.0.0.11", "", t_ms=T0 + 85_000).get(side) == ("node-x" if kind == "nodes" else "web")
+    assert idx.problems == {"stale_delete": 1}
+
+
+def test_an_older_pods_delete_after_the_newer_ones_add_deletes_nothing() -> None:
+    """Pods are keyed by uid, not by name: a StatefulSet pod deleted and created again under
+    its name, the new one seen first, then the old one's DELETED: the new one stays (nothing
+    counted: the old one's record, if any, is what that DELETED is about)."""
+    clock = Clock(T0)
+    e = build(clock=clock)
+    idx = e.index
+
+    def web0(uid: str, ip: str, created: int) -> dict[str, Any]:
+        return pod("web-0", "shop", ips=[ip], node="node-b", host_ip="10.0.0.2", uid=uid,
+                   owner=("StatefulSet", "web"), created=iso(created))
+
+    old, new = web0("u-old", "10.244.1.5", T0 - 86_400_000), web0("u-new", "10.244.1.6", T0 + 10_000)
+    idx.upsert("pods", idx.parse("pods", old))
+    clock.ms = T0 + 60_000
+    idx.upsert("pods", idx.parse("pods", new))
+    clock.ms = T0 + 70_000
+    idx.delete("pods", idx.parse("pods", old))
+    assert flow(e, "10.244.1.6", "", t_ms=T0 + 80_000)["SrcK8S_Name"] == "web-0"
+    assert flow(e, "10.244.1.5", "", t_ms=T0 + 30_000)["SrcK8S_Name"] == "web-0"   # (its tombstone)
+    assert flow(e, "10.244.1.5", "", t_ms=T0 + 75_000) == NOBODY
+    assert idx.kind_count("pods") == 1
+    assert idx.problems == {}
+
+
 @pytest.mark.parametrize("how", ["status.addresses", "node-subnets"])
 def test_a_node_first_seen_with_unreadable_addresses_holds_them_from_its_creation_once_read(how: str) -> None:
     """A Node first seen with its status.addresses (or node-subnets annotation) malformed
