@@ -58,7 +58,13 @@ def nodes(n: int) -> Iterator[dict[str, Any]]:
 def replicasets(n: int) -> Iterator[dict[str, Any]]:
     for i in range(n):
         yield {"metadata": {"name": f"deploy-{i:05d}-5d8f7c9b4d", "namespace": f"team-{i % 500:03d}",
+                            "uid": rs_uid(i),
                             "ownerReferences": [{"kind": "Deployment", "name": f"deploy-{i:05d}"}]}}
+
+
+def rs_uid(r: int) -> str:
+    """ReplicaSet r's metadata.uid (a UUID's length), which its pods' ownerReferences name."""
+    return f"{r:08x}-5d8f-4c9b-8f90-0123456789ab"
 
 
 def pods(n: int, n_nodes: int, n_rs: int) -> Iterator[dict[str, Any]]:
@@ -75,7 +81,7 @@ def pod(i: int, nd: int, ip: str, n_rs: int, *, ipv6: str | None = None) -> dict
     r = i % n_rs
     ips = [{"ip": ip}] + ([{"ip": ipv6}] if ipv6 else [])
     ns = f"team-{r % 500:03d}" if i % 10 else f"openshift-monitoring-{i % 7}"
-    owner = [{"kind": "ReplicaSet", "name": f"deploy-{r:05d}-5d8f7c9b4d"}] if i % 10 else \
+    owner = [{"kind": "ReplicaSet", "name": f"deploy-{r:05d}-5d8f7c9b4d", "uid": rs_uid(r)}] if i % 10 else \
         [{"kind": "DaemonSet", "name": f"ds-{i % 7}"}]
     return {"metadata": {"name": f"deploy-{r:05d}-5d8f7c9b4d-{i:06x}", "namespace": ns,
                          "uid": f"7f3c{i:08x}-1b2c-4d5e-8f90-0123456789ab",

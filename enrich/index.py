@@ -365,7 +365,7 @@ class Unreadable:
 class PodRec:
     """What the index keeps of a Pod."""
 
-    __slots__ = ("uid", "ns", "name", "node", "host_ip", "host_ips", "ips", "owner_kind", "owner_name",
+    __slots__ = ("uid", "ns", "name", "node", "host_ip", "host_ips", "ips", "owner_kind", "owner_name", "owner_uid",
                  "start_ms", "end_ms", "frag_s", "frag_d", "infra", "keep_ips", "keep_owner", "status_start",
                  "finished_ms", "floored", "end_grace", "ann_ips", "net_ips")
 
@@ -373,7 +373,7 @@ class PodRec:
                  ips: tuple[bytes, ...], owner_kind: str, owner_name: str, start_ms: int,
                  end_ms: int, keep_ips: bool = False, keep_owner: bool = False,
                  finished_ms: int | None = None, host_ips: tuple[bytes, ...] = (),
-                 ann_ips: tuple[tuple[bytes, ...] | None, ...] = NO_ANN_IPS) -> None:
+                 ann_ips: tuple[tuple[bytes, ...] | None, ...] = NO_ANN_IPS, owner_uid: str = "") -> None:
         self.uid = uid
         self.ns = ns
         self.name = name
@@ -398,6 +398,9 @@ class PodRec:
         self.keep_owner = keep_owner
         self.owner_kind = owner_kind
         self.owner_name = owner_name
+        # the uid its ownerReferences give its ReplicaSet ("" for other owners, or none given):
+        # another ReplicaSet under that name (one deleted and created again) is not its owner
+        self.owner_uid = owner_uid
         self.start_ms = start_ms
         # the start its status gives (start_ms can be later: see Index._set_pod)
         self.status_start = start_ms
@@ -423,7 +426,8 @@ class PodRec:
                 and self.node == other.node
                 and self.host_ip == other.host_ip and self.host_ips == other.host_ips
                 and self.owner_kind == other.owner_kind
-                and self.owner_name == other.owner_name and self.start_ms == other.start_ms
+                and self.owner_name == other.owner_name and self.owner_uid == other.owner_uid
+                and self.start_ms == other.start_ms
                 and (self.end_ms == ALIVE) == (other.end_ms == ALIVE)
                 and self.finished_ms == other.finished_ms)
 
@@ -548,14 +552,16 @@ class SvcRec:
 
 
 class RsRec:
-    """What the index keeps of a ReplicaSet: only who owns it (to name the Deployment)."""
+    """What the index keeps of a ReplicaSet: who owns it (to name the Deployment), and its uid."""
 
-    __slots__ = ("ns", "name", "owner")
+    __slots__ = ("ns", "name", "owner", "uid")
 
-    def __init__(self, *, ns: str, name: str, owner: tuple[str, str] | None) -> None:
+    def __init__(self, *, ns: str, name: str, owner: tuple[str, str] | None, uid: str = "") -> None:
         self.ns = ns
         self.name = name
         self.owner = owner
+        # (as NodeRec.uid; pods name it in their ownerReferences: PodRec.owner_uid)
+        self.uid = uid
 
 
 def _meta(obj: Any) -> dict[str, Any]:
@@ -621,6 +627,12 @@ def _gone_end(created_ms: int) -> int | None:
 
 
 def _first_owner(meta: dict[str, Any]) -> tuple[str, str] | None:
+    ref = _first_owner_ref(meta)
+    return None if ref is None else ref[:2]
+
+
+def _first_owner_ref(meta: dict[str, Any]) -> tuple[str, str, str] | None:
+    """(kind, name, uid) of ownerReferences[0]; uid "" when absent (its kind and name must be there)."""
     refs = meta.get("ownerReferences")
     if not refs:
         return None
@@ -629,7 +641,8 @@ def _first_owner(meta: dict[str, Any]) -> tuple[str, str] | None:
     kind, name = refs[0].get("kind"), refs[0].get("name")
     if not isinstance(kind, str) or not isinstance(name, str) or not kind or not name:
         raise BadObject("ownerReferences[0] lacks kind or name", "bad_owner")
-    return kind, name
+    uid = refs[0].get("uid")
+    return kind, name, uid if isinstance(uid, str) else ""
 
 
 # How long an agent answer that left the index stays alive (Index._retire_agent), in ms: the
@@ -691,7 +704,7 @@ class Index:
         # namespace) deletes the ReplicaSet before the garbage collector deletes its pods, and
         # a Node goes before the pod garbage collector deletes its DaemonSet pods; they still
         # belong to that Deployment and ran in that zone (their last flows, their tombstones).
-        self._rs_gone: dict[tuple[str, str], RsRec] = {}
+        self._rs_gone: dict[tuple[str, str], Any] = {}   # (a _multi_add value of RsRec)
         self._zones_gone: dict[str, str] = {}
         self._nodes: dict[str, NodeRec] = {}
         self._services: dict[tuple[str, str], SvcRec] = {}
@@ -949,11 +962,11 @@ class Index:
                                         f"pod {ns}/{name}")
         keep_owner = False
         try:
-            owner = _first_owner(meta)
+            owner = _first_owner_ref(meta)
         except BadObject as e:
             self.problem("bad_owner", f"pod {ns}/{name}: {e}")
             owner, keep_owner = None, True
-        kind, oname = owner if owner else ("Pod", name)
+        kind, oname, ouid = owner if owner else ("Pod", name, "")
         if kind not in POD_OWNER_KINDS:
             self.other_owner_kind(kind, "pod", ns, name, oname)
         # When the pod got its addresses: the latest of creation, kubelet start and the pod
@@ -985,7 +998,11 @@ class Index:
                                     for c in self._list(status.get(f), f"pod {ns}/{name} status.{f}"))
             end = min(now, finished) if finished is not None and (start is None or finished > start) else now
         rec = PodRec(uid=uid, ns=_intern(ns), name=name, node=_intern(node) if node else None,
-                     host_ip=host_ip, ips=tuple(ips), owner_kind=_intern(kind), owner_name=oname,
+                     host_ip=host_ip, ips=tuple(ips), owner_kind=_intern(kind),
+                     # A ReplicaSet's name and uid are its pods' and its own (_parse_rs): one copy
+                     # each, which pays for the uid (benchmarks/RESULTS.md, helper 3)
+                     owner_name=_intern(oname) if kind == "ReplicaSet" else oname,
+                     owner_uid=_intern(ouid) if ouid and kind == "ReplicaSet" else "",
                      start_ms=ALWAYS if start is None else start, end_ms=end, keep_ips=keep_ips,
                      keep_owner=keep_owner, finished_ms=finished_all, host_ips=_host_set(tuple(host_ips)),
                      ann_ips=ann_ips)
@@ -1101,7 +1118,8 @@ class Index:
         owner = _first_owner(meta)
         if owner is not None and owner[0] != "Deployment":
             self.other_owner_kind(owner[0], "replicaset", ns, meta["name"], owner[1])
-        return RsRec(ns=_intern(ns), name=meta["name"], owner=owner)
+        uid = _uid(meta)
+        return RsRec(ns=_intern(ns), name=_intern(meta["name"]), owner=owner, uid=_intern(uid) if uid else "")
 
     # ------------------------------------------------------------------ writers
 
@@ -1209,11 +1227,13 @@ class Index:
                 if not self._stale_delete(kind, self._services.get((rec.ns, rec.name)), rec):
                     self._delete_service((rec.ns, rec.name))
             elif kind == REPLICASETS:
-                self._delete_rs((rec.ns, rec.name))
+                if not self._stale_delete(kind, self._rs.get((rec.ns, rec.name)), rec):
+                    self._delete_rs((rec.ns, rec.name))
             self._sweep_locked()
 
     def _stale_delete(self, kind: str, cur: Any, rec: Any) -> bool:
-        """A DELETED event of another object (uid) than the one cached under its name: an older
+        """A DELETED event of another object (uid) than the Node, Service or ReplicaSet cached
+        under its name: an older
         one's, arriving after the newer one's ADDED (a watch resumed across a reconnect, or the
         relist after 410 Gone, showed the new one first). Deletes go by name, so applying it would
         delete the newer object: it is ignored, counted (stale_delete) and logged once. Pods are
@@ -1376,7 +1396,7 @@ class Index:
         rec.networks(old)
         if rec.keep_owner:
             if old is not None:
-                rec.owner_kind, rec.owner_name = old.owner_kind, old.owner_name
+                rec.owner_kind, rec.owner_name, rec.owner_uid = old.owner_kind, old.owner_name, old.owner_uid
             rec.keep_owner = False
         if old is not None and old.end_ms != ALIVE and rec.end_ms != ALIVE:
             rec.end_ms, rec.end_grace = old.end_ms, old.end_grace  # keep the first time we saw it finished
@@ -1646,7 +1666,7 @@ class Index:
     def _render_pod(self, rec: PodRec) -> None:
         kind, oname = rec.owner_kind, rec.owner_name
         if kind == "ReplicaSet":
-            rs = self._rs.get((rec.ns, oname)) or self._rs_gone.get((rec.ns, oname))
+            rs = self._owner_rs(rec)
             if rs is not None and rs.owner is not None:
                 kind, oname = rs.owner
         zone = ""
@@ -1659,6 +1679,20 @@ class Index:
         rec.frag_s = _fragment(b"Src", fields)
         rec.frag_d = _fragment(b"Dst", fields)
         rec.infra = self._layer_bit(rec.ns, rec.name)
+
+    def _owner_rs(self, rec: PodRec) -> RsRec | None:
+        """The ReplicaSet a pod names in its ownerReferences: the one cached under the name, else
+        a deleted one its pods still link to (_rs_gone), of the uid the pod names (when both
+        have one): another ReplicaSet under the name (deleted and created again in a watch gap,
+        with another Deployment or none) owns the pods created after, not this one."""
+        key = (rec.ns, rec.owner_name)
+        rs = self._rs.get(key)
+        if rs is not None and not _recreated(rs.uid, rec.owner_uid):
+            return rs
+        for gone in reversed(_multi_list(self._rs_gone.get(key))):
+            if not _recreated(gone.uid, rec.owner_uid):
+                return gone  # type: ignore[no-any-return]
+        return None
 
     def _rerender(self, uids: Any) -> None:
         touched: set[bytes] = set()
@@ -1875,19 +1909,28 @@ class Index:
     def _set_rs(self, rec: RsRec) -> None:
         key = (rec.ns, rec.name)
         old = self._rs.get(key)
-        gone = self._rs_gone.pop(key, None)
+        if old is not None and _recreated(old.uid, rec.uid):
+            # (as _set_node: deleted and created again under its name, the DELETED not seen;
+            # the old one's pods keep its Deployment, the new one's get the new one's)
+            self._delete_rs(key)
+            old = None
+        # seen again after its delete (a relist race): it was not gone after all
+        gone = [g for g in _multi_list(self._rs_gone.get(key)) if not _recreated(g.uid, rec.uid)]
+        for g in gone:
+            _multi_remove(self._rs_gone, key, g)
         self._rs[key] = rec
-        prev = old if old is not None else gone
-        if prev is None or prev.owner != rec.owner:
+        prev = old if old is not None else gone[-1] if gone else None
+        if prev is None or prev.owner != rec.owner or prev.uid != rec.uid:
             self._rerender(self._pods_by_rs.get(key))
 
     def _delete_rs(self, key: tuple[str, str]) -> None:
         # Its pods keep the Deployment they were rendered with until they go too (deleting a
         # Deployment deletes the ReplicaSet first); orphaned ones (--cascade=orphan) lose their
-        # ownerReferences in an update of their own.
+        # ownerReferences in an update of their own. (Several under one name: one deleted and
+        # created again while the old one's pods are still there.)
         old = self._rs.pop(key, None)
         if old is not None and old.owner is not None and key in self._pods_by_rs:
-            self._rs_gone[key] = old
+            _multi_add(self._rs_gone, key, old)
 
 
 def _with_fallback(chain: tuple[Any, ...] | None, other: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
@@ -2023,7 +2066,8 @@ def _claim_key(c: tuple[int, PodRec]) -> tuple[int, bool, int]:
     return (c[0], r.end_ms == ALIVE, -r.end_ms)
 
 
-# Namespaces, node names and owner kinds repeat across 100k pods: one copy each. The compiled
+# Namespaces, node names, owner kinds and ReplicaSets' names and uids repeat across 100k pods
+# (and their ReplicaSets): one copy each. The compiled
 # reader compares node names by pointer, so while a name is in use every holder of it must have
 # this one object; a name only the table refers to (its objects deleted, their tombstones swept)
 # is forgotten, or namespace-per-test-run and node-autoscaler churn would grow the table for

@@ -91,7 +91,8 @@ def ocp_service(name: str, ns: str, spec: dict[str, Any]) -> dict[str, Any]:
 
 def rs_meta(name: str, ns: str, owner: tuple[str, str, str] | None) -> dict[str, Any]:
     """A ReplicaSet as PartialObjectMetadata (what the metadata-only informer receives)."""
-    meta: dict[str, Any] = {"name": name, "namespace": ns, "uid": f"uid-rs-{name}", "resourceVersion": "1",
+    # (its uid the one ocp_pod names a ReplicaSet owner by, as a pod of it names it)
+    meta: dict[str, Any] = {"name": name, "namespace": ns, "uid": f"uid-owner-{name}", "resourceVersion": "1",
                             "creationTimestamp": iso(T0 - 86_400_000)}
     if owner:
         meta["ownerReferences"] = [{"apiVersion": owner[0], "kind": owner[1], "name": owner[2],

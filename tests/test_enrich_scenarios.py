@@ -16,9 +16,9 @@ import pytest
 
 import enrich
 from tests.support.enricher import running_enricher
-from tests.support.fake_kube import FakeKube, node, pod, service, wait_for
+from tests.support.fake_kube import FakeKube, node, pod, replicaset, service, wait_for
 from tests.support.fake_kube import fake_kube as fake_kube  # noqa: F401 - fixture
-from tests.test_enrich_index import NOBODY, NODES, T0, Clock, build, flow, iso
+from tests.test_enrich_index import NOBODY, NODES, RS, T0, Clock, build, flow, iso
 from tests.test_enrich_index import implementation as implementation  # noqa: F401 - autouse fixture
 from tests.test_enrich_informer import kubeconfig as kubeconfig  # noqa: F401 - fixture
 from tests.test_enrich_informer import seed
@@ -560,6 +560,60 @@ def test_an_older_pods_delete_after_the_newer_ones_add_deletes_nothing() -> None
     assert flow(e, "10.244.1.5", "", t_ms=T0 + 75_000) == NOBODY
     assert idx.kind_count("pods") == 1
     assert idx.problems == {}
+
+
+@pytest.mark.parametrize("owner", [("Deployment", "api"), None])
+@pytest.mark.parametrize("how", ["added", "relist"])
+def test_a_replicaset_created_again_under_its_name_owns_only_its_own_pods(how: str, owner: Any) -> None:
+    """A ReplicaSet deleted and created again under its name in a watch gap (its DELETED not
+    seen: the new one's ADDED, or the relist after 410 Gone) with another owner, another
+    Deployment or none, while a pod of the old one is still there (the garbage collector
+    deletes pods after their ReplicaSet): that pod names the old one's uid in its
+    ownerReferences and keeps the old one's Deployment; the new one's pods get the new one's
+    owner. Keyed by namespace/name alone, the new one was taken for an update of the old one,
+    and its owner given to the old one's pod. A pod naming a uid no ReplicaSet cached has
+    (not seen yet) is published with its ReplicaSet, unresolved; the old one's DELETED
+    arriving after the new one was seen deletes nothing (stale_delete)."""
+    clock = Clock(T0)
+    e = build(clock=clock)
+    idx = e.index
+
+    def rs(uid: str, dep: tuple[str, str] | None) -> dict[str, Any]:
+        return replicaset("web-6d4", "shop", owner=dep, uid=uid)
+
+    def web(name: str, ip: str, uid: str) -> dict[str, Any]:
+        return pod(name, "shop", ips=[ip], node="node-b", host_ip="10.0.0.2", uid=f"u-{name}",
+                   owner=("ReplicaSet", "web-6d4"), owner_uid=uid, created=iso(T0))
+
+    def owner_of(ip: str) -> tuple[Any, ...]:
+        got = flow(e, ip, "", t_ms=0)
+        return got.get("SrcK8S_OwnerType"), got.get("SrcK8S_OwnerName")
+
+    old = rs("u-rs-old", ("Deployment", "web"))
+    idx.upsert("replicasets", idx.parse("replicasets", old))
+    idx.upsert("pods", idx.parse("pods", web("web-a", "10.244.1.5", "u-rs-old")))
+    assert owner_of("10.244.1.5") == ("Deployment", "web")
+    clock.ms = T0 + 60_000
+    new = rs("u-rs-new", owner)
+    if how == "added":
+        idx.upsert("replicasets", idx.parse("replicasets", new))
+    else:
+        idx.replace("replicasets", [idx.parse("replicasets", r) for r in (*RS, new)])
+    idx.upsert("pods", idx.parse("pods", web("web-b", "10.244.1.6", "u-rs-new")))
+    idx.upsert("pods", idx.parse("pods", web("web-c", "10.244.1.7", "u-rs-unseen")))
+    mine = owner if owner is not None else ("ReplicaSet", "web-6d4")
+    assert owner_of("10.244.1.5") == ("Deployment", "web"), how
+    assert owner_of("10.244.1.6") == mine, how
+    assert owner_of("10.244.1.7") == ("ReplicaSet", "web-6d4"), how
+    idx.delete("replicasets", idx.parse("replicasets", old))
+    assert idx.problems == {"stale_delete": 1}
+    assert owner_of("10.244.1.6") == mine, how
+    # the old one's pod goes: what it left goes with it; the new one's pods keep theirs
+    idx.delete("pods", idx.parse("pods", web("web-a", "10.244.1.5", "u-rs-old")))
+    assert owner_of("10.244.1.6") == mine, how
+    assert flow(e, "10.244.1.5", "", t_ms=T0 + 30_000)["SrcK8S_OwnerName"] == "web"   # (its tombstone)
+    idx.upsert("pods", idx.parse("pods", web("web-b", "10.244.1.8", "u-rs-new")))   # (re-rendered)
+    assert owner_of("10.244.1.8") == mine, how
 
 
 @pytest.mark.parametrize("how", ["status.addresses", "node-subnets"])

@@ -89,6 +89,7 @@ class MPod:
     owner: tuple[str, str] | None
     phase: str = "Running"
     fin: int | None = None      # containers' last finishedAt (terminal phase, or all terminated)
+    owner_uid: str = ""         # its ReplicaSet's uid in ownerReferences (a ReplicaSet owner's only)
 
     def indexed(self) -> tuple[str, ...]:
         """The addresses that are the pod's own: none for a host-network pod, and never its hostIP."""
@@ -96,7 +97,8 @@ class MPod:
 
     def obj(self) -> dict[str, Any]:
         o = pod(self.name, self.ns, ips=list(self.ips) or None, node=self.node, host_ip=self.host_ip,
-                owner=self.owner, uid=self.uid, created=iso(self.created), phase=self.phase,
+                owner=self.owner, owner_uid=self.owner_uid or None, uid=self.uid, created=iso(self.created),
+                phase=self.phase,
                 host_network=self.host_network)
         if self.fin is not None:
             o["status"]["containerStatuses"] = [
@@ -162,9 +164,12 @@ class Model:
         self.svc_since: dict[tuple[tuple[str, str], str], float] = {}   # the same of Services' ClusterIPs
         self.svc_meta: dict[tuple[str, str], tuple[str, int | None]] = {}   # a Service's uid and creation
         self.rs: dict[tuple[str, str], str | None] = {}   # -> its Deployment
+        self.rs_uid: dict[tuple[str, str], str] = {}       # -> its uid (pods name it: another is not their owner)
         # What a deleted ReplicaSet / Node gave the pods still linked to it (docs/collector.md:
         # "keeps the Deployment owner and the zone they gave it ... until they go too").
-        self.rs_gone: dict[tuple[str, str], str] = {}
+        # (uid, Deployment) of each: one deleted and created again under its name while the old
+        # one's pods are still there leaves two
+        self.rs_gone: dict[tuple[str, str], list[tuple[str, str]]] = {}
         self.zones_gone: dict[str, str] = {}
 
     @property
@@ -177,7 +182,9 @@ class Model:
         okind, oname = p.owner if p.owner else ("Pod", p.name)
         if okind == "ReplicaSet":
             key = (p.ns, oname)
-            dep = self.rs[key] if key in self.rs else self.rs_gone.get(key)
+            # the ReplicaSet of the uid the pod names, cached or deleted (docs/collector.md)
+            dep = (self.rs[key] if key in self.rs and self.rs_uid[key] == p.owner_uid
+                   else next((d for u, d in reversed(self.rs_gone.get(key, [])) if u == p.owner_uid), None))
             if dep:
                 okind, oname = "Deployment", dep
         n = self.nodes.get(p.node)
@@ -505,14 +512,24 @@ class Model:
                                self.svc_since.pop((key, ip))))
         return ips
 
-    def set_rs(self, key: tuple[str, str], dep: str | None) -> None:
-        self.rs_gone.pop(key, None)
-        self.rs[key] = dep
+    def set_rs(self, key: tuple[str, str], dep: str | None, uid: str) -> None:
+        """(another uid than the cached one's under the name: recreate_rs)"""
+        gone = [g for g in self.rs_gone.get(key, []) if g[0] != uid]   # (seen again: not gone)
+        if gone:
+            self.rs_gone[key] = gone
+        else:
+            self.rs_gone.pop(key, None)
+        self.rs[key], self.rs_uid[key] = dep, uid
+
+    def recreate_rs(self, key: tuple[str, str], dep: str | None, uid: str) -> None:
+        """Another ReplicaSet (uid) under the name of one the cache holds, its DELETED not seen."""
+        self.delete_rs(key)
+        self.set_rs(key, dep, uid)
 
     def delete_rs(self, key: tuple[str, str]) -> None:
-        dep = self.rs.pop(key)
+        dep, uid = self.rs.pop(key), self.rs_uid.pop(key)
         if dep and any(q.ns == key[0] and q.owner == ("ReplicaSet", key[1]) for q in self.pods.values()):
-            self.rs_gone[key] = dep
+            self.rs_gone.setdefault(key, []).append((uid, dep))
 
 
 def _created(ms: int | None) -> float:
@@ -534,6 +551,7 @@ class IndexMachine(RuleBasedStateMachine):
         # (kind, a Node's name or a Service's key) -> the last object of one deleted and created
         # again under it (recreate_node/recreate_service): its DELETED may still come (stale_delete)
         self.replaced: dict[tuple[str, Any], dict[str, Any]] = {}
+        self.rs_next: dict[tuple[str, str], str] = {}   # the uid of the next ReplicaSet created under a name
 
     # helpers
 
@@ -550,6 +568,16 @@ class IndexMachine(RuleBasedStateMachine):
 
     def sweep(self) -> None:
         self.model.sweep()
+
+    def rs_uid(self, key: tuple[str, str]) -> str:
+        """The uid of the ReplicaSet cached under `key`, else of the next one created under it."""
+        if key in self.model.rs_uid:
+            return self.model.rs_uid[key]
+        return self.rs_next.setdefault(key, f"r{next(self.uids)}")
+
+    def rs_obj(self, key: tuple[str, str]) -> dict[str, Any]:
+        dep = self.model.rs[key]
+        return replicaset(key[1], key[0], owner=("Deployment", dep) if dep else None, uid=self.model.rs_uid[key])
 
     def fin_time(self, data: st.DataObject, p: MPod) -> int:
         """A containers' finishedAt: after the pod was created, not after now (whole seconds)."""
@@ -583,6 +611,9 @@ class IndexMachine(RuleBasedStateMachine):
         p = MPod(uid=f"u{next(self.uids)}", name=name, ns=data.draw(st.sampled_from(NAMESPACES), label="ns"),
                  node=nname, host_ip=host_ip, ips=ips, host_network=host_network, created=created,
                  owner=data.draw(st.sampled_from(OWNERS), label="owner"))
+        if p.owner is not None and p.owner[0] == "ReplicaSet":
+            # the ReplicaSet cached under the name, else the next one created under it (not seen yet)
+            p.owner_uid = self.rs_uid((p.ns, p.owner[1]))
         if data.draw(st.integers(0, 5), label="born finished") == 0 and created < self.clock.ms:
             p.phase = data.draw(st.sampled_from(("Succeeded", "Failed")))
             p.fin = data.draw(st.one_of(st.none(), st.just(0)), label="finishedAt?")
@@ -757,16 +788,16 @@ class IndexMachine(RuleBasedStateMachine):
 
     def stale(self) -> list[tuple[str, Any]]:
         """The replaced objects whose name a newer object holds now (their DELETED is stale)."""
-        return sorted((k for k in self.replaced
-                       if (self.model.nodes if k[0] == "nodes" else self.model.services).get(k[1]) is not None),
-                      key=repr)
+        cached: dict[str, Any] = {"nodes": self.model.nodes, "services": self.model.services,
+                                  "replicasets": self.model.rs}
+        return sorted((k for k in self.replaced if k[1] in cached[k[0]]), key=repr)
 
     @precondition(lambda self: bool(self.stale()))
     @rule(data=st.data())
     def stale_delete(self, data: st.DataObject) -> None:
-        """The DELETED of a Node (Service) deleted and created again under its name comes after
-        the new one was seen (a watch resumed across a reconnect): deletes go by name, but this
-        one is another object's (its uid): nothing changes (docs/collector.md)."""
+        """The DELETED of a Node (Service, ReplicaSet) deleted and created again under its name
+        comes after the new one was seen (a watch resumed across a reconnect): deletes go by
+        name, but this one is another object's (its uid): nothing changes (docs/collector.md)."""
         self.tick()
         kind, _ = what = data.draw(st.sampled_from(self.stale()), label="stale")
         self.delete(kind, self.replaced.pop(what))
@@ -785,8 +816,28 @@ class IndexMachine(RuleBasedStateMachine):
     @rule(key=st.sampled_from(RS_KEYS), dep=st.sampled_from((None, "web", "api")))
     def set_rs(self, key: tuple[str, str], dep: str | None) -> None:
         self.tick()
-        self.model.set_rs(key, dep)
-        self.upsert("replicasets", replicaset(key[1], key[0], owner=("Deployment", dep) if dep else None))
+        uid = self.rs_uid(key)
+        self.rs_next.pop(key, None)
+        self.model.set_rs(key, dep, uid)
+        self.upsert("replicasets", self.rs_obj(key))
+        self.sweep()
+
+    @precondition(lambda self: bool(self.model.rs))
+    @rule(data=st.data(), relist=st.booleans())
+    def recreate_rs(self, data: st.DataObject, relist: bool) -> None:
+        """A ReplicaSet deleted and created again under its name (another uid, another owner:
+        another Deployment or none) while the watch was down, its old pods still there: the
+        new one's ADDED, or a relist, is all the index sees; new pods name the new one."""
+        self.tick()
+        key = data.draw(st.sampled_from(sorted(self.model.rs)), label="replicaset")
+        dep = data.draw(st.sampled_from([d for d in (None, "web", "api") if d != self.model.rs[key]]), label="owner")
+        self.replaced[("replicasets", key)] = self.rs_obj(key)
+        self.rs_next.pop(key, None)
+        self.model.recreate_rs(key, dep, f"r{next(self.uids)}")
+        if relist:
+            self.idx.replace("replicasets", [self.idx.parse("replicasets", self.rs_obj(k)) for k in sorted(self.model.rs)])
+        else:
+            self.upsert("replicasets", self.rs_obj(key))
         self.sweep()
 
     @precondition(lambda self: bool(self.model.rs))
@@ -794,9 +845,9 @@ class IndexMachine(RuleBasedStateMachine):
     def delete_rs(self, data: st.DataObject) -> None:
         self.tick()
         key = data.draw(st.sampled_from(sorted(self.model.rs)), label="replicaset")
-        dep = self.model.rs[key]
+        obj = self.rs_obj(key)
         self.model.delete_rs(key)
-        self.delete("replicasets", replicaset(key[1], key[0], owner=("Deployment", dep) if dep else None))
+        self.delete("replicasets", obj)
         self.sweep()
 
     # relist, clock
@@ -827,7 +878,7 @@ class IndexMachine(RuleBasedStateMachine):
             keep = data.draw(st.sets(st.sampled_from(sorted(m.rs))), label="kept") if m.rs else set()
             for key in sorted(set(m.rs) - keep):
                 m.delete_rs(key)
-            objs = [replicaset(k[1], k[0], owner=("Deployment", d) if d else None) for k, d in sorted(m.rs.items())]
+            objs = [self.rs_obj(k) for k in sorted(m.rs)]
         self.idx.replace(kind, [self.idx.parse(kind, o) for o in objs])
         self.sweep()
 

@@ -954,8 +954,10 @@ def fake_kube() -> Iterator[FakeKube]:
 def pod(name: str, ns: str = "default", *, ips: list[str] | None = None, node: str | None = "node-a",
         host_ip: str | None = "10.0.0.1", owner: tuple[str, str] | None = None, uid: str | None = None,
         created: str | None = None, phase: str = "Running", host_network: bool = False,
-        host_ips: list[str] | None = None, annotations: dict[str, str] | None = None) -> dict[str, Any]:
-    """A Pod; `host_ips`: status.hostIPs when they are more than hostIP (a dual-stack node)."""
+        host_ips: list[str] | None = None, annotations: dict[str, str] | None = None,
+        owner_uid: str | None = None) -> dict[str, Any]:
+    """A Pod; `host_ips`: status.hostIPs when they are more than hostIP (a dual-stack node);
+    `owner_uid`: its owner's uid in ownerReferences (by default the one replicaset() gives)."""
     meta: dict[str, Any] = {"name": name, "namespace": ns}
     if annotations:
         meta["annotations"] = dict(annotations)
@@ -965,7 +967,7 @@ def pod(name: str, ns: str = "default", *, ips: list[str] | None = None, node: s
         meta["creationTimestamp"] = created
     if owner:
         meta["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": owner[0], "name": owner[1],
-                                    "uid": f"owner-{owner[1]}", "controller": True}]
+                                    "uid": owner_uid or f"owner-{owner[1]}", "controller": True}]
     st: dict[str, Any] = {"phase": phase}
     if host_ip:
         st["hostIP"] = host_ip
@@ -999,8 +1001,10 @@ def service(name: str, ns: str = "default", *, ips: list[str]) -> dict[str, Any]
             "spec": {"clusterIP": ips[0], "clusterIPs": ips, "ports": [{"port": 80}]}}
 
 
-def replicaset(name: str, ns: str = "default", *, owner: tuple[str, str] | None) -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": name, "namespace": ns}
+def replicaset(name: str, ns: str = "default", *, owner: tuple[str, str] | None,
+               uid: str | None = None) -> dict[str, Any]:
+    """A ReplicaSet; its uid by default the one pod() names its owner by (`owner-NAME`)."""
+    meta: dict[str, Any] = {"name": name, "namespace": ns, "uid": uid or f"owner-{name}"}
     if owner:
         meta["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": owner[0], "name": owner[1],
                                     "uid": f"owner-{owner[1]}", "controller": True}]
