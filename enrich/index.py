@@ -1694,14 +1694,29 @@ class Index:
                 return gone  # type: ignore[no-any-return]
         return None
 
-    def _rerender(self, uids: Any) -> None:
+    def _rerender(self, uids: Any, split: int | None = None) -> None:
+        """Render pods again (their ReplicaSet or Node changed). `split`: the Node they are on
+        is another one from then (_set_node): a running pod that held its addresses before
+        and renders otherwise now keeps its old identity for the flows that started before (a
+        tombstone of it up to `split`, as for addresses it gave up), and holds them from then:
+        done here, once per pod, so that a flow's lookup stays what it is (the tombstone's
+        link is walked only by flows that started before `split`)."""
         touched: set[bytes] = set()
         for uid in _multi_list(uids):
             rec = self._pods.get(uid)
-            if rec is not None:
-                self._render_pod(rec)
-                touched.update(rec.ips)
-                touched.update(rec.net_ips)
+            if rec is None:
+                continue
+            was = (rec.frag_s, rec.frag_d)
+            self._render_pod(rec)
+            if (split is not None and rec.end_ms == ALIVE and rec.start_ms < split and (rec.ips or rec.net_ips)
+                    and (rec.frag_s, rec.frag_d) != was):
+                now = (rec.frag_s, rec.frag_d)
+                rec.frag_s, rec.frag_d = was
+                self._held_before(rec, list(rec.ips), split, rec.net_ips)
+                rec.frag_s, rec.frag_d = now
+                rec.start_ms, rec.floored = split, False
+            touched.update(rec.ips)
+            touched.update(rec.net_ips)
         for ip in touched:
             self._rechain(ip)
 
@@ -1799,10 +1814,17 @@ class Index:
                 self._layer_set(self._node_layer, self._node_tombs, ip, entry, rec.start(ip))
                 self._set_agent(ip)
                 self._merge(ip)
-        if old is None:
-            self._zones_gone.pop(rec.name, None)  # (re-registered: its zone now)
+        split = None
+        if old is None and rec.name in self._zones_gone:
+            # Registered again (another Node: its delete seen, or not, _recreated) while the old
+            # one's pods are still there: they ran in the old one's zone until this one was
+            # created (its creation, else when it was seen, as the old one's addresses), in
+            # this one's since (a kubelet of that name runs the pods bound to it)
+            del self._zones_gone[rec.name]
+            now = self._now_ms()
+            split = rec.created_ms if ALWAYS < rec.created_ms < now else now
         if old is None or old.zone != rec.zone:
-            self._rerender(self._pods_by_node.get(rec.name))
+            self._rerender(self._pods_by_node.get(rec.name), split)
 
     def _node_gained(self, rec: NodeRec, now: int, ip: bytes) -> int:
         """When a known Node began listing `ip`, which it did not list before. An address its
@@ -1843,7 +1865,8 @@ class Index:
             self._drop_node_ip(ip, old, end)
         # Its pods keep the zone they were rendered with (the only field a Node gives them)
         # until they go too: the pod garbage collector deletes them after the Node.
-        if old.zone and name in self._pods_by_node:
+        # ("" too: that the Node of their name went, _set_node)
+        if name in self._pods_by_node:
             self._zones_gone[name] = old.zone
 
     # services

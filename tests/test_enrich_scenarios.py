@@ -497,6 +497,58 @@ def test_a_service_added_again_under_its_name_without_its_delete_is_another_serv
     assert flow(e, "", "172.30.0.11", t_ms=T0 + 12_000)["DstK8S_Name"] == "web", how
 
 
+@pytest.mark.parametrize("how", ["added", "relist", "delete seen"])
+def test_pods_of_a_node_registered_again_keep_the_old_zone_in_flows_before_it(how: str) -> None:
+    """A Node deleted and registered again under its name (another uid, another zone) while
+    its pods are still there (the pod garbage collector deletes them after the Node, or the new
+    kubelet of that name runs them): the pods' flows that started before the new Node's
+    creation ran in the old one's zone, those after in the new one's. They were all given the
+    new zone (the pods' one rendering), as the Node's own addresses were not (f3614ef). A pod
+    that got its address after the new Node's creation is the new one's only (no tombstone)."""
+    clock = Clock(T0)
+    e = build(clock=clock)
+    idx = e.index
+
+    def node_x(uid: str, zone: str, created: int) -> dict[str, Any]:
+        n = _created(node("node-x", internal=["10.0.0.9"], zone=zone), created)
+        n["metadata"]["uid"] = uid
+        return n
+
+    def on_x(name: str, ip: str, created: int) -> dict[str, Any]:
+        return pod(name, "shop", ips=[ip], node="node-x", host_ip="10.0.0.9", uid=f"u-{name}",
+                   owner=("DaemonSet", "agent"), created=iso(created))
+
+    old = node_x("u-old", "zone-a", T0 - 86_400_000)
+    idx.upsert("nodes", idx.parse("nodes", old))
+    idx.upsert("pods", idx.parse("pods", on_x("agent-a", "10.244.9.5", T0 - 3_600_000)))
+    clock.ms = T0 + 8_000
+    if how == "delete seen":
+        idx.delete("nodes", idx.parse("nodes", old))
+    clock.ms = T0 + 60_000
+    idx.upsert("pods", idx.parse("pods", on_x("agent-b", "10.244.9.6", T0 + 20_000)))
+    tombs = idx.counts()["tombstones"]
+    new = node_x("u-new", "zone-c", T0 + 10_000)
+    if how == "relist":
+        idx.replace("nodes", [idx.parse("nodes", n) for n in (*NODES, new)])
+    else:
+        idx.upsert("nodes", idx.parse("nodes", new))
+
+    def zone(ip: str, t_ms: int) -> Any:
+        got = flow(e, ip, "", t_ms=t_ms)
+        assert got["SrcK8S_Name"] in ("agent-a", "agent-b"), got
+        return got.get("SrcK8S_Zone")
+
+    assert zone("10.244.9.5", T0 - 60_000) == "zone-a", how
+    assert zone("10.244.9.5", T0 + 9_000) == "zone-a", how
+    assert zone("10.244.9.5", T0 + 10_000) == "zone-c", how
+    assert zone("10.244.9.5", T0 + 61_000) == "zone-c", how
+    assert zone("10.244.9.5", 0) == "zone-c", how
+    assert zone("10.244.9.6", T0 + 30_000) == "zone-c", how
+    assert idx.counts()["tombstones"] == tombs + 1, how    # (agent-a's, before the new Node)
+    # the new Node's own address, as f3614ef
+    assert flow(e, "10.0.0.9", "", t_ms=T0 + 5_000).get("SrcK8S_Zone") == "zone-a", how
+
+
 @pytest.mark.parametrize("kind", ["nodes", "services"])
 @pytest.mark.parametrize("how", ["added", "relist"])
 def test_an_older_objects_delete_after_the_newer_ones_add_deletes_nothing(kind: str, how: str) -> None:

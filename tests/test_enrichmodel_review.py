@@ -434,9 +434,25 @@ class Model:
 
     def set_node(self, n: MNode) -> None:
         old = self.nodes.get(n.name)
+        split = None
+        if old is None and n.name in self.zones_gone:
+            # Another Node registered under the name while the old one's pods are there: a
+            # running pod's flows that started before the new one's creation (before it was
+            # seen, when it has none) keep the old one's zone (docs/collector.md), as if the pod
+            # had held its addresses until then and again since
+            split = n.created if n.created is not None and n.created < self.now else self.now
+            before = {id(p): self.pod_holder(p) for p in self.pods.values() if p.node == n.name}
         if old is None:
             self.zones_gone.pop(n.name, None)
         self.nodes[n.name] = n
+        if split is not None:
+            for p in [q for q in self.pods.values() if q.node == n.name]:
+                if p.phase != "Running" or self.pod_holder(p) == before[id(p)]:
+                    continue
+                for lf in [lf for lf in self.lives if lf.pod is p and lf.end is None and lf.frozen is None]:
+                    if lf.start < split:
+                        self.lives.append(Life(p, lf.ip, split))
+                        lf.end, lf.frozen = split, before[id(p)]
         for ip in old.addrs() if old else []:
             if ip not in n.addrs():
                 self._unclaim(ip, old)
@@ -473,8 +489,8 @@ class Model:
         n = self.nodes.pop(name)
         for ip in n.addrs():
             self._unclaim(ip, n, end)
-        if n.zone and any(q.node == name for q in self.pods.values()):
-            self.zones_gone[name] = n.zone
+        if any(q.node == name for q in self.pods.values()):
+            self.zones_gone[name] = n.zone or ""
 
     def _unclaim(self, ip: str, n: MNode, end: int | None = None) -> None:
         """Node `n` (as it was) no longer lists `ip` (from `end`, else now): when it was the one
