@@ -834,7 +834,7 @@ cdef dict seq_stream_state(SeqStream st):
         "floor_from_set": st.floor_from_set, "floor_from": st.floor_from, "floor_prev": st.floor_prev,
         "skipped": st.skipped, "next": st.next, "next_count": st.next_count, "last_set_next": st.last_set_next,
         "uptime": st.uptime,
-        "gaps": [[st.gap_start[i], st.gap_span[i], st.gap_missing[i], st.gap_ms[i], st.gap_adj[i]]
+        "gaps": [[st.gap_start[i], st.gap_span[i], st.gap_missing[i], st.gap_ms[i], st.gap_adj[i], st.gap_rec[i]]
                  for i in range(st.ngaps)],
         # the ring oldest first, so that it goes on in the same order
         "filled": [st.filled[(st.fill_pos - st.nfilled + i) % SEQ_FILLED_RING] for i in range(st.nfilled)],
@@ -847,6 +847,10 @@ cdef dict seq_stream_state(SeqStream st):
         "uptime_restarted": st.uptime_restarted, "restart_ms": st.restart_ms,
         "by_records": st.by_records, "uncounted": st.uncounted,
         "undec_rfc": st.undec_rfc, "undec_inc": st.undec_inc,
+        # (v9 read by packets: what the records reading expects, for gap_rec; init_restarted and
+        # restart_export_s are not kept: they last SEQ_REORDER_MS after an IE 160 restart, over by
+        # the next start; rec_ahead is the latest packet's, set before each use)
+        "rec_known": st.rec_known, "rec_next": st.rec_next,
     }
 
 
@@ -886,14 +890,16 @@ cdef SeqStream seq_stream_of(dict d):
     st.uptime = seq_i64(d, "uptime")
     gaps = seq_list(d, "gaps", SEQ_MAX_GAPS)
     for i, g in enumerate(gaps):
-        if not (isinstance(g, list) and len(g) == 5):
+        if not (isinstance(g, list) and len(g) in (5, 6)):
             raise ValueError("sequence field gaps: a bad gap")
-        gd = {"start": g[0], "span": g[1], "missing": g[2], "ms": g[3], "adj": g[4]}
+        gd = {"start": g[0], "span": g[1], "missing": g[2], "ms": g[3], "adj": g[4],
+              "rec": g[5] if len(g) == 6 else -1}
         st.gap_start[i] = seq_u32(gd, "start")
         st.gap_span[i] = seq_int(gd, "span", 1, SEQ_MAX_GAP)
         st.gap_missing[i] = seq_int(gd, "missing", 0, SEQ_MAX_GAP)
         st.gap_ms[i] = seq_i64(gd, "ms")
         st.gap_adj[i] = seq_int(gd, "adj", -SEQ_MAX_GAP, SEQ_MAX_GAP)
+        st.gap_rec[i] = seq_int(gd, "rec", -1, 1 << 40)
     st.ngaps = len(gaps)
     filled = seq_list(d, "filled", SEQ_FILLED_RING)
     for i, v in enumerate(filled):
@@ -927,6 +933,9 @@ cdef SeqStream seq_stream_of(dict d):
     # on what one bad entry can count)
     st.undec_rfc = seq_int(d, "undec_rfc", 0, 1 << 40)
     st.undec_inc = seq_int(d, "undec_inc", 0, 1 << 40)
+    st.rec_known = seq_bool(d, "rec_known")
+    st.rec_next = seq_u32(d, "rec_next")
+    st.rec_ahead = -1
     return st
 
 
