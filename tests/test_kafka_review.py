@@ -312,6 +312,9 @@ def test_a_keyed_batch_failing_at_the_shutdown_deadline_is_counted(how: str) -> 
         def ready(self, *_a: Any, **_kw: Any) -> bool:
             return True   # (room on every connection: the batches are written at once)
 
+        def answering(self) -> bool:
+            return False   # (no other connection answers: the one closed was the only one)
+
         def close(self) -> None:
             pass
 
