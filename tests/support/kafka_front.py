@@ -92,9 +92,9 @@ class KafkaFront:
         broker's; None: the broker answers it."""
         return None
 
-    def _outgoing(self, frame: bytes) -> bytes:
-        """The request `frame` (after its size word) as the broker gets it; `_rewrite` is still
-        given the client's."""
+    def _outgoing(self, conn: int, frame: bytes) -> bytes:
+        """The request `frame` (after its size word) of connection `conn` as the broker gets it;
+        `_rewrite` is still given the client's."""
         return frame
 
     def _rewrite(self, frame: bytes, answer: bytes) -> bytes | None:
@@ -136,7 +136,7 @@ class KafkaFront:
                 await self._request(conn, frame)
                 answer = self._answer(frame)
                 if answer is None:
-                    out = self._outgoing(frame)
+                    out = self._outgoing(conn, frame)
                     up_w.write(struct.pack(">i", len(out)) + out)
                     await up_w.drain()
                     if acks_zero(frame):
@@ -276,7 +276,13 @@ class PartitionErrorFront(KafkaFront):
         super().__init__(upstream_port)
         self.code_for = code_for
         self.refused = 0
-        self._cut: dict[int, list[tuple[bytes, int, int | None]]] = {}   # correlation id -> refused entries
+        # (connection, correlation id) -> refused entries. Each client connection numbers its own
+        # requests from 0: keyed by correlation id alone, a request of one connection (aiokafka's
+        # producers, --kafka-connections 4) took another's refused entries into its answer, and
+        # that other's answer lacked its refused partition, whose batch aiokafka then waited on
+        # for ever (30 flows never delivered, the sink connected, about one run in ten under load)
+        self._cut: dict[tuple[int, int], list[tuple[bytes, int, int | None]]] = {}
+        self._cut_now: list[tuple[bytes, int, int | None]] | None = None   # (_answered, for _rewrite)
 
     def _code(self, topic: bytes, partition: int, records: bytes) -> int | None:
         """The error code the partition's entry (its record batch `records`) is answered with;
@@ -312,7 +318,7 @@ class PartitionErrorFront(KafkaFront):
             topics.setdefault(t.decode(), []).append((p, code, *extra))
         resp.topics = list(topics.items())
 
-    def _outgoing(self, frame: bytes) -> bytes:
+    def _outgoing(self, conn: int, frame: bytes) -> bytes:
         req = produce_request(frame)
         if req is None or req[2] == 0:
             return frame
@@ -333,7 +339,7 @@ class PartitionErrorFront(KafkaFront):
         if not cut:
             return frame
         self.refused += len(cut)
-        self._cut[req[1]] = cut
+        self._cut[(conn, req[1])] = cut
         out = prefix + struct.pack(">i", len(keep))
         for t, ps in keep:
             out += struct.pack(">h", len(t)) + t + struct.pack(">i", len(ps))
@@ -341,12 +347,17 @@ class PartitionErrorFront(KafkaFront):
                 out += struct.pack(">ii", p, len(recs)) + recs
         return out
 
+    def _answered(self, conn: int, frame: bytes) -> None:
+        # (_handle calls _rewrite next, for the same request, with no await between)
+        req = produce_request(frame)
+        self._cut_now = self._cut.pop((conn, req[1]), None) if req is not None else None
+
     def _rewrite(self, frame: bytes, answer: bytes) -> bytes:
         import aiokafka.protocol.produce as pr
 
         req = produce_request(frame)
-        if req is not None and req[1] in self._cut:
-            cut = self._cut.pop(req[1])
+        cut, self._cut_now = self._cut_now, None
+        if req is not None and cut is not None:
             resp = getattr(pr, f"ProduceResponse_v{req[0]}").decode(answer[4:])
             self._add(resp, req[0], cut)
             return answer[:4] + bytes(resp.encode())
