@@ -1458,7 +1458,10 @@ class KafkaSink(Sink):
         nothing found), or with `otherwise`, "head" + the finding, `otherwise` if none; the new
         problem. The finding is the latest check's each time problem is read: while the sink
         stays unconnected, _watch checks every IDLE_CHECK_S, and the finding taken at the failure
-        was what /readyz gave until the next failure, 5-10 s behind the latest check."""
+        was what /readyz gave until the next failure, 5-10 s behind the latest check. Set before
+        the check too: the caller has set connected False, and /readyz read meanwhile gave "not
+        connected" with the reason before it (often none) for as long as the check took."""
+        self._problem, self._why = "", (head, otherwise)
         await self._advertised_problem(failing=True)
         self._problem, self._why = "", (head, otherwise)
         return self.problem

@@ -2563,3 +2563,34 @@ def test_the_idle_connection_limit_reaches_aiokafka(ms: int, aiokafka: int | Non
     k = KafkaConfig()
     k.brokers, k.connections_max_idle_ms = ["k:9092"], ms
     assert producer_kwargs(k)["connections_max_idle_ms"] == aiokafka
+
+
+def test_a_failure_being_explained_is_said_while_the_brokers_check_runs() -> None:
+    """KafkaSink._explain sets the failure's reason (problem, what /readyz says after "not
+    connected") before it waits for the advertised brokers' check, not after: the caller has
+    already set connected False, and for the check's seconds /readyz said "kafka sink not
+    connected" with the reason before (none, after a partition's error answer)."""
+    import asyncio
+
+    from collector.config import Config
+    from collector.sinks import KafkaSink
+
+    async def main() -> None:
+        sink = KafkaSink(Config())
+        release = asyncio.Event()
+        seen: list[str] = []
+
+        async def slow_check(failing: bool = False) -> None:
+            seen.append(sink.problem)
+            await release.wait()
+
+        sink._advertised_problem = slow_check  # type: ignore[method-assign]
+        sink.connected = False
+        task = asyncio.create_task(sink._explain("metadata refresh failed: ", "no broker of b:9092 answered"))
+        while not seen:
+            await asyncio.sleep(0)
+        assert seen[0] == "metadata refresh failed: no broker of b:9092 answered"
+        release.set()
+        assert await task == "metadata refresh failed: no broker of b:9092 answered"
+
+    asyncio.run(main())
