@@ -891,7 +891,11 @@ def test_the_one_broker_restarted_while_idle_gives_readyz_a_reason(collector: An
         assert unready, seen[-3:]
         bare = [body for body in unready if body.strip().endswith("sink not connected")]
         assert not bare, (len(bare), len(unready))
-        assert f"every connection to the brokers lost: asking 127.0.0.1:{a.port} for metadata" in unready[-1], unready
+        said = f"every connection to the brokers lost: asking 127.0.0.1:{a.port} for metadata"
+        # (the idle check can come while the broker is between its stop and the front's start:
+        # that refresh is refused within milliseconds, "metadata refresh failed: ...", which the
+        # samples may see alone, and the next check's is answered)
+        assert all(said in body or "metadata refresh failed: " in body for body in unready), unready[-3:]
         assert "producing again" in c.log()[at:], c.log()[at:][-3000:]
         assert c.stop() == 0
 
