@@ -834,8 +834,6 @@ cdef dict seq_stream_state(SeqStream st):
         "floor_from_set": st.floor_from_set, "floor_from": st.floor_from, "floor_prev": st.floor_prev,
         "skipped": st.skipped, "next": st.next, "next_count": st.next_count, "last_set_next": st.last_set_next,
         "uptime": st.uptime,
-        "gaps": [[st.gap_start[i], st.gap_span[i], st.gap_missing[i], st.gap_ms[i], st.gap_adj[i], st.gap_rec[i]]
-                 for i in range(st.ngaps)],
         # the ring oldest first, so that it goes on in the same order
         "filled": [st.filled[(st.fill_pos - st.nfilled + i) % SEQ_FILLED_RING] for i in range(st.nfilled)],
         "has_last": st.has_last, "inclusive": st.inclusive, "last_seq": st.last_seq, "last_count": st.last_count,
@@ -858,7 +856,7 @@ cdef SeqStream seq_stream_of(dict d):
     """A SeqStream from seq_stream_state's form; ValueError (or TypeError) for a bad entry."""
     cdef SeqStream st = SeqStream.__new__(SeqStream)
     cdef int i
-    cdef list gaps, filled, sets
+    cdef list filled, sets
     cdef Py_ssize_t size = 0
     st.kind = seq_int(d, "kind", PROTO_NETFLOW5, PROTO_SFLOW5)
     if st.kind not in (PROTO_NETFLOW5, PROTO_NETFLOW7, PROTO_NETFLOW9, PROTO_IPFIX, PROTO_SFLOW5):
@@ -888,19 +886,8 @@ cdef SeqStream seq_stream_of(dict d):
     st.next_count = seq_u32(d, "next_count")
     st.last_set_next = seq_bool(d, "last_set_next")
     st.uptime = seq_i64(d, "uptime")
-    gaps = seq_list(d, "gaps", SEQ_MAX_GAPS)
-    for i, g in enumerate(gaps):
-        if not (isinstance(g, list) and len(g) in (5, 6)):
-            raise ValueError("sequence field gaps: a bad gap")
-        gd = {"start": g[0], "span": g[1], "missing": g[2], "ms": g[3], "adj": g[4],
-              "rec": g[5] if len(g) == 6 else -1}
-        st.gap_start[i] = seq_u32(gd, "start")
-        st.gap_span[i] = seq_int(gd, "span", 1, SEQ_MAX_GAP)
-        st.gap_missing[i] = seq_int(gd, "missing", 0, SEQ_MAX_GAP)
-        st.gap_ms[i] = seq_i64(gd, "ms")
-        st.gap_adj[i] = seq_int(gd, "adj", -SEQ_MAX_GAP, SEQ_MAX_GAP)
-        st.gap_rec[i] = seq_int(gd, "rec", -1, 1 << 40)
-    st.ngaps = len(gaps)
+    # (no gaps: Decoder.export_sequences counts every open gap before it saves)
+    st.ngaps = 0
     filled = seq_list(d, "filled", SEQ_FILLED_RING)
     for i, v in enumerate(filled):
         st.filled[i] = seq_u32({"v": v}, "v")
@@ -1256,9 +1243,6 @@ cdef class ExporterState:
             # a message not decoded whole, or new) or numbered exactly as the old run's next
             # message would have been, it was read as no restart, or its floor settled across
             # the two runs (the distance between their numbers counted lost).
-            if st.floor:
-                self.floor_before(st, now_ms)   # the old run's loss before its uncounted message
-            self.restart(st)
             self.restarted_run(st, now_ms, export_s)
         if (kind == PROTO_IPFIX and advance == 0
                 and (st.floor or st.synced and <uint32_t>(st.next - seq) <= SEQ_MAX_GAP)):
@@ -1348,11 +1332,15 @@ cdef class ExporterState:
         if sent_after(export_s, st.export_s):
             st.export_s = export_s
 
-    cdef void restarted_run(self, SeqStream st, int64_t now_ms, int64_t export_s) noexcept:
+    cdef int restarted_run(self, SeqStream st, int64_t now_ms, int64_t export_s) except -1:
         """The stream's next message, exported at export_s, is the first of the process's new run,
-        told by IE 160 (restart counted it): what the old run left is settled, its number and
-        floor are no longer followed, and its late messages are told for SEQ_REORDER_MS
-        (before_restart)."""
+        told by IE 160: a restart (counted, the old run's open gaps with it), the old run's loss
+        before its uncounted message counted (floor_before), its number and floor no longer
+        followed, and its late messages told for SEQ_REORDER_MS (before_restart). One place for
+        both paths that read IE 160 (sequence, and a message not decoded whole)."""
+        if st.floor:
+            self.floor_before(st, now_ms)
+        self.restart(st)
         st.synced = False
         st.floor = False
         st.skipped = False
@@ -1361,6 +1349,7 @@ cdef class ExporterState:
         st.init_restarted = export_s >= 0
         st.restart_ms = now_ms
         st.restart_export_s = export_s
+        return 0
 
     cdef int64_t other_reading(self, SeqStream st, uint32_t advance, uint32_t ahead) noexcept:
         """How much more the reading the stream does not follow would call lost in the gap of
@@ -1956,9 +1945,6 @@ cdef class ExporterState:
             # was not: the message is the new run's first (see sequence), and its number the new
             # run's floor. Ignored, the new run's numbers were read against the old run's, as
             # late messages (numbered behind it) or as its floor's loss (ahead of it).
-            if st.floor:
-                self.floor_before(st, now_ms)
-            self.restart(st)
             self.restarted_run(st, now_ms, export_s)
         if sent_before_known(st, seq):
             # Sent before what the stream already knows of: a late one, and what comes next is
