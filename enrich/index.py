@@ -705,6 +705,9 @@ class Index:
         # a Node goes before the pod garbage collector deletes its DaemonSet pods; they still
         # belong to that Deployment and ran in that zone (their last flows, their tombstones).
         self._rs_gone: dict[tuple[str, str], Any] = {}   # (a _multi_add value of RsRec)
+        # Running pod uid -> the tombstones a re-registration of its Node split off (a _multi_add
+        # value of PodRec), until the pod's end is known (_end_splits)
+        self._splits: dict[str, Any] = {}
         self._zones_gone: dict[str, str] = {}
         self._nodes: dict[str, NodeRec] = {}
         self._services: dict[tuple[str, str], SvcRec] = {}
@@ -1461,6 +1464,8 @@ class Index:
         self._hold(rec)
         for ip in touched:
             self._rechain(ip)
+        if old is not None and old.end_ms == ALIVE and rec.end_ms != ALIVE:
+            self._end_splits(rec)
         if old is not None and old.end_ms == ALIVE and old.ips:
             # it finished (by its phase, or every container terminated: graceful deletion on
             # kubelets before 1.27, a finalizer holding the object), or gave addresses up: pods
@@ -1494,19 +1499,37 @@ class Index:
                     self.problem("pod_network_shadowed", f"pod {rec.ns}/{rec.name} has {ipaddress.ip_address(ip)} in "
                                  f"status.podIPs, pod {other.ns}/{other.name} by a network annotation")
 
-    def _held_before(self, old: PodRec, ips: list[bytes], end: int, net_ips: Iterable[bytes] = ()) -> None:
+    def _held_before(self, old: PodRec, ips: Iterable[bytes], end: int, net_ips: Iterable[bytes] = (),
+                     grace: int = 0) -> PodRec:
         """A tombstone of `old` for `ips` (and the network annotations' `net_ips`): they were its
-        own from its start until `end`."""
+        own from its start until `end` (`grace`: the lookup grace of an end that is a finishedAt)."""
         dep = PodRec(uid=f"{old.uid}\x00{next(self._seq)}", ns=old.ns, name=old.name, node=old.node,
                      host_ip=old.host_ip, host_ips=old.host_ips, ips=tuple(ips), owner_kind=old.owner_kind,
                      owner_name=old.owner_name, start_ms=old.start_ms, end_ms=end)
         dep.net_ips = tuple(net_ips)
         dep.frag_s, dep.frag_d, dep.infra = old.frag_s, old.frag_d, old.infra
-        if end == old.end_ms:
-            # a finished pod's end (a finishedAt, whole seconds) keeps its lookup grace
-            dep.end_grace = old.end_grace
+        # a finished pod's end (a finishedAt, whole seconds) keeps its lookup grace
+        dep.end_grace = old.end_grace if end == old.end_ms else grace
         self._entomb(dep)
         self._hold(dep)
+        return dep
+
+    def _end_splits(self, rec: PodRec) -> None:
+        """`rec`'s hold ended (end_ms set: its phase, or its delete): the tombstones its Node's
+        re-registration split off while it ran (_rerender) end there too when they reach past
+        it. A pod whose containers finished before the new Node's creation, seen finished only
+        after the Node (its status or its DELETED came later), held nothing between the two:
+        the tombstone, made to the new Node's creation, took the flows of that time, another
+        pod's given the address among them."""
+        splits: list[PodRec] = _multi_list(self._splits.pop(rec.uid, None))
+        for t in splits:
+            if self._tombstones.get(t.uid) is not t or t.end_ms <= rec.end_ms:
+                continue   # (swept, or the pod ran past the new Node's creation)
+            del self._tombstones[t.uid]
+            self._unhold(t)
+            cut = self._held_before(t, t.ips, rec.end_ms, t.net_ips, rec.end_grace)
+            for ip in cut.ips + cut.net_ips:
+                self._rechain(ip)
 
     def _delete_pod(self, uid: str, final: PodRec | None = None) -> None:
         """Forget a pod (its addresses stay its own, as a tombstone, for the flows that started
@@ -1526,6 +1549,7 @@ class Index:
                 end = fin
                 rec.end_grace = last.end_grace if last.end_ms == fin else _grace(fin)
             rec.end_ms = end
+        self._end_splits(rec)
         if rec.ips or rec.net_ips:
             self._entomb(rec)
             for ip in rec.ips + rec.net_ips:
@@ -1696,9 +1720,10 @@ class Index:
 
     def _rerender(self, uids: Any, split: int | None = None) -> None:
         """Render pods again (their ReplicaSet or Node changed). `split`: the Node they are on
-        is another one from then (_set_node): a running pod that held its addresses before
-        and renders otherwise now keeps its old identity for the flows that started before (a
-        tombstone of it up to `split`, as for addresses it gave up), and holds them from then:
+        is another one from then (_set_node): a pod that held its addresses before and renders
+        otherwise now keeps its old identity for the flows that started before (a tombstone of
+        it up to `split`, or up to its end when it finished before, as for addresses it gave
+        up), and holds them from then:
         done here, once per pod, so that a flow's lookup stays what it is (the tombstone's
         link is walked only by flows that started before `split`)."""
         touched: set[bytes] = set()
@@ -1708,13 +1733,19 @@ class Index:
                 continue
             was = (rec.frag_s, rec.frag_d)
             self._render_pod(rec)
-            if (split is not None and rec.end_ms == ALIVE and rec.start_ms < split and (rec.ips or rec.net_ips)
+            if (split is not None and rec.start_ms < split and (rec.ips or rec.net_ips)
                     and (rec.frag_s, rec.frag_d) != was):
                 now = (rec.frag_s, rec.frag_d)
                 rec.frag_s, rec.frag_d = was
-                self._held_before(rec, list(rec.ips), split, rec.net_ips)
+                # (a finished pod's hold ends at its end, which its tombstone keeps: one that
+                # ended before the new Node's creation ran in the old one's zone all along)
+                tomb = self._held_before(rec, rec.ips, min(split, rec.end_ms), rec.net_ips)
                 rec.frag_s, rec.frag_d = now
                 rec.start_ms, rec.floored = split, False
+                if rec.end_ms == ALIVE:
+                    # its end is not known yet: when it is, it ends the tombstone too (_end_splits)
+                    held = [t for t in _multi_list(self._splits.get(uid)) if self._tombstones.get(t.uid) is t]
+                    self._splits[uid] = held + [tomb] if held else tomb
             touched.update(rec.ips)
             touched.update(rec.net_ips)
         for ip in touched:

@@ -549,6 +549,64 @@ def test_pods_of_a_node_registered_again_keep_the_old_zone_in_flows_before_it(ho
     assert flow(e, "10.0.0.9", "", t_ms=T0 + 5_000).get("SrcK8S_Zone") == "zone-a", how
 
 
+def _finished(p: dict[str, Any], fin: int, phase: str = "Succeeded") -> dict[str, Any]:
+    """`p` with every container terminated at `fin` (finishedAt), in `phase`."""
+    p["status"]["phase"] = phase
+    p["status"]["containerStatuses"] = [{"name": "c", "ready": False, "restartCount": 0, "state": {"terminated": {
+        "exitCode": 0, "reason": "Completed", "startedAt": p["metadata"]["creationTimestamp"], "finishedAt": iso(fin)}}}]
+    return p
+
+
+@pytest.mark.parametrize("how", ["succeeded before", "succeeded after", "deleted after", "terminated before, deleted"])
+def test_a_pod_that_finished_before_its_nodes_re_registration_holds_nothing_after_it_finished(
+        fake_kube: FakeKube, kubeconfig: str, implementation: str, how: str) -> None:  # noqa: F811 - fixtures
+    """A pod whose containers finished before its Node was registered again under its name
+    (another uid, another zone): its flows ran in the old Node's zone, and it held its address
+    until it finished, not until the new Node's creation. Seen finished after the new Node
+    (its Succeeded status, or its DELETED with the final status, came later: "after"; or every
+    container terminated, phase Running, before it: "terminated before"), the tombstone the
+    re-registration split off ended at the new Node's creation, so the flows between the
+    finish and that creation were still the pod's; seen Succeeded before the new Node, it took
+    the new Node's zone for all its flows, though it never ran there."""
+    now = int(time.time() * 1000)
+    created = now // 1000 * 1000 - 20_000       # the new Node's creation (whole seconds)
+    fin = created - 30_000                      # when the pod's containers finished
+    ip = "10.244.9.5"
+    seed(fake_kube)
+    fake_kube.add("nodes", _created(node("node-x", internal=["10.0.0.9"], zone="zone-a"), now - 86_400_000))
+
+    def agent() -> dict[str, Any]:
+        return pod("agent-a", "shop", ips=[ip], node="node-x", host_ip="10.0.0.9", owner=("DaemonSet", "agent"),
+                   created=iso(now - 3_600_000))
+
+    fake_kube.add("pods", agent() if how in ("succeeded after", "deleted after") else
+                  _finished(agent(), fin, "Running" if how.startswith("terminated") else "Succeeded"))
+    with running_enricher(kubeconfig, compiled=implementation == "compiled") as e:
+        assert e.wait_ready(10)
+        wait_for(lambda: fake_kube.watchers["nodes"] >= 1 and fake_kube.watchers["pods"] >= 1, what="watches open")
+        fake_kube.delete("nodes", "node-x")
+        fake_kube.add("nodes", _created(node("node-x", internal=["10.0.0.9"], zone="zone-c"), created))
+        wait_for(lambda: e.stats()["kinds"]["nodes"]["events"]["ADDED"] >= 1, what="the new node")
+        if how == "succeeded after":
+            fake_kube.modify("pods", _finished(agent(), fin))
+            wait_for(lambda: e.stats()["kinds"]["pods"]["events"]["MODIFIED"] >= 1, what="the pod's final status")
+        elif how == "deleted after":
+            fake_kube.modify("pods", _finished(agent(), fin, "Running"))  # (the final status its DELETED carries)
+        if how.startswith(("deleted", "terminated")):
+            fake_kube.delete("pods", "agent-a", "shop")
+            wait_for(lambda: e.stats()["kinds"]["pods"]["events"]["DELETED"] >= 1, what="the pod's delete")
+
+        def seen(t_ms: int) -> tuple[Any, ...]:
+            got = flow(e, ip, "", t_ms=t_ms)
+            return got.get("SrcK8S_Name"), got.get("SrcK8S_Zone")
+
+        assert seen(fin - 60_000) == ("agent-a", "zone-a"), how
+        assert seen(fin - 1_000) == ("agent-a", "zone-a"), how
+        assert seen(fin + 1_000) == (None, None), how        # (finished, the new Node not there yet)
+        assert seen(created - 1_000) == (None, None), how
+        assert seen(created + 1_000) == (None, None), how
+
+
 @pytest.mark.parametrize("kind", ["nodes", "services"])
 @pytest.mark.parametrize("how", ["added", "relist"])
 def test_an_older_objects_delete_after_the_newer_ones_add_deletes_nothing(kind: str, how: str) -> None:

@@ -116,6 +116,7 @@ class Life:
     grace: int = 0
     frozen: tuple[Any, ...] | None = None  # the identity a tombstone keeps (None: the pod's current)
     floored: bool = False                  # start is "when seen" (another pod still held it)
+    split: bool = False                    # a running pod's hold its Node's re-registration ended (set_node)
 
     def until(self) -> float:
         return float("inf") if self.end is None else self.end + self.grace
@@ -407,7 +408,15 @@ class Model:
         for lf in self.lives:
             if lf.pod is p and lf.end is None:
                 lf.end, lf.grace = end, grace
+        self._cut_splits(p, end, grace)
         self._refloor(set(p.indexed()))
+
+    def _cut_splits(self, p: MPod, end: int, grace: int) -> None:
+        """A running pod's end came: it held nothing after it, the holds its Node's
+        re-registration ended at the new Node's creation included."""
+        for lf in self.lives:
+            if lf.pod is p and lf.split and lf.end is not None and lf.end > end:
+                lf.end, lf.grace = end, grace
 
     def containers_done(self, p: MPod, fin: int) -> None:
         p.fin = fin
@@ -424,6 +433,8 @@ class Model:
                 if lf.end is None:
                     lf.end, lf.grace = end, grace
                 lf.frozen = ident
+        if p.phase == "Running":
+            self._cut_splits(p, end, grace)
         if not any(q.node == p.node for q in self.pods.values()):
             self.zones_gone.pop(p.node, None)
         if p.owner and p.owner[0] == "ReplicaSet":
@@ -447,12 +458,20 @@ class Model:
         self.nodes[n.name] = n
         if split is not None:
             for p in [q for q in self.pods.values() if q.node == n.name]:
-                if p.phase != "Running" or self.pod_holder(p) == before[id(p)]:
+                if self.pod_holder(p) == before[id(p)]:
                     continue
-                for lf in [lf for lf in self.lives if lf.pod is p and lf.end is None and lf.frozen is None]:
-                    if lf.start < split:
-                        self.lives.append(Life(p, lf.ip, split))
-                        lf.end, lf.frozen = split, before[id(p)]
+                for lf in [lf for lf in self.lives if lf.pod is p and lf.frozen is None]:
+                    if lf.start >= split:
+                        continue
+                    # a finished pod's holds end when it finished, before the new Node or after;
+                    # a running pod's at the new one's creation, earlier should it turn out to
+                    # have finished before (_cut_splits)
+                    self.lives.append(Life(p, lf.ip, split, lf.end, lf.grace))
+                    if lf.end is None:
+                        lf.end, lf.split = split, True
+                    elif split < lf.end:
+                        lf.end, lf.grace = split, 0
+                    lf.frozen = before[id(p)]
         for ip in old.addrs() if old else []:
             if ip not in n.addrs():
                 self._unclaim(ip, old)
