@@ -705,6 +705,11 @@ class Index:
         # a Node goes before the pod garbage collector deletes its DaemonSet pods; they still
         # belong to that Deployment and ran in that zone (their last flows, their tombstones).
         self._rs_gone: dict[tuple[str, str], Any] = {}   # (a _multi_add value of RsRec)
+        # For each name in _rs_gone: how many live pods linked to it name each ReplicaSet uid in
+        # their ownerReferences ("" for none), so that a deleted one is forgotten once no pod
+        # names it any more (_forget_gone), even while pods of another one under the name
+        # (created again: the same Deployment re-applied gives the same name) keep it linked
+        self._rs_gone_refs: dict[tuple[str, str], dict[str, int]] = {}
         # Running pod uid -> the tombstones a re-registration of its Node split off (a _multi_add
         # value of PodRec), until the pod's end is known (_end_splits)
         self._splits: dict[str, Any] = {}
@@ -873,6 +878,8 @@ class Index:
         return {
             "pods": len(self._pods), "nodes": len(self._nodes), "services": len(self._services),
             "replicasets": len(self._rs), "tombstones": len(self._tombstones),
+            # deleted ReplicaSets kept for the live pods that name them (_rs_gone)
+            "deleted_replicasets": sum(len(_multi_list(v)) for v in self._rs_gone.values()),
             "address_tombstones": len(self._addr_expiry),
             "addresses": len(self._ips), "pod_ips": len(self._pod_layer),
             "pod_network_ips": len(self._net_holders),
@@ -1671,21 +1678,46 @@ class Index:
         if rec.node:
             _multi_add(self._pods_by_node, rec.node, rec.uid)
         if rec.owner_kind == "ReplicaSet":
-            _multi_add(self._pods_by_rs, (rec.ns, rec.owner_name), rec.uid)
+            key = (rec.ns, rec.owner_name)
+            _multi_add(self._pods_by_rs, key, rec.uid)
+            refs = self._rs_gone_refs.get(key)
+            if refs is not None:
+                refs[rec.owner_uid] = refs.get(rec.owner_uid, 0) + 1
 
     def _unlink_pod(self, rec: PodRec) -> None:
         if rec.node:
             _multi_remove(self._pods_by_node, rec.node, rec.uid)
         if rec.owner_kind == "ReplicaSet":
-            _multi_remove(self._pods_by_rs, (rec.ns, rec.owner_name), rec.uid)
+            key = (rec.ns, rec.owner_name)
+            if _multi_remove(self._pods_by_rs, key, rec.uid):
+                refs = self._rs_gone_refs.get(key)
+                if refs is not None:
+                    n = refs.get(rec.owner_uid, 0) - 1
+                    if n > 0:
+                        refs[rec.owner_uid] = n
+                    else:
+                        refs.pop(rec.owner_uid, None)
 
     def _forget_gone(self, rec: PodRec) -> None:
         """`rec` was unlinked: drop what its deleted ReplicaSet or Node left for pods no pod
-        links to any more."""
+        links to (a ReplicaSet: names, _owner_rs) any more."""
         if rec.node and rec.node not in self._pods_by_node:
             self._zones_gone.pop(rec.node, None)
-        if rec.owner_kind == "ReplicaSet" and (rec.ns, rec.owner_name) not in self._pods_by_rs:
-            self._rs_gone.pop((rec.ns, rec.owner_name), None)
+        if rec.owner_kind == "ReplicaSet":
+            key = (rec.ns, rec.owner_name)
+            gone = self._rs_gone.get(key)
+            if gone is not None:
+                refs = self._rs_gone_refs.get(key, {})
+                self._set_rs_gone(key, [g for g in _multi_list(gone) if _rs_named(refs, g.uid)])
+
+    def _set_rs_gone(self, key: tuple[str, str], gone: list[RsRec]) -> None:
+        """_rs_gone[key] = `gone` (deleted ReplicaSets of that name that pods still name); its
+        pods' uid counts go with the last."""
+        if gone:
+            self._rs_gone[key] = gone[0] if len(gone) == 1 else gone
+        else:
+            self._rs_gone.pop(key, None)
+            self._rs_gone_refs.pop(key, None)
 
     def _render_pod(self, rec: PodRec) -> None:
         kind, oname = rec.owner_kind, rec.owner_name
@@ -1970,8 +2002,8 @@ class Index:
             old = None
         # seen again after its delete (a relist race): it was not gone after all
         gone = [g for g in _multi_list(self._rs_gone.get(key)) if not _recreated(g.uid, rec.uid)]
-        for g in gone:
-            _multi_remove(self._rs_gone, key, g)
+        if gone:
+            self._set_rs_gone(key, [g for g in _multi_list(self._rs_gone.get(key)) if g not in gone])
         self._rs[key] = rec
         prev = old if old is not None else gone[-1] if gone else None
         if prev is None or prev.owner != rec.owner or prev.uid != rec.uid:
@@ -1984,7 +2016,23 @@ class Index:
         # created again while the old one's pods are still there.)
         old = self._rs.pop(key, None)
         if old is not None and old.owner is not None and key in self._pods_by_rs:
-            _multi_add(self._rs_gone, key, old)
+            refs = self._rs_gone_refs.get(key)
+            if refs is None:
+                refs = {}
+                for uid in _multi_list(self._pods_by_rs[key]):
+                    owner_uid = self._pods[uid].owner_uid
+                    refs[owner_uid] = refs.get(owner_uid, 0) + 1
+            # (only when a pod names it: the pods linked to the name may all be another
+            # ReplicaSet's of that name, created again in a watch gap and seen first)
+            if _rs_named(refs, old.uid):
+                self._rs_gone_refs[key] = refs
+                _multi_add(self._rs_gone, key, old)
+
+
+def _rs_named(refs: dict[str, int], uid: str) -> bool:
+    """A live pod names the ReplicaSet of `uid` (_owner_rs: a pod naming no uid, or a
+    ReplicaSet without one, matches any), by its name's pod counts (Index._rs_gone_refs)."""
+    return bool(refs) and (not uid or bool(refs.get(uid)) or bool(refs.get("")))
 
 
 def _with_fallback(chain: tuple[Any, ...] | None, other: tuple[Any, ...] | None) -> tuple[Any, ...] | None:

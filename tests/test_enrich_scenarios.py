@@ -726,6 +726,57 @@ def test_a_replicaset_created_again_under_its_name_owns_only_its_own_pods(how: s
     assert owner_of("10.244.1.8") == mine, how
 
 
+@pytest.mark.parametrize("how", ["added", "relist"])
+def test_a_deleted_replicaset_is_forgotten_with_the_last_pod_that_names_it(how: str) -> None:
+    """A Deployment deleted and applied again, over and over (its pod template, so its
+    ReplicaSet's name, the same each time; the new ReplicaSet seen by its ADDED, or by the
+    relist after 410 Gone, before the old one's DELETED or instead of it), each new pod created
+    before the last old one went. A deleted ReplicaSet's record (its Deployment, for the pods
+    that name it) was kept while any pod linked its name, so with pods of the next one always
+    there, every one was kept for good: one more a cycle. It goes with the last pod naming it
+    (index stat deleted_replicasets), and the pods that name one keep its Deployment until then."""
+    clock = Clock(T0)
+    e = build(clock=clock)
+    idx = e.index
+
+    def web(n: int) -> dict[str, Any]:
+        return pod(f"web-{n}", "shop", ips=[f"10.244.1.{10 + n % 2}"], node="node-b", host_ip="10.0.0.2",
+                   uid=f"u-web-{n}", owner=("ReplicaSet", "web-6d4"), owner_uid=f"u-rs-{n}", created=iso(clock.ms))
+
+    def rs(n: int) -> dict[str, Any]:
+        return replicaset("web-6d4", "shop", owner=("Deployment", f"web-v{n}"), uid=f"u-rs-{n}")
+
+    def owner(n: int) -> Any:
+        return flow(e, f"10.244.1.{10 + n % 2}", "", t_ms=0).get("SrcK8S_OwnerName")
+
+    idx.upsert("replicasets", idx.parse("replicasets", rs(0)))
+    idx.upsert("pods", idx.parse("pods", web(0)))
+    for n in range(1, 6):
+        clock.ms += 10_000
+        # the new ReplicaSet and its pod, the old pod still there
+        if how == "added":
+            idx.upsert("replicasets", idx.parse("replicasets", rs(n)))
+        else:
+            idx.replace("replicasets", [idx.parse("replicasets", r) for r in (*RS, rs(n))])
+        idx.upsert("pods", idx.parse("pods", web(n)))
+        assert idx.counts()["deleted_replicasets"] == 1, (how, n)
+        assert (owner(n - 1), owner(n)) == (f"web-v{n - 1}", f"web-v{n}"), (how, n)
+        clock.ms += 1_000
+        idx.delete("pods", idx.parse("pods", web(n - 1)))
+        assert idx.counts()["deleted_replicasets"] == 0, (how, n)
+        assert owner(n) == f"web-v{n}", (how, n)
+    # its pod's flows before its delete keep its Deployment (its tombstone)
+    assert flow(e, "10.244.1.10", "", t_ms=clock.ms - 2_000)["SrcK8S_OwnerName"] == "web-v4"
+    # and the new one's pods seen first (all an old one's gone): none kept for nobody
+    clock.ms += 10_000
+    idx.delete("pods", idx.parse("pods", web(5)))
+    idx.upsert("pods", idx.parse("pods", web(6)))
+    idx.upsert("replicasets", idx.parse("replicasets", rs(6)))
+    assert idx.counts()["deleted_replicasets"] == 0
+    assert owner(6) == "web-v6"
+    assert idx.problems == {}
+
+
 @pytest.mark.parametrize("how", ["status.addresses", "node-subnets"])
 def test_a_node_first_seen_with_unreadable_addresses_holds_them_from_its_creation_once_read(how: str) -> None:
     """A Node first seen with its status.addresses (or node-subnets annotation) malformed

@@ -438,8 +438,12 @@ class Model:
         if not any(q.node == p.node for q in self.pods.values()):
             self.zones_gone.pop(p.node, None)
         if p.owner and p.owner[0] == "ReplicaSet":
+            # a deleted ReplicaSet is kept while a pod names it (its uid), not its name only
             key = (p.ns, p.owner[1])
-            if not any(q.ns == p.ns and q.owner == p.owner for q in self.pods.values()):
+            gone = [g for g in self.rs_gone.get(key, []) if self._named(key, g[0])]
+            if gone:
+                self.rs_gone[key] = gone
+            else:
                 self.rs_gone.pop(key, None)
         self._refloor(set(p.indexed()))
 
@@ -563,8 +567,13 @@ class Model:
 
     def delete_rs(self, key: tuple[str, str]) -> None:
         dep, uid = self.rs.pop(key), self.rs_uid.pop(key)
-        if dep and any(q.ns == key[0] and q.owner == ("ReplicaSet", key[1]) for q in self.pods.values()):
+        if dep and self._named(key, uid):
             self.rs_gone.setdefault(key, []).append((uid, dep))
+
+    def _named(self, key: tuple[str, str], uid: str) -> bool:
+        """A live pod names the ReplicaSet `key` of `uid` as its owner."""
+        return any(q.ns == key[0] and q.owner == ("ReplicaSet", key[1]) and q.owner_uid == uid
+                   for q in self.pods.values())
 
 
 def _created(ms: int | None) -> float:
