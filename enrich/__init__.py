@@ -548,6 +548,7 @@ class Enricher:
                           "last_error", "watches_overdue"}},
          "index": {"pods", "nodes", "services", "replicasets", "tombstones", "address_tombstones", "addresses", ...},
          "problems": {cause: n},   # bad input: bad_pod, bad_node, bad_owner, bad_annotation, bad_pod_networks, stale_delete,
+                                   # pod_delete_without_uid, pod_delete_unmatched,
                                    # and conflicts: pod_network_ambiguous, pod_network_shadowed, ...
          "lookups_cached", "lookups_index", "flows_identified", "flows_unidentified",
          "addresses_pod", "addresses_node", "addresses_service", "addresses_none"}  # compiled reader

@@ -1228,8 +1228,10 @@ class Index:
         with self._wlock:
             if kind == PODS:
                 cur = self._pods.get(rec.uid)
+                if cur is None and rec.uid == f"{rec.ns}/{rec.name}":
+                    cur = self._pod_by_name(rec)
                 if cur is not None:
-                    self._delete_pod(rec.uid, rec if isinstance(rec, PodRec) else None)
+                    self._delete_pod(cur.uid, rec if isinstance(rec, PodRec) else None)
             elif kind == NODES:
                 if not self._stale_delete(kind, self._nodes.get(rec.name), rec):
                     self._delete_node(rec.name)
@@ -1240,6 +1242,32 @@ class Index:
                 if not self._stale_delete(kind, self._rs.get((rec.ns, rec.name)), rec):
                     self._delete_rs((rec.ns, rec.name))
             self._sweep_locked()
+
+    def _pod_by_name(self, rec: PodRec | Unreadable) -> PodRec | None:
+        """The cached pod a DELETED event without a metadata.uid (keyed by ns/name: _parse_pod)
+        is about, by its namespace and name; None when no cached pod has them, or several do
+        and their status' start does not tell which (a StatefulSet pod created again under its
+        name, the old one's delete not applied yet). The API server always sends the uid, so
+        either way it is counted (pod_delete_without_uid: deleted by name;
+        pod_delete_unmatched: nothing deleted, the pod stays until a relist drops it)."""
+        def named(uids: Iterable[str]) -> list[PodRec]:
+            return [r for r in (self._pods.get(u) for u in uids) if r is not None and r.name == rec.name and r.ns == rec.ns]
+
+        node = rec.node if isinstance(rec, PodRec) else None
+        # the pods of the node it names (a few hundred at most), else every pod: only such an
+        # event pays for that walk
+        found = named(_multi_list(self._pods_by_node.get(node))) if node else []
+        if not found:
+            found = named(list(self._pods))
+        if len(found) > 1 and isinstance(rec, PodRec):
+            found = [r for r in found if r.status_start == rec.status_start]
+        what = f"pod {rec.ns}/{rec.name}: DELETED event without metadata.uid"
+        if len(found) == 1:
+            self.problem("pod_delete_without_uid", f"{what}: the cached pod of that name (uid {found[0].uid}) deleted")
+            return found[0]
+        self.problem("pod_delete_unmatched", f"{what}: {'no' if not found else len(found)} cached pods of that "
+                     "name: nothing deleted (a relist drops a pod the API server no longer lists)")
+        return None
 
     def _stale_delete(self, kind: str, cur: Any, rec: Any) -> bool:
         """A DELETED event of another object (uid) than the Node, Service or ReplicaSet cached

@@ -672,6 +672,70 @@ def test_an_older_pods_delete_after_the_newer_ones_add_deletes_nothing() -> None
     assert idx.problems == {}
 
 
+@pytest.mark.parametrize("names_its_node", [True, False])
+def test_a_pod_delete_without_a_uid_deletes_the_cached_pod_of_its_name(
+        fake_kube: FakeKube, kubeconfig: str, implementation: str, names_its_node: bool) -> None:  # noqa: F811 - fixtures
+    """A pod's DELETED event whose object has no metadata.uid (the API server always sends one:
+    a broken server or proxy). Pods are keyed by their uid, so it matched no cached pod and
+    passed unseen: the pod stayed in the cache, live, its address its own in flows that started
+    after its delete (until a relist), and nothing was counted. It deletes the cached pod of
+    its namespace and name, counted (problems_pod_delete_without_uid)."""
+    now = int(time.time() * 1000)
+    ip = "10.244.0.77"
+    seed(fake_kube)
+    fake_kube.add("pods", pod("batch-x", "jobs", ips=[ip], owner=("Job", "batch"), created=iso(now - 600_000)))
+
+    def without_uid(obj: dict[str, Any]) -> dict[str, Any]:
+        del obj["metadata"]["uid"]
+        if not names_its_node:
+            del obj["spec"]["nodeName"]
+        return obj
+
+    with running_enricher(kubeconfig, compiled=implementation == "compiled") as e:
+        assert e.wait_ready(10)
+        wait_for(lambda: fake_kube.watchers["pods"] >= 1, what="pod watch open")
+        pods = e.stats()["index"]["pods"]
+        assert e.stats()["problems"] == {}
+        fake_kube.delete("pods", "batch-x", "jobs", sent=without_uid)
+        wait_for(lambda: e.stats()["kinds"]["pods"]["events"]["DELETED"] >= 1, what="the pod's delete")
+        after = int(time.time() * 1000) + 1
+        assert e.stats()["index"]["pods"] == pods - 1
+        assert flow(e, ip, "", t_ms=after) == NOBODY
+        assert flow(e, ip, "", t_ms=now - 60_000)["SrcK8S_Name"] == "batch-x"    # (its tombstone)
+        assert e.stats()["problems"] == {"pod_delete_without_uid": 1}
+
+
+def test_a_pod_delete_without_a_uid_that_names_no_one_cached_pod_is_counted(caplog: pytest.LogCaptureFixture) -> None:
+    """A uid-less pod DELETED (as above) whose namespace and name no cached pod has, or two
+    do (a StatefulSet pod created again under its name, the old one's delete not applied yet)
+    and their starts do not tell which: nothing is deleted, and it is counted
+    (problems_pod_delete_unmatched) and logged once; the starts, when they tell, pick the one."""
+    clock = Clock(T0 + 60_000)
+    e = build(clock=clock)
+    idx = e.index
+
+    def web0(uid: str | None, ip: str, created: int) -> dict[str, Any]:
+        return pod("web-0", "shop", ips=[ip], node="node-b", host_ip="10.0.0.2", uid=uid,
+                   owner=("StatefulSet", "web"), created=iso(created))
+
+    idx.upsert("pods", idx.parse("pods", web0("u-old", "10.244.1.5", T0 - 86_400_000)))
+    idx.upsert("pods", idx.parse("pods", web0("u-new", "10.244.1.6", T0 + 10_000)))
+    pods = idx.kind_count("pods")
+    with caplog.at_level("WARNING", logger="flowscope.enrich"):
+        idx.delete("pods", idx.parse("pods", web0(None, "10.244.1.5", T0)))          # (neither start)
+        idx.delete("pods", idx.parse("pods", pod("web-9", "shop", ips=["10.244.1.9"], created=iso(T0))))
+        assert idx.kind_count("pods") == pods
+        assert idx.problems == {"pod_delete_unmatched": 2}
+        assert [r.getMessage().split(":")[1] for r in caplog.records] == [" pod_delete_unmatched"]
+        assert flow(e, "10.244.1.5", "", t_ms=T0 + 61_000)["SrcK8S_Name"] == "web-0"
+        # the old one's start tells it from the new one
+        idx.delete("pods", idx.parse("pods", web0(None, "10.244.1.5", T0 - 86_400_000)))
+    assert idx.kind_count("pods") == pods - 1
+    assert flow(e, "10.244.1.5", "", t_ms=T0 + 61_000) == NOBODY
+    assert flow(e, "10.244.1.6", "", t_ms=T0 + 61_000)["SrcK8S_Name"] == "web-0"
+    assert idx.problems == {"pod_delete_unmatched": 2, "pod_delete_without_uid": 1}
+
+
 @pytest.mark.parametrize("owner", [("Deployment", "api"), None])
 @pytest.mark.parametrize("how", ["added", "relist"])
 def test_a_replicaset_created_again_under_its_name_owns_only_its_own_pods(how: str, owner: Any) -> None:

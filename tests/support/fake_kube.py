@@ -279,10 +279,13 @@ class FakeKube:
             self._record(kind, "MODIFIED", obj)
         return obj
 
-    def delete(self, kind: str, name: str, namespace: str = "") -> None:
+    def delete(self, kind: str, name: str, namespace: str = "", *,
+               sent: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+        """`sent`: makes the DELETED event's object from the stored one (bad input a real API
+        server does not send, for the tests of what the collector does with it)."""
         with self.cond:
             obj = self.objects[kind].pop(f"{namespace}/{name}")
-            self._record(kind, "DELETED", obj)
+            self._record(kind, "DELETED", obj if sent is None else sent(json.loads(json.dumps(obj))))
 
     def bookmark(self, kind: str) -> None:
         _, _, okind, api = KIND_INFO[kind]
