@@ -615,7 +615,15 @@ def _uid(meta: dict[str, Any]) -> str:
 def _recreated(old_uid: str, new_uid: str) -> bool:
     """Another uid under a name a Node or Service is keyed by: the object was deleted and created
     again, its DELETED event not seen (a watch gap: the new one's ADDED, or the relist after 410
-    Gone, is all that came). Objects without one (built by hand) are taken for the same object."""
+    Gone, is all that came). Objects without one (built by hand) are taken for the same object.
+
+    Never the other way round (an older object's ADDED/MODIFIED after the newer one's): the
+    informers cannot be shown one, as their lists are consistent reads and their watches resume
+    from the last resourceVersion applied (events after it, in etcd's order); and no rule could
+    tell it safely: creationTimestamps come from the API servers' clocks in whole seconds,
+    resourceVersions are comparable by contract only from Kubernetes 1.35 (KEP-5504) and go
+    back after an etcd restore without --bump-revision (a rule on them would refuse the newer
+    object), and keeping one per pod would cost the 100k-pod index megabytes."""
     return bool(old_uid) and bool(new_uid) and old_uid != new_uid
 
 
