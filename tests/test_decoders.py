@@ -3540,7 +3540,7 @@ def test_v9_sequence_that_counts_flows_not_packets() -> None:
     # packets 101..108 lost after a packet of 9 records: a step of 9, once, is a loss of 8 packets
     rfc = [(100, 9), (109, 5), (110, 5), (111, 5), (112, 5)]
     assert run(rfc) == (8, 0)
-    assert run(rfc[:2]) == (8, 0)     # with no vote after it: counted once it has waited a minute
+    assert run(rfc[:2]) == (8, 0)     # with no vote after it: counted once its gap has waited a second
 
 def test_netflow_restart_told_by_the_header_uptime() -> None:
     """An exporter that restarts sends its sequence from the start again, which a datagram a
