@@ -628,12 +628,14 @@ class Worker:
         return (not why), why
 
     async def stop(self) -> None:
-        """Decode what is queued, save state, drain the sink within the shutdown timeout, then
-        close the listeners. What the kernel already holds in the listeners' receive buffers (under load, up to --rcvbuf of
+        """Decode what is queued, drain the sink within the shutdown timeout, close the listeners,
+        then save state. What the kernel already holds in the listeners' receive buffers (under load, up to --rcvbuf of
         datagrams) is still decoded, for up to half of --shutdown-timeout; from then on until the
-        sockets close (state saved, sink drained), what arrives is read and counted as
+        sockets close (sink drained), what arrives is read and counted as
         flowscope_datagrams_dropped_total{reason="shutdown"}, not left unread in a socket about
-        to be closed."""
+        to be closed, and its sequence number taken as received (Decoder.refused): the final
+        save comes after the last of those reads, so the next run, going on from it, does not
+        count them lost as well."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cfg.shutdown_timeout
         self.stopping = True    # /readyz: not ready from here on
@@ -643,11 +645,14 @@ class Worker:
         self.bound = False      # flowscope_listener_up: no longer decoding
         for task in self._tasks:
             task.cancel()
-        if self.state is not None:
-            self.state.save(self.decoder, sequences=True)
-        self.flush_records()
-        await self.sink.drain(deadline)
-        self._close_listeners(time.monotonic() + max(0.0, deadline - loop.time()))
+        try:
+            self.flush_records()
+            await self.sink.drain(deadline)
+            self._close_listeners(time.monotonic() + max(0.0, deadline - loop.time()))
+        finally:
+            # (saved first, as before, a drain cut short still left the templates saved)
+            if self.state is not None:
+                self.state.save(self.decoder, sequences=True)
 
     async def _drain_sockets(self, until: float) -> None:
         """Let the listeners read on until their receive queues are empty or `until`."""

@@ -296,6 +296,38 @@ cdef class Decoder:
         (see batch.error)."""
         return self.decode_c(data, exporter, port, recv_time)
 
+    def refused(self, bytes data not None, str exporter not None, int port=0, double recv_time=-1.0):
+        """A datagram from `exporter` read and not decoded, counted as dropped by the caller (the
+        collector's last reads at shutdown): its export sequence number goes into its stream as
+        received (ExporterState.forget_stream), so that the final save, after it, does not have
+        the next run count it lost as well. An exporter not heard from is left alone."""
+        self.refused_c(<const uint8_t*>PyBytes_AS_STRING(data), len(data), exporter, port, recv_time)
+
+    cdef void refused_c(self, const uint8_t* buf, Py_ssize_t n, str exporter, int port, double recv_time):
+        """refused(), called from C (the Receiver)."""
+        cdef ExporterState ex = self.exporters.get(exporter)
+        cdef FlowBatch b
+        if ex is None:
+            return
+        b = FlowBatch.__new__(FlowBatch)
+        b.port = <uint16_t>port
+        b.recv_time = recv_time if recv_time >= 0.0 else time.time()
+        b.exporter = ex
+        if not ex.series_dirty and self._dirty is not None:
+            self.mark_dirty(ex)     # (a gap it opens or counts changes the exporter's series)
+        if ex.seq_restored_ms:
+            ex.resume_sequences(<int64_t>(b.recv_time * 1000.0))
+        ex.last_seen = b.recv_time
+        self.refused_seq(ex, b, buf, n)
+        if ex.pending_gaps and not ex.gapped:
+            ex.gapped = True
+            self._gapped[exporter] = ex
+
+    cdef void refused_seq(self, ExporterState ex, FlowBatch b, const uint8_t* buf, Py_ssize_t n):
+        """A datagram refused before decoding: its sequence number taken as received
+        (ExporterState.forget_stream)."""
+        ex.forget_stream(buf, n, b.port, <int64_t>(b.recv_time * 1000.0))
+
     cdef FlowBatch decode_c(self, bytes data, str exporter, int port, double recv_time):
         """decode(), called from C (the Receiver); data and exporter not None."""
         cdef FlowBatch b = FlowBatch.__new__(FlowBatch)
@@ -332,11 +364,11 @@ cdef class Decoder:
         ex.slot_datagrams[slot] += 1
         try:
             if self.max_rate > 0.0 and not ex.rate_ok(b.recv_time, self.max_rate):
-                ex.forget_stream(buf, n, b.port, <int64_t>(b.recv_time * 1000.0))
+                self.refused_seq(ex, b, buf, n)
                 raise_decode("rate_limited", 0, f"over --max-exporter-rate {self.max_rate:g} datagrams/s: "
                                                 "datagram dropped")
             if n > self.max_datagram:
-                ex.forget_stream(buf, n, b.port, <int64_t>(b.recv_time * 1000.0))
+                self.refused_seq(ex, b, buf, n)
                 raise_decode("too_large", 0, f"{n} bytes > limit {self.max_datagram}")
             rd_init(&r, buf, 0, n)
             if n < 4:

@@ -2115,24 +2115,32 @@ cdef class ExporterState:
         return False
 
     cdef void forget_stream(self, const uint8_t* h, Py_ssize_t n, uint32_t port, int64_t now_ms) noexcept:
-        """A datagram refused before decoding (rate limit, size): the sequence number its
-        header carries is not seen, so its stream starts over instead of counting the refused
-        datagram a second time, as lost before reaching flowscope."""
+        """A datagram refused before decoding (rate limit, size, a shutdown's last reads): its flows
+        are counted as refused, so its sequence number is taken as received, from its header,
+        rather than counted a second time as lost before reaching flowscope (by this run, or by
+        the next one after the final save). The header tells what it advances by where the
+        protocol numbers flows or datagrams (NetFlow v5 / v7 count, sFlow 1); NetFlow v9 is a
+        packet whose records are unknown (V9_UNCOUNTED, as one not decoded whole); IPFIX, a
+        message not counted (ipfix_forget: the next one sets the expectation), its export time
+        for before_restart (the old run's late message after a restart told by IE 160)."""
         cdef uint32_t v = be16(h) if n >= 2 else 0
         cdef Py_ssize_t off
-        if v == 5 and n >= 24:
-            self.sequence_forget(PROTO_NETFLOW5, port, (<uint32_t>h[20] << 8) | h[21])
-        elif v == 7 and n >= 24:
-            self.sequence_forget(PROTO_NETFLOW7, port, 0)
+        if (v == 5 or v == 7) and n >= 24:
+            self.sequence(PROTO_NETFLOW5 if v == 5 else PROTO_NETFLOW7, port,
+                          (<uint32_t>h[20] << 8) | h[21] if v == 5 else 0, be32(h + 16), be16(h + 2),
+                          be32(h + 4), now_ms, be32(h + 8))
         elif v == 9 and n >= 20:
-            self.sequence_forget(PROTO_NETFLOW9, port, be32(h + 16))
+            self.sequence(PROTO_NETFLOW9, port, be32(h + 16), be32(h + 12), V9_UNCOUNTED, be32(h + 4), now_ms,
+                          be32(h + 8))
         elif v == 10 and n >= 16:
             # (its records are in its bytes after the header, one at least each)
-            self.ipfix_forget(port, be32(h + 12), be32(h + 8), False, 0, <uint64_t>(n - 16), None, now_ms)
+            self.ipfix_forget(port, be32(h + 12), be32(h + 8), False, 0, <uint64_t>(n - 16), None, now_ms,
+                              be32(h + 4))
         elif v == 0 and n >= 8 and be32(h) == 5:
             off = 12 if be32(h + 4) == 1 else 24 if be32(h + 4) == 2 else 8
-            if n >= off + 4:
-                self.sequence_forget(PROTO_SFLOW5, port, sflow_stream(h + 8, off - 8, be32(h + off)))
+            if n >= off + 12:
+                self.sequence(PROTO_SFLOW5, port, sflow_stream(h + 8, off - 8, be32(h + off)), be32(h + off + 4), 1,
+                              be32(h + off + 8), now_ms)
 
     cdef void count_error(self, str reason):
         cdef dict e
@@ -4889,3 +4897,4 @@ cdef int decode_ipfix(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
         # the datagram (garbage, or a length field cut short).
         raise_decode("bad_length", r.pos, f"{rd_left(r)} bytes after the last IPFIX message")
     return 0
+

@@ -310,6 +310,12 @@ cdef class Receiver:
         try:
             if self.refusing:
                 self.drops["shutdown"] += 1
+                # its sequence number is taken as received (Decoder.refused): counted dropped
+                # here, it must not be counted lost as well by the next run, which goes on from
+                # the final save after these reads
+                s = self.source(k, &port)
+                if s != NULL and s.allowed and self.scheme_takes(<const uint8_t*>p, n):
+                    self.dec.refused_c(<const uint8_t*>p, n, <str><object>s.text, port, now)
                 return
             s = self.source(k, &port)
             if s == NULL:

@@ -3885,8 +3885,10 @@ def test_exporter_rate_limit_refuses_and_counts_per_exporter() -> None:
 
 
 def test_refused_datagrams_are_not_counted_again_as_sequence_loss() -> None:
-    """A datagram refused before decoding is counted once (rate_limited, too_large): its sequence
-    number was never read, so the stream starts over instead of reporting a gap for it."""
+    """A datagram refused before decoding is counted once (rate_limited, too_large), not again as
+    a gap: its header's sequence number is taken as received. Where the header tells what it
+    advances by (NetFlow v5 counts its flows, sFlow numbers datagrams), a loss right after it is
+    still a gap (before, its stream started over and that loss was not told)."""
     rng = random.Random(10)
     recs = ovs_flows(5, rng)
     sample = [SflowSample(src="10.1.0.1", dst="10.1.0.2", sport=1, dport=2, proto=6, frame_length=100, flags=2,
@@ -3911,6 +3913,12 @@ def test_refused_datagrams_are_not_counted_again_as_sequence_loss() -> None:
         seq += 3 * step                 # a real gap after that is still seen: two datagrams' worth
         assert dec.decode(make(seq), EXPORTER, 2055, t + 2).error is None
         assert _seq(dec, EXPORTER, proto) == (2 * step, 0), proto
+        if proto in ("netflow5", "sflow5"):
+            seq += step                 # refused, then two datagrams lost
+            assert dec.decode(make(seq), EXPORTER, 2055, t + 2).error[0] == "rate_limited"
+            seq += 3 * step
+            assert dec.decode(make(seq), EXPORTER, 2055, t + 3).error is None
+            assert _seq(dec, EXPORTER, proto) == (4 * step, 0), proto
     # too large: the same
     dec = Decoder(DecoderConfig(max_datagram=200))
     dec.decode(v5_datagram(v5_records(1, rng, uptime_ms=100_000), seq=0, unix_secs=EXPORT, uptime_ms=100_000), EXPORTER)
@@ -3919,6 +3927,22 @@ def test_refused_datagrams_are_not_counted_again_as_sequence_loss() -> None:
     assert big.error[0] == "too_large"
     dec.decode(v5_datagram(v5_records(1, rng, uptime_ms=100_000), seq=31, unix_secs=EXPORT, uptime_ms=100_000), EXPORTER)
     assert _seq(dec, EXPORTER, "netflow5") == (0, 0)
+
+
+def test_a_refused_late_message_of_the_run_before_an_ie160_restart_changes_nothing() -> None:
+    """The late-message guard of a restart told by IE 160 (before_restart) holds for a message
+    refused over --max-exporter-rate too: the old run's 501, exported before the new run's
+    first and refused after it, is an old one. Before, its number (taken from the header, its
+    export time not) became the stream's floor, the new run's next messages, numbered behind
+    it, were read as late ones, and after a second of them a second restart was counted."""
+    dec = Decoder(DecoderConfig(max_exporter_rate=1))      # one a second: the messages 1 s apart pass
+    old = [_ie160_msg(0, 0.0, init=IE160_INIT)] + [_ie160_msg(6 + 5 * i, 1.0 + i) for i in range(99)]
+    new = [_ie160_msg(100, 102.0, init=IE160_NEW_INIT)]
+    late = _ie160_msg(501, 102.05, sent=99.9)
+    after = [_ie160_msg(106 + 5 * i, 103.1 + 1.1 * i) for i in range(4)]
+    got = [dec.decode(m, EXPORTER, 40001, float(EXPORT) + at).error for m, at in old + new + [late] + after]
+    assert [e[0] for e in got if e is not None] == ["rate_limited"] and got[-5] is not None
+    assert _seq_at(dec, "ipfix", EXPORT + 200.0) == (0, 1)
 
 
 def test_rate_limit_config_is_validated() -> None:
