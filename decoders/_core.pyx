@@ -325,8 +325,12 @@ cdef class Decoder:
 
     cdef void refused_seq(self, ExporterState ex, FlowBatch b, const uint8_t* buf, Py_ssize_t n):
         """A datagram refused before decoding: its sequence number taken as received
-        (ExporterState.forget_stream)."""
-        ex.forget_stream(buf, n, b.port, <int64_t>(b.recv_time * 1000.0))
+        (ExporterState.forget_stream; IPFIX: refuse_ipfix)."""
+        if n >= 2 and be16(buf) == 10:
+            ex.cur_protocol = <str>PROTO_SLOTS[5]
+            refuse_ipfix(self, ex, b, buf, n)
+        else:
+            ex.forget_stream(buf, n, b.port, <int64_t>(b.recv_time * 1000.0))
 
     cdef FlowBatch decode_c(self, bytes data, str exporter, int port, double recv_time):
         """decode(), called from C (the Receiver); data and exporter not None."""

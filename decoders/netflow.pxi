@@ -2120,9 +2120,8 @@ cdef class ExporterState:
         rather than counted a second time as lost before reaching flowscope (by this run, or by
         the next one after the final save). The header tells what it advances by where the
         protocol numbers flows or datagrams (NetFlow v5 / v7 count, sFlow 1); NetFlow v9 is a
-        packet whose records are unknown (V9_UNCOUNTED, as one not decoded whole); IPFIX, a
-        message not counted (ipfix_forget: the next one sets the expectation), its export time
-        for before_restart (the old run's late message after a restart told by IE 160)."""
+        packet whose records are unknown (V9_UNCOUNTED, as one not decoded whole). IPFIX:
+        refuse_ipfix."""
         cdef uint32_t v = be16(h) if n >= 2 else 0
         cdef Py_ssize_t off
         if (v == 5 or v == 7) and n >= 24:
@@ -2132,10 +2131,6 @@ cdef class ExporterState:
         elif v == 9 and n >= 20:
             self.sequence(PROTO_NETFLOW9, port, be32(h + 16), be32(h + 12), V9_UNCOUNTED, be32(h + 4), now_ms,
                           be32(h + 8))
-        elif v == 10 and n >= 16:
-            # (its records are in its bytes after the header, one at least each)
-            self.ipfix_forget(port, be32(h + 12), be32(h + 8), False, 0, <uint64_t>(n - 16), None, now_ms,
-                              be32(h + 4))
         elif v == 0 and n >= 8 and be32(h) == 5:
             off = 12 if be32(h + 4) == 1 else 24 if be32(h + 4) == 2 else 8
             if n >= off + 12:
@@ -4898,3 +4893,57 @@ cdef int decode_ipfix(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
         raise_decode("bad_length", r.pos, f"{rd_left(r)} bytes after the last IPFIX message")
     return 0
 
+
+cdef int refuse_ipfix(Decoder dec, ExporterState ex, FlowBatch b, const uint8_t* buf, Py_ssize_t n) except -1:
+    """An IPFIX datagram refused before decoding (see ExporterState.forget_stream): each message
+    is one not counted (ipfix_forget: its records are in its bytes, one at least each; the
+    stream's next message sets the expectation), with its export time (before_restart: the old
+    run's message, late after a restart told by IE 160, changes nothing). Its options data sets
+    of known templates are decoded, its flows are not (what the refusal saves): a
+    systemInitTimeMilliseconds (IE 160) telling a restart of the exporting process in a refused
+    message was not seen, the restart then missed (the new run numbered ahead of the old one) or
+    counted twice (numbered behind it: once by its late messages, again by its next record of
+    IE 160)."""
+    cdef Reader r, m, s
+    cdef const uint8_t* h
+    cdef uint16_t msg_len, set_id, set_len
+    cdef uint32_t domain
+    cdef Template t
+    cdef object si
+    cdef int64_t now_ms = <int64_t>(b.recv_time * 1000.0)
+    rd_init(&r, buf, 0, n)
+    while rd_left(&r) >= 16:
+        h = rd_take(&r, 16)
+        msg_len = be16(h + 2)
+        domain = be32(h + 12)
+        ex.msg_seq = be32(h + 8)
+        ex.msg_export_s = be32(h + 4)
+        ex.msg_records = 0
+        ex.msg_opt_records = 0
+        ex.msg_uncounted = False
+        ex.msg_restarted = False
+        ex.msg_unknown_bytes = 0
+        ex.msg_unknown_sets = None
+        ex.msg_sets_kept = True
+        if be16(h) != 10 or msg_len < 16 or msg_len - 16 > rd_left(&r):
+            ex.ipfix_forget(b.port, domain, be32(h + 8), False, 0, <uint64_t>rd_left(&r), None, now_ms, be32(h + 4))
+            break
+        rd_sub(&r, &m, msg_len - 16)
+        try:
+            while rd_left(&m) >= 4:
+                set_id = rd_u16(&m)
+                set_len = rd_u16(&m)
+                if set_len < 4 or set_len - 4 > rd_left(&m):
+                    break
+                rd_sub(&m, &s, set_len - 4)
+                if set_id >= 256:
+                    t = ex.templates.get(tkey(10, domain, set_id, b.port))
+                    if t is not None and t.options:
+                        si = ex.sysinit_ms.get((10, domain, b.port)) if len(ex.sysinit_ms) else None
+                        decode_data_set(dec, ex, b, &s, 10, domain, set_id, <int64_t>be32(h + 4) * 1000,
+                                        si if si is not None else -1)
+        except DecodeError:
+            pass        # (the refusal is the datagram's error; what it held is not counted again)
+        ex.ipfix_forget(b.port, domain, be32(h + 8), False, 0, <uint64_t>(msg_len - 16), None, now_ms, be32(h + 4),
+                        ex.msg_restarted)
+    return 0

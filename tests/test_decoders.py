@@ -3945,6 +3945,24 @@ def test_a_refused_late_message_of_the_run_before_an_ie160_restart_changes_nothi
     assert _seq_at(dec, "ipfix", EXPORT + 200.0) == (0, 1)
 
 
+@pytest.mark.parametrize("first,resent", [(100, True), (516, False), (100, False), (516, True)])
+def test_an_ie160_restart_told_by_a_refused_message_is_counted_once(first: int, resent: bool) -> None:
+    """The new run's first message, which tells the restart by its IE 160, refused over
+    --max-exporter-rate: its options data is still read (not its flows), so the restart is
+    counted there, once. Before, numbered behind the old run (100), the new run's next messages
+    were late ones and after a second a restart, and the next options record with IE 160 (a
+    template refresh, `resent`) a second one; numbered ahead of it (516), no restart at all."""
+    dec = Decoder(DecoderConfig(max_exporter_rate=1))      # one a second: the messages 1 s apart pass
+    msgs = [_ie160_msg(0, 0.0, init=IE160_INIT)] + [_ie160_msg(6 + 5 * i, 1.0 + i) for i in range(100)]
+    msgs += [_ie160_msg(first, 100.5, init=IE160_NEW_INIT)]        # half a second after the last: refused
+    msgs += [_ie160_msg(first + 6 + 5 * i, 102.0 + 1.1 * i) for i in range(5)]
+    if resent:
+        msgs += [_ie160_msg(first + 31, 108.0, init=IE160_NEW_INIT), _ie160_msg(first + 37, 109.1)]
+    got = [dec.decode(m, EXPORTER, 40001, float(EXPORT) + at).error for m, at in msgs]
+    assert [(i, e[0]) for i, e in enumerate(got) if e is not None] == [(101, "rate_limited")]
+    assert _seq_at(dec, "ipfix", EXPORT + 300.0) == (0, 1)
+
+
 def test_rate_limit_config_is_validated() -> None:
     with pytest.raises(ValueError, match="max_exporter_rate"):
         Decoder(DecoderConfig(max_exporter_rate=-1))
