@@ -637,6 +637,13 @@ cdef class SeqStream:
     # NetFlow v9 read by packets: what the records reading calls missing in the gap, late
     # packets' records taken off (-1: not known; v9_convention recounts to it)
     cdef int64_t gap_rec[SEQ_MAX_GAPS]
+    # ... read by records: what the packets reading calls missing (-1: not known) and where its
+    # range starts (it ends where the records reading's does: the packet that opened the gap).
+    # The records reading's gap leaves out the numbers after the packet that set what it
+    # expects (that packet's records), the packets reading's does not: a late packet numbered
+    # there fills the packets reading's gap only.
+    cdef int64_t gap_pkt[SEQ_MAX_GAPS]
+    cdef uint32_t gap_pkt_start[SEQ_MAX_GAPS]
     # The latest sequence numbers that filled a gap (a ring): a duplicate of one fills nothing.
     cdef uint32_t filled[SEQ_FILLED_RING]
     cdef int nfilled        # entries of the ring in use (at most SEQ_FILLED_RING)
@@ -688,6 +695,12 @@ cdef class SeqStream:
     cdef bint rec_known
     cdef uint32_t rec_next
     cdef int64_t rec_ahead
+    # ... read by records: the number the packets reading expects (the furthest packet's number
+    # and one; pkt_known: set since the run began) and how far the latest packet is past it
+    # (pkt_ahead, -1: not known), for gap_pkt
+    cdef bint pkt_known
+    cdef uint32_t pkt_next
+    cdef int64_t pkt_ahead
     # Gaps counted while the reading was open (reading_open) were counted as the smaller of the
     # two readings' losses; what each reading adds to that, counted once the reading is no
     # longer open (settle_undecided), never while it is: a loss is not known to be more.
@@ -849,6 +862,8 @@ cdef dict seq_stream_state(SeqStream st):
         # restart_export_s are not kept: they last SEQ_REORDER_MS after an IE 160 restart, over by
         # the next start; rec_ahead is the latest packet's, set before each use)
         "rec_known": st.rec_known, "rec_next": st.rec_next,
+        # (v9 read by records: what the packets reading expects, for gap_pkt)
+        "pkt_known": st.pkt_known, "pkt_next": st.pkt_next,
     }
 
 
@@ -923,6 +938,9 @@ cdef SeqStream seq_stream_of(dict d):
     st.rec_known = seq_bool(d, "rec_known")
     st.rec_next = seq_u32(d, "rec_next")
     st.rec_ahead = -1
+    st.pkt_known = seq_bool(d, "pkt_known")
+    st.pkt_next = seq_u32(d, "pkt_next")
+    st.pkt_ahead = -1
     return st
 
 
@@ -1283,8 +1301,12 @@ cdef class ExporterState:
                 pass
             elif ahead <= SEQ_MAX_GAP and not went_back:
                 self.open_gap(st, st.next, ahead, self.other_reading(st, advance, ahead), now_ms)
-                if kind == PROTO_NETFLOW9 and not st.by_records:
-                    st.gap_rec[st.ngaps - 1] = st.rec_ahead
+                if kind == PROTO_NETFLOW9:
+                    if not st.by_records:
+                        st.gap_rec[st.ngaps - 1] = st.rec_ahead
+                    elif st.pkt_ahead >= 0:
+                        st.gap_pkt[st.ngaps - 1] = st.pkt_ahead
+                        st.gap_pkt_start[st.ngaps - 1] = seq - <uint32_t>st.pkt_ahead
             elif behind <= SEQ_MAX_GAP and not went_back:
                 if self.late(st, seq, advance, now_ms, export_s, uptime):
                     return
@@ -1421,6 +1443,7 @@ cdef class ExporterState:
         open gap fills what it can of it (True); False when it falls in neither."""
         cdef uint32_t fill
         cdef int i, j
+        cdef bint inside, by_pkt
         if st.held_lost and <uint32_t>(seq - st.held_start) < st.held_span:
             # late into the range held back (ipfix_convention): not lost after all
             st.late_run = 0
@@ -1430,7 +1453,12 @@ cdef class ExporterState:
                 st.held_lost -= advance
             return True
         for i in range(st.ngaps):
-            if <uint32_t>(seq - st.gap_start[i]) < st.gap_span[i]:
+            inside = <uint32_t>(seq - st.gap_start[i]) < st.gap_span[i]
+            # (v9 read by records: or in the packets reading's wider range only, see gap_pkt)
+            by_pkt = (st.kind == PROTO_NETFLOW9 and st.by_records and st.gap_pkt[i] >= 0
+                      and <uint32_t>(seq - st.gap_pkt_start[i]) < <uint32_t>(st.gap_start[i] + st.gap_span[i]
+                                                                           - st.gap_pkt_start[i]))
+            if inside or by_pkt:
                 st.late_run = 0
                 for j in range(st.nfilled):
                     if st.filled[j] == seq:
@@ -1439,12 +1467,15 @@ cdef class ExporterState:
                 st.fill_pos = (st.fill_pos + 1) % SEQ_FILLED_RING
                 if st.nfilled < SEQ_FILLED_RING:
                     st.nfilled += 1
-                fill = advance if advance < st.gap_missing[i] else st.gap_missing[i]
-                st.gap_missing[i] -= fill
+                if inside:
+                    fill = advance if advance < st.gap_missing[i] else st.gap_missing[i]
+                    st.gap_missing[i] -= fill
                 if st.kind == PROTO_NETFLOW9 and not st.by_records and st.gap_rec[i] > 0:
                     # read by records, the packet fills its records (not known: nor the loss)
                     st.gap_rec[i] = (-1 if st.last_count == V9_UNCOUNTED else
                                      max(0, st.gap_rec[i] - <int64_t>st.last_count))
+                elif by_pkt and st.gap_pkt[i] > 0:
+                    st.gap_pkt[i] -= 1      # read by packets, the packet fills one
                 return True
         return False
 
@@ -1630,16 +1661,17 @@ cdef class ExporterState:
         longer do. While they lead by one only, the step opens no gap: what the packets reading
         would call lost is held back, counted when a packets vote comes or after SEQ_HELD_MS
         (as ipfix_convention holds); gaps still open when the stream turns to the records
-        reading are what that reading calls lost (gap_rec), those open when it turns back are
-        void (the records reading's gap leaves out the packet numbers after the packet that set
-        what it expects, so the packets reading's late packets in them filled nothing); gaps
-        counted while the packets' votes do not lead count the smaller reading (count_oldest).
+        reading are what that reading calls lost (gap_rec), those open when it turns back what
+        the packets reading calls lost (gap_pkt: over its own range, which the records
+        reading's leaves the numbers of the records of the packet that set what it expects out
+        of, so late packets numbered there fill it); gaps counted while the packets' votes do
+        not lead count the smaller reading (count_oldest).
         Read by records, a step smaller than the previous count (options records left out of
         the count) is in order. Without `vote` (a datagram of another run, see sequence) the
         step is no vote."""
         cdef uint32_t n = advance[0]
         cdef uint32_t step = seq - st.last_seq
-        cdef uint32_t n0
+        cdef uint32_t n0, end
         cdef int i
         st.uncounted = n == V9_UNCOUNTED
         # the records reading's expectation, followed beside the packets reading (gap_rec)
@@ -1652,6 +1684,12 @@ cdef class ExporterState:
         elif not st.rec_known or not vote or <uint32_t>(seq + n - st.rec_next) < 0x80000000u:
             st.rec_next = seq + n
             st.rec_known = True
+        # ... and the packets reading's beside the records reading (gap_pkt): a packet not
+        # decoded whole still numbers one
+        st.pkt_ahead = max(0, <int32_t>(seq - st.pkt_next)) if st.pkt_known and vote else -1
+        if not st.pkt_known or not vote or <uint32_t>(seq + 1 - st.pkt_next) < 0x80000000u:
+            st.pkt_next = seq + 1
+            st.pkt_known = True
         if vote and st.has_last and st.synced and st.last_count > 1 and not st.uncounted:
             if step == st.last_count:
                 if st.inc_votes < 0xFFFF:
@@ -1666,6 +1704,9 @@ cdef class ExporterState:
                     # one before it is late by packets, in order by records.) Not known (a
                     # packet not decoded whole): none is certain.
                     for i in range(st.ngaps):
+                        # (what the packets reading still misses stays, for a switch back)
+                        st.gap_pkt[i] = st.gap_missing[i]
+                        st.gap_pkt_start[i] = st.gap_start[i]
                         st.gap_missing[i] = <uint32_t>min(max(0, st.gap_rec[i]), <int64_t>SEQ_MAX_GAP)
                         st.gap_adj[i] = 0
                     if st.last_set_next or st.next_count == V9_UNCOUNTED:
@@ -1684,8 +1725,23 @@ cdef class ExporterState:
                 self.count_held(st)
                 if st.by_records and st.rfc_votes + 1 >= st.inc_votes:
                     st.by_records = False
-                    for i in range(st.ngaps):           # opened by the records reading
-                        st.gap_missing[i] = 0
+                    for i in range(st.ngaps):
+                        # The gaps still open are what the packets reading calls lost (gap_pkt:
+                        # the packets numbered from the one after the packet that set what the
+                        # records reading expected, late ones taken off), over the packets
+                        # reading's range, where late packets fill them from now on; void, a
+                        # packet lost just before the votes turned back went uncounted. The
+                        # records reading's count stays beside it (gap_rec, gap_adj: the
+                        # smaller while the votes do not lead, count_oldest). Not known: none
+                        # is certain.
+                        end = st.gap_start[i] + st.gap_span[i]
+                        st.gap_rec[i] = st.gap_missing[i]
+                        if st.gap_pkt[i] >= 0:
+                            st.gap_start[i] = st.gap_pkt_start[i]
+                            st.gap_span[i] = end - st.gap_start[i]
+                        st.gap_missing[i] = <uint32_t>min(max(0, st.gap_pkt[i]), <int64_t>SEQ_MAX_GAP)
+                        st.gap_adj[i] = st.gap_rec[i] - <int64_t>st.gap_missing[i]
+                        st.gap_pkt[i] = -1
                     n0 = st.next - st.next_count        # the packet that set what is expected
                     if (st.last_set_next or st.next_count == V9_UNCOUNTED
                             or <uint32_t>(st.last_seq - n0) <= 1):
@@ -1736,6 +1792,7 @@ cdef class ExporterState:
             st.gap_missing[i - 1], st.gap_ms[i - 1] = st.gap_missing[i], st.gap_ms[i]
             st.gap_adj[i - 1] = st.gap_adj[i]
             st.gap_rec[i - 1] = st.gap_rec[i]
+            st.gap_pkt[i - 1], st.gap_pkt_start[i - 1] = st.gap_pkt[i], st.gap_pkt_start[i]
         st.ngaps -= 1
         self.pending_gaps -= 1
 
@@ -2062,6 +2119,8 @@ cdef class ExporterState:
         st.gap_start[i], st.gap_span[i], st.gap_missing[i], st.gap_ms[i] = start, span, span, now_ms
         st.gap_adj[i] = adj
         st.gap_rec[i] = -1
+        st.gap_pkt[i] = -1
+        st.gap_pkt_start[i] = start
         st.ngaps += 1
         self.pending_gaps += 1
 
