@@ -560,15 +560,21 @@ cdef class Decoder:
         final save at shutdown keeps it (StateFile.save), for import_sequences at the next start:
         periodic saves do not, as what a crash leaves is older than what the crashed run counted
         (a gap from there would count what it received).
-        Every gap still open and every held loss are counted first (settle_gaps(), a hold as at
-        its SEQ_HELD_MS: the RFC's reading, a soft one left to the votes): by this run, as its
-        final metrics count them, not again by the next. What goes on is what is not counted yet:
-        where each stream is, the votes on its numbering and what an undecided reading adds."""
+        Every gap still open is counted first (as settle_gaps() does): by this run, as its final
+        metrics count them, not again by the next. A held loss is not (ExporterState.
+        hand_over_sequences): it is a loss in one reading only, which the next votes decide, and
+        it goes on in the saved stream (the next run counts it as one run would: at a vote for
+        the RFC's reading, or SEQ_HELD_MS after it was held, by receive time); counted here as
+        the RFC's reading, a stop made the stream's total differ from one run's (18 records
+        where one run counted 12: the vote that came next was the records reading's). What goes
+        on is what is not counted yet: where each stream is, the votes on its numbering, what
+        an undecided reading adds and the loss held."""
         cdef ExporterState ex
-        self.settle_gaps()
         out = {}
         for ip, ex in self.exporters.items():
-            e = ex.sequences_state()
+            e = ex.hand_over_sequences()
+            if not ex.series_dirty and self._dirty is not None:
+                self.mark_dirty(ex)
             if e is not None:
                 out[ip] = e
         return out

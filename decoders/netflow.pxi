@@ -799,9 +799,9 @@ cdef class SeqPort:
 # What a SeqStream / SeqPort holds, as the state file keeps it across a restart (ExporterState.
 # sequences_state): every field, so that what is counted after the restart is what one run
 # would have counted of the same datagrams (an undecided reading's gaps, counted as the
-# smaller reading, undec_rfc / undec_inc, wait for the votes of the next run; open gaps and a
-# held loss, soft or not, are none once Decoder.export_sequences has settled them, and are
-# kept all the same, so that an entry is the stream whole). Left out: the caches
+# smaller reading, undec_rfc / undec_inc, and a held loss, soft or not, wait for the votes of
+# the next run; open gaps are none once Decoder.export_sequences has counted them). Left out:
+# the caches
 # (ExporterState.cur_seq, cur_port), what is derived (pending_gaps, floor_bytes, dom_entries),
 # and the msg_* fields of the message being decoded (msg_restarted: its IE 160 against the one
 # kept, which the state file keeps as options data, "sysinit_ms", so a restart of the exporting
@@ -1835,6 +1835,25 @@ cdef class ExporterState:
         return {"seen": self.last_seen, "reading": [self.reading_v5, self.reading_ipfix],
                 "streams": [seq_stream_state(st) for st in self.seq_streams.values()],
                 "ports": [[port, seq_port_state(sp)] for port, sp in self.seq_ports.items()]}
+
+    cdef dict hand_over_sequences(self):
+        """sequences_state for the final save (Decoder.export_sequences), its open gaps counted
+        first; a held loss is left in the state and closed here uncounted (the file holds it for
+        the next run, whose votes decide it). None (no state of this run): everything counted,
+        as settle_gaps(-1) does."""
+        cdef SeqStream st
+        cdef dict e = self.sequences_state()
+        if e is None:
+            self.settle_gaps(-1)
+            return None
+        for st in self.seq_streams.values():
+            if st.ngaps:
+                self.count_gaps(st, -1)
+        e = self.sequences_state()
+        for st in self.seq_streams.values():
+            if st.held_lost:
+                self.count_held(st, False)
+        return e
 
     cdef void install_sequences(self, dict streams, dict ports, int reading_v5, int reading_ipfix,
                                 int64_t seen_ms):

@@ -269,3 +269,44 @@ def test_a_v9_gap_open_across_a_restart_counts_its_records_once_the_reading_is_d
     assert lost(None) == 12
     assert lost(1) == 12     # the gap opened after the restart, by the expectation restored
     assert lost(2) == 12     # the gap still open at the stop: counted by the first run
+
+
+@pytest.mark.parametrize("numbering", ["records", "packets"])
+def test_a_v9_stop_while_the_numbering_is_undecided_changes_no_count(tmp_path: Path, numbering: str) -> None:
+    """NetFlow v9 numbered by the flow records before each packet (Juniper's) or by packets
+    (RFC 3954 5.1), read by packets until the votes decide. A step of a packet's record count
+    before they do (records: packet 3 after packet 2, one vote) holds the packets reading's loss
+    back; the next step decides it. The final save counted that held loss as the packets
+    reading's (records, packet 1 lost: 18 where one run counts its 12), so a stop there
+    changed the total. Now the held loss goes on in the saved stream: stopped before any
+    packet, the total is one run's, and one run's is what was removed by construction (the
+    lost packets' records, or the lost packets)."""
+    from test_decoders import V9_TEMPLATE, _v9_records
+
+    from benchmarks.datagrams import v9_data_set, v9_datagram
+
+    counts = [9, 12, 7, 7, 11, 10, 8, 12, 9, 7]
+    seqs = [sum(counts[:i]) if numbering == "records" else 100 + i for i in range(len(counts))]
+
+    def lost(order: list[int], restart: int | None) -> int:
+        rng = random.Random(68)
+        dec = Decoder(DecoderConfig())
+        total = 0
+        for i, j in enumerate(order):
+            if i == restart:
+                path = tmp_path / f"v9-{numbering}-{restart}.json"
+                assert StateFile(str(path), None).save(dec, sequences=True)
+                total += dec.stats(None)[EXPORTER]["protocols"]["netflow9"]["sequence_lost"]
+                dec = Decoder(DecoderConfig())
+                StateFile(str(path), None).load_into(dec)
+            sets = [template_set([V9_TEMPLATE], version=9)] if i == 0 else []
+            b = dec.decode(v9_datagram([*sets, v9_data_set(V9_TEMPLATE, _v9_records(rng, counts[j]))], seq=seqs[j],
+                                       unix_secs=EXPORT, uptime_ms=500_000 + 10 * i), EXPORTER, 2055, T0 + 0.01 * i)
+            assert b.error is None and len(b) == counts[j]
+        return total + dec.stats(T0 + 900)[EXPORTER]["protocols"]["netflow9"]["sequence_lost"]
+
+    for dropped in ([1], [2], [3], [1, 2], [2, 3]):
+        order = [j for j in range(len(counts)) if j not in dropped]
+        expect = sum(counts[j] for j in dropped) if numbering == "records" else len(dropped)
+        assert lost(order, None) == expect, dropped
+        assert [lost(order, r) for r in range(1, len(order))] == [expect] * (len(order) - 1), dropped
