@@ -877,7 +877,8 @@ cdef SeqStream seq_stream_of(dict d):
     if st.kind not in (PROTO_NETFLOW5, PROTO_NETFLOW7, PROTO_NETFLOW9, PROTO_IPFIX, PROTO_SFLOW5):
         raise ValueError("sequence field kind: no protocol")
     st.port = seq_int(d, "port", 0, 0xFFFF)
-    st.domain = seq_int(d, "domain", 0, SEQ_SHARED)
+    # (an sFlow stream's key is its agent and sub-agent, 64 bits: sflow_stream)
+    st.domain = seq_int(d, "domain", 0, 0xFFFFFFFFFFFFFFFF if st.kind == PROTO_SFLOW5 else SEQ_SHARED)
     st.synced = seq_bool(d, "synced")
     st.floor = seq_bool(d, "floor")
     st.floor_known = seq_u32(d, "floor_known")
