@@ -580,14 +580,15 @@ cdef class Decoder:
         return out
 
     def import_sequences(self, data):
-        """Load what export_sequences() saved: each exporter's streams go on where they were,
+        """Load what export_sequences() saved: each exporter's streams (and its loss counters'
+        baselines, sFlow drops and IPFIX notSent totals) go on where they were,
         if it is heard again within SEQ_RESTORE_MAX_MS of its latest datagram then (else they
         start over, ExporterState.resume_sequences). An exporter this decoder has heard from
         keeps its own; of two files describing one (worker files), the later latest datagram
         wins. A bad exporter entry is skipped and counted, not fatal."""
         cdef ExporterState ex
         cdef SeqStream st
-        cdef dict streams, ports
+        cdef dict streams, ports, drops, not_sent
         cdef int64_t seen_ms
         loaded = skipped = 0
         if not isinstance(data, dict):
@@ -615,6 +616,23 @@ cdef class Decoder:
                     if type(p) is not int or not 0 <= p <= 0xFFFF:
                         raise ValueError("ports: a bad port")
                     ports[p] = seq_port_of(pd)
+                # (absent in a file of an earlier version: the baselines start over, as before)
+                drops = {}
+                for x in seq_list(e, "drops", DROPS_MAX_SOURCES):
+                    if not (isinstance(x, list) and len(x) == 4):
+                        raise ValueError("drops: a bad entry")
+                    v = {"stream": x[0], "kind": x[1], "source": x[2], "value": x[3]}
+                    drops[(seq_int(v, "stream", 0, 0xFFFFFFFFFFFFFFFF), seq_u32(v, "kind"),
+                           seq_u32(v, "source"))] = seq_u32(v, "value")
+                not_sent = {}
+                for x in seq_list(e, "not_sent", NOT_SENT_MAX_KEYS):
+                    if not (isinstance(x, list) and len(x) == 7):
+                        raise ValueError("not_sent: a bad entry")
+                    v = {"port": x[0], "domain": x[1], "ie": x[3], "value": x[4], "seq": x[5], "export_s": x[6]}
+                    scope = None if x[2] is None else seq_int({"v": x[2]}, "v", 0, 0xFFFFFFFFFFFFFFFF)
+                    not_sent[(seq_int(v, "port", 0, 0xFFFF), seq_u32(v, "domain"), scope,
+                              seq_int(v, "ie", 166, 168))] = (seq_int(v, "value", 0, 0xFFFFFFFFFFFFFFFF),
+                                                              seq_u32(v, "seq"), seq_i64(v, "export_s"))
             except (KeyError, TypeError, ValueError, IndexError, OverflowError, AttributeError):
                 skipped += 1
                 continue
@@ -622,7 +640,7 @@ cdef class Decoder:
             if ex is not None and (ex.datagrams or (ex.seq_restored_ms and ex.seq_restored_ms >= seen_ms)):
                 continue    # its own sequence state, or a later one's (another worker's file)
             ex = self.exporter_state(str(ip), False)
-            ex.install_sequences(streams, ports, reading[0], reading[1], seen_ms)
+            ex.install_sequences(streams, ports, reading[0], reading[1], seen_ms, drops, not_sent)
             if ex.pending_gaps and not ex.gapped:
                 ex.gapped = True
                 self._gapped[ex.ip] = ex

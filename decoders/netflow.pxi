@@ -1831,11 +1831,20 @@ cdef class ExporterState:
         by the next start (another worker may be receiving the exporter)."""
         cdef SeqStream st
         cdef SeqPort sp
-        if self.seq_restored_ms or not (self.seq_streams or self.reading_v5 >= 0 or self.reading_ipfix >= 0):
+        if self.seq_restored_ms or not (self.seq_streams or self.reading_v5 >= 0 or self.reading_ipfix >= 0
+                                        or self.drops_seen or self.not_sent_seen):
             return None
         return {"seen": self.last_seen, "reading": [self.reading_v5, self.reading_ipfix],
                 "streams": [seq_stream_state(st) for st in self.seq_streams.values()],
-                "ports": [[port, seq_port_state(sp)] for port, sp in self.seq_ports.items()]}
+                "ports": [[port, seq_port_state(sp)] for port, sp in self.seq_ports.items()],
+                # The baselines of the cumulative loss counters its datagrams carry: without them
+                # the first value after a restart was a new baseline, and what the counter rose
+                # by while the collector was down (and since the last value before the stop)
+                # was never counted. sFlow drops (stream, sample kind, source, value) and IPFIX
+                # notSent totals (port, domain, exportingProcessId or None, IE, value, and the
+                # sequence number and export time of its message, learn_not_sent).
+                "drops": [[k[0], k[1], k[2], v] for k, v in self.drops_seen.items()],
+                "not_sent": [[*k, *v] for k, v in self.not_sent_seen.items()]}
 
     cdef dict hand_over_sequences(self):
         """sequences_state for the final save (Decoder.export_sequences), its open gaps counted
@@ -1857,13 +1866,16 @@ cdef class ExporterState:
         return e
 
     cdef void install_sequences(self, dict streams, dict ports, int reading_v5, int reading_ipfix,
-                                int64_t seen_ms):
-        """The previous run's sequence state (Decoder.import_sequences), in place of what it has."""
+                                int64_t seen_ms, dict drops, dict not_sent):
+        """The previous run's sequence state (Decoder.import_sequences), in place of what it has:
+        its streams and the baselines of its loss counters (sequences_state)."""
         cdef SeqStream st
         cdef SeqPort sp
         cdef object x
         self.seq_streams = streams
         self.seq_ports = ports
+        self.drops_seen = drops
+        self.not_sent_seen = not_sent
         self.cur_seq = None
         self.cur_port = None
         self.reading_v5, self.reading_ipfix = reading_v5, reading_ipfix
@@ -1883,9 +1895,13 @@ cdef class ExporterState:
         they were (what it sent while the collector was down is lost, as that of any other gap).
         Later they start over, as they did before the state file kept them: it may have been
         another collector's meanwhile (a replica's, a worker's), and a gap would count what that
-        one received. What was open then (gaps, a held loss) is counted as a restart does."""
+        one received. What was open then (gaps, a held loss) is counted as a restart does. The
+        loss counters' baselines go with them: their next values are baselines again, as at a
+        first start (what another collector counted of them is not counted again here)."""
         if aged(self.seq_restored_ms, now_ms, SEQ_RESTORE_MAX_MS):
             self.settle_gaps(-1)
+            self.drops_seen.clear()
+            self.not_sent_seen.clear()
             self.seq_streams.clear()
             self.floor_bytes = 0
             self.seq_ports.clear()

@@ -343,3 +343,57 @@ def test_an_sflow_stream_goes_on_after_a_restart(tmp_path: Path) -> None:
     assert lost(msgs[:4] + msgs[6:], 4) == 2
     assert lost(msgs, 4) == 0
 
+
+def _loss_counters_over_runs(msgs: Sequence[tuple[bytes, int, float]], path: Path, restart: int | None,
+                             read: str) -> int:
+    """`read` ("sample_drops" of sflow5, or "not_sent" packets of ipfix) counted of msgs
+    (datagram, source port, receive time s after T0), in one run or two (stopped and saved
+    before msgs[restart], as _over_runs does)."""
+    def value(dec: Decoder) -> int:
+        p = dec.stats(None)[EXPORTER]["protocols"]
+        return p["sflow5"]["sample_drops"] if read == "sample_drops" else p["ipfix"]["not_sent"].get("packets", 0)
+
+    dec = Decoder(DecoderConfig())
+    total = 0
+    for i, (m, port, at) in enumerate(msgs):
+        if i == restart:
+            assert StateFile(str(path), None).save(dec, sequences=True)
+            total += value(dec)
+            dec = Decoder(DecoderConfig())
+            StateFile(str(path), None).load_into(dec)
+        b = dec.decode(m, EXPORTER, port, T0 + at)
+        assert b.error is None, b.error
+    return total + value(dec)
+
+
+def test_the_baselines_of_cumulative_loss_counters_go_on_after_a_restart(tmp_path: Path) -> None:
+    """sFlow samples' drops counters and IPFIX notSent*TotalCount (RFC 7011 4.3) are running
+    totals: what is counted is each rise after the first value seen (the baseline). Their
+    baselines were not in the saved state: after a restart the first value was a baseline
+    again, and what the counter rose by since the last value before the stop was never counted.
+    Saved with the sequence state, a restart within 5 minutes counts what one run counts (the
+    last value less the first, by construction); later, or another host's file, the first
+    value is a baseline again (what another collector may have counted is not counted twice)."""
+    from test_decoders import NOT_SENT_OVS, _options_template_set
+    from test_sflow import datagram, eth, flow_sample, ipv4, raw_header, udp
+
+    pkt = eth(ipv4("10.0.0.1", "10.0.0.2", 17, udp(1, 2)), 0x0800)
+    drops = [100, 105, 110, 130, 131, 140]
+    sflow = [(datagram([flow_sample([raw_header(pkt, 60)], src=(0, 3), drops=d)], seq=1 + i, uptime=100_000 + 1000 * i),
+              6343, float(i)) for i, d in enumerate(drops)]
+    not_sent = [9, 9, 50, 60, 75, 80]
+    # (each message its options template and one options record, numbered by the records
+    # before it, RFC 7011 3.1)
+    ipfix = [(ipfix_message([_options_template_set([NOT_SENT_OVS]), data_set(NOT_SENT_OVS, [{"process": 1, "packets": v}])],
+                            seq=i, export_time=EXPORT + i), PORT, float(i)) for i, v in enumerate(not_sent)]
+    for name, msgs, values in (("sample_drops", sflow, drops), ("not_sent", ipfix, not_sent)):
+        expect = values[-1] - values[0]
+        assert _loss_counters_over_runs(msgs, tmp_path / f"{name}-one.json", None, name) == expect
+        for restart in range(1, len(msgs)):
+            got = _loss_counters_over_runs(msgs, tmp_path / f"{name}-{restart}.json", restart, name)
+            assert got == expect, (name, restart)
+        # heard again more than 5 minutes after its last datagram: the first value after is a
+        # baseline again, the rise across the stop not counted
+        later = msgs[:3] + [(m, port, at + 400) for m, port, at in msgs[3:]]
+        expect_later = (values[2] - values[0]) + (values[-1] - values[3])
+        assert _loss_counters_over_runs(later, tmp_path / f"{name}-later.json", 3, name) == expect_later
