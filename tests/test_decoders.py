@@ -3825,14 +3825,16 @@ def test_a_v9_gap_open_when_the_records_reading_is_decided_counts_its_records() 
 
 
 def test_a_v9_gap_open_when_the_votes_turn_back_to_packets_counts_the_lost_packets() -> None:
-    """An exporter numbering its v9 packets as RFC 3954 5.1 does (one a packet), whose first
-    packets came reordered so that two steps were the previous packet's record count (100, 102,
-    101 late, 103: read by flow records, Juniper's way), loses packets while read so; the next
-    steps of 1 turn the reading back to packets while that gap still waits for late packets.
-    The gap was void at the switch (the records reading's range leaves out the numbers of the
-    records of the packet that set what it expects: late packets there filled nothing, so
-    recounting it by packets over-counted them): a lost packet went uncounted. Every arrival
-    order below is checked against what was removed from the stream, by construction."""
+    """An exporter numbering its v9 packets as RFC 3954 5.1 does (one a packet), arriving
+    reordered: some steps between arrivals are the previous packet's record count, votes for
+    the flow records reading (Juniper's). With 104 late after 106: 100 -> 102 (2 records) is
+    one, 104 -> 107 (3) the second, so the stream is read by records from 107, and 108's step
+    of 1 turns it back to packets, while the gap 106 opened (104 and 105, 104 filled since)
+    still waits for late packets. The gap was void at the switch back (the records reading's
+    range leaves out the numbers of the records of the packet that set what it expects: late
+    packets there filled nothing, so recounting it by packets over-counted them): 105, lost,
+    went uncounted. Every arrival order below is checked against what was removed from the
+    stream, by construction."""
     rng = random.Random(67)
     t0 = float(EXPORT)
     counts = dict(zip(range(100, 116), [2, 3, 2, 4, 3, 5, 2, 4, 3, 6, 2, 3, 4, 2, 5, 3], strict=True))
@@ -3849,13 +3851,13 @@ def test_a_v9_gap_open_when_the_votes_turn_back_to_packets_counts_the_lost_packe
         assert resets == 0
         return lost
 
-    first = [100, 102, 101, 103]         # decided for records: what is expected is 105 after 102
-    after = list(range(106, 116))        # steps of 1: back to packets at 107 (or 108)
+    first = [100, 102, 101, 103]         # 100 -> 102: one vote for records (the step held)
+    after = list(range(106, 116))
     for between in ([104, 105], [], [104], [105]):       # (none, both, 105 or 104 lost)
         order = first + between + after
         assert v9(order) == len(set(counts) - set(order)), between
-    # late packets after the one that opened the gap: 104, numbered in the records of 103 (the
-    # records reading's gap is 105 alone), fills only the packets reading's gap
+    # late packets after the one that opened the gap (the late 104's step to 107 the second
+    # records vote, as above)
     for late in ([104], [105], [105, 104], [104, 105]):
         order = first + [106] + late + after[1:]
         assert v9(order) == len(set(counts) - set(order)), late
