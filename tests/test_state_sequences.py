@@ -96,8 +96,8 @@ def test_a_soft_hold_after_a_template_only_first_message_goes_on_after_a_restart
     """A stream whose first message holds templates only (numbered 0), then data numbered 10
     for 10 records: the RFC's reading calls 10 lost (a first data message numbered 0 lost),
     softflowd's none; the step is held soft, counted only once the RFC's votes lead. Stopped
-    while it is held, the final save settles it as its SEQ_HELD_MS does: left to the votes,
-    what the RFC's reading adds once they lead for it. The RFC's next vote in the next run (a
+    while it is held, the final save keeps the held loss in the saved stream, for the votes of
+    the next run (hand_over_sequences). The RFC's next vote in the next run (a
     step of the previous count) still counts it; softflowd's equal messages, which never vote,
     still count none of it."""
     rng = random.Random(60)
