@@ -801,8 +801,7 @@ cdef class SeqPort:
 # would have counted of the same datagrams (an undecided reading's gaps, counted as the
 # smaller reading, undec_rfc / undec_inc, and a held loss, soft or not, wait for the votes of
 # the next run; open gaps are none once Decoder.export_sequences has counted them). Left out:
-# the caches
-# (ExporterState.cur_seq, cur_port), what is derived (pending_gaps, floor_bytes, dom_entries),
+# the caches (ExporterState.cur_seq, cur_port), what is derived (pending_gaps, floor_bytes, dom_entries),
 # and the msg_* fields of the message being decoded (msg_restarted: its IE 160 against the one
 # kept, which the state file keeps as options data, "sysinit_ms", so a restart of the exporting
 # process while the collector was down is told by its first message after). A field left out
