@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 
 from tests.support import netns as N
 from tests.support import ovs as O
@@ -489,6 +490,34 @@ def make_traffic(base: int, *, services: bool, ct: bool = False) -> list[Sent]:
 
 # ---- the collector ---------------------------------------------------------------------------
 READY = "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen(sys.argv[1], timeout=2).status == 200 else 1)"
+GET = "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
+
+
+def collector_stat(stat: str) -> float:
+    """A flowscope_enrich_stat of the collector start_collector runs (it listens in node-a's
+    namespace); 0 while the stat is not there yet."""
+    from collector.metrics import parse_exposition, total
+
+    assert NODE_A.ns is not None
+    r = NODE_A.ns.run([sys.executable, "-c", GET, "http://127.0.0.1:9400/metrics"])
+    return total(parse_exposition(r.stdout.decode()), "flowscope_enrich_stat", stat=stat)
+
+
+def flows_so_far(path: Path) -> list[dict]:
+    """read_flows while the collector writes: a line not finished yet, or no file yet, is left out."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n") and line.strip()]
+
+
+def wait_until(cond, timeout: float) -> None:
+    """Poll `cond` until it holds or `timeout` seconds passed, without failing: the assertions
+    after it say what is missing."""
+    deadline = time.monotonic() + timeout
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def start_collector(c: Cluster, out: Path, *extra: str):
@@ -827,11 +856,15 @@ def test_a_pod_ip_reused_goes_to_the_pod_that_held_it_when_the_flow_started(clus
         sent_at = time.time()
         c.fake.delete("pods", WEB.name, WEB.namespace)
         time.sleep(int(sent_at) + 1.2 - time.time())   # the new pod's creationTimestamp: a later second
+        added = collector_stat("kinds_pods_events_ADDED")
         c.fake.add("pods", new_obj)
-        time.sleep(1.0)   # the watch brings it to the collector
+        # the watch brings it to the collector (the count goes up once the index has it)
+        wait_for(lambda: collector_stat("kinds_pods_events_ADDED") > added, 30, what="the new pod's ADDED event applied")
         after = Sent(WEB.ip, API.ip, 43001, 6101, 5, 100)
         assert udp(WEB, API.ip, after.dport, after.count, after.size, after.sport) == after.count
-        time.sleep(5)
+        # OVS exports at its active timeout (2 s), then the collector writes them
+        wait_until(lambda: all(Counter(record_key(f) for f in records_of(s, flows_so_far(out))) == Counter(
+            expected_records(s)) for s in (before, after)), 30)
     finally:
         stop_collector(c, proc, log)
         if any(o["metadata"]["name"] == new.name for o in c.fake.objects["pods"].values()):
