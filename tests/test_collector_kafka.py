@@ -223,6 +223,19 @@ def frozen(b: Any) -> Iterator[None]:
         os.kill(b.pid, signal.SIGCONT)
 
 
+def _unread_by(port: int) -> int:
+    """Bytes the kernel holds unread on the established connections accepted at `port` (this
+    host's, as /proc/net/tcp and tcp6 give their rx_queue): requests written to a frozen broker."""
+    n = 0
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(name) as f:
+            for line in f.readlines()[1:]:
+                cols = line.split()
+                if int(cols[1].rsplit(":", 1)[1], 16) == port and cols[3] == "01":
+                    n += int(cols[4].split(":")[1], 16)
+    return n
+
+
 def test_broker_outage(collector: Any, own_broker: Any) -> None:
     """Broker down 10 s while flows arrive, then back: delivered + counted drops == sent."""
     b = own_broker
@@ -242,7 +255,7 @@ def test_broker_outage(collector: Any, own_broker: Any) -> None:
         seq += 1
         sent += 30
         time.sleep(1 / 60)
-    assert c.get("/readyz")[0] == 503  # sink disconnected
+    wait_for(lambda: c.get("/readyz")[0] == 503, 20, what="/readyz unready")  # sink disconnected
     dropped_during = c.value("flowscope_flows_dropped_total", reason="queue_full")
     assert dropped_during > 0  # 600 KB cannot hold 10 s of flows: the bound is enforced
     b.start()
@@ -786,7 +799,9 @@ def test_sigterm_with_produce_requests_unanswered_counts_them_unconfirmed(collec
     with frozen(b):
         send_udp([make_v5(i, 30, i * 30) for i in range(100, 400)], c.port)
         c.wait_value("flowscope_flows_total", 12000)
-        time.sleep(1.0)
+        # a Produce request written (a 64 KB batch; a metadata request is some 100 bytes), rather
+        # than 1 s for it: a loaded machine may take longer to write one
+        wait_for(lambda: _unread_by(b.port) > 16384, 20, what="a Produce request written to the frozen broker")
         assert c.stop() == 0
     log = c.log()
     delivered, unconfirmed, never_sent = _stop_summary(log)
