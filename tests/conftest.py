@@ -2,7 +2,7 @@
 
 Why real processes: the collector's contract is its command line, its UDP sockets, its Kafka
 output and its /metrics endpoint, so the integration tests drive exactly those. Everything
-binds to 127.0.0.1 on ports the kernel picked, so tests never collide with stray senders on the
+binds to 127.0.0.1 on free ports (free_port), so tests never collide with stray senders on the
 well-known flow ports, and every wait polls a condition with a deadline instead of sleeping.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import socket
 import struct
@@ -92,16 +93,51 @@ class FailsAt:
         return b""
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+# Ports handed out by free_port are drawn from below the kernel's ephemeral range
+# (net.ipv4.ip_local_port_range): a port bound to 0 and released comes from that range, where
+# any socket connecting or sending without a bind (a client's connection to the broker, a test's
+# exporter) may be given it as its local port before the test binds it (EADDRINUSE: CI failed
+# so once, a Kafka front's port taken between free_tcp_port() and its server's start). Below the
+# range only another bind by number can take it: a private generator (tests may seed `random`),
+# the ports this process handed out not handed out again, each checked free by a bind.
+_port_rng = random.Random()
+_ports_given: set[tuple[int, int]] = set()
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port(kind: int) -> int:
+    """A port of 127.0.0.1 free for `kind` (SOCK_DGRAM or SOCK_STREAM) when asked, outside the
+    ephemeral range when it leaves room (else one the kernel picks)."""
+    top = _ephemeral_start()
+    low = max(1024, top - 16384)
+    for _ in range(500 if top - low >= 1024 else 0):
+        port = _port_rng.randrange(low, top)
+        if (kind, port) in _ports_given:
+            continue
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("127.0.0.1", port))   # (no SO_REUSEADDR: a TCP port in TIME_WAIT is skipped)
+            except OSError:
+                continue
+        _ports_given.add((kind, port))
+        return port
+    with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_udp_port() -> int:
+    return free_port(socket.SOCK_DGRAM)
 
 
 def free_tcp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_port(socket.SOCK_STREAM)
 
 
 def send_udp(payloads: list[bytes], port: int, *, sock: socket.socket | None = None, pace: int = 200) -> None:

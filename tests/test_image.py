@@ -113,8 +113,10 @@ def test_containers_whose_test_process_died_are_swept_at_session_start(image: st
                         names["alive"]).stdout.strip() == maker()
         removed = I.sweep_stale_containers()
         exists = {who: I.podman("container", "exists", n, check=False).returncode == 0 for who, n in names.items()}
-        assert names["dead"] in removed and names["alive"] not in removed, removed
-        assert exists == {"dead": False, "alive": True}, exists
+        # (gone, by this sweep or by another test session's start on the machine, which sweeps
+        # the same store: CI once saw removed == [] beside helpers' sessions)
+        assert names["alive"] not in removed, removed
+        assert exists == {"dead": False, "alive": True}, (exists, removed)
     finally:
         for n in names.values():
             I.podman("rm", "-f", "-t", "0", n, check=False, timeout=90)
