@@ -443,12 +443,18 @@ def test_datagrams_arriving_during_shutdown_are_counted(collector: Any) -> None:
     send_udp([make_v5((20 + i) * 30, 30, (20 + i) * 30) for i in range(n)], c.port)
     assert c.proc.wait(30) == 0
     log_text = c.log()
+    delivered, dropped, refused = _stop_counts(log_text)
+    assert delivered + dropped + 30 * refused == 30 * (20 + n), log_text
+    assert refused > 0
+
+
+def _stop_counts(log_text: str) -> tuple[int, int, int]:
+    """A stdout collector's stop log: flows delivered, flows dropped, datagrams read at shutdown
+    and not decoded (0 when it logged none)."""
     m = re.search(r"stopped: (\d+) flows delivered to stdout, (\d+) dropped", log_text)
     assert m, log_text
     m2 = re.search(r"(\d+) datagrams were read and not decoded", log_text)
-    refused = int(m2.group(1)) if m2 else 0
-    assert int(m.group(1)) + int(m.group(2)) + 30 * refused == 30 * (20 + n), log_text
-    assert refused > 0
+    return int(m.group(1)), int(m.group(2)), int(m2.group(1)) if m2 else 0
 
 
 def test_datagrams_dropped_at_shutdown_are_not_counted_lost_by_the_next_run(collector: Any, tmp_path: Path) -> None:
@@ -471,10 +477,7 @@ def test_datagrams_dropped_at_shutdown_are_not_counted_lost_by_the_next_run(coll
     send_udp([make_v5((20 + i) * 30, 30, (20 + i) * 30) for i in range(n)], c1.port, sock=exporter)
     assert c1.proc.wait(30) == 0
     log_text = c1.log()
-    m = re.search(r"stopped: (\d+) flows delivered to stdout, (\d+) dropped", log_text)
-    assert m, log_text
-    m2 = re.search(r"(\d+) datagrams were read and not decoded", log_text)
-    refused = int(m2.group(1)) if m2 else 0
+    delivered, dropped, refused = _stop_counts(log_text)
     assert refused > 0, log_text
     # 10 datagrams (300 flows) sent while no collector runs, then one the next run decodes
     first = 20 + n + 10
@@ -488,7 +491,7 @@ def test_datagrams_dropped_at_shutdown_are_not_counted_lost_by_the_next_run(coll
              10, what="the loss while down counted")
     lost = c2.value("flowscope_sequence_lost_total", exporter="127.0.0.1", protocol="netflow5")
     assert c2.value("flowscope_sequence_resets_total") == 0
-    assert int(m.group(1)) + int(m.group(2)) + 30 * refused + 30 + lost == 30 * (first + 1), (lost, refused)
+    assert delivered + dropped + 30 * refused + 30 + lost == 30 * (first + 1), (lost, refused)
     assert c2.stop() == 0
     exporter.close()
 

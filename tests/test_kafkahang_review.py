@@ -144,6 +144,21 @@ async def _one_request_waiting(client: Any, n: int) -> asyncio.Future[Any]:
     return busy
 
 
+async def _refresh_with_node0_busy(sink: Any, a: Any, hung: tuple[Any, ...], delay: float, timeout: float) -> bool:
+    """The fronts `hung` wedged, node 0's metadata answers `delay` late with one request already
+    waiting there, node 1 (the hung leader) marked failed: the sink's refresh's result (node 0's
+    waiting request answered before returning)."""
+    client = sink.producers[0].client
+    for f in hung:
+        f.hang_all = f.hung = True
+    a.metadata_delay = delay
+    busy = await _one_request_waiting(client, 0)
+    sink._md_failed = {1: time.monotonic()}   # (node 1, the hung leader: its connection failed)
+    ok = bool(await sink._update_metadata(sink.producers[0], timeout))
+    await asyncio.wait_for(busy, 10)
+    return ok
+
+
 def test_a_refresh_that_asks_a_hung_broker_first_takes_a_working_brokers_answer(tmp_path: Path) -> None:
     """The refresh's order is a guess: here it asks a broker wedged as a whole first (node 2, on
     a connection open from before, leading nothing, so no failure ranks it last), and the working
@@ -167,14 +182,8 @@ def test_a_refresh_that_asks_a_hung_broker_first_takes_a_working_brokers_answer(
             # node 0's and node 2's connections open (earlier refreshes that asked them while they answered)
             for n in (0, 2):
                 await asyncio.wait_for(client.send(n, MetadataRequest([])), 10)
-            for f in (b, c3):
-                f.hang_all = f.hung = True
-            a.metadata_delay = 0.35 * timeout
-            busy = await _one_request_waiting(client, 0)
-            sink._md_failed = {1: time.monotonic()}   # (node 1, the hung leader: its connection failed)
-            assert await sink._update_metadata(sink.producers[0], timeout)
+            assert await _refresh_with_node0_busy(sink, a, (b, c3), 0.35 * timeout, timeout)
             assert c3.held_other == 1   # (node 2 was asked, first: node 0 was busy)
-            await asyncio.wait_for(busy, 10)
 
     with cluster(tmp_path, t, 3) as (a, b, c3):
         try:
@@ -211,14 +220,8 @@ def test_a_refresh_asks_a_broker_it_has_a_connection_to_before_one_it_has_none_t
             earlier = client._conns.pop((2, ConnectionGroup.DEFAULT), None)   # (a refresh while connecting asked it)
             if earlier is not None:
                 earlier.close()
-            for f in (b, c3):
-                f.hang_all = f.hung = True
-            a.metadata_delay = 0.3
-            busy = await _one_request_waiting(client, 0)
-            sink._md_failed = {1: time.monotonic()}   # (node 1, the hung leader: its connection failed)
-            assert await sink._update_metadata(sink.producers[0], timeout)
+            assert await _refresh_with_node0_busy(sink, a, (b, c3), 0.3, timeout)
             assert c3.held_other == 0
-            await asyncio.wait_for(busy, 10)
 
     with cluster(tmp_path, t, 3) as (a, b, c3):
         try:

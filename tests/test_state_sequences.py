@@ -253,22 +253,28 @@ def test_a_v9_gap_open_across_a_restart_counts_its_records_once_the_reading_is_d
                            unix_secs=EXPORT, uptime_ms=500_000 + 10 * i)
 
     def lost(restart: int | None) -> int:
-        dec = Decoder(DecoderConfig())
-        total = 0
-        for i, j in enumerate(order):
-            if i == restart:
-                path = tmp_path / f"v9-{restart}.json"
-                assert StateFile(str(path), None).save(dec, sequences=True)
-                total += dec.stats(None)[EXPORTER]["protocols"]["netflow9"]["sequence_lost"]
-                dec = Decoder(DecoderConfig())
-                StateFile(str(path), None).load_into(dec)
-            b = dec.decode(packet(i, j), EXPORTER, 2055, T0 + 0.01 * i)
-            assert b.error is None and len(b) == counts[j]
-        return total + dec.stats(T0 + 900)[EXPORTER]["protocols"]["netflow9"]["sequence_lost"]
+        return _v9_lost(tmp_path / f"v9-{restart}.json", [(packet(i, j), counts[j]) for i, j in enumerate(order)],
+                        restart)
 
     assert lost(None) == 12
     assert lost(1) == 12     # the gap opened after the restart, by the expectation restored
     assert lost(2) == 12     # the gap still open at the stop: counted by the first run
+
+
+def _v9_lost(path: Path, packets: list[tuple[bytes, int]], restart: int | None) -> int:
+    """NetFlow v9 sequence_lost over `packets` (each with its record count) decoded in order by
+    one run, or by two with the state file `path` saved and loaded before packet `restart`."""
+    dec = Decoder(DecoderConfig())
+    total = 0
+    for i, (data, n) in enumerate(packets):
+        if i == restart:
+            assert StateFile(str(path), None).save(dec, sequences=True)
+            total += dec.stats(None)[EXPORTER]["protocols"]["netflow9"]["sequence_lost"]
+            dec = Decoder(DecoderConfig())
+            StateFile(str(path), None).load_into(dec)
+        b = dec.decode(data, EXPORTER, 2055, T0 + 0.01 * i)
+        assert b.error is None and len(b) == n
+    return total + dec.stats(T0 + 900)[EXPORTER]["protocols"]["netflow9"]["sequence_lost"]
 
 
 @pytest.mark.parametrize("numbering", ["records", "packets"])
@@ -290,20 +296,12 @@ def test_a_v9_stop_while_the_numbering_is_undecided_changes_no_count(tmp_path: P
 
     def lost(order: list[int], restart: int | None) -> int:
         rng = random.Random(68)
-        dec = Decoder(DecoderConfig())
-        total = 0
+        packets = []
         for i, j in enumerate(order):
-            if i == restart:
-                path = tmp_path / f"v9-{numbering}-{restart}.json"
-                assert StateFile(str(path), None).save(dec, sequences=True)
-                total += dec.stats(None)[EXPORTER]["protocols"]["netflow9"]["sequence_lost"]
-                dec = Decoder(DecoderConfig())
-                StateFile(str(path), None).load_into(dec)
             sets = [template_set([V9_TEMPLATE], version=9)] if i == 0 else []
-            b = dec.decode(v9_datagram([*sets, v9_data_set(V9_TEMPLATE, _v9_records(rng, counts[j]))], seq=seqs[j],
-                                       unix_secs=EXPORT, uptime_ms=500_000 + 10 * i), EXPORTER, 2055, T0 + 0.01 * i)
-            assert b.error is None and len(b) == counts[j]
-        return total + dec.stats(T0 + 900)[EXPORTER]["protocols"]["netflow9"]["sequence_lost"]
+            packets.append((v9_datagram([*sets, v9_data_set(V9_TEMPLATE, _v9_records(rng, counts[j]))], seq=seqs[j],
+                                        unix_secs=EXPORT, uptime_ms=500_000 + 10 * i), counts[j]))
+        return _v9_lost(tmp_path / f"v9-{numbering}-{restart}.json", packets, restart)
 
     for dropped in ([1], [2], [3], [1, 2], [2, 3]):
         order = [j for j in range(len(counts)) if j not in dropped]
