@@ -110,6 +110,7 @@ cdef class Decoder:
     cdef dict _dirty
     cdef set _gone
     cdef bint _evicted_dirty
+    cdef bint quiet               # log_limited says nothing (refuse_ipfix reading a refused datagram)
     cdef Py_ssize_t _sent_count   # exporters in the table that sent (exporter_count)
     # exporters that had open sequence gaps after a datagram (ip -> state), until settled: what
     # series_changed() settles, not a walk over every exporter
@@ -257,8 +258,11 @@ cdef class Decoder:
         table of (reason, exporter) keys holds LOG_KEYS, in the order they last logged: keys
         quiet for 10 s give way to new ones; beyond LOG_KEYS keys logging within 10 s (a flood
         from spoofed sources), the rest log once per reason every 10 s, with their count."""
-        cdef double now = time.monotonic()
+        cdef double now
         cdef list ov
+        if self.quiet:
+            return
+        now = time.monotonic()
         key = (reason, ip)
         ent = self._log_last.get(key)
         if ent is not None and now - ent[0] < 10.0:

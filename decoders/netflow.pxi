@@ -1071,6 +1071,9 @@ cdef class ExporterState:
     cdef uint64_t msg_unknown_bytes    # ... the bytes those records are in (each record is one at least)
     cdef list msg_unknown_sets         # ... its data sets without their template (floor_sets), None: none
     cdef bint msg_sets_kept            # ... every undecoded record is in msg_unknown_sets
+    # reading the options data of a datagram refused before decoding (refuse_ipfix): what is
+    # wrong in it is not counted (count_error) nor logged, the refusal is the datagram's reason
+    cdef bint refusing
     cdef Py_ssize_t floor_bytes        # bytes of its streams' floor_sets (state_size)
     cdef Py_ssize_t state_bytes        # its state_size() as last added to Decoder.state_bytes
     cdef AgentMemo agent_memo          # its node, as the enricher's view last answered (enrich_batch)
@@ -2233,6 +2236,8 @@ cdef class ExporterState:
 
     cdef void count_error(self, str reason):
         cdef dict e
+        if self.refusing:
+            return
         self.errors[reason] = self.errors.get(reason, 0) + 1
         e = self.proto_stats(self.cur_protocol)["errors"]
         e[reason] = e.get(reason, 0) + 1
@@ -5023,6 +5028,12 @@ cdef int refuse_ipfix(Decoder dec, ExporterState ex, FlowBatch b, const uint8_t*
             ex.ipfix_forget(b.port, domain, be32(h + 8), False, 0, <uint64_t>rd_left(&r), None, now_ms, be32(h + 4))
             break
         rd_sub(&r, &m, msg_len - 16)
+        # One datagram, one reason: the refusal (rate_limited, too_large: the datagram's decode
+        # error; shutdown: the collector's drop) is what is counted of it. An options set in it
+        # that is malformed, or teaches more than there is room for, is neither counted as a
+        # decode error of its own (ExporterState.refusing) nor logged (Decoder.quiet).
+        ex.refusing = True
+        dec.quiet = True
         try:
             while rd_left(&m) >= 4:
                 set_id = rd_u16(&m)
@@ -5037,7 +5048,10 @@ cdef int refuse_ipfix(Decoder dec, ExporterState ex, FlowBatch b, const uint8_t*
                         decode_data_set(dec, ex, b, &s, 10, domain, set_id, <int64_t>be32(h + 4) * 1000,
                                         si if si is not None else -1)
         except DecodeError:
-            pass        # (the refusal is the datagram's error; what it held is not counted again)
+            pass        # (as above: what it held is not counted beside the refusal)
+        finally:
+            ex.refusing = False
+            dec.quiet = False
         ex.ipfix_forget(b.port, domain, be32(h + 8), False, 0, <uint64_t>(msg_len - 16), None, now_ms, be32(h + 4),
                         ex.msg_restarted)
     return 0

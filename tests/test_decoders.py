@@ -4003,6 +4003,38 @@ def test_an_ie160_restart_told_by_a_refused_message_is_counted_once(first: int, 
     assert _seq_at(dec, "ipfix", EXPORT + 300.0) == (0, 1)
 
 
+#: a data set of the options template 400 (IE160_OPT_TPL) shorter than its one 12-byte record
+#: and not padding: not in the template's layout (template_mismatch when decoded)
+IE160_BAD_OPTIONS = struct.pack("!HH", 400, 12) + b"\x01" * 8
+
+
+@pytest.mark.parametrize("refusal", ["rate_limited", "too_large", "shutdown"])
+def test_a_refused_datagram_is_counted_in_its_refusal_reason_only(refusal: str) -> None:
+    """One datagram, one reason: a refused IPFIX datagram still has its options data read (for
+    IE 160, refuse_ipfix), and what is wrong in it is not counted as a decode error of its own
+    (nor logged) beside the refusal: rate_limited and too_large are the datagram's decode error,
+    shutdown the collector's drop (Decoder.refused, counted by its caller). Before, its
+    malformed options set added template_mismatch: two reasons for one datagram. The same set
+    in a datagram that is decoded is still counted."""
+    dec = Decoder(DecoderConfig(max_exporter_rate=1 if refusal == "rate_limited" else 0,
+                                max_datagram=90 if refusal == "too_large" else 65535))
+    first, at = _ie160_msg(0, 0.0, init=IE160_INIT, n=1)
+    assert dec.decode(first, EXPORTER, 40001, float(EXPORT) + at).error is None
+    bad, at = _ie160_msg(7, 0.5, extra=(IE160_BAD_OPTIONS,), n=5)
+    assert len(first) <= 90 < len(bad)
+    if refusal == "shutdown":
+        dec.refused(bad, EXPORTER, 40001, float(EXPORT) + at)
+        assert dec.stats()[EXPORTER]["errors"] == {}
+    else:
+        assert dec.decode(bad, EXPORTER, 40001, float(EXPORT) + at).error[0] == refusal
+        assert dec.stats()[EXPORTER]["errors"] == {refusal: 1}
+        assert dec.stats()[EXPORTER]["protocols"]["ipfix"]["errors"] == {refusal: 1}
+    # the control: decoded, the same set is an error of its datagram
+    ok, at = _ie160_msg(12, 2.0, extra=(IE160_BAD_OPTIONS,), n=1)
+    assert dec.decode(ok, EXPORTER, 40001, float(EXPORT) + at).error is None
+    assert dec.stats()[EXPORTER]["errors"].get("template_mismatch") == 1
+
+
 def test_rate_limit_config_is_validated() -> None:
     with pytest.raises(ValueError, match="max_exporter_rate"):
         Decoder(DecoderConfig(max_exporter_rate=-1))
