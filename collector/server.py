@@ -21,7 +21,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 import orjson
@@ -314,6 +314,10 @@ class Worker:
         self.receivers: list[Any] = []
         # what listeners closed (or never opened) had received: datagrams, bytes
         self._rx_closed: list[list[int]] = [[0, 0] for _ in self.listeners]
+        # datagrams refused at shutdown that closed listeners held for the final save (Receiver.
+        # refused_held), and of all held, those counted in dgram_drops (_count_refused)
+        self._refused_held = 0
+        self._refused_counted = 0
         self.inodes: list[int] = []
         self.granted: list[int] = []
         self.bound = False
@@ -635,24 +639,68 @@ class Worker:
         flowscope_datagrams_dropped_total{reason="shutdown"}, not left unread in a socket about
         to be closed, and its sequence number taken as received (Decoder.refused): the final
         save comes after the last of those reads, so the next run, going on from it, does not
-        count them lost as well."""
+        count them lost as well.
+
+        A save is made as well when the decoding ends, before the sink drains (StateFile.
+        save_stopping), so that a process killed during the drain (SIGKILL: a Kubernetes grace
+        period shorter than the drain, the supervisor's kill) leaves the sequence state too. The
+        datagrams refused after it that a stream took are then counted by one run only: held
+        (Receiver.hold_refused) and counted here when the stop ends; killed before, this run
+        never counts them and the next one, going on from that save, counts them lost
+        (flowscope_sequence_lost_total) with what the exporters sent while it was down."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cfg.shutdown_timeout
         self.stopping = True    # /readyz: not ready from here on
         await self._drain_sockets(loop.time() + self.cfg.shutdown_timeout / 2)
-        for r in self.receivers:
-            r.refusing = True   # read on, counted as dropped (reason shutdown), not decoded
-        self.bound = False      # flowscope_listener_up: no longer decoding
         for task in self._tasks:
             task.cancel()
+        early: asyncio.Task[None] | None = None
+        if self.state is not None:
+            # (exported here, before the first refused read: every datagram the file does not
+            # carry is one held below)
+            write = self.state.save_stopping(self.decoder)
+            if write is not None:
+                early = loop.create_task(self._saved_stopping(write))
+        for r in self.receivers:
+            r.hold_refused = early is not None
+            r.refusing = True   # read on, counted as dropped (reason shutdown), not decoded
+        self.bound = False      # flowscope_listener_up: no longer decoding
         try:
             self.flush_records()
             await self.sink.drain(deadline)
             self._close_listeners(time.monotonic() + max(0.0, deadline - loop.time()))
         finally:
+            if early is not None:
+                try:
+                    await early
+                except Exception as exc:    # (the final save below is the one that matters)
+                    log.error("state: the save as the stop began failed: %r", exc)
             # (saved first, as before, a drain cut short still left the templates saved)
             if self.state is not None:
                 self.state.save(self.decoder, sequences=True)
+            self._count_refused()
+            if self.dgram_drops.get("shutdown"):
+                log.warning("shutdown: %d datagrams were read and not decoded (exporters kept sending, or the "
+                            "listeners' receive buffers held more than half of --shutdown-timeout could decode; "
+                            "counted in flowscope_datagrams_dropped_total{reason=\"shutdown\"})",
+                            self.dgram_drops["shutdown"])
+
+    async def _saved_stopping(self, write: Coroutine[Any, Any, bool]) -> None:
+        """The save as the stop began, written: one that failed carries no datagram refused
+        since, so those held for it are counted now, and those still to come at once."""
+        if await write:
+            return
+        for r in self.receivers:
+            r.hold_refused = False
+        self._count_refused()
+
+    def _count_refused(self) -> None:
+        """Count in dgram_drops["shutdown"] the refused datagrams the listeners held (Receiver.
+        hold_refused) and not counted yet."""
+        held = self._refused_held + sum(r.refused_held for r in self.receivers)
+        if held > self._refused_counted:
+            self.dgram_drops["shutdown"] += held - self._refused_counted
+            self._refused_counted = held
 
     async def _drain_sockets(self, until: float) -> None:
         """Let the listeners read on until their receive queues are empty or `until`."""
@@ -684,11 +732,6 @@ class Worker:
                     break
         self._read_kernel_drops()   # before the sockets, and their counters, are gone
         self.close_sockets()
-        if self.dgram_drops.get("shutdown"):
-            log.warning("shutdown: %d datagrams were read and not decoded (exporters kept sending, or the "
-                        "listeners' receive buffers held more than half of --shutdown-timeout could decode; "
-                        "counted in flowscope_datagrams_dropped_total{reason=\"shutdown\"})",
-                        self.dgram_drops["shutdown"])
         if left:
             log.error("shutdown: datagrams still queued in the listeners' receive buffers at --shutdown-timeout "
                       "were discarded unread, not counted (%d bytes of socket memory: their payload and the "
@@ -728,6 +771,7 @@ class Worker:
                 loop.remove_reader(sock.fileno())
             sock.close()
             self._rx_closed[r.index] = [dg[r.index], by[r.index]]
+            self._refused_held += r.refused_held
         self.receivers = []
         self.sockets = []
 

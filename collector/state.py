@@ -30,6 +30,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 import orjson
@@ -324,6 +325,28 @@ class StateFile:
         self._adopt_into(decoder)
         return ok
 
+    def save_stopping(self, decoder: Any) -> Coroutine[Any, Any, bool] | None:
+        """The save as a stop begins (Worker.stop: once nothing more is decoded, before the sink
+        drains), with the sequence state as the final save has it: a process killed before its
+        final save (SIGKILL past a Kubernetes grace period shorter than the drain) then leaves a
+        file the next start goes on from (without one its streams started over, and what the
+        exporters sent meanwhile was never counted). Exported now, on the event loop, so that
+        every datagram read after this call is after the save; the write, the coroutine
+        returned (None: the export failed), runs in a thread while the sink drains, and the
+        final save, a later generation, replaces it. Its held losses stay open in the decoder
+        (Decoder.export_sequences' hand_over): the final save hands them over."""
+        data = self._export(decoder, sequences=True, hand_over=False)
+        if data is None:
+            return None
+        gen = self._next_gen()
+
+        async def write() -> bool:
+            ok = await asyncio.to_thread(self._write, data, gen)
+            self._adopt_into(decoder)
+            return ok
+
+        return write()
+
     async def save_async(self, decoder: Any) -> bool:
         """Export on the event loop (the decoder is not thread-safe), write and fsync in a thread:
         a slow disk (a network volume) must not stop the worker's loop, which would also stop its
@@ -376,7 +399,7 @@ class StateFile:
         self._gen += 1
         return self._gen
 
-    def _export(self, decoder: Any, sequences: bool = False) -> bytes | None:
+    def _export(self, decoder: Any, sequences: bool = False, hand_over: bool = True) -> bytes | None:
         """The decoder's state as bytes; `self._last` itself when it has not changed."""
         try:
             state = decoder.export_state()
@@ -384,7 +407,8 @@ class StateFile:
             if sequences:
                 # (beside "exporters": older versions, and the expiry and merges of the exporters'
                 # entries, ignore it; a merge keeps the writer's own, never another writer's)
-                state["sequences"] = {"writer": self.writer, "saved": now, "exporters": decoder.export_sequences()}
+                state["sequences"] = {"writer": self.writer, "saved": now,
+                                      "exporters": decoder.export_sequences(hand_over)}
             data = orjson.dumps(state)
             self._full = None
             if now - self._started >= EXPIRY_GRACE_S and _expire(state, now - STATE_MAX_AGE):

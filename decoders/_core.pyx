@@ -304,15 +304,17 @@ cdef class Decoder:
         """A datagram from `exporter` read and not decoded, counted as dropped by the caller (the
         collector's last reads at shutdown): its export sequence number goes into its stream as
         received (ExporterState.forget_stream), so that the final save, after it, does not have
-        the next run count it lost as well. An exporter not heard from is left alone."""
-        self.refused_c(<const uint8_t*>PyBytes_AS_STRING(data), len(data), exporter, port, recv_time)
+        the next run count it lost as well. An exporter not heard from is left alone. True when
+        a sequence stream took it (a state file's sequence state saved after it carries it)."""
+        return self.refused_c(<const uint8_t*>PyBytes_AS_STRING(data), len(data), exporter, port, recv_time)
 
-    cdef void refused_c(self, const uint8_t* buf, Py_ssize_t n, str exporter, int port, double recv_time):
+    cdef bint refused_c(self, const uint8_t* buf, Py_ssize_t n, str exporter, int port, double recv_time):
         """refused(), called from C (the Receiver)."""
         cdef ExporterState ex = self.exporters.get(exporter)
         cdef FlowBatch b
+        cdef bint taken
         if ex is None:
-            return
+            return False
         b = FlowBatch.__new__(FlowBatch)
         b.port = <uint16_t>port
         b.recv_time = recv_time if recv_time >= 0.0 else time.time()
@@ -322,19 +324,20 @@ cdef class Decoder:
         if ex.seq_restored_ms:
             ex.resume_sequences(<int64_t>(b.recv_time * 1000.0))
         ex.last_seen = b.recv_time
-        self.refused_seq(ex, b, buf, n)
+        taken = self.refused_seq(ex, b, buf, n)
         if ex.pending_gaps and not ex.gapped:
             ex.gapped = True
             self._gapped[exporter] = ex
+        return taken
 
-    cdef void refused_seq(self, ExporterState ex, FlowBatch b, const uint8_t* buf, Py_ssize_t n):
+    cdef bint refused_seq(self, ExporterState ex, FlowBatch b, const uint8_t* buf, Py_ssize_t n):
         """A datagram refused before decoding: its sequence number taken as received
-        (ExporterState.forget_stream; IPFIX: refuse_ipfix)."""
+        (ExporterState.forget_stream; IPFIX: refuse_ipfix). True when a stream took it (a header
+        whole enough to say where its stream is)."""
         if n >= 2 and be16(buf) == 10:
             ex.cur_protocol = <str>PROTO_SLOTS[5]
-            refuse_ipfix(self, ex, b, buf, n)
-        else:
-            ex.forget_stream(buf, n, b.port, <int64_t>(b.recv_time * 1000.0))
+            return refuse_ipfix(self, ex, b, buf, n) > 0
+        return ex.forget_stream(buf, n, b.port, <int64_t>(b.recv_time * 1000.0))
 
     cdef FlowBatch decode_c(self, bytes data, str exporter, int port, double recv_time):
         """decode(), called from C (the Receiver); data and exporter not None."""
@@ -558,7 +561,7 @@ cdef class Decoder:
             }
         return {"format": STATE_FORMAT, "exporters": out}
 
-    def export_sequences(self):
+    def export_sequences(self, hand_over=True):
         """The sequence state of its exporters (every SeqStream and SeqPort, seq_stream_state),
         as JSON-able data: {exporter: {"seen", "reading", "streams", "ports"}}. The collector's
         final save at shutdown keeps it (StateFile.save), for import_sequences at the next start:
@@ -572,11 +575,14 @@ cdef class Decoder:
         the RFC's reading, a stop made the stream's total differ from one run's (18 records
         where one run counted 12: the vote that came next was the records reading's). What goes
         on is what is not counted yet: where each stream is, the votes on its numbering, what
-        an undecided reading adds and the loss held."""
+        an undecided reading adds and the loss held.
+        `hand_over` false (the save as a stop begins, before the final one: StateFile.save's
+        `final`): the held losses are saved and kept too, so that the final save has them as
+        well; only one of the two saves is the next run's."""
         cdef ExporterState ex
         out = {}
         for ip, ex in self.exporters.items():
-            e = ex.hand_over_sequences()
+            e = ex.hand_over_sequences(hand_over)
             if not ex.series_dirty and self._dirty is not None:
                 self.mark_dirty(ex)
             if e is not None:

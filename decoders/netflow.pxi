@@ -1848,11 +1848,11 @@ cdef class ExporterState:
                 "drops": [[k[0], k[1], k[2], v] for k, v in self.drops_seen.items()],
                 "not_sent": [[*k, *v] for k, v in self.not_sent_seen.items()]}
 
-    cdef dict hand_over_sequences(self):
+    cdef dict hand_over_sequences(self, bint close_held=True):
         """sequences_state for the final save (Decoder.export_sequences), its open gaps counted
         first; a held loss is left in the state and closed here uncounted (the file holds it for
-        the next run, whose votes decide it). None (no state of this run): everything counted,
-        as settle_gaps(-1) does."""
+        the next run, whose votes decide it; `close_held` false: kept open here too, for a later
+        save). None (no state of this run): everything counted, as settle_gaps(-1) does."""
         cdef SeqStream st
         cdef dict e = self.sequences_state()
         if e is None:
@@ -1862,9 +1862,10 @@ cdef class ExporterState:
             if st.ngaps:
                 self.count_gaps(st, -1)
         e = self.sequences_state()
-        for st in self.seq_streams.values():
-            if st.held_lost:
-                self.count_held(st, False)
+        if close_held:
+            for st in self.seq_streams.values():
+                if st.held_lost:
+                    self.count_held(st, False)
         return e
 
     cdef void install_sequences(self, dict streams, dict ports, int reading_v5, int reading_ipfix,
@@ -2211,28 +2212,32 @@ cdef class ExporterState:
             return True
         return False
 
-    cdef void forget_stream(self, const uint8_t* h, Py_ssize_t n, uint32_t port, int64_t now_ms) noexcept:
+    cdef bint forget_stream(self, const uint8_t* h, Py_ssize_t n, uint32_t port, int64_t now_ms) noexcept:
         """A datagram refused before decoding (rate limit, size, a shutdown's last reads): its flows
         are counted as refused, so its sequence number is taken as received, from its header,
         rather than counted a second time as lost before reaching flowscope (by this run, or by
         the next one after the final save). The header tells what it advances by where the
         protocol numbers flows or datagrams (NetFlow v5 / v7 count, sFlow 1); NetFlow v9 is a
         packet whose records are unknown (V9_UNCOUNTED, as one not decoded whole). IPFIX:
-        refuse_ipfix."""
+        refuse_ipfix. True when a stream took it."""
         cdef uint32_t v = be16(h) if n >= 2 else 0
         cdef Py_ssize_t off
         if (v == 5 or v == 7) and n >= 24:
             self.sequence(PROTO_NETFLOW5 if v == 5 else PROTO_NETFLOW7, port,
                           (<uint32_t>h[20] << 8) | h[21] if v == 5 else 0, be32(h + 16), be16(h + 2),
                           be32(h + 4), now_ms, be32(h + 8))
+            return True
         elif v == 9 and n >= 20:
             self.sequence(PROTO_NETFLOW9, port, be32(h + 16), be32(h + 12), V9_UNCOUNTED, be32(h + 4), now_ms,
                           be32(h + 8))
+            return True
         elif v == 0 and n >= 8 and be32(h) == 5:
             off = 12 if be32(h + 4) == 1 else 24 if be32(h + 4) == 2 else 8
             if n >= off + 12:
                 self.sequence(PROTO_SFLOW5, port, sflow_stream(h + 8, off - 8, be32(h + off)), be32(h + off + 4), 1,
                               be32(h + off + 8), now_ms)
+                return True
+        return False
 
     cdef void count_error(self, str reason):
         cdef dict e
@@ -5002,8 +5007,9 @@ cdef int refuse_ipfix(Decoder dec, ExporterState ex, FlowBatch b, const uint8_t*
     systemInitTimeMilliseconds (IE 160) telling a restart of the exporting process in a refused
     message was not seen, the restart then missed (the new run numbered ahead of the old one) or
     counted twice (numbered behind it: once by its late messages, again by its next record of
-    IE 160)."""
+    IE 160). Returns the messages whose sequence numbers were taken."""
     cdef Reader r, m, s
+    cdef int taken = 0
     cdef const uint8_t* h
     cdef uint16_t msg_len, set_id, set_len
     cdef uint32_t domain
@@ -5024,6 +5030,7 @@ cdef int refuse_ipfix(Decoder dec, ExporterState ex, FlowBatch b, const uint8_t*
         ex.msg_unknown_bytes = 0
         ex.msg_unknown_sets = None
         ex.msg_sets_kept = True
+        taken += 1
         if be16(h) != 10 or msg_len < 16 or msg_len - 16 > rd_left(&r):
             ex.ipfix_forget(b.port, domain, be32(h + 8), False, 0, <uint64_t>rd_left(&r), None, now_ms, be32(h + 4))
             break
@@ -5054,4 +5061,4 @@ cdef int refuse_ipfix(Decoder dec, ExporterState ex, FlowBatch b, const uint8_t*
             dec.quiet = False
         ex.ipfix_forget(b.port, domain, be32(h + 8), False, 0, <uint64_t>(msg_len - 16), None, now_ms, be32(h + 4),
                         ex.msg_restarted)
-    return 0
+    return taken

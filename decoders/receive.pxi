@@ -172,6 +172,11 @@ cdef class Receiver:
     cdef object drops            # the owner's datagram drop counters by reason (a defaultdict)
     cdef RxSource* cache
     cdef public bint refusing             # shutting down: read and count as dropped, not decoded
+    # ... and the owner saves the exporters' sequence state when the stop ends (a state file):
+    # a refused datagram that a sequence stream took is held here, not counted in `drops` at
+    # once (the owner counts them once its stop ends; see Worker.stop)
+    cdef public bint hold_refused
+    cdef readonly unsigned long long refused_held
     cdef readonly unsigned long long datagrams
     cdef readonly unsigned long long nbytes
     # the keyed Kafka modes' open batches for this read() call (the owner's keyed_batches():
@@ -309,13 +314,19 @@ cdef class Receiver:
         self.nbytes += n
         try:
             if self.refusing:
-                self.drops["shutdown"] += 1
                 # its sequence number is taken as received (Decoder.refused): counted dropped
-                # here, it must not be counted lost as well by the next run, which goes on from
-                # the final save after these reads
+                # by this run, it must not be counted lost as well by the next run, which goes
+                # on from the final save after these reads. One a stream took is held until the
+                # stop ends (hold_refused): killed before (SIGKILL during the drain), this run
+                # never counts it, and the next run, going on from the save made as the refusals
+                # began, counts it lost instead; once, either way.
                 s = self.source(k, &port)
-                if s != NULL and s.allowed and self.scheme_takes(<const uint8_t*>p, n):
-                    self.dec.refused_c(<const uint8_t*>p, n, <str><object>s.text, port, now)
+                if (s != NULL and s.allowed and self.scheme_takes(<const uint8_t*>p, n)
+                        and self.dec.refused_c(<const uint8_t*>p, n, <str><object>s.text, port, now)
+                        and self.hold_refused):
+                    self.refused_held += 1
+                else:
+                    self.drops["shutdown"] += 1
                 return
             s = self.source(k, &port)
             if s == NULL:

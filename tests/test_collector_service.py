@@ -496,6 +496,51 @@ def test_datagrams_dropped_at_shutdown_are_not_counted_lost_by_the_next_run(coll
     exporter.close()
 
 
+def test_a_kill_during_the_shutdown_drain_leaves_the_sequence_state_and_counts_each_loss_once(
+        collector: Any, tmp_path: Path) -> None:
+    """SIGKILL while the stop drains a sink that cannot deliver (a Kubernetes grace period
+    shorter than the drain): the save made as the decoding ended is on disk with the exporters'
+    sequence state, so the next run goes on with the stream and counts the flows sent while no
+    collector decoded them lost: those the killed run read and refused during its drain (it never
+    counted them: held for its final save, which the kill prevented) and those sent while it was
+    down. Before, the only save with the sequence state came at the end of the stop: the kill
+    left none, and the next run started the stream over and counted nothing."""
+    state = tmp_path / "state.json"
+    # (the periodic saves, every 60 s, keep no sequence state and come after the test anyway)
+    args = ["--sink", "stdout", "--shutdown-timeout", "60", "--state-file", str(state), "--state-interval", "60"]
+    exporter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    exporter.bind(("127.0.0.1", 0))
+    c1 = collector(args, stdout=subprocess.PIPE)    # nobody reads: the sink stalls, the drain waits
+    send_udp([make_v5(i * 30, 30, i * 30) for i in range(20)], c1.port, sock=exporter)  # more than the pipe holds
+    c1.wait_value("flowscope_flows_total", 600)
+    c1.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: c1.value("flowscope_listener_up") == 0, 10, what="the listener to stop decoding")
+    wait_for(lambda: state.exists() and "127.0.0.1" in json.loads(state.read_text()).get("sequences", {})
+             .get("exporters", {}), 10, what="the save as the stop began")
+    n = 50
+    send_udp([make_v5((20 + i) * 30, 30, (20 + i) * 30) for i in range(n)], c1.port, sock=exporter)
+    c1.wait_value("flowscope_received_datagrams_total", 20 + n)
+    # read and refused, held for the final save: this run has not counted them (it is not to,
+    # once killed: the next run does)
+    assert c1.value("flowscope_datagrams_dropped_total", reason="shutdown") == 0
+    assert c1.proc.poll() is None, "the drain ended before the kill"
+    c1.proc.kill()
+    c1.proc.wait(10)
+    assert "stopped:" not in c1.log()
+    # 10 datagrams (300 flows) sent while no collector runs, then one the next run decodes
+    first = 20 + n + 10
+    c2 = collector(["--output-file", str(tmp_path / "flows.jsonl"), "--state-file", str(state),
+                    "--state-interval", "60"])
+    send_udp([make_v5(first * 30, 30, first * 30)], c2.port, sock=exporter)
+    c2.wait_value("flowscope_flows_delivered_total", 30, sink="file")
+    wait_for(lambda: c2.value("flowscope_sequence_lost_total", exporter="127.0.0.1", protocol="netflow5") > 0,
+             10, what="the loss counted")
+    assert c2.value("flowscope_sequence_lost_total", exporter="127.0.0.1", protocol="netflow5") == 30 * (n + 10)
+    assert c2.value("flowscope_sequence_resets_total") == 0
+    assert c2.stop() == 0
+    exporter.close()
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_sighup_stops_cleanly_like_sigterm(collector: Any, tmp_path: Path, workers: int) -> None:
     """A closed terminal sends SIGHUP to the whole process group: the collector (supervisor and

@@ -6,6 +6,7 @@ Datagrams are built per RFC 7011 (benchmarks/datagrams.py), as tests/test_decode
 
 from __future__ import annotations
 
+import asyncio
 import random
 import struct
 from collections.abc import Sequence
@@ -33,12 +34,14 @@ def _counts(dec: Decoder, now: float | None) -> tuple[int, int]:
 
 
 def _over_runs(msgs: Sequence[Msg], path: Path, restart: int | None, settle: float = 900.0,
-               writer: str | None = None, stopped: float | None = None) -> tuple[int, int]:
+               writer: str | None = None, stopped: float | None = None, saves: str = "final") -> tuple[int, int]:
     """(sequence_lost, sequence_resets) counted of msgs, in one run (restart None) or in two:
     the first decodes msgs[:restart] and stops as the collector does (`stopped`: a metrics
     snapshot then, s after T0; the final save, `writer`: saved as another host; its final
     metrics), the second loads the file at start and decodes the rest, counted once every gap
-    has had its time."""
+    has had its time. `saves`: "final", the final save only; "both", the save as the stop
+    begins (StateFile.save_stopping) and then the final one; "stopping", that first one only
+    (the process killed before its final save, its final metrics lost with it)."""
     dec = Decoder(DecoderConfig())
     before = (0, 0)
     if restart is not None:
@@ -50,8 +53,15 @@ def _over_runs(msgs: Sequence[Msg], path: Path, restart: int | None, settle: flo
         sf = StateFile(str(path), None)
         if writer is not None:
             sf.writer = writer
-        assert sf.save(dec, sequences=True)     # (Worker.stop)
-        before = _counts(dec, None)             # (its final snapshot, after: app.run_worker)
+        if saves != "final":
+            write = sf.save_stopping(dec)
+            assert write is not None and asyncio.run(write)
+        if saves == "stopping":
+            # (what a scrape saw before the kill: nothing settled beyond what the save counted)
+            before = _counts(dec, T0 + msgs[restart - 1][1])
+        else:
+            assert sf.save(dec, sequences=True)     # (Worker.stop)
+            before = _counts(dec, None)             # (its final snapshot, after: app.run_worker)
         dec = Decoder(DecoderConfig())
         StateFile(str(path), None).load_into(dec)
         msgs = msgs[restart:]
@@ -113,6 +123,30 @@ def test_a_soft_hold_after_a_template_only_first_message_goes_on_after_a_restart
     softflowd = msgs([(32, 32), (64, 32), (96, 32), (128, 32)])
     assert _over_runs(softflowd, tmp_path / "c.json", None) == (0, 0)
     assert _over_runs(softflowd, tmp_path / "d.json", 2) == (0, 0)
+
+
+@pytest.mark.parametrize("saves", ["both", "stopping"])
+def test_the_save_as_the_stop_begins_changes_no_count(tmp_path: Path, saves: str) -> None:
+    """The save made as the stop begins (before the sink drains, so that a process killed
+    during the drain leaves the sequence state) keeps what the final save keeps, and leaves
+    the decoder as it was for that one: a loss held while the numbering is undecided (a soft
+    hold, an undecided gap) is in both files and still counted once, whether the final save
+    follows (both) or the process is killed before it (stopping, the first save alone). Before
+    it kept its held losses open (export_sequences' hand_over), the first save closed them: the
+    final save then had none, and the RFC reading's 10 were never counted."""
+    rng = random.Random(60)
+
+    def msgs(data: list[tuple[int, int]]) -> list[Msg]:
+        first = (ipfix_message([template_set([OVS_INGRESS])], seq=0, export_time=EXPORT), 0.0)
+        return [first] + [(ipfix_message([data_set(OVS_INGRESS, ovs_flows(n, rng))], seq=seq,
+                                         export_time=EXPORT + i), 1.0 + i) for i, (seq, n) in enumerate(data)]
+
+    rfc = msgs([(10, 10), (20, 5), (25, 8), (33, 4)])
+    assert _over_runs(rfc, tmp_path / "a.json", 2, saves=saves) == (10, 0)
+    softflowd = msgs([(32, 32), (64, 32), (96, 32), (128, 32)])
+    assert _over_runs(softflowd, tmp_path / "b.json", 2, saves=saves) == (0, 0)
+    undecided = _numbered([24, 32, 32, 10, 20, 5], 1, random.Random(57))
+    assert _over_runs(undecided, tmp_path / "c.json", 2, stopped=5.5, saves=saves) == (32, 0)
 
 
 @pytest.mark.parametrize("lost", ["none", "before", "open"])
