@@ -333,8 +333,9 @@ class StateFile:
         exporters sent meanwhile was never counted). Exported now, on the event loop, so that
         every datagram read after this call is after the save; the write, the coroutine
         returned (None: the export failed), runs in a thread while the sink drains, and the
-        final save, a later generation, replaces it. Its held losses stay open in the decoder
-        (Decoder.export_sequences' hand_over): the final save hands them over."""
+        final save, a later generation, replaces it. It changes nothing in the decoder
+        (Decoder.export_sequences' hand_over): the final save counts the gaps then still open
+        and hands the held losses over."""
         data = self._export(decoder, sequences=True, hand_over=False)
         if data is None:
             return None

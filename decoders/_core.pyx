@@ -576,9 +576,12 @@ cdef class Decoder:
         where one run counted 12: the vote that came next was the records reading's). What goes
         on is what is not counted yet: where each stream is, the votes on its numbering, what
         an undecided reading adds and the loss held.
-        `hand_over` false (the save as a stop begins, before the final one: StateFile.save's
-        `final`): the held losses are saved and kept too, so that the final save has them as
-        well; only one of the two saves is the next run's."""
+        `hand_over` false (the save as the stop begins, before the final one: StateFile.
+        save_stopping): the state only, nothing counted nor closed, so that the final save
+        finds the decoder as it was (its gaps still open, its held losses); one of the two saves
+        is the next run's. (A gap open then and still open at a kill before the final save is
+        counted by the stopping run's metrics once older than the reorder window, as in any
+        run, not by the next.)"""
         cdef ExporterState ex
         out = {}
         for ip, ex in self.exporters.items():

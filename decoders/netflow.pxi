@@ -1848,13 +1848,18 @@ cdef class ExporterState:
                 "drops": [[k[0], k[1], k[2], v] for k, v in self.drops_seen.items()],
                 "not_sent": [[*k, *v] for k, v in self.not_sent_seen.items()]}
 
-    cdef dict hand_over_sequences(self, bint close_held=True):
+    cdef dict hand_over_sequences(self, bint final=True):
         """sequences_state for the final save (Decoder.export_sequences), its open gaps counted
         first; a held loss is left in the state and closed here uncounted (the file holds it for
-        the next run, whose votes decide it; `close_held` false: kept open here too, for a later
-        save). None (no state of this run): everything counted, as settle_gaps(-1) does."""
+        the next run, whose votes decide it). None (no state of this run): everything counted,
+        as settle_gaps(-1) does. Not `final` (the save as the stop begins): the state only, the
+        decoder left as it was for the final save: its open gaps, younger than the reorder
+        window, may still be filled by a datagram read and refused after it (taken as received),
+        and its held losses are handed over by the final save."""
         cdef SeqStream st
         cdef dict e = self.sequences_state()
+        if not final:
+            return e
         if e is None:
             self.settle_gaps(-1)
             return None
@@ -1862,10 +1867,9 @@ cdef class ExporterState:
             if st.ngaps:
                 self.count_gaps(st, -1)
         e = self.sequences_state()
-        if close_held:
-            for st in self.seq_streams.values():
-                if st.held_lost:
-                    self.count_held(st, False)
+        for st in self.seq_streams.values():
+            if st.held_lost:
+                self.count_held(st, False)
         return e
 
     cdef void install_sequences(self, dict streams, dict ports, int reading_v5, int reading_ipfix,
