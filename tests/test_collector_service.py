@@ -541,6 +541,35 @@ def test_a_kill_during_the_shutdown_drain_leaves_the_sequence_state_and_counts_e
     exporter.close()
 
 
+def test_refusals_at_shutdown_are_counted_at_once_when_the_save_as_the_stop_began_failed(
+        collector: Any, tmp_path: Path) -> None:
+    """The datagrams refused during the drain are held for the final save only while the save
+    made as the decoding ended is on disk (the next run would count them lost from it). One that
+    failed (here the state file's directory removed; a full disk) carries none of them: they are
+    counted as shutdown drops at once, as without a state file, and a kill then still leaves
+    them counted by the run that saw them (if scraped) rather than by no run at all."""
+    import shutil
+
+    d = tmp_path / "state-dir"
+    d.mkdir()
+    args = ["--sink", "stdout", "--shutdown-timeout", "60", "--state-file", str(d / "state.json"),
+            "--state-interval", "60"]
+    exporter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    exporter.bind(("127.0.0.1", 0))
+    c = collector(args, stdout=subprocess.PIPE)     # nobody reads: the sink stalls, the drain waits
+    send_udp([make_v5(i * 30, 30, i * 30) for i in range(20)], c.port, sock=exporter)
+    c.wait_value("flowscope_flows_total", 600)
+    shutil.rmtree(d)
+    c.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: c.value("flowscope_listener_up") == 0, 10, what="the listener to stop decoding")
+    wait_for(lambda: c.value("flowscope_state_saves_total", result="error") >= 1, 10, what="the first save to fail")
+    n = 20
+    send_udp([make_v5((20 + i) * 30, 30, (20 + i) * 30) for i in range(n)], c.port, sock=exporter)
+    c.wait_value("flowscope_datagrams_dropped_total", n, reason="shutdown")
+    assert c.proc.poll() is None, "the drain ended before the refusals were counted"
+    exporter.close()
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_sighup_stops_cleanly_like_sigterm(collector: Any, tmp_path: Path, workers: int) -> None:
     """A closed terminal sends SIGHUP to the whole process group: the collector (supervisor and
