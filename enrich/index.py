@@ -1497,7 +1497,14 @@ class Index:
                 # them until it finished: the end its record already has, kubernetes#125370), or
                 # it left a network (its annotation no longer lists the address).
                 # They stay its own for the flows that started while it held them, as a tombstone.
-                self._held_before(old, gone, min(old.end_ms, rec.end_ms, self._now_ms()), gone_net)
+                end, grace = min(old.end_ms, rec.end_ms, self._now_ms()), 0
+                # A running pod whose containers had all terminated (graceful deletion: its
+                # sandbox torn down after them) held them until they did, as _delete_pod ends
+                # it: a pod given them since may hold them from then (_floor reads this end)
+                fin = rec.finished_ms if rec.finished_ms is not None else old.finished_ms
+                if old.end_ms == ALIVE and fin is not None and old.status_start < fin < end:
+                    end, grace = fin, _grace(fin)
+                self._held_before(old, gone, end, gone_net, grace)
             kept = [ip for ip in old.ips if ip in rec.ips]
             kept_net = [ip for ip in old.net_ips if ip in rec.net_ips]
             if (kept or kept_net) and old.end_ms == ALIVE and rec.start_ms > old.start_ms:

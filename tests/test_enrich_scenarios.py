@@ -106,6 +106,33 @@ def test_a_relist_that_no_longer_lists_a_finished_pod_ends_it_when_its_container
     assert flow(e, IP, "", t_ms=0)["SrcK8S_Name"] == "n"
 
 
+@pytest.mark.parametrize("keeps", [[], ["fd00:10:244:1::46"]])
+def test_a_terminating_pod_that_drops_an_address_held_it_until_its_containers_finished(keeps: list[str]) -> None:
+    """A pod whose containers have all terminated (phase still Running: graceful deletion) then
+    drops an address (its sandbox torn down: the status lists none of them, or one family of a
+    dual-stack pod's fewer): it held the dropped address until its containers finished, as a
+    delete or a relist would end it (Index._delete_pod), not until the change was seen. Its
+    tombstone ended at the change: the flows between were its own, and a pod given the address
+    next held it only from the change (Index._floor: the end of the latest holder)."""
+    clock = Clock(T0 - 100_000)
+    e = build([_terminating(finished=T0 - 50_000), _new(None)], clock=clock)
+    clock.ms = T0 - 10_000
+    dropped = _terminating(finished=T0 - 50_000)
+    del dropped["status"]["podIP"]
+    dropped["status"]["podIPs"] = [{"ip": ip} for ip in keeps]
+    if keeps:
+        dropped["status"]["podIP"] = keeps[0]
+    _apply(e, dropped)
+    assert flow(e, IP, "", t_ms=T0 - 60_000)["SrcK8S_Name"] == "old"
+    assert flow(e, IP, "", t_ms=T0 - 50_000 + 500)["SrcK8S_Name"] == "old"   # (finishedAt: whole seconds)
+    assert flow(e, IP, "", t_ms=T0 - 30_000) == NOBODY
+    clock.ms = T0
+    _apply(e, _new([IP]))
+    assert flow(e, IP, "", t_ms=T0 - 20_000)["SrcK8S_Name"] == "n"
+    assert flow(e, IP, "", t_ms=T0 - 60_000)["SrcK8S_Name"] == "old"
+    assert flow(e, IP, "", t_ms=0)["SrcK8S_Name"] == "n"
+
+
 def _with_sidecar(p: dict[str, Any]) -> dict[str, Any]:
     """`p` with a native sidecar (an init container with restartPolicy Always, Kubernetes 1.29+)
     still running: the kubelet stops sidecars only after the main containers exited."""

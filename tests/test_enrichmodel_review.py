@@ -374,10 +374,13 @@ class Model:
         p.ips = ips
         new = p.indexed()
         ident = self.pod_holder(p)
+        # a running pod whose containers had all finished held what it drops until then (the
+        # end its delete would give it), not until the change
+        end, grace = self._end_of(p, p.fin)
         for lf in self.lives:
             if lf.pod is p and lf.ip in old - set(new) and lf.frozen is None:
                 if lf.end is None:
-                    lf.end = self.now
+                    lf.end, lf.grace = end, grace
                 lf.frozen = ident
         added = [ip for ip in new if ip not in old]
         if p.phase == "Running" and added:
