@@ -142,6 +142,14 @@ def _host_set(raws: tuple[bytes, ...]) -> tuple[bytes, ...]:
     return raws
 
 
+@functools.lru_cache(maxsize=4096)
+def _lag(ms: int) -> int:
+    """One shared int per distinct PodRec.created_lag (whole seconds, mostly a few: the time a
+    pod takes from its creation to its start): 100k pods keep a few hundred ints, not one each.
+    Bounded: a memo, not an index."""
+    return ms
+
+
 def parse_time_ms(text: Any) -> int | None:
     """Kubernetes RFC 3339 timestamp -> Unix ms, None when absent or unparsable."""
     if not isinstance(text, str) or not text:
@@ -354,12 +362,15 @@ class Unreadable:
     an update with it changes nothing (the object's last good version keeps serving, through a
     relist too), a DELETED event with it still deletes."""
 
-    __slots__ = ("uid", "ns", "name")
+    __slots__ = ("uid", "ns", "name", "created")
 
-    def __init__(self, *, uid: str = "", ns: str = "", name: str) -> None:
+    def __init__(self, *, uid: str = "", ns: str = "", name: str, created: int | None = None) -> None:
         self.uid = uid
         self.ns = ns
         self.name = name
+        # a pod's creationTimestamp (ms), when readable: what tells a DELETED without a uid of
+        # the cached pod of its name from one of an older pod of that name (Index._pod_by_name)
+        self.created = created
 
 
 class PodRec:
@@ -367,13 +378,14 @@ class PodRec:
 
     __slots__ = ("uid", "ns", "name", "node", "host_ip", "host_ips", "ips", "owner_kind", "owner_name", "owner_uid",
                  "start_ms", "end_ms", "frag_s", "frag_d", "infra", "keep_ips", "keep_owner", "status_start",
-                 "finished_ms", "floored", "end_grace", "ann_ips", "net_ips")
+                 "finished_ms", "floored", "end_grace", "ann_ips", "net_ips", "created_lag")
 
     def __init__(self, *, uid: str, ns: str, name: str, node: str | None, host_ip: str,
                  ips: tuple[bytes, ...], owner_kind: str, owner_name: str, start_ms: int,
                  end_ms: int, keep_ips: bool = False, keep_owner: bool = False,
                  finished_ms: int | None = None, host_ips: tuple[bytes, ...] = (),
-                 ann_ips: tuple[tuple[bytes, ...] | None, ...] = NO_ANN_IPS, owner_uid: str = "") -> None:
+                 ann_ips: tuple[tuple[bytes, ...] | None, ...] = NO_ANN_IPS, owner_uid: str = "",
+                 created_lag: int | None = None) -> None:
         self.uid = uid
         self.ns = ns
         self.name = name
@@ -404,6 +416,10 @@ class PodRec:
         self.start_ms = start_ms
         # the start its status gives (start_ms can be later: see Index._set_pod)
         self.status_start = start_ms
+        # how long after its creationTimestamp status_start is, in ms (None: none given): the
+        # creation kept so costs 100k pods a few hundred shared ints (_lag), the time itself
+        # an int object each (created() gives it back)
+        self.created_lag = created_lag
         self.end_ms = end_ms
         # a pod not finished by its phase whose every container has terminated: when the last
         # did (a pod deleted while Running, kubelets before 1.27 and a DELETED event's final
@@ -431,6 +447,10 @@ class PodRec:
                 and (self.end_ms == ALIVE) == (other.end_ms == ALIVE)
                 and self.finished_ms == other.finished_ms)
 
+
+    def created(self) -> int | None:
+        """Its creationTimestamp in ms (None when the object had none)."""
+        return None if self.created_lag is None else self.status_start - self.created_lag
 
     def networks(self, old: PodRec | None) -> None:
         """Fill in ann_ips' malformed entries from `old` (the last good ones) and net_ips from
@@ -604,7 +624,10 @@ def _identity(kind: str, obj: Any) -> Unreadable | None:
     if not isinstance(ns, str) or not ns:
         return None
     # (a pod is keyed by its uid, ns/name without one; Nodes and Services by name, the uid kept)
-    return Unreadable(uid=uid or (f"{ns}/{name}" if kind == PODS else ""), ns=ns, name=name)
+    if kind != PODS:
+        return Unreadable(uid=uid, ns=ns, name=name)
+    return Unreadable(uid=uid or f"{ns}/{name}", ns=ns, name=name,
+                      created=parse_time_ms(meta.get("creationTimestamp")))  # type: ignore[union-attr]
 
 
 def _uid(meta: dict[str, Any]) -> str:
@@ -991,7 +1014,8 @@ class Index:
         # network's readiness (condition PodReadyToStartContainers, PodHasNetwork before 1.29:
         # its sandbox, and so its IP, came up then; a recreated sandbox moves it). The start
         # alone is early: a pod admitted while the CNI had no free address waits without one.
-        times = [t for t in (parse_time_ms(meta.get("creationTimestamp")), parse_time_ms(status.get("startTime")),
+        created = parse_time_ms(meta.get("creationTimestamp"))
+        times = [t for t in (created, parse_time_ms(status.get("startTime")),
                              _network_ready_ms(self._list(status.get("conditions"), f"pod {ns}/{name} status.conditions")))
                  if t is not None]
         start = max(times) if times else None
@@ -1023,7 +1047,7 @@ class Index:
                      owner_uid=_intern(ouid) if ouid and kind == "ReplicaSet" else "",
                      start_ms=ALWAYS if start is None else start, end_ms=end, keep_ips=keep_ips,
                      keep_owner=keep_owner, finished_ms=finished_all, host_ips=_host_set(tuple(host_ips)),
-                     ann_ips=ann_ips)
+                     ann_ips=ann_ips, created_lag=None if created is None or start is None else _lag(start - created))
         if end != ALIVE and end != now:
             rec.end_grace = _grace(end)
         return rec
@@ -1253,11 +1277,13 @@ class Index:
 
     def _pod_by_name(self, rec: PodRec | Unreadable) -> PodRec | None:
         """The cached pod a DELETED event without a metadata.uid (keyed by ns/name: _parse_pod)
-        is about, by its namespace and name; None when no cached pod has them, or several do
-        and their status' start does not tell which (a StatefulSet pod created again under its
-        name, the old one's delete not applied yet). The API server always sends the uid, so
-        either way it is counted (pod_delete_without_uid: deleted by name;
-        pod_delete_unmatched: nothing deleted, the pod stays until a relist drops it)."""
+        is about: one of its namespace and name whose identity agrees with the event's
+        (_same_pod); None when no cached pod does, or several do and their status' start does
+        not tell which. A late or repeated DELETED of an older pod of the name (a StatefulSet
+        pod created again under it) must not delete the newer one, which the name alone would.
+        The API server always sends the uid, so either way it is counted
+        (pod_delete_without_uid: deleted; pod_delete_unmatched: nothing deleted, a pod deleted
+        stays until a relist drops it)."""
         def named(uids: Iterable[str]) -> list[PodRec]:
             return [r for r in (self._pods.get(u) for u in uids) if r is not None and r.name == rec.name and r.ns == rec.ns]
 
@@ -1267,14 +1293,16 @@ class Index:
         found = named(_multi_list(self._pods_by_node.get(node))) if node else []
         if not found:
             found = named(list(self._pods))
-        if len(found) > 1 and isinstance(rec, PodRec):
-            found = [r for r in found if r.status_start == rec.status_start]
+        match = [r for r in found if _same_pod(r, rec)]
+        if len(match) > 1 and isinstance(rec, PodRec):
+            match = [r for r in match if r.status_start == rec.status_start]
         what = f"pod {rec.ns}/{rec.name}: DELETED event without metadata.uid"
-        if len(found) == 1:
-            self.problem("pod_delete_without_uid", f"{what}: the cached pod of that name (uid {found[0].uid}) deleted")
-            return found[0]
-        self.problem("pod_delete_unmatched", f"{what}: {'no' if not found else len(found)} cached pods of that "
-                     "name: nothing deleted (a relist drops a pod the API server no longer lists)")
+        if len(match) == 1:
+            self.problem("pod_delete_without_uid", f"{what}: the cached pod of that name (uid {match[0].uid}) deleted")
+            return match[0]
+        self.problem("pod_delete_unmatched", f"{what}: {len(found) or 'no'} cached pods of that name, "
+                     f"{len(match) or 'none'} of its creationTimestamp, nodeName and podIPs: nothing deleted "
+                     "(a relist drops a pod the API server no longer lists)")
         return None
 
     def _stale_delete(self, kind: str, cur: Any, rec: Any) -> bool:
@@ -2070,6 +2098,30 @@ class Index:
             if _rs_named(refs, old.uid):
                 self._rs_gone_refs[key] = refs
                 _multi_add(self._rs_gone, key, old)
+
+
+def _same_pod(cur: PodRec, rec: PodRec | Unreadable) -> bool:
+    """A DELETED event without a uid (`rec`) can be about the cached pod `cur` of its name: the
+    identity both give agrees (creationTimestamp, which never changes; nodeName, which does not
+    once set; podIPs, one in common: a finished pod's final status may list fewer, none) and
+    they give some. A field one of them lacks tells nothing: the event of a pod deleted while
+    Pending names no node or address, a proxy that drops the uid may drop more."""
+    told = False
+    created = rec.created() if isinstance(rec, PodRec) else rec.created
+    if created is not None and (cur_created := cur.created()) is not None:
+        if created != cur_created:
+            return False
+        told = True
+    if isinstance(rec, PodRec):
+        if rec.node and cur.node:
+            if rec.node != cur.node:
+                return False
+            told = True
+        if rec.ips and cur.ips:
+            if not any(ip in cur.ips for ip in rec.ips):
+                return False
+            told = True
+    return told
 
 
 def _rs_named(refs: dict[str, int], uid: str) -> bool:

@@ -763,6 +763,58 @@ def test_a_pod_delete_without_a_uid_that_names_no_one_cached_pod_is_counted(capl
     assert idx.problems == {"pod_delete_unmatched": 2, "pod_delete_without_uid": 1}
 
 
+@pytest.mark.parametrize("final", ["as_cached", "no_pod_ips", "unreadable"])
+def test_a_late_pod_delete_without_a_uid_leaves_a_newer_pod_of_its_name(
+        caplog: pytest.LogCaptureFixture, final: str) -> None:
+    """A StatefulSet pod deleted (its DELETED applied) and created again under its name, then a
+    late or repeated DELETED of the old one without a uid (bad input, as above): it was applied
+    to the cached pod of that name, the new one, which left the cache (its address nobody's)
+    until its next event. Its creationTimestamp (and node and addresses, where both give them)
+    is the old one's: nothing is deleted, counted (problems_pod_delete_unmatched) and logged
+    once. Its final status may list no address (a finished pod's sandbox removed), or be
+    unreadable (its metadata read): the creation alone tells. The new pod's own uid-less
+    DELETED still deletes it."""
+    clock = Clock(T0)
+    e = build(clock=clock)
+    idx = e.index
+
+    def web0(uid: str | None, ip: str, created: int) -> dict[str, Any]:
+        return pod("web-0", "shop", ips=[ip], node="node-b", host_ip="10.0.0.2", uid=uid,
+                   owner=("StatefulSet", "web"), created=iso(created))
+
+    old = web0("u-old", "10.244.1.5", T0 - 86_400_000)
+    idx.upsert("pods", idx.parse("pods", old))
+    clock.ms = T0 + 5_000
+    idx.delete("pods", idx.parse("pods", old))
+    clock.ms = T0 + 60_000
+    idx.upsert("pods", idx.parse("pods", web0("u-new", "10.244.1.6", T0 + 10_000)))
+
+    def sent(obj: dict[str, Any]) -> dict[str, Any]:
+        if final == "no_pod_ips":
+            obj["status"] = {"phase": "Succeeded", "hostIP": "10.0.0.2"}
+        elif final == "unreadable":
+            obj["status"] = "gone"
+        return obj
+
+    late = sent(web0(None, "10.244.1.5", T0 - 86_400_000))
+    clock.ms = T0 + 70_000
+    with caplog.at_level("WARNING", logger="flowscope.enrich"):
+        idx.delete("pods", idx.parse("pods", late))
+        idx.delete("pods", idx.parse("pods", late))
+    assert idx.kind_count("pods") == 1
+    assert flow(e, "10.244.1.6", "", t_ms=T0 + 80_000)["SrcK8S_Name"] == "web-0"
+    assert flow(e, "10.244.1.5", "", t_ms=T0 + 80_000) == NOBODY
+    assert idx.problems == {"pod_delete_unmatched": 2, **({"bad_field": 2} if final == "unreadable" else {})}
+    assert [r.getMessage().split(":")[1] for r in caplog.records if "pod_delete" in r.getMessage()] == [
+        " pod_delete_unmatched"]
+    clock.ms = T0 + 90_000
+    idx.delete("pods", idx.parse("pods", sent(web0(None, "10.244.1.6", T0 + 10_000))))
+    assert idx.kind_count("pods") == 0
+    assert flow(e, "10.244.1.6", "", t_ms=T0 + 95_000) == NOBODY
+    assert flow(e, "10.244.1.6", "", t_ms=T0 + 80_000)["SrcK8S_Name"] == "web-0"     # (its tombstone)
+    assert idx.problems["pod_delete_without_uid"] == 1
+
+
 @pytest.mark.parametrize("owner", [("Deployment", "api"), None])
 @pytest.mark.parametrize("how", ["added", "relist"])
 def test_a_replicaset_created_again_under_its_name_owns_only_its_own_pods(how: str, owner: Any) -> None:
