@@ -1525,7 +1525,10 @@ class Index:
                 # them until it finished: the end its record already has, kubernetes#125370), or
                 # it left a network (its annotation no longer lists the address).
                 # They stay its own for the flows that started while it held them, as a tombstone.
-                end, grace = min(old.end_ms, rec.end_ms, self._now_ms()), 0
+                end = min(old.end_ms, rec.end_ms, self._now_ms())
+                # (a pod seen finished by this update: the grace of its finishedAt, as its
+                # record's; one finished before keeps its own, _held_before)
+                grace = rec.end_grace if end == rec.end_ms != old.end_ms else 0
                 # A running pod whose containers had all terminated (graceful deletion: its
                 # sandbox torn down after them) held them until they did, as _delete_pod ends
                 # it: a pod given them since may hold them from then (_floor reads this end)

@@ -1079,3 +1079,28 @@ def test_a_finished_pod_that_drops_its_address_keeps_the_grace_of_its_finish_tim
     idx.upsert("pods", idx.parse("pods", p0([], "Succeeded")))
     assert _src(idx, "10.0.0.2", T0 + 9_500) == [("p0", "Pod")] * 2
     assert _src(idx, "10.0.0.2", T0 + 10_000) == [("", "")] * 2
+
+
+def test_a_pod_seen_finished_by_the_update_that_drops_its_address_keeps_the_grace_of_its_finish_time() -> None:
+    """As above, the two in one update: a Running pod's next status seen is Succeeded with no
+    address any more (its sandbox removed before the event was read: a watch behind, a relist).
+    The tombstone ended at its finishedAt without that second's grace, so a flow in it went to
+    nobody, which the pod kept for it when the address stayed listed."""
+    for listed in (["10.0.0.2"], []):
+        clock = Clock(T0 + 10_000)
+        idx = _index(clock)
+
+        def p0(ips: list[str], phase: str) -> dict[str, Any]:
+            o = pod("p0", "shop", ips=ips, node="node-a", host_ip="10.0.0.1", uid="u-p0", created=iso(T0 + 1_000),
+                    phase=phase)
+            if phase == "Succeeded":
+                o["status"]["containerStatuses"] = [
+                    {"name": "c", "state": {"terminated": {"exitCode": 0, "finishedAt": iso(T0 + 9_000)}}}]
+            return o
+
+        idx.upsert("pods", idx.parse("pods", p0(["10.0.0.2"], "Running")))
+        clock.ms = T0 + 12_000
+        idx.upsert("pods", idx.parse("pods", p0(listed, "Succeeded")))
+        assert _src(idx, "10.0.0.2", T0 + 8_500) == [("p0", "Pod")] * 2, listed
+        assert _src(idx, "10.0.0.2", T0 + 9_500) == [("p0", "Pod")] * 2, listed
+        assert _src(idx, "10.0.0.2", T0 + 10_000) == [("", "")] * 2, listed
