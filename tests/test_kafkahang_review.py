@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,18 @@ async def _refresh_with_node0_busy(sink: Any, a: Any, hung: tuple[Any, ...], del
     return ok
 
 
+def _run_with_two_wedged(tmp_path: Path, t: str, run: Callable[[Any, Any, Any], Awaitable[None]]) -> None:
+    """`run(a, b, c3)` against a cluster of three brokers' fronts (cluster()), b and c3 (the ones
+    it wedges) un-hung after it whatever happened: their held requests go on, and the cluster
+    stops."""
+    with cluster(tmp_path, t, 3) as (a, b, c3):
+        try:
+            asyncio.run(run(a, b, c3))
+        finally:
+            for f in (b, c3):
+                f.hang_all = f.hung = False
+
+
 def test_a_refresh_that_asks_a_hung_broker_first_takes_a_working_brokers_answer(tmp_path: Path) -> None:
     """The refresh's order is a guess: here it asks a broker wedged as a whole first (node 2, on
     a connection open from before, leading nothing, so no failure ranks it last), and the working
@@ -176,7 +189,7 @@ def test_a_refresh_that_asks_a_hung_broker_first_takes_a_working_brokers_answer(
     t = "t-" + uuid.uuid4().hex[:10]
     timeout = 6.0
 
-    async def run() -> None:
+    async def run(a: Any, b: Any, c3: Any) -> None:
         async with _connected_sink(a, t, 4) as sink:
             client = sink.producers[0].client
             # node 0's and node 2's connections open (earlier refreshes that asked them while they answered)
@@ -185,12 +198,7 @@ def test_a_refresh_that_asks_a_hung_broker_first_takes_a_working_brokers_answer(
             assert await _refresh_with_node0_busy(sink, a, (b, c3), 0.35 * timeout, timeout)
             assert c3.held_other == 1   # (node 2 was asked, first: node 0 was busy)
 
-    with cluster(tmp_path, t, 3) as (a, b, c3):
-        try:
-            asyncio.run(run())
-        finally:
-            for f in (b, c3):
-                f.hang_all = f.hung = False
+    _run_with_two_wedged(tmp_path, t, run)
 
 
 def test_a_refresh_asks_a_broker_it_has_a_connection_to_before_one_it_has_none_to(
@@ -213,7 +221,7 @@ def test_a_refresh_asks_a_broker_it_has_a_connection_to_before_one_it_has_none_t
     t = "t-" + uuid.uuid4().hex[:10]
     timeout = 30.0
 
-    async def run() -> None:
+    async def run(a: Any, b: Any, c3: Any) -> None:
         async with _connected_sink(a, t, 4) as sink:
             client = sink.producers[0].client
             await asyncio.wait_for(client.send(0, MetadataRequest([])), 10)
@@ -223,12 +231,7 @@ def test_a_refresh_asks_a_broker_it_has_a_connection_to_before_one_it_has_none_t
             assert await _refresh_with_node0_busy(sink, a, (b, c3), 0.3, timeout)
             assert c3.held_other == 0
 
-    with cluster(tmp_path, t, 3) as (a, b, c3):
-        try:
-            asyncio.run(run())
-        finally:
-            for f in (b, c3):
-                f.hang_all = f.hung = False
+    _run_with_two_wedged(tmp_path, t, run)
 
 
 def _send_waves_from(c: Any, start: int, waves: int) -> list[str]:
