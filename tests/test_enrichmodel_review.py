@@ -1055,6 +1055,16 @@ def test_a_deleted_pod_holds_no_address_after_its_containers_finished_whatever_i
         assert _src(idx, "10.0.0.2", T0 + 7_500) == [("p3", "Pod")] * 2, how
 
 
+def _finishing_p0(ips: list[str], phase: str) -> dict[str, Any]:
+    """Pod p0 with addresses `ips`, Running, or Succeeded with its container's finishedAt T0 + 9 s."""
+    o = pod("p0", "shop", ips=ips, node="node-a", host_ip="10.0.0.1", uid="u-p0", created=iso(T0 + 1_000),
+            phase=phase)
+    if phase == "Succeeded":
+        o["status"]["containerStatuses"] = [
+            {"name": "c", "state": {"terminated": {"exitCode": 0, "finishedAt": iso(T0 + 9_000)}}}]
+    return o
+
+
 def test_a_finished_pod_that_drops_its_address_keeps_the_grace_of_its_finish_time() -> None:
     """finishedAt is written in whole seconds, so a finished pod answers for flows up to 999 ms
     after it (its lookup grace), listed or deleted. When its status then dropped the address
@@ -1062,21 +1072,12 @@ def test_a_finished_pod_that_drops_its_address_keeps_the_grace_of_its_finish_tim
     went to nobody. Found by the model test."""
     clock = Clock(T0 + 10_000)
     idx = _index(clock)
-
-    def p0(ips: list[str], phase: str) -> dict[str, Any]:
-        o = pod("p0", "shop", ips=ips, node="node-a", host_ip="10.0.0.1", uid="u-p0", created=iso(T0 + 1_000),
-                phase=phase)
-        if phase == "Succeeded":
-            o["status"]["containerStatuses"] = [
-                {"name": "c", "state": {"terminated": {"exitCode": 0, "finishedAt": iso(T0 + 9_000)}}}]
-        return o
-
-    idx.upsert("pods", idx.parse("pods", p0(["10.0.0.2"], "Running")))
+    idx.upsert("pods", idx.parse("pods", _finishing_p0(["10.0.0.2"], "Running")))
     clock.ms = T0 + 12_000
-    idx.upsert("pods", idx.parse("pods", p0(["10.0.0.2"], "Succeeded")))
+    idx.upsert("pods", idx.parse("pods", _finishing_p0(["10.0.0.2"], "Succeeded")))
     assert _src(idx, "10.0.0.2", T0 + 9_500) == [("p0", "Pod")] * 2
     clock.ms = T0 + 13_000
-    idx.upsert("pods", idx.parse("pods", p0([], "Succeeded")))
+    idx.upsert("pods", idx.parse("pods", _finishing_p0([], "Succeeded")))
     assert _src(idx, "10.0.0.2", T0 + 9_500) == [("p0", "Pod")] * 2
     assert _src(idx, "10.0.0.2", T0 + 10_000) == [("", "")] * 2
 
@@ -1089,18 +1090,9 @@ def test_a_pod_seen_finished_by_the_update_that_drops_its_address_keeps_the_grac
     for listed in (["10.0.0.2"], []):
         clock = Clock(T0 + 10_000)
         idx = _index(clock)
-
-        def p0(ips: list[str], phase: str) -> dict[str, Any]:
-            o = pod("p0", "shop", ips=ips, node="node-a", host_ip="10.0.0.1", uid="u-p0", created=iso(T0 + 1_000),
-                    phase=phase)
-            if phase == "Succeeded":
-                o["status"]["containerStatuses"] = [
-                    {"name": "c", "state": {"terminated": {"exitCode": 0, "finishedAt": iso(T0 + 9_000)}}}]
-            return o
-
-        idx.upsert("pods", idx.parse("pods", p0(["10.0.0.2"], "Running")))
+        idx.upsert("pods", idx.parse("pods", _finishing_p0(["10.0.0.2"], "Running")))
         clock.ms = T0 + 12_000
-        idx.upsert("pods", idx.parse("pods", p0(listed, "Succeeded")))
+        idx.upsert("pods", idx.parse("pods", _finishing_p0(listed, "Succeeded")))
         assert _src(idx, "10.0.0.2", T0 + 8_500) == [("p0", "Pod")] * 2, listed
         assert _src(idx, "10.0.0.2", T0 + 9_500) == [("p0", "Pod")] * 2, listed
         assert _src(idx, "10.0.0.2", T0 + 10_000) == [("", "")] * 2, listed
