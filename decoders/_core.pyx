@@ -332,11 +332,13 @@ cdef class Decoder:
 
     cdef bint refused_seq(self, ExporterState ex, FlowBatch b, const uint8_t* buf, Py_ssize_t n):
         """A datagram refused before decoding: its sequence number taken as received
-        (ExporterState.forget_stream; IPFIX: refuse_ipfix). True when a stream took it (a header
-        whole enough to say where its stream is)."""
+        (ExporterState.forget_stream; IPFIX: refuse_ipfix, NetFlow v9: refuse_v9). True when a
+        stream took it (a header whole enough to say where its stream is)."""
         if n >= 2 and be16(buf) == 10:
             ex.cur_protocol = <str>PROTO_SLOTS[5]
             return refuse_ipfix(self, ex, b, buf, n) > 0
+        if n >= 2 and be16(buf) == 9:
+            return refuse_v9(self, ex, b, buf, n) > 0
         return ex.forget_stream(buf, n, b.port, <int64_t>(b.recv_time * 1000.0))
 
     cdef FlowBatch decode_c(self, bytes data, str exporter, int port, double recv_time):

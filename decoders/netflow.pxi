@@ -414,6 +414,7 @@ cdef class Template:
     cdef readonly uint16_t template_id
     cdef readonly uint16_t port
     cdef Py_ssize_t min_len   # smallest possible record (varlen counted as 1 byte)
+    cdef bint varlen          # a field of variable length: records are min_len bytes or more
     cdef bint has_tcp_counts
     cdef int vlans            # elements giving the Vlan (58, 243): with two, the first non-zero
     cdef bint events          # firewall event records (NSEL): never sampled (resolve_sampling)
@@ -462,6 +463,7 @@ cdef Template compile_template(int version, uint32_t domain, uint16_t tid, tuple
     t.template_id = tid
     t.port = port
     t.min_len = 0
+    t.varlen = False
     t.has_tcp_counts = False
     t.vlans = 0
     cdef set seen = set()
@@ -525,6 +527,7 @@ cdef Template compile_template(int version, uint32_t domain, uint16_t tid, tuple
         if A_FIN_COUNT <= fs.action <= A_URG_COUNT:
             t.has_tcp_counts = True
         t.min_len += 1 if length == VARLEN else length
+        t.varlen = t.varlen or length == VARLEN
     if t.min_len == 0:
         raise_decode("bad_template", offset, f"v{version} domain {domain} template {tid}: zero-length records")
     for i in range(n):
@@ -2221,19 +2224,15 @@ cdef class ExporterState:
         are counted as refused, so its sequence number is taken as received, from its header,
         rather than counted a second time as lost before reaching flowscope (by this run, or by
         the next one after the final save). The header tells what it advances by where the
-        protocol numbers flows or datagrams (NetFlow v5 / v7 count, sFlow 1); NetFlow v9 is a
-        packet whose records are unknown (V9_UNCOUNTED, as one not decoded whole). IPFIX:
-        refuse_ipfix. True when a stream took it."""
+        protocol numbers flows or datagrams (NetFlow v5 / v7 count, sFlow 1). IPFIX and NetFlow
+        v9 count their records from their sets: refuse_ipfix, refuse_v9. True when a stream took
+        it."""
         cdef uint32_t v = be16(h) if n >= 2 else 0
         cdef Py_ssize_t off
         if (v == 5 or v == 7) and n >= 24:
             self.sequence(PROTO_NETFLOW5 if v == 5 else PROTO_NETFLOW7, port,
                           (<uint32_t>h[20] << 8) | h[21] if v == 5 else 0, be32(h + 16), be16(h + 2),
                           be32(h + 4), now_ms, be32(h + 8))
-            return True
-        elif v == 9 and n >= 20:
-            self.sequence(PROTO_NETFLOW9, port, be32(h + 16), be32(h + 12), V9_UNCOUNTED, be32(h + 4), now_ms,
-                          be32(h + 8))
             return True
         elif v == 0 and n >= 8 and be32(h) == 5:
             off = 12 if be32(h + 4) == 1 else 24 if be32(h + 4) == 2 else 8
@@ -4799,6 +4798,11 @@ cdef Py_ssize_t count_records(Template t, const uint8_t* buf, Py_ssize_t n) noex
     """The records of template t in a data set's n bytes, read as decode_data_set reads them
     (padding after the last one: zeros shorter than a record), or -1 when they do not fit it."""
     cdef Py_ssize_t pos = 0, k = 0, e
+    if not t.varlen and t.min_len >= 4:
+        # every record min_len bytes: what is left after the last is padding (no record of 4
+        # bytes or more ends on decode_data_set's short-zeros check), and no record runs past
+        k = n // t.min_len
+        pos = k * t.min_len
     while n - pos >= t.min_len:
         if n - pos < 4 and n % 4 == 0 and all_zero(buf, pos, n):
             break
@@ -5003,22 +5007,34 @@ cdef int decode_ipfix(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
 
 
 cdef int refuse_ipfix(Decoder dec, ExporterState ex, FlowBatch b, const uint8_t* buf, Py_ssize_t n) except -1:
-    """An IPFIX datagram refused before decoding (see ExporterState.forget_stream): each message
-    is one not counted (ipfix_forget: its records are in its bytes, one at least each; the
-    stream's next message sets the expectation), with its export time (before_restart: the old
-    run's message, late after a restart told by IE 160, changes nothing). Its options data sets
-    of known templates are decoded, its flows are not (what the refusal saves): a
-    systemInitTimeMilliseconds (IE 160) telling a restart of the exporting process in a refused
-    message was not seen, the restart then missed (the new run numbered ahead of the old one) or
-    counted twice (numbered behind it: once by its late messages, again by its next record of
-    IE 160). Returns the messages whose sequence numbers were taken."""
+    """An IPFIX datagram refused before decoding (see ExporterState.forget_stream): its flows are
+    not decoded (what the refusal saves), but each message's records are counted, as decoding
+    would have counted them, so that its sequence number says what was lost after it (RFC 7011
+    3.1: the next message's number is this one's plus its Data Records). A data set of a known
+    template gives its record count without its fields being read (count_records: a division
+    for a fixed-length template, the length prefixes walked for a variable-length one); a
+    message counted whole goes into its stream as a decoded one does (ipfix_sequence), one with
+    a set that could not be counted as one not decoded whole (ipfix_forget: its undecoded sets
+    kept to count once their templates are known, its bytes the bound). Counted by its bytes
+    alone, a refused message of 30 records in 1400 bytes hid a loss of up to 1370 records
+    after it: the collector's last reads refused at shutdown, the next run missed most of the
+    exporter's downtime loss. Its options data sets of known templates are decoded (they are
+    records too): a systemInitTimeMilliseconds (IE 160) telling a restart of the exporting
+    process in a refused message was not seen, the restart then missed (the new run numbered
+    ahead of the old one) or counted twice (numbered behind it: once by its late messages, again
+    by its next record of IE 160). Its export time goes with it (before_restart: the old run's
+    message, late after a restart told by IE 160, changes nothing). Template sets are not read:
+    a data set after one in the same message is counted by the template known before it. Returns
+    the messages whose sequence numbers were taken."""
     cdef Reader r, m, s
     cdef int taken = 0
     cdef const uint8_t* h
     cdef uint16_t msg_len, set_id, set_len
     cdef uint32_t domain
+    cdef Py_ssize_t set_start, k
     cdef Template t
     cdef object si
+    cdef bint whole
     cdef int64_t now_ms = <int64_t>(b.recv_time * 1000.0)
     rd_init(&r, buf, 0, n)
     while rd_left(&r) >= 16:
@@ -5039,6 +5055,8 @@ cdef int refuse_ipfix(Decoder dec, ExporterState ex, FlowBatch b, const uint8_t*
             ex.ipfix_forget(b.port, domain, be32(h + 8), False, 0, <uint64_t>rd_left(&r), None, now_ms, be32(h + 4))
             break
         rd_sub(&r, &m, msg_len - 16)
+        set_start = m.pos
+        whole = False
         # One datagram, one reason: the refusal (rate_limited, too_large: the datagram's decode
         # error; shutdown: the collector's drop) is what is counted of it. An options set in it
         # that is malformed, or teaches more than there is room for, is neither counted as a
@@ -5047,22 +5065,93 @@ cdef int refuse_ipfix(Decoder dec, ExporterState ex, FlowBatch b, const uint8_t*
         dec.quiet = True
         try:
             while rd_left(&m) >= 4:
+                set_start = m.pos
                 set_id = rd_u16(&m)
                 set_len = rd_u16(&m)
+                if set_id == 0 and set_len == 0 and all_zero(m.buf, set_start, m.end):
+                    break       # zero padding to the end of the message
                 if set_len < 4 or set_len - 4 > rd_left(&m):
-                    break
+                    raise_decode("bad_set", set_start, "")
                 rd_sub(&m, &s, set_len - 4)
-                if set_id >= 256:
-                    t = ex.templates.get(tkey(10, domain, set_id, b.port))
-                    if t is not None and t.options:
-                        si = ex.sysinit_ms.get((10, domain, b.port)) if len(ex.sysinit_ms) else None
-                        decode_data_set(dec, ex, b, &s, 10, domain, set_id, <int64_t>be32(h + 4) * 1000,
-                                        si if si is not None else -1)
+                if set_id < 256:
+                    continue
+                t = ex.templates.get(tkey(10, domain, set_id, b.port))
+                if t is None and ex.tid_latest:
+                    t = borrowed_template(dec, ex, b, &s, domain, set_id)
+                if t is not None and t.options:
+                    si = ex.sysinit_ms.get((10, domain, b.port)) if len(ex.sysinit_ms) else None
+                    decode_data_set(dec, ex, b, &s, 10, domain, set_id, <int64_t>be32(h + 4) * 1000,
+                                    si if si is not None else -1)
+                    continue
+                k = count_records(t, s.buf + s.pos, rd_left(&s)) if t is not None else -1
+                if k >= 0:
+                    ex.msg_records += <uint64_t>k
+                else:
+                    ex.msg_uncounted = True
+                    keep_unknown_set(ex, domain, set_id, s.buf + s.pos, rd_left(&s))
+            whole = True
         except DecodeError:
             pass        # (as above: what it held is not counted beside the refusal)
         finally:
             ex.refusing = False
             dec.quiet = False
-        ex.ipfix_forget(b.port, domain, be32(h + 8), False, 0, <uint64_t>(msg_len - 16), None, now_ms, be32(h + 4),
-                        ex.msg_restarted)
+        # as decode_ipfix's end of a message
+        if whole and not ex.msg_uncounted:
+            ex.ipfix_sequence(b.port, domain, be32(h + 8), <uint32_t>ex.msg_records, now_ms, be32(h + 4),
+                              ex.msg_restarted)
+        else:
+            if not whole:
+                ex.msg_unknown_bytes += <uint64_t>(m.end - set_start)
+                ex.msg_sets_kept = False
+            ex.ipfix_forget(b.port, domain, be32(h + 8), ex.msg_uncounted or ex.msg_records > 0,
+                            ex.msg_records, ex.msg_records + ex.msg_unknown_bytes,
+                            ex.msg_unknown_sets if ex.msg_sets_kept else None, now_ms, be32(h + 4),
+                            ex.msg_restarted)
     return taken
+
+
+cdef int refuse_v9(Decoder dec, ExporterState ex, FlowBatch b, const uint8_t* buf, Py_ssize_t n) except -1:
+    """A NetFlow v9 packet refused before decoding (see ExporterState.forget_stream): its flows are
+    not decoded, but its flow records are counted as decode_v9 counts them (data flowsets of
+    known templates by count_records, options records left out), so that it goes into its stream
+    as a decoded packet does (v9_convention): read by packets (RFC 3954 5.1) it advances by one
+    whatever it held, read by flow records (Juniper's numbering) by its records. Taken as of
+    unknown records, a loss right after it in a stream read by records went uncounted (the next
+    packet set what is expected), and its step was no vote. A flowset whose template is not
+    known (or that does not fit it) leaves the count unknown, as for a packet not decoded whole.
+    Returns 1 when its stream took it (a whole header), else 0."""
+    cdef Reader r, s
+    cdef const uint8_t* h
+    cdef uint16_t set_id, set_len
+    cdef uint32_t domain
+    cdef Py_ssize_t set_start, k
+    cdef uint64_t flows = 0
+    cdef bint counted = True
+    cdef Template t
+    if n < 20:
+        return 0
+    rd_init(&r, buf, 0, n)
+    h = rd_take(&r, 20)
+    domain = be32(h + 16)
+    while rd_left(&r) >= 4 and counted:
+        set_start = r.pos
+        set_id = rd_u16(&r)
+        set_len = rd_u16(&r)
+        if set_id == 0 and set_len == 0 and all_zero(r.buf, set_start, r.end):
+            break           # zero padding after the last flowset
+        if set_len < 4 or set_len - 4 > rd_left(&r):
+            counted = False
+            break
+        rd_sub(&r, &s, set_len - 4)
+        if set_id < 256:
+            continue
+        t = ex.templates.get(tkey(9, domain, set_id, b.port))
+        k = count_records(t, s.buf + s.pos, rd_left(&s)) if t is not None else -1
+        if k < 0:
+            counted = False
+        elif not t.options:
+            flows += <uint64_t>k
+    ex.sequence(PROTO_NETFLOW9, b.port, domain, be32(h + 12),
+                <uint32_t>flows if counted and flows < V9_UNCOUNTED else V9_UNCOUNTED,
+                be32(h + 4), <int64_t>(b.recv_time * 1000.0), be32(h + 8))
+    return 1

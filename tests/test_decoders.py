@@ -3926,9 +3926,12 @@ def test_exporter_rate_limit_refuses_and_counts_per_exporter() -> None:
 
 def test_refused_datagrams_are_not_counted_again_as_sequence_loss() -> None:
     """A datagram refused before decoding is counted once (rate_limited, too_large), not again as
-    a gap: its header's sequence number is taken as received. Where the header tells what it
-    advances by (NetFlow v5 counts its flows, sFlow numbers datagrams), a loss right after it is
-    still a gap (before, its stream started over and that loss was not told)."""
+    a gap: its header's sequence number is taken as received. A loss right after it is still a
+    gap, of what was removed: NetFlow v5 counts its flows in its header, sFlow and v9 number
+    datagrams, IPFIX's records are counted from its data sets of known templates (before, taken
+    as at most its bytes' worth of records, a loss of 10 records after it was none), and so are
+    v9's (before, of unknown records, the two v9 packets lost after it were none while the
+    numbering was undecided: what the records reading would call lost not known)."""
     rng = random.Random(10)
     recs = ovs_flows(5, rng)
     sample = [SflowSample(src="10.1.0.1", dst="10.1.0.2", sport=1, dport=2, proto=6, frame_length=100, flags=2,
@@ -3953,12 +3956,11 @@ def test_refused_datagrams_are_not_counted_again_as_sequence_loss() -> None:
         seq += 3 * step                 # a real gap after that is still seen: two datagrams' worth
         assert dec.decode(make(seq), EXPORTER, 2055, t + 2).error is None
         assert _seq(dec, EXPORTER, proto) == (2 * step, 0), proto
-        if proto in ("netflow5", "sflow5"):
-            seq += step                 # refused, then two datagrams lost
-            assert dec.decode(make(seq), EXPORTER, 2055, t + 2).error[0] == "rate_limited"
-            seq += 3 * step
-            assert dec.decode(make(seq), EXPORTER, 2055, t + 3).error is None
-            assert _seq(dec, EXPORTER, proto) == (4 * step, 0), proto
+        seq += step                     # refused, then two datagrams lost
+        assert dec.decode(make(seq), EXPORTER, 2055, t + 2).error[0] == "rate_limited"
+        seq += 3 * step
+        assert dec.decode(make(seq), EXPORTER, 2055, t + 3).error is None
+        assert _seq_at(dec, proto, t + 900) == (4 * step, 0), proto
     # too large: the same
     dec = Decoder(DecoderConfig(max_datagram=200))
     dec.decode(v5_datagram(v5_records(1, rng, uptime_ms=100_000), seq=0, unix_secs=EXPORT, uptime_ms=100_000), EXPORTER)
@@ -3967,6 +3969,65 @@ def test_refused_datagrams_are_not_counted_again_as_sequence_loss() -> None:
     assert big.error[0] == "too_large"
     dec.decode(v5_datagram(v5_records(1, rng, uptime_ms=100_000), seq=31, unix_secs=EXPORT, uptime_ms=100_000), EXPORTER)
     assert _seq(dec, EXPORTER, "netflow5") == (0, 0)
+
+
+def test_a_loss_right_after_a_refused_datagram_counts_the_records_removed() -> None:
+    """A datagram refused over --max-exporter-rate has its records counted from its data sets of
+    known templates (not decoded): the next datagram's sequence number then tells exactly what
+    was lost after it. IPFIX (RFC 7011 3.1 numbers the records before each message): a refused
+    message of 30 records of a fixed-length template, 12 records lost after it; a refused
+    message with a set of a template the collector learns only later (its bytes kept, counted
+    once the template comes), 6 lost after it. Taken as at most its bytes' worth of records,
+    the loss after it was not told (0 in both). NetFlow v9 numbered by flow records
+    (Juniper's): a refused packet of 12 records, the next (9) lost: 9 (before, 0: taken as of
+    unknown records, the packet after it set what was expected). Expected values: the records
+    of the messages left out."""
+    rng = random.Random(71)
+    t0 = float(EXPORT)
+    fixed = _tpl(256, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("bytes", 1, 0, 4))
+    later = _tpl(257, ("src", 8, 0, 4), ("bytes", 1, 0, 8))
+
+    def recs(n: int) -> list[dict]:
+        return [{"src": "10.0.0.1", "dst": "10.0.0.2", "bytes": 100 + i} for i in range(n)]
+
+    def ipfix(msgs: list[tuple[list[bytes], int, float]]) -> tuple[int, int]:
+        dec = Decoder(DecoderConfig(max_exporter_rate=1))      # one a second: the messages 1 s apart pass
+        for sets, seq, at in msgs:
+            b = dec.decode(ipfix_message(sets, seq=seq, export_time=EXPORT + int(at)), EXPORTER, 4739, t0 + at)
+            assert (b.error is not None) == (at % 1 != 0), (seq, b.error)
+        return _seq_at(dec, "ipfix", t0 + 900)
+
+    counts = [5, 7, 30, 12, 9, 4]       # message 2 refused (half a second after 1), 3 lost
+    seqs = list(itertools.accumulate([0, *counts[:-1]]))
+    at = [0.0, 1.0, 1.5, 2.0, 3.0, 4.0]
+    msgs = [([*([template_set([fixed])] if i == 0 else []), data_set(fixed, recs(n))], seqs[i], at[i])
+            for i, n in enumerate(counts)]
+    assert ipfix(msgs) == (0, 0)
+    assert ipfix(msgs[:3] + msgs[4:]) == (counts[3], 0)
+    # a refused message with a set whose template comes later: 4 + 3 records, then 6 lost
+    msgs = [([template_set([fixed]), data_set(fixed, recs(5))], 0, 0.0),
+            ([data_set(fixed, recs(8))], 5, 1.0),
+            ([data_set(fixed, recs(4)), data_set(later, [{"src": "10.0.0.3", "bytes": 1}] * 3)], 13, 1.5),
+            ([template_set([later]), data_set(later, [{"src": "10.0.0.3", "bytes": 1}] * 2)], 20 + 6, 2.0),
+            ([data_set(fixed, recs(3))], 28, 3.0)]
+    assert ipfix(msgs) == (6, 0)
+
+    def v9(drop: int) -> tuple[int, int]:
+        counts = [9, 12, 7, 7, 11, 10, 8, 12, 9, 7, 5, 6]
+        seqs = list(itertools.accumulate([0, *counts[:-1]]))
+        dec = Decoder(DecoderConfig(max_exporter_rate=1))
+        for i, n in enumerate(counts):
+            if i == drop:
+                continue
+            sets = [template_set([V9_TEMPLATE], version=9)] if i == 0 else []
+            d = v9_datagram([*sets, v9_data_set(V9_TEMPLATE, _v9_records(rng, n))], seq=seqs[i],
+                            unix_secs=EXPORT + i, uptime_ms=500_000 + 1000 * i)
+            b = dec.decode(d, EXPORTER, 2055, t0 + i - (0.5 if i == 7 else 0))     # packet 7 refused
+            assert (b.error is not None) == (i == 7)
+        return _seq_at(dec, "netflow9", t0 + 900)
+
+    assert v9(-1) == (0, 0)
+    assert v9(8) == (9, 0)
 
 
 def test_a_refused_late_message_of_the_run_before_an_ie160_restart_changes_nothing() -> None:

@@ -225,6 +225,43 @@ def test_a_loss_while_the_collector_was_down_is_counted(tmp_path: Path) -> None:
     assert _over_runs(msgs[:4] + msgs[6:], tmp_path / "b.json", 4) == (20, 0)
 
 
+def test_a_loss_while_the_collector_was_down_after_its_last_reads_were_refused_is_counted(tmp_path: Path) -> None:
+    """At shutdown the collector's last reads are refused (Decoder.refused: counted as dropped,
+    not decoded), their sequence numbers taken as received before the final save. The next
+    run's first message then says what the exporter sent meanwhile: counted, as in one run
+    (here the records of the two messages sent while it was down). A refused message was taken
+    as at most its bytes' worth of records (each takes one at least): its 16 records of about
+    118 bytes each (OVS_INGRESS), the loss after it, 26 records, was none."""
+    counts = [10, 12, 16, 14, 12, 10, 9]
+    msgs = _numbered(counts, -1, random.Random(69))
+
+    def lost(refused: list[int], down: list[int]) -> tuple[int, int]:
+        dec = Decoder(DecoderConfig())
+        for i, (m, at) in enumerate(msgs):
+            if i in refused:
+                dec.refused(m, EXPORTER, PORT, T0 + at)
+            elif i in down:
+                continue
+            elif i > max(refused):
+                break
+            else:
+                assert dec.decode(m, EXPORTER, PORT, T0 + at).error is None
+        path = tmp_path / f"{refused}-{down}.json"
+        assert StateFile(str(path), None).save(dec, sequences=True)
+        before = _counts(dec, None)
+        dec = Decoder(DecoderConfig())
+        StateFile(str(path), None).load_into(dec)
+        for i, (m, at) in enumerate(msgs):
+            if i > max(refused) and i not in down:
+                assert dec.decode(m, EXPORTER, PORT, T0 + at).error is None
+        after = _counts(dec, T0 + 900)
+        return before[0] + after[0], before[1] + after[1]
+
+    assert lost([2], []) == (0, 0)
+    assert lost([2], [3, 4]) == (counts[3] + counts[4], 0)
+    assert lost([1, 2], [3, 4]) == (counts[3] + counts[4], 0)
+
+
 def test_sequence_state_is_not_taken_from_another_host_nor_after_a_long_downtime(tmp_path: Path) -> None:
     """A replica sharing the file saved it (another host): this collector did not receive what
     that one counted, so its streams start over (the messages between its save and this
