@@ -704,6 +704,12 @@ cdef class SeqStream:
     cdef bint pkt_known
     cdef uint32_t pkt_next
     cdef int64_t pkt_ahead
+    # ... the latest step that voted for the records reading: the packet it was from and where
+    # that packet's records end, numbers no other packet has in that reading (vote_set: one
+    # stands; a packet numbered there since takes it back, v9_convention)
+    cdef bint vote_set
+    cdef uint32_t vote_lo
+    cdef uint32_t vote_hi
     # Gaps counted while the reading was open (reading_open) were counted as the smaller of the
     # two readings' losses; what each reading adds to that, counted once the reading is no
     # longer open (settle_undecided), never while it is: a loss is not known to be more.
@@ -866,6 +872,7 @@ cdef dict seq_stream_state(SeqStream st):
         "rec_known": st.rec_known, "rec_next": st.rec_next,
         # (v9 read by records: what the packets reading expects, for gap_pkt)
         "pkt_known": st.pkt_known, "pkt_next": st.pkt_next,
+        "vote_set": st.vote_set, "vote_lo": st.vote_lo, "vote_hi": st.vote_hi,
     }
 
 
@@ -944,6 +951,9 @@ cdef SeqStream seq_stream_of(dict d):
     st.pkt_known = seq_bool(d, "pkt_known")
     st.pkt_next = seq_u32(d, "pkt_next")
     st.pkt_ahead = -1
+    st.vote_set = seq_bool(d, "vote_set")
+    st.vote_lo = seq_u32(d, "vote_lo")
+    st.vote_hi = seq_u32(d, "vote_hi")
     return st
 
 
@@ -1674,11 +1684,16 @@ cdef class ExporterState:
         not lead count the smaller reading (count_oldest).
         Read by records, a step smaller than the previous count (options records left out of
         the count) is in order. Without `vote` (a datagram of another run, see sequence) the
-        step is no vote."""
+        step is no vote. Reordering is no vote either: a step from a late packet to one past
+        all others is none, a packet numbered among the records of the packet whose step last
+        voted for records takes that vote back for packets (vote_lo, vote_hi), and a vote for
+        packets makes the loss held back a gap (held_to_gap), which late packets still fill."""
         cdef uint32_t n = advance[0]
         cdef uint32_t step = seq - st.last_seq
         cdef uint32_t n0, end
         cdef int i
+        # behind the furthest packet (late in either reading)
+        cdef bint behind = st.pkt_known and 0 < <uint32_t>(st.pkt_next - seq - 1) < 0x80000000u
         st.uncounted = n == V9_UNCOUNTED
         # the records reading's expectation, followed beside the packets reading (gap_rec)
         if st.uncounted or not st.rec_known or not vote:
@@ -1696,10 +1711,32 @@ cdef class ExporterState:
         if not st.pkt_known or not vote or <uint32_t>(seq + 1 - st.pkt_next) < 0x80000000u:
             st.pkt_next = seq + 1
             st.pkt_known = True
-        if vote and st.has_last and st.synced and st.last_count > 1 and not st.uncounted:
-            if step == st.last_count:
+        if (vote and st.vote_set
+                and <uint32_t>(seq - st.vote_lo - 1) < <uint32_t>(st.vote_hi - st.vote_lo - 1)):
+            # Numbered among the records of the packet whose step voted for the records reading:
+            # no packet is, read so; read by packets it is one the voting packet overtook (a
+            # step of its record count by chance: 5 of 2 records, 7, then 6). The vote is taken
+            # back and is the packets reading's: reordering turned RFC-numbered streams to the
+            # records reading, their lost packets then uncounted.
+            st.vote_set = False
+            if st.inc_votes:
+                st.inc_votes -= 1
+            if st.rfc_votes < 0xFFFF:
+                st.rfc_votes += 1
+            self.held_to_gap(st)
+            if st.by_records and st.rfc_votes + 1 >= st.inc_votes:
+                self.v9_to_packets(st, seq, True)
+            self.settle_undecided(st)
+        elif vote and st.has_last and st.synced and st.last_count > 1 and not st.uncounted:
+            if step == st.last_count and (st.last_set_next or behind):
+                # (a step from a late packet to one ahead of it all is no vote: read by packets
+                # such steps are anything, 7 of 3 records late after 8, then 10; two late ones
+                # in a row, overtaken by the same packet, are one after the other)
                 if st.inc_votes < 0xFFFF:
                     st.inc_votes += 1
+                st.vote_set = True
+                st.vote_lo = st.last_seq
+                st.vote_hi = seq
                 if not st.by_records and st.inc_votes > st.rfc_votes + 1:
                     st.by_records = True
                     self.count_held(st, False)          # it was no loss
@@ -1728,37 +1765,9 @@ cdef class ExporterState:
             elif step == 1:
                 if st.rfc_votes < 0xFFFF:
                     st.rfc_votes += 1
-                self.count_held(st)
+                self.held_to_gap(st)
                 if st.by_records and st.rfc_votes + 1 >= st.inc_votes:
-                    st.by_records = False
-                    for i in range(st.ngaps):
-                        # The gaps still open are what the packets reading calls lost (gap_pkt:
-                        # the packets numbered from the one after the packet that set what the
-                        # records reading expected, late ones taken off), over the packets
-                        # reading's range, where late packets fill them from now on; void, a
-                        # packet lost just before the votes turned back went uncounted. The
-                        # records reading's count stays beside it (gap_rec, gap_adj: the
-                        # smaller while the votes do not lead, count_oldest). Not known: none
-                        # is certain.
-                        end = st.gap_start[i] + st.gap_span[i]
-                        st.gap_rec[i] = st.gap_missing[i]
-                        if st.gap_pkt[i] >= 0:
-                            st.gap_start[i] = st.gap_pkt_start[i]
-                            st.gap_span[i] = end - st.gap_start[i]
-                        st.gap_missing[i] = <uint32_t>min(max(0, st.gap_pkt[i]), <int64_t>SEQ_MAX_GAP)
-                        st.gap_adj[i] = st.gap_rec[i] - <int64_t>st.gap_missing[i]
-                        st.gap_pkt[i] = -1
-                    n0 = st.next - st.next_count        # the packet that set what is expected
-                    if (st.last_set_next or st.next_count == V9_UNCOUNTED
-                            or <uint32_t>(st.last_seq - n0) <= 1):
-                        st.next = seq
-                    else:
-                        # The step was from a late packet that does not follow that one by
-                        # packets either (two in a row overtaken by the next): this one is late
-                        # too. Moved back to it, the packet that set what is expected, which
-                        # came, was a gap at the next packet and counted lost (as 41c7e31 keeps
-                        # it the other way).
-                        st.next = n0 + 1
+                    self.v9_to_packets(st, seq, False)
             self.settle_undecided(st)
         if st.by_records and st.has_last and st.synced and st.last_set_next and step <= st.last_count:
             # in order: the previous packet counted fewer than its records (one late itself
@@ -1768,6 +1777,59 @@ cdef class ExporterState:
         st.last_seq = seq
         st.last_count = n
         advance[0] = 1 if not st.by_records else 0 if st.uncounted else n
+
+    cdef void held_to_gap(self, SeqStream st) noexcept:
+        """A vote for the packets reading of a v9 stream: the loss held back (hold) is that
+        reading's, a gap as any other from when it was held, which late packets fill for
+        SEQ_REORDER_MS (counted at the vote, a packet the held step overtook, arriving after it,
+        was counted lost: 0 of 4 records, 4, 5, then 1). Read by records it was no loss."""
+        if not st.held_lost:
+            return
+        self.open_gap(st, st.held_start, st.held_span, 0, st.held_ms)
+        st.gap_missing[st.ngaps - 1] = st.held_lost
+        st.gap_rec[st.ngaps - 1] = 0
+        self.count_held(st, False)
+
+    cdef void v9_to_packets(self, SeqStream st, uint32_t seq, bint late) noexcept:
+        """The votes turn a v9 stream read by records back to packets (v9_convention) at the packet
+        numbered seq: its open gaps are recounted by packets, and what it expects is set again.
+        `late`: the packet is numbered among the records of an earlier one, behind what the
+        packets reading expects (the furthest packet's number and one, pkt_next): it fills
+        that reading's gaps as any late packet does."""
+        cdef uint32_t n0, end
+        cdef int i
+        st.by_records = False
+        for i in range(st.ngaps):
+            # The gaps still open are what the packets reading calls lost (gap_pkt:
+            # the packets numbered from the one after the packet that set what the
+            # records reading expected, late ones taken off), over the packets
+            # reading's range, where late packets fill them from now on; void, a
+            # packet lost just before the votes turned back went uncounted. The
+            # records reading's count stays beside it (gap_rec, gap_adj: the
+            # smaller while the votes do not lead, count_oldest). Not known: none
+            # is certain.
+            end = st.gap_start[i] + st.gap_span[i]
+            st.gap_rec[i] = st.gap_missing[i]
+            if st.gap_pkt[i] >= 0:
+                st.gap_start[i] = st.gap_pkt_start[i]
+                st.gap_span[i] = end - st.gap_start[i]
+            st.gap_missing[i] = <uint32_t>min(max(0, st.gap_pkt[i]), <int64_t>SEQ_MAX_GAP)
+            st.gap_adj[i] = st.gap_rec[i] - <int64_t>st.gap_missing[i]
+            st.gap_pkt[i] = -1
+        n0 = st.next - st.next_count        # the packet that set what is expected
+        if late:
+            if st.pkt_known:
+                st.next = st.pkt_next
+        elif (st.last_set_next or st.next_count == V9_UNCOUNTED
+                or <uint32_t>(st.last_seq - n0) <= 1):
+            st.next = seq
+        else:
+            # The step was from a late packet that does not follow that one by
+            # packets either (two in a row overtaken by the next): this one is late
+            # too. Moved back to it, the packet that set what is expected, which
+            # came, was a gap at the next packet and counted lost (as 41c7e31 keeps
+            # it the other way).
+            st.next = n0 + 1
 
     cdef void restart(self, SeqStream st) noexcept:
         st.run_uptime = -1          # (the datagram that goes on is the new run's first)
