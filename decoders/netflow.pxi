@@ -415,6 +415,11 @@ cdef class Template:
     cdef readonly uint16_t port
     cdef Py_ssize_t min_len   # smallest possible record (varlen counted as 1 byte)
     cdef bint varlen          # a field of variable length: records are min_len bytes or more
+    # ... then the fixed-length bytes before its first variable-length field, between each two,
+    # and after the last (n_var + 1 of them): a record's length is read from its n_var length
+    # prefixes alone (count_records; NULL without one)
+    cdef int n_var
+    cdef uint32_t* var_gaps
     cdef bint has_tcp_counts
     cdef int vlans            # elements giving the Vlan (58, 243): with two, the first non-zero
     cdef bint events          # firewall event records (NSEL): never sampled (resolve_sampling)
@@ -434,6 +439,7 @@ cdef class Template:
 
     def __dealloc__(self):
         free(self.fields)
+        free(self.var_gaps)
 
     @property
     def spec(self):
@@ -447,7 +453,7 @@ cdef Template compile_template(int version, uint32_t domain, uint16_t tid, tuple
                                Py_ssize_t offset, uint16_t port, bint split_biflows):
     """Compile a template; raise DecodeError("bad_template") for one that cannot be decoded."""
     cdef Template t = Template.__new__(Template)
-    cdef int i, n = len(spec)
+    cdef int i, vi, n = len(spec)
     cdef FieldSpec* fs
     cdef bint v9_scope
     if n == 0 or n > MAX_TEMPLATE_FIELDS:
@@ -530,6 +536,18 @@ cdef Template compile_template(int version, uint32_t domain, uint16_t tid, tuple
         t.varlen = t.varlen or length == VARLEN
     if t.min_len == 0:
         raise_decode("bad_template", offset, f"v{version} domain {domain} template {tid}: zero-length records")
+    if t.varlen:
+        for i in range(n):
+            t.n_var += t.fields[i].length == VARLEN
+        t.var_gaps = <uint32_t*>calloc(t.n_var + 1, sizeof(uint32_t))
+        if t.var_gaps == NULL:
+            raise MemoryError()
+        vi = 0
+        for i in range(n):
+            if t.fields[i].length == VARLEN:
+                vi += 1
+            else:
+                t.var_gaps[vi] += t.fields[i].length
     for i in range(n):
         # tcpControlBits (forward, or the reverse one) beside YAF's flag elements gives the
         # flags; those stay as they came
@@ -4856,9 +4874,34 @@ cdef Py_ssize_t record_end(Template t, const uint8_t* buf, Py_ssize_t pos, Py_ss
     return pos
 
 
+cdef Py_ssize_t var_record_end(Template t, const uint8_t* buf, Py_ssize_t pos, Py_ssize_t end) noexcept:
+    """record_end for a template with variable-length fields, by its fixed runs (Template.var_gaps):
+    the same answer, a length prefix read per variable-length field instead of a step per field."""
+    cdef int j
+    cdef uint32_t L
+    for j in range(t.n_var):
+        if end - pos < <Py_ssize_t>t.var_gaps[j] + 1:
+            return -1
+        pos += t.var_gaps[j]
+        L = buf[pos]
+        pos += 1
+        if L == 255:
+            if end - pos < 2:
+                return -1
+            L = be16(buf + pos)
+            pos += 2
+        if end - pos < L:
+            return -1
+        pos += L
+    if end - pos < <Py_ssize_t>t.var_gaps[t.n_var]:
+        return -1
+    return pos + t.var_gaps[t.n_var]
+
+
 cdef Py_ssize_t count_records(Template t, const uint8_t* buf, Py_ssize_t n) noexcept:
     """The records of template t in a data set's n bytes, read as decode_data_set reads them
-    (padding after the last one: zeros shorter than a record), or -1 when they do not fit it."""
+    (padding after the last one: zeros shorter than a record), or -1 when they do not fit it.
+    Not a field is read but the length prefixes (a refused datagram's records are counted so)."""
     cdef Py_ssize_t pos = 0, k = 0, e
     if not t.varlen and t.min_len >= 4:
         # every record min_len bytes: what is left after the last is padding (no record of 4
@@ -4868,7 +4911,7 @@ cdef Py_ssize_t count_records(Template t, const uint8_t* buf, Py_ssize_t n) noex
     while n - pos >= t.min_len:
         if n - pos < 4 and n % 4 == 0 and all_zero(buf, pos, n):
             break
-        e = record_end(t, buf, pos, n)
+        e = var_record_end(t, buf, pos, n) if t.varlen else record_end(t, buf, pos, n)
         if e < 0:
             return -1
         if e == pos:

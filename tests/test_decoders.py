@@ -4065,6 +4065,37 @@ def test_a_loss_right_after_a_refused_datagram_counts_the_records_removed() -> N
     assert v9(8) == (9, 0)
 
 
+@pytest.mark.parametrize("tpl", [OVS_EGRESS, OVS_TUNNEL])
+def test_a_refused_message_of_variable_length_records_counts_them_by_their_length_prefixes(tpl: IpfixTemplate) -> None:
+    """A refused IPFIX message's records of a template with variable-length fields are counted
+    by their length prefixes alone (RFC 7011 7: one byte, or 255 and two more from 255 bytes on),
+    the fixed-length fields between them skipped as one run: names of 0 to 300 bytes in two
+    variable-length fields (interfaceName twice, or with the tunnel key), the loss after it,
+    the records of the message left out, counted exactly."""
+    rng = random.Random(74)
+    t0 = float(EXPORT)
+
+    def recs(n: int) -> list[dict]:
+        out = []
+        for r in ovs_flows(n, rng):
+            r = {**r, "in_name": b"p" * rng.choice([0, 3, 254, 255, 300]), "out_name": b"x" * rng.choice([0, 1, 260]),
+                 "tun_type": 1, "tun_key": b"\x00\x00\x07" if rng.random() < 0.5 else b"", "tun_src": "10.0.0.1",
+                 "tun_dst": "10.0.0.2", "tun_proto": 17, "tun_sport": 1, "tun_dport": 4789}
+            out.append(r)
+        return out
+
+    for _ in range(10):
+        counts = [rng.randrange(1, 9) for _ in range(5)]
+        seqs = list(itertools.accumulate([0, *counts[:-1]]))
+        dec = Decoder(DecoderConfig(max_exporter_rate=1))      # one a second: message 2 refused
+        for i, at in enumerate([0.0, 1.0, 1.5, 2.0, 3.0]):
+            sets = [*([template_set([tpl])] if i == 0 else []), data_set(tpl, recs(counts[i]))]
+            if i != 3:                                          # message 3 lost
+                b = dec.decode(ipfix_message(sets, seq=seqs[i], export_time=EXPORT), EXPORTER, 4739, t0 + at)
+                assert (b.error is not None) == (i == 2)
+        assert _seq_at(dec, "ipfix", t0 + 900) == (counts[3], 0), counts
+
+
 def test_a_refused_late_message_of_the_run_before_an_ie160_restart_changes_nothing() -> None:
     """The late-message guard of a restart told by IE 160 (before_restart) holds for a message
     refused over --max-exporter-rate too: the old run's 501, exported before the new run's
