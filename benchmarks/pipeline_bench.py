@@ -148,8 +148,10 @@ def rate(dec: Decoder, payloads: list[tuple[bytes, str]], enricher: Any, seconds
 def loop(mode: str, a: argparse.Namespace) -> None:
     """The body one callgrind run measures: setup (not counted), then --rounds passes."""
     e, payloads, agents = build(a.pods, a.nodes, a.services, a.busy, a.records, a.agents, a.cluster_name)
+    if mode == "unmatched":
+        payloads, _ = flows(a.pods, a.nodes, a.services, a.busy, a.records, a.agents, miss=True)
     dec = decoder(agents)
-    enr = e if mode == "enriched" else None
+    enr = None if mode == "plain" else e
     w = RecordBatchWriter(BATCH)
     for _ in range(a.rounds):
         w, _n = one_pass(dec, payloads, enr, w)
@@ -167,28 +169,35 @@ def thread_time(a: argparse.Namespace) -> None:
     import gc
 
     e, payloads, agents = build(a.pods, a.nodes, a.services, a.busy, a.records, a.agents, a.cluster_name)
-    dec = decoder(agents)
+    loops = {"plain": (decoder(agents), payloads, None), "enriched": (decoder(agents), payloads, e)}
+    if a.unmatched:
+        missing, _ = flows(a.pods, a.nodes, a.services, a.busy, a.records, a.agents, miss=True)
+        loops["unmatched"] = (decoder(agents), missing, e)
     gc.freeze()
 
-    def slice_ns(enricher: Any, passes: int) -> float:
+    def slice_ns(dec: Decoder, p: list[tuple[bytes, str]], enricher: Any, passes: int) -> float:
         n = 0
         w = RecordBatchWriter(BATCH)
         t0 = time.thread_time_ns()
         for _ in range(passes):
-            w, k = one_pass(dec, payloads, enricher, w)
+            w, k = one_pass(dec, p, enricher, w)
             n += k
         return (time.thread_time_ns() - t0) / n
 
-    for enr in (None, e):   # (the cache filled, the code and the batch buffers warm)
-        slice_ns(enr, a.passes)
-    best = {"plain": float("inf"), "enriched": float("inf")}
+    for args in loops.values():   # (the cache filled, the code and the batch buffers warm)
+        slice_ns(*args, a.passes)
+    best = dict.fromkeys(loops, float("inf"))
     for _ in range(a.rounds):
-        best["plain"] = min(best["plain"], slice_ns(None, a.passes))
-        best["enriched"] = min(best["enriched"], slice_ns(e, a.passes))
+        for k, args in loops.items():
+            best[k] = min(best[k], slice_ns(*args, a.passes))
     plain, enriched = best["plain"], best["enriched"]
     print(f"thread CPU time, best of {a.rounds} slices of {a.passes} passes ({a.passes * len(payloads)} datagrams "
           f"of {a.records} records): plain {plain:.1f} ns, enriched {enriched:.1f} ns a flow; enrichment adds "
           f"{enriched - plain:.1f} ns (+{100 * (enriched / plain - 1):.1f}%)")
+    if a.unmatched:
+        u = best["unmatched"]
+        print(f"unmatched (lookups only) {u:.1f} ns a flow; its lookups add {u - plain:.1f} ns "
+              f"(+{100 * (u / plain - 1):.1f}%)")
 
 
 def only(mode: str, a: argparse.Namespace) -> None:
@@ -245,7 +254,7 @@ def callgrind(a: argparse.Namespace) -> None:
     toggles = [f"--toggle-collect={name}" for name in hot_call_names()]
     total: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for mode in ("plain", "enriched"):
+        for mode in ("plain", "enriched", "unmatched") if a.unmatched else ("plain", "enriched"):
             out = os.path.join(tmp, f"cg.{mode}")
             cmd = ["valgrind", "--tool=callgrind", "--collect-atstart=no", *toggles,
                    f"--callgrind-out-file={out}", sys.executable, "-m",
@@ -259,17 +268,19 @@ def callgrind(a: argparse.Namespace) -> None:
                 m = re.search(r"^(?:summary|totals): (\d+)", f.read(), re.M)
             assert m, "no totals in the callgrind output"
             total[mode] = int(m.group(1))
-    per = {k: total[k] / flows for k in ("plain", "enriched")}
+    per = {k: total[k] / flows for k in total}
     if per["plain"] < 1000:
         raise SystemExit(f"callgrind counted {per['plain']:.0f} instructions per flow: the hot-path "
                          f"toggles ({toggles}) missed the calls")
     print(f"callgrind, {a.pods} pods, {flows} flows per loop, counted inside decode/append/request")
     print("| run | instructions | per flow |")
     print("|---|---|---|")
-    for k in ("plain", "enriched"):
+    for k in total:
         print(f"| {k} | {total[k]:,} | {per[k]:,.0f} |")
-    print(f"enrichment adds {per['enriched'] - per['plain']:,.0f} instructions per flow "
-          f"(+{100 * (per['enriched'] / per['plain'] - 1):.1f}%)")
+    for k in total:
+        if k != "plain":
+            print(f"{k}: enrichment adds {per[k] - per['plain']:,.0f} instructions per flow "
+                  f"(+{100 * (per[k] / per['plain'] - 1):.1f}%)")
 
 
 def main() -> None:
@@ -291,7 +302,7 @@ def main() -> None:
                     help="time by the thread's CPU time in --rounds slices of --passes passes, plain and "
                     "enriched alternating in one process, the best of each (for a busy machine)")
     ap.add_argument("--passes", type=int, help="--thread-time: passes over the datagrams a slice (default 40)")
-    ap.add_argument("--loop", choices=("plain", "enriched"), help=argparse.SUPPRESS)
+    ap.add_argument("--loop", choices=("plain", "enriched", "unmatched"), help=argparse.SUPPRESS)
     ap.add_argument("--only", choices=("plain", "enriched", "unmatched"),
                     help="time this loop alone (for a profiler); unmatched: --unmatched's")
     a = ap.parse_args()
@@ -302,7 +313,7 @@ def main() -> None:
     if a.passes is not None and a.passes < 1:
         ap.error("--passes: at least 1")
     if a.thread_time:
-        clash = [f for f, on in (("--callgrind", a.callgrind), ("--only", a.only), ("--unmatched", a.unmatched)) if on]
+        clash = [f for f, on in (("--callgrind", a.callgrind), ("--only", a.only)) if on]
         if clash:
             ap.error(f"--thread-time: not with {clash[0]}")
         a.passes = a.passes or 40

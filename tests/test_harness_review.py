@@ -260,7 +260,6 @@ def test_the_unmatched_pipeline_loop_sends_the_same_flows_that_no_lookup_finds()
     (["--thread-time", "--passes", "0"], "--passes: at least 1"),
     (["--thread-time", "--only", "plain"], "--thread-time: not with --only"),
     (["--thread-time", "--callgrind"], "--thread-time: not with --callgrind"),
-    (["--thread-time", "--unmatched"], "--thread-time: not with --unmatched"),
     (["--rounds", "0"], "--rounds: at least 1"),
 ])
 def test_the_pipeline_loop_by_thread_time_refuses_what_it_does_not_do(
@@ -293,6 +292,16 @@ def test_the_pipeline_loop_by_thread_time_reports_both_loops(monkeypatch: pytest
     assert m, out
     plain, enriched, adds = float(m[1]), float(m[2]), float(m[3])
     assert plain > 0 and enriched > 0 and abs(enriched - plain - adds) < 0.11
+    monkeypatch.setattr(sys, "argv", ["pipeline_bench", "--thread-time", *small, "--rounds", "2", "--passes", "1",
+                                      "--unmatched"])
+    pb.main()
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and out[0].startswith("thread CPU time, best of 2 slices"), out
+    m = re.fullmatch(r"unmatched \(lookups only\) ([\d.]+) ns a flow; its lookups add (-?[\d.]+) ns "
+                     r"\([+-][\d.]+%\)", out[1])
+    assert m, out
+    plain = float(re.search(r"plain ([\d.]+) ns", out[0])[1])  # type: ignore[index]
+    assert float(m[1]) > 0 and abs(float(m[1]) - plain - float(m[2])) < 0.11
     seen: list[int] = []
     monkeypatch.setattr(pb, "thread_time", lambda a: seen.append(a.passes))
     monkeypatch.setattr(sys, "argv", ["pipeline_bench", "--thread-time"])
