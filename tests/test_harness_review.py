@@ -309,6 +309,32 @@ def test_the_pipeline_loop_by_thread_time_reports_both_loops(monkeypatch: pytest
     assert seen == [40]
 
 
+@pytest.mark.parametrize("mode", [["--thread-time", "--passes", "1"], ["--seconds", "0.01"]])
+def test_the_unmatched_pipeline_loop_has_an_index_of_its_own(mode: list[str], monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks.pipeline_bench --unmatched: the lookups-only loop runs with an enricher of its own,
+    never the enriched loop's, whose per-address cache the two loops' addresses would otherwise
+    share (more conflicts and misses than a collector's own flows make)."""
+    from benchmarks import pipeline_bench as pb
+
+    used: dict[bytes, set[int]] = {}
+    one_pass = pb.one_pass
+
+    def spy(dec: Any, payloads: list[tuple[bytes, str]], enricher: Any, w: Any) -> Any:
+        if enricher is not None:
+            used.setdefault(payloads[0][0], set()).add(id(enricher))
+        return one_pass(dec, payloads, enricher, w)
+
+    monkeypatch.setattr(pb, "one_pass", spy)
+    small = ["--pods", "400", "--nodes", "20", "--services", "50", "--busy", "100", "--records", "5", "--rounds", "1"]
+    monkeypatch.setattr(sys, "argv", ["pipeline_bench", *mode, *small, "--unmatched"])
+    pb.main()
+    capsys.readouterr()
+    assert len(used) == 2, used          # the matched datagrams and the unmatched ones
+    (a, b) = used.values()
+    assert len(a) == len(b) == 1 and a != b
+
+
 def test_stream_ab_measures_through_a_broker_already_running(broker: Any, monkeypatch: pytest.MonkeyPatch,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     """benchmarks.stream_ab --kafka --bootstrap HOST:PORT sends the rounds to a broker already
