@@ -171,7 +171,9 @@ SERIES: dict[str, Series] = {s.name: s for s in [
            "batches wait at once than the pool keeps (8 a worker)", ("source",)),
     Series("flowscope_sink_connected", "gauge", "1 when the sink is connected; with --workers N, the number of workers connected"),
     Series("flowscope_sink_stalled_seconds", "gauge", "How long records have waited with nothing delivered (0 while the "
-           "sink delivers or nothing waits; sampled at each metrics snapshot); /readyz fails beyond "
+           "sink delivers or nothing waits that could go: Kafka's keyed records held for a partition whose leader is "
+           "out of reach, flowscope_kafka_unreachable_partitions, do not count; sampled at each metrics snapshot); "
+           "/readyz fails beyond "
            "max(10 s, 2 x --kafka-request-timeout-ms)", (), merge="max"),
     Series("flowscope_sink_failing_seconds", "gauge", "How long the sink has failed every flow it was given "
            "(dropped as sink_error or rejected) with no flow delivered, while failures keep coming (0 once one is "

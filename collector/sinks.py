@@ -319,15 +319,22 @@ class Sink:
 
     def stalled_for(self) -> float:
         """Seconds that records have been waiting with nothing delivered: 0 while records are
-        delivered or none wait. Sampled (readiness probes, metrics snapshots): a change seen at
-        one call restarts the clock, so the value is accurate to the calls' interval."""
+        delivered or none wait that could go (waiting()). Sampled (readiness probes, metrics
+        snapshots): a change seen at one call restarts the clock, so the value is accurate to
+        the calls' interval."""
         now = time.monotonic()
         done = self.delivered[0] + self.delivered[1]
-        if self.queue.total_records == 0 or done != self._progress_seen:
+        if self.waiting() == 0 or done != self._progress_seen:
             self._progress_seen = done
             self._progress_at = now
             return 0.0
         return now - self._progress_at
+
+    def waiting(self) -> int:
+        """Records queued or in flight that the sink could deliver now (stalled_for): all of them
+        here; the Kafka sink leaves out those held for partitions whose leader is known out of
+        reach."""
+        return self.queue.total_records
 
     def unreachable(self) -> str:
         """Why no record can reach its destination although the sink counts as connected (the
@@ -1203,6 +1210,36 @@ class KafkaSink(Sink):
         if not cut:
             return sorted(lost)
         return sorted({p for p, n in (self._leaders() if leaders is None else leaders).items() if n in cut} | set(lost))
+
+    def waiting(self) -> int:
+        """Records that could go: those queued or in flight less the ones held (_held, with their
+        probe) for a partition whose leader is known out of reach (unreachable_partitions; for
+        the counters topic, a leader in _cut_off). Those wait for the leader, not for the sink:
+        counted as a stall, an idle keyed collector with some leaders out of reach went unready
+        at the stall limit, though the other partitions would take any flow that came, and
+        behind a Service it then got none until the leader was back. Sampled, not per record."""
+        n = self.queue.total_records
+        if not self._held or self.producer is None:
+            return n
+        cut = self._cut_off()
+        out = set(self.unreachable_partitions())
+        if not (cut or out):
+            return n
+        from aiokafka.structs import TopicPartition
+
+        cluster = self.producer.client.cluster
+        for (kind, p), h in self._held.items():
+            if p < 0:
+                continue
+            if kind == FLOWS:
+                if p not in out:
+                    continue
+            elif cluster.leader_for_partition(TopicPartition(self.k.counters_topic, p)) not in cut:
+                continue
+            n -= sum(len(c.records) for c in h.chunks)
+            if h.probe is not None and not any(c is h.probe for c in h.chunks):
+                n -= len(h.probe.records)
+        return max(n, 0)
 
     def unreachable(self) -> str:
         """Why no leader of the flows topic's partitions can be reached, as the latest checks
@@ -2914,7 +2951,7 @@ class KafkaSink(Sink):
                 h.until = time.monotonic()
             return
         self.errors["produce"] += 1
-        if not _broker_answer(exc) and not self._answering():
+        if not _broker_answer(exc) and not self._answering() and not self._other_leaders(o):
             # (a partition's error in a broker's answer is no lost connection: with one partition
             # refused and the others delivered, flowscope_sink_connected and /readyz flapped at
             # every retry; a broker refusing everything shows as flowscope_sink_stalled_seconds.
@@ -2957,6 +2994,28 @@ class KafkaSink(Sink):
             return
         for c in reversed(o.chunks()):  # requeue() puts each at the front: keep the order
             self.queue.requeue(c)
+
+    def _other_leaders(self, o: _Open) -> bool:
+        """Whether the failed batch `o` went to a leader the checks already found out of reach
+        (_cut_off) while some leader of the flows topic is not: its failure says nothing new of
+        the cluster, and no disconnection. Why: an idle keyed collector's held partition is
+        probed every few seconds (_probe_held); with nothing else sent, no connection had an
+        answer within the request timeout (_answering), so each probe refused by the dead
+        leader marked the sink not connected, and /readyz unready, until the next metadata
+        refresh, though the other leaders would take any flow (the idle metadata check, every
+        IDLE_CHECK_S, shows the cluster answers; a cluster gone fails that too)."""
+        if o.partition < 0 or self.producer is None:
+            return False
+        cut = self._cut_off()
+        if not cut:
+            return False
+        from aiokafka.structs import TopicPartition
+
+        topic = (self.k.topic, self.k.counters_topic)[o.kind]
+        if self.producer.client.cluster.leader_for_partition(TopicPartition(topic, o.partition)) not in cut:
+            return False
+        lost = self._leaderless()
+        return any(n not in cut for p, n in self._leaders().items() if p not in lost)
 
     def _split(self, o: _Open, exc: BaseException, sent: bool) -> bool:
         """A batch of several records the broker refused for its size (MESSAGE_TOO_LARGE, 10:

@@ -144,9 +144,6 @@ def test_some_partition_leaders_unreachable_are_counted_named_and_their_flows_ac
             assert "reason=\"unconfirmed\"" not in c.log(), c.log()[-3000:]
 
 
-@pytest.mark.xfail(strict=True, reason="not fixed: an idle keyed collector with some partitions' leaders out of "
-                   "reach goes unready once the stall limit passes (the cut-off partitions' records count as a "
-                   "stall), and on the direct path also after the held partition's probe fails (not connected)")
 @pytest.mark.parametrize("mode", ["direct-keyed", "aiokafka-keyed"])
 def test_some_partition_leaders_unreachable_leave_readyz_ready_while_no_flow_arrives(
         collector: Any, tmp_path: Path, mode: str) -> None:
