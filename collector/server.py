@@ -619,7 +619,7 @@ class Worker:
                 # Connected but delivering nothing (every produce refused and retried, or the
                 # keyed modes' producer retrying inside aiokafka): as unready as disconnected.
                 why.append(f"{self.sink.name} sink delivered nothing for {stalled:.0f} s with "
-                           f"{self.sink.queue.total_records} records waiting")
+                           f"{self.sink.waiting()} records waiting")
             failing = self.sink.failing_for(self.stall_limit)
             if failing > self.stall_limit:
                 # Dropping what it is given (disk full, closed stdout, a topic the broker refuses
