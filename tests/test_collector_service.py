@@ -457,6 +457,20 @@ def _stop_counts(log_text: str) -> tuple[int, int, int]:
     return int(m.group(1)), int(m.group(2)), int(m2.group(1)) if m2 else 0
 
 
+def _next_run_loss(collector: Any, tmp_path: Path, state: Path, exporter: socket.socket,
+                   first: int) -> tuple[Any, float]:
+    """A next run on `state` given the exporter's NetFlow v5 datagram of sequence `first` * 30
+    (30 flows): the run and the flows it counts lost before it, as one gap from where the saved
+    stream left off (counted whole once it has waited a second for late datagrams)."""
+    c2 = collector(["--output-file", str(tmp_path / "flows.jsonl"), "--state-file", str(state),
+                    "--state-interval", "60"])
+    send_udp([make_v5(first * 30, 30, first * 30)], c2.port, sock=exporter)
+    c2.wait_value("flowscope_flows_delivered_total", 30, sink="file")
+    wait_for(lambda: c2.value("flowscope_sequence_lost_total", exporter="127.0.0.1", protocol="netflow5") > 0,
+             10, what="the loss while down counted")
+    return c2, c2.value("flowscope_sequence_lost_total", exporter="127.0.0.1", protocol="netflow5")
+
+
 def test_datagrams_dropped_at_shutdown_are_not_counted_lost_by_the_next_run(collector: Any, tmp_path: Path) -> None:
     """A NetFlow v5 exporter keeps sending while the collector stops (the sink cannot deliver,
     so the stop lasts until its deadline), and after: every flow it numbered is counted once
@@ -481,15 +495,7 @@ def test_datagrams_dropped_at_shutdown_are_not_counted_lost_by_the_next_run(coll
     assert refused > 0, log_text
     # 10 datagrams (300 flows) sent while no collector runs, then one the next run decodes
     first = 20 + n + 10
-    c2 = collector(["--output-file", str(tmp_path / "flows.jsonl"), "--state-file", str(state),
-                    "--state-interval", "60"])
-    send_udp([make_v5(first * 30, 30, first * 30)], c2.port, sock=exporter)
-    c2.wait_value("flowscope_flows_delivered_total", 30, sink="file")
-    # (one gap, from where the first run's save left the stream: counted whole once it has
-    # waited a second for late datagrams)
-    wait_for(lambda: c2.value("flowscope_sequence_lost_total", exporter="127.0.0.1", protocol="netflow5") > 0,
-             10, what="the loss while down counted")
-    lost = c2.value("flowscope_sequence_lost_total", exporter="127.0.0.1", protocol="netflow5")
+    c2, lost = _next_run_loss(collector, tmp_path, state, exporter, first)
     assert c2.value("flowscope_sequence_resets_total") == 0
     assert delivered + dropped + 30 * refused + 30 + lost == 30 * (first + 1), (lost, refused)
     assert c2.stop() == 0
@@ -529,13 +535,8 @@ def test_a_kill_during_the_shutdown_drain_leaves_the_sequence_state_and_counts_e
     assert "stopped:" not in c1.log()
     # 10 datagrams (300 flows) sent while no collector runs, then one the next run decodes
     first = 20 + n + 10
-    c2 = collector(["--output-file", str(tmp_path / "flows.jsonl"), "--state-file", str(state),
-                    "--state-interval", "60"])
-    send_udp([make_v5(first * 30, 30, first * 30)], c2.port, sock=exporter)
-    c2.wait_value("flowscope_flows_delivered_total", 30, sink="file")
-    wait_for(lambda: c2.value("flowscope_sequence_lost_total", exporter="127.0.0.1", protocol="netflow5") > 0,
-             10, what="the loss counted")
-    assert c2.value("flowscope_sequence_lost_total", exporter="127.0.0.1", protocol="netflow5") == 30 * (n + 10)
+    c2, lost = _next_run_loss(collector, tmp_path, state, exporter, first)
+    assert lost == 30 * (n + 10)
     assert c2.value("flowscope_sequence_resets_total") == 0
     assert c2.stop() == 0
     exporter.close()

@@ -41,6 +41,14 @@ def _counts(dec: Decoder, now: float | None) -> tuple[int, int]:
     return p.get("sequence_lost", 0), p.get("sequence_resets", 0)
 
 
+def _template_then(data: Sequence[tuple[int, int]], rng: random.Random) -> list[Msg]:
+    """An OVS template message (sequence 0) at T0, then one data message a second for each
+    (sequence number, records) of `data`."""
+    first = (ipfix_message([template_set([OVS_INGRESS])], seq=0, export_time=EXPORT), 0.0)
+    return [first] + [(ipfix_message([data_set(OVS_INGRESS, ovs_flows(n, rng))], seq=seq,
+                                     export_time=EXPORT + i), 1.0 + i) for i, (seq, n) in enumerate(data)]
+
+
 def _over_runs(msgs: Sequence[Msg], path: Path, restart: int | None, settle: float = 900.0,
                writer: str | None = None, stopped: float | None = None, saves: str = "final") -> tuple[int, int]:
     """(sequence_lost, sequence_resets) counted of msgs, in one run (restart None) or in two:
@@ -119,16 +127,10 @@ def test_a_soft_hold_after_a_template_only_first_message_goes_on_after_a_restart
     step of the previous count) still counts it; softflowd's equal messages, which never vote,
     still count none of it."""
     rng = random.Random(60)
-
-    def msgs(data: list[tuple[int, int]]) -> list[Msg]:
-        first = (ipfix_message([template_set([OVS_INGRESS])], seq=0, export_time=EXPORT), 0.0)
-        return [first] + [(ipfix_message([data_set(OVS_INGRESS, ovs_flows(n, rng))], seq=seq,
-                                         export_time=EXPORT + i), 1.0 + i) for i, (seq, n) in enumerate(data)]
-
-    rfc = msgs([(10, 10), (20, 5), (25, 8), (33, 4)])
+    rfc = _template_then([(10, 10), (20, 5), (25, 8), (33, 4)], rng)
     assert _over_runs(rfc, tmp_path / "a.json", None) == (10, 0)
     assert _over_runs(rfc, tmp_path / "b.json", 2) == (10, 0)
-    softflowd = msgs([(32, 32), (64, 32), (96, 32), (128, 32)])
+    softflowd = _template_then([(32, 32), (64, 32), (96, 32), (128, 32)], rng)
     assert _over_runs(softflowd, tmp_path / "c.json", None) == (0, 0)
     assert _over_runs(softflowd, tmp_path / "d.json", 2) == (0, 0)
 
@@ -143,15 +145,9 @@ def test_the_save_as_the_stop_begins_changes_no_count(tmp_path: Path, saves: str
     it kept its held losses open (export_sequences' hand_over), the first save closed them: the
     final save then had none, and the RFC reading's 10 were never counted."""
     rng = random.Random(60)
-
-    def msgs(data: list[tuple[int, int]]) -> list[Msg]:
-        first = (ipfix_message([template_set([OVS_INGRESS])], seq=0, export_time=EXPORT), 0.0)
-        return [first] + [(ipfix_message([data_set(OVS_INGRESS, ovs_flows(n, rng))], seq=seq,
-                                         export_time=EXPORT + i), 1.0 + i) for i, (seq, n) in enumerate(data)]
-
-    rfc = msgs([(10, 10), (20, 5), (25, 8), (33, 4)])
+    rfc = _template_then([(10, 10), (20, 5), (25, 8), (33, 4)], rng)
     assert _over_runs(rfc, tmp_path / "a.json", 2, saves=saves) == (10, 0)
-    softflowd = msgs([(32, 32), (64, 32), (96, 32), (128, 32)])
+    softflowd = _template_then([(32, 32), (64, 32), (96, 32), (128, 32)], rng)
     assert _over_runs(softflowd, tmp_path / "b.json", 2, saves=saves) == (0, 0)
     undecided = _numbered([24, 32, 32, 10, 20, 5], 1, random.Random(57))
     assert _over_runs(undecided, tmp_path / "c.json", 2, stopped=5.5, saves=saves) == (32, 0)
