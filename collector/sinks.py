@@ -1141,6 +1141,19 @@ class KafkaSink(Sink):
         led = {p: cluster.leader_for_partition(TopicPartition(topic, p)) for p in cluster.partitions_for_topic(topic) or ()}
         return {p: n for p, n in led.items() if n is not None and n >= 0}
 
+    def _leader_of(self, topic: str, partition: int) -> int | None:
+        """The leader's node id of one partition of `topic` in the client's metadata (None: not
+        known, or no producer)."""
+        from aiokafka.structs import TopicPartition
+
+        if self.producer is None:
+            return None
+        return self.producer.client.cluster.leader_for_partition(TopicPartition(topic, partition))
+
+    def _listed_leaders(self, lost: dict[int, str]) -> set[int]:
+        """The nodes leading a flows topic partition that `lost` (_leaderless) leaves out."""
+        return {n for p, n in self._leaders().items() if p not in lost}
+
     def _note_leaders(self) -> None:
         """Keep each flows topic partition's leader at an address the client's metadata gives
         (_led_by), to name it once the metadata gives none (_leaderless); a partition the topic
@@ -1225,16 +1238,8 @@ class KafkaSink(Sink):
         out = set(self.unreachable_partitions())
         if not (cut or out):
             return n
-        from aiokafka.structs import TopicPartition
-
-        cluster = self.producer.client.cluster
         for (kind, p), h in self._held.items():
-            if p < 0:
-                continue
-            if kind == FLOWS:
-                if p not in out:
-                    continue
-            elif cluster.leader_for_partition(TopicPartition(self.k.counters_topic, p)) not in cut:
+            if p < 0 or not (p in out if kind == FLOWS else self._leader_of(self.k.counters_topic, p) in cut):
                 continue
             n -= sum(len(c.records) for c in h.chunks)
             if h.probe is not None and not any(c is h.probe for c in h.chunks):
@@ -1264,7 +1269,7 @@ class KafkaSink(Sink):
                                      *(f"partition{'s' if len(ps) > 1 else ''} {', '.join(map(str, ps))} "
                                        f"{'have' if len(ps) > 1 else 'has'} no leader in the cluster's metadata: {w}"
                                        for w, ps in _grouped(lost))) if w)
-        leaders = {n for p, n in self._leaders().items() if p not in lost}
+        leaders = self._listed_leaders(lost)
         if leaders or lost:
             if not leaders <= cut:
                 return ""
@@ -3007,15 +3012,9 @@ class KafkaSink(Sink):
         if o.partition < 0 or self.producer is None:
             return False
         cut = self._cut_off()
-        if not cut:
+        if not cut or self._leader_of((self.k.topic, self.k.counters_topic)[o.kind], o.partition) not in cut:
             return False
-        from aiokafka.structs import TopicPartition
-
-        topic = (self.k.topic, self.k.counters_topic)[o.kind]
-        if self.producer.client.cluster.leader_for_partition(TopicPartition(topic, o.partition)) not in cut:
-            return False
-        lost = self._leaderless()
-        return any(n not in cut for p, n in self._leaders().items() if p not in lost)
+        return bool(self._listed_leaders(self._leaderless()) - cut)
 
     def _split(self, o: _Open, exc: BaseException, sent: bool) -> bool:
         """A batch of several records the broker refused for its size (MESSAGE_TOO_LARGE, 10:

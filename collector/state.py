@@ -339,14 +339,7 @@ class StateFile:
         data = self._export(decoder, sequences=True, hand_over=False)
         if data is None:
             return None
-        gen = self._next_gen()
-
-        async def write() -> bool:
-            ok = await asyncio.to_thread(self._write, data, gen)
-            self._adopt_into(decoder)
-            return ok
-
-        return write()
+        return self._written(decoder, data, self._next_gen())
 
     async def save_async(self, decoder: Any) -> bool:
         """Export on the event loop (the decoder is not thread-safe), write and fsync in a thread:
@@ -371,7 +364,12 @@ class StateFile:
                     if unchanged:
                         self._last = self._export(decoder) or self._last
             return True
-        ok = await asyncio.to_thread(self._write, data, self._next_gen())
+        return await self._written(decoder, data, self._next_gen())
+
+    async def _written(self, decoder: Any, data: bytes, gen: int) -> bool:
+        """Write and fsync `data` as generation `gen` in a thread, then take into the decoder what
+        the write's merge found newer (_adopt_into, on the event loop)."""
+        ok = await asyncio.to_thread(self._write, data, gen)
         self._adopt_into(decoder)
         return ok
 

@@ -4853,32 +4853,12 @@ cdef void keep_unknown_set(ExporterState ex, uint32_t domain, uint16_t set_id, c
 
 cdef Py_ssize_t record_end(Template t, const uint8_t* buf, Py_ssize_t pos, Py_ssize_t end) noexcept:
     """Where the record of template t starting at buf[pos] ends (its fields' lengths, RFC 7011
-    7 for variable-length ones), or -1 when it runs past end."""
-    cdef Py_ssize_t i
-    cdef uint16_t L
-    for i in range(t.n_fields):
-        L = t.fields[i].length
-        if L == VARLEN:
-            if pos >= end:
-                return -1
-            L = buf[pos]
-            pos += 1
-            if L == 255:
-                if end - pos < 2:
-                    return -1
-                L = be16(buf + pos)
-                pos += 2
-        if end - pos < L:
-            return -1
-        pos += L
-    return pos
-
-
-cdef Py_ssize_t var_record_end(Template t, const uint8_t* buf, Py_ssize_t pos, Py_ssize_t end) noexcept:
-    """record_end for a template with variable-length fields, by its fixed runs (Template.var_gaps):
-    the same answer, a length prefix read per variable-length field instead of a step per field."""
+    7 for variable-length ones), or -1 when it runs past end. Only the length prefixes are read:
+    the fixed-length runs between them are Template.var_gaps."""
     cdef int j
     cdef uint32_t L
+    if not t.varlen:
+        return pos + t.min_len if end - pos >= t.min_len else -1
     for j in range(t.n_var):
         if end - pos < <Py_ssize_t>t.var_gaps[j] + 1:
             return -1
@@ -4911,7 +4891,7 @@ cdef Py_ssize_t count_records(Template t, const uint8_t* buf, Py_ssize_t n) noex
     while n - pos >= t.min_len:
         if n - pos < 4 and n % 4 == 0 and all_zero(buf, pos, n):
             break
-        e = var_record_end(t, buf, pos, n) if t.varlen else record_end(t, buf, pos, n)
+        e = record_end(t, buf, pos, n)
         if e < 0:
             return -1
         if e == pos:
