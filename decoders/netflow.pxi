@@ -2661,8 +2661,8 @@ cdef int refuse_template(Decoder dec, ExporterState ex, FlowBatch b, Py_ssize_t 
     if tid >= 256:
         drop_template(dec, ex, tkey(version, domain, tid, b.port))
     ex.count_error("bad_template")
-    dec.log_limited("bad_template", ex.ip, f"{PROTOCOL_NAMES[b.proto_kind]} template refused: bad_template at "
-                                           f"offset {start}: {detail} (record skipped)")
+    dec.log_limited("bad_template", ex.ip, f"{'ipfix' if version == 10 else 'netflow9'} template refused: "
+                                           f"bad_template at offset {start}: {detail} (record skipped)")
     return 0
 
 
@@ -4829,7 +4829,7 @@ cdef int cut_record(Decoder dec, ExporterState ex, FlowBatch b, Reader* s, int v
     ex.count_error(e.reason)
     if b.error is None:
         b.error = (e.reason, e.offset, e.detail)
-    dec.log_limited(e.reason, ex.ip, f"{PROTOCOL_NAMES[b.proto_kind]} v{version} domain {domain} data set "
+    dec.log_limited(e.reason, ex.ip, f"{'ipfix' if version == 10 else 'netflow9'} v{version} domain {domain} data set "
                                      f"{set_id}: a record at offset {at} runs past its set ({e.detail}): "
                                      f"it and the rest of the set skipped")
     return 0

@@ -4162,6 +4162,40 @@ def test_a_refused_datagram_is_counted_in_its_refusal_reason_only(refusal: str) 
     assert dec.stats()[EXPORTER]["errors"].get("template_mismatch") == 1
 
 
+#: options template 401 (RFC 7011 3.4.2.2): scope ingressInterface (IE 10, 4 bytes), then
+#: interfaceName (IE 82) of variable length (65535, RFC 7011 7)
+_IFNAME_OPT_BODY = struct.pack("!HHH", 401, 2, 1) + struct.pack("!HHHH", 10, 4, 82, 0xFFFF)
+IFNAME_OPT_TPL = struct.pack("!HH", 3, 4 + len(_IFNAME_OPT_BODY)) + _IFNAME_OPT_BODY
+#: its data set: ifIndex 1 named "br0", then a record whose name's length (200) runs past the set
+_IFNAME_CUT_BODY = struct.pack("!IB", 1, 3) + b"br0" + struct.pack("!IB", 2, 200) + b"x" * 20
+IFNAME_CUT_OPTIONS = struct.pack("!HH", 401, 4 + len(_IFNAME_CUT_BODY)) + _IFNAME_CUT_BODY
+
+
+@pytest.mark.parametrize("refusal", ["rate_limited", "too_large", "shutdown"])
+def test_a_refused_datagram_with_an_options_record_cut_short_does_not_raise(refusal: str) -> None:
+    """A refused IPFIX datagram's options data is read (refuse_ipfix), and a record of it that
+    its set's end cuts (a variable-length name longer than what is left) is skipped as when
+    decoded, counted in the refusal's reason only. Before, naming the protocol for that record's
+    log line looked up the batch's protocol, which a refused datagram's batch does not have: a
+    KeyError escaped Decoder.decode / Decoder.refused, which never raise for bad input."""
+    dec = Decoder(DecoderConfig(max_exporter_rate=1 if refusal == "rate_limited" else 0,
+                                max_datagram=40 if refusal == "too_large" else 65535))
+    first = ipfix_message([IFNAME_OPT_TPL], seq=0, export_time=EXPORT)
+    assert len(first) <= 40 and dec.decode(first, EXPORTER, 4739, float(EXPORT)).error is None
+    cut = ipfix_message([IFNAME_CUT_OPTIONS], seq=0, export_time=EXPORT)
+    assert len(cut) > 40
+    if refusal == "shutdown":
+        assert dec.refused(cut, EXPORTER, 4739, EXPORT + 0.5)
+        assert dec.stats()[EXPORTER]["errors"] == {}
+    else:
+        assert dec.decode(cut, EXPORTER, 4739, EXPORT + 0.5).error[0] == refusal
+        assert dec.stats()[EXPORTER]["errors"] == {refusal: 1}
+    # the control: decoded, the same set is its datagram's error
+    b = Decoder()
+    b.decode(first, EXPORTER, 4739, float(EXPORT))
+    assert b.decode(cut, EXPORTER, 4739, float(EXPORT)).error[0] == "truncated"
+
+
 def test_rate_limit_config_is_validated() -> None:
     with pytest.raises(ValueError, match="max_exporter_rate"):
         Decoder(DecoderConfig(max_exporter_rate=-1))
