@@ -221,7 +221,7 @@ cdef class Decoder:
         self.evicted_exporters += seen
         if seen:
             self.log_limited("exporter_limit", "*", f"{why}: forgot the {len(oldest)} seen least recently "
-                             f"(counted in flowscope_exporters_evicted_total)")
+                             f"(counted in flowscope_exporters_evicted_total)", LOG_WARNING, True)
 
     cdef void note_changed(self, str ip, bint gained):
         """For exporters_changed(): `ip` joined or left the exporters that sent. Its changes
@@ -252,15 +252,17 @@ cdef class Decoder:
         up)."""
         return self._sent_count
 
-    cdef void log_limited(self, str reason, str ip, str msg, int level=LOG_WARNING):
+    cdef void log_limited(self, str reason, str ip, str msg, int level=LOG_WARNING, bint change=False):
         """Per-packet errors (and, at `level` INFO, what is not an error but worth telling an
         operator) are logged at most once per reason and exporter every 10 s. The
         table of (reason, exporter) keys holds LOG_KEYS, in the order they last logged: keys
         quiet for 10 s give way to new ones; beyond LOG_KEYS keys logging within 10 s (a flood
-        from spoofed sources), the rest log once per reason every 10 s, with their count."""
+        from spoofed sources), the rest log once per reason every 10 s, with their count.
+        While a refused datagram is read (quiet) only a `change` is: what it did to the state
+        (an eviction, counted as when decoded), not what is wrong in it."""
         cdef double now
         cdef list ov
-        if self.quiet:
+        if self.quiet and not change:
             return
         now = time.monotonic()
         key = (reason, ip)

@@ -2824,7 +2824,8 @@ cdef void evict_template(Decoder dec, ExporterState ex, Template victim):
     ex.proto_stats(name)["templates_evicted"] += 1
     dec.log_limited("template_evicted", ex.ip, f"v{victim.version} domain {victim.domain} port {victim.port} "
                     f"template {victim.template_id} forgotten: the exporter has {dec.max_templates} templates "
-                    f"and that one was refreshed least recently (counted in flowscope_templates_evicted_total)")
+                    f"and that one was refreshed least recently (counted in flowscope_templates_evicted_total)",
+                    LOG_WARNING, True)
 
 
 # ---------------------------------------------------------------- v9 / IPFIX data records
@@ -5108,9 +5109,13 @@ cdef int refuse_ipfix(Decoder dec, ExporterState ex, FlowBatch b, const uint8_t*
     process in a refused message was not seen, the restart then missed (the new run numbered
     ahead of the old one) or counted twice (numbered behind it: once by its late messages, again
     by its next record of IE 160). Its export time goes with it (before_restart: the old run's
-    message, late after a restart told by IE 160, changes nothing). Template sets are not read:
-    a data set after one in the same message is counted by the template known before it. Returns
-    the messages whose sequence numbers were taken."""
+    message, late after a restart told by IE 160, changes nothing). Its template sets are learned
+    as a decoded message's are (parse_template_set: the same per-exporter and global bounds, an
+    eviction counted, a withdrawal applied): not read, a refused template refresh left the data
+    after it unread (missing templates) until the next refresh, 10 minutes with Open vSwitch's
+    default. The sets are read in the message's order, a data set counted by the templates as
+    they are where it stands (RFC 7011 8: a template goes before the data that uses it).
+    Returns the messages whose sequence numbers were taken."""
     cdef Reader r, m, s
     cdef int taken = 0
     cdef const uint8_t* h
@@ -5143,9 +5148,10 @@ cdef int refuse_ipfix(Decoder dec, ExporterState ex, FlowBatch b, const uint8_t*
         set_start = m.pos
         whole = False
         # One datagram, one reason: the refusal (rate_limited, too_large: the datagram's decode
-        # error; shutdown: the collector's drop) is what is counted of it. An options set in it
-        # that is malformed, or teaches more than there is room for, is neither counted as a
-        # decode error of its own (ExporterState.refusing) nor logged (Decoder.quiet).
+        # error; shutdown: the collector's drop) is what is counted of it. A template record or
+        # an options set in it that is malformed, or teaches more than there is room for, is
+        # neither counted as a decode error of its own (ExporterState.refusing) nor logged
+        # (Decoder.quiet).
         ex.refusing = True
         dec.quiet = True
         try:
@@ -5158,6 +5164,11 @@ cdef int refuse_ipfix(Decoder dec, ExporterState ex, FlowBatch b, const uint8_t*
                 if set_len < 4 or set_len - 4 > rd_left(&m):
                     raise_decode("bad_set", set_start, "")
                 rd_sub(&m, &s, set_len - 4)
+                if set_id == 2 or set_id == 3:
+                    # learned as when decoded (the same limits and eviction counts), in the
+                    # message's order: a data set after it is counted by it (RFC 7011 8)
+                    parse_template_set(dec, ex, b, &s, 10, domain, set_id == 3)
+                    continue
                 if set_id < 256:
                     continue
                 t = ex.templates.get(tkey(10, domain, set_id, b.port))
@@ -5204,7 +5215,9 @@ cdef int refuse_v9(Decoder dec, ExporterState ex, FlowBatch b, const uint8_t* bu
     unknown records, a loss right after it in a stream read by records went uncounted (the next
     packet set what is expected), and its step was no vote. A flowset whose template is not
     known (or that does not fit it) leaves the count unknown, as for a packet not decoded whole.
-    Returns 1 when its stream took it (a whole header), else 0."""
+    Its template flowsets are learned as a decoded packet's are (parse_template_set), in the
+    packet's order: a data flowset after one is counted by it (RFC 3954 5: a template before
+    the data that uses it). Returns 1 when its stream took it (a whole header), else 0."""
     cdef Reader r, s
     cdef const uint8_t* h
     cdef uint16_t set_id, set_len
@@ -5218,24 +5231,39 @@ cdef int refuse_v9(Decoder dec, ExporterState ex, FlowBatch b, const uint8_t* bu
     rd_init(&r, buf, 0, n)
     h = rd_take(&r, 20)
     domain = be32(h + 16)
-    while rd_left(&r) >= 4 and counted:
-        set_start = r.pos
-        set_id = rd_u16(&r)
-        set_len = rd_u16(&r)
-        if set_id == 0 and set_len == 0 and all_zero(r.buf, set_start, r.end):
-            break           # zero padding after the last flowset
-        if set_len < 4 or set_len - 4 > rd_left(&r):
-            counted = False
-            break
-        rd_sub(&r, &s, set_len - 4)
-        if set_id < 256:
-            continue
-        t = ex.templates.get(tkey(9, domain, set_id, b.port))
-        k = count_records(t, s.buf + s.pos, rd_left(&s)) if t is not None else -1
-        if k < 0:
-            counted = False
-        elif not t.options:
-            flows += <uint64_t>k
+    # one datagram, one reason (refuse_ipfix): a template record in it flowscope refuses, or
+    # one over the limits, is neither counted as an error of its own nor logged
+    ex.refusing = True
+    dec.quiet = True
+    try:
+        while rd_left(&r) >= 4:
+            set_start = r.pos
+            set_id = rd_u16(&r)
+            set_len = rd_u16(&r)
+            if set_id == 0 and set_len == 0 and all_zero(r.buf, set_start, r.end):
+                break           # zero padding after the last flowset
+            if set_len < 4 or set_len - 4 > rd_left(&r):
+                counted = False
+                break
+            rd_sub(&r, &s, set_len - 4)
+            if set_id == 0 or set_id == 1:
+                # learned as when decoded, in the packet's order (refuse_ipfix); the flowsets
+                # after one whose records could not be counted are still read for theirs
+                parse_template_set(dec, ex, b, &s, 9, domain, set_id == 1)
+                continue
+            if set_id < 256 or not counted:
+                continue
+            t = ex.templates.get(tkey(9, domain, set_id, b.port))
+            k = count_records(t, s.buf + s.pos, rd_left(&s)) if t is not None else -1
+            if k < 0:
+                counted = False
+            elif not t.options:
+                flows += <uint64_t>k
+    except DecodeError:
+        counted = False         # (as above: not counted beside the refusal)
+    finally:
+        ex.refusing = False
+        dec.quiet = False
     ex.sequence(PROTO_NETFLOW9, b.port, domain, be32(h + 12),
                 <uint32_t>flows if counted and flows < V9_UNCOUNTED else V9_UNCOUNTED,
                 be32(h + 4), <int64_t>(b.recv_time * 1000.0), be32(h + 8))

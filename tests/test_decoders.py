@@ -4196,6 +4196,137 @@ def test_a_refused_datagram_with_an_options_record_cut_short_does_not_raise(refu
     assert b.decode(cut, EXPORTER, 4739, float(EXPORT)).error[0] == "truncated"
 
 
+#: one template id (256) in two layouts (RFC 7011 8: sent again, it is redefined): records of
+#: 12 bytes, then of 8
+LAYOUT_12 = _tpl(256, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("bytes", 1, 0, 4))
+LAYOUT_8 = _tpl(256, ("src", 8, 0, 4), ("bytes", 1, 0, 4))
+
+
+def _recs(n: int, first: int = 100) -> list[dict]:
+    return [{"src": "10.0.0.1", "dst": "10.0.0.2", "bytes": first + i} for i in range(n)]
+
+
+def _refuse(dec: Decoder, refusal: str, d: bytes, port: int, at: float) -> None:
+    """d refused as `refusal` (over the rate, over the size, or read at shutdown)."""
+    if refusal == "shutdown":
+        assert dec.refused(d, EXPORTER, port, at)
+    else:
+        assert dec.decode(d, EXPORTER, port, at).error[0] == refusal
+
+
+def _refusing(refusal: str, most: int, templates: int = 1000) -> Decoder:
+    """A decoder that refuses as `refusal` the datagrams sent half a second after one decoded
+    (one a second), or those over `most` bytes."""
+    return Decoder(DecoderConfig(max_exporter_rate=1 if refusal == "rate_limited" else 0,
+                                 max_datagram=most if refusal == "too_large" else 65535,
+                                 max_templates_per_exporter=templates))
+
+
+@pytest.mark.parametrize("refusal", ["rate_limited", "too_large", "shutdown"])
+def test_templates_of_a_refused_ipfix_message_are_learned_in_its_order(refusal: str) -> None:
+    """An IPFIX message refused before decoding still teaches its templates, as a decoded one
+    does: an exporter's template refresh that was refused otherwise left its data unread
+    (missing templates) until its next refresh. Its sets are read in order (RFC 7011 8): the
+    data set before the redefinition of 256 is counted in the old layout (3 records of 12
+    bytes), the one after it in the new (2 of 8), so the next message, numbered 5 after it, is
+    no loss and decodes in the new layout; the next after that, 4 records later than its own 1,
+    a loss of 3. Read in the old layout alone (templates not learned) the refused message held 3
+    + 1 records, a loss of 1, and the next messages' data was read in the wrong layout."""
+    dec = _refusing(refusal, 80)
+    first = ipfix_message([template_set([LAYOUT_12]), data_set(LAYOUT_12, _recs(2))], seq=0, export_time=EXPORT)
+    refused = ipfix_message([data_set(LAYOUT_12, _recs(3)), template_set([LAYOUT_8]), data_set(LAYOUT_8, _recs(2))],
+                            seq=2, export_time=EXPORT)
+    after = ipfix_message([data_set(LAYOUT_8, [{"src": "10.0.0.9", "bytes": 7}])], seq=2 + 3 + 2,
+                          export_time=EXPORT + 1)
+    lost = ipfix_message([data_set(LAYOUT_8, [{"src": "10.0.0.9", "bytes": 8}])], seq=2 + 3 + 2 + 1 + 3,
+                         export_time=EXPORT + 2)
+    assert len(first) <= 80 < len(refused) and len(after) <= 80
+    assert len(dec.decode(first, EXPORTER, 4739, float(EXPORT))) == 2
+    _refuse(dec, refusal, refused, 4739, EXPORT + 0.5)
+    b = dec.decode(after, EXPORTER, 4739, EXPORT + 1.0)
+    assert b.error is None and [(f["SrcAddr"], f["Bytes"]) for f in b.to_dicts()] == [("10.0.0.9", 7)]
+    assert _seq_at(dec, "ipfix", EXPORT + 60.0) == (0, 0)
+    assert dec.decode(lost, EXPORTER, 4739, EXPORT + 2.0).error is None
+    assert _seq_at(dec, "ipfix", EXPORT + 60.0) == (3, 0)
+    st = dec.stats()[EXPORTER]
+    assert st["flows"] == 2 + 1 + 1 and st["missing_template_sets"] == 0 and st["templates"] == 1
+    assert st["errors"] == ({} if refusal == "shutdown" else {refusal: 1})
+
+
+@pytest.mark.parametrize("refusal", ["rate_limited", "too_large", "shutdown"])
+def test_a_template_withdrawal_in_a_refused_ipfix_message_is_applied(refusal: str) -> None:
+    """RFC 7011 8.1: a template record of field count 0 withdraws its template; in a refused
+    message too, beside a template it defines (257). The data of 256 after it is not read in
+    the withdrawn layout: a missing template. Before, the withdrawal was not read and the data
+    decoded as 256's 12-byte records, and 257 was not learned."""
+    wide = _tpl(257, *((f"f{i}", 1, 0, 4) for i in range(10)))
+    dec = _refusing(refusal, 68)
+    first = ipfix_message([template_set([LAYOUT_12]), data_set(LAYOUT_12, _recs(2))], seq=0, export_time=EXPORT)
+    refused = ipfix_message([struct.pack("!HHHH", 2, 8, 256, 0), template_set([wide])], seq=2, export_time=EXPORT)
+    after = ipfix_message([data_set(LAYOUT_12, _recs(1))], seq=2, export_time=EXPORT + 1)
+    assert len(first) <= 68 < len(refused) and len(after) <= 68
+    assert len(dec.decode(first, EXPORTER, 4739, float(EXPORT))) == 2
+    _refuse(dec, refusal, refused, 4739, EXPORT + 0.5)
+    b = dec.decode(after, EXPORTER, 4739, EXPORT + 1.0)
+    assert b.error is None and len(b) == 0 and b.missing_template_sets == 1
+    assert [t.template_id for t in dec.exporter(EXPORTER).templates.values()] == [257]
+
+
+@pytest.mark.parametrize("refusal", ["rate_limited", "too_large", "shutdown"])
+def test_templates_of_a_refused_v9_packet_are_learned(refusal: str) -> None:
+    """A NetFlow v9 packet refused before decoding still teaches its template flowsets (RFC 3954
+    5.2), also one after a data flowset whose template is not known (which leaves the packet's
+    record count unknown, not the flowsets after it unread): the next packet's data decodes.
+    Before, it was a missing template until the exporter's next refresh."""
+    tpl9 = _tpl(256, ("src", 8, 0, 4), ("dst", 12, 0, 4), ("bytes", 1, 0, 4))
+    first = v9_datagram([template_set([_tpl(257, ("src", 8, 0, 4))], version=9)], seq=0, unix_secs=EXPORT,
+                        uptime_ms=5000)
+    refused = v9_datagram([struct.pack("!HHI", 300, 8, 7), template_set([tpl9], version=9),
+                           v9_data_set(tpl9, _recs(3))], seq=1, unix_secs=EXPORT, uptime_ms=5000)
+    after = v9_datagram([v9_data_set(tpl9, _recs(2, 500))], seq=2, unix_secs=EXPORT + 1, uptime_ms=6000)
+    dec = _refusing(refusal, len(refused) - 1)
+    assert max(len(first), len(after)) < len(refused)
+    assert dec.decode(first, EXPORTER, 2055, float(EXPORT)).error is None
+    _refuse(dec, refusal, refused, 2055, EXPORT + 0.5)
+    b = dec.decode(after, EXPORTER, 2055, EXPORT + 1.0)
+    assert b.error is None and [f["Bytes"] for f in b.to_dicts()] == [500, 501]
+    st = dec.stats()[EXPORTER]
+    assert st["missing_template_sets"] == 0 and st["templates"] == 2
+    assert st["errors"] == ({} if refusal == "shutdown" else {refusal: 1})
+
+
+@pytest.mark.parametrize("refusal", ["rate_limited", "too_large", "shutdown"])
+def test_templates_of_refused_datagrams_are_bounded_and_counted_as_decoded_ones(
+        refusal: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Templates learned from refused datagrams are held to the same per-exporter bound: a full
+    table forgets the one refreshed least recently, counted in templates_evicted per exporter
+    and protocol, and said in the log (an eviction is what the datagram did to the state, not
+    an error of it). A template record flowscope refuses (id 100 < 256, RFC 7011 3.4.1) in a
+    refused datagram is not counted beside the refusal (one datagram, one reason); decoded,
+    it is a bad_template."""
+    dec = _refusing(refusal, 30, templates=5)
+    first = ipfix_message([template_set([_tpl(256, ("bytes", 1, 0, 4))])], seq=0, export_time=EXPORT)
+    assert len(first) <= 30 and dec.decode(first, EXPORTER, 4739, float(EXPORT)).error is None
+    bad = struct.pack("!HHHHHH", 2, 12, 100, 1, 1, 4)
+    caplog.set_level(logging.WARNING, logger="flowscope")
+    for i in range(50):
+        d = ipfix_message([template_set([_tpl(300 + i, ("bytes", 1, 0, 4), ("packets", 2, 0, 4))]),
+                           *([bad] if i == 7 else [])], seq=0, export_time=EXPORT)
+        assert len(d) > 30
+        _refuse(dec, refusal, d, 4739, EXPORT + 0.5)
+    st = dec.stats()[EXPORTER]
+    assert (st["templates"], st["templates_evicted"]) == (5, 51 - 5)
+    assert st["protocols"]["ipfix"]["templates_evicted"] == 51 - 5
+    assert sorted(t.template_id for t in dec.exporter(EXPORTER).templates.values()) == list(range(345, 350))
+    assert st["errors"] == ({} if refusal == "shutdown" else {refusal: 50})
+    assert any("forgotten" in r.getMessage() for r in caplog.records)
+    assert not any("bad_template" in r.getMessage() for r in caplog.records)
+    # the control: decoded, the record is counted
+    dec = Decoder()
+    dec.decode(ipfix_message([bad], seq=0, export_time=EXPORT), EXPORTER, 4739, float(EXPORT))
+    assert dec.stats()[EXPORTER]["errors"] == {"bad_template": 1}
+
+
 def test_rate_limit_config_is_validated() -> None:
     with pytest.raises(ValueError, match="max_exporter_rate"):
         Decoder(DecoderConfig(max_exporter_rate=-1))
