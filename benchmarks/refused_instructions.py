@@ -9,7 +9,9 @@ TREE: the repository whose decoders to load (a build of another commit, side by 
 an Open vSwitch message of 25 flows (template 256 known, one variable-length field), v9: a
 NetFlow v9 packet of 25 flows of a fixed-length template. A fourth argument, `decoded`: the same
 datagrams decoded instead (no rate limit), numbered one after the other as RFC 7011 / RFC 3954
-number them, to count what the sequence check adds to a decoded datagram.
+number them, to count what the sequence check adds to a decoded datagram. `templates` instead:
+the refused datagrams are the exporter's template refresh (IPFIX: Open vSwitch's three templates,
+v9: its one template), which a refused datagram teaches as a decoded one does.
 """
 
 import logging
@@ -19,7 +21,9 @@ import sys
 
 sys.path.insert(0, sys.argv[1])
 from benchmarks.datagrams import (  # noqa: E402
+    OVS_EGRESS,
     OVS_INGRESS,
+    OVS_TUNNEL,
     V9_TEMPLATE,
     data_set,
     ipfix_message,
@@ -34,6 +38,7 @@ logging.disable(logging.CRITICAL)       # (the refusals' rate-limited log line)
 EXPORT = 1_700_000_000
 proto, n = sys.argv[2], int(sys.argv[3])
 decoded = sys.argv[4:] == ["decoded"]
+refresh = sys.argv[4:] == ["templates"]
 flows = ovs_flows(25, random.Random(1))
 rec = {"src": "10.0.0.1", "dst": "10.1.0.1", "sport": 1, "dport": 443, "proto": 6, "tos": 0, "flags": 2,
        "bytes": 100, "packets": 1, "first": 1000, "last": 2000, "input": 1, "output": 2}
@@ -54,6 +59,9 @@ if proto == "ipfix":
 else:
     first = v9_datagram([template_set([V9_TEMPLATE], version=9)], seq=0, unix_secs=EXPORT, uptime_ms=5000)
 data = [datagram(i) for i in range(n)] if decoded else [datagram(0)] * n
+if refresh:
+    data = [ipfix_message([template_set([OVS_INGRESS, OVS_EGRESS, OVS_TUNNEL])], seq=0, export_time=EXPORT)
+            if proto == "ipfix" else first] * n
 dec = Decoder(DecoderConfig(max_exporter_rate=0 if decoded else 1))
 dec.decode(first, "10.0.0.1", 4739, float(EXPORT))
 for d in data:
