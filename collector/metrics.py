@@ -104,8 +104,8 @@ SERIES: dict[str, Series] = {s.name: s for s in [
            "netflow9, sflow5) that went back by more than a minute, or went back and kept following on in sequence for a second (a process restarted on the same port); "
            "an IPFIX message whose own options data gives a systemInitTimeMilliseconds (IE 160) more than a minute away from "
            "the one kept for its process and domain, whatever its sequence number and whether or not the rest of it could "
-           "be decoded (a message of the old run exported before the new run's first, arriving in the second after it, is "
-           "a late one: no restart, its clock not kept); tracking starts over", ("exporter", "protocol")),
+           "be decoded (a message of the old run exported before the new run's first, or carrying the old run's clock, "
+           "arriving in the second after it, is a late one: no restart, its clock not kept); tracking starts over", ("exporter", "protocol")),
     Series("flowscope_exporters", "gauge", "Exporters (source addresses) with decoder state that sent since the start (those only "
            "restored from the state file are not counted); with --workers N each address once, however many "
            "workers its source ports reach (as of the workers' latest snapshots)", ()),

@@ -705,6 +705,9 @@ cdef class SeqStream:
     # SEQ_REORDER_MS, a message exported before that one is the old run's (before_restart).
     cdef bint init_restarted
     cdef int64_t restart_export_s
+    # ... and the old run's clock (IE 160, ms; -1: not known): for SEQ_REORDER_MS a message that
+    # carries it is the old run's whatever its export time (old_run_clock)
+    cdef int64_t restart_old_init
     # NetFlow v9 only: the exporter numbers its packets by the flow records sent before them, as
     # NetFlow v5 does (Juniper), not by export packets (RFC 3954); see v9_convention, which
     # counts its votes in inc_votes (records) and rfc_votes (packets) and holds as IPFIX does.
@@ -784,6 +787,20 @@ cdef inline bint before_restart(SeqStream st, int64_t export_s, int64_t now_ms) 
         st.init_restarted = False
         return False
     return 0 <= export_s < st.restart_export_s
+
+
+cdef inline bint old_run_clock(SeqStream st, int64_t sysinit, int64_t now_ms) noexcept:
+    """A message whose options data carries `sysinit` (IE 160), within SEQ_REORDER_MS of its
+    stream's restart told by IE 160, is the old run's when that is the old run's clock (as far
+    as a clock read at each export jitters): a process restarted has a new one, so no third run
+    within the second has the clock of the run before the last. The export time cannot tell so
+    (before_restart): the old run's messages exported in the new run's first second, or after
+    it by a clock set back at the restart (NTP at the exporter's boot), are not before it."""
+    if not st.init_restarted or sysinit < 0 or st.restart_old_init < 0:
+        return False
+    if aged(st.restart_ms, now_ms, SEQ_REORDER_MS):
+        return False
+    return abs(sysinit - st.restart_old_init) <= SEQ_RESTART_UPTIME_MS
 
 
 cdef inline bint numbering_decided(SeqStream st, bint inclusive) noexcept:
@@ -1099,6 +1116,8 @@ cdef class ExporterState:
     cdef uint64_t msg_opt_records      # ... of them options records (v9_convention counts flows only)
     cdef bint msg_uncounted            # ... some of which could not be counted (unknown template)
     cdef bint msg_restarted            # ... its options data told a restart of the process (learn_options)
+    cdef int64_t msg_old_init          # ... the clock (IE 160) of the run that restart ended
+    cdef bint msg_old_run              # ... its options data carries the clock of the run a restart just ended
     cdef uint64_t msg_unknown_bytes    # ... the bytes those records are in (each record is one at least)
     cdef list msg_unknown_sets         # ... its data sets without their template (floor_sets), None: none
     cdef bint msg_sets_kept            # ... every undecoded record is in msg_unknown_sets
@@ -1282,7 +1301,7 @@ cdef class ExporterState:
                 # restarts and the old run's cumulative counters (sFlow's drops) counted again.
                 # Like a late datagram, it changes nothing.
                 return
-        if kind == PROTO_IPFIX and before_restart(st, export_s, now_ms):
+        if kind == PROTO_IPFIX and (before_restart(st, export_s, now_ms) or self.msg_old_run):
             # The same for IPFIX, which has no header uptime: a message of the old run arriving
             # after the new run's first, read on, was a gap up to the old run's number (the new
             # run numbered behind it: hundreds of records counted lost), the new run's next
@@ -1405,6 +1424,7 @@ cdef class ExporterState:
         st.init_restarted = export_s >= 0
         st.restart_ms = now_ms
         st.restart_export_s = export_s
+        st.restart_old_init = self.msg_old_init if self.msg_restarted else -1
         return 0
 
     cdef int64_t other_reading(self, SeqStream st, uint32_t advance, uint32_t ahead) noexcept:
@@ -2121,7 +2141,7 @@ cdef class ExporterState:
         if sp.dom_last.pop(domain, None) is not None:
             self.dom_entries -= 1
         st = self.seq_stream(PROTO_IPFIX, port, SEQ_SHARED if sp.shared_votes > sp.domain_votes else domain)
-        if before_restart(st, export_s, now_ms):
+        if before_restart(st, export_s, now_ms) or self.msg_old_run:
             return                      # the old run's, late (see sequence)
         if restarted:
             # The options record that told the restart was decoded, whatever else of its message
@@ -2259,13 +2279,15 @@ cdef class ExporterState:
             (PROTO_IPFIX, port, SEQ_SHARED if sp is not None and sp.shared_votes > sp.domain_votes else domain))
         return st is not None and sent_before_known(st, seq)
 
-    cdef bint ipfix_before_restart(self, uint32_t port, uint32_t domain, int64_t export_s, int64_t now_ms):
-        """The IPFIX message exported at export_s is the old run's, late, after its stream's
-        restart told by IE 160 (before_restart), in the stream its port reads it in."""
+    cdef bint ipfix_before_restart(self, uint32_t port, uint32_t domain, int64_t export_s, int64_t now_ms,
+                                   int64_t sysinit=-1):
+        """The IPFIX message exported at export_s, its options data carrying the clock sysinit
+        (IE 160), is the old run's, late, after its stream's restart told by IE 160
+        (before_restart, old_run_clock), in the stream its port reads it in."""
         cdef SeqPort sp = self.seq_ports.get(port)
         cdef SeqStream st = self.seq_streams.get(
             (PROTO_IPFIX, port, SEQ_SHARED if sp is not None and sp.shared_votes > sp.domain_votes else domain))
-        return st is not None and before_restart(st, export_s, now_ms)
+        return st is not None and (before_restart(st, export_s, now_ms) or old_run_clock(st, sysinit, now_ms))
 
     cdef void sequence_forget(self, int kind, uint32_t port, uint64_t domain) noexcept:
         """What the last message advanced by is unknown (not decoded whole): the stream's next
@@ -4016,14 +4038,17 @@ cdef void learn_options(Decoder dec, ExporterState ex, Template t, uint32_t rate
             # checked once its sets are decoded, is then the new run's first (decode_ipfix).
             kept = ex.sysinit_ms.get(process) if len(ex.sysinit_ms) else None
             if kept is not None and abs(<int64_t>kept - sysinit) > SEQ_RESTART_UPTIME_MS:
-                if ex.ipfix_before_restart(t.port, t.domain, ex.msg_export_s, <int64_t>(ex.last_seen * 1000.0)):
+                if ex.ipfix_before_restart(t.port, t.domain, ex.msg_export_s, <int64_t>(ex.last_seen * 1000.0),
+                                           sysinit):
                     # The old run's clock, in one of its messages arriving late after the new
                     # run's first: learned, the new run's flows were timed by the old run's
                     # clock, and this message and the new run's next record of 160 were two
-                    # more restarts.
+                    # more restarts. The message is the old run's (sequence, ipfix_forget).
                     learn_clock = False
+                    ex.msg_old_run = True
                 else:
                     ex.msg_restarted = True
+                    ex.msg_old_init = <int64_t>kept
         if learn_clock:
             learn(dec, ex, ex.sysinit_ms, process, sysinit)
     if not rate:
@@ -5039,6 +5064,7 @@ cdef int decode_ipfix(Decoder dec, ExporterState ex, FlowBatch b, Reader* r) exc
         ex.msg_opt_records = 0
         ex.msg_uncounted = False
         ex.msg_restarted = False
+        ex.msg_old_run = False
         ex.msg_unknown_bytes = 0
         ex.msg_unknown_sets = None
         ex.msg_sets_kept = True
@@ -5137,6 +5163,7 @@ cdef int refuse_ipfix(Decoder dec, ExporterState ex, FlowBatch b, const uint8_t*
         ex.msg_opt_records = 0
         ex.msg_uncounted = False
         ex.msg_restarted = False
+        ex.msg_old_run = False
         ex.msg_unknown_bytes = 0
         ex.msg_unknown_sets = None
         ex.msg_sets_kept = True

@@ -2973,6 +2973,27 @@ def test_late_messages_of_the_run_before_an_ie160_restart_change_nothing() -> No
     assert _ie160_run(base + IE160_BEHIND[:1] + [refresh] + IE160_BEHIND[1:] + [again])[1] == (0, 1)
 
 
+@pytest.mark.parametrize("back", [0, 7])
+def test_a_late_message_with_the_old_runs_clock_is_the_old_runs_whatever_its_export_time(back: int) -> None:
+    """A message of the old run carrying its clock (IE 160) arriving within the second after
+    the restart, exported in the new run's first second (back 0: the old run ended and the new
+    one began within that second), or after it by the exporter's clock (back 7: the clock set
+    back 7 s at the restart, the new run's export times behind the old run's). Its export time
+    cannot tell it from the new run's (before_restart), its clock can: a restarted process has a
+    new one. Before, it was a second restart, its clock kept for the new run's flows, and the
+    new run's messages after it numbered against it (15 records lost, new run numbered ahead)."""
+    base = IE160_OLD[:-1]
+    late = _ie160_msg(501, 12.05, init=IE160_INIT, sent=9.9 if back else 12.0)
+    for first in (100, 516):
+        new = [_ie160_msg(first, 12.0, init=IE160_NEW_INIT - 1000 * back, sent=12.0 - back),
+               _ie160_msg(first + 6, 12.1, sent=12.1 - back), _ie160_msg(first + 11, 12.2, sent=12.2 - back)]
+        dec, seq = _ie160_run(base + new[:1] + [late] + new[1:])
+        assert seq == (0, 1), first
+        assert dec.exporter(EXPORTER).sysinit_ms == {(10, 0, 40001): IE160_NEW_INIT - 1000 * back}
+        # the new run's own loss still counts (its second message never arrives)
+        assert _ie160_run(base + new[:1] + [late, new[2]])[1] == (5, 1)
+
+
 def test_an_ie160_restart_in_a_message_not_decoded_whole_is_a_restart() -> None:
     """The new run's first message holding a data set without its template (not decoded whole:
     its records uncounted) still had its options record decoded: its IE 160 tells the restart
