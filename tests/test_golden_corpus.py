@@ -331,3 +331,36 @@ def test_tshark_reference_is_consistent() -> None:
     assert totals["no_template"] == 12
     assert totals["records"] == 586
     assert totals["sflow_samples"] == 22
+
+
+@pytest.mark.parametrize("name", ["ipfix/vmware-vds_ipfix.pcap", "ipfix/cert-yaf_ipfix_applabel.pcap",
+                                  "netflow9/fortigate-fortios521_netflow9.pcap",
+                                  "netflow9/generic_fluent_netflow9_as2_template_redefined.pcap",
+                                  "netflow9/generic_fluent_netflow9_data_before_template.pcap"])
+def test_a_capture_whose_template_datagrams_are_refused_still_decodes_its_data(name: str, decoders_mod) -> None:
+    """A real exporter's capture replayed with --max-datagram just under its smallest datagram
+    that holds templates (tshark's reading says which): every one of those is refused as
+    too_large, and still teaches its templates (refuse_ipfix / refuse_v9), so each datagram of
+    data alone decodes the flows it decodes when nothing is refused (which test_golden_local
+    holds to tshark's decode), its missing-template sets the same. Before, the data after a
+    refused template datagram was all missing templates."""
+    pcap = CORPUS / name
+    datagrams = _datagrams(pcap)
+    reader = T.CflowReader()
+    packets = T.load_tshark_json(pcap.parent / (pcap.stem + ".tshark.json"))["packets"]
+    with_tpl = [bool(reader.packet(p).template_keys()) for p in packets]
+    assert any(with_tpl) and not all(with_tpl)
+    most = min(len(dg.payload) for dg, t in zip(datagrams, with_tpl, strict=True) if t) - 1
+    assert all(len(dg.payload) <= most for dg, t in zip(datagrams, with_tpl, strict=True) if not t)
+    whole = _new_decoder(decoders_mod)
+    refusing = decoders_mod.Decoder(decoders_mod.DecoderConfig(default_sampling=0, max_datagram=most))
+    decoded = 0
+    for dg, t in zip(datagrams, with_tpl, strict=True):
+        want = whole.decode(dg.payload, dg.src, dg.sport, dg.ts)
+        got = refusing.decode(dg.payload, dg.src, dg.sport, dg.ts)
+        if t:
+            assert got.error[0] == "too_large" and len(got) == 0
+        else:
+            assert got.to_dicts() == want.to_dicts() and got.missing_template_sets == want.missing_template_sets
+            decoded += len(got)
+    assert decoded > 0
