@@ -547,6 +547,30 @@ def test_template_flood_is_bounded_and_counted() -> None:
     assert [(x["Bytes"], x["Packets"]) for x in f.to_dicts()] == [(10, 2)]
 
 
+def test_a_template_sent_again_is_redefined_by_any_field_and_refreshed_when_unchanged() -> None:
+    """A template record for an id held is compared field for field with it (a refresh sent
+    unchanged is restamped, not compiled again): one that differs only in a field's length, or
+    an enterprise number, is a redefinition (RFC 7011 8) read in its new layout; one unchanged
+    still counts as refreshed, so a full table forgets the other template, refreshed less
+    recently (RFC 7011 8.4)."""
+    dec = Decoder(DecoderConfig(max_templates_per_exporter=2))
+    a = _tpl(256, ("src", 8, 0, 4), ("bytes", 1, 0, 4))
+    b = _tpl(257, ("src", 8, 0, 4), ("bytes", 1, 0, 4))
+    dec.decode(ipfix_message([template_set([a, b])], seq=0, export_time=EXPORT), EXPORTER, 4739, float(EXPORT))
+    for t, rec, want in ((_tpl(256, ("src", 8, 0, 4), ("bytes", 1, 0, 8)), {"src": "10.0.0.1", "bytes": 1 << 40},
+                          1 << 40),
+                         (_tpl(256, ("src", 8, 0, 4), ("bytes", 1, 9, 8)), {"src": "10.0.0.1", "bytes": 5}, None)):
+        dec.decode(ipfix_message([template_set([t])], seq=0, export_time=EXPORT), EXPORTER, 4739, float(EXPORT))
+        f = dec.decode(ipfix_message([data_set(t, [rec])], seq=0, export_time=EXPORT), EXPORTER, 4739,
+                       float(EXPORT)).to_dicts()
+        assert len(f) == 1 and f[0].get("Bytes") == want, t
+    dec.decode(ipfix_message([template_set([b])], seq=0, export_time=EXPORT), EXPORTER, 4739, EXPORT + 1.0)
+    c = _tpl(258, ("dst", 12, 0, 4))
+    dec.decode(ipfix_message([template_set([c])], seq=0, export_time=EXPORT), EXPORTER, 4739, EXPORT + 2.0)
+    assert sorted(t.template_id for t in dec.exporter(EXPORTER).templates.values()) == [257, 258]
+    assert dec.stats()[EXPORTER]["templates_evicted"] == 1
+
+
 def test_an_exporter_restarting_on_new_ports_is_never_locked_out() -> None:
     """RFC 7011 8.4 / 8: templates of a Transport Session the exporter abandoned (it restarted on
     a new ephemeral source port) are void. When they fill the exporter's table, the least
