@@ -27,6 +27,8 @@ DEF SEQ_MAX_GAPS = 8                # gaps open at once per stream (a newer one 
 DEF TX_DURATION = 1                # decode_record's time elements kept as extras: 161/162
 DEF TX_SYSUP = 2                   # ... 21/22 without a system init time (IPFIX)
 DEF V9_UNCOUNTED = 0xFFFFFFFF     # a v9 packet's record count is not known (ExporterState.v9_convention)
+DEF V9_BACK_VOTES = 4              # a v9 stream read by records keeps the packets reading's gaps (sequence) while
+                                    # its records votes lead by no more than this
 DEF SEQ_HELD_MS = 60000            # an IPFIX loss held back as ambiguous (ipfix_convention) is counted this late
 DEF SEQ_FILLED_RING = 16            # late sequence numbers remembered per stream (duplicates fill nothing)
 DEF SEQ_RESTORE_MAX_MS = 300000    # sequence state of the previous run (Decoder.import_sequences) goes on only

@@ -1351,7 +1351,17 @@ cdef class ExporterState:
             ahead = seq - st.next
             behind = st.next - seq
             if ahead == 0:
-                pass
+                if (st.by_records and st.pkt_ahead > 0 and st.inc_votes <= st.rfc_votes + V9_BACK_VOTES
+                        and st.ngaps < SEQ_MAX_GAPS):
+                    # v9 read by records, in order, past packets the packets reading has not
+                    # had: while the votes could still turn back to that reading, its gap
+                    # (gap_pkt; none read by records), for v9_to_packets to count, as late
+                    # packets fill it. Not kept, a stream RFC 3954 numbers, taken for the
+                    # records reading by two losses that looked like its steps, lost the
+                    # packets of every step until the votes turned back.
+                    self.open_gap(st, seq, 0, 0, now_ms)
+                    st.gap_pkt[st.ngaps - 1] = st.pkt_ahead
+                    st.gap_pkt_start[st.ngaps - 1] = seq - <uint32_t>st.pkt_ahead
             elif ahead <= SEQ_MAX_GAP and not went_back:
                 self.open_gap(st, st.next, ahead, self.other_reading(st, advance, ahead), now_ms)
                 if kind == PROTO_NETFLOW9:
@@ -1720,7 +1730,9 @@ cdef class ExporterState:
         the stream is read by records once those votes lead by two, and back when they no
         longer do. While they lead by one only, the step opens no gap: what the packets reading
         would call lost is held back, counted when a packets vote comes or after SEQ_HELD_MS
-        (as ipfix_convention holds); gaps still open when the stream turns to the records
+        (as ipfix_convention holds), kept as that reading's gap when the records votes decide
+        (held_to_pkt_gap, as the packets each step read by records passes over are while the
+        votes could turn back, sequence); gaps still open when the stream turns to the records
         reading are what that reading calls lost (gap_rec), those open when it turns back what
         the packets reading calls lost (gap_pkt: over its own range, which the records
         reading's leaves the numbers of the records of the packet that set what it expects out
@@ -1783,7 +1795,6 @@ cdef class ExporterState:
                 st.vote_hi = seq
                 if not st.by_records and st.inc_votes > st.rfc_votes + 1:
                     st.by_records = True
-                    self.count_held(st, False)          # it was no loss
                     # The gaps still open are what the records reading calls lost (a packet
                     # lost before the votes decided: its records); zeroed, they went uncounted
                     # when the votes came within the second a gap waits. (The packets reading's
@@ -1796,6 +1807,7 @@ cdef class ExporterState:
                         st.gap_pkt_start[i] = st.gap_start[i]
                         st.gap_missing[i] = <uint32_t>min(max(0, st.gap_rec[i]), <int64_t>SEQ_MAX_GAP)
                         st.gap_adj[i] = 0
+                    self.held_to_pkt_gap(st)            # no loss read so (but see held_to_pkt_gap)
                     if st.last_set_next or st.next_count == V9_UNCOUNTED:
                         st.next = seq
                     else:
@@ -1832,6 +1844,21 @@ cdef class ExporterState:
         self.open_gap(st, st.held_start, st.held_span, 0, st.held_ms)
         st.gap_missing[st.ngaps - 1] = st.held_lost
         st.gap_rec[st.ngaps - 1] = 0
+        self.count_held(st, False)
+
+    cdef void held_to_pkt_gap(self, SeqStream st) noexcept:
+        """The votes turn a v9 stream to the records reading: the loss held back (hold) is none
+        read so, but a gap of the packets reading's only (gap_pkt; the records reading's range
+        empty), which a switch back within SEQ_REORDER_MS counts, as it does the packets gaps
+        of the steps after it (sequence). Dropped, an RFC-numbered stream whose losses after
+        packets of 2 records looked like two records votes, turned back by the next steps of 1,
+        never counted those packets (2 lost, 0 counted)."""
+        if not st.held_lost:
+            return
+        self.open_gap(st, st.held_start + st.held_span, 0, 0, st.held_ms)
+        st.gap_missing[st.ngaps - 1] = 0
+        st.gap_pkt[st.ngaps - 1] = st.held_lost
+        st.gap_pkt_start[st.ngaps - 1] = st.held_start
         self.count_held(st, False)
 
     cdef void v9_to_packets(self, SeqStream st, uint32_t seq, bint late) noexcept:

@@ -3802,7 +3802,9 @@ def test_a_reading_turned_back_recounts_its_open_gaps_and_keeps_what_came() -> N
     softflowd's reading's 16. NetFlow v9: a stream read by flow records (two steps of the
     previous count) turning to packets on the step of 1 between two late packets (overtaken by
     the next) goes on after the packet that set what is expected, not after the late one: that
-    packet, which came, was a gap at the next and counted lost."""
+    packet, which came, was a gap at the next and counted lost. The steps the records reading
+    passed over are the packets reading's gaps once it is back (the packets not received, 101,
+    102 and 104-107: the one numbering all these packets fit), as many in either order."""
     rng = random.Random(59)
     t0 = float(EXPORT)
 
@@ -3831,9 +3833,10 @@ def test_a_reading_turned_back_recounts_its_open_gaps_and_keeps_what_came() -> N
     assert ipfix(inc + rfc[1:]) == (12, 0)
     by_records = [(100, 3), (103, 5), (108, 2)]
     by_packets = [(109, 3), (110, 4), (111, 2), (112, 3), (113, 5), (114, 3)]
-    assert v9(by_records + by_packets) == (0, 0)
+    passed_over = len(set(range(100, 115)) - {seq for seq, _ in by_records + by_packets})
+    assert v9(by_records + by_packets) == (passed_over, 0)
     overtaken = [by_packets[i] for i in (2, 0, 1, 3, 4, 5)]     # 109 and 110 after 111
-    assert v9(by_records + overtaken) == (0, 0)
+    assert v9(by_records + overtaken) == (passed_over, 0)
 
 
 def test_a_v9_gap_open_when_the_records_reading_is_decided_counts_its_records() -> None:
@@ -3898,6 +3901,21 @@ def test_a_late_v9_packet_in_a_gap_counted_before_the_votes_decide_takes_off_its
     assert _v9_arrivals([(seqs[k], counts[k], t) for k, t in order], 83) == (counts[1], 0)
     # ... and with no vote after it at all (the stream ends)
     assert _v9_arrivals([(seqs[k], counts[k], t) for k, t in order[:3]], 83) == (counts[1], 0)
+
+
+@pytest.mark.parametrize("lost", [[101, 103], [101, 103, 105]])
+def test_v9_packets_lost_in_steps_that_voted_for_the_records_reading_count_once_the_votes_turn_back(
+        lost: list[int]) -> None:
+    """An exporter numbering its v9 packets as RFC 3954 5.1 does, of 2 records each at first,
+    losing every other one: each step past a lost packet is the previous packet's record count,
+    a vote for the flow records reading (Juniper's), and two decide it; the steps of 1 after
+    them turn the stream back to packets. What the first vote held back was dropped as no loss
+    when the votes decided, and the packets the steps read by records passed over were never a
+    gap: none of the lost packets was counted. (benchmarks/v9_orders.py --counts 1 3 --depth 2.5:
+    4 of 300 orders under-counted so.) Expected: the packets removed."""
+    counts = dict.fromkeys(range(100, 116), 2) | {106: 3}
+    order = [seq for seq in counts if seq not in lost]
+    assert _v9_arrivals([(seq, counts[seq], 0.01 * i) for i, seq in enumerate(order)], 89) == (len(lost), 0)
 
 
 def test_a_v9_gap_open_when_the_votes_turn_back_to_packets_counts_the_lost_packets() -> None:
