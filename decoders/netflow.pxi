@@ -1904,6 +1904,11 @@ cdef class ExporterState:
 
     cdef void restart(self, SeqStream st) noexcept:
         st.run_uptime = -1          # (the datagram that goes on is the new run's first)
+        # The numbers of the old run's latest records vote (v9_convention) are the new run's too:
+        # a packet of the new run numbered there took that vote back for packets (a restart
+        # does not change how the exporter numbers), and a records-numbered stream just decided
+        # turned to packets, its next step a gap of packets never sent
+        st.vote_set = False
         self.count_gaps(st, -1)
         self.expire_held(st)
         self.proto_stats(PROTOCOL_NAMES[st.kind])["sequence_resets"] += 1

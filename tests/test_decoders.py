@@ -3918,6 +3918,38 @@ def test_v9_packets_lost_in_steps_that_voted_for_the_records_reading_count_once_
     assert _v9_arrivals([(seq, counts[seq], 0.01 * i) for i, seq in enumerate(order)], 89) == (len(lost), 0)
 
 
+def test_a_v9_restart_forgets_the_numbers_of_the_old_runs_latest_records_vote() -> None:
+    """A step of the previous packet's record count is a vote for the flow records reading
+    (Juniper's v9); a packet numbered among that packet's records since takes it back for
+    packets (v9_convention's vote range). After the exporter restarts (its header uptime back by
+    more than a minute) the new run numbers from 0 again: its packets numbered within the old
+    run's latest vote's range are none of the packets that vote passed over. Kept across the
+    restart, the range took the vote back at the new run's second packet (3, among 2's 3
+    records), the stream just decided for records turned to packets, and the new run's next
+    step counted 3 packets lost where none was. Expected: no loss, one restart."""
+    rng = random.Random(101)
+    t0 = float(EXPORT)
+
+    def run(runs: list[tuple[int, list[int]]]) -> tuple[int, int]:
+        """Each run: (header uptime ms of its first packet, record counts of its packets, each
+        numbered by the records before it from 0), 10 ms apart."""
+        dec = Decoder()
+        i = 0
+        for up, counts in runs:
+            for j, (seq, n) in enumerate(zip(itertools.accumulate([0, *counts[:-1]]), counts, strict=True)):
+                sets = [template_set([V9_TEMPLATE], version=9)] if j == 0 else []
+                d = v9_datagram([*sets, v9_data_set(V9_TEMPLATE, _v9_records(rng, n))], seq=seq,
+                                unix_secs=EXPORT, uptime_ms=up + 10 * j)
+                b = dec.decode(d, EXPORTER, 2055, t0 + 0.01 * i)
+                assert b.error is None and len(b) == n
+                i += 1
+        return _seq_at(dec, "netflow9", t0 + 900)
+
+    old = [2, 3, 4]         # 0 -> 2 -> 5: two records votes, the latest over 3 and 4
+    new = [3, 2, 4, 3]      # 0, 3, 5, 9
+    assert run([(500_000, old), (1_000, new)]) == (0, 1)
+    assert run([(500_000, new)]) == (0, 0)
+
 def test_a_v9_gap_open_when_the_votes_turn_back_to_packets_counts_the_lost_packets() -> None:
     """An exporter numbering its v9 packets as RFC 3954 5.1 does (one a packet), arriving
     reordered: some steps between arrivals are the previous packet's record count, votes for
