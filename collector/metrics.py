@@ -126,7 +126,7 @@ SERIES: dict[str, Series] = {s.name: s for s in [
     Series("flowscope_received_datagrams", "counter", "Datagrams received on each listener", ("listener",)),
     Series("flowscope_received_bytes", "counter", "UDP payload bytes received on each listener", ("listener",)),
     Series("flowscope_datagrams_dropped", "counter",
-           "Datagrams dropped before decoding, by reason (not_allowed, wrong_protocol, internal, socket_error; shutdown: arrived once shutdown had decoded what was queued, read until the listeners closed; with --state-file those of known exporters are counted when the stop ends, after the final save: a process killed before never counts them, the next run counts them in flowscope_sequence_lost_total); "
+           "Datagrams dropped before decoding, by reason (not_allowed, wrong_protocol, internal, socket_error; shutdown: arrived once shutdown had decoded what was queued, read until the listeners closed; with --state-file those of known exporters are counted when the stop ends, after the final save: a process killed before never counts them, nor one whose final save failed while the file was still the save made as the decoding ended, and the next run counts them in flowscope_sequence_lost_total); "
            "datagrams over --max-datagram are decode errors (reason too_large)",
            ("reason",)),
     Series("flowscope_kernel_receive_drops", "counter",

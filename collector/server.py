@@ -647,7 +647,8 @@ class Worker:
         datagrams refused after it that a stream took are then counted by one run only: held
         (Receiver.hold_refused) and counted here when the stop ends; killed before, this run
         never counts them and the next one, going on from that save, counts them lost
-        (flowscope_sequence_lost_total) with what the exporters sent while it was down."""
+        (flowscope_sequence_lost_total) with what the exporters sent while it was down. So too
+        when the final save fails while that save is still the file (_leave_refused)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cfg.shutdown_timeout
         self.stopping = True    # /readyz: not ready from here on
@@ -676,8 +677,9 @@ class Worker:
                 except Exception as exc:    # (the final save below is the one that matters)
                     log.error("state: the save as the stop began failed: %r", exc)
             # (saved first, as before, a drain cut short still left the templates saved)
-            if self.state is not None:
-                self.state.save(self.decoder, sequences=True)
+            if self.state is not None and not self.state.save(self.decoder, sequences=True) \
+                    and self.state.holds_stopping():
+                self._leave_refused()
             self._count_refused()
             if self.dgram_drops.get("shutdown"):
                 log.warning("shutdown: %d datagrams were read and not decoded (exporters kept sending, or the "
@@ -693,6 +695,18 @@ class Worker:
         for r in self.receivers:
             r.hold_refused = False
         self._count_refused()
+
+    def _leave_refused(self) -> None:
+        """The final save failed and the save as the stop began is still the file: the next run
+        on this host goes on from it and counts the refusals held since in flowscope_sequence_
+        lost_total, as after a kill. Counted as shutdown drops here too, they were counted twice."""
+        held = self._refused_held + sum(r.refused_held for r in self.receivers)
+        if held > self._refused_counted:
+            log.warning("shutdown: the final state save failed: %d datagrams read and not decoded since the save "
+                        "as the decoding ended are not counted as shutdown drops; the next start on this host goes "
+                        "on from that save and counts them in flowscope_sequence_lost_total (within 5 minutes of "
+                        "their exporters' last datagrams)", held - self._refused_counted)
+            self._refused_counted = held
 
     def _count_refused(self) -> None:
         """Count in dgram_drops["shutdown"] the refused datagrams the listeners held (Receiver.

@@ -80,6 +80,7 @@ class StateFile:
         self._gen = 0           # exports handed to _write, numbered
         self._written_gen = 0   # the latest of them written
         self._mine: tuple[int, int, int] | None = None   # (inode, size, mtime_ns) of our own last write
+        self._stopping: tuple[int, int, int] | None = None   # that of the save as the stop began
         # file -> (its stamp when last read by refresh_into or at start, the exporters looked for)
         self._seen: dict[str, tuple[tuple[int, int, int], set[str]]] = {}
         self._foreign = False                            # our last write kept another writer's state
@@ -339,7 +340,19 @@ class StateFile:
         data = self._export(decoder, sequences=True, hand_over=False)
         if data is None:
             return None
-        return self._written(decoder, data, self._next_gen())
+        return self._stopping_written(decoder, data, self._next_gen())
+
+    async def _stopping_written(self, decoder: Any, data: bytes, gen: int) -> bool:
+        ok = await self._written(decoder, data, gen)
+        if ok:
+            self._stopping = self._mine
+        return ok
+
+    def holds_stopping(self) -> bool:
+        """The file is still the save as the stop began (save_stopping): it was written, and
+        neither a later save of ours (the final one) nor another writer's replaced it since. The
+        next start on this host then goes on from it (a final save that failed: a full disk)."""
+        return self._stopping is not None and self._stamp() == self._stopping
 
     async def save_async(self, decoder: Any) -> bool:
         """Export on the event loop (the decoder is not thread-safe), write and fsync in a thread:

@@ -571,6 +571,58 @@ def test_refusals_at_shutdown_are_counted_at_once_when_the_save_as_the_stop_bega
     exporter.close()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small tmpfs (a disk the test fills)")
+def test_refusals_are_left_to_the_next_run_when_the_final_save_fails_after_the_save_as_the_stop_began(
+        collector: Any, tmp_path: Path) -> None:
+    """The save made as the decoding ended is on disk, then the disk fills (here a 1 MB tmpfs
+    the test fills) and the final save fails: the file the next run goes on from is that first
+    save, so the datagrams refused after it are counted lost by the next run (it starts within
+    the sequence state's 5 minutes), as after a kill, and the stopping run must not count them as
+    shutdown drops as well. Every flow the exporter numbered is counted once over the two runs:
+    delivered, dropped, refused at shutdown or lost. Before, the stopping run counted the
+    refusals as shutdown drops at its end and the next run counted them lost again."""
+    d = tmp_path / "state-dir"
+    d.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(d)], check=True)
+    try:
+        state = d / "state.json"
+        args = ["--sink", "stdout", "--shutdown-timeout", "6", "--state-file", str(state), "--state-interval", "60"]
+        exporter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        exporter.bind(("127.0.0.1", 0))
+        c1 = collector(args, stdout=subprocess.PIPE)    # nobody reads: the sink stalls, the drain waits
+        send_udp([make_v5(i * 30, 30, i * 30) for i in range(20)], c1.port, sock=exporter)  # more than the pipe holds
+        c1.wait_value("flowscope_flows_total", 600)
+        c1.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: c1.value("flowscope_listener_up") == 0, 10, what="the listener to stop decoding")
+        c1.wait_value("flowscope_state_saves_total", 1, result="ok")     # (the periodic saves come after the test)
+        assert "127.0.0.1" in json.loads(state.read_text())["sequences"]["exporters"]
+        fd = os.open(d / "filler", os.O_WRONLY | os.O_CREAT)     # the disk fills: the final save cannot be written
+        try:
+            while os.write(fd, b"\0" * 65536):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        n = 20
+        send_udp([make_v5((20 + i) * 30, 30, (20 + i) * 30) for i in range(n)], c1.port, sock=exporter)
+        c1.wait_value("flowscope_received_datagrams_total", 20 + n)
+        assert c1.proc.wait(30) == 0
+        log_text = c1.log()
+        assert "state: cannot write" in log_text, log_text
+        delivered, dropped, refused = _stop_counts(log_text)
+        (d / "filler").unlink()
+        # 10 datagrams (300 flows) sent while no collector runs, then one the next run decodes
+        first = 20 + n + 10
+        c2, lost = _next_run_loss(collector, tmp_path, state, exporter, first)
+        assert lost == 30 * (n + 10)
+        assert delivered + dropped + 30 * refused + 30 + lost == 30 * (first + 1), (lost, refused)
+        assert c2.stop() == 0
+        exporter.close()
+    finally:
+        subprocess.run(["umount", "-l", str(d)], check=False)
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_sighup_stops_cleanly_like_sigterm(collector: Any, tmp_path: Path, workers: int) -> None:
     """A closed terminal sends SIGHUP to the whole process group: the collector (supervisor and
