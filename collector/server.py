@@ -318,6 +318,9 @@ class Worker:
         # refused_held), and of all held, those counted in dgram_drops (_count_refused)
         self._refused_held = 0
         self._refused_counted = 0
+        # the decoder's series as of the save as the stop began, shown from then until the stop
+        # ends (Worker.stop; None: as the decoder counts them)
+        self._held_series: Snapshot | None = None
         self.inodes: list[int] = []
         self.granted: list[int] = []
         self.bound = False
@@ -648,7 +651,10 @@ class Worker:
         (Receiver.hold_refused) and counted here when the stop ends; killed before, this run
         never counts them and the next one, going on from that save, counts them lost
         (flowscope_sequence_lost_total) with what the exporters sent while it was down. So too
-        when the final save fails while that save is still the file (_leave_refused)."""
+        when the final save fails while that save is still the file (_leave_refused). That save
+        carries the gaps still open, and the decoder's series are held as they were at it
+        (_held_series) until the final save is written: what the refusals fill, decide or settle
+        in the streams is then counted by one run only, as well."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cfg.shutdown_timeout
         self.stopping = True    # /readyz: not ready from here on
@@ -658,10 +664,16 @@ class Worker:
         early: asyncio.Task[None] | None = None
         if self.state is not None:
             # (exported here, before the first refused read: every datagram the file does not
-            # carry is one held below)
+            # carry is one held below; and the decoder's series held as of here, the gaps older
+            # than the reorder window counted first: the next run counts the rest from that save
+            # if this process is killed before the final one, so this run must not, unless the
+            # final save is written)
+            self._held_series = self.series.update(*self.decoder.series_changed(time.time()))
             write = self.state.save_stopping(self.decoder)
             if write is not None:
                 early = loop.create_task(self._saved_stopping(write))
+            else:
+                self._held_series = None
         for r in self.receivers:
             r.hold_refused = early is not None
             r.refusing = True   # read on, counted as dropped (reason shutdown), not decoded
@@ -680,6 +692,8 @@ class Worker:
             if self.state is not None and not self.state.save(self.decoder, sequences=True) \
                     and self.state.holds_stopping():
                 self._leave_refused()
+            else:
+                self._held_series = None
             self._count_refused()
             if self.dgram_drops.get("shutdown"):
                 log.warning("shutdown: %d datagrams were read and not decoded (exporters kept sending, or the "
@@ -692,6 +706,7 @@ class Worker:
         since, so those held for it are counted now, and those still to come at once."""
         if await write:
             return
+        self._held_series = None
         for r in self.receivers:
             r.hold_refused = False
         self._count_refused()
@@ -699,7 +714,8 @@ class Worker:
     def _leave_refused(self) -> None:
         """The final save failed and the save as the stop began is still the file: the next run
         on this host goes on from it and counts the refusals held since in flowscope_sequence_
-        lost_total, as after a kill. Counted as shutdown drops here too, they were counted twice."""
+        lost_total, as after a kill. Counted as shutdown drops here too, they were counted twice.
+        (So are the sequence counts since, which the metrics go on holding: _held_series.)"""
         held = self._refused_held + sum(r.refused_held for r in self.receivers)
         if held > self._refused_counted:
             log.warning("shutdown: the final state save failed: %d datagrams read and not decoded since the save "
@@ -793,7 +809,10 @@ class Worker:
     def snapshot(self, final: bool = False) -> Snapshot:
         """The worker's series. Export-sequence gaps older than the reorder window are counted as
         lost here (a late datagram can no longer fill them); `final`: every gap still open is."""
-        snap = self.series.update(*self.decoder.series_changed(None if final else time.time()))
+        if self._held_series is not None:
+            snap = dict(self._held_series)
+        else:
+            snap = self.series.update(*self.decoder.series_changed(None if final else time.time()))
         if self.labels.following:
             # --workers N: the supervisor chooses the labels from every worker's senders, and
             # counts the exporters over all workers

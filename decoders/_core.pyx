@@ -583,9 +583,11 @@ cdef class Decoder:
         `hand_over` false (the save as the stop begins, before the final one: StateFile.
         save_stopping): the state only, nothing counted nor closed, so that the final save
         finds the decoder as it was (its gaps still open, its held losses); one of the two saves
-        is the next run's. (A gap open then and still open at a kill before the final save is
-        counted by the stopping run's metrics once older than the reorder window, as in any
-        run, not by the next.)"""
+        is the next run's. Its open gaps are in it too: a process killed before its final save
+        counted nothing after it (Worker.stop holds its metrics from then on), and the next run
+        counts them, as one run would have (a datagram refused after it that fills one, never
+        counted by the killed run, counted lost; what an undecided reading adds to one, at the
+        next run's votes)."""
         cdef ExporterState ex
         out = {}
         for ip, ex in self.exporters.items():

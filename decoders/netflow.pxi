@@ -844,7 +844,8 @@ cdef class SeqPort:
 # sequences_state): every field, so that what is counted after the restart is what one run
 # would have counted of the same datagrams (an undecided reading's gaps, counted as the
 # smaller reading, undec_rfc / undec_inc, and a held loss, soft or not, wait for the votes of
-# the next run; open gaps are none once Decoder.export_sequences has counted them). Left out:
+# the next run; open gaps, none at a final save, which counts them first, are kept by the save
+# as a stop begins: Decoder.export_sequences). Left out:
 # the caches (ExporterState.cur_seq, cur_port), what is derived (pending_gaps, floor_bytes, dom_entries),
 # and the msg_* fields of the message being decoded (msg_restarted: its IE 160 against the one
 # kept, which the state file keeps as options data, "sysinit_ms", so a restart of the exporting
@@ -908,6 +909,11 @@ cdef dict seq_stream_state(SeqStream st):
         # (v9 read by records: what the packets reading expects, for gap_pkt)
         "pkt_known": st.pkt_known, "pkt_next": st.pkt_next,
         "vote_set": st.vote_set, "vote_lo": st.vote_lo, "vote_hi": st.vote_hi,
+        # (none once Decoder.export_sequences has counted them: at the final save; the save as a
+        # stop begins keeps them, for the next run to count if the process is killed before the
+        # final one: the stopping run counts nothing from then on until it, Worker.stop)
+        "gaps": [[st.gap_start[i], st.gap_span[i], st.gap_missing[i], st.gap_ms[i], st.gap_adj[i], st.gap_rec[i],
+                  st.gap_pkt[i], st.gap_pkt_start[i]] for i in range(st.ngaps)],
     }
 
 
@@ -946,8 +952,25 @@ cdef SeqStream seq_stream_of(dict d):
     st.next_count = seq_u32(d, "next_count")
     st.last_set_next = seq_bool(d, "last_set_next")
     st.uptime = seq_i64(d, "uptime")
-    # (no gaps: Decoder.export_sequences counts every open gap before it saves)
-    st.ngaps = 0
+    # (none at a final save: Decoder.export_sequences counts every open gap before it saves;
+    # the save as a stop begins keeps them, each what a gap found in one run could be)
+    gaps = seq_list(d, "gaps", SEQ_MAX_GAPS)
+    for i, g in enumerate(gaps):
+        if not (isinstance(g, list) and len(g) == 8):
+            raise ValueError("sequence field gaps: a bad gap")
+        v = {"start": g[0], "span": g[1], "missing": g[2], "ms": g[3], "adj": g[4], "rec": g[5], "pkt": g[6],
+             "pkt_start": g[7]}
+        st.gap_start[i] = seq_u32(v, "start")
+        st.gap_span[i] = seq_u32(v, "span")
+        # (what a bad entry can count is bounded as a held loss is: count_oldest caps the other
+        # reading's too)
+        st.gap_missing[i] = seq_int(v, "missing", 0, SEQ_MAX_GAP)
+        st.gap_ms[i] = seq_i64(v, "ms")
+        st.gap_adj[i] = seq_int(v, "adj", -(1 << 40), 1 << 40)
+        st.gap_rec[i] = seq_int(v, "rec", -1, 0xFFFFFFFF)
+        st.gap_pkt[i] = seq_int(v, "pkt", -1, 0xFFFFFFFF)
+        st.gap_pkt_start[i] = seq_u32(v, "pkt_start")
+    st.ngaps = len(gaps)
     filled = seq_list(d, "filled", SEQ_FILLED_RING)
     for i, v in enumerate(filled):
         st.filled[i] = seq_u32({"v": v}, "v")
@@ -1993,10 +2016,10 @@ cdef class ExporterState:
         """sequences_state for the final save (Decoder.export_sequences), its open gaps counted
         first; a held loss is left in the state and closed here uncounted (the file holds it for
         the next run, whose votes decide it). None (no state of this run): everything counted,
-        as settle_gaps(-1) does. Not `final` (the save as the stop begins): the state only, the
-        decoder left as it was for the final save: its open gaps, younger than the reorder
-        window, may still be filled by a datagram read and refused after it (taken as received),
-        and its held losses are handed over by the final save."""
+        as settle_gaps(-1) does. Not `final` (the save as the stop begins): the state only, its
+        open gaps in it, the decoder left as it was for the final save: those gaps, younger than
+        the reorder window, may still be filled by a datagram read and refused after it (taken
+        as received), and its held losses are handed over by the final save."""
         cdef SeqStream st
         cdef dict e = self.sequences_state()
         if not final:

@@ -571,6 +571,64 @@ def test_refusals_at_shutdown_are_counted_at_once_when_the_save_as_the_stop_bega
     exporter.close()
 
 
+def test_sequence_counts_after_the_save_as_the_stop_began_are_left_to_the_next_run_after_a_kill(
+        collector: Any, tmp_path: Path) -> None:
+    """An IPFIX exporter numbering as RFC 7011 3.1 does: a template-only first message (number 0),
+    then 10 records numbered 10 (the 10 before them were never sent: lost, by construction),
+    a loss held while the numbering is undecided. The stop's first save carries the held loss;
+    a message read and refused after it (5 records numbered 20) votes for the RFC's reading,
+    which decides the held 10. The process is then killed (the sink cannot deliver, so the drain
+    waits): the next run goes on from that save, and counts the held 10 at its own votes and the
+    refused message's 5 as lost (the killed run never counted it). So the killed run's metrics
+    must not count the 10 as well: from that save on they are held as they were then (until a
+    final save is written). Over the two runs: 15, what was never sent or never counted. Before,
+    the killed run's metrics counted the 10 at the refused message's vote: 25."""
+    import random
+
+    from benchmarks.datagrams import OVS_INGRESS, data_set, ipfix_message, ovs_flows, template_set
+
+    rng = random.Random(60)
+
+    def data(seq: int, n: int) -> bytes:
+        return ipfix_message([data_set(OVS_INGRESS, ovs_flows(n, rng))], seq=seq, export_time=int(time.time()))
+
+    state = tmp_path / "state.json"
+    args = ["--sink", "stdout", "--shutdown-timeout", "60", "--state-file", str(state), "--state-interval", "60"]
+    v5 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    v5.bind(("127.0.0.1", 0))
+    exporter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    exporter.bind(("127.0.0.1", 0))
+    c1 = collector(args, stdout=subprocess.PIPE)    # nobody reads: the sink stalls, the drain waits
+    send_udp([make_v5(i * 30, 30, i * 30) for i in range(20)], c1.port, sock=v5)    # more than the pipe holds
+    send_udp([ipfix_message([template_set([OVS_INGRESS])], seq=0, export_time=int(time.time())), data(10, 10)],
+             c1.port, sock=exporter)
+    c1.wait_value("flowscope_flows_total", 610)
+    assert c1.value("flowscope_sequence_lost_total", protocol="ipfix") == 0    # held
+    c1.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: c1.value("flowscope_listener_up") == 0, 10, what="the listener to stop decoding")
+    wait_for(lambda: state.exists() and "127.0.0.1" in json.loads(state.read_text()).get("sequences", {})
+             .get("exporters", {}), 10, what="the save as the stop began")
+    send_udp([data(20, 5)], c1.port, sock=exporter)
+    c1.wait_value("flowscope_received_datagrams_total", 23)
+    # (the snapshot that counts the refused message received is one taken after it was refused;
+    # summed over the exporter labels: the next run showed part of this exporter's counts under
+    # "other")
+    lost1 = c1.value("flowscope_sequence_lost_total", protocol="ipfix")
+    assert c1.proc.poll() is None, "the drain ended before the kill"
+    c1.proc.kill()
+    c1.proc.wait(10)
+    c2 = collector(["--output-file", str(tmp_path / "flows.jsonl"), "--state-file", str(state),
+                    "--state-interval", "60"])
+    send_udp([data(25, 8), data(33, 4)], c2.port, sock=exporter)
+    c2.wait_value("flowscope_flows_delivered_total", 12, sink="file")
+    wait_for(lambda: lost1 + c2.value("flowscope_sequence_lost_total", protocol="ipfix")
+             >= 15, 10, what="the held loss and the refused message counted")
+    assert (lost1, c2.value("flowscope_sequence_lost_total", protocol="ipfix")) == (0, 15)
+    assert c2.stop() == 0
+    v5.close()
+    exporter.close()
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small tmpfs (a disk the test fills)")
 def test_refusals_are_left_to_the_next_run_when_the_final_save_fails_after_the_save_as_the_stop_began(
         collector: Any, tmp_path: Path) -> None:
