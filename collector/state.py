@@ -151,7 +151,9 @@ class StateFile:
         if not isinstance(seqs, dict) or seqs.get("writer") != self.writer:
             return
         try:
-            got = decoder.import_sequences(seqs.get("exporters"))
+            # (the open gaps a save as a stop began carries are counted by the worker that wrote
+            # them only: every worker loads every file, and each would count them)
+            got = decoder.import_sequences(seqs.get("exporters"), gaps=path == self.path)
         except Exception as exc:  # (as a bad file: the collector goes on without it)
             self.sequence_loads["skipped"] += 1
             log.error("state: cannot load the sequence state in %s: %s (sequences start over)", path, exc)

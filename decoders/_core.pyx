@@ -598,13 +598,15 @@ cdef class Decoder:
                 out[ip] = e
         return out
 
-    def import_sequences(self, data):
+    def import_sequences(self, data, gaps=True):
         """Load what export_sequences() saved: each exporter's streams (and its loss counters'
         baselines, sFlow drops and IPFIX notSent totals) go on where they were,
         if it is heard again within SEQ_RESTORE_MAX_MS of its latest datagram then (else they
         start over, ExporterState.resume_sequences). An exporter this decoder has heard from
         keeps its own; of two files describing one (worker files), the later latest datagram
-        wins. A bad exporter entry is skipped and counted, not fatal."""
+        wins. A bad exporter entry is skipped and counted, not fatal. `gaps` false: the open
+        gaps a save as a stop began carries are left out (StateFile: another worker's file,
+        which that worker loads too and counts them from; every worker loads every file)."""
         cdef ExporterState ex
         cdef SeqStream st
         cdef dict streams, ports, drops, not_sent
@@ -627,6 +629,8 @@ cdef class Decoder:
                 streams = {}
                 for sd in e["streams"]:
                     st = seq_stream_of(sd)
+                    if not gaps:
+                        st.ngaps = 0
                     streams[(st.kind, st.port, st.domain)] = st
                 if not isinstance(e["ports"], list) or len(e["ports"]) > SEQ_MAX_STREAMS:
                     raise ValueError("ports: expected a list")

@@ -210,6 +210,33 @@ def test_a_datagram_refused_after_the_save_as_the_stop_begins_and_a_kill_is_coun
     assert (killed, after) == (0, 30 + 30)
 
 
+def test_the_gaps_the_save_as_the_stop_began_carries_are_counted_by_one_worker(tmp_path: Path) -> None:
+    """With --workers N every worker loads every worker's file (the kernel may give an exporter to
+    another worker after a restart). Worker 1 was killed after the save as its stop began, a gap
+    open then (30 flows that never came); the exporter then sent 30 more while the collector
+    was down, and after the restart the kernel gives it to worker 0. The carried gap is counted
+    by worker 1 only, whose file it is, and worker 0 counts the loss while down: 60 over the
+    workers, each flow once (every worker that loaded the file counted the gap: 90)."""
+    rng = random.Random(71)
+
+    def v5(seq: int) -> bytes:
+        return v5_datagram(v5_records(30, rng, uptime_ms=100_000), seq=seq, unix_secs=EXPORT, uptime_ms=100_000)
+
+    dec = Decoder(DecoderConfig())
+    assert dec.decode(v5(0), EXPORTER, 2055, T0).error is None
+    assert dec.decode(v5(60), EXPORTER, 2055, T0 + 0.1).error is None   # 30 to 59 never come
+    base = str(tmp_path / "s.json")
+    write = StateFile(base, 1).save_stopping(dec)
+    assert write is not None and asyncio.run(write)                     # killed then
+    workers = [Decoder(DecoderConfig()) for _ in range(2)]
+    for i, d in enumerate(workers):
+        StateFile(base, i).load_into(d)
+    assert workers[0].decode(v5(120), EXPORTER, 2055, T0 + 10).error is None   # 90 to 119 sent while down
+    lost = [d.stats(T0 + 900).get(EXPORTER, {}).get("protocols", {}).get("netflow5", {}).get("sequence_lost", 0)
+            for d in workers]
+    assert lost == [30, 30]
+
+
 @pytest.mark.parametrize("lost", ["none", "before", "open"])
 def test_a_restart_of_the_exporting_process_told_by_its_ie160_straddling_a_restart(tmp_path: Path,
                                                                                    lost: str) -> None:
