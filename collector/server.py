@@ -808,7 +808,9 @@ class Worker:
     # -- statistics ----------------------------------------------------------------------------------
     def snapshot(self, final: bool = False) -> Snapshot:
         """The worker's series. Export-sequence gaps older than the reorder window are counted as
-        lost here (a late datagram can no longer fill them); `final`: every gap still open is."""
+        lost here (a late datagram can no longer fill them); `final`: every gap still open is.
+        (The decoder's series stay as they were at the save as a stop began until its final save
+        is written: _held_series, Worker.stop.)"""
         if self._held_series is not None:
             snap = dict(self._held_series)
         else:
