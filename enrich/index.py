@@ -741,8 +741,9 @@ class Index:
         # names it any more (_forget_gone), even while pods of another one under the name
         # (created again: the same Deployment re-applied gives the same name) keep it linked
         self._rs_gone_refs: dict[tuple[str, str], dict[str, int]] = {}
-        # Running pod uid -> the tombstones a re-registration of its Node split off (a _multi_add
-        # value of PodRec), until the pod's end is known (_end_splits)
+        # Running pod uid -> the tombstones split off its hold (_split_off: a re-registration of
+        # its Node, a change of its addresses; a _multi_add value of PodRec), until the pod's end
+        # is known (_end_splits)
         self._splits: dict[str, Any] = {}
         self._zones_gone: dict[str, str] = {}
         self._nodes: dict[str, NodeRec] = {}
@@ -1515,6 +1516,7 @@ class Index:
             touched.update(old.ips)
             touched.update(old.net_ips)
             gone = [ip for ip in old.ips if ip not in rec.ips]
+            fin = rec.finished_ms if rec.finished_ms is not None else old.finished_ms
             # (an address its status.podIPs now list is still its own: OVN-Kubernetes writes
             # pod-networks before the kubelet reports podIPs, so most pods' first address
             # moves so, and must not leave a tombstone behind each time)
@@ -1532,16 +1534,24 @@ class Index:
                 # A running pod whose containers had all terminated (graceful deletion: its
                 # sandbox torn down after them) held them until they did, as _delete_pod ends
                 # it: a pod given them since may hold them from then (_floor reads this end)
-                fin = rec.finished_ms if rec.finished_ms is not None else old.finished_ms
                 if old.end_ms == ALIVE and fin is not None and old.status_start < fin < end:
                     end, grace = fin, _grace(fin)
-                self._held_before(old, gone, end, gone_net, grace)
+                dropped = self._held_before(old, gone, end, gone_net, grace)
+                if old.end_ms == ALIVE:
+                    self._split_off(rec.uid, dropped)
             kept = [ip for ip in old.ips if ip in rec.ips]
             kept_net = [ip for ip in old.net_ips if ip in rec.net_ips]
             if (kept or kept_net) and old.end_ms == ALIVE and rec.start_ms > old.start_ms:
                 # It got new addresses too, so its hold starts later: the ones it keeps were its
-                # own before that as well (a tombstone for the time between, as for gone ones).
-                self._held_before(old, kept, rec.start_ms, kept_net)
+                # own before that as well (a tombstone for the time between), but not past its
+                # end: a pod whose containers had all terminated held nothing after they did
+                # (the flows of the time between are a pod's given the address next, _floor
+                # reads this end), and one whose end comes later (its phase, its delete's
+                # final status) ends the tombstone there too, as its own hold (_end_splits).
+                end, grace = rec.start_ms, 0
+                if fin is not None and old.status_start < fin < end:
+                    end, grace = fin, _grace(fin)
+                self._split_off(rec.uid, self._held_before(old, kept, end, kept_net, grace))
         self._hold(rec)
         for ip in touched:
             self._rechain(ip)
@@ -1595,17 +1605,25 @@ class Index:
         self._hold(dep)
         return dep
 
+    def _split_off(self, uid: str, tomb: PodRec) -> None:
+        """`tomb` was split off the hold of running pod `uid` (its Node re-registered, its
+        addresses changed): its end is not known yet, and when it is, it ends the tombstone too
+        where the tombstone reaches past it (_end_splits). Swept ones are let go here."""
+        held = [t for t in _multi_list(self._splits.get(uid)) if self._tombstones.get(t.uid) is t]
+        self._splits[uid] = held + [tomb] if held else tomb
+
     def _end_splits(self, rec: PodRec) -> None:
-        """`rec`'s hold ended (end_ms set: its phase, or its delete): the tombstones its Node's
-        re-registration split off while it ran (_rerender) end there too when they reach past
-        it. A pod whose containers finished before the new Node's creation, seen finished only
-        after the Node (its status or its DELETED came later), held nothing between the two:
-        the tombstone, made to the new Node's creation, took the flows of that time, another
+        """`rec`'s hold ended (end_ms set: its phase, or its delete): the tombstones split off
+        while it ran (_split_off: its Node's re-registration, _rerender; addresses it dropped or
+        kept while it got others, _set_pod) end there too when they reach past it. A pod whose
+        containers finished before the new Node's creation (or the change of its addresses),
+        seen finished only after it (its status or its DELETED came later), held nothing between
+        the two: the tombstone, made to that time, took the flows of the time between, another
         pod's given the address among them."""
         splits: list[PodRec] = _multi_list(self._splits.pop(rec.uid, None))
         for t in splits:
             if self._tombstones.get(t.uid) is not t or t.end_ms <= rec.end_ms:
-                continue   # (swept, or the pod ran past the new Node's creation)
+                continue   # (swept, or the pod ran past the time it was split at)
             del self._tombstones[t.uid]
             self._unhold(t)
             cut = self._held_before(t, t.ips, rec.end_ms, t.net_ips, rec.end_grace)
@@ -1849,9 +1867,7 @@ class Index:
                 rec.frag_s, rec.frag_d = now
                 rec.start_ms, rec.floored = split, False
                 if rec.end_ms == ALIVE:
-                    # its end is not known yet: when it is, it ends the tombstone too (_end_splits)
-                    held = [t for t in _multi_list(self._splits.get(uid)) if self._tombstones.get(t.uid) is t]
-                    self._splits[uid] = held + [tomb] if held else tomb
+                    self._split_off(uid, tomb)
             touched.update(rec.ips)
             touched.update(rec.net_ips)
         for ip in touched:

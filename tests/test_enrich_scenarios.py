@@ -133,6 +133,73 @@ def test_a_terminating_pod_that_drops_an_address_held_it_until_its_containers_fi
     assert flow(e, IP, "", t_ms=0)["SrcK8S_Name"] == "n"
 
 
+
+V6 = "fd00:10:244:1::46"
+
+
+def _addresses(p: dict[str, Any], ips: list[str]) -> dict[str, Any]:
+    p["status"]["podIPs"] = [{"ip": ip} for ip in ips]
+    return p
+
+
+@pytest.mark.parametrize("told", ["before_the_change", "by_its_delete"])
+def test_a_terminating_pod_that_gets_an_address_held_the_ones_it_keeps_until_its_containers_finished(
+        told: str) -> None:
+    """A pod being deleted gracefully (phase Running) whose containers all terminated at T0-50s
+    is seen with an address more (one family added, or an annotation network) besides the one
+    it keeps, an address another pod gave up at T0-20s: the pod's hold starts from then (one
+    start per pod, Index._floor), and the address it keeps is its own before that as a
+    tombstone. That tombstone ended at the new start, T0-20s, past the pod's finish: after the
+    delete, the pod given the kept address next (its status: started T0-55s; seen with it before
+    the DELETED came, a watch behind) held it only from T0-20s, and its flows between the two
+    were the finished pod's. The tombstone ends when the containers finished: at once when the
+    status said so before the change (the pod given the address holds it from then before the
+    delete comes, Index._floor), else at the end the DELETED event's final status gives the
+    pod's own hold (Index._end_splits)."""
+    clock = Clock(T0 - 100_000)
+    fin = T0 - 50_000 if told == "before_the_change" else None
+    z = pod("z", "shop", ips=[V6], uid="u-z", created=iso(T0 - 3_600_000))
+    e = build([_terminating(finished=fin), _new(None), z], clock=clock)
+    idx = e.index
+    clock.ms = T0 - 20_000
+    idx.delete("pods", idx.parse("pods", z))
+    clock.ms = T0 - 10_000
+    _apply(e, _addresses(_terminating(finished=fin), [IP, V6]))
+    clock.ms = T0 - 8_000
+    _apply(e, _new([IP]))
+    if fin is not None:
+        assert flow(e, IP, "", t_ms=T0 - 30_000)["SrcK8S_Name"] == "n"
+    clock.ms = T0 - 5_000
+    idx.delete("pods", idx.parse("pods", _addresses(_terminating(finished=T0 - 50_000), [IP, V6])))
+    assert flow(e, IP, "", t_ms=T0 - 60_000)["SrcK8S_Name"] == "old"
+    assert flow(e, IP, "", t_ms=T0 - 50_000 + 500)["SrcK8S_Name"] == "n"   # (the newer holder, as ever)
+    assert flow(e, IP, "", t_ms=T0 - 30_000)["SrcK8S_Name"] == "n"
+    assert flow(e, IP, "", t_ms=T0 - 15_000)["SrcK8S_Name"] == "n"
+    assert flow(e, V6, "", t_ms=T0 - 30_000)["SrcK8S_Name"] == "z"
+    assert flow(e, V6, "", t_ms=T0 - 15_000) == NOBODY      # (after old's finish: nobody's)
+
+
+def test_a_running_pod_whose_delete_says_it_finished_before_it_dropped_an_address() -> None:
+    """A running dual-stack pod's status drops one address at T0-10s (its containers still
+    running as far as it says), then its DELETED event's final status says they all finished
+    at T0-50s: it held nothing after that, the dropped address included, as its own hold ends
+    there (Index._delete_pod). The dropped address's tombstone kept the drop as its end, so a
+    pod given it next (started T0-55s) held it only from T0-10s, and its flows of the time
+    between were the finished pod's."""
+    clock = Clock(T0 - 100_000)
+    e = build([_addresses(_terminating(finished=None), [IP, V6]), _new(None)], clock=clock)
+    idx = e.index
+    clock.ms = T0 - 10_000
+    _apply(e, _addresses(_terminating(finished=None), [IP]))
+    clock.ms = T0 - 5_000
+    idx.delete("pods", idx.parse("pods", _addresses(_terminating(finished=T0 - 50_000), [IP])))
+    clock.ms = T0
+    _apply(e, _addresses(_new([V6]), [V6]))
+    assert flow(e, V6, "", t_ms=T0 - 60_000)["SrcK8S_Name"] == "old"
+    assert flow(e, V6, "", t_ms=T0 - 30_000)["SrcK8S_Name"] == "n"
+    assert flow(e, IP, "", t_ms=T0 - 30_000) == NOBODY
+    assert flow(e, IP, "", t_ms=T0 - 60_000)["SrcK8S_Name"] == "old"
+
 def _with_sidecar(p: dict[str, Any]) -> dict[str, Any]:
     """`p` with a native sidecar (an init container with restartPolicy Always, Kubernetes 1.29+)
     still running: the kubelet stops sidecars only after the main containers exited."""

@@ -116,7 +116,7 @@ class Life:
     grace: int = 0
     frozen: tuple[Any, ...] | None = None  # the identity a tombstone keeps (None: the pod's current)
     floored: bool = False                  # start is "when seen" (another pod still held it)
-    split: bool = False                    # a running pod's hold its Node's re-registration ended (set_node)
+    split: bool = False                    # a running pod's hold its Node's re-registration (set_node) or an address change ended
 
     def until(self) -> float:
         return float("inf") if self.end is None else self.end + self.grace
@@ -380,7 +380,8 @@ class Model:
         for lf in self.lives:
             if lf.pod is p and lf.ip in old - set(new) and lf.frozen is None:
                 if lf.end is None:
-                    lf.end, lf.grace = end, grace
+                    # (and a running pod's end, when it comes earlier, ends it too: _cut_splits)
+                    lf.end, lf.grace, lf.split = end, grace, True
                 lf.frozen = ident
         added = [ip for ip in new if ip not in old]
         if p.phase == "Running" and added:
@@ -397,9 +398,13 @@ class Model:
                 # The index's choice (reported, not fixed): one start per pod, so the addresses
                 # it keeps end as a tombstone and are held again from the new start (a pod that
                 # got one of them later while this one held it is no longer the newer holder).
+                # Never past the pod's end: its containers' finish, now (a graceful deletion) or
+                # when its end comes (_cut_splits), as the addresses it drops.
                 ident = self.pod_holder(p)
+                kend, kgrace = (p.fin, min(FINISH_GRACE, self.now - p.fin)) if (
+                    p.fin is not None and p.created < p.fin < start) else (start, 0)
                 for lf in kept:
-                    lf.end, lf.frozen = start, ident
+                    lf.end, lf.grace, lf.frozen, lf.split = kend, kgrace, ident, True
                     added.append(lf.ip)
             for ip in added:
                 self.lives.append(Life(p, ip, start, floored=floored))
@@ -416,7 +421,8 @@ class Model:
 
     def _cut_splits(self, p: MPod, end: int, grace: int) -> None:
         """A running pod's end came: it held nothing after it, the holds its Node's
-        re-registration ended at the new Node's creation included."""
+        re-registration ended at the new Node's creation included, and those a change of its
+        addresses ended (the ones it dropped, and kept while it got others)."""
         for lf in self.lives:
             if lf.pod is p and lf.split and lf.end is not None and lf.end > end:
                 lf.end, lf.grace = end, grace
