@@ -1278,9 +1278,9 @@ class Index:
 
     def _pod_by_name(self, rec: PodRec | Unreadable) -> PodRec | None:
         """The cached pod a DELETED event without a metadata.uid (keyed by ns/name: _parse_pod)
-        is about: one of its namespace and name whose identity agrees with the event's
-        (_same_pod); None when no cached pod does, or several do and their status' start does
-        not tell which. A late or repeated DELETED of an older pod of the name (a StatefulSet
+        is about: one of its namespace and name of the event's creationTimestamp (_same_pod);
+        None when the event has none, no cached pod does, or several do and their status' start
+        does not tell which. A late or repeated DELETED of an older pod of the name (a StatefulSet
         pod created again under it) must not delete the newer one, which the name alone would.
         The API server always sends the uid, so either way it is counted
         (pod_delete_without_uid: deleted; pod_delete_unmatched: nothing deleted, a pod deleted
@@ -1288,6 +1288,12 @@ class Index:
         def named(uids: Iterable[str]) -> list[PodRec]:
             return [r for r in (self._pods.get(u) for u in uids) if r is not None and r.name == rec.name and r.ns == rec.ns]
 
+        what = f"pod {rec.ns}/{rec.name}: DELETED event without metadata.uid"
+        if (rec.created() if isinstance(rec, PodRec) else rec.created) is None:
+            # (no walk: _same_pod matches no pod without it)
+            self.problem("pod_delete_unmatched", f"{what} nor creationTimestamp: nothing tells which pod of that "
+                         "name it is, nothing deleted (a relist drops a pod the API server no longer lists)")
+            return None
         node = rec.node if isinstance(rec, PodRec) else None
         # the pods of the node it names (a few hundred at most), else every pod: only such an
         # event pays for that walk
@@ -1297,13 +1303,12 @@ class Index:
         match = [r for r in found if _same_pod(r, rec)]
         if len(match) > 1 and isinstance(rec, PodRec):
             match = [r for r in match if r.status_start == rec.status_start]
-        what = f"pod {rec.ns}/{rec.name}: DELETED event without metadata.uid"
         if len(match) == 1:
             self.problem("pod_delete_without_uid", f"{what}: the cached pod of that name (uid {match[0].uid}) deleted")
             return match[0]
         self.problem("pod_delete_unmatched", f"{what}: {len(found) or 'no'} cached pods of that name, "
-                     f"{len(match) or 'none'} of its creationTimestamp, nodeName and podIPs: nothing deleted "
-                     "(a relist drops a pod the API server no longer lists)")
+                     f"{len(match) or 'none'} of its creationTimestamp (nodeName and podIPs agreeing): nothing "
+                     "deleted (a relist drops a pod the API server no longer lists)")
         return None
 
     def _stale_delete(self, kind: str, cur: Any, rec: Any) -> bool:
@@ -2120,27 +2125,26 @@ class Index:
 
 
 def _same_pod(cur: PodRec, rec: PodRec | Unreadable) -> bool:
-    """A DELETED event without a uid (`rec`) can be about the cached pod `cur` of its name: the
-    identity both give agrees (creationTimestamp, which never changes; nodeName, which does not
-    once set; podIPs, one in common: a finished pod's final status may list fewer, none) and
-    they give some. A field one of them lacks tells nothing: the event of a pod deleted while
-    Pending names no node or address, a proxy that drops the uid may drop more."""
-    told = False
+    """A DELETED event without a uid (`rec`) can be about the cached pod `cur` of its name: both
+    give the same creationTimestamp, the one field that tells two pods of one name apart (it
+    never changes, and the new pod is created after the old one is gone). nodeName and podIPs
+    only refuse, when both give them and they disagree (another node; no address in common: a
+    finished pod's final status may list fewer), never vouch: a pod created again under its
+    name comes back to its node (a StatefulSet pod with a local volume), and may come back to
+    the address its predecessor had (an IPAM that keeps a StatefulSet pod's address by its
+    name: Kube-OVN's), while the old pod's final status names that node and may list that
+    address.
+    So an event without a creationTimestamp matches no pod (a proxy that drops the uid may drop
+    more: nothing is deleted, counted)."""
     created = rec.created() if isinstance(rec, PodRec) else rec.created
-    if created is not None and (cur_created := cur.created()) is not None:
-        if created != cur_created:
-            return False
-        told = True
+    if created is None or created != cur.created():
+        return False
     if isinstance(rec, PodRec):
-        if rec.node and cur.node:
-            if rec.node != cur.node:
-                return False
-            told = True
-        if rec.ips and cur.ips:
-            if not any(ip in cur.ips for ip in rec.ips):
-                return False
-            told = True
-    return told
+        if rec.node and cur.node and rec.node != cur.node:
+            return False
+        if rec.ips and cur.ips and not any(ip in cur.ips for ip in rec.ips):
+            return False
+    return True
 
 
 def _rs_named(refs: dict[str, int], uid: str) -> bool:

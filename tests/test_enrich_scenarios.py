@@ -882,6 +882,52 @@ def test_a_late_pod_delete_without_a_uid_leaves_a_newer_pod_of_its_name(
     assert idx.problems["pod_delete_without_uid"] == 1
 
 
+@pytest.mark.parametrize("final", ["no_pod_ips", "its_address_given_again"])
+def test_a_late_pod_delete_without_a_uid_or_creation_leaves_a_newer_pod_on_its_node(
+        caplog: pytest.LogCaptureFixture, final: str) -> None:
+    """As above, the late uid-less DELETED of the old pod now without a creationTimestamp too
+    (a proxy that drops the uid may drop more), on the node where the new pod of its name runs
+    (a StatefulSet pod with a local volume comes back to its node): its final status lists no
+    address (a finished pod's sandbox removed), or the address the new pod was given again
+    (an IPAM that keeps a StatefulSet pod's address by its namespace and name does: Kube-OVN's).
+    The same nodeName, or an address in common, was taken for the pod's
+    identity: the new pod was deleted, its address nobody's. Neither tells two pods of one name
+    apart; the creationTimestamp does: without it nothing is deleted, counted
+    (problems_pod_delete_unmatched) and logged once, the new pod's own uid-less DELETED
+    without one included; with it, that one deletes the new pod."""
+    clock = Clock(T0)
+    e = build(clock=clock)
+    idx = e.index
+    new_ip = "10.244.1.5" if final == "its_address_given_again" else "10.244.1.6"
+
+    def web0(uid: str | None, ip: str, created: int | None) -> dict[str, Any]:
+        return pod("web-0", "shop", ips=[ip], node="node-b", host_ip="10.0.0.2", uid=uid,
+                   owner=("StatefulSet", "web"), created=None if created is None else iso(created))
+
+    old = web0("u-old", "10.244.1.5", T0 - 86_400_000)
+    idx.upsert("pods", idx.parse("pods", old))
+    clock.ms = T0 + 5_000
+    idx.delete("pods", idx.parse("pods", old))
+    clock.ms = T0 + 60_000
+    idx.upsert("pods", idx.parse("pods", web0("u-new", new_ip, T0 + 10_000)))
+    late = web0(None, "10.244.1.5", None)
+    if final == "no_pod_ips":
+        late["status"] = {"phase": "Succeeded", "hostIP": "10.0.0.2"}
+    clock.ms = T0 + 70_000
+    with caplog.at_level("WARNING", logger="flowscope.enrich"):
+        idx.delete("pods", idx.parse("pods", late))
+        idx.delete("pods", idx.parse("pods", web0(None, new_ip, None)))    # (the new pod's: nothing tells)
+    assert idx.kind_count("pods") == 1
+    assert flow(e, new_ip, "", t_ms=T0 + 80_000)["SrcK8S_Name"] == "web-0"
+    assert idx.problems == {"pod_delete_unmatched": 2}
+    assert [r.getMessage().split(":")[1] for r in caplog.records if "pod_delete" in r.getMessage()] == [
+        " pod_delete_unmatched"]
+    clock.ms = T0 + 90_000
+    idx.delete("pods", idx.parse("pods", web0(None, new_ip, T0 + 10_000)))
+    assert idx.kind_count("pods") == 0
+    assert flow(e, new_ip, "", t_ms=T0 + 95_000) == NOBODY
+    assert idx.problems == {"pod_delete_unmatched": 2, "pod_delete_without_uid": 1}
+
 @pytest.mark.parametrize("owner", [("Deployment", "api"), None])
 @pytest.mark.parametrize("how", ["added", "relist"])
 def test_a_replicaset_created_again_under_its_name_owns_only_its_own_pods(how: str, owner: Any) -> None:
