@@ -1295,12 +1295,15 @@ class Index:
                          "name it is, nothing deleted (a relist drops a pod the API server no longer lists)")
             return None
         node = rec.node if isinstance(rec, PodRec) else None
-        # the pods of the node it names (a few hundred at most), else every pod: only such an
-        # event pays for that walk
+        # The pods of the node it names first (a few hundred at most), then, when none of them is
+        # the one, every pod: the cache may hold it on no node (Pending, the update that bound it
+        # unreadable) beside a pod of its name on that node (an older one whose delete matched
+        # nothing). Only such an event pays for that walk.
         found = named(_multi_list(self._pods_by_node.get(node))) if node else []
-        if not found:
-            found = named(list(self._pods))
         match = [r for r in found if _same_pod(r, rec)]
+        if not match:
+            found = named(list(self._pods))
+            match = [r for r in found if _same_pod(r, rec)]
         if len(match) > 1 and isinstance(rec, PodRec):
             match = [r for r in match if r.status_start == rec.status_start]
         if len(match) == 1:

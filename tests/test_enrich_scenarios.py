@@ -928,6 +928,39 @@ def test_a_late_pod_delete_without_a_uid_or_creation_leaves_a_newer_pod_on_its_n
     assert flow(e, new_ip, "", t_ms=T0 + 95_000) == NOBODY
     assert idx.problems == {"pod_delete_unmatched": 2, "pod_delete_without_uid": 1}
 
+def test_a_pod_delete_without_a_uid_finds_its_pod_cached_on_no_node() -> None:
+    """A uid-less pod DELETED (as above) names the node its pod was bound to, while the cache
+    holds that pod as it was Pending, on no node (the update that bound it could not be read:
+    counted, the last good version kept), and an older pod of its name still on that node (its
+    own uid-less DELETED, without a creationTimestamp, matched nothing). The search looked at
+    the pods of the node the event names only, and went no further once one of the name was
+    there: the cached pod of the event's creationTimestamp was not found, nothing was deleted.
+    The node's pods come first (the event names it), then every pod of the name."""
+    clock = Clock(T0)
+    e = build(clock=clock)
+    idx = e.index
+
+    def web0(uid: str | None, ip: str | None, created: int | None, node: str | None = "node-b") -> dict[str, Any]:
+        return pod("web-0", "shop", ips=[ip] if ip else None, node=node, host_ip="10.0.0.2" if node else None,
+                   uid=uid, owner=("StatefulSet", "web"), created=None if created is None else iso(created),
+                   phase="Running" if ip else "Pending")
+
+    idx.upsert("pods", idx.parse("pods", web0("u-old", "10.244.1.5", T0 - 86_400_000)))
+    clock.ms = T0 + 5_000
+    idx.delete("pods", idx.parse("pods", web0(None, "10.244.1.5", None)))      # (unmatched: it stays)
+    clock.ms = T0 + 10_000
+    idx.upsert("pods", idx.parse("pods", web0("u-new", None, T0 + 10_000, node=None)))
+    bound = web0("u-new", "10.244.1.6", T0 + 10_000)
+    bound["status"] = "unreadable"
+    clock.ms = T0 + 20_000
+    idx.upsert("pods", idx.parse("pods", bound))
+    assert idx.kind_count("pods") == 2
+    clock.ms = T0 + 30_000
+    idx.delete("pods", idx.parse("pods", web0(None, None, T0 + 10_000)))
+    assert idx.kind_count("pods") == 1
+    assert flow(e, "10.244.1.5", "", t_ms=T0 + 40_000)["SrcK8S_Name"] == "web-0"      # (the older one stays)
+    assert idx.problems == {"pod_delete_unmatched": 1, "bad_field": 1, "pod_delete_without_uid": 1}
+
 @pytest.mark.parametrize("owner", [("Deployment", "api"), None])
 @pytest.mark.parametrize("how", ["added", "relist"])
 def test_a_replicaset_created_again_under_its_name_owns_only_its_own_pods(how: str, owner: Any) -> None:
