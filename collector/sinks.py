@@ -2095,8 +2095,14 @@ class KafkaSink(Sink):
         stopped = self._refresh_failed or (not self.connected and bool(self.problem))
         self._refresh_failed = True
         try:
-            for producer in self.producers:  # each connection has its own metadata
-                ok = await self._update_metadata(producer, self.k.request_timeout_ms / 1000)
+            # each connection has its own metadata, asked for all at once: one after the other,
+            # the sink stayed not connected for --kafka-connections times a broker's answer time
+            # (a broker back from a restart, busy: 4 s of /readyz unready at 1 s an answer)
+            found = await asyncio.gather(*(self._update_metadata(producer, self.k.request_timeout_ms / 1000)
+                                           for producer in self.producers), return_exceptions=True)
+            for ok in found:   # (the first connection's outcome said, as when asked in turn)
+                if isinstance(ok, BaseException):
+                    raise ok
                 if not ok:
                     self.connected = False
                     self.errors["metadata"] += 1

