@@ -2751,11 +2751,7 @@ cdef void refresh_template(ExporterState ex, Template t, object key, double now)
     t.refreshed = now
     if ex.withdrawn:
         ex.withdrawn.pop(t.port, None)
-    del ex.templates[key]
-    ex.templates[key] = t
-    ex.last_t = None
-    if t.version == 10:
-        ex.tid_latest[(<object>t.port << 16) | t.template_id] = t
+    seat_template(ex, key, t, True)
 
 
 cdef int cut_options_header(Decoder dec, ExporterState ex, FlowBatch b, Reader* s, Py_ssize_t start, int version,
@@ -2925,16 +2921,11 @@ cdef int store_template(Decoder dec, ExporterState ex, Template t, double now, b
         return 0
     if victim is not None:
         evict_template(dec, ex, victim)
-    if old is not None:
-        del ex.templates[key]
-    ex.templates[key] = t
-    ex.last_t = None
+    seat_template(ex, key, t, old is not None)
     ex.template_fields += delta
     dec.template_fields += delta
     if old is None:
         dec.template_count += 1
-    if t.version == 10:
-        ex.tid_latest[(<object>t.port << 16) | t.template_id] = t
     if old is not None and old.options and not t.options:
         # An options template's id redefined as a data template (RFC 7011 8, RFC 3954 5.2: the
         # old definition is void): the options template is gone as if withdrawn, so when it was
@@ -2942,6 +2933,18 @@ cdef int store_template(Decoder dec, ExporterState ex, Template t, double now, b
         # with it, as for a withdrawal or an eviction.
         forget_unless_options_left(ex, t.version, t.domain, t.port)
     return 0
+
+
+cdef inline void seat_template(ExporterState ex, object key, Template t, bint held):
+    """t goes last in the exporter's table (its refresh order; `held`: the key is there, taken
+    out first) and is the one its id reads by (tid_latest, IPFIX): store_template's (re)definition
+    and refresh_template's unchanged refresh alike."""
+    if held:
+        del ex.templates[key]
+    ex.templates[key] = t
+    ex.last_t = None
+    if t.version == 10:
+        ex.tid_latest[(<object>t.port << 16) | t.template_id] = t
 
 
 cdef void evict_template(Decoder dec, ExporterState ex, Template victim):

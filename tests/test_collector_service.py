@@ -457,6 +457,18 @@ def _stop_counts(log_text: str) -> tuple[int, int, int]:
     return int(m.group(1)), int(m.group(2)), int(m2.group(1)) if m2 else 0
 
 
+def _stalled_stop(collector: Any, args: list[str], exporter: socket.socket) -> Any:
+    """A collector given 20 NetFlow v5 datagrams of 30 flows from `exporter` (more than its
+    stdout pipe, which nobody reads, holds: the sink stalls, the drain waits), then SIGTERM: it
+    has stopped decoding, and is draining."""
+    c1 = collector(args, stdout=subprocess.PIPE)
+    send_udp([make_v5(i * 30, 30, i * 30) for i in range(20)], c1.port, sock=exporter)
+    c1.wait_value("flowscope_flows_total", 600)
+    c1.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: c1.value("flowscope_listener_up") == 0, 10, what="the listener to stop decoding")
+    return c1
+
+
 def _next_run_loss(collector: Any, tmp_path: Path, state: Path, exporter: socket.socket,
                    first: int) -> tuple[Any, float]:
     """A next run on `state` given the exporter's NetFlow v5 datagram of sequence `first` * 30
@@ -516,11 +528,7 @@ def test_a_kill_during_the_shutdown_drain_leaves_the_sequence_state_and_counts_e
     args = ["--sink", "stdout", "--shutdown-timeout", "60", "--state-file", str(state), "--state-interval", "60"]
     exporter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     exporter.bind(("127.0.0.1", 0))
-    c1 = collector(args, stdout=subprocess.PIPE)    # nobody reads: the sink stalls, the drain waits
-    send_udp([make_v5(i * 30, 30, i * 30) for i in range(20)], c1.port, sock=exporter)  # more than the pipe holds
-    c1.wait_value("flowscope_flows_total", 600)
-    c1.proc.send_signal(signal.SIGTERM)
-    wait_for(lambda: c1.value("flowscope_listener_up") == 0, 10, what="the listener to stop decoding")
+    c1 = _stalled_stop(collector, args, exporter)
     wait_for(lambda: state.exists() and "127.0.0.1" in json.loads(state.read_text()).get("sequences", {})
              .get("exporters", {}), 10, what="the save as the stop began")
     n = 50
@@ -647,11 +655,7 @@ def test_refusals_are_left_to_the_next_run_when_the_final_save_fails_after_the_s
         args = ["--sink", "stdout", "--shutdown-timeout", "6", "--state-file", str(state), "--state-interval", "60"]
         exporter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         exporter.bind(("127.0.0.1", 0))
-        c1 = collector(args, stdout=subprocess.PIPE)    # nobody reads: the sink stalls, the drain waits
-        send_udp([make_v5(i * 30, 30, i * 30) for i in range(20)], c1.port, sock=exporter)  # more than the pipe holds
-        c1.wait_value("flowscope_flows_total", 600)
-        c1.proc.send_signal(signal.SIGTERM)
-        wait_for(lambda: c1.value("flowscope_listener_up") == 0, 10, what="the listener to stop decoding")
+        c1 = _stalled_stop(collector, args, exporter)
         c1.wait_value("flowscope_state_saves_total", 1, result="ok")     # (the periodic saves come after the test)
         assert "127.0.0.1" in json.loads(state.read_text())["sequences"]["exporters"]
         fd = os.open(d / "filler", os.O_WRONLY | os.O_CREAT)     # the disk fills: the final save cannot be written

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import orjson
@@ -159,20 +159,30 @@ def test_the_save_as_the_stop_begins_changes_no_count(tmp_path: Path, saves: str
     assert _over_runs(undecided, tmp_path / "d.json", 2, saves=saves) == (32, 0)
 
 
+def _v5_of(rng: random.Random) -> Callable[[int], bytes]:
+    """NetFlow v5 datagrams of 30 records numbered from `seq` (one exporter, one uptime)."""
+    def v5(seq: int) -> bytes:
+        return v5_datagram(v5_records(30, rng, uptime_ms=100_000), seq=seq, unix_secs=EXPORT, uptime_ms=100_000)
+    return v5
+
+
+def _gap_open(v5: Callable[[int], bytes]) -> Decoder:
+    """A decoder that read datagrams 0 and 60 of `v5`'s stream: the gap 30 to 59 open (younger
+    than the reorder window)."""
+    dec = Decoder(DecoderConfig())
+    assert dec.decode(v5(0), EXPORTER, 2055, T0).error is None
+    assert dec.decode(v5(60), EXPORTER, 2055, T0 + 0.1).error is None
+    return dec
+
+
 def test_a_datagram_refused_after_the_save_as_the_stop_begins_still_fills_its_gap(tmp_path: Path) -> None:
     """The save as the stop begins leaves the gaps still open in the decoder (they are younger
     than the reorder window): a datagram reordered on the path that arrives after it, read and
     refused at shutdown (counted as a shutdown drop by the collector), still fills its gap, and
     the final save counts only what is still missing. Before, that save counted every open gap
     at once, as the final one does: the refused datagram's 30 flows were counted lost as well."""
-    rng = random.Random(61)
-
-    def v5(seq: int) -> bytes:
-        return v5_datagram(v5_records(30, rng, uptime_ms=100_000), seq=seq, unix_secs=EXPORT, uptime_ms=100_000)
-
-    dec = Decoder(DecoderConfig())
-    assert dec.decode(v5(0), EXPORTER, 2055, T0).error is None
-    assert dec.decode(v5(60), EXPORTER, 2055, T0 + 0.1).error is None   # 30 to 59 not here yet
+    v5 = _v5_of(random.Random(61))
+    dec = _gap_open(v5)  # 30 to 59 not here yet
     sf = StateFile(str(tmp_path / "s.json"), None)
     write = sf.save_stopping(dec)
     assert write is not None and asyncio.run(write)
@@ -189,14 +199,8 @@ def test_a_datagram_refused_after_the_save_as_the_stop_begins_and_a_kill_is_coun
     from that save on), so the next run, going on from that save, counts it lost, with what the
     exporter sent while no collector ran. Before, that save left its open gaps out: the next
     run went on past the gap and the refused datagram's 30 flows were counted by no run."""
-    rng = random.Random(61)
-
-    def v5(seq: int) -> bytes:
-        return v5_datagram(v5_records(30, rng, uptime_ms=100_000), seq=seq, unix_secs=EXPORT, uptime_ms=100_000)
-
-    dec = Decoder(DecoderConfig())
-    assert dec.decode(v5(0), EXPORTER, 2055, T0).error is None
-    assert dec.decode(v5(60), EXPORTER, 2055, T0 + 0.1).error is None   # 30 to 59 not here yet
+    v5 = _v5_of(random.Random(61))
+    dec = _gap_open(v5)  # 30 to 59 not here yet
     # (what the killed run's metrics show: counted as the save is made, and held from then on)
     killed = dec.stats(T0 + 0.15)[EXPORTER]["protocols"]["netflow5"]["sequence_lost"]
     path = tmp_path / "s.json"
@@ -217,14 +221,8 @@ def test_the_gaps_the_save_as_the_stop_began_carries_are_counted_by_one_worker(t
     was down, and after the restart the kernel gives it to worker 0. The carried gap is counted
     by worker 1 only, whose file it is, and worker 0 counts the loss while down: 60 over the
     workers, each flow once (every worker that loaded the file counted the gap: 90)."""
-    rng = random.Random(71)
-
-    def v5(seq: int) -> bytes:
-        return v5_datagram(v5_records(30, rng, uptime_ms=100_000), seq=seq, unix_secs=EXPORT, uptime_ms=100_000)
-
-    dec = Decoder(DecoderConfig())
-    assert dec.decode(v5(0), EXPORTER, 2055, T0).error is None
-    assert dec.decode(v5(60), EXPORTER, 2055, T0 + 0.1).error is None   # 30 to 59 never come
+    v5 = _v5_of(random.Random(71))
+    dec = _gap_open(v5)  # 30 to 59 never come
     base = str(tmp_path / "s.json")
     write = StateFile(base, 1).save_stopping(dec)
     assert write is not None and asyncio.run(write)                     # killed then
